@@ -1,0 +1,415 @@
+"""Storage: one API for local paths and ``s3://bucket/key`` URLs.
+
+Missing data: :func:`open_input` raises :class:`InputNotFoundError`; the other readers take
+the class to raise as ``missing=`` (default :class:`WorkMissingError`). Other failures raise
+:class:`StorageError`, or :class:`OutputNotWritableError` for outputs. Malformed URLs raise
+:class:`ValueError` (a bug of the caller, not of the data).
+
+The S3 client is created on first use (reading the environment then, so ``AWS_ENDPOINT_URL``
+and ``AWS_ENDPOINT_URL_S3`` are honoured natively by boto3) and cached per process id; it
+is recreated after a fork or when those (or the region/profile/key) variables change.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import mimetypes
+import os
+import posixpath
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any, BinaryIO, cast
+
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline.errors import (
+    InputNotFoundError,
+    OutputNotWritableError,
+    StorageError,
+    TiffpipeError,
+    WorkMissingError,
+)
+
+MiB = 1024 * 1024
+READ_BUFFER = 512 * 1024  # one ranged GET fetches at least this much (small reads coalesce)
+_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "AWS_PROFILE", "AWS_ACCESS_KEY_ID")
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+_AWS_ERRORS = (BotoCoreError, ClientError, S3UploadFailedError)
+_lock = threading.Lock()
+_client: tuple[tuple[Any, ...], Any] | None = None
+
+
+def s3_client() -> Any:
+    """The S3 client of this process (created on first use; recreated after a fork)."""
+    global _client
+    key = (os.getpid(), *(os.environ.get(k) for k in _ENV_KEYS))
+    with _lock:
+        if _client is None or _client[0] != key:
+            config = Config(retries={"mode": "standard", "max_attempts": 5},
+                            max_pool_connections=32)
+            _client = (key, boto3.session.Session().client("s3", config=config))
+        return _client[1]
+
+
+def _after_fork() -> None:
+    global _lock, _client
+    _lock, _client = threading.Lock(), None  # a lock held by another thread at fork is lost
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def is_s3(url: str) -> bool:
+    """True for an ``s3://`` URL."""
+    return url.startswith("s3://")
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``(bucket, key)``; the key may be empty (bucket root)."""
+    if not is_s3(url):
+        raise ValueError(f"{url!r} is not an S3 URL: write it as s3://bucket/key")
+    bucket, _, key = url[5:].partition("/")
+    if not bucket or "\\" in bucket or " " in bucket:
+        raise ValueError(f"{url!r} is not a valid S3 URL: write it as s3://bucket/key")
+    return bucket, key
+
+
+def _key_of(url: str) -> tuple[str, str]:
+    bucket, key = split_s3(url)
+    if not key or key.endswith("/"):
+        raise ValueError(f"{url!r} names a bucket or prefix, not an object: add the object key")
+    return bucket, key
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local folder or an S3 prefix (with ``/``)."""
+    if not is_s3(base):
+        return os.path.join(base, *parts)
+    tail = "/".join(p.strip("/") for p in parts if p.strip("/"))
+    return f"{base.rstrip('/')}/{tail}" if tail else base
+
+
+def resolve(location: str, base_dir: str) -> str:
+    """``location`` relative to ``base_dir``; absolute paths and S3 URLs are returned as they are."""
+    if is_s3(location) or os.path.isabs(location):
+        return location
+    if location.startswith("~"):
+        return os.path.expanduser(location)
+    if not is_s3(base_dir):
+        return os.path.abspath(os.path.join(base_dir, location))
+    bucket, prefix = split_s3(base_dir)
+    key = posixpath.normpath(posixpath.join(prefix, location))
+    if key == ".." or key.startswith("../"):
+        raise ValueError(f"{location!r} relative to {base_dir!r} goes above the bucket root")
+    return f"s3://{bucket}/{'' if key == '.' else key}"
+
+
+def parent(url: str) -> str:
+    """The folder or prefix that holds a file or object."""
+    if not is_s3(url):
+        return os.path.dirname(os.path.abspath(url))
+    bucket, key = split_s3(url)
+    head = posixpath.dirname(key.rstrip("/"))
+    return f"s3://{bucket}/{head}" if head else f"s3://{bucket}"
+
+
+def _code(exc: BaseException) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+
+
+def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:
+    if issubclass(cls, WorkMissingError):
+        return cls(f"{url} does not exist: an earlier step should have written it; "
+                   "re-run the job (the step may have failed or its work was cleaned up)")
+    return cls(f"{url} does not exist: check the path or URL and that the file is there")
+
+
+@contextmanager
+def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterator[None]:
+    """Translate OS and AWS errors on ``url`` into tiffpipe errors (``missing`` if absent)."""
+    try:
+        yield
+    except (FileNotFoundError, *_AWS_ERRORS) as exc:
+        code = _code(exc)
+        if missing and (isinstance(exc, FileNotFoundError) or code in _MISSING_CODES):
+            raise _missing(missing, url) from exc
+        if code in ("403", "AccessDenied"):
+            raise StorageError(f"{url}: access denied ({verb}): check the credentials and "
+                               "permissions (S3 answers 403 for a missing object without "
+                               "s3:ListBucket)") from exc
+        if code in ("412", "PreconditionFailed"):
+            raise StorageError(f"{url} changed while it was being read: do not replace "
+                               "inputs during a run; re-run the job") from exc
+        raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
+                           "and endpoint") from exc
+    except OSError as exc:
+        raise StorageError(f"{url}: cannot {verb}: {exc}; check the path, permissions and "
+                           "free space") from exc
+
+
+class S3RangeReader(io.RawIOBase):
+    """A seekable raw file over one S3 object: every read is one ranged ``GetObject``.
+
+    ``size`` comes from ``HeadObject``; ``requests`` and ``bytes_fetched`` count the GETs.
+    Reads are pinned to the ETag seen at open time, so an object replaced while being read
+    fails instead of mixing versions.
+    """
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.name, self.mode = url, "rb"
+        self.bucket, self.key = _key_of(url)
+        self.requests = self.bytes_fetched = self._pos = 0
+        with _errors(url, "open", InputNotFoundError):
+            head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+        self.size: int = head["ContentLength"]
+        self.etag: str = head.get("ETag", "")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(errno.EINVAL, f"negative seek position in {self.name}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = min(len(view), self.size - self._pos)
+        if count <= 0:
+            return 0
+        args = {"Bucket": self.bucket, "Key": self.key,
+                "Range": f"bytes={self._pos}-{self._pos + count - 1}"}
+        if self.etag:
+            args["IfMatch"] = self.etag
+        for attempt in range(3):  # botocore retries requests; this retries a broken body stream
+            try:
+                data = s3_client().get_object(**args)["Body"].read()
+                break
+            except _AWS_ERRORS as exc:
+                if _code(exc) or attempt == 2:
+                    with _errors(self.name, "read", InputNotFoundError):
+                        raise
+        self.requests += 1
+        self.bytes_fetched += len(data)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def open_input(url: str, buffer_size: int = READ_BUFFER) -> BinaryIO:
+    """A seekable binary file over a local file or an S3 object (read with ranged GETs).
+
+    Use it as a context manager. For S3, ``fh.raw`` is the :class:`S3RangeReader`; reads
+    smaller than ``buffer_size`` are coalesced into one GET of ``buffer_size`` bytes.
+    """
+    if is_s3(url):
+        return cast(BinaryIO, io.BufferedReader(S3RangeReader(url), buffer_size))
+    with _errors(url, "open", InputNotFoundError):
+        return open(url, "rb")
+
+
+def read_bytes(url: str, missing: type[TiffpipeError] = WorkMissingError) -> bytes:
+    """The whole content of a (small) file or object."""
+    with _errors(url, "read", missing):
+        if not is_s3(url):
+            with open(url, "rb") as fh:
+                return fh.read()
+        bucket, key = _key_of(url)
+        return cast(bytes, s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def read_text(url: str, missing: type[TiffpipeError] = WorkMissingError) -> str:
+    """The content of a UTF-8 text file or object."""
+    return read_bytes(url, missing).decode("utf-8")
+
+
+def read_json(url: str, missing: type[TiffpipeError] = WorkMissingError) -> Any:
+    """The parsed content of a JSON file or object (``json.JSONDecodeError`` if invalid)."""
+    return json.loads(read_bytes(url, missing))
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a file (atomically, creating folders) or an object (one ``PutObject``)."""
+    with _errors(url, "write", None):
+        if is_s3(url):
+            bucket, key = _key_of(url)
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        tmp = temp_output_path(url)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, url)
+        finally:
+            with suppress(FileNotFoundError):
+                os.remove(tmp)
+
+
+def write_text(url: str, text: str) -> None:
+    """Write UTF-8 text (see :func:`write_bytes`)."""
+    write_bytes(url, text.encode("utf-8"))
+
+
+def write_json(url: str, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (see :func:`write_bytes`)."""
+    write_bytes(url, json.dumps(obj, indent=indent).encode("utf-8"))
+
+
+def exists(url: str) -> bool:
+    """True if the file or object exists (an S3 prefix with objects under it does not count)."""
+    if not is_s3(url):
+        return os.path.exists(url)
+    try:
+        size(url, missing=WorkMissingError)
+        return True
+    except WorkMissingError:
+        return False
+
+
+def size(url: str, missing: type[TiffpipeError] = WorkMissingError) -> int:
+    """The size in bytes of a file or object."""
+    with _errors(url, "read", missing):
+        if not is_s3(url):
+            return os.path.getsize(url)
+        bucket, key = _key_of(url)
+        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+
+
+def list_prefix(url: str) -> list[str]:
+    """Every file or object under a folder or prefix (recursively), as sorted full paths/URLs."""
+    if not is_s3(url):
+        return sorted(os.path.join(d, f) for d, _, files in os.walk(url) for f in files)
+    bucket, prefix = split_s3(url)
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    with _errors(url, "list", None):
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
+
+
+def delete_prefix(url: str) -> None:
+    """Delete a folder or every object under a prefix; a missing one is not an error."""
+    if not is_s3(url):
+        if os.path.abspath(url) == os.path.abspath(os.sep):
+            raise ValueError(f"refusing to delete {url!r}")
+        with _errors(url, "delete", None):
+            if os.path.isdir(url):
+                shutil.rmtree(url)
+        return
+    bucket, prefix = split_s3(url)
+    if not prefix.strip("/"):
+        raise ValueError(f"refusing to delete the whole bucket {url!r}: give a prefix")
+    keys = [split_s3(u)[1] for u in list_prefix(url)]
+    for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": k} for k in keys[i : i + 1000]]
+        with _errors(url, "delete", None):
+            errors = s3_client().delete_objects(
+                Bucket=bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors")
+        if errors:
+            raise StorageError(f"{url}: cannot delete {len(errors)} object(s), e.g. "
+                               f"{errors[0].get('Key')}: {errors[0].get('Message')}")
+
+
+def check_writable(url: str) -> None:
+    """Fail early with :class:`OutputNotWritableError` if an output cannot be written there."""
+    if is_s3(url):
+        try:
+            bucket, _ = _key_of(url)
+            s3_client().head_bucket(Bucket=bucket)
+        except ValueError as exc:
+            raise OutputNotWritableError(f"output {url}: {exc}") from exc
+        except _AWS_ERRORS as exc:
+            what = ("the bucket does not exist: create it or fix the output URL"
+                    if _code(exc) in _MISSING_CODES else
+                    f"cannot reach the bucket ({exc}): check the credentials and permissions")
+            raise OutputNotWritableError(f"output {url}: {what}") from exc
+        return
+    if os.path.isdir(url):
+        raise OutputNotWritableError(f"output {url} is a folder: give a file name")
+    folder = parent(url)
+    while not os.path.exists(folder):  # the first existing ancestor must be a writable folder
+        folder = os.path.dirname(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tiffpipe-check-"):
+            pass
+    except OSError as exc:
+        raise OutputNotWritableError(
+            f"output {url}: cannot write in {folder} ({exc.strerror}): choose another output "
+            "path or fix the folder") from exc
+
+
+def temp_output_path(url: str) -> str:
+    """Where to build an output before :func:`publish_file` (same folder if local; made)."""
+    name = os.path.basename(url.rstrip("/"))
+    if is_s3(url):
+        return os.path.join(tempfile.gettempdir(), f"tiffpipe-{uuid.uuid4().hex}-{name}")
+    os.makedirs(parent(url), exist_ok=True)
+    return os.path.join(parent(url), f".{name}.tiffpipe-{uuid.uuid4().hex}.tmp")
+
+
+def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
+                 multipart_chunksize: int = 64 * MiB) -> None:
+    """Move a finished local file to its final location in one step (never half-visible).
+
+    Local: ``os.replace`` (via a temp name in the target folder across filesystems). S3: a
+    managed (multipart) upload, aborted on failure; the local file is removed after success.
+    """
+    if is_s3(url):
+        try:
+            bucket, key = _key_of(url)
+            config = TransferConfig(multipart_threshold=multipart_threshold,
+                                    multipart_chunksize=multipart_chunksize, max_concurrency=4)
+            ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
+            s3_client().upload_file(local_path, bucket, key, Config=config,
+                                    ExtraArgs={"ContentType": ctype})
+        except (ValueError, OSError, *_AWS_ERRORS) as exc:
+            raise OutputNotWritableError(f"output {url}: upload failed: {exc}; check the bucket "
+                                         "and permissions, then re-run") from exc
+        os.remove(local_path)
+        return
+    tmp = ""
+    try:
+        os.makedirs(parent(url), exist_ok=True)
+        try:
+            os.replace(local_path, url)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            tmp = temp_output_path(url)
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, url)
+            os.remove(local_path)
+    except OSError as exc:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+        raise OutputNotWritableError(f"output {url}: cannot write: {exc}; check the folder, "
+                                     "permissions and free space") from exc
+
+
+def download(url: str, local_path: str, missing: type[TiffpipeError] = WorkMissingError) -> None:
+    """Copy a (small) file or object to a local path."""
+    write_bytes(local_path, read_bytes(url, missing))
+
+
+def upload(local_path: str, url: str) -> None:
+    """Copy a (small) local file to a path or object."""
+    write_bytes(url, read_bytes(local_path, StorageError))

@@ -1,0 +1,141 @@
+"""Tile geometry of a page: processing tiles, their halos, split units and batches.
+
+Pure module: integers in, integers out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+
+@dataclass(frozen=True)
+class Rect:
+    """A half-open pixel rectangle [y0, y1) x [x0, x1)."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    def relative_to(self, outer: Rect) -> Rect:
+        """This rectangle in the coordinates of ``outer`` (which must contain it)."""
+        return Rect(self.y0 - outer.y0, self.x0 - outer.x0, self.y1 - outer.y0, self.x1 - outer.x0)
+
+
+@dataclass(frozen=True)
+class PageGrid:
+    """The processing grid of one page: square tiles of ``tile`` pixels, each read with ``halo``."""
+
+    height: int
+    width: int
+    tile: int
+    halo: int
+
+    @property
+    def rows(self) -> int:
+        return ceil(self.height / self.tile)
+
+    @property
+    def cols(self) -> int:
+        return ceil(self.width / self.tile)
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.cols
+
+    def position(self, index: int) -> tuple[int, int]:
+        """(row, col) of the tile with row-major ``index``."""
+        return divmod(index, self.cols)
+
+    def core(self, row: int, col: int) -> Rect:
+        """The pixels this tile produces (clipped at the page's edge)."""
+        y0, x0 = row * self.tile, col * self.tile
+        return Rect(y0, x0, min(y0 + self.tile, self.height), min(x0 + self.tile, self.width))
+
+    def haloed(self, row: int, col: int) -> Rect:
+        """The pixels this tile reads: the core grown by the halo, CLIPPED at the page border,
+        so that each op applies its own border rule at the true edge."""
+        return self.expand(self.core(row, col))
+
+    def expand(self, rect: Rect) -> Rect:
+        h = self.halo
+        return Rect(max(rect.y0 - h, 0), max(rect.x0 - h, 0),
+                    min(rect.y1 + h, self.height), min(rect.x1 + h, self.width))
+
+    def span(self, row0: int, row1: int, col0: int, col1: int) -> Rect:
+        """The core pixels of tiles rows [row0, row1) x cols [col0, col1)."""
+        a, b = self.core(row0, col0), self.core(row1 - 1, col1 - 1)
+        return Rect(a.y0, a.x0, b.y1, b.x1)
+
+
+@dataclass(frozen=True)
+class SplitUnit:
+    """What one split invocation reads: tile rows [row0, row1) x cols [col0, col1) of a page."""
+
+    page: int  # position in the job's page list
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+
+    def to_json(self) -> list[int]:
+        return [self.page, self.row0, self.row1, self.col0, self.col1]
+
+    @classmethod
+    def from_json(cls, v: list[int]) -> SplitUnit:
+        return cls(*v)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one process invocation works on: tiles [first, last) (row-major) of a page."""
+
+    page: int
+    first: int
+    last: int
+
+    def to_json(self) -> list[int]:
+        return [self.page, self.first, self.last]
+
+    @classmethod
+    def from_json(cls, v: list[int]) -> Batch:
+        return cls(*v)
+
+
+def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, budget_bytes: int,
+                segment_rows: int, full_width: bool) -> list[SplitUnit]:
+    """Cut a page into split units of at most ``budget_bytes`` of haloed pixels each.
+
+    A unit is a band of whole tile rows. ``full_width`` (stripped inputs, whose strips span
+    the page) keeps bands whole so each strip is decoded by one unit; tiled inputs may also
+    cut a band into column chunks. Band heights are kept to multiples of the input's segment
+    rows where possible so neighbouring bands share as few segments as possible.
+    """
+    tile_bytes = (grid.tile + 2 * grid.halo) ** 2 * bytes_per_pixel
+    row_bytes = tile_bytes * grid.cols
+    if full_width or row_bytes <= budget_bytes:
+        rows_per_unit = max(1, budget_bytes // max(row_bytes, 1))
+        if segment_rows > grid.tile and segment_rows % grid.tile == 0:
+            per_segment = segment_rows // grid.tile
+            if rows_per_unit >= per_segment:
+                rows_per_unit -= rows_per_unit % per_segment
+        return [SplitUnit(page, r, min(r + rows_per_unit, grid.rows), 0, grid.cols)
+                for r in range(0, grid.rows, rows_per_unit)]
+    cols_per_unit = max(1, budget_bytes // tile_bytes)
+    return [SplitUnit(page, r, r + 1, c, min(c + cols_per_unit, grid.cols))
+            for r in range(grid.rows) for c in range(0, grid.cols, cols_per_unit)]
+
+
+def batches(page: int, grid: PageGrid, tiles_per_batch: int) -> list[Batch]:
+    """Consecutive tile ranges of at most ``tiles_per_batch`` tiles."""
+    n = max(1, tiles_per_batch)
+    return [Batch(page, t, min(t + n, grid.count)) for t in range(0, grid.count, n)]

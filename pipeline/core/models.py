@@ -1,0 +1,139 @@
+"""Typed models of what crosses a boundary: manifest jobs, plans, and state payloads.
+
+Every payload a Lambda handler takes or returns is one of these, converted with
+``to_json``/``from_json``. Payloads carry references (URLs) and small counts only,
+never pixels or tile lists: Step Functions caps a state's data at 256 KiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.core.grid import Batch, PageGrid, SplitUnit
+
+COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")
+
+#: processing tile (pixels) when the manifest sets none
+DEFAULT_TILE = 1024
+#: output tile (pixels) when the manifest sets none
+DEFAULT_OUTPUT_TILE = 512
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How the output TIFF is encoded."""
+
+    compression: str = "zstd"
+    level: int | None = None  # zstd 1-22 (default 3), deflate 1-9 (default 6); ignored otherwise
+    quality: int = 90  # jpeg 1-100
+    tile: int = DEFAULT_OUTPUT_TILE
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OutputOptions:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of a manifest, with defaults applied and locations resolved to URLs/paths."""
+
+    input: str
+    output: str
+    pages: list[int] | None = None  # None: every page
+    ops: list[dict[str, Any]] = field(default_factory=list)  # validated op chain, as JSON
+    tile: int = DEFAULT_TILE
+    output_options: OutputOptions = field(default_factory=OutputOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["output_options"] = self.output_options.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> JobSpec:
+        d = dict(d)
+        d["output_options"] = OutputOptions.from_json(d.get("output_options") or {})
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PageInfo:
+    """What a plan needs to know of one input page (read from its IFD only)."""
+
+    index: int  # page index in the input file
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    photometric: str  # "minisblack" | "rgb"
+    extrasamples: list[int]  # TIFF ExtraSamples values of the channels past the colour ones
+    tiled: bool
+    segment_rows: int  # rows of one strip or tile of the input
+    compression: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PageInfo:
+        return cls(**d)
+
+    @property
+    def megapixels(self) -> float:
+        return self.height * self.width / 1e6
+
+
+@dataclass(frozen=True)
+class PagePlan:
+    """One page of a job: its input info, output channels, and processing grid."""
+
+    info: PageInfo
+    out_channels: int
+    grid: PageGrid
+
+    def to_json(self) -> dict[str, Any]:
+        return {"info": self.info.to_json(), "out_channels": self.out_channels,
+                "grid": asdict(self.grid)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PagePlan:
+        return cls(PageInfo.from_json(d["info"]), d["out_channels"], PageGrid(**d["grid"]))
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything the split, process and merge steps of one job need, stored as plan.json."""
+
+    job: int
+    spec: JobSpec
+    work: str  # this job's work prefix
+    halo: int
+    pages: list[PagePlan]
+    units: list[SplitUnit]
+    batches: list[Batch]
+    started_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "spec": self.spec.to_json(), "work": self.work,
+                "halo": self.halo, "pages": [p.to_json() for p in self.pages],
+                "units": [u.to_json() for u in self.units],
+                "batches": [b.to_json() for b in self.batches], "started_at": self.started_at}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> JobPlan:
+        return cls(d["job"], JobSpec.from_json(d["spec"]), d["work"], d["halo"],
+                   [PagePlan.from_json(p) for p in d["pages"]],
+                   [SplitUnit.from_json(u) for u in d["units"]],
+                   [Batch.from_json(b) for b in d["batches"]], d["started_at"])
+
+    @property
+    def tiles(self) -> int:
+        return sum(p.grid.count for p in self.pages)
+
+    @property
+    def megapixels(self) -> float:
+        return sum(p.info.megapixels for p in self.pages)

@@ -1,0 +1,108 @@
+"""Typed parameter specs: what an op or option accepts, checked with messages that name the field."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its JSON type, range and default (``required`` when there is no default)."""
+
+    name: str
+    kind: str  # "number" | "integer" | "boolean" | "string"
+    help: str
+    default: Any = None
+    required: bool = False
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    odd: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def expectation(self) -> str:
+        """How a user reads what this parameter accepts: ``a number > 0``, ``an odd integer >= 3``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(json.dumps(c) for c in self.choices)
+        noun = {"number": "a number", "integer": "an integer", "boolean": "true or false",
+                "string": "a string"}[self.kind]
+        if self.odd:
+            noun = "an odd integer"
+        bounds = []
+        for op, value in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le)):
+            if value is not None:
+                bounds.append(f"{op} {_fmt(value)}")
+        return noun + ("" if not bounds else " " + " and ".join(bounds))
+
+    def check(self, value: Any) -> str | None:
+        """None if ``value`` is acceptable, else the message ``expected ..., got ...``."""
+        ok = _type_ok(self.kind, value)
+        if ok and self.choices is not None:
+            ok = value in self.choices
+        if ok and self.kind in ("number", "integer"):
+            ok = (
+                (self.gt is None or value > self.gt)
+                and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt)
+                and (self.le is None or value <= self.le)
+                and (not self.odd or value % 2 == 1)
+            )
+        if ok:
+            return None
+        return f"expected {self.expectation()}, got {json.dumps(value)}"
+
+    def describe(self) -> str:
+        """One line for ``tiffpipe ops``."""
+        tail = "required" if self.required else f"default {json.dumps(self.default)}"
+        return f"{self.name}: {self.expectation()} ({tail}): {self.help}"
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return kind == "boolean"
+    if kind == "number":
+        return isinstance(value, (int, float)) and value == value  # rejects NaN
+    if kind == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind == "string":
+        return isinstance(value, str)
+    return False
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def check_object(obj: Any, params: tuple[Param, ...], path: str,
+                 reserved: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+    """Check a JSON object against ``params``; return (values with defaults, problems).
+
+    Every problem names its JSON path. Unknown keys are problems; keys in ``reserved``
+    (such as ``op``) are skipped.
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    if not isinstance(obj, dict):
+        return values, [f"{path}: expected an object, got {json.dumps(obj)}"]
+    known = {p.name for p in params}
+    for key in obj:
+        if key not in known and key not in reserved:
+            allowed = ", ".join(sorted(known)) or "none"
+            problems.append(f"{path}.{key}: unknown field (allowed: {allowed})")
+    for p in params:
+        if p.name not in obj:
+            if p.required:
+                problems.append(f"{path}.{p.name}: required, {p.expectation()}")
+            else:
+                values[p.name] = p.default
+            continue
+        message = p.check(obj[p.name])
+        if message:
+            problems.append(f"{path}.{p.name}: {message}")
+        else:
+            value = obj[p.name]
+            values[p.name] = int(value) if p.kind == "integer" else value
+    return values, problems

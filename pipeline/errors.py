@@ -1,0 +1,106 @@
+"""The errors of tiffpipe.
+
+Every error a job can fail with is a subclass of :class:`TiffpipeError`. The
+class NAME is the error name: Lambda reports it as ``errorType``, Step
+Functions matches ``Retry``/``Catch`` on it, and the run report shows it. So
+never rename a class without updating ``statemachine.asl.json``.
+
+Messages say what was expected, what was found, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class TiffpipeError(Exception):
+    """Base class of every tiffpipe error."""
+
+
+# --- manifests and usage ------------------------------------------------------------
+
+
+class ManifestError(TiffpipeError):
+    """A manifest is invalid. ``problems`` lists every problem as ``path: message``."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s) in the manifest:\n{lines}")
+
+
+class UnknownOperationError(TiffpipeError):
+    """An op name is not in the registry."""
+
+
+class OperationError(TiffpipeError):
+    """An op cannot be applied to this page (dtype, channels) or a user function misbehaved."""
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+class InputNotFoundError(TiffpipeError):
+    """The input file or object does not exist."""
+
+
+class NotATiffError(TiffpipeError):
+    """The input is not a TIFF file."""
+
+
+class CorruptTiffError(TiffpipeError):
+    """The input is a TIFF, but its structure or a segment's data is damaged or truncated."""
+
+
+class UnsupportedTiffError(TiffpipeError):
+    """The input is a valid TIFF of a kind tiffpipe cannot process (compression, layout)."""
+
+
+class PageNotFoundError(TiffpipeError):
+    """A page index asked for by the manifest is not in the file."""
+
+
+# --- outputs and storage --------------------------------------------------------------
+
+
+class OutputNotWritableError(TiffpipeError):
+    """The output location cannot be written."""
+
+
+class StorageError(TiffpipeError):
+    """Reading or writing a local file or an S3 object failed."""
+
+
+class WorkMissingError(TiffpipeError):
+    """A work file that an earlier step should have written is missing."""
+
+
+# --- execution ------------------------------------------------------------------------
+
+
+class WorkerCrashedError(TiffpipeError):
+    """A local worker process died while running a task (the local ``Runtime.ExitError``)."""
+
+
+class EngineError(TiffpipeError):
+    """The embedded Step Functions engine failed to run the state machine."""
+
+
+def error_record(exc: BaseException) -> dict[str, str]:
+    """The ``{"type", "message"}`` record of an exception, as reports show it."""
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def by_name(name: str) -> type[TiffpipeError]:
+    """The tiffpipe error class called ``name``, or the base class if there is none."""
+    for cls in _all_subclasses(TiffpipeError):
+        if cls.__name__ == name:
+            return cls
+    return TiffpipeError
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out

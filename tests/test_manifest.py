@@ -1,0 +1,540 @@
+"""The manifest: validation with every problem at its JSON path, defaults, and path resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from pipeline.core.manifest import load_manifest_text, parse_manifest, resolve_location
+from pipeline.core.models import DEFAULT_OUTPUT_TILE, DEFAULT_TILE, JobSpec, OutputOptions
+from pipeline.errors import ManifestError
+
+BASE = os.path.abspath(os.sep + "m")
+
+
+def at(*parts: str) -> str:
+    return os.path.join(BASE, *parts)
+
+
+def job(**fields):
+    return {"input": "in/a.tif", "output": "out/a.tif", **fields}
+
+
+def problems_of(data, base: str = BASE) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, "m.json", base)
+    assert info.value.source == "m.json"
+    return info.value.problems
+
+
+def one_problem(data, base: str = BASE) -> str:
+    problems = problems_of(data, base)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# --- valid manifests ----------------------------------------------------------------
+
+
+def test_defaults_and_overrides_resolve():
+    data = {
+        "defaults": {
+            "pages": [0],
+            "ops": [{"op": "gaussian_blur", "sigma": 2}],
+            "tile": 2048,
+            "output_options": {"compression": "deflate", "level": 9, "tile": 256},
+        },
+        "jobs": [
+            {"input": "in/a.tif", "output": "out/a.tif"},
+            {"input": "/data/b.tif", "output": "./out/../out/b.TIFF", "pages": [2, 0],
+             "ops": [{"op": "unsharp_mask", "sigma": 1.5}, {"op": "invert"}], "tile": 512,
+             "output_options": {"tile": 512}},
+            {"input": "s3://bucket/c.tif", "output": "s3://bucket/out/c.tif", "pages": None,
+             "output_options": {"level": 3}},
+        ],
+    }
+    specs = parse_manifest(data, "m.json", BASE)
+    assert specs == [
+        JobSpec(input=at("in", "a.tif"), output=at("out", "a.tif"), pages=[0],
+                ops=[{"op": "gaussian_blur", "sigma": 2}], tile=2048,
+                output_options=OutputOptions("deflate", 9, 90, 256)),
+        JobSpec(input="/data/b.tif", output=at("out", "b.TIFF"), pages=[2, 0],
+                ops=[{"op": "unsharp_mask", "sigma": 1.5, "amount": 1.0}, {"op": "invert"}],
+                tile=512, output_options=OutputOptions("deflate", 9, 90, 512)),
+        JobSpec(input="s3://bucket/c.tif", output="s3://bucket/out/c.tif", pages=None,
+                ops=[{"op": "gaussian_blur", "sigma": 2}], tile=2048,
+                output_options=OutputOptions("deflate", 3, 90, 256)),
+    ]
+
+
+def test_builtin_defaults_when_nothing_is_set():
+    [spec] = parse_manifest({"jobs": [job()]}, "m.json", BASE)
+    assert spec.pages is None
+    assert spec.ops == []
+    assert spec.tile == DEFAULT_TILE
+    assert spec.output_options == OutputOptions("zstd", None, 90, DEFAULT_OUTPUT_TILE)
+    assert spec.output_options.level is None  # the encoder picks the codec's default
+
+
+def test_specs_do_not_share_the_default_lists():
+    data = {"defaults": {"pages": [1], "ops": [{"op": "invert"}]}, "jobs": [
+        job(), job(output="out/b.tif")]}
+    a, b = parse_manifest(data, "m.json", BASE)
+    a.pages.append(7)
+    a.ops[0]["op"] = "x"
+    assert b.pages == [1]
+    assert b.ops == [{"op": "invert"}]
+
+
+def test_relative_paths_resolve_against_an_s3_base():
+    data = {"jobs": [{"input": "in/a.tif", "output": "../out/a.tif"},
+                     {"input": "/local/b.tif", "output": "s3://other/b.tif"}]}
+    a, b = parse_manifest(data, "s3://bucket/runs/r1/manifest.json", "s3://bucket/runs/r1")
+    assert (a.input, a.output) == ("s3://bucket/runs/r1/in/a.tif", "s3://bucket/runs/out/a.tif")
+    assert (b.input, b.output) == ("/local/b.tif", "s3://other/b.tif")
+
+
+@pytest.mark.parametrize("location, base, expected", [
+    ("a.tif", "/m", os.path.normpath("/m/a.tif")),
+    ("./x/../b/a.tif", "/m/", os.path.normpath("/m/b/a.tif")),
+    ("../a.tif", "/m/sub", os.path.normpath("/m/a.tif")),
+    ("/abs/a.tif", "/m", "/abs/a.tif"),
+    ("s3://b/k.tif", "/m", "s3://b/k.tif"),
+    ("a.tif", "s3://bucket/prefix", "s3://bucket/prefix/a.tif"),
+    ("a.tif", "s3://bucket/prefix/", "s3://bucket/prefix/a.tif"),
+    ("./d/a.tif", "s3://bucket", "s3://bucket/d/a.tif"),
+    ("a.tif", "s3://bucket/", "s3://bucket/a.tif"),
+    ("a.tif", "", "a.tif"),
+])
+def test_resolve_location(location, base, expected):
+    assert resolve_location(location, base) == expected
+
+
+def test_null_pages_in_a_job_undoes_default_pages():
+    data = {"defaults": {"pages": [0, 1]}, "jobs": [job(pages=None), job(output="b.tif")]}
+    a, b = parse_manifest(data, "m.json", BASE)
+    assert a.pages is None
+    assert b.pages == [0, 1]
+
+
+def test_integer_valued_floats_are_accepted_as_integers():
+    [spec] = parse_manifest({"jobs": [job(pages=[3.0], tile=512.0)]}, "m.json", BASE)
+    assert spec.pages == [3] and isinstance(spec.pages[0], int)
+    assert spec.tile == 512 and isinstance(spec.tile, int)
+
+
+def test_job_output_options_merge_key_by_key_over_defaults():
+    data = {"defaults": {"output_options": {"compression": "zstd", "level": 19, "tile": 256}},
+            "jobs": [job(output_options={"tile": 128}),
+                     job(output="b.tif", output_options={"compression": "zstd", "level": 5})]}
+    a, b = parse_manifest(data, "m.json", BASE)
+    assert a.output_options == OutputOptions("zstd", 19, 90, 128)
+    assert b.output_options == OutputOptions("zstd", 5, 90, 256)
+
+
+def test_a_job_changing_compression_does_not_inherit_level_or_quality():
+    data = {"defaults": {"output_options": {"compression": "jpeg", "quality": 70}},
+            "jobs": [job(output_options={"compression": "zstd"}),
+                     job(output="b.tif"),
+                     job(output="c.tif", output_options={"compression": "deflate", "level": 2})]}
+    a, b, c = parse_manifest(data, "m.json", BASE)
+    assert a.output_options == OutputOptions("zstd", None, 90, DEFAULT_OUTPUT_TILE)
+    assert b.output_options == OutputOptions("jpeg", None, 70, DEFAULT_OUTPUT_TILE)
+    assert c.output_options == OutputOptions("deflate", 2, 90, DEFAULT_OUTPUT_TILE)
+
+    data = {"defaults": {"output_options": {"level": 19}},
+            "jobs": [job(output_options={"compression": "lzw"})]}
+    [spec] = parse_manifest(data, "m.json", BASE)
+    assert spec.output_options == OutputOptions("lzw", None, 90, DEFAULT_OUTPUT_TILE)
+
+
+def test_jpeg_with_quality_and_small_output_tile_is_fine():
+    [spec] = parse_manifest({"jobs": [job(tile=64, output_options={
+        "compression": "jpeg", "quality": 100, "tile": 16})]}, "m.json", BASE)
+    assert spec.output_options == OutputOptions("jpeg", None, 100, 16)
+    assert spec.tile == 64
+
+
+# --- the top level ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, came", [
+    ([job()], '[{"input": "in/a.tif", "output": "out/a.tif"}]'),
+    ("jobs", '"jobs"'),
+    (None, "null"),
+])
+def test_top_level_must_be_an_object(data, came):
+    assert one_problem(data) == (
+        f'manifest: expected an object with "jobs" (and optionally "defaults"), got {came}')
+
+
+@pytest.mark.parametrize("data, came", [
+    ({}, "nothing"), ({"jobs": []}, "[]"), ({"jobs": {"input": "a"}}, '{"input": "a"}'),
+    ({"jobs": None}, "null"),
+])
+def test_jobs_must_be_a_non_empty_list(data, came):
+    assert one_problem(data) == f"jobs: expected a non-empty list of jobs, got {came}"
+
+
+def test_unknown_top_level_fields_name_the_allowed_ones():
+    # "scan" is not supported yet
+    assert problems_of({"jobs": [job()], "scan": {"prefix": "in/"}, "job": []}) == [
+        "scan: unknown field (allowed: defaults, jobs)",
+        "job: unknown field (allowed: defaults, jobs)",
+    ]
+
+
+def test_unknown_job_fields_name_the_allowed_ones():
+    assert one_problem({"jobs": [job(), job(output="b.tif", page=[1])]}) == (
+        "jobs[1].page: unknown field (allowed: input, ops, output, output_options, pages, tile)")
+
+
+def test_unknown_output_options_fields_name_the_allowed_ones():
+    assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
+        "jobs[0].output_options.compresion: unknown field "
+        "(allowed: compression, level, quality, tile)")
+
+
+def test_defaults_must_be_an_object_with_optional_fields_only():
+    assert one_problem({"defaults": [], "jobs": [job()]}) == (
+        "defaults: expected an object with any of pages, ops, tile, output_options, got []")
+    assert problems_of({"defaults": {"output": "x.tif", "colour": 1}, "jobs": [job()]}) == [
+        ("defaults.output: unknown field (allowed: ops, output_options, pages, tile); "
+        "input and output are set in each job"),
+        "defaults.colour: unknown field (allowed: ops, output_options, pages, tile)",
+    ]
+
+
+def test_a_job_must_be_an_object():
+    assert one_problem({"jobs": [job(), "a.tif"]}) == (
+        'jobs[1]: expected an object with "input" and "output", got "a.tif"')
+
+
+# --- input and output ---------------------------------------------------------------
+
+
+def test_input_and_output_are_required():
+    assert problems_of({"jobs": [{"ops": []}]}) == [
+        "jobs[0].input: expected a local path or s3://bucket/key (required), got nothing",
+        "jobs[0].output: expected a local path or s3://bucket/key (required), got nothing",
+    ]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", 'expected a local path or s3://bucket/key, got ""'),
+    ("  ", 'expected a local path or s3://bucket/key, got "  "'),
+    (5, "expected a local path or s3://bucket/key, got 5"),
+    (["a.tif"], 'expected a local path or s3://bucket/key, got ["a.tif"]'),
+    ("s3://bucket", 'expected s3://bucket/key with both a bucket and a key, got "s3://bucket"'),
+    ("s3://bucket/", 'expected s3://bucket/key with both a bucket and a key, got "s3://bucket/"'),
+    ("s3:///a.tif", 'expected s3://bucket/key with both a bucket and a key, got "s3:///a.tif"'),
+    ("gs://bucket/a.tif", ("expected a local path or s3://bucket/key (the only URLs supported "
+                          'are s3://), got "gs://bucket/a.tif"')),
+])
+def test_input_must_be_a_path_or_s3_url(value, message):
+    assert one_problem({"jobs": [job(input=value)]}) == f"jobs[0].input: {message}"
+
+
+def test_output_must_be_a_path_or_s3_url():
+    assert one_problem({"jobs": [job(output="s3://bucket")]}) == (
+        'jobs[0].output: expected s3://bucket/key with both a bucket and a key, got "s3://bucket"')
+
+
+@pytest.mark.parametrize("output", ["out/a.png", "out/a.tif.gz", "s3://b/out/", "out/tif"])
+def test_output_must_end_in_tif_or_tiff(output):
+    assert one_problem({"jobs": [job(output=output)]}) == (
+        f'jobs[0].output: expected a path ending in .tif or .tiff, got "{output}"')
+
+
+@pytest.mark.parametrize("output", ["a.tif", "a.TIF", "a.tiff", "a.Tiff", "s3://b/k/a.tif"])
+def test_tif_and_tiff_outputs_in_any_case_are_fine(output):
+    [spec] = parse_manifest({"jobs": [job(output=output)]}, "m.json", BASE)
+    assert spec.output.endswith(output.rsplit("/", 1)[-1])
+
+
+def test_duplicate_outputs_after_resolution_name_both_jobs():
+    data = {"jobs": [job(input="1.tif", output="out/a.tif"),
+                     job(input="2.tif", output="out/b.tif"),
+                     job(input="3.tif", output="./out/x/../a.tif"),
+                     job(input="4.tif", output=at("out", "a.tif")),
+                     job(input="5.tif", output="s3://b/a.tif"),
+                     job(input="6.tif", output="s3://b/a.tif")]}
+    shown = json.dumps(at("out", "a.tif"))
+    assert problems_of(data) == [
+        f"jobs[2].output: same output as jobs[0] ({shown})",
+        f"jobs[3].output: same output as jobs[0] ({shown})",
+        'jobs[5].output: same output as jobs[4] ("s3://b/a.tif")',
+    ]
+
+
+def test_duplicate_s3_outputs_after_resolution_against_an_s3_base():
+    data = {"jobs": [job(output="a.tif"), job(output="s3://bucket/run/a.tif")]}
+    assert one_problem(data, "s3://bucket/run") == (
+        'jobs[1].output: same output as jobs[0] ("s3://bucket/run/a.tif")')
+
+
+def test_an_output_may_not_be_an_input():
+    data = {"jobs": [job(input="a.tif", output="a.tif"),
+                     job(input="b.tif", output="c.tif"),
+                     job(input="c.tif", output="d.tif")]}
+    assert problems_of(data) == [
+        (f"jobs[0].output: same location as its own input ({json.dumps(at('a.tif'))}); "
+        "the output would overwrite it"),
+        (f"jobs[1].output: same location as the input of jobs[2] ({json.dumps(at('c.tif'))}); "
+        "the output would overwrite it"),
+    ]
+
+
+def test_the_same_input_for_several_jobs_is_fine():
+    specs = parse_manifest({"jobs": [job(), job(output="b.tif")]}, "m.json", BASE)
+    assert [s.input for s in specs] == [at("in", "a.tif")] * 2
+
+
+# --- pages, ops, tile ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pages, problems", [
+    ([], [("jobs[0].pages: expected a non-empty list of page indices (integers >= 0), "
+          "or null for every page, got []")]),
+    (3, [("jobs[0].pages: expected a non-empty list of page indices (integers >= 0), "
+         "or null for every page, got 3")]),
+    ([0, -1, "2", 1.5, True], ["jobs[0].pages[1]: expected an integer >= 0, got -1",
+                               'jobs[0].pages[2]: expected an integer >= 0, got "2"',
+                               "jobs[0].pages[3]: expected an integer >= 0, got 1.5",
+                               "jobs[0].pages[4]: expected an integer >= 0, got true"]),
+    ([4, 1, 4, 1.0], [("jobs[0].pages[2]: expected a page not listed before, got 4 again "
+                      "(already jobs[0].pages[0])"),
+                      ("jobs[0].pages[3]: expected a page not listed before, got 1 again "
+                      "(already jobs[0].pages[1])")]),
+])
+def test_pages_are_distinct_non_negative_integers(pages, problems):
+    assert problems_of({"jobs": [job(pages=pages)]}) == problems
+
+
+def test_op_chain_problems_carry_the_job_path():
+    data = {"jobs": [job(), job(output="b.tif", ops=[
+        {"op": "gaussian_blur", "sigma": "two"}, {"op": "blur"}, {"op": "invert", "x": 1}])]}
+    problems = problems_of(data)
+    assert problems[0] == 'jobs[1].ops[0].sigma: expected a number > 0 and <= 500, got "two"'
+    assert problems[1].startswith("jobs[1].ops[1].op: unknown op 'blur'")
+    assert problems[2] == "jobs[1].ops[2].x: unknown field (allowed: none)"
+    assert len(problems) == 3
+
+
+def test_ops_must_be_a_list():
+    assert one_problem({"jobs": [job(ops={"op": "invert"})]}) == (
+        "jobs[0].ops: expected a list of ops, got dict")
+
+
+@pytest.mark.parametrize("tile", [1000, 32, 8208, "1024", 1024.5, None, True])
+def test_processing_tile_is_a_multiple_of_16_from_64_to_8192(tile):
+    assert one_problem({"jobs": [job(tile=tile)]}) == (
+        "jobs[0].tile: expected an integer multiple of 16 from 64 to 8192, "
+        f"got {json.dumps(tile)}")
+
+
+@pytest.mark.parametrize("tile", [8, 24, 4112, "512"])
+def test_output_tile_is_a_multiple_of_16_from_16_to_4096(tile):
+    assert one_problem({"jobs": [job(output_options={"tile": tile})]}) == (
+        "jobs[0].output_options.tile: expected an integer multiple of 16 from 16 to 4096, "
+        f"got {json.dumps(tile)}")
+
+
+def test_processing_tile_must_be_a_multiple_of_the_output_tile():
+    assert one_problem({"jobs": [job(tile=1024, output_options={"tile": 384})]}) == (
+        "jobs[0].tile: expected a multiple of the output tile size 384, got 1024; "
+        "set tile to 768 or 1152, or output_options.tile to 256 (or another divisor of 1024)")
+
+
+def test_tile_rule_with_the_builtin_output_tile():
+    assert one_problem({"jobs": [job(tile=1040)]}) == (
+        "jobs[0].tile: expected a multiple of the output tile size 512 (the default "
+        "output_options.tile), got 1040; set tile to 1024 or 1536, or output_options.tile "
+        "to 208 (or another divisor of 1040)")
+
+
+def test_output_tile_larger_than_processing_tile():
+    assert one_problem({"jobs": [job(tile=256, output_options={"tile": 1024})]}) == (
+        "jobs[0].tile: expected a multiple of the output tile size 1024, got 256; "
+        "set tile to 1024, or output_options.tile to 256 (or another divisor of 256)")
+
+
+def test_tile_rule_across_defaults_points_at_the_job_field():
+    data = {"defaults": {"tile": 1024},
+            "jobs": [job(), job(output="b.tif", output_options={"tile": 384})]}
+    assert one_problem(data) == (
+        "jobs[1].output_options.tile: expected a size that divides the processing tile 1024 "
+        "(from defaults.tile), got 384; set tile to 768 or 1152, or output_options.tile to "
+        "256 (or another divisor of 1024)")
+
+
+def test_tile_rule_within_defaults_is_reported_once_under_defaults():
+    data = {"defaults": {"tile": 1024, "output_options": {"tile": 384}},
+            "jobs": [job(), job(output="b.tif"), job(output="c.tif", tile=768)]}
+    assert one_problem(data) == (
+        "defaults.tile: expected a multiple of the output tile size 384, got 1024; "
+        "set tile to 768 or 1152, or output_options.tile to 256 (or another divisor of 1024)")
+
+
+# --- output options -----------------------------------------------------------------
+
+
+def test_compression_must_be_known():
+    assert one_problem({"jobs": [job(output_options={"compression": "lzma"})]}) == (
+        'jobs[0].output_options.compression: expected one of "zstd", "deflate", "lzw", '
+        '"jpeg", "none", got "lzma"')
+
+
+@pytest.mark.parametrize("compression", ["lzw", "jpeg", "none"])
+def test_level_applies_to_zstd_and_deflate_only(compression):
+    data = {"jobs": [job(output_options={"compression": compression, "level": 5})]}
+    assert one_problem(data) == (
+        f'jobs[0].output_options.level: expected no level with compression "{compression}": '
+        "level applies to zstd and deflate only, got 5")
+
+
+@pytest.mark.parametrize("compression, level, lo, hi", [
+    ("zstd", 0, 1, 22), ("zstd", 23, 1, 22), ("deflate", 10, 1, 9), ("deflate", -1, 1, 9),
+])
+def test_level_range_depends_on_the_compression(compression, level, lo, hi):
+    data = {"jobs": [job(output_options={"compression": compression, "level": level})]}
+    assert one_problem(data) == (
+        f"jobs[0].output_options.level: expected an integer from {lo} to {hi} for "
+        f'compression "{compression}", got {level}')
+
+
+def test_level_range_with_the_builtin_compression():
+    assert one_problem({"jobs": [job(output_options={"level": 30})]}) == (
+        "jobs[0].output_options.level: expected an integer from 1 to 22 for compression "
+        '"zstd" (the default output_options.compression), got 30')
+
+
+def test_level_must_be_an_integer():
+    assert one_problem({"jobs": [job(output_options={"level": "max"})]}) == (
+        'jobs[0].output_options.level: expected an integer, got "max"')
+
+
+def test_level_in_a_job_checked_against_compression_from_defaults():
+    data = {"defaults": {"output_options": {"compression": "lzw"}},
+            "jobs": [job(output_options={"level": 5})]}
+    assert one_problem(data) == (
+        'jobs[0].output_options.level: expected no level with compression "lzw" (from '
+        "defaults.output_options.compression): level applies to zstd and deflate only, got 5")
+
+
+def test_level_problem_in_defaults_is_reported_once_under_defaults():
+    data = {"defaults": {"output_options": {"compression": "deflate", "level": 12}},
+            "jobs": [job(), job(output="b.tif", output_options={"tile": 256})]}
+    assert one_problem(data) == (
+        "defaults.output_options.level: expected an integer from 1 to 9 for compression "
+        '"deflate", got 12')
+
+
+@pytest.mark.parametrize("quality", [0, 101, 50.5, "high"])
+def test_quality_is_an_integer_from_1_to_100(quality):
+    data = {"jobs": [job(output_options={"compression": "jpeg", "quality": quality})]}
+    assert one_problem(data) == (
+        "jobs[0].output_options.quality: expected an integer >= 1 and <= 100, "
+        f"got {json.dumps(quality)}")
+
+
+def test_quality_applies_to_jpeg_only():
+    assert one_problem({"jobs": [job(output_options={"quality": 80})]}) == (
+        'jobs[0].output_options.quality: expected no quality with compression "zstd" (the '
+        "default output_options.compression): quality applies to jpeg only, got 80")
+
+
+def test_output_options_must_be_an_object():
+    assert one_problem({"jobs": [job(output_options="zstd")]}) == (
+        "jobs[0].output_options: expected an object with any of compression, level, quality, "
+        'tile, got "zstd"')
+
+
+# --- every problem at once ----------------------------------------------------------
+
+
+def test_all_problems_are_reported_in_one_error():
+    data = {
+        "scan": {"prefix": "in/"},
+        "defaults": {"tile": 100, "ops": [{"op": "median_blur", "ksize": 4}],
+                     "output_options": {"compression": "lzw", "quality": 50}},
+        "jobs": [
+            {"input": "a.tif", "output": "out/a.tif"},
+            {"input": "s3://bucket", "output": "out/a.tif", "pages": [1, 1]},
+            {"input": "c.tif", "output": "c.png", "tile": 1024,
+             "output_options": {"compression": "deflate", "level": 15, "tile": 384}},
+            7,
+            {"output": "a.tif", "colour": "red"},
+        ],
+    }
+    problems = problems_of(data)
+    expected = [
+        "scan: unknown field (allowed: defaults, jobs)",
+        "defaults.ops[0].ksize: expected an odd integer >= 3 and <= 255, got 4",
+        "defaults.tile: expected an integer multiple of 16 from 64 to 8192, got 100",
+        ('defaults.output_options.quality: expected no quality with compression "lzw": '
+        "quality applies to jpeg only, got 50"),
+        'jobs[1].input: expected s3://bucket/key with both a bucket and a key, got "s3://bucket"',
+        f"jobs[1].output: same output as jobs[0] ({json.dumps(at('out', 'a.tif'))})",
+        ("jobs[1].pages[1]: expected a page not listed before, got 1 again "
+        "(already jobs[1].pages[0])"),
+        'jobs[2].output: expected a path ending in .tif or .tiff, got "c.png"',
+        ('jobs[2].output_options.level: expected an integer from 1 to 9 for compression '
+        '"deflate", got 15'),
+        ("jobs[2].tile: expected a multiple of the output tile size 384, got 1024; set tile to "
+        "768 or 1152, or output_options.tile to 256 (or another divisor of 1024)"),
+        'jobs[3]: expected an object with "input" and "output", got 7',
+        ("jobs[4].colour: unknown field (allowed: input, ops, output, output_options, pages, "
+        "tile)"),
+        "jobs[4].input: expected a local path or s3://bucket/key (required), got nothing",
+        (f"jobs[4].output: same location as the input of jobs[0] ({json.dumps(at('a.tif'))}); "
+        "the output would overwrite it"),
+    ]
+    assert sorted(problems) == sorted(expected)
+    assert len(problems) == 14
+
+
+def test_the_error_message_lists_every_problem_with_the_source():
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"jobs": [job(tile=1), job(pages=[])]}, "runs/m.json", BASE)
+    text = str(info.value)
+    assert text.startswith("runs/m.json: 3 problem(s) in the manifest:")
+    for problem in info.value.problems:
+        assert f"\n  {problem}" in text
+
+
+# --- JSON text ----------------------------------------------------------------------
+
+
+def test_invalid_json_names_line_and_column():
+    text = '{\n  "jobs": [\n    {"input": "a.tif"\n     "output": "b.tif"}\n  ]\n}\n'
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text(text, "m.json", BASE)
+    assert info.value.problems == ["line 4, column 6: invalid JSON: Expecting ',' delimiter"]
+    assert str(info.value).startswith("m.json: 1 problem(s)")
+
+
+def test_trailing_comma_is_invalid_json():
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text('{"jobs": [1,]}', "m.json", BASE)
+    assert info.value.problems == ["line 1, column 13: invalid JSON: Expecting value"]
+
+
+@pytest.mark.parametrize("text", ["", "  \n"])
+def test_empty_text_says_so(text):
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text(text, "m.json", BASE)
+    assert info.value.problems == [
+        'manifest: expected a JSON object with "jobs", got an empty file']
+
+
+def test_valid_text_is_parsed_and_checked():
+    text = json.dumps({"jobs": [job(ops=[{"op": "dilate"}])]})
+    [spec] = load_manifest_text(text, "m.json", BASE)
+    assert spec.ops == [{"op": "dilate", "ksize": 3, "iterations": 1}]
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text(json.dumps({"jobs": [job(tile=8)]}), "m.json", BASE)
+    assert info.value.problems == [
+        "jobs[0].tile: expected an integer multiple of 16 from 64 to 8192, got 8"]

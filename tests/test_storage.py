@@ -1,0 +1,406 @@
+"""Tests of pipeline.adapters.storage: a real local filesystem and moto for S3."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import boto3
+import numpy as np
+import pytest
+import tifffile
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from moto import mock_aws
+
+from pipeline.adapters import storage
+from pipeline.errors import (
+    InputNotFoundError,
+    OutputNotWritableError,
+    StorageError,
+    WorkMissingError,
+)
+
+BUCKET = "tp-bucket"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 with one bucket; returns a plain boto3 client for setup and checks."""
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        monkeypatch.setattr(storage, "_client", None)  # a client made inside this mock
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+# --- paths ----------------------------------------------------------------------------
+
+
+def test_is_s3_and_split():
+    assert storage.is_s3("s3://b/k") and not storage.is_s3("/tmp/x")
+    assert storage.split_s3("s3://b/a/b.tif") == ("b", "a/b.tif")
+    assert storage.split_s3("s3://b") == ("b", "")
+    for bad in ("s3://", "s3:///key", "/local/path", "http://b/k"):
+        with pytest.raises(ValueError, match="S3 URL"):
+            storage.split_s3(bad)
+
+
+def test_join():
+    assert storage.join("s3://b", "work", "t.json") == "s3://b/work/t.json"
+    assert storage.join("s3://b/p/", "/a/", "c") == "s3://b/p/a/c"
+    assert storage.join("s3://b/p") == "s3://b/p"
+    assert storage.join("/data", "a", "b.tif") == os.path.join("/data", "a", "b.tif")
+
+
+def test_resolve():
+    assert storage.resolve("in.tif", "/data/m") == "/data/m/in.tif"
+    assert storage.resolve("../x/in.tif", "/data/m") == "/data/x/in.tif"
+    assert storage.resolve("/abs/in.tif", "s3://b/m") == "/abs/in.tif"
+    assert storage.resolve("s3://o/k.tif", "/data") == "s3://o/k.tif"
+    assert storage.resolve("sub/in.tif", "s3://b") == "s3://b/sub/in.tif"
+    assert storage.resolve("../in.tif", "s3://b/m/n") == "s3://b/m/in.tif"
+    assert os.path.isabs(storage.resolve("in.tif", "rel/dir"))
+    with pytest.raises(ValueError, match="above the bucket root"):
+        storage.resolve("../../in.tif", "s3://b/m")
+
+
+def test_parent():
+    assert storage.parent("s3://b/a/b.tif") == "s3://b/a"
+    assert storage.parent("s3://b/b.tif") == "s3://b"
+    assert storage.parent("/data/a/b.tif") == "/data/a"
+    assert storage.parent("b.tif") == os.getcwd()
+    assert storage.resolve("x.tif", storage.parent("s3://b/m/manifest.json")) == "s3://b/m/x.tif"
+
+
+# --- ranged reads ---------------------------------------------------------------------
+
+
+def _write_tiff(path):
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 4096, size=(2048, 2048), dtype=np.uint16)
+    small = rng.integers(0, 255, size=(64, 80), dtype=np.uint8)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(big, tile=(256, 256), compression="zlib")
+        tw.write(small, compression="zlib")
+    return big, small
+
+
+def test_open_input_reads_tiff_with_ranged_gets(s3, tmp_path):
+    big, small = _write_tiff(tmp_path / "in.tif")
+    s3.upload_file(str(tmp_path / "in.tif"), BUCKET, "in/in.tif")
+    object_size = os.path.getsize(tmp_path / "in.tif")
+    assert object_size > 4 * 1024 * 1024
+    gets = []
+    storage.s3_client().meta.events.register(
+        "provide-client-params.s3.GetObject", lambda params, **_: gets.append(params))
+
+    with storage.open_input("s3://tp-bucket/in/in.tif") as fh:
+        assert fh.seekable() and fh.raw.size == object_size
+        with tifffile.TiffFile(fh) as tif:
+            page = tif.pages[0]
+            decode = page.decode
+            window = np.zeros((512, 512), np.uint16)
+            tiles_across = (page.imagewidth + 255) // 256
+            for ty in (2, 3):  # the 2x2 tiles of rows 512..1024, columns 768..1280
+                for tx in (3, 4):
+                    index = ty * tiles_across + tx
+                    fh.seek(page.dataoffsets[index])
+                    data = fh.read(page.databytecounts[index])
+                    tile, _, _ = decode(data, index)
+                    window[(ty - 2) * 256:(ty - 1) * 256, (tx - 3) * 256:(tx - 2) * 256] = (
+                        tile.reshape(256, 256))
+            np.testing.assert_array_equal(window, big[512:1024, 768:1280])
+            fetched = fh.raw.bytes_fetched
+            assert fetched < object_size / 4, (fetched, object_size)
+            np.testing.assert_array_equal(tif.pages[1].asarray(), small)
+
+    assert gets and all("Range" in p and "IfMatch" in p for p in gets)
+    assert len(gets) == fh.raw.requests
+
+
+def test_open_input_whole_read_and_seek(s3):
+    data = bytes(range(256)) * 5000
+    s3.put_object(Bucket=BUCKET, Key="blob", Body=data)
+    with storage.open_input("s3://tp-bucket/blob", buffer_size=4096) as fh:
+        assert fh.read() == data
+        fh.seek(-10, os.SEEK_END)
+        assert fh.read(100) == data[-10:]
+        assert fh.read(1) == b""
+        fh.seek(1000)
+        assert fh.read(3) == data[1000:1003] and fh.tell() == 1003
+
+
+def test_open_input_empty_object(s3):
+    s3.put_object(Bucket=BUCKET, Key="empty", Body=b"")
+    with storage.open_input("s3://tp-bucket/empty") as fh:
+        assert fh.read() == b""
+
+
+def test_open_input_missing(s3, tmp_path):
+    for url in ("s3://tp-bucket/nope.tif", "s3://no-such-bucket/x.tif", str(tmp_path / "no.tif")):
+        with pytest.raises(InputNotFoundError, match=url):
+            storage.open_input(url)
+
+
+def test_object_replaced_while_reading(s3):
+    s3.put_object(Bucket=BUCKET, Key="obj", Body=b"a" * 10000)
+    with storage.open_input("s3://tp-bucket/obj", buffer_size=1024) as fh:
+        fh.read(10)
+        s3.put_object(Bucket=BUCKET, Key="obj", Body=b"b" * 10000)
+        fh.seek(5000)
+        with pytest.raises(StorageError, match="changed while"):
+            fh.read(10)
+
+
+# --- small reads and writes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_read_write_roundtrip(s3, tmp_path, kind):
+    base = str(tmp_path) if kind == "local" else "s3://tp-bucket/work"
+    url = storage.join(base, "deep", "er", "x.json")
+    storage.write_json(url, {"a": [1, 2]})
+    assert storage.read_json(url) == {"a": [1, 2]}
+    assert storage.exists(url) and storage.size(url) == len(storage.read_bytes(url))
+    storage.write_text(url, "héllo")
+    assert storage.read_text(url) == "héllo"
+    missing = storage.join(base, "missing.json")
+    assert not storage.exists(missing)
+    with pytest.raises(WorkMissingError, match=missing):
+        storage.read_bytes(missing)
+    with pytest.raises(InputNotFoundError, match=missing):
+        storage.read_json(missing, missing=InputNotFoundError)
+    with pytest.raises(WorkMissingError, match=missing):
+        storage.size(missing)
+
+
+def test_local_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "x.bin"
+    storage.write_bytes(str(target), b"one")
+    storage.write_bytes(str(target), b"two")
+    assert target.read_bytes() == b"two"
+    assert os.listdir(target.parent) == ["x.bin"]
+
+    def failing_replace(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError, match="x.bin"):
+        storage.write_bytes(str(target), b"three")
+    assert target.read_bytes() == b"two"
+    assert os.listdir(target.parent) == ["x.bin"]
+
+
+def test_download_upload(s3, tmp_path):
+    storage.write_bytes(str(tmp_path / "a.txt"), b"abc")
+    storage.upload(str(tmp_path / "a.txt"), "s3://tp-bucket/a.txt")
+    storage.download("s3://tp-bucket/a.txt", str(tmp_path / "b" / "b.txt"))
+    assert (tmp_path / "b" / "b.txt").read_bytes() == b"abc"
+
+
+# --- publishing -----------------------------------------------------------------------
+
+
+def test_publish_local_is_atomic(tmp_path):
+    final = str(tmp_path / "out" / "final.tif")
+    tmp = storage.temp_output_path(final)
+    assert os.path.dirname(tmp) == os.path.dirname(final)
+    assert os.path.basename(tmp).startswith(".final.tif.tiffpipe-") and tmp.endswith(".tmp")
+    assert tmp != storage.temp_output_path(final)
+    with open(tmp, "wb") as fh:
+        fh.write(b"data")
+    storage.publish_file(tmp, final)
+    with open(final, "rb") as fh:
+        assert fh.read() == b"data"
+    assert os.listdir(tmp_path / "out") == ["final.tif"]
+
+
+def test_publish_local_across_filesystems(tmp_path, monkeypatch):
+    src = tmp_path / "elsewhere.tif"
+    src.write_bytes(b"data")
+    final = tmp_path / "out" / "final.tif"
+    real_replace = os.replace
+
+    def replace(a, b):
+        if str(a) == str(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    storage.publish_file(str(src), str(final))
+    assert final.read_bytes() == b"data" and not src.exists()
+    assert os.listdir(final.parent) == ["final.tif"]
+
+
+def test_publish_local_unwritable(tmp_path):
+    (tmp_path / "afile").write_bytes(b"")
+    src = tmp_path / "src.tif"
+    src.write_bytes(b"data")
+    with pytest.raises(OutputNotWritableError, match="afile"):
+        storage.publish_file(str(src), str(tmp_path / "afile" / "out.tif"))
+
+
+def test_publish_s3_multipart(s3, tmp_path):
+    url = "s3://tp-bucket/out/final.tif"
+    tmp = storage.temp_output_path(url)
+    assert not tmp.startswith("s3://")
+    data = os.urandom(12 * 1024 * 1024)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    calls = []
+    storage.s3_client().meta.events.register(
+        "before-call.s3.*", lambda model, **_: calls.append(model.name))
+    storage.publish_file(tmp, url, multipart_threshold=5 * 1024 * 1024,
+                         multipart_chunksize=5 * 1024 * 1024)
+    assert not os.path.exists(tmp)
+    assert calls.count("UploadPart") == 3 and "CompleteMultipartUpload" in calls
+    obj = s3.get_object(Bucket=BUCKET, Key="out/final.tif")
+    assert obj["Body"].read() == data and obj["ContentType"] == "image/tiff"
+    assert obj["ETag"].strip('"').endswith("-3")
+
+
+def test_publish_s3_missing_bucket(s3, tmp_path):
+    src = tmp_path / "src.tif"
+    src.write_bytes(b"data")
+    with pytest.raises(OutputNotWritableError, match="s3://no-such-bucket/x.tif"):
+        storage.publish_file(str(src), "s3://no-such-bucket/x.tif")
+    assert src.exists()
+    assert "no-such-bucket" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_publish_s3_failed_part_aborts_the_upload(s3, tmp_path):
+    src = tmp_path / "src.tif"
+    src.write_bytes(os.urandom(11 * 1024 * 1024))
+    parts, aborts = [], []
+    storage.s3_client().meta.events.register(
+        "provide-client-params.s3.AbortMultipartUpload", lambda params, **_: aborts.append(params))
+
+    def fail_second_part(params, **_):
+        parts.append(params["PartNumber"])
+        if params["PartNumber"] == 2:
+            raise EndpointConnectionError(endpoint_url="https://injected")
+
+    storage.s3_client().meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
+    with pytest.raises(OutputNotWritableError, match="s3://tp-bucket/out.tif"):
+        storage.publish_file(str(src), "s3://tp-bucket/out.tif",
+                             multipart_threshold=5 * 1024 * 1024,
+                             multipart_chunksize=5 * 1024 * 1024)
+    assert 2 in parts and len(aborts) == 1  # s3transfer aborted the multipart upload
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="out.tif")
+    assert src.exists()
+
+
+# --- listing and deleting -------------------------------------------------------------
+
+
+def test_list_and_delete_local(tmp_path):
+    for rel in ("w/a.json", "w/sub/b.bin", "w/sub/deeper/c", "other/d"):
+        storage.write_bytes(str(tmp_path / rel), b"x")
+    work = str(tmp_path / "w")
+    assert storage.list_prefix(work) == [
+        str(tmp_path / "w" / r) for r in ("a.json", "sub/b.bin", "sub/deeper/c")]
+    storage.delete_prefix(work)
+    assert not os.path.exists(work) and storage.list_prefix(work) == []
+    storage.delete_prefix(work)  # already gone: fine
+    assert storage.list_prefix(str(tmp_path)) == [str(tmp_path / "other" / "d")]
+
+
+def test_list_and_delete_s3_paginates(s3):
+    n = 1050
+    for i in range(n):
+        s3.put_object(Bucket=BUCKET, Key=f"work/run1/t{i:05d}", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key="work/run10/keep", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key="keep", Body=b"")
+    listed = storage.list_prefix("s3://tp-bucket/work/run1")
+    assert len(listed) == n and listed == sorted(listed)
+    assert listed[0] == "s3://tp-bucket/work/run1/t00000"
+    assert storage.list_prefix("s3://tp-bucket/work/run1/") == listed
+    storage.delete_prefix("s3://tp-bucket/work/run1")
+    assert storage.list_prefix("s3://tp-bucket/work/run1") == []
+    assert storage.list_prefix("s3://tp-bucket") == [
+        "s3://tp-bucket/keep", "s3://tp-bucket/work/run10/keep"]
+    with pytest.raises(ValueError, match="whole bucket"):
+        storage.delete_prefix("s3://tp-bucket/")
+
+
+# --- check_writable -------------------------------------------------------------------
+
+
+def test_check_writable_local(tmp_path):
+    storage.check_writable(str(tmp_path / "new" / "deeper" / "out.tif"))
+    assert not (tmp_path / "new").exists()  # a check has no side effects
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(OutputNotWritableError, match="afile"):
+        storage.check_writable(str(tmp_path / "afile" / "out.tif"))
+    with pytest.raises(OutputNotWritableError, match="is a folder"):
+        storage.check_writable(str(tmp_path))
+    with pytest.raises(OutputNotWritableError, match="/proc/out.tif"):
+        storage.check_writable("/proc/out.tif")
+
+
+def test_check_writable_s3(s3):
+    storage.check_writable("s3://tp-bucket/out/x.tif")
+    with pytest.raises(OutputNotWritableError, match="bucket does not exist"):
+        storage.check_writable("s3://no-such-bucket/x.tif")
+    with pytest.raises(OutputNotWritableError, match="not an object"):
+        storage.check_writable("s3://tp-bucket/")
+
+
+# --- the client -----------------------------------------------------------------------
+
+
+def test_client_honours_endpoint_env_and_is_cached(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://localhost:9999")
+    monkeypatch.setattr(storage, "_client", None)
+    client = storage.s3_client()
+    assert client.meta.endpoint_url == "http://localhost:9999"
+    assert storage.s3_client() is client
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://localhost:9998")
+    assert storage.s3_client().meta.endpoint_url == "http://localhost:9998"
+
+
+def test_client_is_recreated_after_fork(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(storage, "_client", None)
+    client = storage.s3_client()
+    pid = os.fork()
+    if pid == 0:  # the child: a client of its own
+        os._exit(0 if storage.s3_client() is not client else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert storage.s3_client() is client
+
+
+def test_broken_body_stream_is_retried(s3):
+    s3.put_object(Bucket=BUCKET, Key="obj", Body=b"x" * 1000)
+    calls = []
+
+    def flaky(params, **_):
+        calls.append(params)
+        if len(calls) == 1:
+            raise ReadTimeoutError(endpoint_url="https://injected")
+
+    storage.s3_client().meta.events.register("provide-client-params.s3.GetObject", flaky)
+    with storage.open_input("s3://tp-bucket/obj") as fh:
+        assert fh.read() == b"x" * 1000
+    assert len(calls) == 2 and fh.raw.requests == 1
+
+
+def test_access_denied_is_a_storage_error(s3):
+    def deny(**_):
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
+
+    storage.s3_client().meta.events.register("provide-client-params.s3.GetObject", deny)
+    with pytest.raises(StorageError, match="s3://tp-bucket/x.json: access denied"):
+        storage.read_json("s3://tp-bucket/x.json")
