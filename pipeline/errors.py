@@ -91,11 +91,13 @@ def error_record(exc: BaseException) -> dict[str, str]:
 
 
 def by_name(name: str) -> type[TiffpipeError]:
-    """The tiffpipe error class called ``name``, or the base class if there is none."""
+    """The tiffpipe error class called ``name``; for other names (``MemoryError``, a codec's
+    error) a TiffpipeError subclass of that name, so a re-raised error keeps its name."""
     for cls in _all_subclasses(TiffpipeError):
         if cls.__name__ == name:
             return cls
-    return TiffpipeError
+    safe = name if name.isidentifier() else "TiffpipeError"
+    return type(safe, (TiffpipeError,), {"__module__": __name__})
 
 
 def _all_subclasses(cls: type) -> list[type]:

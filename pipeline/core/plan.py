@@ -1,0 +1,46 @@
+"""A job's plan from its pages and op chain: grids, halo, split units and batches. Pure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_units
+from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
+from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
+
+#: haloed pixels one split invocation reads at most (bytes); bounds its memory
+SPLIT_BUDGET = 96 * 1024 * 1024
+#: tiles one process invocation handles (bounded in pixels by the tile size)
+TILES_PER_BATCH = 8
+#: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
+MAX_ITEMS = 10_000
+
+
+def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
+              started_at: float) -> tuple[JobPlan, list[str]]:
+    """The plan of one job, and the problems (naming the page) that stop it from running."""
+    chain = chain_from_json(spec.ops)
+    problems: list[str] = []
+    pages: list[PagePlan] = []
+    halo = 0
+    for info in infos:
+        dtype = np.dtype(info.dtype)
+        for p in chain_problems(chain, dtype, info.channels):
+            problems.append(f"page {info.index}: {p}")
+        halo = max(halo, chain_halo(chain, dtype))
+    for info in infos:
+        grid = PageGrid(info.height, info.width, spec.tile, halo)
+        pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid))
+    units: list[SplitUnit] = []
+    for i, page in enumerate(pages):
+        bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
+        units += split_units(i, page.grid, bpp, SPLIT_BUDGET, page.info.segment_rows,
+                             full_width=not page.info.tiled)
+    total_tiles = sum(p.grid.count for p in pages)
+    per_batch = max(TILES_PER_BATCH, -(-total_tiles // MAX_ITEMS))
+    work_batches: list[Batch] = []
+    for i, page in enumerate(pages):
+        work_batches += batches(i, page.grid, per_batch)
+    plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
+                   batches=work_batches, started_at=started_at)
+    return plan, problems

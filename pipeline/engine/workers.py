@@ -1,0 +1,83 @@
+"""A pool of worker processes that run the Lambda handlers, as Lambda would.
+
+A handler's exception becomes an error record named after its class (Lambda's
+``errorType``); a worker that dies becomes ``WorkerCrashedError`` and the pool is rebuilt.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import threading
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+_env: dict[str, str] = {}
+
+
+def _init(env: dict[str, str]) -> None:
+    """Worker start: the user's environment (not the engine's mocked one), one OpenCV thread
+    (the pool is the parallelism)."""
+    os.environ.clear()
+    os.environ.update(env)
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any], int, int]:
+    """Run one handler; never raise (exceptions are returned as Lambda error payloads)."""
+    from pipeline.handlers import dispatch
+
+    try:
+        ok, payload = True, dispatch(function, event)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a Lambda error
+        ok, payload = False, {
+            "errorType": type(exc).__name__, "errorMessage": str(exc),
+            "stackTrace": traceback.format_exception(exc)[-20:],
+        }
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ok, payload, os.getpid(), peak_kb
+
+
+@dataclass
+class WorkerPool:
+    """``invoke(function, event)`` runs a handler in a worker process and returns
+    ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently."""
+
+    workers: int
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    peaks_kb: dict[int, int] = field(default_factory=dict)  # worker pid -> peak RSS
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
+                                   initargs=(self.env,))
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            pool = self._pool
+        try:
+            ok, payload, pid, peak = pool.submit(_invoke, function, event).result()
+        except BrokenProcessPool as exc:
+            with self._lock:
+                if self._pool is pool:  # the first thread to notice rebuilds it
+                    self._pool = self._new_pool()
+            return False, {"errorType": "WorkerCrashedError",
+                           "errorMessage": f"a worker process died while running "
+                                          f"{function}.{event.get('action')} ({exc}); it was "
+                                          "probably out of memory or killed"}
+        with self._lock:
+            self.peaks_kb[pid] = max(self.peaks_kb.get(pid, 0), peak)
+        return ok, payload
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

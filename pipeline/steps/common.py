@@ -1,0 +1,53 @@
+"""What the split, process and merge steps share: cached plans and error records."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pipeline.adapters import storage
+from pipeline.core.models import JobPlan
+from pipeline.errors import TiffpipeError, by_name, error_record
+from pipeline.steps import layout
+
+
+@functools.lru_cache(maxsize=8)
+def load_plan(plan_url: str) -> JobPlan:
+    """A job's plan; cached, since a warm worker serves many units and batches of a job."""
+    return JobPlan.from_json(storage.read_json(plan_url))
+
+
+@contextmanager
+def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
+    """Record the error of a failing unit or batch in the work location, then re-raise it.
+
+    Merge and record_failure report these recorded errors: a Distributed Map run reports only
+    that too many items failed (and moto's engine swallows failed items), so the job's report
+    would otherwise lose the real cause.
+    """
+    try:
+        yield
+    except Exception as exc:
+        record = {**error_record(exc), "step": step, "index": index}
+        try:
+            storage.write_json(layout.error_file(plan.work, step, index), record)
+        except TiffpipeError:
+            pass  # the step fails with its own error anyway; recording is best effort
+        raise
+
+
+def recorded_errors(job_work: str) -> list[dict[str, str]]:
+    """The recorded unit and batch errors of a job, split errors first."""
+    urls = [u for u in storage.list_prefix(layout.errors_dir(job_work)) if u.endswith(".json")]
+    return [json.loads(storage.read_bytes(u)) for u in sorted(urls)]
+
+
+def raise_recorded(job_work: str) -> None:
+    """Raise the first recorded error of a job again, under its own name."""
+    errors = recorded_errors(job_work)
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more failed units/batches)" if len(errors) > 1 else ""
+        raise by_name(first["type"])(first["message"] + more)

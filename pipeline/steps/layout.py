@@ -1,0 +1,47 @@
+"""Where each step keeps its files in the work location (a local folder or an s3:// prefix).
+
+```
+{work}/run.json                              the run: resolved jobs of the manifest
+{work}/jobs/{job}/plan.json                  a job's plan
+{work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
+{work}/jobs/{job}/out/{page}/{row}_{col}     packs of encoded output tiles (process -> merge)
+{work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed split unit or batch
+{work}/jobs/{job}/result.json                the job's outcome (merge or record_failure)
+```
+"""
+
+from __future__ import annotations
+
+from pipeline.adapters.storage import join
+
+
+def run_file(work: str) -> str:
+    return join(work, "run.json")
+
+
+def job_dir(work: str, job: int) -> str:
+    return join(work, "jobs", f"{job:05d}")
+
+
+def plan_file(job_work: str) -> str:
+    return join(job_work, "plan.json")
+
+
+def tile_file(job_work: str, page: int, row: int, col: int) -> str:
+    return join(job_work, "tiles", f"{page:04d}", f"{row:05d}_{col:05d}.tpw")
+
+
+def pack_file(job_work: str, page: int, row: int, col: int) -> str:
+    return join(job_work, "out", f"{page:04d}", f"{row:05d}_{col:05d}.tpk")
+
+
+def errors_dir(job_work: str) -> str:
+    return join(job_work, "errors")
+
+
+def error_file(job_work: str, step: str, index: int) -> str:
+    return join(errors_dir(job_work), f"{step}-{index:06d}.json")
+
+
+def result_file(job_work: str) -> str:
+    return join(job_work, "result.json")

@@ -1,0 +1,58 @@
+"""The planning steps: read the manifest once for the run, then plan each job."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipeline.adapters import storage
+from pipeline.adapters.tiff_read import read_infos
+from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core.events import JobEvent, RunEvent
+from pipeline.core.manifest import load_manifest_text
+from pipeline.core.models import JobSpec
+from pipeline.core.plan import make_plan
+from pipeline.errors import InputNotFoundError, OperationError
+from pipeline.steps import layout
+
+
+def plan_run(event: RunEvent) -> dict[str, Any]:
+    """Validate the manifest and write run.json; the jobs' indices go to the Jobs map."""
+    text = storage.read_text(event.manifest, missing=InputNotFoundError)
+    specs = load_manifest_text(text, event.manifest, storage.parent(event.manifest))
+    run_url = layout.run_file(event.work)
+    report = event.report or storage.join(event.work, "report.json")
+    storage.write_json(run_url, {
+        "run_id": event.run_id, "manifest": event.manifest, "work": event.work,
+        "report": report, "started_at": time.time(),
+        "jobs": [s.to_json() for s in specs],
+    })
+    return {"run": run_url, "jobs": list(range(len(specs)))}
+
+
+def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
+    run = storage.read_json(run_url)
+    return run, JobSpec.from_json(run["jobs"][job])
+
+
+def plan_job(event: JobEvent) -> dict[str, Any]:
+    """Read the input's page headers, check the job can run, and write its plan.json.
+
+    Returns the indices of the split units and batches for the two Map states.
+    """
+    started = time.time()
+    run, spec = load_job(event.run, event.job)
+    work = layout.job_dir(run["work"], event.job)
+    storage.check_writable(spec.output)
+    infos = read_infos(spec.input, spec.pages)
+    plan, problems = make_plan(event.job, spec, infos, work, started)
+    for page in plan.pages:
+        why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check()
+        if why:
+            problems.append(f"page {page.info.index}: {why}")
+    if problems:
+        raise OperationError(f"{spec.input}: the job cannot run: " + "; ".join(problems))
+    plan_url = layout.plan_file(work)
+    storage.write_json(plan_url, plan.to_json(), indent=None)
+    return {"plan": plan_url, "job": event.job, "units": list(range(len(plan.units))),
+            "batches": list(range(len(plan.batches))), "tiles": plan.tiles}

@@ -1,0 +1,80 @@
+"""The end of a job and of a run: record a failed job, write the run report."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pipeline.adapters import storage
+from pipeline.core.events import FailureEvent, ReportEvent
+from pipeline.errors import TiffpipeError
+from pipeline.steps import layout
+from pipeline.steps.common import recorded_errors
+from pipeline.steps.planning import load_job
+
+
+def failure_record(error: dict[str, Any]) -> dict[str, str]:
+    """``{"type", "message"}`` from the ``{"Error", "Cause"}`` of a Step Functions Catch.
+
+    A Lambda error's Cause is the JSON of ``{"errorType", "errorMessage", ...}``.
+    """
+    name = str(error.get("Error") or "UnknownError")
+    cause = error.get("Cause") or ""
+    message = str(cause)
+    try:
+        parsed = json.loads(cause) if isinstance(cause, str) else cause
+        if isinstance(parsed, dict):
+            name = parsed.get("errorType") or name
+            message = parsed.get("errorMessage") or message
+    except ValueError:
+        pass
+    return {"type": name, "message": message}
+
+
+def record_failure(event: FailureEvent) -> dict[str, Any]:
+    """Write a FAILED result for a job. A unit or batch error recorded in the work location
+    is the real cause (a Map state only says that items failed), so it wins."""
+    run, spec = load_job(event.run, event.job)
+    work = layout.job_dir(run["work"], event.job)
+    try:
+        recorded = recorded_errors(work)
+    except TiffpipeError:
+        recorded = []
+    error = failure_record(event.error)
+    if recorded:
+        error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
+    now = time.time()
+    started = run.get("started_at", now)
+    try:
+        started = storage.read_json(layout.plan_file(work)).get("started_at", started)
+    except TiffpipeError:
+        pass
+    result = {"job": event.job, "status": "FAILED", "input": spec.input, "output": spec.output,
+              "error": error, "started_at": started, "finished_at": now,
+              "seconds": round(now - started, 3)}
+    storage.write_json(layout.result_file(work), result)
+    return {"job": event.job, "status": "FAILED", "error": error["type"]}
+
+
+def report(event: ReportEvent) -> dict[str, Any]:
+    """Gather every job's result into the run report (JSON) and return the counts."""
+    run = storage.read_json(event.run)
+    jobs = []
+    for i, spec in enumerate(run["jobs"]):
+        try:
+            jobs.append(storage.read_json(layout.result_file(layout.job_dir(run["work"], i))))
+        except TiffpipeError:
+            jobs.append({"job": i, "status": "FAILED", "input": spec["input"],
+                         "output": spec["output"],
+                         "error": {"type": "NoResultError",
+                                   "message": "the job recorded no result; see the execution "
+                                              "history of the state machine"}})
+    now = time.time()
+    succeeded = sum(j["status"] == "SUCCEEDED" for j in jobs)
+    doc = {"run_id": run["run_id"], "manifest": run["manifest"],
+           "started_at": run["started_at"], "finished_at": now,
+           "seconds": round(now - run["started_at"], 3),
+           "succeeded": succeeded, "failed": len(jobs) - succeeded, "jobs": jobs}
+    storage.write_json(run["report"], doc)
+    return {"report": run["report"], "succeeded": succeeded, "failed": len(jobs) - succeeded}
