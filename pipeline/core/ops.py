@@ -40,6 +40,7 @@ class Op:
     accepts: Callable[[dict[str, Any], np.dtype, int], str | None] = lambda p, dt, ch: None
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
+    halo_help: str = "0 (a point operation)"
     exact: str = "bit-identical to the OpenCV call on the whole page"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -166,23 +167,30 @@ _SIGMA = Param("sigma", "number", "standard deviation of the Gaussian, in pixels
                required=True, gt=0, le=500)
 _KSIZE_MORPH = Param("ksize", "integer", "side of the square kernel, in pixels",
                      default=3, ge=1, le=255)
+_MORPH_HALO = "(ksize // 2) * iterations"
 _ITER = Param("iterations", "integer", "how many times to apply it", default=1, ge=1, le=100)
 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), _gaussian_blur,
-       halo=lambda p, dt: gaussian_radius(p["sigma"], dt)),
+       halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
+       halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, k = 3 for "
+                 "uint8, 4 otherwise"),
     Op("median_blur", "cv2.medianBlur(img, ksize)",
        (Param("ksize", "integer", "aperture size", required=True, ge=3, le=255, odd=True),),
-       _median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts),
+       _median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts,
+       halo_help="ksize // 2"),
     Op("dilate", "cv2.dilate(img, ones((ksize, ksize)), iterations=iterations)",
-       (_KSIZE_MORPH, _ITER), _dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"]),
+       (_KSIZE_MORPH, _ITER), _dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
+       halo_help=_MORPH_HALO),
     Op("erode", "cv2.erode(img, ones((ksize, ksize)), iterations=iterations)",
-       (_KSIZE_MORPH, _ITER), _erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"]),
+       (_KSIZE_MORPH, _ITER), _erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
+       halo_help=_MORPH_HALO),
     Op("unsharp_mask",
        "cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)",
        (_SIGMA, Param("amount", "number", "strength of the sharpening", default=1.0,
                       ge=0, le=100)),
-       _unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt)),
+       _unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
+       halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers; 1 - img for float32", (), _invert),
     Op("gamma", "max * (img / max) ** (1 / gamma), rounded (a LUT for integers)",
        (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), _gamma),

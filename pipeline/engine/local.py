@@ -8,6 +8,7 @@ so tiles run in parallel. This module is the only place that knows the local eng
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -51,6 +52,9 @@ def _mocked_aws() -> Iterator[None]:
     hidden meanwhile so that moto serves the engine's own calls (the workers keep them)."""
     from moto import mock_aws
 
+    # moto logs every failed task at ERROR and warns about declarations it ignores; the
+    # run report carries the errors, so keep the terminal clean.
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
     saved = {k: os.environ.pop(k) for k in _ENDPOINT_VARS if k in os.environ}
     try:
         config = {"stepfunctions": {"execute_state_machine": True},

@@ -1,0 +1,109 @@
+"""A local run of a manifest: validate, run the state machine on the embedded engine, report.
+
+The CLI's ``tiffpipe run`` is this module plus a terminal UI.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.adapters import storage
+from pipeline.core.manifest import load_manifest_text
+from pipeline.core.models import JobSpec
+from pipeline.engine.local import Listener, LocalEngine
+from pipeline.errors import EngineError, InputNotFoundError
+
+
+def new_run_id() -> str:
+    """Unique and readable: UTC time plus random hex (two runs in a second never collide)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def validate(manifest: str) -> list[JobSpec]:
+    """The manifest's jobs, or ManifestError listing every problem."""
+    text = storage.read_text(manifest, missing=InputNotFoundError)
+    return load_manifest_text(text, manifest, storage.parent(manifest))
+
+
+def default_report(manifest: str) -> str:
+    """``<manifest folder>/<manifest stem>.report.json`` (local manifests), else in the work."""
+    stem = os.path.splitext(os.path.basename(manifest))[0]
+    if storage.is_s3(manifest):
+        return storage.join(storage.parent(manifest), f"{stem}.report.json")
+    return os.path.join(os.path.dirname(os.path.abspath(manifest)), f"{stem}.report.json")
+
+
+def default_work(manifest: str, run_id: str) -> str:
+    """Work files next to a local manifest (same disk as the data), else in the temp folder."""
+    if storage.is_s3(manifest):
+        import tempfile
+
+        return os.path.join(tempfile.gettempdir(), "tiffpipe-work", run_id)
+    return os.path.join(os.path.dirname(os.path.abspath(manifest)), ".tiffpipe-work", run_id)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # the execution's status
+    report: dict[str, Any] | None
+    report_url: str
+    work: str
+    seconds: float
+    error: str | None = None
+    worker_peaks_mb: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (self.status == "SUCCEEDED" and self.report is not None
+                and self.report.get("failed", 1) == 0)
+
+
+def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,
+              keep_work: bool = False, listener: Listener | None = None) -> RunResult:
+    """Run every job of a (validated) manifest on this machine."""
+    if not storage.is_s3(manifest):
+        manifest = os.path.abspath(manifest)
+    run_id = new_run_id()
+    work = work or default_work(manifest, run_id)
+    if not storage.is_s3(work):
+        work = os.path.abspath(work)
+    report_url = report or default_report(manifest)
+    if not storage.is_s3(report_url):
+        report_url = os.path.abspath(report_url)
+    started = time.time()
+    event = {"manifest": manifest, "work": work, "run_id": run_id, "report": report_url}
+    try:
+        with LocalEngine(workers, listener) as engine:
+            execution = engine.run(event, name=f"run-{run_id}")
+            peaks = {pid: kb / 1024 for pid, kb in engine.pool.peaks_kb.items()}
+        doc = None
+        if execution.status == "SUCCEEDED":
+            doc = storage.read_json(report_url)
+        error = None if doc else f"{execution.error}: {execution.cause}"
+        return RunResult(run_id, execution.status, doc, report_url, work,
+                         time.time() - started, error, peaks)
+    except EngineError as exc:
+        return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
+                         str(exc))
+    finally:
+        if not keep_work:
+            _remove_work(work)
+
+
+def _remove_work(work: str) -> None:
+    if storage.is_s3(work):
+        storage.delete_prefix(work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        parent = os.path.dirname(work)
+        if os.path.basename(parent) == ".tiffpipe-work":
+            try:
+                os.rmdir(parent)  # only when empty: other runs may share it
+            except OSError:
+                pass
