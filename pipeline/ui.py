@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,7 +35,7 @@ class RunProgress:
                 console=Console(file=self.stream), transient=False)
             self.overall = self.progress.add_task("all jobs", total=None)
 
-    def __enter__(self) -> RunProgress:
+    def __enter__(self) -> Self:
         if self.progress:
             self.progress.start()
         return self

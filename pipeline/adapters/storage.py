@@ -100,21 +100,6 @@ def join(base: str, *parts: str) -> str:
     return f"{base.rstrip('/')}/{tail}" if tail else base
 
 
-def resolve(location: str, base_dir: str) -> str:
-    """``location`` relative to ``base_dir``; absolute paths and S3 URLs are returned as they are."""
-    if is_s3(location) or os.path.isabs(location):
-        return location
-    if location.startswith("~"):
-        return os.path.expanduser(location)
-    if not is_s3(base_dir):
-        return os.path.abspath(os.path.join(base_dir, location))
-    bucket, prefix = split_s3(base_dir)
-    key = posixpath.normpath(posixpath.join(prefix, location))
-    if key == ".." or key.startswith("../"):
-        raise ValueError(f"{location!r} relative to {base_dir!r} goes above the bucket root")
-    return f"s3://{bucket}/{'' if key == '.' else key}"
-
-
 def parent(url: str) -> str:
     """The folder or prefix that holds a file or object."""
     if not is_s3(url):

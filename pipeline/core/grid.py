@@ -111,28 +111,30 @@ class Batch:
         return cls(*v)
 
 
-def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, budget_bytes: int,
-                segment_rows: int, full_width: bool) -> list[SplitUnit]:
-    """Cut a page into split units of at most ``budget_bytes`` of haloed pixels each.
+def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
+                tiled: bool, cache_budget: int, unit_pixels: int) -> list[SplitUnit]:
+    """Cut a page into split units: bands of whole tile rows, cut into column chunks when needed.
 
-    A unit is a band of whole tile rows. ``full_width`` (stripped inputs, whose strips span
-    the page) keeps bands whole so each strip is decoded by one unit; tiled inputs may also
-    cut a band into column chunks. Band heights are kept to multiples of the input's segment
-    rows where possible so neighbouring bands share as few segments as possible.
+    A unit sweeps its band downwards, holding at most about ``tile + 2 * halo + segment_rows``
+    decoded rows of its width. Tiled inputs are cut into column chunks so that this stays
+    under ``cache_budget`` bytes; stripped inputs are not (a strip spans the page, so chunks
+    would decode it again). A band holds about ``unit_pixels`` core pixels, which bounds an
+    invocation's time; band heights are multiples of the input's segment rows where possible,
+    so that neighbouring units share few segments (only the halo's).
     """
-    tile_bytes = (grid.tile + 2 * grid.halo) ** 2 * bytes_per_pixel
-    row_bytes = tile_bytes * grid.cols
-    if full_width or row_bytes <= budget_bytes:
-        rows_per_unit = max(1, budget_bytes // max(row_bytes, 1))
-        if segment_rows > grid.tile and segment_rows % grid.tile == 0:
-            per_segment = segment_rows // grid.tile
-            if rows_per_unit >= per_segment:
-                rows_per_unit -= rows_per_unit % per_segment
-        return [SplitUnit(page, r, min(r + rows_per_unit, grid.rows), 0, grid.cols)
-                for r in range(0, grid.rows, rows_per_unit)]
-    cols_per_unit = max(1, budget_bytes // tile_bytes)
-    return [SplitUnit(page, r, r + 1, c, min(c + cols_per_unit, grid.cols))
-            for r in range(grid.rows) for c in range(0, grid.cols, cols_per_unit)]
+    rows_held = grid.tile + 2 * grid.halo + segment_rows
+    cols = grid.cols
+    if tiled:
+        per_col = rows_held * (grid.tile + 2 * grid.halo) * bytes_per_pixel
+        cols = min(grid.cols, max(1, cache_budget // per_col))
+    chunk_width = min(cols * grid.tile, grid.width)
+    rows = max(1, unit_pixels // (chunk_width * grid.tile))
+    if segment_rows > grid.tile and segment_rows % grid.tile == 0:
+        per_segment = segment_rows // grid.tile
+        if rows >= per_segment:
+            rows -= rows % per_segment
+    return [SplitUnit(page, r, min(r + rows, grid.rows), c, min(c + cols, grid.cols))
+            for r in range(0, grid.rows, rows) for c in range(0, grid.cols, cols)]
 
 
 def batches(page: int, grid: PageGrid, tiles_per_batch: int) -> list[Batch]:

@@ -66,7 +66,7 @@ def gaussian_radius(sigma: float, dtype: np.dtype) -> int:
     """Radius of ``cv2.GaussianBlur(img, (0, 0), sigma)``: OpenCV picks the kernel size
     ``round(sigma * (3 if uint8 else 4) * 2 + 1) | 1`` (createGaussianKernels)."""
     factor = 3 if np.dtype(dtype) == np.uint8 else 4
-    ksize = int(round(sigma * factor * 2 + 1)) | 1
+    ksize = round(sigma * factor * 2 + 1) | 1  # Python's round, like cvRound, is half-to-even
     return ksize // 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ def _type_ok(kind: str, value: Any) -> bool:
     if isinstance(value, bool):
         return kind == "boolean"
     if kind == "number":
-        return isinstance(value, (int, float)) and value == value  # rejects NaN
+        return isinstance(value, (int, float)) and math.isfinite(value)  # no NaN, Infinity
     if kind == "integer":
         return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
     if kind == "string":

@@ -8,8 +8,10 @@ from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_units
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
 
-#: haloed pixels one split invocation reads at most (bytes); bounds its memory
-SPLIT_BUDGET = 96 * 1024 * 1024
+#: decoded input rows one split invocation holds at most (bytes); bounds its memory
+SPLIT_CACHE_BUDGET = 192 * 1024 * 1024
+#: core pixels of one split unit; bounds an invocation's time (about 10 s on one core)
+SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
 #: tiles one process invocation handles (bounded in pixels by the tile size)
 TILES_PER_BATCH = 8
 #: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
@@ -34,8 +36,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     units: list[SplitUnit] = []
     for i, page in enumerate(pages):
         bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
-        units += split_units(i, page.grid, bpp, SPLIT_BUDGET, page.info.segment_rows,
-                             full_width=not page.info.tiled)
+        units += split_units(i, page.grid, bpp, page.info.segment_rows, page.info.tiled,
+                             SPLIT_CACHE_BUDGET, SPLIT_UNIT_PIXELS)
     total_tiles = sum(p.grid.count for p in pages)
     per_batch = max(TILES_PER_BATCH, -(-total_tiles // MAX_ITEMS))
     work_batches: list[Batch] = []

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from pipeline.engine import definition
 from pipeline.engine.workers import WorkerPool
@@ -107,7 +107,7 @@ class LocalEngine:
     def close(self) -> None:
         self.pool.close()
 
-    def __enter__(self) -> LocalEngine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

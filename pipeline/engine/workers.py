@@ -40,8 +40,20 @@ def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any],
             "errorType": type(exc).__name__, "errorMessage": str(exc),
             "stackTrace": traceback.format_exception(exc)[-20:],
         }
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return ok, payload, os.getpid(), peak_kb
+    return ok, payload, os.getpid(), peak_rss_kb()
+
+
+def peak_rss_kb() -> int:
+    """Peak resident memory of this process in KiB: VmHWM, which (unlike ru_maxrss) is not
+    inherited from the parent across fork and exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 @dataclass

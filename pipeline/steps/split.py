@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.adapters.tiff_read import get_page, open_tiff, read_window
+from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core.events import UnitEvent
 from pipeline.steps import layout
@@ -17,25 +18,32 @@ WRITE_THREADS = 4
 
 
 def split(event: UnitEvent) -> dict[str, Any]:
-    """Read the unit's haloed band once (each segment decoded once) and store its tiles."""
+    """Sweep the unit's band downwards, a row of tiles at a time, storing each haloed tile.
+
+    The page reader decodes each input segment once and forgets rows the sweep has passed,
+    so memory holds about one row of tiles (plus halo and one segment row), whatever the
+    band's height.
+    """
     plan = load_plan(event.plan)
     with recorded(plan, "split", event.unit):
         unit = plan.units[event.unit]
         page = plan.pages[unit.page]
         grid, url = page.grid, plan.spec.input
-        band = grid.expand(grid.span(unit.row0, unit.row1, unit.col0, unit.col1))
-        with open_tiff(url) as tf:
-            tiff_page = get_page(tf, url, page.info.index)
-            pixels = read_window(tf, tiff_page, url, page.info.index, band)
+        with open_tiff(url) as tf, ThreadPoolExecutor(WRITE_THREADS) as pool:
+            reader = PageReader(tf, get_page(tf, url, page.info.index), url, page.info.index)
+            pending: deque[Future[None]] = deque()
+            for row in range(unit.row0, unit.row1):
+                for col in range(unit.col0, unit.col1):
+                    tile = reader.read(grid.haloed(row, col))
+                    pending.append(pool.submit(_store, plan.work, unit.page, row, col, tile))
+                    while len(pending) > 2 * WRITE_THREADS:  # bounded tiles in flight
+                        pending.popleft().result()
+                reader.forget_above(grid.core(row + 1, 0).y0 - grid.halo
+                                    if row + 1 < grid.rows else grid.height)
+            while pending:
+                pending.popleft().result()
+    return {"job": plan.job, "tiles": (unit.row1 - unit.row0) * (unit.col1 - unit.col0)}
 
-        def store(pos: tuple[int, int]) -> None:
-            r = grid.haloed(*pos).relative_to(band)
-            tile = pixels[r.y0:r.y1, r.x0:r.x1]
-            storage.write_bytes(layout.tile_file(plan.work, unit.page, *pos),
-                                encode_work_tile(tile))
 
-        positions = [(r, c) for r in range(unit.row0, unit.row1)
-                     for c in range(unit.col0, unit.col1)]
-        with ThreadPoolExecutor(WRITE_THREADS) as pool:
-            list(pool.map(store, positions))
-    return {"job": plan.job, "tiles": len(positions)}
+def _store(work: str, page: int, row: int, col: int, tile: Any) -> None:
+    storage.write_bytes(layout.tile_file(work, page, row, col), encode_work_tile(tile))
