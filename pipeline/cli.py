@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from pipeline import __version__
-from pipeline.errors import InputNotFoundError, ManifestError
+from pipeline.errors import InputNotFoundError, ManifestError, OutputNotWritableError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # `tiffpipe ops | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _validated(manifest: str) -> list[Any] | None:
@@ -85,9 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     jobs = _validated(args.manifest)
     if jobs is None:
         return EXIT_USAGE
-    with RunProgress(jobs, quiet=args.quiet) as progress:
-        result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
-                           keep_work=args.keep_work, listener=progress)
+    try:
+        with RunProgress(jobs, quiet=args.quiet) as progress:
+            result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
+                               keep_work=args.keep_work, listener=progress)
+    except OutputNotWritableError as exc:
+        print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if result.report is None:
         print(f"tiffpipe: the run failed: {result.error}", file=sys.stderr)
         return EXIT_FAILED

@@ -5,6 +5,7 @@ The CLI's ``tiffpipe run`` is this module plus a terminal UI.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -16,7 +17,10 @@ from pipeline.adapters import storage
 from pipeline.core.manifest import load_manifest_text
 from pipeline.core.models import JobSpec
 from pipeline.engine.local import Listener, LocalEngine
-from pipeline.errors import EngineError, InputNotFoundError
+from pipeline.errors import EngineError, InputNotFoundError, TiffpipeError
+from pipeline.steps.report import failure_record
+
+log = logging.getLogger("tiffpipe")
 
 
 def new_run_id() -> str:
@@ -76,6 +80,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     report_url = report or default_report(manifest)
     if not storage.is_s3(report_url):
         report_url = os.path.abspath(report_url)
+    storage.check_writable(report_url)  # before any work: a run whose report is lost is wasted
     started = time.time()
     event = {"manifest": manifest, "work": work, "run_id": run_id, "report": report_url}
     try:
@@ -85,7 +90,10 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         doc = None
         if execution.status == "SUCCEEDED":
             doc = storage.read_json(report_url)
-        error = None if doc else f"{execution.error}: {execution.cause}"
+        error = None
+        if doc is None:
+            record = failure_record({"Error": execution.error, "Cause": execution.cause})
+            error = f"{record['type']}: {record['message']}"
         return RunResult(run_id, execution.status, doc, report_url, work,
                          time.time() - started, error, peaks)
     except EngineError as exc:
@@ -93,7 +101,10 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                          str(exc))
     finally:
         if not keep_work:
-            _remove_work(work)
+            try:
+                _remove_work(work)
+            except TiffpipeError as exc:
+                log.warning("could not remove the work files at %s: %s", work, exc)
 
 
 def _remove_work(work: str) -> None:
@@ -102,7 +113,7 @@ def _remove_work(work: str) -> None:
     else:
         shutil.rmtree(work, ignore_errors=True)
         parent = os.path.dirname(work)
-        if os.path.basename(parent) == ".tiffpipe-work":
+        if os.path.basename(parent) in (".tiffpipe-work", "tiffpipe-work"):
             try:
                 os.rmdir(parent)  # only when empty: other runs may share it
             except OSError:

@@ -8,6 +8,7 @@ never wrong pixels.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from math import ceil
@@ -61,7 +62,7 @@ def open_tiff(url: str) -> Iterator[tifffile.TiffFile]:
                 raise NotATiffError(f"{url}: not a TIFF file ({text}); give a .tif/.tiff file")
             raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
                                    f"({text})") from exc
-        except (EOFError, ValueError, OSError, IndexError) as exc:
+        except (EOFError, ValueError, OSError, IndexError, struct.error) as exc:
             raise CorruptTiffError(f"{url}: cannot read the TIFF structure, the file is truncated "
                                    f"or damaged ({type(exc).__name__}: {exc})") from exc
         try:
@@ -74,9 +75,14 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     """Pages in the main IFD chain. (Call ``len`` first: iterating ``tf.pages`` of a file
     with an IFD loop never ends in tifffile, while ``len`` detects the loop.)"""
     try:
-        return len(tf.pages)
-    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError) as exc:
+        count = len(tf.pages)
+    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
+            struct.error) as exc:
         raise CorruptTiffError(f"{url}: the chain of pages (IFDs) is damaged: {exc}") from exc
+    if count == 0:
+        raise CorruptTiffError(f"{url}: the TIFF has no readable page (its first IFD is missing "
+                               "or truncated)")
+    return count
 
 
 def get_page(tf: tifffile.TiffFile, url: str, index: int) -> tifffile.TiffPage:
@@ -86,7 +92,8 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int) -> tifffile.TiffPage:
                                 f"page {index} asked for; fix the job's pages")
     try:
         page = tf.pages[index]
-    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError) as exc:
+    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
+            struct.error) as exc:
         raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged: {exc}") from exc
     if not isinstance(page, tifffile.TiffPage):
         page = page.aspage()
@@ -123,8 +130,9 @@ def page_info(page: tifffile.TiffPage, url: str, index: int) -> PageInfo:
     tiled = bool(page.is_tiled)
     seg_rows = int(page.tilelength) if tiled else int(min(page.rowsperstrip or page.imagelength,
                                                            page.imagelength))
+    per_segment = 1 if page.planarconfig == PLANARCONFIG.SEPARATE else samples
     seg_bytes = seg_rows * (int(page.tilewidth) if tiled else int(page.imagewidth)) * \
-        samples * np.dtype(page.dtype).itemsize
+        per_segment * np.dtype(page.dtype).itemsize
     if compression != 1 and seg_bytes > MAX_SEGMENT_BYTES:
         raise UnsupportedTiffError(
             f"{where}: one {'tile' if tiled else 'strip'} decodes to {seg_bytes / 2**20:.0f} MiB "

@@ -112,21 +112,21 @@ class Batch:
 
 
 def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
-                tiled: bool, cache_budget: int, unit_pixels: int) -> list[SplitUnit]:
+                cache_budget: int, unit_pixels: int) -> list[SplitUnit]:
     """Cut a page into split units: bands of whole tile rows, cut into column chunks when needed.
 
     A unit sweeps its band downwards, holding at most about ``tile + 2 * halo + segment_rows``
-    decoded rows of its width. Tiled inputs are cut into column chunks so that this stays
-    under ``cache_budget`` bytes; stripped inputs are not (a strip spans the page, so chunks
-    would decode it again). A band holds about ``unit_pixels`` core pixels, which bounds an
-    invocation's time; band heights are multiples of the input's segment rows where possible,
-    so that neighbouring units share few segments (only the halo's).
+    decoded rows of its width; bands are cut into column chunks so that this stays under
+    ``cache_budget`` bytes, whatever the page's width. Chunks of a tiled input share only the
+    input tiles their halos reach; chunks of a stripped input each decode the band's strips
+    (a strip spans the page): the price of bounded memory on very wide stripped pages. A band
+    holds about ``unit_pixels`` core pixels, which bounds an invocation's time; band heights
+    are multiples of the input's segment rows where possible, so that neighbouring units
+    share few segments (only the halo's).
     """
     rows_held = grid.tile + 2 * grid.halo + segment_rows
-    cols = grid.cols
-    if tiled:
-        per_col = rows_held * (grid.tile + 2 * grid.halo) * bytes_per_pixel
-        cols = min(grid.cols, max(1, cache_budget // per_col))
+    per_col = rows_held * (grid.tile + 2 * grid.halo) * bytes_per_pixel
+    cols = min(grid.cols, max(1, cache_budget // per_col))
     chunk_width = min(cols * grid.tile, grid.width)
     rows = max(1, unit_pixels // (chunk_width * grid.tile))
     if segment_rows > grid.tile and segment_rows % grid.tile == 0:

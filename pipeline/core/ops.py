@@ -109,7 +109,7 @@ def _unsharp_mask(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 def _invert(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     if img.dtype.kind == "f":
-        return cv2.subtract(np.float32(1.0), img) if img.ndim == 2 else 1.0 - img
+        return np.float32(1.0) - img
     return cv2.bitwise_not(img)
 
 

@@ -9,7 +9,7 @@ from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
-SPLIT_CACHE_BUDGET = 192 * 1024 * 1024
+SPLIT_CACHE_BUDGET = 48 * 1024 * 1024
 #: core pixels of one split unit; bounds an invocation's time (about 10 s on one core)
 SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
 #: tiles one process invocation handles (bounded in pixels by the tile size)
@@ -36,13 +36,19 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     units: list[SplitUnit] = []
     for i, page in enumerate(pages):
         bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
-        units += split_units(i, page.grid, bpp, page.info.segment_rows, page.info.tiled,
-                             SPLIT_CACHE_BUDGET, SPLIT_UNIT_PIXELS)
-    total_tiles = sum(p.grid.count for p in pages)
-    per_batch = max(TILES_PER_BATCH, -(-total_tiles // MAX_ITEMS))
+        units += split_units(i, page.grid, bpp, page.info.segment_rows, SPLIT_CACHE_BUDGET,
+                             SPLIT_UNIT_PIXELS)
+    counts = [p.grid.count for p in pages]
+    per_batch = max(TILES_PER_BATCH, -(-sum(counts) // MAX_ITEMS))
+    while sum(-(-c // per_batch) for c in counts) > MAX_ITEMS and per_batch < max(counts):
+        per_batch += max(1, per_batch // 8)  # batches never span pages: grow until they fit
     work_batches: list[Batch] = []
     for i, page in enumerate(pages):
         work_batches += batches(i, page.grid, per_batch)
+    if len(units) > MAX_ITEMS or len(work_batches) > MAX_ITEMS:
+        problems.append(f"the job needs {max(len(units), len(work_batches))} work items, more "
+                        f"than the {MAX_ITEMS} a run can fan out; split it into jobs of fewer "
+                        "pages, or raise the tile size")
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at)
     return plan, problems

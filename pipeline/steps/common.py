@@ -39,9 +39,13 @@ def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
 
 
 def recorded_errors(job_work: str) -> list[dict[str, str]]:
-    """The recorded unit and batch errors of a job, split errors first."""
+    """The recorded unit and batch errors of a job, root causes first: split errors before
+    process errors, and missing-work errors (the echo of an earlier failure) last."""
     urls = [u for u in storage.list_prefix(layout.errors_dir(job_work)) if u.endswith(".json")]
-    return [json.loads(storage.read_bytes(u)) for u in sorted(urls)]
+    records = [json.loads(storage.read_bytes(u)) for u in sorted(urls)]
+    order = {"split": 0, "process": 1}
+    return sorted(records, key=lambda r: (r["type"] == "WorkMissingError",
+                                          order.get(r.get("step", ""), 2)))
 
 
 def raise_recorded(job_work: str) -> None:

@@ -1,0 +1,292 @@
+"""The ``tiffpipe`` command: ops, validate, run (summary, report, progress, --quiet,
+--keep-work, --work, --workers) and demo, called in-process through ``pipeline.cli.main``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+from pipeline.core.ops import OPS
+from pipeline.demo import DEMO_MANIFEST, SAMPLE_PAGES
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(240)
+
+SIGMA = 1.5
+ANSI = re.compile(r"\x1b\[")
+
+
+def _inputs(folder: Path) -> dict[str, Any]:
+    """Two multi-page inputs and a manifest (relative paths) of two jobs over them."""
+    (folder / "in").mkdir(parents=True)
+    write_sample(str(folder / "in" / "rgb.tif"), [SamplePage(300, 420, 3), SamplePage(200, 150, 3)],
+                 tile=128, compression="zstd")
+    write_sample(str(folder / "in" / "gray.tif"),
+                 [SamplePage(200, 300, 1, "uint8"), SamplePage(180, 220, 1, "uint16")],
+                 tile=64, compression="deflate", seed=3)
+    manifest = {
+        "defaults": {"tile": 128, "output_options": {"tile": 64}},
+        "jobs": [
+            {"input": "in/rgb.tif", "output": "out/rgb_blur.tif",
+             "ops": [{"op": "gaussian_blur", "sigma": SIGMA}]},
+            {"input": "in/gray.tif", "output": "out/gray_median.tif", "pages": [1, 0],
+             "ops": [{"op": "median_blur", "ksize": 5}],
+             "output_options": {"compression": "deflate", "level": 4}},
+        ],
+    }
+    (folder / "m.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def _pages(path: str | Path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tf:
+        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+
+
+def _check_outputs(folder: Path) -> None:
+    rgb = _pages(folder / "in" / "rgb.tif")
+    got = _pages(folder / "out" / "rgb_blur.tif")
+    assert len(got) == 2
+    for g, page in zip(got, rgb, strict=True):
+        assert np.array_equal(g, cv2.GaussianBlur(page, (0, 0), SIGMA))
+    gray = _pages(folder / "in" / "gray.tif")
+    got = _pages(folder / "out" / "gray_median.tif")
+    assert [g.dtype.name for g in got] == ["uint16", "uint8"]  # pages [1, 0], in that order
+    for g, page in zip(got, [gray[1], gray[0]], strict=True):
+        assert np.array_equal(g, cv2.medianBlur(page, 5))
+    with tifffile.TiffFile(folder / "out" / "gray_median.tif") as tf:
+        assert tf.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        assert tf.pages[0].tilewidth == 64
+
+
+# --- ops and validate ---------------------------------------------------------------------
+
+
+def test_ops_lists_every_op_with_params_and_halo(capsys: pytest.CaptureFixture):
+    assert cli.main(["ops"]) == 0
+    out = capsys.readouterr().out
+    for name, op in OPS.items():
+        block = out[out.index(f"{name}: {op.help}\n"):]
+        lines = block.splitlines()[1:1 + 1 + len(op.params)]
+        assert lines[0] == f"  halo: {op.halo_help}; {op.exact}"
+        assert [line.split(":")[0].strip() for line in lines[1:]] == [p.name for p in op.params]
+    assert len([line for line in out.splitlines() if not line.startswith(" ")]) == len(OPS)
+
+
+def test_ops_json(capsys: pytest.CaptureFixture):
+    assert cli.main(["ops", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc) == list(OPS)
+    for name, op in OPS.items():
+        assert doc[name]["call"] == op.help
+        assert doc[name]["halo"] == op.halo_help
+        assert [p["name"] for p in doc[name]["params"]] == [p.name for p in op.params]
+        for p, param in zip(doc[name]["params"], op.params, strict=True):
+            assert p["required"] == param.required and p["type"] == param.kind
+            assert p["accepts"] and p["help"]
+    assert doc["median_blur"]["params"][0]["required"] is True
+    assert doc["dilate"]["params"][1] == {
+        "name": "iterations", "type": "integer", "accepts": doc["dilate"]["params"][1]["accepts"],
+        "required": False, "default": 1, "help": OPS["dilate"].params[1].help}
+
+
+def test_validate_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "a.tif", "output": "out/a.tif"},
+        {"input": "s3://bucket/b.tif", "output": "out/b.tif", "ops": [{"op": "invert"}]}]}))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{tmp_path / 'm.json'}: valid, 2 job(s)\n"
+    assert err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # inputs are not opened
+
+
+def test_workers_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture):
+    _inputs(tmp_path)
+    for workers in ("0", "-3"):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", workers]) == 2
+        out, err = capsys.readouterr()
+        assert "--workers must be at least 1" in err and out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.json"]
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture):
+    for argv in ([], ["run"], ["nonsense"], ["run", "m.json", "--workers", "two"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2, argv
+    capsys.readouterr()
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    folder: Path
+    manifest: dict[str, Any]
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="module")
+def happy(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The default run: report next to the manifest, work in .tiffpipe-work/, progress lines."""
+    folder = tmp_path_factory.mktemp("happy")
+    manifest = _inputs(folder)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(folder / "m.json"), "--workers", "2"])
+    return Run(folder, manifest, code, out.getvalue(), err.getvalue())
+
+
+def test_run_happy_path(happy: Run):
+    assert happy.code == 0, happy.err
+    _check_outputs(happy.folder)
+
+
+def test_run_prints_a_summary_table(happy: Run):
+    for name in ("rgb_blur.tif", "gray_median.tif"):
+        assert str(happy.folder / "out" / name) in happy.out
+    assert happy.out.count("SUCCEEDED") == 2
+    assert "2 succeeded, 0 failed" in happy.out
+    assert happy.out.rstrip().endswith(f"report: {happy.folder / 'm.report.json'}")
+
+
+def test_run_writes_the_report(happy: Run):
+    report = json.loads((happy.folder / "m.report.json").read_text())
+    assert report["manifest"] == str(happy.folder / "m.json")
+    assert (report["succeeded"], report["failed"]) == (2, 0)
+    assert report["started_at"] <= report["finished_at"] and report["seconds"] >= 0
+    assert len(report["jobs"]) == 2
+    for i, (job, spec) in enumerate(zip(report["jobs"], happy.manifest["jobs"], strict=True)):
+        assert job["job"] == i
+        assert job["status"] == "SUCCEEDED"
+        assert job["input"] == str(happy.folder / spec["input"])
+        assert job["output"] == str(happy.folder / spec["output"])
+        assert job["pages"] == 2
+        assert job["tiles"] > 0 and job["megapixels"] > 0
+        assert job["output_bytes"] == (happy.folder / spec["output"]).stat().st_size
+        assert job["started_at"] <= job["finished_at"]
+        assert job["seconds"] == pytest.approx(job["finished_at"] - job["started_at"], abs=0.01)
+        assert report["started_at"] <= job["started_at"] <= report["finished_at"]
+    # 300x420 and 200x150 pages in 128 tiles: 3*4 + 2*2 tiles
+    assert report["jobs"][0]["tiles"] == 16
+    assert report["jobs"][0]["megapixels"] == pytest.approx((300 * 420 + 200 * 150) / 1e6,
+                                                            abs=1e-3)
+
+
+def test_run_logs_plain_progress_lines_when_not_a_terminal(happy: Run):
+    lines = happy.err.splitlines()
+    assert not ANSI.search(happy.err), "escape codes on a non-terminal"
+    assert "job 0 (rgb.tif): planned, 16 tiles" in lines
+    assert any(re.fullmatch(r"job 1 \(gray\.tif\): planned, \d+ tiles", line) for line in lines)
+    assert "job 0: 16/16 tiles; all jobs: " in happy.err
+    assert any(line.startswith("job 1: ") and " tiles; all jobs: " in line for line in lines)
+    assert f"job 0: done -> {happy.folder / 'out' / 'rgb_blur.tif'}" in lines
+    assert "Traceback" not in happy.err
+
+
+def test_run_removes_its_work_folder(happy: Run):
+    assert not (happy.folder / ".tiffpipe-work").exists()
+    assert sorted(p.name for p in happy.folder.iterdir()) == ["in", "m.json", "m.report.json",
+                                                               "out"]
+    assert sorted(p.name for p in (happy.folder / "out").iterdir()) == ["gray_median.tif",
+                                                                        "rgb_blur.tif"]
+
+
+def test_run_quiet_keep_work_elsewhere(tmp_path: Path, capfd: pytest.CaptureFixture):
+    """--quiet: nothing on stdout/stderr (workers included: capfd sees their fds too);
+    --keep-work keeps the work folder given by --work; --report goes where it is told."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _inputs(folder)
+    work, report = tmp_path / "elsewhere" / "w", tmp_path / "reports" / "r.json"
+    code = cli.main(["run", str(folder / "m.json"), "--workers", "2", "--quiet", "--keep-work",
+                     "--work", str(work), "--report", str(report)])
+    out, err = capfd.readouterr()
+    assert code == 0
+    assert (out, err) == ("", "")
+    _check_outputs(folder)
+    assert report.is_file()
+    assert json.loads(report.read_text())["succeeded"] == 2
+    assert (work / "run.json").is_file()
+    for job in ("00000", "00001"):
+        plan = json.loads((work / "jobs" / job / "plan.json").read_text())
+        assert plan["work"] == str(work / "jobs" / job)
+        assert (work / "jobs" / job / "result.json").is_file()
+        assert list((work / "jobs" / job / "tiles").rglob("*.tpw"))
+    assert not (folder / ".tiffpipe-work").exists()
+    assert not (folder / "m.report.json").exists()
+
+
+@pytest.fixture(scope="module")
+def report_fails(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A run whose report cannot be written (its folder is a regular file)."""
+    folder = tmp_path_factory.mktemp("report_fails")
+    manifest = _inputs(folder)
+    (folder / "blocker").write_text("a file, not a folder")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(folder / "m.json"), "--workers", "2", "--quiet",
+                         "--report", str(folder / "blocker" / "report.json")])
+    return Run(folder, manifest, code, out.getvalue(), err.getvalue())
+
+
+def test_unwritable_report_stops_the_run_before_any_work(report_fails: Run):
+    assert report_fails.code == 2
+    assert report_fails.out == ""
+    assert report_fails.err.startswith("tiffpipe: the run report cannot be written")
+    assert str(report_fails.folder / "blocker" / "report.json") in report_fails.err
+    assert not (report_fails.folder / ".tiffpipe-work").exists()
+    assert not list(report_fails.folder.glob("*.out.tif"))
+
+
+def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
+    """The execution itself fails (here: the manifest vanished after validation): the
+    result carries 'type: message', not the raw Lambda error JSON with its stack trace."""
+    from pipeline.runner import run_local
+
+    result = run_local(str(tmp_path / "gone.json"), workers=1,
+                       report=str(tmp_path / "r.json"))
+    assert result.status == "FAILED" and result.report is None and not result.ok
+    assert result.error.startswith("InputNotFoundError: ")
+    assert "gone.json" in result.error
+    assert "stackTrace" not in result.error and "\n" not in result.error
+    assert not (tmp_path / ".tiffpipe-work").exists()
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture):
+    folder = tmp_path / "demo"
+    assert cli.main(["demo", "--dir", str(folder), "--workers", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert f"sample and manifest ready: {folder / 'manifest.json'}" in err
+    assert "3 succeeded, 0 failed" in out
+    assert json.loads((folder / "manifest.json").read_text()) == DEMO_MANIFEST
+    for job in DEMO_MANIFEST["jobs"]:
+        pages = job.get("pages", range(len(SAMPLE_PAGES)))
+        with tifffile.TiffFile(folder / job["output"]) as tf:
+            assert len(tf.pages) == len(pages)
+            for page, index in zip(tf.pages, pages, strict=True):
+                want = SAMPLE_PAGES[index]
+                assert page.shape[:2] == (want.height, want.width)
+                img = page.asarray()
+                assert img.dtype == np.dtype(want.dtype) and img.any()
+    report = json.loads((folder / "manifest.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED"] * 3
+    assert not (folder / ".tiffpipe-work").exists()

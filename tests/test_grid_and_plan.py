@@ -1,0 +1,395 @@
+"""Pure unit tests of the tile geometry (pipeline.core.grid) and of job plans (make_plan)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from math import ceil
+
+import numpy as np
+import pytest
+
+from pipeline.core import plan as plan_mod
+from pipeline.core.grid import Batch, PageGrid, Rect, SplitUnit, batches, split_units
+from pipeline.core.models import JobPlan, JobSpec, PageInfo
+from pipeline.core.ops import HALO_ALIGN, chain_from_json, chain_halo
+from pipeline.core.plan import make_plan
+
+# --- PageGrid ---------------------------------------------------------------------------
+
+SIZES = [(1, 1), (1, 1000), (63, 65), (64, 64), (65, 63), (257, 389), (1000, 333), (64, 1500)]
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+@pytest.mark.parametrize("tile", [1, 16, 64, 100])
+def test_rows_cols_count(height, width, tile):
+    g = PageGrid(height, width, tile, 0)
+    assert g.rows == ceil(height / tile) == -(-height // tile)
+    assert g.cols == ceil(width / tile)
+    assert g.count == g.rows * g.cols
+    # the last row/col is the only one that may be partial, and it is never empty
+    assert (g.rows - 1) * tile < height <= g.rows * tile
+    assert (g.cols - 1) * tile < width <= g.cols * tile
+
+
+def test_rows_cols_examples():
+    assert (PageGrid(257, 389, 64, 16).rows, PageGrid(257, 389, 64, 16).cols) == (5, 7)
+    assert PageGrid(1000, 333, 128, 0).count == 8 * 3
+    assert PageGrid(64, 1500, 64, 0).count == 1 * 24
+    assert PageGrid(64, 64, 64, 32).count == 1
+
+
+def test_position_is_row_major():
+    g = PageGrid(257, 389, 64, 16)
+    assert [g.position(i) for i in range(g.count)] == [
+        (r, c) for r in range(g.rows) for c in range(g.cols)]
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+@pytest.mark.parametrize("tile,halo", [(16, 0), (64, 16), (64, 100), (100, 7), (128, 48)])
+def test_cores_partition_the_page(height, width, tile, halo):
+    g = PageGrid(height, width, tile, halo)
+    cover = np.zeros((height, width), np.int32)
+    for i in range(g.count):
+        r, c = g.position(i)
+        core = g.core(r, c)
+        assert core == Rect(r * tile, c * tile, min((r + 1) * tile, height),
+                            min((c + 1) * tile, width))
+        assert core.height > 0 and core.width > 0
+        cover[core.y0:core.y1, core.x0:core.x1] += 1
+    assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("height,width", SIZES)
+@pytest.mark.parametrize("tile,halo", [(16, 0), (64, 16), (64, 100), (100, 7), (128, 48)])
+def test_haloed_is_core_grown_and_clipped(height, width, tile, halo):
+    g = PageGrid(height, width, tile, halo)
+    for i in range(g.count):
+        r, c = g.position(i)
+        core, h = g.core(r, c), g.haloed(r, c)
+        assert h == Rect(max(core.y0 - halo, 0), max(core.x0 - halo, 0),
+                         min(core.y1 + halo, height), min(core.x1 + halo, width))
+        assert 0 <= h.y0 <= core.y0 and core.y1 <= h.y1 <= height
+        assert 0 <= h.x0 <= core.x0 and core.x1 <= h.x1 <= width
+        rel = core.relative_to(h)
+        assert (rel.height, rel.width) == (core.height, core.width)
+        assert rel.y0 == core.y0 - h.y0 and rel.x0 == core.x0 - h.x0
+
+
+def test_haloed_examples_at_the_borders():
+    g = PageGrid(257, 389, 64, 16)
+    assert g.haloed(0, 0) == Rect(0, 0, 80, 80)  # clipped top-left
+    assert g.haloed(1, 1) == Rect(48, 48, 144, 144)  # interior: grown both sides
+    assert g.haloed(4, 6) == Rect(240, 368, 257, 389)  # 1x5 core, clipped bottom-right
+    assert g.core(4, 6) == Rect(256, 384, 257, 389)
+    assert g.haloed(0, 6) == Rect(0, 368, 80, 389)
+    big = PageGrid(100, 100, 64, 500)  # a halo larger than the page: the whole page
+    assert big.haloed(0, 0) == big.haloed(1, 1) == Rect(0, 0, 100, 100)
+
+
+def test_rect_relative_to():
+    assert Rect(10, 20, 30, 50).relative_to(Rect(5, 5, 100, 100)) == Rect(5, 15, 25, 45)
+    assert Rect(3, 4, 5, 6).height == 2 and Rect(3, 4, 5, 9).width == 5
+
+
+@pytest.mark.parametrize("height,width,tile", [(257, 389, 64), (1000, 333, 128), (64, 1500, 64),
+                                               (5, 7, 16)])
+def test_span(height, width, tile):
+    g = PageGrid(height, width, tile, 32)
+    for r0 in range(g.rows):
+        for r1 in range(r0 + 1, g.rows + 1):
+            for c0 in range(g.cols):
+                for c1 in range(c0 + 1, g.cols + 1):
+                    s = g.span(r0, r1, c0, c1)
+                    assert s == Rect(r0 * tile, c0 * tile, min(r1 * tile, height),
+                                     min(c1 * tile, width))
+    assert g.span(0, g.rows, 0, g.cols) == Rect(0, 0, height, width)
+    assert g.span(0, 1, 0, 1) == g.core(0, 0)
+    assert g.expand(g.span(0, g.rows, 0, g.cols)) == Rect(0, 0, height, width)
+
+
+def test_expand_of_span_contains_every_haloed_tile():
+    g = PageGrid(1000, 333, 64, 48)
+    band = g.expand(g.span(3, 6, 1, 4))
+    for r in range(3, 6):
+        for c in range(1, 4):
+            h = g.haloed(r, c)
+            assert band.y0 <= h.y0 and h.y1 <= band.y1 and band.x0 <= h.x0 and h.x1 <= band.x1
+
+
+# --- split units ------------------------------------------------------------------------
+
+
+def _unit_cover(grid: PageGrid, units: list[SplitUnit], page: int = 0) -> Counter:
+    cover: Counter = Counter()
+    for u in units:
+        assert u.page == page
+        assert 0 <= u.row0 < u.row1 <= grid.rows and 0 <= u.col0 < u.col1 <= grid.cols
+        for r in range(u.row0, u.row1):
+            for c in range(u.col0, u.col1):
+                cover[(r, c)] += 1
+    return cover
+
+
+def _assert_exact_cover(grid: PageGrid, units: list[SplitUnit], page: int = 0) -> None:
+    cover = _unit_cover(grid, units, page)
+    assert set(cover) == {(r, c) for r in range(grid.rows) for c in range(grid.cols)}
+    assert all(n == 1 for n in cover.values()), [k for k, n in cover.items() if n > 1]
+
+
+GRIDS = [PageGrid(257, 389, 64, 16), PageGrid(1000, 333, 128, 32), PageGrid(64, 1500, 64, 0),
+         PageGrid(10_000, 7_000, 1024, 48), PageGrid(1, 1, 16, 16), PageGrid(300, 200, 16, 96)]
+
+
+def _per_col(grid: PageGrid, bpp: int, segment_rows: int) -> int:
+    """Bytes of decoded rows one tile column of a unit holds (see split_units)."""
+    return (grid.tile + 2 * grid.halo + segment_rows) * (grid.tile + 2 * grid.halo) * bpp
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g.height}x{g.width}t{g.tile}h{g.halo}")
+@pytest.mark.parametrize("cache_budget", [1, 100_000, 1_000_000, 192 * 1024 * 1024, 10**15])
+@pytest.mark.parametrize("unit_pixels", [1, 5_000, 100_000, 1024**3, 10**15])
+@pytest.mark.parametrize("segment_rows", [1, 16, 256, 1000])
+def test_split_units_cover_every_tile_once(grid, cache_budget, unit_pixels, segment_rows):
+    bpp = 3
+    units = split_units(2, grid, bpp, segment_rows, cache_budget, unit_pixels)
+    _assert_exact_cover(grid, units, page=2)
+    per_col = _per_col(grid, bpp, segment_rows)
+    for u in units:
+        cols, rows = u.col1 - u.col0, u.row1 - u.row0
+        assert cols == 1 or cols * per_col <= cache_budget  # the cache stays in budget
+        # a band holds more than one tile row only when its core pixels fit unit_pixels
+        chunk_width = min((units[0].col1 - units[0].col0) * grid.tile, grid.width)
+        assert rows == 1 or rows * chunk_width * grid.tile <= unit_pixels
+    # units are a regular grid of bands x column chunks, row-major
+    assert units == sorted(units, key=lambda u: (u.row0, u.col0))
+
+
+@pytest.mark.parametrize("grid", GRIDS[:4] + GRIDS[5:],
+                         ids=lambda g: f"{g.height}x{g.width}t{g.tile}")
+def test_budget_below_one_tile(grid):
+    """One tile per unit: memory stays bounded whatever the page's width."""
+    units = split_units(0, grid, 2, grid.tile, 1, 1)
+    assert len(units) == grid.count
+    assert all(u.row1 - u.row0 == 1 and u.col1 - u.col0 == 1 for u in units)
+    _assert_exact_cover(grid, units)
+
+
+def test_split_units_big_budget_is_one_unit():
+    g = PageGrid(257, 389, 64, 16)
+    assert split_units(0, g, 4, 16, 10**15, 10**15) == [SplitUnit(0, 0, g.rows, 0, g.cols)]
+
+
+def test_split_units_column_chunks():
+    g = PageGrid(257, 389, 64, 16)  # 5 x 7 tiles of 96x96 haloed pixels
+    per_col = _per_col(g, 1, 32)
+    units = split_units(0, g, 1, 32, 3 * per_col, 10**15)
+    assert [(u.row0, u.row1, u.col0, u.col1) for u in units] == [
+        (0, 5, 0, 3), (0, 5, 3, 6), (0, 5, 6, 7)]
+    # bands of 2 tile rows of a 3-column chunk
+    units = split_units(0, g, 1, 32, 3 * per_col, 2 * 3 * 64 * 64)
+    assert {(u.row0, u.row1) for u in units} == {(0, 2), (2, 4), (4, 5)}
+    assert {(u.col0, u.col1) for u in units} == {(0, 3), (3, 6), (6, 7)}
+    _assert_exact_cover(g, units)
+
+
+def test_split_units_bands_follow_segment_rows():
+    g = PageGrid(2048, 100, 64, 0)  # 32 rows of 64x64 tiles (x 2 cols, 100 px wide)
+    row_pixels = 100 * 64
+    # 6 tile rows' pixels, segments of 4 tile rows: bands of 4 rows
+    units = split_units(0, g, 1, 256, 10**15, 6 * row_pixels)
+    assert {u.row1 - u.row0 for u in units} == {4}
+    _assert_exact_cover(g, units)
+    # segments not a multiple of the tile, or shorter than it: no rounding
+    for seg in (100, 16):
+        units = split_units(0, g, 1, seg, 10**15, 6 * row_pixels)
+        assert units[0].row1 - units[0].row0 == 6
+        _assert_exact_cover(g, units)
+    # fewer rows than one segment: no rounding either
+    units = split_units(0, g, 1, 256, 10**15, 3 * row_pixels)
+    assert units[0].row1 - units[0].row0 == 3
+    _assert_exact_cover(g, units)
+
+
+def test_split_unit_json_round_trip():
+    u = SplitUnit(1, 2, 3, 4, 5)
+    assert SplitUnit.from_json(u.to_json()) == u
+    b = Batch(1, 8, 16)
+    assert Batch.from_json(b.to_json()) == b
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g.height}x{g.width}t{g.tile}")
+@pytest.mark.parametrize("size", [0, 1, 3, 7, 8, 100, 10**6])
+def test_batches_cover_every_tile_once(grid, size):
+    bs = batches(3, grid, size)
+    tiles = [t for b in bs for t in range(b.first, b.last)]
+    assert tiles == list(range(grid.count))  # in order, each once
+    assert all(b.page == 3 for b in bs)
+    assert all(0 < b.last - b.first <= max(1, size) for b in bs)
+    assert len(bs) == ceil(grid.count / max(1, size))
+
+
+# --- make_plan --------------------------------------------------------------------------
+
+
+def info(index=0, height=257, width=389, channels=1, dtype="uint8", tiled=True,
+         segment_rows=64) -> PageInfo:
+    return PageInfo(index=index, height=height, width=width, channels=channels, dtype=dtype,
+                    photometric="rgb" if channels >= 3 else "minisblack", extrasamples=[],
+                    tiled=tiled, segment_rows=segment_rows, compression="zstd")
+
+
+def plan_of(ops, infos, tile=64) -> tuple[JobPlan, list[str]]:
+    spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile)
+    return make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // HALO_ALIGN) * HALO_ALIGN
+
+
+@pytest.mark.parametrize("ops,dtype,raw", [
+    ([], "uint8", 0),
+    ([{"op": "invert"}], "uint8", 0),
+    ([{"op": "gamma", "gamma": 2.2}, {"op": "threshold", "value": 3}, {"op": "to_gray"}],
+     "uint16", 0),
+    ([{"op": "gaussian_blur", "sigma": 0.8}], "uint8", 2),  # ksize round(5.8)|1 = 7
+    ([{"op": "gaussian_blur", "sigma": 0.8}], "uint16", 3),  # ksize round(7.4)|1 = 7
+    ([{"op": "gaussian_blur", "sigma": 2.5}], "uint8", 8),  # ksize 17
+    ([{"op": "gaussian_blur", "sigma": 2.5}], "float32", 10),  # ksize 21
+    ([{"op": "gaussian_blur", "sigma": 6}], "uint8", 18),  # ksize 37
+    ([{"op": "gaussian_blur", "sigma": 6}], "uint16", 24),  # ksize 49
+    ([{"op": "median_blur", "ksize": 9}], "uint8", 4),
+    ([{"op": "dilate", "ksize": 5, "iterations": 2}], "uint8", 4),
+    ([{"op": "erode", "ksize": 4, "iterations": 3}], "uint8", 6),
+    ([{"op": "dilate"}], "uint8", 1),  # defaults: ksize 3, iterations 1
+    ([{"op": "unsharp_mask", "sigma": 2.5, "amount": 0.5}], "uint8", 8),
+    ([{"op": "gaussian_blur", "sigma": 2.5}, {"op": "dilate", "ksize": 5, "iterations": 2},
+      {"op": "unsharp_mask", "sigma": 0.8}], "uint8", 8 + 4 + 2),
+    ([{"op": "gaussian_blur", "sigma": 6}, {"op": "gaussian_blur", "sigma": 6}], "uint8", 36),
+    ([{"op": "median_blur", "ksize": 5}] * 9, "uint8", 18),
+])
+def test_halo_is_sum_of_op_halos_rounded_up(ops, dtype, raw):
+    assert chain_halo(chain_from_json(ops), dtype) == _aligned(raw)
+    plan, problems = plan_of(ops, [info(dtype=dtype)])
+    assert problems == []
+    assert plan.halo == _aligned(raw)
+    assert plan.halo % HALO_ALIGN == 0
+    assert (plan.halo == 0) == (raw == 0)
+    assert all(p.grid.halo == plan.halo for p in plan.pages)
+
+
+def test_halo_is_the_largest_over_pages_of_different_dtypes():
+    ops = [{"op": "gaussian_blur", "sigma": 6}]  # uint8 radius 18 (32), uint16 24 (32)
+    plan, _ = plan_of(ops, [info(0, dtype="uint8"), info(1, dtype="uint16")])
+    assert plan.halo == 32
+    ops = [{"op": "gaussian_blur", "sigma": 4}]  # uint8 ksize 25 -> 12 (16); uint16 33 -> 16
+    plan, _ = plan_of(ops, [info(0, dtype="uint8"), info(1, dtype="uint16")])
+    assert plan.halo == 16
+    ops = [{"op": "gaussian_blur", "sigma": 4.5}]  # uint8 ksize 28|1=29 -> 14; float 37 -> 18
+    plan, _ = plan_of(ops, [info(0, dtype="uint8"), info(1, dtype="float32")])
+    assert plan.halo == 32
+
+
+def test_plan_grids_units_and_batches():
+    infos = [info(2, 257, 389, 3, tiled=False, segment_rows=16), info(0, 64, 1500, 1)]
+    plan, problems = plan_of([{"op": "gaussian_blur", "sigma": 2.5}], infos, tile=64)
+    assert problems == []
+    assert [p.grid for p in plan.pages] == [PageGrid(257, 389, 64, 16),
+                                           PageGrid(64, 1500, 64, 16)]
+    assert [p.info.index for p in plan.pages] == [2, 0]
+    for i, page in enumerate(plan.pages):
+        _assert_exact_cover(page.grid, [u for u in plan.units if u.page == i], page=i)
+        tiles = [t for b in plan.batches if b.page == i for t in range(b.first, b.last)]
+        assert tiles == list(range(page.grid.count))
+    assert plan.tiles == 35 + 24
+    assert JobPlan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("ops,channels,out", [
+    ([], 3, 3),
+    ([{"op": "to_gray"}], 1, 1),
+    ([{"op": "to_gray"}], 2, 1),
+    ([{"op": "to_gray"}], 3, 1),
+    ([{"op": "to_gray"}], 4, 1),
+    ([{"op": "invert"}, {"op": "to_gray"}, {"op": "gaussian_blur", "sigma": 1}], 4, 1),
+    ([{"op": "gaussian_blur", "sigma": 1}], 4, 4),
+    ([{"op": "median_blur", "ksize": 3}], 2, 2),
+])
+def test_out_channels(ops, channels, out):
+    plan, problems = plan_of(ops, [info(channels=channels)])
+    assert problems == []
+    assert plan.pages[0].out_channels == out
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+@pytest.mark.parametrize("ksize", [7, 9])
+def test_median_ksize_over_5_needs_uint8(dtype, ksize):
+    ops = [{"op": "invert"}, {"op": "median_blur", "ksize": ksize}]
+    _, problems = plan_of(ops, [info(0, dtype="uint8"), info(3, dtype=dtype)])
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("page 3: ops[1] (median_blur)")
+    assert f"ksize {ksize}" in problems[0] and dtype in problems[0]
+    _, ok = plan_of([{"op": "median_blur", "ksize": 5}], [info(dtype=dtype)])
+    assert ok == []
+    _, ok = plan_of([{"op": "median_blur", "ksize": ksize}], [info(dtype="uint8")])
+    assert ok == []
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float64", "uint32", "int8"])
+def test_unsupported_dtype_is_a_problem(dtype):
+    _, problems = plan_of([{"op": "gaussian_blur", "sigma": 1}], [info(5, dtype=dtype)])
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("page 5:") and dtype in problems[0]
+    assert "not supported" in problems[0]
+    # no ops: any dtype can be copied through
+    _, problems = plan_of([], [info(5, dtype=dtype)])
+    assert problems == []
+
+
+def test_to_gray_with_five_channels_is_a_problem():
+    _, problems = plan_of([{"op": "to_gray"}], [info(channels=5)])
+    assert len(problems) == 1 and "to_gray" in problems[0]
+
+
+def test_batches_capped_by_max_items(monkeypatch):
+    big = info(0, height=100 * 64, width=120 * 64)  # 12,000 tiles of 64
+    plan, _ = plan_of([], [big])
+    assert plan.tiles == 12_000
+    assert len(plan.batches) == 12_000 // plan_mod.TILES_PER_BATCH  # below the cap
+    monkeypatch.setattr(plan_mod, "MAX_ITEMS", 1000)
+    plan, _ = plan_of([], [big])
+    assert len(plan.batches) <= 1000
+    assert len(plan.batches) == 1000  # 12 tiles per batch
+    assert {b.last - b.first for b in plan.batches} == {12}
+    tiles = [t for b in plan.batches for t in range(b.first, b.last)]
+    assert tiles == list(range(12_000))
+    monkeypatch.setattr(plan_mod, "MAX_ITEMS", 7)
+    plan, _ = plan_of([], [big])
+    assert len(plan.batches) <= 7
+
+
+def test_batches_keep_tiles_per_batch_below_the_cap(monkeypatch):
+    plan, _ = plan_of([], [info(0, height=257, width=389)])  # 35 tiles
+    assert [b.last - b.first for b in plan.batches] == [8, 8, 8, 8, 3]
+
+
+def test_batches_capped_by_max_items_with_many_pages(monkeypatch):
+    monkeypatch.setattr(plan_mod, "MAX_ITEMS", 10)
+    # 4 pages of 36 tiles: 8 a batch would give 20 batches; they grow until 10 or fewer
+    plan, problems = plan_of([], [info(i, height=64 * 6, width=64 * 6) for i in range(4)])
+    assert problems == []
+    assert len(plan.batches) <= 10
+    covered = sorted((b.page, t) for b in plan.batches for t in range(b.first, b.last))
+    assert covered == [(p, t) for p in range(4) for t in range(plan.pages[p].grid.count)]
+
+
+def test_too_many_pages_for_one_job_is_a_problem(monkeypatch):
+    monkeypatch.setattr(plan_mod, "MAX_ITEMS", 10)
+    # 11 pages of one tile each need at least 11 batches: the plan says to split the job
+    _, problems = plan_of([], [info(i, height=64, width=64) for i in range(11)])
+    assert any("more than the 10" in p and "split it" in p for p in problems)
+
+

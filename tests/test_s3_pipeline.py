@@ -1,0 +1,166 @@
+"""The S3 path end to end: manifest, inputs, outputs, work and report in a bucket.
+
+The workers are separate processes, so moto's in-process mock cannot reach them: S3 is a
+``ThreadedMotoServer`` on localhost, and every process finds it through ``AWS_ENDPOINT_URL``.
+
+``tiffpipe`` runs as a SUBPROCESS here: the embedded engine starts its own in-process
+``mock_aws``, which resets moto's global backends (at start and at stop), and those are the
+same backends the threaded server of this process serves. Run in-process, the engine would
+wipe the bucket under the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.adapters import storage
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).parents[1]
+BUCKET = "tiffpipe-s3-test"
+SIGMA = 1.5
+
+
+@dataclass
+class S3:
+    client: Any
+    tmp: Path
+    source: Path  # the local copy of the uploaded input
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                       Prefix=prefix)
+        return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+    def pages(self, key: str) -> list[np.ndarray]:
+        path = self.tmp / key.replace("/", "_")
+        path.write_bytes(self.get(key))
+        return _pages(path)
+
+
+def _pages(path: str | Path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tf:
+        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    server_module = pytest.importorskip(
+        "moto.server", reason="moto's server needs flask and flask-cors (moto[server])")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    tmp = tmp_path_factory.mktemp("s3")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
+                mp.delenv(var, raising=False)
+            mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setattr(storage, "_client", None)
+            client = boto3.client("s3", region_name="us-east-1",
+                                  endpoint_url=f"http://{host}:{port}")
+            client.create_bucket(Bucket=BUCKET)
+            source = tmp / "img.tif"
+            write_sample(str(source), [SamplePage(300, 400, 3), SamplePage(200, 260, 1, "uint16")],
+                         tile=128, compression="zstd")
+            client.upload_file(str(source), BUCKET, "data/in/img.tif")
+            yield S3(client, tmp, source)
+    finally:
+        server.stop()
+
+
+def _tiffpipe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], check=False, cwd=ROOT,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=180)
+
+
+def _put_manifest(s3: S3, key: str, jobs: list[dict[str, Any]]) -> str:
+    s3.client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps({
+        "defaults": {"tile": 128, "output_options": {"tile": 64}}, "jobs": jobs}).encode())
+    return f"s3://{BUCKET}/{key}"
+
+
+def test_s3_run_end_to_end(s3: S3):
+    manifest = _put_manifest(s3, "jobs/good.json", [
+        {"input": f"s3://{BUCKET}/data/in/img.tif", "output": f"s3://{BUCKET}/data/out/a.tif",
+         "ops": [{"op": "gaussian_blur", "sigma": SIGMA}]},
+        # relative locations resolve against the manifest's prefix (s3://bucket/jobs/)
+        {"input": "../data/in/img.tif", "output": "out/b.tif", "pages": [1],
+         "ops": [{"op": "invert"}], "output_options": {"compression": "lzw"}},
+    ])
+    report_path = s3.tmp / "reports" / "good.json"
+    done = _tiffpipe("run", manifest, "--work", f"s3://{BUCKET}/work/", "--report",
+                     str(report_path), "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+
+    report = json.loads(report_path.read_text())
+    assert report["manifest"] == manifest
+    assert (report["succeeded"], report["failed"]) == (2, 0)
+    a, b = report["jobs"]
+    assert a["input"] == b["input"] == f"s3://{BUCKET}/data/in/img.tif"
+    assert (a["output"], b["output"]) == (f"s3://{BUCKET}/data/out/a.tif",
+                                          f"s3://{BUCKET}/jobs/out/b.tif")
+    assert a["output"] in done.stdout and b["output"] in done.stdout
+
+    source = _pages(s3.source)
+    got = s3.pages("data/out/a.tif")
+    assert len(got) == 2
+    for g, page in zip(got, source, strict=True):
+        assert np.array_equal(g, cv2.GaussianBlur(page, (0, 0), SIGMA))
+    [inverted] = s3.pages("jobs/out/b.tif")
+    assert inverted.dtype == np.uint16 and np.array_equal(inverted, ~source[1])
+    head = s3.client.head_object(Bucket=BUCKET, Key="data/out/a.tif")
+    assert head["ContentLength"] == a["output_bytes"]
+    assert head["ContentType"] == "image/tiff"
+
+    assert s3.keys("work/") == [], "the work prefix was not emptied"
+    assert not list(Path(tempfile.gettempdir()).glob("tiffpipe-*-a.tif"))
+
+
+def test_s3_missing_input_fails_alone_with_default_report_and_work(s3: S3):
+    """No --report: the report goes next to the S3 manifest. No --work: the work goes to the
+    local temp folder (a run on S3 data) and is removed after the run."""
+    manifest = _put_manifest(s3, "jobs/mixed.json", [
+        {"input": f"s3://{BUCKET}/data/in/missing.tif",
+         "output": f"s3://{BUCKET}/data/out/missing.tif"},
+        {"input": f"s3://{BUCKET}/data/in/img.tif", "output": f"s3://{BUCKET}/data/out/ok.tif",
+         "pages": [0], "ops": [{"op": "gaussian_blur", "sigma": SIGMA}]},
+    ])
+    done = _tiffpipe("run", manifest, "--workers", "2", "--quiet")
+    assert done.returncode == 1, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")
+
+    report = json.loads(s3.get("jobs/mixed.report.json"))
+    assert (report["succeeded"], report["failed"]) == (1, 1)
+    missing, ok = report["jobs"]
+    assert missing["status"] == "FAILED"
+    assert missing["error"]["type"] == "InputNotFoundError"
+    assert f"s3://{BUCKET}/data/in/missing.tif" in missing["error"]["message"]
+    assert ok["status"] == "SUCCEEDED"
+    assert "data/out/missing.tif" not in s3.keys("data/out/")
+    [page] = s3.pages("data/out/ok.tif")
+    assert np.array_equal(page, cv2.GaussianBlur(_pages(s3.source)[0], (0, 0), SIGMA))
+    assert not (Path(tempfile.gettempdir()) / "tiffpipe-work" / report["run_id"]).exists()

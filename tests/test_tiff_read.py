@@ -1,0 +1,366 @@
+"""read_window: decoded windows equal tifffile's whole-page read, and only the segments that
+touch a window are read, each once."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.adapters.tiff_read import get_page, open_tiff, read_infos, read_window
+from pipeline.core.grid import Rect
+from pipeline.errors import CorruptTiffError
+
+H, W = 150, 173  # sizes no segment divides
+
+
+def make_page(seed: int, height: int, width: int, channels: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    base = (yy * 3 + xx * 5)[..., None] if channels > 1 else yy * 3 + xx * 5
+    if np.dtype(dtype).kind == "f":
+        return (rng.normal(0, 1, shape) + base / 100).astype(dtype)
+    info = np.iinfo(dtype)
+    noise = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    # smooth areas (for JPEG) next to noise
+    smooth = (base % (int(info.max) + 1)).astype(dtype) if info.max < 2**31 else noise
+    out = np.where((yy // 20 + xx // 30)[..., None] % 2 == 0 if channels > 1
+                   else (yy // 20 + xx // 30) % 2 == 0, smooth, noise)
+    return np.ascontiguousarray(out.astype(dtype))
+
+
+#: id -> (dtype, channels, writer kwargs)
+FILES: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "u8-c3-tiles32x48-none": ("uint8", 3, {"tile": (32, 48)}),
+    "u8-c1-strips7-zlib": ("uint8", 1, {"rowsperstrip": 7, "compression": "zlib"}),
+    "u8-c1-strips1-lzw": ("uint8", 1, {"rowsperstrip": 1, "compression": "lzw"}),
+    "u16-c3-tiles16-lzw-separate": ("uint16", 3, {"tile": (16, 16), "compression": "lzw",
+                                                  "planarconfig": "separate"}),
+    "u16-c4-strips16-zstd-predictor": ("uint16", 4, {"rowsperstrip": 16, "compression": "zstd",
+                                                     "predictor": True}),
+    "u16-c1-tiles64-packbits": ("uint16", 1, {"tile": (64, 64), "compression": "packbits"}),
+    "f32-c1-tiles48x32-zstd-predictor": ("float32", 1, {"tile": (48, 32), "compression": "zstd",
+                                                        "predictor": True}),
+    "f32-c2-strips5-packbits-separate": ("float32", 2, {"rowsperstrip": 5,
+                                                        "compression": "packbits",
+                                                        "planarconfig": "separate"}),
+    "f32-c3-strips-whole-deflate": ("float32", 3, {"rowsperstrip": H, "compression": "deflate"}),
+    "u8-c3-tiles32-jpeg": ("uint8", 3, {"tile": (32, 32), "compression": "jpeg"}),
+    "u8-c1-strips16-jpeg": ("uint8", 1, {"rowsperstrip": 16, "compression": "jpeg"}),
+    "u8-c3-tiles32-jpeg-ycbcr": ("uint8", 3, {"tile": (32, 32), "compression": "jpeg",
+                                              "photometric": "ycbcr", "subsampling": (2, 2)}),
+    "u8-c3-strips16-jpeg-ycbcr": ("uint8", 3, {"rowsperstrip": 16, "compression": "jpeg",
+                                               "photometric": "ycbcr", "subsampling": (2, 2)}),
+    "u8-c4-tiles16x32-packbits-separate": ("uint8", 4, {"tile": (16, 32),
+                                                        "compression": "packbits",
+                                                        "planarconfig": "separate"}),
+    "i16-c1-strips-none": ("int16", 1, {"rowsperstrip": 40}),
+    "f64-c1-tiles32-deflate": ("float64", 1, {"tile": (32, 32), "compression": "deflate"}),
+    "u16-c3-tiles32-zstd-bigtiff": ("uint16", 3, {"tile": (32, 32), "compression": "zstd",
+                                                  "bigtiff": True}),
+    "u8-c1-strips9-lzw-bigtiff": ("uint8", 1, {"rowsperstrip": 9, "compression": "lzw",
+                                               "bigtiff": True}),
+    "u8-c3-strips10-none-bigtiff-separate": ("uint8", 3, {"rowsperstrip": 10, "bigtiff": True,
+                                                          "planarconfig": "separate"}),
+    "u16-c1-strips13-none-bigendian": ("uint16", 1, {"rowsperstrip": 13, "byteorder": ">"}),
+    "f32-c3-tiles32-zlib-bigendian-separate": ("float32", 3, {"tile": (32, 32),
+                                                              "compression": "zlib",
+                                                              "byteorder": ">",
+                                                              "planarconfig": "separate"}),
+    "u16-c2-strips-whole-none-bigendian-bigtiff": ("uint16", 2, {"rowsperstrip": H,
+                                                                 "byteorder": ">",
+                                                                 "bigtiff": True}),
+}
+
+
+def write(path: Path, page: np.ndarray, kwargs: dict[str, Any]) -> None:
+    kwargs = dict(kwargs)
+    ch = 1 if page.ndim == 2 else page.shape[2]
+    kwargs.setdefault("photometric", "rgb" if ch >= 3 else "minisblack")
+    if ch > 1:
+        kwargs.setdefault("planarconfig", "contig")
+    if ch == 4:
+        kwargs["extrasamples"] = ["unassalpha"]
+    data = page
+    if kwargs["planarconfig" if ch > 1 else "photometric"] == "separate":
+        data = np.ascontiguousarray(np.moveaxis(page, -1, 0))
+    tifffile.imwrite(path, data, metadata=None, **kwargs)
+
+
+def as_hwc(page: tifffile.TiffPage) -> np.ndarray:
+    data = page.asarray()
+    if page.planarconfig == 2 and page.samplesperpixel > 1:
+        data = np.moveaxis(data, 0, -1)
+    return data
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray, np.ndarray]]:
+    """id -> (path, the written array, tifffile's whole-page read)."""
+    folder = tmp_path_factory.mktemp("tiff_read")
+    out = {}
+    for i, (name, (dtype, ch, kwargs)) in enumerate(FILES.items()):
+        page = make_page(i, H, W, ch, dtype)
+        path = folder / f"{name}.tif"
+        write(path, page, kwargs)
+        whole = tifffile.imread(path)
+        if kwargs.get("planarconfig") == "separate":
+            whole = np.moveaxis(whole, 0, -1)
+        if "jpeg" not in name:
+            assert np.array_equal(whole, page)
+        out[name] = (path, page, whole)
+    return out
+
+
+def _windows(seed: int, height: int = H, width: int = W) -> list[Rect]:
+    fixed = [
+        Rect(0, 0, height, width),  # the whole page
+        Rect(0, 0, 1, 1), Rect(height - 1, width - 1, height, width),  # corner pixels
+        Rect(0, width - 1, 1, width), Rect(height - 1, 0, height, 1),
+        Rect(height // 2, width // 2, height // 2 + 1, width // 2 + 1),  # one pixel inside
+        Rect(height - 1, 0, height, width), Rect(0, 0, height, 1),  # last row, first column
+        Rect(0, width - 1, height, width),  # last column
+        Rect(31, 47, 33, 49), Rect(15, 15, 17, 17), Rect(6, 0, 8, width),  # across segments
+        Rect(5, 3, height - 10, width - 3), Rect(64, 64, 128, 128), Rect(32, 32, 64, 64),
+        Rect(height - 20, width - 30, height, width),  # bottom-right edge segment
+    ]
+    rng = np.random.default_rng(seed)
+    rand = []
+    for _ in range(12):
+        y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        rand.append(Rect(y0, x0, int(rng.integers(y0 + 1, height + 1)),
+                         int(rng.integers(x0 + 1, width + 1))))
+    return fixed + rand
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_windows_equal_the_whole_page_read(files, name):
+    path, _, whole = files[name]
+    url = str(path)
+    with open_tiff(url) as tf:
+        page = get_page(tf, url, 0)
+        for rect in _windows(len(name)):
+            got = read_window(tf, page, url, 0, rect)
+            want = whole[rect.y0:rect.y1, rect.x0:rect.x1]
+            assert got.dtype == want.dtype and got.shape == want.shape, (rect, got.shape)
+            assert np.array_equal(got, want, equal_nan=True), rect
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if "strips" in n])
+def test_stitched_strip_windows_equal_the_whole_page(files, name):
+    """Strips decoded window by window (as split units do) give the whole-page read."""
+    path, _, whole = files[name]
+    url = str(path)
+    out = np.zeros_like(whole)
+    with open_tiff(url) as tf:
+        page = get_page(tf, url, 0)
+        for y in range(0, H, 37):
+            for x in range(0, W, 41):
+                r = Rect(y, x, min(y + 37, H), min(x + 41, W))
+                out[r.y0:r.y1, r.x0:r.x1] = read_window(tf, page, url, 0, r)
+        assert np.array_equal(out, whole)
+        assert np.array_equal(read_window(tf, page, url, 0, Rect(0, 0, H, W)), whole)
+
+
+def test_multi_page_file(tmp_path):
+    """Pages of different sizes, dtypes and layouts in one file (one of them BigTIFF-free)."""
+    pages = [make_page(1, 100, 77, 3, "uint8"), make_page(2, 64, 150, 1, "uint16"),
+             make_page(3, 130, 90, 4, "float32")]
+    kws = [{"tile": (16, 16), "compression": "zstd"},
+           {"rowsperstrip": 7, "compression": "lzw"},
+           {"rowsperstrip": 9, "planarconfig": "separate", "compression": "deflate"}]
+    path = tmp_path / "multi.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for page, kw in zip(pages, kws, strict=True):
+            ch = 1 if page.ndim == 2 else page.shape[2]
+            data = np.moveaxis(page, -1, 0) if kw.get("planarconfig") == "separate" else page
+            tw.write(data, photometric="rgb" if ch >= 3 else "minisblack", metadata=None,
+                     extrasamples=["unassalpha"] if ch == 4 else None, **kw)
+    url = str(path)
+    infos = read_infos(url, None)
+    assert [(i.index, i.height, i.width, i.channels, i.dtype, i.tiled, i.segment_rows)
+            for i in infos] == [(0, 100, 77, 3, "uint8", True, 16),
+                                (1, 64, 150, 1, "uint16", False, 7),
+                                (2, 130, 90, 4, "float32", False, 9)]
+    assert [i.index for i in read_infos(url, [2, 0])] == [2, 0]
+    with open_tiff(url) as tf:
+        for index in (2, 0, 1):
+            want = pages[index]
+            page = get_page(tf, url, index)
+            h, w = want.shape[:2]
+            for rect in _windows(index, h, w):
+                rect = Rect(min(rect.y0, h - 1), min(rect.x0, w - 1), min(rect.y1, h),
+                            min(rect.x1, w))
+                got = read_window(tf, page, url, index, rect)
+                assert np.array_equal(got, want[rect.y0:rect.y1, rect.x0:rect.x1]), (index, rect)
+
+
+@pytest.mark.parametrize("name,tiled,segment_rows,channels,dtype", [
+    ("u8-c3-tiles32x48-none", True, 32, 3, "uint8"),
+    ("u8-c1-strips7-zlib", False, 7, 1, "uint8"),
+    ("f32-c3-strips-whole-deflate", False, H, 3, "float32"),
+    ("u16-c3-tiles16-lzw-separate", True, 16, 3, "uint16"),
+    ("u8-c3-tiles32-jpeg-ycbcr", True, 32, 3, "uint8"),
+    ("u16-c3-tiles32-zstd-bigtiff", True, 32, 3, "uint16"),
+])
+def test_page_info(files, name, tiled, segment_rows, channels, dtype):
+    (info,) = read_infos(str(files[name][0]), [0])
+    assert (info.height, info.width, info.channels, info.dtype) == (H, W, channels, dtype)
+    assert (info.tiled, info.segment_rows) == (tiled, segment_rows)
+    assert info.photometric == ("rgb" if channels >= 3 else "minisblack")
+
+
+# --- only the needed segments are read -------------------------------------------------
+
+
+class CountingBytesIO(io.BytesIO):
+    """A file that records (offset, length) of every read while ``recording``."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.recording = False
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        pos = self.tell()
+        data = super().read(size)
+        if self.recording:
+            self.reads.append((pos, len(data)))
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        pos = self.tell()
+        n = super().readinto(buffer)
+        if self.recording:
+            self.reads.append((pos, n))
+        return n
+
+
+def expected_segments(page: tifffile.TiffPage, rect: Rect) -> set[int]:
+    """Indices of the segments a window touches, from the page geometry."""
+    if page.is_tiled:
+        sh, sw = page.tilelength, page.tilewidth
+    else:
+        sh, sw = min(page.rowsperstrip, page.imagelength), page.imagewidth
+    rows, cols = -(-page.imagelength // sh), -(-page.imagewidth // sw)
+    planes = page.samplesperpixel if page.planarconfig == 2 else 1
+    return {p * rows * cols + r * cols + c
+            for p in range(planes)
+            for r in range(rows) for c in range(cols)
+            if r * sh < rect.y1 and rect.y0 < (r + 1) * sh
+            and c * sw < rect.x1 and rect.x0 < (c + 1) * sw}
+
+
+def check_reads(page: tifffile.TiffPage, rect: Rect, reads: list[tuple[int, int]]) -> None:
+    """Each segment the window touches is read once, in one contiguous read inside it, and
+    nothing else is read. A whole segment for compressed data; an uncompressed strip may be
+    read partially, but the read covers at least the window's rows of it."""
+    offsets, counts = page.dataoffsets, page.databytecounts
+    needed = expected_segments(page, rect)
+    raw_strips = int(page.compression) == 1 and not page.is_tiled
+    seen: list[int] = []
+    for start, n in reads:
+        hits = [i for i in needed if offsets[i] <= start and start + n <= offsets[i] + counts[i]]
+        assert len(hits) == 1, f"read of {n} bytes at {start} is outside the needed segments"
+        seg = hits[0]
+        seen.append(seg)
+        if not raw_strips:
+            assert (start, n) == (offsets[seg], counts[seg]), "a partial segment read"
+            continue
+        rows_per_strip = min(page.rowsperstrip, page.imagelength)
+        row_bytes = counts[0] // rows_per_strip
+        strips = -(-page.imagelength // rows_per_strip)
+        strip_y = (seg % strips) * rows_per_strip
+        y0, y1 = max(rect.y0, strip_y), min(rect.y1, strip_y + rows_per_strip)
+        lo = offsets[seg] + (y0 - strip_y) * row_bytes
+        hi = offsets[seg] + (y1 - strip_y) * row_bytes
+        assert start <= lo and hi <= start + n, "the read misses rows of the window"
+    assert sorted(seen) == sorted(needed), "a segment read twice, or a needed one not read"
+
+
+@pytest.mark.parametrize("name", ["u8-c3-tiles32x48-none", "u8-c1-strips7-zlib",
+                                  "u16-c3-tiles16-lzw-separate",
+                                  "u8-c4-tiles16x32-packbits-separate",
+                                  "u8-c3-tiles32-jpeg", "u8-c3-strips16-jpeg-ycbcr",
+                                  "u8-c3-strips10-none-bigtiff-separate",
+                                  "i16-c1-strips-none", "f32-c3-strips-whole-deflate",
+                                  "u16-c1-strips13-none-bigendian",
+                                  "u16-c2-strips-whole-none-bigendian-bigtiff",
+                                  "f32-c1-tiles48x32-zstd-predictor"])
+def test_reads_only_the_needed_segments(files, name):
+    path, _, whole = files[name]
+    fh = CountingBytesIO(path.read_bytes())
+    with tifffile.TiffFile(fh) as tf:
+        page = tf.pages[0]
+        # what tifffile reads lazily from the IFD or the first segment (once per page)
+        _ = page.dataoffsets, page.databytecounts, page.jpegtables, page.shape, page.dtype
+        _ = getattr(page, "is_jfif", None)
+        for rect in _windows(3):
+            fh.reads.clear()
+            fh.recording = True
+            got = read_window(tf, page, name, 0, rect)
+            fh.recording = False
+            assert np.array_equal(got, whole[rect.y0:rect.y1, rect.x0:rect.x1], equal_nan=True)
+            check_reads(page, rect, fh.reads)
+        # a one-pixel window reads one segment per plane
+        fh.reads.clear()
+        fh.recording = True
+        read_window(tf, page, name, 0, Rect(H // 2, W // 2, H // 2 + 1, W // 2 + 1))
+        fh.recording = False
+        planes = page.samplesperpixel if page.planarconfig == 2 else 1
+        assert len(fh.reads) == planes
+        if len(page.dataoffsets) > planes:
+            assert sum(n for _, n in fh.reads) < sum(page.databytecounts)
+
+
+def test_truncated_file_fails_only_for_windows_on_missing_segments(tmp_path):
+    page = make_page(5, H, W, 1, "uint8")
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, page, rowsperstrip=10, metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        last = int(tf.pages[0].dataoffsets[-1])
+    data = path.read_bytes()
+    assert last > len(data) // 2  # the IFD comes before the pixel data
+    path.write_bytes(data[:last + 5])
+    url = str(path)
+    with open_tiff(url) as tf:
+        p = get_page(tf, url, 0)
+        top = read_window(tf, p, url, 0, Rect(0, 0, 50, W))
+        assert np.array_equal(top, page[:50])
+        with pytest.raises(CorruptTiffError, match="truncated"):
+            read_window(tf, p, url, 0, Rect(H - 3, 0, H, 5))
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_sparse_segments_read_as_zeros(tmp_path, tiled):
+    """A segment with byte count 0 (a sparse file) reads as zeros, like libtiff and tifffile."""
+    page = make_page(6, H, W, 1, "uint16")
+    path = tmp_path / "sparse.tif"
+    kw = {"tile": (32, 32)} if tiled else {"rowsperstrip": 16}
+    tifffile.imwrite(path, page, compression="zlib", metadata=None, bigtiff=False, **kw)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        for code in (324, 325) if tiled else (273, 279):  # offsets and byte counts: 0, 0
+            tag = tf.pages[0].tags[code]
+            kind = {3: "<u2", 4: "<u4"}[int(tag.dtype)]  # SHORT or LONG
+            at, n = tag.valueoffset, tag.count
+            values = np.frombuffer(data, kind, count=n, offset=at).copy()
+            sparse = [0, 3, n - 1]
+            values[sparse] = 0
+            data[at:at + values.nbytes] = values.tobytes()
+    path.write_bytes(bytes(data))
+    want = tifffile.imread(path)
+    url = str(path)
+    with open_tiff(url) as tf:
+        p = get_page(tf, url, 0)
+        assert [int(c) for c in np.array(p.databytecounts)[sparse]] == [0, 0, 0]
+        got = read_window(tf, p, url, 0, Rect(0, 0, H, W))
+        assert np.array_equal(got, want)
+        assert not got[:16, :16].any() and got[H - 1, W - 1] == 0
+        assert np.array_equal(read_window(tf, p, url, 0, Rect(10, 20, 70, 150)),
+                              want[10:70, 20:150])
