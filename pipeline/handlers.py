@@ -4,49 +4,35 @@ A handler parses the event into its typed model, calls one step, and returns the
 small JSON result. Exceptions propagate: Lambda reports the class name as ``errorType``,
 which is what the state machine's Retry/Catch match on. The handlers do not know whether
 AWS or the embedded engine called them.
+
+Steps are imported when first used, so each image imports only what its own step needs
+(the merge image carries no OpenCV).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
-from pipeline.core.events import (
-    BatchEvent,
-    EventError,
-    FailureEvent,
-    JobEvent,
-    MergeEvent,
-    ReportEvent,
-    RunEvent,
-    UnitEvent,
-    parse_event,
-)
-from pipeline.steps.merge import merge
-from pipeline.steps.planning import plan_job, plan_run
-from pipeline.steps.process import process
-from pipeline.steps.report import record_failure, report
-from pipeline.steps.split import split
+from pipeline.core import events
+from pipeline.core.events import EventError, parse_event
 
 log = logging.getLogger("tiffpipe")
 
-Action = tuple[type, Callable[[Any], dict[str, Any]]]
-
-SPLIT_ACTIONS: dict[str, Action] = {
-    "plan_run": (RunEvent, plan_run),
-    "plan_job": (JobEvent, plan_job),
-    "split": (UnitEvent, split),
-}
-PROCESS_ACTIONS: dict[str, Action] = {"process": (BatchEvent, process)}
-MERGE_ACTIONS: dict[str, Action] = {
-    "merge": (MergeEvent, merge),
-    "record_failure": (FailureEvent, record_failure),
-    "report": (ReportEvent, report),
-}
-#: function (image) name -> its actions
-FUNCTIONS: dict[str, dict[str, Action]] = {
-    "split": SPLIT_ACTIONS, "process": PROCESS_ACTIONS, "merge": MERGE_ACTIONS,
+#: function (image) -> action -> (event class, "module:function" of the step)
+FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
+    "split": {
+        "plan_run": (events.RunEvent, "pipeline.steps.planning:plan_run"),
+        "plan_job": (events.JobEvent, "pipeline.steps.planning:plan_job"),
+        "split": (events.UnitEvent, "pipeline.steps.split:split"),
+    },
+    "process": {"process": (events.BatchEvent, "pipeline.steps.process:process")},
+    "merge": {
+        "merge": (events.MergeEvent, "pipeline.steps.merge:merge"),
+        "record_failure": (events.FailureEvent, "pipeline.steps.report:record_failure"),
+        "report": (events.ReportEvent, "pipeline.steps.report:report"),
+    },
 }
 
 
@@ -56,8 +42,10 @@ def dispatch(function: str, event: Any) -> dict[str, Any]:
     if action not in actions:
         raise EventError(f"the {function} function has no action {action!r} "
                          f"(known: {', '.join(actions)})")
-    model, step = actions[action]
-    result = step(parse_event(model, event))
+    model, target = actions[action]
+    module, name = target.split(":")
+    step = getattr(importlib.import_module(module), name)
+    result: dict[str, Any] = step(parse_event(model, event))
     log.info("%s.%s done: %s", function, action, result)
     return result
 

@@ -6,11 +6,18 @@ import functools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.core.models import JobPlan
+from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import TiffpipeError, by_name, error_record
 from pipeline.steps import layout
+
+
+def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
+    """run.json and the spec of one of its jobs."""
+    run = storage.read_json(run_url)
+    return run, JobSpec.from_json(run["jobs"][job])
 
 
 @functools.lru_cache(maxsize=8)

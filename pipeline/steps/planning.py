@@ -10,10 +10,10 @@ from pipeline.adapters.tiff_read import read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import JobEvent, RunEvent
 from pipeline.core.manifest import load_manifest_text
-from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan
 from pipeline.errors import InputNotFoundError, OperationError
 from pipeline.steps import layout
+from pipeline.steps.common import load_job
 
 
 def plan_run(event: RunEvent) -> dict[str, Any]:
@@ -28,11 +28,6 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
         "jobs": [s.to_json() for s in specs],
     })
     return {"run": run_url, "jobs": list(range(len(specs)))}
-
-
-def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
-    run = storage.read_json(run_url)
-    return run, JobSpec.from_json(run["jobs"][job])
 
 
 def plan_job(event: JobEvent) -> dict[str, Any]:

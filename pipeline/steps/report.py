@@ -10,8 +10,7 @@ from pipeline.adapters import storage
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError
 from pipeline.steps import layout
-from pipeline.steps.common import recorded_errors
-from pipeline.steps.planning import load_job
+from pipeline.steps.common import load_job, recorded_errors
 
 
 def failure_record(error: dict[str, Any]) -> dict[str, str]:
