@@ -1,0 +1,293 @@
+"""Checks of statemachine.asl.json: the ASL validator, moto's parser, its structure, and the
+size of the largest payload it carries.
+
+The validator is the npm package ``asl-validator`` (package.json); ``make test`` and CI
+install it into node_modules. Without it (a plain ``pytest`` on a machine without node) the
+validator tests skip; under CI (``CI`` set) they fail instead, so they never skip silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.adapters import storage
+from pipeline.core import plan as plan_module
+from pipeline.core.events import JobEvent
+from pipeline.core.models import JobSpec, PageInfo
+from pipeline.engine import definition
+from pipeline.steps import layout, planning
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATOR = ROOT / "node_modules" / ".bin" / "asl-validator"
+
+#: realistic ARNs of the three functions (as deploy passes them to definition.render)
+ARNS = {f: f"arn:aws:lambda:eu-west-1:123456789012:function:tiffpipe-{f}"
+        for f in ("split", "process", "merge")}
+
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+TRANSIENT_LAMBDA_ERRORS = ("Lambda.ServiceException", "Lambda.AWSLambdaException",
+                           "Lambda.SdkClientException", "Lambda.TooManyRequestsException")
+#: Step Functions' limit on a state's input/output and on a task's result (UTF-8 bytes)
+PAYLOAD_LIMIT = 256 * 1024
+PER_JOB_MAP = "Jobs"
+FAILURE_STATE = "RecordFailure"
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    """The definition as written, with its placeholders."""
+    return json.loads(definition.definition_text())
+
+
+@pytest.fixture(scope="module")
+def rendered_text() -> str:
+    return definition.render(ARNS)
+
+
+@pytest.fixture(scope="module")
+def rendered(rendered_text: str) -> dict[str, Any]:
+    return json.loads(rendered_text)
+
+
+def walk(states: dict[str, Any], scope: str = "") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(scope, name, state) of every state, nested ones (Map, Parallel) included."""
+    for name, state in states.items():
+        yield scope, name, state
+        inner = state.get("ItemProcessor") or state.get("Iterator")
+        if inner:
+            yield from walk(inner["States"], f"{scope}{name}/")
+        for i, branch in enumerate(state.get("Branches", [])):
+            yield from walk(branch["States"], f"{scope}{name}[{i}]/")
+
+
+def tasks(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(scope + name, s) for scope, name, s in walk(doc["States"]) if s["Type"] == "Task"]
+
+
+def job_states(doc: dict[str, Any]) -> dict[str, Any]:
+    """The states of the per-job iterator (what one job of the manifest runs)."""
+    return doc["States"][PER_JOB_MAP]["ItemProcessor"]["States"]
+
+
+# --- (a) asl-validator ------------------------------------------------------------------
+
+
+def _validate(doc_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    if not VALIDATOR.exists():
+        why = (f"{VALIDATOR.relative_to(ROOT)} is missing: run `npm ci` "
+               "(or `make test`, which installs it)")
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; under CI the validator must be installed")
+        pytest.skip(why)
+    path = tmp_path / "statemachine.json"
+    path.write_text(doc_text)
+    # --json-path takes a file; --json-definition takes the JSON text itself (and given a
+    # file name it reports "Unable to parse" yet exits 0, so never pass it a path).
+    return subprocess.run([str(VALIDATOR), "--json-path", str(path)], check=False,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_asl_validator_accepts_the_definition(rendered_text, tmp_path):
+    result = _validate(rendered_text, tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, f"asl-validator rejects statemachine.asl.json:\n{out}"
+    assert "is valid" in out, out
+
+
+def test_asl_validator_rejects_a_dangling_next(rendered, tmp_path):
+    """The validator really runs: a transition to a missing state fails it."""
+    broken = copy.deepcopy(rendered)
+    merge_before = next(s for s in job_states(broken).values() if s.get("Next") == "Merge")
+    merge_before["Next"] = "NoSuchState"
+    result = _validate(json.dumps(broken), tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out
+    assert "MISSING_TRANSITION_TARGET" in out and "NoSuchState" in out, out
+
+
+# --- (b) moto's parser --------------------------------------------------------------------
+
+
+def test_moto_parser_accepts_the_definition(rendered_text):
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    program, _tree = AmazonStateLanguageParser.parse(rendered_text)
+    assert program is not None
+
+
+# --- (c) structure ------------------------------------------------------------------------
+
+
+def test_state_names_are_unique_in_the_whole_machine(rendered):
+    """Step Functions wants every state name unique across the machine, nested states too."""
+    seen: dict[str, list[str]] = {}
+    for scope, name, _ in walk(rendered["States"]):
+        seen.setdefault(name, []).append(scope + name)
+    dupes = {name: where for name, where in seen.items() if len(where) > 1}
+    assert not dupes, f"state names used more than once: {dupes}"
+
+
+def test_every_task_invokes_a_lambda_by_placeholder(raw):
+    found = tasks(raw)
+    assert found
+    for where, state in found:
+        assert state["Resource"] == LAMBDA_INVOKE, where
+        name = state["Parameters"]["FunctionName"]
+        m = re.fullmatch(r"\$\{(\w+)\}", name)
+        assert m and m.group(1) in definition.PLACEHOLDERS, f"{where}: FunctionName {name!r}"
+        assert "action" in state["Parameters"]["Payload"], where
+
+
+def test_every_task_retries_transient_lambda_errors(rendered):
+    for where, state in tasks(rendered):
+        retried = {e for r in state.get("Retry", []) if r.get("MaxAttempts", 3) > 0
+                   for e in r["ErrorEquals"]}
+        missing = [e for e in TRANSIENT_LAMBDA_ERRORS if e not in retried]
+        assert not missing, f"{where}: no Retry for {missing}"
+
+
+def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
+    states = job_states(rendered)
+    assert FAILURE_STATE in states
+    failure = states[FAILURE_STATE]
+    # where the Catch must put the error so that RecordFailure finds it (and keeps run/job)
+    error_path = failure["Parameters"]["Payload"]["error.$"]
+    for name, state in states.items():
+        if name == FAILURE_STATE or state["Type"] not in ("Task", "Map", "Parallel"):
+            continue
+        catchers = [c for c in state.get("Catch", []) if "States.ALL" in c["ErrorEquals"]]
+        assert catchers, f"{PER_JOB_MAP}/{name}: no Catch of States.ALL"
+        for c in catchers:
+            assert c["Next"] == FAILURE_STATE, f"{PER_JOB_MAP}/{name}: Catch -> {c['Next']}"
+            assert c.get("ResultPath") == error_path, (
+                f"{PER_JOB_MAP}/{name}: Catch ResultPath {c.get('ResultPath')!r}, "
+                f"RecordFailure reads {error_path!r}")
+    assert "Catch" not in failure, "RecordFailure must not catch into itself"
+
+
+@pytest.mark.parametrize("items", ["units", "batches"])
+def test_fan_out_maps_are_distributed_and_drop_results(rendered, items):
+    maps = [(name, s) for name, s in job_states(rendered).items()
+            if s["Type"] == "Map" and s.get("ItemsPath", "").split(".")[-1] == items]
+    assert len(maps) == 1, f"expected one Map over {items}, found {[n for n, _ in maps]}"
+    name, state = maps[0]
+    assert state["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED", name
+    assert "ResultPath" in state and state["ResultPath"] is None, (
+        f"{name}: results must be dropped (ResultPath: null) to keep the payload small")
+    assert state.get("MaxConcurrency", 0) <= 10_000, name
+
+
+def test_render_leaves_no_placeholders(raw, rendered_text):
+    assert "${" in json.dumps(raw)
+    assert "${" not in rendered_text
+    names = {s["Parameters"]["FunctionName"] for _, s in tasks(json.loads(rendered_text))}
+    assert names == set(ARNS.values())
+
+
+@pytest.mark.parametrize("function", sorted(ARNS))
+def test_render_raises_for_a_missing_arn(function):
+    arns = {f: a for f, a in ARNS.items() if f != function}
+    with pytest.raises(KeyError, match="no ARN for placeholder"):
+        definition.render(arns)
+
+
+def test_render_raises_for_an_unknown_placeholder():
+    text = json.dumps({"StartAt": "A", "States": {"A": {
+        "Type": "Task", "Resource": LAMBDA_INVOKE, "End": True,
+        "Parameters": {"FunctionName": "${NoSuchFunctionArn}"}}}})
+    with pytest.raises(KeyError, match="NoSuchFunctionArn"):
+        definition.render(ARNS, text)
+
+
+# --- (d) payload size ----------------------------------------------------------------------
+
+
+def _select(selector: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any]:
+    """Apply a ResultSelector of plain ``"key.$": "$.a.b"`` paths."""
+    out: dict[str, Any] = {}
+    for key, value in selector.items():
+        if not key.endswith(".$"):
+            out[key] = value
+            continue
+        assert re.fullmatch(r"\$(\.\w+)+", value), f"unsupported path {value!r}"
+        node: Any = doc
+        for part in value.split(".")[1:]:
+            node = node[part]
+        out[key[:-2]] = node
+    return out
+
+
+def _size(obj: Any) -> int:
+    return len(json.dumps(obj).encode("utf-8"))
+
+
+def _lambda_envelope(payload: Any) -> dict[str, Any]:
+    """What a lambda:invoke task gets back: the function's payload and the call's metadata."""
+    n = str(_size(payload))
+    headers = {"Connection": "keep-alive", "Content-Length": n,
+               "Content-Type": "application/json", "Date": "Thu, 01 Jan 2026 00:00:00 GMT",
+               "X-Amz-Executed-Version": "$LATEST", "x-amzn-Remapped-Content-Length": "0",
+               "x-amzn-RequestId": "0" * 36, "X-Amzn-Trace-Id": "Root=1-" + "0" * 33}
+    return {"ExecutedVersion": "$LATEST", "Payload": payload, "StatusCode": 200,
+            "SdkHttpMetadata": {"AllHttpHeaders": {k: [v] for k, v in headers.items()},
+                                "HttpHeaders": headers, "HttpStatusCode": 200},
+            "SdkResponseMetadata": {"RequestId": "0" * 36}}
+
+
+def _plan_job_sizes(doc: dict[str, Any], run_url: str, result: dict[str, Any]) -> dict[str, int]:
+    """Sizes of the data around the PlanJob state for plan_job's ``result``."""
+    jobs = doc["States"][PER_JOB_MAP]
+    plan_state = job_states(doc)[jobs["ItemProcessor"]["StartAt"]]
+    item = {"run": run_url, "job": 0}  # what the Jobs map hands each job
+    assert {k.removesuffix(".$") for k in jobs["ItemSelector"]} == set(item)
+    envelope = _lambda_envelope(result)
+    output = dict(item)
+    assert re.fullmatch(r"\$\.\w+", plan_state["ResultPath"])
+    output[plan_state["ResultPath"][2:]] = _select(plan_state["ResultSelector"], envelope)
+    # a Catch later adds the job's error ({"Error", "Cause"}, the cause up to 32 KiB)
+    caught = {**output, "error": {"Error": "States.TaskFailed", "Cause": "x" * 32768}}
+    return {"plan_job result": _size(result), "PlanJob task result": _size(envelope),
+            "PlanJob state output": _size(output), "with a caught error": _size(caught)}
+
+
+def _assert_fits(sizes: dict[str, int]) -> None:
+    report = ", ".join(f"{k}: {v:,} B" for k, v in sizes.items())
+    assert max(sizes.values()) < PAYLOAD_LIMIT, (
+        f"over Step Functions' {PAYLOAD_LIMIT:,} B payload limit: {report}")
+
+
+def test_plan_job_payload_of_a_100_gigapixel_page_fits(rendered, tmp_path, monkeypatch):
+    """The largest state data: a job's PlanJob result lists every split unit and batch."""
+    info = PageInfo(index=0, height=316228, width=316228, channels=3, dtype="uint8",
+                    photometric="rgb", extrasamples=[], tiled=True, segment_rows=512,
+                    compression="zstd")
+    assert info.megapixels >= 100_000
+    work = str(tmp_path / "work")
+    spec = JobSpec(input=str(tmp_path / "giant.tif"), output=str(tmp_path / "out.tif"))
+    run_url = layout.run_file(work)
+    storage.write_json(run_url, {"run_id": "r", "manifest": "m", "work": work,
+                                 "report": "r.json", "jobs": [spec.to_json()]})
+    monkeypatch.setattr(planning, "read_infos", lambda url, pages: [info])
+
+    result = planning.plan_job(JobEvent(run=run_url, job=0))  # the real step, fake headers
+    assert result["tiles"] > 90_000 and len(result["batches"]) > 1000  # a big fan-out
+    _assert_fits(_plan_job_sizes(rendered, run_url, result))
+
+
+def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
+    """make_plan refuses jobs of more than MAX_ITEMS units or batches: at that cap (and with
+    long S3 URLs) the payload still fits."""
+    cap = plan_module.MAX_ITEMS
+    work = "s3://" + "b" * 63 + "/" + "w" * 200 + "/jobs/99999"
+    result = {"plan": work + "/plan.json", "job": 99999, "units": list(range(cap)),
+              "batches": list(range(cap)), "tiles": 10**9}
+    _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))
