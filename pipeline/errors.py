@@ -36,6 +36,10 @@ class OperationError(TiffpipeError):
     """An op cannot be applied to this page (dtype, channels) or a user function misbehaved."""
 
 
+class CustomOperationError(OperationError):
+    """A user function (``{"op": "custom"}``) cannot be imported, or returned a wrong tile."""
+
+
 # --- inputs ---------------------------------------------------------------------------
 
 

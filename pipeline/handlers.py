@@ -24,10 +24,15 @@ log = logging.getLogger("tiffpipe")
 FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
     "split": {
         "plan_run": (events.RunEvent, "pipeline.steps.planning:plan_run"),
-        "plan_job": (events.JobEvent, "pipeline.steps.planning:plan_job"),
+        # planning.plan_job, plus the custom functions' import check and the stats rounds
+        "plan_job": (events.JobEvent, "pipeline.steps.stats:plan_job"),
         "split": (events.UnitEvent, "pipeline.steps.split:split"),
     },
-    "process": {"process": (events.BatchEvent, "pipeline.steps.process:process")},
+    "process": {
+        "process": (events.BatchEvent, "pipeline.steps.process:process"),
+        "stats": (events.StatsEvent, "pipeline.steps.stats:stats"),
+        "reduce_stats": (events.ReduceEvent, "pipeline.steps.stats:reduce_stats"),
+    },
     "merge": {
         "merge": (events.MergeEvent, "pipeline.steps.merge:merge"),
         "record_failure": (events.FailureEvent, "pipeline.steps.report:record_failure"),

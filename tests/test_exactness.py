@@ -25,15 +25,17 @@ import tifffile
 from pipeline.adapters.storage import write_json
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import plan as plan_mod
-from pipeline.core.events import BatchEvent, MergeEvent, UnitEvent
+from pipeline.core.events import BatchEvent, MergeEvent, ReduceEvent, StatsEvent, UnitEvent
 from pipeline.core.grid import PageGrid
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions
 from pipeline.core.ops import chain_from_json, chain_halo
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan
+from pipeline.steps.evaluate import page_rounds
 from pipeline.steps.merge import merge
 from pipeline.steps.process import process
 from pipeline.steps.split import split
+from pipeline.steps.stats import reduce_stats, stats
 
 TAGS = {"none": 1, "lzw": 5, "jpeg": 7, "deflate": 8, "zstd": 50000}
 
@@ -206,6 +208,10 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
     load_plan.cache_clear()
     for i in range(len(plan.units)):
         split(UnitEvent(plan_url, i))
+    for r in range(page_rounds(plan)):  # statistics rounds: ops that need the whole page
+        for k in range(len(plan.batches)):
+            stats(StatsEvent(plan_url, k, r))
+        reduce_stats(ReduceEvent(plan_url, r))
     for k in range(len(plan.batches)):
         process(BatchEvent(plan_url, k))
     merge(MergeEvent(plan_url))

@@ -25,6 +25,7 @@ from pipeline.core.events import JobEvent
 from pipeline.core.models import JobSpec, PageInfo
 from pipeline.engine import definition
 from pipeline.steps import layout, planning
+from pipeline.steps import stats as stats_step
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT / "node_modules" / ".bin" / "asl-validator"
@@ -174,16 +175,40 @@ def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
     assert "Catch" not in failure, "RecordFailure must not catch into itself"
 
 
-@pytest.mark.parametrize("items", ["units", "batches"])
-def test_fan_out_maps_are_distributed_and_drop_results(rendered, items):
+@pytest.mark.parametrize("items,names", [("units", ["Split"]), ("batches", ["Stats", "Process"])])
+def test_fan_out_maps_are_distributed_and_drop_results(rendered, items, names):
     maps = [(name, s) for name, s in job_states(rendered).items()
             if s["Type"] == "Map" and s.get("ItemsPath", "").split(".")[-1] == items]
-    assert len(maps) == 1, f"expected one Map over {items}, found {[n for n, _ in maps]}"
-    name, state = maps[0]
+    assert [n for n, _ in maps] == names, f"Maps over {items}: {[n for n, _ in maps]}"
+    for name, state in maps:
+        _check_fan_out(name, state)
+
+
+def _check_fan_out(name: str, state: dict[str, Any]) -> None:
     assert state["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED", name
     assert "ResultPath" in state and state["ResultPath"] is None, (
         f"{name}: results must be dropped (ResultPath: null) to keep the payload small")
     assert state.get("MaxConcurrency", 0) <= 10_000, name
+
+
+def test_statistics_rounds_loop_between_split_and_process(rendered):
+    """Split -> NeedsStats -(more)-> Stats -> ReduceStats -> NeedsStats -(default)-> Process:
+    jobs without global ops skip the rounds; each round's Map gets the round from the state."""
+    states = job_states(rendered)
+    assert states["PlanJob"]["ResultSelector"]["stats.$"] == "$.Payload.stats"
+    assert states["Split"]["Next"] == "NeedsStats"
+    choice = states["NeedsStats"]
+    assert choice["Type"] == "Choice" and choice["Default"] == "Process"
+    (rule,) = choice["Choices"]
+    assert rule == {"Variable": "$.planned.stats.more", "BooleanEquals": True, "Next": "Stats"}
+    assert states["Stats"]["ItemSelector"]["round.$"] == "$.planned.stats.round"
+    inner = states["Stats"]["ItemProcessor"]["States"]["StatsBatch"]
+    assert inner["Parameters"]["Payload"]["action"] == "stats"
+    assert states["Stats"]["Next"] == "ReduceStats"
+    reduce_ = states["ReduceStats"]
+    assert reduce_["Parameters"]["Payload"]["action"] == "reduce_stats"
+    assert reduce_["ResultPath"] == "$.planned.stats" and reduce_["Next"] == "NeedsStats"
+    assert set(reduce_["ResultSelector"]) == {"round.$", "more.$", "rounds.$"}
 
 
 def test_render_leaves_no_placeholders(raw, rendered_text):
@@ -276,9 +301,9 @@ def test_plan_job_payload_of_a_100_gigapixel_page_fits(rendered, tmp_path, monke
     run_url = layout.run_file(work)
     storage.write_json(run_url, {"run_id": "r", "manifest": "m", "work": work,
                                  "report": "r.json", "jobs": [spec.to_json()]})
-    monkeypatch.setattr(planning, "read_infos", lambda url, pages: [info])
+    monkeypatch.setattr(planning, "read_infos", lambda url, pages, **kw: [info])
 
-    result = planning.plan_job(JobEvent(run=run_url, job=0))  # the real step, fake headers
+    result = stats_step.plan_job(JobEvent(run=run_url, job=0))  # the real step, fake headers
     assert result["tiles"] > 90_000 and len(result["batches"]) > 1000  # a big fan-out
     _assert_fits(_plan_job_sizes(rendered, run_url, result))
 
@@ -289,5 +314,6 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
     cap = plan_module.MAX_ITEMS
     work = "s3://" + "b" * 63 + "/" + "w" * 200 + "/jobs/99999"
     result = {"plan": work + "/plan.json", "job": 99999, "units": list(range(cap)),
-              "batches": list(range(cap)), "tiles": 10**9}
+              "batches": list(range(cap)), "tiles": 10**9,
+              "stats": {"round": 0, "more": True, "rounds": 99}}
     _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))

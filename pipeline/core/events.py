@@ -68,6 +68,25 @@ class BatchEvent:
 
 
 @dataclass(frozen=True)
+class StatsEvent:
+    """Gather the statistics of one batch of tiles for a statistics round (process function,
+    ``stats``): round k serves the k-th op of the chain that needs whole-page statistics."""
+
+    plan: str
+    batch: int
+    round: int
+
+
+@dataclass(frozen=True)
+class ReduceEvent:
+    """Reduce a round's partial statistics to one per page (process function,
+    ``reduce_stats``)."""
+
+    plan: str
+    round: int
+
+
+@dataclass(frozen=True)
 class MergeEvent:
     """Assemble the output TIFF of a job (merge function, ``merge``)."""
 

@@ -26,6 +26,15 @@ class Rect:
     def width(self) -> int:
         return self.x1 - self.x0
 
+    @property
+    def empty(self) -> bool:
+        return self.y1 <= self.y0 or self.x1 <= self.x0
+
+    def intersect(self, other: Rect) -> Rect:
+        """The common part (possibly empty: check ``empty``)."""
+        y0, x0 = max(self.y0, other.y0), max(self.x0, other.x0)
+        return Rect(y0, x0, max(y0, min(self.y1, other.y1)), max(x0, min(self.x1, other.x1)))
+
     def relative_to(self, outer: Rect) -> Rect:
         """This rectangle in the coordinates of ``outer`` (which must contain it)."""
         return Rect(self.y0 - outer.y0, self.x0 - outer.x0, self.y1 - outer.y0, self.x1 - outer.x0)
@@ -57,17 +66,25 @@ class PageGrid:
         return divmod(index, self.cols)
 
     def core(self, row: int, col: int) -> Rect:
-        """The pixels this tile produces (clipped at the page's edge)."""
-        y0, x0 = row * self.tile, col * self.tile
+        """The pixels this tile produces (clipped at the page's edge; empty past it, which a
+        downsampled grid has: see ``scaled``)."""
+        y0, x0 = min(row * self.tile, self.height), min(col * self.tile, self.width)
         return Rect(y0, x0, min(y0 + self.tile, self.height), min(x0 + self.tile, self.width))
+
+    def scaled(self, factor: int, halo: int = 0) -> PageGrid:
+        """The same tiles on the page downsampled by ``factor`` (which divides the tile): the
+        page is ``height // factor`` x ``width // factor`` and a tile ``tile // factor``. Tile
+        (row, col) of this grid is tile (row, col) there; the last row or column may be empty."""
+        return PageGrid(self.height // factor, self.width // factor, self.tile // factor, halo)
 
     def haloed(self, row: int, col: int) -> Rect:
         """The pixels this tile reads: the core grown by the halo, CLIPPED at the page border,
         so that each op applies its own border rule at the true edge."""
         return self.expand(self.core(row, col))
 
-    def expand(self, rect: Rect) -> Rect:
-        h = self.halo
+    def expand(self, rect: Rect, margin: int | None = None) -> Rect:
+        """``rect`` grown by ``margin`` (default: the halo), clipped at the page border."""
+        h = self.halo if margin is None else margin
         return Rect(max(rect.y0 - h, 0), max(rect.x0 - h, 0),
                     min(rect.y1 + h, self.height), min(rect.x1 + h, self.width))
 

@@ -3,20 +3,25 @@
 An op's *halo* is how many pixels around a tile its output depends on. Tiles are
 read with the chain's halo clipped at the true page border and the op runs on the
 haloed tile; cropping the core then gives exactly the pixels of one call on the
-whole page (see README, "Exactness"). Chains add their halos.
+whole page (see README, "Operations"). Chains add their halos; how ops that need the
+whole page, clahe and downsample fit in is pipeline.core.chain's business.
 
-Pure module: arrays in, arrays out. No I/O.
+Pure module: arrays in, arrays out. No I/O (a custom op imports its user function).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
+from pipeline.core import canny as canny_mod
+from pipeline.core import custom as custom_mod
+from pipeline.core import stats as stats_mod
+from pipeline.core.opencv import cv2
 from pipeline.core.params import Param, check_object
 from pipeline.errors import OperationError, UnknownOperationError
 
@@ -43,6 +48,26 @@ class Op:
     halo_help: str = "0 (a point operation)"
     exact: str = "bit-identical to the OpenCV call on the whole page"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: "local": the output depends on the pixels within the halo only; "stats": a point op
+    #: whose table comes from statistics of the whole page (a statistics round); "canny":
+    #: edges whose hysteresis follows chains across the page (a statistics round of labels)
+    kind: str = "local"
+    #: the margin of input pixels the op needs around a region so that its output is exact on
+    #: that region grown by ``needed`` (None: ``needed + halo``); see pipeline.core.chain
+    reach: Callable[[dict[str, Any], np.dtype, int], int] | None = None
+    #: crop origins must be multiples of this, in the op's input pixels (clahe: its cell)
+    align: Callable[[dict[str, Any]], int] = lambda p: 1
+    #: the op shrinks the page by this factor (downsample)
+    factor: Callable[[dict[str, Any]], int] = lambda p: 1
+    #: a problem between parameters (checked with the manifest), else None
+    check: Callable[[dict[str, Any]], str | None] = lambda p: None
+    #: "stats" ops: how to gather, reduce and apply their statistics (pipeline.core.stats)
+    stats: Any = None
+
+    def reach_for(self, params: dict[str, Any], dtype: np.dtype, needed: int) -> int:
+        if self.reach is not None:
+            return self.reach(params, dtype, needed)
+        return needed + self.halo(params, dtype)
 
 
 @dataclass(frozen=True)
@@ -143,6 +168,98 @@ def _to_gray(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return cv2.cvtColor(img, code)
 
 
+# --- ops with whole-page statistics, clahe, canny, downsample, custom -------------------
+#
+# ``apply`` of a "stats" or "canny" op treats the array it gets as the whole page (so
+# ``apply_chain`` on a page is the reference result); the tiled path never calls it on a tile:
+# pipeline.steps.evaluate gathers the page's statistics first (see pipeline.core.stats).
+
+
+def _whole_page_stats(spec: stats_mod.StatsSpec) -> Callable[[np.ndarray, dict[str, Any]],
+                                                              np.ndarray]:
+    def apply(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+        return spec.apply(img, p, spec.finish(spec.partial(img, p), p, img.dtype))
+    return apply
+
+
+def clahe(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """CLAHE with square cells of ``cell`` pixels from the array's origin. When the array is
+    not a whole number of cells it is extended at the bottom and right by mirroring
+    (BORDER_REFLECT_101) to the next multiple of the cell, and the result cropped back."""
+    cell, (h, w) = p["cell"], img.shape[:2]
+    ph, pw = (-h) % cell, (-w) % cell
+    ext = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_REFLECT_101) if ph or pw else img
+    out = cv2.createCLAHE(p["clip_limit"], ((w + pw) // cell, (h + ph) // cell)).apply(ext)
+    return out if not (ph or pw) else np.ascontiguousarray(out[:h, :w])
+
+
+def _clahe_reach(p: dict[str, Any], dtype: np.dtype, needed: int) -> int:
+    """A pixel x is interpolated between the cells floor(x / cell - 0.5) and the next one; so
+    a region grown by ``needed`` reads whole cells reaching this far beyond the (cell-aligned)
+    core: one cell when needed is 0."""
+    cell = p["cell"]
+    before = cell * (-(-(2 * needed + cell) // (2 * cell)))
+    after = cell if needed == 0 else cell * ((2 * (needed - 1) - cell) // (2 * cell) + 2)
+    return max(before, after)
+
+
+def _canny(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] > 0 else img
+    low, high = canny_mod.thresholds(p)
+    return cv2.Canny(x, low, high)
+
+
+def downsample(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """``cv2.resize(img, (w // f, h // f), INTER_AREA)`` of the array cropped to multiples of f
+    (a mean of each f x f block)."""
+    f = p["factor"]
+    h, w = img.shape[0] // f, img.shape[1] // f
+    if h == 0 or w == 0:
+        return np.zeros((h, w, *img.shape[2:]), img.dtype)
+    crop = img if img.shape[:2] == (h * f, w * f) else np.ascontiguousarray(img[:h * f, :w * f])
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _custom(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    return custom_mod.call(p["function"], img, p["params"])
+
+
+class ObjectParam(Param):
+    """A parameter whose value is any JSON object (the ``params`` of a custom op)."""
+
+    def expectation(self) -> str:
+        return "an object"
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, dict):
+            return None
+        return f"expected {self.expectation()}, got {json.dumps(value, default=repr)}"
+
+
+def _only(dtypes: tuple[str, ...], channels: tuple[int, ...] | None, name: str,
+          why: str = "") -> Callable[[dict[str, Any], np.dtype, int], str | None]:
+    def accepts(p: dict[str, Any], dtype: np.dtype, ch: int) -> str | None:
+        if np.dtype(dtype).name not in dtypes:
+            return (f"{name} needs {' or '.join(dtypes)} pixels, the page has "
+                    f"{np.dtype(dtype).name}{why}")
+        if channels is not None and ch not in channels:
+            fix = "; put to_gray before it" if channels == (1,) else ""
+            return (f"{name} needs {' or '.join(map(str, channels))} channel(s), the page has "
+                    f"{ch}{fix}")
+        return None
+    return accepts
+
+
+def _percentile_check(p: dict[str, Any]) -> str | None:
+    if p["p_low"] >= p["p_high"]:
+        return f"p_low ({p['p_low']}) must be below p_high ({p['p_high']})"
+    return None
+
+
+def _custom_check(p: dict[str, Any]) -> str | None:
+    return custom_mod.spec_problem(p["function"])
+
+
 # --- the registry -------------------------------------------------------------------
 
 
@@ -199,7 +316,75 @@ OPS: dict[str, Op] = {op.name: op for op in (
        _threshold, accepts=_threshold_accepts),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
        (), _to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1),
+    Op("equalize_hist", "cv2.equalizeHist(page)", (), _whole_page_stats(stats_mod.EQUALIZE),
+       kind="stats", stats=stats_mod.EQUALIZE,
+       accepts=_only(("uint8",), (1,), "equalize_hist"),
+       halo_help="0 (a table from the page's histogram: a statistics round)"),
+    Op("otsu_threshold", "cv2.threshold(page, 0, 255, THRESH_BINARY | THRESH_OTSU)", (),
+       _whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
+       accepts=_only(("uint8",), (1,), "otsu_threshold"),
+       halo_help="0 (a threshold from the page's histogram: a statistics round)"),
+    Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
+       (), _whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
+       accepts=_only(SUPPORTED_DTYPES, None, "normalize"),
+       halo_help="0 (the page's minimum and maximum over all channels: a statistics round)"),
+    Op("percentile_stretch",
+       "clip(rint((v - lo) / (hi - lo) * max), 0, max); lo, hi = np.percentile(page, "
+       "(p_low, p_high), method='lower') over all channels",
+       (Param("p_low", "number", "percentile mapped to 0", default=1.0, ge=0, le=100),
+        Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
+              le=100)),
+       _whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
+       accepts=_only(("uint8", "uint16"), None, "percentile_stretch",
+                     " (exact percentiles come from a histogram); use normalize"),
+       check=_percentile_check, exact="bit-identical to the numpy formula on the whole page",
+       halo_help="0 (a table from the page's histogram: a statistics round)"),
+    Op("clahe",
+       "cv2.createCLAHE(clip_limit, (width / cell, height / cell)).apply(page); a page that is "
+       "not a whole number of cells is first mirrored (BORDER_REFLECT_101) to one, then cropped",
+       (Param("clip_limit", "number", "contrast limit (0: none)", default=2.0, ge=0, le=1000),
+        Param("cell", "integer", "side of a CLAHE cell in pixels (a power of two)", default=64,
+              choices=(8, 16, 32, 64, 128, 256, 512, 1024))),
+       clahe, halo=lambda p, dt: p["cell"], reach=_clahe_reach, align=lambda p: p["cell"],
+       accepts=_only(("uint8", "uint16"), (1,), "clahe"),
+       halo_help="one cell (1.5 cells when an op with a halo follows); tiles and halos are "
+                 "multiples of the cell"),
+    Op("canny", "cv2.Canny(cv2.GaussianBlur(page, (0, 0), sigma), low, high); no blur when "
+       "sigma is 0",
+       (Param("low", "number", "hysteresis threshold: weak edges", required=True, ge=0,
+              le=100000),
+        Param("high", "number", "hysteresis threshold: strong edges", required=True, ge=0,
+              le=100000),
+        Param("sigma", "number", "Gaussian blur before the edges (0: none)", default=0.0, ge=0,
+              le=100)),
+       _canny, kind="canny", halo=lambda p, dt: canny_mod.reach(p, 0),
+       reach=lambda p, dt, needed: canny_mod.reach(p, needed),
+       accepts=_only(("uint8",), (1, 2, 3, 4), "canny"), out_channels=lambda ch: 1,
+       halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
+                 "follows edges across the page in a statistics round of its own"),
+    Op("downsample",
+       "cv2.resize(page, (width // factor, height // factor), interpolation=INTER_AREA) of "
+       "the page cropped to multiples of factor",
+       (Param("factor", "integer", "the output is this many times smaller", required=True,
+              ge=2, le=64),),
+       downsample, reach=lambda p, dt, needed: needed * p["factor"],
+       align=lambda p: p["factor"], factor=lambda p: p["factor"],
+       halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
+                 "multiples of 16 x factor"),
+    Op("custom", "function(tile, **params), a user function (package.module:function) "
+       "returning a tile of the same shape and dtype",
+       (Param("function", "string", "the function, as package.module:function",
+              required=True),
+        Param("halo", "integer", "pixels around a tile the function's output depends on",
+              default=0, ge=0, le=4096),
+        ObjectParam("params", "object", "keyword arguments of the function", default={})),
+       _custom, halo=lambda p, dt: p["halo"], check=_custom_check,
+       halo_help="the halo given", exact="exact when the function only looks `halo` pixels "
+                                         "away and not at where the tile lies"),
 )}
+
+#: ops whose result depends on whole-page statistics: each needs a statistics round
+GLOBAL_KINDS = ("stats", "canny")
 
 
 def get_op(name: str) -> Op:
@@ -226,6 +411,10 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
             problems.append(f"{here}.op: unknown op {item['op']!r} (known: {', '.join(OPS)})")
             continue
         values, probs = check_object(item, op.params, here, reserved=("op",))
+        if not probs:
+            why = op.check(values)
+            if why:
+                probs.append(f"{here}: {why}")
         problems.extend(probs)
         if not probs:
             calls.append(OpCall(op, values))
@@ -241,9 +430,11 @@ def chain_from_json(ops: list[dict[str, Any]]) -> list[OpCall]:
 
 
 def chain_halo(chain: list[OpCall], dtype: np.dtype) -> int:
-    """The halo of a chain: the sum of its ops' halos, rounded up to HALO_ALIGN (0 stays 0)."""
-    total = sum(c.op.halo(c.params, dtype) for c in chain)
-    return -(-total // HALO_ALIGN) * HALO_ALIGN
+    """The halo of the input tiles of a chain: for local ops the sum of their halos, rounded
+    up to HALO_ALIGN (0 stays 0); in general ``ChainLayout.split_halo``."""
+    from pipeline.core.chain import ChainLayout
+
+    return ChainLayout.of(chain, dtype).split_halo
 
 
 def chain_out_channels(chain: list[OpCall], channels: int) -> int:
@@ -268,7 +459,9 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int) -> list[
 
 
 def apply_chain(img: np.ndarray, chain: list[OpCall]) -> np.ndarray:
-    """Run a chain on an array ((h, w) or (h, w, c)); the result keeps the input's dtype."""
+    """Run a chain on an array ((h, w) or (h, w, c)) taken as the WHOLE page (ops with
+    whole-page statistics use the array's); the result keeps the input's dtype. The tiled
+    path runs chains with pipeline.steps.evaluate instead."""
     for call in chain:
         out = call.op.apply(img, call.params)
         if out.dtype != img.dtype:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_units
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
@@ -30,9 +31,12 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         for p in chain_problems(chain, dtype, info.channels):
             problems.append(f"page {info.index}: {p}")
         halo = max(halo, chain_halo(chain, dtype))
+    layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
+    problems += geometry_problems(layout, spec, infos)
     for info in infos:
         grid = PageGrid(info.height, info.width, spec.tile, halo)
-        pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid))
+        pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
+                              layout.factor))
     units: list[SplitUnit] = []
     for i, page in enumerate(pages):
         bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
@@ -52,3 +56,33 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at)
     return plan, problems
+
+
+def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]) -> list[str]:
+    """Why the tile sizes do not fit the chain (downsample, clahe), or a page is too small."""
+    problems: list[str] = []
+    tile, out_tile, f = spec.tile, spec.output_options.tile, layout.factor
+    if tile % layout.align:
+        why = []
+        if f > 1:
+            why.append(f"16 x the downsampling factor {f}")
+        cells = sorted({c.params["cell"] * s for c, s in zip(layout.calls, layout.scales,
+                                                              strict=False)
+                        if c.op.name == "clahe"})
+        if cells:
+            why.append("the clahe cell " + ", ".join(map(str, cells)) + " (in input pixels)")
+        fits = [m for m in (tile // layout.align * layout.align,
+                            (tile // layout.align + 1) * layout.align) if m > 0]
+        problems.append(f"tile {tile} must be a multiple of {layout.align} for this op chain "
+                        f"({' and '.join(why) or 'alignment'}); use tile "
+                        + " or ".join(map(str, fits)))
+    elif f > 1 and (tile // f) % out_tile:  # (without downsampling the manifest checks it)
+        problems.append(f"with downsampling by {f} a processing tile of {tile} writes "
+                        f"{tile // f} output pixels, which output_options.tile {out_tile} must "
+                        f"divide; use tile {out_tile * f * max(1, -(-tile // (out_tile * f)))}"
+                        " or a smaller output tile")
+    for info in infos:
+        if info.height // f == 0 or info.width // f == 0:
+            problems.append(f"page {info.index}: {info.width} x {info.height} pixels is smaller "
+                            f"than the downsampling factor {f}")
+    return problems

@@ -5,6 +5,9 @@
 {work}/jobs/{job}/plan.json                  a job's plan
 {work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
 {work}/jobs/{job}/out/{page}/{row}_{col}     packs of encoded output tiles (process -> merge)
+{work}/jobs/{job}/stats/{round}/parts/{batch}       partial statistics of a batch (stats)
+{work}/jobs/{job}/stats/{round}/{page}.npz          a page's reduced statistics (reduce_stats)
+{work}/jobs/{job}/stats/{round}/labels/{page}/{row}_{col}  canny edge labels of a tile (stats)
 {work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed split unit or batch
 {work}/jobs/{job}/result.json                the job's outcome (merge or record_failure)
 ```
@@ -45,3 +48,19 @@ def error_file(job_work: str, step: str, index: int) -> str:
 
 def result_file(job_work: str) -> str:
     return join(job_work, "result.json")
+
+
+def stats_dir(job_work: str, round_: int) -> str:
+    return join(job_work, "stats", f"{round_:02d}")
+
+
+def stats_part_file(job_work: str, round_: int, batch: int) -> str:
+    return join(stats_dir(job_work, round_), "parts", f"{batch:06d}.npz")
+
+
+def stats_file(job_work: str, round_: int, page: int) -> str:
+    return join(stats_dir(job_work, round_), f"{page:04d}.npz")
+
+
+def labels_file(job_work: str, round_: int, page: int, row: int, col: int) -> str:
+    return join(stats_dir(job_work, round_), "labels", f"{page:04d}", f"{row:05d}_{col:05d}.tpw")

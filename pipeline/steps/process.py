@@ -7,37 +7,28 @@ from typing import Any
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.tile_codec import OutputEncoder, decode_work_tile, pack_tiles
+from pipeline.adapters.tile_codec import OutputEncoder, pack_tiles
 from pipeline.core.events import BatchEvent
-from pipeline.core.ops import apply_chain, chain_from_json
-from pipeline.errors import OperationError
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded
+from pipeline.steps.evaluate import TileEvaluator
 
 
 def process(event: BatchEvent) -> dict[str, Any]:
-    """Each tile: read, apply the chain to the haloed pixels, crop the core, cut it into output
-    tiles and encode them with the output codec, so merge only assembles bytes."""
+    """Each tile: read, apply the chain to the haloed pixels (with the page's statistics for
+    ops that need them), crop the core, cut it into output tiles and encode them with the
+    output codec, so merge only assembles bytes. With ``downsample`` the core is the tile's
+    part of the smaller output page (possibly empty at its bottom or right edge)."""
     plan = load_plan(event.plan)
     with recorded(plan, "process", event.batch):
         batch = plan.batches[event.batch]
         page = plan.pages[batch.page]
-        grid = page.grid
-        chain = chain_from_json(plan.spec.ops)
+        ev = TileEvaluator(plan, batch.page)
         out_tile = plan.spec.output_options.tile
         encoder = OutputEncoder(plan.spec.output_options, page.info.dtype, page.out_channels)
         for index in range(batch.first, batch.last):
-            row, col = grid.position(index)
-            src = layout.tile_file(plan.work, batch.page, row, col)
-            haloed = decode_work_tile(storage.read_bytes(src), src)
-            result = apply_chain(haloed, chain)
-            if result.shape[:2] != haloed.shape[:2]:
-                raise OperationError(f"the op chain returned a {result.shape} tile for a "
-                                     f"{haloed.shape} input (tile {row},{col} of page "
-                                     f"{page.info.index}); ops must keep the tile size")
-            core = grid.core(row, col).relative_to(grid.haloed(row, col))
-            pixels = result[core.y0:core.y1, core.x0:core.x1]
-            origin = grid.core(row, col)
+            row, col = page.grid.position(index)
+            pixels, origin = ev.output(row, col)
             encoded = [(origin.y0 // out_tile + oy // out_tile, origin.x0 // out_tile + ox // out_tile,
                         encoder.encode(_padded(pixels[oy:oy + out_tile, ox:ox + out_tile], out_tile)))
                        for oy in range(0, pixels.shape[0], out_tile)

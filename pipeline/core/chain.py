@@ -1,0 +1,102 @@
+"""The layout of an op chain on a tiled page: scales, statistics rounds, margins, alignment.
+
+- **Scale**: ``downsample`` shrinks the page; op i works on pixels ``scales[i]`` times
+  smaller than the input's. Margins below are counted in the pixels of the op they start at.
+- **Reach**: ``reach(start, stop, needed)`` is the margin of pixels around a tile that ops
+  ``[start, stop)`` read to give exact output on the tile's core grown by ``needed``: for
+  local ops it adds their halos; ``downsample`` multiplies by its factor; ``clahe`` rounds to
+  whole cells.
+- **Rounds**: each "stats" or "canny" op needs whole-page statistics of the pixels that reach
+  it; round k gathers them for op ``rounds[k]`` (running ops before it on each tile), in
+  chain order, so a later round sees the exact output of earlier global ops.
+- **Segments**: after a ``canny``, tiles do not start from the input tiles of split but from
+  the canny's labelled edges (pipeline.core.canny), read over the core grown by the margin the
+  ops after it need. So split's halo covers the ops up to the first canny only.
+- **Alignment**: crop origins are multiples of ``align`` input pixels: 16 at every scale
+  (OpenCV's SIMD paths see the whole page's alignment), the clahe cell and the downsample
+  factor at theirs. Tiles and halos are multiples of it.
+
+Pure module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from math import lcm
+
+import numpy as np
+
+from pipeline.core.ops import GLOBAL_KINDS, HALO_ALIGN, OpCall
+
+
+@dataclass(frozen=True)
+class ChainLayout:
+    calls: tuple[OpCall, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, calls: list[OpCall], dtype: np.dtype | str) -> ChainLayout:
+        return cls(tuple(calls), np.dtype(dtype))
+
+    @cached_property
+    def scales(self) -> list[int]:
+        """``scales[i]``: how many times smaller op i's input is than the page (len n + 1)."""
+        out = [1]
+        for call in self.calls:
+            out.append(out[-1] * call.op.factor(call.params))
+        return out
+
+    @property
+    def factor(self) -> int:
+        """How many times smaller the output page is."""
+        return self.scales[-1]
+
+    @cached_property
+    def rounds(self) -> list[int]:
+        """Indices of the ops that need a statistics round, in order."""
+        return [i for i, c in enumerate(self.calls) if c.op.kind in GLOBAL_KINDS]
+
+    @cached_property
+    def cannies(self) -> list[int]:
+        return [i for i, c in enumerate(self.calls) if c.op.kind == "canny"]
+
+    @cached_property
+    def align(self) -> int:
+        """Crop origins, halos and tiles are multiples of this (input pixels)."""
+        a = HALO_ALIGN * self.factor
+        for call, scale in zip(self.calls, self.scales, strict=False):
+            a = lcm(a, lcm(HALO_ALIGN, call.op.align(call.params)) * scale)
+        return a
+
+    def reach(self, start: int, stop: int, needed: int = 0) -> int:
+        """The margin (in op ``start``'s pixels) ops [start, stop) need for exact output on
+        the core grown by ``needed`` (in op ``stop``'s pixels)."""
+        margin = needed
+        for i in range(stop - 1, start - 1, -1):
+            call = self.calls[i]
+            margin = call.op.reach_for(call.params, self.dtype, margin)
+        return margin
+
+    def aligned(self, margin: int, scale: int = 1) -> int:
+        """``margin`` (pixels at ``scale``) rounded up to the alignment; 0 stays 0."""
+        step = self.align // scale
+        return -(-margin // step) * step
+
+    def source(self, upto: int) -> int | None:
+        """The canny whose edges ops [.., upto) start from (None: the input tiles)."""
+        before = [c for c in self.cannies if c < upto]
+        return before[-1] if before else None
+
+    def stop_of_first_segment(self) -> int:
+        return self.cannies[0] + 1 if self.cannies else len(self.calls)
+
+    @property
+    def split_halo(self) -> int:
+        """The halo of the input tiles split stores: the reach of the ops up to the first
+        canny (or the whole chain), aligned."""
+        return self.aligned(self.reach(0, self.stop_of_first_segment()))
+
+    def margin_after(self, canny: int, upto: int, needed: int = 0) -> int:
+        """The margin of canny edges (its pixels) that ops (canny, upto) need, aligned."""
+        return self.aligned(self.reach(canny + 1, upto, needed), self.scales[canny])

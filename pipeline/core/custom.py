@@ -1,0 +1,74 @@
+"""User operations: ``{"op": "custom", "function": "package.module:function", "halo": 8,
+"params": {...}}``.
+
+The contract (README, "User operations"): the function is called as
+``function(tile, **params)`` with a haloed tile (a writable numpy array, (h, w) or (h, w, c),
+of the page's dtype) and returns the processed tile with the SAME shape and dtype; tiffpipe
+crops the halo. Its output at a pixel may depend only on the input within ``halo`` pixels
+(and never on where the tile lies), or tiled results differ from the whole page.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import CustomOperationError
+
+#: ``package.module:function`` (dotted module path, a colon, a function name)
+SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def spec_problem(spec: Any) -> str | None:
+    """Why ``spec`` is not a well-formed ``package.module:function`` (None if it is)."""
+    if not isinstance(spec, str) or not SPEC.match(spec):
+        return f'expected "package.module:function", got {spec!r}'
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def load(spec: str) -> Callable[..., Any]:
+    """Import the function named by ``spec``; CustomOperationError says why it cannot be."""
+    why = spec_problem(spec)
+    if why:
+        raise CustomOperationError(f"custom op: {why}")
+    module_name, name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error the module raises on import
+        raise CustomOperationError(
+            f"custom op {spec}: cannot import module {module_name!r} ({type(exc).__name__}: "
+            f"{exc}); it must be importable in every worker (installed, or on PYTHONPATH)"
+        ) from exc
+    func = getattr(module, name, None)
+    if not callable(func):
+        raise CustomOperationError(f"custom op {spec}: module {module_name!r} has no function "
+                                   f"{name!r}")
+    return func  # type: ignore[no-any-return]
+
+
+def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """Run the user function on a tile and check what it returns."""
+    func = load(spec)
+    if not tile.flags.writeable:
+        tile = tile.copy()
+    shape, dtype = tile.shape, tile.dtype
+    try:
+        out = func(tile, **params)
+    except Exception as exc:
+        raise CustomOperationError(f"custom op {spec} raised {type(exc).__name__}: {exc} "
+                                   f"(on a {shape} {dtype} tile)") from exc
+    if not isinstance(out, np.ndarray):
+        raise CustomOperationError(f"custom op {spec} returned {type(out).__name__}, expected "
+                                   f"a numpy array of shape {shape} and dtype {dtype}")
+    if out.shape != shape or out.dtype != dtype:
+        raise CustomOperationError(
+            f"custom op {spec} returned an array of shape {out.shape} and dtype {out.dtype} "
+            f"for a tile of shape {shape} and dtype {dtype}; it must return the same shape "
+            "and dtype")
+    return out

@@ -1,0 +1,226 @@
+"""The point ops whose table depends on the whole page: equalize_hist, otsu_threshold,
+normalize, percentile_stretch.
+
+Each is computed exactly as in three steps, so the result is bit-identical to one call on the
+whole page whatever the tiling:
+
+1. ``partial``: per tile, statistics of the core pixels that reach the op (a histogram of
+   256 or 65536 bins, or the minimum and maximum);
+2. ``combine`` + ``finish``: the partial statistics of the page are added up (min/max taken)
+   and turned into the op's *state*: a lookup table, or a scale and shift for float32;
+3. ``apply``: per haloed tile, the state is applied pixel by pixel.
+
+The formulas below replicate OpenCV's own arithmetic (float32 where OpenCV computes in float,
+double where it computes in double), checked against the OpenCV calls in
+``tests/test_global_ops.py``.
+
+Pure module: arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.opencv import cv2
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    """How one op gathers, reduces and applies its statistics."""
+
+    #: statistics of the core pixels of one tile (never called on an empty array)
+    partial: Callable[[np.ndarray, dict[str, Any]], State]
+    #: the reduced statistics of a page -> the op's state
+    finish: Callable[[State, dict[str, Any], np.dtype], State]
+    #: the op on a tile, given the page's state
+    apply: Callable[[np.ndarray, dict[str, Any], State], np.ndarray]
+
+
+def combine(parts: list[State]) -> State:
+    """Reduce partial statistics: histograms and counts add up, ``min``/``max`` are taken."""
+    out: State = {}
+    for part in parts:
+        for key, value in part.items():
+            value = np.asarray(value)
+            if key not in out:
+                out[key] = value.copy()
+            elif key == "min":
+                out[key] = np.minimum(out[key], value)
+            elif key == "max":
+                out[key] = np.maximum(out[key], value)
+            else:
+                out[key] = out[key] + value
+    return out
+
+
+def _top(dtype: np.dtype) -> int:
+    return int(np.iinfo(dtype).max)
+
+
+def histogram(img: np.ndarray) -> np.ndarray:
+    """Counts of every value of an integer image (all channels), int64, ``max + 1`` bins."""
+    return np.bincount(img.ravel(), minlength=_top(img.dtype) + 1).astype(np.int64)
+
+
+def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
+    return {"hist": histogram(img)}
+
+
+def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return cv2.LUT(img, lut)
+    return lut[img]
+
+
+def _lut_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
+    return apply_lut(img, state["lut"])
+
+
+# --- equalize_hist --------------------------------------------------------------------
+
+
+def equalize_lut(hist: np.ndarray) -> np.ndarray:
+    """The table of ``cv2.equalizeHist`` for a page with this 256-bin histogram.
+
+    OpenCV (histogram.cpp, EqualizeHistLut_Invoker): ``i`` = the first non-empty bin; if it
+    holds every pixel the page becomes ``i``; else ``scale = 255.f / (total - hist[i])`` in
+    float and ``lut[j] = saturate_cast<uchar>(sum_j * scale)`` for j > i, where ``sum_j`` is
+    the count of pixels in bins (i, j] converted to float: float32 arithmetic, rounded half
+    to even. (OpenCV counts in ``int``: pages of 2**31 pixels or more overflow it there.)
+    """
+    hist = np.asarray(hist, np.int64)
+    total = int(hist.sum())
+    i = int(np.flatnonzero(hist)[0])
+    if hist[i] == total:
+        return np.full(256, i, np.uint8)
+    scale = np.float32(255.0) / np.float32(total - int(hist[i]))
+    sums = np.cumsum(hist) - np.cumsum(hist)[i]
+    lut = np.zeros(256, np.uint8)
+    lut[i + 1:] = np.clip(np.rint(sums[i + 1:].astype(np.float32) * scale), 0, 255)
+    return lut
+
+
+def _equalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
+    return {"lut": equalize_lut(st["hist"])}
+
+
+# --- otsu_threshold ---------------------------------------------------------------------
+
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+def otsu_threshold(hist: np.ndarray) -> int:
+    """The threshold ``cv2.threshold(..., THRESH_OTSU)`` picks for a page with this 256-bin
+    histogram: OpenCV's getThreshVal_Otsu_8u, step by step in double precision (including its
+    ``mu1 *= q1`` before the bins it skips)."""
+    counts = [int(c) for c in hist]
+    scale = 1.0 / sum(counts)
+    mu = 0.0
+    for i, c in enumerate(counts):
+        mu += i * float(c)
+    mu *= scale
+    mu1 = q1 = max_sigma = 0.0
+    max_val = 0
+    for i, c in enumerate(counts):
+        p_i = c * scale
+        mu1 *= q1
+        q1 += p_i
+        q2 = 1.0 - q1
+        if min(q1, q2) < _FLT_EPSILON or max(q1, q2) > 1.0 - _FLT_EPSILON:
+            continue
+        mu1 = (mu1 + i * p_i) / q1
+        mu2 = (mu - q1 * mu1) / q2
+        sigma = q1 * q2 * (mu1 - mu2) * (mu1 - mu2)
+        if sigma > max_sigma:
+            max_sigma = sigma
+            max_val = i
+    return max_val
+
+
+def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
+    t = otsu_threshold(st["hist"])
+    lut = np.where(np.arange(256) > t, 255, 0).astype(np.uint8)
+    return {"lut": lut, "threshold": np.array([t])}
+
+
+# --- normalize ----------------------------------------------------------------------------
+
+
+def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
+    return {"min": np.array([img.min()], np.float64), "max": np.array([img.max()], np.float64)}
+
+
+def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
+    """What ``cv2.normalize(page, None, 0, max, NORM_MINMAX)`` applies to each pixel of a page
+    whose minimum and maximum (over all channels) are ``smin`` and ``smax``.
+
+    Integers: the table of OpenCV's own conversion, made by normalising the values
+    ``smin..smax`` (an array with the page's minimum and maximum, hence the same scale and
+    shift). float32: ``scale = (float)((1 - 0) * (1 / (smax - smin)))`` (0 when the range is
+    below DBL_EPSILON) and ``shift = (float)0 - (float)(smin * scale)``, applied as
+    ``(float)(v * scale + shift)`` with one rounding (as OpenCV's fused multiply-add).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u":
+        top = _top(dtype)
+        lo, hi = int(smin), int(smax)
+        values = np.arange(lo, hi + 1, dtype=dtype).reshape(1, -1)
+        lut = np.zeros(top + 1, dtype)
+        lut[lo:hi + 1] = cv2.normalize(values, None, 0, top, cv2.NORM_MINMAX).ravel()
+        return {"lut": lut}
+    span = smax - smin
+    scale = (1.0 - 0.0) * (1.0 / span if span > np.finfo(np.float64).eps else 0.0)
+    scale32 = np.float32(scale)
+    shift32 = np.float32(np.float32(0.0) - np.float32(smin * float(scale32)))
+    return {"scale": np.array([scale32], np.float32), "shift": np.array([shift32], np.float32)}
+
+
+def _normalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
+    return normalize_state(float(st["min"][0]), float(st["max"][0]), dtype)
+
+
+def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
+    if "lut" in state:
+        return apply_lut(img, state["lut"])
+    scale, shift = float(state["scale"][0]), float(state["shift"][0])
+    return (img.astype(np.float64) * scale + shift).astype(np.float32)
+
+
+# --- percentile_stretch -------------------------------------------------------------------
+
+
+def rank_value(hist: np.ndarray, percent: float) -> int:
+    """``np.percentile(page, percent, method="lower")`` from the page's histogram: the value
+    of rank ``floor((n - 1) * percent / 100)`` (0-based) among the page's sorted samples."""
+    hist = np.asarray(hist, np.int64)
+    n = int(hist.sum())
+    rank = int(np.floor((n - 1) * (np.float64(percent) / 100)))
+    rank = min(max(rank, 0), n - 1)
+    return int(np.searchsorted(np.cumsum(hist), rank, side="right"))
+
+
+def stretch_lut(lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
+    """``clip(rint((v - lo) / (hi - lo) * max), 0, max)`` for every value v (float64, rounded
+    half to even); when ``hi == lo``: 0 up to lo, max above."""
+    top = _top(dtype)
+    v = np.arange(top + 1, dtype=np.float64)
+    if hi == lo:
+        return np.where(v > lo, top, 0).astype(dtype)
+    return np.clip(np.rint((v - lo) / (hi - lo) * top), 0, top).astype(dtype)
+
+
+def _stretch_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
+    lo, hi = rank_value(st["hist"], p["p_low"]), rank_value(st["hist"], p["p_high"])
+    return {"lut": stretch_lut(lo, hi, np.dtype(dtype)), "range": np.array([lo, hi])}
+
+
+EQUALIZE = StatsSpec(_hist_partial, _equalize_finish, _lut_apply)
+OTSU = StatsSpec(_hist_partial, _otsu_finish, _lut_apply)
+NORMALIZE = StatsSpec(_minmax_partial, _normalize_finish, _normalize_apply)
+STRETCH = StatsSpec(_hist_partial, _stretch_finish, _lut_apply)

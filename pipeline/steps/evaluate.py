@@ -1,0 +1,194 @@
+"""Run (a prefix of) a job's op chain on one tile, exactly: what stats and process share.
+
+A tile's value after ops [0, upto) is computed on a region around its core: the haloed input
+tile split stored, or, after a ``canny``, the canny's final edges assembled from the labels
+of the tiles the region covers (pipeline.core.canny). Each op runs on the whole region; ops
+that need whole-page statistics apply the state their statistics round reduced
+(pipeline.core.stats). The margins (pipeline.core.chain) make the core exact.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections import OrderedDict
+from math import ceil
+
+import numpy as np
+
+from pipeline.adapters import storage
+from pipeline.adapters.tile_codec import decode_work_tile
+from pipeline.core import canny as canny_mod
+from pipeline.core.chain import ChainLayout
+from pipeline.core.grid import PageGrid, Rect
+from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.ops import chain_from_json
+from pipeline.errors import CustomOperationError, OperationError
+from pipeline.steps import layout
+
+State = dict[str, np.ndarray]
+
+
+def save_npz(url: str, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    storage.write_bytes(url, buf.getvalue())
+
+
+def load_npz(url: str) -> State:
+    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@functools.lru_cache(maxsize=32)
+def load_state(url: str) -> State:
+    """A page's reduced statistics; cached, since a warm worker serves many tiles of a page."""
+    return load_npz(url)
+
+
+@functools.lru_cache(maxsize=8)
+def load_kept(url: str) -> dict[tuple[int, int], np.ndarray]:
+    """A page's canny hysteresis result: per tile, its weak labels to keep."""
+    st = load_npz(url)
+    out: dict[tuple[int, int], np.ndarray] = {}
+    offsets = st["offsets"]
+    for i, (row, col) in enumerate(st["tiles"]):
+        out[(int(row), int(col))] = st["labels"][offsets[i]:offsets[i + 1]]
+    return out
+
+
+def kept_arrays(kept: dict[tuple[int, int], np.ndarray]) -> dict[str, np.ndarray]:
+    """``load_kept``'s dict as the arrays stored."""
+    tiles = sorted(kept)
+    sizes = [len(kept[t]) for t in tiles]
+    return {"tiles": np.array(tiles, np.int64).reshape(-1, 2),
+            "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            "labels": (np.concatenate([kept[t] for t in tiles]) if tiles
+                       else np.zeros(0, np.int32)).astype(np.int32)}
+
+
+class TileEvaluator:
+    """Evaluates the chain of one page of a job, tile by tile."""
+
+    def __init__(self, plan: JobPlan, page: int):
+        self.plan = plan
+        self.page_pos = page
+        self.page: PagePlan = plan.pages[page]
+        self.chain = chain_from_json(plan.spec.ops)
+        self.layout = ChainLayout.of(self.chain, self.page.info.dtype)
+        self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+
+    # --- geometry ---------------------------------------------------------------------
+
+    def grid(self, scale: int) -> PageGrid:
+        return self.page.grid if scale == 1 else self.page.grid.scaled(scale)
+
+    def core(self, row: int, col: int, position: int) -> Rect:
+        """The core of a tile in the pixels of op ``position`` (len(chain): the output)."""
+        return self.grid(self.layout.scales[position]).core(row, col)
+
+    # --- inputs -------------------------------------------------------------------------
+
+    def input_tile(self, row: int, col: int) -> np.ndarray:
+        url = layout.tile_file(self.plan.work, self.page_pos, row, col)
+        return decode_work_tile(storage.read_bytes(url), url)
+
+    def state(self, position: int) -> State:
+        k = self.layout.rounds.index(position)
+        return load_state(layout.stats_file(self.plan.work, k, self.page_pos))
+
+    def labels(self, round_: int, row: int, col: int) -> np.ndarray:
+        key = (round_, row, col)
+        if key in self._labels:
+            self._labels.move_to_end(key)
+        else:
+            url = layout.labels_file(self.plan.work, round_, self.page_pos, row, col)
+            self._labels[key] = decode_work_tile(storage.read_bytes(url), url)
+            while len(self._labels) > 16:  # a batch's row of tiles and their neighbours
+                self._labels.popitem(last=False)
+        return self._labels[key]
+
+    def edges(self, canny: int, rect: Rect) -> np.ndarray:
+        """The final edges of the canny at position ``canny`` over ``rect`` (its pixels)."""
+        k = self.layout.rounds.index(canny)
+        kept = load_kept(layout.stats_file(self.plan.work, k, self.page_pos))
+        grid = self.grid(self.layout.scales[canny])
+        out = np.zeros((rect.height, rect.width), np.uint8)
+        for row in range(rect.y0 // grid.tile, min(grid.rows, ceil(rect.y1 / grid.tile))):
+            for col in range(rect.x0 // grid.tile, min(grid.cols, ceil(rect.x1 / grid.tile))):
+                core = grid.core(row, col)
+                part = core.intersect(rect)
+                if part.empty:
+                    continue
+                a, b = part.relative_to(rect), part.relative_to(core)
+                labels = self.labels(k, row, col)[b.y0:b.y1, b.x0:b.x1]
+                out[a.y0:a.y1, a.x0:a.x1] = canny_mod.edges(labels, kept.get((row, col)))
+        return out
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def value(self, row: int, col: int, upto: int, needed: int = 0) -> tuple[np.ndarray, Rect]:
+        """Ops [0, upto) on a region around tile (row, col): (array, its rect in the pixels of
+        op ``upto``), exact on the core grown by ``needed``."""
+        source = self.layout.source(upto)
+        if source is None:
+            arr, rect, start = self.input_tile(row, col), self.page.grid.haloed(row, col), 0
+        else:
+            margin = self.layout.margin_after(source, upto, needed)
+            grid = self.grid(self.layout.scales[source])
+            rect = grid.expand(grid.core(row, col), margin)
+            arr, start = self.edges(source, rect), source + 1
+        for i in range(start, upto):
+            arr, rect = self._apply(i, arr, rect, row, col)
+        return arr, rect
+
+    def _apply(self, i: int, arr: np.ndarray, rect: Rect, row: int,
+               col: int) -> tuple[np.ndarray, Rect]:
+        call = self.chain[i]
+        op, p = call.op, call.params
+        try:
+            if op.kind == "stats":
+                out = op.stats.apply(arr, p, self.state(i))
+            else:
+                out = op.apply(arr, p)
+        except CustomOperationError as exc:
+            raise CustomOperationError(f"tile {row},{col} of page {self.page.info.index}: "
+                                       f"{exc}") from exc
+        if out.dtype != arr.dtype:
+            out = out.astype(arr.dtype)
+        f = op.factor(p)
+        if f != 1:
+            rect = Rect(rect.y0 // f, rect.x0 // f, rect.y0 // f + out.shape[0],
+                        rect.x0 // f + out.shape[1])
+        elif out.shape[:2] != arr.shape[:2]:
+            raise OperationError(f"ops[{i}] ({op.name}) returned a {out.shape} tile for a "
+                                 f"{arr.shape} input (tile {row},{col} of page "
+                                 f"{self.page.info.index}); ops must keep the tile size")
+        return out, rect
+
+    def crop(self, arr: np.ndarray, rect: Rect, target: Rect) -> np.ndarray:
+        r = target.relative_to(rect)
+        return arr[r.y0:r.y1, r.x0:r.x1]
+
+    def output(self, row: int, col: int) -> tuple[np.ndarray, Rect]:
+        """The chain's output pixels of a tile and where they go on the output page."""
+        n = len(self.chain)
+        arr, rect = self.value(row, col, n)
+        core = self.core(row, col, n)
+        return self.crop(arr, rect, core), core
+
+    def canny_labels(self, row: int, col: int, position: int) -> np.ndarray:
+        """The labelled weak edges of a tile's core for the canny at ``position``."""
+        call = self.chain[position]
+        needed = call.op.reach_for(call.params, self.layout.dtype, 0)
+        arr, rect = self.value(row, col, position, needed)
+        weak, strong = canny_mod.local_maps(arr, call.params)
+        core = self.core(row, col, position)
+        return canny_mod.label_core(self.crop(weak, rect, core), self.crop(strong, rect, core))
+
+
+def page_rounds(plan: JobPlan) -> int:
+    """How many statistics rounds a job needs (the same for every page: one per global op)."""
+    if not plan.pages:
+        return 0
+    return len(ChainLayout.of(chain_from_json(plan.spec.ops), plan.pages[0].info.dtype).rounds)

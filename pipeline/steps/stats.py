@@ -1,0 +1,130 @@
+"""The statistics steps: what ops that need the whole page (equalize_hist, otsu_threshold,
+normalize, percentile_stretch, canny) gather between split and process.
+
+A job whose chain holds k such ops runs k rounds, in chain order (the state machine loops:
+Stats -> ReduceStats -> Stats ... -> Process):
+
+- ``stats`` (a Distributed Map over the process batches): for each tile of the batch, run
+  the ops before the round's op (with the states of earlier rounds) and gather partial
+  statistics of the core: a histogram or min/max, written as one small file per batch; for a
+  canny, the tile's labelled weak edges (a work file per tile, for process) and the labels
+  along its four sides (in the batch file).
+- ``reduce_stats`` (one task): per page, add the batches' statistics up and store the op's
+  state (a lookup table, a threshold, a scale and shift), or for a canny join the edge
+  labels across tile borders and store which weak components reach a strong edge.
+
+``plan_job`` wraps the planning step: it also imports the job's custom functions (so a
+missing one fails the job before any work) and tells the state machine whether to run rounds.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from pipeline.adapters import storage
+from pipeline.adapters.tile_codec import encode_work_tile
+from pipeline.core import canny as canny_mod
+from pipeline.core import custom as custom_mod
+from pipeline.core.events import EventError, JobEvent, ReduceEvent, StatsEvent
+from pipeline.core.ops import chain_from_json
+from pipeline.core.stats import combine
+from pipeline.errors import WorkMissingError
+from pipeline.steps import layout, planning
+from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
+from pipeline.steps.evaluate import TileEvaluator, kept_arrays, load_npz, page_rounds, save_npz
+
+#: parallel reads of the batches' partial statistics (S3 GETs)
+READ_THREADS = 16
+_SIDE_KEY = re.compile(r"^(\d+)_(\d+)_(top|bottom|left|right)$")
+
+
+def plan_job(event: JobEvent) -> dict[str, Any]:
+    """PlanJob: import the custom functions, plan the job, and add the statistics rounds the
+    state machine runs (``stats``: the first round and whether there is one)."""
+    _, spec = load_job(event.run, event.job)
+    for call in chain_from_json(spec.ops):
+        if call.op.name == "custom":
+            custom_mod.load(call.params["function"])
+    result = planning.plan_job(event)
+    rounds = page_rounds(load_plan(result["plan"]))
+    return {**result, "stats": {"round": 0, "more": rounds > 0, "rounds": rounds}}
+
+
+def stats(event: StatsEvent) -> dict[str, Any]:
+    """Partial statistics of one batch for round ``event.round``."""
+    plan = load_plan(event.plan)
+    with recorded(plan, "stats", event.batch):
+        batch = plan.batches[event.batch]
+        ev = TileEvaluator(plan, batch.page)
+        position = _position(ev, event.round)
+        call = ev.chain[position]
+        parts: list[dict[str, np.ndarray]] = []
+        sides: dict[str, np.ndarray] = {}
+        for index in range(batch.first, batch.last):
+            row, col = ev.page.grid.position(index)
+            if call.op.kind == "canny":
+                labels = ev.canny_labels(row, col, position)
+                storage.write_bytes(layout.labels_file(plan.work, event.round, batch.page, row,
+                                                       col), encode_work_tile(labels))
+                for side, values in canny_mod.borders(labels).items():
+                    sides[f"{row}_{col}_{side}"] = values
+            else:
+                arr, rect = ev.value(row, col, position)
+                core = ev.crop(arr, rect, ev.core(row, col, position))
+                if core.size:
+                    parts.append(call.op.stats.partial(core, call.params))
+        save_npz(layout.stats_part_file(plan.work, event.round, event.batch),
+                 sides if call.op.kind == "canny" else combine(parts))
+    return {"job": plan.job, "tiles": batch.last - batch.first}
+
+
+def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
+    """One page's statistics from its batches' partial ones; the next round, if any."""
+    plan = load_plan(event.plan)
+    raise_recorded(plan.work)  # a failed stats batch fails the job with its own error
+    rounds = page_rounds(plan)
+    if not 0 <= event.round < rounds:
+        raise EventError(f"reduce_stats: round {event.round} of a job with {rounds} round(s)")
+    urls = [layout.stats_part_file(plan.work, event.round, b) for b in range(len(plan.batches))]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        parts = list(pool.map(_read_part, urls))
+    for page in range(len(plan.pages)):
+        ev = TileEvaluator(plan, page)
+        position = _position(ev, event.round)
+        call = ev.chain[position]
+        mine = [part for part, b in zip(parts, plan.batches, strict=True) if b.page == page]
+        url = layout.stats_file(plan.work, event.round, page)
+        if call.op.kind == "canny":
+            sides: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+            for part in mine:
+                for key, values in part.items():
+                    m = _SIDE_KEY.match(key)
+                    if m:
+                        sides.setdefault((int(m[1]), int(m[2])), {})[m[3]] = values
+            grid = ev.grid(ev.layout.scales[position])
+            save_npz(url, kept_arrays(canny_mod.hysteresis(grid, sides)))
+        else:
+            dtype = np.dtype(ev.page.info.dtype)
+            state = call.op.stats.finish(combine(mine), call.params, dtype)
+            save_npz(url, state)
+    nxt = event.round + 1
+    return {"job": plan.job, "round": nxt, "more": nxt < rounds, "rounds": rounds}
+
+
+def _position(ev: TileEvaluator, round_: int) -> int:
+    rounds = ev.layout.rounds
+    if not 0 <= round_ < len(rounds):
+        raise EventError(f"statistics round {round_} of a chain with {len(rounds)} round(s)")
+    return rounds[round_]
+
+
+def _read_part(url: str) -> dict[str, np.ndarray]:
+    try:
+        return load_npz(url)
+    except WorkMissingError as exc:
+        raise WorkMissingError(f"{exc}: the statistics of a batch are missing (did its stats "
+                               "task fail?)") from exc

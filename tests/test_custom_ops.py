@@ -1,0 +1,191 @@
+"""User operations: ``{"op": "custom", "function": "package.module:function", "halo": h,
+"params": {...}}``, on the real tiled path (in-process and on the embedded engine): exact
+when the function honours its halo; malformed specs refused with the manifest, functions that
+cannot be imported refused at plan time, wrong tiles refused at process time, each with
+CustomOperationError naming the function."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import time
+
+import cv2
+import numpy as np
+import pytest
+from test_exactness import assert_identical, make_image, read_page, run_tiled, write_tiff
+
+from pipeline import cli
+from pipeline.adapters import storage
+from pipeline.core import custom
+from pipeline.core.events import JobEvent
+from pipeline.core.manifest import parse_manifest
+from pipeline.core.models import JobSpec, OutputOptions
+from pipeline.errors import CustomOperationError, ManifestError
+from pipeline.steps import layout
+from pipeline.steps import stats as stats_step
+
+pytestmark = pytest.mark.timeout(300)
+
+MODULE = "tiffpipe_test_userops"
+SOURCE = '''
+import cv2
+import numpy as np
+
+def box(tile, ksize=3):
+    """A box filter: its output depends on pixels within ksize // 2."""
+    return cv2.blur(tile, (ksize, ksize))
+
+def box_then_scale(tile, ksize, gain=1.0):
+    out = cv2.blur(tile, (ksize, ksize))
+    return np.clip(out.astype(np.float64) * gain, 0, np.iinfo(tile.dtype).max).astype(tile.dtype)
+
+def in_place(tile):
+    tile[...] = 255 - tile  # may write the tile it gets
+    return tile
+
+def crop(tile):
+    return tile[1:-1, 1:-1]
+
+def to_float(tile):
+    return tile.astype(np.float32)
+
+def not_an_array(tile):
+    return tile.tolist()
+
+def fails(tile, why="no reason"):
+    raise ValueError(why)
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def user_module(tmp_path_factory: pytest.TempPathFactory):
+    """An importable user module (worker processes get the parent's sys.path)."""
+    folder = tmp_path_factory.mktemp("userops")
+    (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE))
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+    sys.modules.pop(MODULE, None)
+    custom.load.cache_clear()
+
+
+def _op(name: str, halo: int = 0, **params) -> dict:
+    return {"op": "custom", "function": f"{MODULE}:{name}", "halo": halo, "params": params}
+
+
+@pytest.mark.parametrize("ops,dtype,channels,ref", [
+    ([_op("box", 1)], "uint8", 3, lambda p: cv2.blur(p, (3, 3))),
+    ([_op("box", 3, ksize=7)], "uint16", 1, lambda p: cv2.blur(p, (7, 7))),
+    ([_op("box_then_scale", 2, ksize=5, gain=1.5), {"op": "equalize_hist"}], "uint8", 1,
+     lambda p: cv2.equalizeHist(np.clip(cv2.blur(p, (5, 5)).astype(np.float64) * 1.5, 0, 255)
+                                .astype(np.uint8))),
+    ([{"op": "gaussian_blur", "sigma": 2}, _op("in_place")], "uint8", 1,
+     lambda p: 255 - cv2.GaussianBlur(p, (0, 0), 2)),
+])
+def test_custom_op_is_exact_with_its_halo(tmp_path, ops, dtype, channels, ref):
+    page = make_image(70, 257, 389, channels, dtype)
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=False, rowsperstrip=16)
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, 32, units="small", tiles_per_batch=3)
+    assert plan.tiles > 1
+    assert_identical(got, ref(page))
+
+
+def test_too_small_a_halo_is_not_exact(tmp_path):
+    """The halo is the user's promise: a box of 9 with halo 0 differs at tile borders."""
+    page = make_image(71, 257, 389, 1, "uint8")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=True)
+    (got,), plan = run_tiled(tmp_path, src, [_op("box", 0, ksize=9)], 64, 64)
+    assert plan.halo == 0
+    assert not np.array_equal(got, cv2.blur(page, (9, 9)))
+
+
+@pytest.mark.parametrize("name,message", [
+    ("crop", ("returned an array of shape (78, 78) and dtype uint8 for a tile of shape (80, 80) "
+             "and dtype uint8; it must return the same shape and dtype")),
+    ("to_float", ("returned an array of shape (80, 80) and dtype float32 for a tile of shape "
+                 "(80, 80) and dtype uint8")),
+    ("not_an_array", "returned list, expected a numpy array of shape (80, 80) and dtype uint8"),
+    ("fails", "raised ValueError: no reason (on a (80, 80) uint8 tile)"),
+])
+def test_wrong_tiles_are_named_errors(tmp_path, name, message):
+    page = make_image(72, 100, 90, 1, "uint8")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=True)
+    with pytest.raises(CustomOperationError) as info:
+        run_tiled(tmp_path, src, [_op(name, 4)], 64, 64)
+    text = str(info.value)
+    assert text.startswith(f"tile 0,0 of page 0: custom op {MODULE}:{name} "), text
+    assert message in text
+
+
+def test_malformed_specs_are_refused_with_the_manifest():
+    jobs = [{"input": "a.tif", "output": f"o{i}.tif", "ops": [op]} for i, op in enumerate([
+        {"op": "custom", "function": "nocolon"},
+        {"op": "custom", "function": "pkg.mod:fn", "params": [1, 2]},
+        {"op": "custom", "function": "pkg.mod:fn", "halo": -1},
+        {"op": "custom"},
+        {"op": "custom", "function": "pkg..mod:fn", "extra": 1},
+    ])]
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"jobs": jobs}, "m.json", "/data")
+    assert info.value.problems == [
+        "jobs[0].ops[0]: expected \"package.module:function\", got 'nocolon'",
+        "jobs[1].ops[0].params: expected an object, got [1, 2]",
+        "jobs[2].ops[0].halo: expected an integer >= 0 and <= 4096, got -1",
+        "jobs[3].ops[0].function: required, a string",
+        "jobs[4].ops[0].extra: unknown field (allowed: function, halo, params)",
+    ]
+    ok = parse_manifest({"jobs": [{"input": "a.tif", "output": "o.tif", "ops": [
+        {"op": "custom", "function": "pkg.mod:fn", "halo": 8, "params": {"k": [1]}}]}]},
+        "m.json", "/data")
+    assert ok[0].ops[0]["params"] == {"k": [1]}
+
+
+@pytest.mark.parametrize("function,message", [
+    ("no_such_module_xyz:fn", ("custom op no_such_module_xyz:fn: cannot import module "
+                              "'no_such_module_xyz' (ModuleNotFoundError")),
+    (f"{MODULE}:nope", f"custom op {MODULE}:nope: module '{MODULE}' has no function 'nope'"),
+])
+def test_plan_job_refuses_a_function_it_cannot_import(tmp_path, function, message):
+    src = tmp_path / "in.tif"
+    write_tiff(src, [make_image(73, 100, 90, 1, "uint8")], tiled=True)
+    spec = JobSpec(input=str(src), output=str(tmp_path / "out.tif"),
+                   ops=[{"op": "custom", "function": function, "halo": 0, "params": {}}],
+                   output_options=OutputOptions())
+    work = str(tmp_path / "work")
+    storage.write_json(layout.run_file(work), {"run_id": "r", "manifest": "m", "work": work,
+                                               "report": "r.json", "started_at": time.time(),
+                                               "jobs": [spec.to_json()]})
+    with pytest.raises(CustomOperationError) as info:
+        stats_step.plan_job(JobEvent(run=layout.run_file(work), job=0))
+    assert message in str(info.value)
+    assert "importable in every worker" in str(info.value) or "has no function" in message
+    assert not storage.exists(layout.plan_file(layout.job_dir(work, 0)))  # no work done
+
+
+def test_custom_ops_on_the_embedded_engine(tmp_path):
+    page = make_image(74, 300, 420, 3, "uint8")
+    write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(64, 64))
+    manifest = {"defaults": {"tile": 64, "output_options": {"tile": 32}}, "jobs": [
+        {"input": "in.tif", "output": "out/box.tif", "ops": [_op("box", 2, ksize=5)]},
+        {"input": "in.tif", "output": "out/missing.tif",
+         "ops": [{"op": "custom", "function": "no_such_module_xyz:fn"}]},
+        {"input": "in.tif", "output": "out/crop.tif", "ops": [_op("crop")]},
+    ]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "2", "--quiet"]) == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    box, missing, crop = report["jobs"]
+    assert box["status"] == "SUCCEEDED"
+    assert_identical(read_page(tmp_path / "out" / "box.tif", 0), cv2.blur(page, (5, 5)))
+    assert missing["status"] == "FAILED"
+    assert missing["error"]["type"] == "CustomOperationError"
+    assert "cannot import module 'no_such_module_xyz'" in missing["error"]["message"]
+    assert crop["status"] == "FAILED" and crop["error"]["type"] == "CustomOperationError"
+    assert f"custom op {MODULE}:crop returned an array of shape" in crop["error"]["message"]
+    assert not (tmp_path / "out" / "missing.tif").exists()
+    assert not (tmp_path / "out" / "crop.tif").exists()
