@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.core.manifest import load_manifest_text
+from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
 from pipeline.engine.local import Listener, LocalEngine
 from pipeline.errors import EngineError, InputNotFoundError, TiffpipeError
@@ -28,10 +28,10 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def validate(manifest: str) -> list[JobSpec]:
-    """The manifest's jobs, or ManifestError listing every problem."""
+def validate(manifest: str) -> list[JobSpec] | ScanSpec:
+    """The manifest's jobs (or its scan), or ManifestError listing every problem."""
     text = storage.read_text(manifest, missing=InputNotFoundError)
-    return load_manifest_text(text, manifest, storage.parent(manifest))
+    return load_manifest(text, manifest, storage.parent(manifest))
 
 
 def default_report(manifest: str) -> str:
@@ -61,6 +61,7 @@ class RunResult:
     seconds: float
     error: str | None = None
     worker_peaks_mb: dict[int, float] = field(default_factory=dict)
+    contact_sheet: str | None = None  # the PNG of input and output thumbnails, when written
 
     @property
     def ok(self) -> bool:
@@ -69,8 +70,10 @@ class RunResult:
 
 
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,
-              keep_work: bool = False, listener: Listener | None = None) -> RunResult:
-    """Run every job of a (validated) manifest on this machine."""
+              keep_work: bool = False, listener: Listener | None = None,
+              contact_sheet: bool = False) -> RunResult:
+    """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
+    ``<report stem>.contact.png`` (input and output thumbnails of every page of every job)."""
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
@@ -94,8 +97,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         if doc is None:
             record = failure_record({"Error": execution.error, "Cause": execution.cause})
             error = f"{record['type']}: {record['message']}"
+        sheet = _write_contact_sheet(doc, work, report_url) if contact_sheet and doc else None
         return RunResult(run_id, execution.status, doc, report_url, work,
-                         time.time() - started, error, peaks)
+                         time.time() - started, error, peaks, sheet)
     except EngineError as exc:
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
                          str(exc))
@@ -105,6 +109,23 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
+
+
+def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> str | None:
+    """The contact sheet of a finished run (None, with a warning, if it cannot be made: the
+    run's results never depend on it). Reads the jobs from run.json, before the work goes."""
+    from pipeline.contact_sheet import contact_sheet_url, write_contact_sheet
+    from pipeline.steps import layout
+
+    url = contact_sheet_url(report_url)
+    try:
+        specs = [JobSpec.from_json(j) for j in storage.read_json(layout.run_file(work))["jobs"]]
+        write_contact_sheet(report, specs, url)
+    except Exception as exc:  # noqa: BLE001 - a picture must not fail a finished run
+        log.warning("could not write the contact sheet %s: %s: %s", url,
+                    type(exc).__name__, exc)
+        return None
+    return url
 
 
 def _remove_work(work: str) -> None:

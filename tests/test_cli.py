@@ -201,8 +201,8 @@ def test_run_logs_plain_progress_lines_when_not_a_terminal(happy: Run):
 
 def test_run_removes_its_work_folder(happy: Run):
     assert not (happy.folder / ".tiffpipe-work").exists()
-    assert sorted(p.name for p in happy.folder.iterdir()) == ["in", "m.json", "m.report.json",
-                                                               "out"]
+    assert sorted(p.name for p in happy.folder.iterdir()) == [
+        "in", "m.json", "m.report.contact.png", "m.report.json", "out"]
     assert sorted(p.name for p in (happy.folder / "out").iterdir()) == ["gray_median.tif",
                                                                         "rgb_blur.tif"]
 

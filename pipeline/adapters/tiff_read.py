@@ -11,14 +11,17 @@ import logging
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from math import ceil
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, TIFF
 
 from pipeline.adapters import storage
+from pipeline.adapters.metadata import read_metadata
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
 from pipeline.errors import (
@@ -37,7 +40,20 @@ _UNDECODABLE = {
 #: a compressed segment must be decoded whole: refuse pages whose segments are larger than
 #: this (an uncompressed strip is read by rows, whatever its size)
 MAX_SEGMENT_BYTES = 512 * 2**20
-_PHOTOMETRICS = {PHOTOMETRIC.MINISBLACK: "minisblack", PHOTOMETRIC.RGB: "rgb"}
+#: why a photometric interpretation is refused, and what to do instead
+_REFUSED_PHOTOMETRICS = {
+    PHOTOMETRIC.SEPARATED: "CMYK (SEPARATED) needs colour management to become RGB; convert "
+                           "the file to RGB first",
+    PHOTOMETRIC.YCBCR: "YCbCr is decoded to RGB only inside JPEG compression; re-save the file "
+                       "as RGB",
+    PHOTOMETRIC.CIELAB: "CIE L*a*b* is not converted; convert the file to RGB first",
+    PHOTOMETRIC.ICCLAB: "ICC L*a*b* is not converted; convert the file to RGB first",
+    PHOTOMETRIC.ITULAB: "ITU L*a*b* is not converted; convert the file to RGB first",
+    PHOTOMETRIC.MASK: "transparency masks are not images to process",
+    PHOTOMETRIC.CFA: "colour filter array (raw sensor) data needs demosaicing; develop it first",
+    PHOTOMETRIC.LOGL: "LogL needs a float conversion; convert the file to float32 first",
+    PHOTOMETRIC.LOGLUV: "LogLuv needs a float conversion; convert the file to float32 first",
+}
 
 # tifffile logs (and recovers from) damaged IFDs; we raise our own errors instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -100,8 +116,127 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int) -> tifffile.TiffPage:
     return page
 
 
-def page_info(page: tifffile.TiffPage, url: str, index: int) -> PageInfo:
-    """What a plan needs of a page, or UnsupportedTiffError saying why it can't be processed."""
+@dataclass(frozen=True)
+class PixelKind:
+    """What a page's pixels become when tiffpipe reads them, and how.
+
+    The reader converts pages that are not plain gray or RGB as it decodes each segment, so
+    split stores (and the ops see) the converted pixels: 1/2/4-bit gray becomes 8-bit gray
+    (miniswhite inverted), unsigned miniswhite becomes minisblack (``max - v``), palette
+    becomes RGB through its colormap (or keeps its indices, see ``keep_palette``).
+    """
+
+    dtype: np.dtype  # of the pixels returned
+    channels: int
+    photometric: str  # "minisblack" | "rgb" | "palette"
+    conversion: str = ""  # what the reader does to the decoded samples ("": nothing)
+    lut: np.ndarray | None = None  # decoded sample value -> output value(s), first sample
+    invert: bool = False  # unsigned miniswhite: the first sample becomes max - v
+    colormap: np.ndarray | None = None  # (3, 256) uint16 of a kept palette
+
+
+def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) -> PixelKind:
+    """How the pixels of ``page`` are read, or UnsupportedTiffError saying why they can't be.
+
+    ``keep_palette``: a palette page (up to 8 bits) keeps its indices and colormap instead of
+    becoming RGB (only right when no op touches the pixels and the output is lossless).
+    """
+    photometric = int(page.photometric)
+    compression = int(page.compression)
+    if photometric == PHOTOMETRIC.YCBCR and compression == 7:
+        photometric = PHOTOMETRIC.RGB  # JPEG decodes YCbCr to RGB
+    pname = _name(photometric, PHOTOMETRIC)
+    bps = page.bitspersample
+    samples = int(page.samplesperpixel)
+    if photometric in _REFUSED_PHOTOMETRICS:
+        raise UnsupportedTiffError(f"{where}: photometric {pname} is not supported: "
+                                   f"{_REFUSED_PHOTOMETRICS[photometric]}")
+    if photometric not in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE, PHOTOMETRIC.RGB,
+                           PHOTOMETRIC.PALETTE):
+        raise UnsupportedTiffError(
+            f"{where}: photometric {pname} is not supported (supported: gray, RGB, palette, "
+            "bilevel, with alpha); convert the page to gray or RGB")
+    if not isinstance(bps, int) or page.dtype is None:
+        raise UnsupportedTiffError(f"{where}: samples of {bps} bits are not supported "
+                                   "(packed formats such as RGB565); convert the file to 8-bit")
+    if samples > 4:
+        raise UnsupportedTiffError(f"{where}: {samples} samples per pixel (at most 4 supported)")
+    dtype = np.dtype(page.dtype)
+    white = photometric == PHOTOMETRIC.MINISWHITE
+    if photometric in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE) and bps in (1, 2, 4):
+        if samples != 1:
+            raise UnsupportedTiffError(f"{where}: {bps}-bit gray with {samples} samples per "
+                                       "pixel is not supported; convert the file to 8-bit")
+        top = 2**bps - 1
+        values = np.arange(top + 1)
+        lut = ((top - values) if white else values) * (255 // top)
+        kind = "bilevel" if bps == 1 else f"{bps}-bit gray"
+        return PixelKind(np.dtype(np.uint8), 1, "minisblack",
+                         f"{kind} {pname.lower()} -> 8-bit minisblack "
+                         f"({'0 is white' if white else '0 is black'}, x{255 // top})",
+                         lut=lut.astype(np.uint8))
+    if photometric == PHOTOMETRIC.PALETTE:
+        return _palette_kind(page, where, bps, samples, keep_palette)
+    if bps not in (8, 16, 32, 64):
+        raise UnsupportedTiffError(f"{where}: {bps}-bit samples are not supported "
+                                   "(supported: 1, 2, 4 bit gray and palette; 8, 16, 32 and 64 "
+                                   "bit); convert the file to 8 or 16 bit")
+    if white:
+        if dtype.kind != "u":
+            raise UnsupportedTiffError(
+                f"{where}: miniswhite with {dtype.name} samples is not supported: white has "
+                "no defined value to invert from; convert the page to minisblack")
+        return PixelKind(dtype, samples, "minisblack",
+                         f"miniswhite -> minisblack ({np.iinfo(dtype).max} - v)", invert=True)
+    return PixelKind(dtype, samples, "rgb" if photometric == PHOTOMETRIC.RGB else "minisblack")
+
+
+def _palette_kind(page: tifffile.TiffPage, where: str, bps: int, samples: int,
+                  keep: bool) -> PixelKind:
+    if samples != 1:
+        raise UnsupportedTiffError(f"{where}: palette pages with {samples} samples per pixel "
+                                   "are not supported; convert the file to RGB(A)")
+    if bps not in (1, 2, 4, 8, 16):
+        raise UnsupportedTiffError(f"{where}: {bps}-bit palette indices are not supported "
+                                   "(supported: 1, 2, 4, 8 and 16 bit)")
+    cmap = page.colormap
+    if cmap is None or np.asarray(cmap).size < 3 or np.asarray(cmap).size % 3:
+        raise CorruptTiffError(f"{where}: a palette page without a valid ColorMap (3 x "
+                               f"{2**bps} values expected); the file is damaged")
+    # some writers store more entries than the bit depth needs: the first 2**bps are used; an
+    # index beyond a short colormap fails the read (CorruptTiffError), never a made-up colour
+    cmap = np.asarray(cmap, np.uint16).reshape(3, -1)[:, :2**bps]
+    if keep and bps <= 8 and cmap.shape[1] == 2**bps:
+        full = np.zeros((3, 256), np.uint16)
+        full[:, :cmap.shape[1]] = cmap
+        return PixelKind(np.dtype(np.uint8), 1, "palette",
+                         f"{bps}-bit palette indices kept with their colormap"
+                         if bps < 8 else "", lut=np.arange(256, dtype=np.uint8)
+                         if bps < 8 else None, colormap=full)
+    # like libtiff: a colormap whose values all fit in 8 bits is an 8-bit colormap
+    if int(cmap.max()) < 256:
+        rgb, how = cmap.astype(np.uint8), "8-bit colormap"
+    elif not (cmap % 257).any():
+        rgb, how = (cmap // 257).astype(np.uint8), "16-bit colormap / 257, exact"
+    else:
+        rgb, how = cmap, "16-bit colormap, kept 16-bit"
+    return PixelKind(rgb.dtype, 3, "rgb", f"{bps}-bit palette -> RGB {rgb.dtype.name} ({how})",
+                     lut=np.ascontiguousarray(rgb.T))
+
+
+def keeps_palette(ops: list[Any], compression: str) -> bool:
+    """Whether a job keeps palette pages as indices + colormap: only when nothing changes the
+    pixels (an empty op chain) and the output is lossless (JPEG would blur indices)."""
+    return not ops and compression != "jpeg"
+
+
+def page_info(page: tifffile.TiffPage, url: str, index: int,
+              keep_palette: bool = False) -> PageInfo:
+    """What a plan needs of a page, or UnsupportedTiffError saying why it can't be processed.
+
+    The dtype, channels and photometric are those of the pixels the reader returns (after any
+    conversion, see :func:`pixel_kind`); ``metadata`` holds the tags carried to the output.
+    """
     where = f"{url}: page {index}"
     compression = int(page.compression)
     cname = _name(compression, COMPRESSION)
@@ -111,38 +246,29 @@ def page_info(page: tifffile.TiffPage, url: str, index: int) -> PageInfo:
     if compression != 1 and compression not in TIFF.DECOMPRESSORS:
         raise UnsupportedTiffError(f"{where}: compression {cname} ({compression}) cannot be "
                                    "decoded here; re-save the file with zstd, deflate or LZW")
-    photometric = int(page.photometric)
-    if photometric == PHOTOMETRIC.YCBCR and compression == 7:
-        photometric = PHOTOMETRIC.RGB  # JPEG decodes YCbCr to RGB
-    if photometric not in _PHOTOMETRICS:
-        raise UnsupportedTiffError(
-            f"{where}: photometric {_name(photometric, PHOTOMETRIC)} is not supported "
-            "(supported: MINISBLACK gray and RGB, with alpha); convert the page to gray or RGB")
+    kind = pixel_kind(page, where, keep_palette)
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
-    if page.bitspersample not in (8, 16, 32, 64) or page.dtype is None:
-        raise UnsupportedTiffError(f"{where}: {page.bitspersample}-bit samples are not supported "
-                                   "(supported: 8, 16, 32 and 64 bit)")
     samples = int(page.samplesperpixel)
-    if samples > 4:
-        raise UnsupportedTiffError(f"{where}: {samples} samples per pixel (at most 4 supported)")
     tiled = bool(page.is_tiled)
     seg_rows = int(page.tilelength) if tiled else int(min(page.rowsperstrip or page.imagelength,
                                                            page.imagelength))
-    per_segment = 1 if page.planarconfig == PLANARCONFIG.SEPARATE else samples
+    per_segment = 1 if page.planarconfig == PLANARCONFIG.SEPARATE and samples > 1 \
+        else kind.channels
     seg_bytes = seg_rows * (int(page.tilewidth) if tiled else int(page.imagewidth)) * \
-        per_segment * np.dtype(page.dtype).itemsize
+        per_segment * kind.dtype.itemsize
     if compression != 1 and seg_bytes > MAX_SEGMENT_BYTES:
         raise UnsupportedTiffError(
             f"{where}: one {'tile' if tiled else 'strip'} decodes to {seg_bytes / 2**20:.0f} MiB "
             f"(more than {MAX_SEGMENT_BYTES // 2**20} MiB), which cannot be read in bounded memory; "
             "re-save the file tiled (for example 512x512 tiles) or with smaller strips")
+    metadata = read_metadata(page, kind.colormap)
     return PageInfo(index=index, height=int(page.imagelength), width=int(page.imagewidth),
-                    channels=samples, dtype=np.dtype(page.dtype).name,
-                    photometric=_PHOTOMETRICS[photometric],
+                    channels=kind.channels, dtype=kind.dtype.name, photometric=kind.photometric,
                     extrasamples=[int(e) for e in page.extrasamples], tiled=tiled,
-                    segment_rows=max(seg_rows, 1), compression=cname.lower())
+                    segment_rows=max(seg_rows, 1), compression=cname.lower(),
+                    conversion=kind.conversion, metadata=metadata)
 
 
 class PageReader:
@@ -154,22 +280,28 @@ class PageReader:
     one giant strip stay readable in bounded memory.
     """
 
-    def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int):
+    def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
+                 keep_palette: bool = False):
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
-        self.samples = int(page.samplesperpixel)
-        self.dtype = np.dtype(page.dtype)
-        self.separate = page.planarconfig == PLANARCONFIG.SEPARATE and self.samples > 1
+        self.kind = pixel_kind(page, self.where, keep_palette)
+        self.file_samples = int(page.samplesperpixel)
+        self.samples = self.kind.channels  # of the pixels returned
+        self.file_dtype = np.dtype(page.dtype)
+        self.dtype = self.kind.dtype
+        self.bits = int(page.bitspersample)
+        self.separate = page.planarconfig == PLANARCONFIG.SEPARATE and self.file_samples > 1
         if page.is_tiled:
             self.seg_h, self.seg_w = int(page.tilelength), int(page.tilewidth)
         else:
             self.seg_h = int(min(page.rowsperstrip or self.height, self.height))
             self.seg_w = self.width
         self.seg_rows, self.seg_cols = ceil(self.height / self.seg_h), ceil(self.width / self.seg_w)
-        self.planes = self.samples if self.separate else 1
+        self.planes = self.file_samples if self.separate else 1
         self.raw_strips = int(page.compression) == 1 and not page.is_tiled
         self.cache: dict[int, tuple[np.ndarray, int, int, int]] = {}  # seg -> (px, plane, y, x)
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
+        self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
         needed = self.planes * self.seg_rows * self.seg_cols
         if len(page.dataoffsets) < needed or len(page.databytecounts) < needed:
             raise CorruptTiffError(f"{self.where}: has {len(page.dataoffsets)} segment offsets, "
@@ -178,6 +310,7 @@ class PageReader:
     def read(self, rect: Rect) -> np.ndarray:
         """The pixels of ``rect``: (h, w) for one sample, else (h, w, samples)."""
         out = np.zeros((rect.height, rect.width, self.samples), self.dtype)
+        self.largest_read = max(self.largest_read, rect.height * rect.width)
         rows = range(rect.y0 // self.seg_h, (rect.y1 - 1) // self.seg_h + 1)
         cols = range(rect.x0 // self.seg_w, (rect.x1 - 1) // self.seg_w + 1)
         for plane in range(self.planes):
@@ -219,9 +352,10 @@ class PageReader:
         if count == 0:  # sparse segment: zeros, as libtiff reads it
             plane, rest = divmod(seg, self.seg_rows * self.seg_cols)
             r, c = divmod(rest, self.seg_cols)
-            depth = 1 if self.separate else self.samples
-            return (np.zeros((self.seg_h, self.seg_w, depth), self.dtype), plane,
-                    r * self.seg_h, c * self.seg_w)
+            depth = 1 if self.separate else self.file_samples
+            zeros = np.zeros((self.seg_h, self.seg_w, depth), np.uint8 if self.kind.lut is not None
+                             else self.file_dtype)
+            return self._convert(zeros, plane), plane, r * self.seg_h, c * self.seg_w
         data = self._read(seg, offset, count)
         try:
             decoded, origin, _ = self.page.decode(data, seg, jpegtables=self.page.jpegtables)
@@ -231,20 +365,49 @@ class PageReader:
                                    f"{type(exc).__name__}: {exc}") from exc
         if decoded is None:
             raise CorruptTiffError(f"{self.where}: segment {seg} decoded to nothing")
-        return decoded.reshape(decoded.shape[-3:]), origin[0], origin[2], origin[3]
+        return (self._convert(decoded.reshape(decoded.shape[-3:]), origin[0]), origin[0],
+                origin[2], origin[3])
+
+    def _convert(self, px: np.ndarray, plane: int) -> np.ndarray:
+        """Decoded samples ((h, w, s)) -> the pixels the reader returns (see PixelKind)."""
+        kind = self.kind
+        if kind.lut is not None:  # sub-byte gray, palette: one sample a pixel
+            index = px[..., 0]
+            if index.dtype == np.bool_:
+                index = index.view(np.uint8)
+            if int(index.max(initial=0)) >= kind.lut.shape[0]:
+                raise CorruptTiffError(f"{self.where}: a sample value {int(index.max())} is "
+                                       f"beyond the {kind.lut.shape[0]} entries of its "
+                                       "colormap or bit depth; the file is damaged")
+            out = kind.lut[index]
+            return out[..., None] if out.ndim == 2 else out
+        if kind.invert and (plane == 0 or not self.separate):
+            px = px.copy()
+            px[..., 0] = np.iinfo(px.dtype).max - px[..., 0]
+        return px
 
     def _raw_rows(self, seg: int, plane: int, r: int,
                   rect: Rect) -> tuple[np.ndarray, int, int, int]:
         """The rows of an uncompressed strip that ``rect`` needs, read as one byte range."""
         strip_y = r * self.seg_h
         y0, y1 = max(rect.y0, strip_y), min(rect.y1, strip_y + self.seg_h, self.height)
-        depth = 1 if self.separate else self.samples
-        row_bytes = self.width * depth * self.dtype.itemsize
+        depth = 1 if self.separate else self.file_samples
+        if self.bits < 8:  # packed bits: each row starts on a byte
+            row_bytes = (self.width * depth * self.bits + 7) // 8
+        else:
+            row_bytes = self.width * depth * self.file_dtype.itemsize
         data = self._read(seg, int(self.page.dataoffsets[seg]) + (y0 - strip_y) * row_bytes,
                           (y1 - y0) * row_bytes)
-        file_dtype = self.dtype.newbyteorder(self.tf.byteorder)
-        rows = np.frombuffer(data, file_dtype).reshape(y1 - y0, self.width, depth)
-        return rows.astype(self.dtype, copy=False), plane, y0, 0
+        if self.bits < 8:
+            if self.page.fillorder == 2:
+                data = imagecodecs.bitorder_decode(data)
+            rows = imagecodecs.packints_decode(data, np.uint8, self.bits,
+                                               runlen=self.width * depth)
+        else:
+            rows = np.frombuffer(data, self.file_dtype.newbyteorder(self.tf.byteorder))
+            rows = rows.astype(self.file_dtype, copy=False)
+        rows = rows.reshape(y1 - y0, self.width, depth)
+        return self._convert(rows, plane), plane, y0, 0
 
     def _paste(self, out: np.ndarray, seg: np.ndarray, plane: int, y: int, x: int,
                rect: Rect) -> None:
@@ -262,14 +425,15 @@ class PageReader:
 
 
 def read_window(tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
-                rect: Rect) -> np.ndarray:
+                rect: Rect, keep_palette: bool = False) -> np.ndarray:
     """Decode the pixels of ``rect`` of a page: (h, w) for one sample, else (h, w, samples).
     Only the segments touching ``rect`` are read and decoded, each once."""
-    return PageReader(tf, page, url, index).read(rect)
+    return PageReader(tf, page, url, index, keep_palette).read(rect)
 
 
-def read_infos(url: str, pages: list[int] | None) -> list[PageInfo]:
-    """Infos of the asked pages of a TIFF (all when ``pages`` is None), reading IFDs only."""
+def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False) -> list[PageInfo]:
+    """Infos of the asked pages of a TIFF (all when ``pages`` is None), reading IFDs only.
+    ``keep_palette``: palette pages keep their indices and colormap (see :func:`pixel_kind`)."""
     with open_tiff(url) as tf:
         indices = range(page_count(tf, url)) if pages is None else pages
-        return [page_info(get_page(tf, url, i), url, i) for i in indices]
+        return [page_info(get_page(tf, url, i), url, i, keep_palette) for i in indices]

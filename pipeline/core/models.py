@@ -69,11 +69,15 @@ class PageInfo:
     width: int
     channels: int
     dtype: str
-    photometric: str  # "minisblack" | "rgb"
+    photometric: str  # "minisblack" | "rgb" | "palette" (of the pixels read, after conversion)
     extrasamples: list[int]  # TIFF ExtraSamples values of the channels past the colour ones
     tiled: bool
     segment_rows: int  # rows of one strip or tile of the input
     compression: str
+    #: what the reader does to the decoded samples (bilevel, miniswhite, palette); "" nothing
+    conversion: str = ""
+    #: tags carried to the output page, JSON-safe (pipeline.adapters.metadata)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,14 +98,22 @@ class PagePlan:
     info: PageInfo
     out_channels: int
     grid: PageGrid
+    #: the op chain's downsampling factor: the output page is the grid's size // factor
+    factor: int = 1
+
+    @property
+    def out_grid(self) -> PageGrid:
+        """The processing tiles on the output page: tile (row, col) writes its ``core`` there."""
+        return self.grid.scaled(self.factor) if self.factor != 1 else self.grid
 
     def to_json(self) -> dict[str, Any]:
         return {"info": self.info.to_json(), "out_channels": self.out_channels,
-                "grid": asdict(self.grid)}
+                "grid": asdict(self.grid), "factor": self.factor}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PagePlan:
-        return cls(PageInfo.from_json(d["info"]), d["out_channels"], PageGrid(**d["grid"]))
+        return cls(PageInfo.from_json(d["info"]), d["out_channels"], PageGrid(**d["grid"]),
+                   d.get("factor", 1))
 
 
 @dataclass(frozen=True)

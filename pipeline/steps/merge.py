@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from pipeline import __version__
 from pipeline.adapters import storage
+from pipeline.adapters.metadata import output_tags
 from pipeline.adapters.tile_codec import OutputEncoder, unpack_tiles
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
@@ -34,7 +34,8 @@ def merge(event: MergeEvent) -> dict[str, Any]:
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed batch fails the job with its own error
     spec = plan.spec
-    raw = sum(p.grid.height * p.grid.width * p.out_channels * np.dtype(p.info.dtype).itemsize
+    raw = sum(p.out_grid.height * p.out_grid.width * p.out_channels
+              * np.dtype(p.info.dtype).itemsize
               for p in plan.pages)
     tmp = storage.temp_output_path(spec.output)
     try:
@@ -61,21 +62,18 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     options = plan.spec.output_options
     channels = page.out_channels
     encoder = OutputEncoder(options, page.info.dtype, channels)
-    shape = (page.grid.height, page.grid.width) + ((channels,) if channels > 1 else ())
-    extrasamples = None
-    if channels in (2, 4):
-        same = channels == page.info.channels and page.info.extrasamples
-        extrasamples = page.info.extrasamples if same else [2]  # 2: unassociated alpha
+    shape = (page.out_grid.height, page.out_grid.width) + ((channels,) if channels > 1 else ())
+    # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
+    tags = output_tags(page.info, shape[0], shape[1], channels)
     writer.write(
         _tiles(plan, index, page), shape=shape, dtype=page.info.dtype,
-        tile=(options.tile, options.tile), photometric="rgb" if channels >= 3 else "minisblack",
-        planarconfig="contig" if channels > 1 else None, extrasamples=extrasamples,
-        software=f"tiffpipe {__version__}", metadata=None, **encoder.writer_kwargs())
+        tile=(options.tile, options.tile), planarconfig="contig" if channels > 1 else None,
+        **tags, **encoder.writer_kwargs())
 
 
 def _tiles(plan: JobPlan, index: int, page: PagePlan) -> Iterator[bytes]:
     """The page's encoded output tiles in row-major order, one processing row in memory."""
-    grid, out = page.grid, plan.spec.output_options.tile
+    grid, out = page.out_grid, plan.spec.output_options.tile  # (downsample: a smaller page)
     per = grid.tile // out  # output tiles per processing tile side
     rows, cols = ceil(grid.height / out), ceil(grid.width / out)
 

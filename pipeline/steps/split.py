@@ -30,7 +30,8 @@ def split(event: UnitEvent) -> dict[str, Any]:
         page = plan.pages[unit.page]
         grid, url = page.grid, plan.spec.input
         with open_tiff(url) as tf, ThreadPoolExecutor(WRITE_THREADS) as pool:
-            reader = PageReader(tf, get_page(tf, url, page.info.index), url, page.info.index)
+            reader = PageReader(tf, get_page(tf, url, page.info.index), url, page.info.index,
+                                keep_palette=page.info.photometric == "palette")
             pending: deque[Future[None]] = deque()
             for row in range(unit.row0, unit.row1):
                 for col in range(unit.col0, unit.col1):

@@ -1,0 +1,213 @@
+"""The tags tiffpipe carries from an input page to its output page.
+
+Read from the IFD when a job is planned (:func:`read_metadata`, stored JSON-safe in
+``PageInfo.metadata``, so the plan stays small), written by merge (:func:`output_tags`, the
+keyword arguments of ``tifffile.TiffWriter.write``). What is kept and what is not, and why, is
+listed in the README ("Metadata").
+
+Rules:
+- resolution and its unit are kept; when the op chain changes the page size they are scaled
+  so that a pixel keeps its physical size (``downsample`` by k: resolution / k);
+- ImageDescription, DateTime, PageName, DocumentName, Make, Model, Artist, HostComputer,
+  Copyright, Orientation, NewSubfileType and GDAL_NODATA are copied byte for byte, except
+  descriptions that describe the input file's own layout (OME-XML, ImageJ, tifffile's shaped
+  JSON): they would be wrong for the output, so they are dropped;
+- the ICC profile is kept when its colour space matches the output's (RGB for RGB and
+  palette pages, GRAY for gray pages): ``to_gray`` drops an RGB profile;
+- GeoTIFF (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory,
+  GeoDoubleParams, GeoAsciiParams) and XMP are copied byte for byte when the output page has
+  the input's size, and dropped when the op chain changes it (they map pixel positions);
+- Software becomes ``tiffpipe <version>``; structural tags (size, samples, compression,
+  tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
+- nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
+  GDAL_METADATA, PageNumber, private tags).
+- Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
+  :data:`VALUE_MAX` bytes is dropped (the plan of a many-page job must stay small).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from pipeline import __version__
+
+#: the largest ICC profile carried (bytes); real profiles are 0.5-4 KB, a few up to ~0.5 MB
+ICC_MAX = 1024 * 1024
+#: the largest value of any other carried tag (bytes)
+VALUE_MAX = 64 * 1024
+
+#: copied byte for byte whatever the op chain does
+KEPT_TAGS = {
+    269: "DocumentName", 270: "ImageDescription", 271: "Make", 272: "Model", 274: "Orientation",
+    285: "PageName", 306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright",
+    42113: "GDAL_NODATA",
+}
+#: copied byte for byte only when the output page has the input page's size
+SPATIAL_TAGS = {
+    700: "XMP", 33550: "ModelPixelScaleTag", 33922: "ModelTiepointTag",
+    34264: "ModelTransformationTag", 34735: "GeoKeyDirectoryTag", 34736: "GeoDoubleParamsTag",
+    34737: "GeoAsciiParamsTag",
+}
+#: TIFF types whose value is carried as bytes (base64 in the plan)
+_BYTE_TYPES = {1, 2, 6, 7}
+#: struct formats of the numeric TIFF types carried
+_NUMERIC = {3: "H", 4: "I", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"))
+
+
+def _raw(tag: tifffile.TiffTag) -> bytes:
+    """The tag's value as stored in the file (its byte order)."""
+    fh = tag.parent.filehandle
+    pos = fh.tell()
+    try:
+        fh.seek(tag.valueoffset)
+        return fh.read(tag.valuebytecount)
+    finally:
+        fh.seek(pos)
+
+
+def is_structural_description(text: bytes) -> bool:
+    """Descriptions that describe the input file's layout rather than the image: OME-XML,
+    ImageJ hyperstack metadata, tifffile's shaped JSON."""
+    head = text.lstrip()[:4096]
+    return (head.startswith(b"ImageJ=") or (head.startswith(b"{") and b'"shape"' in head)
+            or (head.startswith(b"<") and b"<OME" in text[:65536]))
+
+
+def _carry(tag: tifffile.TiffTag, byteorder: str) -> list[Any] | None:
+    """``[code, type, count, value]`` of a tag (value: base64 bytes or a list of numbers),
+    or None when it is too big or of a type not carried."""
+    kind = int(tag.dtype)
+    if kind not in _BYTE_TYPES and kind not in _NUMERIC:
+        return None
+    if tag.valuebytecount > VALUE_MAX:
+        return None
+    data = _raw(tag)
+    if len(data) != tag.valuebytecount:
+        return None  # truncated file: the tag is not carried rather than carried damaged
+    if kind in _BYTE_TYPES:
+        if tag.code == 270 and is_structural_description(data):
+            return None
+        return [tag.code, kind, tag.count, _b64(data)]
+    return [tag.code, kind, tag.count,
+            list(struct.unpack(f"{byteorder}{tag.count}{_NUMERIC[kind]}", data))]
+
+
+def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -> dict[str, Any]:
+    """The tags of ``page`` that are carried to the output, JSON-safe. ``colormap``: the
+    (3, 256) colormap of a palette page whose indices are kept."""
+    tags = page.tags
+    byteorder = page.parent.byteorder
+    out: dict[str, Any] = {}
+    xres, yres = tags.get(282), tags.get(283)
+    if xres is not None and yres is not None:
+        try:
+            (xn, xd), (yn, yd) = (int(v) for v in xres.value), (int(v) for v in yres.value)
+        except (TypeError, ValueError):
+            xd = yd = 0
+        if xd and yd and xn > 0 and yn > 0:
+            out["resolution"] = [[xn, xd], [yn, yd]]
+            unit = tags.valueof(296)
+            out["resolutionunit"] = int(unit) if unit is not None else 2  # TIFF default: inch
+    subfiletype = tags.valueof(254)
+    if subfiletype:
+        out["subfiletype"] = int(subfiletype) & 0b111  # reduced-resolution, page, mask
+    icc = tags.get(34675)
+    if icc is not None and 128 <= icc.valuebytecount <= ICC_MAX:
+        data = _raw(icc)
+        if len(data) == icc.valuebytecount:
+            out["icc"] = _b64(data)
+    kept, spatial = [], []
+    for code in KEPT_TAGS:
+        tag = tags.get(code)
+        if tag is not None and (carried := _carry(tag, byteorder)) is not None:
+            kept.append(carried)
+    for code in SPATIAL_TAGS:
+        tag = tags.get(code)
+        if tag is not None and (carried := _carry(tag, byteorder)) is not None:
+            spatial.append(carried)
+    if kept:
+        out["tags"] = kept
+    if spatial:
+        out["spatial"] = spatial
+    if colormap is not None:
+        out["colormap"] = _b64(np.ascontiguousarray(colormap, "<u2").tobytes())
+    return out
+
+
+def icc_space(profile: bytes) -> str:
+    """The colour space signature of an ICC profile ('RGB', 'GRAY', 'CMYK', ...)."""
+    return profile[16:20].decode("latin-1").strip() if len(profile) >= 20 else ""
+
+
+def _scale(info: Any, height: int, width: int) -> tuple[Fraction, Fraction]:
+    """Output pixels per input pixel along y and x. An integer downsampling that crops the
+    page to a multiple of its factor (``downsample``) scales by exactly 1 / factor: an output
+    pixel covers factor x factor input pixels whatever was cropped at the far edges."""
+    if 0 < height <= info.height and 0 < width <= info.width:
+        factor = info.height // height
+        if factor >= 1 and info.height // factor == height and info.width // factor == width:
+            return Fraction(1, factor), Fraction(1, factor)
+    return Fraction(height, info.height), Fraction(width, info.width)
+
+
+def _scaled(res: list[int], scale: Fraction) -> tuple[int, int] | float:
+    """A resolution (pixels per unit) scaled by ``scale``, as a 32-bit rational if it fits."""
+    value = Fraction(res[0], res[1]) * scale
+    if value.numerator < 2**32 and value.denominator < 2**32:
+        return value.numerator, value.denominator
+    return float(value)
+
+
+def output_tags(info: Any, height: int, width: int, channels: int) -> dict[str, Any]:
+    """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
+    that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
+    software, and the carried metadata."""
+    md = info.metadata or {}
+    palette = info.photometric == "palette" and channels == 1 and "colormap" in md
+    extrasamples = None
+    if channels in (2, 4):
+        same = channels == info.channels and info.extrasamples
+        extrasamples = info.extrasamples if same else [2]  # 2: unassociated alpha
+    kwargs: dict[str, Any] = {
+        "photometric": "palette" if palette else "rgb" if channels >= 3 else "minisblack",
+        "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
+    }
+    same_size = (height, width) == (info.height, info.width)
+    if "resolution" in md:
+        (xn, xd), (yn, yd) = md["resolution"]
+        if same_size:
+            kwargs["resolution"] = ((xn, xd), (yn, yd))
+        else:
+            sy, sx = _scale(info, height, width)
+            kwargs["resolution"] = (_scaled([xn, xd], sx), _scaled([yn, yd], sy))
+        kwargs["resolutionunit"] = md.get("resolutionunit", 2)
+    if md.get("subfiletype"):
+        kwargs["subfiletype"] = md["subfiletype"]
+    if "icc" in md:
+        profile = _unb64(md["icc"])
+        if icc_space(profile) == ("RGB" if palette or channels >= 3 else "GRAY"):
+            kwargs["iccprofile"] = profile
+    if palette:
+        kwargs["colormap"] = np.frombuffer(_unb64(md["colormap"]), "<u2").reshape(3, 256)
+    extratags = []
+    for code, kind, count, value in md.get("tags", []) + (md.get("spatial", []) if same_size
+                                                           else []):
+        extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
+                          else tuple(value), True))
+    if extratags:
+        kwargs["extratags"] = extratags
+    return kwargs

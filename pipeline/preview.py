@@ -1,0 +1,247 @@
+"""Thumbnails of any TIFF page, in bounded memory: ``tiffpipe preview`` and the contact sheet.
+
+The source is the smallest version of the page that is still at least the thumbnail's size:
+a SubIFD pyramid level, a reduced-resolution page that follows it in the file, or the page
+itself. That source is read segment by segment through :class:`PageReader` (so bilevel,
+miniswhite and palette pages look as they are processed) and averaged down as it goes:
+memory holds one strip or tile plus the thumbnail, never the page.
+
+When the page's strips are short compared with the rows one thumbnail row covers, only the
+segment rows that hold the middle row of some thumbnail row are decoded (a strided read): a
+thumbnail of a 100,000-row page stored in 16-row strips decodes about one strip in
+``100000 / 16 / size``. Otherwise every segment is decoded once and the thumbnail is the exact
+area average of the page.
+
+Display: 8-bit pixels as they are; other integers scaled from their type's full range; floats
+from [0, 1] when every value lies there, else from the thumbnail's own min..max; alpha is
+composited over a light checkerboard (associated alpha as premultiplied); unspecified extra
+samples are dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from pipeline.adapters import storage
+from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, page_count, page_info
+from pipeline.core.grid import Rect
+from pipeline.errors import TiffpipeError
+
+#: default thumbnail box (pixels)
+DEFAULT_SIZE = 512
+#: reduced-resolution pages looked at after a page (they follow it in the file)
+MAX_FOLLOWING = 32
+#: uncompressed strips are read in bands of at most this many bytes
+RAW_BAND_BYTES = 8 * 2**20
+#: columns averaged at once (bounds the float64 temporary of a wide strip)
+COLUMN_CHUNK = 4096
+#: what reading a damaged IFD chain raises (levels are optional: such chains are skipped)
+_DAMAGED = (TiffpipeError, tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
+            KeyError, TypeError, struct.error, RecursionError)
+
+log = logging.getLogger("tiffpipe")
+
+
+@dataclass
+class Thumbnail:
+    image: Image.Image  # RGB
+    page: int  # the page index asked for
+    height: int  # the page's full size
+    width: int
+    source: str  # where the pixels came from ("page 0", "SubIFD level 3 (512x384)", ...)
+    strided: bool  # only some segment rows were decoded
+    decoded: int  # segments decoded
+    largest_read: int  # most pixels one window read held (bounded by one segment)
+    dtype: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        how = "strided" if self.strided else "area average"
+        return (f"{self.image.width}x{self.image.height} thumbnail of page {self.page} "
+                f"({self.width}x{self.height} {self.dtype}) from {self.source}, {how}, "
+                f"{self.decoded} segment(s) decoded")
+
+
+def fit(height: int, width: int, size: int) -> tuple[int, int]:
+    """The thumbnail size of a page: inside a ``size`` box, aspect kept, never enlarged."""
+    scale = min(1.0, size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
+            where: str) -> list[tuple[tifffile.TiffPage, str]]:
+    """Smaller versions of ``page``: its SubIFDs, then reduced-resolution pages after it."""
+    found: list[tuple[tifffile.TiffPage, str]] = []
+    aspect = page.imagelength / max(page.imagewidth, 1)
+
+    def same_picture(p: Any) -> bool:
+        return (p.imagelength < page.imagelength and p.imagewidth < page.imagewidth
+                and abs(p.imagelength / max(p.imagewidth, 1) - aspect) <= 0.02 * aspect + 0.01)
+
+    if page.subifds:
+        try:
+            sub = tifffile.TiffPages(page)
+            for k in range(len(sub)):  # len() first: a SubIFD loop ends
+                p = sub[k]
+                p = p if isinstance(p, tifffile.TiffPage) else p.aspage()
+                if same_picture(p):
+                    found.append((p, f"SubIFD level {k + 1} ({p.imagewidth}x{p.imagelength})"))
+        except _DAMAGED as exc:  # a damaged SubIFD chain: the page itself is still there
+            log.debug("%s: page %d: SubIFDs not used: %s", where, index, exc)
+    try:
+        count = page_count(tf, where)
+        for j in range(index + 1, min(count, index + 1 + MAX_FOLLOWING)):
+            p = tf.pages[j]
+            p = p if isinstance(p, tifffile.TiffPage) else p.aspage()
+            if not (int(p.subfiletype) & 1):
+                break  # the next full-resolution page
+            if same_picture(p):
+                label = f"reduced-resolution page {j} ({p.imagewidth}x{p.imagelength})"
+                found.append((p, label))
+    except _DAMAGED as exc:
+        log.debug("%s: pages after %d not used: %s", where, index, exc)
+    usable = []
+    for p, label in found:
+        try:
+            page_info(p, where, index)  # a level tiffpipe cannot read is not used
+            usable.append((p, label))
+        except TiffpipeError:
+            continue
+    return usable
+
+
+def thumbnail(url: str, page: int = 0, size: int = DEFAULT_SIZE) -> Thumbnail:
+    """The thumbnail of page ``page`` of a local or S3 TIFF, fitting a ``size`` box."""
+    with open_tiff(url) as tf:
+        main = get_page(tf, url, page)
+        info = page_info(main, url, page)  # the named error of a page tiffpipe cannot read
+        height, width = int(main.imagelength), int(main.imagewidth)
+        th, tw = fit(height, width, size)
+        candidates = [(main, f"page {page}")] + _levels(tf, main, page, url)
+        big_enough = [(p, label) for p, label in candidates
+                      if p.imagelength >= th and p.imagewidth >= tw]
+        source, label = min(big_enough, key=lambda c: c[0].imagelength * c[0].imagewidth)
+        reader = PageReader(tf, source, url, page)
+        pixels, strided = downsample(reader, th, tw)
+        extrasamples = [int(e) for e in source.extrasamples]
+        image = to_display(pixels, reader.dtype, extrasamples)
+        return Thumbnail(image, page, height, width, label, strided, reader.decoded,
+                         reader.largest_read, info.dtype)
+
+
+def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
+    """Average the page of ``reader`` down to (th, tw, channels) float64, one segment at a
+    time. Returns the pixels and whether the read was strided (some segment rows skipped)."""
+    height, width, channels = reader.height, reader.width, reader.samples
+
+    def to_ty(y0: int, y1: int) -> np.ndarray:  # thumbnail row of each page row
+        return (np.arange(y0, y1, dtype=np.int64) * th) // height
+
+    def to_tx(x0: int, x1: int) -> np.ndarray:
+        return (np.arange(x0, x1, dtype=np.int64) * tw) // width
+
+    seg_h = reader.seg_h
+    if reader.raw_strips:  # read uncompressed strips in bands, not whole
+        row_bytes = width * reader.file_samples * max(reader.file_dtype.itemsize, 1)
+        seg_h = max(1, min(seg_h, RAW_BAND_BYTES // max(row_bytes, 1)))
+    seg_rows = -(-height // seg_h)
+    # thumbnail row t covers page rows ceil(t * height / th) .. ceil((t + 1) * height / th) - 1
+    bounds = -(-(np.arange(th + 1, dtype=np.int64) * height) // th)
+    middles = (bounds[:-1] + bounds[1:] - 1) // 2
+    needed = sorted({int(m) // seg_h for m in middles})
+    strided = len(needed) < seg_rows
+    acc = np.zeros((th, tw, channels), np.float64)
+    counts = np.zeros((th, tw), np.float64)
+    if reader.page.is_tiled:
+        columns = [(c * reader.seg_w, min(width, (c + 1) * reader.seg_w))
+                   for c in range(reader.seg_cols)]
+    else:
+        columns = [(0, width)]  # a strip is one segment across the page
+    for r in needed:
+        y0, y1 = r * seg_h, min(height, (r + 1) * seg_h)
+        for x0, x1 in columns:
+            px = reader.read(Rect(y0, x0, y1, x1))
+            reader.cache.clear()  # one segment at a time
+            px = px.reshape(y1 - y0, x1 - x0, channels)
+            for cx0 in range(0, x1 - x0, COLUMN_CHUNK):
+                cx1 = min(x1 - x0, cx0 + COLUMN_CHUNK)
+                _accumulate(acc, counts, px[:, cx0:cx1], to_ty(y0, y1),
+                            to_tx(x0 + cx0, x0 + cx1))
+    return acc / np.maximum(counts, 1)[..., None], strided
+
+
+def _accumulate(acc: np.ndarray, counts: np.ndarray, px: np.ndarray, ty: np.ndarray,
+                tx: np.ndarray) -> None:
+    """Add the sums of ``px`` per thumbnail pixel (rows map to ``ty``, columns to ``tx``)."""
+    rstarts = np.flatnonzero(np.r_[True, ty[1:] != ty[:-1]])
+    cstarts = np.flatnonzero(np.r_[True, tx[1:] != tx[:-1]])
+    h, w, c = px.shape
+    if px.dtype.kind == "f" and not np.isfinite(px).all():
+        px = np.where(np.isfinite(px), px, 0)  # NaN/inf would poison a whole thumbnail pixel
+    # rows first on a 2-D view (contiguous, no float copy of the segment), then columns
+    rows_summed = np.add.reduceat(px.reshape(h, w * c), rstarts, axis=0, dtype=np.float64)
+    sums = np.add.reduceat(rows_summed.reshape(len(rstarts), w, c), cstarts, axis=1)
+    rows, cols = ty[rstarts], tx[cstarts]
+    acc[np.ix_(rows, cols)] += sums
+    rcount = np.diff(np.r_[rstarts, len(ty)])
+    ccount = np.diff(np.r_[cstarts, len(tx)])
+    counts[np.ix_(rows, cols)] += np.outer(rcount, ccount)
+
+
+def display_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
+    """The value range shown as black..white for pixels of ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    return (lo, hi) if hi > lo else (lo, lo + 1)
+
+
+def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> Image.Image:
+    """(h, w, c) values of ``dtype`` -> an 8-bit RGB image (alpha over a checkerboard)."""
+    channels = pixels.shape[2]
+    colour = 3 if channels >= 3 else 1
+    extra = extrasamples[0] if extrasamples and channels in (2, 4) else None
+    lo, hi = display_range(pixels[..., :colour], dtype)
+    rgb = np.clip((pixels[..., :colour] - lo) / (hi - lo), 0, 1)
+    if extra in (1, 2):  # associated / unassociated alpha
+        alo, ahi = (0.0, 1.0) if np.dtype(dtype).kind == "f" else display_range(pixels, dtype)
+        alpha = np.clip((pixels[..., colour:colour + 1] - alo) / (ahi - alo), 0, 1)
+        yy, xx = np.mgrid[0:pixels.shape[0], 0:pixels.shape[1]]
+        board = np.where(((yy // 8 + xx // 8) % 2 == 0)[..., None], 1.0, 0.8)
+        if extra == 1:  # premultiplied: colour already carries its alpha
+            rgb = np.clip(rgb + board * (1 - alpha), 0, 1)
+        else:
+            rgb = rgb * alpha + board * (1 - alpha)
+    out = np.rint(rgb * 255).astype(np.uint8)
+    if colour == 1:
+        out = np.repeat(out, 3, axis=2)
+    return Image.fromarray(np.ascontiguousarray(out), "RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE) -> Thumbnail:
+    """Render the thumbnail of ``url`` page ``page`` and write it as a PNG to ``out``."""
+    thumb = thumbnail(url, page, size)
+    storage.write_bytes(out, png_bytes(thumb.image))
+    return thumb

@@ -1,0 +1,123 @@
+"""The real-world corpus: every file of ``../shared/corpus/libtiff/`` through ``tiffpipe run``
+(one manifest: every file with an empty op chain and with gaussian_blur).
+
+Each job either gives, page by page, exactly the pixels of tifffile's whole-page read with
+the documented conversion (tiff_kinds.py: bilevel, miniswhite, palette) and the op applied,
+or fails with the named error this test expects for that file, whose message names the file
+and says why. Crafted IFD loops terminate (the run has a timeout)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from tiff_kinds import documented
+
+from pipeline import __version__, cli
+
+CORPUS = Path(__file__).parents[1].parent / "shared" / "corpus" / "libtiff"
+FILES = sorted(p.name for p in CORPUS.iterdir() if p.is_file() and p.suffix in (".tif", ".tiff")) \
+    if CORPUS.is_dir() else []
+pytestmark = [pytest.mark.skipif(not FILES, reason=f"the libtiff corpus is not at {CORPUS}"),
+              pytest.mark.timeout(600)]
+
+SIGMA = 1.5
+MODES: dict[str, list[dict[str, Any]]] = {
+    "copy": [], "blur": [{"op": "gaussian_blur", "sigma": SIGMA}]}
+#: (file, mode or None for both) -> (error type, words the message must contain)
+FAILURES: dict[tuple[str, str | None], tuple[str, tuple[str, ...]]] = {
+    ("ojpeg_chewey_subsamp21_multi_strip.tiff", None): ("UnsupportedTiffError", ("OJPEG",)),
+    ("ojpeg_single_strip_no_rowsperstrip.tiff", None): ("UnsupportedTiffError", ("OJPEG",)),
+    ("ojpeg_zackthecat_subsamp22_single_strip.tiff", None): ("UnsupportedTiffError",
+                                                             ("OJPEG",)),
+    ("logluv-3c-16b.tiff", None): ("UnsupportedTiffError", ("SGILOG", "float32")),
+    ("deflate-last-strip-extra-data.tiff", None): ("CorruptTiffError",
+                                                   ("page 0", "segment", "cannot be decoded")),
+    # float64 is copied exactly, but the ops run on uint8, uint16 and float32 only
+    ("test_float64_predictor2_be_lzw.tif", "blur"): ("OperationError", ("page 0", "float64")),
+    ("test_float64_predictor2_le_lzw.tif", "blur"): ("OperationError", ("page 0", "float64")),
+}
+
+
+def expected_failure(name: str, mode: str) -> tuple[str, tuple[str, ...]] | None:
+    return FAILURES.get((name, mode)) or FAILURES.get((name, None))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("corpus")
+    keys = [(name, mode) for name in FILES for mode in MODES]
+    jobs = [{"input": str(CORPUS / name), "output": str(root / "out" / f"{name}.{mode}.tif"),
+             "ops": MODES[mode]} for name, mode in keys]
+    manifest = root / "corpus.json"
+    manifest.write_text(json.dumps({"jobs": jobs}, indent=1))
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet"])
+    report = json.loads((root / "corpus.report.json").read_text())
+    return {"code": code, "err": err.getvalue(), "seconds": time.monotonic() - started,
+            "root": root, "jobs": dict(zip(keys, report["jobs"], strict=True))}
+
+
+def test_every_file_of_the_corpus_was_run(run):
+    assert len(FILES) >= 30, FILES
+    assert len(run["jobs"]) == len(FILES) * len(MODES)
+    assert run["code"] == 1  # the corpus has files that must fail
+    assert "Traceback" not in run["err"]
+
+
+def _pages(path: Path | str) -> list[tifffile.TiffPage]:
+    tf = tifffile.TiffFile(path)
+    return [tf.pages[i] for i in range(len(tf.pages))]  # len() first: IFD loops end
+
+
+def _resolution(page: tifffile.TiffPage) -> tuple[Fraction, Fraction, int] | None:
+    x, y = page.tags.valueof(282), page.tags.valueof(283)
+    if not x or not y or not x[1] or not y[1]:
+        return None
+    return Fraction(*x), Fraction(*y), int(page.tags.valueof(296) or 2)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("name", FILES or ["(no corpus)"])
+def test_corpus_file(run, name, mode):
+    job = run["jobs"][(name, mode)]
+    described = json.dumps(job, indent=1)
+    failure = expected_failure(name, mode)
+    if failure is not None:
+        error, words = failure
+        assert job["status"] == "FAILED", described
+        assert job["error"]["type"] == error, described
+        message = job["error"]["message"]
+        assert str(CORPUS / name) in message, described  # names the file
+        for word in words:  # and says why
+            assert word in message, (word, described)
+        assert not Path(job["output"]).exists()
+        return
+    assert job["status"] == "SUCCEEDED", described
+    inputs, outputs = _pages(CORPUS / name), _pages(job["output"])
+    assert len(outputs) == len(inputs) == job["pages"]
+    for i, (src, out) in enumerate(zip(inputs, outputs, strict=True)):
+        want = documented(src, keep_palette=not MODES[mode])
+        if MODES[mode]:
+            want = cv2.GaussianBlur(want, (0, 0), SIGMA)
+        got = out.asarray()
+        assert got.dtype == want.dtype and got.shape == want.shape, (i, got.shape, want.shape)
+        assert np.array_equal(got, want, equal_nan=True), \
+            f"page {i}: max diff {np.abs(got.astype(float) - want).max()}"
+        # the metadata that says how to show and measure the page comes along
+        assert out.software == f"tiffpipe {__version__}"
+        assert _resolution(out) == _resolution(src) or _resolution(src) is None
+        if int(src.photometric) == 3 and not MODES[mode]:
+            assert out.photometric == tifffile.PHOTOMETRIC.PALETTE
+        assert tuple(out.extrasamples) == tuple(src.extrasamples)

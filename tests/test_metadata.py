@@ -1,0 +1,330 @@
+"""Metadata carried from input to output: resolution, ICC profile, description, date, page
+names, GeoTIFF, extra samples, page order; Software set to tiffpipe. Real files written by
+tifffile go through one ``tiffpipe run``; the output's tags are read back with tifffile."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import __version__, cli
+from pipeline.adapters.metadata import ICC_MAX, VALUE_MAX, output_tags
+from pipeline.adapters.tiff_read import read_infos
+from pipeline.core.models import PageInfo
+
+pytestmark = pytest.mark.timeout(240)
+
+SIGMA = 1.5
+DATETIME = "2024:05:06 07:08:09"
+RESUNIT_INCH, RESUNIT_CM = 2, 3
+#: GeoTIFF (and GDAL nodata) tags of a UTM scene: code -> (tifffile dtype, count, value)
+GEO: dict[int, tuple[str, int, Any]] = {
+    33550: ("d", 3, (30.0, 30.0, 0.0)),
+    33922: ("d", 6, (0.0, 0.0, 0.0, 440720.0, 3751320.0, 0.0)),
+    34735: ("H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32611)),
+    34736: ("d", 2, (6378137.0, 298.257223563)),
+    34737: ("s", 0, "WGS 84 / UTM zone 11N|"),
+    42113: ("s", 0, "-9999"),
+}
+XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+       b'<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/></x:xmpmeta>'
+       b'<?xpacket end="w"?>')
+
+
+def fake_icc(space: bytes, size: int = 3000) -> bytes:
+    """An ICC profile header (128 bytes: size, class, colour space, 'acsp') plus filler."""
+    data = bytearray(size)
+    data[0:4] = size.to_bytes(4, "big")
+    data[8:12] = b"\x02\x10\x00\x00"
+    data[12:16], data[16:20], data[20:24], data[36:40] = b"mntr", space, b"XYZ ", b"acsp"
+    data[128:] = bytes(range(256)) * ((size - 128) // 256) + bytes((size - 128) % 256)
+    return bytes(data)
+
+
+ICC_RGB, ICC_GRAY = fake_icc(b"RGB "), fake_icc(b"GRAY", 700)
+
+
+def pattern(height: int, width: int, channels: int, dtype: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = (np.sin(yy / 9.0) + np.cos(xx / 13.0) + 2) / 4
+    if channels > 1:
+        base = np.stack([np.roll(base, 7 * c, axis=1) for c in range(channels)], -1)
+    noise = rng.normal(0, 0.05, base.shape)
+    img = np.clip(base + noise, 0, 1)
+    if np.dtype(dtype).kind == "f":
+        return img.astype(dtype)
+    return (img * np.iinfo(dtype).max).round().astype(dtype)
+
+
+def ascii_tag(code: int, text: str | bytes) -> tuple[int, str, int, Any, bool]:
+    return (code, "s", 0, text, True)
+
+
+def _write_inputs(inp: Path) -> None:
+    with tifffile.TiffWriter(inp / "rgb.tif") as tw:
+        tw.write(pattern(150, 173, 3, "uint8", 1), photometric="rgb", tile=(64, 64),
+                 compression="zstd", metadata=None, resolution=((300, 1), (300, 1)),
+                 resolutionunit=RESUNIT_INCH, description="Front cover, scanned at 300 dpi",
+                 datetime=DATETIME, iccprofile=ICC_RGB, software="ScanMaster 9",
+                 extratags=[ascii_tag(285, "front"), ascii_tag(315, "A. Scanner"),
+                            ascii_tag(33432, "(c) 2024 tiffpipe tests"),
+                            (274, "H", 1, 1, True)])
+        tw.write(pattern(100, 120, 3, "uint8", 2), photometric="rgb", rowsperstrip=16,
+                 compression="deflate", metadata=None, resolution=((1181, 10), (1181, 10)),
+                 resolutionunit=RESUNIT_CM, description="R\u00fcckseite \u2013 back".encode(),
+                 extratags=[ascii_tag(285, "back")])
+    geo = [(code, kind, count, value, True) for code, (kind, count, value) in GEO.items()]
+    tifffile.imwrite(inp / "geo_be.tif", pattern(130, 140, 1, "float32", 3), byteorder=">",
+                     photometric="minisblack", rowsperstrip=20, compression="zlib",
+                     metadata=None, extratags=[*geo, (700, "B", len(XMP), XMP, True)])
+    tifffile.imwrite(inp / "rgba.tif", pattern(90, 100, 4, "uint8", 4), photometric="rgb",
+                     extrasamples=["assocalpha"], tile=(32, 32), metadata=None,
+                     iccprofile=ICC_RGB)
+    tifffile.imwrite(inp / "imagej.tif", pattern(80, 96, 1, "uint8", 5), imagej=True,
+                     resolution=(2.5, 2.5), metadata={"unit": "um"})
+    tifffile.imwrite(inp / "gray_icc.tif", pattern(80, 96, 1, "uint16", 6),
+                     photometric="minisblack", metadata=None, iccprofile=ICC_GRAY,
+                     extratags=[ascii_tag(306, DATETIME)])
+
+
+BLUR = [{"op": "gaussian_blur", "sigma": SIGMA}]
+JOBS: dict[str, dict[str, Any]] = {
+    "rgb_copy": {"input": "rgb.tif"},
+    "rgb_blur": {"input": "rgb.tif", "ops": BLUR},
+    "rgb_reversed": {"input": "rgb.tif", "pages": [1, 0]},
+    "rgb_to_gray": {"input": "rgb.tif", "ops": [{"op": "to_gray"}]},
+    "rgb_jpeg": {"input": "rgb.tif", "output_options": {"compression": "jpeg"}},
+    "geo_blur": {"input": "geo_be.tif", "ops": BLUR},
+    "rgba_copy": {"input": "rgba.tif"},
+    "imagej_copy": {"input": "imagej.tif"},
+    "gray_icc_blur": {"input": "gray_icc.tif", "ops": BLUR},
+    "rgb_downsample": {"input": "rgb.tif", "ops": [{"op": "downsample", "factor": 2}]},
+    "geo_downsample": {"input": "geo_be.tif", "ops": [{"op": "downsample", "factor": 2}]},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("metadata")
+    inp = root / "in"
+    inp.mkdir()
+    _write_inputs(inp)
+    jobs = [{**job, "input": str(inp / job["input"]), "output": str(root / "out" / f"{name}.tif"),
+             "tile": 64, "output_options": {"tile": 32, **job.get("output_options", {})}}
+            for name, job in JOBS.items()]
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet"])
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
+    return {name: job for name, job in zip(JOBS, report["jobs"], strict=True)}
+
+
+def _pages(path: str) -> list[tifffile.TiffPage]:
+    tf = tifffile.TiffFile(path)
+    return [tf.pages[i] for i in range(len(tf.pages))]
+
+
+def _raw(page: tifffile.TiffPage, code: int) -> bytes | None:
+    """The value bytes of a tag (ASCII without its NUL)."""
+    tag = page.tags.get(code)
+    if tag is None:
+        return None
+    fh = page.parent.filehandle
+    fh.seek(tag.valueoffset)
+    data = fh.read(tag.valuebytecount)
+    return data.rstrip(b"\0") if int(tag.dtype) == 2 else data
+
+
+def _value(page: tifffile.TiffPage, code: int) -> Any:
+    return page.tags.valueof(code)
+
+
+def _common(page: tifffile.TiffPage) -> None:
+    assert page.software == f"tiffpipe {__version__}"
+
+
+def test_resolution_description_date_icc_and_names(run):
+    inp = _pages(run["rgb_copy"]["input"])
+    for name in ("rgb_copy", "rgb_blur"):
+        out = _pages(run[name]["output"])
+        assert len(out) == 2
+        front, back = out
+        for page in out:
+            _common(page)
+        assert _value(front, 282) == (300, 1) and _value(front, 283) == (300, 1)
+        assert _value(front, 296) == RESUNIT_INCH
+        assert front.description == "Front cover, scanned at 300 dpi"
+        assert _value(front, 306) == DATETIME
+        assert front.iccprofile == ICC_RGB
+        assert _raw(front, 285) == b"front"
+        assert _raw(front, 315) == b"A. Scanner"
+        assert _raw(front, 33432) == b"(c) 2024 tiffpipe tests"
+        assert _value(front, 274) == 1
+        assert _value(back, 282) == (1181, 10) and _value(back, 296) == RESUNIT_CM
+        assert _raw(back, 270) == "R\u00fcckseite \u2013 back".encode()  # verbatim UTF-8
+        assert _raw(back, 285) == b"back"
+        assert back.iccprofile is None and 306 not in back.tags
+        # structural tags describe the output, not the input
+        assert front.is_tiled and front.tilewidth == 32
+        for o, i in zip(out, inp, strict=True):
+            assert o.photometric == i.photometric == tifffile.PHOTOMETRIC.RGB
+
+
+def test_page_order_follows_the_job_and_metadata_follows_its_page(run):
+    out = _pages(run["rgb_reversed"]["output"])
+    inp = _pages(run["rgb_reversed"]["input"])
+    assert [_raw(p, 285) for p in out] == [b"back", b"front"]
+    assert [p.shape for p in out] == [inp[1].shape, inp[0].shape]
+    assert np.array_equal(out[0].asarray(), inp[1].asarray())
+    assert _value(out[0], 282) == (1181, 10) and _value(out[1], 282) == (300, 1)
+    assert out[0].iccprofile is None and out[1].iccprofile == ICC_RGB
+
+
+def test_to_gray_drops_an_rgb_icc_profile_and_keeps_the_rest(run):
+    front, _ = _pages(run["rgb_to_gray"]["output"])
+    assert front.photometric == tifffile.PHOTOMETRIC.MINISBLACK and front.samplesperpixel == 1
+    assert front.iccprofile is None  # an RGB profile would be invalid on a gray page
+    assert _value(front, 282) == (300, 1) and _raw(front, 285) == b"front"
+    assert front.description == "Front cover, scanned at 300 dpi"
+
+
+def test_jpeg_output_keeps_the_metadata(run):
+    front, _ = _pages(run["rgb_jpeg"]["output"])
+    assert front.compression == tifffile.COMPRESSION.JPEG
+    assert front.iccprofile == ICC_RGB and _value(front, 282) == (300, 1)
+    assert _value(front, 306) == DATETIME
+
+
+def test_gray_icc_profile_is_kept_on_gray_output(run):
+    (page,) = _pages(run["gray_icc_blur"]["output"])
+    assert page.iccprofile == ICC_GRAY
+    assert _value(page, 306) == DATETIME
+    _common(page)
+
+
+def test_geotiff_tags_are_carried_verbatim_from_a_big_endian_file(run):
+    (page,) = _pages(run["geo_blur"]["output"])
+    (src,) = _pages(run["geo_blur"]["input"])
+    assert src.parent.byteorder == ">" and page.parent.byteorder == "<"
+    for code, (kind, count, value) in GEO.items():
+        got = _value(page, code)
+        if kind == "s":
+            assert got == value, code
+        else:
+            assert tuple(np.atleast_1d(got).tolist()) == value, code
+            assert page.tags[code].count == count
+    assert page.geotiff_tags["ModelPixelScale"] == [30.0, 30.0, 0.0]
+    assert _raw(page, 700) == XMP
+    # and the pixels are the op's result
+    want = cv2.GaussianBlur(src.asarray(), (0, 0), SIGMA)
+    assert np.array_equal(page.asarray(), want)
+
+
+def test_downsample_scales_the_resolution_and_drops_georeferencing(run):
+    front, back = _pages(run["rgb_downsample"]["output"])
+    assert front.shape[:2] == (75, 86) and back.shape[:2] == (50, 60)  # 173 -> 86: cropped
+    assert _value(front, 282) == (150, 1) and _value(front, 283) == (150, 1)
+    assert _value(front, 296) == RESUNIT_INCH
+    assert Fraction(*_value(back, 282)) == Fraction(1181, 20)  # per cm
+    assert _raw(front, 285) == b"front" and front.iccprofile == ICC_RGB  # size-independent
+    (geo,) = _pages(run["geo_downsample"]["output"])
+    assert geo.shape == (65, 70)
+    for code in (33550, 33922, 34735, 34736, 34737, 700):  # they map pixels to the world
+        assert code not in geo.tags, code
+    assert _value(geo, 42113) == "-9999"  # nodata does not depend on the geometry
+
+
+def test_extra_samples_keep_associated_alpha(run):
+    (page,) = _pages(run["rgba_copy"]["output"])
+    assert page.extrasamples == (tifffile.EXTRASAMPLE.ASSOCALPHA,)
+    assert page.iccprofile == ICC_RGB
+    assert np.array_equal(page.asarray(), _pages(run["rgba_copy"]["input"])[0].asarray())
+
+
+def test_structural_imagej_description_is_dropped(run):
+    (src,) = _pages(run["imagej_copy"]["input"])
+    assert src.description.startswith("ImageJ=")
+    (page,) = _pages(run["imagej_copy"]["output"])
+    assert 270 not in page.tags and not page.parent.is_imagej
+    assert _value(page, 282) == _value(src, 282)  # the resolution is still carried
+
+
+# --- the rules, without the engine -----------------------------------------------------
+
+
+def _info(path: Path, **kw: Any) -> PageInfo:
+    (info,) = read_infos(str(path), [0], **kw)
+    return info
+
+
+def test_plan_metadata_stays_small(tmp_path):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, pattern(40, 50, 3, "uint8", 0), photometric="rgb", metadata=None,
+                     iccprofile=ICC_RGB, description="x" * 100)
+    info = _info(path)
+    size = len(json.dumps(info.to_json()))
+    assert size < len(ICC_RGB) * 4 / 3 + 2000, size  # base64 of the ICC plus a little
+    assert PageInfo.from_json(json.loads(json.dumps(info.to_json()))) == info
+
+
+def test_huge_values_are_dropped_by_the_size_caps(tmp_path):
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, pattern(20, 20, 3, "uint8", 0), photometric="rgb", metadata=None,
+                     iccprofile=fake_icc(b"RGB ", ICC_MAX + 4),
+                     description="d" * (VALUE_MAX + 1), extratags=[ascii_tag(285, "kept")])
+    md = _info(path).metadata
+    assert "icc" not in md
+    assert [t[0] for t in md["tags"]] == [285]
+
+
+@pytest.mark.parametrize("description", [
+    ('<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+     "</OME>"),
+    '{"shape": [20, 20, 3]}',
+])
+def test_structural_descriptions_are_dropped(tmp_path, description):
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, pattern(20, 20, 3, "uint8", 0), photometric="rgb", metadata=None,
+                     extratags=[ascii_tag(270, description)])
+    assert "tags" not in _info(path).metadata
+
+
+def test_a_geometry_change_scales_the_resolution_and_drops_georeferencing(tmp_path):
+    path = tmp_path / "g.tif"
+    geo = [(code, kind, count, value, True) for code, (kind, count, value) in GEO.items()]
+    tifffile.imwrite(path, pattern(200, 300, 1, "uint8", 0), metadata=None,
+                     resolution=((300, 1), (300, 1)), resolutionunit=RESUNIT_INCH,
+                     extratags=[*geo, ascii_tag(285, "p1")])
+    info = _info(path)
+    same = output_tags(info, 200, 300, 1)
+    assert same["resolution"] == ((300, 1), (300, 1))
+    assert {t[0] for t in same["extratags"]} == set(GEO) | {285}
+    half = output_tags(info, 100, 150, 1)  # e.g. a downsample by 2
+    assert half["resolution"] == ((150, 1), (150, 1))
+    assert half["resolutionunit"] == RESUNIT_INCH
+    assert {t[0] for t in half["extratags"]} == {285, 42113}  # GeoTIFF dropped, nodata kept
+    by3 = output_tags(info, 66, 100, 1)  # downsample by 3 crops 200 rows to 198: still 1/3
+    assert by3["resolution"] == ((100, 1), (100, 1))
+    other = output_tags(info, 150, 200, 1)  # not an integer factor: the size ratio per axis
+    assert other["resolution"] == ((200, 1), (225, 1))
+
+
+def test_software_is_tiffpipe_and_nothing_else_of_the_input(tmp_path):
+    path = tmp_path / "sw.tif"
+    tifffile.imwrite(path, pattern(20, 20, 1, "uint8", 0), metadata=None, software="Other 1.0")
+    kwargs = output_tags(_info(path), 20, 20, 1)
+    assert kwargs["software"] == f"tiffpipe {__version__}"
+    assert "extratags" not in kwargs  # the input's Software is not copied

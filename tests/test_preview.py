@@ -1,0 +1,330 @@
+"""Pictures: ``tiffpipe preview`` thumbnails (bounded memory, strided reads, pyramid levels,
+display scaling) and the contact sheet ``tiffpipe run`` writes next to its report."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import pipeline.preview as preview_module
+from pipeline import cli
+from pipeline.contact_sheet import (
+    CELL,
+    LABEL_W,
+    PAD,
+    PALE_RED,
+    contact_sheet_url,
+    layout_size,
+    render,
+)
+from pipeline.core.models import JobSpec
+from pipeline.errors import PageNotFoundError
+from pipeline.preview import fit, thumbnail
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def smooth(height: int, width: int, channels: int, dtype: str, y0: int = 0,
+           x0: int = 0) -> np.ndarray:
+    """A smooth picture (so strided and area-averaged thumbnails agree closely)."""
+    yy, xx = np.mgrid[y0:y0 + height, x0:x0 + width].astype(np.float64)
+    planes = [(np.sin(yy / 97.0 + c) * np.cos(xx / 131.0 - c) + 1) / 2 for c in range(channels)]
+    img = np.stack(planes, -1) if channels > 1 else planes[0]
+    top = np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else 1.0
+    return (img * top).round().astype(dtype) if np.dtype(dtype).kind in "ui" \
+        else img.astype(dtype)
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+# --- a big page, one tile at a time ----------------------------------------------------------
+
+BIG_H, BIG_W, BIG_TILE = 6144, 8192, 256  # 151 MB of RGB pixels
+
+
+#: eight different tiles, placed by a hash of the tile position (cheap to write and check)
+_TILES = [smooth(BIG_TILE, BIG_TILE, 3, "uint8", 311 * k, 173 * k) for k in range(8)]
+
+
+def _tile_kind(ty: int, tx: int) -> int:
+    return (ty * 7 + tx * 3 + (ty * tx) % 5) % 8
+
+
+def _big_tiles() -> Iterator[np.ndarray]:
+    for ty in range(BIG_H // BIG_TILE):
+        for tx in range(BIG_W // BIG_TILE):
+            yield _TILES[_tile_kind(ty, tx)]
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("big") / "big.tif"
+    tifffile.imwrite(path, _big_tiles(), shape=(BIG_H, BIG_W, 3), dtype="uint8",
+                     tile=(BIG_TILE, BIG_TILE), compression="zstd", photometric="rgb",
+                     metadata=None)
+    return path
+
+
+def test_thumbnail_of_a_big_page_holds_one_tile_at_a_time(big):
+    tracemalloc.start()
+    try:
+        thumb = thumbnail(str(big), 0, 256)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    raw = BIG_H * BIG_W * 3
+    tiles = (BIG_H // BIG_TILE) * (BIG_W // BIG_TILE)
+    assert thumb.image.size == (256, 192)
+    assert thumb.largest_read <= BIG_TILE * BIG_TILE, "a window larger than one segment"
+    assert thumb.decoded == tiles and not thumb.strided  # every tile once: an exact average
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB for a {raw / 2**20:.0f} MiB page"
+    # the exact area average: each thumbnail pixel is the mean of a 32 x 32 block
+    blocks = [t.reshape(8, 32, 8, 32, 3).mean(axis=(1, 3)) for t in _TILES]
+    want = np.zeros((192, 256, 3))
+    for ty in range(BIG_H // BIG_TILE):
+        for tx in range(BIG_W // BIG_TILE):
+            want[ty * 8:(ty + 1) * 8, tx * 8:(tx + 1) * 8] = blocks[_tile_kind(ty, tx)]
+    assert np.abs(as_array(thumb.image).astype(int) - np.rint(want)).max() <= 1
+
+
+def test_short_strips_are_read_strided(tmp_path):
+    """A 4000-row page in 8-row strips, thumbnail 100 rows high: one strip per thumbnail row."""
+    page = smooth(4000, 3000, 1, "uint16")
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, page, rowsperstrip=8, compression="deflate", metadata=None)
+    thumb = thumbnail(str(path), 0, 100)
+    assert thumb.image.size == (75, 100)
+    assert thumb.strided and thumb.decoded == 100  # of 500 strips
+    assert thumb.largest_read <= 8 * 3000
+    want = cv2.resize(page.astype(np.float64), (75, 100), interpolation=cv2.INTER_AREA)
+    got = as_array(thumb.image)[..., 0].astype(float)
+    assert np.abs(got - want / 257).mean() < 1.0  # smooth page: sampling loses nearly nothing
+
+
+def test_uncompressed_single_strip_is_read_in_bands(tmp_path, monkeypatch):
+    page = smooth(3000, 2000, 1, "uint8")
+    path = tmp_path / "one_strip.tif"
+    tifffile.imwrite(path, page, metadata=None)  # one strip of 6 MB
+    monkeypatch.setattr(preview_module, "RAW_BAND_BYTES", 64 * 1024)
+    thumb = thumbnail(str(path), 0, 150)
+    assert thumb.largest_read <= 32 * 2000  # 64 KiB bands of 2000-byte rows
+    want = cv2.resize(page, (100, 150), interpolation=cv2.INTER_AREA)
+    assert np.abs(as_array(thumb.image)[..., 0].astype(int) - want).mean() < 1.0
+
+
+def test_an_exact_factor_equals_opencv_inter_area(tmp_path):
+    page = smooth(600, 800, 3, "uint8") ^ np.random.default_rng(1).integers(
+        0, 40, (600, 800, 3), dtype=np.uint8)  # texture, not only smooth
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, page, tile=(128, 128), compression="zstd", metadata=None,
+                     photometric="rgb")
+    thumb = thumbnail(str(path), 0, 200)
+    assert thumb.image.size == (200, 150) and not thumb.strided
+    want = cv2.resize(page, (200, 150), interpolation=cv2.INTER_AREA)
+    diff = np.abs(as_array(thumb.image).astype(int) - want)
+    assert diff.max() <= 1 and diff.mean() < 0.1
+
+
+def test_small_pages_are_not_enlarged(tmp_path):
+    path = tmp_path / "small.tif"
+    tifffile.imwrite(path, smooth(30, 50, 1, "uint8"), metadata=None)
+    thumb = thumbnail(str(path), 0, 512)
+    assert thumb.image.size == (50, 30)
+    assert np.array_equal(as_array(thumb.image)[..., 0], smooth(30, 50, 1, "uint8"))
+    assert fit(30, 50, 512) == (30, 50) and fit(1000, 10, 100) == (100, 1)
+
+
+# --- pyramids ------------------------------------------------------------------------------
+
+
+def test_subifd_pyramid_level_is_used(tmp_path):
+    base = smooth(2048, 2048, 1, "uint8")
+    levels = [base, cv2.resize(base, (1024, 1024), interpolation=cv2.INTER_AREA),
+              cv2.resize(base, (512, 512), interpolation=cv2.INTER_AREA)]
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(levels[0], tile=(256, 256), subifds=2, metadata=None, compression="zstd")
+        for level in levels[1:]:
+            tw.write(level, tile=(256, 256), subfiletype=1, metadata=None, compression="zstd")
+    thumb = thumbnail(str(path), 0, 512)
+    assert thumb.source.startswith("SubIFD level 2") and thumb.image.size == (512, 512)
+    assert thumb.decoded == 4  # the 512 x 512 level's tiles, not the base's 64
+    assert (thumb.height, thumb.width) == (2048, 2048)
+    assert np.array_equal(as_array(thumb.image)[..., 0], levels[2])
+    smaller = thumbnail(str(path), 0, 300)  # 512 is the smallest level >= 300
+    assert smaller.source.startswith("SubIFD level 2") and smaller.image.size == (300, 300)
+
+
+def test_reduced_resolution_pages_after_a_page_are_used(tmp_path):
+    base = smooth(1600, 1200, 3, "uint8")
+    path = tmp_path / "reduced.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, tile=(256, 256), photometric="rgb", metadata=None)
+        for f in (2, 4):
+            tw.write(cv2.resize(base, (1200 // f, 1600 // f), interpolation=cv2.INTER_AREA),
+                     tile=(128, 128), photometric="rgb", subfiletype=1, metadata=None)
+        tw.write(smooth(300, 300, 3, "uint8")[::-1], photometric="rgb", metadata=None)  # page 3
+    thumb = thumbnail(str(path), 0, 256)
+    assert thumb.source.startswith("reduced-resolution page 2 (300x400)")
+    assert thumb.image.size == (192, 256)
+    want = cv2.resize(base, (192, 256), interpolation=cv2.INTER_AREA)
+    assert np.abs(as_array(thumb.image).astype(int) - want).mean() < 1.5
+    last = thumbnail(str(path), 3, 256)  # a full-resolution page again: its own pixels
+    assert last.source == "page 3" and last.image.size == (256, 256)
+
+
+# --- what is shown ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,values,shown", [
+    ("uint16", [0, 65535, 32896], [0, 255, 128]),
+    ("float32", [0.0, 1.0, 0.5], [0, 255, 128]),  # values in [0, 1]: 0..1
+    ("float32", [-10.0, 10.0, 0.0], [0, 255, 128]),  # otherwise: min..max
+    ("int16", [-32768, 32767, 0], [0, 255, 128]),
+])
+def test_display_scaling(tmp_path, dtype, values, shown):
+    page = np.repeat(np.array(values, dtype)[None, :], 4, axis=0).repeat(4, axis=1)
+    path = tmp_path / "v.tif"
+    tifffile.imwrite(path, page, metadata=None)
+    got = as_array(thumbnail(str(path), 0, 64).image)[0, ::4, 0]
+    assert got.tolist() == shown
+
+
+def test_nan_does_not_spoil_a_thumbnail(tmp_path):
+    page = np.full((64, 64), 0.25, np.float32)
+    page[::7, ::5] = np.nan
+    path = tmp_path / "nan.tif"
+    tifffile.imwrite(path, page, metadata=None)
+    got = as_array(thumbnail(str(path), 0, 16).image)
+    assert got.max() <= 64 and got.min() >= 48  # about 0.25, minus the NaNs counted as 0
+
+
+def test_alpha_is_composited_over_a_checkerboard(tmp_path):
+    page = np.zeros((32, 32, 4), np.uint8)
+    page[..., 0] = 200
+    page[:, 16:, 3] = 255  # right half opaque red, left half transparent
+    path = tmp_path / "rgba.tif"
+    tifffile.imwrite(path, page, photometric="rgb", extrasamples=["unassalpha"], metadata=None)
+    got = as_array(thumbnail(str(path), 0, 64).image)
+    assert got[:, 16:].tolist() == [[[200, 0, 0]] * 16] * 32
+    assert {tuple(v) for v in got[:, :16].reshape(-1, 3)} == {(255, 255, 255), (204, 204, 204)}
+
+
+def test_miniswhite_and_palette_look_as_they_are_processed(tmp_path):
+    gray = smooth(40, 60, 1, "uint8")
+    path = tmp_path / "white.tif"
+    tifffile.imwrite(path, gray, photometric="miniswhite", metadata=None)
+    assert np.array_equal(as_array(thumbnail(str(path), 0, 64).image)[..., 0], 255 - gray)
+    cmap = np.random.default_rng(3).integers(0, 256, (3, 256)).astype(np.uint16) * 257
+    path = tmp_path / "palette.tif"
+    tifffile.imwrite(path, gray, photometric="palette", colormap=cmap, metadata=None)
+    want = (cmap // 257).T[gray].astype(np.uint8)
+    assert np.array_equal(as_array(thumbnail(str(path), 0, 64).image), want)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_preview_command(tmp_path):
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(smooth(300, 400, 3, "uint8"), photometric="rgb", metadata=None)
+        tw.write(smooth(200, 100, 1, "uint16"), metadata=None)
+    png = tmp_path / "p" / "one.png"
+    code, out, err = _cli(["preview", str(path), "-o", str(png), "--page", "1", "--size", "64"])
+    assert code == 0, err
+    assert Image.open(png).size == (32, 64)
+    assert str(png) in out and "page 1" in out and "100x200 uint16" in out
+    code, _, err = _cli(["preview", str(path), "-o", str(png), "--page", "5"])
+    assert code == 1 and "PageNotFoundError" in err and "page 5" in err
+    assert _cli(["preview", str(path), "--size", "5"])[0] == 2
+    notes = tmp_path / "notes.tif"
+    notes.write_text("not a TIFF")
+    code, _, err = _cli(["preview", str(notes), "-o", str(tmp_path / "n.png")])
+    assert code == 1 and "NotATiffError" in err and "Traceback" not in err
+    with pytest.raises(PageNotFoundError):
+        thumbnail(str(path), 2)
+
+
+# --- the contact sheet ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sheet_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("sheet")
+    with tifffile.TiffWriter(root / "two.tif") as tw:
+        tw.write(smooth(300, 400, 3, "uint8"), photometric="rgb", tile=(64, 64), metadata=None)
+        tw.write(smooth(500, 250, 1, "uint16"), rowsperstrip=50, metadata=None)
+    (root / "notes.tif").write_text("not a TIFF")
+    manifest = {"jobs": [
+        {"input": "two.tif", "output": "out/copy.tif"},
+        {"input": "two.tif", "output": "out/blur.tif", "pages": [1],
+         "ops": [{"op": "gaussian_blur", "sigma": 4}]},
+        {"input": "notes.tif", "output": "out/notes.tif"},
+    ]}
+    (root / "m.json").write_text(json.dumps(manifest))
+    code, out, err = _cli(["run", str(root / "m.json"), "--workers", "2",
+                           "--report", str(root / "reports" / "run1.json")])
+    return {"root": root, "code": code, "out": out, "err": err, "manifest": manifest}
+
+
+def test_run_writes_a_contact_sheet_next_to_its_report(sheet_run):
+    root = sheet_run["root"]
+    path = root / "reports" / "run1.contact.png"
+    assert sheet_run["code"] == 1  # the not-a-TIFF job fails
+    assert f"contact sheet: {path}" in sheet_run["out"]
+    assert sheet_run["out"].rstrip().endswith(f"report: {root / 'reports' / 'run1.json'}")
+    image = Image.open(path)
+    rows = 2 + 1 + 1  # two pages copied, one page blurred, one failed job
+    assert image.size == layout_size(rows)
+    pixels = as_array(image)
+    x_in = PAD + LABEL_W + PAD
+    x_out = x_in + CELL + PAD
+    for row in range(3):  # succeeded rows: both cells hold a picture
+        y = 64 + row * (CELL + 20 + PAD)
+        for x in (x_in, x_out):
+            cell = pixels[y + 20:y + CELL - 20, x + 20:x + CELL - 20]
+            assert cell.std() > 10, (row, x)
+    y = 64 + 3 * (CELL + 20 + PAD)  # the failed job: its error on a pale red cell
+    assert tuple(pixels[y + CELL - 10, x_out + CELL - 10]) == PALE_RED
+
+
+def test_contact_sheet_url_and_truncation(sheet_run, monkeypatch):
+    assert contact_sheet_url("/a/b/m.report.json") == "/a/b/m.report.contact.png"
+    assert contact_sheet_url("s3://bkt/runs/r.json") == "s3://bkt/runs/r.contact.png"
+    root = sheet_run["root"]
+    report = json.loads((root / "reports" / "run1.json").read_text())
+    specs = [JobSpec(input=str(root / j["input"]), output=str(root / j["output"]),
+                     pages=j.get("pages"), ops=j.get("ops", [])) for j in sheet_run["manifest"]["jobs"]]
+    monkeypatch.setattr("pipeline.contact_sheet.MAX_ROWS", 2)
+    assert render(report, specs).size == layout_size(2, truncated=True)
+
+
+def test_no_contact_sheet_option(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", smooth(64, 64, 1, "uint8"), metadata=None)
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{"input": "a.tif",
+                                                           "output": "out/a.tif"}]}))
+    code, out, err = _cli(["run", str(tmp_path / "m.json"), "--workers", "1",
+                           "--no-contact-sheet"])
+    assert code == 0, err
+    assert "contact sheet" not in out
+    assert not list(tmp_path.glob("*.png"))
