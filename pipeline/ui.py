@@ -20,7 +20,8 @@ class RunProgress:
     def __init__(self, jobs: list[Any], quiet: bool = False, stream: Any = None):
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.names = [os.path.basename(j.input) for j in jobs]
+        # a scan's jobs are known only once the run has planned them
+        self.names = [os.path.basename(j.input) for j in jobs] if isinstance(jobs, list) else []
         self.totals: dict[int, int] = {}
         self.done: dict[int, int] = {}
         self.logged_decile: dict[int, int] = {}

@@ -179,10 +179,9 @@ def test_jobs_must_be_a_non_empty_list(data, came):
 
 
 def test_unknown_top_level_fields_name_the_allowed_ones():
-    # "scan" is not supported yet
-    assert problems_of({"jobs": [job()], "scan": {"prefix": "in/"}, "job": []}) == [
-        "scan: unknown field (allowed: defaults, jobs)",
-        "job: unknown field (allowed: defaults, jobs)",
+    assert problems_of({"jobs": [job()], "scans": {"prefix": "in/"}, "job": []}) == [
+        "scans: unknown field (allowed: defaults, jobs, scan)",
+        "job: unknown field (allowed: defaults, jobs, scan)",
     ]
 
 
@@ -457,7 +456,7 @@ def test_output_options_must_be_an_object():
 
 def test_all_problems_are_reported_in_one_error():
     data = {
-        "scan": {"prefix": "in/"},
+        "scans": {"prefix": "in/"},
         "defaults": {"tile": 100, "ops": [{"op": "median_blur", "ksize": 4}],
                      "output_options": {"compression": "lzw", "quality": 50}},
         "jobs": [
@@ -471,7 +470,7 @@ def test_all_problems_are_reported_in_one_error():
     }
     problems = problems_of(data)
     expected = [
-        "scan: unknown field (allowed: defaults, jobs)",
+        "scans: unknown field (allowed: defaults, jobs, scan)",
         "defaults.ops[0].ksize: expected an odd integer >= 3 and <= 255, got 4",
         "defaults.tile: expected an integer multiple of 16 from 64 to 8192, got 100",
         ('defaults.output_options.quality: expected no quality with compression "lzw": '

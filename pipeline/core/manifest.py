@@ -12,6 +12,15 @@ job's own field replaces the default, except ``output_options``, which is merged
 by key (the job's keys win). ``level`` and ``quality`` go with a compression: a job
 that picks another compression than the defaults does not inherit them.
 
+Instead of ``jobs``, a manifest may hold a ``scan``::
+
+    {"scan": {"input": "s3://b/incoming/", "output": "s3://b/processed/", "ops": [...]}}
+
+with the same optional fields as a job: every TIFF under ``input`` whose output (``output``
+plus the same relative path) does not exist yet becomes a job. :func:`parse_manifest_or_scan`
+returns it as a :class:`ScanSpec`; the planning step lists the folders and calls
+:func:`scan_jobs`.
+
 Every problem is collected, each as ``<json path>: <what was expected>, got <what
 came>``, and all of them are raised at once in one :class:`ManifestError`.
 
@@ -38,8 +47,11 @@ from pipeline.core.ops import parse_chain
 from pipeline.core.params import Param
 from pipeline.errors import ManifestError
 
-TOP_FIELDS = ("defaults", "jobs")
+TOP_FIELDS = ("defaults", "jobs", "scan")
 JOB_FIELDS = ("input", "output", "pages", "ops", "tile", "output_options")
+SCAN_FIELDS = JOB_FIELDS
+#: the inputs a scan picks up (compared in lower case)
+TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options")
 OPTION_FIELDS = ("compression", "level", "quality", "tile")
 
@@ -328,14 +340,156 @@ def _tile_problem(tile: _Setting, out_tile: _Setting, layer: _Layer) -> str:
             f"tile {t}{_from(tile, layer, 'tile')}, got {o}{fix}")
 
 
+# --- the scan form -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """A scan: every TIFF under ``input`` without an output under ``output`` is a job.
+
+    ``input`` and ``output`` are resolved folders (absolute paths) or ``s3://bucket/prefix/``
+    prefixes (always ending in ``/``); the other fields are those every job gets.
+    """
+
+    input: str
+    output: str
+    pages: list[int] | None = None
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    tile: int = DEFAULT_TILE
+    output_options: OutputOptions = field(default_factory=OutputOptions)
+
+    def relative(self, location: str) -> str | None:
+        """``location``'s path under the input, with ``/`` separators; None if it is not a
+        scan input (outside the input, not a .tif/.tiff, or hidden: a name starting with
+        ``.``, such as temporary files and ``.tiffpipe-work``)."""
+        if is_s3(self.input):
+            if not location.startswith(self.input):
+                return None
+            rel = location[len(self.input):]
+        else:
+            rel = os.path.relpath(location, self.input).replace(os.sep, "/")
+        parts = rel.split("/")
+        if rel.startswith("../") or any(not p or p.startswith(".") for p in parts):
+            return None
+        return rel if rel.lower().endswith(TIFF_SUFFIXES) else None
+
+    def output_for(self, rel: str) -> str:
+        """The output of the input at ``rel`` (a path from :meth:`relative`)."""
+        if is_s3(self.output):
+            return self.output + rel
+        return os.path.join(self.output, *rel.split("/"))
+
+    def job(self, location: str, rel: str) -> JobSpec:
+        return JobSpec(input=location, output=self.output_for(rel),
+                       pages=None if self.pages is None else list(self.pages),
+                       ops=[dict(op) for op in self.ops], tile=self.tile,
+                       output_options=self.output_options)
+
+
+def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str]) -> list[JobSpec]:
+    """The jobs of a scan, given what is under its input and its output (full paths/URLs).
+
+    An input whose output exists is done: outputs are published in one step (a rename, a
+    completed upload), so an output that exists is complete. Pure; sorted by input.
+    """
+    done = {_same_key(o) for o in outputs}
+    jobs = []
+    for location in sorted(inputs):
+        rel = scan.relative(location)
+        if rel is not None and _same_key(scan.output_for(rel)) not in done:
+            jobs.append(scan.job(location, rel))
+    return jobs
+
+
+def _scan_location(value: Any, base_dir: str) -> tuple[str | None, str | None]:
+    """(the resolved folder or ``s3://bucket/prefix/``, None) or (None, the problem)."""
+    expected = "a folder or an s3://bucket/prefix/"
+    if not isinstance(value, str) or not value.strip():
+        return None, f"expected {expected}, got {_show(value)}"
+    scheme = _SCHEME.match(value)
+    if scheme and scheme.group(1) != "s3":
+        return None, (f"expected {expected} (the only URLs supported are s3://), "
+                      f"got {_show(value)}")
+    if scheme:
+        bucket, _, prefix = value[len("s3://"):].partition("/")
+        if not bucket:
+            return None, f"expected s3://bucket/prefix/ with a bucket, got {_show(value)}"
+        prefix = posixpath.normpath(prefix).lstrip("/") if prefix.strip("/") else ""
+        return f"s3://{bucket}/{prefix + '/' if prefix else ''}", None
+    resolved = resolve_location(value, base_dir)
+    if is_s3(resolved):  # a relative folder in an S3 manifest: a prefix next to it
+        return resolved.rstrip("/") + "/", None
+    return resolved, None
+
+
+def _inside(a: str, b: str) -> bool:
+    """True if location ``a`` is ``b`` or under it."""
+    if is_s3(a) != is_s3(b):
+        return False
+    if is_s3(a):
+        return a.startswith(b)
+    return os.path.commonpath([a, b]) == b
+
+
+def _parse_scan(scan: Any, defaults: _Layer, base_dir: str,
+                problems: list[str]) -> ScanSpec | None:
+    """Check the ``scan`` block (its problems are added to ``problems``)."""
+    if not isinstance(scan, dict):
+        problems.append(f'scan: expected an object with "input" and "output" (and any of '
+                        f'{", ".join(DEFAULT_FIELDS)}), got {_show(scan)}')
+        return None
+    _unknown(scan, SCAN_FIELDS, "scan", problems)
+    where: dict[str, str | None] = {}
+    for name in ("input", "output"):
+        if name not in scan:
+            problems.append(f"scan.{name}: expected a folder or an s3://bucket/prefix/ "
+                            f"(required), got nothing")
+            where[name] = None
+            continue
+        where[name], message = _scan_location(scan[name], base_dir)
+        if message:
+            problems.append(f"scan.{name}: {message}")
+    src, dst = where["input"], where["output"]
+    if src is not None and dst is not None and (_inside(src, dst) or _inside(dst, src)):
+        problems.append(f"scan.output: expected a location outside scan.input ({json.dumps(src)}) "
+                        f"and not containing it: outputs would be scanned as inputs, got "
+                        f"{json.dumps(dst)}")
+    layer = _parse_layer(scan, "scan", problems)
+    eff = _effective([defaults, layer])
+    problems.extend(_cross_problems(eff, layer))
+    if src is None or dst is None or not all(s.ok for s in eff.values()):
+        return None
+    return ScanSpec(
+        input=src, output=dst,
+        pages=None if eff["pages"].value is None else list(eff["pages"].value),
+        ops=[dict(op) for op in eff["ops"].value], tile=eff["tile"].value,
+        output_options=OutputOptions(
+            compression=eff["output_options.compression"].value,
+            level=eff["output_options.level"].value,
+            quality=eff["output_options.quality"].value,
+            tile=eff["output_options.tile"].value,
+        ))
+
+
 # --- the manifest -------------------------------------------------------------------
 
 
 def parse_manifest(data: Any, source: str, base_dir: str) -> list[JobSpec]:
+    """The jobs of a manifest: see :func:`parse_manifest_or_scan`.
+
+    A scan manifest is checked just as fully, but its jobs are only known once its folders
+    are listed (at plan time), so it has none here.
+    """
+    parsed = parse_manifest_or_scan(data, source, base_dir)
+    return [] if isinstance(parsed, ScanSpec) else parsed
+
+
+def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpec] | ScanSpec:
     """Validate and resolve; raise ManifestError(source, problems) listing EVERY problem.
 
     ``source`` names the manifest in messages; ``base_dir`` is its folder (a local path or
-    an ``s3://bucket/prefix``), against which relative locations are resolved.
+    an ``s3://bucket/prefix``), against which relative locations are resolved. Returns the
+    jobs, or the :class:`ScanSpec` of a ``scan`` manifest.
     """
     problems: list[str] = []
     if not isinstance(data, dict):
@@ -354,6 +508,15 @@ def parse_manifest(data: Any, source: str, base_dir: str) -> list[JobSpec]:
         else:
             problems.append(f"defaults: expected an object with any of "
                             f"{', '.join(DEFAULT_FIELDS)}, got {_show(data['defaults'])}")
+
+    if "scan" in data:
+        scan = _parse_scan(data["scan"], defaults, base_dir, problems)
+        if "jobs" not in data:
+            if problems or scan is None:
+                raise ManifestError(source, problems)
+            return scan
+        problems.append('scan: expected either "jobs" or "scan" at the top level, not both: '
+                        'remove one of them')
 
     jobs = data.get("jobs")
     if not isinstance(jobs, list) or not jobs:
@@ -430,6 +593,15 @@ def parse_manifest(data: Any, source: str, base_dir: str) -> list[JobSpec]:
 
 def load_manifest_text(text: str, source: str, base_dir: str) -> list[JobSpec]:
     """json.loads with a clear ManifestError on invalid JSON (line/column), then parse_manifest."""
+    return parse_manifest(_decode(text, source), source, base_dir)
+
+
+def load_manifest(text: str, source: str, base_dir: str) -> list[JobSpec] | ScanSpec:
+    """As :func:`load_manifest_text`, but a scan manifest gives its :class:`ScanSpec`."""
+    return parse_manifest_or_scan(_decode(text, source), source, base_dir)
+
+
+def _decode(text: str, source: str) -> Any:
     if not text.strip():
         raise ManifestError(source, ['manifest: expected a JSON object with "jobs", got an empty file'])
     try:
@@ -437,7 +609,7 @@ def load_manifest_text(text: str, source: str, base_dir: str) -> list[JobSpec]:
     except json.JSONDecodeError as exc:
         message = f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
         raise ManifestError(source, [message]) from None
-    return parse_manifest(data, source, base_dir)
+    return data
 
 
 def _show(value: Any, limit: int = 60) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.adapters.tiff_read import read_infos
+from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import JobEvent, RunEvent
-from pipeline.core.manifest import load_manifest_text
+from pipeline.core.manifest import ScanSpec, load_manifest, scan_jobs
+from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan
 from pipeline.errors import InputNotFoundError, OperationError
 from pipeline.steps import layout
@@ -17,9 +19,13 @@ from pipeline.steps.common import load_job
 
 
 def plan_run(event: RunEvent) -> dict[str, Any]:
-    """Validate the manifest and write run.json; the jobs' indices go to the Jobs map."""
+    """Validate the manifest and write run.json; the jobs' indices go to the Jobs map.
+
+    A scan manifest is expanded here, into one job per new input (none: an empty run).
+    """
     text = storage.read_text(event.manifest, missing=InputNotFoundError)
-    specs = load_manifest_text(text, event.manifest, storage.parent(event.manifest))
+    parsed = load_manifest(text, event.manifest, storage.parent(event.manifest))
+    specs = expand_scan(parsed) if isinstance(parsed, ScanSpec) else parsed
     run_url = layout.run_file(event.work)
     report = event.report or storage.join(event.work, "report.json")
     storage.write_json(run_url, {
@@ -28,6 +34,18 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
         "jobs": [s.to_json() for s in specs],
     })
     return {"run": run_url, "jobs": list(range(len(specs)))}
+
+
+def expand_scan(scan: ScanSpec) -> list[JobSpec]:
+    """The jobs of a scan: every TIFF under its input whose output does not exist yet.
+
+    One listing of each side, not a request per file. Outputs are published in one step, so
+    an output that exists is complete: a rerun does no work twice.
+    """
+    if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
+        raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
+                                 "in the manifest and that the folder is there")
+    return scan_jobs(scan, storage.list_prefix(scan.input), storage.list_prefix(scan.output))
 
 
 def plan_job(event: JobEvent) -> dict[str, Any]:
@@ -39,7 +57,9 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     run, spec = load_job(event.run, event.job)
     work = layout.job_dir(run["work"], event.job)
     storage.check_writable(spec.output)
-    infos = read_infos(spec.input, spec.pages)
+    # a palette page keeps its indices and colormap only when nothing changes its pixels
+    keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
+    infos = read_infos(spec.input, spec.pages, keep_palette=keep_palette)
     plan, problems = make_plan(event.job, spec, infos, work, started)
     for page in plan.pages:
         why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check()

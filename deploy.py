@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Deploy tiffpipe to AWS: three Lambda images, their functions and roles, the state machine,
+a bucket and (optionally) a schedule, all under one stack name. Re-runnable: a second run
+with nothing changed changes nothing and says so.
+
+    python deploy.py [--stack NAME] [--region R] [--profile P] [--arch arm64|amd64]
+                     [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
+                     [--data-bucket BUCKET[/PREFIX] ...] [--dry-run] [--skip-build]
+                     [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
+
+Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
+1 a step failed (rerun to resume), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline.aws import AwsError, Clients
+from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
+from pipeline.aws.policies import DataLocation
+from pipeline.errors import ManifestError, TiffpipeError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deploy.py", description=__doc__.splitlines()[0])
+    p.add_argument("--stack", default="main",
+                   help="stack name: part of every resource name (default: main)")
+    p.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
+    p.add_argument("--profile", help="AWS profile (default: the standard credential chain)")
+    p.add_argument("--arch", choices=("arm64", "amd64"), default="arm64",
+                   help="image and Lambda architecture (default: arm64, ~20%% cheaper)")
+    p.add_argument("--data-bucket", action="append", default=[], metavar="BUCKET[/PREFIX]",
+                   help="a bucket (or prefix) the functions may read inputs from and write "
+                        "outputs to; repeatable (default: the stack's own bucket)")
+    p.add_argument("--schedule", metavar="EXPR",
+                   help='run on a schedule: "cron(0 2 * * ? *)" or "rate(1 day)" (UTC)')
+    p.add_argument("--schedule-manifest", metavar="URI",
+                   help="the manifest each scheduled run uses (s3://..., or a local file "
+                        "uploaded to the stack bucket); a scan manifest for batch runs")
+    p.add_argument("--no-schedule", action="store_true", help="remove the schedule")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every action it would take; change nothing")
+    p.add_argument("--skip-build", action="store_true",
+                   help="no docker: deploy the images pushed last to the stack's ECR repositories")
+    p.add_argument("--destroy", action="store_true", help="remove everything deploy made")
+    p.add_argument("--delete-bucket", action="store_true",
+                   help="with --destroy: also empty and delete the bucket")
+    p.add_argument("--endpoint-url", help="send every AWS call there (emulators, tests)")
+    p.add_argument("--registry", metavar="HOST/PREFIX",
+                   help="push the images to this registry instead of ECR (no ECR repositories)")
+    p.add_argument("--base-image", help="BASE_IMAGE build argument of the Dockerfiles")
+    return p
+
+
+def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> int:
+    """``hooks`` (``build``, ``run``, ``sleep``) replace docker and waiting in tests."""
+    args = _parser().parse_args(argv)
+    if args.delete_bucket and not args.destroy:
+        print("deploy.py: --delete-bucket goes with --destroy", file=sys.stderr)
+        return EXIT_USAGE
+    if args.no_schedule and args.schedule:
+        print("deploy.py: --schedule and --no-schedule contradict each other", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        data = [DataLocation.parse(d) for d in args.data_bucket]
+    except ValueError as exc:
+        print(f"deploy.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    config = DeployConfig(
+        stack=args.stack, arch=args.arch, data=data, schedule=args.schedule,
+        schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
+        skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
+        dry_run=args.dry_run)
+    clients = Clients(args.region, args.profile, args.endpoint_url, session)
+    try:
+        if args.destroy:
+            result = destroy(config, clients, delete_bucket=args.delete_bucket)
+        else:
+            result = deploy(config, clients, **hooks)
+    except ManifestError as exc:
+        print(f"deploy.py: invalid schedule manifest {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (AwsError, TiffpipeError) as exc:
+        print(f"deploy.py: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError) as exc:
+        print(f"deploy.py: an AWS call failed: {exc}\nFix the cause and run deploy.py again: "
+              "every step is re-runnable and resumes where this one stopped", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

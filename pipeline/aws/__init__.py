@@ -1,0 +1,212 @@
+"""tiffpipe on AWS: the names of a stack's resources, and the boto3 clients to reach them.
+
+``deploy.py`` creates a stack (``deploy_steps``, with IAM documents from ``policies`` and
+images from ``images``); ``tiffpipe start``/``status`` run it (``executions``). Every name is
+derived from the stack name, the account and the region, so any of them can find the
+others without a state file. Clients are created on first use and passed in, never made
+at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import TiffpipeError
+
+#: the three functions (and images), in the order the state machine uses them
+STEPS = ("split", "process", "merge")
+#: tag on every resource a stack creates
+STACK_TAG = "tiffpipe:stack"
+_STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
+
+
+class AwsError(TiffpipeError):
+    """A deploy, start or status step cannot go on; the message says what to do."""
+
+
+class NoCredentialsFoundError(AwsError):
+    """No AWS credentials were found in the environment, profile or instance role."""
+
+
+class StackNotFoundError(AwsError):
+    """The stack (its state machine or bucket) does not exist: deploy it first."""
+
+
+def check_stack_name(stack: str) -> str:
+    """``stack`` if it can name every resource (bucket names are the tightest), else an error."""
+    if not _STACK.match(stack):
+        raise AwsError(f"--stack {stack!r}: expected 1 to 20 lower-case letters, digits and "
+                       "hyphens, starting and ending with a letter or digit (it becomes part "
+                       "of an S3 bucket name)")
+    return stack
+
+
+@dataclass(frozen=True)
+class StackNames:
+    """Every name and ARN of a stack, derived from (stack, account, region)."""
+
+    stack: str
+    account: str
+    region: str
+    partition: str = "aws"
+
+    @property
+    def prefix(self) -> str:
+        return f"tiffpipe-{self.stack}"
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.prefix}-{self.account}-{self.region}"
+
+    @property
+    def bucket_arn(self) -> str:
+        return f"arn:{self.partition}:s3:::{self.bucket}"
+
+    def repository(self, step: str) -> str:
+        return f"{self.prefix}-{step}"
+
+    def function(self, step: str) -> str:
+        return f"{self.prefix}-{step}"
+
+    def function_arn(self, step: str) -> str:
+        return (f"arn:{self.partition}:lambda:{self.region}:{self.account}:function:"
+                f"{self.function(step)}")
+
+    def function_role(self, step: str) -> str:
+        return f"{self.prefix}-{step}-fn"
+
+    @property
+    def state_machine_role(self) -> str:
+        return f"{self.prefix}-states"
+
+    @property
+    def scheduler_role(self) -> str:
+        return f"{self.prefix}-scheduler"
+
+    def role_arn(self, role: str) -> str:
+        return f"arn:{self.partition}:iam::{self.account}:role/{role}"
+
+    @property
+    def state_machine(self) -> str:
+        return self.prefix
+
+    @property
+    def state_machine_arn(self) -> str:
+        return (f"arn:{self.partition}:states:{self.region}:{self.account}:stateMachine:"
+                f"{self.state_machine}")
+
+    @property
+    def executions_arn(self) -> str:
+        """Every execution of the state machine (Distributed Map children included)."""
+        return (f"arn:{self.partition}:states:{self.region}:{self.account}:execution:"
+                f"{self.state_machine}:*")
+
+    @property
+    def map_runs_arn(self) -> str:
+        return (f"arn:{self.partition}:states:{self.region}:{self.account}:mapRun:"
+                f"{self.state_machine}/*")
+
+    @property
+    def state_machine_log_group(self) -> str:
+        return f"/aws/vendedlogs/states/{self.prefix}"
+
+    def function_log_group(self, step: str) -> str:
+        return f"/aws/lambda/{self.function(step)}"
+
+    def log_group_arn(self, group: str) -> str:
+        return f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:{group}:*"
+
+    @property
+    def log_groups(self) -> list[str]:
+        return [self.state_machine_log_group, *(self.function_log_group(s) for s in STEPS)]
+
+    @property
+    def schedule(self) -> str:
+        return self.prefix
+
+    def registry(self) -> str:
+        """The account's ECR registry host."""
+        suffix = ".com.cn" if self.partition == "aws-cn" else ".com"
+        return f"{self.account}.dkr.ecr.{self.region}.amazonaws{suffix}"
+
+
+def partition_of(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def parse_arn(arn: str) -> dict[str, str]:
+    """``arn:partition:service:region:account:resource`` as a dict (ValueError if not an ARN)."""
+    parts = arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn":
+        raise ValueError(f"{arn!r} is not an ARN (arn:partition:service:region:account:...)")
+    return dict(zip(("arn", "partition", "service", "region", "account", "resource"), parts,
+                    strict=True))
+
+
+class Clients:
+    """boto3 clients of one session, each created on first use.
+
+    ``endpoint_url`` sends every call there (emulators, tests); ``session`` lets a caller
+    (a test) pass a session with event hooks registered.
+    """
+
+    def __init__(self, region: str | None = None, profile: str | None = None,
+                 endpoint_url: str | None = None, session: Any = None):
+        self._session = session
+        self._region = region
+        self._profile = profile
+        self.endpoint_url = endpoint_url
+        self._clients: dict[str, Any] = {}
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import boto3
+            from botocore.exceptions import ProfileNotFound
+
+            try:
+                self._session = boto3.Session(profile_name=self._profile,
+                                              region_name=self._region)
+            except ProfileNotFound as exc:
+                raise NoCredentialsFoundError(f"{exc}: check --profile or AWS_PROFILE against "
+                                              "~/.aws/config") from exc
+        return self._session
+
+    @property
+    def region(self) -> str:
+        region = self._region or self.session.region_name
+        if not region:
+            raise AwsError("no AWS region: pass --region, or set AWS_REGION (or a region in "
+                           "your profile)")
+        return str(region)
+
+    def __call__(self, service: str) -> Any:
+        if service not in self._clients:
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard", "max_attempts": 8})
+            self._clients[service] = self.session.client(
+                service, region_name=self.region, endpoint_url=self.endpoint_url, config=config)
+        return self._clients[service]
+
+    def account(self) -> str:
+        """The caller's account id (NoCredentialsFoundError when there are no credentials)."""
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        try:
+            return str(self("sts").get_caller_identity()["Account"])
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise NoCredentialsFoundError(
+                f"no AWS credentials found ({exc}): configure them (aws configure, "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --profile) and "
+                "run again; nothing was changed") from exc
+
+    def names(self, stack: str) -> StackNames:
+        region = self.region
+        return StackNames(check_stack_name(stack), self.account(), region, partition_of(region))

@@ -1,0 +1,280 @@
+"""Runs on AWS: start an execution on a manifest, follow it, and show how it ended.
+
+``tiffpipe start`` and ``tiffpipe status`` are thin wrappers of :func:`start` and
+:func:`show`. The execution's input is a :class:`pipeline.core.events.RunEvent`; its work
+files and its report go to the stack's bucket (``work/<run id>/``, ``reports/<run id>.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from botocore.exceptions import ClientError
+
+from pipeline.aws import STACK_TAG, AwsError, Clients, StackNotFoundError, parse_arn
+from pipeline.aws.policies import MANIFESTS, REPORTS, WORK
+from pipeline.core.manifest import ScanSpec, load_manifest
+from pipeline.errors import InputNotFoundError, ManifestError
+
+BUCKET_TAG = "tiffpipe:bucket"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_LOCAL_HINT = ("a Lambda function cannot read this machine's files: upload it and give its "
+               "s3://bucket/key")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where runs go: the state machine and the stack bucket (manifests, work, reports)."""
+
+    state_machine_arn: str
+    bucket: str
+
+
+def find_target(clients: Clients, stack: str | None = None,
+                state_machine: str | None = None) -> Target:
+    """The stack's state machine and bucket, by stack name or by state machine ARN."""
+    sfn = clients("stepfunctions")
+    if state_machine:
+        arn = state_machine
+    elif stack:
+        arn = clients.names(stack).state_machine_arn
+    else:
+        raise AwsError("give --stack NAME or --state-machine ARN")
+    try:
+        sfn.describe_state_machine(stateMachineArn=arn)
+        tags = {t["key"]: t["value"]
+                for t in sfn.list_tags_for_resource(resourceArn=arn).get("tags", [])}
+    except ClientError as exc:
+        if _code(exc) in ("StateMachineDoesNotExist", "InvalidArn"):
+            what = f"stack {stack!r}" if stack and not state_machine else arn
+            raise StackNotFoundError(
+                f"{what}: no state machine {arn} in {clients.region}: deploy it first "
+                f"(python deploy.py --stack {stack or 'NAME'} --region {clients.region}), "
+                "or check --region") from exc
+        raise
+    bucket = tags.get(BUCKET_TAG)
+    if not bucket:
+        parts = parse_arn(arn)
+        name = parts["resource"].rsplit(":", 1)[-1]
+        if not name.startswith("tiffpipe-") and STACK_TAG not in tags:
+            raise AwsError(f"{arn} was not deployed by deploy.py (no {BUCKET_TAG} tag): "
+                           "use --stack")
+        bucket = f"{name}-{parts['account']}-{parts['region']}"
+    return Target(arn, bucket)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+# --- the manifest ---------------------------------------------------------------------
+
+
+def local_location_problems(data: Any, manifest_on_s3: bool) -> list[str]:
+    """The locations of a manifest that a Lambda could not reach, as manifest problems.
+
+    In a local manifest every location must be an ``s3://`` URL; in one on S3, relative
+    paths resolve next to it (in S3), so only absolute local paths are refused.
+    """
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        return problems
+    blocks: list[tuple[str, Any]] = []
+    if isinstance(data.get("jobs"), list):
+        blocks = [(f"jobs[{i}]", job) for i, job in enumerate(data["jobs"])]
+    if "scan" in data:
+        blocks.append(("scan", data["scan"]))
+    for path, block in blocks:
+        if not isinstance(block, dict):
+            continue
+        for name in ("input", "output"):
+            value = block.get(name)
+            if not isinstance(value, str) or value.startswith("s3://"):
+                continue
+            if not manifest_on_s3 or os.path.isabs(value):
+                problems.append(f"{path}.{name}: expected an s3:// URL for a run on AWS, got "
+                                f"{json.dumps(value)}: {_LOCAL_HINT}")
+    return problems
+
+
+def read_manifest(s3: Any, manifest: str) -> tuple[str, list[Any] | ScanSpec]:
+    """The text of a local or S3 manifest and what it holds; ManifestError listing every
+    problem, including locations a run on AWS cannot reach."""
+    on_s3 = manifest.startswith("s3://")
+    if on_s3:
+        bucket, _, key = manifest[len("s3://"):].partition("/")
+        try:
+            text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
+                raise InputNotFoundError(f"{manifest} does not exist: check the URL") from exc
+            raise
+        base = manifest.rsplit("/", 1)[0]
+    else:
+        try:
+            with open(manifest, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError as exc:
+            raise InputNotFoundError(f"{manifest} does not exist: check the path") from exc
+        base = os.path.dirname(os.path.abspath(manifest))
+    problems: list[str] = []
+    parsed: list[Any] | ScanSpec = []
+    try:
+        parsed = load_manifest(text, manifest, base)
+    except ManifestError as exc:
+        problems = list(exc.problems)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    problems += local_location_problems(data, on_s3)
+    if problems:
+        raise ManifestError(manifest, problems)
+    return text, parsed
+
+
+def upload_manifest(s3: Any, manifest: str, bucket: str, name: str) -> str:
+    """A checked manifest's S3 URL: a local one is uploaded to ``manifests/<name>.json``."""
+    text, _ = read_manifest(s3, manifest)
+    if manifest.startswith("s3://"):
+        return manifest
+    key = f"{MANIFESTS}{name}.json"
+    s3.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"),
+                  ContentType="application/json")
+    return f"s3://{bucket}/{key}"
+
+
+def run_input(bucket: str, manifest_url: str, run_id: str) -> dict[str, str]:
+    """The execution input (a RunEvent) of a run of the stack whose bucket is ``bucket``."""
+    return {"manifest": manifest_url, "work": f"s3://{bucket}/{WORK}{run_id}/",
+            "run_id": run_id, "report": f"s3://{bucket}/{REPORTS}{run_id}.json"}
+
+
+# --- start, follow, show --------------------------------------------------------------
+
+
+def start(clients: Clients, manifest: str, stack: str | None = None,
+          state_machine: str | None = None, wait: bool = False, poll: float = 5.0,
+          out: TextIO | None = None, err: TextIO | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> int:
+    """Upload (if local) and check the manifest, start an execution on it; with ``wait``,
+    follow it to the end. Returns the exit code of ``tiffpipe run``."""
+    from pipeline.runner import new_run_id
+
+    out, err = out or sys.stdout, err or sys.stderr
+    target = find_target(clients, stack, state_machine)
+    run_id = new_run_id()
+    s3 = clients("s3")
+    url = upload_manifest(s3, manifest, target.bucket, run_id)
+    if url != manifest:
+        print(f"uploaded {manifest} to {url}", file=err)
+    name = f"run-{run_id}"
+    arn = clients("stepfunctions").start_execution(
+        stateMachineArn=target.state_machine_arn, name=name,
+        input=json.dumps(run_input(target.bucket, url, run_id)))["executionArn"]
+    print(f"started {name} on {target.state_machine_arn}", file=err)
+    print(arn, file=out, flush=True)
+    if not wait:
+        print(f"follow it with: tiffpipe status {arn}", file=err)
+        return EXIT_OK
+    return show(clients, arn, wait=True, poll=poll, out=out, err=err, sleep=sleep)
+
+
+def map_run_progress(sfn: Any, execution_arn: str) -> dict[str, dict[str, int]]:
+    """Item counts of the execution's Distributed Map runs, summed per map label (Split,
+    Process): ``{label: {"total", "succeeded", "failed", "running", ...}}``."""
+    runs: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"executionArn": execution_arn}
+    while True:
+        page = sfn.list_map_runs(**kwargs)
+        runs += page.get("mapRuns", [])
+        if not page.get("nextToken"):
+            break
+        kwargs["nextToken"] = page["nextToken"]
+    totals: dict[str, dict[str, int]] = {}
+    for run in runs:
+        counts = sfn.describe_map_run(mapRunArn=run["mapRunArn"]).get("itemCounts", {})
+        # mapRun:<state machine>/<label>:<id>
+        label = run["mapRunArn"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        acc = totals.setdefault(label, {"runs": 0})
+        acc["runs"] += 1
+        for key, value in counts.items():
+            if isinstance(value, int):
+                acc[key] = acc.get(key, 0) + value
+    return totals
+
+
+def progress_line(totals: dict[str, dict[str, int]] | None) -> str:
+    if totals is None:
+        return "progress unknown (the map runs cannot be listed now)"
+    if not totals:
+        return "planning (no map run yet)"
+    parts = []
+    for label, c in sorted(totals.items(), key=lambda kv: kv[0] != "Split"):
+        done = c.get("succeeded", 0) + c.get("failed", 0) + c.get("timedOut", 0) + \
+            c.get("aborted", 0)
+        failed = c.get("failed", 0) + c.get("timedOut", 0) + c.get("aborted", 0)
+        text = f"{label} {done}/{c.get('total', 0)} items ({c['runs']} map run(s))"
+        parts.append(text + (f", {failed} failed" if failed else ""))
+    return "; ".join(parts)
+
+
+def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
+         out: TextIO | None = None, err: TextIO | None = None,
+         sleep: Callable[[float], None] = time.sleep) -> int:
+    """Show an execution: its progress while it runs (followed to the end with ``wait``),
+    then the run's summary table. Exit code as ``tiffpipe run`` (0 also for still running)."""
+    from pipeline.ui import print_summary
+
+    out, err = out or sys.stdout, err or sys.stderr
+    sfn = clients("stepfunctions")
+    try:
+        desc = sfn.describe_execution(executionArn=execution_arn)
+    except ClientError as exc:
+        if _code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
+            raise StackNotFoundError(f"no execution {execution_arn} in {clients.region}: check "
+                                     "the ARN (and --region)") from exc
+        raise
+    name = desc.get("name", execution_arn.rsplit(":", 1)[-1])
+    last = ""
+    while desc["status"] == "RUNNING":
+        try:
+            totals: dict[str, dict[str, int]] | None = map_run_progress(sfn, execution_arn)
+        except Exception:  # noqa: BLE001 - progress is informational: never end the watch for it
+            # (moto's in-process engine even raises AttributeError for a run not yet started)
+            totals = None
+        line = f"{name}: RUNNING: {progress_line(totals)}"
+        if not wait:
+            print(line, file=out)
+            return EXIT_OK
+        if line != last:
+            print(line, file=err, flush=True)
+            last = line
+        sleep(poll)
+        desc = sfn.describe_execution(executionArn=execution_arn)
+    if desc["status"] != "SUCCEEDED":
+        print(f"tiffpipe: the run {name} ended {desc['status']}: {desc.get('error') or ''}: "
+              f"{desc.get('cause') or 'see the execution history in the Step Functions console'}",
+              file=err)
+        return EXIT_FAILED
+    output = json.loads(desc.get("output") or "{}")
+    report_url = output.get("report") or json.loads(desc.get("input") or "{}").get("report")
+    if not report_url:
+        print(f"tiffpipe: the run {name} succeeded but names no report", file=err)
+        return EXIT_FAILED
+    bucket, _, key = report_url[len("s3://"):].partition("/")
+    try:
+        report = json.loads(clients("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        print(f"tiffpipe: the run {name} succeeded but its report {report_url} cannot be "
+              f"read: {exc}", file=err)
+        return EXIT_FAILED
+    print_summary(report, out)
+    print(f"report: {report_url}", file=out)
+    return EXIT_OK if report.get("failed", 1) == 0 else EXIT_FAILED

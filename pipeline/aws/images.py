@@ -1,0 +1,119 @@
+"""Build the three Lambda images and push them: the only place that runs ``docker``.
+
+``build_and_push`` is what ``deploy.py`` uses, and what the image tests call against a
+local registry. Every docker call goes through ``run`` (``subprocess.run`` by default), so
+callers can log or replace it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.aws import AwsError
+
+ROOT = Path(__file__).resolve().parents[2]
+#: docker --platform of each --arch, and the Lambda architecture of each
+PLATFORMS = {"arm64": "linux/arm64", "amd64": "linux/amd64"}
+LAMBDA_ARCHITECTURES = {"arm64": "arm64", "amd64": "x86_64"}
+_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+class DockerError(AwsError):
+    """Docker is missing, or a build, login or push failed."""
+
+
+def _docker(args: Sequence[str], run: Run, what: str, docker: str = "docker",
+            input_text: str | None = None) -> str:
+    """Run one docker command; its stdout, or DockerError with the end of its output."""
+    try:
+        done = run([docker, *args], capture_output=True, text=True, input=input_text,
+                   check=False)
+    except FileNotFoundError as exc:
+        raise DockerError(f"{what}: the docker command was not found: install Docker (or "
+                          "deploy with --skip-build to reuse images already pushed)") from exc
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-15:])
+        raise DockerError(f"{what} failed (docker exited {done.returncode}):\n{tail}")
+    return str(done.stdout)
+
+
+def check_docker(run: Run = subprocess.run, docker: str = "docker") -> None:
+    """DockerError unless a Docker engine answers (``docker info``)."""
+    try:
+        _docker(["info", "--format", "{{.ServerVersion}}"], run, "docker info", docker)
+    except DockerError as exc:
+        raise DockerError(f"no Docker engine: {exc}\nStart Docker (or deploy with "
+                          "--skip-build to reuse the images already pushed); nothing was "
+                          "changed by this step") from exc
+
+
+def ecr_login(ecr: Any, run: Run = subprocess.run, docker: str = "docker") -> str:
+    """``docker login`` to the account's ECR registry with a fresh token; the registry host."""
+    data = ecr.get_authorization_token()["authorizationData"][0]
+    user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    endpoint = data["proxyEndpoint"]
+    _docker(["login", "--username", user, "--password-stdin", endpoint], run,
+            f"docker login {endpoint}", docker, input_text=password)
+    return str(endpoint).removeprefix("https://")
+
+
+def _supports_provenance(run: Run, docker: str) -> bool:
+    """BuildKit's ``docker build`` takes ``--provenance``; the classic builder (which writes
+    no attestation manifests anyway) rejects it."""
+    try:
+        return "--provenance" in _docker(["build", "--help"], run, "docker build --help", docker)
+    except DockerError:
+        return False
+
+
+def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | None = None,
+                   context: str | Path = ROOT, run: Run = subprocess.run,
+                   docker: str = "docker", log: Callable[[str], None] = lambda _: None,
+                   extra_build_args: Sequence[str] = ()) -> str:
+    """Build ``images/<step>/Dockerfile`` for ``arch`` (arm64 or amd64), push it to
+    ``repo_uri`` and return the pushed image's digest (``sha256:...``).
+
+    The tag is the local image id, so an unchanged build pushes nothing new and keeps the
+    digest: the functions (deployed by digest) are then left unchanged. The registry must
+    be logged in already (:func:`ecr_login` for ECR).
+    """
+    if arch not in PLATFORMS:
+        raise ValueError(f"arch {arch!r}: expected one of {', '.join(PLATFORMS)}")
+    context = Path(context)
+    dockerfile = context / "images" / step / "Dockerfile"
+    if not dockerfile.is_file():
+        raise DockerError(f"{dockerfile} does not exist: the {step} image cannot be built")
+    local = f"tiffpipe-{step}:build-{arch}"
+    args = ["build", "--platform", PLATFORMS[arch], "-f", str(dockerfile), "-t", local]
+    if _supports_provenance(run, docker):
+        args.append("--provenance=false")  # Lambda rejects attestation manifests
+    if base_image:
+        args += ["--build-arg", f"BASE_IMAGE={base_image}"]
+    args += [*extra_build_args, str(context)]
+    log(f"  docker build {step} ({PLATFORMS[arch]})")
+    _docker(args, run, f"docker build of the {step} image", docker)
+    image_id = _docker(["image", "inspect", "--format", "{{.Id}}", local], run,
+                       "docker image inspect", docker).strip()
+    tag = "img-" + image_id.removeprefix("sha256:")[:16]
+    remote = f"{repo_uri}:{tag}"
+    _docker(["tag", local, remote], run, "docker tag", docker)
+    log(f"  docker push {remote}")
+    out = _docker(["push", remote], run, f"docker push {remote}", docker)
+    found = _DIGEST.findall(out)
+    if found:
+        return found[-1]
+    digests = _docker(["image", "inspect", "--format", "{{json .RepoDigests}}", remote], run,
+                      "docker image inspect", docker)
+    for ref in re.findall(r'"([^"]+)"', digests):
+        name, _, digest = ref.partition("@")
+        if name == repo_uri and digest.startswith("sha256:"):
+            return digest
+    raise DockerError(f"docker push {remote}: the pushed digest was not found in its output "
+                      f"or in the image's RepoDigests ({digests.strip()})")

@@ -1,0 +1,141 @@
+"""IAM policy documents of a stack, built by pure functions (no AWS call).
+
+Least privilege: every statement names its resources. The one exception is the CloudWatch
+Logs *delivery* actions a state machine needs for logging, which AWS only grants on
+``"Resource": "*"`` (:data:`LOG_DELIVERY_ACTIONS`).
+
+What each function touches (see ``pipeline/steps``), hence what it may do:
+
+- split (plan_run, plan_job, split): reads the manifest, the inputs and the stack's work
+  files; lists input prefixes (a scan) and checks output buckets (``HeadBucket``); writes
+  work files.
+- process: reads and writes work files only.
+- merge (merge, record_failure, report): reads work files, writes outputs (a multipart
+  upload) and the run report.
+
+``s3:ListBucket`` is granted on whole buckets, without an ``s3:prefix`` condition: S3 answers
+a GET or HEAD of a missing object with 404 only to a caller that may list the bucket (403
+otherwise), and the steps tell a missing input or work file from a denied one by that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.aws import STEPS, StackNames
+
+VERSION = "2012-10-17"
+#: CloudWatch Logs delivery actions (state machine logging): AWS supports only "*" for these
+LOG_DELIVERY_ACTIONS = (
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+)
+#: stack bucket prefixes: run manifests, work files, run reports
+MANIFESTS, WORK, REPORTS = "manifests/", "work/", "reports/"
+
+
+@dataclass(frozen=True)
+class DataLocation:
+    """A bucket (or a prefix of one) the pipeline may read inputs from and write outputs to."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> DataLocation:
+        """``bucket`` or ``bucket/prefix`` (an ``s3://`` in front is accepted)."""
+        text = text.removeprefix("s3://")
+        bucket, _, prefix = text.partition("/")
+        if not bucket:
+            raise ValueError(f"--data-bucket {text!r}: expected BUCKET or BUCKET/PREFIX")
+        prefix = prefix.strip("/")
+        return cls(bucket, prefix + "/" if prefix else "")
+
+    def bucket_arn(self, partition: str = "aws") -> str:
+        return f"arn:{partition}:s3:::{self.bucket}"
+
+    def objects_arn(self, partition: str = "aws") -> str:
+        return f"arn:{partition}:s3:::{self.bucket}/{self.prefix}*"
+
+
+def _doc(*statements: dict[str, Any]) -> dict[str, Any]:
+    return {"Version": VERSION, "Statement": list(statements)}
+
+
+def _allow(sid: str, actions: list[str], resources: list[str] | str,
+           condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions),
+                                 "Resource": resources}
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def trust_policy(service: str, account: str | None = None) -> dict[str, Any]:
+    """Who may assume a role: one AWS service; with ``account``, only when it acts for that
+    account (``aws:SourceAccount``: guards against the confused-deputy problem; Step
+    Functions and EventBridge Scheduler set it, Lambda's execution roles take none)."""
+    statement: dict[str, Any] = {"Effect": "Allow",
+                                 "Principal": {"Service": f"{service}.amazonaws.com"},
+                                 "Action": "sts:AssumeRole"}
+    if account:
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": account}}
+    return _doc(statement)
+
+
+def function_policy(step: str, names: StackNames,
+                    data: list[DataLocation]) -> dict[str, Any]:
+    """The inline policy of one function's role (``step``: split, process or merge)."""
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r} (known: {', '.join(STEPS)})")
+    p = names.partition
+    stack = f"{names.bucket_arn}/"
+    data = sorted(set(data), key=lambda d: (d.bucket, d.prefix))
+    objects = [d.objects_arn(p) for d in data]
+    statements = [
+        _allow("OwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
+               [names.log_group_arn(names.function_log_group(step))]),
+        _allow("ListStackBucket", ["s3:ListBucket"], [names.bucket_arn]),
+        _allow("WorkFiles", ["s3:GetObject", "s3:PutObject"], [f"{stack}{WORK}*"]),
+    ]
+    if step == "split":
+        statements += [
+            # scans list input prefixes; plan_job checks output buckets (HeadBucket)
+            _allow("ListDataBuckets", ["s3:ListBucket"],
+                   sorted({d.bucket_arn(p) for d in data})),
+            _allow("ReadManifests", ["s3:GetObject"], [f"{stack}{MANIFESTS}*"]),
+            # inputs, manifests kept next to them, and (a scan) which outputs exist
+            _allow("ReadInputs", ["s3:GetObject"], objects),
+        ]
+    elif step == "merge":
+        statements += [
+            _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
+            _allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"], objects),
+        ]
+    return _doc(*statements)
+
+
+def state_machine_policy(names: StackNames) -> dict[str, Any]:
+    """The state machine's role: invoke the stack's three functions, run its own Distributed
+    Map children, and deliver its logs."""
+    functions = [names.function_arn(s) for s in STEPS]
+    return _doc(
+        _allow("InvokeOwnFunctions", ["lambda:InvokeFunction"],
+               functions + [f"{arn}:*" for arn in functions]),
+        # a Distributed Map starts child executions of this same state machine
+        _allow("StartOwnChildren", ["states:StartExecution"], [names.state_machine_arn]),
+        _allow("ManageOwnChildren", ["states:DescribeExecution", "states:StopExecution",
+                                     "states:ListMapRuns"], [names.executions_arn]),
+        _allow("OwnMapRuns", ["states:DescribeMapRun", "states:UpdateMapRun"],
+               [f"{names.map_runs_arn}"]),
+        # CloudWatch Logs delivery actions cannot be scoped to a log group: AWS requires "*"
+        _allow("LogDelivery", list(LOG_DELIVERY_ACTIONS), "*"),
+    )
+
+
+def scheduler_policy(names: StackNames) -> dict[str, Any]:
+    """The schedule's role: start this state machine, nothing else."""
+    return _doc(_allow("StartOwnStateMachine", ["states:StartExecution"],
+                       [names.state_machine_arn]))

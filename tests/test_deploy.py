@@ -1,0 +1,596 @@
+"""deploy.py against moto: every AWS call it makes, no real AWS and no docker.
+
+Images come from ``--skip-build`` (fake images put into moto's ECR) or from a fake
+``build_and_push``; the real docker build and push are tested with the images. A botocore
+``before-call`` hook on the session records every API call, so "changes nothing" and
+"writes nothing" are asserted on the calls themselves, not only on the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pipeline.aws import STEPS, StackNames
+from pipeline.aws import images as docker_images
+from pipeline.aws.deploy_steps import SIZES
+from pipeline.aws.policies import (
+    LOG_DELIVERY_ACTIONS,
+    DataLocation,
+    function_policy,
+    scheduler_policy,
+    state_machine_policy,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).parents[1]
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+STACK = "t1"
+NAMES = StackNames(STACK, ACCOUNT, REGION)
+WRITE = re.compile(r"^(Create|Put|Update|Delete|Tag|Untag|Attach|Detach|Start|Stop|Upload|"
+                   r"Complete|Abort|Batch|Set)")
+_spec = importlib.util.spec_from_file_location("deploy_script", ROOT / "deploy.py")
+assert _spec and _spec.loader
+deploy_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(deploy_script)
+
+
+@dataclass
+class Aws:
+    session: Any
+    calls: list[str] = field(default_factory=list)  # "service.Operation" of every call
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, region_name=REGION)
+
+    def writes(self) -> list[str]:
+        return [c for c in self.calls if WRITE.match(c.split(".", 1)[1])]
+
+    def deploy(self, *args: str, **hooks: Any) -> tuple[int, dict[str, Any] | None, str]:
+        """Run deploy.py's main; (exit code, stdout JSON, stderr)."""
+        out, err = io.StringIO(), io.StringIO()
+        hooks.setdefault("sleep", lambda s: None)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = deploy_script.main(["--stack", STACK, "--region", REGION, *args],
+                                      session=self.session, **hooks)
+        return code, json.loads(out.getvalue()) if out.getvalue().strip() else None, \
+            err.getvalue()
+
+
+def _recording_session(calls: list[str]) -> Any:
+    session = boto3.Session(region_name=REGION)
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(f"{model.service_model.service_name}.{model.name}")
+    session.events.register("before-call.*.*", record)
+    return session
+
+
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        calls: list[str] = []
+        yield Aws(_recording_session(calls), calls)
+
+
+def push_fake_images(aws: Aws, tag: str = "v1") -> dict[str, str]:
+    """What a build would leave: the stack's repositories, each with one image (older ones
+    are removed: moto's push times have whole seconds, so "the latest" would be a tie)."""
+    ecr = aws.client("ecr")
+    digests = {}
+    for step in STEPS:
+        name = NAMES.repository(step)
+        with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+            ecr.create_repository(repositoryName=name)
+        old = ecr.list_images(repositoryName=name)["imageIds"]
+        if old:
+            ecr.batch_delete_image(repositoryName=name, imageIds=old)
+        layer = "sha256:" + hashlib.sha256(f"{step}-{tag}".encode()).hexdigest()
+        manifest = {"schemaVersion": 2, "config": {"size": 1000},
+                    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "layers": [{"digest": layer}]}
+        image = ecr.put_image(repositoryName=name, imageManifest=json.dumps(manifest),
+                              imageTag=tag)["image"]
+        digests[step] = image["imageId"]["imageDigest"]
+    return digests
+
+
+def scan_manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "nightly.json"
+    path.write_text(json.dumps({"scan": {"input": "s3://data-in/incoming/",
+                                         "output": "s3://data-out/processed/",
+                                         "ops": [{"op": "gaussian_blur", "sigma": 2}]}}))
+    return path
+
+
+def fake_docker(calls: list[list[str]] | None = None, fail: str | None = None) -> Any:
+    """A ``subprocess.run`` for docker commands: every command succeeds, except those
+    containing ``fail``."""
+    def run(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        if calls is not None:
+            calls.append(list(args))
+        if fail and fail in " ".join(args):
+            return subprocess.CompletedProcess(args, 1, "", f"{fail}: failed for the test")
+        return subprocess.CompletedProcess(args, 0, "", "")
+    return run
+
+
+def fake_build(built: list[str], fail_on: str | None = None) -> Any:
+    def build(step: str, arch: str, repo_uri: str, **_: Any) -> str:
+        if step == fail_on:
+            raise docker_images.DockerError(f"docker push {repo_uri}:x failed: connection reset")
+        built.append(step)
+        return "sha256:" + hashlib.sha256(f"{step}-{arch}".encode()).hexdigest()
+    return build
+
+
+# --- deploy, deploy again ----------------------------------------------------------------
+
+
+def test_deploy_twice_the_second_changes_nothing_and_says_so(aws: Aws, tmp_path: Path):
+    digests = push_fake_images(aws)
+    manifest = scan_manifest(tmp_path)
+    args = ("--skip-build", "--schedule", "cron(0 2 * * ? *)", "--schedule-manifest",
+            str(manifest), "--data-bucket", "data-in/incoming", "--data-bucket", "data-out")
+    code, first, err = aws.deploy(*args)
+    assert code == 0, err
+    assert first is not None and first["changes"], err
+    assert first["functions"] == {s: NAMES.function_arn(s) for s in STEPS}
+    assert first["state_machine"] == NAMES.state_machine_arn
+    assert first["bucket"] == NAMES.bucket
+    for step in STEPS:
+        assert first["images"][step].endswith(f"/{NAMES.repository(step)}@{digests[step]}")
+
+    aws.calls.clear()
+    code, second, err = aws.deploy(*args)
+    assert code == 0, err
+    assert second is not None and second["changes"] == []
+    assert "nothing changed: the stack is up to date" in err
+    assert "unchanged" in err and "would" not in err
+    assert aws.writes() == [], "a deploy with nothing changed made write calls"
+    assert any(c.endswith("GetFunction") for c in aws.calls)  # it did look
+    assert {k: v for k, v in second.items() if k != "changes"} == \
+        {k: v for k, v in first.items() if k != "changes"}
+
+
+def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
+    push_fake_images(aws, "v1")
+    assert aws.deploy("--skip-build")[0] == 0
+    new = push_fake_images(aws, "v2")
+    aws.calls.clear()
+    code, result, err = aws.deploy("--skip-build", "--data-bucket", "more-data")
+    assert code == 0, err
+    assert result is not None
+    writes = aws.writes()
+    assert writes.count("lambda.UpdateFunctionCode") == 3
+    # the split and merge roles name the new bucket; process never touches data buckets
+    assert sorted(writes) == ["iam.PutRolePolicy"] * 2 + ["lambda.UpdateFunctionCode"] * 3
+    lam = aws.client("lambda")
+    for step in STEPS:
+        uri = lam.get_function(FunctionName=NAMES.function(step))["Code"]["ImageUri"]
+        assert uri.endswith(f"@{new[step]}")
+
+
+def test_a_new_size_or_schedule_updates_only_that(aws: Aws, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    push_fake_images(aws)
+    manifest = str(scan_manifest(tmp_path))
+    assert aws.deploy("--skip-build", "--schedule", "rate(1 day)", "--schedule-manifest",
+                      manifest)[0] == 0
+    monkeypatch.setitem(SIZES, "merge", SIZES["merge"].__class__(4096, 600, 10240))
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(12 hours)",
+                              "--schedule-manifest", manifest)
+    assert code == 0, err
+    assert sorted(aws.writes()) == ["lambda.UpdateFunctionConfiguration",
+                                    "scheduler.UpdateSchedule"]
+    config = aws.client("lambda").get_function_configuration(FunctionName=NAMES.function("merge"))
+    assert (config["MemorySize"], config["Timeout"]) == (4096, 600)
+    schedule = aws.client("scheduler").get_schedule(Name=NAMES.schedule)
+    assert schedule["ScheduleExpression"] == "rate(12 hours)"
+
+    aws.calls.clear()
+    code, result, err = aws.deploy("--skip-build")  # no --schedule: the schedule is kept
+    assert code == 0 and "kept as it is" in err and aws.writes() == []
+    assert result is not None and result["schedule"] == schedule["Arn"]
+    code, result, err = aws.deploy("--skip-build", "--no-schedule")
+    assert code == 0, err
+    assert aws.client("scheduler").list_schedules()["Schedules"] == []
+    assert result is not None and result["schedule"] is None
+
+
+def test_build_path_pushes_then_deploys_by_digest(aws: Aws):
+    built: list[str] = []
+    commands: list[list[str]] = []
+    code, _, err = aws.deploy("--arch", "amd64", build=fake_build(built),
+                              run=fake_docker(commands))
+    assert code == 0, err
+    assert built == list(STEPS)
+    assert commands[0][:2] == ["docker", "info"]
+    login = next(c for c in commands if c[1] == "login")
+    assert login[2:5] == ["--username", "AWS", "--password-stdin"]
+    lam = aws.client("lambda")
+    for step in STEPS:
+        fn = lam.get_function(FunctionName=NAMES.function(step))
+        assert re.search(r"@sha256:[0-9a-f]{64}$", fn["Code"]["ImageUri"])
+        assert fn["Configuration"]["Architectures"] == ["x86_64"]
+
+
+# --- what was made ---------------------------------------------------------------------------
+
+
+def test_created_resources_are_configured(aws: Aws, tmp_path: Path):
+    push_fake_images(aws)
+    manifest = scan_manifest(tmp_path)
+    code, result, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                                   "--schedule-manifest", str(manifest))
+    assert code == 0, err
+
+    s3 = aws.client("s3")
+    rule = s3.get_bucket_encryption(Bucket=NAMES.bucket)["ServerSideEncryptionConfiguration"][
+        "Rules"][0]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    block = s3.get_public_access_block(Bucket=NAMES.bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values()) and len(block) == 4
+    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=NAMES.bucket)["Rules"]
+    assert rule["Filter"] == {"Prefix": "work/"} and rule["Expiration"] == {"Days": 7}
+    uploaded = s3.get_object(Bucket=NAMES.bucket, Key="manifests/schedule.json")["Body"].read()
+    assert uploaded == manifest.read_bytes()
+
+    ecr = aws.client("ecr")
+    for step in STEPS:
+        repo = ecr.describe_repositories(repositoryNames=[NAMES.repository(step)])[
+            "repositories"][0]
+        assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
+        policy = json.loads(ecr.get_lifecycle_policy(repositoryName=NAMES.repository(step))[
+            "lifecyclePolicyText"])
+        assert policy["rules"][0]["selection"]["countNumber"] == 10
+
+    lam = aws.client("lambda")
+    for step in STEPS:
+        config = lam.get_function(FunctionName=NAMES.function(step))["Configuration"]
+        size = SIZES[step]
+        assert (config["PackageType"], config["MemorySize"], config["Timeout"],
+                config["EphemeralStorage"]["Size"]) == ("Image", size.memory, size.timeout,
+                                                         size.ephemeral)
+        assert config["Role"] == NAMES.role_arn(NAMES.function_role(step))
+        assert config["Architectures"] == ["arm64"]
+        assert config["Environment"]["Variables"]["TIFFPIPE_BUCKET"] == NAMES.bucket
+
+    sfn = aws.client("stepfunctions")
+    machine = sfn.describe_state_machine(stateMachineArn=NAMES.state_machine_arn)
+    assert "${" not in machine["definition"]
+    resources = re.findall(r'"FunctionName": "([^"]+)"', machine["definition"])
+    assert set(resources) == {NAMES.function_arn(s) for s in STEPS}
+    assert machine["roleArn"] == NAMES.role_arn(NAMES.state_machine_role)
+    [dest] = machine["loggingConfiguration"]["destinations"]
+    assert dest["cloudWatchLogsLogGroup"]["logGroupArn"] == \
+        NAMES.log_group_arn(NAMES.state_machine_log_group)
+    groups = [g["logGroupName"] for g in aws.client("logs").describe_log_groups()["logGroups"]]
+    assert sorted(groups) == sorted(NAMES.log_groups)
+
+    schedule = aws.client("scheduler").get_schedule(Name=NAMES.schedule)
+    assert schedule["ScheduleExpression"] == "rate(1 day)"
+    assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    target = schedule["Target"]
+    assert target["Arn"] == NAMES.state_machine_arn
+    assert target["RoleArn"] == NAMES.role_arn(NAMES.scheduler_role)
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    run_id = "<aws.scheduler.execution-id>"
+    assert json.loads(target["Input"]) == {
+        "manifest": f"s3://{NAMES.bucket}/manifests/schedule.json",
+        "work": f"s3://{NAMES.bucket}/work/{run_id}/", "run_id": run_id,
+        "report": f"s3://{NAMES.bucket}/reports/{run_id}.json"}
+    assert result is not None and result["schedule"] == schedule["Arn"]
+
+
+def _statements(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["Statement"]
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    res = statement["Resource"]
+    return [res] if isinstance(res, str) else res
+
+
+def test_every_role_is_scoped(aws: Aws, tmp_path: Path):
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                              "--schedule-manifest", str(scan_manifest(tmp_path)),
+                              "--data-bucket", "data-in/incoming")
+    assert code == 0, err
+    iam = aws.client("iam")
+    roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
+    assert set(roles) == {NAMES.function_role(s) for s in STEPS} | {
+        NAMES.state_machine_role, NAMES.scheduler_role}
+    for name in roles:
+        assert iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"] == []
+        [policy] = iam.list_role_policies(RoleName=name)["PolicyNames"]
+        doc = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+        for statement in _statements(doc):
+            assert statement["Effect"] == "Allow"
+            if "*" in _resources(statement):
+                # only the CloudWatch Logs delivery actions, which AWS cannot scope
+                assert name == NAMES.state_machine_role
+                assert set(statement["Action"]) <= set(LOG_DELIVERY_ACTIONS)
+
+    def doc(role: str) -> dict[str, Any]:
+        return iam.get_role_policy(RoleName=role, PolicyName="tiffpipe")["PolicyDocument"]
+
+    states = _statements(doc(NAMES.state_machine_role))
+    invoke = [s for s in states if "lambda:InvokeFunction" in s["Action"]]
+    assert len(invoke) == 1
+    arns = [NAMES.function_arn(s) for s in STEPS]
+    assert sorted(_resources(invoke[0])) == sorted(arns + [f"{a}:*" for a in arns])
+    start = [s for s in states if "states:StartExecution" in s["Action"]]
+    assert [_resources(s) for s in start] == [[NAMES.state_machine_arn]]
+
+    assert _statements(doc(NAMES.scheduler_role)) == [{
+        "Sid": "StartOwnStateMachine", "Effect": "Allow", "Action": ["states:StartExecution"],
+        "Resource": [NAMES.state_machine_arn]}]
+    trust = roles[NAMES.scheduler_role]["AssumeRolePolicyDocument"]["Statement"][0]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+    # S3: the stack bucket's prefixes and the named data location, nothing else
+    allowed = (f"{NAMES.bucket_arn}/work/*", f"{NAMES.bucket_arn}/manifests/*",
+               f"{NAMES.bucket_arn}/reports/*", "arn:aws:s3:::data-in/incoming/*")
+    for step in STEPS:
+        for statement in _statements(doc(NAMES.function_role(step))):
+            for resource in _resources(statement):
+                if resource.startswith("arn:aws:s3"):
+                    if statement["Action"] == ["s3:ListBucket"]:
+                        assert resource in (NAMES.bucket_arn, "arn:aws:s3:::data-in")
+                    else:
+                        assert resource in allowed, (step, resource)
+                else:
+                    assert resource == NAMES.log_group_arn(NAMES.function_log_group(step))
+
+
+def test_policy_documents_are_pure_and_least_privilege():
+    data = [DataLocation.parse("s3://in-bucket/raw/"), DataLocation.parse("out-bucket")]
+    process = json.dumps(function_policy("process", NAMES, data))
+    assert "in-bucket/" not in process and "out-bucket/" not in process
+    split = function_policy("split", NAMES, data)
+    reads = next(s for s in split["Statement"] if s["Sid"] == "ReadInputs")
+    assert reads["Action"] == ["s3:GetObject"]
+    assert reads["Resource"] == ["arn:aws:s3:::in-bucket/raw/*", "arn:aws:s3:::out-bucket/*"]
+    assert "s3:PutObject" not in json.dumps(reads)
+    merge = function_policy("merge", NAMES, data)
+    writes = next(s for s in merge["Statement"] if s["Sid"] == "WriteOutputs")
+    assert writes["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]
+    assert "s3:DeleteObject" not in json.dumps([split, merge, process])
+    assert scheduler_policy(NAMES)["Statement"][0]["Resource"] == [NAMES.state_machine_arn]
+    star = [s for s in state_machine_policy(NAMES)["Statement"] if s["Resource"] == "*"]
+    assert [s["Sid"] for s in star] == ["LogDelivery"]
+    with pytest.raises(ValueError):
+        DataLocation.parse("s3:///prefix")
+
+
+# --- dry run, destroy --------------------------------------------------------------------------
+
+
+def test_dry_run_makes_no_write_call_and_no_docker_call(aws: Aws, tmp_path: Path):
+    def no_docker(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a dry run ran {args}")
+
+    code, result, err = aws.deploy("--dry-run", "--schedule", "rate(1 day)",
+                                   "--schedule-manifest", str(scan_manifest(tmp_path)),
+                                   run=no_docker, build=no_docker)
+    assert code == 0, err
+    assert aws.writes() == []
+    for line in ("would create bucket", "would build images/split/Dockerfile",
+                 "would create function tiffpipe-t1-merge", "would create state machine",
+                 "would create schedule", "nothing was changed"):
+        assert line in err
+    assert result is not None and result["dry_run"] and result["changes"]
+    assert aws.client("s3").list_buckets()["Buckets"] == []
+
+    # on a deployed stack, a dry run that would change things still writes nothing
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    push_fake_images(aws, "v2")
+    aws.calls.clear()
+    code, result, err = aws.deploy("--skip-build", "--dry-run", "--data-bucket", "x")
+    assert code == 0, err
+    assert "would deploy" in err and "would update the permissions" in err
+    assert aws.writes() == []
+    aws.calls.clear()
+    code, result, err = aws.deploy("--destroy", "--delete-bucket", "--dry-run")
+    assert code == 0, err
+    assert "would delete state machine" in err
+    assert aws.writes() == []
+    assert aws.client("lambda").list_functions()["Functions"]
+
+
+def _everything(aws: Aws) -> dict[str, list[str]]:
+    """Every resource of every kind deploy makes, in the whole (mocked) account."""
+    return {
+        "buckets": [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]],
+        "repositories": [r["repositoryName"] for r in
+                         aws.client("ecr").describe_repositories()["repositories"]],
+        "functions": [f["FunctionName"] for f in
+                      aws.client("lambda").list_functions()["Functions"]],
+        "roles": [r["RoleName"] for r in aws.client("iam").list_roles()["Roles"]],
+        "state machines": [m["name"] for m in
+                           aws.client("stepfunctions").list_state_machines()["stateMachines"]],
+        "log groups": [g["logGroupName"] for g in
+                       aws.client("logs").describe_log_groups()["logGroups"]],
+        "schedules": [s["Name"] for s in aws.client("scheduler").list_schedules()["Schedules"]],
+    }
+
+
+def test_destroy_leaves_nothing(aws: Aws, tmp_path: Path):
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                              "--schedule-manifest", str(scan_manifest(tmp_path)))
+    assert code == 0, err
+    aws.client("s3").put_object(Bucket=NAMES.bucket, Key="reports/r.json", Body=b"{}")
+    assert all(_everything(aws).values())
+
+    code, result, err = aws.deploy("--destroy")
+    assert code == 0, err
+    left = _everything(aws)
+    assert left.pop("buckets") == [NAMES.bucket], "the bucket is kept without --delete-bucket"
+    assert all(v == [] for v in left.values()), left
+    assert "--delete-bucket removes it" in err
+
+    code, result, err = aws.deploy("--destroy", "--delete-bucket")
+    assert code == 0, err
+    assert all(v == [] for v in _everything(aws).values())
+    assert result is not None and result["deleted"] == [
+        f"delete bucket {NAMES.bucket} and everything in it"]
+    assert "not found, nothing to delete" in err
+
+
+# --- stops with a clear message, and a rerun finishes ---------------------------------------
+
+
+def test_missing_credentials_stop_before_anything(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    calls: list[str] = []
+    aws = Aws(_recording_session(calls), calls)
+    code, result, err = aws.deploy("--skip-build", run=fake_docker())
+    assert code != 0
+    assert result is None
+    assert "no AWS credentials found" in err and "nothing was changed" in err
+    assert "Traceback" not in err
+    assert aws.calls == ["sts.GetCallerIdentity"]
+
+
+def test_missing_docker_stops_before_anything(aws: Aws):
+    def no_docker(args: list[str], **_: Any) -> Any:
+        raise FileNotFoundError(args[0])
+
+    code, _, err = aws.deploy(run=no_docker)
+    assert code == 1
+    assert "no Docker engine" in err and "--skip-build" in err
+    assert aws.writes() == []
+
+
+def test_failed_push_stops_and_a_rerun_finishes(aws: Aws):
+    built: list[str] = []
+    code, result, err = aws.deploy(build=fake_build(built, fail_on="process"),
+                                   run=fake_docker())
+    assert code == 1
+    assert "docker push" in err and "connection reset" in err and "Traceback" not in err
+    assert aws.client("lambda").list_functions()["Functions"] == []  # nothing refers to it
+
+    code, result, err = aws.deploy(build=fake_build(built), run=fake_docker())
+    assert code == 0, err
+    assert result is not None
+    assert len(aws.client("lambda").list_functions()["Functions"]) == 3
+    assert "create bucket" not in err  # resumed: the bucket and repositories were there
+
+
+def test_docker_login_failure_is_reported(aws: Aws):
+    code, _, err = aws.deploy(build=fake_build([]), run=fake_docker(fail="login"))
+    assert code == 1
+    assert "docker login" in err and "failed" in err
+
+
+def test_schedule_needs_a_valid_manifest(aws: Aws, tmp_path: Path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "b.tif"}]}))
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                              "--schedule-manifest", str(bad))
+    assert code == 2
+    assert "jobs[0].input: expected an s3:// URL" in err
+    assert aws.writes() == []
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)")
+    assert code == 1 and "--schedule needs --schedule-manifest" in err
+
+
+# --- build_and_push, the CLI as a program --------------------------------------------------
+
+
+def test_build_and_push_commands_and_digest(tmp_path: Path):
+    (tmp_path / "images" / "split").mkdir(parents=True)
+    (tmp_path / "images" / "split" / "Dockerfile").write_text("FROM scratch\n")
+    digest = "sha256:" + "ab" * 32
+    commands: list[list[str]] = []
+
+    def run(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        commands.append(list(args))
+        out = {"build --help": "  --provenance string   Shorthand for ...",
+               "image inspect": "sha256:" + "cd" * 32,
+               "push": f"v1: digest: {digest} size: 1234\n"}
+        text = next((v for k, v in out.items() if " ".join(args[1:]).startswith(k)), "")
+        return subprocess.CompletedProcess(args, 0, text, "")
+
+    got = docker_images.build_and_push("split", "arm64", "localhost:5000/tp-split",
+                                       base_image="base:1", context=tmp_path, run=run)
+    assert got == digest
+    build = next(c for c in commands if c[1] == "build" and "--help" not in c)
+    assert build[build.index("--platform") + 1] == "linux/arm64"
+    assert "--provenance=false" in build
+    assert build[build.index("-f") + 1] == str(tmp_path / "images" / "split" / "Dockerfile")
+    assert "BASE_IMAGE=base:1" in build and build[-1] == str(tmp_path)
+    tag = "localhost:5000/tp-split:img-" + "cd" * 8
+    assert ["docker", "tag", "tiffpipe-split:build-arm64", tag] in commands
+    assert commands[-1] == ["docker", "push", tag]
+
+
+def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch):
+    """deploy.py as a program, every call sent to a moto server by --endpoint-url."""
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        _clean_env(monkeypatch)
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+        session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
+                                aws_secret_access_key="testing")
+        aws = Aws(session)
+        aws.client = lambda service: session.client(  # type: ignore[method-assign]
+            service, region_name=REGION, endpoint_url=endpoint)
+        push_fake_images(aws)
+
+        def script(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, str(ROOT / "deploy.py"), "--stack", STACK, "--region", REGION,
+                 "--endpoint-url", endpoint, *args], capture_output=True, text=True, env=env,
+                timeout=90, check=False)
+
+        done = script("--skip-build")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state_machine"] == NAMES.state_machine_arn
+        again = script("--skip-build")
+        assert again.returncode == 0 and "nothing changed" in again.stderr
+        gone = script("--destroy", "--delete-bucket")
+        assert gone.returncode == 0, gone.stderr
+        assert aws.client("lambda").list_functions()["Functions"] == []
+    finally:
+        server.stop()

@@ -1,0 +1,223 @@
+"""The scan form of a manifest: validation (every problem at its path), the pure expansion
+into jobs, and ``tiffpipe run`` on a local folder and on S3: only inputs without an output
+are processed, and a second run does nothing (zero jobs, exit 0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+from pipeline.adapters import storage
+from pipeline.core.manifest import ScanSpec, parse_manifest, parse_manifest_or_scan, scan_jobs
+from pipeline.core.models import OutputOptions
+from pipeline.errors import ManifestError
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).parents[1]
+BASE = os.path.abspath(os.sep + "m")
+
+
+def problems_of(data: Any, base: str = BASE) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest_or_scan(data, "m.json", base)
+    return info.value.problems
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def test_a_scan_resolves_into_a_scan_spec():
+    spec = parse_manifest_or_scan({
+        "defaults": {"tile": 512, "output_options": {"compression": "deflate", "level": 4}},
+        "scan": {"input": "s3://b/incoming", "output": "processed", "pages": [0],
+                 "ops": [{"op": "invert"}], "output_options": {"tile": 256}}},
+        "s3://b/manifests/nightly.json", "s3://b/manifests")
+    assert spec == ScanSpec(
+        input="s3://b/incoming/", output="s3://b/manifests/processed/", pages=[0],
+        ops=[{"op": "invert"}], tile=512,
+        output_options=OutputOptions(compression="deflate", level=4, tile=256))
+    local = parse_manifest_or_scan({"scan": {"input": "in/", "output": "./out"}}, "m.json", BASE)
+    assert isinstance(local, ScanSpec)
+    assert (local.input, local.output) == (os.path.join(BASE, "in"), os.path.join(BASE, "out"))
+    # parse_manifest (what validate and run see before planning): a scan has no jobs yet
+    assert parse_manifest({"scan": {"input": "in", "output": "out"}}, "m.json", BASE) == []
+
+
+def test_scan_problems_are_all_reported_with_their_paths():
+    assert problems_of({"scan": {"input": "ftp://x/in/", "outpt": "out/", "tile": 100,
+                                 "ops": [{"op": "gaussian_blur", "sigma": "two"}],
+                                 "output_options": {"compression": "lzw", "quality": 5}}}) == [
+        "scan.outpt: unknown field (allowed: input, ops, output, output_options, pages, tile)",
+        ('scan.input: expected a folder or an s3://bucket/prefix/ (the only URLs supported are '
+         's3://), got "ftp://x/in/"'),
+        "scan.output: expected a folder or an s3://bucket/prefix/ (required), got nothing",
+        'scan.ops[0].sigma: expected a number > 0 and <= 500, got "two"',
+        "scan.tile: expected an integer multiple of 16 from 64 to 8192, got 100",
+        ('scan.output_options.quality: expected no quality with compression "lzw": quality '
+         "applies to jpeg only, got 5"),
+    ]
+
+
+@pytest.mark.parametrize("src, dst", [
+    ("s3://b/in/", "s3://b/in/out/"), ("s3://b/in", "s3://b/"), ("in", "in/sub"),
+    ("in", "in"), ("s3://b/x", "s3://b/x/"),
+])
+def test_the_output_must_not_overlap_the_input(src: str, dst: str):
+    [problem] = problems_of({"scan": {"input": src, "output": dst}})
+    assert problem.startswith("scan.output: expected a location outside scan.input")
+    assert "outputs would be scanned as inputs" in problem
+
+
+def test_jobs_and_scan_are_mutually_exclusive_and_one_is_needed():
+    both = problems_of({"jobs": [{"input": "a.tif", "output": "b.tif"}],
+                        "scan": {"input": "in", "output": "out"}})
+    assert both == [('scan: expected either "jobs" or "scan" at the top level, not both: '
+                     "remove one of them")]
+    assert problems_of({}) == ["jobs: expected a non-empty list of jobs, got nothing"]
+    assert problems_of({"scan": "in/"}) == [
+        ('scan: expected an object with "input" and "output" (and any of pages, ops, tile, '
+         'output_options), got "in/"')]
+    assert problems_of({"scan": {"input": "s3://", "output": ""}}) == [
+        'scan.input: expected s3://bucket/prefix/ with a bucket, got "s3://"',
+        'scan.output: expected a folder or an s3://bucket/prefix/, got ""']
+
+
+# --- the expansion (pure) ---------------------------------------------------------------------
+
+
+def test_scan_jobs_pick_new_tiffs_only_and_keep_relative_paths():
+    scan = ScanSpec("s3://b/in/", "s3://b/out/", ops=[{"op": "invert"}], tile=512)
+    inputs = ["s3://b/in/a.tif", "s3://b/in/B.TIFF", "s3://b/in/day2/c.tif",
+              "s3://b/in/notes.txt", "s3://b/in/.hidden.tif", "s3://b/in/.tmp/d.tif",
+              "s3://b/in/done.tif"]
+    jobs = scan_jobs(scan, inputs, ["s3://b/out/done.tif", "s3://b/out/other.tif"])
+    assert [(j.input, j.output) for j in jobs] == [
+        ("s3://b/in/B.TIFF", "s3://b/out/B.TIFF"),
+        ("s3://b/in/a.tif", "s3://b/out/a.tif"),
+        ("s3://b/in/day2/c.tif", "s3://b/out/day2/c.tif")]
+    assert all(j.ops == [{"op": "invert"}] and j.tile == 512 for j in jobs)
+    assert scan_jobs(scan, inputs, [j.output for j in jobs] + ["s3://b/out/done.tif"]) == []
+
+    local = ScanSpec("/data/in", "s3://b/out/")
+    [job] = scan_jobs(local, ["/data/in/x/y.tif", "/data/input2/z.tif"], [])
+    assert job.output == "s3://b/out/x/y.tif"
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def _pages(path: Path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tf:
+        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+
+
+def _run(manifest: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict[str, Any], str]:
+    code = cli.main(["run", str(manifest), "--workers", "2", "--quiet"])
+    captured = capsys.readouterr()
+    report = json.loads(manifest.with_suffix(".report.json").read_text())
+    return code, report, captured.err
+
+
+def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    incoming = tmp_path / "incoming"
+    (incoming / "day2").mkdir(parents=True)
+    for i, name in enumerate(("a.tif", "b.tif", "day2/c.TIFF")):
+        write_sample(str(incoming / name), [SamplePage(150, 200, 3)], tile=64, seed=i)
+    (incoming / "readme.txt").write_text("not a TIFF")
+    done = tmp_path / "processed" / "b.tif"
+    done.parent.mkdir()
+    done.write_bytes(b"an earlier run's output")  # exists: b.tif is not processed again
+    manifest = tmp_path / "nightly.json"
+    manifest.write_text(json.dumps({"scan": {
+        "input": "incoming", "output": "processed", "ops": [{"op": "invert"}], "tile": 128,
+        "output_options": {"tile": 64}}}))
+
+    assert cli.main(["validate", str(manifest)]) == 0
+    capsys.readouterr()
+
+    code, report, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert [(j["input"], j["output"], j["status"]) for j in report["jobs"]] == [
+        (str(incoming / "a.tif"), str(tmp_path / "processed" / "a.tif"), "SUCCEEDED"),
+        (str(incoming / "day2" / "c.TIFF"), str(tmp_path / "processed" / "day2" / "c.TIFF"),
+         "SUCCEEDED")]
+    assert done.read_bytes() == b"an earlier run's output"
+    for name in ("a.tif", "day2/c.TIFF"):
+        [got] = _pages(tmp_path / "processed" / name)
+        [page] = _pages(incoming / name)
+        assert np.array_equal(got, ~page)
+    assert not (tmp_path / ".tiffpipe-work").exists()
+
+    code, report, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert (report["succeeded"], report["failed"], report["jobs"]) == (0, 0, [])
+
+
+def test_a_missing_input_folder_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture):
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"scan": {"input": "nope", "output": "out"}}))
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "InputNotFoundError" in err and "is not a folder" in err
+
+
+def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The worker processes reach S3 through AWS_ENDPOINT_URL, so tiffpipe runs as a
+    subprocess (see tests/test_s3_pipeline.py)."""
+    server_module = pytest.importorskip("moto.server")
+    import boto3
+
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for var in list(os.environ):
+            if var.startswith("AWS_"):
+                monkeypatch.delenv(var)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setattr(storage, "_client", None)
+        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
+        s3.create_bucket(Bucket="scan-test")
+        source = tmp_path / "x.tif"
+        write_sample(str(source), [SamplePage(120, 140, 1, "uint16")], tile=64)
+        for key in ("in/x.tif", "in/sub/y.tif", "in/z.tif"):
+            s3.upload_file(str(source), "scan-test", key)
+        s3.put_object(Bucket="scan-test", Key="out/z.tif", Body=b"done before")
+        s3.put_object(Bucket="scan-test", Key="scan.json", Body=json.dumps({"scan": {
+            "input": "in/", "output": "s3://scan-test/out/", "tile": 64,
+            "output_options": {"tile": 64}}}).encode())
+
+        def run() -> dict[str, Any]:
+            done = subprocess.run(
+                [sys.executable, "-m", "pipeline.cli", "run", "s3://scan-test/scan.json",
+                 "--workers", "2", "--quiet", "--report", str(tmp_path / "r.json")],
+                cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=150,
+                check=False)
+            assert done.returncode == 0, done.stderr
+            return json.loads((tmp_path / "r.json").read_text())
+
+        report = run()
+        assert [j["output"] for j in report["jobs"]] == ["s3://scan-test/out/sub/y.tif",
+                                                         "s3://scan-test/out/x.tif"]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="scan-test", Prefix="out/")[
+            "Contents"]]
+        assert sorted(keys) == ["out/sub/y.tif", "out/x.tif", "out/z.tif"]
+        assert s3.get_object(Bucket="scan-test", Key="out/z.tif")["Body"].read() == b"done before"
+        assert run()["jobs"] == []
+    finally:
+        server.stop()

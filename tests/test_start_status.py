@@ -1,0 +1,287 @@
+"""``tiffpipe start`` and ``tiffpipe status`` against a stack deployed in moto.
+
+moto runs the deployed state machine for real (``execute_state_machine``), and its Lambda
+invokes are served in this process by the real handlers (as AWS would run the images), so
+``start --wait`` follows a real run: a manifest uploaded to the stack bucket, real TIFFs in
+(mocked) S3, Distributed Map runs, the report the Report step writes. Other tests point
+``--state-machine`` at small stand-in state machines to get a failed or a running execution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import tifffile
+from moto import mock_aws
+
+from pipeline import cli, handlers
+from pipeline.adapters import storage
+from pipeline.aws import STEPS, Clients, StackNames
+from pipeline.aws.deploy_steps import DeployConfig, deploy
+from pipeline.aws.executions import BUCKET_TAG
+from pipeline.aws.policies import DataLocation
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(120)
+
+REGION = "us-east-1"
+STACK = "t2"
+NAMES = StackNames(STACK, "123456789012", REGION)
+DATA = "tiffpipe-test-data"
+RUN_NAME = re.compile(r"^run-\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+@dataclass
+class Stack:
+    session: Any
+    tmp: Path
+
+    def client(self, service: str) -> Any:
+        return self.session.client(service, region_name=REGION)
+
+    def tiffpipe(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([*args])
+        return code, out.getvalue(), err.getvalue()
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        found = self.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
+        return [o["Key"] for o in found.get("Contents", [])]
+
+    def manifest(self, name: str, doc: dict[str, Any]) -> Path:
+        path = self.tmp / name
+        path.write_text(json.dumps(doc))
+        return path
+
+
+@contextlib.contextmanager
+def _handlers_in_process() -> Iterator[None]:
+    """moto's Lambda invokes run the real handlers here (its own backend only echoes)."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
+               response_headers: dict[str, str]) -> bytes:
+        step = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
+        assert step in STEPS, name
+        try:
+            payload = handlers.dispatch(step, json.loads(body or "{}"))
+        except Exception as exc:  # noqa: BLE001 - Lambda reports any exception by its name
+            response_headers["x-amz-function-error"] = "Unhandled"
+            payload = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+        return json.dumps(payload).encode()
+
+    original = LambdaSimpleBackend.invoke
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setattr(storage, "_client", None)
+    logging_off = {"stepfunctions": {"execute_state_machine": True},
+                   "lambda": {"use_docker": False}}
+    with mock_aws(config=logging_off), _handlers_in_process():  # type: ignore[arg-type]
+        session = boto3.Session(region_name=REGION)
+        ecr = session.client("ecr")
+        for step in STEPS:
+            ecr.create_repository(repositoryName=NAMES.repository(step))
+            layer = "sha256:" + hashlib.sha256(step.encode()).hexdigest()
+            ecr.put_image(repositoryName=NAMES.repository(step), imageTag="v1",
+                          imageManifest=json.dumps({
+                              "schemaVersion": 2, "layers": [{"digest": layer}],
+                              "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}))
+        deploy(DeployConfig(STACK, skip_build=True, data=[DataLocation(DATA)]),
+               Clients(REGION, session=session), log=lambda _: None, sleep=lambda _: None)
+        s3 = session.client("s3")
+        s3.create_bucket(Bucket=DATA)
+        source = tmp_path / "img.tif"
+        write_sample(str(source), [SamplePage(200, 260, 3), SamplePage(130, 150, 1, "uint16")],
+                     tile=64, compression="zstd")
+        for key in ("in/a.tif", "incoming/x.tif", "incoming/day2/y.tiff"):
+            s3.upload_file(str(source), DATA, key)
+        yield Stack(session, tmp_path)
+
+
+def _pages(data: bytes, tmp: Path) -> list[np.ndarray]:
+    path = tmp / "got.tif"
+    path.write_bytes(data)
+    with tifffile.TiffFile(path) as tf:
+        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+
+
+JOBS = {"defaults": {"tile": 128, "output_options": {"tile": 64}}, "jobs": [
+    {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif",
+     "ops": [{"op": "invert"}]},
+    {"input": f"s3://{DATA}/in/missing.tif", "output": f"s3://{DATA}/out/missing.tif"},
+]}
+
+
+def test_start_uploads_a_local_manifest_and_wait_shows_the_summary(stack: Stack):
+    manifest = stack.manifest("m.json", JOBS)
+    code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--region",
+                                    REGION, "--wait", "--poll", "0.05")
+    assert code == 1, err  # the missing input fails its job (exit 1, as tiffpipe run)
+    assert "Traceback" not in err
+    arn = out.splitlines()[0]
+    name = arn.rsplit(":", 1)[-1]
+    assert RUN_NAME.match(name), name
+    run_id = name.removeprefix("run-")
+
+    # the manifest was uploaded under the run id, and the execution input names it
+    assert f"uploaded {manifest} to s3://{NAMES.bucket}/manifests/{run_id}.json" in err
+    assert json.loads(stack.client("s3").get_object(
+        Bucket=NAMES.bucket, Key=f"manifests/{run_id}.json")["Body"].read()) == JOBS
+    desc = stack.client("stepfunctions").describe_execution(executionArn=arn)
+    assert json.loads(desc["input"]) == {
+        "manifest": f"s3://{NAMES.bucket}/manifests/{run_id}.json",
+        "work": f"s3://{NAMES.bucket}/work/{run_id}/", "run_id": run_id,
+        "report": f"s3://{NAMES.bucket}/reports/{run_id}.json"}
+    assert "Split" in err and "Process" in err and "items" in err  # map run progress
+
+    # the summary table, as tiffpipe run prints it, from the report the Report step wrote
+    assert f"run {run_id}: 1 succeeded, 1 failed" in out
+    assert f"s3://{DATA}/out/a.tif" in out and "InputNotFoundError" in out
+    assert f"report: s3://{NAMES.bucket}/reports/{run_id}.json" in out
+    report = json.loads(stack.client("s3").get_object(
+        Bucket=NAMES.bucket, Key=f"reports/{run_id}.json")["Body"].read())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED", "FAILED"]
+    got = _pages(stack.client("s3").get_object(Bucket=DATA, Key="out/a.tif")["Body"].read(),
+                 stack.tmp)
+    with tifffile.TiffFile(stack.tmp / "img.tif") as tf:
+        assert np.array_equal(got[0], ~tf.pages[0].asarray())
+    assert stack.keys(DATA, "out/") == ["out/a.tif"]
+
+    # status shows the finished execution the same way, with the same exit code
+    code, again, err = stack.tiffpipe("status", arn)
+    assert code == 1, err
+    assert again == out[len(arn) + 1:]
+
+
+def test_a_scan_started_twice_does_no_work_twice(stack: Stack):
+    scan = stack.manifest("scan.json", {"scan": {
+        "input": f"s3://{DATA}/incoming/", "output": f"s3://{DATA}/processed/",
+        "tile": 128, "output_options": {"tile": 64, "compression": "deflate"}}})
+    code, out, err = stack.tiffpipe("start", str(scan), "--stack", STACK, "--region", REGION,
+                                    "--wait", "--poll", "0.05")
+    assert code == 0, err
+    assert "2 succeeded, 0 failed" in out
+    assert stack.keys(DATA, "processed/") == ["processed/day2/y.tiff", "processed/x.tif"]
+    before = {k: stack.client("s3").head_object(Bucket=DATA, Key=k)["ETag"]
+              for k in stack.keys(DATA, "processed/")}
+    code, out, err = stack.tiffpipe("start", str(scan), "--stack", STACK, "--region", REGION,
+                                    "--wait", "--poll", "0.05")
+    assert code == 0, err
+    assert "0 succeeded, 0 failed" in out  # nothing new: an empty run that succeeds
+    assert {k: stack.client("s3").head_object(Bucket=DATA, Key=k)["ETag"]
+            for k in stack.keys(DATA, "processed/")} == before
+
+
+def test_start_rejects_local_paths_and_names_the_job_and_field(stack: Stack):
+    manifest = stack.manifest("local.json", {"jobs": [
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif"},
+        {"input": "slides/b.tif", "output": f"s3://{DATA}/out/b.tif"},
+        {"input": f"s3://{DATA}/in/a.tif", "output": "/tmp/out/c.tif"}]})
+    code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--region",
+                                    REGION)
+    assert code == 2
+    assert out == ""
+    assert 'jobs[1].input: expected an s3:// URL for a run on AWS, got "slides/b.tif"' in err
+    assert 'jobs[2].output: expected an s3:// URL for a run on AWS, got "/tmp/out/c.tif"' in err
+    assert "cannot read this machine's files" in err
+    assert stack.keys(NAMES.bucket, "manifests/") == []
+    assert stack.client("stepfunctions").list_executions(
+        stateMachineArn=NAMES.state_machine_arn)["executions"] == []
+
+    invalid = stack.manifest("invalid.json", {"jobs": [{"input": f"s3://{DATA}/in/a.tif"}]})
+    code, _, err = stack.tiffpipe("start", str(invalid), "--stack", STACK, "--region", REGION)
+    assert code == 2 and "jobs[0].output: expected" in err
+
+
+def test_executions_get_unique_readable_names_and_an_s3_manifest_is_used_in_place(stack: Stack):
+    stack.client("s3").put_object(Bucket=DATA, Key="manifests/m.json", Body=json.dumps(
+        {"jobs": [{"input": "../in/a.tif", "output": "../out/rel.tif"}]}).encode())
+    arns = []
+    for _ in range(2):
+        code, out, err = stack.tiffpipe("start", f"s3://{DATA}/manifests/m.json", "--stack",
+                                        STACK, "--region", REGION)
+        assert code == 0, err
+        assert "tiffpipe status arn:" in err
+        arns.append(out.strip())
+    names = [a.rsplit(":", 1)[-1] for a in arns]
+    assert all(RUN_NAME.match(n) for n in names) and names[0] != names[1]
+    assert stack.keys(NAMES.bucket, "manifests/") == []  # not uploaded: already in S3
+    code, out, err = stack.tiffpipe("status", arns[0], "--wait", "--poll", "0.05")
+    assert code == 0, err
+    assert f"s3://{DATA}/out/rel.tif" in out
+
+
+def _stand_in(stack: Stack, name: str, states: dict[str, Any]) -> str:
+    """A small state machine tagged with the stack's bucket (as deploy.py tags its own)."""
+    sfn = stack.client("stepfunctions")
+    return sfn.create_state_machine(
+        name=name, roleArn=NAMES.role_arn(NAMES.state_machine_role),
+        definition=json.dumps({"StartAt": "Only", "States": {"Only": states}}),
+        tags=[{"key": BUCKET_TAG, "value": NAMES.bucket}])["stateMachineArn"]
+
+
+def test_status_renders_a_report_and_a_failed_execution(stack: Stack):
+    report = {"run_id": "r1", "manifest": "s3://x/m.json", "seconds": 3.5, "succeeded": 1,
+              "failed": 0, "jobs": [{"job": 0, "status": "SUCCEEDED", "input": "s3://x/a.tif",
+                                     "output": "s3://x/out/a.tif", "pages": 2,
+                                     "megapixels": 1.5, "seconds": 3.1}]}
+    stack.client("s3").put_object(Bucket=NAMES.bucket, Key="reports/r1.json",
+                                  Body=json.dumps(report).encode())
+    done = _stand_in(stack, "tiffpipe-done", {"Type": "Pass", "End": True, "Result": {
+        "report": f"s3://{NAMES.bucket}/reports/r1.json", "succeeded": 1, "failed": 0}})
+    manifest = stack.manifest("m.json", JOBS)
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", done, "--wait",
+                                    "--region", REGION, "--poll", "0.05")
+    assert code == 0, err
+    assert "run r1: 1 succeeded, 0 failed" in out and "s3://x/out/a.tif" in out
+
+    boom = _stand_in(stack, "tiffpipe-boom", {"Type": "Fail", "Error": "StorageError",
+                                              "Cause": "the bucket went away"})
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", boom, "--wait",
+                                    "--region", REGION, "--poll", "0.05")
+    assert code == 1
+    assert "ended FAILED: StorageError: the bucket went away" in err
+
+
+def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):
+    slow = _stand_in(stack, "tiffpipe-slow", {"Type": "Wait", "Seconds": 30, "End": True})
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=slow, name="run-slow", input="{}")["executionArn"]
+    try:
+        code, out, err = stack.tiffpipe("status", arn)
+        assert code == 0, err
+        assert out.strip() == "run-slow: RUNNING: planning (no map run yet)"
+    finally:
+        sfn.stop_execution(executionArn=arn)
+
+    code, _, err = stack.tiffpipe("status", arn.replace("run-slow", "run-none"))
+    assert code == 2 and "no execution" in err
+    code, _, err = stack.tiffpipe("start", str(stack.manifest("m.json", JOBS)), "--stack",
+                                  "nope", "--region", REGION)
+    assert code == 2 and "deploy it first" in err
