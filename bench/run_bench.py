@@ -27,8 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pipeline.engine.workers import peak_rss_kb  # noqa: E402
-from pipeline.sample import SamplePage, write_sample  # noqa: E402
+from pipeline.engine.workers import peak_rss_kb
+from pipeline.sample import SamplePage, write_sample
 
 
 def child_run(manifest: str, workers: int) -> dict:
@@ -118,7 +118,7 @@ def main() -> None:
         print(f"{label}: {r['megapixels']:.0f} Mpx, {r['wall_s']:.1f} s, engine "
               f"{r['engine_peak_mb']:.0f} MB, workers {r['worker_peaks_mb']} MB", file=sys.stderr)
     small, giant = results["memory_small"], results["memory_giant"]
-    peak = lambda r: max([r["engine_peak_mb"], *r["worker_peaks_mb"]])  # noqa: E731
+    peak = lambda r: max([r["engine_peak_mb"], *r["worker_peaks_mb"]])
     results["memory_ratio_giant_to_small"] = peak(giant) / peak(small)
 
     # --- throughput: 3-page RGB, tiffpipe vs tifffile read+write ------------------------

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="run report JSON (default: <manifest>.report.json next "
                                       "to the manifest)")
     run.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    run.add_argument("--no-contact-sheet", action="store_true",
+                     help="do not write <report>.contact.png (input and output thumbnails)")
 
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
@@ -39,15 +41,58 @@ def _parser() -> argparse.ArgumentParser:
     ops = sub.add_parser("ops", help="list the operations, their parameters and halos")
     ops.add_argument("--json", action="store_true", help="machine-readable output")
 
+    est = sub.add_parser("estimate", help="cost and time of a manifest's run on AWS, on paper")
+    est.add_argument("manifest", help="manifest JSON; only the inputs' page headers are read")
+    est.add_argument("--calibration", help="per-megapixel costs measured by bench/compare.py "
+                                           "(default: bench/calibration.json)")
+    est.add_argument("--concurrency", type=int, default=1000,
+                     help="Lambda invocations at once (default: 1000, the account default)")
+    est.add_argument("--price", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a price or any other assumption (repeatable; the "
+                          "estimate lists them all)")
+    est.add_argument("--assume-pages", metavar="WxH[xC][:dtype][*N]",
+                     help="do not open the inputs: each has these pages (comma-separated), "
+                          "e.g. 100000x100000x3 or 65536x65536x1:uint16*3")
+    est.add_argument("--json", action="store_true", help="machine-readable output")
+
+    preview = sub.add_parser("preview", help="render a thumbnail of a TIFF page as a PNG")
+    preview.add_argument("file", help="the TIFF (local path or s3:// URL)")
+    preview.add_argument("-o", "--output", help="the PNG to write (default: <file stem>.png "
+                                                "in the current folder)")
+    preview.add_argument("--page", type=int, default=0, help="page index (default: 0)")
+    preview.add_argument("--size", type=int, default=512,
+                         help="the thumbnail fits in a SIZE x SIZE box (default: 512)")
+
     demo = sub.add_parser("demo", help="generate a sample TIFF and manifest, and run it")
     demo.add_argument("--dir", default="example", help="where (default: ./example)")
     demo.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    start = sub.add_parser("start", help="start a run of a manifest on the AWS stack")
+    start.add_argument("manifest", help="manifest JSON (local: uploaded first; or s3:// URL); "
+                                        "its inputs and outputs must be s3:// URLs")
+    target = start.add_mutually_exclusive_group()
+    target.add_argument("--stack", default="main", help="the deploy.py stack (default: main)")
+    target.add_argument("--state-machine", metavar="ARN", help="the state machine to run")
+    start.add_argument("--wait", action="store_true",
+                       help="follow the run to its end, then print the summary")
+    status = sub.add_parser("status", help="show a run on AWS (progress, or the summary)")
+    status.add_argument("execution", metavar="EXECUTION_ARN", help="as printed by start")
+    status.add_argument("--wait", action="store_true", help="follow a running run to its end")
+    for aws in (start, status):
+        aws.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION; "
+                                          "status: the ARN's)")
+        aws.add_argument("--profile", help="AWS profile")
+        aws.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
+                         help="seconds between progress checks (default: 5)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops, "demo": cmd_demo}
+    handler = {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops, "demo": cmd_demo,
+               "preview": cmd_preview,
+               "estimate": cmd_estimate,
+               "start": cmd_aws, "status": cmd_aws}
     try:
         return handler[args.command](args)
     except KeyboardInterrupt:
@@ -74,7 +119,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     jobs = _validated(args.manifest)
     if jobs is None:
         return EXIT_USAGE
-    print(f"{args.manifest}: valid, {len(jobs)} job(s)")
+    if isinstance(jobs, list):
+        print(f"{args.manifest}: valid, {len(jobs)} job(s)")
+    else:
+        print(f"{args.manifest}: valid, a scan of {jobs.input} into {jobs.output} (the jobs are "
+              "the TIFFs there without an output when the run starts)")
     return EXIT_OK
 
 
@@ -91,7 +140,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with RunProgress(jobs, quiet=args.quiet) as progress:
             result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
-                               keep_work=args.keep_work, listener=progress)
+                               keep_work=args.keep_work, listener=progress,
+                               contact_sheet=not getattr(args, "no_contact_sheet", False))
     except OutputNotWritableError as exc:
         print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -100,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not args.quiet:
         print_summary(result.report)
+        if result.contact_sheet:
+            print(f"contact sheet: {result.contact_sheet}")
         print(f"report: {result.report_url}")
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -123,6 +175,54 @@ def cmd_ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from pipeline.adapters import storage
+    from pipeline.errors import TiffpipeError
+    from pipeline.preview import write_preview
+
+    if not 16 <= args.size <= 4096:
+        print("tiffpipe: --size must be from 16 to 4096", file=sys.stderr)
+        return EXIT_USAGE
+    if args.page < 0:
+        print("tiffpipe: --page must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    stem = os.path.splitext(os.path.basename(args.file.rstrip("/")))[0] or "preview"
+    output = args.output or f"{stem}.png"
+    if not storage.is_s3(output):
+        output = os.path.abspath(output)
+    try:
+        thumb = write_preview(args.file, output, args.page, args.size)
+    except TiffpipeError as exc:
+        print(f"tiffpipe: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{output}: {thumb.description}")
+    return EXIT_OK
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from pipeline import estimate as est
+    from pipeline.errors import TiffpipeError
+
+    try:
+        overrides = est.parse_overrides(args.price)
+        calibration = est.load_calibration(args.calibration)
+        plans, sizes, problems = est.plans_for_manifest(args.manifest, args.assume_pages)
+        if problems:
+            print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(problems),
+                  file=sys.stderr)
+            return EXIT_USAGE
+        result = est.estimate(plans, calibration, overrides, args.concurrency,
+                              input_bytes=sizes)
+    except ManifestError as exc:
+        print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (est.EstimateError, TiffpipeError) as exc:
+        print(f"tiffpipe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(result, indent=2) if args.json else est.format_text(result))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import prepare_demo
 
@@ -130,6 +230,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"sample and manifest ready: {manifest}", file=sys.stderr)
     return cmd_run(argparse.Namespace(manifest=manifest, workers=args.workers, work=None,
                                       keep_work=False, report=None, quiet=False))
+
+
+def cmd_aws(args: argparse.Namespace) -> int:
+    """``start`` and ``status``: runs on the AWS stack (see pipeline/aws/executions.py)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipeline.aws import AwsError, Clients, NoCredentialsFoundError, StackNotFoundError
+    from pipeline.aws.executions import show, start
+
+    region = args.region
+    arn = args.execution if args.command == "status" else args.state_machine
+    if not region and arn and arn.count(":") >= 6:
+        region = arn.split(":")[3]  # arn:aws:states:REGION:...
+    clients = Clients(region, args.profile)
+    try:
+        if args.command == "start":
+            return start(clients, args.manifest, stack=None if args.state_machine else args.stack,
+                         state_machine=args.state_machine, wait=args.wait, poll=args.poll)
+        return show(clients, args.execution, wait=args.wait, poll=args.poll)
+    except ManifestError as exc:
+        print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
+    except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError) as exc:
+        print(f"tiffpipe: {exc}", file=sys.stderr)
+    except (AwsError, ClientError, BotoCoreError) as exc:
+        print(f"tiffpipe: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

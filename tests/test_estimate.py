@@ -1,0 +1,276 @@
+"""``tiffpipe estimate``: the cost model's arithmetic on a small manifest and a calibration
+with round numbers (every expected value below is worked out by hand from them)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import cli
+from pipeline import estimate as est
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(120)
+
+#: a calibration with round numbers: costs per megapixel, bytes per megapixel
+CAL: dict[str, Any] = {
+    "format": est.CALIBRATION_FORMAT, "measured_at": "2026-01-01T00:00:00Z", "mode": "test",
+    "note": "hand-made", "machine": {"cpu": "test cpu", "cores": 2},
+    "split": {"uint8x3": {"cpu_s_per_mpx": 0.02, "threads": 1.0},
+              "uint8x1": {"cpu_s_per_mpx": 0.01, "threads": 1.0}},
+    "process": {"factor": {"uint8x3": 1.0, "uint8x1": 1.0}},
+    "merge": {"cpu_s_per_output_mb": 0.01, "cpu_s_per_output_tile": 0.0},
+    "calls": {"plan_run": {"wall_s": 0.5}, "plan_job": {"wall_s": 0.25},
+              "report": {"wall_s": 0.125}},
+    "ops": {"gaussian_blur": {
+        "uint8x3": [{"params": {"sigma": 1.0}, "cpu_s_per_mpx": 0.002},
+                    {"params": {"sigma": 2.0}, "cpu_s_per_mpx": 0.004}],
+        "uint8x1": [{"params": {"sigma": 1.0}, "cpu_s_per_mpx": 0.001},
+                    {"params": {"sigma": 2.0}, "cpu_s_per_mpx": 0.002}]}},
+    "encode": {c: {"uint8x3": {"cpu_s_per_mpx": 0.05, "bytes_per_mpx": 1e6},
+                   "uint8x1": {"cpu_s_per_mpx": 0.02, "bytes_per_mpx": 4e5}}
+               for c in ("deflate", "jpeg", "zstd", "lzw", "none")},
+    "work": {"uint8x3": {"decode_cpu_s_per_mpx": 0.004, "bytes_per_mpx": 3e6},
+             "uint8x1": {"decode_cpu_s_per_mpx": 0.002, "bytes_per_mpx": 1e6}},
+    "input_bytes_per_mpx": {"uint8x3": 1.5e6, "uint8x1": 5e5},
+    "import_s": {"split": 1.0, "process": 2.0, "merge": 0.5},
+}
+#: no S3 time and no latency: durations are the CPU model alone
+FAST_IO = {"s3_mb_per_s": 1e12, "state_latency_s": 0.0, "cold_start_s": 0.0}
+SIGMA = 2.0
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """Two jobs: a 2-page RGB input (blur, deflate) and a gray one (no op, zstd), 256 px tiles."""
+    write_sample(str(tmp_path / "rgb.tif"), [SamplePage(700, 900, 3), SamplePage(300, 260, 3)],
+                 tile=128)
+    write_sample(str(tmp_path / "gray.tif"), [SamplePage(1000, 1000, 1)], tile=128)
+    m = {"defaults": {"tile": 256, "output_options": {"tile": 128}},
+         "jobs": [{"input": "rgb.tif", "output": "out/rgb.tif",
+                   "ops": [{"op": "gaussian_blur", "sigma": SIGMA}],
+                   "output_options": {"compression": "deflate"}},
+                  {"input": "gray.tif", "output": "out/gray.tif"}]}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(m))
+    return path
+
+
+def _plans(manifest: Path) -> tuple[list[Any], list[float | None]]:
+    plans, sizes, problems = est.plans_for_manifest(str(manifest))
+    assert problems == []
+    return plans, sizes
+
+
+def test_invocations_follow_the_plan(manifest: Path) -> None:
+    plans, sizes = _plans(manifest)
+    r = est.estimate(plans, CAL, FAST_IO, concurrency=10, input_bytes=sizes)
+    steps = r["steps"]
+    assert steps["plan_run"]["invocations"] == 1
+    assert steps["plan_job"]["invocations"] == 2
+    assert steps["split"]["invocations"] == sum(len(p.units) for p in plans)
+    assert steps["process"]["invocations"] == sum(len(p.batches) for p in plans)
+    assert steps["merge"]["invocations"] == 2
+    assert steps["report"]["invocations"] == 1
+    assert "stats" not in steps  # local ops: no statistics round
+    assert r["invocations"] == sum(s["invocations"] for s in steps.values())
+    # 256 px tiles of 700x900 + 300x260 pages: 3*4 + 2*2 tiles; 1000x1000: 4*4
+    assert [j["tiles"] for j in r["jobs"]] == [16, 16]
+    assert [j["batches"] for j in r["jobs"]] == [len(p.batches) for p in plans]
+    assert r["megapixels"] == pytest.approx((700 * 900 + 300 * 260 + 1000 * 1000) / 1e6)
+
+
+def test_durations_are_the_calibrated_cpu(manifest: Path) -> None:
+    plans, sizes = _plans(manifest)
+    r = est.estimate(plans, CAL, FAST_IO, concurrency=10, input_bytes=sizes)
+    rgb, gray = (est.plan_geometry(p) for p in plans)
+    steps = r["steps"]
+    # split: haloed Mpx x cpu per Mpx, one thread, speed 1
+    assert steps["split"]["seconds"] == pytest.approx(
+        rgb["haloed_mpx"] * 0.02 + gray["haloed_mpx"] * 0.01)
+    # process: haloed x (work decode + op) + output x encode; the gray job has no op
+    assert steps["process"]["seconds"] == pytest.approx(
+        rgb["haloed_mpx"] * (0.004 + 0.004) + rgb["output_mpx"] * 0.05
+        + gray["haloed_mpx"] * 0.002 + gray["output_mpx"] * 0.02)
+    # merge: output MB x 0.01 s
+    out_mb = rgb["output_mpx"] * 1.0 + gray["output_mpx"] * 0.4
+    assert steps["merge"]["seconds"] == pytest.approx(out_mb * 0.01)
+    assert steps["plan_job"]["seconds"] == pytest.approx(0.5)
+    # cold starts: one per environment (at most the concurrency), import time only here
+    assert steps["cold_process"]["environments"] == min(steps["process"]["invocations"], 10)
+    assert steps["cold_process"]["seconds"] == pytest.approx(
+        steps["cold_process"]["environments"] * 2.0)
+    # GB-seconds: seconds x memory in GB
+    for name, s in steps.items():
+        memory = est.ASSUMPTIONS[f"memory_{est.FUNCTION_OF[name]}_mb"].value
+        assert s["gb_s"] == pytest.approx(s["seconds"] * memory / 1024)
+
+
+def test_costs_add_up(manifest: Path) -> None:
+    plans, sizes = _plans(manifest)
+    r = est.estimate(plans, CAL, FAST_IO, concurrency=10, input_bytes=sizes)
+    a = {k: v["value"] for k, v in r["assumptions"].items()}
+    cost, s3 = r["cost_usd"], r["s3"]
+    assert cost["lambda_duration"] == pytest.approx(r["gb_s"] * a["lambda_gb_s"])
+    assert cost["lambda_requests"] == pytest.approx(r["invocations"] * a["lambda_request"])
+    assert cost["step_functions"] == pytest.approx(r["state_transitions"]["total"]
+                                                   * a["sfn_transition"])
+    assert cost["s3_requests"] == pytest.approx((s3["put"] + s3["list"]) * a["s3_put"]
+                                                + s3["get"] * a["s3_get"])
+    ephemeral = sum(s["ephemeral_gb_s"] for s in r["steps"].values())
+    assert cost["lambda_ephemeral"] == pytest.approx(ephemeral * a["lambda_ephemeral_gb_s"])
+    parts = [v for k, v in cost.items() if k != "total"]
+    assert cost["total"] == pytest.approx(sum(parts))
+    assert r["usd_per_gigapixel"] == pytest.approx(cost["total"] / (r["megapixels"] / 1000))
+    # S3 requests per step: split PUTs one work tile per tile, process one pack per tile
+    tiles = sum(j["tiles"] for j in r["jobs"])
+    assert r["steps"]["split"]["put"] == tiles
+    assert r["steps"]["process"]["put"] == tiles
+    assert r["steps"]["process"]["get"] == tiles + sum(j["batches"] for j in r["jobs"])
+
+
+def test_state_transitions_walk_the_definition(manifest: Path) -> None:
+    plans, sizes = _plans(manifest)
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    per_job = r["state_transitions"]["per_job"]
+    for plan, n in zip(plans, per_job, strict=True):
+        # PlanJob, Split (+ one per unit), Process (+ one per batch), Merge at least
+        assert n >= 4 + len(plan.units) + len(plan.batches)
+    assert r["state_transitions"]["total"] == 3 + sum(per_job)  # PlanRun, Jobs, Report
+
+    definition = {"StartAt": "A", "States": {
+        "A": {"Type": "Task", "Next": "Jobs"},
+        "Jobs": {"Type": "Map", "ItemsPath": "$.x.jobs", "Next": "Z", "ItemProcessor": {
+            "StartAt": "P", "States": {
+                "P": {"Type": "Task", "Next": "S"},
+                "S": {"Type": "Map", "ItemsPath": "$.p.units", "Next": "C", "ItemProcessor": {
+                    "StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}},
+                "C": {"Type": "Choice", "Choices": [{"Next": "St"}], "Default": "B"},
+                "St": {"Type": "Map", "ItemsPath": "$.p.batches", "Next": "R", "ItemProcessor": {
+                    "StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}},
+                "R": {"Type": "Task", "Next": "C"},
+                "B": {"Type": "Map", "ItemsPath": "$.p.batches", "Next": "M", "ItemProcessor": {
+                    "StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}},
+                "M": {"Type": "Task", "End": True}}}},
+        "Z": {"Type": "Task", "End": True}}}
+    got = est.count_transitions(definition, [{"units": 2, "batches": 5, "rounds": 0},
+                                             {"units": 1, "batches": 3, "rounds": 2}])
+    # job 0: P, S+2, C, B+5, M = 12; job 1: P, S+1, (C, St+3, R) x 2, C, B+3, M = 21
+    assert got["per_job"] == [12, 21]
+    assert got["total"] == 3 + 12 + 21
+
+
+def test_overrides(manifest: Path) -> None:
+    plans, sizes = _plans(manifest)
+    base = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    free = est.estimate(plans, CAL, {**FAST_IO, "lambda_gb_s": 0.0}, input_bytes=sizes)
+    assert free["cost_usd"]["lambda_duration"] == 0
+    assert free["cost_usd"]["total"] == pytest.approx(base["cost_usd"]["total"]
+                                                      - base["cost_usd"]["lambda_duration"])
+    assert free["assumptions"]["lambda_gb_s"]["overridden"] is True
+    big = est.estimate(plans, CAL, {**FAST_IO, "memory_process_mb": 6016}, input_bytes=sizes)
+    assert big["steps"]["process"]["gb_s"] == pytest.approx(2 * base["steps"]["process"]["gb_s"])
+    fast = est.estimate(plans, CAL, {**FAST_IO, "lambda_core_speed": 2.0}, input_bytes=sizes)
+    assert fast["steps"]["split"]["seconds"] == pytest.approx(
+        base["steps"]["split"]["seconds"] / 2)
+    assert est.parse_overrides(["s3_get=1e-6", "memory-merge-mb=1024"]) == {
+        "s3_get": 1e-6, "memory_merge_mb": 1024.0}
+    with pytest.raises(est.EstimateError, match="unknown assumption"):
+        est.parse_overrides(["no_such=1"])
+    with pytest.raises(est.EstimateError, match="KEY=VALUE"):
+        est.parse_overrides(["lambda_gb_s"])
+
+
+def test_wall_time_falls_with_concurrency(manifest: Path) -> None:
+    plans, sizes = _plans(manifest)
+    one = est.estimate(plans, CAL, FAST_IO, concurrency=1, input_bytes=sizes)
+    many = est.estimate(plans, CAL, FAST_IO, concurrency=100, input_bytes=sizes)
+    work = sum(s["seconds"] for k, s in one["steps"].items() if not k.startswith("cold_"))
+    # one slot: every invocation one after the other (plan_run counted twice: run + report)
+    assert one["wall_s"] >= work - 1e-6
+    assert many["wall_s"] < one["wall_s"]
+    # slots go first come, first served: job 0's four tasks, then job 1's
+    assert est.simulate([[("a", [1.0] * 4)], [("a", [2.0])]], 2, 0, 0, 0.0) == 4.0
+    assert est.simulate([[("a", [1.0] * 4)], [("a", [2.0])]], 3, 0, 0, 0.0) == 3.0
+    assert est.simulate([[("a", [1.0] * 10)]], 100, 0, 3, 0.0) == 4.0  # a Map's cap
+    assert est.simulate([[("a", [1.0])], [("a", [1.0])]], 4, 1, 0, 0.5) == 3.0  # one job at once
+
+
+def test_op_costs_interpolate_and_fall_back() -> None:
+    notes: set[str] = set()
+    assert est.op_cost(CAL["ops"], {"op": "gaussian_blur", "sigma": 1.5}, "uint8", 3,
+                       notes) == pytest.approx(0.003)
+    assert est.op_cost(CAL["ops"], {"op": "gaussian_blur", "sigma": 4.0}, "uint8", 3,
+                       notes) == pytest.approx(0.008)  # extrapolated along the last segment
+    assert est.op_cost(CAL["ops"], {"op": "median_blur", "ksize": 3}, "uint8", 3,
+                       notes) == pytest.approx(0.004)  # not calibrated: as sigma 2 blur
+    assert any("median_blur is not calibrated" in n for n in notes)
+    # uint16 RGB: scaled from uint8 RGB by bytes per pixel
+    assert est.op_cost(CAL["ops"], {"op": "gaussian_blur", "sigma": 2.0}, "uint16", 3,
+                       notes) == pytest.approx(0.008)
+
+
+def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
+    pages = est.parse_assume_pages("2000x1000x3:uint16*2,500x500")
+    assert [(p.width, p.height, p.channels, p.dtype) for p in pages] == [
+        (2000, 1000, 3, "uint16"), (2000, 1000, 3, "uint16"), (500, 500, 1, "uint8")]
+    with pytest.raises(est.EstimateError, match="expected WxH"):
+        est.parse_assume_pages("2000by1000")
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
+                                       "output_options": {"compression": "deflate"}}]}))
+    plans, sizes, problems = est.plans_for_manifest(str(m), "316228x316228x3")
+    assert problems == [] and sizes == [None]
+    r = est.estimate(plans, CAL, concurrency=1000, input_bytes=sizes)
+    assert r["megapixels"] == pytest.approx(316228 ** 2 / 1e6)
+    # a 100-gigapixel output does not fit the merge function's /tmp: said, not hidden
+    assert any("does not fit" in w for w in r["warnings"])
+    assert r["steps"]["split"]["invocations"] == len(plans[0].units)
+    assert math.isfinite(r["wall_s"]) and r["wall_s"] > 0
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_text_and_json(manifest: Path, tmp_path: Path) -> None:
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(CAL))
+    code, out, err = _cli("estimate", str(manifest), "--calibration", str(cal),
+                          "--concurrency", "50", "--price", "lambda_gb_s=0.00002")
+    assert code == 0, err
+    for word in ("invocations", "GB-s", "state transitions", "total", "concurrency 50",
+                 "lambda_gb_s", "(overridden)", "test cpu"):
+        assert word in out
+    code, out, err = _cli("estimate", str(manifest), "--calibration", str(cal), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert {"jobs", "steps", "state_transitions", "s3", "cost_usd", "wall_s",
+            "assumptions", "calibration"} <= set(doc)
+    assert doc["cost_usd"]["total"] > 0
+    # usage errors exit 2
+    assert _cli("estimate", str(manifest), "--calibration", str(tmp_path / "none.json"))[0] == 2
+    assert _cli("estimate", str(manifest), "--calibration", str(cal), "--price", "x=1")[0] == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "other"}))
+    code, _, err = _cli("estimate", str(manifest), "--calibration", str(bad))
+    assert code == 2 and "calibration" in err
+
+
+def test_the_shipped_calibration_loads() -> None:
+    cal = est.load_calibration()
+    assert cal["format"] == est.CALIBRATION_FORMAT
+    assert cal["machine"]["cores"] >= 1
+    for kind in ("uint8x1", "uint8x3"):
+        assert cal["split"][kind]["cpu_s_per_mpx"] > 0
+        assert cal["encode"]["deflate"][kind]["bytes_per_mpx"] > 0
+    assert cal["ops"]["gaussian_blur"]
