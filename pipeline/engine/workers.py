@@ -29,6 +29,13 @@ def _init(env: dict[str, str]) -> None:
     cv2.setNumThreads(1)
 
 
+def _warm_up() -> None:
+    import pipeline.steps.merge
+    import pipeline.steps.planning
+    import pipeline.steps.process
+    import pipeline.steps.split  # noqa: F401
+
+
 def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any], int, int]:
     """Run one handler; never raise (exceptions are returned as Lambda error payloads)."""
     from pipeline.handlers import dispatch
@@ -71,8 +78,16 @@ class WorkerPool:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
-                                   initargs=(self.env,))
+        env = dict(self.env)
+        # each worker gets its share of the cores for tiles in a batch (see steps/process.py)
+        env.setdefault("TIFFPIPE_TILE_THREADS", str(max(1, (os.cpu_count() or 1) // self.workers)))
+        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
+                                   initargs=(env,))
+        # start every worker and import the steps now, while the engine sets up moto,
+        # instead of on the first task
+        for _ in range(self.workers):
+            pool.submit(_warm_up)
+        return pool
 
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         with self._lock:
