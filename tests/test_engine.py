@@ -1,0 +1,218 @@
+"""The embedded engine (pipeline/engine/local.py) and its patches of moto's interpreter.
+
+While ``LocalEngine.run`` lasts, moto's Step Functions interpreter is patched so that a
+Distributed Map does not hold per-item state (threads, frames, child history events, a
+registry of every thread) and Lambda tasks share one boto3 client. These tests check that
+a real manifest still runs right, that moto is exactly as before once ``run`` returns, that
+the patches are in effect during a run, and that what the engine holds during a Map of many
+items is bounded: by object counts, never by RSS or time.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import boto3
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.engine import local
+from pipeline.engine.local import LocalEngine
+from pipeline.runner import run_local
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(180)
+
+SIGMA = 1.5
+MAP_ITERATION = local._MAP_ITERATION
+
+
+def _moto() -> dict[str, Any]:
+    """What the patches touch in moto, as plain references."""
+    import importlib
+
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.stepfunctions.parser import utils
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    dic = importlib.import_module(f"{MAP_ITERATION}.distributed_iteration_component")
+    dipw = importlib.import_module(
+        f"{MAP_ITERATION}.itemprocessor.distributed_item_processor_worker")
+    return {"utils": utils, "boto_client": boto_client, "dic": dic,
+            "worker": dipw.DistributedItemProcessorWorker,
+            "component": dic.DistributedIterationComponent,
+            "lambda_backend": LambdaSimpleBackend}
+
+
+def _snapshot() -> dict[str, Any]:
+    """Every reference a patch replaces, including the names other moto modules imported."""
+    m = _moto()
+    snap: dict[str, Any] = {
+        "TMP_THREADS": m["utils"].TMP_THREADS,
+        "boto_client_for": m["boto_client"].boto_client_for,
+        "EventManager": m["dic"].EventManager,
+        "worker._eval_pool": vars(m["worker"]).get("_eval_pool"),
+        "component own _launch_worker": "_launch_worker" in vars(m["component"]),
+        "component._launch_worker": m["component"]._launch_worker,
+        "LambdaSimpleBackend.invoke": m["lambda_backend"].invoke,
+    }
+    for name, module in sorted(sys.modules.items()):
+        if name.startswith("moto.stepfunctions.") and module is not None:
+            for attr in ("TMP_THREADS", "boto_client_for", "EventManager"):
+                if attr in vars(module):
+                    snap[f"{name}.{attr}"] = vars(module)[attr]
+    return snap
+
+
+def _assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
+    changed = [k for k in before if after.get(k) is not before[k]]
+    assert not changed, f"moto not restored: {changed}"
+
+
+def _zeros_job(folder: Path, batches: int) -> Path:
+    """A zeros gray TIFF of ``batches`` * 8 tiles of 64 px, and a manifest with no ops."""
+    tiles = batches * 8
+    cols = 64 if tiles % 64 == 0 else 8
+    zero = np.zeros((64, 64), np.uint8)
+    with tifffile.TiffWriter(folder / "zeros.tif") as tw:
+        tw.write((zero for _ in range(tiles)), shape=(tiles // cols * 64, cols * 64),
+                 dtype="uint8", tile=(64, 64), compression="zlib", photometric="minisblack",
+                 metadata=None)
+    manifest = folder / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": "zeros.tif", "output": "out.tif", "ops": [], "tile": 64,
+        "output_options": {"tile": 64}}]}))
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def moto_before() -> dict[str, Any]:
+    return _snapshot()
+
+
+# --- a real manifest, end to end ----------------------------------------------------------
+
+
+def test_runs_a_manifest_end_to_end_and_restores_moto(tmp_path: Path,
+                                                      moto_before: dict[str, Any],
+                                                      caplog: pytest.LogCaptureFixture):
+    write_sample(str(tmp_path / "rgb.tif"), [SamplePage(300, 420, 3), SamplePage(200, 150, 3)],
+                 tile=128)
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "rgb.tif", "output": "out.tif", "tile": 64, "output_options": {"tile": 64},
+        "ops": [{"op": "gaussian_blur", "sigma": SIGMA}]}]}))
+    during: list[bool] = []
+
+    def listener(function: str, event: dict[str, Any], ok: bool, payload: dict[str, Any]):
+        from moto.stepfunctions.parser import utils
+
+        during.append(isinstance(utils.TMP_THREADS, local._ThreadsNotKept))
+
+    with caplog.at_level(logging.WARNING, logger=local.__name__):
+        result = run_local(str(tmp_path / "m.json"), 2, listener=listener)
+    assert result.ok, result.error
+    with tifffile.TiffFile(tmp_path / "rgb.tif") as src, \
+            tifffile.TiffFile(tmp_path / "out.tif") as out:
+        assert len(out.pages) == 2
+        for i in range(2):
+            page = src.pages[i].asarray()
+            assert np.array_equal(out.pages[i].asarray(), cv2.GaussianBlur(page, (0, 0), SIGMA))
+    assert during and all(during), "the patches were not in effect during the run"
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    _assert_same(moto_before, _snapshot())
+
+
+def test_a_changed_moto_falls_back_to_its_own_code(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture):
+    """A patch whose target changed is skipped with a warning; the others still apply, and
+    all is put back."""
+    m = _moto()
+
+    def boto_client_for(region, service):  # another signature than in moto 5.2.5
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(m["boto_client"], "boto_client_for", boto_client_for)
+    monkeypatch.delattr(m["worker"], "_eval_pool")  # as if moto renamed it
+    before = _snapshot()
+    with (caplog.at_level(logging.WARNING, logger=local.__name__),
+          local._lean_interpreter(4) as skipped):
+        assert skipped == ["shared boto3 clients", "bounded map worker threads"]
+        assert m["boto_client"].boto_client_for is boto_client_for
+        assert "_launch_worker" not in vars(m["component"])
+        assert isinstance(m["utils"].TMP_THREADS, local._ThreadsNotKept)
+        assert m["dic"].EventManager is not before["EventManager"]
+    assert len(caplog.records) == 2
+    assert all("running without" in r.getMessage() for r in caplog.records)
+    _assert_same(before, _snapshot())
+
+
+# --- memory: what the engine holds during a Map of many items ------------------------------
+
+
+def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str, Any]):
+    """128 process batches with 4 map threads: the threads, interpreter frames and history
+    events alive mid-map stay within what the thread bound allows (as shipped, moto holds ~3
+    threads, a frame and ~5 events per item), the map run's item counts are still reported,
+    and no thread is registered for good."""
+    from moto.stepfunctions.parser import utils
+    from moto.stepfunctions.parser.asl.eval.environment import Environment
+    from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
+
+    batches, map_threads = 128, 4
+    manifest = _zeros_job(tmp_path, batches)
+    registered = len(utils.TMP_THREADS)
+    seen: dict[str, Any] = {"threads": 0, "censuses": [], "map_runs": None}
+    lock = threading.Lock()
+
+    def census() -> dict[str, int]:
+        envs = managers = events = 0
+        for o in gc.get_objects():
+            if isinstance(o, Environment):
+                envs += 1
+            elif isinstance(o, EventManager):
+                managers += 1
+                events += len(o._history_event_list)
+        return {"environments": envs, "event_managers": managers, "events": events}
+
+    def listener(function: str, event: dict[str, Any], ok: bool, payload: dict[str, Any]):
+        with lock:
+            seen["threads"] = max(seen["threads"], threading.active_count())
+            if event.get("action") == "process" and event["batch"] in (40, 100):
+                seen["censuses"].append(census())
+            if event.get("action") == "merge":  # the Process map run has ended
+                sfn = boto3.client("stepfunctions", region_name=local.REGION)
+                machine = sfn.list_state_machines()["stateMachines"][0]["stateMachineArn"]
+                executions = sfn.list_executions(stateMachineArn=machine)["executions"]
+                runs = sfn.list_map_runs(executionArn=executions[0]["executionArn"])
+                seen["executions"] = len(executions)
+                seen["map_runs"] = [sfn.describe_map_run(mapRunArn=r["mapRunArn"])["itemCounts"]
+                                    for r in runs["mapRuns"]]
+
+    with LocalEngine(2, listener=listener, map_threads=map_threads) as engine:
+        run = {"manifest": str(manifest), "work": str(tmp_path / "work"), "run_id": "t",
+               "report": str(tmp_path / "report.json")}
+        execution = engine.run(run, name="many-items")
+    assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+    assert json.loads((tmp_path / "report.json").read_text())["failed"] == 0
+
+    # moto keeps no child executions, and the map runs' item counts are all there
+    assert seen["executions"] == 1
+    totals = sorted(c["total"] for c in seen["map_runs"])
+    assert totals[-1] == batches and all(c["succeeded"] == c["total"] for c in seen["map_runs"])
+    # bounded by map_threads, not by the 128 items (as shipped: ~3 threads per item in flight)
+    assert seen["threads"] <= 3 * map_threads + 16, seen["threads"]
+    assert len(seen["censuses"]) == 2
+    for c in seen["censuses"]:
+        assert c["environments"] <= 4 * map_threads + 8, c
+        assert c["event_managers"] <= 4 * map_threads + 8, c
+        assert c["events"] <= 60, c  # the parent's history only: no child events are kept
+    assert len(utils.TMP_THREADS) == registered
+    _assert_same(moto_before, _snapshot())
