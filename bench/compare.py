@@ -548,7 +548,7 @@ def print_report(results: dict[str, Any]) -> None:
         p()
         p(f"gray page {g['megapixels']:.0f} Mpx, deflate: peak MB of the largest process")
         for tool in ("tiffpipe", "libvips", "naive"):
-            if tool in g and "error" in g[tool]:
+            if tool in g and g[tool].get("error"):
                 p(f"  {tool:9s} FAILED: {g[tool]['error'][-200:]}")
             elif tool in g:
                 r = g[tool]
@@ -618,7 +618,7 @@ def markdown(results: dict[str, Any]) -> str:
         p(f"| {g['megapixels']:.0f} Mpx gray page, deflate | peak MB (largest process) | wall s |")
         p("|---|---:|---:|")
         for tool in ("tiffpipe", "libvips", "naive"):
-            if tool in g and "error" in g[tool]:
+            if tool in g and g[tool].get("error"):
                 p(f"| {tool} | failed | - |")
             elif tool in g:
                 p(f"| {tool} | {g[tool]['peak_mb']:.0f} | {g[tool]['wall_s']:.1f} |")
@@ -723,10 +723,10 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(results["calibration"], f, indent=1)
             f.write("\n")
         log(f"calibration written to {args.calibration}")
-    print_report(results)
-    if args.json:
+    if args.json:  # before the report, so a report bug never loses a long run's numbers
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    print_report(results)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(results) + "\n")

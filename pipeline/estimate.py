@@ -491,9 +491,10 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
                 else list(assumed)
             size = None
         else:
-            from pipeline.adapters.tiff_read import read_infos
+            from pipeline.adapters.tiff_read import keeps_palette, read_infos
 
-            infos = read_infos(spec.input, spec.pages)
+            infos = read_infos(spec.input, spec.pages, keep_palette=keeps_palette(
+                spec.ops, spec.output_options.compression))
             try:
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes

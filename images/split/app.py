@@ -1,0 +1,17 @@
+"""Entry point of the split image (``CMD ["app.handler"]``): plan_run, plan_job and split.
+
+Lambda imports this module once per execution environment, in its init phase: it imports
+the modules of this function's actions now (pipeline.handlers imports them on first use),
+so their import cost is paid in init, and the image's build-time check proves they import
+with what the image holds.
+"""
+
+import importlib
+
+from pipeline.handlers import FUNCTIONS
+from pipeline.handlers import split_handler as handler
+
+for _event, _target in FUNCTIONS["split"].values():
+    importlib.import_module(_target.partition(":")[0])
+
+__all__ = ["handler"]

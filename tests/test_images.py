@@ -1,0 +1,534 @@
+"""The Lambda images for real: built, run, invoked through the Lambda Runtime API, pushed.
+
+A real Docker engine (tests/docker_env.py starts one, as root) builds the three images of
+images/ on a stand-in for the AWS base (none can be pulled here), for this machine's
+platform. Each image then runs as a Lambda execution environment would (read-only root, a
+512 MB /tmp, a non-root user) and its Runtime Interface Client takes real events from a
+Runtime API served by the test: the whole pipeline, action by action, on a real TIFF, on
+local files and on S3 (a moto server), and the output's pixels are checked against OpenCV
+on the whole page. Then the images are pushed to a real registry (Debian's docker-registry)
+by deploy's own build-and-push code, and pulled back by digest.
+
+These tests skip, with the reason, only where no Docker engine can be started (not root,
+no apt-get to install docker.io, dockerd refuses to start); with TIFFPIPE_REQUIRE_DOCKER=1
+(.ci/run sets it) they fail instead.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import docker_env
+import numpy as np
+import pytest
+import tifffile
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+from pipeline.sample import sample_tile
+
+pytestmark = pytest.mark.timeout(3600)
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("split", "process", "merge")
+SIGMA = 1.5
+OPS = [{"op": "gaussian_blur", "sigma": SIGMA}, {"op": "invert"}]
+BUCKET = "tiffpipe-images"
+
+
+def _lock(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            [spec] = req.specifier
+            assert spec.operator == "==", f"{path}: {line} is not an exact pin"
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+COMMON = _lock(ROOT / "requirements/images-common.txt")
+PROCESS = _lock(ROOT / "images/process/requirements.txt")
+
+
+# --- the locks and the Dockerfiles, without Docker -----------------------------------------
+
+
+@pytest.mark.parametrize("pins", [COMMON, {**COMMON, **PROCESS}], ids=["common", "process"])
+def test_lock_pins_every_runtime_dependency(pins):
+    """The images install their lock with --no-deps: it must be closed under dependencies."""
+    for python in ("3.11", "3.12"):  # the stand-in's and the AWS base's
+        env = {"python_version": python, "sys_platform": "linux", "extra": ""}
+        for name, version in pins.items():
+            dist = md.distribution(name)
+            if dist.version != version:
+                continue  # this venv has another version: its metadata would not tell
+            for text in dist.requires or []:
+                req = Requirement(text)
+                if req.marker and not Marker(str(req.marker)).evaluate(env):
+                    continue
+                dep = canonicalize_name(req.name)
+                assert dep in pins, f"{name} {version} needs {req}, missing from the lock"
+                assert req.specifier.contains(pins[dep], prereleases=True), \
+                    f"{name} needs {req}, the lock has {dep}=={pins[dep]}"
+
+
+def test_locks_fit_pyproject():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ranges = {canonicalize_name(Requirement(d).name): Requirement(d).specifier for d in deps}
+    for name, version in {**COMMON, **PROCESS}.items():
+        assert ranges.get(name, SpecifierSet()).contains(version), \
+            f"the lock's {name}=={version} is outside pyproject.toml's {ranges[name]}"
+
+
+#: imported when installed, not needed: botocore falls back to its own CA bundle
+OPTIONAL = {"certifi"}
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_each_function_imports_only_its_lock(step):
+    """What a function's actions import is in its image's lock; split and merge do not
+    import OpenCV (the op functions import it on first use), so their images skip it."""
+    code = ("import importlib, json, sys; before = set(sys.modules); "
+            "import pipeline.handlers as h; "
+            f"[importlib.import_module(t.partition(':')[0]) for _, t in h.FUNCTIONS['{step}']"
+            ".values()]; print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) "
+            "- before})))")  # not what the interpreter's startup (.pth files) imported
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    modules = set(json.loads(out))
+    if step != "process":
+        assert "cv2" not in modules, f"the {step} function's actions import OpenCV"
+    owners = md.packages_distributions()
+    third_party = {canonicalize_name(d) for m in modules for d in owners.get(m, [])} - {"tiffpipe"}
+    lock = {**COMMON, **PROCESS} if step == "process" else COMMON
+    assert third_party - OPTIONAL <= set(lock), f"not in the lock: {third_party - set(lock)}"
+
+
+def _stage(dockerfile: str, name: str) -> str:
+    match = re.search(rf"^FROM \S+ AS {name}\n(.*?)(?=^FROM )", dockerfile,
+                      re.MULTILINE | re.DOTALL)
+    assert match, f"no stage {name}"
+    # the instructions (comments do not make layers)
+    return "\n".join(line for line in match.group(1).splitlines()
+                     if line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_dockerfiles_share_their_deps_stage():
+    """The three builds share the deps stage's layers only if its text is identical."""
+    files = {s: (ROOT / "images" / s / "Dockerfile").read_text() for s in STEPS}
+    stages = {s: _stage(text, "deps") for s, text in files.items()}
+    assert stages["split"] == stages["process"] == stages["merge"]
+    for step, text in files.items():
+        assert "ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12\n" in text
+        assert 'CMD ["app.handler"]' in text
+        assert f"COPY images/{step}/app.py " in text
+        assert ("images/process/requirements.txt" in text) == (step == "process")
+
+
+# --- the engine, the stand-in base, the images ---------------------------------------------
+
+
+@dataclass
+class Built:
+    engine: docker_env.Engine
+    base: str
+    tags: dict[str, str]
+    find_links: str
+    context: Path  # the build context (docker_env.build_context)
+    seconds: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[docker_env.Engine]:
+    try:
+        eng = docker_env.start_engine()
+    except docker_env.Unavailable as exc:
+        if os.environ.get("TIFFPIPE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"TIFFPIPE_REQUIRE_DOCKER=1, but no Docker engine: {exc}")
+        pytest.skip(f"no Docker engine can be started here: {exc}")
+    yield eng
+    eng.close()
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """A line on the terminal even under -q and output capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def built(engine, pytestconfig, tmp_path_factory) -> Iterator[Built]:
+    started = time.monotonic()
+    base = docker_env.ensure_standin_base(engine)
+    seconds = {"stand-in base": time.monotonic() - started}
+    t = time.monotonic()
+    house = docker_env.Wheelhouse(docker_env.base_python(engine, base))
+    house.download(*docker_env.LOCKS)
+    find_links = house.serve()
+    seconds["wheels"] = time.monotonic() - t
+    args = docker_env.build_args(base, find_links)
+    context = docker_env.build_context(tmp_path_factory.mktemp("context"))
+    # tags of this session: other sessions may build in the same engine at the same time
+    tags = {s: f"tiffpipe-{s}:test-{os.getpid()}" for s in STEPS}
+    built = Built(engine, base, tags, find_links, context, seconds)
+    try:
+        for step, tag in built.tags.items():
+            seconds[step] = docker_env.build_image(engine, context, step, tag, args)
+            built.sizes[step] = int(engine.inspect(tag, "{{.Size}}"))
+        built.sizes["stand-in base"] = int(engine.inspect(base, "{{.Size}}"))
+        mb = {k: v / 1e6 for k, v in built.sizes.items()}
+        _say(pytestconfig, "\nLambda images (" + docker_env.platform() + ", stand-in base "
+             f"{mb['stand-in base']:.0f} MB): " + ", ".join(
+                 f"{s} {mb[s]:.0f} MB (+{mb[s] - mb['stand-in base']:.0f} MB)" for s in STEPS))
+        _say(pytestconfig, "image build seconds: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in seconds.items()))
+        yield built
+    finally:
+        house.close()
+        engine.docker("rmi", *tags.values(), check=False)  # the layers stay: the build cache
+
+
+def test_images_build_small_and_share_layers(built):
+    engine = built.engine
+    layers = {s: engine.inspect(t, "{{json .RootFS.Layers}}") for s, t in built.tags.items()}
+    layers = {s: json.loads(v) for s, v in layers.items()}
+    base_layers = len(json.loads(engine.inspect(built.base, "{{json .RootFS.Layers}}")))
+    # the base and the common wheels are one set of layers for all three images; split
+    # and merge differ only in their app.py and what compiles it
+    shared = base_layers + 1
+    assert layers["split"][:shared] == layers["process"][:shared] == layers["merge"][:shared]
+    assert layers["split"][:-2] == layers["merge"][:-2]
+    for step in STEPS:
+        added = built.sizes[step] - built.sizes["stand-in base"]
+        assert added < (360e6 if step == "process" else 200e6), f"{step}: +{added / 1e6:.0f} MB"
+        config = json.loads(engine.inspect(built.tags[step], "{{json .Config}}"))
+        assert config["Cmd"] == ["app.handler"]
+        assert config["Entrypoint"] == ["/lambda-entrypoint.sh"]  # the base's, kept
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_image_holds_only_its_step(built, step):
+    check = ("import importlib.util as u, sys; "
+             "print(' '.join(m for m in ('cv2', 'moto', 'rich', 'pipeline.cli', 'pipeline.engine',"
+             " 'awslambdaric') if u.find_spec(m) and u.find_spec(m).origin and "
+             "u.find_spec(m).origin.startswith('/var/task/')))")
+    out = built.engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python",
+                              built.tags[step], "-c", check).stdout.split()
+    assert out == (["cv2"] if step == "process" else [])
+
+
+# --- running the images as Lambda functions ------------------------------------------------
+
+
+@dataclass
+class Data:
+    dir: Path  # mounted into the containers at the same path
+    source: Path
+    pages: list[np.ndarray]
+    s3_endpoint: str
+    s3: Any
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Iterator[Data]:
+    server_module = pytest.importorskip("moto.server", reason="needs moto[server]")
+    import boto3
+
+    folder = tmp_path_factory.mktemp("images-data")
+    folder.chmod(0o777)  # the functions run as Lambda's non-root user
+    pages = [sample_tile(0, 0, 600, 700, 3, "uint8"), sample_tile(0, 0, 500, 450, 1, "uint16")]
+    source = folder / "in.tif"
+    with tifffile.TiffWriter(source) as tw:
+        tw.write(pages[0], tile=(128, 128), compression="zlib", photometric="rgb")
+        tw.write(pages[1], rowsperstrip=64, compression="lzw", photometric="minisblack")
+    source.chmod(0o644)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=BUCKET)
+    client.upload_file(str(source), BUCKET, "in/in.tif")
+    try:
+        yield Data(folder, source, pages, endpoint, client)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def functions(built, data) -> Iterator[dict[str, docker_env.LambdaContainer]]:
+    env = {"AWS_ENDPOINT_URL": data.s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    running: dict[str, docker_env.LambdaContainer] = {}
+    try:
+        for step, tag in built.tags.items():
+            running[step] = docker_env.LambdaContainer(built.engine, tag, f"tiffpipe-{step}",
+                                                       [data.dir], env=env)
+        yield running
+    finally:
+        for container in running.values():
+            container.close()
+
+
+def call(fn: docker_env.LambdaContainer, event: dict[str, Any]) -> Any:
+    """Invoke; the function must succeed (else its error and its container's log)."""
+    answer = fn.invoke(event)
+    assert answer.ok, f"{fn.name}: {answer.payload}\n--- log ---\n{fn.logs()[-4000:]}"
+    return answer.payload
+
+
+def run_pipeline(functions, manifest: str, work: str, report: str) -> dict[str, Any]:
+    """What the state machine does for a one-job manifest, action by action, each action
+    invoked in its own function's container."""
+    split, process, merge = (functions[s] for s in STEPS)
+    planned = call(split, {"action": "plan_run", "manifest": manifest, "work": work,
+                           "run_id": "images-test", "report": report})
+    assert planned["jobs"] == [0]
+    job = call(split, {"action": "plan_job", "run": planned["run"], "job": 0})
+    for unit in job["units"]:
+        call(split, {"action": "split", "plan": job["plan"], "unit": unit})
+    stats = job["stats"]
+    while stats["more"]:  # the statistics rounds of ops that need the whole page
+        for batch in job["batches"]:
+            call(process, {"action": "stats", "plan": job["plan"], "batch": batch,
+                           "round": stats["round"]})
+        stats = call(process, {"action": "reduce_stats", "plan": job["plan"],
+                               "round": stats["round"]})
+    for batch in job["batches"]:
+        call(process, {"action": "process", "plan": job["plan"], "batch": batch})
+    merged = call(merge, {"action": "merge", "plan": job["plan"]})
+    counts = call(merge, {"action": "report", "run": planned["run"]})
+    assert (counts["succeeded"], counts["failed"]) == (1, 0)
+    return merged
+
+
+def expected(page: np.ndarray) -> np.ndarray:
+    return cv2.bitwise_not(cv2.GaussianBlur(page, (0, 0), SIGMA))
+
+
+def _check_output(path: Path, data: Data) -> None:
+    with tifffile.TiffFile(path) as tf:
+        assert len(tf.pages) == len(data.pages)
+        for page, source in zip(tf.pages, data.pages, strict=True):
+            assert page.is_tiled
+            assert np.array_equal(page.asarray(), expected(source))
+
+
+def test_pipeline_on_local_files(functions, data):
+    manifest = data.dir / "local.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "out/local.tif", "ops": OPS, "tile": 256,
+        "output_options": {"compression": "zstd", "tile": 128}}]}))
+    report = data.dir / "local.report.json"
+    merged = run_pipeline(functions, str(manifest), str(data.dir / "work-local"), str(report))
+    assert merged["output"] == str(data.dir / "out/local.tif")
+    _check_output(data.dir / "out/local.tif", data)
+    assert json.loads(report.read_text())["jobs"][0]["status"] == "SUCCEEDED"
+
+
+def test_pipeline_with_a_statistics_round(functions, data):
+    """A whole-page op (equalize_hist): the process function's stats and reduce_stats run,
+    and split plans the round without OpenCV."""
+    manifest = data.dir / "stats.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "out/stats.tif", "pages": [0], "tile": 128,
+        "output_options": {"tile": 64},
+        "ops": [{"op": "to_gray"}, {"op": "equalize_hist"}]}]}))
+    run_pipeline(functions, str(manifest), str(data.dir / "work-stats"),
+                 str(data.dir / "stats.report.json"))
+    gray = cv2.cvtColor(data.pages[0], cv2.COLOR_RGB2GRAY)
+    assert np.array_equal(tifffile.imread(data.dir / "out/stats.tif"), cv2.equalizeHist(gray))
+
+
+def test_pipeline_on_s3(functions, data):
+    data.s3.put_object(Bucket=BUCKET, Key="jobs/s3.json", Body=json.dumps({"jobs": [{
+        "input": f"s3://{BUCKET}/in/in.tif", "output": f"s3://{BUCKET}/out/s3.tif",
+        "ops": OPS, "tile": 256, "output_options": {"compression": "deflate", "tile": 128}}]}))
+    run_pipeline(functions, f"s3://{BUCKET}/jobs/s3.json", f"s3://{BUCKET}/work/",
+                 f"s3://{BUCKET}/reports/s3.json")
+    local = data.dir / "from-s3.tif"
+    data.s3.download_file(BUCKET, "out/s3.tif", str(local))
+    _check_output(local, data)
+
+
+@pytest.mark.parametrize(("step", "event", "error"), [
+    ("split", {"action": "plan_run", "manifest": "{dir}/missing.json", "work": "{dir}/w",
+               "run_id": "x", "report": "{dir}/r.json"}, "InputNotFoundError"),
+    ("process", {"action": "process", "plan": "{dir}/nowhere/plan.json", "batch": 0},
+     "WorkMissingError"),
+    ("merge", {"action": "split", "plan": "{dir}/nowhere/plan.json"}, "EventError"),
+])
+def test_failures_are_named_errors(functions, data, step, event, error):
+    event = {k: v.format(dir=data.dir) if isinstance(v, str) else v for k, v in event.items()}
+    answer = functions[step].invoke(event)
+    assert not answer.ok
+    assert answer.payload["errorType"] == error, answer.payload
+    assert functions[step].alive(), "a handled error must not end the execution environment"
+
+
+def test_lambda_invoke_api_in_front_of_the_containers(functions, data):
+    """The Lambda Invoke API a Lambda client (and Step Functions Local) calls, by name or
+    ARN, answered by the containers: results, and errors as X-Amz-Function-Error."""
+    import boto3
+
+    front = docker_env.InvokeFront(functions)
+    try:
+        client = boto3.client("lambda", endpoint_url=f"http://{front.address}",
+                              region_name="us-east-1", aws_access_key_id="testing",
+                              aws_secret_access_key="testing")
+        arn = "arn:aws:lambda:us-east-1:123456789012:function:tiffpipe-split"
+        answer = client.invoke(FunctionName=arn, Payload=json.dumps({
+            "action": "plan_run", "manifest": str(data.dir / "missing.json"),
+            "work": str(data.dir / "w"), "run_id": "x", "report": str(data.dir / "r.json")}))
+        assert answer["FunctionError"] == "Unhandled"
+        assert json.loads(answer["Payload"].read())["errorType"] == "InputNotFoundError"
+        answer = client.invoke(FunctionName="tiffpipe-merge",
+                               Payload=json.dumps({"action": "report", "run": "nowhere"}))
+        assert answer["StatusCode"] == 200 and "FunctionError" in answer
+    finally:
+        front.close()
+
+
+# --- pushing with deploy's own code ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[docker_env.Registry]:
+    reg = docker_env.Registry()
+    try:
+        reg.start()
+        yield reg
+    finally:
+        reg.close()
+
+
+def test_push_with_deploys_code_and_pull_back_by_digest(built, registry, pytestconfig):
+    from pipeline.aws.images import build_and_push
+
+    engine = built.engine
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[docker_env.machine()]
+    extra = ["--network", "host"]  # the builder's pip reaches the wheelhouse on loopback
+    for key, value in docker_env.build_args(built.base, built.find_links).items():
+        if key != "BASE_IMAGE":
+            extra += ["--build-arg", f"{key}={value}"]
+
+    def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, env=engine.env, timeout=1800, **kwargs)  # noqa: PLW1510
+
+    def push(step: str) -> str:
+        return build_and_push(step, arch, f"{registry.address}/tiffpipe-{step}",
+                              base_image=built.base, context=built.context, run=run,
+                              extra_build_args=extra)
+
+    digests = {}
+    with docker_env.lock("build-and-push"):  # its local tags are fixed: one session at a time
+        for step in STEPS:
+            repo = f"{registry.address}/tiffpipe-{step}"
+            digest = digests[step] = push(step)
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), digest
+            assert registry.manifest_digest(f"tiffpipe-{step}", digest) == digest
+            image_id = engine.inspect(f"tiffpipe-{step}:build-{arch}", "{{.Id}}")
+            # drop the pushed tag, pull by digest, and invoke the pulled image as a function
+            engine.docker("rmi", f"{repo}:img-{image_id.removeprefix('sha256:')[:16]}")
+            engine.docker("pull", f"{repo}@{digest}", timeout=600)
+            assert engine.inspect(f"{repo}@{digest}", "{{.Id}}") == image_id
+            pulled = docker_env.LambdaContainer(engine, f"{repo}@{digest}", f"tiffpipe-{step}",
+                                                [])
+            try:
+                answer = pulled.invoke({"action": "no_such_action"}, timeout=120)
+            finally:
+                pulled.close()
+            assert not answer.ok and answer.payload["errorType"] == "EventError", answer.payload
+        # unchanged, an image pushes nothing new: the digest (functions deploy by it) holds
+        assert push("merge") == digests["merge"]
+    _say(pytestconfig, "\npushed (compressed layers, base included): " + ", ".join(
+        f"{s} {registry.compressed_size(f'tiffpipe-{s}', d) / 1e6:.0f} MB"
+        for s, d in digests.items()))
+
+
+# --- AWS Step Functions Local, where its image is present ----------------------------------
+
+SFN_LOCAL = "amazon/aws-stepfunctions-local"
+SFN_LOCAL_PORT = 8083  # its fixed port
+
+
+def test_statemachine_runs_on_stepfunctions_local(built, functions, data):
+    """statemachine.asl.json on AWS Step Functions Local, its Lambda calls served by the three
+    containers. Step Functions Local cannot be pulled here: the test runs where a user has
+    pulled it (``docker pull amazon/aws-stepfunctions-local``) into the engine the tests use."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from pipeline.engine.definition import render
+
+    engine = built.engine
+    present = engine.docker("image", "ls", "-q", SFN_LOCAL).stdout.split()
+    if not present:
+        pytest.skip(f"{SFN_LOCAL} is not present in the Docker engine (it cannot be pulled "
+                    f"here; where it can: docker pull {SFN_LOCAL})")
+    front = docker_env.InvokeFront(functions)
+    name = f"tiffpipe-sfn-local-{os.getpid()}"
+    engine.docker("run", "-d", "--name", name, "--network", "host",
+                  "-e", f"LAMBDA_ENDPOINT=http://{front.address}",
+                  "-e", "AWS_DEFAULT_REGION=us-east-1", "-e", "AWS_ACCOUNT_ID=123456789012",
+                  SFN_LOCAL)
+    try:
+        sfn = boto3.client("stepfunctions", endpoint_url=f"http://127.0.0.1:{SFN_LOCAL_PORT}",
+                           region_name="us-east-1", aws_access_key_id="testing",
+                           aws_secret_access_key="testing")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                sfn.list_state_machines()
+                break
+            except Exception:  # not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        arns = {s: f"arn:aws:lambda:us-east-1:123456789012:function:tiffpipe-{s}" for s in STEPS}
+        try:
+            machine = sfn.create_state_machine(
+                name="tiffpipe", definition=render(arns),
+                roleArn="arn:aws:iam::123456789012:role/DummyRole")["stateMachineArn"]
+        except ClientError as exc:
+            if re.search(r"DISTRIBUTED|ItemProcessor|ProcessorConfig", str(exc)):
+                pytest.xfail(f"this Step Functions Local rejects the Distributed Map: {exc}")
+            raise
+        manifest = data.dir / "sfn.json"
+        manifest.write_text(json.dumps({"jobs": [{
+            "input": "in.tif", "output": "out/sfn.tif", "ops": OPS, "tile": 256,
+            "output_options": {"tile": 128}}]}))
+        execution = sfn.start_execution(
+            stateMachineArn=machine, name="images-test", input=json.dumps({
+                "manifest": str(manifest), "work": str(data.dir / "work-sfn"), "run_id": "sfn",
+                "report": str(data.dir / "sfn.report.json")}))["executionArn"]
+        deadline = time.monotonic() + 600
+        while (status := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+            assert time.monotonic() < deadline, "the execution did not finish in 10 minutes"
+            time.sleep(1)
+        assert status["status"] == "SUCCEEDED", status
+        _check_output(data.dir / "out/sfn.tif", data)
+    finally:
+        engine.docker("rm", "-f", name, check=False)
+        front.close()
