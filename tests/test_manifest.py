@@ -193,7 +193,7 @@ def test_unknown_job_fields_name_the_allowed_ones():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field "
-        "(allowed: compression, level, quality, tile)")
+        "(allowed: compression, level, ome, pyramid, quality, tile)")
 
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
@@ -448,7 +448,7 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, got "zstd"')
+        'tile, pyramid, ome, got "zstd"')
 
 
 # --- every problem at once ----------------------------------------------------------

@@ -137,6 +137,24 @@ class OutputEncoder:
             kwargs["subsampling"] = self.subsampling
         return kwargs
 
+    def decode(self, data: bytes) -> np.ndarray:
+        """The pixels (t, t, channels) of a full-size output tile made by :meth:`encode`
+        (for JPEG: the lossy pixels a reader sees)."""
+        t, dtype = self.options.tile, np.dtype(self.dtype)
+        try:
+            if self.tag == 1:
+                return np.frombuffer(data, dtype).reshape(t, t, -1)
+            if self.tag == 7:
+                return np.asarray(TIFF.DECOMPRESSORS[7](data)).reshape(t, t, -1)
+            raw = TIFF.DECOMPRESSORS[self.tag](data)
+            pixels = np.frombuffer(raw, dtype).reshape(t, t, -1).copy()
+        except Exception as exc:
+            raise OperationError(f"decoding a {self.options.compression} output tile "
+                                 f"failed: {exc}") from exc
+        if self.predictor > 1:
+            pixels = TIFF.UNPREDICTORS[self.predictor](pixels, axis=-2, out=pixels)
+        return pixels
+
     def encode(self, tile: np.ndarray) -> bytes:
         """Encode one full-size output tile ((t, t) or (t, t, channels))."""
         data = np.ascontiguousarray(tile).reshape(tile.shape[0], tile.shape[1], -1)

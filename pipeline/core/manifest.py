@@ -53,7 +53,7 @@ SCAN_FIELDS = JOB_FIELDS
 #: the inputs a scan picks up (compared in lower case)
 TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options")
-OPTION_FIELDS = ("compression", "level", "quality", "tile")
+OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -72,6 +72,8 @@ _COMPRESSION = Param("compression", "string", "codec of the output tiles", defau
 _LEVEL = Param("level", "integer", "codec level (zstd 1-22, deflate 1-9)")
 _QUALITY = Param("quality", "integer", "jpeg quality", default=90, ge=1, le=100)
 _PAGE = Param("page", "integer", "page index", ge=0)
+_PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", default=False)
+_OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 
 #: the setting of every optional field when neither the job nor the defaults set it
 _BUILTIN: dict[str, Any] = {
@@ -82,6 +84,8 @@ _BUILTIN: dict[str, Any] = {
     "output_options.level": None,
     "output_options.quality": OutputOptions.quality,
     "output_options.tile": DEFAULT_OUTPUT_TILE,
+    "output_options.pyramid": OutputOptions.pyramid,
+    "output_options.ome": OutputOptions.ome,
 }
 
 
@@ -260,6 +264,8 @@ def _parse_options(opts: Any, path: str, layer: _Layer, problems: list[str]) -> 
         "level": _LEVEL.check,
         "quality": _QUALITY.check,
         "tile": lambda v: _size_problem(v, *OUTPUT_TILE_RANGE),
+        "pyramid": _PYRAMID.check,
+        "ome": _OME.check,
     }
     for name, check in checks.items():
         if name not in opts:
@@ -271,7 +277,8 @@ def _parse_options(opts: Any, path: str, layer: _Layer, problems: list[str]) -> 
             layer.bad.add(key)
         else:
             value = opts[name]
-            layer.values[key] = value if name == "compression" else int(value)
+            layer.values[key] = value if name in ("compression", "pyramid", "ome") \
+                else int(value)
 
 
 # --- rules across fields -------------------------------------------------------------
@@ -468,6 +475,8 @@ def _parse_scan(scan: Any, defaults: _Layer, base_dir: str,
             level=eff["output_options.level"].value,
             quality=eff["output_options.quality"].value,
             tile=eff["output_options.tile"].value,
+            pyramid=eff["output_options.pyramid"].value,
+            ome=eff["output_options.ome"].value,
         ))
 
 
@@ -575,6 +584,8 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
                     level=eff["output_options.level"].value,
                     quality=eff["output_options.quality"].value,
                     tile=eff["output_options.tile"].value,
+                    pyramid=eff["output_options.pyramid"].value,
+                    ome=eff["output_options.ome"].value,
                 ),
             ))
 

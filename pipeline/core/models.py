@@ -28,6 +28,8 @@ class OutputOptions:
     level: int | None = None  # zstd 1-22 (default 3), deflate 1-9 (default 6); ignored otherwise
     quality: int = 90  # jpeg 1-100
     tile: int = DEFAULT_OUTPUT_TILE
+    pyramid: bool = False  # reduced-resolution levels (factor 2, down to one tile) as SubIFDs
+    ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

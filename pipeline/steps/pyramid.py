@@ -1,0 +1,174 @@
+"""Reduced-resolution levels of an output page, built while merge streams the page.
+
+Merge only has the ENCODED output tiles of the base page. :class:`Pyramid` decodes each one
+as tifffile writes it (so a JPEG pyramid is built from the lossy pixels a viewer sees), and
+reduces it at once into level 1; every level, when one of its tile rows is complete, encodes
+that row's tiles with the page's :class:`OutputEncoder`, appends them to its spool file on
+local disk, and reduces the row's pixels into the next level. After the base page, merge
+writes each level from its spool (:meth:`Pyramid.tiles`) as a SubIFD of the base page.
+
+Level k has ``ceil(h / 2) x ceil(w / 2)`` pixels of level k - 1 (``h x w``); levels go down
+until a level fits in one output tile. Pixel (y, x) of level k is the mean of the pixels of
+level k - 1 in rows 2y, 2y + 1 and columns 2x, 2x + 1 that exist (4 inside the page, 2 on
+an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
+
+- integers: ``(s + n // 2) // n`` (floor division; inside the page
+  ``(a + b + c + d + 2) // 4``), computed without overflow;
+- floats: ``s / n`` in float64, cast to the page's dtype;
+- palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
+  pixel of the block, ``level[y, x] = prev[2y, 2x]``.
+
+Memory: one decoded base tile, plus one tile row buffer per level (``tile x
+ceil(w_k / tile) * tile`` pixels each: together about one tile row of the base page);
+encoded level tiles go to disk, and are read back one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from math import ceil
+
+import numpy as np
+
+from pipeline.adapters.tile_codec import OutputEncoder
+
+
+def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """(height, width) of each reduced level, largest first: halved (rounding up) until the
+    level fits in one ``tile`` x ``tile`` tile. Empty when the page already fits."""
+    shapes = []
+    while height > tile or width > tile:
+        height, width = ceil(height / 2), ceil(width / 2)
+        shapes.append((height, width))
+    return shapes
+
+
+#: integer type that holds the sum of four values of a type without overflow
+_WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4": np.int64,
+         "i4": np.int64}
+
+
+def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """The 2x2 reduction of ``block`` (h, w, c): see the module docstring for the formula.
+
+    An odd last row or column is repeated: the mean of 4 then equals the mean of the pixels
+    present, rounding included (``(2s + 2) // 4 == (s + 1) // 2``, ``(4a + 2) // 4 == a``).
+    """
+    if nearest:
+        return block[0::2, 0::2].copy()
+    h, w = block.shape[:2]
+    if h % 2 or w % 2:
+        block = np.concatenate([block, block[-1:]], 0) if h % 2 else block
+        block = np.concatenate([block, block[:, -1:]], 1) if w % 2 else block
+    if block.dtype.kind == "f":
+        s = block[0::2, 0::2].astype(np.float64)
+        s += block[1::2, 0::2]
+        s += block[0::2, 1::2]
+        s += block[1::2, 1::2]
+        return (s / 4).astype(block.dtype)
+    wide = _WIDE.get(block.dtype.str[1:], object)  # 64-bit integers: exact Python integers
+    s = block[0::2, 0::2].astype(wide)
+    s += block[1::2, 0::2]
+    s += block[0::2, 1::2]
+    s += block[1::2, 1::2]
+    s += 2
+    return (s // 4).astype(block.dtype)
+
+
+class _Level:
+    """One reduced level: a tile row buffer, and the spool of its encoded tiles."""
+
+    def __init__(self, height: int, width: int, channels: int, dtype: str, tile: int,
+                 spool: str) -> None:
+        self.height, self.width, self.tile = height, width, tile
+        self.cols = ceil(width / tile)
+        self.buffer = np.zeros((tile, self.cols * tile, channels), dtype)
+        self.row = 0  # the tile row being filled
+        self.path = spool
+        self.spool = open(spool, "w+b")  # noqa: SIM115 (closed by Pyramid.close)
+        self.sizes: list[int] = []
+
+    def add(self, block: np.ndarray, y: int, x: int, nearest: bool) -> None:
+        """Reduce ``block``, the pixels of the level above at (y, x) (both even)."""
+        small = reduce2(block, nearest)
+        top = y // 2 - self.row * self.tile
+        self.buffer[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = small
+
+    def complete(self, above_rows: int) -> bool:
+        """True when the level above, complete down to row ``above_rows``, fills this level's
+        current tile row."""
+        return ceil(above_rows / 2) >= min((self.row + 1) * self.tile, self.height)
+
+
+class Pyramid:
+    """The reduced levels of one output page of ``height`` x ``width``, fed its base tiles."""
+
+    def __init__(self, height: int, width: int, channels: int, dtype: str,
+                 encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False):
+        self.height, self.width, self.channels, self.dtype = height, width, channels, dtype
+        self.encoder, self.tile, self.nearest = encoder, tile, nearest
+        self.cols = ceil(width / tile)
+        self.shapes = level_shapes(height, width, tile)
+        self.levels: list[_Level] = []
+        self.decoded = 0  # base tiles decoded
+        #: tiles' worth of pixels held at once (instrumentation): the level buffers and the
+        #: one decoded base tile; fixed when the levels are made
+        self.held_tiles = 0
+        try:
+            for k, (h, w) in enumerate(self.shapes):
+                self.levels.append(_Level(h, w, channels, dtype, tile,
+                                          os.path.join(folder, f"level{k + 1}.spool")))
+        except BaseException:
+            self.close()
+            raise
+        # the level buffers, plus the one decoded base tile
+        self.held_tiles = sum(level.cols for level in self.levels) + 1
+
+    def feed(self, data: bytes, row: int, col: int) -> None:
+        """The encoded base tile at output tile (row, col), in row-major order."""
+        if not self.levels:
+            return
+        t = self.tile
+        pixels = self.encoder.decode(data)
+        self.decoded += 1
+        vh, vw = min(t, self.height - row * t), min(t, self.width - col * t)
+        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest)
+        if col == self.cols - 1:
+            self._rows_done(0, min((row + 1) * t, self.height))
+
+    def _rows_done(self, k: int, above_rows: int) -> None:
+        """The level above level k + 1 (the base for k = 0) is complete down to ``above_rows``."""
+        if k >= len(self.levels):
+            return
+        level, t = self.levels[k], self.tile
+        if not level.complete(above_rows):
+            return
+        vh = min(t, level.height - level.row * t)
+        if vh < t:
+            level.buffer[vh:] = 0  # the last tile row: padding is zeros, as tifffile writes
+        below = self.levels[k + 1] if k + 1 < len(self.levels) else None
+        for c in range(level.cols):
+            tile = level.buffer[:, c * t:(c + 1) * t]
+            data = self.encoder.encode(tile)
+            level.spool.write(data)
+            level.sizes.append(len(data))
+            if below is not None:
+                vw = min(t, level.width - c * t)
+                below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest)
+        level.row += 1
+        self._rows_done(k + 1, (level.row - 1) * t + vh)
+
+    def tiles(self, k: int) -> Iterator[bytes]:
+        """The encoded tiles of level k + 1 in row-major order, read back one at a time."""
+        level = self.levels[k]
+        level.spool.flush()
+        level.spool.seek(0)
+        for size in level.sizes:
+            yield level.spool.read(size)
+
+    def close(self) -> None:
+        for level in self.levels:
+            level.spool.close()
+            if os.path.exists(level.path):
+                os.remove(level.path)

@@ -1,0 +1,297 @@
+"""Pyramids (``output_options.pyramid``) and OME-TIFF (``output_options.ome``).
+
+Real jobs go through ``tiffpipe run``; the output is read back with tifffile and libvips.
+Level pixels are compared with a numpy reference of the documented formula applied to the
+WHOLE base page as tifffile reads it (levels cascade: level k from level k - 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from math import ceil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core.events import MergeEvent
+from pipeline.core.manifest import parse_manifest
+from pipeline.core.models import OutputOptions
+from pipeline.errors import ManifestError
+from pipeline.steps import layout
+from pipeline.steps import merge as merge_mod
+from pipeline.steps.common import load_plan
+from pipeline.steps.pyramid import Pyramid, level_shapes
+
+pytestmark = pytest.mark.timeout(240)
+
+TILE, OUT_TILE = 64, 32
+#: two pages of different, odd sizes (and one of RGB): levels 2 and 1 deep and more
+SHAPES = [(203, 141, 3), (150, 97, 1)]
+
+
+def reference_level(prev: np.ndarray) -> np.ndarray:
+    """One level down, written independently of the code: the mean of the pixels present in
+    each 2x2 block, ``(sum + n // 2) // n`` for integers (n = 4, 2 or 1)."""
+    img = prev if prev.ndim == 3 else prev[:, :, None]
+    h, w = img.shape[:2]
+    pad = np.zeros((h + h % 2, w + w % 2, img.shape[2]), np.int64)
+    pad[:h, :w] = img
+    count = np.zeros(pad.shape[:2], np.int64)
+    count[:h, :w] = 1
+    s = pad[0::2, 0::2] + pad[1::2, 0::2] + pad[0::2, 1::2] + pad[1::2, 1::2]
+    n = (count[0::2, 0::2] + count[1::2, 0::2] + count[0::2, 1::2] + count[1::2, 1::2])[..., None]
+    out = ((s + n // 2) // n).astype(prev.dtype)
+    return out if prev.ndim == 3 else out[:, :, 0]
+
+
+def reference_levels(base: np.ndarray, tile: int) -> list[np.ndarray]:
+    levels, cur = [], base
+    while cur.shape[0] > tile or cur.shape[1] > tile:
+        cur = reference_level(cur)
+        levels.append(cur)
+    return levels
+
+
+def smooth(height: int, width: int, channels: int, seed: int, dtype: str = "uint8") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = (np.sin(yy / 11.0) + np.cos(xx / 7.0) + 2) / 4
+    planes = [np.roll(base, 5 * c, axis=1) for c in range(channels)]
+    img = np.clip(np.stack(planes, -1) + rng.normal(0, 0.03, (height, width, channels)), 0, 1)
+    img = (img * np.iinfo(dtype).max).round().astype(dtype)
+    return img if channels > 1 else img[:, :, 0]
+
+
+def _run(root: Path, jobs: dict[str, dict[str, Any]], *args: str) -> dict[str, Any]:
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"tile": TILE, **job, "output": str(root / "out" / f"{name}.tif")}
+        for name, job in jobs.items()]}))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet", *args])
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
+    return {name: job["output"] for name, job in zip(jobs, report["jobs"], strict=True)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("pyramid")
+    src, src16 = root / "two.tif", root / "two16.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for i, (h, w, c) in enumerate(SHAPES):
+            tw.write(smooth(h, w, c, i), photometric="rgb" if c == 3 else "minisblack",
+                     tile=(32, 32), compression="zlib", metadata=None,
+                     resolution=((300, 1), (300, 1)), resolutionunit=2,
+                     description=f"page {i} description",
+                     extratags=[(285, "s", 0, f"scan {i}", True)])
+    with tifffile.TiffWriter(src16) as tw:
+        tw.write(smooth(181, 77, 1, 5, "uint16"), photometric="minisblack", metadata=None)
+    opts = {"tile": OUT_TILE}
+    return {"src": src, "src16": src16, **_run(root, {
+        "zstd": {"input": str(src), "output_options": {**opts, "pyramid": True}},
+        "deflate16": {"input": str(src16), "ops": [{"op": "gaussian_blur", "sigma": 1.0}],
+                      "output_options": {**opts, "compression": "deflate", "pyramid": True}},
+        "jpeg": {"input": str(src), "output_options": {**opts, "compression": "jpeg",
+                                                       "quality": 92, "pyramid": True}},
+        "ome": {"input": str(src), "output_options": {**opts, "compression": "deflate",
+                                                      "pyramid": True, "ome": True}},
+        "ome_flat": {"input": str(src), "output_options": {**opts, "ome": True}},
+        "flat": {"input": str(src), "output_options": opts},
+    })}
+
+
+def _levels(page: tifffile.TiffPage) -> list[np.ndarray]:
+    return [sub.asarray() for sub in (page.pages or [])]
+
+
+def test_level_shapes_halve_rounding_up_until_one_tile():
+    assert level_shapes(203, 141, 32) == [(102, 71), (51, 36), (26, 18)]
+    assert level_shapes(32, 32, 32) == []
+    assert level_shapes(33, 5, 32) == [(17, 3)]
+
+
+@pytest.mark.parametrize("name", ["zstd", "deflate16"])
+def test_lossless_levels_equal_the_formula_on_the_whole_page(run, name):
+    with tifffile.TiffFile(run[name]) as tf:
+        assert len(tf.pages) == (2 if name == "zstd" else 1)
+        for page in tf.pages:
+            base = page.asarray()
+            want = reference_levels(base, OUT_TILE)
+            got = _levels(page)
+            assert [g.shape for g in got] == [w.shape for w in want]
+            assert len(want) >= 2
+            for k, (g, w) in enumerate(zip(got, want, strict=True)):
+                assert g.dtype == base.dtype
+                np.testing.assert_array_equal(g, w, err_msg=f"{name} level {k + 1}")
+            for sub in page.pages:
+                assert sub.is_reduced and sub.is_tiled
+                assert (sub.tilelength, sub.tilewidth) == (OUT_TILE, OUT_TILE)
+                assert sub.compression == page.compression
+            # the last level fits in one tile, the one before does not
+            assert max(got[-1].shape[:2]) <= OUT_TILE < max(([base] + got)[-2].shape[:2])
+        assert len(tf.series[0].levels) == len(reference_levels(tf.pages[0].asarray(), OUT_TILE)) + 1
+
+
+def test_pyramid_leaves_the_base_pages_unchanged(run):
+    with tifffile.TiffFile(run["zstd"]) as a, tifffile.TiffFile(run["flat"]) as b:
+        assert len(b.pages[0].pages or []) == 0
+        for pa, pb in zip(a.pages, b.pages, strict=True):
+            np.testing.assert_array_equal(pa.asarray(), pb.asarray())
+            assert pa.tags["XResolution"].value == pb.tags["XResolution"].value
+
+
+def jpeg_roundtrip(level: np.ndarray, quality: int) -> np.ndarray:
+    """``level`` as a JPEG-tiled page reads back: each zero-padded tile encoded and decoded."""
+    channels = level.shape[2] if level.ndim == 3 else 1
+    encoder = OutputEncoder(OutputOptions(compression="jpeg", quality=quality, tile=OUT_TILE),
+                            "uint8", channels)
+    h, w = level.shape[:2]
+    out = np.empty_like(level)
+    for y in range(0, h, OUT_TILE):
+        for x in range(0, w, OUT_TILE):
+            tile = np.zeros((OUT_TILE, OUT_TILE) + level.shape[2:], level.dtype)
+            part = level[y:y + OUT_TILE, x:x + OUT_TILE]
+            tile[:part.shape[0], :part.shape[1]] = part
+            back = encoder.decode(encoder.encode(tile)).reshape(tile.shape)
+            out[y:y + OUT_TILE, x:x + OUT_TILE] = back[:part.shape[0], :part.shape[1]]
+    return out
+
+
+def test_jpeg_levels_exist_and_are_close(run):
+    """JPEG levels are built from the decoded (lossy) base page, each level from the previous
+    level's pixels before they are encoded: a level reads back as the formula applied to the
+    base page as read, then JPEG-encoded tile by tile."""
+    with tifffile.TiffFile(run["jpeg"]) as tf:
+        for page in tf.pages:
+            assert page.compression == 7
+            base = page.asarray()
+            want = reference_levels(base, OUT_TILE)
+            got = _levels(page)
+            assert [g.shape for g in got] == [w.shape for w in want]
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, jpeg_roundtrip(w, 92))
+                diff = np.abs(g.astype(int) - w.astype(int))
+                assert diff.mean() < 12, diff.mean()  # close: only the JPEG loss of the level
+
+
+def test_ome_names_the_pages_and_reads_levels(run):
+    with tifffile.TiffFile(run["ome"]) as tf:
+        assert tf.is_ome
+        xml = tf.ome_metadata
+        assert 'Name="scan 0"' in xml and 'Name="scan 1"' in xml
+        assert "page 0 description" in xml
+        assert 'PhysicalSizeX="84.666' in xml  # 300 dpi: 25400 / 300 micrometres
+        assert len(tf.series) == 2
+        for series, (h, w, c) in zip(tf.series, SHAPES, strict=True):
+            shapes = [lvl.shape[:2] for lvl in series.levels]
+            assert shapes == [(h, w)] + level_shapes(h, w, OUT_TILE)
+            base = series.levels[0].asarray()
+            for lvl, want in zip(series.levels[1:], reference_levels(base, OUT_TILE),
+                                 strict=True):
+                np.testing.assert_array_equal(lvl.asarray(), want)
+    with tifffile.TiffFile(run["ome_flat"]) as tf, tifffile.TiffFile(run["flat"]) as flat:
+        assert tf.is_ome and len(tf.series) == 2
+        for s, p in zip(tf.series, flat.pages, strict=True):
+            assert len(s.levels) == 1
+            np.testing.assert_array_equal(s.asarray(), p.asarray())
+
+
+@pytest.mark.parametrize("name", ["zstd", "ome"])
+def test_libvips_sees_pages_and_subifds(run, name):
+    pyvips = pytest.importorskip("pyvips")
+    if name == "zstd":  # the pyvips-binary wheel may lack zstd: only check the structure
+        image = pyvips.Image.new_from_file(run[name], access="sequential")
+        assert image.get("n-pages") == 2
+        assert image.get("n-subifds") == 3
+        return
+    with tifffile.TiffFile(run[name]) as tf:
+        pages = [(p.asarray(), _levels(p)) for p in tf.pages]
+    for i, (base, levels) in enumerate(pages):
+        image = pyvips.Image.new_from_file(run[name], page=i, fail=True)
+        assert image.get("n-subifds") == len(levels)
+        assert (image.height, image.width) == base.shape[:2]
+        np.testing.assert_array_equal(image.numpy().reshape(base.shape), base)
+        for k, level in enumerate(levels):
+            sub = pyvips.Image.new_from_file(run[name], page=i, subifd=k, fail=True)
+            np.testing.assert_array_equal(sub.numpy().reshape(level.shape), level)
+
+
+def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
+    """Two pages of the same width, one 8x taller: the pyramid holds the same number of
+    tiles (its level buffers, one decoded base tile), and merge feeds base tiles one at a
+    time and reads level tiles back from disk one at a time. (The job runs in worker processes; its
+    merge is run again here, in this process, from the kept work folder.)"""
+    made: list[Pyramid] = []
+    outstanding = {"now": 0, "peak": 0}
+
+    class Spy(Pyramid):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+        def tiles(self, k):
+            for data in super().tiles(k):
+                outstanding["now"] += 1
+                outstanding["peak"] = max(outstanding["peak"], outstanding["now"])
+                try:
+                    yield data
+                finally:  # taken the next one, or the writer is done with the level
+                    outstanding["now"] -= 1
+
+    src, work = tmp_path / "tall.tif", tmp_path / "work"
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(smooth(100, 260, 1, 1), tile=(32, 32), metadata=None)
+        tw.write(smooth(800, 260, 1, 2), tile=(32, 32), metadata=None)
+    out = _run(tmp_path, {"tall": {"input": str(src), "output_options": {
+        "tile": OUT_TILE, "pyramid": True}}}, "--keep-work", "--work", str(work))["tall"]
+    Path(out).unlink()
+    monkeypatch.setattr(merge_mod, "Pyramid", Spy)
+    load_plan.cache_clear()
+    merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
+    load_plan.cache_clear()
+    short, tall = made
+    cols = ceil(260 / OUT_TILE)
+    for pyramid in made:
+        # one tile row per level: ceil(w_k / t) tiles each, plus the decoded base tile...
+        assert pyramid.held_tiles == sum(ceil(w / OUT_TILE) for _, w in pyramid.shapes) + 1
+        # ...which is at most one base tile row plus one tile per level, whatever the height
+        assert pyramid.held_tiles <= cols + len(pyramid.levels) + 1
+    # 8x the rows: one more level (the width, not the height, sets how much a level holds)
+    assert (len(short.levels), len(tall.levels)) == (4, 5)
+    assert tall.held_tiles - short.held_tiles == 1
+    assert all(level.buffer.shape[0] == OUT_TILE for level in tall.levels)
+    assert tall.decoded == ceil(800 / OUT_TILE) * ceil(260 / OUT_TILE)
+    # the writer takes a level's tiles from disk one at a time: never a level in memory
+    assert outstanding["peak"] == 1
+    with tifffile.TiffFile(out) as tf:
+        for page in tf.pages:
+            want = reference_levels(page.asarray(), OUT_TILE)
+            for g, w in zip(_levels(page), want, strict=True):
+                np.testing.assert_array_equal(g, w)
+    assert not list(Path(out).parent.glob(".tiffpipe-levels-*"))  # spools removed
+
+
+def test_manifest_pyramid_and_ome_are_booleans_default_false(tmp_path):
+    job = {"input": "a.tif", "output": "b.tif"}
+    (spec,) = parse_manifest({"jobs": [job]}, "m.json", str(tmp_path))
+    assert (spec.output_options.pyramid, spec.output_options.ome) == (False, False)
+    (spec,) = parse_manifest({"defaults": {"output_options": {"pyramid": True}},
+                              "jobs": [{**job, "output_options": {"ome": True}}]},
+                             "m.json", str(tmp_path))
+    assert (spec.output_options.pyramid, spec.output_options.ome) == (True, True)
+    with pytest.raises(ManifestError) as err:
+        parse_manifest({"jobs": [{**job, "output_options": {"pyramid": 1, "ome": "yes"}}]},
+                       "m.json", str(tmp_path))
+    assert err.value.problems == [
+        "jobs[0].output_options.pyramid: expected true or false, got 1",
+        'jobs[0].output_options.ome: expected true or false, got "yes"',
+    ]
