@@ -10,7 +10,7 @@ from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
-SPLIT_CACHE_BUDGET = 48 * 1024 * 1024
+SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
 #: core pixels of one split unit; bounds an invocation's time (about 10 s on one core)
 SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
 #: tiles one process invocation handles (bounded in pixels by the tile size)

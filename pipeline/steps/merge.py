@@ -6,8 +6,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from math import ceil
 from typing import Any
 
@@ -145,19 +146,29 @@ def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
 
 
 def _tiles(plan: JobPlan, index: int, page: PagePlan) -> Iterator[bytes]:
-    """The page's encoded output tiles in row-major order, one processing row in memory."""
+    """The page's encoded output tiles in row-major order.
+
+    A pack holds the output tiles of one processing tile; the packs of an output row are
+    read (ahead, in parallel) and dropped once that row's tiles are out, so memory holds a
+    few packs whatever the page's width (a pack is read once per output row it spans).
+    """
     grid, out = page.out_grid, plan.spec.output_options.tile  # (downsample: a smaller page)
     per = grid.tile // out  # output tiles per processing tile side
     rows, cols = ceil(grid.height / out), ceil(grid.width / out)
 
-    def load_row(prow: int) -> list[dict[tuple[int, int], bytes]]:
-        urls = [layout.pack_file(plan.work, index, prow, pc) for pc in range(grid.cols)]
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            return list(pool.map(lambda u: unpack_tiles(storage.read_bytes(u), u), urls))
+    def fetch(prow: int, pc: int) -> dict[tuple[int, int], bytes]:
+        url = layout.pack_file(plan.work, index, prow, pc)
+        return unpack_tiles(storage.read_bytes(url), url)
 
-    packs: list[dict[tuple[int, int], bytes]] = []
-    for orow in range(rows):
-        if orow % per == 0:
-            packs = load_row(orow // per)
-        for ocol in range(cols):
-            yield packs[ocol // per][(orow, ocol)]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for orow in range(rows):
+            ahead: deque[Future[dict[tuple[int, int], bytes]]] = deque()
+            next_pc = 0
+            for ocol in range(cols):
+                while next_pc < grid.cols and len(ahead) < READ_THREADS:
+                    ahead.append(pool.submit(fetch, orow // per, next_pc))
+                    next_pc += 1
+                tiles = ahead[0].result()
+                yield tiles[(orow, ocol)]
+                if ocol % per == per - 1 or ocol == cols - 1:
+                    ahead.popleft()
