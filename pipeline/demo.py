@@ -18,7 +18,7 @@ DEMO_MANIFEST = {
         {"input": "sample.tif", "output": "out/sharpened.jpeg.tif", "pages": [0],
          "ops": [{"op": "unsharp_mask", "sigma": 3, "amount": 1.5}],
          "output_options": {"compression": "jpeg", "quality": 88}},
-        {"input": "sample.tif", "output": "out/edges.tif", "pages": [0, 2],
+        {"input": "sample.tif", "output": "out/mask.tif", "pages": [0, 2],
          "ops": [{"op": "to_gray"}, {"op": "median_blur", "ksize": 5},
                  {"op": "dilate", "ksize": 3, "iterations": 2}, {"op": "threshold", "value": 140}],
          "output_options": {"compression": "deflate"}},
