@@ -55,6 +55,13 @@ def dispatch(function: str, event: Any) -> dict[str, Any]:
     return result
 
 
+def preload(function: str) -> None:
+    """Import the step modules of ``function``'s actions now: a Lambda image calls this in its
+    init phase, so imports are paid there and the image's build check proves they work."""
+    for _model, target in FUNCTIONS[function].values():
+        importlib.import_module(target.partition(":")[0])
+
+
 def split_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return dispatch("split", event)
 

@@ -7,14 +7,11 @@ not ship it), so their import cost is paid in init, and the image's build-time c
 they import with what the image holds.
 """
 
-import importlib
-
 import cv2  # noqa: F401 - see the docstring
 
-from pipeline.handlers import FUNCTIONS
+from pipeline.handlers import preload
 from pipeline.handlers import process_handler as handler
 
-for _event, _target in FUNCTIONS["process"].values():
-    importlib.import_module(_target.partition(":")[0])
+preload("process")
 
 __all__ = ["handler"]

@@ -6,12 +6,9 @@ so their import cost is paid in init, and the image's build-time check proves th
 with what the image holds.
 """
 
-import importlib
-
-from pipeline.handlers import FUNCTIONS
+from pipeline.handlers import preload
 from pipeline.handlers import split_handler as handler
 
-for _event, _target in FUNCTIONS["split"].values():
-    importlib.import_module(_target.partition(":")[0])
+preload("split")
 
 __all__ = ["handler"]

@@ -180,6 +180,15 @@ def _effective(layers: list[_Layer]) -> dict[str, _Setting]:
     return eff
 
 
+def _job_fields(eff: dict[str, _Setting]) -> dict[str, Any]:
+    """The optional job fields (pages, ops, tile, output_options) of effective settings."""
+    options = {k: eff[f"output_options.{k}"].value
+               for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
+    return {"pages": None if eff["pages"].value is None else list(eff["pages"].value),
+            "ops": [dict(op) for op in eff["ops"].value], "tile": eff["tile"].value,
+            "output_options": OutputOptions(**options)}
+
+
 def _size_problem(value: Any, lo: int, hi: int) -> str | None:
     """None if ``value`` is a tile size in [lo, hi] and a multiple of TILE_STEP."""
     ok = Param("size", "integer", "", ge=lo, le=hi).check(value) is None
@@ -468,16 +477,7 @@ def _parse_scan(scan: Any, defaults: _Layer, base_dir: str,
         return None
     return ScanSpec(
         input=src, output=dst,
-        pages=None if eff["pages"].value is None else list(eff["pages"].value),
-        ops=[dict(op) for op in eff["ops"].value], tile=eff["tile"].value,
-        output_options=OutputOptions(
-            compression=eff["output_options.compression"].value,
-            level=eff["output_options.level"].value,
-            quality=eff["output_options.quality"].value,
-            tile=eff["output_options.tile"].value,
-            pyramid=eff["output_options.pyramid"].value,
-            ome=eff["output_options.ome"].value,
-        ))
+        **_job_fields(eff))
 
 
 # --- the manifest -------------------------------------------------------------------
@@ -576,18 +576,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
             specs.append(JobSpec(
                 input=where["input"],
                 output=where["output"],
-                pages=None if eff["pages"].value is None else list(eff["pages"].value),
-                ops=[dict(op) for op in eff["ops"].value],
-                tile=eff["tile"].value,
-                output_options=OutputOptions(
-                    compression=eff["output_options.compression"].value,
-                    level=eff["output_options.level"].value,
-                    quality=eff["output_options.quality"].value,
-                    tile=eff["output_options.tile"].value,
-                    pyramid=eff["output_options.pyramid"].value,
-                    ome=eff["output_options.ome"].value,
-                ),
-            ))
+                **_job_fields(eff)))
 
     for key, i in outputs.items():
         for j, location in inputs:
