@@ -32,6 +32,7 @@ from pipeline.aws import STEPS, Clients, StackNames
 from pipeline.aws.deploy_steps import DeployConfig, deploy
 from pipeline.aws.executions import BUCKET_TAG
 from pipeline.aws.policies import DataLocation
+from pipeline.engine.local import served_by
 from pipeline.sample import SamplePage, write_sample
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,28 +68,19 @@ class Stack:
         return path
 
 
-@contextlib.contextmanager
-def _handlers_in_process() -> Iterator[None]:
-    """moto's Lambda invokes run the real handlers here (its own backend only echoes)."""
-    from moto.awslambda_simple.models import LambdaSimpleBackend
+class _InProcess:
+    """Runs the real handlers in this process (moto's own Lambda backend only echoes)."""
 
-    def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
-               response_headers: dict[str, str]) -> bytes:
-        step = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
-        assert step in STEPS, name
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        assert function in STEPS, function
         try:
-            payload = handlers.dispatch(step, json.loads(body or "{}"))
+            return True, handlers.dispatch(function, event)
         except Exception as exc:  # noqa: BLE001 - Lambda reports any exception by its name
-            response_headers["x-amz-function-error"] = "Unhandled"
-            payload = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
-        return json.dumps(payload).encode()
+            return False, {"errorType": type(exc).__name__, "errorMessage": str(exc)}
 
-    original = LambdaSimpleBackend.invoke
-    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+def _handlers_in_process() -> contextlib.AbstractContextManager[None]:
+    return served_by(_InProcess())
 
 
 @pytest.fixture

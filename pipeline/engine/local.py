@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from pipeline.engine import definition
 from pipeline.engine.workers import WorkerPool
@@ -33,6 +33,12 @@ ACCOUNT = "123456789012"
 FUNCTIONS = ("split", "process", "merge")
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
+
+class Invoker(Protocol):
+    """What serves an invoke: :class:`WorkerPool`, or an in-process stand-in in tests."""
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]: ...
+
 
 #: called after every task: (function, event, ok, payload)
 Listener = Callable[[str, dict[str, Any], bool, dict[str, Any]], None]
@@ -75,17 +81,16 @@ def _mocked_aws() -> Iterator[None]:
 
 
 @contextmanager
-def _served_by(pool: WorkerPool, listener: Listener | None) -> Iterator[None]:
+def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]:
     """Serve moto's Lambda invokes with the real handlers (moto's non-Docker Lambda backend
-    only echoes payloads)."""
+    only echoes payloads). A function named ``...-split`` (``-process``, ``-merge``) is that
+    step, whatever its prefix: the engine's own and a deployed stack's names both work."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
-
-    by_name = {function_name(f): f for f in FUNCTIONS}
 
     def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: dict[str, str]) -> bytes:
-        function = by_name.get(name.rsplit(":", 1)[-1])
-        if function is None:
+        function = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
+        if function not in FUNCTIONS:
             raise EngineError(f"no local function {name!r}")
         event = json.loads(body or "{}")
         ok, payload = pool.invoke(function, event)
@@ -374,7 +379,7 @@ class LocalEngine:
         import boto3
 
         started = time.time()
-        with (_mocked_aws(), _served_by(self.pool, self.listener),
+        with (_mocked_aws(), served_by(self.pool, self.listener),
               _lean_interpreter(self.map_threads)):
             session = boto3.Session(region_name=REGION)
             arns = self._create_functions(session)
