@@ -573,12 +573,18 @@ def print_report(results: dict[str, Any]) -> None:
     p()
     p("targets:")
     for t in results["targets"]:
-        bound = f">= {t['at_least']}" if "at_least" in t else f"<= {t['at_most']}"
-        got = "n/a" if t["measured"] is None else f"{t['measured']:.2f}"
+        bound, got = _target_cells(t)
         verdict = {True: "MET", False: "MISSED", None: "not measured"}[t["met"]]
-        beside = "".join(f"; {k.replace('_', ' ')} {v:.0f}"
-                         for k, v in t.get("beside", {}).items() if v is not None)
-        p(f"  {t['target']}: {bound}, measured {got}{beside}: {verdict}")
+        p(f"  {t['target']}: {bound}, measured {got}: {verdict}")
+
+
+def _target_cells(t: dict[str, Any]) -> tuple[str, str]:
+    """A target's bound and measured value (with what stands beside it), as text."""
+    bound = f">= {t['at_least']}" if "at_least" in t else f"<= {t['at_most']}"
+    got = "n/a" if t["measured"] is None else f"{t['measured']:.2f}"
+    beside = "".join(f"; {k.replace('_', ' ')} {v:.0f}"
+                     for k, v in t.get("beside", {}).items() if v is not None)
+    return bound, got + beside
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -626,12 +632,9 @@ def markdown(results: dict[str, Any]) -> str:
     p("| target | bound | measured | |")
     p("|---|---|---|---|")
     for t in results["targets"]:
-        bound = f">= {t['at_least']}" if "at_least" in t else f"<= {t['at_most']}"
-        got = "n/a" if t["measured"] is None else f"{t['measured']:.2f}"
+        bound, got = _target_cells(t)
         verdict = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
-        beside = "".join(f"; {k.replace('_', ' ')} {v:.0f}"
-                         for k, v in t.get("beside", {}).items() if v is not None)
-        p(f"| {t['target']} | {bound} | {got}{beside} | {verdict} |")
+        p(f"| {t['target']} | {bound} | {got} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -159,34 +159,37 @@ def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
 
     encryption = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
                              "BucketKeyEnabled": True}]}
-    current = exists and _get(lambda: s3.get_bucket_encryption(Bucket=bucket)[
-        "ServerSideEncryptionConfiguration"], "ServerSideEncryptionConfigurationNotFoundError")
-    if covers(current, encryption):
-        acts.same("default encryption")
-    else:
-        acts.change("turn on default encryption (SSE-S3)", lambda: s3.put_bucket_encryption(
-            Bucket=bucket, ServerSideEncryptionConfiguration=encryption))
+    _ensure_setting(acts, exists and _get(lambda: s3.get_bucket_encryption(Bucket=bucket)[
+        "ServerSideEncryptionConfiguration"], "ServerSideEncryptionConfigurationNotFoundError"),
+        encryption, "default encryption", "turn on default encryption (SSE-S3)",
+        lambda: s3.put_bucket_encryption(Bucket=bucket,
+                                         ServerSideEncryptionConfiguration=encryption))
 
     block = {k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
                                "RestrictPublicBuckets")}
-    current = exists and _get(lambda: s3.get_public_access_block(Bucket=bucket)[
-        "PublicAccessBlockConfiguration"], "NoSuchPublicAccessBlockConfiguration")
-    if covers(current, block):
-        acts.same("public access block")
-    else:
-        acts.change("block all public access", lambda: s3.put_public_access_block(
-            Bucket=bucket, PublicAccessBlockConfiguration=block))
+    _ensure_setting(acts, exists and _get(lambda: s3.get_public_access_block(Bucket=bucket)[
+        "PublicAccessBlockConfiguration"], "NoSuchPublicAccessBlockConfiguration"),
+        block, "public access block", "block all public access",
+        lambda: s3.put_public_access_block(Bucket=bucket,
+                                           PublicAccessBlockConfiguration=block))
 
     lifecycle = bucket_lifecycle()
-    current = exists and _get(lambda: {"Rules": s3.get_bucket_lifecycle_configuration(
-        Bucket=bucket)["Rules"]}, "NoSuchLifecycleConfiguration")
-    if covers(current, lifecycle):
-        acts.same(f"lifecycle (work/ expires after {WORK_DAYS} days)")
-    else:
-        acts.change(f"set the lifecycle: work/ expires after {WORK_DAYS} days",
-                    lambda: s3.put_bucket_lifecycle_configuration(
-                        Bucket=bucket, LifecycleConfiguration=lifecycle))
+    _ensure_setting(acts, exists and _get(lambda: {"Rules": s3.get_bucket_lifecycle_configuration(
+        Bucket=bucket)["Rules"]}, "NoSuchLifecycleConfiguration"),
+        lifecycle, f"lifecycle (work/ expires after {WORK_DAYS} days)",
+        f"set the lifecycle: work/ expires after {WORK_DAYS} days",
+        lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket,
+                                                      LifecycleConfiguration=lifecycle))
     return bucket
+
+
+def _ensure_setting(acts: Any, current: Any, desired: dict[str, Any], same: str, change: str,
+                    put: Any) -> None:
+    """One bucket setting: unchanged when the current one covers ``desired``, else ``put``."""
+    if covers(current, desired):
+        acts.same(same)
+    else:
+        acts.change(change, put)
 
 
 # --- images --------------------------------------------------------------------------------
