@@ -46,7 +46,8 @@ TILES_PER_BATCH = 8  # pipeline.core.plan.TILES_PER_BATCH for jobs of fewer than
 
 def write_zeros_job(folder: str, batches: int) -> str:
     """A gray uint8 zeros TIFF of ``batches`` * 8 tiles of 64x64, and a manifest with a no-op
-    chain over it; returns the manifest's path."""
+    chain over it; returns the manifest's path. The job is not fused (``"fuse": false``): the
+    Process map gets one item per batch, which is what the overhead is measured over."""
     import numpy as np
     import tifffile
 
@@ -62,7 +63,7 @@ def write_zeros_job(folder: str, batches: int) -> str:
     manifest = os.path.join(folder, "manifest.json")
     with open(manifest, "w") as f:
         json.dump({"jobs": [{"input": "zeros.tif", "output": "out.tif", "ops": [], "tile": TILE,
-                             "output_options": {"tile": TILE}}]}, f)
+                             "output_options": {"tile": TILE}, "fuse": False}]}, f)
     return manifest
 
 

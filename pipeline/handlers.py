@@ -30,6 +30,8 @@ FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
     },
     "process": {
         "process": (events.BatchEvent, "pipeline.steps.process:process"),
+        # a fused unit: split and process in one invocation (the plan says when)
+        "process_unit": (events.UnitEvent, "pipeline.steps.process:process_unit"),
         "stats": (events.StatsEvent, "pipeline.steps.stats:stats"),
         "reduce_stats": (events.ReduceEvent, "pipeline.steps.stats:reduce_stats"),
     },

@@ -55,7 +55,7 @@ class RunProgress:
         with self.lock:
             if action == "plan_job" and ok:
                 self._planned(payload["job"], payload["tiles"])
-            elif action == "process" and ok:
+            elif action in ("process", "process_unit") and ok:
                 self._advance(payload["job"], payload["tiles"])
             elif action == "merge" and ok:
                 self._log(f"job {payload['job']}: done -> {payload['output']}")

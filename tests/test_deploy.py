@@ -189,8 +189,8 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
     assert result is not None
     writes = aws.writes()
     assert writes.count("lambda.UpdateFunctionCode") == 3
-    # the split and merge roles name the new bucket; process never touches data buckets
-    assert sorted(writes) == ["iam.PutRolePolicy"] * 2 + ["lambda.UpdateFunctionCode"] * 3
+    # every role names the new bucket (split and process read inputs, merge writes outputs)
+    assert sorted(writes) == ["iam.PutRolePolicy"] * 3 + ["lambda.UpdateFunctionCode"] * 3
     lam = aws.client("lambda")
     for step in STEPS:
         uri = lam.get_function(FunctionName=NAMES.function(step))["Code"]["ImageUri"]
@@ -375,13 +375,16 @@ def test_every_role_is_scoped(aws: Aws, tmp_path: Path):
 
 def test_policy_documents_are_pure_and_least_privilege():
     data = [DataLocation.parse("s3://in-bucket/raw/"), DataLocation.parse("out-bucket")]
-    process = json.dumps(function_policy("process", NAMES, data))
-    assert "in-bucket/" not in process and "out-bucket/" not in process
+    process = function_policy("process", NAMES, data)
     split = function_policy("split", NAMES, data)
-    reads = next(s for s in split["Statement"] if s["Sid"] == "ReadInputs")
-    assert reads["Action"] == ["s3:GetObject"]
-    assert reads["Resource"] == ["arn:aws:s3:::in-bucket/raw/*", "arn:aws:s3:::out-bucket/*"]
-    assert "s3:PutObject" not in json.dumps(reads)
+    for doc_ in (split, process):  # process reads inputs for fused units, never writes them
+        reads = next(s for s in doc_["Statement"] if s["Sid"] == "ReadInputs")
+        assert reads["Action"] == ["s3:GetObject"]
+        assert reads["Resource"] == ["arn:aws:s3:::in-bucket/raw/*", "arn:aws:s3:::out-bucket/*"]
+        assert "s3:PutObject" not in json.dumps(reads)
+    data_writes = [s for s in process["Statement"] if "s3:PutObject" in s["Action"]]
+    assert [s["Resource"] for s in data_writes] == [[f"{NAMES.bucket_arn}/work/*"]]
+    assert "ReadManifests" not in json.dumps(process)
     merge = function_policy("merge", NAMES, data)
     writes = next(s for s in merge["Statement"] if s["Sid"] == "WriteOutputs")
     assert writes["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]

@@ -33,7 +33,7 @@ from pipeline.steps import layout
 from pipeline.steps.common import load_plan
 from pipeline.steps.evaluate import page_rounds
 from pipeline.steps.merge import merge
-from pipeline.steps.process import process
+from pipeline.steps.process import process, process_unit
 from pipeline.steps.split import split
 from pipeline.steps.stats import reduce_stats, stats
 
@@ -167,24 +167,27 @@ _runs = itertools.count()
 def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, out_tile: int, *,
               pages: list[int] | None = None, compression: str = "zstd",
               units: str | None = None, tiles_per_batch: int | None = None,
-              max_items: int | None = None, halo: int | None = None) -> tuple[list[np.ndarray],
-                                                                           JobPlan]:
-    """Plan, split every unit, process every batch and merge; return the output's pages.
+              max_items: int | None = None, halo: int | None = None,
+              fuse: bool = True) -> tuple[list[np.ndarray], JobPlan]:
+    """Plan, split every unit, process every batch and merge (or, for a fused plan, process
+    every unit and merge); return the output's pages.
 
     ``units`` shrinks the split budgets: "tiny" gives one tile per unit (one tile row for
     stripped inputs), "small" about 2 x 2 tiles (2 tile rows of the page's width if stripped).
-    ``halo`` overrides the plan's halo.
+    ``halo`` overrides the plan's halo. ``fuse``: the job's ``fuse`` field.
     """
     n = next(_runs)
     work = str(tmp_path / f"work{n}")
     out = tmp_path / f"out{n}.tif"
     spec = JobSpec(input=str(src), output=str(out), pages=pages, ops=ops, tile=tile,
-                   output_options=OutputOptions(compression=compression, tile=out_tile))
+                   output_options=OutputOptions(compression=compression, tile=out_tile),
+                   fuse=fuse)
     infos = read_infos(str(src), pages)
     with pytest.MonkeyPatch.context() as mp:
         if units == "tiny":
             mp.setattr(plan_mod, "SPLIT_CACHE_BUDGET", 1)
             mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", 1)
+            mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 1)
         elif units == "small":
             first = infos[0]
             h = max(chain_halo(chain_from_json(ops), np.dtype(i.dtype)) for i in infos)
@@ -193,6 +196,7 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
             mp.setattr(plan_mod, "SPLIT_CACHE_BUDGET", 2 * per_col)
             width = min(2 * tile, first.width) if first.tiled else first.width
             mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", 2 * tile * width)
+            mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 2 * tile * width)
         if tiles_per_batch is not None:
             mp.setattr(plan_mod, "TILES_PER_BATCH", tiles_per_batch)
         if max_items is not None:
@@ -206,7 +210,10 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
     plan_url = layout.plan_file(work)
     write_json(plan_url, plan.to_json())
     load_plan.cache_clear()
-    for i in range(len(plan.units)):
+    if plan.fused:
+        for i in range(len(plan.units)):
+            process_unit(UnitEvent(plan_url, i))
+    for i in range(0 if plan.fused else len(plan.units)):
         split(UnitEvent(plan_url, i))
     for r in range(page_rounds(plan)):  # statistics rounds: ops that need the whole page
         for k in range(len(plan.batches)):

@@ -241,8 +241,8 @@ def info(index=0, height=257, width=389, channels=1, dtype="uint8", tiled=True,
                     tiled=tiled, segment_rows=segment_rows, compression="zstd")
 
 
-def plan_of(ops, infos, tile=64) -> tuple[JobPlan, list[str]]:
-    spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile)
+def plan_of(ops, infos, tile=64, fuse=True) -> tuple[JobPlan, list[str]]:
+    spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile, fuse=fuse)
     return make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
 
 
@@ -295,17 +295,22 @@ def test_halo_is_the_largest_over_pages_of_different_dtypes():
 
 def test_plan_grids_units_and_batches():
     infos = [info(2, 257, 389, 3, tiled=False, segment_rows=16), info(0, 64, 1500, 1)]
-    plan, problems = plan_of([{"op": "gaussian_blur", "sigma": 2.5}], infos, tile=64)
-    assert problems == []
+    fused, problems = plan_of([{"op": "gaussian_blur", "sigma": 2.5}], infos, tile=64)
+    assert problems == [] and fused.fused and fused.batches == []
+    plan, problems = plan_of([{"op": "gaussian_blur", "sigma": 2.5}], infos, tile=64,
+                             fuse=False)
+    assert problems == [] and not plan.fused
     assert [p.grid for p in plan.pages] == [PageGrid(257, 389, 64, 16),
                                            PageGrid(64, 1500, 64, 16)]
     assert [p.info.index for p in plan.pages] == [2, 0]
     for i, page in enumerate(plan.pages):
         _assert_exact_cover(page.grid, [u for u in plan.units if u.page == i], page=i)
+        _assert_exact_cover(page.grid, [u for u in fused.units if u.page == i], page=i)
         tiles = [t for b in plan.batches if b.page == i for t in range(b.first, b.last)]
         assert tiles == list(range(page.grid.count))
-    assert plan.tiles == 35 + 24
+    assert plan.tiles == fused.tiles == 35 + 24
     assert JobPlan.from_json(plan.to_json()) == plan
+    assert JobPlan.from_json(fused.to_json()) == fused
 
 
 @pytest.mark.parametrize("ops,channels,out", [
@@ -356,30 +361,31 @@ def test_to_gray_with_five_channels_is_a_problem():
 
 def test_batches_capped_by_max_items(monkeypatch):
     big = info(0, height=100 * 64, width=120 * 64)  # 12,000 tiles of 64
-    plan, _ = plan_of([], [big])
+    plan, _ = plan_of([], [big], fuse=False)
     assert plan.tiles == 12_000
     assert len(plan.batches) == 12_000 // plan_mod.TILES_PER_BATCH  # below the cap
     monkeypatch.setattr(plan_mod, "MAX_ITEMS", 1000)
-    plan, _ = plan_of([], [big])
+    plan, _ = plan_of([], [big], fuse=False)
     assert len(plan.batches) <= 1000
     assert len(plan.batches) == 1000  # 12 tiles per batch
     assert {b.last - b.first for b in plan.batches} == {12}
     tiles = [t for b in plan.batches for t in range(b.first, b.last)]
     assert tiles == list(range(12_000))
     monkeypatch.setattr(plan_mod, "MAX_ITEMS", 7)
-    plan, _ = plan_of([], [big])
+    plan, _ = plan_of([], [big], fuse=False)
     assert len(plan.batches) <= 7
 
 
 def test_batches_keep_tiles_per_batch_below_the_cap(monkeypatch):
-    plan, _ = plan_of([], [info(0, height=257, width=389)])  # 35 tiles
+    plan, _ = plan_of([], [info(0, height=257, width=389)], fuse=False)  # 35 tiles
     assert [b.last - b.first for b in plan.batches] == [8, 8, 8, 8, 3]
 
 
 def test_batches_capped_by_max_items_with_many_pages(monkeypatch):
     monkeypatch.setattr(plan_mod, "MAX_ITEMS", 10)
     # 4 pages of 36 tiles: 8 a batch would give 20 batches; they grow until 10 or fewer
-    plan, problems = plan_of([], [info(i, height=64 * 6, width=64 * 6) for i in range(4)])
+    plan, problems = plan_of([], [info(i, height=64 * 6, width=64 * 6) for i in range(4)],
+                             fuse=False)
     assert problems == []
     assert len(plan.batches) <= 10
     covered = sorted((b.page, t) for b in plan.batches for t in range(b.first, b.last))

@@ -187,7 +187,7 @@ def test_unknown_top_level_fields_name_the_allowed_ones():
 
 def test_unknown_job_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(), job(output="b.tif", page=[1])]}) == (
-        "jobs[1].page: unknown field (allowed: input, ops, output, output_options, pages, tile)")
+        "jobs[1].page: unknown field (allowed: fuse, input, ops, output, output_options, pages, tile)")
 
 
 def test_unknown_output_options_fields_name_the_allowed_ones():
@@ -198,11 +198,11 @@ def test_unknown_output_options_fields_name_the_allowed_ones():
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
     assert one_problem({"defaults": [], "jobs": [job()]}) == (
-        "defaults: expected an object with any of pages, ops, tile, output_options, got []")
+        "defaults: expected an object with any of pages, ops, tile, output_options, fuse, got []")
     assert problems_of({"defaults": {"output": "x.tif", "colour": 1}, "jobs": [job()]}) == [
-        ("defaults.output: unknown field (allowed: ops, output_options, pages, tile); "
+        ("defaults.output: unknown field (allowed: fuse, ops, output_options, pages, tile); "
         "input and output are set in each job"),
-        "defaults.colour: unknown field (allowed: ops, output_options, pages, tile)",
+        "defaults.colour: unknown field (allowed: fuse, ops, output_options, pages, tile)",
     ]
 
 
@@ -485,7 +485,7 @@ def test_all_problems_are_reported_in_one_error():
         ("jobs[2].tile: expected a multiple of the output tile size 384, got 1024; set tile to "
         "768 or 1152, or output_options.tile to 256 (or another divisor of 1024)"),
         'jobs[3]: expected an object with "input" and "output", got 7',
-        ("jobs[4].colour: unknown field (allowed: input, ops, output, output_options, pages, "
+        ("jobs[4].colour: unknown field (allowed: fuse, input, ops, output, output_options, pages, "
         "tile)"),
         "jobs[4].input: expected a local path or s3://bucket/key (required), got nothing",
         (f"jobs[4].output: same location as the input of jobs[0] ({json.dumps(at('a.tif'))}); "

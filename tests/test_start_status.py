@@ -150,7 +150,7 @@ def test_start_uploads_a_local_manifest_and_wait_shows_the_summary(stack: Stack)
         "manifest": f"s3://{NAMES.bucket}/manifests/{run_id}.json",
         "work": f"s3://{NAMES.bucket}/work/{run_id}/", "run_id": run_id,
         "report": f"s3://{NAMES.bucket}/reports/{run_id}.json"}
-    assert "Split" in err and "Process" in err and "items" in err  # map run progress
+    assert "ProcessUnits" in err and "items" in err  # map run progress (a fused job)
 
     # the summary table, as tiffpipe run prints it, from the report the Report step wrote
     assert f"run {run_id}: 1 succeeded, 1 failed" in out

@@ -175,7 +175,8 @@ def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
     assert "Catch" not in failure, "RecordFailure must not catch into itself"
 
 
-@pytest.mark.parametrize("items,names", [("units", ["Split"]), ("batches", ["Stats", "Process"])])
+@pytest.mark.parametrize("items,names", [("units", ["ProcessUnits", "Split"]),
+                                         ("batches", ["Stats", "Process"])])
 def test_fan_out_maps_are_distributed_and_drop_results(rendered, items, names):
     maps = [(name, s) for name, s in job_states(rendered).items()
             if s["Type"] == "Map" and s.get("ItemsPath", "").split(".")[-1] == items]
@@ -189,6 +190,28 @@ def _check_fan_out(name: str, state: dict[str, Any]) -> None:
     assert "ResultPath" in state and state["ResultPath"] is None, (
         f"{name}: results must be dropped (ResultPath: null) to keep the payload small")
     assert state.get("MaxConcurrency", 0) <= 10_000, name
+
+
+def test_fused_jobs_choose_process_units_then_merge(rendered):
+    """PlanJob -> Fused -(fused)-> ProcessUnits -> Merge, else Split: one process_unit per
+    split unit, on the process function (the one with OpenCV), caught like the other maps."""
+    states = job_states(rendered)
+    assert states["PlanJob"]["ResultSelector"]["fused.$"] == "$.Payload.fused"
+    assert states["PlanJob"]["Next"] == "Fused"
+    choice = states["Fused"]
+    assert choice["Type"] == "Choice" and choice["Default"] == "Split"
+    (rule,) = choice["Choices"]
+    assert rule == {"Variable": "$.planned.fused", "BooleanEquals": True,
+                    "Next": "ProcessUnits"}
+    units = states["ProcessUnits"]
+    assert units["Next"] == "Merge"
+    assert units["ItemSelector"] == states["Split"]["ItemSelector"]
+    assert units["Catch"] == states["Split"]["Catch"]
+    (task,) = units["ItemProcessor"]["States"].values()
+    assert task["Parameters"]["Payload"]["action"] == "process_unit"
+    assert task["Parameters"]["FunctionName"] == states["Process"]["ItemProcessor"]["States"][
+        "ProcessBatch"]["Parameters"]["FunctionName"]
+    assert task["Retry"] == states["Split"]["ItemProcessor"]["States"]["SplitUnit"]["Retry"]
 
 
 def test_statistics_rounds_loop_between_split_and_process(rendered):
@@ -297,7 +320,8 @@ def test_plan_job_payload_of_a_100_gigapixel_page_fits(rendered, tmp_path, monke
                     compression="zstd")
     assert info.megapixels >= 100_000
     work = str(tmp_path / "work")
-    spec = JobSpec(input=str(tmp_path / "giant.tif"), output=str(tmp_path / "out.tif"))
+    spec = JobSpec(input=str(tmp_path / "giant.tif"), output=str(tmp_path / "out.tif"),
+                   fuse=False)  # the larger payload: units and batches
     run_url = layout.run_file(work)
     storage.write_json(run_url, {"run_id": "r", "manifest": "m", "work": work,
                                  "report": "r.json", "jobs": [spec.to_json()]})
@@ -314,6 +338,6 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
     cap = plan_module.MAX_ITEMS
     work = "s3://" + "b" * 63 + "/" + "w" * 200 + "/jobs/99999"
     result = {"plan": work + "/plan.json", "job": 99999, "units": list(range(cap)),
-              "batches": list(range(cap)), "tiles": 10**9,
+              "batches": list(range(cap)), "tiles": 10**9, "fused": False,
               "stats": {"round": 0, "more": True, "rounds": 99}}
     _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))

@@ -9,7 +9,9 @@ What each function touches (see ``pipeline/steps``), hence what it may do:
 - split (plan_run, plan_job, split): reads the manifest, the inputs and the stack's work
   files; lists input prefixes (a scan) and checks output buckets (``HeadBucket``); writes
   work files.
-- process: reads and writes work files only.
+- process (process, process_unit, stats, reduce_stats): reads and writes work files; a fused
+  job's ``process_unit`` reads its unit's band straight from the input, so it reads inputs
+  (and may list data buckets, to tell a missing input from a denied one).
 - merge (merge, record_failure, report): reads work files, writes outputs (a multipart
   upload) and the run report.
 
@@ -100,15 +102,19 @@ def function_policy(step: str, names: StackNames,
         _allow("ListStackBucket", ["s3:ListBucket"], [names.bucket_arn]),
         _allow("WorkFiles", ["s3:GetObject", "s3:PutObject"], [f"{stack}{WORK}*"]),
     ]
-    if step == "split":
+    if step in ("split", "process"):
         statements += [
-            # scans list input prefixes; plan_job checks output buckets (HeadBucket)
+            # split: scans list input prefixes, plan_job checks output buckets (HeadBucket);
+            # both: a missing input is told from a denied one
             _allow("ListDataBuckets", ["s3:ListBucket"],
                    sorted({d.bucket_arn(p) for d in data})),
-            _allow("ReadManifests", ["s3:GetObject"], [f"{stack}{MANIFESTS}*"]),
-            # inputs, manifests kept next to them, and (a scan) which outputs exist
+            # inputs (split units, fused units), manifests kept next to them, and (a scan)
+            # which outputs exist
             _allow("ReadInputs", ["s3:GetObject"], objects),
         ]
+    if step == "split":
+        statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
+                                     [f"{stack}{MANIFESTS}*"]))
     elif step == "merge":
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),

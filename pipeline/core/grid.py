@@ -96,13 +96,18 @@ class PageGrid:
 
 @dataclass(frozen=True)
 class SplitUnit:
-    """What one split invocation reads: tile rows [row0, row1) x cols [col0, col1) of a page."""
+    """What one split (or fused) invocation reads: tile rows [row0, row1) x cols [col0, col1)
+    of a page."""
 
     page: int  # position in the job's page list
     row0: int
     row1: int
     col0: int
     col1: int
+
+    @property
+    def tiles(self) -> int:
+        return (self.row1 - self.row0) * (self.col1 - self.col0)
 
     def to_json(self) -> list[int]:
         return [self.page, self.row0, self.row1, self.col0, self.col1]

@@ -6,8 +6,8 @@ A manifest is JSON::
      "jobs": [{"input": "in/a.tif", "output": "out/a.tif", "ops": [...]}, ...]}
 
 Each job has ``input`` and ``output`` (local paths, relative ones to the manifest's
-folder, or ``s3://bucket/key`` URLs) and may set ``pages``, ``ops``, ``tile`` and
-``output_options``. ``defaults`` sets those four optional fields for every job; a
+folder, or ``s3://bucket/key`` URLs) and may set ``pages``, ``ops``, ``tile``,
+``output_options`` and ``fuse``. ``defaults`` sets those optional fields for every job; a
 job's own field replaces the default, except ``output_options``, which is merged key
 by key (the job's keys win). ``level`` and ``quality`` go with a compression: a job
 that picks another compression than the defaults does not inherit them.
@@ -48,11 +48,11 @@ from pipeline.core.params import Param
 from pipeline.errors import ManifestError
 
 TOP_FIELDS = ("defaults", "jobs", "scan")
-JOB_FIELDS = ("input", "output", "pages", "ops", "tile", "output_options")
+JOB_FIELDS = ("input", "output", "pages", "ops", "tile", "output_options", "fuse")
 SCAN_FIELDS = JOB_FIELDS
 #: the inputs a scan picks up (compared in lower case)
 TIFF_SUFFIXES = (".tif", ".tiff")
-DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options")
+DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse")
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
@@ -74,6 +74,8 @@ _QUALITY = Param("quality", "integer", "jpeg quality", default=90, ge=1, le=100)
 _PAGE = Param("page", "integer", "page index", ge=0)
 _PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", default=False)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
+_FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
+              default=True)
 
 #: the setting of every optional field when neither the job nor the defaults set it
 _BUILTIN: dict[str, Any] = {
@@ -86,6 +88,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.tile": DEFAULT_OUTPUT_TILE,
     "output_options.pyramid": OutputOptions.pyramid,
     "output_options.ome": OutputOptions.ome,
+    "fuse": JobSpec.fuse,
 }
 
 
@@ -181,12 +184,12 @@ def _effective(layers: list[_Layer]) -> dict[str, _Setting]:
 
 
 def _job_fields(eff: dict[str, _Setting]) -> dict[str, Any]:
-    """The optional job fields (pages, ops, tile, output_options) of effective settings."""
+    """The optional job fields (pages, ops, tile, output_options, fuse) of the settings."""
     options = {k: eff[f"output_options.{k}"].value
                for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
     return {"pages": None if eff["pages"].value is None else list(eff["pages"].value),
             "ops": [dict(op) for op in eff["ops"].value], "tile": eff["tile"].value,
-            "output_options": OutputOptions(**options)}
+            "output_options": OutputOptions(**options), "fuse": bool(eff["fuse"].value)}
 
 
 def _size_problem(value: Any, lo: int, hi: int) -> str | None:
@@ -258,6 +261,11 @@ def _parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> _Layer:
         put("tile", not message, None if message else int(obj["tile"]))
     if "output_options" in obj:
         _parse_options(obj["output_options"], f"{path}.output_options", layer, problems)
+    if "fuse" in obj:
+        message = _FUSE.check(obj["fuse"])
+        if message:
+            problems.append(f"{path}.fuse: {message}")
+        put("fuse", not message, obj["fuse"])
     return layer
 
 
@@ -373,6 +381,7 @@ class ScanSpec:
     ops: list[dict[str, Any]] = field(default_factory=list)
     tile: int = DEFAULT_TILE
     output_options: OutputOptions = field(default_factory=OutputOptions)
+    fuse: bool = True
 
     def relative(self, location: str) -> str | None:
         """``location``'s path under the input, with ``/`` separators; None if it is not a
@@ -399,7 +408,7 @@ class ScanSpec:
         return JobSpec(input=location, output=self.output_for(rel),
                        pages=None if self.pages is None else list(self.pages),
                        ops=[dict(op) for op in self.ops], tile=self.tile,
-                       output_options=self.output_options)
+                       output_options=self.output_options, fuse=self.fuse)
 
 
 def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str]) -> list[JobSpec]:

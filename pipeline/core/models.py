@@ -49,6 +49,8 @@ class JobSpec:
     ops: list[dict[str, Any]] = field(default_factory=list)  # validated op chain, as JSON
     tile: int = DEFAULT_TILE
     output_options: OutputOptions = field(default_factory=OutputOptions)
+    #: split and process each unit in one invocation when the chain allows (no work tiles)
+    fuse: bool = True
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,21 +130,25 @@ class JobPlan:
     halo: int
     pages: list[PagePlan]
     units: list[SplitUnit]
-    batches: list[Batch]
+    batches: list[Batch]  # empty when fused
     started_at: float
+    #: each unit is split and processed in one invocation (no work tiles, no batches)
+    fused: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"job": self.job, "spec": self.spec.to_json(), "work": self.work,
                 "halo": self.halo, "pages": [p.to_json() for p in self.pages],
                 "units": [u.to_json() for u in self.units],
-                "batches": [b.to_json() for b in self.batches], "started_at": self.started_at}
+                "batches": [b.to_json() for b in self.batches], "started_at": self.started_at,
+                "fused": self.fused}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JobPlan:
         return cls(d["job"], JobSpec.from_json(d["spec"]), d["work"], d["halo"],
                    [PagePlan.from_json(p) for p in d["pages"]],
                    [SplitUnit.from_json(u) for u in d["units"]],
-                   [Batch.from_json(b) for b in d["batches"]], d["started_at"])
+                   [Batch.from_json(b) for b in d["batches"]], d["started_at"],
+                   bool(d.get("fused", False)))
 
     @property
     def tiles(self) -> int:

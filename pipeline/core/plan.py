@@ -13,6 +13,9 @@ from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, c
 SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
 #: core pixels of one split unit; bounds an invocation's time (about 10 s on one core)
 SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
+#: core pixels of one fused unit (split and process in one invocation): the chain's work
+#: makes a pixel cost several times a split pixel, and smaller units keep the fan-out wide
+FUSED_UNIT_PIXELS = 256 * 1024 * 1024
 #: tiles one process invocation handles (bounded in pixels by the tile size)
 TILES_PER_BATCH = 8
 #: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
@@ -37,24 +40,27 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         grid = PageGrid(info.height, info.width, spec.tile, halo)
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
                               layout.factor))
+    # fused: each unit's tiles are processed where they are read, without work tiles; chains
+    # with whole-page statistics (or canny's hysteresis) need every tile before any output
+    fused = spec.fuse and not layout.rounds
     units: list[SplitUnit] = []
     for i, page in enumerate(pages):
         bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
         units += split_units(i, page.grid, bpp, page.info.segment_rows, SPLIT_CACHE_BUDGET,
-                             SPLIT_UNIT_PIXELS)
+                             FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS)
     counts = [p.grid.count for p in pages]
     per_batch = max(TILES_PER_BATCH, -(-sum(counts) // MAX_ITEMS))
     while sum(-(-c // per_batch) for c in counts) > MAX_ITEMS and per_batch < max(counts):
         per_batch += max(1, per_batch // 8)  # batches never span pages: grow until they fit
     work_batches: list[Batch] = []
     for i, page in enumerate(pages):
-        work_batches += batches(i, page.grid, per_batch)
+        work_batches += [] if fused else batches(i, page.grid, per_batch)
     if len(units) > MAX_ITEMS or len(work_batches) > MAX_ITEMS:
         problems.append(f"the job needs {max(len(units), len(work_batches))} work items, more "
                         f"than the {MAX_ITEMS} a run can fan out; split it into jobs of fewer "
                         "pages, or raise the tile size")
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
-                   batches=work_batches, started_at=started_at)
+                   batches=work_batches, started_at=started_at, fused=fused)
     return plan, problems
 
 

@@ -46,11 +46,11 @@ def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
 
 
 def recorded_errors(job_work: str) -> list[dict[str, str]]:
-    """The recorded unit and batch errors of a job, root causes first: split errors before
+    """The recorded unit and batch errors of a job, root causes first: unit errors before
     process errors, and missing-work errors (the echo of an earlier failure) last."""
     urls = [u for u in storage.list_prefix(layout.errors_dir(job_work)) if u.endswith(".json")]
     records = [json.loads(storage.read_bytes(u)) for u in sorted(urls)]
-    order = {"split": 0, "process": 1}
+    order = {"split": 0, "process_unit": 0, "process": 1}
     return sorted(records, key=lambda r: (r["type"] == "WorkMissingError",
                                           order.get(r.get("step", ""), 2)))
 

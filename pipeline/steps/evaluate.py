@@ -127,12 +127,15 @@ class TileEvaluator:
 
     # --- evaluation ---------------------------------------------------------------------
 
-    def value(self, row: int, col: int, upto: int, needed: int = 0) -> tuple[np.ndarray, Rect]:
+    def value(self, row: int, col: int, upto: int, needed: int = 0,
+              haloed: np.ndarray | None = None) -> tuple[np.ndarray, Rect]:
         """Ops [0, upto) on a region around tile (row, col): (array, its rect in the pixels of
-        op ``upto``), exact on the core grown by ``needed``."""
+        op ``upto``), exact on the core grown by ``needed``. ``haloed``: the tile's haloed
+        input pixels, when the caller read them (a fused unit); else its stored work tile."""
         source = self.layout.source(upto)
         if source is None:
-            arr, rect, start = self.input_tile(row, col), self.page.grid.haloed(row, col), 0
+            arr = self.input_tile(row, col) if haloed is None else haloed
+            rect, start = self.page.grid.haloed(row, col), 0
         else:
             margin = self.layout.margin_after(source, upto, needed)
             grid = self.grid(self.layout.scales[source])
@@ -170,10 +173,12 @@ class TileEvaluator:
         r = target.relative_to(rect)
         return arr[r.y0:r.y1, r.x0:r.x1]
 
-    def output(self, row: int, col: int) -> tuple[np.ndarray, Rect]:
-        """The chain's output pixels of a tile and where they go on the output page."""
+    def output(self, row: int, col: int,
+               haloed: np.ndarray | None = None) -> tuple[np.ndarray, Rect]:
+        """The chain's output pixels of a tile and where they go on the output page
+        (``haloed``: see :meth:`value`)."""
         n = len(self.chain)
-        arr, rect = self.value(row, col, n)
+        arr, rect = self.value(row, col, n, haloed=haloed)
         core = self.core(row, col, n)
         return self.crop(arr, rect, core), core
 

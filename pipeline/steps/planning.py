@@ -51,7 +51,8 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
 def plan_job(event: JobEvent) -> dict[str, Any]:
     """Read the input's page headers, check the job can run, and write its plan.json.
 
-    Returns the indices of the split units and batches for the two Map states.
+    Returns the indices of the split units and batches for the Map states, and whether the
+    job is fused (its units are processed where they are read: no batches).
     """
     started = time.time()
     run, spec = load_job(event.run, event.job)
@@ -70,4 +71,5 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     plan_url = layout.plan_file(work)
     storage.write_json(plan_url, plan.to_json(), indent=None)
     return {"plan": plan_url, "job": event.job, "units": list(range(len(plan.units))),
-            "batches": list(range(len(plan.batches))), "tiles": plan.tiles}
+            "batches": list(range(len(plan.batches))), "tiles": plan.tiles,
+            "fused": plan.fused}
