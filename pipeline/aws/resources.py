@@ -1,0 +1,368 @@
+"""The resources of a stack, one at a time: re-runnable ``ensure_*`` steps (get or create,
+then update only what differs) and the ``delete_*`` steps that remove them, over boto3 clients
+passed in. Every change goes through :class:`pipeline.aws.actions.Actions`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from pipeline.aws import STACK_TAG, AwsError, Clients, StackNames, policies
+from pipeline.aws import images as docker_images
+from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
+from pipeline.aws.executions import BUCKET_TAG
+
+POLICY_NAME = "tiffpipe"
+#: days kept: work files (the lifecycle rule), logs
+WORK_DAYS, LOG_DAYS = 7, 30
+#: images kept per repository (older ones expire)
+KEEP_IMAGES = 10
+#: a scheduled start is retried this often, for this long, when Step Functions refuses it
+SCHEDULE_RETRY = {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}
+#: EventBridge Scheduler fills these in at each invocation
+EXECUTION_ID = "<aws.scheduler.execution-id>"
+
+
+@dataclass(frozen=True)
+class FunctionSize:
+    memory: int  # MB (CPU scales with it: ~1 vCPU per 1,769 MB)
+    timeout: int  # seconds
+    ephemeral: int  # MB of /tmp
+
+
+#: split holds a band's segment cache; merge builds the whole output TIFF in /tmp
+SIZES = {"split": FunctionSize(3008, 900, 4096), "process": FunctionSize(3008, 900, 1024),
+         "merge": FunctionSize(3008, 900, 10240)}
+
+
+# --- bucket ------------------------------------------------------------------------------
+
+
+def bucket_lifecycle() -> dict[str, Any]:
+    return {"Rules": [{
+        "ID": "tiffpipe-expire-work", "Status": "Enabled", "Filter": {"Prefix": policies.WORK},
+        "Expiration": {"Days": WORK_DAYS},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]}
+
+
+def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
+    """The stack bucket: encrypted (SSE-S3), public access blocked, work files expiring."""
+    bucket = names.bucket
+    acts.log(f"bucket {bucket}")
+    try:
+        s3.head_bucket(Bucket=bucket)
+        exists = True
+    except ClientError as exc:
+        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            raise AwsError(f"bucket {bucket} exists but this account cannot use it "
+                           f"({error_code(exc)}): choose another --stack") from exc
+        exists = False
+    if not exists:
+        args: dict[str, Any] = {"Bucket": bucket}
+        if names.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": names.region}
+        acts.change(f"create bucket {bucket}", lambda: (
+            s3.create_bucket(**args),
+            s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
+                {"Key": k, "Value": v} for k, v in stack_tags(names).items()]})))
+
+    encryption = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                             "BucketKeyEnabled": True}]}
+    _ensure_setting(acts, exists and get_or_none(lambda: s3.get_bucket_encryption(Bucket=bucket)[
+        "ServerSideEncryptionConfiguration"], "ServerSideEncryptionConfigurationNotFoundError"),
+        encryption, "default encryption", "turn on default encryption (SSE-S3)",
+        lambda: s3.put_bucket_encryption(Bucket=bucket,
+                                         ServerSideEncryptionConfiguration=encryption))
+
+    block = {k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
+                               "RestrictPublicBuckets")}
+    _ensure_setting(acts, exists and get_or_none(lambda: s3.get_public_access_block(Bucket=bucket)[
+        "PublicAccessBlockConfiguration"], "NoSuchPublicAccessBlockConfiguration"),
+        block, "public access block", "block all public access",
+        lambda: s3.put_public_access_block(Bucket=bucket,
+                                           PublicAccessBlockConfiguration=block))
+
+    lifecycle = bucket_lifecycle()
+    _ensure_setting(acts, exists and get_or_none(lambda: {
+        "Rules": s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]},
+        "NoSuchLifecycleConfiguration"),
+        lifecycle, f"lifecycle (work/ expires after {WORK_DAYS} days)",
+        f"set the lifecycle: work/ expires after {WORK_DAYS} days",
+        lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket,
+                                                      LifecycleConfiguration=lifecycle))
+    return bucket
+
+
+def _ensure_setting(acts: Any, current: Any, desired: dict[str, Any], same: str, change: str,
+                    put: Any) -> None:
+    """One bucket setting: unchanged when the current one covers ``desired``, else ``put``."""
+    if covers(current, desired):
+        acts.same(same)
+    else:
+        acts.change(change, put)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def ecr_lifecycle() -> dict[str, Any]:
+    return {"rules": [{"rulePriority": 1,
+                       "description": f"keep the {KEEP_IMAGES} most recent images",
+                       "selection": {"tagStatus": "any", "countType": "imageCountMoreThan",
+                                     "countNumber": KEEP_IMAGES},
+                       "action": {"type": "expire"}}]}
+
+
+def ensure_repository(ecr: Any, names: StackNames, step: str, acts: Actions) -> str:
+    """An ECR repository (scan on push, the 10 most recent images kept); its URI."""
+    name = names.repository(step)
+    acts.log(f"ECR repository {name}")
+    repo = get_or_none(lambda: ecr.describe_repositories(repositoryNames=[name])["repositories"][0],
+                "RepositoryNotFoundException")
+    uri = repo["repositoryUri"] if repo else f"{names.registry()}/{name}"
+    if repo is None:
+        made = acts.change(f"create ECR repository {name} (scan on push)",
+                           lambda: ecr.create_repository(
+                               repositoryName=name,
+                               imageScanningConfiguration={"scanOnPush": True},
+                               tags=[{"Key": k, "Value": v} for k, v in stack_tags(names).items()]))
+        if made:
+            uri = made["repository"]["repositoryUri"]
+    elif not repo.get("imageScanningConfiguration", {}).get("scanOnPush"):
+        acts.change("turn on scan on push", lambda: ecr.put_image_scanning_configuration(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": True}))
+    else:
+        acts.same("scan on push")
+    policy = ecr_lifecycle()
+    current = repo and get_or_none(lambda: json.loads(ecr.get_lifecycle_policy(repositoryName=name)[
+        "lifecyclePolicyText"]), "LifecyclePolicyNotFoundException")
+    if covers(current, policy):
+        acts.same(f"lifecycle (keep {KEEP_IMAGES} images)")
+    else:
+        acts.change(f"set the lifecycle: keep the {KEEP_IMAGES} most recent images",
+                    lambda: ecr.put_lifecycle_policy(repositoryName=name,
+                                                     lifecyclePolicyText=json.dumps(policy)))
+    return str(uri)
+
+
+def latest_digest(ecr: Any, repository: str) -> str:
+    """The digest of the image pushed last to an ECR repository (for --skip-build)."""
+    found = get_or_none(lambda: [d for page in ecr.get_paginator("describe_images").paginate(
+        repositoryName=repository) for d in page["imageDetails"]], "RepositoryNotFoundException")
+    if not found:
+        raise AwsError(f"--skip-build: no image in the ECR repository {repository}: deploy "
+                       "once without --skip-build to build and push the images")
+    return str(max(found, key=lambda d: d["imagePushedAt"])["imageDigest"])
+
+
+# --- IAM, logs -----------------------------------------------------------------------------
+
+
+def ensure_role(iam: Any, names: StackNames, role: str, trust: dict[str, Any],
+                policy: dict[str, Any], acts: Actions, description: str) -> str:
+    """A role with exactly this trust policy and one inline policy; its ARN."""
+    acts.log(f"IAM role {role}")
+    current = get_or_none(lambda: iam.get_role(RoleName=role)["Role"], "NoSuchEntity")
+    if current is None:
+        acts.change(f"create role {role}", lambda: iam.create_role(
+            RoleName=role, AssumeRolePolicyDocument=json.dumps(trust), Description=description,
+            Tags=[{"Key": k, "Value": v} for k, v in stack_tags(names).items()]))
+    elif current["AssumeRolePolicyDocument"] != trust:
+        acts.change("update the trust policy", lambda: iam.update_assume_role_policy(
+            RoleName=role, PolicyDocument=json.dumps(trust)))
+    else:
+        acts.same("trust policy")
+    inline = current and get_or_none(lambda: iam.get_role_policy(
+        RoleName=role, PolicyName=POLICY_NAME)["PolicyDocument"], "NoSuchEntity")
+    if inline == policy:
+        acts.same("permissions")
+    else:
+        acts.change(f"{'set' if inline is None else 'update'} the permissions",
+                    lambda: iam.put_role_policy(RoleName=role, PolicyName=POLICY_NAME,
+                                                PolicyDocument=json.dumps(policy)))
+    return names.role_arn(role)
+
+
+def ensure_log_group(logs: Any, names: StackNames, group: str, acts: Actions) -> str:
+    """A log group kept LOG_DAYS days (made here, so destroy can remove it)."""
+    acts.log(f"log group {group}")
+    found = [g for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+             if g["logGroupName"] == group]
+    if not found:
+        acts.change(f"create log group {group} ({LOG_DAYS} days)", lambda: (
+            logs.create_log_group(logGroupName=group, tags=stack_tags(names)),
+            logs.put_retention_policy(logGroupName=group, retentionInDays=LOG_DAYS)))
+    elif found[0].get("retentionInDays") != LOG_DAYS:
+        acts.change(f"keep logs {LOG_DAYS} days", lambda: logs.put_retention_policy(
+            logGroupName=group, retentionInDays=LOG_DAYS))
+    else:
+        acts.same(f"retention {LOG_DAYS} days")
+    return names.log_group_arn(group)
+
+
+# --- functions, state machine, schedule ------------------------------------------------------
+
+
+def _role_not_ready(exc: ClientError) -> bool:
+    message = str(exc.response.get("Error", {}).get("Message", ""))
+    return error_code(exc) in ("InvalidParameterValueException", "AccessDeniedException") and (
+        "role" in message.lower() or "assume" in message.lower())
+
+
+def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, role_arn: str,
+                    arch: str, acts: Actions, sleep: Callable[[float], None] = time.sleep) -> str:
+    """A container-image function at ``image`` (``repo@sha256:...``; None: an image still to
+    build in a dry run), sized by SIZES; waits until it is active/updated."""
+    name = names.function(step)
+    size = SIZES[step]
+    acts.log(f"Lambda function {name}")
+    settings = {"Role": role_arn, "MemorySize": size.memory, "Timeout": size.timeout,
+                "EphemeralStorage": {"Size": size.ephemeral},
+                "Environment": {"Variables": {"TIFFPIPE_STACK": names.stack,
+                                              "TIFFPIPE_BUCKET": names.bucket}},
+                "Description": f"tiffpipe {names.stack}: the {step} step"}
+    architectures = [docker_images.LAMBDA_ARCHITECTURES[arch]]
+    current = get_or_none(lambda: lam.get_function(FunctionName=name), "ResourceNotFoundException")
+    shown = image or f"the {step} image to be built"
+    if current is None:
+        def create() -> None:
+            retry(lambda: lam.create_function(
+                FunctionName=name, PackageType="Image", Code={"ImageUri": image},
+                Architectures=architectures, Tags=stack_tags(names), **settings),
+                _role_not_ready, sleep)
+            lam.get_waiter("function_active_v2").wait(FunctionName=name)
+        acts.change(f"create function {name} from {shown} ({size.memory} MB, "
+                    f"{size.timeout} s, /tmp {size.ephemeral} MB)", create)
+        return names.function_arn(step)
+    config = current["Configuration"]
+    if image is None or current.get("Code", {}).get("ImageUri") != image or \
+            config.get("Architectures") != architectures:
+        def update_code() -> None:
+            lam.update_function_code(FunctionName=name, ImageUri=image,
+                                     Architectures=architectures)
+            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+        acts.change(f"deploy {shown}" + (" (if its digest changed)" if image is None else ""),
+                    update_code)
+    else:
+        acts.same(f"image {image}")
+    if covers(config, settings):
+        acts.same("configuration")
+    else:
+        def update_config() -> None:
+            retry(lambda: lam.update_function_configuration(FunctionName=name, **settings),
+                   _role_not_ready, sleep)
+            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+        acts.change("update the configuration (role, size, environment)", update_config)
+    return str(config.get("FunctionArn", names.function_arn(step)))
+
+
+def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
+                         log_group_arn: str, acts: Actions,
+                         sleep: Callable[[float], None] = time.sleep) -> str:
+    """The state machine from ``text`` (the rendered definition), logging errors."""
+    arn = names.state_machine_arn
+    acts.log(f"state machine {names.state_machine}")
+    logging = {"level": "ERROR", "includeExecutionData": False,
+               "destinations": [{"cloudWatchLogsLogGroup": {"logGroupArn": log_group_arn}}]}
+    current = get_or_none(lambda: sfn.describe_state_machine(stateMachineArn=arn),
+                   "StateMachineDoesNotExist")
+    if current is None:
+        tags = [{"key": STACK_TAG, "value": names.stack}, {"key": BUCKET_TAG,
+                                                            "value": names.bucket}]
+        acts.change(f"create state machine {names.state_machine}", lambda: retry(
+            lambda: sfn.create_state_machine(
+                name=names.state_machine, definition=text, roleArn=role_arn, type="STANDARD",
+                loggingConfiguration=logging, tags=tags), _role_not_ready, sleep))
+        return arn
+    if current.get("status") == "DELETING":
+        raise AwsError(f"state machine {arn} is still being deleted: wait a minute and run "
+                       "deploy.py again")
+    if (json.loads(current["definition"]) == json.loads(text) and current["roleArn"] == role_arn
+            and covers(current.get("loggingConfiguration"), logging)):
+        acts.same("definition, role and logging")
+    else:
+        acts.change("update the definition, role and logging", lambda: retry(
+            lambda: sfn.update_state_machine(stateMachineArn=arn, definition=text,
+                                             roleArn=role_arn, loggingConfiguration=logging),
+            _role_not_ready, sleep))
+    return arn
+
+
+def schedule_input(names: StackNames, manifest_url: str) -> dict[str, str]:
+    """The execution input of a scheduled run: a fresh work prefix and report per run."""
+    return {"manifest": manifest_url, "work": f"s3://{names.bucket}/{policies.WORK}{EXECUTION_ID}/",
+            "run_id": EXECUTION_ID,
+            "report": f"s3://{names.bucket}/{policies.REPORTS}{EXECUTION_ID}.json"}
+
+
+def ensure_schedule(scheduler: Any, names: StackNames, expression: str, manifest_url: str,
+                    role_arn: str, acts: Actions) -> str:
+    """An EventBridge Scheduler schedule starting the state machine on ``manifest_url``."""
+    acts.log(f"schedule {names.schedule} ({expression})")
+    desired = {
+        "ScheduleExpression": expression, "FlexibleTimeWindow": {"Mode": "OFF"},
+        "State": "ENABLED", "Description": f"tiffpipe {names.stack}: runs {manifest_url}",
+        "Target": {"Arn": names.state_machine_arn, "RoleArn": role_arn,
+                   "Input": json.dumps(schedule_input(names, manifest_url)),
+                   "RetryPolicy": SCHEDULE_RETRY},
+    }
+    current = get_or_none(lambda: scheduler.get_schedule(Name=names.schedule),
+                   "ResourceNotFoundException")
+    if current is None:
+        made = acts.change(f"create schedule {names.schedule}", lambda: scheduler.create_schedule(
+            Name=names.schedule, **desired))
+        return str(made["ScheduleArn"]) if made else ""
+    if covers(current, desired):
+        acts.same("expression, target and input")
+    else:
+        acts.change("update the expression, target and input", lambda: scheduler.update_schedule(
+            Name=names.schedule, **desired))
+    return str(current["Arn"])
+
+
+# --- destroy --------------------------------------------------------------------------------
+
+
+def remove_if(acts: Actions, what: str, exists: bool, call: Callable[[], Any]) -> None:
+    if exists:
+        acts.change(f"delete {what}", call)
+    else:
+        acts.log(f"  {what}: not found, nothing to delete")
+
+
+def delete_schedule(clients: Clients, names: StackNames, acts: Actions) -> None:
+    scheduler, iam = clients("scheduler"), clients("iam")
+    found = get_or_none(lambda: scheduler.get_schedule(Name=names.schedule),
+                 "ResourceNotFoundException")
+    remove_if(acts, f"schedule {names.schedule}", found is not None,
+            lambda: scheduler.delete_schedule(Name=names.schedule))
+    delete_role(iam, names.scheduler_role, acts)
+
+
+def delete_role(iam: Any, role: str, acts: Actions) -> None:
+    """A role with its inline and attached policies (they must go first)."""
+    found = get_or_none(lambda: iam.get_role(RoleName=role), "NoSuchEntity")
+
+    def remove() -> None:
+        for policy in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=role, PolicyName=policy)
+        for policy in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
+            iam.detach_role_policy(RoleName=role, PolicyArn=policy["PolicyArn"])
+        iam.delete_role(RoleName=role)
+    remove_if(acts, f"role {role}", found is not None, remove)
+
+
+def empty_bucket(s3: Any, bucket: str) -> None:
+    """Delete every object (every version and delete marker) of a bucket."""
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        keys = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+
