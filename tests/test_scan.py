@@ -87,7 +87,7 @@ def test_jobs_and_scan_are_mutually_exclusive_and_one_is_needed():
     assert problems_of({}) == ["jobs: expected a non-empty list of jobs, got nothing"]
     assert problems_of({"scan": "in/"}) == [
         ('scan: expected an object with "input" and "output" (and any of pages, ops, tile, '
-         'output_options), got "in/"')]
+         'output_options, fuse), got "in/"')]
     assert problems_of({"scan": {"input": "s3://", "output": ""}}) == [
         'scan.input: expected s3://bucket/prefix/ with a bucket, got "s3://"',
         'scan.output: expected a folder or an s3://bucket/prefix/, got ""']

@@ -22,7 +22,8 @@ returns it as a :class:`ScanSpec`; the planning step lists the folders and calls
 :func:`scan_jobs`.
 
 Every problem is collected, each as ``<json path>: <what was expected>, got <what
-came>``, and all of them are raised at once in one :class:`ManifestError`.
+came>``, and all of them are raised at once in one :class:`ManifestError`. The optional
+fields' checks and how ``defaults`` stack under a job are in :mod:`pipeline.core.job_fields`.
 
 Pure module: no file I/O (relative paths are joined, never looked up).
 """
@@ -36,15 +37,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.models import (
-    COMPRESSIONS,
-    DEFAULT_OUTPUT_TILE,
-    DEFAULT_TILE,
-    JobSpec,
-    OutputOptions,
+from pipeline.core.job_fields import (
+    Layer,
+    cross_problems,
+    effective,
+    job_fields,
+    parse_layer,
+    show,
+    unknown_fields,
 )
-from pipeline.core.ops import parse_chain
-from pipeline.core.params import Param
+from pipeline.core.models import DEFAULT_TILE, JobSpec, OutputOptions
 from pipeline.errors import ManifestError
 
 TOP_FIELDS = ("defaults", "jobs", "scan")
@@ -53,43 +55,9 @@ SCAN_FIELDS = JOB_FIELDS
 #: the inputs a scan picks up (compared in lower case)
 TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse")
-OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
-
-#: processing tile: (smallest, largest), a multiple of TILE_STEP
-TILE_RANGE = (64, 8192)
-#: output tile: (smallest, largest), a multiple of TILE_STEP
-OUTPUT_TILE_RANGE = (16, 4096)
-TILE_STEP = 16
-#: compression -> (lowest, highest) level; other compressions take no level
-LEVELS = {"zstd": (1, 22), "deflate": (1, 9)}
-QUALITY_COMPRESSIONS = ("jpeg",)
 
 _LOCATION = "a local path or s3://bucket/key"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-_COMPRESSION = Param("compression", "string", "codec of the output tiles", default="zstd",
-                     choices=COMPRESSIONS)
-_LEVEL = Param("level", "integer", "codec level (zstd 1-22, deflate 1-9)")
-_QUALITY = Param("quality", "integer", "jpeg quality", default=90, ge=1, le=100)
-_PAGE = Param("page", "integer", "page index", ge=0)
-_PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", default=False)
-_OME = Param("ome", "boolean", "write OME-TIFF", default=False)
-_FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
-              default=True)
-
-#: the setting of every optional field when neither the job nor the defaults set it
-_BUILTIN: dict[str, Any] = {
-    "pages": None,
-    "ops": [],
-    "tile": DEFAULT_TILE,
-    "output_options.compression": OutputOptions.compression,
-    "output_options.level": None,
-    "output_options.quality": OutputOptions.quality,
-    "output_options.tile": DEFAULT_OUTPUT_TILE,
-    "output_options.pyramid": OutputOptions.pyramid,
-    "output_options.ome": OutputOptions.ome,
-    "fuse": JobSpec.fuse,
-}
 
 
 # --- locations ----------------------------------------------------------------------
@@ -124,244 +92,16 @@ def _same_key(location: str) -> str:
 def _location_problem(value: Any) -> str | None:
     """None if ``value`` is a usable location, else ``expected ..., got ...``."""
     if not isinstance(value, str) or not value.strip():
-        return f"expected {_LOCATION}, got {_show(value)}"
+        return f"expected {_LOCATION}, got {show(value)}"
     scheme = _SCHEME.match(value)
     if scheme and scheme.group(1) != "s3":
-        return f"expected {_LOCATION} (the only URLs supported are s3://), got {_show(value)}"
+        return f"expected {_LOCATION} (the only URLs supported are s3://), got {show(value)}"
     if scheme:
         bucket, _, key = value[len("s3://"):].partition("/")
         if not bucket or not key:
-            return f"expected s3://bucket/key with both a bucket and a key, got {_show(value)}"
+            return f"expected s3://bucket/key with both a bucket and a key, got {show(value)}"
     return None
 
-
-# --- the layers: defaults, then a job ------------------------------------------------
-
-
-@dataclass
-class _Layer:
-    """The optional fields one object (``defaults`` or a job) sets.
-
-    Keys are flat: ``tile``, ``output_options.level``... ``values`` holds the valid
-    ones; ``bad`` the ones present but invalid (already reported).
-    """
-
-    path: str
-    values: dict[str, Any] = field(default_factory=dict)
-    bad: set[str] = field(default_factory=set)
-
-    def set_keys(self) -> list[str]:
-        return [k for k in _BUILTIN if k in self.values or k in self.bad]
-
-    def where(self, key: str) -> str:
-        return f"{self.path}.{key}"
-
-
-@dataclass
-class _Setting:
-    """A field's effective value and the layer that set it (None: built in)."""
-
-    value: Any
-    layer: _Layer | None
-    ok: bool = True
-
-
-def _effective(layers: list[_Layer]) -> dict[str, _Setting]:
-    """The settings after stacking ``layers`` (later ones win) on the built-in defaults.
-
-    A layer that changes the compression drops the ``level`` and ``quality`` that
-    earlier layers set: they were meant for the other compression.
-    """
-    eff = {key: _Setting(value, None) for key, value in _BUILTIN.items()}
-    for layer in layers:
-        new = layer.values.get("output_options.compression")
-        if new is not None and new != eff["output_options.compression"].value:
-            for key in ("output_options.level", "output_options.quality"):
-                eff[key] = _Setting(_BUILTIN[key], None)
-        for key in layer.set_keys():
-            eff[key] = _Setting(layer.values.get(key), layer, key not in layer.bad)
-    return eff
-
-
-def _job_fields(eff: dict[str, _Setting]) -> dict[str, Any]:
-    """The optional job fields (pages, ops, tile, output_options, fuse) of the settings."""
-    options = {k: eff[f"output_options.{k}"].value
-               for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
-    return {"pages": None if eff["pages"].value is None else list(eff["pages"].value),
-            "ops": [dict(op) for op in eff["ops"].value], "tile": eff["tile"].value,
-            "output_options": OutputOptions(**options), "fuse": bool(eff["fuse"].value)}
-
-
-def _size_problem(value: Any, lo: int, hi: int) -> str | None:
-    """None if ``value`` is a tile size in [lo, hi] and a multiple of TILE_STEP."""
-    ok = Param("size", "integer", "", ge=lo, le=hi).check(value) is None
-    if ok and int(value) % TILE_STEP == 0:
-        return None
-    return f"expected an integer multiple of {TILE_STEP} from {lo} to {hi}, got {_show(value)}"
-
-
-def _parse_pages(value: Any, path: str, problems: list[str]) -> tuple[bool, list[int] | None]:
-    if value is None:
-        return True, None  # explicit null: every page (undoes a default)
-    if not isinstance(value, list) or not value:
-        problems.append(f"{path}: expected a non-empty list of page indices (integers >= 0), "
-                        f"or null for every page, got {_show(value)}")
-        return False, None
-    pages: list[int] = []
-    seen: dict[int, int] = {}
-    ok = True
-    for i, item in enumerate(value):
-        message = _PAGE.check(item)
-        if message:
-            problems.append(f"{path}[{i}]: {message}")
-            ok = False
-            continue
-        page = int(item)
-        if page in seen:
-            problems.append(f"{path}[{i}]: expected a page not listed before, got {page} "
-                            f"again (already {path}[{seen[page]}])")
-            ok = False
-            continue
-        seen[page] = i
-        pages.append(page)
-    return ok, pages
-
-
-def _unknown(obj: dict[str, Any], allowed: tuple[str, ...], path: str, problems: list[str],
-             hint: dict[str, str] | None = None) -> None:
-    names = ", ".join(sorted(allowed))
-    for key in obj:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            extra = (hint or {}).get(key, "")
-            problems.append(f"{where}: unknown field (allowed: {names}){extra}")
-
-
-def _parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> _Layer:
-    """Check the optional fields of a job or of ``defaults`` (each on its own)."""
-    layer = _Layer(path)
-
-    def put(key: str, ok: bool, value: Any) -> None:
-        if ok:
-            layer.values[key] = value
-        else:
-            layer.bad.add(key)
-
-    if "pages" in obj:
-        ok, pages = _parse_pages(obj["pages"], f"{path}.pages", problems)
-        put("pages", ok, pages)
-    if "ops" in obj:
-        calls, probs = parse_chain(obj["ops"], f"{path}.ops")
-        problems.extend(probs)
-        put("ops", not probs, [c.to_json() for c in calls])
-    if "tile" in obj:
-        message = _size_problem(obj["tile"], *TILE_RANGE)
-        if message:
-            problems.append(f"{path}.tile: {message}")
-        put("tile", not message, None if message else int(obj["tile"]))
-    if "output_options" in obj:
-        _parse_options(obj["output_options"], f"{path}.output_options", layer, problems)
-    if "fuse" in obj:
-        message = _FUSE.check(obj["fuse"])
-        if message:
-            problems.append(f"{path}.fuse: {message}")
-        put("fuse", not message, obj["fuse"])
-    return layer
-
-
-def _parse_options(opts: Any, path: str, layer: _Layer, problems: list[str]) -> None:
-    if not isinstance(opts, dict):
-        problems.append(f"{path}: expected an object with any of "
-                        f"{', '.join(OPTION_FIELDS)}, got {_show(opts)}")
-        layer.bad.update(f"output_options.{k}" for k in OPTION_FIELDS)
-        return
-    _unknown(opts, OPTION_FIELDS, path, problems)
-    checks = {
-        "compression": _COMPRESSION.check,
-        "level": _LEVEL.check,
-        "quality": _QUALITY.check,
-        "tile": lambda v: _size_problem(v, *OUTPUT_TILE_RANGE),
-        "pyramid": _PYRAMID.check,
-        "ome": _OME.check,
-    }
-    for name, check in checks.items():
-        if name not in opts:
-            continue
-        key = f"output_options.{name}"
-        message = check(opts[name])
-        if message:
-            problems.append(f"{path}.{name}: {message}")
-            layer.bad.add(key)
-        else:
-            value = opts[name]
-            layer.values[key] = value if name in ("compression", "pyramid", "ome") \
-                else int(value)
-
-
-# --- rules across fields -------------------------------------------------------------
-
-
-def _from(setting: _Setting, layer: _Layer, key: str) -> str:
-    """`` (from defaults.tile)`` when ``setting`` was not set by ``layer`` itself."""
-    if setting.layer is layer:
-        return ""
-    if setting.layer is None:
-        return f" (the default {key})"
-    return f" (from {setting.layer.where(key)})"
-
-
-def _cross_problems(eff: dict[str, _Setting], layer: _Layer) -> list[str]:
-    """Problems between fields, for the fields ``layer`` set (others were reported already)."""
-    problems: list[str] = []
-    comp = eff["output_options.compression"]
-    level = eff["output_options.level"]
-    quality = eff["output_options.quality"]
-    tile = eff["tile"]
-    out_tile = eff["output_options.tile"]
-
-    if level.layer is layer and level.ok and comp.ok:
-        shown = f"compression {json.dumps(comp.value)}" \
-                f"{_from(comp, layer, 'output_options.compression')}"
-        where = layer.where("output_options.level")
-        if comp.value not in LEVELS:
-            problems.append(f"{where}: expected no level with {shown}: level applies to "
-                            f"{' and '.join(LEVELS)} only, got {level.value}")
-        else:
-            lo, hi = LEVELS[comp.value]
-            if not lo <= level.value <= hi:
-                problems.append(f"{where}: expected an integer from {lo} to {hi} for {shown}, "
-                                f"got {level.value}")
-
-    if quality.layer is layer and quality.ok and comp.ok and comp.value not in QUALITY_COMPRESSIONS:
-        shown = f"compression {json.dumps(comp.value)}" \
-                f"{_from(comp, layer, 'output_options.compression')}"
-        problems.append(f"{layer.where('output_options.quality')}: expected no quality with "
-                        f"{shown}: quality applies to {' and '.join(QUALITY_COMPRESSIONS)} only, "
-                        f"got {quality.value}")
-
-    if (layer in (tile.layer, out_tile.layer) and tile.ok and out_tile.ok
-            and tile.value % out_tile.value != 0):
-        problems.append(_tile_problem(tile, out_tile, layer))
-    return problems
-
-
-def _tile_problem(tile: _Setting, out_tile: _Setting, layer: _Layer) -> str:
-    t, o = tile.value, out_tile.value
-    lo, hi = TILE_RANGE
-    tiles = [m for m in ((t // o) * o, (t // o + 1) * o) if lo <= m <= hi]
-    outs = [d for d in range(OUTPUT_TILE_RANGE[1], OUTPUT_TILE_RANGE[0] - 1, -TILE_STEP)
-            if t % d == 0 and d < o]
-    fixes = []
-    if tiles:
-        fixes.append("tile to " + " or ".join(str(m) for m in tiles))
-    if outs:
-        fixes.append(f"output_options.tile to {outs[0]} (or another divisor of {t})")
-    fix = "; set " + ", or ".join(fixes) if fixes else ""
-    if tile.layer is layer:
-        return (f"{layer.where('tile')}: expected a multiple of the output tile size {o}"
-                f"{_from(out_tile, layer, 'output_options.tile')}, got {t}{fix}")
-    return (f"{layer.where('output_options.tile')}: expected a size that divides the processing "
-            f"tile {t}{_from(tile, layer, 'tile')}, got {o}{fix}")
 
 
 # --- the scan form -------------------------------------------------------------------
@@ -430,15 +170,15 @@ def _scan_location(value: Any, base_dir: str) -> tuple[str | None, str | None]:
     """(the resolved folder or ``s3://bucket/prefix/``, None) or (None, the problem)."""
     expected = "a folder or an s3://bucket/prefix/"
     if not isinstance(value, str) or not value.strip():
-        return None, f"expected {expected}, got {_show(value)}"
+        return None, f"expected {expected}, got {show(value)}"
     scheme = _SCHEME.match(value)
     if scheme and scheme.group(1) != "s3":
         return None, (f"expected {expected} (the only URLs supported are s3://), "
-                      f"got {_show(value)}")
+                      f"got {show(value)}")
     if scheme:
         bucket, _, prefix = value[len("s3://"):].partition("/")
         if not bucket:
-            return None, f"expected s3://bucket/prefix/ with a bucket, got {_show(value)}"
+            return None, f"expected s3://bucket/prefix/ with a bucket, got {show(value)}"
         prefix = posixpath.normpath(prefix).lstrip("/") if prefix.strip("/") else ""
         return f"s3://{bucket}/{prefix + '/' if prefix else ''}", None
     resolved = resolve_location(value, base_dir)
@@ -456,14 +196,14 @@ def _inside(a: str, b: str) -> bool:
     return os.path.commonpath([a, b]) == b
 
 
-def _parse_scan(scan: Any, defaults: _Layer, base_dir: str,
+def _parse_scan(scan: Any, defaults: Layer, base_dir: str,
                 problems: list[str]) -> ScanSpec | None:
     """Check the ``scan`` block (its problems are added to ``problems``)."""
     if not isinstance(scan, dict):
         problems.append(f'scan: expected an object with "input" and "output" (and any of '
-                        f'{", ".join(DEFAULT_FIELDS)}), got {_show(scan)}')
+                        f'{", ".join(DEFAULT_FIELDS)}), got {show(scan)}')
         return None
-    _unknown(scan, SCAN_FIELDS, "scan", problems)
+    unknown_fields(scan, SCAN_FIELDS, "scan", problems)
     where: dict[str, str | None] = {}
     for name in ("input", "output"):
         if name not in scan:
@@ -479,14 +219,14 @@ def _parse_scan(scan: Any, defaults: _Layer, base_dir: str,
         problems.append(f"scan.output: expected a location outside scan.input ({json.dumps(src)}) "
                         f"and not containing it: outputs would be scanned as inputs, got "
                         f"{json.dumps(dst)}")
-    layer = _parse_layer(scan, "scan", problems)
-    eff = _effective([defaults, layer])
-    problems.extend(_cross_problems(eff, layer))
+    layer = parse_layer(scan, "scan", problems)
+    eff = effective([defaults, layer])
+    problems.extend(cross_problems(eff, layer))
     if src is None or dst is None or not all(s.ok for s in eff.values()):
         return None
     return ScanSpec(
         input=src, output=dst,
-        **_job_fields(eff))
+        **job_fields(eff))
 
 
 # --- the manifest -------------------------------------------------------------------
@@ -512,20 +252,20 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
     problems: list[str] = []
     if not isinstance(data, dict):
         message = (f"manifest: expected an object with \"jobs\" (and optionally "
-                   f"\"defaults\"), got {_show(data)}")
+                   f"\"defaults\"), got {show(data)}")
         raise ManifestError(source, [message])
-    _unknown(data, TOP_FIELDS, "", problems)
+    unknown_fields(data, TOP_FIELDS, "", problems)
 
-    defaults = _Layer("defaults")
+    defaults = Layer("defaults")
     if "defaults" in data:
         if isinstance(data["defaults"], dict):
             hint = {k: "; input and output are set in each job" for k in ("input", "output")}
-            _unknown(data["defaults"], DEFAULT_FIELDS, "defaults", problems, hint)
-            defaults = _parse_layer(data["defaults"], "defaults", problems)
-            problems.extend(_cross_problems(_effective([defaults]), defaults))
+            unknown_fields(data["defaults"], DEFAULT_FIELDS, "defaults", problems, hint)
+            defaults = parse_layer(data["defaults"], "defaults", problems)
+            problems.extend(cross_problems(effective([defaults]), defaults))
         else:
             problems.append(f"defaults: expected an object with any of "
-                            f"{', '.join(DEFAULT_FIELDS)}, got {_show(data['defaults'])}")
+                            f"{', '.join(DEFAULT_FIELDS)}, got {show(data['defaults'])}")
 
     if "scan" in data:
         scan = _parse_scan(data["scan"], defaults, base_dir, problems)
@@ -538,7 +278,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
 
     jobs = data.get("jobs")
     if not isinstance(jobs, list) or not jobs:
-        came = "nothing" if "jobs" not in data else _show(jobs)
+        came = "nothing" if "jobs" not in data else show(jobs)
         problems.append(f"jobs: expected a non-empty list of jobs, got {came}")
         jobs = []
 
@@ -549,9 +289,9 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
         path = f"jobs[{i}]"
         if not isinstance(job, dict):
             problems.append(f"{path}: expected an object with \"input\" and \"output\", "
-                            f"got {_show(job)}")
+                            f"got {show(job)}")
             continue
-        _unknown(job, JOB_FIELDS, path, problems)
+        unknown_fields(job, JOB_FIELDS, path, problems)
         where: dict[str, str | None] = {}
         for name in ("input", "output"):
             if name not in job:
@@ -567,7 +307,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
         if where["output"] is not None:
             if not job["output"].lower().endswith((".tif", ".tiff")):
                 problems.append(f"{path}.output: expected a path ending in .tif or .tiff, "
-                                f"got {_show(job['output'])}")
+                                f"got {show(job['output'])}")
             key = _same_key(where["output"])
             if key in outputs:
                 problems.append(f"{path}.output: same output as jobs[{outputs[key]}] "
@@ -577,15 +317,15 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
         if where["input"] is not None:
             inputs.append((i, where["input"]))
 
-        layer = _parse_layer(job, path, problems)
-        eff = _effective([defaults, layer])
-        problems.extend(_cross_problems(eff, layer))
+        layer = parse_layer(job, path, problems)
+        eff = effective([defaults, layer])
+        problems.extend(cross_problems(eff, layer))
         if where["input"] is not None and where["output"] is not None and all(
                 setting.ok for setting in eff.values()):
             specs.append(JobSpec(
                 input=where["input"],
                 output=where["output"],
-                **_job_fields(eff)))
+                **job_fields(eff)))
 
     for key, i in outputs.items():
         for j, location in inputs:
@@ -619,9 +359,3 @@ def _decode(text: str, source: str) -> Any:
         message = f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
         raise ManifestError(source, [message]) from None
     return data
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """``value`` as JSON, shortened for messages."""
-    text = json.dumps(value, ensure_ascii=False, default=repr)
-    return text if len(text) <= limit else text[:limit - 3] + "..."

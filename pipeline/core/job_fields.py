@@ -1,0 +1,293 @@
+"""The optional fields of a job, or of a manifest's ``defaults``: each field's check, the
+built-in defaults, how ``defaults`` and a job's own fields stack (:func:`effective`), and
+the rules across fields (:func:`cross_problems`). Every problem is a message
+``<json path>: <what was expected>, got <what came>``. Pure module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.core.models import (
+    COMPRESSIONS,
+    DEFAULT_OUTPUT_TILE,
+    DEFAULT_TILE,
+    JobSpec,
+    OutputOptions,
+)
+from pipeline.core.ops import parse_chain
+from pipeline.core.params import Param
+
+OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
+
+#: processing tile: (smallest, largest), a multiple of TILE_STEP
+TILE_RANGE = (64, 8192)
+#: output tile: (smallest, largest), a multiple of TILE_STEP
+OUTPUT_TILE_RANGE = (16, 4096)
+TILE_STEP = 16
+#: compression -> (lowest, highest) level; other compressions take no level
+LEVELS = {"zstd": (1, 22), "deflate": (1, 9)}
+QUALITY_COMPRESSIONS = ("jpeg",)
+
+_COMPRESSION = Param("compression", "string", "codec of the output tiles", default="zstd",
+                     choices=COMPRESSIONS)
+_LEVEL = Param("level", "integer", "codec level (zstd 1-22, deflate 1-9)")
+_QUALITY = Param("quality", "integer", "jpeg quality", default=90, ge=1, le=100)
+_PAGE = Param("page", "integer", "page index", ge=0)
+_PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", default=False)
+_OME = Param("ome", "boolean", "write OME-TIFF", default=False)
+_FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
+              default=True)
+
+#: the setting of every optional field when neither the job nor the defaults set it
+_BUILTIN: dict[str, Any] = {
+    "pages": None,
+    "ops": [],
+    "tile": DEFAULT_TILE,
+    "output_options.compression": OutputOptions.compression,
+    "output_options.level": None,
+    "output_options.quality": OutputOptions.quality,
+    "output_options.tile": DEFAULT_OUTPUT_TILE,
+    "output_options.pyramid": OutputOptions.pyramid,
+    "output_options.ome": OutputOptions.ome,
+    "fuse": JobSpec.fuse,
+}
+
+
+# --- the layers: defaults, then a job ------------------------------------------------
+
+
+@dataclass
+class Layer:
+    """The optional fields one object (``defaults`` or a job) sets.
+
+    Keys are flat: ``tile``, ``output_options.level``... ``values`` holds the valid
+    ones; ``bad`` the ones present but invalid (already reported).
+    """
+
+    path: str
+    values: dict[str, Any] = field(default_factory=dict)
+    bad: set[str] = field(default_factory=set)
+
+    def set_keys(self) -> list[str]:
+        return [k for k in _BUILTIN if k in self.values or k in self.bad]
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}"
+
+
+@dataclass
+class Setting:
+    """A field's effective value and the layer that set it (None: built in)."""
+
+    value: Any
+    layer: Layer | None
+    ok: bool = True
+
+
+def effective(layers: list[Layer]) -> dict[str, Setting]:
+    """The settings after stacking ``layers`` (later ones win) on the built-in defaults.
+
+    A layer that changes the compression drops the ``level`` and ``quality`` that
+    earlier layers set: they were meant for the other compression.
+    """
+    eff = {key: Setting(value, None) for key, value in _BUILTIN.items()}
+    for layer in layers:
+        new = layer.values.get("output_options.compression")
+        if new is not None and new != eff["output_options.compression"].value:
+            for key in ("output_options.level", "output_options.quality"):
+                eff[key] = Setting(_BUILTIN[key], None)
+        for key in layer.set_keys():
+            eff[key] = Setting(layer.values.get(key), layer, key not in layer.bad)
+    return eff
+
+
+def job_fields(eff: dict[str, Setting]) -> dict[str, Any]:
+    """The optional job fields (pages, ops, tile, output_options, fuse) of the settings."""
+    options = {k: eff[f"output_options.{k}"].value
+               for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
+    return {"pages": None if eff["pages"].value is None else list(eff["pages"].value),
+            "ops": [dict(op) for op in eff["ops"].value], "tile": eff["tile"].value,
+            "output_options": OutputOptions(**options), "fuse": bool(eff["fuse"].value)}
+
+
+def _size_problem(value: Any, lo: int, hi: int) -> str | None:
+    """None if ``value`` is a tile size in [lo, hi] and a multiple of TILE_STEP."""
+    ok = Param("size", "integer", "", ge=lo, le=hi).check(value) is None
+    if ok and int(value) % TILE_STEP == 0:
+        return None
+    return f"expected an integer multiple of {TILE_STEP} from {lo} to {hi}, got {show(value)}"
+
+
+def _parse_pages(value: Any, path: str, problems: list[str]) -> tuple[bool, list[int] | None]:
+    if value is None:
+        return True, None  # explicit null: every page (undoes a default)
+    if not isinstance(value, list) or not value:
+        problems.append(f"{path}: expected a non-empty list of page indices (integers >= 0), "
+                        f"or null for every page, got {show(value)}")
+        return False, None
+    pages: list[int] = []
+    seen: dict[int, int] = {}
+    ok = True
+    for i, item in enumerate(value):
+        message = _PAGE.check(item)
+        if message:
+            problems.append(f"{path}[{i}]: {message}")
+            ok = False
+            continue
+        page = int(item)
+        if page in seen:
+            problems.append(f"{path}[{i}]: expected a page not listed before, got {page} "
+                            f"again (already {path}[{seen[page]}])")
+            ok = False
+            continue
+        seen[page] = i
+        pages.append(page)
+    return ok, pages
+
+
+def unknown_fields(obj: dict[str, Any], allowed: tuple[str, ...], path: str, problems: list[str],
+             hint: dict[str, str] | None = None) -> None:
+    names = ", ".join(sorted(allowed))
+    for key in obj:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            extra = (hint or {}).get(key, "")
+            problems.append(f"{where}: unknown field (allowed: {names}){extra}")
+
+
+def parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> Layer:
+    """Check the optional fields of a job or of ``defaults`` (each on its own)."""
+    layer = Layer(path)
+
+    def put(key: str, ok: bool, value: Any) -> None:
+        if ok:
+            layer.values[key] = value
+        else:
+            layer.bad.add(key)
+
+    if "pages" in obj:
+        ok, pages = _parse_pages(obj["pages"], f"{path}.pages", problems)
+        put("pages", ok, pages)
+    if "ops" in obj:
+        calls, probs = parse_chain(obj["ops"], f"{path}.ops")
+        problems.extend(probs)
+        put("ops", not probs, [c.to_json() for c in calls])
+    if "tile" in obj:
+        message = _size_problem(obj["tile"], *TILE_RANGE)
+        if message:
+            problems.append(f"{path}.tile: {message}")
+        put("tile", not message, None if message else int(obj["tile"]))
+    if "output_options" in obj:
+        _parse_options(obj["output_options"], f"{path}.output_options", layer, problems)
+    if "fuse" in obj:
+        message = _FUSE.check(obj["fuse"])
+        if message:
+            problems.append(f"{path}.fuse: {message}")
+        put("fuse", not message, obj["fuse"])
+    return layer
+
+
+def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> None:
+    if not isinstance(opts, dict):
+        problems.append(f"{path}: expected an object with any of "
+                        f"{', '.join(OPTION_FIELDS)}, got {show(opts)}")
+        layer.bad.update(f"output_options.{k}" for k in OPTION_FIELDS)
+        return
+    unknown_fields(opts, OPTION_FIELDS, path, problems)
+    checks = {
+        "compression": _COMPRESSION.check,
+        "level": _LEVEL.check,
+        "quality": _QUALITY.check,
+        "tile": lambda v: _size_problem(v, *OUTPUT_TILE_RANGE),
+        "pyramid": _PYRAMID.check,
+        "ome": _OME.check,
+    }
+    for name, check in checks.items():
+        if name not in opts:
+            continue
+        key = f"output_options.{name}"
+        message = check(opts[name])
+        if message:
+            problems.append(f"{path}.{name}: {message}")
+            layer.bad.add(key)
+        else:
+            value = opts[name]
+            layer.values[key] = value if name in ("compression", "pyramid", "ome") \
+                else int(value)
+
+
+# --- rules across fields -------------------------------------------------------------
+
+
+def _from(setting: Setting, layer: Layer, key: str) -> str:
+    """`` (from defaults.tile)`` when ``setting`` was not set by ``layer`` itself."""
+    if setting.layer is layer:
+        return ""
+    if setting.layer is None:
+        return f" (the default {key})"
+    return f" (from {setting.layer.where(key)})"
+
+
+def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
+    """Problems between fields, for the fields ``layer`` set (others were reported already)."""
+    problems: list[str] = []
+    comp = eff["output_options.compression"]
+    level = eff["output_options.level"]
+    quality = eff["output_options.quality"]
+    tile = eff["tile"]
+    out_tile = eff["output_options.tile"]
+
+    if level.layer is layer and level.ok and comp.ok:
+        shown = f"compression {json.dumps(comp.value)}" \
+                f"{_from(comp, layer, 'output_options.compression')}"
+        where = layer.where("output_options.level")
+        if comp.value not in LEVELS:
+            problems.append(f"{where}: expected no level with {shown}: level applies to "
+                            f"{' and '.join(LEVELS)} only, got {level.value}")
+        else:
+            lo, hi = LEVELS[comp.value]
+            if not lo <= level.value <= hi:
+                problems.append(f"{where}: expected an integer from {lo} to {hi} for {shown}, "
+                                f"got {level.value}")
+
+    if quality.layer is layer and quality.ok and comp.ok and comp.value not in QUALITY_COMPRESSIONS:
+        shown = f"compression {json.dumps(comp.value)}" \
+                f"{_from(comp, layer, 'output_options.compression')}"
+        problems.append(f"{layer.where('output_options.quality')}: expected no quality with "
+                        f"{shown}: quality applies to {' and '.join(QUALITY_COMPRESSIONS)} only, "
+                        f"got {quality.value}")
+
+    if (layer in (tile.layer, out_tile.layer) and tile.ok and out_tile.ok
+            and tile.value % out_tile.value != 0):
+        problems.append(_tile_problem(tile, out_tile, layer))
+    return problems
+
+
+def _tile_problem(tile: Setting, out_tile: Setting, layer: Layer) -> str:
+    t, o = tile.value, out_tile.value
+    lo, hi = TILE_RANGE
+    tiles = [m for m in ((t // o) * o, (t // o + 1) * o) if lo <= m <= hi]
+    outs = [d for d in range(OUTPUT_TILE_RANGE[1], OUTPUT_TILE_RANGE[0] - 1, -TILE_STEP)
+            if t % d == 0 and d < o]
+    fixes = []
+    if tiles:
+        fixes.append("tile to " + " or ".join(str(m) for m in tiles))
+    if outs:
+        fixes.append(f"output_options.tile to {outs[0]} (or another divisor of {t})")
+    fix = "; set " + ", or ".join(fixes) if fixes else ""
+    if tile.layer is layer:
+        return (f"{layer.where('tile')}: expected a multiple of the output tile size {o}"
+                f"{_from(out_tile, layer, 'output_options.tile')}, got {t}{fix}")
+    return (f"{layer.where('output_options.tile')}: expected a size that divides the processing "
+            f"tile {t}{_from(tile, layer, 'tile')}, got {o}{fix}")
+
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``value`` as JSON, shortened for messages."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
