@@ -5,7 +5,8 @@ Distributed Map does not hold per-item state (threads, frames, child history eve
 registry of every thread) and Lambda tasks share one boto3 client. These tests check that
 a real manifest still runs right, that moto is exactly as before once ``run`` returns, that
 the patches are in effect during a run, and that what the engine holds during a Map of many
-items is bounded: by object counts, never by RSS or time.
+items is bounded: by object counts, never by RSS or time. The patches that make a run start
+sooner have their own tests in test_engine_startup.py.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ def _moto() -> dict[str, Any]:
     """What the patches touch in moto, as plain references."""
     import importlib
 
+    import botocore.session
     from moto.awslambda_simple.models import LambdaSimpleBackend
     from moto.stepfunctions.parser import utils
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
     from moto.stepfunctions.parser.asl.utils import boto_client
+    from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
     dic = importlib.import_module(f"{MAP_ITERATION}.distributed_iteration_component")
     dipw = importlib.import_module(
@@ -49,7 +54,9 @@ def _moto() -> dict[str, Any]:
     return {"utils": utils, "boto_client": boto_client, "dic": dic,
             "worker": dipw.DistributedItemProcessorWorker,
             "component": dic.DistributedIterationComponent,
-            "lambda_backend": LambdaSimpleBackend}
+            "lambda_backend": LambdaSimpleBackend, "botocore_session": botocore.session,
+            "parser": AmazonStateLanguageParser, "backend": StepFunctionsParserBackend,
+            "comm": BaseExecutionWorkerCommunication}
 
 
 def _snapshot() -> dict[str, Any]:
@@ -63,6 +70,10 @@ def _snapshot() -> dict[str, Any]:
         "component own _launch_worker": "_launch_worker" in vars(m["component"]),
         "component._launch_worker": m["component"]._launch_worker,
         "LambdaSimpleBackend.invoke": m["lambda_backend"].invoke,
+        "botocore create_loader": m["botocore_session"].create_loader,
+        "parse": vars(m["parser"])["parse"],
+        "_validate_definition": vars(m["backend"])["_validate_definition"],
+        "terminated": m["comm"].terminated,
     }
     for name, module in sorted(sys.modules.items()):
         if name.startswith("moto.stepfunctions.") and module is not None:
@@ -89,7 +100,7 @@ def _zeros_job(folder: Path, batches: int) -> Path:
     manifest = folder / "m.json"
     manifest.write_text(json.dumps({"jobs": [{
         "input": "zeros.tif", "output": "out.tif", "ops": [], "tile": 64,
-        "output_options": {"tile": 64}}]}))
+        "output_options": {"tile": 64}, "fuse": False}]}))  # a Process map of many batches
     return manifest
 
 

@@ -130,9 +130,17 @@ def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]
 #      engine's CPU per iteration.
 # Measured with a no-op chain: the engine's peak RSS went 245 -> 327 -> 370 MB for 30, 500 and
 # 2000 items, and its CPU per iteration was 16 ms; with the patches below, 245 MB flat and
-# 8 ms. They last for LocalEngine.run only, and put moto's own code back afterwards. Each
-# checks what it replaces (names and signatures) first; if moto changed, it logs a warning and
-# the run goes on without it: correct, only heavier.
+# 8 ms. What costs time once per run, before the first task (~2 s of a tiny run's ~2.3 s):
+#   6. importing the interpreter imports moto's Batch backend (for one enum), hence its EC2
+#      backend, whose region table loads EC2's botocore model three times: ~0.35 s;
+#   7. every botocore session parses botocore's JSON data again (the engine's, moto's, and
+#      boto3's default session that the first Lambda task makes: ~0.2 s on its own);
+#   8. LocalEngine.run polled the execution's status: up to ``poll`` late at its end;
+#   9. the definition is parsed twice (validated by create_state_machine, then executed).
+# The patches last for LocalEngine.run only, and put moto's own code back afterwards (6 is an
+# import, and leaves moto.batch unimported, as it was). Each checks what it replaces (names
+# and signatures) first; if moto changed, it logs a warning and the run goes on without it:
+# correct, only heavier or slower.
 
 #: moto version the patches were written against (they check what they use, not this)
 MOTO_CHECKED = "5.2.5"
@@ -320,20 +328,153 @@ def _bound_map_workers(patches: _Patches, threads: int) -> None:
     patches.set(component, "_launch_worker", _launch_worker)
 
 
+#: moto's Step Functions interpreter (what create_state_machine imports), and its one module
+#: that imports moto's Batch backend
+_INTERPRETER = "moto.stepfunctions.parser.models"
+_BATCH_TASK = ("moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
+               "state_task_service_batch")
+
+
+def _batch_modules() -> list[str]:
+    return [n for n in list(sys.modules) if n == "moto.batch" or n.startswith("moto.batch.")]
+
+
+def _import_interpreter(patches: _Patches, target: str = _INTERPRETER) -> None:
+    """(6) Import moto's interpreter without moto's Batch backend. Its Batch task imports only
+    ``moto.batch.utils.JobStatus`` (a str Enum), but importing ``moto.batch`` runs its
+    ``__init__``, which imports the Batch, EC2 and ECS backends. While the interpreter is
+    imported, ``moto.batch`` is an uninitialised package (its submodules import as usual);
+    afterwards it and its submodules are taken out of sys.modules, so whoever imports
+    ``moto.batch`` later gets moto's own, whole. The Batch task keeps its JobStatus, the same
+    class. If anything needed more of moto.batch, all is taken out again and MotoChanged is
+    raised: the interpreter is then imported as moto does it, where it is first needed. (While
+    this runs, another thread that imports moto.batch would get the uninitialised package:
+    the engine's process imports nothing else meanwhile.)"""
+    import importlib.util
+
+    if target in sys.modules or _BATCH_TASK in sys.modules or "moto.batch" in sys.modules:
+        return  # imported already (or Batch is): nothing to save
+    spec = importlib.util.find_spec("moto.batch")
+    if spec is None or not spec.submodule_search_locations:
+        raise MotoChanged("moto.batch is not a package")
+    sys.modules["moto.batch"] = importlib.util.module_from_spec(spec)  # not executed
+    try:
+        importlib.import_module(target)
+    except ImportError as exc:
+        raise MotoChanged(f"importing {target} needs more of moto.batch: {exc}") from exc
+    finally:
+        for name in _batch_modules():
+            del sys.modules[name]
+
+
+def _share_botocore_loader(patches: _Patches) -> None:
+    """(7) Every botocore session created during the run reads botocore's data (service
+    models, endpoints, partitions) through one Loader per data path, as the clients of one
+    session always do, instead of parsing the JSON again: the engine's session, the one moto
+    keeps for its region lists, boto3's default session that moto's first Lambda task makes
+    (~0.2 s on the way to the first invoke), and EC2's three if moto.batch is imported after
+    all. A Loader only caches what it reads and returns, so sharing it changes no result;
+    sessions made during the run keep using it afterwards."""
+    import botocore.session
+    from botocore import loaders
+
+    original = _require(loaders, "create_loader", ("search_path_string",))
+    if vars(botocore.session).get("create_loader") is not original:
+        raise MotoChanged("botocore.session does not create its loader with create_loader")
+    shared: dict[str | None, Any] = {}
+    lock = threading.Lock()
+
+    def create_loader(search_path_string: str | None = None) -> Any:
+        with lock:
+            loader = shared.get(search_path_string)
+            if loader is None:
+                loader = shared[search_path_string] = original(search_path_string)
+        return loader
+
+    patches.set(botocore.session, "create_loader", create_loader)
+
+
+def _parse_once(patches: _Patches) -> None:
+    """(9) create_state_machine parses the definition to validate it and throws the program
+    away; the execution then parses the same text again (~0.15 s with ANTLR's Python
+    runtime). The program a validation built is kept and handed, once, to the next parse of
+    the same text; it has never been evaluated, so it is what that parse would build."""
+    parse_module = importlib.import_module("moto.stepfunctions.parser.asl.parse.asl_parser")
+    models = importlib.import_module(_INTERPRETER)
+    parser = _require(parse_module, "AmazonStateLanguageParser")
+    backend = _require(models, "StepFunctionsParserBackend")
+    if not isinstance(vars(parser).get("parse"), staticmethod):
+        raise MotoChanged("AmazonStateLanguageParser.parse is not its own staticmethod")
+    if not isinstance(vars(backend).get("_validate_definition"), staticmethod):
+        raise MotoChanged("StepFunctionsParserBackend._validate_definition is not its own "
+                          "staticmethod")
+    parse = _require(parser, "parse", ("definition",))
+    validate = _require(backend, "_validate_definition", ("definition",))
+    validated: dict[str, Any] = {}  # definition -> (program, tree), not yet handed out
+    lock = threading.Lock()
+    validating = threading.local()
+
+    def parse_once(definition: str) -> Any:
+        if getattr(validating, "on", False):
+            result = parse(definition)
+            with lock:
+                validated[definition] = result
+            return result
+        with lock:
+            result = validated.pop(definition, None)
+        return parse(definition) if result is None else result
+
+    def validate_definition(definition: str) -> Any:
+        validating.on = True
+        try:
+            return validate(definition)
+        finally:
+            validating.on = False
+
+    patches.set(parser, "parse", staticmethod(parse_once))
+    patches.set(backend, "_validate_definition", staticmethod(validate_definition))
+
+
+def _signal_the_end(patches: _Patches, ended: threading.Event) -> None:
+    """(8) ``ended`` is set when an execution's worker thread has recorded how it ended
+    (BaseExecutionWorkerCommunication.terminated), so run() need not sleep between polls."""
+    execution = importlib.import_module("moto.stepfunctions.parser.backend.execution")
+    comm = _require(execution, "BaseExecutionWorkerCommunication")
+    if "terminated" not in vars(comm):
+        raise MotoChanged("BaseExecutionWorkerCommunication.terminated is not its own")
+    terminated = _require(comm, "terminated", ("self",))
+
+    def signalled(self: Any) -> None:
+        try:
+            terminated(self)
+        finally:
+            ended.set()
+
+    patches.set(comm, "terminated", signalled)
+
+
 @contextmanager
-def _lean_interpreter(map_threads: int) -> Iterator[list[str]]:
+def _lean_interpreter(map_threads: int,
+                      ended: threading.Event | None = None) -> Iterator[list[str]]:
     """moto's interpreter with the patches above while the block runs; yields the names of the
-    patches that could not be applied (each was logged)."""
+    patches that could not be applied (each was logged). ``ended``: set when an execution
+    ends (or never, if that patch could not be applied)."""
     import moto
 
     patches = _Patches()
     skipped: list[str] = []
     steps: list[tuple[str, Callable[[_Patches], None]]] = [
+        # these two first: the other steps import parts of moto's interpreter
+        ("one botocore loader", _share_botocore_loader),
+        ("interpreter without moto.batch", _import_interpreter),
         ("shared boto3 clients", _share_boto_clients),
         ("no thread registry", _forget_threads),
         ("no child event history", _drop_child_history),
         ("bounded map worker threads", lambda p: _bound_map_workers(p, map_threads)),
+        ("one parse per definition", _parse_once),
     ]
+    if ended is not None:
+        steps.append(("execution end signal", lambda p: _signal_the_end(p, ended)))
     try:
         for name, apply in steps:
             try:
@@ -341,8 +482,8 @@ def _lean_interpreter(map_threads: int) -> Iterator[list[str]]:
             except (MotoChanged, ImportError, AttributeError, TypeError, ValueError) as exc:
                 skipped.append(name)
                 log.warning("moto %s is not as the engine expects (checked with %s): %s; "
-                            "running without the '%s' patch (correct, but more memory or "
-                            "time per Map item)", getattr(moto, "__version__", "?"),
+                            "running without the '%s' patch (correct, only heavier or "
+                            "slower)", getattr(moto, "__version__", "?"),
                             MOTO_CHECKED, exc, name)
         yield skipped
     finally:
@@ -375,17 +516,24 @@ class LocalEngine:
 
     def run(self, execution_input: dict[str, Any], name: str | None = None,
             poll: float = 0.05) -> Execution:
-        """Start an execution on ``execution_input`` and wait for it to end."""
+        """Start an execution on ``execution_input`` and wait for it to end (``poll``: seconds
+        between status checks if moto's end of an execution cannot be signalled)."""
         import boto3
 
         started = time.time()
+        ended = threading.Event()
         with (_mocked_aws(), served_by(self.pool, self.listener),
-              _lean_interpreter(self.map_threads)):
+              _lean_interpreter(self.map_threads, ended) as skipped):
+            # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
+            wait = poll if "execution end signal" in skipped else max(poll, 1.0)
             session = boto3.Session(region_name=REGION)
-            arns = self._create_functions(session)
+            # moto's Lambda needs its role to exist in IAM; a state machine's role ARN only
+            # needs to be well-formed, and the one role trusts both services
+            role = self._role(session, "tiffpipe-local")
+            arns = self._create_functions(session, role)
             sfn = session.client("stepfunctions")
             machine = sfn.create_state_machine(
-                name="tiffpipe-local", roleArn=self._role(session, "tiffpipe-local-sfn"),
+                name="tiffpipe-local", roleArn=role,
                 definition=definition.render(arns, self.definition_text))["stateMachineArn"]
             execution = sfn.start_execution(
                 stateMachineArn=machine, name=name or f"run-{uuid.uuid4().hex[:12]}",
@@ -394,7 +542,8 @@ class LocalEngine:
                 desc = sfn.describe_execution(executionArn=execution)
                 if desc["status"] != "RUNNING":
                     break
-                time.sleep(poll)
+                if ended.wait(wait):  # woken when an execution ends
+                    ended.clear()
         output = json.loads(desc["output"]) if desc.get("output") else None
         return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
                          time.time() - started)
@@ -408,9 +557,8 @@ class LocalEngine:
         return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))[
             "Role"]["Arn"]
 
-    def _create_functions(self, session: Any) -> dict[str, str]:
+    def _create_functions(self, session: Any, role: str) -> dict[str, str]:
         lam = session.client("lambda")
-        role = self._role(session, "tiffpipe-local-lambda")
         arns = {}
         for function in FUNCTIONS:
             arns[function] = lam.create_function(

@@ -1,0 +1,209 @@
+"""What the local engine does to start a run sooner (pipeline/engine/local.py, patches 6-9):
+import moto's interpreter without its Batch backend, one botocore loader for every session,
+one parse per definition, and the end of an execution signalled instead of polled.
+
+These check that each gives the same results as moto's own way (and puts moto back), and
+that when one cannot be applied the run goes on without it. Never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from pipeline.engine import local
+from pipeline.engine.local import LocalEngine
+
+pytestmark = pytest.mark.timeout(180)
+
+PASS_MACHINE = json.dumps({"StartAt": "P", "States": {"P": {
+    "Type": "Pass", "Parameters": {"seen.$": "$.value"}, "End": True}}})
+ROLE = f"arn:aws:iam::{local.ACCOUNT}:role/test"
+
+
+def _python(code: str, cwd: Path | None = None) -> str:
+    """Run ``code`` in a fresh interpreter (a clean sys.modules); return its stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _parser_class() -> Any:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    return AmazonStateLanguageParser
+
+
+def _run_pass_machine(value: int) -> tuple[Any, str]:
+    sfn = boto3.client("stepfunctions", region_name=local.REGION)
+    machine = sfn.create_state_machine(name=f"m{value}", definition=PASS_MACHINE,
+                                       roleArn=ROLE)["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=machine, name=f"e{value}",
+                                    input=json.dumps({"value": value}))["executionArn"]
+    return sfn, execution
+
+
+# --- 6: the interpreter without moto.batch --------------------------------------------------
+
+
+def test_the_interpreter_is_imported_without_batch_and_batch_still_works_later():
+    out = _python("""
+        import sys
+        from pipeline.engine import local
+
+        local._import_interpreter(local._Patches())
+        print(local._INTERPRETER in sys.modules, local._BATCH_TASK in sys.modules,
+              "moto.batch" in sys.modules, "moto.ec2" in sys.modules)
+        task = sys.modules[local._BATCH_TASK]
+        print(task.JobStatus.SUCCEEDED == "SUCCEEDED",
+              "SUCCEEDED" in task._BATCH_JOB_TERMINATION_STATUS_SET)
+
+        # whoever imports moto.batch afterwards gets moto's own, whole
+        import boto3
+        from moto import mock_aws
+        import moto.batch
+        from moto.batch.utils import JobStatus
+        print(hasattr(moto.batch, "batch_backends"), JobStatus.FAILED.value)
+        with mock_aws():
+            batch = boto3.client("batch", region_name="us-east-1")
+            print(batch.describe_compute_environments()["computeEnvironments"])
+    """)
+    assert out.split() == ["True", "True", "False", "False", "True", "True", "True",
+                           "FAILED", "[]"]
+
+
+def test_an_interpreter_that_needs_more_of_batch_is_left_to_moto(tmp_path: Path):
+    """If a module imported meanwhile needs more of moto.batch than its submodules, nothing of
+    moto.batch is left behind and MotoChanged says so; moto's own import then works."""
+    (tmp_path / "needs_batch.py").write_text("from moto.batch import batch_backends\n")
+    out = _python("""
+        import sys
+        from pipeline.engine import local
+
+        try:
+            local._import_interpreter(local._Patches(), target="needs_batch")
+        except local.MotoChanged as exc:
+            print("MotoChanged", "batch_backends" in str(exc))
+        print([n for n in sys.modules if n.startswith(("moto.batch", "needs_batch"))])
+        import needs_batch
+        print(needs_batch.batch_backends is sys.modules["moto.batch"].batch_backends)
+    """, cwd=tmp_path)
+    assert out.split() == ["MotoChanged", "True", "[]", "True"]
+
+
+def test_nothing_is_done_when_batch_or_the_interpreter_is_imported_already():
+    out = _python("""
+        import sys
+        import moto.batch
+        from pipeline.engine import local
+
+        batch = sys.modules["moto.batch"]
+        local._import_interpreter(local._Patches())
+        print(sys.modules["moto.batch"] is batch, local._INTERPRETER in sys.modules)
+    """)
+    assert out.split() == ["True", "False"]
+
+
+# --- 7: one botocore loader ---------------------------------------------------------------------
+
+
+def test_sessions_share_one_loader_during_a_run_only():
+    import botocore.session
+
+    def loader() -> Any:
+        return botocore.session.Session().get_component("data_loader")
+
+    create_loader = botocore.session.create_loader
+    with local._lean_interpreter(4) as skipped:
+        assert skipped == []
+        during = loader()
+        assert loader() is during
+        assert loader().load_service_model("lambda", "service-2") is \
+            during.load_service_model("lambda", "service-2")
+        # boto3 sessions too (the engine's, and the default one moto's Lambda tasks use)
+        assert boto3.Session()._session.get_component("data_loader") is during
+    assert botocore.session.create_loader is create_loader
+    assert loader() is not loader()
+
+
+# --- 8 and 9: the end signalled, the definition parsed once ------------------------------
+
+
+def test_a_definition_is_parsed_once_and_the_end_is_signalled(monkeypatch: pytest.MonkeyPatch):
+    parser = _parser_class()
+    parsed: list[str] = []
+    original = parser.parse
+
+    def counting(definition: str) -> Any:
+        parsed.append(definition)
+        return original(definition)
+
+    monkeypatch.setattr(parser, "parse", staticmethod(counting))
+    ended = threading.Event()
+    with local._mocked_aws(), local._lean_interpreter(4, ended) as skipped:
+        assert skipped == []
+        sfn, execution = _run_pass_machine(7)
+        assert ended.wait(60), "the end of the execution was not signalled"
+        desc = sfn.describe_execution(executionArn=execution)
+        assert desc["status"] == "SUCCEEDED"  # recorded before the signal
+        assert json.loads(desc["output"]) == {"seen": 7}
+        assert parsed == [PASS_MACHINE]  # validated, then executed: parsed once
+        # a second execution of the same machine parses afresh, and runs the same
+        ended.clear()
+        machine = sfn.describe_execution(executionArn=execution)["stateMachineArn"]
+        again = sfn.start_execution(stateMachineArn=machine, name="again",
+                                    input=json.dumps({"value": 8}))["executionArn"]
+        assert ended.wait(60)
+        desc = sfn.describe_execution(executionArn=again)
+        assert (desc["status"], json.loads(desc["output"])) == ("SUCCEEDED", {"seen": 8})
+        assert len(parsed) == 2
+    assert vars(parser)["parse"].__func__ is counting
+
+
+def test_an_invalid_definition_is_reported_as_moto_reports_it():
+    def create(definition: str) -> str:
+        sfn = boto3.client("stepfunctions", region_name=local.REGION)
+        with pytest.raises(ClientError) as info:
+            sfn.create_state_machine(name="bad", definition=definition, roleArn=ROLE)
+        return str(info.value)
+
+    bad = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "Next": 3}}})
+    with local._mocked_aws():
+        expected = create(bad)
+    with local._mocked_aws(), local._lean_interpreter(4, threading.Event()):
+        assert create(bad) == expected
+    assert "ASLParserException" in expected
+
+
+def test_without_the_end_signal_a_run_still_ends(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture):
+    """moto changed (terminated takes other parameters): the engine polls instead."""
+    from moto.stepfunctions.parser.backend import execution
+
+    comm = execution.BaseExecutionWorkerCommunication
+    terminated = comm.terminated
+
+    def changed(self: Any, *args: Any) -> None:
+        terminated(self)
+
+    monkeypatch.setattr(comm, "terminated", changed)
+    with caplog.at_level(logging.WARNING, logger=local.__name__), \
+            LocalEngine(1, definition_text=PASS_MACHINE) as engine:
+        run = engine.run({"value": 3}, name="polled", poll=0.01)
+    assert (run.status, run.output) == ("SUCCEEDED", {"seen": 3})
+    assert [r.getMessage() for r in caplog.records if "execution end signal" in
+            r.getMessage()], [r.getMessage() for r in caplog.records]
+    assert comm.terminated is changed
