@@ -1,5 +1,7 @@
 """``tiffpipe estimate``: the cost model's arithmetic on a small manifest and a calibration
-with round numbers (every expected value below is worked out by hand from them)."""
+with round numbers (every expected value below is worked out by hand from them), for jobs
+split to work tiles and processed in batches (``"fuse": false``) and for fused jobs (each
+unit read and processed by one ``process_unit``)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ CAL: dict[str, Any] = {
                for c in ("deflate", "jpeg", "zstd", "lzw", "none")},
     "work": {"uint8x3": {"decode_cpu_s_per_mpx": 0.004, "bytes_per_mpx": 3e6},
              "uint8x1": {"decode_cpu_s_per_mpx": 0.002, "bytes_per_mpx": 1e6}},
+    "process_unit": {"uint8x3": {"read_cpu_s_per_mpx": 0.016, "factor": 1.0},
+                     "uint8x1": {"read_cpu_s_per_mpx": 0.008, "factor": 1.5}},
     "input_bytes_per_mpx": {"uint8x3": 1.5e6, "uint8x1": 5e5},
     "import_s": {"split": 1.0, "process": 2.0, "merge": 0.5},
 }
@@ -46,20 +50,33 @@ FAST_IO = {"s3_mb_per_s": 1e12, "state_latency_s": 0.0, "cold_start_s": 0.0}
 SIGMA = 2.0
 
 
-@pytest.fixture
-def manifest(tmp_path: Path) -> Path:
-    """Two jobs: a 2-page RGB input (blur, deflate) and a gray one (no op, zstd), 256 px tiles."""
-    write_sample(str(tmp_path / "rgb.tif"), [SamplePage(700, 900, 3), SamplePage(300, 260, 3)],
-                 tile=128)
-    write_sample(str(tmp_path / "gray.tif"), [SamplePage(1000, 1000, 1)], tile=128)
-    m = {"defaults": {"tile": 256, "output_options": {"tile": 128}},
+def _write_manifest(folder: Path, fuse: bool) -> Path:
+    """Two jobs: a 2-page RGB input (blur, deflate) and a gray one (no op, zstd), 256 px tiles;
+    both can be fused (local ops), and are unless ``fuse`` is false."""
+    if not (folder / "rgb.tif").exists():
+        write_sample(str(folder / "rgb.tif"), [SamplePage(700, 900, 3), SamplePage(300, 260, 3)],
+                     tile=128)
+        write_sample(str(folder / "gray.tif"), [SamplePage(1000, 1000, 1)], tile=128)
+    m = {"defaults": {"tile": 256, "output_options": {"tile": 128}, "fuse": fuse},
          "jobs": [{"input": "rgb.tif", "output": "out/rgb.tif",
                    "ops": [{"op": "gaussian_blur", "sigma": SIGMA}],
                    "output_options": {"compression": "deflate"}},
                   {"input": "gray.tif", "output": "out/gray.tif"}]}
-    path = tmp_path / "m.json"
+    path = folder / ("fused.json" if fuse else "m.json")
     path.write_text(json.dumps(m))
     return path
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """The two jobs, not fused: split to work tiles, processed in batches."""
+    return _write_manifest(tmp_path, fuse=False)
+
+
+@pytest.fixture
+def fused(tmp_path: Path) -> Path:
+    """The same two jobs on the same inputs, fused (the default)."""
+    return _write_manifest(tmp_path, fuse=True)
 
 
 def _plans(manifest: Path) -> tuple[list[Any], list[float | None]]:
@@ -144,14 +161,20 @@ def test_state_transitions_walk_the_definition(manifest: Path) -> None:
         assert n >= 4 + len(plan.units) + len(plan.batches)
     assert r["state_transitions"]["total"] == 3 + sum(per_job)  # PlanRun, Jobs, Report
 
+    task = {"StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}
     definition = {"StartAt": "A", "States": {
         "A": {"Type": "Task", "Next": "Jobs"},
         "Jobs": {"Type": "Map", "ItemsPath": "$.x.jobs", "Next": "Z", "ItemProcessor": {
             "StartAt": "P", "States": {
-                "P": {"Type": "Task", "Next": "S"},
+                "P": {"Type": "Task", "Next": "F"},
+                "F": {"Type": "Choice", "Default": "S", "Choices": [
+                    {"Variable": "$.p.fused", "BooleanEquals": True, "Next": "U"}]},
+                "U": {"Type": "Map", "ItemsPath": "$.p.units", "Next": "M",
+                      "ItemProcessor": task},
                 "S": {"Type": "Map", "ItemsPath": "$.p.units", "Next": "C", "ItemProcessor": {
                     "StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}},
-                "C": {"Type": "Choice", "Choices": [{"Next": "St"}], "Default": "B"},
+                "C": {"Type": "Choice", "Default": "B", "Choices": [
+                    {"Variable": "$.p.stats.more", "BooleanEquals": True, "Next": "St"}]},
                 "St": {"Type": "Map", "ItemsPath": "$.p.batches", "Next": "R", "ItemProcessor": {
                     "StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}},
                 "R": {"Type": "Task", "Next": "C"},
@@ -159,11 +182,113 @@ def test_state_transitions_walk_the_definition(manifest: Path) -> None:
                     "StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}},
                 "M": {"Type": "Task", "End": True}}}},
         "Z": {"Type": "Task", "End": True}}}
-    got = est.count_transitions(definition, [{"units": 2, "batches": 5, "rounds": 0},
-                                             {"units": 1, "batches": 3, "rounds": 2}])
-    # job 0: P, S+2, C, B+5, M = 12; job 1: P, S+1, (C, St+3, R) x 2, C, B+3, M = 21
-    assert got["per_job"] == [12, 21]
-    assert got["total"] == 3 + 12 + 21
+    got = est.count_transitions(definition, [
+        {"units": 2, "batches": 5, "rounds": 0, "fused": False},
+        {"units": 1, "batches": 3, "rounds": 2, "fused": False},
+        {"units": 4, "batches": 0, "rounds": 0, "fused": True}])
+    # job 0: P, F, S+2, C, B+5, M = 13; job 1: P, F, S+1, (C, St+3, R) x 2, C, B+3, M = 22;
+    # job 2 (fused): P, F, U+4, M = 8
+    assert got["per_job"] == [13, 22, 8]
+    assert got["total"] == 3 + 13 + 22 + 8
+    # a Choice on something the plan does not say: refused, not guessed
+    definition["States"]["Jobs"]["ItemProcessor"]["States"]["F"]["Choices"][0][
+        "Variable"] = "$.p.colour"
+    with pytest.raises(est.EstimateError, match="cannot follow"):
+        est.count_transitions(definition, [{"units": 1, "batches": 1}])
+
+
+def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Path) -> None:
+    unfused_plans, sizes = _plans(manifest)
+    plans, fused_sizes = _plans(fused)
+    assert [p.fused for p in unfused_plans] == [False, False]
+    assert [p.fused for p in plans] == [True, True]
+    for u, f in zip(unfused_plans, plans, strict=True):
+        assert f.batches == [] and u.batches
+        assert f.units == u.units  # pages this small are one unit either way
+    u = est.estimate(unfused_plans, CAL, FAST_IO, concurrency=10, input_bytes=sizes)
+    r = est.estimate(plans, CAL, FAST_IO, concurrency=10, input_bytes=fused_sizes)
+    steps = r["steps"]
+    # one process_unit per unit, on the process function; no split, stats or process
+    assert steps["process_unit"]["invocations"] == sum(len(p.units) for p in plans)
+    assert est.FUNCTION_OF["process_unit"] == "process"
+    assert not {"split", "stats", "reduce_stats", "process"} & set(steps)
+    assert steps["cold_process"]["environments"] == min(steps["process_unit"]["invocations"], 10)
+    assert [(j["fused"], j["batches"]) for j in r["jobs"]] == [(True, 0), (True, 0)]
+    assert [j["fused"] for j in u["jobs"]] == [False, False]
+    # the input is read as split reads it (ranged GETs); one pack per tile, as process writes
+    tiles = sum(j["tiles"] for j in r["jobs"])
+    assert steps["process_unit"]["get"] == u["steps"]["split"]["get"]
+    assert steps["process_unit"]["bytes_in"] == pytest.approx(u["steps"]["split"]["bytes_in"])
+    assert steps["process_unit"]["put"] == tiles
+    assert steps["process_unit"]["bytes_out"] == pytest.approx(
+        u["steps"]["process"]["bytes_out"])
+    assert steps["merge"] == u["steps"]["merge"]
+    # work files: the packs, each job's plan and result; no work tiles
+    assert r["s3"]["work_bytes"] == pytest.approx(sum(j["output_bytes"] for j in r["jobs"]))
+    assert r["s3"]["work_objects"] == tiles + 2 * 2
+    assert u["s3"]["work_objects"] == 2 * tiles + 2 * 2
+    assert r["cost_usd"]["s3_requests"] < u["cost_usd"]["s3_requests"]
+
+
+def test_fused_durations_are_the_calibrated_cpu(fused: Path) -> None:
+    plans, sizes = _plans(fused)
+    vcpus = 3008 / 1769  # the process function's
+    # the gray job alone, one unit of 1000 x 1000, no op (no halo): 1 Mpx in, 1 Mpx out;
+    # cpu = factor 1.5 * (1 * (read 0.008 + no op) + 1 * zstd 0.02) = 0.042 s, on every vCPU
+    gray = est.estimate(plans[1:], CAL, FAST_IO, input_bytes=sizes[1:])["steps"]["process_unit"]
+    assert gray["cpu_s"] == pytest.approx(0.042)
+    assert gray["seconds"] == pytest.approx(0.042 / vcpus)
+    assert gray["gb_s"] == pytest.approx(gray["seconds"] * 3008 / 1024)
+    one = est.estimate(plans[1:], CAL, {**FAST_IO, "memory_process_mb": 1769},
+                       input_bytes=sizes[1:])["steps"]["process_unit"]
+    assert one["seconds"] == pytest.approx(0.042)  # one vCPU
+    # ... but never faster than its input read, which runs in one thread: 1 * 0.1 s
+    slow_read = dict(CAL, process_unit={"uint8x1": {"read_cpu_s_per_mpx": 0.1, "factor": 1.0}})
+    slow = est.estimate(plans[1:], slow_read, FAST_IO,
+                        input_bytes=sizes[1:])["steps"]["process_unit"]
+    assert slow["cpu_s"] == pytest.approx(0.12) and slow["seconds"] == pytest.approx(0.1)
+    # both jobs, unit by unit: RGB read 0.016 + blur 0.004 per haloed Mpx, deflate 0.05 out
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)["steps"]["process_unit"]
+    cpu = seconds = 0.0
+    for plan, (read, op, enc, factor) in zip(plans, [(0.016, 0.004, 0.05, 1.0),
+                                                     (0.008, 0.0, 0.02, 1.5)], strict=True):
+        for haloed, out, _tiles in est.item_work(plan)[0]:
+            unit = factor * (haloed * (read + op) + out * enc)
+            cpu += unit
+            seconds += max(factor * haloed * read, unit / vcpus)
+    assert r["cpu_s"] == pytest.approx(cpu) and r["seconds"] == pytest.approx(seconds)
+
+
+def test_transitions_take_the_branch_the_plan_takes(manifest: Path, fused: Path) -> None:
+    unfused_plans, sizes = _plans(manifest)
+    plans, fused_sizes = _plans(fused)
+    u = est.estimate(unfused_plans, CAL, FAST_IO, input_bytes=sizes)["state_transitions"]
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=fused_sizes)["state_transitions"]
+    # statemachine.asl.json: PlanJob, Fused, ProcessUnits (+ one per unit), Merge
+    assert r["per_job"] == [4 + len(p.units) for p in plans]
+    # PlanJob, Fused, Split (+ one per unit), NeedsStats, Process (+ one per batch), Merge
+    assert u["per_job"] == [6 + len(p.units) + len(p.batches) for p in unfused_plans]
+    assert r["total"] == 3 + sum(r["per_job"]) and r["total"] < u["total"]
+
+
+def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
+                                            tmp_path: Path) -> None:
+    """A calibration written before fused jobs estimates unfused jobs; for a fused one it
+    says which file lacks what and how to get it, rather than guessing."""
+    path = tmp_path / "old-calibration.json"
+    path.write_text(json.dumps({k: v for k, v in CAL.items() if k != "process_unit"}))
+    cal = est.load_calibration(path)
+    unfused_plans, sizes = _plans(manifest)
+    assert est.estimate(unfused_plans, cal, FAST_IO, input_bytes=sizes)["cost_usd"]["total"] > 0
+    plans, fused_sizes = _plans(fused)
+    with pytest.raises(est.EstimateError) as exc:
+        est.estimate(plans, cal, FAST_IO, input_bytes=fused_sizes)
+    message = str(exc.value)
+    for words in (str(path), "process_unit", "jobs[0]", "rerun bench/compare.py",
+                  '"fuse": false'):
+        assert words in message
+    code, _, err = _cli("estimate", str(fused), "--calibration", str(path))
+    assert code == 2 and "rerun bench/compare.py" in err
 
 
 def test_overrides(manifest: Path) -> None:
@@ -231,7 +356,7 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
     assert r["megapixels"] == pytest.approx(316228 ** 2 / 1e6)
     # a 100-gigapixel output does not fit the merge function's /tmp: said, not hidden
     assert any("does not fit" in w for w in r["warnings"])
-    assert r["steps"]["split"]["invocations"] == len(plans[0].units)
+    assert plans[0].fused and r["steps"]["process_unit"]["invocations"] == len(plans[0].units)
     assert math.isfinite(r["wall_s"]) and r["wall_s"] > 0
 
 
@@ -242,7 +367,7 @@ def _cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def test_cli_text_and_json(manifest: Path, tmp_path: Path) -> None:
+def test_cli_text_and_json(manifest: Path, fused: Path, tmp_path: Path) -> None:
     cal = tmp_path / "cal.json"
     cal.write_text(json.dumps(CAL))
     code, out, err = _cli("estimate", str(manifest), "--calibration", str(cal),
@@ -257,6 +382,10 @@ def test_cli_text_and_json(manifest: Path, tmp_path: Path) -> None:
     assert {"jobs", "steps", "state_transitions", "s3", "cost_usd", "wall_s",
             "assumptions", "calibration"} <= set(doc)
     assert doc["cost_usd"]["total"] > 0
+    assert [j["fused"] for j in doc["jobs"]] == [False, False]
+    code, out, err = _cli("estimate", str(fused), "--calibration", str(cal))
+    assert code == 0, err
+    assert "fused: 1 units" in out and "process_unit" in out and str(cal) in out
     # usage errors exit 2
     assert _cli("estimate", str(manifest), "--calibration", str(tmp_path / "none.json"))[0] == 2
     assert _cli("estimate", str(manifest), "--calibration", str(cal), "--price", "x=1")[0] == 2
@@ -274,3 +403,7 @@ def test_the_shipped_calibration_loads() -> None:
         assert cal["split"][kind]["cpu_s_per_mpx"] > 0
         assert cal["encode"]["deflate"][kind]["bytes_per_mpx"] > 0
     assert cal["ops"]["gaussian_blur"]
+    # written before fused jobs, the file has no process_unit (fused jobs are then refused);
+    # bench/compare.py writes one, with each kind's input read and factor
+    for entry in cal.get("process_unit", {}).values():
+        assert entry["read_cpu_s_per_mpx"] >= 0 and entry["factor"] > 0

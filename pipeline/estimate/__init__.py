@@ -1,0 +1,79 @@
+"""Cost and time of a run on AWS, on paper: what ``tiffpipe estimate`` prints.
+
+The model, step by step (every number it uses is either measured, in the calibration file
+that ``bench/compare.py`` writes, or an assumption listed in :data:`ASSUMPTIONS`, printed with
+the estimate and overridable with ``--price KEY=VALUE``):
+
+- **Work** comes from the job's real plan (``make_plan`` on the inputs' page headers): the
+  haloed megapixels each unit and process batch reads, the output megapixels and tiles, the
+  units, batches and statistics rounds, and whether the job is fused.
+- **CPU seconds** per step are the calibration's per-megapixel costs measured on the
+  benchmark machine: split per haloed megapixel; process as ``factor * (haloed Mpx * (work
+  tile decode + each op) + output Mpx * output encode)``, with the op and codec costs timed
+  one by one and ``factor`` the measured whole-step cost over that sum; merge per output MB
+  and per output tile. A **fused** job (the plan's ``fused``: no statistics rounds, ``fuse``
+  not turned off) has no split, no batches and no work tiles: each unit is one
+  ``process_unit`` on the process function, ``unit factor * (haloed Mpx * (input read + each
+  op) + output Mpx * output encode)``, the input read per haloed megapixel and the unit
+  factor measured by the benchmark's fused runs (the calibration's ``process_unit``; a file
+  without it cannot estimate fused jobs: rerun ``bench/compare.py``).
+- **Lambda seconds** of an invocation: its CPU seconds spread over the threads it can use
+  (``memory / mb_per_vcpu`` vCPUs; split measured at ``threads`` busy threads, process_unit
+  on all the vCPUs but no faster than its one-thread input read, the others one), divided by
+  ``lambda_core_speed`` (a Lambda vCPU against one core of the benchmark machine), plus its
+  S3 traffic at ``s3_mb_per_s``, plus a cold start (``cold_start_s`` plus the measured import
+  time) once per concurrent environment.
+- **Dollars**: Lambda GB-seconds, requests and ephemeral storage above 512 MB; Step Functions
+  Standard state transitions, counted by walking ``statemachine.asl.json`` along each job's
+  success path (a Map state counts once, plus its item processor once per item; a Choice
+  takes the branch the job's plan takes: fused or not, statistics rounds left or not); S3
+  requests and the storage of the work files until the lifecycle rule removes them.
+- **Wall time**: a list-scheduling simulation of every invocation on ``concurrency`` Lambda
+  slots, jobs started ``Jobs.MaxConcurrency`` at a time, each Map capped at its
+  ``MaxConcurrency``, plus ``state_latency_s`` per state on a job's path.
+
+The modules: :mod:`.assumptions` (the numbers not measured), :mod:`.calibration` (the file
+and the per-megapixel costs of a job), :mod:`.plans` (what a job asks for),
+:mod:`.statemachine` (transitions and Map limits), :mod:`.schedule` (the wall time),
+:mod:`.model` (the estimate) and :mod:`.text` (as printed). Pure, except
+:func:`load_calibration`, :func:`plans_for_manifest` (which reads the manifest and the inputs'
+page headers, or none with ``assume_pages``) and :func:`load_definition`.
+"""
+
+from pipeline.estimate.assumptions import (
+    ASSUMPTIONS,
+    Assumption,
+    EstimateError,
+    assumptions_with,
+    parse_overrides,
+)
+from pipeline.estimate.calibration import (
+    CALIBRATION_FORMAT,
+    DEFAULT_CALIBRATION,
+    JobCosts,
+    job_costs,
+    load_calibration,
+    op_cost,
+    predicted_process_cpu,
+    predicted_unit_cpu,
+)
+from pipeline.estimate.model import FUNCTION_OF, MULTIPART_CHUNK, READ_BUFFER, STEPS, estimate
+from pipeline.estimate.plans import (
+    item_work,
+    parse_assume_pages,
+    plan_geometry,
+    plans_for_manifest,
+    stats_rounds,
+)
+from pipeline.estimate.schedule import simulate
+from pipeline.estimate.statemachine import count_transitions, load_definition, map_limits
+from pipeline.estimate.text import format_text
+
+__all__ = [
+    "ASSUMPTIONS", "CALIBRATION_FORMAT", "DEFAULT_CALIBRATION", "FUNCTION_OF", "MULTIPART_CHUNK",
+    "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "assumptions_with",
+    "count_transitions", "estimate", "format_text", "item_work", "job_costs",
+    "load_calibration", "load_definition", "map_limits", "op_cost", "parse_assume_pages",
+    "parse_overrides", "plan_geometry", "plans_for_manifest", "predicted_process_cpu",
+    "predicted_unit_cpu", "simulate", "stats_rounds",
+]

@@ -1,0 +1,203 @@
+"""The calibration file ``bench/compare.py`` writes, and the per-megapixel costs of a job's
+steps read from it (:func:`job_costs`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.estimate.assumptions import EstimateError
+
+CALIBRATION_FORMAT = "tiffpipe-calibration/1"
+#: bench/calibration.json of the checkout: what ``--calibration`` defaults to
+DEFAULT_CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "calibration.json"
+#: the sections every calibration has; ``process_unit`` (fused jobs) is checked when needed
+REQUIRED = ("split", "process", "merge", "ops", "encode", "work")
+RERUN = "rerun bench/compare.py (it writes bench/calibration.json)"
+
+
+def load_calibration(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The calibration file (default: bench/calibration.json of the checkout), checked; its
+    path is kept under ``file``."""
+    path = Path(path) if path else DEFAULT_CALIBRATION
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EstimateError(f"no calibration file at {path}: run bench/compare.py (it writes "
+                            "bench/calibration.json) or pass --calibration FILE") from None
+    except (OSError, ValueError) as exc:
+        raise EstimateError(f"cannot read the calibration file {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise EstimateError(f"{path} is not a {CALIBRATION_FORMAT} calibration file")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise EstimateError(f"{path}: the calibration lacks {', '.join(missing)}")
+    data["file"] = str(path)
+    return data
+
+
+def _kind(dtype: str, channels: int) -> str:
+    return f"{dtype}x{channels}"
+
+
+def _by_kind(table: dict[str, Any], dtype: str, channels: int, notes: set[str],
+             what: str) -> Any:
+    """``table[kind]``; for a kind not measured, the nearest one measured, scaled by bytes
+    per pixel (and noted)."""
+    kind = _kind(dtype, channels)
+    if kind in table:
+        return table[kind], 1.0
+    if not table:
+        raise EstimateError(f"the calibration has no {what} measurements")
+    size = np.dtype(dtype).itemsize * channels
+
+    def distance(k: str) -> tuple[int, int]:
+        d, c = k.rsplit("x", 1)
+        return abs(int(c) - channels), abs(np.dtype(d).itemsize * int(c) - size)
+
+    near = min(table, key=distance)
+    d, c = near.rsplit("x", 1)
+    scale = size / (np.dtype(d).itemsize * int(c))
+    notes.add(f"{what}: {kind} not calibrated, scaled from {near} by bytes per pixel "
+              f"({scale:g}x)")
+    return table[near], scale
+
+
+def _value(entry: Any, key: str, scale: float) -> float:
+    return float(entry[key]) * scale
+
+
+def op_cost(ops_table: dict[str, Any], op: dict[str, Any], dtype: str, channels: int,
+            notes: set[str]) -> float:
+    """CPU seconds per haloed megapixel of one op: the measurement with the same parameters,
+    else interpolated on its first numeric parameter, else the nearest one measured."""
+    name = op["op"]
+    if name not in ops_table:
+        fallback = {"op": "gaussian_blur", "sigma": 2.0}
+        notes.add(f"op {name} is not calibrated: costed as {json.dumps(fallback)}")
+        if name == "gaussian_blur":
+            raise EstimateError("the calibration has no gaussian_blur measurements")
+        return op_cost(ops_table, fallback, dtype, channels, notes)
+    entries, scale = _by_kind(ops_table[name], dtype, channels, notes, f"op {name}")
+    params = {k: v for k, v in op.items() if k != "op"}
+    for e in entries:
+        if e["params"] == params:
+            return _value(e, "cpu_s_per_mpx", scale)
+    numeric = [k for k, v in params.items() if isinstance(v, (int, float))]
+    for key in numeric:
+        points = sorted((float(e["params"][key]), float(e["cpu_s_per_mpx"])) for e in entries
+                        if isinstance(e["params"].get(key), (int, float)))
+        if len(points) >= 2:
+            xs, ys = zip(*points, strict=True)
+            x = float(params[key])
+            if x > xs[-1]:  # linear extrapolation from the last two points (costs grow)
+                y = ys[-1] + (ys[-1] - ys[-2]) * (x - xs[-1]) / max(xs[-1] - xs[-2], 1e-9)
+            else:
+                y = float(np.interp(x, xs, ys))
+            notes.add(f"op {name}: {key}={params[key]} interpolated from {key} in "
+                      f"{list(xs)}")
+            return max(y, 0.0) * scale
+    return _value(entries[0], "cpu_s_per_mpx", scale)
+
+
+def _chain_costs(cal: dict[str, Any], kind: str, ops: list[dict[str, Any]], compression: str,
+                 out_kind: str | None, notes: set[str]) -> tuple[float, float] | None:
+    """(the chain's ops per haloed Mpx, the output codec per output Mpx), from the per-op and
+    per-codec timings; None if the codec was not timed."""
+    dtype, channels = kind.rsplit("x", 1)
+    odtype, ochannels = (out_kind or kind).rsplit("x", 1)
+    if compression not in cal["encode"]:
+        return None
+    enc, es = _by_kind(cal["encode"][compression], odtype, int(ochannels), notes,
+                       f"{compression} encoding")
+    ops_cpu = sum(op_cost(cal["ops"], op, dtype, int(channels), notes) for op in ops)
+    return ops_cpu, _value(enc, "cpu_s_per_mpx", es)
+
+
+def predicted_process_cpu(cal: dict[str, Any], kind: str, ops: list[dict[str, Any]],
+                          compression: str, haloed_mpx: float, output_mpx: float,
+                          out_kind: str | None = None,
+                          notes: set[str] | None = None) -> float | None:
+    """CPU seconds of process from the per-op and per-codec costs alone (no factor): work
+    tile decode and ops per haloed Mpx, output encode per output Mpx."""
+    notes = set() if notes is None else notes
+    chain = _chain_costs(cal, kind, ops, compression, out_kind, notes)
+    if chain is None:
+        return None
+    dtype, channels = kind.rsplit("x", 1)
+    work, ws = _by_kind(cal["work"], dtype, int(channels), notes, "work tiles")
+    return (haloed_mpx * (_value(work, "decode_cpu_s_per_mpx", ws) + chain[0])
+            + output_mpx * chain[1])
+
+
+def predicted_unit_cpu(cal: dict[str, Any], kind: str, ops: list[dict[str, Any]],
+                       compression: str, haloed_mpx: float, output_mpx: float,
+                       read_cpu_s_per_mpx: float, out_kind: str | None = None,
+                       notes: set[str] | None = None) -> float | None:
+    """CPU seconds of a fused unit (``process_unit``) without its factor: the input read
+    (``read_cpu_s_per_mpx``) and ops per haloed Mpx, output encode per output Mpx."""
+    chain = _chain_costs(cal, kind, ops, compression, out_kind,
+                         set() if notes is None else notes)
+    if chain is None:
+        return None
+    return haloed_mpx * (read_cpu_s_per_mpx + chain[0]) + output_mpx * chain[1]
+
+
+@dataclass(frozen=True)
+class JobCosts:
+    """A job's per-megapixel costs, from the calibration. CPU seconds on one core of the
+    benchmark machine; bytes as stored."""
+
+    split_cpu: float  # split, per haloed Mpx
+    split_threads: float  # threads split keeps busy (measured)
+    work_bpm: float  # work tile bytes per haloed Mpx
+    out_bpm: float  # output bytes per output Mpx
+    factor: float  # process: measured / predicted
+    per_haloed: float  # process: work tile decode + ops, per haloed Mpx
+    per_out: float  # process and process_unit: output encode, per output Mpx
+    ops: float  # the chain's ops, per haloed Mpx
+    unit_read: float = 0.0  # process_unit: input read, per haloed Mpx (fused jobs only)
+    unit_factor: float = 1.0  # process_unit: measured / predicted
+
+
+def job_costs(cal: dict[str, Any], dtype: str, channels: int, out_channels: int,
+              compression: str, ops: list[dict[str, Any]], fused: bool, notes: set[str],
+              where: str) -> JobCosts:
+    """The per-megapixel costs of a job (``where`` names it in errors). A fused job needs the
+    calibration's ``process_unit`` section: an EstimateError says so when it lacks one."""
+    split_cal, ss = _by_kind(cal["split"], dtype, channels, notes, "split")
+    work_cal, ws = _by_kind(cal["work"], dtype, channels, notes, "work tiles")
+    if compression not in cal["encode"]:
+        raise EstimateError(f"the calibration has no {compression} encoding measurements")
+    enc_cal, es = _by_kind(cal["encode"][compression], dtype, out_channels, notes,
+                           f"{compression} encoding")
+    factor_table = cal["process"].get("factor", {})
+    factor = float(_by_kind(factor_table, dtype, channels, notes, "process factor")[0]) \
+        if factor_table else 1.0
+    ops_cpu = sum(op_cost(cal["ops"], op, dtype, channels, notes) for op in ops)
+    costs = JobCosts(
+        split_cpu=_value(split_cal, "cpu_s_per_mpx", ss),
+        split_threads=max(1.0, float(split_cal.get("threads", 1.0))),
+        work_bpm=_value(work_cal, "bytes_per_mpx", ws),
+        out_bpm=_value(enc_cal, "bytes_per_mpx", es),
+        factor=factor,
+        per_haloed=_value(work_cal, "decode_cpu_s_per_mpx", ws) + ops_cpu,
+        per_out=_value(enc_cal, "cpu_s_per_mpx", es),
+        ops=ops_cpu)
+    if not fused:
+        return costs
+    if not cal.get("process_unit"):
+        source = cal.get("file") or "the calibration"
+        raise EstimateError(
+            f"{source} has no process_unit measurements, which {where} needs: it is fused "
+            "(split and process in one invocation, the default for chains without "
+            f"statistics). The file predates fused jobs: {RERUN}, or set \"fuse\": false on "
+            "the job to estimate it unfused")
+    unit, us = _by_kind(cal["process_unit"], dtype, channels, notes, "process_unit")
+    return replace(costs, unit_read=_value(unit, "read_cpu_s_per_mpx", us),
+                   unit_factor=float(unit.get("factor", 1.0)))

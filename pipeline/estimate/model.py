@@ -1,0 +1,265 @@
+"""The estimate of a run: each job's invocations, costed from the calibration, then dollars,
+state transitions and the wall time (the model: see the package's docstring)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pipeline.core.models import JobPlan
+from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
+from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
+from pipeline.estimate.plans import item_work, plan_geometry, stats_rounds
+from pipeline.estimate.schedule import simulate
+from pipeline.estimate.statemachine import count_transitions, load_definition, map_limits
+
+#: S3 reads of an input are coalesced into ranged GETs of at least this (storage.READ_BUFFER)
+READ_BUFFER = 512 * 1024
+#: outputs are uploaded in parts of this size above it (storage.publish_file)
+MULTIPART_CHUNK = 64 * 1024 * 1024
+FUNCTION_OF = {"plan_run": "split", "plan_job": "split", "split": "split",
+               "stats": "process", "reduce_stats": "process", "process": "process",
+               "process_unit": "process", "merge": "merge", "report": "merge",
+               "cold_split": "split", "cold_process": "process", "cold_merge": "merge"}
+STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "process_unit",
+         "merge", "report", "cold_split", "cold_process", "cold_merge")
+
+
+class _Ledger:
+    """Per-step totals of the invocations costed so far."""
+
+    def __init__(self, a: dict[str, float]):
+        self.a = a
+        self.mem = {f: a[f"memory_{f}_mb"] for f in ("split", "process", "merge")}
+        self.eph = {f: a[f"ephemeral_{f}_mb"] for f in ("split", "process", "merge")}
+        self.vcpus = {f: min(6.0, m / a["mb_per_vcpu"]) for f, m in self.mem.items()}
+        self.steps: dict[str, dict[str, float]] = {
+            s: {"invocations": 0, "seconds": 0.0, "cpu_s": 0.0, "gb_s": 0.0,
+                "ephemeral_gb_s": 0.0, "get": 0, "put": 0, "list": 0, "bytes_in": 0.0,
+                "bytes_out": 0.0} for s in STEPS}
+        self.warnings: list[str] = []
+
+    def add(self, step: str, seconds: float, cpu: float = 0.0, get: float = 0, put: float = 0,
+            lst: float = 0, bytes_in: float = 0.0, bytes_out: float = 0.0) -> float:
+        """One invocation of ``step`` lasting ``seconds``; returns its seconds."""
+        f = FUNCTION_OF[step]
+        s = self.steps[step]
+        s["invocations"] += 1
+        s["seconds"] += seconds
+        s["cpu_s"] += cpu
+        s["gb_s"] += seconds * self.mem[f] / 1024
+        s["ephemeral_gb_s"] += seconds * max(self.eph[f] - 512, 0) / 1024
+        s["get"] += get
+        s["put"] += put
+        s["list"] += lst
+        s["bytes_in"] += bytes_in
+        s["bytes_out"] += bytes_out
+        timeout = self.a["timeout_s"]
+        if seconds > timeout:
+            self.warnings.append(f"a {step} invocation needs about {seconds:.0f} s, more than "
+                                 f"the {timeout:.0f} s Lambda timeout")
+        return seconds
+
+
+def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
+                    batches: list[tuple[float, float, int]], rounds: int, in_bpm: float,
+                    report_s: float) -> list[tuple[str, list[float]]]:
+    """Split (every haloed tile to a work tile), the statistics rounds, process batches."""
+    a, add = ledger.a, ledger.add
+    speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
+    split_threads = min(ledger.vcpus["split"], c.split_threads)
+    phases: list[tuple[str, list[float]]] = []
+    durations = []
+    for haloed, _out, tiles in units:
+        cpu = haloed * c.split_cpu
+        read = haloed * in_bpm
+        written = haloed * c.work_bpm
+        secs = cpu / (split_threads * speed) + (read + written) / mbps
+        durations.append(add("split", secs, cpu, get=1 + math.ceil(read / READ_BUFFER),
+                             put=tiles, bytes_in=read, bytes_out=written))
+    phases.append(("split", durations))
+    for _ in range(rounds):
+        durations = []
+        for haloed, _out, tiles in batches:
+            cpu = c.factor * haloed * c.per_haloed
+            read = haloed * c.work_bpm
+            durations.append(add("stats", cpu / speed + read / mbps, cpu, get=1 + tiles,
+                                 put=1, bytes_in=read))
+        phases.append(("stats", durations))
+        phases.append(("reduce_stats", [add("reduce_stats", report_s / speed,
+                                            get=1 + len(batches), put=1, lst=1)]))
+    durations = []
+    for haloed, out, tiles in batches:
+        cpu = c.factor * (haloed * c.per_haloed + out * c.per_out)
+        read, written = haloed * c.work_bpm, out * c.out_bpm
+        durations.append(add("process", cpu / speed + (read + written) / mbps, cpu,
+                             get=1 + tiles, put=tiles, bytes_in=read, bytes_out=written))
+    phases.append(("process", durations))
+    return phases
+
+
+def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
+                  in_bpm: float) -> list[tuple[str, list[float]]]:
+    """One ``process_unit`` per unit on the process function: the input read as split reads
+    it, the chain and the output encode, one pack per tile; no work tiles."""
+    a = ledger.a
+    speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
+    threads = max(1.0, ledger.vcpus["process"])
+    durations = []
+    for haloed, out, tiles in units:
+        read_cpu = c.unit_factor * haloed * c.unit_read
+        cpu = read_cpu + c.unit_factor * (haloed * c.ops + out * c.per_out)
+        read, written = haloed * in_bpm, out * c.out_bpm
+        # the tiles are processed in every vCPU, the input decoded in one (the sweep)
+        secs = max(read_cpu, cpu / threads) / speed + (read + written) / mbps
+        durations.append(ledger.add("process_unit", secs, cpu,
+                                    get=1 + math.ceil(read / READ_BUFFER), put=tiles,
+                                    bytes_in=read, bytes_out=written))
+    return [("process_unit", durations)]
+
+
+def estimate(plans: list[JobPlan], calibration: dict[str, Any],
+             overrides: dict[str, float] | None = None, concurrency: int = 1000,
+             definition: dict[str, Any] | None = None,
+             input_bytes: list[float | None] | None = None) -> dict[str, Any]:
+    """The estimate of a run of ``plans`` on AWS: see the package's docstring."""
+    a = assumptions_with(overrides)
+    if concurrency < 1:
+        raise EstimateError("the concurrency must be at least 1")
+    definition = definition or load_definition()
+    cal = calibration
+    notes: set[str] = set()
+    ledger = _Ledger(a)
+    add, steps, warnings = ledger.add, ledger.steps, ledger.warnings
+    input_bytes = input_bytes or [None] * len(plans)
+    mem, eph = ledger.mem, ledger.eph
+    speed = a["lambda_core_speed"]
+    mbps = a["s3_mb_per_s"] * 1e6
+    calls = cal.get("calls", {})
+    imports = cal.get("import_s", {})
+
+    def call_s(action: str) -> float:
+        return float(calls.get(action, {}).get("wall_s", 0.5))
+
+    sim_jobs: list[list[tuple[str, list[float]]]] = []
+    job_rows: list[dict[str, Any]] = []
+    work_bytes_total = 0.0
+    objects_total = 0
+    add("plan_run", call_s("plan_run") / speed, get=1, put=1)
+    for i, plan in enumerate(plans):
+        geo = plan_geometry(plan)
+        units, batches = item_work(plan)
+        rounds = stats_rounds(plan)
+        fused = bool(getattr(plan, "fused", False))
+        info = plan.pages[0].info if plan.pages else None
+        if info is None:
+            continue
+        dtype, ch = info.dtype, info.channels
+        comp = plan.spec.output_options.compression
+        c = job_costs(cal, dtype, ch, plan.pages[0].out_channels, comp, plan.spec.ops, fused,
+                      notes, f"jobs[{i}] ({plan.spec.input})")
+        if input_bytes[i]:
+            in_bpm = float(input_bytes[i]) / max(geo["core_mpx"], 1e-9)
+        elif cal.get("input_bytes_per_mpx"):  # no file: as compressed as the bench's input
+            value, scale = _by_kind(cal["input_bytes_per_mpx"], dtype, ch, notes, "input bytes")
+            in_bpm = float(value) * scale
+        else:
+            in_bpm = c.work_bpm
+        out_bytes = geo["output_mpx"] * c.out_bpm
+        phases: list[tuple[str, list[float]]] = [
+            ("plan_job", [add("plan_job", call_s("plan_job") / speed,
+                              get=3 + len(plan.pages) // 8 + 1, put=1)])]
+        if fused:
+            phases += _fused_phases(ledger, c, units, in_bpm)
+        else:
+            phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
+                                      call_s("report"))
+        merge_cal = cal["merge"]
+        merge_cpu = (out_bytes / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
+                     + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
+        parts = math.ceil(out_bytes / MULTIPART_CHUNK) if out_bytes > MULTIPART_CHUNK else 0
+        merge_s = merge_cpu / speed + 2 * out_bytes / mbps
+        phases.append(("merge", [add("merge", merge_s, merge_cpu, get=1 + geo["tiles"],
+                                     put=(parts + 2 if parts else 1) + 1, lst=1,
+                                     bytes_in=out_bytes, bytes_out=out_bytes)]))
+        if out_bytes > eph["merge"] * 1e6:
+            warnings.append(f"jobs[{i}]: the output ({out_bytes / 1e9:.1f} GB) does not fit the "
+                            f"merge function's /tmp ({eph['merge'] / 1000:.1f} GB): split the "
+                            "job into jobs of fewer pages")
+        sim_jobs.append(phases)
+        # the packs (and, unfused, the work tiles), the plan and the result
+        work = out_bytes if fused else geo["haloed_mpx"] * c.work_bpm + out_bytes
+        work_bytes_total += work
+        objects_total += int(geo["tiles"] if fused else 2 * geo["tiles"]) + 2
+        job_rows.append({"job": i, "input": plan.spec.input, "pages": int(geo["pages"]),
+                         "megapixels": geo["core_mpx"], "haloed_megapixels": geo["haloed_mpx"],
+                         "output_megapixels": geo["output_mpx"], "tiles": int(geo["tiles"]),
+                         "fused": fused, "units": len(units), "batches": len(batches),
+                         "stats_rounds": rounds, "output_bytes": out_bytes, "work_bytes": work,
+                         "compression": comp, "kind": _kind(dtype, ch)})
+    add("report", call_s("report") / speed, get=1 + len(plans), put=1)
+
+    # cold starts: one per concurrent environment of each function, billed (container images
+    # pay their init phase); counted as rows of their own, not as invocations
+    for f in ("split", "process", "merge"):
+        invocations = sum(steps[k]["invocations"] for k in STEPS if FUNCTION_OF[k] == f)
+        envs = min(invocations, concurrency)
+        row = steps[f"cold_{f}"]
+        row["environments"] = envs
+        row["seconds"] = envs * (a["cold_start_s"] + float(imports.get(f, 0.0)))
+        row["gb_s"] = row["seconds"] * mem[f] / 1024
+        row["ephemeral_gb_s"] = row["seconds"] * max(eph[f] - 512, 0) / 1024
+
+    # state transitions: each job's Choices follow its plan (fused, statistics rounds)
+    job_ctx = [{"units": r["units"], "batches": r["batches"], "rounds": r["stats_rounds"],
+                "fused": r["fused"]} for r in job_rows]
+    transitions = count_transitions(definition, job_ctx)
+    limits = map_limits(definition)
+    latency = a["state_latency_s"]
+    wall = simulate(sim_jobs, concurrency, limits.get("jobs", 0),
+                    limits.get("batches", 0) or limits.get("units", 0), latency)
+    # PlanRun and Report around the jobs; the first wave of each function starts cold
+    wall += (call_s("plan_run") + call_s("report")) / speed + 3 * latency + sum(
+        a["cold_start_s"] + float(imports.get(f, 0.0)) for f in ("split", "process", "merge"))
+
+    total_get = sum(s["get"] for s in steps.values())
+    total_put = sum(s["put"] for s in steps.values())
+    total_list = sum(s["list"] for s in steps.values())
+    invocations = sum(s["invocations"] for s in steps.values())
+    gb_s = sum(s["gb_s"] for s in steps.values())
+    eph_gb_s = sum(s["ephemeral_gb_s"] for s in steps.values())
+    storage_gb_month = work_bytes_total / 1e9 * a["work_retention_days"] / 30.4
+    cost = {
+        "lambda_duration": gb_s * a["lambda_gb_s"],
+        "lambda_requests": invocations * a["lambda_request"],
+        "lambda_ephemeral": eph_gb_s * a["lambda_ephemeral_gb_s"],
+        "step_functions": transitions["total"] * a["sfn_transition"],
+        "s3_requests": (total_put + total_list) * a["s3_put"] + total_get * a["s3_get"],
+        "s3_storage": storage_gb_month * a["s3_gb_month"],
+    }
+    cost["total"] = sum(cost.values())
+    megapixels = sum(r["megapixels"] for r in job_rows)
+    return {
+        "jobs": job_rows,
+        "megapixels": megapixels,
+        "steps": {k: v for k, v in steps.items() if v["invocations"] or v["seconds"]},
+        "invocations": invocations,
+        "gb_s": gb_s,
+        "state_transitions": transitions,
+        "s3": {"get": total_get, "put": total_put, "list": total_list,
+               "bytes_read": sum(s["bytes_in"] for s in steps.values()),
+               "bytes_written": sum(s["bytes_out"] for s in steps.values()),
+               "work_bytes": work_bytes_total, "work_objects": objects_total,
+               "storage_gb_month": storage_gb_month},
+        "cost_usd": cost,
+        "usd_per_gigapixel": cost["total"] / max(megapixels / 1000, 1e-9),
+        "wall_s": wall,
+        "concurrency": concurrency,
+        "assumptions": {k: {"value": v, "unit": ASSUMPTIONS[k].unit, "help": ASSUMPTIONS[k].help,
+                            "overridden": k in (overrides or {})} for k, v in a.items()},
+        "calibration": {k: cal.get(k) for k in ("file", "measured_at", "mode", "note")} | {
+            "machine": (cal.get("machine") or {}).get("cpu"),
+            "cores": (cal.get("machine") or {}).get("cores")},
+        "notes": sorted(notes),
+        "warnings": sorted(set(warnings)),
+    }

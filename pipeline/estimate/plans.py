@@ -1,0 +1,147 @@
+"""What a job asks for: its plan (``make_plan`` on the inputs' page headers, or on assumed
+pages) and the work of each of its invocations."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from pipeline.core.models import JobPlan, PageInfo
+from pipeline.estimate.assumptions import EstimateError
+
+
+def _haloed_sides(grid: Any) -> tuple[list[int], list[int]]:
+    rows = [grid.haloed(r, 0).height for r in range(grid.rows)]
+    cols = [grid.haloed(0, c).width for c in range(grid.cols)]
+    return rows, cols
+
+
+def _output_shape(page: Any) -> tuple[int, int]:
+    factor = getattr(page, "factor", 1) or 1
+    return page.grid.height // factor, page.grid.width // factor
+
+
+def plan_geometry(plan: JobPlan) -> dict[str, float]:
+    """Totals of a plan: core, haloed and output megapixels, tiles, output tiles, units,
+    batches and pages."""
+    out_tile = plan.spec.output_options.tile
+    g = {"pages": 0.0, "core_mpx": 0.0, "haloed_mpx": 0.0, "output_mpx": 0.0, "tiles": 0.0,
+         "output_tiles": 0.0, "units": float(len(plan.units)),
+         "batches": float(len(plan.batches))}
+    for page in plan.pages:
+        rows, cols = _haloed_sides(page.grid)
+        oh, ow = _output_shape(page)
+        g["pages"] += 1
+        g["core_mpx"] += page.grid.height * page.grid.width / 1e6
+        g["haloed_mpx"] += sum(rows) * sum(cols) / 1e6
+        g["output_mpx"] += oh * ow / 1e6
+        g["tiles"] += page.grid.count
+        g["output_tiles"] += math.ceil(oh / out_tile) * math.ceil(ow / out_tile)
+    return g
+
+
+def _output_mpx(page: Any, tiles: list[tuple[int, int]]) -> float:
+    """Output megapixels of a page's tiles (their cores, downsampled by the page's factor)."""
+    factor = getattr(page, "factor", 1) or 1
+    out = 0
+    for r, c in tiles:
+        core = page.grid.core(r, c)
+        out += core.height * core.width
+    return out / (factor * factor) / 1e6
+
+
+def item_work(plan: JobPlan) -> tuple[list[tuple[float, float, int]],
+                                      list[tuple[float, float, int]]]:
+    """Per split (or fused) unit and per batch: (haloed Mpx, output Mpx, tiles)."""
+    sides = [_haloed_sides(p.grid) for p in plan.pages]
+    units = []
+    for u in plan.units:
+        rows, cols = sides[u.page]
+        tiles = [(r, c) for r in range(u.row0, u.row1) for c in range(u.col0, u.col1)]
+        units.append((sum(rows[u.row0:u.row1]) * sum(cols[u.col0:u.col1]) / 1e6,
+                      _output_mpx(plan.pages[u.page], tiles), len(tiles)))
+    batches = []
+    for b in plan.batches:
+        page = plan.pages[b.page]
+        rows, cols = sides[b.page]
+        tiles = [page.grid.position(index) for index in range(b.first, b.last)]
+        haloed = sum(rows[r] * cols[c] for r, c in tiles)
+        batches.append((haloed / 1e6, _output_mpx(page, tiles), len(tiles)))
+    return units, batches
+
+
+def stats_rounds(plan: JobPlan) -> int:
+    """Statistics rounds the job's op chain needs (0 for local ops)."""
+    try:
+        from pipeline.core.chain import ChainLayout
+        from pipeline.core.ops import chain_from_json
+    except ImportError:
+        return 0
+    dtype = plan.pages[0].info.dtype if plan.pages else "uint8"
+    return len(ChainLayout.of(chain_from_json(plan.spec.ops), dtype).rounds)
+
+
+_PAGES = re.compile(r"^(\d+)x(\d+)(?:x(\d+))?(?::(\w+))?(?:\*(\d+))?$")
+
+
+def parse_assume_pages(spec: str) -> list[PageInfo]:
+    """``WxH[xC][:dtype][*N]``, comma-separated: the pages every input is taken to have
+    (C default 1, dtype default uint8, N pages of that shape, default 1), tiled 512 px."""
+    pages: list[PageInfo] = []
+    for part in spec.split(","):
+        m = _PAGES.match(part.strip())
+        if not m:
+            raise EstimateError(f"--assume-pages {part!r}: expected WxH[xC][:dtype][*N], e.g. "
+                                "100000x80000x3:uint8*2")
+        w, h, c = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+        dtype, n = m.group(4) or "uint8", int(m.group(5) or 1)
+        if dtype not in ("uint8", "uint16", "float32") or not 1 <= c <= 4 or w < 1 or h < 1:
+            raise EstimateError(f"--assume-pages {part!r}: channels 1-4 and dtype uint8, "
+                                "uint16 or float32")
+        for _ in range(n):
+            pages.append(PageInfo(index=len(pages), height=h, width=w, channels=c, dtype=dtype,
+                                  photometric="rgb" if c >= 3 else "minisblack",
+                                  extrasamples=[2] if c in (2, 4) else [], tiled=True,
+                                  segment_rows=512, compression="deflate"))
+    return pages
+
+
+def plans_for_manifest(manifest: str, assume_pages: str | None = None
+                       ) -> tuple[list[JobPlan], list[float | None], list[str]]:
+    """Each job's plan, its input's size in bytes (None if unknown) and the problems found.
+
+    Reads the manifest and each input's page headers only; with ``assume_pages`` no input is
+    opened: every input has those pages (``pages`` of a job still picks among them).
+    """
+    from pipeline.adapters import storage
+    from pipeline.core.plan import make_plan
+    from pipeline.runner import validate
+
+    specs = validate(manifest)
+    if not isinstance(specs, list):
+        raise EstimateError(f"{manifest} is a scan: its jobs are known only when a run lists "
+                            "its folders; estimate a manifest that lists its jobs")
+    assumed = parse_assume_pages(assume_pages) if assume_pages else None
+    plans: list[JobPlan] = []
+    sizes: list[float | None] = []
+    problems: list[str] = []
+    for i, spec in enumerate(specs):
+        if assumed is not None:
+            infos = [assumed[p] for p in spec.pages if p < len(assumed)] if spec.pages \
+                else list(assumed)
+            size = None
+        else:
+            from pipeline.adapters.tiff_read import keeps_palette, read_infos
+
+            infos = read_infos(spec.input, spec.pages, keep_palette=keeps_palette(
+                spec.ops, spec.output_options.compression))
+            try:
+                size = float(storage.size(spec.input))
+            except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
+                size = None
+        plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0)
+        problems += [f"jobs[{i}] ({spec.input}): {p}" for p in why]
+        plans.append(plan)
+        sizes.append(size)
+    return plans, sizes, problems

@@ -1,0 +1,94 @@
+"""The state machine's side of the estimate: state transitions along each job's success path
+and the ``MaxConcurrency`` of its Map states, read from ``statemachine.asl.json``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.estimate.assumptions import EstimateError
+
+
+def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None:
+    """The state a Choice goes to for this job. Its rules test what the job's plan says:
+    ``...fused`` (the job is fused: ``fused`` in ``ctx``) or ``...stats.more`` (statistics
+    rounds left: ``rounds_left``, one used up each time that branch is taken). A rule without
+    a Variable counts as ``stats.more``."""
+    for rule in state.get("Choices", []):
+        last = rule.get("Variable", "").rsplit(".", 1)[-1]
+        wanted = bool(rule.get("BooleanEquals", True))
+        if last == "fused":
+            if bool(ctx.get("fused")) == wanted:
+                return rule["Next"]
+        elif last in ("more", ""):
+            more = ctx.get("rounds_left", 0) > 0
+            if more == wanted:
+                if more:
+                    ctx["rounds_left"] -= 1
+                return rule["Next"]
+        else:
+            raise EstimateError(f"statemachine.asl.json: the Choice state {name} tests "
+                                f"{rule.get('Variable')!r}, which the estimate cannot follow")
+    return state.get("Default")
+
+
+def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """State transitions of a successful execution, walking the definition: each state
+    entered is one; a Map state is one plus its item processor once per item. Items of a
+    Map come from its ItemsPath's last name: ``jobs`` (one per job), ``units``, ``batches``
+    (the job's). A Choice follows the job: see :func:`_choose` (``fused``, ``rounds``)."""
+
+    def walk(states: dict[str, Any], start: str, ctx: dict[str, Any]) -> int:
+        count, name, steps = 0, start, 0
+        while name:
+            steps += 1
+            if steps > 10_000:
+                raise EstimateError("statemachine.asl.json: a loop that never ends")
+            state = states[name]
+            count += 1
+            kind = state["Type"]
+            if kind == "Map":
+                proc = state.get("ItemProcessor") or state.get("Iterator")
+                key = state.get("ItemsPath", "").rsplit(".", 1)[-1]
+                if key == "jobs":
+                    for i, job in enumerate(ctx["jobs"]):
+                        per = walk(proc["States"], proc["StartAt"],
+                                   dict(job, rounds_left=job.get("rounds", 0)))
+                        per_job[i] = per
+                        count += per
+                else:
+                    count += int(ctx.get(key, 1)) * walk(proc["States"], proc["StartAt"], ctx)
+            if kind == "Choice":
+                name = _choose(name, state, ctx)
+                continue
+            name = None if state.get("End") or kind in ("Succeed", "Fail") else state.get("Next")
+        return count
+
+    per_job: dict[int, int] = {}
+    total = walk(definition["States"], definition["StartAt"], {"jobs": jobs})
+    return {"total": total, "per_job": [per_job.get(i, 0) for i in range(len(jobs))]}
+
+
+def map_limits(definition: dict[str, Any]) -> dict[str, int]:
+    """MaxConcurrency of each Map by its ItemsPath's last name (0: unlimited; the smallest
+    when several Maps share a name)."""
+    out: dict[str, int] = {}
+
+    def visit(states: dict[str, Any]) -> None:
+        for state in states.values():
+            if state.get("Type") == "Map":
+                key = state.get("ItemsPath", "").rsplit(".", 1)[-1]
+                limit = int(state.get("MaxConcurrency", 0))
+                if key not in out or (limit and (not out[key] or limit < out[key])):
+                    out[key] = limit
+                proc = state.get("ItemProcessor") or state.get("Iterator") or {}
+                visit(proc.get("States", {}))
+
+    visit(definition["States"])
+    return out
+
+
+def load_definition() -> dict[str, Any]:
+    from pipeline.engine.definition import definition_text
+
+    return json.loads(definition_text())

@@ -1,0 +1,80 @@
+"""The estimate as text: what ``tiffpipe estimate`` prints without ``--json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.estimate.model import FUNCTION_OF
+
+
+def _money(x: float) -> str:
+    return f"${x:,.2f}" if x >= 0.995 else f"${x:.4f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_text(result: dict[str, Any]) -> str:
+    lines: list[str] = []
+    p = lines.append
+    mpx = result["megapixels"]
+    p(f"estimate for {len(result['jobs'])} job(s), {mpx / 1000:,.1f} gigapixels, on AWS "
+      f"(concurrency {result['concurrency']})")
+    for j in result["jobs"][:10]:
+        work = (f"fused: {j['units']} units (split and process in one invocation)"
+                if j["fused"] else f"{j['units']} split units, {j['batches']} batches"
+                + (f", {j['stats_rounds']} stats round(s)" if j["stats_rounds"] else ""))
+        p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} {j['megapixels']:,.0f} Mpx -> "
+          f"{j['compression']}: {j['tiles']} tiles, {work}")
+    if len(result["jobs"]) > 10:
+        p(f"  ... and {len(result['jobs']) - 10} more job(s)")
+    p("")
+    p(f"{'step':13s} {'function':8s} {'invocations':>11s} {'Lambda s':>11s} {'GB-s':>12s} "
+      f"{'S3 GET':>10s} {'S3 PUT':>10s} {'MB read':>11s} {'MB written':>11s}")
+    for name, s in result["steps"].items():
+        count = f"({s['environments']:,.0f})" if name.startswith("cold_") else \
+            f"{s['invocations']:,.0f}"
+        p(f"{name:13s} {FUNCTION_OF[name]:8s} {count:>11s} {s['seconds']:11,.1f} "
+          f"{s['gb_s']:12,.0f} {s['get']:10,.0f} {s['put'] + s['list']:10,.0f} "
+          f"{s['bytes_in'] / 1e6:11,.0f} {s['bytes_out'] / 1e6:11,.0f}")
+    p(f"{'total':13s} {'':8s} {result['invocations']:11,.0f} "
+      f"{sum(s['seconds'] for s in result['steps'].values()):11,.1f} {result['gb_s']:12,.0f} "
+      f"{result['s3']['get']:10,.0f} {result['s3']['put'] + result['s3']['list']:10,.0f} "
+      f"{result['s3']['bytes_read'] / 1e6:11,.0f} {result['s3']['bytes_written'] / 1e6:11,.0f}")
+    p("(cold_*: one cold start per concurrent environment, in parentheses; billed, not "
+      "invocations)")
+    st = result["state_transitions"]
+    p(f"state transitions: {st['total']:,} (Step Functions Standard)")
+    s3 = result["s3"]
+    p(f"work files: {s3['work_objects']:,} objects, {s3['work_bytes'] / 1e9:,.1f} GB, kept "
+      f"{result['assumptions']['work_retention_days']['value']:g} days "
+      f"({s3['storage_gb_month']:,.2f} GB-months)")
+    p("")
+    p("cost (USD):")
+    for k, v in result["cost_usd"].items():
+        if k != "total":
+            p(f"  {k:18s} {_money(v):>12s}")
+    p(f"  {'total':18s} {_money(result['cost_usd']['total']):>12s}   "
+      f"({_money(result['usd_per_gigapixel'])} per gigapixel)")
+    p(f"expected wall time at concurrency {result['concurrency']}: "
+      f"{_duration(result['wall_s'])}")
+    for w in result["warnings"]:
+        p(f"WARNING: {w}")
+    p("")
+    cal = result["calibration"]
+    p("per-megapixel costs from the calibration" + (f" {cal['file']}" if cal.get("file") else "")
+      + f" measured {cal.get('measured_at')} ({cal.get('mode')} sizes) on "
+        f"{cal.get('machine')} ({cal.get('cores')} cores)"
+      + (f": {cal['note']}" if cal.get("note") else ""))
+    for n in result["notes"]:
+        p(f"  note: {n}")
+    p("assumptions (override any with --price KEY=VALUE):")
+    for k, v in result["assumptions"].items():
+        mark = " (overridden)" if v["overridden"] else ""
+        p(f"  {k:22s} {v['value']:<14g} {v['unit']:15s} {v['help']}{mark}")
+    return "\n".join(lines)
