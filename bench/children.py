@@ -74,7 +74,7 @@ def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
             "startup_s": (recs[0]["t0"] - t0) if recs else None,
             "tail_s": (t0 + run_s - max(r["t1"] for r in recs)) if recs else None,
             "map_items": sum(a["count"] for k, a in actions.items()
-                             if k in ("split", "process", "stats")),
+                             if k in ("split", "process", "process_unit", "stats")),
             "work_bytes": work_bytes,
             "output_bytes": sum(os.path.getsize(o) for o in outputs if o and os.path.exists(o))}
 

@@ -14,10 +14,13 @@ and repeated (``--repeat``), each in a fresh child process:
 3. naive: tifffile reads each page whole, ``cv2.GaussianBlur``, tifffile writes it;
 
 with deflate and JPEG output (and zstd, which the pyvips-binary wheel lacks, for tiffpipe and
-naive only). The giant gray page is run once per tool (deflate) for peak memory. Outputs are
+naive only). tiffpipe's jobs are fused (the default: each unit read and processed in one
+invocation). The giant gray page is run once per tool (deflate) for peak memory. Outputs are
 checked: tiffpipe against naive must be pixel-identical; against libvips (whose Gaussian
 kernel and border rule differ from OpenCV's) the max and mean absolute differences are
-reported, over the whole page and inside it.
+reported, over the whole page and inside it. For the calibration, tiffpipe also runs once
+with ``"fuse": false`` (deflate) on the RGB input and on a gray page: the split and process
+steps of the jobs that cannot be fused (whole-page statistics); these runs are not compared.
 
 Timing: wall seconds measured in the child; CPU seconds of the child and everything it
 waited for (workers, libvips threads) from the parent's RUSAGE_CHILDREN. Peak memory: VmHWM
@@ -113,16 +116,21 @@ def make_inputs(folder: str, rgb_gb: float, giant_mpx: float, small_mpx: float
 
 
 def write_manifest(folder: str, name: str, src: str, sigma: float, compression: str,
-                   quality: int) -> tuple[str, str]:
+                   quality: int, fuse: bool = True) -> tuple[str, str]:
+    """A one-job manifest (blur, 1024 px tiles, 512 px output tiles); ``fuse=False`` turns
+    fused mode off (the job is then split to work tiles and processed in batches)."""
     out = os.path.join(folder, "out", f"tiffpipe-{name}.tif")
     options: dict[str, Any] = {"compression": compression, "tile": 512}
     if compression == "jpeg":
         options["quality"] = quality
+    job: dict[str, Any] = {"input": src, "output": out, "tile": 1024,
+                           "ops": [{"op": "gaussian_blur", "sigma": sigma}],
+                           "output_options": options}
+    if not fuse:
+        job["fuse"] = False
     path = os.path.join(folder, f"{name}.json")
     with open(path, "w") as f:
-        json.dump({"jobs": [{"input": src, "output": out, "tile": 1024,
-                             "ops": [{"op": "gaussian_blur", "sigma": sigma}],
-                             "output_options": options}]}, f)
+        json.dump({"jobs": [job]}, f)
     return path, out
 
 
@@ -310,6 +318,30 @@ def run_memory(args: argparse.Namespace, folder: str, inputs: dict[str, Any],
     return out
 
 
+def run_unfused(args: argparse.Namespace, folder: str, inputs: dict[str, Any]
+                ) -> dict[str, Any]:
+    """tiffpipe once more with ``"fuse": false`` (deflate), on the RGB input and on a gray page
+    (the small one, else the giant one): the split and process steps of the jobs that cannot
+    be fused (whole-page statistics), for the calibration. Not compared with the others."""
+    out: dict[str, Any] = {}
+    gray = "small" if "small" in inputs else "giant"
+    for label, key in (("rgb", "rgb"), ("gray", gray)):
+        src = inputs[key]
+        manifest, dst = write_manifest(folder, f"{label}-unfused", src["path"], args.sigma,
+                                       "deflate", args.quality, fuse=False)
+        r = child("tiffpipe", manifest=manifest, workers=args.workers)
+        if not r["ok"]:
+            raise RuntimeError(f"tiffpipe run (not fused) failed: {r['error']}")
+        os.remove(dst)
+        r.update(input=key, megapixels=src["megapixels"], kind=f"uint8x{src['channels']}",
+                 mpx_per_s=src["megapixels"] / r["wall_s"], geometry=plan_geometry(manifest))
+        log(f"not fused, {key} deflate: {r['wall_s']:.1f} s wall {r['cpu_s']:.1f} s cpu "
+            f"(split {r['actions'].get('split', {}).get('wall_s', 0):.1f} s, process "
+            f"{r['actions'].get('process', {}).get('wall_s', 0):.1f} s in invocations)")
+        out[label] = r
+    return out
+
+
 def run_io_floor(args: argparse.Namespace, folder: str, rgb: dict[str, Any]) -> dict[str, Any]:
     """tifffile alone reading and writing the RGB file (zstd): the I/O floor (issue 2)."""
     dst = os.path.join(folder, "out", "tifffile-copy.tif")
@@ -374,9 +406,11 @@ def machine() -> dict[str, Any]:
 
 def calibration(args: argparse.Namespace, mode: str, inputs: dict[str, Any],
                 throughput: dict[str, Any], memory: dict[str, Any] | None,
-                micro: dict[str, Any], imports: dict[str, float], mach: dict[str, Any]
-                ) -> dict[str, Any]:
-    """Per-megapixel costs of each step, measured in this run, for ``tiffpipe estimate``."""
+                unfused: dict[str, Any], micro: dict[str, Any], imports: dict[str, float],
+                mach: dict[str, Any]) -> dict[str, Any]:
+    """Per-megapixel costs of each step, measured in this run, for ``tiffpipe estimate``:
+    split and process from the runs that are not fused, process_unit from the fused ones (the
+    throughput and memory runs), merge and the calls from all."""
     from pipeline.estimate import predicted_process_cpu
 
     rgb = inputs["rgb"]
@@ -391,6 +425,8 @@ def calibration(args: argparse.Namespace, mode: str, inputs: dict[str, Any],
                 continue
             e = memory[label]
             runs.append(("uint8x1", "deflate", e["tiffpipe"], e["geometry"], e["megapixels"]))
+    for r in unfused.values():
+        runs.append((r["kind"], "deflate", r, r["geometry"], r["megapixels"]))
 
     split: dict[str, dict[str, list[float]]] = {}
     process_factor: dict[str, list[float]] = {}
@@ -442,9 +478,12 @@ def calibration(args: argparse.Namespace, mode: str, inputs: dict[str, Any],
     for kind, values in work_bytes.items():
         work.setdefault(kind, {})["bytes_per_mpx"] = med(values)
         work[kind]["bytes_source"] = "pipeline work tiles"
-    input_bytes = {"uint8x3": rgb["bytes"] / rgb["megapixels"]}
-    if memory:
-        input_bytes["uint8x1"] = inputs["giant"]["bytes"] / inputs["giant"]["megapixels"]
+    split_cal = {kind: {"cpu_s_per_mpx": med(v["cpu"]), "wall_s_per_mpx": med(v["wall"]),
+                        "threads": med(v["threads"]),
+                        "basis": "haloed megapixels read from a deflate input"}
+                 for kind, v in split.items()}
+    input_bytes = {"uint8x3": rgb["bytes"] / rgb["megapixels"],
+                   "uint8x1": inputs["giant"]["bytes"] / inputs["giant"]["megapixels"]}
     sizes = {k: {kk: v[kk] for kk in ("pages", "height", "width", "channels")}
              for k, v in inputs.items()}
     return {
@@ -459,13 +498,12 @@ def calibration(args: argparse.Namespace, mode: str, inputs: dict[str, Any],
                   "workers": args.workers, "tile": 1024, "output_tile": 512,
                   "op": {"op": "gaussian_blur", "sigma": args.sigma},
                   "content": "bench/inputs.py photo-like (fractal noise, edges, grain)"},
-        "split": {kind: {"cpu_s_per_mpx": med(v["cpu"]), "wall_s_per_mpx": med(v["wall"]),
-                         "threads": med(v["threads"]),
-                         "basis": "haloed megapixels read from a deflate input"}
-                  for kind, v in split.items()},
+        "split": split_cal,
         "process": {"factor": {kind: med(v) for kind, v in process_factor.items()},
                     "basis": ("cpu = factor * (haloed Mpx * (work decode + ops) + output Mpx "
-                              "* encode); the factor is measured / predicted in this run")},
+                              "* encode); the factor is measured / predicted in this run's "
+                              "runs that are not fused")},
+        "process_unit": unit_calibration(args, runs, split_cal, micro),
         "merge": {"cpu_s_per_output_mb": a_mb, "cpu_s_per_output_tile": b_tile},
         "calls": {action: {"wall_s": med(v)} for action, v in per_call.items()},
         "ops": micro["ops"],
@@ -474,6 +512,41 @@ def calibration(args: argparse.Namespace, mode: str, inputs: dict[str, Any],
         "input_bytes_per_mpx": input_bytes,
         "import_s": imports,
     }
+
+
+def unit_calibration(args: argparse.Namespace,
+                     runs: list[tuple[str, str, dict[str, Any], dict[str, float], int]],
+                     split_cal: dict[str, Any], micro: dict[str, Any]) -> dict[str, Any]:
+    """Fused units (``process_unit``), per kind: the input read per haloed Mpx (split's CPU
+    less the work tile encode, both measured in this run) and the factor of the fused runs'
+    measured CPU over ``haloed Mpx * (read + ops) + output Mpx * encode`` (ops and encode
+    from the one-core timings), as for process."""
+    from pipeline.estimate import predicted_unit_cpu
+
+    ops = [{"op": "gaussian_blur", "sigma": args.sigma}]
+    reads = {kind: max(v["cpu_s_per_mpx"] - micro["work"][kind]["encode_cpu_s_per_mpx"], 0.0)
+             for kind, v in split_cal.items() if kind in micro["work"]}
+    points: dict[str, dict[str, list[float]]] = {}
+    for kind, comp, r, geo, _mpx in runs:
+        act = r["actions"].get("process_unit")
+        if not act or kind not in reads:
+            continue
+        predicted = predicted_unit_cpu(micro, kind, ops, comp, geo["haloed_mpx"],
+                                       geo["output_mpx"], reads[kind])
+        p = points.setdefault(kind, {"factor": [], "cpu": [], "threads": []})
+        if predicted:
+            p["factor"].append(act["cpu_s"] / predicted)
+        p["cpu"].append(act["cpu_s"] / geo["haloed_mpx"])
+        p["threads"].append(act["cpu_s"] / max(act["wall_s"], 1e-9))
+    med = statistics.median
+    return {kind: {"read_cpu_s_per_mpx": reads[kind],
+                   "factor": med(p["factor"]) if p["factor"] else 1.0,
+                   "cpu_s_per_mpx": med(p["cpu"]), "threads": med(p["threads"]),
+                   "basis": ("cpu = factor * (haloed Mpx * (read + ops) + output Mpx * "
+                             "encode); read = split cpu - work tile encode per haloed Mpx; "
+                             "factor, cpu_s_per_mpx and threads measured in this run's fused "
+                             "runs (the benchmark's op and codecs)")}
+            for kind, p in points.items()}
 
 
 # --- report -------------------------------------------------------------------------------
@@ -563,6 +636,16 @@ def print_report(results: dict[str, Any]) -> None:
         if "small" in mem:
             p(f"  tiffpipe peak, {g['megapixels']:.0f} Mpx vs {mem['small']['megapixels']:.0f} "
               f"Mpx page: {mem['ratio_giant_to_small']:.2f}x")
+    unfused = results.get("unfused")
+    if unfused:
+        p()
+        p('not fused ("fuse": false, deflate; for the calibration of split and process):')
+        for r in unfused.values():
+            acts = r["actions"]
+            p(f"  {r['input']:6s} {r['megapixels']:8.0f} Mpx {r['wall_s']:8.2f} s wall "
+              f"{r['cpu_s']:8.2f} s cpu {r['mpx_per_s']:6.1f} Mpx/s (split "
+              f"{acts.get('split', {}).get('cpu_s', 0):.2f} s cpu, process "
+              f"{acts.get('process', {}).get('cpu_s', 0):.2f} s cpu)")
     eo = results.get("engine_overhead")
     if eo:
         p()
@@ -701,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         results["tifffile_copy"] = run_io_floor(args, args.dir, inputs["rgb"])
         if not args.skip_memory:
             results["memory"] = run_memory(args, args.dir, inputs, tools)
+        results["unfused"] = run_unfused(args, args.dir, inputs)
         if not args.skip_overhead:
             results["engine_overhead"] = run_engine_overhead(
                 args, *{"full": (8, 512), "quick": (8, 256), "tiny": (2, 6)}[mode])
@@ -711,7 +795,8 @@ def main(argv: list[str] | None = None) -> int:
                    for step in ("split", "process", "merge")}
         log("done")
         results["calibration"] = calibration(args, mode, inputs, results["throughput"],
-                                             results.get("memory"), micro, imports, mach)
+                                             results.get("memory"), results["unfused"], micro,
+                                             imports, mach)
     finally:
         if not args.keep_outputs:
             shutil.rmtree(os.path.join(args.dir, "out"), ignore_errors=True)

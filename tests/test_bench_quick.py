@@ -40,7 +40,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_field(bench: dict[str, Any]) -> None:
     assert bench["mode"] == "tiny"
     assert {"machine", "settings", "inputs", "throughput", "memory", "engine_overhead",
-            "calibration", "targets", "tifffile_copy"} <= set(bench)
+            "calibration", "targets", "tifffile_copy", "unfused"} <= set(bench)
     rgb = bench["inputs"]["rgb"]
     assert rgb["pages"] == 3 and rgb["channels"] == 3
     table = bench["throughput"]["table"]
@@ -61,6 +61,25 @@ def test_every_field(bench: dict[str, Any]) -> None:
         "tiffpipe speed vs libvips", "peak MB of any tiffpipe process",
         "engine overhead per Map iteration (ms)"}
     assert "targets:" in bench["_stdout"] and "agreement" in bench["_stdout"]
+    assert "not fused" in bench["_stdout"]
+
+
+def test_compared_runs_are_fused_and_the_calibration_runs_are_not(
+        bench: dict[str, Any]) -> None:
+    """The throughput and memory runs are what users get (fused: no split, no batches, no
+    work tiles); the extra runs with "fuse": false measure split and process."""
+    runs = [r for tools in bench["throughput"]["table"].values()
+            for r in tools["tiffpipe"]["runs"]] + [bench["memory"]["giant"]["tiffpipe"]]
+    for r in runs:
+        assert "process_unit" in r["actions"], r["actions"].keys()
+        assert not {"split", "process"} & set(r["actions"])
+        assert "tiles" not in r["work_bytes"] and r["work_bytes"]["out"] > 0
+        assert r["map_items"] == r["actions"]["process_unit"]["count"]
+    assert set(bench["unfused"]) == {"rgb", "gray"}
+    for r in bench["unfused"].values():
+        assert r["ok"] and {"split", "process"} <= set(r["actions"])
+        assert "process_unit" not in r["actions"]
+        assert r["work_bytes"]["tiles"] > 0 and r["geometry"]["batches"] > 0
 
 
 def test_tiffpipe_matches_the_naive_baseline(bench: dict[str, Any]) -> None:
@@ -96,14 +115,27 @@ def test_the_calibration_feeds_estimate(bench: dict[str, Any], tmp_path: Path) -
     for kind in ("uint8x1", "uint8x3"):
         assert cal["split"][kind]["cpu_s_per_mpx"] > 0
         assert cal["work"][kind]["bytes_per_mpx"] > 0
+        assert cal["work"][kind]["bytes_source"] == "pipeline work tiles"
+        assert cal["process"]["factor"][kind] > 0
+        unit = cal["process_unit"][kind]  # fused units: measured in the fused runs
+        assert unit["read_cpu_s_per_mpx"] >= 0
+        assert unit["factor"] > 0 and unit["cpu_s_per_mpx"] > 0 and unit["threads"] > 0
     assert cal["ops"]["gaussian_blur"]["uint8x3"]
     assert cal["encode"]["deflate"]["uint8x3"]["bytes_source"] == "pipeline output"
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "b.tif",
-                                              "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(["estimate", str(manifest), "--calibration", bench["_calibration_path"],
-                         "--assume-pages", "20000x20000x3", "--json"])
-    assert code == 0
-    assert json.loads(out.getvalue())["cost_usd"]["total"] > 0
+    steps = {}
+    for fuse in (True, False):  # the same job, fused (the default) and not
+        manifest = tmp_path / f"m-{fuse}.json"
+        manifest.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "b.tif",
+                                                  "ops": [{"op": "gaussian_blur", "sigma": 2}],
+                                                  "fuse": fuse}]}))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["estimate", str(manifest), "--calibration",
+                             bench["_calibration_path"], "--assume-pages", "20000x20000x3",
+                             "--json"])
+        assert code == 0
+        doc = json.loads(out.getvalue())
+        assert doc["cost_usd"]["total"] > 0 and doc["jobs"][0]["fused"] is fuse
+        steps[fuse] = set(doc["steps"])
+    assert "process_unit" in steps[True] and not {"split", "process"} & steps[True]
+    assert {"split", "process"} <= steps[False] and "process_unit" not in steps[False]
