@@ -1,6 +1,7 @@
 """What the local engine does to start a run sooner (pipeline/engine/local.py, patches 6-9):
 import moto's interpreter without its Batch backend, one botocore loader for every session,
-one parse per definition, and the end of an execution signalled instead of polled.
+one parse per definition, and the end of an execution signalled instead of polled; and what
+the workers do meanwhile (pipeline/engine/workers.py: the steps imported at a lower priority).
 
 These check that each gives the same results as moto's own way (and puts moto back), and
 that when one cannot be applied the run goes on without it. Never timings.
@@ -207,3 +208,42 @@ def test_without_the_end_signal_a_run_still_ends(monkeypatch: pytest.MonkeyPatch
     assert [r.getMessage() for r in caplog.records if "execution end signal" in
             r.getMessage()], [r.getMessage() for r in caplog.records]
     assert comm.terminated is changed
+
+
+# --- the workers' warm-up -----------------------------------------------------------------
+
+
+def _niceness() -> int:
+    """This thread's niceness (Linux: per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness per thread: Linux")
+def test_the_warm_up_imports_at_a_lower_priority_and_leaves_the_worker_as_it_was(
+        monkeypatch: pytest.MonkeyPatch):
+    from pipeline.engine import workers
+
+    before = _niceness()
+    seen: list[tuple[bool, int]] = []
+    monkeypatch.setattr(workers, "_import_steps", lambda: seen.append(
+        (threading.current_thread() is threading.main_thread(), _niceness())))
+    workers._warm_up()
+    expected = min(19, before + workers.WARM_UP_NICENESS)
+    assert seen == [(False, expected)]  # another thread, lower priority
+    assert _niceness() == before  # the thread that runs the handlers is as it was
+
+
+def test_the_warm_up_imports_the_steps_and_raises_what_they_raise(
+        monkeypatch: pytest.MonkeyPatch):
+    from pipeline.engine import workers
+
+    workers._warm_up()
+    assert all(f"pipeline.steps.{s}" in sys.modules
+               for s in ("split", "planning", "process", "merge"))
+
+    def broken() -> None:
+        raise ImportError("no module named cv3")
+
+    monkeypatch.setattr(workers, "_import_steps", broken)
+    with pytest.raises(ImportError, match="cv3"):
+        workers._warm_up()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import sys
 import threading
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -29,11 +30,47 @@ def _init(env: dict[str, str]) -> None:
     cv2.setNumThreads(1)
 
 
-def _warm_up() -> None:
+#: added to the niceness of the thread that imports the steps when a worker starts (Linux)
+WARM_UP_NICENESS = 10
+
+
+def _import_steps() -> None:
     import pipeline.steps.merge
     import pipeline.steps.planning
     import pipeline.steps.process
     import pipeline.steps.split  # noqa: F401
+
+
+def _warm_up() -> None:
+    """Import the steps now, not on a worker's first task. The engine sets moto up meanwhile,
+    and its setup is what the first task waits for: with a worker per core, the imports
+    would take CPU from it. So they run in a thread of lower priority (Linux sets niceness
+    per thread; that thread ends with the imports, and the handlers run at the worker's own
+    priority; the steps' imports start no threads that would inherit it). Measured with 2
+    workers on 2 cores: the first task starts ~0.1 s sooner (of ~1 s). The cost: a task that
+    comes before the imports are done waits for them at their priority."""
+    if not sys.platform.startswith("linux"):
+        _import_steps()
+        return
+    failed: list[BaseException] = []
+
+    def imports() -> None:
+        try:
+            thread = threading.get_native_id()
+            niceness = os.getpriority(os.PRIO_PROCESS, thread) + WARM_UP_NICENESS
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness))
+        except OSError:
+            pass  # at the worker's priority, then
+        try:
+            _import_steps()
+        except BaseException as exc:  # noqa: BLE001 - raised in the worker's thread below
+            failed.append(exc)
+
+    thread = threading.Thread(target=imports, name="tiffpipe-warm-up")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any], int, int]:
