@@ -136,6 +136,10 @@ def test_sessions_share_one_loader_during_a_run_only():
             during.load_service_model("lambda", "service-2")
         # boto3 sessions too (the engine's, and the default one moto's Lambda tasks use)
         assert boto3.Session()._session.get_component("data_loader") is during
+        for _ in range(5):  # each adds boto3's data folder to the loader's search paths
+            boto3.Session()
+        loader()
+        assert len(during.search_paths) == len(set(during.search_paths))
     assert botocore.session.create_loader is create_loader
     assert loader() is not loader()
 

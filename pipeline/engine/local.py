@@ -389,6 +389,11 @@ def _share_botocore_loader(patches: _Patches) -> None:
             loader = shared.get(search_path_string)
             if loader is None:
                 loader = shared[search_path_string] = original(search_path_string)
+            # every boto3.Session appends boto3's data folder to its loader's search paths:
+            # keep each path once, however many sessions share the loader
+            paths = loader.search_paths
+            if isinstance(paths, list) and len(set(paths)) != len(paths):
+                paths[:] = list(dict.fromkeys(paths))
         return loader
 
     patches.set(botocore.session, "create_loader", create_loader)
