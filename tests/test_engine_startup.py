@@ -157,9 +157,9 @@ def test_a_definition_is_parsed_once_and_the_end_is_signalled(monkeypatch: pytes
         return original(definition)
 
     monkeypatch.setattr(parser, "parse", staticmethod(counting))
-    ended = threading.Event()
-    with local._mocked_aws(), local._lean_interpreter(4, ended) as skipped:
-        assert skipped == []
+    with local._mocked_aws(), local._lean_interpreter(4) as skipped, \
+            local._end_signal() as ended:
+        assert skipped == [] and ended is not None
         sfn, execution = _run_pass_machine(7)
         assert ended.wait(60), "the end of the execution was not signalled"
         desc = sfn.describe_execution(executionArn=execution)
@@ -188,7 +188,7 @@ def test_an_invalid_definition_is_reported_as_moto_reports_it():
     bad = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "Next": 3}}})
     with local._mocked_aws():
         expected = create(bad)
-    with local._mocked_aws(), local._lean_interpreter(4, threading.Event()):
+    with local._mocked_aws(), local._lean_interpreter(4), local._end_signal():
         assert create(bad) == expected
     assert "ASLParserException" in expected
 

@@ -458,14 +458,39 @@ def _signal_the_end(patches: _Patches, ended: threading.Event) -> None:
     patches.set(comm, "terminated", signalled)
 
 
-@contextmanager
-def _lean_interpreter(map_threads: int,
-                      ended: threading.Event | None = None) -> Iterator[list[str]]:
-    """moto's interpreter with the patches above while the block runs; yields the names of the
-    patches that could not be applied (each was logged). ``ended``: set when an execution
-    ends (or never, if that patch could not be applied)."""
+def _cannot_apply(name: str, exc: Exception) -> None:
     import moto
 
+    log.warning("moto %s is not as the engine expects (checked with %s): %s; running without "
+                "the '%s' patch (correct, only heavier or slower)",
+                getattr(moto, "__version__", "?"), MOTO_CHECKED, exc, name)
+
+
+_MOTO_CHANGES = (MotoChanged, ImportError, AttributeError, TypeError, ValueError)
+
+
+@contextmanager
+def _end_signal() -> Iterator[threading.Event | None]:
+    """While the block runs, the yielded event is set whenever an execution ends (see
+    :func:`_signal_the_end`); None (logged) if moto changed and it cannot be."""
+    patches = _Patches()
+    ended = threading.Event()
+    signal: threading.Event | None = ended
+    try:
+        try:
+            _signal_the_end(patches, ended)
+        except _MOTO_CHANGES as exc:
+            _cannot_apply("execution end signal", exc)
+            signal = None
+        yield signal
+    finally:
+        patches.restore()
+
+
+@contextmanager
+def _lean_interpreter(map_threads: int) -> Iterator[list[str]]:
+    """moto's interpreter with the patches above while the block runs; yields the names of the
+    patches that could not be applied (each was logged)."""
     patches = _Patches()
     skipped: list[str] = []
     steps: list[tuple[str, Callable[[_Patches], None]]] = [
@@ -478,18 +503,13 @@ def _lean_interpreter(map_threads: int,
         ("bounded map worker threads", lambda p: _bound_map_workers(p, map_threads)),
         ("one parse per definition", _parse_once),
     ]
-    if ended is not None:
-        steps.append(("execution end signal", lambda p: _signal_the_end(p, ended)))
     try:
         for name, apply in steps:
             try:
                 apply(patches)  # each looks everything up before it changes anything
-            except (MotoChanged, ImportError, AttributeError, TypeError, ValueError) as exc:
+            except _MOTO_CHANGES as exc:
                 skipped.append(name)
-                log.warning("moto %s is not as the engine expects (checked with %s): %s; "
-                            "running without the '%s' patch (correct, only heavier or "
-                            "slower)", getattr(moto, "__version__", "?"),
-                            MOTO_CHECKED, exc, name)
+                _cannot_apply(name, exc)
         yield skipped
     finally:
         patches.restore()
@@ -526,11 +546,10 @@ class LocalEngine:
         import boto3
 
         started = time.time()
-        ended = threading.Event()
         with (_mocked_aws(), served_by(self.pool, self.listener),
-              _lean_interpreter(self.map_threads, ended) as skipped):
+              _lean_interpreter(self.map_threads), _end_signal() as ended):
             # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
-            wait = poll if "execution end signal" in skipped else max(poll, 1.0)
+            wait = poll if ended is None else max(poll, 1.0)
             session = boto3.Session(region_name=REGION)
             # moto's Lambda needs its role to exist in IAM; a state machine's role ARN only
             # needs to be well-formed, and the one role trusts both services
@@ -547,7 +566,9 @@ class LocalEngine:
                 desc = sfn.describe_execution(executionArn=execution)
                 if desc["status"] != "RUNNING":
                     break
-                if ended.wait(wait):  # woken when an execution ends
+                if ended is None:
+                    time.sleep(wait)
+                elif ended.wait(wait):  # woken when an execution ends
                     ended.clear()
         output = json.loads(desc["output"]) if desc.get("output") else None
         return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
