@@ -306,7 +306,11 @@ def run_pipeline(functions, manifest: str, work: str, report: str) -> dict[str, 
                            "run_id": "images-test", "report": report})
     assert planned["jobs"] == [0]
     job = call(split, {"action": "plan_job", "run": planned["run"], "job": 0})
-    for unit in job["units"]:
+    if job["fused"]:  # the Fused choice: each unit read and processed by the process function
+        for unit in job["units"]:
+            call(process, {"action": "process_unit", "plan": job["plan"], "unit": unit})
+        assert job["batches"] == [] and not job["stats"]["more"]
+    for unit in [] if job["fused"] else job["units"]:
         call(split, {"action": "split", "plan": job["plan"], "unit": unit})
     stats = job["stats"]
     while stats["more"]:  # the statistics rounds of ops that need the whole page
@@ -348,8 +352,9 @@ def test_pipeline_on_local_files(functions, data):
 
 
 def test_pipeline_with_a_statistics_round(functions, data):
-    """A whole-page op (equalize_hist): the process function's stats and reduce_stats run,
-    and split plans the round without OpenCV."""
+    """A whole-page op (equalize_hist): not fused; the split function's split, the process
+    function's stats, reduce_stats and process run, and split plans the round without
+    OpenCV."""
     manifest = data.dir / "stats.json"
     manifest.write_text(json.dumps({"jobs": [{
         "input": "in.tif", "output": "out/stats.tif", "pages": [0], "tile": 128,
