@@ -261,10 +261,13 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     short, tall = made
     cols = ceil(260 / OUT_TILE)
     for pyramid in made:
-        # one tile row per level: ceil(w_k / t) tiles each, plus the decoded base tile...
-        assert pyramid.held_tiles == sum(ceil(w / OUT_TILE) for _, w in pyramid.shapes) + 1
+        # one tile row per level: ceil(w_k / t) tiles each, plus the decoded base tiles in
+        # flight (one; 2 per thread when decoding ahead)...
+        ahead = pyramid.max_ahead
+        assert ahead == (1 if merge_mod.tile_threads() == 1 else 2 * merge_mod.tile_threads())
+        assert pyramid.held_tiles == sum(ceil(w / OUT_TILE) for _, w in pyramid.shapes) + ahead
         # ...which is at most one base tile row plus one tile per level, whatever the height
-        assert pyramid.held_tiles <= cols + len(pyramid.levels) + 1
+        assert pyramid.held_tiles <= cols + len(pyramid.levels) + ahead
     # 8x the rows: one more level (the width, not the height, sets how much a level holds)
     assert (len(short.levels), len(tall.levels)) == (4, 5)
     assert tall.held_tiles - short.held_tiles == 1
@@ -295,3 +298,36 @@ def test_manifest_pyramid_and_ome_are_booleans_default_false(tmp_path):
         "jobs[0].output_options.pyramid: expected true or false, got 1",
         'jobs[0].output_options.ome: expected true or false, got "yes"',
     ]
+
+
+@pytest.mark.parametrize("compression", ["jpeg", "deflate"])
+def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
+    """Decoding base tiles ahead and encoding level rows in threads changes nothing: merge
+    with 1 and with 4 tile threads writes the same file, byte for byte."""
+    src, work = tmp_path / "in.tif", tmp_path / "work"
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(smooth(700, 900, 3, 3), tile=(64, 64), photometric="rgb", metadata=None)
+    out = _run(tmp_path, {"rgb": {"input": str(src), "output_options": {
+        "tile": OUT_TILE, "pyramid": True, "compression": compression}}},
+        "--keep-work", "--work", str(work))["rgb"]
+    made: list[Pyramid] = []
+
+    class Spy(Pyramid):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(merge_mod, "Pyramid", Spy)
+    files = {}
+    for threads in (1, 4):
+        Path(out).unlink()
+        monkeypatch.setenv("TIFFPIPE_TILE_THREADS", str(threads))
+        load_plan.cache_clear()
+        merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
+        load_plan.cache_clear()
+        files[threads] = Path(out).read_bytes()
+    assert [p.max_ahead for p in made] == [1, 8]
+    assert [p.decoded for p in made] == [ceil(700 / OUT_TILE) * ceil(900 / OUT_TILE)] * 2
+    assert files[1] == files[4]
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages[0].pages) == len(made[1].levels) >= 3  # the SubIFD levels

@@ -1,9 +1,10 @@
-"""What the split, process and merge steps share: cached plans and error records."""
+"""What the split, process and merge steps share: cached plans, error records, threads."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -62,3 +63,14 @@ def raise_recorded(job_work: str) -> None:
         first = errors[0]
         more = f" (and {len(errors) - 1} more failed units/batches)" if len(errors) > 1 else ""
         raise by_name(first["type"])(first["message"] + more)
+
+
+def tile_threads() -> int:
+    """Tiles worked on at once in one invocation (process, process_unit, merge's pyramid):
+    ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use. OpenCV and the codecs
+    release the GIL; the local engine gives each worker its share of the cores."""
+    value = os.environ.get("TIFFPIPE_TILE_THREADS")
+    if value and value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)

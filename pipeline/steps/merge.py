@@ -21,7 +21,7 @@ from pipeline.adapters.tile_codec import OutputEncoder, unpack_tiles
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.steps import layout
-from pipeline.steps.common import load_plan, raise_recorded
+from pipeline.steps.common import load_plan, raise_recorded, tile_threads
 from pipeline.steps.pyramid import Pyramid
 
 #: parallel reads of one row of tile packs (S3 GETs)
@@ -89,7 +89,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
         return
     folder = tempfile.mkdtemp(prefix=f"page{index}-", dir=spools)
     pyramid = Pyramid(height, width, channels, page.info.dtype, encoder, options.tile, folder,
-                      nearest=tags["photometric"] == "palette")
+                      nearest=tags["photometric"] == "palette", threads=tile_threads())
     try:
         subifds = {"subifds": len(pyramid.levels)} if pyramid.levels else {}
         writer.write(_fed(_tiles(plan, index, page), pyramid, width, options.tile),

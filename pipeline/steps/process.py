@@ -7,7 +7,6 @@ tile is written or read. The plan picks one or the other for a job.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +17,7 @@ from pipeline.adapters.tile_codec import OutputEncoder, pack_tiles
 from pipeline.core.events import BatchEvent, UnitEvent
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
-from pipeline.steps.common import load_plan, recorded
+from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import sweep_unit
 
@@ -77,15 +76,6 @@ class TileOutput:
                    for ox in range(0, pixels.shape[1], t)]
         storage.write_bytes(layout.pack_file(self.plan.work, self.page, row, col),
                             pack_tiles(encoded))
-
-
-def tile_threads() -> int:
-    """Tiles processed at once: ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use."""
-    value = os.environ.get("TIFFPIPE_TILE_THREADS")
-    if value and value.isdigit() and int(value) > 0:
-        return int(value)
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else os.cpu_count() or 1)
 
 
 def _padded(tile: np.ndarray, size: int) -> np.ndarray:

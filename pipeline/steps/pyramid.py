@@ -18,15 +18,21 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 - palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
   pixel of the block, ``level[y, x] = prev[2y, 2x]``.
 
-Memory: one decoded base tile, plus one tile row buffer per level (``tile x
-ceil(w_k / tile) * tile`` pixels each: together about one tile row of the base page);
-encoded level tiles go to disk, and are read back one at a time.
+Memory: the decoded base tiles in flight (one; ``2 * threads`` with threads), plus one tile
+row buffer per level (``tile x ceil(w_k / tile) * tile`` pixels each: together about one tile
+row of the base page); encoded level tiles go to disk, and are read back one at a time.
+
+Threads: with ``threads > 1`` base tiles are decoded ahead, and each level row's tiles are
+encoded, in a thread pool (the codecs release the GIL); the pixels are reduced in tile order
+all the same, so the levels are the same bytes whatever the number of threads.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from math import ceil
 
 import numpy as np
@@ -105,15 +111,20 @@ class Pyramid:
     """The reduced levels of one output page of ``height`` x ``width``, fed its base tiles."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str,
-                 encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False):
+                 encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False,
+                 threads: int = 1):
         self.height, self.width, self.channels, self.dtype = height, width, channels, dtype
         self.encoder, self.tile, self.nearest = encoder, tile, nearest
         self.cols = ceil(width / tile)
         self.shapes = level_shapes(height, width, tile)
         self.levels: list[_Level] = []
         self.decoded = 0  # base tiles decoded
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 and self.shapes else None
+        #: base tiles being decoded ahead: (decoded pixels, row, col), in feeding order
+        self._ahead: deque[tuple[Future[np.ndarray], int, int]] = deque()
+        self.max_ahead = 2 * threads if self._pool else 1
         #: tiles' worth of pixels held at once (instrumentation): the level buffers and the
-        #: one decoded base tile; fixed when the levels are made
+        #: decoded base tiles in flight; fixed when the levels are made
         self.held_tiles = 0
         try:
             for k, (h, w) in enumerate(self.shapes):
@@ -122,15 +133,30 @@ class Pyramid:
         except BaseException:
             self.close()
             raise
-        # the level buffers, plus the one decoded base tile
-        self.held_tiles = sum(level.cols for level in self.levels) + 1
+        self.held_tiles = sum(level.cols for level in self.levels) + self.max_ahead
 
     def feed(self, data: bytes, row: int, col: int) -> None:
         """The encoded base tile at output tile (row, col), in row-major order."""
         if not self.levels:
             return
+        if self._pool is None:
+            self._reduce(self.encoder.decode(data), row, col)
+            return
+        self._ahead.append((self._pool.submit(self.encoder.decode, data), row, col))
+        if len(self._ahead) >= self.max_ahead:
+            self._reduce_next()
+
+    def finish(self) -> None:
+        """Reduce the base tiles still being decoded (every tile has been fed)."""
+        while self._ahead:
+            self._reduce_next()
+
+    def _reduce_next(self) -> None:
+        future, row, col = self._ahead.popleft()
+        self._reduce(future.result(), row, col)
+
+    def _reduce(self, pixels: np.ndarray, row: int, col: int) -> None:
         t = self.tile
-        pixels = self.encoder.decode(data)
         self.decoded += 1
         vh, vw = min(t, self.height - row * t), min(t, self.width - col * t)
         self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest)
@@ -148,19 +174,23 @@ class Pyramid:
         if vh < t:
             level.buffer[vh:] = 0  # the last tile row: padding is zeros, as tifffile writes
         below = self.levels[k + 1] if k + 1 < len(self.levels) else None
-        for c in range(level.cols):
-            tile = level.buffer[:, c * t:(c + 1) * t]
-            data = self.encoder.encode(tile)
+        tiles = [level.buffer[:, c * t:(c + 1) * t] for c in range(level.cols)]
+        encoded = (self._pool.map(self.encoder.encode, tiles) if self._pool
+                   else map(self.encoder.encode, tiles))
+        for c, data in enumerate(encoded):
             level.spool.write(data)
             level.sizes.append(len(data))
-            if below is not None:
+        if below is not None:
+            for c, tile in enumerate(tiles):
                 vw = min(t, level.width - c * t)
                 below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest)
         level.row += 1
         self._rows_done(k + 1, (level.row - 1) * t + vh)
 
     def tiles(self, k: int) -> Iterator[bytes]:
-        """The encoded tiles of level k + 1 in row-major order, read back one at a time."""
+        """The encoded tiles of level k + 1 in row-major order, read back one at a time (once
+        every base tile has been fed)."""
+        self.finish()
         level = self.levels[k]
         level.spool.flush()
         level.spool.seek(0)
@@ -168,6 +198,9 @@ class Pyramid:
             yield level.spool.read(size)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
         for level in self.levels:
             level.spool.close()
             if os.path.exists(level.path):
