@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ import tifffile
 
 from pipeline.engine import local
 from pipeline.engine.local import LocalEngine
+from pipeline.engine.workers import WorkerPool, worker_tile_threads
 from pipeline.runner import run_local
 from pipeline.sample import SamplePage, write_sample
 
@@ -230,3 +232,29 @@ def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str
         assert c["events"] <= 60, c  # the parent's history only: no child events are kept
     assert len(utils.TMP_THREADS) == registered
     _assert_same(moto_before, _snapshot())
+
+
+# --- tile threads of the workers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers,cores,threads", [
+    (2, 2, 2), (1, 2, 2), (4, 2, 1), (16, 16, 2), (4, 16, 8), (1, 16, 16), (3, 1, 1), (3, 8, 5),
+])
+def test_worker_tile_threads_are_twice_the_share_at_most_every_core(workers, cores, threads):
+    assert worker_tile_threads(workers, cores) == threads
+
+
+def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
+    monkeypatch.delenv("TIFFPIPE_TILE_THREADS", raising=False)
+    pool = WorkerPool(2)
+    try:  # os.getenv runs in the worker: what the steps' tile_threads() will read
+        got = pool._pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result()
+        assert got == str(worker_tile_threads(2))
+    finally:
+        pool.close()
+    monkeypatch.setenv("TIFFPIPE_TILE_THREADS", "3")
+    pool = WorkerPool(2)
+    try:
+        assert pool._pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result() == "3"
+    finally:
+        pool.close()

@@ -100,6 +100,17 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def worker_tile_threads(workers: int, cores: int | None = None) -> int:
+    """Tile threads of each worker (``TIFFPIPE_TILE_THREADS``, see steps/common.py): twice its
+    share of the cores, at most all of them. With one share only, a job with fewer units than
+    workers (a single page, a job's last units) leaves cores idle; with twice the share, a
+    worker alone uses them, and all workers busy oversubscribe the cores only twofold
+    (measured on 2 cores, 2 workers: a one-unit 256 Mpx job 7.3 -> 4.7 s; the six-unit 1 GB
+    RGB jobs no slower, a few tiles more in memory per worker)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores, 2 * cores // max(1, workers)))
+
+
 @dataclass
 class WorkerPool:
     """``invoke(function, event)`` runs a handler in a worker process and returns
@@ -116,8 +127,7 @@ class WorkerPool:
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         env = dict(self.env)
-        # each worker gets its share of the cores for tiles in a batch (see steps/process.py)
-        env.setdefault("TIFFPIPE_TILE_THREADS", str(max(1, (os.cpu_count() or 1) // self.workers)))
+        env.setdefault("TIFFPIPE_TILE_THREADS", str(worker_tile_threads(self.workers)))
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
                                    initargs=(env,))
         # start every worker and import the steps now, while the engine sets up moto,

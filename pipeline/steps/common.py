@@ -68,7 +68,8 @@ def raise_recorded(job_work: str) -> None:
 def tile_threads() -> int:
     """Tiles worked on at once in one invocation (process, process_unit, merge's pyramid):
     ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use. OpenCV and the codecs
-    release the GIL; the local engine gives each worker its share of the cores."""
+    release the GIL; the local engine sets it for its workers
+    (:func:`pipeline.engine.workers.worker_tile_threads`)."""
     value = os.environ.get("TIFFPIPE_TILE_THREADS")
     if value and value.isdigit() and int(value) > 0:
         return int(value)

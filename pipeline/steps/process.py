@@ -33,7 +33,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
             out.write(*plan.pages[batch.page].grid.position(index))
 
         # OpenCV and the codecs release the GIL: a Lambda with 2+ vCPUs runs tiles side by
-        # side; the local engine gives each worker its share of the cores
+        # side; the local engine sets how many for its workers
         with ThreadPoolExecutor(tile_threads()) as pool:
             list(pool.map(one, range(batch.first, batch.last)))
     return {"job": plan.job, "tiles": batch.last - batch.first}
