@@ -17,7 +17,7 @@ process so that its numbers are its own:
    about that many Map items, one child per size.
 
 ``--moto-as-shipped`` measures the engine without its patches of moto's interpreter
-(``pipeline.engine.local._lean_interpreter`` replaced by a no-op), to compare.
+(``lean_interpreter`` as ``pipeline.engine.local`` calls it, replaced by a no-op), to compare.
 
     .venv/bin/python bench/engine_overhead.py [--few 8] [--many 512] [--workers 2]
         [--memory 30,500,2000] [--moto-as-shipped] [--json out.json]
@@ -108,7 +108,7 @@ def _engine(as_shipped: bool) -> Any:
         def unpatched(map_threads: int) -> Any:
             yield []
 
-        local._lean_interpreter = unpatched  # type: ignore[assignment]
+        local.lean_interpreter = unpatched  # type: ignore[assignment]
     return local.LocalEngine
 
 

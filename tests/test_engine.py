@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.engine import local
+from pipeline.engine import local, moto_patches
 from pipeline.engine.local import LocalEngine
 from pipeline.engine.workers import WorkerPool, worker_tile_threads
 from pipeline.runner import run_local
@@ -35,7 +35,7 @@ from pipeline.sample import SamplePage, write_sample
 pytestmark = pytest.mark.timeout(180)
 
 SIGMA = 1.5
-MAP_ITERATION = local._MAP_ITERATION
+MAP_ITERATION = moto_patches.MAP_ITERATION
 
 
 def _moto() -> dict[str, Any]:
@@ -127,9 +127,9 @@ def test_runs_a_manifest_end_to_end_and_restores_moto(tmp_path: Path,
     def listener(function: str, event: dict[str, Any], ok: bool, payload: dict[str, Any]):
         from moto.stepfunctions.parser import utils
 
-        during.append(isinstance(utils.TMP_THREADS, local._ThreadsNotKept))
+        during.append(isinstance(utils.TMP_THREADS, moto_patches.ThreadsNotKept))
 
-    with caplog.at_level(logging.WARNING, logger=local.__name__):
+    with caplog.at_level(logging.WARNING, logger=moto_patches.__name__):
         result = run_local(str(tmp_path / "m.json"), 2, listener=listener)
     assert result.ok, result.error
     with tifffile.TiffFile(tmp_path / "rgb.tif") as src, \
@@ -155,12 +155,12 @@ def test_a_changed_moto_falls_back_to_its_own_code(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(m["boto_client"], "boto_client_for", boto_client_for)
     monkeypatch.delattr(m["worker"], "_eval_pool")  # as if moto renamed it
     before = _snapshot()
-    with (caplog.at_level(logging.WARNING, logger=local.__name__),
-          local._lean_interpreter(4) as skipped):
+    with (caplog.at_level(logging.WARNING, logger=moto_patches.__name__),
+          moto_patches.lean_interpreter(4) as skipped):
         assert skipped == ["shared boto3 clients", "bounded map worker threads"]
         assert m["boto_client"].boto_client_for is boto_client_for
         assert "_launch_worker" not in vars(m["component"])
-        assert isinstance(m["utils"].TMP_THREADS, local._ThreadsNotKept)
+        assert isinstance(m["utils"].TMP_THREADS, moto_patches.ThreadsNotKept)
         assert m["dic"].EventManager is not before["EventManager"]
     assert len(caplog.records) == 2
     assert all("running without" in r.getMessage() for r in caplog.records)

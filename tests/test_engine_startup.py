@@ -23,7 +23,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline.engine import local
+from pipeline.engine import local, moto_patches
 from pipeline.engine.local import LocalEngine
 
 pytestmark = pytest.mark.timeout(180)
@@ -63,12 +63,12 @@ def _run_pass_machine(value: int) -> tuple[Any, str]:
 def test_the_interpreter_is_imported_without_batch_and_batch_still_works_later():
     out = _python("""
         import sys
-        from pipeline.engine import local
+        from pipeline.engine import moto_patches
 
-        local._import_interpreter(local._Patches())
-        print(local._INTERPRETER in sys.modules, local._BATCH_TASK in sys.modules,
+        moto_patches.import_interpreter(moto_patches.Patches())
+        print(moto_patches.INTERPRETER in sys.modules, moto_patches.BATCH_TASK in sys.modules,
               "moto.batch" in sys.modules, "moto.ec2" in sys.modules)
-        task = sys.modules[local._BATCH_TASK]
+        task = sys.modules[moto_patches.BATCH_TASK]
         print(task.JobStatus.SUCCEEDED == "SUCCEEDED",
               "SUCCEEDED" in task._BATCH_JOB_TERMINATION_STATUS_SET)
 
@@ -92,11 +92,11 @@ def test_an_interpreter_that_needs_more_of_batch_is_left_to_moto(tmp_path: Path)
     (tmp_path / "needs_batch.py").write_text("from moto.batch import batch_backends\n")
     out = _python("""
         import sys
-        from pipeline.engine import local
+        from pipeline.engine import moto_patches
 
         try:
-            local._import_interpreter(local._Patches(), target="needs_batch")
-        except local.MotoChanged as exc:
+            moto_patches.import_interpreter(moto_patches.Patches(), target="needs_batch")
+        except moto_patches.MotoChanged as exc:
             print("MotoChanged", "batch_backends" in str(exc))
         print([n for n in sys.modules if n.startswith(("moto.batch", "needs_batch"))])
         import needs_batch
@@ -109,11 +109,11 @@ def test_nothing_is_done_when_batch_or_the_interpreter_is_imported_already():
     out = _python("""
         import sys
         import moto.batch
-        from pipeline.engine import local
+        from pipeline.engine import moto_patches
 
         batch = sys.modules["moto.batch"]
-        local._import_interpreter(local._Patches())
-        print(sys.modules["moto.batch"] is batch, local._INTERPRETER in sys.modules)
+        moto_patches.import_interpreter(moto_patches.Patches())
+        print(sys.modules["moto.batch"] is batch, moto_patches.INTERPRETER in sys.modules)
     """)
     assert out.split() == ["True", "False"]
 
@@ -128,7 +128,7 @@ def test_sessions_share_one_loader_during_a_run_only():
         return botocore.session.Session().get_component("data_loader")
 
     create_loader = botocore.session.create_loader
-    with local._lean_interpreter(4) as skipped:
+    with moto_patches.lean_interpreter(4) as skipped:
         assert skipped == []
         during = loader()
         assert loader() is during
@@ -157,8 +157,8 @@ def test_a_definition_is_parsed_once_and_the_end_is_signalled(monkeypatch: pytes
         return original(definition)
 
     monkeypatch.setattr(parser, "parse", staticmethod(counting))
-    with local._mocked_aws(), local._lean_interpreter(4) as skipped, \
-            local._end_signal() as ended:
+    with local._mocked_aws(), moto_patches.lean_interpreter(4) as skipped, \
+            moto_patches.end_signal() as ended:
         assert skipped == [] and ended is not None
         sfn, execution = _run_pass_machine(7)
         assert ended.wait(60), "the end of the execution was not signalled"
@@ -188,7 +188,7 @@ def test_an_invalid_definition_is_reported_as_moto_reports_it():
     bad = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "Next": 3}}})
     with local._mocked_aws():
         expected = create(bad)
-    with local._mocked_aws(), local._lean_interpreter(4), local._end_signal():
+    with local._mocked_aws(), moto_patches.lean_interpreter(4), moto_patches.end_signal():
         assert create(bad) == expected
     assert "ASLParserException" in expected
 
@@ -205,7 +205,7 @@ def test_without_the_end_signal_a_run_still_ends(monkeypatch: pytest.MonkeyPatch
         terminated(self)
 
     monkeypatch.setattr(comm, "terminated", changed)
-    with caplog.at_level(logging.WARNING, logger=local.__name__), \
+    with caplog.at_level(logging.WARNING, logger=moto_patches.__name__), \
             LocalEngine(1, definition_text=PASS_MACHINE) as engine:
         run = engine.run({"value": 3}, name="polled", poll=0.01)
     assert (run.status, run.output) == ("SUCCEEDED", {"seen": 3})

@@ -3,28 +3,24 @@
 The definition is the same one AWS runs. Its Lambda tasks call functions registered in moto
 whose ``invoke`` is served by :class:`WorkerPool`: real handler code in worker processes,
 so tiles run in parallel. This module is the only place that knows the local engine exists,
-and the only one that knows moto's internals: see :func:`_lean_interpreter` for what it
-changes in moto's interpreter while a run lasts, and why.
+and, with :mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while
+a run lasts, and why), the only one that knows moto's internals.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 import os
-import sys
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from pipeline.engine import definition
+from pipeline.engine.moto_patches import end_signal, lean_interpreter
 from pipeline.engine.workers import WorkerPool
 from pipeline.errors import EngineError
 
@@ -42,9 +38,6 @@ class Invoker(Protocol):
 
 #: called after every task: (function, event, ok, payload)
 Listener = Callable[[str, dict[str, Any], bool, dict[str, Any]], None]
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Execution:
@@ -108,413 +101,6 @@ def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
 
-# --- moto's interpreter, made lean for large Distributed Maps ---------------------------------
-#
-# Checked against moto 5.2.5 (moto/stepfunctions/parser/..., ported from LocalStack). moto runs
-# a Distributed Map's children as frames of the parent execution, in threads: it stores no
-# child execution records, and per map run only one MapRunRecord (the item counts) and the
-# map state's events in the parent's history. What grows with the number of items is:
-#   1. threads in flight: a map run starts MaxConcurrency worker threads (1000 in our
-#      definition, even for 4 items), and every item in flight holds two more threads (its
-#      program, its task's timeout guard) and its Environment frames and deep copies of its
-#      state. Our pool runs ``workers`` handlers at a time, so the others only wait: up to
-#      1000 items per map run, ~3 threads each;
-#   2. DistributedItemProcessorWorker._eval_pool recurses once per item a worker thread takes,
-#      and each level keeps the finished item's frame alive until the worker ends (and with
-#      few threads for many items it would reach the recursion limit);
-#   3. the map run's EventManager keeps every child event (~5 per item) until the map ends,
-#      though nothing can read it: moto's API shows only the parent's history;
-#   4. moto.stepfunctions.parser.utils.TMP_THREADS: every thread moto starts is appended to
-#      this module-level list, which nothing reads or clears, for the life of the process;
-#   5. every Lambda task creates a new boto3 client (boto_client_for): about half of the
-#      engine's CPU per iteration.
-# Measured with a no-op chain: the engine's peak RSS went 245 -> 327 -> 370 MB for 30, 500 and
-# 2000 items, and its CPU per iteration was 16 ms; with the patches below, 245 MB flat and
-# 8 ms. What costs time once per run, before the first task (~2 s of a tiny run's ~2.3 s):
-#   6. importing the interpreter imports moto's Batch backend (for one enum), hence its EC2
-#      backend, whose region table loads EC2's botocore model three times: ~0.35 s;
-#   7. every botocore session parses botocore's JSON data again (the engine's, moto's, and
-#      boto3's default session that the first Lambda task makes: ~0.2 s on its own);
-#   8. LocalEngine.run polled the execution's status: up to ``poll`` late at its end;
-#   9. the definition is parsed twice (validated by create_state_machine, then executed).
-# The patches last for LocalEngine.run only, and put moto's own code back afterwards (6 is an
-# import, and leaves moto.batch unimported, as it was). Each checks what it replaces (names
-# and signatures) first; if moto changed, it logs a warning and the run goes on without it:
-# correct, only heavier or slower.
-
-#: moto version the patches were written against (they check what they use, not this)
-MOTO_CHECKED = "5.2.5"
-_MOTO_PREFIX = "moto.stepfunctions."
-_MAP_ITERATION = "moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration"
-
-
-class MotoChanged(Exception):
-    """What a patch needs is not in this moto as it was in :data:`MOTO_CHECKED`."""
-
-
-def _require(obj: Any, name: str, params: tuple[str, ...] | None = None) -> Any:
-    """``obj.name``, checking it exists (and its parameters are ``params``) or MotoChanged."""
-    value = getattr(obj, name, None)
-    if value is None:
-        raise MotoChanged(f"{getattr(obj, '__name__', obj)}.{name} is missing")
-    if params is not None:
-        got = tuple(inspect.signature(value).parameters)
-        if got != params:
-            raise MotoChanged(f"{getattr(obj, '__name__', obj)}.{name}{got}: expected {params}")
-    return value
-
-
-class _Patches:
-    """Attributes replaced while a run lasts, put back (or deleted, if they were inherited)
-    in reverse order by :meth:`restore`."""
-
-    def __init__(self) -> None:
-        self._undo: list[tuple[Any, str, bool, Any]] = []
-        self._sweeps: list[tuple[str, Any, Any]] = []
-
-    def set(self, owner: Any, name: str, value: Any) -> None:
-        own = vars(owner)
-        self._undo.append((owner, name, name in own, own.get(name)))
-        setattr(owner, name, value)
-
-    def rebind(self, name: str, original: Any, replacement: Any) -> None:
-        """Replace ``original`` under ``name`` in every moto Step Functions module that
-        imported it (``from ... import name``); modules first imported during the run take the
-        replacement from its home module, and :meth:`restore` sweeps them too."""
-        for module in _moto_modules():
-            if vars(module).get(name) is original:
-                self.set(module, name, replacement)
-        self._sweeps.append((name, original, replacement))
-
-    def restore(self) -> None:
-        while self._undo:
-            owner, name, had, old = self._undo.pop()
-            if had:
-                setattr(owner, name, old)
-            else:
-                delattr(owner, name)
-        for name, original, replacement in self._sweeps:
-            for module in _moto_modules():
-                if vars(module).get(name) is replacement:
-                    setattr(module, name, original)
-        self._sweeps.clear()
-
-
-def _moto_modules() -> list[Any]:
-    return [m for n, m in list(sys.modules.items())
-            if n.startswith(_MOTO_PREFIX) and m is not None]
-
-
-def _share_boto_clients(patches: _Patches) -> None:
-    """(5) One boto3 client per (region, service, role) for the run instead of one per task
-    call. moto's boto_client_for ignores the credentials (it signs with fake keys); the role
-    is in the key all the same. botocore clients are thread-safe once created."""
-    from moto.stepfunctions.parser.asl.utils import boto_client
-
-    original = _require(boto_client, "boto_client_for",
-                        ("region", "service", "state_credentials"))
-    clients: dict[tuple[str, str, Any], Any] = {}
-    lock = threading.Lock()
-
-    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
-        role = getattr(state_credentials, "role_arn", None)
-        if state_credentials is not None and not isinstance(role, str):  # unknown: no cache
-            return original(region=region, service=service, state_credentials=state_credentials)
-        key = (region, service, role)
-        with lock:
-            client = clients.get(key)
-            if client is None:
-                client = clients[key] = original(region=region, service=service,
-                                                 state_credentials=state_credentials)
-        return client
-
-    patches.rebind("boto_client_for", original, boto_client_for)
-
-
-class _ThreadsNotKept(list):  # type: ignore[type-arg]
-    """Stands for moto's TMP_THREADS: a list that keeps nothing appended to it."""
-
-    def append(self, item: Any) -> None:
-        pass
-
-
-def _forget_threads(patches: _Patches) -> None:
-    """(4) moto appends every thread it starts to TMP_THREADS and never reads it (in moto
-    5.2.5; LocalStack joins them at shutdown): keep none."""
-    from moto.stepfunctions.parser import utils
-
-    original = _require(utils, "TMP_THREADS")
-    if not isinstance(original, list):
-        raise MotoChanged("moto.stepfunctions.parser.utils.TMP_THREADS is not a list")
-    patches.rebind("TMP_THREADS", original, _ThreadsNotKept())
-
-
-def _drop_child_history(patches: _Patches) -> None:
-    """(3) The map run's own EventManager (distributed_iteration_component: ``env.event_manager
-    = EventManager()`` for the map run) becomes one that numbers events but stores none. The
-    parent's history, which describe_execution and get_execution_history read, is another
-    EventManager and is kept whole."""
-    dic = importlib.import_module(f"{_MAP_ITERATION}.distributed_iteration_component")
-    original = _require(dic, "EventManager")
-    _require(original, "_publish_history_event",
-             ("self", "event_id", "source_event_id", "event_type", "timestamp",
-              "event_details"))
-
-    class ChildEventManager(original):  # type: ignore[misc, valid-type]
-        def _publish_history_event(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-    patches.set(dic, "EventManager", ChildEventManager)
-
-
-def _bound_map_workers(patches: _Patches, threads: int) -> None:
-    """(1) and (2): a Distributed Map run starts at most ``threads`` worker threads (moto
-    starts MaxConcurrency of them); each takes items until none are left, in a loop instead of
-    moto's recursion, so a finished item's frame is freed at once. MaxConcurrency stays what
-    the map run reports: it is an upper bound, and our pool runs ``workers`` at a time anyway.
-    """
-    from moto.stepfunctions.parser.asl.eval.environment import Environment
-
-    dic = importlib.import_module(f"{_MAP_ITERATION}.distributed_iteration_component")
-    dipw = importlib.import_module(
-        f"{_MAP_ITERATION}.itemprocessor.distributed_item_processor_worker")
-    job = importlib.import_module(f"{_MAP_ITERATION}.job")
-
-    component = _require(dic, "DistributedIterationComponent")
-    worker = _require(dipw, "DistributedItemProcessorWorker")
-    launch = _require(component, "_launch_worker", ("self", "env", "eval_input", "job_pool"))
-    if "_eval_pool" not in vars(worker):
-        raise MotoChanged("DistributedItemProcessorWorker._eval_pool is not its own")
-    _require(worker, "_eval_pool", ("self", "job", "worker_frame"))
-    _require(worker, "_eval_job", ("self", "env", "job"))
-    _require(worker, "stopped")
-    _require(Environment, "open_inner_frame")
-    _require(Environment, "delete_frame")
-    _require(job.JobPool, "next_job")
-    _require(job.JobPool, "close_job")
-
-    started: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-    lock = threading.Lock()
-
-    def _launch_worker(self: Any, env: Any, eval_input: Any, job_pool: Any) -> Any:
-        with lock:  # _map_run calls this MaxConcurrency times; the return value is unused
-            n = started.get(job_pool, 0)
-            if n >= threads:
-                return None
-            started[job_pool] = n + 1
-        return launch(self, env=env, eval_input=eval_input, job_pool=job_pool)
-
-    def _eval_pool(self: Any, job: Any, worker_frame: Any) -> None:
-        # moto 5.2.5's DistributedItemProcessorWorker._eval_pool, with its tail recursion
-        # turned into a loop (same calls, same order).
-        while job is not None:
-            job_frame = worker_frame.open_inner_frame()
-            self._eval_job(env=job_frame, job=job)
-            worker_frame.delete_frame(job_frame)
-            del job_frame
-            if isinstance(job.job_output, Exception) or self.stopped():
-                break
-            next_job = self._job_pool.next_job()
-            if next_job is None:
-                break
-            self._job_pool.close_job(job)
-            job = next_job
-        # The frame is closed before the job: map states wait for jobs, not for workers.
-        self._env.delete_frame(worker_frame)
-        if job is not None:
-            self._job_pool.close_job(job)
-
-    patches.set(worker, "_eval_pool", _eval_pool)
-    patches.set(component, "_launch_worker", _launch_worker)
-
-
-#: moto's Step Functions interpreter (what create_state_machine imports), and its one module
-#: that imports moto's Batch backend
-_INTERPRETER = "moto.stepfunctions.parser.models"
-_BATCH_TASK = ("moto.stepfunctions.parser.asl.component.state.exec.state_task.service."
-               "state_task_service_batch")
-
-
-def _batch_modules() -> list[str]:
-    return [n for n in list(sys.modules) if n == "moto.batch" or n.startswith("moto.batch.")]
-
-
-def _import_interpreter(patches: _Patches, target: str = _INTERPRETER) -> None:
-    """(6) Import moto's interpreter without moto's Batch backend. Its Batch task imports only
-    ``moto.batch.utils.JobStatus`` (a str Enum), but importing ``moto.batch`` runs its
-    ``__init__``, which imports the Batch, EC2 and ECS backends. While the interpreter is
-    imported, ``moto.batch`` is an uninitialised package (its submodules import as usual);
-    afterwards it and its submodules are taken out of sys.modules, so whoever imports
-    ``moto.batch`` later gets moto's own, whole. The Batch task keeps its JobStatus, the same
-    class. If anything needed more of moto.batch, all is taken out again and MotoChanged is
-    raised: the interpreter is then imported as moto does it, where it is first needed. (While
-    this runs, another thread that imports moto.batch would get the uninitialised package:
-    the engine's process imports nothing else meanwhile.)"""
-    import importlib.util
-
-    if target in sys.modules or _BATCH_TASK in sys.modules or "moto.batch" in sys.modules:
-        return  # imported already (or Batch is): nothing to save
-    spec = importlib.util.find_spec("moto.batch")
-    if spec is None or not spec.submodule_search_locations:
-        raise MotoChanged("moto.batch is not a package")
-    sys.modules["moto.batch"] = importlib.util.module_from_spec(spec)  # not executed
-    try:
-        importlib.import_module(target)
-    except ImportError as exc:
-        raise MotoChanged(f"importing {target} needs more of moto.batch: {exc}") from exc
-    finally:
-        for name in _batch_modules():
-            del sys.modules[name]
-
-
-def _share_botocore_loader(patches: _Patches) -> None:
-    """(7) Every botocore session created during the run reads botocore's data (service
-    models, endpoints, partitions) through one Loader per data path, as the clients of one
-    session always do, instead of parsing the JSON again: the engine's session, the one moto
-    keeps for its region lists, boto3's default session that moto's first Lambda task makes
-    (~0.2 s on the way to the first invoke), and EC2's three if moto.batch is imported after
-    all. A Loader only caches what it reads and returns, so sharing it changes no result;
-    sessions made during the run keep using it afterwards."""
-    import botocore.session
-    from botocore import loaders
-
-    original = _require(loaders, "create_loader", ("search_path_string",))
-    if vars(botocore.session).get("create_loader") is not original:
-        raise MotoChanged("botocore.session does not create its loader with create_loader")
-    shared: dict[str | None, Any] = {}
-    lock = threading.Lock()
-
-    def create_loader(search_path_string: str | None = None) -> Any:
-        with lock:
-            loader = shared.get(search_path_string)
-            if loader is None:
-                loader = shared[search_path_string] = original(search_path_string)
-            # every boto3.Session appends boto3's data folder to its loader's search paths:
-            # keep each path once, however many sessions share the loader
-            paths = loader.search_paths
-            if isinstance(paths, list) and len(set(paths)) != len(paths):
-                paths[:] = list(dict.fromkeys(paths))
-        return loader
-
-    patches.set(botocore.session, "create_loader", create_loader)
-
-
-def _parse_once(patches: _Patches) -> None:
-    """(9) create_state_machine parses the definition to validate it and throws the program
-    away; the execution then parses the same text again (~0.15 s with ANTLR's Python
-    runtime). The program a validation built is kept and handed, once, to the next parse of
-    the same text; it has never been evaluated, so it is what that parse would build."""
-    parse_module = importlib.import_module("moto.stepfunctions.parser.asl.parse.asl_parser")
-    models = importlib.import_module(_INTERPRETER)
-    parser = _require(parse_module, "AmazonStateLanguageParser")
-    backend = _require(models, "StepFunctionsParserBackend")
-    if not isinstance(vars(parser).get("parse"), staticmethod):
-        raise MotoChanged("AmazonStateLanguageParser.parse is not its own staticmethod")
-    if not isinstance(vars(backend).get("_validate_definition"), staticmethod):
-        raise MotoChanged("StepFunctionsParserBackend._validate_definition is not its own "
-                          "staticmethod")
-    parse = _require(parser, "parse", ("definition",))
-    validate = _require(backend, "_validate_definition", ("definition",))
-    validated: dict[str, Any] = {}  # definition -> (program, tree), not yet handed out
-    lock = threading.Lock()
-    validating = threading.local()
-
-    def parse_once(definition: str) -> Any:
-        if getattr(validating, "on", False):
-            result = parse(definition)
-            with lock:
-                validated[definition] = result
-            return result
-        with lock:
-            result = validated.pop(definition, None)
-        return parse(definition) if result is None else result
-
-    def validate_definition(definition: str) -> Any:
-        validating.on = True
-        try:
-            return validate(definition)
-        finally:
-            validating.on = False
-
-    patches.set(parser, "parse", staticmethod(parse_once))
-    patches.set(backend, "_validate_definition", staticmethod(validate_definition))
-
-
-def _signal_the_end(patches: _Patches, ended: threading.Event) -> None:
-    """(8) ``ended`` is set when an execution's worker thread has recorded how it ended
-    (BaseExecutionWorkerCommunication.terminated), so run() need not sleep between polls."""
-    execution = importlib.import_module("moto.stepfunctions.parser.backend.execution")
-    comm = _require(execution, "BaseExecutionWorkerCommunication")
-    if "terminated" not in vars(comm):
-        raise MotoChanged("BaseExecutionWorkerCommunication.terminated is not its own")
-    terminated = _require(comm, "terminated", ("self",))
-
-    def signalled(self: Any) -> None:
-        try:
-            terminated(self)
-        finally:
-            ended.set()
-
-    patches.set(comm, "terminated", signalled)
-
-
-def _cannot_apply(name: str, exc: Exception) -> None:
-    import moto
-
-    log.warning("moto %s is not as the engine expects (checked with %s): %s; running without "
-                "the '%s' patch (correct, only heavier or slower)",
-                getattr(moto, "__version__", "?"), MOTO_CHECKED, exc, name)
-
-
-_MOTO_CHANGES = (MotoChanged, ImportError, AttributeError, TypeError, ValueError)
-
-
-@contextmanager
-def _end_signal() -> Iterator[threading.Event | None]:
-    """While the block runs, the yielded event is set whenever an execution ends (see
-    :func:`_signal_the_end`); None (logged) if moto changed and it cannot be."""
-    patches = _Patches()
-    ended = threading.Event()
-    signal: threading.Event | None = ended
-    try:
-        try:
-            _signal_the_end(patches, ended)
-        except _MOTO_CHANGES as exc:
-            _cannot_apply("execution end signal", exc)
-            signal = None
-        yield signal
-    finally:
-        patches.restore()
-
-
-@contextmanager
-def _lean_interpreter(map_threads: int) -> Iterator[list[str]]:
-    """moto's interpreter with the patches above while the block runs; yields the names of the
-    patches that could not be applied (each was logged)."""
-    patches = _Patches()
-    skipped: list[str] = []
-    steps: list[tuple[str, Callable[[_Patches], None]]] = [
-        # these two first: the other steps import parts of moto's interpreter
-        ("one botocore loader", _share_botocore_loader),
-        ("interpreter without moto.batch", _import_interpreter),
-        ("shared boto3 clients", _share_boto_clients),
-        ("no thread registry", _forget_threads),
-        ("no child event history", _drop_child_history),
-        ("bounded map worker threads", lambda p: _bound_map_workers(p, map_threads)),
-        ("one parse per definition", _parse_once),
-    ]
-    try:
-        for name, apply in steps:
-            try:
-                apply(patches)  # each looks everything up before it changes anything
-            except _MOTO_CHANGES as exc:
-                skipped.append(name)
-                _cannot_apply(name, exc)
-        yield skipped
-    finally:
-        patches.restore()
-
-
 class LocalEngine:
     """Runs executions of the state machine on this machine with ``workers`` processes.
 
@@ -547,7 +133,7 @@ class LocalEngine:
 
         started = time.time()
         with (_mocked_aws(), served_by(self.pool, self.listener),
-              _lean_interpreter(self.map_threads), _end_signal() as ended):
+              lean_interpreter(self.map_threads), end_signal() as ended):
             # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
             wait = poll if ended is None else max(poll, 1.0)
             session = boto3.Session(region_name=REGION)
