@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.engine import local, moto_patches
 from pipeline.engine.local import LocalEngine
+from pipeline.errors import EngineError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -251,3 +252,46 @@ def test_the_warm_up_imports_the_steps_and_raises_what_they_raise(
     monkeypatch.setattr(workers, "_import_steps", broken)
     with pytest.raises(ImportError, match="cv3"):
         workers._warm_up()
+
+
+# --- 10: a crashed interpreter stops the run ------------------------------------------------
+
+
+def test_a_crashed_interpreter_stops_the_run_instead_of_waiting_for_ever(
+        monkeypatch: pytest.MonkeyPatch):
+    """An exception escaping moto's execution thread (an interpreter bug, not a failing state)
+    leaves the execution RUNNING for ever: the engine raises EngineError with it instead."""
+    from moto.stepfunctions.parser.backend import execution_worker
+
+    worker = execution_worker.ExecutionWorker
+    logic = worker._execution_logic
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("an interpreter bug")
+
+    monkeypatch.setattr(worker, "_get_evaluation_entrypoint", broken)
+    with LocalEngine(1, definition_text=PASS_MACHINE) as engine, \
+            pytest.raises(EngineError, match="interpreter .moto. stopped: RuntimeError: an "
+                                             "interpreter bug"):
+        engine.run({"value": 1}, name="crashed")
+    assert worker._execution_logic is logic  # moto's own code is back
+
+
+def test_without_the_crash_watch_a_run_still_ends(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture):
+    """moto changed (_execution_logic takes other parameters): runs go on without the watch."""
+    from moto.stepfunctions.parser.backend import execution_worker
+
+    worker = execution_worker.ExecutionWorker
+    logic = worker._execution_logic
+
+    def changed(self: Any, *args: Any) -> None:
+        logic(self)
+
+    monkeypatch.setattr(worker, "_execution_logic", changed)
+    with caplog.at_level(logging.WARNING, logger=moto_patches.__name__), \
+            LocalEngine(1, definition_text=PASS_MACHINE) as engine:
+        run = engine.run({"value": 4}, name="unwatched")
+    assert (run.status, run.output) == ("SUCCEEDED", {"seen": 4})
+    assert any("execution crash watch" in r.getMessage() for r in caplog.records)
+    assert worker._execution_logic is changed

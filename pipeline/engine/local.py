@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from pipeline.engine import definition
-from pipeline.engine.moto_patches import end_signal, lean_interpreter
+from pipeline.engine.moto_patches import crash_watch, end_signal, lean_interpreter
 from pipeline.engine.workers import WorkerPool
 from pipeline.errors import EngineError
 
@@ -133,7 +133,8 @@ class LocalEngine:
 
         started = time.time()
         with (_mocked_aws(), served_by(self.pool, self.listener),
-              lean_interpreter(self.map_threads), end_signal() as ended):
+              lean_interpreter(self.map_threads), end_signal() as ended,
+              crash_watch() as crashes):
             # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
             wait = poll if ended is None else max(poll, 1.0)
             session = boto3.Session(region_name=REGION)
@@ -152,6 +153,10 @@ class LocalEngine:
                 desc = sfn.describe_execution(executionArn=execution)
                 if desc["status"] != "RUNNING":
                     break
+                if crashes:  # moto's interpreter died: the execution can never end
+                    exc = crashes[0]
+                    raise EngineError(f"the embedded engine's interpreter (moto) stopped: "
+                                      f"{type(exc).__name__}: {exc}") from exc
                 if ended is None:
                     time.sleep(wait)
                 elif ended.wait(wait):  # woken when an execution ends

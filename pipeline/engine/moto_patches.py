@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 #      boto3's default session that the first Lambda task makes: ~0.2 s on its own);
 #   8. LocalEngine.run polled the execution's status: up to ``poll`` late at its end;
 #   9. the definition is parsed twice (validated by create_state_machine, then executed).
+# And one for safety: 10. an exception escaping moto's execution thread left the execution
+# RUNNING for ever; it is recorded, and the engine stops with it.
 # The patches last for LocalEngine.run only, and put moto's own code back afterwards (6 is an
 # import, and leaves moto.batch unimported, as it was). Each checks what it replaces (names
 # and signatures) first; if moto changed, it logs a warning and the run goes on without it:
@@ -367,6 +369,41 @@ def _signal_the_end(patches: Patches, ended: threading.Event) -> None:
             ended.set()
 
     patches.set(comm, "terminated", signalled)
+
+
+def _watch_crashes(patches: Patches, crashes: list[BaseException]) -> None:
+    """(10) An exception that escapes an execution's worker thread (moto's interpreter failing,
+    not a state failing: those end the execution as FAILED) is appended to ``crashes``.
+    Without this, such an execution stays RUNNING for ever and the run waits for it."""
+    module = importlib.import_module("moto.stepfunctions.parser.backend.execution_worker")
+    worker = _require(module, "ExecutionWorker")
+    logic = _require(worker, "_execution_logic", ("self",))
+
+    def guarded(self: Any) -> None:
+        try:
+            logic(self)
+        except Exception as exc:  # noqa: BLE001 - reported by the engine (EngineError)
+            crashes.append(exc)
+
+    patches.set(worker, "_execution_logic", guarded)
+
+
+@contextmanager
+def crash_watch() -> Iterator[list[BaseException] | None]:
+    """While the block runs, the yielded list collects the exceptions that stopped an
+    execution's worker thread (see :func:`_watch_crashes`); None (logged) if moto changed."""
+    patches = Patches()
+    crashes: list[BaseException] = []
+    watched: list[BaseException] | None = crashes
+    try:
+        try:
+            _watch_crashes(patches, crashes)
+        except _MOTO_CHANGES as exc:
+            _cannot_apply("execution crash watch", exc)
+            watched = None
+        yield watched
+    finally:
+        patches.restore()
 
 
 def _cannot_apply(name: str, exc: Exception) -> None:
