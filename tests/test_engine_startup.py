@@ -194,25 +194,31 @@ def test_an_invalid_definition_is_reported_as_moto_reports_it():
     assert "ASLParserException" in expected
 
 
-def test_without_the_end_signal_a_run_still_ends(monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture):
-    """moto changed (terminated takes other parameters): the engine polls instead."""
-    from moto.stepfunctions.parser.backend import execution
+@pytest.mark.parametrize("module,owner,method,patch", [
+    ("execution", "BaseExecutionWorkerCommunication", "terminated", "execution end signal"),
+    ("execution_worker", "ExecutionWorker", "_execution_logic", "execution crash watch"),
+])
+def test_without_a_patch_a_run_still_ends(monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture, module: str,
+                                          owner: str, method: str, patch: str):
+    """moto changed (the method takes other parameters): the engine goes on without that
+    patch (without the end signal it polls), and says so."""
+    import importlib
 
-    comm = execution.BaseExecutionWorkerCommunication
-    terminated = comm.terminated
+    cls = getattr(importlib.import_module(f"moto.stepfunctions.parser.backend.{module}"), owner)
+    original = getattr(cls, method)
 
     def changed(self: Any, *args: Any) -> None:
-        terminated(self)
+        original(self)
 
-    monkeypatch.setattr(comm, "terminated", changed)
+    monkeypatch.setattr(cls, method, changed)
     with caplog.at_level(logging.WARNING, logger=moto_patches.__name__), \
             LocalEngine(1, definition_text=PASS_MACHINE) as engine:
-        run = engine.run({"value": 3}, name="polled", poll=0.01)
+        run = engine.run({"value": 3}, name="changed", poll=0.01)
     assert (run.status, run.output) == ("SUCCEEDED", {"seen": 3})
-    assert [r.getMessage() for r in caplog.records if "execution end signal" in
-            r.getMessage()], [r.getMessage() for r in caplog.records]
-    assert comm.terminated is changed
+    assert [r.getMessage() for r in caplog.records if patch in r.getMessage()], [
+        r.getMessage() for r in caplog.records]
+    assert getattr(cls, method) is changed
 
 
 # --- the workers' warm-up -----------------------------------------------------------------
@@ -275,23 +281,3 @@ def test_a_crashed_interpreter_stops_the_run_instead_of_waiting_for_ever(
                                              "interpreter bug"):
         engine.run({"value": 1}, name="crashed")
     assert worker._execution_logic is logic  # moto's own code is back
-
-
-def test_without_the_crash_watch_a_run_still_ends(monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture):
-    """moto changed (_execution_logic takes other parameters): runs go on without the watch."""
-    from moto.stepfunctions.parser.backend import execution_worker
-
-    worker = execution_worker.ExecutionWorker
-    logic = worker._execution_logic
-
-    def changed(self: Any, *args: Any) -> None:
-        logic(self)
-
-    monkeypatch.setattr(worker, "_execution_logic", changed)
-    with caplog.at_level(logging.WARNING, logger=moto_patches.__name__), \
-            LocalEngine(1, definition_text=PASS_MACHINE) as engine:
-        run = engine.run({"value": 4}, name="unwatched")
-    assert (run.status, run.output) == ("SUCCEEDED", {"seen": 4})
-    assert any("execution crash watch" in r.getMessage() for r in caplog.records)
-    assert worker._execution_logic is changed

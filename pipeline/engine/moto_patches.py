@@ -13,10 +13,11 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # --- moto's interpreter, made lean for large Distributed Maps ---------------------------------
@@ -388,24 +389,6 @@ def _watch_crashes(patches: Patches, crashes: list[BaseException]) -> None:
     patches.set(worker, "_execution_logic", guarded)
 
 
-@contextmanager
-def crash_watch() -> Iterator[list[BaseException] | None]:
-    """While the block runs, the yielded list collects the exceptions that stopped an
-    execution's worker thread (see :func:`_watch_crashes`); None (logged) if moto changed."""
-    patches = Patches()
-    crashes: list[BaseException] = []
-    watched: list[BaseException] | None = crashes
-    try:
-        try:
-            _watch_crashes(patches, crashes)
-        except _MOTO_CHANGES as exc:
-            _cannot_apply("execution crash watch", exc)
-            watched = None
-        yield watched
-    finally:
-        patches.restore()
-
-
 def _cannot_apply(name: str, exc: Exception) -> None:
     import moto
 
@@ -418,21 +401,34 @@ _MOTO_CHANGES = (MotoChanged, ImportError, AttributeError, TypeError, ValueError
 
 
 @contextmanager
-def end_signal() -> Iterator[threading.Event | None]:
-    """While the block runs, the yielded event is set whenever an execution ends (see
-    :func:`_signal_the_end`); None (logged) if moto changed and it cannot be."""
+def _one_patch(name: str, apply: Callable[[Patches], None], value: T) -> Iterator[T | None]:
+    """``apply`` while the block runs, which yields ``value``; None (logged) if moto changed
+    and the patch cannot be applied."""
     patches = Patches()
-    ended = threading.Event()
-    signal: threading.Event | None = ended
+    applied = True
     try:
         try:
-            _signal_the_end(patches, ended)
+            apply(patches)
         except _MOTO_CHANGES as exc:
-            _cannot_apply("execution end signal", exc)
-            signal = None
-        yield signal
+            _cannot_apply(name, exc)
+            applied = False
+        yield value if applied else None
     finally:
         patches.restore()
+
+
+def end_signal() -> AbstractContextManager[threading.Event | None]:
+    """While the block runs, the yielded event is set whenever an execution ends (see
+    :func:`_signal_the_end`); None (logged) if moto changed and it cannot be."""
+    ended = threading.Event()
+    return _one_patch("execution end signal", lambda p: _signal_the_end(p, ended), ended)
+
+
+def crash_watch() -> AbstractContextManager[list[BaseException] | None]:
+    """While the block runs, the yielded list collects the exceptions that stopped an
+    execution's worker thread (see :func:`_watch_crashes`); None (logged) if moto changed."""
+    crashes: list[BaseException] = []
+    return _one_patch("execution crash watch", lambda p: _watch_crashes(p, crashes), crashes)
 
 
 @contextmanager
