@@ -1,4 +1,5 @@
-"""The operation registry: each op is an OpenCV call, its parameters, and its halo.
+"""The operation registry: each op is an OpenCV call (its function in
+:mod:`pipeline.core.op_functions`), its parameters, and its halo.
 
 An op's *halo* is how many pixels around a tile its output depends on. Tiles are
 read with the chain's halo clipped at the true page border and the op runs on the
@@ -20,8 +21,8 @@ import numpy as np
 
 from pipeline.core import canny as canny_mod
 from pipeline.core import custom as custom_mod
+from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
-from pipeline.core.opencv import cv2
 from pipeline.core.params import Param, check_object
 from pipeline.errors import OperationError, UnknownOperationError
 
@@ -81,118 +82,6 @@ class OpCall:
         return {"op": self.op.name, **self.params}
 
 
-def dtype_max(dtype: np.dtype) -> float:
-    """The value white has in this dtype: the integer maximum, or 1.0 for floats."""
-    dtype = np.dtype(dtype)
-    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
-
-
-def gaussian_radius(sigma: float, dtype: np.dtype) -> int:
-    """Radius of ``cv2.GaussianBlur(img, (0, 0), sigma)``: OpenCV picks the kernel size
-    ``round(sigma * (3 if uint8 else 4) * 2 + 1) | 1`` (createGaussianKernels)."""
-    factor = 3 if np.dtype(dtype) == np.uint8 else 4
-    ksize = round(sigma * factor * 2 + 1) | 1  # Python's round, like cvRound, is half-to-even
-    return ksize // 2
-
-
-def _per_channel(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray,
-                 native: tuple[int, ...]) -> np.ndarray:
-    """Apply ``func`` directly when OpenCV supports the channel count, else plane by plane."""
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels in native:
-        return func(img)
-    return np.dstack([func(np.ascontiguousarray(img[:, :, c])) for c in range(channels)])
-
-
-# --- the op functions ---------------------------------------------------------------
-
-
-def _gaussian_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return cv2.GaussianBlur(img, (0, 0), p["sigma"])
-
-
-def _median_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return _per_channel(lambda a: cv2.medianBlur(a, p["ksize"]), img, (1, 3, 4))
-
-
-def _kernel(ksize: int) -> np.ndarray:
-    return np.ones((ksize, ksize), np.uint8)
-
-
-def _dilate(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return cv2.dilate(img, _kernel(p["ksize"]), iterations=p["iterations"])
-
-
-def _erode(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return cv2.erode(img, _kernel(p["ksize"]), iterations=p["iterations"])
-
-
-def _unsharp_mask(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    blur = cv2.GaussianBlur(img, (0, 0), p["sigma"])
-    return cv2.addWeighted(img, 1 + p["amount"], blur, -p["amount"], 0)
-
-
-def _invert(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    if img.dtype.kind == "f":
-        return np.float32(1.0) - img
-    return cv2.bitwise_not(img)
-
-
-def gamma_lut(gamma: float, dtype: np.dtype) -> np.ndarray:
-    """The lookup table of ``gamma`` for an integer dtype: round(max * (v / max) ** (1/gamma))."""
-    top = dtype_max(dtype)
-    v = np.arange(int(top) + 1, dtype=np.float64) / top
-    return np.clip(np.rint(top * v ** (1.0 / gamma)), 0, top).astype(dtype)
-
-
-def _gamma(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    if img.dtype == np.uint8:
-        return cv2.LUT(img, gamma_lut(p["gamma"], img.dtype))
-    if img.dtype == np.uint16:
-        return gamma_lut(p["gamma"], img.dtype)[img]
-    return np.power(np.clip(img, 0, None), np.float32(1.0 / p["gamma"])).astype(img.dtype)
-
-
-def _threshold(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    top = dtype_max(img.dtype)
-    return cv2.threshold(img, p["value"], top, cv2.THRESH_BINARY)[1]
-
-
-def _to_gray(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels == 1:
-        return img
-    if channels == 2:  # gray + alpha: keep the gray plane
-        return np.ascontiguousarray(img[:, :, 0])
-    code = cv2.COLOR_RGB2GRAY if channels == 3 else cv2.COLOR_RGBA2GRAY
-    return cv2.cvtColor(img, code)
-
-
-# --- ops with whole-page statistics, clahe, canny, downsample, custom -------------------
-#
-# ``apply`` of a "stats" or "canny" op treats the array it gets as the whole page (so
-# ``apply_chain`` on a page is the reference result); the tiled path never calls it on a tile:
-# pipeline.steps.evaluate gathers the page's statistics first (see pipeline.core.stats).
-
-
-def _whole_page_stats(spec: stats_mod.StatsSpec) -> Callable[[np.ndarray, dict[str, Any]],
-                                                              np.ndarray]:
-    def apply(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-        return spec.apply(img, p, spec.finish(spec.partial(img, p), p, img.dtype))
-    return apply
-
-
-def clahe(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    """CLAHE with square cells of ``cell`` pixels from the array's origin. When the array is
-    not a whole number of cells it is extended at the bottom and right by mirroring
-    (BORDER_REFLECT_101) to the next multiple of the cell, and the result cropped back."""
-    cell, (h, w) = p["cell"], img.shape[:2]
-    ph, pw = (-h) % cell, (-w) % cell
-    ext = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_REFLECT_101) if ph or pw else img
-    out = cv2.createCLAHE(p["clip_limit"], ((w + pw) // cell, (h + ph) // cell)).apply(ext)
-    return out if not (ph or pw) else np.ascontiguousarray(out[:h, :w])
-
-
 def _clahe_reach(p: dict[str, Any], dtype: np.dtype, needed: int) -> int:
     """A pixel x is interpolated between the cells floor(x / cell - 0.5) and the next one; so
     a region grown by ``needed`` reads whole cells reaching this far beyond the (cell-aligned)
@@ -201,27 +90,6 @@ def _clahe_reach(p: dict[str, Any], dtype: np.dtype, needed: int) -> int:
     before = cell * (-(-(2 * needed + cell) // (2 * cell)))
     after = cell if needed == 0 else cell * ((2 * (needed - 1) - cell) // (2 * cell) + 2)
     return max(before, after)
-
-
-def _canny(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] > 0 else img
-    low, high = canny_mod.thresholds(p)
-    return cv2.Canny(x, low, high)
-
-
-def downsample(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    """``cv2.resize(img, (w // f, h // f), INTER_AREA)`` of the array cropped to multiples of f
-    (a mean of each f x f block)."""
-    f = p["factor"]
-    h, w = img.shape[0] // f, img.shape[1] // f
-    if h == 0 or w == 0:
-        return np.zeros((h, w, *img.shape[2:]), img.dtype)
-    crop = img if img.shape[:2] == (h * f, w * f) else np.ascontiguousarray(img[:h * f, :w * f])
-    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
-
-
-def _custom(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return custom_mod.call(p["function"], img, p["params"])
 
 
 class ObjectParam(Param):
@@ -288,44 +156,44 @@ _MORPH_HALO = "(ksize // 2) * iterations"
 _ITER = Param("iterations", "integer", "how many times to apply it", default=1, ge=1, le=100)
 
 OPS: dict[str, Op] = {op.name: op for op in (
-    Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), _gaussian_blur,
-       halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
+    Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
+       halo=lambda p, dt: fn.gaussian_radius(p["sigma"], dt),
        halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, k = 3 for "
                  "uint8, 4 otherwise"),
     Op("median_blur", "cv2.medianBlur(img, ksize)",
        (Param("ksize", "integer", "aperture size", required=True, ge=3, le=255, odd=True),),
-       _median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts,
+       fn.median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts,
        halo_help="ksize // 2"),
     Op("dilate", "cv2.dilate(img, ones((ksize, ksize)), iterations=iterations)",
-       (_KSIZE_MORPH, _ITER), _dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
+       (_KSIZE_MORPH, _ITER), fn.dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
        halo_help=_MORPH_HALO),
     Op("erode", "cv2.erode(img, ones((ksize, ksize)), iterations=iterations)",
-       (_KSIZE_MORPH, _ITER), _erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
+       (_KSIZE_MORPH, _ITER), fn.erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
        halo_help=_MORPH_HALO),
     Op("unsharp_mask",
        "cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)",
        (_SIGMA, Param("amount", "number", "strength of the sharpening", default=1.0,
                       ge=0, le=100)),
-       _unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
+       fn.unsharp_mask, halo=lambda p, dt: fn.gaussian_radius(p["sigma"], dt),
        halo_help="as gaussian_blur"),
-    Op("invert", "cv2.bitwise_not(img) for integers; 1 - img for float32", (), _invert),
+    Op("invert", "cv2.bitwise_not(img) for integers; 1 - img for float32", (), fn.invert),
     Op("gamma", "max * (img / max) ** (1 / gamma), rounded (a LUT for integers)",
-       (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), _gamma),
+       (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), fn.gamma),
     Op("threshold", "cv2.threshold(img, value, max, THRESH_BINARY); max = dtype max (1.0 float)",
        (Param("value", "number", "pixels > value become max, others 0", required=True),),
-       _threshold, accepts=_threshold_accepts),
+       fn.threshold, accepts=_threshold_accepts),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
-       (), _to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1),
-    Op("equalize_hist", "cv2.equalizeHist(page)", (), _whole_page_stats(stats_mod.EQUALIZE),
+       (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1),
+    Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
        accepts=_only(("uint8",), (1,), "equalize_hist"),
        halo_help="0 (a table from the page's histogram: a statistics round)"),
     Op("otsu_threshold", "cv2.threshold(page, 0, 255, THRESH_BINARY | THRESH_OTSU)", (),
-       _whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
+       fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
        accepts=_only(("uint8",), (1,), "otsu_threshold"),
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
     Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
-       (), _whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
+       (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
        accepts=_only(SUPPORTED_DTYPES, None, "normalize"),
        halo_help="0 (the page's minimum and maximum over all channels: a statistics round)"),
     Op("percentile_stretch",
@@ -334,7 +202,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (Param("p_low", "number", "percentile mapped to 0", default=1.0, ge=0, le=100),
         Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
               le=100)),
-       _whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
+       fn.whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
        accepts=_only(("uint8", "uint16"), None, "percentile_stretch",
                      " (exact percentiles come from a histogram); use normalize"),
        check=_percentile_check, exact="bit-identical to the numpy formula on the whole page",
@@ -345,7 +213,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (Param("clip_limit", "number", "contrast limit (0: none)", default=2.0, ge=0, le=1000),
         Param("cell", "integer", "side of a CLAHE cell in pixels (a power of two)", default=64,
               choices=(8, 16, 32, 64, 128, 256, 512, 1024))),
-       clahe, halo=lambda p, dt: p["cell"], reach=_clahe_reach, align=lambda p: p["cell"],
+       fn.clahe, halo=lambda p, dt: p["cell"], reach=_clahe_reach, align=lambda p: p["cell"],
        accepts=_only(("uint8", "uint16"), (1,), "clahe"),
        halo_help="one cell (1.5 cells when an op with a halo follows); tiles and halos are "
                  "multiples of the cell"),
@@ -357,7 +225,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
               le=100000),
         Param("sigma", "number", "Gaussian blur before the edges (0: none)", default=0.0, ge=0,
               le=100)),
-       _canny, kind="canny", halo=lambda p, dt: canny_mod.reach(p, 0),
+       fn.canny, kind="canny", halo=lambda p, dt: canny_mod.reach(p, 0),
        reach=lambda p, dt, needed: canny_mod.reach(p, needed),
        accepts=_only(("uint8",), (1, 2, 3, 4), "canny"), out_channels=lambda ch: 1,
        halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
@@ -367,7 +235,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "the page cropped to multiples of factor",
        (Param("factor", "integer", "the output is this many times smaller", required=True,
               ge=2, le=64),),
-       downsample, reach=lambda p, dt, needed: needed * p["factor"],
+       fn.downsample, reach=lambda p, dt, needed: needed * p["factor"],
        align=lambda p: p["factor"], factor=lambda p: p["factor"],
        halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
                  "multiples of 16 x factor"),
@@ -378,7 +246,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("halo", "integer", "pixels around a tile the function's output depends on",
               default=0, ge=0, le=4096),
         ObjectParam("params", "object", "keyword arguments of the function", default={})),
-       _custom, halo=lambda p, dt: p["halo"], check=_custom_check,
+       fn.custom, halo=lambda p, dt: p["halo"], check=_custom_check,
        halo_help="the halo given", exact="exact when the function only looks `halo` pixels "
                                          "away and not at where the tile lies"),
 )}
