@@ -1,9 +1,10 @@
 """tiffpipe on AWS: the names of a stack's resources, and the boto3 clients to reach them.
 
-``deploy.py`` creates a stack (``deploy_steps``, over the per-resource steps of ``resources``,
-with IAM documents from ``policies`` and images from ``images``); ``tiffpipe start``/``status`` run it (``executions``). Every name is
-derived from the stack name, the account and the region, so any of them can find the
-others without a state file. Clients are created on first use and passed in, never made
+``deploy.py`` creates a stack (``deploy_steps``, over the per-resource steps of
+``resources``, with IAM documents from ``policies`` and images from ``images``);
+``tiffpipe start``/``status`` run it (``executions``). Every name is derived from the stack
+name, the account and the region, so any of them can find the others without a state
+file. Clients are created on first use and passed in, never made
 at import time.
 """
 

@@ -188,7 +188,7 @@ def _schedule(config: DeployConfig, clients: Clients, names: StackNames,
         delete_schedule(clients, names, acts)
         return None
     existing = get_or_none(lambda: scheduler.get_schedule(Name=names.schedule),
-                    "ResourceNotFoundException")
+                           "ResourceNotFoundException")
     if existing:
         acts.log(f"schedule {names.schedule}: kept as it is ({existing['ScheduleExpression']}; "
                  "--no-schedule removes it)")
@@ -213,23 +213,24 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
         + (" (dry run: nothing is changed)" if config.dry_run else ""))
     delete_schedule(clients, names, acts)
     sfn = clients("stepfunctions")
-    found = get_or_none(lambda: sfn.describe_state_machine(stateMachineArn=names.state_machine_arn),
-                 "StateMachineDoesNotExist")
+    found = get_or_none(
+        lambda: sfn.describe_state_machine(stateMachineArn=names.state_machine_arn),
+        "StateMachineDoesNotExist")
     remove_if(acts, f"state machine {names.state_machine}", found is not None,
-            lambda: sfn.delete_state_machine(stateMachineArn=names.state_machine_arn))
+              lambda: sfn.delete_state_machine(stateMachineArn=names.state_machine_arn))
     lam = clients("lambda")
     for step in STEPS:
         name = names.function(step)
         found = get_or_none(lambda n=name: lam.get_function(FunctionName=n),
-                     "ResourceNotFoundException")
+                            "ResourceNotFoundException")
         remove_if(acts, f"function {name}", found is not None,
-                lambda n=name: lam.delete_function(FunctionName=n))
+                  lambda n=name: lam.delete_function(FunctionName=n))
     logs = clients("logs")
     for group in names.log_groups:
         found = [g for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
                  if g["logGroupName"] == group]
         remove_if(acts, f"log group {group}", bool(found),
-                lambda g=group: logs.delete_log_group(logGroupName=g))
+                  lambda g=group: logs.delete_log_group(logGroupName=g))
     iam = clients("iam")
     for role in [names.state_machine_role, *(names.function_role(s) for s in STEPS)]:
         delete_role(iam, role, acts)
@@ -238,15 +239,15 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
         for step in STEPS:
             repo = names.repository(step)
             found = get_or_none(lambda r=repo: ecr.describe_repositories(repositoryNames=[r]),
-                         "RepositoryNotFoundException")
+                                "RepositoryNotFoundException")
             remove_if(acts, f"ECR repository {repo} and its images", found is not None,
-                    lambda r=repo: ecr.delete_repository(repositoryName=r, force=True))
+                      lambda r=repo: ecr.delete_repository(repositoryName=r, force=True))
     s3 = clients("s3")
     exists = get_or_none(lambda: s3.head_bucket(Bucket=names.bucket), "404", "NoSuchBucket",
-                  "NotFound") is not None
+                         "NotFound") is not None
     if delete_bucket:
         remove_if(acts, f"bucket {names.bucket} and everything in it", exists,
-                lambda: (empty_bucket(s3, names.bucket), s3.delete_bucket(Bucket=names.bucket)))
+                  lambda: (empty_bucket(s3, names.bucket), s3.delete_bucket(Bucket=names.bucket)))
     elif exists:
         log(f"  bucket {names.bucket}: kept (manifests, reports); --delete-bucket removes it")
     log(f"dry run: {len(acts.changes)} deletion(s) would be made; nothing was changed"

@@ -123,8 +123,8 @@ def ensure_repository(ecr: Any, names: StackNames, step: str, acts: Actions) -> 
     """An ECR repository (scan on push, the 10 most recent images kept); its URI."""
     name = names.repository(step)
     acts.log(f"ECR repository {name}")
-    repo = get_or_none(lambda: ecr.describe_repositories(repositoryNames=[name])["repositories"][0],
-                "RepositoryNotFoundException")
+    repo = get_or_none(lambda: ecr.describe_repositories(repositoryNames=[name])[
+        "repositories"][0], "RepositoryNotFoundException")
     uri = repo["repositoryUri"] if repo else f"{names.registry()}/{name}"
     if repo is None:
         made = acts.change(f"create ECR repository {name} (scan on push)",
@@ -256,7 +256,7 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
     else:
         def update_config() -> None:
             retry(lambda: lam.update_function_configuration(FunctionName=name, **settings),
-                   _role_not_ready, sleep)
+                  _role_not_ready, sleep)
             lam.get_waiter("function_updated_v2").wait(FunctionName=name)
         acts.change("update the configuration (role, size, environment)", update_config)
     return str(config.get("FunctionArn", names.function_arn(step)))
@@ -271,7 +271,7 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
     logging = {"level": "ERROR", "includeExecutionData": False,
                "destinations": [{"cloudWatchLogsLogGroup": {"logGroupArn": log_group_arn}}]}
     current = get_or_none(lambda: sfn.describe_state_machine(stateMachineArn=arn),
-                   "StateMachineDoesNotExist")
+                          "StateMachineDoesNotExist")
     if current is None:
         tags = [{"key": STACK_TAG, "value": names.stack}, {"key": BUCKET_TAG,
                                                             "value": names.bucket}]
@@ -313,7 +313,7 @@ def ensure_schedule(scheduler: Any, names: StackNames, expression: str, manifest
                    "RetryPolicy": SCHEDULE_RETRY},
     }
     current = get_or_none(lambda: scheduler.get_schedule(Name=names.schedule),
-                   "ResourceNotFoundException")
+                          "ResourceNotFoundException")
     if current is None:
         made = acts.change(f"create schedule {names.schedule}", lambda: scheduler.create_schedule(
             Name=names.schedule, **desired))
@@ -339,9 +339,9 @@ def remove_if(acts: Actions, what: str, exists: bool, call: Callable[[], Any]) -
 def delete_schedule(clients: Clients, names: StackNames, acts: Actions) -> None:
     scheduler, iam = clients("scheduler"), clients("iam")
     found = get_or_none(lambda: scheduler.get_schedule(Name=names.schedule),
-                 "ResourceNotFoundException")
+                        "ResourceNotFoundException")
     remove_if(acts, f"schedule {names.schedule}", found is not None,
-            lambda: scheduler.delete_schedule(Name=names.schedule))
+              lambda: scheduler.delete_schedule(Name=names.schedule))
     delete_role(iam, names.scheduler_role, acts)
 
 

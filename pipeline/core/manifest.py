@@ -352,7 +352,8 @@ def load_manifest(text: str, source: str, base_dir: str) -> list[JobSpec] | Scan
 
 def _decode(text: str, source: str) -> Any:
     if not text.strip():
-        raise ManifestError(source, ['manifest: expected a JSON object with "jobs", got an empty file'])
+        empty = 'manifest: expected a JSON object with "jobs", got an empty file'
+        raise ManifestError(source, [empty])
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -158,8 +158,8 @@ _ITER = Param("iterations", "integer", "how many times to apply it", default=1, 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
        halo=lambda p, dt: fn.gaussian_radius(p["sigma"], dt),
-       halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, k = 3 for "
-                 "uint8, 4 otherwise"),
+       halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, "
+                 "k = 3 for uint8, 4 otherwise"),
     Op("median_blur", "cv2.medianBlur(img, ksize)",
        (Param("ksize", "integer", "aperture size", required=True, ge=3, le=255, odd=True),),
        fn.median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts,
