@@ -105,18 +105,25 @@ def _schedule_manifest(clients: Clients, names: StackNames, config: DeployConfig
         read_manifest(clients("s3"), config.schedule_manifest)
 
 
+def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None,
+           what: str) -> tuple[Callable[[str], None], Actions, StackNames]:
+    """The log (stderr by default), the Actions of this (dry) run and the stack's names,
+    after saying which stack, account and region it is."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    names = clients.names(config.stack)
+    log(f"{what} {names.stack}: account {names.account}, region {names.region}"
+        + (" (dry run: nothing is changed)" if config.dry_run else ""))
+    return log, Actions(config.dry_run, log), names
+
+
 def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None = None,
            build: Callable[..., str] = docker_images.build_and_push,
            run: Any = subprocess.run, sleep: Callable[[float], None] = time.sleep,
            ) -> dict[str, Any]:
     """Create or update every resource of the stack; what it is made of (names, ARNs) and
     which changes were made (``changes``: empty when the stack was up to date)."""
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    acts = Actions(config.dry_run, log)
+    log, acts, names = _begin(config, clients, log, "stack")
     # preflight: whatever can stop the deploy is checked before anything is changed
-    names = clients.names(config.stack)
-    log(f"stack {names.stack}: account {names.account}, region {names.region}"
-        + (" (dry run: nothing is changed)" if config.dry_run else ""))
     _schedule_manifest(clients, names, config)
     pushed = _pushed_images(clients, names, config, log) if config.skip_build else None
     if not config.skip_build and not config.dry_run:
@@ -206,11 +213,7 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
 
     The bucket (manifests, reports, maybe outputs) is kept unless ``delete_bucket``.
     """
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    acts = Actions(config.dry_run, log)
-    names = clients.names(config.stack)
-    log(f"destroy stack {names.stack}: account {names.account}, region {names.region}"
-        + (" (dry run: nothing is changed)" if config.dry_run else ""))
+    log, acts, names = _begin(config, clients, log, "destroy stack")
     delete_schedule(clients, names, acts)
     sfn = clients("stepfunctions")
     found = get_or_none(
