@@ -258,6 +258,19 @@ def run_throughput(args: argparse.Namespace, folder: str, rgb: dict[str, Any],
                                                                 in outputs.items()}}
 
 
+def _giant_run(tool: str, src: dict[str, Any], dst: str, **kwargs: Any) -> dict[str, Any]:
+    """``tool`` on the giant page; a failure (the naive way may run out of memory on a big
+    page) is logged and returned as ``{"error": ...}``, and the benchmark goes on."""
+    try:
+        r = child(tool, src=src["path"], dst=dst, **kwargs)
+    except RuntimeError as exc:
+        log(f"giant: {tool} failed: {str(exc)[-300:]}")
+        return {"error": str(exc)[-500:]}
+    r["mpx_per_s"] = src["megapixels"] / r["wall_s"]
+    log(f"giant: {tool} {r['wall_s']:.1f} s, peak {r['peak_mb']:.0f} MB")
+    return r
+
+
 def run_memory(args: argparse.Namespace, folder: str, inputs: dict[str, Any],
                tools: list[str]) -> dict[str, Any]:
     """The giant gray page once per tool (deflate), and a small one for tiffpipe: peaks."""
@@ -280,34 +293,19 @@ def run_memory(args: argparse.Namespace, folder: str, inputs: dict[str, Any],
         if label == "giant":
             if "naive" in tools and not args.skip_naive_giant:
                 dst = os.path.join(out_dir, "naive-gray-giant.tif")
-                try:  # the naive way may run out of memory on a big page: say so, go on
-                    entry["naive"] = r = child("naive", src=src["path"], dst=dst,
-                                               sigma=args.sigma, compression="deflate",
-                                               quality=args.quality, threads=args.workers)
-                except RuntimeError as exc:
-                    entry["naive"] = {"error": str(exc)[-500:]}
-                    log(f"giant: naive failed: {str(exc)[-300:]}")
-                else:
-                    r["mpx_per_s"] = src["megapixels"] / r["wall_s"]
-                    log(f"giant: naive {r['wall_s']:.1f} s, peak {r['peak_mb']:.0f} MB")
-                    if not args.no_check_giant:
-                        entry["tiffpipe_vs_naive"] = compare_tiffs(dst_tp, dst, args.halo_border)
+                entry["naive"] = _giant_run("naive", src, dst, sigma=args.sigma,
+                                            compression="deflate", quality=args.quality,
+                                            threads=args.workers)
+                if "error" not in entry["naive"] and not args.no_check_giant:
+                    entry["tiffpipe_vs_naive"] = compare_tiffs(dst_tp, dst, args.halo_border)
                 if os.path.exists(dst):
                     os.remove(dst)
             if "libvips" in tools:
                 dst = os.path.join(out_dir, "libvips-gray-giant.tif")
-                try:
-                    entry["libvips"] = r = child("libvips", src=src["path"], dst=dst, pages=1,
-                                                 sigma=args.sigma, compression="deflate",
-                                                 quality=args.quality,
-                                                 min_ampl=args.vips_min_ampl,
-                                                 precision=args.vips_precision)
-                except RuntimeError as exc:
-                    entry["libvips"] = {"error": str(exc)[-500:]}
-                    log(f"giant: libvips failed: {str(exc)[-300:]}")
-                else:
-                    r["mpx_per_s"] = src["megapixels"] / r["wall_s"]
-                    log(f"giant: libvips {r['wall_s']:.1f} s, peak {r['peak_mb']:.0f} MB")
+                entry["libvips"] = _giant_run("libvips", src, dst, pages=1, sigma=args.sigma,
+                                              compression="deflate", quality=args.quality,
+                                              min_ampl=args.vips_min_ampl,
+                                              precision=args.vips_precision)
                 if os.path.exists(dst):
                     os.remove(dst)
         entry["output_bytes"] = os.path.getsize(dst_tp)
