@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,13 @@ def ref_op(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     raise AssertionError(f"no reference for {name}")
 
 
-def reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
+def reference(page: np.ndarray, ops: list[dict[str, Any]],
+              ref: Callable[[np.ndarray, dict[str, Any]], np.ndarray] | None = None
+              ) -> np.ndarray:
+    """The chain on the whole page, op by op with ``ref`` (default :func:`ref_op`)."""
     img = np.ascontiguousarray(page)
     for p in ops:
-        img = ref_op(img, p)
+        img = (ref or ref_op)(img, p)
         assert img.dtype == page.dtype
     return img
 

@@ -27,6 +27,7 @@ from test_exactness import (
     run_tiled,
     write_tiff,
 )
+from test_exactness import reference as exact_reference
 
 from pipeline import cli
 from pipeline.adapters.tiff_read import read_infos
@@ -88,11 +89,7 @@ def ref_global(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 
 def reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
-    img = np.ascontiguousarray(page)
-    for p in ops:
-        img = ref_global(img, p)
-        assert img.dtype == page.dtype
-    return img
+    return exact_reference(page, ops, ref_global)
 
 
 def _name(ops: list[dict[str, Any]]) -> str:
