@@ -48,13 +48,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
         units += split_units(i, page.grid, bpp, page.info.segment_rows, SPLIT_CACHE_BUDGET,
                              FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS)
-    counts = [p.grid.count for p in pages]
-    per_batch = max(TILES_PER_BATCH, -(-sum(counts) // MAX_ITEMS))
-    while sum(-(-c // per_batch) for c in counts) > MAX_ITEMS and per_batch < max(counts):
-        per_batch += max(1, per_batch // 8)  # batches never span pages: grow until they fit
-    work_batches: list[Batch] = []
-    for i, page in enumerate(pages):
-        work_batches += [] if fused else batches(i, page.grid, per_batch)
+    work_batches = [] if fused else process_batches(pages)
     if len(units) > MAX_ITEMS or len(work_batches) > MAX_ITEMS:
         problems.append(f"the job needs {max(len(units), len(work_batches))} work items, more "
                         f"than the {MAX_ITEMS} a run can fan out; split it into jobs of fewer "
@@ -62,6 +56,16 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at, fused=fused)
     return plan, problems
+
+
+def process_batches(pages: list[PagePlan]) -> list[Batch]:
+    """The process batches of the pages: TILES_PER_BATCH tiles each, more when the job has
+    too many tiles for MAX_ITEMS batches (a batch never spans pages)."""
+    counts = [p.grid.count for p in pages]
+    per_batch = max(TILES_PER_BATCH, -(-sum(counts) // MAX_ITEMS))
+    while sum(-(-c // per_batch) for c in counts) > MAX_ITEMS and per_batch < max(counts):
+        per_batch += max(1, per_batch // 8)  # grow until they fit
+    return [b for i, page in enumerate(pages) for b in batches(i, page.grid, per_batch)]
 
 
 def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]) -> list[str]:
