@@ -206,8 +206,9 @@ def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str
                 executions = sfn.list_executions(stateMachineArn=machine)["executions"]
                 runs = sfn.list_map_runs(executionArn=executions[0]["executionArn"])
                 seen["executions"] = len(executions)
-                seen["map_runs"] = [sfn.describe_map_run(mapRunArn=r["mapRunArn"])["itemCounts"]
-                                    for r in runs["mapRuns"]]
+                seen["map_runs"] = {r["mapRunArn"].rsplit(":", 1)[0].rsplit("/", 1)[-1]:
+                                    sfn.describe_map_run(mapRunArn=r["mapRunArn"])["itemCounts"]
+                                    for r in runs["mapRuns"]}
 
     gc.collect()
     before = census()  # what earlier tests in this process left alive is not this run's
@@ -218,10 +219,14 @@ def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str
     assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
     assert json.loads((tmp_path / "report.json").read_text())["failed"] == 0
 
-    # moto keeps no child executions, and the map runs' item counts are all there
+    # moto keeps no child executions, and the map runs' item counts are all there: the job's
+    # own maps have ended, the Jobs map (one item: this job) runs on
     assert seen["executions"] == 1
-    totals = sorted(c["total"] for c in seen["map_runs"])
-    assert totals[-1] == batches and all(c["succeeded"] == c["total"] for c in seen["map_runs"])
+    jobs = seen["map_runs"].pop("Jobs")
+    assert jobs["total"] == 1 and jobs["running"] == 1, jobs
+    totals = sorted(c["total"] for c in seen["map_runs"].values())
+    assert totals[-1] == batches
+    assert all(c["succeeded"] == c["total"] for c in seen["map_runs"].values())
     # bounded by map_threads, not by the 128 items (as shipped: ~3 threads per item in flight)
     assert seen["threads"] <= 3 * map_threads + 16, seen["threads"]
     assert len(seen["censuses"]) == 2

@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.adapters import storage
 from pipeline.core import plan as plan_module
-from pipeline.core.events import JobEvent
+from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.models import JobSpec, PageInfo
 from pipeline.engine import definition
 from pipeline.steps import layout, planning
@@ -190,6 +190,39 @@ def _check_fan_out(name: str, state: dict[str, Any]) -> None:
     assert "ResultPath" in state and state["ResultPath"] is None, (
         f"{name}: results must be dropped (ResultPath: null) to keep the payload small")
     assert state.get("MaxConcurrency", 0) <= 10_000, name
+
+
+def test_jobs_map_reads_its_items_from_the_job_list_plan_run_writes(rendered, tmp_path):
+    """Jobs is a Distributed Map of STANDARD child executions (a job may run for hours) whose
+    items come from the job list (an ItemReader over PlanRun's ``items``), not from a state
+    payload; a job whose RecordFailure itself failed does not stop the others or the Report
+    (which reports it as NoResultError); the children's outputs are empty."""
+    jobs = rendered["States"][PER_JOB_MAP]
+    plan_run = rendered["States"][rendered["StartAt"]]
+    assert plan_run["Next"] == PER_JOB_MAP and "ItemsPath" not in jobs
+    _check_fan_out(PER_JOB_MAP, jobs)
+    assert jobs["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] == "STANDARD"
+    reader = jobs["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject"
+    assert reader["ReaderConfig"] == {"InputType": "JSON"}
+    assert plan_run["ResultSelector"]["items.$"] == "$.Payload.items"
+    assert reader["Parameters"] == {"Bucket.$": "$.planned.items.Bucket",
+                                    "Key.$": "$.planned.items.Key"}
+    assert jobs["ToleratedFailurePercentage"] == 100.0 and jobs["Next"] == "Report"
+    for name, state in job_states(rendered).items():
+        if state.get("End"):
+            assert "OutputPath" in state and state["OutputPath"] is None, name
+
+    # what plan_run returns is what the reader and the selector read
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": f"/in/{i}.tif",
+                                              "output": f"/out/{i}.tif"} for i in range(3)]}))
+    result = planning.plan_run(RunEvent(str(manifest), str(tmp_path / "w"), "r1"))
+    assert result["jobs"] == 3
+    items = JobList(**result["items"])
+    assert json.loads(storage.read_text(items.url)) == [0, 1, 2]
+    assert JobList.of("s3://bkt/work/r1/jobs.json") == JobList("bkt", "work/r1/jobs.json")
+    assert JobList.of("s3://bkt/work/r1/jobs.json").url == "s3://bkt/work/r1/jobs.json"
 
 
 def test_fused_jobs_choose_process_units_then_merge(rendered):

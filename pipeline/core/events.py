@@ -108,3 +108,33 @@ class ReportEvent:
     """Write the run report (merge function, ``report``)."""
 
     run: str
+
+
+#: the ItemReader "bucket" of a job list in a local work folder: not a valid S3 bucket name
+#: (underscore), so it never names a real bucket; only the local engine reads such a list
+LOCAL_BUCKET = "tiffpipe_local"
+
+
+@dataclass(frozen=True)
+class JobList:
+    """Where PlanRun wrote the run's job list (a JSON array of job indices): the ``Bucket`` and
+    ``Key`` the ``Jobs`` Distributed Map's ItemReader reads (``s3:getObject``), so no state
+    payload holds the jobs. A local work folder's list has ``Bucket`` :data:`LOCAL_BUCKET`
+    and its path as ``Key``."""
+
+    Bucket: str
+    Key: str
+
+    @classmethod
+    def of(cls, url: str) -> JobList:
+        if url.startswith("s3://"):
+            bucket, _, key = url[len("s3://"):].partition("/")
+            return cls(bucket, key)
+        return cls(LOCAL_BUCKET, url)
+
+    @property
+    def url(self) -> str:
+        return self.Key if self.Bucket == LOCAL_BUCKET else f"s3://{self.Bucket}/{self.Key}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"Bucket": self.Bucket, "Key": self.Key}

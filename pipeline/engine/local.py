@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from pipeline.core.events import JobList
 from pipeline.engine import definition
-from pipeline.engine.moto_patches import crash_watch, end_signal, lean_interpreter
+from pipeline.engine.moto_patches import crash_watch, end_signal, item_reader, lean_interpreter
 from pipeline.engine.workers import WorkerPool
 from pipeline.errors import EngineError
 
@@ -134,7 +135,7 @@ class LocalEngine:
         started = time.time()
         with (_mocked_aws(), served_by(self.pool, self.listener),
               lean_interpreter(self.map_threads), end_signal() as ended,
-              crash_watch() as crashes):
+              crash_watch() as crashes, item_reader(self._read_items)):
             # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
             wait = poll if ended is None else max(poll, 1.0)
             session = boto3.Session(region_name=REGION)
@@ -164,6 +165,11 @@ class LocalEngine:
         output = json.loads(desc["output"]) if desc.get("output") else None
         return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
                          time.time() - started)
+
+    def _read_items(self, parameters: dict[str, Any]) -> str:
+        """The job list a Distributed Map's ItemReader names (Bucket, Key), from the work
+        location (see moto_patches.item_reader)."""
+        return self.pool.read_text(JobList(parameters["Bucket"], parameters["Key"]).url)
 
     @staticmethod
     def _role(session: Any, name: str) -> str:

@@ -50,7 +50,8 @@ T = TypeVar("T")
 #   8. LocalEngine.run polled the execution's status: up to ``poll`` late at its end;
 #   9. the definition is parsed twice (validated by create_state_machine, then executed).
 # And one for safety: 10. an exception escaping moto's execution thread left the execution
-# RUNNING for ever; it is recorded, and the engine stops with it.
+# RUNNING for ever; it is recorded, and the engine stops with it. And one for reach: 11. the
+# Jobs map's ItemReader reads moto's in-process S3, which holds no work files.
 # The patches last for LocalEngine.run only, and put moto's own code back afterwards (6 is an
 # import, and leaves moto.batch unimported, as it was). Each checks what it replaces (names
 # and signatures) first; if moto changed, it logs a warning and the run goes on without it:
@@ -387,6 +388,37 @@ def _watch_crashes(patches: Patches, crashes: list[BaseException]) -> None:
             crashes.append(exc)
 
     patches.set(worker, "_execution_logic", guarded)
+
+
+ITEM_READER_S3 = ("moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader."
+                  "eval.resource_eval_s3")
+
+
+def _read_items_with(patches: Patches, read: Callable[[dict[str, Any]], str]) -> None:
+    """(11) A Distributed Map's ItemReader (``s3:getObject``) gets the object's text from
+    ``read(parameters)`` instead of moto's in-process S3: the job list PlanRun wrote is in
+    the run's work location (a local folder, or a bucket the workers reach and moto's mock
+    does not)."""
+    module = importlib.import_module(ITEM_READER_S3)
+    evaluator = _require(module, "ResourceEvalS3")
+    if not isinstance(vars(evaluator).get("_handle_get_object"), staticmethod):
+        raise MotoChanged("ResourceEvalS3._handle_get_object is not its own staticmethod")
+    _require(evaluator, "_handle_get_object", ("env", "resource_runtime_part",
+                                               "state_credentials"))
+
+    def _handle_get_object(env: Any, resource_runtime_part: Any, state_credentials: Any
+                           ) -> None:
+        parameters = env.stack.pop()
+        env.stack.append(read(parameters))
+
+    patches.set(evaluator, "_handle_get_object", staticmethod(_handle_get_object))
+
+
+def item_reader(read: Callable[[dict[str, Any]], str]) -> AbstractContextManager[bool | None]:
+    """While the block runs, ItemReader objects are read by ``read`` (see
+    :func:`_read_items_with`); yields None (logged) if moto changed and they cannot be."""
+    return _one_patch("ItemReader from the work location",
+                      lambda p: _read_items_with(p, read), True)
 
 
 def _cannot_apply(name: str, exc: Exception) -> None:

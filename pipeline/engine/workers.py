@@ -87,6 +87,12 @@ def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any],
     return ok, payload, os.getpid(), peak_rss_kb()
 
 
+def _read_text(url: str) -> str:
+    from pipeline.adapters import storage
+
+    return storage.read_text(url)
+
+
 def peak_rss_kb() -> int:
     """Peak resident memory of this process in KiB: VmHWM, which (unlike ru_maxrss) is not
     inherited from the parent across fork and exec."""
@@ -152,6 +158,13 @@ class WorkerPool:
         with self._lock:
             self.peaks_kb[pid] = max(self.peaks_kb.get(pid, 0), peak)
         return ok, payload
+
+    def read_text(self, url: str) -> str:
+        """The text of a file or S3 object, read by a worker (in the user's environment, which
+        reaches the work location; the engine's process is inside moto's mock)."""
+        with self._lock:
+            pool = self._pool
+        return pool.submit(_read_text, url).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

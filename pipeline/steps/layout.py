@@ -2,6 +2,7 @@
 
 ```
 {work}/run.json                              the run: resolved jobs of the manifest
+{work}/jobs.json                             the job indices the Jobs map reads (ItemReader)
 {work}/jobs/{job}/plan.json                  a job's plan
 {work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
 {work}/jobs/{job}/out/{page}/{row}_{col}     packs of encoded output tiles (process -> merge)
@@ -20,6 +21,10 @@ from pipeline.adapters.storage import join
 
 def run_file(work: str) -> str:
     return join(work, "run.json")
+
+
+def jobs_file(work: str) -> str:
+    return join(work, "jobs.json")
 
 
 def job_dir(work: str, job: int) -> str:

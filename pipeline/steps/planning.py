@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
-from pipeline.core.events import JobEvent, RunEvent
+from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.manifest import ScanSpec, load_manifest, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan
@@ -19,9 +19,11 @@ from pipeline.steps.common import load_job
 
 
 def plan_run(event: RunEvent) -> dict[str, Any]:
-    """Validate the manifest and write run.json; the jobs' indices go to the Jobs map.
+    """Validate the manifest and write run.json and the job list the Jobs map reads.
 
-    A scan manifest is expanded here, into one job per new input (none: an empty run).
+    A scan manifest is expanded here, into one job per new input (none: an empty run). The
+    job indices go to a file (``jobs.json``), not to the result: the ``Jobs`` Distributed
+    Map's ItemReader reads them, so the state payloads stay small for any number of jobs.
     """
     text = storage.read_text(event.manifest, missing=InputNotFoundError)
     parsed = load_manifest(text, event.manifest, storage.parent(event.manifest))
@@ -33,7 +35,9 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
         "report": report, "started_at": time.time(),
         "jobs": [s.to_json() for s in specs],
     })
-    return {"run": run_url, "jobs": list(range(len(specs)))}
+    jobs_url = layout.jobs_file(event.work)
+    storage.write_json(jobs_url, list(range(len(specs))), indent=None)
+    return {"run": run_url, "jobs": len(specs), "items": JobList.of(jobs_url).to_json()}
 
 
 def expand_scan(scan: ScanSpec) -> list[JobSpec]:
