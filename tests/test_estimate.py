@@ -197,6 +197,18 @@ def test_state_transitions_walk_the_definition(manifest: Path) -> None:
         est.count_transitions(definition, [{"units": 1, "batches": 1}])
 
 
+def test_the_jobs_map_reads_its_items_and_counts_once_per_job() -> None:
+    """The shipped definition's Jobs map has no ItemsPath (an ItemReader reads the job list):
+    it still walks once per job, and its MaxConcurrency is the jobs' limit."""
+    definition = est.load_definition()
+    assert "ItemReader" in definition["States"]["Jobs"]
+    jobs = [{"units": 1, "batches": 2, "rounds": 0, "fused": False}] * 3
+    got = est.count_transitions(definition, jobs)
+    assert len(set(got["per_job"])) == 1 and got["per_job"][0] > 0
+    assert got["total"] == 3 + sum(got["per_job"])  # PlanRun, Jobs, Report
+    assert est.map_limits(definition)["jobs"] == definition["States"]["Jobs"]["MaxConcurrency"]
+
+
 def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Path) -> None:
     unfused_plans, sizes = _plans(manifest)
     plans, fused_sizes = _plans(fused)

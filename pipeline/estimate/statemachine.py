@@ -32,11 +32,19 @@ def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None
     return state.get("Default")
 
 
+def items_of(state: dict[str, Any]) -> str:
+    """What a Map iterates over: its ItemsPath's last name (``units``, ``batches``), or
+    ``jobs`` for the Map whose items an ItemReader reads (the job list PlanRun writes)."""
+    if "ItemReader" in state:
+        return "jobs"
+    return str(state.get("ItemsPath", "")).rsplit(".", 1)[-1]
+
+
 def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """State transitions of a successful execution, walking the definition: each state
-    entered is one; a Map state is one plus its item processor once per item. Items of a
-    Map come from its ItemsPath's last name: ``jobs`` (one per job), ``units``, ``batches``
-    (the job's). A Choice follows the job: see :func:`_choose` (``fused``, ``rounds``)."""
+    entered is one; a Map state is one plus its item processor once per item (a Distributed
+    Map's child executions are Standard ones: their transitions count the same). Items of a
+    Map: see :func:`items_of`: ``jobs`` (one per job), ``units``, ``batches`` (the job's). A Choice follows the job: see :func:`_choose` (``fused``, ``rounds``)."""
 
     def walk(states: dict[str, Any], start: str, ctx: dict[str, Any]) -> int:
         count, name, steps = 0, start, 0
@@ -49,7 +57,7 @@ def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) ->
             kind = state["Type"]
             if kind == "Map":
                 proc = state.get("ItemProcessor") or state.get("Iterator")
-                key = state.get("ItemsPath", "").rsplit(".", 1)[-1]
+                key = items_of(state)
                 if key == "jobs":
                     for i, job in enumerate(ctx["jobs"]):
                         per = walk(proc["States"], proc["StartAt"],
@@ -70,14 +78,14 @@ def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) ->
 
 
 def map_limits(definition: dict[str, Any]) -> dict[str, int]:
-    """MaxConcurrency of each Map by its ItemsPath's last name (0: unlimited; the smallest
-    when several Maps share a name)."""
+    """MaxConcurrency of each Map by what it iterates over (:func:`items_of`; 0: unlimited;
+    the smallest when several Maps share a name)."""
     out: dict[str, int] = {}
 
     def visit(states: dict[str, Any]) -> None:
         for state in states.values():
             if state.get("Type") == "Map":
-                key = state.get("ItemsPath", "").rsplit(".", 1)[-1]
+                key = items_of(state)
                 limit = int(state.get("MaxConcurrency", 0))
                 if key not in out or (limit and (not out[key] or limit < out[key])):
                     out[key] = limit
