@@ -49,6 +49,8 @@ class Execution:
     error: str | None
     cause: str | None
     seconds: float
+    #: events in the execution's history (Step Functions keeps at most 25,000 per execution)
+    history_events: int = 0
 
 
 def function_name(function: str) -> str:
@@ -100,6 +102,17 @@ def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]
         yield
     finally:
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+
+def _history_events(sfn: Any, execution: str) -> int:
+    """The number of events in an execution's history (all pages)."""
+    count, kwargs = 0, {"executionArn": execution, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        count += len(page["events"])
+        if not page.get("nextToken"):
+            return count
+        kwargs["nextToken"] = page["nextToken"]
 
 
 class LocalEngine:
@@ -162,9 +175,10 @@ class LocalEngine:
                     time.sleep(wait)
                 elif ended.wait(wait):  # woken when an execution ends
                     ended.clear()
+            events = _history_events(sfn, execution)
         output = json.loads(desc["output"]) if desc.get("output") else None
         return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
-                         time.time() - started)
+                         time.time() - started, events)
 
     def _read_items(self, parameters: dict[str, Any]) -> str:
         """The job list a Distributed Map's ItemReader names (Bucket, Key), from the work
