@@ -350,6 +350,10 @@ def test_every_role_is_scoped(aws: Aws, tmp_path: Path):
     assert sorted(_resources(invoke[0])) == sorted(arns + [f"{a}:*" for a in arns])
     start = [s for s in states if "states:StartExecution" in s["Action"]]
     assert [_resources(s) for s in start] == [[NAMES.state_machine_arn]]
+    # the Jobs map's ItemReader: the job lists of the stack's runs, read only
+    reads = [s for s in states if any(a.startswith("s3:") for a in s["Action"])]
+    assert [(s["Action"], _resources(s)) for s in reads] == [
+        (["s3:GetObject"], [f"{NAMES.bucket_arn}/work/*/jobs.json"])]
 
     assert _statements(doc(NAMES.scheduler_role)) == [{
         "Sid": "StartOwnStateMachine", "Effect": "Allow", "Action": ["states:StartExecution"],

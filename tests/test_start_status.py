@@ -151,6 +151,7 @@ def test_start_uploads_a_local_manifest_and_wait_shows_the_summary(stack: Stack)
         "work": f"s3://{NAMES.bucket}/work/{run_id}/", "run_id": run_id,
         "report": f"s3://{NAMES.bucket}/reports/{run_id}.json"}
     assert "ProcessUnits" in err and "items" in err  # map run progress (a fused job)
+    assert re.search(r"RUNNING: jobs [0-2]/2 done", err), err  # the Jobs map's items first
 
     # the summary table, as tiffpipe run prints it, from the report the Report step wrote
     assert f"run {run_id}: 1 succeeded, 1 failed" in out
@@ -277,3 +278,13 @@ def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):
     code, _, err = stack.tiffpipe("start", str(stack.manifest("m.json", JOBS)), "--stack",
                                   "nope", "--region", REGION)
     assert code == 2 and "deploy it first" in err
+
+
+def test_progress_shows_the_jobs_first_then_the_running_jobs_maps():
+    from pipeline.aws.executions import progress_line
+
+    totals = {"Process": {"runs": 2, "total": 10, "succeeded": 4, "running": 6},
+              "Split": {"runs": 2, "total": 4, "succeeded": 4},
+              "Jobs": {"runs": 1, "total": 1000, "succeeded": 12, "running": 8}}
+    assert progress_line(totals) == ("jobs 12/1000 done; Split 4/4 items (2 map run(s)); "
+                                     "Process 4/10 items (2 map run(s))")

@@ -186,28 +186,62 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     return show(clients, arn, wait=True, poll=poll, out=out, err=err, sleep=sleep)
 
 
-def map_run_progress(sfn: Any, execution_arn: str) -> dict[str, dict[str, int]]:
-    """Item counts of the execution's Distributed Map runs, summed per map label (Split,
-    Process): ``{label: {"total", "succeeded", "failed", "running", ...}}``."""
+#: the label of the Distributed Map whose items are the run's jobs (statemachine.asl.json)
+JOBS_LABEL = "Jobs"
+
+
+def _map_runs(sfn: Any, execution_arn: str) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {"executionArn": execution_arn}
     while True:
         page = sfn.list_map_runs(**kwargs)
         runs += page.get("mapRuns", [])
         if not page.get("nextToken"):
-            break
+            return runs
         kwargs["nextToken"] = page["nextToken"]
+
+
+def _running_children(sfn: Any, map_run_arn: str) -> list[str]:
+    """The child executions of a map run that are running now (at most its MaxConcurrency)."""
+    arns: list[str] = []
+    kwargs: dict[str, Any] = {"mapRunArn": map_run_arn, "statusFilter": "RUNNING"}
+    while True:
+        page = sfn.list_executions(**kwargs)
+        arns += [e["executionArn"] for e in page.get("executions", [])]
+        if not page.get("nextToken"):
+            return arns
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def map_run_progress(sfn: Any, execution_arn: str) -> dict[str, dict[str, int]]:
+    """Item counts of the execution's Distributed Map runs, summed per map label: ``Jobs``
+    (its items are the run's jobs) and, from the jobs running now (child executions of the
+    Jobs map on AWS), Split, Process, ...: ``{label: {"total", "succeeded", "failed",
+    "running", ...}}``."""
+    runs = _map_runs(sfn, execution_arn)
+    for run in list(runs):
+        if _label(run["mapRunArn"]) != JOBS_LABEL:
+            continue
+        try:  # the jobs' own map runs belong to their child executions (moto lists them above)
+            children = _running_children(sfn, run["mapRunArn"])
+        except Exception:  # noqa: BLE001 - informational: the jobs' counts alone, then
+            children = []
+        for child in children:
+            runs += _map_runs(sfn, child)
     totals: dict[str, dict[str, int]] = {}
     for run in runs:
         counts = sfn.describe_map_run(mapRunArn=run["mapRunArn"]).get("itemCounts", {})
-        # mapRun:<state machine>/<label>:<id>
-        label = run["mapRunArn"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
-        acc = totals.setdefault(label, {"runs": 0})
+        acc = totals.setdefault(_label(run["mapRunArn"]), {"runs": 0})
         acc["runs"] += 1
         for key, value in counts.items():
             if isinstance(value, int):
                 acc[key] = acc.get(key, 0) + value
     return totals
+
+
+def _label(map_run_arn: str) -> str:
+    # mapRun:<state machine>/<label>:<id>
+    return map_run_arn.rsplit(":", 1)[0].rsplit("/", 1)[-1]
 
 
 def progress_line(totals: dict[str, dict[str, int]] | None) -> str:
@@ -216,11 +250,15 @@ def progress_line(totals: dict[str, dict[str, int]] | None) -> str:
     if not totals:
         return "planning (no map run yet)"
     parts = []
-    for label, c in sorted(totals.items(), key=lambda kv: kv[0] != "Split"):
+    order = {JOBS_LABEL: 0, "Split": 1}
+    for label, c in sorted(totals.items(), key=lambda kv: order.get(kv[0], 2)):
         done = c.get("succeeded", 0) + c.get("failed", 0) + c.get("timedOut", 0) + \
             c.get("aborted", 0)
         failed = c.get("failed", 0) + c.get("timedOut", 0) + c.get("aborted", 0)
-        text = f"{label} {done}/{c.get('total', 0)} items ({c['runs']} map run(s))"
+        if label == JOBS_LABEL:
+            text = f"jobs {done}/{c.get('total', 0)} done"
+        else:
+            text = f"{label} {done}/{c.get('total', 0)} items ({c['runs']} map run(s))"
         parts.append(text + (f", {failed} failed" if failed else ""))
     return "; ".join(parts)
 

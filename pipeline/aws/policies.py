@@ -125,9 +125,12 @@ def function_policy(step: str, names: StackNames,
 
 def state_machine_policy(names: StackNames) -> dict[str, Any]:
     """The state machine's role: invoke the stack's three functions, run its own Distributed
-    Map children, and deliver its logs."""
+    Map children, read the job lists its ``Jobs`` map's ItemReader reads (``jobs.json`` of a
+    run's work prefix), and deliver its logs."""
     functions = [names.function_arn(s) for s in STEPS]
     return _doc(
+        # the Jobs map's ItemReader (s3:getObject) reads the job list PlanRun wrote
+        _allow("ReadJobLists", ["s3:GetObject"], [f"{names.bucket_arn}/{WORK}*/jobs.json"]),
         _allow("InvokeOwnFunctions", ["lambda:InvokeFunction"],
                functions + [f"{arn}:*" for arn in functions]),
         # a Distributed Map starts child executions of this same state machine
