@@ -21,6 +21,7 @@ arrays out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,24 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
 
+def neighbour_sides(sides: dict[tuple[int, int], dict[str, np.ndarray]]
+                    ) -> Iterator[tuple[tuple[int, int], np.ndarray, tuple[int, int], np.ndarray]]:
+    """(tile, its side, neighbour, the neighbour's side) for every pair of tiles of ``sides``
+    that touch: across a side (right, below) or a corner (the diagonals below, by the one
+    pixel at each end of the bottom side)."""
+    for (row, col), side in sides.items():
+        right, down = (row, col + 1), (row + 1, col)
+        if right in sides:
+            yield (row, col), side["right"], right, sides[right]["left"]
+        if down in sides:
+            yield (row, col), side["bottom"], down, sides[down]["top"]
+        diag, anti = (row + 1, col + 1), (row + 1, col - 1)
+        if diag in sides and side["bottom"].size and sides[diag]["top"].size:
+            yield (row, col), side["bottom"][-1:], diag, sides[diag]["top"][:1]
+        if anti in sides and side["bottom"].size and sides[anti]["top"].size:
+            yield (row, col), side["bottom"][:1], anti, sides[anti]["top"][-1:]
+
+
 def hysteresis(grid: PageGrid, sides: dict[tuple[int, int], dict[str, np.ndarray]]
                ) -> dict[tuple[int, int], np.ndarray]:
     """The weak components of each tile that join a strong chain through other tiles.
@@ -125,17 +144,8 @@ def hysteresis(grid: PageGrid, sides: dict[tuple[int, int], dict[str, np.ndarray
             keys_a.append(_key(t1, la, cols))
             keys_b.append(_key(t2, lb, cols))
 
-    for (row, col), side in sides.items():
-        right, down = (row, col + 1), (row + 1, col)
-        if right in sides:
-            link((row, col), side["right"], right, sides[right]["left"])
-        if down in sides:
-            link((row, col), side["bottom"], down, sides[down]["top"])
-        diag, anti = (row + 1, col + 1), (row + 1, col - 1)
-        if diag in sides and side["bottom"].size and sides[diag]["top"].size:
-            link((row, col), side["bottom"][-1:], diag, sides[diag]["top"][:1])
-        if anti in sides and side["bottom"].size and sides[anti]["top"].size:
-            link((row, col), side["bottom"][:1], anti, sides[anti]["top"][-1:])
+    for t1, s1, t2, s2 in neighbour_sides(sides):
+        link(t1, s1, t2, s2)
     if not keys_a:
         return {}
     ka, kb = np.concatenate(keys_a), np.concatenate(keys_b)
