@@ -34,6 +34,8 @@ FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
         "process_unit": (events.UnitEvent, "pipeline.steps.process:process_unit"),
         "stats": (events.StatsEvent, "pipeline.steps.stats:stats"),
         "reduce_stats": (events.ReduceEvent, "pipeline.steps.stats:reduce_stats"),
+        # one node of a canny round's tree reduce (a level with several nodes)
+        "reduce_node": (events.NodeEvent, "pipeline.steps.canny_reduce:reduce_node"),
     },
     "merge": {
         "merge": (events.MergeEvent, "pipeline.steps.merge:merge"),

@@ -85,3 +85,67 @@ def test_the_tree_covers_the_page_once_children_first():
     p = canny_tree.path(nodes, 4, 6)
     assert p[-1] == len(nodes) - 1 and not nodes[p[0]].children
     assert nodes[p[0]].r0 <= 4 < nodes[p[0]].r1 and nodes[p[0]].c0 <= 6 < nodes[p[0]].c1
+
+
+# --- on the local engine: the tree's levels run as ReduceLevel map runs ---------------------
+
+
+def test_a_canny_with_a_small_bound_reduces_in_several_levels_exactly(tmp_path, monkeypatch):
+    """Two pages of 8 x 11 and 4 x 5 tiles with 8 tile sides per node (2 tiles a leaf): the
+    reduce tree has several levels, each of several nodes, run by ReduceLevel children; the
+    output is bit-identical to cv2.Canny on the whole page (hysteresis along long edges that
+    cross many tiles), and a chain with two cannies reduces both rounds by the tree."""
+    import json
+
+    import cv2
+    import tifffile
+    from test_global_ops import _long_edges
+
+    from pipeline.engine.local import LocalEngine
+    from pipeline.steps.canny_reduce import BOUND_VAR
+
+    monkeypatch.setenv(BOUND_VAR, "8")
+    pages = [_long_edges(700, 500), _long_edges(256, 300)]
+    src = tmp_path / "edges.tif"
+    tifffile.imwrite(src, pages[0], tile=(64, 64))
+    tifffile.imwrite(src, pages[1], tile=(64, 64), append=True)
+    ops = [{"op": "canny", "low": 8, "high": 60, "sigma": 1.0}]
+    twice = ops + [{"op": "gaussian_blur", "sigma": 3}, {"op": "canny", "low": 5, "high": 30}]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"defaults": {"tile": 64, "output_options": {"tile": 64}},
+                                    "jobs": [{"input": str(src), "output": str(tmp_path / n),
+                                              "ops": o} for n, o in (("a.tif", ops),
+                                                                     ("b.tif", twice))]}))
+    nodes: list[dict] = []
+
+    def listener(function, event, ok, payload):
+        if event.get("action") == "reduce_node":
+            nodes.append(event)
+        if event.get("action") == "reduce_stats" and ok:
+            nodes.append({"reduce_stats": payload})
+
+    with LocalEngine(2, listener=listener) as engine:
+        execution = engine.run({"manifest": str(manifest), "work": str(tmp_path / "work"),
+                                "run_id": "t", "report": str(tmp_path / "r.json")}, name="t")
+    assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["failed"] == 0, report
+
+    def ref(page, chain):
+        out = page
+        for op in chain:
+            if op["op"] == "canny":
+                x = cv2.GaussianBlur(out, (0, 0), op["sigma"]) if op.get("sigma") else out
+                out = cv2.Canny(x, op["low"], op["high"])
+            else:
+                out = cv2.GaussianBlur(out, (0, 0), op["sigma"])
+        return out
+
+    for name, chain in (("a.tif", ops), ("b.tif", twice)):
+        with tifffile.TiffFile(tmp_path / name) as tf:
+            for page, want in zip(tf.pages, pages, strict=True):
+                got = page.asarray()
+                assert np.array_equal(got, ref(want, chain)), name
+    levels = [n["reduce_stats"] for n in nodes if "reduce_stats" in n and n["reduce_stats"]["tree"]]
+    assert len({(lv["job"], lv["round"], lv["level"]) for lv in levels}) >= 6  # levels, rounds
+    assert sum("node" in n for n in nodes) > 60  # the ReduceLevel children

@@ -255,7 +255,9 @@ def test_statistics_rounds_loop_between_split_and_process(rendered):
     assert states["Split"]["Next"] == "NeedsStats"
     choice = states["NeedsStats"]
     assert choice["Type"] == "Choice" and choice["Default"] == "Process"
-    (rule,) = choice["Choices"]
+    tree, rule = choice["Choices"]  # a canny round's pending tree level first
+    assert tree == {"Variable": "$.planned.stats.tree", "BooleanEquals": True,
+                    "Next": "ReduceLevel"}
     assert rule == {"Variable": "$.planned.stats.more", "BooleanEquals": True, "Next": "Stats"}
     assert states["Stats"]["ItemSelector"]["round.$"] == "$.planned.stats.round"
     inner = states["Stats"]["ItemProcessor"]["States"]["StatsBatch"]
@@ -264,7 +266,17 @@ def test_statistics_rounds_loop_between_split_and_process(rendered):
     reduce_ = states["ReduceStats"]
     assert reduce_["Parameters"]["Payload"]["action"] == "reduce_stats"
     assert reduce_["ResultPath"] == "$.planned.stats" and reduce_["Next"] == "NeedsStats"
-    assert set(reduce_["ResultSelector"]) == {"round.$", "more.$", "rounds.$"}
+    assert set(reduce_["ResultSelector"]) == {"round.$", "more.$", "rounds.$", "level.$",
+                                              "nodes.$", "tree.$", "bound.$"}
+    assert {reduce_["Parameters"]["Payload"][k] for k in ("level.$", "bound.$")} == {
+        "$.planned.stats.level", "$.planned.stats.bound"}
+    # a level of the canny reduce tree: one reduce_node per node, then ReduceStats again
+    level = states["ReduceLevel"]
+    _check_fan_out("ReduceLevel", level)
+    assert level["ItemsPath"] == "$.planned.stats.nodes" and level["Next"] == "ReduceStats"
+    (node,) = level["ItemProcessor"]["States"].values()
+    assert node["Parameters"]["Payload"]["action"] == "reduce_node"
+    assert level["Catch"] == states["Stats"]["Catch"]
 
 
 def test_render_leaves_no_placeholders(raw, rendered_text):

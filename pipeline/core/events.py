@@ -80,10 +80,24 @@ class StatsEvent:
 @dataclass(frozen=True)
 class ReduceEvent:
     """Reduce a round's partial statistics to one per page (process function,
-    ``reduce_stats``)."""
+    ``reduce_stats``). A canny round reduces as a tree: ``level`` is the first tree level
+    still to do, ``bound`` the tile sides a tree node may hold (0: not chosen yet)."""
 
     plan: str
     round: int
+    level: int = 0
+    bound: int = 0
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """Join one node of a canny round's reduce tree (process function, ``reduce_node``):
+    ``node`` indexes the job's tree nodes, every page's in page order."""
+
+    plan: str
+    round: int
+    bound: int
+    node: int
 
 
 @dataclass(frozen=True)

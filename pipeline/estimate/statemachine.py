@@ -11,14 +11,22 @@ from pipeline.estimate.assumptions import EstimateError
 
 def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None:
     """The state a Choice goes to for this job. Its rules test what the job's plan says:
-    ``...fused`` (the job is fused: ``fused`` in ``ctx``) or ``...stats.more`` (statistics
-    rounds left: ``rounds_left``, one used up each time that branch is taken). A rule without
-    a Variable counts as ``stats.more``."""
+    ``...fused`` (the job is fused: ``fused`` in ``ctx``), ``...stats.more`` (statistics
+    rounds left: ``rounds_left``, one used up each time that branch is taken) or
+    ``...stats.tree`` (levels of a canny reduce tree that run in a Map: ``tree_levels_left``,
+    0 unless given: a page of up to 1,024 tiles reduces in one task). A rule without a
+    Variable counts as ``stats.more``."""
     for rule in state.get("Choices", []):
         last = rule.get("Variable", "").rsplit(".", 1)[-1]
         wanted = bool(rule.get("BooleanEquals", True))
         if last == "fused":
             if bool(ctx.get("fused")) == wanted:
+                return rule["Next"]
+        elif last == "tree":  # a canny round's reduce tree levels run in a Map
+            more = ctx.get("tree_levels_left", 0) > 0
+            if more == wanted:
+                if more:
+                    ctx["tree_levels_left"] -= 1
                 return rule["Next"]
         elif last in ("more", ""):
             more = ctx.get("rounds_left", 0) > 0

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
+from pipeline.core import canny_tree
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
@@ -46,25 +47,15 @@ def load_state(url: str) -> State:
     return load_npz(url)
 
 
+@functools.lru_cache(maxsize=64)
+def load_down(url: str) -> State:
+    """A canny reduce tree node's ``down`` arrays; cached: a batch's tiles share ancestors."""
+    return load_npz(url)
+
+
 @functools.lru_cache(maxsize=8)
-def load_kept(url: str) -> dict[tuple[int, int], np.ndarray]:
-    """A page's canny hysteresis result: per tile, its weak labels to keep."""
-    st = load_npz(url)
-    out: dict[tuple[int, int], np.ndarray] = {}
-    offsets = st["offsets"]
-    for i, (row, col) in enumerate(st["tiles"]):
-        out[(int(row), int(col))] = st["labels"][offsets[i]:offsets[i + 1]]
-    return out
-
-
-def kept_arrays(kept: dict[tuple[int, int], np.ndarray]) -> dict[str, np.ndarray]:
-    """``load_kept``'s dict as the arrays stored."""
-    tiles = sorted(kept)
-    sizes = [len(kept[t]) for t in tiles]
-    return {"tiles": np.array(tiles, np.int64).reshape(-1, 2),
-            "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            "labels": (np.concatenate([kept[t] for t in tiles]) if tiles
-                       else np.zeros(0, np.int32)).astype(np.int32)}
+def page_tree(rows: int, cols: int, bound: int) -> list[canny_tree.Node]:
+    return canny_tree.tree(rows, cols, bound)
 
 
 class TileEvaluator:
@@ -77,6 +68,7 @@ class TileEvaluator:
         self.chain = chain_from_json(plan.spec.ops)
         self.layout = ChainLayout.of(self.chain, self.page.info.dtype)
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._kept: dict[tuple[int, int, int], np.ndarray] = {}
 
     # --- geometry ---------------------------------------------------------------------
 
@@ -111,7 +103,6 @@ class TileEvaluator:
     def edges(self, canny: int, rect: Rect) -> np.ndarray:
         """The final edges of the canny at position ``canny`` over ``rect`` (its pixels)."""
         k = self.layout.rounds.index(canny)
-        kept = load_kept(layout.stats_file(self.plan.work, k, self.page_pos))
         grid = self.grid(self.layout.scales[canny])
         out = np.zeros((rect.height, rect.width), np.uint8)
         for row in range(rect.y0 // grid.tile, min(grid.rows, ceil(rect.y1 / grid.tile))):
@@ -122,8 +113,22 @@ class TileEvaluator:
                     continue
                 a, b = part.relative_to(rect), part.relative_to(core)
                 labels = self.labels(k, row, col)[b.y0:b.y1, b.x0:b.x1]
-                out[a.y0:a.y1, a.x0:a.x1] = canny_mod.edges(labels, kept.get((row, col)))
+                out[a.y0:a.y1, a.x0:a.x1] = canny_mod.edges(labels, self.kept(k, row, col))
         return out
+
+    def kept(self, round_: int, row: int, col: int) -> np.ndarray:
+        """The weak labels of a tile that the canny of round ``round_`` keeps: resolved up its
+        leaf's and ancestors' nodes of the round's reduce tree (pipeline.core.canny_tree)."""
+        key = (round_, row, col)
+        if key not in self._kept:
+            work, page = self.plan.work, self.page_pos
+            bound = int(load_state(layout.stats_file(work, round_, page))["bound"][0])
+            g = self.page.grid
+            nodes = page_tree(g.rows, g.cols, bound)
+            downs = [load_down(layout.tree_file(work, round_, page, i, "down"))
+                     for i in canny_tree.path(nodes, row, col)]
+            self._kept[key] = canny_tree.kept_labels(row * g.cols + col, downs)
+        return self._kept[key]
 
     # --- evaluation ---------------------------------------------------------------------
 

@@ -9,6 +9,8 @@
 {work}/jobs/{job}/stats/{round}/parts/{batch}       partial statistics of a batch (stats)
 {work}/jobs/{job}/stats/{round}/{page}.npz          a page's reduced statistics (reduce_stats)
 {work}/jobs/{job}/stats/{round}/labels/{page}/{row}_{col}  canny edge labels of a tile (stats)
+{work}/jobs/{job}/stats/{round}/tree/{page}/{node}.up.npz    a canny tree node's perimeter
+{work}/jobs/{job}/stats/{round}/tree/{page}/{node}.down.npz  its renamed and strong ids
 {work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed split unit or batch
 {work}/jobs/{job}/result.json                the job's outcome (merge or record_failure)
 ```
@@ -69,3 +71,8 @@ def stats_file(job_work: str, round_: int, page: int) -> str:
 
 def labels_file(job_work: str, round_: int, page: int, row: int, col: int) -> str:
     return join(stats_dir(job_work, round_), "labels", f"{page:04d}", f"{row:05d}_{col:05d}.tpw")
+
+
+def tree_file(job_work: str, round_: int, page: int, node: int, kind: str) -> str:
+    """A canny reduce tree node's ``up`` (perimeter, for its parent) or ``down`` (for process)."""
+    return join(stats_dir(job_work, round_), "tree", f"{page:04d}", f"{node:06d}.{kind}.npz")

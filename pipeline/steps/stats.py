@@ -11,7 +11,9 @@ Stats -> ReduceStats -> Stats ... -> Process):
   along its four sides (in the batch file).
 - ``reduce_stats`` (one task): per page, add the batches' statistics up and store the op's
   state (a lookup table, a threshold, a scale and shift), or for a canny join the edge
-  labels across tile borders and store which weak components reach a strong edge.
+  labels across tile borders, as a tree whose levels of several nodes run in the
+  ``ReduceLevel`` Map (``reduce_node``; pipeline.steps.canny_reduce), and store which weak
+  components reach a strong edge.
 
 ``plan_job`` wraps the planning step: it also imports the job's custom functions (so a
 missing one fails the job before any work) and tells the state machine whether to run rounds.
@@ -19,7 +21,6 @@ missing one fails the job before any work) and tells the state machine whether t
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,13 +34,12 @@ from pipeline.core.events import EventError, JobEvent, ReduceEvent, StatsEvent
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
 from pipeline.errors import WorkMissingError
-from pipeline.steps import layout, planning
+from pipeline.steps import canny_reduce, layout, planning
 from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
-from pipeline.steps.evaluate import TileEvaluator, kept_arrays, load_npz, page_rounds, save_npz
+from pipeline.steps.evaluate import TileEvaluator, load_npz, page_rounds, save_npz
 
 #: parallel reads of the batches' partial statistics (S3 GETs)
 READ_THREADS = 16
-_SIDE_KEY = re.compile(r"^(\d+)_(\d+)_(top|bottom|left|right)$")
 
 
 def plan_job(event: JobEvent) -> dict[str, Any]:
@@ -51,7 +51,8 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
             custom_mod.load(call.params["function"])
     result = planning.plan_job(event)
     rounds = page_rounds(load_plan(result["plan"]))
-    return {**result, "stats": {"round": 0, "more": rounds > 0, "rounds": rounds}}
+    return {**result, "stats": {"round": 0, "more": rounds > 0, "rounds": rounds, "level": 0,
+                                "nodes": [], "tree": False, "bound": 0}}
 
 
 def stats(event: StatsEvent) -> dict[str, Any]:
@@ -83,36 +84,30 @@ def stats(event: StatsEvent) -> dict[str, Any]:
 
 
 def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
-    """One page's statistics from its batches' partial ones; the next round, if any."""
+    """One page's statistics from its batches' partial ones; the next round, if any. A canny
+    round reduces as a tree (pipeline.steps.canny_reduce): the result then names the next
+    tree level's nodes (``tree``) until the round is done."""
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed stats batch fails the job with its own error
     rounds = page_rounds(plan)
     if not 0 <= event.round < rounds:
         raise EventError(f"reduce_stats: round {event.round} of a job with {rounds} round(s)")
+    first = TileEvaluator(plan, 0)
+    if first.chain[_position(first, event.round)].op.kind == "canny":
+        return canny_reduce.reduce_round(plan, event, rounds)
     urls = [layout.stats_part_file(plan.work, event.round, b) for b in range(len(plan.batches))]
     with ThreadPoolExecutor(READ_THREADS) as pool:
         parts = list(pool.map(_read_part, urls))
     for page in range(len(plan.pages)):
         ev = TileEvaluator(plan, page)
-        position = _position(ev, event.round)
-        call = ev.chain[position]
+        call = ev.chain[_position(ev, event.round)]
         mine = [part for part, b in zip(parts, plan.batches, strict=True) if b.page == page]
-        url = layout.stats_file(plan.work, event.round, page)
-        if call.op.kind == "canny":
-            sides: dict[tuple[int, int], dict[str, np.ndarray]] = {}
-            for part in mine:
-                for key, values in part.items():
-                    m = _SIDE_KEY.match(key)
-                    if m:
-                        sides.setdefault((int(m[1]), int(m[2])), {})[m[3]] = values
-            grid = ev.grid(ev.layout.scales[position])
-            save_npz(url, kept_arrays(canny_mod.hysteresis(grid, sides)))
-        else:
-            dtype = np.dtype(ev.page.info.dtype)
-            state = call.op.stats.finish(combine(mine), call.params, dtype)
-            save_npz(url, state)
+        dtype = np.dtype(ev.page.info.dtype)
+        save_npz(layout.stats_file(plan.work, event.round, page),
+                 call.op.stats.finish(combine(mine), call.params, dtype))
     nxt = event.round + 1
-    return {"job": plan.job, "round": nxt, "more": nxt < rounds, "rounds": rounds}
+    return {"job": plan.job, "round": nxt, "more": nxt < rounds, "rounds": rounds,
+            "level": 0, "nodes": [], "tree": False, "bound": 0}
 
 
 def _position(ev: TileEvaluator, round_: int) -> int:

@@ -1,0 +1,123 @@
+"""A canny round's reduce as a tree (pipeline.core.canny_tree), level by level.
+
+``reduce_stats`` (one task) runs the levels that have a single node itself, and hands a level
+of several nodes to the ``ReduceLevel`` Distributed Map (``reduce_node``, one node per
+invocation), then goes on from the next level when it is called again. Every invocation holds
+the sides of at most ``bound / 4`` tiles (a leaf, read from the batches' statistics) or two
+children's perimeters (a node above), never a whole page's sides.
+
+``bound`` is ``TIFFPIPE_CANNY_REDUCE_SIDES`` (default :data:`DEFAULT_BOUND` tile sides: ~8 MB
+of int32 labels with 512-pixel tiles); it is chosen once per round and carried in the state,
+and each page's ``stats_file`` records it for process, which finds a tile's leaf and
+ancestors from it (pipeline.steps.evaluate).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from typing import Any
+
+import numpy as np
+
+from pipeline.core import canny_tree
+from pipeline.core.events import NodeEvent, ReduceEvent
+from pipeline.core.models import JobPlan
+from pipeline.core.plan import MAX_ITEMS
+from pipeline.errors import WorkMissingError
+from pipeline.steps import layout
+from pipeline.steps.common import load_plan, recorded
+from pipeline.steps.evaluate import load_npz, save_npz
+
+BOUND_VAR = "TIFFPIPE_CANNY_REDUCE_SIDES"
+DEFAULT_BOUND = 4096
+#: a tree level of at most this many nodes runs inside reduce_stats (no Map run)
+INLINE_NODES = 1
+
+Item = tuple[int, int, canny_tree.Node]  # (page, node index in the page's tree, node)
+
+
+def choose_bound(plan: JobPlan) -> int:
+    """The tile sides a node may hold: ``TIFFPIPE_CANNY_REDUCE_SIDES`` (at least 4: one
+    tile), raised if a page would otherwise have more leaves than a Map may have items."""
+    text = os.environ.get(BOUND_VAR, "")
+    bound = int(text) if text.isdigit() and int(text) >= 4 else DEFAULT_BOUND
+    tiles = max((p.grid.count for p in plan.pages), default=1)
+    return max(bound, 4 * -(-tiles // MAX_ITEMS))
+
+
+def job_nodes(plan: JobPlan, bound: int) -> list[Item]:
+    """Every page's tree nodes, page by page (what ``NodeEvent.node`` indexes)."""
+    return [(page, i, node) for page, p in enumerate(plan.pages)
+            for i, node in enumerate(canny_tree.tree(p.grid.rows, p.grid.cols, bound))]
+
+
+def reduce_round(plan: JobPlan, event: ReduceEvent, rounds: int) -> dict[str, Any]:
+    """reduce_stats for a canny round: the next level of several nodes for the Map, or, when
+    every level is done, the round's end (each page's stats file names the bound)."""
+    bound = event.bound or choose_bound(plan)
+    items = job_nodes(plan, bound)
+    top = max(node.height for _, _, node in items)
+    for level in range(event.level, top + 1):
+        at = [g for g, (_, _, node) in enumerate(items) if node.height == level]
+        if len(at) > INLINE_NODES:
+            return {"job": plan.job, "round": event.round, "more": True, "rounds": rounds,
+                    "level": level + 1, "nodes": at, "tree": True, "bound": bound}
+        for g in at:
+            _run(plan, event.round, items[g])
+    for page in range(len(plan.pages)):
+        save_npz(layout.stats_file(plan.work, event.round, page),
+                 {"bound": np.array([bound], np.int64)})
+    nxt = event.round + 1
+    return {"job": plan.job, "round": nxt, "more": nxt < rounds, "rounds": rounds,
+            "level": 0, "nodes": [], "tree": False, "bound": 0}
+
+
+def reduce_node(event: NodeEvent) -> dict[str, Any]:
+    """ReduceLevel: join one tree node (a leaf's tiles, or a node's two children)."""
+    plan = load_plan(event.plan)
+    with recorded(plan, "reduce_node", event.node):
+        items = job_nodes(plan, event.bound)
+        _run(plan, event.round, items[event.node])
+    return {"job": plan.job, "node": event.node}
+
+
+def _run(plan: JobPlan, round_: int, item: Item) -> None:
+    page, index, node = item
+    if node.children:
+        a, b = (_read(layout.tree_file(plan.work, round_, page, k, "up"), "its child's")
+                for k in node.children)
+        up, down = canny_tree.merge(node, a, b)
+    else:
+        up, down = canny_tree.leaf(node, plan.pages[page].grid.cols,
+                                   _leaf_sides(plan, round_, page, node))
+    save_npz(layout.tree_file(plan.work, round_, page, index, "up"), up)
+    save_npz(layout.tree_file(plan.work, round_, page, index, "down"), down)
+
+
+def _leaf_sides(plan: JobPlan, round_: int, page: int, node: canny_tree.Node
+                ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    """The sides of a leaf's tiles, from the statistics of the batches that hold them (a
+    batch at a time: a batch is bounded)."""
+    cols = plan.pages[page].grid.cols
+    order = sorted(r * cols + c for r in range(node.r0, node.r1) for c in range(node.c0, node.c1))
+    wanted = set(order)
+    sides: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for b, batch in enumerate(plan.batches):
+        at = bisect.bisect_left(order, batch.first)
+        if batch.page != page or at == len(order) or order[at] >= batch.last:
+            continue
+        part = _read(layout.stats_part_file(plan.work, round_, b), "a batch's")
+        for index in range(batch.first, batch.last):
+            if index in wanted:
+                row, col = divmod(index, cols)
+                sides[(row, col)] = {e: part[f"{row}_{col}_{e}"] for e in canny_tree.EDGES}
+    return sides
+
+
+def _read(url: str, what: str) -> dict[str, np.ndarray]:
+    try:
+        return load_npz(url)
+    except WorkMissingError as exc:
+        raise WorkMissingError(f"{exc}: {what} canny statistics are missing (did its task "
+                               "fail?)") from exc
