@@ -79,6 +79,16 @@ def tree(rows: int, cols: int, bound: int) -> list[Node]:
     return out
 
 
+def sides_held(nodes: list[Node], i: int) -> int:
+    """The tile sides node ``i`` holds while it runs: 4 per tile of a leaf, else its two
+    children's perimeters (in tile sides)."""
+    node = nodes[i]
+    if not node.children:
+        return 4 * node.tiles
+    return sum(2 * ((nodes[k].r1 - nodes[k].r0) + (nodes[k].c1 - nodes[k].c0))
+               for k in node.children)
+
+
 def path(nodes: list[Node], row: int, col: int) -> list[int]:
     """The leaf holding tile (row, col), then its ancestors up to the root."""
     i = len(nodes) - 1

@@ -1,7 +1,8 @@
 """A canny round's reduce as a tree (pipeline.core.canny_tree), level by level.
 
-``reduce_stats`` (one task) runs the levels that have a single node itself, and hands a level
-of several nodes to the ``ReduceLevel`` Distributed Map (``reduce_node``, one node per
+``reduce_stats`` (one task) runs a level itself when its nodes together hold at most ``bound``
+tile sides (a page of up to ``bound / 4`` tiles reduces in that one task, as before), and hands
+a larger level to the ``ReduceLevel`` Distributed Map (``reduce_node``, one node per
 invocation), then goes on from the next level when it is called again. Every invocation holds
 the sides of at most ``bound / 4`` tiles (a leaf, read from the batches' statistics) or two
 children's perimeters (a node above), never a whole page's sides.
@@ -31,9 +32,6 @@ from pipeline.steps.evaluate import load_npz, save_npz
 
 BOUND_VAR = "TIFFPIPE_CANNY_REDUCE_SIDES"
 DEFAULT_BOUND = 4096
-#: a tree level of at most this many nodes runs inside reduce_stats (no Map run)
-INLINE_NODES = 1
-
 Item = tuple[int, int, canny_tree.Node]  # (page, node index in the page's tree, node)
 
 
@@ -46,10 +44,15 @@ def choose_bound(plan: JobPlan) -> int:
     return max(bound, 4 * -(-tiles // MAX_ITEMS))
 
 
-def job_nodes(plan: JobPlan, bound: int) -> list[Item]:
-    """Every page's tree nodes, page by page (what ``NodeEvent.node`` indexes)."""
-    return [(page, i, node) for page, p in enumerate(plan.pages)
-            for i, node in enumerate(canny_tree.tree(p.grid.rows, p.grid.cols, bound))]
+def job_nodes(plan: JobPlan, bound: int) -> list[tuple[Item, int]]:
+    """Every page's tree nodes, page by page (what ``NodeEvent.node`` indexes), each with the
+    tile sides it holds."""
+    out = []
+    for page, p in enumerate(plan.pages):
+        nodes = canny_tree.tree(p.grid.rows, p.grid.cols, bound)
+        out += [((page, i, node), canny_tree.sides_held(nodes, i))
+                for i, node in enumerate(nodes)]
+    return out
 
 
 def reduce_round(plan: JobPlan, event: ReduceEvent, rounds: int) -> dict[str, Any]:
@@ -57,14 +60,15 @@ def reduce_round(plan: JobPlan, event: ReduceEvent, rounds: int) -> dict[str, An
     every level is done, the round's end (each page's stats file names the bound)."""
     bound = event.bound or choose_bound(plan)
     items = job_nodes(plan, bound)
-    top = max(node.height for _, _, node in items)
+    top = max(item[2].height for item, _ in items)
     for level in range(event.level, top + 1):
-        at = [g for g, (_, _, node) in enumerate(items) if node.height == level]
-        if len(at) > INLINE_NODES:
+        at = [g for g, (item, _) in enumerate(items) if item[2].height == level]
+        # a level whose nodes hold no more than one node may runs here, one node at a time
+        if sum(items[g][1] for g in at) > bound:
             return {"job": plan.job, "round": event.round, "more": True, "rounds": rounds,
                     "level": level + 1, "nodes": at, "tree": True, "bound": bound}
         for g in at:
-            _run(plan, event.round, items[g])
+            _run(plan, event.round, items[g][0])
     for page in range(len(plan.pages)):
         save_npz(layout.stats_file(plan.work, event.round, page),
                  {"bound": np.array([bound], np.int64)})
@@ -77,8 +81,7 @@ def reduce_node(event: NodeEvent) -> dict[str, Any]:
     """ReduceLevel: join one tree node (a leaf's tiles, or a node's two children)."""
     plan = load_plan(event.plan)
     with recorded(plan, "reduce_node", event.node):
-        items = job_nodes(plan, event.bound)
-        _run(plan, event.round, items[event.node])
+        _run(plan, event.round, job_nodes(plan, event.bound)[event.node][0])
     return {"job": plan.job, "node": event.node}
 
 
