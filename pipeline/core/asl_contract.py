@@ -19,10 +19,14 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
+from pipeline.constants import FUNCTIONS, placeholder
+
 #: a field whose content is not described (a dict[str, Any], a Map's list of results)
 ANY = "any"
 PRIMITIVES = (str, int, bool, float)
-_PLACEHOLDER = re.compile(r"^\$\{(\w+)FunctionArn\}$")
+_PLACEHOLDER = re.compile(r"^\$\{(\w+)\}$")
+#: ARN placeholder -> the function it stands for
+PLACEHOLDERS = {placeholder(f): f for f in FUNCTIONS}
 _PATH = re.compile(r"\$\$?(?:\.\w+)*")
 #: what a Catch puts at its ResultPath
 ERROR_SHAPE = {"Error": str, "Cause": str}
@@ -214,10 +218,10 @@ class Checker:
         params = state.get("Parameters", {})
         if not state["Resource"].startswith("arn:aws:states:::lambda:invoke"):
             return ANY
-        found = _PLACEHOLDER.match(str(params.get("FunctionName", "")))
-        if not found:
-            raise Problem(f"FunctionName {params.get('FunctionName')!r} is no ${{...FunctionArn}}")
-        function = found[1].lower()
+        function = _function(params)
+        if function is None:
+            raise Problem(f"FunctionName {params.get('FunctionName')!r} is none of "
+                          + ", ".join(f"${{{p}}}" for p in PLACEHOLDERS))
         payload = dict(params.get("Payload", {}))
         action = payload.pop("action", None)
         actions = self.functions.get(function, {})
@@ -263,14 +267,19 @@ class Checker:
 
     def check_item(self, first: dict[str, Any], child: dict[str, Any]) -> None:
         """A Map's items hold fields of its first task's event only."""
-        found = _PLACEHOLDER.match(str(first.get("Parameters", {}).get("FunctionName", "")))
         action = first.get("Parameters", {}).get("Payload", {}).get("action")
-        model = self.functions.get(found[1].lower(), {}).get(action) if found else None
+        model = self.functions.get(_function(first.get("Parameters", {})) or "", {}).get(action)
         if model is not None:
             unknown = sorted(set(child) - {f.name for f in dataclasses.fields(model)})
             if unknown:
                 raise Problem(f"ItemSelector field(s) {unknown} are not fields of "
                               f"{model.__name__}, the event of {action}")
+
+
+def _function(params: dict[str, Any]) -> str | None:
+    """The function a lambda:invoke task's FunctionName placeholder names."""
+    found = _PLACEHOLDER.match(str(params.get("FunctionName", "")))
+    return PLACEHOLDERS.get(found[1]) if found else None
 
 
 def _successors(state: dict[str, Any]) -> list[str]:
