@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
 
-    from pipeline.constants import TILE_THREADS_ENV
+    from pipeline.core.constants import TILE_THREADS_ENV
     from pipeline.core.events import MergeEvent
     from pipeline.runner import run_local
     from pipeline.steps import layout

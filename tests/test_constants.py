@@ -1,5 +1,5 @@
-"""Names that several parts must agree on have one home, pipeline/constants.py: the functions
-(handlers, images, placeholders, the engine, deploy) and the environment variables."""
+"""Names that several parts must agree on have one home, pipeline/core/constants.py: the
+functions (handlers, images, placeholders, the engine, deploy) and the environment variables."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import json
 import re
 from pathlib import Path
 
-from pipeline import constants, handlers
+from pipeline import handlers
+from pipeline.core import constants
 from pipeline.engine import definition
 
 ROOT = Path(__file__).resolve().parents[1]
-HOME = ROOT / "pipeline" / "constants.py"
+HOME = ROOT / "pipeline" / "core" / "constants.py"
 
 
 def _literals(path: Path) -> list[tuple[int, object]]:
@@ -54,7 +55,7 @@ def test_function_names_and_env_variables_are_spelled_only_in_their_home():
             if value == constants.FUNCTIONS or (isinstance(value, str)
                                                 and re.search(r"\bTIFFPIPE_[A-Z_]+", value)):
                 found.append(f"{path.relative_to(ROOT)}:{line}: {value!r}")
-    assert not found, "use pipeline/constants.py:\n" + "\n".join(found)
+    assert not found, "use pipeline/core/constants.py:\n" + "\n".join(found)
 
 
 def test_the_home_itself_is_found_by_the_check():

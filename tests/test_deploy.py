@@ -201,7 +201,7 @@ def test_environment_variables_an_earlier_deploy_set_are_removed(aws: Aws):
     push_fake_images(aws)
     assert aws.deploy("--skip-build")[0] == 0
     lam = aws.client("lambda")
-    for step in STEPS:  # what deploys before pipeline/constants.py set, and nothing read
+    for step in STEPS:  # what earlier deploys set, and nothing read
         lam.update_function_configuration(FunctionName=NAMES.function(step), Environment={
             "Variables": {"TIFFPIPE_STACK": STACK, "TIFFPIPE_BUCKET": NAMES.bucket}})
     aws.calls.clear()

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.constants import FUNCTIONS
+from pipeline.core.constants import FUNCTIONS
 from pipeline.errors import TiffpipeError
 
 #: the three functions (and images), in the order the state machine uses them

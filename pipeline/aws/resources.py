@@ -16,7 +16,7 @@ from pipeline.aws import STACK_TAG, AwsError, Clients, StackNames, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.aws.executions import BUCKET_TAG
-from pipeline.constants import FUNCTION_SIZES, FunctionSize
+from pipeline.core.constants import FUNCTION_SIZES, FunctionSize
 
 POLICY_NAME = "tiffpipe"
 #: days kept: work files (the lifecycle rule), logs
@@ -29,7 +29,7 @@ SCHEDULE_RETRY = {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}
 EXECUTION_ID = "<aws.scheduler.execution-id>"
 
 
-#: each function's memory, timeout and /tmp (pipeline/constants.py)
+#: each function's memory, timeout and /tmp (pipeline/core/constants.py)
 SIZES: dict[str, FunctionSize] = FUNCTION_SIZES
 
 

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Union
 
-from pipeline.constants import FUNCTIONS, placeholder
+from pipeline.core.constants import FUNCTIONS, placeholder
 
 #: a field whose content is not described (a dict[str, Any], a Map's list of results)
 ANY = "any"

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pipeline.constants import FUNCTIONS, placeholder
+from pipeline.core.constants import FUNCTIONS, placeholder
 
 #: placeholder name -> the function (image) it stands for
 PLACEHOLDERS = {placeholder(f): f for f in FUNCTIONS}

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
-from pipeline.constants import FUNCTION_SIZES, FUNCTIONS
+from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.engine import definition
 from pipeline.engine.moto_patches import crash_watch, end_signal, lean_interpreter
 from pipeline.engine.workers import WorkerPool

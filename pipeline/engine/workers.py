@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.constants import TILE_THREADS_ENV
+from pipeline.core.constants import TILE_THREADS_ENV
 
 _env: dict[str, str] = {}
 

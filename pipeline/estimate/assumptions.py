@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.constants import FUNCTION_SIZES
+from pipeline.core.constants import FUNCTION_SIZES
 
 
 class EstimateError(ValueError):
@@ -32,7 +32,7 @@ ASSUMPTIONS: dict[str, Assumption] = {
     "s3_put": Assumption(0.005 / 1000, "USD/request", "S3 PUT, COPY, POST and LIST requests"),
     "s3_get": Assumption(0.0004 / 1000, "USD/request", "S3 GET, HEAD and other requests"),
     "s3_gb_month": Assumption(0.023, "USD/GB-month", "S3 Standard storage (first 50 TB)"),
-    # how deploy sizes the functions (pipeline/constants.py FUNCTION_SIZES)
+    # how deploy sizes the functions (pipeline/core/constants.py FUNCTION_SIZES)
     "memory_split_mb": Assumption(FUNCTION_SIZES["split"].memory, "MB",
                                   "memory of the split function"),
     "memory_process_mb": Assumption(FUNCTION_SIZES["process"].memory, "MB",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipeline.constants import FUNCTIONS
+from pipeline.core.constants import FUNCTIONS
 from pipeline.core.models import JobPlan
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.constants import TILE_THREADS_ENV
+from pipeline.core.constants import TILE_THREADS_ENV
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import TiffpipeError, by_name, error_record
 from pipeline.steps import layout
