@@ -61,3 +61,13 @@ def test_function_names_and_env_variables_are_spelled_only_in_their_home():
 def test_the_home_itself_is_found_by_the_check():
     assert (constants.TILE_THREADS_ENV in {v for _, v in _literals(HOME)}
             and constants.FUNCTIONS in {v for _, v in _literals(HOME)})
+
+
+def test_the_estimate_costs_each_action_on_the_function_that_runs_it():
+    from pipeline.estimate import FUNCTION_OF
+
+    for function, actions in handlers.FUNCTIONS.items():
+        for action in actions:
+            if action in FUNCTION_OF:
+                assert FUNCTION_OF[action] == function, action
+    assert {FUNCTION_OF[f"cold_{f}"] for f in constants.FUNCTIONS} == set(constants.FUNCTIONS)

@@ -2,7 +2,7 @@
 state, as a typed model.
 
 *Events* are what each Lambda action takes: the state machine builds them
-(Parameters/ItemSelector) and the handlers parse them here. *Results* (below the events) are
+(Parameters/ItemSelector) and the handlers parse them here. *Results* (above the events) are
 what each action returns: the handlers build them from the step's answer and return them
 serialised, and the state machine's ResultSelectors, Choice states and later states read
 their fields. ``RESULTS`` names each action's result model. ``tests/test_contract.py`` walks
@@ -53,83 +53,6 @@ def _nested(hint: Any, value: Any) -> Any:
 def to_payload(model: Any) -> dict[str, Any]:
     """The JSON object of a model, as a Lambda returns it or a state holds it."""
     return dataclasses.asdict(model)
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """The execution's input: plan the whole run (split function, ``plan_run``)."""
-
-    manifest: str  # URL of the manifest
-    work: str  # URL of this run's work prefix
-    run_id: str
-    report: str | None = None  # where the run report goes (default: {work}/report.json)
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """Plan one job (split function, ``plan_job``)."""
-
-    run: str  # URL of run.json
-    job: int
-
-
-@dataclass(frozen=True)
-class UnitEvent:
-    """Cut one split unit into haloed tiles (split function, ``split``)."""
-
-    plan: str  # URL of the job's plan.json
-    unit: int
-
-
-@dataclass(frozen=True)
-class BatchEvent:
-    """Process one batch of tiles (process function, ``process``)."""
-
-    plan: str
-    batch: int
-
-
-@dataclass(frozen=True)
-class StatsEvent:
-    """Gather the statistics of one batch of tiles for a statistics round (process function,
-    ``stats``): round k serves the k-th op of the chain that needs whole-page statistics."""
-
-    plan: str
-    batch: int
-    round: int
-
-
-@dataclass(frozen=True)
-class ReduceEvent:
-    """Reduce a round's partial statistics to one per page (process function,
-    ``reduce_stats``)."""
-
-    plan: str
-    round: int
-
-
-@dataclass(frozen=True)
-class MergeEvent:
-    """Assemble the output TIFF of a job (merge function, ``merge``)."""
-
-    plan: str
-
-
-@dataclass(frozen=True)
-class FailureEvent:
-    """Record why a job failed (merge function, ``record_failure``). ``error`` is the
-    ``{"Error", "Cause"}`` object a Catch puts in the state."""
-
-    run: str
-    job: int
-    error: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ReportEvent:
-    """Write the run report (merge function, ``report``)."""
-
-    run: str
 
 
 # --- results: what each action returns ------------------------------------------------------
@@ -228,3 +151,84 @@ RESULTS: dict[str, type] = {
     "record_failure": FailureRecorded,
     "report": Reported,
 }
+
+
+# --- events: what each action takes ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """The execution's input: plan the whole run (split function, ``plan_run``)."""
+
+    manifest: str  # URL of the manifest
+    work: str  # URL of this run's work prefix
+    run_id: str
+    report: str | None = None  # where the run report goes (default: {work}/report.json)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Plan one job (split function, ``plan_job``)."""
+
+    run: str  # URL of run.json
+    job: int
+
+
+@dataclass(frozen=True)
+class UnitEvent:
+    """Cut one split unit into haloed tiles (split function, ``split``)."""
+
+    plan: str  # URL of the job's plan.json
+    unit: int
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """Process one batch of tiles (process function, ``process``)."""
+
+    plan: str
+    batch: int
+
+
+@dataclass(frozen=True)
+class StatsEvent:
+    """Gather the statistics of one batch of tiles for a statistics round (process function,
+    ``stats``): round k serves the k-th op of the chain that needs whole-page statistics."""
+
+    plan: str
+    batch: int
+    round: int
+
+
+@dataclass(frozen=True)
+class ReduceEvent:
+    """Reduce a round's partial statistics to one per page (process function,
+    ``reduce_stats``)."""
+
+    plan: str
+    round: int
+
+
+@dataclass(frozen=True)
+class MergeEvent:
+    """Assemble the output TIFF of a job (merge function, ``merge``)."""
+
+    plan: str
+
+
+@dataclass(frozen=True)
+class FailureEvent:
+    """Record why a job failed (merge function, ``record_failure``). ``error`` is the
+    ``{"Error", "Cause"}`` object a Catch puts in the state."""
+
+    run: str
+    job: int
+    error: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportEvent:
+    """Write the run report (merge function, ``report``)."""
+
+    run: str
+
