@@ -17,6 +17,7 @@ from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.aws.executions import BUCKET_TAG
 from pipeline.core.constants import FUNCTION_SIZES, FunctionSize
+from pipeline.core.events import RunEvent, to_payload
 
 POLICY_NAME = "tiffpipe"
 #: days kept: work files (the lifecycle rule), logs
@@ -288,11 +289,13 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
     return arn
 
 
-def schedule_input(names: StackNames, manifest_url: str) -> dict[str, str]:
-    """The execution input of a scheduled run: a fresh work prefix and report per run."""
-    return {"manifest": manifest_url, "work": f"s3://{names.bucket}/{policies.WORK}{EXECUTION_ID}/",
-            "run_id": EXECUTION_ID,
-            "report": f"s3://{names.bucket}/{policies.REPORTS}{EXECUTION_ID}.json"}
+def schedule_input(names: StackNames, manifest_url: str) -> dict[str, Any]:
+    """The execution input (a RunEvent) of a scheduled run: a fresh work prefix and report per
+    run."""
+    return to_payload(RunEvent(
+        manifest=manifest_url, work=f"s3://{names.bucket}/{policies.WORK}{EXECUTION_ID}/",
+        run_id=EXECUTION_ID,
+        report=f"s3://{names.bucket}/{policies.REPORTS}{EXECUTION_ID}.json"))
 
 
 def ensure_schedule(scheduler: Any, names: StackNames, expression: str, manifest_url: str,
