@@ -119,11 +119,11 @@ def put(data: Any, path: str | None, value: Any) -> Any:
     """The data after a ResultPath puts ``value`` at ``path`` (None: the result is dropped)."""
     if path is None:
         return data
-    if data == ANY:
-        return ANY
     parts = path.split(".")[1:]
     if not parts:
         return value
+    if data == ANY:
+        return ANY
     head = dict(data) if isinstance(data, dict) else {}
     head[parts[0]] = put(head.get(parts[0], {}), "$." + ".".join(parts[1:]) if parts[1:]
                          else "$", value)
