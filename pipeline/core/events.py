@@ -13,6 +13,7 @@ the definition and checks every key and path against these classes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -35,12 +36,17 @@ def parse_event(cls: type[T], event: Any) -> T:
     unknown = sorted(set(event) - names - {"action"})
     if unknown:
         raise EventError(f"{cls.__name__}: unknown field(s) {unknown}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values = {k: _nested(hints[k], v) for k, v in event.items() if k in names}
     try:
         return cls(**values)
     except TypeError as exc:
         raise EventError(f"{cls.__name__}: {exc}") from exc
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _nested(hint: Any, value: Any) -> Any:
