@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import canny_tree
+from pipeline.core.constants import CANNY_REDUCE_SIDES_ENV
 from pipeline.core.events import NodeEvent, ReduceEvent
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import MAX_ITEMS
@@ -30,7 +31,7 @@ from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded
 from pipeline.steps.evaluate import load_npz, save_npz
 
-BOUND_VAR = "TIFFPIPE_CANNY_REDUCE_SIDES"
+BOUND_VAR = CANNY_REDUCE_SIDES_ENV
 DEFAULT_BOUND = 4096
 Item = tuple[int, int, canny_tree.Node]  # (page, node index in the page's tree, node)
 
