@@ -413,6 +413,10 @@ def test_policy_documents_are_pure_and_least_privilege():
     assert writes["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]
     assert "s3:DeleteObject" not in json.dumps([split, merge, process])
     assert scheduler_policy(NAMES)["Statement"][0]["Resource"] == [NAMES.state_machine_arn]
+    children = next(s for s in state_machine_policy(NAMES)["Statement"]
+                    if s["Sid"] == "ManageOwnChildren")
+    assert children["Resource"] == [NAMES.executions_arn, NAMES.executions_arn.rsplit(":", 1)[0]
+                                    + "/*"]  # execution:<machine>/<label>:<id>, nested too
     star = [s for s in state_machine_policy(NAMES)["Statement"] if s["Resource"] == "*"]
     assert [s["Sid"] for s in star] == ["LogDelivery"]
     with pytest.raises(ValueError):

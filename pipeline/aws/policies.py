@@ -135,13 +135,21 @@ def state_machine_policy(names: StackNames) -> dict[str, Any]:
                functions + [f"{arn}:*" for arn in functions]),
         # a Distributed Map starts child executions of this same state machine
         _allow("StartOwnChildren", ["states:StartExecution"], [names.state_machine_arn]),
+        # a Distributed Map child is execution:<machine>/<map label>:<id> (the Jobs map's
+        # children start the jobs' own maps: children of children)
         _allow("ManageOwnChildren", ["states:DescribeExecution", "states:StopExecution",
-                                     "states:ListMapRuns"], [names.executions_arn]),
+                                     "states:ListMapRuns"],
+               [names.executions_arn, child_executions_arn(names)]),
         _allow("OwnMapRuns", ["states:DescribeMapRun", "states:UpdateMapRun"],
                [f"{names.map_runs_arn}"]),
         # CloudWatch Logs delivery actions cannot be scoped to a log group: AWS requires "*"
         _allow("LogDelivery", list(LOG_DELIVERY_ACTIONS), "*"),
     )
+
+
+def child_executions_arn(names: StackNames) -> str:
+    """Every Distributed Map child execution of the stack's state machine, at any depth."""
+    return names.state_machine_arn.replace(":stateMachine:", ":execution:", 1) + "/*"
 
 
 def scheduler_policy(names: StackNames) -> dict[str, Any]:
