@@ -149,3 +149,30 @@ def test_a_canny_with_a_small_bound_reduces_in_several_levels_exactly(tmp_path, 
     levels = [n["reduce_stats"] for n in nodes if "reduce_stats" in n and n["reduce_stats"]["tree"]]
     assert len({(lv["job"], lv["round"], lv["level"]) for lv in levels}) >= 6  # levels, rounds
     assert sum("node" in n for n in nodes) > 60  # the ReduceLevel children
+
+
+def test_the_bound_keeps_the_leaves_of_a_job_within_one_map(monkeypatch, tmp_path):
+    """Whatever bound is asked for, a job's leaves (every page's) fit one Map's items (10,000;
+    50 here): the plan of two pages (headers only: make_plan reads no pixels)."""
+    from pipeline.core.models import JobSpec, PageInfo
+    from pipeline.core.plan import make_plan
+    from pipeline.steps import canny_reduce
+
+    monkeypatch.setattr(canny_reduce, "MAX_ITEMS", 50)
+
+    def info(index: int, height: int, width: int) -> PageInfo:
+        return PageInfo(index=index, height=height, width=width, channels=1, dtype="uint8",
+                        photometric="minisblack", extrasamples=[], tiled=True,
+                        segment_rows=512, compression="zstd")
+
+    spec = JobSpec(input=str(tmp_path / "in.tif"), output=str(tmp_path / "out.tif"),
+                   ops=[{"op": "canny", "low": 10, "high": 40}], tile=64)
+    plan, problems = make_plan(0, spec, [info(0, 2000, 1500), info(1, 90, 4000)],
+                               str(tmp_path / "work"), 0.0)
+    assert problems == []
+    monkeypatch.setenv(canny_reduce.BOUND_VAR, "4")
+    bound = canny_reduce.choose_bound(plan)
+    leaves = [node for (_, _, node), _ in canny_reduce.job_nodes(plan, bound)
+              if not node.children]
+    assert bound > 4 and len(leaves) <= 50
+    assert sum(p.grid.count for p in plan.pages) > 50 * 10  # one tile a leaf would not fit

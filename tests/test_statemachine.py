@@ -386,3 +386,8 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
               "batches": list(range(cap)), "tiles": 10**9, "fused": False,
               "stats": {"round": 0, "more": True, "rounds": 99}}
     _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))
+    # a canny round's ReduceStats adds a tree level of as many nodes to $.planned.stats
+    sizes = _plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", {
+        **result, "stats": {**result["stats"], "level": 99, "nodes": list(range(cap)),
+                            "tree": True, "bound": 10**9}})
+    _assert_fits(sizes)

@@ -38,11 +38,13 @@ Item = tuple[int, int, canny_tree.Node]  # (page, node index in the page's tree,
 
 def choose_bound(plan: JobPlan) -> int:
     """The tile sides a node may hold: ``TIFFPIPE_CANNY_REDUCE_SIDES`` (at least 4: one
-    tile), raised if a page would otherwise have more leaves than a Map may have items."""
+    tile), raised if the job's pages would otherwise have more leaves than a Map may have
+    items (the ReduceLevel map of the leaves runs every page's)."""
     text = os.environ.get(BOUND_VAR, "")
     bound = int(text) if text.isdigit() and int(text) >= 4 else DEFAULT_BOUND
-    tiles = max((p.grid.count for p in plan.pages), default=1)
-    return max(bound, 4 * -(-tiles // MAX_ITEMS))
+    tiles = sum(p.grid.count for p in plan.pages)  # a level's nodes: every page's
+    # halving leaves a leaf at least about half full: twice the leaves of full ones at most
+    return max(bound, 2 * 4 * -(-tiles // MAX_ITEMS))
 
 
 def job_nodes(plan: JobPlan, bound: int) -> list[tuple[Item, int]]:
