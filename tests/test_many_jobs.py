@@ -5,6 +5,7 @@ jobs'. Every job's result (or recorded failure) reaches the report from the work
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections import Counter
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from pipeline.engine import moto_patches
 from pipeline.engine.local import LocalEngine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -23,7 +25,30 @@ JOBS = 1000
 HISTORY_LIMIT = 25_000  # events of one Standard execution
 
 
-def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(tmp_path: Path):
+def _count_child_events(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
+    """The engine drops the events of Distributed Map children (moto keeps them per map run,
+    where nothing reads them: moto_patches, patch 3); here they are counted instead, per map
+    run. The Jobs map run's count is its children's (the jobs') events; each job's own map
+    runs count their items' (grandchildren) events apart."""
+    counts: Counter[int] = Counter()
+
+    def counting(patches: moto_patches.Patches) -> None:
+        dic = importlib.import_module(
+            f"{moto_patches.MAP_ITERATION}.distributed_iteration_component")
+        original = dic.EventManager
+
+        class CountingEventManager(original):  # type: ignore[misc, valid-type]
+            def _publish_history_event(self, *args: Any, **kwargs: Any) -> None:
+                counts[id(self)] += 1
+
+        patches.set(dic, "EventManager", CountingEventManager)
+
+    monkeypatch.setattr(moto_patches, "_drop_child_history", counting)
+    return counts
+
+
+def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     incoming, out = tmp_path / "incoming", tmp_path / "out"
     incoming.mkdir()
     rng = np.random.default_rng(9)
@@ -43,6 +68,7 @@ def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(tmp_p
         with lock:
             calls[f"{event.get('action')}{'' if ok else ' (failed)'}"] += 1
 
+    child_events = _count_child_events(monkeypatch)
     report = tmp_path / "report.json"
     with LocalEngine(2, listener=listener) as engine:
         execution = engine.run({"manifest": str(manifest), "work": str(tmp_path / "work"),
@@ -62,3 +88,9 @@ def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(tmp_p
     # (an inline Map added ~20 events per job: a 1,000-job scan was ~20,000 of them)
     assert 0 < execution.history_events < 100, execution.history_events
     assert execution.history_events < HISTORY_LIMIT
+    # each job's own history (a child execution on AWS): the Jobs map run's events shared out
+    # by job (18 a job, measured); its units' events are in their own children's
+    jobs_run = max(child_events.values())
+    assert jobs_run >= 10 * JOBS, child_events.most_common(3)
+    assert jobs_run / JOBS < 100
+    assert sorted(child_events.values())[-2] < 100  # one job's map run: one unit's events
