@@ -209,6 +209,39 @@ def test_the_jobs_map_reads_its_items_and_counts_once_per_job() -> None:
     assert est.map_limits(definition)["jobs"] == definition["States"]["Jobs"]["MaxConcurrency"]
 
 
+def test_canny_reduce_tree_levels_count_their_transitions(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """A canny round whose reduce tree has levels of several nodes runs ReduceLevel Maps:
+    each level adds ReduceLevel and its nodes, ReduceStats and NeedsStats again."""
+    from pipeline.core import canny_tree
+    from pipeline.core.models import JobSpec, PageInfo
+    from pipeline.core.plan import make_plan
+    from pipeline.steps.canny_reduce import BOUND_VAR
+
+    definition = est.load_definition()
+    job = {"units": 1, "batches": 4, "rounds": 1, "fused": False}
+    base = est.count_transitions(definition, [job])["per_job"][0]
+    tree = est.count_transitions(definition, [dict(job, tree_levels=[5, 2])])["per_job"][0]
+    assert tree - base == (1 + 5 + 2) + (1 + 2 + 2)
+
+    info = PageInfo(index=0, height=1000, width=700, channels=1, dtype="uint8",
+                    photometric="minisblack", extrasamples=[], tiled=True, segment_rows=64,
+                    compression="zstd")
+    ops = [{"op": "canny", "low": 10, "high": 40}, {"op": "gaussian_blur", "sigma": 2},
+           {"op": "canny", "low": 5, "high": 20}]
+    spec = JobSpec(input=str(tmp_path / "in.tif"), output=str(tmp_path / "o.tif"), ops=ops,
+                   tile=64)
+    plan, problems = make_plan(0, spec, [info], str(tmp_path / "w"), 0.0)
+    assert problems == []
+    assert est.canny_tree_levels(plan) == []  # 176 tiles: each round in one task
+    monkeypatch.setenv(BOUND_VAR, "16")
+    levels = est.canny_tree_levels(plan)
+    assert len(levels) % 2 == 0 and levels[: len(levels) // 2] == levels[len(levels) // 2:]
+    # the first Map of each round: the leaves, of at most 4 of the 16 x 11 tiles each
+    assert 176 // 4 <= levels[0] <= 2 * 176 // 4
+    assert levels[0] == sum(not n.children for n in canny_tree.tree(16, 11, 16))
+
+
 def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Path) -> None:
     unfused_plans, sizes = _plans(manifest)
     plans, fused_sizes = _plans(fused)

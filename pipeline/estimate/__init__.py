@@ -66,13 +66,18 @@ from pipeline.estimate.plans import (
     stats_rounds,
 )
 from pipeline.estimate.schedule import simulate
-from pipeline.estimate.statemachine import count_transitions, load_definition, map_limits
+from pipeline.estimate.statemachine import (
+    canny_tree_levels,
+    count_transitions,
+    load_definition,
+    map_limits,
+)
 from pipeline.estimate.text import format_text
 
 __all__ = [
     "ASSUMPTIONS", "CALIBRATION_FORMAT", "DEFAULT_CALIBRATION", "FUNCTION_OF", "MULTIPART_CHUNK",
     "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "assumptions_with",
-    "count_transitions", "estimate", "format_text", "item_work", "job_costs",
+    "canny_tree_levels", "count_transitions", "estimate", "format_text", "item_work", "job_costs",
     "load_calibration", "load_definition", "map_limits", "op_cost", "parse_assume_pages",
     "parse_overrides", "plan_geometry", "plans_for_manifest", "predicted_process_cpu",
     "predicted_unit_cpu", "simulate", "stats_rounds",

@@ -12,7 +12,12 @@ from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumption
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
 from pipeline.estimate.plans import item_work, plan_geometry, stats_rounds
 from pipeline.estimate.schedule import simulate
-from pipeline.estimate.statemachine import count_transitions, load_definition, map_limits
+from pipeline.estimate.statemachine import (
+    canny_tree_levels,
+    count_transitions,
+    load_definition,
+    map_limits,
+)
 
 #: S3 reads of an input are coalesced into ranged GETs of at least this (storage.READ_BUFFER)
 READ_BUFFER = 512 * 1024
@@ -213,7 +218,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
 
     # state transitions: each job's Choices follow its plan (fused, statistics rounds)
     job_ctx = [{"units": r["units"], "batches": r["batches"], "rounds": r["stats_rounds"],
-                "fused": r["fused"]} for r in job_rows]
+                "fused": r["fused"], "tree_levels": canny_tree_levels(plans[r["job"]])}
+               for r in job_rows]
     transitions = count_transitions(definition, job_ctx)
     limits = map_limits(definition)
     latency = a["state_latency_s"]

@@ -13,20 +13,20 @@ def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None
     """The state a Choice goes to for this job. Its rules test what the job's plan says:
     ``...fused`` (the job is fused: ``fused`` in ``ctx``), ``...stats.more`` (statistics
     rounds left: ``rounds_left``, one used up each time that branch is taken) or
-    ``...stats.tree`` (levels of a canny reduce tree that run in a Map: ``tree_levels_left``,
-    0 unless given: a page of up to 1,024 tiles reduces in one task). A rule without a
-    Variable counts as ``stats.more``."""
+    ``...stats.tree`` (the node counts of the canny reduce tree levels that run in a Map,
+    in order: ``tree_levels``, see :func:`canny_tree_levels`; each taken sets ``nodes``, the
+    ReduceLevel Map's items). A rule without a Variable counts as ``stats.more``."""
     for rule in state.get("Choices", []):
         last = rule.get("Variable", "").rsplit(".", 1)[-1]
         wanted = bool(rule.get("BooleanEquals", True))
         if last == "fused":
             if bool(ctx.get("fused")) == wanted:
                 return rule["Next"]
-        elif last == "tree":  # a canny round's reduce tree levels run in a Map
-            more = ctx.get("tree_levels_left", 0) > 0
+        elif last == "tree":  # a level of a canny round's reduce tree runs in a Map
+            more = bool(ctx.get("tree_levels"))
             if more == wanted:
                 if more:
-                    ctx["tree_levels_left"] -= 1
+                    ctx["nodes"] = ctx["tree_levels"].pop(0)
                 return rule["Next"]
         elif last in ("more", ""):
             more = ctx.get("rounds_left", 0) > 0
@@ -69,7 +69,8 @@ def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) ->
                 if key == "jobs":
                     for i, job in enumerate(ctx["jobs"]):
                         per = walk(proc["States"], proc["StartAt"],
-                                   dict(job, rounds_left=job.get("rounds", 0)))
+                                   dict(job, rounds_left=job.get("rounds", 0),
+                                        tree_levels=list(job.get("tree_levels", []))))
                         per_job[i] = per
                         count += per
                 else:
@@ -83,6 +84,24 @@ def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) ->
     per_job: dict[int, int] = {}
     total = walk(definition["States"], definition["StartAt"], {"jobs": jobs})
     return {"total": total, "per_job": [per_job.get(i, 0) for i in range(len(jobs))]}
+
+
+def canny_tree_levels(plan: Any) -> list[int]:
+    """The node counts of the ReduceLevel Maps a job runs, every canny round's in chain order
+    (empty without a canny, or when each round reduces in one task: pages of up to 1,024
+    tiles with the default bound)."""
+    try:
+        from pipeline.core.chain import ChainLayout
+        from pipeline.core.ops import chain_from_json
+        from pipeline.steps.canny_reduce import map_levels
+    except ImportError:
+        return []
+    if not plan.pages:
+        return []
+    chain = chain_from_json(plan.spec.ops)
+    positions = ChainLayout.of(chain, plan.pages[0].info.dtype).rounds
+    cannies = sum(chain[p].op.kind == "canny" for p in positions)
+    return map_levels(plan) * cannies if cannies else []
 
 
 def map_limits(definition: dict[str, Any]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,16 +59,30 @@ def job_nodes(plan: JobPlan, bound: int) -> list[tuple[Item, int]]:
     return out
 
 
+def levels(items: list[tuple[Item, int]], bound: int, start: int = 0
+           ) -> Iterator[tuple[int, list[int], bool]]:
+    """(level, its nodes' indices in ``items``, whether it runs as a ReduceLevel Map) from
+    ``start`` up: a level whose nodes hold at most ``bound`` tile sides together runs in
+    reduce_stats, one node at a time."""
+    top = max(item[2].height for item, _ in items)
+    for level in range(start, top + 1):
+        at = [g for g, (item, _) in enumerate(items) if item[2].height == level]
+        yield level, at, sum(items[g][1] for g in at) > bound
+
+
+def map_levels(plan: JobPlan) -> list[int]:
+    """The node counts of one canny round's ReduceLevel Maps, in order (for the estimate)."""
+    bound = choose_bound(plan)
+    return [len(at) for _, at, mapped in levels(job_nodes(plan, bound), bound) if mapped]
+
+
 def reduce_round(plan: JobPlan, event: ReduceEvent, rounds: int) -> dict[str, Any]:
     """reduce_stats for a canny round: the next level of several nodes for the Map, or, when
     every level is done, the round's end (each page's stats file names the bound)."""
     bound = event.bound or choose_bound(plan)
     items = job_nodes(plan, bound)
-    top = max(item[2].height for item, _ in items)
-    for level in range(event.level, top + 1):
-        at = [g for g, (item, _) in enumerate(items) if item[2].height == level]
-        # a level whose nodes hold no more than one node may runs here, one node at a time
-        if sum(items[g][1] for g in at) > bound:
+    for level, at, mapped in levels(items, bound, event.level):
+        if mapped:
             return {"job": plan.job, "round": event.round, "more": True, "rounds": rounds,
                     "level": level + 1, "nodes": at, "tree": True, "bound": bound}
         for g in at:
