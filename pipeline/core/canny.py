@@ -15,6 +15,10 @@ above ``high`` ("strong"). ``cv2.Canny(x, t, t)`` returns exactly the NMS maxima
   when the joined chain holds a strong pixel anywhere on the page;
 - per tile again (``edges``): a weak pixel is an edge when its label is negative or kept.
 
+The pipeline runs the per-page join as a tree whose every node holds a bounded number of tile
+sides (:mod:`pipeline.core.canny_tree`, the same joins); ``hysteresis`` is its whole-page
+reference.
+
 OpenCV swaps ``low`` and ``high`` when low > high; so does this module. Pure: arrays in,
 arrays out.
 """
