@@ -114,9 +114,12 @@ def _only(dtypes: tuple[str, ...], channels: tuple[int, ...] | None, name: str,
             return (f"{name} needs {' or '.join(dtypes)} pixels, the page has "
                     f"{np.dtype(dtype).name}{why}")
         if channels is not None and ch not in channels:
-            fix = "; put to_gray before it" if channels == (1,) else ""
-            return (f"{name} needs {' or '.join(map(str, channels))} channel(s), the page has "
-                    f"{ch}{fix}")
+            if channels == (1,):
+                fix = "put to_gray before it" if ch <= 4 else \
+                    f"a page of {ch} bands has no gray version (to_gray takes 1 to 4 bands)"
+                return f"{name} needs 1 channel(s), the page has {ch}; {fix}"
+            return (f"{name} needs {channels[0]} to {channels[-1]} bands (gray, gray + alpha, "
+                    f"RGB or RGBA), the page has {ch} bands")
         return None
     return accepts
 
