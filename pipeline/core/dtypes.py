@@ -66,6 +66,23 @@ def natively(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray,
     return func(img) if img.dtype.name in native else through_float64(func, img)
 
 
+#: a wider type OpenCV's filters take that holds every value of these exactly: what ops that
+#: select a value (median, dilate, erode) run in, since they select the same value there
+EXACT_WIDER = {"int8": np.int16, "float16": np.float32}
+
+
+def selecting(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray, native: tuple[str, ...],
+              other: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A selecting op (its output values are input values): ``func`` where OpenCV takes the
+    type or an exactly wider one (int8 -> int16, float16 -> float32), else ``other``."""
+    if img.dtype.name in native:
+        return func(img)
+    wider = EXACT_WIDER.get(img.dtype.name)
+    if wider is not None:
+        return func(img.astype(wider)).astype(img.dtype)
+    return other(img)
+
+
 def offset_index(img: np.ndarray) -> np.ndarray:
     """The values of an 8 or 16-bit integer image as table indices 0..2**bits - 1: unsigned
     values as they are, signed ones shifted by -min (a view with the sign bit flipped)."""

@@ -54,12 +54,16 @@ def gaussian_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 
 def median_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    """cv2.medianBlur where it takes the type; else the exact median of each window with the
-    border replicated (:func:`pipeline.core.dtypes.window_median`), band by band."""
+    """cv2.medianBlur where it takes the type (or an exactly wider one: int8, float16); else
+    the exact median of each window with the border replicated
+    (:func:`pipeline.core.dtypes.window_median`), band by band."""
     k = p["ksize"]
-    if img.dtype.name in CV_MEDIAN:
-        return _per_channel(lambda a: cv2.medianBlur(a, k), img, lambda ch: ch in (3, 4))
-    return _per_channel(lambda a: dtypes.window_median(a, k), img, lambda ch: False)
+    takes = img.dtype.name in CV_MEDIAN or img.dtype.name in dtypes.EXACT_WIDER
+
+    def one(a: np.ndarray) -> np.ndarray:  # one band, or 3 or 4 where medianBlur takes them
+        return dtypes.selecting(lambda x: cv2.medianBlur(x, k), a, CV_MEDIAN,
+                                lambda x: dtypes.window_median(x, k))
+    return _per_channel(one, img, lambda ch: takes and ch in (3, 4))
 
 
 def kernel(ksize: int) -> np.ndarray:
@@ -67,16 +71,18 @@ def kernel(ksize: int) -> np.ndarray:
 
 
 def _morph(img: np.ndarray, p: dict[str, Any], largest: bool) -> np.ndarray:
-    """cv2.dilate/erode where it takes the type, through float64 for 8 to 32-bit types it
-    lacks and float16 (a maximum of exact values is exact), numpy for 64-bit integers."""
+    """cv2.dilate/erode where it takes the type or an exactly wider one (int8 in int16,
+    float16 in float32), through float64 for 32-bit integers (a maximum of exactly converted
+    values is exact), numpy for 64-bit integers."""
     k, n = p["ksize"], p["iterations"]
     if img.dtype.kind in "ui" and img.dtype.itemsize == 8:
         for _ in range(n):
             img = dtypes.window_extreme(img, k, largest)
         return img
     func = cv2.dilate if largest else cv2.erode
-    return _per_channel(lambda a: natively(lambda x: func(x, kernel(k), iterations=n), a,
-                                           CV_FILTER), img)
+    return _per_channel(lambda a: dtypes.selecting(
+        lambda x: func(x, kernel(k), iterations=n), a, CV_FILTER,
+        lambda x: dtypes.through_float64(lambda y: func(y, kernel(k), iterations=n), x)), img)
 
 
 def dilate(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
