@@ -50,7 +50,8 @@ class Op:
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
     halo_help: str = "0 (a point operation)"
-    exact: str = "bit-identical to the OpenCV call on the whole page"
+    exact: str = ("bit-identical to the OpenCV call on the whole page (types OpenCV lacks: "
+                  "to its definition in docs/sample-types.md)")
     extra: dict[str, Any] = field(default_factory=dict)
     #: "local": the output depends on the pixels within the halo only; "stats": a point op
     #: whose table comes from statistics of the whole page (a statistics round); "canny":
