@@ -163,9 +163,16 @@ def ref_op(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     raise AssertionError(f"no reference for {name}")
 
 
+#: the most channels OpenCV's Python binding takes in one array; ops are per band
+CV_CHANNELS = 128
+
+
 def reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
     img = np.ascontiguousarray(page)
     for p in ops:
-        img = ref_op(img, p)
+        if img.ndim == 3 and img.shape[2] > CV_CHANNELS and p["op"] != "normalize":
+            img = stack([ref_op(c, p) for c in planes(img)])
+        else:
+            img = ref_op(img, p)
         assert img.dtype == page.dtype, (p, img.dtype)
     return img

@@ -210,3 +210,42 @@ def test_preview_shows_the_first_three_bands(tmp_path, dtype):
     rgb = np.asarray(thumbnail(str(src), 0, 60).image)
     assert rgb.shape == (45, 60, 3)
     assert (rgb == [255, 0, 255]).all()
+
+
+@pytest.mark.parametrize("dtype,bands,ops", [
+    ("int32", 4, [{"op": "to_gray"}]),  # RGBA of a type cvtColor lacks: alpha ignored
+    ("float64", 2, [{"op": "to_gray"}, {"op": "gamma", "gamma": 0.5}]),  # gray + alpha
+    ("int16", 600, [{"op": "gaussian_blur", "sigma": 1}, {"op": "median_blur", "ksize": 3},
+                    {"op": "dilate"}]),  # more bands than OpenCV holds: band by band
+])
+def test_other_band_counts(tmp_path, dtype, bands, ops):
+    from test_exactness import run_tiled
+
+    page = typed_image(bands, 40, 70, bands, dtype)
+    src = tmp_path / "in.tif"
+    write_bands(src, page, tiled=False, separate=bands == 600,
+                photometric="rgb" if bands == 4 else None)
+    (got,), _ = run_tiled(tmp_path, src, ops, 32, 32, compression="zstd")
+    want = reference(page, ops)
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32", "float64", "uint32"])
+@pytest.mark.parametrize("name", ["gaussian_blur", "median_blur", "dilate", "erode",
+                                  "unsharp_mask", "invert", "gamma", "threshold"])
+def test_band_by_band_is_the_same_as_all_bands_at_once(name, dtype):
+    """What lets an op run band by band beyond OpenCV's 128 channels: on 8 bands, the op on
+    all of them at once equals the op on each one. (Not so for downsample: cv2.resize
+    INTER_AREA rounds differently by channel count, see docs/sample-types.md.)"""
+    from test_sample_types import PARAMS, _threshold_value
+
+    from pipeline.core.ops import chain_from_json
+
+    params = {**PARAMS[name], **({"value": _threshold_value(dtype)} if name == "threshold"
+                                 else {}), **({"ksize": 3} if name == "median_blur" else {})}
+    (call,) = chain_from_json([{"op": name, **params}])
+    page = typed_image(7, 50, 64, 8, dtype)
+    whole = call.op.apply(page, call.params)
+    bands = np.dstack([call.op.apply(np.ascontiguousarray(page[:, :, c]), call.params)
+                       for c in range(8)])
+    assert np.array_equal(whole, bands)

@@ -22,8 +22,9 @@ from pipeline.core import stats as stats_mod
 from pipeline.core.dtypes import CV_COLOR, CV_FILTER, CV_MEDIAN, natively
 from pipeline.core.opencv import cv2
 
-#: OpenCV's CV_CN_MAX: the most channels one of its arrays holds
-CV_MAX_CHANNELS = 512
+#: the most channels OpenCV's Python binding passes in one array (OpenCV 5.1: "must be in
+#: [1, 128]"); pages with more bands run band by band
+CV_MAX_CHANNELS = 128
 dtype_max = dtypes.white
 
 

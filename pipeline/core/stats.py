@@ -78,7 +78,7 @@ def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
 def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """``lut`` (in table index order, see pipeline.core.dtypes.offset_index) on an 8 or
     16-bit integer image."""
-    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] <= 512):
+    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] <= 128):  # cv2's limit
         return cv2.LUT(img, lut)
     return lut[dtypes.offset_index(img)]
 
