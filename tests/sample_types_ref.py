@@ -154,7 +154,7 @@ def ref_op(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     if name == "equalize_hist":
         return cv2.equalizeHist(img)
     if name == "otsu_threshold":
-        return cv2.threshold(img, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[1]
+        return cv2.threshold(img, 0, top(dt), cv2.THRESH_BINARY | cv2.THRESH_OTSU)[1]
     if name == "downsample":
         f = p["factor"]
         h, w = img.shape[0] // f, img.shape[1] // f

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import pyvips
@@ -115,7 +116,7 @@ TAKES: dict[str, tuple[str, ...]] = {
     **{name: ALL for name in ("gaussian_blur", "median_blur", "dilate", "erode",
                               "unsharp_mask", "invert", "gamma", "threshold", "to_gray",
                               "normalize", "downsample")},
-    "equalize_hist": ("uint8",), "otsu_threshold": ("uint8",), "canny": ("uint8",),
+    "equalize_hist": ("uint8",), "otsu_threshold": ("uint8", "uint16"), "canny": ("uint8",),
     "clahe": ("uint8", "uint16"),
     "percentile_stretch": ("uint8", "int8", "uint16", "int16"),
 }
@@ -169,3 +170,15 @@ def plan_problems(tmp_path: Path, src: Path, ops: list[dict[str, Any]],
                    output_options=OutputOptions(tile=out_tile))
     _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
     return problems
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_otsu_of_uint16_is_opencvs(seed):
+    from pipeline.core import stats as stats_mod
+
+    rng = np.random.default_rng(seed)
+    img = np.concatenate([rng.normal(9000 + 4000 * seed, 1500, 5000),
+                          rng.normal(40000, 6000, 3000 + 1000 * seed)])
+    img = np.clip(img, 0, 65535).astype(np.uint16).reshape(1, -1)
+    t, _ = cv2.threshold(img, 0, 65535, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    assert stats_mod.otsu_threshold(stats_mod.histogram(img)) == t

@@ -195,10 +195,12 @@ OPS: dict[str, Op] = {op.name: op for op in (
                      " (OpenCV's equalizeHist is 8-bit only); use normalize or "
                      "percentile_stretch"),
        halo_help="0 (a table from the page's histogram: a statistics round)"),
-    Op("otsu_threshold", "cv2.threshold(page, 0, 255, THRESH_BINARY | THRESH_OTSU)", (),
+    Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
+       "the dtype's maximum", (),
        fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
-       accepts=_only(("uint8",), (1,), "otsu_threshold",
-                     " (a 256-bin Otsu threshold); use threshold with a value"),
+       accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
+                     " (OpenCV's Otsu takes 8 and 16-bit unsigned pages); use threshold with "
+                     "a value"),
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
     Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
        (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,

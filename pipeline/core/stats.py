@@ -122,8 +122,8 @@ _FLT_EPSILON = float(np.finfo(np.float32).eps)
 
 def otsu_threshold(hist: np.ndarray) -> int:
     """The threshold ``cv2.threshold(..., THRESH_OTSU)`` picks for a page with this 256-bin
-    histogram: OpenCV's getThreshVal_Otsu_8u, step by step in double precision (including its
-    ``mu1 *= q1`` before the bins it skips)."""
+    (uint8) or 65536-bin (uint16) histogram: OpenCV's getThreshVal_Otsu, step by step in
+    double precision (including its ``mu1 *= q1`` before the bins it skips)."""
     counts = [int(c) for c in hist]
     scale = 1.0 / sum(counts)
     mu = 0.0
@@ -150,7 +150,8 @@ def otsu_threshold(hist: np.ndarray) -> int:
 
 def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
     t = otsu_threshold(st["hist"])
-    lut = np.where(np.arange(256) > t, 255, 0).astype(np.uint8)
+    top = _top(dtype)
+    lut = np.where(np.arange(top + 1) > t, top, 0).astype(dtype)
     return {"lut": lut, "threshold": np.array([t])}
 
 
