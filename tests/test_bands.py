@@ -173,7 +173,7 @@ def test_photometric_and_extra_samples(run):
     ("rgb", 4, [1], 4, ("rgb", [1])),  # RGBA (associated): kept
     ("rgb", 4, [], 4, ("rgb", [2])),  # RGBA without a valid tag: alpha
     ("minisblack", 4, [0, 0, 0], 4, ("minisblack", [0, 0, 0])),  # 4-band multispectral
-    ("minisblack", 3, [0, 0], 3, ("minisblack", [0, 0])),  # 3 bands that are not RGB
+    ("minisblack", 3, [0, 0], 3, ("rgb", None)),  # 3 bands: RGB (what JPEG output needs)
     ("minisblack", 13, [], 13, ("minisblack", [0] * 12)),  # Sentinel-2
     ("minisblack", 2, [2], 2, ("minisblack", [2])),  # gray + alpha
     ("rgb", 5, [0, 0], 1, ("minisblack", None)),  # to_gray

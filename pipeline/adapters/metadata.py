@@ -176,14 +176,16 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
     """The photometric and ExtraSamples of an output page with ``channels`` samples.
 
     A page that keeps its bands keeps its interpretation: an RGB page stays RGB with its
-    extra samples, a gray or multispectral page stays MINISBLACK with its extra samples (an
-    input without a valid ExtraSamples tag: alpha for the one extra sample of gray + alpha
-    and RGBA, UNSPECIFIED (0) for more). A page whose band count the chain changed (to_gray,
-    canny: 1 band) is MINISBLACK. Pages of 5 bands or more are never called RGB unless the
-    input was (RGB + extra samples).
+    extra samples, a gray or multispectral page of 2 or 4 bands and more stays MINISBLACK
+    with its extra samples (an input without a valid ExtraSamples tag: alpha for the one
+    extra sample of gray + alpha and RGBA, UNSPECIFIED (0) for more). 3 bands are always RGB
+    (as before, and what a JPEG output's YCbCr encoding needs). A page whose band count the
+    chain changed (to_gray, canny: 1 band) is MINISBLACK. Pages of 5 bands or more are never
+    called RGB unless the input was (RGB + extra samples).
     """
     same = channels == info.channels
-    rgb = channels >= 3 and (info.photometric == "rgb" if same else channels in (3, 4))
+    rgb = channels == 3 or (channels > 3 and (info.photometric == "rgb" if same
+                                              else channels == 4))
     base = 3 if rgb else 1
     extra = channels - base
     if extra <= 0:
