@@ -249,3 +249,17 @@ def test_band_by_band_is_the_same_as_all_bands_at_once(name, dtype):
     bands = np.dstack([call.op.apply(np.ascontiguousarray(page[:, :, c]), call.params)
                        for c in range(8)])
     assert np.array_equal(whole, bands)
+
+
+@pytest.mark.parametrize("ksize", [3, 5])
+def test_numpy_median_in_bands_of_rows(monkeypatch, ksize):
+    """The median of types medianBlur lacks is computed a band of rows at a time (bounded
+    memory): the same as the median of every window at once."""
+    from sample_types_ref import shifted
+
+    from pipeline.core import dtypes
+
+    monkeypatch.setattr(dtypes, "MEDIAN_BAND_PIXELS", 3 * 57)  # bands of 3 rows
+    img = typed_image(ksize, 41, 57, 1, "int64")
+    want = np.sort(np.stack(shifted(img, ksize, None)), axis=0)[ksize * ksize // 2]
+    assert np.array_equal(dtypes.window_median(img, ksize), want)

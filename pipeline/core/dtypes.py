@@ -119,13 +119,21 @@ def window_extreme(img: np.ndarray, ksize: int, largest: bool) -> np.ndarray:
     return out
 
 
+#: pixels whose windows :func:`window_median` copies at once (x ksize**2 samples)
+MEDIAN_BAND_PIXELS = 64 * 1024
+
+
 def window_median(img: np.ndarray, ksize: int) -> np.ndarray:
     """The median of each ``ksize`` x ``ksize`` window, the border replicated: what
     ``cv2.medianBlur`` computes, for types it lacks (a selection, so exact for every type).
     One plane (h, w)."""
-    r = ksize // 2
+    r, mid = ksize // 2, ksize * ksize // 2
     padded = np.pad(img, r, mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, (ksize, ksize))
-    flat = windows.reshape(img.shape[0], img.shape[1], ksize * ksize)
-    mid = ksize * ksize // 2
-    return np.partition(flat, mid, axis=2)[:, :, mid]
+    out = np.empty_like(img)
+    # a band of rows at a time: the windows' copy is ksize**2 times the pixels it covers
+    rows = max(1, MEDIAN_BAND_PIXELS // max(1, img.shape[1]))
+    for y in range(0, img.shape[0], rows):
+        flat = windows[y:y + rows].reshape(-1, img.shape[1], ksize * ksize)
+        out[y:y + rows] = np.partition(flat, mid, axis=2)[:, :, mid]
+    return out
