@@ -1,14 +1,25 @@
-"""The merge step: assemble a job's encoded tiles into the output TIFF and publish it."""
+"""The merge step: compose a job's output TIFF from the segments process wrote, publish it.
+
+Merge never holds or writes the pixels of the output. It reads the segment indexes (where
+each encoded tile is), drives ``tifffile.TiffWriter`` with :class:`Placeholder` tiles over a
+:class:`LayoutRecorder` (so the header, IFDs and tag values are exactly tifffile's, as if it
+had written the real tiles), and composes the file from those bytes and the segments'
+ranges (:func:`pipeline.adapters.segments.compose`): locally by concatenation into a
+temporary file that is renamed, on S3 as one multipart upload of server-side copies.
+Memory: the header and IFDs, the tile table of the largest page (20 bytes a tile) and one
+uploaded part; local disk: none but the output itself (locally).
+
+A pyramid's levels are built here from the base tiles (read through, a bounded number at a
+time) into level segments in the work location, then placed like the base tiles.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from math import ceil
 from typing import Any
 
@@ -17,24 +28,27 @@ import tifffile
 
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_tags
-from pipeline.adapters.tile_codec import OutputEncoder, unpack_tiles
+from pipeline.adapters.segments import compose, read_range
+from pipeline.adapters.tiff_header import LayoutRecorder, Placeholder
+from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.tiff_layout import MiB, Span
+from pipeline.errors import WorkMissingError
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
 from pipeline.steps.pyramid import Pyramid
 
-#: parallel reads of one row of tile packs (S3 GETs)
+#: parallel reads of segment indexes, and of base tiles for a pyramid (S3 GETs)
 READ_THREADS = 8
+#: base tiles read through at once for a pyramid (one ranged GET)
+READ_GROUP = 4 * MiB
 #: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
 BIGTIFF_ABOVE = 2**31
 
 
 def merge(event: MergeEvent) -> dict[str, Any]:
-    """Write every page's tiles, in page order, to a temporary file; publish it in one step.
-
-    Memory is bounded by one row of processing tiles' encoded bytes, never by the page.
-    """
+    """Compose the job's output from its segments and publish it in one step."""
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed batch fails the job with its own error
     spec = plan.spec
@@ -43,22 +57,12 @@ def merge(event: MergeEvent) -> dict[str, Any]:
               for p in plan.pages)
     if spec.output_options.pyramid:
         raw = raw * 4 // 3  # the levels add up to a third of the base pages
-    tmp = storage.temp_output_path(spec.output)
-    # pyramid levels are spooled next to the temporary output (local disk)
-    spools = tempfile.mkdtemp(prefix=".tiffpipe-levels-", dir=os.path.dirname(tmp) or ".") \
-        if spec.output_options.pyramid else None
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=raw > BIGTIFF_ABOVE,
-                                 ome=spec.output_options.ome) as writer:
-            for i, page in enumerate(plan.pages):
-                _write_page(writer, plan, i, page, spools)
-        size = os.path.getsize(tmp)
-        storage.publish_file(tmp, spec.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if spools is not None:
-            shutil.rmtree(spools, ignore_errors=True)
+    recorder = LayoutRecorder()
+    with tifffile.TiffWriter(recorder, bigtiff=raw > BIGTIFF_ABOVE,
+                             ome=spec.output_options.ome) as writer:
+        for i, page in enumerate(plan.pages):
+            _write_page(writer, plan, i, page)
+    size = compose(recorder.pieces(), spec.output)
     finished = time.time()
     result = {
         "job": plan.job, "status": "SUCCEEDED", "input": spec.input, "output": spec.output,
@@ -70,9 +74,9 @@ def merge(event: MergeEvent) -> dict[str, Any]:
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
 
 
-def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: PagePlan,
-                spools: str | None = None) -> None:
-    """Write one output page; with ``spools`` (a folder), its pyramid levels as SubIFDs."""
+def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
+                page: PagePlan) -> None:
+    """Write one output page (placeholder tiles); with a pyramid, its levels as SubIFDs."""
     options = plan.spec.output_options
     channels = page.out_channels
     encoder = OutputEncoder(options, page.info.dtype, channels)
@@ -84,33 +88,28 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
         tags = _ome_tags(tags, page)
     common = {"dtype": page.info.dtype, "tile": (options.tile, options.tile),
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
-    if spools is None:
-        writer.write(_tiles(plan, index, page), shape=shape, **common, **tags)
+    table = TileTable.read(plan, index, page)
+    if not options.pyramid:
+        writer.write(table.placeholders(), shape=shape, **common, **tags)
         return
-    folder = tempfile.mkdtemp(prefix=f"page{index}-", dir=spools)
-    pyramid = Pyramid(height, width, channels, page.info.dtype, encoder, options.tile, folder,
+    pyramid = Pyramid(height, width, channels, page.info.dtype, encoder, options.tile,
+                      storage.parent(layout.segment_file(plan.work, index, "level")),
                       nearest=tags["photometric"] == "palette", threads=tile_threads())
     try:
-        subifds = {"subifds": len(pyramid.levels)} if pyramid.levels else {}
-        writer.write(_fed(_tiles(plan, index, page), pyramid, width, options.tile),
-                     shape=shape, **common, **tags, **subifds)
-        # what every level repeats of the base page: how its samples are to be read
-        level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
-                      if tags.get(k) is not None}
-        for k, (h, w) in enumerate(pyramid.shapes):
-            writer.write(pyramid.tiles(k), shape=(h, w) + shape[2:], subfiletype=1,
-                         software=tags["software"], metadata=None, **common, **level_tags)
+        for n, data in enumerate(table.tile_bytes()):
+            pyramid.feed(data, n // table.cols, n % table.cols)
+        levels = [pyramid.spans(k) for k in range(len(pyramid.levels))]
     finally:
         pyramid.close()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _fed(tiles: Iterator[bytes], pyramid: Pyramid, width: int, tile: int) -> Iterator[bytes]:
-    """``tiles`` (row-major encoded base tiles), each fed to ``pyramid`` as it is written."""
-    cols = ceil(width / tile)
-    for n, data in enumerate(tiles):
-        pyramid.feed(data, n // cols, n % cols)
-        yield data
+    subifds = {"subifds": len(levels)} if levels else {}
+    writer.write(table.placeholders(), shape=shape, **common, **tags, **subifds)
+    # what every level repeats of the base page: how its samples are to be read
+    level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
+                  if tags.get(k) is not None}
+    for (h, w), spans in zip(pyramid.shapes, levels, strict=True):
+        writer.write((Placeholder(s) for s in spans), shape=(h, w) + shape[2:],
+                     subfiletype=1, software=tags["software"], metadata=None, **common,
+                     **level_tags)
 
 
 #: micrometres per resolution unit (TIFF ResolutionUnit 2: inch, 3: centimetre)
@@ -145,30 +144,79 @@ def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
     return tags
 
 
-def _tiles(plan: JobPlan, index: int, page: PagePlan) -> Iterator[bytes]:
-    """The page's encoded output tiles in row-major order.
+@dataclass
+class TileTable:
+    """Where each encoded tile of an output page is: segment number, offset and size per
+    tile (row-major), 20 bytes a tile."""
 
-    A pack holds the output tiles of one processing tile; the packs of an output row are
-    read (ahead, in parallel) and dropped once that row's tiles are out, so memory holds a
-    few packs whatever the page's width (a pack is read once per output row it spans).
-    """
-    grid, out = page.out_grid, plan.spec.output_options.tile  # (downsample: a smaller page)
-    per = grid.tile // out  # output tiles per processing tile side
-    rows, cols = ceil(grid.height / out), ceil(grid.width / out)
+    cols: int
+    sources: list[str]
+    segment: np.ndarray  # int32 (rows, cols), -1: no segment holds the tile
+    offset: np.ndarray  # int64
+    size: np.ndarray  # int64
 
-    def fetch(prow: int, pc: int) -> dict[tuple[int, int], bytes]:
-        url = layout.pack_file(plan.work, index, prow, pc)
-        return unpack_tiles(storage.read_bytes(url), url)
+    @classmethod
+    def read(cls, plan: JobPlan, index: int, page: PagePlan) -> TileTable:
+        """The table of page ``index``, from the indexes of its segments (read in threads)."""
+        t = plan.spec.output_options.tile
+        rows, cols = ceil(page.out_grid.height / t), ceil(page.out_grid.width / t)
+        if plan.fused:
+            names = [f"u{u:06d}" for u, unit in enumerate(plan.units) if unit.page == index]
+        else:
+            names = [f"b{b:06d}" for b, batch in enumerate(plan.batches) if batch.page == index]
+        sources = [layout.segment_file(plan.work, index, n) for n in names]
+        table = cls(cols, sources, np.full((rows, cols), -1, np.int32),
+                    np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64))
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            indexes = pool.map(lambda n: storage.read_json(
+                layout.segment_index_file(plan.work, index, n))["tiles"], names)
+            for k, tiles in enumerate(indexes):
+                for row, col, offset, size in tiles:
+                    table.segment[row, col], table.offset[row, col] = k, offset
+                    table.size[row, col] = size
+        missing = np.argwhere(table.segment < 0)
+        if len(missing):
+            row, col = missing[0]
+            raise WorkMissingError(f"page {page.info.index}: no segment holds output tile "
+                                   f"({row}, {col}) ({len(missing)} tiles missing): a process "
+                                   "step did not finish; re-run the job")
+        return table
 
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        for orow in range(rows):
-            ahead: deque[Future[dict[tuple[int, int], bytes]]] = deque()
-            next_pc = 0
-            for ocol in range(cols):
-                while next_pc < grid.cols and len(ahead) < READ_THREADS:
-                    ahead.append(pool.submit(fetch, orow // per, next_pc))
-                    next_pc += 1
-                tiles = ahead[0].result()
-                yield tiles[(orow, ocol)]
-                if ocol % per == per - 1 or ocol == cols - 1:
-                    ahead.popleft()
+    def spans(self) -> Iterator[Span]:
+        """The tiles' spans in row-major order."""
+        for k, offset, size in zip(self.segment.ravel().tolist(), self.offset.ravel().tolist(),
+                                   self.size.ravel().tolist(), strict=True):
+            yield Span(self.sources[k], offset, size)
+
+    def placeholders(self) -> Iterator[Placeholder]:
+        return (Placeholder(s) for s in self.spans())
+
+    def tile_bytes(self) -> Iterator[bytes]:
+        """The encoded tiles in row-major order, read in groups of neighbours (one GET of up
+        to :data:`READ_GROUP` bytes each), a few groups ahead."""
+
+        def groups() -> Iterator[list[Span]]:
+            group: list[Span] = []
+            for span in self.spans():
+                if group and (span.source != group[-1].source
+                              or span.start != group[-1].start + group[-1].size
+                              or span.start + span.size - group[0].start > READ_GROUP):
+                    yield group
+                    group = []
+                group.append(span)
+            if group:
+                yield group
+
+        def fetch(group: list[Span]) -> list[bytes]:
+            first, last = group[0], group[-1]
+            blob = read_range(first.source, first.start, last.start + last.size - first.start)
+            return [blob[s.start - first.start:s.start - first.start + s.size] for s in group]
+
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            ahead: deque[Future[list[bytes]]] = deque()
+            for group in groups():
+                ahead.append(pool.submit(fetch, group))
+                if len(ahead) > READ_THREADS:
+                    yield from ahead.popleft().result()
+            while ahead:
+                yield from ahead.popleft().result()

@@ -1,0 +1,111 @@
+"""The bytes tifffile writes around the tile data, computed from the tiles' byte counts alone.
+
+Merge drives the same ``tifffile.TiffWriter`` calls as a merge that writes the real tiles,
+over :class:`LayoutRecorder`, a file that keeps only what tifffile writes itself (header,
+IFDs, tag values, OME-XML) and, for each tile, where it goes. The tiles are
+:class:`Placeholder` objects: ``len()`` is the tile's byte count, no byte is held. So the
+layout is exactly tifffile's, tag for tag and offset for offset, without a byte of pixel
+data going through merge; :meth:`LayoutRecorder.pieces` then says where every byte of the
+file comes from (:mod:`pipeline.core.tiff_layout`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Self
+
+from pipeline.core.tiff_layout import Literal, Piece, Span
+
+
+class Placeholder(bytes):
+    """A tile to write: empty bytes whose ``len()`` is the tile's byte count, and the span
+    of the segment that holds the tile."""
+
+    span: Span
+
+    def __new__(cls, span: Span) -> Self:
+        obj = super().__new__(cls)
+        obj.span = span
+        return obj
+
+    def __len__(self) -> int:
+        return self.span.size
+
+
+class LayoutRecorder(io.RawIOBase):
+    """A seekable writable "file" that records what is written where: literal bytes merged
+    into extents (later writes patch earlier ones), placeholders as spans. Never reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "tiffpipe-layout"
+        self._pos = 0
+        self.size = 0
+        self._extents: list[tuple[int, bytearray]] = []  # sorted, disjoint, not adjacent
+        self._spans: list[tuple[int, Span]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        if isinstance(data, Placeholder):
+            self._spans.append((self._pos, data.span))
+            n = data.span.size
+        else:
+            chunk = bytes(data)
+            n = len(chunk)
+            if n:
+                self._put(self._pos, chunk)
+        self._pos += n
+        self.size = max(self.size, self._pos)
+        return n
+
+    def _put(self, start: int, chunk: bytes) -> None:
+        """Write ``chunk`` at ``start``: extents it overlaps or touches join it (it wins)."""
+        end = start + len(chunk)
+        touched = [(s, b) for s, b in self._extents if s <= end and s + len(b) >= start]
+        keep = [(s, b) for s, b in self._extents if not (s <= end and s + len(b) >= start)]
+        lo = min([start] + [s for s, _ in touched])
+        hi = max([end] + [s + len(b) for s, b in touched])
+        out = bytearray(hi - lo)
+        for s, b in touched:
+            out[s - lo:s - lo + len(b)] = b
+        out[start - lo:end - lo] = chunk
+        keep.append((lo, out))
+        self._extents = sorted(keep, key=lambda x: x[0])
+
+    def pieces(self) -> list[Piece]:
+        """Every byte of the file in order: literal extents, tile spans, zeros in the gaps
+        (tifffile seeks over alignment padding)."""
+        items: list[tuple[int, Piece]] = [(s, Literal(bytes(b))) for s, b in self._extents]
+        items += self._spans
+        items.sort(key=lambda x: x[0])
+        out: list[Piece] = []
+        pos = 0
+        for start, piece in items:
+            if start < pos:
+                raise RuntimeError(f"tifffile wrote over tile data at byte {start}")
+            if start > pos:
+                out.append(Literal(bytes(start - pos)))
+            out.append(piece)
+            pos = start + piece.size
+        if pos < self.size:
+            out.append(Literal(bytes(self.size - pos)))
+        return out
+
+    @property
+    def literal_bytes(self) -> int:
+        """Bytes of the header, IFDs and tag values (what merge holds in memory)."""
+        return sum(len(b) for _, b in self._extents)
