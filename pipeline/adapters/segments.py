@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Self
 
 from pipeline.adapters import storage
 from pipeline.adapters.storage import _errors, _key_of, is_s3, s3_client
+from pipeline.core import tiff_layout
 from pipeline.core.tiff_layout import Literal, MiB, Part, Piece, Span, plan_parts
 from pipeline.errors import OutputNotWritableError, StorageError, TiffpipeError, WorkMissingError
 
@@ -169,7 +170,8 @@ def compose(pieces: list[Piece], url: str) -> int:
 
 def _compose_s3(pieces: list[Piece], url: str) -> int:
     copyable = all(is_s3(p.source) for p in pieces if isinstance(p, Span))
-    parts = list(plan_parts(pieces, copyable))  # limits are checked before anything starts
+    # every part is planned (and the limits checked) before the upload starts
+    parts = list(plan_parts(pieces, copyable, copy_part=tiff_layout.COPY_PART))
     bucket, key = _key_of(url)
     client = s3_client()
     ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
@@ -228,3 +230,23 @@ def _upload_part(bucket: str, key: str, upload: str, part: Part) -> str:
         reply = s3_client().upload_part(Bucket=bucket, Key=key, UploadId=upload,
                                         PartNumber=part.number, Body=body.getvalue())
     return str(reply["ETag"])
+
+
+def abort_uploads(url: str, prefix: bool = False) -> int:
+    """Abort the unfinished multipart uploads of the object ``url`` (with ``prefix``: of
+    every object under it), e.g. left by an invocation that was killed; a local path has
+    none. Returns how many were aborted."""
+    if not is_s3(url):
+        return 0
+    bucket, key = storage.split_s3(url)
+    aborted = 0
+    with _errors(url, "abort the uploads of", None):
+        pages = s3_client().get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=key)
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if prefix or upload["Key"] == key:
+                    s3_client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted += 1
+    return aborted

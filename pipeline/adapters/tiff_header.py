@@ -61,8 +61,15 @@ class LayoutRecorder(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         if isinstance(data, Placeholder):
-            self._spans.append((self._pos, data.span))
-            n = data.span.size
+            span, n = data.span, data.span.size
+            # a tile that continues the last one, in the file and in its segment, joins it:
+            # memory follows the runs of tiles, not the tiles
+            at, last = self._spans[-1] if self._spans else (-1, span)
+            if (at + last.size == self._pos and last.source == span.source
+                    and last.start + last.size == span.start):
+                self._spans[-1] = (at, Span(last.source, last.start, last.size + n))
+            else:
+                self._spans.append((self._pos, span))
         else:
             chunk = bytes(data)
             n = len(chunk)

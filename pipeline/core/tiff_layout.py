@@ -125,7 +125,7 @@ def plan_parts(pieces: Iterable[Piece], copyable: bool = True, min_part: int = M
         if number > max_parts:
             raise OutputTooLargeError(
                 f"the output needs more than {max_parts} multipart parts (S3's limit): split "
-                "the job into jobs of fewer pages, or use a larger tile size")
+                "the job into jobs of fewer pages")
         return Part(number, tuple(part_pieces), copy)
 
     for piece in coalesce(pieces):

@@ -33,7 +33,7 @@ from pipeline.adapters.tiff_header import LayoutRecorder, Placeholder
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.tiff_layout import MiB, Span
+from pipeline.core.tiff_layout import MiB, Piece, Span
 from pipeline.errors import WorkMissingError
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
@@ -52,17 +52,7 @@ def merge(event: MergeEvent) -> dict[str, Any]:
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed batch fails the job with its own error
     spec = plan.spec
-    raw = sum(p.out_grid.height * p.out_grid.width * p.out_channels
-              * np.dtype(p.info.dtype).itemsize
-              for p in plan.pages)
-    if spec.output_options.pyramid:
-        raw = raw * 4 // 3  # the levels add up to a third of the base pages
-    recorder = LayoutRecorder()
-    with tifffile.TiffWriter(recorder, bigtiff=raw > BIGTIFF_ABOVE,
-                             ome=spec.output_options.ome) as writer:
-        for i, page in enumerate(plan.pages):
-            _write_page(writer, plan, i, page)
-    size = compose(recorder.pieces(), spec.output)
+    size = compose(output_pieces(plan), spec.output)
     finished = time.time()
     result = {
         "job": plan.job, "status": "SUCCEEDED", "input": spec.input, "output": spec.output,
@@ -72,6 +62,27 @@ def merge(event: MergeEvent) -> dict[str, Any]:
     }
     storage.write_json(layout.result_file(plan.work), result)
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
+
+
+def bigtiff(plan: JobPlan) -> bool:
+    """True when the output may pass classic TIFF's 32-bit offsets (by its raw size)."""
+    raw = sum(p.out_grid.height * p.out_grid.width * p.out_channels
+              * np.dtype(p.info.dtype).itemsize
+              for p in plan.pages)
+    if plan.spec.output_options.pyramid:
+        raw = raw * 4 // 3  # the levels add up to a third of the base pages
+    return raw > BIGTIFF_ABOVE
+
+
+def output_pieces(plan: JobPlan) -> list[Piece]:
+    """Every byte of the job's output in order: tifffile's header, IFDs and tag values
+    (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
+    recorder = LayoutRecorder()
+    with tifffile.TiffWriter(recorder, bigtiff=bigtiff(plan),
+                             ome=plan.spec.output_options.ome) as writer:
+        for i, page in enumerate(plan.pages):
+            _write_page(writer, plan, i, page)
+    return recorder.pieces()
 
 
 def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
