@@ -32,7 +32,7 @@ from pipeline.errors import OutputNotWritableError, StorageError, TiffpipeError,
 #: the part size of a segment's multipart upload (S3's minimum is 5 MiB)
 SEGMENT_PART = 8 * MiB
 #: bytes read at once when span bytes go through this process
-READ_CHUNK = 4 * MiB
+READ_CHUNK = 1 * MiB
 #: server-side copies in flight
 COPY_THREADS = 16
 
@@ -222,13 +222,14 @@ def _copy_part(bucket: str, key: str, upload: str, part: Part) -> str:
 
 
 def _upload_part(bucket: str, key: str, upload: str, part: Part) -> str:
-    body = io.BytesIO()
+    body = io.BytesIO()  # given as a file: botocore streams it, no second copy
     for piece in part.pieces:
         for chunk in piece_chunks(piece):
             body.write(chunk)
+    body.seek(0)
     with _errors(f"s3://{bucket}/{key}", "write", None):
         reply = s3_client().upload_part(Bucket=bucket, Key=key, UploadId=upload,
-                                        PartNumber=part.number, Body=body.getvalue())
+                                        PartNumber=part.number, Body=body)
     return str(reply["ETag"])
 
 
