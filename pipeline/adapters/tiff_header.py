@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from typing import Any, Self
 
 from pipeline.core.tiff_layout import Literal, Piece, Span
@@ -112,7 +113,92 @@ class LayoutRecorder(io.RawIOBase):
             out.append(Literal(bytes(self.size - pos)))
         return out
 
+    def read(self, start: int, size: int) -> bytes:
+        """``size`` literal bytes from ``start`` (they must have been written)."""
+        for s, buf in self._extents:
+            if s <= start and start + size <= s + len(buf):
+                return bytes(buf[start - s:start - s + size])
+        raise ValueError(f"bytes {start}-{start + size} were not written as one extent")
+
+    def patch(self, start: int, data: bytes) -> None:
+        """Overwrite literal bytes."""
+        self._put(start, data)
+
+    def replace_data(self, start: int, size: int, spans: list[Span]) -> None:
+        """The tile data in bytes [start, start + size) is ``spans`` in order instead."""
+        if sum(s.size for s in spans) != size:
+            raise ValueError("the spans do not fill the data region")
+        kept = [(p, s) for p, s in self._spans if not start <= p < start + size]
+        pos = start
+        for span in spans:
+            kept.append((pos, span))
+            pos += span.size
+        self._spans = sorted(kept, key=lambda x: x[0])
+
     @property
     def literal_bytes(self) -> int:
         """Bytes of the header, IFDs and tag values (what merge holds in memory)."""
         return sum(len(b) for _, b in self._extents)
+
+
+def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
+    """The IFD positions of the recorded file: one list per page, the page's own IFD
+    first, then its SubIFDs (pyramid levels) in order."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    word, fmt = (8, "<Q") if bigtiff else (4, "<I")
+    pos = struct.unpack(fmt, read(8 if bigtiff else 4, word))[0]
+    pages = []
+    while pos:
+        entries = _entries(recorder, pos, bigtiff)
+        subs = []
+        if 330 in entries:
+            subs = list(entries[330])
+        pages.append([pos, *subs])
+        count_size = 8 if bigtiff else 2
+        n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
+        pos = struct.unpack(fmt, read(pos + count_size + n * (20 if bigtiff else 12), word))[0]
+    return pages
+
+
+#: struct formats of the integer TIFF types an offsets tag may use
+_INT_TYPES = {3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
+
+
+def _entries(recorder: LayoutRecorder, pos: int, bigtiff: bool) -> dict[int, tuple[int, ...]]:
+    """The integer values of the tags of the IFD at ``pos`` (other tags are skipped)."""
+    read = recorder.read
+    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
+    n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
+    out = {}
+    for i in range(n):
+        raw = read(pos + count_size + i * entry, entry)
+        code, kind = struct.unpack("<HH", raw[:4])
+        if kind not in _INT_TYPES:
+            continue
+        count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
+        fmt = "<" + _INT_TYPES[kind] * count
+        size = struct.calcsize(fmt)
+        value = raw[4 + word:] if size <= word else read(
+            struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], size)
+        out[code] = struct.unpack(fmt, value[:size])
+    return out
+
+
+def tile_offsets_at(recorder: LayoutRecorder, ifd: int) -> tuple[int, str]:
+    """Where the TileOffsets values of the IFD at ``ifd`` are, and their struct format."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
+    n = struct.unpack("<Q" if bigtiff else "<H", read(ifd, count_size))[0]
+    for i in range(n):
+        at = ifd + count_size + i * entry
+        raw = read(at, entry)
+        code, kind = struct.unpack("<HH", raw[:4])
+        if code == 324:
+            count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
+            fmt = "<" + _INT_TYPES[kind] * count
+            if struct.calcsize(fmt) <= word:
+                return at + 4 + word, fmt
+            return struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], fmt
+    raise ValueError(f"the IFD at {ifd} has no TileOffsets")

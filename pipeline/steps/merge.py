@@ -9,12 +9,20 @@ temporary file that is renamed, on S3 as one multipart upload of server-side cop
 Memory: the header and IFDs, the tile table of the largest page (20 bytes a tile) and one
 uploaded part; local disk: none but the output itself (locally).
 
+Tile order: tifffile writes a page's tiles in row-major order, and so does merge (the file
+is then byte-identical to tifffile writing the real tiles), unless that order cuts the
+segments into more than :data:`ROW_MAJOR_RUNS` runs (a page wider than its units: one run
+per output tile row and unit). Such a page's tiles are laid out segment after segment, so
+each segment is one range of the file (a few server-side copies); TileOffsets say where
+each tile is, every other tag and every pixel is the same.
+
 A pyramid's levels are built here from the base tiles (read through, a bounded number at a
 time) into level segments in the work location, then placed like the base tiles.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -29,7 +37,12 @@ import tifffile
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_tags
 from pipeline.adapters.segments import compose, read_range
-from pipeline.adapters.tiff_header import LayoutRecorder, Placeholder
+from pipeline.adapters.tiff_header import (
+    LayoutRecorder,
+    Placeholder,
+    image_ifds,
+    tile_offsets_at,
+)
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
@@ -45,6 +58,11 @@ READ_THREADS = 8
 READ_GROUP = 4 * MiB
 #: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
 BIGTIFF_ABOVE = 2**31
+#: a page whose tiles, in row-major order, make more runs than this (neighbouring tiles in
+#: the file that are not neighbours in one segment) has its tiles laid out segment by
+#: segment instead: every run of a row-major page is a multipart part or read through, and
+#: a page wider than its units has one run per output row and unit (38,000 for 100 Gpx RGB)
+ROW_MAJOR_RUNS = 256
 
 
 def merge(event: MergeEvent) -> dict[str, Any]:
@@ -78,16 +96,39 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     """Every byte of the job's output in order: tifffile's header, IFDs and tag values
     (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
     recorder = LayoutRecorder()
+    reorder: dict[int, TileTable] = {}
     with tifffile.TiffWriter(recorder, bigtiff=bigtiff(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
-            _write_page(writer, plan, i, page)
+            table = _write_page(writer, plan, i, page)
+            if table.runs() > max(ROW_MAJOR_RUNS, len(table.sources)):
+                reorder[i] = table
+    if reorder:
+        ifds = image_ifds(recorder)
+        for i, table in reorder.items():
+            _by_segment(recorder, ifds[i][0], table)
     return recorder.pieces()
 
 
+def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
+    """Lay the tiles of the page at ``ifd`` out segment after segment (each segment one
+    range of the file) instead of in row-major order: the data moves, TileOffsets follow."""
+    at, fmt = tile_offsets_at(recorder, ifd)
+    start = struct.unpack(fmt, recorder.read(at, struct.calcsize(fmt)))[0]  # tile 0's
+    sizes = np.bincount(table.segment.ravel(), weights=table.size.ravel(),
+                        minlength=len(table.sources)).astype(np.int64)
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    offsets = start + base[table.segment.ravel()] + table.offset.ravel()
+    recorder.patch(at, struct.pack(fmt, *offsets.tolist()))
+    recorder.replace_data(start, int(sizes.sum()),
+                          [Span(src, 0, int(n)) for src, n in zip(table.sources, sizes,
+                                                                  strict=True)])
+
+
 def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
-                page: PagePlan) -> None:
-    """Write one output page (placeholder tiles); with a pyramid, its levels as SubIFDs."""
+                page: PagePlan) -> TileTable:
+    """Write one output page (placeholder tiles); with a pyramid, its levels as SubIFDs.
+    Returns the page's tile table."""
     options = plan.spec.output_options
     channels = page.out_channels
     encoder = OutputEncoder(options, page.info.dtype, channels)
@@ -102,7 +143,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     table = TileTable.read(plan, index, page)
     if not options.pyramid:
         writer.write(table.placeholders(), shape=shape, **common, **tags)
-        return
+        return table
     pyramid = Pyramid(height, width, channels, page.info.dtype, encoder, options.tile,
                       storage.parent(layout.segment_file(plan.work, index, "level")),
                       nearest=tags["photometric"] == "palette", threads=tile_threads())
@@ -121,6 +162,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
         writer.write((Placeholder(s) for s in spans), shape=(h, w) + shape[2:],
                      subfiletype=1, software=tags["software"], metadata=None, **common,
                      **level_tags)
+    return table
 
 
 #: micrometres per resolution unit (TIFF ResolutionUnit 2: inch, 3: centimetre)
@@ -198,6 +240,13 @@ class TileTable:
         for k, offset, size in zip(self.segment.ravel().tolist(), self.offset.ravel().tolist(),
                                    self.size.ravel().tolist(), strict=True):
             yield Span(self.sources[k], offset, size)
+
+    def runs(self) -> int:
+        """Runs of tiles in row-major order: a run continues while each tile follows the
+        previous one in the same segment."""
+        seg, off, size = self.segment.ravel(), self.offset.ravel(), self.size.ravel()
+        joined = (seg[1:] == seg[:-1]) & (off[1:] == off[:-1] + size[:-1])
+        return 1 + int(np.count_nonzero(~joined))
 
     def placeholders(self) -> Iterator[Placeholder]:
         return (Placeholder(s) for s in self.spans())
