@@ -131,6 +131,10 @@ def test_local_output_is_the_tifffile_merge_byte_for_byte(local, job):
     with tifffile.TiffFile(plan.spec.output) as tf:
         assert len(tf.pages) == len(plan.pages)
         assert not tf.is_bigtiff
+    for i, page in enumerate(plan.pages):  # the estimate's model of segments is the real one
+        table = merge_mod.TileTable.read(plan, i, page)
+        np.testing.assert_array_equal(tiff_layout.segment_map(plan, i), table.segment)
+        assert len(tiff_layout.run_lengths(table.segment)) == table.runs()
 
 
 def test_bigtiff_layout_is_the_tifffile_merge(local, monkeypatch, tmp_path):
@@ -304,7 +308,7 @@ def _tags(page: tifffile.TiffPage) -> dict[int, Any]:
 def test_a_page_laid_out_segment_by_segment_keeps_every_tag_and_pixel(s3, monkeypatch):
     """A page of too many row-major runs is laid out one segment after the other (forced
     here): only TileOffsets differ from tifffile's merge; S3 == local concatenation."""
-    monkeypatch.setattr(merge_mod, "ROW_MAJOR_RUNS", 0)
+    monkeypatch.setattr(tiff_layout, "ROW_MAJOR_RUNS", 0)
     plan = _plan(s3["work"], 1)  # 4 batches: their tiles interleave in row-major order
     key = storage.split_s3(plan.spec.output)[1]
     s3["client"].delete_object(Bucket=BUCKET, Key=key)

@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from pipeline.core.models import JobPlan
 from pipeline.errors import OutputTooLargeError
 
 MiB = 1024 * 1024
@@ -31,6 +34,11 @@ MAX_PARTS = 10_000
 MAX_OBJECT = 5 * 1024 * 1024 * MiB
 #: the size a copied part aims at when a span is cut into several (fewer, larger requests)
 COPY_PART = 512 * MiB
+#: a page whose tiles, in row-major order, make more runs than this (neighbouring tiles in
+#: the file that are not neighbours in one segment) is laid out segment after segment: a
+#: page wider than its units has one run per output tile row and unit (38,000 for a
+#: 100-gigapixel RGB page), each a part or read through the function
+ROW_MAJOR_RUNS = 256
 #: the largest uploaded part cut from a span when segments cannot be copied (local files):
 #: merge holds one such part in memory
 UPLOAD_PART = 16 * MiB
@@ -161,3 +169,64 @@ def plan_parts(pieces: Iterable[Piece], copyable: bool = True, min_part: int = M
             yield emit([span], copyable)
     if buffer:
         yield emit(buffer, False)
+
+
+def segment_map(plan: JobPlan, index: int) -> np.ndarray:
+    """Which of page ``index``'s segments (its units when fused, else its batches, in plan
+    order) holds each output tile: an int32 array of the page's output tile rows x cols."""
+    page, t = plan.pages[index], plan.spec.output_options.tile
+    out = page.out_grid
+    per = out.tile // t  # output tiles per processing tile side
+    rows, cols = -(-out.height // t), -(-out.width // t)
+    # the segment of each processing tile, then spread to its output tiles
+    owner = np.full((page.grid.rows, page.grid.cols), -1, np.int32)
+    if plan.fused:
+        units = [u for u in plan.units if u.page == index]
+        for k, u in enumerate(units):
+            owner[u.row0:u.row1, u.col0:u.col1] = k
+    else:
+        flat = owner.reshape(-1)
+        for k, b in enumerate(b for b in plan.batches if b.page == index):
+            flat[b.first:b.last] = k
+    return np.repeat(np.repeat(owner, per, 0), per, 1)[:rows, :cols]
+
+
+def run_lengths(segments: np.ndarray) -> np.ndarray:
+    """The tiles of each run of a page whose output tile (row, col) is held by segment
+    ``segments[row, col]`` (each segment holding its tiles in row-major order), the page's
+    tiles in row-major order: a run ends where the segment changes."""
+    flat = segments.ravel()
+    if flat.size == 0:
+        return np.zeros(0, np.int64)
+    cuts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    return np.diff(np.concatenate([[0], cuts, [flat.size]]))
+
+
+@dataclass(frozen=True)
+class PartCount:
+    """What composing an output costs in S3 requests (expected, from run sizes)."""
+
+    copies: int  # UploadPartCopy requests
+    uploads: int  # UploadPart requests (header, IFDs, short runs, top-ups)
+    read_through: float  # bytes merge reads and uploads itself
+
+    @property
+    def parts(self) -> int:
+        return self.copies + self.uploads
+
+
+def expected_parts(runs: Iterable[float], pages: int, copy_part: int = COPY_PART,
+                   min_part: int = MIN_PART) -> PartCount:
+    """The parts of a file of ``pages`` IFDs and data runs of the given byte sizes: a run of
+    ``min_part`` or more is copied (less the top-up of the part before it), shorter runs
+    are gathered into uploaded parts with the IFDs (the :func:`plan_parts` rules)."""
+    copies, short, total = 0, 0.0, 0.0
+    for size in runs:
+        total += size
+        if size >= min_part:
+            copies += max(1, int(-(-size // copy_part)))
+        else:
+            short += size
+    uploads = max(1, pages) + int(short // min_part)
+    # each IFD's part is topped up to min_part from the run after it
+    return PartCount(copies, uploads, min(total, short + pages * min_part))

@@ -11,7 +11,7 @@ uploaded part; local disk: none but the output itself (locally).
 
 Tile order: tifffile writes a page's tiles in row-major order, and so does merge (the file
 is then byte-identical to tifffile writing the real tiles), unless that order cuts the
-segments into more than :data:`ROW_MAJOR_RUNS` runs (a page wider than its units: one run
+segments into more than :data:`~pipeline.core.tiff_layout.ROW_MAJOR_RUNS` runs (a page wider than its units: one run
 per output tile row and unit). Such a page's tiles are laid out segment after segment, so
 each segment is one range of the file (a few server-side copies); TileOffsets say where
 each tile is, every other tag and every pixel is the same.
@@ -44,6 +44,7 @@ from pipeline.adapters.tiff_header import (
     tile_offsets_at,
 )
 from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.tiff_layout import MiB, Piece, Span
@@ -58,11 +59,6 @@ READ_THREADS = 8
 READ_GROUP = 4 * MiB
 #: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
 BIGTIFF_ABOVE = 2**31
-#: a page whose tiles, in row-major order, make more runs than this (neighbouring tiles in
-#: the file that are not neighbours in one segment) has its tiles laid out segment by
-#: segment instead: every run of a row-major page is a multipart part or read through, and
-#: a page wider than its units has one run per output row and unit (38,000 for 100 Gpx RGB)
-ROW_MAJOR_RUNS = 256
 
 
 def merge(event: MergeEvent) -> dict[str, Any]:
@@ -101,7 +97,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
             table = _write_page(writer, plan, i, page)
-            if table.runs() > max(ROW_MAJOR_RUNS, len(table.sources)):
+            if table.runs() > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources)):
                 reorder[i] = table
     if reorder:
         ifds = image_ifds(recorder)
