@@ -251,7 +251,8 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(100, 260, 1, 1), tile=(32, 32), metadata=None)
         tw.write(smooth(800, 260, 1, 2), tile=(32, 32), metadata=None)
-    out = _run(tmp_path, {"tall": {"input": str(src), "output_options": {
+    # not fused: merge builds the levels (fused units build their own: test_unit_levels.py)
+    out = _run(tmp_path, {"tall": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True}}}, "--keep-work", "--work", str(work))["tall"]
     Path(out).unlink()
     monkeypatch.setattr(merge_mod, "Pyramid", Spy)
@@ -307,7 +308,8 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
     src, work = tmp_path / "in.tif", tmp_path / "work"
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(700, 900, 3, 3), tile=(64, 64), photometric="rgb", metadata=None)
-    out = _run(tmp_path, {"rgb": {"input": str(src), "output_options": {
+    # not fused: merge builds the levels (fused units build their own: test_unit_levels.py)
+    out = _run(tmp_path, {"rgb": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True, "compression": compression}}},
         "--keep-work", "--work", str(work))["rgb"]
     made: list[Pyramid] = []

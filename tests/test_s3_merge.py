@@ -36,7 +36,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan
 from pipeline.errors import WorkMissingError
-from pipeline.steps import layout
+from pipeline.steps import layout, tile_table
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import load_plan
 
@@ -51,7 +51,7 @@ _UUID = re.compile(rb"urn:uuid:[0-9a-f-]{36}")
 def merged_by_tifffile(plan: JobPlan, path: Path) -> bytes:
     """The job merged the old way: tifffile writes the real tiles, read from the segments."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(merge_mod, "Placeholder",
+        mp.setattr(tile_table, "Placeholder",
                    lambda span: read_range(span.source, span.start, span.size))
         with tifffile.TiffWriter(path, bigtiff=merge_mod.bigtiff(plan),
                                  ome=plan.spec.output_options.ome) as writer:

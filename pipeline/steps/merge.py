@@ -24,11 +24,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from math import ceil
 from typing import Any
 
 import numpy as np
@@ -36,27 +31,21 @@ import tifffile
 
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_tags
-from pipeline.adapters.segments import compose, read_range
-from pipeline.adapters.tiff_header import (
-    LayoutRecorder,
-    Placeholder,
-    image_ifds,
-    tile_offsets_at,
-)
+from pipeline.adapters.segments import compose
+from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.tiff_layout import MiB, Piece, Span
-from pipeline.errors import WorkMissingError
+from pipeline.core.tiff_layout import Piece, Span
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
-from pipeline.steps.pyramid import Pyramid
+from pipeline.steps.pyramid import Pyramid, level_shapes
+from pipeline.steps.tile_table import TileTable
+from pipeline.steps.unit_levels import merge_unit_levels, unit_level_count
 
-#: parallel reads of segment indexes, and of base tiles for a pyramid (S3 GETs)
-READ_THREADS = 8
-#: base tiles read through at once for a pyramid (one ranged GET)
-READ_GROUP = 4 * MiB
+#: fused pyramid jobs: the units built the levels (False: merge builds them, as before)
+UNIT_LEVELS = True
 #: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
 BIGTIFF_ABOVE = 2**31
 
@@ -92,17 +81,17 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     """Every byte of the job's output in order: tifffile's header, IFDs and tag values
     (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
     recorder = LayoutRecorder()
-    reorder: dict[int, TileTable] = {}
+    reorder: dict[tuple[int, int], TileTable] = {}
     with tifffile.TiffWriter(recorder, bigtiff=bigtiff(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
-            table = _write_page(writer, plan, i, page)
-            if table.runs() > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources)):
-                reorder[i] = table
+            for j, table in enumerate(_write_page(writer, plan, i, page)):
+                if table.runs() > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources)):
+                    reorder[i, j] = table
     if reorder:
         ifds = image_ifds(recorder)
-        for i, table in reorder.items():
-            _by_segment(recorder, ifds[i][0], table)
+        for (i, j), table in reorder.items():
+            _by_segment(recorder, ifds[i][j], table)
     return recorder.pieces()
 
 
@@ -122,9 +111,9 @@ def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
 
 
 def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
-                page: PagePlan) -> TileTable:
+                page: PagePlan) -> list[TileTable]:
     """Write one output page (placeholder tiles); with a pyramid, its levels as SubIFDs.
-    Returns the page's tile table."""
+    Returns the tile tables of the page and of its levels, in file order."""
     options = plan.spec.output_options
     channels = page.out_channels
     encoder = OutputEncoder(options, page.info.dtype, channels)
@@ -139,26 +128,40 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     table = TileTable.read(plan, index, page)
     if not options.pyramid:
         writer.write(table.placeholders(), shape=shape, **common, **tags)
-        return table
-    pyramid = Pyramid(height, width, channels, page.info.dtype, encoder, options.tile,
-                      storage.parent(layout.segment_file(plan.work, index, "level")),
-                      nearest=tags["photometric"] == "palette", threads=tile_threads())
-    try:
-        for n, data in enumerate(table.tile_bytes()):
-            pyramid.feed(data, n // table.cols, n % table.cols)
-        levels = [pyramid.spans(k) for k in range(len(pyramid.levels))]
-    finally:
-        pyramid.close()
+        return [table]
+    nearest = tags["photometric"] == "palette"
+    if UNIT_LEVELS and unit_level_count(plan, index):
+        levels = merge_unit_levels(plan, index, encoder, nearest)
+    else:
+        levels = _merged_levels(plan, index, table, encoder, nearest)
     subifds = {"subifds": len(levels)} if levels else {}
     writer.write(table.placeholders(), shape=shape, **common, **tags, **subifds)
     # what every level repeats of the base page: how its samples are to be read
     level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
                   if tags.get(k) is not None}
-    for (h, w), spans in zip(pyramid.shapes, levels, strict=True):
-        writer.write((Placeholder(s) for s in spans), shape=(h, w) + shape[2:],
+    for (h, w), level in zip(level_shapes(height, width, options.tile), levels, strict=True):
+        writer.write(level.placeholders(), shape=(h, w) + shape[2:],
                      subfiletype=1, software=tags["software"], metadata=None, **common,
                      **level_tags)
-    return table
+    return [table, *levels]
+
+
+def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputEncoder,
+                   nearest: bool) -> list[TileTable]:
+    """The levels of a page built here, from its base tiles read through (the units did not
+    build them: a job that is not fused)."""
+    page = plan.pages[index]
+    pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
+                      page.info.dtype, encoder, plan.spec.output_options.tile,
+                      storage.parent(layout.segment_file(plan.work, index, "level")),
+                      nearest=nearest, threads=tile_threads())
+    try:
+        for n, data in enumerate(table.tile_bytes()):
+            pyramid.feed(data, n // table.cols, n % table.cols)
+        return [TileTable.from_spans(level.cols, pyramid.spans(k))
+                for k, level in enumerate(pyramid.levels)]
+    finally:
+        pyramid.close()
 
 
 #: micrometres per resolution unit (TIFF ResolutionUnit 2: inch, 3: centimetre)
@@ -191,88 +194,3 @@ def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
                 meta[f"PhysicalSize{axis}Unit"] = "\u00b5m"
     tags["metadata"] = meta
     return tags
-
-
-@dataclass
-class TileTable:
-    """Where each encoded tile of an output page is: segment number, offset and size per
-    tile (row-major), 20 bytes a tile."""
-
-    cols: int
-    sources: list[str]
-    segment: np.ndarray  # int32 (rows, cols), -1: no segment holds the tile
-    offset: np.ndarray  # int64
-    size: np.ndarray  # int64
-
-    @classmethod
-    def read(cls, plan: JobPlan, index: int, page: PagePlan) -> TileTable:
-        """The table of page ``index``, from the indexes of its segments (read in threads)."""
-        t = plan.spec.output_options.tile
-        rows, cols = ceil(page.out_grid.height / t), ceil(page.out_grid.width / t)
-        if plan.fused:
-            names = [f"u{u:06d}" for u, unit in enumerate(plan.units) if unit.page == index]
-        else:
-            names = [f"b{b:06d}" for b, batch in enumerate(plan.batches) if batch.page == index]
-        sources = [layout.segment_file(plan.work, index, n) for n in names]
-        table = cls(cols, sources, np.full((rows, cols), -1, np.int32),
-                    np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64))
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            indexes = pool.map(lambda n: storage.read_json(
-                layout.segment_index_file(plan.work, index, n))["tiles"], names)
-            for k, tiles in enumerate(indexes):
-                for row, col, offset, size in tiles:
-                    table.segment[row, col], table.offset[row, col] = k, offset
-                    table.size[row, col] = size
-        missing = np.argwhere(table.segment < 0)
-        if len(missing):
-            row, col = missing[0]
-            raise WorkMissingError(f"page {page.info.index}: no segment holds output tile "
-                                   f"({row}, {col}) ({len(missing)} tiles missing): a process "
-                                   "step did not finish; re-run the job")
-        return table
-
-    def spans(self) -> Iterator[Span]:
-        """The tiles' spans in row-major order."""
-        for k, offset, size in zip(self.segment.ravel().tolist(), self.offset.ravel().tolist(),
-                                   self.size.ravel().tolist(), strict=True):
-            yield Span(self.sources[k], offset, size)
-
-    def runs(self) -> int:
-        """Runs of tiles in row-major order: a run continues while each tile follows the
-        previous one in the same segment."""
-        seg, off, size = self.segment.ravel(), self.offset.ravel(), self.size.ravel()
-        joined = (seg[1:] == seg[:-1]) & (off[1:] == off[:-1] + size[:-1])
-        return 1 + int(np.count_nonzero(~joined))
-
-    def placeholders(self) -> Iterator[Placeholder]:
-        return (Placeholder(s) for s in self.spans())
-
-    def tile_bytes(self) -> Iterator[bytes]:
-        """The encoded tiles in row-major order, read in groups of neighbours (one GET of up
-        to :data:`READ_GROUP` bytes each), a few groups ahead."""
-
-        def groups() -> Iterator[list[Span]]:
-            group: list[Span] = []
-            for span in self.spans():
-                if group and (span.source != group[-1].source
-                              or span.start != group[-1].start + group[-1].size
-                              or span.start + span.size - group[0].start > READ_GROUP):
-                    yield group
-                    group = []
-                group.append(span)
-            if group:
-                yield group
-
-        def fetch(group: list[Span]) -> list[bytes]:
-            first, last = group[0], group[-1]
-            blob = read_range(first.source, first.start, last.start + last.size - first.start)
-            return [blob[s.start - first.start:s.start - first.start + s.size] for s in group]
-
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            ahead: deque[Future[list[bytes]]] = deque()
-            for group in groups():
-                ahead.append(pool.submit(fetch, group))
-                if len(ahead) > READ_THREADS:
-                    yield from ahead.popleft().result()
-            while ahead:
-                yield from ahead.popleft().result()

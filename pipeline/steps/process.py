@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
@@ -18,11 +19,13 @@ from pipeline.adapters import storage
 from pipeline.adapters.segments import SegmentWriter
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import BatchEvent, UnitEvent
+from pipeline.core.grid import Rect
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import sweep_unit
+from pipeline.steps.unit_levels import RegionLevels, unit_level_count
 
 
 def process(event: BatchEvent) -> dict[str, Any]:
@@ -56,9 +59,27 @@ def process_unit(event: UnitEvent) -> dict[str, Any]:
         out = TileOutput(plan, unit.page)
         positions = [(r, c) for r in range(unit.row0, unit.row1)
                      for c in range(unit.col0, unit.col1)]
-        with SegmentOutput(plan, unit.page, f"u{event.unit:06d}", positions) as segment:
-            sweep_unit(plan, unit, lambda r, c, px: segment.add(r, out.write(r, c, px)),
-                       tile_threads())
+        levels = None
+        if unit_level_count(plan, unit.page):  # this unit's part of the pyramid levels
+            levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder,
+                                  plan.pages[unit.page].info.photometric == "palette")
+        try:
+            with SegmentOutput(plan, unit.page, f"u{event.unit:06d}", positions,
+                               levels.add if levels else None) as segment:
+
+                def handle(r: int, c: int, px: np.ndarray) -> None:
+                    if levels:
+                        segment.add(r, *out.write_seen(r, c, px), col=c)
+                    else:
+                        segment.add(r, out.write(r, c, px))
+
+                sweep_unit(plan, unit, handle, tile_threads())
+            if levels:
+                levels.close()
+        except BaseException:
+            if levels:
+                levels.abort()
+            raise
     return {"job": plan.job, "tiles": unit.tiles}
 
 
@@ -82,11 +103,31 @@ class TileOutput:
         """Process tile (row, col), from ``haloed`` pixels or else its stored work tile: its
         encoded output tiles as (output row, output col, bytes)."""
         pixels, origin = self.evaluator.output(row, col, haloed)
+        return self._encoded(pixels, origin)
+
+    def _encoded(self, pixels: np.ndarray, origin: Rect) -> list[tuple[int, int, bytes]]:
         t = self.out_tile
         return [(origin.y0 // t + oy // t, origin.x0 // t + ox // t,
                  self.encoder.encode(_padded(pixels[oy:oy + t, ox:ox + t], t)))
                 for oy in range(0, pixels.shape[0], t)
                 for ox in range(0, pixels.shape[1], t)]
+
+
+    def write_seen(self, row: int, col: int, haloed: np.ndarray | None = None
+                   ) -> tuple[list[tuple[int, int, bytes]], np.ndarray]:
+        """:meth:`write`, and the tile's output pixels as a reader sees them (rows x cols x
+        channels: for JPEG the decoded tiles), which pyramid levels are reduced from."""
+        pixels, origin = self.evaluator.output(row, col, haloed)
+        t = self.out_tile
+        tiles = self._encoded(pixels, origin)
+        seen = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+        if self.encoder.tag == 7:  # lossy: the decoded tiles
+            seen = seen.copy()
+            for orow, ocol, data in tiles:
+                oy, ox = orow * t - origin.y0, ocol * t - origin.x0
+                h, w = min(t, seen.shape[0] - oy), min(t, seen.shape[1] - ox)
+                seen[oy:oy + h, ox:ox + w] = self.encoder.decode(data)[:h, :w]
+        return tiles, seen
 
 
 class SegmentOutput:
@@ -98,8 +139,12 @@ class SegmentOutput:
     its tiles of this batch or unit are in, rows in order, so memory holds the rows in
     flight (about one, as the sweep goes down). Thread-safe."""
 
-    def __init__(self, plan: JobPlan, page: int, name: str, positions: list[tuple[int, int]]):
+    def __init__(self, plan: JobPlan, page: int, name: str, positions: list[tuple[int, int]],
+                 on_row: Callable[[np.ndarray], None] | None = None):
         self.work, self.page, self.name = plan.work, page, name
+        #: with ``on_row``, each processing row's pixels (its tiles' side by side) go there
+        self.on_row = on_row
+        self.pixels: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
         self.expected: dict[int, int] = defaultdict(int)
         for row, _ in positions:
             self.expected[row] += 1
@@ -126,16 +171,25 @@ class SegmentOutput:
         storage.write_json(layout.segment_index_file(self.work, self.page, self.name),
                            {"tiles": self.index}, indent=None)
 
-    def add(self, row: int, tiles: list[tuple[int, int, bytes]]) -> None:
-        """The output tiles of processing tile (``row``, any col)."""
+    def add(self, row: int, tiles: list[tuple[int, int, bytes]],
+            pixels: np.ndarray | None = None, col: int = 0) -> None:
+        """The output tiles of processing tile (``row``, ``col``), and its pixels when the
+        rows go to ``on_row``."""
         with self._lock:
             self.pending[row] += tiles
             self.arrived[row] += 1
+            if pixels is not None:
+                self.pixels[row].append((col, pixels))
             while (self._next < len(self.rows)
                    and self.arrived[self.rows[self._next]] == self.expected[self.rows[self._next]]):
                 ready = self.pending.pop(self.rows[self._next])
                 for orow, ocol, data in sorted(ready, key=lambda t: (t[0], t[1])):
                     self.index.append([orow, ocol, self.writer.write(data), len(data)])
+                if self.on_row is not None:
+                    parts = [px for _, px in sorted(self.pixels.pop(self.rows[self._next], []),
+                                                    key=lambda x: x[0])]
+                    if parts and parts[0].shape[0]:
+                        self.on_row(np.concatenate(parts, 1))
                 self._next += 1
 
 

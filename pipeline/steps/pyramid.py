@@ -152,6 +152,13 @@ class Pyramid:
         if len(self._ahead) >= self.max_ahead:
             self._reduce_next()
 
+    def feed_pixels(self, pixels: np.ndarray, row: int, col: int) -> None:
+        """The pixels (tile x tile x channels, zero-padded) of tile (row, col), in row-major
+        order: for levels built from a level's pixels rather than encoded tiles."""
+        if self.levels:
+            self.finish()
+            self._reduce(pixels, row, col)
+
     def finish(self) -> None:
         """Reduce the base tiles still being decoded (every tile has been fed)."""
         while self._ahead:
