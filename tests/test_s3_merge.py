@@ -49,8 +49,10 @@ _UUID = re.compile(rb"urn:uuid:[0-9a-f-]{36}")
 
 
 def merged_by_tifffile(plan: JobPlan, path: Path) -> bytes:
-    """The job merged the old way: tifffile writes the real tiles, read from the segments."""
+    """The job merged the old way: tifffile writes the real tiles, read from the segments;
+    pyramid levels built by merge from the base tiles."""
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(merge_mod, "UNIT_LEVELS", False)
         mp.setattr(tile_table, "Placeholder",
                    lambda span: read_range(span.source, span.start, span.size))
         with tifffile.TiffWriter(path, bigtiff=merge_mod.bigtiff(plan),

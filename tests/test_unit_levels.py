@@ -20,13 +20,14 @@ from pipeline.adapters import storage
 from pipeline.core import plan as plan_mod
 from pipeline.core import tiff_layout
 from pipeline.core.events import JobEvent, MergeEvent, RunEvent, UnitEvent
+from pipeline.core.levels import unit_level_count
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import load_plan
 from pipeline.steps.planning import plan_job, plan_run
 from pipeline.steps.process import process_unit
 from pipeline.steps.pyramid import level_shapes
-from pipeline.steps.unit_levels import fragment_name, unit_level_count
+from pipeline.steps.unit_levels import fragment_name
 from tests.test_pyramid import reference_levels, smooth
 from tests.test_s3_merge import _same, merged_by_tifffile
 
@@ -73,12 +74,11 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("job", range(len(JOBS)), ids=list(JOBS))
-def test_unit_levels_are_the_single_merge_pyramid(jobs, job, monkeypatch):
+def test_unit_levels_are_the_single_merge_pyramid(jobs, job):
     plan = jobs["plans"][job]
     assert plan.fused and len({u.col0 for u in plan.units}) > 1  # bands and chunks
     got = Path(plan.spec.output).read_bytes()
-    monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)  # merge builds them, as before
-    want = merged_by_tifffile(plan, jobs["root"] / f"old{job}.tif")
+    want = merged_by_tifffile(plan, jobs["root"] / f"old{job}.tif")  # merge builds the levels
     assert _same(got, want)
     for i, page in enumerate(plan.pages):
         count = unit_level_count(plan, i)

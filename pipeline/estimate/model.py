@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
@@ -124,6 +125,18 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
     return [("process_unit", durations)]
 
 
+def _pyramid_through(plan: JobPlan, out_bytes: float) -> float:
+    """Bytes a pyramid's merge reads itself: the base tiles when it builds the levels (a
+    job that is not fused), else the raw blocks of the units' deepest level (a 4**k-th of
+    the base pages, raw: about the output's bytes again at most), shared tiles aside."""
+    if not plan.spec.output_options.pyramid:
+        return 0.0
+    if not plan.fused:
+        return out_bytes
+    deepest = min((unit_level_count(plan, i) for i in range(len(plan.pages))), default=0)
+    return out_bytes / 4 ** deepest
+
+
 def _segment_puts(size: float) -> int:
     """PUT requests of one segment and its index: one PutObject, or a multipart upload."""
     parts = math.ceil(size / MULTIPART_CHUNK)
@@ -189,10 +202,9 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
         merge_cal = cal["merge"]
         parts, segments = merge_parts(plan, out_bytes)
         largest = largest_job(c.out_bpm, fused, parts, out_bytes)
-        # merge moves only what it reads through (header top-ups, short runs; a pyramid's
-        # base tiles, from which it builds the levels); the rest are server-side copies
-        through = parts.read_through + (out_bytes if plan.spec.output_options.pyramid
-                                        else 0.0)
+        # merge moves only what it reads through (header top-ups, short runs; for a pyramid
+        # the units' deepest level, or unfused the base tiles); the rest is copied in S3
+        through = parts.read_through + _pyramid_through(plan, out_bytes)
         merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
                      + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
         copied = max(0.0, out_bytes - parts.read_through)

@@ -36,13 +36,14 @@ from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offse
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
+from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
 from pipeline.steps.pyramid import Pyramid, level_shapes
 from pipeline.steps.tile_table import TileTable
-from pipeline.steps.unit_levels import merge_unit_levels, unit_level_count
+from pipeline.steps.unit_levels import merge_unit_levels
 
 #: fused pyramid jobs: the units built the levels (False: merge builds them, as before)
 UNIT_LEVELS = True

@@ -20,12 +20,13 @@ from pipeline.adapters.segments import SegmentWriter
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import BatchEvent, UnitEvent
 from pipeline.core.grid import Rect
+from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import sweep_unit
-from pipeline.steps.unit_levels import RegionLevels, unit_level_count
+from pipeline.steps.unit_levels import RegionLevels
 
 
 def process(event: BatchEvent) -> dict[str, Any]:

@@ -41,17 +41,10 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core.levels import level_shapes
 from pipeline.core.tiff_layout import Span
 
-
-def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
-    """(height, width) of each reduced level, largest first: halved (rounding up) until the
-    level fits in one ``tile`` x ``tile`` tile. Empty when the page already fits."""
-    shapes = []
-    while height > tile or width > tile:
-        height, width = ceil(height / 2), ceil(width / 2)
-        shapes.append((height, width))
-    return shapes
+__all__ = ["Pyramid", "level_shapes", "reduce2"]
 
 
 #: integer type that holds the sum of four values of a type without overflow

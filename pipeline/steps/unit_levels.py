@@ -4,7 +4,7 @@ A unit's region starts and ends on multiples of its processing tile ``T`` (outpu
 so for every level k with ``2**k`` dividing ``T`` the level's pixels of the region depend on
 the region's pixels alone (the 2x2 blocks of every level above are inside it; odd rows and
 columns only occur at the page's edge, which the unit sees as the page does). A unit
-builds these :func:`unit_level_count` levels with :func:`~pipeline.steps.pyramid.reduce2`,
+builds these :func:`~pipeline.core.levels.unit_level_count` levels with :func:`~pipeline.steps.pyramid.reduce2`,
 exactly as merge's :class:`~pipeline.steps.pyramid.Pyramid` does, as its processing rows
 complete:
 
@@ -32,23 +32,11 @@ from pipeline.adapters import storage
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_work_tile, encode_work_tile
 from pipeline.core.grid import SplitUnit
+from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
-from pipeline.steps.pyramid import Pyramid, level_shapes, reduce2
+from pipeline.steps.pyramid import Pyramid, reduce2
 from pipeline.steps.tile_table import TileTable, read_indexes
-
-
-def unit_level_count(plan: JobPlan, page: int) -> int:
-    """How many pyramid levels the units of a page build (0: no pyramid, or not fused)."""
-    p = plan.pages[page]
-    if not (plan.fused and plan.spec.output_options.pyramid):
-        return 0
-    t, big = plan.spec.output_options.tile, p.out_grid.tile
-    levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))
-    k = 0
-    while k < levels and big % (2 ** (k + 1)) == 0:
-        k += 1
-    return k
 
 
 def level_names(unit: int, k: int) -> str:
