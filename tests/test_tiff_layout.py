@@ -38,8 +38,8 @@ def _check_parts(parts, total):
         if p.copy:  # a copy is one range of one segment
             (span,) = p.pieces
             assert isinstance(span, Span)
-        else:  # what goes through the function: the literals plus at most MIN_PART
-            assert sum(s.size for s in p.pieces if isinstance(s, Span)) <= MIN_PART or \
+        else:  # what goes through the function: the literals plus under 2 x MIN_PART
+            assert sum(s.size for s in p.pieces if isinstance(s, Span)) < 2 * MIN_PART or \
                 all(isinstance(s, Span) for s in p.pieces)
 
 
@@ -86,6 +86,16 @@ def test_a_large_span_is_copied_in_several_parts_and_the_header_tops_up():
     assert first.pieces == (Literal(b"H" * 100), Span("s", 0, MIN_PART - 100))
     assert all(p.copy for p in parts[1:-1]) and len(parts) == 6
     assert parts[-1].pieces == (Literal(b"T"),) and not parts[-1].copy
+
+
+def test_short_rests_do_not_cascade():
+    """Runs of 1.2 x MIN_PART after a header: the first run goes up whole with the header,
+    every later run is copied (a rest under MIN_PART would cut every following run)."""
+    run = int(1.2 * MIN_PART)
+    pieces = [Literal(b"H" * 100)] + [Span(str(i), 0, run) for i in range(20)]
+    parts = list(plan_parts(pieces))
+    assert [p.copy for p in parts] == [False] + [True] * 19
+    assert parts[0].pieces == (Literal(b"H" * 100), Span("0", 0, run))
 
 
 def test_limits_are_named_errors():

@@ -10,7 +10,7 @@ S3's rules decide the parts (:func:`plan_parts`): every part except the last is 
 parts and the object at most :data:`MAX_OBJECT` bytes. A part is either a server-side copy
 of ONE range of ONE segment (``UploadPartCopy``), or bytes the function uploads: literals
 together with the neighbouring span bytes needed to reach :data:`MIN_PART` (read through the
-function; at most :data:`MIN_PART` of them per uploaded part).
+function; less than ``2 * MIN_PART`` of them per uploaded part).
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ def plan_parts(pieces: Iterable[Piece], copyable: bool = True, min_part: int = M
 
     A span of at least ``min_part`` bytes that starts a part is copied (cut into parts of
     about ``copy_part``, none above ``max_part``); literals and short spans are gathered into
-    an uploaded part, topped up from the next span to ``min_part``. With ``copyable`` False
+    an uploaded part, topped up from the next span to ``min_part`` (or with all of it, when
+the rest would be too short to copy: an uploaded part stays under ``2 * min_part`` plus its
+literals). With ``copyable`` False
     (segments that are local files) every part is uploaded, :data:`UPLOAD_PART` bytes at most.
     Raises :class:`OutputTooLargeError` past ``max_parts`` parts or :data:`MAX_OBJECT` bytes.
     """
@@ -149,6 +151,8 @@ def plan_parts(pieces: Iterable[Piece], copyable: bool = True, min_part: int = M
         rest = piece
         if buffered:  # top the uploaded part up to min_part from this span
             take = min(rest.size, max(0, min_part - buffered))
+            if rest.size - take < min_part:  # a rest too short to copy would start the next
+                take = rest.size  # part short again: take the whole span (< 2 x min_part)
             if take:
                 buffer.append(Span(rest.source, rest.start, take))
                 buffered += take
