@@ -307,10 +307,12 @@ def _tags(page: tifffile.TiffPage) -> dict[int, Any]:
     return {t.code: t.value for t in page.tags.values()}
 
 
-def test_a_page_laid_out_segment_by_segment_keeps_every_tag_and_pixel(s3, monkeypatch):
-    """A page of too many row-major runs is laid out one segment after the other (forced
-    here): only TileOffsets differ from tifffile's merge; S3 == local concatenation."""
-    monkeypatch.setattr(tiff_layout, "ROW_MAJOR_RUNS", 0)
+@pytest.mark.parametrize("limit", ["ROW_MAJOR_RUNS", "ROW_MAJOR_READ_THROUGH"])
+def test_a_page_laid_out_segment_by_segment_keeps_every_tag_and_pixel(s3, monkeypatch, limit):
+    """A page of too many row-major runs, or of too many bytes in runs too short to copy,
+    is laid out one segment after the other (forced here by either limit): only
+    TileOffsets differ from tifffile's merge; S3 == local concatenation."""
+    monkeypatch.setattr(tiff_layout, limit, 0)
     plan = _plan(s3["work"], 1)  # 4 batches: their tiles interleave in row-major order
     key = storage.split_s3(plan.spec.output)[1]
     s3["client"].delete_object(Bucket=BUCKET, Key=key)

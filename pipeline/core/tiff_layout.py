@@ -39,6 +39,9 @@ COPY_PART = 512 * MiB
 #: page wider than its units has one run per output tile row and unit (38,000 for a
 #: 100-gigapixel RGB page), each a part or read through the function
 ROW_MAJOR_RUNS = 256
+#: the bytes of runs too short to copy (read through merge) that a job's row-major pages
+#: may add up to; past it, the next such page is laid out segment after segment too
+ROW_MAJOR_READ_THROUGH = 256 * MiB
 #: the largest uploaded part cut from a span when segments cannot be copied (local files):
 #: merge holds one such part in memory
 UPLOAD_PART = 16 * MiB

@@ -24,6 +24,8 @@ from pipeline.core.tiff_layout import (
     COPY_PART,
     MAX_OBJECT,
     MAX_PARTS,
+    MIN_PART,
+    ROW_MAJOR_READ_THROUGH,
     ROW_MAJOR_RUNS,
     PartCount,
     expected_parts,
@@ -47,12 +49,18 @@ def merge_parts(plan: JobPlan, out_bytes: float) -> tuple[PartCount, int]:
     tile_bytes = out_bytes / max(tiles, 1)
     runs: list[float] = []
     ifds = segments = 0
+    budget = float(ROW_MAJOR_READ_THROUGH)
     for i, page in enumerate(plan.pages):
         seg = segment_map(plan, i)
         lengths = run_lengths(seg)
         count = int(seg.max()) + 1 if seg.size else 0
-        if len(lengths) > max(ROW_MAJOR_RUNS, count):
-            lengths = np.bincount(seg.ravel(), minlength=count)
+        sizes = lengths * tile_bytes
+        short = float(sizes[sizes < MIN_PART].sum())
+        if len(lengths) > max(ROW_MAJOR_RUNS, count) or (len(lengths) > count
+                                                         and short > budget):
+            lengths = np.bincount(seg.ravel(), minlength=count)  # laid out by segment
+        else:
+            budget -= short
         runs += [float(n) * tile_bytes for n in lengths]
         segments += count
         ifds += 1

@@ -11,10 +11,12 @@ uploaded part; local disk: none but the output itself (locally).
 
 Tile order: tifffile writes a page's tiles in row-major order, and so does merge (the file
 is then byte-identical to tifffile writing the real tiles), unless that order cuts the
-segments into more than :data:`~pipeline.core.tiff_layout.ROW_MAJOR_RUNS` runs (a page wider than its units: one run
-per output tile row and unit). Such a page's tiles are laid out segment after segment, so
-each segment is one range of the file (a few server-side copies); TileOffsets say where
-each tile is, every other tag and every pixel is the same.
+segments into more than ``ROW_MAJOR_RUNS`` runs (a page wider than its units: one run per
+output tile row and unit), or its runs too short to copy would take the job's reads
+through merge past ``ROW_MAJOR_READ_THROUGH`` (:mod:`pipeline.core.tiff_layout`). Such a
+page's tiles are laid out segment after segment, so each segment is one range of the file
+(a few server-side copies); TileOffsets say where each tile is, every other tag and every
+pixel is the same.
 
 A pyramid's levels are built here from the base tiles (read through, a bounded number at a
 time) into level segments in the work location, then placed like the base tiles.
@@ -83,12 +85,19 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
     recorder = LayoutRecorder()
     reorder: dict[tuple[int, int], TileTable] = {}
+    budget = tiff_layout.ROW_MAJOR_READ_THROUGH
     with tifffile.TiffWriter(recorder, bigtiff=bigtiff(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
             for j, table in enumerate(_write_page(writer, plan, i, page)):
-                if table.runs() > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources)):
+                runs = table.run_sizes()
+                # what row-major order would read through: the runs too short to copy
+                short = int(runs[runs < tiff_layout.MIN_PART].sum())
+                if (len(runs) > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources))
+                        or (len(runs) > len(table.sources) and short > budget)):
                     reorder[i, j] = table
+                else:
+                    budget -= short
     if reorder:
         ifds = image_ifds(recorder)
         for (i, j), table in reorder.items():

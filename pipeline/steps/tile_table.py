@@ -91,12 +91,16 @@ class TileTable:
                                    self.size.ravel().tolist(), strict=True):
             yield Span(self.sources[k], offset, size)
 
-    def runs(self) -> int:
-        """Runs of tiles in row-major order: a run continues while each tile follows the
-        previous one in the same segment."""
+    def run_sizes(self) -> np.ndarray:
+        """The bytes of each run of tiles in row-major order: a run continues while each
+        tile follows the previous one in the same segment."""
         seg, off, size = self.segment.ravel(), self.offset.ravel(), self.size.ravel()
         joined = (seg[1:] == seg[:-1]) & (off[1:] == off[:-1] + size[:-1])
-        return 1 + int(np.count_nonzero(~joined))
+        starts = np.concatenate([[0], np.flatnonzero(~joined) + 1])
+        return np.add.reduceat(size, starts) if size.size else np.zeros(0, np.int64)
+
+    def runs(self) -> int:
+        return len(self.run_sizes())
 
     def placeholders(self) -> Iterator[Placeholder]:
         return (Placeholder(s) for s in self.spans())
