@@ -52,8 +52,10 @@ def main() -> None:
     out = os.path.join(folder, "out.tif")
     manifest = os.path.join(folder, "pyramid.json")
     with open(manifest, "w") as f:
-        json.dump({"jobs": [{"input": src, "output": out, "ops": [], "output_options": {
-            "compression": args.compression, "pyramid": True}}]}, f)
+        # not fused: merge builds the levels (fused units build their own)
+        json.dump({"jobs": [{"input": src, "output": out, "ops": [], "fuse": False,
+                             "output_options": {"compression": args.compression,
+                                                "pyramid": True}}]}, f)
     work = os.path.join(folder, "work")
     result = run_local(manifest, 2, work=work, keep_work=True)
     if not result.ok:

@@ -70,6 +70,11 @@ class OutputNotWritableError(TiffpipeError):
     """The output location cannot be written."""
 
 
+class OutputTooLargeError(TiffpipeError):
+    """The output breaks a limit of its storage: S3's largest object (5 TB) or the 10,000
+    parts of one multipart upload."""
+
+
 class StorageError(TiffpipeError):
     """Reading or writing a local file or an S3 object failed."""
 

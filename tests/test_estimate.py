@@ -115,7 +115,7 @@ def test_durations_are_the_calibrated_cpu(manifest: Path) -> None:
     assert steps["process"]["seconds"] == pytest.approx(
         rgb["haloed_mpx"] * (0.004 + 0.004) + rgb["output_mpx"] * 0.05
         + gray["haloed_mpx"] * 0.002 + gray["output_mpx"] * 0.02)
-    # merge: output MB x 0.01 s
+    # merge: outputs under 5 MiB are read through whole (one uploaded part): output MB x 0.01 s
     out_mb = rgb["output_mpx"] * 1.0 + gray["output_mpx"] * 0.4
     assert steps["merge"]["seconds"] == pytest.approx(out_mb * 0.01)
     assert steps["plan_job"]["seconds"] == pytest.approx(0.5)
@@ -145,10 +145,11 @@ def test_costs_add_up(manifest: Path) -> None:
     parts = [v for k, v in cost.items() if k != "total"]
     assert cost["total"] == pytest.approx(sum(parts))
     assert r["usd_per_gigapixel"] == pytest.approx(cost["total"] / (r["megapixels"] / 1000))
-    # S3 requests per step: split PUTs one work tile per tile, process one pack per tile
+    # S3 requests per step: split PUTs one work tile per tile, a process batch one segment
+    # and its index (small segments: one PutObject each)
     tiles = sum(j["tiles"] for j in r["jobs"])
     assert r["steps"]["split"]["put"] == tiles
-    assert r["steps"]["process"]["put"] == tiles
+    assert r["steps"]["process"]["put"] == 2 * sum(j["batches"] for j in r["jobs"])
     assert r["steps"]["process"]["get"] == tiles + sum(j["batches"] for j in r["jobs"])
 
 
@@ -260,18 +261,24 @@ def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Pat
     assert steps["cold_process"]["environments"] == min(steps["process_unit"]["invocations"], 10)
     assert [(j["fused"], j["batches"]) for j in r["jobs"]] == [(True, 0), (True, 0)]
     assert [j["fused"] for j in u["jobs"]] == [False, False]
-    # the input is read as split reads it (ranged GETs); one pack per tile, as process writes
-    tiles = sum(j["tiles"] for j in r["jobs"])
+    # the input is read as split reads it (ranged GETs); one segment and its index per unit
+    units = sum(j["units"] for j in r["jobs"])
     assert steps["process_unit"]["get"] == u["steps"]["split"]["get"]
     assert steps["process_unit"]["bytes_in"] == pytest.approx(u["steps"]["split"]["bytes_in"])
-    assert steps["process_unit"]["put"] == tiles
+    assert steps["process_unit"]["put"] == 2 * units
     assert steps["process_unit"]["bytes_out"] == pytest.approx(
         u["steps"]["process"]["bytes_out"])
-    assert steps["merge"] == u["steps"]["merge"]
-    # work files: the packs, each job's plan and result; no work tiles
+    # merge reads one segment index per unit (fused) or per batch: the rest is the same
+    fused_merge, unfused_merge = dict(steps["merge"]), dict(u["steps"]["merge"])
+    assert fused_merge.pop("get") - unfused_merge.pop("get") == units - sum(
+        j["batches"] for j in u["jobs"])
+    assert fused_merge == unfused_merge
+    # work files: a segment and its index per unit, each job's plan and result; no work
+    # tiles (unfused: a work tile per tile, a segment and its index per batch)
+    tiles = sum(j["tiles"] for j in r["jobs"])
     assert r["s3"]["work_bytes"] == pytest.approx(sum(j["output_bytes"] for j in r["jobs"]))
-    assert r["s3"]["work_objects"] == tiles + 2 * 2
-    assert u["s3"]["work_objects"] == 2 * tiles + 2 * 2
+    assert r["s3"]["work_objects"] == 2 * units + 2 * 2
+    assert u["s3"]["work_objects"] == tiles + 2 * sum(j["batches"] for j in u["jobs"]) + 2 * 2
     assert r["cost_usd"]["s3_requests"] < u["cost_usd"]["s3_requests"]
 
 
@@ -399,8 +406,18 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
     assert problems == [] and sizes == [None]
     r = est.estimate(plans, CAL, concurrency=1000, input_bytes=sizes)
     assert r["megapixels"] == pytest.approx(316228 ** 2 / 1e6)
-    # a 100-gigapixel output does not fit the merge function's /tmp: said, not hidden
-    assert any("does not fit" in w for w in r["warnings"])
+    # a 100-gigapixel output is composed in S3: no /tmp, well within 10,000 parts
+    assert r["warnings"] == []
+    [job] = r["jobs"]
+    merge = job["merge"]
+    assert merge["segments"] == len(plans[0].units) and merge["copies"] >= merge["segments"]
+    assert merge["parts"] == merge["copies"] + merge["uploads"] < 10_000
+    assert merge["read_through_bytes"] < job["output_bytes"] / 100
+    big = job["largest_job"]
+    assert big["bound"] == min(big["bounds"], key=big["bounds"].get)
+    assert big["bounds"]["s3_object"] == pytest.approx(
+        5 * 2**40 / (job["output_bytes"] / job["megapixels"]) / 1e3)
+    assert big["gigapixels"] > 100
     assert plans[0].fused and r["steps"]["process_unit"]["invocations"] == len(plans[0].units)
     assert math.isfinite(r["wall_s"]) and r["wall_s"] > 0
 

@@ -228,7 +228,7 @@ def test_libvips_sees_pages_and_subifds(run, name):
 def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     """Two pages of the same width, one 8x taller: the pyramid holds the same number of
     tiles (its level buffers, one decoded base tile), and merge feeds base tiles one at a
-    time and reads level tiles back from disk one at a time. (The job runs in worker processes; its
+    time and never reads level tiles back: they are placed from their segments. (The job runs in worker processes; its
     merge is run again here, in this process, from the kept work folder.)"""
     made: list[Pyramid] = []
     outstanding = {"now": 0, "peak": 0}
@@ -251,7 +251,8 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(100, 260, 1, 1), tile=(32, 32), metadata=None)
         tw.write(smooth(800, 260, 1, 2), tile=(32, 32), metadata=None)
-    out = _run(tmp_path, {"tall": {"input": str(src), "output_options": {
+    # not fused: merge builds the levels (fused units build their own: test_unit_levels.py)
+    out = _run(tmp_path, {"tall": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True}}}, "--keep-work", "--work", str(work))["tall"]
     Path(out).unlink()
     monkeypatch.setattr(merge_mod, "Pyramid", Spy)
@@ -273,8 +274,8 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     assert tall.held_tiles - short.held_tiles == 1
     assert all(level.buffer.shape[0] == OUT_TILE for level in tall.levels)
     assert tall.decoded == ceil(800 / OUT_TILE) * ceil(260 / OUT_TILE)
-    # the writer takes a level's tiles from disk one at a time: never a level in memory
-    assert outstanding["peak"] == 1
+    # the level tiles are placed from their segments (copied or concatenated), never read back
+    assert outstanding["peak"] == 0
     with tifffile.TiffFile(out) as tf:
         for page in tf.pages:
             want = reference_levels(page.asarray(), OUT_TILE)
@@ -307,7 +308,8 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
     src, work = tmp_path / "in.tif", tmp_path / "work"
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(700, 900, 3, 3), tile=(64, 64), photometric="rgb", metadata=None)
-    out = _run(tmp_path, {"rgb": {"input": str(src), "output_options": {
+    # not fused: merge builds the levels (fused units build their own: test_unit_levels.py)
+    out = _run(tmp_path, {"rgb": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True, "compression": compression}}},
         "--keep-work", "--work", str(work))["rgb"]
     made: list[Pyramid] = []

@@ -5,8 +5,10 @@
   the encode time, and split is encode-bound), so the round trip costs little next to
   the ops.
 - Output tiles (process -> merge) are encoded with the OUTPUT codec by process, exactly as
-  tifffile would encode them, so merge only assembles bytes. A *pack* holds the encoded
-  output tiles of one processing tile.
+  tifffile would encode them, so merge only places bytes. They are stored in *segments*
+  (:class:`pipeline.steps.process.SegmentOutput`): the raw concatenation of a batch's or
+  unit's encoded tiles in file order, and a JSON index ``{"tiles": [[row, col, offset,
+  size], ...]}`` next to it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from pipeline.core.models import OutputOptions
 from pipeline.errors import CorruptTiffError, OperationError
 
 _WORK_MAGIC = b"TPW2"
-_PACK_MAGIC = b"TPK1"
 
 
 def encode_work_tile(tile: np.ndarray) -> bytes:
@@ -45,28 +46,6 @@ def decode_work_tile(data: bytes, name: str = "work tile") -> np.ndarray:
         return np.frombuffer(raw, np.dtype(header["dtype"])).reshape(header["shape"])
     except (struct.error, ValueError, KeyError, TypeError, imagecodecs.Lz4Error) as exc:
         raise CorruptTiffError(f"{name}: damaged work tile ({exc}); run the job again") from exc
-
-
-def pack_tiles(tiles: list[tuple[int, int, bytes]]) -> bytes:
-    """One blob holding encoded output tiles keyed by their (row, col) in the output grid."""
-    index: list[list[int]] = []
-    offset = 0
-    for row, col, data in tiles:
-        index.append([row, col, offset, len(data)])
-        offset += len(data)
-    header = json.dumps(index).encode()
-    return b"".join([_PACK_MAGIC, struct.pack("<I", len(header)), header,
-                     *(data for _, _, data in tiles)])
-
-
-def unpack_tiles(blob: bytes, name: str = "tile pack") -> dict[tuple[int, int], bytes]:
-    if blob[:4] != _PACK_MAGIC:
-        raise CorruptTiffError(f"{name}: not a tiffpipe tile pack (bad magic)")
-    (n,) = struct.unpack_from("<I", blob, 4)
-    start = 8 + n
-    view = memoryview(blob)
-    return {(r, c): bytes(view[start + o:start + o + length])
-            for r, c, o, length in json.loads(blob[8:start])}
 
 
 @dataclass(frozen=True)

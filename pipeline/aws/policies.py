@@ -102,7 +102,9 @@ def function_policy(step: str, names: StackNames,
         _allow("OwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                [names.log_group_arn(names.function_log_group(step))]),
         _allow("ListStackBucket", ["s3:ListBucket"], [names.bucket_arn]),
-        _allow("WorkFiles", ["s3:GetObject", "s3:PutObject"], [f"{stack}{WORK}*"]),
+        # segments are multipart uploads, aborted when a unit or batch fails
+        _allow("WorkFiles", ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
+               [f"{stack}{WORK}*"]),
     ]
     if step in ("split", "process"):
         statements += [

@@ -10,8 +10,10 @@ the estimate and overridable with ``--price KEY=VALUE``):
 - **CPU seconds** per step are the calibration's per-megapixel costs measured on the
   benchmark machine: split per haloed megapixel; process as ``factor * (haloed Mpx * (work
   tile decode + each op) + output Mpx * output encode)``, with the op and codec costs timed
-  one by one and ``factor`` the measured whole-step cost over that sum; merge per output MB
-  and per output tile. A **fused** job (the plan's ``fused``: no statistics rounds, ``fuse``
+  one by one and ``factor`` the measured whole-step cost over that sum; merge per output
+  tile, and per MB for the bytes it reads through (:mod:`.limits`: the output is composed
+  in S3 by server-side copies at ``s3_copy_mb_per_s``, its parts counted from the plan's
+  segment runs). A **fused** job (the plan's ``fused``: no statistics rounds, ``fuse``
   not turned off) has no split, no batches and no work tiles: each unit is one
   ``process_unit`` on the process function, ``unit factor * (haloed Mpx * (input read + each
   op) + output Mpx * output encode)``, the input read per haloed megapixel and the unit

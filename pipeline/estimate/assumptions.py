@@ -44,8 +44,8 @@ ASSUMPTIONS: dict[str, Assumption] = {
     "ephemeral_process_mb": Assumption(FUNCTION_SIZES["process"].ephemeral, "MB",
                                        "/tmp of the process function"),
     "ephemeral_merge_mb": Assumption(FUNCTION_SIZES["merge"].ephemeral, "MB",
-                                     "/tmp of the merge function (holds the output while it "
-                                     "is built)"),
+                                     "/tmp of the merge function (as deployed; "
+                                     "merge no longer uses it)"),
     "timeout_s": Assumption(min(s.timeout for s in FUNCTION_SIZES.values()), "s",
                             "Lambda timeout of every function"),
     "work_retention_days": Assumption(7, "days", "work files kept until the lifecycle rule "
@@ -56,6 +56,8 @@ ASSUMPTIONS: dict[str, Assumption] = {
                                               "the calibration machine"),
     "s3_mb_per_s": Assumption(90, "MB/s", "S3 throughput of one invocation (GET and PUT), "
                                           "not overlapped with compute"),
+    "s3_copy_mb_per_s": Assumption(100, "MB/s", "S3 server-side copy throughput of one "
+                                                "UploadPartCopy request"),
     "cold_start_s": Assumption(1.5, "s", "container cold start before the handler's imports "
                                          "(the measured import time is added)"),
     "state_latency_s": Assumption(0.1, "s", "Step Functions latency per state on a job's "

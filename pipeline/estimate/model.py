@@ -7,9 +7,12 @@ import math
 from typing import Any
 
 from pipeline.core.constants import FUNCTIONS
+from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
+from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
+from pipeline.estimate.limits import READ_CHUNK, SEGMENT_PART, largest_job, merge_parts
 from pipeline.estimate.plans import item_work, plan_geometry, stats_rounds
 from pipeline.estimate.schedule import simulate
 from pipeline.estimate.statemachine import (
@@ -21,8 +24,10 @@ from pipeline.estimate.statemachine import (
 
 #: S3 reads of an input are coalesced into ranged GETs of at least this (storage.READ_BUFFER)
 READ_BUFFER = 512 * 1024
-#: outputs are uploaded in parts of this size above it (storage.publish_file)
-MULTIPART_CHUNK = 64 * 1024 * 1024
+#: a segment is uploaded in parts of this size above it (segments.SEGMENT_PART)
+MULTIPART_CHUNK = SEGMENT_PART
+#: server-side copies merge runs at once (segments.COPY_THREADS)
+COPY_THREADS = 16
 FUNCTION_OF = {"plan_run": "split", "plan_job": "split", "split": "split",
                "stats": "process", "reduce_stats": "process", "process": "process",
                "process_unit": "process", "merge": "merge", "report": "merge",
@@ -99,7 +104,8 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
         cpu = c.factor * (haloed * c.per_haloed + out * c.per_out)
         read, written = haloed * c.work_bpm, out * c.out_bpm
         durations.append(add("process", cpu / speed + (read + written) / mbps, cpu,
-                             get=1 + tiles, put=tiles, bytes_in=read, bytes_out=written))
+                             get=1 + tiles, put=_segment_puts(written), bytes_in=read,
+                             bytes_out=written))
     phases.append(("process", durations))
     return phases
 
@@ -107,7 +113,7 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
 def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
                   in_bpm: float) -> list[tuple[str, list[float]]]:
     """One ``process_unit`` per unit on the process function: the input read as split reads
-    it, the chain and the output encode, one pack per tile; no work tiles."""
+    it, the chain and the output encode, one segment of its output tiles; no work tiles."""
     a = ledger.a
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     threads = max(1.0, ledger.vcpus["process"])
@@ -119,9 +125,28 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
         # the tiles are processed in every vCPU, the input decoded in one (the sweep)
         secs = max(read_cpu, cpu / threads) / speed + (read + written) / mbps
         durations.append(ledger.add("process_unit", secs, cpu,
-                                    get=1 + math.ceil(read / READ_BUFFER), put=tiles,
-                                    bytes_in=read, bytes_out=written))
+                                    get=1 + math.ceil(read / READ_BUFFER),
+                                    put=_segment_puts(written), bytes_in=read,
+                                    bytes_out=written))
     return [("process_unit", durations)]
+
+
+def _pyramid_through(plan: JobPlan, out_bytes: float) -> float:
+    """Bytes a pyramid's merge reads itself: the base tiles when it builds the levels (a
+    job that is not fused), else the raw blocks of the units' deepest level (a 4**k-th of
+    the base pages, raw: about the output's bytes again at most), shared tiles aside."""
+    if not plan.spec.output_options.pyramid:
+        return 0.0
+    if not plan.fused:
+        return out_bytes
+    deepest = min((unit_level_count(plan, i) for i in range(len(plan.pages))), default=0)
+    return out_bytes / 4 ** deepest
+
+
+def _segment_puts(size: float) -> int:
+    """PUT requests of one segment and its index: one PutObject, or a multipart upload."""
+    parts = math.ceil(size / MULTIPART_CHUNK)
+    return 1 + (1 if parts <= 1 else parts + 2)
 
 
 def estimate(plans: list[JobPlan], calibration: dict[str, Any],
@@ -181,28 +206,43 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
             phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
                                       call_s("report"))
         merge_cal = cal["merge"]
-        merge_cpu = (out_bytes / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
+        parts, segments = merge_parts(plan, out_bytes)
+        largest = largest_job(c.out_bpm, fused, parts, out_bytes)
+        # merge moves only what it reads through (header top-ups, short runs; for a pyramid
+        # the units' deepest level, or unfused the base tiles); the rest is copied in S3
+        through = parts.read_through + _pyramid_through(plan, out_bytes)
+        merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
                      + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
-        parts = math.ceil(out_bytes / MULTIPART_CHUNK) if out_bytes > MULTIPART_CHUNK else 0
-        merge_s = merge_cpu / speed + 2 * out_bytes / mbps
-        phases.append(("merge", [add("merge", merge_s, merge_cpu, get=1 + geo["tiles"],
-                                     put=(parts + 2 if parts else 1) + 1, lst=1,
-                                     bytes_in=out_bytes, bytes_out=out_bytes)]))
-        if out_bytes > eph["merge"] * 1e6:
-            warnings.append(f"jobs[{i}]: the output ({out_bytes / 1e9:.1f} GB) does not fit the "
-                            f"merge function's /tmp ({eph['merge'] / 1000:.1f} GB): split the "
-                            "job into jobs of fewer pages")
+        copied = max(0.0, out_bytes - parts.read_through)
+        copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
+        merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
+        phases.append(("merge", [add("merge", merge_s, merge_cpu,
+                                     get=1 + segments + math.ceil(through / READ_CHUNK),
+                                     put=parts.parts + 3, lst=1, bytes_in=through,
+                                     bytes_out=through)]))
+        if parts.parts > MAX_PARTS:
+            warnings.append(f"jobs[{i}]: the output needs about {parts.parts:,} multipart parts, "
+                            f"more than S3's {MAX_PARTS:,}: split the job into jobs of fewer "
+                            "pages")
+        if out_bytes > MAX_OBJECT:
+            warnings.append(f"jobs[{i}]: the output ({out_bytes / 1e12:.1f} TB) passes S3's "
+                            f"largest object ({MAX_OBJECT / 1e12:.1f} TB): split the job into "
+                            "jobs of fewer pages")
         sim_jobs.append(phases)
-        # the packs (and, unfused, the work tiles), the plan and the result
+        # the segments and their indexes (and, unfused, the work tiles), the plan and result
         work = out_bytes if fused else geo["haloed_mpx"] * c.work_bpm + out_bytes
         work_bytes_total += work
-        objects_total += int(geo["tiles"] if fused else 2 * geo["tiles"]) + 2
+        objects_total += 2 * segments + (0 if fused else int(geo["tiles"])) + 2
         job_rows.append({"job": i, "input": plan.spec.input, "pages": int(geo["pages"]),
                          "megapixels": geo["core_mpx"], "haloed_megapixels": geo["haloed_mpx"],
                          "output_megapixels": geo["output_mpx"], "tiles": int(geo["tiles"]),
                          "fused": fused, "units": len(units), "batches": len(batches),
                          "stats_rounds": rounds, "output_bytes": out_bytes, "work_bytes": work,
-                         "compression": comp, "kind": _kind(dtype, ch)})
+                         "compression": comp, "kind": _kind(dtype, ch),
+                         "merge": {"parts": parts.parts, "copies": parts.copies,
+                                   "uploads": parts.uploads, "segments": segments,
+                                   "read_through_bytes": through},
+                         "largest_job": largest})
     add("report", call_s("report") / speed, get=1 + len(plans), put=1)
 
     # cold starts: one per concurrent environment of each function, billed (container images

@@ -31,6 +31,10 @@ def format_text(result: dict[str, Any]) -> str:
                 + (f", {j['stats_rounds']} stats round(s)" if j["stats_rounds"] else ""))
         p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} {j['megapixels']:,.0f} Mpx -> "
           f"{j['compression']}: {j['tiles']} tiles, {work}")
+        m = j["merge"]
+        p(f"    merge composes {j['output_bytes'] / 1e9:,.2f} GB in S3 from {m['segments']:,} "
+          f"segment(s): {m['parts']:,} parts ({m['copies']:,} UploadPartCopy, "
+          f"{m['uploads']:,} uploaded), {m['read_through_bytes'] / 1e6:,.0f} MB read through")
     if len(result["jobs"]) > 10:
         p(f"  ... and {len(result['jobs']) - 10} more job(s)")
     p("")
@@ -66,6 +70,8 @@ def format_text(result: dict[str, Any]) -> str:
     for w in result["warnings"]:
         p(f"WARNING: {w}")
     p("")
+    p(_largest(result))
+    p("")
     cal = result["calibration"]
     p("per-megapixel costs from the calibration" + (f" {cal['file']}" if cal.get("file") else "")
       + f" measured {cal.get('measured_at')} ({cal.get('mode')} sizes) on "
@@ -78,3 +84,23 @@ def format_text(result: dict[str, Any]) -> str:
         mark = " (overridden)" if v["overridden"] else ""
         p(f"  {k:22s} {v['value']:<14g} {v['unit']:15s} {v['help']}{mark}")
     return "\n".join(lines)
+
+
+_BOUND = {"s3_object": "S3's largest object (5 TiB)",
+          "parts": "the 10,000 parts of one multipart upload",
+          "units": "10,000 units per job (a Map's items)"}
+
+
+def _largest(result: dict[str, Any]) -> str:
+    """What bounds the largest job on AWS, for the first job's kind of output."""
+    if not result["jobs"]:
+        return "largest job on AWS: no job to size"
+    j = result["jobs"][0]
+    big = j["largest_job"]
+    b = big["bounds"]
+    return (f"largest job on AWS like jobs[{j['job']}] ({j['kind']} -> {j['compression']}): "
+            f"about {big['gigapixels']:,.0f} gigapixels ({big['output_bytes'] / 1e12:,.1f} TB "
+            f"of output), bound by {_BOUND[big['bound']]}; S3's object allows "
+            f"{b['s3_object']:,.0f} Gpx, 10,000 parts of {big['bytes_per_part'] / 2**20:,.0f} "
+            f"MiB allow {b['parts']:,.0f} Gpx, 10,000 units allow {b['units']:,.0f} Gpx "
+            "(merge no longer uses /tmp: nothing else grows with the output)")

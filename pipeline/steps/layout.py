@@ -5,7 +5,8 @@
 {work}/jobs.json                             the job indices the Jobs map reads (ItemReader)
 {work}/jobs/{job}/plan.json                  a job's plan
 {work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
-{work}/jobs/{job}/out/{page}/{row}_{col}     packs of encoded output tiles (process -> merge)
+{work}/jobs/{job}/out/{page}/{segment}.seg  encoded output tiles in file order (process -> merge)
+{work}/jobs/{job}/out/{page}/{segment}.json where each tile of a segment is (its index)
 {work}/jobs/{job}/stats/{round}/parts/{batch}       partial statistics of a batch (stats)
 {work}/jobs/{job}/stats/{round}/{page}.npz          a page's reduced statistics (reduce_stats)
 {work}/jobs/{job}/stats/{round}/labels/{page}/{row}_{col}  canny edge labels of a tile (stats)
@@ -41,8 +42,14 @@ def tile_file(job_work: str, page: int, row: int, col: int) -> str:
     return join(job_work, "tiles", f"{page:04d}", f"{row:05d}_{col:05d}.tpw")
 
 
-def pack_file(job_work: str, page: int, row: int, col: int) -> str:
-    return join(job_work, "out", f"{page:04d}", f"{row:05d}_{col:05d}.tpk")
+def segment_file(job_work: str, page: int, name: str) -> str:
+    """A segment: ``name`` is ``u{unit}`` (a fused unit), ``b{batch}`` (a process batch) or
+    ``level{k}`` (pyramid level k of the page)."""
+    return join(job_work, "out", f"{page:04d}", f"{name}.seg")
+
+
+def segment_index_file(job_work: str, page: int, name: str) -> str:
+    return join(job_work, "out", f"{page:04d}", f"{name}.json")
 
 
 def errors_dir(job_work: str) -> str:

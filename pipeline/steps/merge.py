@@ -1,15 +1,31 @@
-"""The merge step: assemble a job's encoded tiles into the output TIFF and publish it."""
+"""The merge step: compose a job's output TIFF from the segments process wrote, publish it.
+
+Merge never holds or writes the pixels of the output. It reads the segment indexes (where
+each encoded tile is), drives ``tifffile.TiffWriter`` with :class:`Placeholder` tiles over a
+:class:`LayoutRecorder` (so the header, IFDs and tag values are exactly tifffile's, as if it
+had written the real tiles), and composes the file from those bytes and the segments'
+ranges (:func:`pipeline.adapters.segments.compose`): locally by concatenation into a
+temporary file that is renamed, on S3 as one multipart upload of server-side copies.
+Memory: the header and IFDs, the tile table of the largest page (20 bytes a tile) and one
+uploaded part; local disk: none but the output itself (locally).
+
+Tile order: tifffile writes a page's tiles in row-major order, and so does merge (the file
+is then byte-identical to tifffile writing the real tiles), unless that order cuts the
+segments into more than ``ROW_MAJOR_RUNS`` runs (a page wider than its units: one run per
+output tile row and unit), or its runs too short to copy would take the job's reads
+through merge past ``ROW_MAJOR_READ_THROUGH`` (:mod:`pipeline.core.tiff_layout`). Such a
+page's tiles are laid out segment after segment, so each segment is one range of the file
+(a few server-side copies); TileOffsets say where each tile is, every other tag and every
+pixel is the same.
+
+A pyramid's levels are built here from the base tiles (read through, a bounded number at a
+time) into level segments in the work location, then placed like the base tiles.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
+import struct
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from math import ceil
 from typing import Any
 
 import numpy as np
@@ -17,48 +33,32 @@ import tifffile
 
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_tags
-from pipeline.adapters.tile_codec import OutputEncoder, unpack_tiles
+from pipeline.adapters.segments import compose
+from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
+from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
+from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.tiff_layout import Piece, Span
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
-from pipeline.steps.pyramid import Pyramid
+from pipeline.steps.pyramid import Pyramid, level_shapes
+from pipeline.steps.tile_table import TileTable
+from pipeline.steps.unit_levels import merge_unit_levels
 
-#: parallel reads of one row of tile packs (S3 GETs)
-READ_THREADS = 8
+#: fused pyramid jobs: the units built the levels (False: merge builds them, as before)
+UNIT_LEVELS = True
 #: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
 BIGTIFF_ABOVE = 2**31
 
 
 def merge(event: MergeEvent) -> dict[str, Any]:
-    """Write every page's tiles, in page order, to a temporary file; publish it in one step.
-
-    Memory is bounded by one row of processing tiles' encoded bytes, never by the page.
-    """
+    """Compose the job's output from its segments and publish it in one step."""
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed batch fails the job with its own error
     spec = plan.spec
-    raw = sum(p.out_grid.height * p.out_grid.width * p.out_channels
-              * np.dtype(p.info.dtype).itemsize
-              for p in plan.pages)
-    if spec.output_options.pyramid:
-        raw = raw * 4 // 3  # the levels add up to a third of the base pages
-    tmp = storage.temp_output_path(spec.output)
-    # pyramid levels are spooled next to the temporary output (local disk)
-    spools = tempfile.mkdtemp(prefix=".tiffpipe-levels-", dir=os.path.dirname(tmp) or ".") \
-        if spec.output_options.pyramid else None
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=raw > BIGTIFF_ABOVE,
-                                 ome=spec.output_options.ome) as writer:
-            for i, page in enumerate(plan.pages):
-                _write_page(writer, plan, i, page, spools)
-        size = os.path.getsize(tmp)
-        storage.publish_file(tmp, spec.output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if spools is not None:
-            shutil.rmtree(spools, ignore_errors=True)
+    size = compose(output_pieces(plan), spec.output)
     finished = time.time()
     result = {
         "job": plan.job, "status": "SUCCEEDED", "input": spec.input, "output": spec.output,
@@ -70,9 +70,60 @@ def merge(event: MergeEvent) -> dict[str, Any]:
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
 
 
-def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: PagePlan,
-                spools: str | None = None) -> None:
-    """Write one output page; with ``spools`` (a folder), its pyramid levels as SubIFDs."""
+def bigtiff(plan: JobPlan) -> bool:
+    """True when the output may pass classic TIFF's 32-bit offsets (by its raw size)."""
+    raw = sum(p.out_grid.height * p.out_grid.width * p.out_channels
+              * np.dtype(p.info.dtype).itemsize
+              for p in plan.pages)
+    if plan.spec.output_options.pyramid:
+        raw = raw * 4 // 3  # the levels add up to a third of the base pages
+    return raw > BIGTIFF_ABOVE
+
+
+def output_pieces(plan: JobPlan) -> list[Piece]:
+    """Every byte of the job's output in order: tifffile's header, IFDs and tag values
+    (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
+    recorder = LayoutRecorder()
+    reorder: dict[tuple[int, int], TileTable] = {}
+    budget = tiff_layout.ROW_MAJOR_READ_THROUGH
+    with tifffile.TiffWriter(recorder, bigtiff=bigtiff(plan),
+                             ome=plan.spec.output_options.ome) as writer:
+        for i, page in enumerate(plan.pages):
+            for j, table in enumerate(_write_page(writer, plan, i, page)):
+                runs = table.run_sizes()
+                # what row-major order would read through: the runs too short to copy
+                short = int(runs[runs < tiff_layout.MIN_PART].sum())
+                if (len(runs) > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources))
+                        or (len(runs) > len(table.sources) and short > budget)):
+                    reorder[i, j] = table
+                else:
+                    budget -= short
+    if reorder:
+        ifds = image_ifds(recorder)
+        for (i, j), table in reorder.items():
+            _by_segment(recorder, ifds[i][j], table)
+    return recorder.pieces()
+
+
+def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
+    """Lay the tiles of the page at ``ifd`` out segment after segment (each segment one
+    range of the file) instead of in row-major order: the data moves, TileOffsets follow."""
+    at, fmt = tile_offsets_at(recorder, ifd)
+    start = struct.unpack(fmt, recorder.read(at, struct.calcsize(fmt)))[0]  # tile 0's
+    sizes = np.bincount(table.segment.ravel(), weights=table.size.ravel(),
+                        minlength=len(table.sources)).astype(np.int64)
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    offsets = start + base[table.segment.ravel()] + table.offset.ravel()
+    recorder.patch(at, struct.pack(fmt, *offsets.tolist()))
+    recorder.replace_data(start, int(sizes.sum()),
+                          [Span(src, 0, int(n)) for src, n in zip(table.sources, sizes,
+                                                                  strict=True)])
+
+
+def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
+                page: PagePlan) -> list[TileTable]:
+    """Write one output page (placeholder tiles); with a pyramid, its levels as SubIFDs.
+    Returns the tile tables of the page and of its levels, in file order."""
     options = plan.spec.output_options
     channels = page.out_channels
     encoder = OutputEncoder(options, page.info.dtype, channels)
@@ -84,33 +135,43 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
         tags = _ome_tags(tags, page)
     common = {"dtype": page.info.dtype, "tile": (options.tile, options.tile),
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
-    if spools is None:
-        writer.write(_tiles(plan, index, page), shape=shape, **common, **tags)
-        return
-    folder = tempfile.mkdtemp(prefix=f"page{index}-", dir=spools)
-    pyramid = Pyramid(height, width, channels, page.info.dtype, encoder, options.tile, folder,
-                      nearest=tags["photometric"] == "palette", threads=tile_threads())
+    table = TileTable.read(plan, index, page)
+    if not options.pyramid:
+        writer.write(table.placeholders(), shape=shape, **common, **tags)
+        return [table]
+    nearest = tags["photometric"] == "palette"
+    if UNIT_LEVELS and unit_level_count(plan, index):
+        levels = merge_unit_levels(plan, index, encoder, nearest)
+    else:
+        levels = _merged_levels(plan, index, table, encoder, nearest)
+    subifds = {"subifds": len(levels)} if levels else {}
+    writer.write(table.placeholders(), shape=shape, **common, **tags, **subifds)
+    # what every level repeats of the base page: how its samples are to be read
+    level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
+                  if tags.get(k) is not None}
+    for (h, w), level in zip(level_shapes(height, width, options.tile), levels, strict=True):
+        writer.write(level.placeholders(), shape=(h, w) + shape[2:],
+                     subfiletype=1, software=tags["software"], metadata=None, **common,
+                     **level_tags)
+    return [table, *levels]
+
+
+def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputEncoder,
+                   nearest: bool) -> list[TileTable]:
+    """The levels of a page built here, from its base tiles read through (the units did not
+    build them: a job that is not fused)."""
+    page = plan.pages[index]
+    pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
+                      page.info.dtype, encoder, plan.spec.output_options.tile,
+                      storage.parent(layout.segment_file(plan.work, index, "level")),
+                      nearest=nearest, threads=tile_threads())
     try:
-        subifds = {"subifds": len(pyramid.levels)} if pyramid.levels else {}
-        writer.write(_fed(_tiles(plan, index, page), pyramid, width, options.tile),
-                     shape=shape, **common, **tags, **subifds)
-        # what every level repeats of the base page: how its samples are to be read
-        level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
-                      if tags.get(k) is not None}
-        for k, (h, w) in enumerate(pyramid.shapes):
-            writer.write(pyramid.tiles(k), shape=(h, w) + shape[2:], subfiletype=1,
-                         software=tags["software"], metadata=None, **common, **level_tags)
+        for n, data in enumerate(table.tile_bytes()):
+            pyramid.feed(data, n // table.cols, n % table.cols)
+        return [TileTable.from_spans(level.cols, pyramid.spans(k))
+                for k, level in enumerate(pyramid.levels)]
     finally:
         pyramid.close()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _fed(tiles: Iterator[bytes], pyramid: Pyramid, width: int, tile: int) -> Iterator[bytes]:
-    """``tiles`` (row-major encoded base tiles), each fed to ``pyramid`` as it is written."""
-    cols = ceil(width / tile)
-    for n, data in enumerate(tiles):
-        pyramid.feed(data, n // cols, n % cols)
-        yield data
 
 
 #: micrometres per resolution unit (TIFF ResolutionUnit 2: inch, 3: centimetre)
@@ -143,32 +204,3 @@ def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
                 meta[f"PhysicalSize{axis}Unit"] = "\u00b5m"
     tags["metadata"] = meta
     return tags
-
-
-def _tiles(plan: JobPlan, index: int, page: PagePlan) -> Iterator[bytes]:
-    """The page's encoded output tiles in row-major order.
-
-    A pack holds the output tiles of one processing tile; the packs of an output row are
-    read (ahead, in parallel) and dropped once that row's tiles are out, so memory holds a
-    few packs whatever the page's width (a pack is read once per output row it spans).
-    """
-    grid, out = page.out_grid, plan.spec.output_options.tile  # (downsample: a smaller page)
-    per = grid.tile // out  # output tiles per processing tile side
-    rows, cols = ceil(grid.height / out), ceil(grid.width / out)
-
-    def fetch(prow: int, pc: int) -> dict[tuple[int, int], bytes]:
-        url = layout.pack_file(plan.work, index, prow, pc)
-        return unpack_tiles(storage.read_bytes(url), url)
-
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        for orow in range(rows):
-            ahead: deque[Future[dict[tuple[int, int], bytes]]] = deque()
-            next_pc = 0
-            for ocol in range(cols):
-                while next_pc < grid.cols and len(ahead) < READ_THREADS:
-                    ahead.append(pool.submit(fetch, orow // per, next_pc))
-                    next_pc += 1
-                tiles = ahead[0].result()
-                yield tiles[(orow, ocol)]
-                if ocol % per == per - 1 or ocol == cols - 1:
-                    ahead.popleft()

@@ -7,35 +7,46 @@ tile is written or read. The plan picks one or the other for a job.
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.tile_codec import OutputEncoder, pack_tiles
+from pipeline.adapters.segments import SegmentWriter
+from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import BatchEvent, UnitEvent
+from pipeline.core.grid import Rect
+from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import sweep_unit
+from pipeline.steps.unit_levels import RegionLevels
 
 
 def process(event: BatchEvent) -> dict[str, Any]:
-    """Each tile of the batch: read its work tile, then :class:`TileOutput`."""
+    """Each tile of the batch: read its work tile, then :class:`TileOutput`; the batch's
+    output tiles go to one segment (:class:`SegmentOutput`)."""
     plan = load_plan(event.plan)
     with recorded(plan, "process", event.batch):
         batch = plan.batches[event.batch]
         out = TileOutput(plan, batch.page)
+        grid = plan.pages[batch.page].grid
+        positions = [grid.position(i) for i in range(batch.first, batch.last)]
+        with SegmentOutput(plan, batch.page, f"b{event.batch:06d}", positions) as segment:
 
-        def one(index: int) -> None:
-            out.write(*plan.pages[batch.page].grid.position(index))
+            def one(pos: tuple[int, int]) -> None:
+                segment.add(pos[0], out.write(*pos))
 
-        # OpenCV and the codecs release the GIL: a Lambda with 2+ vCPUs runs tiles side by
-        # side; the local engine sets how many for its workers
-        with ThreadPoolExecutor(tile_threads()) as pool:
-            list(pool.map(one, range(batch.first, batch.last)))
+            # OpenCV and the codecs release the GIL: a Lambda with 2+ vCPUs runs tiles side
+            # by side; the local engine sets how many for its workers
+            with ThreadPoolExecutor(tile_threads()) as pool:
+                list(pool.map(one, positions))
     return {"job": plan.job, "tiles": batch.last - batch.first}
 
 
@@ -47,12 +58,34 @@ def process_unit(event: UnitEvent) -> dict[str, Any]:
     with recorded(plan, "process_unit", event.unit):
         unit = plan.units[event.unit]
         out = TileOutput(plan, unit.page)
-        sweep_unit(plan, unit, out.write, tile_threads())
+        positions = [(r, c) for r in range(unit.row0, unit.row1)
+                     for c in range(unit.col0, unit.col1)]
+        levels = None
+        if unit_level_count(plan, unit.page):  # this unit's part of the pyramid levels
+            levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder,
+                                  plan.pages[unit.page].info.photometric == "palette")
+        try:
+            with SegmentOutput(plan, unit.page, f"u{event.unit:06d}", positions,
+                               levels.add if levels else None) as segment:
+
+                def handle(r: int, c: int, px: np.ndarray) -> None:
+                    if levels:
+                        segment.add(r, *out.write_seen(r, c, px), col=c)
+                    else:
+                        segment.add(r, out.write(r, c, px))
+
+                sweep_unit(plan, unit, handle, tile_threads())
+            if levels:
+                levels.close()
+        except BaseException:
+            if levels:
+                levels.abort()
+            raise
     return {"job": plan.job, "tiles": unit.tiles}
 
 
 class TileOutput:
-    """One page's tiles to merge's packs: apply the chain to the haloed pixels (with the
+    """One page's tiles to encoded output tiles: apply the chain to the haloed pixels (with the
     page's statistics for ops that need them), crop the core, cut it into output tiles and
     encode them with the output codec, so merge only assembles bytes. With ``downsample`` the
     core is the tile's part of the smaller output page (possibly empty at its bottom or right
@@ -66,16 +99,99 @@ class TileOutput:
         self.encoder = OutputEncoder(plan.spec.output_options, info.info.dtype,
                                      info.out_channels)
 
-    def write(self, row: int, col: int, haloed: np.ndarray | None = None) -> None:
-        """Process tile (row, col), from ``haloed`` pixels or else its stored work tile."""
+    def write(self, row: int, col: int,
+              haloed: np.ndarray | None = None) -> list[tuple[int, int, bytes]]:
+        """Process tile (row, col), from ``haloed`` pixels or else its stored work tile: its
+        encoded output tiles as (output row, output col, bytes)."""
+        pixels, origin = self.evaluator.output(row, col, haloed)
+        return self._encoded(pixels, origin)
+
+    def _encoded(self, pixels: np.ndarray, origin: Rect) -> list[tuple[int, int, bytes]]:
+        t = self.out_tile
+        return [(origin.y0 // t + oy // t, origin.x0 // t + ox // t,
+                 self.encoder.encode(_padded(pixels[oy:oy + t, ox:ox + t], t)))
+                for oy in range(0, pixels.shape[0], t)
+                for ox in range(0, pixels.shape[1], t)]
+
+
+    def write_seen(self, row: int, col: int, haloed: np.ndarray | None = None
+                   ) -> tuple[list[tuple[int, int, bytes]], np.ndarray]:
+        """:meth:`write`, and the tile's output pixels as a reader sees them (rows x cols x
+        channels: for JPEG the decoded tiles), which pyramid levels are reduced from."""
         pixels, origin = self.evaluator.output(row, col, haloed)
         t = self.out_tile
-        encoded = [(origin.y0 // t + oy // t, origin.x0 // t + ox // t,
-                    self.encoder.encode(_padded(pixels[oy:oy + t, ox:ox + t], t)))
-                   for oy in range(0, pixels.shape[0], t)
-                   for ox in range(0, pixels.shape[1], t)]
-        storage.write_bytes(layout.pack_file(self.plan.work, self.page, row, col),
-                            pack_tiles(encoded))
+        tiles = self._encoded(pixels, origin)
+        seen = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+        if self.encoder.tag == 7:  # lossy: the decoded tiles
+            seen = seen.copy()
+            for orow, ocol, data in tiles:
+                oy, ox = orow * t - origin.y0, ocol * t - origin.x0
+                h, w = min(t, seen.shape[0] - oy), min(t, seen.shape[1] - ox)
+                seen[oy:oy + h, ox:ox + w] = self.encoder.decode(data)[:h, :w]
+        return tiles, seen
+
+
+class SegmentOutput:
+    """The output tiles of a batch or unit, streamed to ONE segment in file order (output
+    row by output row, left to right), and its index (``[row, col, offset, size]`` of each
+    tile) written once the segment is complete.
+
+    Processing tiles arrive in any order (threads); a processing row is written once all of
+    its tiles of this batch or unit are in, rows in order, so memory holds the rows in
+    flight (about one, as the sweep goes down). Thread-safe."""
+
+    def __init__(self, plan: JobPlan, page: int, name: str, positions: list[tuple[int, int]],
+                 on_row: Callable[[np.ndarray], None] | None = None):
+        self.work, self.page, self.name = plan.work, page, name
+        #: with ``on_row``, each processing row's pixels (its tiles' side by side) go there
+        self.on_row = on_row
+        self.pixels: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+        self.expected: dict[int, int] = defaultdict(int)
+        for row, _ in positions:
+            self.expected[row] += 1
+        self.rows = sorted(self.expected)
+        self.pending: dict[int, list[tuple[int, int, bytes]]] = defaultdict(list)
+        self.arrived: dict[int, int] = defaultdict(int)
+        self.index: list[list[int]] = []
+        self._lock = threading.Lock()
+        self._next = 0
+        self.writer = SegmentWriter(layout.segment_file(plan.work, page, name))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.writer.abort()
+            return
+        if self._next != len(self.rows):
+            self.writer.abort()
+            raise RuntimeError(f"segment {self.name}: tiles of rows {self.rows[self._next:]} "
+                               "never arrived")
+        self.writer.close()
+        storage.write_json(layout.segment_index_file(self.work, self.page, self.name),
+                           {"tiles": self.index}, indent=None)
+
+    def add(self, row: int, tiles: list[tuple[int, int, bytes]],
+            pixels: np.ndarray | None = None, col: int = 0) -> None:
+        """The output tiles of processing tile (``row``, ``col``), and its pixels when the
+        rows go to ``on_row``."""
+        with self._lock:
+            self.pending[row] += tiles
+            self.arrived[row] += 1
+            if pixels is not None:
+                self.pixels[row].append((col, pixels))
+            while (self._next < len(self.rows)
+                   and self.arrived[self.rows[self._next]] == self.expected[self.rows[self._next]]):
+                ready = self.pending.pop(self.rows[self._next])
+                for orow, ocol, data in sorted(ready, key=lambda t: (t[0], t[1])):
+                    self.index.append([orow, ocol, self.writer.write(data), len(data)])
+                if self.on_row is not None:
+                    parts = [px for _, px in sorted(self.pixels.pop(self.rows[self._next], []),
+                                                    key=lambda x: x[0])]
+                    if parts and parts[0].shape[0]:
+                        self.on_row(np.concatenate(parts, 1))
+                self._next += 1
 
 
 def _padded(tile: np.ndarray, size: int) -> np.ndarray:

@@ -3,9 +3,10 @@
 Merge only has the ENCODED output tiles of the base page. :class:`Pyramid` decodes each one
 as tifffile writes it (so a JPEG pyramid is built from the lossy pixels a viewer sees), and
 reduces it at once into level 1; every level, when one of its tile rows is complete, encodes
-that row's tiles with the page's :class:`OutputEncoder`, appends them to its spool file on
-local disk, and reduces the row's pixels into the next level. After the base page, merge
-writes each level from its spool (:meth:`Pyramid.tiles`) as a SubIFD of the base page.
+that row's tiles with the page's :class:`OutputEncoder`, appends them to its segment in the
+work location (``level{k}``, a :class:`~pipeline.adapters.segments.SegmentWriter`), and
+reduces the row's pixels into the next level. Merge then places each level's tiles from its
+segment (:meth:`Pyramid.spans`) as a SubIFD of the base page.
 
 Level k has ``ceil(h / 2) x ceil(w / 2)`` pixels of level k - 1 (``h x w``); levels go down
 until a level fits in one output tile. Pixel (y, x) of level k is the mean of the pixels of
@@ -20,7 +21,8 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 
 Memory: the decoded base tiles in flight (one; ``2 * threads`` with threads), plus one tile
 row buffer per level (``tile x ceil(w_k / tile) * tile`` pixels each: together about one tile
-row of the base page); encoded level tiles go to disk, and are read back one at a time.
+row of the base page), and one multipart part per level being uploaded (S3); encoded level
+tiles go to their segments, never to local disk.
 
 Threads: with ``threads > 1`` base tiles are decoded ahead, and each level row's tiles are
 encoded, in a thread pool (the codecs release the GIL); the pixels are reduced in tile order
@@ -29,7 +31,6 @@ all the same, so the levels are the same bytes whatever the number of threads.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,18 +38,14 @@ from math import ceil
 
 import numpy as np
 
+from pipeline.adapters import storage
+from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core.levels import level_shapes
 from pipeline.core.reduce import mean4
+from pipeline.core.tiff_layout import Span
 
-
-def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
-    """(height, width) of each reduced level, largest first: halved (rounding up) until the
-    level fits in one ``tile`` x ``tile`` tile. Empty when the page already fits."""
-    shapes = []
-    while height > tile or width > tile:
-        height, width = ceil(height / 2), ceil(width / 2)
-        shapes.append((height, width))
-    return shapes
+__all__ = ["Pyramid", "level_shapes", "reduce2"]
 
 
 #: integer type that holds the sum of four values of a type without overflow
@@ -85,17 +82,18 @@ def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
 
 
 class _Level:
-    """One reduced level: a tile row buffer, and the spool of its encoded tiles."""
+    """One reduced level: a tile row buffer, and the segment of its encoded tiles."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str, tile: int,
-                 spool: str) -> None:
+                 url: str) -> None:
         self.height, self.width, self.tile = height, width, tile
         self.cols = ceil(width / tile)
         self.buffer = np.zeros((tile, self.cols * tile, channels), dtype)
         self.row = 0  # the tile row being filled
-        self.path = spool
-        self.spool = open(spool, "w+b")  # noqa: SIM115 (closed by Pyramid.close)
+        self.url = url
+        self.segment = SegmentWriter(url)
         self.sizes: list[int] = []
+        self.done = False
 
     def add(self, block: np.ndarray, y: int, x: int, nearest: bool) -> None:
         """Reduce ``block``, the pixels of the level above at (y, x) (both even)."""
@@ -110,7 +108,8 @@ class _Level:
 
 
 class Pyramid:
-    """The reduced levels of one output page of ``height`` x ``width``, fed its base tiles."""
+    """The reduced levels of one output page of ``height`` x ``width``, fed its base tiles;
+    level k's segment is ``level{k}.seg`` under ``folder`` (a local folder or S3 prefix)."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str,
                  encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False,
@@ -131,7 +130,7 @@ class Pyramid:
         try:
             for k, (h, w) in enumerate(self.shapes):
                 self.levels.append(_Level(h, w, channels, dtype, tile,
-                                          os.path.join(folder, f"level{k + 1}.spool")))
+                                          storage.join(folder, f"level{k + 1}.seg")))
         except BaseException:
             self.close()
             raise
@@ -147,6 +146,13 @@ class Pyramid:
         self._ahead.append((self._pool.submit(self.encoder.decode, data), row, col))
         if len(self._ahead) >= self.max_ahead:
             self._reduce_next()
+
+    def feed_pixels(self, pixels: np.ndarray, row: int, col: int) -> None:
+        """The pixels (tile x tile x channels, zero-padded) of tile (row, col), in row-major
+        order: for levels built from a level's pixels rather than encoded tiles."""
+        if self.levels:
+            self.finish()
+            self._reduce(pixels, row, col)
 
     def finish(self) -> None:
         """Reduce the base tiles still being decoded (every tile has been fed)."""
@@ -179,8 +185,8 @@ class Pyramid:
         tiles = [level.buffer[:, c * t:(c + 1) * t] for c in range(level.cols)]
         encoded = (self._pool.map(self.encoder.encode, tiles) if self._pool
                    else map(self.encoder.encode, tiles))
-        for c, data in enumerate(encoded):
-            level.spool.write(data)
+        for data in encoded:
+            level.segment.write(data)
             level.sizes.append(len(data))
         if below is not None:
             for c, tile in enumerate(tiles):
@@ -189,21 +195,30 @@ class Pyramid:
         level.row += 1
         self._rows_done(k + 1, (level.row - 1) * t + vh)
 
-    def tiles(self, k: int) -> Iterator[bytes]:
-        """The encoded tiles of level k + 1 in row-major order, read back one at a time (once
-        every base tile has been fed)."""
+    def spans(self, k: int) -> list[Span]:
+        """Where the tiles of level k + 1 are, in row-major order (once every base tile has
+        been fed: the first call publishes every level's segment)."""
         self.finish()
-        level = self.levels[k]
-        level.spool.flush()
-        level.spool.seek(0)
+        for level in self.levels:
+            if not level.done:
+                level.segment.close()
+                level.done = True
+        level, out, offset = self.levels[k], [], 0
         for size in level.sizes:
-            yield level.spool.read(size)
+            out.append(Span(level.url, offset, size))
+            offset += size
+        return out
+
+    def tiles(self, k: int) -> Iterator[bytes]:
+        """The encoded tiles of level k + 1 in row-major order, read back one at a time."""
+        for span in self.spans(k):
+            yield read_range(span.source, span.start, span.size)
 
     def close(self) -> None:
+        """Stop the threads; discard the segments of levels not finished."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._ahead.clear()
         for level in self.levels:
-            level.spool.close()
-            if os.path.exists(level.path):
-                os.remove(level.path)
+            if not level.done:
+                level.segment.abort()

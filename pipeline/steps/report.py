@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.adapters import storage
+from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError
 from pipeline.steps import layout
@@ -57,6 +58,11 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
               "error": error, "started_at": started, "finished_at": now,
               "seconds": round(now - started, 3)}
     storage.write_json(layout.result_file(work), result)
+    try:  # a killed unit or merge leaves its multipart upload open: no orphaned parts
+        abort_uploads(work.rstrip("/") + "/", prefix=True)
+        abort_uploads(spec.output)
+    except TiffpipeError:
+        pass  # the failure is recorded; S3 lifecycle rules can still clean up
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
 
 

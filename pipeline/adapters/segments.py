@@ -1,0 +1,253 @@
+"""Segments (objects of encoded tiles, written as a stream) and the composition of an output
+from pieces (:mod:`pipeline.core.tiff_layout`), locally or as one S3 multipart upload.
+
+- :class:`SegmentWriter` appends bytes to a new file or object: locally a temporary file
+  renamed at :meth:`~SegmentWriter.close`; on S3 a multipart upload of
+  :data:`SEGMENT_PART` parts (one ``PutObject`` if it stays smaller), aborted on failure.
+  Memory: one part.
+- :func:`compose` writes the pieces of an output: locally by concatenation into a temporary
+  file in the output's folder, renamed when complete; on S3 as ONE multipart upload whose
+  data parts are server-side ``UploadPartCopy`` of segment ranges (in parallel threads) and
+  whose other parts (header, IFDs, a few MiB of data to reach the part minimum) are
+  uploaded. Nothing is visible before the rename or ``CompleteMultipartUpload``; a failure
+  removes the temporary file or aborts the upload.
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from typing import Any, BinaryIO, Self
+
+from pipeline.adapters import storage
+from pipeline.adapters.storage import _errors, _key_of, is_s3, s3_client
+from pipeline.core import tiff_layout
+from pipeline.core.tiff_layout import Literal, MiB, Part, Piece, Span, plan_parts
+from pipeline.errors import OutputNotWritableError, StorageError, TiffpipeError, WorkMissingError
+
+#: the part size of a segment's multipart upload (S3's minimum is 5 MiB)
+SEGMENT_PART = 8 * MiB
+#: bytes read at once when span bytes go through this process
+READ_CHUNK = 1 * MiB
+#: server-side copies in flight
+COPY_THREADS = 16
+
+
+class SegmentWriter:
+    """Append-only writer of one segment at ``url``; ``size`` is the bytes written so far.
+    Use as a context manager: a clean exit publishes the segment, an exception discards it."""
+
+    def __init__(self, url: str):
+        self.url, self.size = url, 0
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload: str | None = None
+        self._fh: BinaryIO | None = None
+        if not is_s3(url):
+            self._tmp = storage.temp_output_path(url)
+            with _errors(url, "write", None):
+                self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed by close/abort)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, data: bytes) -> int:
+        """Append ``data``; returns its offset in the segment."""
+        offset = self.size
+        self.size += len(data)
+        if self._fh is not None:
+            with _errors(self.url, "write", None):
+                self._fh.write(data)
+            return offset
+        self._buffer += data
+        if len(self._buffer) >= SEGMENT_PART:
+            self._send_part()
+        return offset
+
+    def _send_part(self) -> None:
+        bucket, key = _key_of(self.url)
+        with _errors(self.url, "write", None):
+            if self._upload is None:
+                self._upload = s3_client().create_multipart_upload(
+                    Bucket=bucket, Key=key)["UploadId"]
+            number = len(self._parts) + 1
+            etag = s3_client().upload_part(Bucket=bucket, Key=key, UploadId=self._upload,
+                                           PartNumber=number, Body=bytes(self._buffer))["ETag"]
+        self._parts.append({"PartNumber": number, "ETag": etag})
+        self._buffer = bytearray()
+
+    def close(self) -> None:
+        """Publish the segment (rename, PutObject, or CompleteMultipartUpload)."""
+        try:
+            if self._fh is not None:
+                with _errors(self.url, "write", None):
+                    self._fh.close()
+                    os.replace(self._tmp, self.url)
+                return
+            bucket, key = _key_of(self.url)
+            if self._upload is None:
+                storage.write_bytes(self.url, bytes(self._buffer))
+                return
+            if self._buffer:
+                self._send_part()
+            with _errors(self.url, "write", None):
+                s3_client().complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=self._upload,
+                    MultipartUpload={"Parts": self._parts})
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Discard what was written (best effort: the original error matters more)."""
+        if self._fh is not None:
+            self._fh.close()
+            with suppress(FileNotFoundError):
+                os.remove(self._tmp)
+        elif self._upload is not None:
+            bucket, key = _key_of(self.url)
+            with suppress(Exception):
+                s3_client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=self._upload)
+        self._buffer = bytearray()
+
+
+def read_range(url: str, start: int, size: int,
+               missing: type[TiffpipeError] = WorkMissingError) -> bytes:
+    """``size`` bytes of a file or object from byte ``start``."""
+    if size <= 0:
+        return b""
+    with _errors(url, "read", missing):
+        if not is_s3(url):
+            with open(url, "rb") as fh:
+                fh.seek(start)
+                data = fh.read(size)
+        else:
+            bucket, key = _key_of(url)
+            data = s3_client().get_object(Bucket=bucket, Key=key,
+                                          Range=f"bytes={start}-{start + size - 1}")["Body"].read()
+    if len(data) != size:
+        raise WorkMissingError(f"{url} holds {len(data)} bytes from {start}, {size} expected: "
+                               "the segment is incomplete; re-run the job")
+    return bytes(data)
+
+
+def piece_chunks(piece: Piece) -> Iterator[bytes]:
+    """The bytes of ``piece``, :data:`READ_CHUNK` at a time."""
+    if isinstance(piece, Literal):
+        yield piece.data
+        return
+    for pos in range(0, piece.size, READ_CHUNK):
+        yield read_range(piece.source, piece.start + pos, min(READ_CHUNK, piece.size - pos))
+
+
+def compose(pieces: list[Piece], url: str) -> int:
+    """Write the file made of ``pieces`` at ``url`` in one step; returns its size."""
+    if is_s3(url):
+        return _compose_s3(pieces, url)
+    tmp = storage.temp_output_path(url)
+    size = 0
+    try:
+        with _errors(url, "write", None), open(tmp, "wb") as fh:
+            for piece in pieces:
+                for chunk in piece_chunks(piece):
+                    size += fh.write(chunk)
+        storage.publish_file(tmp, url)
+    finally:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+    return size
+
+
+def _compose_s3(pieces: list[Piece], url: str) -> int:
+    copyable = all(is_s3(p.source) for p in pieces if isinstance(p, Span))
+    # every part is planned (and the limits checked) before the upload starts
+    parts = list(plan_parts(pieces, copyable, copy_part=tiff_layout.COPY_PART))
+    bucket, key = _key_of(url)
+    client = s3_client()
+    ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    try:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key,
+                                                ContentType=ctype)["UploadId"]
+    except storage._aws_errors() as exc:
+        raise OutputNotWritableError(f"output {url}: cannot start the upload: {exc}; check "
+                                     "the bucket and permissions, then re-run") from exc
+    try:
+        with ThreadPoolExecutor(COPY_THREADS) as pool:
+            futures: list[Future[str]] = []
+            for part in parts:
+                if part.copy:
+                    futures.append(pool.submit(_copy_part, bucket, key, upload, part))
+                else:  # uploaded here, one at a time: merge holds one such part
+                    done: Future[str] = Future()
+                    done.set_result(_upload_part(bucket, key, upload, part))
+                    futures.append(done)
+            etags = [f.result() for f in futures]
+        with _errors(url, "write", None):
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload,
+                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": e}
+                                           for p, e in zip(parts, etags, strict=True)]})
+    except BaseException as exc:
+        with suppress(Exception):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+        if isinstance(exc, TiffpipeError) and not isinstance(exc, StorageError):
+            raise
+        if isinstance(exc, Exception):
+            raise OutputNotWritableError(f"output {url}: the upload failed and was aborted: "
+                                         f"{exc}") from exc
+        raise
+    return sum(p.size for p in parts)
+
+
+def _copy_part(bucket: str, key: str, upload: str, part: Part) -> str:
+    (span,) = part.pieces
+    assert isinstance(span, Span)
+    src_bucket, src_key = _key_of(span.source)
+    with _errors(span.source, "copy", WorkMissingError):
+        reply = s3_client().upload_part_copy(
+            Bucket=bucket, Key=key, UploadId=upload, PartNumber=part.number,
+            CopySource={"Bucket": src_bucket, "Key": src_key},
+            CopySourceRange=f"bytes={span.start}-{span.start + span.size - 1}")
+    return str(reply["CopyPartResult"]["ETag"])
+
+
+def _upload_part(bucket: str, key: str, upload: str, part: Part) -> str:
+    body = io.BytesIO()  # given as a file: botocore streams it, no second copy
+    for piece in part.pieces:
+        for chunk in piece_chunks(piece):
+            body.write(chunk)
+    body.seek(0)
+    with _errors(f"s3://{bucket}/{key}", "write", None):
+        reply = s3_client().upload_part(Bucket=bucket, Key=key, UploadId=upload,
+                                        PartNumber=part.number, Body=body)
+    return str(reply["ETag"])
+
+
+def abort_uploads(url: str, prefix: bool = False) -> int:
+    """Abort the unfinished multipart uploads of the object ``url`` (with ``prefix``: of
+    every object under it), e.g. left by an invocation that was killed; a local path has
+    none. Returns how many were aborted."""
+    if not is_s3(url):
+        return 0
+    bucket, key = storage.split_s3(url)
+    aborted = 0
+    with _errors(url, "abort the uploads of", None):
+        pages = s3_client().get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=key)
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if prefix or upload["Key"] == key:
+                    s3_client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted += 1
+    return aborted

@@ -1,0 +1,204 @@
+"""The bytes tifffile writes around the tile data, computed from the tiles' byte counts alone.
+
+Merge drives the same ``tifffile.TiffWriter`` calls as a merge that writes the real tiles,
+over :class:`LayoutRecorder`, a file that keeps only what tifffile writes itself (header,
+IFDs, tag values, OME-XML) and, for each tile, where it goes. The tiles are
+:class:`Placeholder` objects: ``len()`` is the tile's byte count, no byte is held. So the
+layout is exactly tifffile's, tag for tag and offset for offset, without a byte of pixel
+data going through merge; :meth:`LayoutRecorder.pieces` then says where every byte of the
+file comes from (:mod:`pipeline.core.tiff_layout`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from typing import Any, Self
+
+from pipeline.core.tiff_layout import Literal, Piece, Span
+
+
+class Placeholder(bytes):
+    """A tile to write: empty bytes whose ``len()`` is the tile's byte count, and the span
+    of the segment that holds the tile."""
+
+    span: Span
+
+    def __new__(cls, span: Span) -> Self:
+        obj = super().__new__(cls)
+        obj.span = span
+        return obj
+
+    def __len__(self) -> int:
+        return self.span.size
+
+
+class LayoutRecorder(io.RawIOBase):
+    """A seekable writable "file" that records what is written where: literal bytes merged
+    into extents (later writes patch earlier ones), placeholders as spans. Never reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "tiffpipe-layout"
+        self._pos = 0
+        self.size = 0
+        self._extents: list[tuple[int, bytearray]] = []  # sorted, disjoint, not adjacent
+        self._spans: list[tuple[int, Span]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        if isinstance(data, Placeholder):
+            span, n = data.span, data.span.size
+            # a tile that continues the last one, in the file and in its segment, joins it:
+            # memory follows the runs of tiles, not the tiles
+            at, last = self._spans[-1] if self._spans else (-1, span)
+            if (at + last.size == self._pos and last.source == span.source
+                    and last.start + last.size == span.start):
+                self._spans[-1] = (at, Span(last.source, last.start, last.size + n))
+            else:
+                self._spans.append((self._pos, span))
+        else:
+            chunk = bytes(data)
+            n = len(chunk)
+            if n:
+                self._put(self._pos, chunk)
+        self._pos += n
+        self.size = max(self.size, self._pos)
+        return n
+
+    def _put(self, start: int, chunk: bytes) -> None:
+        """Write ``chunk`` at ``start``: extents it overlaps or touches join it (it wins)."""
+        end = start + len(chunk)
+        touched = [(s, b) for s, b in self._extents if s <= end and s + len(b) >= start]
+        keep = [(s, b) for s, b in self._extents if not (s <= end and s + len(b) >= start)]
+        lo = min([start] + [s for s, _ in touched])
+        hi = max([end] + [s + len(b) for s, b in touched])
+        out = bytearray(hi - lo)
+        for s, b in touched:
+            out[s - lo:s - lo + len(b)] = b
+        out[start - lo:end - lo] = chunk
+        keep.append((lo, out))
+        self._extents = sorted(keep, key=lambda x: x[0])
+
+    def pieces(self) -> list[Piece]:
+        """Every byte of the file in order: literal extents, tile spans, zeros in the gaps
+        (tifffile seeks over alignment padding)."""
+        items: list[tuple[int, Piece]] = [(s, Literal(bytes(b))) for s, b in self._extents]
+        items += self._spans
+        items.sort(key=lambda x: x[0])
+        out: list[Piece] = []
+        pos = 0
+        for start, piece in items:
+            if start < pos:
+                raise RuntimeError(f"tifffile wrote over tile data at byte {start}")
+            if start > pos:
+                out.append(Literal(bytes(start - pos)))
+            out.append(piece)
+            pos = start + piece.size
+        if pos < self.size:
+            out.append(Literal(bytes(self.size - pos)))
+        return out
+
+    def read(self, start: int, size: int) -> bytes:
+        """``size`` literal bytes from ``start`` (they must have been written)."""
+        for s, buf in self._extents:
+            if s <= start and start + size <= s + len(buf):
+                return bytes(buf[start - s:start - s + size])
+        raise ValueError(f"bytes {start}-{start + size} were not written as one extent")
+
+    def patch(self, start: int, data: bytes) -> None:
+        """Overwrite literal bytes."""
+        self._put(start, data)
+
+    def replace_data(self, start: int, size: int, spans: list[Span]) -> None:
+        """The tile data in bytes [start, start + size) is ``spans`` in order instead."""
+        if sum(s.size for s in spans) != size:
+            raise ValueError("the spans do not fill the data region")
+        kept = [(p, s) for p, s in self._spans if not start <= p < start + size]
+        pos = start
+        for span in spans:
+            kept.append((pos, span))
+            pos += span.size
+        self._spans = sorted(kept, key=lambda x: x[0])
+
+    @property
+    def literal_bytes(self) -> int:
+        """Bytes of the header, IFDs and tag values (what merge holds in memory)."""
+        return sum(len(b) for _, b in self._extents)
+
+
+def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
+    """The IFD positions of the recorded file: one list per page, the page's own IFD
+    first, then its SubIFDs (pyramid levels) in order."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    word, fmt = (8, "<Q") if bigtiff else (4, "<I")
+    pos = struct.unpack(fmt, read(8 if bigtiff else 4, word))[0]
+    pages = []
+    while pos:
+        entries = _entries(recorder, pos, bigtiff)
+        subs = []
+        if 330 in entries:
+            subs = list(entries[330])
+        pages.append([pos, *subs])
+        count_size = 8 if bigtiff else 2
+        n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
+        pos = struct.unpack(fmt, read(pos + count_size + n * (20 if bigtiff else 12), word))[0]
+    return pages
+
+
+#: struct formats of the integer TIFF types an offsets tag may use
+_INT_TYPES = {3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
+
+
+def _entries(recorder: LayoutRecorder, pos: int, bigtiff: bool) -> dict[int, tuple[int, ...]]:
+    """The integer values of the tags of the IFD at ``pos`` (other tags are skipped)."""
+    read = recorder.read
+    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
+    n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
+    out = {}
+    for i in range(n):
+        raw = read(pos + count_size + i * entry, entry)
+        code, kind = struct.unpack("<HH", raw[:4])
+        if kind not in _INT_TYPES:
+            continue
+        count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
+        fmt = "<" + _INT_TYPES[kind] * count
+        size = struct.calcsize(fmt)
+        value = raw[4 + word:] if size <= word else read(
+            struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], size)
+        out[code] = struct.unpack(fmt, value[:size])
+    return out
+
+
+def tile_offsets_at(recorder: LayoutRecorder, ifd: int) -> tuple[int, str]:
+    """Where the TileOffsets values of the IFD at ``ifd`` are, and their struct format."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
+    n = struct.unpack("<Q" if bigtiff else "<H", read(ifd, count_size))[0]
+    for i in range(n):
+        at = ifd + count_size + i * entry
+        raw = read(at, entry)
+        code, kind = struct.unpack("<HH", raw[:4])
+        if code == 324:
+            count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
+            fmt = "<" + _INT_TYPES[kind] * count
+            if struct.calcsize(fmt) <= word:
+                return at + 4 + word, fmt
+            return struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], fmt
+    raise ValueError(f"the IFD at {ifd} has no TileOffsets")

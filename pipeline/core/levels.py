@@ -1,0 +1,32 @@
+"""The geometry of pyramid levels: their shapes, and how many of them the units build. Pure."""
+
+from __future__ import annotations
+
+from math import ceil
+
+from pipeline.core.models import JobPlan
+
+
+def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    """(height, width) of each reduced level, largest first: halved (rounding up) until the
+    level fits in one ``tile`` x ``tile`` tile. Empty when the page already fits."""
+    shapes = []
+    while height > tile or width > tile:
+        height, width = ceil(height / 2), ceil(width / 2)
+        shapes.append((height, width))
+    return shapes
+
+
+def unit_level_count(plan: JobPlan, page: int) -> int:
+    """How many pyramid levels the fused units of a page build themselves: the levels k
+    with ``2**k`` dividing the processing tile (in output pixels), so that no level pixel
+    needs two units (0: no pyramid, or not fused)."""
+    p = plan.pages[page]
+    if not (plan.fused and plan.spec.output_options.pyramid):
+        return 0
+    t, big = plan.spec.output_options.tile, p.out_grid.tile
+    levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))
+    k = 0
+    while k < levels and big % (2 ** (k + 1)) == 0:
+        k += 1
+    return k

@@ -1,0 +1,219 @@
+"""Pyramid levels built where the pixels are: each fused unit reduces its own region.
+
+A unit's region starts and ends on multiples of its processing tile ``T`` (output pixels),
+so for every level k with ``2**k`` dividing ``T`` the level's pixels of the region depend on
+the region's pixels alone (the 2x2 blocks of every level above are inside it; odd rows and
+columns only occur at the page's edge, which the unit sees as the page does). A unit
+builds these :func:`~pipeline.core.levels.unit_level_count` levels with :func:`~pipeline.steps.pyramid.reduce2`,
+exactly as merge's :class:`~pipeline.steps.pyramid.Pyramid` does, as its processing rows
+complete:
+
+- a level tile entirely inside the region is encoded here, into the unit's level segment
+  ``u{unit}_L{k}`` (with its index, as base segments);
+- a level tile the region shares with other units gets a *fragment*: the region's part of
+  its pixels (raw, LZ4), in the unit's ``u{unit}_frag`` segment;
+- the deepest level it builds is also kept raw there (*blocks*), so that merge can build
+  the levels below it (a 4**k-th of the page: small).
+
+Merge then only assembles the shared tiles from their fragments and builds the few deepest
+levels (:func:`pipeline.steps.merge` ``_unit_levels``). Memory: one tile row per level of
+the region's width. JPEG pages reduce the lossy base pixels, as merge's pyramid does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from math import ceil
+from typing import Any
+
+import numpy as np
+
+from pipeline.adapters import storage
+from pipeline.adapters.segments import SegmentWriter, read_range
+from pipeline.adapters.tile_codec import OutputEncoder, decode_work_tile, encode_work_tile
+from pipeline.core.grid import SplitUnit
+from pipeline.core.levels import level_shapes, unit_level_count
+from pipeline.core.models import JobPlan
+from pipeline.steps import layout
+from pipeline.steps.pyramid import Pyramid, reduce2
+from pipeline.steps.tile_table import TileTable, read_indexes
+
+
+def level_names(unit: int, k: int) -> str:
+    return f"u{unit:06d}_L{k}"
+
+
+def fragment_name(unit: int) -> str:
+    return f"u{unit:06d}_frag"
+
+
+class _Level:
+    """Level k of a unit's region: its pixel rect on the level, and the rows not yet cut."""
+
+    def __init__(self, k: int, y0: int, y1: int, x0: int, x1: int, h: int, w: int):
+        self.k, self.y0, self.y1, self.x0, self.x1, self.h, self.w = k, y0, y1, x0, x1, h, w
+        self.start = y0  # first level row held in ``rows``
+        self.rows: list[np.ndarray] = []
+        self.held = 0
+
+
+class RegionLevels:
+    """The levels a unit builds, fed its processing rows of output pixels in order."""
+
+    def __init__(self, plan: JobPlan, page: int, unit_index: int, unit: SplitUnit,
+                 encoder: OutputEncoder, nearest: bool):
+        p = plan.pages[page]
+        self.plan, self.page, self.unit = plan, page, unit_index
+        self.t, self.encoder, self.nearest = plan.spec.output_options.tile, encoder, nearest
+        height, width, big = p.out_grid.height, p.out_grid.width, p.out_grid.tile
+        self.count = unit_level_count(plan, page)
+        self.deepest_needed = self.count < len(level_shapes(height, width, self.t))
+        y0, x0 = unit.row0 * big, unit.col0 * big
+        y1, x1 = min(unit.row1 * big, height), min(unit.col1 * big, width)
+        self.levels = []
+        for k in range(1, self.count + 1):
+            f = 2 ** k
+            self.levels.append(_Level(k, y0 // f, ceil(y1 / f), x0 // f, ceil(x1 / f),
+                                      ceil(height / f), ceil(width / f)))
+        work = plan.work
+        self.writers = [SegmentWriter(layout.segment_file(work, page, level_names(unit_index, k)))
+                        for k in range(1, self.count + 1)]
+        self.index: list[list[list[int]]] = [[] for _ in range(self.count)]
+        self.frag = SegmentWriter(layout.segment_file(work, page, fragment_name(unit_index)))
+        self.fragments: list[list[int]] = []  # [k, R, C, dy, dx, offset, size]
+        self.blocks: list[list[int]] = []  # [level row, level col, offset, size]
+
+    def add(self, strip: np.ndarray) -> None:
+        """The next processing row of the region's output pixels (rows x width x channels)."""
+        cur = strip
+        for level in self.levels:
+            cur = reduce2(cur, self.nearest)
+            self._rows(level, cur)
+
+    def _rows(self, level: _Level, rows: np.ndarray) -> None:
+        level.rows.append(rows)
+        level.held += rows.shape[0]
+        t = self.t
+        while level.held:
+            end = min((level.start // t + 1) * t, level.y1)  # the tile row's end in the region
+            if level.start + level.held < end:
+                return
+            block = np.concatenate(level.rows, 0) if len(level.rows) > 1 else level.rows[0]
+            n = end - level.start
+            self._cut(level, block[:n])
+            rest = block[n:]
+            level.rows, level.held, level.start = ([rest] if len(rest) else []), len(rest), end
+
+    def _cut(self, level: _Level, block: np.ndarray) -> None:
+        """Level rows [start, start + len(block)) of the region, one level tile row: encode
+        the tiles inside the region, keep fragments of the others."""
+        t, k = self.t, level.k
+        r = level.start // t
+        ty0, ty1 = r * t, min((r + 1) * t, level.h)
+        if k == self.count and self.deepest_needed:
+            data = encode_work_tile(block)
+            self.blocks.append([level.start, level.x0, self.frag.write(data), len(data)])
+        for c in range(level.x0 // t, ceil(level.x1 / t)):
+            tx0, tx1 = c * t, min((c + 1) * t, level.w)
+            ix0, ix1 = max(tx0, level.x0), min(tx1, level.x1)
+            part = block[:, ix0 - level.x0:ix1 - level.x0]
+            if (level.start, level.start + len(block), ix0, ix1) == (ty0, ty1, tx0, tx1):
+                full = np.zeros((t, t, *part.shape[2:]), part.dtype)
+                full[:part.shape[0], :part.shape[1]] = part
+                data = self.encoder.encode(full)
+                self.index[k - 1].append([r, c, self.writers[k - 1].write(data), len(data)])
+            else:
+                data = encode_work_tile(part)
+                self.fragments.append([k, r, c, level.start - ty0, ix0 - tx0,
+                                       self.frag.write(data), len(data)])
+
+    def close(self) -> None:
+        """Publish the level segments, the fragments and the index (``u{unit}_levels``)."""
+        for level in self.levels:
+            if level.held:
+                raise RuntimeError(f"unit {self.unit}: level {level.k} rows {level.start}+"
+                                   f"{level.held} were never cut into tiles")
+        for k, writer in enumerate(self.writers, 1):
+            writer.close()
+            storage.write_json(layout.segment_index_file(
+                self.plan.work, self.page, level_names(self.unit, k)),
+                {"tiles": self.index[k - 1]}, indent=None)
+        self.frag.close()
+        doc: dict[str, Any] = {"levels": self.count, "fragments": self.fragments,
+                               "blocks": self.blocks}
+        storage.write_json(layout.segment_index_file(self.plan.work, self.page,
+                                                     fragment_name(self.unit)), doc, indent=None)
+
+    def abort(self) -> None:
+        for writer in (*self.writers, self.frag):
+            writer.abort()
+
+
+def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
+                      nearest: bool) -> list[TileTable]:
+    """Merge's part of a page's unit-built levels: the tile tables of every level. Shared
+    tiles are assembled from their fragments into a ``border{k}`` segment; the levels below
+    the units' deepest are built from its blocks with :class:`Pyramid` (``deep/``)."""
+    p, t = plan.pages[page], plan.spec.output_options.tile
+    count = unit_level_count(plan, page)
+    units = [n for n, u in enumerate(plan.units) if u.page == page]
+    frag_urls = [layout.segment_file(plan.work, page, fragment_name(n)) for n in units]
+    docs = [storage.read_json(layout.segment_index_file(plan.work, page, fragment_name(n)))
+            for n in units]
+    shapes = level_shapes(p.out_grid.height, p.out_grid.width, t)
+    tables = []
+    for k in range(1, count + 1):
+        h, w = shapes[k - 1]
+        names = [level_names(n, k) for n in units]
+        border = layout.segment_file(plan.work, page, f"border{k}")
+        table = TileTable.empty(ceil(h / t), ceil(w / t),
+                                [layout.segment_file(plan.work, page, n) for n in names]
+                                + [border])
+        for number, tiles in enumerate(read_indexes(plan.work, page, names)):
+            table.fill(number, tiles)
+        shared: dict[tuple[int, int], list[tuple[int, list[int]]]] = defaultdict(list)
+        for u, doc in enumerate(docs):
+            for frag in doc["fragments"]:
+                if frag[0] == k:
+                    shared[frag[1], frag[2]].append((u, frag))
+        with SegmentWriter(border) as writer:
+            for (r, c) in sorted(shared):
+                full = np.zeros((t, t, p.out_channels), p.info.dtype)
+                for u, (_, _, _, dy, dx, offset, size) in shared[r, c]:
+                    part = decode_work_tile(read_range(frag_urls[u], offset, size))
+                    full[dy:dy + part.shape[0], dx:dx + part.shape[1]] = part
+                data = encoder.encode(full)
+                table.set(r, c, len(names), writer.write(data), len(data))
+        table.check(f"page {p.info.index}, level {k}")
+        tables.append(table)
+    if count < len(shapes):
+        tables += _deep_levels(plan, page, count, docs, frag_urls, encoder, nearest)
+    return tables
+
+
+def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]],
+                 frag_urls: list[str], encoder: OutputEncoder,
+                 nearest: bool) -> list[TileTable]:
+    """The levels below level ``count``, reduced from its pixels (the units' blocks), one
+    tile row at a time."""
+    p, t = plan.pages[page], plan.spec.output_options.tile
+    h, w = level_shapes(p.out_grid.height, p.out_grid.width, t)[count - 1]
+    rows: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+    for u, doc in enumerate(docs):
+        for block in doc["blocks"]:
+            rows[block[0] // t].append((u, block))
+    folder = storage.join(storage.parent(layout.segment_file(plan.work, page, "x")), "deep")
+    pyramid = Pyramid(h, w, p.out_channels, p.info.dtype, encoder, t, folder, nearest=nearest)
+    try:
+        cols = ceil(w / t)
+        for r in range(ceil(h / t)):
+            buffer = np.zeros((t, cols * t, p.out_channels), p.info.dtype)
+            for u, (y, x, offset, size) in rows.get(r, []):
+                part = decode_work_tile(read_range(frag_urls[u], offset, size))
+                buffer[y - r * t:y - r * t + part.shape[0], x:x + part.shape[1]] = part
+            for c in range(cols):
+                pyramid.feed_pixels(buffer[:, c * t:(c + 1) * t], r, c)
+        return [TileTable.from_spans(level.cols, pyramid.spans(k))
+                for k, level in enumerate(pyramid.levels)]
+    finally:
+        pyramid.close()

@@ -1,0 +1,391 @@
+"""Merge composes the output from segments, on the local engine and on S3 (a moto server).
+
+"The old way" here is tifffile writing the REAL encoded tiles with the same writer calls
+(:func:`merged_by_tifffile`): today's merge. The composed outputs must equal it byte for
+byte (OME-XML carries a time-based UUID that differs between any two runs: it is masked).
+S3 is moto's server in a process of its own, ``tiffpipe`` runs as a subprocess (see
+tests/test_s3_pipeline.py); merges re-run in this process read the kept work from the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+from pipeline.adapters import segments, storage
+from pipeline.adapters.segments import SegmentWriter, compose, read_range
+from pipeline.core import tiff_layout
+from pipeline.core.events import MergeEvent
+from pipeline.core.models import JobPlan
+from pipeline.errors import WorkMissingError
+from pipeline.steps import layout, tile_table
+from pipeline.steps import merge as merge_mod
+from pipeline.steps.common import load_plan
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).parents[1]
+BUCKET = "tiffpipe-merge-test"
+MiB = 1024 * 1024
+_UUID = re.compile(rb"urn:uuid:[0-9a-f-]{36}")
+
+
+def merged_by_tifffile(plan: JobPlan, path: Path) -> bytes:
+    """The job merged the old way: tifffile writes the real tiles, read from the segments;
+    pyramid levels built by merge from the base tiles."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(merge_mod, "UNIT_LEVELS", False)
+        mp.setattr(tile_table, "Placeholder",
+                   lambda span: read_range(span.source, span.start, span.size))
+        with tifffile.TiffWriter(path, bigtiff=merge_mod.bigtiff(plan),
+                                 ome=plan.spec.output_options.ome) as writer:
+            for i, page in enumerate(plan.pages):
+                merge_mod._write_page(writer, plan, i, page)
+    return path.read_bytes()
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    return _UUID.sub(b"uuid", a) == _UUID.sub(b"uuid", b)
+
+
+def _plan(work: str, job: int) -> JobPlan:
+    load_plan.cache_clear()
+    return load_plan(layout.plan_file(layout.job_dir(work, job)))
+
+
+def _smooth(h: int, w: int, c: int, seed: int, dtype: str = "uint8") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (np.sin(yy / 11.0) + np.cos(xx / 7.0) + 2) / 4
+    img = np.stack([np.roll(base, 5 * k, axis=1) for k in range(c)], -1)
+    img = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1) * np.iinfo(dtype).max
+    img = img.round().astype(dtype)
+    return img if c > 1 else img[:, :, 0]
+
+
+def _two_pages(path: Path) -> None:
+    """An RGB page with resolution and description, a uint16 gray page with a PageName."""
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(_smooth(700, 900, 3, 1), photometric="rgb", tile=(128, 128),
+                 compression="zlib", resolution=((300, 1), (300, 1)), resolutionunit=2,
+                 description="page zero", metadata=None)
+        tw.write(_smooth(500, 333, 1, 2, "uint16"), tile=(64, 64), compression="zlib",
+                 metadata=None, extratags=[(285, "s", 0, "scan 1", True)])
+
+
+# --- the local engine ----------------------------------------------------------------
+
+LOCAL_JOBS: dict[str, dict[str, Any]] = {
+    "zstd": {},
+    "deflate": {"output_options": {"compression": "deflate"}},
+    "jpeg": {"pages": [0], "output_options": {"compression": "jpeg", "quality": 85}},
+    "none": {"output_options": {"compression": "none"}},
+    "lzw": {"ops": [{"op": "gaussian_blur", "sigma": 1.5}], "output_options": {
+        "compression": "lzw"}},
+    "batches": {"fuse": False, "ops": [{"op": "median_blur", "ksize": 3}]},
+    "down": {"ops": [{"op": "downsample", "factor": 2}], "tile": 512},
+    "ome": {"output_options": {"ome": True}},
+    "pyramid": {"output_options": {"pyramid": True}},
+    "pyramid_ome": {"output_options": {"pyramid": True, "ome": True, "compression": "deflate"}},
+}
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("local_merge")
+    _two_pages(root / "in.tif")
+    work = root / "work"
+    (root / "m.json").write_text(json.dumps({"defaults": {"tile": 256, "output_options": {
+        "tile": 128}}, "jobs": [{"input": str(root / "in.tif"), **job,
+                                 "output": str(root / "out" / f"{name}.tif")}
+                                for name, job in LOCAL_JOBS.items()]}))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["run", str(root / "m.json"), "--workers", "2", "--quiet",
+                         "--keep-work", "--work", str(work)])
+    assert code == 0, (root / "m.report.json").read_text()
+    return {"root": root, "work": str(work)}
+
+
+@pytest.mark.parametrize("job", range(len(LOCAL_JOBS)), ids=list(LOCAL_JOBS))
+def test_local_output_is_the_tifffile_merge_byte_for_byte(local, job):
+    plan = _plan(local["work"], job)
+    got = Path(plan.spec.output).read_bytes()
+    want = merged_by_tifffile(plan, local["root"] / f"old{job}.tif")
+    assert _same(got, want)
+    with tifffile.TiffFile(plan.spec.output) as tf:
+        assert len(tf.pages) == len(plan.pages)
+        assert not tf.is_bigtiff
+    for i, page in enumerate(plan.pages):  # the estimate's model of segments is the real one
+        table = merge_mod.TileTable.read(plan, i, page)
+        np.testing.assert_array_equal(tiff_layout.segment_map(plan, i), table.segment)
+        assert len(tiff_layout.run_lengths(table.segment)) == table.runs()
+
+
+def test_bigtiff_layout_is_the_tifffile_merge(local, monkeypatch, tmp_path):
+    """Above 2 GiB of raw pixels the output is a BigTIFF (forced here by lowering the bound)."""
+    monkeypatch.setattr(merge_mod, "BIGTIFF_ABOVE", 0)
+    plan = _plan(local["work"], list(LOCAL_JOBS).index("pyramid"))
+    out = tmp_path / "big.tif"
+    compose(merge_mod.output_pieces(plan), str(out))
+    assert out.read_bytes() == merged_by_tifffile(plan, tmp_path / "old.tif")
+    with tifffile.TiffFile(out) as tf:
+        assert tf.is_bigtiff and len(tf.pages[0].pages) >= 1
+
+
+# --- S3 (a moto server) --------------------------------------------------------------
+
+
+def _moto_server() -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server in its OWN process, so that what this process allocates and opens
+    is merge's alone (the server holds and spools the objects)."""
+    pytest.importorskip("moto.server", reason="moto's server (moto[server])")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, url
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("moto's server did not start")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    proc, endpoint = _moto_server()
+    tmp = tmp_path_factory.mktemp("s3_merge")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
+                mp.delenv(var, raising=False)
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setattr(storage, "_client", None)
+            client = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint)
+            client.create_bucket(Bucket=BUCKET)
+            # noise does not compress: an output of ~17 MB from a 2400 x 2400 RGB page
+            noise = np.random.default_rng(7).integers(0, 256, (2400, 2400, 3), np.uint8)
+            tifffile.imwrite(tmp / "noise.tif", noise, tile=(256, 256), compression="zstd",
+                             photometric="rgb", metadata=None)
+            client.upload_file(str(tmp / "noise.tif"), BUCKET, "in/noise.tif")
+            _two_pages(tmp / "two.tif")
+            client.upload_file(str(tmp / "two.tif"), BUCKET, "in/two.tif")
+            yield _run_s3(client, tmp)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+S3_JOBS: dict[str, dict[str, Any]] = {
+    "fused": {"input": "noise.tif"},
+    "batches": {"input": "noise.tif", "fuse": False, "ops": [{"op": "invert"}]},
+    "pyramid": {"input": "two.tif", "output_options": {"tile": 128, "pyramid": True}},
+}
+
+
+def _run_s3(client: Any, tmp: Path) -> dict[str, Any]:
+    jobs = [{**job, "input": f"s3://{BUCKET}/in/{job['input']}",
+             "output": f"s3://{BUCKET}/out/{name}.tif"} for name, job in S3_JOBS.items()]
+    client.put_object(Bucket=BUCKET, Key="m.json", Body=json.dumps(
+        {"defaults": {"tile": 512, "output_options": {"tile": 256}}, "jobs": jobs}).encode())
+    work = f"s3://{BUCKET}/work/"
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", f"s3://{BUCKET}/m.json",
+                           "--work", work, "--keep-work", "--workers", "2", "--report",
+                           str(tmp / "report.json")], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    run_work = json.loads(client.get_object(Bucket=BUCKET, Key=next(
+        o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="work/")["Contents"]
+        if o["Key"].endswith("run.json")))["Body"].read())["work"]
+    return {"client": client, "tmp": tmp, "work": run_work}
+
+
+def _get(s3: dict[str, Any], key: str) -> bytes:
+    return bytes(s3["client"].get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def _uploads(s3: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(s3["client"].list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
+
+
+def test_moto_copies_inclusive_byte_ranges(s3):
+    """UploadPartCopy with CopySourceRange copies bytes first..last INCLUDED, as S3 does."""
+    c, data = s3["client"], os.urandom(6 * MiB + 7)
+    c.put_object(Bucket=BUCKET, Key="range/src", Body=data)
+    up = c.create_multipart_upload(Bucket=BUCKET, Key="range/dst")["UploadId"]
+    one = c.upload_part_copy(Bucket=BUCKET, Key="range/dst", UploadId=up, PartNumber=1,
+                             CopySource={"Bucket": BUCKET, "Key": "range/src"},
+                             CopySourceRange=f"bytes=3-{3 + 5 * MiB - 1}")
+    two = c.upload_part_copy(Bucket=BUCKET, Key="range/dst", UploadId=up, PartNumber=2,
+                             CopySource={"Bucket": BUCKET, "Key": "range/src"},
+                             CopySourceRange="bytes=0-0")
+    c.complete_multipart_upload(Bucket=BUCKET, Key="range/dst", UploadId=up, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": one["CopyPartResult"]["ETag"]},
+                  {"PartNumber": 2, "ETag": two["CopyPartResult"]["ETag"]}]})
+    assert _get(s3, "range/dst") == data[3:3 + 5 * MiB] + data[:1]
+
+
+@pytest.mark.parametrize("job", range(len(S3_JOBS)), ids=list(S3_JOBS))
+def test_s3_output_is_the_tifffile_merge_and_the_local_concatenation(s3, job):
+    plan = _plan(s3["work"], job)
+    got = _get(s3, storage.split_s3(plan.spec.output)[1])
+    want = merged_by_tifffile(plan, s3["tmp"] / f"old{job}.tif")
+    assert got == want
+    local = s3["tmp"] / f"local{job}.tif"
+    compose(merge_mod.output_pieces(plan), str(local))  # the same layout, concatenated
+    assert local.read_bytes() == got
+    assert _uploads(s3) == []
+
+
+def test_merge_memory_and_disk_stay_bounded(s3, monkeypatch):
+    """Merge of a 17 MB output holds under MEMORY_LIMIT (< the output) and opens no local
+    file for writing (the old merge wrote the whole output to /tmp first); the data goes as
+    server-side copies (parts of 6 MiB here, to have several)."""
+    memory_limit = 12 * MiB
+    plan = _plan(s3["work"], 0)
+    key = storage.split_s3(plan.spec.output)[1]
+    before = _get(s3, key)
+    assert len(before) > memory_limit
+    s3["client"].delete_object(Bucket=BUCKET, Key=key)
+    monkeypatch.setattr(tiff_layout, "COPY_PART", 6 * MiB)
+    copies: list[int] = []
+    real_copy = segments._copy_part
+
+    def counted(bucket: str, key: str, upload: str, part: tiff_layout.Part) -> str:
+        copies.append(part.size)
+        return real_copy(bucket, key, upload, part)
+
+    monkeypatch.setattr(segments, "_copy_part", counted)
+    written: list[str] = []
+    watching = [True]
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if watching[0] and event == "open" and isinstance(args[0], str | bytes | Path):
+            mode, flags = args[1] or "", args[2] or 0
+            if any(c in str(mode) for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):
+                written.append(str(args[0]))
+
+    sys.addaudithook(hook)
+    tracemalloc.start()
+    try:
+        result = merge_mod.merge(MergeEvent(layout.plan_file(plan.work)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        watching[0] = False
+    assert written == []
+    assert peak < memory_limit, peak
+    assert result["output_bytes"] == len(before) and _get(s3, key) == before
+    assert len(copies) >= 2 and sum(copies) > len(before) - 2 * tiff_layout.MIN_PART
+    assert _uploads(s3) == []
+
+
+def _tags(page: tifffile.TiffPage) -> dict[int, Any]:
+    return {t.code: t.value for t in page.tags.values()}
+
+
+@pytest.mark.parametrize("limit", ["ROW_MAJOR_RUNS", "ROW_MAJOR_READ_THROUGH"])
+def test_a_page_laid_out_segment_by_segment_keeps_every_tag_and_pixel(s3, monkeypatch, limit):
+    """A page of too many row-major runs, or of too many bytes in runs too short to copy,
+    is laid out one segment after the other (forced here by either limit): only
+    TileOffsets differ from tifffile's merge; S3 == local concatenation."""
+    monkeypatch.setattr(tiff_layout, limit, 0)
+    plan = _plan(s3["work"], 1)  # 4 batches: their tiles interleave in row-major order
+    key = storage.split_s3(plan.spec.output)[1]
+    s3["client"].delete_object(Bucket=BUCKET, Key=key)
+    merge_mod.merge(MergeEvent(layout.plan_file(plan.work)))
+    got = s3["tmp"] / "by_segment.tif"
+    got.write_bytes(_get(s3, key))
+    local = s3["tmp"] / "by_segment_local.tif"
+    compose(merge_mod.output_pieces(plan), str(local))
+    assert local.read_bytes() == got.read_bytes()
+    old = s3["tmp"] / "by_segment_old.tif"
+    merged_by_tifffile(plan, old)
+    assert got.stat().st_size == old.stat().st_size
+    with tifffile.TiffFile(got) as new_tf, tifffile.TiffFile(old) as old_tf:
+        for a, b in zip(new_tf.pages, old_tf.pages, strict=True):
+            ta, tb = _tags(a), _tags(b)
+            assert list(ta[324]) != sorted(ta[324])  # really out of row-major order
+            # the same data region, every byte of it a tile's
+            start, tiles = min(ta[324]), sorted(zip(ta.pop(324), ta[325], strict=True))
+            assert start == min(tb.pop(324))
+            assert all(o + n == o2 for (o, n), (o2, _) in itertools.pairwise(tiles))
+            assert ta == tb
+            np.testing.assert_array_equal(a.asarray(), b.asarray())
+    assert _uploads(s3) == []
+
+
+def test_a_failed_merge_aborts_its_upload(s3):
+    """A segment gone missing fails the copy: the upload is aborted, nothing is published."""
+    plan = _plan(s3["work"], 1)
+    key = storage.split_s3(plan.spec.output)[1]
+    s3["client"].delete_object(Bucket=BUCKET, Key=key)
+    victim = storage.split_s3(layout.segment_file(plan.work, 0, "b000002"))[1]
+    s3["client"].delete_object(Bucket=BUCKET, Key=victim)
+    with pytest.raises(WorkMissingError, match="b000002"):
+        merge_mod.merge(MergeEvent(layout.plan_file(plan.work)))
+    assert _uploads(s3) == []
+    assert "Contents" not in s3["client"].list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+def test_a_failed_segment_is_aborted(s3):
+    """A unit that fails after uploading parts of its segment leaves no upload open."""
+    url = f"s3://{BUCKET}/seg/failed.seg"
+    with pytest.raises(RuntimeError), SegmentWriter(url) as writer:
+        writer.write(os.urandom(9 * MiB))  # one part is uploaded
+        assert len(_uploads(s3)) == 1
+        raise RuntimeError("the unit failed")
+    assert _uploads(s3) == []
+    assert not storage.exists(url)
+    with SegmentWriter(url) as writer:
+        offsets = [writer.write(b"a" * (6 * MiB)), writer.write(b"b" * (5 * MiB))]
+    assert offsets == [0, 6 * MiB] and storage.size(url) == 11 * MiB
+
+
+def test_a_failed_job_leaves_no_upload_open(s3):
+    """The input's last tile is damaged: the unit fails in its last tile row, after writing
+    4 of its 5 rows (~14 MB, more than one 8 MiB part of its segment's upload); the job
+    fails and no multipart upload is left open."""
+    c, tmp = s3["client"], s3["tmp"]
+    damaged = tmp / "damaged.tif"
+    damaged.write_bytes((tmp / "noise.tif").read_bytes())
+    with tifffile.TiffFile(damaged) as tf:
+        offset, size = tf.pages[0].dataoffsets[-1], tf.pages[0].databytecounts[-1]
+    with open(damaged, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * size)
+    c.upload_file(str(damaged), BUCKET, "in/damaged.tif")
+    c.put_object(Bucket=BUCKET, Key="bad.json", Body=json.dumps({"defaults": {"tile": 512}, "jobs": [
+        {"input": f"s3://{BUCKET}/in/damaged.tif", "output": f"s3://{BUCKET}/out/bad.tif"}]}))
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", f"s3://{BUCKET}/bad.json",
+                           "--work", f"s3://{BUCKET}/badwork/", "--workers", "2", "--report",
+                           str(tmp / "bad.json")], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 1, done.stderr
+    [job] = json.loads((tmp / "bad.json").read_text())["jobs"]
+    assert job["status"] == "FAILED" and job["error"]["type"] == "CorruptTiffError"
+    assert _uploads(s3) == []
+    assert "Contents" not in c.list_objects_v2(Bucket=BUCKET, Prefix="out/bad.tif")

@@ -1,0 +1,137 @@
+"""The pure layout of a composed output: pieces, coalescing, and S3 multipart parts; and the
+recorder that takes tifffile's header and IFDs with placeholder tiles."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.adapters.tiff_header import LayoutRecorder, Placeholder
+from pipeline.core.tiff_layout import (
+    MAX_PART,
+    MIN_PART,
+    Literal,
+    MiB,
+    Span,
+    coalesce,
+    plan_parts,
+)
+from pipeline.errors import OutputTooLargeError
+
+
+def _bytes_of(pieces, sources):
+    return b"".join(p.data if isinstance(p, Literal) else sources[p.source][p.start:p.start + p.size]
+                    for p in pieces)
+
+
+def _check_parts(parts, total):
+    assert [p.number for p in parts] == list(range(1, len(parts) + 1))
+    assert sum(p.size for p in parts) == total
+    for p in parts[:-1]:
+        assert p.size >= MIN_PART, p
+    for p in parts:
+        assert p.size <= MAX_PART
+        if p.copy:  # a copy is one range of one segment
+            (span,) = p.pieces
+            assert isinstance(span, Span)
+        else:  # what goes through the function: the literals plus under 2 x MIN_PART
+            assert sum(s.size for s in p.pieces if isinstance(s, Span)) < 2 * MIN_PART or \
+                all(isinstance(s, Span) for s in p.pieces)
+
+
+def test_coalesce_joins_neighbours_only():
+    pieces = [Literal(b"ab"), Literal(b"c"), Span("s", 0, 5), Span("s", 5, 3), Span("t", 8, 1),
+              Span("s", 9, 2), Literal(b""), Span("s", 11, 1)]
+    assert list(coalesce(pieces)) == [Literal(b"abc"), Span("s", 0, 8), Span("t", 8, 1),
+                                      Span("s", 9, 3)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_parts_keep_the_bytes_and_s3s_rules(seed):
+    """Random files of literals and spans (tiny to tens of MiB): the parts hold the same bytes
+    in order, all but the last >= 5 MiB, copies are single spans."""
+    rng = random.Random(seed)
+    sources = {name: rng.randbytes(64 * MiB) for name in "ab"}
+    pieces, pos = [], {"a": 0, "b": 0}
+    for _ in range(rng.randint(1, 30)):
+        if rng.random() < 0.3:
+            pieces.append(Literal(rng.randbytes(rng.randint(1, 3000))))
+        else:
+            name = rng.choice("ab")
+            size = rng.choice([rng.randint(1, 100_000), rng.randint(MiB, 12 * MiB)])
+            size = min(size, 64 * MiB - pos[name])
+            pieces.append(Span(name, pos[name], size))
+            pos[name] += size
+    total = sum(p.size for p in pieces)
+    parts = list(plan_parts(pieces, copy_part=7 * MiB))
+    _check_parts(parts, total)
+    flat = [q for p in parts for q in p.pieces]
+    assert _bytes_of(flat, sources) == _bytes_of(pieces, sources)
+    # local segments (no server-side copy): every part is uploaded, none above 16 MiB
+    local = list(plan_parts(pieces, copyable=False))
+    _check_parts(local, total)
+    assert not any(p.copy for p in local)
+    assert max(p.size for p in local) <= 16 * MiB + 3000 * 30
+
+
+def test_a_large_span_is_copied_in_several_parts_and_the_header_tops_up():
+    parts = list(plan_parts([Literal(b"H" * 100), Span("s", 0, 40 * MiB), Literal(b"T")],
+                            copy_part=10 * MiB))
+    first = parts[0]
+    assert not first.copy and first.size == MIN_PART  # header + the first bytes of data
+    assert first.pieces == (Literal(b"H" * 100), Span("s", 0, MIN_PART - 100))
+    assert all(p.copy for p in parts[1:-1]) and len(parts) == 6
+    assert parts[-1].pieces == (Literal(b"T"),) and not parts[-1].copy
+
+
+def test_short_rests_do_not_cascade():
+    """Runs of 1.2 x MIN_PART after a header: the first run goes up whole with the header,
+    every later run is copied (a rest under MIN_PART would cut every following run)."""
+    run = int(1.2 * MIN_PART)
+    pieces = [Literal(b"H" * 100)] + [Span(str(i), 0, run) for i in range(20)]
+    parts = list(plan_parts(pieces))
+    assert [p.copy for p in parts] == [False] + [True] * 19
+    assert parts[0].pieces == (Literal(b"H" * 100), Span("0", 0, run))
+
+
+def test_limits_are_named_errors():
+    with pytest.raises(OutputTooLargeError, match="10000 multipart parts"):
+        list(plan_parts([Span(str(i), 0, MIN_PART) for i in range(10_001)]))
+    with pytest.raises(OutputTooLargeError, match="largest object"):
+        list(plan_parts([Span(str(i), 0, 5 * 1024**3) for i in range(1025)], copy_part=MAX_PART))
+
+
+def _write(fh, tiles, shape, **kw):
+    with tifffile.TiffWriter(fh, bigtiff=kw.pop("bigtiff", False)) as tw:
+        tw.write(tiles(), shape=shape, dtype="uint8", tile=(32, 32), compression="zlib",
+                 metadata=None, **kw)
+        tw.write(tiles(), shape=shape, dtype="uint8", tile=(32, 32), compression="zlib",
+                 metadata=None, description="second page")
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_the_recorder_gives_tifffiles_bytes(bigtiff):
+    """Writing placeholders over the recorder, then filling the spans in, is the file tifffile
+    writes from the real tiles."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 40, (70, 100), np.uint8)
+    encoded = [tifffile.TIFF.COMPRESSORS[8](np.ascontiguousarray(
+        np.pad(img[y:y + 32, x:x + 32], ((0, 32 - img[y:y + 32].shape[0]),
+                                         (0, 32 - img[:, x:x + 32].shape[1])))))
+        for y in range(0, 70, 32) for x in range(0, 100, 32)]
+    segment = b"".join(encoded)
+    starts = np.cumsum([0] + [len(e) for e in encoded])
+    real = io.BytesIO()
+    _write(real, lambda: iter(encoded), img.shape, bigtiff=bigtiff)
+    recorder = LayoutRecorder()
+    spans = [Span("seg", int(s), len(e)) for s, e in zip(starts, encoded, strict=False)]
+    _write(recorder, lambda: (Placeholder(s) for s in spans), img.shape, bigtiff=bigtiff)
+    pieces = recorder.pieces()
+    assert _bytes_of(pieces, {"seg": segment}) == real.getvalue()
+    # the tiles of a page, contiguous in the segment, are one span
+    assert sum(isinstance(p, Span) for p in pieces) == 2
+    assert recorder.literal_bytes < 1000

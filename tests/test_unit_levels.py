@@ -1,0 +1,102 @@
+"""Pyramid levels built in the fused units: the file is byte-identical to the levels merge
+builds alone from the base tiles (today's single-merge pyramid).
+
+The job's steps run in this process (plan, every unit, merge), so the plan's unit sizes can
+be lowered: many bands and column chunks, level tiles shared by units (fragments), and a
+processing tile (80 = 5 x 2**4) whose levels past the 4th are built by merge from the units'
+blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.adapters import storage
+from pipeline.core import plan as plan_mod
+from pipeline.core import tiff_layout
+from pipeline.core.events import JobEvent, MergeEvent, RunEvent, UnitEvent
+from pipeline.core.levels import unit_level_count
+from pipeline.steps import layout
+from pipeline.steps import merge as merge_mod
+from pipeline.steps.common import load_plan
+from pipeline.steps.planning import plan_job, plan_run
+from pipeline.steps.process import process_unit
+from pipeline.steps.pyramid import level_shapes
+from pipeline.steps.unit_levels import fragment_name
+from tests.test_pyramid import reference_levels, smooth
+from tests.test_s3_merge import _same, merged_by_tifffile
+
+pytestmark = pytest.mark.timeout(300)
+
+JOBS = {
+    "zstd": {},
+    "jpeg": {"pages": [0], "output_options": {"compression": "jpeg", "quality": 90}},
+    "deflate_ome": {"output_options": {"compression": "deflate", "ome": True}},
+    "blur": {"ops": [{"op": "gaussian_blur", "sigma": 1.2}]},
+}
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("unit_levels")
+    with tifffile.TiffWriter(root / "in.tif") as tw:
+        tw.write(smooth(700, 900, 3, 1), photometric="rgb", tile=(128, 128),
+                 compression="zlib", metadata=None)
+        tw.write(smooth(500, 333, 1, 2, "uint16"), tile=(64, 64), compression="zlib",
+                 metadata=None)
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"defaults": {"tile": 80, "output_options": {
+        "tile": 16, "pyramid": True}}, "jobs": [
+            {"input": str(root / "in.tif"), "output": str(root / "out" / f"{n}.tif"), **j}
+            for n, j in JOBS.items()]}))
+    work = str(root / "work")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 80 * 80 * 12)  # bands of a few rows
+        mp.setattr(plan_mod, "SPLIT_CACHE_BUDGET", 200_000)  # column chunks of a few tiles
+        # many units interleave a level's tiles; keep them in tifffile's row-major order (a
+        # layout by segment moves tiles only: tests/test_s3_merge.py)
+        mp.setattr(tiff_layout, "ROW_MAJOR_RUNS", 10**9)
+        run = plan_run(RunEvent(str(manifest), work, "test"))
+        plans = []
+        for job in run["jobs"]:
+            planned = plan_job(JobEvent(run["run"], job))
+            for unit in planned["units"]:
+                process_unit(UnitEvent(planned["plan"], unit))
+            load_plan.cache_clear()
+            merge_mod.merge(MergeEvent(planned["plan"]))
+            plans.append(load_plan(planned["plan"]))
+    return {"root": root, "plans": plans}
+
+
+@pytest.mark.parametrize("job", range(len(JOBS)), ids=list(JOBS))
+def test_unit_levels_are_the_single_merge_pyramid(jobs, job):
+    plan = jobs["plans"][job]
+    assert plan.fused and len({u.col0 for u in plan.units}) > 1  # bands and chunks
+    got = Path(plan.spec.output).read_bytes()
+    want = merged_by_tifffile(plan, jobs["root"] / f"old{job}.tif")  # merge builds the levels
+    assert _same(got, want)
+    for i, page in enumerate(plan.pages):
+        count = unit_level_count(plan, i)
+        levels = level_shapes(page.out_grid.height, page.out_grid.width, 16)
+        assert count == 4 < len(levels)  # 80 = 5 x 2**4: merge builds the deeper ones
+        docs = [storage.read_json(layout.segment_index_file(plan.work, i, fragment_name(n)))
+                for n, u in enumerate(plan.units) if u.page == i]
+        assert any(d["fragments"] for d in docs)  # tiles shared by units
+        assert all(d["blocks"] for d in docs)  # the deepest unit level, raw
+
+
+def test_unit_levels_equal_the_formula(jobs):
+    """Lossless levels equal the mean formula computed on the whole page (test_pyramid)."""
+    plan = jobs["plans"][0]
+    with tifffile.TiffFile(plan.spec.output) as tf:
+        for page in tf.pages:
+            got = [np.asarray(sub.asarray()) for sub in page.pages]
+            want = reference_levels(page.asarray(), 16)
+            assert len(got) == len(want)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
