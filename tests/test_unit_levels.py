@@ -63,7 +63,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         mp.setattr(tiff_layout, "ROW_MAJOR_RUNS", 10**9)
         run = plan_run(RunEvent(str(manifest), work, "test"))
         plans = []
-        for job in run["jobs"]:
+        for job in range(run["jobs"]):
             planned = plan_job(JobEvent(run["run"], job))
             for unit in planned["units"]:
                 process_unit(UnitEvent(planned["plan"], unit))
