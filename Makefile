@@ -60,7 +60,7 @@ $(VENV_STAMP): pyproject.toml $(LOCK)
 lock:
 	@if [ ! -x $(LOCK_VENV)/bin/uv ]; then \
 	  $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION); fi
-	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	$(LOCK_VENV)/bin/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 \
 	  --universal --generate-hashes --custom-compile-command "make lock" -o $(LOCK)
 
 # --- node: asl-validator (package.json), for tests/test_statemachine.py ------------------
