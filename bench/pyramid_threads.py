@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
 
+    from pipeline.core.constants import TILE_THREADS_ENV
     from pipeline.core.events import MergeEvent
     from pipeline.runner import run_local
     from pipeline.steps import layout
@@ -63,7 +64,7 @@ def main() -> None:
     outputs: dict[int, bytes] = {}
     for _ in range(args.repeat):
         for threads, times in seconds.items():
-            os.environ["TIFFPIPE_TILE_THREADS"] = str(threads)
+            os.environ[TILE_THREADS_ENV] = str(threads)
             load_plan.cache_clear()
             t0 = time.perf_counter()
             merge(MergeEvent(plan))

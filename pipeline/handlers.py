@@ -1,7 +1,7 @@
 """The Lambda entry points: one per container image, each dispatching on ``action``.
 
 A handler parses the event into its typed model, calls one step, and returns the step's
-small JSON result. Exceptions propagate: Lambda reports the class name as ``errorType``,
+small result as its typed model (``pipeline.core.events.RESULTS``), serialised. Exceptions propagate: Lambda reports the class name as ``errorType``,
 which is what the state machine's Retry/Catch match on. The handlers do not know whether
 AWS or the embedded engine called them.
 
@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from pipeline.core import events
-from pipeline.core.events import EventError, parse_event
+from pipeline.core.events import EventError, parse_event, to_payload
 
 log = logging.getLogger("tiffpipe")
 
@@ -52,9 +52,22 @@ def dispatch(function: str, event: Any) -> dict[str, Any]:
     model, target = actions[action]
     module, name = target.split(":")
     step = getattr(importlib.import_module(module), name)
-    result: dict[str, Any] = step(parse_event(model, event))
+    result = serialised(action, step(parse_event(model, event)))
     log.info("%s.%s done: %s", function, action, result)
     return result
+
+
+def serialised(action: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """The step's answer as its action's result model (``events.RESULTS``), serialised: a
+    field missing or extra is an EventError here rather than a failed state downstream."""
+    model = events.RESULTS.get(action)
+    if model is None:  # tests/test_contract.py requires a model for every action
+        return answer
+    try:
+        return to_payload(parse_event(model, answer))
+    except EventError as exc:
+        raise EventError(f"the {action} step returned a result that is not a {model.__name__} "
+                         f"(pipeline/core/events.py): {exc}") from exc
 
 
 def preload(function: str) -> None:

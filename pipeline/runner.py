@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.adapters import storage
+from pipeline.core.events import RunEvent, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
 from pipeline.engine.local import Listener, LocalEngine
@@ -85,7 +86,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         report_url = os.path.abspath(report_url)
     storage.check_writable(report_url)  # before any work: a run whose report is lost is wasted
     started = time.time()
-    event = {"manifest": manifest, "work": work, "run_id": run_id, "report": report_url}
+    event = to_payload(RunEvent(manifest=manifest, work=work, run_id=run_id, report=report_url))
     try:
         with LocalEngine(workers, listener) as engine:
             execution = engine.run(event, name=f"run-{run_id}")

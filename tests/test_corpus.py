@@ -42,9 +42,6 @@ FAILURES: dict[tuple[str, str | None], tuple[str, tuple[str, ...]]] = {
     ("logluv-3c-16b.tiff", None): ("UnsupportedTiffError", ("SGILOG", "float32")),
     ("deflate-last-strip-extra-data.tiff", None): ("CorruptTiffError",
                                                    ("page 0", "segment", "cannot be decoded")),
-    # float64 is copied exactly, but the ops run on uint8, uint16 and float32 only
-    ("test_float64_predictor2_be_lzw.tif", "blur"): ("OperationError", ("page 0", "float64")),
-    ("test_float64_predictor2_le_lzw.tif", "blur"): ("OperationError", ("page 0", "float64")),
 }
 
 

@@ -197,6 +197,25 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
         assert uri.endswith(f"@{new[step]}")
 
 
+def test_environment_variables_an_earlier_deploy_set_are_removed(aws: Aws):
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    lam = aws.client("lambda")
+    for step in STEPS:  # what earlier deploys set, and nothing read
+        lam.update_function_configuration(FunctionName=NAMES.function(step), Environment={
+            "Variables": {"TIFFPIPE_STACK": STACK, "TIFFPIPE_BUCKET": NAMES.bucket}})
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert sorted(aws.writes()) == ["lambda.UpdateFunctionConfiguration"] * 3
+    for step in STEPS:
+        config = lam.get_function_configuration(FunctionName=NAMES.function(step))
+        assert not config.get("Environment", {}).get("Variables")
+    aws.calls.clear()
+    assert aws.deploy("--skip-build")[0] == 0
+    assert aws.writes() == []
+
+
 def test_a_new_size_or_schedule_updates_only_that(aws: Aws, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch):
     push_fake_images(aws)
@@ -281,7 +300,7 @@ def test_created_resources_are_configured(aws: Aws, tmp_path: Path):
                                                          size.ephemeral)
         assert config["Role"] == NAMES.role_arn(NAMES.function_role(step))
         assert config["Architectures"] == ["arm64"]
-        assert config["Environment"]["Variables"]["TIFFPIPE_BUCKET"] == NAMES.bucket
+        assert not config.get("Environment", {}).get("Variables")  # none is read there
 
     sfn = aws.client("stepfunctions")
     machine = sfn.describe_state_machine(stateMachineArn=NAMES.state_machine_arn)

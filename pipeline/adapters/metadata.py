@@ -172,18 +172,39 @@ def _scaled(res: list[int], scale: Fraction) -> tuple[int, int] | float:
     return float(value)
 
 
+def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
+    """The photometric and ExtraSamples of an output page with ``channels`` samples.
+
+    A page that keeps its bands keeps its interpretation: an RGB page stays RGB with its
+    extra samples, a gray or multispectral page of 2 or 4 bands and more stays MINISBLACK
+    with its extra samples (an input without a valid ExtraSamples tag: alpha for the one
+    extra sample of gray + alpha and RGBA, UNSPECIFIED (0) for more). 3 bands are always RGB
+    (as before, and what a JPEG output's YCbCr encoding needs). A page whose band count the
+    chain changed (to_gray, canny: 1 band) is MINISBLACK. Pages of 5 bands or more are never
+    called RGB unless the input was (RGB + extra samples).
+    """
+    same = channels == info.channels
+    rgb = channels == 3 or (channels > 3 and (info.photometric == "rgb" if same
+                                              else channels == 4))
+    base = 3 if rgb else 1
+    extra = channels - base
+    if extra <= 0:
+        return ("rgb" if rgb else "minisblack"), None
+    kept = list(info.extrasamples or []) if same else []
+    if len(kept) != extra:
+        kept = [2] if extra == 1 else [0] * extra  # 2: unassociated alpha, 0: unspecified
+    return ("rgb" if rgb else "minisblack"), kept
+
+
 def output_tags(info: Any, height: int, width: int, channels: int) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
-    extrasamples = None
-    if channels in (2, 4):
-        same = channels == info.channels and info.extrasamples
-        extrasamples = info.extrasamples if same else [2]  # 2: unassociated alpha
+    photometric, extrasamples = photometric_of(info, channels)
     kwargs: dict[str, Any] = {
-        "photometric": "palette" if palette else "rgb" if channels >= 3 else "minisblack",
+        "photometric": "palette" if palette else photometric,
         "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
     }
     same_size = (height, width) == (info.height, info.width)

@@ -159,8 +159,6 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
     if not isinstance(bps, int) or page.dtype is None:
         raise UnsupportedTiffError(f"{where}: samples of {bps} bits are not supported "
                                    "(packed formats such as RGB565); convert the file to 8-bit")
-    if samples > 4:
-        raise UnsupportedTiffError(f"{where}: {samples} samples per pixel (at most 4 supported)")
     dtype = np.dtype(page.dtype)
     white = photometric == PHOTOMETRIC.MINISWHITE
     if photometric in (PHOTOMETRIC.MINISBLACK, PHOTOMETRIC.MINISWHITE) and bps in (1, 2, 4):

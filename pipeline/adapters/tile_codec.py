@@ -89,8 +89,11 @@ class OutputEncoder:
                 return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; "
                         "choose zstd, deflate, lzw or none")
             if self.channels not in (1, 3):
-                return (f"jpeg output needs 1 or 3 channels, the output has {self.channels}; "
-                        "drop the alpha channel or choose a lossless compression")
+                fix = ("drop the alpha channel or choose a lossless compression"
+                       if self.channels in (2, 4) else "JPEG holds gray or RGB only; choose "
+                       "zstd, deflate, lzw or none")
+                return (f"jpeg output needs 1 or 3 bands (channels), the output has "
+                        f"{self.channels}; {fix}")
         return None
 
     @property
@@ -107,7 +110,7 @@ class OutputEncoder:
         kind = np.dtype(self.dtype).kind
         if kind == "f":
             return 3 if np.dtype(self.dtype).itemsize in (2, 4, 8) else 1
-        return 2 if np.dtype(self.dtype).itemsize <= 4 else 1
+        return 2  # every integer type, 8 to 64 bits (libtiff has both since 4.0)
 
     @property
     def subsampling(self) -> tuple[int, int] | None:

@@ -14,10 +14,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.constants import FUNCTIONS
 from pipeline.errors import TiffpipeError
 
 #: the three functions (and images), in the order the state machine uses them
-STEPS = ("split", "process", "merge")
+STEPS = FUNCTIONS
 #: tag on every resource a stack creates
 STACK_TAG = "tiffpipe:stack"
 _STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.aws import STACK_TAG, AwsError, Clients, StackNotFoundError, parse_arn
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK
+from pipeline.core.events import RunEvent, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.errors import InputNotFoundError, ManifestError
 
@@ -150,10 +151,10 @@ def upload_manifest(s3: Any, manifest: str, bucket: str, name: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def run_input(bucket: str, manifest_url: str, run_id: str) -> dict[str, str]:
+def run_input(bucket: str, manifest_url: str, run_id: str) -> dict[str, Any]:
     """The execution input (a RunEvent) of a run of the stack whose bucket is ``bucket``."""
-    return {"manifest": manifest_url, "work": f"s3://{bucket}/{WORK}{run_id}/",
-            "run_id": run_id, "report": f"s3://{bucket}/{REPORTS}{run_id}.json"}
+    return to_payload(RunEvent(manifest=manifest_url, work=f"s3://{bucket}/{WORK}{run_id}/",
+                               run_id=run_id, report=f"s3://{bucket}/{REPORTS}{run_id}.json"))
 
 
 # --- start, follow, show --------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -17,6 +16,8 @@ from pipeline.aws import STACK_TAG, AwsError, Clients, StackNames, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.aws.executions import BUCKET_TAG
+from pipeline.core.constants import FUNCTION_SIZES, FunctionSize
+from pipeline.core.events import RunEvent, to_payload
 
 POLICY_NAME = "tiffpipe"
 #: days kept: work files (the lifecycle rule), logs
@@ -29,16 +30,8 @@ SCHEDULE_RETRY = {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}
 EXECUTION_ID = "<aws.scheduler.execution-id>"
 
 
-@dataclass(frozen=True)
-class FunctionSize:
-    memory: int  # MB (CPU scales with it: ~1 vCPU per 1,769 MB)
-    timeout: int  # seconds
-    ephemeral: int  # MB of /tmp
-
-
-#: split holds a band's segment cache; merge builds the whole output TIFF in /tmp
-SIZES = {"split": FunctionSize(3008, 900, 4096), "process": FunctionSize(3008, 900, 1024),
-         "merge": FunctionSize(3008, 900, 10240)}
+#: each function's memory, timeout and /tmp (pipeline/core/constants.py)
+SIZES: dict[str, FunctionSize] = FUNCTION_SIZES
 
 
 # --- bucket ------------------------------------------------------------------------------
@@ -222,11 +215,10 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
     name = names.function(step)
     size = SIZES[step]
     acts.log(f"Lambda function {name}")
-    settings = {"Role": role_arn, "MemorySize": size.memory, "Timeout": size.timeout,
-                "EphemeralStorage": {"Size": size.ephemeral},
-                "Environment": {"Variables": {"TIFFPIPE_STACK": names.stack,
-                                              "TIFFPIPE_BUCKET": names.bucket}},
-                "Description": f"tiffpipe {names.stack}: the {step} step"}
+    settings: dict[str, Any] = {
+        "Role": role_arn, "MemorySize": size.memory, "Timeout": size.timeout,
+        "EphemeralStorage": {"Size": size.ephemeral},
+        "Description": f"tiffpipe {names.stack}: the {step} step"}
     architectures = [docker_images.LAMBDA_ARCHITECTURES[arch]]
     current = get_or_none(lambda: lam.get_function(FunctionName=name), "ResourceNotFoundException")
     shown = image or f"the {step} image to be built"
@@ -251,7 +243,10 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
                     update_code)
     else:
         acts.same(f"image {image}")
-    if covers(config, settings):
+    stale_env = bool(config.get("Environment", {}).get("Variables"))
+    if stale_env:  # no step reads one on Lambda: those an earlier deploy set go
+        settings["Environment"] = {"Variables": {}}
+    if covers(config, settings) and not stale_env:
         acts.same("configuration")
     else:
         def update_config() -> None:
@@ -294,11 +289,13 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
     return arn
 
 
-def schedule_input(names: StackNames, manifest_url: str) -> dict[str, str]:
-    """The execution input of a scheduled run: a fresh work prefix and report per run."""
-    return {"manifest": manifest_url, "work": f"s3://{names.bucket}/{policies.WORK}{EXECUTION_ID}/",
-            "run_id": EXECUTION_ID,
-            "report": f"s3://{names.bucket}/{policies.REPORTS}{EXECUTION_ID}.json"}
+def schedule_input(names: StackNames, manifest_url: str) -> dict[str, Any]:
+    """The execution input (a RunEvent) of a scheduled run: a fresh work prefix and report per
+    run."""
+    return to_payload(RunEvent(
+        manifest=manifest_url, work=f"s3://{names.bucket}/{policies.WORK}{EXECUTION_ID}/",
+        run_id=EXECUTION_ID,
+        report=f"s3://{names.bucket}/{policies.REPORTS}{EXECUTION_ID}.json"))
 
 
 def ensure_schedule(scheduler: Any, names: StackNames, expression: str, manifest_url: str,

@@ -1,11 +1,20 @@
-"""The payloads of the state machine's tasks: what each Lambda action takes.
+"""The contract between ``statemachine.asl.json`` and the code: every payload that crosses a
+state, as a typed model.
 
-``statemachine.asl.json`` builds these objects (Parameters/ItemSelector) and the handlers
-parse them here, so the two agree through these classes, not loose dicts.
+*Events* are what each Lambda action takes: the state machine builds them
+(Parameters/ItemSelector) and the handlers parse them here. *Results* (above the events) are
+what each action returns: the handlers build them from the step's answer and return them
+serialised, and the state machine's ResultSelectors, Choice states and later states read
+their fields. ``RESULTS`` names each action's result model. ``tests/test_contract.py`` walks
+the definition and checks every key and path against these classes
+(:mod:`pipeline.core.asl_contract`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -27,10 +36,130 @@ def parse_event(cls: type[T], event: Any) -> T:
     unknown = sorted(set(event) - names - {"action"})
     if unknown:
         raise EventError(f"{cls.__name__}: unknown field(s) {unknown}")
+    hints = _hints(cls)
+    values = {k: _nested(hints[k], v) for k, v in event.items() if k in names}
     try:
-        return cls(**{k: v for k, v in event.items() if k in names})
+        return cls(**values)
     except TypeError as exc:
         raise EventError(f"{cls.__name__}: {exc}") from exc
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _nested(hint: Any, value: Any) -> Any:
+    """``value`` parsed into ``hint`` when that is a model (a result holding a result)."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return parse_event(hint, value)
+    return value
+
+
+def to_payload(model: Any) -> dict[str, Any]:
+    """The JSON object of a model, as a Lambda returns it or a state holds it."""
+    return dataclasses.asdict(model)
+
+
+# --- results: what each action returns ------------------------------------------------------
+# Every field a step returns is here (an unknown one is an EventError at the handler), and
+# every field the state machine reads (ResultSelector, Choice, a later state's path).
+
+
+@dataclass(frozen=True)
+class RunPlanned:
+    """``plan_run``: run.json's URL and the job indices the Jobs map iterates."""
+
+    run: str
+    jobs: list[int]
+
+
+@dataclass(frozen=True)
+class StatsRound:
+    """Where a job's statistics rounds stand: ``round`` is the next one to run, ``more``
+    whether there is one (the NeedsStats Choice), ``rounds`` how many the chain has."""
+
+    round: int
+    more: bool
+    rounds: int
+
+
+@dataclass(frozen=True)
+class JobPlanned:
+    """``plan_job``: the plan's URL, the unit and batch indices the Maps iterate, whether the
+    job is fused (the Fused Choice) and its first statistics round."""
+
+    plan: str
+    job: int
+    units: list[int]
+    batches: list[int]
+    tiles: int
+    fused: bool
+    stats: StatsRound
+
+
+@dataclass(frozen=True)
+class TilesDone:
+    """``split``, ``process_unit``, ``stats``, ``process``: how many tiles one Map item did."""
+
+    job: int
+    tiles: int
+
+
+@dataclass(frozen=True)
+class RoundReduced:
+    """``reduce_stats``: the job and its next statistics round (the fields of StatsRound,
+    which the state machine puts back in ``$.planned.stats``)."""
+
+    job: int
+    round: int
+    more: bool
+    rounds: int
+
+
+@dataclass(frozen=True)
+class Merged:
+    """``merge``: the output published and its size."""
+
+    job: int
+    output: str
+    output_bytes: int
+
+
+@dataclass(frozen=True)
+class FailureRecorded:
+    """``record_failure``: the job and its error's type."""
+
+    job: int
+    status: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Reported:
+    """``report``: where the run report went and the job counts (the execution's output)."""
+
+    report: str
+    succeeded: int
+    failed: int
+
+
+#: action -> the model of its result
+RESULTS: dict[str, type] = {
+    "plan_run": RunPlanned,
+    "plan_job": JobPlanned,
+    "split": TilesDone,
+    "process_unit": TilesDone,
+    "stats": TilesDone,
+    "process": TilesDone,
+    "reduce_stats": RoundReduced,
+    "merge": Merged,
+    "record_failure": FailureRecorded,
+    "report": Reported,
+}
+
+
+# --- events: what each action takes ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -108,3 +237,4 @@ class ReportEvent:
     """Write the run report (merge function, ``report``)."""
 
     run: str
+

@@ -1,6 +1,11 @@
 """The pixel functions of the ops: each an OpenCV (or numpy) call on an array, ``(img,
 params) -> img``. The registry in :mod:`pipeline.core.ops` gives each its parameters, halo
 and checks. Pure module: arrays in, arrays out.
+
+Every op takes every TIFF sample type its registry entry accepts: OpenCV directly where it
+takes the type (the ``CV_*`` lists of :mod:`pipeline.core.dtypes`), else the definition
+written next to the op (mostly: the same OpenCV call in float64, rounded and saturated back).
+Any number of bands: OpenCV takes up to :data:`CV_MAX_CHANNELS`; beyond, band by band.
 """
 
 from __future__ import annotations
@@ -12,29 +17,31 @@ import numpy as np
 
 from pipeline.core import canny as canny_mod
 from pipeline.core import custom as custom_mod
+from pipeline.core import dtypes
 from pipeline.core import stats as stats_mod
+from pipeline.core.dtypes import CV_COLOR, CV_FILTER, CV_MEDIAN, natively
 from pipeline.core.opencv import cv2
 
-
-def dtype_max(dtype: np.dtype) -> float:
-    """The value white has in this dtype: the integer maximum, or 1.0 for floats."""
-    dtype = np.dtype(dtype)
-    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+#: the most channels OpenCV's Python binding passes in one array (OpenCV 5.1: "must be in
+#: [1, 128]"); pages with more bands run band by band
+CV_MAX_CHANNELS = 128
+dtype_max = dtypes.white
 
 
 def gaussian_radius(sigma: float, dtype: np.dtype) -> int:
     """Radius of ``cv2.GaussianBlur(img, (0, 0), sigma)``: OpenCV picks the kernel size
-    ``round(sigma * (3 if uint8 else 4) * 2 + 1) | 1`` (createGaussianKernels)."""
+    ``round(sigma * (3 if uint8 else 4) * 2 + 1) | 1`` (createGaussianKernels; types computed
+    through float64 get the float kernel, 4, as every type but uint8)."""
     factor = 3 if np.dtype(dtype) == np.uint8 else 4
     ksize = round(sigma * factor * 2 + 1) | 1  # Python's round, like cvRound, is half-to-even
     return ksize // 2
 
 
 def _per_channel(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray,
-                 native: tuple[int, ...]) -> np.ndarray:
-    """Apply ``func`` directly when OpenCV supports the channel count, else plane by plane."""
+                 native: Callable[[int], bool] = lambda ch: ch <= CV_MAX_CHANNELS) -> np.ndarray:
+    """Apply ``func`` directly when it takes the channel count, else plane by plane."""
     channels = 1 if img.ndim == 2 else img.shape[2]
-    if channels in native:
+    if channels == 1 or native(channels):
         return func(img)
     return np.dstack([func(np.ascontiguousarray(img[:, :, c])) for c in range(channels)])
 
@@ -43,54 +50,107 @@ def _per_channel(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray,
 
 
 def gaussian_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return cv2.GaussianBlur(img, (0, 0), p["sigma"])
+    return _per_channel(lambda a: natively(lambda x: cv2.GaussianBlur(x, (0, 0), p["sigma"]),
+                                           a, CV_FILTER), img)
 
 
 def median_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return _per_channel(lambda a: cv2.medianBlur(a, p["ksize"]), img, (1, 3, 4))
+    """cv2.medianBlur where it takes the type (or an exactly wider one: int8, float16); else
+    the exact median of each window with the border replicated
+    (:func:`pipeline.core.dtypes.window_median`), band by band."""
+    k = p["ksize"]
+    takes = img.dtype.name in CV_MEDIAN or img.dtype.name in dtypes.EXACT_WIDER
+
+    def one(a: np.ndarray) -> np.ndarray:  # one band, or 3 or 4 where medianBlur takes them
+        return dtypes.selecting(lambda x: cv2.medianBlur(x, k), a, CV_MEDIAN,
+                                lambda x: dtypes.window_median(x, k))
+    return _per_channel(one, img, lambda ch: takes and ch in (3, 4))
 
 
 def kernel(ksize: int) -> np.ndarray:
     return np.ones((ksize, ksize), np.uint8)
 
 
+def _morph(img: np.ndarray, p: dict[str, Any], largest: bool) -> np.ndarray:
+    """cv2.dilate/erode where it takes the type or an exactly wider one (int8 in int16,
+    float16 in float32), through float64 for 32-bit integers (a maximum of exactly converted
+    values is exact), numpy for 64-bit integers."""
+    k, n = p["ksize"], p["iterations"]
+    if img.dtype.kind in "ui" and img.dtype.itemsize == 8:
+        for _ in range(n):
+            img = dtypes.window_extreme(img, k, largest)
+        return img
+    func = cv2.dilate if largest else cv2.erode
+    return _per_channel(lambda a: dtypes.selecting(
+        lambda x: func(x, kernel(k), iterations=n), a, CV_FILTER,
+        lambda x: dtypes.through_float64(lambda y: func(y, kernel(k), iterations=n), x)), img)
+
+
 def dilate(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return cv2.dilate(img, kernel(p["ksize"]), iterations=p["iterations"])
+    return _morph(img, p, True)
 
 
 def erode(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return cv2.erode(img, kernel(p["ksize"]), iterations=p["iterations"])
+    return _morph(img, p, False)
+
+
+def _unsharp(x: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    blur = cv2.GaussianBlur(x, (0, 0), p["sigma"])
+    return cv2.addWeighted(x, 1 + p["amount"], blur, -p["amount"], 0)
 
 
 def unsharp_mask(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    blur = cv2.GaussianBlur(img, (0, 0), p["sigma"])
-    return cv2.addWeighted(img, 1 + p["amount"], blur, -p["amount"], 0)
+    return _per_channel(lambda a: natively(lambda x: _unsharp(x, p), a, CV_FILTER), img)
 
 
 def invert(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Floats: 1 - v in the type; integers: the bitwise complement (max - v unsigned,
+    -1 - v signed: min and max swap)."""
     if img.dtype.kind == "f":
-        return np.float32(1.0) - img
-    return cv2.bitwise_not(img)
+        return img.dtype.type(1.0) - img
+    if img.dtype.itemsize == 8:
+        return np.invert(img)
+    return _per_channel(cv2.bitwise_not, img)
+
+
+def gamma_values(values: np.ndarray, gamma: float, dtype: np.dtype) -> np.ndarray:
+    """round(max * (max(v, 0) / max) ** (1/gamma)) in float64, saturated to ``dtype``."""
+    top = dtypes.white(dtype)
+    return dtypes.saturate(top * (np.clip(values, 0, None) / top) ** (1.0 / gamma), dtype)
 
 
 def gamma_lut(gamma: float, dtype: np.dtype) -> np.ndarray:
-    """The lookup table of ``gamma`` for an integer dtype: round(max * (v / max) ** (1/gamma))."""
-    top = dtype_max(dtype)
-    v = np.arange(int(top) + 1, dtype=np.float64) / top
-    return np.clip(np.rint(top * v ** (1.0 / gamma)), 0, top).astype(dtype)
+    """The lookup table of ``gamma`` for an 8 or 16-bit integer dtype, in table index order
+    (:func:`pipeline.core.dtypes.offset_index`)."""
+    return gamma_values(dtypes.all_values(dtype).astype(np.float64), gamma, dtype)
 
 
 def gamma(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     if img.dtype == np.uint8:
-        return cv2.LUT(img, gamma_lut(p["gamma"], img.dtype))
-    if img.dtype == np.uint16:
-        return gamma_lut(p["gamma"], img.dtype)[img]
+        return _per_channel(lambda a: cv2.LUT(a, gamma_lut(p["gamma"], img.dtype)), img)
+    if img.dtype.kind in "ui" and img.dtype.itemsize <= 2:
+        return gamma_lut(p["gamma"], img.dtype)[dtypes.offset_index(img)]
+    if img.dtype.kind in "ui":
+        return gamma_values(img.astype(np.float64), p["gamma"], img.dtype)
     return np.power(np.clip(img, 0, None), np.float32(1.0 / p["gamma"])).astype(img.dtype)
 
 
 def threshold(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    top = dtype_max(img.dtype)
-    return cv2.threshold(img, p["value"], top, cv2.THRESH_BINARY)[1]
+    """cv2.threshold where it takes the type (float16 through float64); other integers:
+    ``max`` where v > floor(value), else 0, as OpenCV compares its integer types."""
+    top = dtypes.white(img.dtype)
+    if img.dtype.name in CV_FILTER or img.dtype.kind == "f":
+        return _per_channel(lambda a: natively(
+            lambda x: cv2.threshold(x, p["value"], top, cv2.THRESH_BINARY)[1], a, CV_FILTER), img)
+    info = np.iinfo(img.dtype)
+    t = int(np.floor(p["value"]))
+    if t < info.min or t >= info.max:
+        return np.full_like(img, info.max if t < info.min else 0)
+    return np.where(img > img.dtype.type(t), img.dtype.type(info.max), img.dtype.type(0))
+
+
+#: the weights of cv2.COLOR_RGB2GRAY, used in float64 for the types cvtColor lacks
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def to_gray(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -99,6 +159,10 @@ def to_gray(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
         return img
     if channels == 2:  # gray + alpha: keep the gray plane
         return np.ascontiguousarray(img[:, :, 0])
+    if img.dtype.name not in CV_COLOR:
+        rgb = img[:, :, :3].astype(np.float64)
+        r, g, b = GRAY_WEIGHTS
+        return dtypes.saturate(rgb[:, :, 0] * r + rgb[:, :, 1] * g + rgb[:, :, 2] * b, img.dtype)
     code = cv2.COLOR_RGB2GRAY if channels == 3 else cv2.COLOR_RGBA2GRAY
     return cv2.cvtColor(img, code)
 
@@ -136,13 +200,14 @@ def canny(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 def downsample(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """``cv2.resize(img, (w // f, h // f), INTER_AREA)`` of the array cropped to multiples of f
-    (a mean of each f x f block)."""
+    (a mean of each f x f block); types resize lacks go through float64."""
     f = p["factor"]
     h, w = img.shape[0] // f, img.shape[1] // f
     if h == 0 or w == 0:
         return np.zeros((h, w, *img.shape[2:]), img.dtype)
     crop = img if img.shape[:2] == (h * f, w * f) else np.ascontiguousarray(img[:h * f, :w * f])
-    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+    return _per_channel(lambda a: natively(
+        lambda x: cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA), a, CV_FILTER), crop)
 
 
 def custom(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:

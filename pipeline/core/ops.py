@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.core import canny as canny_mod
 from pipeline.core import custom as custom_mod
+from pipeline.core import dtypes
 from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
 from pipeline.core.params import Param, check_object
@@ -30,7 +31,9 @@ from pipeline.errors import OperationError, UnknownOperationError
 #: the same alignment as in a whole-page call (float32 filters differ otherwise).
 HALO_ALIGN = 16
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
+#: the sample types a chain may get (every TIFF integer and float type); which of them each
+#: op takes is its ``accepts`` (docs/sample-types.md has the table)
+SUPPORTED_DTYPES = dtypes.ALL
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class Op:
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
     halo_help: str = "0 (a point operation)"
-    exact: str = "bit-identical to the OpenCV call on the whole page"
+    exact: str = ("bit-identical to the OpenCV call on the whole page (types OpenCV lacks: "
+                  "to its definition in docs/sample-types.md)")
     extra: dict[str, Any] = field(default_factory=dict)
     #: "local": the output depends on the pixels within the halo only; "stats": a point op
     #: whose table comes from statistics of the whole page (a statistics round); "canny":
@@ -111,9 +115,12 @@ def _only(dtypes: tuple[str, ...], channels: tuple[int, ...] | None, name: str,
             return (f"{name} needs {' or '.join(dtypes)} pixels, the page has "
                     f"{np.dtype(dtype).name}{why}")
         if channels is not None and ch not in channels:
-            fix = "; put to_gray before it" if channels == (1,) else ""
-            return (f"{name} needs {' or '.join(map(str, channels))} channel(s), the page has "
-                    f"{ch}{fix}")
+            if channels == (1,):
+                fix = "put to_gray before it" if ch <= 4 else \
+                    f"a page of {ch} bands has no gray version (to_gray takes 1 to 4 bands)"
+                return f"{name} needs 1 channel(s), the page has {ch}; {fix}"
+            return (f"{name} needs {channels[0]} to {channels[-1]} bands (gray, gray + alpha, "
+                    f"RGB or RGBA), the page has {ch} bands")
         return None
     return accepts
 
@@ -139,13 +146,10 @@ def _median_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | 
 
 
 def _to_gray_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | None:
-    return None if channels in (1, 2, 3, 4) else f"to_gray needs 1 to 4 channels, got {channels}"
-
-
-def _threshold_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | None:
-    if channels > 4:
-        return f"threshold needs at most 4 channels, got {channels}"
-    return None
+    if channels in (1, 2, 3, 4):
+        return None
+    return (f"to_gray needs 1 to 4 bands (gray, gray + alpha, RGB or RGBA), the page has "
+            f"{channels} bands: a gray value of {channels} bands is not defined")
 
 
 _SIGMA = Param("sigma", "number", "standard deviation of the Gaussian, in pixels",
@@ -176,25 +180,31 @@ OPS: dict[str, Op] = {op.name: op for op in (
                       ge=0, le=100)),
        fn.unsharp_mask, halo=lambda p, dt: fn.gaussian_radius(p["sigma"], dt),
        halo_help="as gaussian_blur"),
-    Op("invert", "cv2.bitwise_not(img) for integers; 1 - img for float32", (), fn.invert),
+    Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
+       "1 - img for floats", (), fn.invert),
     Op("gamma", "max * (img / max) ** (1 / gamma), rounded (a LUT for integers)",
        (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), fn.gamma),
     Op("threshold", "cv2.threshold(img, value, max, THRESH_BINARY); max = dtype max (1.0 float)",
        (Param("value", "number", "pixels > value become max, others 0", required=True),),
-       fn.threshold, accepts=_threshold_accepts),
+       fn.threshold),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
        (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
-       accepts=_only(("uint8",), (1,), "equalize_hist"),
+       accepts=_only(("uint8",), (1,), "equalize_hist",
+                     " (OpenCV's equalizeHist is 8-bit only); use normalize or "
+                     "percentile_stretch"),
        halo_help="0 (a table from the page's histogram: a statistics round)"),
-    Op("otsu_threshold", "cv2.threshold(page, 0, 255, THRESH_BINARY | THRESH_OTSU)", (),
+    Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
+       "the dtype's maximum", (),
        fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
-       accepts=_only(("uint8",), (1,), "otsu_threshold"),
+       accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
+                     " (OpenCV's Otsu takes 8 and 16-bit unsigned pages); use threshold with "
+                     "a value"),
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
     Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
        (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
-       accepts=_only(SUPPORTED_DTYPES, None, "normalize"),
+       accepts=_only(dtypes.ALL, None, "normalize"),
        halo_help="0 (the page's minimum and maximum over all channels: a statistics round)"),
     Op("percentile_stretch",
        "clip(rint((v - lo) / (hi - lo) * max), 0, max); lo, hi = np.percentile(page, "
@@ -203,7 +213,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
               le=100)),
        fn.whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
-       accepts=_only(("uint8", "uint16"), None, "percentile_stretch",
+       accepts=_only(dtypes.HISTOGRAM, None, "percentile_stretch",
                      " (exact percentiles come from a histogram); use normalize"),
        check=_percentile_check, exact="bit-identical to the numpy formula on the whole page",
        halo_help="0 (a table from the page's histogram: a statistics round)"),
@@ -314,7 +324,7 @@ def chain_out_channels(chain: list[OpCall], channels: int) -> int:
 def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int) -> list[str]:
     """Why this chain cannot run on pages of this dtype and channel count (empty if it can)."""
     problems: list[str] = []
-    if chain and np.dtype(dtype).name not in SUPPORTED_DTYPES:
+    if chain and np.dtype(dtype).name not in SUPPORTED_DTYPES:  # (TIFF has no other type)
         problems.append(f"pixels of type {np.dtype(dtype).name} are not supported by the ops "
                         f"(supported: {', '.join(SUPPORTED_DTYPES)})")
         return problems

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import dtypes
 from pipeline.core.opencv import cv2
 
 State = dict[str, np.ndarray]
@@ -64,8 +65,10 @@ def _top(dtype: np.dtype) -> int:
 
 
 def histogram(img: np.ndarray) -> np.ndarray:
-    """Counts of every value of an integer image (all channels), int64, ``max + 1`` bins."""
-    return np.bincount(img.ravel(), minlength=_top(img.dtype) + 1).astype(np.int64)
+    """Counts of every value of an 8 or 16-bit integer image (all channels), int64, one bin
+    per value of the type from its minimum (signed types: bin ``v - min``)."""
+    bins = 1 << (8 * img.dtype.itemsize)
+    return np.bincount(dtypes.offset_index(img).ravel(), minlength=bins).astype(np.int64)
 
 
 def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
@@ -73,9 +76,11 @@ def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
 
 
 def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint8:
+    """``lut`` (in table index order, see pipeline.core.dtypes.offset_index) on an 8 or
+    16-bit integer image."""
+    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] <= 128):  # cv2's limit
         return cv2.LUT(img, lut)
-    return lut[img]
+    return lut[dtypes.offset_index(img)]
 
 
 def _lut_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
@@ -117,8 +122,8 @@ _FLT_EPSILON = float(np.finfo(np.float32).eps)
 
 def otsu_threshold(hist: np.ndarray) -> int:
     """The threshold ``cv2.threshold(..., THRESH_OTSU)`` picks for a page with this 256-bin
-    histogram: OpenCV's getThreshVal_Otsu_8u, step by step in double precision (including its
-    ``mu1 *= q1`` before the bins it skips)."""
+    (uint8) or 65536-bin (uint16) histogram: OpenCV's getThreshVal_Otsu, step by step in
+    double precision (including its ``mu1 *= q1`` before the bins it skips)."""
     counts = [int(c) for c in hist]
     scale = 1.0 / sum(counts)
     mu = 0.0
@@ -145,7 +150,8 @@ def otsu_threshold(hist: np.ndarray) -> int:
 
 def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
     t = otsu_threshold(st["hist"])
-    lut = np.where(np.arange(256) > t, 255, 0).astype(np.uint8)
+    top = _top(dtype)
+    lut = np.where(np.arange(top + 1) > t, top, 0).astype(dtype)
     return {"lut": lut, "threshold": np.array([t])}
 
 
@@ -153,27 +159,40 @@ def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
 
 
 def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
-    return {"min": np.array([img.min()], np.float64), "max": np.array([img.max()], np.float64)}
+    """The minimum and maximum, in the image's own type (exact for 64-bit integers too)."""
+    return {"min": np.array([img.min()]), "max": np.array([img.max()])}
 
 
 def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
     """What ``cv2.normalize(page, None, 0, max, NORM_MINMAX)`` applies to each pixel of a page
     whose minimum and maximum (over all channels) are ``smin`` and ``smax``.
 
-    Integers: the table of OpenCV's own conversion, made by normalising the values
-    ``smin..smax`` (an array with the page's minimum and maximum, hence the same scale and
-    shift). float32: ``scale = (float)((1 - 0) * (1 / (smax - smin)))`` (0 when the range is
-    below DBL_EPSILON) and ``shift = (float)0 - (float)(smin * scale)``, applied as
+    8 and 16-bit integers: the table of OpenCV's own conversion, made by normalising the
+    values ``smin..smax`` (an array with the page's minimum and maximum, hence the same scale
+    and shift). float32: ``scale = (float)((1 - 0) * (1 / (smax - smin)))`` (0 when the range
+    is below DBL_EPSILON) and ``shift = (float)0 - (float)(smin * scale)``, applied as
     ``(float)(v * scale + shift)`` with one rounding (as OpenCV's fused multiply-add).
+    int32, float64: OpenCV itself, on each tile's values bracketed by the page's minimum and
+    maximum (:func:`_normalize_apply`). uint32, int64, uint64, float16 (OpenCV lacks them):
+    ``scale = max * (1 / (smax - smin))`` (0 below DBL_EPSILON), ``shift = -smin * scale``
+    and ``v * scale + shift``, all in float64, saturated to the type.
     """
     dtype = np.dtype(dtype)
-    if dtype.kind == "u":
-        top = _top(dtype)
+    top = dtypes.white(dtype)
+    if dtype.name in dtypes.HISTOGRAM:
         lo, hi = int(smin), int(smax)
-        values = np.arange(lo, hi + 1, dtype=dtype).reshape(1, -1)
-        lut = np.zeros(top + 1, dtype)
-        lut[lo:hi + 1] = cv2.normalize(values, None, 0, top, cv2.NORM_MINMAX).ravel()
+        values = np.arange(lo, hi + 1).astype(dtype).reshape(1, -1)
+        lut = np.zeros(1 << (8 * dtype.itemsize), dtype)
+        lut[dtypes.offset_index(values.ravel())] = cv2.normalize(values, None, 0, top,
+                                                                 cv2.NORM_MINMAX).ravel()
         return {"lut": lut}
+    if dtype.name in dtypes.CV_NORMALIZE and dtype.name != "float32":
+        return {"min": np.array([smin], dtype), "max": np.array([smax], dtype)}
+    if dtype.name != "float32":
+        span = float(smax) - float(smin)
+        scale = top * (1.0 / span if span > np.finfo(np.float64).eps else 0.0)
+        return {"scale": np.array([scale]), "shift": np.array([-float(smin) * scale])}
+    smin, smax = float(smin), float(smax)
     span = smax - smin
     scale = (1.0 - 0.0) * (1.0 / span if span > np.finfo(np.float64).eps else 0.0)
     scale32 = np.float32(scale)
@@ -182,22 +201,29 @@ def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
 
 
 def _normalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    return normalize_state(float(st["min"][0]), float(st["max"][0]), dtype)
+    return normalize_state(st["min"][0], st["max"][0], dtype)
 
 
 def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
     if "lut" in state:
         return apply_lut(img, state["lut"])
+    if "min" in state:  # OpenCV on the values and the page's extremes: its scale and shift
+        flat = np.concatenate([img.ravel(), state["min"], state["max"]]).reshape(1, -1)
+        out = cv2.normalize(flat, None, 0, dtypes.white(img.dtype), cv2.NORM_MINMAX)
+        return out.ravel()[:-2].reshape(img.shape)
     scale, shift = float(state["scale"][0]), float(state["shift"][0])
-    return (img.astype(np.float64) * scale + shift).astype(np.float32)
+    if img.dtype == np.float32:
+        return (img.astype(np.float64) * scale + shift).astype(np.float32)
+    return dtypes.saturate(img.astype(np.float64) * scale + shift, img.dtype)
 
 
 # --- percentile_stretch -------------------------------------------------------------------
 
 
 def rank_value(hist: np.ndarray, percent: float) -> int:
-    """``np.percentile(page, percent, method="lower")`` from the page's histogram: the value
-    of rank ``floor((n - 1) * percent / 100)`` (0-based) among the page's sorted samples."""
+    """``np.percentile(page, percent, method="lower")`` from the page's histogram: the bin
+    (the value, for unsigned types; value - min for signed) of rank
+    ``floor((n - 1) * percent / 100)`` (0-based) among the page's sorted samples."""
     hist = np.asarray(hist, np.int64)
     n = int(hist.sum())
     rank = int(np.floor((n - 1) * (np.float64(percent) / 100)))
@@ -206,17 +232,19 @@ def rank_value(hist: np.ndarray, percent: float) -> int:
 
 
 def stretch_lut(lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
-    """``clip(rint((v - lo) / (hi - lo) * max), 0, max)`` for every value v (float64, rounded
-    half to even); when ``hi == lo``: 0 up to lo, max above."""
+    """``clip(rint((v - lo) / (hi - lo) * max), 0, max)`` for every value v of an 8 or 16-bit
+    type, in table index order (float64, rounded half to even); when ``hi == lo``: 0 up to
+    lo, max above."""
     top = _top(dtype)
-    v = np.arange(top + 1, dtype=np.float64)
+    v = dtypes.all_values(dtype).astype(np.float64)
     if hi == lo:
         return np.where(v > lo, top, 0).astype(dtype)
     return np.clip(np.rint((v - lo) / (hi - lo) * top), 0, top).astype(dtype)
 
 
 def _stretch_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    lo, hi = rank_value(st["hist"], p["p_low"]), rank_value(st["hist"], p["p_high"])
+    base = int(np.iinfo(dtype).min)
+    lo, hi = (base + rank_value(st["hist"], p[k]) for k in ("p_low", "p_high"))
     return {"lut": stretch_lut(lo, hi, np.dtype(dtype)), "range": np.array([lo, hi])}
 
 

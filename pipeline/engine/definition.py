@@ -7,9 +7,10 @@ import re
 from importlib import resources
 from typing import Any
 
+from pipeline.core.constants import FUNCTIONS, placeholder
+
 #: placeholder name -> the function (image) it stands for
-PLACEHOLDERS = {"SplitFunctionArn": "split", "ProcessFunctionArn": "process",
-                "MergeFunctionArn": "merge"}
+PLACEHOLDERS = {placeholder(f): f for f in FUNCTIONS}
 _PATTERN = re.compile(r"\$\{(\w+)\}")
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.engine import definition
 from pipeline.engine.moto_patches import crash_watch, end_signal, lean_interpreter
 from pipeline.engine.workers import WorkerPool
@@ -26,7 +27,6 @@ from pipeline.errors import EngineError
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
-FUNCTIONS = ("split", "process", "merge")
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -182,5 +182,6 @@ class LocalEngine:
                 FunctionName=function_name(function), Role=role, PackageType="Image",
                 Code={"ImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/"
                                   f"tiffpipe-{function}:local"},
-                Timeout=900, MemorySize=3008)["FunctionArn"]
+                Timeout=FUNCTION_SIZES[function].timeout,
+                MemorySize=FUNCTION_SIZES[function].memory)["FunctionArn"]
         return arns

@@ -17,6 +17,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.core.constants import TILE_THREADS_ENV
+
 _env: dict[str, str] = {}
 
 
@@ -127,7 +129,7 @@ class WorkerPool:
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
         env = dict(self.env)
-        env.setdefault("TIFFPIPE_TILE_THREADS", str(worker_tile_threads(self.workers)))
+        env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(self.workers)))
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
                                    initargs=(env,))
         # start every worker and import the steps now, while the engine sets up moto,

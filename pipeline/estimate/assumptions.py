@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.core.constants import FUNCTION_SIZES
+
 
 class EstimateError(ValueError):
     """A calibration file, an override or an --assume-pages spec that cannot be used."""
@@ -30,15 +32,22 @@ ASSUMPTIONS: dict[str, Assumption] = {
     "s3_put": Assumption(0.005 / 1000, "USD/request", "S3 PUT, COPY, POST and LIST requests"),
     "s3_get": Assumption(0.0004 / 1000, "USD/request", "S3 GET, HEAD and other requests"),
     "s3_gb_month": Assumption(0.023, "USD/GB-month", "S3 Standard storage (first 50 TB)"),
-    # how deploy sizes the functions (pipeline/aws/resources.py SIZES)
-    "memory_split_mb": Assumption(3008, "MB", "memory of the split function"),
-    "memory_process_mb": Assumption(3008, "MB", "memory of the process function"),
-    "memory_merge_mb": Assumption(3008, "MB", "memory of the merge function"),
-    "ephemeral_split_mb": Assumption(4096, "MB", "/tmp of the split function"),
-    "ephemeral_process_mb": Assumption(1024, "MB", "/tmp of the process function"),
-    "ephemeral_merge_mb": Assumption(10240, "MB", "/tmp of the merge function (holds the "
-                                                  "output while it is built)"),
-    "timeout_s": Assumption(900, "s", "Lambda timeout of every function"),
+    # how deploy sizes the functions (pipeline/core/constants.py FUNCTION_SIZES)
+    "memory_split_mb": Assumption(FUNCTION_SIZES["split"].memory, "MB",
+                                  "memory of the split function"),
+    "memory_process_mb": Assumption(FUNCTION_SIZES["process"].memory, "MB",
+                                    "memory of the process function"),
+    "memory_merge_mb": Assumption(FUNCTION_SIZES["merge"].memory, "MB",
+                                  "memory of the merge function"),
+    "ephemeral_split_mb": Assumption(FUNCTION_SIZES["split"].ephemeral, "MB",
+                                     "/tmp of the split function"),
+    "ephemeral_process_mb": Assumption(FUNCTION_SIZES["process"].ephemeral, "MB",
+                                       "/tmp of the process function"),
+    "ephemeral_merge_mb": Assumption(FUNCTION_SIZES["merge"].ephemeral, "MB",
+                                     "/tmp of the merge function (holds the output while it "
+                                     "is built)"),
+    "timeout_s": Assumption(min(s.timeout for s in FUNCTION_SIZES.values()), "s",
+                            "Lambda timeout of every function"),
     "work_retention_days": Assumption(7, "days", "work files kept until the lifecycle rule "
                                                  "removes them"),
     # Lambda's machine against the benchmark's

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.core.constants import FUNCTIONS
 from pipeline.core.models import JobPlan
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
@@ -30,8 +31,8 @@ class _Ledger:
 
     def __init__(self, a: dict[str, float]):
         self.a = a
-        self.mem = {f: a[f"memory_{f}_mb"] for f in ("split", "process", "merge")}
-        self.eph = {f: a[f"ephemeral_{f}_mb"] for f in ("split", "process", "merge")}
+        self.mem = {f: a[f"memory_{f}_mb"] for f in FUNCTIONS}
+        self.eph = {f: a[f"ephemeral_{f}_mb"] for f in FUNCTIONS}
         self.vcpus = {f: min(6.0, m / a["mb_per_vcpu"]) for f, m in self.mem.items()}
         self.steps: dict[str, dict[str, float]] = {
             s: {"invocations": 0, "seconds": 0.0, "cpu_s": 0.0, "gb_s": 0.0,
@@ -201,7 +202,7 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
 
     # cold starts: one per concurrent environment of each function, billed (container images
     # pay their init phase); counted as rows of their own, not as invocations
-    for f in ("split", "process", "merge"):
+    for f in FUNCTIONS:
         invocations = sum(steps[k]["invocations"] for k in STEPS if FUNCTION_OF[k] == f)
         envs = min(invocations, concurrency)
         row = steps[f"cold_{f}"]
@@ -220,7 +221,7 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
                     limits.get("batches", 0) or limits.get("units", 0), latency)
     # PlanRun and Report around the jobs; the first wave of each function starts cold
     wall += (call_s("plan_run") + call_s("report")) / speed + 3 * latency + sum(
-        a["cold_start_s"] + float(imports.get(f, 0.0)) for f in ("split", "process", "merge"))
+        a["cold_start_s"] + float(imports.get(f, 0.0)) for f in FUNCTIONS)
 
     total_get = sum(s["get"] for s in steps.values())
     total_put = sum(s["put"] for s in steps.values())

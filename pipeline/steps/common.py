@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.adapters import storage
+from pipeline.core.constants import TILE_THREADS_ENV
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import TiffpipeError, by_name, error_record
 from pipeline.steps import layout
@@ -70,7 +71,7 @@ def tile_threads() -> int:
     ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use. OpenCV and the codecs
     release the GIL; the local engine sets it for its workers
     (:func:`pipeline.engine.workers.worker_tile_threads`)."""
-    value = os.environ.get("TIFFPIPE_TILE_THREADS")
+    value = os.environ.get(TILE_THREADS_ENV)
     if value and value.isdigit() and int(value) > 0:
         return int(value)
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")

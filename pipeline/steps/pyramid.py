@@ -38,6 +38,7 @@ from math import ceil
 import numpy as np
 
 from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core.reduce import mean4
 
 
 def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
@@ -73,8 +74,9 @@ def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
         s += block[0::2, 1::2]
         s += block[1::2, 1::2]
         return (s / 4).astype(block.dtype)
-    wide = _WIDE.get(block.dtype.str[1:], object)  # 64-bit integers: exact Python integers
-    s = block[0::2, 0::2].astype(wide)
+    if block.dtype.str[1:] not in _WIDE:  # 64-bit integers: exact in their own type
+        return mean4(block[0::2, 0::2], block[1::2, 0::2], block[0::2, 1::2], block[1::2, 1::2])
+    s = block[0::2, 0::2].astype(_WIDE[block.dtype.str[1:]])
     s += block[1::2, 0::2]
     s += block[0::2, 1::2]
     s += block[1::2, 1::2]

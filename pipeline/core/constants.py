@@ -1,0 +1,40 @@
+"""Names and sizes that several parts of tiffpipe must agree on, each in one place.
+
+The three Lambda functions (one container image each, ``images/<function>/``) and how they
+are sized: ``deploy.py`` creates them so (pipeline/aws/resources.py), the embedded engine
+registers them so (pipeline/engine/local.py), and ``tiffpipe estimate`` costs them so
+(pipeline/estimate/assumptions.py). The environment variables tiffpipe reads. Pure: no
+imports beyond the standard library, so every layer (core, engine, estimate, aws) may import
+it, and in pipeline/core so the Lambda images, which copy core/, hold it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: the Lambda functions of the state machine, in pipeline order; each is also the name of its
+#: image folder, of its ``${<Name>FunctionArn}`` placeholder, and of its handler's table
+FUNCTIONS = ("split", "process", "merge")
+
+
+@dataclass(frozen=True)
+class FunctionSize:
+    memory: int  # MB (CPU scales with it: ~1 vCPU per 1,769 MB)
+    timeout: int  # seconds
+    ephemeral: int  # MB of /tmp
+
+
+#: split holds a band's segment cache; merge builds the whole output TIFF in /tmp
+FUNCTION_SIZES = {"split": FunctionSize(3008, 900, 4096),
+                  "process": FunctionSize(3008, 900, 1024),
+                  "merge": FunctionSize(3008, 900, 10240)}
+
+#: tile threads of one invocation (default: the CPUs the process may use); the embedded
+#: engine sets it for its workers (pipeline/engine/workers.py), steps read it
+#: (pipeline/steps/common.py)
+TILE_THREADS_ENV = "TIFFPIPE_TILE_THREADS"
+
+
+def placeholder(function: str) -> str:
+    """The name of ``function``'s ARN placeholder in statemachine.asl.json (``SplitFunctionArn``)."""
+    return f"{function.capitalize()}FunctionArn"

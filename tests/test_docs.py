@@ -1,0 +1,118 @@
+"""The user documentation stays navigable and complete: README.md and docs/*.md link only to
+files (and headings) that exist, and docs/errors.md names every error class of the code."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", *DOCS]
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+
+
+def _prose(text: str) -> str:
+    """``text`` without fenced code blocks and inline code, where links are not links."""
+    return _CODE.sub("", _FENCE.sub("", text))
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "").lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    """Every heading anchor of ``page``, with GitHub's -1, -2 suffixes for repeats."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in _HEADING.findall(_FENCE.sub("", page.read_text(encoding="utf-8"))):
+        base = github_anchor(heading)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def relative_links(page: Path) -> list[str]:
+    return [t for t in _LINK.findall(_prose(page.read_text(encoding="utf-8")))
+            if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+
+
+def test_anchor_rule_matches_github():
+    assert github_anchor("Cost and time on AWS: `tiffpipe estimate`") == \
+        "cost-and-time-on-aws-tiffpipe-estimate"
+    assert github_anchor("Ops that need the whole page: statistics rounds") == \
+        "ops-that-need-the-whole-page-statistics-rounds"
+    assert github_anchor("AWS Step Functions Local, for users with Docker") == \
+        "aws-step-functions-local-for-users-with-docker"
+
+
+def test_docs_folder_has_the_subject_pages():
+    names = {p.name for p in DOCS}
+    for name in ("manifest-and-ops.md", "exactness.md", "inputs.md", "aws.md",
+                 "local-engine.md", "performance.md", "errors.md"):
+        assert name in names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_relative_links_point_to_existing_files_and_headings(page: Path):
+    broken = []
+    for target in relative_links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            broken.append(f"{target}: no file {dest}")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target}: no heading #{anchor} in {dest.name}")
+    assert not broken, f"{page.name}: broken links:\n" + "\n".join(broken)
+
+
+def test_every_page_is_reachable_from_the_readme():
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in relative_links(ROOT / "README.md")}
+    own = {"manifest-and-ops.md", "exactness.md", "inputs.md", "outputs.md", "aws.md",
+           "local-engine.md", "performance.md", "estimate.md", "errors.md", "pipeline.md",
+           "images.md", "code-layout.md"}
+    missing = sorted(p.name for p in DOCS if p.name in own and p.resolve() not in linked)
+    assert not missing, f"README.md does not link {missing}"
+
+
+def test_readme_stays_short():
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines < 260, f"README.md has {lines} lines: move detail into docs/"
+
+
+def tiffpipe_error_classes() -> set[str]:
+    """Every class under pipeline/ that derives (through any chain) from TiffpipeError, found
+    by reading the source, so modules that are slow or heavy to import count too."""
+    bases: dict[str, set[str]] = {}
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                names = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
+                         for b in node.bases}
+                bases.setdefault(node.name, set()).update(names)
+    found = {"TiffpipeError"}
+    grew = True
+    while grew:
+        new = {c for c, bs in bases.items() if bs & found} - found
+        found |= new
+        grew = bool(new)
+    return found
+
+
+def test_errors_table_names_every_error_class():
+    classes = tiffpipe_error_classes()
+    assert {"ManifestError", "EventError", "EngineError", "DockerError"} <= classes
+    text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    in_table = set(re.findall(r"^\| `(\w+)` \|", text, re.MULTILINE))
+    missing = sorted(classes - in_table)
+    assert not missing, f"docs/errors.md has no row for {missing}"
