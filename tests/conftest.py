@@ -22,16 +22,16 @@ import tifffile
 TIERS = ("unit", "engine", "docker")
 #: test files (module names) whose tests run the local engine
 ENGINE = {
-    "test_bad_input", "test_bench_quick", "test_cli", "test_corpus", "test_custom_ops",
-    "test_engine", "test_engine_startup", "test_estimate", "test_fused", "test_global_ops",
-    "test_metadata", "test_odd_inputs", "test_preview", "test_pyramid", "test_s3_pipeline",
-    "test_scan", "test_start_status",
+    "test_bad_input", "test_bands", "test_bench_quick", "test_cli", "test_corpus",
+    "test_custom_ops", "test_engine", "test_engine_startup", "test_estimate", "test_fused",
+    "test_global_ops", "test_metadata", "test_odd_inputs", "test_preview", "test_pyramid",
+    "test_s3_pipeline", "test_scan", "test_start_status",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
 #: longest single tests (several seconds each: end-to-end runs through the CLI, moto
 #: servers, subprocesses); measured with ``pytest --durations=0`` (docs/development.md)
-SLOW_FILES = {"test_bad_input", "test_bench_quick", "test_corpus", "test_images",
+SLOW_FILES = {"test_bad_input", "test_bands", "test_bench_quick", "test_corpus", "test_images",
               "test_metadata", "test_odd_inputs", "test_s3_pipeline", "test_start_status"}
 SLOW_TESTS = {
     "test_cli::test_demo",
@@ -47,6 +47,8 @@ SLOW_TESTS = {
     "test_preview::test_thumbnail_of_a_big_page_holds_one_tile_at_a_time",
     "test_pyramid::test_threads_build_the_same_levels",
     "test_scan::test_run_on_a_local_folder_processes_only_new_files_then_nothing",
+    "test_sample_types::test_each_op_on_each_type",
+    "test_sample_types::test_every_type_and_layout_is_exact",
     "test_scan::test_run_on_s3_via_a_moto_server",
     "test_storage::test_list_and_delete_s3_paginates",
 }
