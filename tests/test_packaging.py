@@ -193,3 +193,23 @@ def test_installed_wheel_runs_the_demo_and_estimate(installed: tuple[Path, Path]
                             cwd=elsewhere, env=_clean_env(), check=False)
     assert failed.returncode != 0 and "CheckoutNotFoundError" in failed.stderr
     assert "run deploy.py from the root of a clone" in failed.stderr
+
+
+@pytest.mark.slow
+def test_installed_wheel_reaches_aws_for_start_and_status(installed: tuple[Path, Path],
+                                                           tmp_path: Path, moto_server: str):
+    """start and status from the wheel, against a moto server with no stack: the commands
+    run (no missing file, no traceback) and say what is missing (StackNotFoundError)."""
+    _, env_dir = installed
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(DEMO_MANIFEST))
+    env = {**_clean_env(), "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    tiffpipe = str(env_dir / "bin" / "tiffpipe")
+    arn = "arn:aws:states:us-east-1:123456789012:execution:tiffpipe-nostack:run-1"
+    for args, says in ((["start", str(manifest), "--stack", "nostack"], "deploy it first"),
+                       (["status", arn], f"no execution {arn}")):
+        done = subprocess.run([tiffpipe, *args], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=120, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr, done.stderr
