@@ -1,29 +1,36 @@
 # tiffpipe: `make demo` sets everything up on a fresh machine and runs the pipeline locally
-# on a generated sample; `make test` runs the tests. Needs Python >= 3.11 (PYTHON=...) and,
-# for the state machine validator, node + npm.
+# on a generated sample; `make test` runs the tests (`make test-fast`: no Docker, nothing
+# slow). Needs Python >= 3.11 (PYTHON=...) and, for the state machine validator, node + npm.
+# The venv installs exactly requirements/test.lock (`make lock` remakes it).
 
 PYTHON ?= python3
 NPM ?= npm
 VENV := .venv
 VENV_STAMP := $(VENV)/.installed
+LOCK := requirements/test.lock
+# the lock's maker, in a venv of its own (never the project's)
+LOCK_VENV := .lock-venv
+UV_VERSION := 0.13.9
 NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv $(VENV) node demo test lint clean
+.PHONY: help venv $(VENV) node demo test test-fast lint lock clean
 
 help:
 	@echo "make demo    set up (venv, npm deps) and run the pipeline on a generated sample"
-	@echo "make test    run the tests (PYTEST_ARGS='-k foo' to pick)"
+	@echo "make test    run all the tests (PYTEST_ARGS='-k foo' to pick)"
+	@echo "make test-fast  the tests to run while working: no Docker, nothing slow"
+	@echo "make lock    remake $(LOCK) from pyproject.toml (keeps the versions it can)"
 	@echo "make lint    ruff check"
 	@echo "make clean   remove the venv, node_modules and caches"
 	@echo "PYTHON=$(PYTHON) (any Python >= 3.11)"
 
-# --- Python: the venv, rebuilt when pyproject.toml changes --------------------------------
+# --- Python: the venv, rebuilt when pyproject.toml or the lock changes ---------------------
 
 venv $(VENV): $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
 	  echo "error: $(PYTHON) not found: install Python >= 3.11 or run make PYTHON=/path/to/python3.11" >&2; \
 	  exit 1; }
@@ -43,8 +50,18 @@ $(VENV_STAMP): pyproject.toml
 	    exit 1; }; \
 	fi
 	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -e '.[dev]'
+	@# exactly the lock (every package pinned and hashed), then the project itself on top
+	$(VENV)/bin/pip install --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install --no-deps -e .
 	@touch $@
+
+# the lock of the test environment: pyproject.toml's dependencies and the dev extra, for
+# every platform, with hashes. uv keeps the versions already in the lock when they still fit.
+lock:
+	@if [ ! -x $(LOCK_VENV)/bin/uv ]; then \
+	  $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION); fi
+	$(LOCK_VENV)/bin/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 \
+	  --universal --generate-hashes --custom-compile-command "make lock" -o $(LOCK)
 
 # --- node: asl-validator (package.json), for tests/test_statemachine.py ------------------
 
@@ -72,9 +89,15 @@ test: $(VENV_STAMP) $(NODE_STAMP)
 	if [ $$status -eq 5 ]; then echo "pytest: no tests collected (ok)"; exit 0; fi; \
 	exit $$status
 
+# the tiers are markers (tests/conftest.py): unit, engine, docker, slow
+test-fast: $(VENV_STAMP) $(NODE_STAMP)
+	@$(VENV)/bin/pytest -q -m "not docker and not slow" $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest: no tests collected (ok)"; exit 0; fi; \
+	exit $$status
+
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) node_modules .pytest_cache .ruff_cache *.egg-info build dist
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -94,6 +94,14 @@ class EngineError(TiffpipeError):
     """The embedded Step Functions engine failed to run the state machine."""
 
 
+# --- installation ---------------------------------------------------------------------
+
+
+class CheckoutNotFoundError(TiffpipeError):
+    """What needs a clone of the repository (building the Lambda images, deploy.py) was run
+    without one: an installed wheel holds the package, not images/ and requirements/."""
+
+
 def error_record(exc: BaseException) -> dict[str, str]:
     """The ``{"type", "message"}`` record of an exception, as reports show it."""
     return {"type": type(exc).__name__, "message": str(exc)}

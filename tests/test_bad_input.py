@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import read_pages
 
 import pipeline.errors as errors_module
 import pipeline.ui
@@ -196,9 +197,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
                {c.name: c for c in cases}, index, corrupted)
 
 
-def _pages(path: str | Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tf:
-        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+_pages = read_pages
 
 
 def _describe(job: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import read_pages
 
 from pipeline import cli
 from pipeline.core.ops import OPS
@@ -49,9 +50,7 @@ def _inputs(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _pages(path: str | Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tf:
-        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+_pages = read_pages
 
 
 def _check_outputs(folder: Path) -> None:

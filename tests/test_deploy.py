@@ -591,36 +591,30 @@ def test_build_and_push_commands_and_digest(tmp_path: Path):
     assert commands[-1] == ["docker", "push", tag]
 
 
-def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch):
+def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch,
+                                             moto_server: str):
     """deploy.py as a program, every call sent to a moto server by --endpoint-url."""
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        _clean_env(monkeypatch)
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
-                                aws_secret_access_key="testing")
-        aws = Aws(session)
-        aws.client = lambda service: session.client(  # type: ignore[method-assign]
-            service, region_name=REGION, endpoint_url=endpoint)
-        push_fake_images(aws)
+    endpoint = moto_server
+    _clean_env(monkeypatch)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+    aws = Aws(session)
+    aws.client = lambda service: session.client(  # type: ignore[method-assign]
+        service, region_name=REGION, endpoint_url=endpoint)
+    push_fake_images(aws)
 
-        def script(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, str(ROOT / "deploy.py"), "--stack", STACK, "--region", REGION,
-                 "--endpoint-url", endpoint, *args], capture_output=True, text=True, env=env,
-                timeout=90, check=False)
+    def script(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "deploy.py"), "--stack", STACK, "--region", REGION,
+             "--endpoint-url", endpoint, *args], capture_output=True, text=True, env=env,
+            timeout=90, check=False)
 
-        done = script("--skip-build")
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["state_machine"] == NAMES.state_machine_arn
-        again = script("--skip-build")
-        assert again.returncode == 0 and "nothing changed" in again.stderr
-        gone = script("--destroy", "--delete-bucket")
-        assert gone.returncode == 0, gone.stderr
-        assert aws.client("lambda").list_functions()["Functions"] == []
-    finally:
-        server.stop()
+    done = script("--skip-build")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["state_machine"] == NAMES.state_machine_arn
+    again = script("--skip-build")
+    assert again.returncode == 0 and "nothing changed" in again.stderr
+    gone = script("--destroy", "--delete-bucket")
+    assert gone.returncode == 0, gone.stderr
+    assert aws.client("lambda").list_functions()["Functions"] == []

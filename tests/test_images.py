@@ -250,8 +250,7 @@ class Data:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Iterator[Data]:
-    server_module = pytest.importorskip("moto.server", reason="needs moto[server]")
+def data(tmp_path_factory, moto_server: str) -> Iterator[Data]:
     import boto3
 
     folder = tmp_path_factory.mktemp("images-data")
@@ -262,18 +261,11 @@ def data(tmp_path_factory) -> Iterator[Data]:
         tw.write(pages[0], tile=(128, 128), compression="zlib", photometric="rgb")
         tw.write(pages[1], rowsperstrip=64, compression="lzw", photometric="minisblack")
     source.chmod(0o644)
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint,
+    client = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_server,
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket=BUCKET)
     client.upload_file(str(source), BUCKET, "in/in.tif")
-    try:
-        yield Data(folder, source, pages, endpoint, client)
-    finally:
-        server.stop()
+    yield Data(folder, source, pages, moto_server, client)
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,8 @@ import boto3
 import cv2
 import numpy as np
 import pytest
-import tifffile
+from conftest import read_pages, use_moto_server
 
-from pipeline.adapters import storage
 from pipeline.sample import SamplePage, write_sample
 
 pytestmark = pytest.mark.timeout(240)
@@ -57,38 +56,21 @@ class S3:
         return _pages(path)
 
 
-def _pages(path: str | Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tf:
-        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+_pages = read_pages
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    server_module = pytest.importorskip(
-        "moto.server", reason="moto's server needs flask and flask-cors (moto[server])")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+def s3(tmp_path_factory: pytest.TempPathFactory, moto_server: str) -> Iterator[S3]:
     tmp = tmp_path_factory.mktemp("s3")
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            for var in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN"):
-                mp.delenv(var, raising=False)
-            mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setattr(storage, "_client", None)
-            client = boto3.client("s3", region_name="us-east-1",
-                                  endpoint_url=f"http://{host}:{port}")
-            client.create_bucket(Bucket=BUCKET)
-            source = tmp / "img.tif"
-            write_sample(str(source), [SamplePage(300, 400, 3), SamplePage(200, 260, 1, "uint16")],
-                         tile=128, compression="zstd")
-            client.upload_file(str(source), BUCKET, "data/in/img.tif")
-            yield S3(client, tmp, source)
-    finally:
-        server.stop()
+    with pytest.MonkeyPatch.context() as mp:
+        use_moto_server(mp, moto_server)
+        client = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_server)
+        client.create_bucket(Bucket=BUCKET)
+        source = tmp / "img.tif"
+        write_sample(str(source), [SamplePage(300, 400, 3), SamplePage(200, 260, 1, "uint16")],
+                     tile=128, compression="zstd")
+        client.upload_file(str(source), BUCKET, "data/in/img.tif")
+        yield S3(client, tmp, source)
 
 
 def _tiffpipe(*args: str) -> subprocess.CompletedProcess[str]:

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tifffile
+from conftest import read_pages, use_moto_server
 
 from pipeline import cli
-from pipeline.adapters import storage
 from pipeline.core.manifest import ScanSpec, parse_manifest, parse_manifest_or_scan, scan_jobs
 from pipeline.core.models import OutputOptions
 from pipeline.errors import ManifestError
@@ -117,9 +116,7 @@ def test_scan_jobs_pick_new_tiffs_only_and_keep_relative_paths():
 # --- runs ----------------------------------------------------------------------------------------
 
 
-def _pages(path: Path) -> list[np.ndarray]:
-    with tifffile.TiffFile(path) as tf:
-        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+_pages = read_pages
 
 
 def _run(manifest: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict[str, Any], str]:
@@ -173,51 +170,38 @@ def test_a_missing_input_folder_fails_the_run(tmp_path: Path, capsys: pytest.Cap
     assert "InputNotFoundError" in err and "is not a folder" in err
 
 
-def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     moto_server: str):
     """The worker processes reach S3 through AWS_ENDPOINT_URL, so tiffpipe runs as a
     subprocess (see tests/test_s3_pipeline.py)."""
-    server_module = pytest.importorskip("moto.server")
     import boto3
 
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        for var in list(os.environ):
-            if var.startswith("AWS_"):
-                monkeypatch.delenv(var)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setattr(storage, "_client", None)
-        s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-        s3.create_bucket(Bucket="scan-test")
-        source = tmp_path / "x.tif"
-        write_sample(str(source), [SamplePage(120, 140, 1, "uint16")], tile=64)
-        for key in ("in/x.tif", "in/sub/y.tif", "in/z.tif"):
-            s3.upload_file(str(source), "scan-test", key)
-        s3.put_object(Bucket="scan-test", Key="out/z.tif", Body=b"done before")
-        s3.put_object(Bucket="scan-test", Key="scan.json", Body=json.dumps({"scan": {
-            "input": "in/", "output": "s3://scan-test/out/", "tile": 64,
-            "output_options": {"tile": 64}}}).encode())
+    use_moto_server(monkeypatch, moto_server)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="scan-test")
+    source = tmp_path / "x.tif"
+    write_sample(str(source), [SamplePage(120, 140, 1, "uint16")], tile=64)
+    for key in ("in/x.tif", "in/sub/y.tif", "in/z.tif"):
+        s3.upload_file(str(source), "scan-test", key)
+    s3.put_object(Bucket="scan-test", Key="out/z.tif", Body=b"done before")
+    s3.put_object(Bucket="scan-test", Key="scan.json", Body=json.dumps({"scan": {
+        "input": "in/", "output": "s3://scan-test/out/", "tile": 64,
+        "output_options": {"tile": 64}}}).encode())
 
-        def run() -> dict[str, Any]:
-            done = subprocess.run(
-                [sys.executable, "-m", "pipeline.cli", "run", "s3://scan-test/scan.json",
-                 "--workers", "2", "--quiet", "--report", str(tmp_path / "r.json")],
-                cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=150,
-                check=False)
-            assert done.returncode == 0, done.stderr
-            return json.loads((tmp_path / "r.json").read_text())
+    def run() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "run", "s3://scan-test/scan.json",
+             "--workers", "2", "--quiet", "--report", str(tmp_path / "r.json")],
+            cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=150,
+            check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads((tmp_path / "r.json").read_text())
 
-        report = run()
-        assert [j["output"] for j in report["jobs"]] == ["s3://scan-test/out/sub/y.tif",
-                                                         "s3://scan-test/out/x.tif"]
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="scan-test", Prefix="out/")[
-            "Contents"]]
-        assert sorted(keys) == ["out/sub/y.tif", "out/x.tif", "out/z.tif"]
-        assert s3.get_object(Bucket="scan-test", Key="out/z.tif")["Body"].read() == b"done before"
-        assert run()["jobs"] == []
-    finally:
-        server.stop()
+    report = run()
+    assert [j["output"] for j in report["jobs"]] == ["s3://scan-test/out/sub/y.tif",
+                                                     "s3://scan-test/out/x.tif"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="scan-test", Prefix="out/")[
+        "Contents"]]
+    assert sorted(keys) == ["out/sub/y.tif", "out/x.tif", "out/z.tif"]
+    assert s3.get_object(Bucket="scan-test", Key="out/z.tif")["Body"].read() == b"done before"
+    assert run()["jobs"] == []

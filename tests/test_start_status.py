@@ -24,6 +24,7 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
+from conftest import read_pages
 from moto import mock_aws
 
 from pipeline import cli, handlers
@@ -119,8 +120,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
 def _pages(data: bytes, tmp: Path) -> list[np.ndarray]:
     path = tmp / "got.tif"
     path.write_bytes(data)
-    with tifffile.TiffFile(path) as tf:
-        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+    return read_pages(path)
 
 
 JOBS = {"defaults": {"tile": 128, "output_options": {"tile": 64}}, "jobs": [

@@ -126,6 +126,8 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     # preflight: whatever can stop the deploy is checked before anything is changed
     _schedule_manifest(clients, names, config)
     pushed = _pushed_images(clients, names, config, log) if config.skip_build else None
+    if not config.skip_build and build is docker_images.build_and_push:
+        docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
     data = config.data or [policies.DataLocation(names.bucket)]

@@ -14,9 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.aws import AwsError
+import pipeline
+from pipeline.aws import STEPS, AwsError
+from pipeline.errors import CheckoutNotFoundError
 
-ROOT = Path(__file__).resolve().parents[2]
+#: what a build context needs besides images/<step>/Dockerfile (what the Dockerfiles copy)
+CHECKOUT_FILES = ("pipeline/handlers.py", "requirements/images-common.txt",
+                  "images/process/requirements.txt")
 #: docker --platform of each --arch, and the Lambda architecture of each
 PLATFORMS = {"arm64": "linux/arm64", "amd64": "linux/amd64"}
 LAMBDA_ARCHITECTURES = {"arm64": "arm64", "amd64": "x86_64"}
@@ -27,6 +31,31 @@ Run = Callable[..., "subprocess.CompletedProcess[str]"]
 
 class DockerError(AwsError):
     """Docker is missing, or a build, login or push failed."""
+
+
+def is_checkout(path: Path) -> bool:
+    """Whether ``path`` is the root of a tiffpipe clone: the three Dockerfiles and what they
+    copy are there."""
+    return all((path / "images" / s / "Dockerfile").is_file() for s in STEPS) and all(
+        (path / f).is_file() for f in CHECKOUT_FILES)
+
+
+def checkout_root() -> Path:
+    """The clone the images are built from: the one the running ``pipeline`` package belongs
+    to (deploy.py run from a clone, an editable install), else the current directory.
+    CheckoutNotFoundError if neither is a clone (a wheel installed on its own ships no
+    Dockerfiles)."""
+    candidates = list(dict.fromkeys([Path(pipeline.__file__).resolve().parent.parent,
+                                     Path.cwd().resolve()]))
+    for path in candidates:
+        if is_checkout(path):
+            return path
+    raise CheckoutNotFoundError(
+        "building the Lambda images needs a clone of the tiffpipe repository (images/*/"
+        "Dockerfile, requirements/ and pipeline/ side by side), and "
+        f"{' and '.join(str(p) for p in candidates)} {'is' if len(candidates) == 1 else 'are'}"
+        " not one: run deploy.py from the root of a clone (git clone the repository, cd into "
+        "it, python deploy.py), or deploy with --skip-build to reuse the images already pushed")
 
 
 def _docker(args: Sequence[str], run: Run, what: str, docker: str = "docker",
@@ -74,7 +103,7 @@ def _supports_provenance(run: Run, docker: str) -> bool:
 
 
 def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | None = None,
-                   context: str | Path = ROOT, run: Run = subprocess.run,
+                   context: str | Path | None = None, run: Run = subprocess.run,
                    docker: str = "docker", log: Callable[[str], None] = lambda _: None,
                    extra_build_args: Sequence[str] = ()) -> str:
     """Build ``images/<step>/Dockerfile`` for ``arch`` (arm64 or amd64), push it to
@@ -82,11 +111,12 @@ def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | Non
 
     The tag is the local image id, so an unchanged build pushes nothing new and keeps the
     digest: the functions (deployed by digest) are then left unchanged. The registry must
-    be logged in already (:func:`ecr_login` for ECR).
+    be logged in already (:func:`ecr_login` for ECR). ``context`` is the clone to build from
+    (default: :func:`checkout_root`).
     """
     if arch not in PLATFORMS:
         raise ValueError(f"arch {arch!r}: expected one of {', '.join(PLATFORMS)}")
-    context = Path(context)
+    context = checkout_root() if context is None else Path(context)
     dockerfile = context / "images" / step / "Dockerfile"
     if not dockerfile.is_file():
         raise DockerError(f"{dockerfile} does not exist: the {step} image cannot be built")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from pipeline.core.constants import FUNCTIONS, placeholder
@@ -15,12 +14,15 @@ PLACEHOLDERS = {placeholder(f): f for f in FUNCTIONS}
 _PATTERN = re.compile(r"\$\{(\w+)\}")
 
 
+#: the definition inside the package: in a checkout, a symlink to the top-level
+#: statemachine.asl.json (the file users edit and deploy); a wheel holds a copy of it
+RESOURCE = "statemachine.asl.json"
+
+
 def definition_text() -> str:
-    """statemachine.asl.json of the checkout (or the copy installed with the package)."""
-    repo_copy = Path(__file__).resolve().parents[2] / "statemachine.asl.json"
-    if repo_copy.is_file():
-        return repo_copy.read_text()
-    return resources.files("pipeline").joinpath("statemachine.asl.json").read_text()
+    """statemachine.asl.json, as shipped in the package (the checkout's own, through the
+    symlink, when run from a clone or an editable install)."""
+    return resources.files("pipeline").joinpath(RESOURCE).read_text(encoding="utf-8")
 
 
 def render(arns: dict[str, str], text: str | None = None) -> str:

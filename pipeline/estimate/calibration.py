@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +16,25 @@ import numpy as np
 from pipeline.estimate.assumptions import EstimateError
 
 CALIBRATION_FORMAT = "tiffpipe-calibration/1"
-#: bench/calibration.json of the checkout: what ``--calibration`` defaults to
-DEFAULT_CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "calibration.json"
+#: what ``--calibration`` defaults to: bench/calibration.json, shipped in the package (in a
+#: checkout, pipeline/estimate/calibration.json is a symlink to it; a wheel holds a copy)
+DEFAULT_CALIBRATION: Traversable = resources.files("pipeline.estimate").joinpath("calibration.json")
 #: the sections every calibration has; ``process_unit`` (fused jobs) is checked when needed
 REQUIRED = ("split", "process", "merge", "ops", "encode", "work")
 RERUN = "rerun bench/compare.py (it writes bench/calibration.json)"
 
 
 def load_calibration(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """The calibration file (default: bench/calibration.json of the checkout), checked; its
-    path is kept under ``file``."""
-    path = Path(path) if path else DEFAULT_CALIBRATION
+    """The calibration file (default: :data:`DEFAULT_CALIBRATION`, bench/calibration.json as
+    shipped), checked; its path is kept under ``file``."""
+    path: Path | Traversable = Path(path) if path else DEFAULT_CALIBRATION
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if path is DEFAULT_CALIBRATION:
+            raise EstimateError(f"the calibration shipped with tiffpipe is missing ({path}): "
+                                "reinstall tiffpipe, or pass --calibration FILE (bench/"
+                                "compare.py writes one)") from None
         raise EstimateError(f"no calibration file at {path}: run bench/compare.py (it writes "
                             "bench/calibration.json) or pass --calibration FILE") from None
     except (OSError, ValueError) as exc:

@@ -1,0 +1,112 @@
+"""What several test files share: the test tiers, a page reader (``from conftest import
+read_pages``) and a moto server (the ``moto_server`` fixture, with :func:`use_moto_server`).
+
+Tiers (markers registered in pyproject.toml; docs/development.md): every test is one of
+``unit`` (pure logic, files, moto in this process), ``engine`` (runs the local engine: a
+state machine on moto with worker processes) or ``docker`` (builds and runs the Lambda
+images); ``slow`` is on top of those. A test file is given its tier here (a test may say its
+own with a marker); a file not listed is ``unit``: add a file that runs the engine to ENGINE.
+``make test-fast`` runs ``-m "not docker and not slow"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+TIERS = ("unit", "engine", "docker")
+#: test files (module names) whose tests run the local engine
+ENGINE = {
+    "test_bad_input", "test_bands", "test_bench_quick", "test_cli", "test_corpus",
+    "test_custom_ops", "test_engine", "test_engine_startup", "test_estimate", "test_fused",
+    "test_global_ops", "test_metadata", "test_odd_inputs", "test_preview", "test_pyramid",
+    "test_s3_pipeline", "test_scan", "test_start_status",
+}
+DOCKER = {"test_images"}
+#: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
+#: longest single tests (several seconds each: end-to-end runs through the CLI, moto
+#: servers, subprocesses); measured with ``pytest --durations=0`` (docs/development.md)
+SLOW_FILES = {"test_bad_input", "test_bands", "test_bench_quick", "test_corpus", "test_images",
+              "test_metadata", "test_odd_inputs", "test_s3_pipeline", "test_start_status"}
+SLOW_TESTS = {
+    "test_cli::test_demo",
+    "test_deploy::test_the_script_runs_against_an_endpoint",
+    "test_engine::test_what_a_large_map_holds_is_bounded",
+    "test_engine_startup::test_an_interpreter_that_needs_more_of_batch_is_left_to_moto",
+    "test_engine_startup::test_nothing_is_done_when_batch_or_the_interpreter_is_imported_already",
+    "test_engine_startup::test_the_interpreter_is_imported_without_batch_and_batch_still_works_later",
+    "test_fused::test_the_engine_takes_the_fused_branch_per_job",
+    "test_global_ops::test_run_on_the_embedded_engine",
+    "test_preview::test_run_writes_a_contact_sheet_next_to_its_report",
+    "test_preview::test_short_strips_are_read_strided",
+    "test_preview::test_thumbnail_of_a_big_page_holds_one_tile_at_a_time",
+    "test_pyramid::test_threads_build_the_same_levels",
+    "test_scan::test_run_on_a_local_folder_processes_only_new_files_then_nothing",
+    "test_sample_types::test_each_op_on_each_type",
+    "test_sample_types::test_every_type_and_layout_is_exact",
+    "test_scan::test_run_on_s3_via_a_moto_server",
+    "test_storage::test_list_and_delete_s3_paginates",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            tier = "docker" if module in DOCKER else "engine" if module in ENGINE else "unit"
+            item.add_marker(tier)
+        name = f"{module}::{getattr(item, 'originalname', item.name)}"
+        if (module in SLOW_FILES or name in SLOW_TESTS) and not item.get_closest_marker("slow"):
+            item.add_marker("slow")
+
+
+# --- TIFF pages -----------------------------------------------------------------------------
+
+
+def read_pages(path: str | Path) -> list[np.ndarray]:
+    """Every page of a TIFF file as arrays, read by tifffile (not by tiffpipe's reader)."""
+    with tifffile.TiffFile(path) as tf:
+        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+
+
+# --- a moto server --------------------------------------------------------------------------
+#
+# For tests whose worker processes (or Docker containers) must reach S3: moto's in-process
+# mock_aws reaches no other process, a server on 127.0.0.1 does (AWS_ENDPOINT_URL).
+
+TEST_REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    """A ThreadedMotoServer on 127.0.0.1 (a free port) for the test file; its endpoint URL.
+    Skips when moto's server extra (flask, flask-cors) is not installed."""
+    server_module = pytest.importorskip(
+        "moto.server", reason="moto's server needs flask and flask-cors (moto[server])")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def use_moto_server(mp: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Point this process and the processes it starts at the moto server ``endpoint``, with
+    test credentials, whatever AWS_* variables the environment had; tiffpipe's cached S3
+    client is dropped so the next one is made for the server."""
+    from pipeline.adapters import storage
+
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        mp.delenv(var)
+    mp.setenv("AWS_ENDPOINT_URL", endpoint)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", TEST_REGION)
+    mp.setattr(storage, "_client", None)

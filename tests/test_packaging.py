@@ -1,0 +1,215 @@
+"""tiffpipe as a package: the files it ships (the definition, the calibration), the lock of
+the test environment and its pins, and a wheel installed outside the checkout that runs
+``tiffpipe demo`` and ``tiffpipe estimate`` (slow: it builds and installs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+import tifffile
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import pipeline
+from pipeline.aws import images
+from pipeline.demo import DEMO_MANIFEST, SAMPLE_PAGES
+from pipeline.engine import definition
+from pipeline.errors import CheckoutNotFoundError
+from pipeline.estimate import calibration
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "test.lock"
+#: package resource -> the top-level file it ships
+SHIPPED = {"pipeline/statemachine.asl.json": "statemachine.asl.json",
+           "pipeline/estimate/calibration.json": "bench/calibration.json"}
+
+
+def _lock_pins(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, marker) of a lock (a uv/pip-compile file, hashes on continuation
+    lines) or of an image's requirements file."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip().removesuffix("\\").strip()
+        if not line or line.startswith("--"):
+            continue
+        req = Requirement(line)
+        [spec] = req.specifier
+        assert spec.operator == "==", f"{path}: {line} is not an exact pin"
+        pins[canonicalize_name(req.name)] = (spec.version, str(req.marker or ""))
+    return pins
+
+
+# --- the shipped files ---------------------------------------------------------------------
+
+
+def test_the_package_ships_the_top_level_files():
+    """What the engine, deploy and estimate read is, in a checkout, the file users edit."""
+    assert definition.definition_text() == (ROOT / "statemachine.asl.json").read_text()
+    default = calibration.load_calibration()
+    assert Path(default["file"]).read_bytes() == (ROOT / "bench/calibration.json").read_bytes()
+    for resource in SHIPPED:
+        assert (ROOT / resource).is_symlink(), f"{resource} should link to the top-level file"
+    assert (ROOT / "pipeline" / "py.typed").is_file()
+
+
+def test_images_need_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A wheel installed on its own has no Dockerfiles: building images says to use a clone."""
+    installed = tmp_path / "site-packages" / "pipeline"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(pipeline, "__file__", str(installed / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckoutNotFoundError, match="run deploy.py from the root of a clone"):
+        images.checkout_root()
+    with pytest.raises(CheckoutNotFoundError):
+        images.build_and_push("split", "arm64", "localhost:5000/tp-split")
+    monkeypatch.chdir(ROOT)  # a clone as the current directory will do
+    assert images.checkout_root() == ROOT
+
+
+def test_the_checkout_is_found_from_the_package():
+    assert images.checkout_root() == ROOT
+
+
+# --- the lock and the pins ------------------------------------------------------------------
+
+
+def test_lock_fits_pyproject_and_pins_the_engine():
+    """Every dependency (and the dev extra) is locked within pyproject.toml's range, and
+    pyproject.toml pins moto and OpenCV to the minor releases the engine and exactness are
+    checked with."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = _lock_pins(LOCK)
+    for text in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req} is not in {LOCK.name}: run make lock"
+        assert req.specifier.contains(pins[name][0]), \
+            f"{LOCK.name} has {name}=={pins[name][0]}, outside pyproject.toml's {req}: make lock"
+    ranges = {canonicalize_name(Requirement(d).name): Requirement(d).specifier
+              for d in project["dependencies"]}
+    for name, checked in (("moto", "5.2.5"), ("opencv-python-headless", "5.1.0.95")):
+        spec = ranges[name]
+        assert spec.contains(checked) and pins[name][0] == checked
+        upper = [s for s in spec if s.operator == "<"]
+        assert upper, f"pyproject.toml: {name} {spec} has no upper bound"
+
+
+def test_images_install_what_the_tests_ran_with():
+    """The images' locks pin the versions of the test lock: the functions on AWS run the
+    OpenCV kernels (and the codecs) the exactness tests checked."""
+    pins = _lock_pins(LOCK)
+    for path in (ROOT / "requirements/images-common.txt",
+                 ROOT / "images/process/requirements.txt"):
+        for name, (version, _) in _lock_pins(path).items():
+            assert name in pins and pins[name][0] == version, \
+                f"{path.name}: {name}=={version}, but {LOCK.name} has {pins.get(name)}"
+
+
+# --- a wheel, installed outside the checkout -------------------------------------------------
+
+_NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", ".lock-venv", "node_modules", "build",
+                                      "dist", "*.egg-info", "__pycache__", ".*_cache", "tests")
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without what would make the checkout's code (or its egg-info) win."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(args, capture_output=True, text=True, check=False, env=_clean_env(),
+                          **kwargs)
+    assert done.returncode == 0, f"{args[:3]} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the wheel, the venv it is installed in): built from a copy of the sources, installed
+    without the checkout's site-packages, its dependencies at the lock's versions."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=_NOT_SOURCES)
+    _run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-w", str(tmp)])
+    [wheel] = tmp.glob("tiffpipe-*.whl")
+    env_dir = tmp / "venv"
+    venv.create(env_dir, with_pip=True, system_site_packages=False)
+    # the lock as constraints (pip takes no hashes there): the runtime deps at its versions
+    constraints = tmp / "constraints.txt"
+    constraints.write_text("".join(f"{n}=={v}{' ; ' + m if m else ''}\n"
+                                   for n, (v, m) in _lock_pins(LOCK).items()))
+    _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q",
+          "--disable-pip-version-check", "-c", str(constraints), str(wheel)])
+    return wheel, env_dir
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_top_level_files(installed: tuple[Path, Path]):
+    wheel, _ = installed
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        assert "pipeline/py.typed" in names
+        for resource, top_level in SHIPPED.items():
+            assert zf.read(resource) == (ROOT / top_level).read_bytes(), resource
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_the_demo_and_estimate(installed: tuple[Path, Path],
+                                                     tmp_path: Path):
+    _, env_dir = installed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    python, tiffpipe = env_dir / "bin" / "python", env_dir / "bin" / "tiffpipe"
+    where = _run([str(python), "-c", "import pipeline; print(pipeline.__file__)"],
+                 cwd=elsewhere).stdout.strip()
+    assert Path(where).is_relative_to(env_dir), f"the venv imported {where}"
+
+    done = _run([str(tiffpipe), "demo", "--workers", "2"], cwd=elsewhere)
+    assert "3 succeeded, 0 failed" in done.stdout
+    folder = elsewhere / "example"  # demo's default --dir
+    report = json.loads((folder / "manifest.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED"] * len(DEMO_MANIFEST["jobs"])
+    for job in DEMO_MANIFEST["jobs"]:
+        with tifffile.TiffFile(folder / job["output"]) as tf:
+            want = [SAMPLE_PAGES[i] for i in job.get("pages", range(len(SAMPLE_PAGES)))]
+            assert [p.shape[:2] for p in tf.pages] == [(w.height, w.width) for w in want]
+
+    done = _run([str(tiffpipe), "estimate", "--json", str(folder / "manifest.json")],
+                cwd=elsewhere)
+    shipped = Path(json.loads(done.stdout)["calibration"]["file"])
+    assert shipped.is_relative_to(env_dir) and shipped.name == "calibration.json"
+
+    code = "from pipeline.aws.images import checkout_root; checkout_root()"
+    failed = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                            cwd=elsewhere, env=_clean_env(), check=False)
+    assert failed.returncode != 0 and "CheckoutNotFoundError" in failed.stderr
+    assert "run deploy.py from the root of a clone" in failed.stderr
+
+
+@pytest.mark.slow
+def test_installed_wheel_reaches_aws_for_start_and_status(installed: tuple[Path, Path],
+                                                           tmp_path: Path, moto_server: str):
+    """start and status from the wheel, against a moto server with no stack: the commands
+    run (no missing file, no traceback) and say what is missing (StackNotFoundError)."""
+    _, env_dir = installed
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(DEMO_MANIFEST))
+    env = {**_clean_env(), "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    tiffpipe = str(env_dir / "bin" / "tiffpipe")
+    arn = "arn:aws:states:us-east-1:123456789012:execution:tiffpipe-nostack:run-1"
+    for args, says in ((["start", str(manifest), "--stack", "nostack"], "deploy it first"),
+                       (["status", arn], f"no execution {arn}")):
+        done = subprocess.run([tiffpipe, *args], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=120, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr, done.stderr
