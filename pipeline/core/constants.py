@@ -24,10 +24,11 @@ class FunctionSize:
     ephemeral: int  # MB of /tmp
 
 
-#: split holds a band's segment cache; merge builds the whole output TIFF in /tmp
+#: split holds a band's segment cache in /tmp; merge writes nothing there (it composes the
+#: output in S3 from the segments: docs/s3-merge.md), so it gets Lambda's minimum /tmp
 FUNCTION_SIZES = {"split": FunctionSize(3008, 900, 4096),
                   "process": FunctionSize(3008, 900, 1024),
-                  "merge": FunctionSize(3008, 900, 10240)}
+                  "merge": FunctionSize(3008, 900, 512)}
 
 #: tile threads of one invocation (default: the CPUs the process may use); the embedded
 #: engine sets it for its workers (pipeline/engine/workers.py), steps read it
