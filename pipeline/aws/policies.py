@@ -123,6 +123,10 @@ def function_policy(step: str, names: StackNames,
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
             _allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"], objects),
+            # record_failure aborts the uploads a killed unit or merge left open: it lists
+            # them under the job's work prefix and on its output key
+            _allow("ListOpenUploads", ["s3:ListBucketMultipartUploads"],
+                   sorted({names.bucket_arn} | {d.bucket_arn(p) for d in data})),
         ]
     return _doc(*statements)
 
