@@ -175,7 +175,7 @@ def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
     assert "Catch" not in failure, "RecordFailure must not catch into itself"
 
 
-@pytest.mark.parametrize("items,names", [("units", ["ProcessUnits", "Split"]),
+@pytest.mark.parametrize("items,names", [("units", ["ProcessUnits", "Split", "BuildLevels"]),
                                          ("batches", ["Stats", "Process"])])
 def test_fan_out_maps_are_distributed_and_drop_results(rendered, items, names):
     maps = [(name, s) for name, s in job_states(rendered).items()
@@ -383,7 +383,7 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
     cap = plan_module.MAX_ITEMS
     work = "s3://" + "b" * 63 + "/" + "w" * 200 + "/jobs/99999"
     result = {"plan": work + "/plan.json", "job": 99999, "units": list(range(cap)),
-              "batches": list(range(cap)), "tiles": 10**9, "fused": False,
+              "batches": list(range(cap)), "tiles": 10**9, "fused": False, "levels": True,
               "stats": {"round": 0, "more": True, "rounds": 99}}
     _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))
     # a canny round's ReduceStats adds a tree level of as many nodes to $.planned.stats

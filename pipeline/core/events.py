@@ -95,7 +95,8 @@ class StatsRound:
 @dataclass(frozen=True)
 class JobPlanned:
     """``plan_job``: the plan's URL, the unit and batch indices the Maps iterate, whether the
-    job is fused (the Fused Choice) and its first statistics round."""
+    job is fused (the Fused Choice), whether a job that is not fused builds its pyramid
+    levels in level units (the Levels Choice) and its first statistics round."""
 
     plan: str
     job: int
@@ -104,11 +105,13 @@ class JobPlanned:
     tiles: int
     fused: bool
     stats: StatsRound
+    levels: bool = False
 
 
 @dataclass(frozen=True)
 class TilesDone:
-    """``split``, ``process_unit``, ``stats``, ``process``: how many tiles one Map item did."""
+    """``split``, ``process_unit``, ``stats``, ``process``, ``build_levels``: how many tiles
+    one Map item did."""
 
     job: int
     tiles: int
@@ -172,6 +175,7 @@ RESULTS: dict[str, type] = {
     "process_unit": TilesDone,
     "stats": TilesDone,
     "process": TilesDone,
+    "build_levels": TilesDone,
     "reduce_stats": RoundReduced,
     "reduce_node": NodeReduced,
     "merge": Merged,

@@ -18,11 +18,12 @@ def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
 
 
 def unit_level_count(plan: JobPlan, page: int) -> int:
-    """How many pyramid levels the fused units of a page build themselves: the levels k
-    with ``2**k`` dividing the processing tile (in output pixels), so that no level pixel
-    needs two units (0: no pyramid, or not fused)."""
+    """How many pyramid levels the units of a page build themselves (fused units as they
+    process, a job that is not fused in its level units): the levels k with ``2**k``
+    dividing the processing tile (in output pixels), so that no level pixel needs two units
+    (0: no pyramid)."""
     p = plan.pages[page]
-    if not (plan.fused and plan.spec.output_options.pyramid):
+    if not plan.spec.output_options.pyramid:
         return 0
     t, big = plan.spec.output_options.tile, p.out_grid.tile
     levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))
@@ -30,3 +31,9 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     while k < levels and big % (2 ** (k + 1)) == 0:
         k += 1
     return k
+
+
+def level_units(plan: JobPlan) -> bool:
+    """True when a job that is not fused runs its level units (the BuildLevels Map, one
+    invocation per split unit, after Process): it has a pyramid the units can build."""
+    return not plan.fused and any(unit_level_count(plan, i) for i in range(len(plan.pages)))

@@ -10,6 +10,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import JobEvent, JobList, RunEvent
+from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, load_manifest, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan
@@ -56,7 +57,8 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     """Read the input's page headers, check the job can run, and write its plan.json.
 
     Returns the indices of the split units and batches for the Map states, and whether the
-    job is fused (its units are processed where they are read: no batches).
+    job is fused (its units are processed where they are read: no batches), and whether its
+    pyramid levels are built by level units after Process (not fused).
     """
     started = time.time()
     run, spec = load_job(event.run, event.job)
@@ -76,4 +78,4 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     storage.write_json(plan_url, plan.to_json(), indent=None)
     return {"plan": plan_url, "job": event.job, "units": list(range(len(plan.units))),
             "batches": list(range(len(plan.batches))), "tiles": plan.tiles,
-            "fused": plan.fused}
+            "fused": plan.fused, "levels": level_units(plan)}

@@ -16,13 +16,20 @@ complete:
   the levels below it (a 4**k-th of the page: small).
 
 Merge then only assembles the shared tiles from their fragments and builds the few deepest
-levels (:func:`pipeline.steps.merge` ``_unit_levels``). Memory: one tile row per level of
-the region's width. JPEG pages reduce the lossy base pixels, as merge's pyramid does.
+levels (:func:`merge_unit_levels`). Memory: one tile row per level of the region's width.
+JPEG pages reduce the lossy base pixels, as merge's pyramid does.
+
+A job that is not fused (whole-page statistics, or ``"fuse": false``) has its levels built
+the same way by its *level units* (:func:`build_levels`, the BuildLevels Map after Process):
+one per split unit, which reads its region's encoded base tiles back from the process
+batches' segments, decodes them and feeds them to the same :class:`RegionLevels`, one
+processing row at a time.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from math import ceil
 from typing import Any
 
@@ -31,10 +38,12 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_work_tile, encode_work_tile
+from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
+from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.pyramid import Pyramid, reduce2
 from pipeline.steps.tile_table import TileTable, read_indexes
 
@@ -147,6 +156,75 @@ class RegionLevels:
     def abort(self) -> None:
         for writer in (*self.writers, self.frag):
             writer.abort()
+
+
+def build_levels(event: UnitEvent) -> dict[str, Any]:
+    """A level unit of a job that is not fused: the pyramid levels of split unit
+    ``event.unit``'s region, from the base tiles process encoded (read back from the
+    batches' segments that hold them, decoded), written exactly as a fused unit writes them.
+    A page whose levels the units do not build (:func:`unit_level_count` 0) has nothing
+    to do here: merge builds them."""
+    plan = load_plan(event.plan)
+    unit = plan.units[event.unit]
+    if not unit_level_count(plan, unit.page):
+        return {"job": plan.job, "tiles": 0}
+    with recorded(plan, "build_levels", event.unit):
+        p = plan.pages[unit.page]
+        encoder = OutputEncoder(plan.spec.output_options, p.info.dtype, p.out_channels)
+        levels = RegionLevels(plan, unit.page, event.unit, unit, encoder,
+                              p.info.photometric == "palette")
+        try:
+            band = _band_table(plan, unit)
+            per_row = p.out_grid.tile // plan.spec.output_options.tile  # tile rows a row
+            tiles = band.tile_bytes()
+            with ThreadPoolExecutor(tile_threads()) as pool:
+                for r0 in range(0, band.segment.shape[0], per_row):
+                    rows = min(per_row, band.segment.shape[0] - r0)
+                    decoded = list(pool.map(encoder.decode,
+                                            (next(tiles) for _ in range(rows * band.cols))))
+                    levels.add(_strip(plan, unit, r0, rows, band.cols, decoded))
+            levels.close()
+        except BaseException:
+            levels.abort()
+            raise
+    return {"job": plan.job, "tiles": unit.tiles}
+
+
+def _band_table(plan: JobPlan, unit: SplitUnit) -> TileTable:
+    """Where the output tiles of ``unit``'s region are (row-major over the region), from the
+    indexes of the process batches that hold its processing tiles."""
+    p, t = plan.pages[unit.page], plan.spec.output_options.tile
+    big = p.out_grid.tile
+    y0, x0 = unit.row0 * big, unit.col0 * big
+    y1 = min(unit.row1 * big, p.out_grid.height)
+    x1 = min(unit.col1 * big, p.out_grid.width)
+    r0, c0 = y0 // t, x0 // t
+    first, last = unit.row0 * p.grid.cols, unit.row1 * p.grid.cols
+    names = [f"b{b:06d}" for b, batch in enumerate(plan.batches) if batch.page == unit.page
+             and batch.first < last and batch.last > first]
+    band = TileTable.empty(ceil(y1 / t) - r0, ceil(x1 / t) - c0,
+                           [layout.segment_file(plan.work, unit.page, n) for n in names])
+    rows, cols = band.segment.shape
+    for number, tiles in enumerate(read_indexes(plan.work, unit.page, names)):
+        band.fill(number, [[r - r0, c - c0, offset, size] for r, c, offset, size in tiles
+                           if 0 <= r - r0 < rows and 0 <= c - c0 < cols])
+    band.check(f"page {p.info.index}, unit {plan.units.index(unit)}")
+    return band
+
+
+def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
+           decoded: list[np.ndarray]) -> np.ndarray:
+    """Output tile rows [r0, r0 + rows) of the region (its decoded tiles, row-major) as the
+    region's pixels: rows x width x channels, cut at the page's edge."""
+    p, t = plan.pages[unit.page], plan.spec.output_options.tile
+    y0, x0 = unit.row0 * p.out_grid.tile, unit.col0 * p.out_grid.tile
+    top = y0 + r0 * t
+    height = min(top + rows * t, p.out_grid.height) - top
+    width = min(unit.col1 * p.out_grid.tile, p.out_grid.width) - x0
+    tiles = [d.reshape(t, t, -1) for d in decoded]
+    strip = np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], 1)
+                            for r in range(rows)], 0)
+    return strip[:height, :width]
 
 
 def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
