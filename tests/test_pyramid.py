@@ -251,11 +251,13 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(100, 260, 1, 1), tile=(32, 32), metadata=None)
         tw.write(smooth(800, 260, 1, 2), tile=(32, 32), metadata=None)
-    # not fused: merge builds the levels (fused units build their own: test_unit_levels.py)
+    # merge's own pyramid, re-run with UNIT_LEVELS off (fused units and a job's level
+    # units build the levels otherwise: test_unit_levels.py, test_level_units.py)
     out = _run(tmp_path, {"tall": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True}}}, "--keep-work", "--work", str(work))["tall"]
     Path(out).unlink()
     monkeypatch.setattr(merge_mod, "Pyramid", Spy)
+    monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
     load_plan.cache_clear()
     merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
     load_plan.cache_clear()
@@ -308,7 +310,8 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
     src, work = tmp_path / "in.tif", tmp_path / "work"
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(700, 900, 3, 3), tile=(64, 64), photometric="rgb", metadata=None)
-    # not fused: merge builds the levels (fused units build their own: test_unit_levels.py)
+    # merge's own pyramid, re-run with UNIT_LEVELS off (fused units and a job's level
+    # units build the levels otherwise: test_unit_levels.py, test_level_units.py)
     out = _run(tmp_path, {"rgb": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True, "compression": compression}}},
         "--keep-work", "--work", str(work))["rgb"]
@@ -320,6 +323,7 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
             made.append(self)
 
     monkeypatch.setattr(merge_mod, "Pyramid", Spy)
+    monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
     files = {}
     for threads in (1, 4):
         Path(out).unlink()
