@@ -34,11 +34,13 @@ from pipeline.adapters import segments, storage
 from pipeline.adapters.segments import SegmentWriter, compose, read_range
 from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
+from pipeline.core.levels import level_units
 from pipeline.core.models import JobPlan
 from pipeline.errors import WorkMissingError
 from pipeline.steps import layout, tile_table
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import load_plan
+from pipeline.steps.unit_levels import fragment_name
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -203,6 +205,10 @@ S3_JOBS: dict[str, dict[str, Any]] = {
     "fused": {"input": "noise.tif"},
     "batches": {"input": "noise.tif", "fuse": False, "ops": [{"op": "invert"}]},
     "pyramid": {"input": "two.tif", "output_options": {"tile": 128, "pyramid": True}},
+    # not fused: level units (BuildLevels) build the levels from the batches' segments in S3
+    "pyramid_batches": {"input": "two.tif", "fuse": False, "ops": [{"op": "invert"}],
+                        "output_options": {"tile": 128, "pyramid": True,
+                                           "compression": "deflate"}},
 }
 
 
@@ -251,6 +257,9 @@ def test_moto_copies_inclusive_byte_ranges(s3):
 @pytest.mark.parametrize("job", range(len(S3_JOBS)), ids=list(S3_JOBS))
 def test_s3_output_is_the_tifffile_merge_and_the_local_concatenation(s3, job):
     plan = _plan(s3["work"], job)
+    if list(S3_JOBS)[job] == "pyramid_batches":  # its level units wrote their levels
+        assert level_units(plan) and all(storage.exists(layout.segment_index_file(
+            plan.work, u.page, fragment_name(n))) for n, u in enumerate(plan.units))
     got = _get(s3, storage.split_s3(plan.spec.output)[1])
     want = merged_by_tifffile(plan, s3["tmp"] / f"old{job}.tif")
     assert got == want
