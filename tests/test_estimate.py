@@ -318,9 +318,30 @@ def test_transitions_take_the_branch_the_plan_takes(manifest: Path, fused: Path)
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=fused_sizes)["state_transitions"]
     # statemachine.asl.json: PlanJob, Fused, ProcessUnits (+ one per unit), Merge
     assert r["per_job"] == [4 + len(p.units) for p in plans]
-    # PlanJob, Fused, Split (+ one per unit), NeedsStats, Process (+ one per batch), Merge
-    assert u["per_job"] == [6 + len(p.units) + len(p.batches) for p in unfused_plans]
+    # PlanJob, Fused, Split (+ one per unit), NeedsStats, Process (+ one per batch), Levels,
+    # Merge
+    assert u["per_job"] == [7 + len(p.units) + len(p.batches) for p in unfused_plans]
     assert r["total"] == 3 + sum(r["per_job"]) and r["total"] < u["total"]
+
+
+def test_level_units_of_a_pyramid_job_that_is_not_fused(tmp_path: Path) -> None:
+    """A pyramid job that is not fused runs one build_levels per split unit on the process
+    function (the BuildLevels Map: one transition more each, and the Map state)."""
+    _write_manifest(tmp_path, fuse=False)
+    flat = json.loads((tmp_path / "m.json").read_text())
+    pyramid = {**flat, "defaults": {**flat["defaults"], "output_options": {
+        "tile": 128, "pyramid": True}}}
+    (tmp_path / "p.json").write_text(json.dumps(pyramid))
+    plans, sizes = _plans(tmp_path / "m.json")
+    levels, level_sizes = _plans(tmp_path / "p.json")
+    r = est.estimate(levels, CAL, FAST_IO, input_bytes=level_sizes)
+    assert r["steps"]["build_levels"]["invocations"] == sum(len(p.units) for p in levels)
+    assert r["steps"]["build_levels"]["cpu_s"] > 0
+    flat_r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    assert "build_levels" not in flat_r["steps"]
+    assert r["state_transitions"]["per_job"] == [
+        n + 1 + len(p.units) for n, p in zip(flat_r["state_transitions"]["per_job"], levels,
+                                             strict=True)]
 
 
 def test_a_calibration_without_process_unit(manifest: Path, fused: Path,

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from pipeline.core.constants import FUNCTIONS
-from pipeline.core.levels import unit_level_count
+from pipeline.core.levels import level_units, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
@@ -30,10 +30,11 @@ MULTIPART_CHUNK = SEGMENT_PART
 COPY_THREADS = 16
 FUNCTION_OF = {"plan_run": "split", "plan_job": "split", "split": "split",
                "stats": "process", "reduce_stats": "process", "process": "process",
-               "process_unit": "process", "merge": "merge", "report": "merge",
+               "process_unit": "process", "build_levels": "process", "merge": "merge",
+               "report": "merge",
                "cold_split": "split", "cold_process": "process", "cold_merge": "merge"}
 STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "process_unit",
-         "merge", "report", "cold_split", "cold_process", "cold_merge")
+         "build_levels", "merge", "report", "cold_split", "cold_process", "cold_merge")
 
 
 class _Ledger:
@@ -110,6 +111,23 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
     return phases
 
 
+def _level_phases(ledger: _Ledger, c: JobCosts,
+                  units: list[tuple[float, float, int]]) -> list[tuple[str, list[float]]]:
+    """A job that is not fused with a pyramid: one ``build_levels`` per split unit on the
+    process function, reading its region's encoded base tiles back, decoding them (costed
+    as encoding them: ``per_out``) and encoding its levels (a third of its output Mpx)."""
+    speed, mbps = ledger.a["lambda_core_speed"], ledger.a["s3_mb_per_s"] * 1e6
+    durations = []
+    for _haloed, out, tiles in units:
+        cpu = out * c.per_out * (1 + 1 / 3)
+        read, written = out * c.out_bpm, out * c.out_bpm / 3
+        durations.append(ledger.add("build_levels", cpu / speed + (read + written) / mbps,
+                                    cpu, get=1 + tiles + math.ceil(read / READ_CHUNK),
+                                    put=_segment_puts(written) + 2, bytes_in=read,
+                                    bytes_out=written))
+    return [("build_levels", durations)]
+
+
 def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
                   in_bpm: float) -> list[tuple[str, list[float]]]:
     """One ``process_unit`` per unit on the process function: the input read as split reads
@@ -132,13 +150,12 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
 
 
 def _pyramid_through(plan: JobPlan, out_bytes: float) -> float:
-    """Bytes a pyramid's merge reads itself: the base tiles when it builds the levels (a
-    job that is not fused), else the raw blocks of the units' deepest level (a 4**k-th of
-    the base pages, raw: about the output's bytes again at most), shared tiles aside."""
+    """Bytes a pyramid's merge reads itself: the raw blocks of the units' deepest level (a
+    4**k-th of the base pages, raw: about the output's bytes again at most; fused units or
+    the level units of a job that is not fused built the levels above), shared tiles aside;
+    the base tiles when no unit level can be built (k = 0)."""
     if not plan.spec.output_options.pyramid:
         return 0.0
-    if not plan.fused:
-        return out_bytes
     deepest = min((unit_level_count(plan, i) for i in range(len(plan.pages))), default=0)
     return out_bytes / 4 ** deepest
 
@@ -205,6 +222,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
         else:
             phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
                                       call_s("report"))
+            if level_units(plan):
+                phases += _level_phases(ledger, c, units)
         merge_cal = cal["merge"]
         parts, segments = merge_parts(plan, out_bytes)
         largest = largest_job(c.out_bpm, fused, parts, out_bytes)
@@ -258,7 +277,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
 
     # state transitions: each job's Choices follow its plan (fused, statistics rounds)
     job_ctx = [{"units": r["units"], "batches": r["batches"], "rounds": r["stats_rounds"],
-                "fused": r["fused"], "tree_levels": canny_tree_levels(plans[r["job"]])}
+                "fused": r["fused"], "levels": level_units(plans[r["job"]]),
+                "tree_levels": canny_tree_levels(plans[r["job"]])}
                for r in job_rows]
     transitions = count_transitions(definition, job_ctx)
     limits = map_limits(definition)

@@ -15,12 +15,13 @@ def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None
     rounds left: ``rounds_left``, one used up each time that branch is taken) or
     ``...stats.tree`` (the node counts of the canny reduce tree levels that run in a Map,
     in order: ``tree_levels``, see :func:`canny_tree_levels`; each taken sets ``nodes``, the
-    ReduceLevel Map's items). A rule without a Variable counts as ``stats.more``."""
+    ReduceLevel Map's items) or ``...levels`` (a job that is not fused builds its pyramid in
+    level units: ``levels``). A rule without a Variable counts as ``stats.more``."""
     for rule in state.get("Choices", []):
         last = rule.get("Variable", "").rsplit(".", 1)[-1]
         wanted = bool(rule.get("BooleanEquals", True))
-        if last == "fused":
-            if bool(ctx.get("fused")) == wanted:
+        if last in ("fused", "levels"):
+            if bool(ctx.get(last)) == wanted:
                 return rule["Next"]
         elif last == "tree":  # a level of a canny round's reduce tree runs in a Map
             more = bool(ctx.get("tree_levels"))
