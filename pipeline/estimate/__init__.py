@@ -18,7 +18,10 @@ the estimate and overridable with ``--price KEY=VALUE``):
   ``process_unit`` on the process function, ``unit factor * (haloed Mpx * (input read + each
   op) + output Mpx * output encode)``, the input read per haloed megapixel and the unit
   factor measured by the benchmark's fused runs (the calibration's ``process_unit``; a file
-  without it cannot estimate fused jobs: rerun ``bench/compare.py``).
+  without it cannot estimate fused jobs: rerun ``bench/compare.py``). A **pyramid** job
+  that is not fused adds one ``build_levels`` per split unit on the process function (its
+  level units: ``4/3 * output Mpx * output encode``, decoding the base tiles costed as
+  encoding them, an assumption), and its merge reads back only the units' deepest level.
 - **Lambda seconds** of an invocation: its CPU seconds spread over the threads it can use
   (``memory / mb_per_vcpu`` vCPUs; split measured at ``threads`` busy threads, process_unit
   on all the vCPUs but no faster than its one-thread input read, the others one), divided by
@@ -28,7 +31,8 @@ the estimate and overridable with ``--price KEY=VALUE``):
 - **Dollars**: Lambda GB-seconds, requests and ephemeral storage above 512 MB; Step Functions
   Standard state transitions, counted by walking ``statemachine.asl.json`` along each job's
   success path (a Map state counts once, plus its item processor once per item; a Choice
-  takes the branch the job's plan takes: fused or not, statistics rounds left or not); S3
+  takes the branch the job's plan takes: fused or not, statistics rounds left or not, level
+  units or not); S3
   requests and the storage of the work files until the lifecycle rule removes them.
 - **Wall time**: a list-scheduling simulation of every invocation on ``concurrency`` Lambda
   slots, jobs started ``Jobs.MaxConcurrency`` at a time, each Map capped at its
