@@ -221,10 +221,12 @@ def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
     top = y0 + r0 * t
     height = min(top + rows * t, p.out_grid.height) - top
     width = min(unit.col1 * p.out_grid.tile, p.out_grid.width) - x0
-    tiles = [d.reshape(t, t, -1) for d in decoded]
-    strip = np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], 1)
-                            for r in range(rows)], 0)
-    return strip[:height, :width]
+    strip = np.empty((height, width, p.out_channels), p.info.dtype)
+    for n, tile in enumerate(decoded):
+        r, c = divmod(n, cols)
+        part = tile.reshape(t, t, -1)[:height - r * t, :width - c * t]
+        strip[r * t:r * t + part.shape[0], c * t:c * t + part.shape[1]] = part
+    return strip
 
 
 def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
