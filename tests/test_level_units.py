@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
 
@@ -40,8 +39,14 @@ from pipeline.steps.process import process
 from pipeline.steps.split import split
 from pipeline.steps.stats import plan_job, reduce_stats, stats
 from pipeline.steps.unit_levels import build_levels, fragment_name, level_names
-from tests.test_pyramid import _run, reference_levels, smooth
+from tests.test_pyramid import _run
 from tests.test_s3_merge import _same, merged_by_tifffile
+from tests.test_unit_levels import (
+    assert_levels_are_the_formula,
+    assert_units_shared_and_kept_blocks,
+    write_input,
+    write_jobs,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,14 +59,6 @@ JOBS = {
     # whole-page statistics: never fused
     "equalize": {"pages": [0], "ops": [{"op": "to_gray"}, {"op": "equalize_hist"}]},
 }
-
-
-def _write_input(path: Path) -> None:
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(smooth(700, 900, 3, 1), photometric="rgb", tile=(128, 128),
-                 compression="zlib", metadata=None)
-        tw.write(smooth(500, 333, 1, 2, "uint16"), tile=(64, 64), compression="zlib",
-                 metadata=None)
 
 
 def _run_in_process(planned: dict[str, object]) -> None:
@@ -86,13 +83,7 @@ def _run_in_process(planned: dict[str, object]) -> None:
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("level_units")
-    _write_input(root / "in.tif")
-    manifest = root / "m.json"
-    manifest.write_text(json.dumps({"defaults": {"tile": 80, "output_options": {
-        "tile": 16, "pyramid": True}}, "jobs": [
-            {"input": str(root / "in.tif"), "output": str(root / "out" / f"{n}.tif"), **j}
-            for n, j in JOBS.items()]}))
-    work = str(root / "work")
+    manifest, work = write_jobs(root, JOBS)
     made: list[pyramid_mod.Pyramid] = []
 
     class Spy(pyramid_mod.Pyramid):
@@ -128,10 +119,7 @@ def test_level_units_are_the_single_merge_pyramid(jobs, job):
     for i, page in enumerate(plan.pages):
         assert unit_level_count(plan, i) == 4  # 80 = 5 x 2**4: merge builds the deeper ones
         units = [n for n, u in enumerate(plan.units) if u.page == i]
-        docs = [storage.read_json(layout.segment_index_file(plan.work, i, fragment_name(n)))
-                for n in units]
-        assert any(d["fragments"] for d in docs)  # tiles shared by units
-        assert all(d["blocks"] for d in docs)  # the deepest unit level, raw
+        assert_units_shared_and_kept_blocks(plan, i)
         level1 = [storage.read_json(layout.segment_index_file(plan.work, i, level_names(n, 1)))
                   for n in units]
         assert sum(len(d["tiles"]) for d in level1) > 0  # level tiles encoded by the units
@@ -144,21 +132,14 @@ def test_merge_built_no_level_from_the_base_tiles(jobs):
 
 
 def test_level_units_equal_the_formula(jobs):
-    """Lossless levels equal the mean formula computed on the whole page (test_pyramid)."""
-    for plan in (jobs["plans"][0], jobs["plans"][3]):
-        with tifffile.TiffFile(plan.spec.output) as tf:
-            for page in tf.pages:
-                got = [np.asarray(sub.asarray()) for sub in page.pages]
-                want = reference_levels(page.asarray(), 16)
-                assert len(got) == len(want)
-                for g, w in zip(got, want, strict=True):
-                    np.testing.assert_array_equal(g, w)
+    for plan in (jobs["plans"][0], jobs["plans"][3]):  # zstd, blur: lossless
+        assert_levels_are_the_formula(plan.spec.output, 16)
 
 
 def test_a_job_without_levels_runs_no_level_units(tmp_path):
     """A page that fits in one output tile has no reduced level: the Levels Choice goes
     straight to Merge, and merge writes the page alone."""
-    _write_input(tmp_path / "in.tif")
+    write_input(tmp_path / "in.tif")
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"jobs": [{
         "input": str(tmp_path / "in.tif"), "output": str(tmp_path / "o.tif"), "pages": [1],
@@ -180,7 +161,7 @@ def test_the_local_engine_runs_the_level_units(tmp_path):
     """Through the state machine (local engine): a ``"fuse": false`` blur and an
     equalize_hist chain take the Levels Choice to BuildLevels; their files are the
     single-merge pyramid's."""
-    _write_input(tmp_path / "in.tif")
+    write_input(tmp_path / "in.tif")
     work = tmp_path / "work"
     opts = {"tile": 16, "pyramid": True, "compression": "deflate"}
     out = _run(tmp_path, {

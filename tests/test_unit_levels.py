@@ -41,20 +41,31 @@ JOBS = {
 }
 
 
-@pytest.fixture(scope="module")
-def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("unit_levels")
-    with tifffile.TiffWriter(root / "in.tif") as tw:
+def write_input(path: Path) -> None:
+    """Two pages: RGB 700 x 900 (128 px tiles) and uint16 500 x 333 (64 px tiles)."""
+    with tifffile.TiffWriter(path) as tw:
         tw.write(smooth(700, 900, 3, 1), photometric="rgb", tile=(128, 128),
                  compression="zlib", metadata=None)
         tw.write(smooth(500, 333, 1, 2, "uint16"), tile=(64, 64), compression="zlib",
                  metadata=None)
+
+
+def write_jobs(root: Path, jobs: dict[str, dict[str, object]]) -> tuple[Path, str]:
+    """The input and a manifest of ``jobs`` on it (80 px processing tiles, 16 px output
+    tiles, a pyramid); the manifest's path and the work folder."""
+    write_input(root / "in.tif")
     manifest = root / "m.json"
     manifest.write_text(json.dumps({"defaults": {"tile": 80, "output_options": {
         "tile": 16, "pyramid": True}}, "jobs": [
             {"input": str(root / "in.tif"), "output": str(root / "out" / f"{n}.tif"), **j}
-            for n, j in JOBS.items()]}))
-    work = str(root / "work")
+            for n, j in jobs.items()]}))
+    return manifest, str(root / "work")
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("unit_levels")
+    manifest, work = write_jobs(root, JOBS)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 80 * 80 * 12)  # bands of a few rows
         mp.setattr(plan_mod, "SPLIT_CACHE_BUDGET", 200_000)  # column chunks of a few tiles
@@ -84,19 +95,28 @@ def test_unit_levels_are_the_single_merge_pyramid(jobs, job):
         count = unit_level_count(plan, i)
         levels = level_shapes(page.out_grid.height, page.out_grid.width, 16)
         assert count == 4 < len(levels)  # 80 = 5 x 2**4: merge builds the deeper ones
-        docs = [storage.read_json(layout.segment_index_file(plan.work, i, fragment_name(n)))
-                for n, u in enumerate(plan.units) if u.page == i]
-        assert any(d["fragments"] for d in docs)  # tiles shared by units
-        assert all(d["blocks"] for d in docs)  # the deepest unit level, raw
+        assert_units_shared_and_kept_blocks(plan, i)
 
 
-def test_unit_levels_equal_the_formula(jobs):
+def assert_units_shared_and_kept_blocks(plan, page: int) -> None:
+    """The units of ``page`` shared level tiles (fragments) and kept their deepest level's
+    blocks (raw) for merge."""
+    docs = [storage.read_json(layout.segment_index_file(plan.work, page, fragment_name(n)))
+            for n, u in enumerate(plan.units) if u.page == page]
+    assert any(d["fragments"] for d in docs)  # tiles shared by units
+    assert all(d["blocks"] for d in docs)  # the deepest unit level, raw
+
+
+def assert_levels_are_the_formula(path: str, tile: int) -> None:
     """Lossless levels equal the mean formula computed on the whole page (test_pyramid)."""
-    plan = jobs["plans"][0]
-    with tifffile.TiffFile(plan.spec.output) as tf:
+    with tifffile.TiffFile(path) as tf:
         for page in tf.pages:
             got = [np.asarray(sub.asarray()) for sub in page.pages]
-            want = reference_levels(page.asarray(), 16)
+            want = reference_levels(page.asarray(), tile)
             assert len(got) == len(want)
             for g, w in zip(got, want, strict=True):
                 np.testing.assert_array_equal(g, w)
+
+
+def test_unit_levels_equal_the_formula(jobs):
+    assert_levels_are_the_formula(jobs["plans"][0].spec.output, 16)
