@@ -181,3 +181,21 @@ def test_the_local_engine_runs_the_level_units(tmp_path):
                                                                     fragment_name(n)))
         want = merged_by_tifffile(plan, tmp_path / f"old{job}.tif")
         assert _same(Path(out[name]).read_bytes(), want)
+
+
+def test_a_downsampled_job_that_is_not_fused(tmp_path):
+    """A downsampled page (output processing tile 80 / 5 = 16 px, so the region of a band
+    may end past the smaller page): its level units' file is the single-merge pyramid's."""
+    manifest, work = write_jobs(tmp_path, {"down": {
+        "fuse": False, "ops": [{"op": "downsample", "factor": 5}]}})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", 80 * 80 * 12)
+        mp.setattr(plan_mod, "SPLIT_CACHE_BUDGET", 200_000)
+        mp.setattr(tiff_layout, "ROW_MAJOR_RUNS", 10**9)
+        run = plan_run(RunEvent(str(manifest), work, "test"))
+        planned = plan_job(JobEvent(run["run"], 0))
+        _run_in_process(planned)
+    plan = load_plan(planned["plan"])
+    assert len(plan.units) > 2 and all(unit_level_count(plan, i) for i in range(2))
+    want = merged_by_tifffile(plan, tmp_path / "old.tif")
+    assert _same(Path(plan.spec.output).read_bytes(), want)
