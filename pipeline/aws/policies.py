@@ -10,9 +10,9 @@ What each function touches (see ``pipeline/steps``), hence what it may do:
   files; lists input prefixes (a scan) and checks output buckets (``HeadBucket``); writes
   work files.
 - process (process, process_unit, stats, reduce_stats, reduce_node, build_levels): reads and
-  writes work
-  files; a fused job's ``process_unit`` reads its unit's band straight from the input, so it
-  reads inputs (and may list data buckets, to tell a missing input from a denied one).
+  writes work files (``build_levels`` only those); a fused job's ``process_unit`` reads its
+  unit's band straight from the input, so it reads inputs (and may list data buckets, to
+  tell a missing input from a denied one).
 - the state machine: invokes the three, runs its Distributed Map children, and reads the
   job lists the Jobs map's ItemReader reads.
 - merge (merge, record_failure, report): reads work files, writes outputs (a multipart
