@@ -23,7 +23,7 @@ TIERS = ("unit", "engine", "docker")
 #: test files (module names) whose tests run the local engine
 ENGINE = {
     "test_bad_input", "test_bands", "test_bench_quick", "test_canny_tree", "test_cli",
-    "test_corpus", "test_many_jobs", "test_s3_merge",
+    "test_corpus", "test_level_units", "test_many_jobs", "test_s3_merge",
     "test_custom_ops", "test_engine", "test_engine_startup", "test_estimate", "test_fused",
     "test_global_ops", "test_metadata", "test_odd_inputs", "test_preview", "test_pyramid",
     "test_s3_pipeline", "test_scan", "test_start_status",
