@@ -18,8 +18,11 @@ page's tiles are laid out segment after segment, so each segment is one range of
 (a few server-side copies); TileOffsets say where each tile is, every other tag and every
 pixel is the same.
 
-A pyramid's levels are built here from the base tiles (read through, a bounded number at a
-time) into level segments in the work location, then placed like the base tiles.
+A pyramid's levels are built by the units (fused jobs) or the level units (BuildLevels,
+jobs that are not fused: :func:`pipeline.steps.unit_levels.build_levels`); merge assembles
+their shared tiles and the few deepest levels and places them like the base tiles. Only
+when no unit can build a level (or with :data:`UNIT_LEVELS` off) does merge build the
+levels here from the base tiles (read through, a bounded number at a time).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from pipeline.steps.pyramid import Pyramid, level_shapes
 from pipeline.steps.tile_table import TileTable
 from pipeline.steps.unit_levels import merge_unit_levels
 
-#: fused pyramid jobs: the units built the levels (False: merge builds them, as before)
+#: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
 UNIT_LEVELS = True
 #: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
 BIGTIFF_ABOVE = 2**31
