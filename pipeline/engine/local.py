@@ -1,10 +1,13 @@
-"""Run statemachine.asl.json on moto's Step Functions interpreter, in this process.
+"""Run statemachine.asl.json in this process: on :mod:`pipeline.engine.direct` (the
+default: it starts at once), or on moto's Step Functions interpreter.
 
-The definition is the same one AWS runs. Its Lambda tasks call functions registered in moto
-whose ``invoke`` is served by :class:`WorkerPool`: real handler code in worker processes,
-so tiles run in parallel. This module is the only place that knows the local engine exists,
-and, with :mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while
-a run lasts, and why), the only one that knows moto's internals.
+The definition is the same one AWS runs. Its Lambda tasks are served by :class:`WorkerPool`:
+real handler code in worker processes, so tiles run in parallel. With the direct interpreter
+the light tasks (planning, the report) run in this process, so the first one need not wait
+for a worker to start, and a small run (``inline``) runs every task here, with no pool. This
+module is the only place that knows the local engine exists, and, with
+:mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while a run lasts,
+and why), the only one that knows moto's internals.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
-from pipeline.engine import definition
-from pipeline.engine.moto_patches import crash_watch, end_signal, lean_interpreter
-from pipeline.engine.workers import WorkerPool
+from pipeline.engine import definition, direct
+from pipeline.engine.workers import InProcess, WorkerPool
 from pipeline.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 FUNCTIONS = ("split", "process", "merge")
+#: actions that only read headers and write small JSON: served in the engine's process by
+#: the direct interpreter (no worker start on the way to the first task)
+LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
+INTERPRETERS = ("auto", "direct", "moto")
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -52,6 +60,15 @@ class Execution:
 
 def function_name(function: str) -> str:
     return f"tiffpipe-local-{function}"
+
+
+def _function(name: str) -> str:
+    """``split`` (``process``, ``merge``) from a function's name or ARN, whatever its prefix:
+    the engine's own and a deployed stack's names both work."""
+    function = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
+    if function not in FUNCTIONS:
+        raise EngineError(f"no local function {name!r}")
+    return function
 
 
 @contextmanager
@@ -82,9 +99,7 @@ def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]
 
     def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: dict[str, str]) -> bytes:
-        function = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
-        if function not in FUNCTIONS:
-            raise EngineError(f"no local function {name!r}")
+        function = _function(name)
         event = json.loads(body or "{}")
         ok, payload = pool.invoke(function, event)
         if not ok:
@@ -106,18 +121,43 @@ class LocalEngine:
 
     ``map_threads``: the most items of one Distributed Map run in flight in the engine at once
     (default ``2 * workers + 2``: enough to keep the workers busy; more only costs memory).
+    ``interpreter``: ``direct`` (:mod:`pipeline.engine.direct`), ``moto``, or ``auto`` (direct
+    unless the definition uses what it does not support). ``inline``: every task in this
+    process, one at a time, and no worker pool (direct interpreter only; for small runs).
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
-                 definition_text: str | None = None, map_threads: int | None = None):
-        # The pool captures the environment BEFORE moto replaces credentials with fakes.
-        self.pool = WorkerPool(workers, env=dict(os.environ))
+                 definition_text: str | None = None, map_threads: int | None = None,
+                 interpreter: str = "auto", inline: bool = False):
+        if interpreter not in INTERPRETERS:
+            raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
         self.definition_text = definition_text
         self.map_threads = max(1, map_threads or 2 * workers + 2)
+        self.machine: dict[str, Any] | None = None
+        if interpreter != "moto":
+            machine = json.loads(definition.render(
+                {f: function_name(f) for f in FUNCTIONS}, definition_text))
+            why = direct.unsupported(machine)
+            if why and interpreter == "direct":
+                raise EngineError(f"the direct interpreter cannot run this definition: {why}")
+            if why:
+                log.info("running on moto: the direct interpreter does not support %s", why)
+            else:
+                self.machine = machine
+        self.in_process = InProcess()
+        self.inline = inline and self.machine is not None
+        # The pool captures the environment BEFORE moto replaces credentials with fakes.
+        self.pool = None if self.inline else WorkerPool(workers, env=dict(os.environ))
+
+    @property
+    def worker_peaks_kb(self) -> dict[int, int]:
+        """Peak RSS of each worker process that ran a task (none when inline)."""
+        return dict(self.pool.peaks_kb) if self.pool else {}
 
     def close(self) -> None:
-        self.pool.close()
+        if self.pool:
+            self.pool.close()
 
     def __enter__(self) -> Self:
         return self
@@ -129,8 +169,43 @@ class LocalEngine:
             poll: float = 0.05) -> Execution:
         """Start an execution on ``execution_input`` and wait for it to end (``poll``: seconds
         between status checks if moto's end of an execution cannot be signalled)."""
+        name = name or f"run-{uuid.uuid4().hex[:12]}"
+        if self.machine is not None:
+            return self._run_direct(self.machine, execution_input, name)
+        return self._run_moto(execution_input, name, poll)
+
+    def _invoke(self, name: str, event: Any) -> tuple[bool, Any]:
+        """A task of the direct interpreter: in this process if light (or inline), else in
+        the pool; the listener hears of it either way."""
+        function = _function(name)
+        light = self.inline or (isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS)
+        invoker = self.in_process if light or self.pool is None else self.pool
+        ok, payload = invoker.invoke(function, event)
+        if self.listener is not None:
+            self.listener(function, event, ok, payload)
+        return ok, payload
+
+    def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
+                    name: str) -> Execution:
+        started = time.time()
+        interpreter = direct.Interpreter(machine, self._invoke, self.map_threads)
+        try:
+            output = interpreter.run(execution_input, name)
+        except direct.StateError as exc:
+            return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)
+        except EngineError:
+            raise
+        except Exception as exc:  # a bug of the interpreter, not a failed state
+            raise EngineError(f"the embedded engine's interpreter stopped: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        return Execution("SUCCEEDED", output, None, None, time.time() - started)
+
+    def _run_moto(self, execution_input: dict[str, Any], name: str, poll: float) -> Execution:
         import boto3
 
+        from pipeline.engine.moto_patches import crash_watch, end_signal, lean_interpreter
+
+        assert self.pool is not None  # moto runs are never inline
         started = time.time()
         with (_mocked_aws(), served_by(self.pool, self.listener),
               lean_interpreter(self.map_threads), end_signal() as ended,
@@ -147,7 +222,7 @@ class LocalEngine:
                 name="tiffpipe-local", roleArn=role,
                 definition=definition.render(arns, self.definition_text))["stateMachineArn"]
             execution = sfn.start_execution(
-                stateMachineArn=machine, name=name or f"run-{uuid.uuid4().hex[:12]}",
+                stateMachineArn=machine, name=name,
                 input=json.dumps(execution_input))["executionArn"]
             while True:
                 desc = sfn.describe_execution(executionArn=execution)

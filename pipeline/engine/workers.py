@@ -111,6 +111,20 @@ def worker_tile_threads(workers: int, cores: int | None = None) -> int:
     return max(1, min(cores, 2 * cores // max(1, workers)))
 
 
+class InProcess:
+    """``invoke(function, event)`` in this process, one task at a time (as a worker runs
+    them): the light tasks of every run and all tasks of a small one, which would otherwise
+    wait for a worker to start. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            ok, payload, _, _ = _invoke(function, event)
+        return ok, payload
+
+
 @dataclass
 class WorkerPool:
     """``invoke(function, event)`` runs a handler in a worker process and returns
