@@ -74,8 +74,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
               contact_sheet: bool = False, interpreter: str = "auto") -> RunResult:
     """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
     ``<report stem>.contact.png`` (input and output thumbnails of every page of every job).
-    ``interpreter``: of the state machine (see :class:`LocalEngine`). A run of at most
-    :data:`INLINE_MAX_PIXELS` input pixels runs in this process, with no worker pool."""
+    ``interpreter``: of the state machine (see :class:`LocalEngine`)."""
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
@@ -89,8 +88,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = {"manifest": manifest, "work": work, "run_id": run_id, "report": report_url}
     try:
-        with LocalEngine(workers, listener, interpreter=interpreter,
-                         inline=_small(manifest)) as engine:
+        with LocalEngine(workers, listener, interpreter=interpreter) as engine:
             execution = engine.run(event, name=f"run-{run_id}")
             peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
         doc = None
@@ -112,27 +110,6 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
-
-
-#: a run of at most this many input pixels (all jobs, local files) runs every task in the
-#: engine's process: starting a worker pool costs more (~0.5 s of each core) than it saves
-INLINE_MAX_PIXELS = 16 * 2**20
-
-
-def _small(manifest: str) -> bool:
-    """Whether the run is small enough to run inline: its jobs' local inputs (read from their
-    page headers) add up to at most INLINE_MAX_PIXELS. A manifest that cannot be read or
-    checked here runs inline too: it fails at its first task, which the run reports."""
-    from pipeline.adapters.tiff_read import read_infos
-
-    try:
-        jobs = validate(manifest)
-        if isinstance(jobs, ScanSpec) or any(storage.is_s3(j.input) for j in jobs):
-            return False
-        pixels = sum(i.height * i.width for j in jobs for i in read_infos(j.input, j.pages))
-    except Exception:  # noqa: BLE001 - whatever fails here fails the run's first task too
-        return True
-    return pixels <= INLINE_MAX_PIXELS
 
 
 def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> str | None:

@@ -180,19 +180,28 @@ def test_what_it_cannot_run_is_named_and_runs_on_moto(change: dict[str, Any], wh
         LocalEngine(1, definition_text=json.dumps(passing), interpreter="direct")
 
 
-def test_a_small_run_runs_in_the_engine_process_and_a_larger_one_in_workers(tmp_path: Path):
+def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(tmp_path: Path):
+    """One unit: it runs in the engine's process and no worker starts. Three pages (three
+    units at once): the engine runs one, its pool of ``workers - 1`` the others."""
     rng = np.random.default_rng(3)
-    for name, side in (("small", 300), ("large", 4200)):
-        tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, (side, side), np.uint8),
-                         tile=(256, 256), compression="zlib")
+    for name, pages in (("one", 1), ("three", 3)):
+        with tifffile.TiffWriter(tmp_path / f"{name}.tif") as tw:
+            for _ in range(pages):
+                tw.write(rng.integers(0, 255, (1500, 1400, 3), np.uint8), tile=(256, 256),
+                         compression="zlib", photometric="rgb")
         (tmp_path / f"{name}.json").write_text(json.dumps({"jobs": [{
             "input": f"{name}.tif", "output": f"{name}-out.tif",
             "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
-        result = run_local(str(tmp_path / f"{name}.json"), 2)
+        units: list[str] = []
+        result = run_local(str(tmp_path / f"{name}.json"), 2,
+                           listener=lambda f, e, ok, p, u=units: u.append(e.get("action")))
         assert result.ok, result.error
+        assert units.count("process_unit") == pages
         with tifffile.TiffFile(tmp_path / f"{name}-out.tif") as out:
-            assert out.pages[0].shape == (side, side)
-        if name == "small":
-            assert result.worker_peaks_mb == {}  # no worker ran a task
+            assert len(out.pages) == pages and out.pages[0].shape == (1500, 1400, 3)
+        if pages == 1:
+            assert result.worker_peaks_mb == {}  # no worker was started
         else:
-            assert result.worker_peaks_mb and os.getpid() not in result.worker_peaks_mb
+            assert len(result.worker_peaks_mb) == 1 and os.getpid() not in result.worker_peaks_mb
+    with LocalEngine(1) as engine:  # one worker: this process alone
+        assert engine.pool is None and engine.machine is not None

@@ -3,9 +3,9 @@ default: it starts at once), or on moto's Step Functions interpreter.
 
 The definition is the same one AWS runs. Its Lambda tasks are served by :class:`WorkerPool`:
 real handler code in worker processes, so tiles run in parallel. With the direct interpreter
-the light tasks (planning, the report) run in this process, so the first one need not wait
-for a worker to start, and a small run (``inline``) runs every task here, with no pool. This
-module is the only place that knows the local engine exists, and, with
+this process is one of the ``workers``: the light tasks (planning, the report) and one heavy
+task at a time run here, the others in ``workers - 1`` processes started when first needed,
+so a run never waits for a worker to start and a one-unit run starts none. This module is the only place that knows the local engine exists, and, with
 :mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while a run lasts,
 and why), the only one that knows moto's internals.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -122,13 +123,14 @@ class LocalEngine:
     ``map_threads``: the most items of one Distributed Map run in flight in the engine at once
     (default ``2 * workers + 2``: enough to keep the workers busy; more only costs memory).
     ``interpreter``: ``direct`` (:mod:`pipeline.engine.direct`), ``moto``, or ``auto`` (direct
-    unless the definition uses what it does not support). ``inline``: every task in this
-    process, one at a time, and no worker pool (direct interpreter only; for small runs).
+    unless the definition uses what it does not support). With the direct interpreter, this
+    process runs one heavy task at a time besides a pool of ``workers - 1`` (none for one
+    worker) started at its first task; on moto, every task runs in a pool of ``workers``.
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
                  definition_text: str | None = None, map_threads: int | None = None,
-                 interpreter: str = "auto", inline: bool = False):
+                 interpreter: str = "auto"):
         if interpreter not in INTERPRETERS:
             raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
@@ -146,9 +148,16 @@ class LocalEngine:
             else:
                 self.machine = machine
         self.in_process = InProcess()
-        self.inline = inline and self.machine is not None
+        # heavy tasks wait for a free slot: this process's one, or one of the pool's (a task
+        # queued in the pool could wait there while this process idles at a map's end)
+        self._free = threading.Condition()
+        self._busy = {"engine": 0, "pool": 0}
         # The pool captures the environment BEFORE moto replaces credentials with fakes.
-        self.pool = None if self.inline else WorkerPool(workers, env=dict(os.environ))
+        if self.machine is None:
+            self.pool: WorkerPool | None = WorkerPool(workers, env=dict(os.environ))
+        else:
+            self.pool = WorkerPool(workers - 1, env=dict(os.environ), lazy=True) \
+                if workers > 1 else None
 
     @property
     def worker_peaks_kb(self) -> dict[int, int]:
@@ -175,15 +184,37 @@ class LocalEngine:
         return self._run_moto(execution_input, name, poll)
 
     def _invoke(self, name: str, event: Any) -> tuple[bool, Any]:
-        """A task of the direct interpreter: in this process if light (or inline), else in
-        the pool; the listener hears of it either way."""
+        """A task of the direct interpreter: in this process if light, or if heavy and this
+        process runs no other heavy task (or has no pool), else in the pool; the listener
+        hears of it either way."""
         function = _function(name)
-        light = self.inline or (isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS)
-        invoker = self.in_process if light or self.pool is None else self.pool
-        ok, payload = invoker.invoke(function, event)
+        if isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS:
+            ok, payload = self.in_process.invoke(function, event)
+        else:
+            slot = self._take_slot()
+            try:
+                invoker = self.in_process if slot == "engine" else self.pool
+                assert invoker is not None
+                ok, payload = invoker.invoke(function, event)
+            finally:
+                with self._free:
+                    self._busy[slot] -= 1
+                    self._free.notify()
         if self.listener is not None:
             self.listener(function, event, ok, payload)
         return ok, payload
+
+    def _take_slot(self) -> str:
+        """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
+        process first: it is warm)."""
+        capacity = {"engine": 1, "pool": self.pool.workers if self.pool else 0}
+        with self._free:
+            while True:
+                for slot in ("engine", "pool"):
+                    if self._busy[slot] < capacity[slot]:
+                        self._busy[slot] += 1
+                        return slot
+                self._free.wait()
 
     def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
                     name: str) -> Execution:

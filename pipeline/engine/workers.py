@@ -112,31 +112,29 @@ def worker_tile_threads(workers: int, cores: int | None = None) -> int:
 
 
 class InProcess:
-    """``invoke(function, event)`` in this process, one task at a time (as a worker runs
-    them): the light tasks of every run and all tasks of a small one, which would otherwise
-    wait for a worker to start. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    """``invoke(function, event)`` in this process (the engine's): tasks that would otherwise
+    wait for a worker to start. The caller bounds how many run at once."""
 
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-        with self._lock:
-            ok, payload, _, _ = _invoke(function, event)
+        ok, payload, _, _ = _invoke(function, event)
         return ok, payload
 
 
 @dataclass
 class WorkerPool:
     """``invoke(function, event)`` runs a handler in a worker process and returns
-    ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently."""
+    ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently. ``lazy``:
+    the workers start at the first invoke (a run that never needs them never pays for them),
+    else at once."""
 
     workers: int
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     peaks_kb: dict[int, int] = field(default_factory=dict)  # worker pid -> peak RSS
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
@@ -152,6 +150,8 @@ class WorkerPool:
 
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         with self._lock:
+            if self._pool is None:
+                self._pool = self._new_pool()
             pool = self._pool
         try:
             ok, payload, pid, peak = pool.submit(_invoke, function, event).result()
@@ -168,4 +168,7 @@ class WorkerPool:
         return ok, payload
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
