@@ -19,7 +19,8 @@ Inputs: RGB uint8 photo-like pages (bench/inputs.py), 512 px tiles, deflate leve
 ``--dir``. Op: gaussian_blur sigma 2. Each figure is the median of ``--repeat`` runs (wall
 seconds measured in the child; CPU seconds of the child and all it waited for; peak RSS of
 the largest process). ``ratio`` is tiffpipe's median wall over the best peer's (libvips or
-naive; < 1: tiffpipe is faster). Outputs are checked: tiffpipe's must be pixel-identical to
+naive; < 1: tiffpipe is faster); ``cpu_ratio`` its CPU seconds over the least of the peers'
+(steadier than wall time on a shared machine). Outputs are checked: tiffpipe's must be pixel-identical to
 the naive run's (and to the before tree's). ``--skip-naive-above GPX`` leaves out the naive
 run on big pages (it holds each page twice in memory: 4 Gpx RGB is 24 GB).
 """
@@ -154,6 +155,8 @@ def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     result["best_peer"] = min((t for t in PEERS if t in result["tools"]),
                               key=lambda t: result["tools"][t]["wall_s"], default=None)
     result["ratio"] = tp["wall_s"] / min(peers) if tp and peers else None
+    peer_cpu = [result["tools"][t]["cpu_s"] for t in PEERS if t in result["tools"]]
+    result["cpu_ratio"] = tp["cpu_s"] / min(peer_cpu) if tp and peer_cpu else None
     before = result["tools"].get("before")
     result["ratio_before"] = before["wall_s"] / min(peers) if before and peers else None
     if before and tp:
@@ -173,11 +176,11 @@ def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]], tools: list[str]) -> list[str]:
     """The sweep as Markdown rows: per case, each tool's median wall / CPU / peak, the ratio."""
     head = "| size | layout | Mpx | output | " + " | ".join(
-        f"{t} wall s / CPU s / MB" for t in tools) + " | tiffpipe / best peer |"
+        f"{t} wall s / CPU s / MB" for t in tools) + " | tiffpipe / best peer | CPU: tiffpipe / least peer |"
     with_before = "before" in tools
     if with_before:
         head += " before / best peer |"
-    lines = [head, "|" + "---|" * (5 + len(tools) + with_before)]
+    lines = [head, "|" + "---|" * (6 + len(tools) + with_before)]
     for r in results:
         size = "256 x 256" if r["size"] == "tiny" else f"{r['size']} Gpx"
         cells = []
@@ -186,9 +189,11 @@ def table(results: list[dict[str, Any]], tools: list[str]) -> list[str]:
             cells.append(f"{s['wall_s']:.2f} / {s['cpu_s']:.2f} / {s['peak_mb']:.0f}"
                          if s else "-")
         ratios = [r["ratio"]] + ([r["ratio_before"]] if with_before else [])
+        cpu = f"{r['cpu_ratio']:.2f}" if r.get("cpu_ratio") else "-"
         lines.append(f"| {size} | {r['layout']} | {r['megapixels']:.1f} | {r['codec']} | "
                      + " | ".join(cells) + " | " + " | ".join(
-                         f"{x:.2f} ({r['best_peer']})" if x else "-" for x in ratios) + " |")
+                         f"{x:.2f} ({r['best_peer']})" if x else "-" for x in ratios)
+                     + f" | {cpu} |")
     return lines
 
 

@@ -51,6 +51,8 @@ def test_every_case_and_tool(sweep: dict[str, Any]) -> None:
         peers = {t: c["tools"][t]["wall_s"] for t in ("libvips", "naive") if t in c["tools"]}
         assert c["best_peer"] == min(peers, key=peers.get)
         assert c["ratio"] == pytest.approx(c["tools"]["tiffpipe"]["wall_s"] / min(peers.values()))
+        cpu = min(c["tools"][t]["cpu_s"] for t in peers)
+        assert c["cpu_ratio"] == pytest.approx(c["tools"]["tiffpipe"]["cpu_s"] / cpu)
 
 
 def test_tiffpipe_output_is_identical_to_the_naive_run(sweep: dict[str, Any]) -> None:
