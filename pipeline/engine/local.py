@@ -36,8 +36,6 @@ FUNCTIONS = ("split", "process", "merge")
 #: the direct interpreter (no worker start on the way to the first task)
 LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
 INTERPRETERS = ("auto", "direct", "moto")
-#: seconds a heavy task waits for the engine's own slot before the worker pool starts
-POOL_START_AFTER_S = 2.0
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -208,22 +206,15 @@ class LocalEngine:
 
     def _take_slot(self) -> str:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
-        process first: it is warm). Until the pool has started, a task waits up to
-        :data:`POOL_START_AFTER_S` for this process instead: one task here already uses
-        every core (its tile threads), and a worker's start costs ~0.6 CPU-s of imports, so
-        a job of short units runs here alone; a longer one starts the pool."""
+        process first: it is warm)."""
         capacity = {"engine": 1, "pool": self.pool.workers if self.pool else 0}
-        deadline = time.monotonic() + POOL_START_AFTER_S
         with self._free:
             while True:
-                pool_open = self.pool is not None and (self.pool.started
-                                                       or time.monotonic() >= deadline)
                 for slot in ("engine", "pool"):
-                    if self._busy[slot] < capacity[slot] and (slot == "engine" or pool_open):
+                    if self._busy[slot] < capacity[slot]:
                         self._busy[slot] += 1
                         return slot
-                self._free.wait(None if pool_open or self.pool is None
-                                else max(0.0, deadline - time.monotonic()))
+                self._free.wait()
 
     def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
                     name: str) -> Execution:
