@@ -176,10 +176,9 @@ def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 def table(results: list[dict[str, Any]], tools: list[str]) -> list[str]:
     """The sweep as Markdown rows: per case, each tool's median wall / CPU / peak, the ratio."""
     head = "| size | layout | Mpx | output | " + " | ".join(
-        f"{t} wall s / CPU s / MB" for t in tools) + " | tiffpipe / best peer | CPU: tiffpipe / least peer |"
+        f"{t} wall s / CPU s / MB" for t in tools) + " | tiffpipe / best peer |"
     with_before = "before" in tools
-    if with_before:
-        head += " before / best peer |"
+    head += (" before / best peer |" if with_before else "") + " CPU: tiffpipe / least peer |"
     lines = [head, "|" + "---|" * (6 + len(tools) + with_before)]
     for r in results:
         size = "256 x 256" if r["size"] == "tiny" else f"{r['size']} Gpx"
