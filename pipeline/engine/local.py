@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from pipeline.engine import definition, direct
-from pipeline.engine.workers import InProcess, WorkerPool
+from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread
 from pipeline.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,8 @@ class LocalEngine:
         started = time.time()
         interpreter = direct.Interpreter(machine, self._invoke, self.map_threads)
         try:
-            output = interpreter.run(execution_input, name)
+            with one_opencv_thread():  # this process runs tasks, as the workers do
+                output = interpreter.run(execution_input, name)
         except direct.StateError as exc:
             return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)
         except EngineError:

@@ -12,8 +12,10 @@ import resource
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +111,21 @@ def worker_tile_threads(workers: int, cores: int | None = None) -> int:
     RGB jobs no slower, a few tiles more in memory per worker)."""
     cores = cores or os.cpu_count() or 1
     return max(1, min(cores, 2 * cores // max(1, workers)))
+
+
+@contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV on one thread while the block runs, as in the workers (:func:`_init`): the
+    tile threads are the parallelism, and OpenCV's own threads on top of them only
+    oversubscribe the cores. Its thread count is put back afterwards."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 class InProcess:
