@@ -180,9 +180,13 @@ def test_what_it_cannot_run_is_named_and_runs_on_moto(change: dict[str, Any], wh
         LocalEngine(1, definition_text=json.dumps(passing), interpreter="direct")
 
 
-def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(tmp_path: Path):
+@pytest.mark.parametrize("wait", [0.0, 600.0])
+def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait: float):
     """One unit: it runs in the engine's process and no worker starts. Three pages (three
-    units at once): the engine runs one, its pool of ``workers - 1`` the others."""
+    units at once): the engine runs one, its pool of ``workers - 1`` the others once a unit
+    has waited POOL_START_AFTER_S for the engine (with a long wait: all run in the engine)."""
+    monkeypatch.setattr(local, "POOL_START_AFTER_S", wait)
     rng = np.random.default_rng(3)
     for name, pages in (("one", 1), ("three", 3)):
         with tifffile.TiffWriter(tmp_path / f"{name}.tif") as tw:
@@ -199,7 +203,7 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(tmp
         assert units.count("process_unit") == pages
         with tifffile.TiffFile(tmp_path / f"{name}-out.tif") as out:
             assert len(out.pages) == pages and out.pages[0].shape == (1500, 1400, 3)
-        if pages == 1:
+        if pages == 1 or wait:
             assert result.worker_peaks_mb == {}  # no worker was started
         else:
             assert len(result.worker_peaks_mb) == 1 and os.getpid() not in result.worker_peaks_mb

@@ -36,6 +36,8 @@ FUNCTIONS = ("split", "process", "merge")
 #: the direct interpreter (no worker start on the way to the first task)
 LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
 INTERPRETERS = ("auto", "direct", "moto")
+#: seconds a heavy task waits for the engine's own slot before the worker pool starts
+POOL_START_AFTER_S = 0.3
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -206,15 +208,22 @@ class LocalEngine:
 
     def _take_slot(self) -> str:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
-        process first: it is warm)."""
+        process first: it is warm). Until the pool has started, a task waits up to
+        :data:`POOL_START_AFTER_S` for this process instead: one task here already uses
+        every core (its tile threads), and a worker's start costs ~0.6 CPU-s of imports, so
+        a job of short units runs here alone; a longer one starts the pool."""
         capacity = {"engine": 1, "pool": self.pool.workers if self.pool else 0}
+        deadline = time.monotonic() + POOL_START_AFTER_S
         with self._free:
             while True:
+                pool_open = self.pool is not None and (self.pool.started
+                                                       or time.monotonic() >= deadline)
                 for slot in ("engine", "pool"):
-                    if self._busy[slot] < capacity[slot]:
+                    if self._busy[slot] < capacity[slot] and (slot == "engine" or pool_open):
                         self._busy[slot] += 1
                         return slot
-                self._free.wait()
+                self._free.wait(None if pool_open or self.pool is None
+                                else max(0.0, deadline - time.monotonic()))
 
     def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
                     name: str) -> Execution:

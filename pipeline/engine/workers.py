@@ -165,6 +165,11 @@ class WorkerPool:
             pool.submit(_warm_up)
         return pool
 
+    @property
+    def started(self) -> bool:
+        """Whether the worker processes have been started."""
+        return self._pool is not None
+
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             if self._pool is None:
