@@ -209,3 +209,36 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(
             assert len(result.worker_peaks_mb) == 1 and os.getpid() not in result.worker_peaks_mb
     with LocalEngine(1) as engine:  # one worker: this process alone
         assert engine.pool is None and engine.machine is not None
+
+
+def test_a_distributed_map_reads_its_items_with_an_item_reader(tmp_path: Path):
+    """ItemReader (s3:getObject, a JSON array): the items come from ``read_items`` given the
+    filled Parameters; a reader that fails fails the map with States.ItemReaderFailed."""
+    (tmp_path / "jobs.json").write_text(json.dumps([3, 5]))
+    machine = {"StartAt": "Jobs", "States": {"Jobs": {
+        "Type": "Map", "ResultPath": "$.out", "End": True,
+        "ItemReader": {"Resource": direct.S3_GET_OBJECT, "ReaderConfig": {"InputType": "JSON"},
+                       "Parameters": {"Bucket.$": "$.where.Bucket", "Key.$": "$.where.Key"}},
+        "ItemSelector": {"job.$": "$$.Map.Item.Value"},
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                          "StartAt": "Echo", "States": {"Echo": _task("echo", End=True)}}}}}
+    assert direct.unsupported(machine) is None
+    asked: list[dict[str, Any]] = []
+
+    def read(params: dict[str, Any]) -> str:
+        asked.append(params)
+        return (tmp_path / params["Key"]).read_text()
+
+    fn = Lambda()
+    where = {"where": {"Bucket": "b", "Key": "jobs.json"}}
+    out = direct.Interpreter(machine, lambda n, e: fn.invoke(n, e), 2, read_items=read).run(
+        where, "x")
+    assert asked == [{"Bucket": "b", "Key": "jobs.json"}]
+    assert [o["out"]["seen"] for o in out["out"]] == [{"job": 3}, {"job": 5}]
+    missing = {"where": {"Bucket": "b", "Key": "gone.json"}}
+    with pytest.raises(direct.StateError) as info:
+        direct.Interpreter(machine, lambda n, e: fn.invoke(n, e), 2, read_items=read).run(
+            missing, "y")
+    assert info.value.error == "States.ItemReaderFailed" and "gone.json" in info.value.cause
+    machine["States"]["Jobs"]["ItemReader"]["ReaderConfig"] = {"InputType": "CSV"}
+    assert "ItemReader" in (direct.unsupported(machine) or "")

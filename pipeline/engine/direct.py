@@ -27,7 +27,7 @@ _COMMON = {"Type", "Comment", "Next", "End", "InputPath", "OutputPath"}
 _FIELDS = {
     "Task": _COMMON | {"Resource", "Parameters", "ResultSelector", "ResultPath", "Retry",
                        "Catch"},
-    "Map": _COMMON | {"ItemsPath", "ItemSelector", "ItemProcessor", "Iterator",
+    "Map": _COMMON | {"ItemsPath", "ItemReader", "ItemSelector", "ItemProcessor", "Iterator",
                       "MaxConcurrency", "ToleratedFailurePercentage", "ToleratedFailureCount",
                       "Label", "ResultSelector", "ResultPath", "Retry", "Catch"},
     "Choice": {"Type", "Comment", "Choices", "Default", "InputPath", "OutputPath"},
@@ -49,9 +49,12 @@ _COMPARISONS = {
 _RETRY_FIELDS = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate",
                  "JitterStrategy", "MaxDelaySeconds"}
 _MISSING = object()
+S3_GET_OBJECT = "arn:aws:states:::s3:getObject"
 
 #: serves one Lambda invoke: (function ARN, payload) -> (ok, result or error payload)
 Invoke = Callable[[str, Any], tuple[bool, Any]]
+#: an ItemReader's object: its filled Parameters (Bucket, Key) -> the object's text
+ReadItems = Callable[[dict[str, Any]], str]
 
 
 def _number(x: Any) -> bool:
@@ -135,6 +138,14 @@ def unsupported(machine: dict[str, Any]) -> str | None:
             problem = _choice_problem(rule, name)
             if problem:
                 return problem
+        reader = state.get("ItemReader")
+        if reader is not None and (reader.get("Resource") != S3_GET_OBJECT
+                                   or reader.get("ReaderConfig", {}) != {"InputType": "JSON"}
+                                   or set(reader) - {"Resource", "ReaderConfig", "Parameters"}):
+            return f"state {name}: ItemReader {reader} (only s3:getObject of a JSON array)"
+        problem = _template_problem((reader or {}).get("Parameters"), f"{name}.ItemReader")
+        if problem:
+            return problem
         if kind == "Map":
             processor = state.get("ItemProcessor") or state.get("Iterator") or {}
             config = set(processor.get("ProcessorConfig", {})) - {"Mode", "ExecutionType"}
@@ -229,9 +240,9 @@ class Interpreter:
     ``map_threads`` threads per Map state (``MaxConcurrency`` bounds them too)."""
 
     def __init__(self, machine: dict[str, Any], invoke: Invoke, map_threads: int,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, read_items: ReadItems | None = None):
         self.machine, self.invoke, self.map_threads = machine, invoke, max(1, map_threads)
-        self.sleep = sleep
+        self.sleep, self.read_items = sleep, read_items
 
     def run(self, data: Any, name: str) -> Any:
         """The execution's output, or StateError."""
@@ -316,7 +327,8 @@ class Interpreter:
 
     def _map(self, name: str, state: dict[str, Any], data: Any, context: dict[str, Any]
              ) -> list[Any]:
-        items = get_path(state.get("ItemsPath", "$"), data, context)
+        items = (self._read(name, state["ItemReader"], data, context) if "ItemReader" in state
+                 else get_path(state.get("ItemsPath", "$"), data, context))
         if not isinstance(items, list):
             raise StateError("States.Runtime", f"{name}: ItemsPath does not give an array")
         processor = state.get("ItemProcessor") or state["Iterator"]
@@ -366,3 +378,15 @@ class Interpreter:
                                  f"first: {failures[0].error})")
             raise failures[0]
         return results
+
+    def _read(self, name: str, reader: dict[str, Any], data: Any, context: dict[str, Any]
+              ) -> Any:
+        """The items an ItemReader names: a JSON array, read by ``read_items``."""
+        params = fill(reader.get("Parameters", {}), data, context)
+        if self.read_items is None:
+            raise StateError("States.ItemReaderFailed", f"{name}: no ItemReader is served")
+        try:
+            return json.loads(self.read_items(params))
+        except Exception as exc:  # the map fails, as on AWS, with the cause
+            raise StateError("States.ItemReaderFailed",
+                             f"{name}: reading {params}: {type(exc).__name__}: {exc}") from exc

@@ -228,7 +228,8 @@ class LocalEngine:
     def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
                     name: str) -> Execution:
         started = time.time()
-        interpreter = direct.Interpreter(machine, self._invoke, self.map_threads)
+        interpreter = direct.Interpreter(machine, self._invoke, self.map_threads,
+                                         read_items=self._read_items)
         try:
             with one_opencv_thread():  # this process runs tasks, as the workers do
                 output = interpreter.run(execution_input, name)
@@ -240,6 +241,14 @@ class LocalEngine:
             raise EngineError(f"the embedded engine's interpreter stopped: "
                               f"{type(exc).__name__}: {exc}") from exc
         return Execution("SUCCEEDED", output, None, None, time.time() - started)
+
+    @staticmethod
+    def _read_items(parameters: dict[str, Any]) -> str:
+        """An ItemReader's object (``s3:getObject`` of ``Bucket``, ``Key``), read from where
+        the run's files are, in this process (the direct interpreter's ItemReader)."""
+        from pipeline.adapters import storage
+
+        return storage.read_text(f"s3://{parameters['Bucket']}/{parameters['Key']}")
 
     def _run_moto(self, execution_input: dict[str, Any], name: str, poll: float) -> Execution:
         import boto3
