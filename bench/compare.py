@@ -71,13 +71,14 @@ def log(msg: str) -> None:
 # --- running children ---------------------------------------------------------------------
 
 
-def child(name: str, **kwargs: Any) -> dict[str, Any]:
+def child(name: str, script: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run ``children.NAME(**kwargs)`` in a fresh process; add its CPU seconds (the child and
     every process it waited for). The page cache's dirty pages are written out first, so
-    that no run pays for the writeback of an earlier one's outputs (GBs after a giant page)."""
+    that no run pays for the writeback of an earlier one's outputs (GBs after a giant page).
+    ``script``: another checkout's children.py (default: this one's)."""
     os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "children.py"), name,
+    proc = subprocess.run([sys.executable, script or os.path.join(HERE, "children.py"), name,
                            json.dumps(kwargs)], capture_output=True, text=True, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:

@@ -98,17 +98,20 @@ def _handler_seconds(events: list[tuple[str, dict[str, Any]]]) -> tuple[float, f
 
 
 def _engine(as_shipped: bool) -> Any:
-    """LocalEngine; with ``as_shipped``, without its patches of moto's interpreter."""
+    """LocalEngine (its default interpreter); with ``as_shipped``, on moto's interpreter
+    without the engine's patches of it."""
+    import functools
     from contextlib import contextmanager
 
-    from pipeline.engine import local
+    from pipeline.engine import local, moto_patches
 
     if as_shipped:
         @contextmanager
         def unpatched(map_threads: int) -> Any:
             yield []
 
-        local.lean_interpreter = unpatched  # type: ignore[assignment]
+        moto_patches.lean_interpreter = unpatched  # type: ignore[assignment]
+        return functools.partial(local.LocalEngine, interpreter="moto")
     return local.LocalEngine
 
 

@@ -7,7 +7,8 @@ gaussian_blur, 64 px tiles. Then runs it with ``run_local`` (2 workers), each ru
 process, ``--repeat`` times per tree, the trees in alternating order, and prints per tree the
 medians of: seconds from ``run_local``'s start to the first Lambda invoke, the engine's CPU
 seconds until then, and the whole run's seconds, with their ratio to the first tree (this
-checkout). ``--against`` takes other checkouts of tiffpipe, e.g. an earlier commit made with
+checkout; a task counts whether a worker or the engine's own process runs it). ``--against``
+takes other checkouts of tiffpipe, e.g. an earlier commit made with
 ``git worktree add /tmp/before <commit>``; they run on this checkout's venv.
 """
 
@@ -31,12 +32,16 @@ if __name__ == "__main__":
     from pipeline import runner
     from pipeline.engine import workers
     first = []
-    original = workers.WorkerPool.invoke
-    def invoke(self, function, event):
-        if not first:
-            first.extend([time.perf_counter(), time.process_time()])
-        return original(self, function, event)
-    workers.WorkerPool.invoke = invoke
+    def timed(original):
+        def invoke(self, function, event):
+            if not first:
+                first.extend([time.perf_counter(), time.process_time()])
+            return original(self, function, event)
+        return invoke
+    # tasks run in the pool, or (trees with InProcess) in the engine's process
+    for cls in (workers.WorkerPool, getattr(workers, "InProcess", None)):
+        if cls is not None:
+            cls.invoke = timed(cls.invoke)
     t0, c0 = time.perf_counter(), time.process_time()
     result = runner.run_local(os.path.join(sys.argv[1], "m.json"), 2)
     t1 = time.perf_counter()

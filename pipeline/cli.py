@@ -25,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every job of a manifest on this machine")
     run.add_argument("manifest", help="manifest JSON (local path or s3:// URL)")
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                     help="worker processes (default: the number of cores)")
+                     help="tasks run at once: this process and workers - 1 worker processes, "
+                          "started when needed (default: the number of cores)")
+    run.add_argument("--interpreter", choices=("auto", "direct", "moto"), default="auto",
+                     help="of the state machine: tiffpipe's own (direct, starts at once) or "
+                          "moto's; auto: direct unless the definition needs more")
     run.add_argument("--work", help="work location for intermediate tiles (folder or s3:// "
                                     "prefix; default: .tiffpipe-work/ next to the manifest)")
     run.add_argument("--keep-work", action="store_true", help="keep the work files")
@@ -141,7 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with RunProgress(jobs, quiet=args.quiet) as progress:
             result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
                                keep_work=args.keep_work, listener=progress,
-                               contact_sheet=not getattr(args, "no_contact_sheet", False))
+                               contact_sheet=not getattr(args, "no_contact_sheet", False),
+                               interpreter=getattr(args, "interpreter", "auto"))
     except OutputNotWritableError as exc:
         print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -72,9 +72,10 @@ class RunResult:
 
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,
               keep_work: bool = False, listener: Listener | None = None,
-              contact_sheet: bool = False) -> RunResult:
+              contact_sheet: bool = False, interpreter: str = "auto") -> RunResult:
     """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
-    ``<report stem>.contact.png`` (input and output thumbnails of every page of every job)."""
+    ``<report stem>.contact.png`` (input and output thumbnails of every page of every job).
+    ``interpreter``: of the state machine (see :class:`LocalEngine`)."""
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
@@ -88,9 +89,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = to_payload(RunEvent(manifest=manifest, work=work, run_id=run_id, report=report_url))
     try:
-        with LocalEngine(workers, listener) as engine:
+        with LocalEngine(workers, listener, interpreter=interpreter) as engine:
             execution = engine.run(event, name=f"run-{run_id}")
-            peaks = {pid: kb / 1024 for pid, kb in engine.pool.peaks_kb.items()}
+            peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
         doc = None
         if execution.status == "SUCCEEDED":
             doc = storage.read_json(report_url)

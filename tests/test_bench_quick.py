@@ -53,7 +53,7 @@ def test_every_field(bench: dict[str, Any]) -> None:
             assert s["wall_s"] > 0 and s["peak_mb"] > 0 and s["cpu_s"] >= 0
     assert "libvips" not in table["zstd"]  # the pyvips-binary wheel has no zstd
     tp = table["deflate"]["tiffpipe"]["runs"][0]
-    assert tp["worker_peaks_mb"] and tp["engine_peak_mb"] > 0
+    assert tp["engine_peak_mb"] > 0  # tiny runs run in the engine process: maybe no workers
     assert tp["peak_mb"] == max([tp["engine_peak_mb"], *tp["worker_peaks_mb"]])
     giant = bench["memory"]["giant"]
     assert giant["tiffpipe"]["peak_mb"] > 0 and giant["naive"]["peak_mb"] > 0

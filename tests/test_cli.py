@@ -231,6 +231,16 @@ def test_run_quiet_keep_work_elsewhere(tmp_path: Path, capfd: pytest.CaptureFixt
     assert not (folder / "m.report.json").exists()
 
 
+def test_run_on_moto_gives_the_same_outputs(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """--interpreter moto: the same run on moto's interpreter, the same outputs and report."""
+    _inputs(tmp_path)
+    code = cli.main(["run", str(tmp_path / "m.json"), "--workers", "2", "--quiet",
+                     "--interpreter", "moto"])
+    assert code == 0
+    _check_outputs(tmp_path)
+    assert json.loads((tmp_path / "m.report.json").read_text())["succeeded"] == 2
+
+
 @pytest.fixture(scope="module")
 def report_fails(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A run whose report cannot be written (its folder is a regular file)."""

@@ -130,7 +130,7 @@ def test_runs_a_manifest_end_to_end_and_restores_moto(tmp_path: Path,
         during.append(isinstance(utils.TMP_THREADS, moto_patches.ThreadsNotKept))
 
     with caplog.at_level(logging.WARNING, logger=moto_patches.__name__):
-        result = run_local(str(tmp_path / "m.json"), 2, listener=listener)
+        result = run_local(str(tmp_path / "m.json"), 2, listener=listener, interpreter="moto")
     assert result.ok, result.error
     with tifffile.TiffFile(tmp_path / "rgb.tif") as src, \
             tifffile.TiffFile(tmp_path / "out.tif") as out:
@@ -212,7 +212,7 @@ def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str
 
     gc.collect()
     before = census()  # what earlier tests in this process left alive is not this run's
-    with LocalEngine(2, listener=listener, map_threads=map_threads) as engine:
+    with LocalEngine(2, listener=listener, map_threads=map_threads, interpreter="moto") as engine:
         run = {"manifest": str(manifest), "work": str(tmp_path / "work"), "run_id": "t",
                "report": str(tmp_path / "report.json")}
         execution = engine.run(run, name="many-items")

@@ -213,7 +213,7 @@ def test_without_a_patch_a_run_still_ends(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(cls, method, changed)
     with caplog.at_level(logging.WARNING, logger=moto_patches.__name__), \
-            LocalEngine(1, definition_text=PASS_MACHINE) as engine:
+            LocalEngine(1, definition_text=PASS_MACHINE, interpreter="moto") as engine:
         run = engine.run({"value": 3}, name="changed", poll=0.01)
     assert (run.status, run.output) == ("SUCCEEDED", {"seen": 3})
     assert [r.getMessage() for r in caplog.records if patch in r.getMessage()], [
@@ -276,7 +276,7 @@ def test_a_crashed_interpreter_stops_the_run_instead_of_waiting_for_ever(
         raise RuntimeError("an interpreter bug")
 
     monkeypatch.setattr(worker, "_get_evaluation_entrypoint", broken)
-    with LocalEngine(1, definition_text=PASS_MACHINE) as engine, \
+    with LocalEngine(1, definition_text=PASS_MACHINE, interpreter="moto") as engine, \
             pytest.raises(EngineError, match="interpreter .moto. stopped: RuntimeError: an "
                                              "interpreter bug"):
         engine.run({"value": 1}, name="crashed")

@@ -1,10 +1,13 @@
-"""Run statemachine.asl.json on moto's Step Functions interpreter, in this process.
+"""Run statemachine.asl.json in this process: on :mod:`pipeline.engine.direct` (the
+default: it starts at once), or on moto's Step Functions interpreter.
 
-The definition is the same one AWS runs. Its Lambda tasks call functions registered in moto
-whose ``invoke`` is served by :class:`WorkerPool`: real handler code in worker processes,
-so tiles run in parallel. This module is the only place that knows the local engine exists,
-and, with :mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while
-a run lasts, and why), the only one that knows moto's internals.
+The definition is the same one AWS runs. Its Lambda tasks are served by :class:`WorkerPool`:
+real handler code in worker processes, so tiles run in parallel. With the direct interpreter
+this process is one of the ``workers``: the light tasks (planning, the report) and one heavy
+task at a time run here, the others in ``workers - 1`` processes started when first needed,
+so a run never waits for a worker to start and a one-unit run starts none. This module is the only place that knows the local engine exists, and, with
+:mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while a run lasts,
+and why), the only one that knows moto's internals.
 """
 
 from __future__ import annotations
@@ -12,22 +15,31 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.core.events import JobList
-from pipeline.engine import definition
-from pipeline.engine.moto_patches import crash_watch, end_signal, item_reader, lean_interpreter
-from pipeline.engine.workers import WorkerPool
+from pipeline.engine import definition, direct
+from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread
 from pipeline.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+#: actions that only read headers and write small JSON: served in the engine's process by
+#: the direct interpreter (no worker start on the way to the first task)
+LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
+INTERPRETERS = ("auto", "direct", "moto")
+#: seconds a heavy task waits for the engine's own slot before the worker pool starts
+POOL_START_AFTER_S = 0.3
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -55,6 +67,15 @@ class Execution:
 
 def function_name(function: str) -> str:
     return f"tiffpipe-local-{function}"
+
+
+def _function(name: str) -> str:
+    """``split`` (``process``, ``merge``) from a function's name or ARN, whatever its prefix:
+    the engine's own and a deployed stack's names both work."""
+    function = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
+    if function not in FUNCTIONS:
+        raise EngineError(f"no local function {name!r}")
+    return function
 
 
 @contextmanager
@@ -85,9 +106,7 @@ def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]
 
     def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: dict[str, str]) -> bytes:
-        function = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
-        if function not in FUNCTIONS:
-            raise EngineError(f"no local function {name!r}")
+        function = _function(name)
         event = json.loads(body or "{}")
         ok, payload = pool.invoke(function, event)
         if not ok:
@@ -120,18 +139,53 @@ class LocalEngine:
 
     ``map_threads``: the most items of one Distributed Map run in flight in the engine at once
     (default ``2 * workers + 2``: enough to keep the workers busy; more only costs memory).
+    ``interpreter``: ``direct`` (:mod:`pipeline.engine.direct`), ``moto``, or ``auto`` (direct
+    unless the definition uses what it does not support). With the direct interpreter, this
+    process runs one heavy task at a time besides a pool of ``workers - 1`` (none for one
+    worker) started at its first task; on moto, every task runs in a pool of ``workers``.
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
-                 definition_text: str | None = None, map_threads: int | None = None):
-        # The pool captures the environment BEFORE moto replaces credentials with fakes.
-        self.pool = WorkerPool(workers, env=dict(os.environ))
+                 definition_text: str | None = None, map_threads: int | None = None,
+                 interpreter: str = "auto"):
+        if interpreter not in INTERPRETERS:
+            raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
         self.definition_text = definition_text
         self.map_threads = max(1, map_threads or 2 * workers + 2)
+        self.machine: dict[str, Any] | None = None
+        if interpreter != "moto":
+            machine = json.loads(definition.render(
+                {f: function_name(f) for f in FUNCTIONS}, definition_text))
+            why = direct.unsupported(machine)
+            if why and interpreter == "direct":
+                raise EngineError(f"the direct interpreter cannot run this definition: {why}")
+            if why:
+                log.info("running on moto: the direct interpreter does not support %s", why)
+            else:
+                self.machine = machine
+        self.in_process = InProcess()
+        self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="tiffpipe-task")
+        # heavy tasks wait for a free slot: this process's one, or one of the pool's (a task
+        # queued in the pool could wait there while this process idles at a map's end)
+        self._free = threading.Condition()
+        self._busy = {"engine": 0, "pool": 0}
+        # The pool captures the environment BEFORE moto replaces credentials with fakes.
+        if self.machine is None:
+            self.pool: WorkerPool | None = WorkerPool(workers, env=dict(os.environ))
+        else:
+            self.pool = WorkerPool(workers - 1, env=dict(os.environ), lazy=True) \
+                if workers > 1 else None
+
+    @property
+    def worker_peaks_kb(self) -> dict[int, int]:
+        """Peak RSS of each worker process that ran a task (none when inline)."""
+        return dict(self.pool.peaks_kb) if self.pool else {}
 
     def close(self) -> None:
-        self.pool.close()
+        self._engine_thread.shutdown(wait=True)
+        if self.pool:
+            self.pool.close()
 
     def __enter__(self) -> Self:
         return self
@@ -143,8 +197,94 @@ class LocalEngine:
             poll: float = 0.05) -> Execution:
         """Start an execution on ``execution_input`` and wait for it to end (``poll``: seconds
         between status checks if moto's end of an execution cannot be signalled)."""
+        name = name or f"run-{uuid.uuid4().hex[:12]}"
+        if self.machine is not None:
+            return self._run_direct(self.machine, execution_input, name)
+        return self._run_moto(execution_input, name, poll)
+
+    def _invoke(self, name: str, event: Any) -> tuple[bool, Any]:
+        """A task of the direct interpreter: in this process if light, or if heavy and this
+        process runs no other heavy task (or has no pool), else in the pool; the listener
+        hears of it either way."""
+        function = _function(name)
+        if isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS:
+            ok, payload = self.in_process.invoke(function, event)
+        else:
+            slot = self._take_slot()
+            try:
+                if slot == "engine":
+                    # always on the same thread, as in a worker: a thread's freed memory stays
+                    # in its malloc arena, and units run on several map threads in turn left
+                    # the engine's peak RSS ~40% above a worker's at 1 Gpx
+                    ok, payload = self._engine_thread.submit(
+                        self.in_process.invoke, function, event).result()
+                else:
+                    assert self.pool is not None
+                    ok, payload = self.pool.invoke(function, event)
+            finally:
+                with self._free:
+                    self._busy[slot] -= 1
+                    self._free.notify()
+        if self.listener is not None:
+            self.listener(function, event, ok, payload)
+        return ok, payload
+
+    def _take_slot(self) -> str:
+        """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
+        process first: it is warm). Until the pool has started, a task waits up to
+        :data:`POOL_START_AFTER_S` for this process instead: one task here already uses
+        every core (its tile threads), and a worker's start costs ~0.6 CPU-s of imports, so
+        a job of short units runs here alone; a longer one starts the pool."""
+        capacity = {"engine": 1, "pool": self.pool.workers if self.pool else 0}
+        deadline = time.monotonic() + POOL_START_AFTER_S
+        with self._free:
+            while True:
+                pool_open = self.pool is not None and (self.pool.started
+                                                       or time.monotonic() >= deadline)
+                for slot in ("engine", "pool"):
+                    if self._busy[slot] < capacity[slot] and (slot == "engine" or pool_open):
+                        self._busy[slot] += 1
+                        return slot
+                self._free.wait(None if pool_open or self.pool is None
+                                else max(0.0, deadline - time.monotonic()))
+
+    def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
+                    name: str) -> Execution:
+        started = time.time()
+        interpreter = direct.Interpreter(machine, self._invoke, self.map_threads,
+                                         read_items=self._read_items_here)
+        try:
+            with one_opencv_thread():  # this process runs tasks, as the workers do
+                output = interpreter.run(execution_input, name)
+        except direct.StateError as exc:
+            return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)
+        except EngineError:
+            raise
+        except Exception as exc:  # a bug of the interpreter, not a failed state
+            raise EngineError(f"the embedded engine's interpreter stopped: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        return Execution("SUCCEEDED", output, None, None, time.time() - started)
+
+    @staticmethod
+    def _read_items_here(parameters: dict[str, Any]) -> str:
+        """The job list a Distributed Map's ItemReader names (``Bucket``, ``Key``: a local
+        work folder's has a placeholder bucket), read from the work location in this process
+        (the direct interpreter's ItemReader: no moto mock here)."""
+        from pipeline.adapters import storage
+
+        return storage.read_text(JobList(parameters["Bucket"], parameters["Key"]).url)
+
+    def _run_moto(self, execution_input: dict[str, Any], name: str, poll: float) -> Execution:
         import boto3
 
+        from pipeline.engine.moto_patches import (
+            crash_watch,
+            end_signal,
+            item_reader,
+            lean_interpreter,
+        )
+
+        assert self.pool is not None  # moto runs are never inline
         started = time.time()
         with (_mocked_aws(), served_by(self.pool, self.listener),
               lean_interpreter(self.map_threads), end_signal() as ended,
@@ -161,7 +301,7 @@ class LocalEngine:
                 name="tiffpipe-local", roleArn=role,
                 definition=definition.render(arns, self.definition_text))["stateMachineArn"]
             execution = sfn.start_execution(
-                stateMachineArn=machine, name=name or f"run-{uuid.uuid4().hex[:12]}",
+                stateMachineArn=machine, name=name,
                 input=json.dumps(execution_input))["executionArn"]
             while True:
                 desc = sfn.describe_execution(executionArn=execution)
@@ -182,7 +322,9 @@ class LocalEngine:
 
     def _read_items(self, parameters: dict[str, Any]) -> str:
         """The job list a Distributed Map's ItemReader names (Bucket, Key), from the work
-        location (see moto_patches.item_reader)."""
+        location through a worker: moto mocks S3 in this process (see
+        moto_patches.item_reader)."""
+        assert self.pool is not None  # moto runs are never inline
         return self.pool.read_text(JobList(parameters["Bucket"], parameters["Key"]).url)
 
     @staticmethod

@@ -12,8 +12,10 @@ import resource
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,18 +121,45 @@ def worker_tile_threads(workers: int, cores: int | None = None) -> int:
     return max(1, min(cores, 2 * cores // max(1, workers)))
 
 
+@contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV on one thread while the block runs, as in the workers (:func:`_init`): the
+    tile threads are the parallelism, and OpenCV's own threads on top of them only
+    oversubscribe the cores. Its thread count is put back afterwards."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+class InProcess:
+    """``invoke(function, event)`` in this process (the engine's): tasks that would otherwise
+    wait for a worker to start. The caller bounds how many run at once."""
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        ok, payload, _, _ = _invoke(function, event)
+        return ok, payload
+
+
 @dataclass
 class WorkerPool:
     """``invoke(function, event)`` runs a handler in a worker process and returns
-    ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently."""
+    ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently. ``lazy``:
+    the workers start at the first invoke (a run that never needs them never pays for them),
+    else at once."""
 
     workers: int
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     peaks_kb: dict[int, int] = field(default_factory=dict)  # worker pid -> peak RSS
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool = self._new_pool()
+        self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")
@@ -144,8 +173,15 @@ class WorkerPool:
             pool.submit(_warm_up)
         return pool
 
+    @property
+    def started(self) -> bool:
+        """Whether the worker processes have been started."""
+        return self._pool is not None
+
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         with self._lock:
+            if self._pool is None:
+                self._pool = self._new_pool()
             pool = self._pool
         try:
             ok, payload, pid, peak = pool.submit(_invoke, function, event).result()
@@ -169,4 +205,7 @@ class WorkerPool:
         return pool.submit(_read_text, url).result()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

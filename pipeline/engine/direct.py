@@ -1,0 +1,392 @@
+"""A small interpreter for the part of the Amazon States Language that statemachine.asl.json
+uses: the local engine's default, since it starts at once (moto's interpreter costs ~1 s and
+~1 CPU-s before the first task: its imports, botocore models and an ANTLR parse).
+
+It runs the definition as written: Task (``arn:aws:states:::lambda:invoke``) with Parameters,
+ResultSelector, ResultPath, OutputPath, Retry (interval, backoff, max attempts, jitter) and
+Catch; Map (inline and distributed item processors, ItemsPath, ItemSelector, MaxConcurrency,
+ToleratedFailurePercentage/Count); Choice (the comparison operators on one Variable, And, Or,
+Not); Pass, Succeed and Fail. Paths are the reference paths ``$``, ``$.a.b`` and the context
+object's ``$$.Map.Item.Value`` / ``Index``, ``$$.Execution.Input`` / ``Name``.
+:func:`unsupported` names the first thing of a definition outside this, and the engine then
+runs it on moto instead, so a definition that grows a feature never runs wrong here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+_COMMON = {"Type", "Comment", "Next", "End", "InputPath", "OutputPath"}
+_FIELDS = {
+    "Task": _COMMON | {"Resource", "Parameters", "ResultSelector", "ResultPath", "Retry",
+                       "Catch"},
+    "Map": _COMMON | {"ItemsPath", "ItemReader", "ItemSelector", "ItemProcessor", "Iterator",
+                      "MaxConcurrency", "ToleratedFailurePercentage", "ToleratedFailureCount",
+                      "Label", "ResultSelector", "ResultPath", "Retry", "Catch"},
+    "Choice": {"Type", "Comment", "Choices", "Default", "InputPath", "OutputPath"},
+    "Pass": _COMMON | {"Parameters", "Result", "ResultPath"},
+    "Succeed": {"Type", "Comment", "InputPath", "OutputPath"},
+    "Fail": {"Type", "Comment", "Error", "Cause"},
+}
+_COMPARISONS = {
+    "BooleanEquals": lambda a, b: isinstance(a, bool) and a == b,
+    "StringEquals": lambda a, b: isinstance(a, str) and a == b,
+    "NumericEquals": lambda a, b: _number(a) and a == b,
+    "NumericLessThan": lambda a, b: _number(a) and a < b,
+    "NumericGreaterThan": lambda a, b: _number(a) and a > b,
+    "NumericLessThanEquals": lambda a, b: _number(a) and a <= b,
+    "NumericGreaterThanEquals": lambda a, b: _number(a) and a >= b,
+    "IsPresent": None, "IsNull": lambda a, b: (a is None) == b,
+    "IsBoolean": lambda a, b: isinstance(a, bool) == b,
+}
+_RETRY_FIELDS = {"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate",
+                 "JitterStrategy", "MaxDelaySeconds"}
+_MISSING = object()
+S3_GET_OBJECT = "arn:aws:states:::s3:getObject"
+
+#: serves one Lambda invoke: (function ARN, payload) -> (ok, result or error payload)
+Invoke = Callable[[str, Any], tuple[bool, Any]]
+#: an ItemReader's object: its filled Parameters (Bucket, Key) -> the object's text
+ReadItems = Callable[[dict[str, Any]], str]
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class StateError(Exception):
+    """A state failed with a Step Functions error name and cause."""
+
+    def __init__(self, error: str, cause: str):
+        super().__init__(f"{error}: {cause}")
+        self.error, self.cause = error, cause
+
+
+# --- what is supported ---------------------------------------------------------------------
+
+
+def _path_ok(path: Any, context: bool = True) -> bool:
+    if path is None:
+        return True
+    if not isinstance(path, str):
+        return False
+    body = path[2:] if context and path.startswith("$$") else path[1:]
+    return path.startswith("$") and (body == "" or (body.startswith(".") and all(
+        part.replace("_", "").isalnum() for part in body[1:].split("."))))
+
+
+def _template_problem(value: Any, where: str) -> str | None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k.endswith(".$") and not _path_ok(v):
+                return f"{where}: {k} = {v!r} (only reference paths)"
+            problem = _template_problem(v, f"{where}.{k}")
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            problem = _template_problem(v, f"{where}[{i}]")
+            if problem:
+                return problem
+    return None
+
+
+def _choice_problem(rule: dict[str, Any], name: str) -> str | None:
+    for key in ("And", "Or"):
+        if key in rule:
+            return next((p for r in rule[key] if (p := _choice_problem(r, name))), None)
+    if "Not" in rule:
+        return _choice_problem(rule["Not"], name)
+    ops = [k for k in rule if k not in ("Variable", "Next", "Comment")]
+    if len(ops) != 1 or ops[0] not in _COMPARISONS or not _path_ok(rule.get("Variable")):
+        return f"{name}: choice rule {sorted(rule)}"
+    return None
+
+
+def unsupported(machine: dict[str, Any]) -> str | None:
+    """What of ``machine`` (a parsed definition) this interpreter cannot run, or None."""
+    states = machine.get("States")
+    if not isinstance(states, dict) or machine.get("StartAt") not in states:
+        return "StartAt or States"
+    if set(machine) - {"Comment", "StartAt", "States", "TimeoutSeconds", "Version"}:
+        return f"top-level fields {sorted(set(machine) - {'Comment', 'StartAt', 'States'})}"
+    for name, state in states.items():
+        kind = state.get("Type")
+        extra = set(state) - _FIELDS.get(kind, set())
+        if kind not in _FIELDS or extra:
+            return f"state {name}: {kind} {sorted(extra)}"
+        if kind == "Task" and state.get("Resource") != LAMBDA_INVOKE:
+            return f"state {name}: Resource {state.get('Resource')}"
+        for key in ("InputPath", "OutputPath", "ResultPath", "ItemsPath"):
+            if not _path_ok(state.get(key), context=key == "ItemsPath"):
+                return f"state {name}: {key} {state.get(key)!r}"
+        for key in ("Parameters", "ResultSelector", "ItemSelector"):
+            problem = _template_problem(state.get(key), f"{name}.{key}")
+            if problem:
+                return problem
+        for retrier in state.get("Retry", []):
+            if set(retrier) - _RETRY_FIELDS:
+                return f"state {name}: Retry fields {sorted(set(retrier) - _RETRY_FIELDS)}"
+        for rule in state.get("Choices", []):
+            problem = _choice_problem(rule, name)
+            if problem:
+                return problem
+        reader = state.get("ItemReader")
+        if reader is not None and (reader.get("Resource") != S3_GET_OBJECT
+                                   or reader.get("ReaderConfig", {}) != {"InputType": "JSON"}
+                                   or set(reader) - {"Resource", "ReaderConfig", "Parameters"}):
+            return f"state {name}: ItemReader {reader} (only s3:getObject of a JSON array)"
+        problem = _template_problem((reader or {}).get("Parameters"), f"{name}.ItemReader")
+        if problem:
+            return problem
+        if kind == "Map":
+            processor = state.get("ItemProcessor") or state.get("Iterator") or {}
+            config = set(processor.get("ProcessorConfig", {})) - {"Mode", "ExecutionType"}
+            if config:
+                return f"state {name}: ProcessorConfig {sorted(config)}"
+            problem = unsupported({k: v for k, v in processor.items()
+                                   if k != "ProcessorConfig"})
+            if problem:
+                return f"{name} > {problem}"
+    return None
+
+
+# --- paths and templates -------------------------------------------------------------------
+
+
+def get_path(path: str, data: Any, context: dict[str, Any]) -> Any:
+    """The value at a reference path (``$``-rooted in ``data``, ``$$``-rooted in
+    ``context``); States.Runtime if a field is missing."""
+    root, body = (context, path[2:]) if path.startswith("$$") else (data, path[1:])
+    value = root
+    for part in body.split(".")[1:]:
+        if not isinstance(value, dict) or part not in value:
+            raise StateError("States.Runtime", f"the JSONPath {path} could not be found in "
+                                               f"the input {json.dumps(data)[:500]}")
+        value = value[part]
+    return value
+
+
+def _present(path: str, data: Any, context: dict[str, Any]) -> Any:
+    try:
+        return get_path(path, data, context)
+    except StateError:
+        return _MISSING
+
+
+def fill(template: Any, data: Any, context: dict[str, Any]) -> Any:
+    """A Parameters / ItemSelector / ResultSelector template filled from ``data``."""
+    if isinstance(template, dict):
+        out = {}
+        for k, v in template.items():
+            if k.endswith(".$"):
+                out[k[:-2]] = get_path(v, data, context)
+            else:
+                out[k] = fill(v, data, context)
+        return out
+    if isinstance(template, list):
+        return [fill(v, data, context) for v in template]
+    return template
+
+
+def put_result(data: Any, path: str | None, result: Any) -> Any:
+    """ResultPath: the state's input with ``result`` at ``path`` (``$``, the default: the
+    result alone; null: the input unchanged)."""
+    if path is None:
+        return data
+    if path == "$":
+        return result
+    out = json.loads(json.dumps(data))  # a copy: the input may be shared by map items
+    node = out
+    parts = path[2:].split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = result
+    return out
+
+
+def _matches(rule: dict[str, Any], data: Any, context: dict[str, Any]) -> bool:
+    if "And" in rule:
+        return all(_matches(r, data, context) for r in rule["And"])
+    if "Or" in rule:
+        return any(_matches(r, data, context) for r in rule["Or"])
+    if "Not" in rule:
+        return not _matches(rule["Not"], data, context)
+    (op, expected), = ((k, v) for k, v in rule.items() if k not in ("Variable", "Next"))
+    value = _present(rule["Variable"], data, context)
+    if op == "IsPresent":
+        return (value is not _MISSING) == expected
+    return value is not _MISSING and bool(_COMPARISONS[op](value, expected))
+
+
+def _error_matches(names: list[str], error: str) -> bool:
+    return "States.ALL" in names and error != "States.Runtime" or error in names
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+class Interpreter:
+    """Runs a state machine: Lambda tasks through ``invoke``; Map items on at most
+    ``map_threads`` threads per Map state (``MaxConcurrency`` bounds them too)."""
+
+    def __init__(self, machine: dict[str, Any], invoke: Invoke, map_threads: int,
+                 sleep: Callable[[float], None] = time.sleep, read_items: ReadItems | None = None):
+        self.machine, self.invoke, self.map_threads = machine, invoke, max(1, map_threads)
+        self.sleep, self.read_items = sleep, read_items
+
+    def run(self, data: Any, name: str) -> Any:
+        """The execution's output, or StateError."""
+        return self._machine(self.machine, data, {"Execution": {"Input": data, "Name": name}})
+
+    def _machine(self, machine: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+        name = machine["StartAt"]
+        while True:
+            state = machine["States"][name]
+            data, name = self._state(name, state, data, context)
+            if name is None:
+                return data
+
+    def _state(self, name: str, state: dict[str, Any], raw: Any, context: dict[str, Any]
+               ) -> tuple[Any, str | None]:
+        kind = state["Type"]
+        path = state.get("InputPath", "$")
+        data = {} if path is None else get_path(path, raw, context)
+        if kind == "Fail":
+            raise StateError(state.get("Error", "States.Fail"), state.get("Cause", ""))
+        if kind == "Choice":
+            target = next((r["Next"] for r in state["Choices"] if _matches(r, data, context)),
+                          state.get("Default"))
+            if target is None:
+                raise StateError("States.NoChoiceMatched", f"no choice of {name} matched")
+            return self._output(state, data, context), target
+        try:
+            if kind == "Pass":
+                result = (fill(state["Parameters"], data, context) if "Parameters" in state
+                          else state.get("Result", data))
+            elif kind == "Succeed":
+                return self._output(state, data, context), None
+            else:
+                result = self._with_retries(name, state, data, context)
+                if "ResultSelector" in state:
+                    result = fill(state["ResultSelector"], result, context)
+            out = put_result(raw, state.get("ResultPath", "$"), result)
+        except StateError as exc:
+            catcher = next((c for c in state.get("Catch", [])
+                            if _error_matches(c["ErrorEquals"], exc.error)), None)
+            if catcher is None:
+                raise
+            error = {"Error": exc.error, "Cause": exc.cause}
+            return put_result(raw, catcher.get("ResultPath", "$"), error), catcher["Next"]
+        return self._output(state, out, context), None if state.get("End") else state["Next"]
+
+    @staticmethod
+    def _output(state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+        path = state.get("OutputPath", "$")
+        return {} if path is None else get_path(path, data, context)
+
+    def _with_retries(self, name: str, state: dict[str, Any], data: Any,
+                      context: dict[str, Any]) -> Any:
+        attempts: dict[int, int] = {}
+        while True:
+            try:
+                return self._task(state, data, context) if state["Type"] == "Task" \
+                    else self._map(name, state, data, context)
+            except StateError as exc:
+                index = next((i for i, r in enumerate(state.get("Retry", []))
+                              if _error_matches(r["ErrorEquals"], exc.error)), None)
+                if index is None:
+                    raise
+                retrier = state["Retry"][index]
+                n = attempts.get(index, 0)
+                if n >= retrier.get("MaxAttempts", 3):
+                    raise
+                attempts[index] = n + 1
+                delay = retrier.get("IntervalSeconds", 1) * retrier.get("BackoffRate", 2.0) ** n
+                delay = min(delay, retrier.get("MaxDelaySeconds", delay))
+                if retrier.get("JitterStrategy") == "FULL":
+                    delay = random.uniform(0, delay)
+                self.sleep(delay)
+
+    def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+        params = fill(state.get("Parameters", {}), data, context)
+        ok, payload = self.invoke(params.get("FunctionName", ""), params.get("Payload"))
+        if not ok:
+            error = payload.get("errorType") if isinstance(payload, dict) else None
+            raise StateError(error or "Exception", json.dumps(payload, separators=(",", ":")))
+        return {"ExecutedVersion": "$LATEST", "Payload": payload, "StatusCode": 200}
+
+    def _map(self, name: str, state: dict[str, Any], data: Any, context: dict[str, Any]
+             ) -> list[Any]:
+        items = (self._read(name, state["ItemReader"], data, context) if "ItemReader" in state
+                 else get_path(state.get("ItemsPath", "$"), data, context))
+        if not isinstance(items, list):
+            raise StateError("States.Runtime", f"{name}: ItemsPath does not give an array")
+        processor = state.get("ItemProcessor") or state["Iterator"]
+        limit = state.get("MaxConcurrency") or len(items) or 1
+        tolerated_pct = state.get("ToleratedFailurePercentage")
+        tolerated = state.get("ToleratedFailureCount")
+        distributed = processor.get("ProcessorConfig", {}).get("Mode") == "DISTRIBUTED"
+        results: list[Any] = [None] * len(items)
+        failures: list[StateError] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def too_many() -> bool:
+            if not distributed or (tolerated_pct is None and tolerated is None):
+                return bool(failures)
+            over_count = tolerated is not None and len(failures) > tolerated
+            over_pct = tolerated_pct is not None and \
+                100.0 * len(failures) / max(1, len(items)) > tolerated_pct
+            return over_count or over_pct
+
+        def one(i: int) -> None:
+            if stop.is_set():  # a failed map starts no more items
+                return
+            item_context = {**context, "Map": {"Item": {"Value": items[i], "Index": i}}}
+            item = (fill(state["ItemSelector"], data, item_context) if "ItemSelector" in state
+                    else items[i])
+            try:
+                results[i] = self._machine(processor, item, item_context)
+            except StateError as exc:
+                with lock:
+                    failures.append(exc)
+                    if too_many():
+                        stop.set()
+
+        threads = max(1, min(limit, self.map_threads, len(items)))
+        if threads == 1:
+            for i in range(len(items)):
+                one(i)
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix=f"map-{name}") as pool:
+                list(pool.map(one, range(len(items))))
+        if too_many():
+            if distributed and (tolerated_pct is not None or tolerated is not None):
+                raise StateError("States.ExceedToleratedFailureThreshold",
+                                 f"The specified tolerated failure threshold was exceeded "
+                                 f"({len(failures)} of {len(items)} items of {name} failed; "
+                                 f"first: {failures[0].error})")
+            raise failures[0]
+        return results
+
+    def _read(self, name: str, reader: dict[str, Any], data: Any, context: dict[str, Any]
+              ) -> Any:
+        """The items an ItemReader names: a JSON array, read by ``read_items``."""
+        params = fill(reader.get("Parameters", {}), data, context)
+        if self.read_items is None:
+            raise StateError("States.ItemReaderFailed", f"{name}: no ItemReader is served")
+        try:
+            return json.loads(self.read_items(params))
+        except Exception as exc:  # the map fails, as on AWS, with the cause
+            raise StateError("States.ItemReaderFailed",
+                             f"{name}: reading {params}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,68 @@
+"""``bench/sweep.py --sizes tiny``: the size sweep runs end to end on the tiny page, every
+tool interleaved, and writes its JSON and table; tiffpipe's outputs match the naive run's.
+No timing is asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_PYVIPS = importlib.util.find_spec("pyvips") is not None
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("sweep")
+    out, md = folder / "sweep.json", folder / "sweep.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sweep.py"), "--sizes", "tiny", "--repeat", "3",
+         "--dir", str(folder / "data"), "--json", str(out), "--markdown", str(md)],
+        capture_output=True, text=True, timeout=540, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    doc["_stdout"], doc["_markdown"] = proc.stdout, md.read_text()
+    doc["_out"] = folder / "data" / "out"
+    return doc
+
+
+def test_every_case_and_tool(sweep: dict[str, Any]) -> None:
+    assert sweep["format"] == "tiffpipe-sweep/1"
+    cases = sweep["cases"]
+    assert [(c["size"], c["layout"], c["codec"]) for c in cases] == [
+        ("tiny", "single", codec) for codec in ("deflate", "zstd", "jpeg")]
+    for c in cases:
+        assert c["pages"] == 1 and c["side"] == 256
+        expected = {"tiffpipe", "naive"} | ({"libvips"} if HAVE_PYVIPS and c["codec"] != "zstd"
+                                            else set())
+        assert set(c["tools"]) == expected
+        for s in c["tools"].values():
+            assert s["repeats"] == 3 and len(s["walls"]) == 3
+            assert s["wall_s"] == pytest.approx(sorted(s["walls"])[1], abs=1e-3)  # median
+            assert s["cpu_s"] >= 0 and s["peak_mb"] > 0
+        peers = {t: c["tools"][t]["wall_s"] for t in ("libvips", "naive") if t in c["tools"]}
+        assert c["best_peer"] == min(peers, key=peers.get)
+        assert c["ratio"] == pytest.approx(c["tools"]["tiffpipe"]["wall_s"] / min(peers.values()))
+        cpu = min(c["tools"][t]["cpu_s"] for t in peers)
+        assert c["cpu_ratio"] == pytest.approx(c["tools"]["tiffpipe"]["cpu_s"] / cpu)
+
+
+def test_tiffpipe_output_is_identical_to_the_naive_run(sweep: dict[str, Any]) -> None:
+    for c in sweep["cases"]:
+        assert c["checks"]["tiffpipe_vs_naive"] == {"identical": True, "max_abs": 0}, c
+
+
+def test_the_table_and_no_outputs_left(sweep: dict[str, Any]) -> None:
+    rows = [line for line in sweep["_markdown"].splitlines() if line.startswith("| 256 x 256")]
+    assert len(rows) == 3 and all("(libvips)" in r or "(naive)" in r for r in rows)
+    assert sweep["_markdown"].strip() in sweep["_stdout"]
+    assert "MISMATCH" not in sweep["_stdout"]
+    assert not list(sweep["_out"].iterdir())  # outputs are removed after each case

@@ -1,0 +1,244 @@
+"""The direct interpreter (pipeline/engine/direct.py), the local engine's default: it runs
+what statemachine.asl.json uses as moto's interpreter does (the same machines give the same
+outputs and errors on both), says what it cannot run (and the engine then runs on moto),
+and a small run goes through it in the engine's process, with no worker pool."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline.engine import definition, direct, local
+from pipeline.engine.local import LocalEngine
+from pipeline.errors import EngineError
+from pipeline.runner import run_local
+
+pytestmark = pytest.mark.timeout(180)
+
+ROLE = f"arn:aws:iam::{local.ACCOUNT}:role/test"
+FN = f"arn:aws:lambda:{local.REGION}:{local.ACCOUNT}:function:tiffpipe-local-process"
+RETRY = [{"ErrorEquals": ["Flaky"], "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 1.0}]
+
+
+def _task(action: str, **more: Any) -> dict[str, Any]:
+    return {"Type": "Task", "Resource": direct.LAMBDA_INVOKE,
+            "Parameters": {"FunctionName": FN, "Payload": {"action": action, "in.$": "$"}},
+            "ResultSelector": {"out.$": "$.Payload"}, **more}
+
+
+#: what the shipped definition uses, and what can go wrong in it: retries, catches, a
+#: choice, an inline map with item selectors, a distributed map whose item fails (as AWS
+#: does, the map then fails: moto's interpreter swallows failed items of distributed maps,
+#: which is why tiffpipe's steps record their errors in the work location)
+MACHINE = {"StartAt": "First", "States": {
+    "First": _task("flaky", Retry=RETRY, ResultPath="$.first", Next="Pick"),
+    "Pick": {"Type": "Choice", "Default": "Never", "Choices": [
+        {"Variable": "$.first.out.calls", "NumericGreaterThan": 5, "Next": "Never"},
+        {"And": [{"Variable": "$.flag", "BooleanEquals": True},
+                 {"Variable": "$.missing", "IsPresent": False}], "Next": "Items"}]},
+    "Never": {"Type": "Fail", "Error": "Wrong", "Cause": "the choice went wrong"},
+    "Items": {"Type": "Map", "ItemsPath": "$.items", "MaxConcurrency": 2,
+              "ItemSelector": {"value.$": "$$.Map.Item.Value", "index.$": "$$.Map.Item.Index",
+                               "tag.$": "$.tag"},
+              "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Echo",
+                                "States": {"Echo": _task("echo", End=True)}},
+              "ResultPath": "$.echoed", "Next": "Distributed"},
+    "Distributed": {"Type": "Map", "ItemsPath": "$.items", "ToleratedFailurePercentage": 0.0,
+                    "MaxConcurrency": 100, "Label": "Distributed",
+                    "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED",
+                                                          "ExecutionType": "STANDARD"},
+                                      "StartAt": "Breaks", "States": {
+                                          "Breaks": _task("fail_on_2", End=True)}},
+                    "ResultPath": None, "Next": "Last",
+                    "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.caught",
+                               "Next": "Keep"}]},
+    "Unreached": {"Type": "Succeed"},
+    "Keep": {"Type": "Pass", "Parameters": {"first.$": "$.first", "echoed.$": "$.echoed",
+                                            "error.$": "$.caught.Error"}, "Next": "Last"},
+    "Last": _task("fail", ResultPath="$.last", End=True, Catch=[
+        {"ErrorEquals": ["Other"], "Next": "Unreached"},
+        {"ErrorEquals": ["Broken"], "ResultPath": "$.broken", "Next": "Done"}]),
+    "Done": {"Type": "Pass", "End": True},
+}}
+INPUT = {"flag": True, "items": [10, 20, 30], "tag": "t"}
+
+
+class Lambda:
+    """The machines' function: ``flaky`` fails once (Flaky, retried), ``fail`` fails
+    (Broken), ``fail_on_2`` fails on the item 30, ``echo`` returns its input."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        action = event["action"]
+        with self.lock:
+            n = self.calls[action] = self.calls.get(action, 0) + 1
+        if action == "flaky" and n == 1:
+            return False, {"errorType": "Flaky", "errorMessage": "first call"}
+        if action == "fail" or (action == "fail_on_2" and event["in"] == 30):
+            return False, {"errorType": "Broken", "errorMessage": "no"}
+        return True, {"calls": n, "seen": event["in"]}
+
+
+def _on_direct(machine: dict[str, Any], data: Any) -> tuple[str, Any]:
+    fn = Lambda()
+    try:
+        out = direct.Interpreter(machine, lambda name, e: fn.invoke(name, e), 4).run(data, "x")
+    except direct.StateError as exc:
+        return "FAILED", exc.error
+    return "SUCCEEDED", out
+
+
+def _on_moto(machine: dict[str, Any], data: Any) -> tuple[str, Any]:
+    from pipeline.engine.moto_patches import end_signal, lean_interpreter
+
+    with local._mocked_aws(), local.served_by(Lambda()), lean_interpreter(4), \
+            end_signal() as ended:
+        session = boto3.Session(region_name=local.REGION)
+        session.client("lambda").create_function(
+            FunctionName="tiffpipe-local-process", Role=LocalEngine._role(session, "r"),
+            PackageType="Image", Code={"ImageUri": "x.dkr.ecr.us-east-1.amazonaws.com/p:l"})
+        sfn = session.client("stepfunctions")
+        arn = sfn.create_state_machine(name="m", roleArn=ROLE,
+                                       definition=json.dumps(machine))["stateMachineArn"]
+        execution = sfn.start_execution(stateMachineArn=arn, name="x",
+                                        input=json.dumps(data))["executionArn"]
+        while (desc := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
+            ended.wait(0.5)
+            ended.clear()
+    if desc["status"] != "SUCCEEDED":
+        return desc["status"], desc.get("error")
+    return "SUCCEEDED", json.loads(desc["output"])
+
+
+def test_the_shipped_definition_is_supported():
+    machine = json.loads(definition.render({f: local.function_name(f) for f in local.FUNCTIONS}))
+    assert direct.unsupported(machine) is None
+    assert direct.unsupported(MACHINE) is None
+
+
+def test_the_same_outputs_and_errors_as_moto():
+    machine = copy.deepcopy(MACHINE)  # moto would not fail the distributed map (see MACHINE)
+    machine["States"]["Distributed"]["ItemProcessor"]["States"]["Breaks"] = _task("echo", End=True)
+    status, out = _on_direct(machine, INPUT)
+    assert status == "SUCCEEDED"
+    assert out["first"] == {"out": {"calls": 2, "seen": INPUT}}  # retried once
+    assert [e["out"]["seen"] for e in out["echoed"]] == [
+        {"value": v, "index": i, "tag": "t"} for i, v in enumerate(INPUT["items"])]
+    assert out["broken"]["Error"] == "Broken"
+    assert json.loads(out["broken"]["Cause"])["errorMessage"] == "no"
+    moto = _on_moto(machine, INPUT)
+    for doc in (out, moto[1]):  # the echo's call numbers depend on the threads' order
+        for e in doc["echoed"]:
+            e["out"].pop("calls")
+    assert moto == (status, out)
+    machine["States"]["Last"]["Catch"] = [{"ErrorEquals": ["Other"], "Next": "Unreached"}]
+    assert _on_direct(machine, INPUT) == _on_moto(machine, INPUT) == ("FAILED", "Broken")
+    assert _on_direct(machine, {**INPUT, "flag": False}) == ("FAILED", "Wrong")
+
+
+def test_a_failed_item_fails_a_distributed_map_as_on_aws():
+    status, out = _on_direct(MACHINE, INPUT)
+    assert status == "SUCCEEDED"
+    assert out["error"] == "States.ExceedToleratedFailureThreshold"
+    assert out["broken"]["Error"] == "Broken" and len(out["echoed"]) == 3
+    tolerant = copy.deepcopy(MACHINE)
+    tolerant["States"]["Distributed"]["ToleratedFailurePercentage"] = 50.0  # 1 of 3 may fail
+    status, out = _on_direct(tolerant, INPUT)
+    assert status == "SUCCEEDED" and "error" not in out and out["broken"]["Error"] == "Broken"
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"Type": "Parallel", "Branches": []}, "Parallel"),
+    ({"Parameters": {"x.$": "States.Format('{}', $.a)"}}, "only reference paths"),
+    ({"ItemReader": {}}, "ItemReader"),
+    ({"Resource": "arn:aws:states:::s3:getObject"}, "Resource"),
+])
+def test_what_it_cannot_run_is_named_and_runs_on_moto(change: dict[str, Any], why: str):
+    machine = copy.deepcopy(MACHINE)
+    machine["States"]["First"].update(change)
+    assert why in (direct.unsupported(machine) or "")
+    passing = {"StartAt": "P", "States": {"P": {
+        "Type": "Pass", "Parameters": {"seen.$": "States.Format('v{}', $.value)"},
+        "End": True}}}
+    with LocalEngine(1, definition_text=json.dumps(passing)) as engine:
+        assert engine.machine is None  # auto: moto runs it
+        run = engine.run({"value": 3})
+    assert (run.status, run.output) == ("SUCCEEDED", {"seen": "v3"})
+    with pytest.raises(EngineError, match="cannot run this definition"):
+        LocalEngine(1, definition_text=json.dumps(passing), interpreter="direct")
+
+
+@pytest.mark.parametrize("wait", [0.0, 600.0])
+def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait: float):
+    """One unit: it runs in the engine's process and no worker starts. Three pages (three
+    units at once): the engine runs one, its pool of ``workers - 1`` the others once a unit
+    has waited POOL_START_AFTER_S for the engine (with a long wait: all run in the engine)."""
+    monkeypatch.setattr(local, "POOL_START_AFTER_S", wait)
+    rng = np.random.default_rng(3)
+    for name, pages in (("one", 1), ("three", 3)):
+        with tifffile.TiffWriter(tmp_path / f"{name}.tif") as tw:
+            for _ in range(pages):
+                tw.write(rng.integers(0, 255, (1500, 1400, 3), np.uint8), tile=(256, 256),
+                         compression="zlib", photometric="rgb")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"jobs": [{
+            "input": f"{name}.tif", "output": f"{name}-out.tif",
+            "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
+        units: list[str] = []
+        result = run_local(str(tmp_path / f"{name}.json"), 2,
+                           listener=lambda f, e, ok, p, u=units: u.append(e.get("action")))
+        assert result.ok, result.error
+        assert units.count("process_unit") == pages
+        with tifffile.TiffFile(tmp_path / f"{name}-out.tif") as out:
+            assert len(out.pages) == pages and out.pages[0].shape == (1500, 1400, 3)
+        if pages == 1 or wait:
+            assert result.worker_peaks_mb == {}  # no worker was started
+        else:
+            assert len(result.worker_peaks_mb) == 1 and os.getpid() not in result.worker_peaks_mb
+    with LocalEngine(1) as engine:  # one worker: this process alone
+        assert engine.pool is None and engine.machine is not None
+
+
+def test_a_distributed_map_reads_its_items_with_an_item_reader(tmp_path: Path):
+    """ItemReader (s3:getObject, a JSON array): the items come from ``read_items`` given the
+    filled Parameters; a reader that fails fails the map with States.ItemReaderFailed."""
+    (tmp_path / "jobs.json").write_text(json.dumps([3, 5]))
+    machine = {"StartAt": "Jobs", "States": {"Jobs": {
+        "Type": "Map", "ResultPath": "$.out", "End": True,
+        "ItemReader": {"Resource": direct.S3_GET_OBJECT, "ReaderConfig": {"InputType": "JSON"},
+                       "Parameters": {"Bucket.$": "$.where.Bucket", "Key.$": "$.where.Key"}},
+        "ItemSelector": {"job.$": "$$.Map.Item.Value"},
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                          "StartAt": "Echo", "States": {"Echo": _task("echo", End=True)}}}}}
+    assert direct.unsupported(machine) is None
+    asked: list[dict[str, Any]] = []
+
+    def read(params: dict[str, Any]) -> str:
+        asked.append(params)
+        return (tmp_path / params["Key"]).read_text()
+
+    fn = Lambda()
+    where = {"where": {"Bucket": "b", "Key": "jobs.json"}}
+    out = direct.Interpreter(machine, lambda n, e: fn.invoke(n, e), 2, read_items=read).run(
+        where, "x")
+    assert asked == [{"Bucket": "b", "Key": "jobs.json"}]
+    assert [o["out"]["seen"] for o in out["out"]] == [{"job": 3}, {"job": 5}]
+    missing = {"where": {"Bucket": "b", "Key": "gone.json"}}
+    with pytest.raises(direct.StateError) as info:
+        direct.Interpreter(machine, lambda n, e: fn.invoke(n, e), 2, read_items=read).run(
+            missing, "y")
+    assert info.value.error == "States.ItemReaderFailed" and "gone.json" in info.value.cause
+    machine["States"]["Jobs"]["ItemReader"]["ReaderConfig"] = {"InputType": "CSV"}
+    assert "ItemReader" in (direct.unsupported(machine) or "")
