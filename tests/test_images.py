@@ -296,7 +296,7 @@ def run_pipeline(functions, manifest: str, work: str, report: str) -> dict[str, 
     split, process, merge = (functions[s] for s in STEPS)
     planned = call(split, {"action": "plan_run", "manifest": manifest, "work": work,
                            "run_id": "images-test", "report": report})
-    assert planned["jobs"] == [0]
+    assert planned["jobs"] == 1  # the Jobs map reads the job list PlanRun wrote
     job = call(split, {"action": "plan_job", "run": planned["run"], "job": 0})
     if job["fused"]:  # the Fused choice: each unit read and processed by the process function
         for unit in job["units"]:
@@ -313,6 +313,8 @@ def run_pipeline(functions, manifest: str, work: str, report: str) -> dict[str, 
                                "round": stats["round"]})
     for batch in job["batches"]:
         call(process, {"action": "process", "plan": job["plan"], "batch": batch})
+    for unit in job["units"] if job["levels"] else []:  # the Levels choice
+        call(process, {"action": "build_levels", "plan": job["plan"], "unit": unit})
     merged = call(merge, {"action": "merge", "plan": job["plan"]})
     counts = call(merge, {"action": "report", "run": planned["run"]})
     assert (counts["succeeded"], counts["failed"]) == (1, 0)
