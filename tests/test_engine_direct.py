@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -207,8 +208,41 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(
             assert result.worker_peaks_mb == {}  # no worker was started
         else:
             assert len(result.worker_peaks_mb) == 1 and os.getpid() not in result.worker_peaks_mb
-    with LocalEngine(1) as engine:  # one worker: this process alone
-        assert engine.pool is None and engine.machine is not None
+    with LocalEngine(1) as engine:  # one worker: this process alone (the pool: user code only)
+        assert engine.machine is not None and engine.pool is not None
+        assert not engine.pool.started and engine.pool.workers == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_user_code_runs_in_a_worker_so_its_crash_fails_only_its_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int):
+    """A custom op that kills its process (as a segfault would) fails only its own job (its
+    unit: WorkerCrashedError); the run, and a job without user code beside it, go on: tasks
+    of jobs with user code never run in the engine's process."""
+    folder = tmp_path / "userops"
+    folder.mkdir()
+    (folder / "tiffpipe_crashing_op.py").write_text(
+        "import os\n\ndef crash(tile):\n    os._exit(3)\n")
+    monkeypatch.syspath_prepend(str(folder))  # workers get the parent's sys.path
+    page = np.random.default_rng(5).integers(0, 255, (300, 280), np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", page, tile=(64, 64), compression="zlib")
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "crashed.tif",
+         "ops": [{"op": "custom", "function": "tiffpipe_crashing_op:crash"}]},
+        {"input": "in.tif", "output": "blurred.tif",
+         "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
+    result = run_local(str(tmp_path / "m.json"), workers)
+    assert result.status == "SUCCEEDED" and result.report is not None
+    crashed, blurred = result.report["jobs"]
+    # the unit could record no error of its own (its process died): the job fails with its
+    # map's failure, as on AWS, and the message names the unit's error (after its retries)
+    assert crashed["status"] == "FAILED"
+    assert crashed["error"]["type"] == "States.ExceedToleratedFailureThreshold"
+    assert "first: WorkerCrashedError" in crashed["error"]["message"]
+    assert not (tmp_path / "crashed.tif").exists()
+    assert blurred["status"] == "SUCCEEDED"
+    assert np.array_equal(tifffile.imread(tmp_path / "blurred.tif"),
+                          cv2.GaussianBlur(page, (0, 0), 1))
 
 
 def test_a_distributed_map_reads_its_items_with_an_item_reader(tmp_path: Path):

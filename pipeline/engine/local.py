@@ -174,8 +174,11 @@ class LocalEngine:
         if self.machine is None:
             self.pool: WorkerPool | None = WorkerPool(workers, env=dict(os.environ))
         else:
-            self.pool = WorkerPool(workers - 1, env=dict(os.environ), lazy=True) \
-                if workers > 1 else None
+            # lazy: a run of short tasks starts no worker (at least one: user code runs there)
+            self.pool = WorkerPool(max(1, workers - 1), env=dict(os.environ), lazy=True)
+        # with one worker asked for, this process is it: the pool serves only user code
+        self._pool_for_all = workers > 1
+        self._user_code: dict[str, bool] = {}  # plan URL -> its chain runs a custom op
 
     @property
     def worker_peaks_kb(self) -> dict[int, int]:
@@ -210,7 +213,7 @@ class LocalEngine:
         if isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS:
             ok, payload = self.in_process.invoke(function, event)
         else:
-            slot = self._take_slot()
+            slot = self._take_slot(engine=not self._runs_user_code(event))
             try:
                 if slot == "engine":
                     # always on the same thread, as in a worker: a thread's freed memory stays
@@ -229,17 +232,37 @@ class LocalEngine:
             self.listener(function, event, ok, payload)
         return ok, payload
 
-    def _take_slot(self) -> str:
+    def _runs_user_code(self, event: Any) -> bool:
+        """Whether a heavy task's job runs a ``custom`` op. Such tasks run in a worker, never
+        in this process: a crash of user code (a segfault, ``os._exit``) then kills only that
+        worker and fails the task with ``WorkerCrashedError``, not the whole run."""
+        plan = event.get("plan") if isinstance(event, dict) else None
+        if not isinstance(plan, str):
+            return False
+        if plan not in self._user_code:
+            from pipeline.steps.common import load_plan
+
+            try:
+                ops = load_plan(plan).spec.ops
+            except Exception:  # noqa: BLE001 - the task itself reports a missing plan
+                return False
+            self._user_code[plan] = any(op.get("op") == "custom" for op in ops)
+        return self._user_code[plan]
+
+    def _take_slot(self, engine: bool = True) -> str:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
-        process first: it is warm). Until the pool has started, a task waits up to
-        :data:`POOL_START_AFTER_S` for this process instead: one task here already uses
-        every core (its tile threads), and a worker's start costs ~0.6 CPU-s of imports, so
-        a job of short units runs here alone; a longer one starts the pool."""
-        capacity = {"engine": 1, "pool": self.pool.workers if self.pool else 0}
+        process first: it is warm; ``engine=False``: the pool only). Until the pool has
+        started, a task waits up to :data:`POOL_START_AFTER_S` for this process instead: one
+        task here already uses every core (its tile threads), and a worker's start costs
+        ~0.6 CPU-s of imports, so a job of short units runs here alone; a longer one starts
+        the pool."""
+        capacity = {"engine": 1 if engine else 0,
+                    "pool": self.pool.workers if self.pool and (self._pool_for_all or not engine)
+                    else 0}
         deadline = time.monotonic() + POOL_START_AFTER_S
         with self._free:
             while True:
-                pool_open = self.pool is not None and (self.pool.started
+                pool_open = self.pool is not None and (self.pool.started or not engine
                                                        or time.monotonic() >= deadline)
                 for slot in ("engine", "pool"):
                     if self._busy[slot] < capacity[slot] and (slot == "engine" or pool_open):
