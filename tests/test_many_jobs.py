@@ -47,8 +47,11 @@ def _count_child_events(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
     return counts
 
 
+@pytest.mark.parametrize("interpreter", ["moto", "direct"])
 def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpreter: str):
+    """On both interpreters the 1,000 jobs run in one execution and are reported; moto's
+    history (the direct interpreter keeps none) is counted."""
     incoming, out = tmp_path / "incoming", tmp_path / "out"
     incoming.mkdir()
     rng = np.random.default_rng(9)
@@ -70,7 +73,7 @@ def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(
 
     child_events = _count_child_events(monkeypatch)
     report = tmp_path / "report.json"
-    with LocalEngine(2, listener=listener) as engine:
+    with LocalEngine(2, listener=listener, interpreter=interpreter) as engine:
         execution = engine.run({"manifest": str(manifest), "work": str(tmp_path / "work"),
                                 "run_id": "many", "report": str(report)}, name="many-jobs")
     assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
@@ -83,6 +86,8 @@ def test_a_scan_of_1000_files_is_one_execution_far_below_the_history_limit(
     assert calls["plan_run"] == 1 and calls["report"] == 1
     assert calls["plan_job"] + calls["plan_job (failed)"] == JOBS
     assert calls["merge"] == JOBS - 1 and calls["record_failure"] == 1
+    if interpreter == "direct":
+        return
 
     # the parent's history: PlanRun, the Jobs map run and Report, whatever the job count
     # (an inline Map added ~20 events per job: a 1,000-job scan was ~20,000 of them)
