@@ -16,6 +16,14 @@ from pathlib import Path
 
 import pytest
 import tifffile
+from test_pyramid import _run
+from test_s3_merge import _same, merged_by_tifffile
+from test_unit_levels import (
+    assert_levels_are_the_formula,
+    assert_units_shared_and_kept_blocks,
+    write_input,
+    write_jobs,
+)
 
 from pipeline.adapters import storage
 from pipeline.core import plan as plan_mod
@@ -39,14 +47,6 @@ from pipeline.steps.process import process
 from pipeline.steps.split import split
 from pipeline.steps.stats import plan_job, reduce_stats, stats
 from pipeline.steps.unit_levels import build_levels, fragment_name, level_names
-from tests.test_pyramid import _run
-from tests.test_s3_merge import _same, merged_by_tifffile
-from tests.test_unit_levels import (
-    assert_levels_are_the_formula,
-    assert_units_shared_and_kept_blocks,
-    write_input,
-    write_jobs,
-)
 
 pytestmark = pytest.mark.timeout(300)
 

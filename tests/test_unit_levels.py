@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from test_pyramid import reference_levels, smooth
+from test_s3_merge import _same, merged_by_tifffile
 
 from pipeline.adapters import storage
 from pipeline.core import plan as plan_mod
@@ -28,8 +30,6 @@ from pipeline.steps.planning import plan_job, plan_run
 from pipeline.steps.process import process_unit
 from pipeline.steps.pyramid import level_shapes
 from pipeline.steps.unit_levels import fragment_name
-from tests.test_pyramid import reference_levels, smooth
-from tests.test_s3_merge import _same, merged_by_tifffile
 
 pytestmark = pytest.mark.timeout(300)
 
