@@ -66,6 +66,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("slow")
 
 
+# --- benchmark scripts ----------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bench_script(script: str, *args: str, timeout: int = 540) -> str:
+    """Run ``bench/<script>`` with this Python; it must exit 0 (else its stderr's end).
+    Returns its stdout."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
 # --- TIFF pages -----------------------------------------------------------------------------
 
 

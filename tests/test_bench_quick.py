@@ -8,16 +8,14 @@ import contextlib
 import importlib.util
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_bench_script
 
 from pipeline import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 HAVE_PYVIPS = importlib.util.find_spec("pyvips") is not None
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,13 +25,10 @@ pytestmark = pytest.mark.timeout(600)
 def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("bench")
     out, cal = folder / "result.json", folder / "calibration.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare.py"), "--tiny", "--dir",
-         str(folder / "data"), "--json", str(out), "--calibration", str(cal)],
-        capture_output=True, text=True, timeout=540, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    stdout = run_bench_script("compare.py", "--tiny", "--dir", str(folder / "data"),
+                              "--json", str(out), "--calibration", str(cal))
     doc = json.loads(out.read_text())
-    doc["_stdout"], doc["_calibration_path"] = proc.stdout, str(cal)
+    doc["_stdout"], doc["_calibration_path"] = stdout, str(cal)
     return doc
 
 

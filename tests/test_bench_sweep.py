@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_bench_script
 
-ROOT = Path(__file__).resolve().parents[1]
 HAVE_PYVIPS = importlib.util.find_spec("pyvips") is not None
 
 pytestmark = pytest.mark.timeout(600)
@@ -23,13 +20,10 @@ pytestmark = pytest.mark.timeout(600)
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("sweep")
     out, md = folder / "sweep.json", folder / "sweep.md"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "sweep.py"), "--sizes", "tiny", "--repeat", "3",
-         "--dir", str(folder / "data"), "--json", str(out), "--markdown", str(md)],
-        capture_output=True, text=True, timeout=540, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    stdout = run_bench_script("sweep.py", "--sizes", "tiny", "--repeat", "3", "--dir",
+                              str(folder / "data"), "--json", str(out), "--markdown", str(md))
     doc = json.loads(out.read_text())
-    doc["_stdout"], doc["_markdown"] = proc.stdout, md.read_text()
+    doc["_stdout"], doc["_markdown"] = stdout, md.read_text()
     doc["_out"] = folder / "data" / "out"
     return doc
 
