@@ -22,13 +22,12 @@ from pipeline.adapters import storage
 from pipeline.core import plan as plan_mod
 from pipeline.core import tiff_layout
 from pipeline.core.events import JobEvent, MergeEvent, RunEvent, UnitEvent
-from pipeline.core.levels import unit_level_count
+from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import load_plan
 from pipeline.steps.planning import plan_job, plan_run
 from pipeline.steps.process import process_unit
-from pipeline.steps.pyramid import level_shapes
 from pipeline.steps.unit_levels import fragment_name
 
 pytestmark = pytest.mark.timeout(300)

@@ -45,7 +45,7 @@ from pipeline.core.levels import level_shapes
 from pipeline.core.reduce import mean4
 from pipeline.core.tiff_layout import Span
 
-__all__ = ["Pyramid", "level_shapes", "reduce2"]
+__all__ = ["Pyramid", "reduce2"]
 
 
 #: integer type that holds the sum of four values of a type without overflow
