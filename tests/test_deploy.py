@@ -28,7 +28,6 @@ from moto import mock_aws
 
 from pipeline.aws import STEPS, StackNames
 from pipeline.aws import images as docker_images
-from pipeline.aws.deploy_steps import SIZES
 from pipeline.aws.policies import (
     LOG_DELIVERY_ACTIONS,
     DataLocation,
@@ -36,6 +35,7 @@ from pipeline.aws.policies import (
     scheduler_policy,
     state_machine_policy,
 )
+from pipeline.core.constants import FUNCTION_SIZES as SIZES
 
 pytestmark = pytest.mark.timeout(120)
 

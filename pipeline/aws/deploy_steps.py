@@ -20,7 +20,6 @@ from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, get_or_none
 from pipeline.aws.executions import read_manifest, upload_manifest
 from pipeline.aws.resources import (
-    SIZES,
     delete_role,
     delete_schedule,
     empty_bucket,
@@ -36,7 +35,7 @@ from pipeline.aws.resources import (
 )
 from pipeline.engine import definition
 
-__all__ = ["SIZES", "DeployConfig", "deploy", "destroy"]
+__all__ = ["DeployConfig", "deploy", "destroy"]
 
 @dataclass
 class DeployConfig:

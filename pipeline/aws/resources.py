@@ -16,7 +16,7 @@ from pipeline.aws import STACK_TAG, AwsError, Clients, StackNames, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.aws.executions import BUCKET_TAG
-from pipeline.core.constants import FUNCTION_SIZES, FunctionSize
+from pipeline.core.constants import FUNCTION_SIZES
 from pipeline.core.events import RunEvent, to_payload
 
 POLICY_NAME = "tiffpipe"
@@ -28,10 +28,6 @@ KEEP_IMAGES = 10
 SCHEDULE_RETRY = {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}
 #: EventBridge Scheduler fills these in at each invocation
 EXECUTION_ID = "<aws.scheduler.execution-id>"
-
-
-#: each function's memory, timeout and /tmp (pipeline/core/constants.py)
-SIZES: dict[str, FunctionSize] = FUNCTION_SIZES
 
 
 # --- bucket ------------------------------------------------------------------------------
@@ -211,9 +207,9 @@ def _role_not_ready(exc: ClientError) -> bool:
 def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, role_arn: str,
                     arch: str, acts: Actions, sleep: Callable[[float], None] = time.sleep) -> str:
     """A container-image function at ``image`` (``repo@sha256:...``; None: an image still to
-    build in a dry run), sized by SIZES; waits until it is active/updated."""
+    build in a dry run), sized by FUNCTION_SIZES; waits until it is active/updated."""
     name = names.function(step)
-    size = SIZES[step]
+    size = FUNCTION_SIZES[step]
     acts.log(f"Lambda function {name}")
     settings: dict[str, Any] = {
         "Role": role_arn, "MemorySize": size.memory, "Timeout": size.timeout,
