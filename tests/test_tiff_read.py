@@ -4,6 +4,7 @@ touch a window are read, each once."""
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.adapters.tiff_read import get_page, open_tiff, read_infos, read_window
+from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, read_infos, read_window
 from pipeline.core.grid import Rect
 from pipeline.errors import CorruptTiffError
 
@@ -364,3 +365,49 @@ def test_sparse_segments_read_as_zeros(tmp_path, tiled):
         assert not got[:16, :16].any() and got[H - 1, W - 1] == 0
         assert np.array_equal(read_window(tf, p, url, 0, Rect(10, 20, 70, 150)),
                               want[10:70, 20:150])
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_prefetched_sweep_decodes_in_threads_and_reads_the_same(files, name):
+    """A downward sweep as a fused unit makes it (prefetching the next windows into a
+    decoder pool, forgetting rows passed): the same pixels as the whole-page read, every
+    segment decoded once."""
+    path, _, whole = files[name]
+    url = str(path)
+    step = 40
+    windows = [Rect(y, x, min(y + step, H), min(x + step, W))
+               for y in range(0, H, step) for x in range(0, W, step)]
+    with open_tiff(url) as tf, ThreadPoolExecutor(3) as decoder:
+        reader = PageReader(tf, get_page(tf, url, 0), url, 0, decoder=decoder)
+        out = np.zeros_like(whole)
+        for i, rect in enumerate(windows):
+            for ahead in windows[i:i + 3]:
+                reader.prefetch(ahead)
+            got = reader.read(rect)
+            out[rect.y0:rect.y1, rect.x0:rect.x1] = got.reshape(out[rect.y0:rect.y1,
+                                                                    rect.x0:rect.x1].shape)
+            if rect.x1 == W:
+                reader.forget_above(rect.y1)
+        assert not reader.pending
+        assert np.array_equal(out, whole, equal_nan=True)
+        page = tf.pages[0]
+        if not reader.raw_strips:  # uncompressed strips are read by rows, not decoded
+            assert reader.decoded == len(page.dataoffsets)
+
+
+def test_a_prefetched_damaged_segment_fails_its_read_by_name(tmp_path):
+    page = make_page(7, H, W, 1, "uint8")
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, page, tile=(32, 32), compression="zlib", metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        at = int(tf.pages[0].dataoffsets[1])
+    data = bytearray(path.read_bytes())
+    data[at:at + 16] = b"\xff" * 16  # the second tile's stream is garbage
+    path.write_bytes(bytes(data))
+    url = str(path)
+    with open_tiff(url) as tf, ThreadPoolExecutor(2) as decoder:
+        reader = PageReader(tf, get_page(tf, url, 0), url, 0, decoder=decoder)
+        reader.prefetch(Rect(0, 0, 32, 96))
+        assert np.array_equal(reader.read(Rect(0, 0, 32, 32)), page[:32, :32])
+        with pytest.raises(CorruptTiffError, match=r"page 0: segment 1 .*cannot be decoded"):
+            reader.read(Rect(0, 32, 32, 64))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from math import ceil
@@ -276,11 +277,17 @@ class PageReader:
 
     Uncompressed strips are read row by row (byte ranges), never whole: files written with
     one giant strip stay readable in bounded memory.
+
+    With a ``decoder`` (an executor), :meth:`prefetch` decodes the segments of a window in
+    its threads (the codecs release the GIL) while the caller works on what it read before;
+    the bytes are still read in the caller's thread, in file order.
     """
 
     def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
-                 keep_palette: bool = False):
+                 keep_palette: bool = False, decoder: Executor | None = None):
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
+        self.decoder = decoder
+        self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.kind = pixel_kind(page, self.where, keep_palette)
         self.file_samples = int(page.samplesperpixel)
@@ -305,22 +312,37 @@ class PageReader:
             raise CorruptTiffError(f"{self.where}: has {len(page.dataoffsets)} segment offsets, "
                                    f"{needed} expected; the file is damaged")
 
+    def _segments(self, rect: Rect) -> Iterator[tuple[int, int, int]]:
+        """(segment, plane, segment row) of every segment ``rect`` overlaps, in file order."""
+        for plane in range(self.planes):
+            for r in range(rect.y0 // self.seg_h, (rect.y1 - 1) // self.seg_h + 1):
+                for c in range(rect.x0 // self.seg_w, (rect.x1 - 1) // self.seg_w + 1):
+                    yield (plane * self.seg_rows + r) * self.seg_cols + c, plane, r
+
+    def prefetch(self, rect: Rect) -> None:
+        """Start decoding the segments of ``rect`` that are not cached, in the decoder's
+        threads (without a decoder, or for uncompressed strips, nothing to do): a later
+        :meth:`read` of them waits for their decode instead of decoding them itself."""
+        if self.decoder is None or self.raw_strips:
+            return
+        for seg, _, _ in self._segments(rect):
+            if seg not in self.cache and seg not in self.pending:
+                data = self._segment_bytes(seg)  # this thread: the file handle is not shared
+                self.pending[seg] = self.decoder.submit(self._decode_bytes, seg, data)
+
     def read(self, rect: Rect) -> np.ndarray:
         """The pixels of ``rect``: (h, w) for one sample, else (h, w, samples)."""
         out = np.zeros((rect.height, rect.width, self.samples), self.dtype)
         self.largest_read = max(self.largest_read, rect.height * rect.width)
-        rows = range(rect.y0 // self.seg_h, (rect.y1 - 1) // self.seg_h + 1)
-        cols = range(rect.x0 // self.seg_w, (rect.x1 - 1) // self.seg_w + 1)
-        for plane in range(self.planes):
-            for r in rows:
-                for c in cols:
-                    seg = (plane * self.seg_rows + r) * self.seg_cols + c
-                    if self.raw_strips:
-                        self._paste(out, *self._raw_rows(seg, plane, r, rect), rect)
-                        continue
-                    if seg not in self.cache:
-                        self.cache[seg] = self._decode(seg)
-                    self._paste(out, *self.cache[seg], rect)
+        for seg, plane, r in self._segments(rect):
+            if self.raw_strips:
+                self._paste(out, *self._raw_rows(seg, plane, r, rect), rect)
+                continue
+            if seg not in self.cache:
+                pending = self.pending.pop(seg, None)
+                self.cache[seg] = (pending.result() if pending is not None
+                                   else self._decode_bytes(seg, self._segment_bytes(seg)))
+            self._paste(out, *self.cache[seg], rect)
         return out[:, :, 0] if self.samples == 1 else out
 
     def forget_above(self, y: int) -> None:
@@ -331,6 +353,10 @@ class PageReader:
                 del self.cache[seg]
             elif y0 < y:
                 self.cache[seg] = (px[y - y0:].copy(), plane, y, x0)
+        for seg in [s for s in self.pending
+                    if (s % (self.seg_rows * self.seg_cols) // self.seg_cols + 1) * self.seg_h
+                    <= y]:  # prefetched, never read: not needed any more
+            self.pending.pop(seg).cancel()
 
     def _read(self, seg: int, start: int, count: int) -> bytes:
         fh = self.tf.filehandle
@@ -344,17 +370,21 @@ class PageReader:
                                    "bytes; the file is truncated")
         return data
 
-    def _decode(self, seg: int) -> tuple[np.ndarray, int, int, int]:
+    def _segment_bytes(self, seg: int) -> bytes | None:
+        """The stored bytes of a segment (None: a sparse one, which has none)."""
         offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
         self.decoded += 1
-        if count == 0:  # sparse segment: zeros, as libtiff reads it
+        return self._read(seg, offset, count) if count else None
+
+    def _decode_bytes(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
+        """A segment's pixels from its bytes; thread-safe (no file access)."""
+        if data is None:  # sparse segment: zeros, as libtiff reads it
             plane, rest = divmod(seg, self.seg_rows * self.seg_cols)
             r, c = divmod(rest, self.seg_cols)
             depth = 1 if self.separate else self.file_samples
             zeros = np.zeros((self.seg_h, self.seg_w, depth), np.uint8 if self.kind.lut is not None
                              else self.file_dtype)
             return self._convert(zeros, plane), plane, r * self.seg_h, c * self.seg_w
-        data = self._read(seg, offset, count)
         try:
             decoded, origin, _ = self.page.decode(data, seg, jpegtables=self.page.jpegtables)
         except Exception as exc:  # codecs raise their own error types

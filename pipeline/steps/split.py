@@ -20,6 +20,8 @@ from pipeline.steps.common import load_plan, recorded
 
 #: parallel tile writes (zstd and S3 PUTs release the GIL)
 WRITE_THREADS = 4
+#: tiles whose input segments are decoded ahead of the one being read (see haloed_tiles)
+DECODE_AHEAD = 2
 
 
 def split(event: UnitEvent) -> dict[str, Any]:
@@ -42,7 +44,7 @@ def sweep_unit(plan: JobPlan, unit: SplitUnit,
     ``threads`` threads, with at most ``2 * threads`` tiles read ahead of them."""
     with ThreadPoolExecutor(threads) as pool:
         pending: deque[Future[None]] = deque()
-        for row, col, tile in haloed_tiles(plan, unit):
+        for row, col, tile in haloed_tiles(plan, unit, threads):
             pending.append(pool.submit(handle, row, col, tile))
             while len(pending) > 2 * threads:  # bounded tiles in flight
                 pending.popleft().result()
@@ -50,20 +52,29 @@ def sweep_unit(plan: JobPlan, unit: SplitUnit,
             pending.popleft().result()
 
 
-def haloed_tiles(plan: JobPlan, unit: SplitUnit) -> Iterator[tuple[int, int, np.ndarray]]:
+def haloed_tiles(plan: JobPlan, unit: SplitUnit,
+                 decode_threads: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
     """The unit's haloed tiles, row by row: ``(row, col, pixels)``.
 
     The page reader decodes each input segment once and forgets rows the sweep has passed,
     so memory holds about one row of tiles (plus halo and one segment row), whatever the
-    band's height.
+    band's height. With ``decode_threads``, the segments of the next :data:`DECODE_AHEAD`
+    tiles are decoded in that many threads while the caller works on the tiles before
+    them, instead of one by one in this thread as each tile is read: decoding is about half
+    the CPU of a cheap chain (a blur to JPEG), and done serially here it starved the tile
+    threads.
     """
     page = plan.pages[unit.page]
     grid, url = page.grid, plan.spec.input
-    with open_tiff(url) as tf:
+    positions = [(r, c) for r in range(unit.row0, unit.row1) for c in range(unit.col0, unit.col1)]
+    with open_tiff(url) as tf, ThreadPoolExecutor(max(1, decode_threads)) as decoder:
         reader = PageReader(tf, get_page(tf, url, page.info.index), url, page.info.index,
-                            keep_palette=page.info.photometric == "palette")
-        for row in range(unit.row0, unit.row1):
-            for col in range(unit.col0, unit.col1):
-                yield row, col, reader.read(grid.haloed(row, col))
-            reader.forget_above(grid.core(row + 1, 0).y0 - grid.halo
-                                if row + 1 < grid.rows else grid.height)
+                            keep_palette=page.info.photometric == "palette",
+                            decoder=decoder if decode_threads else None)
+        for i, (row, col) in enumerate(positions):
+            for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
+                reader.prefetch(grid.haloed(*ahead))
+            yield row, col, reader.read(grid.haloed(row, col))
+            if col == unit.col1 - 1:
+                reader.forget_above(grid.core(row + 1, 0).y0 - grid.halo
+                                    if row + 1 < grid.rows else grid.height)
