@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,13 +182,26 @@ def test_what_it_cannot_run_is_named_and_runs_on_moto(change: dict[str, Any], wh
         LocalEngine(1, definition_text=json.dumps(passing), interpreter="direct")
 
 
-@pytest.mark.parametrize("wait", [0.0, 600.0])
-def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait: float):
+@pytest.mark.parametrize("slow_here,wait", [(0.0, 0.0), (1.5, 0.0), (1.5, 600.0)])
+def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_here: float, wait: float):
     """One unit: it runs in the engine's process and no worker starts. Three pages (three
-    units at once): the engine runs one, its pool of ``workers - 1`` the others once a unit
-    has waited POOL_START_AFTER_S for the engine (with a long wait: all run in the engine)."""
+    units at once) of short units: all run in the engine, no worker starts (its start would
+    cost more than the work left). When a unit runs long here (``slow_here`` seconds more,
+    in this process only), the waiting units hold enough work and, once a unit has waited
+    POOL_START_AFTER_S, the pool of ``workers - 1`` starts and serves one (with a long wait:
+    all run in the engine)."""
     monkeypatch.setattr(local, "POOL_START_AFTER_S", wait)
+    if slow_here:
+        from pipeline.steps import process
+
+        fast = process.process_unit
+
+        def slow(event: Any) -> Any:
+            time.sleep(slow_here)
+            return fast(event)
+
+        monkeypatch.setattr(process, "process_unit", slow)  # the handler looks it up by name
     rng = np.random.default_rng(3)
     for name, pages in (("one", 1), ("three", 3)):
         with tifffile.TiffWriter(tmp_path / f"{name}.tif") as tw:
@@ -204,13 +218,33 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_needed(
         assert units.count("process_unit") == pages
         with tifffile.TiffFile(tmp_path / f"{name}-out.tif") as out:
             assert len(out.pages) == pages and out.pages[0].shape == (1500, 1400, 3)
-        if pages == 1 or wait:
+            assert np.array_equal(out.pages[-1].asarray(), cv2.GaussianBlur(
+                tifffile.imread(tmp_path / f"{name}.tif", key=pages - 1), (0, 0), 2))
+        if pages == 1 or wait or not slow_here:
             assert result.worker_peaks_mb == {}  # no worker was started
         else:
             assert len(result.worker_peaks_mb) == 1 and os.getpid() not in result.worker_peaks_mb
     with LocalEngine(1) as engine:  # one worker: this process alone (the pool: user code only)
         assert engine.machine is not None and engine.pool is not None
         assert not engine.pool.started and engine.pool.workers == 1
+
+
+def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work():
+    """The rule of :meth:`LocalEngine._pool_pays`: not before the wait; then the waiting
+    tasks times a task's time here (mean so far, or the running one's age) against
+    POOL_WORTH_S."""
+    with LocalEngine(2) as engine:
+        now = time.monotonic()
+        assert not engine._pool_pays(now + 10)  # still within the wait
+        engine._waiting, engine._engine_task_since = 2, now - 0.3
+        assert not engine._pool_pays(now)  # 2 x 0.3 s: less than a worker's start is worth
+        engine._engine_task_since = now - 1.0
+        assert engine._pool_pays(now)  # 2 x 1 s
+        engine._engine_task_since, engine._heavy = now - 0.01, [2.0, 2]
+        assert engine._pool_pays(now)  # 2 x the mean, 1 s
+        engine._waiting = 1
+        assert not engine._pool_pays(now)
+        assert not engine.pool.started
 
 
 @pytest.mark.parametrize("workers", [1, 2])

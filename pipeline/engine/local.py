@@ -38,8 +38,11 @@ ACCOUNT = "123456789012"
 #: the direct interpreter (no worker start on the way to the first task)
 LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
 INTERPRETERS = ("auto", "direct", "moto")
-#: seconds a heavy task waits for the engine's own slot before the worker pool starts
+#: seconds a heavy task waits for the engine's own slot before the worker pool may start
 POOL_START_AFTER_S = 0.3
+#: the pool starts only once the heavy tasks waiting hold about this many seconds of work
+#: (a worker's start costs ~0.6 CPU-s and ~0.7 s, taken from the task running here)
+POOL_WORTH_S = 1.5
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -170,6 +173,9 @@ class LocalEngine:
         # queued in the pool could wait there while this process idles at a map's end)
         self._free = threading.Condition()
         self._busy = {"engine": 0, "pool": 0}
+        self._waiting = 0  # heavy tasks waiting for a slot
+        self._engine_task_since: float | None = None  # when this process's task started
+        self._heavy = [0.0, 0]  # seconds and count of the heavy tasks done here
         # The pool captures the environment BEFORE moto replaces credentials with fakes.
         if self.machine is None:
             self.pool: WorkerPool | None = WorkerPool(workers, env=dict(os.environ))
@@ -214,6 +220,7 @@ class LocalEngine:
             ok, payload = self.in_process.invoke(function, event)
         else:
             slot = self._take_slot(engine=not self._runs_user_code(event))
+            started = time.monotonic()
             try:
                 if slot == "engine":
                     # always on the same thread, as in a worker: a thread's freed memory stays
@@ -227,7 +234,11 @@ class LocalEngine:
             finally:
                 with self._free:
                     self._busy[slot] -= 1
-                    self._free.notify()
+                    if slot == "engine":
+                        self._engine_task_since = None
+                        self._heavy[0] += time.monotonic() - started
+                        self._heavy[1] += 1
+                    self._free.notify_all()
         if self.listener is not None:
             self.listener(function, event, ok, payload)
         return ok, payload
@@ -251,25 +262,53 @@ class LocalEngine:
 
     def _take_slot(self, engine: bool = True) -> str:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
-        process first: it is warm; ``engine=False``: the pool only). Until the pool has
-        started, a task waits up to :data:`POOL_START_AFTER_S` for this process instead: one
-        task here already uses every core (its tile threads), and a worker's start costs
-        ~0.6 CPU-s of imports, so a job of short units runs here alone; a longer one starts
-        the pool."""
-        capacity = {"engine": 1 if engine else 0,
-                    "pool": self.pool.workers if self.pool and (self._pool_for_all or not engine)
-                    else 0}
+        process first: it is warm; ``engine=False``: the pool only).
+
+        One task here already uses every core (its tile threads), and a worker's start costs
+        ~0.6 CPU-s of imports taken from it, so the pool starts only when it will pay: once a
+        task has waited :data:`POOL_START_AFTER_S` and the waiting tasks hold about
+        :data:`POOL_WORTH_S` of work (their number times a heavy task's time here: the mean
+        so far, or the running one's age). A job of a few short units (a small multi-page
+        file) so runs here alone. While the workers start, tasks keep taking this process's
+        slot when it frees: a task goes to the pool only once a worker is ready, never
+        queueing behind a start while this process idles."""
         deadline = time.monotonic() + POOL_START_AFTER_S
         with self._free:
-            while True:
-                pool_open = self.pool is not None and (self.pool.started or not engine
-                                                       or time.monotonic() >= deadline)
-                for slot in ("engine", "pool"):
-                    if self._busy[slot] < capacity[slot] and (slot == "engine" or pool_open):
-                        self._busy[slot] += 1
-                        return slot
-                self._free.wait(None if pool_open or self.pool is None
-                                else max(0.0, deadline - time.monotonic()))
+            self._waiting += 1
+            try:
+                while True:
+                    if engine and self._busy["engine"] == 0:
+                        self._busy["engine"] = 1
+                        self._engine_task_since = time.monotonic()
+                        return "engine"
+                    pool = self.pool
+                    usable = pool is not None and (self._pool_for_all or not engine)
+                    if usable and pool.started and self._busy["pool"] < max(
+                            pool.warm, 0 if engine else pool.workers):
+                        self._busy["pool"] += 1
+                        return "pool"
+                    if usable and not pool.started and (not engine or self._pool_pays(deadline)):
+                        pool.start(on_warm=self._wake)
+                        continue
+                    # re-check now and then: the work waiting grows with the running task's age
+                    self._free.wait(0.05 if usable and not pool.started else None)
+            finally:
+                self._waiting -= 1
+
+    def _pool_pays(self, deadline: float) -> bool:
+        """Whether starting the pool is worth it now (see :meth:`_take_slot`; under
+        ``self._free``)."""
+        now = time.monotonic()
+        if now < deadline:
+            return False
+        total, count = self._heavy
+        running = now - self._engine_task_since if self._engine_task_since else 0.0
+        per_task = max(total / count if count else 0.0, running)
+        return self._waiting * per_task >= POOL_WORTH_S
+
+    def _wake(self) -> None:
+        with self._free:
+            self._free.notify_all()
 
     def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
                     name: str) -> Execution:

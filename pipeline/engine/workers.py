@@ -12,7 +12,7 @@ import resource
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -149,8 +149,10 @@ class InProcess:
 class WorkerPool:
     """``invoke(function, event)`` runs a handler in a worker process and returns
     ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently. ``lazy``:
-    the workers start at the first invoke (a run that never needs them never pays for them),
-    else at once."""
+    the workers start at :meth:`start` or the first invoke (a run that never needs them
+    never pays for them), else at once. :attr:`warm` counts the workers that have started
+    and imported the steps: a caller that can run a task elsewhere meanwhile (the engine's
+    own process) need not queue it behind a worker's start."""
 
     workers: int
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -159,6 +161,8 @@ class WorkerPool:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.warm = 0
+        self._on_warm: Callable[[], None] | None = None
         self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -167,11 +171,29 @@ class WorkerPool:
         env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(self.workers)))
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
                                    initargs=(env,))
-        # start every worker and import the steps now, while the engine sets up moto,
-        # instead of on the first task
+        self.warm = 0
+        # start every worker and import the steps now, not on its first task
         for _ in range(self.workers):
-            pool.submit(_warm_up)
+            pool.submit(_warm_up).add_done_callback(
+                lambda _, p=pool: self._warmed(p))
         return pool
+
+    def _warmed(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if pool is not self._pool and self._pool is not None:
+                return  # a pool since replaced
+            self.warm = min(self.workers, self.warm + 1)
+            on_warm = self._on_warm
+        if on_warm is not None:
+            on_warm()
+
+    def start(self, on_warm: Callable[[], None] | None = None) -> None:
+        """Start the workers without waiting for them; ``on_warm()`` is called (in another
+        thread) each time one is ready."""
+        with self._lock:
+            self._on_warm = on_warm
+            if self._pool is None:
+                self._pool = self._new_pool()
 
     @property
     def started(self) -> bool:
