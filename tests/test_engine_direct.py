@@ -229,18 +229,27 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
         assert not engine.pool.started and engine.pool.workers == 1
 
 
-def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work():
+def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work_and_cores_idle():
     """The rule of :meth:`LocalEngine._pool_pays`: not before the wait; then the waiting
     tasks times a task's time here (mean so far, or the running one's age) against
-    POOL_WORTH_S."""
+    POOL_WORTH_S, and only while the task here leaves cores idle (POOL_BELOW_BUSY)."""
     with LocalEngine(2) as engine:
         now = time.monotonic()
+        idle = time.process_time()  # this process's CPU: ~none used since
         assert not engine._pool_pays(now + 10)  # still within the wait
-        engine._waiting, engine._engine_task_since = 2, now - 0.3
-        assert not engine._pool_pays(now)  # 2 x 0.3 s: less than a worker's start is worth
+        engine._waiting, engine._engine_task_since, engine._engine_cpu_since = 5, now - 0.4, idle
+        assert not engine._pool_pays(now)  # 5 x 0.4 s, but less than 1 s to tell how busy
+        engine._waiting = 2
+        engine._engine_task_since = now - 0.7
+        assert not engine._pool_pays(now)  # 2 x 0.7 s: less than a worker's start is worth
         engine._engine_task_since = now - 1.0
-        assert engine._pool_pays(now)  # 2 x 1 s
-        engine._engine_task_since, engine._heavy = now - 0.01, [2.0, 2]
+        assert engine._pool_pays(now)  # 2 x 1 s, and the task here left the cores idle
+        engine._engine_cpu_since = idle - 1.0 * engine._cores  # it kept every core busy
+        assert not engine._pool_pays(now)
+        engine._engine_cpu_since = idle - 0.5 * engine._cores  # half of them
+        assert engine._pool_pays(now)
+        engine._engine_task_since, engine._done_here, engine._wall_here = now - 0.01, 2, 2.0
+        engine._engine_cpu_since = idle
         assert engine._pool_pays(now)  # 2 x the mean, 1 s
         engine._waiting = 1
         assert not engine._pool_pays(now)

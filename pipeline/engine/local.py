@@ -27,7 +27,7 @@ from typing import Any, Protocol, Self
 from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.core.events import JobList
 from pipeline.engine import definition, direct
-from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread
+from pipeline.engine.workers import InProcess, WorkerPool, limit_malloc_arenas, one_opencv_thread
 from pipeline.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,12 @@ POOL_START_AFTER_S = 0.3
 #: the pool starts only once the heavy tasks waiting hold about this many seconds of work
 #: (a worker's start costs ~0.6 CPU-s and ~0.7 s, taken from the task running here)
 POOL_WORTH_S = 1.5
+#: ... and only while this process's task leaves cores idle: it uses less than this share
+#: of them (a fused unit's tile and decode threads use ~95% of 2 cores; a worker beside it
+#: then only takes their CPU, measured 5-15% slower at 0.3 and 1 Gpx)
+POOL_BELOW_BUSY = 0.8
+#: seconds of heavy tasks here that measure how busy they keep the cores
+BUSY_MEASURED_OVER_S = 1.0
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
 
@@ -167,6 +173,8 @@ class LocalEngine:
                 log.info("running on moto: the direct interpreter does not support %s", why)
             else:
                 self.machine = machine
+                # this process runs heavy tasks too: as in the workers (for the process's life)
+                limit_malloc_arenas()
         self.in_process = InProcess()
         self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="tiffpipe-task")
         # heavy tasks wait for a free slot: this process's one, or one of the pool's (a task
@@ -175,7 +183,12 @@ class LocalEngine:
         self._busy = {"engine": 0, "pool": 0}
         self._waiting = 0  # heavy tasks waiting for a slot
         self._engine_task_since: float | None = None  # when this process's task started
-        self._heavy = [0.0, 0]  # seconds and count of the heavy tasks done here
+        self._engine_cpu_since = 0.0  # this process's CPU seconds then
+        self._cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1)
+        # the heavy tasks done here: how many, their seconds, the CPU seconds meanwhile
+        self._done_here = 0
+        self._wall_here = self._cpu_here = 0.0
         # The pool captures the environment BEFORE moto replaces credentials with fakes.
         if self.machine is None:
             self.pool: WorkerPool | None = WorkerPool(workers, env=dict(os.environ))
@@ -236,8 +249,9 @@ class LocalEngine:
                     self._busy[slot] -= 1
                     if slot == "engine":
                         self._engine_task_since = None
-                        self._heavy[0] += time.monotonic() - started
-                        self._heavy[1] += 1
+                        self._done_here += 1
+                        self._wall_here += time.monotonic() - started
+                        self._cpu_here += time.process_time() - self._engine_cpu_since
                     self._free.notify_all()
         if self.listener is not None:
             self.listener(function, event, ok, payload)
@@ -264,12 +278,13 @@ class LocalEngine:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
         process first: it is warm; ``engine=False``: the pool only).
 
-        One task here already uses every core (its tile threads), and a worker's start costs
-        ~0.6 CPU-s of imports taken from it, so the pool starts only when it will pay: once a
-        task has waited :data:`POOL_START_AFTER_S` and the waiting tasks hold about
+        A task here may already use every core (its tile threads), and a worker's start
+        costs ~0.6 CPU-s of imports taken from it, so the pool starts only when it will pay:
+        once a task has waited :data:`POOL_START_AFTER_S`, the waiting tasks hold about
         :data:`POOL_WORTH_S` of work (their number times a heavy task's time here: the mean
-        so far, or the running one's age). A job of a few short units (a small multi-page
-        file) so runs here alone. While the workers start, tasks keep taking this process's
+        so far, or the running one's age), and the task running here leaves cores idle
+        (:data:`POOL_BELOW_BUSY`). A job of a few short units (a small multi-page file), or
+        of units that keep the cores busy, so runs here alone. While the workers start, tasks keep taking this process's
         slot when it frees: a task goes to the pool only once a worker is ready, never
         queueing behind a start while this process idles."""
         deadline = time.monotonic() + POOL_START_AFTER_S
@@ -280,6 +295,7 @@ class LocalEngine:
                     if engine and self._busy["engine"] == 0:
                         self._busy["engine"] = 1
                         self._engine_task_since = time.monotonic()
+                        self._engine_cpu_since = time.process_time()
                         return "engine"
                     pool = self.pool
                     usable = pool is not None and (self._pool_for_all or not engine)
@@ -301,10 +317,18 @@ class LocalEngine:
         now = time.monotonic()
         if now < deadline:
             return False
-        total, count = self._heavy
         running = now - self._engine_task_since if self._engine_task_since else 0.0
-        per_task = max(total / count if count else 0.0, running)
-        return self._waiting * per_task >= POOL_WORTH_S
+        per_task = max(self._wall_here / self._done_here if self._done_here else 0.0, running)
+        if self._waiting * per_task < POOL_WORTH_S:
+            return False
+        # how busy this process keeps the cores: over its tasks so far and the running one,
+        # once there is a second of them (a unit's first rows, read before its tile threads
+        # have work, would say "idle")
+        wall = self._wall_here + running
+        if wall < BUSY_MEASURED_OVER_S:
+            return False
+        cpu = self._cpu_here + (time.process_time() - self._engine_cpu_since if running else 0)
+        return cpu / wall / self._cores < POOL_BELOW_BUSY
 
     def _wake(self) -> None:
         with self._free:
