@@ -32,6 +32,11 @@ def _tree_bytes(folder: str) -> int:
 
 def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
     """``run_local`` with per-invocation timings; work bytes measured, then removed."""
+    # the imaging libraries, imported before the clock starts as the peers' runs import
+    # them (naive, below; libvips): the wall compares the work, not the imports
+    import cv2  # noqa: F401
+    import imagecodecs  # noqa: F401
+    import tifffile  # noqa: F401
     import timed_worker
 
     from pipeline.runner import _remove_work, run_local

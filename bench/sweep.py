@@ -28,6 +28,7 @@ run on big pages (it holds each page twice in memory: 4 Gpx RGB is 24 GB).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -224,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         args.tools.remove("libvips")
     args.dir = os.path.abspath(args.dir)
     os.makedirs(os.path.join(args.dir, "out"), exist_ok=True)
+    # as installed (pip compiles a package's bytecode): with PYTHONDONTWRITEBYTECODE set, a
+    # checkout's modules would be compiled again on every run (~35 ms of a tiny page's run)
+    for tree in (ROOT, args.before):
+        if tree:
+            compileall.compile_dir(os.path.join(tree, "pipeline"), quiet=1)
     doc: dict[str, Any] = {"format": "tiffpipe-sweep/1", "machine": machine(),
                            "settings": {k: v for k, v in vars(args).items()}, "cases": []}
     started = time.time()

@@ -60,3 +60,32 @@ def test_the_table_and_no_outputs_left(sweep: dict[str, Any]) -> None:
     assert sweep["_markdown"].strip() in sweep["_stdout"]
     assert "MISMATCH" not in sweep["_stdout"]
     assert not list(sweep["_out"].iterdir())  # outputs are removed after each case
+
+
+def test_tile_costs_times_every_stage_of_a_tile(tmp_path) -> None:
+    """``bench/tile_costs.py`` on a small tiled RGB input: a positive time for the decode,
+    the blur and each output codec; an input it cannot use is refused by name."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, rng.integers(0, 255, (2100, 2100, 3), np.uint8), tile=(512, 512),
+                     compression="zlib", photometric="rgb")
+    stdout = run_bench_script("tile_costs.py", "--input", str(src), "--count", "8")
+    found = re.finditer(r"^(.*?)\s+([\d.]+) ms per 512", stdout, re.MULTILINE)
+    rows = dict(m.groups() for m in found)
+    assert [name.split()[0] for name in rows] == ["input", "gaussian", "jpeg", "zstd",
+                                                  "deflate"]
+    assert all(float(ms) > 0 for ms in rows.values())
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, np.zeros((600, 600), np.uint8), tile=(512, 512))
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" /
+                                               "tile_costs.py"), "--input", str(gray)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "gray.tif: needs 512 px tiles of RGB" in proc.stderr

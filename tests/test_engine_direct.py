@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -319,3 +320,12 @@ def test_a_distributed_map_reads_its_items_with_an_item_reader(tmp_path: Path):
     assert info.value.error == "States.ItemReaderFailed" and "gone.json" in info.value.cause
     machine["States"]["Jobs"]["ItemReader"]["ReaderConfig"] = {"InputType": "CSV"}
     assert "ItemReader" in (direct.unsupported(machine) or "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_processes_that_run_tasks_cap_their_malloc_arenas():
+    """On Linux (glibc) the cap is set, not silently skipped: without it the engine's peak
+    at 1 Gpx grew ~30% over many arenas (pipeline.engine.workers.limit_malloc_arenas)."""
+    from pipeline.engine.workers import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is True
