@@ -29,6 +29,7 @@ from pipeline.core.events import JobList
 from pipeline.engine import definition, direct
 from pipeline.engine.workers import InProcess, WorkerPool, limit_malloc_arenas, one_opencv_thread
 from pipeline.errors import EngineError
+from pipeline.steps.common import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,7 @@ class LocalEngine:
         self._waiting = 0  # heavy tasks waiting for a slot
         self._engine_task_since: float | None = None  # when this process's task started
         self._engine_cpu_since = 0.0  # this process's CPU seconds then
-        self._cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count() or 1)
+        self._cores = usable_cores()
         # the heavy tasks done here: how many, their seconds, the CPU seconds meanwhile
         self._done_here = 0
         self._wall_here = self._cpu_here = 0.0
@@ -233,7 +233,6 @@ class LocalEngine:
             ok, payload = self.in_process.invoke(function, event)
         else:
             slot = self._take_slot(engine=not self._runs_user_code(event))
-            started = time.monotonic()
             try:
                 if slot == "engine":
                     # always on the same thread, as in a worker: a thread's freed memory stays
@@ -247,11 +246,11 @@ class LocalEngine:
             finally:
                 with self._free:
                     self._busy[slot] -= 1
-                    if slot == "engine":
-                        self._engine_task_since = None
+                    if slot == "engine" and self._engine_task_since is not None:
                         self._done_here += 1
-                        self._wall_here += time.monotonic() - started
+                        self._wall_here += time.monotonic() - self._engine_task_since
                         self._cpu_here += time.process_time() - self._engine_cpu_since
+                        self._engine_task_since = None
                     self._free.notify_all()
         if self.listener is not None:
             self.listener(function, event, ok, payload)
@@ -284,9 +283,9 @@ class LocalEngine:
         :data:`POOL_WORTH_S` of work (their number times a heavy task's time here: the mean
         so far, or the running one's age), and the task running here leaves cores idle
         (:data:`POOL_BELOW_BUSY`). A job of a few short units (a small multi-page file), or
-        of units that keep the cores busy, so runs here alone. While the workers start, tasks keep taking this process's
-        slot when it frees: a task goes to the pool only once a worker is ready, never
-        queueing behind a start while this process idles."""
+        of units that keep the cores busy, so runs here alone. While the workers start,
+        tasks keep taking this process's slot when it frees: a task goes to the pool only
+        once a worker is ready, never queueing behind a start while this process idles."""
         deadline = time.monotonic() + POOL_START_AFTER_S
         with self._free:
             self._waiting += 1

@@ -74,5 +74,10 @@ def tile_threads() -> int:
     value = os.environ.get(TILE_THREADS_ENV)
     if value and value.isdigit() and int(value) > 0:
         return int(value)
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The CPUs this process may use (its affinity where the platform has one)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                else os.cpu_count() or 1)
