@@ -313,6 +313,51 @@ def test_plan_grids_units_and_batches():
     assert JobPlan.from_json(fused.to_json()) == fused
 
 
+def _spec_plan(ops, infos, tile, out_tile=512):
+    from pipeline.core.models import OutputOptions
+    spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile,
+                   output_options=OutputOptions(tile=out_tile))
+    return make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
+
+
+@pytest.mark.parametrize("height,width,tile,out_tile,expected", [
+    (992, 992, 1024, 512, 512),  # 1 tile of 1024 -> 4 of 512
+    (1024, 1024, 1024, 256, 512),  # stops at 4 tiles, not at the output tile
+    (256, 256, 1024, 256, 256),  # one output tile: as small as the output tile
+    (256, 256, 1024, 16, 128),  # ... or 4 tiles of 128
+    (1728, 1728, 1024, 512, 1024),  # already 4 tiles
+    (100, 5000, 1024, 512, 1024),  # 5 tiles in one row
+    (992, 992, 1024, 1024, 1024),  # the output tile does not divide a half
+    (992, 992, 768, 256, 768),  # 384 is no multiple of 256
+    (40, 40, 1024, 16, 128),  # never below 8 halos (16 px here)
+])
+def test_small_pages_get_a_finer_grid(height, width, tile, out_tile, expected):
+    plan, problems = _spec_plan([{"op": "gaussian_blur", "sigma": 1}],
+                                [info(height=height, width=width, channels=3)], tile, out_tile)
+    assert problems == []
+    assert plan.pages[0].grid.tile == expected
+    assert plan.spec.tile == tile  # what the manifest said is kept
+    _assert_exact_cover(plan.pages[0].grid, plan.units, page=0)
+
+
+def test_finer_grid_keeps_the_halo_small_and_the_chain_aligned():
+    # sigma 6 (halo 32): a 128 tile would be only 4 halos wide
+    plan, _ = _spec_plan([{"op": "gaussian_blur", "sigma": 6}], [info(height=300, width=300)],
+                         1024, 16)
+    assert plan.halo == 32 and plan.pages[0].grid.tile == 256
+    # downsample by 2 needs a multiple of 2 x the output tile: 1024 -> 512 (out 256)
+    plan, problems = _spec_plan([{"op": "downsample", "factor": 2}],
+                                [info(height=900, width=900)], 1024, 256)
+    assert problems == [] and plan.pages[0].grid.tile == 512
+    assert plan.pages[0].out_grid.tile == 256
+    # each page on its own: a big page keeps the tile, a small one is cut finer
+    plan, _ = _spec_plan([], [info(0, 5000, 5000), info(1, 500, 500)], 1024)
+    assert [p.grid.tile for p in plan.pages] == [1024, 512]
+    # without a halo: never below the smallest tile a manifest takes
+    plan, _ = _spec_plan([{"op": "invert"}], [info(height=40, width=40)], 1024, 16)
+    assert plan.halo == 0 and plan.pages[0].grid.tile == 64
+
+
 @pytest.mark.parametrize("ops,channels,out", [
     ([], 3, 3),
     ([{"op": "to_gray"}], 1, 1),

@@ -6,6 +6,7 @@ import numpy as np
 
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_units
+from pipeline.core.job_fields import TILE_RANGE
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
 
@@ -20,6 +21,13 @@ FUSED_UNIT_PIXELS = 256 * 1024 * 1024
 TILES_PER_BATCH = 8
 #: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
 MAX_ITEMS = 10_000
+#: a page with fewer processing tiles than this is cut finer (:func:`page_tile`), so that its
+#: tiles keep an invocation's tile threads busy: a 1 Mpx page in one 1024 px tile ran on one
+#: core, blurring and then encoding its four output tiles one after another
+MIN_PAGE_TILES = 4
+#: ... but a tile stays at least this many times its halo (else reading the halo twice costs
+#: more than the threads gain)
+MIN_TILE_PER_HALO = 8
 
 
 def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
@@ -37,7 +45,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     problems += geometry_problems(layout, spec, infos)
     for info in infos:
-        grid = PageGrid(info.height, info.width, spec.tile, halo)
+        tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, info)
+        grid = PageGrid(info.height, info.width, tile, halo)
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
                               layout.factor))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
@@ -56,6 +65,23 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at, fused=fused)
     return plan, problems
+
+
+def page_tile(tile: int, out_tile: int, layout: ChainLayout, halo: int, info: PageInfo
+              ) -> int:
+    """The processing tile of a page: ``tile``, halved while the page has fewer than
+    :data:`MIN_PAGE_TILES` tiles of it and the half still fits the chain (a multiple of its
+    alignment and of the output tile in input pixels) and its halo. Any tile gives the same
+    pixels (each is computed from its haloed window), so this changes only how the work is
+    shared out; big pages keep ``tile``."""
+    step = out_tile * layout.factor
+    while -(-info.height // tile) * -(-info.width // tile) < MIN_PAGE_TILES:
+        half = tile // 2
+        if (half < MIN_TILE_PER_HALO * halo or half % step or half % layout.align
+                or half < TILE_RANGE[0]):
+            break
+        tile = half
+    return tile
 
 
 def process_batches(pages: list[PagePlan]) -> list[Batch]:
