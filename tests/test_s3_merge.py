@@ -10,6 +10,7 @@ tests/test_s3_pipeline.py); merges re-run in this process read the kept work fro
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import itertools
 import json
@@ -150,6 +151,67 @@ def test_bigtiff_layout_is_the_tifffile_merge(local, monkeypatch, tmp_path):
     assert out.read_bytes() == merged_by_tifffile(plan, tmp_path / "old.tif")
     with tifffile.TiffFile(out) as tf:
         assert tf.is_bigtiff and len(tf.pages[0].pages) >= 1
+
+
+def _refusing(after_bytes: int) -> Any:
+    """os.copy_file_range that copies ``after_bytes`` in small steps, then refuses (EXDEV),
+    as between filesystems that cannot copy in the kernel."""
+    real = os.copy_file_range
+    state = {"left": after_bytes, "calls": 0}
+
+    def copy(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+        state["calls"] += 1
+        if state["left"] <= 0:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        n = real(src, dst, min(count, 1000, state["left"]), offset_src)
+        state["left"] -= n
+        return n
+
+    copy.state = state  # type: ignore[attr-defined]
+    return copy
+
+
+@pytest.mark.parametrize("after", [0, 2500])
+def test_local_compose_falls_back_when_the_kernel_cannot_copy(local, monkeypatch, tmp_path,
+                                                             after):
+    """Where copy_file_range is refused (another filesystem, an old kernel), from the first
+    byte or part-way through a span, the rest goes through this process: the same bytes."""
+    plan = _plan(local["work"], list(LOCAL_JOBS).index("deflate"))
+    pieces = merge_mod.output_pieces(plan)
+    want = tmp_path / "kernel.tif"
+    compose(pieces, str(want))
+    monkeypatch.setattr(segments, "_KERNEL_COPY", [True])
+    refusing = _refusing(after)
+    monkeypatch.setattr(segments.os, "copy_file_range", refusing)
+    got = tmp_path / "fallback.tif"
+    compose(pieces, str(got))
+    assert got.read_bytes() == want.read_bytes() == Path(plan.spec.output).read_bytes()
+    assert segments._KERNEL_COPY == [False]  # asked no more after the refusal
+    calls = refusing.state["calls"]
+    compose(pieces, str(tmp_path / "again.tif"))
+    assert refusing.state["calls"] == calls
+
+
+def test_local_compose_of_a_short_segment_fails_by_name(tmp_path):
+    """A segment shorter than its index says: WorkMissingError naming it, and no output
+    (nor its temporary file) is left, with the kernel's copy and without it."""
+    seg = tmp_path / "u000001.seg"
+    seg.write_bytes(b"x" * 5000)
+    other = tmp_path / "u000000.seg"
+    other.write_bytes(bytes(range(256)) * 40)
+    pieces = [tiff_layout.Literal(b"II*\x00"), tiff_layout.Span(str(other), 10, 9000),
+              tiff_layout.Span(str(seg), 100, 4900), tiff_layout.Literal(b"end")]
+    out = tmp_path / "out" / "ok.tif"
+    assert compose(pieces, str(out)) == 4 + 9000 + 4900 + 3
+    assert out.read_bytes() == (b"II*\x00" + other.read_bytes()[10:9010]
+                                + seg.read_bytes()[100:] + b"end")
+    for kernel in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(segments, "_KERNEL_COPY", [kernel])
+            bad = [*pieces[:2], tiff_layout.Span(str(seg), 100, 6000)]
+            with pytest.raises(WorkMissingError, match="u000001.seg"):
+                compose(bad, str(tmp_path / "out" / "bad.tif"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["ok.tif"]
 
 
 # --- S3 (a moto server) --------------------------------------------------------------

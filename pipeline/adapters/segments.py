@@ -6,7 +6,7 @@ from pieces (:mod:`pipeline.core.tiff_layout`), locally or as one S3 multipart u
   :data:`SEGMENT_PART` parts (one ``PutObject`` if it stays smaller), aborted on failure.
   Memory: one part.
 - :func:`compose` writes the pieces of an output: locally by concatenation into a temporary
-  file in the output's folder, renamed when complete; on S3 as ONE multipart upload whose
+  file in the output's folder (segment ranges copied by the kernel), renamed when complete; on S3 as ONE multipart upload whose
   data parts are server-side ``UploadPartCopy`` of segment ranges (in parallel threads) and
   whose other parts (header, IFDs, a few MiB of data to reach the part minimum) are
   uploaded. Nothing is visible before the rename or ``CompleteMultipartUpload``; a failure
@@ -15,6 +15,7 @@ from pieces (:mod:`pipeline.core.tiff_layout`), locally or as one S3 multipart u
 
 from __future__ import annotations
 
+import errno
 import io
 import mimetypes
 import os
@@ -155,17 +156,73 @@ def compose(pieces: list[Piece], url: str) -> int:
     if is_s3(url):
         return _compose_s3(pieces, url)
     tmp = storage.temp_output_path(url)
-    size = 0
     try:
-        with _errors(url, "write", None), open(tmp, "wb") as fh:
-            for piece in pieces:
-                for chunk in piece_chunks(piece):
-                    size += fh.write(chunk)
+        with _errors(url, "write", None), open(tmp, "wb", buffering=0) as fh:
+            size = _write_local(pieces, fh)
         storage.publish_file(tmp, url)
     finally:
         with suppress(FileNotFoundError):
             os.remove(tmp)
     return size
+
+
+def _write_local(pieces: list[Piece], fh: Any) -> int:
+    """Write ``pieces`` in order to the unbuffered local file ``fh``; returns the bytes
+    written. Spans of local segments are copied by the kernel (``os.copy_file_range``: no
+    pass through this process, ~3x faster than reading and writing them, and merge is the one
+    step that runs alone); elsewhere, or where the filesystems refuse it, they are read and
+    written :data:`READ_CHUNK` at a time."""
+    size = 0
+    source: tuple[str, Any] | None = None  # the open segment (spans come a segment at a time)
+    try:
+        for piece in pieces:
+            done = 0
+            if isinstance(piece, Span) and not is_s3(piece.source) and _KERNEL_COPY[0]:
+                if source is None or source[0] != piece.source:
+                    if source is not None:
+                        source[1].close()
+                        source = None
+                    with _errors(piece.source, "read", WorkMissingError):
+                        source = (piece.source, open(piece.source, "rb", buffering=0))
+                done = _kernel_copy(source[1], fh, piece)
+            if done < piece.size:  # the rest (all of it, unless the kernel copied some)
+                rest = piece if not done else Span(piece.source, piece.start + done,
+                                                   piece.size - done)
+                for chunk in piece_chunks(rest):
+                    fh.write(chunk)
+            size += piece.size
+    finally:
+        if source is not None:
+            source[1].close()
+    return size
+
+
+#: whether os.copy_file_range works here (cleared once a filesystem pair refuses it)
+_KERNEL_COPY = [hasattr(os, "copy_file_range")]
+
+
+def _kernel_copy(src: Any, dst: Any, span: Span) -> int:
+    """Copy ``span`` from ``src`` to ``dst``'s position with ``os.copy_file_range``; returns
+    the bytes copied (fewer if the kernel cannot copy between these files: the caller copies
+    the rest). A segment shorter than its index says fails as a read would."""
+    done = 0
+    while done < span.size:
+        try:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), span.size - done,
+                                   span.start + done)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                             errno.EPERM, errno.ENOTSUP):
+                _KERNEL_COPY[0] = False
+                return done
+            raise StorageError(f"{span.source}: cannot copy into the output: {exc}; check "
+                               "the free space and permissions") from exc
+        if n == 0:
+            raise WorkMissingError(f"{span.source} holds {span.start + done} bytes, "
+                                   f"{span.start + span.size} expected: the segment is "
+                                   "incomplete; re-run the job")
+        done += n
+    return done
 
 
 def _compose_s3(pieces: list[Piece], url: str) -> int:
