@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
@@ -281,3 +282,32 @@ def test_a_crashed_interpreter_stops_the_run_instead_of_waiting_for_ever(
                                              "interpreter bug"):
         engine.run({"value": 1}, name="crashed")
     assert worker._execution_logic is logic  # moto's own code is back
+
+
+# --- a local run imports nothing of AWS -------------------------------------------------------
+
+
+def test_a_local_run_imports_no_aws_library(tmp_path: Path):
+    """``tiffpipe run`` on local files (the direct interpreter, inline) imports neither boto3,
+    botocore nor moto: their imports are start-up that a local run does not need. A storage
+    error on a local file is still translated (no AWS error class is needed for it)."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", np.full((64, 64), 7, np.uint8), tile=(16, 16))
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "in.tif"),
+                                              "output": str(tmp_path / "out.tif")}]}))
+    out = _python(f"""
+        import sys
+        from pipeline.runner import run_local
+        from pipeline.adapters import storage
+        from pipeline.errors import WorkMissingError
+        result = run_local({str(manifest)!r}, 1)
+        try:
+            storage.read_bytes({str(tmp_path / "missing.json")!r}, missing=WorkMissingError)
+        except WorkMissingError as exc:
+            print("missing:", type(exc).__name__)
+        print(result.ok, sorted(m for m in sys.modules if m.split(".")[0] in
+                                ("boto3", "botocore", "moto")))
+    """)
+    assert out.split("\n")[:2] == ["missing: WorkMissingError", "True []"]

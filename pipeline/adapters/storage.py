@@ -27,8 +27,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from pipeline.errors import (
     InputNotFoundError,
     OutputNotWritableError,
@@ -48,11 +46,15 @@ _client: tuple[tuple[Any, ...], Any] | None = None
 
 def _aws_errors() -> tuple[type[BaseException], ...]:
     """What an S3 call raises: botocore's errors, and boto3's upload error once boto3 is in
-    use. boto3 is imported on the first S3 call, not with this module: a process that only
-    touches local files (the local engine and its workers) saves 0.15 s of imports."""
+    use. boto3 and botocore are imported on the first S3 call, not with this module: a
+    process that only touches local files (``tiffpipe run``, the local engine and its
+    workers) saves their imports; until then no S3 call can have raised."""
+    botocore_exceptions = sys.modules.get("botocore.exceptions")
+    if botocore_exceptions is None:
+        return ()
     boto3_exceptions = sys.modules.get("boto3.exceptions")
     upload = (boto3_exceptions.S3UploadFailedError,) if boto3_exceptions else ()
-    return (BotoCoreError, ClientError, *upload)
+    return (botocore_exceptions.BotoCoreError, botocore_exceptions.ClientError, *upload)
 
 
 def s3_client() -> Any:
@@ -118,7 +120,11 @@ def parent(url: str) -> str:
 
 
 def _code(exc: BaseException) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+    """An S3 error's code (``NoSuchKey``, ``403``...), else ""."""
+    botocore_exceptions = sys.modules.get("botocore.exceptions")  # none: no S3 call yet
+    if botocore_exceptions is None or not isinstance(exc, botocore_exceptions.ClientError):
+        return ""
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from importlib import resources
 from typing import Any
@@ -21,7 +22,15 @@ RESOURCE = "statemachine.asl.json"
 
 def definition_text() -> str:
     """statemachine.asl.json, as shipped in the package (the checkout's own, through the
-    symlink, when run from a clone or an editable install)."""
+    symlink, when run from a clone or an editable install). Read from the package's folder
+    when it has one (importlib.resources costs ~2.5 ms of a tiny run's ~40 ms the first
+    time), else through importlib.resources (a zipped package)."""
+    import pipeline
+
+    path = os.path.join(os.path.dirname(pipeline.__file__), RESOURCE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     return resources.files("pipeline").joinpath(RESOURCE).read_text(encoding="utf-8")
 
 
