@@ -1,13 +1,13 @@
 """tiffpipe against its peers over a sweep of page sizes, interleaved in one run.
 
-    .venv/bin/python bench/sweep.py [--sizes tiny,0.06,0.1,0.3,1,4] [--layouts single,multi]
+    .venv/bin/python bench/sweep.py [--sizes tiny,0.01,0.06,0.1,0.3,1,4] [--layouts single,multi]
                                     [--codecs deflate,zstd,jpeg] [--repeat 3] [--dir DIR]
                                     [--before TREE] [--json out.json] [--markdown out.md]
 
-For every size (``tiny``: one 256 x 256 page; a number: gigapixels), layout (``single``: one
-square page; ``multi``: three pages of a third each; ``tiny`` is single only) and output codec,
-the same job runs with each tool, the tools alternating within each repeat, every run in a
-fresh child process (bench/children.py):
+For every size (``tiny``: one 256 x 256 page; a number: gigapixels, e.g. 0.001 for 1 Mpx),
+layout (``single``: one square page; ``multi``: three pages of a third each; ``tiny`` is
+single only) and output codec, the same job runs with each tool, the tools alternating
+within each repeat, every run in a fresh child process (bench/children.py):
 
 - tiffpipe: ``run_local`` with its defaults (fused, default work tile), output tiled 512;
 - libvips: pyvips, sequential access, ``gaussblur`` (no zstd: the pyvips-binary wheel has none);
@@ -43,7 +43,7 @@ sys.path[:0] = [p for p in (HERE, ROOT) if p not in sys.path]
 from compare import child, compare_tiffs, have_pyvips, log, machine
 from inputs import side_for, write_photo_tiff
 
-SIZES = ("tiny", "0.06", "0.1", "0.3", "1", "4")
+SIZES = ("tiny", "0.001", "0.003", "0.01", "0.06", "0.1", "0.3", "1", "4")
 CODECS = ("deflate", "zstd", "jpeg")
 TOOLS = ("tiffpipe", "libvips", "naive")
 PEERS = ("libvips", "naive")
