@@ -3,6 +3,7 @@ touch a window are read, each once."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, read_infos, read_window
+from pipeline.adapters.tiff_read import (
+    PageReader,
+    get_page,
+    open_tiff,
+    planned_page,
+    read_infos,
+    read_window,
+)
 from pipeline.core.grid import Rect
 from pipeline.errors import CorruptTiffError
 
@@ -199,6 +207,39 @@ def test_multi_page_file(tmp_path):
                             min(rect.x1, w))
                 got = read_window(tf, page, url, index, rect)
                 assert np.array_equal(got, want[rect.y0:rect.y1, rect.x0:rect.x1]), (index, rect)
+
+
+def test_a_planned_page_is_read_at_its_ifd_without_walking_the_pages(tmp_path):
+    """``planned_page``: the page at the IFD offset the plan recorded is the page the chain
+    gives, read without walking the file's chain of pages (a file of many pages walked it
+    for every unit). A page there that is not the planned one, or an offset that holds no
+    IFD (the file changed since it was planned), is a CorruptTiffError naming the page."""
+    path = tmp_path / "pages.tif"
+    pages = [make_page(i, 40 + i, 30 + 2 * i, 1, "uint8") for i in range(50)]
+    with tifffile.TiffWriter(path) as tw:
+        for page in pages:
+            tw.write(page, tile=(16, 16), compression="zlib", metadata=None)
+    url = str(path)
+    infos = read_infos(url, None)
+    assert all(i.ifd_offset > 0 for i in infos)
+    walked: list[int] = []
+    for info in (infos[49], infos[3], infos[0]):
+        with open_tiff(url) as tf:
+            real_seek = tf.pages._seek
+            tf.pages._seek = lambda index, real=real_seek: walked.append(index) or real(index)
+            page = planned_page(tf, url, info)
+            assert np.array_equal(read_window(tf, page, url, info.index,
+                                              Rect(0, 0, info.height, info.width)),
+                                  pages[info.index])
+    assert walked == []  # no page was looked up along the chain
+    with open_tiff(url) as tf:  # an older plan, without offsets: the chain, as before
+        old = dataclasses.replace(infos[7], ifd_offset=0)
+        assert planned_page(tf, url, old).shape == pages[7].shape
+        with pytest.raises(CorruptTiffError, match="page 7 is 44 x 47 px, planned as 30 x 40"):
+            planned_page(tf, url, dataclasses.replace(infos[0], index=7,
+                                                      ifd_offset=infos[7].ifd_offset))
+        with pytest.raises(CorruptTiffError, match="page 3: its IFD at offset 1 cannot be read"):
+            planned_page(tf, url, dataclasses.replace(infos[3], ifd_offset=1))
 
 
 @pytest.mark.parametrize("name,tiled,segment_rows,channels,dtype", [

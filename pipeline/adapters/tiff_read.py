@@ -117,6 +117,28 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int) -> tifffile.TiffPage:
     return page
 
 
+def planned_page(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.TiffPage:
+    """The page a plan describes: read at its IFD's offset when the plan has it (no walk
+    along the chain of pages, whose length a file of many pages pays for every unit), else
+    by :func:`get_page`. A page there that is not the planned one (the file changed since
+    it was planned) is a CorruptTiffError, never other pixels."""
+    if not info.ifd_offset:
+        return get_page(tf, url, info.index)
+    try:
+        tf.filehandle.seek(info.ifd_offset)
+        page = tifffile.TiffPage(tf, index=info.index)
+    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
+            struct.error) as exc:
+        raise CorruptTiffError(f"{url}: page {info.index}: its IFD at offset "
+                               f"{info.ifd_offset} cannot be read ({exc}); the file changed "
+                               "since the job was planned: run the job again") from exc
+    if (int(page.imagelength), int(page.imagewidth)) != (info.height, info.width):
+        raise CorruptTiffError(f"{url}: page {info.index} is {page.imagewidth} x "
+                               f"{page.imagelength} px, planned as {info.width} x {info.height}: "
+                               "the file changed since the job was planned; run the job again")
+    return page
+
+
 @dataclass(frozen=True)
 class PixelKind:
     """What a page's pixels become when tiffpipe reads them, and how.
@@ -267,7 +289,8 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
                     channels=kind.channels, dtype=kind.dtype.name, photometric=kind.photometric,
                     extrasamples=[int(e) for e in page.extrasamples], tiled=tiled,
                     segment_rows=max(seg_rows, 1), compression=cname.lower(),
-                    conversion=kind.conversion, metadata=metadata)
+                    conversion=kind.conversion, metadata=metadata,
+                    ifd_offset=int(page.offset))
 
 
 class PageReader:

@@ -82,6 +82,10 @@ class PageInfo:
     conversion: str = ""
     #: tags carried to the output page, JSON-safe (pipeline.adapters.metadata)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: where the page's IFD starts in the file (0: not known): a unit reads its page there
+    #: instead of walking the file's chain of pages (a walk per unit of a file of n pages
+    #: costs n^2 IFD reads over the job)
+    ifd_offset: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
