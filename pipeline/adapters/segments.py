@@ -183,7 +183,9 @@ def _write_local(pieces: list[Piece], fh: Any) -> int:
                         source[1].close()
                         source = None
                     with _errors(piece.source, "read", WorkMissingError):
-                        source = (piece.source, open(piece.source, "rb", buffering=0))
+                        # kept open across the segment's spans; closed below
+                        source = (piece.source,
+                                  open(piece.source, "rb", buffering=0))  # noqa: SIM115
                 done = _kernel_copy(source[1], fh, piece)
             if done < piece.size:  # the rest (all of it, unless the kernel copied some)
                 rest = piece if not done else Span(piece.source, piece.start + done,
