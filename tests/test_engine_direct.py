@@ -230,27 +230,115 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
         assert not engine.pool.started and engine.pool.workers == 1
 
 
+@pytest.mark.skipif(local.usable_cores() < 2, reason="side by side needs 2 cores")
+@pytest.mark.parametrize("side,side_by_side", [(200, True), (1500, False)])
+def test_pages_of_one_tile_run_side_by_side_in_the_engine_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: int, side_by_side: bool):
+    """A unit keeps as many cores busy as it has tiles (:meth:`LocalEngine._width`): units of
+    one-tile pages (a scanned archive of small pages) run two at once in the engine's
+    process, with no worker started; units of many tiles, which keep the cores busy alone,
+    one at a time. The outputs are exact either way."""
+    from pipeline.steps import process
+
+    real = process.process_unit
+    lock = threading.Lock()
+    running: list[int] = []
+    most = [0]
+    meet = threading.Barrier(2, timeout=30)  # the first two units wait for each other
+
+    def watched(event: Any) -> Any:
+        with lock:
+            running.append(event.unit)
+            most[0] = max(most[0], len(running))
+        try:
+            if side_by_side and event.unit < 2:
+                meet.wait()  # broken (the job fails) unless both run at once, here
+            return real(event)
+        finally:
+            with lock:
+                running.remove(event.unit)
+
+    monkeypatch.setattr(process, "process_unit", watched)
+    rng = np.random.default_rng(11)
+    pages = [rng.integers(0, 255, (side, side - 20, 3), np.uint8) for _ in range(6)]
+    with tifffile.TiffWriter(tmp_path / "in.tif") as tw:
+        for page in pages:
+            tw.write(page, tile=(256, 256), compression="zlib", photometric="rgb")
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "out.tif", "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
+    result = run_local(str(tmp_path / "m.json"), 2)
+    assert result.ok, result.error
+    assert result.worker_peaks_mb == {}  # every unit ran in this process
+    assert most[0] == (2 if side_by_side else 1)
+    with tifffile.TiffFile(tmp_path / "out.tif") as out:
+        assert len(out.pages) == len(pages)
+        for page, written in zip(pages, out.pages, strict=True):
+            assert np.array_equal(written.asarray(), cv2.GaussianBlur(page, (0, 0), 2))
+
+
+def test_a_task_is_as_wide_as_its_tiles(tmp_path: Path):
+    """:meth:`LocalEngine._width`: a fused unit or a batch counts its tiles, at most the cores;
+    any other task (merge, a missing plan) all the cores."""
+    from pipeline.core.events import JobEvent, RunEvent
+    from pipeline.steps.common import load_plan
+    from pipeline.steps.planning import plan_job, plan_run
+
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((3000, 300), np.uint8), tile=(256, 256))
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((100, 100), np.uint8))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "o.tif", "ops": [{"op": "gaussian_blur", "sigma": 1}]},
+        {"input": "small.tif", "output": "s.tif", "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
+    work = str(tmp_path / "work")
+    run = plan_run(RunEvent(manifest=str(tmp_path / "m.json"), work=work, run_id="r"))["run"]
+    big, small = (plan_job(JobEvent(run=run, job=j))["plan"] for j in (0, 1))
+    with LocalEngine(2) as engine:
+        cores = engine._cores
+        assert engine._width({"action": "process_unit", "plan": small, "unit": 0}) == 1
+        tiles = load_plan(big).units[0].tiles
+        assert tiles > 1
+        assert engine._width({"action": "process_unit", "plan": big, "unit": 0}) == min(
+            cores, tiles)
+        assert engine._width({"action": "merge", "plan": big}) == cores
+        assert engine._width({"action": "process_unit", "plan": str(tmp_path / "gone.json"),
+                              "unit": 0}) == cores
+
+
 def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work_and_cores_idle():
     """The rule of :meth:`LocalEngine._pool_pays`: not before the wait; then the waiting
-    tasks times a task's time here (mean so far, or the running one's age) against
-    POOL_WORTH_S, and only while the task here leaves cores idle (POOL_BELOW_BUSY)."""
+    tasks times a task's time here (mean so far, or the oldest running one's age) against
+    POOL_WORTH_S, and only while the tasks here leave cores idle (POOL_BELOW_BUSY, measured
+    over the stretch they have run)."""
     with LocalEngine(2) as engine:
         now = time.monotonic()
         idle = time.process_time()  # this process's CPU: ~none used since
+
+        def running(age: float, stretch: float, cpu_used: float) -> None:
+            engine._engine_task_since, engine._stretch_since = now - age, now - stretch
+            engine._engine_cpu_since = idle - cpu_used
+
         assert not engine._pool_pays(now + 10)  # still within the wait
-        engine._waiting, engine._engine_task_since, engine._engine_cpu_since = 5, now - 0.4, idle
+        engine._waiting = 5
+        running(0.4, 0.4, 0.0)
         assert not engine._pool_pays(now)  # 5 x 0.4 s, but less than 1 s to tell how busy
         engine._waiting = 2
-        engine._engine_task_since = now - 0.7
+        running(0.7, 0.7, 0.0)
         assert not engine._pool_pays(now)  # 2 x 0.7 s: less than a worker's start is worth
-        engine._engine_task_since = now - 1.0
+        running(1.0, 1.0, 0.0)
         assert engine._pool_pays(now)  # 2 x 1 s, and the task here left the cores idle
-        engine._engine_cpu_since = idle - 1.0 * engine._cores  # it kept every core busy
+        running(1.0, 1.0, 1.0 * engine._cores)  # it kept every core busy
         assert not engine._pool_pays(now)
-        engine._engine_cpu_since = idle - 0.5 * engine._cores  # half of them
+        running(1.0, 1.0, 0.5 * engine._cores)  # half of them
         assert engine._pool_pays(now)
-        engine._engine_task_since, engine._done_here, engine._wall_here = now - 0.01, 2, 2.0
-        engine._engine_cpu_since = idle
+        # tasks side by side: the oldest's age, and busy over their stretch, not their sum
+        running(0.2, 3.0, 2.9 * engine._cores)
+        assert not engine._pool_pays(now)  # 2 x 0.2 s; and the cores were busy
+        engine._waiting = 10
+        assert not engine._pool_pays(now)  # 10 x 0.2 s, but the cores were busy
+        running(0.2, 3.0, 1.0 * engine._cores)
+        assert engine._pool_pays(now)  # a third of the stretch busy
+        engine._waiting = 2
+        running(0.01, 0.01, 0.0)
+        engine._done_here, engine._wall_here = 2, 2.0
         assert engine._pool_pays(now)  # 2 x the mean, 1 s
         engine._waiting = 1
         assert not engine._pool_pays(now)

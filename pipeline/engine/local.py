@@ -3,9 +3,10 @@ default: it starts at once), or on moto's Step Functions interpreter.
 
 The definition is the same one AWS runs. Its Lambda tasks are served by :class:`WorkerPool`:
 real handler code in worker processes, so tiles run in parallel. With the direct interpreter
-this process is one of the ``workers``: the light tasks (planning, the report) and one heavy
-task at a time run here, the others in ``workers - 1`` processes started when first needed,
-so a run never waits for a worker to start and a one-unit run starts none. This module is the only place that knows the local engine exists, and, with
+this process is one of the ``workers``: the light tasks (planning, the report) and the heavy
+tasks run here, as many at once as their tiles leave cores free (one unit of many tiles, or
+several one-tile pages side by side), the others in ``workers - 1`` processes started when
+first needed, so a run never waits for a worker to start and a one-unit run starts none. This module is the only place that knows the local engine exists, and, with
 :mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while a run lasts,
 and why), the only one that knows moto's internals.
 """
@@ -151,8 +152,9 @@ class LocalEngine:
     (default ``2 * workers + 2``: enough to keep the workers busy; more only costs memory).
     ``interpreter``: ``direct`` (:mod:`pipeline.engine.direct`), ``moto``, or ``auto`` (direct
     unless the definition uses what it does not support). With the direct interpreter, this
-    process runs one heavy task at a time besides a pool of ``workers - 1`` (none for one
-    worker) started at its first task; on moto, every task runs in a pool of ``workers``.
+    process runs heavy tasks while their tiles leave cores free (:meth:`_width`), besides a
+    pool of ``workers - 1`` (none for one worker) started when it pays; on moto, every task
+    runs in a pool of ``workers``.
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
@@ -177,16 +179,28 @@ class LocalEngine:
                 # this process runs heavy tasks too: as in the workers (for the process's life)
                 limit_malloc_arenas()
         self.in_process = InProcess()
-        self._engine_thread = ThreadPoolExecutor(1, thread_name_prefix="tiffpipe-task")
-        # heavy tasks wait for a free slot: this process's one, or one of the pool's (a task
-        # queued in the pool could wait there while this process idles at a map's end)
-        self._free = threading.Condition()
-        self._busy = {"engine": 0, "pool": 0}
-        self._waiting = 0  # heavy tasks waiting for a slot
-        self._engine_task_since: float | None = None  # when this process's task started
-        self._engine_cpu_since = 0.0  # this process's CPU seconds then
+        self._workers = max(1, workers)
         self._cores = usable_cores()
-        # the heavy tasks done here: how many, their seconds, the CPU seconds meanwhile
+        # as many threads as tasks may run here at once; an idle thread is reused first, so
+        # tasks in sequence run on one thread, as in a worker (a thread's freed memory stays
+        # in its malloc arena: units run on several map threads in turn left the engine's
+        # peak RSS ~40% above a worker's at 1 Gpx)
+        self._engine_threads = ThreadPoolExecutor(
+            min(self._cores, self._workers), thread_name_prefix="tiffpipe-task")
+        # heavy tasks wait for a free slot: this process (while their tiles leave cores
+        # free), or one of the pool's (a task queued in the pool could wait there while this
+        # process idles at a map's end)
+        self._free = threading.Condition()
+        self._busy = {"engine": 0, "pool": 0}  # tasks running here, in the pool
+        self._engine_width = 0  # cores the tasks running here keep busy (their widths)
+        self._engine_starts: dict[int, float] = {}  # task -> when it started here
+        self._waiting = 0  # heavy tasks waiting for a slot
+        self._engine_task_since: float | None = None  # when the oldest task here started
+        # since when this process has run heavy tasks without a break, and its CPU then
+        self._stretch_since: float | None = None
+        self._engine_cpu_since = 0.0
+        # the heavy tasks done here: how many, the seconds of their stretches and the CPU
+        # seconds meanwhile (tasks side by side count their common seconds once)
         self._done_here = 0
         self._wall_here = self._cpu_here = 0.0
         # The pool captures the environment BEFORE moto replaces credentials with fakes.
@@ -205,7 +219,7 @@ class LocalEngine:
         return dict(self.pool.peaks_kb) if self.pool else {}
 
     def close(self) -> None:
-        self._engine_thread.shutdown(wait=True)
+        self._engine_threads.shutdown(wait=True)
         if self.pool:
             self.pool.close()
 
@@ -226,19 +240,19 @@ class LocalEngine:
 
     def _invoke(self, name: str, event: Any) -> tuple[bool, Any]:
         """A task of the direct interpreter: in this process if light, or if heavy and this
-        process runs no other heavy task (or has no pool), else in the pool; the listener
-        hears of it either way."""
+        process has cores its heavy tasks leave free (or has no pool), else in the pool; the
+        listener hears of it either way."""
         function = _function(name)
         if isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS:
             ok, payload = self.in_process.invoke(function, event)
         else:
-            slot = self._take_slot(engine=not self._runs_user_code(event))
+            user_code = self._runs_user_code(event)
+            width = self._cores if user_code else self._width(event)
+            token = threading.get_ident()  # the map thread waiting for this task
+            slot = self._take_slot(engine=not user_code, width=width, token=token)
             try:
                 if slot == "engine":
-                    # always on the same thread, as in a worker: a thread's freed memory stays
-                    # in its malloc arena, and units run on several map threads in turn left
-                    # the engine's peak RSS ~40% above a worker's at 1 Gpx
-                    ok, payload = self._engine_thread.submit(
+                    ok, payload = self._engine_threads.submit(
                         self.in_process.invoke, function, event).result()
                 else:
                     assert self.pool is not None
@@ -246,11 +260,8 @@ class LocalEngine:
             finally:
                 with self._free:
                     self._busy[slot] -= 1
-                    if slot == "engine" and self._engine_task_since is not None:
-                        self._done_here += 1
-                        self._wall_here += time.monotonic() - self._engine_task_since
-                        self._cpu_here += time.process_time() - self._engine_cpu_since
-                        self._engine_task_since = None
+                    if slot == "engine":
+                        self._engine_done(token, width)
                     self._free.notify_all()
         if self.listener is not None:
             self.listener(function, event, ok, payload)
@@ -273,9 +284,66 @@ class LocalEngine:
             self._user_code[plan] = any(op.get("op") == "custom" for op in ops)
         return self._user_code[plan]
 
-    def _take_slot(self, engine: bool = True) -> str:
+    def _width(self, event: Any) -> int:
+        """The cores a heavy task keeps busy: a fused unit or a batch as many as its tiles (its
+        tile threads work on one tile each), at most all; any other task, all of them. A
+        page of one or two tiles leaves cores to a page beside it (a scanned archive of
+        many small pages); memory stays bounded by the tiles in flight."""
+        if not isinstance(event, dict) or not isinstance(event.get("plan"), str):
+            return self._cores
+        from pipeline.steps.common import load_plan
+
+        action = event.get("action")
+        try:
+            plan = load_plan(event["plan"])
+            if action == "process_unit":
+                tiles = plan.units[event["unit"]].tiles
+            elif action == "process":
+                batch = plan.batches[event["batch"]]
+                tiles = batch.last - batch.first
+            else:
+                return self._cores
+        except Exception:  # noqa: BLE001 - the task itself reports a missing or bad plan
+            return self._cores
+        return max(1, min(self._cores, tiles))
+
+    def _engine_fits(self, width: int) -> bool:
+        """Whether a task of ``width`` may start here now (under ``self._free``): this process
+        runs no heavy task, or its tasks leave ``width`` cores free and the tasks running
+        everywhere are fewer than ``workers``."""
+        if self._busy["engine"] == 0:
+            return True
+        return (self._engine_width + width <= self._cores
+                and self._busy["engine"] + self._busy["pool"] < self._workers)
+
+    def _engine_started(self, token: int, width: int) -> None:
+        """A heavy task takes this process's cores (under ``self._free``)."""
+        now, cpu = time.monotonic(), time.process_time()
+        if self._busy["engine"] == 0:
+            self._stretch_since, self._engine_cpu_since = now, cpu
+        self._busy["engine"] += 1
+        self._engine_width += width
+        self._engine_starts[token] = now
+        if self._engine_task_since is None:
+            self._engine_task_since = now
+
+    def _engine_done(self, token: int, width: int) -> None:
+        """A heavy task here ended (under ``self._free``; ``self._busy`` already counts it
+        out): the stretch's seconds are counted once its last task ends."""
+        self._engine_width -= width
+        self._engine_starts.pop(token, None)
+        self._done_here += 1
+        self._engine_task_since = min(self._engine_starts.values(), default=None)
+        if self._busy["engine"] == 0 and self._stretch_since is not None:
+            self._wall_here += time.monotonic() - self._stretch_since
+            self._cpu_here += time.process_time() - self._engine_cpu_since
+            self._stretch_since = None
+
+    def _take_slot(self, engine: bool = True, width: int | None = None,
+                   token: int | None = None) -> str:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
-        process first: it is warm; ``engine=False``: the pool only).
+        process first: it is warm; ``engine=False``: the pool only). A task of ``width``
+        cores (:meth:`_width`) joins the ones running here while they leave that many free.
 
         A task here may already use every core (its tile threads), and a worker's start
         costs ~0.6 CPU-s of imports taken from it, so the pool starts only when it will pay:
@@ -287,18 +355,20 @@ class LocalEngine:
         tasks keep taking this process's slot when it frees: a task goes to the pool only
         once a worker is ready, never queueing behind a start while this process idles."""
         deadline = time.monotonic() + POOL_START_AFTER_S
+        width = self._cores if width is None else width
+        token = threading.get_ident() if token is None else token
         with self._free:
             self._waiting += 1
             try:
                 while True:
-                    if engine and self._busy["engine"] == 0:
-                        self._busy["engine"] = 1
-                        self._engine_task_since = time.monotonic()
-                        self._engine_cpu_since = time.process_time()
+                    if engine and self._engine_fits(width):
+                        self._engine_started(token, width)
                         return "engine"
                     pool = self.pool
                     usable = pool is not None and (self._pool_for_all or not engine)
-                    if usable and pool.started and self._busy["pool"] < max(
+                    room = (not engine
+                            or self._busy["engine"] + self._busy["pool"] < self._workers)
+                    if usable and pool.started and room and self._busy["pool"] < max(
                             pool.warm, 0 if engine else pool.workers):
                         self._busy["pool"] += 1
                         return "pool"
@@ -320,13 +390,14 @@ class LocalEngine:
         per_task = max(self._wall_here / self._done_here if self._done_here else 0.0, running)
         if self._waiting * per_task < POOL_WORTH_S:
             return False
-        # how busy this process keeps the cores: over its tasks so far and the running one,
+        # how busy this process keeps the cores: over its tasks so far and the running ones,
         # once there is a second of them (a unit's first rows, read before its tile threads
         # have work, would say "idle")
-        wall = self._wall_here + running
+        stretch = now - self._stretch_since if self._stretch_since is not None else 0.0
+        wall = self._wall_here + stretch
         if wall < BUSY_MEASURED_OVER_S:
             return False
-        cpu = self._cpu_here + (time.process_time() - self._engine_cpu_since if running else 0)
+        cpu = self._cpu_here + (time.process_time() - self._engine_cpu_since if stretch else 0)
         return cpu / wall / self._cores < POOL_BELOW_BUSY
 
     def _wake(self) -> None:
