@@ -1,12 +1,14 @@
 """tiffpipe against its peers over a sweep of page sizes, interleaved in one run.
 
-    .venv/bin/python bench/sweep.py [--sizes tiny,0.01,0.06,0.1,0.3,1,4] [--layouts single,multi]
+    .venv/bin/python bench/sweep.py [--sizes tiny,0.01,0.06,0.1,0.3,1,4]
+                                    [--layouts single,multi,many]
                                     [--codecs deflate,zstd,jpeg] [--repeat 3] [--dir DIR]
                                     [--before TREE] [--json out.json] [--markdown out.md]
 
 For every size (``tiny``: one 256 x 256 page; a number: gigapixels, e.g. 0.001 for 1 Mpx),
-layout (``single``: one square page; ``multi``: three pages of a third each; ``tiny`` is
-single only) and output codec, the same job runs with each tool, the tools alternating
+layout (``single``: one square page; ``multi``: three pages of a third each; ``many``: pages
+of 512 x 512, one output tile each, as many as the size holds, as in a scanned archive;
+``tiny`` is single only) and output codec, the same job runs with each tool, the tools alternating
 within each repeat, every run in a fresh child process (bench/children.py):
 
 - tiffpipe: ``run_local`` with its defaults (fused, default work tile), output tiled 512;
@@ -48,13 +50,18 @@ CODECS = ("deflate", "zstd", "jpeg")
 TOOLS = ("tiffpipe", "libvips", "naive")
 PEERS = ("libvips", "naive")
 MULTI_PAGES = 3
+#: the side of a ``many`` layout's pages: one 512 px output tile each
+MANY_SIDE = 512
+LAYOUTS = ("single", "multi", "many")
 
 
 def page_shape(size: str, layout: str) -> tuple[int, int]:
     """(pages, side) of an input: ``tiny`` is one 256 px page; else ``size`` gigapixels in one
-    square page or in :data:`MULTI_PAGES` pages."""
+    square page, in :data:`MULTI_PAGES` pages, or (``many``) in pages of :data:`MANY_SIDE`."""
     if size == "tiny":
         return 1, 256
+    if layout == "many":
+        return max(1, round(float(size) * 1e9 / MANY_SIDE**2)), MANY_SIDE
     pages = MULTI_PAGES if layout == "multi" else 1
     return pages, side_for(float(size) * 1000 / pages)
 
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="tiny,0.06,0.1,0.3,1",
                     help=f"comma-separated, of {','.join(SIZES)} (gigapixels)")
-    ap.add_argument("--layouts", default="single,multi")
+    ap.add_argument("--layouts", default="single,multi",
+                    help=f"comma-separated, of {','.join(LAYOUTS)}")
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--before", help="another tiffpipe checkout, run as the 'before' tool")

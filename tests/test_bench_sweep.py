@@ -89,3 +89,32 @@ def test_tile_costs_times_every_stage_of_a_tile(tmp_path) -> None:
                                                "tile_costs.py"), "--input", str(gray)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "gray.tif: needs 512 px tiles of RGB" in proc.stderr
+
+
+def test_each_layout_cuts_a_size_into_its_pages() -> None:
+    """``page_shape``: one square page, three pages of a third each, or (``many``) pages of
+    512 x 512 px, one output tile each (a scanned archive), as many as the size holds."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_sweep", bench / "sweep.py")
+        assert spec and spec.loader
+        sweep = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sweep)
+    finally:
+        sys.path.remove(str(bench))
+    assert sweep.page_shape("tiny", "single") == (1, 256)
+    pages, side = sweep.page_shape("0.01", "single")
+    assert pages == 1 and abs(side * side - 10e6) / 10e6 < 0.01
+    pages, side = sweep.page_shape("0.01", "multi")
+    assert pages == 3 and abs(3 * side * side - 10e6) / 10e6 < 0.02
+    assert sweep.page_shape("0.01", "many") == (38, 512)
+    assert sweep.page_shape("0.0001", "many") == (1, 512)
+    cases = sweep.cases(["tiny", "0.001"], ["single", "many"], ["jpeg"])
+    assert [(c["size"], c["layout"], c["pages"], c["side"]) for c in cases] == [
+        ("tiny", "single", 1, 256), ("0.001", "single", 1, sweep.side_for(1.0)),
+        ("0.001", "many", 4, 512)]
