@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 from math import ceil
 
@@ -311,6 +313,25 @@ def test_plan_grids_units_and_batches():
     assert plan.tiles == fused.tiles == 35 + 24
     assert JobPlan.from_json(plan.to_json()) == plan
     assert JobPlan.from_json(fused.to_json()) == fused
+    for job in (plan, fused):  # each page's units and batches, by index, in order
+        for i in range(len(job.pages)):
+            assert job.units_of(i) == [n for n, u in enumerate(job.units) if u.page == i]
+            assert job.batches_of(i) == [n for n, b in enumerate(job.batches) if b.page == i]
+        assert job.units_of(len(job.pages)) == job.batches_of(len(job.pages)) == []
+    assert fused.batches_of(0) == [] and plan.batches_of(1)
+
+
+def test_page_info_json_is_its_fields_and_round_trips():
+    """PageInfo.to_json holds every field (ifd_offset included) and reads back equal; a plan
+    written before ifd_offset existed reads as offset 0 (the page is found by its index)."""
+    page = PageInfo(index=4, height=10, width=20, channels=3, dtype="uint16", photometric="rgb",
+                    extrasamples=[2], tiled=True, segment_rows=16, compression="zstd",
+                    metadata={"software": "x", "xresolution": [72, 1]}, ifd_offset=1234)
+    d = page.to_json()
+    assert set(d) == {f.name for f in dataclasses.fields(PageInfo)}
+    assert d["ifd_offset"] == 1234 and PageInfo.from_json(json.loads(json.dumps(d))) == page
+    old = {k: v for k, v in d.items() if k != "ifd_offset"}
+    assert PageInfo.from_json(old).ifd_offset == 0
 
 
 def _spec_plan(ops, infos, tile, out_tile=512):

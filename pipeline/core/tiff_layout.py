@@ -188,12 +188,12 @@ def segment_map(plan: JobPlan, index: int) -> np.ndarray:
     # the segment of each processing tile, then spread to its output tiles
     owner = np.full((page.grid.rows, page.grid.cols), -1, np.int32)
     if plan.fused:
-        units = [u for u in plan.units if u.page == index]
+        units = [plan.units[n] for n in plan.units_of(index)]
         for k, u in enumerate(units):
             owner[u.row0:u.row1, u.col0:u.col1] = k
     else:
         flat = owner.reshape(-1)
-        for k, b in enumerate(b for b in plan.batches if b.page == index):
+        for k, b in enumerate(plan.batches[n] for n in plan.batches_of(index)):
             flat[b.first:b.last] = k
     return np.repeat(np.repeat(owner, per, 0), per, 1)[:rows, :cols]
 

@@ -75,9 +75,9 @@ class TileTable:
         t = plan.spec.output_options.tile
         rows, cols = ceil(page.out_grid.height / t), ceil(page.out_grid.width / t)
         if plan.fused:
-            names = [f"u{u:06d}" for u, unit in enumerate(plan.units) if unit.page == index]
+            names = [f"u{u:06d}" for u in plan.units_of(index)]
         else:
-            names = [f"b{b:06d}" for b, batch in enumerate(plan.batches) if batch.page == index]
+            names = [f"b{b:06d}" for b in plan.batches_of(index)]
         sources = [layout.segment_file(plan.work, index, n) for n in names]
         table = cls.empty(rows, cols, sources)
         for k, tiles in enumerate(read_indexes(plan.work, index, names)):
@@ -137,7 +137,14 @@ class TileTable:
 
 
 def read_indexes(work: str, page: int, names: list[str]) -> Iterator[list[list[int]]]:
-    """The tile lists of the named segments' indexes (read in threads, in order)."""
+    """The tile lists of the named segments' indexes (read in threads, in order; one index,
+    as a page of one unit has, in this thread)."""
+
+    def read(name: str) -> list[list[int]]:
+        return storage.read_json(layout.segment_index_file(work, page, name))["tiles"]
+
+    if len(names) == 1:
+        yield read(names[0])
+        return
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        yield from pool.map(lambda n: storage.read_json(
-            layout.segment_index_file(work, page, n))["tiles"], names)
+        yield from pool.map(read, names)

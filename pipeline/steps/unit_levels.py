@@ -236,7 +236,7 @@ def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
     the units' deepest are built from its blocks with :class:`Pyramid` (``deep/``)."""
     p, t = plan.pages[page], plan.spec.output_options.tile
     count = unit_level_count(plan, page)
-    units = [n for n, u in enumerate(plan.units) if u.page == page]
+    units = plan.units_of(page)
     frag_urls = [layout.segment_file(plan.work, page, fragment_name(n)) for n in units]
     docs = [storage.read_json(layout.segment_index_file(plan.work, page, fragment_name(n)))
             for n in units]
