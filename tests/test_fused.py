@@ -198,3 +198,46 @@ def test_a_failing_fused_unit_fails_only_its_job(tmp_path: Path):
     assert str(bad) in message and "page 0" in message and "segment 27" in message, message
     assert not (tmp_path / "bad.out.tif").exists()
     assert np.array_equal(read_page(tmp_path / "good.out.tif", 0), reference(page, [G]))
+
+
+def test_a_unit_of_one_tile_is_swept_in_the_calling_thread(tmp_path: Path):
+    """``sweep_unit``: a unit of one tile (a small page) reads, decodes and handles its tile
+    in the calling thread (the engine runs such units side by side instead); a unit of
+    several tiles hands them to its tile threads. Both give the page's haloed pixels."""
+    from pipeline.core.events import JobEvent, RunEvent
+    from pipeline.steps.common import load_plan
+    from pipeline.steps.planning import plan_run
+    from pipeline.steps.split import sweep_unit
+    from pipeline.steps.stats import plan_job
+
+    rng = np.random.default_rng(8)
+    small = rng.integers(0, 255, (300, 280, 3), np.uint8)
+    large = rng.integers(0, 255, (1500, 1300, 3), np.uint8)
+    with tifffile.TiffWriter(tmp_path / "in.tif") as tw:
+        for page in (small, large):
+            tw.write(page, tile=(128, 128), compression="zlib", photometric="rgb")
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "o.tif", "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
+    run = plan_run(RunEvent(manifest=str(tmp_path / "m.json"), work=str(tmp_path / "w"),
+                            run_id="r"))["run"]
+    plan = load_plan(plan_job(JobEvent(run=run, job=0))["plan"])
+    by_page = {p: [plan.units[n] for n in plan.units_of(p)] for p in (0, 1)}
+    assert [u.tiles for u in by_page[0]] == [1] and by_page[1][0].tiles > 1
+    here = threading.get_ident()
+    for page, pixels in ((0, small), (1, large)):
+        grid = plan.pages[page].grid
+        for unit in by_page[page]:
+            seen: dict[tuple[int, int], int] = {}
+
+            def handle(r: int, c: int, px: np.ndarray, seen: Any = seen,
+                       grid: Any = grid, pixels: np.ndarray = pixels) -> None:
+                rect = grid.haloed(r, c)
+                assert np.array_equal(px, pixels[rect.y0:rect.y1, rect.x0:rect.x1])
+                seen[(r, c)] = threading.get_ident()
+
+            sweep_unit(plan, unit, handle, 2)
+            assert len(seen) == unit.tiles
+            if unit.tiles == 1:
+                assert set(seen.values()) == {here}
+            else:
+                assert here not in set(seen.values())

@@ -41,7 +41,13 @@ def split(event: UnitEvent) -> dict[str, Any]:
 def sweep_unit(plan: JobPlan, unit: SplitUnit,
                handle: Callable[[int, int, np.ndarray], None], threads: int) -> None:
     """Read the unit's haloed tiles in order and call ``handle(row, col, tile)`` for each, in
-    ``threads`` threads, with at most ``2 * threads`` tiles read ahead of them."""
+    ``threads`` threads, with at most ``2 * threads`` tiles read ahead of them. A unit of one
+    tile (a small page) is read, decoded and handled in this thread: threads would only
+    hand it on (the engine runs such units side by side instead)."""
+    if unit.tiles == 1:
+        for row, col, tile in haloed_tiles(plan, unit):
+            handle(row, col, tile)
+        return
     with ThreadPoolExecutor(threads) as pool:
         pending: deque[Future[None]] = deque()
         for row, col, tile in haloed_tiles(plan, unit, threads):
