@@ -101,7 +101,7 @@ def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
     for page in range(len(plan.pages)):
         ev = TileEvaluator(plan, page)
         call = ev.chain[_position(ev, event.round)]
-        mine = [part for part, b in zip(parts, plan.batches, strict=True) if b.page == page]
+        mine = [parts[b] for b in plan.batches_of(page)]
         dtype = np.dtype(ev.page.info.dtype)
         save_npz(layout.stats_file(plan.work, event.round, page),
                  call.op.stats.finish(combine(mine), call.params, dtype))

@@ -200,8 +200,8 @@ def _band_table(plan: JobPlan, unit: SplitUnit) -> TileTable:
     x1 = min(unit.col1 * big, p.out_grid.width)
     r0, c0 = y0 // t, x0 // t
     first, last = unit.row0 * p.grid.cols, unit.row1 * p.grid.cols
-    names = [f"b{b:06d}" for b, batch in enumerate(plan.batches) if batch.page == unit.page
-             and batch.first < last and batch.last > first]
+    names = [f"b{b:06d}" for b in plan.batches_of(unit.page)
+             if plan.batches[b].first < last and plan.batches[b].last > first]
     band = TileTable.empty(ceil(y1 / t) - r0, ceil(x1 / t) - c0,
                            [layout.segment_file(plan.work, unit.page, n) for n in names])
     rows, cols = band.segment.shape
