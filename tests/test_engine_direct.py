@@ -313,7 +313,7 @@ def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work_and_cores_idle():
         idle = time.process_time()  # this process's CPU: ~none used since
 
         def running(age: float, stretch: float, cpu_used: float) -> None:
-            engine._engine_task_since, engine._stretch_since = now - age, now - stretch
+            engine._engine_starts, engine._stretch_since = {1: now - age}, now - stretch
             engine._engine_cpu_since = idle - cpu_used
 
         assert not engine._pool_pays(now + 10)  # still within the wait

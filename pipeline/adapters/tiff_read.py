@@ -58,6 +58,8 @@ _REFUSED_PHOTOMETRICS = {
 
 # tifffile logs (and recovers from) damaged IFDs; we raise our own errors instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+#: what tifffile raises on a damaged chain of pages or IFD
+_IFD_ERRORS = (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError, struct.error)
 
 
 def _name(value: Any, enum: Any) -> str:
@@ -93,8 +95,7 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     with an IFD loop never ends in tifffile, while ``len`` detects the loop.)"""
     try:
         count = len(tf.pages)
-    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
-            struct.error) as exc:
+    except _IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: the chain of pages (IFDs) is damaged: {exc}") from exc
     if count == 0:
         raise CorruptTiffError(f"{url}: the TIFF has no readable page (its first IFD is missing "
@@ -109,8 +110,7 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int) -> tifffile.TiffPage:
                                 f"page {index} asked for; fix the job's pages")
     try:
         page = tf.pages[index]
-    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
-            struct.error) as exc:
+    except _IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged: {exc}") from exc
     if not isinstance(page, tifffile.TiffPage):
         page = page.aspage()
@@ -127,8 +127,7 @@ def planned_page(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.Ti
     try:
         tf.filehandle.seek(info.ifd_offset)
         page = tifffile.TiffPage(tf, index=info.index)
-    except (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError,
-            struct.error) as exc:
+    except _IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: page {info.index}: its IFD at offset "
                                f"{info.ifd_offset} cannot be read ({exc}); the file changed "
                                "since the job was planned: run the job again") from exc

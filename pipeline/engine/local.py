@@ -195,7 +195,6 @@ class LocalEngine:
         self._engine_width = 0  # cores the tasks running here keep busy (their widths)
         self._engine_starts: dict[int, float] = {}  # task -> when it started here
         self._waiting = 0  # heavy tasks waiting for a slot
-        self._engine_task_since: float | None = None  # when the oldest task here started
         # since when this process has run heavy tasks without a break, and its CPU then
         self._stretch_since: float | None = None
         self._engine_cpu_since = 0.0
@@ -324,8 +323,6 @@ class LocalEngine:
         self._busy["engine"] += 1
         self._engine_width += width
         self._engine_starts[token] = now
-        if self._engine_task_since is None:
-            self._engine_task_since = now
 
     def _engine_done(self, token: int, width: int) -> None:
         """A heavy task here ended (under ``self._free``; ``self._busy`` already counts it
@@ -333,14 +330,12 @@ class LocalEngine:
         self._engine_width -= width
         self._engine_starts.pop(token, None)
         self._done_here += 1
-        self._engine_task_since = min(self._engine_starts.values(), default=None)
         if self._busy["engine"] == 0 and self._stretch_since is not None:
             self._wall_here += time.monotonic() - self._stretch_since
             self._cpu_here += time.process_time() - self._engine_cpu_since
             self._stretch_since = None
 
-    def _take_slot(self, engine: bool = True, width: int | None = None,
-                   token: int | None = None) -> str:
+    def _take_slot(self, engine: bool, width: int, token: int) -> str:
         """``engine`` or ``pool``: where the next heavy task runs, once one is free (this
         process first: it is warm; ``engine=False``: the pool only). A task of ``width``
         cores (:meth:`_width`) joins the ones running here while they leave that many free.
@@ -355,8 +350,6 @@ class LocalEngine:
         tasks keep taking this process's slot when it frees: a task goes to the pool only
         once a worker is ready, never queueing behind a start while this process idles."""
         deadline = time.monotonic() + POOL_START_AFTER_S
-        width = self._cores if width is None else width
-        token = threading.get_ident() if token is None else token
         with self._free:
             self._waiting += 1
             try:
@@ -386,7 +379,8 @@ class LocalEngine:
         now = time.monotonic()
         if now < deadline:
             return False
-        running = now - self._engine_task_since if self._engine_task_since else 0.0
+        # the oldest task running here: its age so far
+        running = now - min(self._engine_starts.values(), default=now)
         per_task = max(self._wall_here / self._done_here if self._done_here else 0.0, running)
         if self._waiting * per_task < POOL_WORTH_S:
             return False
