@@ -311,3 +311,33 @@ def test_a_local_run_imports_no_aws_library(tmp_path: Path):
                                 ("boto3", "botocore", "moto")))
     """)
     assert out.split("\n")[:2] == ["missing: WorkMissingError", "True []"]
+
+
+def test_a_run_imports_only_the_steps_its_jobs_use(tmp_path: Path):
+    """Every run imports tiffpipe's steps within its time: what only a canny or a pyramid
+    needs is imported by the jobs that have one. A blur without a pyramid imports neither;
+    a canny job with a pyramid then imports both and its output is written."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", np.full((64, 64), 7, np.uint8), tile=(16, 16))
+    lazy = ("pipeline.core.canny_tree", "pipeline.steps.canny_reduce",
+            "pipeline.steps.pyramid", "pipeline.steps.unit_levels")
+
+    def imported(name: str, job: dict) -> list[str]:
+        manifest = tmp_path / f"{name}.json"
+        manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "in.tif"),
+                                                  "output": str(tmp_path / f"{name}.tif"),
+                                                  **job}]}))
+        out = _python(f"""
+            import sys
+            from pipeline.runner import run_local
+            result = run_local({str(manifest)!r}, 1)
+            print(result.ok, sorted(m for m in sys.modules if m in {lazy!r}))
+        """)
+        assert (tmp_path / f"{name}.tif").exists()
+        return out.split("\n")[0]
+
+    assert imported("blur", {"ops": [{"op": "gaussian_blur", "sigma": 1.0}]}) == "True []"
+    assert imported("canny", {"ops": [{"op": "canny", "low": 20, "high": 60}],
+                              "output_options": {"pyramid": True, "tile": 16}}) \
+        == f"True {sorted(lazy)}"

@@ -97,7 +97,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         # many units interleave a level's tiles; keep them in tifffile's row-major order (a
         # layout by segment moves tiles only: tests/test_s3_merge.py)
         mp.setattr(tiff_layout, "ROW_MAJOR_RUNS", 10**9)
-        mp.setattr(merge_mod, "Pyramid", Spy)  # merge's own pyramid: must not be built
+        mp.setattr(pyramid_mod, "Pyramid", Spy)  # merge's own pyramid: must not be built
         run = plan_run(RunEvent(str(manifest), work, "test"))
         plans = []
         for job in range(run["jobs"]):

@@ -26,6 +26,7 @@ from pipeline.core.models import OutputOptions
 from pipeline.errors import ManifestError
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
+from pipeline.steps import pyramid as pyramid_mod
 from pipeline.steps.common import load_plan
 from pipeline.steps.pyramid import Pyramid, level_shapes
 
@@ -256,7 +257,7 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     out = _run(tmp_path, {"tall": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True}}}, "--keep-work", "--work", str(work))["tall"]
     Path(out).unlink()
-    monkeypatch.setattr(merge_mod, "Pyramid", Spy)
+    monkeypatch.setattr(pyramid_mod, "Pyramid", Spy)  # merge imports it when used
     monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
     load_plan.cache_clear()
     merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
@@ -322,7 +323,7 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
             super().__init__(*a, **k)
             made.append(self)
 
-    monkeypatch.setattr(merge_mod, "Pyramid", Spy)
+    monkeypatch.setattr(pyramid_mod, "Pyramid", Spy)  # merge imports it when used
     monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
     files = {}
     for threads in (1, 4):

@@ -5,6 +5,9 @@ tile split stored, or, after a ``canny``, the canny's final edges assembled from
 of the tiles the region covers (pipeline.core.canny). Each op runs on the whole region; ops
 that need whole-page statistics apply the state their statistics round reduced
 (pipeline.core.stats). The margins (pipeline.core.chain) make the core exact.
+
+What only a canny needs (pipeline.core.canny_tree) is imported where it is used: every run
+imports this module within its time, and most never run a canny.
 """
 
 from __future__ import annotations
@@ -13,19 +16,22 @@ import functools
 import io
 from collections import OrderedDict
 from math import ceil
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.adapters import storage
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
-from pipeline.core import canny_tree
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import chain_from_json
 from pipeline.errors import CustomOperationError, OperationError
 from pipeline.steps import layout
+
+if TYPE_CHECKING:
+    from pipeline.core.canny_tree import Node
 
 State = dict[str, np.ndarray]
 
@@ -54,7 +60,9 @@ def load_down(url: str) -> State:
 
 
 @functools.lru_cache(maxsize=8)
-def page_tree(rows: int, cols: int, bound: int) -> list[canny_tree.Node]:
+def page_tree(rows: int, cols: int, bound: int) -> list[Node]:
+    from pipeline.core import canny_tree  # canny rounds only (see the module's docstring)
+
     return canny_tree.tree(rows, cols, bound)
 
 
@@ -121,6 +129,8 @@ class TileEvaluator:
         leaf's and ancestors' nodes of the round's reduce tree (pipeline.core.canny_tree)."""
         key = (round_, row, col)
         if key not in self._kept:
+            from pipeline.core import canny_tree  # canny rounds only
+
             work, page = self.plan.work, self.page_pos
             bound = int(load_state(layout.stats_file(work, round_, page))["bound"][0])
             g = self.page.grid

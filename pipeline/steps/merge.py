@@ -41,14 +41,12 @@ from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offse
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
-from pipeline.core.levels import unit_level_count
+from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
-from pipeline.steps.pyramid import Pyramid, level_shapes
 from pipeline.steps.tile_table import TileTable
-from pipeline.steps.unit_levels import merge_unit_levels
 
 #: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
 UNIT_LEVELS = True
@@ -143,6 +141,9 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
         writer.write(table.placeholders(), shape=shape, **common, **tags)
         return [table]
     nearest = tags["photometric"] == "palette"
+    # imported here, by pyramid jobs only: a run imports its steps within its time
+    from pipeline.steps.unit_levels import merge_unit_levels
+
     if UNIT_LEVELS and unit_level_count(plan, index):
         levels = merge_unit_levels(plan, index, encoder, nearest)
     else:
@@ -163,6 +164,8 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
                    nearest: bool) -> list[TileTable]:
     """The levels of a page built here, from its base tiles read through (the units did not
     build them: a job that is not fused)."""
+    from pipeline.steps.pyramid import Pyramid  # pyramid jobs only
+
     page = plan.pages[index]
     pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
                       page.info.dtype, encoder, plan.spec.output_options.tile,

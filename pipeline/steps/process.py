@@ -26,7 +26,6 @@ from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import sweep_unit
-from pipeline.steps.unit_levels import RegionLevels
 
 
 def process(event: BatchEvent) -> dict[str, Any]:
@@ -62,6 +61,9 @@ def process_unit(event: UnitEvent) -> dict[str, Any]:
                      for c in range(unit.col0, unit.col1)]
         levels = None
         if unit_level_count(plan, unit.page):  # this unit's part of the pyramid levels
+            # imported here, by pyramid jobs only: a run imports its steps within its time
+            from pipeline.steps.unit_levels import RegionLevels
+
             levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder,
                                   plan.pages[unit.page].info.photometric == "palette")
         try:

@@ -34,7 +34,7 @@ from pipeline.core.events import EventError, JobEvent, ReduceEvent, StatsEvent
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
 from pipeline.errors import WorkMissingError
-from pipeline.steps import canny_reduce, layout, planning
+from pipeline.steps import layout, planning
 from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
 from pipeline.steps.evaluate import TileEvaluator, load_npz, page_rounds, save_npz
 
@@ -94,6 +94,8 @@ def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
         raise EventError(f"reduce_stats: round {event.round} of a job with {rounds} round(s)")
     first = TileEvaluator(plan, 0)
     if first.chain[_position(first, event.round)].op.kind == "canny":
+        from pipeline.steps import canny_reduce  # canny rounds only: not in every run's start
+
         return canny_reduce.reduce_round(plan, event, rounds)
     urls = [layout.stats_part_file(plan.work, event.round, b) for b in range(len(plan.batches))]
     with ThreadPoolExecutor(READ_THREADS) as pool:
