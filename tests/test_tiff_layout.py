@@ -135,3 +135,49 @@ def test_the_recorder_gives_tifffiles_bytes(bigtiff):
     # the tiles of a page, contiguous in the segment, are one span
     assert sum(isinstance(p, Span) for p in pieces) == 2
     assert recorder.literal_bytes < 1000
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_recorder_keeps_every_write_in_any_order(seed):
+    """Literal writes in any order (later ones patch earlier ones, touching ones join),
+    placeholders between them, patches and replaced tile data: pieces() and read() give the
+    bytes of a plain file that had the same writes, whatever their order."""
+    rng = random.Random(seed)
+    size = 4000
+    model = bytearray(size)  # the plain file; tile bytes come from the segment "seg"
+    segment = bytes(rng.randrange(256) for _ in range(size))
+    recorder = LayoutRecorder()
+    free = list(range(0, size, 50))  # 80 slots of 50 bytes: a literal or a placeholder each
+    rng.shuffle(free)
+    literal = []
+    for at in free:
+        n = rng.randrange(1, 51)
+        recorder.seek(at)
+        if rng.random() < 0.6:
+            chunk = bytes(rng.randrange(256) for _ in range(n))
+            recorder.write(chunk)
+            model[at:at + n] = chunk
+            literal.append((at, n))
+        else:
+            recorder.write(Placeholder(Span("seg", at, n)))
+            model[at:at + n] = segment[at:at + n]
+    for _ in range(30):  # patches inside what was written literally
+        at, n = rng.choice(literal)
+        start = at + rng.randrange(n)
+        chunk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, at + n - start + 1)))
+        recorder.patch(start, chunk)
+        model[start:start + len(chunk)] = chunk
+        assert recorder.read(start, len(chunk)) == chunk
+    recorder.seek(size)
+    recorder.write(b"end")
+    model += b"end"
+    assert _bytes_of(recorder.pieces(), {"seg": segment}) == bytes(model)
+    # tile data replaced by the same bytes from elsewhere in another segment
+    spans = [p for p in recorder._spans if p[1].size > 10]
+    if spans:
+        pos, span = rng.choice(spans)
+        half = span.size // 2
+        recorder.replace_data(pos, span.size, [Span("other", 0, half),
+                                               Span("other", half, span.size - half)])
+        other = segment[span.start:span.start + span.size]
+        assert _bytes_of(recorder.pieces(), {"seg": segment, "other": other}) == bytes(model)

@@ -11,6 +11,7 @@ file comes from (:mod:`pipeline.core.tiff_layout`).
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import struct
@@ -36,7 +37,12 @@ class Placeholder(bytes):
 
 class LayoutRecorder(io.RawIOBase):
     """A seekable writable "file" that records what is written where: literal bytes merged
-    into extents (later writes patch earlier ones), placeholders as spans. Never reads."""
+    into extents (later writes patch earlier ones), placeholders as spans. Never reads.
+
+    Extents and spans are kept sorted by position and found by bisection: a file of n pages
+    has about n extents (each page's IFD and tag values, between its tiles), and merge writes,
+    patches and reads each page's, so a scan of them all per call made merge O(n^2) in pages.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,7 +50,9 @@ class LayoutRecorder(io.RawIOBase):
         self._pos = 0
         self.size = 0
         self._extents: list[tuple[int, bytearray]] = []  # sorted, disjoint, not adjacent
-        self._spans: list[tuple[int, Span]] = []
+        self._starts: list[int] = []  # of the extents, for bisection
+        self._spans: list[tuple[int, Span]] = []  # sorted by position
+        self._span_starts: list[int] = []
 
     def writable(self) -> bool:
         return True
@@ -70,7 +78,9 @@ class LayoutRecorder(io.RawIOBase):
                     and last.start + last.size == span.start):
                 self._spans[-1] = (at, Span(last.source, last.start, last.size + n))
             else:
-                self._spans.append((self._pos, span))
+                i = bisect.bisect_right(self._span_starts, self._pos)  # the end, as a rule
+                self._spans.insert(i, (self._pos, span))
+                self._span_starts.insert(i, self._pos)
         else:
             chunk = bytes(data)
             n = len(chunk)
@@ -83,16 +93,26 @@ class LayoutRecorder(io.RawIOBase):
     def _put(self, start: int, chunk: bytes) -> None:
         """Write ``chunk`` at ``start``: extents it overlaps or touches join it (it wins)."""
         end = start + len(chunk)
-        touched = [(s, b) for s, b in self._extents if s <= end and s + len(b) >= start]
-        keep = [(s, b) for s, b in self._extents if not (s <= end and s + len(b) >= start)]
+        # the extents touched: those that start at or before ``end`` (below ``last``) and
+        # end at or after ``start`` (from ``first``: extents are sorted and disjoint)
+        last = bisect.bisect_right(self._starts, end)
+        first = last
+        while first > 0 and self._starts[first - 1] + len(self._extents[first - 1][1]) >= start:
+            first -= 1
+        touched = self._extents[first:last]
+        if len(touched) == 1:
+            s, b = touched[0]
+            if s <= start and end <= s + len(b):  # within one extent (a patch): in place
+                b[start - s:end - s] = chunk
+                return
         lo = min([start] + [s for s, _ in touched])
         hi = max([end] + [s + len(b) for s, b in touched])
         out = bytearray(hi - lo)
         for s, b in touched:
             out[s - lo:s - lo + len(b)] = b
         out[start - lo:end - lo] = chunk
-        keep.append((lo, out))
-        self._extents = sorted(keep, key=lambda x: x[0])
+        self._extents[first:last] = [(lo, out)]
+        self._starts[first:last] = [lo]
 
     def pieces(self) -> list[Piece]:
         """Every byte of the file in order: literal extents, tile spans, zeros in the gaps
@@ -115,8 +135,10 @@ class LayoutRecorder(io.RawIOBase):
 
     def read(self, start: int, size: int) -> bytes:
         """``size`` literal bytes from ``start`` (they must have been written)."""
-        for s, buf in self._extents:
-            if s <= start and start + size <= s + len(buf):
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i >= 0:
+            s, buf = self._extents[i]
+            if start + size <= s + len(buf):
                 return bytes(buf[start - s:start - s + size])
         raise ValueError(f"bytes {start}-{start + size} were not written as one extent")
 
@@ -128,12 +150,14 @@ class LayoutRecorder(io.RawIOBase):
         """The tile data in bytes [start, start + size) is ``spans`` in order instead."""
         if sum(s.size for s in spans) != size:
             raise ValueError("the spans do not fill the data region")
-        kept = [(p, s) for p, s in self._spans if not start <= p < start + size]
-        pos = start
+        lo = bisect.bisect_left(self._span_starts, start)
+        hi = bisect.bisect_left(self._span_starts, start + size)
+        new, pos = [], start
         for span in spans:
-            kept.append((pos, span))
+            new.append((pos, span))
             pos += span.size
-        self._spans = sorted(kept, key=lambda x: x[0])
+        self._spans[lo:hi] = new
+        self._span_starts[lo:hi] = [p for p, _ in new]
 
     @property
     def literal_bytes(self) -> int:
