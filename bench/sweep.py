@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     args.tools = [t for t in args.tools.split(",") if t]
     if args.before:
         args.before = os.path.abspath(args.before)
-        args.tools.insert(1, "before")
+        if "before" not in args.tools:  # named in --tools or not, it runs once a repeat
+            args.tools.insert(1, "before")
+    elif "before" in args.tools:
+        ap.error("--tools before needs --before TREE (the checkout to run as before)")
     if "libvips" in args.tools and have_pyvips():
         log(f"skipping libvips: {have_pyvips()}")
         args.tools.remove("libvips")

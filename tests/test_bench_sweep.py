@@ -118,3 +118,26 @@ def test_each_layout_cuts_a_size_into_its_pages() -> None:
     assert [(c["size"], c["layout"], c["pages"], c["side"]) for c in cases] == [
         ("tiny", "single", 1, 256), ("0.001", "single", 1, sweep.side_for(1.0)),
         ("0.001", "many", 4, 512)]
+
+
+def test_before_runs_once_a_repeat_whether_or_not_tools_name_it(tmp_path) -> None:
+    """``--before TREE`` adds the before tool; naming it in ``--tools`` too must not run it
+    twice a repeat (it did: six runs and two table columns for three repeats). Without
+    ``--before``, ``--tools before`` is refused with a message naming the option."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "sweep.json"
+    run_bench_script("sweep.py", "--sizes", "tiny", "--codecs", "zstd", "--repeat", "2",
+                     "--tools", "tiffpipe,before", "--before", str(ROOT), "--dir",
+                     str(tmp_path / "data"), "--json", str(out))
+    (case,) = json.loads(out.read_text())["cases"]
+    assert set(case["tools"]) == {"tiffpipe", "before"}
+    assert len(case["tools"]["before"]["walls"]) == 2
+    assert case["checks"]["tiffpipe_vs_before"]["identical"]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep.py"), "--sizes", "tiny",
+                           "--tools", "tiffpipe,before"], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2 and "--before TREE" in proc.stderr
