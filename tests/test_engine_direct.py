@@ -270,6 +270,13 @@ def test_pages_of_one_tile_run_side_by_side_in_the_engine_process(
     assert result.ok, result.error
     assert result.worker_peaks_mb == {}  # every unit ran in this process
     assert most[0] == (2 if side_by_side else 1)
+    # the threads kept the input open between their units (kept_tiff): closed at the end
+    from pipeline.adapters import kept_files
+
+    src = str(tmp_path / "in.tif")
+    assert kept_files.count() == 0
+    assert not [fd for fd in os.listdir("/proc/self/fd")
+                if os.path.realpath(f"/proc/self/fd/{fd}") == src]
     with tifffile.TiffFile(tmp_path / "out.tif") as out:
         assert len(out.pages) == len(pages)
         for page, written in zip(pages, out.pages, strict=True):

@@ -452,3 +452,55 @@ def test_a_prefetched_damaged_segment_fails_its_read_by_name(tmp_path):
         assert np.array_equal(reader.read(Rect(0, 0, 32, 32)), page[:32, :32])
         with pytest.raises(CorruptTiffError, match=r"page 0: segment 1 .*cannot be decoded"):
             reader.read(Rect(0, 32, 32, 64))
+
+
+def test_a_thread_keeps_its_last_local_tiff_open_while_it_is_unchanged(tmp_path):
+    """kept_tiff: the same open TiffFile for a thread's next unit of an unchanged file, a
+    new one once the file changes or after a failure in use, one per thread, and none left
+    open after close_all (what the engine calls when a run ends). Open files are counted
+    by the process's file descriptors."""
+    import os
+    import threading
+
+    from pipeline.adapters import kept_files
+    from pipeline.adapters.tiff_read import kept_tiff
+
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.full((40, 40), 3, np.uint8), tile=(16, 16), metadata=None)
+    url = str(path)
+
+    def open_fds() -> int:
+        fds = os.listdir("/proc/self/fd")
+        return sum(1 for fd in fds if os.path.realpath(f"/proc/self/fd/{fd}") == str(path))
+
+    kept_files.close_all()
+    with kept_tiff(url) as a:
+        assert int(a.pages[0].asarray()[0, 0]) == 3
+    with kept_tiff(url) as b:
+        assert b is a
+    assert open_fds() == 1
+    others: list = []
+
+    def other_thread() -> None:
+        with kept_tiff(url) as tf:
+            others.append(tf)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert others[0] is not a and kept_files.count() == 2 and open_fds() == 2  # its own
+    tifffile.imwrite(path, np.full((40, 40), 9, np.uint8), tile=(16, 16), metadata=None)
+    os.utime(path, ns=(1, 1))  # a changed file, whatever the clock's resolution
+    with kept_tiff(url) as c:
+        assert c is not a and int(c.pages[0].asarray()[0, 0]) == 9
+    assert open_fds() == 2  # the one it replaced is closed
+    with pytest.raises(ValueError), kept_tiff(url) as d:
+        raise ValueError("a unit failed")
+    assert open_fds() == 1
+    with kept_tiff(url) as e:
+        assert e is not d
+    kept_files.close_all()
+    assert kept_files.count() == 0 and open_fds() == 0
+    with pytest.raises(Exception, match="missing.tif"), kept_tiff(str(tmp_path / "missing.tif")):
+        pass
+    assert kept_files.count() == 0

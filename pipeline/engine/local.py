@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
+from pipeline.adapters import kept_files
 from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.core.events import JobList
 from pipeline.engine import definition, direct
@@ -221,6 +222,7 @@ class LocalEngine:
         self._engine_threads.shutdown(wait=True)
         if self.pool:
             self.pool.close()
+        kept_files.close_all()  # the inputs the engine's threads kept open between units
 
     def __enter__(self) -> Self:
         return self

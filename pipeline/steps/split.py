@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.tiff_read import PageReader, open_tiff, planned_page
+from pipeline.adapters.tiff_read import PageReader, kept_tiff, planned_page
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
@@ -73,7 +73,7 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit,
     page = plan.pages[unit.page]
     grid, url = page.grid, plan.spec.input
     positions = [(r, c) for r in range(unit.row0, unit.row1) for c in range(unit.col0, unit.col1)]
-    with open_tiff(url) as tf, ThreadPoolExecutor(max(1, decode_threads)) as decoder:
+    with kept_tiff(url) as tf, ThreadPoolExecutor(max(1, decode_threads)) as decoder:
         reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
                             keep_palette=page.info.photometric == "palette",
                             decoder=decoder if decode_threads else None)
