@@ -420,6 +420,22 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
         (2000, 1000, 3, "uint16"), (2000, 1000, 3, "uint16"), (500, 500, 1, "uint8")]
     with pytest.raises(est.EstimateError, match="expected WxH"):
         est.parse_assume_pages("2000by1000")
+    # every sample type tiffpipe reads, and multispectral pages: described as read_infos
+    # describes such files (gray, gray + alpha, RGB, RGBA, or bands with unspecified extras)
+    kinds = est.parse_assume_pages("64x32:int16,64x32x2:float64,64x32x4,64x32x8:uint32")
+    assert [(p.dtype, p.channels, p.photometric, p.extrasamples) for p in kinds] == [
+        ("int16", 1, "minisblack", []), ("float64", 2, "minisblack", [2]),
+        ("uint8", 4, "rgb", [2]), ("uint32", 8, "minisblack", [0] * 7)]
+    for bad in ("64x32:bool", "64x32x0", "64x32x65536"):
+        with pytest.raises(est.EstimateError, match="channels 1-65535 and a dtype of uint8"):
+            est.parse_assume_pages(bad)
+    bands = tmp_path / "bands.json"
+    bands.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
+                                           "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
+    plans, _, problems = est.plans_for_manifest(str(bands), "20000x20000x12:uint16")
+    assert problems == [] and plans[0].pages[0].out_channels == 12
+    costed = est.estimate(plans, CAL, concurrency=100, input_bytes=[None])
+    assert costed["megapixels"] == pytest.approx(400) and costed["jobs"][0]["output_bytes"] > 0
     m = tmp_path / "m.json"
     m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
                                        "output_options": {"compression": "deflate"}}]}))

@@ -7,6 +7,7 @@ import math
 import re
 from typing import Any
 
+from pipeline.core import dtypes
 from pipeline.core.models import JobPlan, PageInfo
 from pipeline.estimate.assumptions import EstimateError
 
@@ -82,6 +83,8 @@ def stats_rounds(plan: JobPlan) -> int:
     return len(ChainLayout.of(chain_from_json(plan.spec.ops), dtype).rounds)
 
 
+#: samples a pixel can have (TIFF's SamplesPerPixel is a 16-bit SHORT)
+MAX_SAMPLES = 65535
 _PAGES = re.compile(r"^(\d+)x(\d+)(?:x(\d+))?(?::(\w+))?(?:\*(\d+))?$")
 
 
@@ -96,13 +99,16 @@ def parse_assume_pages(spec: str) -> list[PageInfo]:
                                 "100000x80000x3:uint8*2")
         w, h, c = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
         dtype, n = m.group(4) or "uint8", int(m.group(5) or 1)
-        if dtype not in ("uint8", "uint16", "float32") or not 1 <= c <= 4 or w < 1 or h < 1:
-            raise EstimateError(f"--assume-pages {part!r}: channels 1-4 and dtype uint8, "
-                                "uint16 or float32")
+        if dtype not in dtypes.ALL or not 1 <= c <= MAX_SAMPLES or w < 1 or h < 1:
+            raise EstimateError(f"--assume-pages {part!r}: channels 1-{MAX_SAMPLES} and a "
+                                f"dtype of {', '.join(dtypes.ALL)}")
+        # as read_infos describes such pages: gray (+ alpha), RGB (+ alpha), or C bands
+        # (multispectral: gray and C - 1 unspecified extra samples)
+        photometric = "rgb" if c in (3, 4) else "minisblack"
+        extra = [2] if c in (2, 4) else [0] * (c - 1) if c > 4 else []
         for _ in range(n):
             pages.append(PageInfo(index=len(pages), height=h, width=w, channels=c, dtype=dtype,
-                                  photometric="rgb" if c >= 3 else "minisblack",
-                                  extrasamples=[2] if c in (2, 4) else [], tiled=True,
+                                  photometric=photometric, extrasamples=extra, tiled=True,
                                   segment_rows=512, compression="deflate"))
     return pages
 
