@@ -499,6 +499,20 @@ def test_a_thread_keeps_its_last_local_tiff_open_while_it_is_unchanged(tmp_path)
     assert open_fds() == 1
     with kept_tiff(url) as e:
         assert e is not d
+    # a second file opened by the thread while its kept one is in use: opened for that use
+    # only, and the one in use stays open and kept
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, np.full((40, 40), 5, np.uint8), tile=(16, 16), metadata=None)
+    held = open_fds()  # this thread's and the other thread's
+    with kept_tiff(url) as outer:
+        assert outer is e
+        with kept_tiff(str(other)) as inner:
+            assert int(inner.pages[0].asarray()[0, 0]) == 5
+        assert int(outer.pages[0].asarray()[0, 0]) == 9 and open_fds() == held
+        assert not [fd for fd in os.listdir("/proc/self/fd")
+                    if os.path.realpath(f"/proc/self/fd/{fd}") == str(other)]
+    with kept_tiff(url) as again:
+        assert again is e
     kept_files.close_all()
     assert kept_files.count() == 0 and open_fds() == 0
     with pytest.raises(Exception, match="missing.tif"), kept_tiff(str(tmp_path / "missing.tif")):

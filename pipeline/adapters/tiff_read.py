@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
@@ -91,6 +92,10 @@ def open_tiff(url: str) -> Iterator[tifffile.TiffFile]:
             tf.close()
 
 
+#: whether this thread's kept TIFF (kept_tiff) is in use
+_kept_in_use = threading.local()
+
+
 @contextmanager
 def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
     """:func:`open_tiff` for a thread that reads units of one local file one after another
@@ -100,12 +105,13 @@ def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
     not once per unit. S3 inputs are opened each time (a Lambda serves one unit). A
     failure while it is in use closes it; the engine closes the kept files when a run ends
     (:func:`pipeline.adapters.kept_files.close_all`). Callers read it in their own thread
-    only, as :class:`PageReader` does."""
+    only, as :class:`PageReader` does. A thread that opens a second file while its kept
+    one is in use gets it opened for that use only: keeping it would close the one in use."""
     try:
         st = None if storage.is_s3(url) else os.stat(url)
     except OSError:
         st = None  # open_tiff says what is wrong
-    if st is None:
+    if st is None or getattr(_kept_in_use, "active", False):
         with open_tiff(url) as tf:
             yield tf
         return
@@ -115,11 +121,14 @@ def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
         stack = ExitStack()
         tf = stack.enter_context(open_tiff(url))
         kept_files.keep(key, tf, stack.close)
+    _kept_in_use.active = True
     try:
         yield tf
     except Exception:  # not GeneratorExit: a caller that stops early leaves it usable
         kept_files.drop()
         raise
+    finally:
+        _kept_in_use.active = False
 
 
 def page_count(tf: tifffile.TiffFile, url: str) -> int:
