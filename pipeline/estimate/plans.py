@@ -108,7 +108,7 @@ def parse_assume_pages(spec: str) -> list[PageInfo]:
         extra = [2] if c in (2, 4) else [0] * (c - 1) if c > 4 else []
         for _ in range(n):
             pages.append(PageInfo(index=len(pages), height=h, width=w, channels=c, dtype=dtype,
-                                  photometric=photometric, extrasamples=extra, tiled=True,
+                                  photometric=photometric, extrasamples=list(extra), tiled=True,
                                   segment_rows=512, compression="deflate"))
     return pages
 
