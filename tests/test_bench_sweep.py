@@ -141,3 +141,32 @@ def test_before_runs_once_a_repeat_whether_or_not_tools_name_it(tmp_path) -> Non
                            "--tools", "tiffpipe,before"], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 2 and "--before TREE" in proc.stderr
+
+
+def test_ab_alternates_trees_and_prints_walls_and_actions(tmp_path) -> None:
+    """``bench/ab.py``: each tree runs the manifest in a fresh child, the trees alternating;
+    it prints each tree's median wall and per-action times and writes every run's JSON. (Two
+    trees: this checkout twice, under two paths.) No timing is asserted."""
+    import os
+
+    import numpy as np
+    import tifffile
+    from conftest import ROOT
+
+    tifffile.imwrite(tmp_path / "in.tif", np.full((64, 64, 3), 9, np.uint8), tile=(32, 32),
+                     photometric="rgb")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "in.tif"),
+                                              "output": str(tmp_path / "out.tif")}]}))
+    other = tmp_path / "same-tree"
+    os.symlink(ROOT, other)
+    out = tmp_path / "ab.json"
+    stdout = run_bench_script("ab.py", "--trees", f"{ROOT},{other}", "--manifests",
+                              str(manifest), "--runs", "2", "--json", str(out))
+    assert stdout.splitlines()[0] == "m.json"
+    for tree in (ROOT, other):
+        line = next(x for x in stdout.splitlines() if x.strip().startswith(f"{tree}:"))
+        assert "(2 runs)" in line and "merge" in line and "plan_job" in line
+    runs = json.loads(out.read_text())[str(manifest)]
+    assert sorted(runs) == sorted([str(ROOT), str(other)])
+    assert all(len(rs) == 2 and all(r["wall_s"] > 0 for r in rs) for rs in runs.values())
