@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-import time
 
 import cv2
 import numpy as np
@@ -23,7 +22,7 @@ from pipeline.core.events import JobEvent
 from pipeline.core.manifest import parse_manifest
 from pipeline.core.models import JobSpec, OutputOptions
 from pipeline.errors import CustomOperationError, ManifestError
-from pipeline.steps import layout
+from pipeline.steps import layout, planning
 from pipeline.steps import stats as stats_step
 
 pytestmark = pytest.mark.timeout(300)
@@ -157,11 +156,9 @@ def test_plan_job_refuses_a_function_it_cannot_import(tmp_path, function, messag
                    ops=[{"op": "custom", "function": function, "halo": 0, "params": {}}],
                    output_options=OutputOptions())
     work = str(tmp_path / "work")
-    storage.write_json(layout.run_file(work), {"run_id": "r", "manifest": "m", "work": work,
-                                               "report": "r.json", "started_at": time.time(),
-                                               "jobs": [spec.to_json()]})
+    run = planning.write_run(work, [spec], "r", "m", "r.json")
     with pytest.raises(CustomOperationError) as info:
-        stats_step.plan_job(JobEvent(run=layout.run_file(work), job=0))
+        stats_step.plan_job(JobEvent(run=run, job=0))
     assert message in str(info.value)
     assert "importable in every worker" in str(info.value) or "has no function" in message
     assert not storage.exists(layout.plan_file(layout.job_dir(work, 0)))  # no work done

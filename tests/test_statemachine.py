@@ -367,9 +367,7 @@ def test_plan_job_payload_of_a_100_gigapixel_page_fits(rendered, tmp_path, monke
     work = str(tmp_path / "work")
     spec = JobSpec(input=str(tmp_path / "giant.tif"), output=str(tmp_path / "out.tif"),
                    fuse=False)  # the larger payload: units and batches
-    run_url = layout.run_file(work)
-    storage.write_json(run_url, {"run_id": "r", "manifest": "m", "work": work,
-                                 "report": "r.json", "jobs": [spec.to_json()]})
+    run_url = planning.write_run(work, [spec], "r", "m", "r.json")
     monkeypatch.setattr(planning, "read_infos", lambda url, pages, **kw: [info])
 
     result = stats_step.plan_job(JobEvent(run=run_url, job=0))  # the real step, fake headers
@@ -391,3 +389,41 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
         **result, "stats": {**result["stats"], "level": 99, "nodes": list(range(cap)),
                             "tree": True, "bound": 10**9}})
     _assert_fits(sizes)
+
+
+def test_a_jobs_steps_read_its_own_job_file_not_the_whole_run(tmp_path):
+    """PlanRun writes each job's spec to jobs/NNNNN/job.json beside run.json; PlanJob and
+    RecordFailure read only that file, so a run of n jobs reads O(n) bytes, not O(n^2) (each
+    of 10,000 jobs reading a 3 MB run.json). run.json keeps every spec for the report."""
+    from test_exactness import make_image, write_tiff
+
+    from pipeline.core.events import FailureEvent
+    from pipeline.steps import report as report_step
+
+    jobs = []
+    for i in range(3):
+        write_tiff(tmp_path / f"in{i}.tif", [make_image(7 + i, 40 + i, 30, 1, "uint8")],
+                   tiled=True)
+        jobs.append({"input": f"in{i}.tif", "output": f"out/{i}.tif",
+                     "ops": [{"op": "gaussian_blur", "sigma": 1}]})
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    work = str(tmp_path / "w")
+    run_url = planning.plan_run(RunEvent(str(manifest), work, "r1"))["run"]
+    run = storage.read_json(run_url)
+    for i in range(3):
+        doc = storage.read_json(layout.job_file(layout.job_dir(work, i)))
+        assert doc == {"work": work, "started_at": run["started_at"], "spec": run["jobs"][i]}
+        assert JobSpec.from_json(doc["spec"]).input == str(tmp_path / f"in{i}.tif")
+    # a job's steps no longer look at run.json: they run with it gone
+    os.remove(run_url)
+    planned = stats_step.plan_job(JobEvent(run=run_url, job=1))
+    plan = storage.read_json(planned["plan"])
+    assert plan["spec"]["input"] == str(tmp_path / "in1.tif") and planned["job"] == 1
+    assert plan["pages"][0]["info"]["height"] == 41
+    failed = report_step.record_failure(FailureEvent(run=run_url, job=2, error={
+        "Error": "States.Timeout", "Cause": "the job timed out"}))
+    assert failed == {"job": 2, "status": "FAILED", "error": "States.Timeout"}
+    result = storage.read_json(layout.result_file(layout.job_dir(work, 2)))
+    assert result["output"] == str(tmp_path / "out" / "2.tif")
+    assert result["started_at"] == run["started_at"]

@@ -193,7 +193,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     job_rows: list[dict[str, Any]] = []
     work_bytes_total = 0.0
     objects_total = 0
-    add("plan_run", call_s("plan_run") / speed, get=1, put=1)
+    # run.json, jobs.json and each job's job.json
+    add("plan_run", call_s("plan_run") / speed, get=1, put=2 + len(plans))
     for i, plan in enumerate(plans):
         geo = plan_geometry(plan)
         units, batches = item_work(plan)

@@ -17,9 +17,11 @@ from pipeline.steps import layout
 
 
 def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
-    """run.json and the spec of one of its jobs."""
-    run = storage.read_json(run_url)
-    return run, JobSpec.from_json(run["jobs"][job])
+    """One job of the run whose run.json is ``run_url``: its job file (``work``,
+    ``started_at``: see :func:`pipeline.steps.planning.plan_run`) and its spec. Only that
+    job's file is read, whatever the number of jobs."""
+    doc = storage.read_json(layout.job_file(layout.job_dir(storage.parent(run_url), job)))
+    return doc, JobSpec.from_json(doc["spec"])
 
 
 @functools.lru_cache(maxsize=8)

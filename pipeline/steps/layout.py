@@ -3,6 +3,7 @@
 ```
 {work}/run.json                              the run: resolved jobs of the manifest
 {work}/jobs.json                             the job indices the Jobs map reads (ItemReader)
+{work}/jobs/{job}/job.json                   a job's spec, as its steps read it (not run.json)
 {work}/jobs/{job}/plan.json                  a job's plan
 {work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
 {work}/jobs/{job}/out/{page}/{segment}.seg  encoded output tiles in file order (process -> merge)
@@ -32,6 +33,10 @@ def jobs_file(work: str) -> str:
 
 def job_dir(work: str, job: int) -> str:
     return join(work, "jobs", f"{job:05d}")
+
+
+def job_file(job_work: str) -> str:
+    return join(job_work, "job.json")
 
 
 def plan_file(job_work: str) -> str:

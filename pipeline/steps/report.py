@@ -39,8 +39,8 @@ def failure_record(error: dict[str, Any]) -> dict[str, str]:
 def record_failure(event: FailureEvent) -> dict[str, Any]:
     """Write a FAILED result for a job. A unit or batch error recorded in the work location
     is the real cause (a Map state only says that items failed), so it wins."""
-    run, spec = load_job(event.run, event.job)
-    work = layout.job_dir(run["work"], event.job)
+    job, spec = load_job(event.run, event.job)
+    work = layout.job_dir(job["work"], event.job)
     try:
         recorded = recorded_errors(work)
     except TiffpipeError:
@@ -49,7 +49,7 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     if recorded:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
     now = time.time()
-    started = run.get("started_at", now)
+    started = job.get("started_at", now)
     try:
         started = storage.read_json(layout.plan_file(work)).get("started_at", started)
     except TiffpipeError:
