@@ -84,13 +84,36 @@ def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
             "output_bytes": sum(os.path.getsize(o) for o in outputs if o and os.path.exists(o))}
 
 
-def libvips(src: str, dst: str, pages: int, sigma: float, compression: str, quality: int,
-            min_ampl: float, precision: str) -> dict[str, Any]:
+def _pairs(src: str | list[str], dst: str | list[str]) -> list[tuple[str, str]]:
+    """(input, output) of each file a peer's run does: one, or a list (the sweep's ``files``
+    layout: a manifest of many one-page files, done one after the other)."""
+    if isinstance(src, str) and isinstance(dst, str):
+        return [(src, dst)]
+    if isinstance(src, str) or isinstance(dst, str) or len(src) != len(dst):
+        raise ValueError("src and dst must both be a path, or lists of the same length")
+    return list(zip(src, dst, strict=True))
+
+
+def libvips(src: str | list[str], dst: str | list[str], pages: int, sigma: float,
+            compression: str, quality: int, min_ampl: float, precision: str
+            ) -> dict[str, Any]:
     """The same op as a libvips streaming pipeline: sequential load of each page, gaussblur,
-    pages joined top to bottom and saved as a tiled multi-page TIFF (page_height)."""
+    pages joined top to bottom and saved as a tiled multi-page TIFF (page_height). Lists of
+    files: each in turn (``pages`` each)."""
     import pyvips
 
     t0 = time.time()
+    for one_src, one_dst in _pairs(src, dst):
+        _libvips_file(pyvips, one_src, one_dst, pages, sigma, compression, quality, min_ampl,
+                      precision)
+    return {"wall_s": time.time() - t0, "peak_mb": _peak_mb(),
+            "threads": int(pyvips.vips_lib.vips_concurrency_get()),
+            "libvips": ".".join(str(pyvips.version(i)) for i in range(3)),
+            "output_bytes": sum(os.path.getsize(d) for _, d in _pairs(src, dst))}
+
+
+def _libvips_file(pyvips: Any, src: str, dst: str, pages: int, sigma: float, compression: str,
+                  quality: int, min_ampl: float, precision: str) -> None:
     blurred = []
     for i in range(pages):
         page = pyvips.Image.new_from_file(src, page=i, access="sequential")
@@ -105,16 +128,13 @@ def libvips(src: str, dst: str, pages: int, sigma: float, compression: str, qual
     if pages > 1:
         options["page_height"] = blurred[0].height
     image.tiffsave(dst, **options)
-    return {"wall_s": time.time() - t0, "peak_mb": _peak_mb(),
-            "threads": int(pyvips.vips_lib.vips_concurrency_get()),
-            "libvips": ".".join(str(pyvips.version(i)) for i in range(3)),
-            "output_bytes": os.path.getsize(dst)}
 
 
-def naive(src: str, dst: str, sigma: float, compression: str, quality: int,
-          threads: int) -> dict[str, Any]:
+def naive(src: str | list[str], dst: str | list[str], sigma: float, compression: str,
+          quality: int, threads: int) -> dict[str, Any]:
     """tifffile reads each page whole, OpenCV blurs it (all its threads), tifffile writes it
-    with the output options tiffpipe uses (same codec, level, predictor, subsampling)."""
+    with the output options tiffpipe uses (same codec, level, predictor, subsampling).
+    Lists of files: each in turn."""
     import cv2
     import tifffile
 
@@ -123,18 +143,21 @@ def naive(src: str, dst: str, sigma: float, compression: str, quality: int,
 
     t0 = time.time()
     options = OutputOptions(compression=compression, quality=quality)
-    with tifffile.TiffFile(src) as tf, tifffile.TiffWriter(dst, bigtiff=True) as tw:
-        for i in range(len(tf.pages)):
-            page = tf.pages[i].asarray(maxworkers=threads)
-            out = cv2.GaussianBlur(page, (0, 0), sigma)
-            del page
-            channels = out.shape[2] if out.ndim == 3 else 1
-            kwargs = OutputEncoder(options, str(out.dtype), channels).writer_kwargs()
-            tw.write(out, tile=(512, 512), photometric="rgb" if channels >= 3 else "minisblack",
-                     metadata=None, maxworkers=threads, **kwargs)
-            del out
+    for one_src, one_dst in _pairs(src, dst):
+        with tifffile.TiffFile(one_src) as tf, \
+                tifffile.TiffWriter(one_dst, bigtiff=True) as tw:
+            for i in range(len(tf.pages)):
+                page = tf.pages[i].asarray(maxworkers=threads)
+                out = cv2.GaussianBlur(page, (0, 0), sigma)
+                del page
+                channels = out.shape[2] if out.ndim == 3 else 1
+                kwargs = OutputEncoder(options, str(out.dtype), channels).writer_kwargs()
+                tw.write(out, tile=(512, 512),
+                         photometric="rgb" if channels >= 3 else "minisblack",
+                         metadata=None, maxworkers=threads, **kwargs)
+                del out
     return {"wall_s": time.time() - t0, "peak_mb": _peak_mb(),
-            "output_bytes": os.path.getsize(dst)}
+            "output_bytes": sum(os.path.getsize(d) for _, d in _pairs(src, dst))}
 
 
 def tifffile_copy(src: str, dst: str, compression: str, threads: int) -> dict[str, Any]:

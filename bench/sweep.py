@@ -8,8 +8,10 @@
 For every size (``tiny``: one 256 x 256 page; a number: gigapixels, e.g. 0.001 for 1 Mpx),
 layout (``single``: one square page; ``multi``: three pages of a third each; ``many``: pages
 of 512 x 512, one output tile each, as many as the size holds, as in a scanned archive;
-``tiny`` is single only) and output codec, the same job runs with each tool, the tools alternating
-within each repeat, every run in a fresh child process (bench/children.py):
+``files``: as many, but each page a file of its own and a job of its own, one manifest of
+them all; ``tiny`` is single only) and output codec, the same work runs with each tool, the
+tools alternating within each repeat, every run in a fresh child process
+(bench/children.py; the peers do a ``files`` case's files one after the other):
 
 - tiffpipe: ``run_local`` with its defaults (fused, default work tile), output tiled 512;
 - libvips: pyvips, sequential access, ``gaussblur`` (no zstd: the pyvips-binary wheel has none);
@@ -33,6 +35,7 @@ import argparse
 import compileall
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -52,15 +55,18 @@ PEERS = ("libvips", "naive")
 MULTI_PAGES = 3
 #: the side of a ``many`` layout's pages: one 512 px output tile each
 MANY_SIDE = 512
-LAYOUTS = ("single", "multi", "many")
+LAYOUTS = ("single", "multi", "many", "files")
+#: distinct inputs of a ``files`` case (its files are copies of these, in turn)
+DISTINCT_FILES = 8
 
 
 def page_shape(size: str, layout: str) -> tuple[int, int]:
     """(pages, side) of an input: ``tiny`` is one 256 px page; else ``size`` gigapixels in one
-    square page, in :data:`MULTI_PAGES` pages, or (``many``) in pages of :data:`MANY_SIDE`."""
+    square page, in :data:`MULTI_PAGES` pages, or (``many``, ``files``) in pages of
+    :data:`MANY_SIDE`."""
     if size == "tiny":
         return 1, 256
-    if layout == "many":
+    if layout in ("many", "files"):
         return max(1, round(float(size) * 1e9 / MANY_SIDE**2)), MANY_SIDE
     pages = MULTI_PAGES if layout == "multi" else 1
     return pages, side_for(float(size) * 1000 / pages)
@@ -85,23 +91,62 @@ def make_input(folder: str, pages: int, side: int) -> str:
     return path
 
 
-def write_manifest(folder: str, name: str, src: str, dst: str, codec: str, sigma: float,
-                   quality: int) -> str:
-    """A one-job manifest with tiffpipe's defaults (fused, default work tile)."""
+def make_files(folder: str, count: int, side: int) -> list[str]:
+    """A ``files`` case's inputs: ``count`` one-page files, copies in turn of
+    :data:`DISTINCT_FILES` distinct ones (writing thousands of distinct pages takes long)."""
+    sub = os.path.join(folder, f"files-{side}x{side}x3x{count}")
+    paths = [os.path.join(sub, f"f{i:05d}.tif") for i in range(count)]
+    if all(os.path.exists(p) for p in paths):
+        return paths
+    log(f"writing {sub}: {count} file(s) of one {side}x{side}x3 uint8 page")
+    os.makedirs(sub, exist_ok=True)
+    for i, path in enumerate(paths):
+        if i < DISTINCT_FILES:
+            write_photo_tiff(path, side, side, 3, seed=i)
+        else:
+            shutil.copyfile(paths[i % DISTINCT_FILES], path)
+    return paths
+
+
+def case_files(case: dict[str, Any], args: argparse.Namespace, tool: str
+               ) -> tuple[str | list[str], str | list[str]]:
+    """(input, output) of a case for ``tool``: paths, or for ``files`` lists of them."""
+    out_dir = os.path.join(args.dir, "out")
+    if case["layout"] != "files":
+        return (make_input(args.dir, case["pages"], case["side"]),
+                os.path.join(out_dir, f"{tool}-{case['codec']}.tif"))
+    srcs = make_files(args.dir, case["pages"], case["side"])
+    folder = os.path.join(out_dir, f"{tool}-{case['codec']}")
+    return srcs, [os.path.join(folder, os.path.basename(p)) for p in srcs]
+
+
+def write_manifest(folder: str, name: str, src: str | list[str], dst: str | list[str],
+                   codec: str, sigma: float, quality: int) -> str:
+    """A manifest with tiffpipe's defaults (fused, default work tile): one job, or one a file
+    of a ``files`` case."""
     options: dict[str, Any] = {"compression": codec, "tile": 512}
     if codec == "jpeg":
         options["quality"] = quality
     path = os.path.join(folder, f"{name}.json")
+    pairs = [(src, dst)] if isinstance(src, str) else list(zip(src, dst, strict=True))
     with open(path, "w") as f:
-        json.dump({"jobs": [{"input": src, "output": dst, "output_options": options,
-                             "ops": [{"op": "gaussian_blur", "sigma": sigma}]}]}, f)
+        json.dump({"jobs": [{"input": s, "output": d, "output_options": options,
+                             "ops": [{"op": "gaussian_blur", "sigma": sigma}]}
+                            for s, d in pairs]}, f)
     return path
 
 
-def run_tool(tool: str, case: dict[str, Any], src: str, dst: str, args: argparse.Namespace
-             ) -> dict[str, Any]:
-    if os.path.exists(dst):
-        os.remove(dst)
+def remove_outputs(dst: str | list[str]) -> None:
+    for path in [dst] if isinstance(dst, str) else dst:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def run_tool(tool: str, case: dict[str, Any], src: str | list[str], dst: str | list[str],
+             args: argparse.Namespace) -> dict[str, Any]:
+    remove_outputs(dst)
+    if not isinstance(dst, str) and dst:
+        os.makedirs(os.path.dirname(dst[0]), exist_ok=True)
     if tool in ("tiffpipe", "before"):
         tag = f"{tool}-{case['codec']}"
         manifest = write_manifest(args.dir, tag, src, dst, case["codec"], args.sigma,
@@ -113,7 +158,8 @@ def run_tool(tool: str, case: dict[str, Any], src: str, dst: str, args: argparse
             raise RuntimeError(f"{tool} failed on {case}: {r['error']}")
         return r
     if tool == "libvips":
-        return child("libvips", src=src, dst=dst, pages=case["pages"], sigma=args.sigma,
+        pages = 1 if case["layout"] == "files" else case["pages"]
+        return child("libvips", src=src, dst=dst, pages=pages, sigma=args.sigma,
                      compression=case["codec"], quality=args.quality, min_ampl=0.05,
                      precision="integer")
     return child("naive", src=src, dst=dst, sigma=args.sigma, compression=case["codec"],
@@ -135,10 +181,10 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    src = make_input(args.dir, case["pages"], case["side"])
     tools = tools_for(case, args)
-    out_dir = os.path.join(args.dir, "out")
-    dsts = {t: os.path.join(out_dir, f"{t}-{case['codec']}.tif") for t in tools}
+    paths = {t: case_files(case, args, t) for t in tools}
+    src = next(iter(paths.values()))[0] if paths else ""
+    dsts = {t: dst for t, (_, dst) in paths.items()}
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in tools}
     failed: dict[str, str] = {}
     for rep in range(args.repeat):
@@ -171,14 +217,26 @@ def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         result["speedup_vs_before"] = before["wall_s"] / tp["wall_s"]
     if not args.no_check and "tiffpipe" in dsts:
         for other in ("naive", "before"):
-            if other in dsts and os.path.exists(dsts[other]) and other not in failed:
-                c = compare_tiffs(dsts["tiffpipe"], dsts[other], border=16)
-                result["checks"][f"tiffpipe_vs_{other}"] = {
-                    "identical": c["identical"], "max_abs": c.get("max_abs")}
+            if other in dsts and other not in failed:
+                result["checks"][f"tiffpipe_vs_{other}"] = compare_outputs(dsts["tiffpipe"],
+                                                                          dsts[other])
     for dst in dsts.values():
-        if os.path.exists(dst):
-            os.remove(dst)
+        remove_outputs(dst)
     return result
+
+
+def compare_outputs(ours: str | list[str], theirs: str | list[str]) -> dict[str, Any]:
+    """Whether two tools' outputs (a file each, or lists) hold the same pixels; the largest
+    difference."""
+    pairs = [(ours, theirs)] if isinstance(ours, str) else list(zip(ours, theirs, strict=True))
+    identical, max_abs = True, 0
+    for a, b in pairs:
+        if not os.path.exists(b):
+            continue
+        c = compare_tiffs(a, b, border=16)
+        identical = identical and bool(c["identical"])
+        max_abs = max(max_abs, int(c.get("max_abs") or 0))
+    return {"identical": identical, "max_abs": max_abs, "files": len(pairs)}
 
 
 def table(results: list[dict[str, Any]], tools: list[str]) -> list[str]:

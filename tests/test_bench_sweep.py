@@ -114,10 +114,31 @@ def test_each_layout_cuts_a_size_into_its_pages() -> None:
     assert pages == 3 and abs(3 * side * side - 10e6) / 10e6 < 0.02
     assert sweep.page_shape("0.01", "many") == (38, 512)
     assert sweep.page_shape("0.0001", "many") == (1, 512)
-    cases = sweep.cases(["tiny", "0.001"], ["single", "many"], ["jpeg"])
+    assert sweep.page_shape("0.01", "files") == (38, 512)  # as many pages, a file each
+    cases = sweep.cases(["tiny", "0.001"], ["single", "many", "files"], ["jpeg"])
     assert [(c["size"], c["layout"], c["pages"], c["side"]) for c in cases] == [
         ("tiny", "single", 1, 256), ("0.001", "single", 1, sweep.side_for(1.0)),
-        ("0.001", "many", 4, 512)]
+        ("0.001", "many", 4, 512), ("0.001", "files", 4, 512)]
+
+
+def test_files_layout_runs_a_manifest_of_one_job_a_file_against_the_peers(tmp_path) -> None:
+    """``--layouts files``: each 512 x 512 page a file and a job of its own (one manifest), the
+    peers doing the files one after the other; every output checked against the naive
+    run's, and none left behind."""
+    out = tmp_path / "sweep.json"
+    run_bench_script("sweep.py", "--sizes", "0.003", "--layouts", "files", "--codecs", "zstd",
+                     "--repeat", "1", "--tools", "tiffpipe,naive", "--dir",
+                     str(tmp_path / "data"), "--json", str(out))
+    (case,) = json.loads(out.read_text())["cases"]
+    assert (case["layout"], case["pages"]) == ("files", 11)
+    assert set(case["tools"]) == {"tiffpipe", "naive"} and case["ratio"] > 0
+    assert case["checks"]["tiffpipe_vs_naive"] == {"identical": True, "max_abs": 0,
+                                                   "files": 11}
+    inputs = sorted((tmp_path / "data" / "files-512x512x3x11").iterdir())
+    assert [p.name for p in inputs] == [f"f{i:05d}.tif" for i in range(11)]
+    assert inputs[0].read_bytes() != inputs[1].read_bytes()  # distinct, then copies
+    assert inputs[8].read_bytes() == inputs[0].read_bytes()
+    assert not [p for p in (tmp_path / "data" / "out").rglob("*.tif")]
 
 
 def test_before_runs_once_a_repeat_whether_or_not_tools_name_it(tmp_path) -> None:
