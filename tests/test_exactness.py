@@ -31,7 +31,7 @@ from pipeline.core.grid import PageGrid
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions
 from pipeline.core.ops import chain_from_json, chain_halo
 from pipeline.steps import layout
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import forget_plans
 from pipeline.steps.evaluate import page_rounds
 from pipeline.steps.merge import merge
 from pipeline.steps.process import process, process_unit
@@ -213,7 +213,7 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
             for p in plan.pages])
     plan_url = layout.plan_file(work)
     write_json(plan_url, plan.to_json())
-    load_plan.cache_clear()
+    forget_plans()
     if plan.fused:
         for i in range(len(plan.units)):
             process_unit(UnitEvent(plan_url, i))
@@ -226,7 +226,7 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
     for k in range(len(plan.batches)):
         process(BatchEvent(plan_url, k))
     merge(MergeEvent(plan_url))
-    load_plan.cache_clear()
+    forget_plans()
     with tifffile.TiffFile(out) as tf:
         assert len(tf.pages) == len(plan.pages)
         result = []

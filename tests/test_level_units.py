@@ -41,7 +41,7 @@ from pipeline.core.levels import level_units, unit_level_count
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps import pyramid as pyramid_mod
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import forget_plans, load_plan
 from pipeline.steps.planning import plan_run
 from pipeline.steps.process import process
 from pipeline.steps.split import split
@@ -76,7 +76,7 @@ def _run_in_process(planned: dict[str, object]) -> None:
     assert planned["levels"]  # the Levels Choice: BuildLevels
     for unit in planned["units"]:
         build_levels(UnitEvent(plan_url, unit))
-    load_plan.cache_clear()
+    forget_plans()
     merge_mod.merge(MergeEvent(plan_url))
 
 
@@ -171,7 +171,7 @@ def test_the_local_engine_runs_the_level_units(tmp_path):
                      "ops": [{"op": "to_gray"}, {"op": "equalize_hist"}]},
     }, "--keep-work", "--work", str(work))
     for job, name in enumerate(out):
-        load_plan.cache_clear()
+        forget_plans()
         plan = load_plan(layout.plan_file(layout.job_dir(str(work), job)))
         assert not plan.fused and level_units(plan)
         for i in range(len(plan.pages)):

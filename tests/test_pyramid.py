@@ -27,7 +27,7 @@ from pipeline.errors import ManifestError
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps import pyramid as pyramid_mod
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import forget_plans
 from pipeline.steps.pyramid import Pyramid, level_shapes
 
 pytestmark = pytest.mark.timeout(240)
@@ -259,9 +259,9 @@ def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     Path(out).unlink()
     monkeypatch.setattr(pyramid_mod, "Pyramid", Spy)  # merge imports it when used
     monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
-    load_plan.cache_clear()
+    forget_plans()
     merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
-    load_plan.cache_clear()
+    forget_plans()
     short, tall = made
     cols = ceil(260 / OUT_TILE)
     for pyramid in made:
@@ -329,9 +329,9 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
     for threads in (1, 4):
         Path(out).unlink()
         monkeypatch.setenv("TIFFPIPE_TILE_THREADS", str(threads))
-        load_plan.cache_clear()
+        forget_plans()
         merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
-        load_plan.cache_clear()
+        forget_plans()
         files[threads] = Path(out).read_bytes()
     assert [p.max_ahead for p in made] == [1, 8]
     assert [p.decoded for p in made] == [ceil(700 / OUT_TILE) * ceil(900 / OUT_TILE)] * 2

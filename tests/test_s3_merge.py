@@ -40,7 +40,7 @@ from pipeline.core.models import JobPlan
 from pipeline.errors import WorkMissingError
 from pipeline.steps import layout, tile_table
 from pipeline.steps import merge as merge_mod
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import forget_plans, load_plan
 from pipeline.steps.unit_levels import fragment_name
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,7 +70,7 @@ def _same(a: bytes, b: bytes) -> bool:
 
 
 def _plan(work: str, job: int) -> JobPlan:
-    load_plan.cache_clear()
+    forget_plans()
     return load_plan(layout.plan_file(layout.job_dir(work, job)))
 
 

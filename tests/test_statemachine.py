@@ -394,11 +394,14 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
 def test_a_jobs_steps_read_its_own_job_file_not_the_whole_run(tmp_path):
     """PlanRun writes each job's spec to jobs/NNNNN/job.json beside run.json; PlanJob and
     RecordFailure read only that file, so a run of n jobs reads O(n) bytes, not O(n^2) (each
-    of 10,000 jobs reading a 3 MB run.json). run.json keeps every spec for the report."""
+    of 10,000 jobs reading a 3 MB run.json). run.json keeps every spec for the report. The
+    process that ran PlanJob keeps the plan it wrote for the job's next steps."""
     from test_exactness import make_image, write_tiff
 
     from pipeline.core.events import FailureEvent
+    from pipeline.core.models import JobPlan
     from pipeline.steps import report as report_step
+    from pipeline.steps.common import forget_plans, load_plan
 
     jobs = []
     for i in range(3):
@@ -421,6 +424,10 @@ def test_a_jobs_steps_read_its_own_job_file_not_the_whole_run(tmp_path):
     plan = storage.read_json(planned["plan"])
     assert plan["spec"]["input"] == str(tmp_path / "in1.tif") and planned["job"] == 1
     assert plan["pages"][0]["info"]["height"] == 41
+    # the process that wrote the plan keeps it: its next steps need not read it back
+    os.remove(planned["plan"])
+    assert load_plan(planned["plan"]) == JobPlan.from_json(plan)
+    forget_plans()
     failed = report_step.record_failure(FailureEvent(run=run_url, job=2, error={
         "Error": "States.Timeout", "Cause": "the job timed out"}))
     assert failed == {"job": 2, "status": "FAILED", "error": "States.Timeout"}

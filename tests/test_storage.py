@@ -335,12 +335,57 @@ def test_check_writable_local(tmp_path):
         storage.check_writable("/proc/out.tif")
 
 
+def test_check_writable_probes_a_folder_once_while_fresh(tmp_path, monkeypatch):
+    """A folder that took a probe is not probed again for WRITABLE_FOR_S seconds (a run of
+    1,000 jobs into one folder made 1,000 probe files); a failed probe is not remembered."""
+    probes: list[str] = []
+    real = storage.tempfile.NamedTemporaryFile
+
+    def counting(**kwargs):
+        probes.append(kwargs["dir"])
+        return real(**kwargs)
+
+    clock = [1000.0]
+    monkeypatch.setattr(storage.tempfile, "NamedTemporaryFile", counting)
+    monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(storage, "_writable", {})
+    for i in range(5):
+        storage.check_writable(str(tmp_path / f"out{i}.tif"))
+    storage.check_writable(str(tmp_path / "new" / "out.tif"))  # its first existing folder
+    assert probes == [str(tmp_path)]
+    clock[0] += storage.WRITABLE_FOR_S + 1  # stale: probed again
+    storage.check_writable(str(tmp_path / "out.tif"))
+    assert probes == [str(tmp_path)] * 2
+    # failures are checked every time, and still refused
+    (tmp_path / "afile").write_bytes(b"")
+    for _ in range(2):
+        with pytest.raises(OutputNotWritableError, match="afile"):
+            storage.check_writable(str(tmp_path / "afile" / "out.tif"))
+    assert probes == [str(tmp_path)] * 2 + [str(tmp_path / "afile")] * 2
+    assert sorted(os.listdir(tmp_path)) == ["afile"]  # no probe file left
+
+
 def test_check_writable_s3(s3):
     storage.check_writable("s3://tp-bucket/out/x.tif")
     with pytest.raises(OutputNotWritableError, match="bucket does not exist"):
         storage.check_writable("s3://no-such-bucket/x.tif")
     with pytest.raises(OutputNotWritableError, match="not an object"):
         storage.check_writable("s3://tp-bucket/")
+    # a bucket that answered counts as writable for a while: no HeadBucket per job
+    calls = []
+    client = storage.s3_client()
+    real = client.head_bucket
+    client.head_bucket = lambda **kw: calls.append(kw) or real(**kw)
+    try:
+        storage._writable.pop("s3://tp-bucket", None)
+        for i in range(3):
+            storage.check_writable(f"s3://tp-bucket/out/{i}.tif")
+        assert calls == [{"Bucket": "tp-bucket"}]
+        with pytest.raises(OutputNotWritableError, match="bucket does not exist"):
+            storage.check_writable("s3://no-such-bucket/x.tif")  # never remembered
+        assert len(calls) == 2
+    finally:
+        del client.head_bucket
 
 
 # --- the client -----------------------------------------------------------------------

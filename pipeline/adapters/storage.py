@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -328,25 +329,44 @@ def delete_prefix(url: str) -> None:
                                f"{errors[0].get('Key')}: {errors[0].get('Message')}")
 
 
+#: how long a folder or bucket that took a probe counts as writable (see check_writable)
+WRITABLE_FOR_S = 30.0
+#: folder or bucket -> when (time.monotonic) it last took a probe
+_writable: dict[str, float] = {}
+
+
 def check_writable(url: str) -> None:
-    """Fail early with :class:`OutputNotWritableError` if an output cannot be written there."""
+    """Fail early with :class:`OutputNotWritableError` if an output cannot be written there.
+
+    A local folder is probed by creating (and removing) a file in it, a bucket by a
+    HeadBucket. A probe that succeeds counts for :data:`WRITABLE_FOR_S` seconds in this
+    process: every job of a run checks its output, and 1,000 jobs writing to one folder
+    made 1,000 probe files (inode churn that slows the filesystem's file creation) and a
+    bucket 1,000 HeadBuckets. Failures are never remembered. An output that becomes
+    unwritable meanwhile still fails, when merge writes it."""
     if is_s3(url):
         try:
             bucket, _ = _key_of(url)
-            s3_client().head_bucket(Bucket=bucket)
         except ValueError as exc:
             raise OutputNotWritableError(f"output {url}: {exc}") from exc
+        if _fresh(f"s3://{bucket}"):
+            return
+        try:
+            s3_client().head_bucket(Bucket=bucket)
         except _aws_errors() as exc:
             what = ("the bucket does not exist: create it or fix the output URL"
                     if _code(exc) in _MISSING_CODES else
                     f"cannot reach the bucket ({exc}): check the credentials and permissions")
             raise OutputNotWritableError(f"output {url}: {what}") from exc
+        _writable[f"s3://{bucket}"] = time.monotonic()
         return
     if os.path.isdir(url):
         raise OutputNotWritableError(f"output {url} is a folder: give a file name")
     folder = parent(url)
     while not os.path.exists(folder):  # the first existing ancestor must be a writable folder
         folder = os.path.dirname(folder)
+    if _fresh(folder):
+        return
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".tiffpipe-check-"):
             pass
@@ -354,6 +374,13 @@ def check_writable(url: str) -> None:
         raise OutputNotWritableError(
             f"output {url}: cannot write in {folder} ({exc.strerror}): choose another output "
             "path or fix the folder") from exc
+    _writable[folder] = time.monotonic()
+
+
+def _fresh(where: str) -> bool:
+    """Whether ``where`` took a write probe less than :data:`WRITABLE_FOR_S` seconds ago."""
+    when = _writable.get(where)
+    return when is not None and time.monotonic() - when < WRITABLE_FOR_S
 
 
 def temp_output_path(url: str) -> str:

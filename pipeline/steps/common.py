@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,10 +25,38 @@ def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
     return doc, JobSpec.from_json(doc["spec"])
 
 
-@functools.lru_cache(maxsize=8)
+#: plans kept by :func:`load_plan` (most recently used last)
+_plans: OrderedDict[str, JobPlan] = OrderedDict()
+_plans_lock = threading.Lock()
+PLANS_KEPT = 8
+
+
 def load_plan(plan_url: str) -> JobPlan:
-    """A job's plan; cached, since a warm worker serves many units and batches of a job."""
-    return JobPlan.from_json(storage.read_json(plan_url))
+    """A job's plan; cached, since a warm worker serves many units and batches of a job
+    (and PlanJob's process, which wrote it: :func:`keep_plan`)."""
+    with _plans_lock:
+        plan = _plans.get(plan_url)
+        if plan is not None:
+            _plans.move_to_end(plan_url)
+            return plan
+    plan = JobPlan.from_json(storage.read_json(plan_url))
+    keep_plan(plan_url, plan)
+    return plan
+
+
+def keep_plan(plan_url: str, plan: JobPlan) -> None:
+    """Remember ``plan`` as the content of ``plan_url`` (just written by this process)."""
+    with _plans_lock:
+        _plans[plan_url] = plan
+        _plans.move_to_end(plan_url)
+        while len(_plans) > PLANS_KEPT:
+            _plans.popitem(last=False)
+
+
+def forget_plans() -> None:
+    """Drop the cached plans (tests that rewrite a plan file)."""
+    with _plans_lock:
+        _plans.clear()
 
 
 @contextmanager

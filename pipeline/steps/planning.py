@@ -17,7 +17,7 @@ from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan
 from pipeline.errors import InputNotFoundError, OperationError
 from pipeline.steps import layout
-from pipeline.steps.common import load_job
+from pipeline.steps.common import keep_plan, load_job
 
 
 def plan_run(event: RunEvent) -> dict[str, Any]:
@@ -103,6 +103,7 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
         raise OperationError(f"{spec.input}: the job cannot run: " + "; ".join(problems))
     plan_url = layout.plan_file(work)
     storage.write_json(plan_url, plan.to_json(), indent=None)
+    keep_plan(plan_url, plan)  # the next steps in this process need not read it back
     return {"plan": plan_url, "job": event.job, "units": list(range(len(plan.units))),
             "batches": list(range(len(plan.batches))), "tiles": plan.tiles,
             "fused": plan.fused, "levels": level_units(plan)}
