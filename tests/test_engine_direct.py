@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import ROOT
 
 from pipeline.engine import definition, direct, local
 from pipeline.engine.local import LocalEngine
@@ -418,9 +421,39 @@ def test_a_distributed_map_reads_its_items_with_an_item_reader(tmp_path: Path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_processes_that_run_tasks_cap_their_malloc_arenas():
-    """On Linux (glibc) the cap is set, not silently skipped: without it the engine's peak
-    at 1 Gpx grew ~30% over many arenas (pipeline.engine.workers.limit_malloc_arenas)."""
-    from pipeline.engine.workers import limit_malloc_arenas
+def test_processes_that_run_tasks_tune_their_malloc():
+    """On Linux (glibc) the arena cap and the thresholds are set, not silently skipped:
+    without the cap the engine's peak at 1 Gpx grew ~30% over many arenas, without the
+    thresholds page faults took ~7% of a run's CPU (pipeline.engine.workers.tune_malloc).
+    A fresh process checks that the settings hold: an allocation below the mmap threshold
+    comes from the heap (no new mapping), one above it gets a mapping of its own."""
+    from pipeline.engine.workers import tune_malloc
 
-    assert limit_malloc_arenas() is True
+    assert tune_malloc() is True
+    script = textwrap.dedent("""
+        import ctypes
+        import numpy as np
+        from pipeline.engine.workers import MALLOC_MMAP_THRESHOLD, tune_malloc
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+        mallinfo2.restype = MallInfo2
+
+        def mapped():  # bytes in chunks that have pages of their own (mmap)
+            return mallinfo2().hblkhd
+
+        assert tune_malloc()
+        before = mapped()
+        below = np.ones(MALLOC_MMAP_THRESHOLD // 2, np.uint8)
+        assert mapped() == before, "below the threshold: from the heap"
+        above = np.ones(MALLOC_MMAP_THRESHOLD * 2, np.uint8)
+        assert mapped() >= before + above.nbytes, "above it: pages of its own"
+        print("ok", below.size, above.size)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr

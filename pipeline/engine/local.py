@@ -29,7 +29,7 @@ from pipeline.adapters import kept_files
 from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.core.events import JobList
 from pipeline.engine import definition, direct
-from pipeline.engine.workers import InProcess, WorkerPool, limit_malloc_arenas, one_opencv_thread
+from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
 from pipeline.errors import EngineError
 from pipeline.steps.common import usable_cores
 
@@ -178,7 +178,7 @@ class LocalEngine:
             else:
                 self.machine = machine
                 # this process runs heavy tasks too: as in the workers (for the process's life)
-                limit_malloc_arenas()
+                tune_malloc()
         self.in_process = InProcess()
         self._workers = max(1, workers)
         self._cores = usable_cores()
