@@ -51,7 +51,8 @@ def test_every_case_and_tool(sweep: dict[str, Any]) -> None:
 
 def test_tiffpipe_output_is_identical_to_the_naive_run(sweep: dict[str, Any]) -> None:
     for c in sweep["cases"]:
-        assert c["checks"]["tiffpipe_vs_naive"] == {"identical": True, "max_abs": 0}, c
+        assert c["checks"]["tiffpipe_vs_naive"] == {"identical": True, "max_abs": 0,
+                                                    "files": 1}, c
 
 
 def test_the_table_and_no_outputs_left(sweep: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from pipeline.core.events import JobEvent, MergeEvent, RunEvent, UnitEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import forget_plans, load_plan
 from pipeline.steps.planning import plan_job, plan_run
 from pipeline.steps.process import process_unit
 from pipeline.steps.unit_levels import fragment_name
@@ -77,7 +77,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             planned = plan_job(JobEvent(run["run"], job))
             for unit in planned["units"]:
                 process_unit(UnitEvent(planned["plan"], unit))
-            load_plan.cache_clear()
+            forget_plans()
             merge_mod.merge(MergeEvent(planned["plan"]))
             plans.append(load_plan(planned["plan"]))
     return {"root": root, "plans": plans}
