@@ -109,44 +109,42 @@ def make_files(folder: str, count: int, side: int) -> list[str]:
 
 
 def case_files(case: dict[str, Any], args: argparse.Namespace, tool: str
-               ) -> tuple[str | list[str], str | list[str]]:
-    """(input, output) of a case for ``tool``: paths, or for ``files`` lists of them."""
+               ) -> tuple[list[str], list[str]]:
+    """The inputs and outputs of a case for ``tool``: one of each, or a ``files`` case's."""
     out_dir = os.path.join(args.dir, "out")
     if case["layout"] != "files":
-        return (make_input(args.dir, case["pages"], case["side"]),
-                os.path.join(out_dir, f"{tool}-{case['codec']}.tif"))
+        return ([make_input(args.dir, case["pages"], case["side"])],
+                [os.path.join(out_dir, f"{tool}-{case['codec']}.tif")])
     srcs = make_files(args.dir, case["pages"], case["side"])
     folder = os.path.join(out_dir, f"{tool}-{case['codec']}")
     return srcs, [os.path.join(folder, os.path.basename(p)) for p in srcs]
 
 
-def write_manifest(folder: str, name: str, src: str | list[str], dst: str | list[str],
-                   codec: str, sigma: float, quality: int) -> str:
+def write_manifest(folder: str, name: str, src: list[str], dst: list[str], codec: str,
+                   sigma: float, quality: int) -> str:
     """A manifest with tiffpipe's defaults (fused, default work tile): one job, or one a file
     of a ``files`` case."""
     options: dict[str, Any] = {"compression": codec, "tile": 512}
     if codec == "jpeg":
         options["quality"] = quality
     path = os.path.join(folder, f"{name}.json")
-    pairs = [(src, dst)] if isinstance(src, str) else list(zip(src, dst, strict=True))
     with open(path, "w") as f:
         json.dump({"jobs": [{"input": s, "output": d, "output_options": options,
                              "ops": [{"op": "gaussian_blur", "sigma": sigma}]}
-                            for s, d in pairs]}, f)
+                            for s, d in zip(src, dst, strict=True)]}, f)
     return path
 
 
-def remove_outputs(dst: str | list[str]) -> None:
-    for path in [dst] if isinstance(dst, str) else dst:
+def remove_outputs(dst: list[str]) -> None:
+    for path in dst:
         if os.path.exists(path):
             os.remove(path)
 
 
-def run_tool(tool: str, case: dict[str, Any], src: str | list[str], dst: str | list[str],
+def run_tool(tool: str, case: dict[str, Any], src: list[str], dst: list[str],
              args: argparse.Namespace) -> dict[str, Any]:
     remove_outputs(dst)
-    if not isinstance(dst, str) and dst:
-        os.makedirs(os.path.dirname(dst[0]), exist_ok=True)
+    os.makedirs(os.path.dirname(dst[0]), exist_ok=True)
     if tool in ("tiffpipe", "before"):
         tag = f"{tool}-{case['codec']}"
         manifest = write_manifest(args.dir, tag, src, dst, case["codec"], args.sigma,
@@ -225,18 +223,17 @@ def run_case(case: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def compare_outputs(ours: str | list[str], theirs: str | list[str]) -> dict[str, Any]:
-    """Whether two tools' outputs (a file each, or lists) hold the same pixels; the largest
+def compare_outputs(ours: list[str], theirs: list[str]) -> dict[str, Any]:
+    """Whether two tools' outputs hold the same pixels, file by file; the largest
     difference."""
-    pairs = [(ours, theirs)] if isinstance(ours, str) else list(zip(ours, theirs, strict=True))
     identical, max_abs = True, 0
-    for a, b in pairs:
+    for a, b in zip(ours, theirs, strict=True):
         if not os.path.exists(b):
             continue
         c = compare_tiffs(a, b, border=16)
         identical = identical and bool(c["identical"])
         max_abs = max(max_abs, int(c.get("max_abs") or 0))
-    return {"identical": identical, "max_abs": max_abs, "files": len(pairs)}
+    return {"identical": identical, "max_abs": max_abs, "files": len(ours)}
 
 
 def table(results: list[dict[str, Any]], tools: list[str]) -> list[str]:

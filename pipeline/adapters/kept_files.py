@@ -28,11 +28,9 @@ def take(key: Hashable) -> Any | None:
 
 def keep(key: Hashable, value: Any, close: Callable[[], None]) -> None:
     """Keep ``value`` for this thread under ``key``; the one it kept before is closed."""
+    drop()
     with _lock:
-        old = _kept.pop(threading.get_ident(), None)
         _kept[threading.get_ident()] = (key, value, close)
-    if old is not None:
-        old[2]()
 
 
 def drop() -> None:

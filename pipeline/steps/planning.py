@@ -80,16 +80,18 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     return scan_jobs(scan, storage.list_prefix(scan.input), storage.list_prefix(scan.output))
 
 
-def plan_job(event: JobEvent) -> dict[str, Any]:
+def plan_job(event: JobEvent,
+             job: tuple[dict[str, Any], JobSpec] | None = None) -> dict[str, Any]:
     """Read the input's page headers, check the job can run, and write its plan.json.
 
     Returns the indices of the split units and batches for the Map states, and whether the
     job is fused (its units are processed where they are read: no batches), and whether its
-    pyramid levels are built by level units after Process (not fused).
+    pyramid levels are built by level units after Process (not fused). ``job``: the job's
+    file and spec (:func:`~pipeline.steps.common.load_job`) when the caller has read them.
     """
     started = time.time()
-    job, spec = load_job(event.run, event.job)
-    work = layout.job_dir(job["work"], event.job)
+    doc, spec = job or load_job(event.run, event.job)
+    work = layout.job_dir(doc["work"], event.job)
     storage.check_writable(spec.output)
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)

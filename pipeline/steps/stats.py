@@ -45,11 +45,11 @@ READ_THREADS = 16
 def plan_job(event: JobEvent) -> dict[str, Any]:
     """PlanJob: import the custom functions, plan the job, and add the statistics rounds the
     state machine runs (``stats``: the first round and whether there is one)."""
-    _, spec = load_job(event.run, event.job)
-    for call in chain_from_json(spec.ops):
+    job = load_job(event.run, event.job)
+    for call in chain_from_json(job[1].ops):
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
-    result = planning.plan_job(event)
+    result = planning.plan_job(event, job)
     rounds = page_rounds(load_plan(result["plan"]))
     return {**result, "stats": {"round": 0, "more": rounds > 0, "rounds": rounds, "level": 0,
                                 "nodes": [], "tree": False, "bound": 0}}
