@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
 
 
 class RunProgress:
@@ -30,6 +30,16 @@ class RunProgress:
         self.progress: Progress | None = None
         self.tasks: dict[int, Any] = {}
         if self.live:
+            # rich is imported when it draws (~30 ms of a command's start otherwise)
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("tiles"), TimeElapsedColumn(),
@@ -86,23 +96,61 @@ class RunProgress:
                       f"all jobs: {all_done}/{all_total} tiles")
 
 
-def summary_table(report: dict[str, Any]) -> Table:
-    """One row a job: status, pages, megapixels, seconds, output or error."""
-    table = Table(title=f"run {report['run_id']}: {report['succeeded']} succeeded, "
-                        f"{report['failed']} failed, {report['seconds']:.1f} s")
-    for name, justify in (("job", "right"), ("status", "left"), ("pages", "right"),
-                          ("megapixels", "right"), ("seconds", "right"),
-                          ("output or error", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+#: the summary's columns: (heading, right-aligned)
+COLUMNS = (("job", True), ("status", False), ("pages", True), ("megapixels", True),
+           ("seconds", True), ("output or error", False))
+
+
+def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """The summary's title and one row a job: status, pages, megapixels, seconds, output or
+    error (the cells of :data:`COLUMNS`)."""
+    title = (f"run {report['run_id']}: {report['succeeded']} succeeded, "
+             f"{report['failed']} failed, {report['seconds']:.1f} s")
+    rows = []
     for job in report["jobs"]:
         ok = job["status"] == "SUCCEEDED"
         detail = job["output"] if ok else f"{job['error']['type']}: {job['error']['message']}"
-        table.add_row(str(job["job"]), "[green]SUCCEEDED[/]" if ok else "[red]FAILED[/]",
-                      str(job.get("pages", "")), f"{job['megapixels']:.1f}" if ok else "",
-                      f"{job.get('seconds', 0):.1f}", detail)
+        rows.append([str(job["job"]), "SUCCEEDED" if ok else "FAILED", str(job.get("pages", "")),
+                     f"{job['megapixels']:.1f}" if ok else "", f"{job.get('seconds', 0):.1f}",
+                     detail])
+    return title, rows
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """The summary as a rich table (statuses coloured)."""
+    from rich.table import Table
+
+    title, rows = summary_rows(report)
+    table = Table(title=title)
+    for name, right in COLUMNS:
+        table.add_column(name, justify="right" if right else "left")
+    for row in rows:
+        colour = "green" if row[1] == "SUCCEEDED" else "red"
+        table.add_row(*row[:1], f"[{colour}]{row[1]}[/]", *row[2:])
     return table
 
 
+def summary_text(report: dict[str, Any]) -> str:
+    """The summary as plain lines (for a log or a pipe: no colours or box characters, a long
+    path or error never wrapped)."""
+    title, rows = summary_rows(report)
+    cells = [[name for name, _ in COLUMNS], *rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = [title]
+    for r in cells:
+        lines.append("  ".join((c.rjust(w) if right else c.ljust(w))
+                               for c, w, (_, right) in zip(r, widths, COLUMNS, strict=True)
+                               ).rstrip())
+    return "\n".join(lines)
+
+
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:
-    Console(file=stream or sys.stdout, width=160 if not (stream or sys.stdout).isatty()
-            else None).print(summary_table(report))
+    """The summary table: drawn by rich on a terminal, plain lines otherwise (rich's import
+    and drawing took ~30 ms of a short command's time)."""
+    stream = stream or sys.stdout
+    if not stream.isatty():
+        print(summary_text(report), file=stream)
+        return
+    from rich.console import Console
+
+    Console(file=stream).print(summary_table(report))

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from conftest import read_pages
 
-from pipeline import cli
+from pipeline import cli, ui
 from pipeline.core.ops import OPS
 from pipeline.demo import DEMO_MANIFEST, SAMPLE_PAGES
 from pipeline.sample import SamplePage, write_sample
@@ -162,6 +162,45 @@ def test_run_prints_a_summary_table(happy: Run):
     assert happy.out.count("SUCCEEDED") == 2
     assert "2 succeeded, 0 failed" in happy.out
     assert happy.out.rstrip().endswith(f"report: {happy.folder / 'm.report.json'}")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+REPORT = {"run_id": "r1", "succeeded": 1, "failed": 1, "seconds": 2.25, "jobs": [
+    {"job": 0, "status": "SUCCEEDED", "pages": 3, "megapixels": 12.34, "seconds": 2.0,
+     "output": "/data/out/a-long-name.tif"},
+    {"job": 1, "status": "FAILED", "seconds": 0.1, "output": "/data/out/b.tif",
+     "error": {"type": "PageTooLargeError", "message": "b.tif page 0: too large [x]"}}]}
+
+
+def test_the_summary_is_plain_aligned_lines_when_not_a_terminal():
+    """Piped or logged: a title and one line a job, columns aligned, nothing wrapped or cut,
+    no colour codes or box characters (rich draws it only on a terminal)."""
+    out = io.StringIO()
+    ui.print_summary(REPORT, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "run r1: 1 succeeded, 1 failed, 2.2 s"
+    assert lines[1].split() == ["job", "status", "pages", "megapixels", "seconds", "output",
+                                "or", "error"]
+    assert lines[2].split() == ["0", "SUCCEEDED", "3", "12.3", "2.0",
+                                "/data/out/a-long-name.tif"]
+    assert lines[3].split() == ["1", "FAILED", "0.1", "PageTooLargeError:", "b.tif", "page",
+                                "0:", "too", "large", "[x]"]
+    starts = {line.index(word) for line, word in zip(lines[1:], ("output", "/data", "Page"),
+                                                     strict=True)}
+    assert len(starts) == 1  # the last column starts at the same place on every line
+    assert not ANSI.search(out.getvalue()) and "┃" not in out.getvalue()
+
+
+def test_the_summary_is_a_rich_table_on_a_terminal():
+    out = _Terminal()
+    ui.print_summary(REPORT, out)
+    text = out.getvalue()
+    assert "┃" in text and "SUCCEEDED" in text and "PageTooLargeError" in text
+    assert "r1: 1 succeeded, 1 failed" in text
 
 
 def test_run_writes_the_report(happy: Run):
