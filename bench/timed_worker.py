@@ -24,12 +24,13 @@ PATCH_ENV = "TIFFPIPE_BENCH_PATCH"
 _patched = False
 
 
-def timed_invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any], int, int]:
+def timed_invoke(function: str, event: dict[str, Any], *args: Any, **kwargs: Any
+                 ) -> tuple[bool, dict[str, Any], int, int]:
     from pipeline.engine import workers
 
     _experiments()
     t0, c0 = time.time(), time.process_time()
-    result = _original(workers)(function, event)
+    result = _original(workers)(function, event, *args, **kwargs)
     t1, c1 = time.time(), time.process_time()
     folder = os.environ.get(ENV)
     if folder:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ log = logging.getLogger("tiffpipe")
 
 def new_run_id() -> str:
     """Unique and readable: UTC time plus random hex (two runs in a second never collide)."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
 def validate(manifest: str) -> list[JobSpec] | ScanSpec:

@@ -35,13 +35,14 @@ PASS_MACHINE = json.dumps({"StartAt": "P", "States": {"P": {
 ROLE = f"arn:aws:iam::{local.ACCOUNT}:role/test"
 
 
-def _python(code: str, cwd: Path | None = None) -> str:
-    """Run ``code`` in a fresh interpreter (a clean sys.modules); return its stdout."""
+def _python(code: str, cwd: Path | None = None, stderr: bool = False) -> str:
+    """Run ``code`` in a fresh interpreter (a clean sys.modules); return its stdout (and
+    ``stderr``: its standard error instead)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return done.stderr if stderr else done.stdout
 
 
 def _parser_class() -> Any:
@@ -341,3 +342,28 @@ def test_a_run_imports_only_the_steps_its_jobs_use(tmp_path: Path):
     assert imported("canny", {"ops": [{"op": "canny", "low": 20, "high": 60}],
                               "output_options": {"pyramid": True, "tile": 16}}) \
         == f"True {sorted(lazy)}"
+
+
+def test_the_command_imports_only_what_it_draws_with(tmp_path: Path):
+    """``tiffpipe run`` imports rich only to draw on a terminal, Pillow only for the contact
+    sheet, multiprocessing only when the worker pool starts: each is a part of a short
+    command's time (README, Performance: whole commands). Piped and without a contact sheet,
+    a one-job run imports none of them; with the sheet, Pillow and still not rich."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", np.full((64, 64, 3), 7, np.uint8), tile=(16, 16))
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "in.tif"),
+                                              "output": str(tmp_path / "out.tif")}]}))
+    heavy = ("rich", "PIL", "multiprocessing", "secrets", "uuid")
+    out = _python(f"""
+        import sys
+        from pipeline.cli import main
+        code = main(["run", "--no-contact-sheet", {str(manifest)!r}])
+        print(code, sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+        code = main(["run", {str(manifest)!r}])
+        print(code, sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+    """, stderr=True)
+    lines = [line for line in out.splitlines() if line[:2] in ("0 ", "1 ")]
+    assert lines == ["0 []", "0 ['PIL']"]
+    assert (tmp_path / "m.report.contact.png").exists()

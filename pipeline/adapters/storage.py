@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
@@ -387,9 +386,9 @@ def temp_output_path(url: str) -> str:
     """Where to build an output before :func:`publish_file` (same folder if local; made)."""
     name = os.path.basename(url.rstrip("/"))
     if is_s3(url):
-        return os.path.join(tempfile.gettempdir(), f"tiffpipe-{uuid.uuid4().hex}-{name}")
+        return os.path.join(tempfile.gettempdir(), f"tiffpipe-{os.urandom(16).hex()}-{name}")
     os.makedirs(parent(url), exist_ok=True)
-    return os.path.join(parent(url), f".{name}.tiffpipe-{uuid.uuid4().hex}.tmp")
+    return os.path.join(parent(url), f".{name}.tiffpipe-{os.urandom(16).hex()}.tmp")
 
 
 def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,

@@ -20,6 +20,10 @@ from typing import Any, TypeVar
 
 from pipeline.errors import TiffpipeError
 
+# The models are plain dataclasses, not frozen ones: a payload lives for one task, and a
+# frozen dataclass costs twice the time to create (its generated methods are compiled when
+# the module is imported: ~10 ms of every command's start for these twenty).
+
 
 class EventError(TiffpipeError):
     """A task was invoked with a payload that does not match its event class."""
@@ -66,7 +70,7 @@ def to_payload(model: Any) -> dict[str, Any]:
 # every field the state machine reads (ResultSelector, Choice, a later state's path).
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunPlanned:
     """``plan_run``: run.json's URL, the number of jobs, and where the job list is (the Jobs
     Distributed Map's ItemReader reads it: no state holds the jobs)."""
@@ -76,7 +80,7 @@ class RunPlanned:
     items: JobList
 
 
-@dataclass(frozen=True)
+@dataclass
 class StatsRound:
     """Where a job's statistics rounds stand: ``round`` is the next one to run, ``more``
     whether there is one (the NeedsStats Choice), ``rounds`` how many the chain has. A canny
@@ -92,7 +96,7 @@ class StatsRound:
     bound: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobPlanned:
     """``plan_job``: the plan's URL, the unit and batch indices the Maps iterate, whether the
     job is fused (the Fused Choice), whether a job that is not fused builds its pyramid
@@ -108,7 +112,7 @@ class JobPlanned:
     levels: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class TilesDone:
     """``split``, ``process_unit``, ``stats``, ``process``, ``build_levels``: how many tiles
     one Map item did."""
@@ -117,7 +121,7 @@ class TilesDone:
     tiles: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class RoundReduced:
     """``reduce_stats``: the job and its next statistics round (the fields of StatsRound,
     which the state machine puts back in ``$.planned.stats``)."""
@@ -132,7 +136,7 @@ class RoundReduced:
     bound: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class NodeReduced:
     """``reduce_node``: the job and the canny reduce tree node joined."""
 
@@ -140,7 +144,7 @@ class NodeReduced:
     node: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Merged:
     """``merge``: the output published and its size."""
 
@@ -149,7 +153,7 @@ class Merged:
     output_bytes: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class FailureRecorded:
     """``record_failure``: the job and its error's type."""
 
@@ -158,7 +162,7 @@ class FailureRecorded:
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reported:
     """``report``: where the run report went and the job counts (the execution's output)."""
 
@@ -187,7 +191,7 @@ RESULTS: dict[str, type] = {
 # --- events: what each action takes ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunEvent:
     """The execution's input: plan the whole run (split function, ``plan_run``)."""
 
@@ -197,7 +201,7 @@ class RunEvent:
     report: str | None = None  # where the run report goes (default: {work}/report.json)
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobEvent:
     """Plan one job (split function, ``plan_job``)."""
 
@@ -205,7 +209,7 @@ class JobEvent:
     job: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class UnitEvent:
     """Cut one split unit into haloed tiles (split function, ``split``)."""
 
@@ -213,7 +217,7 @@ class UnitEvent:
     unit: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class BatchEvent:
     """Process one batch of tiles (process function, ``process``)."""
 
@@ -221,7 +225,7 @@ class BatchEvent:
     batch: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class StatsEvent:
     """Gather the statistics of one batch of tiles for a statistics round (process function,
     ``stats``): round k serves the k-th op of the chain that needs whole-page statistics."""
@@ -231,7 +235,7 @@ class StatsEvent:
     round: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReduceEvent:
     """Reduce a round's partial statistics to one per page (process function,
     ``reduce_stats``). A canny round reduces as a tree: ``level`` is the first tree level
@@ -243,7 +247,7 @@ class ReduceEvent:
     bound: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class NodeEvent:
     """Join one node of a canny round's reduce tree (process function, ``reduce_node``):
     ``node`` indexes the job's tree nodes, every page's in page order."""
@@ -254,14 +258,14 @@ class NodeEvent:
     node: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class MergeEvent:
     """Assemble the output TIFF of a job (merge function, ``merge``)."""
 
     plan: str
 
 
-@dataclass(frozen=True)
+@dataclass
 class FailureEvent:
     """Record why a job failed (merge function, ``record_failure``). ``error`` is the
     ``{"Error", "Cause"}`` object a Catch puts in the state."""
@@ -271,7 +275,7 @@ class FailureEvent:
     error: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReportEvent:
     """Write the run report (merge function, ``report``)."""
 
@@ -283,7 +287,7 @@ class ReportEvent:
 LOCAL_BUCKET = "tiffpipe_local"
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobList:
     """Where PlanRun wrote the run's job list (a JSON array of job indices): the ``Bucket`` and
     ``Key`` the ``Jobs`` Distributed Map's ItemReader reads (``s3:getObject``), so no state

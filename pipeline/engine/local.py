@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -234,7 +233,7 @@ class LocalEngine:
             poll: float = 0.05) -> Execution:
         """Start an execution on ``execution_input`` and wait for it to end (``poll``: seconds
         between status checks if moto's end of an execution cannot be signalled)."""
-        name = name or f"run-{uuid.uuid4().hex[:12]}"
+        name = name or f"run-{os.urandom(6).hex()}"
         if self.machine is not None:
             return self._run_direct(self.machine, execution_input, name)
         return self._run_moto(execution_input, name, poll)

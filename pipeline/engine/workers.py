@@ -6,20 +6,20 @@ A handler's exception becomes an error record named after its class (Lambda's
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.constants import TILE_THREADS_ENV
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 _env: dict[str, str] = {}
 
@@ -119,8 +119,11 @@ def _warm_up() -> None:
         raise failed[0]
 
 
-def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any], int, int]:
-    """Run one handler; never raise (exceptions are returned as Lambda error payloads)."""
+def _invoke(function: str, event: dict[str, Any], peak: bool = True
+            ) -> tuple[bool, dict[str, Any], int, int]:
+    """Run one handler; never raise (exceptions are returned as Lambda error payloads). With
+    ``peak``, the process's peak RSS is read afterwards (a worker's, for the run's result;
+    0 without)."""
     from pipeline.handlers import dispatch
 
     try:
@@ -130,7 +133,7 @@ def _invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any],
             "errorType": type(exc).__name__, "errorMessage": str(exc),
             "stackTrace": traceback.format_exception(exc)[-20:],
         }
-    return ok, payload, os.getpid(), peak_rss_kb()
+    return ok, payload, os.getpid(), peak_rss_kb() if peak else 0
 
 
 def _read_text(url: str) -> str:
@@ -183,7 +186,7 @@ class InProcess:
     wait for a worker to start. The caller bounds how many run at once."""
 
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-        ok, payload, _, _ = _invoke(function, event)
+        ok, payload, _, _ = _invoke(function, event, peak=False)  # the engine's own: not a worker
         return ok, payload
 
 
@@ -208,6 +211,11 @@ class WorkerPool:
         self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        # imported here: a run of short tasks never starts the pool, and multiprocessing's
+        # import (~10 ms) is then part of every command's start for nothing
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         context = multiprocessing.get_context("spawn")
         env = dict(self.env)
         env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(self.workers)))
@@ -243,6 +251,8 @@ class WorkerPool:
         return self._pool is not None
 
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        from concurrent.futures.process import BrokenProcessPool
+
         with self._lock:
             if self._pool is None:
                 self._pool = self._new_pool()
