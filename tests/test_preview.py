@@ -137,6 +137,42 @@ def test_an_exact_factor_equals_opencv_inter_area(tmp_path):
     assert diff.max() <= 1 and diff.mean() < 0.1
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint32", "int32", "uint64", "float32"])
+@pytest.mark.parametrize("shape", [(300, 500), (97, 61)])
+def test_downsample_is_the_mean_of_the_pixels_of_each_thumbnail_pixel(tmp_path, dtype, shape):
+    """Each thumbnail pixel is the mean of the page pixels that map to it (row y to
+    y * th // height), summed exactly: integers of up to 32 bits as integers, the full range
+    of values, uneven factors, one page pixel a thumbnail pixel when the page fits (64-bit
+    integers and floats are summed as float64: equal to a few units in the last place)."""
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(7)
+    if dt.kind == "f":
+        page = rng.normal(0, 1e3, (*shape, 2)).astype(dt)
+    else:
+        info = np.iinfo(dt)
+        page = rng.integers(info.min, info.max, (*shape, 2), dtype=dt, endpoint=True)
+    path = tmp_path / "p.tif"
+    tifffile.imwrite(path, page, tile=(32, 48), metadata=None, planarconfig="contig")
+    th, tw = (64, 107) if shape[0] > 100 else shape  # a factor of 4.69 x 4.67, or none
+    with tifffile.TiffFile(path) as tf:
+        reader = preview_module.PageReader(tf, tf.pages[0], str(path), 0)
+        got, strided = preview_module.downsample(reader, th, tw)
+    ty = np.arange(shape[0]) * th // shape[0]
+    tx = np.arange(shape[1]) * tw // shape[1]
+    want = np.zeros((th, tw, 2))
+    for t in range(th):
+        for u in range(tw):
+            block = page[ty == t][:, tx == u].astype(np.float64)
+            want[t, u] = block.mean(axis=(0, 1)) if dt.kind == "f" else \
+                [float(sum(int(v) for v in block[..., c].ravel())) / block[..., c].size
+                 for c in range(2)]
+    assert not strided
+    if dt.kind == "f" or dt.itemsize == 8:
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
 def test_small_pages_are_not_enlarged(tmp_path):
     path = tmp_path / "small.tif"
     tifffile.imwrite(path, smooth(30, 50, 1, "uint8"), metadata=None)
