@@ -391,17 +391,20 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
     _assert_fits(sizes)
 
 
-def test_a_jobs_steps_read_its_own_job_file_not_the_whole_run(tmp_path):
-    """PlanRun writes each job's spec to jobs/NNNNN/job.json beside run.json; PlanJob and
-    RecordFailure read only that file, so a run of n jobs reads O(n) bytes, not O(n^2) (each
-    of 10,000 jobs reading a 3 MB run.json). run.json keeps every spec for the report. The
-    process that ran PlanJob keeps the plan it wrote for the job's next steps."""
+def test_a_jobs_steps_read_its_own_record_not_the_whole_run(tmp_path):
+    """PlanRun writes every job's spec to one file beside run.json, job-specs.bin (an index,
+    then a record a job); PlanJob and RecordFailure read only their entry and record, so a
+    run of n jobs reads O(n) bytes, not O(n^2) (each of 10,000 jobs reading a 3 MB
+    run.json), and PlanRun writes three files whatever the number of jobs. run.json keeps
+    every spec for the report. The process that ran PlanJob keeps the plan it wrote for the
+    job's next steps."""
     from test_exactness import make_image, write_tiff
 
     from pipeline.core.events import FailureEvent
     from pipeline.core.models import JobPlan
+    from pipeline.errors import WorkMissingError
     from pipeline.steps import report as report_step
-    from pipeline.steps.common import forget_plans, load_plan
+    from pipeline.steps.common import forget_plans, load_job, load_plan
 
     jobs = []
     for i in range(3):
@@ -414,10 +417,15 @@ def test_a_jobs_steps_read_its_own_job_file_not_the_whole_run(tmp_path):
     work = str(tmp_path / "w")
     run_url = planning.plan_run(RunEvent(str(manifest), work, "r1"))["run"]
     run = storage.read_json(run_url)
+    assert sorted(os.listdir(work)) == ["job-specs.bin", "jobs.json", "run.json"]
     for i in range(3):
-        doc = storage.read_json(layout.job_file(layout.job_dir(work, i)))
+        doc, spec = load_job(run_url, i)
         assert doc == {"work": work, "started_at": run["started_at"], "spec": run["jobs"][i]}
-        assert JobSpec.from_json(doc["spec"]).input == str(tmp_path / f"in{i}.tif")
+        assert spec.input == str(tmp_path / f"in{i}.tif")
+    # an index past the run's jobs (the entry read lands in the records) is a named error
+    for job in (3, 10**6, -1):
+        with pytest.raises(WorkMissingError, match=f"holds no job {job}"):
+            load_job(run_url, job)
     # a job's steps no longer look at run.json: they run with it gone
     os.remove(run_url)
     planned = stats_step.plan_job(JobEvent(run=run_url, job=1))

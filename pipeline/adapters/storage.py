@@ -237,6 +237,20 @@ def read_bytes(url: str, missing: type[TiffpipeError] = WorkMissingError) -> byt
         return cast(bytes, s3_client().get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+def read_range(url: str, offset: int, size: int,
+               missing: type[TiffpipeError] = WorkMissingError) -> bytes:
+    """``size`` bytes of a file or object from ``offset`` (fewer at its end; one ranged
+    ``GetObject``)."""
+    with _errors(url, "read", missing):
+        if not is_s3(url):
+            with open(url, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(size)
+        bucket, key = _key_of(url)
+        return cast(bytes, s3_client().get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"].read())
+
+
 def read_text(url: str, missing: type[TiffpipeError] = WorkMissingError) -> str:
     """The content of a UTF-8 text file or object."""
     return read_bytes(url, missing).decode("utf-8")

@@ -193,8 +193,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     job_rows: list[dict[str, Any]] = []
     work_bytes_total = 0.0
     objects_total = 0
-    # run.json, jobs.json and each job's job.json
-    add("plan_run", call_s("plan_run") / speed, get=1, put=2 + len(plans))
+    # run.json, jobs.json and job-specs.bin (every job's record)
+    add("plan_run", call_s("plan_run") / speed, get=1, put=3)
     for i, plan in enumerate(plans):
         geo = plan_geometry(plan)
         units, batches = item_work(plan)
@@ -216,8 +216,9 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
             in_bpm = c.work_bpm
         out_bytes = geo["output_mpx"] * c.out_bpm
         phases: list[tuple[str, list[float]]] = [
+            # its entry and record in job-specs.bin, the input's header reads
             ("plan_job", [add("plan_job", call_s("plan_job") / speed,
-                              get=3 + len(plan.pages) // 8 + 1, put=1)])]
+                              get=4 + len(plan.pages) // 8 + 1, put=1)])]
         if fused:
             phases += _fused_phases(ledger, c, units, in_bpm)
         else:

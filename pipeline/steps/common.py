@@ -13,15 +13,22 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.core.constants import TILE_THREADS_ENV
 from pipeline.core.models import JobPlan, JobSpec
-from pipeline.errors import TiffpipeError, by_name, error_record
+from pipeline.errors import TiffpipeError, WorkMissingError, by_name, error_record
 from pipeline.steps import layout
 
 
 def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
-    """One job of the run whose run.json is ``run_url``: its job file (``work``,
-    ``started_at``: see :func:`pipeline.steps.planning.plan_run`) and its spec. Only that
-    job's file is read, whatever the number of jobs."""
-    doc = storage.read_json(layout.job_file(layout.job_dir(storage.parent(run_url), job)))
+    """One job of the run whose run.json is ``run_url``: its record in job-specs.bin
+    (``work``, ``started_at``: see :func:`pipeline.steps.planning.write_run`) and its spec.
+    Only its index entry and its record are read, whatever the number of jobs."""
+    url = layout.job_specs_file(storage.parent(run_url))
+    entry = (storage.read_range(url, layout.JOB_ENTRY.size * job, layout.JOB_ENTRY.size)
+             if job >= 0 else b"")
+    if len(entry) != layout.JOB_ENTRY.size or layout.JOB_ENTRY.unpack(entry)[0] != job:
+        raise WorkMissingError(f"{url} holds no job {job}: the run has fewer jobs (or the "
+                               "file is damaged); start the run again")
+    _, offset, size = layout.JOB_ENTRY.unpack(entry)
+    doc: dict[str, Any] = json.loads(storage.read_range(url, offset, size))
     return doc, JobSpec.from_json(doc["spec"])
 
 

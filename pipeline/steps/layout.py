@@ -3,7 +3,8 @@
 ```
 {work}/run.json                              the run: resolved jobs of the manifest
 {work}/jobs.json                             the job indices the Jobs map reads (ItemReader)
-{work}/jobs/{job}/job.json                   a job's spec, as its steps read it (not run.json)
+{work}/job-specs.bin                         every job's spec, as its steps read it (not
+                                             run.json): an index, then one JSON record a job
 {work}/jobs/{job}/plan.json                  a job's plan
 {work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
 {work}/jobs/{job}/out/{page}/{segment}.seg  encoded output tiles in file order (process -> merge)
@@ -20,7 +21,12 @@
 
 from __future__ import annotations
 
+import struct
+
 from pipeline.adapters.storage import join
+
+#: an entry of job-specs.bin's index: the job, where its record starts, its size
+JOB_ENTRY = struct.Struct("<QQQ")
 
 
 def run_file(work: str) -> str:
@@ -31,12 +37,24 @@ def jobs_file(work: str) -> str:
     return join(work, "jobs.json")
 
 
+def job_specs_file(work: str) -> str:
+    return join(work, "job-specs.bin")
+
+
+def pack_job_specs(records: list[bytes]) -> bytes:
+    """job-specs.bin: :data:`JOB_ENTRY` for every job (its index, its record's offset and
+    size), then the records. A job's steps read its entry at ``job * JOB_ENTRY.size``, then
+    its record: two small reads, whatever the number of jobs, and one file for the run."""
+    at = JOB_ENTRY.size * len(records)
+    entries = []
+    for i, record in enumerate(records):
+        entries.append(JOB_ENTRY.pack(i, at, len(record)))
+        at += len(record)
+    return b"".join(entries) + b"".join(records)
+
+
 def job_dir(work: str, job: int) -> str:
     return join(work, "jobs", f"{job:05d}")
-
-
-def job_file(job_work: str) -> str:
-    return join(job_work, "job.json")
 
 
 def plan_file(job_work: str) -> str:
