@@ -286,6 +286,31 @@ def test_an_output_may_not_be_an_input():
     ]
 
 
+def test_the_first_job_reading_an_output_is_named_and_big_manifests_check_in_linear_time(
+        monkeypatch: pytest.MonkeyPatch):
+    """An output that is some job's input names the first job reading it. Each location is
+    normalised once (a pairwise check compared 1.3 million pairs for 1,144 jobs): counted,
+    not timed."""
+    from pipeline.core import manifest
+
+    data = {"jobs": [job(input="x.tif", output="b.tif"), job(input="a.tif", output="a.tif"),
+                     job(input="a.tif", output="c.tif")]}
+    assert problems_of(data) == [
+        (f"jobs[1].output: same location as its own input ({json.dumps(at('a.tif'))}); "
+         "the output would overwrite it")]
+    data = {"jobs": [job(input="a.tif", output="x.tif"), job(input="a.tif", output="a.tif")]}
+    assert problems_of(data) == [
+        (f"jobs[1].output: same location as the input of jobs[0] ({json.dumps(at('a.tif'))}); "
+         "the output would overwrite it")]
+    calls = []
+    key = manifest._same_key
+    monkeypatch.setattr(manifest, "_same_key", lambda loc: calls.append(loc) or key(loc))
+    n = 3000
+    specs = parse_manifest({"jobs": [job(input=f"in/{i}.tif", output=f"out/{i}.tif")
+                                     for i in range(n)]}, "m.json", BASE)
+    assert len(specs) == n and len(calls) <= 2 * n
+
+
 def test_the_same_input_for_several_jobs_is_fine():
     specs = parse_manifest({"jobs": [job(), job(output="b.tif")]}, "m.json", BASE)
     assert [s.input for s in specs] == [at("in", "a.tif")] * 2
