@@ -21,7 +21,9 @@ gigapixels in one square page) and output codec, the commands take turns within 
   checkout (its ``pipeline`` first on ``sys.path``), on this venv.
 
 Inputs are the sweep's (cached in ``--dir``). Each figure is the median wall of ``--repeat``
-runs; ``ratio`` is each tiffpipe command's median over the best peer's (< 1: faster).
+runs; ``ratio`` is each tiffpipe command's median over the best peer's (< 1: faster). The
+commands must have done the same work: every tiffpipe output is compared with the naive
+script's (``checks``: pixel-identical); the outputs are removed after each case.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [p for p in (HERE, ROOT) if p not in sys.path]
 
 from compare import have_pyvips, log
-from sweep import make_input, page_shape, write_manifest
+from sweep import compare_outputs, make_input, page_shape, remove_outputs, write_manifest
 
 TOOLS = ("tiffpipe", "tiffpipe-no-sheet", "naive", "libvips")
 #: ``tiffpipe`` of another checkout (argv: the tree, then the command's arguments)
@@ -142,10 +144,14 @@ def run_case(size: str, codec: str, tools: list[str], args: argparse.Namespace
                 f"{walls[tool][-1]:6.3f} s")
     medians = {t: statistics.median(w) for t, w in walls.items()}
     best = min((t for t in PEERS if t in medians), key=medians.__getitem__, default=None)
+    ours = [t for t in tools if t.startswith(("tiffpipe", "before"))]
+    checks = ({t: compare_outputs([dst[t]], [dst["naive"]]) for t in ours}
+              if "naive" in tools else {})
+    remove_outputs(list(dst.values()))
     return {"size": size, "codec": codec, "megapixels": pages * side * side / 1e6,
             "walls": walls, "median_s": medians, "best_peer": best,
-            "ratio": {t: medians[t] / medians[best] for t in medians
-                      if best and t.startswith(("tiffpipe", "before"))}}
+            "ratio": {t: medians[t] / medians[best] for t in ours if best},
+            "checks": checks}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,10 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         ratios = ", ".join(f"{t}: **{v:.2f}x**" for t, v in r["ratio"].items())
         print(f"| {name} | {r['codec']} | " + " | ".join(cells)
               + f" | {ratios} ({r['best_peer']}) |")
+    differing = [f"{r['size']} {r['codec']} {t}" for r in results
+                 for t, c in r["checks"].items() if not c["identical"]]
+    if differing:
+        print(f"outputs not identical to the naive script's: {', '.join(differing)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    return 0
+    return 1 if differing else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""``bench/commands.py``: whole commands (``tiffpipe run``, with and without the contact
+sheet, another checkout's, and the naive script) run end to end on the tiny page,
+interleaved, and their medians, ratios and output checks are written. No timing is
+asserted (the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_bench_script
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_commands_on_the_tiny_page(tmp_path: Path) -> None:
+    out = tmp_path / "commands.json"
+    stdout = run_bench_script("commands.py", "--sizes", "tiny", "--codecs", "jpeg",
+                              "--repeat", "2", "--tools", "tiffpipe,tiffpipe-no-sheet,naive",
+                              "--before", str(ROOT), "--dir", str(tmp_path / "data"),
+                              "--json", str(out))
+    (case,) = json.loads(out.read_text())
+    tools = ["tiffpipe", "tiffpipe-no-sheet", "naive", "before", "before-no-sheet"]
+    assert (case["size"], case["codec"], case["best_peer"]) == ("tiny", "jpeg", "naive")
+    assert sorted(case["walls"]) == sorted(tools)
+    for tool in tools:
+        walls = case["walls"][tool]
+        assert len(walls) == 2 and min(walls) > 0
+        assert case["median_s"][tool] == pytest.approx(statistics.median(walls))
+    assert sorted(case["ratio"]) == sorted(t for t in tools if t != "naive")
+    for tool, ratio in case["ratio"].items():
+        assert ratio == pytest.approx(case["median_s"][tool] / case["median_s"]["naive"])
+        # every tiffpipe command wrote the naive script's pixels
+        assert case["checks"][tool] == {"identical": True, "max_abs": 0, "files": 1}
+    assert "| 256 x 256 | jpeg |" in stdout and "(naive)" in stdout
+    assert not list((tmp_path / "data" / "out").glob("*.tif"))  # outputs removed
+    # the default run wrote its contact sheet next to its report, the other none
+    assert (tmp_path / "data" / "cmd-tiffpipe-jpeg.report.contact.png").exists()
+    assert not (tmp_path / "data" / "cmd-tiffpipe-no-sheet-jpeg.report.contact.png").exists()
