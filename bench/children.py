@@ -51,8 +51,10 @@ def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
     for job in sorted(os.listdir(jobs)) if os.path.isdir(jobs) else []:
         for part in os.listdir(os.path.join(jobs, job)):
             path = os.path.join(jobs, job, part)
-            if os.path.isdir(path):
+            if os.path.isdir(path):  # tiles/, stats/, levels/
                 work_bytes[part] = work_bytes.get(part, 0) + _tree_bytes(path)
+            elif part.startswith("out-"):  # the output segments and their indexes
+                work_bytes["out"] = work_bytes.get("out", 0) + os.path.getsize(path)
     t1 = time.time()
     _remove_work(result.work)  # what run_local does without keep_work: timed with the run
     cleanup_s = time.time() - t1

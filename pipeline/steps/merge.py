@@ -169,7 +169,7 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
     page = plan.pages[index]
     pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
                       page.info.dtype, encoder, plan.spec.output_options.tile,
-                      storage.parent(layout.segment_file(plan.work, index, "level")),
+                      layout.levels_dir(plan.work, index),
                       nearest=nearest, threads=tile_threads())
     try:
         for n, data in enumerate(table.tile_bytes()):

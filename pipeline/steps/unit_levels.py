@@ -282,7 +282,7 @@ def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]
     for u, doc in enumerate(docs):
         for block in doc["blocks"]:
             rows[block[0] // t].append((u, block))
-    folder = storage.join(storage.parent(layout.segment_file(plan.work, page, "x")), "deep")
+    folder = storage.join(layout.levels_dir(plan.work, page), "deep")
     pyramid = Pyramid(h, w, p.out_channels, p.info.dtype, encoder, t, folder, nearest=nearest)
     try:
         cols = ceil(w / t)
