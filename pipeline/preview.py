@@ -211,9 +211,9 @@ def _block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.
 
     8 and 16-bit pixels: from OpenCV's integral image (each block sum is four of its values;
     7x faster than two ``reduceat`` on a 512 x 512 RGB tile), 8-bit ones in 32-bit integers
-    while every sum fits, else in float64 (exact below 2**53). Others: ``np.add.reduceat``, rows first on
-    a 2-D view, then columns; integers of up to 32 bits summed as 64-bit ones (a sum holds
-    fewer than 2**31 pixels), 64-bit integers and floats in float64."""
+    while every sum fits, else in float64 (exact below 2**53). Others: ``np.add.reduceat``,
+    rows first on a 2-D view, then columns; integers of up to 32 bits summed as 64-bit ones
+    (a sum holds fewer than 2**31 pixels), 64-bit integers and floats in float64."""
     h, w, c = px.shape
     if px.dtype.name in INTEGRAL_TYPES and c <= 512:  # 512: OpenCV's most channels
         import cv2

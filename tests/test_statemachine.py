@@ -442,3 +442,34 @@ def test_a_jobs_steps_read_its_own_record_not_the_whole_run(tmp_path):
     result = storage.read_json(layout.result_file(layout.job_dir(work, 2)))
     assert result["output"] == str(tmp_path / "out" / "2.tif")
     assert result["started_at"] == run["started_at"]
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_job_specs_read_locally_and_on_s3(tmp_path, monkeypatch, kind):
+    """A job's record is read by two ranged reads wherever the work is; an index past the
+    run's jobs is the same named error on S3 (which answers InvalidRange) as locally."""
+    from moto import mock_aws
+
+    from pipeline.errors import WorkMissingError
+    from pipeline.steps.common import load_job
+
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        monkeypatch.setattr(storage, "_client", None)
+        work = str(tmp_path) if kind == "local" else "s3://tp-specs/w"
+        if kind == "s3":
+            storage.s3_client().create_bucket(Bucket="tp-specs")
+        specs = [JobSpec(input=f"/in/{i}.tif", output=f"/out/{i}.tif") for i in range(3)]
+        run_url = planning.write_run(work, specs, "r1", "/m.json", "/m.report.json")
+        for i in range(3):
+            doc, spec = load_job(run_url, i)
+            assert doc["work"] == work and spec == specs[i]
+        for job in (3, 10**6, -1):
+            with pytest.raises(WorkMissingError, match=f"holds no job {job}"):
+                load_job(run_url, job)
+    assert layout.job_spec_span(layout.pack_job_specs([b"{}"])[:24], 0) == (24, 2)
+    assert layout.job_spec_span(b"", 0) is None

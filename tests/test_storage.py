@@ -171,13 +171,15 @@ def test_read_write_roundtrip(s3, tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_read_range(s3, tmp_path, kind):
-    """A span of a file or object (one ranged GET on S3); fewer bytes at its end."""
+    """A span of a file or object (one ranged GET on S3); fewer bytes at its end, none past
+    it (where S3 answers InvalidRange)."""
     base = str(tmp_path) if kind == "local" else "s3://tp-bucket/work"
     url = storage.join(base, "r.bin")
     storage.write_bytes(url, bytes(range(100)))
     assert storage.read_range(url, 0, 3) == bytes([0, 1, 2])
     assert storage.read_range(url, 40, 10) == bytes(range(40, 50))
     assert storage.read_range(url, 95, 10) == bytes(range(95, 100))
+    assert storage.read_range(url, 100, 4) == storage.read_range(url, 500, 4) == b""
     with pytest.raises(WorkMissingError, match="missing"):
         storage.read_range(storage.join(base, "missing"), 0, 4)
 

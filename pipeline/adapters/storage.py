@@ -239,16 +239,22 @@ def read_bytes(url: str, missing: type[TiffpipeError] = WorkMissingError) -> byt
 
 def read_range(url: str, offset: int, size: int,
                missing: type[TiffpipeError] = WorkMissingError) -> bytes:
-    """``size`` bytes of a file or object from ``offset`` (fewer at its end; one ranged
-    ``GetObject``)."""
+    """``size`` bytes of a file or object from ``offset`` (fewer at its end, none past it;
+    one ranged ``GetObject``)."""
     with _errors(url, "read", missing):
         if not is_s3(url):
             with open(url, "rb") as fh:
                 fh.seek(offset)
                 return fh.read(size)
         bucket, key = _key_of(url)
-        return cast(bytes, s3_client().get_object(
-            Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"].read())
+        try:
+            return cast(bytes, s3_client().get_object(
+                Bucket=bucket, Key=key,
+                Range=f"bytes={offset}-{offset + size - 1}")["Body"].read())
+        except _aws_errors() as exc:
+            if _code(exc) == "InvalidRange":  # S3's answer to a range past the end
+                return b""
+            raise
 
 
 def read_text(url: str, missing: type[TiffpipeError] = WorkMissingError) -> str:

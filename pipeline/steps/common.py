@@ -24,11 +24,11 @@ def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
     url = layout.job_specs_file(storage.parent(run_url))
     entry = (storage.read_range(url, layout.JOB_ENTRY.size * job, layout.JOB_ENTRY.size)
              if job >= 0 else b"")
-    if len(entry) != layout.JOB_ENTRY.size or layout.JOB_ENTRY.unpack(entry)[0] != job:
+    span = layout.job_spec_span(entry, job)
+    if span is None:
         raise WorkMissingError(f"{url} holds no job {job}: the run has fewer jobs (or the "
                                "file is damaged); start the run again")
-    _, offset, size = layout.JOB_ENTRY.unpack(entry)
-    doc: dict[str, Any] = json.loads(storage.read_range(url, offset, size))
+    doc: dict[str, Any] = json.loads(storage.read_range(url, *span))
     return doc, JobSpec.from_json(doc["spec"])
 
 

@@ -54,6 +54,16 @@ def pack_job_specs(records: list[bytes]) -> bytes:
     return b"".join(entries) + b"".join(records)
 
 
+def job_spec_span(entry: bytes, job: int) -> tuple[int, int] | None:
+    """Where job ``job``'s record is in job-specs.bin (offset, size), from the entry read at
+    ``job * JOB_ENTRY.size``; None if that is not the job's entry (an index past the run's
+    jobs reads a record's bytes, or nothing)."""
+    if len(entry) != JOB_ENTRY.size:
+        return None
+    index, offset, size = JOB_ENTRY.unpack(entry)
+    return (offset, size) if index == job else None
+
+
 def job_dir(work: str, job: int) -> str:
     return join(work, "jobs", f"{job:05d}")
 

@@ -46,7 +46,8 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     """PlanJob: import the custom functions, plan the job, and add the statistics rounds the
     state machine runs (``stats``: the first round and whether there is one)."""
     job = load_job(event.run, event.job)
-    for call in chain_from_json(job[1].ops):
+    _, spec = job
+    for call in chain_from_json(spec.ops):
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
     result = planning.plan_job(event, job)
