@@ -7,6 +7,11 @@ seconds of the worker process, which counts all its threads) to a file per worke
 folder named by ``TIFFPIPE_BENCH_TIMINGS``. Nothing in ``pipeline/`` changes; the extra cost
 is two clock reads and one short append per invocation.
 
+A ProcessJob (``process_job``: a fused job of one unit, whole) also records its two parts,
+its unit as ``process_unit`` and its publishing as ``merge``, with ``part_of``: the
+calibration costs units and merges from them, as from the tasks of larger jobs; the union
+of the intervals (:func:`busy_seconds`) counts them once.
+
 Spawned workers import this module by name: the benchmark puts ``bench/`` on ``sys.path``,
 which ``multiprocessing`` passes on to spawned children.
 """
@@ -29,17 +34,51 @@ def timed_invoke(function: str, event: dict[str, Any], *args: Any, **kwargs: Any
     from pipeline.engine import workers
 
     _experiments()
+    if event.get("action") == "process_job":
+        _time_parts()
     t0, c0 = time.time(), time.process_time()
     result = _original(workers)(function, event, *args, **kwargs)
     t1, c1 = time.time(), time.process_time()
+    _append({"function": function, "action": event.get("action"), "t0": t0, "t1": t1,
+             "wall_s": t1 - t0, "cpu_s": c1 - c0, "ok": result[0], "pid": os.getpid(),
+             "unit": event.get("unit"), "batch": event.get("batch")})
+    return result
+
+
+def _append(record: dict[str, Any]) -> None:
     folder = os.environ.get(ENV)
     if folder:
-        record = {"function": function, "action": event.get("action"), "t0": t0, "t1": t1,
-                  "wall_s": t1 - t0, "cpu_s": c1 - c0, "ok": result[0], "pid": os.getpid(),
-                  "unit": event.get("unit"), "batch": event.get("batch")}
         with open(os.path.join(folder, f"{os.getpid()}.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-    return result
+
+
+def _time_parts() -> None:
+    """Record the unit and the publishing of each ProcessJob of this process as parts
+    (once a process; a tree without ProcessJob never calls it)."""
+    from pipeline.steps import single
+
+    if getattr(single, "_bench_parts", False):
+        return
+
+    def timed(action: str, fn: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0, c0 = time.time(), time.process_time()
+            ok = False
+            try:
+                out = fn(*args, **kwargs)
+                ok = True
+                return out
+            finally:
+                t1, c1 = time.time(), time.process_time()
+                _append({"function": "process", "action": action, "t0": t0, "t1": t1,
+                         "wall_s": t1 - t0, "cpu_s": c1 - c0, "ok": ok, "pid": os.getpid(),
+                         "unit": 0 if action == "process_unit" else None, "batch": None,
+                         "part_of": "process_job"})
+        return run
+
+    single.process_unit = timed("process_unit", single.process_unit)
+    single.publish = timed("merge", single.publish)
+    single._bench_parts = True
 
 
 def _experiments() -> None:

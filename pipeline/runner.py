@@ -9,10 +9,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.adapters import storage
+from pipeline.core.constants import KEEP_SEGMENTS_ENV
 from pipeline.core.events import RunEvent, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
@@ -88,7 +91,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = to_payload(RunEvent(manifest=manifest, work=work, run_id=run_id, report=report_url))
     try:
-        with LocalEngine(workers, listener, interpreter=interpreter) as engine:
+        with _segments_kept(keep_work), \
+                LocalEngine(workers, listener, interpreter=interpreter) as engine:
             execution = engine.run(event, name=f"run-{run_id}")
             peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
         doc = None
@@ -110,6 +114,21 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
+
+
+@contextmanager
+def _segments_kept(keep_work: bool) -> Iterator[None]:
+    """With ``keep_work``, the run's steps write every segment to the work location (small
+    ProcessJobs compose from memory otherwise; :data:`KEEP_SEGMENTS_ENV`). Set in this
+    process's environment, which the engine's workers inherit, for the run only."""
+    if not keep_work or os.environ.get(KEEP_SEGMENTS_ENV) is not None:
+        yield
+        return
+    os.environ[KEEP_SEGMENTS_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(KEEP_SEGMENTS_ENV, None)
 
 
 def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> str | None:

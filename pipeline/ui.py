@@ -65,11 +65,11 @@ class RunProgress:
         with self.lock:
             if action == "plan_job" and ok:
                 self._planned(payload["job"], payload["tiles"])
-            elif action in ("process", "process_unit") and ok:
+            elif action in ("process", "process_unit", "process_job") and ok:
                 self._advance(payload["job"], payload["tiles"])
-            elif action == "merge" and ok:
+            if action in ("merge", "process_job") and ok:  # process_job: a job of one unit
                 self._log(f"job {payload['job']}: done -> {payload['output']}")
-            elif action == "record_failure" and ok:
+            if action == "record_failure" and ok:
                 self._log(f"job {payload['job']}: FAILED ({payload['error']})")
 
     def _planned(self, job: int, tiles: int) -> None:

@@ -409,8 +409,13 @@ def test_policy_documents_are_pure_and_least_privilege():
         assert reads["Action"] == ["s3:GetObject"]
         assert reads["Resource"] == ["arn:aws:s3:::in-bucket/raw/*", "arn:aws:s3:::out-bucket/*"]
         assert "s3:PutObject" not in json.dumps(reads)
+    # process writes work files, and outputs (a ProcessJob publishes its job's, as merge)
     data_writes = [s for s in process["Statement"] if "s3:PutObject" in s["Action"]]
-    assert [s["Resource"] for s in data_writes] == [[f"{NAMES.bucket_arn}/work/*"]]
+    assert [s["Resource"] for s in data_writes] == [
+        [f"{NAMES.bucket_arn}/work/*"],
+        ["arn:aws:s3:::in-bucket/raw/*", "arn:aws:s3:::out-bucket/*"]]
+    assert data_writes[1]["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]
+    assert "WriteReports" not in json.dumps(process)
     assert "ReadManifests" not in json.dumps(process)
     merge = function_policy("merge", NAMES, data)
     writes = next(s for s in merge["Statement"] if s["Sid"] == "WriteOutputs")

@@ -189,7 +189,8 @@ def test_what_it_cannot_run_is_named_and_runs_on_moto(change: dict[str, Any], wh
 @pytest.mark.parametrize("slow_here,wait", [(0.0, 0.0), (1.5, 0.0), (1.5, 600.0)])
 def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_here: float, wait: float):
-    """One unit: it runs in the engine's process and no worker starts. Three pages (three
+    """One unit (a ProcessJob): it runs in the engine's process and no worker starts. Three
+    pages (three
     units at once) of short units: all run in the engine, no worker starts (its start would
     cost more than the work left). When a unit runs long here (``slow_here`` seconds more,
     in this process only), the waiting units hold enough work and, once a unit has waited
@@ -219,7 +220,9 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
         result = run_local(str(tmp_path / f"{name}.json"), 2,
                            listener=lambda f, e, ok, p, u=units: u.append(e.get("action")))
         assert result.ok, result.error
-        assert units.count("process_unit") == pages
+        # one unit: a ProcessJob (the unit and the merge in one task)
+        assert [a for a in units if a in ("process_unit", "process_job", "merge")] == (
+            ["process_job"] if pages == 1 else ["process_unit"] * pages + ["merge"])
         with tifffile.TiffFile(tmp_path / f"{name}-out.tif") as out:
             assert len(out.pages) == pages and out.pages[0].shape == (1500, 1400, 3)
             assert np.array_equal(out.pages[-1].asarray(), cv2.GaussianBlur(
@@ -355,12 +358,16 @@ def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work_and_cores_idle():
         assert not engine.pool.started
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers,single", [(1, True), (2, True), (2, False)])
 def test_user_code_runs_in_a_worker_so_its_crash_fails_only_its_job(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int):
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, single: bool):
     """A custom op that kills its process (as a segfault would) fails only its own job (its
     unit: WorkerCrashedError); the run, and a job without user code beside it, go on: tasks
-    of jobs with user code never run in the engine's process."""
+    of jobs with user code never run in the engine's process. ``single``: the job of one
+    unit runs as a ProcessJob (else through the ProcessUnits Map and Merge)."""
+    from pipeline.core import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_JOBS", single)
     folder = tmp_path / "userops"
     folder.mkdir()
     (folder / "tiffpipe_crashing_op.py").write_text(
@@ -376,11 +383,16 @@ def test_user_code_runs_in_a_worker_so_its_crash_fails_only_its_job(
     result = run_local(str(tmp_path / "m.json"), workers)
     assert result.status == "SUCCEEDED" and result.report is not None
     crashed, blurred = result.report["jobs"]
-    # the unit could record no error of its own (its process died): the job fails with its
-    # map's failure, as on AWS, and the message names the unit's error (after its retries)
+    # the unit could record no error of its own (its process died): a ProcessJob fails with
+    # the task's error, after its retries; through the Map, the job fails with its map's
+    # failure, as on AWS, and the message names the unit's error
     assert crashed["status"] == "FAILED"
-    assert crashed["error"]["type"] == "States.ExceedToleratedFailureThreshold"
-    assert "first: WorkerCrashedError" in crashed["error"]["message"]
+    if single:
+        assert crashed["error"]["type"] == "WorkerCrashedError"
+        assert "worker" in crashed["error"]["message"]
+    else:
+        assert crashed["error"]["type"] == "States.ExceedToleratedFailureThreshold"
+        assert "first: WorkerCrashedError" in crashed["error"]["message"]
     assert not (tmp_path / "crashed.tif").exists()
     assert blurred["status"] == "SUCCEEDED"
     assert np.array_equal(tifffile.imread(tmp_path / "blurred.tif"),

@@ -16,6 +16,8 @@ import pytest
 
 from pipeline import cli
 from pipeline import estimate as est
+from pipeline.core import plan as plan_module
+from pipeline.core.plan import held_output, single_task
 from pipeline.sample import SamplePage, write_sample
 
 pytestmark = pytest.mark.timeout(120)
@@ -243,7 +245,11 @@ def test_canny_reduce_tree_levels_count_their_transitions(tmp_path: Path,
     assert levels[0] == sum(not n.children for n in canny_tree.tree(16, 11, 16))
 
 
-def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Path) -> None:
+def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # every fused job through the ProcessUnits Map (the gray job, one unit, would be a
+    # ProcessJob: test_a_fused_job_of_one_unit_is_one_process_job)
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_JOBS", False)
     unfused_plans, sizes = _plans(manifest)
     plans, fused_sizes = _plans(fused)
     assert [p.fused for p in unfused_plans] == [False, False]
@@ -282,7 +288,9 @@ def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Pat
     assert r["cost_usd"]["s3_requests"] < u["cost_usd"]["s3_requests"]
 
 
-def test_fused_durations_are_the_calibrated_cpu(fused: Path) -> None:
+def test_fused_durations_are_the_calibrated_cpu(fused: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_JOBS", False)  # a process_unit each
     plans, sizes = _plans(fused)
     vcpus = 3008 / 1769  # the process function's
     # the gray job alone, one unit of 1000 x 1000, no op (no halo): 1 Mpx in, 1 Mpx out;
@@ -311,13 +319,70 @@ def test_fused_durations_are_the_calibrated_cpu(fused: Path) -> None:
     assert r["cpu_s"] == pytest.approx(cpu) and r["seconds"] == pytest.approx(seconds)
 
 
+def test_a_fused_job_of_one_unit_is_one_process_job(fused: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gray job (one unit) runs as one ProcessJob on the process function: its unit's
+    and its merge's work in one invocation, no Merge task, no Map; the other job (two
+    units) as before. The same work is costed either way; a small output's segment stays
+    in memory (held): no segment or index object, the output uploaded, not copied."""
+    plans, sizes = _plans(fused)
+    gray = [plans[1]]
+    assert [single_task(p) for p in plans] == [False, True]
+    assert held_output(plans[1])  # 1000 x 1000 gray: 1 MB uncompressed
+    latency = {**FAST_IO, "state_latency_s": 0.05}
+
+    def run() -> dict[str, Any]:
+        return est.estimate(gray, CAL, latency, input_bytes=sizes[1:])
+
+    one = run()
+    monkeypatch.setattr(plan_module, "HELD_OUTPUT_BYTES", 0)
+    stored = run()  # one task, its segment written and read back as merge reads it
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_JOBS", False)
+    assert not single_task(plans[1])
+    two = run()
+    assert est.FUNCTION_OF["process_job"] == "process"
+    before = two["steps"]
+    assert before["process_unit"]["invocations"] == before["merge"]["invocations"] == 1
+    for r in (one, stored):
+        job, steps = r["steps"]["process_job"], r["steps"]
+        assert job["invocations"] == 1 and "process_unit" not in steps and "merge" not in steps
+        assert job["cpu_s"] == pytest.approx(before["process_unit"]["cpu_s"]
+                                             + before["merge"]["cpu_s"])
+        # billed at the process function's memory; one invocation fewer
+        assert job["gb_s"] == pytest.approx(job["seconds"] * 3008 / 1024)
+        assert r["invocations"] == two["invocations"] - 1
+        assert r["jobs"][0]["single"] and not two["jobs"][0]["single"]
+        # PlanJob, Fused, ProcessJob against PlanJob, Fused, ProcessUnits, its unit, Merge
+        assert r["state_transitions"]["per_job"] == [3]
+        assert two["state_transitions"]["per_job"] == [5]
+    job = stored["steps"]["process_job"]
+    for key in ("seconds", "get", "put", "bytes_in", "bytes_out"):
+        assert job[key] == pytest.approx(before["process_unit"][key] + before["merge"][key])
+    assert job["list"] == before["merge"]["list"] - 1  # no listing of recorded errors
+    # the same work, one phase (state latency) fewer on the job's path
+    assert stored["wall_s"] == pytest.approx(two["wall_s"] - 0.05)
+    # held: the input's GETs only; PUTs: the upload (create, one part, complete) and the
+    # result; nothing left in the work location but the plan and the result
+    job, out = one["steps"]["process_job"], one["jobs"][0]["output_bytes"]
+    assert one["jobs"][0]["held"] and not stored["jobs"][0]["held"]
+    assert job["get"] == before["process_unit"]["get"] and job["list"] == 0
+    assert job["put"] == 1 + 3
+    assert job["bytes_in"] == pytest.approx(before["process_unit"]["bytes_in"])
+    assert job["bytes_out"] == pytest.approx(out)
+    assert (one["s3"]["work_bytes"], one["s3"]["work_objects"]) == (0, 2)
+    assert stored["s3"]["work_objects"] == 2 + 2
+    assert one["cost_usd"]["s3_requests"] < stored["cost_usd"]["s3_requests"]
+
+
 def test_transitions_take_the_branch_the_plan_takes(manifest: Path, fused: Path) -> None:
     unfused_plans, sizes = _plans(manifest)
     plans, fused_sizes = _plans(fused)
     u = est.estimate(unfused_plans, CAL, FAST_IO, input_bytes=sizes)["state_transitions"]
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=fused_sizes)["state_transitions"]
-    # statemachine.asl.json: PlanJob, Fused, ProcessUnits (+ one per unit), Merge
-    assert r["per_job"] == [4 + len(p.units) for p in plans]
+    # statemachine.asl.json: PlanJob, Fused, ProcessUnits (+ one per unit), Merge; a job of
+    # one unit (the gray one): PlanJob, Fused, ProcessJob
+    assert [single_task(p) for p in plans] == [False, True]
+    assert r["per_job"] == [4 + len(plans[0].units), 3]
     # PlanJob, Fused, Split (+ one per unit), NeedsStats, Process (+ one per batch), Levels,
     # Merge
     assert u["per_job"] == [7 + len(p.units) + len(p.batches) for p in unfused_plans]
@@ -484,7 +549,8 @@ def test_cli_text_and_json(manifest: Path, fused: Path, tmp_path: Path) -> None:
     assert [j["fused"] for j in doc["jobs"]] == [False, False]
     code, out, err = _cli("estimate", str(fused), "--calibration", str(cal))
     assert code == 0, err
-    assert "fused: 1 units" in out and "process_unit" in out and str(cal) in out
+    assert "fused: 2 units" in out and "process_unit" in out and str(cal) in out
+    assert "fused, one unit: split, process and merge in one invocation (ProcessJob)" in out
     # usage errors exit 2
     assert _cli("estimate", str(manifest), "--calibration", str(tmp_path / "none.json"))[0] == 2
     assert _cli("estimate", str(manifest), "--calibration", str(cal), "--price", "x=1")[0] == 2

@@ -155,12 +155,13 @@ def test_the_engine_takes_the_fused_branch_per_job(tmp_path: Path):
         with lock:
             if isinstance(job, int):
                 actions.setdefault(job, set()).add(f"{function}.{event['action']}")
-            if event["action"] in ("process", "process_unit"):
+            if event["action"] in ("process", "process_unit", "process_job"):
                 tiles[job] = tiles.get(job, 0) + payload["tiles"]
 
     result = run_local(str(tmp_path / "m.json"), 2, listener=listener, keep_work=True)
     assert result.ok, result.error
-    assert actions[0] == {"split.plan_job", "process.process_unit", "merge.merge"}
+    # a fused job of one unit: its unit and its merge in one ProcessJob
+    assert actions[0] == {"split.plan_job", "process.process_job"}
     assert actions[1] == {"split.plan_job", "split.split", "process.process", "merge.merge"}
     assert "process.process_unit" not in actions[2] and "process.stats" in actions[2]
     assert tiles[0] == tiles[1] == tiles[2] == 4 * 3  # every tile counted once

@@ -460,3 +460,31 @@ def test_a_failed_job_leaves_no_upload_open(s3):
     assert job["status"] == "FAILED" and job["error"]["type"] == "CorruptTiffError"
     assert _uploads(s3) == []
     assert "Contents" not in c.list_objects_v2(Bucket=BUCKET, Prefix="out/bad.tif")
+
+
+def test_a_small_process_job_on_s3_composes_from_memory(s3, monkeypatch):
+    """A ProcessJob (a fused job of one unit) whose output is small keeps its segment in
+    memory: on S3 it reads and writes no segment or index object and uploads the output (17
+    MB of noise: two parts), byte-identical to the output the run composed from its stored
+    segment (the run kept its work: ``--keep-work`` stores every segment)."""
+    from pipeline.core.constants import KEEP_SEGMENTS_ENV
+    from pipeline.core.events import JobPlanEvent
+    from pipeline.core.plan import held_output, single_task
+    from pipeline.steps.single import process_job
+
+    plan = _plan(s3["work"], list(S3_JOBS).index("fused"))
+    assert single_task(plan) and held_output(plan)
+    key = storage.split_s3(plan.spec.output)[1]
+    composed = _get(s3, key)
+    stored = [layout.segment_file(plan.work, 0, "u000000"),
+              layout.segment_index_file(plan.work, 0, "u000000")]
+    assert all(storage.exists(url) for url in stored)
+    for url in stored:  # the held job neither needs them nor writes them
+        s3["client"].delete_object(Bucket=BUCKET, Key=storage.split_s3(url)[1])
+    s3["client"].delete_object(Bucket=BUCKET, Key=key)
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV, raising=False)
+    result = process_job(JobPlanEvent(layout.plan_file(plan.work)))
+    assert _get(s3, key) == composed
+    assert result["output_bytes"] == len(composed) and result["tiles"] == plan.tiles
+    assert not any(storage.exists(url) for url in stored)
+    assert segments._held == {} and _uploads(s3) == []

@@ -226,16 +226,28 @@ def test_jobs_map_reads_its_items_from_the_job_list_plan_run_writes(rendered, tm
 
 
 def test_fused_jobs_choose_process_units_then_merge(rendered):
-    """PlanJob -> Fused -(fused)-> ProcessUnits -> Merge, else Split: one process_unit per
-    split unit, on the process function (the one with OpenCV), caught like the other maps."""
+    """PlanJob -> Fused -(single)-> ProcessJob, -(fused)-> ProcessUnits -> Merge, else Split:
+    one process_unit per split unit, on the process function (the one with OpenCV), caught
+    like the other maps; a fused job of one unit runs whole in one ProcessJob task."""
     states = job_states(rendered)
     assert states["PlanJob"]["ResultSelector"]["fused.$"] == "$.Payload.fused"
+    assert states["PlanJob"]["ResultSelector"]["single.$"] == "$.Payload.single"
     assert states["PlanJob"]["Next"] == "Fused"
     choice = states["Fused"]
     assert choice["Type"] == "Choice" and choice["Default"] == "Split"
-    (rule,) = choice["Choices"]
+    single, rule = choice["Choices"]
+    assert single == {"Variable": "$.planned.single", "BooleanEquals": True,
+                      "Next": "ProcessJob"}
     assert rule == {"Variable": "$.planned.fused", "BooleanEquals": True,
                     "Next": "ProcessUnits"}
+    whole = states["ProcessJob"]
+    assert whole["Parameters"]["Payload"] == {"action": "process_job",
+                                              "plan.$": "$.planned.plan"}
+    assert whole["Parameters"]["FunctionName"] == states["Process"]["ItemProcessor"]["States"][
+        "ProcessBatch"]["Parameters"]["FunctionName"]
+    # retried, caught and ended as Merge is (both publish the output in one step)
+    for key in ("Retry", "Catch", "End", "ResultPath", "OutputPath"):
+        assert whole[key] == states["Merge"][key], key
     units = states["ProcessUnits"]
     assert units["Next"] == "Merge"
     assert units["ItemSelector"] == states["Split"]["ItemSelector"]
@@ -382,6 +394,7 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
     work = "s3://" + "b" * 63 + "/" + "w" * 200 + "/jobs/99999"
     result = {"plan": work + "/plan.json", "job": 99999, "units": list(range(cap)),
               "batches": list(range(cap)), "tiles": 10**9, "fused": False, "levels": True,
+              "single": False,
               "stats": {"round": 0, "more": True, "rounds": 99}}
     _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))
     # a canny round's ReduceStats adds a tree level of as many nodes to $.planned.stats

@@ -11,17 +11,22 @@ from pieces (:mod:`pipeline.core.tiff_layout`), locally or as one S3 multipart u
   whose other parts (header, IFDs, a few MiB of data to reach the part minimum) are
   uploaded. Nothing is visible before the rename or ``CompleteMultipartUpload``; a failure
   removes the temporary file or aborts the upload.
+- :func:`held`: the segments and indexes written under a job's work folder stay in this
+  process's memory instead (a ProcessJob of a small output: no file or object is written,
+  the output is composed from memory).
 """
 
 from __future__ import annotations
 
 import errno
 import io
+import json
 import mimetypes
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, Self
 
 from pipeline.adapters import storage
@@ -38,9 +43,56 @@ READ_CHUNK = 1 * MiB
 COPY_THREADS = 16
 
 
+#: segments and indexes kept in memory (:func:`held`): URL -> content
+_held: dict[str, bytes] = {}
+#: the work folders whose segments are held (each ends with "/")
+_holding: set[str] = set()
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def held(folder: str) -> Iterator[None]:
+    """Within: the segments and segment indexes written under ``folder`` (a job's work
+    folder) stay in this process's memory, and :func:`read_range`, :func:`read_index` and
+    :func:`compose` read them from there; they are dropped at the exit. For a ProcessJob
+    whose output is small (the caller bounds it): its unit's segment would be written,
+    renamed and read back within the one invocation."""
+    prefix = folder.rstrip("/") + "/"
+    with _held_lock:
+        _holding.add(prefix)
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _holding.discard(prefix)
+            for url in [u for u in _held if u.startswith(prefix)]:
+                del _held[url]
+
+
+def _is_held(url: str) -> bool:
+    with _held_lock:
+        return any(url.startswith(p) for p in _holding)
+
+
+def write_index(url: str, doc: dict[str, Any]) -> None:
+    """Write a segment's index (held in memory under :func:`held`)."""
+    if _is_held(url):
+        with _held_lock:
+            _held[url] = json.dumps(doc).encode("utf-8")
+        return
+    storage.write_json(url, doc, indent=None)
+
+
+def read_index(url: str) -> dict[str, Any]:
+    """A segment's index, from memory if it is held."""
+    data = _held.get(url)
+    return json.loads(data) if data is not None else storage.read_json(url)
+
+
 class SegmentWriter:
     """Append-only writer of one segment at ``url``; ``size`` is the bytes written so far.
-    Use as a context manager: a clean exit publishes the segment, an exception discards it."""
+    Use as a context manager: a clean exit publishes the segment, an exception discards it.
+    Under :func:`held`, the segment's bytes stay in memory."""
 
     def __init__(self, url: str):
         self.url, self.size = url, 0
@@ -48,7 +100,8 @@ class SegmentWriter:
         self._parts: list[dict[str, Any]] = []
         self._upload: str | None = None
         self._fh: BinaryIO | None = None
-        if not is_s3(url):
+        self._hold = _is_held(url)
+        if not is_s3(url) and not self._hold:
             self._tmp = storage.temp_output_path(url)
             with _errors(url, "write", None):
                 self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed by close/abort)
@@ -71,7 +124,7 @@ class SegmentWriter:
                 self._fh.write(data)
             return offset
         self._buffer += data
-        if len(self._buffer) >= SEGMENT_PART:
+        if len(self._buffer) >= SEGMENT_PART and not self._hold:
             self._send_part()
         return offset
 
@@ -90,6 +143,11 @@ class SegmentWriter:
     def close(self) -> None:
         """Publish the segment (rename, PutObject, or CompleteMultipartUpload)."""
         try:
+            if self._hold:
+                with _held_lock:
+                    _held[self.url] = bytes(self._buffer)
+                self._buffer = bytearray()
+                return
             if self._fh is not None:
                 with _errors(self.url, "write", None):
                     self._fh.close()
@@ -127,6 +185,18 @@ def read_range(url: str, start: int, size: int,
     """``size`` bytes of a file or object from byte ``start``."""
     if size <= 0:
         return b""
+    data: bytes | None = _held.get(url)
+    if data is not None:
+        data = data[start:start + size]
+    else:
+        data = _read_stored(url, start, size, missing)
+    if len(data) != size:
+        raise WorkMissingError(f"{url} holds {len(data)} bytes from {start}, {size} expected: "
+                               "the segment is incomplete; re-run the job")
+    return bytes(data)
+
+
+def _read_stored(url: str, start: int, size: int, missing: type[TiffpipeError]) -> bytes:
     with _errors(url, "read", missing):
         if not is_s3(url):
             with open(url, "rb") as fh:
@@ -136,9 +206,6 @@ def read_range(url: str, start: int, size: int,
             bucket, key = _key_of(url)
             data = s3_client().get_object(Bucket=bucket, Key=key,
                                           Range=f"bytes={start}-{start + size - 1}")["Body"].read()
-    if len(data) != size:
-        raise WorkMissingError(f"{url} holds {len(data)} bytes from {start}, {size} expected: "
-                               "the segment is incomplete; re-run the job")
     return bytes(data)
 
 
@@ -177,7 +244,8 @@ def _write_local(pieces: list[Piece], fh: Any) -> int:
     try:
         for piece in pieces:
             done = 0
-            if isinstance(piece, Span) and not is_s3(piece.source) and _KERNEL_COPY[0]:
+            if (isinstance(piece, Span) and not is_s3(piece.source) and _KERNEL_COPY[0]
+                    and piece.source not in _held):
                 if source is None or source[0] != piece.source:
                     if source is not None:
                         source[1].close()
@@ -228,7 +296,9 @@ def _kernel_copy(src: Any, dst: Any, span: Span) -> int:
 
 
 def _compose_s3(pieces: list[Piece], url: str) -> int:
-    copyable = all(is_s3(p.source) for p in pieces if isinstance(p, Span))
+    # held segments (a ProcessJob's) are not in S3: their bytes are uploaded
+    copyable = all(is_s3(p.source) and p.source not in _held
+                   for p in pieces if isinstance(p, Span))
     # every part is planned (and the limits checked) before the upload starts
     parts = list(plan_parts(pieces, copyable, copy_part=tiff_layout.COPY_PART))
     bucket, key = _key_of(url)

@@ -9,10 +9,11 @@ What each function touches (see ``pipeline/steps``), hence what it may do:
 - split (plan_run, plan_job, split): reads the manifest, the inputs and the stack's work
   files; lists input prefixes (a scan) and checks output buckets (``HeadBucket``); writes
   work files.
-- process (process, process_unit, stats, reduce_stats, reduce_node, build_levels): reads and
-  writes work files (``build_levels`` only those); a fused job's ``process_unit`` reads its
-  unit's band straight from the input, so it reads inputs (and may list data buckets, to
-  tell a missing input from a denied one).
+- process (process, process_unit, process_job, stats, reduce_stats, reduce_node,
+  build_levels): reads and writes work files (``build_levels`` only those); a fused job's
+  ``process_unit`` reads its unit's band straight from the input, so it reads inputs (and
+  may list data buckets, to tell a missing input from a denied one); ``process_job`` (a
+  fused job of one unit, whole) also publishes its output, as merge does.
 - the state machine: invokes the three, runs its Distributed Map children, and reads the
   job lists the Jobs map's ItemReader reads.
 - merge (merge, record_failure, report): reads work files, writes outputs (a multipart
@@ -120,10 +121,13 @@ def function_policy(step: str, names: StackNames,
     if step == "split":
         statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
                                      [f"{stack}{MANIFESTS}*"]))
-    elif step == "merge":
+    if step in ("process", "merge"):
+        # merge, and process_job (a job of one unit, whole): a multipart upload
+        statements.append(_allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"],
+                                 objects))
+    if step == "merge":
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
-            _allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"], objects),
             # record_failure aborts the uploads a killed unit or merge left open: it lists
             # them under the job's work prefix and on its output key
             _allow("ListOpenUploads", ["s3:ListBucketMultipartUploads"],

@@ -35,6 +35,11 @@ FUNCTION_SIZES = {"split": FunctionSize(3008, 900, 4096),
 #: (pipeline/steps/common.py)
 TILE_THREADS_ENV = "TIFFPIPE_TILE_THREADS"
 
+#: "1": a ProcessJob writes its segment to the work location even when its output is small
+#: enough to compose from memory (pipeline/steps/single.py); ``tiffpipe run --keep-work``
+#: sets it for its run, so the kept work holds every job's segments
+KEEP_SEGMENTS_ENV = "TIFFPIPE_KEEP_SEGMENTS"
+
 #: tile sides one node of canny's reduce tree may hold (pipeline/steps/canny_reduce.py; the
 #: default there); tests set it small to force a tree of several levels
 CANNY_REDUCE_SIDES_ENV = "TIFFPIPE_CANNY_REDUCE_SIDES"

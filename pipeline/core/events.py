@@ -110,6 +110,8 @@ class JobPlanned:
     fused: bool
     stats: StatsRound
     levels: bool = False
+    #: a fused job of one unit: ProcessJob runs it whole (the Single Choice)
+    single: bool = False
 
 
 @dataclass
@@ -154,6 +156,16 @@ class Merged:
 
 
 @dataclass
+class JobProcessed:
+    """``process_job``: the tiles processed, the output published and its size."""
+
+    job: int
+    tiles: int
+    output: str
+    output_bytes: int
+
+
+@dataclass
 class FailureRecorded:
     """``record_failure``: the job and its error's type."""
 
@@ -183,6 +195,7 @@ RESULTS: dict[str, type] = {
     "reduce_stats": RoundReduced,
     "reduce_node": NodeReduced,
     "merge": Merged,
+    "process_job": JobProcessed,
     "record_failure": FailureRecorded,
     "report": Reported,
 }
@@ -261,6 +274,14 @@ class NodeEvent:
 @dataclass
 class MergeEvent:
     """Assemble the output TIFF of a job (merge function, ``merge``)."""
+
+    plan: str
+
+
+@dataclass
+class JobPlanEvent:
+    """Process and merge a job of one fused unit in one invocation (process function,
+    ``process_job``)."""
 
     plan: str
 

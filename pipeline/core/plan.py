@@ -19,6 +19,11 @@ SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
 FUSED_UNIT_PIXELS = 256 * 1024 * 1024
 #: tiles one process invocation handles (bounded in pixels by the tile size)
 TILES_PER_BATCH = 8
+#: a fused job of one unit runs as ONE task, the unit then the merge (:func:`single_task`)
+SINGLE_TASK_JOBS = True
+#: ... and keeps its segment in memory when its output is at most this many bytes
+#: uncompressed (:func:`held_output`; its encoded tiles are about as large at most)
+HELD_OUTPUT_BYTES = 64 * 1024 * 1024
 #: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
 MAX_ITEMS = 10_000
 #: a page with fewer processing tiles than this is cut finer (:func:`page_tile`), so that its
@@ -65,6 +70,29 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at, fused=fused)
     return plan, problems
+
+
+def single_task(plan: JobPlan) -> bool:
+    """Whether the job runs as one ProcessJob task (its unit, then its merge, in one
+    invocation) instead of the ProcessUnits Map and a Merge task: a fused job of one unit,
+    whose merge could not start before that unit ends anyway. It saves the Map (on AWS a
+    Distributed Map run and its child execution) and an invocation; the files and the
+    output are the same."""
+    return SINGLE_TASK_JOBS and plan.fused and len(plan.units) == 1
+
+
+def held_output(plan: JobPlan) -> bool:
+    """Whether a single-task job keeps its segment and index in memory (no work file is
+    written or read back; the output is composed from memory): a small output without
+    pyramid levels (whose units write level files of their own)."""
+    return (single_task(plan) and not plan.spec.output_options.pyramid
+            and raw_output_bytes(plan) <= HELD_OUTPUT_BYTES)
+
+
+def raw_output_bytes(plan: JobPlan) -> int:
+    """The bytes of the output's base pages, uncompressed."""
+    return sum(p.out_grid.height * p.out_grid.width * p.out_channels
+               * np.dtype(p.info.dtype).itemsize for p in plan.pages)
 
 
 def page_tile(tile: int, out_tile: int, layout: ChainLayout, halo: int, info: PageInfo

@@ -296,8 +296,8 @@ class LocalEngine:
         action = event.get("action")
         try:
             plan = load_plan(event["plan"])
-            if action == "process_unit":
-                tiles = plan.units[event["unit"]].tiles
+            if action in ("process_unit", "process_job"):  # a job's one unit, then its merge
+                tiles = plan.units[event.get("unit", 0)].tiles
             elif action == "process":
                 batch = plan.batches[event["batch"]]
                 tiles = batch.last - batch.first

@@ -9,7 +9,8 @@ from typing import Any
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.levels import level_units, unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS
+from pipeline.core.plan import held_output, single_task
+from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
 from pipeline.estimate.limits import READ_CHUNK, SEGMENT_PART, largest_job, merge_parts
@@ -30,11 +31,13 @@ MULTIPART_CHUNK = SEGMENT_PART
 COPY_THREADS = 16
 FUNCTION_OF = {"plan_run": "split", "plan_job": "split", "split": "split",
                "stats": "process", "reduce_stats": "process", "process": "process",
-               "process_unit": "process", "build_levels": "process", "merge": "merge",
+               "process_unit": "process", "process_job": "process",
+               "build_levels": "process", "merge": "merge",
                "report": "merge",
                "cold_split": "split", "cold_process": "process", "cold_merge": "merge"}
 STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "process_unit",
-         "build_levels", "merge", "report", "cold_split", "cold_process", "cold_merge")
+         "process_job", "build_levels", "merge", "report", "cold_split", "cold_process",
+         "cold_merge")
 
 
 class _Ledger:
@@ -52,11 +55,13 @@ class _Ledger:
         self.warnings: list[str] = []
 
     def add(self, step: str, seconds: float, cpu: float = 0.0, get: float = 0, put: float = 0,
-            lst: float = 0, bytes_in: float = 0.0, bytes_out: float = 0.0) -> float:
-        """One invocation of ``step`` lasting ``seconds``; returns its seconds."""
+            lst: float = 0, bytes_in: float = 0.0, bytes_out: float = 0.0,
+            invocation: bool = True) -> float:
+        """One invocation of ``step`` lasting ``seconds`` (``invocation=False``: more work of
+        the last one); returns its seconds."""
         f = FUNCTION_OF[step]
         s = self.steps[step]
-        s["invocations"] += 1
+        s["invocations"] += int(invocation)
         s["seconds"] += seconds
         s["cpu_s"] += cpu
         s["gb_s"] += seconds * self.mem[f] / 1024
@@ -66,11 +71,15 @@ class _Ledger:
         s["list"] += lst
         s["bytes_in"] += bytes_in
         s["bytes_out"] += bytes_out
+        self.check_timeout(step, seconds)
+        return seconds
+
+    def check_timeout(self, step: str, seconds: float) -> None:
+        """Warn when an invocation of ``step`` lasting ``seconds`` passes Lambda's timeout."""
         timeout = self.a["timeout_s"]
         if seconds > timeout:
             self.warnings.append(f"a {step} invocation needs about {seconds:.0f} s, more than "
                                  f"the {timeout:.0f} s Lambda timeout")
-        return seconds
 
 
 def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
@@ -129,9 +138,13 @@ def _level_phases(ledger: _Ledger, c: JobCosts,
 
 
 def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
-                  in_bpm: float) -> list[tuple[str, list[float]]]:
+                  in_bpm: float, step: str = "process_unit",
+                  held: bool = False) -> list[tuple[str, list[float]]]:
     """One ``process_unit`` per unit on the process function: the input read as split reads
-    it, the chain and the output encode, one segment of its output tiles; no work tiles."""
+    it, the chain and the output encode, one segment of its output tiles; no work tiles.
+    ``step``: ``process_job`` for a job of one unit run whole (its merge is added to it);
+    ``held``: its segment stays in memory (nothing written here: the output upload is the
+    merge's)."""
     a = ledger.a
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     threads = max(1.0, ledger.vcpus["process"])
@@ -141,12 +154,14 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
         cpu = read_cpu + c.unit_factor * (haloed * c.ops + out * c.per_out)
         read, written = haloed * in_bpm, out * c.out_bpm
         # the tiles are processed in every vCPU, the input decoded in one (the sweep)
+        if held:
+            written = 0.0
         secs = max(read_cpu, cpu / threads) / speed + (read + written) / mbps
-        durations.append(ledger.add("process_unit", secs, cpu,
+        durations.append(ledger.add(step, secs, cpu,
                                     get=1 + math.ceil(read / READ_BUFFER),
-                                    put=_segment_puts(written), bytes_in=read,
-                                    bytes_out=written))
-    return [("process_unit", durations)]
+                                    put=_segment_puts(written) if written else 0,
+                                    bytes_in=read, bytes_out=written))
+    return [(step, durations)]
 
 
 def _pyramid_through(plan: JobPlan, out_bytes: float) -> float:
@@ -200,6 +215,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
         units, batches = item_work(plan)
         rounds = stats_rounds(plan)
         fused = bool(getattr(plan, "fused", False))
+        single = single_task(plan)
+        held = held_output(plan)  # a single task's segment in memory: the output uploaded
         info = plan.pages[0].info if plan.pages else None
         if info is None:
             continue
@@ -219,7 +236,9 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
             # its entry and record in job-specs.bin, the input's header reads
             ("plan_job", [add("plan_job", call_s("plan_job") / speed,
                               get=4 + len(plan.pages) // 8 + 1, put=1)])]
-        if fused:
+        if single:  # one ProcessJob: the unit, then the merge below, in one invocation
+            phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held)
+        elif fused:
             phases += _fused_phases(ledger, c, units, in_bpm)
         else:
             phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
@@ -237,10 +256,21 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
         copied = max(0.0, out_bytes - parts.read_through)
         copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
         merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
-        phases.append(("merge", [add("merge", merge_s, merge_cpu,
-                                     get=1 + segments + math.ceil(through / READ_CHUNK),
-                                     put=parts.parts + 3, lst=1, bytes_in=through,
-                                     bytes_out=through)]))
+        if held:  # every byte uploaded from memory: no index or segment read, no copy
+            uploads = max(1, math.ceil(out_bytes / UPLOAD_PART))
+            merged = add("process_job", merge_cpu / speed + out_bytes / mbps, merge_cpu,
+                         put=uploads + 3, bytes_out=out_bytes, invocation=False)
+        else:
+            # a ProcessJob publishes as merge does, without listing recorded errors
+            merged = add("process_job" if single else "merge", merge_s, merge_cpu,
+                         get=1 + segments + math.ceil(through / READ_CHUNK),
+                         put=parts.parts + 3, lst=0 if single else 1, bytes_in=through,
+                         bytes_out=through, invocation=not single)
+        if single:
+            phases[-1][1][-1] += merged
+            ledger.check_timeout("process_job", phases[-1][1][-1])
+        else:
+            phases.append(("merge", [merged]))
         if parts.parts > MAX_PARTS:
             warnings.append(f"jobs[{i}]: the output needs about {parts.parts:,} multipart parts, "
                             f"more than S3's {MAX_PARTS:,}: split the job into jobs of fewer "
@@ -251,13 +281,15 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
                             "jobs of fewer pages")
         sim_jobs.append(phases)
         # the segments and their indexes (and, unfused, the work tiles), the plan and result
-        work = out_bytes if fused else geo["haloed_mpx"] * c.work_bpm + out_bytes
+        work = (0.0 if held else out_bytes if fused
+                else geo["haloed_mpx"] * c.work_bpm + out_bytes)
         work_bytes_total += work
-        objects_total += 2 * segments + (0 if fused else int(geo["tiles"])) + 2
+        objects_total += (0 if held else 2 * segments) + (0 if fused else int(geo["tiles"])) + 2
         job_rows.append({"job": i, "input": plan.spec.input, "pages": int(geo["pages"]),
                          "megapixels": geo["core_mpx"], "haloed_megapixels": geo["haloed_mpx"],
                          "output_megapixels": geo["output_mpx"], "tiles": int(geo["tiles"]),
-                         "fused": fused, "units": len(units), "batches": len(batches),
+                         "fused": fused, "single": single, "held": held, "units": len(units),
+                         "batches": len(batches),
                          "stats_rounds": rounds, "output_bytes": out_bytes, "work_bytes": work,
                          "compression": comp, "kind": _kind(dtype, ch),
                          "merge": {"parts": parts.parts, "copies": parts.copies,
@@ -279,7 +311,8 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
 
     # state transitions: each job's Choices follow its plan (fused, statistics rounds)
     job_ctx = [{"units": r["units"], "batches": r["batches"], "rounds": r["stats_rounds"],
-                "fused": r["fused"], "levels": level_units(plans[r["job"]]),
+                "fused": r["fused"], "single": r["single"],
+                "levels": level_units(plans[r["job"]]),
                 "tree_levels": canny_tree_levels(plans[r["job"]])}
                for r in job_rows]
     transitions = count_transitions(definition, job_ctx)

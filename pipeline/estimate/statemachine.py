@@ -11,7 +11,8 @@ from pipeline.estimate.assumptions import EstimateError
 
 def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None:
     """The state a Choice goes to for this job. Its rules test what the job's plan says:
-    ``...fused`` (the job is fused: ``fused`` in ``ctx``), ``...stats.more`` (statistics
+    ``...fused`` (the job is fused: ``fused`` in ``ctx``), ``...single`` (a fused job of one
+    unit, run whole by one task: ``single``), ``...stats.more`` (statistics
     rounds left: ``rounds_left``, one used up each time that branch is taken) or
     ``...stats.tree`` (the node counts of the canny reduce tree levels that run in a Map,
     in order: ``tree_levels``, see :func:`canny_tree_levels`; each taken sets ``nodes``, the
@@ -20,7 +21,7 @@ def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None
     for rule in state.get("Choices", []):
         last = rule.get("Variable", "").rsplit(".", 1)[-1]
         wanted = bool(rule.get("BooleanEquals", True))
-        if last in ("fused", "levels"):
+        if last in ("fused", "levels", "single"):
             if bool(ctx.get(last)) == wanted:
                 return rule["Next"]
         elif last == "tree":  # a level of a canny round's reduce tree runs in a Map

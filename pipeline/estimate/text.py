@@ -26,7 +26,9 @@ def format_text(result: dict[str, Any]) -> str:
     p(f"estimate for {len(result['jobs'])} job(s), {mpx / 1000:,.1f} gigapixels, on AWS "
       f"(concurrency {result['concurrency']})")
     for j in result["jobs"][:10]:
-        work = (f"fused: {j['units']} units (split and process in one invocation)"
+        work = ("fused, one unit: split, process and merge in one invocation (ProcessJob)"
+                if j.get("single") else
+                f"fused: {j['units']} units (split and process in one invocation)"
                 if j["fused"] else f"{j['units']} split units, {j['batches']} batches"
                 + (f", {j['stats_rounds']} stats round(s)" if j["stats_rounds"] else ""))
         p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} {j['megapixels']:,.0f} Mpx -> "

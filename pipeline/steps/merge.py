@@ -43,6 +43,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.plan import raw_output_bytes
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
@@ -58,6 +59,12 @@ def merge(event: MergeEvent) -> dict[str, Any]:
     """Compose the job's output from its segments and publish it in one step."""
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed batch fails the job with its own error
+    return publish(plan)
+
+
+def publish(plan: JobPlan) -> dict[str, Any]:
+    """Compose the output of ``plan`` from its segments, publish it and write the job's
+    result (merge, and ProcessJob after its unit)."""
     spec = plan.spec
     size = compose(output_pieces(plan), spec.output)
     finished = time.time()
@@ -73,9 +80,7 @@ def merge(event: MergeEvent) -> dict[str, Any]:
 
 def bigtiff(plan: JobPlan) -> bool:
     """True when the output may pass classic TIFF's 32-bit offsets (by its raw size)."""
-    raw = sum(p.out_grid.height * p.out_grid.width * p.out_channels
-              * np.dtype(p.info.dtype).itemsize
-              for p in plan.pages)
+    raw = raw_output_bytes(plan)
     if plan.spec.output_options.pyramid:
         raw = raw * 4 // 3  # the levels add up to a third of the base pages
     return raw > BIGTIFF_ABOVE

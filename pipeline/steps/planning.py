@@ -14,7 +14,7 @@ from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, load_manifest, scan_jobs
 from pipeline.core.models import JobSpec
-from pipeline.core.plan import make_plan
+from pipeline.core.plan import make_plan, single_task
 from pipeline.errors import InputNotFoundError, OperationError
 from pipeline.steps import layout
 from pipeline.steps.common import keep_plan, load_job
@@ -96,4 +96,4 @@ def plan_job(event: JobEvent,
     keep_plan(plan_url, plan)  # the next steps in this process need not read it back
     return {"plan": plan_url, "job": event.job, "units": list(range(len(plan.units))),
             "batches": list(range(len(plan.batches))), "tiles": plan.tiles,
-            "fused": plan.fused, "levels": level_units(plan)}
+            "fused": plan.fused, "levels": level_units(plan), "single": single_task(plan)}

@@ -15,8 +15,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from pipeline.adapters import storage
-from pipeline.adapters.segments import SegmentWriter
+from pipeline.adapters.segments import SegmentWriter, write_index
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import BatchEvent, UnitEvent
 from pipeline.core.grid import Rect
@@ -171,8 +170,8 @@ class SegmentOutput:
             raise RuntimeError(f"segment {self.name}: tiles of rows {self.rows[self._next:]} "
                                "never arrived")
         self.writer.close()
-        storage.write_json(layout.segment_index_file(self.work, self.page, self.name),
-                           {"tiles": self.index}, indent=None)
+        write_index(layout.segment_index_file(self.work, self.page, self.name),
+                    {"tiles": self.index})
 
     def add(self, row: int, tiles: list[tuple[int, int, bytes]],
             pixels: np.ndarray | None = None, col: int = 0) -> None:

@@ -11,8 +11,7 @@ from math import ceil
 
 import numpy as np
 
-from pipeline.adapters import storage
-from pipeline.adapters.segments import read_range
+from pipeline.adapters.segments import read_index, read_range
 from pipeline.adapters.tiff_header import Placeholder
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.tiff_layout import MiB, Span
@@ -141,7 +140,8 @@ def read_indexes(work: str, page: int, names: list[str]) -> Iterator[list[list[i
     as a page of one unit has, in this thread)."""
 
     def read(name: str) -> list[list[int]]:
-        return storage.read_json(layout.segment_index_file(work, page, name))["tiles"]
+        tiles: list[list[int]] = read_index(layout.segment_index_file(work, page, name))["tiles"]
+        return tiles
 
     if len(names) == 1:
         yield read(names[0])

@@ -1,0 +1,38 @@
+"""ProcessJob: a fused job of one unit (:func:`pipeline.core.plan.single_task`) in one
+invocation, its unit and then its merge, as the ProcessUnits Map and the Merge task would run
+them, to the same output, without the Map and the second invocation.
+
+A scanned archive of one-page files is thousands of such jobs; one 512 x 512 page's unit
+takes a few milliseconds, about what a task's hand-over costs (on AWS a Distributed Map
+run and its child execution, and a Lambda invocation; on the embedded engine a task and a
+process switch). When the output is small (:func:`pipeline.core.plan.held_output`), the
+unit's segment and index stay in memory (:func:`pipeline.adapters.segments.held`): no work
+file is written or read back, and the output is composed from memory (on S3: uploaded, not
+copied from a segment object), unless ``TIFFPIPE_KEEP_SEGMENTS`` is 1 (``tiffpipe run
+--keep-work`` sets it: the kept work then holds every job's segment).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from typing import Any
+
+from pipeline.adapters.segments import held
+from pipeline.core.constants import KEEP_SEGMENTS_ENV
+from pipeline.core.events import JobPlanEvent, UnitEvent
+from pipeline.core.plan import held_output
+from pipeline.steps.common import load_plan
+from pipeline.steps.merge import publish
+from pipeline.steps.process import process_unit
+
+
+def process_job(event: JobPlanEvent) -> dict[str, Any]:
+    """The job's one unit, then its output published (a failed unit raises its own error:
+    nothing is published)."""
+    plan = load_plan(event.plan)
+    hold = held_output(plan) and os.environ.get(KEEP_SEGMENTS_ENV) != "1"
+    with held(plan.work) if hold else nullcontext():
+        done = process_unit(UnitEvent(event.plan, 0))
+        merged = publish(plan)
+    return {**merged, "tiles": done["tiles"]}

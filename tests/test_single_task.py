@@ -1,0 +1,144 @@
+"""ProcessJob: a fused job of one unit runs as one task, its unit and then its merge
+(pipeline/steps/single.py), instead of the ProcessUnits Map and the Merge task. The output
+must be byte-identical to the Map's; a small output is composed from memory, leaving no
+segment in the work location (unless the run keeps its work); a failure publishes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tifffile
+from test_exactness import make_image, write_tiff
+
+from pipeline.adapters import segments
+from pipeline.core import plan as plan_mod
+from pipeline.core.constants import KEEP_SEGMENTS_ENV
+from pipeline.runner import run_local
+
+pytestmark = pytest.mark.timeout(300)
+
+G = {"op": "gaussian_blur", "sigma": 1.5}
+_UUID = re.compile(rb"urn:uuid:[0-9a-f-]{36}")  # OME-XML's, new in every write
+#: jobs of one page each (one unit), with what outputs differ in
+JOBS: dict[str, dict[str, Any]] = {
+    "deflate": {"input": "rgb.tif", "ops": [G], "output_options": {"compression": "deflate"}},
+    "jpeg": {"input": "rgb.tif", "ops": [G], "output_options": {"compression": "jpeg",
+                                                                 "quality": 85}},
+    "zstd16": {"input": "gray16.tif", "ops": [{"op": "median_blur", "ksize": 3}]},
+    "rgba_lzw": {"input": "rgba.tif", "ops": [{"op": "invert"}],
+                 "output_options": {"compression": "lzw"}},
+    "pyramid": {"input": "rgb.tif", "ops": [G], "output_options": {"pyramid": True}},
+    "ome": {"input": "gray16.tif", "output_options": {"ome": True}},
+    "downsample": {"input": "rgb.tif", "ops": [{"op": "downsample", "factor": 2}]},
+}
+
+
+def _inputs(folder: Path) -> None:
+    write_tiff(folder / "rgb.tif", [make_image(1, 700, 650, 3, "uint8")], tiled=True)
+    with tifffile.TiffWriter(folder / "gray16.tif") as tw:
+        tw.write(make_image(2, 500, 333, 1, "uint16"), tile=(64, 64), compression="zlib",
+                 resolution=((300, 1), (300, 1)), resolutionunit=2,
+                 description="page zero", metadata=None)
+    tifffile.imwrite(folder / "rgba.tif", make_image(3, 300, 420, 4, "uint8"),
+                     photometric="rgb", extrasamples=[2], tile=(128, 128))
+
+
+def _run(folder: Path, name: str, **kwargs: Any) -> tuple[dict[str, bytes], list[str], Any]:
+    """Run every job into ``folder/name/``; the outputs' bytes and the actions run."""
+    out = folder / name
+    (folder / f"{name}.json").write_text(json.dumps({
+        "defaults": {"tile": 256, "output_options": {"tile": 128}},
+        "jobs": [{**job, "output": str(out / f"{j}.tif")} for j, job in JOBS.items()]}))
+    actions: list[str] = []
+    lock = threading.Lock()
+
+    def listener(function: str, event: dict[str, Any], ok: bool, payload: Any) -> None:
+        with lock:
+            actions.append(event["action"])
+
+    result = run_local(str(folder / f"{name}.json"), 1, listener=listener, **kwargs)
+    assert result.ok, (result.error, result.report)
+    return ({j: _UUID.sub(b"uuid", (out / f"{j}.tif").read_bytes()) for j in JOBS}, actions,
+            result)
+
+
+def test_a_job_of_one_unit_is_one_task_with_the_maps_output(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """Every job here is one page in one unit: one process_job each (no process_unit, no
+    merge); each output byte for byte what the ProcessUnits Map and Merge write, whether
+    its segment was held in memory (the default for these sizes) or stored."""
+    _inputs(tmp_path)
+    one, actions, _ = _run(tmp_path, "single")
+    assert actions.count("process_job") == len(JOBS)
+    assert not {"process_unit", "merge", "split", "process"} & set(actions)
+    monkeypatch.setenv(KEEP_SEGMENTS_ENV, "1")
+    stored, actions, _ = _run(tmp_path, "stored")
+    assert actions.count("process_job") == len(JOBS)
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV)
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_JOBS", False)  # one worker: all in here
+    mapped, actions, _ = _run(tmp_path, "map")
+    assert actions.count("process_unit") == actions.count("merge") == len(JOBS)
+    assert "process_job" not in actions
+    for job in JOBS:
+        assert one[job] == mapped[job], job
+        assert stored[job] == mapped[job], job
+    with tifffile.TiffFile(tmp_path / "single" / "pyramid.tif") as tf:
+        assert len(tf.series[0].levels) > 1  # its units' levels, through the stored path
+
+
+def test_a_held_job_writes_no_segment_unless_the_work_is_kept(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """A small ProcessJob leaves its plan and result in the work location and nothing else
+    (its segment stayed in memory; the pyramid job's units store theirs); ``--keep-work``
+    (``keep_work``) stores every segment, for the run only."""
+    _inputs(tmp_path)
+    monkeypatch.setenv(KEEP_SEGMENTS_ENV, "0")  # kept work, segments held
+    _, _, result = _run(tmp_path, "held", keep_work=True)
+    jobs = Path(result.work) / "jobs"
+    for n, job in enumerate(JOBS):
+        names = sorted(p.name for p in (jobs / f"{n:05d}").iterdir())
+        if job == "pyramid":
+            assert "out-0000-u000000.seg" in names
+        else:
+            assert names == ["plan.json", "result.json"], (job, names)
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV)
+    _, _, result = _run(tmp_path, "kept", keep_work=True)
+    assert KEEP_SEGMENTS_ENV not in os.environ  # set for the run only
+    for n in range(len(JOBS)):
+        names = {p.name for p in (Path(result.work) / "jobs" / f"{n:05d}").iterdir()}
+        assert {"out-0000-u000000.seg", "out-0000-u000000.json"} <= names
+    assert segments._held == {}
+
+
+def test_a_failed_process_job_publishes_nothing_and_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A ProcessJob whose op fails fails its own job with the op's error (no Map between:
+    the task's error is the job's); its output is not written, no temporary file is left
+    beside it, nothing stays held; the job beside it succeeds."""
+    folder = tmp_path / "userops"
+    folder.mkdir()
+    (folder / "tiffpipe_failing_op.py").write_text(
+        "def fail(tile):\n    raise ValueError('this op refuses every tile')\n")
+    write_tiff(tmp_path / "in.tif", [make_image(4, 300, 280, 1, "uint8")], tiled=True)
+    out = tmp_path / "out"
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "out/failed.tif",
+         "ops": [{"op": "custom", "function": "tiffpipe_failing_op:fail"}]},
+        {"input": "in.tif", "output": "out/blurred.tif", "ops": [G]}]}))
+    monkeypatch.syspath_prepend(str(folder))  # workers get the parent's sys.path
+    result = run_local(str(tmp_path / "m.json"), 2)
+    assert result.status == "SUCCEEDED" and result.report is not None
+    failed, blurred = result.report["jobs"]
+    assert failed["status"] == "FAILED", failed
+    assert "this op refuses every tile" in failed["error"]["message"]
+    assert blurred["status"] == "SUCCEEDED"
+    assert sorted(p.name for p in out.iterdir()) == ["blurred.tif"]
+    assert segments._held == {}
+    assert tifffile.imread(out / "blurred.tif").shape == (300, 280)
