@@ -44,7 +44,7 @@ COPY_THREADS = 16
 
 
 #: segments and indexes kept in memory (:func:`held`): URL -> content
-_held: dict[str, bytes] = {}
+_held: dict[str, bytes | bytearray] = {}
 #: the work folders whose segments are held (each ends with "/")
 _holding: set[str] = set()
 _held_lock = threading.Lock()
@@ -143,9 +143,9 @@ class SegmentWriter:
     def close(self) -> None:
         """Publish the segment (rename, PutObject, or CompleteMultipartUpload)."""
         try:
-            if self._hold:
+            if self._hold:  # the buffer itself, not a copy: it is not written to again
                 with _held_lock:
-                    _held[self.url] = bytes(self._buffer)
+                    _held[self.url] = self._buffer
                 self._buffer = bytearray()
                 return
             if self._fh is not None:
@@ -185,11 +185,9 @@ def read_range(url: str, start: int, size: int,
     """``size`` bytes of a file or object from byte ``start``."""
     if size <= 0:
         return b""
-    data: bytes | None = _held.get(url)
-    if data is not None:
-        data = data[start:start + size]
-    else:
-        data = _read_stored(url, start, size, missing)
+    kept = _held.get(url)
+    data = kept[start:start + size] if kept is not None else _read_stored(url, start, size,
+                                                                          missing)
     if len(data) != size:
         raise WorkMissingError(f"{url} holds {len(data)} bytes from {start}, {size} expected: "
                                "the segment is incomplete; re-run the job")

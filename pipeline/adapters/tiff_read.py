@@ -165,6 +165,19 @@ def planned_page(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.Ti
     it was planned) is a CorruptTiffError, never other pixels."""
     if not info.ifd_offset:
         return get_page(tf, url, info.index)
+    first = tf.pages.first
+    if info.index == 0 and int(first.offset) == info.ifd_offset:
+        page = first  # parsed when the file was opened: not a second time
+    else:
+        page = _page_at(tf, url, info)
+    if (int(page.imagelength), int(page.imagewidth)) != (info.height, info.width):
+        raise CorruptTiffError(f"{url}: page {info.index} is {page.imagewidth} x "
+                               f"{page.imagelength} px, planned as {info.width} x {info.height}: "
+                               "the file changed since the job was planned; run the job again")
+    return page
+
+
+def _page_at(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.TiffPage:
     try:
         tf.filehandle.seek(info.ifd_offset)
         page = tifffile.TiffPage(tf, index=info.index)
@@ -172,10 +185,6 @@ def planned_page(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.Ti
         raise CorruptTiffError(f"{url}: page {info.index}: its IFD at offset "
                                f"{info.ifd_offset} cannot be read ({exc}); the file changed "
                                "since the job was planned: run the job again") from exc
-    if (int(page.imagelength), int(page.imagewidth)) != (info.height, info.width):
-        raise CorruptTiffError(f"{url}: page {info.index} is {page.imagewidth} x "
-                               f"{page.imagelength} px, planned as {info.width} x {info.height}: "
-                               "the file changed since the job was planned; run the job again")
     return page
 
 

@@ -62,7 +62,20 @@ def _nested(hint: Any, value: Any) -> Any:
 
 def to_payload(model: Any) -> dict[str, Any]:
     """The JSON object of a model, as a Lambda returns it or a state holds it."""
-    return dataclasses.asdict(model)
+    payload: dict[str, Any] = _plain(model)
+    return payload
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` for JSON-shaped models, without its deep copy of every value
+    (dicts and lists are copied, level by level; each task's result and event pays it)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 # --- results: what each action returns ------------------------------------------------------

@@ -7,7 +7,7 @@ never pixels or tile lists: Step Functions caps a state's data at 256 KiB.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -33,7 +33,7 @@ class OutputOptions:
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return _fields_of(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OutputOptions:
@@ -54,7 +54,12 @@ class JobSpec:
     fuse: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        # field by field, not asdict, whose deep copy of every value showed in profiles of
+        # many one-page jobs (PlanRun and PlanJob write every job's spec); the ops are JSON,
+        # each op's dict is copied
+        d = _fields_of(self)
+        d["pages"] = None if self.pages is None else list(self.pages)
+        d["ops"] = [dict(op) for op in self.ops]
         d["output_options"] = self.output_options.to_json()
         return d
 

@@ -74,7 +74,7 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         "output_bytes": size, "started_at": plan.started_at, "finished_at": finished,
         "seconds": round(finished - plan.started_at, 3),
     }
-    storage.write_json(layout.result_file(plan.work), result)
+    storage.write_json(layout.result_file(plan.work), result, indent=None)
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
 
 

@@ -57,7 +57,7 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     result = {"job": event.job, "status": "FAILED", "input": spec.input, "output": spec.output,
               "error": error, "started_at": started, "finished_at": now,
               "seconds": round(now - started, 3)}
-    storage.write_json(layout.result_file(work), result)
+    storage.write_json(layout.result_file(work), result, indent=None)
     try:  # a killed unit or merge leaves its multipart upload open: no orphaned parts
         abort_uploads(work.rstrip("/") + "/", prefix=True)
         abort_uploads(spec.output)
