@@ -361,12 +361,12 @@ def test_a_fused_job_of_one_unit_is_one_process_job(fused: Path,
     assert job["list"] == before["merge"]["list"] - 1  # no listing of recorded errors
     # the same work, one phase (state latency) fewer on the job's path
     assert stored["wall_s"] == pytest.approx(two["wall_s"] - 0.05)
-    # held: the input's GETs only; PUTs: the upload (create, one part, complete) and the
+    # held: the input's GETs only; PUTs: the output (one PutObject, it is small) and the
     # result; nothing left in the work location but the plan and the result
     job, out = one["steps"]["process_job"], one["jobs"][0]["output_bytes"]
     assert one["jobs"][0]["held"] and not stored["jobs"][0]["held"]
     assert job["get"] == before["process_unit"]["get"] and job["list"] == 0
-    assert job["put"] == 1 + 3
+    assert job["put"] == 1 + 1
     assert job["bytes_in"] == pytest.approx(before["process_unit"]["bytes_in"])
     assert job["bytes_out"] == pytest.approx(out)
     assert (one["s3"]["work_bytes"], one["s3"]["work_objects"]) == (0, 2)

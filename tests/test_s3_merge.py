@@ -488,3 +488,30 @@ def test_a_small_process_job_on_s3_composes_from_memory(s3, monkeypatch):
     assert result["output_bytes"] == len(composed) and result["tiles"] == plan.tiles
     assert not any(storage.exists(url) for url in stored)
     assert segments._held == {} and _uploads(s3) == []
+
+
+def test_a_small_output_is_one_put_object(s3):
+    """An output of one uploaded part (a held ProcessJob's small output) is one PutObject:
+    no multipart upload to create and complete; what it composes is the same bytes."""
+    work = f"s3://{BUCKET}/small/work/jobs/00000"
+    segment = f"{work}/out-0000-u000000.seg"
+    calls: list[str] = []
+    client = storage.s3_client()
+
+    def seen(event_name: str, **_: Any) -> None:
+        calls.append(event_name.rsplit(".", 1)[-1])
+
+    client.meta.events.register("before-call.s3.*", seen)
+    try:
+        with segments.held(work):
+            with SegmentWriter(segment) as writer:
+                writer.write(b"tile" * 1000)
+            size = compose([tiff_layout.Literal(b"II*\0"), tiff_layout.Span(segment, 0, 4000)],
+                           f"s3://{BUCKET}/small/out.tif")
+    finally:
+        client.meta.events.unregister("before-call.s3.*", seen)
+    assert calls == ["PutObject"]
+    assert size == 4004 and _get(s3, "small/out.tif") == b"II*\0" + b"tile" * 1000
+    head = s3["client"].head_object(Bucket=BUCKET, Key="small/out.tif")
+    assert head["ContentType"] == "image/tiff"
+    assert segments._held == {} and _uploads(s3) == []

@@ -302,6 +302,14 @@ def _compose_s3(pieces: list[Piece], url: str) -> int:
     bucket, key = _key_of(url)
     client = s3_client()
     ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    if len(parts) == 1 and not parts[0].copy:  # small (a held ProcessJob's): one PutObject
+        body = b"".join(chunk for piece in parts[0].pieces for chunk in piece_chunks(piece))
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=ctype)
+        except storage._aws_errors() as exc:
+            raise OutputNotWritableError(f"output {url}: the upload failed: {exc}; check the "
+                                         "bucket and permissions, then re-run") from exc
+        return len(body)
     try:
         upload = client.create_multipart_upload(Bucket=bucket, Key=key,
                                                 ContentType=ctype)["UploadId"]

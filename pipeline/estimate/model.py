@@ -153,9 +153,9 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
         read_cpu = c.unit_factor * haloed * c.unit_read
         cpu = read_cpu + c.unit_factor * (haloed * c.ops + out * c.per_out)
         read, written = haloed * in_bpm, out * c.out_bpm
-        # the tiles are processed in every vCPU, the input decoded in one (the sweep)
         if held:
             written = 0.0
+        # the tiles are processed in every vCPU, the input decoded in one (the sweep)
         secs = max(read_cpu, cpu / threads) / speed + (read + written) / mbps
         durations.append(ledger.add(step, secs, cpu,
                                     get=1 + math.ceil(read / READ_BUFFER),
@@ -257,9 +257,11 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
         copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
         merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
         if held:  # every byte uploaded from memory: no index or segment read, no copy
-            uploads = max(1, math.ceil(out_bytes / UPLOAD_PART))
+            uploads = math.ceil(out_bytes / UPLOAD_PART)
+            # one PutObject up to a part's size, else a multipart upload; and the result
+            puts = (1 if uploads <= 1 else uploads + 2) + 1
             merged = add("process_job", merge_cpu / speed + out_bytes / mbps, merge_cpu,
-                         put=uploads + 3, bytes_out=out_bytes, invocation=False)
+                         put=puts, bytes_out=out_bytes, invocation=False)
         else:
             # a ProcessJob publishes as merge does, without listing recorded errors
             merged = add("process_job" if single else "merge", merge_s, merge_cpu,
