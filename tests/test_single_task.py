@@ -50,12 +50,15 @@ def _inputs(folder: Path) -> None:
                      photometric="rgb", extrasamples=[2], tile=(128, 128))
 
 
-def _run(folder: Path, name: str, **kwargs: Any) -> tuple[dict[str, bytes], list[str], Any]:
-    """Run every job into ``folder/name/``; the outputs' bytes and the actions run."""
+def _run(folder: Path, name: str, jobs: dict[str, dict[str, Any]] | None = None,
+         **kwargs: Any) -> tuple[dict[str, bytes], list[str], Any]:
+    """Run ``jobs`` (default: every job of JOBS) into ``folder/name/``; the outputs' bytes
+    and the actions run."""
+    jobs = JOBS if jobs is None else jobs
     out = folder / name
     (folder / f"{name}.json").write_text(json.dumps({
         "defaults": {"tile": 256, "output_options": {"tile": 128}},
-        "jobs": [{**job, "output": str(out / f"{j}.tif")} for j, job in JOBS.items()]}))
+        "jobs": [{**job, "output": str(out / f"{j}.tif")} for j, job in jobs.items()]}))
     actions: list[str] = []
     lock = threading.Lock()
 
@@ -65,7 +68,7 @@ def _run(folder: Path, name: str, **kwargs: Any) -> tuple[dict[str, bytes], list
 
     result = run_local(str(folder / f"{name}.json"), 1, listener=listener, **kwargs)
     assert result.ok, (result.error, result.report)
-    return ({j: _UUID.sub(b"uuid", (out / f"{j}.tif").read_bytes()) for j in JOBS}, actions,
+    return ({j: _UUID.sub(b"uuid", (out / f"{j}.tif").read_bytes()) for j in jobs}, actions,
             result)
 
 
@@ -142,3 +145,32 @@ def test_a_failed_process_job_publishes_nothing_and_fails_alone(
     assert sorted(p.name for p in out.iterdir()) == ["blurred.tif"]
     assert segments._held == {}
     assert tifffile.imread(out / "blurred.tif").shape == (300, 280)
+
+
+def test_the_unit_takes_the_input_plan_job_opened(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    """PlanJob hands its open input over to the job's unit when that runs in the same
+    process (another thread): each job's input is opened, and its first IFD parsed, once,
+    not twice; what is still handed over is closed when the run ends. The outputs are the
+    same (the unit reads the page the plan names)."""
+    from pipeline.adapters import kept_files, tiff_read
+
+    _inputs(tmp_path)
+    opened: list[str] = []
+    real = tiff_read.open_tiff
+
+    def counting(url: str) -> Any:
+        opened.append(Path(url).name)
+        return real(url)
+
+    monkeypatch.setattr(tiff_read, "open_tiff", counting)
+    jobs = {j: JOBS[j] for j in ("deflate", "zstd16", "rgba_lzw")}
+    outputs, actions, _ = _run(tmp_path, "handed", jobs)
+    assert actions.count("process_job") == len(jobs)
+    assert sorted(opened) == sorted(job["input"] for job in jobs.values())  # once a job
+    assert kept_files.count() == 0
+    opened.clear()
+    monkeypatch.setattr(kept_files, "HANDED_MAX", 0)  # nothing handed over: opened twice
+    again, _, _ = _run(tmp_path, "again", jobs)
+    assert len(opened) == 2 * len(jobs)
+    assert again == outputs

@@ -1,5 +1,7 @@
 """Files a thread keeps open between its tasks, one per thread (see
-:func:`pipeline.adapters.tiff_read.kept_tiff`), and closing them all when a run ends.
+:func:`pipeline.adapters.tiff_read.kept_tiff`), files handed over from one task to the next
+(PlanJob's open input to its job's unit, which may run in another thread of the process: at
+most :data:`HANDED_MAX`, the oldest closed first), and closing them all when a run ends.
 
 A thread that runs the units of one input one after another (a file of many small pages:
 one unit a page) would otherwise open the file and parse its first IFD for every unit.
@@ -11,12 +13,17 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
 _lock = threading.Lock()
 #: thread ident -> (key, the open object, its closer)
 _kept: dict[int, tuple[Hashable, Any, Callable[[], None]]] = {}
+#: key -> (the open object, its closer): handed over, not in use (oldest first)
+_handed: OrderedDict[Hashable, tuple[Any, Callable[[], None]]] = OrderedDict()
+#: objects handed over at most (a unit that runs in another process never takes its own)
+HANDED_MAX = 8
 
 
 def take(key: Hashable) -> Any | None:
@@ -33,6 +40,28 @@ def keep(key: Hashable, value: Any, close: Callable[[], None]) -> None:
         _kept[threading.get_ident()] = (key, value, close)
 
 
+def hand_over(key: Hashable, value: Any, close: Callable[[], None]) -> None:
+    """Leave ``value`` (no longer used by this thread) for the next task that asks for
+    ``key`` in any thread (:func:`take_handed`); closes the oldest beyond
+    :data:`HANDED_MAX`, and one handed over before under the same key."""
+    closing = []
+    with _lock:
+        old = _handed.pop(key, None)
+        if old is not None:
+            closing.append(old[1])
+        _handed[key] = (value, close)
+        while len(_handed) > HANDED_MAX:
+            closing.append(_handed.popitem(last=False)[1][1])
+    for close_one in closing:
+        close_one()
+
+
+def take_handed(key: Hashable) -> tuple[Any, Callable[[], None]] | None:
+    """The object handed over under ``key`` and its closer, now the caller's; else None."""
+    with _lock:
+        return _handed.pop(key, None)
+
+
 def drop() -> None:
     """Close and forget this thread's kept object (after a failure while it was in use)."""
     with _lock:
@@ -44,9 +73,11 @@ def drop() -> None:
 def close_all() -> None:
     """Close every thread's kept object: when a run ends (its threads have ended or wait)."""
     with _lock:
-        entries = list(_kept.values())
+        closers = [close for _, _, close in _kept.values()]
+        closers += [close for _, close in _handed.values()]
         _kept.clear()
-    for _, _, close in entries:
+        _handed.clear()
+    for close in closers:
         close()
 
 
@@ -54,6 +85,6 @@ atexit.register(close_all)  # a process that ran steps without an engine (a test
 
 
 def count() -> int:
-    """How many objects are kept (all threads)."""
+    """How many objects are kept (all threads) or handed over."""
     with _lock:
-        return len(_kept)
+        return len(_kept) + len(_handed)

@@ -115,12 +115,17 @@ def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
         with open_tiff(url) as tf:
             yield tf
         return
-    key = (url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _kept_key(url, st)
     tf = kept_files.take(key)
     if tf is None:
-        stack = ExitStack()
-        tf = stack.enter_context(open_tiff(url))
-        kept_files.keep(key, tf, stack.close)
+        handed = kept_files.take_handed(key)  # PlanJob's, for its job's unit
+        if handed is not None:
+            tf, close = handed
+            kept_files.keep(key, tf, close)
+        else:
+            stack = ExitStack()
+            tf = stack.enter_context(open_tiff(url))
+            kept_files.keep(key, tf, stack.close)
     _kept_in_use.active = True
     try:
         yield tf
@@ -129,6 +134,11 @@ def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
         raise
     finally:
         _kept_in_use.active = False
+
+
+def _kept_key(url: str, st: os.stat_result) -> tuple[Any, ...]:
+    """A local file's identity while unchanged (path, device, inode, size, mtime)."""
+    return (url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def page_count(tf: tifffile.TiffFile, url: str) -> int:
@@ -531,9 +541,23 @@ def read_window(tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index:
     return PageReader(tf, page, url, index, keep_palette).read(rect)
 
 
-def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False) -> list[PageInfo]:
+def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
+               hand_over: bool = False) -> list[PageInfo]:
     """Infos of the asked pages of a TIFF (all when ``pages`` is None), reading IFDs only.
-    ``keep_palette``: palette pages keep their indices and colormap (see :func:`pixel_kind`)."""
-    with open_tiff(url) as tf:
+    ``keep_palette``: palette pages keep their indices and colormap (see :func:`pixel_kind`).
+    ``hand_over``: a local file stays open for the job's unit (:func:`kept_tiff`, in any
+    thread of this process), which then does not open it and parse its first IFD again."""
+    stack = ExitStack()
+    tf = stack.enter_context(open_tiff(url))
+    try:
         indices = range(page_count(tf, url)) if pages is None else pages
-        return [page_info(get_page(tf, url, i), url, i, keep_palette) for i in indices]
+        infos = [page_info(get_page(tf, url, i), url, i, keep_palette) for i in indices]
+        st = os.stat(url) if hand_over and not storage.is_s3(url) else None
+    except BaseException:
+        stack.close()
+        raise
+    if st is None:
+        stack.close()
+    else:
+        kept_files.hand_over(_kept_key(url, st), tf, stack.close)
+    return infos

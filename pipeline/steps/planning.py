@@ -86,7 +86,8 @@ def plan_job(event: JobEvent,
     storage.check_writable(spec.output)
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
-    infos = read_infos(spec.input, spec.pages, keep_palette=keep_palette)
+    # the open input is handed over to the job's unit, should it run in this process
+    infos = read_infos(spec.input, spec.pages, keep_palette=keep_palette, hand_over=True)
     plan, problems = make_plan(event.job, spec, infos, work, started)
     for page in plan.pages:
         why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check()
