@@ -27,7 +27,7 @@ Rules:
 
 from __future__ import annotations
 
-import base64
+import binascii
 import struct
 from fractions import Fraction
 from typing import Any
@@ -60,12 +60,13 @@ _BYTE_TYPES = {1, 2, 6, 7}
 _NUMERIC = {3: "H", 4: "I", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q"}
 
 
+# binascii, not the base64 module, which a run would otherwise import within its time
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode("ascii"))
+    return binascii.a2b_base64(text.encode("ascii"))
 
 
 def _raw(tag: tifffile.TiffTag) -> bytes:
