@@ -182,29 +182,17 @@ class SegmentWriter:
 
 def read_range(url: str, start: int, size: int,
                missing: type[TiffpipeError] = WorkMissingError) -> bytes:
-    """``size`` bytes of a file or object from byte ``start``."""
+    """``size`` bytes of a segment (held in memory, or :func:`storage.read_range`) from byte
+    ``start``; fewer is a :class:`WorkMissingError` (an incomplete segment)."""
     if size <= 0:
         return b""
     kept = _held.get(url)
-    data = kept[start:start + size] if kept is not None else _read_stored(url, start, size,
-                                                                          missing)
+    data = (bytes(kept[start:start + size]) if kept is not None
+            else storage.read_range(url, start, size, missing))
     if len(data) != size:
         raise WorkMissingError(f"{url} holds {len(data)} bytes from {start}, {size} expected: "
                                "the segment is incomplete; re-run the job")
-    return bytes(data)
-
-
-def _read_stored(url: str, start: int, size: int, missing: type[TiffpipeError]) -> bytes:
-    with _errors(url, "read", missing):
-        if not is_s3(url):
-            with open(url, "rb") as fh:
-                fh.seek(start)
-                data = fh.read(size)
-        else:
-            bucket, key = _key_of(url)
-            data = s3_client().get_object(Bucket=bucket, Key=key,
-                                          Range=f"bytes={start}-{start + size - 1}")["Body"].read()
-    return bytes(data)
+    return data
 
 
 def piece_chunks(piece: Piece) -> Iterator[bytes]:
