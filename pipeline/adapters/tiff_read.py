@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from math import ceil
 from typing import Any
 
@@ -198,7 +197,6 @@ def _page_at(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.TiffPa
     return page
 
 
-@dataclass(frozen=True)
 class PixelKind:
     """What a page's pixels become when tiffpipe reads them, and how.
 
@@ -206,15 +204,23 @@ class PixelKind:
     split stores (and the ops see) the converted pixels: 1/2/4-bit gray becomes 8-bit gray
     (miniswhite inverted), unsigned miniswhite becomes minisblack (``max - v``), palette
     becomes RGB through its colormap (or keeps its indices, see ``keep_palette``).
+
+    A plain class, as the other classes that a run imports within its time (planning, the
+    fused unit): a dataclass's generated methods are compiled when its module is imported.
     """
 
-    dtype: np.dtype  # of the pixels returned
-    channels: int
-    photometric: str  # "minisblack" | "rgb" | "palette"
-    conversion: str = ""  # what the reader does to the decoded samples ("": nothing)
-    lut: np.ndarray | None = None  # decoded sample value -> output value(s), first sample
-    invert: bool = False  # unsigned miniswhite: the first sample becomes max - v
-    colormap: np.ndarray | None = None  # (3, 256) uint16 of a kept palette
+    __slots__ = ("channels", "colormap", "conversion", "dtype", "invert", "lut", "photometric")
+
+    def __init__(self, dtype: np.dtype, channels: int, photometric: str, conversion: str = "",
+                 lut: np.ndarray | None = None, invert: bool = False,
+                 colormap: np.ndarray | None = None):
+        self.dtype = dtype  # of the pixels returned
+        self.channels = channels
+        self.photometric = photometric  # "minisblack" | "rgb" | "palette"
+        self.conversion = conversion  # what the reader does to the decoded samples ("": none)
+        self.lut = lut  # decoded sample value -> output value(s), first sample
+        self.invert = invert  # unsigned miniswhite: the first sample becomes max - v
+        self.colormap = colormap  # (3, 256) uint16 of a kept palette
 
 
 def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) -> PixelKind:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import imagecodecs
@@ -26,6 +25,7 @@ from pipeline.core.models import OutputOptions
 from pipeline.errors import CorruptTiffError, OperationError
 
 _WORK_MAGIC = b"TPW2"
+_TAGS = {"none": 1, "lzw": 5, "jpeg": 7, "deflate": 8, "zstd": 50000}
 
 
 def encode_work_tile(tile: np.ndarray) -> bytes:
@@ -48,17 +48,24 @@ def decode_work_tile(data: bytes, name: str = "work tile") -> np.ndarray:
         raise CorruptTiffError(f"{name}: damaged work tile ({exc}); run the job again") from exc
 
 
-@dataclass(frozen=True)
 class OutputEncoder:
     """Encodes output tiles the way tifffile would, and gives the matching writer arguments.
 
     ``writer_kwargs`` passed to ``TiffWriter.write`` together with an iterator of the bytes of
-    ``encode`` produce the same file as tifffile encoding the pixels itself.
+    ``encode`` produce the same file as tifffile encoding the pixels itself. The codec's
+    tag, predictor and arguments are worked out once, not for every tile. (A plain class: a
+    dataclass's generated methods are compiled when the module is imported, within a run.)
     """
 
-    options: OutputOptions
-    dtype: str
-    channels: int
+    __slots__ = ("_args", "channels", "dtype", "options", "predictor", "subsampling", "tag")
+
+    def __init__(self, options: OutputOptions, dtype: str, channels: int):
+        self.options, self.dtype, self.channels = options, dtype, channels
+        self.tag: int = _TAGS[options.compression]
+        self.predictor = _predictor(options.compression, dtype)
+        self.subsampling: tuple[int, int] | None = (
+            (2, 2) if options.compression == "jpeg" and channels == 3 else None)
+        self._args = self._codec_args()
 
     def check(self) -> str | None:
         """Why this output cannot be written (None if it can)."""
@@ -74,26 +81,6 @@ class OutputEncoder:
                 return (f"jpeg output needs 1 or 3 bands (channels), the output has "
                         f"{self.channels}; {fix}")
         return None
-
-    @property
-    def tag(self) -> int:
-        return {"none": 1, "lzw": 5, "jpeg": 7, "deflate": 8, "zstd": 50000}[
-            self.options.compression]
-
-    @property
-    def predictor(self) -> int:
-        """Horizontal differencing (2) for integers, floating point (3) for floats, with the
-        lossless codecs: it is what makes photographs compress."""
-        if self.options.compression not in ("zstd", "deflate", "lzw"):
-            return 1
-        kind = np.dtype(self.dtype).kind
-        if kind == "f":
-            return 3 if np.dtype(self.dtype).itemsize in (2, 4, 8) else 1
-        return 2  # every integer type, 8 to 64 bits (libtiff has both since 4.0)
-
-    @property
-    def subsampling(self) -> tuple[int, int] | None:
-        return (2, 2) if self.options.compression == "jpeg" and self.channels == 3 else None
 
     def _codec_args(self) -> dict[str, Any]:
         comp = self.options.compression
@@ -113,7 +100,7 @@ class OutputEncoder:
         if self.tag != 1:
             kwargs["compression"] = self.tag
             kwargs["predictor"] = self.predictor if self.predictor > 1 else None
-            kwargs["compressionargs"] = {k: v for k, v in self._codec_args().items()
+            kwargs["compressionargs"] = {k: v for k, v in self._args.items()
                                          if k == "level"}
         if self.subsampling:
             kwargs["subsampling"] = self.subsampling
@@ -145,7 +132,18 @@ class OutputEncoder:
         if self.predictor > 1:
             data = TIFF.PREDICTORS[self.predictor](data, axis=-2)
         try:
-            return bytes(TIFF.COMPRESSORS[self.tag](data, **self._codec_args()))
+            return bytes(TIFF.COMPRESSORS[self.tag](data, **self._args))
         except Exception as exc:
             raise OperationError(f"encoding a {self.options.compression} tile of {tile.shape} "
                                  f"{tile.dtype} failed: {exc}") from exc
+
+
+def _predictor(compression: str, dtype: str) -> int:
+    """Horizontal differencing (2) for integers, floating point (3) for floats, with the
+    lossless codecs: it is what makes photographs compress."""
+    if compression not in ("zstd", "deflate", "lzw"):
+        return 1
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        return 3 if kind.itemsize in (2, 4, 8) else 1
+    return 2  # every integer type, 8 to 64 bits (libtiff has both since 4.0)

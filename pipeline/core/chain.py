@@ -21,7 +21,6 @@ Pure module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from math import lcm
 
@@ -30,10 +29,12 @@ import numpy as np
 from pipeline.core.ops import GLOBAL_KINDS, HALO_ALIGN, OpCall
 
 
-@dataclass(frozen=True)
 class ChainLayout:
-    calls: tuple[OpCall, ...]
-    dtype: np.dtype
+    """The layout of ``calls`` on pages of ``dtype``. (A plain class: a dataclass's generated
+    methods are compiled when the module is imported, and every run imports this one.)"""
+
+    def __init__(self, calls: tuple[OpCall, ...], dtype: np.dtype):
+        self.calls, self.dtype = calls, dtype
 
     @classmethod
     def of(cls, calls: list[OpCall], dtype: np.dtype | str) -> ChainLayout:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from math import ceil
 
 import numpy as np
@@ -24,16 +23,19 @@ READ_THREADS = 8
 READ_GROUP = 4 * MiB
 
 
-@dataclass
 class TileTable:
     """Where each encoded tile of an output page is: segment number, offset and size per
-    tile (row-major), 20 bytes a tile."""
+    tile (row-major), 20 bytes a tile. (A plain class: a dataclass's generated methods are
+    compiled when the module is imported, within a run's time.)"""
 
-    cols: int
-    sources: list[str]
-    segment: np.ndarray  # int32 (rows, cols), -1: no segment holds the tile
-    offset: np.ndarray  # int64
-    size: np.ndarray  # int64
+    __slots__ = ("cols", "offset", "segment", "size", "sources")
+
+    def __init__(self, cols: int, sources: list[str], segment: np.ndarray, offset: np.ndarray,
+                 size: np.ndarray):
+        self.cols, self.sources = cols, sources
+        self.segment = segment  # int32 (rows, cols), -1: no segment holds the tile
+        self.offset = offset  # int64
+        self.size = size  # int64
 
     @classmethod
     def empty(cls, rows: int, cols: int, sources: list[str]) -> TileTable:
