@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.adapters import storage
 from pipeline.core.models import JobSpec
+from pipeline.core.record import record
 from pipeline.preview import Thumbnail, png_bytes, thumbnail
 
 #: the box a thumbnail fits in (pixels)
@@ -41,8 +41,10 @@ WHITE, INK, GREY, FRAME = (255, 255, 255), (30, 30, 30), (110, 110, 110), (210, 
 GREEN, RED, PALE_RED = (20, 130, 50), (190, 30, 30), (253, 236, 236)
 
 
-@dataclass
+@record
 class Row:
+    """One row of the sheet: a page of a job, its input and output thumbnails."""
+
     job: int
     status: str
     input: str

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from PIL import Image
 from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, page_count, page_info
 from pipeline.core.grid import Rect
+from pipeline.core.record import record
 from pipeline.errors import TiffpipeError
 
 #: default thumbnail box (pixels)
@@ -50,8 +51,10 @@ _DAMAGED = (TiffpipeError, tifffile.TiffFileError, EOFError, ValueError, OSError
 log = logging.getLogger("tiffpipe")
 
 
-@dataclass
+@record
 class Thumbnail:
+    """A page's thumbnail and where its pixels came from."""
+
     image: Image.Image  # RGB
     page: int  # the page index asked for
     height: int  # the page's full size

@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from pipeline.adapters import storage
@@ -19,6 +19,7 @@ from pipeline.core.constants import KEEP_SEGMENTS_ENV
 from pipeline.core.events import RunEvent, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
+from pipeline.core.record import record
 from pipeline.engine.local import Listener, LocalEngine
 from pipeline.errors import EngineError, InputNotFoundError, TiffpipeError
 from pipeline.steps.report import failure_record
@@ -54,8 +55,10 @@ def default_work(manifest: str, run_id: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(manifest)), ".tiffpipe-work", run_id)
 
 
-@dataclass
+@record
 class RunResult:
+    """What a local run gives back: its status, report, work location and timings."""
+
     run_id: str
     status: str  # the execution's status
     report: dict[str, Any] | None

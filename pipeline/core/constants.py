@@ -10,15 +10,17 @@ it, and in pipeline/core so the Lambda images, which copy core/, hold it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pipeline.core.record import record
 
 #: the Lambda functions of the state machine, in pipeline order; each is also the name of its
 #: image folder, of its ``${<Name>FunctionArn}`` placeholder, and of its handler's table
 FUNCTIONS = ("split", "process", "merge")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FunctionSize:
+    """The size of one Lambda function: memory, timeout and ephemeral storage."""
+
     memory: int  # MB (CPU scales with it: ~1 vCPU per 1,769 MB)
     timeout: int  # seconds
     ephemeral: int  # MB of /tmp

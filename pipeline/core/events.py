@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, TypeVar
 
+from pipeline.core.record import record
 from pipeline.errors import TiffpipeError
 
-# The models are plain dataclasses, not frozen ones: a payload lives for one task, and a
-# frozen dataclass costs twice the time to create (its generated methods are compiled when
-# the module is imported: ~10 ms of every command's start for these twenty).
+# The models are records (pipeline.core.record): dataclasses whose methods are not compiled
+# when this module is imported, as every command does.
 
 
 class EventError(TiffpipeError):
@@ -85,7 +85,7 @@ def _plain(value: Any) -> Any:
 # every field the state machine reads (ResultSelector, Choice, a later state's path).
 
 
-@dataclass
+@record
 class RunPlanned:
     """``plan_run``: run.json's URL, the number of jobs, and where the job list is (the Jobs
     Distributed Map's ItemReader reads it: no state holds the jobs)."""
@@ -95,7 +95,7 @@ class RunPlanned:
     items: JobList
 
 
-@dataclass
+@record
 class StatsRound:
     """Where a job's statistics rounds stand: ``round`` is the next one to run, ``more``
     whether there is one (the NeedsStats Choice), ``rounds`` how many the chain has. A canny
@@ -111,7 +111,7 @@ class StatsRound:
     bound: int
 
 
-@dataclass
+@record
 class JobPlanned:
     """``plan_job``: the plan's URL, the unit and batch indices the Maps iterate, whether the
     job is fused (the Fused Choice), whether a job that is not fused builds its pyramid
@@ -129,7 +129,7 @@ class JobPlanned:
     single: bool = False
 
 
-@dataclass
+@record
 class TilesDone:
     """``split``, ``process_unit``, ``stats``, ``process``, ``build_levels``: how many tiles
     one Map item did."""
@@ -138,7 +138,7 @@ class TilesDone:
     tiles: int
 
 
-@dataclass
+@record
 class RoundReduced:
     """``reduce_stats``: the job and its next statistics round (the fields of StatsRound,
     which the state machine puts back in ``$.planned.stats``)."""
@@ -153,7 +153,7 @@ class RoundReduced:
     bound: int
 
 
-@dataclass
+@record
 class NodeReduced:
     """``reduce_node``: the job and the canny reduce tree node joined."""
 
@@ -161,7 +161,7 @@ class NodeReduced:
     node: int
 
 
-@dataclass
+@record
 class Merged:
     """``merge``: the output published and its size."""
 
@@ -170,7 +170,7 @@ class Merged:
     output_bytes: int
 
 
-@dataclass
+@record
 class JobProcessed:
     """``process_job``: the tiles processed, the output published and its size."""
 
@@ -180,7 +180,7 @@ class JobProcessed:
     output_bytes: int
 
 
-@dataclass
+@record
 class FailureRecorded:
     """``record_failure``: the job and its error's type."""
 
@@ -189,7 +189,7 @@ class FailureRecorded:
     error: str
 
 
-@dataclass
+@record
 class Reported:
     """``report``: where the run report went and the job counts (the execution's output)."""
 
@@ -219,7 +219,7 @@ RESULTS: dict[str, type] = {
 # --- events: what each action takes ----------------------------------------------------------
 
 
-@dataclass
+@record
 class RunEvent:
     """The execution's input: plan the whole run (split function, ``plan_run``)."""
 
@@ -229,7 +229,7 @@ class RunEvent:
     report: str | None = None  # where the run report goes (default: {work}/report.json)
 
 
-@dataclass
+@record
 class JobEvent:
     """Plan one job (split function, ``plan_job``)."""
 
@@ -237,7 +237,7 @@ class JobEvent:
     job: int
 
 
-@dataclass
+@record
 class UnitEvent:
     """Cut one split unit into haloed tiles (split function, ``split``)."""
 
@@ -245,7 +245,7 @@ class UnitEvent:
     unit: int
 
 
-@dataclass
+@record
 class BatchEvent:
     """Process one batch of tiles (process function, ``process``)."""
 
@@ -253,7 +253,7 @@ class BatchEvent:
     batch: int
 
 
-@dataclass
+@record
 class StatsEvent:
     """Gather the statistics of one batch of tiles for a statistics round (process function,
     ``stats``): round k serves the k-th op of the chain that needs whole-page statistics."""
@@ -263,7 +263,7 @@ class StatsEvent:
     round: int
 
 
-@dataclass
+@record
 class ReduceEvent:
     """Reduce a round's partial statistics to one per page (process function,
     ``reduce_stats``). A canny round reduces as a tree: ``level`` is the first tree level
@@ -275,7 +275,7 @@ class ReduceEvent:
     bound: int = 0
 
 
-@dataclass
+@record
 class NodeEvent:
     """Join one node of a canny round's reduce tree (process function, ``reduce_node``):
     ``node`` indexes the job's tree nodes, every page's in page order."""
@@ -286,14 +286,14 @@ class NodeEvent:
     node: int
 
 
-@dataclass
+@record
 class MergeEvent:
     """Assemble the output TIFF of a job (merge function, ``merge``)."""
 
     plan: str
 
 
-@dataclass
+@record
 class JobPlanEvent:
     """Process and merge a job of one fused unit in one invocation (process function,
     ``process_job``)."""
@@ -301,7 +301,7 @@ class JobPlanEvent:
     plan: str
 
 
-@dataclass
+@record
 class FailureEvent:
     """Record why a job failed (merge function, ``record_failure``). ``error`` is the
     ``{"Error", "Cause"}`` object a Catch puts in the state."""
@@ -311,7 +311,7 @@ class FailureEvent:
     error: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class ReportEvent:
     """Write the run report (merge function, ``report``)."""
 
@@ -323,7 +323,7 @@ class ReportEvent:
 LOCAL_BUCKET = "tiffpipe_local"
 
 
-@dataclass
+@record
 class JobList:
     """Where PlanRun wrote the run's job list (a JSON array of job indices): the ``Bucket`` and
     ``Key`` the ``Jobs`` Distributed Map's ItemReader reads (``s3:getObject``), so no state

@@ -7,7 +7,7 @@ the rules across fields (:func:`cross_problems`). Every problem is a message
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from pipeline.core.models import (
@@ -19,6 +19,7 @@ from pipeline.core.models import (
 )
 from pipeline.core.ops import parse_chain
 from pipeline.core.params import Param
+from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
 
@@ -59,7 +60,7 @@ _BUILTIN: dict[str, Any] = {
 # --- the layers: defaults, then a job ------------------------------------------------
 
 
-@dataclass
+@record
 class Layer:
     """The optional fields one object (``defaults`` or a job) sets.
 
@@ -78,7 +79,7 @@ class Layer:
         return f"{self.path}.{key}"
 
 
-@dataclass
+@record
 class Setting:
     """A field's effective value and the layer that set it (None: built in)."""
 

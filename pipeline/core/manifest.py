@@ -34,7 +34,7 @@ import json
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from pipeline.core.job_fields import (
@@ -47,6 +47,7 @@ from pipeline.core.job_fields import (
     unknown_fields,
 )
 from pipeline.core.models import DEFAULT_TILE, JobSpec, OutputOptions
+from pipeline.core.record import record
 from pipeline.errors import ManifestError
 
 TOP_FIELDS = ("defaults", "jobs", "scan")
@@ -107,7 +108,7 @@ def _location_problem(value: Any) -> str | None:
 # --- the scan form -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScanSpec:
     """A scan: every TIFF under ``input`` without an output under ``output`` is a job.
 

@@ -7,11 +7,12 @@ never pixels or tile lists: Step Functions caps a state's data at 256 KiB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from functools import cached_property
 from typing import Any
 
 from pipeline.core.grid import Batch, PageGrid, SplitUnit
+from pipeline.core.record import record
 
 COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")
 
@@ -21,7 +22,7 @@ DEFAULT_TILE = 1024
 DEFAULT_OUTPUT_TILE = 512
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OutputOptions:
     """How the output TIFF is encoded."""
 
@@ -40,7 +41,7 @@ class OutputOptions:
         return cls(**d)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class JobSpec:
     """One job of a manifest, with defaults applied and locations resolved to URLs/paths."""
 
@@ -70,7 +71,7 @@ class JobSpec:
         return cls(**d)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PageInfo:
     """What a plan needs to know of one input page (read from its IFD only)."""
 
@@ -105,7 +106,7 @@ class PageInfo:
         return self.height * self.width / 1e6
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PagePlan:
     """One page of a job: its input info, output channels, and processing grid."""
 
@@ -131,7 +132,7 @@ class PagePlan:
                    d.get("factor", 1))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class JobPlan:
     """Everything the split, process and merge steps of one job need, stored as plan.json."""
 

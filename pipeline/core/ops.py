@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from pipeline.core import dtypes
 from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
 from pipeline.core.params import Param, check_object
+from pipeline.core.record import record
 from pipeline.errors import OperationError, UnknownOperationError
 
 #: Crop origins of haloed tiles are multiples of this, so SIMD paths of OpenCV see
@@ -36,7 +37,7 @@ HALO_ALIGN = 16
 SUPPORTED_DTYPES = dtypes.ALL
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Op:
     """One operation of the registry."""
 
@@ -75,7 +76,7 @@ class Op:
         return needed + self.halo(params, dtype)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OpCall:
     """An op with its checked parameters, as a chain holds it."""
 

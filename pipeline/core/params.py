@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
+from pipeline.core.record import record
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class Param:
     """One parameter: its JSON type, range and default (``required`` when there is no default)."""
 

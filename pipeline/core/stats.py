@@ -20,18 +20,18 @@ Pure module: arrays in, arrays out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.core import dtypes
 from pipeline.core.opencv import cv2
+from pipeline.core.record import record
 
 State = dict[str, np.ndarray]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StatsSpec:
     """How one op gathers, reduces and applies its statistics."""
 

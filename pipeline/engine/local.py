@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol, Self
 
 from pipeline.adapters import kept_files
 from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
 from pipeline.core.events import JobList
+from pipeline.core.record import record
 from pipeline.engine import definition, direct
 from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
 from pipeline.errors import EngineError
@@ -63,7 +63,7 @@ class Invoker(Protocol):
 #: called after every task: (function, event, ok, payload)
 Listener = Callable[[str, dict[str, Any], bool, dict[str, Any]], None]
 
-@dataclass
+@record
 class Execution:
     """How an execution ended."""
 

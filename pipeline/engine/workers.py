@@ -13,10 +13,11 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.constants import TILE_THREADS_ENV
+from pipeline.core.record import record
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -190,7 +191,7 @@ class InProcess:
         return ok, payload
 
 
-@dataclass
+@record
 class WorkerPool:
     """``invoke(function, event)`` runs a handler in a worker process and returns
     ``(ok, payload)``. Thread-safe: the engine's Map threads call it concurrently. ``lazy``:
