@@ -279,9 +279,10 @@ def write_bytes(url: str, data: bytes) -> None:
             with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, url)
-        finally:
+        except BaseException:
             with suppress(FileNotFoundError):
                 os.remove(tmp)
+            raise
 
 
 def write_text(url: str, text: str) -> None:
@@ -407,8 +408,17 @@ def temp_output_path(url: str) -> str:
     name = os.path.basename(url.rstrip("/"))
     if is_s3(url):
         return os.path.join(tempfile.gettempdir(), f"tiffpipe-{os.urandom(16).hex()}-{name}")
-    os.makedirs(parent(url), exist_ok=True)
-    return os.path.join(parent(url), f".{name}.tiffpipe-{os.urandom(16).hex()}.tmp")
+    folder = parent(url)
+    _make_folder(folder)
+    return os.path.join(folder, f".{name}.tiffpipe-{os.urandom(16).hex()}.tmp")
+
+
+def _make_folder(folder: str) -> None:
+    """Create a local folder and its parents if missing (one ``stat`` when it exists, as it
+    does for every write of a job's work files after the first: ``os.makedirs`` would try
+    ``mkdir`` and handle its error each time)."""
+    if not os.path.isdir(folder):
+        os.makedirs(folder, exist_ok=True)
 
 
 def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
@@ -435,7 +445,7 @@ def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
         return
     tmp = ""
     try:
-        os.makedirs(parent(url), exist_ok=True)
+        _make_folder(parent(url))
         try:
             os.replace(local_path, url)
         except OSError as exc:
