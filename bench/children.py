@@ -39,10 +39,15 @@ def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
     import tifffile  # noqa: F401
     import timed_worker
 
+    from pipeline.core.constants import KEEP_SEGMENTS_ENV
     from pipeline.runner import _remove_work, run_local
 
     timings = tempfile.mkdtemp(prefix="tiffpipe-timings-")
     timed_worker.install(timings)
+    # the work is kept to be measured, but the run is a default one: a ProcessJob keeps a
+    # small output's segment in memory (keep_work alone would have it written to the work
+    # location, as `tiffpipe run --keep-work` does)
+    os.environ.setdefault(KEEP_SEGMENTS_ENV, "0")
     t0 = time.time()
     result = run_local(manifest, workers, keep_work=True)
     run_s = time.time() - t0
