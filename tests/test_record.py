@@ -128,5 +128,5 @@ def test_the_models_a_run_imports_are_records():
                and c.__module__ == mod.__name__]
     assert len(classes) >= 30
     for cls in classes:
-        assert hasattr(cls, "__record_fields__"), cls
+        assert hasattr(cls, "__record_spec__"), cls
         assert cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("), cls

@@ -27,8 +27,7 @@ from typing import Any, TypeVar, dataclass_transform
 
 T = TypeVar("T")
 
-_FIELDS = "__record_fields__"  # (name, default, default factory) of each field, in order
-_FROZEN = "__record_frozen__"
+_SPEC = "__record_spec__"  # see _spec_of
 
 
 @dataclass_transform(field_specifiers=(dataclasses.field, dataclasses.Field))
@@ -38,9 +37,7 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = False
 
     def wrap(cls: type[T]) -> type[T]:
         cls = dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
-        setattr(cls, _FIELDS, tuple((f.name, f.default, f.default_factory)
-                                    for f in dataclasses.fields(cls)))  # type: ignore[arg-type]
-        setattr(cls, _FROZEN, frozen)
+        setattr(cls, _SPEC, _spec_of(cls))
         cls.__init__ = _init  # type: ignore[misc]
         cls.__repr__ = _repr  # type: ignore[assignment]
         cls.__eq__ = _eq  # type: ignore[assignment]
@@ -55,47 +52,55 @@ def record(cls: type[T] | None = None, /, *, frozen: bool = False
     return wrap if cls is None else wrap(cls)
 
 
+def _spec_of(cls: type) -> tuple[tuple[str, ...], frozenset[str], dict[str, Any],
+                                 tuple[tuple[str, Callable[[], Any]], ...], bool]:
+    """What :func:`_init` needs of a record class, worked out once: its field names in
+    order (and as a set), the plain defaults, the default factories, and whether it has a
+    ``__post_init__``."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    return (tuple(f.name for f in fields), frozenset(f.name for f in fields),
+            {f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
+            tuple((f.name, f.default_factory) for f in fields
+                  if f.default_factory is not dataclasses.MISSING),
+            hasattr(cls, "__post_init__"))
+
+
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
-    fields = getattr(cls, _FIELDS)
-    if len(args) > len(fields):
-        raise TypeError(f"{cls.__name__}.__init__() takes {len(fields) + 1} positional "
-                        f"arguments but {len(args) + 1} were given")
-    for (name, _, _), value in zip(fields, args, strict=False):
-        if name in kwargs:
-            raise TypeError(f"{cls.__name__}.__init__() got multiple values for argument "
-                            f"'{name}'")
-        object.__setattr__(self, name, value)
-    missing = []
-    for name, default, factory in fields[len(args):]:
-        if name in kwargs:
-            value = kwargs.pop(name)
-        elif default is not dataclasses.MISSING:
-            value = default
-        elif factory is not dataclasses.MISSING:
-            value = factory()
-        else:
-            missing.append(name)
-            continue
-        object.__setattr__(self, name, value)
-    if kwargs:
-        raise TypeError(f"{cls.__name__}.__init__() got an unexpected keyword argument "
-                        f"'{next(iter(kwargs))}'")
-    if missing:
+    names, known, defaults, factories, post_init = getattr(cls, _SPEC)
+    if args:
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}.__init__() takes {len(names) + 1} positional "
+                            f"arguments but {len(args) + 1} were given")
+        for name, value in zip(names, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"{cls.__name__}.__init__() got multiple values for "
+                                f"argument '{name}'")
+            kwargs[name] = value
+    values = {**defaults, **kwargs}
+    for name, factory in factories:
+        if name not in values:
+            values[name] = factory()
+    if len(values) != len(names) or not values.keys() <= known:
+        unknown = [k for k in kwargs if k not in known]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.__init__() got an unexpected keyword argument "
+                            f"'{unknown[0]}'")
+        missing = [n for n in names if n not in values]
         raise TypeError(f"{cls.__name__}.__init__() missing {len(missing)} required "
                         f"argument(s): {', '.join(repr(n) for n in missing)}")
-    post_init = getattr(self, "__post_init__", None)
-    if post_init is not None:
-        post_init()
+    self.__dict__.update(values)  # as a frozen dataclass's __init__: past __setattr__
+    if post_init:
+        self.__post_init__()
 
 
 def _values(self: Any) -> tuple[Any, ...]:
-    return tuple(getattr(self, name) for name, _, _ in getattr(type(self), _FIELDS))
+    return tuple(getattr(self, name) for name in getattr(type(self), _SPEC)[0])
 
 
 def _repr(self: Any) -> str:
     cls = type(self)
-    parts = ", ".join(f"{name}={getattr(self, name)!r}" for name, _, _ in getattr(cls, _FIELDS))
+    parts = ", ".join(f"{name}={getattr(self, name)!r}" for name in getattr(cls, _SPEC)[0])
     return f"{cls.__qualname__}({parts})"
 
 
