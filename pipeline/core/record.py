@@ -28,6 +28,7 @@ from typing import Any, TypeVar, dataclass_transform
 T = TypeVar("T")
 
 _SPEC = "__record_spec__"  # see _spec_of
+_set = object.__setattr__
 
 
 @dataclass_transform(field_specifiers=(dataclasses.field, dataclasses.Field))
@@ -68,6 +69,12 @@ def _spec_of(cls: type) -> tuple[tuple[str, ...], frozenset[str], dict[str, Any]
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
     names, known, defaults, factories, post_init = getattr(cls, _SPEC)
+    if len(args) == len(names) and not kwargs:  # every field, in order (Rect(y0, x0, y1, x1))
+        for name, value in zip(names, args, strict=False):  # as many of each
+            _set(self, name, value)
+        if post_init:
+            self.__post_init__()
+        return
     if args:
         if len(args) > len(names):
             raise TypeError(f"{cls.__name__}.__init__() takes {len(names) + 1} positional "
@@ -89,7 +96,8 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         missing = [n for n in names if n not in values]
         raise TypeError(f"{cls.__name__}.__init__() missing {len(missing)} required "
                         f"argument(s): {', '.join(repr(n) for n in missing)}")
-    self.__dict__.update(values)  # as a frozen dataclass's __init__: past __setattr__
+    for name in names:  # in field order, past a frozen __setattr__, as dataclass's __init__
+        _set(self, name, values[name])  # (not __dict__.update: reads would be ~2x slower)
     if post_init:
         self.__post_init__()
 
