@@ -7,8 +7,8 @@ seconds of the worker process, which counts all its threads) to a file per worke
 folder named by ``TIFFPIPE_BENCH_TIMINGS``. Nothing in ``pipeline/`` changes; the extra cost
 is two clock reads and one short write per invocation (the file stays open).
 
-A ProcessJob (``process_job``: a fused job of one unit, whole) also records its two parts,
-its unit as ``process_unit`` and its publishing as ``merge``, with ``part_of``: the
+A ProcessJob (``process_job``: a small fused job, whole) also records its parts, each unit
+as ``process_unit`` and its publishing as ``merge``, with ``part_of``: the
 calibration costs units and merges from them, as from the tasks of larger jobs; the union
 of the intervals (:func:`busy_seconds`) counts them once.
 
@@ -86,7 +86,8 @@ def _time_parts() -> None:
                 t1, c1 = time.time(), time.process_time()
                 _append({"function": "process", "action": action, "t0": t0, "t1": t1,
                          "wall_s": t1 - t0, "cpu_s": c1 - c0, "ok": ok, "pid": os.getpid(),
-                         "unit": 0 if action == "process_unit" else None, "batch": None,
+                         "unit": getattr(args[0], "unit", 0) if action == "process_unit"
+                         and args else None, "batch": None,
                          "part_of": "process_job"})
         return run
 

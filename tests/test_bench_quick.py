@@ -69,10 +69,9 @@ def test_compared_runs_are_fused_and_the_calibration_runs_are_not(
         assert "process_unit" in r["actions"], r["actions"].keys()
         assert not {"split", "process"} & set(r["actions"])
         assert "tiles" not in r["work_bytes"]
-        # segments in the work location, unless every job was one ProcessJob whose small
-        # output stayed in memory (a default run, as the benchmark measures it)
-        held = r["actions"].get("process_job", {}).get("count", 0) == r["map_items"]
-        assert r["work_bytes"].get("out", 0) > 0 or held, r["work_bytes"]
+        # segments in the work location, unless the jobs were ProcessJobs whose small
+        # outputs stayed in memory (a default run, as the benchmark measures it)
+        assert r["work_bytes"].get("out", 0) > 0 or "process_job" in r["actions"], r
         assert r["map_items"] == r["actions"]["process_unit"]["count"]
     assert set(bench["unfused"]) == {"rgb", "gray"}
     for r in bench["unfused"].values():

@@ -23,6 +23,7 @@ import pytest
 import tifffile
 from conftest import ROOT
 
+from pipeline.core import plan as plan_mod
 from pipeline.engine import definition, direct, local
 from pipeline.engine.local import LocalEngine
 from pipeline.errors import EngineError
@@ -195,8 +196,10 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
     cost more than the work left). When a unit runs long here (``slow_here`` seconds more,
     in this process only), the waiting units hold enough work and, once a unit has waited
     POOL_START_AFTER_S, the pool of ``workers - 1`` starts and serves one (with a long wait:
-    all run in the engine)."""
+    all run in the engine). (Pages this small would make one ProcessJob of the three
+    units: plan.SINGLE_TASK_PIXELS is 0 here, for the Map's scheduling.)"""
     monkeypatch.setattr(local, "POOL_START_AFTER_S", wait)
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)
     if slow_here:
         from pipeline.steps import process
 
@@ -243,9 +246,11 @@ def test_pages_of_one_tile_run_side_by_side_in_the_engine_process(
     """A unit keeps as many cores busy as it has tiles (:meth:`LocalEngine._width`): units of
     one-tile pages (a scanned archive of small pages) run two at once in the engine's
     process, with no worker started; units of many tiles, which keep the cores busy alone,
-    one at a time. The outputs are exact either way."""
+    one at a time. The outputs are exact either way. (The Map's units: a job this small
+    would be one ProcessJob, whose units run side by side as well: test_single_task.py.)"""
     from pipeline.steps import process
 
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)
     real = process.process_unit
     lock = threading.Lock()
     running: list[int] = []

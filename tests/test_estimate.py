@@ -81,6 +81,14 @@ def fused(tmp_path: Path) -> Path:
     return _write_manifest(tmp_path, fuse=True)
 
 
+@pytest.fixture(autouse=True)
+def _several_units_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The jobs here are small; a fused job of several units would run as one ProcessJob
+    (plan.SINGLE_TASK_PIXELS). These tests cost the ProcessUnits Map of such a job, as a
+    larger one runs; test_a_small_job_of_several_units_is_one_process_job costs the other."""
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_PIXELS", 0)
+
+
 def _plans(manifest: Path) -> tuple[list[Any], list[float | None]]:
     plans, sizes, problems = est.plans_for_manifest(str(manifest))
     assert problems == []
@@ -372,6 +380,30 @@ def test_a_fused_job_of_one_unit_is_one_process_job(fused: Path,
     assert (one["s3"]["work_bytes"], one["s3"]["work_objects"]) == (0, 2)
     assert stored["s3"]["work_objects"] == 2 + 2
     assert one["cost_usd"]["s3_requests"] < stored["cost_usd"]["s3_requests"]
+
+
+def test_a_small_job_of_several_units_is_one_process_job(
+        fused: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RGB job (two pages, two units, 0.7 Mpx) under plan.SINGLE_TASK_PIXELS is one
+    ProcessJob: one invocation whose time is its units' times added, then its merge's; the
+    same work as the Map's units and Merge, two state transitions fewer than PlanJob,
+    Fused, ProcessUnits, a transition a unit, Merge."""
+    plans, sizes = _plans(fused)
+    rgb = [plans[0]]
+    assert len(rgb[0].units) == 2 and not single_task(rgb[0])  # with the fixture's 0
+    mapped = est.estimate(rgb, CAL, FAST_IO, input_bytes=sizes[:1])
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_PIXELS", 16_000_000)
+    assert single_task(rgb[0])
+    one = est.estimate(rgb, CAL, FAST_IO, input_bytes=sizes[:1])
+    before, job = mapped["steps"], one["steps"]["process_job"]
+    assert before["process_unit"]["invocations"] == 2 and before["merge"]["invocations"] == 1
+    assert job["invocations"] == 1 and {"process_unit", "merge"}.isdisjoint(one["steps"])
+    for key in ("cpu_s", "seconds"):
+        assert job[key] == pytest.approx(before["process_unit"][key] + before["merge"][key])
+    assert one["invocations"] == mapped["invocations"] - 2
+    assert one["state_transitions"]["per_job"] == [3]
+    assert mapped["state_transitions"]["per_job"] == [6]
+    assert one["jobs"][0]["single"] and one["jobs"][0]["units"] == 2
 
 
 def test_transitions_take_the_branch_the_plan_takes(manifest: Path, fused: Path) -> None:

@@ -174,3 +174,68 @@ def test_the_unit_takes_the_input_plan_job_opened(tmp_path: Path,
     again, _, _ = _run(tmp_path, "again", jobs)
     assert len(opened) == 2 * len(jobs)
     assert again == outputs
+
+
+def test_a_small_job_of_several_pages_is_one_task_its_units_side_by_side(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fused job of several units (pages) whose pages hold at most plan.SINGLE_TASK_PIXELS
+    is one ProcessJob too: its units run side by side in the task's threads, then its
+    merge; the output is byte for byte the Map's, composed from memory (nothing but the
+    plan and the result in the work location). A unit that fails fails the job: nothing
+    is published, nothing stays held."""
+    from pipeline.steps import single
+
+    pages = [make_image(5 + k, 300 + 40 * k, 280, 3, "uint8") for k in range(4)]
+    write_tiff(tmp_path / "pages.tif", pages, tiled=True)
+    jobs = {"pages": {"input": "pages.tif", "ops": [G],
+                      "output_options": {"compression": "deflate"}}}
+    real = single.process_unit
+    lock = threading.Lock()
+    running: list[int] = []
+    most = [0]
+    meet = threading.Barrier(2, timeout=30)  # units 0 and 1 wait for each other
+
+    def watched(event: Any) -> Any:
+        with lock:
+            running.append(event.unit)
+            most[0] = max(most[0], len(running))
+        try:
+            if event.unit < 2:
+                meet.wait()  # broken (the job fails) unless both run at once
+            return real(event)
+        finally:
+            with lock:
+                running.remove(event.unit)
+
+    monkeypatch.setattr(single, "process_unit", watched)
+    monkeypatch.setattr(single, "tile_threads", lambda: 2)  # two units at a time, any machine
+    monkeypatch.setenv(KEEP_SEGMENTS_ENV, "0")  # kept work, segments held
+    one, actions, result = _run(tmp_path, "single", jobs, keep_work=True)
+    assert actions.count("process_job") == 1
+    assert not {"process_unit", "merge"} & set(actions)
+    assert most[0] == 2
+    names = sorted(p.name for p in (Path(result.work) / "jobs" / "00000").iterdir())
+    assert names == ["plan.json", "result.json"]
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV)
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)  # the Map of four units
+    mapped, actions, _ = _run(tmp_path, "map", jobs)
+    assert actions.count("process_unit") == len(pages) and "process_job" not in actions
+    assert one == mapped
+    with tifffile.TiffFile(tmp_path / "single" / "pages.tif") as tf:
+        assert [p.shape[:2] for p in tf.pages] == [p.shape[:2] for p in pages]
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 16_000_000)
+
+    def failing(event: Any) -> Any:
+        if event.unit == 2:
+            raise ValueError("unit 2 refuses")
+        return real(event)
+
+    monkeypatch.setattr(single, "process_unit", failing)
+    out = tmp_path / "failed"
+    (tmp_path / "failed.json").write_text(json.dumps({"jobs": [
+        {**jobs["pages"], "output": str(out / "pages.tif")}]}))
+    failed = run_local(str(tmp_path / "failed.json"), 1)
+    assert failed.report is not None and failed.report["jobs"][0]["status"] == "FAILED"
+    assert "unit 2 refuses" in failed.report["jobs"][0]["error"]["message"]
+    assert not out.exists() or list(out.iterdir()) == []
+    assert segments._held == {}

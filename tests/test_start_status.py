@@ -33,6 +33,7 @@ from pipeline.aws import STEPS, Clients, StackNames
 from pipeline.aws.deploy_steps import DeployConfig, deploy
 from pipeline.aws.executions import BUCKET_TAG
 from pipeline.aws.policies import DataLocation
+from pipeline.core import plan as plan_mod
 from pipeline.engine.local import served_by
 from pipeline.sample import SamplePage, write_sample
 
@@ -130,7 +131,11 @@ JOBS = {"defaults": {"tile": 128, "output_options": {"tile": 64}}, "jobs": [
 ]}
 
 
-def test_start_uploads_a_local_manifest_and_wait_shows_the_summary(stack: Stack):
+def test_start_uploads_a_local_manifest_and_wait_shows_the_summary(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch):
+    # the two-page job as a ProcessUnits Map (this small, it would be one ProcessJob): the
+    # progress line shows the Map run's items
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)
     manifest = stack.manifest("m.json", JOBS)
     code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--region",
                                     REGION, "--wait", "--poll", "0.05")

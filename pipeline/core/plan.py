@@ -21,6 +21,10 @@ FUSED_UNIT_PIXELS = 256 * 1024 * 1024
 TILES_PER_BATCH = 8
 #: a fused job of one unit runs as ONE task, the unit then the merge (:func:`single_task`)
 SINGLE_TASK_JOBS = True
+#: ... and so does a fused job of several units (pages) whose pages hold at most this many
+#: pixels: its units run side by side in the task; a Map of such short units (on AWS a
+#: Distributed Map run and its child executions) costs more than it saves
+SINGLE_TASK_PIXELS = 16 * 1000 * 1000
 #: ... and keeps its segment in memory when its output is at most this many bytes
 #: uncompressed (:func:`held_output`; its encoded tiles are about as large at most)
 HELD_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -73,12 +77,15 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
 
 
 def single_task(plan: JobPlan) -> bool:
-    """Whether the job runs as one ProcessJob task (its unit, then its merge, in one
+    """Whether the job runs as one ProcessJob task (its units, then its merge, in one
     invocation) instead of the ProcessUnits Map and a Merge task: a fused job of one unit,
-    whose merge could not start before that unit ends anyway. It saves the Map (on AWS a
-    Distributed Map run and its child execution) and an invocation; the files and the
-    output are the same."""
-    return SINGLE_TASK_JOBS and plan.fused and len(plan.units) == 1
+    whose merge could not start before that unit ends anyway, or of several units whose
+    pages add up to at most :data:`SINGLE_TASK_PIXELS` (a small multi-page file). It saves
+    the Map (on AWS a Distributed Map run and its child executions) and an invocation;
+    the output is the same."""
+    if not (SINGLE_TASK_JOBS and plan.fused):
+        return False
+    return len(plan.units) == 1 or plan.megapixels * 1e6 <= SINGLE_TASK_PIXELS
 
 
 def held_output(plan: JobPlan) -> bool:

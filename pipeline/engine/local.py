@@ -296,8 +296,10 @@ class LocalEngine:
         action = event.get("action")
         try:
             plan = load_plan(event["plan"])
-            if action in ("process_unit", "process_job"):  # a job's one unit, then its merge
+            if action == "process_unit":
                 tiles = plan.units[event.get("unit", 0)].tiles
+            elif action == "process_job":  # a job's units side by side, then its merge
+                tiles = sum(unit.tiles for unit in plan.units)
             elif action == "process":
                 batch = plan.batches[event["batch"]]
                 tiles = batch.last - batch.first

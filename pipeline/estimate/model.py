@@ -142,14 +142,15 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
                   held: bool = False) -> list[tuple[str, list[float]]]:
     """One ``process_unit`` per unit on the process function: the input read as split reads
     it, the chain and the output encode, one segment of its output tiles; no work tiles.
-    ``step``: ``process_job`` for a job of one unit run whole (its merge is added to it);
+    ``step``: ``process_job`` for a job run whole by one task (one invocation, its units'
+    times added; its merge is added to it);
     ``held``: its segment stays in memory (nothing written here: the output upload is the
     merge's)."""
     a = ledger.a
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     threads = max(1.0, ledger.vcpus["process"])
     durations = []
-    for haloed, out, tiles in units:
+    for k, (haloed, out, tiles) in enumerate(units):
         read_cpu = c.unit_factor * haloed * c.unit_read
         cpu = read_cpu + c.unit_factor * (haloed * c.ops + out * c.per_out)
         read, written = haloed * in_bpm, out * c.out_bpm
@@ -160,7 +161,10 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
         durations.append(ledger.add(step, secs, cpu,
                                     get=1 + math.ceil(read / READ_BUFFER),
                                     put=_segment_puts(written) if written else 0,
-                                    bytes_in=read, bytes_out=written))
+                                    bytes_in=read, bytes_out=written,
+                                    invocation=step != "process_job" or k == 0))
+    if step == "process_job":  # one invocation: its units one after the other (each keeps
+        return [(step, [sum(durations)])]  # every vCPU busy already), then the merge
     return [(step, durations)]
 
 

@@ -26,7 +26,8 @@ def format_text(result: dict[str, Any]) -> str:
     p(f"estimate for {len(result['jobs'])} job(s), {mpx / 1000:,.1f} gigapixels, on AWS "
       f"(concurrency {result['concurrency']})")
     for j in result["jobs"][:10]:
-        work = ("fused, one unit: split, process and merge in one invocation (ProcessJob)"
+        units = "one unit" if j["units"] == 1 else f"{j['units']} units"
+        work = (f"fused, {units}: split, process and merge in one invocation (ProcessJob)"
                 if j.get("single") else
                 f"fused: {j['units']} units (split and process in one invocation)"
                 if j["fused"] else f"{j['units']} split units, {j['batches']} batches"

@@ -1,6 +1,7 @@
-"""ProcessJob: a fused job of one unit (:func:`pipeline.core.plan.single_task`) in one
-invocation, its unit and then its merge, as the ProcessUnits Map and the Merge task would run
-them, to the same output, without the Map and the second invocation.
+"""ProcessJob: a fused job of one unit, or of a few small ones
+(:func:`pipeline.core.plan.single_task`), in one invocation, its units and then its merge, as
+the ProcessUnits Map and the Merge task would run them, to the same output, without the Map
+and the second invocation.
 
 A scanned archive of one-page files is thousands of such jobs; one 512 x 512 page's unit
 takes a few milliseconds, about what a task's hand-over costs (on AWS a Distributed Map
@@ -15,6 +16,7 @@ copied from a segment object), unless ``TIFFPIPE_KEEP_SEGMENTS`` is 1 (``tiffpip
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any
 
@@ -22,17 +24,28 @@ from pipeline.adapters.segments import held
 from pipeline.core.constants import KEEP_SEGMENTS_ENV
 from pipeline.core.events import JobPlanEvent, UnitEvent
 from pipeline.core.plan import held_output
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import load_plan, tile_threads
 from pipeline.steps.merge import publish
 from pipeline.steps.process import process_unit
 
 
 def process_job(event: JobPlanEvent) -> dict[str, Any]:
-    """The job's one unit, then its output published (a failed unit raises its own error:
+    """The job's units, then its output published (a failed unit raises its own error:
     nothing is published)."""
     plan = load_plan(event.plan)
     hold = held_output(plan) and os.environ.get(KEEP_SEGMENTS_ENV) != "1"
     with held(plan.work) if hold else nullcontext():
-        done = process_unit(UnitEvent(event.plan, 0))
+        tiles = _units(event.plan, len(plan.units))
         merged = publish(plan)
-    return {**merged, "tiles": done["tiles"]}
+    return {**merged, "tiles": tiles}
+
+
+def _units(plan_url: str, count: int) -> int:
+    """Process units 0 .. count - 1 of the plan: side by side in :func:`tile_threads` threads
+    (each unit's own tile threads work within it; the engine's Map ran such units side by
+    side too), the first error raised once the others have stopped. Their tiles in all."""
+    if count == 1:
+        return int(process_unit(UnitEvent(plan_url, 0))["tiles"])
+    with ThreadPoolExecutor(min(count, tile_threads()), thread_name_prefix="tiffpipe-unit") as pool:
+        done = list(pool.map(lambda unit: process_unit(UnitEvent(plan_url, unit)), range(count)))
+    return sum(int(d["tiles"]) for d in done)
