@@ -119,14 +119,15 @@ def test_the_models_a_run_imports_are_records():
     compiled at every start), and each has its own docstring (else dataclass asks
     inspect.signature for one)."""
     from pipeline import runner
-    from pipeline.core import constants, events, manifest, models, ops
+    from pipeline.core import constants, events, grid, manifest, models, ops, tiff_layout
     from pipeline.engine import local, workers
 
-    classes = [c for mod in (runner, constants, events, manifest, models, ops, local, workers)
+    classes = [c for mod in (runner, constants, events, grid, manifest, models, ops,
+                             tiff_layout, local, workers)
                for c in vars(mod).values()
                if isinstance(c, type) and dataclasses.is_dataclass(c)
                and c.__module__ == mod.__name__]
-    assert len(classes) >= 30
+    assert len(classes) >= 38
     for cls in classes:
         assert hasattr(cls, "__record_spec__"), cls
         assert cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("), cls

@@ -5,11 +5,12 @@ Pure module: integers in, integers out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from math import ceil
 
+from pipeline.core.record import record
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class Rect:
     """A half-open pixel rectangle [y0, y1) x [x0, x1)."""
 
@@ -40,7 +41,7 @@ class Rect:
         return Rect(self.y0 - outer.y0, self.x0 - outer.x0, self.y1 - outer.y0, self.x1 - outer.x0)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PageGrid:
     """The processing grid of one page: square tiles of ``tile`` pixels, each read with ``halo``."""
 
@@ -94,7 +95,7 @@ class PageGrid:
         return Rect(a.y0, a.x0, b.y1, b.x1)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SplitUnit:
     """What one split (or fused) invocation reads: tile rows [row0, row1) x cols [col0, col1)
     of a page."""
@@ -117,7 +118,7 @@ class SplitUnit:
         return cls(*v)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Batch:
     """What one process invocation works on: tiles [first, last) (row-major) of a page."""
 

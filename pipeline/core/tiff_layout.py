@@ -16,11 +16,11 @@ function; less than ``2 * MIN_PART`` of them per uploaded part).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.core.models import JobPlan
+from pipeline.core.record import record
 from pipeline.errors import OutputTooLargeError
 
 MiB = 1024 * 1024
@@ -47,7 +47,7 @@ ROW_MAJOR_READ_THROUGH = 256 * MiB
 UPLOAD_PART = 16 * MiB
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Literal:
     """Bytes merge computed (header, IFDs, tag values, padding)."""
 
@@ -58,7 +58,7 @@ class Literal:
         return len(self.data)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Span:
     """``size`` bytes of segment ``source`` from byte ``start``."""
 
@@ -70,7 +70,7 @@ class Span:
 Piece = Literal | Span
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Part:
     """One multipart part: a copy of one span (``copy``), or the pieces to upload."""
 
@@ -209,7 +209,7 @@ def run_lengths(segments: np.ndarray) -> np.ndarray:
     return np.diff(np.concatenate([[0], cuts, [flat.size]]))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PartCount:
     """What composing an output costs in S3 requests (expected, from run sizes)."""
 
