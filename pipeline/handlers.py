@@ -32,7 +32,7 @@ FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
         "process": (events.BatchEvent, "pipeline.steps.process:process"),
         # a fused unit: split and process in one invocation (the plan says when)
         "process_unit": (events.UnitEvent, "pipeline.steps.process:process_unit"),
-        # a fused job of one unit, whole: its unit, then its merge
+        # a small fused job, whole: its units, then its merge
         "process_job": (events.JobPlanEvent, "pipeline.steps.single:process_job"),
         # a level unit of a job that is not fused: its region's pyramid levels
         "build_levels": (events.UnitEvent, "pipeline.steps.unit_levels:build_levels"),

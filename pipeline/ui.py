@@ -67,7 +67,7 @@ class RunProgress:
                 self._planned(payload["job"], payload["tiles"])
             elif action in ("process", "process_unit", "process_job") and ok:
                 self._advance(payload["job"], payload["tiles"])
-            if action in ("merge", "process_job") and ok:  # process_job: a job of one unit
+            if action in ("merge", "process_job") and ok:  # process_job: a whole job
                 self._log(f"job {payload['job']}: done -> {payload['output']}")
             if action == "record_failure" and ok:
                 self._log(f"job {payload['job']}: FAILED ({payload['error']})")

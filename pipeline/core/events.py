@@ -17,7 +17,7 @@ import functools
 from dataclasses import field, fields
 from typing import Any, TypeVar
 
-from pipeline.core.record import record
+from pipeline.core.record import field_values, record
 from pipeline.errors import TiffpipeError
 
 # The models are records (pipeline.core.record): dataclasses whose methods are not compiled
@@ -72,7 +72,7 @@ def _plain(value: Any) -> Any:
     """``dataclasses.asdict`` for JSON-shaped models, without its deep copy of every value
     (dicts and lists are copied, level by level; each task's result and event pays it)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {name: _plain(v) for name, v in field_values(value).items()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -125,7 +125,7 @@ class JobPlanned:
     fused: bool
     stats: StatsRound
     levels: bool = False
-    #: a fused job of one unit: ProcessJob runs it whole (the Single Choice)
+    #: a small fused job (plan.single_task): ProcessJob runs it whole (the Fused Choice)
     single: bool = False
 
 
@@ -295,8 +295,8 @@ class MergeEvent:
 
 @record
 class JobPlanEvent:
-    """Process and merge a job of one fused unit in one invocation (process function,
-    ``process_job``)."""
+    """Process and merge a small fused job (its units, then its merge) in one invocation
+    (process function, ``process_job``)."""
 
     plan: str
 

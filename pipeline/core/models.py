@@ -7,12 +7,12 @@ never pixels or tile lists: Step Functions caps a state's data at 256 KiB.
 
 from __future__ import annotations
 
-from dataclasses import field, fields
+from dataclasses import field
 from functools import cached_property
 from typing import Any
 
 from pipeline.core.grid import Batch, PageGrid, SplitUnit
-from pipeline.core.record import record
+from pipeline.core.record import field_values, record
 
 COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")
 
@@ -34,7 +34,7 @@ class OutputOptions:
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_of(self)
+        return field_values(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OutputOptions:
@@ -58,7 +58,7 @@ class JobSpec:
         # field by field, not asdict, whose deep copy of every value showed in profiles of
         # many one-page jobs (PlanRun and PlanJob write every job's spec); the ops are JSON,
         # each op's dict is copied
-        d = _fields_of(self)
+        d = field_values(self)
         d["pages"] = None if self.pages is None else list(self.pages)
         d["ops"] = [dict(op) for op in self.ops]
         d["output_options"] = self.output_options.to_json()
@@ -95,7 +95,7 @@ class PageInfo:
     ifd_offset: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_of(self)
+        return field_values(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PageInfo:
@@ -123,7 +123,7 @@ class PagePlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"info": self.info.to_json(), "out_channels": self.out_channels,
-                "grid": _fields_of(self.grid),
+                "grid": field_values(self.grid),
                 "factor": self.factor}
 
     @classmethod
@@ -189,9 +189,3 @@ class JobPlan:
     @property
     def megapixels(self) -> float:
         return sum(p.info.megapixels for p in self.pages)
-
-
-def _fields_of(model: Any) -> dict[str, Any]:
-    """A dataclass's fields and their own values (JSON-safe already), not ``asdict``'s deep
-    copies: plan_job writes one PageInfo per page, and asdict took ~0.2 ms of each."""
-    return {f.name: getattr(model, f.name) for f in fields(model)}

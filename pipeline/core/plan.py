@@ -19,7 +19,7 @@ SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
 FUSED_UNIT_PIXELS = 256 * 1024 * 1024
 #: tiles one process invocation handles (bounded in pixels by the tile size)
 TILES_PER_BATCH = 8
-#: a fused job of one unit runs as ONE task, the unit then the merge (:func:`single_task`)
+#: a fused job of one unit runs as ONE task, the unit then the merge (:func:`single_task`),
 SINGLE_TASK_JOBS = True
 #: ... and so does a fused job of several units (pages) whose pages hold at most this many
 #: pixels: its units run side by side in the task; a Map of such short units (on AWS a

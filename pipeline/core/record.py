@@ -104,6 +104,15 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         self.__post_init__()
 
 
+def field_values(model: Any) -> dict[str, Any]:
+    """A dataclass instance's fields and their own values, in field order: ``asdict`` without
+    its deep copy of every value (to_json and payloads of JSON-shaped models). A record's
+    names come from its spec, others' from ``dataclasses.fields``."""
+    spec = getattr(type(model), _SPEC, None)
+    names = spec[0] if spec is not None else [f.name for f in dataclasses.fields(model)]
+    return {name: getattr(model, name) for name in names}
+
+
 def _values(self: Any) -> tuple[Any, ...]:
     return tuple(getattr(self, name) for name in getattr(type(self), _SPEC)[0])
 

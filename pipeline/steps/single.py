@@ -7,7 +7,7 @@ A scanned archive of one-page files is thousands of such jobs; one 512 x 512 pag
 takes a few milliseconds, about what a task's hand-over costs (on AWS a Distributed Map
 run and its child execution, and a Lambda invocation; on the embedded engine a task and a
 process switch). When the output is small (:func:`pipeline.core.plan.held_output`), the
-unit's segment and index stay in memory (:func:`pipeline.adapters.segments.held`): no work
+units' segments and indexes stay in memory (:func:`pipeline.adapters.segments.held`): no work
 file is written or read back, and the output is composed from memory (on S3: uploaded, not
 copied from a segment object), unless ``TIFFPIPE_KEEP_SEGMENTS`` is 1 (``tiffpipe run
 --keep-work`` sets it: the kept work then holds every job's segment).
