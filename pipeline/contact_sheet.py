@@ -3,8 +3,10 @@ output's thumbnails side by side, labelled with the job, the page and the status
 shows its input and its error. ``tiffpipe run`` writes it next to its report as
 ``<report stem>.contact.png``.
 
-Thumbnails come from :mod:`pipeline.preview` (bounded memory, pyramid levels when there are
-some), a few at a time in threads. At most :data:`MAX_ROWS` rows are drawn; a line at the
+Thumbnails of large pages come from the sums the run's process steps made of the pixels they
+held (:mod:`pipeline.steps.thumbs`: ``tiffpipe run`` asks for them); the others from
+:mod:`pipeline.preview` (bounded memory, pyramid levels when there are some), a few at a time
+in threads. At most :data:`MAX_ROWS` rows are drawn; a line at the
 bottom says how many pages were left out.
 """
 
@@ -14,15 +16,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.adapters import storage
-from pipeline.core.models import JobSpec
+from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
-from pipeline.preview import Thumbnail, png_bytes, thumbnail
+from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
+from pipeline.preview import Thumbnail, png_bytes, thumbnail, to_display
+from pipeline.steps import layout
+from pipeline.steps.thumbs import load_summed, summed_parts
 
 #: the box a thumbnail fits in (pixels)
-CELL = 256
+CELL = SHEET_BOX
 #: the label column's width
 LABEL_W = 300
 PAD = 10
@@ -32,7 +38,7 @@ CAPTION = 20
 HEADER = 64
 ROW_H = CELL + CAPTION + PAD
 #: rows drawn at most (a run of thousands of pages would make an unusable picture)
-MAX_ROWS = 200
+MAX_ROWS = MAX_PAGES
 FOOTER = 28
 #: thumbnails rendered at once
 THREADS = 4
@@ -134,15 +140,50 @@ def _wrap(text: str, font: Any, width: int, lines: int) -> list[str]:
     return out
 
 
-def _thumb(url: str, page: int) -> Thumbnail | str:
+#: a thumbnail the run's steps summed: (the job's plan, page position, side, its parts)
+Summed = tuple[JobPlan, int, str, list[str]]
+
+
+def _thumb(url: str, page: int, summed: Summed | None = None) -> Thumbnail | str:
     try:
+        if summed is not None:
+            made = load_summed(*summed)
+            if made is not None:
+                return Thumbnail(to_display(made.pixels, np.dtype(made.dtype),
+                                            made.extrasamples),
+                                 page, made.height, made.width, f"page {page}, as processed",
+                                 False, 0, 0, made.dtype)
         return thumbnail(url, page, CELL)
     except Exception as exc:  # noqa: BLE001 - shown in the cell instead
         return f"{type(exc).__name__}: {exc}"
 
 
-def render(report: dict[str, Any], specs: list[JobSpec]) -> Image.Image:
-    """The contact sheet of a run report (its jobs' pages from ``specs``)."""
+def _summed_sources(rows: list[Row], work: str | None) -> dict[tuple[str, int], Summed]:
+    """The thumbnails among ``rows``' that the run's steps summed (pipeline.steps.thumbs),
+    by (file, page): read from the parts, not decoded from the file again."""
+    found: dict[tuple[str, int], Summed] = {}
+    if not work:
+        return found
+    by_job: dict[int, tuple[JobPlan | None, dict[tuple[int, str], list[str]]]] = {}
+    for row in rows:
+        if row.out_page is None:
+            continue
+        if row.job not in by_job:
+            job_work = layout.job_dir(work, row.job)
+            parts = summed_parts(job_work)
+            plan = JobPlan.from_json(storage.read_json(layout.plan_file(job_work))) \
+                if parts else None
+            by_job[row.job] = (plan, parts)
+        plan, parts = by_job[row.job]
+        for side, key in (("in", (row.input, row.in_page)), ("out", (row.output, row.out_page))):
+            if plan is not None and (row.out_page, side) in parts and key not in found:
+                found[key] = (plan, row.out_page, side, parts[(row.out_page, side)])
+    return found
+
+
+def render(report: dict[str, Any], specs: list[JobSpec], work: str | None = None) -> Image.Image:
+    """The contact sheet of a run report (its jobs' pages from ``specs``); ``work``: the run's
+    work location, where the steps may have left thumbnails they summed."""
     rows = sheet_rows(report, specs)
     shown, left_out = rows[:MAX_ROWS], max(0, len(rows) - MAX_ROWS)
     width, height = layout_size(len(shown), left_out > 0)
@@ -160,8 +201,10 @@ def render(report: dict[str, Any], specs: list[JobSpec]) -> Image.Image:
 
     tasks = list(dict.fromkeys([(r.input, r.in_page) for r in shown] +
                                [(r.output, r.out_page) for r in shown if r.out_page is not None]))
+    summed = _summed_sources(shown, work)
     with ThreadPoolExecutor(THREADS) as pool:
-        thumbs = dict(zip(tasks, pool.map(lambda t: _thumb(*t), tasks), strict=True))
+        thumbs = dict(zip(tasks, pool.map(lambda t: _thumb(*t, summed.get(t)), tasks),
+                          strict=True))
 
     for i, row in enumerate(shown):
         y = HEADER + i * ROW_H
@@ -218,5 +261,6 @@ def _cell(draw: ImageDraw.ImageDraw, sheet: Image.Image, x: int, y: int,
     draw.text((x, y + CELL + 3), caption, fill=GREY, font=font)
 
 
-def write_contact_sheet(report: dict[str, Any], specs: list[JobSpec], url: str) -> None:
-    storage.write_bytes(url, png_bytes(render(report, specs)))
+def write_contact_sheet(report: dict[str, Any], specs: list[JobSpec], url: str,
+                        work: str | None = None) -> None:
+    storage.write_bytes(url, png_bytes(render(report, specs, work)))

@@ -34,6 +34,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, page_count, page_info
 from pipeline.core.grid import Rect
 from pipeline.core.record import record
+from pipeline.core.thumbs import ThumbSums, fit
 from pipeline.errors import TiffpipeError
 
 #: default thumbnail box (pixels)
@@ -72,12 +73,6 @@ class Thumbnail:
         return (f"{self.image.width}x{self.image.height} thumbnail of page {self.page} "
                 f"({self.width}x{self.height} {self.dtype}) from {self.source}, {how}, "
                 f"{self.decoded} segment(s) decoded")
-
-
-def fit(height: int, width: int, size: int) -> tuple[int, int]:
-    """The thumbnail size of a page: inside a ``size`` box, aspect kept, never enlarged."""
-    scale = min(1.0, size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
@@ -145,13 +140,6 @@ def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
     """Average the page of ``reader`` down to (th, tw, channels) float64, one segment at a
     time. Returns the pixels and whether the read was strided (some segment rows skipped)."""
     height, width, channels = reader.height, reader.width, reader.samples
-
-    def to_ty(y0: int, y1: int) -> np.ndarray:  # thumbnail row of each page row
-        return (np.arange(y0, y1, dtype=np.int64) * th) // height
-
-    def to_tx(x0: int, x1: int) -> np.ndarray:
-        return (np.arange(x0, x1, dtype=np.int64) * tw) // width
-
     seg_h = reader.seg_h
     if reader.raw_strips:  # read uncompressed strips in bands, not whole
         row_bytes = width * reader.file_samples * max(reader.file_dtype.itemsize, 1)
@@ -162,8 +150,7 @@ def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
     middles = (bounds[:-1] + bounds[1:] - 1) // 2
     needed = sorted({int(m) // seg_h for m in middles})
     strided = len(needed) < seg_rows
-    acc = np.zeros((th, tw, channels), np.float64)
-    counts = np.zeros((th, tw), np.float64)
+    sums = ThumbSums(height, width, th, tw, channels)
     if reader.page.is_tiled:
         columns = [(c * reader.seg_w, min(width, (c + 1) * reader.seg_w))
                    for c in range(reader.seg_cols)]
@@ -176,62 +163,8 @@ def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
             reader.cache.clear()  # one segment at a time
             px = px.reshape(y1 - y0, x1 - x0, channels)
             for cx0 in range(0, x1 - x0, COLUMN_CHUNK):
-                cx1 = min(x1 - x0, cx0 + COLUMN_CHUNK)
-                _accumulate(acc, counts, px[:, cx0:cx1], to_ty(y0, y1),
-                            to_tx(x0 + cx0, x0 + cx1))
-    return acc / np.maximum(counts, 1)[..., None], strided
-
-
-def _accumulate(acc: np.ndarray, counts: np.ndarray, px: np.ndarray, ty: np.ndarray,
-                tx: np.ndarray) -> None:
-    """Add the sums of ``px`` per thumbnail pixel (rows map to ``ty``, columns to ``tx``: both
-    non-decreasing, by 0 or 1 a step, so the thumbnail pixels hit are one block)."""
-    h, w = px.shape[:2]
-    if px.dtype.kind == "f" and not np.isfinite(px).all():
-        px = np.where(np.isfinite(px), px, 0)  # NaN/inf would poison a whole thumbnail pixel
-    rows = slice(int(ty[0]), int(ty[-1]) + 1)
-    cols = slice(int(tx[0]), int(tx[-1]) + 1)
-    if ty[-1] - ty[0] == h - 1 and tx[-1] - tx[0] == w - 1:  # one page pixel a thumbnail's
-        acc[rows, cols] += px
-        counts[rows, cols] += 1
-        return
-    rstarts = np.flatnonzero(np.r_[True, ty[1:] != ty[:-1]])
-    cstarts = np.flatnonzero(np.r_[True, tx[1:] != tx[:-1]])
-    sums = _block_sums(px, rstarts, cstarts)
-    acc[rows, cols] += sums
-    rcount = np.diff(np.r_[rstarts, len(ty)])
-    ccount = np.diff(np.r_[cstarts, len(tx)])
-    counts[rows, cols] += np.outer(rcount, ccount)
-
-
-#: pixel types whose block sums come from OpenCV's integral image (it takes no others)
-INTEGRAL_TYPES = ("uint8", "uint16", "int16")
-
-
-def _block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.ndarray:
-    """The sums of ``px`` (rows x cols x channels) over the blocks that start at rows
-    ``rstarts`` and columns ``cstarts``, exact for integers.
-
-    8 and 16-bit pixels: from OpenCV's integral image (each block sum is four of its values;
-    7x faster than two ``reduceat`` on a 512 x 512 RGB tile), 8-bit ones in 32-bit integers
-    while every sum fits, else in float64 (exact below 2**53). Others: ``np.add.reduceat``,
-    rows first on a 2-D view, then columns; integers of up to 32 bits summed as 64-bit ones
-    (a sum holds fewer than 2**31 pixels), 64-bit integers and floats in float64."""
-    h, w, c = px.shape
-    if px.dtype.name in INTEGRAL_TYPES and c <= 512:  # 512: OpenCV's most channels
-        import cv2
-
-        # OpenCV sums 8-bit pixels in 32-bit integers or float64, 16-bit ones in float64 only
-        depth = cv2.CV_32S if px.dtype == np.uint8 and h * w * 255 < 2**31 else cv2.CV_64F
-        table = cv2.integral(np.ascontiguousarray(px), sdepth=depth).reshape(h + 1, w + 1, c)
-        rows = table[np.r_[rstarts, h]].astype(np.int64 if depth == cv2.CV_32S else np.float64)
-        rows = rows[1:] - rows[:-1]
-        cols = rows[:, np.r_[cstarts, w]]
-        return cols[:, 1:] - cols[:, :-1]
-    small_int = px.dtype.kind in "uib" and px.dtype.itemsize <= 4
-    wide = (np.float64 if not small_int else np.int64 if px.dtype.kind == "i" else np.uint64)
-    rows_summed = np.add.reduceat(px.reshape(h, w * c), rstarts, axis=0, dtype=wide)
-    return np.add.reduceat(rows_summed.reshape(len(rstarts), w, c), cstarts, axis=1)
+                sums.add(px[:, cx0:cx0 + COLUMN_CHUNK], y0, x0 + cx0)
+    return sums.mean(), strided
 
 
 def display_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:

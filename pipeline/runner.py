@@ -15,11 +15,12 @@ from dataclasses import field
 from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.core.constants import KEEP_SEGMENTS_ENV
+from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
 from pipeline.core.events import RunEvent, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
+from pipeline.core.thumbs import SHEET_BOX
 from pipeline.engine.local import Listener, LocalEngine
 from pipeline.errors import EngineError, InputNotFoundError, TiffpipeError
 from pipeline.steps.report import failure_record
@@ -94,7 +95,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = to_payload(RunEvent(manifest=manifest, work=work, run_id=run_id, report=report_url))
     try:
-        with _segments_kept(keep_work), \
+        with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
+                _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
                 LocalEngine(workers, listener, interpreter=interpreter) as engine:
             execution = engine.run(event, name=f"run-{run_id}")
             peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
@@ -120,18 +122,22 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
 
 
 @contextmanager
-def _segments_kept(keep_work: bool) -> Iterator[None]:
-    """With ``keep_work``, the run's steps write every segment to the work location (small
-    ProcessJobs compose from memory otherwise; :data:`KEEP_SEGMENTS_ENV`). Set in this
-    process's environment, which the engine's workers inherit, for the run only."""
-    if not keep_work or os.environ.get(KEEP_SEGMENTS_ENV) is not None:
+def _run_env(name: str, value: str | None) -> Iterator[None]:
+    """``name`` set to ``value`` in this process's environment, which the engine's workers
+    inherit, for the run only (None, or a variable the caller set: left as it is). With
+    ``keep_work``, :data:`KEEP_SEGMENTS_ENV`: the steps write every segment to the work
+    location (small ProcessJobs compose from memory otherwise). With a contact sheet,
+    :data:`THUMBNAILS_ENV`: the process steps sum the thumbnails of large pages as they go
+    (pipeline/steps/thumbs.py), which the sheet then reads instead of decoding those pages
+    again."""
+    if value is None or os.environ.get(name) is not None:
         yield
         return
-    os.environ[KEEP_SEGMENTS_ENV] = "1"
+    os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.pop(KEEP_SEGMENTS_ENV, None)
+        os.environ.pop(name, None)
 
 
 def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> str | None:
@@ -143,7 +149,7 @@ def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> 
     url = contact_sheet_url(report_url)
     try:
         specs = [JobSpec.from_json(j) for j in storage.read_json(layout.run_file(work))["jobs"]]
-        write_contact_sheet(report, specs, url)
+        write_contact_sheet(report, specs, url, work)
     except Exception as exc:  # noqa: BLE001 - a picture must not fail a finished run
         log.warning("could not write the contact sheet %s: %s: %s", url,
                     type(exc).__name__, exc)

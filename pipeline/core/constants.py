@@ -42,6 +42,11 @@ TILE_THREADS_ENV = "TIFFPIPE_TILE_THREADS"
 #: sets it for its run, so the kept work holds every job's segments
 KEEP_SEGMENTS_ENV = "TIFFPIPE_KEEP_SEGMENTS"
 
+#: set to a thumbnail box (pixels) by ``tiffpipe run`` when it writes a contact sheet: the
+#: process steps then sum the thumbnails of large pages from the pixels they hold
+#: (pipeline/steps/thumbs.py) instead of the sheet decoding those pages again; unset: none
+THUMBNAILS_ENV = "TIFFPIPE_THUMBNAILS"
+
 #: tile sides one node of canny's reduce tree may hold (pipeline/steps/canny_reduce.py; the
 #: default there); tests set it small to force a tree of several levels
 CANNY_REDUCE_SIDES_ENV = "TIFFPIPE_CANNY_REDUCE_SIDES"

@@ -93,6 +93,17 @@ def levels_dir(job_work: str, page: int) -> str:
     return join(job_work, "levels", f"{page:04d}")
 
 
+def thumbs_dir(job_work: str) -> str:
+    """The thumbnails' sums the process steps made (pipeline/steps/thumbs.py)."""
+    return join(job_work, "thumbs")
+
+
+def thumb_file(job_work: str, page: int, side: str, name: str) -> str:
+    """One batch's or unit's (``name``) part of the ``side`` ("in" or "out") thumbnail of
+    page ``page`` (its position in the job)."""
+    return join(thumbs_dir(job_work), f"{side}-{page:04d}-{name}.npz")
+
+
 def errors_dir(job_work: str) -> str:
     return join(job_work, "errors")
 

@@ -25,6 +25,7 @@ from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import sweep_unit
+from pipeline.steps.thumbs import PageThumbs
 
 
 def process(event: BatchEvent) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
     plan = load_plan(event.plan)
     with recorded(plan, "process", event.batch):
         batch = plan.batches[event.batch]
-        out = TileOutput(plan, batch.page)
+        out = TileOutput(plan, batch.page, fused=False)
         grid = plan.pages[batch.page].grid
         positions = [grid.position(i) for i in range(batch.first, batch.last)]
         with SegmentOutput(plan, batch.page, f"b{event.batch:06d}", positions) as segment:
@@ -45,6 +46,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
             # by side; the local engine sets how many for its workers
             with ThreadPoolExecutor(tile_threads()) as pool:
                 list(pool.map(one, positions))
+        out.save_thumbs(f"b{event.batch:06d}")
     return {"job": plan.job, "tiles": batch.last - batch.first}
 
 
@@ -55,7 +57,7 @@ def process_unit(event: UnitEvent) -> dict[str, Any]:
     plan = load_plan(event.plan)
     with recorded(plan, "process_unit", event.unit):
         unit = plan.units[event.unit]
-        out = TileOutput(plan, unit.page)
+        out = TileOutput(plan, unit.page, fused=True)
         positions = [(r, c) for r in range(unit.row0, unit.row1)
                      for c in range(unit.col0, unit.col1)]
         levels = None
@@ -82,6 +84,7 @@ def process_unit(event: UnitEvent) -> dict[str, Any]:
             if levels:
                 levels.abort()
             raise
+        out.save_thumbs(f"u{event.unit:06d}")
     return {"job": plan.job, "tiles": unit.tiles}
 
 
@@ -90,21 +93,43 @@ class TileOutput:
     page's statistics for ops that need them), crop the core, cut it into output tiles and
     encode them with the output codec, so merge only assembles bytes. With ``downsample`` the
     core is the tile's part of the smaller output page (possibly empty at its bottom or right
-    edge). Thread-safe: each call works on its own tile."""
+    edge). Thread-safe: each call works on its own tile.
 
-    def __init__(self, plan: JobPlan, page: int):
+    ``fused``: the caller passes each tile's haloed input pixels (a fused unit), else they
+    are read from the work tiles. When the run asks for thumbnails (a contact sheet), the
+    tiles' input and output pixels are summed into the page's (:mod:`pipeline.steps.thumbs`)."""
+
+    def __init__(self, plan: JobPlan, page: int, fused: bool = True):
         self.plan, self.page = plan, page
         self.evaluator = TileEvaluator(plan, page)
         self.out_tile = plan.spec.output_options.tile
         info = plan.pages[page]
         self.encoder = OutputEncoder(plan.spec.output_options, info.info.dtype,
                                      info.out_channels)
+        # a batch's chain reads its work tiles unless it starts from a canny's edges
+        self.reads_input = fused or self.evaluator.layout.source(len(self.evaluator.chain)) is None
+        self.thumbs = PageThumbs.of(plan, page, self.encoder.tag == 7, self.reads_input)
+
+    def _output(self, row: int, col: int,
+                haloed: np.ndarray | None) -> tuple[np.ndarray, Rect]:
+        if self.thumbs is None:
+            return self.evaluator.output(row, col, haloed)
+        if haloed is None and self.reads_input:  # read here to be summed, not read twice
+            haloed = self.evaluator.input_tile(row, col)
+        pixels, origin = self.evaluator.output(row, col, haloed)
+        self.thumbs.add(row, col, haloed, pixels, origin)
+        return pixels, origin
+
+    def save_thumbs(self, name: str) -> None:
+        """Store this batch's or unit's part of the page's thumbnails, if it sums some."""
+        if self.thumbs is not None:
+            self.thumbs.save(name)
 
     def write(self, row: int, col: int,
               haloed: np.ndarray | None = None) -> list[tuple[int, int, bytes]]:
         """Process tile (row, col), from ``haloed`` pixels or else its stored work tile: its
         encoded output tiles as (output row, output col, bytes)."""
-        pixels, origin = self.evaluator.output(row, col, haloed)
+        pixels, origin = self._output(row, col, haloed)
         return self._encoded(pixels, origin)
 
     def _encoded(self, pixels: np.ndarray, origin: Rect) -> list[tuple[int, int, bytes]]:
@@ -119,7 +144,7 @@ class TileOutput:
                    ) -> tuple[list[tuple[int, int, bytes]], np.ndarray]:
         """:meth:`write`, and the tile's output pixels as a reader sees them (rows x cols x
         channels: for JPEG the decoded tiles), which pyramid levels are reduced from."""
-        pixels, origin = self.evaluator.output(row, col, haloed)
+        pixels, origin = self._output(row, col, haloed)
         t = self.out_tile
         tiles = self._encoded(pixels, origin)
         seen = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)

@@ -1,0 +1,149 @@
+"""Thumbnails as exact area averages, summed piece by piece: the pure part of
+:mod:`pipeline.preview` (which decodes a page segment by segment) and of the thumbnails the
+process steps make as a by-product of the pixels they already hold (:mod:`pipeline.steps.thumbs`,
+for the contact sheet of ``tiffpipe run``).
+
+Thumbnail pixel (ty, tx) of a ``th`` x ``tw`` thumbnail of an ``height`` x ``width`` page is the
+mean of the page pixels (y, x) with ``y * th // height == ty`` and ``x * tw // width == tx``.
+Pieces of the page (segments, tiles) add their block sums and pixel counts to a
+:class:`ThumbSums`; sums of pieces made in different processes add up to the same thumbnail,
+exactly for integer pixels (sums below 2**53 in float64).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+#: the box a contact sheet's thumbnails fit in (pixels)
+SHEET_BOX = 256
+#: the most pages a contact sheet shows (its rows); the steps make thumbnails of a job's
+#: first pages only
+MAX_PAGES = 200
+#: a page's thumbnail is made from the pixels the steps hold when the page has at least this
+#: many times the thumbnail's pixels: smaller pages are cheap to decode again, and their
+#: thumbnail's sums (float64) would be larger than the page
+MIN_REDUCTION = 4
+
+
+def fit(height: int, width: int, size: int) -> tuple[int, int]:
+    """The thumbnail size of a page: inside a ``size`` box, aspect kept, never enlarged."""
+    scale = min(1.0, size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def worth_summing(height: int, width: int, size: int) -> bool:
+    """Whether the steps should sum this page's thumbnail as they go (:data:`MIN_REDUCTION`)."""
+    th, tw = fit(height, width, size)
+    return height * width >= MIN_REDUCTION * th * tw
+
+
+class ThumbSums:
+    """The block sums and pixel counts of a ``th`` x ``tw`` thumbnail of a ``height`` x ``width``
+    page with ``channels`` samples, as pieces of the page are added (thread-safe). ``rows``
+    and ``cols`` (the thumbnail rows and columns touched so far) bound what :meth:`part`
+    returns. A plain class, as the other classes a run creates within its time."""
+
+    __slots__ = ("_lock", "acc", "channels", "cols", "counts", "height", "rows", "th", "tw",
+                 "width")
+
+    def __init__(self, height: int, width: int, th: int, tw: int, channels: int):
+        self.height, self.width, self.th, self.tw = height, width, th, tw
+        self.channels = channels
+        self.acc = np.zeros((th, tw, channels), np.float64)
+        self.counts = np.zeros((th, tw), np.float64)
+        self.rows = [th, 0]  # [first, end) thumbnail rows touched
+        self.cols = [tw, 0]
+        self._lock = threading.Lock()
+
+    def add(self, px: np.ndarray, y0: int, x0: int) -> None:
+        """Add the page pixels ``px`` (rows x cols [x channels]) whose top-left is (y0, x0)."""
+        h, w = px.shape[:2]
+        if h == 0 or w == 0:
+            return
+        px = px.reshape(h, w, -1)
+        ty = (np.arange(y0, y0 + h, dtype=np.int64) * self.th) // self.height
+        tx = (np.arange(x0, x0 + w, dtype=np.int64) * self.tw) // self.width
+        if px.dtype.kind == "f" and not np.isfinite(px).all():
+            px = np.where(np.isfinite(px), px, 0)  # NaN/inf would poison a thumbnail pixel
+        rows = slice(int(ty[0]), int(ty[-1]) + 1)
+        cols = slice(int(tx[0]), int(tx[-1]) + 1)
+        if ty[-1] - ty[0] == h - 1 and tx[-1] - tx[0] == w - 1:  # a page pixel a thumbnail's
+            sums: Any = px
+            counts: Any = 1
+        else:  # ty and tx are non-decreasing by 0 or 1 a step: the pixels hit are one block
+            rstarts = np.flatnonzero(np.r_[True, ty[1:] != ty[:-1]])
+            cstarts = np.flatnonzero(np.r_[True, tx[1:] != tx[:-1]])
+            sums = block_sums(px, rstarts, cstarts)
+            counts = np.outer(np.diff(np.r_[rstarts, h]), np.diff(np.r_[cstarts, w]))
+        with self._lock:
+            self.acc[rows, cols] += sums
+            self.counts[rows, cols] += counts
+            self.rows = [min(self.rows[0], rows.start), max(self.rows[1], rows.stop)]
+            self.cols = [min(self.cols[0], cols.start), max(self.cols[1], cols.stop)]
+
+    @property
+    def empty(self) -> bool:
+        return self.rows[0] >= self.rows[1]
+
+    def mean(self) -> np.ndarray:
+        """The thumbnail: (th, tw, channels) float64 means (0 where nothing was added)."""
+        return self.acc / np.maximum(self.counts, 1)[..., None]
+
+    def complete(self) -> bool:
+        """Every page pixel was added once."""
+        return float(self.counts.sum()) == float(self.height) * self.width
+
+    def part(self) -> dict[str, np.ndarray]:
+        """What was added, as arrays to store: the touched block of sums and counts and where
+        it lies (``head``: height, width, th, tw, first row, first column)."""
+        (r0, r1), (c0, c1) = self.rows, self.cols
+        head = np.array([self.height, self.width, self.th, self.tw, r0, c0], np.int64)
+        return {"head": head, "acc": self.acc[r0:r1, c0:c1], "counts": self.counts[r0:r1, c0:c1]}
+
+    def add_part(self, part: dict[str, np.ndarray]) -> None:
+        """Add a stored :meth:`part` (of the same page and thumbnail size)."""
+        height, width, th, tw, r0, c0 = (int(v) for v in part["head"])
+        if (height, width, th, tw) != (self.height, self.width, self.th, self.tw):
+            raise ValueError(f"a part of a {th}x{tw} thumbnail of a {height}x{width} page "
+                             f"added to a {self.th}x{self.tw} one of {self.height}x{self.width}")
+        acc, counts = part["acc"], part["counts"]
+        if acc.shape[2:] != (self.channels,):
+            raise ValueError(f"a part of {acc.shape[2:]} channels added to {self.channels}")
+        r1, c1 = r0 + acc.shape[0], c0 + acc.shape[1]
+        self.acc[r0:r1, c0:c1] += acc
+        self.counts[r0:r1, c0:c1] += counts
+        self.rows = [min(self.rows[0], r0), max(self.rows[1], r1)]
+        self.cols = [min(self.cols[0], c0), max(self.cols[1], c1)]
+
+
+#: pixel types whose block sums come from OpenCV's integral image (it takes no others)
+INTEGRAL_TYPES = ("uint8", "uint16", "int16")
+
+
+def block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.ndarray:
+    """The sums of ``px`` (rows x cols x channels) over the blocks that start at rows
+    ``rstarts`` and columns ``cstarts``, exact for integers.
+
+    8 and 16-bit pixels: from OpenCV's integral image (each block sum is four of its values;
+    7x faster than two ``reduceat`` on a 512 x 512 RGB tile), 8-bit ones in 32-bit integers
+    while every sum fits, else in float64 (exact below 2**53). Others: ``np.add.reduceat``,
+    rows first on a 2-D view, then columns; integers of up to 32 bits summed as 64-bit ones
+    (a sum holds fewer than 2**31 pixels), 64-bit integers and floats in float64."""
+    h, w, c = px.shape
+    if px.dtype.name in INTEGRAL_TYPES and c <= 512:  # 512: OpenCV's most channels
+        import cv2
+
+        # OpenCV sums 8-bit pixels in 32-bit integers or float64, 16-bit ones in float64 only
+        depth = cv2.CV_32S if px.dtype == np.uint8 and h * w * 255 < 2**31 else cv2.CV_64F
+        table = cv2.integral(np.ascontiguousarray(px), sdepth=depth).reshape(h + 1, w + 1, c)
+        rows = table[np.r_[rstarts, h]].astype(np.int64 if depth == cv2.CV_32S else np.float64)
+        rows = rows[1:] - rows[:-1]
+        cols = rows[:, np.r_[cstarts, w]]
+        return cols[:, 1:] - cols[:, :-1]
+    small_int = px.dtype.kind in "uib" and px.dtype.itemsize <= 4
+    wide = (np.float64 if not small_int else np.int64 if px.dtype.kind == "i" else np.uint64)
+    rows_summed = np.add.reduceat(px.reshape(h, w * c), rstarts, axis=0, dtype=wide)
+    return np.add.reduceat(rows_summed.reshape(len(rstarts), w, c), cstarts, axis=1)

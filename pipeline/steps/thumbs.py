@@ -1,0 +1,144 @@
+"""The thumbnails of large pages, summed by the process steps from the pixels they hold, for
+the contact sheet of ``tiffpipe run`` (which sets :data:`THUMBNAILS_ENV` for its run).
+
+A contact sheet shows every page's input and output; made after the run from the files, it
+decoded both pages once more: on a 100-megapixel page as long as the run itself. A tile's
+input (its core, cut from the haloed pixels the step read) and its output (before encoding)
+are in the step's memory anyway; their block sums go to a :class:`ThumbSums` per page and
+side, and each batch or unit stores its part next to the job's other work
+(``thumbs/{in,out}-PPPP-NAME.npz``). The sheet adds the parts up: the same exact area
+average the preview computes, with no page decoded again.
+
+A side is summed only when the pixels the step holds are the ones a reader of the file sees:
+not for a palette page kept as indices, not for a JPEG output (a reader sees the decoded
+tiles) or one with pyramid levels (the preview reads a level), and not for the input of a
+canny job's process batches (they read edges, not the input). Pages with fewer than
+:data:`pipeline.core.thumbs.MIN_REDUCTION` times the thumbnail's pixels, and pages past :data:`MAX_PAGES`, are
+left to the preview: decoding them again is cheap, or they are not shown.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from pipeline.adapters import storage
+from pipeline.adapters.metadata import photometric_of
+from pipeline.core.constants import THUMBNAILS_ENV
+from pipeline.core.grid import Rect
+from pipeline.core.models import JobPlan
+from pipeline.core.thumbs import MAX_PAGES, ThumbSums, fit, worth_summing
+from pipeline.steps import layout
+
+SIDES = ("in", "out")
+
+
+def thumb_box() -> int:
+    """The box the run's thumbnails fit in (:data:`THUMBNAILS_ENV`); 0: none asked for."""
+    value = os.environ.get(THUMBNAILS_ENV, "")
+    return int(value) if value.isdigit() else 0
+
+
+class PageThumbs:
+    """One batch's or unit's part of a page's input and output thumbnails (either may be
+    None: not summed here). Thread-safe, as :class:`ThumbSums`."""
+
+    __slots__ = ("grid", "input", "output", "page", "work")
+
+    def __init__(self, plan: JobPlan, page: int, input_: ThumbSums | None,
+                 output: ThumbSums | None):
+        self.work, self.page = plan.work, page
+        self.grid = plan.pages[page].grid
+        self.input, self.output = input_, output
+
+    @classmethod
+    def of(cls, plan: JobPlan, page: int, lossy: bool, input_held: bool) -> PageThumbs | None:
+        """The thumbnails a step working on ``page`` (its position in the job) sums, or None.
+        ``lossy``: the output codec is lossy. ``input_held``: the step holds each tile's
+        input pixels (a fused unit; a batch whose chain reads its work tiles)."""
+        box = thumb_box()
+        if not box or page >= MAX_PAGES:
+            return None
+        info = plan.pages[page].info
+        kept_palette = info.photometric == "palette"
+        sums_in = None
+        if input_held and not kept_palette and worth_summing(info.height, info.width, box):
+            sums_in = ThumbSums(info.height, info.width, *fit(info.height, info.width, box),
+                                info.channels)
+        out_grid = plan.pages[page].out_grid
+        oh, ow = out_grid.height, out_grid.width
+        sums_out = None
+        if (not lossy and not plan.spec.output_options.pyramid and not kept_palette
+                and worth_summing(oh, ow, box)):
+            sums_out = ThumbSums(oh, ow, *fit(oh, ow, box), plan.pages[page].out_channels)
+        if sums_in is None and sums_out is None:
+            return None
+        return cls(plan, page, sums_in, sums_out)
+
+    def add(self, row: int, col: int, haloed: np.ndarray | None, output: np.ndarray,
+            origin: Rect) -> None:
+        """Tile (row, col): its ``haloed`` input pixels (the grid's haloed rect) and its
+        ``output`` pixels, whose top-left on the output page is ``origin``."""
+        if self.input is not None and haloed is not None:
+            core = self.grid.core(row, col)
+            r = core.relative_to(self.grid.haloed(row, col))
+            self.input.add(haloed[r.y0:r.y1, r.x0:r.x1], core.y0, core.x0)
+        if self.output is not None:
+            self.output.add(output, origin.y0, origin.x0)
+
+    def save(self, name: str) -> None:
+        """Store this batch's or unit's parts (``name``: its segment's name)."""
+        for side, sums in zip(SIDES, (self.input, self.output), strict=True):
+            if sums is None or sums.empty:
+                continue
+            buf = io.BytesIO()
+            np.savez(buf, **sums.part())
+            storage.write_bytes(layout.thumb_file(self.work, self.page, side, name),
+                                buf.getvalue())
+
+
+class SummedThumb:
+    """A page's thumbnail added up from the steps' parts: (th, tw, channels) float64 means,
+    the page's size, and how a reader shows its samples."""
+
+    __slots__ = ("dtype", "extrasamples", "height", "pixels", "width")
+
+    def __init__(self, pixels: np.ndarray, height: int, width: int, dtype: str,
+                 extrasamples: list[int]):
+        self.pixels, self.height, self.width = pixels, height, width
+        self.dtype, self.extrasamples = dtype, extrasamples
+
+
+def summed_parts(job_work: str) -> dict[tuple[int, str], list[str]]:
+    """The stored parts of a job's thumbnails, by (page position, side): one listing."""
+    found: dict[tuple[int, str], list[str]] = {}
+    for url in storage.list_prefix(layout.thumbs_dir(job_work)):
+        side, page, rest = url.rsplit("/", 1)[-1].split("-", 2)
+        if side in SIDES and page.isdigit() and rest.endswith(".npz"):
+            found.setdefault((int(page), side), []).append(url)
+    return found
+
+
+def load_summed(plan: JobPlan, page: int, side: str, parts: list[str]) -> SummedThumb | None:
+    """The ``side`` thumbnail of ``page`` (its position in the job) added up from its stored
+    ``parts`` (:func:`summed_parts`), or None when not every pixel of the page is in them (a
+    batch that failed)."""
+    info = plan.pages[page].info
+    channels = info.channels if side == "in" else plan.pages[page].out_channels
+    sums: ThumbSums | None = None
+    for url in parts:
+        with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
+            part = {k: data[k] for k in data.files}
+        if sums is None:
+            height, width, th, tw = (int(v) for v in part["head"][:4])
+            sums = ThumbSums(height, width, th, tw, channels)
+        sums.add_part(part)
+    if sums is None or not sums.complete():
+        return None
+    if side == "in":
+        extrasamples = list(info.extrasamples)
+    else:
+        extrasamples = list(photometric_of(info, channels)[1] or [])
+    return SummedThumb(sums.mean(), sums.height, sums.width, info.dtype, extrasamples)

@@ -1,0 +1,226 @@
+"""Thumbnails summed by the process steps (pipeline/steps/thumbs.py) for the contact sheet of
+``tiffpipe run``: the same exact area average the preview computes from the files, whatever
+the path (one task, a Map of units, process batches), pixel type, alpha or downsampling; no
+part where the step's pixels are not what a reader of the file sees; a sheet drawn from them
+identical to one drawn from the files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from test_exactness import make_image, write_tiff
+
+from pipeline import contact_sheet
+from pipeline.core import plan as plan_mod
+from pipeline.core.constants import THUMBNAILS_ENV
+from pipeline.core.models import JobPlan, JobSpec
+from pipeline.core.thumbs import ThumbSums, fit, worth_summing
+from pipeline.preview import thumbnail, to_display
+from pipeline.runner import run_local
+from pipeline.steps import layout
+from pipeline.steps import thumbs as steps_thumbs
+
+pytestmark = pytest.mark.timeout(300)
+
+G = {"op": "gaussian_blur", "sigma": 1.5}
+
+
+# --- the sums -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32"])
+def test_pieces_in_any_order_add_up_to_the_whole_page(dtype: str):
+    page = make_image(5, 301, 257, 3, dtype)
+    th, tw = fit(301, 257, 40)
+    whole = ThumbSums(301, 257, th, tw, 3)
+    whole.add(page, 0, 0)
+    pieces = [ThumbSums(301, 257, th, tw, 3) for _ in range(3)]
+    cuts = [(0, 0, 97, 257), (97, 0, 301, 130), (97, 130, 301, 257)]  # three uneven pieces
+    for k, (y0, x0, y1, x1) in enumerate(cuts):
+        pieces[(k * 2) % 3].add(page[y0:y1, x0:x1], y0, x0)
+    total = ThumbSums(301, 257, th, tw, 3)
+    for piece in reversed(pieces):
+        total.add_part(piece.part())
+    assert total.complete() and whole.complete()
+    np.testing.assert_array_equal(total.counts, whole.counts)
+    if dtype == "float32":  # summed in another order: equal to rounding
+        np.testing.assert_allclose(total.mean(), whole.mean(), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(total.mean(), whole.mean())
+    # the definition: pixel (ty, tx) is the mean of the page pixels y * th // 301 == ty and
+    # x * tw // 257 == tx
+    ty, tx = np.arange(301) * th // 301, np.arange(257) * tw // 257
+    for t, s in ((0, 0), (th // 2, tw // 3), (th - 1, tw - 1)):
+        block = page[ty == t][:, tx == s].reshape(-1, 3).astype(np.float64)
+        np.testing.assert_allclose(whole.mean()[t, s], block.mean(axis=0), rtol=1e-12)
+
+
+def test_a_missing_piece_is_seen_and_nonfinite_pixels_do_not_poison():
+    page = np.ones((64, 64), np.float32)
+    page[3, 3] = np.nan
+    sums = ThumbSums(64, 64, 8, 8, 1)
+    sums.add(page[:32], 0, 0)
+    assert not sums.complete()
+    assert sums.part()["acc"].shape == (4, 8, 1)  # only the rows touched are stored
+    sums.add(page[32:], 32, 0)
+    assert sums.complete() and np.isfinite(sums.mean()).all()
+    with pytest.raises(ValueError, match="8x8 thumbnail of a 64x64 page"):
+        ThumbSums(64, 65, 8, 8, 1).add_part(sums.part())
+
+
+def test_only_pages_well_above_the_thumbnail_are_summed():
+    assert worth_summing(1024, 1024, 256) and worth_summing(700, 650, 256)
+    assert not worth_summing(300, 300, 256) and not worth_summing(500, 300, 256)
+
+
+# --- the run's steps ------------------------------------------------------------------
+
+
+def _inputs(folder: Path) -> None:
+    write_tiff(folder / "rgb.tif", [make_image(1, 700, 650, 3, "uint8"),
+                                   make_image(4, 520, 610, 3, "uint8")],
+               tiled=True, tile=(64, 64))
+    write_tiff(folder / "gray16.tif", [make_image(2, 600, 533, 1, "uint16")], tiled=False,
+               rowsperstrip=40)
+    write_tiff(folder / "float.tif", [make_image(6, 530, 540, 1, "float32") * 3 - 1],
+               tiled=True, tile=(64, 64))
+    tifffile.imwrite(folder / "rgba.tif", make_image(3, 560, 620, 4, "uint8"),
+                     photometric="rgb", extrasamples=[2], tile=(128, 128), compression="zlib")
+    write_tiff(folder / "gray8.tif", [make_image(8, 540, 560, 1, "uint8")], tiled=True,
+               tile=(64, 64))
+    write_tiff(folder / "small.tif", [make_image(7, 200, 180, 3, "uint8")], tiled=False)
+
+
+#: job name -> (job, sides summed per page position)
+JOBS: dict[str, tuple[dict[str, Any], dict[int, set[str]]]] = {
+    "rgb_units": ({"input": "rgb.tif", "ops": [G], "output_options": {"compression": "deflate"}},
+                  {0: {"in", "out"}, 1: {"in", "out"}}),
+    "gray16_batches": ({"input": "gray16.tif", "ops": [{"op": "median_blur", "ksize": 3}],
+                        "fuse": False}, {0: {"in", "out"}}),
+    "float": ({"input": "float.tif", "ops": [G]}, {0: {"in", "out"}}),
+    "rgba": ({"input": "rgba.tif", "ops": [{"op": "invert"}],
+              "output_options": {"compression": "lzw"}}, {0: {"in", "out"}}),
+    "downsample": ({"input": "rgb.tif", "pages": [0], "tile": 256,
+                    "ops": [{"op": "downsample", "factor": 2}]},
+                   {0: {"in"}}),  # a 350 x 325 output is decoded again: cheap
+    "jpeg": ({"input": "rgb.tif", "pages": [1], "ops": [G],
+              "output_options": {"compression": "jpeg"}}, {0: {"in"}}),
+    "pyramid": ({"input": "rgb.tif", "pages": [0], "ops": [G],
+                 "output_options": {"pyramid": True}}, {0: {"in"}}),
+    "canny": ({"input": "gray8.tif", "ops": [{"op": "canny", "low": 100, "high": 300}]},
+              {0: {"out"}}),  # its batches read edges, not the input
+    "small": ({"input": "small.tif", "ops": [G]}, {}),
+}
+
+
+def _run(folder: Path, jobs: dict[str, tuple[dict[str, Any], Any]],
+         **kwargs: Any) -> tuple[Any, dict[str, int]]:
+    out = folder / "out"
+    (folder / "m.json").write_text(json.dumps({
+        "defaults": {"tile": 128, "output_options": {"tile": 128}},
+        "jobs": [{**job, "input": str(folder / job["input"]), "output": str(out / f"{j}.tif")}
+                 for j, (job, _) in jobs.items()]}))
+    result = run_local(str(folder / "m.json"), 1, **kwargs)
+    assert result.ok, (result.error, result.report)
+    return result, {j: k for k, j in enumerate(jobs)}
+
+
+@pytest.fixture
+def several_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fused jobs run as a Map of units of a few tile rows, not one task."""
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_JOBS", False)
+    monkeypatch.setattr(plan_mod, "FUSED_UNIT_PIXELS", 128 * 650 * 2)
+
+
+@pytest.mark.parametrize("path", ["one task", "units"])
+def test_summed_thumbnails_are_the_previews_of_the_files(tmp_path: Path, path: str,
+                                                         request: pytest.FixtureRequest):
+    """Every summed thumbnail is pixel for pixel the preview's of the input page or the output
+    page, on a single task or a Map of several units a page (the rgb job's pages: parts from
+    several units, summed in several processes' order), process batches (gray16), floats,
+    alpha; the sides the steps cannot sum (a JPEG or pyramid output, a canny's input, a
+    page near the thumbnail's size) have no parts."""
+    if path == "units":
+        request.getfixturevalue("several_units")
+    _inputs(tmp_path)
+    result, index = _run(tmp_path, JOBS, contact_sheet=True, keep_work=True)
+    for name, (job, sides) in JOBS.items():
+        job_work = layout.job_dir(result.work, index[name])
+        plan = JobPlan.from_json(json.loads(Path(layout.plan_file(job_work)).read_text()))
+        parts = steps_thumbs.summed_parts(job_work)
+        assert {(p, s) for p, ss in sides.items() for s in ss} == set(parts), name
+        if name == "rgb_units" and path == "units":
+            assert len(plan.units) > 2 and min(len(v) for v in parts.values()) >= 2
+        for (page, side), urls in parts.items():
+            made = steps_thumbs.load_summed(plan, page, side, urls)
+            assert made is not None, (name, page, side)
+            url = (str(tmp_path / job["input"]) if side == "in"
+                   else str(tmp_path / "out" / f"{name}.tif"))
+            in_page = plan.pages[page].info.index if side == "in" else page
+            expected = thumbnail(url, in_page, 256)
+            shown = to_display(made.pixels, np.dtype(made.dtype), made.extrasamples)
+            assert (made.height, made.width) == (expected.height, expected.width)
+            assert made.dtype == expected.dtype
+            np.testing.assert_array_equal(np.asarray(shown), np.asarray(expected.image),
+                                          err_msg=f"{name} page {page} {side}")
+
+
+def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
+        tmp_path: Path):
+    _inputs(tmp_path)
+    jobs = {k: JOBS[k] for k in ("rgb_units", "rgba", "jpeg", "small")}
+    result, _ = _run(tmp_path, jobs, contact_sheet=True, keep_work=True)
+    run = json.loads(Path(layout.run_file(result.work)).read_text())
+    specs = [JobSpec.from_json(j) for j in run["jobs"]]
+    summed = contact_sheet._summed_sources(contact_sheet.sheet_rows(result.report, specs),
+                                           result.work)
+    assert len(summed) == 6  # rgb: 2 pages x 2 sides; rgba: 2 sides; jpeg: 1 input
+    from_parts = contact_sheet.render(result.report, specs, result.work)
+    from_files = contact_sheet.render(result.report, specs)
+    np.testing.assert_array_equal(np.asarray(from_parts), np.asarray(from_files))
+    # the sheet tiffpipe run wrote is that one
+    written = Image.open(result.contact_sheet).convert("RGB")
+    np.testing.assert_array_equal(np.asarray(written), np.asarray(from_parts))
+
+
+def test_an_incomplete_thumbnail_falls_back_to_the_file(tmp_path: Path,
+                                                        several_units: None):
+    """A part missing (a unit that failed, a damaged work location): the page's thumbnail is
+    not summed, the sheet decodes the file as before."""
+    _inputs(tmp_path)
+    result, _ = _run(tmp_path, {"rgb_units": JOBS["rgb_units"]}, keep_work=True,
+                     contact_sheet=True)
+    job_work = layout.job_dir(result.work, 0)
+    plan = JobPlan.from_json(json.loads(Path(layout.plan_file(job_work)).read_text()))
+    parts = steps_thumbs.summed_parts(job_work)
+    os.remove(parts[(0, "in")][0])
+    assert steps_thumbs.load_summed(plan, 0, "in", parts[(0, "in")][1:]) is None
+    run = json.loads(Path(layout.run_file(result.work)).read_text())
+    specs = [JobSpec.from_json(j) for j in run["jobs"]]
+    thumb = contact_sheet._thumb(str(tmp_path / "rgb.tif"), 0,
+                                 (plan, 0, "in", parts[(0, "in")][1:]))
+    assert not isinstance(thumb, str) and thumb.decoded > 0  # read from the file
+    np.testing.assert_array_equal(
+        np.asarray(contact_sheet.render(result.report, specs, result.work)),
+        np.asarray(contact_sheet.render(result.report, specs)))
+
+
+def test_no_thumbnails_without_a_contact_sheet_nor_past_the_sheets_pages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _inputs(tmp_path)
+    jobs = {"rgb_units": JOBS["rgb_units"]}
+    result, _ = _run(tmp_path, jobs, keep_work=True)
+    assert not os.path.exists(layout.thumbs_dir(layout.job_dir(result.work, 0)))
+    assert THUMBNAILS_ENV not in os.environ  # the run's, for the run only
+    monkeypatch.setattr(steps_thumbs, "MAX_PAGES", 1)  # the sheet would show one page
+    result, _ = _run(tmp_path, jobs, keep_work=True, contact_sheet=True)
+    parts = steps_thumbs.summed_parts(layout.job_dir(result.work, 0))
+    assert set(parts) == {(0, "in"), (0, "out")}
