@@ -147,7 +147,7 @@ Summed = tuple[JobPlan, int, str, list[str]]
 def _thumb(url: str, page: int, summed: Summed | None = None) -> Thumbnail | str:
     try:
         if summed is not None:
-            made = load_summed(*summed)
+            made = load_summed(*summed, CELL)
             if made is not None:
                 return Thumbnail(to_display(made.pixels, np.dtype(made.dtype),
                                             made.extrasamples),

@@ -3,8 +3,9 @@
 The source is the smallest version of the page that is still at least the thumbnail's size:
 a SubIFD pyramid level, a reduced-resolution page that follows it in the file, or the page
 itself. That source is read segment by segment through :class:`PageReader` (so bilevel,
-miniswhite and palette pages look as they are processed) and averaged down as it goes:
-memory holds one strip or tile plus the thumbnail, never the page.
+miniswhite and palette pages look as they are processed) and averaged down as it goes;
+the next few segments are decoded in threads meanwhile. Memory holds a few strips or tiles
+(at most :data:`AHEAD_BYTES` decoded ahead) plus the thumbnail, never the page.
 
 When the page's strips are short compared with the rows one thumbnail row covers, only the
 segment rows that hold the middle row of some thumbnail row are decoded (a strided read): a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import field
 from typing import Any
 
@@ -36,6 +38,7 @@ from pipeline.core.grid import Rect
 from pipeline.core.record import record
 from pipeline.core.thumbs import ThumbSums, fit
 from pipeline.errors import TiffpipeError
+from pipeline.steps.common import usable_cores
 
 #: default thumbnail box (pixels)
 DEFAULT_SIZE = 512
@@ -43,6 +46,10 @@ DEFAULT_SIZE = 512
 MAX_FOLLOWING = 32
 #: uncompressed strips are read in bands of at most this many bytes
 RAW_BAND_BYTES = 8 * 2**20
+#: threads that decode a page's segments ahead of the one being summed; as many segments
+#: are decoded ahead as twice this, holding at most AHEAD_BYTES of pixels
+MAX_DECODE_THREADS = 4
+AHEAD_BYTES = 64 * 2**20
 #: columns averaged at once (bounds the float64 temporary of a wide strip)
 COLUMN_CHUNK = 4096
 #: what reading a damaged IFD chain raises (levels are optional: such chains are skipped)
@@ -128,8 +135,11 @@ def thumbnail(url: str, page: int = 0, size: int = DEFAULT_SIZE) -> Thumbnail:
         big_enough = [(p, label) for p, label in candidates
                       if p.imagelength >= th and p.imagewidth >= tw]
         source, label = min(big_enough, key=lambda c: c[0].imagelength * c[0].imagewidth)
-        reader = PageReader(tf, source, url, page)
-        pixels, strided = downsample(reader, th, tw)
+        # the segments ahead are decoded in threads (the codecs release the GIL) while
+        # this one sums the one it read
+        with ThreadPoolExecutor(min(MAX_DECODE_THREADS, usable_cores())) as decoder:
+            reader = PageReader(tf, source, url, page, decoder=decoder)
+            pixels, strided = downsample(reader, th, tw)
         extrasamples = [int(e) for e in source.extrasamples]
         image = to_display(pixels, reader.dtype, extrasamples)
         return Thumbnail(image, page, height, width, label, strided, reader.decoded,
@@ -156,14 +166,19 @@ def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
                    for c in range(reader.seg_cols)]
     else:
         columns = [(0, width)]  # a strip is one segment across the page
-    for r in needed:
-        y0, y1 = r * seg_h, min(height, (r + 1) * seg_h)
-        for x0, x1 in columns:
-            px = reader.read(Rect(y0, x0, y1, x1))
-            reader.cache.clear()  # one segment at a time
-            px = px.reshape(y1 - y0, x1 - x0, channels)
-            for cx0 in range(0, x1 - x0, COLUMN_CHUNK):
-                sums.add(px[:, cx0:cx0 + COLUMN_CHUNK], y0, x0 + cx0)
+    windows = [Rect(r * seg_h, x0, min(height, (r + 1) * seg_h), x1)
+               for r in needed for x0, x1 in columns]
+    segment_bytes = reader.seg_h * reader.seg_w * channels * max(reader.dtype.itemsize, 1)
+    ahead = (min(2 * MAX_DECODE_THREADS, AHEAD_BYTES // max(segment_bytes, 1))
+             if reader.decoder is not None else 0)
+    for i, window in enumerate(windows):
+        for later in windows[i:i + ahead + 1]:  # decoded in the reader's threads meanwhile
+            reader.prefetch(later)
+        px = reader.read(window)
+        reader.cache.clear()  # one segment at a time (and those decoded ahead)
+        px = px.reshape(window.height, window.width, channels)
+        for cx0 in range(0, window.width, COLUMN_CHUNK):
+            sums.add(px[:, cx0:cx0 + COLUMN_CHUNK], window.y0, window.x0 + cx0)
     return sums.mean(), strided
 
 
@@ -211,7 +226,10 @@ PNG_LEVEL = 1
 
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, "PNG", optimize=False, compress_level=PNG_LEVEL)
+    # named: Pillow then imports its PNG plugin only, not the five a save with format="PNG"
+    # loads first (BMP, GIF, JPEG, PPM: ~6 ms of a short run's contact sheet)
+    buf.name = "image.png"
+    image.save(buf, optimize=False, compress_level=PNG_LEVEL)
     return buf.getvalue()
 
 

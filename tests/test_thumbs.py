@@ -21,7 +21,7 @@ from pipeline import contact_sheet
 from pipeline.core import plan as plan_mod
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.models import JobPlan, JobSpec
-from pipeline.core.thumbs import ThumbSums, fit, worth_summing
+from pipeline.core.thumbs import PART_MAGIC, ThumbSums, fit, worth_summing
 from pipeline.preview import thumbnail, to_display
 from pipeline.runner import run_local
 from pipeline.steps import layout
@@ -68,16 +68,26 @@ def test_a_missing_piece_is_seen_and_nonfinite_pixels_do_not_poison():
     sums = ThumbSums(64, 64, 8, 8, 1)
     sums.add(page[:32], 0, 0)
     assert not sums.complete()
-    assert sums.part()["acc"].shape == (4, 8, 1)  # only the rows touched are stored
+    half = sums.part()
+    assert len(half) == len(PART_MAGIC) + 9 * 8 + 4 * 8 * 8 * 2  # only the rows touched
     sums.add(page[32:], 32, 0)
     assert sums.complete() and np.isfinite(sums.mean()).all()
-    with pytest.raises(ValueError, match="8x8 thumbnail of a 64x64 page"):
-        ThumbSums(64, 65, 8, 8, 1).add_part(sums.part())
+    again = ThumbSums.of_part(half)
+    again.add_part(half)
+    again.add_part(ThumbSums(64, 64, 8, 8, 1).part())  # an empty part adds nothing
+    np.testing.assert_array_equal(again.acc[:4], sums.acc[:4])
+    assert not again.complete() and again.rows == [0, 4]
+    with pytest.raises(ValueError, match="p.part: a part of a 8x8x1 thumbnail of a 64x64 page"):
+        ThumbSums(64, 65, 8, 8, 1).add_part(sums.part(), "p.part")
+    with pytest.raises(ValueError, match="p.part: the part is damaged"):
+        again.add_part(half[:-8], "p.part")
+    with pytest.raises(ValueError, match="p.part is not a thumbnail part"):
+        ThumbSums.of_part(b"PK\x03\x04" + half[4:], "p.part")
 
 
 def test_only_pages_well_above_the_thumbnail_are_summed():
-    assert worth_summing(1024, 1024, 256) and worth_summing(700, 650, 256)
-    assert not worth_summing(300, 300, 256) and not worth_summing(500, 300, 256)
+    assert worth_summing(1024, 1024, 256) and worth_summing(4000, 300, 256)
+    assert not worth_summing(992, 992, 256) and not worth_summing(512, 512, 256)
 
 
 # --- the run's steps ------------------------------------------------------------------
@@ -109,7 +119,7 @@ JOBS: dict[str, tuple[dict[str, Any], dict[int, set[str]]]] = {
               "output_options": {"compression": "lzw"}}, {0: {"in", "out"}}),
     "downsample": ({"input": "rgb.tif", "pages": [0], "tile": 256,
                     "ops": [{"op": "downsample", "factor": 2}]},
-                   {0: {"in"}}),  # a 350 x 325 output is decoded again: cheap
+                   {0: {"in", "out"}}),
     "jpeg": ({"input": "rgb.tif", "pages": [1], "ops": [G],
               "output_options": {"compression": "jpeg"}}, {0: {"in"}}),
     "pyramid": ({"input": "rgb.tif", "pages": [0], "ops": [G],
@@ -132,6 +142,16 @@ def _run(folder: Path, jobs: dict[str, tuple[dict[str, Any], Any]],
     return result, {j: k for k, j in enumerate(jobs)}
 
 
+#: the thumbnails' box in the tests of the steps: pages of a few hundred pixels are then well
+#: above their thumbnail (MIN_REDUCTION)
+BOX = 64
+
+
+@pytest.fixture
+def small_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(THUMBNAILS_ENV, str(BOX))  # tiffpipe run's own 256 is left unset
+
+
 @pytest.fixture
 def several_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fused jobs run as a Map of units of a few tile rows, not one task."""
@@ -142,7 +162,8 @@ def several_units(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("path", ["one task", "units"])
 def test_summed_thumbnails_are_the_previews_of_the_files(tmp_path: Path, path: str,
-                                                         request: pytest.FixtureRequest):
+                                                         request: pytest.FixtureRequest,
+                                                         small_box: None):
     """Every summed thumbnail is pixel for pixel the preview's of the input page or the output
     page, on a single task or a Map of several units a page (the rgb job's pages: parts from
     several units, summed in several processes' order), process batches (gray16), floats,
@@ -160,12 +181,12 @@ def test_summed_thumbnails_are_the_previews_of_the_files(tmp_path: Path, path: s
         if name == "rgb_units" and path == "units":
             assert len(plan.units) > 2 and min(len(v) for v in parts.values()) >= 2
         for (page, side), urls in parts.items():
-            made = steps_thumbs.load_summed(plan, page, side, urls)
+            made = steps_thumbs.load_summed(plan, page, side, urls, BOX)
             assert made is not None, (name, page, side)
             url = (str(tmp_path / job["input"]) if side == "in"
                    else str(tmp_path / "out" / f"{name}.tif"))
             in_page = plan.pages[page].info.index if side == "in" else page
-            expected = thumbnail(url, in_page, 256)
+            expected = thumbnail(url, in_page, BOX)
             shown = to_display(made.pixels, np.dtype(made.dtype), made.extrasamples)
             assert (made.height, made.width) == (expected.height, expected.width)
             assert made.dtype == expected.dtype
@@ -175,14 +196,24 @@ def test_summed_thumbnails_are_the_previews_of_the_files(tmp_path: Path, path: s
 
 def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
         tmp_path: Path):
+    """tiffpipe run's own box (256): pages of a megapixel and more are summed."""
     _inputs(tmp_path)
-    jobs = {k: JOBS[k] for k in ("rgb_units", "rgba", "jpeg", "small")}
+    write_tiff(tmp_path / "big.tif", [make_image(9, 1100, 1040, 3, "uint8"),
+                                     make_image(10, 1040, 1100, 3, "uint8")], tiled=True,
+               tile=(256, 256))
+    big = {"input": "big.tif", "ops": [G], "output_options": {"compression": "deflate"}}
+    jobs = {"big": (big, None), "big_jpeg": ({**JOBS["jpeg"][0], "input": "big.tif"}, None),
+            "rgba": JOBS["rgba"], "small": JOBS["small"]}
     result, _ = _run(tmp_path, jobs, contact_sheet=True, keep_work=True)
     run = json.loads(Path(layout.run_file(result.work)).read_text())
     specs = [JobSpec.from_json(j) for j in run["jobs"]]
     summed = contact_sheet._summed_sources(contact_sheet.sheet_rows(result.report, specs),
                                            result.work)
-    assert len(summed) == 6  # rgb: 2 pages x 2 sides; rgba: 2 sides; jpeg: 1 input
+    # big: 2 pages x 2 sides (the JPEG job's input page is the same page 1); rgba and small
+    # are below 16 times the thumbnail
+    assert set(summed) == {(str(tmp_path / "big.tif"), 0), (str(tmp_path / "big.tif"), 1),
+                           (str(tmp_path / "out" / "big.tif"), 0),
+                           (str(tmp_path / "out" / "big.tif"), 1)}
     from_parts = contact_sheet.render(result.report, specs, result.work)
     from_files = contact_sheet.render(result.report, specs)
     np.testing.assert_array_equal(np.asarray(from_parts), np.asarray(from_files))
@@ -192,7 +223,7 @@ def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
 
 
 def test_an_incomplete_thumbnail_falls_back_to_the_file(tmp_path: Path,
-                                                        several_units: None):
+                                                        several_units: None, small_box: None):
     """A part missing (a unit that failed, a damaged work location): the page's thumbnail is
     not summed, the sheet decodes the file as before."""
     _inputs(tmp_path)
@@ -202,12 +233,16 @@ def test_an_incomplete_thumbnail_falls_back_to_the_file(tmp_path: Path,
     plan = JobPlan.from_json(json.loads(Path(layout.plan_file(job_work)).read_text()))
     parts = steps_thumbs.summed_parts(job_work)
     os.remove(parts[(0, "in")][0])
-    assert steps_thumbs.load_summed(plan, 0, "in", parts[(0, "in")][1:]) is None
+    assert steps_thumbs.load_summed(plan, 0, "in", parts[(0, "in")][1:], BOX) is None
+    assert steps_thumbs.load_summed(plan, 0, "out", parts[(0, "out")], BOX) is not None
+    # parts of another box than the sheet's are not used either
+    assert steps_thumbs.load_summed(plan, 0, "out", parts[(0, "out")], 256) is None
     run = json.loads(Path(layout.run_file(result.work)).read_text())
     specs = [JobSpec.from_json(j) for j in run["jobs"]]
     thumb = contact_sheet._thumb(str(tmp_path / "rgb.tif"), 0,
                                  (plan, 0, "in", parts[(0, "in")][1:]))
     assert not isinstance(thumb, str) and thumb.decoded > 0  # read from the file
+    assert thumb.image.size == (238, 256)  # (width, height): the sheet's box
     np.testing.assert_array_equal(
         np.asarray(contact_sheet.render(result.report, specs, result.work)),
         np.asarray(contact_sheet.render(result.report, specs)))
@@ -220,6 +255,7 @@ def test_no_thumbnails_without_a_contact_sheet_nor_past_the_sheets_pages(
     result, _ = _run(tmp_path, jobs, keep_work=True)
     assert not os.path.exists(layout.thumbs_dir(layout.job_dir(result.work, 0)))
     assert THUMBNAILS_ENV not in os.environ  # the run's, for the run only
+    monkeypatch.setenv(THUMBNAILS_ENV, str(BOX))
     monkeypatch.setattr(steps_thumbs, "MAX_PAGES", 1)  # the sheet would show one page
     result, _ = _run(tmp_path, jobs, keep_work=True, contact_sheet=True)
     parts = steps_thumbs.summed_parts(layout.job_dir(result.work, 0))

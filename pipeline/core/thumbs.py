@@ -17,15 +17,18 @@ from typing import Any
 
 import numpy as np
 
+#: what a stored part (:meth:`ThumbSums.part`) starts with
+PART_MAGIC = b"tiffpipe-thumb-1"
 #: the box a contact sheet's thumbnails fit in (pixels)
 SHEET_BOX = 256
 #: the most pages a contact sheet shows (its rows); the steps make thumbnails of a job's
 #: first pages only
 MAX_PAGES = 200
 #: a page's thumbnail is made from the pixels the steps hold when the page has at least this
-#: many times the thumbnail's pixels: smaller pages are cheap to decode again, and their
-#: thumbnail's sums (float64) would be larger than the page
-MIN_REDUCTION = 4
+#: many times the thumbnail's pixels: smaller pages are cheap to decode again (a 1 Mpx page
+#: is a few tiles), and the stored sums (float64, 8 bytes a sample and a count) stay below
+#: a quarter of the page's own pixels in bytes (an RGB uint8 page: 2/3 byte a page pixel)
+MIN_REDUCTION = 16
 
 
 def fit(height: int, width: int, size: int) -> tuple[int, int]:
@@ -74,10 +77,9 @@ class ThumbSums:
             sums: Any = px
             counts: Any = 1
         else:  # ty and tx are non-decreasing by 0 or 1 a step: the pixels hit are one block
-            rstarts = np.flatnonzero(np.r_[True, ty[1:] != ty[:-1]])
-            cstarts = np.flatnonzero(np.r_[True, tx[1:] != tx[:-1]])
+            rstarts, cstarts = _starts(ty), _starts(tx)
             sums = block_sums(px, rstarts, cstarts)
-            counts = np.outer(np.diff(np.r_[rstarts, h]), np.diff(np.r_[cstarts, w]))
+            counts = np.outer(np.diff(rstarts, append=h), np.diff(cstarts, append=w))
         with self._lock:
             self.acc[rows, cols] += sums
             self.counts[rows, cols] += counts
@@ -96,27 +98,57 @@ class ThumbSums:
         """Every page pixel was added once."""
         return float(self.counts.sum()) == float(self.height) * self.width
 
-    def part(self) -> dict[str, np.ndarray]:
-        """What was added, as arrays to store: the touched block of sums and counts and where
-        it lies (``head``: height, width, th, tw, first row, first column)."""
+    def part(self) -> bytes:
+        """What was added, to store: a header (:data:`PART_MAGIC`, then height, width, th,
+        tw, first row, first column, rows, columns, channels as int64) and the touched block
+        of sums and of counts (float64, C order). Raw bytes, not ``.npz``: no zip archive to
+        write, parse or import."""
         (r0, r1), (c0, c1) = self.rows, self.cols
-        head = np.array([self.height, self.width, self.th, self.tw, r0, c0], np.int64)
-        return {"head": head, "acc": self.acc[r0:r1, c0:c1], "counts": self.counts[r0:r1, c0:c1]}
+        if r1 <= r0:
+            r0 = r1 = c0 = c1 = 0
+        head = np.array([self.height, self.width, self.th, self.tw, r0, c0, r1 - r0, c1 - c0,
+                         self.channels], "<i8")
+        return b"".join((PART_MAGIC, head.tobytes(),
+                         self.acc[r0:r1, c0:c1].astype("<f8", copy=False).tobytes(),
+                         self.counts[r0:r1, c0:c1].astype("<f8", copy=False).tobytes()))
 
-    def add_part(self, part: dict[str, np.ndarray]) -> None:
-        """Add a stored :meth:`part` (of the same page and thumbnail size)."""
-        height, width, th, tw, r0, c0 = (int(v) for v in part["head"])
-        if (height, width, th, tw) != (self.height, self.width, self.th, self.tw):
-            raise ValueError(f"a part of a {th}x{tw} thumbnail of a {height}x{width} page "
-                             f"added to a {self.th}x{self.tw} one of {self.height}x{self.width}")
-        acc, counts = part["acc"], part["counts"]
-        if acc.shape[2:] != (self.channels,):
-            raise ValueError(f"a part of {acc.shape[2:]} channels added to {self.channels}")
-        r1, c1 = r0 + acc.shape[0], c0 + acc.shape[1]
-        self.acc[r0:r1, c0:c1] += acc
-        self.counts[r0:r1, c0:c1] += counts
-        self.rows = [min(self.rows[0], r0), max(self.rows[1], r1)]
-        self.cols = [min(self.cols[0], c0), max(self.cols[1], c1)]
+    def add_part(self, data: bytes, where: str = "a part") -> None:
+        """Add a stored :meth:`part` of the same page and thumbnail size (``where``: its name,
+        for the errors)."""
+        size = len(PART_MAGIC) + 9 * 8
+        if len(data) < size or not data.startswith(PART_MAGIC):
+            raise ValueError(f"{where} is not a thumbnail part")
+        height, width, th, tw, r0, c0, rows, cols, channels = (
+            int(v) for v in np.frombuffer(data, "<i8", 9, len(PART_MAGIC)))
+        if (height, width, th, tw, channels) != (self.height, self.width, self.th, self.tw,
+                                                 self.channels):
+            raise ValueError(f"{where}: a part of a {th}x{tw}x{channels} thumbnail of a "
+                             f"{height}x{width} page, not of a {self.th}x{self.tw}x"
+                             f"{self.channels} one of {self.height}x{self.width}")
+        n = rows * cols
+        if len(data) != size + 8 * n * (channels + 1) or r0 + rows > th or c0 + cols > tw:
+            raise ValueError(f"{where}: the part is damaged (its size or block does not fit)")
+        acc = np.frombuffer(data, "<f8", n * channels, size).reshape(rows, cols, channels)
+        counts = np.frombuffer(data, "<f8", n, size + 8 * n * channels).reshape(rows, cols)
+        self.acc[r0:r0 + rows, c0:c0 + cols] += acc
+        self.counts[r0:r0 + rows, c0:c0 + cols] += counts
+        if n:
+            self.rows = [min(self.rows[0], r0), max(self.rows[1], r0 + rows)]
+            self.cols = [min(self.cols[0], c0), max(self.cols[1], c0 + cols)]
+
+    @classmethod
+    def of_part(cls, data: bytes, where: str = "a part") -> ThumbSums:
+        """An empty :class:`ThumbSums` of the page and thumbnail a stored part is of."""
+        if len(data) < len(PART_MAGIC) + 9 * 8 or not data.startswith(PART_MAGIC):
+            raise ValueError(f"{where} is not a thumbnail part")
+        height, width, th, tw, *_, channels = (
+            int(v) for v in np.frombuffer(data, "<i8", 9, len(PART_MAGIC)))
+        return cls(height, width, th, tw, channels)
+
+
+def _starts(index: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of a non-decreasing ``index`` starts."""
+    return np.concatenate(([0], np.flatnonzero(index[1:] != index[:-1]) + 1))
 
 
 #: pixel types whose block sums come from OpenCV's integral image (it takes no others)
@@ -139,10 +171,11 @@ def block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.n
         # OpenCV sums 8-bit pixels in 32-bit integers or float64, 16-bit ones in float64 only
         depth = cv2.CV_32S if px.dtype == np.uint8 and h * w * 255 < 2**31 else cv2.CV_64F
         table = cv2.integral(np.ascontiguousarray(px), sdepth=depth).reshape(h + 1, w + 1, c)
-        rows = table[np.r_[rstarts, h]].astype(np.int64 if depth == cv2.CV_32S else np.float64)
-        rows = rows[1:] - rows[:-1]
-        cols = rows[:, np.r_[cstarts, w]]
-        return cols[:, 1:] - cols[:, :-1]
+        # the table at the blocks' corners only (``take``: 7x faster than indexing rows
+        # then columns when a tile holds a hundred blocks a side), then four corners a block
+        t = table.take(np.append(rstarts, h), 0).take(np.append(cstarts, w), 1)
+        t = t.astype(np.int64 if depth == cv2.CV_32S else np.float64)
+        return t[1:, 1:] - t[1:, :-1] - t[:-1, 1:] + t[:-1, :-1]
     small_int = px.dtype.kind in "uib" and px.dtype.itemsize <= 4
     wide = (np.float64 if not small_int else np.int64 if px.dtype.kind == "i" else np.uint64)
     rows_summed = np.add.reduceat(px.reshape(h, w * c), rstarts, axis=0, dtype=wide)

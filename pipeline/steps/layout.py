@@ -15,6 +15,8 @@
 {work}/jobs/{job}/stats/{round}/labels/{page}/{row}_{col}  canny edge labels of a tile (stats)
 {work}/jobs/{job}/stats/{round}/tree/{page}/{node}.up.npz    a canny tree node's perimeter
 {work}/jobs/{job}/stats/{round}/tree/{page}/{node}.down.npz  its renamed and strong ids
+{work}/jobs/{job}/thumbs/{in,out}-{page}-{segment}.part  a batch's or unit's sums of a page's
+                                             thumbnail (process; for the contact sheet)
 {work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed split unit or batch
 {work}/jobs/{job}/result.json                the job's outcome (merge or record_failure)
 ```
@@ -101,7 +103,7 @@ def thumbs_dir(job_work: str) -> str:
 def thumb_file(job_work: str, page: int, side: str, name: str) -> str:
     """One batch's or unit's (``name``) part of the ``side`` ("in" or "out") thumbnail of
     page ``page`` (its position in the job)."""
-    return join(thumbs_dir(job_work), f"{side}-{page:04d}-{name}.npz")
+    return join(thumbs_dir(job_work), f"{side}-{page:04d}-{name}.part")
 
 
 def errors_dir(job_work: str) -> str:

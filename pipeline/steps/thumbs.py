@@ -6,20 +6,20 @@ decoded both pages once more: on a 100-megapixel page as long as the run itself.
 input (its core, cut from the haloed pixels the step read) and its output (before encoding)
 are in the step's memory anyway; their block sums go to a :class:`ThumbSums` per page and
 side, and each batch or unit stores its part next to the job's other work
-(``thumbs/{in,out}-PPPP-NAME.npz``). The sheet adds the parts up: the same exact area
+(``thumbs/{in,out}-PPPP-NAME.part``). The sheet adds the parts up: the same exact area
 average the preview computes, with no page decoded again.
 
 A side is summed only when the pixels the step holds are the ones a reader of the file sees:
 not for a palette page kept as indices, not for a JPEG output (a reader sees the decoded
 tiles) or one with pyramid levels (the preview reads a level), and not for the input of a
 canny job's process batches (they read edges, not the input). Pages with fewer than
-:data:`pipeline.core.thumbs.MIN_REDUCTION` times the thumbnail's pixels, and pages past :data:`MAX_PAGES`, are
-left to the preview: decoding them again is cheap, or they are not shown.
+:data:`pipeline.core.thumbs.MIN_REDUCTION` times the thumbnail's pixels are left to the
+preview (decoding them again is cheap), and so are pages the sheet cannot show (job index
+plus page position past :data:`MAX_PAGES`: every job before shows a row at least).
 """
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -59,7 +59,8 @@ class PageThumbs:
         ``lossy``: the output codec is lossy. ``input_held``: the step holds each tile's
         input pixels (a fused unit; a batch whose chain reads its work tiles)."""
         box = thumb_box()
-        if not box or page >= MAX_PAGES:
+        # the sheet shows at most MAX_PAGES rows, a row or more for each job before this one
+        if not box or plan.job + page >= MAX_PAGES:
             return None
         info = plan.pages[page].info
         kept_palette = info.photometric == "palette"
@@ -93,10 +94,8 @@ class PageThumbs:
         for side, sums in zip(SIDES, (self.input, self.output), strict=True):
             if sums is None or sums.empty:
                 continue
-            buf = io.BytesIO()
-            np.savez(buf, **sums.part())
             storage.write_bytes(layout.thumb_file(self.work, self.page, side, name),
-                                buf.getvalue())
+                                sums.part())
 
 
 class SummedThumb:
@@ -116,26 +115,26 @@ def summed_parts(job_work: str) -> dict[tuple[int, str], list[str]]:
     found: dict[tuple[int, str], list[str]] = {}
     for url in storage.list_prefix(layout.thumbs_dir(job_work)):
         side, page, rest = url.rsplit("/", 1)[-1].split("-", 2)
-        if side in SIDES and page.isdigit() and rest.endswith(".npz"):
+        if side in SIDES and page.isdigit() and rest.endswith(".part"):
             found.setdefault((int(page), side), []).append(url)
     return found
 
 
-def load_summed(plan: JobPlan, page: int, side: str, parts: list[str]) -> SummedThumb | None:
-    """The ``side`` thumbnail of ``page`` (its position in the job) added up from its stored
-    ``parts`` (:func:`summed_parts`), or None when not every pixel of the page is in them (a
-    batch that failed)."""
+def load_summed(plan: JobPlan, page: int, side: str, parts: list[str],
+                box: int) -> SummedThumb | None:
+    """The ``side`` thumbnail of ``page`` (its position in the job) fitting a ``box`` box,
+    added up from its stored ``parts`` (:func:`summed_parts`), or None when not every pixel
+    of the page is in them (a batch that failed) or they are of another size."""
     info = plan.pages[page].info
     channels = info.channels if side == "in" else plan.pages[page].out_channels
     sums: ThumbSums | None = None
     for url in parts:
-        with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
-            part = {k: data[k] for k in data.files}
+        data = storage.read_bytes(url)
         if sums is None:
-            height, width, th, tw = (int(v) for v in part["head"][:4])
-            sums = ThumbSums(height, width, th, tw, channels)
-        sums.add_part(part)
-    if sums is None or not sums.complete():
+            sums = ThumbSums.of_part(data, url)
+        sums.add_part(data, url)
+    if (sums is None or sums.channels != channels
+            or (sums.th, sums.tw) != fit(sums.height, sums.width, box) or not sums.complete()):
         return None
     if side == "in":
         extrasamples = list(info.extrasamples)
