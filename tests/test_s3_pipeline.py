@@ -146,3 +146,35 @@ def test_s3_missing_input_fails_alone_with_default_report_and_work(s3: S3):
     [page] = s3.pages("data/out/ok.tif")
     assert np.array_equal(page, cv2.GaussianBlur(_pages(s3.source)[0], (0, 0), SIGMA))
     assert not (Path(tempfile.gettempdir()) / "tiffpipe-work" / report["run_id"]).exists()
+
+
+def test_s3_work_holds_the_summed_thumbnails_of_the_contact_sheet(s3: S3):
+    """With an s3:// work location the steps' thumbnail parts are objects there, and the
+    contact sheet drawn from them is the one drawn from the files (a page of 1 Mpx and
+    more: summed; tiffpipe run's own box)."""
+    from PIL import Image
+
+    from pipeline import contact_sheet
+    from pipeline.adapters import storage
+    from pipeline.core.models import JobSpec
+
+    big = s3.tmp / "big.tif"
+    write_sample(str(big), [SamplePage(1100, 1040, 3)], tile=256, compression="zstd")
+    s3.client.upload_file(str(big), BUCKET, "data/in/big.tif")
+    manifest = _put_manifest(s3, "jobs/sheet.json", [
+        {"input": f"s3://{BUCKET}/data/in/big.tif", "output": f"s3://{BUCKET}/data/out/big.tif",
+         "ops": [{"op": "gaussian_blur", "sigma": SIGMA}], "tile": 256,
+         "output_options": {"compression": "deflate", "tile": 256}}])
+    report_path = s3.tmp / "reports" / "sheet.json"
+    done = _tiffpipe("run", manifest, "--work", f"s3://{BUCKET}/sheet-work/", "--report",
+                     str(report_path), "--workers", "2", "--keep-work")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    parts = [k.rsplit("/", 1)[-1] for k in s3.keys("sheet-work/") if "/thumbs/" in k]
+    assert {p.split("-")[0] for p in parts} == {"in", "out"}, parts
+    run = storage.read_json(f"s3://{BUCKET}/sheet-work/run.json")
+    specs = [JobSpec.from_json(j) for j in run["jobs"]]
+    written = Image.open(report_path.with_name("sheet.contact.png")).convert("RGB")
+    np.testing.assert_array_equal(np.asarray(written),
+                                  np.asarray(contact_sheet.render(report, specs)))
+    storage.delete_prefix(f"s3://{BUCKET}/sheet-work/")
