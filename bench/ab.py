@@ -2,6 +2,7 @@
 effect, measured as the performance notes of docs/performance-sweep.md were.
 
     .venv/bin/python bench/ab.py --trees /tmp/before,. --manifests M1.json,M2.json [--runs 8]
+                                 [--contact-sheet]
 
 Each run is a fresh child process (the tree's own ``bench/children.py tiffpipe``), so a run
 pays its imports and first calls as a user's does. The trees take turns within every round
@@ -23,10 +24,13 @@ import sys
 from typing import Any
 
 
-def run_once(tree: str, manifest: str, workers: int) -> dict[str, Any]:
+def run_once(tree: str, manifest: str, workers: int, contact_sheet: bool = False
+             ) -> dict[str, Any]:
     script = os.path.join(tree, "bench", "children.py")
-    proc = subprocess.run([sys.executable, script, "tiffpipe",
-                           json.dumps({"manifest": manifest, "workers": workers})],
+    params: dict[str, Any] = {"manifest": manifest, "workers": workers}
+    if contact_sheet:  # only then: a tree from before the option still runs without it
+        params["contact_sheet"] = True
+    proc = subprocess.run([sys.executable, script, "tiffpipe", json.dumps(params)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{tree}: {manifest} failed:\n{proc.stderr[-3000:]}")
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifests", required=True, help="comma-separated manifests")
     ap.add_argument("--runs", type=int, default=8, help="runs of each tree per manifest")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--contact-sheet", action="store_true",
+                    help="each run also writes its contact sheet, as `tiffpipe run` does "
+                    "(timed with the run; both trees' bench/children.py must take it)")
     ap.add_argument("--json", help="write every run's wall and actions here")
     args = ap.parse_args(argv)
     trees = [os.path.abspath(t) for t in args.trees.split(",") if t]
@@ -53,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs):
         for m in manifests:
             for tree in trees if i % 2 == 0 else trees[::-1]:
-                runs[m][tree].append(run_once(tree, m, args.workers))
+                runs[m][tree].append(run_once(tree, m, args.workers, args.contact_sheet))
     for m in manifests:
         print(os.path.basename(m))
         for tree in trees:

@@ -30,8 +30,10 @@ def _tree_bytes(folder: str) -> int:
                for f in files)
 
 
-def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
-    """``run_local`` with per-invocation timings; work bytes measured, then removed."""
+def tiffpipe(manifest: str, workers: int, contact_sheet: bool = False) -> dict[str, Any]:
+    """``run_local`` with per-invocation timings; work bytes measured, then removed. With
+    ``contact_sheet``, the run writes one (as ``tiffpipe run`` does by default), in its
+    time."""
     # the imaging libraries, imported before the clock starts as the peers' runs import
     # them (naive, below; libvips): the wall compares the work, not the imports
     import cv2  # noqa: F401
@@ -49,7 +51,7 @@ def tiffpipe(manifest: str, workers: int) -> dict[str, Any]:
     # location, as `tiffpipe run --keep-work` does)
     os.environ.setdefault(KEEP_SEGMENTS_ENV, "0")
     t0 = time.time()
-    result = run_local(manifest, workers, keep_work=True)
+    result = run_local(manifest, workers, keep_work=True, contact_sheet=contact_sheet)
     run_s = time.time() - t0
     work_bytes: dict[str, int] = {}
     jobs = os.path.join(result.work, "jobs")

@@ -12,6 +12,7 @@ bottom says how many pages were left out.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +24,7 @@ from pipeline.adapters import storage
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
-from pipeline.preview import Thumbnail, png_bytes, thumbnail, to_display
+from pipeline.preview import Thumbnail, png_bytes, thumbnails, to_display
 from pipeline.steps import layout
 from pipeline.steps.thumbs import load_summed, summed_parts
 
@@ -42,6 +43,8 @@ MAX_ROWS = MAX_PAGES
 FOOTER = 28
 #: thumbnails rendered at once
 THREADS = 4
+
+log = logging.getLogger("tiffpipe")
 
 WHITE, INK, GREY, FRAME = (255, 255, 255), (30, 30, 30), (110, 110, 110), (210, 210, 210)
 GREEN, RED, PALE_RED = (20, 130, 50), (190, 30, 30), (253, 236, 236)
@@ -144,18 +147,48 @@ def _wrap(text: str, font: Any, width: int, lines: int) -> list[str]:
 Summed = tuple[JobPlan, int, str, list[str]]
 
 
-def _thumb(url: str, page: int, summed: Summed | None = None) -> Thumbnail | str:
-    try:
-        if summed is not None:
-            made = load_summed(*summed, CELL)
-            if made is not None:
-                return Thumbnail(to_display(made.pixels, np.dtype(made.dtype),
-                                            made.extrasamples),
-                                 page, made.height, made.width, f"page {page}, as processed",
-                                 False, 0, 0, made.dtype)
-        return thumbnail(url, page, CELL)
-    except Exception as exc:  # noqa: BLE001 - shown in the cell instead
-        return f"{type(exc).__name__}: {exc}"
+def _summed_thumb(summed: Summed) -> Thumbnail | None:
+    """The thumbnail the run's steps summed, or None if it is incomplete (then the file is
+    read)."""
+    made = load_summed(*summed, CELL)
+    if made is None:
+        return None
+    plan, position, side, _ = summed
+    page = plan.pages[position].info.index if side == "in" else position
+    return Thumbnail(to_display(made.pixels, np.dtype(made.dtype), made.extrasamples), page,
+                     made.height, made.width, f"page {page}, as processed", False, 0, 0,
+                     made.dtype)
+
+
+def _thumbnails(tasks: list[tuple[str, int]], summed: dict[tuple[str, int], Summed]
+                ) -> dict[tuple[str, int], Thumbnail | str]:
+    """The thumbnail of every (file, page) of ``tasks``, or why there is none: summed ones
+    from their parts, the others from the files, each file opened once for a run of its
+    pages (opening a file of n pages for each page walked its chain of pages n times over),
+    in :data:`THREADS` threads."""
+    found: dict[tuple[str, int], Thumbnail | str] = {}
+    from_files: dict[str, list[int]] = {}
+    for url, page in tasks:
+        try:
+            made = _summed_thumb(summed[(url, page)]) if (url, page) in summed else None
+        except Exception as exc:  # noqa: BLE001 - damaged parts: the file is read instead
+            log.debug("%s page %d: summed thumbnail not used: %s", url, page, exc)
+            made = None
+        if made is not None:
+            found[(url, page)] = made
+        else:
+            from_files.setdefault(url, []).append(page)
+    chunks = []
+    for url, pages in from_files.items():
+        per = -(-len(pages) // THREADS)
+        chunks += [(url, pages[i:i + per]) for i in range(0, len(pages), per)]
+    with ThreadPoolExecutor(THREADS) as pool:
+        for (url, pages), made_all in zip(chunks, pool.map(
+                lambda chunk: thumbnails(chunk[0], chunk[1], CELL), chunks), strict=True):
+            for page, one in zip(pages, made_all, strict=True):
+                found[(url, page)] = (one if isinstance(one, Thumbnail)
+                                      else f"{type(one).__name__}: {one}")
+    return found
 
 
 def _summed_sources(rows: list[Row], work: str | None) -> dict[tuple[str, int], Summed]:
@@ -201,10 +234,7 @@ def render(report: dict[str, Any], specs: list[JobSpec], work: str | None = None
 
     tasks = list(dict.fromkeys([(r.input, r.in_page) for r in shown] +
                                [(r.output, r.out_page) for r in shown if r.out_page is not None]))
-    summed = _summed_sources(shown, work)
-    with ThreadPoolExecutor(THREADS) as pool:
-        thumbs = dict(zip(tasks, pool.map(lambda t: _thumb(*t, summed.get(t)), tasks),
-                          strict=True))
+    thumbs = _thumbnails(tasks, _summed_sources(shown, work))
 
     for i, row in enumerate(shown):
         y = HEADER + i * ROW_H

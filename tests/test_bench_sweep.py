@@ -192,3 +192,8 @@ def test_ab_alternates_trees_and_prints_walls_and_actions(tmp_path) -> None:
     runs = json.loads(out.read_text())[str(manifest)]
     assert sorted(runs) == sorted([str(ROOT), str(other)])
     assert all(len(rs) == 2 and all(r["wall_s"] > 0 for r in rs) for rs in runs.values())
+    assert not (tmp_path / "m.report.contact.png").exists()
+    # --contact-sheet: the runs write the sheet tiffpipe run writes by default
+    run_bench_script("ab.py", "--trees", f"{ROOT},{other}", "--manifests", str(manifest),
+                     "--runs", "1", "--contact-sheet")
+    assert (tmp_path / "m.report.contact.png").stat().st_size > 0

@@ -239,8 +239,10 @@ def test_an_incomplete_thumbnail_falls_back_to_the_file(tmp_path: Path,
     assert steps_thumbs.load_summed(plan, 0, "out", parts[(0, "out")], 256) is None
     run = json.loads(Path(layout.run_file(result.work)).read_text())
     specs = [JobSpec.from_json(j) for j in run["jobs"]]
-    thumb = contact_sheet._thumb(str(tmp_path / "rgb.tif"), 0,
-                                 (plan, 0, "in", parts[(0, "in")][1:]))
+    incomplete = (plan, 0, "in", parts[(0, "in")][1:])
+    assert contact_sheet._summed_thumb(incomplete) is None
+    key = (str(tmp_path / "rgb.tif"), 0)
+    thumb = contact_sheet._thumbnails([key], {key: incomplete})[key]
     assert not isinstance(thumb, str) and thumb.decoded > 0  # read from the file
     assert thumb.image.size == (238, 256)  # (width, height): the sheet's box
     np.testing.assert_array_equal(
