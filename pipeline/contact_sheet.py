@@ -24,7 +24,7 @@ from pipeline.adapters import storage
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
-from pipeline.preview import Thumbnail, png_bytes, thumbnails, to_display
+from pipeline.preview import Thumbnail, png_bytes, rgb_pixels, thumbnails, to_display
 from pipeline.steps import layout
 from pipeline.steps.thumbs import load_summed, summed_parts
 
@@ -293,4 +293,13 @@ def _cell(draw: ImageDraw.ImageDraw, sheet: Image.Image, x: int, y: int,
 
 def write_contact_sheet(report: dict[str, Any], specs: list[JobSpec], url: str,
                         work: str | None = None) -> None:
-    storage.write_bytes(url, png_bytes(render(report, specs, work)))
+    from pipeline.engine.workers import trim_malloc
+
+    sheet = render(report, specs, work)
+    # the thumbnails' memory back to the system, then the pixels and not Pillow's image (4
+    # bytes a pixel) while the PNG is encoded: a 200-row sheet is 146 MB of pixels, and its
+    # peak stays below what Pillow's own encoder needed
+    trim_malloc()
+    pixels = rgb_pixels(sheet)
+    del sheet
+    storage.write_bytes(url, png_bytes(pixels))

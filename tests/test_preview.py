@@ -364,3 +364,54 @@ def test_no_contact_sheet_option(tmp_path):
     assert code == 0, err
     assert "contact sheet" not in out
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_png_bytes_round_trips_an_image_or_its_pixels_copied_in_bands(
+        monkeypatch: pytest.MonkeyPatch):
+    """png_bytes (libpng through imagecodecs, Up filter): the PNG decodes to the image's
+    pixels exactly, from the image (its pixels copied a few rows at a time) or from them."""
+    from PIL import Image
+
+    from pipeline import preview
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    pixels[10:20] = 255  # flat rows, as a sheet's background
+    image = Image.fromarray(pixels, "RGB")
+    monkeypatch.setattr(preview, "COPY_ROWS", 8)  # five bands, the last one short
+    assert np.array_equal(preview.rgb_pixels(image), pixels)
+    for source in (image, pixels):
+        data = preview.png_bytes(source)
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_several_pages_of_a_file_open_it_once_and_each_page_gets_its_own_error(tmp_path):
+    """preview.thumbnails: the file opened once for all its pages asked for; a page that
+    cannot be shown gets its error in its place, the others their thumbnails; a file that
+    cannot be opened gives every page its error."""
+    from pipeline import preview
+    from pipeline.errors import NotATiffError, PageNotFoundError
+
+    path = tmp_path / "three.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(3):
+            tw.write(np.full((40, 30), 50 * k, np.uint8), photometric="minisblack")
+    opened = []
+    real_open = preview.open_tiff
+
+    def counting(url: str):  # type: ignore[no-untyped-def]
+        opened.append(url)
+        return real_open(url)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preview, "open_tiff", counting)
+        made = preview.thumbnails(str(path), [2, 7, 0], 16)
+    assert opened == [str(path)]
+    assert [m.page for m in made if isinstance(m, preview.Thumbnail)] == [2, 0]
+    assert isinstance(made[1], PageNotFoundError) and "page 7" in str(made[1])
+    assert np.asarray(made[0].image).mean() == 100 and np.asarray(made[2].image).max() == 0
+    (tmp_path / "not.tif").write_bytes(b"hello, world")
+    assert all(isinstance(m, NotATiffError)
+               for m in preview.thumbnails(str(tmp_path / "not.tif"), [0, 1], 16))

@@ -66,6 +66,22 @@ def tune_malloc(arenas: int = MALLOC_ARENAS) -> bool:
             and bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)))
 
 
+def trim_malloc() -> bool:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``: True; not
+    glibc: nothing, False). With :func:`tune_malloc`'s thresholds a process keeps what its tiles
+    freed for the next ones; a step that then needs much memory at once (the contact
+    sheet's PNG) first returns what its thumbnails freed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)  # 1: some memory was released, 0: none was free
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return True
+
+
 def _init(env: dict[str, str]) -> None:
     """Worker start: the user's environment (not the engine's mocked one), capped malloc
     arenas, one OpenCV thread (the pool is the parallelism)."""
