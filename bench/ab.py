@@ -8,7 +8,8 @@ Each run is a fresh child process (the tree's own ``bench/children.py tiffpipe``
 pays its imports and first calls as a user's does. The trees take turns within every round
 (who goes first alternates), so a noisy machine slows them alike. Printed per manifest and
 tree: the median wall of the runs, their fastest, and the median wall of each action
-(``plan_job``, ``process_unit``, ``merge`` ...: summed over its invocations in a run).
+(``plan_job``, ``process_unit``, ``merge`` ...: summed over its invocations in a run), and
+the median peak RSS of the run's largest process (the engine's or a worker's).
 Both trees need their bytecode compiled if ``PYTHONDONTWRITEBYTECODE`` is set (the sweep
 does it; ``python -m compileall -q TREE/pipeline``), or each run compiles the package.
 """
@@ -69,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             per_action = ", ".join(
                 f"{a} {statistics.median(r['actions'].get(a, {}).get('wall_s', 0.0) for r in runs[m][tree]) * 1e3:.1f}"
                 for a in actions)
+            peak = statistics.median(r.get("peak_mb", 0.0) for r in runs[m][tree])
             print(f"  {tree}: {statistics.median(walls) * 1e3:.1f} ms median, "
-                  f"{min(walls) * 1e3:.1f} fastest ({len(walls)} runs); actions, ms: {per_action}")
+                  f"{min(walls) * 1e3:.1f} fastest ({len(walls)} runs), largest process "
+                  f"{peak:.0f} MB; actions, ms: {per_action}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({m: {t: [{"wall_s": r["wall_s"], "actions": r["actions"]} for r in rs]
+            json.dump({m: {t: [{"wall_s": r["wall_s"], "peak_mb": r.get("peak_mb"),
+                                "actions": r["actions"]} for r in rs]
                            for t, rs in by_tree.items()} for m, by_tree in runs.items()}, f)
     return 0
 

@@ -188,10 +188,11 @@ def test_ab_alternates_trees_and_prints_walls_and_actions(tmp_path) -> None:
     assert stdout.splitlines()[0] == "m.json"
     for tree in (ROOT, other):
         line = next(x for x in stdout.splitlines() if x.strip().startswith(f"{tree}:"))
-        assert "(2 runs)" in line and "merge" in line and "plan_job" in line
+        assert "(2 runs), largest process" in line and "merge" in line and "plan_job" in line
     runs = json.loads(out.read_text())[str(manifest)]
     assert sorted(runs) == sorted([str(ROOT), str(other)])
-    assert all(len(rs) == 2 and all(r["wall_s"] > 0 for r in rs) for rs in runs.values())
+    assert all(len(rs) == 2 and all(r["wall_s"] > 0 and r["peak_mb"] > 0 for r in rs)
+               for rs in runs.values())
     assert not (tmp_path / "m.report.contact.png").exists()
     # --contact-sheet: the runs write the sheet tiffpipe run writes by default
     run_bench_script("ab.py", "--trees", f"{ROOT},{other}", "--manifests", str(manifest),
