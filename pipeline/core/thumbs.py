@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+#: rows of pixels summed at once (:meth:`ThumbSums.add`)
+ADD_ROWS = 256
 #: what a stored part (:meth:`ThumbSums.part`) starts with
 PART_MAGIC = b"tiffpipe-thumb-1"
 #: the box a contact sheet's thumbnails fit in (pixels)
@@ -62,7 +64,14 @@ class ThumbSums:
         self._lock = threading.Lock()
 
     def add(self, px: np.ndarray, y0: int, x0: int) -> None:
-        """Add the page pixels ``px`` (rows x cols [x channels]) whose top-left is (y0, x0)."""
+        """Add the page pixels ``px`` (rows x cols [x channels]) whose top-left is (y0, x0),
+        :data:`ADD_ROWS` rows at a time (the block sums' integral table of a 1024 px RGB
+        tile would be 12.6 MB, in every tile thread: the engine's peak on a 100 Mpx page
+        was 35 MB higher than without the sums, 9 MB in bands)."""
+        for band in range(0, px.shape[0], ADD_ROWS):
+            self._add(px[band:band + ADD_ROWS], y0 + band, x0)
+
+    def _add(self, px: np.ndarray, y0: int, x0: int) -> None:
         h, w = px.shape[:2]
         if h == 0 or w == 0:
             return
