@@ -232,6 +232,10 @@ def test_an_incomplete_thumbnail_falls_back_to_the_file(tmp_path: Path,
     job_work = layout.job_dir(result.work, 0)
     plan = JobPlan.from_json(json.loads(Path(layout.plan_file(job_work)).read_text()))
     parts = steps_thumbs.summed_parts(job_work)
+    # what else a folder may hold (a write's temporary file left by a crash) is not a part
+    Path(layout.thumbs_dir(job_work), ".in-0000-u000001.part.tmp").write_bytes(b"x")
+    Path(layout.thumbs_dir(job_work), "stray").write_bytes(b"x")
+    assert steps_thumbs.summed_parts(job_work) == parts
     os.remove(parts[(0, "in")][0])
     assert steps_thumbs.load_summed(plan, 0, "in", parts[(0, "in")][1:], BOX) is None
     assert steps_thumbs.load_summed(plan, 0, "out", parts[(0, "out")], BOX) is not None

@@ -114,9 +114,10 @@ def summed_parts(job_work: str) -> dict[tuple[int, str], list[str]]:
     """The stored parts of a job's thumbnails, by (page position, side): one listing."""
     found: dict[tuple[int, str], list[str]] = {}
     for url in storage.list_prefix(layout.thumbs_dir(job_work)):
-        side, page, rest = url.rsplit("/", 1)[-1].split("-", 2)
-        if side in SIDES and page.isdigit() and rest.endswith(".part"):
-            found.setdefault((int(page), side), []).append(url)
+        name = url.rsplit("/", 1)[-1].split("-", 2)  # side, page, segment name + ".part"
+        if (len(name) == 3 and name[0] in SIDES and name[1].isdigit()
+                and name[2].endswith(".part")):  # not a write's temporary file, say
+            found.setdefault((int(name[1]), name[0]), []).append(url)
     return found
 
 
