@@ -106,6 +106,9 @@ def _inputs(folder: Path) -> None:
     write_tiff(folder / "gray8.tif", [make_image(8, 540, 560, 1, "uint8")], tiled=True,
                tile=(64, 64))
     write_tiff(folder / "small.tif", [make_image(7, 200, 180, 3, "uint8")], tiled=False)
+    colormap = np.random.default_rng(11).integers(0, 65536, (3, 256), dtype=np.uint16)
+    tifffile.imwrite(folder / "palette.tif", make_image(12, 300, 320, 1, "uint8"),
+                     photometric="palette", colormap=colormap, tile=(64, 64))
 
 
 #: job name -> (job, sides summed per page position)
@@ -127,6 +130,10 @@ JOBS: dict[str, tuple[dict[str, Any], dict[int, set[str]]]] = {
     "canny": ({"input": "gray8.tif", "ops": [{"op": "canny", "low": 100, "high": 300}]},
               {0: {"out"}}),  # its batches read edges, not the input
     "small": ({"input": "small.tif", "ops": [G]}, {}),
+    # no op, lossless: the palette's indices are kept, which are not what a reader shows
+    "palette": ({"input": "palette.tif", "output_options": {"compression": "lzw"}}, {}),
+    # with an op it is read as RGB, as the preview shows it
+    "palette_blur": ({"input": "palette.tif", "ops": [G]}, {0: {"in", "out"}}),
 }
 
 
