@@ -106,6 +106,8 @@ def _inputs(folder: Path) -> None:
     write_tiff(folder / "gray8.tif", [make_image(8, 540, 560, 1, "uint8")], tiled=True,
                tile=(64, 64))
     write_tiff(folder / "small.tif", [make_image(7, 200, 180, 3, "uint8")], tiled=False)
+    tifffile.imwrite(folder / "bands5.tif", make_image(13, 520, 560, 5, "uint16"),
+                     photometric="minisblack", planarconfig="contig", tile=(64, 64))
     colormap = np.random.default_rng(11).integers(0, 65536, (3, 256), dtype=np.uint16)
     tifffile.imwrite(folder / "palette.tif", make_image(12, 300, 320, 1, "uint8"),
                      photometric="palette", colormap=colormap, tile=(64, 64))
@@ -130,6 +132,8 @@ JOBS: dict[str, tuple[dict[str, Any], dict[int, set[str]]]] = {
     "canny": ({"input": "gray8.tif", "ops": [{"op": "canny", "low": 100, "high": 300}]},
               {0: {"out"}}),  # its batches read edges, not the input
     "small": ({"input": "small.tif", "ops": [G]}, {}),
+    # five bands (multispectral): the first three shown, from the sums as from the file
+    "bands5": ({"input": "bands5.tif", "ops": [G]}, {0: {"in", "out"}}),
     # no op, lossless: the palette's indices are kept, which are not what a reader shows
     "palette": ({"input": "palette.tif", "output_options": {"compression": "lzw"}}, {}),
     # with an op it is read as RGB, as the preview shows it
@@ -174,8 +178,9 @@ def test_summed_thumbnails_are_the_previews_of_the_files(tmp_path: Path, path: s
     """Every summed thumbnail is pixel for pixel the preview's of the input page or the output
     page, on a single task or a Map of several units a page (the rgb job's pages: parts from
     several units, summed in several processes' order), process batches (gray16), floats,
-    alpha; the sides the steps cannot sum (a JPEG or pyramid output, a canny's input, a
-    page near the thumbnail's size) have no parts."""
+    alpha, five bands, a palette read as RGB; the sides the steps cannot sum (a JPEG or
+    pyramid output, a canny's input, a page near the thumbnail's size, a palette kept as
+    indices) have no parts."""
     if path == "units":
         request.getfixturevalue("several_units")
     _inputs(tmp_path)
