@@ -124,11 +124,8 @@ class ThumbSums:
     def add_part(self, data: bytes, where: str = "a part") -> None:
         """Add a stored :meth:`part` of the same page and thumbnail size (``where``: its name,
         for the errors)."""
-        size = len(PART_MAGIC) + 9 * 8
-        if len(data) < size or not data.startswith(PART_MAGIC):
-            raise ValueError(f"{where} is not a thumbnail part")
-        height, width, th, tw, r0, c0, rows, cols, channels = (
-            int(v) for v in np.frombuffer(data, "<i8", 9, len(PART_MAGIC)))
+        height, width, th, tw, r0, c0, rows, cols, channels = _part_head(data, where)
+        size = _PART_HEAD
         if (height, width, th, tw, channels) != (self.height, self.width, self.th, self.tw,
                                                  self.channels):
             raise ValueError(f"{where}: a part of a {th}x{tw}x{channels} thumbnail of a "
@@ -148,11 +145,20 @@ class ThumbSums:
     @classmethod
     def of_part(cls, data: bytes, where: str = "a part") -> ThumbSums:
         """An empty :class:`ThumbSums` of the page and thumbnail a stored part is of."""
-        if len(data) < len(PART_MAGIC) + 9 * 8 or not data.startswith(PART_MAGIC):
-            raise ValueError(f"{where} is not a thumbnail part")
-        height, width, th, tw, *_, channels = (
-            int(v) for v in np.frombuffer(data, "<i8", 9, len(PART_MAGIC)))
+        height, width, th, tw, *_, channels = _part_head(data, where)
         return cls(height, width, th, tw, channels)
+
+
+#: the bytes before a part's sums: its magic and nine int64
+_PART_HEAD = len(PART_MAGIC) + 9 * 8
+
+
+def _part_head(data: bytes, where: str) -> list[int]:
+    """A stored part's header: height, width, th, tw, first row, first column, rows,
+    columns, channels (:meth:`ThumbSums.part`)."""
+    if len(data) < _PART_HEAD or not data.startswith(PART_MAGIC):
+        raise ValueError(f"{where} is not a thumbnail part")
+    return [int(v) for v in np.frombuffer(data, "<i8", 9, len(PART_MAGIC))]
 
 
 def _starts(index: np.ndarray) -> np.ndarray:

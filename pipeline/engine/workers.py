@@ -52,14 +52,8 @@ def tune_malloc(arenas: int = MALLOC_ARENAS) -> bool:
       512 x 512. Measured alternately (6 runs each): pages of 3-20 Mpx 3-9% faster, 1 Mpx
       and 1 Gpx the same; the largest process 0-6 MB larger.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt, or no arenas to cap
+    mallopt = _glibc("mallopt")  # musl and others: no mallopt, or no arenas to cap
+    if mallopt is None:
         return False
     return (bool(mallopt(_M_ARENA_MAX, arenas))
             and bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD))
@@ -71,15 +65,24 @@ def trim_malloc() -> bool:
     glibc: nothing, False). With :func:`tune_malloc`'s thresholds a process keeps what its tiles
     freed for the next ones; a step that then needs much memory at once (the contact
     sheet's PNG) first returns what its thumbnails freed."""
-    if not sys.platform.startswith("linux"):
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is None:
         return False
+    malloc_trim(0)  # 1: some memory was released, 0: none was free
+    return True
+
+
+def _glibc(name: str) -> Any:
+    """The C library's function ``name`` on Linux, or None (another platform, or a C
+    library without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None).malloc_trim(0)  # 1: some memory was released, 0: none was free
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return True
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def _init(env: dict[str, str]) -> None:
