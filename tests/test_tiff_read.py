@@ -518,3 +518,42 @@ def test_a_thread_keeps_its_last_local_tiff_open_while_it_is_unchanged(tmp_path)
     with pytest.raises(Exception, match="missing.tif"), kept_tiff(str(tmp_path / "missing.tif")):
         pass
     assert kept_files.count() == 0
+
+
+def test_a_jpeg_page_read_in_decoder_threads_never_shares_the_file_handle(tmp_path):
+    """tifffile makes a JPEG page's decode function when first asked, and reads its first
+    segment's header then (a seek and a read on the file handle). PageReader makes it in
+    the thread that reads the segments' bytes: made in a decoder thread, it moved the
+    handle under those reads, and previews of such pages failed about one run in two (or
+    could decode a segment in the wrong color space). Real RGB JPEG tiles (libjpeg-turbo
+    through imagecodecs, Adobe marker), the page read afresh many times as the preview
+    reads it (its segments decoded ahead in a pool while it sums)."""
+    import imagecodecs
+
+    from pipeline.preview import thumbnail
+
+    yy, xx = np.mgrid[0:1024, 0:1024]
+    page = np.stack([(xx // 4) % 256, (yy // 4) % 256, ((xx + yy) // 8) % 256],
+                    -1).astype(np.uint8)
+    tiles = [imagecodecs.jpeg8_encode(page[r:r + 256, c:c + 256], level=90, colorspace="RGB",
+                                      outcolorspace="RGB")
+             for r in range(0, 1024, 256) for c in range(0, 1024, 256)]
+    path = tmp_path / "rgb-jpeg.tif"
+    tifffile.imwrite(path, iter(tiles), shape=page.shape, dtype=np.uint8, photometric="rgb",
+                     compression="jpeg", tile=(256, 256))
+    whole = tifffile.imread(path)
+    assert np.abs(whole.astype(int) - page).mean() < 1  # the tiles as encoded
+    url = str(path)
+    with open_tiff(url) as tf:
+        tiff_page = get_page(tf, url, 0)
+        assert "decode" not in tiff_page.__dict__  # tifffile makes it when first asked
+        PageReader(tf, tiff_page, url, 0)
+        # made by the reader, in its own thread (tifffile caches it in the page: a decoder
+        # thread finds it made and touches no file)
+        assert "decode" in tiff_page.__dict__
+    # the race is one of timing: before the fix, this loop failed on this machine in 2
+    # to 15 runs of 30, depending on the file's place in the page cache
+    first = thumbnail(url, 0, 32)
+    for _ in range(30):
+        again = thumbnail(url, 0, 32)
+        assert np.array_equal(np.asarray(again.image), np.asarray(first.image))

@@ -375,6 +375,13 @@ class PageReader:
                  keep_palette: bool = False, decoder: Executor | None = None):
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
         self.decoder = decoder
+        # tifffile makes a page's decode function when first asked for it, and for JPEG it
+        # reads the first segment's header then (``is_jfif``: a seek and a read on the file
+        # handle); asked for first in a decoder thread, that moved the handle under this
+        # thread's reads of segment bytes (a preview of a JPEG page failed one run in two).
+        # Both made here, in the thread that reads the file.
+        self._decode = page.decode
+        self.jpegtables = page.jpegtables
         self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.kind = pixel_kind(page, self.where, keep_palette)
@@ -474,7 +481,7 @@ class PageReader:
                              else self.file_dtype)
             return self._convert(zeros, plane), plane, r * self.seg_h, c * self.seg_w
         try:
-            decoded, origin, _ = self.page.decode(data, seg, jpegtables=self.page.jpegtables)
+            decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
             raise CorruptTiffError(f"{self.where}: segment {seg} ({cname}) cannot be decoded: "
