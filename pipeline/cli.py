@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--page", type=int, default=0, help="page index (default: 0)")
     preview.add_argument("--size", type=int, default=512,
                          help="the thumbnail fits in a SIZE x SIZE box (default: 512)")
+    preview.add_argument("--exact", action="store_true",
+                         help="decode a JPEG page in full for the exact area average (by "
+                         "default a page 16 times the thumbnail or more is decoded at 1/8: "
+                         "about twice as fast, within a few levels)")
 
     demo = sub.add_parser("demo", help="generate a sample TIFF and manifest, and run it")
     demo.add_argument("--dir", default="example", help="where (default: ./example)")
@@ -196,7 +200,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if not storage.is_s3(output):
         output = os.path.abspath(output)
     try:
-        thumb = write_preview(args.file, output, args.page, args.size)
+        thumb = write_preview(args.file, output, args.page, args.size, args.exact)
     except TiffpipeError as exc:
         print(f"tiffpipe: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED

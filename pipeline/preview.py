@@ -11,7 +11,12 @@ When the page's strips are short compared with the rows one thumbnail row covers
 segment rows that hold the middle row of some thumbnail row are decoded (a strided read): a
 thumbnail of a 100,000-row page stored in 16-row strips decodes about one strip in
 ``100000 / 16 / size``. Otherwise every segment is decoded once and the thumbnail is the exact
-area average of the page.
+area average of the page, except on 8-bit JPEG pages at least 16 times the thumbnail's size
+(unless ``exact``): their segments are decoded at 1/8 of their size by libjpeg's DCT scaling
+(:mod:`pipeline.adapters.jpeg_scaled`; about three times faster), each pixel of that about
+the mean of an 8 x 8 block, and the thumbnail averages those blocks over the same page
+pixels as the exact average (:class:`BlockThumb`): within a few levels of it. One segment is
+decoded both ways first; a page whose scaled decode disagrees is decoded in full.
 
 Display: 8-bit pixels as they are; other integers scaled from their type's full range; floats
 from [0, 1] when every value lies there, else from the thumbnail's own min..max; alpha is
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import field
 from typing import Any
 
@@ -31,12 +36,12 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pipeline.adapters import storage
+from pipeline.adapters import jpeg_scaled, storage
 from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, page_count, page_info
 from pipeline.core.grid import Rect
 from pipeline.core.record import record
-from pipeline.core.thumbs import ThumbSums, fit
-from pipeline.errors import TiffpipeError
+from pipeline.core.thumbs import BlockThumb, ThumbSums, fit
+from pipeline.errors import CorruptTiffError, TiffpipeError
 from pipeline.steps.common import usable_cores
 
 #: default thumbnail box (pixels)
@@ -72,10 +77,13 @@ class Thumbnail:
     largest_read: int  # most pixels one window read held (bounded by one segment)
     dtype: str = ""
     notes: list[str] = field(default_factory=list)
+    jpeg_scale: int = 1  # the segments were decoded at 1/jpeg_scale (libjpeg's DCT scaling)
 
     @property
     def description(self) -> str:
         how = "strided" if self.strided else "area average"
+        if self.jpeg_scale > 1:
+            how += f" of a 1/{self.jpeg_scale} JPEG decode"
         return (f"{self.image.width}x{self.image.height} thumbnail of page {self.page} "
                 f"({self.width}x{self.height} {self.dtype}) from {self.source}, {how}, "
                 f"{self.decoded} segment(s) decoded")
@@ -123,13 +131,15 @@ def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
     return usable
 
 
-def thumbnail(url: str, page: int = 0, size: int = DEFAULT_SIZE) -> Thumbnail:
-    """The thumbnail of page ``page`` of a local or S3 TIFF, fitting a ``size`` box."""
+def thumbnail(url: str, page: int = 0, size: int = DEFAULT_SIZE,
+              exact: bool = False) -> Thumbnail:
+    """The thumbnail of page ``page`` of a local or S3 TIFF, fitting a ``size`` box
+    (``exact``: JPEG pages decoded in full, as every other page, not at a smaller scale)."""
     with open_tiff(url) as tf:
-        return page_thumbnail(tf, url, page, size)
+        return page_thumbnail(tf, url, page, size, exact)
 
 
-def thumbnails(url: str, pages: list[int], size: int = DEFAULT_SIZE
+def thumbnails(url: str, pages: list[int], size: int = DEFAULT_SIZE, exact: bool = False
                ) -> list[Thumbnail | TiffpipeError | Exception]:
     """The thumbnails of several pages of one file, opened once (a file of n pages opened
     for each page walks its chain of pages n times over); a page that cannot be shown gets
@@ -139,7 +149,7 @@ def thumbnails(url: str, pages: list[int], size: int = DEFAULT_SIZE
         with open_tiff(url) as tf:
             for page in pages:
                 try:
-                    results.append(page_thumbnail(tf, url, page, size))
+                    results.append(page_thumbnail(tf, url, page, size, exact))
                 except Exception as exc:  # noqa: BLE001 - the caller shows it for the page
                     results.append(exc)
     except Exception as exc:  # noqa: BLE001 - opening failed: every page's error
@@ -147,7 +157,8 @@ def thumbnails(url: str, pages: list[int], size: int = DEFAULT_SIZE
     return results
 
 
-def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int) -> Thumbnail:
+def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
+                   exact: bool = False) -> Thumbnail:
     """:func:`thumbnail` of a page of an open file."""
     main = get_page(tf, url, page)
     info = page_info(main, url, page)  # the named error of a page tiffpipe cannot read
@@ -161,16 +172,18 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int) -> Thu
     # sums the one it read; a pool starts its threads at the first one decoded ahead
     with ThreadPoolExecutor(min(MAX_DECODE_THREADS, usable_cores())) as decoder:
         reader = PageReader(tf, source, url, page, decoder=decoder)
-        pixels, strided = downsample(reader, th, tw)
+        pixels, strided, scale = downsample(reader, th, tw, exact)
     extrasamples = [int(e) for e in source.extrasamples]
     image = to_display(pixels, reader.dtype, extrasamples)
     return Thumbnail(image, page, height, width, label, strided, reader.decoded,
-                     reader.largest_read, info.dtype)
+                     reader.largest_read, info.dtype, jpeg_scale=scale)
 
 
-def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
+def downsample(reader: PageReader, th: int, tw: int, exact: bool = True
+               ) -> tuple[np.ndarray, bool, int]:
     """Average the page of ``reader`` down to (th, tw, channels) float64, one segment at a
-    time. Returns the pixels and whether the read was strided (some segment rows skipped)."""
+    time. Returns the pixels, whether the read was strided (some segment rows skipped) and
+    the JPEG scale its segments were decoded at (1: in full; see :func:`_jpeg_scale`)."""
     height, width, channels = reader.height, reader.width, reader.samples
     seg_h = reader.seg_h
     if reader.raw_strips:  # read uncompressed strips in bands, not whole
@@ -182,6 +195,11 @@ def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
     middles = (bounds[:-1] + bounds[1:] - 1) // 2
     needed = sorted({int(m) // seg_h for m in middles})
     strided = len(needed) < seg_rows
+    scale = 1 if exact or strided else _jpeg_scale(reader, th, tw)
+    if scale > 1:
+        pixels = _scaled(reader, th, tw, scale)
+        if pixels is not None:
+            return pixels, False, scale
     sums = ThumbSums(height, width, th, tw, channels)
     if reader.page.is_tiled:
         columns = [(c * reader.seg_w, min(width, (c + 1) * reader.seg_w))
@@ -201,7 +219,94 @@ def downsample(reader: PageReader, th: int, tw: int) -> tuple[np.ndarray, bool]:
         px = px.reshape(window.height, window.width, channels)
         for cx0 in range(0, window.width, COLUMN_CHUNK):
             sums.add(px[:, cx0:cx0 + COLUMN_CHUNK], window.y0, window.x0 + cx0)
-    return sums.mean(), strided
+    return sums.mean(), strided, 1
+
+
+def _jpeg_scale(reader: PageReader, th: int, tw: int) -> int:
+    """The largest JPEG scale (:data:`jpeg_scaled.SCALES`) the page is at least twice as large
+    as the thumbnail by, if its segments can be decoded at it (:func:`jpeg_scaled.usable`),
+    else 1."""
+    reduction = min(reader.height / th, reader.width / tw)
+    kind = reader.kind
+    for scale in jpeg_scaled.SCALES:
+        if not reader.page.is_tiled and reader.width % scale:
+            continue  # every strip would end inside a block (see _scaled): decoded in full
+        if reduction >= 2 * scale and jpeg_scaled.usable(
+                reader.page, reader.samples, reader.file_samples, reader.file_dtype,
+                reader.separate, reader.seg_h, reader.seg_w, scale,
+                bool(kind.conversion) or kind.lut is not None or kind.invert):
+            return scale
+    return 1
+
+
+def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | None:
+    """:func:`downsample` of a JPEG page from its segments decoded at 1/``scale``: each of
+    their pixels, about the mean of a ``scale`` x ``scale`` block, counted in the thumbnail
+    pixels by the page pixels they share (:class:`BlockThumb`). The segments at the page's
+    right and bottom edges are decoded in full when the page ends inside a block (the
+    encoder's padding is in that block's scaled pixel). None when the first stored segment's
+    scaled decode disagrees with its full decode (the caller then decodes the page in full)."""
+    height, width, channels = reader.height, reader.width, reader.samples
+    sums = BlockThumb(height, width, th, tw, channels, scale)
+    tables = reader.jpegtables
+    segments = [divmod(seg, reader.seg_cols) for seg in range(reader.seg_rows * reader.seg_cols)]
+    last_row = reader.seg_rows - 1 if height % scale else -1
+    last_col = reader.seg_cols - 1 if width % scale else -1
+
+    def valid(r: int, c: int) -> tuple[int, int]:  # the segment's pixels inside the page
+        return (min(height, (r + 1) * reader.seg_h) - r * reader.seg_h,
+                min(width, (c + 1) * reader.seg_w) - c * reader.seg_w)
+
+    def decoded(seg: int, data: bytes | None) -> np.ndarray:
+        r, c = segments[seg]
+        if data is None:  # sparse: zeros, as the full decode reads it
+            return np.zeros((-(-reader.seg_h // scale), -(-reader.seg_w // scale), channels))
+        if r == last_row or c == last_col:
+            h, w = valid(r, c)
+            full = reader._decode_bytes(seg, data)[0]
+            return jpeg_scaled.block_means(full[:h, :w], scale)
+        try:
+            return jpeg_scaled.decode(data, tables, scale, channels)
+        except ValueError as exc:
+            raise CorruptTiffError(f"{reader.where}: segment {seg} (JPEG) cannot be decoded: "
+                                   f"{exc}") from exc
+
+    # the first stored segment, decoded both ways: the stream's markers, not the TIFF tags,
+    # tell libjpeg its color space
+    check = next((s for s in range(len(segments)) if int(reader.page.databytecounts[s])), None)
+    stored: dict[int, bytes | None] = {}
+    if check is not None:
+        stored[check] = data = reader._segment_bytes(check)
+        try:
+            scaled = jpeg_scaled.decode(data, tables, scale, channels)
+        except ValueError:
+            scaled = np.zeros((0, 0, channels))
+        if not jpeg_scaled.agrees(scaled, reader._decode_bytes(check, data)[0], scale):
+            log.info("%s: a 1/%d JPEG decode disagrees with the full decode: read in full",
+                     reader.where, scale)
+            return None
+    pool = reader.decoder
+    ahead = 2 * MAX_DECODE_THREADS if pool is not None else 0
+    pending: dict[int, Future[np.ndarray]] = {}
+    band = np.zeros((-(-reader.seg_h // scale), -(-width // scale), channels), np.float32)
+    for seg, (r, c) in enumerate(segments):
+        for later in range(seg, min(len(segments), seg + ahead + 1)):
+            if later not in pending and pool is not None:  # decoded meanwhile
+                data = stored.pop(later) if later in stored else reader._segment_bytes(later)
+                pending[later] = pool.submit(decoded, later, data)
+        if seg in pending:
+            px = pending.pop(seg).result()
+        else:
+            px = decoded(seg, stored.pop(seg) if seg in stored else reader._segment_bytes(seg))
+        h, w = valid(r, c)
+        rows, cols, x0 = -(-h // scale), -(-w // scale), c * reader.seg_w // scale
+        if px.shape[0] < rows or px.shape[1] < cols:
+            raise CorruptTiffError(f"{reader.where}: segment {seg} (JPEG) holds fewer pixels "
+                                   "than its place in the page; the file is damaged")
+        band[:rows, x0:x0 + cols] = px[:rows, :cols]
+        if c == reader.seg_cols - 1:  # a row of segments: its band, summed at once
+            sums.add(band[:rows], r * reader.seg_h // scale, 0)
+    return sums.mean()
 
 
 def display_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
@@ -273,8 +378,9 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
                                         filter=imagecodecs.PNG.FILTER.UP))
 
 
-def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE) -> Thumbnail:
+def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE,
+                  exact: bool = False) -> Thumbnail:
     """Render the thumbnail of ``url`` page ``page`` and write it as a PNG to ``out``."""
-    thumb = thumbnail(url, page, size)
+    thumb = thumbnail(url, page, size, exact)
     storage.write_bytes(out, png_bytes(thumb.image))
     return thumb

@@ -156,7 +156,7 @@ def test_downsample_is_the_mean_of_the_pixels_of_each_thumbnail_pixel(tmp_path, 
     th, tw = (64, 107) if shape[0] > 100 else shape  # a factor of 4.69 x 4.67, or none
     with tifffile.TiffFile(path) as tf:
         reader = preview_module.PageReader(tf, tf.pages[0], str(path), 0)
-        got, strided = preview_module.downsample(reader, th, tw)
+        got, strided, scale = preview_module.downsample(reader, th, tw)
     ty = np.arange(shape[0]) * th // shape[0]
     tx = np.arange(shape[1]) * tw // shape[1]
     want = np.zeros((th, tw, 2))
@@ -166,7 +166,7 @@ def test_downsample_is_the_mean_of_the_pixels_of_each_thumbnail_pixel(tmp_path, 
             want[t, u] = block.mean(axis=(0, 1)) if dt.kind == "f" else \
                 [float(sum(int(v) for v in block[..., c].ravel())) / block[..., c].size
                  for c in range(2)]
-    assert not strided
+    assert not strided and scale == 1
     if dt.kind == "f" or dt.itemsize == 8:
         np.testing.assert_allclose(got, want, rtol=1e-12)
     else:
@@ -280,6 +280,131 @@ def _cli(args: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+# --- JPEG pages decoded at 1/8 ---------------------------------------------------------------
+
+
+def _photo(height: int, width: int, channels: int) -> np.ndarray:
+    """Smooth areas, sharp edges and noise (what a JPEG thumbnail can get wrong), in 5..250
+    as a photograph's pixels mostly are (a scaled decode's block value is the mean before
+    the full decode clips its pixels to 0..255: noise at black or white moves it)."""
+    rng = np.random.default_rng(5)
+    img = smooth(height, width, channels, "uint8").astype(np.int16)
+    yy, xx = np.mgrid[0:height, 0:width]
+    edges = ((yy // 37 + xx // 53) % 2 * 90)[..., None] if channels > 1 else \
+        (yy // 37 + xx // 53) % 2 * 90
+    noise = rng.integers(-15, 16, img.shape)
+    return np.clip(img // 2 + 20 + edges + noise, 0, 255).astype(np.uint8)
+
+
+def _aperio_like(stream: bytes) -> bytes:
+    """An RGB JPEG stream as Aperio's scanners write them in SVS files: no Adobe marker and
+    component ids 1, 2, 3, so libjpeg alone takes it for YCbCr (tifffile decodes it as RGB
+    from the TIFF's photometric tag). Made from libjpeg-turbo's own RGB stream by dropping
+    its APP14 segment and renumbering the components of its SOF and SOS."""
+    out, at = bytearray(stream[:2]), 2
+    while at < len(stream):
+        marker, length = stream[at + 1], int.from_bytes(stream[at + 2:at + 4], "big")
+        segment = bytearray(stream[at:at + 2 + length])
+        if marker == 0xEE:  # APP14 "Adobe": dropped
+            at += 2 + length
+            continue
+        if marker == 0xC0:  # SOF0: components at 10, 13, 16
+            for k in range(3):
+                segment[10 + 3 * k] = k + 1
+        if marker == 0xDA:  # SOS: components at 5, 7, 9, then the entropy-coded data
+            for k in range(3):
+                segment[5 + 2 * k] = k + 1
+            out += segment + stream[at + 2 + length:]
+            return bytes(out)
+        out += segment
+        at += 2 + length
+    raise ValueError("no SOS segment")
+
+
+@pytest.mark.parametrize("kind", ["ycbcr tiles", "gray tiles", "ycbcr strips", "rgb tiles"])
+def test_large_jpeg_pages_are_previewed_from_an_eighth_decode(tmp_path, kind):
+    """A JPEG page 16 times the thumbnail or more is decoded at 1/8 (libjpeg's DCT scaling:
+    a pixel an 8 x 8 block), each segment once, and the thumbnail is the exact one within
+    a few levels (below one on average); ``exact`` decodes it in full, as the preview of any other page. Pages
+    written by tifffile (libjpeg-turbo: YCbCr subsampled 2 x 2, gray, strips of 64 rows, RGB
+    with its Adobe marker), of sizes no block or segment divides (the edge segments are
+    decoded in full: the encoder's padding is in their part blocks; strips only as wide as a
+    whole number of blocks, or every strip would be)."""
+    height, width = 1500, 1232 if "strips" in kind else 1227
+    channels = 1 if kind.startswith("gray") else 3
+    page = _photo(height, width, channels)
+    path = tmp_path / "jpeg.tif"
+    layout = {"rowsperstrip": 64} if "strips" in kind else {"tile": (128, 128)}
+    tifffile.imwrite(path, page, compression="jpeg", compressionargs={"level": 90}, metadata=None,
+                     photometric="rgb" if channels == 3 else "minisblack", **layout)
+    if kind == "rgb tiles":  # RGB JPEG streams (an Adobe marker says so)
+        import imagecodecs
+
+        tiles = [imagecodecs.jpeg8_encode(
+            np.pad(page[r:r + 128, c:c + 128], ((0, max(0, r + 128 - height)),
+                                                  (0, max(0, c + 128 - width)), (0, 0)),
+                   mode="edge"), level=90, colorspace="RGB", outcolorspace="RGB")
+            for r in range(0, height, 128) for c in range(0, width, 128)]
+        tifffile.imwrite(path, iter(tiles), shape=page.shape, dtype=np.uint8,
+                         photometric="rgb", compression="jpeg", tile=(128, 128),
+                         compressionargs={"outcolorspace": "RGB"}, subsampling=(1, 1))
+    with tifffile.TiffFile(path) as tf:
+        segments = len(tf.pages[0].dataoffsets)
+    fast = thumbnail(str(path), 0, 32)  # 47 page pixels a thumbnail pixel
+    exact = thumbnail(str(path), 0, 32, exact=True)
+    assert fast.jpeg_scale == 8 and "1/8 JPEG decode" in fast.description
+    assert exact.jpeg_scale == 1 and "JPEG" not in exact.description
+    assert fast.decoded == exact.decoded == segments  # each segment read once
+    assert fast.image.size == exact.image.size == (round(32 * width / height), 32)
+    # a block across two thumbnail pixels is shared by pixel counts: an edge of 90 levels
+    # inside it moves them by up to ~90 * 4 / 47
+    diff = np.abs(as_array(fast.image).astype(int) - as_array(exact.image))
+    assert diff.mean() < 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_an_eighth_decode_weighs_each_block_by_the_page_pixels_it_shares(tmp_path):
+    """On a page of flat 8 x 8 blocks (a JPEG's DC terms hold them whole) the 1/8 thumbnail
+    is the exact area average, to the level, although its pixels' edges cut through blocks
+    (1000 x 904 into 50 x 45: 20 page pixels a thumbnail pixel) and the page ends in part
+    blocks."""
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 256, (125, 113), dtype=np.uint8)
+    page = np.repeat(np.repeat(blocks, 8, 0), 8, 1)[:1000, :904]
+    path = tmp_path / "blocks.tif"
+    tifffile.imwrite(path, page, compression="jpeg", compressionargs={"level": 100},
+                     tile=(64, 64), metadata=None,
+                     photometric="minisblack")
+    fast, exact = thumbnail(str(path), 0, 50), thumbnail(str(path), 0, 50, exact=True)
+    assert fast.jpeg_scale == 8 and fast.image.size == (45, 50)
+    diff = np.abs(as_array(fast.image).astype(int) - as_array(exact.image))
+    assert diff.max() <= 1
+
+
+def test_a_jpeg_page_libjpeg_alone_reads_in_another_color_space_is_decoded_in_full(tmp_path):
+    """An SVS-like page (RGB tiles without the Adobe marker, tagged RGB): libjpeg on its own
+    takes its streams for YCbCr, tifffile reads them as the tag says. The first segment's
+    1/8 decode disagrees with its full decode, so the page is decoded in full: the
+    thumbnail is the exact one, in the colors tiffpipe's steps read."""
+    import imagecodecs
+
+    page = _photo(1024, 1024, 3)
+    tiles = [_aperio_like(imagecodecs.jpeg8_encode(page[r:r + 256, c:c + 256], level=90,
+                                                   colorspace="RGB", outcolorspace="RGB"))
+             for r in range(0, 1024, 256) for c in range(0, 1024, 256)]
+    path = tmp_path / "svs-like.tif"
+    tifffile.imwrite(path, iter(tiles), shape=page.shape, dtype=np.uint8, photometric="rgb",
+                     compression="jpeg", tile=(256, 256), compressionargs={"outcolorspace": "RGB"},
+                     subsampling=(1, 1))
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages[0].photometric == 2 and not tf.pages[0].is_jfif
+        assert np.abs(tf.pages[0].asarray().astype(int) - page).mean() < 6  # read as RGB
+    assert np.abs(cv2.imdecode(np.frombuffer(tiles[0], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                  .astype(int) - page[:256, :256]).mean() > 20  # libjpeg alone: YCbCr
+    fast, exact = thumbnail(str(path), 0, 64), thumbnail(str(path), 0, 64, exact=True)
+    assert fast.jpeg_scale == 1 and fast.decoded == 16 + 1 and exact.decoded == 16  # + check
+    np.testing.assert_array_equal(as_array(fast.image), as_array(exact.image))
+
+
 def test_preview_command(tmp_path):
     path = tmp_path / "two.tif"
     with tifffile.TiffWriter(path) as tw:
@@ -299,6 +424,14 @@ def test_preview_command(tmp_path):
     assert code == 1 and "NotATiffError" in err and "Traceback" not in err
     with pytest.raises(PageNotFoundError):
         thumbnail(str(path), 2)
+    # a JPEG page: decoded at 1/8 unless --exact
+    jpeg = tmp_path / "jpeg.tif"
+    tifffile.imwrite(jpeg, _photo(1024, 768, 3), compression="jpeg", tile=(128, 128),
+                     photometric="rgb", metadata=None)
+    code, out, err = _cli(["preview", str(jpeg), "-o", str(png), "--size", "64"])
+    assert code == 0 and "area average of a 1/8 JPEG decode" in out, err
+    code, out, err = _cli(["preview", str(jpeg), "-o", str(png), "--size", "64", "--exact"])
+    assert code == 0 and "area average," in out and "JPEG" not in out, err
 
 
 # --- the contact sheet ---------------------------------------------------------------------

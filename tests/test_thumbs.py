@@ -21,7 +21,7 @@ from pipeline import contact_sheet
 from pipeline.core import plan as plan_mod
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.models import JobPlan, JobSpec
-from pipeline.core.thumbs import PART_MAGIC, ThumbSums, fit, worth_summing
+from pipeline.core.thumbs import PART_MAGIC, BlockThumb, ThumbSums, fit, worth_summing
 from pipeline.preview import thumbnail, to_display
 from pipeline.runner import run_local
 from pipeline.steps import layout
@@ -83,6 +83,27 @@ def test_a_missing_piece_is_seen_and_nonfinite_pixels_do_not_poison():
         again.add_part(half[:-8], "p.part")
     with pytest.raises(ValueError, match="p.part is not a thumbnail part"):
         ThumbSums.of_part(b"PK\x03\x04" + half[4:], "p.part")
+
+
+@pytest.mark.parametrize("height, width, size", [(1001, 777, 31), (5000, 3000, 256),
+                                                 (4096, 4096, 256), (160, 2000, 40)])
+def test_block_means_weighed_by_shared_pixels_are_the_exact_average(height: int, width: int,
+                                                                       size: int):
+    """BlockThumb: a page of flat 8 x 8 blocks (ending in part blocks), given as its block
+    means in pieces of any shape and order, makes ThumbSums's exact thumbnail, although
+    thumbnail pixels begin and end inside blocks."""
+    th, tw = fit(height, width, size)
+    blocks = np.random.default_rng(height).integers(0, 256, (-(-height // 8), -(-width // 8), 3))
+    page = np.repeat(np.repeat(blocks, 8, 0), 8, 1)[:height, :width].astype(np.uint8)
+    exact = ThumbSums(height, width, th, tw, 3)
+    exact.add(page, 0, 0)
+    made = BlockThumb(height, width, th, tw, 3, 8)
+    pieces = [(y, x) for y in range(0, blocks.shape[0], 7) for x in range(0, blocks.shape[1], 5)]
+    for y, x in reversed(pieces):
+        made.add(blocks[y:y + 7, x:x + 5].astype(np.float32), y, x)
+    np.testing.assert_allclose(made.mean(), exact.mean(), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="less than 16 times"):
+        BlockThumb(15 * th, width, th, tw, 3, 8)
 
 
 def test_only_pages_well_above_the_thumbnail_are_summed():

@@ -195,3 +195,86 @@ def block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.n
     wide = (np.float64 if not small_int else np.int64 if px.dtype.kind == "i" else np.uint64)
     rows_summed = np.add.reduceat(px.reshape(h, w * c), rstarts, axis=0, dtype=wide)
     return np.add.reduceat(rows_summed.reshape(len(rstarts), w, c), cstarts, axis=1)
+
+
+class BlockThumb:
+    """The ``th`` x ``tw`` thumbnail of a ``height`` x ``width`` page from the means of its
+    ``scale`` x ``scale`` pixel blocks (a JPEG page decoded at 1/``scale``): each block counts
+    in a thumbnail pixel by the page pixels it shares with it, so the thumbnail pixels cover
+    the page rows and columns of :class:`ThumbSums`'s exact average, and differ from it only
+    as the block means differ from the pixels' (a block never straddles more than two rows
+    or columns of thumbnail pixels: the page is at least twice ``scale`` times larger)."""
+
+    __slots__ = ("acc", "cols", "rows")
+
+    def __init__(self, height: int, width: int, th: int, tw: int, channels: int, scale: int):
+        if height < 2 * scale * th or width < 2 * scale * tw:
+            raise ValueError(f"a {height}x{width} page is less than {2 * scale} times its "
+                             f"{th}x{tw} thumbnail")
+        self.rows, self.cols = _Shares(height, th, scale), _Shares(width, tw, scale)
+        self.acc = np.zeros((th, tw, channels), np.float64)
+
+    def add(self, px: np.ndarray, y0: int, x0: int) -> None:
+        """Add the block means ``px`` (rows x cols x channels) whose top-left block is block
+        (``y0``, ``x0``) (page pixel (y0 * scale, x0 * scale)). A band of block rows across
+        the page at a time costs least (one call a segment row)."""
+        h, w = px.shape[:2]
+        if h == 0 or w == 0:
+            return
+        r0, weights = self.rows.weights(y0, h)  # a few thumbnail rows: one product
+        rows = (weights @ px.reshape(h, -1).astype(np.float64)).reshape(len(weights), w, -1)
+        c0, both = self.cols.collapse(rows, x0)  # many columns: sums of runs
+        self.acc[r0:r0 + both.shape[0], c0:c0 + both.shape[1]] += both
+
+    def mean(self) -> np.ndarray:
+        """The thumbnail: (th, tw, channels) float64."""
+        return self.acc / np.outer(self.rows.pixels, self.cols.pixels)[..., None]
+
+
+class _Shares:
+    """Along one axis of ``size`` page pixels: the thumbnail index (``index * thumb // size``
+    of :class:`ThumbSums`) of each ``scale`` block's first pixel, and how many of the block's
+    pixels have it (the rest have the next one)."""
+
+    __slots__ = ("first", "firsts", "pixels", "rest", "thumb")
+
+    def __init__(self, size: int, thumb: int, scale: int):
+        starts = np.arange(0, size, scale, dtype=np.int64)
+        ends = np.minimum(starts + scale, size)
+        self.first = starts * thumb // size
+        # the page pixels of thumbnail pixel t: from ceil(t * size / thumb) on
+        begins = -(-np.arange(thumb + 1, dtype=np.int64) * size // thumb)
+        self.firsts = (np.minimum(begins[self.first + 1], ends) - starts).astype(np.float64)
+        self.rest = (ends - starts).astype(np.float64) - self.firsts
+        self.pixels = np.diff(begins).astype(np.float64)
+        self.thumb = thumb
+
+    def weights(self, b0: int, n: int) -> tuple[int, np.ndarray]:
+        """The first thumbnail index blocks ``b0`` .. ``b0 + n - 1`` share page pixels with,
+        and (indices x n) how many each block shares with each."""
+        first = self.first[b0:b0 + n]
+        t0 = int(first[0])
+        out = np.zeros((min(self.thumb, int(first[-1]) + 2) - t0, n))
+        blocks = np.arange(n)
+        out[first - t0, blocks] = self.firsts[b0:b0 + n]
+        spill = self.rest[b0:b0 + n] > 0
+        out[first[spill] + 1 - t0, blocks[spill]] = self.rest[b0:b0 + n][spill]
+        return t0, out
+
+    def collapse(self, v: np.ndarray, b0: int) -> tuple[int, np.ndarray]:
+        """``v`` (any x n blocks from block ``b0`` x channels) summed into the thumbnail
+        pixels its blocks share page pixels with, each block weighted by how many: the
+        first thumbnail index and (any x indices x channels)."""
+        n = v.shape[1]
+        first = self.first[b0:b0 + n]
+        t0 = int(first[0])
+        groups = _starts(first)  # blocks whose first pixel has the same thumbnail index
+        at = first[groups] - t0
+        out = np.zeros((v.shape[0], min(self.thumb, int(first[-1]) + 2) - t0, v.shape[2]))
+        out[:, at] = np.add.reduceat(v * self.firsts[b0:b0 + n, None], groups, axis=1)
+        rest = self.rest[b0:b0 + n]
+        if rest.any():  # blocks across a boundary: their other pixels, in the next index
+            spill = np.add.reduceat(v * rest[:, None], groups, axis=1)
+            inside = at + 1 < out.shape[1]
+            out[:, at[inside] + 1] += spill[:, inside]
+        return t0, out
