@@ -2,13 +2,14 @@
 ``imdecode`` (``IMREAD_REDUCED_*_8``), for previews of JPEG pages.
 
 A scaled decode skips the inverse DCT, the upsampling and the color conversion of the pixels
-it does not return: a 512 x 512 RGB tile decodes about three times faster at 1/8. Each pixel
+it does not return: a smooth 512 x 512 RGB tile decodes about three times faster at 1/8, a
+detailed one less (its entropy decoding, which no scale skips, is more of the work). Each pixel
 it returns is its 8 x 8 block's DC coefficient, about the mean of the block's decoded pixels
 (without the full decode's rounding and clamping; subsampled chroma is interpolated at the
 smaller scale, which moves colors at sharp color edges by a few levels), so a thumbnail
 averaged from it is the page's thumbnail within a few levels, not bit for bit. OpenCV also
-decodes at 1/2 and 1/4, but those are low-pass images, not block means (up to 27 levels off
-on a photograph's thumbnail): not used.
+decodes at 1/2 and 1/4, but a thumbnail from those was no faster than from the full decode
+(the entropy decoding, which no scale skips, is most of the work): not used.
 
 What it decodes: baseline 8-bit JPEG segments of one sample (gray) or three (YCbCr or RGB),
 with or without the page's JPEGTables (abbreviated streams are completed with them, as
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-#: the scales used, largest first (see above: 1/8 only)
+#: the scales used, largest first (1/8 only: see above)
 SCALES = (8,)
 #: a scaled decode agrees with the full one when the mean difference of its pixels from
 #: the full decode's block means is at most this (levels of 255): a difference of color
