@@ -13,7 +13,7 @@ thumbnail of a 100,000-row page stored in 16-row strips decodes about one strip 
 ``100000 / 16 / size``. Otherwise every segment is decoded once and the thumbnail is the exact
 area average of the page, except on 8-bit JPEG pages at least 16 times the thumbnail's size
 (unless ``exact``): their segments are decoded at 1/8 of their size by libjpeg's DCT scaling
-(:mod:`pipeline.adapters.jpeg_scaled`; about three times faster), each pixel of that about
+(:mod:`pipeline.adapters.jpeg_scaled`; up to three times faster), each pixel of that about
 the mean of an 8 x 8 block, and the thumbnail averages those blocks over the same page
 pixels as the exact average (:class:`BlockThumb`): within a few levels of it. One segment is
 decoded both ways first; a page whose scaled decode disagrees is decoded in full.
@@ -227,14 +227,8 @@ def _jpeg_scale(reader: PageReader, th: int, tw: int) -> int:
     as the thumbnail by, if its segments can be decoded at it (:func:`jpeg_scaled.usable`),
     else 1."""
     reduction = min(reader.height / th, reader.width / tw)
-    kind = reader.kind
     for scale in jpeg_scaled.SCALES:
-        if not reader.page.is_tiled and reader.width % scale:
-            continue  # every strip would end inside a block (see _scaled): decoded in full
-        if reduction >= 2 * scale and jpeg_scaled.usable(
-                reader.page, reader.samples, reader.file_samples, reader.file_dtype,
-                reader.separate, reader.seg_h, reader.seg_w, scale,
-                bool(kind.conversion) or kind.lut is not None or kind.invert):
+        if reduction >= 2 * scale and jpeg_scaled.usable(reader, scale):
             return scale
     return 1
 
@@ -263,7 +257,7 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
             return np.zeros((-(-reader.seg_h // scale), -(-reader.seg_w // scale), channels))
         if r == last_row or c == last_col:
             h, w = valid(r, c)
-            full = reader._decode_bytes(seg, data)[0]
+            full = reader.decode_segment(seg, data)[0]
             return jpeg_scaled.block_means(full[:h, :w], scale)
         try:
             return jpeg_scaled.decode(data, tables, scale, channels)
@@ -276,12 +270,12 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
     check = next((s for s in range(len(segments)) if int(reader.page.databytecounts[s])), None)
     stored: dict[int, bytes | None] = {}
     if check is not None:
-        stored[check] = data = reader._segment_bytes(check)
+        stored[check] = data = reader.segment_bytes(check)
         try:
             scaled = jpeg_scaled.decode(data, tables, scale, channels)
         except ValueError:
             scaled = np.zeros((0, 0, channels))
-        if not jpeg_scaled.agrees(scaled, reader._decode_bytes(check, data)[0], scale):
+        if not jpeg_scaled.agrees(scaled, reader.decode_segment(check, data)[0], scale):
             log.info("%s: a 1/%d JPEG decode disagrees with the full decode: read in full",
                      reader.where, scale)
             return None
@@ -292,12 +286,12 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
     for seg, (r, c) in enumerate(segments):
         for later in range(seg, min(len(segments), seg + ahead + 1)):
             if later not in pending and pool is not None:  # decoded meanwhile
-                data = stored.pop(later) if later in stored else reader._segment_bytes(later)
+                data = stored.pop(later) if later in stored else reader.segment_bytes(later)
                 pending[later] = pool.submit(decoded, later, data)
         if seg in pending:
             px = pending.pop(seg).result()
         else:
-            px = decoded(seg, stored.pop(seg) if seg in stored else reader._segment_bytes(seg))
+            px = decoded(seg, stored.pop(seg) if seg in stored else reader.segment_bytes(seg))
         h, w = valid(r, c)
         rows, cols, x0 = -(-h // scale), -(-w // scale), c * reader.seg_w // scale
         if px.shape[0] < rows or px.shape[1] < cols:

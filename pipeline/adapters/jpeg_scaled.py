@@ -20,9 +20,12 @@ tags, tell libjpeg its color space.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.adapters.tiff_read import PageReader
 
 #: the scales used, largest first (1/8 only: see above)
 SCALES = (8,)
@@ -34,16 +37,20 @@ JPEG = 7  # the TIFF compression tag of JPEG ("new-style", with or without JPEGT
 _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 
 
-def usable(page: Any, samples: int, file_samples: int, dtype: np.dtype, separate: bool,
-           seg_h: int, seg_w: int, scale: int, converted: bool) -> bool:
-    """Whether the segments of ``page`` (a tifffile page) can be decoded at 1/``scale``:
-    8-bit JPEG, interleaved, one or three samples as stored (no palette, no inversion, no
-    extra samples), segments a whole number of ``scale`` pixel blocks high and wide."""
-    return (int(page.compression) == JPEG and dtype == np.uint8 and not separate
-            and not converted and samples == file_samples and samples in (1, 3)
-            and not page.extrasamples and int(page.photometric) in ((1,) if samples == 1
-                                                                    else (2, 6))
-            and seg_h % scale == 0 and seg_w % scale == 0 and _cv2() is not None)
+def usable(reader: PageReader, scale: int) -> bool:
+    """Whether the segments of ``reader``'s page can be decoded at 1/``scale``: 8-bit JPEG,
+    interleaved, one or three samples as stored (no palette, no inversion, no extra
+    samples), segments a whole number of ``scale`` pixel blocks high and, tiles, wide (a
+    strip is as wide as the page: a page whose width ends inside a block would have every
+    strip's last block padded, so none is used)."""
+    page, kind = reader.page, reader.kind
+    return (int(page.compression) == JPEG and reader.file_dtype == np.uint8
+            and not reader.separate and not kind.conversion and kind.lut is None
+            and not kind.invert and reader.samples == reader.file_samples
+            and reader.samples in (1, 3) and not page.extrasamples
+            and int(page.photometric) in ((1,) if reader.samples == 1 else (2, 6))
+            and reader.seg_h % scale == 0 and reader.seg_w % scale == 0
+            and _cv2() is not None)
 
 
 def decode(data: bytes, tables: bytes | None, scale: int, samples: int) -> np.ndarray:

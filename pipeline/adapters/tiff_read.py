@@ -422,8 +422,8 @@ class PageReader:
             return
         for seg, _, _ in self._segments(rect):
             if seg not in self.cache and seg not in self.pending:
-                data = self._segment_bytes(seg)  # this thread: the file handle is not shared
-                self.pending[seg] = self.decoder.submit(self._decode_bytes, seg, data)
+                data = self.segment_bytes(seg)  # this thread: the file handle is not shared
+                self.pending[seg] = self.decoder.submit(self.decode_segment, seg, data)
 
     def read(self, rect: Rect) -> np.ndarray:
         """The pixels of ``rect``: (h, w) for one sample, else (h, w, samples)."""
@@ -436,7 +436,7 @@ class PageReader:
             if seg not in self.cache:
                 pending = self.pending.pop(seg, None)
                 self.cache[seg] = (pending.result() if pending is not None
-                                   else self._decode_bytes(seg, self._segment_bytes(seg)))
+                                   else self.decode_segment(seg, self.segment_bytes(seg)))
             self._paste(out, *self.cache[seg], rect)
         return out[:, :, 0] if self.samples == 1 else out
 
@@ -465,13 +465,14 @@ class PageReader:
                                    "bytes; the file is truncated")
         return data
 
-    def _segment_bytes(self, seg: int) -> bytes | None:
-        """The stored bytes of a segment (None: a sparse one, which has none)."""
+    def segment_bytes(self, seg: int) -> bytes | None:
+        """The stored bytes of a segment (None: a sparse one, which has none), read in the
+        reader's own thread (the file handle is not shared with its decoder threads)."""
         offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
         self.decoded += 1
         return self._read(seg, offset, count) if count else None
 
-    def _decode_bytes(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
+    def decode_segment(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
         """A segment's pixels from its bytes; thread-safe (no file access)."""
         if data is None:  # sparse segment: zeros, as libtiff reads it
             plane, rest = divmod(seg, self.seg_rows * self.seg_cols)
