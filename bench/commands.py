@@ -154,27 +154,38 @@ def run_case(size: str, codec: str, tools: list[str], args: argparse.Namespace
             "checks": checks}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="tiny,0.001,0.01")
-    ap.add_argument("--codecs", default="jpeg,deflate")
-    ap.add_argument("--tools", default=",".join(TOOLS))
+def common_arguments(ap: argparse.ArgumentParser, tools: tuple[str, ...], before: str) -> None:
+    """The options this script and bench/previews.py share (``before``: what --before adds)."""
+    ap.add_argument("--tools", default=",".join(tools))
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", default="/tmp/tiffpipe-sweep")
-    ap.add_argument("--sigma", type=float, default=2.0)
-    ap.add_argument("--quality", type=int, default=90)
-    ap.add_argument("--before", help="another checkout of tiffpipe, run as before and "
-                    "before-no-sheet")
+    ap.add_argument("--before", help=f"another checkout of tiffpipe, run as {before}")
     ap.add_argument("--json", help="write every run's wall here")
-    args = ap.parse_args(argv)
+
+
+def chosen_tools(args: argparse.Namespace, before: tuple[str, ...]) -> list[str]:
+    """The tools of ``--tools``, with ``before`` when ``--before`` names a tree (made absolute),
+    without libvips when pyvips does not import; ``--dir`` made."""
     os.makedirs(args.dir, exist_ok=True)
     tools = [t for t in args.tools.split(",") if t]
     if args.before:
         args.before = os.path.abspath(args.before)
-        tools += [t for t in ("before", "before-no-sheet") if t not in tools]
+        tools += [t for t in before if t not in tools]
     if "libvips" in tools and have_pyvips() is not None:
         log(f"libvips left out: {have_pyvips()}")
         tools.remove("libvips")
+    return tools
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="tiny,0.001,0.01")
+    ap.add_argument("--codecs", default="jpeg,deflate")
+    ap.add_argument("--sigma", type=float, default=2.0)
+    ap.add_argument("--quality", type=int, default=90)
+    common_arguments(ap, TOOLS, "before and before-no-sheet")
+    args = ap.parse_args(argv)
+    tools = chosen_tools(args, ("before", "before-no-sheet"))
     results = [run_case(size, codec, tools, args)
                for size in args.sizes.split(",") for codec in args.codecs.split(",")]
     print("| input | codec | " + " | ".join(tools) + " | tiffpipe / best peer |")

@@ -32,8 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [p for p in (HERE, ROOT) if p not in sys.path]
 
-from commands import BEFORE, timed
-from compare import have_pyvips, log
+from commands import BEFORE, chosen_tools, common_arguments, timed
+from compare import log
 from inputs import write_photo_tiff
 from sweep import page_shape
 
@@ -105,20 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="0.01,0.1,0.3")
     ap.add_argument("--size", type=int, default=512, help="the thumbnail's box")
-    ap.add_argument("--tools", default=",".join(TOOLS))
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--dir", default="/tmp/tiffpipe-sweep")
-    ap.add_argument("--before", help="another checkout of tiffpipe, run as before")
-    ap.add_argument("--json", help="write every run's wall here")
+    common_arguments(ap, TOOLS, "before")
     args = ap.parse_args(argv)
-    os.makedirs(args.dir, exist_ok=True)
-    tools = [t for t in args.tools.split(",") if t]
-    if args.before:
-        args.before = os.path.abspath(args.before)
-        tools.append("before")
-    if "libvips" in tools and have_pyvips() is not None:
-        log(f"libvips left out: {have_pyvips()}")
-        tools.remove("libvips")
+    tools = chosen_tools(args, ("before",))
     results = [run_case(size, tools, args) for size in args.sizes.split(",")]
     print("| JPEG page | " + " | ".join(tools) + " | tiffpipe / exact | tiffpipe vs exact |")
     print("|---|" + "---|" * len(tools) + "---|---|")

@@ -39,3 +39,25 @@ def test_commands_on_the_tiny_page(tmp_path: Path) -> None:
     # the default run wrote its contact sheet next to its report, the other none
     assert (tmp_path / "data" / "cmd-tiffpipe-jpeg.report.contact.png").exists()
     assert not (tmp_path / "data" / "cmd-tiffpipe-no-sheet-jpeg.report.contact.png").exists()
+
+
+def test_previews_of_a_jpeg_page(tmp_path: Path) -> None:
+    """``bench/previews.py``: tiffpipe preview, --exact and another checkout's on a 1 Mpx
+    JPEG page written by the script, each a fresh process, their medians, and the 1/8
+    thumbnail's difference from the exact one (a 992 px page into a 32 px box: scaled)."""
+    out = tmp_path / "previews.json"
+    stdout = run_bench_script("previews.py", "--sizes", "0.001", "--size", "32",
+                              "--repeat", "2", "--tools", "tiffpipe,tiffpipe-exact",
+                              "--before", str(ROOT), "--dir", str(tmp_path / "data"),
+                              "--json", str(out))
+    (case,) = json.loads(out.read_text())
+    tools = ["tiffpipe", "tiffpipe-exact", "before"]
+    assert case["size"] == "0.001" and sorted(case["walls"]) == sorted(tools)
+    for tool in tools:
+        assert len(case["walls"][tool]) == 2 and min(case["walls"][tool]) > 0
+        assert case["median_s"][tool] == pytest.approx(statistics.median(case["walls"][tool]))
+    check = case["checks"]["tiffpipe"]
+    assert 0 < check["mean"] < 2 and check["max"] <= 16  # scaled: close, not identical
+    assert "| 0.984 Mpx |" in stdout
+    assert (tmp_path / "data" / "preview-992x992x3-jpeg.tif").exists()  # kept for reuse
+    assert not list((tmp_path / "data" / "out").glob("*.png"))  # thumbnails removed
