@@ -501,7 +501,7 @@ def test_no_contact_sheet_option(tmp_path):
 
 def test_png_bytes_round_trips_an_image_or_its_pixels_copied_in_bands(
         monkeypatch: pytest.MonkeyPatch):
-    """png_bytes (libpng through imagecodecs, Up filter): the PNG decodes to the image's
+    """png_bytes (Up filter, compressed in bands by threads): the PNG decodes to the image's
     pixels exactly, from the image (its pixels copied a few rows at a time) or from them."""
     from PIL import Image
 
@@ -518,6 +518,45 @@ def test_png_bytes_round_trips_an_image_or_its_pixels_copied_in_bands(
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
         decoded = Image.open(io.BytesIO(data))
         assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), pixels)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4000), (7, 3), (300, 2), (257, 129)])
+def test_png_bands_compressed_by_threads_make_one_valid_file(monkeypatch: pytest.MonkeyPatch,
+                                                             shape: tuple[int, int]):
+    """png_write: bands of a few rows (or less than one: one row a band), compressed by
+    threads, make one zlib stream whose checks libpng (imagecodecs' png_decode) and Pillow
+    accept, decoding to the pixels; noise, flat rows and a gradient (the Up filter's
+    differences wrap around)."""
+    import imagecodecs
+
+    from pipeline.adapters import png_write
+
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    pixels[shape[0] // 3:shape[0] // 2] = 255
+    pixels[shape[0] // 2:] = (np.arange(shape[1])[None, :, None] * 7 % 256).astype(np.uint8)
+    monkeypatch.setattr(png_write, "BAND_BYTES", 3 * 2 * shape[1] + 5)  # two rows a band
+    for threads in (1, 3):
+        data = png_write.encode_rgb(pixels, 1, threads)
+        assert np.array_equal(imagecodecs.png_decode(data), pixels)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+    with pytest.raises(ValueError, match="RGB uint8 pixels expected"):
+        png_write.encode_rgb(pixels[..., :2], 1, 1)
+
+
+def test_adler32_of_bands_combined_is_the_adler32_of_the_whole():
+    import zlib
+
+    from pipeline.adapters.png_write import adler32_combine
+
+    rng = np.random.default_rng(4)
+    for _ in range(500):
+        a = rng.bytes(int(rng.integers(0, 200)))
+        b = rng.bytes(int(rng.integers(0, 200_000)))
+        assert adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
+    big = b"\xff" * 70_000  # sums past the modulus
+    assert adler32_combine(zlib.adler32(big), zlib.adler32(big), len(big)) == \
+        zlib.adler32(big + big)
 
 
 def test_several_pages_of_a_file_open_it_once_and_each_page_gets_its_own_error(tmp_path):
