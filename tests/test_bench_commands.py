@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT, run_bench_script
@@ -15,20 +16,28 @@ from conftest import ROOT, run_bench_script
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_commands_on_the_tiny_page(tmp_path: Path) -> None:
-    out = tmp_path / "commands.json"
-    stdout = run_bench_script("commands.py", "--sizes", "tiny", "--codecs", "jpeg",
-                              "--repeat", "2", "--tools", "tiffpipe,tiffpipe-no-sheet,naive",
+def _one_case(script: str, tmp_path: Path, tools: list[str], *args: str
+              ) -> tuple[str, dict[str, Any]]:
+    """Run ``bench/<script>`` with two repeats of ``tools`` and ``--before`` this checkout:
+    its stdout and its one case, whose walls (two a tool) and medians are checked."""
+    out = tmp_path / "case.json"
+    stdout = run_bench_script(script, *args, "--repeat", "2", "--tools", ",".join(tools),
                               "--before", str(ROOT), "--dir", str(tmp_path / "data"),
                               "--json", str(out))
     (case,) = json.loads(out.read_text())
+    assert sorted(case["walls"]) == sorted(case["median_s"])
+    for tool, walls in case["walls"].items():
+        assert len(walls) == 2 and min(walls) > 0
+        assert case["median_s"][tool] == pytest.approx(statistics.median(walls))
+    return stdout, case
+
+
+def test_commands_on_the_tiny_page(tmp_path: Path) -> None:
+    stdout, case = _one_case("commands.py", tmp_path, ["tiffpipe", "tiffpipe-no-sheet", "naive"],
+                             "--sizes", "tiny", "--codecs", "jpeg")
     tools = ["tiffpipe", "tiffpipe-no-sheet", "naive", "before", "before-no-sheet"]
     assert (case["size"], case["codec"], case["best_peer"]) == ("tiny", "jpeg", "naive")
     assert sorted(case["walls"]) == sorted(tools)
-    for tool in tools:
-        walls = case["walls"][tool]
-        assert len(walls) == 2 and min(walls) > 0
-        assert case["median_s"][tool] == pytest.approx(statistics.median(walls))
     assert sorted(case["ratio"]) == sorted(t for t in tools if t != "naive")
     for tool, ratio in case["ratio"].items():
         assert ratio == pytest.approx(case["median_s"][tool] / case["median_s"]["naive"])
@@ -45,17 +54,10 @@ def test_previews_of_a_jpeg_page(tmp_path: Path) -> None:
     """``bench/previews.py``: tiffpipe preview, --exact and another checkout's on a 1 Mpx
     JPEG page written by the script, each a fresh process, their medians, and the 1/8
     thumbnail's difference from the exact one (a 992 px page into a 32 px box: scaled)."""
-    out = tmp_path / "previews.json"
-    stdout = run_bench_script("previews.py", "--sizes", "0.001", "--size", "32",
-                              "--repeat", "2", "--tools", "tiffpipe,tiffpipe-exact",
-                              "--before", str(ROOT), "--dir", str(tmp_path / "data"),
-                              "--json", str(out))
-    (case,) = json.loads(out.read_text())
-    tools = ["tiffpipe", "tiffpipe-exact", "before"]
-    assert case["size"] == "0.001" and sorted(case["walls"]) == sorted(tools)
-    for tool in tools:
-        assert len(case["walls"][tool]) == 2 and min(case["walls"][tool]) > 0
-        assert case["median_s"][tool] == pytest.approx(statistics.median(case["walls"][tool]))
+    stdout, case = _one_case("previews.py", tmp_path, ["tiffpipe", "tiffpipe-exact"],
+                             "--sizes", "0.001", "--size", "32")
+    assert case["size"] == "0.001"
+    assert sorted(case["walls"]) == ["before", "tiffpipe", "tiffpipe-exact"]
     check = case["checks"]["tiffpipe"]
     assert 0 < check["mean"] < 2 and check["max"] <= 16  # scaled: close, not identical
     assert "| 0.984 Mpx |" in stdout
