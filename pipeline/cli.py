@@ -199,6 +199,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     output = args.output or f"{stem}.png"
     if not storage.is_s3(output):
         output = os.path.abspath(output)
+    # segments decoded one after another: their buffers reused from the heap, as in the
+    # engine's process, not fresh pages (and their faults) for each
+    from pipeline.engine.workers import tune_malloc
+
+    tune_malloc()
     try:
         thumb = write_preview(args.file, output, args.page, args.size, args.exact)
     except TiffpipeError as exc:
