@@ -238,7 +238,8 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
     their pixels, about the mean of a ``scale`` x ``scale`` block, counted in the thumbnail
     pixels by the page pixels they share (:class:`BlockThumb`). The segments at the page's
     right and bottom edges are decoded in full when the page ends inside a block (the
-    encoder's padding is in that block's scaled pixel). None when the first stored segment's
+    encoder's padding is in that block's scaled pixel), and so is a segment OpenCV refuses
+    (a damaged one: the full decode reads what it can, or names it). None when the first stored segment's
     scaled decode disagrees with its full decode (the caller then decodes the page in full)."""
     height, width, channels = reader.height, reader.width, reader.samples
     sums = BlockThumb(height, width, th, tw, channels, scale)
@@ -255,15 +256,13 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
         r, c = segments[seg]
         if data is None:  # sparse: zeros, as the full decode reads it
             return np.zeros((-(-reader.seg_h // scale), -(-reader.seg_w // scale), channels))
-        if r == last_row or c == last_col:
-            h, w = valid(r, c)
-            full = reader.decode_segment(seg, data)[0]
-            return jpeg_scaled.block_means(full[:h, :w], scale)
-        try:
-            return jpeg_scaled.decode(data, tables, scale, channels)
-        except ValueError as exc:
-            raise CorruptTiffError(f"{reader.where}: segment {seg} (JPEG) cannot be decoded: "
-                                   f"{exc}") from exc
+        if r != last_row and c != last_col:
+            try:
+                return jpeg_scaled.decode(data, tables, scale, channels)
+            except ValueError:  # OpenCV refuses a damaged stream that libjpeg through
+                pass  # imagecodecs may still read: decoded in full, as --exact would
+        h, w = valid(r, c)
+        return jpeg_scaled.block_means(reader.decode_segment(seg, data)[0][:h, :w], scale)
 
     # the first stored segment, decoded both ways: the stream's markers, not the TIFF tags,
     # tell libjpeg its color space

@@ -28,7 +28,7 @@ from pipeline.contact_sheet import (
     render,
 )
 from pipeline.core.models import JobSpec
-from pipeline.errors import PageNotFoundError
+from pipeline.errors import CorruptTiffError, PageNotFoundError
 from pipeline.preview import fit, thumbnail
 
 pytestmark = pytest.mark.timeout(300)
@@ -378,6 +378,38 @@ def test_an_eighth_decode_weighs_each_block_by_the_page_pixels_it_shares(tmp_pat
     assert fast.jpeg_scale == 8 and fast.image.size == (45, 50)
     diff = np.abs(as_array(fast.image).astype(int) - as_array(exact.image))
     assert diff.max() <= 1
+
+
+def test_a_damaged_jpeg_tile_is_read_as_the_full_decode_reads_it(tmp_path):
+    """A tile whose stream is cut short (its byte count halved in the IFD) or is not JPEG
+    at all: OpenCV refuses both at 1/8, so they are decoded in full, as --exact does: the
+    short one reads as libjpeg through imagecodecs reads it, the same thumbnail both ways;
+    the other fails both ways with the error naming its segment."""
+    import struct
+
+    page = _photo(1024, 1024, 3)
+    path = tmp_path / "jpeg.tif"
+    tifffile.imwrite(path, page, compression="jpeg", tile=(256, 256), photometric="rgb",
+                     metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        p = tf.pages[0]
+        offsets, counts = p.dataoffsets, p.databytecounts
+        tag = p.tags["TileByteCounts"]  # SHORT, LONG or LONG8 values
+        code = {3: "H", 4: "I", 16: "Q"}[int(tag.dtype)]
+        at, order = tag.valueoffset + 5 * struct.calcsize(code), tf.byteorder
+    data = bytearray(path.read_bytes())
+    data[at:at + struct.calcsize(code)] = struct.pack(order + code, int(counts[5]) // 2)
+    path.write_bytes(bytes(data))
+    short = data[int(offsets[5]):int(offsets[5]) + int(counts[5]) // 2]
+    assert cv2.imdecode(np.frombuffer(bytes(short), np.uint8), cv2.IMREAD_REDUCED_COLOR_8) is None
+    fast, exact = thumbnail(str(path), 0, 32), thumbnail(str(path), 0, 32, exact=True)
+    assert fast.jpeg_scale == 8
+    assert np.abs(as_array(fast.image).astype(int) - as_array(exact.image)).mean() < 1.5
+    data[int(offsets[6]):int(offsets[6]) + int(counts[6])] = b"\x55" * int(counts[6])
+    path.write_bytes(bytes(data))
+    for exact_mode in (False, True):
+        with pytest.raises(CorruptTiffError, match=r"page 0: segment 6 .*cannot be decoded"):
+            thumbnail(str(path), 0, 32, exact=exact_mode)
 
 
 def test_a_jpeg_page_libjpeg_alone_reads_in_another_color_space_is_decoded_in_full(tmp_path):
