@@ -26,6 +26,7 @@ from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
 from pipeline.preview import Thumbnail, png_bytes, rgb_pixels, thumbnails, to_display
 from pipeline.steps import layout
+from pipeline.steps.common import load_plan
 from pipeline.steps.thumbs import load_summed, summed_parts
 
 #: the box a thumbnail fits in (pixels)
@@ -204,8 +205,7 @@ def _summed_sources(rows: list[Row], work: str | None) -> dict[tuple[str, int], 
         if row.job not in by_job:
             job_work = layout.job_dir(work, row.job)
             parts = summed_parts(job_work)
-            plan = JobPlan.from_json(storage.read_json(layout.plan_file(job_work))) \
-                if parts else None
+            plan = load_plan(layout.plan_file(job_work)) if parts else None
             by_job[row.job] = (plan, parts)
         plan, parts = by_job[row.job]
         for side, key in (("in", (row.input, row.in_page)), ("out", (row.output, row.out_page))):

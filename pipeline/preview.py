@@ -266,31 +266,38 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
 
     # the first stored segment, decoded both ways: the stream's markers, not the TIFF tags,
     # tell libjpeg its color space
+    # (what they give is that segment's pixels below: it is not decoded again)
     check = next((s for s in range(len(segments)) if int(reader.page.databytecounts[s])), None)
-    stored: dict[int, bytes | None] = {}
+    ready: dict[int, np.ndarray] = {}
     if check is not None:
-        stored[check] = data = reader.segment_bytes(check)
+        data = reader.segment_bytes(check)
         try:
             scaled = jpeg_scaled.decode(data, tables, scale, channels)
         except ValueError:
             scaled = np.zeros((0, 0, channels))
-        if not jpeg_scaled.agrees(scaled, reader.decode_segment(check, data)[0], scale):
+        full = reader.decode_segment(check, data)[0]
+        if not jpeg_scaled.agrees(scaled, full, scale):
             log.info("%s: a 1/%d JPEG decode disagrees with the full decode: read in full",
                      reader.where, scale)
             return None
+        r, c = segments[check]
+        h, w = valid(r, c)
+        ready[check] = (jpeg_scaled.block_means(full[:h, :w], scale)
+                        if r == last_row or c == last_col else scaled)
     pool = reader.decoder
     ahead = 2 * MAX_DECODE_THREADS if pool is not None else 0
     pending: dict[int, Future[np.ndarray]] = {}
     band = np.zeros((-(-reader.seg_h // scale), -(-width // scale), channels), np.float32)
     for seg, (r, c) in enumerate(segments):
         for later in range(seg, min(len(segments), seg + ahead + 1)):
-            if later not in pending and pool is not None:  # decoded meanwhile
-                data = stored.pop(later) if later in stored else reader.segment_bytes(later)
-                pending[later] = pool.submit(decoded, later, data)
-        if seg in pending:
+            if later not in pending and later not in ready and pool is not None:
+                pending[later] = pool.submit(decoded, later, reader.segment_bytes(later))
+        if seg in ready:
+            px = ready.pop(seg)
+        elif seg in pending:
             px = pending.pop(seg).result()
         else:
-            px = decoded(seg, stored.pop(seg) if seg in stored else reader.segment_bytes(seg))
+            px = decoded(seg, reader.segment_bytes(seg))
         h, w = valid(r, c)
         rows, cols, x0 = -(-h // scale), -(-w // scale), c * reader.seg_w // scale
         if px.shape[0] < rows or px.shape[1] < cols:
