@@ -346,11 +346,6 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
     return Image.fromarray(np.ascontiguousarray(out), "RGB")
 
 
-#: zlib level of the PNGs written (previews, contact sheets): a contact sheet (852 x 360 for a
-#: one-page run) took ~50 ms at Pillow's default 6 and takes ~20 ms at 1, 5% larger
-PNG_LEVEL = 1
-
-
 #: rows of an image copied to its pixels at once (:func:`rgb_pixels`)
 COPY_ROWS = 2048
 
@@ -368,11 +363,12 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
 
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     """``image`` (RGB; or its pixels, rows x cols x 3 uint8) as a PNG, every row with the Up
-    filter, compressed by as many threads as there are cores (:mod:`png_write`: libpng
-    through imagecodecs compressed a tall contact sheet on one core, half of the sheet's
-    time; Pillow's encoder also picks a filter for every row: twice libpng's time)."""
+    filter, compressed by as many threads as there are cores (:mod:`png_write`: ISA-L's
+    deflate where installed; libpng through imagecodecs compressed a tall contact sheet on
+    one core, half of the sheet's time; Pillow's encoder also picks a filter for every row:
+    twice libpng's time)."""
     pixels = image if isinstance(image, np.ndarray) else rgb_pixels(image)
-    return png_write.encode_rgb(pixels, PNG_LEVEL, usable_cores())
+    return png_write.encode_rgb(pixels, usable_cores())
 
 
 def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE,

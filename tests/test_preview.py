@@ -568,12 +568,27 @@ def test_png_bands_compressed_by_threads_make_one_valid_file(monkeypatch: pytest
     pixels[shape[0] // 3:shape[0] // 2] = 255
     pixels[shape[0] // 2:] = (np.arange(shape[1])[None, :, None] * 7 % 256).astype(np.uint8)
     monkeypatch.setattr(png_write, "BAND_BYTES", 3 * 2 * shape[1] + 5)  # two rows a band
-    for threads in (1, 3):
-        data = png_write.encode_rgb(pixels, 1, threads)
-        assert np.array_equal(imagecodecs.png_decode(data), pixels)
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+    for deflater in (png_write.DEFAULT, png_write.ZLIB):
+        for threads in (1, 3):
+            data = png_write.encode_rgb(pixels, threads, deflater)
+            assert np.array_equal(imagecodecs.png_decode(data), pixels)
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
     with pytest.raises(ValueError, match="RGB uint8 pixels expected"):
-        png_write.encode_rgb(pixels[..., :2], 1, 1)
+        png_write.encode_rgb(pixels[..., :2], 1)
+
+
+def test_pngs_are_compressed_by_isal_where_its_wheels_are():
+    """python-isal is a dependency wherever it has wheels (pyproject's marker): there the
+    PNGs are compressed by ISA-L, and the level is one ISA-L takes (0-3)."""
+    import platform
+
+    from pipeline.adapters import png_write
+
+    if platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
+        pytest.skip(f"python-isal has no wheel for {platform.machine()}: zlib is used")
+    assert png_write.ISAL is not None and png_write.DEFAULT is png_write.ISAL
+    module, level = png_write.ISAL
+    assert module.__name__ == "isal.isal_zlib" and 0 <= level <= 3
 
 
 def test_adler32_of_bands_combined_is_the_adler32_of_the_whole():
