@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -19,6 +20,7 @@ from test_exactness import make_image, write_tiff
 
 from pipeline import contact_sheet
 from pipeline.core import plan as plan_mod
+from pipeline.core import thumbs as core_thumbs
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.thumbs import PART_MAGIC, BlockThumb, ThumbSums, fit, worth_summing
@@ -35,10 +37,11 @@ G = {"op": "gaussian_blur", "sigma": 1.5}
 # --- the sums -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("box", [40, 12])  # blocks of 7-8 rows (integral image), 25 (reduce)
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32"])
-def test_pieces_in_any_order_add_up_to_the_whole_page(dtype: str):
+def test_pieces_in_any_order_add_up_to_the_whole_page(dtype: str, box: int):
     page = make_image(5, 301, 257, 3, dtype)
-    th, tw = fit(301, 257, 40)
+    th, tw = fit(301, 257, box)
     whole = ThumbSums(301, 257, th, tw, 3)
     whole.add(page, 0, 0)
     pieces = [ThumbSums(301, 257, th, tw, 3) for _ in range(3)]
@@ -60,6 +63,30 @@ def test_pieces_in_any_order_add_up_to_the_whole_page(dtype: str):
     for t, s in ((0, 0), (th // 2, tw // 3), (th - 1, tw - 1)):
         block = page[ty == t][:, tx == s].reshape(-1, 3).astype(np.float64)
         np.testing.assert_allclose(whole.mean()[t, s], block.mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+def test_block_sums_block_row_by_block_row_equal_the_integral_images(dtype: str):
+    """Tall blocks of 8 and 16-bit pixels are summed block row by block row (cv2.reduce),
+    others from the integral image: the same sums, on column slices of a page (rows not
+    contiguous), of any size and channel count, negative pixels included."""
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    for _ in range(25):
+        h, w, c = (int(rng.integers(10, 260)), int(rng.integers(1, 150)),
+                   int(rng.integers(1, 6)))
+        page = rng.integers(info.min, info.max, (h, w + 9, c), dtype=dtype, endpoint=True)
+        px = page[:, 4:4 + w]
+        th = int(rng.integers(1, h // core_thumbs.REDUCE_ROWS_FROM + 1))
+        tw = int(rng.integers(1, w + 1))
+        rstarts = core_thumbs._starts(np.arange(h) * th // h)
+        cstarts = core_thumbs._starts(np.arange(w) * tw // w)
+        by_rows = core_thumbs._row_block_sums(px, rstarts, cstarts)
+        assert np.array_equal(by_rows, core_thumbs.block_sums(px, rstarts, cstarts))
+        integral = cv2.integral(np.ascontiguousarray(px), sdepth=cv2.CV_64F).reshape(
+            h + 1, w + 1, c)
+        t = integral.take(np.append(rstarts, h), 0).take(np.append(cstarts, w), 1)
+        assert np.array_equal(by_rows, t[1:, 1:] - t[1:, :-1] - t[:-1, 1:] + t[:-1, :-1])
 
 
 def test_a_missing_piece_is_seen_and_nonfinite_pixels_do_not_poison():
