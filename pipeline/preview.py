@@ -330,7 +330,10 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
     colour = 3 if channels >= 3 else 1
     extra = extrasamples[0] if extrasamples and channels in (2, 4) else None
     lo, hi = display_range(pixels[..., :colour], dtype)
-    rgb = np.clip((pixels[..., :colour] - lo) / (hi - lo), 0, 1)
+    # in place where it can be: one array, not one an operation (the same operations)
+    rgb = pixels[..., :colour] - lo
+    rgb /= hi - lo
+    np.clip(rgb, 0, 1, out=rgb)
     if extra in (1, 2):  # associated / unassociated alpha
         alo, ahi = (0.0, 1.0) if np.dtype(dtype).kind == "f" else display_range(pixels, dtype)
         alpha = np.clip((pixels[..., colour:colour + 1] - alo) / (ahi - alo), 0, 1)
@@ -340,7 +343,8 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
             rgb = np.clip(rgb + board * (1 - alpha), 0, 1)
         else:
             rgb = rgb * alpha + board * (1 - alpha)
-    out = np.rint(rgb * 255).astype(np.uint8)
+    rgb *= 255
+    out = np.rint(rgb, out=rgb).astype(np.uint8)
     if colour == 1:
         out = np.repeat(out, 3, axis=2)
     return Image.fromarray(np.ascontiguousarray(out), "RGB")

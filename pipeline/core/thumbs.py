@@ -204,8 +204,13 @@ def block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.n
         # the table at the blocks' corners only (``take``: 7x faster than indexing rows
         # then columns when a tile holds a hundred blocks a side), then four corners a block
         t = table.take(np.append(rstarts, h), 0).take(np.append(cstarts, w), 1)
-        t = t.astype(np.int64 if depth == cv2.CV_32S else np.float64)
-        return t[1:, 1:] - t[1:, :-1] - t[:-1, 1:] + t[:-1, :-1]
+        # in the table's own type: its 32-bit integers (8-bit pixels, never negative) cannot
+        # overflow, every corner and partial difference lying within +-(2**31 - 1); float64
+        # is exact below 2**53
+        sums = t[1:, 1:] - t[1:, :-1]
+        sums -= t[:-1, 1:]
+        sums += t[:-1, :-1]
+        return sums
     small_int = px.dtype.kind in "uib" and px.dtype.itemsize <= 4
     wide = (np.float64 if not small_int else np.int64 if px.dtype.kind == "i" else np.uint64)
     rows_summed = np.add.reduceat(px.reshape(h, w * c), rstarts, axis=0, dtype=wide)
