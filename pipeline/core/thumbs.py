@@ -186,12 +186,12 @@ def block_sums(px: np.ndarray, rstarts: np.ndarray, cstarts: np.ndarray) -> np.n
     pixels, float64 for 16-bit ones), then those rows' runs of columns by ``reduceat``
     (:meth:`ThumbSums.add` of a 1024 px RGB tile: about twice as fast as from the integral
     image with blocks of 16 rows, three times with 40; no faster below 10, a call a block
-    row). Smaller blocks of such pixels: from OpenCV's
-    integral image (each block sum is four of its values; 7x faster than two ``reduceat``
-    on a 512 x 512 RGB tile), 8-bit ones in 32-bit integers while every sum fits, else in
-    float64 (exact below 2**53). Others: ``np.add.reduceat``, rows first on a 2-D view,
-    then columns; integers of up to 32 bits summed as 64-bit ones (a sum holds fewer than
-    2**31 pixels), 64-bit integers and floats in float64."""
+    row). Smaller blocks of such pixels: from OpenCV's integral image (each block sum is
+    four of its values; 7x faster than two ``reduceat`` on a 512 x 512 RGB tile), 8-bit
+    ones in 32-bit integers while every sum fits, else in float64 (exact below 2**53).
+    Others: ``np.add.reduceat``, rows first on a 2-D view, then columns; integers of up to
+    32 bits summed as 64-bit ones (a sum holds fewer than 2**31 pixels), 64-bit integers
+    and floats in float64."""
     h, w, c = px.shape
     if px.dtype.name in INTEGRAL_TYPES and h >= REDUCE_ROWS_FROM * len(rstarts):
         return _row_block_sums(px, rstarts, cstarts)
