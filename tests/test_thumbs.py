@@ -87,6 +87,12 @@ def test_block_sums_block_row_by_block_row_equal_the_integral_images(dtype: str)
             h + 1, w + 1, c)
         t = integral.take(np.append(rstarts, h), 0).take(np.append(cstarts, w), 1)
         assert np.array_equal(by_rows, t[1:, 1:] - t[1:, :-1] - t[:-1, 1:] + t[:-1, :-1])
+    # more bands than OpenCV takes in one array (its integral image): summed all the same
+    page = rng.integers(info.min, info.max, (40, 6, 600), dtype=dtype, endpoint=True)
+    rstarts, cstarts = np.array([0, 13, 27]), np.array([0, 4])
+    expected = np.array([[page[a:b, x:y].sum(axis=(0, 1)) for x, y in ((0, 4), (4, 6))]
+                         for a, b in ((0, 13), (13, 27), (27, 40))])
+    assert np.array_equal(core_thumbs.block_sums(page, rstarts, cstarts), expected)
 
 
 def test_a_missing_piece_is_seen_and_nonfinite_pixels_do_not_poison():
