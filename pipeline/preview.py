@@ -239,8 +239,9 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
     pixels by the page pixels they share (:class:`BlockThumb`). The segments at the page's
     right and bottom edges are decoded in full when the page ends inside a block (the
     encoder's padding is in that block's scaled pixel), and so is a segment OpenCV refuses
-    (a damaged one: the full decode reads what it can, or names it). None when the first stored segment's
-    scaled decode disagrees with its full decode (the caller then decodes the page in full)."""
+    (a damaged one: the full decode reads what it can, or names it). None when the first
+    stored segment's scaled decode disagrees with its full decode (the caller then decodes
+    the page in full)."""
     height, width, channels = reader.height, reader.width, reader.samples
     sums = BlockThumb(height, width, th, tw, channels, scale)
     tables = reader.jpegtables
@@ -265,8 +266,8 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
         return jpeg_scaled.block_means(reader.decode_segment(seg, data)[0][:h, :w], scale)
 
     # the first stored segment, decoded both ways: the stream's markers, not the TIFF tags,
-    # tell libjpeg its color space
-    # (what they give is that segment's pixels below: it is not decoded again)
+    # tell libjpeg its color space (what they give is that segment's pixels below: it is
+    # not decoded again)
     check = next((s for s in range(len(segments)) if int(reader.page.databytecounts[s])), None)
     ready: dict[int, np.ndarray] = {}
     if check is not None:

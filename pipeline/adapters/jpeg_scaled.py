@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core.thumbs import block_sums
+
 if TYPE_CHECKING:
     from pipeline.adapters.tiff_read import PageReader
 
@@ -73,14 +75,10 @@ def block_means(px: np.ndarray, scale: int) -> np.ndarray:
     of the pixels a part block holds), float64: what a scaled decode approximates, and what
     stands in for it where a block is part outside the page (a JPEG encoder pads it with
     pixels of its own: black, edge copies)."""
-    h, w, c = px.shape
-    rows, cols = -(-h // scale), -(-w // scale)
-    padded = np.zeros((rows * scale, cols * scale, c), np.float64)
-    padded[:h, :w] = px
-    sums = padded.reshape(rows, scale, cols, scale, c).sum(axis=(1, 3))
-    counts = np.outer(np.minimum(scale, h - np.arange(0, h, scale)),
-                      np.minimum(scale, w - np.arange(0, w, scale)))
-    return sums / counts[..., None]
+    h, w = px.shape[:2]
+    rstarts, cstarts = np.arange(0, h, scale), np.arange(0, w, scale)
+    counts = np.outer(np.diff(rstarts, append=h), np.diff(cstarts, append=w))
+    return block_sums(px, rstarts, cstarts) / counts[..., None]
 
 
 def agrees(scaled: np.ndarray, full: np.ndarray, scale: int) -> bool:
