@@ -90,12 +90,9 @@ def filtered(pixels: np.ndarray) -> bytes:
 
 def png_of(pixels: np.ndarray, stream: bytes) -> bytes:
     """A PNG file of one zlib ``stream`` of the filtered rows (the one-call encoders')."""
-    out = bytearray(png_write.SIGNATURE)
-    height, width = pixels.shape[:2]
-    for kind, data in ((b"IHDR", png_write.struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0,
-                                                        0)),
-                       (b"IDAT", stream), (b"IEND", b"")):
-        png_write._append_chunk(out, kind, data)
+    out = png_write.rgb_header(pixels.shape[1], pixels.shape[0])
+    png_write.append_chunk(out, b"IDAT", stream)
+    png_write.append_chunk(out, b"IEND", b"")
     return bytes(out)
 
 

@@ -75,9 +75,8 @@ def encode_rgb(pixels: np.ndarray, threads: int = 1, deflater: Deflater = DEFAUL
                                                    else deflate.Z_FULL_FLUSH)
         return out, zlib.adler32(data), len(data)
 
-    out = bytearray(SIGNATURE)
-    _append_chunk(out, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))  # RGB 8
-    _append_chunk(out, b"IDAT", ZLIB_HEADER)  # chunks of any size make one stream
+    out = rgb_header(width, height)
+    append_chunk(out, b"IDAT", ZLIB_HEADER)  # chunks of any size make one stream
     check = 1
     threads = max(1, min(threads, len(starts)))
     with ThreadPoolExecutor(threads) if threads > 1 else nullcontext() as pool:
@@ -86,9 +85,9 @@ def encode_rgb(pixels: np.ndarray, threads: int = 1, deflater: Deflater = DEFAUL
         bands = pool.map(band, range(len(starts))) if pool else map(band, range(len(starts)))
         for data, adler, size in bands:
             check = adler32_combine(check, adler, size)
-            _append_chunk(out, b"IDAT", data)
-    _append_chunk(out, b"IDAT", struct.pack(">I", check))
-    _append_chunk(out, b"IEND", b"")
+            append_chunk(out, b"IDAT", data)
+    append_chunk(out, b"IDAT", struct.pack(">I", check))
+    append_chunk(out, b"IEND", b"")
     return bytes(out)
 
 
@@ -103,7 +102,15 @@ def adler32_combine(first: int, second: int, second_size: int) -> int:
     return (sum1 % _ADLER_BASE) | ((sum2 % _ADLER_BASE) << 16)
 
 
-def _append_chunk(out: bytearray, kind: bytes, data: bytes) -> None:
+def rgb_header(width: int, height: int) -> bytearray:
+    """A PNG file's start: its signature and the header chunk of 8-bit RGB pixels."""
+    out = bytearray(SIGNATURE)
+    append_chunk(out, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return out
+
+
+def append_chunk(out: bytearray, kind: bytes, data: bytes) -> None:
+    """Append a chunk (its length, kind, data and CRC) to a PNG file being written."""
     out += struct.pack(">I", len(data))
     out += kind
     out += data
