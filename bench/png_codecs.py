@@ -50,7 +50,6 @@ def sheet_pixels(rows: int, folder: str) -> np.ndarray:
     input and output page (photo-like 512 x 512 RGB pages, written once into ``folder``;
     one thumbnail each, made once), its own job number and file names."""
     from pipeline.contact_sheet import render
-    from pipeline.preview import rgb_pixels
 
     pages = []
     for seed in (0, 1):
@@ -64,17 +63,15 @@ def sheet_pixels(rows: int, folder: str) -> np.ndarray:
               "jobs": [{"job": i, "status": "SUCCEEDED", "input": pages[0], "output": pages[1],
                         "pages": 1, "megapixels": 0.262, "seconds": 0.01}
                        for i in range(rows)]}
-    return rgb_pixels(render(report, specs))
+    return render(report, specs)
 
 
 def file_pixels(path: str) -> np.ndarray:
     from PIL import Image
 
-    from pipeline.preview import rgb_pixels
-
     Image.MAX_IMAGE_PIXELS = None  # a tall sheet is larger than Pillow's bomb check
     with Image.open(path) as image:
-        return rgb_pixels(image.convert("RGB"))
+        return np.asarray(image.convert("RGB"))
 
 
 def filtered(pixels: np.ndarray) -> bytes:

@@ -6,27 +6,31 @@ shows its input and its error. ``tiffpipe run`` writes it next to its report as
 Thumbnails of large pages come from the sums the run's process steps made of the pixels they
 held (:mod:`pipeline.steps.thumbs`: ``tiffpipe run`` asks for them); the others from
 :mod:`pipeline.preview` (bounded memory, pyramid levels when there are some), a few at a time
-in threads. At most :data:`MAX_ROWS` rows are drawn; a line at the
-bottom says how many pages were left out.
+in threads. At most :data:`MAX_ROWS` rows are drawn; a line at the bottom says how many pages
+were left out. The sheet is drawn a row at a time and each row handed to the PNG writer,
+whose threads compress while the next rows are drawn: neither the whole picture nor all its
+thumbnails are held at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.adapters import storage
+from pipeline.adapters import png_write, storage
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
-from pipeline.preview import Thumbnail, png_bytes, rgb_pixels, thumbnails, to_display
+from pipeline.preview import Thumbnail, thumbnails, to_display
 from pipeline.steps import layout
-from pipeline.steps.common import load_plan
+from pipeline.steps.common import load_plan, usable_cores
 from pipeline.steps.thumbs import load_summed, summed_parts
 
 #: the box a thumbnail fits in (pixels)
@@ -44,6 +48,9 @@ MAX_ROWS = MAX_PAGES
 FOOTER = 28
 #: thumbnails rendered at once
 THREADS = 4
+#: rows whose thumbnails are made together, then drawn (:func:`draw`): about 26 MB of
+#: thumbnails held at once
+BLOCK_ROWS = 50
 
 log = logging.getLogger("tiffpipe")
 
@@ -163,33 +170,44 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
 
 def _thumbnails(tasks: list[tuple[str, int]], summed: dict[tuple[str, int], Summed]
                 ) -> dict[tuple[str, int], Thumbnail | str]:
-    """The thumbnail of every (file, page) of ``tasks``, or why there is none: summed ones
-    from their parts, the others from the files, each file opened once for a run of its
-    pages (opening a file of n pages for each page walked its chain of pages n times over),
-    in :data:`THREADS` threads."""
-    found: dict[tuple[str, int], Thumbnail | str] = {}
-    from_files: dict[str, list[int]] = {}
+    """The thumbnail of every (file, page) of ``tasks``, or why there is none, made in
+    :data:`THREADS` threads: a file's pages in as many runs, each run's file opened once."""
+    by_file: dict[str, list[int]] = {}
     for url, page in tasks:
+        by_file.setdefault(url, []).append(page)
+    chunks = []
+    for url, pages in by_file.items():
+        per = -(-len(pages) // THREADS)
+        chunks += [(url, pages[i:i + per]) for i in range(0, len(pages), per)]
+    found: dict[tuple[str, int], Thumbnail | str] = {}
+    with ThreadPoolExecutor(THREADS) as pool:
+        for (url, pages), made in zip(chunks, pool.map(
+                lambda chunk: _file_thumbnails(*chunk, summed), chunks), strict=True):
+            found.update(((url, page), one) for page, one in zip(pages, made, strict=True))
+    return found
+
+
+def _file_thumbnails(url: str, pages: list[int], summed: dict[tuple[str, int], Summed]
+                     ) -> list[Thumbnail | str]:
+    """The thumbnails of ``pages`` of one file, or why there is none: those the run's steps
+    summed from their parts, the others from the file, opened once for them all (opening a
+    file of n pages for each page walked its chain of pages n times over)."""
+    found: dict[int, Thumbnail | str] = {}
+    from_file: list[int] = []
+    for page in pages:
         try:
             made = _summed_thumb(summed[(url, page)]) if (url, page) in summed else None
         except Exception as exc:  # noqa: BLE001 - damaged parts: the file is read instead
             log.debug("%s page %d: summed thumbnail not used: %s", url, page, exc)
             made = None
         if made is not None:
-            found[(url, page)] = made
+            found[page] = made
         else:
-            from_files.setdefault(url, []).append(page)
-    chunks = []
-    for url, pages in from_files.items():
-        per = -(-len(pages) // THREADS)
-        chunks += [(url, pages[i:i + per]) for i in range(0, len(pages), per)]
-    with ThreadPoolExecutor(THREADS) as pool:
-        for (url, pages), made_all in zip(chunks, pool.map(
-                lambda chunk: thumbnails(chunk[0], chunk[1], CELL), chunks), strict=True):
-            for page, one in zip(pages, made_all, strict=True):
-                found[(url, page)] = (one if isinstance(one, Thumbnail)
-                                      else f"{type(one).__name__}: {one}")
-    return found
+            from_file.append(page)
+    for page, one in zip(from_file, thumbnails(url, from_file, CELL) if from_file else [],
+                         strict=True):
+        found[page] = one if isinstance(one, Thumbnail) else f"{type(one).__name__}: {one}"
+    return [found[page] for page in pages]
 
 
 def _summed_sources(rows: list[Row], work: str | None) -> dict[tuple[str, int], Summed]:
@@ -214,92 +232,136 @@ def _summed_sources(rows: list[Row], work: str | None) -> dict[tuple[str, int], 
     return found
 
 
-def render(report: dict[str, Any], specs: list[JobSpec], work: str | None = None) -> Image.Image:
-    """The contact sheet of a run report (its jobs' pages from ``specs``); ``work``: the run's
-    work location, where the steps may have left thumbnails they summed."""
+def render(report: dict[str, Any], specs: list[JobSpec], work: str | None = None) -> np.ndarray:
+    """The contact sheet of a run report (its jobs' pages from ``specs``) as pixels (rows x
+    cols x 3 uint8); ``work``: the run's work location, where the steps may have left
+    thumbnails they summed. :func:`write_contact_sheet` writes it band by band instead."""
+    _, _, bands = draw(report, specs, work)
+    return np.concatenate(list(bands))
+
+
+def draw(report: dict[str, Any], specs: list[JobSpec], work: str | None = None
+         ) -> tuple[int, int, Iterator[np.ndarray]]:
+    """The sheet's width, height and its pixels in horizontal bands, top to bottom (the
+    title, each row, the bottom margin), each drawn when asked for, never the whole sheet
+    at once (a 200-row sheet is 146 MB of pixels, twice that as one Pillow image). The
+    thumbnails of :data:`BLOCK_ROWS` rows are made (:func:`_thumbnails`), then those rows
+    drawn, then the next rows' made: drawing (Pillow's text holds the GIL) while threads
+    make thumbnails slowed both."""
     rows = sheet_rows(report, specs)
     shown, left_out = rows[:MAX_ROWS], max(0, len(rows) - MAX_ROWS)
     width, height = layout_size(len(shown), left_out > 0)
-    sheet = Image.new("RGB", (width, height), WHITE)
-    draw = ImageDraw.Draw(sheet)
-    title, body, small = _font(18), _font(13), _font(11)
+    summed = _summed_sources(shown, work)
+    fonts = _font(18), _font(13), _font(11)
+
+    def bands() -> Iterator[np.ndarray]:
+        yield _band(width, HEADER, partial(_draw_title, report=report, fonts=fonts))
+        for b in range(0, len(shown), BLOCK_ROWS):
+            block = shown[b:b + BLOCK_ROWS]
+            thumbs = _thumbnails(list(dict.fromkeys(
+                [(r.input, r.in_page) for r in block] +
+                [(r.output, r.out_page) for r in block if r.out_page is not None])), summed)
+            for row in block:
+                yield _band(width, ROW_H, partial(_draw_row, row=row, thumbs=thumbs,
+                                                  fonts=fonts))
+        yield _band(width, height - HEADER - len(shown) * ROW_H,
+                    partial(_draw_footer, left_out=left_out, fonts=fonts))
+    return width, height, bands()
+
+
+def _band(width: int, height: int,
+          paint: Callable[[Image.Image, ImageDraw.ImageDraw], None]) -> np.ndarray:
+    """A band of the sheet: a white ``width`` x ``height`` picture ``paint`` draws on (given
+    the picture and a drawing context of it), as pixels."""
+    image = Image.new("RGB", (width, height), WHITE)
+    paint(image, ImageDraw.Draw(image))
+    return np.asarray(image)
+
+
+def _draw_title(band: Image.Image, draw: ImageDraw.ImageDraw, report: dict[str, Any],
+                fonts: tuple[Any, Any, Any]) -> None:
+    title, body, _ = fonts
     draw.text((PAD, 10), f"tiffpipe run {report.get('run_id', '')}: "
                          f"{report.get('succeeded', 0)} succeeded, {report.get('failed', 0)} failed",
               fill=INK, font=title)
+    x_in = PAD + LABEL_W + PAD
+    for x, text in ((PAD, "job, page"), (x_in, "input"), (x_in + CELL + PAD, "output")):
+        draw.text((x, HEADER - 22), text, fill=GREY, font=body)
+    draw.line((PAD, HEADER - 4, band.width - PAD, HEADER - 4), fill=FRAME)
+
+
+def _draw_row(band: Image.Image, draw: ImageDraw.ImageDraw, row: Row,
+              thumbs: dict[tuple[str, int], Thumbnail | str], fonts: tuple[Any, Any, Any]
+              ) -> None:
+    """A row of the sheet (its band's top at y 0): the labels, the input's thumbnail, the
+    output's or the job's error."""
+    title, body, small = fonts
     x_label, x_in = PAD, PAD + LABEL_W + PAD
     x_out = x_in + CELL + PAD
-    for x, text in ((x_label, "job, page"), (x_in, "input"), (x_out, "output")):
-        draw.text((x, HEADER - 22), text, fill=GREY, font=body)
-    draw.line((PAD, HEADER - 4, width - PAD, HEADER - 4), fill=FRAME)
+    ok = row.status == "SUCCEEDED"
+    lines = [(f"job {row.job}, page {row.in_page}", INK, title)]
+    lines += [(t, INK, body) for t in _wrap(os.path.basename(row.input), body, LABEL_W, 2)]
+    if ok:
+        lines += [(t, GREY, small) for t in
+                  _wrap(f"-> {os.path.basename(row.output)} page {row.out_page}", small,
+                        LABEL_W, 2)]
+    lines += [(t, INK, small) for t in _wrap(row.ops, small, LABEL_W, 3)]
+    lines.append((row.status, GREEN if ok else RED, body))
+    lines.append((row.detail, GREY, small))
+    if not ok and row.error:
+        lines.append((row.error.get("type", ""), RED, body))
+    ty = 4
+    for text, colour, font in lines:
+        draw.text((x_label, ty), text, fill=colour, font=font)
+        ty += 22 if font is title else 17
+    in_thumb = thumbs[(row.input, row.in_page)]
+    if isinstance(in_thumb, str) and row.error and row.error.get("message", "") in in_thumb:
+        in_thumb = "the job's error, on the right"  # not the same message twice
+    _cell(band, draw, x_in, in_thumb, small)
+    if ok:
+        _cell(band, draw, x_out, thumbs[(row.output, row.out_page)], small)
+    else:
+        error = row.error or {}
+        draw.rectangle((x_out, 0, x_out + CELL - 1, CELL - 1), fill=PALE_RED, outline=FRAME)
+        draw.text((x_out + 6, 6), error.get("type", "failed"), fill=RED, font=body)
+        for k, text in enumerate(_wrap(error.get("message", ""), small, CELL - 12, 13)):
+            draw.text((x_out + 6, 28 + 17 * k), text, fill=INK, font=small)
+    draw.line((PAD, ROW_H - PAD // 2, band.width - PAD, ROW_H - PAD // 2), fill=FRAME)
 
-    tasks = list(dict.fromkeys([(r.input, r.in_page) for r in shown] +
-                               [(r.output, r.out_page) for r in shown if r.out_page is not None]))
-    thumbs = _thumbnails(tasks, _summed_sources(shown, work))
 
-    for i, row in enumerate(shown):
-        y = HEADER + i * ROW_H
-        ok = row.status == "SUCCEEDED"
-        lines = [(f"job {row.job}, page {row.in_page}", INK, title)]
-        lines += [(t, INK, body) for t in _wrap(os.path.basename(row.input), body, LABEL_W, 2)]
-        if ok:
-            lines += [(t, GREY, small) for t in
-                      _wrap(f"-> {os.path.basename(row.output)} page {row.out_page}", small,
-                            LABEL_W, 2)]
-        lines += [(t, INK, small) for t in _wrap(row.ops, small, LABEL_W, 3)]
-        lines.append((row.status, GREEN if ok else RED, body))
-        lines.append((row.detail, GREY, small))
-        if not ok and row.error:
-            lines.append((row.error.get("type", ""), RED, body))
-        ty = y + 4
-        for text, colour, font in lines:
-            draw.text((x_label, ty), text, fill=colour, font=font)
-            ty += 22 if font is title else 17
-        in_thumb = thumbs[(row.input, row.in_page)]
-        if isinstance(in_thumb, str) and row.error and row.error.get("message", "") in in_thumb:
-            in_thumb = "the job's error, on the right"  # not the same message twice
-        _cell(draw, sheet, x_in, y, in_thumb, small)
-        if ok:
-            _cell(draw, sheet, x_out, y, thumbs[(row.output, row.out_page)], small)
-        else:
-            error = row.error or {}
-            draw.rectangle((x_out, y, x_out + CELL - 1, y + CELL - 1), fill=PALE_RED,
-                           outline=FRAME)
-            draw.text((x_out + 6, y + 6), error.get("type", "failed"), fill=RED, font=body)
-            for k, text in enumerate(_wrap(error.get("message", ""), small, CELL - 12, 13)):
-                draw.text((x_out + 6, y + 28 + 17 * k), text, fill=INK, font=small)
-        draw.line((PAD, y + ROW_H - PAD // 2, width - PAD, y + ROW_H - PAD // 2), fill=FRAME)
+def _draw_footer(band: Image.Image, draw: ImageDraw.ImageDraw, left_out: int,
+                 fonts: tuple[Any, Any, Any]) -> None:
+    """The bottom margin; with ``left_out`` rows not shown, the line that says so."""
     if left_out:
-        draw.text((PAD, height - FOOTER + 6), f"... and {left_out} more page(s) not shown "
-                  f"(a contact sheet shows at most {MAX_ROWS})", fill=GREY, font=body)
-    return sheet
+        draw.text((PAD, PAD + 6), f"... and {left_out} more page(s) not shown "
+                  f"(a contact sheet shows at most {MAX_ROWS})", fill=GREY, font=fonts[1])
 
 
-def _cell(draw: ImageDraw.ImageDraw, sheet: Image.Image, x: int, y: int,
-          thumb: Thumbnail | str, font: Any) -> None:
-    """A thumbnail centred in its CELL box with its caption, or why there is none."""
-    draw.rectangle((x, y, x + CELL - 1, y + CELL - 1), outline=FRAME)
+def _cell(band: Image.Image, draw: ImageDraw.ImageDraw, x: int, thumb: Thumbnail | str,
+          font: Any) -> None:
+    """A thumbnail centred in its CELL box at the band's top with its caption, or why there
+    is none."""
+    draw.rectangle((x, 0, x + CELL - 1, CELL - 1), outline=FRAME)
     if isinstance(thumb, str):
-        draw.text((x + 6, y + 6), "no preview", fill=RED, font=font)
+        draw.text((x + 6, 6), "no preview", fill=RED, font=font)
         for k, text in enumerate(_wrap(thumb, font, CELL - 12, 13)):
-            draw.text((x + 6, y + 24 + 15 * k), text, fill=GREY, font=font)
+            draw.text((x + 6, 24 + 15 * k), text, fill=GREY, font=font)
         return
     image = thumb.image
-    sheet.paste(image, (x + (CELL - image.width) // 2, y + (CELL - image.height) // 2))
+    band.paste(image, (x + (CELL - image.width) // 2, (CELL - image.height) // 2))
     caption = f"{thumb.width}x{thumb.height} {thumb.dtype}"
     if not thumb.source.startswith("page"):
         caption += " (from a pyramid level)"
-    draw.text((x, y + CELL + 3), caption, fill=GREY, font=font)
+    draw.text((x, CELL + 3), caption, fill=GREY, font=font)
 
 
 def write_contact_sheet(report: dict[str, Any], specs: list[JobSpec], url: str,
                         work: str | None = None) -> None:
-    from pipeline.engine.workers import trim_malloc
-
-    sheet = render(report, specs, work)
-    # the thumbnails' memory back to the system, then the pixels and not Pillow's image (4
-    # bytes a pixel) while the PNG is encoded: a 200-row sheet is 146 MB of pixels, and its
-    # peak stays below what Pillow's own encoder needed
-    trim_malloc()
-    pixels = rgb_pixels(sheet)
-    del sheet
-    storage.write_bytes(url, png_bytes(pixels))
+    """Draw the sheet (:func:`draw`) and write it to ``url`` as a PNG, its bands compressed by
+    threads while the next ones are drawn."""
+    width, height, bands = draw(report, specs, work)
+    with png_write.RgbPngWriter(width, height, usable_cores()) as png:
+        for band in bands:
+            png.add(band)
+        data = png.finish()
+    storage.write_bytes(url, data)

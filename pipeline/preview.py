@@ -351,29 +351,21 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
     return Image.fromarray(np.ascontiguousarray(out), "RGB")
 
 
-#: rows of an image copied to its pixels at once (:func:`rgb_pixels`)
+#: rows of an image handed to the PNG writer at once (:func:`png_bytes`)
 COPY_ROWS = 2048
 
 
-def rgb_pixels(image: Image.Image) -> np.ndarray:
-    """An RGB image's pixels (rows x cols x 3 uint8), copied :data:`COPY_ROWS` rows at a
-    time: ``np.asarray`` of the whole image holds its bytes twice on the way (a 200-row
-    contact sheet: 146 MB of pixels, 280 MB more at the peak)."""
-    pixels = np.empty((image.height, image.width, 3), np.uint8)
-    for y0 in range(0, image.height, COPY_ROWS):
-        y1 = min(image.height, y0 + COPY_ROWS)
-        pixels[y0:y1] = np.asarray(image.crop((0, y0, image.width, y1)))
-    return pixels
-
-
-def png_bytes(image: Image.Image | np.ndarray) -> bytes:
-    """``image`` (RGB; or its pixels, rows x cols x 3 uint8) as a PNG, every row with the Up
-    filter, compressed by as many threads as there are cores (:mod:`png_write`: ISA-L's
-    deflate where installed; libpng through imagecodecs compressed a tall contact sheet on
-    one core, half of the sheet's time; Pillow's encoder also picks a filter for every row:
-    twice libpng's time)."""
-    pixels = image if isinstance(image, np.ndarray) else rgb_pixels(image)
-    return png_write.encode_rgb(pixels, usable_cores())
+def png_bytes(image: Image.Image) -> bytes:
+    """An RGB image as a PNG, every row with the Up filter, compressed by as many threads as
+    there are cores (:mod:`png_write`: ISA-L's deflate where installed; Pillow's encoder
+    picks a filter for every row, and compresses on one core), its pixels handed over
+    :data:`COPY_ROWS` rows at a time (``np.asarray`` of a whole image holds its bytes twice
+    on the way)."""
+    with png_write.RgbPngWriter(image.width, image.height, usable_cores()) as png:
+        for y0 in range(0, image.height, COPY_ROWS):
+            y1 = min(image.height, y0 + COPY_ROWS)
+            png.add(np.asarray(image.crop((0, y0, image.width, y1))))
+        return png.finish()
 
 
 def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE,

@@ -517,7 +517,34 @@ def test_contact_sheet_url_and_truncation(sheet_run, monkeypatch):
     specs = [JobSpec(input=str(root / j["input"]), output=str(root / j["output"]),
                      pages=j.get("pages"), ops=j.get("ops", [])) for j in sheet_run["manifest"]["jobs"]]
     monkeypatch.setattr("pipeline.contact_sheet.MAX_ROWS", 2)
-    assert render(report, specs).size == layout_size(2, truncated=True)
+    width, height = layout_size(2, truncated=True)
+    assert render(report, specs).shape == (height, width, 3)
+
+
+def test_the_sheet_is_the_same_whatever_rows_are_made_and_drawn_together(sheet_run,
+                                                                        monkeypatch):
+    """The sheet's bands are drawn BLOCK_ROWS rows' thumbnails at a time: rows one by one, two
+    by two (a block holding the pages of a file another block also shows) or all together
+    give the same pixels, and the PNG tiffpipe run wrote holds them."""
+    import pipeline.contact_sheet as sheet
+
+    root = sheet_run["root"]
+    report = json.loads((root / "reports" / "run1.json").read_text())
+    specs = [JobSpec(input=str(root / j["input"]), output=str(root / j["output"]),
+                     pages=j.get("pages"), ops=j.get("ops", []))
+             for j in sheet_run["manifest"]["jobs"]]
+    drawn = []
+    for rows in (1, 2, sheet.MAX_ROWS):
+        monkeypatch.setattr(sheet, "BLOCK_ROWS", rows)
+        width, height, bands = sheet.draw(report, specs)
+        bands = list(bands)
+        assert [b.shape[0] for b in bands] == [sheet.HEADER] + [sheet.ROW_H] * 4 + [PAD]
+        assert all(b.shape[1:] == (width, 3) for b in bands)
+        drawn.append(np.concatenate(bands))
+        assert drawn[-1].shape == (height, width, 3)
+    assert all(np.array_equal(d, drawn[0]) for d in drawn[1:])
+    written = as_array(Image.open(root / "reports" / "run1.contact.png"))
+    assert np.array_equal(written, drawn[0])
 
 
 def test_no_contact_sheet_option(tmp_path):
@@ -531,25 +558,19 @@ def test_no_contact_sheet_option(tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_png_bytes_round_trips_an_image_or_its_pixels_copied_in_bands(
-        monkeypatch: pytest.MonkeyPatch):
-    """png_bytes (Up filter, compressed in bands by threads): the PNG decodes to the image's
-    pixels exactly, from the image (its pixels copied a few rows at a time) or from them."""
-    from PIL import Image
-
+def test_png_bytes_round_trips_an_image_handed_over_in_bands(monkeypatch: pytest.MonkeyPatch):
+    """png_bytes (Up filter, compressed in bands by threads) of a Pillow image given to the
+    writer a few rows at a time: the PNG decodes to the image's pixels exactly."""
     from pipeline import preview
 
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)
     pixels[10:20] = 255  # flat rows, as a sheet's background
-    image = Image.fromarray(pixels, "RGB")
-    monkeypatch.setattr(preview, "COPY_ROWS", 8)  # five bands, the last one short
-    assert np.array_equal(preview.rgb_pixels(image), pixels)
-    for source in (image, pixels):
-        data = preview.png_bytes(source)
-        assert data.startswith(b"\x89PNG\r\n\x1a\n")
-        decoded = Image.open(io.BytesIO(data))
-        assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), pixels)
+    monkeypatch.setattr(preview, "COPY_ROWS", 8)  # five blocks, the last one short
+    data = preview.png_bytes(Image.fromarray(pixels, "RGB"))
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), pixels)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 4000), (7, 3), (300, 2), (257, 129)])
@@ -575,6 +596,42 @@ def test_png_bands_compressed_by_threads_make_one_valid_file(monkeypatch: pytest
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
     with pytest.raises(ValueError, match="RGB uint8 pixels expected"):
         png_write.encode_rgb(pixels[..., :2], 1)
+
+
+def test_a_png_given_rows_in_blocks_of_any_size_is_the_png_of_the_whole(
+        monkeypatch: pytest.MonkeyPatch):
+    """RgbPngWriter: rows given one at a time, in blocks across bands, or more than a band at
+    once make the file encode_rgb makes of them all (more bands than the threads keep
+    waiting); rows of another width or type, too many rows, or too few at the end are
+    errors."""
+    from pipeline.adapters import png_write
+
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (61, 17, 3), dtype=np.uint8)
+    pixels[20:40] = 7
+    monkeypatch.setattr(png_write, "BAND_BYTES", 3 * 17 * 4 + 4)  # four rows a band
+    whole = png_write.encode_rgb(pixels, 2)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(whole))), pixels)
+    for sizes in ([1] * 61, [3, 5, 9, 1, 43], [30, 31], [61]):
+        for threads in (1, 2):
+            with png_write.RgbPngWriter(17, 61, threads) as png:
+                at = 0
+                for size in sizes:
+                    png.add(pixels[at:at + size])
+                    at += size
+                assert png.finish() == whole, (sizes, threads)
+    with png_write.RgbPngWriter(17, 61, 2) as png:
+        with pytest.raises(ValueError, match="rows of 17 RGB uint8 pixels expected"):
+            png.add(pixels[:3, :16])
+        with pytest.raises(ValueError, match="rows of 17 RGB uint8 pixels expected"):
+            png.add(pixels[:3].astype(np.uint16))
+        png.add(pixels[:60])
+        with pytest.raises(ValueError, match="more than the PNG's 61 rows given"):
+            png.add(pixels[:2])
+        with pytest.raises(ValueError, match="60 of the PNG's 61 rows given"):
+            png.finish()
+    with pytest.raises(ValueError, match="a PNG of 0 x 5 pixels cannot be written"):
+        png_write.RgbPngWriter(0, 5)
 
 
 def test_pngs_are_compressed_by_isal_where_its_wheels_are():

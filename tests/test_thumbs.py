@@ -312,7 +312,7 @@ def test_an_incomplete_thumbnail_falls_back_to_the_file(tmp_path: Path,
     incomplete = (plan, 0, "in", parts[(0, "in")][1:])
     assert contact_sheet._summed_thumb(incomplete) is None
     key = (str(tmp_path / "rgb.tif"), 0)
-    thumb = contact_sheet._thumbnails([key], {key: incomplete})[key]
+    (thumb,) = contact_sheet._file_thumbnails(key[0], [key[1]], {key: incomplete})
     assert not isinstance(thumb, str) and thumb.decoded > 0  # read from the file
     assert thumb.image.size == (238, 256)  # (width, height): the sheet's box
     np.testing.assert_array_equal(

@@ -60,18 +60,6 @@ def tune_malloc(arenas: int = MALLOC_ARENAS) -> bool:
             and bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)))
 
 
-def trim_malloc() -> bool:
-    """Give the heap's free memory back to the system (glibc's ``malloc_trim``: True; not
-    glibc: nothing, False). With :func:`tune_malloc`'s thresholds a process keeps what its tiles
-    freed for the next ones; a step that then needs much memory at once (the contact
-    sheet's PNG) first returns what its thumbnails freed."""
-    malloc_trim = _glibc("malloc_trim")
-    if malloc_trim is None:
-        return False
-    malloc_trim(0)  # 1: some memory was released, 0: none was free
-    return True
-
-
 def _glibc(name: str) -> Any:
     """The C library's function ``name`` on Linux, or None (another platform, or a C
     library without it)."""
