@@ -51,6 +51,14 @@ def _lock_pins(path: Path) -> dict[str, tuple[str, str]]:
 # --- the shipped files ---------------------------------------------------------------------
 
 
+def test_the_definition_is_read_through_importlib_resources_without_a_package_folder(
+        monkeypatch: pytest.MonkeyPatch):
+    """A package with no folder of its own (zipped) gives its definition through
+    importlib.resources, which a run from a folder never imports: the same text."""
+    monkeypatch.setattr(definition.os.path, "isfile", lambda path: False)
+    assert definition.definition_text() == (ROOT / "statemachine.asl.json").read_text()
+
+
 def test_the_package_ships_the_top_level_files():
     """What the engine, deploy and estimate read is, in a checkout, the file users edit."""
     assert definition.definition_text() == (ROOT / "statemachine.asl.json").read_text()

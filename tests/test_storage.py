@@ -354,14 +354,15 @@ def test_check_writable_probes_a_folder_once_while_fresh(tmp_path, monkeypatch):
     """A folder that took a probe is not probed again for WRITABLE_FOR_S seconds (a run of
     1,000 jobs into one folder made 1,000 probe files); a failed probe is not remembered."""
     probes: list[str] = []
-    real = storage.tempfile.NamedTemporaryFile
+    real = os.open
 
-    def counting(**kwargs):
-        probes.append(kwargs["dir"])
-        return real(**kwargs)
+    def counting(path, flags, *args):
+        if os.path.basename(path).startswith(".tiffpipe-check-"):
+            probes.append(os.path.dirname(path))
+        return real(path, flags, *args)
 
     clock = [1000.0]
-    monkeypatch.setattr(storage.tempfile, "NamedTemporaryFile", counting)
+    monkeypatch.setattr(storage.os, "open", counting)
     monkeypatch.setattr(storage.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(storage, "_writable", {})
     for i in range(5):

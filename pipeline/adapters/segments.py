@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import mimetypes
 import os
 import threading
 from collections.abc import Iterator
@@ -289,7 +288,7 @@ def _compose_s3(pieces: list[Piece], url: str) -> int:
     parts = list(plan_parts(pieces, copyable, copy_part=tiff_layout.COPY_PART))
     bucket, key = _key_of(url)
     client = s3_client()
-    ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    ctype = storage.content_type(key)
     if len(parts) == 1 and not parts[0].copy:  # small (a held ProcessJob's): one PutObject
         body = b"".join(chunk for piece in parts[0].pieces for chunk in piece_chunks(piece))
         try:

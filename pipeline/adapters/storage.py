@@ -15,12 +15,10 @@ from __future__ import annotations
 import errno
 import io
 import json
-import mimetypes
 import os
 import posixpath
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -387,9 +385,12 @@ def check_writable(url: str) -> None:
         folder = os.path.dirname(folder)
     if _fresh(folder):
         return
+    # a probe file created and removed (what tempfile.NamedTemporaryFile does, without
+    # importing tempfile and random within a run's time)
+    probe = os.path.join(folder, f".tiffpipe-check-{os.urandom(8).hex()}")
     try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tiffpipe-check-"):
-            pass
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(probe)
     except OSError as exc:
         raise OutputNotWritableError(
             f"output {url}: cannot write in {folder} ({exc.strerror}): choose another output "
@@ -407,6 +408,8 @@ def temp_output_path(url: str) -> str:
     """Where to build an output before :func:`publish_file` (same folder if local; made)."""
     name = os.path.basename(url.rstrip("/"))
     if is_s3(url):
+        import tempfile
+
         return os.path.join(tempfile.gettempdir(), f"tiffpipe-{os.urandom(16).hex()}-{name}")
     folder = parent(url)
     _make_folder(folder)
@@ -419,6 +422,14 @@ def _make_folder(folder: str) -> None:
     ``mkdir`` and handle its error each time)."""
     if not os.path.isdir(folder):
         os.makedirs(folder, exist_ok=True)
+
+
+def content_type(key: str) -> str:
+    """An object's Content-Type, by its name's extension (``mimetypes``, imported on the
+    first upload: a local run never needs it)."""
+    import mimetypes
+
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
 def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
@@ -435,9 +446,8 @@ def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
             bucket, key = _key_of(url)
             config = TransferConfig(multipart_threshold=multipart_threshold,
                                     multipart_chunksize=multipart_chunksize, max_concurrency=4)
-            ctype = mimetypes.guess_type(key)[0] or "application/octet-stream"
             s3_client().upload_file(local_path, bucket, key, Config=config,
-                                    ExtraArgs={"ContentType": ctype})
+                                    ExtraArgs={"ContentType": content_type(key)})
         except (ValueError, OSError, *_aws_errors()) as exc:
             raise OutputNotWritableError(f"output {url}: upload failed: {exc}; check the bucket "
                                          "and permissions, then re-run") from exc

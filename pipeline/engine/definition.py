@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from importlib import resources
 from typing import Any
 
 from pipeline.core.constants import FUNCTIONS, placeholder
@@ -31,6 +30,8 @@ def definition_text() -> str:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             return f.read()
+    from importlib import resources  # imported here only: importing it is that cost
+
     return resources.files("pipeline").joinpath(RESOURCE).read_text(encoding="utf-8")
 
 

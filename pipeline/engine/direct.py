@@ -15,7 +15,6 @@ runs it on moto instead, so a definition that grows a feature never runs wrong h
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -314,6 +313,8 @@ class Interpreter:
                 delay = retrier.get("IntervalSeconds", 1) * retrier.get("BackoffRate", 2.0) ** n
                 delay = min(delay, retrier.get("MaxDelaySeconds", delay))
                 if retrier.get("JitterStrategy") == "FULL":
+                    import random  # only on a retry: not within every run's time
+
                     delay = random.uniform(0, delay)
                 self.sleep(delay)
 
