@@ -46,8 +46,10 @@ ROW_H = CELL + CAPTION + PAD
 #: rows drawn at most (a run of thousands of pages would make an unusable picture)
 MAX_ROWS = MAX_PAGES
 FOOTER = 28
-#: thumbnails rendered at once
-THREADS = 4
+#: thumbnails rendered at once when some come from S3 (their reads wait on the network);
+#: from local files, as many as the cores (decoding and summing are CPU work: on 2 cores a
+#: thread or two more made a sheet's thumbnails slower, the threads waiting on the GIL)
+S3_THREADS = 4
 #: rows whose thumbnails are made together, then drawn (:func:`draw`): about 26 MB of
 #: thumbnails held at once
 BLOCK_ROWS = 50
@@ -171,20 +173,29 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
 def _thumbnails(tasks: list[tuple[str, int]], summed: dict[tuple[str, int], Summed]
                 ) -> dict[tuple[str, int], Thumbnail | str]:
     """The thumbnail of every (file, page) of ``tasks``, or why there is none, made in
-    :data:`THREADS` threads: a file's pages in as many runs, each run's file opened once."""
+    threads (:data:`S3_THREADS`): a file's pages in as many runs, each run's file opened
+    once."""
     by_file: dict[str, list[int]] = {}
     for url, page in tasks:
         by_file.setdefault(url, []).append(page)
+    threads = thumbnail_threads(list(by_file))
     chunks = []
     for url, pages in by_file.items():
-        per = -(-len(pages) // THREADS)
+        per = -(-len(pages) // threads)
         chunks += [(url, pages[i:i + per]) for i in range(0, len(pages), per)]
     found: dict[tuple[str, int], Thumbnail | str] = {}
-    with ThreadPoolExecutor(THREADS) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         for (url, pages), made in zip(chunks, pool.map(
                 lambda chunk: _file_thumbnails(*chunk, summed), chunks), strict=True):
             found.update(((url, page), one) for page, one in zip(pages, made, strict=True))
     return found
+
+
+def thumbnail_threads(urls: list[str]) -> int:
+    """Threads making the thumbnails of the files ``urls``: the cores, at least
+    :data:`S3_THREADS` when some are on S3."""
+    cores = usable_cores()
+    return max(S3_THREADS, cores) if any(storage.is_s3(u) for u in urls) else cores
 
 
 def _file_thumbnails(url: str, pages: list[int], summed: dict[tuple[str, int], Summed]

@@ -547,6 +547,18 @@ def test_the_sheet_is_the_same_whatever_rows_are_made_and_drawn_together(sheet_r
     assert np.array_equal(written, drawn[0])
 
 
+def test_the_sheet_makes_thumbnails_on_the_cores_and_more_threads_for_s3(monkeypatch):
+    """Local files: a thread a core (decoding and summing are CPU work); S3: at least
+    S3_THREADS, their reads waiting on the network."""
+    import pipeline.contact_sheet as sheet
+
+    monkeypatch.setattr(sheet, "usable_cores", lambda: 2)
+    assert sheet.thumbnail_threads(["/a.tif", "/b.tif"]) == 2
+    assert sheet.thumbnail_threads(["/a.tif", "s3://bkt/b.tif"]) == sheet.S3_THREADS == 4
+    monkeypatch.setattr(sheet, "usable_cores", lambda: 16)
+    assert sheet.thumbnail_threads(["s3://bkt/b.tif"]) == 16
+
+
 def test_no_contact_sheet_option(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", smooth(64, 64, 1, "uint8"), metadata=None)
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [{"input": "a.tif",
