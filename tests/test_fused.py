@@ -201,27 +201,33 @@ def test_a_failing_fused_unit_fails_only_its_job(tmp_path: Path):
     assert np.array_equal(read_page(tmp_path / "good.out.tif", 0), reference(page, [G]))
 
 
+def _sweep_plan(folder: Path, pages: list[np.ndarray]) -> Any:
+    """The plan of a blur of ``pages`` (one file, 128 px deflate tiles), made by the steps."""
+    from pipeline.core.events import JobEvent, RunEvent
+    from pipeline.steps.common import load_plan
+    from pipeline.steps.planning import plan_run
+    from pipeline.steps.stats import plan_job
+
+    with tifffile.TiffWriter(folder / "in.tif") as tw:
+        for page in pages:
+            tw.write(page, tile=(128, 128), compression="zlib", photometric="rgb")
+    (folder / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "o.tif", "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
+    run = plan_run(RunEvent(manifest=str(folder / "m.json"), work=str(folder / "w"),
+                            run_id="r"))["run"]
+    return load_plan(plan_job(JobEvent(run=run, job=0))["plan"])
+
+
 def test_a_unit_of_one_tile_is_swept_in_the_calling_thread(tmp_path: Path):
     """``sweep_unit``: a unit of one tile (a small page) reads, decodes and handles its tile
     in the calling thread (the engine runs such units side by side instead); a unit of
     several tiles hands them to its tile threads. Both give the page's haloed pixels."""
-    from pipeline.core.events import JobEvent, RunEvent
-    from pipeline.steps.common import load_plan
-    from pipeline.steps.planning import plan_run
     from pipeline.steps.split import sweep_unit
-    from pipeline.steps.stats import plan_job
 
     rng = np.random.default_rng(8)
     small = rng.integers(0, 255, (300, 280, 3), np.uint8)
     large = rng.integers(0, 255, (1500, 1300, 3), np.uint8)
-    with tifffile.TiffWriter(tmp_path / "in.tif") as tw:
-        for page in (small, large):
-            tw.write(page, tile=(128, 128), compression="zlib", photometric="rgb")
-    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
-        "input": "in.tif", "output": "o.tif", "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
-    run = plan_run(RunEvent(manifest=str(tmp_path / "m.json"), work=str(tmp_path / "w"),
-                            run_id="r"))["run"]
-    plan = load_plan(plan_job(JobEvent(run=run, job=0))["plan"])
+    plan = _sweep_plan(tmp_path, [small, large])
     by_page = {p: [plan.units[n] for n in plan.units_of(p)] for p in (0, 1)}
     assert [u.tiles for u in by_page[0]] == [1] and by_page[1][0].tiles > 1
     here = threading.get_ident()
@@ -242,3 +248,67 @@ def test_a_unit_of_one_tile_is_swept_in_the_calling_thread(tmp_path: Path):
                 assert set(seen.values()) == {here}
             else:
                 assert here not in set(seen.values())
+
+
+def test_units_side_by_side_share_their_tile_and_decoder_threads(tmp_path: Path):
+    """``sweep_unit`` with :class:`SharedPools` (a ProcessJob's units side by side): the
+    unit's tiles are handled in the shared tile pool and its segments decoded in the shared
+    decoder, with no pool of its own, and give the same haloed pixels. On an error, the
+    unit's tiles already handed to the shared pool have ended when the error reaches the
+    caller (the pool outlives the unit: they would else write to a segment it aborts)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.steps import split
+    from pipeline.steps.split import SharedPools, sweep_unit
+
+    page = np.random.default_rng(9).integers(0, 255, (1500, 1300, 3), np.uint8)
+    plan = _sweep_plan(tmp_path, [page])
+    unit = plan.units[0]
+    grid = plan.pages[0].grid
+    assert unit.tiles == 4
+    made: list[int] = []
+
+    class Counted(ThreadPoolExecutor):
+        def __init__(self, *args: Any, **kwargs: Any):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    decoded: list[str] = []
+    real_decode = split.PageReader.decode_segment
+
+    def decode(self: Any, *args: Any) -> Any:
+        decoded.append(threading.current_thread().name)
+        return real_decode(self, *args)
+
+    with ThreadPoolExecutor(2, thread_name_prefix="shared-tile") as tiles, \
+            ThreadPoolExecutor(2, thread_name_prefix="shared-decode") as decoder, \
+            pytest.MonkeyPatch.context() as mp:
+        mp.setattr(split, "ThreadPoolExecutor", Counted)
+        mp.setattr(split.PageReader, "decode_segment", decode)
+        shared = SharedPools(tiles, decoder)
+        seen: dict[tuple[int, int], str] = {}
+
+        def handle(r: int, c: int, px: np.ndarray) -> None:
+            rect = grid.haloed(r, c)
+            assert np.array_equal(px, page[rect.y0:rect.y1, rect.x0:rect.x1])
+            seen[(r, c)] = threading.current_thread().name
+
+        sweep_unit(plan, unit, handle, 2, shared)
+        assert len(seen) == unit.tiles and made == []
+        assert {name.split("_")[0] for name in seen.values()} == {"shared-tile"}
+        assert decoded and {name.split("_")[0] for name in decoded} == {"shared-decode"}
+
+        ended: list[tuple[int, int]] = []
+
+        def failing(r: int, c: int, px: np.ndarray) -> None:
+            if (r, c) == (0, 0):
+                raise ValueError("tile (0, 0) refuses")
+            time.sleep(0.05)  # still running when (0, 0) has failed
+            ended.append((r, c))
+
+        with pytest.raises(ValueError, match="refuses"):
+            sweep_unit(plan, unit, failing, 2, shared)
+        in_flight = len(ended)
+        time.sleep(0.2)
+        assert in_flight > 0 and len(ended) == in_flight  # none ended after the error

@@ -195,14 +195,14 @@ def test_a_small_job_of_several_pages_is_one_task_its_units_side_by_side(
     most = [0]
     meet = threading.Barrier(2, timeout=30)  # units 0 and 1 wait for each other
 
-    def watched(event: Any) -> Any:
+    def watched(event: Any, shared: Any = None) -> Any:
         with lock:
             running.append(event.unit)
             most[0] = max(most[0], len(running))
         try:
             if event.unit < 2:
                 meet.wait()  # broken (the job fails) unless both run at once
-            return real(event)
+            return real(event, shared)
         finally:
             with lock:
                 running.remove(event.unit)
@@ -225,10 +225,10 @@ def test_a_small_job_of_several_pages_is_one_task_its_units_side_by_side(
         assert [p.shape[:2] for p in tf.pages] == [p.shape[:2] for p in pages]
     monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 16_000_000)
 
-    def failing(event: Any) -> Any:
+    def failing(event: Any, shared: Any = None) -> Any:
         if event.unit == 2:
             raise ValueError("unit 2 refuses")
-        return real(event)
+        return real(event, shared)
 
     monkeypatch.setattr(single, "process_unit", failing)
     out = tmp_path / "failed"

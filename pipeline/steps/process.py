@@ -24,7 +24,7 @@ from pipeline.core.models import JobPlan
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
-from pipeline.steps.split import sweep_unit
+from pipeline.steps.split import SharedPools, sweep_unit
 from pipeline.steps.thumbs import PageThumbs
 
 
@@ -50,10 +50,11 @@ def process(event: BatchEvent) -> dict[str, Any]:
     return {"job": plan.job, "tiles": batch.last - batch.first}
 
 
-def process_unit(event: UnitEvent) -> dict[str, Any]:
+def process_unit(event: UnitEvent, shared: SharedPools | None = None) -> dict[str, Any]:
     """A fused unit: sweep the unit's band as split does and process each haloed tile as it
     is read (tiles in :func:`tile_threads` threads, a few read ahead), so memory stays about
-    a row of tiles and the pixels never go through the work location."""
+    a row of tiles and the pixels never go through the work location. ``shared``: the pools
+    of the units beside it in one task (:class:`pipeline.steps.split.SharedPools`)."""
     plan = load_plan(event.plan)
     with recorded(plan, "process_unit", event.unit):
         unit = plan.units[event.unit]
@@ -77,7 +78,7 @@ def process_unit(event: UnitEvent) -> dict[str, Any]:
                     else:
                         segment.add(r, out.write(r, c, px))
 
-                sweep_unit(plan, unit, handle, tile_threads())
+                sweep_unit(plan, unit, handle, tile_threads(), shared)
             if levels:
                 levels.close()
         except BaseException:

@@ -27,6 +27,7 @@ from pipeline.core.plan import held_output
 from pipeline.steps.common import load_plan, tile_threads
 from pipeline.steps.merge import publish
 from pipeline.steps.process import process_unit
+from pipeline.steps.split import SharedPools
 
 
 def process_job(event: JobPlanEvent) -> dict[str, Any]:
@@ -42,10 +43,16 @@ def process_job(event: JobPlanEvent) -> dict[str, Any]:
 
 def _units(plan_url: str, count: int) -> int:
     """Process units 0 .. count - 1 of the plan: side by side in :func:`tile_threads` threads
-    (each unit's own tile threads work within it; the engine's Map ran such units side by
-    side too), the first error raised once the others have stopped. Their tiles in all."""
+    (the engine's Map ran such units side by side too), their tiles worked on and their
+    input decoded by one pool of as many threads each (:class:`SharedPools`), the first
+    error raised once the others have stopped. Their tiles in all."""
     if count == 1:
         return int(process_unit(UnitEvent(plan_url, 0))["tiles"])
-    with ThreadPoolExecutor(min(count, tile_threads()), thread_name_prefix="tiffpipe-unit") as pool:
-        done = list(pool.map(lambda unit: process_unit(UnitEvent(plan_url, unit)), range(count)))
+    threads = tile_threads()
+    with ThreadPoolExecutor(min(count, threads), thread_name_prefix="tiffpipe-unit") as pool, \
+            ThreadPoolExecutor(threads, thread_name_prefix="tiffpipe-tile") as tiles, \
+            ThreadPoolExecutor(threads, thread_name_prefix="tiffpipe-decode") as decoder:
+        shared = SharedPools(tiles, decoder)
+        done = list(pool.map(lambda unit: process_unit(UnitEvent(plan_url, unit), shared),
+                             range(count)))
     return sum(int(d["tiles"]) for d in done)

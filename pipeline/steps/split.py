@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,28 +39,46 @@ def split(event: UnitEvent) -> dict[str, Any]:
     return {"job": plan.job, "tiles": unit.tiles}
 
 
+class SharedPools(NamedTuple):
+    """Thread pools the units of one invocation share (a ProcessJob's units side by side):
+    each unit's tiles go to ``tiles`` and its segments' decoding to ``decoder``, instead of
+    pools of its own. Units side by side then keep as many threads busy as there are cores,
+    not that many each (more threads than cores only hand the GIL around: with pools of
+    their own, a job of three 576 x 576 pages to deflate took 12-21% longer in
+    ``bench/ab.py`` runs), and a unit left alone at the end still has all of them."""
+
+    tiles: Executor
+    decoder: Executor
+
+
 def sweep_unit(plan: JobPlan, unit: SplitUnit,
-               handle: Callable[[int, int, np.ndarray], None], threads: int) -> None:
+               handle: Callable[[int, int, np.ndarray], None], threads: int,
+               shared: SharedPools | None = None) -> None:
     """Read the unit's haloed tiles in order and call ``handle(row, col, tile)`` for each, in
-    ``threads`` threads, with at most ``2 * threads`` tiles read ahead of them. A unit of one
-    tile (a small page) is read, decoded and handled in this thread: threads would only
-    hand it on (the engine runs such units side by side instead)."""
+    ``threads`` threads (the ``shared`` pools' if given), with at most ``2 * threads`` tiles
+    read ahead of them. A unit of one tile (a small page) is read, decoded and handled in
+    this thread: threads would only hand it on (the engine runs such units side by side
+    instead)."""
     if unit.tiles == 1:
         for row, col, tile in haloed_tiles(plan, unit):
             handle(row, col, tile)
         return
-    with ThreadPoolExecutor(threads) as pool:
+    with nullcontext(shared.tiles) if shared else ThreadPoolExecutor(threads) as pool:
         pending: deque[Future[None]] = deque()
-        for row, col, tile in haloed_tiles(plan, unit, threads):
-            pending.append(pool.submit(handle, row, col, tile))
-            while len(pending) > 2 * threads:  # bounded tiles in flight
+        try:
+            for row, col, tile in haloed_tiles(plan, unit, threads,
+                                               shared.decoder if shared else None):
+                pending.append(pool.submit(handle, row, col, tile))
+                while len(pending) > 2 * threads:  # bounded tiles in flight
+                    pending.popleft().result()
+            while pending:
                 pending.popleft().result()
-        while pending:
-            pending.popleft().result()
+        finally:  # on an error too, the unit's tiles in flight end before it does (a shared
+            wait(pending)  # pool outlives it: they would else write to what it closes)
 
 
-def haloed_tiles(plan: JobPlan, unit: SplitUnit,
-                 decode_threads: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
+                 decoder: Executor | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """The unit's haloed tiles, row by row: ``(row, col, pixels)``.
 
     The page reader decodes each input segment once and forgets rows the sweep has passed,
@@ -68,15 +87,17 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit,
     tiles are decoded in that many threads while the caller works on the tiles before
     them, instead of one by one in this thread as each tile is read: decoding is about half
     the CPU of a cheap chain (a blur to JPEG), and done serially here it starved the tile
-    threads.
+    threads. A ``decoder`` given (:class:`SharedPools`) decodes them instead of threads of
+    this sweep's own.
     """
     page = plan.pages[unit.page]
     grid, url = page.grid, plan.spec.input
     positions = [(r, c) for r in range(unit.row0, unit.row1) for c in range(unit.col0, unit.col1)]
-    with kept_tiff(url) as tf, ThreadPoolExecutor(max(1, decode_threads)) as decoder:
+    own = decoder is None and decode_threads > 0
+    with kept_tiff(url) as tf, ThreadPoolExecutor(decode_threads) if own else \
+            nullcontext(decoder) as threads:
         reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
-                            keep_palette=page.info.photometric == "palette",
-                            decoder=decoder if decode_threads else None)
+                            keep_palette=page.info.photometric == "palette", decoder=threads)
         for i, (row, col) in enumerate(positions):
             for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
                 reader.prefetch(grid.haloed(*ahead))
