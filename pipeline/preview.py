@@ -183,8 +183,17 @@ def downsample(reader: PageReader, th: int, tw: int, exact: bool = True
                ) -> tuple[np.ndarray, bool, int]:
     """Average the page of ``reader`` down to (th, tw, channels) float64, one segment at a
     time. Returns the pixels, whether the read was strided (some segment rows skipped) and
-    the JPEG scale its segments were decoded at (1: in full; see :func:`_jpeg_scale`)."""
+    the JPEG scale its segments were decoded at (1: in full; see :func:`_jpeg_scale`).
+
+    A page of integers that is its own thumbnail (it fits the box) is returned as it is
+    read: each pixel is its own mean, and the sums' float64 tables (3.5 MB for a 256 x 256
+    RGB page, in fresh memory: the sheet of a one-page run spent milliseconds in page
+    faults) would only give the same values back."""
     height, width, channels = reader.height, reader.width, reader.samples
+    if (th, tw) == (height, width) and reader.dtype.kind in "ui":
+        whole = Rect(0, 0, height, width)
+        reader.prefetch(whole)  # in the decoder's threads, if it has some
+        return reader.read(whole).reshape(height, width, channels), False, 1
     seg_h = reader.seg_h
     if reader.raw_strips:  # read uncompressed strips in bands, not whole
         row_bytes = width * reader.file_samples * max(reader.file_dtype.itemsize, 1)
@@ -330,6 +339,10 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
     channels = pixels.shape[2]
     colour = 3 if channels >= 3 else 1
     extra = extrasamples[0] if extrasamples and channels in (2, 4) else None
+    if pixels.dtype == np.uint8 and np.dtype(dtype) == np.uint8 and extra not in (1, 2):
+        # what the steps below make of 8-bit values (v / 255 * 255, rounded): the values
+        out = np.repeat(pixels, 3, axis=2) if colour == 1 else pixels[..., :3]
+        return Image.fromarray(np.ascontiguousarray(out), "RGB")
     lo, hi = display_range(pixels[..., :colour], dtype)
     # in place where it can be: one array, not one an operation (the same operations)
     rgb = pixels[..., :colour] - lo

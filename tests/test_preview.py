@@ -167,6 +167,8 @@ def test_downsample_is_the_mean_of_the_pixels_of_each_thumbnail_pixel(tmp_path, 
                 [float(sum(int(v) for v in block[..., c].ravel())) / block[..., c].size
                  for c in range(2)]
     assert not strided and scale == 1
+    if (th, tw) == shape and dt.kind != "f":  # the page is its thumbnail: read, not summed
+        assert got.dtype == dt
     if dt.kind == "f" or dt.itemsize == 8:
         np.testing.assert_allclose(got, want, rtol=1e-12)
     else:
@@ -236,6 +238,25 @@ def test_display_scaling(tmp_path, dtype, values, shown):
     tifffile.imwrite(path, page, metadata=None)
     got = as_array(thumbnail(str(path), 0, 64).image)[0, ::4, 0]
     assert got.tolist() == shown
+
+
+@pytest.mark.parametrize("channels,extrasamples", [(1, []), (3, []), (4, [0]), (4, [2]),
+                                                  (2, [1])])
+def test_8_bit_pixels_are_shown_as_the_means_of_8_bit_pixels_are(channels, extrasamples):
+    """``to_display`` of 8-bit pixels as read (a page that is its own thumbnail) shows what it
+    shows of the same values as float64 means (any other page's thumbnail): the values
+    themselves, gray as RGB, alpha composited when it is alpha (1, 2), else ignored."""
+    from pipeline.preview import to_display
+
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, (40, 56, channels), np.uint8)
+    pixels[0, :2] = [[0] * channels, [255] * channels]
+    read = as_array(to_display(pixels, np.dtype("uint8"), extrasamples))
+    summed = as_array(to_display(pixels.astype(np.float64), np.dtype("uint8"), extrasamples))
+    assert read.shape == (40, 56, 3) and np.array_equal(read, summed)
+    if extrasamples in ([], [0]):
+        colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels, 3, axis=2)
+        assert np.array_equal(read, colour)
 
 
 def test_nan_does_not_spoil_a_thumbnail(tmp_path):
