@@ -341,7 +341,7 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
     extra = extrasamples[0] if extrasamples and channels in (2, 4) else None
     if pixels.dtype == np.uint8 and np.dtype(dtype) == np.uint8 and extra not in (1, 2):
         # what the steps below make of 8-bit values (v / 255 * 255, rounded): the values
-        out = np.repeat(pixels, 3, axis=2) if colour == 1 else pixels[..., :3]
+        out = np.repeat(pixels[..., :1], 3, axis=2) if colour == 1 else pixels[..., :3]
         return Image.fromarray(np.ascontiguousarray(out), "RGB")
     lo, hi = display_range(pixels[..., :colour], dtype)
     # in place where it can be: one array, not one an operation (the same operations)

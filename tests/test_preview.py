@@ -241,7 +241,7 @@ def test_display_scaling(tmp_path, dtype, values, shown):
 
 
 @pytest.mark.parametrize("channels,extrasamples", [(1, []), (3, []), (4, [0]), (4, [2]),
-                                                  (2, [1])])
+                                                  (2, [1]), (2, [0]), (2, [])])
 def test_8_bit_pixels_are_shown_as_the_means_of_8_bit_pixels_are(channels, extrasamples):
     """``to_display`` of 8-bit pixels as read (a page that is its own thumbnail) shows what it
     shows of the same values as float64 means (any other page's thumbnail): the values
@@ -255,7 +255,7 @@ def test_8_bit_pixels_are_shown_as_the_means_of_8_bit_pixels_are(channels, extra
     summed = as_array(to_display(pixels.astype(np.float64), np.dtype("uint8"), extrasamples))
     assert read.shape == (40, 56, 3) and np.array_equal(read, summed)
     if extrasamples in ([], [0]):
-        colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels, 3, axis=2)
+        colour = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
         assert np.array_equal(read, colour)
 
 
