@@ -173,8 +173,8 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
 def _thumbnails(tasks: list[tuple[str, int]], summed: dict[tuple[str, int], Summed]
                 ) -> dict[tuple[str, int], Thumbnail | str]:
     """The thumbnail of every (file, page) of ``tasks``, or why there is none, made in
-    threads (:data:`S3_THREADS`): a file's pages in as many runs, each run's file opened
-    once."""
+    :func:`thumbnail_threads` threads: a file's pages in as many runs, each run's file
+    opened once."""
     by_file: dict[str, list[int]] = {}
     for url, page in tasks:
         by_file.setdefault(url, []).append(page)
