@@ -97,7 +97,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     try:
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
-                LocalEngine(workers, listener, interpreter=interpreter) as engine:
+                LocalEngine(workers, listener, interpreter=interpreter,
+                            hold_work=not keep_work) as engine:
             execution = engine.run(event, name=f"run-{run_id}")
             peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
         doc = None

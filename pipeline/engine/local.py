@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol, Self
 
 from pipeline.adapters import kept_files
@@ -30,6 +30,7 @@ from pipeline.core.record import record
 from pipeline.engine import definition, direct
 from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
 from pipeline.errors import EngineError
+from pipeline.steps import held_work
 from pipeline.steps.common import usable_cores
 
 log = logging.getLogger(__name__)
@@ -154,16 +155,19 @@ class LocalEngine:
     unless the definition uses what it does not support). With the direct interpreter, this
     process runs heavy tasks while their tiles leave cores free (:meth:`_width`), besides a
     pool of ``workers - 1`` (none for one worker) started when it pays; on moto, every task
-    runs in a pool of ``workers``.
+    runs in a pool of ``workers``. ``hold_work``: the direct interpreter's runs keep their
+    jobs' plans and results in this process's memory where no worker needs them
+    (:mod:`pipeline.steps.held_work`); False writes them all, for work that is kept.
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
                  definition_text: str | None = None, map_threads: int | None = None,
-                 interpreter: str = "auto"):
+                 interpreter: str = "auto", hold_work: bool = True):
         if interpreter not in INTERPRETERS:
             raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
         self.definition_text = definition_text
+        self.hold_work = hold_work
         self.map_threads = max(1, map_threads or 2 * workers + 2)
         self.machine: dict[str, Any] | None = None
         if interpreter != "moto":
@@ -256,6 +260,7 @@ class LocalEngine:
                         self.in_process.invoke, function, event).result()
                 else:
                     assert self.pool is not None
+                    held_work.write_plan(event.get("plan"))  # the worker reads it
                     ok, payload = self.pool.invoke(function, event)
             finally:
                 with self._free:
@@ -407,7 +412,9 @@ class LocalEngine:
         interpreter = direct.Interpreter(machine, self._invoke, self.map_threads,
                                          read_items=self._read_items_here)
         try:
-            with one_opencv_thread():  # this process runs tasks, as the workers do
+            # this process runs tasks, as the workers do; its jobs' plans and results stay
+            # in its memory unless a worker needs them
+            with one_opencv_thread(), held_work.holding() if self.hold_work else nullcontext():
                 output = interpreter.run(execution_input, name)
         except direct.StateError as exc:
             return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)

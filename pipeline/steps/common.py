@@ -14,7 +14,7 @@ from pipeline.adapters import storage
 from pipeline.core.constants import TILE_THREADS_ENV
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import TiffpipeError, WorkMissingError, by_name, error_record
-from pipeline.steps import layout
+from pipeline.steps import held_work, layout
 
 
 def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
@@ -46,7 +46,7 @@ def load_plan(plan_url: str) -> JobPlan:
         if plan is not None:
             _plans.move_to_end(plan_url)
             return plan
-    plan = JobPlan.from_json(storage.read_json(plan_url))
+    plan = held_work.held_plan(plan_url) or JobPlan.from_json(storage.read_json(plan_url))
     keep_plan(plan_url, plan)
     return plan
 

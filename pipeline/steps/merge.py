@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_tags
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
@@ -45,7 +44,7 @@ from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.plan import raw_output_bytes
 from pipeline.core.tiff_layout import Piece, Span
-from pipeline.steps import layout
+from pipeline.steps import held_work, layout
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
 from pipeline.steps.tile_table import TileTable
 
@@ -74,7 +73,8 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         "output_bytes": size, "started_at": plan.started_at, "finished_at": finished,
         "seconds": round(finished - plan.started_at, 3),
     }
-    storage.write_json(layout.result_file(plan.work), result, indent=None)
+    held_work.save_result(layout.result_file(plan.work), result)
+    held_work.release(layout.plan_file(plan.work))  # the job's last step
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
 
 

@@ -16,8 +16,9 @@ from pipeline.core.manifest import ScanSpec, load_manifest, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan, single_task
 from pipeline.errors import InputNotFoundError, OperationError
-from pipeline.steps import layout
+from pipeline.steps import held_work, layout
 from pipeline.steps.common import keep_plan, load_job
+from pipeline.steps.thumbs import sums_thumbnails
 
 
 def plan_run(event: RunEvent) -> dict[str, Any]:
@@ -96,7 +97,8 @@ def plan_job(event: JobEvent,
     if problems:
         raise OperationError(f"{spec.input}: the job cannot run: " + "; ".join(problems))
     plan_url = layout.plan_file(work)
-    storage.write_json(plan_url, plan.to_json(), indent=None)
+    # the contact sheet reads the plan of a job whose steps sum thumbnails after the run
+    held_work.save_plan(plan_url, plan, may_hold=not sums_thumbnails(plan))
     keep_plan(plan_url, plan)  # the next steps in this process need not read it back
     return {"plan": plan_url, "job": event.job, "units": list(range(len(plan.units))),
             "batches": list(range(len(plan.batches))), "tiles": plan.tiles,

@@ -11,7 +11,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError
-from pipeline.steps import layout
+from pipeline.steps import held_work, layout
 from pipeline.steps.common import load_job, recorded_errors
 
 #: job results read at once by the report (S3 GETs)
@@ -50,14 +50,20 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
     now = time.time()
     started = job.get("started_at", now)
-    try:
-        started = storage.read_json(layout.plan_file(work)).get("started_at", started)
-    except TiffpipeError:
-        pass
+    plan_url = layout.plan_file(work)
+    held = held_work.held_plan(plan_url)
+    if held is not None:
+        started = held.started_at
+    else:
+        try:
+            started = storage.read_json(plan_url).get("started_at", started)
+        except TiffpipeError:
+            pass
     result = {"job": event.job, "status": "FAILED", "input": spec.input, "output": spec.output,
               "error": error, "started_at": started, "finished_at": now,
               "seconds": round(now - started, 3)}
-    storage.write_json(layout.result_file(work), result, indent=None)
+    held_work.save_result(layout.result_file(work), result)
+    held_work.release(plan_url)  # the job's last step
     try:  # a killed unit or merge leaves its multipart upload open: no orphaned parts
         abort_uploads(work.rstrip("/") + "/", prefix=True)
         abort_uploads(spec.output)
@@ -74,9 +80,7 @@ def report(event: ReportEvent) -> dict[str, Any]:
 
     def result(i: int) -> dict[str, Any]:
         try:
-            doc: dict[str, Any] = storage.read_json(
-                layout.result_file(layout.job_dir(run["work"], i)))
-            return doc
+            return held_work.load_result(layout.result_file(layout.job_dir(run["work"], i)))
         except TiffpipeError:
             spec = run["jobs"][i]
             return {"job": i, "status": "FAILED", "input": spec["input"],

@@ -41,6 +41,18 @@ def thumb_box() -> int:
     return int(value) if value.isdigit() else 0
 
 
+def sums_thumbnails(plan: JobPlan) -> bool:
+    """Whether the steps may sum a thumbnail of a page of ``plan`` (:meth:`PageThumbs.of`
+    may say yes for its input or output): the contact sheet then reads the plan after the
+    run."""
+    box = thumb_box()
+    return bool(box) and any(
+        plan.job + i < MAX_PAGES
+        and (worth_summing(p.info.height, p.info.width, box)
+             or worth_summing(p.out_grid.height, p.out_grid.width, box))
+        for i, p in enumerate(plan.pages))
+
+
 class PageThumbs:
     """One batch's or unit's part of a page's input and output thumbnails (either may be
     None: not summed here). Thread-safe, as :class:`ThumbSums`."""
