@@ -97,8 +97,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     try:
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
-                LocalEngine(workers, listener, interpreter=interpreter,
-                            hold_work=not keep_work) as engine:
+                LocalEngine(workers, listener, interpreter=interpreter) as engine:
             execution = engine.run(event, name=f"run-{run_id}")
             peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
         doc = None
@@ -126,8 +125,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
 def _run_env(name: str, value: str | None) -> Iterator[None]:
     """``name`` set to ``value`` in this process's environment, which the engine's workers
     inherit, for the run only (None, or a variable the caller set: left as it is). With
-    ``keep_work``, :data:`KEEP_SEGMENTS_ENV`: the steps write every segment to the work
-    location (small ProcessJobs compose from memory otherwise). With a contact sheet,
+    ``keep_work``, :data:`KEEP_SEGMENTS_ENV`: the steps write every segment, plan and result
+    to the work location (small ProcessJobs compose from memory, and the engine holds the
+    plans and results its own process reads, otherwise). With a contact sheet,
     :data:`THUMBNAILS_ENV`: the process steps sum the thumbnails of large pages as they go
     (pipeline/steps/thumbs.py), which the sheet then reads instead of decoding those pages
     again."""

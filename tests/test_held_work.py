@@ -17,6 +17,7 @@ import tifffile
 from test_exactness import make_image, write_tiff
 
 from pipeline.adapters import storage
+from pipeline.core.constants import KEEP_SEGMENTS_ENV
 from pipeline.runner import run_local
 from pipeline.steps import held_work, layout
 
@@ -74,6 +75,7 @@ def test_a_run_holds_the_plans_and_results_of_jobs_its_engine_runs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """No plan.json, result.json or job folder is written; the report is whole (a failed
     job's record keeps its plan's start) and the outputs are the blur of the inputs."""
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV, raising=False)
     _inputs(tmp_path)
     written = _writes(monkeypatch)
     started = time.time()
@@ -93,9 +95,11 @@ def test_a_run_holds_the_plans_and_results_of_jobs_its_engine_runs(
     assert not held_work._held and not held_work._runs  # let go at the run's end
 
 
-def test_a_run_that_keeps_its_work_writes_every_plan_and_result(tmp_path: Path):
-    """``--keep-work``: each job's plan.json and result.json are in the work location, the
-    results the report holds."""
+def test_a_run_that_keeps_its_work_writes_every_plan_and_result(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``--keep-work`` (``TIFFPIPE_KEEP_SEGMENTS=1`` for the run): each job's plan.json and
+    result.json are in the work location, the results the report holds."""
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV, raising=False)
     _inputs(tmp_path)
     started = time.time()
     result = run_local(_manifest(tmp_path), 1, work=str(tmp_path / "w"), keep_work=True)
@@ -106,7 +110,8 @@ def test_a_run_that_keeps_its_work_writes_every_plan_and_result(tmp_path: Path):
         assert json.loads(Path(layout.result_file(job_work)).read_text()) == reported
 
 
-def test_a_held_plan_is_written_before_a_worker_needs_it(tmp_path: Path):
+def test_a_held_plan_is_written_before_a_worker_needs_it(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
     """``write_plan`` (the engine, before it sends a task to a worker) writes the held plan
     and lets it go; ``load_plan`` finds a plan held or written; the job's end releases a
     plan still held; leaving :func:`held_work.holding` drops what is held."""
@@ -115,6 +120,7 @@ def test_a_held_plan_is_written_before_a_worker_needs_it(tmp_path: Path):
     from pipeline.steps.planning import plan_run
     from pipeline.steps.stats import plan_job
 
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV, raising=False)
     _inputs(tmp_path)
     run = plan_run(RunEvent(manifest=_manifest(tmp_path), work=str(tmp_path / "w"),
                             run_id="r"))["run"]
@@ -134,13 +140,20 @@ def test_a_held_plan_is_written_before_a_worker_needs_it(tmp_path: Path):
     assert held_work.held_plan(urls[2]) is None and not Path(urls[2]).exists()
 
 
-def test_results_are_files_outside_a_run_and_held_within_one(tmp_path: Path):
-    """Outside :func:`held_work.holding` (a Lambda, a worker process) a result is a file,
-    which ``load_result`` reads; within it, it is held, not written."""
+def test_results_are_files_outside_a_run_and_held_within_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Outside :func:`held_work.holding` (a Lambda, a worker process), and within it when
+    every work file is kept, a result is a file, which ``load_result`` reads; else it is
+    held, not written."""
     result = {"job": 0, "status": "SUCCEEDED"}
     held_work.save_result(str(tmp_path / "one.json"), result)
-    assert json.loads((tmp_path / "one.json").read_text()) == result
-    assert held_work.load_result(str(tmp_path / "one.json")) == result
+    monkeypatch.setenv(KEEP_SEGMENTS_ENV, "1")
+    with held_work.holding():
+        held_work.save_result(str(tmp_path / "kept.json"), result)
+    for name in ("one", "kept"):
+        assert json.loads((tmp_path / f"{name}.json").read_text()) == result
+        assert held_work.load_result(str(tmp_path / f"{name}.json")) == result
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV)
     with held_work.holding():
         held_work.save_result(str(tmp_path / "two.json"), result)
         assert held_work.load_result(str(tmp_path / "two.json")) == result

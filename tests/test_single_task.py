@@ -98,19 +98,21 @@ def test_a_job_of_one_unit_is_one_task_with_the_maps_output(tmp_path: Path,
 
 def test_a_held_job_writes_no_segment_unless_the_work_is_kept(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
-    """A small ProcessJob leaves its plan and result in the work location and nothing else
-    (its segment stayed in memory; the pyramid job's units store theirs); ``--keep-work``
-    (``keep_work``) stores every segment, for the run only."""
+    """A small ProcessJob leaves nothing in the work location (its segment stayed in
+    memory, as did its plan and result: pipeline/steps/held_work.py; the pyramid job's units
+    store their segments); ``--keep-work`` (``keep_work``) stores every segment, for the
+    run only."""
     _inputs(tmp_path)
     monkeypatch.setenv(KEEP_SEGMENTS_ENV, "0")  # kept work, segments held
     _, _, result = _run(tmp_path, "held", keep_work=True)
     jobs = Path(result.work) / "jobs"
     for n, job in enumerate(JOBS):
-        names = sorted(p.name for p in (jobs / f"{n:05d}").iterdir())
+        folder = jobs / f"{n:05d}"
+        names = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
         if job == "pyramid":
-            assert "out-0000-u000000.seg" in names
+            assert "out-0000-u000000.seg" in names and "plan.json" not in names
         else:
-            assert names == ["plan.json", "result.json"], (job, names)
+            assert names == [], (job, names)
     monkeypatch.delenv(KEEP_SEGMENTS_ENV)
     _, _, result = _run(tmp_path, "kept", keep_work=True)
     assert KEEP_SEGMENTS_ENV not in os.environ  # set for the run only
@@ -214,8 +216,7 @@ def test_a_small_job_of_several_pages_is_one_task_its_units_side_by_side(
     assert actions.count("process_job") == 1
     assert not {"process_unit", "merge"} & set(actions)
     assert most[0] == 2
-    names = sorted(p.name for p in (Path(result.work) / "jobs" / "00000").iterdir())
-    assert names == ["plan.json", "result.json"]
+    assert not (Path(result.work) / "jobs" / "00000").exists()  # its work all held
     monkeypatch.delenv(KEEP_SEGMENTS_ENV)
     monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)  # the Map of four units
     mapped, actions, _ = _run(tmp_path, "map", jobs)

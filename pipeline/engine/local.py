@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Protocol, Self
 
 from pipeline.adapters import kept_files
@@ -155,19 +155,18 @@ class LocalEngine:
     unless the definition uses what it does not support). With the direct interpreter, this
     process runs heavy tasks while their tiles leave cores free (:meth:`_width`), besides a
     pool of ``workers - 1`` (none for one worker) started when it pays; on moto, every task
-    runs in a pool of ``workers``. ``hold_work``: the direct interpreter's runs keep their
-    jobs' plans and results in this process's memory where no worker needs them
-    (:mod:`pipeline.steps.held_work`); False writes them all, for work that is kept.
+    runs in a pool of ``workers``. The direct interpreter's runs keep their jobs' plans and
+    results in this process's memory where no worker needs them
+    (:mod:`pipeline.steps.held_work`).
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
                  definition_text: str | None = None, map_threads: int | None = None,
-                 interpreter: str = "auto", hold_work: bool = True):
+                 interpreter: str = "auto"):
         if interpreter not in INTERPRETERS:
             raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
         self.definition_text = definition_text
-        self.hold_work = hold_work
         self.map_threads = max(1, map_threads or 2 * workers + 2)
         self.machine: dict[str, Any] | None = None
         if interpreter != "moto":
@@ -414,7 +413,7 @@ class LocalEngine:
         try:
             # this process runs tasks, as the workers do; its jobs' plans and results stay
             # in its memory unless a worker needs them
-            with one_opencv_thread(), held_work.holding() if self.hold_work else nullcontext():
+            with one_opencv_thread(), held_work.holding():
                 output = interpreter.run(execution_input, name)
         except direct.StateError as exc:
             return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)

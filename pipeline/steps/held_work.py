@@ -11,8 +11,8 @@ interpreter's run), the engine's process keeps them in memory instead:
 - a plan stays here until another process needs it: the engine calls :func:`write_plan`
   before it sends a task of the job to a worker process; the job's end (its merge, or
   RecordFailure) lets it go (:func:`release`). A plan the contact sheet reads after the
-  run (its steps sum thumbnails) is written, as is every file of a run that keeps its work
-  (``tiffpipe run --keep-work``: the engine does not hold them);
+  run (its steps sum thumbnails) is written, as is every file of a run that keeps every
+  work file (``TIFFPIPE_KEEP_SEGMENTS=1``, which ``tiffpipe run --keep-work`` sets);
 - a result stays until the report reads it (results written by workers are files).
 
 So at most the plans of the jobs in flight are held, and the results the report gathers
@@ -22,12 +22,14 @@ anyway. The same rule as a small job's output segments
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pipeline.adapters import storage
+from pipeline.core.constants import KEEP_SEGMENTS_ENV
 from pipeline.core.models import JobPlan
 
 _lock = threading.Lock()
@@ -39,9 +41,13 @@ _runs = 0
 
 @contextmanager
 def holding() -> Iterator[None]:
-    """Hold plan.json and result.json files in this process while a run goes on; what is
-    still held is dropped at the end."""
+    """Hold plan.json and result.json files in this process while a run goes on, unless
+    ``TIFFPIPE_KEEP_SEGMENTS`` is 1 (every work file written); what is still held is
+    dropped at the end."""
     global _runs
+    if os.environ.get(KEEP_SEGMENTS_ENV) == "1":
+        yield
+        return
     with _lock:
         _runs += 1
     try:
