@@ -158,3 +158,25 @@ def test_results_are_files_outside_a_run_and_held_within_one(
         held_work.save_result(str(tmp_path / "two.json"), result)
         assert held_work.load_result(str(tmp_path / "two.json")) == result
         assert not (tmp_path / "two.json").exists()
+
+
+def test_a_plan_the_contact_sheet_reads_is_written(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """A job whose steps sum thumbnails for the contact sheet (pages of 16 times its box and
+    more) has its plan written, which the sheet reads after the run; a small job's plan is
+    held as ever."""
+    monkeypatch.delenv(KEEP_SEGMENTS_ENV, raising=False)
+    write_tiff(tmp_path / "big.tif", [make_image(9, 1100, 1040, 3, "uint8")], tiled=True,
+               tile=(256, 256))
+    write_tiff(tmp_path / "small.tif", [make_image(10, 300, 260, 3, "uint8")], tiled=True)
+    jobs = [{"input": f"{name}.tif", "output": f"out/{name}.tif", "ops": [G],
+             "output_options": {"compression": "deflate"}} for name in ("big", "small")]
+    (tmp_path / "m.json").write_text(json.dumps(
+        {"defaults": {"tile": 256, "output_options": {"tile": 128}}, "jobs": jobs}))
+    written = _writes(monkeypatch)
+    result = run_local(str(tmp_path / "m.json"), 1, work=str(tmp_path / "w"),
+                       contact_sheet=True)
+    assert result.ok and result.contact_sheet and Path(result.contact_sheet).exists()
+    plans = [u for u in written if u.endswith("/plan.json")]
+    assert plans == [layout.plan_file(layout.job_dir(str(tmp_path / "w"), 0))]
+    assert [u for u in written if u.endswith(".part") and "/jobs/00000/" in u]
