@@ -92,7 +92,7 @@ def test_a_run_holds_the_plans_and_results_of_jobs_its_engine_runs(
         page = tifffile.imread(tmp_path / f"{name}.tif")
         want = cv2.GaussianBlur(page, (0, 0), 1.5)
         assert np.array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), want)
-    assert not held_work._held and not held_work._runs  # let go at the run's end
+    assert not held_work._plans and not held_work._results and not held_work._runs  # let go at the run's end
 
 
 def test_a_run_that_keeps_its_work_writes_every_plan_and_result(

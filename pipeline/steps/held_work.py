@@ -33,8 +33,10 @@ from pipeline.core.constants import KEEP_SEGMENTS_ENV
 from pipeline.core.models import JobPlan
 
 _lock = threading.Lock()
-#: held files by URL: a JobPlan (plan.json) or a result's JSON object (result.json)
-_held: dict[str, Any] = {}
+#: held plan.json files by URL
+_plans: dict[str, JobPlan] = {}
+#: held result.json files by URL
+_results: dict[str, dict[str, Any]] = {}
 #: runs holding work in this process now (:func:`holding`)
 _runs = 0
 
@@ -56,14 +58,15 @@ def holding() -> Iterator[None]:
         with _lock:
             _runs -= 1
             if not _runs:
-                _held.clear()
+                _plans.clear()
+                _results.clear()
 
 
 def save_plan(url: str, plan: JobPlan, may_hold: bool = True) -> None:
     """Write a job's plan, or hold it (``may_hold``: nobody reads it after the run)."""
     if may_hold and _runs:
         with _lock:
-            _held[url] = plan
+            _plans[url] = plan
         return
     storage.write_json(url, plan.to_json(), indent=None)
 
@@ -71,8 +74,7 @@ def save_plan(url: str, plan: JobPlan, may_hold: bool = True) -> None:
 def held_plan(url: str) -> JobPlan | None:
     """The plan held for ``url``, if it is."""
     with _lock:
-        plan = _held.get(url)
-    return plan if isinstance(plan, JobPlan) else None
+        return _plans.get(url)
 
 
 def write_plan(url: Any) -> None:
@@ -84,20 +86,20 @@ def write_plan(url: Any) -> None:
         return
     storage.write_json(url, plan.to_json(), indent=None)
     with _lock:
-        _held.pop(url, None)
+        _plans.pop(url, None)
 
 
 def release(url: str) -> None:
     """The job of the plan held for ``url`` has ended: nothing reads it again."""
     with _lock:
-        _held.pop(url, None)
+        _plans.pop(url, None)
 
 
 def save_result(url: str, result: dict[str, Any]) -> None:
     """Write a job's result (result.json), or hold it for the report."""
     if _runs:
         with _lock:
-            _held[url] = result
+            _results[url] = result
         return
     storage.write_json(url, result, indent=None)
 
@@ -105,8 +107,8 @@ def save_result(url: str, result: dict[str, Any]) -> None:
 def load_result(url: str) -> dict[str, Any]:
     """A job's result: held here, else read (``WorkMissingError`` if there is none)."""
     with _lock:
-        result = _held.get(url)
-    if isinstance(result, dict):
+        result = _results.get(url)
+    if result is not None:
         return result
     doc: dict[str, Any] = storage.read_json(url)
     return doc

@@ -12,7 +12,7 @@ from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError
 from pipeline.steps import held_work, layout
-from pipeline.steps.common import load_job, recorded_errors
+from pipeline.steps.common import load_job, load_plan, recorded_errors
 
 #: job results read at once by the report (S3 GETs)
 READ_THREADS = 16
@@ -51,14 +51,10 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     now = time.time()
     started = job.get("started_at", now)
     plan_url = layout.plan_file(work)
-    held = held_work.held_plan(plan_url)
-    if held is not None:
-        started = held.started_at
-    else:
-        try:
-            started = storage.read_json(plan_url).get("started_at", started)
-        except TiffpipeError:
-            pass
+    try:  # held in this process, cached or written (a job that failed before it: none)
+        started = load_plan(plan_url).started_at
+    except (TiffpipeError, ValueError, KeyError, TypeError):  # missing or damaged
+        pass
     result = {"job": event.job, "status": "FAILED", "input": spec.input, "output": spec.output,
               "error": error, "started_at": started, "finished_at": now,
               "seconds": round(now - started, 3)}
