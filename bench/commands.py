@@ -18,7 +18,8 @@ gigapixels in one square page) and output codec, the commands take turns within 
 - ``libvips``: ``python -c`` a script that imports pyvips, sequential load, ``gaussblur``,
   tiled save (deflate and JPEG only, as in the sweep);
 - ``before`` and ``before-no-sheet`` (with ``--before TREE``): ``tiffpipe run`` of another
-  checkout (its ``pipeline`` first on ``sys.path``), on this venv.
+  checkout (its ``pipeline`` first on ``sys.path``, through what its console script calls),
+  on this venv.
 
 Inputs are the sweep's (cached in ``--dir``). Each figure is the median wall of ``--repeat``
 runs; ``ratio`` is each tiffpipe command's median over the best peer's (< 1: faster). The
@@ -50,8 +51,10 @@ BEFORE = r"""
 import sys
 tree = sys.argv.pop(1)
 sys.path.insert(0, tree)
-from pipeline.cli import main
-sys.exit(main())
+from pipeline import cli
+if hasattr(cli, "console"):  # that tree's console script
+    cli.console()
+sys.exit(cli.main())
 """
 PEERS = ("naive", "libvips")
 

@@ -1,0 +1,96 @@
+"""The ``tiffpipe`` console script (``pipeline.cli.console``), run as a user runs it: in a
+process of its own, which ends without the interpreter's teardown once the exit handlers
+have run and stdout and stderr are flushed, or with the usual exit where that is not safe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.ops import OPS
+
+pytestmark = pytest.mark.timeout(120)
+
+#: marks what only the interpreter's teardown prints: an object of the script's globals,
+#: freed when the teardown clears them, and an exit handler registered before the command
+PRELUDE = r"""
+import atexit, os, sys
+class Marker:
+    def __del__(self):
+        os.write(2, b"teardown ran\n")
+marker = Marker()
+atexit.register(lambda: os.write(2, b"exit handler ran\n"))
+"""
+COMMAND = "from pipeline.cli import console\nsys.argv[0] = 'tiffpipe'\nconsole()\n"
+
+
+def _command(args: list[str], before: str = "", flags: tuple[str, ...] = ()
+             ) -> subprocess.CompletedProcess[str]:
+    """``tiffpipe ARGS`` in a process of its own, after the prelude and ``before``."""
+    script = PRELUDE + before + "\nsys.argv[1:] = " + repr(args) + "\n" + COMMAND
+    return subprocess.run([sys.executable, *flags, "-c", script], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+
+
+def test_the_console_script_is_console():
+    [script] = entry_points(group="console_scripts", name="tiffpipe")
+    assert script.value == "pipeline.cli:console"
+
+
+def test_the_command_ends_without_the_teardown_after_its_exit_handlers_and_output():
+    proc = _command(["ops", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)) == len(OPS)  # all of stdout, flushed
+    assert "exit handler ran" in proc.stderr
+    assert "teardown ran" not in proc.stderr
+
+
+def test_exit_codes_are_kept(tmp_path: Path):
+    missing = _command(["validate", str(tmp_path / "missing.json")])
+    assert missing.returncode == 2
+    assert "missing.json does not exist" in missing.stderr
+    assert "teardown ran" not in missing.stderr
+    (tmp_path / "m.json").write_text(json.dumps(
+        {"jobs": [{"input": str(tmp_path / "in.tif"), "output": str(tmp_path / "out.tif"),
+                   "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
+    (tmp_path / "in.tif").write_bytes(b"not a TIFF")
+    failed = _command(["run", str(tmp_path / "m.json"), "--quiet", "--no-contact-sheet"])
+    assert failed.returncode == 1, failed.stderr
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["failed"] == 1 and "in.tif" in report["jobs"][0]["error"]["message"]
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_thread_still_running_is_waited_for(tmp_path: Path):
+    done = tmp_path / "done"
+    thread = ("import threading, time\n"
+              "def late():\n    time.sleep(0.3)\n    open(" + repr(str(done)) + ", 'w').close()\n"
+              "threading.Thread(target=late).start()\n")
+    proc = _command(["ops"], before=thread)
+    assert proc.returncode == 0, proc.stderr
+    assert done.exists()  # the usual exit: the interpreter waited for the thread
+    assert "exit handler ran" in proc.stderr and "teardown ran" in proc.stderr
+
+
+def test_development_mode_keeps_the_teardown():
+    proc = _command(["ops"], flags=("-X", "dev"))
+    assert proc.returncode == 0, proc.stderr
+    assert "teardown ran" in proc.stderr
+
+
+def test_a_reader_gone_before_the_output_is_written_is_quiet():
+    """`tiffpipe ops | head -0`: stdout's pipe closed before the command writes to it."""
+    script = PRELUDE + "\nsys.argv[1:] = ['ops']\n" + COMMAND
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "BrokenPipeError" not in err and "Exception ignored" not in err
+    assert "exit handler ran" in err and "teardown ran" not in err
