@@ -141,8 +141,9 @@ def exit_now(code: int) -> NoReturn:
         sys.exit(code)
     atexit._run_exitfuncs()  # runs each handler once, and forgets them
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None without a console (pythonw)
+                stream.flush()
     except BrokenPipeError:  # `tiffpipe ops | head`, as in main
         _reader_gone()
     except (OSError, ValueError):  # a stream closed or failing: reported as usual

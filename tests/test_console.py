@@ -94,3 +94,10 @@ def test_a_reader_gone_before_the_output_is_written_is_quiet():
     assert proc.wait(timeout=60) == 0, err
     assert "BrokenPipeError" not in err and "Exception ignored" not in err
     assert "exit handler ran" in err and "teardown ran" not in err
+
+
+def test_no_stdout_at_all():
+    """A process without a console (pythonw) has sys.stdout None."""
+    proc = _command(["validate", "/nonexistent/m.json"], before="sys.stdout = None\n")
+    assert proc.returncode == 2
+    assert "m.json does not exist" in proc.stderr and "teardown ran" not in proc.stderr
