@@ -111,13 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:  # `tiffpipe ops | head`
-        _reader_gone()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-
-
-def _reader_gone() -> None:
-    """stdout's reader has gone: what is left to write goes nowhere, quietly."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def console() -> NoReturn:
@@ -130,24 +125,25 @@ def exit_now(code: int) -> NoReturn:
     sees (the exit handlers: logging's flush, multiprocessing's and temporary folders'
     clean-up, a profiler's or coverage's save; then stdout and stderr flushed), but without
     its teardown, which frees every module and object one by one: after a run that imported
-    numpy, OpenCV and tifffile, a tenth of a short command's time (docs/performance-sweep.md,
-    change 48), for nothing (the process's memory goes back to the system at once). The usual exit instead while a non-daemon
-    thread still runs (the interpreter waits for it), in Python's development mode (its
-    teardown reports unclosed resources), or when stdout or stderr fails otherwise than by
-    a reader gone (the interpreter reports it as usual)."""
+    numpy, OpenCV and tifffile, about a tenth of a short command's time, for nothing (the
+    process's memory goes back to the system at once; docs/performance-sweep.md, change
+    48). The usual exit instead while a non-daemon thread still runs (the interpreter waits
+    for it), in Python's development mode (its teardown reports unclosed resources), or
+    when stdout or stderr fails otherwise than by its reader gone (the interpreter reports
+    it as usual)."""
     running = [t for t in threading.enumerate()
                if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if running or sys.flags.dev_mode:
         sys.exit(code)
     atexit._run_exitfuncs()  # runs each handler once, and forgets them
-    try:
-        for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr):
+        try:
             if stream is not None:  # None without a console (pythonw)
                 stream.flush()
-    except BrokenPipeError:  # `tiffpipe ops | head`, as in main
-        _reader_gone()
-    except (OSError, ValueError):  # a stream closed or failing: reported as usual
-        sys.exit(code)
+        except BrokenPipeError:  # its reader has gone (`tiffpipe ops | head`): quiet, as
+            pass  # in main, and nothing flushes it again
+        except (OSError, ValueError):  # closed or failing: the usual exit reports it
+            sys.exit(code)
     os._exit(code)
 
 
