@@ -371,8 +371,4 @@ def write_contact_sheet(report: dict[str, Any], specs: list[JobSpec], url: str,
     """Draw the sheet (:func:`draw`) and write it to ``url`` as a PNG, its bands compressed by
     threads while the next ones are drawn."""
     width, height, bands = draw(report, specs, work)
-    with png_write.RgbPngWriter(width, height, usable_cores()) as png:
-        for band in bands:
-            png.add(band)
-        data = png.finish()
-    storage.write_bytes(url, data)
+    storage.write_bytes(url, png_write.encode_rows(width, height, bands, usable_cores()))

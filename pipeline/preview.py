@@ -374,11 +374,9 @@ def png_bytes(image: Image.Image) -> bytes:
     picks a filter for every row, and compresses on one core), its pixels handed over
     :data:`COPY_ROWS` rows at a time (``np.asarray`` of a whole image holds its bytes twice
     on the way)."""
-    with png_write.RgbPngWriter(image.width, image.height, usable_cores()) as png:
-        for y0 in range(0, image.height, COPY_ROWS):
-            y1 = min(image.height, y0 + COPY_ROWS)
-            png.add(np.asarray(image.crop((0, y0, image.width, y1))))
-        return png.finish()
+    blocks = (np.asarray(image.crop((0, y0, image.width, min(image.height, y0 + COPY_ROWS))))
+              for y0 in range(0, image.height, COPY_ROWS))
+    return png_write.encode_rows(image.width, image.height, blocks, usable_cores())
 
 
 def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE,

@@ -633,10 +633,10 @@ def test_png_bands_compressed_by_threads_make_one_valid_file(monkeypatch: pytest
 
 def test_a_png_given_rows_in_blocks_of_any_size_is_the_png_of_the_whole(
         monkeypatch: pytest.MonkeyPatch):
-    """RgbPngWriter: rows given one at a time, in blocks across bands, or more than a band at
-    once make the file encode_rgb makes of them all (more bands than the threads keep
-    waiting); rows of another width or type, too many rows, or too few at the end are
-    errors."""
+    """RgbPngWriter (and encode_rows over an iterator of blocks): rows given one at a time, in
+    blocks across bands, or more than a band at once make the file encode_rgb makes of them
+    all (more bands than the threads keep waiting); rows of another width or type, too many
+    rows, or too few at the end are errors."""
     from pipeline.adapters import png_write
 
     rng = np.random.default_rng(5)
@@ -653,6 +653,8 @@ def test_a_png_given_rows_in_blocks_of_any_size_is_the_png_of_the_whole(
                     png.add(pixels[at:at + size])
                     at += size
                 assert png.finish() == whole, (sizes, threads)
+    blocks = (pixels[at:at + 9] for at in range(0, 61, 9))  # made as they are asked for
+    assert png_write.encode_rows(17, 61, blocks, 2) == whole
     with png_write.RgbPngWriter(17, 61, 2) as png:
         with pytest.raises(ValueError, match="rows of 17 RGB uint8 pixels expected"):
             png.add(pixels[:3, :16])

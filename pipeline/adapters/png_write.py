@@ -9,8 +9,8 @@ as pigz does; the stream's Adler-32 is combined from the bands' own. A band is o
 chunk (the zlib header and the Adler-32 one each). libpng (through imagecodecs) compresses
 on one thread: a 200-row contact sheet (852 x 57,302 pixels) took about 1.5 s of a run's
 6 s there; no library at hand compresses one PNG on several cores. The rows may come a
-block at a time (:class:`RgbPngWriter`): the contact sheet draws its next rows while the
-threads compress those it drew. Memory: the bands in flight, then the compressed file.
+block at a time (:func:`encode_rows`, :class:`RgbPngWriter`): the contact sheet draws its
+next rows while the threads compress those it drew. Memory: the bands in flight, then the compressed file.
 
 The compressor is ISA-L's deflate (python-isal's ``isal_zlib``, zlib's interface) where it
 is installed (its wheels: x86-64 and 64-bit ARM), else zlib: about three times as fast on a
@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 
@@ -54,8 +55,17 @@ def encode_rgb(pixels: np.ndarray, threads: int = 1, deflater: Deflater = DEFAUL
     with ``deflater``."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"RGB uint8 pixels expected, not {pixels.shape} {pixels.dtype}")
-    with RgbPngWriter(pixels.shape[1], pixels.shape[0], threads, deflater) as png:
-        png.add(pixels)
+    return encode_rows(pixels.shape[1], pixels.shape[0], [pixels], threads, deflater)
+
+
+def encode_rows(width: int, height: int, blocks: Iterable[np.ndarray], threads: int = 1,
+                deflater: Deflater = DEFAULT) -> bytes:
+    """A PNG file of ``width`` x ``height`` RGB pixels from ``blocks`` of rows in order (each
+    any number x ``width`` x 3 uint8; an iterator may make each block as it is asked for),
+    compressed by ``threads`` threads while the next blocks come (:class:`RgbPngWriter`)."""
+    with RgbPngWriter(width, height, threads, deflater) as png:
+        for rows in blocks:
+            png.add(rows)
         return png.finish()
 
 
