@@ -5,8 +5,8 @@ or RecordFailure, to the report) over through the work location, as Lambdas must
 run whose tasks run in the engine's own process, nobody else reads them: a scanned archive
 of one-page files wrote two files and a folder a job only for the work's removal at the
 run's end (on S3 two PUTs), and creating a file is the dear part of a file system's work
-(ext4 looks for a free inode, a network share makes a round trip). Within :func:`holding` (the direct
-interpreter's run), the engine's process keeps them in memory instead:
+(ext4 looks for a free inode, a network share makes a round trip). Within :func:`holding`
+(the direct interpreter's run), the engine's process keeps them in memory instead:
 
 - a plan stays here until another process needs it: the engine calls :func:`write_plan`
   before it sends a task of the job to a worker process; the job's end (its merge, or
@@ -85,12 +85,11 @@ def write_plan(url: Any) -> None:
     if plan is None:
         return
     storage.write_json(url, plan.to_json(), indent=None)
-    with _lock:
-        _plans.pop(url, None)
+    release(url)
 
 
 def release(url: str) -> None:
-    """The job of the plan held for ``url`` has ended: nothing reads it again."""
+    """Let go of the plan held for ``url``: its job has ended, or it is written."""
     with _lock:
         _plans.pop(url, None)
 
