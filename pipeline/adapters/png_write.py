@@ -10,7 +10,8 @@ chunk (the zlib header and the Adler-32 one each). libpng (through imagecodecs) 
 on one thread: a 200-row contact sheet (852 x 57,302 pixels) took about 1.5 s of a run's
 6 s there; no library at hand compresses one PNG on several cores. The rows may come a
 block at a time (:func:`encode_rows`, :class:`RgbPngWriter`): the contact sheet draws its
-next rows while the threads compress those it drew. Memory: the bands in flight, then the compressed file.
+next rows while the threads compress those it drew. Memory: the bands in flight, then the
+compressed file.
 
 The compressor is ISA-L's deflate (python-isal's ``isal_zlib``, zlib's interface) where it
 is installed (its wheels: x86-64 and 64-bit ARM), else zlib: about three times as fast on a
