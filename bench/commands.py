@@ -21,8 +21,9 @@ gigapixels in one square page) and output codec, the commands take turns within 
   checkout (its ``pipeline`` first on ``sys.path``, through what its console script calls),
   on this venv.
 
-Inputs are the sweep's (cached in ``--dir``). Each figure is the median wall of ``--repeat``
-runs; ``ratio`` is each tiffpipe command's median over the best peer's (< 1: faster). The
+Inputs are the sweep's (cached in ``--dir``). Each figure is the median wall (and CPU
+seconds: the process's every thread and what it waited for) of ``--repeat`` runs; ``ratio``
+is each tiffpipe command's median wall over the best peer's (< 1: faster). The
 commands must have done the same work: every tiffpipe output is compared with the naive
 script's (``checks``: pixel-identical); the outputs are removed after each case.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -112,17 +114,20 @@ def command(tool: str, src: str, dst: str, manifest: str, codec: str,
     return [sys.executable, "-c", LIBVIPS, src, dst, str(args.sigma), codec, str(args.quality)]
 
 
-def timed(cmd: list[str]) -> float:
-    """Seconds from the process's start to its exit (it must succeed)."""
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds from the process's start to its exit (it must succeed), and its CPU seconds
+    (user and system, of its every thread and of the processes it waited for)."""
     os.sync()  # no run pays for the writeback of an earlier one's output
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} {' '.join(cmd[1:2])} failed ({proc.returncode}): "
                            f"{proc.stderr[-2000:]}")
-    return wall
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def run_case(size: str, codec: str, tools: list[str], args: argparse.Namespace
@@ -137,14 +142,17 @@ def run_case(size: str, codec: str, tools: list[str], args: argparse.Namespace
                                    args.sigma, args.quality)
                  for t in tools if t.startswith(("tiffpipe", "before"))}
     walls: dict[str, list[float]] = {t: [] for t in tools}
+    cpus: dict[str, list[float]] = {t: [] for t in tools}
     for rep in range(args.repeat):
         for tool in tools[rep % len(tools):] + tools[:rep % len(tools)]:
             if os.path.exists(dst[tool]):
                 os.remove(dst[tool])
-            walls[tool].append(timed(command(tool, src, dst[tool], manifests.get(tool, ""),
-                                             codec, args)))
+            wall, cpu = timed(command(tool, src, dst[tool], manifests.get(tool, ""), codec,
+                                      args))
+            walls[tool].append(wall)
+            cpus[tool].append(cpu)
             log(f"{size:>5s} {codec:7s} [{rep + 1}/{args.repeat}] {tool:18s} "
-                f"{walls[tool][-1]:6.3f} s")
+                f"{wall:6.3f} s {cpu:6.3f} cpu-s")
     medians = {t: statistics.median(w) for t, w in walls.items()}
     best = min((t for t in PEERS if t in medians), key=medians.__getitem__, default=None)
     ours = [t for t in tools if t.startswith(("tiffpipe", "before"))]
@@ -152,7 +160,9 @@ def run_case(size: str, codec: str, tools: list[str], args: argparse.Namespace
               if "naive" in tools else {})
     remove_outputs(list(dst.values()))
     return {"size": size, "codec": codec, "megapixels": pages * side * side / 1e6,
-            "walls": walls, "median_s": medians, "best_peer": best,
+            "walls": walls, "median_s": medians, "cpus": cpus,
+            "median_cpu_s": {t: statistics.median(c) for t, c in cpus.items()},
+            "best_peer": best,
             "ratio": {t: medians[t] / medians[best] for t in ours if best},
             "checks": checks}
 
@@ -191,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     tools = chosen_tools(args, ("before", "before-no-sheet"))
     results = [run_case(size, codec, tools, args)
                for size in args.sizes.split(",") for codec in args.codecs.split(",")]
-    print("| input | codec | " + " | ".join(tools) + " | tiffpipe / best peer |")
+    print("| input | codec | " + " | ".join(f"{t} wall / CPU-s" for t in tools)
+          + " | tiffpipe / best peer (wall) |")
     print("|---|---|" + "---|" * len(tools) + "---|")
     for r in results:
         name = "256 x 256" if r["size"] == "tiny" else f"{r['megapixels']:.3g} Mpx"
-        cells = [f"{r['median_s'][t]:.3f} s" if t in r["median_s"] else "-" for t in tools]
+        cells = [f"{r['median_s'][t]:.3f} s / {r['median_cpu_s'][t]:.2f}" if t in r["median_s"]
+                 else "-" for t in tools]
         ratios = ", ".join(f"{t}: **{v:.2f}x**" for t, v in r["ratio"].items())
         print(f"| {name} | {r['codec']} | " + " | ".join(cells)
               + f" | {ratios} ({r['best_peer']}) |")

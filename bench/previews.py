@@ -89,7 +89,7 @@ def run_case(size: str, tools: list[str], args: argparse.Namespace) -> dict[str,
     walls: dict[str, list[float]] = {t: [] for t in tools}
     for rep in range(args.repeat):
         for tool in tools[rep % len(tools):] + tools[:rep % len(tools)]:
-            walls[tool].append(timed(command(tool, src, png[tool], args)))
+            walls[tool].append(timed(command(tool, src, png[tool], args))[0])
             log(f"{size:>5s} [{rep + 1}/{args.repeat}] {tool:15s} {walls[tool][-1]:6.3f} s")
     medians = {t: statistics.median(w) for t, w in walls.items()}
     checks = ({"tiffpipe": difference(png["tiffpipe"], png["tiffpipe-exact"])}

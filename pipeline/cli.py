@@ -116,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> NoReturn:
-    """The ``tiffpipe`` command: :func:`main`, then :func:`exit_now` with its exit code."""
+    """The ``tiffpipe`` command: :func:`main`, then :func:`exit_now` with its exit code; the
+    process's OpenBLAS on one thread (:func:`~pipeline.engine.workers.one_blas_thread`:
+    nothing has loaded numpy or OpenCV yet)."""
+    from pipeline.engine.workers import one_blas_thread
+
+    one_blas_thread(os.environ)
     exit_now(main())
 
 
@@ -310,4 +315,4 @@ def cmd_aws(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -39,6 +39,12 @@ def test_commands_on_the_tiny_page(tmp_path: Path) -> None:
     assert (case["size"], case["codec"], case["best_peer"]) == ("tiny", "jpeg", "naive")
     assert sorted(case["walls"]) == sorted(tools)
     assert sorted(case["ratio"]) == sorted(t for t in tools if t != "naive")
+    # each command's CPU seconds (its process and what it waited for), beside its wall
+    assert sorted(case["cpus"]) == sorted(case["median_cpu_s"]) == sorted(tools)
+    for tool, cpus in case["cpus"].items():
+        assert len(cpus) == 2 and min(cpus) > 0
+        assert case["median_cpu_s"][tool] == pytest.approx(statistics.median(cpus))
+    assert "| tiffpipe wall / CPU-s |" in stdout
     for tool, ratio in case["ratio"].items():
         assert ratio == pytest.approx(case["median_s"][tool] / case["median_s"]["naive"])
         # every tiffpipe command wrote the naive script's pixels

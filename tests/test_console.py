@@ -5,12 +5,15 @@ have run and stdout and stderr are flushed, or with the usual exit where that is
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 
 from pipeline.core.ops import OPS
 
@@ -29,12 +32,13 @@ atexit.register(lambda: os.write(2, b"exit handler ran\n"))
 COMMAND = "from pipeline.cli import console\nsys.argv[0] = 'tiffpipe'\nconsole()\n"
 
 
-def _command(args: list[str], before: str = "", flags: tuple[str, ...] = ()
-             ) -> subprocess.CompletedProcess[str]:
+def _command(args: list[str], before: str = "", flags: tuple[str, ...] = (),
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``tiffpipe ARGS`` in a process of its own, after the prelude and ``before``."""
     script = PRELUDE + before + "\nsys.argv[1:] = " + repr(args) + "\n" + COMMAND
     return subprocess.run([sys.executable, *flags, "-c", script], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+                          text=True, stdin=subprocess.DEVNULL, timeout=60, check=False,
+                          env=env)
 
 
 def test_the_console_script_is_console():
@@ -64,6 +68,39 @@ def test_exit_codes_are_kept(tmp_path: Path):
     report = json.loads((tmp_path / "m.report.json").read_text())
     assert report["failed"] == 1 and "in.tif" in report["jobs"][0]["error"]["message"]
     assert not (tmp_path / "out.tif").exists()
+
+
+#: at exit: the command's OpenBLAS setting and how many of its threads Python did not start
+NATIVE_THREADS = r"""
+import threading
+def native_threads():
+    known = {t.native_id for t in threading.enumerate()}
+    native = [t for t in os.listdir("/proc/self/task") if int(t) not in known]
+    print("blas", os.environ.get("OPENBLAS_NUM_THREADS"), "cv2" in sys.modules,
+          "native threads", len(native), file=sys.stderr)
+atexit.register(native_threads)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_the_command_runs_openblas_on_one_thread_unless_the_user_set_a_count(tmp_path: Path):
+    """numpy's OpenBLAS and the one OpenCV's wheel bundles each start a thread when they load
+    (OpenCV's spins a core for ~0.1 s): none in the command's process, which sets one
+    OpenBLAS thread before either loads; a count the user set is kept."""
+    tifffile.imwrite(tmp_path / "in.tif", np.arange(64 * 64 * 3, dtype=np.uint8).reshape(
+        64, 64, 3), photometric="rgb", compression="zlib")
+    (tmp_path / "m.json").write_text(json.dumps(
+        {"jobs": [{"input": str(tmp_path / "in.tif"), "output": str(tmp_path / "out.tif"),
+                   "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
+    args = ["run", str(tmp_path / "m.json"), "--quiet"]  # with its contact sheet
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    proc = _command(args, before=NATIVE_THREADS, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "blas 1 True native threads 0" in proc.stderr  # 2 without the setting
+    assert (tmp_path / "out.tif").exists()
+    kept = _command(args, before=NATIVE_THREADS, env=env | {"OPENBLAS_NUM_THREADS": "2"})
+    assert kept.returncode == 0, kept.stderr
+    assert "blas 2 True" in kept.stderr
 
 
 def test_a_thread_still_running_is_waited_for(tmp_path: Path):

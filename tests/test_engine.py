@@ -263,3 +263,24 @@ def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
         assert pool._pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result() == "3"
     finally:
         pool.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_workers_start_no_openblas_threads_unless_the_user_set_a_count(monkeypatch):
+    """numpy's OpenBLAS and the one OpenCV's wheel bundles each start threads when they load
+    (OpenCV's spins a core for ~0.1 s); a worker, which imports both before its first task,
+    runs them on one thread: its only thread is its own."""
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    pool = WorkerPool(2)
+    try:
+        assert pool._pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
+        threads = [pool._pool.submit(os.listdir, "/proc/self/task") for _ in range(4)]
+        assert [len(t.result()) for t in threads] == [1] * 4  # 3 each without the setting
+    finally:
+        pool.close()
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    pool = WorkerPool(2)
+    try:
+        assert pool._pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "2"
+    finally:
+        pool.close()

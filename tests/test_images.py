@@ -137,6 +137,7 @@ def test_dockerfiles_share_their_deps_stage():
     for step, text in files.items():
         assert "ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12\n" in text
         assert 'CMD ["app.handler"]' in text
+        assert "\nENV OPENBLAS_NUM_THREADS=1\n" in text  # see test_image_starts_no_blas_threads
         assert f"COPY images/{step}/app.py " in text
         assert ("images/process/requirements.txt" in text) == (step == "process")
 
@@ -235,6 +236,18 @@ def test_image_holds_only_its_step(built, step):
     out = built.engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python",
                               built.tags[step], "-c", check).stdout.split()
     assert out == (["cv2"] if step == "process" else [])
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_image_starts_no_blas_threads(built, step):
+    """Its handler's imports (numpy; OpenCV in the process image, with an OpenBLAS of its
+    own) leave the function's process with its one thread: no OpenBLAS threads spinning
+    (the image's OPENBLAS_NUM_THREADS)."""
+    imports = "os, app, numpy" + (", cv2" if step == "process" else "")
+    check = f"import {imports}; print(len(os.listdir('/proc/self/task')))"
+    out = built.engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python",
+                              built.tags[step], "-c", check).stdout.split()
+    assert out == ["1"]
 
 
 # --- running the images as Lambda functions ------------------------------------------------

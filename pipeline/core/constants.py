@@ -37,6 +37,11 @@ FUNCTION_SIZES = {"split": FunctionSize(3008, 900, 4096),
 #: (pipeline/steps/common.py)
 TILE_THREADS_ENV = "TIFFPIPE_TILE_THREADS"
 
+#: OpenBLAS's thread count, read when a library that bundles it loads (numpy; OpenCV, whose
+#: wheel brings its own); tiffpipe's processes set it to 1 unless it is set
+#: (pipeline/engine/workers.py: :func:`one_blas_thread`; the Lambda images' Dockerfiles)
+BLAS_THREADS_ENV = "OPENBLAS_NUM_THREADS"
+
 #: "1": a ProcessJob writes its segment to the work location even when its output is small
 #: enough to compose from memory (pipeline/steps/single.py); ``tiffpipe run --keep-work``
 #: sets it for its run, so the kept work holds every job's segments

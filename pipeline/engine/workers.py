@@ -11,12 +11,12 @@ import resource
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.constants import TILE_THREADS_ENV
+from pipeline.core.constants import BLAS_THREADS_ENV, TILE_THREADS_ENV
 from pipeline.core.record import record
 
 if TYPE_CHECKING:
@@ -74,14 +74,26 @@ def _glibc(name: str) -> Any:
 
 
 def _init(env: dict[str, str]) -> None:
-    """Worker start: the user's environment (not the engine's mocked one), capped malloc
-    arenas, one OpenCV thread (the pool is the parallelism)."""
+    """Worker start: the user's environment (not the engine's mocked one; OpenBLAS's thread
+    count set, before OpenCV's import), capped malloc arenas, one OpenCV thread (the pool
+    is the parallelism)."""
     tune_malloc()
     os.environ.clear()
     os.environ.update(env)
     import cv2
 
     cv2.setNumThreads(1)
+
+
+def one_blas_thread(env: MutableMapping[str, str]) -> None:
+    """OpenBLAS on one thread in a process ``env`` starts (or, ``os.environ``, this process,
+    before numpy or OpenCV loads), unless ``env`` sets a count. Each OpenBLAS starts its
+    threads when it loads, and they spin on a core before they sleep: opencv-python's own
+    OpenBLAS for ~0.1 s after ``import cv2``, about 0.1 CPU-s of every command and worker
+    start taken from the tasks' cores (docs/performance-sweep.md, change 49). tiffpipe's
+    only BLAS work is the contact sheet's small products; its tile threads are the
+    parallelism, as for OpenCV (:func:`one_opencv_thread`)."""
+    env.setdefault(BLAS_THREADS_ENV, "1")
 
 
 #: added to the niceness of the thread that imports the steps when a worker starts (Linux)
@@ -227,6 +239,7 @@ class WorkerPool:
         context = multiprocessing.get_context("spawn")
         env = dict(self.env)
         env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(self.workers)))
+        one_blas_thread(env)  # set before _init imports OpenCV
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
                                    initargs=(env,))
         self.warm = 0
