@@ -17,6 +17,8 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -249,20 +251,24 @@ def test_worker_tile_threads_are_twice_the_share_at_most_every_core(workers, cor
     assert worker_tile_threads(workers, cores) == threads
 
 
-def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
-    monkeypatch.delenv("TIFFPIPE_TILE_THREADS", raising=False)
-    pool = WorkerPool(2)
-    try:  # os.getenv runs in the worker: what the steps' tile_threads() will read
-        got = pool._pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result()
-        assert got == str(worker_tile_threads(2))
-    finally:
-        pool.close()
-    monkeypatch.setenv("TIFFPIPE_TILE_THREADS", "3")
+@contextmanager
+def _workers() -> Iterator[Any]:
+    """A started WorkerPool of 2: its ProcessPoolExecutor, to run functions in its workers."""
     pool = WorkerPool(2)
     try:
-        assert pool._pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result() == "3"
+        yield pool._pool
     finally:
         pool.close()
+
+
+def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
+    monkeypatch.delenv("TIFFPIPE_TILE_THREADS", raising=False)
+    with _workers() as pool:  # os.getenv runs in the worker: what tile_threads() will read
+        assert pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result() == str(
+            worker_tile_threads(2))
+    monkeypatch.setenv("TIFFPIPE_TILE_THREADS", "3")
+    with _workers() as pool:
+        assert pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result() == "3"
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
@@ -271,16 +277,10 @@ def test_workers_start_no_openblas_threads_unless_the_user_set_a_count(monkeypat
     (OpenCV's spins a core for ~0.1 s); a worker, which imports both before its first task,
     runs them on one thread: its only thread is its own."""
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    pool = WorkerPool(2)
-    try:
-        assert pool._pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
-        threads = [pool._pool.submit(os.listdir, "/proc/self/task") for _ in range(4)]
+    with _workers() as pool:
+        assert pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
+        threads = [pool.submit(os.listdir, "/proc/self/task") for _ in range(4)]
         assert [len(t.result()) for t in threads] == [1] * 4  # 3 each without the setting
-    finally:
-        pool.close()
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
-    pool = WorkerPool(2)
-    try:
-        assert pool._pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "2"
-    finally:
-        pool.close()
+    with _workers() as pool:
+        assert pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "2"
