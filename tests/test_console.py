@@ -71,11 +71,17 @@ def test_exit_codes_are_kept(tmp_path: Path):
 
 
 #: at exit: the command's OpenBLAS setting and how many of its threads Python did not start
+#: (given a second to go: a thread Python has just joined may still be ending; OpenBLAS's
+#: never end)
 NATIVE_THREADS = r"""
-import threading
+import threading, time
 def native_threads():
-    known = {t.native_id for t in threading.enumerate()}
-    native = [t for t in os.listdir("/proc/self/task") if int(t) not in known]
+    for _ in range(100):
+        known = {t.native_id for t in threading.enumerate()}
+        native = [t for t in os.listdir("/proc/self/task") if int(t) not in known]
+        if not native:
+            break
+        time.sleep(0.01)
     print("blas", os.environ.get("OPENBLAS_NUM_THREADS"), "cv2" in sys.modules,
           "native threads", len(native), file=sys.stderr)
 atexit.register(native_threads)
