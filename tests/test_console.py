@@ -91,7 +91,7 @@ atexit.register(native_threads)
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_the_command_runs_openblas_on_one_thread_unless_the_user_set_a_count(tmp_path: Path):
     """numpy's OpenBLAS and the one OpenCV's wheel bundles each start a thread when they load
-    (OpenCV's spins a core for ~0.1 s): none in the command's process, which sets one
+    (spinning ~0.2 CPU-s as OpenCV loads): none in the command's process, which sets one
     OpenBLAS thread before either loads; a count the user set is kept."""
     tifffile.imwrite(tmp_path / "in.tif", np.arange(64 * 64 * 3, dtype=np.uint8).reshape(
         64, 64, 3), photometric="rgb", compression="zlib")

@@ -274,7 +274,7 @@ def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_workers_start_no_openblas_threads_unless_the_user_set_a_count(monkeypatch):
     """numpy's OpenBLAS and the one OpenCV's wheel bundles each start threads when they load
-    (OpenCV's spins a core for ~0.1 s); a worker, which imports both before its first task,
+    (spinning ~0.2 CPU-s as OpenCV loads); a worker, which imports both before its first task,
     runs them on one thread: its only thread is its own."""
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     with _workers() as pool:

@@ -88,11 +88,11 @@ def _init(env: dict[str, str]) -> None:
 def one_blas_thread(env: MutableMapping[str, str]) -> None:
     """OpenBLAS on one thread in a process ``env`` starts (or, ``os.environ``, this process,
     before numpy or OpenCV loads), unless ``env`` sets a count. Each OpenBLAS starts its
-    threads when it loads, and they spin on a core before they sleep: opencv-python's own
-    OpenBLAS for ~0.1 s after ``import cv2``, about 0.1 CPU-s of every command and worker
-    start taken from the tasks' cores (docs/performance-sweep.md, change 49). tiffpipe's
-    only BLAS work is the contact sheet's small products; its tile threads are the
-    parallelism, as for OpenCV (:func:`one_opencv_thread`)."""
+    threads when it loads, and they spin before they sleep: ~0.2 CPU-s in all as OpenCV
+    loads (``bench/blas_threads.py``), of every command and worker start, taken from the
+    tasks' cores (docs/performance-sweep.md, change 49). tiffpipe's only BLAS work is the
+    contact sheet's small products; its tile threads are the parallelism, as for OpenCV
+    (:func:`one_opencv_thread`)."""
     env.setdefault(BLAS_THREADS_ENV, "1")
 
 
