@@ -37,7 +37,14 @@ import tifffile
 from PIL import Image
 
 from pipeline.adapters import jpeg_scaled, png_write, storage
-from pipeline.adapters.tiff_read import PageReader, get_page, open_tiff, page_count, page_info
+from pipeline.adapters.tiff_read import (
+    REPAIR,
+    PageReader,
+    get_page,
+    open_tiff,
+    page_count,
+    page_info,
+)
 from pipeline.core.grid import Rect
 from pipeline.core.record import record
 from pipeline.core.thumbs import BlockThumb, ThumbSums, fit
@@ -132,11 +139,13 @@ def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
 
 
 def thumbnail(url: str, page: int = 0, size: int = DEFAULT_SIZE,
-              exact: bool = False) -> Thumbnail:
+              exact: bool = False, option: str | None = None) -> Thumbnail:
     """The thumbnail of page ``page`` of a local or S3 TIFF, fitting a ``size`` box
-    (``exact``: JPEG pages decoded in full, as every other page, not at a smaller scale)."""
+    (``exact``: JPEG pages decoded in full, as every other page, not at a smaller scale).
+    ``option``: the command's option that gave ``page`` (a page the file lacks: the error
+    says to fix it, see :func:`get_page`)."""
     with open_tiff(url) as tf:
-        return page_thumbnail(tf, url, page, size, exact)
+        return page_thumbnail(tf, url, page, size, exact, option)
 
 
 def thumbnails(url: str, pages: list[int], size: int = DEFAULT_SIZE, exact: bool = False
@@ -158,9 +167,9 @@ def thumbnails(url: str, pages: list[int], size: int = DEFAULT_SIZE, exact: bool
 
 
 def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
-                   exact: bool = False) -> Thumbnail:
+                   exact: bool = False, option: str | None = None) -> Thumbnail:
     """:func:`thumbnail` of a page of an open file."""
-    main = get_page(tf, url, page)
+    main = get_page(tf, url, page, option)
     info = page_info(main, url, page)  # the named error of a page tiffpipe cannot read
     height, width = int(main.imagelength), int(main.imagewidth)
     th, tw = fit(height, width, size)
@@ -312,7 +321,7 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
         rows, cols, x0 = -(-h // scale), -(-w // scale), c * reader.seg_w // scale
         if px.shape[0] < rows or px.shape[1] < cols:
             raise CorruptTiffError(f"{reader.where}: segment {seg} (JPEG) holds fewer pixels "
-                                   "than its place in the page; the file is damaged")
+                                   f"than its place in the page; the file is damaged: {REPAIR}")
         band[:rows, x0:x0 + cols] = px[:rows, :cols]
         if c == reader.seg_cols - 1:  # a row of segments: its band, summed at once
             sums.add(band[:rows], r * reader.seg_h // scale, 0)
@@ -381,7 +390,8 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def write_preview(url: str, out: str, page: int = 0, size: int = DEFAULT_SIZE,
                   exact: bool = False) -> Thumbnail:
-    """Render the thumbnail of ``url`` page ``page`` and write it as a PNG to ``out``."""
-    thumb = thumbnail(url, page, size, exact)
+    """Render the thumbnail of ``url`` page ``page`` and write it as a PNG to ``out``
+    (``tiffpipe preview``: a page the file lacks is to be fixed in ``--page``)."""
+    thumb = thumbnail(url, page, size, exact, option="--page")
     storage.write_bytes(out, png_bytes(thumb.image))
     return thumb

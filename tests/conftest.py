@@ -1,11 +1,14 @@
-"""What several test files share: the test tiers, a page reader (``from conftest import
-read_pages``) and a moto server (the ``moto_server`` fixture, with :func:`use_moto_server`).
+"""What several test files share: the test tiers, paths (``ROOT``, ``LIBTIFF_CORPUS``), a page
+reader (``from conftest import read_pages``) and a moto server (the ``moto_server`` fixture,
+with :func:`use_moto_server`).
 
 Tiers (markers registered in pyproject.toml; docs/development.md): every test is one of
 ``unit`` (pure logic, files, moto in this process), ``engine`` (runs the local engine: a
 state machine on moto with worker processes) or ``docker`` (builds and runs the Lambda
 images); ``slow`` is on top of those. A test file is given its tier here (a test may say its
-own with a marker); a file not listed is ``unit``: add a file that runs the engine to ENGINE.
+own with a marker); a file not listed is ``unit``: add a file that runs the engine to ENGINE
+(tests/test_tiers.py fails on a ``unit`` file that calls ``run_local``, ``LocalEngine(`` or a
+``tiffpipe run``/``demo``/``scan`` command, unless that test carries its own marker).
 ``make test-fast`` runs ``-m "not docker and not slow"``.
 """
 
@@ -23,10 +26,11 @@ TIERS = ("unit", "engine", "docker")
 #: test files (module names) whose tests run the local engine
 ENGINE = {
     "test_bad_input", "test_bands", "test_bench_quick", "test_canny_tree", "test_cli",
-    "test_corpus", "test_level_units", "test_many_jobs", "test_s3_merge",
-    "test_custom_ops", "test_engine", "test_engine_startup", "test_estimate", "test_fused",
-    "test_global_ops", "test_metadata", "test_odd_inputs", "test_preview", "test_pyramid",
-    "test_s3_pipeline", "test_scan", "test_start_status",
+    "test_console", "test_corpus", "test_custom_ops", "test_engine", "test_engine_direct",
+    "test_engine_startup", "test_estimate", "test_fused", "test_global_ops", "test_held_work",
+    "test_level_units", "test_many_jobs", "test_metadata", "test_odd_inputs",
+    "test_preview", "test_pyramid", "test_s3_merge", "test_s3_pipeline", "test_scan",
+    "test_single_task", "test_start_status", "test_thumbs",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
@@ -66,9 +70,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("slow")
 
 
-# --- benchmark scripts ----------------------------------------------------------------------
+# --- paths ----------------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
+#: libtiff's test images (test/images in its source tree), vendored in the repository
+#: (tests/data/libtiff/README.md: what they cover, their licence)
+LIBTIFF_CORPUS = ROOT / "tests" / "data" / "libtiff"
+
+
+# --- benchmark scripts ----------------------------------------------------------------------
 
 
 def run_bench_script(script: str, *args: str, timeout: int = 540) -> str:
@@ -103,10 +113,10 @@ TEST_REGION = "us-east-1"
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[str]:
     """A ThreadedMotoServer on 127.0.0.1 (a free port) for the test file; its endpoint URL.
-    Skips when moto's server extra (flask, flask-cors) is not installed."""
-    server_module = pytest.importorskip(
-        "moto.server", reason="moto's server needs flask and flask-cors (moto[server])")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto's server extra (flask, flask-cors) is in the test lock: without it the tests fail."""
+    from moto.server import ThreadedMotoServer  # imported here: flask only for these tests
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()

@@ -299,7 +299,9 @@ def test_unwritable_report_stops_the_run_before_any_work(report_fails: Run):
     assert report_fails.err.startswith("tiffpipe: the run report cannot be written")
     assert str(report_fails.folder / "blocker" / "report.json") in report_fails.err
     assert not (report_fails.folder / ".tiffpipe-work").exists()
-    assert not list(report_fails.folder.glob("*.out.tif"))
+    for job in report_fails.manifest["jobs"]:
+        assert not (report_fails.folder / job["output"]).exists(), job["output"]
+    assert not (report_fails.folder / "out").exists()  # the outputs' folder: not even made
 
 
 def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
@@ -319,6 +321,27 @@ def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
 # --- demo ---------------------------------------------------------------------------------------
 
 
+def _demo_expected(sample: list[np.ndarray], tmp_path: Path) -> dict[str, list[np.ndarray]]:
+    """What OpenCV gives on the demo's sample pages for each of the demo's jobs (its ops
+    written out here, pipeline/demo.py), as the outputs read back. The JPEG job: the exact
+    result encoded by tifffile as the demo asks (quality 88, tiles of 512) and decoded."""
+    def gray(img: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY if img.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
+
+    def mask(img: np.ndarray) -> np.ndarray:
+        img = cv2.dilate(cv2.medianBlur(gray(img), 5), np.ones((3, 3), np.uint8), iterations=2)
+        return cv2.threshold(img, 140, 255, cv2.THRESH_BINARY)[1]
+
+    page = sample[0]
+    sharpened = cv2.addWeighted(page, 2.5, cv2.GaussianBlur(page, (0, 0), 3), -1.5, 0)
+    tifffile.imwrite(tmp_path / "sharpened.ref.tif", sharpened, tile=(512, 512),
+                     photometric="rgb", compression="jpeg", compressionargs={"level": 88},
+                     metadata=None)
+    return {"out/blurred.tif": [cv2.GaussianBlur(p, (0, 0), 2.5) for p in sample],
+            "out/sharpened.jpeg.tif": read_pages(tmp_path / "sharpened.ref.tif"),
+            "out/mask.tif": [mask(sample[0]), mask(sample[2])]}
+
+
 def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture):
     folder = tmp_path / "demo"
     assert cli.main(["demo", "--dir", str(folder), "--workers", "2"]) == 0
@@ -326,15 +349,16 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert f"sample and manifest ready: {folder / 'manifest.json'}" in err
     assert "3 succeeded, 0 failed" in out
     assert json.loads((folder / "manifest.json").read_text()) == DEMO_MANIFEST
+    sample = read_pages(folder / "sample.tif")
+    assert [p.shape[:2] for p in sample] == [(s.height, s.width) for s in SAMPLE_PAGES]
+    expected = _demo_expected(sample, tmp_path)
+    assert set(expected) == {job["output"] for job in DEMO_MANIFEST["jobs"]}
     for job in DEMO_MANIFEST["jobs"]:
-        pages = job.get("pages", range(len(SAMPLE_PAGES)))
-        with tifffile.TiffFile(folder / job["output"]) as tf:
-            assert len(tf.pages) == len(pages)
-            for page, index in zip(tf.pages, pages, strict=True):
-                want = SAMPLE_PAGES[index]
-                assert page.shape[:2] == (want.height, want.width)
-                img = page.asarray()
-                assert img.dtype == np.dtype(want.dtype) and img.any()
+        got, want = read_pages(folder / job["output"]), expected[job["output"]]
+        assert len(got) == len(want) == len(job.get("pages", SAMPLE_PAGES)), job["output"]
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert g.dtype == w.dtype and g.shape == w.shape, (job["output"], i)
+            assert np.array_equal(g, w), (job["output"], i)
     report = json.loads((folder / "manifest.report.json").read_text())
     assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED"] * 3
     assert not (folder / ".tiffpipe-work").exists()

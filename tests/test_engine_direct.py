@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -172,13 +173,19 @@ def test_a_failed_item_fails_a_distributed_map_as_on_aws():
     ({"ItemReader": {}}, "ItemReader"),
     ({"Resource": "arn:aws:states:::s3:getObject"}, "Resource"),
 ])
-def test_what_it_cannot_run_is_named_and_runs_on_moto(change: dict[str, Any], why: str):
+def test_what_it_cannot_run_is_named(change: dict[str, Any], why: str):
     machine = copy.deepcopy(MACHINE)
     machine["States"]["First"].update(change)
     assert why in (direct.unsupported(machine) or "")
+
+
+def test_a_definition_it_cannot_run_runs_on_moto_unless_direct_is_asked_for():
+    """One definition the direct interpreter cannot run (an intrinsic function): the engine
+    (``auto``) runs it on moto, and refuses it when told to use the direct interpreter."""
     passing = {"StartAt": "P", "States": {"P": {
         "Type": "Pass", "Parameters": {"seen.$": "States.Format('v{}', $.value)"},
         "End": True}}}
+    assert "only reference paths" in (direct.unsupported(passing) or "")
     with LocalEngine(1, definition_text=json.dumps(passing)) as engine:
         assert engine.machine is None  # auto: moto runs it
         run = engine.run({"value": 3})
@@ -197,8 +204,14 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
     in this process only), the waiting units hold enough work and, once a unit has waited
     POOL_START_AFTER_S, the pool of ``workers - 1`` starts and serves one (with a long wait:
     all run in the engine). (Pages this small would make one ProcessJob of the three
-    units: plan.SINGLE_TASK_PIXELS is 0 here, for the Map's scheduling.)"""
+    units: plan.SINGLE_TASK_PIXELS is 0 here, for the Map's scheduling.)
+
+    Whether the work waiting is worth a worker depends on how fast the units run on this
+    machine, so POOL_WORTH_S is pinned: out of reach for the short units (on a loaded
+    machine they could otherwise add up to it), and reached by any unit for the slow ones
+    (then only the wait, and how busy the unit keeps the cores, decide)."""
     monkeypatch.setattr(local, "POOL_START_AFTER_S", wait)
+    monkeypatch.setattr(local, "POOL_WORTH_S", 0.0 if slow_here else 1e9)
     monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)
     if slow_here:
         from pipeline.steps import process
@@ -325,10 +338,13 @@ def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work_and_cores_idle():
     """The rule of :meth:`LocalEngine._pool_pays`: not before the wait; then the waiting
     tasks times a task's time here (mean so far, or the oldest running one's age) against
     POOL_WORTH_S, and only while the tasks here leave cores idle (POOL_BELOW_BUSY, measured
-    over the stretch they have run)."""
-    with LocalEngine(2) as engine:
-        now = time.monotonic()
-        idle = time.process_time()  # this process's CPU: ~none used since
+    over the stretch they have run). The rule reads the clocks itself: they are stopped
+    here (local's ``time``: this process's wall and CPU seconds stand still), so the test
+    does not depend on how fast it runs."""
+    now, idle = 1000.0, 50.0  # the wall clock, and this process's CPU seconds
+    with LocalEngine(2) as engine, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local, "time", SimpleNamespace(monotonic=lambda: now,
+                                                  process_time=lambda: idle))
 
         def running(age: float, stretch: float, cpu_used: float) -> None:
             engine._engine_starts, engine._stretch_since = {1: now - age}, now - stretch
@@ -438,13 +454,15 @@ def test_a_distributed_map_reads_its_items_with_an_item_reader(tmp_path: Path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_processes_that_run_tasks_tune_their_malloc():
+def test_processes_that_run_tasks_tune_their_malloc(tmp_path: Path):
     """On Linux (glibc) the arena cap and the thresholds are set, not silently skipped:
     without the cap the engine's peak at 1 Gpx grew ~30% over many arenas, without the
     thresholds page faults took ~7% of a run's CPU (pipeline.engine.workers.tune_malloc).
     A fresh process checks that the settings hold: an allocation below the mmap threshold
-    comes from the heap (no new mapping), one above it gets a mapping of its own."""
-    from pipeline.engine.workers import tune_malloc
+    comes from the heap (no new mapping), one above it gets a mapping of its own; and
+    threads allocating at once share at most MALLOC_ARENAS arenas (glibc's malloc_info),
+    where without the cap they get more."""
+    from pipeline.engine.workers import MALLOC_ARENAS, tune_malloc
 
     assert tune_malloc() is True
     script = textwrap.dedent("""
@@ -474,3 +492,44 @@ def test_processes_that_run_tasks_tune_their_malloc():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stderr
+    # the arena cap: 8 threads each allocate, then wait for all; malloc_info lists the heaps
+    arenas = textwrap.dedent("""
+        import ctypes
+        import sys
+        import threading
+        from pipeline.engine.workers import tune_malloc
+
+        if sys.argv[1] == "tuned":
+            assert tune_malloc()
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.fopen.restype = ctypes.c_void_p
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        threads = 8
+        allocated, done = threading.Barrier(threads + 1), threading.Barrier(threads + 1)
+
+        def allocate():
+            libc.malloc(1000)
+            allocated.wait()
+            done.wait()  # alive (its arena in use) until the heaps are listed
+
+        started = [threading.Thread(target=allocate) for _ in range(threads)]
+        for thread in started:
+            thread.start()
+        allocated.wait()
+        out = libc.fopen(sys.argv[2].encode(), b"w")
+        assert libc.malloc_info(0, out) == 0
+        libc.fclose(out)
+        done.wait()
+        for thread in started:
+            thread.join()
+        print(open(sys.argv[2]).read().count("<heap nr="))
+    """)
+    heaps = {}
+    for mode in ("tuned", "default"):
+        proc = subprocess.run([sys.executable, "-c", arenas, mode, str(tmp_path / mode)],
+                              capture_output=True, text=True, cwd=ROOT, check=False)
+        assert proc.returncode == 0, proc.stderr
+        heaps[mode] = int(proc.stdout)
+    assert 1 <= heaps["tuned"] <= MALLOC_ARENAS < heaps["default"], heaps

@@ -592,6 +592,35 @@ def test_cli_text_and_json(manifest: Path, fused: Path, tmp_path: Path) -> None:
     assert code == 2 and "calibration" in err
 
 
+def test_every_input_that_cannot_be_read_is_listed_at_once(manifest: Path,
+                                                           tmp_path: Path) -> None:
+    """Inputs missing, not TIFFs or lacking a page are each a problem of their job, listed
+    together (exit 2), as ``validate`` lists a manifest's problems; the readable inputs'
+    jobs are still planned."""
+    (tmp_path / "notes.tif").write_text("not a TIFF")
+    jobs = [{"input": "gone.tif", "output": "o0.tif"},
+            {"input": "rgb.tif", "output": "o1.tif"},  # readable (the manifest fixture's)
+            {"input": "lost/also_gone.tif", "output": "o2.tif"},
+            {"input": "notes.tif", "output": "o3.tif"},
+            {"input": "gray.tif", "output": "o4.tif", "pages": [3]}]
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps({"jobs": jobs}))
+    plans, _, problems = est.plans_for_manifest(str(batch))
+    assert [p.split(": ")[:2] for p in problems] == [
+        ["jobs[0]", "InputNotFoundError"], ["jobs[2]", "InputNotFoundError"],
+        ["jobs[3]", "NotATiffError"], ["jobs[4]", "PageNotFoundError"]]
+    for problem, name in zip(problems, ("gone.tif", "lost/also_gone.tif", "notes.tif",
+                                        "gray.tif"), strict=True):
+        assert str(tmp_path / name) in problem, problem
+    assert "does not exist" in problems[0] and "page 3" in problems[3]
+    assert [plan.spec.input for plan in plans] == [str(tmp_path / "rgb.tif")]
+    code, out, err = _cli("estimate", str(batch))
+    assert code == 2 and out == "", err
+    for problem in problems:
+        assert problem in err, err
+    assert "Traceback" not in err
+
+
 def test_the_shipped_calibration_loads() -> None:
     cal = est.load_calibration()
     assert cal["format"] == est.CALIBRATION_FORMAT

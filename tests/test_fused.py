@@ -197,6 +197,7 @@ def test_a_failing_fused_unit_fails_only_its_job(tmp_path: Path):
     assert failed["error"]["type"] == "CorruptTiffError", failed["error"]
     message = failed["error"]["message"]
     assert str(bad) in message and "page 0" in message and "segment 27" in message, message
+    assert "the file is damaged: copy it again from its source" in message, message
     assert not (tmp_path / "bad.out.tif").exists()
     assert np.array_equal(read_page(tmp_path / "good.out.tif", 0), reference(page, [G]))
 

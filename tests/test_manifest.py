@@ -347,6 +347,24 @@ def test_op_chain_problems_carry_the_job_path():
     assert len(problems) == 3
 
 
+def test_every_problem_of_one_op_is_listed_at_its_own_path():
+    """A malformed custom ``function`` is a problem at ``.function``, listed with the op's
+    other problems; how parameters relate is checked once each of them is valid."""
+    data = {"jobs": [job(ops=[
+        {"op": "custom", "function": "mylab.filters.flatten", "halo": -1, "params": [1]},
+        {"op": "custom", "function": "mylab.filters.flatten"},
+        {"op": "percentile_stretch", "p_low": 90, "p_high": 10, "x": 1}])]}
+    malformed = "expected \"package.module:function\", got 'mylab.filters.flatten'"
+    assert problems_of(data) == [
+        f"jobs[0].ops[0].function: {malformed}",
+        "jobs[0].ops[0].halo: expected an integer >= 0 and <= 4096, got -1",
+        "jobs[0].ops[0].params: expected an object, got [1]",
+        f"jobs[0].ops[1].function: {malformed}",
+        "jobs[0].ops[2].x: unknown field (allowed: p_high, p_low)",
+        "jobs[0].ops[2]: p_low (90) must be below p_high (10)",
+    ]
+
+
 def test_ops_must_be_a_list():
     assert one_problem({"jobs": [job(ops={"op": "invert"})]}) == (
         "jobs[0].ops: expected a list of ops, got dict")

@@ -135,9 +135,14 @@ WRITERS: dict[str, Callable[[Path], None]] = {
     "gray12": lambda p: tifffile.imwrite(
         p, blocks(20, "uint16", 4095), bitspersample=12, photometric="minisblack",
         metadata=None),
+    # complex samples (SampleFormat COMPLEXIEEEFP: SAR and FFT output)
+    "complex64": lambda p: tifffile.imwrite(
+        p, (blocks(21, "float32", 100) + 1j * blocks(22, "float32", 100)).astype(np.complex64),
+        photometric="minisblack", metadata=None),
+    "complex128_tiles": lambda p: tifffile.imwrite(
+        p, (blocks(23, "float64", 100) - 1j).astype(np.complex128), photometric="minisblack",
+        tile=(32, 32), compression="zlib", metadata=None),
 }
-CONVERTED = [n for n in WRITERS if n not in
-             ("cmyk", "ycbcr_uncompressed", "miniswhite_float32", "miniswhite_int16", "gray12")]
 #: name -> words the refusal names (besides the file and the page)
 REFUSED = {
     "cmyk": ("SEPARATED", "CMYK", "RGB"),
@@ -145,7 +150,10 @@ REFUSED = {
     "miniswhite_float32": ("miniswhite", "float32", "white"),
     "miniswhite_int16": ("miniswhite", "int16"),
     "gray12": ("12-bit",),
+    "complex64": ("complex", "complex64", "magnitude", "float32"),
+    "complex128_tiles": ("complex", "complex128", "magnitude", "float32"),
 }
+CONVERTED = [n for n in WRITERS if n not in REFUSED]
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +241,22 @@ def test_refused_kinds_say_why(files, name):
         assert word in message, (word, message)
 
 
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_preview_refuses_them_with_the_named_error(files, name, tmp_path):
+    """``tiffpipe preview`` of a refused kind: exit 1 with the same named error, no
+    traceback and no PNG."""
+    png = tmp_path / "p.png"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["preview", str(files[name]), "-o", str(png)])
+    message = err.getvalue()
+    assert code == 1 and "UnsupportedTiffError" in message, message
+    assert str(files[name]) in message and "page 0" in message
+    for word in REFUSED[name]:
+        assert word in message, (word, message)
+    assert not png.exists()
+
+
 # --- through the whole pipeline -----------------------------------------------------------
 
 BLUR = [{"op": "gaussian_blur", "sigma": SIGMA}]
@@ -258,6 +282,9 @@ JOBS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "cmyk_copy": ("cmyk", {}, ("UnsupportedTiffError", REFUSED["cmyk"])),
     "ycbcr_copy": ("ycbcr_uncompressed", {}, ("UnsupportedTiffError", REFUSED["ycbcr_uncompressed"])),
     "gray12_blur": ("gray12", {"ops": BLUR}, ("UnsupportedTiffError", REFUSED["gray12"])),
+    "complex_copy": ("complex64", {}, ("UnsupportedTiffError", REFUSED["complex64"])),
+    "complex_blur": ("complex128_tiles", {"ops": BLUR},
+                     ("UnsupportedTiffError", REFUSED["complex128_tiles"])),
 }
 
 

@@ -51,14 +51,6 @@ def _lock_pins(path: Path) -> dict[str, tuple[str, str]]:
 # --- the shipped files ---------------------------------------------------------------------
 
 
-def test_the_definition_is_read_through_importlib_resources_without_a_package_folder(
-        monkeypatch: pytest.MonkeyPatch):
-    """A package with no folder of its own (zipped) gives its definition through
-    importlib.resources, which a run from a folder never imports: the same text."""
-    monkeypatch.setattr(definition.os.path, "isfile", lambda path: False)
-    assert definition.definition_text() == (ROOT / "statemachine.asl.json").read_text()
-
-
 def test_the_package_ships_the_top_level_files():
     """What the engine, deploy and estimate read is, in a checkout, the file users edit."""
     assert definition.definition_text() == (ROOT / "statemachine.asl.json").read_text()
@@ -171,6 +163,27 @@ def test_wheel_ships_the_top_level_files(installed: tuple[Path, Path]):
 
 
 @pytest.mark.slow
+def test_the_definition_is_read_through_importlib_resources_without_a_package_folder(
+        installed: tuple[Path, Path], tmp_path: Path):
+    """A package with no folder of its own, imported from the wheel (a zip) itself, gives
+    its definition through importlib.resources (a run from a folder never imports it): the
+    same text as the checkout's. A fresh interpreter with no site (-S: the checkout's
+    editable install is not on its path), isolated (-I: no PYTHONPATH, not the current
+    folder), run outside the checkout, imports the package from the wheel alone."""
+    wheel, _ = installed
+    script = ("import json, sys\n"
+              f"sys.path.insert(0, {str(wheel)!r})\n"
+              "import pipeline\n"
+              "from pipeline.engine.definition import definition_text\n"
+              "print(json.dumps({'file': pipeline.__file__, 'text': definition_text()}))\n")
+    done = _run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path)
+    read = json.loads(done.stdout)
+    assert Path(read["file"]).is_relative_to(wheel), f"imported {read['file']}, not the wheel"
+    assert read["text"] == (ROOT / "statemachine.asl.json").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.engine  # the installed tiffpipe runs the demo on the local engine
 def test_installed_wheel_runs_the_demo_and_estimate(installed: tuple[Path, Path],
                                                      tmp_path: Path):
     _, env_dir = installed

@@ -429,7 +429,8 @@ def test_a_damaged_jpeg_tile_is_read_as_the_full_decode_reads_it(tmp_path):
     data[int(offsets[6]):int(offsets[6]) + int(counts[6])] = b"\x55" * int(counts[6])
     path.write_bytes(bytes(data))
     for exact_mode in (False, True):
-        with pytest.raises(CorruptTiffError, match=r"page 0: segment 6 .*cannot be decoded"):
+        with pytest.raises(CorruptTiffError, match=r"page 0: segment 6 .*cannot be decoded"
+                           r".*; the file is damaged: copy it again from its source"):
             thumbnail(str(path), 0, 32, exact=exact_mode)
 
 
@@ -470,6 +471,9 @@ def test_preview_command(tmp_path):
     assert str(png) in out and "page 1" in out and "100x200 uint16" in out
     code, _, err = _cli(["preview", str(path), "-o", str(png), "--page", "5"])
     assert code == 1 and "PageNotFoundError" in err and "page 5" in err
+    # the advice is about the option that gave the page, and names the pages there are
+    assert "has 2 page(s) (0..1)" in err and "give --page a page from 0 to 1" in err, err
+    assert "job" not in err, err
     assert _cli(["preview", str(path), "--size", "5"])[0] == 2
     notes = tmp_path / "notes.tif"
     notes.write_text("not a TIFF")

@@ -208,7 +208,7 @@ def test_ome_names_the_pages_and_reads_levels(run):
 
 @pytest.mark.parametrize("name", ["zstd", "ome"])
 def test_libvips_sees_pages_and_subifds(run, name):
-    pyvips = pytest.importorskip("pyvips")
+    import pyvips  # in the test lock (pyvips-binary): a broken install fails, never skips
     if name == "zstd":  # the pyvips-binary wheel may lack zstd: only check the structure
         image = pyvips.Image.new_from_file(run[name], access="sequential")
         assert image.get("n-pages") == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import pickle
 
 import pytest
@@ -114,10 +115,14 @@ def test_copies_and_pickles():
 
 def test_nothing_is_compiled_when_a_record_class_is_made(monkeypatch):
     """The point of @record: dataclass's _create_fn (source compiled with exec) is never
-    called, and neither is inspect.signature (a class without a docstring)."""
-    made = []
+    called, and neither is inspect.signature for a class with a docstring (only a class
+    without one asks it for one, as dataclass does)."""
+    made, signatures = [], []
     monkeypatch.setattr(dataclasses, "_create_fn",
                         lambda *a, **k: made.append(a[0]) or pytest.fail("compiled"))
+    signature = inspect.signature
+    monkeypatch.setattr(inspect, "signature",
+                        lambda *a, **k: signatures.append(a[0]) or signature(*a, **k))
 
     @record(frozen=True)
     class Point:
@@ -126,7 +131,13 @@ def test_nothing_is_compiled_when_a_record_class_is_made(monkeypatch):
         x: int
         y: int = 0
 
-    assert Point(1) == Point(1, 0) and made == []
+    assert Point(1) == Point(1, 0) and made == [] and signatures == []
+
+    @record
+    class Bare:
+        x: int
+
+    assert signatures == [Bare] and made == []
 
 
 def test_the_models_a_run_imports_are_records():

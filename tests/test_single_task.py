@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 import tifffile
 from test_exactness import make_image, write_tiff
@@ -131,7 +133,8 @@ def test_a_failed_process_job_publishes_nothing_and_fails_alone(
     folder.mkdir()
     (folder / "tiffpipe_failing_op.py").write_text(
         "def fail(tile):\n    raise ValueError('this op refuses every tile')\n")
-    write_tiff(tmp_path / "in.tif", [make_image(4, 300, 280, 1, "uint8")], tiled=True)
+    page = make_image(4, 300, 280, 1, "uint8")
+    write_tiff(tmp_path / "in.tif", [page], tiled=True)
     out = tmp_path / "out"
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [
         {"input": "in.tif", "output": "out/failed.tif",
@@ -146,7 +149,9 @@ def test_a_failed_process_job_publishes_nothing_and_fails_alone(
     assert blurred["status"] == "SUCCEEDED"
     assert sorted(p.name for p in out.iterdir()) == ["blurred.tif"]
     assert segments._held == {}
-    assert tifffile.imread(out / "blurred.tif").shape == (300, 280)
+    blurred = tifffile.imread(out / "blurred.tif")
+    assert blurred.dtype == page.dtype and blurred.shape == (300, 280)
+    assert np.array_equal(blurred, cv2.GaussianBlur(page, (0, 0), G["sigma"]))
 
 
 def test_the_unit_takes_the_input_plan_job_opened(tmp_path: Path,

@@ -118,11 +118,14 @@ def test_asl_validator_rejects_a_dangling_next(rendered, tmp_path):
 # --- (b) moto's parser --------------------------------------------------------------------
 
 
-def test_moto_parser_accepts_the_definition(rendered_text):
+def test_moto_parser_accepts_the_definition(rendered_text, rendered):
+    """moto parses the whole definition into the program it runs: the same start state and
+    top-level states, in order."""
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 
     program, _tree = AmazonStateLanguageParser.parse(rendered_text)
-    assert program is not None
+    assert program.start_at.start_at_name == rendered["StartAt"]
+    assert list(program.states.states) == list(rendered["States"])
 
 
 # --- (c) structure ------------------------------------------------------------------------
@@ -478,11 +481,31 @@ def test_job_specs_read_locally_and_on_s3(tmp_path, monkeypatch, kind):
             storage.s3_client().create_bucket(Bucket="tp-specs")
         specs = [JobSpec(input=f"/in/{i}.tif", output=f"/out/{i}.tif") for i in range(3)]
         run_url = planning.write_run(work, specs, "r1", "/m.json", "/m.report.json")
+        # every read of job-specs.bin: (offset, size) by storage.read_range, and on S3 the
+        # Range of each GetObject the client sends (an unranged one would show as None)
+        reads: list[tuple[int, int]] = []
+        gets: list[str | None] = []
+        ranged = storage.read_range
+        monkeypatch.setattr(storage, "read_range", lambda url, offset, size, *a, **k: (
+            reads.append((offset, size)) or ranged(url, offset, size, *a, **k)))
+        if kind == "s3":
+            storage.s3_client().meta.events.register(
+                "before-parameter-build.s3.GetObject",
+                lambda params, **_: gets.append(params.get("Range")))
+        entry = layout.JOB_ENTRY.size
         for i in range(3):
+            reads.clear()
+            gets.clear()
             doc, spec = load_job(run_url, i)
             assert doc["work"] == work and spec == specs[i]
-        for job in (3, 10**6, -1):
+            assert len(reads) == 2 and reads[0] == (entry * i, entry), reads  # entry, record
+            if kind == "s3":
+                assert gets == [f"bytes={o}-{o + n - 1}" for o, n in reads]
+        for job, read in ((3, 1), (10**6, 1), (-1, 0)):  # -1: not even the entry is read
+            reads.clear()
+            gets.clear()
             with pytest.raises(WorkMissingError, match=f"holds no job {job}"):
                 load_job(run_url, job)
+            assert len(reads) == read and len(gets) == (read if kind == "s3" else 0)
     assert layout.job_spec_span(layout.pack_job_specs([b"{}"])[:24], 0) == (24, 2)
     assert layout.job_spec_span(b"", 0) is None

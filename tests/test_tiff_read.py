@@ -450,8 +450,15 @@ def test_a_prefetched_damaged_segment_fails_its_read_by_name(tmp_path):
         reader = PageReader(tf, get_page(tf, url, 0), url, 0, decoder=decoder)
         reader.prefetch(Rect(0, 0, 32, 96))
         assert np.array_equal(reader.read(Rect(0, 0, 32, 32)), page[:32, :32])
-        with pytest.raises(CorruptTiffError, match=r"page 0: segment 1 .*cannot be decoded"):
+        with pytest.raises(CorruptTiffError, match=r"page 0: segment 1 .*cannot be decoded") \
+                as caught:
             reader.read(Rect(0, 32, 32, 64))
+    # the error says what to do, after what the codec said
+    assert str(caught.value).startswith(f"{url}: page 0: segment 1 (ADOBE_DEFLATE) cannot be "
+                                        "decoded (")
+    assert str(caught.value).endswith("; the file is damaged: copy it again from its source or "
+                                      "export it again, then check that tifffile.imread or "
+                                      "tiffinfo -D reads it whole"), caught.value
 
 
 def test_a_thread_keeps_its_last_local_tiff_open_while_it_is_unchanged(tmp_path):

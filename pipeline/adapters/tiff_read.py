@@ -20,7 +20,7 @@ from typing import Any
 import imagecodecs
 import numpy as np
 import tifffile
-from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, TIFF
+from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT, TIFF
 
 from pipeline.adapters import kept_files, storage
 from pipeline.adapters.metadata import read_metadata
@@ -56,6 +56,11 @@ _REFUSED_PHOTOMETRICS = {
     PHOTOMETRIC.LOGL: "LogL needs a float conversion; convert the file to float32 first",
     PHOTOMETRIC.LOGLUV: "LogLuv needs a float conversion; convert the file to float32 first",
 }
+#: what to do about a file whose segment data is damaged or truncated (in every such error)
+REPAIR = ("copy it again from its source or export it again, then check that tifffile.imread "
+          "or tiffinfo -D reads it whole")
+#: sample formats of complex numbers (integer and float pairs): refused, see pixel_kind
+_COMPLEX_FORMATS = (SAMPLEFORMAT.COMPLEXINT, SAMPLEFORMAT.COMPLEXIEEEFP)
 
 # tifffile logs (and recovers from) damaged IFDs; we raise our own errors instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
@@ -153,11 +158,17 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     return count
 
 
-def get_page(tf: tifffile.TiffFile, url: str, index: int) -> tifffile.TiffPage:
+def get_page(tf: tifffile.TiffFile, url: str, index: int,
+             option: str | None = None) -> tifffile.TiffPage:
+    """Page ``index`` of the file, or PageNotFoundError saying which pages it has. The
+    advice is to fix the job's ``pages``; with ``option`` (a command's option that gave the
+    index, such as ``--page``), to give that option a page the file has."""
     count = page_count(tf, url)
     if not 0 <= index < count:
+        fix = ("fix the job's pages" if option is None else
+               f"give {option} a page from 0 to {count - 1}")
         raise PageNotFoundError(f"{url}: has {count} page(s) (0..{count - 1}), "
-                                f"page {index} asked for; fix the job's pages")
+                                f"page {index} asked for; {fix}")
     try:
         page = tf.pages[index]
     except _IFD_ERRORS as exc:
@@ -244,6 +255,12 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
         raise UnsupportedTiffError(
             f"{where}: photometric {pname} is not supported (supported: gray, RGB, palette, "
             "bilevel, with alpha); convert the page to gray or RGB")
+    if int(page.sampleformat) in _COMPLEX_FORMATS:
+        what = np.dtype(page.dtype).name if page.dtype is not None else \
+            f"{bps}-bit {_name(page.sampleformat, SAMPLEFORMAT)}"
+        raise UnsupportedTiffError(
+            f"{where}: complex samples ({what}) are not supported, the ops take real numbers; "
+            "convert the page to its magnitude or real part as float32 first")
     if not isinstance(bps, int) or page.dtype is None:
         raise UnsupportedTiffError(f"{where}: samples of {bps} bits are not supported "
                                    "(packed formats such as RGB565); convert the file to 8-bit")
@@ -405,7 +422,7 @@ class PageReader:
         needed = self.planes * self.seg_rows * self.seg_cols
         if len(page.dataoffsets) < needed or len(page.databytecounts) < needed:
             raise CorruptTiffError(f"{self.where}: has {len(page.dataoffsets)} segment offsets, "
-                                   f"{needed} expected; the file is damaged")
+                                   f"{needed} expected; the file is damaged: {REPAIR}")
 
     def _segments(self, rect: Rect) -> Iterator[tuple[int, int, int]]:
         """(segment, plane, segment row) of every segment ``rect`` overlaps, in file order."""
@@ -457,12 +474,13 @@ class PageReader:
         fh = self.tf.filehandle
         if start + count > fh.size:
             raise CorruptTiffError(f"{self.where}: segment {seg} ends at byte {start + count} "
-                                   f"but the file has {fh.size} bytes; the file is truncated")
+                                   f"but the file has {fh.size} bytes; the file is truncated: "
+                                   f"{REPAIR}")
         fh.seek(start)
         data = fh.read(count)
         if len(data) != count:
             raise CorruptTiffError(f"{self.where}: segment {seg}: read {len(data)} of {count} "
-                                   "bytes; the file is truncated")
+                                   f"bytes; the file is truncated: {REPAIR}")
         return data
 
     def segment_bytes(self, seg: int) -> bytes | None:
@@ -485,10 +503,12 @@ class PageReader:
             decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
-            raise CorruptTiffError(f"{self.where}: segment {seg} ({cname}) cannot be decoded: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+            raise CorruptTiffError(f"{self.where}: segment {seg} ({cname}) cannot be decoded "
+                                   f"({type(exc).__name__}: {exc}); the file is damaged: "
+                                   f"{REPAIR}") from exc
         if decoded is None:
-            raise CorruptTiffError(f"{self.where}: segment {seg} decoded to nothing")
+            raise CorruptTiffError(f"{self.where}: segment {seg} decoded to nothing; the file "
+                                   f"is damaged: {REPAIR}")
         return (self._convert(decoded.reshape(decoded.shape[-3:]), origin[0]), origin[0],
                 origin[2], origin[3])
 
@@ -502,7 +522,7 @@ class PageReader:
             if int(index.max(initial=0)) >= kind.lut.shape[0]:
                 raise CorruptTiffError(f"{self.where}: a sample value {int(index.max())} is "
                                        f"beyond the {kind.lut.shape[0]} entries of its "
-                                       "colormap or bit depth; the file is damaged")
+                                       f"colormap or bit depth; the file is damaged: {REPAIR}")
             out = kind.lut[index]
             return out[..., None] if out.ndim == 2 else out
         if kind.invert and (plane == 0 or not self.separate):

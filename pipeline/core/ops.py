@@ -109,6 +109,14 @@ class ObjectParam(Param):
         return f"expected {self.expectation()}, got {json.dumps(value, default=repr)}"
 
 
+class FunctionParam(Param):
+    """The ``function`` of a custom op: a string naming ``package.module:function``, checked
+    as a parameter, so that its problem is at its own path, with the op's other problems."""
+
+    def check(self, value: Any) -> str | None:
+        return super().check(value) or custom_mod.spec_problem(value)
+
+
 def _only(dtypes: tuple[str, ...], channels: tuple[int, ...] | None, name: str,
           why: str = "") -> Callable[[dict[str, Any], np.dtype, int], str | None]:
     def accepts(p: dict[str, Any], dtype: np.dtype, ch: int) -> str | None:
@@ -130,10 +138,6 @@ def _percentile_check(p: dict[str, Any]) -> str | None:
     if p["p_low"] >= p["p_high"]:
         return f"p_low ({p['p_low']}) must be below p_high ({p['p_high']})"
     return None
-
-
-def _custom_check(p: dict[str, Any]) -> str | None:
-    return custom_mod.spec_problem(p["function"])
 
 
 # --- the registry -------------------------------------------------------------------
@@ -252,12 +256,12 @@ OPS: dict[str, Op] = {op.name: op for op in (
                  "multiples of 16 x factor"),
     Op("custom", "function(tile, **params), a user function (package.module:function) "
        "returning a tile of the same shape and dtype",
-       (Param("function", "string", "the function, as package.module:function",
-              required=True),
+       (FunctionParam("function", "string", "the function, as package.module:function",
+                      required=True),
         Param("halo", "integer", "pixels around a tile the function's output depends on",
               default=0, ge=0, le=4096),
         ObjectParam("params", "object", "keyword arguments of the function", default={})),
-       fn.custom, halo=lambda p, dt: p["halo"], check=_custom_check,
+       fn.custom, halo=lambda p, dt: p["halo"],
        halo_help="the halo given", exact="exact when the function only looks `halo` pixels "
                                          "away and not at where the tile lies"),
 )}
@@ -290,7 +294,7 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
             problems.append(f"{here}.op: unknown op {item['op']!r} (known: {', '.join(OPS)})")
             continue
         values, probs = check_object(item, op.params, here, reserved=("op",))
-        if not probs:
+        if all(p.name in values for p in op.params):  # each valid: how they relate, too
             why = op.check(values)
             if why:
                 probs.append(f"{here}: {why}")

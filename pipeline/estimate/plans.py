@@ -118,10 +118,14 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
     """Each job's plan, its input's size in bytes (None if unknown) and the problems found.
 
     Reads the manifest and each input's page headers only; with ``assume_pages`` no input is
-    opened: every input has those pages (``pages`` of a job still picks among them).
+    opened: every input has those pages (``pages`` of a job still picks among them). An
+    input that cannot be read (missing, not a TIFF, damaged, a page it lacks) is a problem
+    of its job, and the other jobs are still planned, so that every problem is listed at
+    once; such a job has no plan.
     """
     from pipeline.adapters import storage
     from pipeline.core.plan import make_plan
+    from pipeline.errors import TiffpipeError
     from pipeline.runner import validate
 
     specs = validate(manifest)
@@ -140,8 +144,12 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
         else:
             from pipeline.adapters.tiff_read import keeps_palette, read_infos
 
-            infos = read_infos(spec.input, spec.pages, keep_palette=keeps_palette(
-                spec.ops, spec.output_options.compression))
+            try:
+                infos = read_infos(spec.input, spec.pages, keep_palette=keeps_palette(
+                    spec.ops, spec.output_options.compression))
+            except TiffpipeError as exc:  # the message names the file: the next job's too
+                problems.append(f"jobs[{i}]: {type(exc).__name__}: {exc}")
+                continue
             try:
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
