@@ -1,6 +1,8 @@
-"""``tiffpipe``: run, validate, ops, demo. Parses arguments, calls the runner, sets the exit code.
+"""The ``tiffpipe`` command: parses arguments, calls the runner (or the AWS and preview
+modules), sets the exit code.
 
-Exit codes: 0 all jobs succeeded; 1 a job (or the run) failed; 2 invalid manifest or usage.
+Exit codes: 0 all jobs succeeded; 1 a job (or the run) failed; 2 invalid manifest or usage;
+128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM).
 The ``tiffpipe`` console script is :func:`console` (:func:`main`, then a quick exit);
 :func:`main` is what a caller in the same process uses.
 """
@@ -11,18 +13,41 @@ import argparse
 import atexit
 import json
 import os
+import signal
 import sys
 import threading
-from typing import Any, NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
 from pipeline.errors import InputNotFoundError, ManifestError, OutputNotWritableError
 
+if TYPE_CHECKING:
+    from pipeline.engine.local import StopRequest
+    from pipeline.runner import RunResult
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: 128 + SIGINT: a command stopped by Ctrl-C (the shell's convention); 128 + SIGTERM: 143
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+#: what ``tiffpipe --help`` says first (every command is listed below it)
+DESCRIPTION = """\
+Split giant multi-page TIFFs into tiles, process them in parallel and merge them again, on
+this machine or on AWS. A manifest (JSON) lists the jobs: input, output, ops.
+
+  run, validate, demo  run a manifest's jobs on this machine; check a manifest; try a sample
+  ops, preview         list the operations; render a thumbnail of a TIFF page
+  estimate             what a manifest's run on AWS would cost and take
+  start, status        run a manifest on a deployed AWS stack; follow a run there
+
+Exit codes: 0 every job succeeded; 1 a job (or the run) failed; 2 invalid manifest or usage;
+130 stopped by Ctrl-C (143 by SIGTERM). `tiffpipe COMMAND --help`: a command's options."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tiffpipe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="tiffpipe", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"tiffpipe {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -107,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                "start": cmd_aws, "status": cmd_aws}
     try:
         return handler[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_FAILED
+    except KeyboardInterrupt:  # `run` handles it itself (see _stop_on_signals)
+        print("tiffpipe: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `tiffpipe ops | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
@@ -138,7 +163,10 @@ def exit_now(code: int) -> NoReturn:
     it as usual)."""
     running = [t for t in threading.enumerate()
                if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if running or sys.flags.dev_mode:
+    # after a stop by a signal (exit code 128 + it), a thread still running is a task the
+    # run left behind (it did not stop within the grace): not waited for
+    left_behind = bool(running) and code > 128
+    if (running or sys.flags.dev_mode) and not left_behind:
         sys.exit(code)
     atexit._run_exitfuncs()  # runs each handler once, and forgets them
     for stream in (sys.stdout, sys.stderr):
@@ -183,27 +211,71 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("tiffpipe: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    from pipeline.engine.local import StopRequest
+
     jobs = _validated(args.manifest)
     if jobs is None:
         return EXIT_USAGE
+    stop = StopRequest()
     try:
-        with RunProgress(jobs, quiet=args.quiet) as progress:
+        with _stop_on_signals(stop), RunProgress(jobs, quiet=args.quiet) as progress:
             result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
                                keep_work=args.keep_work, listener=progress,
                                contact_sheet=not getattr(args, "no_contact_sheet", False),
-                               interpreter=getattr(args, "interpreter", "auto"))
+                               interpreter=getattr(args, "interpreter", "auto"), stop=stop)
     except OutputNotWritableError as exc:
         print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if result.report is None:
+    if result.report is None and result.interrupted is None:
         print(f"tiffpipe: the run failed: {result.error}", file=sys.stderr)
         return EXIT_FAILED
-    if not args.quiet:
+    if not args.quiet and result.report is not None:
         print_summary(result.report)
         if result.contact_sheet:
             print(f"contact sheet: {result.contact_sheet}")
         print(f"report: {result.report_url}")
+    if stop.signal is not None:
+        print(_interrupted_line(result, stop.signal), file=sys.stderr)
+        return 128 + stop.signal if stop.signal else EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+@contextmanager
+def _stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM request ``stop`` while the block runs, instead of
+    KeyboardInterrupt (which would leave the run's tasks going) or the end of the process
+    (which would leave its work folder and temporary files): the engine stops the run and the
+    runner cleans up (see :func:`pipeline.runner.run_local`). A second signal stops the
+    waiting for the tasks. Only in the main thread (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, lambda signum, _: stop.request(signum)) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _interrupted_line(result: RunResult, signum: int) -> str:
+    """What a run stopped by ``signum`` says, on one line: what it stopped, what it kept."""
+    from pipeline.runner import INTERRUPTED_ERROR, signal_name
+
+    name = signal_name(signum)
+    if result.report is None:
+        return (f"tiffpipe: interrupted ({name}) before any job started: no output and no "
+                "report were written")
+    total, unfinished = len(result.report["jobs"]), len(result.unfinished)
+    head = f"tiffpipe: interrupted ({name}): "
+    again = f"without an output ({INTERRUPTED_ERROR} in the report): run them again"
+    if not unfinished:
+        return head + f"all {total} jobs had finished; their outputs and the report are complete"
+    if unfinished == total:
+        return head + f"none of the {total} jobs had finished; all were stopped {again}"
+    return head + (f"{total - unfinished} of {total} jobs finished, their outputs are kept; the "
+                   f"other {unfinished} were stopped {again}")
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
@@ -300,6 +372,8 @@ def cmd_aws(args: argparse.Namespace) -> int:
         region = arn.split(":")[3]  # arn:aws:states:REGION:...
     clients = Clients(region, args.profile)
     try:
+        if arn:  # `start --stack` checks them as it finds the stack (Clients.names)
+            clients.account()  # no credentials: NoCredentialsFoundError and its advice
         if args.command == "start":
             return start(clients, args.manifest, stack=None if args.state_machine else args.stack,
                          state_machine=args.state_machine, wait=args.wait, poll=args.poll)

@@ -1,13 +1,17 @@
 """A local run of a manifest: validate, run the state machine on the embedded engine, report.
 
-The CLI's ``tiffpipe run`` is this module plus a terminal UI.
+The CLI's ``tiffpipe run`` is this module plus a terminal UI. A run stopped on request
+(:class:`~pipeline.engine.local.StopRequest`: the CLI's SIGINT and SIGTERM) still writes its
+report, with every job that had not finished marked :data:`INTERRUPTED_ERROR`.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,16 +20,20 @@ from typing import Any
 
 from pipeline.adapters import storage
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
-from pipeline.core.events import RunEvent, to_payload
+from pipeline.core.events import ReportEvent, RunEvent, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX
-from pipeline.engine.local import Listener, LocalEngine
+from pipeline.engine.local import Listener, LocalEngine, StopRequest
 from pipeline.errors import EngineError, InputNotFoundError, TiffpipeError
+from pipeline.steps import held_work, layout
 from pipeline.steps.report import failure_record
 
 log = logging.getLogger("tiffpipe")
+
+#: the report's error type of a job a stopped run did not finish (status FAILED)
+INTERRUPTED_ERROR = "RunInterruptedError"
 
 
 def new_run_id() -> str:
@@ -69,19 +77,32 @@ class RunResult:
     error: str | None = None
     worker_peaks_mb: dict[int, float] = field(default_factory=dict)
     contact_sheet: str | None = None  # the PNG of input and output thumbnails, when written
+    #: the signal of the stop request the run had (0: a request without one; the status is
+    #: ABORTED if it came before the run's end), None without one
+    interrupted: int | None = None
 
     @property
     def ok(self) -> bool:
         return (self.status == "SUCCEEDED" and self.report is not None
-                and self.report.get("failed", 1) == 0)
+                and self.report.get("failed", 1) == 0 and self.interrupted is None)
+
+    @property
+    def unfinished(self) -> list[int]:
+        """The jobs the report marks :data:`INTERRUPTED_ERROR`."""
+        return [j["job"] for j in (self.report or {}).get("jobs", [])
+                if j.get("error", {}).get("type") == INTERRUPTED_ERROR]
 
 
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,
               keep_work: bool = False, listener: Listener | None = None,
-              contact_sheet: bool = False, interpreter: str = "auto") -> RunResult:
+              contact_sheet: bool = False, interpreter: str = "auto",
+              stop: StopRequest | None = None) -> RunResult:
     """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
     ``<report stem>.contact.png`` (input and output thumbnails of every page of every job).
-    ``interpreter``: of the state machine (see :class:`LocalEngine`)."""
+    ``interpreter``: of the state machine (see :class:`LocalEngine`). ``stop``: a request
+    (a signal handler's) that stops the run: no task starts, the running ones stop within
+    their tile, the partial files of the jobs not finished are removed (outputs published
+    stay), and the report marks those jobs (:func:`_report_interrupted`); no contact sheet."""
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
@@ -95,21 +116,27 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = to_payload(RunEvent(manifest=manifest, work=work, run_id=run_id, report=report_url))
     try:
+        # held_work.holding: the results of the jobs a stopped run finished, for its report
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
-                LocalEngine(workers, listener, interpreter=interpreter) as engine:
-            execution = engine.run(event, name=f"run-{run_id}")
-            peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
-        doc = None
-        if execution.status == "SUCCEEDED":
-            doc = storage.read_json(report_url)
+                held_work.holding():
+            with LocalEngine(workers, listener, interpreter=interpreter, stop=stop) as engine:
+                execution = engine.run(event, name=f"run-{run_id}")
+                peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
+            interrupted = stop.signal if stop is not None else None
+            doc = None
+            if execution.status == "SUCCEEDED":
+                doc = storage.read_json(report_url)
+            elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
+                doc = _report_interrupted(work, interrupted)
         error = None
         if doc is None:
             record = failure_record({"Error": execution.error, "Cause": execution.cause})
             error = f"{record['type']}: {record['message']}"
-        sheet = _write_contact_sheet(doc, work, report_url) if contact_sheet and doc else None
+        sheet = (_write_contact_sheet(doc, work, report_url)
+                 if contact_sheet and doc and interrupted is None else None)
         return RunResult(run_id, execution.status, doc, report_url, work,
-                         time.time() - started, error, peaks, sheet)
+                         time.time() - started, error, peaks, sheet, interrupted)
     except EngineError as exc:
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
                          str(exc))
@@ -119,6 +146,64 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGINT`` for 2 (``a stop request`` for 0, a request without a signal)."""
+    try:
+        return signal.Signals(signum).name if signum else "a stop request"
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
+    """The report of a stopped run, as the Report step writes it at a run's end (the same
+    code and fields): each job without a result (not finished) gets one first, status
+    FAILED and error :data:`INTERRUPTED_ERROR` (as a job that failed; the report's schema
+    is unchanged), and its partial files beside its output are removed
+    (:func:`_remove_partial_output`). None when the run was stopped before PlanRun wrote
+    run.json (no job had started): no report is written then."""
+    from pipeline.steps.report import report
+
+    run_url = layout.run_file(work)
+    try:
+        run = storage.read_json(run_url)
+    except TiffpipeError:
+        return None
+    message = (f"the run was stopped ({signal_name(signum)}) before this job finished: no "
+               "output written; run it again")
+    for i, spec in enumerate(run["jobs"]):
+        url = layout.result_file(layout.job_dir(run["work"], i))
+        try:
+            held_work.load_result(url)
+            continue
+        except TiffpipeError:
+            pass
+        _remove_partial_output(spec["output"])
+        held_work.save_result(url, {"job": i, "status": "FAILED", "input": spec["input"],
+                                    "output": spec["output"],
+                                    "error": {"type": INTERRUPTED_ERROR, "message": message}})
+    report(ReportEvent(run_url))
+    doc: dict[str, Any] = storage.read_json(run["report"])
+    return doc
+
+
+def _remove_partial_output(output: str) -> None:
+    """Remove what a stopped job may have left of its output: a local output's temporary
+    files beside it (``storage.temp_output_path``'s names: a worker killed while it wrote
+    one), an S3 output's open multipart uploads. The output itself is never touched."""
+    from pipeline.adapters.segments import abort_uploads
+
+    try:
+        if storage.is_s3(output):
+            abort_uploads(output)
+            return
+        folder, name = os.path.split(output)
+        for tmp in glob.glob(os.path.join(glob.escape(folder),
+                                          f".{glob.escape(name)}.tiffpipe-*.tmp")):
+            os.remove(tmp)
+    except (OSError, TiffpipeError) as exc:
+        log.warning("could not remove the partial files of %s: %s", output, exc)
 
 
 @contextmanager

@@ -144,3 +144,24 @@ def test_no_stdout_at_all():
     proc = _command(["validate", "/nonexistent/m.json"], before="sys.stdout = None\n")
     assert proc.returncode == 2
     assert "m.json does not exist" in proc.stderr and "teardown ran" not in proc.stderr
+
+
+def test_help_describes_every_command():
+    """`tiffpipe --help` says what the tool and each command are for, in its description (not
+    the module's docstring for developers), and lists every subcommand."""
+    import argparse
+
+    from pipeline.cli import _parser
+
+    parser = _parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    proc = _command(["--help"])
+    assert proc.returncode == 0, proc.stderr
+    description = proc.stdout.split("positional arguments:")[0]
+    assert "Split giant multi-page TIFFs" in description
+    assert "Parses arguments" not in proc.stdout
+    assert set(sub.choices) == {"run", "validate", "ops", "estimate", "preview", "demo",
+                                "start", "status"}
+    for command in sub.choices:
+        assert command in description, command  # said in words, not only in the usage list
+        assert f"\n    {command} " in proc.stdout  # and listed with its own help

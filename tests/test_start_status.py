@@ -297,3 +297,25 @@ def test_progress_shows_the_jobs_first_then_the_running_jobs_maps():
               "Jobs": {"runs": 1, "total": 1000, "succeeded": 12, "running": 8}}
     assert progress_line(totals) == ("jobs 12/1000 done; Split 4/4 items (2 map run(s)); "
                                      "Process 4/10 items (2 map run(s))")
+
+
+def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path):
+    """No credentials anywhere: status stops as start does (exit 2, what to configure), not
+    with botocore's bare "Unable to locate credentials" (exit 1)."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    outcomes = {}
+    for args in (["status", f"arn:aws:states:{REGION}:123456789012:execution:tiffpipe-main:run-x"],
+                 ["start", str(tmp_path / "m.json"), "--region", REGION]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(args)
+        outcomes[args[0]] = (code, err.getvalue())
+    assert outcomes["status"] == outcomes["start"]
+    code, err = outcomes["status"]
+    assert code == 2
+    assert "no AWS credentials found" in err and "aws configure" in err, err

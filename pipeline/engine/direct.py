@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -66,6 +65,11 @@ class StateError(Exception):
     def __init__(self, error: str, cause: str):
         super().__init__(f"{error}: {cause}")
         self.error, self.cause = error, cause
+
+
+class Aborted(BaseException):
+    """The execution was stopped (:meth:`Interpreter.abort`, as StopExecution on AWS): a
+    BaseException, so no Retry or Catch (and no step's error record) sees it."""
 
 
 # --- what is supported ---------------------------------------------------------------------
@@ -236,20 +240,41 @@ def _error_matches(names: list[str], error: str) -> bool:
 
 class Interpreter:
     """Runs a state machine: Lambda tasks through ``invoke``; Map items on at most
-    ``map_threads`` threads per Map state (``MaxConcurrency`` bounds them too)."""
+    ``map_threads`` threads per Map state (``MaxConcurrency`` bounds them too).
+
+    :meth:`abort` (from any thread) stops the execution: no state or Map item starts after
+    it, a Retry's wait ends, and :meth:`run` raises :class:`Aborted` once the states
+    running end (``invoke`` may raise :class:`Aborted` too, to end one at once)."""
 
     def __init__(self, machine: dict[str, Any], invoke: Invoke, map_threads: int,
-                 sleep: Callable[[float], None] = time.sleep, read_items: ReadItems | None = None):
+                 sleep: Callable[[float], object] | None = None,
+                 read_items: ReadItems | None = None):
         self.machine, self.invoke, self.map_threads = machine, invoke, max(1, map_threads)
-        self.sleep, self.read_items = sleep, read_items
+        self.read_items = read_items
+        self._aborted = threading.Event()
+        # a Retry's wait: on the abort event by default, so that an abort ends it
+        self.sleep = sleep or self._aborted.wait
 
     def run(self, data: Any, name: str) -> Any:
-        """The execution's output, or StateError."""
+        """The execution's output, or StateError, or Aborted."""
         return self._machine(self.machine, data, {"Execution": {"Input": data, "Name": name}})
+
+    def abort(self) -> None:
+        """Stop the execution (thread-safe): see the class."""
+        self._aborted.set()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def _check(self) -> None:
+        if self._aborted.is_set():
+            raise Aborted("the execution was stopped")
 
     def _machine(self, machine: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
         name = machine["StartAt"]
         while True:
+            self._check()
             state = machine["States"][name]
             data, name = self._state(name, state, data, context)
             if name is None:
@@ -317,6 +342,7 @@ class Interpreter:
 
                     delay = random.uniform(0, delay)
                 self.sleep(delay)
+                self._check()
 
     def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
         params = fill(state.get("Parameters", {}), data, context)
@@ -351,7 +377,7 @@ class Interpreter:
             return over_count or over_pct
 
         def one(i: int) -> None:
-            if stop.is_set():  # a failed map starts no more items
+            if stop.is_set() or self._aborted.is_set():  # a failed map starts no more items
                 return
             item_context = {**context, "Map": {"Item": {"Value": items[i], "Index": i}}}
             item = (fill(state["ItemSelector"], data, item_context) if "ItemSelector" in state
@@ -371,6 +397,7 @@ class Interpreter:
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix=f"map-{name}") as pool:
                 list(pool.map(one, range(len(items))))
+        self._check()  # items skipped after an abort: no result
         if too_many():
             if distributed and (tolerated_pct is not None or tolerated is not None):
                 raise StateError("States.ExceedToleratedFailureThreshold",

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Protocol, Self
 
@@ -30,7 +30,7 @@ from pipeline.core.record import record
 from pipeline.engine import definition, direct
 from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
 from pipeline.errors import EngineError
-from pipeline.steps import held_work
+from pipeline.steps import held_work, stopping
 from pipeline.steps.common import usable_cores
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,30 @@ POOL_BELOW_BUSY = 0.8
 BUSY_MEASURED_OVER_S = 1.0
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
                   "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
+#: seconds a stopped run waits for its tasks to stop before it leaves them behind
+STOP_GRACE_S = 10.0
+
+
+class StopRequest:
+    """A request to stop a run (:class:`LocalEngine`'s ``stop``), made by a signal handler
+    or any thread: :meth:`request` records the first signal and wakes the engine, which
+    stops the run (:meth:`LocalEngine.abort`); a second request stops its waiting for the
+    tasks to stop. Safe in a signal handler: it only sets Events that the thread it
+    interrupts never holds (only the engine's watcher thread waits on them)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None  # the first request's (0 without a signal)
+        self.forced = False  # a second request
+        self._wakers: list[threading.Event] = []
+
+    def request(self, signum: int = 0) -> None:
+        if self.signal is None:
+            self.signal = signum
+        else:
+            self.forced = True
+        for waker in list(self._wakers):
+            waker.set()
+
 
 class Invoker(Protocol):
     """What serves an invoke: :class:`WorkerPool`, or an in-process stand-in in tests."""
@@ -157,15 +181,20 @@ class LocalEngine:
     pool of ``workers - 1`` (none for one worker) started when it pays; on moto, every task
     runs in a pool of ``workers``. The direct interpreter's runs keep their jobs' plans and
     results in this process's memory where no worker needs them
-    (:mod:`pipeline.steps.held_work`).
+    (:mod:`pipeline.steps.held_work`). ``stop``: a :class:`StopRequest` that stops a run
+    (:meth:`abort`; docs/local-engine.md, "Stopping a run").
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
                  definition_text: str | None = None, map_threads: int | None = None,
-                 interpreter: str = "auto"):
+                 interpreter: str = "auto", stop: StopRequest | None = None):
         if interpreter not in INTERPRETERS:
             raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
+        self.stop = stop
+        self._aborted = False  # abort(): the runs are stopping
+        self._given_up: Future[None] = Future()  # done: tasks still running are left behind
+        self._interpreter: direct.Interpreter | None = None
         self.definition_text = definition_text
         self.map_threads = max(1, map_threads or 2 * workers + 2)
         self.machine: dict[str, Any] | None = None
@@ -221,10 +250,83 @@ class LocalEngine:
         return dict(self.pool.peaks_kb) if self.pool else {}
 
     def close(self) -> None:
-        self._engine_threads.shutdown(wait=True)
+        # tasks left behind by a stopped run are not waited for (the process ends soon)
+        self._engine_threads.shutdown(wait=not self._given_up.done(), cancel_futures=True)
         if self.pool:
             self.pool.close()
         kept_files.close_all()  # the inputs the engine's threads kept open between units
+
+    def abort(self) -> None:
+        """Stop the runs now (thread-safe; returns at once): no state or task starts any
+        more, a task waiting for a slot gives up, the workers stop their tasks
+        (:meth:`WorkerPool.stop`), and the tasks running in this process stop at their next
+        tile (:mod:`pipeline.steps.stopping`). :meth:`run` then returns an ABORTED execution
+        once the tasks have stopped, or :data:`STOP_GRACE_S` later (see :meth:`give_up`).
+        A task that ended meanwhile keeps its result (a job's output published stays)."""
+        with self._free:
+            if self._aborted:
+                return
+            self._aborted = True
+            self._free.notify_all()
+        interpreter = self._interpreter
+        if interpreter is not None:
+            interpreter.abort()
+        if self.pool is not None:
+            self.pool.stop()
+        stopping.request()
+
+    def give_up(self) -> None:
+        """Stop waiting for the tasks of an aborted run (a second Ctrl-C, or the grace is
+        over): the ones in this process are left behind, the workers killed."""
+        with self._free:
+            if not self._given_up.done():
+                self._given_up.set_result(None)
+        if self.pool is not None:
+            self.pool.kill()
+
+    def _check_aborted(self) -> None:
+        if self._aborted:
+            raise direct.Aborted("the run was stopped")
+
+    @contextmanager
+    def _watching(self) -> Iterator[None]:
+        """While a run lasts: a thread that aborts it on :attr:`stop`'s request, then gives
+        up on its tasks :data:`STOP_GRACE_S` later or on a second request."""
+        stop = self.stop
+        if stop is None:
+            yield
+            return
+        # the signal handler sets ``waker`` while it is in the list; this thread (the one
+        # the handler interrupts) sets it only once out of it: never holding its lock then
+        waker, ended = threading.Event(), threading.Event()
+        stop._wakers.append(waker)
+        watcher = threading.Thread(target=self._watch, args=(stop, waker, ended),
+                                   name="tiffpipe-stop", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop._wakers.remove(waker)
+            ended.set()
+            waker.set()
+            watcher.join()
+
+    def _watch(self, stop: StopRequest, waker: threading.Event, ended: threading.Event) -> None:
+        while stop.signal is None:  # (a request made before the run: at once)
+            waker.wait()
+            waker.clear()
+            if ended.is_set():
+                return
+        self.abort()
+        deadline = time.monotonic() + STOP_GRACE_S
+        while not ended.is_set() and not stop.forced:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            waker.wait(left)
+            waker.clear()
+        if not ended.is_set():
+            self.give_up()
 
     def __enter__(self) -> Self:
         return self
@@ -237,15 +339,20 @@ class LocalEngine:
         """Start an execution on ``execution_input`` and wait for it to end (``poll``: seconds
         between status checks if moto's end of an execution cannot be signalled)."""
         name = name or f"run-{os.urandom(6).hex()}"
-        if self.machine is not None:
-            return self._run_direct(self.machine, execution_input, name)
-        return self._run_moto(execution_input, name, poll)
+        stopping.clear()  # (a run stopped before, in this process)
+        with self._watching():
+            if self.machine is not None:
+                return self._run_direct(self.machine, execution_input, name)
+            return self._run_moto(execution_input, name, poll)
 
     def _invoke(self, name: str, event: Any) -> tuple[bool, Any]:
         """A task of the direct interpreter: in this process if light, or if heavy and this
         process has cores its heavy tasks leave free (or has no pool), else in the pool; the
-        listener hears of it either way."""
+        listener hears of it either way. Once the run is aborted, no task starts, and one
+        that ends raises :class:`direct.Aborted` (its failure is the stop's, not its job's:
+        no Retry or Catch)."""
         function = _function(name)
+        self._check_aborted()
         if isinstance(event, dict) and event.get("action") in LIGHT_ACTIONS:
             ok, payload = self.in_process.invoke(function, event)
         else:
@@ -255,8 +362,7 @@ class LocalEngine:
             slot = self._take_slot(engine=not user_code, width=width, token=token)
             try:
                 if slot == "engine":
-                    ok, payload = self._engine_threads.submit(
-                        self.in_process.invoke, function, event).result()
+                    ok, payload = self._here(function, event)
                 else:
                     assert self.pool is not None
                     held_work.write_plan(event.get("plan"))  # the worker reads it
@@ -267,9 +373,19 @@ class LocalEngine:
                     if slot == "engine":
                         self._engine_done(token, width)
                     self._free.notify_all()
+        self._check_aborted()
         if self.listener is not None:
             self.listener(function, event, ok, payload)
         return ok, payload
+
+    def _here(self, function: str, event: Any) -> tuple[bool, Any]:
+        """A heavy task on this process's threads; once the run is given up on
+        (:meth:`give_up`), no longer waited for."""
+        task = self._engine_threads.submit(self.in_process.invoke, function, event)
+        wait([task, self._given_up], return_when=FIRST_COMPLETED)
+        if not task.done():
+            raise direct.Aborted("the run was stopped; a task was left behind")
+        return task.result()
 
     def _runs_user_code(self, event: Any) -> bool:
         """Whether a heavy task's job runs a ``custom`` op. Such tasks run in a worker, never
@@ -361,6 +477,7 @@ class LocalEngine:
             self._waiting += 1
             try:
                 while True:
+                    self._check_aborted()
                     if engine and self._engine_fits(width):
                         self._engine_started(token, width)
                         return "engine"
@@ -410,6 +527,9 @@ class LocalEngine:
         started = time.time()
         interpreter = direct.Interpreter(machine, self._invoke, self.map_threads,
                                          read_items=self._read_items_here)
+        self._interpreter = interpreter
+        if self._aborted:  # abort() came before the interpreter was there
+            interpreter.abort()
         try:
             # this process runs tasks, as the workers do; its jobs' plans and results stay
             # in its memory unless a worker needs them
@@ -417,6 +537,8 @@ class LocalEngine:
                 output = interpreter.run(execution_input, name)
         except direct.StateError as exc:
             return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)
+        except direct.Aborted as exc:
+            return Execution("ABORTED", None, "Aborted", str(exc), time.time() - started)
         except EngineError:
             raise
         except Exception as exc:  # a bug of the interpreter, not a failed state
@@ -466,6 +588,11 @@ class LocalEngine:
                 desc = sfn.describe_execution(executionArn=execution)
                 if desc["status"] != "RUNNING":
                     break
+                if self._aborted:  # its tasks in the stopped pool fail at once
+                    sfn.stop_execution(executionArn=execution, error="Aborted",
+                                       cause="the run was stopped")
+                    return Execution("ABORTED", None, "Aborted", "the run was stopped",
+                                     time.time() - started)
                 if crashes:  # moto's interpreter died: the execution can never end
                     exc = crashes[0]
                     raise EngineError(f"the embedded engine's interpreter (moto) stopped: "

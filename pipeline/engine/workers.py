@@ -2,14 +2,19 @@
 
 A handler's exception becomes an error record named after its class (Lambda's
 ``errorType``); a worker that dies becomes ``WorkerCrashedError`` and the pool is rebuilt.
+A stopped run stops its workers (:meth:`WorkerPool.stop`): they ignore SIGINT (a terminal's
+Ctrl-C reaches the whole process group; the engine decides) and stop their task on SIGTERM,
+its step's own clean-up run (:class:`WorkerStopped`).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -23,6 +28,20 @@ if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
 _env: dict[str, str] = {}
+#: in a worker process: the task it runs now ("function.action"), else None (see _on_sigterm)
+_task: str | None = None
+_in_worker = False
+#: in a worker process: SIGTERM has stopped a task; it runs no other (see _invoke)
+_stopped = False
+#: seconds a stopped pool's workers have to end their tasks before they are killed
+STOP_WAIT_S = 10.0
+
+
+class WorkerStopped(BaseException):
+    """Raised in a worker's task by SIGTERM (the engine stops its run, or someone stops it):
+    the step unwinds through its own clean-up (a temporary output removed, an upload
+    aborted), and, a BaseException, records no error of its own. The task then fails as
+    ``WorkerCrashedError`` (retried, as a killed worker's task, unless the run is stopping)."""
 
 
 #: glibc malloc arenas a process running tasks may create (see :func:`tune_malloc`)
@@ -76,7 +95,11 @@ def _glibc(name: str) -> Any:
 def _init(env: dict[str, str]) -> None:
     """Worker start: the user's environment (not the engine's mocked one; OpenBLAS's thread
     count set, before OpenCV's import), capped malloc arenas, one OpenCV thread (the pool
-    is the parallelism)."""
+    is the parallelism); SIGINT ignored and SIGTERM stopping the task (:func:`_on_sigterm`)."""
+    global _in_worker
+    _in_worker = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     tune_malloc()
     os.environ.clear()
     os.environ.update(env)
@@ -139,20 +162,45 @@ def _warm_up() -> None:
         raise failed[0]
 
 
+def _on_sigterm(signum: int, _: Any) -> None:
+    """SIGTERM in a worker: an idle worker exits (nothing to clean up); a task stops once,
+    with :class:`WorkerStopped` in the worker's main thread, which runs it, and its tile
+    threads stop at their next tile (:mod:`pipeline.steps.stopping`), as on any error."""
+    global _stopped
+    if _task is None:
+        os._exit(128 + signum)
+    from pipeline.steps import stopping
+
+    stopping.request()
+    if not _stopped:
+        _stopped = True
+        raise WorkerStopped(f"worker process {os.getpid()} was stopped "
+                            f"({signal.Signals(signum).name}) while it ran {_task}")
+
+
 def _invoke(function: str, event: dict[str, Any], peak: bool = True
             ) -> tuple[bool, dict[str, Any], int, int]:
     """Run one handler; never raise (exceptions are returned as Lambda error payloads). With
     ``peak``, the process's peak RSS is read afterwards (a worker's, for the run's result;
     0 without)."""
+    global _task
     from pipeline.handlers import dispatch
 
+    if _stopped:  # a worker stopped by SIGTERM runs no other task: it ends, as killed
+        os._exit(128 + signal.SIGTERM)
     try:
+        if _in_worker:
+            _task = f"{function}.{event.get('action')}"
         ok, payload = True, dispatch(function, event)
+    except WorkerStopped as exc:
+        ok, payload = False, {"errorType": "WorkerCrashedError", "errorMessage": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a Lambda error
         ok, payload = False, {
             "errorType": type(exc).__name__, "errorMessage": str(exc),
             "stackTrace": traceback.format_exception(exc)[-20:],
         }
+    finally:
+        _task = None
     return ok, payload, os.getpid(), peak_rss_kb() if peak else 0
 
 
@@ -228,6 +276,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self.warm = 0
         self._on_warm: Callable[[], None] | None = None
+        self._stopping = False  # stop(): no task starts, no pool is (re)built
+        self._stopped: list[Any] = []  # the worker processes stop() signalled
         self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -263,7 +313,7 @@ class WorkerPool:
         thread) each time one is ready."""
         with self._lock:
             self._on_warm = on_warm
-            if self._pool is None:
+            if self._pool is None and not self._stopping:
                 self._pool = self._new_pool()
 
     @property
@@ -272,9 +322,12 @@ class WorkerPool:
         return self._pool is not None
 
     def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        from concurrent.futures import CancelledError
         from concurrent.futures.process import BrokenProcessPool
 
         with self._lock:
+            if self._stopping:
+                return self._stopped_task(function, event)
             if self._pool is None:
                 self._pool = self._new_pool()
             pool = self._pool
@@ -282,15 +335,29 @@ class WorkerPool:
             ok, payload, pid, peak = pool.submit(_invoke, function, event).result()
         except BrokenProcessPool as exc:
             with self._lock:
+                if self._stopping:  # its workers were stopped: no new ones
+                    return self._stopped_task(function, event)
                 if self._pool is pool:  # the first thread to notice rebuilds it
                     self._pool = self._new_pool()
             return False, {"errorType": "WorkerCrashedError",
                            "errorMessage": f"a worker process died while running "
                                           f"{function}.{event.get('action')} ({exc}); it was "
                                           "probably out of memory or killed"}
+        except WorkerStopped as exc:  # SIGTERM came as its task ended: raised on its way back
+            return False, {"errorType": "WorkerCrashedError", "errorMessage": str(exc)}
+        except (CancelledError, RuntimeError):  # cancelled, or submitted as the pool shut down
+            if not self._stopping:
+                raise
+            return self._stopped_task(function, event)
         with self._lock:
             self.peaks_kb[pid] = max(self.peaks_kb.get(pid, 0), peak)
         return ok, payload
+
+    @staticmethod
+    def _stopped_task(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        return False, {"errorType": "WorkerCrashedError",
+                       "errorMessage": f"{function}.{event.get('action')} did not run to its "
+                                       "end: the worker pool was stopped"}
 
     def read_text(self, url: str) -> str:
         """The text of a file or S3 object, read by a worker (in the user's environment, which
@@ -299,8 +366,65 @@ class WorkerPool:
             pool = self._pool
         return pool.submit(_read_text, url).result()
 
+    def stop(self) -> None:
+        """Stop the workers now, without waiting (a stopped run): no task starts in them any
+        more, and each gets SIGTERM, which stops its task through the step's own clean-up
+        (:class:`WorkerStopped`; an idle worker exits). :meth:`close` waits for them."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            pool = self._pool
+            # ProcessPoolExecutor keeps its processes in _processes (no public accessor
+            # before Python 3.14's terminate_workers), which its shutdown clears
+            self._stopped = list((getattr(pool, "_processes", None) or {}).values())
+        if pool is None:
+            return
+        pool.shutdown(wait=False, cancel_futures=True)  # the tasks queued never start
+        _signal(self._stopped, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the workers still alive after :meth:`stop` (their tasks would not stop)."""
+        _signal(self._stopped, signal.SIGKILL)
+
     def close(self) -> None:
         with self._lock:
             pool = self._pool
-        if pool is not None:
+            processes = self._stopped
+        if pool is None:
+            return
+        if not self._stopping:
             pool.shutdown(wait=True, cancel_futures=True)
+            return
+        # stopped: wait for the workers to end their tasks, then kill what is left, so that
+        # no worker outlives the run (nor writes after the run's clean-up). SIGTERM again
+        # and again meanwhile: a worker whose task has ended waits for its next one, and
+        # exits on it (one still unwinding its task ignores it)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while (alive := _alive(processes)) and time.monotonic() < deadline:
+            _signal(alive, signal.SIGTERM)
+            alive[0].join(0.05)
+        _signal(processes, signal.SIGKILL)
+        for process in processes:
+            process.join(1.0)
+
+
+def _alive(processes: list[Any]) -> list[Any]:
+    """The ones of ``processes`` (multiprocessing.Process) still running."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_alive():
+                alive.append(process)
+        except ValueError:  # closed: gone
+            pass
+    return alive
+
+
+def _signal(processes: list[Any], signum: int) -> None:
+    """Send ``signum`` to each of ``processes`` still alive."""
+    for process in _alive(processes):
+        try:
+            os.kill(process.pid, signum)
+        except OSError:  # gone meanwhile
+            pass

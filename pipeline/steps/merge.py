@@ -44,7 +44,7 @@ from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.plan import raw_output_bytes
 from pipeline.core.tiff_layout import Piece, Span
-from pipeline.steps import held_work, layout
+from pipeline.steps import held_work, layout, stopping
 from pipeline.steps.common import load_plan, raise_recorded, tile_threads
 from pipeline.steps.tile_table import TileTable
 
@@ -178,6 +178,7 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
                       nearest=nearest, threads=tile_threads())
     try:
         for n, data in enumerate(table.tile_bytes()):
+            stopping.check()
             pyramid.feed(data, n // table.cols, n % table.cols)
         return [TileTable.from_spans(level.cols, pyramid.spans(k))
                 for k, level in enumerate(pyramid.levels)]

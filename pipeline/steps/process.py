@@ -21,7 +21,7 @@ from pipeline.core.events import BatchEvent, UnitEvent
 from pipeline.core.grid import Rect
 from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.steps import layout
+from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
 from pipeline.steps.split import SharedPools, sweep_unit
@@ -40,6 +40,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
         with SegmentOutput(plan, batch.page, f"b{event.batch:06d}", positions) as segment:
 
             def one(pos: tuple[int, int]) -> None:
+                stopping.check()
                 segment.add(pos[0], out.write(*pos))
 
             # OpenCV and the codecs release the GIL: a Lambda with 2+ vCPUs runs tiles side

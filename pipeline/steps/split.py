@@ -16,7 +16,7 @@ from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
 from pipeline.core.models import JobPlan
-from pipeline.steps import layout
+from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded
 
 #: parallel tile writes (zstd and S3 PUTs release the GIL)
@@ -99,6 +99,7 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
         reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
                             keep_palette=page.info.photometric == "palette", decoder=threads)
         for i, (row, col) in enumerate(positions):
+            stopping.check()
             for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
                 reader.prefetch(grid.haloed(*ahead))
             yield row, col, reader.read(grid.haloed(row, col))

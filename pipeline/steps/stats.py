@@ -34,7 +34,7 @@ from pipeline.core.events import EventError, JobEvent, ReduceEvent, StatsEvent
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
 from pipeline.errors import WorkMissingError
-from pipeline.steps import layout, planning
+from pipeline.steps import layout, planning, stopping
 from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
 from pipeline.steps.evaluate import TileEvaluator, load_npz, page_rounds, save_npz
 
@@ -67,6 +67,7 @@ def stats(event: StatsEvent) -> dict[str, Any]:
         parts: list[dict[str, np.ndarray]] = []
         sides: dict[str, np.ndarray] = {}
         for index in range(batch.first, batch.last):
+            stopping.check()
             row, col = ev.page.grid.position(index)
             if call.op.kind == "canny":
                 labels = ev.canny_labels(row, col, position)

@@ -1,0 +1,167 @@
+"""``tiffpipe run`` stopped by a signal, as a user stops it: the command in a process (and
+process group) of its own on real TIFFs, the signal sent once its first job's output is
+there. The run stops before its other jobs are done, keeps the outputs it published,
+leaves no partial file, work folder or worker process behind, writes its report with the
+unfinished jobs marked, and exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tifffile
+
+from pipeline.runner import INTERRUPTED_ERROR
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
+
+#: a user operation that takes its time on each tile, without CPU (the jobs that use it run
+#: in worker processes: user code never runs in the engine's own)
+SLOW_OP = "import time\n\ndef slow(tile, seconds=0.1):\n    time.sleep(seconds)\n    return tile\n"
+
+
+def _manifest(folder: Path, jobs: int, side: int, ops: list[dict[str, object]],
+              tile: int = 512) -> Path:
+    pixels = np.random.default_rng(0).integers(0, 255, (side, side), dtype=np.uint8)
+    for i in range(jobs):
+        tifffile.imwrite(folder / f"in{i}.tif", pixels, tile=(256, 256))
+    manifest = folder / "m.json"
+    defaults = {"tile": tile, "output_options": {"tile": min(tile, 512)}}
+    manifest.write_text(json.dumps({"defaults": defaults, "jobs": [
+        {"input": f"in{i}.tif", "output": f"out/out{i}.tif", "ops": ops} for i in range(jobs)]}))
+    return manifest
+
+
+@contextmanager
+def _started(manifest: Path, workers: int, env: dict[str, str] | None = None
+             ) -> Iterator[subprocess.Popen[str]]:
+    """``tiffpipe run`` in a session of its own: a process group, as a terminal's job. What
+    is left of the group at the end (a failed test) is killed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--workers", str(workers),
+         "--no-contact-sheet"], cwd=manifest.parent, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, **(env or {})})
+    try:
+        yield proc
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "out").glob("out*.tif"))
+
+
+def _wait_for_an_output(proc: subprocess.Popen[str], folder: Path) -> None:
+    deadline = time.monotonic() + 90  # against a hang only
+    while not _outputs(folder):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before any output: {proc.communicate()}")
+        assert time.monotonic() < deadline, "no job finished"
+        time.sleep(0.02)
+
+
+def _stopped_cleanly(proc: subprocess.Popen[str], folder: Path, jobs: int, code: int,
+                     name: str, children: list[psutil.Process]) -> list[str]:
+    """The checks every stopped run passes; the outputs kept."""
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Exception" not in err, err
+    kept = _outputs(folder)
+    assert 1 <= len(kept) < jobs, (kept, err)  # stopped well before every job could finish
+    # nothing else beside the outputs (no temporary file), each output a whole TIFF
+    assert sorted(p.name for p in (folder / "out").iterdir()) == kept
+    for name_ in kept:
+        with tifffile.TiffFile(folder / "out" / name_) as tf:
+            assert tf.pages[0].asarray().shape == tifffile.imread(folder / "in0.tif").shape
+    assert not (folder / ".tiffpipe-work").exists()  # the run's work folder, and its parent
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
+
+    report = json.loads((folder / "m.report.json").read_text())
+    done = {f"out{j['job']}.tif" for j in report["jobs"] if j["status"] == "SUCCEEDED"}
+    assert done == set(kept)
+    stopped = [j for j in report["jobs"] if j["status"] != "SUCCEEDED"]
+    assert report["succeeded"] == len(kept) and report["failed"] == len(stopped)
+    for job in stopped:
+        assert job["status"] == "FAILED"
+        assert job["error"]["type"] == INTERRUPTED_ERROR
+        assert f"stopped ({name})" in job["error"]["message"]
+    # the summary on stdout, and one line that says what was stopped and what was kept
+    assert f"{len(kept)} succeeded, {len(stopped)} failed" in out
+    assert (f"tiffpipe: interrupted ({name}): {len(kept)} of {jobs} jobs finished, their "
+            f"outputs are kept; the other {len(stopped)}") in err
+    return kept
+
+
+def test_ctrl_c_stops_the_run_and_keeps_what_finished(tmp_path: Path):
+    """SIGINT to the process group, as a terminal's Ctrl-C: the jobs run in the engine's
+    own process (a gaussian blur of a big sigma, a job about half a second on 2 cores)."""
+    jobs = 8
+    manifest = _manifest(tmp_path, jobs, 3000, [{"op": "gaussian_blur", "sigma": 30}])
+    with _started(manifest, workers=2) as proc:
+        _wait_for_an_output(proc, tmp_path)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)
+        _stopped_cleanly(proc, tmp_path, jobs, 130, "SIGINT", children)
+
+
+def test_sigterm_to_the_command_alone_stops_its_workers(tmp_path: Path):
+    """SIGTERM to the command's process only (a service manager's stop): the jobs run user
+    code, so in a worker process, which the command stops itself."""
+    (tmp_path / "slowop.py").write_text(SLOW_OP)
+    jobs = 6
+    manifest = _manifest(tmp_path, jobs, 1024, [
+        {"op": "custom", "function": "slowop:slow", "params": {"seconds": 0.1}}], tile=256)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    with _started(manifest, workers=2, env={"PYTHONPATH": path}) as proc:
+        _wait_for_an_output(proc, tmp_path)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("spawn_main" in " ".join(p.cmdline()) for p in children)  # a worker runs
+        os.kill(proc.pid, signal.SIGTERM)
+        _stopped_cleanly(proc, tmp_path, jobs, 143, "SIGTERM", children)
+
+
+def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, monkeypatch):
+    """The stop reaches a job while its tiles are worked on in the engine's own process:
+    the stop is requested (as the command's signal handler does) at the job's third tile,
+    and the tile loop ends the task within the tiles in hand (pipeline.steps.stopping),
+    far from the job's end: no output, no temporary file, the job marked in the report."""
+    from pipeline.engine.local import StopRequest
+    from pipeline.runner import run_local
+    from pipeline.steps import stopping
+
+    manifest = _manifest(tmp_path, 1, 4096, [{"op": "gaussian_blur", "sigma": 8}], tile=256)
+    tiles = (4096 // 256) ** 2
+    stop, checks = StopRequest(), [0]
+    check = stopping.check
+
+    def counting_check() -> None:
+        checks[0] += 1
+        if checks[0] == 3:
+            stop.request(signal.SIGINT)
+        check()
+
+    monkeypatch.setattr(stopping, "check", counting_check)
+    try:
+        result = run_local(str(manifest), 1, stop=stop, contact_sheet=True)
+    finally:
+        stopping.clear()  # this process goes on: the steps of later tests must run
+    assert result.interrupted == signal.SIGINT and not result.ok
+    assert result.unfinished == [0] and result.contact_sheet is None
+    assert 3 <= checks[0] < tiles // 2, checks  # the job's tiles: most never started
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / ".tiffpipe-work").exists()
