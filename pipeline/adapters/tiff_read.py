@@ -86,10 +86,10 @@ def open_tiff(url: str) -> Iterator[tifffile.TiffFile]:
             if "not a TIFF" in text or "invalid TIFF" in text:
                 raise NotATiffError(f"{url}: not a TIFF file ({text}); give a .tif/.tiff file")
             raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
-                                   f"({text})") from exc
+                                   f"({text}); {REPAIR}") from exc
         except (EOFError, ValueError, OSError, IndexError, struct.error) as exc:
             raise CorruptTiffError(f"{url}: cannot read the TIFF structure, the file is truncated "
-                                   f"or damaged ({type(exc).__name__}: {exc})") from exc
+                                   f"or damaged ({type(exc).__name__}: {exc}); {REPAIR}") from exc
         try:
             yield tf
         finally:
@@ -151,10 +151,11 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     try:
         count = len(tf.pages)
     except _IFD_ERRORS as exc:
-        raise CorruptTiffError(f"{url}: the chain of pages (IFDs) is damaged: {exc}") from exc
+        raise CorruptTiffError(f"{url}: the chain of pages (IFDs) is damaged ({exc}); "
+                               f"{REPAIR}") from exc
     if count == 0:
         raise CorruptTiffError(f"{url}: the TIFF has no readable page (its first IFD is missing "
-                               "or truncated)")
+                               f"or truncated); {REPAIR}")
     return count
 
 
@@ -172,7 +173,8 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
     try:
         page = tf.pages[index]
     except _IFD_ERRORS as exc:
-        raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged: {exc}") from exc
+        raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged ({exc}); "
+                               f"{REPAIR}") from exc
     if not isinstance(page, tifffile.TiffPage):
         page = page.aspage()
     return page
@@ -305,7 +307,7 @@ def _palette_kind(page: tifffile.TiffPage, where: str, bps: int, samples: int,
     cmap = page.colormap
     if cmap is None or np.asarray(cmap).size < 3 or np.asarray(cmap).size % 3:
         raise CorruptTiffError(f"{where}: a palette page without a valid ColorMap (3 x "
-                               f"{2**bps} values expected); the file is damaged")
+                               f"{2**bps} values expected); the file is damaged: {REPAIR}")
     # some writers store more entries than the bit depth needs: the first 2**bps are used; an
     # index beyond a short colormap fails the read (CorruptTiffError), never a made-up colour
     cmap = np.asarray(cmap, np.uint16).reshape(3, -1)[:, :2**bps]
