@@ -117,13 +117,16 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 
 def summary_table(report: dict[str, Any]) -> Table:
-    """The summary as a rich table (statuses coloured)."""
+    """The summary as a rich table (statuses coloured; a long path or error folded over the
+    cell's lines, whole)."""
     from rich.table import Table
 
     title, rows = summary_rows(report)
     table = Table(title=title)
     for name, right in COLUMNS:
-        table.add_column(name, justify="right" if right else "left")
+        # a path or an error too long for the terminal is folded over lines, never cut
+        table.add_column(name, justify="right" if right else "left",
+                         overflow="ellipsis" if right else "fold")
     for row in rows:
         colour = "green" if row[1] == "SUCCEEDED" else "red"
         table.add_row(*row[:1], f"[{colour}]{row[1]}[/]", *row[2:])

@@ -203,6 +203,28 @@ def test_the_summary_is_a_rich_table_on_a_terminal():
     assert "r1: 1 succeeded, 1 failed" in text
 
 
+def test_a_long_path_is_folded_whole_on_a_narrow_terminal(monkeypatch):
+    """An output path or error longer than its column on an 80-column terminal: every
+    character is there, folded over the cell's lines (rich's default cut it with an
+    ellipsis, as a path has no space to wrap at)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    path = "/data/" + "x" * 30 + "/" + "y" * 30 + "/" + "z" * 40 + ".tif"
+    message = "/data/in/" + "w" * 70 + ".tif: page 0: too large"
+    report = {**REPORT, "jobs": [{**REPORT["jobs"][0], "output": path},
+                                 {**REPORT["jobs"][1], "error": {"type": "PageTooLargeError",
+                                                                 "message": message}}]}
+    out = _Terminal()
+    ui.print_summary(report, out)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # without the colour codes
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    # the last column's fragments, line by line, joined: the whole path and error
+    cells = "".join(line.split("│")[-2].strip() for line in text.splitlines()
+                    if line.count("│") >= 2)
+    # (the spaces where the cell wrapped at words are gone from the join)
+    assert path in cells and f"PageTooLargeError:{message}".replace(" ", "") in \
+        cells.replace(" ", "")
+
+
 def test_run_writes_the_report(happy: Run):
     report = json.loads((happy.folder / "m.report.json").read_text())
     assert report["manifest"] == str(happy.folder / "m.json")
