@@ -53,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run every job of a manifest on this machine")
     run.add_argument("manifest", help="manifest JSON (local path or s3:// URL)")
-    run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    run.add_argument("--workers", type=int, default=None,
                      help="tasks run at once: this process and workers - 1 worker processes, "
-                          "started when needed (default: the number of cores)")
+                          "started when needed (default: the cores this process may use)")
     run.add_argument("--interpreter", choices=("auto", "direct", "moto"), default="auto",
                      help="of the state machine: tiffpipe's own (direct, starts at once) or "
                           "moto's; auto: direct unless the definition needs more")
@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="generate a sample TIFF and manifest, and run it")
     demo.add_argument("--dir", default="example", help="where (default: ./example)")
-    demo.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    demo.add_argument("--workers", type=int, default=None,
+                      help="as run's (default: the cores this process may use)")
 
     start = sub.add_parser("start", help="start a run of a manifest on the AWS stack")
     start.add_argument("manifest", help="manifest JSON (local: uploaded first; or s3:// URL); "
@@ -208,6 +209,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import run_local
     from pipeline.ui import RunProgress, print_summary
 
+    if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
+        from pipeline.steps.common import usable_cores
+
+        args.workers = usable_cores()
     if args.workers < 1:
         print("tiffpipe: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE

@@ -28,10 +28,6 @@ class ManifestError(TiffpipeError):
         super().__init__(f"{source}: {len(self.problems)} problem(s) in the manifest:\n{lines}")
 
 
-class UnknownOperationError(TiffpipeError):
-    """An op name is not in the registry."""
-
-
 class OperationError(TiffpipeError):
     """An op cannot be applied to this page (dtype, channels) or a user function misbehaved."""
 

@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -249,6 +250,26 @@ def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str
 ])
 def test_worker_tile_threads_are_twice_the_share_at_most_every_core(workers, cores, threads):
     assert worker_tile_threads(workers, cores) == threads
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity (Linux)")
+def test_the_cores_counted_are_the_ones_this_process_may_use():
+    """A process limited to one CPU (taskset, a container's cpuset): its workers get one tile
+    thread each and `tiffpipe run` one task at once by default, whatever the machine's
+    count (os.cpu_count() counts the machine's)."""
+    script = (
+        "import os, sys\n"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+        "from pipeline.cli import _parser\n"
+        "from pipeline.engine.workers import worker_tile_threads\n"
+        "from pipeline.steps.common import usable_cores\n"
+        "assert _parser().parse_args(['run', 'm.json']).workers is None  # resolved in cmd_run\n"
+        "print(usable_cores(), worker_tile_threads(1), os.cpu_count())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], check=False)
+    assert proc.returncode == 0, proc.stderr
+    usable, threads, machine = map(int, proc.stdout.split())
+    assert (usable, threads) == (1, 1), (usable, threads, machine)
 
 
 @contextmanager

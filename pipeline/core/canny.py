@@ -31,16 +31,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.grid import PageGrid
-from pipeline.core.opencv import cv2
+from pipeline.core.opencv import cv2, gaussian_radius
 
 BORDERS = ("top", "bottom", "left", "right")
 
 
 def blur_radius(sigma: float) -> int:
     """Radius of ``cv2.GaussianBlur(uint8, (0, 0), sigma)``; 0 without blur."""
-    if sigma <= 0:
-        return 0
-    return (round(sigma * 3 * 2 + 1) | 1) // 2
+    return gaussian_radius(sigma, np.dtype(np.uint8)) if sigma > 0 else 0
 
 
 def reach(p: dict[str, Any], needed: int) -> int:

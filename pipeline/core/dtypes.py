@@ -16,7 +16,6 @@ import numpy as np
 #: every sample type of TIFF (SampleFormat 1, 2 and 3 with 8 to 64 bits)
 ALL = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16",
        "float32", "float64")
-INTEGERS = ALL[:8]
 #: GaussianBlur, dilate, erode, threshold, resize (probed on OpenCV 5.1)
 CV_FILTER = ("uint8", "uint16", "int16", "float32", "float64")
 #: medianBlur (ksize 3 and 5; larger apertures only for uint8)

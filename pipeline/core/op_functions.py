@@ -25,16 +25,8 @@ from pipeline.core.opencv import cv2
 #: the most channels OpenCV's Python binding passes in one array (OpenCV 5.1: "must be in
 #: [1, 128]"); pages with more bands run band by band
 CV_MAX_CHANNELS = 128
-dtype_max = dtypes.white
 
 
-def gaussian_radius(sigma: float, dtype: np.dtype) -> int:
-    """Radius of ``cv2.GaussianBlur(img, (0, 0), sigma)``: OpenCV picks the kernel size
-    ``round(sigma * (3 if uint8 else 4) * 2 + 1) | 1`` (createGaussianKernels; types computed
-    through float64 get the float kernel, 4, as every type but uint8)."""
-    factor = 3 if np.dtype(dtype) == np.uint8 else 4
-    ksize = round(sigma * factor * 2 + 1) | 1  # Python's round, like cvRound, is half-to-even
-    return ksize // 2
 
 
 def _per_channel(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray,

@@ -24,9 +24,10 @@ from pipeline.core import custom as custom_mod
 from pipeline.core import dtypes
 from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
+from pipeline.core.opencv import gaussian_radius
 from pipeline.core.params import Param, check_object
 from pipeline.core.record import record
-from pipeline.errors import OperationError, UnknownOperationError
+from pipeline.errors import OperationError
 
 #: Crop origins of haloed tiles are multiples of this, so SIMD paths of OpenCV see
 #: the same alignment as in a whole-page call (float32 filters differ otherwise).
@@ -166,7 +167,7 @@ _ITER = Param("iterations", "integer", "how many times to apply it", default=1, 
 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
-       halo=lambda p, dt: fn.gaussian_radius(p["sigma"], dt),
+       halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
        halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, "
                  "k = 3 for uint8, 4 otherwise"),
     Op("median_blur", "cv2.medianBlur(img, ksize)",
@@ -183,7 +184,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)",
        (_SIGMA, Param("amount", "number", "strength of the sharpening", default=1.0,
                       ge=0, le=100)),
-       fn.unsharp_mask, halo=lambda p, dt: fn.gaussian_radius(p["sigma"], dt),
+       fn.unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
        halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
        "1 - img for floats", (), fn.invert),
@@ -268,14 +269,6 @@ OPS: dict[str, Op] = {op.name: op for op in (
 
 #: ops whose result depends on whole-page statistics: each needs a statistics round
 GLOBAL_KINDS = ("stats", "canny")
-
-
-def get_op(name: str) -> Op:
-    try:
-        return OPS[name]
-    except KeyError:
-        known = ", ".join(sorted(OPS))
-        raise UnknownOperationError(f"unknown op {name!r}; known ops: {known}") from None
 
 
 def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:

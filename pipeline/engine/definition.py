@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
 
 from pipeline.core.constants import FUNCTIONS, placeholder
 
@@ -53,6 +52,3 @@ def render(arns: dict[str, str], text: str | None = None) -> str:
     json.loads(rendered)
     return rendered
 
-
-def load(arns: dict[str, str]) -> dict[str, Any]:
-    return json.loads(render(arns))

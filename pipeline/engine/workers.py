@@ -124,10 +124,12 @@ WARM_UP_NICENESS = 10
 
 
 def _import_steps() -> None:
-    import pipeline.steps.merge
-    import pipeline.steps.planning
-    import pipeline.steps.process
-    import pipeline.steps.split  # noqa: F401
+    """Every step module a task may run (the handlers' table, as a Lambda image's init)."""
+    from pipeline.core.constants import FUNCTIONS
+    from pipeline.handlers import preload
+
+    for function in FUNCTIONS:
+        preload(function)
 
 
 def _warm_up() -> None:
@@ -230,7 +232,9 @@ def worker_tile_threads(workers: int, cores: int | None = None) -> int:
     worker alone uses them, and all workers busy oversubscribe the cores only twofold
     (measured on 2 cores, 2 workers: a one-unit 256 Mpx job 7.3 -> 4.7 s; the six-unit 1 GB
     RGB jobs no slower, a few tiles more in memory per worker)."""
-    cores = cores or os.cpu_count() or 1
+    from pipeline.steps.common import usable_cores
+
+    cores = cores or usable_cores()
     return max(1, min(cores, 2 * cores // max(1, workers)))
 
 
