@@ -157,34 +157,24 @@ def signal_name(signum: int) -> str:
 
 
 def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
-    """The report of a stopped run, as the Report step writes it at a run's end (the same
-    code and fields): each job without a result (not finished) gets one first, status
-    FAILED and error :data:`INTERRUPTED_ERROR` (as a job that failed; the report's schema
-    is unchanged), and its partial files beside its output are removed
-    (:func:`_remove_partial_output`). None when the run was stopped before PlanRun wrote
-    run.json (no job had started): no report is written then."""
+    """The report of a stopped run, written by the Report step as at a run's end: each job
+    without a result (not finished) is FAILED with error :data:`INTERRUPTED_ERROR` (as a job
+    that failed; the report's schema is unchanged), and its partial files beside its output
+    are removed (:func:`_remove_partial_output`). None when the run was stopped before
+    PlanRun wrote run.json (no job had started): no report is written then."""
     from pipeline.steps.report import report
 
     run_url = layout.run_file(work)
-    try:
-        run = storage.read_json(run_url)
-    except TiffpipeError:
+    if not storage.exists(run_url):
         return None
     message = (f"the run was stopped ({signal_name(signum)}) before this job finished: no "
                "output written; run it again")
-    for i, spec in enumerate(run["jobs"]):
-        url = layout.result_file(layout.job_dir(run["work"], i))
-        try:
-            held_work.load_result(url)
-            continue
-        except TiffpipeError:
-            pass
-        _remove_partial_output(spec["output"])
-        held_work.save_result(url, {"job": i, "status": "FAILED", "input": spec["input"],
-                                    "output": spec["output"],
-                                    "error": {"type": INTERRUPTED_ERROR, "message": message}})
-    report(ReportEvent(run_url))
-    doc: dict[str, Any] = storage.read_json(run["report"])
+    counts = report(ReportEvent(run_url), missing={"type": INTERRUPTED_ERROR,
+                                                    "message": message})
+    doc: dict[str, Any] = storage.read_json(counts["report"])
+    for job in doc["jobs"]:
+        if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
+            _remove_partial_output(job["output"])
     return doc
 
 

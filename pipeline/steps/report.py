@@ -68,10 +68,18 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
 
 
-def report(event: ReportEvent) -> dict[str, Any]:
+#: the error of a job that recorded no result (its RecordFailure did not run either)
+NO_RESULT = {"type": "NoResultError",
+             "message": "the job recorded no result; see the execution history of the state "
+                        "machine"}
+
+
+def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[str, Any]:
     """Gather every job's result into the run report (JSON) and return the counts. The
     results are read from the work location (READ_THREADS at a time: a run may have
-    10,000 jobs), never from the state machine's payloads."""
+    10,000 jobs), never from the state machine's payloads. A job without a result is
+    FAILED with the error ``missing`` (:data:`NO_RESULT`; a stopped local run gives its
+    own, pipeline.runner)."""
     run = storage.read_json(event.run)
 
     def result(i: int) -> dict[str, Any]:
@@ -80,10 +88,7 @@ def report(event: ReportEvent) -> dict[str, Any]:
         except TiffpipeError:
             spec = run["jobs"][i]
             return {"job": i, "status": "FAILED", "input": spec["input"],
-                    "output": spec["output"],
-                    "error": {"type": "NoResultError",
-                              "message": "the job recorded no result; see the execution "
-                                         "history of the state machine"}}
+                    "output": spec["output"], "error": dict(missing or NO_RESULT)}
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         jobs = list(pool.map(result, range(len(run["jobs"]))))
