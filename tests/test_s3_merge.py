@@ -422,6 +422,37 @@ def test_a_failed_merge_aborts_its_upload(s3):
     assert "Contents" not in s3["client"].list_objects_v2(Bucket=BUCKET, Prefix=key)
 
 
+def test_a_failed_copy_starts_no_more_parts(s3, monkeypatch):
+    """A part's UploadPartCopy fails (its segment is gone): the copies queued behind it are
+    not started (with thousands of parts they went on for minutes, past a Lambda's
+    timeout, before the upload was aborted), the upload is aborted, nothing is published."""
+    source = f"s3://{BUCKET}/copy-src/segment"
+    storage.write_bytes(source, os.urandom(5 * MiB))
+    # part 1: the header and the first span (uploaded); parts 2-11 and 13-31 copies of
+    # the segment, part 12 a copy of one that is gone
+    spans = [tiff_layout.Span(source, 0, 5 * MiB) for _ in range(30)]
+    spans.insert(10, tiff_layout.Span(f"{source}-gone", 0, 5 * MiB))
+    pieces = [tiff_layout.Literal(b"II*\x00"), *spans]
+    monkeypatch.setattr(segments, "COPY_THREADS", 2)
+    copies: list[int] = []
+
+    def seen(params: dict[str, Any], **_: Any) -> None:
+        copies.append(params["PartNumber"])
+
+    client = segments.s3_client()
+    client.meta.events.register("before-parameter-build.s3.UploadPartCopy", seen)
+    url = f"s3://{BUCKET}/copy-out/out.tif"
+    try:
+        with pytest.raises(WorkMissingError, match="segment-gone"):
+            compose(pieces, url)
+    finally:
+        client.meta.events.unregister("before-parameter-build.s3.UploadPartCopy", seen)
+    assert 12 in copies and len(copies) < 30, copies
+    # started after it: at most the two threads' next ones, queued as it failed
+    assert max(copies) <= 12 + 2 * 2, copies
+    assert _uploads(s3) == [] and not storage.exists(url)
+
+
 def test_a_failed_segment_is_aborted(s3):
     """A unit that fails after uploading parts of its segment leaves no upload open."""
     url = f"s3://{BUCKET}/seg/failed.seg"

@@ -304,16 +304,27 @@ def _compose_s3(pieces: list[Piece], url: str) -> int:
         raise OutputNotWritableError(f"output {url}: cannot start the upload: {exc}; check "
                                      "the bucket and permissions, then re-run") from exc
     try:
-        with ThreadPoolExecutor(COPY_THREADS) as pool:
+        pool = ThreadPoolExecutor(COPY_THREADS)
+        failed = threading.Event()  # a copy failed: no more parts are started
+        try:
             futures: list[Future[str]] = []
             for part in parts:
+                if failed.is_set():
+                    break  # (its error is raised below, from its future)
                 if part.copy:
-                    futures.append(pool.submit(_copy_part, bucket, key, upload, part))
+                    future = pool.submit(_copy_part, bucket, key, upload, part)
+                    future.add_done_callback(
+                        lambda f: failed.set() if not f.cancelled() and f.exception() else None)
+                    futures.append(future)
                 else:  # uploaded here, one at a time: merge holds one such part
                     done: Future[str] = Future()
                     done.set_result(_upload_part(bucket, key, upload, part))
                     futures.append(done)
             etags = [f.result() for f in futures]
+        finally:
+            # after a failed part, the copies queued are not started: with thousands of
+            # parts they would go on for minutes before the upload is aborted
+            pool.shutdown(wait=True, cancel_futures=True)
         with _errors(url, "write", None):
             client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload,
