@@ -36,7 +36,12 @@ ARNS = {f: f"arn:aws:lambda:eu-west-1:123456789012:function:tiffpipe-{f}"
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 TRANSIENT_LAMBDA_ERRORS = ("Lambda.ServiceException", "Lambda.AWSLambdaException",
-                           "Lambda.SdkClientException", "Lambda.TooManyRequestsException")
+                           "Lambda.SdkClientException", "Lambda.TooManyRequestsException",
+                           "Lambda.ClientExecutionTimeoutException")
+THROTTLED = "Lambda.TooManyRequestsException"
+#: how long a throttled task keeps being retried, at least: Lambda's account concurrency
+#: (1,000 by default) is below what the maps may ask for (8 jobs x 1,000 items)
+THROTTLE_WAIT_S = 300
 #: Step Functions' limit on a state's input/output and on a task's result (UTF-8 bytes)
 PAYLOAD_LIMIT = 256 * 1024
 PER_JOB_MAP = "Jobs"
@@ -157,6 +162,20 @@ def test_every_task_retries_transient_lambda_errors(rendered):
                    for e in r["ErrorEquals"]}
         missing = [e for e in TRANSIENT_LAMBDA_ERRORS if e not in retried]
         assert not missing, f"{where}: no Retry for {missing}"
+
+
+def test_throttling_is_retried_for_minutes(rendered):
+    """Lambda.TooManyRequestsException (the account's concurrency reached: the maps may ask
+    for more than its default 1,000) has a retrier of its own, first, whose waits add up to
+    minutes, capped per wait; the other transient errors keep a short one."""
+    for where, state in tasks(rendered):
+        first = state["Retry"][0]
+        assert first["ErrorEquals"] == [THROTTLED], where
+        waits = [min(first["IntervalSeconds"] * first["BackoffRate"] ** n,
+                     first["MaxDelaySeconds"]) for n in range(first["MaxAttempts"])]
+        assert sum(waits) >= THROTTLE_WAIT_S and max(waits) <= 60, (where, waits)
+        assert first["JitterStrategy"] == "FULL", where  # the throttled items spread out
+        assert all(THROTTLED not in r["ErrorEquals"] for r in state["Retry"][1:]), where
 
 
 def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
