@@ -1,4 +1,5 @@
-"""Entry point of the process image (``CMD ["app.handler"]``): process, stats and reduce_stats.
+"""Entry point of the process image (``CMD ["app.handler"]``): process, process_unit,
+process_job, build_levels, stats, reduce_stats and reduce_node (pipeline.handlers.FUNCTIONS).
 
 Lambda imports this module once per execution environment, in its init phase: it imports
 the modules of this function's actions now (pipeline.handlers imports them on first use),

@@ -3,9 +3,10 @@
 The three Lambda functions (one container image each, ``images/<function>/``) and how they
 are sized: ``deploy.py`` creates them so (pipeline/aws/resources.py), the embedded engine
 registers them so (pipeline/engine/local.py), and ``tiffpipe estimate`` costs them so
-(pipeline/estimate/assumptions.py). The environment variables tiffpipe reads. Pure: no
-imports beyond the standard library, so every layer (core, engine, estimate, aws) may import
-it, and in pipeline/core so the Lambda images, which copy core/, hold it.
+(pipeline/estimate/assumptions.py). The environment variables tiffpipe reads. Pure: it
+imports only pipeline.core.record (itself standard library only), so every layer (core,
+engine, estimate, aws) may import it, and in pipeline/core so the Lambda images, which copy
+core/, hold it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Typed models of what crosses a boundary: manifest jobs, plans, and state payloads.
+"""Typed models of a job: its manifest entry (:class:`JobSpec`, :class:`OutputOptions`) and
+its plan (:class:`JobPlan`: a :class:`PagePlan` per page, each with its input's
+:class:`PageInfo`), stored as plan.json; converted with ``to_json``/``from_json``.
 
-Every payload a Lambda handler takes or returns is one of these, converted with
-``to_json``/``from_json``. Payloads carry references (URLs) and small counts only,
-never pixels or tile lists: Step Functions caps a state's data at 256 KiB.
+The state payloads are in :mod:`pipeline.core.events`: they carry the plan's URL, not the
+plan (references and small counts only, never pixels or tile lists: Step Functions caps a
+state's data at 256 KiB).
 """
 
 from __future__ import annotations

@@ -6,9 +6,16 @@ real handler code in worker processes, so tiles run in parallel. With the direct
 this process is one of the ``workers``: the light tasks (planning, the report) and the heavy
 tasks run here, as many at once as their tiles leave cores free (one unit of many tiles, or
 several one-tile pages side by side), the others in ``workers - 1`` processes started when
-first needed, so a run never waits for a worker to start and a one-unit run starts none. This module is the only place that knows the local engine exists, and, with
-:mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter while a run lasts,
-and why), the only one that knows moto's internals.
+first needed, so a run never waits for a worker to start and a one-unit run starts none.
+
+This module drives the local engine; what serves it elsewhere: :mod:`pipeline.steps.held_work`
+(the direct interpreter's runs hold their jobs' plans and results in memory),
+:mod:`pipeline.steps.stopping` (the stop request that :meth:`LocalEngine.abort` and a stopped
+worker set, and the steps' tile loops check), :mod:`pipeline.adapters.kept_files` (local inputs
+a thread keeps open between units, closed here when a run ends) and
+:func:`pipeline.adapters.segments.held` (a small ProcessJob's segments kept in memory; on
+Lambda too). With :mod:`pipeline.engine.moto_patches` (what it changes in moto's interpreter
+while a run lasts, and why), it is the only module that knows moto's internals.
 """
 
 from __future__ import annotations

@@ -6,19 +6,37 @@
 {work}/job-specs.bin                         every job's spec, as its steps read it (not
                                              run.json): an index, then one JSON record a job
 {work}/jobs/{job}/plan.json                  a job's plan
-{work}/jobs/{job}/tiles/{page}/{row}_{col}   haloed input tiles (split -> process)
-{work}/jobs/{job}/out-{page}-{segment}.seg   encoded output tiles in file order (process -> merge)
-{work}/jobs/{job}/out-{page}-{segment}.json  where each tile of a segment is (its index)
-{work}/jobs/{job}/levels/{page}/             pyramid levels merge builds (jobs not fused)
-{work}/jobs/{job}/stats/{round}/parts/{batch}       partial statistics of a batch (stats)
+{work}/jobs/{job}/tiles/{page}/{row}_{col}.tpw  haloed input tiles (split -> process)
+{work}/jobs/{job}/out-{page}-{segment}.seg   a segment: encoded tiles in file order, one of
+    u{unit}          a fused unit's base tiles (process_unit; a small ProcessJob's stay in
+                     memory: pipeline.adapters.segments.held)
+    b{batch}         a process batch's base tiles (process)
+    u{unit}_L{k}     the unit's tiles of pyramid level k inside its region (the fused unit,
+                     or its level unit: build_levels)
+    u{unit}_frag     its parts of the level tiles it shares with other units, and its
+                     deepest level's pixels (raw, LZ4; the blocks)
+    border{k}        level k's shared tiles, assembled by merge from the fragments
+{work}/jobs/{job}/out-{page}-{segment}.json  the segment's index: where each tile is
+                                             (u{unit}_frag: its fragments and blocks;
+                                             border{k} has none)
+{work}/jobs/{job}/levels/{page}/level{k}.seg       pyramid level k, built by merge from the
+                                                   base tiles (where the units built none)
+{work}/jobs/{job}/levels/{page}/deep/level{k}.seg  a level below the units' deepest, built by
+                                                   merge from their blocks
+{work}/jobs/{job}/stats/{round}/parts/{batch}.npz   partial statistics of a batch (stats)
 {work}/jobs/{job}/stats/{round}/{page}.npz          a page's reduced statistics (reduce_stats)
-{work}/jobs/{job}/stats/{round}/labels/{page}/{row}_{col}  canny edge labels of a tile (stats)
+{work}/jobs/{job}/stats/{round}/labels/{page}/{row}_{col}.tpw  a tile's canny edge labels
+                                                    (stats)
 {work}/jobs/{job}/stats/{round}/tree/{page}/{node}.up.npz    a canny tree node's perimeter
 {work}/jobs/{job}/stats/{round}/tree/{page}/{node}.down.npz  its renamed and strong ids
+                                                    (reduce_stats, reduce_node)
 {work}/jobs/{job}/thumbs/{in,out}-{page}-{segment}.part  a batch's or unit's sums of a page's
                                              thumbnail (process; for the contact sheet)
-{work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed split unit or batch
-{work}/jobs/{job}/result.json                the job's outcome (merge or record_failure)
+{work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed unit, batch or node
+                                             (split, process_unit, process, stats,
+                                             reduce_node, build_levels)
+{work}/jobs/{job}/result.json                the job's outcome (merge, ProcessJob or
+                                             record_failure)
 ```
 """
 
@@ -79,8 +97,10 @@ def tile_file(job_work: str, page: int, row: int, col: int) -> str:
 
 
 def segment_file(job_work: str, page: int, name: str) -> str:
-    """A segment: ``name`` is ``u{unit}`` (a fused unit), ``b{batch}`` (a process batch) or
-    ``level{k}`` (pyramid level k of the page). In the job's folder, not a folder a page:
+    """A segment: ``name`` is ``u{unit}`` (a fused unit), ``b{batch}`` (a process batch),
+    ``u{unit}_L{k}`` or ``u{unit}_frag`` (a unit's level k tiles, its fragments:
+    pipeline.steps.unit_levels) or ``border{k}`` (level k's shared tiles, merge); merge's
+    own levels are under :func:`levels_dir`. In the job's folder, not a folder a page:
     a folder to create was ~0.3 ms of a unit's time on a local disk (a job of one small
     page takes ~10 ms)."""
     return join(job_work, f"out-{page:04d}-{name}.seg")
@@ -91,7 +111,8 @@ def segment_index_file(job_work: str, page: int, name: str) -> str:
 
 
 def levels_dir(job_work: str, page: int) -> str:
-    """Where a page's pyramid levels built from its base tiles are written (merge)."""
+    """Where merge writes a page's pyramid levels, ``level{k}.seg``: built from its base
+    tiles, or under ``deep/`` those below the units' deepest, from their blocks."""
     return join(job_work, "levels", f"{page:04d}")
 
 

@@ -137,7 +137,7 @@ class RegionLevels:
                                        self.frag.write(data), len(data)])
 
     def close(self) -> None:
-        """Publish the level segments, the fragments and the index (``u{unit}_levels``)."""
+        """Publish the level segments, the fragments and their index (``u{unit}_frag``)."""
         for level in self.levels:
             if level.held:
                 raise RuntimeError(f"unit {self.unit}: level {level.k} rows {level.start}+"
