@@ -197,6 +197,33 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
         assert uri.endswith(f"@{new[step]}")
 
 
+def test_a_redeploy_without_data_buckets_keeps_the_deployed_ones(aws: Aws):
+    """The data locations are kept unless named again, as the schedule is: a redeploy for
+    another change (an image, a schedule) must not take the functions' access to the
+    inputs and outputs away (every run would then fail with AccessDenied)."""
+    push_fake_images(aws, "v1")
+    code, _, err = aws.deploy("--skip-build", "--data-bucket", "slides/in",
+                              "--data-bucket", "results")
+    assert code == 0, err
+    iam = aws.client("iam")
+
+    def reads() -> list[str]:
+        doc = iam.get_role_policy(RoleName=NAMES.function_role("split"),
+                                  PolicyName="tiffpipe")["PolicyDocument"]
+        return next(s["Resource"] for s in doc["Statement"] if s["Sid"] == "ReadInputs")
+
+    assert reads() == ["arn:aws:s3:::results/*", "arn:aws:s3:::slides/in/*"]
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "data locations kept" in err and "s3://slides/in/" in err
+    assert reads() == ["arn:aws:s3:::results/*", "arn:aws:s3:::slides/in/*"]
+    assert "iam.PutRolePolicy" not in aws.writes()  # nothing changed
+    # named again: replaced
+    assert aws.deploy("--skip-build", "--data-bucket", "results")[0] == 0
+    assert reads() == ["arn:aws:s3:::results/*"]
+
+
 def test_environment_variables_an_earlier_deploy_set_are_removed(aws: Aws):
     push_fake_images(aws)
     assert aws.deploy("--skip-build")[0] == 0

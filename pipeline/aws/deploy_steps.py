@@ -8,6 +8,7 @@ refers to a resource made later, so a rerun picks up where it stopped.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, get_or_none
 from pipeline.aws.executions import read_manifest, upload_manifest
 from pipeline.aws.resources import (
+    POLICY_NAME,
     delete_role,
     delete_schedule,
     empty_bucket,
@@ -115,6 +117,26 @@ def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     return log, Actions(config.dry_run, log), names
 
 
+def _deployed_data(clients: Clients, names: StackNames, log: Callable[[str], None]
+                   ) -> list[policies.DataLocation]:
+    """Without ``--data-bucket``: the data locations the stack's functions may use now (a
+    redeploy that does not name them keeps them, as it keeps the schedule), or the stack's
+    own bucket for a new stack."""
+    from urllib.parse import unquote
+
+    text = get_or_none(lambda: clients("iam").get_role_policy(
+        RoleName=names.function_role("split"), PolicyName=POLICY_NAME)["PolicyDocument"],
+        "NoSuchEntity")
+    if text:
+        doc = json.loads(unquote(text)) if isinstance(text, str) else text
+        kept = policies.data_of(doc)
+        if kept:
+            log("data locations kept (no --data-bucket): " + ", ".join(
+                f"s3://{d.bucket}/{d.prefix}" for d in kept))
+            return kept
+    return [policies.DataLocation(names.bucket)]
+
+
 def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None = None,
            build: Callable[..., str] = docker_images.build_and_push,
            run: Any = subprocess.run, sleep: Callable[[float], None] = time.sleep,
@@ -129,7 +151,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
-    data = config.data or [policies.DataLocation(names.bucket)]
+    data = config.data or _deployed_data(clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
     if config.registry:

@@ -66,6 +66,21 @@ class DataLocation:
         return f"arn:{partition}:s3:::{self.bucket}/{self.prefix}*"
 
 
+def data_of(split_policy: dict[str, Any]) -> list[DataLocation]:
+    """The data locations a deployed split function's policy (:func:`function_policy`)
+    reads: its ``ReadInputs`` objects, ``arn:...:s3:::bucket/prefix/*`` each."""
+    found = []
+    for statement in split_policy.get("Statement", []):
+        if statement.get("Sid") != "ReadInputs":
+            continue
+        resources = statement["Resource"]
+        for arn in [resources] if isinstance(resources, str) else resources:
+            path = arn.split(":::", 1)[1].removesuffix("*")
+            bucket, _, prefix = path.partition("/")
+            found.append(DataLocation(bucket, prefix))
+    return found
+
+
 def _doc(*statements: dict[str, Any]) -> dict[str, Any]:
     return {"Version": VERSION, "Statement": list(statements)}
 
