@@ -96,6 +96,16 @@ def tile_file(job_work: str, page: int, row: int, col: int) -> str:
     return join(job_work, "tiles", f"{page:04d}", f"{row:05d}_{col:05d}.tpw")
 
 
+def unit_segment(unit: int) -> str:
+    """The segment name of a fused unit (:func:`segment_file`'s ``name``)."""
+    return f"u{unit:06d}"
+
+
+def batch_segment(batch: int) -> str:
+    """The segment name of a process batch (:func:`segment_file`'s ``name``)."""
+    return f"b{batch:06d}"
+
+
 def segment_file(job_work: str, page: int, name: str) -> str:
     """A segment: ``name`` is ``u{unit}`` (a fused unit), ``b{batch}`` (a process batch),
     ``u{unit}_L{k}`` or ``u{unit}_frag`` (a unit's level k tiles, its fragments:
@@ -145,6 +155,11 @@ def stats_dir(job_work: str, round_: int) -> str:
 
 def stats_part_file(job_work: str, round_: int, batch: int) -> str:
     return join(stats_dir(job_work, round_), "parts", f"{batch:06d}.npz")
+
+
+def border_key(row: int, col: int, edge: str) -> str:
+    """The key of a tile's labels along one edge in a Canny round's stats part file."""
+    return f"{row}_{col}_{edge}"
 
 
 def stats_file(job_work: str, round_: int, page: int) -> str:

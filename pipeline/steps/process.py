@@ -37,7 +37,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
         out = TileOutput(plan, batch.page, fused=False)
         grid = plan.pages[batch.page].grid
         positions = [grid.position(i) for i in range(batch.first, batch.last)]
-        with SegmentOutput(plan, batch.page, f"b{event.batch:06d}", positions) as segment:
+        with SegmentOutput(plan, batch.page, layout.batch_segment(event.batch), positions) as segment:
 
             def one(pos: tuple[int, int]) -> None:
                 stopping.check()
@@ -47,7 +47,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
             # by side; the local engine sets how many for its workers
             with ThreadPoolExecutor(tile_threads()) as pool:
                 list(pool.map(one, positions))
-        out.save_thumbs(f"b{event.batch:06d}")
+        out.save_thumbs(layout.batch_segment(event.batch))
     return {"job": plan.job, "tiles": batch.last - batch.first}
 
 
@@ -70,7 +70,7 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None) -> dict[st
             levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder,
                                   plan.pages[unit.page].info.photometric == "palette")
         try:
-            with SegmentOutput(plan, unit.page, f"u{event.unit:06d}", positions,
+            with SegmentOutput(plan, unit.page, layout.unit_segment(event.unit), positions,
                                levels.add if levels else None) as segment:
 
                 def handle(r: int, c: int, px: np.ndarray) -> None:
@@ -86,7 +86,7 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None) -> dict[st
             if levels:
                 levels.abort()
             raise
-        out.save_thumbs(f"u{event.unit:06d}")
+        out.save_thumbs(layout.unit_segment(event.unit))
     return {"job": plan.job, "tiles": unit.tiles}
 
 

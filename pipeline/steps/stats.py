@@ -74,7 +74,7 @@ def stats(event: StatsEvent) -> dict[str, Any]:
                 storage.write_bytes(layout.labels_file(plan.work, event.round, batch.page, row,
                                                        col), encode_work_tile(labels))
                 for side, values in canny_mod.borders(labels).items():
-                    sides[f"{row}_{col}_{side}"] = values
+                    sides[layout.border_key(row, col, side)] = values
             else:
                 arr, rect = ev.value(row, col, position)
                 core = ev.crop(arr, rect, ev.core(row, col, position))

@@ -76,9 +76,9 @@ class TileTable:
         t = plan.spec.output_options.tile
         rows, cols = ceil(page.out_grid.height / t), ceil(page.out_grid.width / t)
         if plan.fused:
-            names = [f"u{u:06d}" for u in plan.units_of(index)]
+            names = [layout.unit_segment(u) for u in plan.units_of(index)]
         else:
-            names = [f"b{b:06d}" for b in plan.batches_of(index)]
+            names = [layout.batch_segment(b) for b in plan.batches_of(index)]
         sources = [layout.segment_file(plan.work, index, n) for n in names]
         table = cls.empty(rows, cols, sources)
         for k, tiles in enumerate(read_indexes(plan.work, index, names)):

@@ -49,11 +49,11 @@ from pipeline.steps.tile_table import TileTable, read_indexes
 
 
 def level_names(unit: int, k: int) -> str:
-    return f"u{unit:06d}_L{k}"
+    return f"{layout.unit_segment(unit)}_L{k}"
 
 
 def fragment_name(unit: int) -> str:
-    return f"u{unit:06d}_frag"
+    return f"{layout.unit_segment(unit)}_frag"
 
 
 class _Level:
@@ -200,7 +200,7 @@ def _band_table(plan: JobPlan, unit: SplitUnit) -> TileTable:
     x1 = min(unit.col1 * big, p.out_grid.width)
     r0, c0 = y0 // t, x0 // t
     first, last = unit.row0 * p.grid.cols, unit.row1 * p.grid.cols
-    names = [f"b{b:06d}" for b in plan.batches_of(unit.page)
+    names = [layout.batch_segment(b) for b in plan.batches_of(unit.page)
              if plan.batches[b].first < last and plan.batches[b].last > first]
     band = TileTable.empty(ceil(y1 / t) - r0, ceil(x1 / t) - c0,
                            [layout.segment_file(plan.work, unit.page, n) for n in names])
