@@ -26,13 +26,13 @@ import tifffile
 from pipeline.adapters.storage import write_json
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import plan as plan_mod
+from pipeline.core.chain import stats_rounds
 from pipeline.core.events import BatchEvent, MergeEvent, ReduceEvent, StatsEvent, UnitEvent
 from pipeline.core.grid import PageGrid
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions
 from pipeline.core.ops import chain_from_json, chain_halo
 from pipeline.steps import layout
 from pipeline.steps.common import forget_plans
-from pipeline.steps.evaluate import page_rounds
 from pipeline.steps.merge import merge
 from pipeline.steps.process import process, process_unit
 from pipeline.steps.split import split
@@ -219,7 +219,7 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
             process_unit(UnitEvent(plan_url, i))
     for i in range(0 if plan.fused else len(plan.units)):
         split(UnitEvent(plan_url, i))
-    for r in range(page_rounds(plan)):  # statistics rounds: ops that need the whole page
+    for r in range(stats_rounds(plan)):  # statistics rounds: ops that need the whole page
         for k in range(len(plan.batches)):
             stats(StatsEvent(plan_url, k, r))
         reduce_stats(ReduceEvent(plan_url, r))

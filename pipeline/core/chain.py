@@ -26,7 +26,8 @@ from math import lcm
 
 import numpy as np
 
-from pipeline.core.ops import GLOBAL_KINDS, HALO_ALIGN, OpCall
+from pipeline.core.models import JobPlan
+from pipeline.core.ops import GLOBAL_KINDS, HALO_ALIGN, OpCall, chain_from_json
 
 
 class ChainLayout:
@@ -101,3 +102,11 @@ class ChainLayout:
     def margin_after(self, canny: int, upto: int, needed: int = 0) -> int:
         """The margin of canny edges (its pixels) that ops (canny, upto) need, aligned."""
         return self.aligned(self.reach(canny + 1, upto, needed), self.scales[canny])
+
+
+def stats_rounds(plan: JobPlan) -> int:
+    """How many statistics rounds a job needs: one per global op of its chain (the same for
+    every page; 0 for a chain of local ops)."""
+    if not plan.pages:
+        return 0
+    return len(ChainLayout.of(chain_from_json(plan.spec.ops), plan.pages[0].info.dtype).rounds)

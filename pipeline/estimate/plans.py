@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from pipeline.core import dtypes
+from pipeline.core.chain import stats_rounds  # noqa: F401 - the estimate's API
 from pipeline.core.models import JobPlan, PageInfo
 from pipeline.estimate.assumptions import EstimateError
 
@@ -72,15 +73,6 @@ def item_work(plan: JobPlan) -> tuple[list[tuple[float, float, int]],
     return units, batches
 
 
-def stats_rounds(plan: JobPlan) -> int:
-    """Statistics rounds the job's op chain needs (0 for local ops)."""
-    try:
-        from pipeline.core.chain import ChainLayout
-        from pipeline.core.ops import chain_from_json
-    except ImportError:
-        return 0
-    dtype = plan.pages[0].info.dtype if plan.pages else "uint8"
-    return len(ChainLayout.of(chain_from_json(plan.spec.ops), dtype).rounds)
 
 
 #: samples a pixel can have (TIFF's SamplesPerPixel is a 16-bit SHORT)

@@ -92,12 +92,10 @@ def canny_tree_levels(plan: Any) -> list[int]:
     """The node counts of the ReduceLevel Maps a job runs, every canny round's in chain order
     (empty without a canny, or when each round reduces in one task: pages of up to 1,024
     tiles with the default bound)."""
-    try:
-        from pipeline.core.chain import ChainLayout
-        from pipeline.core.ops import chain_from_json
-        from pipeline.steps.canny_reduce import map_levels
-    except ImportError:
-        return []
+    from pipeline.core.chain import ChainLayout
+    from pipeline.core.ops import chain_from_json
+    from pipeline.steps.canny_reduce import map_levels
+
     if not plan.pages:
         return []
     chain = chain_from_json(plan.spec.ops)

@@ -207,8 +207,3 @@ class TileEvaluator:
         return canny_mod.label_core(self.crop(weak, rect, core), self.crop(strong, rect, core))
 
 
-def page_rounds(plan: JobPlan) -> int:
-    """How many statistics rounds a job needs (the same for every page: one per global op)."""
-    if not plan.pages:
-        return 0
-    return len(ChainLayout.of(chain_from_json(plan.spec.ops), plan.pages[0].info.dtype).rounds)

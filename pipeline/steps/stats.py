@@ -30,13 +30,14 @@ from pipeline.adapters import storage
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core import custom as custom_mod
+from pipeline.core.chain import stats_rounds
 from pipeline.core.events import EventError, JobEvent, ReduceEvent, StatsEvent
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
 from pipeline.errors import WorkMissingError
 from pipeline.steps import layout, planning, stopping
 from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
-from pipeline.steps.evaluate import TileEvaluator, load_npz, page_rounds, save_npz
+from pipeline.steps.evaluate import TileEvaluator, load_npz, save_npz
 
 #: parallel reads of the batches' partial statistics (S3 GETs)
 READ_THREADS = 16
@@ -51,7 +52,7 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
     result = planning.plan_job(event, job)
-    rounds = page_rounds(load_plan(result["plan"]))
+    rounds = stats_rounds(load_plan(result["plan"]))
     return {**result, "stats": {"round": 0, "more": rounds > 0, "rounds": rounds, "level": 0,
                                 "nodes": [], "tree": False, "bound": 0}}
 
@@ -91,7 +92,7 @@ def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
     tree level's nodes (``tree``) until the round is done."""
     plan = load_plan(event.plan)
     raise_recorded(plan.work)  # a failed stats batch fails the job with its own error
-    rounds = page_rounds(plan)
+    rounds = stats_rounds(plan)
     if not 0 <= event.round < rounds:
         raise EventError(f"reduce_stats: round {event.round} of a job with {rounds} round(s)")
     first = TileEvaluator(plan, 0)
