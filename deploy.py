@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws import AwsError, Clients
+from pipeline.aws import AwsError, Clients, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.policies import DataLocation
 from pipeline.errors import ManifestError, TiffpipeError
@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="image and Lambda architecture (default: arm64, ~20%% cheaper)")
     p.add_argument("--data-bucket", action="append", default=[], metavar="BUCKET[/PREFIX]",
                    help="a bucket (or prefix) the functions may read inputs from and write "
-                        "outputs to; repeatable (default: the stack's own bucket)")
+                        "outputs to; repeatable, replaces the deployed ones (default: those "
+                        "the deployed stack has; for a new stack, its own bucket)")
     p.add_argument("--schedule", metavar="EXPR",
                    help='run on a schedule: "cron(0 2 * * ? *)" or "rate(1 day)" (UTC)')
     p.add_argument("--schedule-manifest", metavar="URI",
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         return EXIT_USAGE
     try:
         data = [DataLocation.parse(d) for d in args.data_bucket]
-    except ValueError as exc:
+        check_stack_name(args.stack)
+    except (ValueError, AwsError) as exc:  # usage: nothing was asked of AWS
         print(f"deploy.py: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = DeployConfig(

@@ -660,3 +660,11 @@ def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch,
     gone = script("--destroy", "--delete-bucket")
     assert gone.returncode == 0, gone.stderr
     assert aws.client("lambda").list_functions()["Functions"] == []
+
+
+def test_an_invalid_stack_name_is_a_usage_error(aws: Aws):
+    """A --stack that cannot name a bucket: exit 2 (usage), before any AWS call."""
+    code, result, err = aws.deploy("--skip-build", "--stack", "Bad_Name")
+    assert (code, result) == (2, None)
+    assert "--stack 'Bad_Name': expected 1 to 20 lower-case letters" in err
+    assert aws.calls == []
