@@ -266,7 +266,8 @@ def _stop_on_signals(stop: StopRequest) -> Iterator[None]:
 
 def _interrupted_line(result: RunResult, signum: int) -> str:
     """What a run stopped by ``signum`` says, on one line: what it stopped, what it kept."""
-    from pipeline.runner import INTERRUPTED_ERROR, signal_name
+    from pipeline.errors import INTERRUPTED_ERROR
+    from pipeline.runner import signal_name
 
     name = signal_name(signum)
     if result.report is None:

@@ -15,6 +15,11 @@ class TiffpipeError(Exception):
     """Base class of every tiffpipe error."""
 
 
+#: the report's error type of a job a stopped local run did not finish (status FAILED; no
+#: class: nothing raises it, pipeline.runner writes it; the summary shows such a job STOPPED)
+INTERRUPTED_ERROR = "RunInterruptedError"
+
+
 # --- manifests and usage ------------------------------------------------------------
 
 

@@ -26,14 +26,12 @@ from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX
 from pipeline.engine.local import Listener, LocalEngine, StopRequest
-from pipeline.errors import EngineError, InputNotFoundError, TiffpipeError
+from pipeline.errors import INTERRUPTED_ERROR, EngineError, InputNotFoundError, TiffpipeError
 from pipeline.steps import held_work, layout
 from pipeline.steps.report import failure_record
 
 log = logging.getLogger("tiffpipe")
 
-#: the report's error type of a job a stopped run did not finish (status FAILED)
-INTERRUPTED_ERROR = "RunInterruptedError"
 
 
 def new_run_id() -> str:

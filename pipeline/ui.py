@@ -8,6 +8,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Self
 
+from pipeline.errors import INTERRUPTED_ERROR
+
 if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
@@ -110,7 +112,9 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     for job in report["jobs"]:
         ok = job["status"] == "SUCCEEDED"
         detail = job["output"] if ok else f"{job['error']['type']}: {job['error']['message']}"
-        rows.append([str(job["job"]), "SUCCEEDED" if ok else "FAILED", str(job.get("pages", "")),
+        status = ("SUCCEEDED" if ok else "STOPPED" if job["error"]["type"] == INTERRUPTED_ERROR
+                  else "FAILED")  # STOPPED: FAILED in the report (a stopped run's job)
+        rows.append([str(job["job"]), status, str(job.get("pages", "")),
                      f"{job['megapixels']:.1f}" if ok else "", f"{job.get('seconds', 0):.1f}",
                      detail])
     return title, rows
@@ -128,7 +132,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_column(name, justify="right" if right else "left",
                          overflow="ellipsis" if right else "fold")
     for row in rows:
-        colour = "green" if row[1] == "SUCCEEDED" else "red"
+        colour = {"SUCCEEDED": "green", "STOPPED": "yellow"}.get(row[1], "red")
         table.add_row(*row[:1], f"[{colour}]{row[1]}[/]", *row[2:])
     return table
 

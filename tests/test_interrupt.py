@@ -21,7 +21,7 @@ import psutil
 import pytest
 import tifffile
 
-from pipeline.runner import INTERRUPTED_ERROR
+from pipeline.errors import INTERRUPTED_ERROR
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
@@ -102,6 +102,11 @@ def _stopped_cleanly(proc: subprocess.Popen[str], folder: Path, jobs: int, code:
         assert f"stopped ({name})" in job["error"]["message"]
     # the summary on stdout, and one line that says what was stopped and what was kept
     assert f"{len(kept)} succeeded, {len(stopped)} failed" in out
+    # each stopped job's row says STOPPED (FAILED is for jobs that failed of themselves)
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in
+            ([str(j["job"])] for j in report["jobs"])]
+    assert sorted(r[1] for r in rows) == sorted(["SUCCEEDED"] * len(kept)
+                                                + ["STOPPED"] * len(stopped)), out
     assert (f"tiffpipe: interrupted ({name}): {len(kept)} of {jobs} jobs finished, their "
             f"outputs are kept; the other {len(stopped)}") in err
     return kept
