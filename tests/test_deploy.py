@@ -668,3 +668,29 @@ def test_an_invalid_stack_name_is_a_usage_error(aws: Aws):
     assert (code, result) == (2, None)
     assert "--stack 'Bad_Name': expected 1 to 20 lower-case letters" in err
     assert aws.calls == []
+
+
+def test_a_function_in_a_failed_state_is_deployed_again(aws: Aws):
+    """A function Lambda could not set up (State Failed, e.g. its image's repository no
+    longer readable) is repaired by a redeploy, which would otherwise find its image and
+    settings unchanged and do nothing. moto cannot make a function fail: its GetFunction
+    answer is changed to what Lambda says then (the only stand-in of this test)."""
+    push_fake_images(aws, "v1")
+    assert aws.deploy("--skip-build")[0] == 0
+    broken = NAMES.function("process")
+
+    def failed(http_response: Any, parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        config = parsed.get("Configuration", {})
+        if config.get("FunctionName") == broken:
+            config.update(State="Failed", StateReasonCode="ImageAccessDenied",
+                          StateReason="Lambda does not have permission to access the image")
+
+    aws.session.events.register("after-call.lambda.GetFunction", failed)
+    aws.calls.clear()
+    try:
+        code, _, err = aws.deploy("--skip-build")
+    finally:
+        aws.session.events.unregister("after-call.lambda.GetFunction", failed)
+    assert code == 0, err
+    assert "failed state (ImageAccessDenied Lambda does not have permission" in err
+    assert aws.writes().count("lambda.UpdateFunctionCode") == 1  # that function only

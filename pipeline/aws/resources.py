@@ -229,7 +229,14 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
                     f"{size.timeout} s, /tmp {size.ephemeral} MB)", create)
         return names.function_arn(step)
     config = current["Configuration"]
-    if image is None or current.get("Code", {}).get("ImageUri") != image or \
+    # a function whose image could not be set up (State Failed: the image deleted, access to
+    # its repository lost; or its last update failed) is deployed again, whatever it names
+    failed = "Failed" in (config.get("State"), config.get("LastUpdateStatus"))
+    if failed:
+        acts.log(f"  it is in a failed state ({config.get('StateReasonCode') or ''} "
+                 f"{config.get('StateReason') or config.get('LastUpdateStatusReason') or ''})"
+                 .replace("( ", "(").replace(" )", ")") + ": its image is deployed again")
+    if image is None or failed or current.get("Code", {}).get("ImageUri") != image or \
             config.get("Architectures") != architectures:
         def update_code() -> None:
             lam.update_function_code(FunctionName=name, ImageUri=image,
