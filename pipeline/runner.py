@@ -21,12 +21,12 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunEvent, to_payload
-from pipeline.core.manifest import ScanSpec, load_manifest
+from pipeline.core.manifest import ScanSpec
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX
 from pipeline.engine.local import Listener, LocalEngine, StopRequest
-from pipeline.errors import INTERRUPTED_ERROR, EngineError, InputNotFoundError, TiffpipeError
+from pipeline.errors import INTERRUPTED_ERROR, EngineError, TiffpipeError
 from pipeline.steps import held_work, layout
 from pipeline.steps.report import failure_record
 
@@ -40,9 +40,11 @@ def new_run_id() -> str:
 
 
 def validate(manifest: str) -> list[JobSpec] | ScanSpec:
-    """The manifest's jobs (or its scan), or ManifestError listing every problem."""
-    text = storage.read_text(manifest, missing=InputNotFoundError)
-    return load_manifest(text, manifest, storage.parent(manifest))
+    """The manifest's jobs (or its scan), or ManifestError listing every problem (as the
+    run's PlanRun reads it: :func:`pipeline.steps.common.read_manifest`)."""
+    from pipeline.steps.common import read_manifest
+
+    return read_manifest(manifest)
 
 
 def default_report(manifest: str) -> str:

@@ -118,7 +118,7 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
     from pipeline.adapters import storage
     from pipeline.core.plan import make_plan
     from pipeline.errors import TiffpipeError
-    from pipeline.runner import validate
+    from pipeline.steps.common import read_manifest as validate
 
     specs = validate(manifest)
     if not isinstance(specs, list):

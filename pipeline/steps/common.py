@@ -1,4 +1,4 @@
-"""What the split, process and merge steps share: cached plans, error records, threads."""
+"""What the steps share: the manifest read, cached plans, error records, threads."""
 
 from __future__ import annotations
 
@@ -12,9 +12,23 @@ from typing import Any
 
 from pipeline.adapters import storage
 from pipeline.core.constants import TILE_THREADS_ENV
+from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobPlan, JobSpec
-from pipeline.errors import TiffpipeError, WorkMissingError, by_name, error_record
+from pipeline.errors import (
+    InputNotFoundError,
+    TiffpipeError,
+    WorkMissingError,
+    by_name,
+    error_record,
+)
 from pipeline.steps import held_work, layout
+
+
+def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
+    """A local or S3 manifest's jobs (or its scan), or ManifestError listing every problem
+    (InputNotFoundError when it is not there). Paths in it are relative to its folder."""
+    text = storage.read_text(url, missing=InputNotFoundError)
+    return load_manifest(text, url, storage.parent(url))
 
 
 def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:

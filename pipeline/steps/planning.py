@@ -12,12 +12,12 @@ from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.levels import level_units
-from pipeline.core.manifest import ScanSpec, load_manifest, scan_jobs
+from pipeline.core.manifest import ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan, single_task
 from pipeline.errors import InputNotFoundError, OperationError
 from pipeline.steps import held_work, layout
-from pipeline.steps.common import keep_plan, load_job
+from pipeline.steps.common import keep_plan, load_job, read_manifest
 from pipeline.steps.thumbs import sums_thumbnails
 
 
@@ -28,8 +28,7 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     job indices go to a file (``jobs.json``), not to the result: the ``Jobs`` Distributed
     Map's ItemReader reads them, so the state payloads stay small for any number of jobs.
     """
-    text = storage.read_text(event.manifest, missing=InputNotFoundError)
-    parsed = load_manifest(text, event.manifest, storage.parent(event.manifest))
+    parsed = read_manifest(event.manifest)
     specs = expand_scan(parsed) if isinstance(parsed, ScanSpec) else parsed
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
                         event.report or storage.join(event.work, "report.json"))
