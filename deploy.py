@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws import AwsError, Clients, check_stack_name
+from pipeline.aws import AwsError, Clients, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.policies import DataLocation
 from pipeline.errors import ManifestError, TiffpipeError
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
     try:
         data = [DataLocation.parse(d) for d in args.data_bucket]
         check_stack_name(args.stack)
+        if not args.destroy:
+            check_schedule(args.schedule, args.schedule_manifest)
     except (ValueError, AwsError) as exc:  # usage: nothing was asked of AWS
         print(f"deploy.py: {exc}", file=sys.stderr)
         return EXIT_USAGE

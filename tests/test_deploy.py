@@ -600,7 +600,23 @@ def test_schedule_needs_a_valid_manifest(aws: Aws, tmp_path: Path):
     assert "jobs[0].input: expected an s3:// URL" in err
     assert aws.writes() == []
     code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)")
-    assert code == 1 and "--schedule needs --schedule-manifest" in err
+    assert code == 2 and "--schedule needs --schedule-manifest" in err
+
+
+@pytest.mark.parametrize("expression", ["every day", "rate(1 days)", "rate(2 day)",
+                                        "rate(0 hours)", "cron(0 2 * * ?)", "rate(1 week)"])
+def test_a_schedule_scheduler_would_refuse_is_a_usage_error(aws: Aws, tmp_path: Path,
+                                                             expression: str):
+    """Checked before any AWS call (AWS would refuse it only at the deploy's last step, with
+    every other resource made): exit 2, saying what is expected."""
+    manifest = tmp_path / "night.json"
+    manifest.write_text(json.dumps({"scan": {"input": "s3://slides/in/", "output":
+                                             "s3://results/"}}))
+    code, result, err = aws.deploy("--skip-build", "--schedule", expression,
+                                   "--schedule-manifest", str(manifest))
+    assert (code, result) == (2, None), err
+    assert f"--schedule {expression!r}: expected" in err and "cron(0 2 * * ? *)" in err
+    assert aws.calls == []
 
 
 # --- build_and_push, the CLI as a program --------------------------------------------------

@@ -22,6 +22,9 @@ STEPS = FUNCTIONS
 #: tag on every resource a stack creates
 STACK_TAG = "tiffpipe:stack"
 _STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
+#: EventBridge Scheduler's recurring expressions: rate(N unit) (singular for 1), cron(6 fields)
+_RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")
+_CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
 
 
 class AwsError(TiffpipeError):
@@ -43,6 +46,26 @@ def check_stack_name(stack: str) -> str:
                        "hyphens, starting and ending with a letter or digit (it becomes part "
                        "of an S3 bucket name)")
     return stack
+
+
+def check_schedule(schedule: str | None, manifest: str | None) -> None:
+    """The schedule options, before anything is asked of AWS: both or neither, and an
+    expression EventBridge Scheduler takes (AwsError saying what is expected)."""
+    if manifest and not schedule:
+        raise AwsError('--schedule-manifest needs --schedule "cron(...)" or "rate(...)"')
+    if schedule and not manifest:
+        raise AwsError("--schedule needs --schedule-manifest: the manifest every run uses "
+                       "(s3://... that exists, or a local file to upload)")
+    if schedule is None:
+        return
+    rate = _RATE.match(schedule)
+    if rate and int(rate.group(1)) > 0 and (rate.group(3) == "s") == (rate.group(1) != "1"):
+        return
+    if _CRON.match(schedule):
+        return
+    raise AwsError(f"--schedule {schedule!r}: expected \"rate(N minutes|hours|days)\" (\"rate(1 "
+                   "day)\" for one) or \"cron(minutes hours day-of-month month day-of-week "
+                   "year)\", e.g. \"cron(0 2 * * ? *)\" for 02:00 UTC every day")
 
 
 @dataclass(frozen=True)

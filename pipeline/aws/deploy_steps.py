@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.aws import STEPS, AwsError, Clients, StackNames, policies
+from pipeline.aws import STEPS, AwsError, Clients, StackNames, check_schedule, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, get_or_none
 from pipeline.aws.executions import read_manifest, upload_manifest
@@ -95,13 +95,9 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
     return built
 
 
-def _schedule_manifest(clients: Clients, names: StackNames, config: DeployConfig) -> None:
-    """Check the schedule options and the manifest (read only: nothing is changed yet)."""
-    if config.schedule_manifest and not config.schedule:
-        raise AwsError('--schedule-manifest needs --schedule "cron(...)" or "rate(...)"')
-    if config.schedule and not config.schedule_manifest:
-        raise AwsError("--schedule needs --schedule-manifest: the manifest every run uses "
-                       "(s3://... that exists, or a local file to upload)")
+def _check_schedule(clients: Clients, config: DeployConfig) -> None:
+    """Check the schedule options and read the manifest (nothing is changed yet)."""
+    check_schedule(config.schedule, config.schedule_manifest)
     if config.schedule and config.schedule_manifest:
         read_manifest(clients("s3"), config.schedule_manifest)
 
@@ -145,7 +141,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     which changes were made (``changes``: empty when the stack was up to date)."""
     log, acts, names = _begin(config, clients, log, "stack")
     # preflight: whatever can stop the deploy is checked before anything is changed
-    _schedule_manifest(clients, names, config)
+    _check_schedule(clients, config)
     pushed = _pushed_images(clients, names, config, log) if config.skip_build else None
     if not config.skip_build and build is docker_images.build_and_push:
         docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
