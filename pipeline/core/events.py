@@ -110,6 +110,21 @@ class StatsRound:
     tree: bool
     bound: int
 
+    @classmethod
+    def next_round(cls, round_: int, rounds: int) -> StatsRound:
+        """Round ``round_`` next (``more`` if the chain has it), no reduce tree waiting."""
+        return cls(round_, round_ < rounds, rounds, 0, [], False, 0)
+
+    @classmethod
+    def tree_level(cls, round_: int, rounds: int, level: int, nodes: list[int],
+                   bound: int) -> StatsRound:
+        """Round ``round_`` goes on: tree ``level``'s ``nodes`` wait for ReduceLevel."""
+        return cls(round_, True, rounds, level, nodes, True, bound)
+
+    def reply(self, job: int) -> dict[str, Any]:
+        """``reduce_stats``' result (:class:`RoundReduced`: the job, then these fields)."""
+        return {"job": job, **to_payload(self)}
+
 
 @record
 class JobPlanned:

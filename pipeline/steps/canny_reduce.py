@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.core import canny_tree
 from pipeline.core.constants import CANNY_REDUCE_SIDES_ENV
-from pipeline.core.events import NodeEvent, ReduceEvent
+from pipeline.core.events import NodeEvent, ReduceEvent, StatsRound
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import MAX_ITEMS
 from pipeline.errors import WorkMissingError
@@ -83,16 +83,14 @@ def reduce_round(plan: JobPlan, event: ReduceEvent, rounds: int) -> dict[str, An
     items = job_nodes(plan, bound)
     for level, at, mapped in levels(items, bound, event.level):
         if mapped:
-            return {"job": plan.job, "round": event.round, "more": True, "rounds": rounds,
-                    "level": level + 1, "nodes": at, "tree": True, "bound": bound}
+            return StatsRound.tree_level(event.round, rounds, level + 1, at, bound
+                                         ).reply(plan.job)
         for g in at:
             _run(plan, event.round, items[g][0])
     for page in range(len(plan.pages)):
         save_npz(layout.stats_file(plan.work, event.round, page),
                  {"bound": np.array([bound], np.int64)})
-    nxt = event.round + 1
-    return {"job": plan.job, "round": nxt, "more": nxt < rounds, "rounds": rounds,
-            "level": 0, "nodes": [], "tree": False, "bound": 0}
+    return StatsRound.next_round(event.round + 1, rounds).reply(plan.job)
 
 
 def reduce_node(event: NodeEvent) -> dict[str, Any]:

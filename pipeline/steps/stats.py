@@ -31,7 +31,14 @@ from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core import custom as custom_mod
 from pipeline.core.chain import stats_rounds
-from pipeline.core.events import EventError, JobEvent, ReduceEvent, StatsEvent
+from pipeline.core.events import (
+    EventError,
+    JobEvent,
+    ReduceEvent,
+    StatsEvent,
+    StatsRound,
+    to_payload,
+)
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
 from pipeline.errors import WorkMissingError
@@ -53,8 +60,7 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
             custom_mod.load(call.params["function"])
     result = planning.plan_job(event, job)
     rounds = stats_rounds(load_plan(result["plan"]))
-    return {**result, "stats": {"round": 0, "more": rounds > 0, "rounds": rounds, "level": 0,
-                                "nodes": [], "tree": False, "bound": 0}}
+    return {**result, "stats": to_payload(StatsRound.next_round(0, rounds))}
 
 
 def stats(event: StatsEvent) -> dict[str, Any]:
@@ -110,9 +116,7 @@ def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
         dtype = np.dtype(ev.page.info.dtype)
         save_npz(layout.stats_file(plan.work, event.round, page),
                  call.op.stats.finish(combine(mine), call.params, dtype))
-    nxt = event.round + 1
-    return {"job": plan.job, "round": nxt, "more": nxt < rounds, "rounds": rounds,
-            "level": 0, "nodes": [], "tree": False, "bound": 0}
+    return StatsRound.next_round(event.round + 1, rounds).reply(plan.job)
 
 
 def _position(ev: TileEvaluator, round_: int) -> int:
