@@ -67,6 +67,11 @@ class OutputEncoder:
             (2, 2) if options.compression == "jpeg" and channels == 3 else None)
         self._args = self._codec_args()
 
+    @property
+    def lossy(self) -> bool:
+        """JPEG: a reader sees the decoded tiles, not the pixels encoded."""
+        return self.tag == _TAGS["jpeg"]
+
     def check(self) -> str | None:
         """Why this output cannot be written (None if it can)."""
         comp = self.options.compression

@@ -41,7 +41,7 @@ def process(event: BatchEvent) -> dict[str, Any]:
 
             def one(pos: tuple[int, int]) -> None:
                 stopping.check()
-                segment.add(pos[0], out.write(*pos))
+                segment.add(pos[0], out.encode_tile(*pos))
 
             # OpenCV and the codecs release the GIL: a Lambda with 2+ vCPUs runs tiles side
             # by side; the local engine sets how many for its workers
@@ -75,9 +75,9 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None) -> dict[st
 
                 def handle(r: int, c: int, px: np.ndarray) -> None:
                     if levels:
-                        segment.add(r, *out.write_seen(r, c, px), col=c)
+                        segment.add(r, *out.encode_tile_seen(r, c, px), col=c)
                     else:
-                        segment.add(r, out.write(r, c, px))
+                        segment.add(r, out.encode_tile(r, c, px))
 
                 sweep_unit(plan, unit, handle, tile_threads(), shared)
             if levels:
@@ -110,7 +110,7 @@ class TileOutput:
                                      info.out_channels)
         # a batch's chain reads its work tiles unless it starts from a canny's edges
         self.reads_input = fused or self.evaluator.layout.source(len(self.evaluator.chain)) is None
-        self.thumbs = PageThumbs.of(plan, page, self.encoder.tag == 7, self.reads_input)
+        self.thumbs = PageThumbs.of(plan, page, self.encoder.lossy, self.reads_input)
 
     def _output(self, row: int, col: int,
                 haloed: np.ndarray | None) -> tuple[np.ndarray, Rect]:
@@ -127,8 +127,8 @@ class TileOutput:
         if self.thumbs is not None:
             self.thumbs.save(name)
 
-    def write(self, row: int, col: int,
-              haloed: np.ndarray | None = None) -> list[tuple[int, int, bytes]]:
+    def encode_tile(self, row: int, col: int,
+                    haloed: np.ndarray | None = None) -> list[tuple[int, int, bytes]]:
         """Process tile (row, col), from ``haloed`` pixels or else its stored work tile: its
         encoded output tiles as (output row, output col, bytes)."""
         pixels, origin = self._output(row, col, haloed)
@@ -142,15 +142,15 @@ class TileOutput:
                 for ox in range(0, pixels.shape[1], t)]
 
 
-    def write_seen(self, row: int, col: int, haloed: np.ndarray | None = None
-                   ) -> tuple[list[tuple[int, int, bytes]], np.ndarray]:
-        """:meth:`write`, and the tile's output pixels as a reader sees them (rows x cols x
+    def encode_tile_seen(self, row: int, col: int, haloed: np.ndarray | None = None
+                         ) -> tuple[list[tuple[int, int, bytes]], np.ndarray]:
+        """:meth:`encode_tile`, and the tile's output pixels as a reader sees them (rows x cols x
         channels: for JPEG the decoded tiles), which pyramid levels are reduced from."""
         pixels, origin = self._output(row, col, haloed)
         t = self.out_tile
         tiles = self._encoded(pixels, origin)
         seen = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
-        if self.encoder.tag == 7:  # lossy: the decoded tiles
+        if self.encoder.lossy:  # the decoded tiles
             seen = seen.copy()
             for orow, ocol, data in tiles:
                 oy, ox = orow * t - origin.y0, ocol * t - origin.x0
