@@ -24,7 +24,7 @@ log = logging.getLogger("tiffpipe")
 FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
     "split": {
         "plan_run": (events.RunEvent, "pipeline.steps.planning:plan_run"),
-        # planning.plan_job, plus the custom functions' import check and the stats rounds
+        # planning.write_job_plan, plus the custom functions' import check and the stats rounds
         "plan_job": (events.JobEvent, "pipeline.steps.stats:plan_job"),
         "split": (events.UnitEvent, "pipeline.steps.split:split"),
     },

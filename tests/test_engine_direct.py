@@ -312,7 +312,7 @@ def test_a_task_is_as_wide_as_its_tiles(tmp_path: Path):
     any other task (merge, a missing plan) all the cores."""
     from pipeline.core.events import JobEvent, RunEvent
     from pipeline.steps.common import load_plan
-    from pipeline.steps.planning import plan_job, plan_run
+    from pipeline.steps.planning import plan_run, write_job_plan
 
     tifffile.imwrite(tmp_path / "in.tif", np.zeros((3000, 300), np.uint8), tile=(256, 256))
     tifffile.imwrite(tmp_path / "small.tif", np.zeros((100, 100), np.uint8))
@@ -321,7 +321,7 @@ def test_a_task_is_as_wide_as_its_tiles(tmp_path: Path):
         {"input": "small.tif", "output": "s.tif", "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
     work = str(tmp_path / "work")
     run = plan_run(RunEvent(manifest=str(tmp_path / "m.json"), work=work, run_id="r"))["run"]
-    big, small = (plan_job(JobEvent(run=run, job=j))["plan"] for j in (0, 1))
+    big, small = (write_job_plan(JobEvent(run=run, job=j))["plan"] for j in (0, 1))
     with LocalEngine(2) as engine:
         cores = engine._cores
         assert engine._width({"action": "process_unit", "plan": small, "unit": 0}) == 1

@@ -26,7 +26,7 @@ from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import forget_plans, load_plan
-from pipeline.steps.planning import plan_job, plan_run
+from pipeline.steps.planning import plan_run, write_job_plan
 from pipeline.steps.process import process_unit
 from pipeline.steps.unit_levels import fragment_name
 
@@ -74,7 +74,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         run = plan_run(RunEvent(str(manifest), work, "test"))
         plans = []
         for job in range(run["jobs"]):
-            planned = plan_job(JobEvent(run["run"], job))
+            planned = write_job_plan(JobEvent(run["run"], job))
             for unit in planned["units"]:
                 process_unit(UnitEvent(planned["plan"], unit))
             forget_plans()

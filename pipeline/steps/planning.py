@@ -71,8 +71,8 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     return scan_jobs(scan, storage.list_prefix(scan.input), storage.list_prefix(scan.output))
 
 
-def plan_job(event: JobEvent,
-             job: tuple[dict[str, Any], JobSpec] | None = None) -> dict[str, Any]:
+def write_job_plan(event: JobEvent,
+                   job: tuple[dict[str, Any], JobSpec] | None = None) -> dict[str, Any]:
     """Read the input's page headers, check the job can run, and write its plan.json.
 
     Returns the indices of the split units and batches for the Map states, and whether the

@@ -58,7 +58,7 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     for call in chain_from_json(spec.ops):
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
-    result = planning.plan_job(event, job)
+    result = planning.write_job_plan(event, job)
     rounds = stats_rounds(load_plan(result["plan"]))
     return {**result, "stats": to_payload(StatsRound.next_round(0, rounds))}
 
