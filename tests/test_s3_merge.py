@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -451,6 +452,45 @@ def test_a_failed_copy_starts_no_more_parts(s3, monkeypatch):
     # started after it: at most the two threads' next ones, queued as it failed
     assert max(copies) <= 12 + 2 * 2, copies
     assert _uploads(s3) == [] and not storage.exists(url)
+
+
+def test_uploaded_parts_go_side_by_side_within_their_memory_bound(s3, monkeypatch):
+    """Segments under S3's 5 MiB copy minimum go through the function as uploaded parts:
+    several at once (one at a time, a large non-fused output's merge could pass the
+    Lambda's timeout), never more than UPLOADS_IN_FLIGHT (their bytes are in memory); the
+    output is the bytes of its pieces."""
+    source = f"s3://{BUCKET}/upload-src/segment"
+    data = os.urandom(3 * MiB)
+    storage.write_bytes(source, data)
+    pieces = [tiff_layout.Literal(b"II*\x00"),
+              *[tiff_layout.Span(source, 0, 3 * MiB) for _ in range(16)]]
+    assert not any(p.copy for p in tiff_layout.plan_parts(pieces))  # all uploaded
+    monkeypatch.setattr(segments, "UPLOADS_IN_FLIGHT", 3)
+    lock, now, most = threading.Lock(), [0], [0]
+
+    def started(**_: Any) -> None:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.05)  # each upload lasts a while (moto answers at once)
+
+    def ended(**_: Any) -> None:
+        with lock:
+            now[0] -= 1
+
+    client = segments.s3_client()
+    client.meta.events.register("before-call.s3.UploadPart", started)
+    client.meta.events.register("after-call.s3.UploadPart", ended)
+    url = f"s3://{BUCKET}/upload-out/out.tif"
+    try:
+        size = compose(pieces, url)
+    finally:
+        client.meta.events.unregister("before-call.s3.UploadPart", started)
+        client.meta.events.unregister("after-call.s3.UploadPart", ended)
+    assert most[0] == 3, most  # side by side, up to the bound
+    assert size == 4 + 16 * 3 * MiB
+    assert storage.read_bytes(url) == b"II*\x00" + data * 16
+    assert _uploads(s3) == []
 
 
 def test_a_failed_segment_is_aborted(s3):

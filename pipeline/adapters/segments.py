@@ -40,6 +40,9 @@ SEGMENT_PART = 8 * MiB
 READ_CHUNK = 1 * MiB
 #: server-side copies in flight
 COPY_THREADS = 16
+#: uploaded parts (bytes read through this process: a part under 5 MiB of segment, and the
+#: header and IFDs, each part about 5-10 MiB) in flight at once: their bytes are in memory
+UPLOADS_IN_FLIGHT = 4
 
 
 #: segments and indexes kept in memory (:func:`held`): URL -> content
@@ -305,21 +308,29 @@ def _compose_s3(pieces: list[Piece], url: str) -> int:
                                      "the bucket and permissions, then re-run") from exc
     try:
         pool = ThreadPoolExecutor(COPY_THREADS)
-        failed = threading.Event()  # a copy failed: no more parts are started
+        failed = threading.Event()  # a part failed: no more parts are started
+        in_memory = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
+
+        def uploaded(part: Part) -> str:
+            try:
+                return _upload_part(bucket, key, upload, part)
+            finally:
+                in_memory.release()
+
         try:
             futures: list[Future[str]] = []
             for part in parts:
+                if not part.copy:  # its bytes are read here: at most UPLOADS_IN_FLIGHT held
+                    in_memory.acquire()
                 if failed.is_set():
+                    if not part.copy:
+                        in_memory.release()
                     break  # (its error is raised below, from its future)
-                if part.copy:
-                    future = pool.submit(_copy_part, bucket, key, upload, part)
-                    future.add_done_callback(
-                        lambda f: failed.set() if not f.cancelled() and f.exception() else None)
-                    futures.append(future)
-                else:  # uploaded here, one at a time: merge holds one such part
-                    done: Future[str] = Future()
-                    done.set_result(_upload_part(bucket, key, upload, part))
-                    futures.append(done)
+                future = (pool.submit(_copy_part, bucket, key, upload, part) if part.copy
+                          else pool.submit(uploaded, part))
+                future.add_done_callback(
+                    lambda f: failed.set() if not f.cancelled() and f.exception() else None)
+                futures.append(future)
             etags = [f.result() for f in futures]
         finally:
             # after a failed part, the copies queued are not started: with thousands of
