@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="a bucket (or prefix) the functions may read inputs from and write "
                         "outputs to; repeatable, replaces the deployed ones (default: those "
                         "the deployed stack has; for a new stack, its own bucket)")
+    p.add_argument("--input-bucket", action="append", default=None, metavar="BUCKET[/PREFIX]",
+                   help="a bucket (or prefix) the functions may only read inputs from (your "
+                        "originals: no output can replace them); repeatable, replaces the "
+                        "deployed ones (default: those the deployed stack has)")
+    p.add_argument("--no-input-buckets", action="store_true",
+                   help="remove the read-only input locations")
     p.add_argument("--schedule", metavar="EXPR",
                    help='run on a schedule: "cron(0 2 * * ? *)" or "rate(1 day)" (UTC)')
     p.add_argument("--schedule-manifest", metavar="URI",
@@ -72,6 +78,11 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         return EXIT_USAGE
     try:
         data = [DataLocation.parse(d) for d in args.data_bucket]
+        inputs = ([] if args.no_input_buckets else
+                  None if args.input_bucket is None else
+                  [DataLocation.parse(d) for d in args.input_bucket])
+        if args.no_input_buckets and args.input_bucket:
+            raise ValueError("--input-bucket and --no-input-buckets contradict each other")
         check_stack_name(args.stack)
         if not args.destroy:
             check_schedule(args.schedule, args.schedule_manifest)
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         print(f"deploy.py: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = DeployConfig(
-        stack=args.stack, arch=args.arch, data=data, schedule=args.schedule,
+        stack=args.stack, arch=args.arch, data=data, inputs=inputs, schedule=args.schedule,
         schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
         dry_run=args.dry_run)

@@ -224,6 +224,45 @@ def test_a_redeploy_without_data_buckets_keeps_the_deployed_ones(aws: Aws):
     assert reads() == ["arn:aws:s3:::results/*"]
 
 
+def test_input_buckets_are_read_only_and_kept_until_named(aws: Aws):
+    """--input-bucket: originals the functions read and no output can replace (no PutObject
+    on them for any role); kept by a redeploy that does not name them, removed by
+    --no-input-buckets."""
+    push_fake_images(aws, "v1")
+    code, _, err = aws.deploy("--skip-build", "--input-bucket", "slides/in",
+                              "--data-bucket", "results")
+    assert code == 0, err
+    iam = aws.client("iam")
+
+    def statement(step: str, sid: str) -> list[str] | None:
+        doc = iam.get_role_policy(RoleName=NAMES.function_role(step),
+                                  PolicyName="tiffpipe")["PolicyDocument"]
+        return next((s["Resource"] for s in doc["Statement"] if s["Sid"] == sid), None)
+
+    def check(inputs: list[str]) -> None:
+        reads = sorted(["arn:aws:s3:::results/*", *inputs])
+        assert statement("split", "ReadInputs") == statement("process", "ReadInputs") == reads
+        for step in ("process", "merge"):
+            assert statement(step, "WriteOutputs") == ["arn:aws:s3:::results/*"]
+        assert statement("merge", "ListOpenUploads") == sorted([NAMES.bucket_arn,
+                                                                "arn:aws:s3:::results"])
+        lists = sorted({"arn:aws:s3:::results"} | {i.split("/")[0] for i in inputs})
+        assert statement("split", "ListDataBuckets") == lists
+
+    check(["arn:aws:s3:::slides/in/*"])
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "read-only input locations kept (no --input-bucket): s3://slides/in/" in err
+    assert "data locations kept (no --data-bucket): s3://results/" in err
+    assert "iam.PutRolePolicy" not in aws.writes()
+    check(["arn:aws:s3:::slides/in/*"])
+    assert aws.deploy("--skip-build", "--no-input-buckets")[0] == 0
+    check([])
+    code, _, err = aws.deploy("--skip-build", "--no-input-buckets", "--input-bucket", "x")
+    assert code == 2 and "contradict" in err
+
+
 def test_environment_variables_an_earlier_deploy_set_are_removed(aws: Aws):
     push_fake_images(aws)
     assert aws.deploy("--skip-build")[0] == 0

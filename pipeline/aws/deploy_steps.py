@@ -46,6 +46,8 @@ class DeployConfig:
     stack: str
     arch: str = "arm64"
     data: list[policies.DataLocation] = field(default_factory=list)
+    #: read-only locations (originals no output may replace); None: the deployed ones
+    inputs: list[policies.DataLocation] | None = None
     schedule: str | None = None
     schedule_manifest: str | None = None
     remove_schedule: bool = False
@@ -113,24 +115,38 @@ def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     return log, Actions(config.dry_run, log), names
 
 
-def _deployed_data(clients: Clients, names: StackNames, log: Callable[[str], None]
-                   ) -> list[policies.DataLocation]:
-    """Without ``--data-bucket``: the data locations the stack's functions may use now (a
-    redeploy that does not name them keeps them, as it keeps the schedule), or the stack's
-    own bucket for a new stack."""
+def _deployed_policy(clients: Clients, names: StackNames, step: str) -> dict[str, Any]:
+    """The inline policy of ``step``'s function role now ({} for a new stack)."""
     from urllib.parse import unquote
 
     text = get_or_none(lambda: clients("iam").get_role_policy(
-        RoleName=names.function_role("split"), PolicyName=POLICY_NAME)["PolicyDocument"],
+        RoleName=names.function_role(step), PolicyName=POLICY_NAME)["PolicyDocument"],
         "NoSuchEntity")
-    if text:
-        doc = json.loads(unquote(text)) if isinstance(text, str) else text
-        kept = policies.data_of(doc)
-        if kept:
-            log("data locations kept (no --data-bucket): " + ", ".join(
-                f"s3://{d.bucket}/{d.prefix}" for d in kept))
-            return kept
-    return [policies.DataLocation(names.bucket)]
+    if not text:
+        return {}
+    doc: dict[str, Any] = json.loads(unquote(text)) if isinstance(text, str) else text
+    return doc
+
+
+def _locations(config: DeployConfig, clients: Clients, names: StackNames,
+               log: Callable[[str], None]
+               ) -> tuple[list[policies.DataLocation], list[policies.DataLocation]]:
+    """The read-write and the read-only data locations of this deploy: those named, else
+    those the deployed stack's functions have (a redeploy that does not name them keeps
+    them, as it keeps the schedule); for a new stack, its own bucket and none."""
+    if config.data and config.inputs is not None:
+        return config.data, config.inputs
+    readable = policies.locations_of(_deployed_policy(clients, names, "split"), "ReadInputs")
+    writable = policies.locations_of(_deployed_policy(clients, names, "merge"), "WriteOutputs")
+    data = config.data or writable or [policies.DataLocation(names.bucket)]
+    inputs = (config.inputs if config.inputs is not None
+              else [d for d in readable if d not in writable])
+    shown = (lambda ds: ", ".join(f"s3://{d.bucket}/{d.prefix}" for d in ds) or "none")
+    if not config.data and writable:
+        log(f"data locations kept (no --data-bucket): {shown(data)}")
+    if config.inputs is None and inputs:
+        log(f"read-only input locations kept (no --input-bucket): {shown(inputs)}")
+    return data, inputs
 
 
 def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None = None,
@@ -147,7 +163,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
-    data = config.data or _deployed_data(clients, names, log)
+    data, inputs = _locations(config, clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
     if config.registry:
@@ -159,7 +175,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     logs, iam = clients("logs"), clients("iam")
     groups = {g: ensure_log_group(logs, names, g, acts) for g in names.log_groups}
     roles = {s: ensure_role(iam, names, names.function_role(s), policies.trust_policy("lambda"),
-                            policies.function_policy(s, names, data), acts,
+                            policies.function_policy(s, names, data, inputs), acts,
                             f"tiffpipe {names.stack}: the {s} function")
              for s in STEPS}
     roles["states"] = ensure_role(

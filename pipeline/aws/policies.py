@@ -66,12 +66,13 @@ class DataLocation:
         return f"arn:{partition}:s3:::{self.bucket}/{self.prefix}*"
 
 
-def data_of(split_policy: dict[str, Any]) -> list[DataLocation]:
-    """The data locations a deployed split function's policy (:func:`function_policy`)
-    reads: its ``ReadInputs`` objects, ``arn:...:s3:::bucket/prefix/*`` each."""
+def locations_of(policy: dict[str, Any], sid: str) -> list[DataLocation]:
+    """The data locations of a deployed function's policy (:func:`function_policy`) in its
+    statement ``sid`` (``ReadInputs``, ``WriteOutputs``): ``arn:...:s3:::bucket/prefix/*``
+    each."""
     found = []
-    for statement in split_policy.get("Statement", []):
-        if statement.get("Sid") != "ReadInputs":
+    for statement in policy.get("Statement", []):
+        if statement.get("Sid") != sid:
             continue
         resources = statement["Resource"]
         for arn in [resources] if isinstance(resources, str) else resources:
@@ -106,15 +107,23 @@ def trust_policy(service: str, account: str | None = None) -> dict[str, Any]:
     return _doc(statement)
 
 
-def function_policy(step: str, names: StackNames,
-                    data: list[DataLocation]) -> dict[str, Any]:
-    """The inline policy of one function's role (``step``: split, process or merge)."""
+def _sorted(locations: list[DataLocation]) -> list[DataLocation]:
+    return sorted(set(locations), key=lambda d: (d.bucket, d.prefix))
+
+
+def function_policy(step: str, names: StackNames, data: list[DataLocation],
+                    inputs: list[DataLocation] | None = None) -> dict[str, Any]:
+    """The inline policy of one function's role (``step``: split, process or merge):
+    ``data`` locations are read and written, ``inputs`` only read (originals no output
+    may replace)."""
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r} (known: {', '.join(STEPS)})")
     p = names.partition
     stack = f"{names.bucket_arn}/"
-    data = sorted(set(data), key=lambda d: (d.bucket, d.prefix))
+    data = _sorted(data)
+    readable = _sorted(data + list(inputs or []))
     objects = [d.objects_arn(p) for d in data]
+    read_objects = [d.objects_arn(p) for d in readable]
     statements = [
         _allow("OwnLogs", ["logs:CreateLogStream", "logs:PutLogEvents"],
                [names.log_group_arn(names.function_log_group(step))]),
@@ -128,10 +137,10 @@ def function_policy(step: str, names: StackNames,
             # split: scans list input prefixes, plan_job checks output buckets (HeadBucket);
             # both: a missing input is told from a denied one
             _allow("ListDataBuckets", ["s3:ListBucket"],
-                   sorted({d.bucket_arn(p) for d in data})),
+                   sorted({d.bucket_arn(p) for d in readable})),
             # inputs (split units, fused units), manifests kept next to them, and (a scan)
             # which outputs exist
-            _allow("ReadInputs", ["s3:GetObject"], objects),
+            _allow("ReadInputs", ["s3:GetObject"], read_objects),
         ]
     if step == "split":
         statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
