@@ -5,7 +5,8 @@ with nothing changed changes nothing and says so.
 
     python deploy.py [--stack NAME] [--region R] [--profile P] [--arch arm64|amd64]
                      [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
-                     [--data-bucket BUCKET[/PREFIX] ...] [--dry-run] [--skip-build]
+                     [--data-bucket BUCKET[/PREFIX] ...] [--input-bucket BUCKET[/PREFIX] ...]
+                     [--no-input-buckets] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         data = [DataLocation.parse(d) for d in args.data_bucket]
         inputs = ([] if args.no_input_buckets else
                   None if args.input_bucket is None else
-                  [DataLocation.parse(d) for d in args.input_bucket])
+                  [DataLocation.parse(d, "--input-bucket") for d in args.input_bucket])
         if args.no_input_buckets and args.input_bucket:
             raise ValueError("--input-bucket and --no-input-buckets contradict each other")
         check_stack_name(args.stack)

@@ -50,12 +50,13 @@ class DataLocation:
     prefix: str = ""
 
     @classmethod
-    def parse(cls, text: str) -> DataLocation:
-        """``bucket`` or ``bucket/prefix`` (an ``s3://`` in front is accepted)."""
+    def parse(cls, text: str, option: str = "--data-bucket") -> DataLocation:
+        """``bucket`` or ``bucket/prefix`` (an ``s3://`` in front is accepted); ``option``:
+        the one that gave it, for the error."""
         text = text.removeprefix("s3://")
         bucket, _, prefix = text.partition("/")
         if not bucket:
-            raise ValueError(f"--data-bucket {text!r}: expected BUCKET or BUCKET/PREFIX")
+            raise ValueError(f"{option} {text!r}: expected BUCKET or BUCKET/PREFIX")
         prefix = prefix.strip("/")
         return cls(bucket, prefix + "/" if prefix else "")
 
