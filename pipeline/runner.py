@@ -7,7 +7,6 @@ report, with every job that had not finished marked :data:`INTERRUPTED_ERROR`.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import shutil
@@ -21,13 +20,13 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunEvent, to_payload
-from pipeline.core.manifest import ScanSpec
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX
 from pipeline.engine.local import Listener, LocalEngine, StopRequest
 from pipeline.errors import INTERRUPTED_ERROR, EngineError, TiffpipeError
 from pipeline.steps import held_work, layout
+from pipeline.steps.common import read_manifest
 from pipeline.steps.report import failure_record
 
 log = logging.getLogger("tiffpipe")
@@ -39,12 +38,9 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
-def validate(manifest: str) -> list[JobSpec] | ScanSpec:
-    """The manifest's jobs (or its scan), or ManifestError listing every problem (as the
-    run's PlanRun reads it: :func:`pipeline.steps.common.read_manifest`)."""
-    from pipeline.steps.common import read_manifest
-
-    return read_manifest(manifest)
+#: the manifest's jobs (or its scan), or ManifestError listing every problem, as the run's
+#: PlanRun reads it
+validate = read_manifest
 
 
 def default_report(manifest: str) -> str:
@@ -180,7 +176,7 @@ def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
 
 def _remove_partial_output(output: str) -> None:
     """Remove what a stopped job may have left of its output: a local output's temporary
-    files beside it (``storage.temp_output_path``'s names: a worker killed while it wrote
+    files beside it (:func:`storage.temp_output_paths`: a worker killed while it wrote
     one), an S3 output's open multipart uploads. The output itself is never touched."""
     from pipeline.adapters.segments import abort_uploads
 
@@ -188,9 +184,7 @@ def _remove_partial_output(output: str) -> None:
         if storage.is_s3(output):
             abort_uploads(output)
             return
-        folder, name = os.path.split(output)
-        for tmp in glob.glob(os.path.join(glob.escape(folder),
-                                          f".{glob.escape(name)}.tiffpipe-*.tmp")):
+        for tmp in storage.temp_output_paths(output):
             os.remove(tmp)
     except (OSError, TiffpipeError) as exc:
         log.warning("could not remove the partial files of %s: %s", output, exc)

@@ -211,6 +211,18 @@ def test_download_upload(s3, tmp_path):
 # --- publishing -----------------------------------------------------------------------
 
 
+def test_the_temporaries_an_output_left_are_found(tmp_path):
+    """What a process killed while it wrote an output leaves beside it: found by the
+    output's name (one with glob's special characters too), never another output's."""
+    final = str(tmp_path / "out" / "a[1]*.tif")
+    left = [storage.temp_output_path(final) for _ in range(2)]
+    other = storage.temp_output_path(str(tmp_path / "out" / "a1x.tif"))
+    for path in (*left, other, final):
+        open(path, "wb").close()
+    assert sorted(storage.temp_output_paths(final)) == sorted(left)
+    assert storage.temp_output_paths("s3://bucket/a.tif") == []
+
+
 def test_publish_local_is_atomic(tmp_path):
     final = str(tmp_path / "out" / "final.tif")
     tmp = storage.temp_output_path(final)

@@ -413,7 +413,22 @@ def temp_output_path(url: str) -> str:
         return os.path.join(tempfile.gettempdir(), f"tiffpipe-{os.urandom(16).hex()}-{name}")
     folder = parent(url)
     _make_folder(folder)
-    return os.path.join(folder, f".{name}.tiffpipe-{os.urandom(16).hex()}.tmp")
+    return os.path.join(folder, _temp_name(name, os.urandom(16).hex()))
+
+
+def _temp_name(name: str, tag: str) -> str:
+    return f".{name}.tiffpipe-{tag}.tmp"
+
+
+def temp_output_paths(url: str) -> list[str]:
+    """The temporary files :func:`temp_output_path` made beside a local output and left
+    (a process killed while it wrote one); none for S3 (its open uploads are the parts)."""
+    if is_s3(url):
+        return []
+    import glob
+
+    folder, name = os.path.split(url)
+    return glob.glob(os.path.join(glob.escape(folder), _temp_name(glob.escape(name), "*")))
 
 
 def _make_folder(folder: str) -> None:
