@@ -8,7 +8,6 @@ refers to a resource made later, so a rerun picks up where it stopped.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, get_or_none
 from pipeline.aws.executions import read_manifest, upload_manifest
 from pipeline.aws.resources import (
-    POLICY_NAME,
     delete_role,
     delete_schedule,
     empty_bucket,
@@ -34,6 +32,7 @@ from pipeline.aws.resources import (
     ensure_state_machine,
     latest_digest,
     remove_if,
+    role_policy,
 )
 from pipeline.engine import definition
 
@@ -115,19 +114,6 @@ def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     return log, Actions(config.dry_run, log), names
 
 
-def _deployed_policy(clients: Clients, names: StackNames, step: str) -> dict[str, Any]:
-    """The inline policy of ``step``'s function role now ({} for a new stack)."""
-    from urllib.parse import unquote
-
-    text = get_or_none(lambda: clients("iam").get_role_policy(
-        RoleName=names.function_role(step), PolicyName=POLICY_NAME)["PolicyDocument"],
-        "NoSuchEntity")
-    if not text:
-        return {}
-    doc: dict[str, Any] = json.loads(unquote(text)) if isinstance(text, str) else text
-    return doc
-
-
 def _locations(config: DeployConfig, clients: Clients, names: StackNames,
                log: Callable[[str], None]
                ) -> tuple[list[policies.DataLocation], list[policies.DataLocation]]:
@@ -136,8 +122,11 @@ def _locations(config: DeployConfig, clients: Clients, names: StackNames,
     them, as it keeps the schedule); for a new stack, its own bucket and none."""
     if config.data and config.inputs is not None:
         return config.data, config.inputs
-    readable = policies.locations_of(_deployed_policy(clients, names, "split"), "ReadInputs")
-    writable = policies.locations_of(_deployed_policy(clients, names, "merge"), "WriteOutputs")
+    iam = clients("iam")
+    readable = policies.locations_of(
+        role_policy(iam, names.function_role("split")) or {}, "ReadInputs")
+    writable = policies.locations_of(
+        role_policy(iam, names.function_role("merge")) or {}, "WriteOutputs")
     data = config.data or writable or [policies.DataLocation(names.bucket)]
     inputs = (config.inputs if config.inputs is not None
               else [d for d in readable if d not in writable])

@@ -153,6 +153,14 @@ def latest_digest(ecr: Any, repository: str) -> str:
 # --- IAM, logs -----------------------------------------------------------------------------
 
 
+def role_policy(iam: Any, role: str) -> dict[str, Any] | None:
+    """The inline policy :func:`ensure_role` gives ``role`` (botocore decodes the document),
+    or None when there is none (or no role)."""
+    doc: dict[str, Any] | None = get_or_none(lambda: iam.get_role_policy(
+        RoleName=role, PolicyName=POLICY_NAME)["PolicyDocument"], "NoSuchEntity")
+    return doc
+
+
 def ensure_role(iam: Any, names: StackNames, role: str, trust: dict[str, Any],
                 policy: dict[str, Any], acts: Actions, description: str) -> str:
     """A role with exactly this trust policy and one inline policy; its ARN."""
@@ -167,8 +175,7 @@ def ensure_role(iam: Any, names: StackNames, role: str, trust: dict[str, Any],
             RoleName=role, PolicyDocument=json.dumps(trust)))
     else:
         acts.same("trust policy")
-    inline = current and get_or_none(lambda: iam.get_role_policy(
-        RoleName=role, PolicyName=POLICY_NAME)["PolicyDocument"], "NoSuchEntity")
+    inline = current and role_policy(iam, role)
     if inline == policy:
         acts.same("permissions")
     else:
