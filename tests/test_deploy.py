@@ -99,9 +99,11 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         yield Aws(_recording_session(calls), calls)
 
 
-def push_fake_images(aws: Aws, tag: str = "v1") -> dict[str, str]:
-    """What a build would leave: the stack's repositories, each with one image (older ones
-    are removed: moto's push times have whole seconds, so "the latest" would be a tie)."""
+def push_fake_images(aws: Aws, version: str = "v1", arch: str = "arm64",
+                     keep_old: bool = False) -> dict[str, str]:
+    """What a build would leave: the stack's repositories, each with one image tagged as
+    built for ``arch`` (older ones are removed unless ``keep_old``: moto's push times have
+    whole seconds, so "the latest" would be a tie)."""
     ecr = aws.client("ecr")
     digests = {}
     for step in STEPS:
@@ -109,14 +111,14 @@ def push_fake_images(aws: Aws, tag: str = "v1") -> dict[str, str]:
         with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
             ecr.create_repository(repositoryName=name)
         old = ecr.list_images(repositoryName=name)["imageIds"]
-        if old:
+        if old and not keep_old:
             ecr.batch_delete_image(repositoryName=name, imageIds=old)
-        layer = "sha256:" + hashlib.sha256(f"{step}-{tag}".encode()).hexdigest()
+        layer = "sha256:" + hashlib.sha256(f"{step}-{version}-{arch}".encode()).hexdigest()
         manifest = {"schemaVersion": 2, "config": {"size": 1000},
                     "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                     "layers": [{"digest": layer}]}
         image = ecr.put_image(repositoryName=name, imageManifest=json.dumps(manifest),
-                              imageTag=tag)["image"]
+                              imageTag=docker_images.tag_prefix(arch) + version)["image"]
         digests[step] = image["imageId"]["imageDigest"]
     return digests
 
@@ -329,6 +331,43 @@ def test_build_path_pushes_then_deploys_by_digest(aws: Aws):
         assert re.search(r"@sha256:[0-9a-f]{64}$", fn["Code"]["ImageUri"])
         assert fn["Configuration"]["Architectures"] == ["x86_64"]
 
+
+def test_skip_build_deploys_the_latest_image_of_the_asked_architecture(aws: Aws):
+    """An amd64 image pushed after the arm64 one is not what an arm64 deploy takes: Lambda
+    would accept it and fail every invocation (exec format error)."""
+    arm = push_fake_images(aws, "v1", "arm64")
+    amd = push_fake_images(aws, "v1", "amd64", keep_old=True)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    lam = aws.client("lambda")
+    for step in STEPS:
+        fn = lam.get_function(FunctionName=NAMES.function(step))
+        assert fn["Code"]["ImageUri"].endswith(f"@{arm[step]}")
+        assert fn["Configuration"]["Architectures"] == ["arm64"]
+    sent: list[dict[str, Any]] = []  # moto's update_function_code ignores Architectures
+    aws.session.events.register("provide-client-params.lambda.UpdateFunctionCode",
+                                lambda params, **_: sent.append(dict(params)))
+    code, _, err = aws.deploy("--skip-build", "--arch", "amd64")
+    assert code == 0, err
+    assert sorted(p["ImageUri"] for p in sent) == sorted(
+        f"{NAMES.registry()}/{NAMES.repository(step)}@{amd[step]}" for step in STEPS)
+    assert all(p["Architectures"] == ["x86_64"] for p in sent)
+
+
+def test_skip_build_without_an_image_of_the_architecture_changes_nothing(aws: Aws):
+    push_fake_images(aws, "v1", "amd64")
+    ecr = aws.client("ecr")  # and one pushed by a tiffpipe that did not tag the architecture
+    ecr.put_image(repositoryName=NAMES.repository("split"), imageTag="img-" + "ab" * 8,
+                  imageManifest=json.dumps({
+                      "schemaVersion": 2, "config": {"size": 1}, "layers": [
+                          {"digest": "sha256:" + "0" * 64}],
+                      "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}))
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 1
+    assert f"none of the 2 image(s) in the ECR repository {NAMES.repository('split')}" in err
+    assert "built for arm64 (img-arm64-...)" in err and "without --skip-build" in err
+    assert aws.writes() == []
 
 # --- what was made ---------------------------------------------------------------------------
 
@@ -683,7 +722,7 @@ def test_build_and_push_commands_and_digest(tmp_path: Path):
     assert "--provenance=false" in build
     assert build[build.index("-f") + 1] == str(tmp_path / "images" / "split" / "Dockerfile")
     assert "BASE_IMAGE=base:1" in build and build[-1] == str(tmp_path)
-    tag = "localhost:5000/tp-split:img-" + "cd" * 8
+    tag = "localhost:5000/tp-split:img-arm64-" + "cd" * 8
     assert ["docker", "tag", "tiffpipe-split:build-arm64", tag] in commands
     assert commands[-1] == ["docker", "push", tag]
 

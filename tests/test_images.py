@@ -436,7 +436,7 @@ def registry() -> Iterator[docker_env.Registry]:
 
 
 def test_push_with_deploys_code_and_pull_back_by_digest(built, registry, pytestconfig):
-    from pipeline.aws.images import build_and_push
+    from pipeline.aws.images import build_and_push, tag_prefix
 
     engine = built.engine
     arch = {"x86_64": "amd64", "aarch64": "arm64"}[docker_env.machine()]
@@ -462,7 +462,8 @@ def test_push_with_deploys_code_and_pull_back_by_digest(built, registry, pytestc
             assert registry.manifest_digest(f"tiffpipe-{step}", digest) == digest
             image_id = engine.inspect(f"tiffpipe-{step}:build-{arch}", "{{.Id}}")
             # drop the pushed tag, pull by digest, and invoke the pulled image as a function
-            engine.docker("rmi", f"{repo}:img-{image_id.removeprefix('sha256:')[:16]}")
+            tag = f"{tag_prefix(arch)}{image_id.removeprefix('sha256:')[:16]}"
+            engine.docker("rmi", f"{repo}:{tag}")
             engine.docker("pull", f"{repo}@{digest}", timeout=600)
             assert engine.inspect(f"{repo}@{digest}", "{{.Id}}") == image_id
             pulled = docker_env.LambdaContainer(engine, f"{repo}@{digest}", f"tiffpipe-{step}",

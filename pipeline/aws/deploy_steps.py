@@ -60,7 +60,8 @@ class DeployConfig:
 
 def _pushed_images(clients: Clients, names: StackNames, config: DeployConfig,
                    log: Callable[[str], None]) -> dict[str, str]:
-    """--skip-build: the image pushed last to each of the stack's ECR repositories."""
+    """--skip-build: the image built for the stack's architecture that was pushed last to
+    each of its ECR repositories."""
     if config.registry:
         raise AwsError("--skip-build finds the images in ECR; with --registry, build them "
                        "(leave out --skip-build)")
@@ -71,8 +72,9 @@ def _pushed_images(clients: Clients, names: StackNames, config: DeployConfig,
         repo = get_or_none(lambda n=name: ecr.describe_repositories(repositoryNames=[n])[
             "repositories"][0], "RepositoryNotFoundException")
         uri = repo["repositoryUri"] if repo else f"{names.registry()}/{name}"
-        found[step] = f"{uri}@{latest_digest(ecr, name)}"
-        log(f"image {step} (--skip-build: the last one pushed): {found[step]}")
+        digest = latest_digest(ecr, name, config.arch, docker_images.tag_prefix(config.arch))
+        found[step] = f"{uri}@{digest}"
+        log(f"image {step} (--skip-build: the last {config.arch} one pushed): {found[step]}")
     return found
 
 

@@ -102,6 +102,13 @@ def _supports_provenance(run: Run, docker: str) -> bool:
         return False
 
 
+def tag_prefix(arch: str) -> str:
+    """How the tags of the images built for ``arch`` begin: an image is pushed as
+    ``img-<arch>-<local image id>``, so that ``--skip-build`` can find the latest image of
+    the architecture it deploys (ECR does not say an image's architecture)."""
+    return f"img-{arch}-"
+
+
 def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | None = None,
                    context: str | Path | None = None, run: Run = subprocess.run,
                    docker: str = "docker", log: Callable[[str], None] = lambda _: None,
@@ -109,8 +116,8 @@ def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | Non
     """Build ``images/<step>/Dockerfile`` for ``arch`` (arm64 or amd64), push it to
     ``repo_uri`` and return the pushed image's digest (``sha256:...``).
 
-    The tag is the local image id, so an unchanged build pushes nothing new and keeps the
-    digest: the functions (deployed by digest) are then left unchanged. The registry must
+    The tag is the architecture and the local image id (:func:`tag_prefix`), so an unchanged
+    build pushes nothing new and keeps the digest: the functions (deployed by digest) are then left unchanged. The registry must
     be logged in already (:func:`ecr_login` for ECR). ``context`` is the clone to build from
     (default: :func:`checkout_root`).
     """
@@ -131,8 +138,7 @@ def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | Non
     _docker(args, run, f"docker build of the {step} image", docker)
     image_id = _docker(["image", "inspect", "--format", "{{.Id}}", local], run,
                        "docker image inspect", docker).strip()
-    tag = "img-" + image_id.removeprefix("sha256:")[:16]
-    remote = f"{repo_uri}:{tag}"
+    remote = f"{repo_uri}:{tag_prefix(arch)}{image_id.removeprefix('sha256:')[:16]}"
     _docker(["tag", local, remote], run, "docker tag", docker)
     log(f"  docker push {remote}")
     out = _docker(["push", remote], run, f"docker push {remote}", docker)

@@ -140,14 +140,22 @@ def ensure_repository(ecr: Any, names: StackNames, step: str, acts: Actions) -> 
     return str(uri)
 
 
-def latest_digest(ecr: Any, repository: str) -> str:
-    """The digest of the image pushed last to an ECR repository (for --skip-build)."""
+def latest_digest(ecr: Any, repository: str, arch: str, tag_prefix: str) -> str:
+    """The digest of the image built for ``arch`` (a tag beginning with ``tag_prefix``)
+    pushed last to an ECR repository (for --skip-build)."""
     found = get_or_none(lambda: [d for page in ecr.get_paginator("describe_images").paginate(
         repositoryName=repository) for d in page["imageDetails"]], "RepositoryNotFoundException")
     if not found:
         raise AwsError(f"--skip-build: no image in the ECR repository {repository}: deploy "
                        "once without --skip-build to build and push the images")
-    return str(max(found, key=lambda d: d["imagePushedAt"])["imageDigest"])
+    for_arch = [d for d in found if any(t.startswith(tag_prefix) for t in d.get("imageTags", []))]
+    if not for_arch:
+        raise AwsError(f"--skip-build: none of the {len(found)} image(s) in the ECR repository "
+                       f"{repository} is tagged as built for {arch} ({tag_prefix}...): they "
+                       f"were built for the other architecture, or by a tiffpipe that did not "
+                       f"tag the architecture. Deploy once without --skip-build (or with the "
+                       f"--arch they were built for); nothing was changed")
+    return str(max(for_arch, key=lambda d: d["imagePushedAt"])["imageDigest"])
 
 
 # --- IAM, logs -----------------------------------------------------------------------------
