@@ -32,6 +32,7 @@ from pipeline.adapters import storage
 from pipeline.aws import STEPS, Clients, StackNames
 from pipeline.aws.deploy_steps import DeployConfig, deploy
 from pipeline.aws.executions import BUCKET_TAG
+from pipeline.aws.images import tag_prefix
 from pipeline.aws.policies import DataLocation
 from pipeline.core import plan as plan_mod
 from pipeline.engine.local import served_by
@@ -102,7 +103,8 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
         for step in STEPS:
             ecr.create_repository(repositoryName=NAMES.repository(step))
             layer = "sha256:" + hashlib.sha256(step.encode()).hexdigest()
-            ecr.put_image(repositoryName=NAMES.repository(step), imageTag="v1",
+            ecr.put_image(repositoryName=NAMES.repository(step),
+                          imageTag=tag_prefix(DeployConfig(STACK).arch) + "v1",
                           imageManifest=json.dumps({
                               "schemaVersion": 2, "layers": [{"digest": layer}],
                               "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}))
