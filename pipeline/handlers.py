@@ -24,11 +24,13 @@ log = logging.getLogger("tiffpipe")
 FUNCTIONS: dict[str, dict[str, tuple[type, str]]] = {
     "split": {
         "plan_run": (events.RunEvent, "pipeline.steps.planning:plan_run"),
-        # planning.write_job_plan, plus the custom functions' import check and the stats rounds
-        "plan_job": (events.JobEvent, "pipeline.steps.stats:plan_job"),
         "split": (events.UnitEvent, "pipeline.steps.split:split"),
     },
     "process": {
+        # planning.write_job_plan, plus the custom functions' import check and the stats
+        # rounds; here, where the output may be written and the custom functions run: its
+        # check of the output is a test upload, which needs what writing it needs
+        "plan_job": (events.JobEvent, "pipeline.steps.stats:plan_job"),
         "process": (events.BatchEvent, "pipeline.steps.process:process"),
         # a fused unit: split and process in one invocation (the plan says when)
         "process_unit": (events.UnitEvent, "pipeline.steps.process:process_unit"),

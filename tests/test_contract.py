@@ -175,7 +175,7 @@ def test_every_action_returns_its_result_model(tmp_path):
     assert run["jobs"] == 3
     assert json.loads(Path(events.JobList(**run["items"]).url).read_text()) == [0, 1, 2]
 
-    stats_job = _checked("split", {"action": "plan_job", "run": run["run"], "job": 0})
+    stats_job = _checked("process", {"action": "plan_job", "run": run["run"], "job": 0})
     assert not stats_job["fused"] and stats_job["stats"] == {
         "round": 0, "more": True, "rounds": 1, "level": 0, "nodes": [], "tree": False,
         "bound": 0}
@@ -192,14 +192,14 @@ def test_every_action_returns_its_result_model(tmp_path):
     merged = _checked("merge", {"action": "merge", "plan": plan})
     assert Path(merged["output"]).stat().st_size == merged["output_bytes"]
 
-    fused = _checked("split", {"action": "plan_job", "run": run["run"], "job": 1})
+    fused = _checked("process", {"action": "plan_job", "run": run["run"], "job": 1})
     assert fused["fused"] and fused["batches"] == []
     for unit in fused["units"]:
         _checked("process", {"action": "process_unit", "plan": fused["plan"], "unit": unit})
     _checked("merge", {"action": "merge", "plan": fused["plan"]})
 
     with pytest.raises(Exception) as failed:
-        handlers.dispatch("split", {"action": "plan_job", "run": run["run"], "job": 2})
+        handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 2})
     error = {"Error": type(failed.value).__name__, "Cause": str(failed.value)}
     recorded = _checked("merge", {"action": "record_failure", "run": run["run"], "job": 2,
                                   "error": error})

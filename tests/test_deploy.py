@@ -543,6 +543,61 @@ def test_policy_documents_are_pure_and_least_privilege():
         DataLocation.parse("s3:///prefix")
 
 
+def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """The state ``name`` of a definition, wherever it is nested (Map processors)."""
+    for key, value in doc.items():
+        if key == "States" and name in value:
+            return dict(value[name])
+        for child in value.values() if isinstance(value, dict) and key == "States" else (
+                [value] if isinstance(value, dict) else []):
+            with contextlib.suppress(KeyError):
+                return _state(child, name)
+    raise KeyError(name)
+
+
+def test_planning_a_job_probes_its_output_with_the_permission_writing_it_needs(
+        monkeypatch: pytest.MonkeyPatch):
+    """PlanJob checks the job's output (storage.check_writable: a multipart upload started
+    and aborted) on the function whose role writes outputs, so an output the stack may not
+    write fails the job before its pixels are processed, not at its merge. moto enforces
+    IAM here: the function's real policy, as deploy.py gives it, attached to a user."""
+    from moto.core import set_initial_no_auth_action_count
+
+    from pipeline.adapters import storage
+    from pipeline.engine.definition import PLACEHOLDERS, definition_text
+    from pipeline.errors import OutputNotWritableError
+
+    planner = _state(json.loads(definition_text()), "PlanJob")["Parameters"]["FunctionName"]
+    step = PLACEHOLDERS[planner.strip("${}")]
+    policy = function_policy(step, NAMES, [DataLocation.parse("data-out/results")],
+                             [DataLocation.parse("data-out/originals")])
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+
+    @set_initial_no_auth_action_count(4)  # the set-up's calls; then every call is checked
+    @mock_aws
+    def probe() -> None:
+        admin = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                              region_name=REGION)
+        iam = admin.client("iam")
+        iam.create_user(UserName="fn")
+        iam.put_user_policy(UserName="fn", PolicyName="tiffpipe",
+                            PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="fn")["AccessKey"]
+        admin.client("s3").create_bucket(
+            Bucket="data-out", CreateBucketConfiguration={"LocationConstraint": REGION})
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setattr(storage, "_client", None)
+        monkeypatch.setattr(storage, "_writable", {})
+        storage.check_writable("s3://data-out/results/day1/a.tif")
+        for denied in ("s3://data-out/originals/a.tif", "s3://data-out/elsewhere/a.tif"):
+            with pytest.raises(OutputNotWritableError, match="writing there is not allowed"
+                               ".*--data-bucket"):
+                storage.check_writable(denied)
+    probe()
+
+
 # --- dry run, destroy --------------------------------------------------------------------------
 
 

@@ -130,7 +130,10 @@ def test_durations_are_the_calibrated_cpu(manifest: Path) -> None:
     assert steps["merge"]["seconds"] == pytest.approx(out_mb * 0.01)
     assert steps["plan_job"]["seconds"] == pytest.approx(0.5)
     # cold starts: one per environment (at most the concurrency), import time only here
-    assert steps["cold_process"]["environments"] == min(steps["process"]["invocations"], 10)
+    on_process = sum(s["invocations"] for name, s in steps.items()
+                     if est.FUNCTION_OF[name] == "process" and not name.startswith("cold_"))
+    assert on_process == steps["process"]["invocations"] + steps["plan_job"]["invocations"]
+    assert steps["cold_process"]["environments"] == min(on_process, 10)
     assert steps["cold_process"]["seconds"] == pytest.approx(
         steps["cold_process"]["environments"] * 2.0)
     # GB-seconds: seconds x memory in GB
@@ -272,7 +275,9 @@ def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Pat
     assert steps["process_unit"]["invocations"] == sum(len(p.units) for p in plans)
     assert est.FUNCTION_OF["process_unit"] == "process"
     assert not {"split", "stats", "reduce_stats", "process"} & set(steps)
-    assert steps["cold_process"]["environments"] == min(steps["process_unit"]["invocations"], 10)
+    # (and plan_job, which runs there too)
+    assert steps["cold_process"]["environments"] == min(
+        steps["process_unit"]["invocations"] + steps["plan_job"]["invocations"], 10)
     assert [(j["fused"], j["batches"]) for j in r["jobs"]] == [(True, 0), (True, 0)]
     assert [j["fused"] for j in u["jobs"]] == [False, False]
     # the input is read as split reads it (ranged GETs); one segment and its index per unit

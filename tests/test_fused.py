@@ -161,8 +161,8 @@ def test_the_engine_takes_the_fused_branch_per_job(tmp_path: Path):
     result = run_local(str(tmp_path / "m.json"), 2, listener=listener, keep_work=True)
     assert result.ok, result.error
     # a fused job of one unit: its unit and its merge in one ProcessJob
-    assert actions[0] == {"split.plan_job", "process.process_job"}
-    assert actions[1] == {"split.plan_job", "split.split", "process.process", "merge.merge"}
+    assert actions[0] == {"process.plan_job", "process.process_job"}
+    assert actions[1] == {"process.plan_job", "split.split", "process.process", "merge.merge"}
     assert "process.process_unit" not in actions[2] and "process.stats" in actions[2]
     assert tiles[0] == tiles[1] == tiles[2] == 4 * 3  # every tile counted once
     work = Path(result.work)

@@ -310,7 +310,7 @@ def run_pipeline(functions, manifest: str, work: str, report: str) -> dict[str, 
     planned = call(split, {"action": "plan_run", "manifest": manifest, "work": work,
                            "run_id": "images-test", "report": report})
     assert planned["jobs"] == 1  # the Jobs map reads the job list PlanRun wrote
-    job = call(split, {"action": "plan_job", "run": planned["run"], "job": 0})
+    job = call(process, {"action": "plan_job", "run": planned["run"], "job": 0})
     if job["fused"]:  # the Fused choice: each unit read and processed by the process function
         for unit in job["units"]:
             call(process, {"action": "process_unit", "plan": job["plan"], "unit": unit})

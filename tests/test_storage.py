@@ -395,25 +395,33 @@ def test_check_writable_probes_a_folder_once_while_fresh(tmp_path, monkeypatch):
 
 def test_check_writable_s3(s3):
     storage.check_writable("s3://tp-bucket/out/x.tif")
+    # the probe, a multipart upload of the output's key, was aborted: nothing is left
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET)
     with pytest.raises(OutputNotWritableError, match="bucket does not exist"):
         storage.check_writable("s3://no-such-bucket/x.tif")
     with pytest.raises(OutputNotWritableError, match="not an object"):
         storage.check_writable("s3://tp-bucket/")
-    # a bucket that answered counts as writable for a while: no HeadBucket per job
+    # a prefix that took a probe counts as writable for a while: not a probe per job
     calls = []
     client = storage.s3_client()
-    real = client.head_bucket
-    client.head_bucket = lambda **kw: calls.append(kw) or real(**kw)
+    real = client.create_multipart_upload
+    client.create_multipart_upload = lambda **kw: calls.append(kw["Key"]) or real(**kw)
     try:
-        storage._writable.pop("s3://tp-bucket", None)
+        storage._writable.clear()
         for i in range(3):
             storage.check_writable(f"s3://tp-bucket/out/{i}.tif")
-        assert calls == [{"Bucket": "tp-bucket"}]
+        storage.check_writable("s3://tp-bucket/out/deeper/x.tif")  # another prefix: probed
+        storage.check_writable("s3://tp-bucket/top.tif")
+        assert calls == ["out/0.tif", "out/deeper/x.tif", "top.tif"]
         with pytest.raises(OutputNotWritableError, match="bucket does not exist"):
             storage.check_writable("s3://no-such-bucket/x.tif")  # never remembered
-        assert len(calls) == 2
+        with pytest.raises(OutputNotWritableError, match="bucket does not exist"):
+            storage.check_writable("s3://no-such-bucket/x.tif")
+        assert len(calls) == 5
     finally:
-        del client.head_bucket
+        del client.create_multipart_upload
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
 # --- the client -----------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Entry point of the process image (``CMD ["app.handler"]``): process, process_unit,
-process_job, build_levels, stats, reduce_stats and reduce_node (pipeline.handlers.FUNCTIONS).
+"""Entry point of the process image (``CMD ["app.handler"]``): plan_job, process,
+process_unit, process_job, build_levels, stats, reduce_stats and reduce_node
+(pipeline.handlers.FUNCTIONS).
 
 Lambda imports this module once per execution environment, in its init phase: it imports
 the modules of this function's actions now (pipeline.handlers imports them on first use),

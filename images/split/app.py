@@ -1,4 +1,4 @@
-"""Entry point of the split image (``CMD ["app.handler"]``): plan_run, plan_job and split.
+"""Entry point of the split image (``CMD ["app.handler"]``): plan_run and split.
 
 Lambda imports this module once per execution environment, in its init phase: it imports
 the modules of this function's actions now (pipeline.handlers imports them on first use),

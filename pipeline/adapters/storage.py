@@ -347,36 +347,28 @@ def delete_prefix(url: str) -> None:
                                f"{errors[0].get('Key')}: {errors[0].get('Message')}")
 
 
-#: how long a folder or bucket that took a probe counts as writable (see check_writable)
+#: how long a folder or prefix that took a probe counts as writable (see check_writable)
 WRITABLE_FOR_S = 30.0
-#: folder or bucket -> when (time.monotonic) it last took a probe
+#: folder or prefix -> when (time.monotonic) it last took a probe
 _writable: dict[str, float] = {}
 
 
 def check_writable(url: str) -> None:
     """Fail early with :class:`OutputNotWritableError` if an output cannot be written there.
 
-    A local folder is probed by creating (and removing) a file in it, a bucket by a
-    HeadBucket. A probe that succeeds counts for :data:`WRITABLE_FOR_S` seconds in this
-    process: every job of a run checks its output, and 1,000 jobs writing to one folder
-    made 1,000 probe files (inode churn that slows the filesystem's file creation) and a
-    bucket 1,000 HeadBuckets. Failures are never remembered. An output that becomes
-    unwritable meanwhile still fails, when merge writes it."""
+    A local folder is probed by creating (and removing) a file in it. An S3 output by
+    starting a multipart upload of its own key and aborting it: nothing is written (an
+    upload never completed makes no object and no event), and the request needs exactly
+    what writing the output needs (s3:PutObject on the key, and its bucket's encryption key
+    if any), so an output the stack may not write (outside its ``--data-bucket`` locations,
+    onto an ``--input-bucket`` one) fails the job when it is planned, not at its merge after
+    all its pixels were processed. A probe that succeeds counts for :data:`WRITABLE_FOR_S`
+    seconds in this process for its folder or prefix: every job of a run checks its output,
+    and 1,000 jobs writing to one folder made 1,000 probe files (inode churn that slows the
+    filesystem's file creation) and 1,000 requests. Failures are never remembered. An
+    output that becomes unwritable meanwhile still fails, when merge writes it."""
     if is_s3(url):
-        try:
-            bucket, _ = _key_of(url)
-        except ValueError as exc:
-            raise OutputNotWritableError(f"output {url}: {exc}") from exc
-        if _fresh(f"s3://{bucket}"):
-            return
-        try:
-            s3_client().head_bucket(Bucket=bucket)
-        except _aws_errors() as exc:
-            what = ("the bucket does not exist: create it or fix the output URL"
-                    if _code(exc) in _MISSING_CODES else
-                    f"cannot reach the bucket ({exc}): check the credentials and permissions")
-            raise OutputNotWritableError(f"output {url}: {what}") from exc
-        _writable[f"s3://{bucket}"] = time.monotonic()
+        _check_s3_writable(url)
         return
     if os.path.isdir(url):
         raise OutputNotWritableError(f"output {url} is a folder: give a file name")
@@ -396,6 +388,35 @@ def check_writable(url: str) -> None:
             f"output {url}: cannot write in {folder} ({exc.strerror}): choose another output "
             "path or fix the folder") from exc
     _writable[folder] = time.monotonic()
+
+
+def _check_s3_writable(url: str) -> None:
+    try:
+        bucket, key = _key_of(url)
+    except ValueError as exc:
+        raise OutputNotWritableError(f"output {url}: {exc}") from exc
+    where = parent(url)
+    if _fresh(where):
+        return
+    client = s3_client()
+    try:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    except _aws_errors() as exc:
+        code = _code(exc)
+        if code in _MISSING_CODES:
+            what = "the bucket does not exist: create it or fix the output URL"
+        elif code in ("403", "AccessDenied", "AllAccessDisabled"):
+            what = ("writing there is not allowed (a test upload, started and aborted, was "
+                    f"denied: {exc}). On AWS the stack writes only under its --data-bucket "
+                    "locations (an --input-bucket location is read-only): change the output, "
+                    "or deploy again naming its location with --data-bucket; locally, your "
+                    "credentials need s3:PutObject there")
+        else:
+            what = f"cannot start an upload there ({exc}): check the credentials and permissions"
+        raise OutputNotWritableError(f"output {url}: {what}") from exc
+    with suppress(*_aws_errors()):  # a probe's upload, never completed: nothing was written
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+    _writable[where] = time.monotonic()
 
 
 def _fresh(where: str) -> bool:

@@ -6,14 +6,15 @@ Logs *delivery* actions a state machine needs for logging, which AWS only grants
 
 What each function touches (see ``pipeline/steps``), hence what it may do:
 
-- split (plan_run, plan_job, split): reads the manifest, the inputs and the stack's work
-  files; lists input prefixes (a scan) and checks output buckets (``HeadBucket``); writes
-  work files.
-- process (process, process_unit, process_job, stats, reduce_stats, reduce_node,
-  build_levels): reads and writes work files (``build_levels`` only those); a fused job's
-  ``process_unit`` reads its unit's band straight from the input, so it reads inputs (and
-  may list data buckets, to tell a missing input from a denied one); ``process_job`` (a
-  fused job of one unit, whole) also publishes its output, as merge does.
+- split (plan_run, split): reads the manifest, the inputs and the stack's work files;
+  lists input prefixes (a scan); writes work files.
+- process (plan_job, process, process_unit, process_job, stats, reduce_stats, reduce_node,
+  build_levels): reads and writes work files (``build_levels`` only those); ``plan_job``
+  reads the input's headers and checks the output by starting a multipart upload of it and
+  aborting it (what writing it needs: the check fails where the stack may not write); a
+  fused job's ``process_unit`` reads its unit's band straight from the input, so it reads
+  inputs (and may list data buckets, to tell a missing input from a denied one);
+  ``process_job`` (a fused job of one unit, whole) also publishes its output, as merge does.
 - the state machine: invokes the three, runs its Distributed Map children, and reads the
   job lists the Jobs map's ItemReader reads.
 - merge (merge, record_failure, report): reads work files, writes outputs (a multipart
@@ -135,8 +136,8 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
     ]
     if step in ("split", "process"):
         statements += [
-            # split: scans list input prefixes, plan_job checks output buckets (HeadBucket);
-            # both: a missing input is told from a denied one
+            # split: scans list input prefixes; both: a missing input is told from a
+            # denied one
             _allow("ListDataBuckets", ["s3:ListBucket"],
                    sorted({d.bucket_arn(p) for d in readable})),
             # inputs (split units, fused units), manifests kept next to them, and (a scan)
@@ -147,7 +148,8 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
         statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
                                      [f"{stack}{MANIFESTS}*"]))
     if step in ("process", "merge"):
-        # merge, and process_job (a job of one unit, whole): a multipart upload
+        # merge, process_job (a job of one unit, whole): a multipart upload; plan_job: one
+        # started and aborted, the output's check
         statements.append(_allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"],
                                  objects))
     if step == "merge":

@@ -246,7 +246,7 @@ class RunEvent:
 
 @record
 class JobEvent:
-    """Plan one job (split function, ``plan_job``)."""
+    """Plan one job (process function, ``plan_job``)."""
 
     run: str  # URL of run.json
     job: int

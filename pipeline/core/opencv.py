@@ -1,6 +1,6 @@
 """OpenCV, imported on first use.
 
-The split and merge images carry no OpenCV, yet PlanJob (split) imports the op registry for
+The split and merge images carry no OpenCV, yet PlanRun (split) imports the op registry for
 the ops' parameters and halos. Modules that call OpenCV write ``from pipeline.core.opencv
 import cv2`` and use ``cv2.X`` as usual: the real module is imported by the first call.
 What OpenCV decides that tiffpipe's plans depend on is here too: a Gaussian kernel's radius

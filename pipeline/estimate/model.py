@@ -29,7 +29,7 @@ READ_BUFFER = 512 * 1024
 MULTIPART_CHUNK = SEGMENT_PART
 #: server-side copies merge runs at once (segments.COPY_THREADS)
 COPY_THREADS = 16
-FUNCTION_OF = {"plan_run": "split", "plan_job": "split", "split": "split",
+FUNCTION_OF = {"plan_run": "split", "plan_job": "process", "split": "split",
                "stats": "process", "reduce_stats": "process", "process": "process",
                "process_unit": "process", "process_job": "process",
                "build_levels": "process", "merge": "merge",
@@ -237,9 +237,11 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
             in_bpm = c.work_bpm
         out_bytes = geo["output_mpx"] * c.out_bpm
         phases: list[tuple[str, list[float]]] = [
-            # its entry and record in job-specs.bin, the input's header reads
+            # its entry and record in job-specs.bin, the input's size and header reads; the
+            # output's check (a multipart upload started, a PUT request, and aborted: free)
+            # and the plan
             ("plan_job", [add("plan_job", call_s("plan_job") / speed,
-                              get=4 + len(plan.pages) // 8 + 1, put=1)])]
+                              get=3 + len(plan.pages) // 8 + 1, put=2)])]
         if single:  # one ProcessJob: the unit, then the merge below, in one invocation
             phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held)
         elif fused:
