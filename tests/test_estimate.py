@@ -495,6 +495,12 @@ def test_wall_time_falls_with_concurrency(manifest: Path) -> None:
     # one slot: every invocation one after the other (plan_run counted twice: run + report)
     assert one["wall_s"] >= work - 1e-6
     assert many["wall_s"] < one["wall_s"]
+    # every task runs: on one slot, one after the other (the tasks left waiting when the
+    # last running one ended were once dropped)
+    assert est.simulate([[("a", [1.0]), ("b", [1.0, 1.0])], [("a", [1.0])]], 1, 1, 1, 0.0) \
+        == 4.0
+    assert est.simulate([[("a", [1.0]), ("b", [1.0, 1.0])], [("a", [1.0])]], 1, 0, 0, 0.0) \
+        == 4.0
     # slots go first come, first served: job 0's four tasks, then job 1's
     assert est.simulate([[("a", [1.0] * 4)], [("a", [2.0])]], 2, 0, 0, 0.0) == 4.0
     assert est.simulate([[("a", [1.0] * 4)], [("a", [2.0])]], 3, 0, 0, 0.0) == 3.0

@@ -41,7 +41,7 @@ def simulate(jobs: list[list[tuple[str, list[float]]]], concurrency: int, job_li
     for _ in range(min(job_limit, len(jobs))):
         start_job(0.0)
     now, busy = 0.0, 0
-    while pending or events:
+    while pending or events or active:  # active: tasks ready, waiting for a free slot
         while pending and pending[0][0] <= now:
             _, _, j = heapq.heappop(pending)
             durations = jobs[j][phase[j]][1]
