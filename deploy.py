@@ -6,7 +6,7 @@ with nothing changed changes nothing and says so.
     python deploy.py [--stack NAME] [--region R] [--profile P] [--arch arm64|amd64]
                      [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
                      [--data-bucket BUCKET[/PREFIX] ...] [--input-bucket BUCKET[/PREFIX] ...]
-                     [--no-input-buckets] [--dry-run] [--skip-build]
+                     [--no-input-buckets] [--concurrency N] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
@@ -54,10 +54,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="the manifest each scheduled run uses (s3://..., or a local file "
                         "uploaded to the stack bucket); a scan manifest for batch runs")
     p.add_argument("--no-schedule", action="store_true", help="remove the schedule")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="the most Lambda invocations one run makes at once, shared out "
+                        "between its jobs (default: the deployed stack's; for a new stack, "
+                        "the account's unreserved Lambda concurrency)")
     p.add_argument("--dry-run", action="store_true",
                    help="print every action it would take; change nothing")
     p.add_argument("--skip-build", action="store_true",
-                   help="no docker: deploy the images pushed last to the stack's ECR repositories")
+                   help="no docker: deploy the images built for --arch that were pushed last "
+                        "to the stack's ECR repositories")
     p.add_argument("--destroy", action="store_true", help="remove everything deploy made")
     p.add_argument("--delete-bucket", action="store_true",
                    help="with --destroy: also empty and delete the bucket")
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
                   [DataLocation.parse(d, "--input-bucket") for d in args.input_bucket])
         if args.no_input_buckets and args.input_bucket:
             raise ValueError("--input-bucket and --no-input-buckets contradict each other")
+        if args.concurrency is not None and args.concurrency < 1:
+            raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
         check_stack_name(args.stack)
         if not args.destroy:
             check_schedule(args.schedule, args.schedule_manifest)
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         stack=args.stack, arch=args.arch, data=data, inputs=inputs, schedule=args.schedule,
         schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
-        dry_run=args.dry_run)
+        dry_run=args.dry_run, concurrency=args.concurrency)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
         if args.destroy:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.adapters import storage
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
-from pipeline.core.events import ReportEvent, RunEvent, to_payload
+from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX
@@ -110,7 +110,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         report_url = os.path.abspath(report_url)
     storage.check_writable(report_url)  # before any work: a run whose report is lost is wasted
     started = time.time()
-    event = to_payload(RunEvent(manifest=manifest, work=work, run_id=run_id, report=report_url))
+    event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     try:
         # held_work.holding: the results of the jobs a stopped run finished, for its report
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \

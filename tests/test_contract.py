@@ -34,7 +34,7 @@ def definition() -> dict[str, Any]:
 
 
 def problems(doc: dict[str, Any]) -> list[str]:
-    return check_definition(doc, events.RunEvent, MODELS, events.RESULTS)
+    return check_definition(doc, events.RunInput, MODELS, events.RESULTS)
 
 
 def states(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -109,6 +109,15 @@ def test_the_walk_reaches_every_task(definition):
     (lambda s: s["PlanRun"]["ResultSelector"].pop("items.$"), "no field 'items' at"),
     # what the Jobs map hands each job lacks the run PlanJob and RecordFailure read
     (lambda s: s["Jobs"]["ItemSelector"].pop("run.$"), "no field 'run' at $"),
+    # a map's concurrency from a field that is not there, or not an int
+    (lambda s: s["Jobs"]["ItemSelector"].pop("per_job.$"), "no field 'per_job' at $"),
+    (lambda s: s["PlanRun"]["ResultSelector"].pop("jobs_at_once.$"),
+     "no field 'jobs_at_once' at $.planned"),
+    (lambda s: s["ProcessUnits"].update({"MaxConcurrencyPath": "$.planned.plan"}),
+     "MaxConcurrencyPath $.planned.plan is str, not an int"),
+    # PlanRun's payload with a field RunEvent does not have
+    (lambda s: s["PlanRun"]["Parameters"]["Payload"].update({"concurency": 10}),
+     "unknown field(s) ['concurency']"),
 ])
 def test_a_broken_contract_is_reported(definition, edit, expected):
     doc = copy.deepcopy(definition)

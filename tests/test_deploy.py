@@ -369,6 +369,60 @@ def test_skip_build_without_an_image_of_the_architecture_changes_nothing(aws: Aw
     assert "built for arm64 (img-arm64-...)" in err and "without --skip-build" in err
     assert aws.writes() == []
 
+def _deployed_concurrency(aws: Aws) -> int:
+    """What the deployed state machine's PlanRun shares out between a run's jobs."""
+    doc = json.loads(aws.client("stepfunctions").describe_state_machine(
+        stateMachineArn=NAMES.state_machine_arn)["definition"])
+    return int(doc["States"]["PlanRun"]["Parameters"]["Payload"]["concurrency"])
+
+
+def test_concurrency_is_set_in_the_definition_and_a_redeploy_keeps_it(aws: Aws):
+    push_fake_images(aws)
+    code, result, err = aws.deploy("--skip-build", "--concurrency", "100")
+    assert code == 0, err
+    assert result is not None and result["concurrency"] == 100
+    assert _deployed_concurrency(aws) == 100
+    aws.calls.clear()
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "concurrency kept (no --concurrency): at most 100" in err
+    assert result is not None and result["concurrency"] == 100 and aws.writes() == []
+    code, result, err = aws.deploy("--skip-build", "--concurrency", "20000")
+    assert code == 0 and _deployed_concurrency(aws) == 8000  # 8 jobs x 1,000 items at most
+    for bad in ("0", "-3"):
+        code, _, err = aws.deploy("--skip-build", "--concurrency", bad)
+        assert code == 2 and f"--concurrency {bad}: expected at least 1" in err
+
+
+def test_a_new_stack_takes_the_accounts_unreserved_concurrency(aws: Aws):
+    """A new account may run 10 Lambda invocations at once: a run of 8 jobs x 1,000 would
+    be throttled until its retries gave up. moto has no GetAccountSettings: its answer is
+    given here, as Lambda documents it."""
+    push_fake_images(aws)
+    answer = {"AccountLimit": {"TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000,
+                               "CodeSizeZipped": 52428800, "ConcurrentExecutions": 10,
+                               "UnreservedConcurrentExecutions": 10},
+              "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0}}
+    aws.session.events.register(
+        "before-call.lambda.GetAccountSettings",
+        lambda **_: (type("Response", (), {"status_code": 200})(), answer))
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "at most 10 Lambda invocations at once, the account's unreserved" in err
+    assert result is not None and result["concurrency"] == 10
+    assert _deployed_concurrency(aws) == 10
+
+
+def test_without_the_accounts_concurrency_the_definitions_limits_stay(aws: Aws):
+    push_fake_images(aws)  # moto answers GetAccountSettings with an error
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "the account's Lambda concurrency could not be read" in err
+    assert "give --concurrency to set it" in err
+    assert result is not None and result["concurrency"] == 8000
+    assert _deployed_concurrency(aws) == 0  # no total: 8 jobs x 1,000 items
+
+
 # --- what was made ---------------------------------------------------------------------------
 
 

@@ -220,7 +220,12 @@ def test_the_jobs_map_reads_its_items_and_counts_once_per_job() -> None:
     got = est.count_transitions(definition, jobs)
     assert len(set(got["per_job"])) == 1 and got["per_job"][0] > 0
     assert got["total"] == 3 + sum(got["per_job"])  # PlanRun, Jobs, Report
-    assert est.map_limits(definition)["jobs"] == definition["States"]["Jobs"]["MaxConcurrency"]
+    # the maps' limits: what PlanRun shares out of the concurrency (deploy.py's, by default
+    # the account's, which the estimate's --concurrency stands for)
+    assert est.map_limits(definition, 1, 1000) == {"jobs": 1, "units": 1000, "batches": 1000,
+                                                   "nodes": 1000}
+    assert est.map_limits(definition, 20, 1000)["jobs"] == 8
+    assert est.map_limits(definition, 20, 1000)["units"] == 125
 
 
 def test_canny_reduce_tree_levels_count_their_transitions(tmp_path: Path,

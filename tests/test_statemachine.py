@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pipeline.adapters import storage
+from pipeline.core import concurrency
 from pipeline.core import plan as plan_module
 from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.models import JobSpec, PageInfo
@@ -327,6 +328,57 @@ def test_render_raises_for_a_missing_arn(function):
         definition.render(arns)
 
 
+def test_maps_take_their_concurrency_from_plan_run(rendered):
+    """The Jobs map runs PlanRun's ``jobs_at_once`` jobs at once, and every map of a job
+    ``per_job`` items (passed to the job with its item): how PlanRun shared the run's
+    concurrency out (deploy.py --concurrency; pipeline/core/concurrency.py)."""
+    plan_run = rendered["States"]["PlanRun"]
+    assert plan_run["Parameters"]["Payload"]["concurrency"] == 0  # deploy.py sets it
+    assert plan_run["ResultSelector"]["jobs_at_once.$"] == "$.Payload.jobs_at_once"
+    assert plan_run["ResultSelector"]["per_job.$"] == "$.Payload.per_job"
+    jobs = rendered["States"]["Jobs"]
+    assert jobs["MaxConcurrencyPath"] == "$.planned.jobs_at_once"
+    assert jobs["ItemSelector"]["per_job.$"] == "$.planned.per_job"
+    maps = [(scope, s) for scope, _, s in walk(rendered["States"]) if s["Type"] == "Map"]
+    assert len(maps) == 7
+    for scope, state in maps:
+        assert "MaxConcurrency" not in state
+        if scope:  # a job's maps (runs on both engines resolve it: tests/test_engine*.py)
+            assert state["MaxConcurrencyPath"] == "$.per_job"
+
+
+@pytest.mark.parametrize(("jobs", "total", "shared"), [
+    (1, 0, (1, 1000)), (20, 0, (8, 1000)), (1, 1000, (1, 1000)), (3, 1000, (3, 333)),
+    (20, 1000, (8, 125)), (20, 10, (8, 1)), (2, 1, (1, 1)), (0, 50, (1, 50)),
+    (1, 100_000, (1, 1000))])
+def test_plan_run_shares_the_concurrency_out(jobs, total, shared):
+    """One giant job may use all of it; many jobs never ask for more together."""
+    assert concurrency.share(jobs, total) == shared
+    at_once, per_job = shared
+    assert at_once * per_job <= concurrency.largest(total)
+
+
+@pytest.mark.parametrize("total", [1, 10, 1000, 8000, 100_000])
+def test_limit_concurrency_sets_plan_runs_and_a_redeploy_reads_it_back(rendered_text, total):
+    assert definition.concurrency_of(rendered_text) == 8000
+    limited = definition.limit_concurrency(rendered_text, total)
+    assert definition.concurrency_of(limited) == min(total, 8000)
+    assert definition.limit_concurrency(limited, definition.concurrency_of(limited)) == limited
+    doc = json.loads(limited)  # nothing else changed
+    assert doc["States"]["PlanRun"]["Parameters"]["Payload"].pop("concurrency") == min(
+        total, 8000)
+    original = json.loads(rendered_text)
+    original["States"]["PlanRun"]["Parameters"]["Payload"].pop("concurrency")
+    assert doc == original
+    with pytest.raises(ValueError, match="at least 1"):
+        definition.limit_concurrency(rendered_text, 0)
+
+
+def test_asl_validator_accepts_a_limited_definition(rendered_text, tmp_path):
+    result = _validate(definition.limit_concurrency(rendered_text, 10), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_render_raises_for_an_unknown_placeholder():
     text = json.dumps({"StartAt": "A", "States": {"A": {
         "Type": "Task", "Resource": LAMBDA_INVOKE, "End": True,
@@ -374,7 +426,7 @@ def _plan_job_sizes(doc: dict[str, Any], run_url: str, result: dict[str, Any]) -
     """Sizes of the data around the PlanJob state for plan_job's ``result``."""
     jobs = doc["States"][PER_JOB_MAP]
     plan_state = job_states(doc)[jobs["ItemProcessor"]["StartAt"]]
-    item = {"run": run_url, "job": 0}  # what the Jobs map hands each job
+    item = {"run": run_url, "job": 0, "per_job": 1000}  # what the Jobs map hands each job
     assert {k.removesuffix(".$") for k in jobs["ItemSelector"]} == set(item)
     envelope = _lambda_envelope(result)
     output = dict(item)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from pipeline.aws import STEPS, AwsError, Clients, StackNames, check_schedule, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, get_or_none
@@ -54,6 +56,9 @@ class DeployConfig:
     registry: str | None = None
     base_image: str | None = None
     dry_run: bool = False
+    #: the most Lambda invocations a run makes at once; None: the deployed stack's, else the
+    #: account's unreserved concurrency
+    concurrency: int | None = None
 
 # --- the whole stack -------------------------------------------------------------------------
 
@@ -116,6 +121,36 @@ def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     return log, Actions(config.dry_run, log), names
 
 
+def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
+                 log: Callable[[str], None]) -> int | None:
+    """How many Lambda invocations a run may make at once: ``--concurrency``; else what the
+    deployed state machine allows (a redeploy keeps it, as it keeps the data locations);
+    for a new stack, the account's unreserved Lambda concurrency, so that a run's maps do
+    not ask for more than the account can run (throttled invocations are retried for
+    minutes, then fail their job). None: that could not be read; the definition's own
+    limits stay."""
+    if config.concurrency is not None:
+        return config.concurrency
+    current = get_or_none(lambda: clients("stepfunctions").describe_state_machine(
+        stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
+    if current is not None:
+        kept = definition.concurrency_setting(current["definition"])
+        log(f"concurrency kept (no --concurrency): at most "
+            f"{definition.concurrency_of(current['definition'])} Lambda invocations at once")
+        return kept or None
+    try:
+        limit = clients("lambda").get_account_settings()["AccountLimit"]
+        unreserved = int(limit["UnreservedConcurrentExecutions"])
+    except (ClientError, KeyError, TypeError, ValueError) as exc:
+        log(f"the account's Lambda concurrency could not be read ({exc}): the state machine "
+            f"keeps its own limits ({definition.concurrency_of(definition.definition_text())} "
+            "invocations at once); give --concurrency to set it")
+        return None
+    log(f"concurrency: at most {unreserved} Lambda invocations at once, the account's "
+        "unreserved concurrency (--concurrency sets another)")
+    return unreserved
+
+
 def _locations(config: DeployConfig, clients: Clients, names: StackNames,
                log: Callable[[str], None]
                ) -> tuple[list[policies.DataLocation], list[policies.DataLocation]]:
@@ -155,6 +190,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
     data, inputs = _locations(config, clients, names, log)
+    concurrency = _concurrency(config, clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
     if config.registry:
@@ -175,6 +211,8 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     functions = {s: ensure_function(clients("lambda"), names, s, images[s], roles[s],
                                     config.arch, acts, sleep) for s in STEPS}
     text = definition.render({s: names.function_arn(s) for s in STEPS})
+    if concurrency is not None:
+        text = definition.limit_concurrency(text, concurrency)
     machine = ensure_state_machine(clients("stepfunctions"), names, text, roles["states"],
                                    groups[names.state_machine_log_group], acts, sleep)
     schedule = _schedule(config, clients, names, roles, acts)
@@ -188,7 +226,8 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     return {"stack": names.stack, "account": names.account, "region": names.region,
             "bucket": names.bucket, "state_machine": machine, "functions": functions,
             "images": images, "repositories": repos, "roles": roles,
-            "log_groups": list(groups), "schedule": schedule, "dry_run": config.dry_run,
+            "log_groups": list(groups), "schedule": schedule,
+            "concurrency": definition.concurrency_of(text), "dry_run": config.dry_run,
             "changes": acts.changes}
 
 

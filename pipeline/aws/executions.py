@@ -1,7 +1,7 @@
 """Runs on AWS: start an execution on a manifest, follow it, and show how it ended.
 
 ``tiffpipe start`` and ``tiffpipe status`` are thin wrappers of :func:`start` and
-:func:`show`. The execution's input is a :class:`pipeline.core.events.RunEvent`; its work
+:func:`show`. The execution's input is a :class:`pipeline.core.events.RunInput`; its work
 files and its report go to the stack's bucket (``work/<run id>/``, ``reports/<run id>.json``).
 """
 
@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.aws import STACK_TAG, AwsError, Clients, StackNotFoundError, parse_arn
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK
-from pipeline.core.events import RunEvent, to_payload
+from pipeline.core.events import RunInput, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.errors import InputNotFoundError, ManifestError
 
@@ -152,8 +152,8 @@ def upload_manifest(s3: Any, manifest: str, bucket: str, name: str) -> str:
 
 
 def run_input(bucket: str, manifest_url: str, run_id: str) -> dict[str, Any]:
-    """The execution input (a RunEvent) of a run of the stack whose bucket is ``bucket``."""
-    return to_payload(RunEvent(manifest=manifest_url, work=f"s3://{bucket}/{WORK}{run_id}/",
+    """The execution input (a RunInput) of a run of the stack whose bucket is ``bucket``."""
+    return to_payload(RunInput(manifest=manifest_url, work=f"s3://{bucket}/{WORK}{run_id}/",
                                run_id=run_id, report=f"s3://{bucket}/{REPORTS}{run_id}.json"))
 
 

@@ -17,7 +17,7 @@ from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.aws.executions import BUCKET_TAG
 from pipeline.core.constants import FUNCTION_SIZES
-from pipeline.core.events import RunEvent, to_payload
+from pipeline.core.events import RunInput, to_payload
 
 POLICY_NAME = "tiffpipe"
 #: days kept: work files (the lifecycle rule), logs
@@ -308,9 +308,9 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
 
 
 def schedule_input(names: StackNames, manifest_url: str) -> dict[str, Any]:
-    """The execution input (a RunEvent) of a scheduled run: a fresh work prefix and report per
+    """The execution input (a RunInput) of a scheduled run: a fresh work prefix and report per
     run."""
-    return to_payload(RunEvent(
+    return to_payload(RunInput(
         manifest=manifest_url, work=f"s3://{names.bucket}/{policies.WORK}{EXECUTION_ID}/",
         run_id=EXECUTION_ID,
         report=f"s3://{names.bucket}/{policies.REPORTS}{EXECUTION_ID}.json"))

@@ -16,6 +16,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -248,6 +249,11 @@ class Checker:
                 + ([f"missing field(s) {missing}"] if missing else []) + wrong))
 
     def map(self, state: dict[str, Any], data: Any, context: dict[str, Any], where: str) -> Any:
+        if "MaxConcurrencyPath" in state:
+            limit = resolve(state["MaxConcurrencyPath"], data, context)
+            if not _fits(limit, int):
+                raise Problem(f"MaxConcurrencyPath {state['MaxConcurrencyPath']} is "
+                              f"{_name(limit)}, not an int")
         if "ItemReader" in state:
             # items read from S3 (their shape is the reader's), from where the data says
             build(state["ItemReader"].get("Parameters", {}), data, context)
@@ -263,19 +269,32 @@ class Checker:
         processor = state.get("ItemProcessor") or state["Iterator"]
         first = processor["States"][processor["StartAt"]]
         if selector is not None and first["Type"] == "Task":
-            self.check_item(first, child)
+            self.check_item(first, child, _concurrency_fields(processor))
         self.machine(processor, child, {}, f"{where}/")
         return ListOf(ANY)
 
-    def check_item(self, first: dict[str, Any], child: dict[str, Any]) -> None:
-        """A Map's items hold fields of its first task's event only."""
+    def check_item(self, first: dict[str, Any], child: dict[str, Any],
+                   limits: Collection[str] = ()) -> None:
+        """A Map's items hold fields of its first task's event only, and ``limits``: those
+        its inner maps read their MaxConcurrencyPath from."""
         action = first.get("Parameters", {}).get("Payload", {}).get("action")
         model = self.functions.get(_function(first.get("Parameters", {})) or "", {}).get(action)
         if model is not None:
-            unknown = sorted(set(child) - {f.name for f in dataclasses.fields(model)})
+            unknown = sorted(set(child) - {f.name for f in dataclasses.fields(model)} - limits)
             if unknown:
                 raise Problem(f"ItemSelector field(s) {unknown} are not fields of "
                               f"{model.__name__}, the event of {action}")
+
+
+def _concurrency_fields(processor: dict[str, Any]) -> set[str]:
+    """The top-level fields of an item processor's input that its Maps' MaxConcurrencyPath
+    read (``$.per_job``)."""
+    found = set()
+    for state in processor.get("States", {}).values():
+        path = state.get("MaxConcurrencyPath", "")
+        if re.fullmatch(r"\$\.\w+", path):
+            found.add(path[2:])
+    return found
 
 
 def _function(params: dict[str, Any]) -> str | None:

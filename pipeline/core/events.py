@@ -88,11 +88,14 @@ def _plain(value: Any) -> Any:
 @record
 class RunPlanned:
     """``plan_run``: run.json's URL, the number of jobs, and where the job list is (the Jobs
-    Distributed Map's ItemReader reads it: no state holds the jobs)."""
+    Distributed Map's ItemReader reads it: no state holds the jobs); how many jobs run at
+    once and how many items of a job's map (the maps' MaxConcurrencyPath)."""
 
     run: str
     jobs: int
     items: JobList
+    jobs_at_once: int
+    per_job: int
 
 
 @record
@@ -235,13 +238,22 @@ RESULTS: dict[str, type] = {
 
 
 @record
-class RunEvent:
-    """The execution's input: plan the whole run (split function, ``plan_run``)."""
+class RunInput:
+    """The execution's input: the run's manifest, work prefix, id and report."""
 
     manifest: str  # URL of the manifest
     work: str  # URL of this run's work prefix
     run_id: str
     report: str | None = None  # where the run report goes (default: {work}/report.json)
+
+
+@record
+class RunEvent(RunInput):
+    """Plan the whole run (split function, ``plan_run``): the execution's input, and how
+    many Lambda invocations the run makes at once (0: no limit), which the definition's
+    PlanRun payload sets (deploy.py --concurrency; pipeline/core/concurrency.py)."""
+
+    concurrency: int = 0
 
 
 @record

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any
 
+from pipeline.core import concurrency
 from pipeline.core.constants import FUNCTIONS, placeholder
 
 #: placeholder name -> the function (image) it stands for
@@ -52,3 +54,38 @@ def render(arns: dict[str, str], text: str | None = None) -> str:
     json.loads(rendered)
     return rendered
 
+
+
+# --- how many Lambda invocations a run makes at once -----------------------------------------
+
+
+def plan_run_payload(doc: dict[str, Any]) -> dict[str, Any]:
+    """The Payload of the definition's PlanRun task (the Task whose action is plan_run)."""
+    for state in doc["States"].values():
+        payload = state.get("Parameters", {}).get("Payload", {})
+        if isinstance(payload, dict) and payload.get("action") == "plan_run":
+            return payload  # type: ignore[no-any-return]
+    raise KeyError("statemachine.asl.json: no Task state whose Payload action is plan_run")
+
+
+def concurrency_setting(text: str) -> int:
+    """PlanRun's ``concurrency`` in the definition ``text``: the most Lambda invocations a
+    run makes at once, which PlanRun shares out between the run's jobs (0: not set, see
+    :func:`concurrency_of`)."""
+    return int(plan_run_payload(json.loads(text)).get("concurrency", 0))
+
+
+def concurrency_of(text: str) -> int:
+    """The most Lambda invocations a run of the definition ``text`` makes at once (without a
+    setting: the jobs at once times the items of one job's map, pipeline/core/concurrency.py)."""
+    return concurrency.largest(concurrency_setting(text))
+
+
+def limit_concurrency(text: str, total: int) -> str:
+    """``text`` with PlanRun's ``concurrency`` set to ``total``. Idempotent: a definition
+    limited to ``concurrency_of(it)`` is the same definition."""
+    if total < 1:
+        raise ValueError(f"concurrency {total}: expected at least 1")
+    doc = json.loads(text)
+    plan_run_payload(doc)["concurrency"] = min(total, concurrency.largest(0))
+    return json.dumps(doc, indent=2) + "\n"

@@ -4,8 +4,8 @@ uses: the local engine's default, since it starts at once (moto's interpreter co
 
 It runs the definition as written: Task (``arn:aws:states:::lambda:invoke``) with Parameters,
 ResultSelector, ResultPath, OutputPath, Retry (interval, backoff, max attempts, jitter) and
-Catch; Map (inline and distributed item processors, ItemsPath, ItemSelector, MaxConcurrency,
-ToleratedFailurePercentage/Count); Choice (the comparison operators on one Variable, And, Or,
+Catch; Map (inline and distributed item processors, ItemsPath, ItemSelector, MaxConcurrency
+and MaxConcurrencyPath, ToleratedFailurePercentage/Count); Choice (the comparison operators on one Variable, And, Or,
 Not); Pass, Succeed and Fail. Paths are the reference paths ``$``, ``$.a.b`` and the context
 object's ``$$.Map.Item.Value`` / ``Index``, ``$$.Execution.Input`` / ``Name``.
 :func:`unsupported` names the first thing of a definition outside this, and the engine then
@@ -26,7 +26,8 @@ _FIELDS = {
     "Task": _COMMON | {"Resource", "Parameters", "ResultSelector", "ResultPath", "Retry",
                        "Catch"},
     "Map": _COMMON | {"ItemsPath", "ItemReader", "ItemSelector", "ItemProcessor", "Iterator",
-                      "MaxConcurrency", "ToleratedFailurePercentage", "ToleratedFailureCount",
+                      "MaxConcurrency", "MaxConcurrencyPath", "ToleratedFailurePercentage",
+                      "ToleratedFailureCount",
                       "Label", "ResultSelector", "ResultPath", "Retry", "Catch"},
     "Choice": {"Type", "Comment", "Choices", "Default", "InputPath", "OutputPath"},
     "Pass": _COMMON | {"Parameters", "Result", "ResultPath"},
@@ -162,6 +163,16 @@ def unsupported(machine: dict[str, Any]) -> str | None:
 
 
 # --- paths and templates -------------------------------------------------------------------
+
+
+def _max_concurrency(name: str, path: str, data: Any, context: dict[str, Any]) -> int:
+    """A Map's MaxConcurrencyPath, resolved: a non-negative integer (0: no limit), as Step
+    Functions requires (else States.Runtime)."""
+    value = get_path(path, data, context)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StateError("States.Runtime", f"{name}: MaxConcurrencyPath {path} gives "
+                         f"{value!r}, not a non-negative integer")
+    return value
 
 
 def get_path(path: str, data: Any, context: dict[str, Any]) -> Any:
@@ -359,7 +370,9 @@ class Interpreter:
         if not isinstance(items, list):
             raise StateError("States.Runtime", f"{name}: ItemsPath does not give an array")
         processor = state.get("ItemProcessor") or state["Iterator"]
-        limit = state.get("MaxConcurrency") or len(items) or 1
+        limit = (_max_concurrency(name, state["MaxConcurrencyPath"], data, context)
+                 if "MaxConcurrencyPath" in state else state.get("MaxConcurrency"))
+        limit = limit or len(items) or 1
         tolerated_pct = state.get("ToleratedFailurePercentage")
         tolerated = state.get("ToleratedFailureCount")
         distributed = processor.get("ProcessorConfig", {}).get("Mode") == "DISTRIBUTED"

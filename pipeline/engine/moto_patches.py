@@ -26,7 +26,7 @@ T = TypeVar("T")
 # a Distributed Map's children as frames of the parent execution, in threads: it stores no
 # child execution records, and per map run only one MapRunRecord (the item counts) and the
 # map state's events in the parent's history. What grows with the number of items is:
-#   1. threads in flight: a map run starts MaxConcurrency worker threads (1000 in our
+#   1. threads in flight: a map run starts MaxConcurrency worker threads (up to 1000 in our
 #      definition, even for 4 items), and every item in flight holds two more threads (its
 #      program, its task's timeout guard) and its Environment frames and deep copies of its
 #      state. Our pool runs ``workers`` handlers at a time, so the others only wait: up to

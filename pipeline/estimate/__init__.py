@@ -36,7 +36,9 @@ the estimate and overridable with ``--price KEY=VALUE``):
   requests and the storage of the work files until the lifecycle rule removes them.
 - **Wall time**: a list-scheduling simulation of every invocation on ``concurrency`` Lambda
   slots, jobs started ``Jobs.MaxConcurrency`` at a time, each Map capped at its
-  ``MaxConcurrency``, plus ``state_latency_s`` per state on a job's path.
+  ``MaxConcurrency`` (a MaxConcurrencyPath: what PlanRun shares out of ``concurrency``, as
+  a stack deployed with it runs: pipeline/core/concurrency.py), plus ``state_latency_s``
+  per state on a job's path.
 
 The modules: :mod:`.assumptions` (the numbers not measured), :mod:`.calibration` (the file
 and the per-megapixel costs of a job), :mod:`.plans` (what a job asks for),

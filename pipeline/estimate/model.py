@@ -324,7 +324,7 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
                 "tree_levels": canny_tree_levels(plans[r["job"]])}
                for r in job_rows]
     transitions = count_transitions(definition, job_ctx)
-    limits = map_limits(definition)
+    limits = map_limits(definition, len(plans), concurrency)
     latency = a["state_latency_s"]
     wall = simulate(sim_jobs, concurrency, limits.get("jobs", 0),
                     limits.get("batches", 0) or limits.get("units", 0), latency)

@@ -104,22 +104,33 @@ def canny_tree_levels(plan: Any) -> list[int]:
     return map_levels(plan) * cannies if cannies else []
 
 
-def map_limits(definition: dict[str, Any]) -> dict[str, int]:
-    """MaxConcurrency of each Map by what it iterates over (:func:`items_of`; 0: unlimited;
-    the smallest when several Maps share a name)."""
+def map_limits(definition: dict[str, Any], jobs: int, concurrency: int) -> dict[str, int]:
+    """The concurrency of each Map by what it iterates over (:func:`items_of`; 0: unlimited;
+    the smallest when several Maps share a name): its MaxConcurrency, or for a
+    MaxConcurrencyPath what PlanRun shares out (pipeline/core/concurrency.py) for ``jobs``
+    jobs: the jobs at once for the run's own map, the items of a job's map for the others.
+    The total shared is the definition's PlanRun ``concurrency`` (deploy.py --concurrency),
+    else ``concurrency``: deploy.py's default is the account's Lambda concurrency, which the
+    estimate's ``concurrency`` stands for."""
+    from pipeline.core.concurrency import share
+    from pipeline.engine.definition import plan_run_payload
+
+    total = int(plan_run_payload(definition).get("concurrency", 0)) or concurrency
+    at_once, per_job = share(jobs, total)
     out: dict[str, int] = {}
 
-    def visit(states: dict[str, Any]) -> None:
+    def visit(states: dict[str, Any], depth: int) -> None:
         for state in states.values():
             if state.get("Type") == "Map":
                 key = items_of(state)
-                limit = int(state.get("MaxConcurrency", 0))
+                limit = (int(state.get("MaxConcurrency", 0)) if "MaxConcurrencyPath" not in state
+                         else at_once if depth == 0 else per_job)
                 if key not in out or (limit and (not out[key] or limit < out[key])):
                     out[key] = limit
                 proc = state.get("ItemProcessor") or state.get("Iterator") or {}
-                visit(proc.get("States", {}))
+                visit(proc.get("States", {}), depth + 1)
 
-    visit(definition["States"])
+    visit(definition["States"], 0)
     return out
 
 

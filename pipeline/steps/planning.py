@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core import concurrency
 from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, scan_jobs
@@ -27,6 +28,7 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     A scan manifest is expanded here, into one job per new input (none: an empty run). The
     job indices go to a file (``jobs.json``), not to the result: the ``Jobs`` Distributed
     Map's ItemReader reads them, so the state payloads stay small for any number of jobs.
+    It also shares the run's concurrency out between its jobs (core.concurrency.share).
     """
     parsed = read_manifest(event.manifest)
     specs = expand_scan(parsed) if isinstance(parsed, ScanSpec) else parsed
@@ -34,7 +36,9 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
                         event.report or storage.join(event.work, "report.json"))
     jobs_url = layout.jobs_file(event.work)
     storage.write_json(jobs_url, list(range(len(specs))), indent=None)
-    return {"run": run_url, "jobs": len(specs), "items": JobList.of(jobs_url).to_json()}
+    jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)
+    return {"run": run_url, "jobs": len(specs), "items": JobList.of(jobs_url).to_json(),
+            "jobs_at_once": jobs_at_once, "per_job": per_job}
 
 
 def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, report: str) -> str:
