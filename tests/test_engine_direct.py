@@ -61,7 +61,7 @@ MACHINE = {"StartAt": "First", "States": {
                                 "States": {"Echo": _task("echo", End=True)}},
               "ResultPath": "$.echoed", "Next": "Distributed"},
     "Distributed": {"Type": "Map", "ItemsPath": "$.items", "ToleratedFailurePercentage": 0.0,
-                    "MaxConcurrency": 100, "Label": "Distributed",
+                    "MaxConcurrencyPath": "$.limit", "Label": "Distributed",
                     "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED",
                                                           "ExecutionType": "STANDARD"},
                                       "StartAt": "Breaks", "States": {
@@ -77,7 +77,7 @@ MACHINE = {"StartAt": "First", "States": {
         {"ErrorEquals": ["Broken"], "ResultPath": "$.broken", "Next": "Done"}]),
     "Done": {"Type": "Pass", "End": True},
 }}
-INPUT = {"flag": True, "items": [10, 20, 30], "tag": "t"}
+INPUT = {"flag": True, "items": [10, 20, 30], "tag": "t", "limit": 2}
 
 
 class Lambda:
@@ -154,6 +154,17 @@ def test_the_same_outputs_and_errors_as_moto():
     machine["States"]["Last"]["Catch"] = [{"ErrorEquals": ["Other"], "Next": "Unreached"}]
     assert _on_direct(machine, INPUT) == _on_moto(machine, INPUT) == ("FAILED", "Broken")
     assert _on_direct(machine, {**INPUT, "flag": False}) == ("FAILED", "Wrong")
+
+
+@pytest.mark.parametrize("limit", [-1, "2", 1.5, None])
+def test_a_map_limit_that_is_not_a_count_fails_the_execution(limit: Any):
+    """MaxConcurrencyPath must give a non-negative integer: States.Runtime otherwise, which
+    fails the execution: AWS documents that States.ALL does not catch it (moto 5.2.5's
+    interpreter lets the Map's Catch take it, and makes "2" and 1.5 integers)."""
+    machine = copy.deepcopy(MACHINE)
+    machine["States"]["Distributed"]["ItemProcessor"]["States"]["Breaks"] = _task("echo", End=True)
+    assert _on_direct(machine, {**INPUT, "limit": limit}) == ("FAILED", "States.Runtime")
+    assert _on_direct(machine, {**INPUT, "limit": 0})[0] == "SUCCEEDED"  # 0: no limit
 
 
 def test_a_failed_item_fails_a_distributed_map_as_on_aws():
