@@ -231,6 +231,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OutputNotWritableError as exc:
         print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for url in result.removed if not args.quiet else []:
+        print(f"tiffpipe: removed {url}: an earlier run's, and this run wrote none",
+              file=sys.stderr)
     if result.report is None and result.interrupted is None:
         print(f"tiffpipe: the run failed: {result.error}", file=sys.stderr)
         return EXIT_FAILED

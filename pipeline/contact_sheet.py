@@ -75,15 +75,6 @@ class Row:
     ops: str = ""  # the op chain, e.g. "gaussian_blur(sigma=2)"
 
 
-def contact_sheet_url(report_url: str) -> str:
-    """``<report folder>/<report stem>.contact.png``."""
-    if storage.is_s3(report_url):
-        folder, name = storage.parent(report_url), report_url.rsplit("/", 1)[-1]
-        return storage.join(folder, f"{os.path.splitext(name)[0]}.contact.png")
-    stem = os.path.splitext(report_url)[0]
-    return f"{stem}.contact.png"
-
-
 def layout_size(rows: int, truncated: bool = False) -> tuple[int, int]:
     """(width, height) of a sheet of ``rows`` drawn rows."""
     width = PAD + LABEL_W + PAD + CELL + PAD + CELL + PAD

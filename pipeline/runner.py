@@ -22,9 +22,9 @@ from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
-from pipeline.core.thumbs import SHEET_BOX
+from pipeline.core.thumbs import SHEET_BOX, contact_sheet_url
 from pipeline.engine.local import Listener, LocalEngine, StopRequest
-from pipeline.errors import INTERRUPTED_ERROR, EngineError, TiffpipeError
+from pipeline.errors import INTERRUPTED_ERROR, EngineError, StorageError, TiffpipeError
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest
 from pipeline.steps.report import failure_record
@@ -76,6 +76,9 @@ class RunResult:
     #: the signal of the stop request the run had (0: a request without one; the status is
     #: ABORTED if it came before the run's end), None without one
     interrupted: int | None = None
+    #: an earlier run's report or contact sheet removed from beside this run's (see
+    #: :func:`_remove_stale`)
+    removed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -132,16 +135,47 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         sheet = (_write_contact_sheet(doc, work, report_url)
                  if contact_sheet and doc and interrupted is None else None)
         return RunResult(run_id, execution.status, doc, report_url, work,
-                         time.time() - started, error, peaks, sheet, interrupted)
+                         time.time() - started, error, peaks, sheet, interrupted,
+                         _remove_stale(report_url, run_id, doc is not None, sheet is not None))
     except EngineError as exc:
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
-                         str(exc))
+                         str(exc), removed=_remove_stale(report_url, run_id, False, False))
     finally:
         if not keep_work:
             try:
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
+
+
+def _remove_stale(report_url: str, run_id: str, report_written: bool,
+                  sheet_written: bool) -> list[str]:
+    """After a run, the report at its path is this run's or none, and so is the contact sheet
+    beside it: a run that failed or was stopped before its report, or wrote no sheet (a
+    stopped run, ``--no-contact-sheet``), removes an earlier run's, which would describe
+    that run as this one's (a report from yesterday saying every job succeeded). A report
+    whose ``run_id`` is this run's stays. What it removed; one it cannot remove is logged,
+    never the run's failure."""
+    removed = []
+    for url, written in ((report_url, report_written),
+                         (contact_sheet_url(report_url), sheet_written)):
+        try:
+            if written or (url == report_url and _report_run_id(url) == run_id):
+                continue
+            if storage.remove(url):
+                removed.append(url)
+        except TiffpipeError as exc:
+            log.warning("could not remove %s, from an earlier run: %s", url, exc)
+    return removed
+
+
+def _report_run_id(url: str) -> str | None:
+    """The ``run_id`` of the report at ``url`` (None: none there, or not a report)."""
+    try:
+        doc = storage.read_json(url, missing=StorageError)
+    except (StorageError, ValueError):
+        return None
+    return doc.get("run_id") if isinstance(doc, dict) else None
 
 
 def signal_name(signum: int) -> str:
@@ -213,7 +247,7 @@ def _run_env(name: str, value: str | None) -> Iterator[None]:
 def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> str | None:
     """The contact sheet of a finished run (None, with a warning, if it cannot be made: the
     run's results never depend on it). Reads the jobs from run.json, before the work goes."""
-    from pipeline.contact_sheet import contact_sheet_url, write_contact_sheet
+    from pipeline.contact_sheet import write_contact_sheet
     from pipeline.steps import layout
 
     url = contact_sheet_url(report_url)

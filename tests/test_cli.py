@@ -340,6 +340,38 @@ def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
     assert not (tmp_path / ".tiffpipe-work").exists()
 
 
+def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path, monkeypatch):
+    """After a run, the report and contact sheet at its paths are its own or none: a run that
+    fails before its report removes the last run's report (which said that run's jobs
+    succeeded) and sheet; a run without a sheet removes the last one's sheet."""
+    from pipeline import runner
+
+    _inputs(tmp_path)
+    report, sheet = tmp_path / "m.report.json", tmp_path / "m.report.contact.png"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1"]) == 0
+    assert report.exists() and sheet.exists() and "removed" not in err.getvalue()
+    first = json.loads(report.read_text())["run_id"]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1",
+                         "--no-contact-sheet"]) == 0
+    assert json.loads(report.read_text())["run_id"] != first and not sheet.exists()
+    assert f"tiffpipe: removed {sheet}: an earlier run's, and this run wrote none" in \
+        err.getvalue()
+    # the whole run fails (its manifest gone after validation): no report, no sheet
+    sheet.write_bytes(b"an earlier run's sheet")
+    result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
+    assert result.status == "FAILED" and result.report is None
+    assert result.removed == [str(report), str(sheet)]
+    assert not report.exists() and not sheet.exists()
+    # a report of this very run (its run_id) is never removed
+    monkeypatch.setattr(runner, "new_run_id", lambda: "r-this")
+    report.write_text(json.dumps({"run_id": "r-this", "jobs": []}))
+    result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
+    assert result.removed == [] and report.exists()
+
+
 # --- demo ---------------------------------------------------------------------------------------
 
 

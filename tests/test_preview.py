@@ -23,11 +23,11 @@ from pipeline.contact_sheet import (
     LABEL_W,
     PAD,
     PALE_RED,
-    contact_sheet_url,
     layout_size,
     render,
 )
 from pipeline.core.models import JobSpec
+from pipeline.core.thumbs import contact_sheet_url
 from pipeline.errors import CorruptTiffError, PageNotFoundError
 from pipeline.preview import fit, thumbnail
 

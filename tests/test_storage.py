@@ -346,6 +346,19 @@ def test_list_and_delete_s3_paginates(s3):
         storage.delete_prefix("s3://tp-bucket/")
 
 
+def test_remove_one_file_or_object(s3, tmp_path):
+    local = tmp_path / "r.json"
+    local.write_text("{}")
+    assert storage.remove(str(local)) is True and not local.exists()
+    assert storage.remove(str(local)) is False
+    s3.put_object(Bucket=BUCKET, Key="runs/r.json", Body=b"{}")
+    s3.put_object(Bucket=BUCKET, Key="runs/r.json.bak", Body=b"{}")
+    assert storage.remove(f"s3://{BUCKET}/runs/r.json") is True
+    assert storage.remove(f"s3://{BUCKET}/runs/r.json") is False
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == [
+        "runs/r.json.bak"]  # one object, not a prefix
+
+
 # --- check_writable -------------------------------------------------------------------
 
 

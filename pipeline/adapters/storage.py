@@ -324,6 +324,23 @@ def list_prefix(url: str) -> list[str]:
         return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
 
 
+def remove(url: str) -> bool:
+    """Delete one file or object; whether it was there (a missing one is not an error)."""
+    if not is_s3(url):
+        with _errors(url, "delete", None):
+            try:
+                os.remove(url)
+            except FileNotFoundError:
+                return False
+        return True
+    if not exists(url):
+        return False
+    bucket, key = _key_of(url)
+    with _errors(url, "delete", None):
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    return True
+
+
 def delete_prefix(url: str) -> None:
     """Delete a folder or every object under a prefix; a missing one is not an error."""
     if not is_s3(url):

@@ -12,6 +12,7 @@ exactly for integer pixels (sums below 2**53 in float64).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -30,6 +31,12 @@ SHEET_BOX = 256
 #: the most pages a contact sheet shows (its rows); the steps make thumbnails of a job's
 #: first pages only
 MAX_PAGES = 200
+
+
+def contact_sheet_url(report_url: str) -> str:
+    """``<report folder>/<report stem>.contact.png`` (a local path or an s3:// URL)."""
+    folder, slash, name = report_url.rpartition("/")
+    return f"{folder}{slash}{os.path.splitext(name)[0]}.contact.png"
 #: a page's thumbnail is made from the pixels the steps hold when the page has at least this
 #: many times the thumbnail's pixels: smaller pages are cheap to decode again (a 1 Mpx page
 #: is a few tiles), and the stored sums (float64, 8 bytes a sample and a count) stay below
