@@ -6,7 +6,8 @@ with nothing changed changes nothing and says so.
     python deploy.py [--stack NAME] [--region R] [--profile P] [--arch arm64|amd64]
                      [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
                      [--data-bucket BUCKET[/PREFIX] ...] [--input-bucket BUCKET[/PREFIX] ...]
-                     [--no-input-buckets] [--concurrency N] [--dry-run] [--skip-build]
+                     [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
+                     [--concurrency N] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
@@ -24,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import AwsError, Clients, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
-from pipeline.aws.policies import DataLocation
+from pipeline.aws.policies import DataLocation, parse_kms_key
 from pipeline.errors import ManifestError, TiffpipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -48,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                         "deployed ones (default: those the deployed stack has)")
     p.add_argument("--no-input-buckets", action="store_true",
                    help="remove the read-only input locations")
+    p.add_argument("--kms-key", action="append", default=None, metavar="KEY-ARN",
+                   help="a KMS key the data locations' objects are encrypted with (SSE-KMS): "
+                        "the functions may use it through S3; repeatable, replaces the "
+                        "deployed ones (default: those the deployed stack has)")
+    p.add_argument("--no-kms-keys", action="store_true", help="remove the KMS keys")
     p.add_argument("--schedule", metavar="EXPR",
                    help='run on a schedule: "cron(0 2 * * ? *)" or "rate(1 day)" (UTC)')
     p.add_argument("--schedule-manifest", metavar="URI",
@@ -89,6 +95,10 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
                   [DataLocation.parse(d, "--input-bucket") for d in args.input_bucket])
         if args.no_input_buckets and args.input_bucket:
             raise ValueError("--input-bucket and --no-input-buckets contradict each other")
+        if args.no_kms_keys and args.kms_key:
+            raise ValueError("--kms-key and --no-kms-keys contradict each other")
+        kms_keys = ([] if args.no_kms_keys else None if args.kms_key is None else
+                    [parse_kms_key(k) for k in args.kms_key])
         if args.concurrency is not None and args.concurrency < 1:
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
         check_stack_name(args.stack)
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         stack=args.stack, arch=args.arch, data=data, inputs=inputs, schedule=args.schedule,
         schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
-        dry_run=args.dry_run, concurrency=args.concurrency)
+        dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
         if args.destroy:

@@ -32,6 +32,8 @@ from pipeline.aws.policies import (
     LOG_DELIVERY_ACTIONS,
     DataLocation,
     function_policy,
+    kms_keys_of,
+    parse_kms_key,
     scheduler_policy,
     state_machine_policy,
 )
@@ -595,6 +597,51 @@ def test_policy_documents_are_pure_and_least_privilege():
     assert [s["Sid"] for s in star] == ["LogDelivery"]
     with pytest.raises(ValueError):
         DataLocation.parse("s3:///prefix")
+
+
+KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_kms_keys_are_used_only_through_s3_and_only_as_each_step_needs():
+    """SSE-KMS data: reading an object needs kms:Decrypt, writing one kms:GenerateDataKey
+    (a multipart upload: both); only through S3 (kms:ViaService), on the named keys."""
+    data = [DataLocation.parse("slides")]
+    for step, actions in (("split", ["kms:Decrypt"]),
+                          ("process", ["kms:Decrypt", "kms:GenerateDataKey"]),
+                          ("merge", ["kms:Decrypt", "kms:GenerateDataKey"])):
+        doc = function_policy(step, NAMES, data, [], [KEY, KEY])
+        [keys] = [s for s in doc["Statement"] if s["Sid"] == "DataKeys"]
+        assert keys["Action"] == actions and keys["Resource"] == [KEY]
+        assert keys["Condition"] == {"StringEquals": {
+            "kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
+        assert kms_keys_of(doc) == [KEY]
+        assert "kms:" not in json.dumps(function_policy(step, NAMES, data))
+    with pytest.raises(ValueError, match="expected a key ARN.*not by an alias"):
+        parse_kms_key(f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/slides")
+
+
+def test_kms_keys_are_granted_kept_and_removed(aws: Aws):
+    push_fake_images(aws)
+    iam = aws.client("iam")
+
+    def granted() -> dict[str, list[str]]:
+        return {step: kms_keys_of(iam.get_role_policy(
+            RoleName=NAMES.function_role(step), PolicyName="tiffpipe")["PolicyDocument"])
+            for step in STEPS}
+
+    code, _, err = aws.deploy("--skip-build", "--data-bucket", "slides", "--kms-key", KEY)
+    assert code == 0, err
+    assert granted() == {step: [KEY] for step in STEPS}
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0 and f"KMS keys kept (no --kms-key): {KEY}" in err
+    assert aws.writes() == [] and granted() == {step: [KEY] for step in STEPS}
+    code, _, err = aws.deploy("--skip-build", "--no-kms-keys")
+    assert code == 0 and granted() == {step: [] for step in STEPS}
+    for args, why in ((("--kms-key", "alias/slides"), "expected a key ARN"),
+                      (("--kms-key", KEY, "--no-kms-keys"), "contradict each other")):
+        code, _, err = aws.deploy("--skip-build", *args)
+        assert code == 2 and why in err
 
 
 def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:

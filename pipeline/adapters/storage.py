@@ -425,8 +425,9 @@ def _check_s3_writable(url: str) -> None:
         elif code in ("403", "AccessDenied", "AllAccessDisabled"):
             what = ("writing there is not allowed (a test upload, started and aborted, was "
                     f"denied: {exc}). On AWS the stack writes only under its --data-bucket "
-                    "locations (an --input-bucket location is read-only): change the output, "
-                    "or deploy again naming its location with --data-bucket; locally, your "
+                    "locations (an --input-bucket location is read-only; a bucket encrypted "
+                    "with a KMS key also needs --kms-key): change the output, or deploy "
+                    "again naming its location with --data-bucket; locally, your "
                     "credentials need s3:PutObject there")
         else:
             what = f"cannot start an upload there ({exc}): check the credentials and permissions"

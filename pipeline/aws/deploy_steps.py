@@ -49,6 +49,8 @@ class DeployConfig:
     data: list[policies.DataLocation] = field(default_factory=list)
     #: read-only locations (originals no output may replace); None: the deployed ones
     inputs: list[policies.DataLocation] | None = None
+    #: KMS keys (ARNs) the data locations' objects are encrypted with; None: the deployed ones
+    kms_keys: list[str] | None = None
     schedule: str | None = None
     schedule_manifest: str | None = None
     remove_schedule: bool = False
@@ -153,17 +155,20 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
 
 def _locations(config: DeployConfig, clients: Clients, names: StackNames,
                log: Callable[[str], None]
-               ) -> tuple[list[policies.DataLocation], list[policies.DataLocation]]:
-    """The read-write and the read-only data locations of this deploy: those named, else
-    those the deployed stack's functions have (a redeploy that does not name them keeps
-    them, as it keeps the schedule); for a new stack, its own bucket and none."""
-    if config.data and config.inputs is not None:
-        return config.data, config.inputs
+               ) -> tuple[list[policies.DataLocation], list[policies.DataLocation], list[str]]:
+    """The read-write and the read-only data locations of this deploy, and the KMS keys of
+    their objects: those named, else those the deployed stack's functions have (a redeploy
+    that does not name them keeps them, as it keeps the schedule); for a new stack, its own
+    bucket, and no read-only location or key."""
+    if config.data and config.inputs is not None and config.kms_keys is not None:
+        return config.data, config.inputs, config.kms_keys
     iam = clients("iam")
-    readable = policies.locations_of(
-        role_policy(iam, names.function_role("split")) or {}, "ReadInputs")
+    split_policy = role_policy(iam, names.function_role("split")) or {}
+    readable = policies.locations_of(split_policy, "ReadInputs")
     writable = policies.locations_of(
         role_policy(iam, names.function_role("merge")) or {}, "WriteOutputs")
+    keys = (config.kms_keys if config.kms_keys is not None
+            else policies.kms_keys_of(split_policy))
     data = config.data or writable or [policies.DataLocation(names.bucket)]
     inputs = (config.inputs if config.inputs is not None
               else [d for d in readable if d not in writable])
@@ -172,7 +177,9 @@ def _locations(config: DeployConfig, clients: Clients, names: StackNames,
         log(f"data locations kept (no --data-bucket): {shown(data)}")
     if config.inputs is None and inputs:
         log(f"read-only input locations kept (no --input-bucket): {shown(inputs)}")
-    return data, inputs
+    if config.kms_keys is None and keys:
+        log(f"KMS keys kept (no --kms-key): {', '.join(keys)}")
+    return data, inputs, keys
 
 
 def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None = None,
@@ -189,7 +196,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
-    data, inputs = _locations(config, clients, names, log)
+    data, inputs, kms_keys = _locations(config, clients, names, log)
     concurrency = _concurrency(config, clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
@@ -202,7 +209,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     logs, iam = clients("logs"), clients("iam")
     groups = {g: ensure_log_group(logs, names, g, acts) for g in names.log_groups}
     roles = {s: ensure_role(iam, names, names.function_role(s), policies.trust_policy("lambda"),
-                            policies.function_policy(s, names, data, inputs), acts,
+                            policies.function_policy(s, names, data, inputs, kms_keys), acts,
                             f"tiffpipe {names.stack}: the {s} function")
              for s in STEPS}
     roles["states"] = ensure_role(

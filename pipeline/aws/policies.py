@@ -27,6 +27,7 @@ otherwise), and the steps tell a missing input or work file from a denied one by
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ LOG_DELIVERY_ACTIONS = (
 )
 #: stack bucket prefixes: run manifests, work files, run reports
 MANIFESTS, WORK, REPORTS = "manifests/", "work/", "reports/"
+#: a KMS key's ARN (IAM grants keys by ARN: an alias cannot be a policy's resource)
+_KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,24 @@ class DataLocation:
 
     def objects_arn(self, partition: str = "aws") -> str:
         return f"arn:{partition}:s3:::{self.bucket}/{self.prefix}*"
+
+
+def parse_kms_key(text: str) -> str:
+    """A ``--kms-key``: the ARN of a KMS key that encrypts objects of the data locations."""
+    if not _KMS_KEY.fullmatch(text):
+        raise ValueError(f"--kms-key {text!r}: expected a key ARN, arn:aws:kms:REGION:ACCOUNT:"
+                         "key/KEY-ID (IAM grants a key by its ARN, not by an alias: "
+                         "aws kms describe-key --key-id alias/NAME shows it)")
+    return text
+
+
+def kms_keys_of(policy: dict[str, Any]) -> list[str]:
+    """The KMS keys a deployed function's policy (:func:`function_policy`) may use."""
+    for statement in policy.get("Statement", []):
+        if statement.get("Sid") == "DataKeys":
+            resources = statement["Resource"]
+            return [resources] if isinstance(resources, str) else list(resources)
+    return []
 
 
 def locations_of(policy: dict[str, Any], sid: str) -> list[DataLocation]:
@@ -114,10 +135,13 @@ def _sorted(locations: list[DataLocation]) -> list[DataLocation]:
 
 
 def function_policy(step: str, names: StackNames, data: list[DataLocation],
-                    inputs: list[DataLocation] | None = None) -> dict[str, Any]:
+                    inputs: list[DataLocation] | None = None,
+                    kms_keys: list[str] | None = None) -> dict[str, Any]:
     """The inline policy of one function's role (``step``: split, process or merge):
     ``data`` locations are read and written, ``inputs`` only read (originals no output
-    may replace)."""
+    may replace); ``kms_keys``: the KMS keys their objects are encrypted with (SSE-KMS),
+    used only through S3: decrypted to read (split, process), and data keys made to write
+    (process, merge: a multipart upload needs both)."""
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r} (known: {', '.join(STEPS)})")
     p = names.partition
@@ -152,6 +176,12 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
         # started and aborted, the output's check
         statements.append(_allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"],
                                  objects))
+    if kms_keys:
+        statements.append(_allow(
+            "DataKeys", ["kms:Decrypt"] + (["kms:GenerateDataKey"] if step != "split" else []),
+            sorted(set(kms_keys)),
+            {"StringEquals": {"kms:ViaService": f"s3.{names.region}.amazonaws.com"
+                                                + (".cn" if p == "aws-cn" else "")}}))
     if step == "merge":
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
