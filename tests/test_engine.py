@@ -292,6 +292,20 @@ def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
         assert pool.submit(os.getenv, "TIFFPIPE_TILE_THREADS").result() == "3"
 
 
+def _settled_threads() -> int:
+    """The threads of this process, once a thread that just ended has left /proc (a joined
+    thread's task may still be listed a moment: the worker's warm-up thread is joined just
+    before its first task); threads that stay, as OpenBLAS's, are counted."""
+    import time
+
+    for _ in range(50):
+        count = len(os.listdir("/proc/self/task"))
+        if count == 1:
+            break
+        time.sleep(0.02)
+    return count
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_workers_start_no_openblas_threads_unless_the_user_set_a_count(monkeypatch):
     """numpy's OpenBLAS and the one OpenCV's wheel bundles each start threads when they load
@@ -300,8 +314,8 @@ def test_workers_start_no_openblas_threads_unless_the_user_set_a_count(monkeypat
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     with _workers() as pool:
         assert pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
-        threads = [pool.submit(os.listdir, "/proc/self/task") for _ in range(4)]
-        assert [len(t.result()) for t in threads] == [1] * 4  # 3 each without the setting
+        threads = [pool.submit(_settled_threads) for _ in range(4)]
+        assert [t.result() for t in threads] == [1] * 4  # 3 each without the setting
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     with _workers() as pool:
         assert pool.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "2"
