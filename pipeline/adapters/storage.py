@@ -283,11 +283,6 @@ def write_bytes(url: str, data: bytes) -> None:
             raise
 
 
-def write_text(url: str, text: str) -> None:
-    """Write UTF-8 text (see :func:`write_bytes`)."""
-    write_bytes(url, text.encode("utf-8"))
-
-
 def write_json(url: str, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (see :func:`write_bytes`)."""
     write_bytes(url, json.dumps(obj, indent=indent).encode("utf-8"))
@@ -524,13 +519,3 @@ def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
             os.remove(tmp)
         raise OutputNotWritableError(f"output {url}: cannot write: {exc}; check the folder, "
                                      "permissions and free space") from exc
-
-
-def download(url: str, local_path: str, missing: type[TiffpipeError] = WorkMissingError) -> None:
-    """Copy a (small) file or object to a local path."""
-    write_bytes(local_path, read_bytes(url, missing))
-
-
-def upload(local_path: str, url: str) -> None:
-    """Copy a (small) local file to a path or object."""
-    write_bytes(url, read_bytes(local_path, StorageError))
