@@ -204,22 +204,24 @@ def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
     doc: dict[str, Any] = storage.read_json(counts["report"])
     for job in doc["jobs"]:
         if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
-            _remove_partial_output(job["output"])
+            _remove_partial_output(job["output"], doc["started_at"])
     return doc
 
 
-def _remove_partial_output(output: str) -> None:
-    """Remove what a stopped job may have left of its output: a local output's temporary
-    files beside it (:func:`storage.temp_output_paths`: a worker killed while it wrote
-    one), an S3 output's open multipart uploads. The output itself is never touched."""
-    from pipeline.adapters.segments import abort_uploads
+def _remove_partial_output(output: str, since: float) -> None:
+    """Remove what a stopped job may have left of its output since the run began (``since``):
+    a local output's temporary files beside it (:func:`storage.temp_output_paths`: a worker
+    killed while it wrote one), an S3 output's open multipart uploads; not those of another
+    run writing the same output. The output itself is never touched."""
+    from pipeline.adapters.segments import CLOCK_SKEW_S, abort_uploads
 
     try:
         if storage.is_s3(output):
-            abort_uploads(output)
+            abort_uploads(output, since=since)
             return
         for tmp in storage.temp_output_paths(output):
-            os.remove(tmp)
+            if os.path.getmtime(tmp) >= since - CLOCK_SKEW_S:
+                os.remove(tmp)
     except (OSError, TiffpipeError) as exc:
         log.warning("could not remove the partial files of %s: %s", output, exc)
 

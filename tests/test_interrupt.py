@@ -170,3 +170,19 @@ def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, mo
     assert 3 <= checks[0] < tiles // 2, checks  # the job's tiles: most never started
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     assert not (tmp_path / ".tiffpipe-work").exists()
+
+
+def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(tmp_path: Path):
+    """The temporary files beside a stopped job's output that this run made are removed;
+    one another run began before it (writing the same output at the same time) stays."""
+    from pipeline.adapters import storage
+    from pipeline.runner import _remove_partial_output
+
+    output = str(tmp_path / "out.tif")
+    ours, theirs = storage.temp_output_path(output), storage.temp_output_path(output)
+    for path in (ours, theirs):
+        open(path, "wb").close()
+    started = time.time()
+    os.utime(theirs, (started - 600, started - 600))  # ten minutes before this run
+    _remove_partial_output(output, started)
+    assert storage.temp_output_paths(output) == [theirs]

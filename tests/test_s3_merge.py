@@ -410,6 +410,45 @@ def test_a_page_laid_out_segment_by_segment_keeps_every_tag_and_pixel(s3, monkey
     assert _uploads(s3) == []
 
 
+def test_a_failed_job_aborts_its_own_uploads_not_another_runs(s3):
+    """RecordFailure aborts the upload a killed merge left on the job's output, but not one
+    another run began there before this job started (that run is still writing it). moto
+    dates every upload 2010-11-10 (its ListMultipartUploads answer is fixed): here each is
+    dated as S3 dates it, by when it began."""
+    import datetime
+
+    from pipeline.core.events import FailureEvent
+    from pipeline.steps import report as report_step
+
+    c, plan = s3["client"], _plan(s3["work"], 1)
+    key = storage.split_s3(plan.spec.output)[1]
+    began = {}
+    other = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    began[other] = plan.started_at - 600  # another run's, ten minutes before this job
+    killed = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    began[killed] = time.time()  # this job's merge, killed
+
+    def dated(parsed: dict[str, Any], **_: Any) -> None:
+        for upload in parsed.get("Uploads", []):
+            upload["Initiated"] = datetime.datetime.fromtimestamp(began[upload["UploadId"]],
+                                                                  datetime.UTC)
+    events = storage.s3_client().meta.events
+    events.register("after-call.s3.ListMultipartUploads", dated)
+    result_url = layout.result_file(plan.work)
+    kept = storage.read_bytes(result_url)  # the fixture's run, which later tests read
+    try:
+        failed = report_step.record_failure(FailureEvent(
+            run=layout.run_file(s3["work"]), job=1,
+            error={"Error": "States.Timeout", "Cause": "Merge timed out"}))
+        assert failed["status"] == "FAILED"
+        assert [u["UploadId"] for u in _uploads(s3)] == [other]
+    finally:
+        events.unregister("after-call.s3.ListMultipartUploads", dated)
+        storage.write_bytes(result_url, kept)
+        c.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=other)
+    assert _uploads(s3) == []
+
+
 def test_a_failed_merge_aborts_its_upload(s3):
     """A segment gone missing fails the copy: the upload is aborted, nothing is published."""
     plan = _plan(s3["work"], 1)

@@ -377,10 +377,18 @@ def _upload_part(bucket: str, key: str, upload: str, part: Part) -> str:
     return str(reply["ETag"])
 
 
-def abort_uploads(url: str, prefix: bool = False) -> int:
+#: how much earlier than a job's start (this machine's clock) an upload S3 dated (its own
+#: clock) may have begun and still be taken for the job's (:func:`abort_uploads`)
+CLOCK_SKEW_S = 60.0
+
+
+def abort_uploads(url: str, prefix: bool = False, since: float | None = None) -> int:
     """Abort the unfinished multipart uploads of the object ``url`` (with ``prefix``: of
     every object under it), e.g. left by an invocation that was killed; a local path has
-    none. Returns how many were aborted."""
+    none. ``since`` (a time.time()): only those begun from then on (less
+    :data:`CLOCK_SKEW_S`), the job's own: an output's key may have an upload of another
+    run writing it at the same time, which is not this job's to end. Returns how many were
+    aborted."""
     if not is_s3(url):
         return 0
     bucket, key = storage.split_s3(url)
@@ -390,6 +398,8 @@ def abort_uploads(url: str, prefix: bool = False) -> int:
             Bucket=bucket, Prefix=key)
         for page in pages:
             for upload in page.get("Uploads", []):
+                if since is not None and upload["Initiated"].timestamp() < since - CLOCK_SKEW_S:
+                    continue
                 if prefix or upload["Key"] == key:
                     s3_client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
                                                        UploadId=upload["UploadId"])

@@ -62,7 +62,7 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     held_work.release(plan_url)  # the job's last step
     try:  # a killed unit or merge leaves its multipart upload open: no orphaned parts
         abort_uploads(work.rstrip("/") + "/", prefix=True)
-        abort_uploads(spec.output)
+        abort_uploads(spec.output, since=started)  # the job's own, not another run's
     except TiffpipeError:
         pass  # the failure is recorded; S3 lifecycle rules can still clean up
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
