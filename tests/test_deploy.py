@@ -401,18 +401,23 @@ def test_a_new_stack_takes_the_accounts_unreserved_concurrency(aws: Aws):
     be throttled until its retries gave up. moto has no GetAccountSettings: its answer is
     given here, as Lambda documents it."""
     push_fake_images(aws)
-    answer = {"AccountLimit": {"TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000,
-                               "CodeSizeZipped": 52428800, "ConcurrentExecutions": 10,
-                               "UnreservedConcurrentExecutions": 10},
-              "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0}}
-    aws.session.events.register(
-        "before-call.lambda.GetAccountSettings",
-        lambda **_: (type("Response", (), {"status_code": 200})(), answer))
+    _account_concurrency(aws, 10)
     code, result, err = aws.deploy("--skip-build")
     assert code == 0, err
     assert "at most 10 Lambda invocations at once, the account's unreserved" in err
     assert result is not None and result["concurrency"] == 10
     assert _deployed_concurrency(aws) == 10
+
+
+def _account_concurrency(aws: Aws, unreserved: int) -> None:
+    """GetAccountSettings answers as Lambda documents it (moto has none)."""
+    answer = {"AccountLimit": {"TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000,
+                               "CodeSizeZipped": 52428800, "ConcurrentExecutions": unreserved,
+                               "UnreservedConcurrentExecutions": unreserved},
+              "AccountUsage": {"TotalCodeSize": 0, "FunctionCount": 0}}
+    aws.session.events.register(
+        "before-call.lambda.GetAccountSettings",
+        lambda **_: (type("Response", (), {"status_code": 200})(), answer))
 
 
 def test_without_the_accounts_concurrency_the_definitions_limits_stay(aws: Aws):
@@ -423,6 +428,9 @@ def test_without_the_accounts_concurrency_the_definitions_limits_stay(aws: Aws):
     assert "give --concurrency to set it" in err
     assert result is not None and result["concurrency"] == 8000
     assert _deployed_concurrency(aws) == 0  # no total: 8 jobs x 1,000 items
+    _account_concurrency(aws, 500)  # readable now: the next deploy takes it
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0 and result is not None and result["concurrency"] == 500, err
 
 
 # --- what was made ---------------------------------------------------------------------------

@@ -127,19 +127,18 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
                  log: Callable[[str], None]) -> int | None:
     """How many Lambda invocations a run may make at once: ``--concurrency``; else what the
     deployed state machine allows (a redeploy keeps it, as it keeps the data locations);
-    for a new stack, the account's unreserved Lambda concurrency, so that a run's maps do
-    not ask for more than the account can run (throttled invocations are retried for
-    minutes, then fail their job). None: that could not be read; the definition's own
-    limits stay."""
+    for a new stack (or one deployed without it), the account's unreserved Lambda
+    concurrency, so that a run's maps do not ask for more than the account can run
+    (throttled invocations are retried for minutes, then fail their job). None: that could
+    not be read; the definition's own limits stay."""
     if config.concurrency is not None:
         return config.concurrency
     current = get_or_none(lambda: clients("stepfunctions").describe_state_machine(
         stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
-    if current is not None:
-        kept = definition.concurrency_setting(current["definition"])
-        log(f"concurrency kept (no --concurrency): at most "
-            f"{definition.concurrency_of(current['definition'])} Lambda invocations at once")
-        return kept or None
+    kept = current and definition.concurrency_setting(current["definition"])
+    if kept:  # a stack deployed without one (the account's unreadable) tries it again
+        log(f"concurrency kept (no --concurrency): at most {kept} Lambda invocations at once")
+        return kept
     try:
         limit = clients("lambda").get_account_settings()["AccountLimit"]
         unreserved = int(limit["UnreservedConcurrentExecutions"])
