@@ -55,7 +55,6 @@ def render(arns: dict[str, str], text: str | None = None) -> str:
     return rendered
 
 
-
 # --- how many Lambda invocations a run makes at once -----------------------------------------
 
 

@@ -1,11 +1,13 @@
 """The state machine's side of the estimate: state transitions along each job's success path
-and the ``MaxConcurrency`` of its Map states, read from ``statemachine.asl.json``."""
+and the concurrency of its Map states, read from ``statemachine.asl.json``."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from pipeline.core.concurrency import share
+from pipeline.engine.definition import definition_text, plan_run_payload
 from pipeline.estimate.assumptions import EstimateError
 
 
@@ -112,9 +114,6 @@ def map_limits(definition: dict[str, Any], jobs: int, concurrency: int) -> dict[
     The total shared is the definition's PlanRun ``concurrency`` (deploy.py --concurrency),
     else ``concurrency``: deploy.py's default is the account's Lambda concurrency, which the
     estimate's ``concurrency`` stands for."""
-    from pipeline.core.concurrency import share
-    from pipeline.engine.definition import plan_run_payload
-
     total = int(plan_run_payload(definition).get("concurrency", 0)) or concurrency
     at_once, per_job = share(jobs, total)
     out: dict[str, int] = {}
@@ -135,6 +134,4 @@ def map_limits(definition: dict[str, Any], jobs: int, concurrency: int) -> dict[
 
 
 def load_definition() -> dict[str, Any]:
-    from pipeline.engine.definition import definition_text
-
     return json.loads(definition_text())
