@@ -1,8 +1,8 @@
 """The ``tiffpipe`` command: parses arguments, calls the runner (or the AWS and preview
 modules), sets the exit code.
 
-Exit codes: 0 all jobs succeeded; 1 a job (or the run) failed; 2 invalid manifest or usage;
-128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM).
+Exit codes: 0 all jobs succeeded (or were skipped); 1 a job (or the run) failed; 2 invalid
+manifest or usage; 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM).
 The ``tiffpipe`` console script is :func:`console` (:func:`main`, then a quick exit);
 :func:`main` is what a caller in the same process uses.
 """
@@ -41,8 +41,8 @@ this machine or on AWS. A manifest (JSON) lists the jobs: input, output, ops.
   estimate             what a manifest's run on AWS would cost and take
   start, status        run a manifest on a deployed AWS stack; follow a run there
 
-Exit codes: 0 every job succeeded; 1 a job (or the run) failed; 2 invalid manifest or usage;
-130 stopped by Ctrl-C (143 by SIGTERM). `tiffpipe COMMAND --help`: a command's options."""
+Exit codes: 0 every job succeeded (or was skipped); 1 a job (or the run) failed; 2 invalid
+manifest or usage; 130 stopped by Ctrl-C (143 by SIGTERM). `tiffpipe COMMAND --help`: a command's options."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -88,7 +88,7 @@ def describe_ops(ops: list[dict[str, Any]]) -> str:
 
 
 def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
-    """One row per output page of a succeeded job, one per failed job."""
+    """One row per output page of a succeeded job, one per failed or skipped job."""
     rows: list[Row] = []
     for job in report["jobs"]:
         index = job["job"]
@@ -283,9 +283,10 @@ def _band(width: int, height: int,
 def _draw_title(band: Image.Image, draw: ImageDraw.ImageDraw, report: dict[str, Any],
                 fonts: tuple[Any, Any, Any]) -> None:
     title, body, _ = fonts
+    skipped = f", {report['skipped']} skipped" if report.get("skipped") else ""
     draw.text((PAD, 10), f"tiffpipe run {report.get('run_id', '')}: "
-                         f"{report.get('succeeded', 0)} succeeded, {report.get('failed', 0)} failed",
-              fill=INK, font=title)
+                         f"{report.get('succeeded', 0)} succeeded, {report.get('failed', 0)} failed"
+                         f"{skipped}", fill=INK, font=title)
     x_in = PAD + LABEL_W + PAD
     for x, text in ((PAD, "job, page"), (x_in, "input"), (x_in + CELL + PAD, "output")):
         draw.text((x, HEADER - 22), text, fill=GREY, font=body)
@@ -308,7 +309,8 @@ def _draw_row(band: Image.Image, draw: ImageDraw.ImageDraw, row: Row,
                   _wrap(f"-> {os.path.basename(row.output)} page {row.out_page}", small,
                         LABEL_W, 2)]
     lines += [(t, INK, small) for t in _wrap(row.ops, small, LABEL_W, 3)]
-    lines.append((row.status, GREEN if ok else RED, body))
+    skipped = row.status == "SKIPPED"
+    lines.append((row.status, GREEN if ok else GREY if skipped else RED, body))
     lines.append((row.detail, GREY, small))
     if not ok and row.error:
         lines.append((row.error.get("type", ""), RED, body))
@@ -322,6 +324,11 @@ def _draw_row(band: Image.Image, draw: ImageDraw.ImageDraw, row: Row,
     _cell(band, draw, x_in, in_thumb, small)
     if ok:
         _cell(band, draw, x_out, thumbs[(row.output, row.out_page)], small)
+    elif skipped:  # its output is an earlier run's: not drawn as this run's
+        draw.rectangle((x_out, 0, x_out + CELL - 1, CELL - 1), outline=FRAME)
+        for k, text in enumerate(_wrap("skipped: the output exists already (if_exists: "
+                                       "skip)", small, CELL - 12, 13)):
+            draw.text((x_out + 6, 6 + 17 * k), text, fill=GREY, font=small)
     else:
         error = row.error or {}
         draw.rectangle((x_out, 0, x_out + CELL - 1, CELL - 1), fill=PALE_RED, outline=FRAME)

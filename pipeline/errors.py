@@ -71,6 +71,10 @@ class OutputNotWritableError(TiffpipeError):
     """The output location cannot be written."""
 
 
+class OutputExistsError(TiffpipeError):
+    """The output exists already and the job's ``if_exists`` is ``fail``."""
+
+
 class OutputTooLargeError(TiffpipeError):
     """The output breaks a limit of its storage: S3's largest object (5 TB) or the 10,000
     parts of one multipart upload."""

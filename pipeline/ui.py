@@ -65,7 +65,9 @@ class RunProgress:
                  payload: dict[str, Any]) -> None:
         action = event.get("action")
         with self.lock:
-            if action == "plan_job" and ok:
+            if action == "plan_job" and ok and payload.get("skipped"):
+                self._log(f"job {payload['job']}: skipped, its output exists (if_exists: skip)")
+            elif action == "plan_job" and ok:
                 self._planned(payload["job"], payload["tiles"])
             elif action in ("process", "process_unit", "process_job") and ok:
                 self._advance(payload["job"], payload["tiles"])
@@ -106,16 +108,19 @@ COLUMNS = (("job", True), ("status", False), ("pages", True), ("megapixels", Tru
 def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     """The summary's title and one row a job: status, pages, megapixels, seconds, output or
     error (the cells of :data:`COLUMNS`)."""
+    skipped = f"{report['skipped']} skipped, " if report.get("skipped") else ""
     title = (f"run {report['run_id']}: {report['succeeded']} succeeded, "
-             f"{report['failed']} failed, {report['seconds']:.1f} s")
+             f"{report['failed']} failed, {skipped}{report['seconds']:.1f} s")
     rows = []
     for job in report["jobs"]:
-        ok = job["status"] == "SUCCEEDED"
+        ok = job["status"] in ("SUCCEEDED", "SKIPPED")  # SKIPPED: the output exists
         detail = job["output"] if ok else f"{job['error']['type']}: {job['error']['message']}"
-        status = ("SUCCEEDED" if ok else "STOPPED" if job["error"]["type"] == INTERRUPTED_ERROR
+        status = (job["status"] if ok else "STOPPED"
+                  if job["error"]["type"] == INTERRUPTED_ERROR
                   else "FAILED")  # STOPPED: FAILED in the report (a stopped run's job)
         rows.append([str(job["job"]), status, str(job.get("pages", "")),
-                     f"{job['megapixels']:.1f}" if ok else "", f"{job.get('seconds', 0):.1f}",
+                     f"{job['megapixels']:.1f}" if "megapixels" in job else "",
+                     f"{job.get('seconds', 0):.1f}",
                      detail])
     return title, rows
 
@@ -132,7 +137,8 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_column(name, justify="right" if right else "left",
                          overflow="ellipsis" if right else "fold")
     for row in rows:
-        colour = {"SUCCEEDED": "green", "STOPPED": "yellow"}.get(row[1], "red")
+        colour = {"SUCCEEDED": "green", "STOPPED": "yellow", "SKIPPED": "cyan"}.get(row[1],
+                                                                                 "red")
         table.add_row(*row[:1], f"[{colour}]{row[1]}[/]", *row[2:])
     return table
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +339,48 @@ def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
     assert "gone.json" in result.error
     assert "stackTrace" not in result.error and "\n" not in result.error
     assert not (tmp_path / ".tiffpipe-work").exists()
+
+
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_if_exists_skips_or_fails_a_job_whose_output_exists(tmp_path: Path, interpreter: str):
+    """A job whose output exists: overwritten (the default), skipped (the output left as it
+    was: SKIPPED in the report, not a failure) or failed (OutputExistsError, the output left
+    as it was), each decided by PlanJob before any work; the other jobs are unaffected. The
+    state machine's Skipped branch on both engines."""
+    from pipeline.runner import run_local
+
+    _inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("skip.tif", "fail.tif", "overwrite.tif"):
+        (out / name).write_bytes(b"an earlier run's output")
+    blur = [{"op": "gaussian_blur", "sigma": SIGMA}]
+    jobs = [{"input": "in/rgb.tif", "output": f"out/{name}", "ops": blur, "if_exists": mode}
+            for name, mode in (("skip.tif", "skip"), ("fail.tif", "fail"),
+                               ("overwrite.tif", "overwrite"), ("new.tif", "skip"))]
+    (tmp_path / "x.json").write_text(json.dumps({
+        "defaults": {"tile": 128, "output_options": {"tile": 64}}, "jobs": jobs}))
+    result = run_local(str(tmp_path / "x.json"), 2, contact_sheet=True,
+                       interpreter=interpreter)
+    report = result.report
+    assert report is not None
+    assert [j["status"] for j in report["jobs"]] == ["SKIPPED", "FAILED", "SUCCEEDED",
+                                                     "SUCCEEDED"]
+    assert (report["succeeded"], report["failed"], report["skipped"]) == (2, 1, 1)
+    assert report["jobs"][0]["message"].startswith("the output exists already")
+    assert report["jobs"][1]["error"]["type"] == "OutputExistsError"
+    assert "remove it, or set if_exists to overwrite or skip" in \
+        report["jobs"][1]["error"]["message"]
+    for name in ("skip.tif", "fail.tif"):
+        assert (out / name).read_bytes() == b"an earlier run's output"
+    expected = [cv2.GaussianBlur(p, (0, 0), SIGMA) for p in _pages(tmp_path / "in" / "rgb.tif")]
+    for name in ("overwrite.tif", "new.tif"):
+        for got, want in zip(_pages(out / name), expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert result.contact_sheet and os.path.getsize(result.contact_sheet) > 0
+    title, rows = ui.summary_rows(report)
+    assert "2 succeeded, 1 failed, 1 skipped" in title
+    assert rows[0][1] == "SKIPPED" and rows[0][-1] == str(out / "skip.tif")
 
 
 def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path, monkeypatch):

@@ -69,6 +69,20 @@ def test_defaults_and_overrides_resolve():
     ]
 
 
+def test_if_exists_from_defaults_or_the_job():
+    specs = parse_manifest({"defaults": {"if_exists": "skip"},
+                            "jobs": [job(), job(output="out/b.tif", if_exists="fail")]},
+                           "m.json", BASE)
+    assert [s.if_exists for s in specs] == ["skip", "fail"]
+    [spec] = parse_manifest({"jobs": [job()]}, "m.json", BASE)
+    assert spec.if_exists == "overwrite"
+    assert JobSpec.from_json(specs[0].to_json()) == specs[0]
+    assert one_problem({"jobs": [job(if_exists="keep")]}) == (
+        'jobs[0].if_exists: expected one of "overwrite", "skip", "fail", got "keep"')
+    assert one_problem({"defaults": {"if_exists": True}, "jobs": [job()]}) == (
+        'defaults.if_exists: expected one of "overwrite", "skip", "fail", got true')
+
+
 def test_builtin_defaults_when_nothing_is_set():
     [spec] = parse_manifest({"jobs": [job()]}, "m.json", BASE)
     assert spec.pages is None
@@ -187,7 +201,7 @@ def test_unknown_top_level_fields_name_the_allowed_ones():
 
 def test_unknown_job_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(), job(output="b.tif", page=[1])]}) == (
-        "jobs[1].page: unknown field (allowed: fuse, input, ops, output, output_options, pages, tile)")
+        "jobs[1].page: unknown field (allowed: fuse, if_exists, input, ops, output, output_options, pages, tile)")
 
 
 def test_unknown_output_options_fields_name_the_allowed_ones():
@@ -198,11 +212,11 @@ def test_unknown_output_options_fields_name_the_allowed_ones():
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
     assert one_problem({"defaults": [], "jobs": [job()]}) == (
-        "defaults: expected an object with any of pages, ops, tile, output_options, fuse, got []")
+        "defaults: expected an object with any of pages, ops, tile, output_options, fuse, if_exists, got []")
     assert problems_of({"defaults": {"output": "x.tif", "colour": 1}, "jobs": [job()]}) == [
-        ("defaults.output: unknown field (allowed: fuse, ops, output_options, pages, tile); "
+        ("defaults.output: unknown field (allowed: fuse, if_exists, ops, output_options, pages, tile); "
         "input and output are set in each job"),
-        "defaults.colour: unknown field (allowed: fuse, ops, output_options, pages, tile)",
+        "defaults.colour: unknown field (allowed: fuse, if_exists, ops, output_options, pages, tile)",
     ]
 
 
@@ -528,7 +542,8 @@ def test_all_problems_are_reported_in_one_error():
         ("jobs[2].tile: expected a multiple of the output tile size 384, got 1024; set tile to "
         "768 or 1152, or output_options.tile to 256 (or another divisor of 1024)"),
         'jobs[3]: expected an object with "input" and "output", got 7',
-        ("jobs[4].colour: unknown field (allowed: fuse, input, ops, output, output_options, pages, "
+        ("jobs[4].colour: unknown field (allowed: fuse, if_exists, input, ops, output, "
+         "output_options, pages, "
         "tile)"),
         "jobs[4].input: expected a local path or s3://bucket/key (required), got nothing",
         (f"jobs[4].output: same location as the input of jobs[0] ({json.dumps(at('a.tif'))}); "

@@ -122,6 +122,27 @@ def test_s3_run_end_to_end(s3: S3):
     assert not list(Path(tempfile.gettempdir()).glob("tiffpipe-*-a.tif"))
 
 
+def test_s3_outputs_that_exist_are_skipped_or_fail_as_asked(s3: S3):
+    """if_exists on S3: PlanJob looks the output up (HeadObject); skip leaves it and the job
+    is SKIPPED, fail leaves it and the job fails; exit 1 for the failed one only."""
+    for key in ("data/exists/skip.tif", "data/exists/fail.tif"):
+        s3.client.put_object(Bucket=BUCKET, Key=key, Body=b"an earlier run's output")
+    img = f"s3://{BUCKET}/data/in/img.tif"
+    manifest = _put_manifest(s3, "jobs/exists.json", [
+        {"input": img, "output": f"s3://{BUCKET}/data/exists/{name}", "pages": [0],
+         "if_exists": mode} for name, mode in (("skip.tif", "skip"), ("fail.tif", "fail"),
+                                               ("new.tif", "skip"))])
+    done = _tiffpipe("run", manifest, "--workers", "2", "--quiet", "--no-contact-sheet")
+    assert done.returncode == 1, done.stderr
+    report = json.loads(s3.get("jobs/exists.report.json"))
+    assert [j["status"] for j in report["jobs"]] == ["SKIPPED", "FAILED", "SUCCEEDED"]
+    assert report["jobs"][1]["error"]["type"] == "OutputExistsError"
+    for key in ("data/exists/skip.tif", "data/exists/fail.tif"):
+        assert s3.get(key) == b"an earlier run's output"
+    [page] = s3.pages("data/exists/new.tif")
+    assert np.array_equal(page, _pages(s3.source)[0])
+
+
 def test_s3_missing_input_fails_alone_with_default_report_and_work(s3: S3):
     """No --report: the report goes next to the S3 manifest. No --work: the work goes to the
     local temp folder (a run on S3 data) and is removed after the run."""

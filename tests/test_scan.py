@@ -57,7 +57,7 @@ def test_scan_problems_are_all_reported_with_their_paths():
     assert problems_of({"scan": {"input": "ftp://x/in/", "outpt": "out/", "tile": 100,
                                  "ops": [{"op": "gaussian_blur", "sigma": "two"}],
                                  "output_options": {"compression": "lzw", "quality": 5}}}) == [
-        "scan.outpt: unknown field (allowed: fuse, input, ops, output, output_options, pages, tile)",
+        "scan.outpt: unknown field (allowed: fuse, if_exists, input, ops, output, output_options, pages, tile)",
         ('scan.input: expected a folder or an s3://bucket/prefix/ (the only URLs supported are '
          's3://), got "ftp://x/in/"'),
         "scan.output: expected a folder or an s3://bucket/prefix/ (required), got nothing",
@@ -86,7 +86,7 @@ def test_jobs_and_scan_are_mutually_exclusive_and_one_is_needed():
     assert problems_of({}) == ["jobs: expected a non-empty list of jobs, got nothing"]
     assert problems_of({"scan": "in/"}) == [
         ('scan: expected an object with "input" and "output" (and any of pages, ops, tile, '
-         'output_options, fuse), got "in/"')]
+         'output_options, fuse, if_exists), got "in/"')]
     assert problems_of({"scan": {"input": "s3://", "output": ""}}) == [
         'scan.input: expected s3://bucket/prefix/ with a bucket, got "s3://"',
         'scan.output: expected a folder or an s3://bucket/prefix/, got ""']

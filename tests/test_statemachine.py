@@ -249,16 +249,22 @@ def test_jobs_map_reads_its_items_from_the_job_list_plan_run_writes(rendered, tm
 
 
 def test_fused_jobs_choose_process_units_then_merge(rendered):
-    """PlanJob -> Fused -(single)-> ProcessJob, -(fused)-> ProcessUnits -> Merge, else Split:
-    one process_unit per split unit, on the process function (the one with OpenCV), caught
-    like the other maps; a fused job of one unit runs whole in one ProcessJob task."""
+    """PlanJob -> Fused -(skipped)-> Skipped, -(single)-> ProcessJob, -(fused)-> ProcessUnits
+    -> Merge, else Split: one process_unit per split unit, on the process function (the one
+    with OpenCV), caught like the other maps; a fused job of one unit runs whole in one
+    ProcessJob task; a job PlanJob skipped (its output exists, if_exists: skip) ends."""
     states = job_states(rendered)
     assert states["PlanJob"]["ResultSelector"]["fused.$"] == "$.Payload.fused"
     assert states["PlanJob"]["ResultSelector"]["single.$"] == "$.Payload.single"
     assert states["PlanJob"]["Next"] == "Fused"
     choice = states["Fused"]
     assert choice["Type"] == "Choice" and choice["Default"] == "Split"
-    single, rule = choice["Choices"]
+    skip, single, rule = choice["Choices"]
+    assert states["PlanJob"]["ResultSelector"]["skipped.$"] == "$.Payload.skipped"
+    assert skip == {"Variable": "$.planned.skipped", "BooleanEquals": True, "Next": "Skipped"}
+    assert states["Skipped"] == {
+        "Type": "Succeed", "OutputPath": None,
+        "Comment": "The output exists and the job's if_exists is skip: nothing to run"}
     assert single == {"Variable": "$.planned.single", "BooleanEquals": True,
                       "Next": "ProcessJob"}
     assert rule == {"Variable": "$.planned.fused", "BooleanEquals": True,
@@ -468,7 +474,7 @@ def test_largest_plan_job_payload_the_plan_allows_fits(rendered):
     work = "s3://" + "b" * 63 + "/" + "w" * 200 + "/jobs/99999"
     result = {"plan": work + "/plan.json", "job": 99999, "units": list(range(cap)),
               "batches": list(range(cap)), "tiles": 10**9, "fused": False, "levels": True,
-              "single": False,
+              "single": False, "skipped": False,
               "stats": {"round": 0, "more": True, "rounds": 99}}
     _assert_fits(_plan_job_sizes(rendered, work.rsplit("/jobs/", 1)[0] + "/run.json", result))
     # a canny round's ReduceStats adds a tree level of as many nodes to $.planned.stats

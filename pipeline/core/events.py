@@ -145,6 +145,9 @@ class JobPlanned:
     levels: bool = False
     #: a small fused job (plan.single_task): ProcessJob runs it whole (the Fused Choice)
     single: bool = False
+    #: the output exists and the job's if_exists is "skip": nothing to run (no plan), its
+    #: result (SKIPPED) is written (the Skip Choice)
+    skipped: bool = False
 
 
 @record
@@ -214,6 +217,7 @@ class Reported:
     report: str
     succeeded: int
     failed: int
+    skipped: int = 0  # jobs whose output existed (if_exists: skip)
 
 
 #: action -> the model of its result

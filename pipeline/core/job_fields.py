@@ -41,6 +41,10 @@ _PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", d
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 _FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
               default=True)
+#: what a job does when its output exists already
+IF_EXISTS = ("overwrite", "skip", "fail")
+_IF_EXISTS = Param("if_exists", "string", "when the output exists: overwrite it, skip the "
+                   "job, or fail it", default="overwrite", choices=IF_EXISTS)
 
 #: the setting of every optional field when neither the job nor the defaults set it
 _BUILTIN: dict[str, Any] = {
@@ -54,6 +58,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.pyramid": OutputOptions.pyramid,
     "output_options.ome": OutputOptions.ome,
     "fuse": JobSpec.fuse,
+    "if_exists": JobSpec.if_exists,
 }
 
 
@@ -106,12 +111,14 @@ def effective(layers: list[Layer]) -> dict[str, Setting]:
 
 
 def job_fields(eff: dict[str, Setting]) -> dict[str, Any]:
-    """The optional job fields (pages, ops, tile, output_options, fuse) of the settings."""
+    """The optional job fields (pages, ops, tile, output_options, fuse, if_exists) of the
+    settings."""
     options = {k: eff[f"output_options.{k}"].value
                for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
     return {"pages": None if eff["pages"].value is None else list(eff["pages"].value),
             "ops": [dict(op) for op in eff["ops"].value], "tile": eff["tile"].value,
-            "output_options": OutputOptions(**options), "fuse": bool(eff["fuse"].value)}
+            "output_options": OutputOptions(**options), "fuse": bool(eff["fuse"].value),
+            "if_exists": str(eff["if_exists"].value)}
 
 
 def _size_problem(value: Any, lo: int, hi: int) -> str | None:
@@ -188,6 +195,11 @@ def parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> Layer:
         if message:
             problems.append(f"{path}.fuse: {message}")
         put("fuse", not message, obj["fuse"])
+    if "if_exists" in obj:
+        message = _IF_EXISTS.check(obj["if_exists"])
+        if message:
+            problems.append(f"{path}.if_exists: {message}")
+        put("if_exists", not message, obj["if_exists"])
     return layer
 
 

@@ -7,7 +7,7 @@ A manifest is JSON::
 
 Each job has ``input`` and ``output`` (local paths, relative ones to the manifest's
 folder, or ``s3://bucket/key`` URLs) and may set ``pages``, ``ops``, ``tile``,
-``output_options`` and ``fuse``. ``defaults`` sets those optional fields for every job; a
+``output_options``, ``fuse`` and ``if_exists``. ``defaults`` sets those optional fields for every job; a
 job's own field replaces the default, except ``output_options``, which is merged key
 by key (the job's keys win). ``level`` and ``quality`` go with a compression: a job
 that picks another compression than the defaults does not inherit them.
@@ -51,11 +51,11 @@ from pipeline.core.record import record
 from pipeline.errors import ManifestError
 
 TOP_FIELDS = ("defaults", "jobs", "scan")
-JOB_FIELDS = ("input", "output", "pages", "ops", "tile", "output_options", "fuse")
+JOB_FIELDS = ("input", "output", "pages", "ops", "tile", "output_options", "fuse", "if_exists")
 SCAN_FIELDS = JOB_FIELDS
 #: the inputs a scan picks up (compared in lower case)
 TIFF_SUFFIXES = (".tif", ".tiff")
-DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse")
+DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse", "if_exists")
 
 _LOCATION = "a local path or s3://bucket/key"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -123,6 +123,7 @@ class ScanSpec:
     tile: int = DEFAULT_TILE
     output_options: OutputOptions = field(default_factory=OutputOptions)
     fuse: bool = True
+    if_exists: str = "overwrite"
 
     def relative(self, location: str) -> str | None:
         """``location``'s path under the input, with ``/`` separators; None if it is not a
@@ -149,7 +150,8 @@ class ScanSpec:
         return JobSpec(input=location, output=self.output_for(rel),
                        pages=None if self.pages is None else list(self.pages),
                        ops=[dict(op) for op in self.ops], tile=self.tile,
-                       output_options=self.output_options, fuse=self.fuse)
+                       output_options=self.output_options, fuse=self.fuse,
+                       if_exists=self.if_exists)
 
 
 def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str]) -> list[JobSpec]:

@@ -55,6 +55,8 @@ class JobSpec:
     output_options: OutputOptions = field(default_factory=OutputOptions)
     #: split and process each unit in one invocation when the chain allows (no work tiles)
     fuse: bool = True
+    #: when the output exists already: "overwrite" it, "skip" the job, or "fail" it
+    if_exists: str = "overwrite"
 
     def to_json(self) -> dict[str, Any]:
         # field by field, not asdict, whose deep copy of every value showed in profiles of

@@ -19,11 +19,13 @@ def _choose(name: str, state: dict[str, Any], ctx: dict[str, Any]) -> str | None
     ``...stats.tree`` (the node counts of the canny reduce tree levels that run in a Map,
     in order: ``tree_levels``, see :func:`canny_tree_levels`; each taken sets ``nodes``, the
     ReduceLevel Map's items) or ``...levels`` (a job that is not fused builds its pyramid in
-    level units: ``levels``). A rule without a Variable counts as ``stats.more``."""
+    level units: ``levels``) or ``...skipped`` (the output exists and the job is skipped:
+    ``skipped``; the estimate costs every job as run, so never). A rule without a Variable
+    counts as ``stats.more``."""
     for rule in state.get("Choices", []):
         last = rule.get("Variable", "").rsplit(".", 1)[-1]
         wanted = bool(rule.get("BooleanEquals", True))
-        if last in ("fused", "levels", "single"):
+        if last in ("fused", "levels", "single", "skipped"):
             if bool(ctx.get(last)) == wanted:
                 return rule["Next"]
         elif last == "tree":  # a level of a canny round's reduce tree runs in a Map

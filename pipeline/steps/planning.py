@@ -11,7 +11,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import concurrency
-from pipeline.core.events import JobEvent, JobList, RunEvent
+from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
@@ -73,6 +73,18 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
                                  "in the manifest and that the folder is there")
     return scan_jobs(scan, storage.list_prefix(scan.input), storage.list_prefix(scan.output))
+
+
+def skip_job(job: int, doc: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
+    """A job whose output exists and whose ``if_exists`` is ``skip``: its result (SKIPPED)
+    written as a finished job's, and PlanJob's answer that nothing is to run."""
+    now = time.time()
+    held_work.save_result(layout.result_file(layout.job_dir(doc["work"], job)), {
+        "job": job, "status": "SKIPPED", "input": spec.input, "output": spec.output,
+        "message": "the output exists already (if_exists: skip): left as it is",
+        "started_at": now, "finished_at": now, "seconds": 0.0})
+    return {"plan": "", "job": job, "units": [], "batches": [], "tiles": 0, "fused": False,
+            "stats": to_payload(StatsRound.next_round(0, 0)), "skipped": True}
 
 
 def write_job_plan(event: JobEvent,

@@ -94,9 +94,12 @@ def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[st
         jobs = list(pool.map(result, range(len(run["jobs"]))))
     now = time.time()
     succeeded = sum(j["status"] == "SUCCEEDED" for j in jobs)
+    skipped = sum(j["status"] == "SKIPPED" for j in jobs)
+    failed = len(jobs) - succeeded - skipped
     doc = {"run_id": run["run_id"], "manifest": run["manifest"],
            "started_at": run["started_at"], "finished_at": now,
            "seconds": round(now - run["started_at"], 3),
-           "succeeded": succeeded, "failed": len(jobs) - succeeded, "jobs": jobs}
+           "succeeded": succeeded, "failed": failed, "skipped": skipped, "jobs": jobs}
     storage.write_json(run["report"], doc)
-    return {"report": run["report"], "succeeded": succeeded, "failed": len(jobs) - succeeded}
+    return {"report": run["report"], "succeeded": succeeded, "failed": failed,
+            "skipped": skipped}

@@ -41,7 +41,7 @@ from pipeline.core.events import (
 )
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
-from pipeline.errors import WorkMissingError
+from pipeline.errors import OutputExistsError, WorkMissingError
 from pipeline.steps import layout, planning, stopping
 from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
 from pipeline.steps.evaluate import TileEvaluator, load_npz, save_npz
@@ -52,15 +52,22 @@ READ_THREADS = 16
 
 def plan_job(event: JobEvent) -> dict[str, Any]:
     """PlanJob: import the custom functions, plan the job, and add the statistics rounds the
-    state machine runs (``stats``: the first round and whether there is one)."""
+    state machine runs (``stats``: the first round and whether there is one). A job whose
+    output exists and whose ``if_exists`` is not ``overwrite`` is skipped (its result
+    written, nothing planned) or fails here, before any work."""
     job = load_job(event.run, event.job)
-    _, spec = job
+    doc, spec = job
+    if spec.if_exists != "overwrite" and storage.exists(spec.output):
+        if spec.if_exists == "fail":
+            raise OutputExistsError(f"output {spec.output} exists already (if_exists: fail): "
+                                    "remove it, or set if_exists to overwrite or skip")
+        return planning.skip_job(event.job, doc, spec)
     for call in chain_from_json(spec.ops):
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
     result = planning.write_job_plan(event, job)
     rounds = stats_rounds(load_plan(result["plan"]))
-    return {**result, "stats": to_payload(StatsRound.next_round(0, rounds))}
+    return {**result, "stats": to_payload(StatsRound.next_round(0, rounds)), "skipped": False}
 
 
 def stats(event: StatsEvent) -> dict[str, Any]:
