@@ -42,7 +42,8 @@ this machine or on AWS. A manifest (JSON) lists the jobs: input, output, ops.
   start, status        run a manifest on a deployed AWS stack; follow a run there
 
 Exit codes: 0 every job succeeded (or was skipped); 1 a job (or the run) failed; 2 invalid
-manifest or usage; 130 stopped by Ctrl-C (143 by SIGTERM). `tiffpipe COMMAND --help`: a command's options."""
+manifest or usage; 130 stopped by Ctrl-C (143 by SIGTERM).
+`tiffpipe COMMAND --help`: a command's options."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,9 +7,9 @@ A manifest is JSON::
 
 Each job has ``input`` and ``output`` (local paths, relative ones to the manifest's
 folder, or ``s3://bucket/key`` URLs) and may set ``pages``, ``ops``, ``tile``,
-``output_options``, ``fuse`` and ``if_exists``. ``defaults`` sets those optional fields for every job; a
-job's own field replaces the default, except ``output_options``, which is merged key
-by key (the job's keys win). ``level`` and ``quality`` go with a compression: a job
+``output_options``, ``fuse`` and ``if_exists``. ``defaults`` sets those optional fields for
+every job; a job's own field replaces the default, except ``output_options``, which is
+merged key by key (the job's keys win). ``level`` and ``quality`` go with a compression: a job
 that picks another compression than the defaults does not inherit them.
 
 Instead of ``jobs``, a manifest may hold a ``scan``::
