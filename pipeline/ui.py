@@ -115,9 +115,12 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     for job in report["jobs"]:
         ok = job["status"] in ("SUCCEEDED", "SKIPPED")  # SKIPPED: the output exists
         detail = job["output"] if ok else f"{job['error']['type']}: {job['error']['message']}"
-        status = (job["status"] if ok else "STOPPED"
-                  if job["error"]["type"] == INTERRUPTED_ERROR
-                  else "FAILED")  # STOPPED: FAILED in the report (a stopped run's job)
+        if ok:
+            status = job["status"]
+        elif job["error"]["type"] == INTERRUPTED_ERROR:
+            status = "STOPPED"  # FAILED in the report (a stopped run's job)
+        else:
+            status = "FAILED"
         rows.append([str(job["job"]), status, str(job.get("pages", "")),
                      f"{job['megapixels']:.1f}" if "megapixels" in job else "",
                      f"{job.get('seconds', 0):.1f}",

@@ -79,8 +79,7 @@ def _pushed_images(clients: Clients, names: StackNames, config: DeployConfig,
         repo = get_or_none(lambda n=name: ecr.describe_repositories(repositoryNames=[n])[
             "repositories"][0], "RepositoryNotFoundException")
         uri = repo["repositoryUri"] if repo else f"{names.registry()}/{name}"
-        digest = latest_digest(ecr, name, config.arch, docker_images.tag_prefix(config.arch))
-        found[step] = f"{uri}@{digest}"
+        found[step] = f"{uri}@{latest_digest(ecr, name, config.arch)}"
         log(f"image {step} (--skip-build: the last {config.arch} one pushed): {found[step]}")
     return found
 

@@ -140,9 +140,11 @@ def ensure_repository(ecr: Any, names: StackNames, step: str, acts: Actions) -> 
     return str(uri)
 
 
-def latest_digest(ecr: Any, repository: str, arch: str, tag_prefix: str) -> str:
-    """The digest of the image built for ``arch`` (a tag beginning with ``tag_prefix``)
-    pushed last to an ECR repository (for --skip-build)."""
+def latest_digest(ecr: Any, repository: str, arch: str) -> str:
+    """The digest of the image built for ``arch`` (a tag beginning with its
+    :func:`~pipeline.aws.images.tag_prefix`) pushed last to an ECR repository (for
+    --skip-build)."""
+    tag_prefix = docker_images.tag_prefix(arch)
     found = get_or_none(lambda: [d for page in ecr.get_paginator("describe_images").paginate(
         repositoryName=repository) for d in page["imageDetails"]], "RepositoryNotFoundException")
     if not found:

@@ -124,8 +124,10 @@ def map_limits(definition: dict[str, Any], jobs: int, concurrency: int) -> dict[
         for state in states.values():
             if state.get("Type") == "Map":
                 key = items_of(state)
-                limit = (int(state.get("MaxConcurrency", 0)) if "MaxConcurrencyPath" not in state
-                         else at_once if depth == 0 else per_job)
+                if "MaxConcurrencyPath" in state:  # what PlanRun shares out
+                    limit = at_once if depth == 0 else per_job
+                else:
+                    limit = int(state.get("MaxConcurrency", 0))
                 if key not in out or (limit and (not out[key] or limit < out[key])):
                     out[key] = limit
                 proc = state.get("ItemProcessor") or state.get("Iterator") or {}
