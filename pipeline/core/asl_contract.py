@@ -16,7 +16,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Set
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -274,7 +274,7 @@ class Checker:
         return ListOf(ANY)
 
     def check_item(self, first: dict[str, Any], child: dict[str, Any],
-                   limits: Set[str] = frozenset()) -> None:
+                   limits: AbstractSet[str] = frozenset()) -> None:
         """A Map's items hold fields of its first task's event only, and ``limits``: those
         its inner maps read their MaxConcurrencyPath from."""
         action = first.get("Parameters", {}).get("Payload", {}).get("action")
