@@ -383,6 +383,81 @@ def test_if_exists_skips_or_fails_a_job_whose_output_exists(tmp_path: Path, inte
     assert rows[0][1] == "SKIPPED" and rows[0][-1] == str(out / "skip.tif")
 
 
+RACE_MODULE = "tiffpipe_test_race"
+RACE_SOURCE = """
+import os
+
+def publish_first(tile, path):
+    # another writer publishes the job's output while the job runs (once: the first tile)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return tile
+    os.write(fd, b"the other writer's output")
+    os.close(fd)
+    return tile
+"""
+
+
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_if_exists_holds_when_the_output_appears_while_the_job_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpreter: str):
+    """The output is not there when PlanJob looks, and another writer publishes it while
+    the job runs (a user op does, from its first tile): skip and fail leave the other
+    writer's file as it is (SKIPPED with why, OutputExistsError), overwrite replaces it; a
+    fused job (published by ProcessJob) and one of batches (by Merge) alike. No temporary
+    file is left beside the outputs."""
+    from pipeline.core import custom
+    from pipeline.runner import run_local
+
+    (tmp_path / f"{RACE_MODULE}.py").write_text(RACE_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    _inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [(f"{mode}-{kind}.tif", mode, fuse) for mode in ("skip", "fail", "overwrite")
+             for kind, fuse in (("fused", True), ("batches", False))]
+    jobs = [{"input": "in/rgb.tif", "output": f"out/{name}", "if_exists": mode, "fuse": fuse,
+             "ops": [{"op": "custom", "function": f"{RACE_MODULE}:publish_first",
+                      "params": {"path": str(out / name)}}],
+             "output_options": {"compression": "zstd"}} for name, mode, fuse in names]
+    (tmp_path / "x.json").write_text(json.dumps({"jobs": jobs}))
+    log = io.StringIO()
+    try:
+        result = run_local(str(tmp_path / "x.json"), 2, interpreter=interpreter,
+                           listener=ui.RunProgress([], stream=log))
+    finally:
+        custom.load.cache_clear()
+    report = result.report
+    assert report is not None
+    by_name = {Path(j["output"]).name: j for j in report["jobs"]}
+    assert (report["succeeded"], report["failed"], report["skipped"]) == (2, 2, 2)
+    for name, mode, _ in names:
+        job = by_name[name]
+        if mode == "skip":
+            assert job["status"] == "SKIPPED", job
+            assert job["message"].startswith("the output appeared while the job ran")
+        elif mode == "fail":
+            assert job["status"] == "FAILED" and job["error"]["type"] == "OutputExistsError"
+            assert "appeared while the job ran (if_exists: fail)" in job["error"]["message"]
+            assert str(out / name) in job["error"]["message"]
+        else:
+            assert job["status"] == "SUCCEEDED"
+        if mode == "overwrite":
+            for got, want in zip(_pages(out / name), _pages(tmp_path / "in" / "rgb.tif"),
+                                 strict=True):
+                np.testing.assert_array_equal(got, want)
+        else:
+            assert (out / name).read_bytes() == b"the other writer's output"
+    assert sorted(os.listdir(out)) == sorted(name for name, _, _ in names)
+    skipped = [n for n, j in enumerate(report["jobs"]) if j["status"] == "SKIPPED"]
+    for n in skipped:
+        assert f"job {n}: skipped, its output appeared while it ran (if_exists: skip)" \
+            in log.getvalue()
+
+
 def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path, monkeypatch):
     """After a run, the report and contact sheet at its paths are its own or none: a run that
     fails before its report removes the last run's report (which said that run's jobs

@@ -10,6 +10,7 @@ tests/test_s3_pipeline.py); merges re-run in this process read the kept work fro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import itertools
@@ -38,7 +39,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_units
 from pipeline.core.models import JobPlan
-from pipeline.errors import WorkMissingError
+from pipeline.errors import OutputExistsError, StorageError, WorkMissingError
 from pipeline.steps import layout, tile_table
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import forget_plans, load_plan
@@ -625,3 +626,98 @@ def test_a_small_output_is_one_put_object(s3):
     head = s3["client"].head_object(Bucket=BUCKET, Key="small/out.tif")
     assert head["ContentType"] == "image/tiff"
     assert segments._held == {} and _uploads(s3) == []
+
+
+@pytest.mark.parametrize("size", [4000, 12 * MiB])
+def test_without_replace_an_s3_output_published_meanwhile_is_left_as_it_is(s3, size):
+    """compose(replace=False) (if_exists skip or fail) sends If-None-Match: * with the one
+    request that publishes (PutObject for a small output, CompleteMultipartUpload for one of
+    server-side copies): where the object exists by then, S3 refuses (412):
+    OutputExistsError naming it, the object as it was, the upload aborted. Where none is,
+    the output is published as with replace."""
+    source = f"s3://{BUCKET}/cond-src/segment"
+    data = os.urandom(size)
+    storage.write_bytes(source, data)
+    pieces = [tiff_layout.Literal(b"II*\x00"), tiff_layout.Span(source, 0, size)]
+    url, key = f"s3://{BUCKET}/cond-out/{size}.tif", f"cond-out/{size}.tif"
+    calls: list[tuple[str, str | None]] = []
+
+    def seen(model: Any, params: dict[str, Any], **_: Any) -> None:
+        calls.append((model.name, params.get("headers", {}).get("If-None-Match")))
+
+    client = segments.s3_client()
+    client.meta.events.register("before-call.s3.*", seen)
+    try:
+        assert compose(pieces, url, replace=False) == 4 + size
+        publishing = calls[-1]
+        s3["client"].put_object(Bucket=BUCKET, Key=key, Body=b"the other writer's output")
+        with pytest.raises(OutputExistsError, match=re.escape(f"output {url} exists")):
+            compose(pieces, url, replace=False)
+    finally:
+        client.meta.events.unregister("before-call.s3.*", seen)
+    assert publishing == ("PutObject" if size < 5 * MiB else "CompleteMultipartUpload", "*")
+    assert _get(s3, key) == b"the other writer's output"
+    assert _uploads(s3) == []
+    assert compose(pieces, url) == 4 + size  # replace (overwrite): no condition
+    assert _get(s3, key) == b"II*\x00" + data
+
+
+@pytest.mark.parametrize("size", [4000, 12 * MiB])
+def test_a_conditional_write_met_by_another_is_a_storage_error(s3, size):
+    """S3 answers 409 ConditionalRequestConflict when another conditional write to the same
+    key is under way (moto never does: the answer is made here): a StorageError, which the
+    state machine retries (the retry then meets the other writer's object, or none); the
+    upload aborted, nothing published."""
+    from botocore.exceptions import ClientError
+
+    source = f"s3://{BUCKET}/conflict-src/segment"
+    storage.write_bytes(source, os.urandom(size))
+    pieces = [tiff_layout.Literal(b"II*\x00"), tiff_layout.Span(source, 0, size)]
+    url = f"s3://{BUCKET}/conflict-out/{size}.tif"
+    operation = "PutObject" if size < 5 * MiB else "CompleteMultipartUpload"
+
+    def conflict(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "ConditionalRequestConflict", "Message": "A "
+                                     "conflicting operation occurred"},
+                           "ResponseMetadata": {"HTTPStatusCode": 409}}, operation)
+
+    client = segments.s3_client()
+    client.meta.events.register(f"before-call.s3.{operation}", conflict)
+    try:
+        with pytest.raises(StorageError, match="another writer was publishing it") as caught:
+            compose(pieces, url, replace=False)
+    finally:
+        client.meta.events.unregister(f"before-call.s3.{operation}", conflict)
+    assert type(caught.value) is StorageError  # the name the state machine retries
+    assert url in str(caught.value)
+    assert _uploads(s3) == [] and not storage.exists(url)
+
+
+@pytest.mark.parametrize("mode", ["skip", "fail"])
+def test_merge_leaves_an_output_published_since_plan_job(s3, mode):
+    """Merge of a job whose if_exists is skip or fail, its output published by another
+    writer after PlanJob looked: fail raises OutputExistsError saying so; skip writes the
+    job's result as SKIPPED; the object is left as it is and no upload stays open."""
+    from pipeline.steps import held_work
+
+    plan = _plan(s3["work"], list(S3_JOBS).index("pyramid_batches"))
+    url = f"s3://{BUCKET}/race/{mode}.tif"
+    plan = dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, output=url,
+                                                               if_exists=mode))
+    s3["client"].put_object(Bucket=BUCKET, Key=f"race/{mode}.tif", Body=b"theirs")
+    result_url = layout.result_file(plan.work)
+    kept = storage.read_bytes(result_url)
+    try:
+        if mode == "fail":
+            with pytest.raises(OutputExistsError, match=r"appeared while the job ran "
+                               r"\(if_exists: fail\)"):
+                merge_mod.publish(plan)
+        else:
+            assert merge_mod.publish(plan)["skipped"] is True
+            result = held_work.load_result(result_url)
+            assert result["status"] == "SKIPPED" and result["output"] == url
+            assert result["message"].startswith("the output appeared while the job ran")
+    finally:
+        storage.write_bytes(result_url, kept)
+    assert _get(s3, f"race/{mode}.tif") == b"theirs"
+    assert _uploads(s3) == []

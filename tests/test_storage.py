@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 import boto3
 import numpy as np
 import pytest
 import tifffile
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError
 from moto import mock_aws
 
 from pipeline.adapters import storage
 from pipeline.errors import (
     InputNotFoundError,
+    OutputExistsError,
     OutputNotWritableError,
     StorageError,
     WorkMissingError,
@@ -255,55 +257,46 @@ def test_publish_local_unwritable(tmp_path):
         storage.publish_file(str(src), str(tmp_path / "afile" / "out.tif"))
 
 
-def test_publish_s3_multipart(s3, tmp_path):
-    url = "s3://tp-bucket/out/final.tif"
-    tmp = storage.temp_output_path(url)
-    assert not tmp.startswith("s3://")
-    data = os.urandom(12 * 1024 * 1024)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    calls = []
-    storage.s3_client().meta.events.register(
-        "before-call.s3.*", lambda model, **_: calls.append(model.name))
-    storage.publish_file(tmp, url, multipart_threshold=5 * 1024 * 1024,
-                         multipart_chunksize=5 * 1024 * 1024)
-    assert not os.path.exists(tmp)
-    assert calls.count("UploadPart") == 3 and "CompleteMultipartUpload" in calls
-    obj = s3.get_object(Bucket=BUCKET, Key="out/final.tif")
-    assert obj["Body"].read() == data and obj["ContentType"] == "image/tiff"
-    assert obj["ETag"].strip('"').endswith("-3")
-
-
-def test_publish_s3_missing_bucket(s3, tmp_path):
+def test_publish_without_replace_never_replaces_a_file(tmp_path):
+    """replace=False (if_exists skip or fail): published where nothing is (a hard link, then
+    the source removed); where a file is, OutputExistsError naming it, that file as it was
+    and the source kept for the caller to remove."""
+    final = tmp_path / "out" / "final.tif"
     src = tmp_path / "src.tif"
-    src.write_bytes(b"data")
-    with pytest.raises(OutputNotWritableError, match="s3://no-such-bucket/x.tif"):
-        storage.publish_file(str(src), "s3://no-such-bucket/x.tif")
-    assert src.exists()
-    assert "no-such-bucket" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    src.write_bytes(b"ours")
+    storage.publish_file(str(src), str(final), replace=False)
+    assert final.read_bytes() == b"ours" and not src.exists()
+    assert os.stat(final).st_nlink == 1
+    src.write_bytes(b"again")
+    with pytest.raises(OutputExistsError, match=re.escape(f"output {final} exists already")):
+        storage.publish_file(str(src), str(final), replace=False)
+    assert final.read_bytes() == b"ours" and src.read_bytes() == b"again"
+    assert os.listdir(final.parent) == ["final.tif"]
 
 
-def test_publish_s3_failed_part_aborts_the_upload(s3, tmp_path):
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP])
+def test_publish_without_replace_where_there_are_no_hard_links(tmp_path, monkeypatch, code):
+    """A filesystem without hard links (FAT, some network shares: os.link fails, simulated
+    here, none is mounted): the output is looked for just before the rename."""
+    def no_links(a, b):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    final = tmp_path / "final.tif"
     src = tmp_path / "src.tif"
-    src.write_bytes(os.urandom(11 * 1024 * 1024))
-    parts, aborts = [], []
-    storage.s3_client().meta.events.register(
-        "provide-client-params.s3.AbortMultipartUpload", lambda params, **_: aborts.append(params))
+    src.write_bytes(b"ours")
+    storage.publish_file(str(src), str(final), replace=False)
+    assert final.read_bytes() == b"ours" and not src.exists()
+    src.write_bytes(b"again")
+    with pytest.raises(OutputExistsError, match="final.tif"):
+        storage.publish_file(str(src), str(final), replace=False)
+    assert final.read_bytes() == b"ours"
 
-    def fail_second_part(params, **_):
-        parts.append(params["PartNumber"])
-        if params["PartNumber"] == 2:
-            raise EndpointConnectionError(endpoint_url="https://injected")
 
-    storage.s3_client().meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
-    with pytest.raises(OutputNotWritableError, match="s3://tp-bucket/out.tif"):
-        storage.publish_file(str(src), "s3://tp-bucket/out.tif",
-                             multipart_threshold=5 * 1024 * 1024,
-                             multipart_chunksize=5 * 1024 * 1024)
-    assert 2 in parts and len(aborts) == 1  # s3transfer aborted the multipart upload
-    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
-    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="out.tif")
-    assert src.exists()
+def test_an_s3_output_has_no_local_temporary(tmp_path):
+    """S3 outputs are written in one step (PutObject or a multipart upload), never renamed."""
+    with pytest.raises(ValueError, match="s3://bucket/a.tif"):
+        storage.temp_output_path("s3://bucket/a.tif")
 
 
 # --- listing and deleting -------------------------------------------------------------

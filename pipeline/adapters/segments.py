@@ -32,7 +32,13 @@ from pipeline.adapters import storage
 from pipeline.adapters.storage import _errors, _key_of, is_s3, s3_client
 from pipeline.core import tiff_layout
 from pipeline.core.tiff_layout import Literal, MiB, Part, Piece, Span, plan_parts
-from pipeline.errors import OutputNotWritableError, StorageError, TiffpipeError, WorkMissingError
+from pipeline.errors import (
+    OutputExistsError,
+    OutputNotWritableError,
+    StorageError,
+    TiffpipeError,
+    WorkMissingError,
+)
 
 #: the part size of a segment's multipart upload (S3's minimum is 5 MiB)
 SEGMENT_PART = 8 * MiB
@@ -206,15 +212,18 @@ def piece_chunks(piece: Piece) -> Iterator[bytes]:
         yield read_range(piece.source, piece.start + pos, min(READ_CHUNK, piece.size - pos))
 
 
-def compose(pieces: list[Piece], url: str) -> int:
-    """Write the file made of ``pieces`` at ``url`` in one step; returns its size."""
+def compose(pieces: list[Piece], url: str, replace: bool = True) -> int:
+    """Write the file made of ``pieces`` at ``url`` in one step; returns its size. Without
+    ``replace``, the step fails if ``url`` exists by then (:class:`OutputExistsError`, what is
+    there left as it is): locally a hard link that cannot be made over a file
+    (:func:`storage.publish_file`), on S3 the request's ``If-None-Match: *``."""
     if is_s3(url):
-        return _compose_s3(pieces, url)
+        return _compose_s3(pieces, url, replace)
     tmp = storage.temp_output_path(url)
     try:
         with _errors(url, "write", None), open(tmp, "wb", buffering=0) as fh:
             size = _write_local(pieces, fh)
-        storage.publish_file(tmp, url)
+        storage.publish_file(tmp, url, replace)
     finally:
         with suppress(FileNotFoundError):
             os.remove(tmp)
@@ -283,7 +292,32 @@ def _kernel_copy(src: Any, dst: Any, span: Span) -> int:
     return done
 
 
-def _compose_s3(pieces: list[Piece], url: str) -> int:
+@contextmanager
+def _published(url: str) -> Iterator[None]:
+    """Translate the answers of a conditional write (``If-None-Match: *``) to ``url``: 412,
+    the object exists (:class:`OutputExistsError`); 409, another conditional write to it was
+    under way (:class:`_WriteConflict`: the caller raises a :class:`StorageError`, which the
+    state machine retries, and the retry meets the object the other one wrote, or none)."""
+    try:
+        yield
+    except storage._aws_errors() as exc:
+        code = storage._code(exc)
+        if code in ("412", "PreconditionFailed"):
+            raise OutputExistsError(f"output {url} exists already") from exc
+        if code in ("409", "ConditionalRequestConflict"):
+            raise _WriteConflict(url) from exc
+        raise
+
+
+class _WriteConflict(Exception):
+    """S3 answered 409 to a conditional write: another one to the same key was under way."""
+
+    def error(self) -> StorageError:
+        return StorageError(f"output {self.args[0]}: another writer was publishing it at the "
+                            "same moment (S3 409 ConditionalRequestConflict); re-run the job")
+
+
+def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
     # held segments (a ProcessJob's) are not in S3: their bytes are uploaded
     copyable = all(is_s3(p.source) and p.source not in _held
                    for p in pieces if isinstance(p, Span))
@@ -292,10 +326,15 @@ def _compose_s3(pieces: list[Piece], url: str) -> int:
     bucket, key = _key_of(url)
     client = s3_client()
     ctype = storage.content_type(key)
+    condition = {} if replace else {"IfNoneMatch": "*"}
     if len(parts) == 1 and not parts[0].copy:  # small (a held ProcessJob's): one PutObject
         body = b"".join(chunk for piece in parts[0].pieces for chunk in piece_chunks(piece))
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=ctype)
+            with _published(url):
+                client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=ctype,
+                                  **condition)
+        except _WriteConflict as exc:
+            raise exc.error() from exc.__cause__
         except storage._aws_errors() as exc:
             raise OutputNotWritableError(f"output {url}: the upload failed: {exc}; check the "
                                          "bucket and permissions, then re-run") from exc
@@ -336,14 +375,17 @@ def _compose_s3(pieces: list[Piece], url: str) -> int:
             # after a failed part, the copies queued are not started: with thousands of
             # parts they would go on for minutes before the upload is aborted
             pool.shutdown(wait=True, cancel_futures=True)
-        with _errors(url, "write", None):
+        with _errors(url, "write", None), _published(url):
             client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload,
                 MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": e}
-                                           for p, e in zip(parts, etags, strict=True)]})
+                                           for p, e in zip(parts, etags, strict=True)]},
+                **condition)
     except BaseException as exc:
         with suppress(Exception):
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+        if isinstance(exc, _WriteConflict):
+            raise exc.error() from exc.__cause__
         if isinstance(exc, TiffpipeError) and not isinstance(exc, StorageError):
             raise
         if isinstance(exc, Exception):

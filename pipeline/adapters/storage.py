@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, cast
 
 from pipeline.errors import (
     InputNotFoundError,
+    OutputExistsError,
     OutputNotWritableError,
     StorageError,
     TiffpipeError,
@@ -439,12 +440,11 @@ def _fresh(where: str) -> bool:
 
 
 def temp_output_path(url: str) -> str:
-    """Where to build an output before :func:`publish_file` (same folder if local; made)."""
-    name = os.path.basename(url.rstrip("/"))
+    """Where to build the local file ``url`` before :func:`publish_file`: a new name in its
+    folder (made)."""
     if is_s3(url):
-        import tempfile
-
-        return os.path.join(tempfile.gettempdir(), f"tiffpipe-{os.urandom(16).hex()}-{name}")
+        raise ValueError(f"{url}: S3 objects are written in one step, not renamed")
+    name = os.path.basename(url.rstrip("/"))
     folder = parent(url)
     _make_folder(folder)
     return os.path.join(folder, _temp_name(name, os.urandom(16).hex()))
@@ -481,41 +481,53 @@ def content_type(key: str) -> str:
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
-def publish_file(local_path: str, url: str, multipart_threshold: int = 64 * MiB,
-                 multipart_chunksize: int = 64 * MiB) -> None:
-    """Move a finished local file to its final location in one step (never half-visible).
-
-    Local: ``os.replace`` (via a temp name in the target folder across filesystems). S3: a
-    managed (multipart) upload, aborted on failure; the local file is removed after success.
-    """
-    if is_s3(url):
-        try:
-            from boto3.s3.transfer import TransferConfig
-
-            bucket, key = _key_of(url)
-            config = TransferConfig(multipart_threshold=multipart_threshold,
-                                    multipart_chunksize=multipart_chunksize, max_concurrency=4)
-            s3_client().upload_file(local_path, bucket, key, Config=config,
-                                    ExtraArgs={"ContentType": content_type(key)})
-        except (ValueError, OSError, *_aws_errors()) as exc:
-            raise OutputNotWritableError(f"output {url}: upload failed: {exc}; check the bucket "
-                                         "and permissions, then re-run") from exc
-        os.remove(local_path)
-        return
+def publish_file(local_path: str, url: str, replace: bool = True) -> None:
+    """Move a finished local file to the local path ``url`` in one step (never half-visible):
+    ``os.replace`` (via a temporary name in the target folder across filesystems). Without
+    ``replace``, never over a file there: a hard link made in one step, which fails if
+    ``url`` exists (:class:`OutputExistsError`, the file there left as it is), then the
+    source removed; where the filesystem has no hard links, a check for ``url`` just before
+    the rename."""
     tmp = ""
     try:
         _make_folder(parent(url))
         try:
-            os.replace(local_path, url)
+            _move(local_path, url, replace)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             tmp = temp_output_path(url)
             shutil.copyfile(local_path, tmp)
-            os.replace(tmp, url)
+            _move(tmp, url, replace)
             os.remove(local_path)
-    except OSError as exc:
+    except (OSError, OutputExistsError) as exc:
         if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OutputExistsError):
+            raise
         raise OutputNotWritableError(f"output {url}: cannot write: {exc}; check the folder, "
                                      "permissions and free space") from exc
+
+
+#: what ``os.link`` raises on a filesystem without hard links (FAT, some network shares)
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
+
+
+def _move(src: str, dst: str, replace: bool) -> None:
+    """Rename ``src`` to ``dst`` in one step; without ``replace``, :class:`OutputExistsError`
+    if ``dst`` exists."""
+    if replace:
+        os.replace(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"output {dst} exists already") from exc
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        if os.path.lexists(dst):
+            raise OutputExistsError(f"output {dst} exists already") from exc
+        os.replace(src, dst)
+        return
+    os.remove(src)

@@ -189,6 +189,8 @@ class Merged:
     job: int
     output: str
     output_bytes: int
+    #: the output appeared while the job ran and its if_exists is "skip": nothing published
+    skipped: bool = False
 
 
 @record
@@ -199,6 +201,7 @@ class JobProcessed:
     tiles: int
     output: str
     output_bytes: int
+    skipped: bool = False  # as Merged's
 
 
 @record

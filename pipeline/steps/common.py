@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
 _plans: OrderedDict[str, JobPlan] = OrderedDict()
 _plans_lock = threading.Lock()
 PLANS_KEPT = 8
+
+
+def save_skipped(job_work: str, job: int, spec: JobSpec, message: str,
+                 started: float) -> None:
+    """A job left undone because its output exists (``if_exists: skip``): its result
+    (SKIPPED, with ``message``), written where a finished job's goes."""
+    now = time.time()
+    held_work.save_result(layout.result_file(job_work), {
+        "job": job, "status": "SKIPPED", "input": spec.input, "output": spec.output,
+        "message": message, "started_at": started, "finished_at": now,
+        "seconds": round(now - started, 3)})
 
 
 def load_plan(plan_url: str) -> JobPlan:

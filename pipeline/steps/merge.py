@@ -44,8 +44,9 @@ from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.plan import raw_output_bytes
 from pipeline.core.tiff_layout import Piece, Span
+from pipeline.errors import OutputExistsError
 from pipeline.steps import held_work, layout, stopping
-from pipeline.steps.common import load_plan, raise_recorded, tile_threads
+from pipeline.steps.common import load_plan, raise_recorded, save_skipped, tile_threads
 from pipeline.steps.tile_table import TileTable
 
 #: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
@@ -65,7 +66,19 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     """Compose the output of ``plan`` from its segments, publish it and write the job's
     result (merge, and ProcessJob after its unit)."""
     spec = plan.spec
-    size = compose(output_pieces(plan), spec.output)
+    try:  # if_exists skip or fail: never over an output published since PlanJob looked
+        size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite")
+    except OutputExistsError as exc:
+        if spec.if_exists == "fail":
+            raise OutputExistsError(
+                f"output {spec.output} appeared while the job ran (if_exists: fail): it is "
+                "left as it is and this job's result discarded; remove it, or set if_exists "
+                "to overwrite or skip, and re-run") from exc
+        save_skipped(plan.work, plan.job, spec, "the output appeared while the job ran "
+                     "(if_exists: skip): left as it is, this job's result discarded",
+                     plan.started_at)
+        held_work.release(layout.plan_file(plan.work))
+        return {"job": plan.job, "output": spec.output, "output_bytes": 0, "skipped": True}
     finished = time.time()
     result = {
         "job": plan.job, "status": "SUCCEEDED", "input": spec.input, "output": spec.output,

@@ -18,7 +18,7 @@ from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan, single_task
 from pipeline.errors import InputNotFoundError, OperationError
 from pipeline.steps import held_work, layout
-from pipeline.steps.common import keep_plan, load_job, read_manifest
+from pipeline.steps.common import keep_plan, load_job, read_manifest, save_skipped
 from pipeline.steps.thumbs import sums_thumbnails
 
 
@@ -78,11 +78,8 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
 def skip_job(job: int, doc: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
     """A job whose output exists and whose ``if_exists`` is ``skip``: its result (SKIPPED)
     written as a finished job's, and PlanJob's answer that nothing is to run."""
-    now = time.time()
-    held_work.save_result(layout.result_file(layout.job_dir(doc["work"], job)), {
-        "job": job, "status": "SKIPPED", "input": spec.input, "output": spec.output,
-        "message": "the output exists already (if_exists: skip): left as it is",
-        "started_at": now, "finished_at": now, "seconds": 0.0})
+    save_skipped(layout.job_dir(doc["work"], job), job, spec,
+                 "the output exists already (if_exists: skip): left as it is", time.time())
     return {"plan": "", "job": job, "units": [], "batches": [], "tiles": 0, "fused": False,
             "stats": to_payload(StatsRound.next_round(0, 0)), "skipped": True}
 
