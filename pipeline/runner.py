@@ -23,7 +23,8 @@ from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX, contact_sheet_url
-from pipeline.engine.local import Listener, LocalEngine, StopRequest
+from pipeline.engine.execution import Listener
+from pipeline.engine.local import LocalEngine, StopRequest
 from pipeline.errors import INTERRUPTED_ERROR, EngineError, StorageError, TiffpipeError
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.engine import local, moto_patches
+from pipeline.engine import moto_patches, moto_run
 from pipeline.engine.local import LocalEngine
 from pipeline.engine.workers import WorkerPool, worker_tile_threads
 from pipeline.runner import run_local
@@ -204,7 +204,7 @@ def test_what_a_large_map_holds_is_bounded(tmp_path: Path, moto_before: dict[str
             if event.get("action") == "process" and event["batch"] in (40, 100):
                 seen["censuses"].append(census())
             if event.get("action") == "merge":  # the Process map run has ended
-                sfn = boto3.client("stepfunctions", region_name=local.REGION)
+                sfn = boto3.client("stepfunctions", region_name=moto_run.REGION)
                 machine = sfn.list_state_machines()["stateMachines"][0]["stateMachineArn"]
                 executions = sfn.list_executions(stateMachineArn=machine)["executions"]
                 runs = sfn.list_map_runs(executionArn=executions[0]["executionArn"])

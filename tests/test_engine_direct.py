@@ -25,15 +25,17 @@ import tifffile
 from conftest import ROOT
 
 from pipeline.core import plan as plan_mod
-from pipeline.engine import definition, direct, local
+from pipeline.core.constants import FUNCTIONS
+from pipeline.engine import definition, direct, local, moto_run, placement
+from pipeline.engine.execution import function_name
 from pipeline.engine.local import LocalEngine
 from pipeline.errors import EngineError
 from pipeline.runner import run_local
 
 pytestmark = pytest.mark.timeout(180)
 
-ROLE = f"arn:aws:iam::{local.ACCOUNT}:role/test"
-FN = f"arn:aws:lambda:{local.REGION}:{local.ACCOUNT}:function:tiffpipe-local-process"
+ROLE = f"arn:aws:iam::{moto_run.ACCOUNT}:role/test"
+FN = f"arn:aws:lambda:{moto_run.REGION}:{moto_run.ACCOUNT}:function:tiffpipe-local-process"
 RETRY = [{"ErrorEquals": ["Flaky"], "IntervalSeconds": 1, "MaxAttempts": 2, "BackoffRate": 1.0}]
 
 
@@ -111,11 +113,11 @@ def _on_direct(machine: dict[str, Any], data: Any) -> tuple[str, Any]:
 def _on_moto(machine: dict[str, Any], data: Any) -> tuple[str, Any]:
     from pipeline.engine.moto_patches import end_signal, lean_interpreter
 
-    with local._mocked_aws(), local.served_by(Lambda()), lean_interpreter(4), \
+    with moto_run.mocked_aws(), moto_run.served_by(Lambda()), lean_interpreter(4), \
             end_signal() as ended:
-        session = boto3.Session(region_name=local.REGION)
+        session = boto3.Session(region_name=moto_run.REGION)
         session.client("lambda").create_function(
-            FunctionName="tiffpipe-local-process", Role=LocalEngine._role(session, "r"),
+            FunctionName="tiffpipe-local-process", Role=moto_run._role(session, "r"),
             PackageType="Image", Code={"ImageUri": "x.dkr.ecr.us-east-1.amazonaws.com/p:l"})
         sfn = session.client("stepfunctions")
         arn = sfn.create_state_machine(name="m", roleArn=ROLE,
@@ -131,7 +133,7 @@ def _on_moto(machine: dict[str, Any], data: Any) -> tuple[str, Any]:
 
 
 def test_the_shipped_definition_is_supported():
-    machine = json.loads(definition.render({f: local.function_name(f) for f in local.FUNCTIONS}))
+    machine = json.loads(definition.render({f: function_name(f) for f in FUNCTIONS}))
     assert direct.unsupported(machine) is None
     assert direct.unsupported(MACHINE) is None
 
@@ -221,8 +223,8 @@ def test_the_engine_process_is_a_worker_and_the_pool_starts_only_when_it_pays(
     machine, so POOL_WORTH_S is pinned: out of reach for the short units (on a loaded
     machine they could otherwise add up to it), and reached by any unit for the slow ones
     (then only the wait, and how busy the unit keeps the cores, decide)."""
-    monkeypatch.setattr(local, "POOL_START_AFTER_S", wait)
-    monkeypatch.setattr(local, "POOL_WORTH_S", 0.0 if slow_here else 1e9)
+    monkeypatch.setattr(placement, "POOL_START_AFTER_S", wait)
+    monkeypatch.setattr(placement, "POOL_WORTH_S", 0.0 if slow_here else 1e9)
     monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)
     if slow_here:
         from pipeline.steps import process
@@ -346,48 +348,86 @@ def test_a_task_is_as_wide_as_its_tiles(tmp_path: Path):
 
 
 def test_the_pool_pays_when_the_waiting_tasks_hold_enough_work_and_cores_idle():
-    """The rule of :meth:`LocalEngine._pool_pays`: not before the wait; then the waiting
-    tasks times a task's time here (mean so far, or the oldest running one's age) against
-    POOL_WORTH_S, and only while the tasks here leave cores idle (POOL_BELOW_BUSY, measured
-    over the stretch they have run). The rule reads the clocks itself: they are stopped
-    here (local's ``time``: this process's wall and CPU seconds stand still), so the test
+    """The rule of :meth:`Placement.pays`: not before the wait; then the waiting tasks times
+    a task's time here (mean so far, or the oldest running one's age) against POOL_WORTH_S,
+    and only while the tasks here leave cores idle (POOL_BELOW_BUSY, measured over the
+    stretch they have run). The rule reads the clocks itself: they are stopped here
+    (placement's ``time``: this process's wall and CPU seconds stand still), so the test
     does not depend on how fast it runs."""
     now, idle = 1000.0, 50.0  # the wall clock, and this process's CPU seconds
-    with LocalEngine(2) as engine, pytest.MonkeyPatch.context() as mp:
-        mp.setattr(local, "time", SimpleNamespace(monotonic=lambda: now,
-                                                  process_time=lambda: idle))
+    cores = 2
+    slots = placement.Placement(cores, 2, pool=None, pool_for_all=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(placement, "time", SimpleNamespace(monotonic=lambda: now,
+                                                      process_time=lambda: idle))
 
         def running(age: float, stretch: float, cpu_used: float) -> None:
-            engine._engine_starts, engine._stretch_since = {1: now - age}, now - stretch
-            engine._engine_cpu_since = idle - cpu_used
+            slots.engine_starts, slots.stretch_since = {1: now - age}, now - stretch
+            slots.engine_cpu_since = idle - cpu_used
 
-        assert not engine._pool_pays(now + 10)  # still within the wait
-        engine._waiting = 5
+        assert not slots.pays(now + 10)  # still within the wait
+        slots.waiting = 5
         running(0.4, 0.4, 0.0)
-        assert not engine._pool_pays(now)  # 5 x 0.4 s, but less than 1 s to tell how busy
-        engine._waiting = 2
+        assert not slots.pays(now)  # 5 x 0.4 s, but less than 1 s to tell how busy
+        slots.waiting = 2
         running(0.7, 0.7, 0.0)
-        assert not engine._pool_pays(now)  # 2 x 0.7 s: less than a worker's start is worth
+        assert not slots.pays(now)  # 2 x 0.7 s: less than a worker's start is worth
         running(1.0, 1.0, 0.0)
-        assert engine._pool_pays(now)  # 2 x 1 s, and the task here left the cores idle
-        running(1.0, 1.0, 1.0 * engine._cores)  # it kept every core busy
-        assert not engine._pool_pays(now)
-        running(1.0, 1.0, 0.5 * engine._cores)  # half of them
-        assert engine._pool_pays(now)
+        assert slots.pays(now)  # 2 x 1 s, and the task here left the cores idle
+        running(1.0, 1.0, 1.0 * cores)  # it kept every core busy
+        assert not slots.pays(now)
+        running(1.0, 1.0, 0.5 * cores)  # half of them
+        assert slots.pays(now)
         # tasks side by side: the oldest's age, and busy over their stretch, not their sum
-        running(0.2, 3.0, 2.9 * engine._cores)
-        assert not engine._pool_pays(now)  # 2 x 0.2 s; and the cores were busy
-        engine._waiting = 10
-        assert not engine._pool_pays(now)  # 10 x 0.2 s, but the cores were busy
-        running(0.2, 3.0, 1.0 * engine._cores)
-        assert engine._pool_pays(now)  # a third of the stretch busy
-        engine._waiting = 2
+        running(0.2, 3.0, 2.9 * cores)
+        assert not slots.pays(now)  # 2 x 0.2 s; and the cores were busy
+        slots.waiting = 10
+        assert not slots.pays(now)  # 10 x 0.2 s, but the cores were busy
+        running(0.2, 3.0, 1.0 * cores)
+        assert slots.pays(now)  # a third of the stretch busy
+        slots.waiting = 2
         running(0.01, 0.01, 0.0)
-        engine._done_here, engine._wall_here = 2, 2.0
-        assert engine._pool_pays(now)  # 2 x the mean, 1 s
-        engine._waiting = 1
-        assert not engine._pool_pays(now)
-        assert not engine.pool.started
+        slots.done_here, slots.wall_here = 2, 2.0
+        assert slots.pays(now)  # 2 x the mean, 1 s
+        slots.waiting = 1
+        assert not slots.pays(now)
+
+
+def test_slots_here_while_the_tasks_leave_cores_free_and_none_once_aborted():
+    """Placement.take: a task runs here when nothing heavy does, or beside the ones here
+    while their widths leave its cores free and the tasks everywhere are fewer than the
+    workers; it waits otherwise, and takes the slot a released task frees. Once aborted,
+    a task waiting for a slot, and any that asks later, raises Aborted."""
+    slots = placement.Placement(cores=4, workers=3, pool=None, pool_for_all=True)
+    assert slots.take(engine=True, width=1, token=1) == "engine"
+    assert slots.take(engine=True, width=2, token=2) == "engine"  # 1 + 2 <= 4 cores
+    assert slots.busy == {"engine": 2, "pool": 0} and slots.engine_width == 3
+    got: list[str] = []
+    waiter = threading.Thread(target=lambda: got.append(slots.take(True, 2, 3)))
+    waiter.start()  # 3 + 2 > 4 cores: waits
+    waiter.join(0.2)
+    assert waiter.is_alive() and got == []
+    slots.release("engine", 2, 2)
+    waiter.join(5)
+    assert got == ["engine"] and slots.engine_width == 3
+    assert slots.done_here == 1
+    failed: list[BaseException] = []
+
+    def wait_for_one() -> None:
+        try:
+            slots.take(True, 4, 4)
+        except direct.Aborted as exc:
+            failed.append(exc)
+
+    waiter = threading.Thread(target=wait_for_one)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
+    assert slots.abort() and not slots.abort()  # the second one: aborted already
+    waiter.join(5)
+    assert len(failed) == 1 and not waiter.is_alive()
+    with pytest.raises(direct.Aborted):
+        slots.take(True, 1, 5)
 
 
 @pytest.mark.parametrize("workers,single", [(1, True), (2, True), (2, False)])

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline.engine import local, moto_patches
+from pipeline.engine import moto_patches, moto_run
 from pipeline.engine.local import LocalEngine
 from pipeline.errors import EngineError
 
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(180)
 
 PASS_MACHINE = json.dumps({"StartAt": "P", "States": {"P": {
     "Type": "Pass", "Parameters": {"seen.$": "$.value"}, "End": True}}})
-ROLE = f"arn:aws:iam::{local.ACCOUNT}:role/test"
+ROLE = f"arn:aws:iam::{moto_run.ACCOUNT}:role/test"
 
 
 def _python(code: str, cwd: Path | None = None, stderr: bool = False) -> str:
@@ -52,7 +52,7 @@ def _parser_class() -> Any:
 
 
 def _run_pass_machine(value: int) -> tuple[Any, str]:
-    sfn = boto3.client("stepfunctions", region_name=local.REGION)
+    sfn = boto3.client("stepfunctions", region_name=moto_run.REGION)
     machine = sfn.create_state_machine(name=f"m{value}", definition=PASS_MACHINE,
                                        roleArn=ROLE)["stateMachineArn"]
     execution = sfn.start_execution(stateMachineArn=machine, name=f"e{value}",
@@ -160,7 +160,7 @@ def test_a_definition_is_parsed_once_and_the_end_is_signalled(monkeypatch: pytes
         return original(definition)
 
     monkeypatch.setattr(parser, "parse", staticmethod(counting))
-    with local._mocked_aws(), moto_patches.lean_interpreter(4) as skipped, \
+    with moto_run.mocked_aws(), moto_patches.lean_interpreter(4) as skipped, \
             moto_patches.end_signal() as ended:
         assert skipped == [] and ended is not None
         sfn, execution = _run_pass_machine(7)
@@ -183,15 +183,15 @@ def test_a_definition_is_parsed_once_and_the_end_is_signalled(monkeypatch: pytes
 
 def test_an_invalid_definition_is_reported_as_moto_reports_it():
     def create(definition: str) -> str:
-        sfn = boto3.client("stepfunctions", region_name=local.REGION)
+        sfn = boto3.client("stepfunctions", region_name=moto_run.REGION)
         with pytest.raises(ClientError) as info:
             sfn.create_state_machine(name="bad", definition=definition, roleArn=ROLE)
         return str(info.value)
 
     bad = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "Next": 3}}})
-    with local._mocked_aws():
+    with moto_run.mocked_aws():
         expected = create(bad)
-    with local._mocked_aws(), moto_patches.lean_interpreter(4), moto_patches.end_signal():
+    with moto_run.mocked_aws(), moto_patches.lean_interpreter(4), moto_patches.end_signal():
         assert create(bad) == expected
     assert "ASLParserException" in expected
 

@@ -35,7 +35,7 @@ from pipeline.aws.executions import BUCKET_TAG
 from pipeline.aws.images import tag_prefix
 from pipeline.aws.policies import DataLocation
 from pipeline.core import plan as plan_mod
-from pipeline.engine.local import served_by
+from pipeline.engine.moto_run import served_by
 from pipeline.sample import SamplePage, write_sample
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,0 +1,177 @@
+"""A run on moto's Step Functions interpreter: the definition as AWS runs it, with every
+state moto supports, its Lambda tasks served by the worker pool (real handler code).
+
+The local engine (:class:`pipeline.engine.local.LocalEngine`) runs here what its direct
+interpreter does not support (``interpreter="auto"``), or everything with
+``interpreter="moto"``. moto mocks AWS in this process only, its state machine executing
+for real; :mod:`pipeline.engine.moto_patches` makes its interpreter lean and quick to start
+while a run lasts. With it, the only module that knows moto's internals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pipeline.core.constants import FUNCTION_SIZES, FUNCTIONS
+from pipeline.core.events import JobList
+from pipeline.engine import definition
+from pipeline.engine.execution import (
+    Execution,
+    Invoker,
+    Listener,
+    function_name,
+    function_of,
+)
+from pipeline.engine.workers import WorkerPool
+from pipeline.errors import EngineError
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
+                  "AWS_ENDPOINT_URL_SFN", "AWS_ENDPOINT_URL_IAM")
+
+
+@contextmanager
+def mocked_aws() -> Iterator[None]:
+    """moto with real state machine execution, in this process only. Endpoint variables are
+    hidden meanwhile so that moto serves the engine's own calls (the workers keep them)."""
+    from moto import mock_aws
+
+    # moto logs every failed task at ERROR and warns about declarations it ignores; the
+    # run report carries the errors, so keep the terminal clean.
+    logging.getLogger("moto").setLevel(logging.CRITICAL)
+    saved = {k: os.environ.pop(k) for k in _ENDPOINT_VARS if k in os.environ}
+    try:
+        config = {"stepfunctions": {"execute_state_machine": True},
+                  "lambda": {"use_docker": False}}
+        with mock_aws(config=config):  # type: ignore[arg-type]
+            yield
+    finally:
+        os.environ.update(saved)
+
+
+@contextmanager
+def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]:
+    """Serve moto's Lambda invokes with the real handlers (moto's non-Docker Lambda backend
+    only echoes payloads). A function named ``...-split`` (``-process``, ``-merge``) is that
+    step, whatever its prefix: the engine's own and a deployed stack's names both work."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
+               response_headers: dict[str, str]) -> bytes:
+        function = function_of(name)
+        event = json.loads(body or "{}")
+        ok, payload = pool.invoke(function, event)
+        if not ok:
+            response_headers["x-amz-function-error"] = "Unhandled"
+        if listener is not None:
+            listener(function, event, ok, payload)
+        return json.dumps(payload).encode()
+
+    original = LambdaSimpleBackend.invoke
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
+
+
+def history_events(sfn: Any, execution: str) -> int:
+    """The number of events in an execution's history (all pages)."""
+    count, kwargs = 0, {"executionArn": execution, "maxResults": 1000}
+    while True:
+        page = sfn.get_execution_history(**kwargs)
+        count += len(page["events"])
+        if not page.get("nextToken"):
+            return count
+        kwargs["nextToken"] = page["nextToken"]
+
+
+def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
+                definition_text: str | None, execution_input: dict[str, Any], name: str,
+                poll: float, aborted: Callable[[], bool]) -> Execution:
+    """One execution of the definition (``definition_text``, else statemachine.asl.json) on
+    ``execution_input``, its tasks served by ``pool``, at most ``map_threads`` items of a
+    Distributed Map in flight; ``poll``: seconds between status checks if moto's end of an
+    execution cannot be signalled. Once ``aborted()``, the execution is stopped."""
+    import boto3
+
+    from pipeline.engine.moto_patches import (
+        crash_watch,
+        end_signal,
+        item_reader,
+        lean_interpreter,
+    )
+
+    def read_items(parameters: dict[str, Any]) -> str:
+        """The job list a Distributed Map's ItemReader names (Bucket, Key), from the work
+        location through a worker: moto mocks S3 in this process (see
+        moto_patches.item_reader)."""
+        return pool.read_text(JobList(parameters["Bucket"], parameters["Key"]).url)
+
+    started = time.time()
+    with (mocked_aws(), served_by(pool, listener), lean_interpreter(map_threads),
+          end_signal() as ended, crash_watch() as crashes, item_reader(read_items)):
+        # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
+        wait = poll if ended is None else max(poll, 1.0)
+        session = boto3.Session(region_name=REGION)
+        # moto's Lambda needs its role to exist in IAM; a state machine's role ARN only
+        # needs to be well-formed, and the one role trusts both services
+        role = _role(session, "tiffpipe-local")
+        arns = _create_functions(session, role)
+        sfn = session.client("stepfunctions")
+        machine = sfn.create_state_machine(
+            name="tiffpipe-local", roleArn=role,
+            definition=definition.render(arns, definition_text))["stateMachineArn"]
+        execution = sfn.start_execution(
+            stateMachineArn=machine, name=name,
+            input=json.dumps(execution_input))["executionArn"]
+        while True:
+            desc = sfn.describe_execution(executionArn=execution)
+            if desc["status"] != "RUNNING":
+                break
+            if aborted():  # its tasks in the stopped pool fail at once
+                sfn.stop_execution(executionArn=execution, error="Aborted",
+                                   cause="the run was stopped")
+                return Execution("ABORTED", None, "Aborted", "the run was stopped",
+                                 time.time() - started)
+            if crashes:  # moto's interpreter died: the execution can never end
+                exc = crashes[0]
+                raise EngineError(f"the embedded engine's interpreter (moto) stopped: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if ended is None:
+                time.sleep(wait)
+            elif ended.wait(wait):  # woken when an execution ends
+                ended.clear()
+        events = history_events(sfn, execution)
+    output = json.loads(desc["output"]) if desc.get("output") else None
+    return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
+                     time.time() - started, events)
+
+
+def _role(session: Any, name: str) -> str:
+    iam = session.client("iam")
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRole",
+        "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]}}]}
+    return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))[
+        "Role"]["Arn"]
+
+
+def _create_functions(session: Any, role: str) -> dict[str, str]:
+    lam = session.client("lambda")
+    arns = {}
+    for function in FUNCTIONS:
+        arns[function] = lam.create_function(
+            FunctionName=function_name(function), Role=role, PackageType="Image",
+            Code={"ImageUri": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/"
+                              f"tiffpipe-{function}:local"},
+            Timeout=FUNCTION_SIZES[function].timeout,
+            MemorySize=FUNCTION_SIZES[function].memory)["FunctionArn"]
+    return arns
