@@ -185,6 +185,9 @@ def _segment_puts(size: float) -> int:
     return 1 + (1 if parts <= 1 else parts + 2)
 
 
+Phases = list[tuple[str, list[float]]]
+
+
 def estimate(plans: list[JobPlan], calibration: dict[str, Any],
              overrides: dict[str, float] | None = None, concurrency: int = 1000,
              definition: dict[str, Any] | None = None,
@@ -197,125 +200,24 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     cal = calibration
     notes: set[str] = set()
     ledger = _Ledger(a)
-    add, steps, warnings = ledger.add, ledger.steps, ledger.warnings
+    steps = ledger.steps
     input_bytes = input_bytes or [None] * len(plans)
-    mem, eph = ledger.mem, ledger.eph
     speed = a["lambda_core_speed"]
-    mbps = a["s3_mb_per_s"] * 1e6
-    calls = cal.get("calls", {})
     imports = cal.get("import_s", {})
-
-    def call_s(action: str) -> float:
-        return float(calls.get(action, {}).get("wall_s", 0.5))
-
-    sim_jobs: list[list[tuple[str, list[float]]]] = []
+    sim_jobs: list[Phases] = []
     job_rows: list[dict[str, Any]] = []
-    work_bytes_total = 0.0
     objects_total = 0
     # run.json, jobs.json and job-specs.bin (every job's record)
-    add("plan_run", call_s("plan_run") / speed, get=1, put=3)
+    ledger.add("plan_run", _call_s(cal, "plan_run") / speed, get=1, put=3)
     for i, plan in enumerate(plans):
-        geo = plan_geometry(plan)
-        units, batches = item_work(plan)
-        rounds = stats_rounds(plan)
-        fused = bool(getattr(plan, "fused", False))
-        single = single_task(plan)
-        held = held_output(plan)  # a single task's segment in memory: the output uploaded
-        info = plan.pages[0].info if plan.pages else None
-        if info is None:
+        if not plan.pages:
             continue
-        dtype, ch = info.dtype, info.channels
-        comp = plan.spec.output_options.compression
-        c = job_costs(cal, dtype, ch, plan.pages[0].out_channels, comp, plan.spec.ops, fused,
-                      notes, f"jobs[{i}] ({plan.spec.input})")
-        if input_bytes[i]:
-            in_bpm = float(input_bytes[i]) / max(geo["core_mpx"], 1e-9)
-        elif cal.get("input_bytes_per_mpx"):  # no file: as compressed as the bench's input
-            value, scale = _by_kind(cal["input_bytes_per_mpx"], dtype, ch, notes, "input bytes")
-            in_bpm = float(value) * scale
-        else:
-            in_bpm = c.work_bpm
-        out_bytes = geo["output_mpx"] * c.out_bpm
-        phases: list[tuple[str, list[float]]] = [
-            # its entry and record in job-specs.bin, the input's size and header reads; the
-            # output's check (a multipart upload started, a PUT request, and aborted: free)
-            # and the plan
-            ("plan_job", [add("plan_job", call_s("plan_job") / speed,
-                              get=3 + len(plan.pages) // 8 + 1, put=2)])]
-        if single:  # one ProcessJob: the unit, then the merge below, in one invocation
-            phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held)
-        elif fused:
-            phases += _fused_phases(ledger, c, units, in_bpm)
-        else:
-            phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
-                                      call_s("report"))
-            if level_units(plan):
-                phases += _level_phases(ledger, c, units)
-        merge_cal = cal["merge"]
-        parts, segments = merge_parts(plan, out_bytes)
-        largest = largest_job(c.out_bpm, fused, parts, out_bytes)
-        # merge moves only what it reads through (header top-ups, short runs; for a pyramid
-        # the units' deepest level, or unfused the base tiles); the rest is copied in S3
-        through = parts.read_through + _pyramid_through(plan, out_bytes)
-        merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
-                     + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
-        copied = max(0.0, out_bytes - parts.read_through)
-        copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
-        merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
-        if held:  # every byte uploaded from memory: no index or segment read, no copy
-            uploads = math.ceil(out_bytes / UPLOAD_PART)
-            # one PutObject up to a part's size, else a multipart upload; and the result
-            puts = (1 if uploads <= 1 else uploads + 2) + 1
-            merged = add("process_job", merge_cpu / speed + out_bytes / mbps, merge_cpu,
-                         put=puts, bytes_out=out_bytes, invocation=False)
-        else:
-            # a ProcessJob publishes as merge does, without listing recorded errors
-            merged = add("process_job" if single else "merge", merge_s, merge_cpu,
-                         get=1 + segments + math.ceil(through / READ_CHUNK),
-                         put=parts.parts + 3, lst=0 if single else 1, bytes_in=through,
-                         bytes_out=through, invocation=not single)
-        if single:
-            phases[-1][1][-1] += merged
-            ledger.check_timeout("process_job", phases[-1][1][-1])
-        else:
-            phases.append(("merge", [merged]))
-        if parts.parts > MAX_PARTS:
-            warnings.append(f"jobs[{i}]: the output needs about {parts.parts:,} multipart parts, "
-                            f"more than S3's {MAX_PARTS:,}: split the job into jobs of fewer "
-                            "pages")
-        if out_bytes > MAX_OBJECT:
-            warnings.append(f"jobs[{i}]: the output ({out_bytes / 1e12:.1f} TB) passes S3's "
-                            f"largest object ({MAX_OBJECT / 1e12:.1f} TB): split the job into "
-                            "jobs of fewer pages")
+        phases, row, objects = _job(ledger, cal, notes, i, plan, input_bytes[i])
         sim_jobs.append(phases)
-        # the segments and their indexes (and, unfused, the work tiles), the plan and result
-        work = (0.0 if held else out_bytes if fused
-                else geo["haloed_mpx"] * c.work_bpm + out_bytes)
-        work_bytes_total += work
-        objects_total += (0 if held else 2 * segments) + (0 if fused else int(geo["tiles"])) + 2
-        job_rows.append({"job": i, "input": plan.spec.input, "pages": int(geo["pages"]),
-                         "megapixels": geo["core_mpx"], "haloed_megapixels": geo["haloed_mpx"],
-                         "output_megapixels": geo["output_mpx"], "tiles": int(geo["tiles"]),
-                         "fused": fused, "single": single, "held": held, "units": len(units),
-                         "batches": len(batches),
-                         "stats_rounds": rounds, "output_bytes": out_bytes, "work_bytes": work,
-                         "compression": comp, "kind": _kind(dtype, ch),
-                         "merge": {"parts": parts.parts, "copies": parts.copies,
-                                   "uploads": parts.uploads, "segments": segments,
-                                   "read_through_bytes": through},
-                         "largest_job": largest})
-    add("report", call_s("report") / speed, get=1 + len(plans), put=1)
-
-    # cold starts: one per concurrent environment of each function, billed (container images
-    # pay their init phase); counted as rows of their own, not as invocations
-    for f in FUNCTIONS:
-        invocations = sum(steps[k]["invocations"] for k in STEPS if FUNCTION_OF[k] == f)
-        envs = min(invocations, concurrency)
-        row = steps[f"cold_{f}"]
-        row["environments"] = envs
-        row["seconds"] = envs * (a["cold_start_s"] + float(imports.get(f, 0.0)))
-        row["gb_s"] = row["seconds"] * mem[f] / 1024
-        row["ephemeral_gb_s"] = row["seconds"] * max(eph[f] - 512, 0) / 1024
+        job_rows.append(row)
+        objects_total += objects
+    ledger.add("report", _call_s(cal, "report") / speed, get=1 + len(plans), put=1)
+    _cold_starts(ledger, imports, concurrency)
 
     # state transitions: each job's Choices follow its plan (fused, statistics rounds)
     job_ctx = [{"units": r["units"], "batches": r["batches"], "rounds": r["stats_rounds"],
@@ -329,34 +231,23 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     wall = simulate(sim_jobs, concurrency, limits.get("jobs", 0),
                     limits.get("batches", 0) or limits.get("units", 0), latency)
     # PlanRun and Report around the jobs; the first wave of each function starts cold
-    wall += (call_s("plan_run") + call_s("report")) / speed + 3 * latency + sum(
+    wall += (_call_s(cal, "plan_run") + _call_s(cal, "report")) / speed + 3 * latency + sum(
         a["cold_start_s"] + float(imports.get(f, 0.0)) for f in FUNCTIONS)
 
-    total_get = sum(s["get"] for s in steps.values())
-    total_put = sum(s["put"] for s in steps.values())
-    total_list = sum(s["list"] for s in steps.values())
+    s3 = {key: sum(s[key] for s in steps.values()) for key in ("get", "put", "list")}
     invocations = sum(s["invocations"] for s in steps.values())
-    gb_s = sum(s["gb_s"] for s in steps.values())
-    eph_gb_s = sum(s["ephemeral_gb_s"] for s in steps.values())
+    work_bytes_total = sum(r["work_bytes"] for r in job_rows)
     storage_gb_month = work_bytes_total / 1e9 * a["work_retention_days"] / 30.4
-    cost = {
-        "lambda_duration": gb_s * a["lambda_gb_s"],
-        "lambda_requests": invocations * a["lambda_request"],
-        "lambda_ephemeral": eph_gb_s * a["lambda_ephemeral_gb_s"],
-        "step_functions": transitions["total"] * a["sfn_transition"],
-        "s3_requests": (total_put + total_list) * a["s3_put"] + total_get * a["s3_get"],
-        "s3_storage": storage_gb_month * a["s3_gb_month"],
-    }
-    cost["total"] = sum(cost.values())
+    cost = _cost(a, steps, invocations, transitions["total"], s3, storage_gb_month)
     megapixels = sum(r["megapixels"] for r in job_rows)
     return {
         "jobs": job_rows,
         "megapixels": megapixels,
         "steps": {k: v for k, v in steps.items() if v["invocations"] or v["seconds"]},
         "invocations": invocations,
-        "gb_s": gb_s,
+        "gb_s": sum(s["gb_s"] for s in steps.values()),
         "state_transitions": transitions,
-        "s3": {"get": total_get, "put": total_put, "list": total_list,
+        "s3": {**s3,
                "bytes_read": sum(s["bytes_in"] for s in steps.values()),
                "bytes_written": sum(s["bytes_out"] for s in steps.values()),
                "work_bytes": work_bytes_total, "work_objects": objects_total,
@@ -371,5 +262,135 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
             "machine": (cal.get("machine") or {}).get("cpu"),
             "cores": (cal.get("machine") or {}).get("cores")},
         "notes": sorted(notes),
-        "warnings": sorted(set(warnings)),
+        "warnings": sorted(set(ledger.warnings)),
     }
+
+
+def _call_s(cal: dict[str, Any], action: str) -> float:
+    """A light call's measured seconds (``calls`` of the calibration; 0.5 s unmeasured)."""
+    return float(cal.get("calls", {}).get(action, {}).get("wall_s", 0.5))
+
+
+def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: JobPlan,
+         input_size: float | None) -> tuple[Phases, dict[str, Any], int]:
+    """Job ``i``'s invocations, added to ``ledger``: its phases (for the schedule), its row
+    of the estimate, and the work objects it writes."""
+    a = ledger.a
+    speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
+    geo = plan_geometry(plan)
+    units, batches = item_work(plan)
+    rounds = stats_rounds(plan)
+    fused = bool(getattr(plan, "fused", False))
+    single = single_task(plan)
+    held = held_output(plan)  # a single task's segment in memory: the output uploaded
+    info = plan.pages[0].info
+    dtype, ch = info.dtype, info.channels
+    comp = plan.spec.output_options.compression
+    c = job_costs(cal, dtype, ch, plan.pages[0].out_channels, comp, plan.spec.ops, fused,
+                  notes, f"jobs[{i}] ({plan.spec.input})")
+    if input_size:
+        in_bpm = float(input_size) / max(geo["core_mpx"], 1e-9)
+    elif cal.get("input_bytes_per_mpx"):  # no file: as compressed as the bench's input
+        value, scale = _by_kind(cal["input_bytes_per_mpx"], dtype, ch, notes, "input bytes")
+        in_bpm = float(value) * scale
+    else:
+        in_bpm = c.work_bpm
+    out_bytes = geo["output_mpx"] * c.out_bpm
+    phases: Phases = [
+        # its entry and record in job-specs.bin, the input's size and header reads; the
+        # output's check (a multipart upload started, a PUT request, and aborted: free)
+        # and the plan
+        ("plan_job", [ledger.add("plan_job", _call_s(cal, "plan_job") / speed,
+                                 get=3 + len(plan.pages) // 8 + 1, put=2)])]
+    if single:  # one ProcessJob: the unit, then the merge below, in one invocation
+        phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held)
+    elif fused:
+        phases += _fused_phases(ledger, c, units, in_bpm)
+    else:
+        phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
+                                  _call_s(cal, "report"))
+        if level_units(plan):
+            phases += _level_phases(ledger, c, units)
+    merge_cal = cal["merge"]
+    parts, segments = merge_parts(plan, out_bytes)
+    largest = largest_job(c.out_bpm, fused, parts, out_bytes)
+    # merge moves only what it reads through (header top-ups, short runs; for a pyramid
+    # the units' deepest level, or unfused the base tiles); the rest is copied in S3
+    through = parts.read_through + _pyramid_through(plan, out_bytes)
+    merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
+                 + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
+    copied = max(0.0, out_bytes - parts.read_through)
+    copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
+    merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
+    if held:  # every byte uploaded from memory: no index or segment read, no copy
+        uploads = math.ceil(out_bytes / UPLOAD_PART)
+        # one PutObject up to a part's size, else a multipart upload; and the result
+        puts = (1 if uploads <= 1 else uploads + 2) + 1
+        merged = ledger.add("process_job", merge_cpu / speed + out_bytes / mbps, merge_cpu,
+                            put=puts, bytes_out=out_bytes, invocation=False)
+    else:
+        # a ProcessJob publishes as merge does, without listing recorded errors
+        merged = ledger.add("process_job" if single else "merge", merge_s, merge_cpu,
+                            get=1 + segments + math.ceil(through / READ_CHUNK),
+                            put=parts.parts + 3, lst=0 if single else 1, bytes_in=through,
+                            bytes_out=through, invocation=not single)
+    if single:
+        phases[-1][1][-1] += merged
+        ledger.check_timeout("process_job", phases[-1][1][-1])
+    else:
+        phases.append(("merge", [merged]))
+    if parts.parts > MAX_PARTS:
+        ledger.warnings.append(f"jobs[{i}]: the output needs about {parts.parts:,} multipart "
+                               f"parts, more than S3's {MAX_PARTS:,}: split the job into jobs "
+                               "of fewer pages")
+    if out_bytes > MAX_OBJECT:
+        ledger.warnings.append(f"jobs[{i}]: the output ({out_bytes / 1e12:.1f} TB) passes S3's "
+                               f"largest object ({MAX_OBJECT / 1e12:.1f} TB): split the job "
+                               "into jobs of fewer pages")
+    # the segments and their indexes (and, unfused, the work tiles), the plan and result
+    work = (0.0 if held else out_bytes if fused
+            else geo["haloed_mpx"] * c.work_bpm + out_bytes)
+    objects = (0 if held else 2 * segments) + (0 if fused else int(geo["tiles"])) + 2
+    row = {"job": i, "input": plan.spec.input, "pages": int(geo["pages"]),
+           "megapixels": geo["core_mpx"], "haloed_megapixels": geo["haloed_mpx"],
+           "output_megapixels": geo["output_mpx"], "tiles": int(geo["tiles"]),
+           "fused": fused, "single": single, "held": held, "units": len(units),
+           "batches": len(batches),
+           "stats_rounds": rounds, "output_bytes": out_bytes, "work_bytes": work,
+           "compression": comp, "kind": _kind(dtype, ch),
+           "merge": {"parts": parts.parts, "copies": parts.copies,
+                     "uploads": parts.uploads, "segments": segments,
+                     "read_through_bytes": through},
+           "largest_job": largest}
+    return phases, row, objects
+
+
+def _cold_starts(ledger: _Ledger, imports: dict[str, float], concurrency: int) -> None:
+    """Cold starts: one per concurrent environment of each function, billed (container
+    images pay their init phase); counted as rows of their own, not as invocations."""
+    a, steps = ledger.a, ledger.steps
+    for f in FUNCTIONS:
+        invocations = sum(steps[k]["invocations"] for k in STEPS if FUNCTION_OF[k] == f)
+        envs = min(invocations, concurrency)
+        row = steps[f"cold_{f}"]
+        row["environments"] = envs
+        row["seconds"] = envs * (a["cold_start_s"] + float(imports.get(f, 0.0)))
+        row["gb_s"] = row["seconds"] * ledger.mem[f] / 1024
+        row["ephemeral_gb_s"] = row["seconds"] * max(ledger.eph[f] - 512, 0) / 1024
+
+
+def _cost(a: dict[str, float], steps: dict[str, dict[str, float]], invocations: float,
+          transitions: float, s3: dict[str, float], storage_gb_month: float
+          ) -> dict[str, float]:
+    """The run's cost in USD by item, and its ``total``."""
+    cost = {
+        "lambda_duration": sum(s["gb_s"] for s in steps.values()) * a["lambda_gb_s"],
+        "lambda_requests": invocations * a["lambda_request"],
+        "lambda_ephemeral": (sum(s["ephemeral_gb_s"] for s in steps.values())
+                             * a["lambda_ephemeral_gb_s"]),
+        "step_functions": transitions * a["sfn_transition"],
+        "s3_requests": (s3["put"] + s3["list"]) * a["s3_put"] + s3["get"] * a["s3_get"],
+        "s3_storage": storage_gb_month * a["s3_gb_month"],
+    }
+    cost["total"] = sum(cost.values())
+    return cost
