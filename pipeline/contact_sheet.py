@@ -73,6 +73,7 @@ class Row:
     error: dict[str, str] | None
     detail: str  # e.g. "12.6 MP, 3.1 s"
     ops: str = ""  # the op chain, e.g. "gaussian_blur(sigma=2)"
+    message: str = ""  # a skipped job's: why (its output existed, or appeared meanwhile)
 
 
 def layout_size(rows: int, truncated: bool = False) -> tuple[int, int]:
@@ -103,7 +104,7 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
         else:
             rows.append(Row(index, job["status"], job["input"], job["output"],
                             asked[0] if asked else 0, None, job.get("error") or {},
-                            f"{job.get('seconds', 0):.1f} s", ops))
+                            f"{job.get('seconds', 0):.1f} s", ops, job.get("message", "")))
     return rows
 
 
@@ -326,8 +327,8 @@ def _draw_row(band: Image.Image, draw: ImageDraw.ImageDraw, row: Row,
         _cell(band, draw, x_out, thumbs[(row.output, row.out_page)], small)
     elif skipped:  # its output is an earlier run's: not drawn as this run's
         draw.rectangle((x_out, 0, x_out + CELL - 1, CELL - 1), outline=FRAME)
-        for k, text in enumerate(_wrap("skipped: the output exists already (if_exists: "
-                                       "skip)", small, CELL - 12, 13)):
+        why = row.message or "the output exists already (if_exists: skip)"
+        for k, text in enumerate(_wrap(f"skipped: {why}", small, CELL - 12, 13)):
             draw.text((x_out + 6, 6 + 17 * k), text, fill=GREY, font=small)
     else:
         error = row.error or {}

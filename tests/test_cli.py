@@ -18,10 +18,11 @@ import pytest
 import tifffile
 from conftest import read_pages
 
-from pipeline import cli, ui
+from pipeline import cli, contact_sheet, ui
 from pipeline.core.ops import OPS
 from pipeline.demo import DEMO_MANIFEST, SAMPLE_PAGES
 from pipeline.sample import SamplePage, write_sample
+from pipeline.steps.common import read_manifest
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -427,7 +428,7 @@ def test_if_exists_holds_when_the_output_appears_while_the_job_runs(
     log = io.StringIO()
     try:
         result = run_local(str(tmp_path / "x.json"), 2, interpreter=interpreter,
-                           listener=ui.RunProgress([], stream=log))
+                           listener=ui.RunProgress([], stream=log), contact_sheet=True)
     finally:
         custom.load.cache_clear()
     report = result.report
@@ -456,6 +457,12 @@ def test_if_exists_holds_when_the_output_appears_while_the_job_runs(
     for n in skipped:
         assert f"job {n}: skipped, its output appeared while it ran (if_exists: skip)" \
             in log.getvalue()
+    # the contact sheet says why each skipped job's output is not this run's
+    rows = contact_sheet.sheet_rows(report, read_manifest(str(tmp_path / "x.json")))
+    assert sorted(r.job for r in rows if r.status == "SKIPPED") == skipped
+    assert all(r.message.startswith("the output appeared while the job ran")
+               for r in rows if r.status == "SKIPPED")
+    assert result.contact_sheet and os.path.getsize(result.contact_sheet) > 0
 
 
 def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path, monkeypatch):
