@@ -53,6 +53,25 @@ def test_a_scan_resolves_into_a_scan_spec():
     assert parse_manifest({"scan": {"input": "in", "output": "out"}}, "m.json", BASE) == []
 
 
+def test_a_scans_jobs_skip_an_output_that_exists_unless_told_otherwise():
+    """A scan makes jobs of the outputs that do not exist: if one appears before its job
+    publishes (another run of the scan), the job is skipped, not redone over it. if_exists
+    set in the scan or the defaults wins."""
+    def if_exists(data: dict[str, Any]) -> str:
+        spec = parse_manifest_or_scan(data, "m.json", BASE)
+        assert isinstance(spec, ScanSpec)
+        [job] = scan_jobs(spec, [os.path.join(spec.input, "a.tif")], [])
+        assert job.if_exists == spec.if_exists
+        return job.if_exists
+
+    scan = {"input": "in", "output": "out"}
+    assert if_exists({"scan": scan}) == "skip"
+    assert if_exists({"scan": {**scan, "if_exists": "overwrite"}}) == "overwrite"
+    assert if_exists({"defaults": {"if_exists": "fail"}, "scan": scan}) == "fail"
+    assert if_exists({"defaults": {"if_exists": "fail"},
+                      "scan": {**scan, "if_exists": "skip"}}) == "skip"
+
+
 def test_scan_problems_are_all_reported_with_their_paths():
     assert problems_of({"scan": {"input": "ftp://x/in/", "outpt": "out/", "tile": 100,
                                  "ops": [{"op": "gaussian_blur", "sigma": "two"}],

@@ -39,6 +39,7 @@ from typing import Any
 
 from pipeline.core.job_fields import (
     Layer,
+    Setting,
     cross_problems,
     effective,
     job_fields,
@@ -113,7 +114,9 @@ class ScanSpec:
     """A scan: every TIFF under ``input`` without an output under ``output`` is a job.
 
     ``input`` and ``output`` are resolved folders (absolute paths) or ``s3://bucket/prefix/``
-    prefixes (always ending in ``/``); the other fields are those every job gets.
+    prefixes (always ending in ``/``); the other fields are those every job gets, but
+    ``if_exists`` is ``skip`` unless set: a scan's jobs are for outputs that do not exist, so
+    one that appears meanwhile (another run of the scan made it) is left as it is.
     """
 
     input: str
@@ -123,7 +126,7 @@ class ScanSpec:
     tile: int = DEFAULT_TILE
     output_options: OutputOptions = field(default_factory=OutputOptions)
     fuse: bool = True
-    if_exists: str = "overwrite"
+    if_exists: str = "skip"
 
     def relative(self, location: str) -> str | None:
         """``location``'s path under the input, with ``/`` separators; None if it is not a
@@ -225,6 +228,8 @@ def _parse_scan(scan: Any, defaults: Layer, base_dir: str,
     layer = parse_layer(scan, "scan", problems)
     eff = effective([defaults, layer])
     problems.extend(cross_problems(eff, layer))
+    if eff["if_exists"].layer is None:  # not set: a scan's default (see ScanSpec)
+        eff["if_exists"] = Setting("skip", None)
     if src is None or dst is None or not all(s.ok for s in eff.values()):
         return None
     return ScanSpec(
