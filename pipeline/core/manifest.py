@@ -263,17 +263,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
                    f"\"defaults\"), got {show(data)}")
         raise ManifestError(source, [message])
     unknown_fields(data, TOP_FIELDS, "", problems)
-
-    defaults = Layer("defaults")
-    if "defaults" in data:
-        if isinstance(data["defaults"], dict):
-            hint = {k: "; input and output are set in each job" for k in ("input", "output")}
-            unknown_fields(data["defaults"], DEFAULT_FIELDS, "defaults", problems, hint)
-            defaults = parse_layer(data["defaults"], "defaults", problems)
-            problems.extend(cross_problems(effective([defaults]), defaults))
-        else:
-            problems.append(f"defaults: expected an object with any of "
-                            f"{', '.join(DEFAULT_FIELDS)}, got {show(data['defaults'])}")
+    defaults = _parse_defaults(data, problems)
 
     if "scan" in data:
         scan = _parse_scan(data["scan"], defaults, base_dir, problems)
@@ -294,62 +284,91 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
     inputs: list[tuple[int, str]] = []  # (job, resolved input) of every valid input
     outputs: dict[str, int] = {}  # resolved output -> first job writing it
     for i, job in enumerate(jobs):
-        path = f"jobs[{i}]"
-        if not isinstance(job, dict):
-            problems.append(f"{path}: expected an object with \"input\" and \"output\", "
-                            f"got {show(job)}")
+        spec = _parse_job(job, i, defaults, base_dir, inputs, outputs, problems)
+        if spec is not None:
+            specs.append(spec)
+    problems.extend(_overwritten_inputs(inputs, outputs))
+    if problems:
+        raise ManifestError(source, problems)
+    return specs
+
+
+def _parse_defaults(data: dict[str, Any], problems: list[str]) -> Layer:
+    """The manifest's ``defaults`` layer (empty without one; its problems added)."""
+    if "defaults" not in data:
+        return Layer("defaults")
+    if not isinstance(data["defaults"], dict):
+        problems.append(f"defaults: expected an object with any of "
+                        f"{', '.join(DEFAULT_FIELDS)}, got {show(data['defaults'])}")
+        return Layer("defaults")
+    hint = {k: "; input and output are set in each job" for k in ("input", "output")}
+    unknown_fields(data["defaults"], DEFAULT_FIELDS, "defaults", problems, hint)
+    defaults = parse_layer(data["defaults"], "defaults", problems)
+    problems.extend(cross_problems(effective([defaults]), defaults))
+    return defaults
+
+
+def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str,
+               inputs: list[tuple[int, str]], outputs: dict[str, int],
+               problems: list[str]) -> JobSpec | None:
+    """Job ``i`` of the manifest, or None if it has problems (added to ``problems``). Its
+    resolved input is added to ``inputs``; its output to ``outputs`` (a second job writing
+    it is a problem)."""
+    path = f"jobs[{i}]"
+    if not isinstance(job, dict):
+        problems.append(f"{path}: expected an object with \"input\" and \"output\", "
+                        f"got {show(job)}")
+        return None
+    unknown_fields(job, JOB_FIELDS, path, problems)
+    where: dict[str, str | None] = {}
+    for name in ("input", "output"):
+        if name not in job:
+            problems.append(f"{path}.{name}: expected {_LOCATION} (required), got nothing")
+            where[name] = None
             continue
-        unknown_fields(job, JOB_FIELDS, path, problems)
-        where: dict[str, str | None] = {}
-        for name in ("input", "output"):
-            if name not in job:
-                problems.append(f"{path}.{name}: expected {_LOCATION} (required), got nothing")
-                where[name] = None
-                continue
-            message = _location_problem(job[name])
-            if message:
-                problems.append(f"{path}.{name}: {message}")
-                where[name] = None
-            else:
-                where[name] = resolve_location(job[name], base_dir)
-        if where["output"] is not None:
-            if not job["output"].lower().endswith((".tif", ".tiff")):
-                problems.append(f"{path}.output: expected a path ending in .tif or .tiff, "
-                                f"got {show(job['output'])}")
-            key = _same_key(where["output"])
-            if key in outputs:
-                problems.append(f"{path}.output: same output as jobs[{outputs[key]}] "
-                                f"({json.dumps(where['output'])})")
-            else:
-                outputs[key] = i
-        if where["input"] is not None:
-            inputs.append((i, where["input"]))
+        message = _location_problem(job[name])
+        if message:
+            problems.append(f"{path}.{name}: {message}")
+            where[name] = None
+        else:
+            where[name] = resolve_location(job[name], base_dir)
+    if where["output"] is not None:
+        if not job["output"].lower().endswith((".tif", ".tiff")):
+            problems.append(f"{path}.output: expected a path ending in .tif or .tiff, "
+                            f"got {show(job['output'])}")
+        key = _same_key(where["output"])
+        if key in outputs:
+            problems.append(f"{path}.output: same output as jobs[{outputs[key]}] "
+                            f"({json.dumps(where['output'])})")
+        else:
+            outputs[key] = i
+    if where["input"] is not None:
+        inputs.append((i, where["input"]))
 
-        layer = parse_layer(job, path, problems)
-        eff = effective([defaults, layer])
-        problems.extend(cross_problems(eff, layer))
-        if where["input"] is not None and where["output"] is not None and all(
-                setting.ok for setting in eff.values()):
-            specs.append(JobSpec(
-                input=where["input"],
-                output=where["output"],
-                **job_fields(eff)))
+    layer = parse_layer(job, path, problems)
+    eff = effective([defaults, layer])
+    problems.extend(cross_problems(eff, layer))
+    if where["input"] is None or where["output"] is None or not all(
+            setting.ok for setting in eff.values()):
+        return None
+    return JobSpec(input=where["input"], output=where["output"], **job_fields(eff))
 
+
+def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, int]) -> list[str]:
+    """A problem for each output that is a job's input (its own or another's)."""
     # each input's first job, by location: one lookup an output (a pairwise check was
     # O(n^2): 1.3 million comparisons, ~1 s, for a manifest of 1,144 jobs)
     first_reader: dict[str, tuple[int, str]] = {}
     for j, location in inputs:
         first_reader.setdefault(_same_key(location), (j, location))
+    problems = []
     for key, i in outputs.items():
         if key in first_reader:
             j, location = first_reader[key]
             whose = "its own input" if i == j else f"the input of jobs[{j}]"
             problems.append(f"jobs[{i}].output: same location as {whose} "
                             f"({json.dumps(location)}); the output would overwrite it")
-
-    if problems:
-        raise ManifestError(source, problems)
-    return specs
+    return problems
 
 
 def load_manifest_text(text: str, source: str, base_dir: str) -> list[JobSpec]:
