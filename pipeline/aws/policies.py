@@ -171,6 +171,11 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
     if step == "split":
         statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
                                      [f"{stack}{MANIFESTS}*"]))
+        # plan_run of a scan: is an earlier run of it still running (its input's manifest)?
+        statements += [
+            _allow("ListRunningRuns", ["states:ListExecutions"], [names.state_machine_arn]),
+            _allow("ReadRunningRuns", ["states:DescribeExecution"], [names.executions_arn]),
+        ]
     if step in ("process", "merge"):
         # merge, process_job (a job of one unit, whole): a multipart upload; plan_job: one
         # started and aborted, the output's check

@@ -261,6 +261,9 @@ class RunEvent(RunInput):
     PlanRun payload sets (deploy.py --concurrency; pipeline/core/concurrency.py)."""
 
     concurrency: int = 0
+    #: the execution's ARN (``$$.Execution.Id``): a scan's run defers to an earlier run of
+    #: the same manifest still running (pipeline/adapters/earlier_runs.py)
+    execution: str = ""
 
 
 @record

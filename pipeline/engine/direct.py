@@ -7,7 +7,7 @@ ResultSelector, ResultPath, OutputPath, Retry (interval, backoff, max attempts, 
 Catch; Map (inline and distributed item processors, ItemsPath, ItemSelector, MaxConcurrency
 and MaxConcurrencyPath, ToleratedFailurePercentage/Count); Choice (the comparison operators on one Variable, And, Or,
 Not); Pass, Succeed and Fail. Paths are the reference paths ``$``, ``$.a.b`` and the context
-object's ``$$.Map.Item.Value`` / ``Index``, ``$$.Execution.Input`` / ``Name``.
+object's ``$$.Map.Item.Value`` / ``Index``, ``$$.Execution.Input`` / ``Name`` / ``Id``.
 :func:`unsupported` names the first thing of a definition outside this, and the engine then
 runs it on moto instead, so a definition that grows a feature never runs wrong here.
 """
@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+#: ``$$.Execution.Id`` of an execution named ``name`` (the embedded engine's fake account)
+EXECUTION_ARN = "arn:aws:states:us-east-1:123456789012:execution:tiffpipe-local:{name}"
 _COMMON = {"Type", "Comment", "Next", "End", "InputPath", "OutputPath"}
 _FIELDS = {
     "Task": _COMMON | {"Resource", "Parameters", "ResultSelector", "ResultPath", "Retry",
@@ -268,7 +270,8 @@ class Interpreter:
 
     def run(self, data: Any, name: str) -> Any:
         """The execution's output, or StateError, or Aborted."""
-        return self._machine(self.machine, data, {"Execution": {"Input": data, "Name": name}})
+        return self._machine(self.machine, data, {"Execution": {
+            "Input": data, "Name": name, "Id": EXECUTION_ARN.format(name=name)}})
 
     def abort(self) -> None:
         """Stop the execution (thread-safe): see the class."""

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from pipeline.adapters import storage
+from pipeline.adapters import earlier_runs, storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import concurrency
@@ -29,11 +29,18 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     job indices go to a file (``jobs.json``), not to the result: the ``Jobs`` Distributed
     Map's ItemReader reads them, so the state payloads stay small for any number of jobs.
     It also shares the run's concurrency out between its jobs (core.concurrency.share).
+    A scan's run that an earlier run of the same scan is still running on AWS plans no job
+    (:mod:`pipeline.adapters.earlier_runs`): its run.json names that run.
     """
     parsed = read_manifest(event.manifest)
-    specs = expand_scan(parsed) if isinstance(parsed, ScanSpec) else parsed
+    earlier = None
+    if isinstance(parsed, ScanSpec):
+        earlier = earlier_runs.earlier_run(event.execution, event.manifest)
+        specs = [] if earlier else expand_scan(parsed)
+    else:
+        specs = parsed
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
-                        event.report or storage.join(event.work, "report.json"))
+                        event.report or storage.join(event.work, "report.json"), earlier)
     jobs_url = layout.jobs_file(event.work)
     storage.write_json(jobs_url, list(range(len(specs))), indent=None)
     jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)
@@ -41,14 +48,16 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
             "jobs_at_once": jobs_at_once, "per_job": per_job}
 
 
-def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, report: str) -> str:
+def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, report: str,
+              deferred_to: str | None = None) -> str:
     """Write run.json (the run and every job's spec: the report and the contact sheet read
     it) and job-specs.bin (each job's record: its spec, the work location, the run's start),
     of which a job's steps read only their record (:func:`pipeline.steps.common.load_job`):
     run.json grows with the jobs, and 10,000 jobs' PlanJobs each reading it would read ~3 MB
     each (O(n^2)). One file for all the records, not one a job: a file a job cost PlanRun,
     before any job started, ~1.5 ms a job on a local disk (1,144 jobs: 1.5-2 s) and a PUT a
-    job on S3. Returns run.json's URL."""
+    job on S3. ``deferred_to``: the earlier run of the same scan this one leaves its jobs
+    to. Returns run.json's URL."""
     started = time.time()
     jobs = [s.to_json() for s in specs]
     storage.write_bytes(layout.job_specs_file(work), layout.pack_job_specs(
@@ -57,9 +66,11 @@ def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, repor
     run_url = layout.run_file(work)
     # compact, as every work file: json's C encoder writes only those (indented JSON goes
     # through its pure-Python one, which showed in PlanRun's profile of 381 jobs)
-    storage.write_json(run_url, {"run_id": run_id, "manifest": manifest, "work": work,
-                                 "report": report, "started_at": started, "jobs": jobs},
-                       indent=None)
+    doc = {"run_id": run_id, "manifest": manifest, "work": work, "report": report,
+           "started_at": started, "jobs": jobs}
+    if deferred_to:
+        doc["deferred_to"] = deferred_to
+    storage.write_json(run_url, doc, indent=None)
     return run_url
 
 

@@ -100,6 +100,8 @@ def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[st
            "started_at": run["started_at"], "finished_at": now,
            "seconds": round(now - run["started_at"], 3),
            "succeeded": succeeded, "failed": failed, "skipped": skipped, "jobs": jobs}
+    if run.get("deferred_to"):  # a scan's run that left its jobs to an earlier one
+        doc["deferred_to"] = run["deferred_to"]
     storage.write_json(run["report"], doc)
     return {"report": run["report"], "succeeded": succeeded, "failed": failed,
             "skipped": skipped}

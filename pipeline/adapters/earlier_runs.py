@@ -1,0 +1,87 @@
+"""An earlier run of the same scan, still running on AWS: a scan run defers to it.
+
+A scan's jobs are the inputs that have no output yet. Two runs of one scan at the same time
+(a run longer than its schedule's interval, as a first run over a backlog is) would both
+make jobs of every input the first one has not finished, and both do them (the later one
+publishes nothing: a scan's jobs skip an output that exists, at PlanJob or when they would
+publish). So PlanRun of a scan asks Step Functions for the state machine's running
+executions: if one that started before this one runs the same manifest, this run plans no
+job, and its report names that run; the next run after it picks up what is new.
+
+Only on Lambda: a local run's executions are its engine's own, and there is no list of the
+others. Never a reason to fail the run: without the permissions (a stack deployed before
+them) or on any error of Step Functions, the run goes on as before, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: an execution's ARN: partition, region, account, state machine, execution name
+_EXECUTION = re.compile(r"^arn:(aws[\w-]*):states:([^:]+):(\d+):execution:([^:/]+):([^:/]+)$")
+#: running executions looked at, at most (10 pages of ListExecutions)
+MAX_RUNNING = 1000
+
+
+def on_lambda() -> bool:
+    """Whether this process is a Lambda function's (where other runs can be listed)."""
+    return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+
+
+def state_machine_of(execution: str) -> str | None:
+    """The ARN of the state machine of a (top-level) execution ARN; None for another ARN."""
+    m = _EXECUTION.match(execution)
+    if m is None:
+        return None
+    partition, region, account, machine, _ = m.groups()
+    return f"arn:{partition}:states:{region}:{account}:stateMachine:{machine}"
+
+
+def earlier_run(execution: str, manifest: str, client: Any = None) -> str | None:
+    """The ARN of a running execution of ``execution``'s state machine that started before it
+    (ties broken by ARN) on the same ``manifest``; None if there is none, off Lambda, or if
+    Step Functions cannot tell (logged). ``client``: a Step Functions client (default: one
+    for the execution's region)."""
+    machine = state_machine_of(execution)
+    if machine is None or not on_lambda():
+        return None
+    import botocore.exceptions
+
+    try:
+        if client is None:
+            import boto3
+
+            client = boto3.client("stepfunctions", region_name=execution.split(":")[3])
+        return _earlier(client, machine, execution, manifest)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        log.warning("cannot tell whether an earlier run of %s is still running (%s); the run "
+                    "goes on: deploy the stack again to grant states:ListExecutions and "
+                    "states:DescribeExecution to the split function", manifest, exc)
+        return None
+
+
+def _earlier(client: Any, machine: str, execution: str, manifest: str) -> str | None:
+    running: list[tuple[Any, str]] = []
+    pages = client.get_paginator("list_executions").paginate(
+        stateMachineArn=machine, statusFilter="RUNNING",
+        PaginationConfig={"MaxItems": MAX_RUNNING, "PageSize": 100})
+    for page in pages:  # top-level runs only (a Distributed Map's children, should they be
+        # listed, are execution:<machine>/<map>:<id> and run one job, never a manifest)
+        running += [(e["startDate"], e["executionArn"]) for e in page["executions"]
+                    if state_machine_of(e["executionArn"]) == machine]
+    own = next((start for start, arn in running if arn == execution), None)
+    if own is None:  # not listed yet (the list is eventually consistent)
+        own = client.describe_execution(executionArn=execution)["startDate"]
+    for start, arn in sorted(running):
+        if (start, arn) >= (own, execution):
+            break
+        doc = json.loads(client.describe_execution(executionArn=arn).get("input") or "{}")
+        if isinstance(doc, dict) and doc.get("manifest") == manifest:
+            return arn
+    return None

@@ -1,0 +1,121 @@
+"""A scan's run defers to an earlier run of the same scan still running on AWS
+(pipeline/adapters/earlier_runs.py): Step Functions is moto's (its executions stay RUNNING
+until stopped: none is executed here); the run's planning and report are the real steps, on
+a local folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from pipeline import ui
+from pipeline.adapters import earlier_runs
+from pipeline.core.events import ReportEvent, RunEvent
+from pipeline.sample import SamplePage, write_sample
+from pipeline.steps import layout, planning
+from pipeline.steps import report as report_step
+
+REGION = "us-east-1"
+MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}
+
+
+@pytest.fixture
+def sfn(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """moto's Step Functions with one state machine, as seen from a Lambda function."""
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SFN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "tiffpipe-t1-split")
+    with mock_aws():
+        client = boto3.client("stepfunctions", region_name=REGION)
+        machine = client.create_state_machine(
+            name="tiffpipe-t1", definition=json.dumps(MACHINE),
+            roleArn="arn:aws:iam::123456789012:role/r")["stateMachineArn"]
+        client.machine = machine  # type: ignore[attr-defined]
+        yield client
+
+
+def _start(sfn: Any, manifest: str) -> str:
+    return str(sfn.start_execution(stateMachineArn=sfn.machine,
+                                   input=json.dumps({"manifest": manifest}))["executionArn"])
+
+
+def test_the_earlier_running_execution_of_the_same_manifest(
+        sfn: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """Of the running executions, one that started before this one on the same manifest;
+    not a later one, not another manifest's, not a stopped one; nothing off Lambda or for
+    what is not an execution ARN; a Step Functions error (no permission) is a warning and
+    no earlier run."""
+    scan, other = "s3://b/manifests/schedule.json", "s3://b/manifests/other.json"
+    first, second, third = _start(sfn, scan), _start(sfn, scan), _start(sfn, other)
+    assert earlier_runs.earlier_run(second, scan) == first
+    assert earlier_runs.earlier_run(first, scan) is None
+    assert earlier_runs.earlier_run(third, other) is None
+    assert earlier_runs.state_machine_of(first) == sfn.machine
+    assert earlier_runs.state_machine_of("") is None
+    # a Distributed Map's child execution is not a run of its own
+    assert earlier_runs.state_machine_of(first.replace(":execution:tiffpipe-t1:",
+                                                       ":execution:tiffpipe-t1/Jobs:")) is None
+    assert earlier_runs.earlier_run("", scan) is None
+    with monkeypatch.context() as mp:
+        mp.delenv("AWS_LAMBDA_FUNCTION_NAME")
+        assert earlier_runs.earlier_run(second, scan) is None
+    sfn.stop_execution(executionArn=first)
+    assert earlier_runs.earlier_run(second, scan) is None
+
+    denied = boto3.client("stepfunctions", region_name=REGION)
+
+    def deny(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not "
+                                     "authorized to perform: states:ListExecutions"}},
+                          "ListExecutions")
+
+    denied.meta.events.register("before-call.states.ListExecutions", deny)
+    with caplog.at_level(logging.WARNING, logger="pipeline.adapters.earlier_runs"):
+        assert earlier_runs.earlier_run(third, other, client=denied) is None
+    assert "AccessDeniedException" in caplog.text and "the run goes on" in caplog.text
+
+
+def test_a_scan_run_leaves_its_jobs_to_an_earlier_run_of_the_scan(sfn: Any, tmp_path: Path):
+    """PlanRun of a scan whose earlier run is still running plans no job; run.json and the
+    report name that run, and the summary says why there is no job. Without it, the same
+    scan plans its new file; a manifest of jobs is never deferred."""
+    (tmp_path / "in").mkdir()
+    write_sample(str(tmp_path / "in" / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    scan = tmp_path / "scan.json"
+    scan.write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"jobs": [{"input": "in/a.tif", "output": "out/a.tif"}]}))
+
+    def plan(manifest: Path, execution: str, name: str) -> tuple[dict[str, Any], Any]:
+        work = str(tmp_path / "work" / name)
+        event = RunEvent(manifest=str(manifest), work=work, run_id=name,
+                         report=str(tmp_path / f"{name}.report.json"), execution=execution)
+        planned = planning.plan_run(event)
+        return planned, json.loads(Path(layout.run_file(work)).read_text())
+
+    earlier = _start(sfn, str(scan))
+    later = _start(sfn, str(scan))
+    planned, run = plan(scan, later, "deferred")
+    assert planned["jobs"] == 0 and run["jobs"] == [] and run["deferred_to"] == earlier
+    report_step.report(ReportEvent(run=layout.run_file(str(tmp_path / "work" / "deferred"))))
+    report = json.loads((tmp_path / "deferred.report.json").read_text())
+    assert report["deferred_to"] == earlier and report["jobs"] == []
+    title, rows = ui.summary_rows(report)
+    assert f"an earlier run of this scan is still running ({earlier})" in title and rows == []
+
+    planned, run = plan(scan, earlier, "first")  # the earlier run itself goes on
+    assert planned["jobs"] == 1 and "deferred_to" not in run
+    assert run["jobs"][0]["input"] == str(tmp_path / "in" / "a.tif")
+    _start(sfn, str(jobs))
+    planned, run = plan(jobs, _start(sfn, str(jobs)), "jobs")
+    assert planned["jobs"] == 1 and "deferred_to" not in run
