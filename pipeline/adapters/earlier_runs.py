@@ -54,10 +54,14 @@ def earlier_run(execution: str, manifest: str, client: Any = None) -> str | None
     import botocore.exceptions
 
     try:
-        if client is None:
-            import boto3
+        if client is None:  # quick to give up: Step Functions out of reach must not hold
+            import boto3  # up the run (a function in a VPC without a route to it)
+            from botocore.config import Config
 
-            client = boto3.client("stepfunctions", region_name=execution.split(":")[3])
+            client = boto3.client("stepfunctions", region_name=execution.split(":")[3],
+                                  config=Config(connect_timeout=5, read_timeout=10,
+                                                retries={"mode": "standard",
+                                                         "max_attempts": 3}))
         return _earlier(client, machine, execution, manifest)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         log.warning("cannot tell whether an earlier run of %s is still running (%s); the run "
