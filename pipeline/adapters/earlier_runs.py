@@ -54,10 +54,12 @@ def earlier_run(execution: str, manifest: str, client: Any = None) -> str | None
     import botocore.exceptions
 
     try:
-        if client is None:  # quick to give up: Step Functions out of reach must not hold
-            import boto3  # up the run (a function in a VPC without a route to it)
+        if client is None:
+            import boto3
             from botocore.config import Config
 
+            # quick to give up: Step Functions out of reach (a function in a VPC without a
+            # route to it) must not hold up the run
             client = boto3.client("stepfunctions", region_name=execution.split(":")[3],
                                   config=Config(connect_timeout=5, read_timeout=10,
                                                 retries={"mode": "standard",
