@@ -51,26 +51,28 @@ def _start(sfn: Any, manifest: str) -> str:
 
 def test_the_earlier_running_execution_of_the_same_manifest(
         sfn: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
-    """Of the running executions, one that started before this one on the same manifest;
-    not a later one, not another manifest's, not a stopped one; nothing off Lambda or for
-    what is not an execution ARN; a Step Functions error (no permission) is a warning and
-    no earlier run."""
+    """Of the running executions, one that started before this one on a manifest the caller
+    says is the same scan; not a later one, not another's, not a stopped one; nothing off
+    Lambda or for what is not an execution ARN; a Step Functions error (no permission) is a
+    warning and no earlier run."""
     scan, other = "s3://b/manifests/schedule.json", "s3://b/manifests/other.json"
     first, second, third = _start(sfn, scan), _start(sfn, scan), _start(sfn, other)
-    assert earlier_runs.earlier_run(second, scan) == first
-    assert earlier_runs.earlier_run(first, scan) is None
-    assert earlier_runs.earlier_run(third, other) is None
+    is_scan, is_other = scan.__eq__, other.__eq__
+    assert earlier_runs.earlier_run(second, is_scan) == first
+    assert earlier_runs.earlier_run(first, is_scan) is None
+    assert earlier_runs.earlier_run(third, is_other) is None
+    assert earlier_runs.earlier_run(third, is_scan) == first
     assert earlier_runs.state_machine_of(first) == sfn.machine
     assert earlier_runs.state_machine_of("") is None
     # a Distributed Map's child execution is not a run of its own
     assert earlier_runs.state_machine_of(first.replace(":execution:tiffpipe-t1:",
                                                        ":execution:tiffpipe-t1/Jobs:")) is None
-    assert earlier_runs.earlier_run("", scan) is None
+    assert earlier_runs.earlier_run("", is_scan) is None
     with monkeypatch.context() as mp:
         mp.delenv("AWS_LAMBDA_FUNCTION_NAME")
-        assert earlier_runs.earlier_run(second, scan) is None
+        assert earlier_runs.earlier_run(second, is_scan) is None
     sfn.stop_execution(executionArn=first)
-    assert earlier_runs.earlier_run(second, scan) is None
+    assert earlier_runs.earlier_run(second, is_scan) is None
 
     denied = boto3.client("stepfunctions", region_name=REGION)
 
@@ -81,7 +83,7 @@ def test_the_earlier_running_execution_of_the_same_manifest(
 
     denied.meta.events.register("before-call.states.ListExecutions", deny)
     with caplog.at_level(logging.WARNING, logger="pipeline.adapters.earlier_runs"):
-        assert earlier_runs.earlier_run(third, other, client=denied) is None
+        assert earlier_runs.earlier_run(third, is_other, client=denied) is None
     assert "AccessDeniedException" in caplog.text and "the run goes on" in caplog.text
 
 
@@ -118,4 +120,15 @@ def test_a_scan_run_leaves_its_jobs_to_an_earlier_run_of_the_scan(sfn: Any, tmp_
     assert run["jobs"][0]["input"] == str(tmp_path / "in" / "a.tif")
     _start(sfn, str(jobs))
     planned, run = plan(jobs, _start(sfn, str(jobs)), "jobs")
+    assert planned["jobs"] == 1 and "deferred_to" not in run
+
+    # another manifest of the same scan (tiffpipe start uploads a local one to a key of
+    # its own) defers too; a scan of the same input into another output does not
+    copy = tmp_path / "copy.json"
+    copy.write_text(scan.read_text())
+    planned, run = plan(copy, _start(sfn, str(copy)), "copy")
+    assert planned["jobs"] == 0 and run["deferred_to"] == earlier
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"scan": {"input": "in", "output": "out2"}}))
+    planned, run = plan(elsewhere, _start(sfn, str(elsewhere)), "elsewhere")
     assert planned["jobs"] == 1 and "deferred_to" not in run

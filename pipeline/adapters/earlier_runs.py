@@ -1,11 +1,12 @@
-"""An earlier run of the same scan, still running on AWS: a scan run defers to it.
+"""An earlier run of the same scan, still running on AWS: a scan's run defers to it.
 
 A scan's jobs are the inputs that have no output yet. Two runs of one scan at the same time
 (a run longer than its schedule's interval, as a first run over a backlog is) would both
 make jobs of every input the first one has not finished, and both do them (the later one
 publishes nothing: a scan's jobs skip an output that exists, at PlanJob or when they would
 publish). So PlanRun of a scan asks Step Functions for the state machine's running
-executions: if one that started before this one runs the same manifest, this run plans no
+executions: if one that started before this one runs the same scan (the same manifest, or
+one that scans the same input into the same output: the caller tells), this run plans no
 job, and its report names that run; the next run after it picks up what is new.
 
 Only on Lambda: a local run's executions are its engine's own, and there is no list of the
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,11 @@ def state_machine_of(execution: str) -> str | None:
     return f"arn:{partition}:states:{region}:{account}:stateMachine:{machine}"
 
 
-def earlier_run(execution: str, manifest: str, client: Any = None) -> str | None:
+def earlier_run(execution: str, same: Callable[[str], bool], client: Any = None) -> str | None:
     """The ARN of a running execution of ``execution``'s state machine that started before it
-    (ties broken by ARN) on the same ``manifest``; None if there is none, off Lambda, or if
-    Step Functions cannot tell (logged). ``client``: a Step Functions client (default: one
-    for the execution's region)."""
+    (ties broken by ARN) on a manifest for which ``same(manifest URL)`` is true; None if
+    there is none, off Lambda, or if Step Functions cannot tell (logged). ``client``: a Step
+    Functions client (default: one for the execution's region)."""
     machine = state_machine_of(execution)
     if machine is None or not on_lambda():
         return None
@@ -64,15 +66,16 @@ def earlier_run(execution: str, manifest: str, client: Any = None) -> str | None
                                   config=Config(connect_timeout=5, read_timeout=10,
                                                 retries={"mode": "standard",
                                                          "max_attempts": 3}))
-        return _earlier(client, machine, execution, manifest)
+        return _earlier(client, machine, execution, same)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        log.warning("cannot tell whether an earlier run of %s is still running (%s); the run "
-                    "goes on: deploy the stack again to grant states:ListExecutions and "
-                    "states:DescribeExecution to the split function", manifest, exc)
+        log.warning("cannot tell whether an earlier run of this scan is still running (%s); "
+                    "the run goes on: deploy the stack again to grant states:ListExecutions "
+                    "and states:DescribeExecution to the split function", exc)
         return None
 
 
-def _earlier(client: Any, machine: str, execution: str, manifest: str) -> str | None:
+def _earlier(client: Any, machine: str, execution: str, same: Callable[[str], bool]
+             ) -> str | None:
     running: list[tuple[Any, str]] = []
     pages = client.get_paginator("list_executions").paginate(
         stateMachineArn=machine, statusFilter="RUNNING",
@@ -88,6 +91,7 @@ def _earlier(client: Any, machine: str, execution: str, manifest: str) -> str | 
         if (start, arn) >= (own, execution):
             break
         doc = json.loads(client.describe_execution(executionArn=arn).get("input") or "{}")
-        if isinstance(doc, dict) and doc.get("manifest") == manifest:
+        manifest = doc.get("manifest") if isinstance(doc, dict) else None
+        if isinstance(manifest, str) and same(manifest):
             return arn
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.adapters import earlier_runs, storage
@@ -16,7 +17,7 @@ from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import make_plan, single_task
-from pipeline.errors import InputNotFoundError, OperationError
+from pipeline.errors import InputNotFoundError, OperationError, TiffpipeError
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import keep_plan, load_job, read_manifest, save_skipped
 from pipeline.steps.thumbs import sums_thumbnails
@@ -35,7 +36,7 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     parsed = read_manifest(event.manifest)
     earlier = None
     if isinstance(parsed, ScanSpec):
-        earlier = earlier_runs.earlier_run(event.execution, event.manifest)
+        earlier = earlier_runs.earlier_run(event.execution, _same_scan(parsed, event.manifest))
         specs = [] if earlier else expand_scan(parsed)
     else:
         specs = parsed
@@ -46,6 +47,23 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)
     return {"run": run_url, "jobs": len(specs), "items": JobList.of(jobs_url).to_json(),
             "jobs_at_once": jobs_at_once, "per_job": per_job}
+
+
+def _same_scan(scan: ScanSpec, url: str) -> Callable[[str], bool]:
+    """Whether another run's manifest (its URL) is this scan: the same manifest, or one that
+    scans the same input into the same output (``tiffpipe start`` uploads a local manifest
+    to a key of the run's own; an unreadable or other manifest is not)."""
+    def same(other: str) -> bool:
+        if other == url:
+            return True
+        try:
+            parsed = read_manifest(other)
+        except TiffpipeError:
+            return False
+        return isinstance(parsed, ScanSpec) and (parsed.input, parsed.output) == (
+            scan.input, scan.output)
+
+    return same
 
 
 def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, report: str,
