@@ -132,3 +132,27 @@ def test_a_scan_run_leaves_its_jobs_to_an_earlier_run_of_the_scan(sfn: Any, tmp_
     elsewhere.write_text(json.dumps({"scan": {"input": "in", "output": "out2"}}))
     planned, run = plan(elsewhere, _start(sfn, str(elsewhere)), "elsewhere")
     assert planned["jobs"] == 1 and "deferred_to" not in run
+
+
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_the_state_machine_hands_plan_run_its_execution(tmp_path: Path, interpreter: str):
+    """The definition passes PlanRun its execution's ARN ($$.Execution.Id), on both of the
+    embedded engine's interpreters as on AWS: what a scan's run looks earlier runs up by."""
+    from pipeline.runner import run_local
+
+    (tmp_path / "in").mkdir()
+    write_sample(str(tmp_path / "in" / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    manifest = tmp_path / "scan.json"
+    manifest.write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+    events: list[dict[str, Any]] = []
+
+    def listen(function: str, event: dict[str, Any], ok: bool, payload: Any) -> None:
+        if event.get("action") == "plan_run":
+            events.append(event)
+
+    result = run_local(str(manifest), 1, interpreter=interpreter, listener=listen)
+    assert result.ok and result.report is not None and len(result.report["jobs"]) == 1
+    [event] = events
+    machine = earlier_runs.state_machine_of(event["execution"])
+    assert machine is not None and machine.endswith(":stateMachine:tiffpipe-local")
+    assert event["execution"].endswith(f":run-{result.report['run_id']}")
