@@ -134,6 +134,7 @@ def test_a_scan_run_leaves_its_jobs_to_an_earlier_run_of_the_scan(sfn: Any, tmp_
     assert planned["jobs"] == 1 and "deferred_to" not in run
 
 
+@pytest.mark.engine  # a scan run on the embedded engine (the other tests here are unit tests)
 @pytest.mark.parametrize("interpreter", ["direct", "moto"])
 def test_the_state_machine_hands_plan_run_its_execution(tmp_path: Path, interpreter: str):
     """The definition passes PlanRun its execution's ARN ($$.Execution.Id), on both of the
