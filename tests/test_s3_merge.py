@@ -721,3 +721,42 @@ def test_merge_leaves_an_output_published_since_plan_job(s3, mode):
         storage.write_bytes(result_url, kept)
     assert _get(s3, f"race/{mode}.tif") == b"theirs"
     assert _uploads(s3) == []
+
+
+@pytest.mark.parametrize("size", [4000, 12 * MiB])
+def test_a_store_without_conditional_writes_is_checked_before_the_write(s3, size):
+    """An S3-compatible store that answers 501 NotImplemented to If-None-Match (moto does
+    not: the answer is made here, to conditional requests only): the output is looked for,
+    then written without the condition; one that exists is left as it is
+    (OutputExistsError), the upload aborted."""
+    from botocore.exceptions import ClientError
+
+    source = f"s3://{BUCKET}/plain-src/segment"
+    data = os.urandom(size)
+    storage.write_bytes(source, data)
+    pieces = [tiff_layout.Literal(b"II*\x00"), tiff_layout.Span(source, 0, size)]
+    url, key = f"s3://{BUCKET}/plain-out/{size}.tif", f"plain-out/{size}.tif"
+    operation = "PutObject" if size < 5 * MiB else "CompleteMultipartUpload"
+    refused: list[str] = []
+
+    def no_conditions(params: dict[str, Any], **_: Any) -> None:
+        if "If-None-Match" in params.get("headers", {}):
+            refused.append(operation)
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "A header you "
+                                         "provided implies functionality that is not "
+                                         "implemented"},
+                               "ResponseMetadata": {"HTTPStatusCode": 501}}, operation)
+
+    client = segments.s3_client()
+    client.meta.events.register(f"before-call.s3.{operation}", no_conditions)
+    try:
+        assert compose(pieces, url, replace=False) == 4 + size
+        assert _get(s3, key) == b"II*\x00" + data
+        s3["client"].put_object(Bucket=BUCKET, Key=key, Body=b"the other writer's output")
+        with pytest.raises(OutputExistsError, match=re.escape(f"output {url} exists")):
+            compose(pieces, url, replace=False)
+    finally:
+        client.meta.events.unregister(f"before-call.s3.{operation}", no_conditions)
+    assert refused == [operation, operation]
+    assert _get(s3, key) == b"the other writer's output"
+    assert _uploads(s3) == []

@@ -23,7 +23,7 @@ import io
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, Self
@@ -292,21 +292,31 @@ def _kernel_copy(src: Any, dst: Any, span: Span) -> int:
     return done
 
 
-@contextmanager
-def _published(url: str) -> Iterator[None]:
-    """Translate the answers of a conditional write (``If-None-Match: *``) to ``url``: 412,
-    the object exists (:class:`OutputExistsError`); 409, another conditional write to it was
-    under way (:class:`_WriteConflict`: the caller raises a :class:`StorageError`, which the
-    state machine retries, and the retry meets the object the other one wrote, or none)."""
+def _publish(url: str, replace: bool, write: Callable[..., Any]) -> None:
+    """``write(**condition)``: the one request that publishes ``url`` (PutObject, or
+    CompleteMultipartUpload). Without ``replace`` it carries ``If-None-Match: *``, and S3's
+    answers mean: 412, the object exists (:class:`OutputExistsError`); 409, another
+    conditional write to it was under way (:class:`_WriteConflict`: the caller raises a
+    :class:`StorageError`, which the state machine retries, and the retry meets the object
+    the other one wrote, or none); 501, a store without conditional writes (an S3-compatible
+    one): the object is looked for, then written without the condition, as before S3 had
+    them (a writer in between would be replaced)."""
+    if replace:
+        write()
+        return
     try:
-        yield
+        write(IfNoneMatch="*")
     except storage._aws_errors() as exc:
         code = storage._code(exc)
         if code in ("412", "PreconditionFailed"):
             raise OutputExistsError(f"output {url} exists already") from exc
         if code in ("409", "ConditionalRequestConflict"):
             raise _WriteConflict(url) from exc
-        raise
+        if code not in ("501", "NotImplemented"):
+            raise
+        if storage.exists(url):
+            raise OutputExistsError(f"output {url} exists already") from exc
+        write()
 
 
 class _WriteConflict(Exception):
@@ -326,13 +336,11 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
     bucket, key = _key_of(url)
     client = s3_client()
     ctype = storage.content_type(key)
-    condition = {} if replace else {"IfNoneMatch": "*"}
     if len(parts) == 1 and not parts[0].copy:  # small (a held ProcessJob's): one PutObject
         body = b"".join(chunk for piece in parts[0].pieces for chunk in piece_chunks(piece))
         try:
-            with _published(url):
-                client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=ctype,
-                                  **condition)
+            _publish(url, replace, lambda **condition: client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType=ctype, **condition))
         except _WriteConflict as exc:
             raise exc.error() from exc.__cause__
         except storage._aws_errors() as exc:
@@ -375,12 +383,11 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
             # after a failed part, the copies queued are not started: with thousands of
             # parts they would go on for minutes before the upload is aborted
             pool.shutdown(wait=True, cancel_futures=True)
-        with _errors(url, "write", None), _published(url):
-            client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload,
-                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": e}
-                                           for p, e in zip(parts, etags, strict=True)]},
-                **condition)
+        done = {"Parts": [{"PartNumber": p.number, "ETag": e}
+                          for p, e in zip(parts, etags, strict=True)]}
+        with _errors(url, "write", None):
+            _publish(url, replace, lambda **condition: client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload=done, **condition))
     except BaseException as exc:
         with suppress(Exception):
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
