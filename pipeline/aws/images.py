@@ -117,9 +117,9 @@ def build_and_push(step: str, arch: str, repo_uri: str, *, base_image: str | Non
     ``repo_uri`` and return the pushed image's digest (``sha256:...``).
 
     The tag is the architecture and the local image id (:func:`tag_prefix`), so an unchanged
-    build pushes nothing new and keeps the digest: the functions (deployed by digest) are then left unchanged. The registry must
-    be logged in already (:func:`ecr_login` for ECR). ``context`` is the clone to build from
-    (default: :func:`checkout_root`).
+    build pushes nothing new and keeps the digest: the functions (deployed by digest) are
+    then left unchanged. The registry must be logged in already (:func:`ecr_login` for ECR).
+    ``context`` is the clone to build from (default: :func:`checkout_root`).
     """
     if arch not in PLATFORMS:
         raise ValueError(f"arch {arch!r}: expected one of {', '.join(PLATFORMS)}")

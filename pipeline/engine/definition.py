@@ -71,7 +71,12 @@ def concurrency_setting(text: str) -> int:
     """PlanRun's ``concurrency`` in the definition ``text``: the most Lambda invocations a
     run makes at once, which PlanRun shares out between the run's jobs (0: not set, see
     :func:`concurrency_of`)."""
-    return int(plan_run_payload(json.loads(text)).get("concurrency", 0))
+    return concurrency_in(json.loads(text))
+
+
+def concurrency_in(doc: dict[str, Any]) -> int:
+    """:func:`concurrency_setting` of a parsed definition."""
+    return int(plan_run_payload(doc).get("concurrency", 0))
 
 
 def concurrency_of(text: str) -> int:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from pipeline.core.concurrency import share
-from pipeline.engine.definition import definition_text, plan_run_payload
+from pipeline.engine.definition import concurrency_in, definition_text
 from pipeline.estimate.assumptions import EstimateError
 
 
@@ -116,7 +116,7 @@ def map_limits(definition: dict[str, Any], jobs: int, concurrency: int) -> dict[
     The total shared is the definition's PlanRun ``concurrency`` (deploy.py --concurrency),
     else ``concurrency``: deploy.py's default is the account's Lambda concurrency, which the
     estimate's ``concurrency`` stands for."""
-    total = int(plan_run_payload(definition).get("concurrency", 0)) or concurrency
+    total = concurrency_in(definition) or concurrency
     at_once, per_job = share(jobs, total)
     out: dict[str, int] = {}
 
