@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
 
-from pipeline.adapters import storage
+from pipeline.adapters import local_runs, storage
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
@@ -120,7 +120,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
                 held_work.holding():
-            with LocalEngine(workers, listener, interpreter=interpreter, stop=stop) as engine:
+            # listed while it runs: a later run of the same scan defers to it
+            with local_runs.listed(f"run-{run_id}", run_id, manifest), \
+                    LocalEngine(workers, listener, interpreter=interpreter, stop=stop) as engine:
                 execution = engine.run(event, name=f"run-{run_id}")
                 peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
             interrupted = stop.signal if stop is not None else None

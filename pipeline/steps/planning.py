@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.adapters import earlier_runs, storage
+from pipeline.adapters import earlier_runs, local_runs, storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import concurrency
@@ -30,13 +30,13 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     job indices go to a file (``jobs.json``), not to the result: the ``Jobs`` Distributed
     Map's ItemReader reads them, so the state payloads stay small for any number of jobs.
     It also shares the run's concurrency out between its jobs (core.concurrency.share).
-    A scan's run that an earlier run of the same scan is still running on AWS plans no job
-    (:mod:`pipeline.adapters.earlier_runs`): its run.json names that run.
+    A scan's run while an earlier run of the same scan is still going (:func:`_earlier`)
+    plans no job: its run.json names that run.
     """
     parsed = read_manifest(event.manifest)
     earlier = None
     if isinstance(parsed, ScanSpec):
-        earlier = earlier_runs.earlier_run(event.execution, _same_scan(parsed, event.manifest))
+        earlier = _earlier(event, parsed)
         specs = [] if earlier else expand_scan(parsed)
     else:
         specs = parsed
@@ -47,6 +47,16 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)
     return {"run": run_url, "jobs": len(specs), "items": JobList.of(jobs_url).to_json(),
             "jobs_at_once": jobs_at_once, "per_job": per_job}
+
+
+def _earlier(event: RunEvent, scan: ScanSpec) -> str | None:
+    """An earlier run of the scan still going: on Lambda, an execution of the state machine
+    (:mod:`pipeline.adapters.earlier_runs`); else a local run of this machine
+    (:mod:`pipeline.adapters.local_runs`; the execution's name ends its ARN)."""
+    same = _same_scan(scan, event.manifest)
+    if earlier_runs.on_lambda():
+        return earlier_runs.earlier_run(event.execution, same)
+    return local_runs.earlier_run(event.execution.rsplit(":", 1)[-1], same)
 
 
 def _same_scan(scan: ScanSpec, url: str) -> Callable[[str], bool]:

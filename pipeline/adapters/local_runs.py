@@ -1,0 +1,171 @@
+"""The local runs going on on this machine: a scan's local run defers to an earlier one.
+
+Two local runs of one scan at the same time (a run from ``cron`` that lasts longer than the
+interval, as a first run over a backlog does) would both make a job of every input the
+first one has not finished, and both do it (only one publishes: a scan's jobs skip an
+output that exists), each with all the cores. As on AWS (:mod:`earlier_runs`), PlanRun of a
+scan looks for a run of the same scan that started before it and is still going, and if
+there is one it plans no job and its report names that run.
+
+Every local run (:func:`pipeline.runner.run_local`) is listed for its life in
+:func:`runs_folder`: a small JSON file (its run id, manifest, start and process), on which
+the process running it holds an exclusive ``flock``. The kernel drops the lock when that
+process ends, however it ends, so a file no one holds is a run that is over (one a crash
+left is removed by the next look). The list is per user and per machine: runs of another
+user, in another container or on another machine are not seen. Where there is no
+``flock`` (Windows), runs are not listed and never defer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+#: the folder of the listed runs (None: :func:`runs_folder`'s default; tests set their own)
+FOLDER: str | None = None
+
+
+def runs_folder() -> str:
+    """Where the local runs are listed: ``/tmp/tiffpipe-runs-<uid>``. Not the temp folder
+    of the environment (``TMPDIR``): a run from ``cron`` and one from a shell, whose
+    environments differ, must see each other."""
+    return FOLDER or f"/tmp/tiffpipe-runs-{os.getuid()}"
+
+
+def _own_folder(folder: str) -> bool:
+    """Whether ``folder`` is a folder of this user (not a link, not another user's: in a
+    shared /tmp, another user could make it first and list runs that hold ours back)."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+
+
+class LocalRun(NamedTuple):
+    """A local run going on: its execution's name, run id, manifest URL, start (epoch
+    seconds) and process."""
+
+    name: str
+    run_id: str
+    manifest: str
+    started: float
+    pid: int
+
+    def describe(self) -> str:
+        """How a report names it (``deferred_to``)."""
+        return f"local run {self.run_id}, process {self.pid}"
+
+
+@contextmanager
+def listed(name: str, run_id: str, manifest: str) -> Iterator[None]:
+    """List a run (execution ``name``) while the block runs. The file is written under a
+    temporary name, locked, then renamed into place: a look never finds it unlocked. Never a
+    reason to fail the run: a folder that cannot be written is a warning (the run goes on,
+    unlisted)."""
+    if fcntl is None:
+        yield
+        return
+    folder = runs_folder()
+    path = os.path.join(folder, f"{name}.json")
+    fd = -1
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if not _own_folder(folder):
+            raise PermissionError(f"{folder} is not a folder of this user")
+        tmp = os.path.join(folder, f".{name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, json.dumps({"name": name, "run_id": run_id, "manifest": manifest,
+                                 "started": time.time(), "pid": os.getpid()}).encode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot list this run in %s (%s): a later run of the same scan will not "
+                    "know of it", folder, exc)
+        if fd >= 0:
+            os.close(fd)
+        fd = -1
+    try:
+        yield
+    finally:
+        if fd >= 0:  # removed while still locked: a look never takes it for a crashed run's
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            os.close(fd)
+
+
+def running() -> list[LocalRun]:
+    """The listed runs still going on (their file is locked), oldest first; the files of
+    runs that are over are removed."""
+    if fcntl is None:
+        return []
+    folder = runs_folder()
+    if not _own_folder(folder):  # none yet (or not this user's: not looked into)
+        return []
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(".json")]
+    except OSError:
+        return []
+    runs = []
+    for name in names:
+        run = _look(os.path.join(folder, name))
+        if run is not None:
+            runs.append(run)
+    return sorted(runs, key=lambda r: (r.started, r.name))
+
+
+def _look(path: str) -> LocalRun | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # removed meanwhile: that run is over
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the run goes on
+            return _entry(fd)
+        try:  # no one holds it: the run is over (its process ended without removing it)
+            os.remove(path)
+        except OSError:
+            pass
+        return None
+    finally:
+        os.close(fd)
+
+
+def _entry(fd: int) -> LocalRun | None:
+    try:
+        doc: Any = json.loads(os.read(fd, 1 << 16) or b"null")
+        return LocalRun(str(doc["name"]), str(doc["run_id"]), str(doc["manifest"]),
+                        float(doc["started"]), int(doc["pid"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # not a run's file
+
+
+def earlier_run(name: str, same: Callable[[str], bool]) -> str | None:
+    """How a report names a local run going on that started before the run ``name`` (ties
+    broken by name; a run not listed is taken to start now) on a manifest for which
+    ``same(manifest URL)`` is true; None if there is none."""
+    runs = running()
+    own = next((r.started for r in runs if r.name == name), time.time())
+    for run in runs:
+        if (run.started, run.name) >= (own, name):
+            break
+        if same(run.manifest):
+            return run.describe()
+    return None

@@ -1,0 +1,154 @@
+"""A scan's local run defers to an earlier local run of the same scan still going
+(pipeline/adapters/local_runs.py): runs listed by real processes holding real locks, in a
+real folder; the engine test runs the real state machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from pipeline import ui
+from pipeline.adapters import local_runs
+from pipeline.sample import SamplePage, write_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: a process that lists a run (argv: folder or "", name, run id, manifest) until its stdin ends
+LISTING = """
+import sys
+from pipeline.adapters import local_runs
+local_runs.FOLDER = sys.argv[1] or None
+with local_runs.listed(*sys.argv[2:5]):
+    print("listed", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextmanager
+def run_elsewhere(folder: str, name: str, manifest: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process running (listed as) run ``name`` on ``manifest`` while the block
+    runs."""
+    proc = subprocess.Popen([sys.executable, "-c", LISTING, folder, name, name[4:], manifest],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "listed\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.communicate("")  # its stdin ends: the run ends
+        assert proc.wait(30) in (0, -signal.SIGKILL)
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "runs"
+    monkeypatch.setattr(local_runs, "FOLDER", str(path))
+    return path
+
+
+def test_a_run_is_listed_while_it_runs(folder: Path):
+    """Listed while the block runs (its name, run id, manifest, start, process), then not,
+    and its file is gone; the default folder is the user's in the temp folder."""
+    assert local_runs.running() == []  # (no folder yet)
+    with local_runs.listed("run-a", "a", "/m/scan.json"):
+        [run] = local_runs.running()
+        assert run[:3] == ("run-a", "a", "/m/scan.json") and run.pid == os.getpid()
+        assert os.listdir(folder) == ["run-a.json"]
+        assert run.describe() == f"local run a, process {os.getpid()}"
+    assert local_runs.running() == [] and os.listdir(folder) == []
+    local_runs.FOLDER = None
+    assert local_runs.runs_folder() == f"/tmp/tiffpipe-runs-{os.getuid()}"
+
+
+def test_a_run_of_another_process_is_going_on_until_that_process_ends(folder: Path):
+    """A run another process lists is going on while that process holds it; once the
+    process is killed (its lock dropped by the kernel, its file left), the run is over and
+    the next look removes its file."""
+    with run_elsewhere(str(folder), "run-b", "/m/scan.json") as proc:
+        [run] = local_runs.running()
+        assert run.name == "run-b" and run.pid == proc.pid
+        proc.kill()
+        proc.wait(30)
+        assert os.listdir(folder) == ["run-b.json"]  # a crash leaves it
+        assert local_runs.running() == [] and os.listdir(folder) == []
+
+
+def test_the_earlier_run_of_the_same_scan(folder: Path):
+    """Of the runs going on, one that started before this one (ties: by name) on a manifest
+    the caller says is the same scan; a run not listed is taken to start now; files that are
+    not a run's are left out."""
+    (folder).mkdir()
+    (folder / "junk.json").write_text("[1, 2]")  # not a run's: no lock held either
+    scan, other = "/m/scan.json", "/m/other.json"
+    with local_runs.listed("run-1", "1", scan), local_runs.listed("run-2", "2", other), \
+            local_runs.listed("run-3", "3", scan):
+        first = local_runs.running()[0]
+        assert [r.name for r in local_runs.running()] == ["run-1", "run-2", "run-3"]
+        assert local_runs.earlier_run("run-3", scan.__eq__) == first.describe()
+        assert local_runs.earlier_run("run-1", scan.__eq__) is None
+        assert local_runs.earlier_run("run-2", other.__eq__) is None
+        assert local_runs.earlier_run("run-9", other.__eq__) is not None  # not listed: now
+    assert local_runs.earlier_run("run-3", scan.__eq__) is None  # they ended
+    assert not (folder / "junk.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["unwritable", "a link"])
+def test_a_folder_the_run_cannot_list_itself_in_is_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        kind: str):
+    """A folder the run cannot be listed in (one under a file; a link, as another user could
+    make in a shared /tmp, whose runs there are not looked at either): the run goes on,
+    unlisted, with a warning."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    folder = blocker / "runs"
+    if kind == "a link":
+        (tmp_path / "theirs").mkdir()
+        folder = tmp_path / "runs"
+        folder.symlink_to(tmp_path / "theirs")
+    monkeypatch.setattr(local_runs, "FOLDER", str(folder))
+    with local_runs.listed("run-a", "a", "/m/scan.json"):
+        assert local_runs.running() == []
+    assert "cannot list this run" in caplog.text
+    assert not (tmp_path / "theirs").exists() or os.listdir(tmp_path / "theirs") == []
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_a_scan_run_defers_to_an_earlier_local_run_of_the_scan(tmp_path: Path,
+                                                                interpreter: str):
+    """A scan's run while another process runs the same scan: no job, the report and the
+    summary name that run; a scan of another output is not deferred; once the other run is
+    over, the scan's run does its job. The default folder, as the other process's: the
+    moto interpreter's PlanRun runs in a worker process."""
+    from pipeline.runner import run_local
+
+    (tmp_path / "in").mkdir()
+    write_sample(str(tmp_path / "in" / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    scan = tmp_path / "scan.json"
+    scan.write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"scan": {"input": "in", "output": "out2"}}))
+    with run_elsewhere("", "run-earlier", str(scan)) as proc:
+        result = run_local(str(scan), 1, interpreter=interpreter)
+        assert result.ok and result.report is not None and result.report["jobs"] == []
+        assert result.report["deferred_to"] == f"local run earlier, process {proc.pid}"
+        title, rows = ui.summary_rows(result.report)
+        assert "an earlier run of this scan is still running (local run earlier" in title
+        assert rows == [] and not (tmp_path / "out").exists()
+        other = run_local(str(elsewhere), 1, interpreter=interpreter)
+        assert other.ok and other.report is not None and "deferred_to" not in other.report
+        assert (tmp_path / "out2" / "a.tif").exists()
+    result = run_local(str(scan), 1, interpreter=interpreter)
+    assert result.ok and result.report is not None and "deferred_to" not in result.report
+    assert [j["status"] for j in result.report["jobs"]] == ["SUCCEEDED"]
+    assert (tmp_path / "out" / "a.tif").exists()
