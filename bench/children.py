@@ -30,10 +30,25 @@ def _tree_bytes(folder: str) -> int:
                for f in files)
 
 
-def tiffpipe(manifest: str, workers: int, contact_sheet: bool = False) -> dict[str, Any]:
+#: the modules a tiffpipe child reports imported within its run's time (``imported_in_run``)
+_OWN_AND_CODECS = ("pipeline.", "imagecodecs.")
+
+
+def _preload_codecs() -> None:
+    """Every codec module of imagecodecs, which loads each on its first use (in a run's
+    time): as pyvips's import loads libvips with all its codecs, before the clock."""
+    import imagecodecs
+
+    for name in dir(imagecodecs):
+        getattr(imagecodecs, name, None)
+
+
+def tiffpipe(manifest: str, workers: int, contact_sheet: bool = False,
+             preload: bool = False) -> dict[str, Any]:
     """``run_local`` with per-invocation timings; work bytes measured, then removed. With
     ``contact_sheet``, the run writes one (as ``tiffpipe run`` does by default), in its
-    time."""
+    time. ``preload``: tiffpipe's step modules (which a run imports as it reaches each
+    step) and imagecodecs' codecs loaded before the clock too (sweep.py --preload)."""
     # the imaging libraries, imported before the clock starts as the peers' runs import
     # them (naive, below; libvips): the wall compares the work, not the imports
     import cv2  # noqa: F401
@@ -41,18 +56,25 @@ def tiffpipe(manifest: str, workers: int, contact_sheet: bool = False) -> dict[s
     import tifffile  # noqa: F401
     import timed_worker
 
-    from pipeline.core.constants import KEEP_SEGMENTS_ENV
+    from pipeline.core.constants import FUNCTIONS, KEEP_SEGMENTS_ENV
+    from pipeline.handlers import preload as preload_steps
     from pipeline.runner import _remove_work, run_local
 
+    if preload:
+        _preload_codecs()
+        for function in FUNCTIONS:
+            preload_steps(function)
     timings = tempfile.mkdtemp(prefix="tiffpipe-timings-")
     timed_worker.install(timings)
     # the work is kept to be measured, but the run is a default one: a ProcessJob keeps a
     # small output's segment in memory (keep_work alone would have it written to the work
     # location, as `tiffpipe run --keep-work` does)
     os.environ.setdefault(KEEP_SEGMENTS_ENV, "0")
+    loaded = set(sys.modules)
     t0 = time.time()
     result = run_local(manifest, workers, keep_work=True, contact_sheet=contact_sheet)
     run_s = time.time() - t0
+    imported = sorted(m for m in set(sys.modules) - loaded if m.startswith(_OWN_AND_CODECS))
     work_bytes: dict[str, int] = {}
     jobs = os.path.join(result.work, "jobs")
     for job in sorted(os.listdir(jobs)) if os.path.isdir(jobs) else []:
@@ -89,7 +111,7 @@ def tiffpipe(manifest: str, workers: int, contact_sheet: bool = False) -> dict[s
             "tail_s": (t0 + run_s - max(r["t1"] for r in recs)) if recs else None,
             "map_items": sum(a["count"] for k, a in actions.items()
                              if k in ("split", "process", "process_unit", "stats")),
-            "work_bytes": work_bytes,
+            "work_bytes": work_bytes, "imported_in_run": imported,
             "output_bytes": sum(os.path.getsize(o) for o in outputs if o and os.path.exists(o))}
 
 
@@ -140,15 +162,19 @@ def _libvips_file(pyvips: Any, src: str, dst: str, pages: int, sigma: float, com
 
 
 def naive(src: str | list[str], dst: str | list[str], sigma: float, compression: str,
-          quality: int, threads: int) -> dict[str, Any]:
+          quality: int, threads: int, preload: bool = False) -> dict[str, Any]:
     """tifffile reads each page whole, OpenCV blurs it (all its threads), tifffile writes it
     with the output options tiffpipe uses (same codec, level, predictor, subsampling).
-    Lists of files: each in turn."""
+    Lists of files: each in turn. ``preload``: imagecodecs' codecs loaded before the
+    clock."""
     import cv2
     import tifffile
 
     from pipeline.adapters.tile_codec import OutputEncoder
     from pipeline.core.models import OutputOptions
+
+    if preload:
+        _preload_codecs()
 
     t0 = time.time()
     options = OutputOptions(compression=compression, quality=quality)

@@ -22,7 +22,11 @@ tools alternating within each repeat, every run in a fresh child process
 Inputs: RGB uint8 photo-like pages (bench/inputs.py), 512 px tiles, deflate level 1, cached in
 ``--dir``. Op: gaussian_blur sigma 2. Each figure is the median of ``--repeat`` runs (wall
 seconds measured in the child; CPU seconds of the child and all it waited for; peak RSS of
-the largest process). ``ratio`` is tiffpipe's median wall over the best peer's (libvips or
+the largest process). ``--preload``: every library fully loaded before the clock, as
+pyvips's import loads libvips and its codecs: tiffpipe's step modules (a run imports each as
+it reaches its step) and imagecodecs' codecs (loaded on first use, in the naive run's time
+too); a diagnosis of what a small run costs beyond loading code, not what a command takes
+(bench/commands.py). ``ratio`` is tiffpipe's median wall over the best peer's (libvips or
 naive; < 1: tiffpipe is faster); ``cpu_ratio`` its CPU seconds over the least of the peers'
 (steadier than wall time on a shared machine). Outputs are checked: tiffpipe's must be pixel-identical to
 the naive run's (and to the before tree's). ``--skip-naive-above GPX`` leaves out the naive
@@ -151,7 +155,8 @@ def run_tool(tool: str, case: dict[str, Any], src: list[str], dst: list[str],
                                   args.quality)
         script = (os.path.join(args.before, "bench", "children.py") if tool == "before"
                   else None)
-        r = child("tiffpipe", script=script, manifest=manifest, workers=args.workers)
+        r = child("tiffpipe", script=script, manifest=manifest, workers=args.workers,
+                  **preload(args))
         if not r["ok"]:
             raise RuntimeError(f"{tool} failed on {case}: {r['error']}")
         return r
@@ -161,7 +166,13 @@ def run_tool(tool: str, case: dict[str, Any], src: list[str], dst: list[str],
                      compression=case["codec"], quality=args.quality, min_ampl=0.05,
                      precision="integer")
     return child("naive", src=src, dst=dst, sigma=args.sigma, compression=case["codec"],
-                 quality=args.quality, threads=args.workers)
+                 quality=args.quality, threads=args.workers, **preload(args))
+
+
+def preload(args: argparse.Namespace) -> dict[str, bool]:
+    """The children's ``preload`` argument: given only with ``--preload`` (a before tree's
+    children.py may not know it)."""
+    return {"preload": True} if args.preload else {}
 
 
 def tools_for(case: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -275,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-naive-above", type=float, default=1.5,
                     help="gigapixels above which the naive run is left out (memory)")
     ap.add_argument("--no-check", action="store_true", help="no output comparisons")
+    ap.add_argument("--preload", action="store_true",
+                    help="load tiffpipe's step modules and imagecodecs' codecs before the "
+                         "clock, as pyvips's import loads libvips (a diagnosis: what a run "
+                         "costs beyond the loading)")
     ap.add_argument("--dir", default="/tmp/tiffpipe-sweep", help="inputs (kept) and outputs")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the table here")

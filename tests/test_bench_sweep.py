@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import run_bench_script
+from conftest import ROOT, run_bench_script
 
 HAVE_PYVIPS = importlib.util.find_spec("pyvips") is not None
 
@@ -198,3 +198,45 @@ def test_ab_alternates_trees_and_prints_walls_and_actions(tmp_path) -> None:
     run_bench_script("ab.py", "--trees", f"{ROOT},{other}", "--manifests", str(manifest),
                      "--runs", "1", "--contact-sheet")
     assert (tmp_path / "m.report.contact.png").stat().st_size > 0
+
+
+@pytest.mark.engine
+def test_preload_loads_the_steps_and_codecs_before_the_clock(tmp_path) -> None:
+    """``--preload`` (a diagnosis): the tiffpipe child loads its step modules and
+    imagecodecs' codecs before the clock, so its run imports none of them; without it the
+    run imports both kinds (what a run's time holds of loading code). The sweep takes it."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import tifffile
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.full((300, 300, 3), 9, np.uint8), tile=(64, 64),
+                     compression="zlib", photometric="rgb")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": str(src), "output": str(tmp_path / "out.tif"),
+        "output_options": {"compression": "jpeg"},
+        "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
+
+    def imported(preload: bool) -> list[str]:
+        args = {"manifest": str(manifest), "workers": 1, "preload": preload}
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "children.py"),
+                               "tiffpipe", json.dumps(args)],
+                              capture_output=True, text=True, check=True)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result["ok"]
+        return result["imported_in_run"]
+
+    cold = imported(False)
+    assert "pipeline.steps.process" in cold and "imagecodecs._jpeg8" in cold
+    assert not [m for m in imported(True)
+                if m.startswith(("pipeline.steps.", "imagecodecs._"))]
+    out = tmp_path / "sweep.json"
+    run_bench_script("sweep.py", "--sizes", "tiny", "--codecs", "jpeg", "--tools",
+                     "tiffpipe,naive", "--repeat", "1", "--preload", "--dir",
+                     str(tmp_path / "sweep"), "--json", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["preload"] is True
+    assert set(doc["cases"][0]["tools"]) == {"tiffpipe", "naive"}
