@@ -154,8 +154,10 @@ def summary_table(report: dict[str, Any]) -> Table:
 
 def summary_text(report: dict[str, Any]) -> str:
     """The summary as plain lines (for a log or a pipe: no colours or box characters, a long
-    path or error never wrapped)."""
+    path or error never wrapped); a run without jobs, its title alone."""
     title, rows = summary_rows(report)
+    if not rows:
+        return title
     cells = [[name for name, _ in COLUMNS], *rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = [title]
@@ -170,7 +172,7 @@ def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     """The summary table: drawn by rich on a terminal, plain lines otherwise (rich's import
     and drawing took ~30 ms of a short command's time)."""
     stream = stream or sys.stdout
-    if not stream.isatty():
+    if not stream.isatty() or not report["jobs"]:  # no jobs: the title alone, a line
         print(summary_text(report), file=stream)
         return
     from rich.console import Console

@@ -197,6 +197,18 @@ def test_the_summary_is_plain_aligned_lines_when_not_a_terminal():
     assert not ANSI.search(out.getvalue()) and "┃" not in out.getvalue()
 
 
+@pytest.mark.parametrize("stream", [io.StringIO, lambda: _Terminal()])
+def test_a_run_without_jobs_is_summed_up_in_its_title(stream):
+    """A run with no job (a scan with nothing new, or deferred to an earlier run of it): the
+    title alone, piped or on a terminal, not a table's header over no rows."""
+    out = stream()
+    report = {**REPORT, "succeeded": 0, "failed": 0, "jobs": [], "deferred_to": "local run r0"}
+    ui.print_summary(report, out)
+    title = ("run r1: 0 succeeded, 0 failed, 2.2 s; no job: an earlier run of this scan is "
+             "still running (local run r0), the next run after it takes what is new")
+    assert out.getvalue().splitlines() == [title]
+
+
 def test_the_summary_is_a_rich_table_on_a_terminal():
     out = _Terminal()
     ui.print_summary(REPORT, out)
