@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -121,7 +120,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
-            with local_runs.listed(f"run-{run_id}", run_id, manifest), \
+            with local_runs.listed(f"run-{run_id}", run_id, manifest,
+                                   None if keep_work or storage.is_s3(work) else work), \
                     LocalEngine(workers, listener, interpreter=interpreter, stop=stop) as engine:
                 execution = engine.run(event, name=f"run-{run_id}")
                 peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
@@ -270,10 +270,4 @@ def _remove_work(work: str) -> None:
     if storage.is_s3(work):
         storage.delete_prefix(work)
     else:
-        shutil.rmtree(work, ignore_errors=True)
-        parent = os.path.dirname(work)
-        if os.path.basename(parent) in (".tiffpipe-work", "tiffpipe-work"):
-            try:
-                os.rmdir(parent)  # only when empty: other runs may share it
-            except OSError:
-                pass
+        local_runs.remove_work(work)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,23 +22,25 @@ from pipeline.sample import SamplePage, write_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: a process that lists a run (argv: folder or "", name, run id, manifest) until its stdin ends
+#: a process that lists a run (argv: folder or "", name, run id, manifest, work folder or "")
+#: until its stdin ends
 LISTING = """
 import sys
 from pipeline.adapters import local_runs
 local_runs.FOLDER = sys.argv[1] or None
-with local_runs.listed(*sys.argv[2:5]):
+with local_runs.listed(*sys.argv[2:5], sys.argv[5] or None):
     print("listed", flush=True)
     sys.stdin.read()
 """
 
 
 @contextmanager
-def run_elsewhere(folder: str, name: str, manifest: str) -> Iterator[subprocess.Popen[str]]:
+def run_elsewhere(folder: str, name: str, manifest: str, work: str = ""
+                  ) -> Iterator[subprocess.Popen[str]]:
     """Another process running (listed as) run ``name`` on ``manifest`` while the block
     runs."""
-    proc = subprocess.Popen([sys.executable, "-c", LISTING, folder, name, name[4:], manifest],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", LISTING, folder, name, name[4:], manifest,
+                             work], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             cwd=ROOT)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "listed\n"
@@ -69,17 +72,34 @@ def test_a_run_is_listed_while_it_runs(folder: Path):
     assert local_runs.runs_folder() == f"/tmp/tiffpipe-runs-{os.getuid()}"
 
 
-def test_a_run_of_another_process_is_going_on_until_that_process_ends(folder: Path):
+def test_a_run_of_another_process_is_going_on_until_that_process_ends(
+        folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
     """A run another process lists is going on while that process holds it; once the
     process is killed (its lock dropped by the kernel, its file left), the run is over and
-    the next look removes its file."""
-    with run_elsewhere(str(folder), "run-b", "/m/scan.json") as proc:
-        [run] = local_runs.running()
-        assert run.name == "run-b" and run.pid == proc.pid
-        proc.kill()
-        proc.wait(30)
-        assert os.listdir(folder) == ["run-b.json"]  # a crash leaves it
-        assert local_runs.running() == [] and os.listdir(folder) == []
+    the next look removes its file and the work folder it names (with a warning), not a
+    work folder of a run going on, nor of one that keeps it (none named)."""
+    work = tmp_path / ".tiffpipe-work" / "b"
+    (work / "jobs").mkdir(parents=True)
+    (work / "jobs" / "tile.bin").write_bytes(b"x" * 1000)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with run_elsewhere(str(folder), "run-b", "/m/scan.json", str(work)) as proc, \
+            run_elsewhere(str(folder), "run-c", "/m/scan.json") as keeps:
+        assert [(r.name, r.pid, r.work) for r in local_runs.running()] == [
+            ("run-b", proc.pid, str(work)), ("run-c", keeps.pid, None)]
+        with local_runs.listed("run-d", "d", "/m/other.json", str(kept)):
+            proc.kill()
+            proc.wait(30)
+            assert sorted(os.listdir(folder)) == ["run-b.json", "run-c.json", "run-d.json"]
+            assert work.is_dir()  # a crash leaves them
+            assert [r.name for r in local_runs.running()] == ["run-c", "run-d"]
+            assert not (tmp_path / ".tiffpipe-work").exists() and kept.is_dir()
+            assert f"removed {work}, the work folder of run b: its process ({proc.pid})" \
+                in caplog.text
+            keeps.kill()
+            keeps.wait(30)
+            assert [r.name for r in local_runs.running()] == ["run-d"]
+    assert os.listdir(folder) == [] and kept.is_dir()  # a run's own is its own to remove
 
 
 def test_the_earlier_run_of_the_same_scan(folder: Path):
@@ -152,3 +172,48 @@ def test_a_scan_run_defers_to_an_earlier_local_run_of_the_scan(tmp_path: Path,
     assert result.ok and result.report is not None and "deferred_to" not in result.report
     assert [j["status"] for j in result.report["jobs"]] == ["SUCCEEDED"]
     assert (tmp_path / "out" / "a.tif").exists()
+
+
+SLEEPY = """
+import time
+
+
+def sleepy(tile):
+    time.sleep(120)
+    return tile
+"""
+
+
+@pytest.mark.engine
+def test_the_work_a_killed_run_left_is_removed_by_the_next_run(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture):
+    """``tiffpipe run`` killed (SIGKILL, the command and its workers) mid-job leaves its work
+    folder; the next local run, of any manifest, removes it and says so."""
+    (tmp_path / "ops").mkdir()
+    (tmp_path / "ops" / "tiffpipe_test_sleepy.py").write_text(SLEEPY)
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps({"jobs": [{
+        "input": "a.tif", "output": "slow.tif",
+        "ops": [{"op": "custom", "function": "tiffpipe_test_sleepy:sleepy"}]}]}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "ops"), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(slow)],
+                            env=env, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    works = tmp_path / ".tiffpipe-work"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(works.glob("*/run.json")):  # planned: the job is under way
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    [left] = list(works.iterdir())
+    fast = tmp_path / "fast.json"
+    fast.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "fast.tif"}]}))
+    from pipeline.runner import run_local
+
+    assert run_local(str(fast), 1).ok
+    assert not works.exists() and not (tmp_path / "slow.tif").exists()
+    assert f"removed {left}, the work folder of run {left.name}" in caplog.text

@@ -10,10 +10,13 @@ there is one it plans no job and its report names that run.
 Every local run (:func:`pipeline.runner.run_local`) is listed for its life in
 :func:`runs_folder`: a small JSON file (its run id, manifest, start and process), on which
 the process running it holds an exclusive ``flock``. The kernel drops the lock when that
-process ends, however it ends, so a file no one holds is a run that is over (one a crash
-left is removed by the next look). The list is per user and per machine: runs of another
-user, in another container or on another machine are not seen. Where there is no
-``flock`` (Windows), runs are not listed and never defer.
+process ends, however it ends, so a file no one holds is a run that is over. A run removes
+its work folder at its end; one whose process was killed first (``kill -9``, the kernel's
+out-of-memory killer, a power cut) cannot: its file names the folder, and the next local
+run's look removes both (the work of a large job is gigabytes of tiles and segments, of no
+use once its run is gone). The list is per user and per machine: runs of another user, in
+another container or on another machine are not seen. Where there is no ``flock``
+(Windows), runs are not listed and never defer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -57,13 +61,14 @@ def _own_folder(folder: str) -> bool:
 
 class LocalRun(NamedTuple):
     """A local run going on: its execution's name, run id, manifest URL, start (epoch
-    seconds) and process."""
+    seconds), process, and the work folder it removes at its end (None: none it removes)."""
 
     name: str
     run_id: str
     manifest: str
     started: float
     pid: int
+    work: str | None = None
 
     def describe(self) -> str:
         """How a report names it (``deferred_to``)."""
@@ -71,14 +76,17 @@ class LocalRun(NamedTuple):
 
 
 @contextmanager
-def listed(name: str, run_id: str, manifest: str) -> Iterator[None]:
-    """List a run (execution ``name``) while the block runs. The file is written under a
-    temporary name, locked, then renamed into place: a look never finds it unlocked. Never a
-    reason to fail the run: a folder that cannot be written is a warning (the run goes on,
-    unlisted)."""
+def listed(name: str, run_id: str, manifest: str, work: str | None = None) -> Iterator[None]:
+    """List a run (execution ``name``) while the block runs; first, remove what runs killed
+    before their end left (:func:`running`). ``work``: the local work folder the run removes
+    at its end (None: it keeps it, or it is not local), which a later run removes should
+    this one be killed first. The file is written under a temporary name, locked, then
+    renamed into place: a look never finds it unlocked. Never a reason to fail the run: a
+    folder that cannot be written is a warning (the run goes on, unlisted)."""
     if fcntl is None:
         yield
         return
+    running()
     folder = runs_folder()
     path = os.path.join(folder, f"{name}.json")
     fd = -1
@@ -90,7 +98,8 @@ def listed(name: str, run_id: str, manifest: str) -> Iterator[None]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, json.dumps({"name": name, "run_id": run_id, "manifest": manifest,
-                                 "started": time.time(), "pid": os.getpid()}).encode())
+                                 "started": time.time(), "pid": os.getpid(),
+                                 "work": work}).encode())
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot list this run in %s (%s): a later run of the same scan will not "
@@ -110,8 +119,8 @@ def listed(name: str, run_id: str, manifest: str) -> Iterator[None]:
 
 
 def running() -> list[LocalRun]:
-    """The listed runs still going on (their file is locked), oldest first; the files of
-    runs that are over are removed."""
+    """The listed runs still going on (their file is locked), oldest first. The files of
+    runs that are over are removed, and the work folders they name (:func:`_reap`)."""
     if fcntl is None:
         return []
     folder = runs_folder()
@@ -139,10 +148,7 @@ def _look(path: str) -> LocalRun | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:  # held: the run goes on
             return _entry(fd)
-        try:  # no one holds it: the run is over (its process ended without removing it)
-            os.remove(path)
-        except OSError:
-            pass
+        _reap(path, _entry(fd))  # no one holds it: its process ended without removing it
         return None
     finally:
         os.close(fd)
@@ -151,10 +157,37 @@ def _look(path: str) -> LocalRun | None:
 def _entry(fd: int) -> LocalRun | None:
     try:
         doc: Any = json.loads(os.read(fd, 1 << 16) or b"null")
+        work = doc.get("work")
         return LocalRun(str(doc["name"]), str(doc["run_id"]), str(doc["manifest"]),
-                        float(doc["started"]), int(doc["pid"]))
-    except (OSError, ValueError, TypeError, KeyError):
+                        float(doc["started"]), int(doc["pid"]),
+                        work if isinstance(work, str) and work else None)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # not a run's file
+
+
+def _reap(path: str, run: LocalRun | None) -> None:
+    """The file of a run whose process ended without removing it (killed): removed, and the
+    work folder it names. Of two looks at once, the one that removes the file does it."""
+    try:
+        os.remove(path)
+    except OSError:
+        return
+    if run is not None and run.work and os.path.isdir(run.work):
+        remove_work(run.work)
+        log.warning("removed %s, the work folder of run %s: its process (%d) ended before "
+                    "the run did (killed?) and left it", run.work, run.run_id, run.pid)
+
+
+def remove_work(work: str) -> None:
+    """Remove a local run's work folder, and the ``.tiffpipe-work`` folder around it once
+    empty (other runs may share it)."""
+    shutil.rmtree(work, ignore_errors=True)
+    parent = os.path.dirname(work)
+    if os.path.basename(parent) in (".tiffpipe-work", "tiffpipe-work"):
+        try:
+            os.rmdir(parent)  # only when empty
+        except OSError:
+            pass
 
 
 def earlier_run(name: str, same: Callable[[str], bool]) -> str | None:
