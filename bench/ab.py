@@ -41,6 +41,11 @@ def run_once(tree: str, manifest: str, workers: int, contact_sheet: bool = False
     return result
 
 
+def _action_ms(runs: list[dict[str, Any]], action: str) -> float:
+    """The median over ``runs`` of an action's summed wall time, in ms."""
+    return statistics.median(r["actions"].get(action, {}).get("wall_s", 0.0) for r in runs) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trees", required=True, help="comma-separated tiffpipe checkouts")
@@ -68,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             walls = [r["wall_s"] for r in runs[m][tree]]
             actions = sorted({a for r in runs[m][tree] for a in r["actions"]})
             per_action = ", ".join(
-                f"{a} {statistics.median(r['actions'].get(a, {}).get('wall_s', 0.0) for r in runs[m][tree]) * 1e3:.1f}"
-                for a in actions)
+                f"{a} {_action_ms(runs[m][tree], a):.1f}" for a in actions)
             peak = statistics.median(r.get("peak_mb", 0.0) for r in runs[m][tree])
             print(f"  {tree}: {statistics.median(walls) * 1e3:.1f} ms median, "
                   f"{min(walls) * 1e3:.1f} fastest ({len(walls)} runs), largest process "

@@ -5,7 +5,8 @@
 For each size: writes a noise RGB page of about that many megapixels (noise does not
 compress: the output is ~3 MB per Mpx), runs a tiffpipe job with input, work and output on
 the server (keeping the work), then runs the job's merge again in this process under
-tracemalloc (the S3 client made beforehand), with an audit hook counting the local files it opens for writing. Prints the
+tracemalloc (the S3 client made beforehand), with an audit hook counting the local files it
+opens for writing. Prints the
 output's size, merge's traced peak, the files written and the parts it copied.
 """
 

@@ -1,7 +1,8 @@
 """What each sample type costs an op: megapixels per CPU-second of the op functions on one
 core, per type, for a 3-band page (the tiled path runs the same functions on each tile).
 
-    PYTHONPATH=$PWD .venv/bin/python bench/sample_types.py [--size 1024] [--repeat 3] [--ops gaussian_blur,...]
+    PYTHONPATH=$PWD .venv/bin/python bench/sample_types.py [--size 1024] [--repeat 3]
+        [--ops gaussian_blur,...]
 
 Types OpenCV takes run natively; the others through float64 (or numpy), so their cost is
 the conversion plus the float64 call. Prints one row per op: megapixels per CPU-second for

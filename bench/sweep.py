@@ -28,7 +28,8 @@ it reaches its step) and imagecodecs' codecs (loaded on first use, in the naive 
 too); a diagnosis of what a small run costs beyond loading code, not what a command takes
 (bench/commands.py). ``ratio`` is tiffpipe's median wall over the best peer's (libvips or
 naive; < 1: tiffpipe is faster); ``cpu_ratio`` its CPU seconds over the least of the peers'
-(steadier than wall time on a shared machine). Outputs are checked: tiffpipe's must be pixel-identical to
+(steadier than wall time on a shared machine). Outputs are checked: tiffpipe's must be
+pixel-identical to
 the naive run's (and to the before tree's). ``--skip-naive-above GPX`` leaves out the naive
 run on big pages (it holds each page twice in memory: 4 Gpx RGB is 24 GB).
 """

@@ -1,7 +1,8 @@
 """The Lambda entry points: one per container image, each dispatching on ``action``.
 
 A handler parses the event into its typed model, calls one step, and returns the step's
-small result as its typed model (``pipeline.core.events.RESULTS``), serialised. Exceptions propagate: Lambda reports the class name as ``errorType``,
+small result as its typed model (``pipeline.core.events.RESULTS``), serialised. Exceptions
+propagate: Lambda reports the class name as ``errorType``,
 which is what the state machine's Retry/Catch match on. The handlers do not know whether
 AWS or the embedded engine called them.
 

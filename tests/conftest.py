@@ -44,7 +44,8 @@ SLOW_TESTS = {
     "test_engine::test_what_a_large_map_holds_is_bounded",
     "test_engine_startup::test_an_interpreter_that_needs_more_of_batch_is_left_to_moto",
     "test_engine_startup::test_nothing_is_done_when_batch_or_the_interpreter_is_imported_already",
-    "test_engine_startup::test_the_interpreter_is_imported_without_batch_and_batch_still_works_later",
+    ("test_engine_startup::"
+     "test_the_interpreter_is_imported_without_batch_and_batch_still_works_later"),
     "test_fused::test_the_engine_takes_the_fused_branch_per_job",
     "test_global_ops::test_run_on_the_embedded_engine",
     "test_preview::test_run_writes_a_contact_sheet_next_to_its_report",

@@ -29,7 +29,8 @@ def _literals(path: Path) -> list[tuple[int, object]]:
                 and id(node) not in docstrings:
             out.append((node.lineno, node.value))
         elif isinstance(node, ast.Tuple) and all(isinstance(e, ast.Constant) for e in node.elts):
-            out.append((node.lineno, tuple(e.value for e in node.elts)))  # type: ignore[attr-defined]
+            values = tuple(e.value for e in node.elts)  # type: ignore[attr-defined]
+            out.append((node.lineno, values))
     return out
 
 

@@ -62,7 +62,8 @@ def test_the_definition_keeps_the_contract(definition):
 def test_every_action_has_a_result_model_and_every_model_an_action():
     actions = {a for acts in handlers.FUNCTIONS.values() for a in acts}
     assert set(events.RESULTS) == actions
-    for model in [*events.RESULTS.values(), *(m for acts in MODELS.values() for m in acts.values())]:
+    for model in [*events.RESULTS.values(),
+                  *(m for acts in MODELS.values() for m in acts.values())]:
         assert dataclasses.is_dataclass(model) and model.__module__ == events.__name__
 
 

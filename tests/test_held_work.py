@@ -43,8 +43,8 @@ def _inputs(folder: Path) -> None:
 def _manifest(folder: Path) -> str:
     jobs = [{"input": f"{name}.tif", "output": f"out/{name}.tif", "ops": [G]}
             for name in ("a", "bad", "b")]
-    (folder / "m.json").write_text(json.dumps({"defaults": {"tile": 256, "output_options": {"tile": 128}},
-                                                 "jobs": jobs}))
+    defaults = {"tile": 256, "output_options": {"tile": 128}}
+    (folder / "m.json").write_text(json.dumps({"defaults": defaults, "jobs": jobs}))
     return str(folder / "m.json")
 
 
@@ -92,7 +92,8 @@ def test_a_run_holds_the_plans_and_results_of_jobs_its_engine_runs(
         page = tifffile.imread(tmp_path / f"{name}.tif")
         want = cv2.GaussianBlur(page, (0, 0), 1.5)
         assert np.array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tif"), want)
-    assert not held_work._plans and not held_work._results and not held_work._runs  # let go at the run's end
+    # let go at the run's end
+    assert not held_work._plans and not held_work._results and not held_work._runs
 
 
 def test_a_run_that_keeps_its_work_writes_every_plan_and_result(

@@ -201,7 +201,8 @@ def test_unknown_top_level_fields_name_the_allowed_ones():
 
 def test_unknown_job_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(), job(output="b.tif", page=[1])]}) == (
-        "jobs[1].page: unknown field (allowed: fuse, if_exists, input, ops, output, output_options, pages, tile)")
+        "jobs[1].page: unknown field (allowed: fuse, if_exists, input, ops, output, "
+        "output_options, pages, tile)")
 
 
 def test_unknown_output_options_fields_name_the_allowed_ones():
@@ -212,11 +213,13 @@ def test_unknown_output_options_fields_name_the_allowed_ones():
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
     assert one_problem({"defaults": [], "jobs": [job()]}) == (
-        "defaults: expected an object with any of pages, ops, tile, output_options, fuse, if_exists, got []")
+        "defaults: expected an object with any of pages, ops, tile, output_options, fuse, "
+        "if_exists, got []")
     assert problems_of({"defaults": {"output": "x.tif", "colour": 1}, "jobs": [job()]}) == [
-        ("defaults.output: unknown field (allowed: fuse, if_exists, ops, output_options, pages, tile); "
-        "input and output are set in each job"),
-        "defaults.colour: unknown field (allowed: fuse, if_exists, ops, output_options, pages, tile)",
+        ("defaults.output: unknown field (allowed: fuse, if_exists, ops, output_options, pages, "
+         "tile); input and output are set in each job"),
+        ("defaults.colour: unknown field (allowed: fuse, if_exists, ops, output_options, pages, "
+         "tile)"),
     ]
 
 

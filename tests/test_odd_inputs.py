@@ -188,7 +188,8 @@ def _windows() -> list[Rect]:
     rand = []
     for _ in range(10):
         y0, x0 = int(rng.integers(0, H)), int(rng.integers(0, W))
-        rand.append(Rect(y0, x0, int(rng.integers(y0 + 1, H + 1)), int(rng.integers(x0 + 1, W + 1))))
+        rand.append(Rect(y0, x0, int(rng.integers(y0 + 1, H + 1)),
+                         int(rng.integers(x0 + 1, W + 1))))
     return fixed + rand
 
 
@@ -280,7 +281,8 @@ JOBS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "float64_copy": ("float64_tiles", {}, "ok"),
     "float64_blur": ("float64_tiles", {"ops": BLUR}, "ok"),  # OpenCV blurs float64 itself
     "cmyk_copy": ("cmyk", {}, ("UnsupportedTiffError", REFUSED["cmyk"])),
-    "ycbcr_copy": ("ycbcr_uncompressed", {}, ("UnsupportedTiffError", REFUSED["ycbcr_uncompressed"])),
+    "ycbcr_copy": ("ycbcr_uncompressed", {},
+                   ("UnsupportedTiffError", REFUSED["ycbcr_uncompressed"])),
     "gray12_blur": ("gray12", {"ops": BLUR}, ("UnsupportedTiffError", REFUSED["gray12"])),
     "complex_copy": ("complex64", {}, ("UnsupportedTiffError", REFUSED["complex64"])),
     "complex_blur": ("complex128_tiles", {"ops": BLUR},

@@ -346,7 +346,8 @@ def _aperio_like(stream: bytes) -> bytes:
 def test_large_jpeg_pages_are_previewed_from_an_eighth_decode(tmp_path, kind):
     """A JPEG page 16 times the thumbnail or more is decoded at 1/8 (libjpeg's DCT scaling:
     a pixel an 8 x 8 block), each segment once, and the thumbnail is the exact one within
-    a few levels (below one on average); ``exact`` decodes it in full, as the preview of any other page. Pages
+    a few levels (below one on average); ``exact`` decodes it in full, as the preview of any
+    other page. Pages
     written by tifffile (libjpeg-turbo: YCbCr subsampled 2 x 2, gray, strips of 64 rows, RGB
     with its Adobe marker), of sizes no block or segment divides (the edge segments are
     decoded in full: the encoder's padding is in their part blocks; strips only as wide as a
@@ -540,7 +541,8 @@ def test_contact_sheet_url_and_truncation(sheet_run, monkeypatch):
     root = sheet_run["root"]
     report = json.loads((root / "reports" / "run1.json").read_text())
     specs = [JobSpec(input=str(root / j["input"]), output=str(root / j["output"]),
-                     pages=j.get("pages"), ops=j.get("ops", [])) for j in sheet_run["manifest"]["jobs"]]
+                     pages=j.get("pages"), ops=j.get("ops", []))
+             for j in sheet_run["manifest"]["jobs"]]
     monkeypatch.setattr("pipeline.contact_sheet.MAX_ROWS", 2)
     width, height = layout_size(2, truncated=True)
     assert render(report, specs).shape == (height, width, 3)

@@ -139,7 +139,8 @@ def test_lossless_levels_equal_the_formula_on_the_whole_page(run, name):
                 assert sub.compression == page.compression
             # the last level fits in one tile, the one before does not
             assert max(got[-1].shape[:2]) <= OUT_TILE < max(([base] + got)[-2].shape[:2])
-        assert len(tf.series[0].levels) == len(reference_levels(tf.pages[0].asarray(), OUT_TILE)) + 1
+        want = reference_levels(tf.pages[0].asarray(), OUT_TILE)
+        assert len(tf.series[0].levels) == len(want) + 1
 
 
 def test_pyramid_leaves_the_base_pages_unchanged(run):
@@ -229,7 +230,8 @@ def test_libvips_sees_pages_and_subifds(run, name):
 def test_merge_holds_a_bounded_number_of_tiles(tmp_path, monkeypatch):
     """Two pages of the same width, one 8x taller: the pyramid holds the same number of
     tiles (its level buffers, one decoded base tile), and merge feeds base tiles one at a
-    time and never reads level tiles back: they are placed from their segments. (The job runs in worker processes; its
+    time and never reads level tiles back: they are placed from their segments. (The job runs
+    in worker processes; its
     merge is run again here, in this process, from the kept work folder.)"""
     made: list[Pyramid] = []
     outstanding = {"now": 0, "peak": 0}

@@ -560,8 +560,9 @@ def test_a_failed_job_leaves_no_upload_open(s3):
         fh.seek(offset)
         fh.write(b"\xff" * size)
     c.upload_file(str(damaged), BUCKET, "in/damaged.tif")
-    c.put_object(Bucket=BUCKET, Key="bad.json", Body=json.dumps({"defaults": {"tile": 512}, "jobs": [
-        {"input": f"s3://{BUCKET}/in/damaged.tif", "output": f"s3://{BUCKET}/out/bad.tif"}]}))
+    c.put_object(Bucket=BUCKET, Key="bad.json", Body=json.dumps({
+        "defaults": {"tile": 512}, "jobs": [
+            {"input": f"s3://{BUCKET}/in/damaged.tif", "output": f"s3://{BUCKET}/out/bad.tif"}]}))
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", f"s3://{BUCKET}/bad.json",
                            "--work", f"s3://{BUCKET}/badwork/", "--workers", "2", "--report",
                            str(tmp / "bad.json")], cwd=ROOT, env=dict(os.environ),

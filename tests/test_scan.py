@@ -76,7 +76,8 @@ def test_scan_problems_are_all_reported_with_their_paths():
     assert problems_of({"scan": {"input": "ftp://x/in/", "outpt": "out/", "tile": 100,
                                  "ops": [{"op": "gaussian_blur", "sigma": "two"}],
                                  "output_options": {"compression": "lzw", "quality": 5}}}) == [
-        "scan.outpt: unknown field (allowed: fuse, if_exists, input, ops, output, output_options, pages, tile)",
+        ("scan.outpt: unknown field (allowed: fuse, if_exists, input, ops, output, "
+         "output_options, pages, tile)"),
         ('scan.input: expected a folder or an s3://bucket/prefix/ (the only URLs supported are '
          's3://), got "ftp://x/in/"'),
         "scan.output: expected a folder or an s3://bucket/prefix/ (required), got nothing",

@@ -24,8 +24,8 @@ from pipeline.errors import OutputTooLargeError
 
 
 def _bytes_of(pieces, sources):
-    return b"".join(p.data if isinstance(p, Literal) else sources[p.source][p.start:p.start + p.size]
-                    for p in pieces)
+    return b"".join(p.data if isinstance(p, Literal)
+                    else sources[p.source][p.start:p.start + p.size] for p in pieces)
 
 
 def _check_parts(parts, total):

@@ -9,8 +9,9 @@ executions: if one that started before this one runs the same scan (the same man
 one that scans the same input into the same output: the caller tells), this run plans no
 job, and its report names that run; the next run after it picks up what is new.
 
-Only on Lambda: a local run defers to an earlier local run (:mod:`local_runs`). Never a reason to fail the run: without the permissions (a stack deployed before
-them) or on any error of Step Functions, the run goes on as before, with a warning.
+Only on Lambda: a local run defers to an earlier local run (:mod:`local_runs`). Never a
+reason to fail the run: without the permissions (a stack deployed before them) or on any
+error of Step Functions, the run goes on as before, with a warning.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ from pieces (:mod:`pipeline.core.tiff_layout`), locally or as one S3 multipart u
   :data:`SEGMENT_PART` parts (one ``PutObject`` if it stays smaller), aborted on failure.
   Memory: one part.
 - :func:`compose` writes the pieces of an output: locally by concatenation into a temporary
-  file in the output's folder (segment ranges copied by the kernel), renamed when complete; on S3 as ONE multipart upload whose
+  file in the output's folder (segment ranges copied by the kernel), renamed when complete;
+  on S3 as ONE multipart upload whose
   data parts are server-side ``UploadPartCopy`` of segment ranges (in parallel threads) and
   whose other parts (header, IFDs, a few MiB of data to reach the part minimum) are
   uploaded. Nothing is visible before the rename or ``CompleteMultipartUpload``; a failure

@@ -366,7 +366,8 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     if compression != 1 and seg_bytes > MAX_SEGMENT_BYTES:
         raise UnsupportedTiffError(
             f"{where}: one {'tile' if tiled else 'strip'} decodes to {seg_bytes / 2**20:.0f} MiB "
-            f"(more than {MAX_SEGMENT_BYTES // 2**20} MiB), which cannot be read in bounded memory; "
+            f"(more than {MAX_SEGMENT_BYTES // 2**20} MiB), which cannot be read in bounded "
+            "memory; "
             "re-save the file tiled (for example 512x512 tiles) or with smaller strips")
     metadata = read_metadata(page, kind.colormap)
     return PageInfo(index=index, height=int(page.imagelength), width=int(page.imagewidth),

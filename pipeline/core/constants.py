@@ -59,5 +59,6 @@ CANNY_REDUCE_SIDES_ENV = "TIFFPIPE_CANNY_REDUCE_SIDES"
 
 
 def placeholder(function: str) -> str:
-    """The name of ``function``'s ARN placeholder in statemachine.asl.json (``SplitFunctionArn``)."""
+    """The name of ``function``'s ARN placeholder in statemachine.asl.json
+    (``SplitFunctionArn``)."""
     return f"{function.capitalize()}FunctionArn"

@@ -1,4 +1,5 @@
-"""Typed parameter specs: what an op or option accepts, checked with messages that name the field."""
+"""Typed parameter specs: what an op or option accepts, checked with messages that name the
+field."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class Param:
     choices: tuple[Any, ...] | None = None
 
     def expectation(self) -> str:
-        """How a user reads what this parameter accepts: ``a number > 0``, ``an odd integer >= 3``."""
+        """How a user reads what this parameter accepts: ``a number > 0``, ``an odd integer
+        >= 3``."""
         if self.choices is not None:
             return "one of " + ", ".join(json.dumps(c) for c in self.choices)
         noun = {"number": "a number", "integer": "an integer", "boolean": "true or false",

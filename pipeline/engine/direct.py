@@ -6,7 +6,8 @@ It runs the definition as written: Task (``arn:aws:states:::lambda:invoke``) wit
 ResultSelector, ResultPath, OutputPath, Retry (interval, backoff, max attempts, jitter) and
 Catch; Map (inline and distributed item processors, ItemsPath, ItemSelector, MaxConcurrency
 and MaxConcurrencyPath, ToleratedFailurePercentage/Count); Choice (the comparison operators
-on one Variable, And, Or, Not); Pass, Succeed and Fail. Paths are the reference paths ``$``, ``$.a.b`` and the context
+on one Variable, And, Or, Not); Pass, Succeed and Fail. Paths are the reference paths ``$``,
+``$.a.b`` and the context
 object's ``$$.Map.Item.Value`` / ``Index``, ``$$.Execution.Input`` / ``Name`` / ``Id``.
 :func:`unsupported` names the first thing of a definition outside this, and the engine then
 runs it on moto instead, so a definition that grows a feature never runs wrong here.

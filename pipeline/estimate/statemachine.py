@@ -58,7 +58,8 @@ def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) ->
     """State transitions of a successful execution, walking the definition: each state
     entered is one; a Map state is one plus its item processor once per item (a Distributed
     Map's child executions are Standard ones: their transitions count the same). Items of a
-    Map: see :func:`items_of`: ``jobs`` (one per job), ``units``, ``batches`` (the job's). A Choice follows the job: see :func:`_choose` (``fused``, ``rounds``)."""
+    Map: see :func:`items_of`: ``jobs`` (one per job), ``units``, ``batches`` (the job's). A
+    Choice follows the job: see :func:`_choose` (``fused``, ``rounds``)."""
 
     def walk(states: dict[str, Any], start: str, ctx: dict[str, Any]) -> int:
         count, name, steps = 0, start, 0

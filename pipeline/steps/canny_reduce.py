@@ -130,7 +130,8 @@ def _leaf_sides(plan: JobPlan, round_: int, page: int, node: canny_tree.Node
         for index in range(batch.first, batch.last):
             if index in wanted:
                 row, col = divmod(index, cols)
-                sides[(row, col)] = {e: part[layout.border_key(row, col, e)] for e in canny_tree.EDGES}
+                sides[(row, col)] = {e: part[layout.border_key(row, col, e)]
+                                     for e in canny_tree.EDGES}
     return sides
 
 

@@ -37,7 +37,8 @@ def process(event: BatchEvent) -> dict[str, Any]:
         out = TileOutput(plan, batch.page, fused=False)
         grid = plan.pages[batch.page].grid
         positions = [grid.position(i) for i in range(batch.first, batch.last)]
-        with SegmentOutput(plan, batch.page, layout.batch_segment(event.batch), positions) as segment:
+        with SegmentOutput(plan, batch.page, layout.batch_segment(event.batch),
+                           positions) as segment:
 
             def one(pos: tuple[int, int]) -> None:
                 stopping.check()

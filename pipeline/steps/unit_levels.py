@@ -4,7 +4,8 @@ A unit's region starts and ends on multiples of its processing tile ``T`` (outpu
 so for every level k with ``2**k`` dividing ``T`` the level's pixels of the region depend on
 the region's pixels alone (the 2x2 blocks of every level above are inside it; odd rows and
 columns only occur at the page's edge, which the unit sees as the page does). A unit
-builds these :func:`~pipeline.core.levels.unit_level_count` levels with :func:`~pipeline.steps.pyramid.reduce2`,
+builds these :func:`~pipeline.core.levels.unit_level_count` levels with
+:func:`~pipeline.steps.pyramid.reduce2`,
 exactly as merge's :class:`~pipeline.steps.pyramid.Pyramid` does, as its processing rows
 complete:
 
