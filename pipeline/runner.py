@@ -17,7 +17,7 @@ from dataclasses import field
 from typing import Any
 
 from pipeline.adapters import local_runs, storage
-from pipeline.core.constants import KEEP_SEGMENTS_ENV, THUMBNAILS_ENV
+from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
@@ -118,10 +118,11 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         # held_work.holding: the results of the jobs a stopped run finished, for its report
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
+                _run_env(RUN_TAG_ENV, run_id, replace=True), \
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
             with local_runs.listed(f"run-{run_id}", run_id, manifest,
-                                   None if keep_work or storage.is_s3(work) else work), \
+                                   None if storage.is_s3(work) else work, keep_work), \
                     LocalEngine(workers, listener, interpreter=interpreter, stop=stop) as engine:
                 execution = engine.run(event, name=f"run-{run_id}")
                 peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
@@ -207,46 +208,52 @@ def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
     doc: dict[str, Any] = storage.read_json(counts["report"])
     for job in doc["jobs"]:
         if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
-            _remove_partial_output(job["output"], doc["started_at"])
+            _remove_partial_output(job["output"], doc["run_id"], doc["started_at"])
     return doc
 
 
-def _remove_partial_output(output: str, since: float) -> None:
-    """Remove what a stopped job may have left of its output since the run began (``since``):
-    a local output's temporary files beside it (:func:`storage.temp_output_paths`: a worker
-    killed while it wrote one), an S3 output's open multipart uploads; not those of another
-    run writing the same output. The output itself is never touched."""
-    from pipeline.adapters.segments import CLOCK_SKEW_S, abort_uploads
+def _remove_partial_output(output: str, run_id: str, since: float) -> None:
+    """Remove what a stopped job of the run ``run_id`` may have left of its output: a local
+    output's temporary files beside it that this run made (:func:`storage.temp_output_paths`:
+    a worker killed while it wrote one), an S3 output's multipart uploads opened since the
+    run began (``since``). Not those of another run writing the same output; the output
+    itself is never touched."""
+    from pipeline.adapters.segments import abort_uploads
 
     try:
         if storage.is_s3(output):
             abort_uploads(output, since=since)
             return
-        for tmp in storage.temp_output_paths(output):
-            if os.path.getmtime(tmp) >= since - CLOCK_SKEW_S:
-                os.remove(tmp)
+        for tmp in storage.temp_output_paths(output, run_id):
+            os.remove(tmp)
     except (OSError, TiffpipeError) as exc:
         log.warning("could not remove the partial files of %s: %s", output, exc)
 
 
 @contextmanager
-def _run_env(name: str, value: str | None) -> Iterator[None]:
+def _run_env(name: str, value: str | None, replace: bool = False) -> Iterator[None]:
     """``name`` set to ``value`` in this process's environment, which the engine's workers
-    inherit, for the run only (None, or a variable the caller set: left as it is). With
-    ``keep_work``, :data:`KEEP_SEGMENTS_ENV`: the steps write every segment, plan and result
-    to the work location (small ProcessJobs compose from memory, and the engine holds the
-    plans and results its own process reads, otherwise). With a contact sheet,
-    :data:`THUMBNAILS_ENV`: the process steps sum the thumbnails of large pages as they go
-    (pipeline/steps/thumbs.py), which the sheet then reads instead of decoding those pages
-    again."""
-    if value is None or os.environ.get(name) is not None:
+    inherit, for the run only (None, or a variable the caller set: left as it is, unless
+    ``replace``: then restored after). With ``keep_work``, :data:`KEEP_SEGMENTS_ENV`: the
+    steps write every segment, plan and result to the work location (small ProcessJobs
+    compose from memory, and the engine holds the plans and results its own process reads,
+    otherwise). With a contact sheet, :data:`THUMBNAILS_ENV`: the process steps sum the
+    thumbnails of large pages as they go (pipeline/steps/thumbs.py), which the sheet then
+    reads instead of decoding those pages again. :data:`RUN_TAG_ENV`, always the run's id:
+    the temporary files beside its outputs carry it (a stopped or killed run's are found
+    by it)."""
+    before = os.environ.get(name)
+    if value is None or (before is not None and not replace):
         yield
         return
     os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.pop(name, None)
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> str | None:

@@ -172,17 +172,24 @@ def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, mo
     assert not (tmp_path / ".tiffpipe-work").exists()
 
 
-def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(tmp_path: Path):
-    """The temporary files beside a stopped job's output that this run made are removed;
-    one another run began before it (writing the same output at the same time) stays."""
+def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The temporary files beside a stopped job's output that this run made (its run id in
+    their names) are removed; those of another run writing the same output at the same time
+    (begun after this one, too), and one not of a local run, stay."""
     from pipeline.adapters import storage
+    from pipeline.core.constants import RUN_TAG_ENV
     from pipeline.runner import _remove_partial_output
 
     output = str(tmp_path / "out.tif")
-    ours, theirs = storage.temp_output_path(output), storage.temp_output_path(output)
-    for path in (ours, theirs):
-        open(path, "wb").close()
-    started = time.time()
-    os.utime(theirs, (started - 600, started - 600))  # ten minutes before this run
-    _remove_partial_output(output, started)
-    assert storage.temp_output_paths(output) == [theirs]
+    made = {}
+    for run in ("ours", "theirs", None):
+        if run is None:
+            monkeypatch.delenv(RUN_TAG_ENV, raising=False)
+        else:
+            monkeypatch.setenv(RUN_TAG_ENV, run)
+        made[run] = storage.temp_output_path(output)
+        open(made[run], "wb").close()
+    _remove_partial_output(output, "ours", time.time() - 600)
+    assert not os.path.exists(made["ours"])
+    assert os.path.exists(made["theirs"]) and os.path.exists(made[None])

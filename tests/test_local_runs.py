@@ -22,26 +22,26 @@ from pipeline.sample import SamplePage, write_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: a process that lists a run (argv: folder or "", name, run id, manifest, work folder or "")
-#: until its stdin ends
+#: a process that lists a run (argv: folder or "", name, run id, manifest, work folder or "",
+#: "keep" if it keeps its work) until its stdin ends
 LISTING = """
 import sys
 from pipeline.adapters import local_runs
 local_runs.FOLDER = sys.argv[1] or None
-with local_runs.listed(*sys.argv[2:5], sys.argv[5] or None):
+with local_runs.listed(*sys.argv[2:5], sys.argv[5] or None, sys.argv[6] == "keep"):
     print("listed", flush=True)
     sys.stdin.read()
 """
 
 
 @contextmanager
-def run_elsewhere(folder: str, name: str, manifest: str, work: str = ""
-                  ) -> Iterator[subprocess.Popen[str]]:
+def run_elsewhere(folder: str, name: str, manifest: str, work: str = "",
+                  keep_work: bool = False) -> Iterator[subprocess.Popen[str]]:
     """Another process running (listed as) run ``name`` on ``manifest`` while the block
     runs."""
     proc = subprocess.Popen([sys.executable, "-c", LISTING, folder, name, name[4:], manifest,
-                             work], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+                             work, "keep" if keep_work else ""], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "listed\n"
         yield proc
@@ -100,6 +100,43 @@ def test_a_run_of_another_process_is_going_on_until_that_process_ends(
             keeps.wait(30)
             assert [r.name for r in local_runs.running()] == ["run-d"]
     assert os.listdir(folder) == [] and kept.is_dir()  # a run's own is its own to remove
+
+
+@pytest.mark.parametrize("keep_work", [False, True])
+def test_the_partial_outputs_a_killed_run_left_are_removed(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, keep_work: bool):
+    """A run killed while it wrote outputs: the next look removes the temporary files named
+    with its run id beside the outputs its run file lists (with a warning each), not
+    another run's, not one of no run, not the outputs; and its work folder, unless the run
+    keeps it (--keep-work: kept, but its partial outputs go)."""
+    from pipeline.adapters import storage
+    from pipeline.core.constants import RUN_TAG_ENV
+
+    outputs = [str(tmp_path / "out" / "a.tif"), str(tmp_path / "out" / "sub" / "b.tif")]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"run_id": "k", "jobs": [
+        {"input": "x", "output": o} for o in outputs] + [{"input": "y", "output": None}]}))
+    made: dict[str | None, list[str]] = {}
+    for run in ("k", "other", None):
+        if run is None:
+            monkeypatch.delenv(RUN_TAG_ENV, raising=False)
+        else:
+            monkeypatch.setenv(RUN_TAG_ENV, run)
+        made[run] = [storage.temp_output_path(o) for o in outputs]
+        for path in made[run]:
+            Path(path).write_bytes(b"partial")
+    Path(outputs[0]).write_bytes(b"an earlier run's output")
+    with run_elsewhere(str(folder), "run-k", "/m/jobs.json", str(work), keep_work) as proc:
+        proc.kill()
+        proc.wait(30)
+    assert local_runs.running() == []
+    assert not any(os.path.exists(p) for p in made["k"]) and work.exists() == keep_work
+    assert all(os.path.exists(p) for p in made["other"] + made[None] + outputs[:1])
+    for path in made["k"]:
+        assert f"removed {path}, a partial output of run k: its process ({proc.pid})" \
+            in caplog.text
 
 
 def test_the_earlier_run_of_the_same_scan(folder: Path):
@@ -217,3 +254,31 @@ def test_the_work_a_killed_run_left_is_removed_by_the_next_run(tmp_path: Path,
     assert run_local(str(fast), 1).ok
     assert not works.exists() and not (tmp_path / "slow.tif").exists()
     assert f"removed {left}, the work folder of run {left.name}" in caplog.text
+
+
+@pytest.mark.engine
+def test_a_runs_temporary_outputs_carry_its_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The temporary file a local run builds an output in is named with the run's id (what
+    a stopped run, or the run after a killed one, finds its own by); the variable is the
+    run's only while it runs."""
+    from pipeline.adapters import storage
+    from pipeline.core.constants import RUN_TAG_ENV
+    from pipeline.runner import run_local
+
+    made: list[str] = []
+    real = storage.temp_output_path
+
+    def recording(url: str) -> str:
+        made.append(real(url))
+        return made[-1]
+
+    monkeypatch.setattr(storage, "temp_output_path", recording)
+    monkeypatch.setenv(RUN_TAG_ENV, "the-callers")
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out.tif"}]}))
+    result = run_local(str(manifest), 1)
+    assert result.ok and (tmp_path / "out.tif").exists()
+    mine = [p for p in made if os.path.basename(p).startswith(".out.tif.")]
+    assert mine and all(f".out.tif.tiffpipe-{result.run_id}-" in p for p in mine)
+    assert os.environ[RUN_TAG_ENV] == "the-callers"

@@ -206,16 +206,29 @@ def test_local_write_is_atomic(tmp_path, monkeypatch):
 # --- publishing -----------------------------------------------------------------------
 
 
-def test_the_temporaries_an_output_left_are_found(tmp_path):
-    """What a process killed while it wrote an output leaves beside it: found by the
-    output's name (one with glob's special characters too), never another output's."""
+def test_the_temporaries_an_output_left_are_found(tmp_path, monkeypatch):
+    """What a local run's process killed while it wrote an output leaves beside it: named
+    with the run's id (RUN_TAG_ENV), found by the output's name (one with glob's special
+    characters too) and the run, never another output's or another run's (nor one whose id
+    the run's begins: run a is not run a-b); a tag that is not a run id is left out."""
+    from pipeline.core.constants import RUN_TAG_ENV
+
     final = str(tmp_path / "out" / "a[1]*.tif")
+    monkeypatch.setenv(RUN_TAG_ENV, "20261206-060647-cb375c")
     left = [storage.temp_output_path(final) for _ in range(2)]
+    assert all(".a[1]*.tif.tiffpipe-20261206-060647-cb375c-" in p for p in left)
     other = storage.temp_output_path(str(tmp_path / "out" / "a1x.tif"))
-    for path in (*left, other, final):
+    monkeypatch.setenv(RUN_TAG_ENV, "20261206-060647-cb375c-2")
+    another_run = storage.temp_output_path(final)
+    monkeypatch.setenv(RUN_TAG_ENV, "../x")
+    untagged = storage.temp_output_path(final)
+    assert re.fullmatch(r"\.a\[1\]\*\.tif\.tiffpipe-[0-9a-f]{32}\.tmp",
+                        os.path.basename(untagged))
+    for path in (*left, other, another_run, untagged, final):
         open(path, "wb").close()
-    assert sorted(storage.temp_output_paths(final)) == sorted(left)
-    assert storage.temp_output_paths("s3://bucket/a.tif") == []
+    assert sorted(storage.temp_output_paths(final, "20261206-060647-cb375c")) == sorted(left)
+    assert storage.temp_output_paths(final, "20261206-060647-cb375c-2") == [another_run]
+    assert storage.temp_output_paths("s3://bucket/a.tif", "r") == []
 
 
 def test_publish_local_is_atomic(tmp_path):

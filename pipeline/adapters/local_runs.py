@@ -11,12 +11,14 @@ Every local run (:func:`pipeline.runner.run_local`) is listed for its life in
 :func:`runs_folder`: a small JSON file (its run id, manifest, start and process), on which
 the process running it holds an exclusive ``flock``. The kernel drops the lock when that
 process ends, however it ends, so a file no one holds is a run that is over. A run removes
-its work folder at its end; one whose process was killed first (``kill -9``, the kernel's
-out-of-memory killer, a power cut) cannot: its file names the folder, and the next local
-run's look removes both (the work of a large job is gigabytes of tiles and segments, of no
-use once its run is gone). The list is per user and per machine: runs of another user, in
-another container or on another machine are not seen. Where there is no ``flock``
-(Windows), runs are not listed and never defer.
+its work folder at its end, and a stopped one the temporary files of the outputs it had not
+finished; one whose process was killed first (``kill -9``, the kernel's out-of-memory
+killer, a power cut) cannot: its file names its work folder, and the next local run's look
+removes what it left (:func:`_reap`: the work of a large job is gigabytes of tiles and
+segments, a half-written output as large as the output, of no use once its run is gone). The
+list is per user and per machine: runs of another user, in another container or on another
+machine are not seen. Where there is no ``flock`` (Windows), runs are not listed and never
+defer.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
+
+from pipeline.adapters.storage import temp_output_paths
+from pipeline.core.constants import RUN_FILE
 
 try:
     import fcntl
@@ -61,7 +66,7 @@ def _own_folder(folder: str) -> bool:
 
 class LocalRun(NamedTuple):
     """A local run going on: its execution's name, run id, manifest URL, start (epoch
-    seconds), process, and the work folder it removes at its end (None: none it removes)."""
+    seconds), process, its local work folder (None: on S3), and whether it keeps it."""
 
     name: str
     run_id: str
@@ -69,6 +74,7 @@ class LocalRun(NamedTuple):
     started: float
     pid: int
     work: str | None = None
+    keep_work: bool = False
 
     def describe(self) -> str:
         """How a report names it (``deferred_to``)."""
@@ -76,13 +82,14 @@ class LocalRun(NamedTuple):
 
 
 @contextmanager
-def listed(name: str, run_id: str, manifest: str, work: str | None = None) -> Iterator[None]:
+def listed(name: str, run_id: str, manifest: str, work: str | None = None,
+           keep_work: bool = False) -> Iterator[None]:
     """List a run (execution ``name``) while the block runs; first, remove what runs killed
-    before their end left (:func:`running`). ``work``: the local work folder the run removes
-    at its end (None: it keeps it, or it is not local), which a later run removes should
-    this one be killed first. The file is written under a temporary name, locked, then
-    renamed into place: a look never finds it unlocked. Never a reason to fail the run: a
-    folder that cannot be written is a warning (the run goes on, unlisted)."""
+    before their end left (:func:`running`). ``work``: the run's local work folder (None: on
+    S3), which it removes at its end unless ``keep_work``; should it be killed first, a later
+    run removes what it left (:func:`_reap`). The file is written under a temporary name,
+    locked, then renamed into place: a look never finds it unlocked. Never a reason to fail
+    the run: a folder that cannot be written is a warning (the run goes on, unlisted)."""
     if fcntl is None:
         yield
         return
@@ -99,7 +106,7 @@ def listed(name: str, run_id: str, manifest: str, work: str | None = None) -> It
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, json.dumps({"name": name, "run_id": run_id, "manifest": manifest,
                                  "started": time.time(), "pid": os.getpid(),
-                                 "work": work}).encode())
+                                 "work": work, "keep_work": keep_work}).encode())
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot list this run in %s (%s): a later run of the same scan will not "
@@ -160,22 +167,48 @@ def _entry(fd: int) -> LocalRun | None:
         work = doc.get("work")
         return LocalRun(str(doc["name"]), str(doc["run_id"]), str(doc["manifest"]),
                         float(doc["started"]), int(doc["pid"]),
-                        work if isinstance(work, str) and work else None)
+                        work if isinstance(work, str) and work else None,
+                        doc.get("keep_work") is True)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # not a run's file
 
 
 def _reap(path: str, run: LocalRun | None) -> None:
-    """The file of a run whose process ended without removing it (killed): removed, and the
-    work folder it names. Of two looks at once, the one that removes the file does it."""
+    """The file of a run whose process ended without removing it (killed): removed, and what
+    the run left: the temporary files it was building outputs in (named with its run id,
+    beside the outputs of its jobs, listed in its work folder's run file), and its work
+    folder unless it keeps it. Of two looks at once, the one that removes the file does it.
+    Each removal is a warning, naming what went."""
     try:
         os.remove(path)
     except OSError:
         return
-    if run is not None and run.work and os.path.isdir(run.work):
+    if run is None or not run.work or not os.path.isdir(run.work):
+        return
+    for tmp in _partial_outputs(run):
+        try:
+            os.remove(tmp)
+        except OSError:
+            continue
+        log.warning("removed %s, a partial output of run %s: its process (%d) ended before "
+                    "the run did (killed?) and left it", tmp, run.run_id, run.pid)
+    if not run.keep_work:
         remove_work(run.work)
         log.warning("removed %s, the work folder of run %s: its process (%d) ended before "
                     "the run did (killed?) and left it", run.work, run.run_id, run.pid)
+
+
+def _partial_outputs(run: LocalRun) -> list[str]:
+    """The temporary files of ``run`` beside the local outputs of its jobs (none if its run
+    file is missing or unreadable: it was killed before it planned, or it is not a run's)."""
+    assert run.work is not None
+    try:
+        with open(os.path.join(run.work, RUN_FILE), "rb") as f:
+            jobs = json.load(f).get("jobs", [])
+        outputs = {job["output"] for job in jobs if isinstance(job.get("output"), str)}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return []
+    return [tmp for output in sorted(outputs) for tmp in temp_output_paths(output, run.run_id)]
 
 
 def remove_work(work: str) -> None:

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import shutil
 import sys
 import threading
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
 
+from pipeline.core.constants import RUN_TAG_ENV
 from pipeline.errors import (
     InputNotFoundError,
     OutputExistsError,
@@ -441,28 +443,45 @@ def _fresh(where: str) -> bool:
 
 def temp_output_path(url: str) -> str:
     """Where to build the local file ``url`` before :func:`publish_file`: a new name in its
-    folder (made)."""
+    folder (made), ``.<name>.tiffpipe-<run>-<random>.tmp`` within a local run (its id,
+    :data:`RUN_TAG_ENV`), ``.<name>.tiffpipe-<random>.tmp`` elsewhere."""
     if is_s3(url):
         raise ValueError(f"{url}: S3 objects are written in one step, not renamed")
     name = os.path.basename(url.rstrip("/"))
     folder = parent(url)
     _make_folder(folder)
-    return os.path.join(folder, _temp_name(name, os.urandom(16).hex()))
+    run = run_tag()
+    unique = os.urandom(16).hex()  # 32 hex digits (temp_output_paths)
+    return os.path.join(folder, _temp_name(name, f"{run}-{unique}" if run else unique))
+
+
+def run_tag() -> str | None:
+    """The local run this process works for (:data:`RUN_TAG_ENV`; None: none, or not a run
+    id: letters, digits and dashes)."""
+    tag = os.environ.get(RUN_TAG_ENV, "")
+    return tag if _RUN_TAG.fullmatch(tag) else None
+
+
+#: what a run tag may be (a run id, 20261206-060647-cb375c)
+_RUN_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 
 def _temp_name(name: str, tag: str) -> str:
     return f".{name}.tiffpipe-{tag}.tmp"
 
 
-def temp_output_paths(url: str) -> list[str]:
-    """The temporary files :func:`temp_output_path` made beside a local output and left
-    (a process killed while it wrote one); none for S3 (its open uploads are the parts)."""
+def temp_output_paths(url: str, run: str) -> list[str]:
+    """The temporary files :func:`temp_output_path` made beside a local output for the local
+    run ``run`` and left (a process killed while it wrote one): its own, never another
+    run's; none for S3 (its open uploads are the parts)."""
     if is_s3(url):
         return []
     import glob
 
     folder, name = os.path.split(url)
-    return glob.glob(os.path.join(glob.escape(folder), _temp_name(glob.escape(name), "*")))
+    # the run's id, then exactly the random part: run a-b's files are not run a's
+    pattern = _temp_name(glob.escape(name), f"{glob.escape(run)}-{'[0-9a-f]' * 32}")
+    return glob.glob(os.path.join(glob.escape(folder), pattern))
 
 
 def _make_folder(folder: str) -> None:

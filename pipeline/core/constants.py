@@ -53,6 +53,14 @@ KEEP_SEGMENTS_ENV = "TIFFPIPE_KEEP_SEGMENTS"
 #: (pipeline/steps/thumbs.py) instead of the sheet decoding those pages again; unset: none
 THUMBNAILS_ENV = "TIFFPIPE_THUMBNAILS"
 
+#: set to its run id by a local run (``run_local``) for its life: the temporary files its
+#: steps build outputs in carry it in their names (pipeline/adapters/storage.py), so that the
+#: run, stopped, or the next run, after it was killed, removes its own and no other run's
+RUN_TAG_ENV = "TIFFPIPE_RUN_TAG"
+
+#: the run's file in its work location: the run and every job's spec (PlanRun writes it)
+RUN_FILE = "run.json"
+
 #: tile sides one node of canny's reduce tree may hold (pipeline/steps/canny_reduce.py; the
 #: default there); tests set it small to force a tree of several levels
 CANNY_REDUCE_SIDES_ENV = "TIFFPIPE_CANNY_REDUCE_SIDES"

@@ -45,13 +45,14 @@ from __future__ import annotations
 import struct
 
 from pipeline.adapters.storage import join
+from pipeline.core.constants import RUN_FILE
 
 #: an entry of job-specs.bin's index: the job, where its record starts, its size
 JOB_ENTRY = struct.Struct("<QQQ")
 
 
 def run_file(work: str) -> str:
-    return join(work, "run.json")
+    return join(work, RUN_FILE)
 
 
 def jobs_file(work: str) -> str:
