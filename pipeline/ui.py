@@ -71,11 +71,12 @@ class RunProgress:
                 self._planned(payload["job"], payload["tiles"])
             elif action in ("process", "process_unit", "process_job") and ok:
                 self._advance(payload["job"], payload["tiles"])
-            if action in ("merge", "process_job") and ok and payload.get("skipped"):
-                self._log(f"job {payload['job']}: skipped, its output appeared while it ran "
-                          "(if_exists: skip)")
-            elif action in ("merge", "process_job") and ok:  # process_job: a whole job
-                self._log(f"job {payload['job']}: done -> {payload['output']}")
+            if action in ("merge", "process_job") and ok:  # process_job: a whole job
+                if payload.get("skipped"):
+                    self._log(f"job {payload['job']}: skipped, its output appeared while it "
+                              "ran (if_exists: skip)")
+                else:
+                    self._log(f"job {payload['job']}: done -> {payload['output']}")
             if action == "record_failure" and ok:
                 self._log(f"job {payload['job']}: FAILED ({payload['error']})")
 

@@ -185,7 +185,7 @@ def _reap(path: str, run: LocalRun | None) -> None:
         return
     if run is None or not run.work or not os.path.isdir(run.work):
         return
-    for tmp in _partial_outputs(run):
+    for tmp in _partial_outputs(run.work, run.run_id):
         try:
             os.remove(tmp)
         except OSError:
@@ -198,17 +198,17 @@ def _reap(path: str, run: LocalRun | None) -> None:
                     "the run did (killed?) and left it", run.work, run.run_id, run.pid)
 
 
-def _partial_outputs(run: LocalRun) -> list[str]:
-    """The temporary files of ``run`` beside the local outputs of its jobs (none if its run
-    file is missing or unreadable: it was killed before it planned, or it is not a run's)."""
-    assert run.work is not None
+def _partial_outputs(work: str, run_id: str) -> list[str]:
+    """The temporary files of the run ``run_id`` beside the local outputs of its jobs, which
+    its work folder's run file lists (none if that is missing or unreadable: it was killed
+    before it planned, or it is not a run's)."""
     try:
-        with open(os.path.join(run.work, RUN_FILE), "rb") as f:
+        with open(os.path.join(work, RUN_FILE), "rb") as f:
             jobs = json.load(f).get("jobs", [])
         outputs = {job["output"] for job in jobs if isinstance(job.get("output"), str)}
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return []
-    return [tmp for output in sorted(outputs) for tmp in temp_output_paths(output, run.run_id)]
+    return [tmp for output in sorted(outputs) for tmp in temp_output_paths(output, run_id)]
 
 
 def remove_work(work: str) -> None:

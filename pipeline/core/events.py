@@ -262,7 +262,8 @@ class RunEvent(RunInput):
 
     concurrency: int = 0
     #: the execution's ARN (``$$.Execution.Id``): a scan's run defers to an earlier run of
-    #: the same manifest still running (pipeline/adapters/earlier_runs.py)
+    #: the same scan still going (planning._earlier: Step Functions' executions on Lambda,
+    #: pipeline/adapters/earlier_runs.py; the local runs elsewhere, local_runs.py)
     execution: str = ""
 
 
