@@ -384,6 +384,31 @@ def test_pipeline_on_s3(functions, data):
     _check_output(local, data)
 
 
+def test_pipeline_on_old_style_jpeg_from_s3(functions, data):
+    """An old-style JPEG page, which libtiff (imagecodecs') decodes, read by ranged GETs;
+    split into work tiles (not fused) and fused, by the function each action runs in."""
+    from ojpeg_files import write_ojpeg
+    from PIL import Image
+
+    source = data.dir / "ojpeg.tif"
+    write_ojpeg(source, [data.pages[0]])
+    with Image.open(source) as image:
+        page = np.asarray(image)  # libtiff's read (Pillow's build of it)
+    data.s3.upload_file(str(source), BUCKET, "in/ojpeg.tif")
+    for fuse in (False, True):
+        key = f"out/ojpeg-{fuse}.tif"
+        data.s3.put_object(Bucket=BUCKET, Key="jobs/ojpeg.json", Body=json.dumps({"jobs": [{
+            "input": f"s3://{BUCKET}/in/ojpeg.tif", "output": f"s3://{BUCKET}/{key}",
+            "ops": OPS, "tile": 256, "fuse": fuse,
+            "output_options": {"compression": "zstd", "tile": 128}}]}))
+        run_pipeline(functions, f"s3://{BUCKET}/jobs/ojpeg.json",
+                     f"s3://{BUCKET}/work-ojpeg-{fuse}/",
+                     f"s3://{BUCKET}/reports/ojpeg-{fuse}.json")
+        local = data.dir / f"ojpeg-{fuse}.tif"
+        data.s3.download_file(BUCKET, key, str(local))
+        assert np.array_equal(tifffile.imread(local), expected(page)), f"fuse {fuse}"
+
+
 @pytest.mark.parametrize(("step", "event", "error"), [
     ("split", {"action": "plan_run", "manifest": "{dir}/missing.json", "work": "{dir}/w",
                "run_id": "x", "report": "{dir}/r.json"}, "InputNotFoundError"),

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import tifffile
+from PIL import Image
 
 
 def whole_page(page: tifffile.TiffPage) -> np.ndarray:
-    """tifffile's read of a whole page as (h, w) or (h, w, samples)."""
+    """tifffile's read of a whole page as (h, w) or (h, w, samples); old-style JPEG, which
+    tifffile does not decode, as libtiff reads it (Pillow's whole-file read)."""
+    if int(page.compression) == 6:
+        with Image.open(page.parent.filehandle.path) as image:
+            image.seek(page.index)
+            return np.asarray(image)
     data = page.asarray()
     if page.planarconfig == 2 and page.samplesperpixel > 1:
         data = np.moveaxis(data, 0, -1)

@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT, TIFF
 
-from pipeline.adapters import kept_files, storage
+from pipeline.adapters import kept_files, ojpeg, storage
 from pipeline.adapters.metadata import read_metadata
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
@@ -34,8 +34,8 @@ from pipeline.errors import (
 )
 
 # Compressions that tifffile lists but cannot decode correctly: refuse them up front.
+# (Old-style JPEG is decoded by libtiff instead: pipeline/adapters/ojpeg.py.)
 _UNDECODABLE = {
-    6: "old-style JPEG (OJPEG): re-save the file with new-style JPEG or a lossless codec",
     34676: "SGILOG (LogLuv): convert the file to float32 first",
     34677: "SGILOG24 (LogLuv): convert the file to float32 first",
 }
@@ -244,8 +244,8 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
     """
     photometric = int(page.photometric)
     compression = int(page.compression)
-    if photometric == PHOTOMETRIC.YCBCR and compression == 7:
-        photometric = PHOTOMETRIC.RGB  # JPEG decodes YCbCr to RGB
+    if photometric == PHOTOMETRIC.YCBCR and compression in (7, ojpeg.OJPEG):
+        photometric = PHOTOMETRIC.RGB  # JPEG (libtiff for old-style JPEG) decodes it to RGB
     pname = _name(photometric, PHOTOMETRIC)
     bps = page.bitspersample
     samples = int(page.samplesperpixel)
@@ -352,23 +352,30 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
         raise UnsupportedTiffError(f"{where}: compression {cname} ({compression}) cannot be "
                                    "decoded here; re-save the file with zstd, deflate or LZW")
     kind = pixel_kind(page, where, keep_palette)
+    if compression == ojpeg.OJPEG:
+        _check_ojpeg(where, kind)
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
     samples = int(page.samplesperpixel)
-    tiled = bool(page.is_tiled)
+    whole = compression == ojpeg.OJPEG  # decoded whole (PageReader): one segment
+    tiled = bool(page.is_tiled) and not whole
     seg_rows = int(page.tilelength) if tiled else int(min(page.rowsperstrip or page.imagelength,
                                                            page.imagelength))
+    if whole:
+        seg_rows = int(page.imagelength)
     per_segment = 1 if page.planarconfig == PLANARCONFIG.SEPARATE and samples > 1 \
-        else kind.channels
+        and not whole else kind.channels
     seg_bytes = seg_rows * (int(page.tilewidth) if tiled else int(page.imagewidth)) * \
         per_segment * kind.dtype.itemsize
     if compression != 1 and seg_bytes > MAX_SEGMENT_BYTES:
+        what = ("an old-style JPEG page, decoded whole," if whole else
+                "one tile" if tiled else "one strip")
+        fix = ("re-save the file with new-style JPEG, tiled" if whole else
+               "re-save the file tiled (for example 512x512 tiles) or with smaller strips")
         raise UnsupportedTiffError(
-            f"{where}: one {'tile' if tiled else 'strip'} decodes to {seg_bytes / 2**20:.0f} MiB "
-            f"(more than {MAX_SEGMENT_BYTES // 2**20} MiB), which cannot be read in bounded "
-            "memory; "
-            "re-save the file tiled (for example 512x512 tiles) or with smaller strips")
+            f"{where}: {what} decodes to {seg_bytes / 2**20:.0f} MiB (more than "
+            f"{MAX_SEGMENT_BYTES // 2**20} MiB), which cannot be read in bounded memory; {fix}")
     metadata = read_metadata(page, kind.colormap)
     return PageInfo(index=index, height=int(page.imagelength), width=int(page.imagewidth),
                     channels=kind.channels, dtype=kind.dtype.name, photometric=kind.photometric,
@@ -376,6 +383,16 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
                     segment_rows=max(seg_rows, 1), compression=cname.lower(),
                     conversion=kind.conversion, metadata=metadata,
                     ifd_offset=int(page.offset))
+
+
+def _check_ojpeg(where: str, kind: PixelKind) -> None:
+    """An old-style JPEG page is decoded by libtiff (pipeline/adapters/ojpeg.py) as 8-bit gray
+    or colour (YCbCr or RGB), as baseline JPEG holds them."""
+    if kind.dtype != np.uint8 or kind.channels not in (1, 3) or kind.lut is not None:
+        raise UnsupportedTiffError(f"{where}: old-style JPEG (OJPEG) is read for 8-bit gray "
+                                   f"and colour pages, not {kind.channels} x "
+                                   f"{kind.dtype.name} samples; re-save the file with "
+                                   "new-style JPEG or a lossless codec")
 
 
 class PageReader:
@@ -400,7 +417,8 @@ class PageReader:
         # handle); asked for first in a decoder thread, that moved the handle under this
         # thread's reads of segment bytes (a preview of a JPEG page failed one run in two).
         # Both made here, in the thread that reads the file.
-        self._decode = page.decode
+        self.ojpeg = int(page.compression) == ojpeg.OJPEG  # decoded whole, by libtiff
+        self._decode = None if self.ojpeg else page.decode
         self.jpegtables = page.jpegtables
         self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
@@ -411,7 +429,10 @@ class PageReader:
         self.dtype = self.kind.dtype
         self.bits = int(page.bitspersample)
         self.separate = page.planarconfig == PLANARCONFIG.SEPARATE and self.file_samples > 1
-        if page.is_tiled:
+        if self.ojpeg:  # one segment: the page
+            self.seg_h, self.seg_w = self.height, self.width
+            self.separate = False  # libtiff returns contiguous samples
+        elif page.is_tiled:
             self.seg_h, self.seg_w = int(page.tilelength), int(page.tilewidth)
         else:
             self.seg_h = int(min(page.rowsperstrip or self.height, self.height))
@@ -423,7 +444,8 @@ class PageReader:
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
         needed = self.planes * self.seg_rows * self.seg_cols
-        if len(page.dataoffsets) < needed or len(page.databytecounts) < needed:
+        if not self.ojpeg and (len(page.dataoffsets) < needed
+                               or len(page.databytecounts) < needed):
             raise CorruptTiffError(f"{self.where}: has {len(page.dataoffsets)} segment offsets, "
                                    f"{needed} expected; the file is damaged: {REPAIR}")
 
@@ -489,8 +511,10 @@ class PageReader:
     def segment_bytes(self, seg: int) -> bytes | None:
         """The stored bytes of a segment (None: a sparse one, which has none), read in the
         reader's own thread (the file handle is not shared with its decoder threads)."""
-        offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
         self.decoded += 1
+        if self.ojpeg:  # the page as a TIFF of its own, for libtiff
+            return ojpeg.page_tiff(self.page, lambda start, count: self._read(seg, start, count))
+        offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
         return self._read(seg, offset, count) if count else None
 
     def decode_segment(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
@@ -503,6 +527,9 @@ class PageReader:
                              else self.file_dtype)
             return self._convert(zeros, plane), plane, r * self.seg_h, c * self.seg_w
         try:
+            if self.ojpeg:
+                page = ojpeg.decode(data, self.height, self.width, self.file_samples)
+                return self._convert(page, 0), 0, 0, 0
             decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
