@@ -21,7 +21,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
-from pipeline.errors import InputNotFoundError, ManifestError, OutputNotWritableError
+from pipeline.errors import (
+    InputNotFoundError,
+    ManifestError,
+    OutputNotWritableError,
+    WorkLocationError,
+)
 
 if TYPE_CHECKING:
     from pipeline.engine.local import StopRequest
@@ -231,6 +236,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                interpreter=getattr(args, "interpreter", "auto"), stop=stop)
     except OutputNotWritableError as exc:
         print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WorkLocationError as exc:
+        print(f"tiffpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for url in result.removed if not args.quiet else []:
         print(f"tiffpipe: removed {url}: an earlier run's, and this run wrote none",

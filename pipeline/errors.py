@@ -33,6 +33,11 @@ class ManifestError(TiffpipeError):
         super().__init__(f"{source}: {len(self.problems)} problem(s) in the manifest:\n{lines}")
 
 
+class WorkLocationError(TiffpipeError):
+    """A local run's work location (``--work``) is another run's, going on, or holds files that
+    are not a tiffpipe run's work (which the run would remove with its own when it ends)."""
+
+
 class OperationError(TiffpipeError):
     """An op cannot be applied to this page (dtype, channels) or a user function misbehaved."""
 

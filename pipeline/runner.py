@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
 
-from pipeline.adapters import local_runs, storage
+from pipeline.adapters import local_runs, storage, work_location
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
@@ -24,7 +24,13 @@ from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX, contact_sheet_url
 from pipeline.engine.execution import Listener
 from pipeline.engine.local import LocalEngine, StopRequest
-from pipeline.errors import INTERRUPTED_ERROR, EngineError, StorageError, TiffpipeError
+from pipeline.errors import (
+    INTERRUPTED_ERROR,
+    EngineError,
+    StorageError,
+    TiffpipeError,
+    WorkLocationError,
+)
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest
 from pipeline.steps.report import failure_record
@@ -101,7 +107,10 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     ``interpreter``: of the state machine (see :class:`LocalEngine`). ``stop``: a request
     (a signal handler's) that stops the run: no task starts, the running ones stop within
     their tile, the partial files of the jobs not finished are removed (outputs published
-    stay), and the report marks those jobs (:func:`_report_interrupted`); no contact sheet."""
+    stay), and the report marks those jobs (:func:`_report_interrupted`); no contact sheet.
+    ``work``: a location another local run going on uses, or that holds files other than
+    an earlier run's work, is a WorkLocationError before anything runs (an earlier run's
+    work there is removed first: :mod:`pipeline.adapters.work_location`)."""
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
@@ -114,6 +123,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     storage.check_writable(report_url)  # before any work: a run whose report is lost is wasted
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
+    ours = False  # the work location is this run's (not another run's, going on): removed
     try:
         # held_work.holding: the results of the jobs a stopped run finished, for its report
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
@@ -121,11 +131,13 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _run_env(RUN_TAG_ENV, run_id, replace=True), \
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
-            with local_runs.listed(f"run-{run_id}", run_id, manifest,
-                                   None if storage.is_s3(work) else work, keep_work), \
-                    LocalEngine(workers, listener, interpreter=interpreter, stop=stop) as engine:
-                execution = engine.run(event, name=f"run-{run_id}")
-                peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
+            with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
+                _claim_work(work, f"run-{run_id}")
+                ours = True
+                with LocalEngine(workers, listener, interpreter=interpreter,
+                                 stop=stop) as engine:
+                    execution = engine.run(event, name=f"run-{run_id}")
+                    peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
             interrupted = stop.signal if stop is not None else None
             doc = None
             if execution.status == "SUCCEEDED":
@@ -145,7 +157,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
                          str(exc), removed=_remove_stale(report_url, run_id, False, False))
     finally:
-        if not keep_work:
+        if ours and not keep_work:
             try:
                 _remove_work(work)
             except TiffpipeError as exc:
@@ -273,8 +285,21 @@ def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> 
     return url
 
 
+def _claim_work(work: str, name: str) -> None:
+    """Make the work location this run's (:func:`work_location.prepare`), or a
+    WorkLocationError: another local run going on uses it, or it holds other files."""
+    other = local_runs.using(work, name)
+    if other is not None:
+        raise WorkLocationError(f"{work}: the work location of {other.describe()}, still "
+                                "going on: give this run another --work, or none (each run "
+                                "then gets its own)")
+    earlier = work_location.prepare(work)
+    if earlier is not None:
+        log.warning("removed the work files of an earlier run (%s) at %s (kept with "
+                    "--keep-work, or left by a killed run): this run's would mix with them",
+                    earlier, work)
+
+
 def _remove_work(work: str) -> None:
-    if storage.is_s3(work):
-        storage.delete_prefix(work)
-    else:
-        local_runs.remove_work(work)
+    """What this run wrote in its work location (never what else it holds)."""
+    work_location.remove(work)

@@ -26,15 +26,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from pipeline.adapters import storage, work_location
 from pipeline.adapters.storage import temp_output_paths
 from pipeline.core.constants import RUN_FILE
+from pipeline.errors import TiffpipeError
 
 try:
     import fcntl
@@ -66,7 +67,8 @@ def _own_folder(folder: str) -> bool:
 
 class LocalRun(NamedTuple):
     """A local run going on: its execution's name, run id, manifest URL, start (epoch
-    seconds), process, its local work folder (None: on S3), and whether it keeps it."""
+    seconds), process, its work location (a folder or an S3 prefix), and whether it keeps
+    it."""
 
     name: str
     run_id: str
@@ -85,11 +87,12 @@ class LocalRun(NamedTuple):
 def listed(name: str, run_id: str, manifest: str, work: str | None = None,
            keep_work: bool = False) -> Iterator[None]:
     """List a run (execution ``name``) while the block runs; first, remove what runs killed
-    before their end left (:func:`running`). ``work``: the run's local work folder (None: on
-    S3), which it removes at its end unless ``keep_work``; should it be killed first, a later
-    run removes what it left (:func:`_reap`). The file is written under a temporary name,
-    locked, then renamed into place: a look never finds it unlocked. Never a reason to fail
-    the run: a folder that cannot be written is a warning (the run goes on, unlisted)."""
+    before their end left (:func:`running`). ``work``: the run's work location, which it
+    removes at its end unless ``keep_work``; should it be killed first, a later run removes
+    what it left (:func:`_reap`); no other run uses it meanwhile (:func:`using`). The file
+    is written under a temporary name, locked, then renamed into place: a look never finds
+    it unlocked. Never a reason to fail the run: a folder that cannot be written is a
+    warning (the run goes on, unlisted)."""
     if fcntl is None:
         yield
         return
@@ -183,7 +186,13 @@ def _reap(path: str, run: LocalRun | None) -> None:
         os.remove(path)
     except OSError:
         return
-    if run is None or not run.work or not os.path.isdir(run.work):
+    if run is None or not run.work:
+        return
+    if storage.is_s3(run.work):
+        if not run.keep_work:
+            _reap_s3_work(run)
+        return
+    if not os.path.isdir(run.work):
         return
     for tmp in _partial_outputs(run.work, run.run_id):
         try:
@@ -193,9 +202,22 @@ def _reap(path: str, run: LocalRun | None) -> None:
         log.warning("removed %s, a partial output of run %s: its process (%d) ended before "
                     "the run did (killed?) and left it", tmp, run.run_id, run.pid)
     if not run.keep_work:
-        remove_work(run.work)
+        work_location.remove(run.work)
         log.warning("removed %s, the work folder of run %s: its process (%d) ended before "
                     "the run did (killed?) and left it", run.work, run.run_id, run.pid)
+
+
+def _reap_s3_work(run: LocalRun) -> None:
+    """A killed run's work under an S3 prefix, removed (a warning either way: this run may
+    not reach that bucket, or have the rights the killed one had)."""
+    try:
+        work_location.remove(run.work or "")
+    except TiffpipeError as exc:
+        log.warning("could not remove %s, the work of run %s, whose process (%d) ended before "
+                    "the run did (killed?): %s", run.work, run.run_id, run.pid, exc)
+        return
+    log.warning("removed %s, the work of run %s: its process (%d) ended before the run did "
+                "(killed?) and left it", run.work, run.run_id, run.pid)
 
 
 def _partial_outputs(work: str, run_id: str) -> list[str]:
@@ -211,27 +233,35 @@ def _partial_outputs(work: str, run_id: str) -> list[str]:
     return [tmp for output in sorted(outputs) for tmp in temp_output_paths(output, run_id)]
 
 
-def remove_work(work: str) -> None:
-    """Remove a local run's work folder, and the ``.tiffpipe-work`` folder around it once
-    empty (other runs may share it)."""
-    shutil.rmtree(work, ignore_errors=True)
-    parent = os.path.dirname(work)
-    if os.path.basename(parent) in (".tiffpipe-work", "tiffpipe-work"):
-        try:
-            os.rmdir(parent)  # only when empty
-        except OSError:
-            pass
+def using(work: str, name: str) -> LocalRun | None:
+    """The local run going on, listed before the run ``name``, whose work location is
+    ``work`` (None if none): two runs given one ``--work`` would mix their files, and the
+    first to end would remove the other's."""
+    return _earlier(name, lambda run: run.work is not None and _same_work(run.work, work))
+
+
+def _same_work(a: str, b: str) -> bool:
+    if storage.is_s3(a) or storage.is_s3(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def earlier_run(name: str, same: Callable[[str], bool]) -> str | None:
     """How a report names a local run going on that started before the run ``name`` (ties
     broken by name; a run not listed is taken to start now) on a manifest for which
     ``same(manifest URL)`` is true; None if there is none."""
+    run = _earlier(name, lambda run: same(run.manifest))
+    return run.describe() if run is not None else None
+
+
+def _earlier(name: str, match: Callable[[LocalRun], bool]) -> LocalRun | None:
+    """The first local run going on, listed before the run ``name`` (ties broken by name; a
+    run not listed is taken to start now), that ``match`` takes."""
     runs = running()
     own = next((r.started for r in runs if r.name == name), time.time())
     for run in runs:
         if (run.started, run.name) >= (own, name):
             break
-        if same(run.manifest):
-            return run.describe()
+        if match(run):
+            return run
     return None

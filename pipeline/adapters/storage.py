@@ -322,6 +322,27 @@ def list_prefix(url: str) -> list[str]:
         return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
 
 
+def top_names(url: str, most: int = 1000) -> list[str]:
+    """The names directly in a folder or under a prefix (a folder's, or a deeper prefix's,
+    with a trailing ``/``), at most about ``most`` (one listing: a look, not an inventory);
+    none for a missing one."""
+    if not is_s3(url):
+        with _errors(url, "list", None):
+            try:
+                with os.scandir(url) as entries:
+                    return sorted(e.name + ("/" if e.is_dir() else "") for e in entries)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+    bucket, prefix = split_s3(url)
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    with _errors(url, "list", None):
+        page = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/",
+                                           MaxKeys=most)
+    names = [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+    names += [p["Prefix"][len(prefix):] for p in page.get("CommonPrefixes", [])]
+    return sorted(n for n in names if n)
+
+
 def remove(url: str) -> bool:
     """Delete one file or object; whether it was there (a missing one is not an error)."""
     if not is_s3(url):

@@ -60,6 +60,12 @@ RUN_TAG_ENV = "TIFFPIPE_RUN_TAG"
 
 #: the run's file in its work location: the run and every job's spec (PlanRun writes it)
 RUN_FILE = "run.json"
+#: the job indices the Jobs map reads, every job's spec as its steps read it, and the folder
+#: of the jobs' work (pipeline/steps/layout.py); with RUN_FILE and the report a run writes
+#: there when it is given none, every name a run writes at the top of its work location
+JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT = "jobs.json", "job-specs.bin", "jobs", \
+    "report.json"
+WORK_ENTRIES = (RUN_FILE, JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT)
 
 #: tile sides one node of canny's reduce tree may hold (pipeline/steps/canny_reduce.py; the
 #: default there); tests set it small to force a tree of several levels

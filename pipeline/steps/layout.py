@@ -45,7 +45,7 @@ from __future__ import annotations
 import struct
 
 from pipeline.adapters.storage import join
-from pipeline.core.constants import RUN_FILE
+from pipeline.core.constants import JOB_SPECS_FILE, JOBS_FILE, JOBS_FOLDER, RUN_FILE, WORK_REPORT
 
 #: an entry of job-specs.bin's index: the job, where its record starts, its size
 JOB_ENTRY = struct.Struct("<QQQ")
@@ -56,11 +56,16 @@ def run_file(work: str) -> str:
 
 
 def jobs_file(work: str) -> str:
-    return join(work, "jobs.json")
+    return join(work, JOBS_FILE)
 
 
 def job_specs_file(work: str) -> str:
-    return join(work, "job-specs.bin")
+    return join(work, JOB_SPECS_FILE)
+
+
+def report_file(work: str) -> str:
+    """Where a run given no report location writes its report."""
+    return join(work, WORK_REPORT)
 
 
 def pack_job_specs(records: list[bytes]) -> bytes:
@@ -86,7 +91,7 @@ def job_spec_span(entry: bytes, job: int) -> tuple[int, int] | None:
 
 
 def job_dir(work: str, job: int) -> str:
-    return join(work, "jobs", f"{job:05d}")
+    return join(work, JOBS_FOLDER, f"{job:05d}")
 
 
 def plan_file(job_work: str) -> str:

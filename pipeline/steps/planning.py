@@ -41,7 +41,7 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     else:
         specs = parsed
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
-                        event.report or storage.join(event.work, "report.json"), earlier)
+                        event.report or layout.report_file(event.work), earlier)
     jobs_url = layout.jobs_file(event.work)
     storage.write_json(jobs_url, list(range(len(specs))), indent=None)
     jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)

@@ -1,0 +1,90 @@
+"""A local run's work location (a folder, or an ``s3://`` prefix) as a whole: made ready
+before the run (:func:`prepare`), and what a run wrote there removed after it
+(:func:`remove`), never more.
+
+``tiffpipe run --work`` takes any folder, and a run removes its work when it ends: it removes
+the names it writes at the top of the location (``WORK_ENTRIES``: run.json, jobs.json,
+job-specs.bin, jobs/, report.json), then the folder if that left it empty; never the folder
+with what else it holds (a user's ``--work ~/scans`` keeps the scans). Before the run, the
+location must be new, empty, or hold an earlier tiffpipe run's work (its run.json): that
+work, kept with ``--keep-work`` or left by a killed run, is removed first, since its recorded
+errors, results and segments would pass for this run's (a job rerun after its input was
+mended failed again with the earlier run's error). A location holding anything else is
+refused (:class:`~pipeline.errors.WorkLocationError`): the run would mix its files with
+them. Whether another run going on uses the location is the run list's to say
+(:func:`pipeline.adapters.local_runs.using`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from pipeline.adapters import storage
+from pipeline.core.constants import JOBS_FOLDER, RUN_FILE, WORK_ENTRIES
+from pipeline.errors import StorageError, TiffpipeError, WorkLocationError
+
+#: the folders a local run's default work folder is made in (``runner.default_work``):
+#: removed too once empty (other runs may share them)
+DEFAULT_PARENTS = (".tiffpipe-work", "tiffpipe-work")
+
+
+def prepare(work: str) -> str | None:
+    """Make ``work`` ready for a new run: nothing to do when it is new or empty; an earlier
+    run's work there is removed (its run id returned, for the caller to say so); anything
+    else is a WorkLocationError that names what is there."""
+    if not storage.is_s3(work) and os.path.lexists(work) and not os.path.isdir(work):
+        raise WorkLocationError(f"{work}: the work location is a file, not a folder: give "
+                                "--work a new or empty folder, or none")
+    try:
+        names = {n.rstrip("/") for n in storage.top_names(work)}
+    except StorageError as exc:
+        raise WorkLocationError(f"{work}: the work location cannot be looked into ({exc}): "
+                                "give --work a folder (or prefix) this run can read and "
+                                "write, or none") from exc
+    if not names:
+        return None
+    foreign = sorted(names - set(WORK_ENTRIES))
+    if foreign or RUN_FILE not in names:
+        shown = ", ".join(foreign[:3] or sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise WorkLocationError(
+            f"{work}: the work location holds files that are not a tiffpipe run's work "
+            f"({shown}): give --work a new or empty folder (or prefix), or none (each run "
+            "then gets its own); a run removes what it writes there when it ends")
+    earlier = _run_id(work)
+    remove(work)
+    return earlier
+
+
+def _run_id(work: str) -> str:
+    try:
+        doc = json.loads(storage.read_bytes(storage.join(work, RUN_FILE)))
+        return str(doc["run_id"])
+    except (TiffpipeError, ValueError, KeyError, TypeError):
+        return "of unknown id"  # a run.json half written, or damaged: still a run's
+
+
+def remove(work: str) -> None:
+    """Remove what a run writes in ``work``, then the folder if that left it empty, and the
+    default work folders' parent (:data:`DEFAULT_PARENTS`) once empty; a missing one is not
+    an error."""
+    files = [name for name in WORK_ENTRIES if name != JOBS_FOLDER]
+    if storage.is_s3(work):
+        storage.delete_prefix(storage.join(work, JOBS_FOLDER))
+        for name in files:
+            storage.remove(storage.join(work, name))
+        return
+    shutil.rmtree(os.path.join(work, JOBS_FOLDER), ignore_errors=True)
+    for name in files:
+        try:
+            os.remove(os.path.join(work, name))
+        except FileNotFoundError:
+            pass
+    for folder in (work, os.path.dirname(work)):
+        if folder != work and os.path.basename(folder) not in DEFAULT_PARENTS:
+            break
+        try:
+            os.rmdir(folder)  # only when empty
+        except OSError:
+            break

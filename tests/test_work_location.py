@@ -1,0 +1,240 @@
+"""A local run's work location (``tiffpipe run --work``; pipeline/adapters/work_location.py):
+a run removes what it wrote there and nothing else; a location holding other files, or
+another run's going on, is refused before anything runs; an earlier run's work left there
+(--keep-work, a killed run) is removed first, so that its recorded errors and results do
+not pass for the new run's. Real runs on real files, real processes holding real listings,
+moto for S3."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import tifffile
+from moto import mock_aws
+from test_local_runs import run_elsewhere
+
+from pipeline import cli
+from pipeline.adapters import local_runs, storage, work_location
+from pipeline.core.constants import WORK_ENTRIES
+from pipeline.errors import WorkLocationError
+
+BUCKET = "tp-work"
+OPS = [{"op": "gaussian_blur", "sigma": 1.5}]
+
+
+@pytest.fixture(autouse=True)
+def runs_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own list of local runs (no other test's runs in it)."""
+    path = tmp_path / "runs"
+    monkeypatch.setattr(local_runs, "FOLDER", str(path))
+    return path
+
+
+def _scan(path: Path, damaged: bool = False) -> np.ndarray:
+    """A tiled deflate page; ``damaged``: one tile's bytes zeroed (it cannot be decoded)."""
+    pixels = np.random.default_rng(3).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, tile=(128, 128), compression="zlib", photometric="rgb")
+    if damaged:
+        with tifffile.TiffFile(path) as tf:
+            offset, count = tf.pages[0].dataoffsets[7], tf.pages[0].databytecounts[7]
+        data = bytearray(path.read_bytes())
+        data[offset:offset + count] = bytes(count)
+        path.write_bytes(bytes(data))
+    return pixels
+
+
+def _run(manifest: Path, *options: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet",
+                         "--no-contact-sheet", *options])
+    return code, err.getvalue()
+
+
+def _manifest(folder: Path, source: Path, fuse: bool = True) -> Path:
+    manifest = folder / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": str(source), "output": str(folder / "out.tif"), "ops": OPS,
+        "fuse": fuse, "tile": 256, "output_options": {"tile": 128}}]}))
+    return manifest
+
+
+def test_a_folder_holding_other_files_is_refused_and_kept(tmp_path: Path):
+    """`--work ~/scans`: the run would remove the folder with what it holds when it ends (it
+    did: the input and every other file went). Refused before anything runs, untouched."""
+    mine = tmp_path / "scans"
+    mine.mkdir()
+    source = mine / "scan.tif"
+    _scan(source)
+    (mine / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    manifest = _manifest(tmp_path, source)
+    code, err = _run(manifest, "--work", str(mine))
+    assert code == 2
+    for word in (str(mine), "not a tiffpipe run's work", "notes.txt", "--work"):
+        assert word in err, err
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    assert not (tmp_path / "out.tif").exists() and not (tmp_path / "m.report.json").exists()
+
+
+def test_a_file_is_refused(tmp_path: Path):
+    source = tmp_path / "scan.tif"
+    _scan(source)
+    before = source.read_bytes()
+    code, err = _run(_manifest(tmp_path, source), "--work", str(source))
+    assert code == 2 and f"{source}: the work location is a file, not a folder" in err, err
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("keep_work", [False, True])
+def test_a_given_folder_loses_only_what_the_run_wrote(tmp_path: Path, keep_work: bool):
+    """A new or empty folder: the run's files there, removed at its end with the folder
+    (then empty), or kept with --keep-work; a folder made for it in a folder of the user's
+    leaves that one alone."""
+    source = tmp_path / "scan.tif"
+    pixels = _scan(source)
+    work = tmp_path / "mine" / "work"
+    work.mkdir(parents=True)
+    options = ("--work", str(work)) + (("--keep-work",) if keep_work else ())
+    code, err = _run(_manifest(tmp_path, source, fuse=False), *options)
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "out.tif").shape == pixels.shape
+    if keep_work:
+        assert {p.name for p in work.iterdir()} <= set(WORK_ENTRIES)
+        assert (work / "run.json").is_file() and (work / "jobs").is_dir()
+    else:
+        assert not work.exists()
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_rerun_in_a_kept_work_folder_does_not_fail_with_its_old_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The bug: a job failed (its error recorded in the work folder, kept), its input was
+    mended, and the rerun with the same --work failed again with the recorded error."""
+    source = tmp_path / "scan.tif"
+    _scan(source, damaged=True)
+    work = tmp_path / "work"
+    manifest = _manifest(tmp_path, source, fuse=False)
+    code, err = _run(manifest, "--work", str(work), "--keep-work")
+    assert code == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["jobs"][0]["error"]["type"] == "CorruptTiffError"
+    assert list((work / "jobs" / "00000" / "errors").iterdir())
+    earlier = json.loads((work / "run.json").read_text())["run_id"]
+    pixels = _scan(source)  # mended
+    caplog.set_level(logging.WARNING, "pipeline.runner")
+    code, err = _run(manifest, "--work", str(work))
+    assert code == 0, err
+    assert f"removed the work files of an earlier run ({earlier}) at {work}" in caplog.text
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["jobs"][0]["status"] == "SUCCEEDED"
+    assert tifffile.imread(tmp_path / "out.tif").shape == pixels.shape
+    assert not work.exists()
+
+
+def test_the_work_folder_of_a_run_going_on_is_refused(tmp_path: Path, runs_folder: Path):
+    """Two runs given one --work would mix their files, and the first to end would remove
+    the other's: the later one is refused, naming the run going on; nothing of it touched."""
+    source = tmp_path / "scan.tif"
+    _scan(source)
+    work = tmp_path / "shared"
+    (work / "jobs" / "00000").mkdir(parents=True)
+    (work / "run.json").write_text(json.dumps({"run_id": "busy"}))
+    (work / "jobs" / "00000" / "plan.json").write_text("{}")
+    with run_elsewhere(str(runs_folder), "run-busy", "/m/other.json", str(work)) as proc:
+        code, err = _run(_manifest(tmp_path, source), "--work", str(work))
+        assert code == 2
+        for word in (str(work), f"local run busy, process {proc.pid}", "another --work"):
+            assert word in err, err
+        assert (work / "jobs" / "00000" / "plan.json").read_text() == "{}"
+    code, err = _run(_manifest(tmp_path, source), "--work", str(work))  # it ended: reused
+    assert code == 0, err
+    assert not work.exists()
+
+
+# --- the location itself, local and on S3 -------------------------------------------------
+
+
+def test_remove_takes_what_a_run_writes_and_no_more(tmp_path: Path):
+    work = tmp_path / ".tiffpipe-work" / "run1"
+    (work / "jobs" / "00000" / "tiles").mkdir(parents=True)
+    for name in ("run.json", "jobs.json", "job-specs.bin", "report.json",
+                 "jobs/00000/tiles/0_0.tpw"):
+        (work / name).write_bytes(b"x")
+    (work / "later.txt").write_text("a file put there during the run")
+    work_location.remove(str(work))
+    assert [p.name for p in work.iterdir()] == ["later.txt"]
+    (work / "later.txt").unlink()
+    work_location.remove(str(work))  # empty now: it goes, and the default folder around it
+    assert not (tmp_path / ".tiffpipe-work").exists() and tmp_path.is_dir()
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        monkeypatch.setattr(storage, "_client", None)
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def _put(client, keys: list[str], body: bytes = b"x") -> None:
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def _keys(client) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+
+
+def test_an_s3_prefix_is_prepared_and_removed_as_a_folder(s3):
+    """The same rules under a prefix: other objects there refused, an earlier run's removed,
+    and removing a run's work touches no key outside its names (not "work-old/...", whose
+    name begins like the prefix's, nor a file beside them)."""
+    _put(s3, ["data/a.tif", "data/sub/b.tif"])
+    with pytest.raises(WorkLocationError) as err:
+        work_location.prepare(f"s3://{BUCKET}/data")
+    assert "a.tif" in str(err.value) and "sub" in str(err.value)
+    assert work_location.prepare(f"s3://{BUCKET}/fresh/") is None
+    with pytest.raises(WorkLocationError) as err:  # no such bucket: a look fails
+        work_location.prepare("s3://no-such-bucket/work/")
+    assert "cannot be looked into" in str(err.value)
+    _put(s3, ["work/jobs.json", "work/job-specs.bin", "work/jobs/00000/plan.json",
+              "work/jobs/00001/tiles/0/0_0.tpw", "work-old/jobs/00000/plan.json"])
+    _put(s3, ["work/run.json"], json.dumps({"run_id": "old"}).encode())
+    assert work_location.prepare(f"s3://{BUCKET}/work") == "old"
+    assert _keys(s3) == ["data/a.tif", "data/sub/b.tif", "work-old/jobs/00000/plan.json"]
+    _put(s3, ["work/run.json", "work/jobs/00000/plan.json", "work/notes.txt"])
+    work_location.remove(f"s3://{BUCKET}/work/")
+    assert _keys(s3) == ["data/a.tif", "data/sub/b.tif", "work-old/jobs/00000/plan.json",
+                         "work/notes.txt"]
+
+
+def test_a_killed_runs_s3_work_is_removed_by_the_next_look(s3, runs_folder: Path,
+                                                             caplog: pytest.LogCaptureFixture):
+    """A killed local run whose work was on S3 left it: the next look removes it (its
+    listing names it), with a warning; one that keeps its work keeps it."""
+    _put(s3, ["w1/run.json", "w1/jobs/00000/plan.json", "w2/run.json"])
+    caplog.set_level(logging.WARNING, "pipeline.adapters.local_runs")
+    with run_elsewhere(str(runs_folder), "run-w1", "/m/a.json", f"s3://{BUCKET}/w1/") as one, \
+            run_elsewhere(str(runs_folder), "run-w2", "/m/b.json", f"s3://{BUCKET}/w2/",
+                          keep_work=True) as two:
+        for proc in (one, two):
+            proc.kill()
+            proc.wait(30)
+        assert local_runs.running() == []
+    assert _keys(s3) == ["w2/run.json"]
+    assert f"removed s3://{BUCKET}/w1/, the work of run w1: its process ({one.pid})" \
+        in caplog.text
