@@ -170,13 +170,14 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
     beside it: a run that failed or was stopped before its report, or wrote no sheet (a
     stopped run, ``--no-contact-sheet``), removes an earlier run's, which would describe
     that run as this one's (a report from yesterday saying every job succeeded). A report
-    whose ``run_id`` is this run's stays. What it removed; one it cannot remove is logged,
-    never the run's failure."""
+    whose ``run_id`` is this run's stays, and so does a file there that is not a run's
+    report (``--report`` given a user's own file). What it removed; one it cannot remove is
+    logged, never the run's failure."""
     removed = []
     for url, written in ((report_url, report_written),
                          (contact_sheet_url(report_url), sheet_written)):
         try:
-            if written or (url == report_url and _report_run_id(url) == run_id):
+            if written or (url == report_url and _report_run_id(url) in (run_id, None)):
                 continue
             if storage.remove(url):
                 removed.append(url)

@@ -480,7 +480,8 @@ def test_if_exists_holds_when_the_output_appears_while_the_job_runs(
 def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path, monkeypatch):
     """After a run, the report and contact sheet at its paths are its own or none: a run that
     fails before its report removes the last run's report (which said that run's jobs
-    succeeded) and sheet; a run without a sheet removes the last one's sheet."""
+    succeeded) and sheet; a run without a sheet removes the last one's sheet. A file at the
+    report's path that is no run's report is not removed."""
     from pipeline import runner
 
     _inputs(tmp_path)
@@ -507,6 +508,11 @@ def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path,
     report.write_text(json.dumps({"run_id": "r-this", "jobs": []}))
     result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
     assert result.removed == [] and report.exists()
+    # nor a file there that is not a run's report (--report given a user's own file)
+    for text in ('{"notes": "mine"}', "not JSON at all"):
+        report.write_text(text)
+        result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
+        assert result.removed == [] and report.read_text() == text
 
 
 # --- demo ---------------------------------------------------------------------------------------
