@@ -303,14 +303,23 @@ def call(fn: docker_env.LambdaContainer, event: dict[str, Any]) -> Any:
     return answer.payload
 
 
-def run_pipeline(functions, manifest: str, work: str, report: str) -> dict[str, Any]:
+def run_pipeline(functions, manifest: str, work: str, report: str,
+                 single_task: bool = True) -> dict[str, Any]:
     """What the state machine does for a one-job manifest, action by action, each action
-    invoked in its own function's container."""
+    invoked in its own function's container. ``single_task=False``: a job PlanJob says to
+    run as one task (ProcessJob: its units, then its merge) runs as a larger one would, its
+    units in the ProcessUnits map, then Merge (every test job is small enough for one task).
+    Returns Merge's (or ProcessJob's) result."""
     split, process, merge = (functions[s] for s in STEPS)
     planned = call(split, {"action": "plan_run", "manifest": manifest, "work": work,
                            "run_id": "images-test", "report": report})
     assert planned["jobs"] == 1  # the Jobs map reads the job list PlanRun wrote
     job = call(process, {"action": "plan_job", "run": planned["run"], "job": 0})
+    if job["single"] and single_task:  # the Single choice: ProcessJob, then the report
+        done = call(process, {"action": "process_job", "plan": job["plan"]})
+        counts = call(merge, {"action": "report", "run": planned["run"]})
+        assert (counts["succeeded"], counts["failed"]) == (1, 0)
+        return done
     if job["fused"]:  # the Fused choice: each unit read and processed by the process function
         for unit in job["units"]:
             call(process, {"action": "process_unit", "plan": job["plan"], "unit": unit})
@@ -354,6 +363,7 @@ def test_pipeline_on_local_files(functions, data):
     report = data.dir / "local.report.json"
     merged = run_pipeline(functions, str(manifest), str(data.dir / "work-local"), str(report))
     assert merged["output"] == str(data.dir / "out/local.tif")
+    assert merged["tiles"] > 0  # ProcessJob's answer: the job ran as one task, as on AWS
     _check_output(data.dir / "out/local.tif", data)
     assert json.loads(report.read_text())["jobs"][0]["status"] == "SUCCEEDED"
 
@@ -378,7 +388,7 @@ def test_pipeline_on_s3(functions, data):
         "input": f"s3://{BUCKET}/in/in.tif", "output": f"s3://{BUCKET}/out/s3.tif",
         "ops": OPS, "tile": 256, "output_options": {"compression": "deflate", "tile": 128}}]}))
     run_pipeline(functions, f"s3://{BUCKET}/jobs/s3.json", f"s3://{BUCKET}/work/",
-                 f"s3://{BUCKET}/reports/s3.json")
+                 f"s3://{BUCKET}/reports/s3.json", single_task=False)
     local = data.dir / "from-s3.tif"
     data.s3.download_file(BUCKET, "out/s3.tif", str(local))
     _check_output(local, data)
