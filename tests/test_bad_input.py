@@ -92,6 +92,15 @@ def _bad_last_strip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _linked(target: Path, like: Path) -> Path:
+    """A link to ``target``, a copy of ``like`` (and another copy to compare it with)."""
+    target.write_bytes(like.read_bytes())
+    target.with_suffix(".copy").write_bytes(like.read_bytes())
+    link = target.with_name("link_to_" + target.name)
+    link.symlink_to(target.name)
+    return link
+
+
 def _build(root: Path) -> list[Case]:
     inp, out = root / "in", root / "out"
     inp.mkdir()
@@ -127,6 +136,14 @@ def _build(root: Path) -> list[Case]:
         Case("truncated_at_ifd", job(_cut(tiled, inp / "cut_at_ifd.tif", 8), "truncated_at_ifd"),
              {"CorruptTiffError", "NotATiffError"}),
         Case("missing", job(inp / "no" / "such.tif", "missing"), {"InputNotFoundError"}),
+        # a folder: named at once (it was a StorageError, retried for seconds, "check the
+        # path, permissions and free space")
+        Case("input_is_folder", job(inp, "input_is_folder"), {"NotATiffError"},
+             ("is a folder", "scan")),
+        # the output is the input under another name (a link): refused, the input kept
+        Case("output_is_input", {"input": str(_linked(inp / "linked.tif", tiled)),
+                                 "output": str(inp / "linked.tif"), "ops": blur},
+             {"OutputNotWritableError"}, ("is the job's input", "link")),
         Case("unwritable", {"input": str(gray16),
                             "output": str(root / "blocker.txt" / "unwritable.tif")},
              {"OutputNotWritableError"}),
@@ -238,7 +255,7 @@ def test_good_jobs_succeed_with_exact_pixels(run: Run, name: str):
 FAILING = [
     "not_a_tiff", "truncated_data", "truncated_ifd", "truncated_header", "truncated_at_ifd",
     "missing", "unwritable", "no_such_page", "median7_uint16", "bad_last_strip",
-    "process_fails",
+    "process_fails", "input_is_folder", "output_is_input",
 ]
 CORPUS_FAILING = ["deflate_extra"]
 
@@ -253,7 +270,11 @@ def _check_failed(run: Run, name: str) -> None:
         assert named in message, _describe(job)
     for word in case.mentions:
         assert word in message, (word, _describe(job))
-    assert not os.path.exists(case.job["output"]), "a failed job left an output"
+    if name == "output_is_input":  # the output is the input: there, unchanged
+        output = Path(case.job["output"])
+        assert output.read_bytes() == output.with_suffix(".copy").read_bytes()
+    else:
+        assert not os.path.exists(case.job["output"]), "a failed job left an output"
     for key in ("started_at", "finished_at", "seconds"):
         assert isinstance(job[key], (int, float)), key
 

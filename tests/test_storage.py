@@ -16,6 +16,7 @@ from moto import mock_aws
 from pipeline.adapters import storage
 from pipeline.errors import (
     InputNotFoundError,
+    NotATiffError,
     OutputExistsError,
     OutputNotWritableError,
     StorageError,
@@ -486,3 +487,26 @@ def test_access_denied_is_a_storage_error(s3):
     storage.s3_client().meta.events.register("provide-client-params.s3.GetObject", deny)
     with pytest.raises(StorageError, match="s3://tp-bucket/x.json: access denied"):
         storage.read_json("s3://tp-bucket/x.json")
+
+
+def test_check_not_input_refuses_the_input_under_another_name(tmp_path):
+    """A link either way, or a second hard link: publishing over that name would replace the
+    input (a symlink) or is a mistake (a hard link). Another file, a missing output, and S3
+    (no links) pass."""
+    source = tmp_path / "in.tif"
+    source.write_bytes(b"pixels")
+    (tmp_path / "to_in.tif").symlink_to(source)
+    os.link(source, tmp_path / "hard.tif")
+    (tmp_path / "other.tif").write_bytes(b"pixels")
+    for a, b in (("to_in.tif", "in.tif"), ("in.tif", "to_in.tif"), ("in.tif", "hard.tif")):
+        with pytest.raises(OutputNotWritableError, match="is the job's input"):
+            storage.check_not_input(str(tmp_path / a), str(tmp_path / b))
+    for output in ("other.tif", "missing.tif"):
+        storage.check_not_input(str(source), str(tmp_path / output))
+    storage.check_not_input(f"s3://{BUCKET}/in.tif", f"s3://{BUCKET}/in.tif")  # no filesystem
+
+
+def test_a_folder_given_as_input_is_not_a_tiff(tmp_path):
+    """Named as such at once: not a StorageError, which the state machine retries."""
+    with pytest.raises(NotATiffError, match="is a folder, not a TIFF file"):
+        storage.open_input(str(tmp_path))

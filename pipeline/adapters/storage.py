@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, cast
 from pipeline.core.constants import RUN_TAG_ENV
 from pipeline.errors import (
     InputNotFoundError,
+    NotATiffError,
     OutputExistsError,
     OutputNotWritableError,
     StorageError,
@@ -225,7 +226,12 @@ def open_input(url: str, buffer_size: int = READ_BUFFER) -> BinaryIO:
     if is_s3(url):
         return cast(BinaryIO, io.BufferedReader(S3RangeReader(url), buffer_size))
     with _errors(url, "open", InputNotFoundError):
-        return open(url, "rb")
+        try:
+            return open(url, "rb")
+        except IsADirectoryError as exc:  # not a StorageError: retrying cannot mend it
+            raise NotATiffError(f"{url}: is a folder, not a TIFF file: give the path of a "
+                                "TIFF file (a scan manifest, {\"scan\": ...}, takes a "
+                                "folder)") from exc
 
 
 def read_bytes(url: str, missing: type[TiffpipeError] = WorkMissingError) -> bytes:
@@ -387,6 +393,22 @@ def delete_prefix(url: str) -> None:
 WRITABLE_FOR_S = 30.0
 #: folder or prefix -> when (time.monotonic) it last took a probe
 _writable: dict[str, float] = {}
+
+
+def check_not_input(input_url: str, output_url: str) -> None:
+    """OutputNotWritableError if a local output is the input itself under another name (a
+    link to it, or the input a link to it: the manifest's check compares paths only), which
+    the output, published, would replace."""
+    if is_s3(input_url) or is_s3(output_url):
+        return
+    try:
+        same = os.path.samefile(input_url, output_url)
+    except OSError:  # one of them missing: not the same file
+        return
+    if same:
+        raise OutputNotWritableError(
+            f"{output_url}: is the job's input, {input_url} (one is a link to the other): "
+            "the output would replace it; give the output another path")
 
 
 def check_writable(url: str) -> None:

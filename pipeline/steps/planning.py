@@ -136,6 +136,7 @@ def write_job_plan(event: JobEvent,
     doc, spec = job or load_job(event.run, event.job)
     work = layout.job_dir(doc["work"], event.job)
     storage.check_writable(spec.output)
+    storage.check_not_input(spec.input, spec.output)
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     # the open input is handed over to the job's unit, should it run in this process
