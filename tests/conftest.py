@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,6 +104,32 @@ def read_pages(path: str | Path) -> list[np.ndarray]:
     """Every page of a TIFF file as arrays, read by tifffile (not by tiffpipe's reader)."""
     with tifffile.TiffFile(path) as tf:
         return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+
+
+# --- moto in this process -------------------------------------------------------------------
+
+
+@contextmanager
+def moto_s3(mp: pytest.MonkeyPatch, bucket: str) -> Iterator[Any]:
+    """moto's S3 in this process (its own tests' steps only: no worker process reaches it)
+    with one bucket, test credentials and no endpoint from the environment; tiffpipe's S3
+    client is made inside it. Yields a plain boto3 client for setup and checks."""
+    import boto3
+    from moto import mock_aws
+
+    from pipeline.adapters import storage
+
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
+        mp.delenv(var, raising=False)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_SESSION_TOKEN", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", TEST_REGION)
+    with mock_aws():
+        mp.setattr(storage, "_client", None)  # a client made inside this mock
+        client = boto3.client("s3", region_name=TEST_REGION)
+        client.create_bucket(Bucket=bucket)
+        yield client
 
 
 # --- a moto server --------------------------------------------------------------------------

@@ -15,13 +15,11 @@ import io
 import json
 from pathlib import Path
 
-import boto3
 import cv2
 import numpy as np
 import pytest
 import tifffile
-from conftest import LIBTIFF_CORPUS
-from moto import mock_aws
+from conftest import LIBTIFF_CORPUS, moto_s3
 from ojpeg_files import write_ojpeg
 from PIL import Image
 
@@ -139,15 +137,7 @@ def test_an_s3_input_reads_the_page_by_ranged_gets(tmp_path, monkeypatch):
     noisy = np.random.default_rng(7).integers(0, 256, (2000, 2400, 3), dtype=np.uint8)
     streams = write_ojpeg(path, [noisy, _picture(SHAPES[1], 1)])
     assert len(streams[0]) > 4 * storage.READ_BUFFER
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        monkeypatch.setattr(storage, "_client", None)
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="tp-bucket")
+    with moto_s3(monkeypatch, "tp-bucket") as client:
         client.upload_file(str(path), "tp-bucket", "scans/two.tif")
         url = "s3://tp-bucket/scans/two.tif"
         ranges: list[str] = []

@@ -6,12 +6,11 @@ import errno
 import os
 import re
 
-import boto3
 import numpy as np
 import pytest
 import tifffile
 from botocore.exceptions import ClientError, ReadTimeoutError
-from moto import mock_aws
+from conftest import moto_s3
 
 from pipeline.adapters import storage
 from pipeline.errors import (
@@ -29,16 +28,7 @@ BUCKET = "tp-bucket"
 @pytest.fixture
 def s3(monkeypatch):
     """A moto S3 with one bucket; returns a plain boto3 client for setup and checks."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        monkeypatch.setattr(storage, "_client", None)  # a client made inside this mock
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with moto_s3(monkeypatch, BUCKET) as client:
         yield client
 
 

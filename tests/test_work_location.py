@@ -13,15 +13,14 @@ import json
 import logging
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import tifffile
-from moto import mock_aws
+from conftest import moto_s3
 from test_local_runs import run_elsewhere
 
 from pipeline import cli
-from pipeline.adapters import local_runs, storage, work_location
+from pipeline.adapters import local_runs, work_location
 from pipeline.core.constants import WORK_ENTRIES
 from pipeline.errors import WorkLocationError
 
@@ -178,15 +177,7 @@ def test_remove_takes_what_a_run_writes_and_no_more(tmp_path: Path):
 
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch):
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        monkeypatch.setattr(storage, "_client", None)
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
+    with moto_s3(monkeypatch, BUCKET) as client:
         yield client
 
 
