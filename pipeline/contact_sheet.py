@@ -157,7 +157,8 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
         return None
     plan, position, side, _ = summed
     page = plan.pages[position].info.index if side == "in" else position
-    return Thumbnail(to_display(made.pixels, np.dtype(made.dtype), made.extrasamples), page,
+    return Thumbnail(to_display(made.pixels, np.dtype(made.dtype), made.extrasamples,
+                                made.photometric), page,
                      made.height, made.width, f"page {page}, as processed", False, 0, 0,
                      made.dtype)
 

@@ -183,7 +183,7 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
         reader = PageReader(tf, source, url, page, decoder=decoder)
         pixels, strided, scale = downsample(reader, th, tw, exact)
     extrasamples = [int(e) for e in source.extrasamples]
-    image = to_display(pixels, reader.dtype, extrasamples)
+    image = to_display(pixels, reader.dtype, extrasamples, reader.kind.photometric)
     return Thumbnail(image, page, height, width, label, strided, reader.decoded,
                      reader.largest_read, info.dtype, jpeg_scale=scale)
 
@@ -343,8 +343,12 @@ def display_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1)
 
 
-def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> Image.Image:
-    """(h, w, c) values of ``dtype`` -> an 8-bit RGB image (alpha over a checkerboard)."""
+def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int],
+               photometric: str = "") -> Image.Image:
+    """(h, w, c) values of ``dtype`` -> an 8-bit RGB image (alpha over a checkerboard; CMYK,
+    ``photometric`` "separated", as its inks on white paper: :func:`cmyk_rgb`)."""
+    if photometric == "separated":
+        return Image.fromarray(cmyk_rgb(pixels, dtype), "RGB")
     channels = pixels.shape[2]
     colour = 3 if channels >= 3 else 1
     extra = extrasamples[0] if extrasamples and channels in (2, 4) else None
@@ -371,6 +375,16 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int]) -> 
     if colour == 1:
         out = np.repeat(out, 3, axis=2)
     return Image.fromarray(np.ascontiguousarray(out), "RGB")
+
+
+def cmyk_rgb(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """8-bit RGB of CMYK values of ``dtype`` ((h, w, 4 or more): the inks, then extra
+    samples, not shown): each ink takes its share of white away, ``(1 - c)(1 - k)`` and so
+    on. A picture of the page, not a colour-managed conversion (which needs its printer's
+    profile): pure inks show as the screen's cyan, magenta, yellow and black."""
+    ink = pixels[..., :4].astype(np.float64) / float(np.iinfo(np.dtype(dtype)).max)
+    rgb = (1.0 - ink[..., :3]) * (1.0 - ink[..., 3:4])
+    return np.ascontiguousarray(np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
 #: rows of an image handed to the PNG writer at once (:func:`png_bytes`)

@@ -123,8 +123,10 @@ WRITERS: dict[str, Callable[[Path], None]] = {
         p, blocks(15, "float64", 1000) / 1000.0, photometric="minisblack", tile=(32, 32),
         compression="zlib", predictor=True, metadata=None),
     # refused kinds
-    "cmyk": lambda p: tifffile.imwrite(
-        p, blocks(16, "uint8", 255, (H, W, 4)), photometric="separated", metadata=None),
+    # (CMYK is read, tests/test_cmyk.py; other ink sets are not)
+    "separated_inkset2": lambda p: tifffile.imwrite(
+        p, blocks(16, "uint8", 255, (H, W, 4)), photometric="separated", metadata=None,
+        extratags=[(332, 3, 1, (2,), True)]),
     "ycbcr_uncompressed": lambda p: tifffile.imwrite(
         p, blocks(17, "uint8", 255, (H, W, 3)), photometric="ycbcr", subsampling=(1, 1),
         metadata=None),
@@ -145,7 +147,7 @@ WRITERS: dict[str, Callable[[Path], None]] = {
 }
 #: name -> words the refusal names (besides the file and the page)
 REFUSED = {
-    "cmyk": ("SEPARATED", "CMYK", "RGB"),
+    "separated_inkset2": ("SEPARATED", "CMYK", "InkSet 2"),
     "ycbcr_uncompressed": ("YCBCR", "JPEG"),
     "miniswhite_float32": ("miniswhite", "float32", "white"),
     "miniswhite_int16": ("miniswhite", "int16"),
@@ -280,7 +282,8 @@ JOBS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "miniswhite_alpha_contig_blur": ("miniswhite_u16_alpha_contig", {"ops": BLUR}, "ok"),
     "float64_copy": ("float64_tiles", {}, "ok"),
     "float64_blur": ("float64_tiles", {"ops": BLUR}, "ok"),  # OpenCV blurs float64 itself
-    "cmyk_copy": ("cmyk", {}, ("UnsupportedTiffError", REFUSED["cmyk"])),
+    "inkset2_copy": ("separated_inkset2", {},
+                     ("UnsupportedTiffError", REFUSED["separated_inkset2"])),
     "ycbcr_copy": ("ycbcr_uncompressed", {},
                    ("UnsupportedTiffError", REFUSED["ycbcr_uncompressed"])),
     "gray12_blur": ("gray12", {"ops": BLUR}, ("UnsupportedTiffError", REFUSED["gray12"])),

@@ -56,6 +56,8 @@ SPATIAL_TAGS = {
 }
 #: TIFF types whose value is carried as bytes (base64 in the plan)
 _BYTE_TYPES = {1, 2, 6, 7}
+#: InkSet, which a CMYK (SEPARATED) output page carries as 1 (CMYK)
+INKSET = 332
 #: struct formats of the numeric TIFF types carried
 _NUMERIC = {3: "H", 4: "I", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q"}
 
@@ -185,6 +187,10 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
     called RGB unless the input was (RGB + extra samples).
     """
     same = channels == info.channels
+    if same and info.photometric == "separated":  # CMYK keeps its 4 inks and its extras
+        extra = channels - 4
+        kept = list(info.extrasamples or [])
+        return "separated", (kept if len(kept) == extra else [0] * extra) or None
     rgb = channels == 3 or (channels > 3 and (info.photometric == "rgb" if same
                                               else channels == 4))
     base = 3 if rgb else 1
@@ -221,11 +227,15 @@ def output_tags(info: Any, height: int, width: int, channels: int) -> dict[str, 
         kwargs["subfiletype"] = md["subfiletype"]
     if "icc" in md:
         profile = _unb64(md["icc"])
-        if icc_space(profile) == ("RGB" if palette or channels >= 3 else "GRAY"):
+        space = ("CMYK" if photometric == "separated" else
+                 "RGB" if palette or channels >= 3 else "GRAY")
+        if icc_space(profile) == space:
             kwargs["iccprofile"] = profile
     if palette:
         kwargs["colormap"] = np.frombuffer(_unb64(md["colormap"]), "<u2").reshape(3, 256)
     extratags = []
+    if photometric == "separated":
+        extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     for code, kind, count, value in md.get("tags", []) + (md.get("spatial", []) if same_size
                                                            else []):
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES

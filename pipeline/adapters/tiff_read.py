@@ -44,8 +44,6 @@ _UNDECODABLE = {
 MAX_SEGMENT_BYTES = 512 * 2**20
 #: why a photometric interpretation is refused, and what to do instead
 _REFUSED_PHOTOMETRICS = {
-    PHOTOMETRIC.SEPARATED: "CMYK (SEPARATED) needs colour management to become RGB; convert "
-                           "the file to RGB first",
     PHOTOMETRIC.YCBCR: "YCbCr is decoded to RGB only inside JPEG compression; re-save the file "
                        "as RGB",
     PHOTOMETRIC.CIELAB: "CIE L*a*b* is not converted; convert the file to RGB first",
@@ -249,6 +247,8 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
     pname = _name(photometric, PHOTOMETRIC)
     bps = page.bitspersample
     samples = int(page.samplesperpixel)
+    if photometric == PHOTOMETRIC.SEPARATED:
+        return _cmyk_kind(page, where, samples)
     if photometric in _REFUSED_PHOTOMETRICS:
         raise UnsupportedTiffError(f"{where}: photometric {pname} is not supported: "
                                    f"{_REFUSED_PHOTOMETRICS[photometric]}")
@@ -294,6 +294,28 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
         return PixelKind(dtype, samples, "minisblack",
                          f"miniswhite -> minisblack ({np.iinfo(dtype).max} - v)", invert=True)
     return PixelKind(dtype, samples, "rgb" if photometric == PHOTOMETRIC.RGB else "minisblack")
+
+
+def _cmyk_kind(page: tifffile.TiffPage, where: str, samples: int) -> PixelKind:
+    """A CMYK page (SEPARATED, InkSet CMYK): **kept** as CMYK, its 4 inks and any extra
+    samples (converting it to RGB would need its colour management: the printer's profile)."""
+    inkset = page.tags.valueof(332, 1)  # InkSet: 1 CMYK (the default), 2 not CMYK
+    inks = samples - len(page.extrasamples)
+    if inkset != 1 or inks != 4:
+        raise UnsupportedTiffError(
+            f"{where}: photometric SEPARATED is read as CMYK (InkSet 1, 4 inks) only, this page "
+            f"has InkSet {inkset} and {inks} inks; convert the file to CMYK or RGB first")
+    if int(page.compression) in (7, ojpeg.OJPEG):
+        raise UnsupportedTiffError(
+            f"{where}: JPEG-compressed CMYK is not read (JPEG writers store CMYK inverted or "
+            "not, with no tag that says which); re-save the file with a lossless codec")
+    if page.dtype is None or np.dtype(page.dtype) not in (np.uint8, np.uint16):
+        what = np.dtype(page.dtype).name if page.dtype is not None else \
+            f"{page.bitspersample}-bit"
+        raise UnsupportedTiffError(
+            f"{where}: CMYK with {what} samples is not supported (8 and 16-bit unsigned "
+            "are); convert the file to 8 or 16-bit")
+    return PixelKind(np.dtype(page.dtype), samples, "separated")
 
 
 def _palette_kind(page: tifffile.TiffPage, where: str, bps: int, samples: int,

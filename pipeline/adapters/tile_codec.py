@@ -80,11 +80,11 @@ class OutputEncoder:
                 return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; "
                         "choose zstd, deflate, lzw or none")
             if self.channels not in (1, 3):
-                fix = ("drop the alpha channel or choose a lossless compression"
-                       if self.channels in (2, 4) else "JPEG holds gray or RGB only; choose "
-                       "zstd, deflate, lzw or none")
+                fix = (" (drop an alpha channel, or choose" if self.channels in (2, 4) else
+                       " (choose")
                 return (f"jpeg output needs 1 or 3 bands (channels), the output has "
-                        f"{self.channels}; {fix}")
+                        f"{self.channels}: JPEG holds gray or RGB only{fix} zstd, deflate, "
+                        "lzw or none)")
         return None
 
     def _codec_args(self) -> dict[str, Any]:

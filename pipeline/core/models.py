@@ -84,7 +84,9 @@ class PageInfo:
     width: int
     channels: int
     dtype: str
-    photometric: str  # "minisblack" | "rgb" | "palette" (of the pixels read, after conversion)
+    #: of the pixels read, after conversion: "minisblack" | "rgb" | "palette" | "separated"
+    #: (CMYK)
+    photometric: str
     extrasamples: list[int]  # TIFF ExtraSamples values of the channels past the colour ones
     tiled: bool
     segment_rows: int  # rows of one strip or tile of the input

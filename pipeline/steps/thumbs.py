@@ -112,14 +112,15 @@ class PageThumbs:
 
 class SummedThumb:
     """A page's thumbnail added up from the steps' parts: (th, tw, channels) float64 means,
-    the page's size, and how a reader shows its samples."""
+    the page's size, and how a reader shows its samples (its photometric: CMYK is shown
+    as RGB)."""
 
-    __slots__ = ("dtype", "extrasamples", "height", "pixels", "width")
+    __slots__ = ("dtype", "extrasamples", "height", "photometric", "pixels", "width")
 
     def __init__(self, pixels: np.ndarray, height: int, width: int, dtype: str,
-                 extrasamples: list[int]):
+                 extrasamples: list[int], photometric: str = ""):
         self.pixels, self.height, self.width = pixels, height, width
-        self.dtype, self.extrasamples = dtype, extrasamples
+        self.dtype, self.extrasamples, self.photometric = dtype, extrasamples, photometric
 
 
 def summed_parts(job_work: str) -> dict[tuple[int, str], list[str]]:
@@ -150,7 +151,9 @@ def load_summed(plan: JobPlan, page: int, side: str, parts: list[str],
             or (sums.th, sums.tw) != fit(sums.height, sums.width, box) or not sums.complete()):
         return None
     if side == "in":
-        extrasamples = list(info.extrasamples)
+        photometric, extrasamples = info.photometric, list(info.extrasamples)
     else:
-        extrasamples = list(photometric_of(info, channels)[1] or [])
-    return SummedThumb(sums.mean(), sums.height, sums.width, info.dtype, extrasamples)
+        photometric, extra = photometric_of(info, channels)
+        extrasamples = list(extra or [])
+    return SummedThumb(sums.mean(), sums.height, sums.width, info.dtype, extrasamples,
+                       photometric)
