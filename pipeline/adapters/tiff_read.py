@@ -82,7 +82,10 @@ def open_tiff(url: str) -> Iterator[tifffile.TiffFile]:
         except tifffile.TiffFileError as exc:
             text = str(exc)
             if "not a TIFF" in text or "invalid TIFF" in text:
-                raise NotATiffError(f"{url}: not a TIFF file ({text}); give a .tif/.tiff file")
+                why = (f"it begins {text.split('header=', 1)[1]}, not II*\\0 or MM\\0*"
+                       if "header=" in text else text)
+                raise NotATiffError(f"{url}: not a TIFF file ({why}): give a TIFF file, or "
+                                    "export this one as TIFF again") from exc
             raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
                                    f"({text}); {REPAIR}") from exc
         except (EOFError, ValueError, OSError, IndexError, struct.error) as exc:
