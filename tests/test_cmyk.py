@@ -186,3 +186,15 @@ def test_the_contact_sheet_shows_cmyk_pages_as_cmyk(run):
     # the 3 jobs that succeeded
     assert len(shown) == 5 and {channels for channels, _ in shown} == {4, 5}
     assert all(photometric == "separated" for _, photometric in shown), shown
+
+
+def test_the_ops_that_read_colours_say_so_in_the_registry():
+    """The ops that read bands as gray or RGB declare it (Op.colour), and a chain on a CMYK
+    page is refused at each of them, not at the ops that take any bands."""
+    from pipeline.core.ops import OPS, chain_from_json, chain_problems
+
+    assert sorted(name for name, op in OPS.items() if op.colour) == ["canny", "to_gray"]
+    chain = chain_from_json([{"op": "gaussian_blur", "sigma": 1}, {"op": "to_gray"}])
+    problems = chain_problems(chain, np.dtype(np.uint8), 4, "separated")
+    assert len(problems) == 1 and problems[0].startswith("ops[1] (to_gray): to_gray needs")
+    assert chain_problems(chain, np.dtype(np.uint8), 4, "rgb") == []

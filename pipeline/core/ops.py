@@ -51,6 +51,9 @@ class Op:
     accepts: Callable[[dict[str, Any], np.dtype, int], str | None] = lambda p, dt, ch: None
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
+    #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
+    #: blue): not defined on CMYK pages, whose bands are inks
+    colour: bool = False
     halo_help: str = "0 (a point operation)"
     exact: str = ("bit-identical to the OpenCV call on the whole page (types OpenCV lacks: "
                   "to its definition in docs/sample-types.md)")
@@ -194,7 +197,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (Param("value", "number", "pixels > value become max, others 0", required=True),),
        fn.threshold),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
-       (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1),
+       (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1, colour=True),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
        accepts=_only(("uint8",), (1,), "equalize_hist",
@@ -244,7 +247,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.canny, kind="canny", halo=lambda p, dt: canny_mod.reach(p, 0),
        reach=lambda p, dt, needed: canny_mod.reach(p, needed),
        accepts=_only(("uint8",), (1, 2, 3, 4), "canny"), out_channels=lambda ch: 1,
-       halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
+       colour=True, halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
                  "follows edges across the page in a statistics round of its own"),
     Op("downsample",
        "cv2.resize(page, (width // factor, height // factor), interpolation=INTER_AREA) of "
@@ -319,8 +322,10 @@ def chain_out_channels(chain: list[OpCall], channels: int) -> int:
     return channels
 
 
-def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int) -> list[str]:
-    """Why this chain cannot run on pages of this dtype and channel count (empty if it can)."""
+def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
+                   photometric: str = "") -> list[str]:
+    """Why this chain cannot run on pages of this dtype, channel count and photometric
+    (empty if it can): "separated" (CMYK) pages refuse the ops that read colours."""
     problems: list[str] = []
     if chain and np.dtype(dtype).name not in SUPPORTED_DTYPES:  # (TIFF has no other type)
         problems.append(f"pixels of type {np.dtype(dtype).name} are not supported by the ops "
@@ -328,8 +333,13 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int) -> list[
         return problems
     for i, call in enumerate(chain):
         why = call.op.accepts(call.params, dtype, channels)
+        if not why and call.op.colour and photometric == "separated":
+            why = (f"{call.op.name} needs gray or RGB, the page is CMYK (its inks become RGB "
+                   "only through its colour management); convert the file to RGB first")
         if why:
             problems.append(f"ops[{i}] ({call.op.name}): {why}")
+        if call.op.out_channels(channels) != channels:
+            photometric = ""  # bands of the op's own making (to_gray, canny: gray)
         channels = call.op.out_channels(channels)
     return problems
 

@@ -39,11 +39,6 @@ MIN_PAGE_TILES = 4
 MIN_TILE_PER_HALO = 8
 
 
-#: the ops that read a page's bands as gray or RGB(A) (a gray value of red, green and blue):
-#: not defined on CMYK pages, whose bands are inks
-COLOUR_OPS = ("to_gray", "canny")
-
-
 def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
               started_at: float) -> tuple[JobPlan, list[str]]:
     """The plan of one job, and the problems (naming the page) that stop it from running."""
@@ -53,13 +48,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     halo = 0
     for info in infos:
         dtype = np.dtype(info.dtype)
-        for p in chain_problems(chain, dtype, info.channels):
+        for p in chain_problems(chain, dtype, info.channels, info.photometric):
             problems.append(f"page {info.index}: {p}")
-        if info.photometric == "separated":
-            problems += [f"page {info.index}: {call.op.name} needs gray or RGB, the page is "
-                         "CMYK (its inks become RGB only through its colour management); "
-                         "convert the file to RGB first" for call in chain
-                         if call.op.name in COLOUR_OPS]
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     problems += geometry_problems(layout, spec, infos)
