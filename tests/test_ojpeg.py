@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 from pathlib import Path
 
@@ -259,3 +260,22 @@ def test_a_preview_is_that_of_libtiffs_pixels(crafted, tmp_path, page):
     assert got.image.size == want.image.size and max(got.image.size) == 128
     np.testing.assert_array_equal(np.asarray(got.image), np.asarray(want.image))
     assert got.decoded == 1  # the page is decoded once, as one segment
+
+
+def test_the_page_tiff_reads_each_piece_of_the_file_once():
+    """The tables (Q, DC, AC) and the strips of a corpus page are read in as many reads as
+    the pieces they lie in, each byte once: no read of a Huffman table's counts first (on
+    S3 a ranged GET each)."""
+    path = LIBTIFF_CORPUS / "ojpeg_single_strip_no_rowsperstrip.tiff"
+    reads: list[tuple[int, int]] = []
+    with tifffile.TiffFile(path) as tf:
+        def read(offset: int, length: int) -> bytes:
+            reads.append((offset, length))
+            tf.filehandle.seek(offset)
+            return tf.filehandle.read(length)
+
+        data = ojpeg.page_tiff(tf.pages[0], read)
+    spans = sorted((o, o + n) for o, n in reads)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # disjoint
+    assert len(reads) == 1  # the strip and the tables after it lie in one piece
+    np.testing.assert_array_equal(ojpeg.decode(data, 213, 234, 3), libtiff_pages(path)[0])

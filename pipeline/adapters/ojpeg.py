@@ -38,10 +38,13 @@ _GAP = 4096
 _LONG = 4
 
 
-def _ranges(page: tifffile.TiffPage, read: Callable[[int, int], bytes]
-            ) -> dict[int, list[tuple[int, int]]]:
-    """Each offset tag's (offset, length) pieces of the file."""
+def _ranges(page: tifffile.TiffPage) -> dict[int, list[tuple[int, int]]]:
+    """Each offset tag's (offset, length) pieces of the file. A Huffman table's length is
+    known only from its 16 counts; it is taken at its most (16 + 256 bytes, within the
+    file), so that the tables are read with the rest, not each on its own first (a ranged
+    GET each on S3): libtiff reads a table by its offset and counts, whatever follows."""
     tags = page.tags
+    size = int(page.parent.filehandle.size)
     out: dict[int, list[tuple[int, int]]] = {}
     for offsets in _STRIPS:
         if offsets in tags:
@@ -58,7 +61,8 @@ def _ranges(page: tifffile.TiffPage, read: Callable[[int, int], bytes]
         out[_Q_TABLES] = [(int(o), 64) for o in _values(tags[_Q_TABLES].value)]
     for code in (_DC_TABLES, _AC_TABLES):
         if code in tags:  # 16 code counts, then as many code values as they sum to
-            out[code] = [(int(o), 16 + sum(read(int(o), 16))) for o in _values(tags[code].value)]
+            out[code] = [(int(o), max(0, min(16 + 256, size - int(o))))
+                         for o in _values(tags[code].value)]
     return out
 
 
@@ -76,7 +80,7 @@ def page_tiff(page: tifffile.TiffPage, read: Callable[[int, int], bytes]) -> byt
     too short). Pieces of the file that lie close together are copied as one, so whatever
     libtiff finds by offset (a stream header that runs into the strips) is where it was."""
     order = page.parent.byteorder  # '<' or '>', kept: copied values stay as they are
-    referenced = _ranges(page, read)
+    referenced = _ranges(page)
     pieces: list[list[int]] = []  # [start, end) of the file, in file order
     for lo, hi in sorted({(o, o + n) for spans in referenced.values() for o, n in spans if n}):
         if pieces and lo <= pieces[-1][1] + _GAP:
@@ -86,13 +90,8 @@ def page_tiff(page: tifffile.TiffPage, read: Callable[[int, int], bytes]) -> byt
     entries: dict[int, tuple[int, int, bytes]] = {}  # code -> (type, count, value bytes)
     for code in _COPIED:
         tag = page.tags.get(code)
-        if tag is None:
-            continue
-        if tag.dtype in (16, 17, 18):  # BigTIFF's 8-byte integers: as LONG
-            entries[code] = _longs(order, _values(tag.value))
-        else:
-            size = struct.calcsize(order + tifffile.TIFF.DATA_FORMATS[tag.dtype])
-            entries[code] = (tag.dtype, tag.count, read(tag.valueoffset, size * tag.count))
+        if tag is not None:
+            entries[code] = _entry(tag, order, read)
     for code, counts in _STRIPS.items():
         if code in referenced:
             entries[counts] = _longs(order, [n for _, n in referenced[code]])
@@ -131,6 +130,19 @@ def page_tiff(page: tifffile.TiffPage, read: Callable[[int, int], bytes]) -> byt
     for lo, hi in pieces:
         out += read(lo, hi - lo)
     return bytes(out)
+
+
+def _entry(tag: Any, order: str, read: Callable[[int, int], bytes]) -> tuple[int, int, bytes]:
+    """A copied tag's (type, count, value bytes): packed again from the value tifffile read
+    with the IFD (no read of the file), BigTIFF's 8-byte integers as LONG; the stored bytes
+    read again only for a value that does not pack back to its count."""
+    if tag.dtype in (16, 17, 18):
+        return _longs(order, _values(tag.value))
+    fmt = tifffile.TIFF.DATA_FORMATS[tag.dtype]  # "1H", "2I" (rational), ...
+    numbers = _values(tag.value) if not isinstance(tag.value, bytes) else ()
+    if fmt[-1] in "bBhHiIqQ" and len(numbers) == tag.count * int(fmt[:-1]):
+        return tag.dtype, tag.count, struct.pack(f"{order}{len(numbers)}{fmt[-1]}", *numbers)
+    return tag.dtype, tag.count, read(tag.valueoffset, struct.calcsize(order + fmt) * tag.count)
 
 
 def _longs(order: str, numbers: list[int] | tuple[int, ...]) -> tuple[int, int, bytes]:
