@@ -190,7 +190,7 @@ def _reap(path: str, run: LocalRun | None) -> None:
         return
     if storage.is_s3(run.work):
         if not run.keep_work:
-            _reap_s3_work(run)
+            _reap_s3_work(run, run.work)
         return
     if not os.path.isdir(run.work):
         return
@@ -207,17 +207,17 @@ def _reap(path: str, run: LocalRun | None) -> None:
                     "the run did (killed?) and left it", run.work, run.run_id, run.pid)
 
 
-def _reap_s3_work(run: LocalRun) -> None:
+def _reap_s3_work(run: LocalRun, work: str) -> None:
     """A killed run's work under an S3 prefix, removed (a warning either way: this run may
     not reach that bucket, or have the rights the killed one had)."""
     try:
-        work_location.remove(run.work or "")
+        work_location.remove(work)
     except TiffpipeError as exc:
         log.warning("could not remove %s, the work of run %s, whose process (%d) ended before "
-                    "the run did (killed?): %s", run.work, run.run_id, run.pid, exc)
+                    "the run did (killed?): %s", work, run.run_id, run.pid, exc)
         return
     log.warning("removed %s, the work of run %s: its process (%d) ended before the run did "
-                "(killed?) and left it", run.work, run.run_id, run.pid)
+                "(killed?) and left it", work, run.run_id, run.pid)
 
 
 def _partial_outputs(work: str, run_id: str) -> list[str]:
