@@ -349,6 +349,24 @@ def test_remove_one_file_or_object(s3, tmp_path):
         "runs/r.json.bak"]  # one object, not a prefix
 
 
+def test_discard_deletes_in_one_request_whether_or_not_it_is_there(s3, tmp_path):
+    local = tmp_path / "e.json"
+    local.write_text("{}")
+    storage.discard(str(local))
+    storage.discard(str(local))  # gone: not an error
+    assert not local.exists()
+    s3.put_object(Bucket=BUCKET, Key="errs/e.json", Body=b"{}")
+    s3.put_object(Bucket=BUCKET, Key="errs/e.json.bak", Body=b"{}")
+    calls: list[str] = []
+    events = storage.s3_client().meta.events
+    events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    storage.discard(f"s3://{BUCKET}/errs/e.json")
+    storage.discard(f"s3://{BUCKET}/errs/e.json")
+    assert calls == ["DeleteObject", "DeleteObject"]  # no HeadObject first
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]] == [
+        "errs/e.json.bak"]
+
+
 # --- check_writable -------------------------------------------------------------------
 
 

@@ -366,6 +366,18 @@ def remove(url: str) -> bool:
     return True
 
 
+def discard(url: str) -> None:
+    """Delete one file or object if it is there, in one request: no look first (S3 answers
+    a DELETE of a missing key as of one there, and charges for neither)."""
+    if not is_s3(url):
+        with _errors(url, "delete", None), suppress(FileNotFoundError):
+            os.remove(url)
+        return
+    bucket, key = _key_of(url)
+    with _errors(url, "delete", None):
+        s3_client().delete_object(Bucket=bucket, Key=key)
+
+
 def delete_prefix(url: str) -> None:
     """Delete a folder or every object under a prefix; a missing one is not an error."""
     if not is_s3(url):

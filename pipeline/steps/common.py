@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from pipeline.errors import (
     error_record,
 )
 from pipeline.steps import held_work, layout
+
+log = logging.getLogger("tiffpipe")
 
 
 def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
@@ -94,21 +97,29 @@ def forget_plans() -> None:
 
 @contextmanager
 def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
-    """Record the error of a failing unit or batch in the work location, then re-raise it.
+    """Record the error of a failing unit or batch in the work location, then re-raise it;
+    once it succeeds, remove what an earlier attempt recorded (Step Functions retries a
+    failed item, e.g. after S3's SlowDown: the retry's success is what counts).
 
-    Merge and record_failure report these recorded errors: a Distributed Map run reports only
-    that too many items failed (and moto's engine swallows failed items), so the job's report
-    would otherwise lose the real cause.
+    Merge, ReduceStats (:func:`explained_by_records`) and RecordFailure report these
+    recorded errors: a Distributed Map run reports only that too many items failed (and
+    moto's engine swallows failed items), so the job's report would otherwise lose the
+    real cause.
     """
+    url = layout.error_file(plan.work, step, index)
     try:
         yield
     except Exception as exc:
         record = {**error_record(exc), "step": step, "index": index}
         try:
-            storage.write_json(layout.error_file(plan.work, step, index), record)
+            storage.write_json(url, record)
         except TiffpipeError:
             pass  # the step fails with its own error anyway; recording is best effort
         raise
+    try:  # one request (a DELETE, free on S3) whether or not there is one
+        storage.discard(url)
+    except TiffpipeError as exc:  # a later step reads a stale record only if work is missing
+        log.warning("could not remove %s, an earlier attempt's error: %s", url, exc)
 
 
 def recorded_errors(job_work: str) -> list[dict[str, str]]:
@@ -121,13 +132,25 @@ def recorded_errors(job_work: str) -> list[dict[str, str]]:
                                           order.get(r.get("step", ""), 2)))
 
 
-def raise_recorded(job_work: str) -> None:
-    """Raise the first recorded error of a job again, under its own name."""
-    errors = recorded_errors(job_work)
-    if errors:
+@contextmanager
+def explained_by_records(job_work: str) -> Iterator[None]:
+    """A step that reads its Map's work (Merge, ReduceStats): when some of it is missing
+    (:class:`WorkMissingError`), the first recorded error of the job's units or batches is
+    why, raised again under its own name. Where the Map failed, the state machine never
+    reaches the step; moto's engine, which swallows failed items, does. The records are
+    read only then: a record whose item a retry finished has no missing work to explain."""
+    try:
+        yield
+    except WorkMissingError as exc:
+        try:
+            errors = recorded_errors(job_work)
+        except TiffpipeError:
+            errors = []
+        if not errors:
+            raise
         first = errors[0]
         more = f" (and {len(errors) - 1} more failed units/batches)" if len(errors) > 1 else ""
-        raise by_name(first["type"])(first["message"] + more)
+        raise by_name(first["type"])(first["message"] + more) from exc
 
 
 def tile_threads() -> int:

@@ -46,7 +46,12 @@ from pipeline.core.plan import raw_output_bytes
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError
 from pipeline.steps import held_work, layout, stopping
-from pipeline.steps.common import load_plan, raise_recorded, save_skipped, tile_threads
+from pipeline.steps.common import (
+    explained_by_records,
+    load_plan,
+    save_skipped,
+    tile_threads,
+)
 from pipeline.steps.tile_table import TileTable
 
 #: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
@@ -58,8 +63,8 @@ BIGTIFF_ABOVE = 2**31
 def merge(event: MergeEvent) -> dict[str, Any]:
     """Compose the job's output from its segments and publish it in one step."""
     plan = load_plan(event.plan)
-    raise_recorded(plan.work)  # a failed batch fails the job with its own error
-    return publish(plan)
+    with explained_by_records(plan.work):  # a failed batch fails the job with its own error
+        return publish(plan)
 
 
 def publish(plan: JobPlan) -> dict[str, Any]:

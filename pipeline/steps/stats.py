@@ -39,11 +39,12 @@ from pipeline.core.events import (
     StatsRound,
     to_payload,
 )
+from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
 from pipeline.errors import OutputExistsError, WorkMissingError
 from pipeline.steps import layout, planning, stopping
-from pipeline.steps.common import load_job, load_plan, raise_recorded, recorded
+from pipeline.steps.common import explained_by_records, load_job, load_plan, recorded
 from pipeline.steps.evaluate import TileEvaluator, load_npz, save_npz
 
 #: parallel reads of the batches' partial statistics (S3 GETs)
@@ -104,7 +105,11 @@ def reduce_stats(event: ReduceEvent) -> dict[str, Any]:
     round reduces as a tree (pipeline.steps.canny_reduce): the result then names the next
     tree level's nodes (``tree``) until the round is done."""
     plan = load_plan(event.plan)
-    raise_recorded(plan.work)  # a failed stats batch fails the job with its own error
+    with explained_by_records(plan.work):  # a failed stats batch: the job fails with its error
+        return _reduce(plan, event)
+
+
+def _reduce(plan: JobPlan, event: ReduceEvent) -> dict[str, Any]:
     rounds = stats_rounds(plan)
     if not 0 <= event.round < rounds:
         raise EventError(f"reduce_stats: round {event.round} of a job with {rounds} round(s)")

@@ -1,0 +1,158 @@
+"""A step retried by the state machine: what an attempt that failed leaves must not decide the
+job once a retry succeeded (Step Functions retries ``StorageError`` and Lambda's own errors;
+on AWS an item fails, e.g. on S3's SlowDown, and its retry finishes it).
+
+The steps are called as the state machine calls them (``handlers.dispatch``, one event at a
+time), on a real local work folder; a failed attempt is a real exception from the writer it
+happens in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import handlers
+from pipeline.adapters import segments, storage
+from pipeline.errors import StorageError, TiffpipeError, WorkMissingError
+from pipeline.steps import layout
+
+
+def _run(tmp_path: Path, ops: list[dict[str, Any]]) -> tuple[dict[str, Any], str, np.ndarray]:
+    """A planned job that is not fused (a Split, then Process batches: 12 tiles of 64, two
+    batches), its PlanJob answer, the run file and the input's pixels."""
+    px = np.random.default_rng(3).integers(0, 256, (200, 150), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "a.tif", px, tile=(64, 64))
+    manifest = {"defaults": {"tile": 64, "fuse": False, "output_options": {"tile": 32}},
+                "jobs": [{"input": "a.tif", "output": "out/a.tif", "ops": ops}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    run = handlers.dispatch("split", {"action": "plan_run", "manifest": str(tmp_path / "m.json"),
+                                      "work": str(tmp_path / "work"), "run_id": "r1",
+                                      "report": str(tmp_path / "report.json")})
+    job = handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 0})
+    assert not job["fused"] and len(job["batches"]) == 2
+    for unit in job["units"]:
+        handlers.dispatch("split", {"action": "split", "plan": job["plan"], "unit": unit})
+    return job, run["run"], px
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, segment: str) -> list[str]:
+    """The first close of the segment named ``segment`` fails as an S3 PUT answered SlowDown
+    would (after the writer's own handling: it discards the segment); what failed, listed."""
+    close, failed = segments.SegmentWriter.close, []
+
+    def flaky(self: segments.SegmentWriter) -> None:
+        if self.url.endswith(segment) and not failed:
+            failed.append(self.url)
+            self.abort()
+            raise StorageError(f"{self.url}: cannot write: SlowDown (transient)")
+        close(self)
+
+    monkeypatch.setattr(segments.SegmentWriter, "close", flaky)
+    return failed
+
+
+def _batch(job: dict[str, Any], batch: int) -> dict[str, Any]:
+    return handlers.dispatch("process", {"action": "process", "plan": job["plan"],
+                                         "batch": batch})
+
+
+def test_a_batch_retried_to_success_leaves_no_error_for_merge(tmp_path, monkeypatch):
+    """Batch 0 fails once (its error recorded, as for any failing item), its retry succeeds:
+    merge publishes the output, no error record is left, and the output is what a run
+    without the failure writes."""
+    job, _, px = _run(tmp_path, [{"op": "invert"}])
+    failed = _failing_once(monkeypatch, "b000000.seg")
+    with pytest.raises(StorageError, match="SlowDown"):
+        _batch(job, 0)
+    work = str(Path(job["plan"]).parent)
+    assert storage.exists(layout.error_file(work, "process", 0))  # the attempt's record
+    assert failed and _batch(job, 0)["tiles"] == 8  # the retry
+    _batch(job, 1)
+    assert not storage.exists(layout.error_file(work, "process", 0))
+    merged = handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})
+    assert np.array_equal(tifffile.imread(merged["output"]), 255 - px)
+
+
+def test_a_statistics_batch_retried_to_success_leaves_no_error_for_reduce(tmp_path,
+                                                                          monkeypatch):
+    """The same for a Stats batch and ReduceStats (a chain with whole-page statistics)."""
+    job, _, px = _run(tmp_path, [{"op": "normalize"}])
+    assert job["stats"]["more"]
+    work = str(Path(job["plan"]).parent)
+    save, failed = storage.write_bytes, []
+
+    def flaky(url: str, data: bytes) -> None:
+        if "stats" in url and not failed:
+            failed.append(url)
+            raise StorageError(f"{url}: cannot write: SlowDown (transient)")
+        save(url, data)
+
+    event = {"action": "stats", "plan": job["plan"], "batch": 0, "round": 0}
+    monkeypatch.setattr(storage, "write_bytes", flaky)
+    with pytest.raises(StorageError, match="SlowDown"):
+        handlers.dispatch("process", event)
+    assert failed and storage.exists(layout.error_file(work, "stats", 0))
+    handlers.dispatch("process", event)  # the retry
+    handlers.dispatch("process", {**event, "batch": 1})
+    assert not storage.exists(layout.error_file(work, "stats", 0))
+    reduced = handlers.dispatch("process", {"action": "reduce_stats", "plan": job["plan"],
+                                            "round": 0})
+    assert reduced["more"] is False
+    for batch in job["batches"]:
+        _batch(job, batch)
+    merged = handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})
+    expected = cv2.normalize(px, None, 0, 255, cv2.NORM_MINMAX)
+    assert np.array_equal(tifffile.imread(merged["output"]), expected)
+
+
+def test_merge_names_the_recorded_error_of_a_batch_that_never_finished(tmp_path, monkeypatch):
+    """An engine that goes on after a failed item (moto's swallows them): merge meets the
+    batch's missing segment and fails with the batch's own recorded error, not a
+    WorkMissingError; no output is published."""
+    job, _, _ = _run(tmp_path, [{"op": "invert"}])
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise tifffile.TiffFileError("not a TIFF: a codec error for this test")
+
+    _batch(job, 0)
+    from pipeline.steps import process as process_step
+
+    monkeypatch.setattr(process_step.TileOutput, "encode_tile", broken)
+    with pytest.raises(tifffile.TiffFileError):
+        _batch(job, 1)
+    monkeypatch.undo()
+    with pytest.raises(TiffpipeError) as caught:
+        handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})
+    assert not isinstance(caught.value, WorkMissingError)
+    assert "a codec error for this test" in str(caught.value)
+    assert not (tmp_path / "out" / "a.tif").exists()
+
+
+def test_merge_without_records_reports_the_missing_work(tmp_path):
+    """Work missing and nothing recorded (a batch killed mid-way records nothing): merge's
+    WorkMissingError names the missing segment."""
+    job, _, _ = _run(tmp_path, [{"op": "invert"}])
+    _batch(job, 0)
+    with pytest.raises(WorkMissingError, match="b000001"):
+        handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})
+
+
+def test_record_failure_reports_the_failure_not_a_retried_one(tmp_path, monkeypatch):
+    """Batch 0 failed once and its retry succeeded; batch 1 then timed out (killed: it
+    records nothing). RecordFailure reports the Map's error, not batch 0's overcome one."""
+    job, run, _ = _run(tmp_path, [{"op": "invert"}])
+    _failing_once(monkeypatch, "b000000.seg")
+    with pytest.raises(StorageError):
+        _batch(job, 0)
+    _batch(job, 0)
+    error = {"Error": "States.Timeout", "Cause": "ProcessBatch timed out"}
+    recorded = handlers.dispatch("merge", {"action": "record_failure", "run": run, "job": 0,
+                                           "error": error})
+    assert recorded["error"] == "States.Timeout"
