@@ -694,6 +694,52 @@ def test_a_conditional_write_met_by_another_is_a_storage_error(s3, size):
     assert _uploads(s3) == [] and not storage.exists(url)
 
 
+@pytest.mark.parametrize(("operation", "size"), [
+    ("PutObject", 4000), ("CreateMultipartUpload", 12 * MiB), ("UploadPartCopy", 12 * MiB),
+    ("UploadPart", 12 * MiB), ("CompleteMultipartUpload", 12 * MiB)])
+@pytest.mark.parametrize(("code", "status", "retried"), [
+    ("SlowDown", 503, True), ("InternalError", 500, True), ("AccessDenied", 403, False)])
+def test_an_upload_that_s3_fails_for_now_is_retried(s3, operation, size, code, status,
+                                                    retried):
+    """An output upload that S3 throttles (503 SlowDown) or fails itself (500), beyond
+    botocore's own retries (the answer is made here, to one request): a StorageError,
+    which the state machine retries (every segment is there: the retry costs the merge
+    alone); one refused (403) stays an OutputNotWritableError. Either way the upload is
+    aborted and nothing published. (UploadPart: the output's parts from a held ProcessJob's
+    segment, which is not in S3.)"""
+    from botocore.exceptions import ClientError
+
+    from pipeline.errors import OutputNotWritableError
+
+    work = f"s3://{BUCKET}/transient/{operation}-{code}/work"
+    source = f"{work}/segment"
+    data = os.urandom(size)
+    with contextlib.ExitStack() as stack:
+        if operation == "UploadPart":
+            stack.enter_context(segments.held(work))
+            with SegmentWriter(source) as writer:
+                writer.write(data)
+        else:
+            storage.write_bytes(source, data)
+        pieces = [tiff_layout.Literal(b"II*\x00"), tiff_layout.Span(source, 0, size)]
+        url = f"s3://{BUCKET}/transient/{operation}-{code}.tif"
+
+        def fails(**_: Any) -> None:
+            raise ClientError({"Error": {"Code": code, "Message": "for this test"},
+                               "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+
+        client = segments.s3_client()
+        client.meta.events.register_first(f"before-call.s3.{operation}", fails)
+        try:
+            with pytest.raises((StorageError, OutputNotWritableError)) as caught:
+                compose(pieces, url)
+        finally:
+            client.meta.events.unregister(f"before-call.s3.{operation}", fails)
+    assert type(caught.value) is (StorageError if retried else OutputNotWritableError)
+    assert url in str(caught.value) and code in str(caught.value)
+    assert _uploads(s3) == [] and not storage.exists(url)
+
+
 @pytest.mark.parametrize("mode", ["skip", "fail"])
 def test_merge_leaves_an_output_published_since_plan_job(s3, mode):
     """Merge of a job whose if_exists is skip or fail, its output published by another

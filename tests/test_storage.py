@@ -349,6 +349,29 @@ def test_remove_one_file_or_object(s3, tmp_path):
         "runs/r.json.bak"]  # one object, not a prefix
 
 
+def test_transient_s3_errors_are_the_ones_a_retry_may_pass():
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    def answer(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    assert storage.transient(answer("SlowDown", 503))
+    assert storage.transient(answer("InternalError", 500))
+    assert storage.transient(answer("RequestTimeout", 400))  # S3's idle-socket answer
+    assert storage.transient(EndpointConnectionError(endpoint_url="https://s3.example"))
+    assert storage.transient(ReadTimeoutError(endpoint_url="https://s3.example"))
+    assert not storage.transient(answer("AccessDenied", 403))
+    assert not storage.transient(answer("NoSuchBucket", 404))
+    assert not storage.transient(NoCredentialsError())
+    assert not storage.transient(ValueError("not S3's")) and not storage.transient(None)
+
+
 def test_discard_deletes_in_one_request_whether_or_not_it_is_there(s3, tmp_path):
     local = tmp_path / "e.json"
     local.write_text("{}")

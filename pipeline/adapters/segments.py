@@ -345,15 +345,13 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
         except _WriteConflict as exc:
             raise exc.error() from exc.__cause__
         except storage._aws_errors() as exc:
-            raise OutputNotWritableError(f"output {url}: the upload failed: {exc}; check the "
-                                         "bucket and permissions, then re-run") from exc
+            raise _upload_error(url, "the upload failed", exc) from exc
         return len(body)
     try:
         upload = client.create_multipart_upload(Bucket=bucket, Key=key,
                                                 ContentType=ctype)["UploadId"]
     except storage._aws_errors() as exc:
-        raise OutputNotWritableError(f"output {url}: cannot start the upload: {exc}; check "
-                                     "the bucket and permissions, then re-run") from exc
+        raise _upload_error(url, "cannot start the upload", exc) from exc
     try:
         pool = ThreadPoolExecutor(COPY_THREADS)
         failed = threading.Event()  # a part failed: no more parts are started
@@ -397,10 +395,22 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
         if isinstance(exc, TiffpipeError) and not isinstance(exc, StorageError):
             raise
         if isinstance(exc, Exception):
-            raise OutputNotWritableError(f"output {url}: the upload failed and was aborted: "
-                                         f"{exc}") from exc
+            raise _upload_error(url, "the upload failed and was aborted", exc) from exc
         raise
     return sum(p.size for p in parts)
+
+
+def _upload_error(url: str, what: str, exc: Exception) -> TiffpipeError:
+    """The error of a failed output upload (``exc``: S3's, or the StorageError a part's
+    request raised for it): a :class:`StorageError`, which the state machine retries, where
+    S3 throttled, failed itself or the connection dropped (the segments are all there: a
+    retry costs the merge alone); else an :class:`OutputNotWritableError` (access denied,
+    no such bucket: a retry meets it again)."""
+    cause = exc.__cause__ if isinstance(exc, StorageError) else exc
+    if storage.transient(cause):
+        return StorageError(f"output {url}: {what}: {exc}; a transient error: retried")
+    return OutputNotWritableError(f"output {url}: {what}: {exc}; check the bucket and "
+                                  "permissions, then re-run")
 
 
 def _copy_part(bucket: str, key: str, upload: str, part: Part) -> str:

@@ -129,6 +129,26 @@ def _code(exc: BaseException) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+#: S3's answers that a later attempt may not meet (botocore retried them a few times first)
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                    "InternalError", "ServiceUnavailable", "RequestLimitExceeded",
+                    "TooManyRequestsException", "OperationAborted"}
+
+
+def transient(exc: BaseException | None) -> bool:
+    """Whether an S3 call's error may pass if the step runs again: a throttling or 5xx
+    answer, or the connection (refused, reset, timed out); not a 4xx about the request
+    (access denied, no such bucket), which a retry meets again."""
+    botocore_exceptions = sys.modules.get("botocore.exceptions")
+    if botocore_exceptions is None or exc is None:
+        return False
+    if isinstance(exc, botocore_exceptions.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or _code(exc) in _TRANSIENT_CODES
+    return isinstance(exc, (botocore_exceptions.ConnectionError,
+                            botocore_exceptions.HTTPClientError))
+
+
 def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:
     if issubclass(cls, WorkMissingError):
         return cls(f"{url} does not exist: an earlier step should have written it; "
