@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy.py", description=__doc__.splitlines()[0])
     p.add_argument("--stack", default="main",
                    help="stack name: part of every resource name (default: main)")
-    p.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION)")
+    p.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or "
+                                    "the profile's)")
     p.add_argument("--profile", help="AWS profile (default: the standard credential chain)")
     p.add_argument("--arch", choices=("arm64", "amd64"), default="arm64",
                    help="image and Lambda architecture (default: arm64, ~20%% cheaper)")

@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("execution", metavar="EXECUTION_ARN", help="as printed by start")
     status.add_argument("--wait", action="store_true", help="follow a running run to its end")
     for aws in (start, status):
-        aws.add_argument("--region", help="AWS region (default: the profile's or AWS_REGION; "
-                                          "status: the ARN's)")
+        aws.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION "
+                                          "or the profile's; status: the ARN's)")
         aws.add_argument("--profile", help="AWS profile")
         aws.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
                          help="seconds between progress checks (default: 5)")

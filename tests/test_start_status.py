@@ -321,3 +321,30 @@ def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.Monk
     code, err = outcomes["status"]
     assert code == 2
     assert "no AWS credentials found" in err and "aws configure" in err, err
+
+
+@pytest.mark.parametrize(("region", "default", "expected"), [
+    ("eu-west-2", None, "eu-west-2"), ("eu-west-2", "us-east-1", "eu-west-2"),
+    (None, "us-east-1", "us-east-1"), (None, None, None)])
+def test_the_region_is_aws_regions_as_for_the_aws_cli(monkeypatch, tmp_path, region, default,
+                                                      expected):
+    """AWS_REGION (what the AWS CLI v2 and the SDKs read first, and what the messages name)
+    gives the region of `start`, `status`, deploy.py and the S3 client of a run, though
+    boto3 reads only AWS_DEFAULT_REGION; without either (and no profile's), a named error."""
+    from pipeline.aws import AwsError
+
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))  # no profile's region
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    for var, value in (("AWS_REGION", region), ("AWS_DEFAULT_REGION", default)):
+        if value:
+            monkeypatch.setenv(var, value)
+        else:
+            monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(storage, "_client", None)
+    if expected is None:
+        with pytest.raises(AwsError, match="pass --region, or set AWS_REGION"):
+            Clients().region  # noqa: B018
+        return
+    assert Clients().region == expected
+    assert Clients()("stepfunctions").meta.region_name == expected
+    assert storage.s3_client().meta.region_name == expected

@@ -70,7 +70,10 @@ def s3_client() -> Any:
 
             config = Config(retries={"mode": "standard", "max_attempts": 5},
                             max_pool_connections=32)
-            _client = (key, boto3.session.Session().client("s3", config=config))
+            # AWS_REGION first, as the AWS CLI and the SDKs (boto3 reads AWS_DEFAULT_REGION)
+            region = os.environ.get("AWS_REGION") or None
+            _client = (key, boto3.session.Session(region_name=region).client("s3",
+                                                                              config=config))
         return _client[1]
 
 

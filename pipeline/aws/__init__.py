@@ -10,6 +10,7 @@ at import time.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +175,12 @@ def parse_arn(arn: str) -> dict[str, str]:
                     strict=True))
 
 
+def env_region() -> str | None:
+    """``AWS_REGION``, which the AWS CLI v2 and the SDKs read before ``AWS_DEFAULT_REGION``
+    (boto3 reads only the latter: with AWS_REGION alone, a session has no region)."""
+    return os.environ.get("AWS_REGION") or None
+
+
 class Clients:
     """boto3 clients of one session, each created on first use.
 
@@ -197,7 +204,7 @@ class Clients:
 
             try:
                 self._session = boto3.Session(profile_name=self._profile,
-                                              region_name=self._region)
+                                              region_name=self._region or env_region())
             except ProfileNotFound as exc:
                 raise NoCredentialsFoundError(f"{exc}: check --profile or AWS_PROFILE against "
                                               "~/.aws/config") from exc
@@ -205,10 +212,10 @@ class Clients:
 
     @property
     def region(self) -> str:
-        region = self._region or self.session.region_name
+        region = self._region or env_region() or self.session.region_name
         if not region:
-            raise AwsError("no AWS region: pass --region, or set AWS_REGION (or a region in "
-                           "your profile)")
+            raise AwsError("no AWS region: pass --region, or set AWS_REGION (or "
+                           "AWS_DEFAULT_REGION, or a region in your profile)")
         return str(region)
 
     def __call__(self, service: str) -> Any:
