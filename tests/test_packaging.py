@@ -48,6 +48,14 @@ def _lock_pins(path: Path) -> dict[str, tuple[str, str]]:
     return pins
 
 
+def _documented_constraints() -> str:
+    """The command docs/development.md gives for the lock's pins as pip constraints."""
+    doc = (ROOT / "docs" / "development.md").read_text()
+    [command] = [line for line in doc.splitlines() if line.startswith("grep ")
+                 and "requirements/test.lock" in line and line.endswith("> constraints.txt")]
+    return command
+
+
 # --- the shipped files ---------------------------------------------------------------------
 
 
@@ -132,6 +140,17 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def test_the_documented_constraints_are_the_locks_pins_without_hashes(tmp_path: Path):
+    """What docs/development.md has users give pip with the wheel: every pin of the lock,
+    marker and all, and no hash (pip refuses a constraints file with hashes)."""
+    command = _documented_constraints().replace("> constraints.txt",
+                                                f"> {tmp_path}/constraints.txt")
+    _run(["bash", "-c", command], cwd=ROOT)
+    made = tmp_path / "constraints.txt"
+    assert "--hash" not in made.read_text()
+    assert _lock_pins(made) == _lock_pins(LOCK)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the wheel, the venv it is installed in): built from a copy of the sources, installed
@@ -143,10 +162,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     [wheel] = tmp.glob("tiffpipe-*.whl")
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=True, system_site_packages=False)
-    # the lock as constraints (pip takes no hashes there): the runtime deps at its versions
+    # the lock as constraints, made as docs/development.md tells users (pip takes no hashes
+    # there): the runtime deps at its versions
     constraints = tmp / "constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}{' ; ' + m if m else ''}\n"
-                                   for n, (v, m) in _lock_pins(LOCK).items()))
+    _run(["bash", "-c", _documented_constraints().replace("> constraints.txt",
+                                                          f"> {constraints}")], cwd=ROOT)
     _run([str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q",
           "--disable-pip-version-check", "-c", str(constraints), str(wheel)])
     return wheel, env_dir
@@ -158,6 +178,8 @@ def test_wheel_ships_the_top_level_files(installed: tuple[Path, Path]):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "pipeline/py.typed" in names
+        [licence] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert zf.read(licence) == (ROOT / "LICENSE").read_bytes()
         for resource, top_level in SHIPPED.items():
             assert zf.read(resource) == (ROOT / top_level).read_bytes(), resource
 
