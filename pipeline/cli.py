@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="cost and time of a manifest's run on AWS, on paper")
     est.add_argument("manifest", help="manifest JSON; only the inputs' page headers are read")
     est.add_argument("--calibration", help="per-megapixel costs measured by bench/compare.py "
-                                           "(default: bench/calibration.json)")
+                                           "in a checkout (default: the calibration shipped "
+                                           "with tiffpipe, a copy of bench/calibration.json)")
     est.add_argument("--concurrency", type=int, default=1000,
                      help="Lambda invocations at once (default: 1000, the account default)")
     est.add_argument("--price", action="append", default=[], metavar="KEY=VALUE",

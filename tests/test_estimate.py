@@ -649,3 +649,12 @@ def test_the_shipped_calibration_loads() -> None:
     # bench/compare.py writes one, with each kind's input read and factor
     for entry in cal.get("process_unit", {}).values():
         assert entry["read_cpu_s_per_mpx"] >= 0 and entry["factor"] > 0
+
+
+def test_a_missing_calibration_file_says_what_to_do(tmp_path: Path) -> None:
+    """Named, and what to do from an installed tiffpipe too (bench/ is a checkout's)."""
+    with pytest.raises(est.EstimateError) as caught:
+        est.load_calibration(tmp_path / "none.json")
+    message = str(caught.value)
+    assert str(tmp_path / "none.json") in message
+    assert "leave out --calibration for the one shipped with tiffpipe" in message

@@ -35,8 +35,10 @@ def load_calibration(path: str | os.PathLike[str] | None = None) -> dict[str, An
             raise EstimateError(f"the calibration shipped with tiffpipe is missing ({path}): "
                                 "reinstall tiffpipe, or pass --calibration FILE (bench/"
                                 "compare.py writes one)") from None
-        raise EstimateError(f"no calibration file at {path}: run bench/compare.py (it writes "
-                            "bench/calibration.json) or pass --calibration FILE") from None
+        raise EstimateError(f"no calibration file at {path}: check the path, leave out "
+                            "--calibration for the one shipped with tiffpipe, or make one with "
+                            "bench/compare.py in a checkout (it writes bench/calibration.json)"
+                            ) from None
     except (OSError, ValueError) as exc:
         raise EstimateError(f"cannot read the calibration file {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
