@@ -221,25 +221,26 @@ def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
     doc: dict[str, Any] = storage.read_json(counts["report"])
     for job in doc["jobs"]:
         if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
-            _remove_partial_output(job["output"], doc["run_id"], doc["started_at"])
+            _remove_partial_output(job["output"], doc["run_id"],
+                                   layout.job_dir(work, job["job"]))
     return doc
 
 
-def _remove_partial_output(output: str, run_id: str, since: float) -> None:
+def _remove_partial_output(output: str, run_id: str, job_work: str) -> None:
     """Remove what a stopped job of the run ``run_id`` may have left of its output: a local
     output's temporary files beside it that this run made (:func:`storage.temp_output_paths`:
-    a worker killed while it wrote one), an S3 output's multipart uploads opened since the
-    run began (``since``). Not those of another run writing the same output; the output
-    itself is never touched."""
-    from pipeline.adapters.segments import abort_uploads
+    a worker killed while it wrote one), an S3 output's multipart uploads the job recorded
+    in ``job_work``. Not those of another run writing the same output; the output itself is
+    never touched."""
+    from pipeline.steps.common import abort_output_uploads
 
     try:
         if storage.is_s3(output):
-            abort_uploads(output, since=since)
+            abort_output_uploads(job_work)
             return
         for tmp in storage.temp_output_paths(output, run_id):
             os.remove(tmp)
-    except (OSError, TiffpipeError) as exc:
+    except (OSError, TiffpipeError, ValueError, KeyError) as exc:
         log.warning("could not remove the partial files of %s: %s", output, exc)
 
 

@@ -190,6 +190,6 @@ def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(
             monkeypatch.setenv(RUN_TAG_ENV, run)
         made[run] = storage.temp_output_path(output)
         open(made[run], "wb").close()
-    _remove_partial_output(output, "ours", time.time() - 600)
+    _remove_partial_output(output, "ours", str(tmp_path / "work" / "jobs" / "00000"))
     assert not os.path.exists(made["ours"])
     assert os.path.exists(made["theirs"]) and os.path.exists(made[None])

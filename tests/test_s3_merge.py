@@ -412,29 +412,19 @@ def test_a_page_laid_out_segment_by_segment_keeps_every_tag_and_pixel(s3, monkey
 
 
 def test_a_failed_job_aborts_its_own_uploads_not_another_runs(s3):
-    """RecordFailure aborts the upload a killed merge left on the job's output, but not one
-    another run began there before this job started (that run is still writing it). moto
-    dates every upload 2010-11-10 (its ListMultipartUploads answer is fixed): here each is
-    dated as S3 dates it, by when it began."""
-    import datetime
-
+    """RecordFailure aborts the upload a killed merge of the job left on its output (the
+    merge recorded it as it began), but not one another run began there, before or after
+    this job started: that run is still writing the output."""
     from pipeline.core.events import FailureEvent
     from pipeline.steps import report as report_step
+    from pipeline.steps.common import record_output_upload
 
     c, plan = s3["client"], _plan(s3["work"], 1)
     key = storage.split_s3(plan.spec.output)[1]
-    began = {}
-    other = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
-    began[other] = plan.started_at - 600  # another run's, ten minutes before this job
+    before = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
     killed = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
-    began[killed] = time.time()  # this job's merge, killed
-
-    def dated(parsed: dict[str, Any], **_: Any) -> None:
-        for upload in parsed.get("Uploads", []):
-            upload["Initiated"] = datetime.datetime.fromtimestamp(began[upload["UploadId"]],
-                                                                  datetime.UTC)
-    events = storage.s3_client().meta.events
-    events.register("after-call.s3.ListMultipartUploads", dated)
+    record_output_upload(plan.work, plan.spec.output, killed)  # as this job's merge did
+    after = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
     result_url = layout.result_file(plan.work)
     kept = storage.read_bytes(result_url)  # the fixture's run, which later tests read
     try:
@@ -442,12 +432,43 @@ def test_a_failed_job_aborts_its_own_uploads_not_another_runs(s3):
             run=layout.run_file(s3["work"]), job=1,
             error={"Error": "States.Timeout", "Cause": "Merge timed out"}))
         assert failed["status"] == "FAILED"
-        assert [u["UploadId"] for u in _uploads(s3)] == [other]
+        assert sorted(u["UploadId"] for u in _uploads(s3)) == sorted([before, after])
     finally:
-        events.unregister("after-call.s3.ListMultipartUploads", dated)
         storage.write_bytes(result_url, kept)
-        c.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=other)
+        storage.delete_prefix(layout.uploads_dir(plan.work))
+        for upload in (before, after):
+            c.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload)
     assert _uploads(s3) == []
+
+
+def test_a_merge_records_its_upload_before_any_part(s3, monkeypatch):
+    """Merge of an output of parts notes its upload in the job's work as it begins it,
+    before its first part: a merge killed at any part leaves what RecordFailure ends."""
+    plan = _plan(s3["work"], 1)
+    key = storage.split_s3(plan.spec.output)[1]
+    published = _get(s3, key)  # the fixture's run's output
+    seen: list[list[str]] = []
+
+    def part(**_: Any) -> None:
+        seen.append(storage.list_prefix(layout.uploads_dir(plan.work)))
+        raise RuntimeError("killed at its first part (for this test)")
+
+    client = segments.s3_client()
+    client.meta.events.register_first("before-call.s3.UploadPartCopy", part)
+    client.meta.events.register_first("before-call.s3.UploadPart", part)
+    try:
+        with pytest.raises(Exception, match="killed at its first part"):
+            merge_mod.publish(plan)
+    finally:
+        client.meta.events.unregister("before-call.s3.UploadPartCopy", part)
+        client.meta.events.unregister("before-call.s3.UploadPart", part)
+    [records] = seen[:1]
+    [record] = [json.loads(storage.read_bytes(url)) for url in records]
+    assert record["output"] == plan.spec.output and record["upload"]
+    assert _uploads(s3) == []  # (a merge that is not killed aborts it itself)
+    assert not segments.abort_upload(plan.spec.output, record["upload"])  # ended: no error
+    storage.delete_prefix(layout.uploads_dir(plan.work))
+    assert _get(s3, key) == published  # as it was
 
 
 def test_a_failed_merge_aborts_its_upload(s3):

@@ -213,13 +213,16 @@ def piece_chunks(piece: Piece) -> Iterator[bytes]:
         yield read_range(piece.source, piece.start + pos, min(READ_CHUNK, piece.size - pos))
 
 
-def compose(pieces: list[Piece], url: str, replace: bool = True) -> int:
+def compose(pieces: list[Piece], url: str, replace: bool = True,
+            started: Callable[[str], None] | None = None) -> int:
     """Write the file made of ``pieces`` at ``url`` in one step; returns its size. Without
     ``replace``, the step fails if ``url`` exists by then (:class:`OutputExistsError`, what is
     there left as it is): locally a hard link that cannot be made over a file
-    (:func:`storage.publish_file`), on S3 the request's ``If-None-Match: *``."""
+    (:func:`storage.publish_file`), on S3 the request's ``If-None-Match: *``. ``started``:
+    called with the id of an S3 multipart upload as soon as it is begun, before any part
+    (merge records it: what a killed merge leaves open is then known as the job's)."""
     if is_s3(url):
-        return _compose_s3(pieces, url, replace)
+        return _compose_s3(pieces, url, replace, started)
     tmp = storage.temp_output_path(url)
     try:
         with _errors(url, "write", None), open(tmp, "wb", buffering=0) as fh:
@@ -328,7 +331,8 @@ class _WriteConflict(Exception):
                             "same moment (S3 409 ConditionalRequestConflict); re-run the job")
 
 
-def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
+def _compose_s3(pieces: list[Piece], url: str, replace: bool,
+                started: Callable[[str], None] | None) -> int:
     # held segments (a ProcessJob's) are not in S3: their bytes are uploaded
     copyable = all(is_s3(p.source) and p.source not in _held
                    for p in pieces if isinstance(p, Span))
@@ -353,6 +357,8 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool) -> int:
     except storage._aws_errors() as exc:
         raise _upload_error(url, "cannot start the upload", exc) from exc
     try:
+        if started is not None:
+            started(upload)
         pool = ThreadPoolExecutor(COPY_THREADS)
         failed = threading.Event()  # a part failed: no more parts are started
         in_memory = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
@@ -437,18 +443,12 @@ def _upload_part(bucket: str, key: str, upload: str, part: Part) -> str:
     return str(reply["ETag"])
 
 
-#: how much earlier than a job's start (this machine's clock) an upload S3 dated (its own
-#: clock) may have begun and still be taken for the job's (:func:`abort_uploads`)
-CLOCK_SKEW_S = 60.0
-
-
-def abort_uploads(url: str, prefix: bool = False, since: float | None = None) -> int:
-    """Abort the unfinished multipart uploads of the object ``url`` (with ``prefix``: of
-    every object under it), e.g. left by an invocation that was killed; a local path has
-    none. ``since`` (a time.time()): only those begun from then on (less
-    :data:`CLOCK_SKEW_S`), the job's own: an output's key may have an upload of another
-    run writing it at the same time, which is not this job's to end. Returns how many were
-    aborted."""
+def abort_uploads(url: str) -> int:
+    """Abort every unfinished multipart upload under the prefix ``url`` (a job's work
+    location: its segments', e.g. left by an invocation that was killed); a local path has
+    none. Returns how many were aborted. An output's key is not a job's to sweep so (another
+    run may be writing it): a job aborts the uploads it recorded
+    (:func:`pipeline.steps.common.abort_output_uploads`)."""
     if not is_s3(url):
         return 0
     bucket, key = storage.split_s3(url)
@@ -458,10 +458,21 @@ def abort_uploads(url: str, prefix: bool = False, since: float | None = None) ->
             Bucket=bucket, Prefix=key)
         for page in pages:
             for upload in page.get("Uploads", []):
-                if since is not None and upload["Initiated"].timestamp() < since - CLOCK_SKEW_S:
-                    continue
-                if prefix or upload["Key"] == key:
-                    s3_client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
-                                                       UploadId=upload["UploadId"])
-                    aborted += 1
+                s3_client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                   UploadId=upload["UploadId"])
+                aborted += 1
     return aborted
+
+
+def abort_upload(url: str, upload: str) -> bool:
+    """Abort the multipart upload ``upload`` of the object ``url``; whether it was still
+    open (one completed or aborted already is not an error)."""
+    bucket, key = _key_of(url)
+    try:
+        with _errors(url, "abort the upload of", None):
+            s3_client().abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+    except StorageError as exc:
+        if storage._code(exc.__cause__) in ("NoSuchUpload", "404"):
+            return False
+        raise
+    return True

@@ -176,6 +176,11 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
             _allow("ListRunningRuns", ["states:ListExecutions"], [names.state_machine_arn]),
             _allow("ReadRunningRuns", ["states:DescribeExecution"], [names.executions_arn]),
         ]
+    if step in ("split", "process"):
+        # a unit, batch or node that a Retry finished removes the error record its failed
+        # attempt left (pipeline.steps.common.recorded): no other object is deleted
+        statements.append(_allow("ClearErrorRecords", ["s3:DeleteObject"],
+                                 [f"{stack}{WORK}*/errors/*"]))
     if step in ("process", "merge"):
         # merge, process_job (a job of one unit, whole): a multipart upload; plan_job: one
         # started and aborted, the output's check
@@ -190,10 +195,9 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
     if step == "merge":
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
-            # record_failure aborts the uploads a killed unit or merge left open: it lists
-            # them under the job's work prefix and on its output key
-            _allow("ListOpenUploads", ["s3:ListBucketMultipartUploads"],
-                   sorted({names.bucket_arn} | {d.bucket_arn(p) for d in data})),
+            # record_failure aborts the uploads a killed unit left open under the job's
+            # work prefix (listed), and the output uploads its merge recorded (by id)
+            _allow("ListOpenUploads", ["s3:ListBucketMultipartUploads"], [names.bucket_arn]),
         ]
     return _doc(*statements)
 

@@ -153,6 +153,29 @@ def explained_by_records(job_work: str) -> Iterator[None]:
         raise by_name(first["type"])(first["message"] + more) from exc
 
 
+def record_output_upload(job_work: str, output: str, upload: str) -> None:
+    """Note that the multipart upload ``upload`` (just begun) writes the job's output:
+    should the job fail, :func:`abort_output_uploads` ends it, though the invocation that
+    began it was killed. One small write a merge (of an output of parts)."""
+    storage.write_json(layout.upload_file(job_work, upload), {"output": output,
+                                                              "upload": upload})
+
+
+def abort_output_uploads(job_work: str) -> int:
+    """Abort the output uploads the job recorded that are still open (a merge killed by its
+    timeout leaves its upload open, and S3 keeps its parts, and bills them, until it is
+    ended); how many. Only the job's own: another run writing the same output at the same
+    time (an upload of the same key) is not ended."""
+    from pipeline.adapters.segments import abort_upload  # (failed jobs only)
+
+    aborted = 0
+    for url in storage.list_prefix(layout.uploads_dir(job_work)):
+        if url.endswith(".json"):
+            record = json.loads(storage.read_bytes(url))
+            aborted += abort_upload(record["output"], record["upload"])
+    return aborted
+
+
 def tile_threads() -> int:
     """Tiles worked on at once in one invocation (process, process_unit, merge's pyramid):
     ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use. OpenCV and the codecs

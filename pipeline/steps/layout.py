@@ -35,6 +35,9 @@
 {work}/jobs/{job}/errors/{step}-{n}.json     the error of a failed unit, batch or node
                                              (split, process_unit, process, stats,
                                              reduce_node, build_levels)
+{work}/jobs/{job}/uploads/{hash}.json       a multipart upload of the output on S3, from
+                                             its start (merge, ProcessJob): what
+                                             record_failure aborts (the job's own only)
 {work}/jobs/{job}/result.json                the job's outcome (merge, ProcessJob or
                                              record_failure)
 ```
@@ -42,6 +45,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from pipeline.adapters.storage import join
@@ -149,6 +153,16 @@ def errors_dir(job_work: str) -> str:
 
 def error_file(job_work: str, step: str, index: int) -> str:
     return join(errors_dir(job_work), f"{step}-{index:06d}.json")
+
+
+def uploads_dir(job_work: str) -> str:
+    return join(job_work, "uploads")
+
+
+def upload_file(job_work: str, upload: str) -> str:
+    """The record of the output upload ``upload`` (S3's id, which may hold any character:
+    named by its hash)."""
+    return join(uploads_dir(job_work), f"{hashlib.sha256(upload.encode()).hexdigest()[:24]}.json")
 
 
 def result_file(job_work: str) -> str:

@@ -49,6 +49,7 @@ from pipeline.steps import held_work, layout, stopping
 from pipeline.steps.common import (
     explained_by_records,
     load_plan,
+    record_output_upload,
     save_skipped,
     tile_threads,
 )
@@ -72,7 +73,9 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     result (merge, and ProcessJob after its unit)."""
     spec = plan.spec
     try:  # if_exists skip or fail: never over an output published since PlanJob looked
-        size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite")
+        size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite",
+                       started=lambda upload: record_output_upload(plan.work, spec.output,
+                                                                   upload))
     except OutputExistsError as exc:
         if spec.if_exists == "fail":
             raise OutputExistsError(

@@ -12,7 +12,7 @@ from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError
 from pipeline.steps import held_work, layout
-from pipeline.steps.common import load_job, load_plan, recorded_errors
+from pipeline.steps.common import abort_output_uploads, load_job, load_plan, recorded_errors
 
 #: job results read at once by the report (S3 GETs)
 READ_THREADS = 16
@@ -61,9 +61,9 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     held_work.save_result(layout.result_file(work), result)
     held_work.release(plan_url)  # the job's last step
     try:  # a killed unit or merge leaves its multipart upload open: no orphaned parts
-        abort_uploads(work.rstrip("/") + "/", prefix=True)
-        abort_uploads(spec.output, since=started)  # the job's own, not another run's
-    except TiffpipeError:
+        abort_uploads(work.rstrip("/") + "/")
+        abort_output_uploads(work)  # the job's own, not another run's writing the output
+    except (TiffpipeError, ValueError, KeyError):
         pass  # the failure is recorded; S3 lifecycle rules can still clean up
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
 
