@@ -595,6 +595,8 @@ def test_policy_documents_are_pure_and_least_privilege():
     merge = function_policy("merge", NAMES, data)
     writes = next(s for s in merge["Statement"] if s["Sid"] == "WriteOutputs")
     assert writes["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]
+    looks = next(s for s in merge["Statement"] if s["Sid"] == "LookAtOutputs")
+    assert (looks["Action"], looks["Resource"]) == (["s3:GetObject"], writes["Resource"])
     # the failure sweep lists open uploads under the stack bucket's work only: an output's
     # are aborted by the ids its merge recorded (another run's there are not the job's)
     uploads = next(s for s in merge["Statement"] if s["Sid"] == "ListOpenUploads")

@@ -761,6 +761,69 @@ def test_an_upload_that_s3_fails_for_now_is_retried(s3, operation, size, code, s
     assert _uploads(s3) == [] and not storage.exists(url)
 
 
+@pytest.mark.parametrize("size", [4000, 12 * MiB])
+def test_a_writer_meets_its_own_output_as_its_own(s3, size):
+    """compose(replace=False) by the owner that published the object there (an earlier
+    attempt of the same step, retried after it published): its size, nothing written, no
+    upload left open; by another owner: OutputExistsError, the object as it was."""
+    source = f"s3://{BUCKET}/own-src/segment"
+    data = os.urandom(size)
+    storage.write_bytes(source, data)
+    pieces = [tiff_layout.Literal(b"II*\x00"), tiff_layout.Span(source, 0, size)]
+    url, key = f"s3://{BUCKET}/own-out/{size}.tif", f"own-out/{size}.tif"
+    assert compose(pieces, url, replace=False, owner="job-a") == 4 + size
+    head = s3["client"].head_object(Bucket=BUCKET, Key=key)
+    assert head["Metadata"] == {segments.OWNER_KEY: "job-a"}
+    storage.write_bytes(source, os.urandom(size))  # what a retry would write differs
+    assert compose(pieces, url, replace=False, owner="job-a") == 4 + size
+    with pytest.raises(OutputExistsError, match=re.escape(f"output {url} exists")):
+        compose(pieces, url, replace=False, owner="job-b")
+    with pytest.raises(OutputExistsError):
+        compose(pieces, url, replace=False)
+    assert _get(s3, key) == b"II*\x00" + data
+    assert s3["client"].head_object(Bucket=BUCKET, Key=key)["ETag"] == head["ETag"]
+    assert _uploads(s3) == []
+
+
+@pytest.mark.parametrize("mode", ["skip", "fail"])
+def test_a_merge_retried_after_it_published_succeeds(s3, monkeypatch, mode):
+    """Merge (if_exists skip or fail) publishes the output, then writing its result fails
+    (S3 SlowDown): the state machine retries it, and the retry finds the output it
+    published, its own: the job SUCCEEDED with the output's size, not SKIPPED as if
+    another writer had published it (skip), nor failed asking to remove its own good
+    output (fail)."""
+    from pipeline.steps import held_work
+
+    plan = _plan(s3["work"], list(S3_JOBS).index("pyramid_batches"))
+    url = f"s3://{BUCKET}/retried/{mode}.tif"
+    plan = dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, output=url,
+                                                               if_exists=mode))
+    result_url = layout.result_file(plan.work)
+    kept = storage.read_bytes(result_url)
+    save, failed = held_work.save_result, []
+
+    def flaky(url_: str, result: dict[str, Any]) -> None:
+        if not failed:
+            failed.append(url_)
+            raise StorageError(f"{url_}: cannot write: SlowDown (transient)")
+        save(url_, result)
+
+    monkeypatch.setattr(held_work, "save_result", flaky)
+    try:
+        with pytest.raises(StorageError, match="SlowDown"):
+            merge_mod.publish(plan)
+        published = _get(s3, f"retried/{mode}.tif")
+        answer = merge_mod.publish(plan)  # the retry
+        result = held_work.load_result(result_url)
+    finally:
+        storage.write_bytes(result_url, kept)
+        storage.delete_prefix(layout.uploads_dir(plan.work))
+    assert "skipped" not in answer and answer["output_bytes"] == len(published)
+    assert result["status"] == "SUCCEEDED" and result["output_bytes"] == len(published)
+    assert _get(s3, f"retried/{mode}.tif") == published
+    assert _uploads(s3) == []
+
+
 @pytest.mark.parametrize("mode", ["skip", "fail"])
 def test_merge_leaves_an_output_published_since_plan_job(s3, mode):
     """Merge of a job whose if_exists is skip or fail, its output published by another

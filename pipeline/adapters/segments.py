@@ -214,15 +214,19 @@ def piece_chunks(piece: Piece) -> Iterator[bytes]:
 
 
 def compose(pieces: list[Piece], url: str, replace: bool = True,
-            started: Callable[[str], None] | None = None) -> int:
+            started: Callable[[str], None] | None = None, owner: str | None = None) -> int:
     """Write the file made of ``pieces`` at ``url`` in one step; returns its size. Without
     ``replace``, the step fails if ``url`` exists by then (:class:`OutputExistsError`, what is
     there left as it is): locally a hard link that cannot be made over a file
     (:func:`storage.publish_file`), on S3 the request's ``If-None-Match: *``. ``started``:
     called with the id of an S3 multipart upload as soon as it is begun, before any part
-    (merge records it: what a killed merge leaves open is then known as the job's)."""
+    (merge records it: what a killed merge leaves open is then known as the job's).
+    ``owner``: who publishes (a job; ASCII), kept with an S3 object (its metadata
+    :data:`OWNER_KEY`): without ``replace``, an object there that ``owner`` published is
+    this writer's own, from an earlier attempt (a step retried after it published), not
+    another's: nothing is written and its size is returned."""
     if is_s3(url):
-        return _compose_s3(pieces, url, replace, started)
+        return _compose_s3(pieces, url, replace, started, owner)
     tmp = storage.temp_output_path(url)
     try:
         with _errors(url, "write", None), open(tmp, "wb", buffering=0) as fh:
@@ -296,31 +300,53 @@ def _kernel_copy(src: Any, dst: Any, span: Span) -> int:
     return done
 
 
-def _publish(url: str, replace: bool, write: Callable[..., Any]) -> None:
+#: the S3 object metadata naming who published an output (``x-amz-meta-tiffpipe-owner``)
+OWNER_KEY = "tiffpipe-owner"
+
+
+def _publish(url: str, replace: bool, write: Callable[..., Any],
+             owner: str | None = None) -> int | None:
     """``write(**condition)``: the one request that publishes ``url`` (PutObject, or
     CompleteMultipartUpload). Without ``replace`` it carries ``If-None-Match: *``, and S3's
-    answers mean: 412, the object exists (:class:`OutputExistsError`); 409, another
-    conditional write to it was under way (:class:`_WriteConflict`: the caller raises a
-    :class:`StorageError`, which the state machine retries, and the retry meets the object
-    the other one wrote, or none); 501, a store without conditional writes (an S3-compatible
-    one): the object is looked for, then written without the condition, as before S3 had
-    them (a writer in between would be replaced)."""
+    answers mean: 412, the object exists (:class:`OutputExistsError`, unless ``owner``
+    published it: then the size of that object, which this request did not write; None
+    when it did); 409, another conditional write to it was under way
+    (:class:`_WriteConflict`: the caller raises a :class:`StorageError`, which the state
+    machine retries, and the retry meets the object the other one wrote, or none); 501, a
+    store without conditional writes (an S3-compatible one): the object is looked for,
+    then written without the condition, as before S3 had them (a writer in between would
+    be replaced)."""
     if replace:
         write()
-        return
+        return None
     try:
         write(IfNoneMatch="*")
     except storage._aws_errors() as exc:
         code = storage._code(exc)
-        if code in ("412", "PreconditionFailed"):
-            raise OutputExistsError(f"output {url} exists already") from exc
         if code in ("409", "ConditionalRequestConflict"):
             raise _WriteConflict(url) from exc
-        if code not in ("501", "NotImplemented"):
+        if code not in ("412", "PreconditionFailed", "501", "NotImplemented"):
             raise
-        if storage.exists(url):
+        there = _published_by(url)
+        if there is not None and owner is not None and there[0] == owner:
+            return there[1]
+        if there is not None or code not in ("501", "NotImplemented"):
             raise OutputExistsError(f"output {url} exists already") from exc
         write()
+    return None
+
+
+def _published_by(url: str) -> tuple[str | None, int] | None:
+    """(the owner, the size) of the object at ``url``, None if there is none."""
+    bucket, key = _key_of(url)
+    try:
+        with _errors(url, "look at", None):
+            head = s3_client().head_object(Bucket=bucket, Key=key)
+    except StorageError as exc:
+        if storage._code(exc.__cause__) in storage._MISSING_CODES:
+            return None
+        raise
+    return head.get("Metadata", {}).get(OWNER_KEY), int(head["ContentLength"])
 
 
 class _WriteConflict(Exception):
@@ -332,7 +358,7 @@ class _WriteConflict(Exception):
 
 
 def _compose_s3(pieces: list[Piece], url: str, replace: bool,
-                started: Callable[[str], None] | None) -> int:
+                started: Callable[[str], None] | None, owner: str | None) -> int:
     # held segments (a ProcessJob's) are not in S3: their bytes are uploaded
     copyable = all(is_s3(p.source) and p.source not in _held
                    for p in pieces if isinstance(p, Span))
@@ -341,19 +367,19 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool,
     bucket, key = _key_of(url)
     client = s3_client()
     ctype = storage.content_type(key)
+    meta = {"ContentType": ctype, "Metadata": {OWNER_KEY: owner} if owner else {}}
     if len(parts) == 1 and not parts[0].copy:  # small (a held ProcessJob's): one PutObject
         body = b"".join(chunk for piece in parts[0].pieces for chunk in piece_chunks(piece))
         try:
-            _publish(url, replace, lambda **condition: client.put_object(
-                Bucket=bucket, Key=key, Body=body, ContentType=ctype, **condition))
+            own = _publish(url, replace, lambda **condition: client.put_object(
+                Bucket=bucket, Key=key, Body=body, **meta, **condition), owner)
         except _WriteConflict as exc:
             raise exc.error() from exc.__cause__
         except storage._aws_errors() as exc:
             raise _upload_error(url, "the upload failed", exc) from exc
-        return len(body)
+        return len(body) if own is None else own
     try:
-        upload = client.create_multipart_upload(Bucket=bucket, Key=key,
-                                                ContentType=ctype)["UploadId"]
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key, **meta)["UploadId"]
     except storage._aws_errors() as exc:
         raise _upload_error(url, "cannot start the upload", exc) from exc
     try:
@@ -391,8 +417,13 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool,
         done = {"Parts": [{"PartNumber": p.number, "ETag": e}
                           for p, e in zip(parts, etags, strict=True)]}
         with _errors(url, "write", None):
-            _publish(url, replace, lambda **condition: client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload=done, **condition))
+            own = _publish(url, replace, lambda **condition: client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload, MultipartUpload=done, **condition),
+                owner)
+        if own is not None:  # published by an earlier attempt: this upload is not needed
+            with suppress(Exception):
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            return own
     except BaseException as exc:
         with suppress(Exception):
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)

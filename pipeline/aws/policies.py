@@ -195,6 +195,9 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
     if step == "merge":
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
+            # an output there already (if_exists skip or fail): whose is it? (HeadObject: a
+            # retried merge's own, published by its earlier attempt, is not another's)
+            _allow("LookAtOutputs", ["s3:GetObject"], objects),
             # record_failure aborts the uploads a killed unit left open under the job's
             # work prefix (listed), and the output uploads its merge recorded (by id)
             _allow("ListOpenUploads", ["s3:ListBucketMultipartUploads"], [names.bucket_arn]),

@@ -27,6 +27,7 @@ levels here from the base tiles (read through, a bounded number at a time).
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from typing import Any
@@ -75,7 +76,8 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     try:  # if_exists skip or fail: never over an output published since PlanJob looked
         size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite",
                        started=lambda upload: record_output_upload(plan.work, spec.output,
-                                                                   upload))
+                                                                   upload),
+                       owner=publisher(plan))
     except OutputExistsError as exc:
         if spec.if_exists == "fail":
             raise OutputExistsError(
@@ -97,6 +99,14 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     held_work.save_result(layout.result_file(plan.work), result)
     held_work.release(layout.plan_file(plan.work))  # the job's last step
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
+
+
+def publisher(plan: JobPlan) -> str:
+    """Who publishes the job's output, kept with it on S3: the job of this run (its work
+    location, hashed: ASCII, as S3's metadata must be). A retried merge (or ProcessJob)
+    whose earlier attempt published the output and then failed (writing its result) finds
+    its own output there: if_exists skip or fail do not take it for another's."""
+    return hashlib.sha256(plan.work.encode()).hexdigest()[:32]
 
 
 def bigtiff(plan: JobPlan) -> bool:
