@@ -65,6 +65,11 @@ class UnsupportedTiffError(TiffpipeError):
     """The input is a valid TIFF of a kind tiffpipe cannot process (compression, layout)."""
 
 
+class InputChangedError(TiffpipeError):
+    """The input was replaced or rewritten after its job was planned: the job's units would
+    read two versions of it."""
+
+
 class PageNotFoundError(TiffpipeError):
     """A page index asked for by the manifest is not in the file."""
 

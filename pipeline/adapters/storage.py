@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 
 from pipeline.core.constants import RUN_TAG_ENV
 from pipeline.errors import (
+    InputChangedError,
     InputNotFoundError,
     NotATiffError,
     OutputExistsError,
@@ -190,7 +191,7 @@ class S3RangeReader(io.RawIOBase):
     fails instead of mixing versions.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, version: str | None = None):
         super().__init__()
         self.name, self.mode = url, "rb"
         self.bucket, self.key = _key_of(url)
@@ -199,6 +200,7 @@ class S3RangeReader(io.RawIOBase):
             head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
         self.size: int = head["ContentLength"]
         self.etag: str = head.get("ETag", "")
+        check_version(url, version, self.etag)
 
     def readable(self) -> bool:
         return True
@@ -240,21 +242,56 @@ class S3RangeReader(io.RawIOBase):
         return len(data)
 
 
-def open_input(url: str, buffer_size: int = READ_BUFFER) -> BinaryIO:
+def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = None
+               ) -> BinaryIO:
     """A seekable binary file over a local file or an S3 object (read with ranged GETs).
 
     Use it as a context manager. For S3, ``fh.raw`` is the :class:`S3RangeReader`; reads
     smaller than ``buffer_size`` are coalesced into one GET of ``buffer_size`` bytes.
+    ``version`` (:func:`input_version`, when the job was planned): another one there is an
+    :class:`InputChangedError`.
     """
     if is_s3(url):
-        return cast(BinaryIO, io.BufferedReader(S3RangeReader(url), buffer_size))
+        return cast(BinaryIO, io.BufferedReader(S3RangeReader(url, version), buffer_size))
     with _errors(url, "open", InputNotFoundError):
         try:
-            return open(url, "rb")
+            fh = open(url, "rb")  # noqa: SIM115 (the caller's to close)
         except IsADirectoryError as exc:  # not a StorageError: retrying cannot mend it
             raise NotATiffError(f"{url}: is a folder, not a TIFF file: give the path of a "
                                 "TIFF file (a scan manifest, {\"scan\": ...}, takes a "
                                 "folder)") from exc
+        try:
+            check_version(url, version, file_version(os.fstat(fh.fileno())))
+        except BaseException:
+            fh.close()
+            raise
+        return fh
+
+
+def input_version(url: str) -> str:
+    """What tells this version of an input from another: an S3 object's ETag, a local file's
+    size and modification time (ns). A job's units read the version its plan saw."""
+    if is_s3(url):
+        bucket, key = _key_of(url)
+        with _errors(url, "open", InputNotFoundError):
+            return str(s3_client().head_object(Bucket=bucket, Key=key).get("ETag", ""))
+    with _errors(url, "open", InputNotFoundError):
+        return file_version(os.stat(url))
+
+
+def file_version(st: os.stat_result) -> str:
+    """A local file's version (:func:`input_version`) from its ``stat``."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def check_version(url: str, version: str | None, found: str) -> None:
+    """:class:`InputChangedError` if ``url``, now at ``found``, is not the ``version`` its
+    job was planned on (None or "": none was noted)."""
+    if version and found != version:
+        raise InputChangedError(
+            f"{url} changed after its job was planned (it was replaced or written to during "
+            "the run): the job's parts would read two versions of it; do not change inputs "
+            "while a run reads them, and re-run the job")
 
 
 def read_bytes(url: str, missing: type[TiffpipeError] = WorkMissingError) -> bytes:

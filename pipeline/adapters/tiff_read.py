@@ -74,9 +74,10 @@ def _name(value: Any, enum: Any) -> str:
 
 
 @contextmanager
-def open_tiff(url: str) -> Iterator[tifffile.TiffFile]:
-    """Open a local or S3 TIFF for page-level reads (S3 by ranged GETs)."""
-    with storage.open_input(url) as fh:
+def open_tiff(url: str, version: str | None = None) -> Iterator[tifffile.TiffFile]:
+    """Open a local or S3 TIFF for page-level reads (S3 by ranged GETs). ``version``: the
+    one its job's plan read (another there: :class:`InputChangedError`)."""
+    with storage.open_input(url, version=version) as fh:
         try:
             tf = tifffile.TiffFile(fh, name=url)
         except tifffile.TiffFileError as exc:
@@ -102,7 +103,7 @@ _kept_in_use = threading.local()
 
 
 @contextmanager
-def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
+def kept_tiff(url: str, version: str | None = None) -> Iterator[tifffile.TiffFile]:
     """:func:`open_tiff` for a thread that reads units of one local file one after another
     (a file of many small pages: a unit a page). The thread's last TIFF stays open while
     the file is unchanged (device, inode, size, modification time), so opening it and
@@ -117,9 +118,10 @@ def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
     except OSError:
         st = None  # open_tiff says what is wrong
     if st is None or getattr(_kept_in_use, "active", False):
-        with open_tiff(url) as tf:
+        with open_tiff(url, version) as tf:
             yield tf
         return
+    storage.check_version(url, version, storage.file_version(st))
     key = _kept_key(url, st)
     tf = kept_files.take(key)
     if tf is None:
@@ -129,7 +131,7 @@ def kept_tiff(url: str) -> Iterator[tifffile.TiffFile]:
             kept_files.keep(key, tf, close)
         else:
             stack = ExitStack()
-            tf = stack.enter_context(open_tiff(url))
+            tf = stack.enter_context(open_tiff(url, version))
             kept_files.keep(key, tf, stack.close)
     _kept_in_use.active = True
     try:

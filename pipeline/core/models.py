@@ -152,13 +152,16 @@ class JobPlan:
     started_at: float
     #: each unit is split and processed in one invocation (no work tiles, no batches)
     fused: bool = False
+    #: the input's version PlanJob read (storage.input_version: an S3 ETag, a local file's
+    #: size and mtime), which every unit reads too ("": not noted)
+    input_version: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"job": self.job, "spec": self.spec.to_json(), "work": self.work,
                 "halo": self.halo, "pages": [p.to_json() for p in self.pages],
                 "units": [u.to_json() for u in self.units],
                 "batches": [b.to_json() for b in self.batches], "started_at": self.started_at,
-                "fused": self.fused}
+                "fused": self.fused, "input_version": self.input_version}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JobPlan:
@@ -166,7 +169,7 @@ class JobPlan:
                    [PagePlan.from_json(p) for p in d["pages"]],
                    [SplitUnit.from_json(u) for u in d["units"]],
                    [Batch.from_json(b) for b in d["batches"]], d["started_at"],
-                   bool(d.get("fused", False)))
+                   bool(d.get("fused", False)), str(d.get("input_version", "")))
 
     @property
     def tiles(self) -> int:

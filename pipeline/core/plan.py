@@ -40,7 +40,7 @@ MIN_TILE_PER_HALO = 8
 
 
 def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
-              started_at: float) -> tuple[JobPlan, list[str]]:
+              started_at: float, input_version: str = "") -> tuple[JobPlan, list[str]]:
     """The plan of one job, and the problems (naming the page) that stop it from running."""
     chain = chain_from_json(spec.ops)
     problems: list[str] = []
@@ -72,7 +72,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                         f"than the {MAX_ITEMS} a run can fan out; split it into jobs of fewer "
                         "pages, or raise the tile size")
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
-                   batches=work_batches, started_at=started_at, fused=fused)
+                   batches=work_batches, started_at=started_at, fused=fused,
+                   input_version=input_version)
     return plan, problems
 
 

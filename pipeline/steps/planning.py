@@ -139,9 +139,11 @@ def write_job_plan(event: JobEvent,
     storage.check_not_input(spec.input, spec.output)
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
-    # the open input is handed over to the job's unit, should it run in this process
+    # the open input is handed over to the job's unit, should it run in this process; the
+    # units read the version read here (noted first: one changed meanwhile fails the units)
+    version = storage.input_version(spec.input)
     infos = read_infos(spec.input, spec.pages, keep_palette=keep_palette, hand_over=True)
-    plan, problems = make_plan(event.job, spec, infos, work, started)
+    plan, problems = make_plan(event.job, spec, infos, work, started, version)
     for page in plan.pages:
         why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check()
         if why:

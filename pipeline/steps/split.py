@@ -94,7 +94,7 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
     grid, url = page.grid, plan.spec.input
     positions = [(r, c) for r in range(unit.row0, unit.row1) for c in range(unit.col0, unit.col1)]
     own = decoder is None and decode_threads > 0
-    with kept_tiff(url) as tf, ThreadPoolExecutor(decode_threads) if own else \
+    with kept_tiff(url, plan.input_version) as tf, ThreadPoolExecutor(decode_threads) if own else \
             nullcontext(decoder) as threads:
         reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
                             keep_palette=page.info.photometric == "palette", decoder=threads)

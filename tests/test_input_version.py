@@ -1,0 +1,96 @@
+"""A job's units read the version of its input that PlanJob planned on: an input replaced or
+rewritten during the run fails them by name (InputChangedError), instead of an output made of
+two versions (a band of the old file above a band of the new one). Steps are called as the
+state machine calls them, on a real local file and on S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import moto_s3
+
+from pipeline import handlers
+from pipeline.adapters import storage
+from pipeline.core import plan as plan_mod
+from pipeline.errors import InputChangedError
+
+BUCKET = "tp-version"
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (256, 192), dtype=np.uint8)
+
+
+def _manifest(src: str) -> str:
+    """One job: the page in tiles of 64, inverted."""
+    return json.dumps({"defaults": {"tile": 64, "output_options": {"tile": 32}}, "jobs": [
+        {"input": src, "output": "out/a.tif", "ops": [{"op": "invert"}]}]})
+
+
+def _planned(manifest: str, work: str, report: str) -> dict[str, Any]:
+    """PlanRun and PlanJob of a one-job manifest whose page is cut into several fused units."""
+    run = handlers.dispatch("split", {"action": "plan_run", "manifest": manifest,
+                                      "work": work, "run_id": "r1", "report": report})
+    job = handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 0})
+    assert job["fused"] and len(job["units"]) >= 2
+    return job
+
+
+def _unit(job: dict[str, Any], unit: int) -> dict[str, Any]:
+    return handlers.dispatch("process", {"action": "process_unit", "plan": job["plan"],
+                                         "unit": unit})
+
+
+@pytest.fixture
+def small_units(monkeypatch):
+    monkeypatch.setattr(plan_mod, "FUSED_UNIT_PIXELS", 64 * 192)  # a unit a band of 64 rows
+
+
+def test_a_local_input_rewritten_between_units_fails_them_by_name(tmp_path, small_units):
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, _image(1), tile=(64, 64))
+    (tmp_path / "m.json").write_text(_manifest("a.tif"))
+    job = _planned(str(tmp_path / "m.json"), str(tmp_path / "work"),
+                   str(tmp_path / "report.json"))
+    _unit(job, 0)
+    tifffile.imwrite(src, _image(2), tile=(64, 64))  # the same size: a new version
+    os.utime(src, ns=(1, 1))  # (a different mtime however fast the machine)
+    with pytest.raises(InputChangedError, match=f"{src} changed after its job was planned"):
+        _unit(job, 1)
+    assert not (tmp_path / "out" / "a.tif").exists()
+
+
+def test_an_s3_input_replaced_between_units_fails_them_by_name(tmp_path, monkeypatch,
+                                                                 small_units):
+    with moto_s3(monkeypatch, BUCKET) as client:
+        for seed, name in ((1, "a.tif"), (2, "b.tif")):
+            tifffile.imwrite(tmp_path / name, _image(seed), tile=(64, 64))
+        client.upload_file(str(tmp_path / "a.tif"), BUCKET, "in/a.tif")
+        client.put_object(Bucket=BUCKET, Key="m.json", Body=_manifest("in/a.tif").encode())
+        job = _planned(f"s3://{BUCKET}/m.json", f"s3://{BUCKET}/work",
+                       f"s3://{BUCKET}/report.json")
+        _unit(job, 0)
+        client.upload_file(str(tmp_path / "b.tif"), BUCKET, "in/a.tif")  # replaced
+        with pytest.raises(InputChangedError, match=f"s3://{BUCKET}/in/a.tif changed"):
+            _unit(job, 1)
+        assert not storage.exists(f"s3://{BUCKET}/out/a.tif")
+
+
+def test_an_unchanged_input_is_read_by_every_unit(tmp_path, small_units):
+    """(The version noted by PlanJob is what the units find: the job runs to its output.)"""
+    tifffile.imwrite(tmp_path / "a.tif", _image(1), tile=(64, 64))
+    (tmp_path / "m.json").write_text(_manifest("a.tif"))
+    job = _planned(str(tmp_path / "m.json"), str(tmp_path / "work"),
+                   str(tmp_path / "report.json"))
+    plan = json.loads(Path(job["plan"]).read_text())
+    assert plan["input_version"] == storage.input_version(str(tmp_path / "a.tif"))
+    for unit in job["units"]:
+        _unit(job, unit)
+    merged = handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})
+    assert np.array_equal(tifffile.imread(merged["output"]), 255 - _image(1))
