@@ -166,9 +166,9 @@ def test_the_unit_takes_the_input_plan_job_opened(tmp_path: Path,
     opened: list[str] = []
     real = tiff_read.open_tiff
 
-    def counting(url: str) -> Any:
+    def counting(url: str, *args: Any) -> Any:
         opened.append(Path(url).name)
-        return real(url)
+        return real(url, *args)
 
     monkeypatch.setattr(tiff_read, "open_tiff", counting)
     jobs = {j: JOBS[j] for j in ("deflate", "zstd16", "rgba_lzw")}
