@@ -156,3 +156,18 @@ def test_record_failure_reports_the_failure_not_a_retried_one(tmp_path, monkeypa
     recorded = handlers.dispatch("merge", {"action": "record_failure", "run": run, "job": 0,
                                            "error": error})
     assert recorded["error"] == "States.Timeout"
+
+
+def test_record_failure_says_what_a_failure_nothing_recorded_means(tmp_path):
+    """A Map failed and no item recorded an error (a unit killed by its timeout, or out of
+    memory): the report says so, and where to look, besides the Map's generic error."""
+    job, run, _ = _run(tmp_path, [{"op": "invert"}])
+    error = {"Error": "States.ExceedToleratedFailureThreshold",
+             "Cause": "The specified tolerated failure threshold was exceeded"}
+    handlers.dispatch("merge", {"action": "record_failure", "run": run, "job": 0,
+                                "error": error})
+    result = json.loads((Path(job["plan"]).parent / "result.json").read_text())
+    assert result["error"]["type"] == "States.ExceedToleratedFailureThreshold"
+    message = result["error"]["message"]
+    assert message.startswith("The specified tolerated failure threshold was exceeded; ")
+    assert "no unit or batch recorded an error" in message and "Map Run" in message

@@ -36,6 +36,14 @@ def failure_record(error: dict[str, Any]) -> dict[str, str]:
     return {"type": name, "message": message}
 
 
+#: a Distributed Map's failure when an item failed: its Cause names no item
+MAP_FAILED = "States.ExceedToleratedFailureThreshold"
+#: ... what the report adds when no item recorded an error of its own
+UNRECORDED = ("; no unit or batch recorded an error of its own: one was killed, by its "
+              "function's timeout or out of memory, or its process died (on AWS the failed "
+              "items of the Map Run, in the Step Functions console, say which and why)")
+
+
 def record_failure(event: FailureEvent) -> dict[str, Any]:
     """Write a FAILED result for a job. A unit or batch error recorded in the work location
     is the real cause (a Map state only says that items failed), so it wins."""
@@ -48,6 +56,8 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     error = failure_record(event.error)
     if recorded:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
+    elif error["type"] == MAP_FAILED:
+        error["message"] += UNRECORDED
     now = time.time()
     started = job.get("started_at", now)
     plan_url = layout.plan_file(work)
