@@ -229,3 +229,37 @@ def test_a_killed_runs_s3_work_is_removed_by_the_next_look(s3, runs_folder: Path
     assert _keys(s3) == ["w2/run.json"]
     assert f"removed s3://{BUCKET}/w1/, the work of run w1: its process ({one.pid})" \
         in caplog.text
+
+
+@pytest.mark.parametrize("work_on_s3", [True, False])
+def test_a_killed_runs_open_uploads_are_ended_by_the_next_look(
+        s3, runs_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        work_on_s3: bool):
+    """A killed local run left S3 uploads open (S3 keeps their parts, and bills them): its
+    merge's upload of an S3 output, which its work records, and (its work on S3) a
+    segment's under its work prefix. The next look ends those, with a warning; another
+    run's upload of the same output, not recorded by this run, goes on."""
+    from pipeline.adapters import storage
+    from pipeline.steps import layout
+    from pipeline.steps.common import record_output_upload
+
+    work = f"s3://{BUCKET}/w1" if work_on_s3 else str(tmp_path / "w1")
+    storage.write_json(layout.run_file(work), {"run_id": "w1", "jobs": []})
+    output = f"s3://{BUCKET}/out/x.tif"
+    killed = s3.create_multipart_upload(Bucket=BUCKET, Key="out/x.tif")["UploadId"]
+    record_output_upload(layout.job_dir(work, 0), output, killed)
+    theirs = s3.create_multipart_upload(Bucket=BUCKET, Key="out/x.tif")["UploadId"]
+    open_uploads = {theirs}
+    if work_on_s3:
+        s3.create_multipart_upload(Bucket=BUCKET, Key="w1/jobs/00000/out-0000-u000000.seg")
+    caplog.set_level(logging.WARNING, "pipeline.adapters.local_runs")
+    with run_elsewhere(str(runs_folder), "run-w1", "/m/a.json", work) as one:
+        one.kill()
+        one.wait(30)
+        assert local_runs.running() == []
+    left = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert {u["UploadId"] for u in left} == open_uploads
+    ended = 2 if work_on_s3 else 1
+    assert f"ended {ended} S3 upload(s) run w1 left open: its process ({one.pid})" \
+        in caplog.text
+    s3.abort_multipart_upload(Bucket=BUCKET, Key="out/x.tif", UploadId=theirs)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from pipeline.adapters import storage, work_location
 from pipeline.adapters.storage import temp_output_paths
-from pipeline.core.constants import RUN_FILE
+from pipeline.core.constants import JOBS_FOLDER, RUN_FILE
 from pipeline.errors import TiffpipeError
 
 try:
@@ -179,15 +179,17 @@ def _entry(fd: int) -> LocalRun | None:
 def _reap(path: str, run: LocalRun | None) -> None:
     """The file of a run whose process ended without removing it (killed): removed, and what
     the run left: the temporary files it was building outputs in (named with its run id,
-    beside the outputs of its jobs, listed in its work folder's run file), and its work
-    folder unless it keeps it. Of two looks at once, the one that removes the file does it.
-    Each removal is a warning, naming what went."""
+    beside the outputs of its jobs, listed in its work folder's run file), the S3 uploads it
+    left open (:func:`_end_uploads`), and its work folder unless it keeps it. Of two looks
+    at once, the one that removes the file does it. Each removal is a warning, naming what
+    went."""
     try:
         os.remove(path)
     except OSError:
         return
     if run is None or not run.work:
         return
+    _end_uploads(run, run.work)
     if storage.is_s3(run.work):
         if not run.keep_work:
             _reap_s3_work(run, run.work)
@@ -205,6 +207,27 @@ def _reap(path: str, run: LocalRun | None) -> None:
         work_location.remove(run.work)
         log.warning("removed %s, the work folder of run %s: its process (%d) ended before "
                     "the run did (killed?) and left it", run.work, run.run_id, run.pid)
+
+
+def _end_uploads(run: LocalRun, work: str) -> None:
+    """The S3 multipart uploads a killed run left open, ended (S3 keeps their parts, and
+    bills them, until then): its jobs' output uploads, which its work records, and with its
+    work on S3 its segments'. Only the run's own (not another run's of the same output)."""
+    if not (storage.is_s3(work) or os.path.isdir(work)):
+        return
+    from pipeline.adapters import segments  # (a killed run's: rare)
+
+    try:
+        ended = segments.abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
+        if storage.is_s3(work):
+            ended += segments.abort_uploads(work.rstrip("/") + "/")
+    except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
+        log.warning("could not end the S3 uploads of run %s, whose process (%d) ended before "
+                    "the run did (killed?): %s", run.run_id, run.pid, exc)
+        return
+    if ended:
+        log.warning("ended %d S3 upload(s) run %s left open: its process (%d) ended before the "
+                    "run did (killed?)", ended, run.run_id, run.pid)
 
 
 def _reap_s3_work(run: LocalRun, work: str) -> None:

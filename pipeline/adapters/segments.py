@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Self
 from pipeline.adapters import storage
 from pipeline.adapters.storage import _errors, _key_of, is_s3, s3_client
 from pipeline.core import tiff_layout
+from pipeline.core.constants import UPLOADS_FOLDER
 from pipeline.core.tiff_layout import Literal, MiB, Part, Piece, Span, plan_parts
 from pipeline.errors import (
     OutputExistsError,
@@ -507,3 +508,16 @@ def abort_upload(url: str, upload: str) -> bool:
             return False
         raise
     return True
+
+
+def abort_recorded_uploads(folder: str) -> int:
+    """Abort the output uploads recorded under ``folder`` (a job's ``uploads/``, or a run's
+    work: every job's) that are still open; how many. A record is ``{"output", "upload"}``
+    (:func:`pipeline.steps.common.record_output_upload`); one completed or ended already is
+    passed over."""
+    aborted = 0
+    for url in storage.list_prefix(folder):
+        if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER:
+            record = json.loads(storage.read_bytes(url))
+            aborted += abort_upload(record["output"], record["upload"])
+    return aborted

@@ -66,6 +66,9 @@ RUN_FILE = "run.json"
 JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT = "jobs.json", "job-specs.bin", "jobs", \
     "report.json"
 WORK_ENTRIES = (RUN_FILE, JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT)
+#: each job's folder (in ``JOBS_FOLDER``) of the output uploads its merge began on S3
+#: (pipeline.steps.layout.uploads_dir): what a failed or killed run's job leaves open
+UPLOADS_FOLDER = "uploads"
 
 #: tile sides one node of canny's reduce tree may hold (pipeline/steps/canny_reduce.py; the
 #: default there); tests set it small to force a tree of several levels

@@ -166,14 +166,9 @@ def abort_output_uploads(job_work: str) -> int:
     timeout leaves its upload open, and S3 keeps its parts, and bills them, until it is
     ended); how many. Only the job's own: another run writing the same output at the same
     time (an upload of the same key) is not ended."""
-    from pipeline.adapters.segments import abort_upload  # (failed jobs only)
+    from pipeline.adapters.segments import abort_recorded_uploads  # (failed jobs only)
 
-    aborted = 0
-    for url in storage.list_prefix(layout.uploads_dir(job_work)):
-        if url.endswith(".json"):
-            record = json.loads(storage.read_bytes(url))
-            aborted += abort_upload(record["output"], record["upload"])
-    return aborted
+    return abort_recorded_uploads(layout.uploads_dir(job_work))
 
 
 def tile_threads() -> int:

@@ -49,7 +49,14 @@ import hashlib
 import struct
 
 from pipeline.adapters.storage import join
-from pipeline.core.constants import JOB_SPECS_FILE, JOBS_FILE, JOBS_FOLDER, RUN_FILE, WORK_REPORT
+from pipeline.core.constants import (
+    JOB_SPECS_FILE,
+    JOBS_FILE,
+    JOBS_FOLDER,
+    RUN_FILE,
+    UPLOADS_FOLDER,
+    WORK_REPORT,
+)
 
 #: an entry of job-specs.bin's index: the job, where its record starts, its size
 JOB_ENTRY = struct.Struct("<QQQ")
@@ -156,7 +163,7 @@ def error_file(job_work: str, step: str, index: int) -> str:
 
 
 def uploads_dir(job_work: str) -> str:
-    return join(job_work, "uploads")
+    return join(job_work, UPLOADS_FOLDER)
 
 
 def upload_file(job_work: str, upload: str) -> str:
