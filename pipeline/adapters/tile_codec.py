@@ -42,8 +42,11 @@ def decode_work_tile(data: bytes, name: str = "work tile") -> np.ndarray:
     try:
         (n,) = struct.unpack_from("<I", data, 4)
         header = json.loads(data[8:8 + n])
-        raw = imagecodecs.lz4_decode(data[8 + n:])
-        return np.frombuffer(raw, np.dtype(header["dtype"])).reshape(header["shape"])
+        dtype, shape = np.dtype(header["dtype"]), tuple(header["shape"])
+        # the size, given: LZ4's block format does not hold it, and imagecodecs' guess of it
+        # fails for some sizes of incompressible data (noise of 8.5-16 MiB, float pages)
+        raw = imagecodecs.lz4_decode(data[8 + n:], out=int(np.prod(shape)) * dtype.itemsize)
+        return np.frombuffer(raw, dtype).reshape(shape)
     except (struct.error, ValueError, KeyError, TypeError, imagecodecs.Lz4Error) as exc:
         raise CorruptTiffError(f"{name}: damaged work tile ({exc}); run the job again") from exc
 
