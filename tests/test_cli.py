@@ -340,6 +340,34 @@ def test_unwritable_report_stops_the_run_before_any_work(report_fails: Run):
     assert not (report_fails.folder / "out").exists()  # the outputs' folder: not even made
 
 
+@pytest.mark.parametrize(("report", "what"), [
+    ("in/rgb.tif", "job 0's input"), ("m.json", "the manifest"),
+    ("out/../in/gray.tif", "job 1's input"), ("link-to-input.tif", "job 0's input"),
+    ("out/gray_median.tif", "job 1's output"), ("r.json", None)])
+def test_a_report_over_the_manifest_or_a_jobs_file_is_refused(tmp_path: Path, report: str,
+                                                              what: str | None):
+    """--report naming the manifest, a job's input (by another path, or a hard link to it)
+    or a job's output: refused before any work (exit 2, naming it), nothing replaced; a
+    path of its own runs."""
+    _inputs(tmp_path)
+    os.link(tmp_path / "in" / "rgb.tif", tmp_path / "link-to-input.tif")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "gray_median.tif").write_bytes(b"an earlier output")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                         "--no-contact-sheet", "--report", str(tmp_path / report)])
+    if what is None:
+        assert code == 0
+        return
+    assert code == 2
+    assert err.getvalue().startswith("tiffpipe: the run report cannot be written: ")
+    assert f"is {what}, which the run's report would replace; give --report another path" \
+        in err.getvalue()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
     """The execution itself fails (here: the manifest vanished after validation): the
     result carries 'type: message', not the raw Lambda error JSON with its stack trace."""
