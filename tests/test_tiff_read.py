@@ -564,3 +564,62 @@ def test_a_jpeg_page_read_in_decoder_threads_never_shares_the_file_handle(tmp_pa
     for _ in range(30):
         again = thumbnail(url, 0, 32, exact=True)
         assert np.array_equal(np.asarray(again.image), np.asarray(first.image))
+
+
+# --- the end of the chain of pages ---------------------------------------------------------
+
+
+def _three_pages(path: Path, bigtiff: bool = False) -> list[int]:
+    """Three deflate pages; the byte offsets of their IFDs."""
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
+        for k in range(3):
+            tw.write(np.full((300, 300), k * 50, np.uint8), compression="deflate",
+                     metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        return [int(page.offset) for page in tf.pages]
+
+
+def _next_pointer_at(path: Path, ifd: int, bigtiff: bool) -> int:
+    """Where the next-IFD pointer of the IFD at ``ifd`` is."""
+    raw = path.read_bytes()
+    if bigtiff:
+        return ifd + 8 + int.from_bytes(raw[ifd:ifd + 8], "little") * 20
+    return ifd + 2 + int.from_bytes(raw[ifd:ifd + 2], "little") * 12
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_a_multi_page_file_cut_short_is_corrupt_not_fewer_pages(tmp_path: Path, bigtiff: bool):
+    """A copy cut off before its last page's IFD: tifffile reads two pages and only logs
+    the bad pointer; the pages would be lost without a word, so it is a CorruptTiffError
+    naming where the chain breaks."""
+    whole = tmp_path / "whole.tif"
+    offsets = _three_pages(whole, bigtiff)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[:offsets[2]])
+    with tifffile.TiffFile(cut) as tf:
+        assert len(tf.pages) == 2  # what tifffile makes of it
+    with pytest.raises(CorruptTiffError, match=r"cut.tif: the chain of pages \(IFDs\) breaks "
+                       r"after page 1: its pointer to the next page points to byte \d+, past "
+                       r"the end of the file"):
+        read_infos(str(cut), None)
+    assert len(read_infos(str(whole), None)) == 3
+
+
+def test_a_pointer_to_no_page_is_corrupt_and_a_loop_is_not(tmp_path: Path):
+    """The last page's pointer to a place in the file that holds no IFD (a tag count above
+    what tifffile reads): corrupt. To a page already read (a loop): the chain's end."""
+    path = tmp_path / "p.tif"
+    offsets = _three_pages(path)
+    with tifffile.TiffFile(path) as tf:
+        data = int(tf.pages[2].dataoffsets[0])  # page 2's pixels, not an IFD
+    at = _next_pointer_at(path, offsets[1], False)
+    raw = bytearray(path.read_bytes())
+    raw[at:at + 4] = data.to_bytes(4, "little")
+    raw[data:data + 2] = (60000).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptTiffError, match="breaks after page 1: its pointer to the next "
+                       rf"page points to byte {data}, where no page is \(60000 tags\)"):
+        read_infos(str(path), None)
+    raw[at:at + 4] = offsets[0].to_bytes(4, "little")  # page 1 -> page 0: a loop
+    path.write_bytes(bytes(raw))
+    assert len(read_infos(str(path), None)) == 2

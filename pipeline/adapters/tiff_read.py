@@ -162,6 +162,39 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     return count
 
 
+#: the most tags tifffile takes an IFD to have (more: it stops the chain there, as damaged)
+_MOST_TAGS = 4096
+
+
+def check_chain_end(tf: tifffile.TiffFile, url: str, count: int) -> None:
+    """CorruptTiffError if the chain of pages (IFDs) does not end where tifffile stopped
+    reading it: the last page's next-IFD pointer must be 0, or point to an IFD already
+    read (a loop, which tifffile ends). A pointer past the end of the file (a multi-page
+    file cut short), or to an IFD whose tag count cannot be read, means pages were lost:
+    tifffile only logs it, and a job would go on with the pages before. Two small reads."""
+    fh, tiff = tf.filehandle, tf.tiff
+    offset = int(tf.pages[count - 1].offset)
+    try:
+        fh.seek(offset)
+        (tags,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
+        fh.seek(offset + tiff.tagnosize + tags * tiff.tagsize)
+        (following,) = struct.unpack(tiff.offsetformat, fh.read(tiff.offsetsize))
+        if following == 0:
+            return
+        why = f"points to byte {following}, past the end of the file ({fh.size} bytes)"
+        if following + tiff.tagnosize <= fh.size:
+            fh.seek(following)
+            (tags,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
+            if tags <= _MOST_TAGS:
+                return  # a page read already: a loop (tifffile ends it)
+            why = f"points to byte {following}, where no page is ({tags} tags)"
+    except (struct.error, OSError, ValueError) as exc:
+        why = f"cannot be read ({type(exc).__name__}: {exc})"
+    raise CorruptTiffError(f"{url}: the chain of pages (IFDs) breaks after page {count - 1}: "
+                           f"its pointer to the next page {why}; the file is truncated or "
+                           f"damaged, and the pages after it are lost: {REPAIR}")
+
+
 def get_page(tf: tifffile.TiffFile, url: str, index: int,
              option: str | None = None) -> tifffile.TiffPage:
     """Page ``index`` of the file, or PageNotFoundError saying which pages it has. The
@@ -641,7 +674,9 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
     stack = ExitStack()
     tf = stack.enter_context(open_tiff(url))
     try:
-        indices = range(page_count(tf, url)) if pages is None else pages
+        count = page_count(tf, url)
+        check_chain_end(tf, url, count)
+        indices = range(count) if pages is None else pages
         infos = [page_info(get_page(tf, url, i), url, i, keep_palette) for i in indices]
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None
     except BaseException:
