@@ -25,6 +25,7 @@ from pipeline.errors import (
     InputNotFoundError,
     ManifestError,
     OutputNotWritableError,
+    StorageError,
     WorkLocationError,
 )
 
@@ -195,7 +196,7 @@ def _validated(manifest: str) -> list[Any] | None:
         return validate(manifest)
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
-    except InputNotFoundError as exc:
+    except (InputNotFoundError, StorageError) as exc:  # not there, or not readable
         print(f"tiffpipe: {exc}", file=sys.stderr)
     return None
 
@@ -372,7 +373,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import prepare_demo
 
-    manifest = prepare_demo(args.dir)
+    try:
+        manifest = prepare_demo(args.dir)
+    except OSError as exc:
+        print(f"tiffpipe: the demo cannot be written into {args.dir}: {exc.strerror or exc}; "
+              "give --dir a folder (new, or one of yours)", file=sys.stderr)
+        return EXIT_USAGE
     print(f"sample and manifest ready: {manifest}", file=sys.stderr)
     return cmd_run(argparse.Namespace(manifest=manifest, workers=args.workers, work=None,
                                       keep_work=False, report=None, quiet=False))

@@ -102,6 +102,44 @@ def test_ops_json(capsys: pytest.CaptureFixture):
         "required": False, "default": 1, "help": OPS["dilate"].params[1].help}
 
 
+@pytest.mark.parametrize(("content", "problem"), [
+    (b'{"jobs": [{"input": "a.tif", "output": "o/\xff.tif"}]}',
+     "manifest: not UTF-8 text (byte 42 is b'\\xff'): save it as UTF-8"),
+    (None, "manifest: is a folder, not a JSON file: give the path of the manifest"),
+])
+def test_a_manifest_that_is_no_json_text_is_named_not_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes | None, problem: str):
+    """Not UTF-8 (a Latin-1 file name), or a folder given as the manifest: exit 2 with the
+    manifest's problem, for validate, run and estimate alike."""
+    path = tmp_path / "m.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    for command in (["validate"], ["run", "--quiet"], ["estimate"]):
+        assert cli.main([command[0], str(path), *command[1:]]) == 2, command
+        err = capsys.readouterr().err
+        assert problem in err and "Traceback" not in err, (command, err)
+
+
+def test_a_manifest_with_a_byte_order_mark_is_read(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture):
+    """Some editors begin UTF-8 files with a byte-order mark: skipped, as JSON readers do."""
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    (tmp_path / "m.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        {"jobs": [{"input": "a.tif", "output": "o.tif"}]}).encode())
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 0
+    assert "valid, 1 job(s)" in capsys.readouterr().out
+
+
+def test_demo_into_a_file_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "taken").write_text("a file of the user's")
+    assert cli.main(["demo", "--dir", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tiffpipe: the demo cannot be written into {tmp_path / 'taken'}")
+    assert "Traceback" not in err and (tmp_path / "taken").read_text() == "a file of the user's"
+
+
 def test_validate_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [
         {"input": "a.tif", "output": "out/a.tif"},

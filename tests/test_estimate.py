@@ -542,6 +542,12 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
     for bad in ("64x32:bool", "64x32x0", "64x32x65536"):
         with pytest.raises(est.EstimateError, match="channels 1-65535 and a dtype of uint8"):
             est.parse_assume_pages(bad)
+    # beyond what a TIFF or a job can hold: refused at once, not planned for minutes
+    assert len(est.parse_assume_pages("4294967295x1*10000")) == 10_000
+    for bad in ("99999999999x99999999999", "4294967296x1", "64x64*10001",
+                "64x64*5000,64x64*5001", "64x64*0"):
+        with pytest.raises(est.EstimateError, match="a side of at most 4294967295 pixels"):
+            est.parse_assume_pages(bad)
     bands = tmp_path / "bands.json"
     bands.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
                                            "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))

@@ -461,6 +461,34 @@ def test_batches_capped_by_max_items_with_many_pages(monkeypatch):
     assert covered == [(p, t) for p in range(4) for t in range(plan.pages[p].grid.count)]
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_page_of_billions_of_tiles_is_refused_without_a_list_of_them(monkeypatch, fuse):
+    """A header may claim a page of 2**32 - 1 pixels a side (TIFF's limit; a damaged or
+    crafted file): the plan counts its units first and refuses it, instead of building
+    ~10**11 of them (minutes, then out of memory, in PlanJob or `tiffpipe estimate`)."""
+    made: list[int] = []
+    real = plan_mod.split_units
+    monkeypatch.setattr(plan_mod, "split_units", lambda *a, **k: made.append(1) or real(*a, **k))
+    side = 2**32 - 1
+    plan, problems = plan_of([], [info(0, height=side, width=side)], tile=1024, fuse=fuse)
+    [problem] = problems
+    assert "work items, more than the 10000 a run can fan out" in problem
+    assert made == [] and plan.units == [] and plan.batches == []
+    assert int(problem.split("needs ")[1].split(" work items")[0]) > 10**9
+
+
+def test_the_unit_count_is_the_units_made():
+    """split_unit_count, which the plan checks first, is what split_units makes."""
+    from pipeline.core.grid import split_unit_count
+
+    for h, w, tile, halo, bpp, rows, budget, px in [
+            (257, 389, 64, 0, 1, 64, 1 << 20, 4096), (5000, 70000, 512, 9, 3, 1, 1 << 24, 1 << 26),
+            (100000, 3000, 1024, 4, 6, 2048, 1 << 28, 1 << 28), (64, 64, 64, 0, 1, 64, 1, 1)]:
+        grid = PageGrid(h, w, tile, halo)
+        assert split_unit_count(grid, bpp, rows, budget, px) == len(
+            split_units(0, grid, bpp, rows, budget, px))
+
+
 def test_too_many_pages_for_one_job_is_a_problem(monkeypatch):
     monkeypatch.setattr(plan_mod, "MAX_ITEMS", 10)
     # 11 pages of one tile each need at least 11 batches: the plan says to split the job

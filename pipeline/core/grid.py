@@ -147,6 +147,22 @@ def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: i
     are multiples of the input's segment rows where possible, so that neighbouring units
     share few segments (only the halo's).
     """
+    rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels)
+    return [SplitUnit(page, r, min(r + rows, grid.rows), c, min(c + cols, grid.cols))
+            for r in range(0, grid.rows, rows) for c in range(0, grid.cols, cols)]
+
+
+def split_unit_count(grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
+                     cache_budget: int, unit_pixels: int) -> int:
+    """How many units :func:`split_units` cuts the page into, without making them (a page
+    whose header claims billions of tiles is refused without a list of them)."""
+    rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels)
+    return -(-grid.rows // rows) * -(-grid.cols // cols)
+
+
+def _unit_tiles(grid: PageGrid, bytes_per_pixel: int, segment_rows: int, cache_budget: int,
+                unit_pixels: int) -> tuple[int, int]:
+    """(tile rows, tile columns) of a split unit of the page (see :func:`split_units`)."""
     rows_held = grid.tile + 2 * grid.halo + segment_rows
     per_col = rows_held * (grid.tile + 2 * grid.halo) * bytes_per_pixel
     cols = min(grid.cols, max(1, cache_budget // per_col))
@@ -156,8 +172,7 @@ def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: i
         per_segment = segment_rows // grid.tile
         if rows >= per_segment:
             rows -= rows % per_segment
-    return [SplitUnit(page, r, min(r + rows, grid.rows), c, min(c + cols, grid.cols))
-            for r in range(0, grid.rows, rows) for c in range(0, grid.cols, cols)]
+    return rows, cols
 
 
 def batches(page: int, grid: PageGrid, tiles_per_batch: int) -> list[Batch]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.core.chain import ChainLayout
-from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_units
+from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
@@ -61,16 +61,24 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
+    unit_pixels = FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS
+    cuts = [(page.grid, np.dtype(page.info.dtype).itemsize * page.info.channels,
+             page.info.segment_rows) for page in pages]
+    # counted before any list is made: a header may claim billions of tiles (the batches
+    # grow to fit MAX_ITEMS: process_batches)
+    count = sum(split_unit_count(grid, bpp, rows, SPLIT_CACHE_BUDGET, unit_pixels)
+                for grid, bpp, rows in cuts)
     units: list[SplitUnit] = []
-    for i, page in enumerate(pages):
-        bpp = np.dtype(page.info.dtype).itemsize * page.info.channels
-        units += split_units(i, page.grid, bpp, page.info.segment_rows, SPLIT_CACHE_BUDGET,
-                             FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS)
-    work_batches = [] if fused else process_batches(pages)
-    if len(units) > MAX_ITEMS or len(work_batches) > MAX_ITEMS:
-        problems.append(f"the job needs {max(len(units), len(work_batches))} work items, more "
-                        f"than the {MAX_ITEMS} a run can fan out; split it into jobs of fewer "
-                        "pages, or raise the tile size")
+    work_batches: list[Batch] = []
+    if count <= MAX_ITEMS:
+        for i, (grid, bpp, rows) in enumerate(cuts):
+            units += split_units(i, grid, bpp, rows, SPLIT_CACHE_BUDGET, unit_pixels)
+        work_batches = [] if fused else process_batches(pages)
+    items = max(count, len(work_batches))
+    if items > MAX_ITEMS:
+        problems.append(f"the job needs {items} work items, more than the {MAX_ITEMS} a run "
+                        "can fan out; split it into jobs of fewer pages, or raise the tile "
+                        "size")
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at, fused=fused,
                    input_version=input_version)

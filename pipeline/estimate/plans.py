@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.core import dtypes
 from pipeline.core.chain import stats_rounds  # noqa: F401 - the estimate's API
 from pipeline.core.models import JobPlan, PageInfo
+from pipeline.core.plan import MAX_ITEMS
 from pipeline.estimate.assumptions import EstimateError
 
 
@@ -77,6 +78,8 @@ def item_work(plan: JobPlan) -> tuple[list[tuple[float, float, int]],
 
 #: samples a pixel can have (TIFF's SamplesPerPixel is a 16-bit SHORT)
 MAX_SAMPLES = 65535
+#: the longest side of a TIFF page (ImageWidth, ImageLength: 32-bit LONGs)
+MAX_SIDE = 2**32 - 1
 _PAGES = re.compile(r"^(\d+)x(\d+)(?:x(\d+))?(?::(\w+))?(?:\*(\d+))?$")
 
 
@@ -94,6 +97,10 @@ def parse_assume_pages(spec: str) -> list[PageInfo]:
         if dtype not in dtypes.ALL or not 1 <= c <= MAX_SAMPLES or w < 1 or h < 1:
             raise EstimateError(f"--assume-pages {part!r}: channels 1-{MAX_SAMPLES} and a "
                                 f"dtype of {', '.join(dtypes.ALL)}")
+        if max(w, h) > MAX_SIDE or not 1 <= n <= MAX_ITEMS or len(pages) + n > MAX_ITEMS:
+            raise EstimateError(f"--assume-pages {part!r}: a side of at most {MAX_SIDE} "
+                                f"pixels (TIFF's limit), and at most {MAX_ITEMS} pages in all "
+                                "(a job fans out at most that many work items)")
         # as read_infos describes such pages: gray (+ alpha), RGB (+ alpha), or C bands
         # (multispectral: gray and C - 1 unspecified extra samples)
         photometric = "rgb" if c in (3, 4) else "minisblack"

@@ -18,6 +18,7 @@ from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import (
     InputNotFoundError,
+    ManifestError,
     TiffpipeError,
     WorkMissingError,
     by_name,
@@ -31,7 +32,18 @@ log = logging.getLogger("tiffpipe")
 def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
     """A local or S3 manifest's jobs (or its scan), or ManifestError listing every problem
     (InputNotFoundError when it is not there). Paths in it are relative to its folder."""
-    text = storage.read_text(url, missing=InputNotFoundError)
+    if not storage.is_s3(url) and os.path.isdir(url):
+        folder = ('manifest: is a folder, not a JSON file: give the path of the manifest (a '
+                  'scan manifest, {"scan": ...}, names the folder inside it)')
+        raise ManifestError(url, [folder])
+    raw = storage.read_bytes(url, missing=InputNotFoundError)
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is skipped
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start:exc.start + 1]
+        not_utf8 = (f"manifest: not UTF-8 text (byte {exc.start} is {byte!r}): save it as "
+                    "UTF-8 (JSON text is UTF-8)")
+        raise ManifestError(url, [not_utf8]) from None
     return load_manifest(text, url, storage.parent(url))
 
 
