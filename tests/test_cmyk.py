@@ -151,13 +151,15 @@ def test_a_cmyk_job_writes_cmyk(run, files, name, source, op):
 @pytest.mark.parametrize(("name", "words"), [
     ("to_gray", ("to_gray needs gray or RGB, the page is CMYK", "convert the file to RGB")),
     ("canny", ("canny needs gray or RGB, the page is CMYK",)),
-    ("jpeg_out", ("jpeg output needs 1 or 3 bands", "has 4", "gray or RGB only")),
+    ("jpeg_out", ("jpeg output needs 1 or 3 bands", "has 4", "gray or RGB only",
+                  "(a CMYK page: choose zstd")),
 ])
 def test_what_cmyk_cannot_take_is_refused_before_any_work(run, name, words):
     job = run["jobs"][name]
     assert job["status"] == "FAILED" and job["error"]["type"] == "OperationError", job
     for word in ("page 0", *words):
         assert word in job["error"]["message"]
+    assert "alpha" not in job["error"]["message"]  # four inks, not RGB and alpha
     assert not (run["root"] / f"{name}.tif").exists()
 
 

@@ -496,3 +496,17 @@ def test_too_many_pages_for_one_job_is_a_problem(monkeypatch):
     assert any("more than the 10" in p and "split it" in p for p in problems)
 
 
+
+
+def test_a_problem_of_many_pages_is_told_once():
+    """One problem of 90 pages alike is one line naming them, not 90 (a job's message was
+    20 KB of the same refusal); other problems stay, in order of first mention."""
+    problems = ([f"page {i}: jpeg output needs 1 or 3 bands" for i in range(90)]
+                + ["tile 100 must be a multiple of 16"]
+                + [f"page {i}: to_gray needs gray or RGB" for i in (3, 5, 6, 7)]
+                + ["page 93: jpeg output needs 1 or 3 bands"])
+    assert plan_mod.grouped_by_page(problems) == [
+        "pages 0-89, 93 (91 pages): jpeg output needs 1 or 3 bands",
+        "tile 100 must be a multiple of 16",
+        "pages 3, 5-7 (4 pages): to_gray needs gray or RGB"]
+    assert plan_mod.grouped_by_page(["page 2: x"]) == ["page 2: x"]

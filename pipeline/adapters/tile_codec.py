@@ -75,15 +75,17 @@ class OutputEncoder:
         """JPEG: a reader sees the decoded tiles, not the pixels encoded."""
         return self.tag == _TAGS["jpeg"]
 
-    def check(self) -> str | None:
-        """Why this output cannot be written (None if it can)."""
+    def check(self, photometric: str | None = None) -> str | None:
+        """Why this output cannot be written (None if it can); ``photometric``: the page's
+        (a CMYK page, "separated", has four inks, not an alpha channel)."""
         comp = self.options.compression
         if comp == "jpeg":
             if self.dtype != "uint8":
                 return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; "
                         "choose zstd, deflate, lzw or none")
             if self.channels not in (1, 3):
-                fix = (" (drop an alpha channel, or choose" if self.channels in (2, 4) else
+                fix = (" (a CMYK page: choose" if photometric == "separated" else
+                       " (drop an alpha channel, or choose" if self.channels in (2, 4) else
                        " (choose")
                 return (f"jpeg output needs 1 or 3 bands (channels), the output has "
                         f"{self.channels}: JPEG holds gray or RGB only{fix} zstd, deflate, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from pipeline.core.chain import ChainLayout
@@ -83,6 +85,43 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                    batches=work_batches, started_at=started_at, fused=fused,
                    input_version=input_version)
     return plan, problems
+
+
+_PAGE_PROBLEM = re.compile(r"page (\d+): (.*)", re.DOTALL)
+
+
+def grouped_by_page(problems: list[str]) -> list[str]:
+    """The problems of a job, each told once: "page N: what" problems that say the same of
+    several pages become one, "pages 0-89 (90 pages): what" (a file of 90 CMYK pages is one
+    problem, not 90). The others stay as they are; the order is that of first mention."""
+    pages: dict[str, list[int]] = {}
+    out: list[str | None] = []
+    where: dict[str, int] = {}
+    for problem in problems:
+        m = _PAGE_PROBLEM.fullmatch(problem)
+        if not m:
+            out.append(problem)
+            continue
+        what = m.group(2)
+        if what not in pages:
+            pages[what], where[what] = [], len(out)
+            out.append(None)
+        pages[what].append(int(m.group(1)))
+    for what, numbers in pages.items():
+        out[where[what]] = (f"page {numbers[0]}: {what}" if len(numbers) == 1 else
+                            f"pages {_ranges(numbers)} ({len(numbers)} pages): {what}")
+    return [p for p in out if p is not None]
+
+
+def _ranges(numbers: list[int]) -> str:
+    """"0-3, 7, 9-10" for [0, 1, 2, 3, 7, 9, 10]."""
+    spans: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def single_task(plan: JobPlan) -> bool:

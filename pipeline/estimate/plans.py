@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.core import dtypes
 from pipeline.core.chain import stats_rounds  # noqa: F401 - the estimate's API
 from pipeline.core.models import JobPlan, PageInfo
-from pipeline.core.plan import MAX_ITEMS
+from pipeline.core.plan import MAX_ITEMS, grouped_by_page
 from pipeline.estimate.assumptions import EstimateError
 
 
@@ -154,7 +154,7 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
         plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0)
-        problems += [f"jobs[{i}] ({spec.input}): {p}" for p in why]
+        problems += [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)]
         plans.append(plan)
         sizes.append(size)
     return plans, sizes, problems

@@ -16,7 +16,7 @@ from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_pay
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
-from pipeline.core.plan import make_plan, single_task
+from pipeline.core.plan import grouped_by_page, make_plan, single_task
 from pipeline.errors import InputNotFoundError, OperationError, TiffpipeError
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import keep_plan, load_job, read_manifest, save_skipped
@@ -145,11 +145,13 @@ def write_job_plan(event: JobEvent,
     infos = read_infos(spec.input, spec.pages, keep_palette=keep_palette, hand_over=True)
     plan, problems = make_plan(event.job, spec, infos, work, started, version)
     for page in plan.pages:
-        why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check()
+        why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check(
+            page.info.photometric)
         if why:
             problems.append(f"page {page.info.index}: {why}")
     if problems:
-        raise OperationError(f"{spec.input}: the job cannot run: " + "; ".join(problems))
+        raise OperationError(f"{spec.input}: the job cannot run: "
+                             + "; ".join(grouped_by_page(problems)))
     plan_url = layout.plan_file(work)
     # the contact sheet reads the plan of a job whose steps sum thumbnails after the run
     held_work.save_plan(plan_url, plan, may_hold=not sums_thumbnails(plan))
