@@ -253,6 +253,19 @@ def test_input_must_be_a_path_or_s3_url(value, message):
     assert one_problem({"jobs": [job(input=value)]}) == f"jobs[0].input: {message}"
 
 
+@pytest.mark.parametrize("value", ["s3:/bucket/a.tif", "s3:bucket/a.tif", "S3:/b/a.tif",
+                                   "https:/host/a.tif"])
+def test_a_location_that_begins_like_a_url_but_is_none_is_refused(value):
+    """A one-slash typo wrote into a local folder named "s3:" (silently, the outputs nowhere
+    the user looks): refused, naming the form an S3 location takes."""
+    for field in ("input", "output"):
+        problem = one_problem({"jobs": [job(**{field: value})]})
+        assert problem.startswith(f"jobs[0].{field}: expected a local path or s3://bucket/key, "
+                                  f'got "{value}": it begins like a URL')
+        assert "s3://bucket/key, with two slashes" in problem
+    parse_manifest({"jobs": [job(input="C:/data/a.tif")]}, "m.json", BASE)  # a drive letter
+
+
 def test_output_must_be_a_path_or_s3_url():
     assert one_problem({"jobs": [job(output="s3://bucket")]}) == (
         'jobs[0].output: expected s3://bucket/key with both a bucket and a key, got "s3://bucket"')
@@ -345,6 +358,9 @@ def test_the_same_input_for_several_jobs_is_fine():
                                'jobs[0].pages[2]: expected an integer >= 0, got "2"',
                                "jobs[0].pages[3]: expected an integer >= 0, got 1.5",
                                "jobs[0].pages[4]: expected an integer >= 0, got true"]),
+    ([1e100, 2.0**53, 2.0**53 + 2], [  # no float beyond 2**53 is an exact integer
+        "jobs[0].pages[0]: expected an integer >= 0, got 1e+100",
+        "jobs[0].pages[2]: expected an integer >= 0, got 9007199254740994.0"]),
     ([4, 1, 4, 1.0], [("jobs[0].pages[2]: expected a page not listed before, got 4 again "
                       "(already jobs[0].pages[0])"),
                       ("jobs[0].pages[3]: expected a page not listed before, got 1 again "

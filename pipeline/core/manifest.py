@@ -60,6 +60,19 @@ DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse", "if_exists")
 
 _LOCATION = "a local path or s3://bucket/key"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: what begins like a URL without being one ("s3:/b/k", "s3:b/k"): a typo, not a folder
+#: named "s3:" (two letters at least: not a drive letter)
+_BROKEN_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(?!//)")
+
+
+def _broken_url(value: str, expected: str) -> str | None:
+    """The problem of a location that begins like a URL but is none, else None."""
+    m = _BROKEN_URL.match(value)
+    if not m:
+        return None
+    return (f"expected {expected}, got {show(value)}: it begins like a URL ({m.group(1)}:) "
+            "but is none (an S3 location is s3://bucket/key, with two slashes); a local "
+            "path cannot begin so")
 
 
 # --- locations ----------------------------------------------------------------------
@@ -95,6 +108,9 @@ def _location_problem(value: Any) -> str | None:
     """None if ``value`` is a usable location, else ``expected ..., got ...``."""
     if not isinstance(value, str) or not value.strip():
         return f"expected {_LOCATION}, got {show(value)}"
+    broken = _broken_url(value, _LOCATION)
+    if broken:
+        return broken
     scheme = _SCHEME.match(value)
     if scheme and scheme.group(1) != "s3":
         return f"expected {_LOCATION} (the only URLs supported are s3://), got {show(value)}"
@@ -177,6 +193,9 @@ def _scan_location(value: Any, base_dir: str) -> tuple[str | None, str | None]:
     expected = "a folder or an s3://bucket/prefix/"
     if not isinstance(value, str) or not value.strip():
         return None, f"expected {expected}, got {show(value)}"
+    broken = _broken_url(value, expected)
+    if broken:
+        return None, broken
     scheme = _SCHEME.match(value)
     if scheme and scheme.group(1) != "s3":
         return None, (f"expected {expected} (the only URLs supported are s3://), "

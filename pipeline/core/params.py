@@ -69,8 +69,9 @@ def _type_ok(kind: str, value: Any) -> bool:
         return kind == "boolean"
     if kind == "number":
         return isinstance(value, (int, float)) and math.isfinite(value)  # no NaN, Infinity
-    if kind == "integer":
-        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind == "integer":  # 2.0 is 2; a float beyond 2**53 (1e100) is no exact integer
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer()
+                                          and abs(value) <= 2**53)
     if kind == "string":
         return isinstance(value, str)
     return False
