@@ -510,3 +510,20 @@ def test_a_problem_of_many_pages_is_told_once():
         "tile 100 must be a multiple of 16",
         "pages 3, 5-7 (4 pages): to_gray needs gray or RGB"]
     assert plan_mod.grouped_by_page(["page 2: x"]) == ["page 2: x"]
+
+
+@pytest.mark.parametrize(("ops", "tile", "out_tile", "advice"), [
+    # downsample 3: tiles a multiple of 48; 48 is below the smallest tile a manifest takes
+    ([{"op": "downsample", "factor": 3}], 64, 16, "use tile 96"),
+    ([{"op": "downsample", "factor": 3}], 1000, 16, "use tile 960 or 1008"),
+    # 1024 / 2 = 512 output pixels, not a multiple of the output tile 384 (x2: 768)
+    ([{"op": "downsample", "factor": 2}], 1024, 384, "use tile 768 or 1536"),
+    ([{"op": "downsample", "factor": 8}], 8064, 4096,
+     "no tile from 64 to 8192 is a multiple of 32768: choose a smaller output_options.tile"),
+])
+def test_a_tile_that_does_not_fit_the_chain_gets_tiles_that_do(ops, tile, out_tile, advice):
+    """The advice names tiles a manifest takes (64 to 8192) that fit the chain and the
+    output tile, nearest either side; never one the manifest would refuse again."""
+    _, problems = _spec_plan(ops, [info(height=5000, width=5000)], tile, out_tile)
+    [problem] = problems
+    assert advice in problem

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -177,6 +178,19 @@ def process_batches(pages: list[PagePlan]) -> list[Batch]:
     return [b for i, page in enumerate(pages) for b in batches(i, page.grid, per_batch)]
 
 
+def _fitting_tiles(tile: int, align: int, out_step: int) -> str:
+    """The advice of a tile that does not fit the chain: the nearest tiles either side of
+    ``tile`` that do (multiples of the alignment, of the output tile in input pixels and of
+    16, within the manifest's range)."""
+    step = math.lcm(align, out_step, 16)
+    lo, hi = TILE_RANGE
+    fits = [m for m in (tile // step * step, (tile // step + 1) * step) if lo <= m <= hi]
+    if not fits:
+        return (f"no tile from {lo} to {hi} is a multiple of {step}: choose a smaller "
+                "output_options.tile")
+    return "use tile " + " or ".join(map(str, fits))
+
+
 def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]) -> list[str]:
     """Why the tile sizes do not fit the chain (downsample, clahe), or a page is too small."""
     problems: list[str] = []
@@ -190,16 +204,14 @@ def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo])
                         if c.op.name == "clahe"})
         if cells:
             why.append("the clahe cell " + ", ".join(map(str, cells)) + " (in input pixels)")
-        fits = [m for m in (tile // layout.align * layout.align,
-                            (tile // layout.align + 1) * layout.align) if m > 0]
         problems.append(f"tile {tile} must be a multiple of {layout.align} for this op chain "
-                        f"({' and '.join(why) or 'alignment'}); use tile "
-                        + " or ".join(map(str, fits)))
+                        f"({' and '.join(why) or 'alignment'}); "
+                        + _fitting_tiles(tile, layout.align, out_tile * f))
     elif f > 1 and (tile // f) % out_tile:  # (without downsampling the manifest checks it)
         problems.append(f"with downsampling by {f} a processing tile of {tile} writes "
                         f"{tile // f} output pixels, which output_options.tile {out_tile} must "
-                        f"divide; use tile {out_tile * f * max(1, -(-tile // (out_tile * f)))}"
-                        " or a smaller output tile")
+                        f"divide; " + _fitting_tiles(tile, layout.align, out_tile * f)
+                        + " (or a smaller output tile)")
     for info in infos:
         if info.height // f == 0 or info.width // f == 0:
             problems.append(f"page {info.index}: {info.width} x {info.height} pixels is smaller "
