@@ -330,6 +330,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     stem = os.path.splitext(os.path.basename(args.file.rstrip("/")))[0] or "preview"
     output = args.output or f"{stem}.png"
+    if not output.lower().endswith(".png"):
+        print(f"tiffpipe: -o {output}: a preview is a PNG: give a name ending in .png",
+              file=sys.stderr)
+        return EXIT_USAGE
     if not storage.is_s3(output):
         output = os.path.abspath(output)
     # segments decoded one after another: their buffers reused from the heap, as in the

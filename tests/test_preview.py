@@ -476,6 +476,14 @@ def test_preview_command(tmp_path):
     assert "has 2 page(s) (0..1)" in err and "give --page a page from 0 to 1" in err, err
     assert "job" not in err, err
     assert _cli(["preview", str(path), "--size", "5"])[0] == 2
+    # a preview is a PNG: a name for another format is refused, not given PNG bytes
+    code, _, err = _cli(["preview", str(path), "-o", str(tmp_path / "p.jpg")])
+    assert code == 2 and "a preview is a PNG: give a name ending in .png" in err
+    assert not (tmp_path / "p.jpg").exists()
+    # a local place that cannot be written: advice about paths, not S3's
+    code, _, err = _cli(["preview", str(path), "-o", "/proc/no/such/p.png"])
+    assert code == 1 and "/proc/no/such/p.png" in err and "check the path" in err, err
+    assert "bucket" not in err
     notes = tmp_path / "notes.tif"
     notes.write_text("not a TIFF")
     code, _, err = _cli(["preview", str(notes), "-o", str(tmp_path / "n.png")])

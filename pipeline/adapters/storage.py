@@ -176,6 +176,9 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         if code in ("412", "PreconditionFailed"):
             raise StorageError(f"{url} changed while it was being read: do not replace "
                                "inputs during a run; re-run the job") from exc
+        if isinstance(exc, FileNotFoundError):  # a local path (its folder cannot be made)
+            raise StorageError(f"{url}: cannot {verb}: {exc}; check the path, permissions "
+                               "and free space") from exc
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
                            "and endpoint") from exc
     except OSError as exc:
