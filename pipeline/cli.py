@@ -214,7 +214,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import run_local
+    from pipeline.runner import default_report, run_local
+    from pipeline.steps.planning import check_report_path
     from pipeline.ui import RunProgress, print_summary
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
@@ -231,6 +232,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     stop = StopRequest()
     try:
+        if isinstance(jobs, list):  # (PlanRun checks it too, for every caller of run_local)
+            check_report_path(args.report or default_report(args.manifest), args.manifest,
+                              jobs)
         with _stop_on_signals(stop), RunProgress(jobs, quiet=args.quiet) as progress:
             result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
                                keep_work=args.keep_work, listener=progress,

@@ -27,7 +27,6 @@ from pipeline.engine.local import LocalEngine, StopRequest
 from pipeline.errors import (
     INTERRUPTED_ERROR,
     EngineError,
-    OutputNotWritableError,
     StorageError,
     TiffpipeError,
     WorkLocationError,
@@ -122,7 +121,6 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     if not storage.is_s3(report_url):
         report_url = os.path.abspath(report_url)
     storage.check_writable(report_url)  # before any work: a run whose report is lost is wasted
-    _check_report_path(report_url, manifest)
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     ours = False  # the work location is this run's (not another run's, going on): removed
@@ -164,38 +162,6 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
-
-
-def _check_report_path(report_url: str, manifest: str) -> None:
-    """OutputNotWritableError if the run report, or its contact sheet, would be written over
-    the manifest or a job's input or output (``--report`` given one of them: the input
-    would be lost). Paths are compared resolved, and as one file under two names (a link).
-    A manifest that cannot be read is the run's to report, not this check's."""
-    try:
-        jobs = read_manifest(manifest)
-    except (TiffpipeError, ValueError):
-        jobs = []
-    named = [(manifest, "the manifest")]
-    for i, spec in enumerate(jobs if isinstance(jobs, list) else []):
-        named += [(spec.input, f"job {i}'s input"), (spec.output, f"job {i}'s output")]
-    for written in (report_url, contact_sheet_url(report_url)):
-        for url, what in named:
-            if _same_file(url, written):
-                raise OutputNotWritableError(
-                    f"{written}: is {what}, which the run's "
-                    f"{'report' if written == report_url else 'contact sheet'} would "
-                    "replace; give --report another path")
-
-
-def _same_file(a: str, b: str) -> bool:
-    if storage.is_s3(a) or storage.is_s3(b):
-        return a == b
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them missing
-        return False
 
 
 def _remove_stale(report_url: str, run_id: str, report_written: bool,

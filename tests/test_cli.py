@@ -406,6 +406,21 @@ def test_a_report_over_the_manifest_or_a_jobs_file_is_refused(tmp_path: Path, re
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_plan_run_refuses_a_report_over_a_jobs_input_for_any_caller(tmp_path: Path):
+    """run_local called as a library (no CLI check first): PlanRun refuses the report path
+    before any job; the run fails naming it, and the input is as it was."""
+    from pipeline.runner import run_local
+
+    _inputs(tmp_path)
+    before = (tmp_path / "in" / "rgb.tif").read_bytes()
+    result = run_local(str(tmp_path / "m.json"), 1, report=str(tmp_path / "in" / "rgb.tif"))
+    assert result.status == "FAILED" and result.report is None
+    assert result.error.startswith("OutputNotWritableError: ")
+    assert "is job 0's input, which the run's report would replace" in result.error
+    assert (tmp_path / "in" / "rgb.tif").read_bytes() == before
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_that_fails_as_a_whole_reports_a_readable_error(tmp_path: Path):
     """The execution itself fails (here: the manifest vanished after validation): the
     result carries 'type: message', not the raw Lambda error JSON with its stack trace."""

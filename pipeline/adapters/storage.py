@@ -470,6 +470,19 @@ WRITABLE_FOR_S = 30.0
 _writable: dict[str, float] = {}
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two locations are one file: the same URL, the same resolved path, or one
+    file under two names (a link)."""
+    if is_s3(a) or is_s3(b):
+        return a == b
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them missing
+        return False
+
+
 def check_not_input(input_url: str, output_url: str) -> None:
     """OutputNotWritableError if a local output is the input itself under another name (a
     link to it, or the input a link to it: the manifest's check compares paths only), which

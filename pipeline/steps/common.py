@@ -37,8 +37,10 @@ def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
                   'scan manifest, {"scan": ...}, names the folder inside it)')
         raise ManifestError(url, [folder])
     raw = storage.read_bytes(url, missing=InputNotFoundError)
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as some editors write: skipped
+        raw = raw[3:]  # (by hand: the utf-8-sig codec is a module to load, in a run's time)
     try:
-        text = raw.decode("utf-8-sig")  # a byte-order mark, as some editors write, is skipped
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         byte = raw[exc.start:exc.start + 1]
         not_utf8 = (f"manifest: not UTF-8 text (byte {exc.start} is {byte!r}): save it as "

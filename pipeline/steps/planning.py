@@ -17,7 +17,13 @@ from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import grouped_by_page, make_plan, single_task
-from pipeline.errors import InputNotFoundError, OperationError, TiffpipeError
+from pipeline.core.thumbs import contact_sheet_url
+from pipeline.errors import (
+    InputNotFoundError,
+    OperationError,
+    OutputNotWritableError,
+    TiffpipeError,
+)
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import keep_plan, load_job, read_manifest, save_skipped
 from pipeline.steps.thumbs import sums_thumbnails
@@ -40,6 +46,8 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
         specs = [] if earlier else expand_scan(parsed)
     else:
         specs = parsed
+        if event.report:
+            check_report_path(event.report, event.manifest, specs)
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
                         event.report or layout.report_file(event.work), earlier)
     jobs_url = layout.jobs_file(event.work)
@@ -47,6 +55,22 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)
     return {"run": run_url, "jobs": len(specs), "items": JobList.of(jobs_url).to_json(),
             "jobs_at_once": jobs_at_once, "per_job": per_job}
+
+
+def check_report_path(report: str, manifest: str, specs: list[JobSpec]) -> None:
+    """OutputNotWritableError if the run report, or its contact sheet, would be written over
+    the manifest or a job's input or output (``--report`` given one of them: the input
+    would be lost), compared as one file under two names too. ``tiffpipe run`` checks it
+    before the run (exit 2); PlanRun again, before any job, for every other caller."""
+    named = [(manifest, "the manifest")]
+    for i, spec in enumerate(specs):
+        named += [(spec.input, f"job {i}'s input"), (spec.output, f"job {i}'s output")]
+    for written, what in ((report, "report"), (contact_sheet_url(report), "contact sheet")):
+        for url, whose in named:
+            if storage.same_file(url, written):
+                raise OutputNotWritableError(
+                    f"{written}: is {whose}, which the run's {what} would replace; give "
+                    "--report another path")
 
 
 def _earlier(event: RunEvent, scan: ScanSpec) -> str | None:
