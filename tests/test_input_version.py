@@ -33,12 +33,13 @@ def _manifest(src: str) -> str:
         {"input": src, "output": "out/a.tif", "ops": [{"op": "invert"}]}]})
 
 
-def _planned(manifest: str, work: str, report: str) -> dict[str, Any]:
-    """PlanRun and PlanJob of a one-job manifest whose page is cut into several fused units."""
+def _planned(manifest: str, work: str, report: str, units: bool = True) -> dict[str, Any]:
+    """PlanRun and PlanJob of a one-job manifest (``units``: its page is cut into several
+    fused units, as small_units makes it)."""
     run = handlers.dispatch("split", {"action": "plan_run", "manifest": manifest,
                                       "work": work, "run_id": "r1", "report": report})
     job = handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 0})
-    assert job["fused"] and len(job["units"]) >= 2
+    assert job["fused"] and (len(job["units"]) >= 2) == units
     return job
 
 
@@ -94,3 +95,26 @@ def test_an_unchanged_input_is_read_by_every_unit(tmp_path, small_units):
         _unit(job, unit)
     merged = handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})
     assert np.array_equal(tifffile.imread(merged["output"]), 255 - _image(1))
+
+
+def test_the_version_costs_no_request_and_a_small_job_no_delete(tmp_path, monkeypatch):
+    """On S3, PlanJob notes the input's version from the one HeadObject its open of the input
+    makes (no second one); a small job, one ProcessJob, makes no DeleteObject (its units
+    have no earlier attempt's error record to remove: a retry reruns the whole task)."""
+    tifffile.imwrite(tmp_path / "a.tif", _image(1), tile=(64, 64))
+    with moto_s3(monkeypatch, BUCKET) as client:
+        client.upload_file(str(tmp_path / "a.tif"), BUCKET, "in/a.tif")
+        client.put_object(Bucket=BUCKET, Key="m.json", Body=_manifest("in/a.tif").encode())
+        calls: list[tuple[str, str]] = []
+        events = storage.s3_client().meta.events
+        events.register("before-parameter-build.s3", lambda model, params, **_: calls.append(
+            (model.name, params.get("Key", ""))))
+        job = _planned(f"s3://{BUCKET}/m.json", f"s3://{BUCKET}/work",
+                       f"s3://{BUCKET}/report.json", units=False)
+        heads = [key for name, key in calls if name == "HeadObject" and key == "in/a.tif"]
+        assert heads == ["in/a.tif"]
+        assert job["single"]
+        calls.clear()
+        done = handlers.dispatch("process", {"action": "process_job", "plan": job["plan"]})
+        assert done["output_bytes"] > 0
+        assert not [c for c in calls if c[0] == "DeleteObject"], calls

@@ -263,7 +263,8 @@ def test_a_location_that_begins_like_a_url_but_is_none_is_refused(value):
         assert problem.startswith(f"jobs[0].{field}: expected a local path or s3://bucket/key, "
                                   f'got "{value}": it begins like a URL')
         assert "s3://bucket/key, with two slashes" in problem
-    parse_manifest({"jobs": [job(input="C:/data/a.tif")]}, "m.json", BASE)  # a drive letter
+    for local in ("C:/data/a.tif", "scan:001.tif", "./s3:/bucket/a.tif"):  # names with a
+        parse_manifest({"jobs": [job(input=local)]}, "m.json", BASE)  # colon: local paths
 
 
 def test_output_must_be_a_path_or_s3_url():

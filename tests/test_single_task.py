@@ -164,13 +164,13 @@ def test_the_unit_takes_the_input_plan_job_opened(tmp_path: Path,
 
     _inputs(tmp_path)
     opened: list[str] = []
-    real = tiff_read.open_tiff
+    real = tiff_read._parsed  # every open of a TIFF parses its header and first IFD there
 
-    def counting(url: str, *args: Any) -> Any:
+    def counting(fh: Any, url: str) -> Any:
         opened.append(Path(url).name)
-        return real(url, *args)
+        return real(fh, url)
 
-    monkeypatch.setattr(tiff_read, "open_tiff", counting)
+    monkeypatch.setattr(tiff_read, "_parsed", counting)
     jobs = {j: JOBS[j] for j in ("deflate", "zstd16", "rgba_lzw")}
     outputs, actions, _ = _run(tmp_path, "handed", jobs)
     assert actions.count("process_job") == len(jobs)
@@ -202,14 +202,14 @@ def test_a_small_job_of_several_pages_is_one_task_its_units_side_by_side(
     most = [0]
     meet = threading.Barrier(2, timeout=30)  # units 0 and 1 wait for each other
 
-    def watched(event: Any, shared: Any = None) -> Any:
+    def watched(event: Any, shared: Any = None, **kwargs: Any) -> Any:
         with lock:
             running.append(event.unit)
             most[0] = max(most[0], len(running))
         try:
             if event.unit < 2:
                 meet.wait()  # broken (the job fails) unless both run at once
-            return real(event, shared)
+            return real(event, shared, **kwargs)
         finally:
             with lock:
                 running.remove(event.unit)
@@ -231,10 +231,10 @@ def test_a_small_job_of_several_pages_is_one_task_its_units_side_by_side(
         assert [p.shape[:2] for p in tf.pages] == [p.shape[:2] for p in pages]
     monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 16_000_000)
 
-    def failing(event: Any, shared: Any = None) -> Any:
+    def failing(event: Any, shared: Any = None, **kwargs: Any) -> Any:
         if event.unit == 2:
             raise ValueError("unit 2 refuses")
-        return real(event, shared)
+        return real(event, shared, **kwargs)
 
     monkeypatch.setattr(single, "process_unit", failing)
     out = tmp_path / "failed"

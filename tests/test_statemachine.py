@@ -460,8 +460,8 @@ def test_plan_job_payload_of_a_100_gigapixel_page_fits(rendered, tmp_path, monke
     spec = JobSpec(input=str(tmp_path / "giant.tif"), output=str(tmp_path / "out.tif"),
                    fuse=False)  # the larger payload: units and batches
     run_url = planning.write_run(work, [spec], "r", "m", "r.json")
-    monkeypatch.setattr(planning, "read_infos", lambda url, pages, **kw: [info])
-    monkeypatch.setattr(planning.storage, "input_version", lambda url: "")  # (no file there)
+    monkeypatch.setattr(planning, "read_infos_and_version",
+                        lambda url, pages, **kw: ([info], ""))  # (no file there)
 
     result = stats_step.plan_job(JobEvent(run=run_url, job=0))  # the real step, fake headers
     assert result["tiles"] > 90_000 and len(result["batches"]) > 1000  # a big fan-out

@@ -383,9 +383,14 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool,
         upload = client.create_multipart_upload(Bucket=bucket, Key=key, **meta)["UploadId"]
     except storage._aws_errors() as exc:
         raise _upload_error(url, "cannot start the upload", exc) from exc
-    try:
-        if started is not None:
+    if started is not None:
+        try:  # (the work location's error, not the output's: raised as it is)
             started(upload)
+        except BaseException:
+            with suppress(Exception):
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            raise
+    try:
         pool = ThreadPoolExecutor(COPY_THREADS)
         failed = threading.Event()  # a part failed: no more parts are started
         in_memory = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
@@ -514,10 +519,16 @@ def abort_recorded_uploads(folder: str) -> int:
     """Abort the output uploads recorded under ``folder`` (a job's ``uploads/``, or a run's
     work: every job's) that are still open; how many. A record is ``{"output", "upload"}``
     (:func:`pipeline.steps.common.record_output_upload`); one completed or ended already is
-    passed over."""
-    aborted = 0
+    passed over. Every record is tried; those that fail are one StorageError at the end."""
+    aborted, failed = 0, []
     for url in storage.list_prefix(folder):
         if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER:
-            record = json.loads(storage.read_bytes(url))
-            aborted += abort_upload(record["output"], record["upload"])
+            try:  # each on its own: one that cannot be ended does not keep the others open
+                record = json.loads(storage.read_bytes(url))
+                aborted += abort_upload(record["output"], record["upload"])
+            except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
+                failed.append(f"{url}: {exc}")
+    if failed:
+        raise StorageError(f"cannot end {len(failed)} recorded upload(s) ({aborted} ended), "
+                           f"e.g. {failed[0]}")
     return aborted

@@ -282,6 +282,16 @@ def input_version(url: str) -> str:
         return file_version(os.stat(url))
 
 
+def version_of(fh: BinaryIO) -> str:
+    """The version (:func:`input_version`) of the input open as ``fh``
+    (:func:`open_input`), without another request: the ETag its S3 reader saw, or the
+    open file's size and modification time."""
+    raw = getattr(fh, "raw", None)
+    if isinstance(raw, S3RangeReader):
+        return raw.etag
+    return file_version(os.fstat(fh.fileno()))
+
+
 def file_version(st: os.stat_result) -> str:
     """A local file's version (:func:`input_version`) from its ``stat``."""
     return f"{st.st_size}:{st.st_mtime_ns}"

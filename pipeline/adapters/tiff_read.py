@@ -77,25 +77,31 @@ def _name(value: Any, enum: Any) -> str:
 def open_tiff(url: str, version: str | None = None) -> Iterator[tifffile.TiffFile]:
     """Open a local or S3 TIFF for page-level reads (S3 by ranged GETs). ``version``: the
     one its job's plan read (another there: :class:`InputChangedError`)."""
-    with storage.open_input(url, version=version) as fh:
-        try:
-            tf = tifffile.TiffFile(fh, name=url)
-        except tifffile.TiffFileError as exc:
-            text = str(exc)
-            if "not a TIFF" in text or "invalid TIFF" in text:
-                why = (f"it begins {text.split('header=', 1)[1]}, not II*\\0 or MM\\0*"
-                       if "header=" in text else text)
-                raise NotATiffError(f"{url}: not a TIFF file ({why}): give a TIFF file, or "
-                                    "export this one as TIFF again") from exc
-            raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
-                                   f"({text}); {REPAIR}") from exc
-        except (EOFError, ValueError, OSError, IndexError, struct.error) as exc:
-            raise CorruptTiffError(f"{url}: cannot read the TIFF structure, the file is truncated "
-                                   f"or damaged ({type(exc).__name__}: {exc}); {REPAIR}") from exc
-        try:
-            yield tf
-        finally:
-            tf.close()
+    with storage.open_input(url, version=version) as fh, _parsed(fh, url) as tf:
+        yield tf
+
+
+@contextmanager
+def _parsed(fh: Any, url: str) -> Iterator[tifffile.TiffFile]:
+    """tifffile's view of the open file ``fh``: its header and first IFD read, named errors."""
+    try:
+        tf = tifffile.TiffFile(fh, name=url)
+    except tifffile.TiffFileError as exc:
+        text = str(exc)
+        if "not a TIFF" in text or "invalid TIFF" in text:
+            why = (f"it begins {text.split('header=', 1)[1]}, not II*\\0 or MM\\0*"
+                   if "header=" in text else text)
+            raise NotATiffError(f"{url}: not a TIFF file ({why}): give a TIFF file, or "
+                                "export this one as TIFF again") from exc
+        raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
+                               f"({text}); {REPAIR}") from exc
+    except (EOFError, ValueError, OSError, IndexError, struct.error) as exc:
+        raise CorruptTiffError(f"{url}: cannot read the TIFF structure, the file is truncated "
+                               f"or damaged ({type(exc).__name__}: {exc}); {REPAIR}") from exc
+    try:
+        yield tf
+    finally:
+        tf.close()
 
 
 #: whether this thread's kept TIFF (kept_tiff) is in use
@@ -671,11 +677,23 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
     ``keep_palette``: palette pages keep their indices and colormap (see :func:`pixel_kind`).
     ``hand_over``: a local file stays open for the job's unit (:func:`kept_tiff`, in any
     thread of this process), which then does not open it and parse its first IFD again."""
+    return read_infos_and_version(url, pages, keep_palette, hand_over)[0]
+
+
+def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool = False,
+                           hand_over: bool = False) -> tuple[list[PageInfo], str]:
+    """:func:`read_infos`, and the version of the input read (:func:`storage.version_of`:
+    what the job's units must find), from the one open of it. The chain of pages must end
+    cleanly (:func:`check_chain_end`) when every page is asked for, or one beyond those
+    read: pages asked for of a file cut short after them are read."""
     stack = ExitStack()
-    tf = stack.enter_context(open_tiff(url))
+    fh = stack.enter_context(storage.open_input(url))
     try:
+        version = storage.version_of(fh)
+        tf = stack.enter_context(_parsed(fh, url))
         count = page_count(tf, url)
-        check_chain_end(tf, url, count)
+        if pages is None or max(pages) >= count:
+            check_chain_end(tf, url, count)
         indices = range(count) if pages is None else pages
         infos = [page_info(get_page(tf, url, i), url, i, keep_palette) for i in indices]
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None
@@ -686,4 +704,4 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
         stack.close()
     else:
         kept_files.hand_over(_kept_key(url, st), tf, stack.close)
-    return infos
+    return infos, version

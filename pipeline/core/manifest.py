@@ -60,19 +60,19 @@ DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse", "if_exists")
 
 _LOCATION = "a local path or s3://bucket/key"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-#: what begins like a URL without being one ("s3:/b/k", "s3:b/k"): a typo, not a folder
-#: named "s3:" (two letters at least: not a drive letter)
-_BROKEN_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(?!//)")
+#: the URL schemes a location may be mistyped from ("s3:/b/k", "s3:b/k": taken for a local
+#: path, it wrote into a folder named "s3:"); other names with a colon are local paths
+_URL_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "http", "https", "ftp", "file", "az", "abfs")
 
 
 def _broken_url(value: str, expected: str) -> str | None:
     """The problem of a location that begins like a URL but is none, else None."""
-    m = _BROKEN_URL.match(value)
-    if not m:
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme.lower() not in _URL_SCHEMES or rest.startswith("//"):
         return None
-    return (f"expected {expected}, got {show(value)}: it begins like a URL ({m.group(1)}:) "
-            "but is none (an S3 location is s3://bucket/key, with two slashes); a local "
-            "path cannot begin so")
+    return (f"expected {expected}, got {show(value)}: it begins like a URL ({scheme}:) but "
+            "is none (an S3 location is s3://bucket/key, with two slashes); for a local "
+            f"file of that name, write ./{value}")
 
 
 # --- locations ----------------------------------------------------------------------

@@ -110,7 +110,7 @@ def forget_plans() -> None:
 
 
 @contextmanager
-def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
+def recorded(plan: JobPlan, step: str, index: int, clear: bool = True) -> Iterator[None]:
     """Record the error of a failing unit or batch in the work location, then re-raise it;
     once it succeeds, remove what an earlier attempt recorded (Step Functions retries a
     failed item, e.g. after S3's SlowDown: the retry's success is what counts).
@@ -118,7 +118,9 @@ def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
     Merge, ReduceStats (:func:`explained_by_records`) and RecordFailure report these
     recorded errors: a Distributed Map run reports only that too many items failed (and
     moto's engine swallows failed items), so the job's report would otherwise lose the
-    real cause.
+    real cause. ``clear=False``: no earlier attempt's record to remove (a ProcessJob's units:
+    its retry runs the whole task again, and its success is its result; one DELETE less, a
+    round trip on S3, for each of a scanned archive's thousands of small jobs).
     """
     url = layout.error_file(plan.work, step, index)
     try:
@@ -130,6 +132,8 @@ def recorded(plan: JobPlan, step: str, index: int) -> Iterator[None]:
         except TiffpipeError:
             pass  # the step fails with its own error anyway; recording is best effort
         raise
+    if not clear:
+        return
     try:  # one request (a DELETE, free on S3) whether or not there is one
         storage.discard(url)
     except TiffpipeError as exc:  # a later step reads a stale record only if work is missing

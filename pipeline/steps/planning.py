@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
-from pipeline.adapters.tiff_read import keeps_palette, read_infos
+from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import concurrency
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
@@ -164,9 +164,9 @@ def write_job_plan(event: JobEvent,
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     # the open input is handed over to the job's unit, should it run in this process; the
-    # units read the version read here (noted first: one changed meanwhile fails the units)
-    version = storage.input_version(spec.input)
-    infos = read_infos(spec.input, spec.pages, keep_palette=keep_palette, hand_over=True)
+    # units read the version read here
+    infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
+                                            hand_over=True)
     plan, problems = make_plan(event.job, spec, infos, work, started, version)
     for page in plan.pages:
         why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check(

@@ -52,13 +52,15 @@ def process(event: BatchEvent) -> dict[str, Any]:
     return {"job": plan.job, "tiles": batch.last - batch.first}
 
 
-def process_unit(event: UnitEvent, shared: SharedPools | None = None) -> dict[str, Any]:
+def process_unit(event: UnitEvent, shared: SharedPools | None = None,
+                 in_task: bool = False) -> dict[str, Any]:
     """A fused unit: sweep the unit's band as split does and process each haloed tile as it
     is read (tiles in :func:`tile_threads` threads, a few read ahead), so memory stays about
     a row of tiles and the pixels never go through the work location. ``shared``: the pools
-    of the units beside it in one task (:class:`pipeline.steps.split.SharedPools`)."""
+    of the units beside it in one task (:class:`pipeline.steps.split.SharedPools`);
+    ``in_task``: a ProcessJob's unit (see :func:`pipeline.steps.common.recorded`)."""
     plan = load_plan(event.plan)
-    with recorded(plan, "process_unit", event.unit):
+    with recorded(plan, "process_unit", event.unit, clear=not in_task):
         unit = plan.units[event.unit]
         out = TileOutput(plan, unit.page, fused=True)
         positions = [(r, c) for r in range(unit.row0, unit.row1)

@@ -39,9 +39,10 @@ def failure_record(error: dict[str, Any]) -> dict[str, str]:
 #: a Distributed Map's failure when an item failed: its Cause names no item
 MAP_FAILED = "States.ExceedToleratedFailureThreshold"
 #: ... what the report adds when no item recorded an error of its own
-UNRECORDED = ("; no unit or batch recorded an error of its own: one was killed, by its "
-              "function's timeout or out of memory, or its process died (on AWS the failed "
-              "items of the Map Run, in the Step Functions console, say which and why)")
+UNRECORDED = ("; no unit or batch recorded an error of its own: one was killed (its "
+              "function's timeout, out of memory), its process died, or its invocation failed "
+              "before it began (throttled, an event it could not read); on AWS the failed "
+              "items of the Map Run, in the Step Functions console, say which and why")
 
 
 def record_failure(event: FailureEvent) -> dict[str, Any]:

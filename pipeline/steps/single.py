@@ -47,12 +47,12 @@ def _units(plan_url: str, count: int) -> int:
     input decoded by one pool of as many threads each (:class:`SharedPools`), the first
     error raised once the others have stopped. Their tiles in all."""
     if count == 1:
-        return int(process_unit(UnitEvent(plan_url, 0))["tiles"])
+        return int(process_unit(UnitEvent(plan_url, 0), in_task=True)["tiles"])
     threads = tile_threads()
     with ThreadPoolExecutor(min(count, threads), thread_name_prefix="tiffpipe-unit") as pool, \
             ThreadPoolExecutor(threads, thread_name_prefix="tiffpipe-tile") as tiles, \
             ThreadPoolExecutor(threads, thread_name_prefix="tiffpipe-decode") as decoder:
         shared = SharedPools(tiles, decoder)
-        done = list(pool.map(lambda unit: process_unit(UnitEvent(plan_url, unit), shared),
-                             range(count)))
+        done = list(pool.map(lambda unit: process_unit(UnitEvent(plan_url, unit), shared,
+                                                       in_task=True), range(count)))
     return sum(int(d["tiles"]) for d in done)
