@@ -603,6 +603,10 @@ def test_a_multi_page_file_cut_short_is_corrupt_not_fewer_pages(tmp_path: Path, 
                        r"the end of the file"):
         read_infos(str(cut), None)
     assert len(read_infos(str(whole), None)) == 3
+    # the pages a job asks for that are there are read (salvage); one beyond: the break
+    assert [i.index for i in read_infos(str(cut), [1, 0])] == [1, 0]
+    with pytest.raises(CorruptTiffError, match="breaks after page 1"):
+        read_infos(str(cut), [0, 2])
 
 
 def test_a_pointer_to_no_page_is_corrupt_and_a_loop_is_not(tmp_path: Path):
