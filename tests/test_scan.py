@@ -91,6 +91,9 @@ def test_scan_problems_are_all_reported_with_their_paths():
 @pytest.mark.parametrize("src, dst", [
     ("s3://b/in/", "s3://b/in/out/"), ("s3://b/in", "s3://b/"), ("in", "in/sub"),
     ("in", "in"), ("s3://b/x", "s3://b/x/"),
+    # absolute folders spelled with a trailing slash or a "/./": the same folders (the
+    # outputs of each run became the next run's inputs, for ever)
+    ("/x/in/", "/x/in/processed/"), ("/x/in/processed/", "/x/in/"), ("/x/./in", "/x/in/out"),
 ])
 def test_the_output_must_not_overlap_the_input(src: str, dst: str):
     [problem] = problems_of({"scan": {"input": src, "output": dst}})
@@ -231,3 +234,26 @@ def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyP
         [got] = _pages(tmp_path / "got.tif")
         assert got.dtype == page.dtype and np.array_equal(got, page), key
     assert run()["jobs"] == []
+
+
+def test_two_spellings_of_one_scan_are_the_same_scan(tmp_path: Path):
+    """Another run's manifest scanning the same folders, spelled another way (a trailing
+    slash, a "/./", a link to the folder): the same scan, so a run of it defers to the
+    other instead of doing all the work again beside it."""
+    from pipeline.steps import planning
+    from pipeline.steps.common import read_manifest
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({"scan": {"input": str(tmp_path / "in"),
+                                         "output": str(tmp_path / "out")}}))
+    scan = read_manifest(str(ours))
+    same = planning._same_scan(scan, str(ours))
+    for name, (src, dst) in {"slash": (f"{tmp_path}/in/", f"{tmp_path}/out/"),
+                             "dot": (f"{tmp_path}/./in", f"{tmp_path}/out"),
+                             "link": (f"{tmp_path}/link", f"{tmp_path}/out"),
+                             "other": (f"{tmp_path}/in", f"{tmp_path}/elsewhere")}.items():
+        other = tmp_path / f"{name}.json"
+        other.write_text(json.dumps({"scan": {"input": src, "output": dst}}))
+        assert same(str(other)) == (name != "other"), name

@@ -85,12 +85,15 @@ def is_s3(location: str) -> bool:
 def resolve_location(location: str, base_dir: str) -> str:
     """``location`` as an absolute path or URL: relative local paths are joined to ``base_dir``.
 
-    Absolute local paths and ``s3://`` URLs are returned unchanged. When ``base_dir`` is an
-    ``s3://bucket/prefix``, a relative path becomes a key under that prefix. Pure: the
-    filesystem is never consulted.
+    ``s3://`` URLs are returned unchanged, absolute local paths normalised (``/x/in/`` and
+    ``/x/./in`` are ``/x/in``: one folder has one spelling, which the scan's checks of what
+    contains what compare). When ``base_dir`` is an ``s3://bucket/prefix``, a relative
+    path becomes a key under that prefix. Pure: the filesystem is never consulted.
     """
-    if is_s3(location) or os.path.isabs(location):
+    if is_s3(location):
         return location
+    if os.path.isabs(location):
+        return os.path.normpath(location)
     if is_s3(base_dir):
         bucket, _, prefix = base_dir[len("s3://"):].partition("/")
         key = posixpath.normpath(posixpath.join(prefix, location)) if prefix else \

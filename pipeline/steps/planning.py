@@ -94,10 +94,17 @@ def _same_scan(scan: ScanSpec, url: str) -> Callable[[str], bool]:
             parsed = read_manifest(other)
         except TiffpipeError:
             return False
-        return isinstance(parsed, ScanSpec) and (parsed.input, parsed.output) == (
-            scan.input, scan.output)
+        return isinstance(parsed, ScanSpec) and (
+            _folder(parsed.input), _folder(parsed.output)) == (
+            _folder(scan.input), _folder(scan.output))
 
     return same
+
+
+def _folder(location: str) -> str:
+    """One spelling of a scan's folder: a local one resolved (links followed), so two
+    manifests that name it differently are the same scan."""
+    return location if storage.is_s3(location) else os.path.realpath(location)
 
 
 def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, report: str,
