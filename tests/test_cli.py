@@ -102,6 +102,22 @@ def test_ops_json(capsys: pytest.CaptureFixture):
         "required": False, "default": 1, "help": OPS["dilate"].params[1].help}
 
 
+@pytest.mark.parametrize("url", ["s3://bucket", "s3://bucket/", "s3://bucket/manifests/"])
+def test_a_bucket_or_prefix_as_the_manifest_is_named(url: str, capsys: pytest.CaptureFixture):
+    """(Refused before any request: no credentials or S3 needed.)"""
+    for command in (["validate"], ["run", "--quiet"], ["estimate"]):
+        assert cli.main([command[0], url, *command[1:]]) == 2, command
+        err = capsys.readouterr().err
+        assert "manifest: names a bucket or prefix, not an object" in err, err
+        assert "Traceback" not in err
+
+
+def test_preview_of_a_bucket_or_prefix_is_named(capsys: pytest.CaptureFixture):
+    assert cli.main(["preview", "s3://bucket/in/", "-o", "/tmp/none.png"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tiffpipe: NotATiffError: s3://bucket/in/: names a bucket or prefix")
+
+
 @pytest.mark.parametrize(("content", "problem"), [
     (b'{"jobs": [{"input": "a.tif", "output": "o/\xff.tif"}]}',
      "manifest: not UTF-8 text (byte 42 is b'\\xff'): save it as UTF-8"),

@@ -246,6 +246,8 @@ def test_input_and_output_are_required():
     ("s3://bucket", 'expected s3://bucket/key with both a bucket and a key, got "s3://bucket"'),
     ("s3://bucket/", 'expected s3://bucket/key with both a bucket and a key, got "s3://bucket/"'),
     ("s3:///a.tif", 'expected s3://bucket/key with both a bucket and a key, got "s3:///a.tif"'),
+    ("s3://bucket/in/", ('expected s3://bucket/key naming an object, got "s3://bucket/in/", '
+                         'a prefix (a folder of inputs is a scan manifest: {"scan": ...})')),
     ("gs://bucket/a.tif", ("expected a local path or s3://bucket/key (the only URLs supported "
                           'are s3://), got "gs://bucket/a.tif"')),
 ])

@@ -101,6 +101,13 @@ def split_s3(url: str) -> tuple[str, str]:
     return bucket, key
 
 
+def names_prefix(url: str) -> bool:
+    """Whether an s3:// URL names a bucket or a prefix (no key, or one ending in /), where an
+    object is wanted."""
+    key = url[len("s3://"):].partition("/")[2]
+    return not key or key.endswith("/")
+
+
 def _key_of(url: str) -> tuple[str, str]:
     bucket, key = split_s3(url)
     if not key or key.endswith("/"):
@@ -255,6 +262,9 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
     :class:`InputChangedError`.
     """
     if is_s3(url):
+        if names_prefix(url):  # as a local folder: not a TIFF (retrying cannot mend it)
+            raise NotATiffError(f"{url}: names a bucket or prefix, not an object: give the key "
+                                "of a TIFF (a scan manifest, {\"scan\": ...}, takes a prefix)")
         return cast(BinaryIO, io.BufferedReader(S3RangeReader(url, version), buffer_size))
     with _errors(url, "open", InputNotFoundError):
         try:

@@ -121,6 +121,9 @@ def _location_problem(value: Any) -> str | None:
         bucket, _, key = value[len("s3://"):].partition("/")
         if not bucket or not key:
             return f"expected s3://bucket/key with both a bucket and a key, got {show(value)}"
+        if key.endswith("/"):
+            return (f"expected s3://bucket/key naming an object, got {show(value)}, a prefix "
+                    '(a folder of inputs is a scan manifest: {"scan": ...})')
     return None
 
 

@@ -32,6 +32,10 @@ log = logging.getLogger("tiffpipe")
 def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
     """A local or S3 manifest's jobs (or its scan), or ManifestError listing every problem
     (InputNotFoundError when it is not there). Paths in it are relative to its folder."""
+    if storage.is_s3(url) and storage.names_prefix(url):
+        prefix = ("manifest: names a bucket or prefix, not an object: give the key of the "
+                  "manifest, s3://bucket/path/manifest.json")
+        raise ManifestError(url, [prefix])
     if not storage.is_s3(url) and os.path.isdir(url):
         folder = ('manifest: is a folder, not a JSON file: give the path of the manifest (a '
                   'scan manifest, {"scan": ...}, names the folder inside it)')
