@@ -117,9 +117,23 @@ class CheckoutNotFoundError(TiffpipeError):
     without one: an installed wheel holds the package, not images/ and requirements/."""
 
 
+#: the most characters of an error's message a report keeps (a user function's error may
+#: carry megabytes: the report and the summary line stay readable)
+MESSAGE_LIMIT = 4000
+
+
+def shortened(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``message``, its middle cut out beyond ``limit`` characters (the start says what
+    failed, the end often why)."""
+    if len(message) <= limit:
+        return message
+    cut = len(message) - limit
+    return f"{message[:limit * 3 // 4]} ... [{cut} characters cut] ... {message[-limit // 4:]}"
+
+
 def error_record(exc: BaseException) -> dict[str, str]:
     """The ``{"type", "message"}`` record of an exception, as reports show it."""
-    return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": type(exc).__name__, "message": shortened(str(exc))}
 
 
 def by_name(name: str) -> type[TiffpipeError]:

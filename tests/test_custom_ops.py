@@ -55,6 +55,13 @@ def not_an_array(tile):
 
 def fails(tile, why="no reason"):
     raise ValueError(why)
+
+def exits(tile):
+    import sys
+    sys.exit(2)
+
+def says_much(tile):
+    raise RuntimeError("x" * 10_000_000)
 '''
 
 
@@ -109,6 +116,8 @@ def test_too_small_a_halo_is_not_exact(tmp_path):
                  "(80, 80) and dtype uint8")),
     ("not_an_array", "returned list, expected a numpy array of shape (80, 80) and dtype uint8"),
     ("fails", "raised ValueError: no reason (on a (80, 80) uint8 tile)"),
+    ("exits", "raised SystemExit: 2 (on a (80, 80) uint8 tile)"),  # sys.exit() is its error
+    ("says_much", "characters cut]"),  # 10 MB of message: a report line, not 10 MB
 ])
 def test_wrong_tiles_are_named_errors(tmp_path, name, message):
     page = make_image(72, 100, 90, 1, "uint8")
@@ -118,7 +127,7 @@ def test_wrong_tiles_are_named_errors(tmp_path, name, message):
         run_tiled(tmp_path, src, [_op(name, 4)], 64, 64)
     text = str(info.value)
     assert text.startswith(f"tile 0,0 of page 0: custom op {MODULE}:{name} "), text
-    assert message in text
+    assert message in text and len(text) < 1200
 
 
 def test_malformed_specs_are_refused_with_the_manifest():

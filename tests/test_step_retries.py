@@ -171,3 +171,16 @@ def test_record_failure_says_what_a_failure_nothing_recorded_means(tmp_path):
     message = result["error"]["message"]
     assert message.startswith("The specified tolerated failure threshold was exceeded; ")
     assert "no unit or batch recorded an error" in message and "Map Run" in message
+
+
+def test_a_huge_error_message_is_cut_in_the_report():
+    """A cause of a megabyte (a user function's message, a codec's dump): the report keeps
+    its start and end, a few kilobytes, and says how much was cut."""
+    from pipeline.steps.report import failure_record
+
+    cause = json.dumps({"errorType": "CustomOperationError",
+                        "errorMessage": "custom op m:f raised: " + "y" * 1_000_000 + " the end"})
+    record = failure_record({"Error": "CustomOperationError", "Cause": cause})
+    assert record["type"] == "CustomOperationError" and len(record["message"]) < 4200
+    assert record["message"].startswith("custom op m:f raised: yyy")
+    assert record["message"].endswith("yyy the end") and "characters cut]" in record["message"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import CustomOperationError
+from pipeline.errors import CustomOperationError, shortened
 
 #: ``package.module:function`` (dotted module path, a colon, a function name)
 SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -60,9 +60,10 @@ def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     shape, dtype = tile.shape, tile.dtype
     try:
         out = func(tile, **params)
-    except Exception as exc:
-        raise CustomOperationError(f"custom op {spec} raised {type(exc).__name__}: {exc} "
-                                   f"(on a {shape} {dtype} tile)") from exc
+    except (Exception, SystemExit) as exc:  # sys.exit() in a user's function is its error
+        raise CustomOperationError(f"custom op {spec} raised {type(exc).__name__}: "
+                                   f"{shortened(str(exc), 1000)} (on a {shape} {dtype} tile)"
+                                   ) from exc
     if not isinstance(out, np.ndarray):
         raise CustomOperationError(f"custom op {spec} returned {type(out).__name__}, expected "
                                    f"a numpy array of shape {shape} and dtype {dtype}")

@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
-from pipeline.errors import TiffpipeError
+from pipeline.errors import TiffpipeError, shortened
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import abort_output_uploads, load_job, load_plan, recorded_errors
 
@@ -33,7 +33,7 @@ def failure_record(error: dict[str, Any]) -> dict[str, str]:
             message = parsed.get("errorMessage") or message
     except ValueError:
         pass
-    return {"type": name, "message": message}
+    return {"type": name, "message": shortened(message)}
 
 
 #: a Distributed Map's failure when an item failed: its Cause names no item
