@@ -122,6 +122,7 @@ def test_preview_of_a_bucket_or_prefix_is_named(capsys: pytest.CaptureFixture):
     (b'{"jobs": [{"input": "a.tif", "output": "o/\xff.tif"}]}',
      "manifest: not UTF-8 text (byte 42 is b'\\xff'): save it as UTF-8"),
     (None, "manifest: is a folder, not a JSON file: give the path of the manifest"),
+    (b"II*\x00\x08\x00\x00\x00" + bytes(200), "manifest: is a TIFF file, not a manifest"),
 ])
 def test_a_manifest_that_is_no_json_text_is_named_not_a_traceback(
         tmp_path: Path, capsys: pytest.CaptureFixture, content: bytes | None, problem: str):

@@ -607,6 +607,8 @@ def test_a_multi_page_file_cut_short_is_corrupt_not_fewer_pages(tmp_path: Path, 
     assert [i.index for i in read_infos(str(cut), [1, 0])] == [1, 0]
     with pytest.raises(CorruptTiffError, match="breaks after page 1"):
         read_infos(str(cut), [0, 2])
+    with tifffile.TiffFile(cut) as tf, pytest.raises(CorruptTiffError, match="breaks after"):
+        get_page(tf, str(cut), 2, "--page")  # (preview's: not "has 2 pages")
 
 
 def test_a_pointer_to_no_page_is_corrupt_and_a_loop_is_not(tmp_path: Path):

@@ -208,6 +208,8 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
     index, such as ``--page``), to give that option a page the file has."""
     count = page_count(tf, url)
     if not 0 <= index < count:
+        if index >= count:  # a file cut short says so, not that it has fewer pages
+            check_chain_end(tf, url, count)
         fix = ("fix the job's pages" if option is None else
                f"give {option} a page from 0 to {count - 1}")
         raise PageNotFoundError(f"{url}: has {count} page(s) (0..{count - 1}), "

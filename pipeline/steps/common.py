@@ -41,6 +41,10 @@ def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
                   'scan manifest, {"scan": ...}, names the folder inside it)')
         raise ManifestError(url, [folder])
     raw = storage.read_bytes(url, missing=InputNotFoundError)
+    if raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # a TIFF: a slip of the hand
+        tiff = ("manifest: is a TIFF file, not a manifest: give the JSON manifest that lists "
+                "the jobs (its input and output), or `tiffpipe preview` to look at a TIFF")
+        raise ManifestError(url, [tiff])
     if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as some editors write: skipped
         raw = raw[3:]  # (by hand: the utf-8-sig codec is a module to load, in a run's time)
     try:
