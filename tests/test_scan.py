@@ -257,3 +257,21 @@ def test_two_spellings_of_one_scan_are_the_same_scan(tmp_path: Path):
         other = tmp_path / f"{name}.json"
         other.write_text(json.dumps({"scan": {"input": src, "output": dst}}))
         assert same(str(other)) == (name != "other"), name
+
+
+def test_a_folder_where_a_scans_output_goes_fails_the_job_not_skips_it(tmp_path: Path):
+    """out/a.tif is a folder: no output of the job's, so not 'the output exists already'
+    (skipped at every run, the input never processed, exit 0): the job fails naming it."""
+    from pipeline import handlers
+    from pipeline.errors import OutputNotWritableError
+
+    (tmp_path / "in").mkdir()
+    write_sample(str(tmp_path / "in" / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    (tmp_path / "out" / "a.tif").mkdir(parents=True)
+    (tmp_path / "m.json").write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+    run = handlers.dispatch("split", {"action": "plan_run", "manifest": str(tmp_path / "m.json"),
+                                      "work": str(tmp_path / "work"), "run_id": "r1",
+                                      "report": str(tmp_path / "r.json")})
+    assert run["jobs"] == 1
+    with pytest.raises(OutputNotWritableError, match=r"out/a.tif is a folder: give a file name"):
+        handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 0})
