@@ -664,3 +664,15 @@ def test_a_missing_calibration_file_says_what_to_do(tmp_path: Path) -> None:
     message = str(caught.value)
     assert str(tmp_path / "none.json") in message
     assert "leave out --calibration for the one shipped with tiffpipe" in message
+
+
+def test_a_job_plan_job_refuses_for_its_output_is_not_costed(tmp_path: Path) -> None:
+    """JPEG output of 16-bit pages: PlanJob refuses the job, so estimate lists it as a
+    problem (the manifest cannot run) instead of costing it."""
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
+                                       "output_options": {"compression": "jpeg"}}]}))
+    _, _, problems = est.plans_for_manifest(str(m), "512x512:uint16*3")
+    [problem] = problems
+    assert problem.startswith("jobs[0] (") and "pages 0-2 (3 pages): jpeg output needs uint8" \
+        in problem

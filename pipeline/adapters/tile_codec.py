@@ -21,7 +21,7 @@ import imagecodecs
 import numpy as np
 from tifffile import TIFF
 
-from pipeline.core.models import OutputOptions
+from pipeline.core.models import JobPlan, OutputOptions
 from pipeline.errors import CorruptTiffError, OperationError
 
 _WORK_MAGIC = b"TPW2"
@@ -157,3 +157,13 @@ def _predictor(compression: str, dtype: str) -> int:
     if kind.kind == "f":
         return 3 if kind.itemsize in (2, 4, 8) else 1
     return 2  # every integer type, 8 to 64 bits (libtiff has both since 4.0)
+
+
+def output_problems(plan: JobPlan) -> list[str]:
+    """Why the job's output pages cannot be written with its output options ("page N: ...":
+    JPEG of 16-bit or 4-band pages...): PlanJob refuses the job, and ``tiffpipe estimate``
+    does not cost it."""
+    options = plan.spec.output_options
+    return [f"page {page.info.index}: {why}" for page in plan.pages
+            if (why := OutputEncoder(options, page.info.dtype, page.out_channels).check(
+                page.info.photometric))]

@@ -123,6 +123,7 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
     once; such a job has no plan.
     """
     from pipeline.adapters import storage
+    from pipeline.adapters.tile_codec import output_problems
     from pipeline.core.plan import make_plan
     from pipeline.errors import TiffpipeError
     from pipeline.steps.common import read_manifest as validate
@@ -154,6 +155,7 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
         plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0)
+        why += output_problems(plan)  # what PlanJob refuses too: a job that cannot run
         problems += [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)]
         plans.append(plan)
         sizes.append(size)

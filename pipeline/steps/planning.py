@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
-from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
@@ -175,11 +175,7 @@ def write_job_plan(event: JobEvent,
     infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
                                             hand_over=True)
     plan, problems = make_plan(event.job, spec, infos, work, started, version)
-    for page in plan.pages:
-        why = OutputEncoder(spec.output_options, page.info.dtype, page.out_channels).check(
-            page.info.photometric)
-        if why:
-            problems.append(f"page {page.info.index}: {why}")
+    problems += output_problems(plan)
     if problems:
         raise OperationError(f"{spec.input}: the job cannot run: "
                              + "; ".join(grouped_by_page(problems)))
