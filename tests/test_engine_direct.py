@@ -465,6 +465,9 @@ def test_user_code_runs_in_a_worker_so_its_crash_fails_only_its_job(
     else:
         assert crashed["error"]["type"] == "States.ExceedToleratedFailureThreshold"
         assert "first: WorkerCrashedError" in crashed["error"]["message"]
+    # the user code is named as what may have ended its worker
+    assert ("or the job's custom op (tiffpipe_crashing_op:crash) ended it"
+            in crashed["error"]["message"])
     assert not (tmp_path / "crashed.tif").exists()
     assert blurred["status"] == "SUCCEEDED"
     assert np.array_equal(tifffile.imread(tmp_path / "blurred.tif"),

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pipeline.errors import shortened
+
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 #: ``$$.Execution.Id`` of an execution named ``name`` (the embedded engine's fake account)
 EXECUTION_ARN = "arn:aws:states:us-east-1:123456789012:execution:tiffpipe-local:{name}"
@@ -69,6 +71,19 @@ class StateError(Exception):
     def __init__(self, error: str, cause: str):
         super().__init__(f"{error}: {cause}")
         self.error, self.cause = error, cause
+
+
+def _cause_text(failure: StateError, limit: int = 1000) -> str:
+    """The message of a failed item: a Lambda error's ``errorMessage`` (its Cause is that
+    payload's JSON), else the Cause itself; cut to ``limit`` characters."""
+    text = failure.cause
+    try:
+        payload = json.loads(text)
+        if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
+            text = payload["errorMessage"]
+    except ValueError:
+        pass
+    return shortened(text, limit)
 
 
 class Aborted(BaseException):
@@ -420,7 +435,7 @@ class Interpreter:
                 raise StateError("States.ExceedToleratedFailureThreshold",
                                  f"The specified tolerated failure threshold was exceeded "
                                  f"({len(failures)} of {len(items)} items of {name} failed; "
-                                 f"first: {failures[0].error})")
+                                 f"first: {failures[0].error}: {_cause_text(failures[0])})")
             raise failures[0]
         return results
 

@@ -257,6 +257,10 @@ class LocalEngine:
                     assert self.pool is not None
                     held_work.write_plan(event.get("plan"))  # the worker reads it
                     ok, payload = self.pool.invoke(function, event)
+                    if user_code and not ok and isinstance(payload, dict) and payload.get(
+                            "errorType") == "WorkerCrashedError":
+                        payload = {**payload, "errorMessage": payload.get("errorMessage", "")
+                                   + self._user_code_crash(event)}
             finally:
                 self.placement.release(slot, token, width)
         self.placement.check()
@@ -289,6 +293,18 @@ class LocalEngine:
                 return False
             self._user_code[plan] = any(op.get("op") == "custom" for op in ops)
         return self._user_code[plan]
+
+    def _user_code_crash(self, event: Any) -> str:
+        """What a worker's death in a job with custom ops may also be: its user code."""
+        from pipeline.steps.common import load_plan
+
+        try:
+            names = [op.get("function", "?") for op in load_plan(event["plan"]).spec.ops
+                     if op.get("op") == "custom"]
+        except Exception:  # noqa: BLE001 - the message stays as it was
+            return ""
+        return (f", or the job's custom op ({', '.join(names)}) ended it (a crash in C, "
+                "os._exit, a signal): run the op on one tile by itself to see")
 
     def _width(self, event: Any) -> int:
         """The cores a heavy task keeps busy: a fused unit or a batch as many as its tiles (its
