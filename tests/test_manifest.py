@@ -247,7 +247,8 @@ def test_input_and_output_are_required():
     ("s3://bucket/", 'expected s3://bucket/key with both a bucket and a key, got "s3://bucket/"'),
     ("s3:///a.tif", 'expected s3://bucket/key with both a bucket and a key, got "s3:///a.tif"'),
     ("s3://bucket/in/", ('expected s3://bucket/key naming an object, got "s3://bucket/in/", '
-                         'a prefix (a folder of inputs is a scan manifest: {"scan": ...})')),
+                         'a prefix (a folder of inputs or of outputs is a scan manifest\'s: '
+                         '{"scan": ...})')),
     ("gs://bucket/a.tif", ("expected a local path or s3://bucket/key (the only URLs supported "
                           'are s3://), got "gs://bucket/a.tif"')),
 ])
@@ -274,10 +275,16 @@ def test_output_must_be_a_path_or_s3_url():
         'jobs[0].output: expected s3://bucket/key with both a bucket and a key, got "s3://bucket"')
 
 
-@pytest.mark.parametrize("output", ["out/a.png", "out/a.tif.gz", "s3://b/out/", "out/tif"])
+@pytest.mark.parametrize("output", ["out/a.png", "out/a.tif.gz", "out/tif"])
 def test_output_must_end_in_tif_or_tiff(output):
     assert one_problem({"jobs": [job(output=output)]}) == (
         f'jobs[0].output: expected a path ending in .tif or .tiff, got "{output}"')
+
+
+def test_an_s3_prefix_is_no_output():
+    assert one_problem({"jobs": [job(output="s3://b/out/")]}) == (
+        'jobs[0].output: expected s3://bucket/key naming an object, got "s3://b/out/", a '
+        'prefix (a folder of inputs or of outputs is a scan manifest\'s: {"scan": ...})')
 
 
 @pytest.mark.parametrize("output", ["a.tif", "a.TIF", "a.tiff", "a.Tiff", "s3://b/k/a.tif"])

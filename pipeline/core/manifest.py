@@ -123,7 +123,7 @@ def _location_problem(value: Any) -> str | None:
             return f"expected s3://bucket/key with both a bucket and a key, got {show(value)}"
         if key.endswith("/"):
             return (f"expected s3://bucket/key naming an object, got {show(value)}, a prefix "
-                    '(a folder of inputs is a scan manifest: {"scan": ...})')
+                    '(a folder of inputs or of outputs is a scan manifest\'s: {"scan": ...})')
     return None
 
 
