@@ -45,7 +45,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 from pipeline.adapters.storage import join
@@ -169,6 +168,8 @@ def uploads_dir(job_work: str) -> str:
 def upload_file(job_work: str, upload: str) -> str:
     """The record of the output upload ``upload`` (S3's id, which may hold any character:
     named by its hash)."""
+    import hashlib  # (S3 outputs only: a local run loads no OpenSSL, ~3 MB)
+
     return join(uploads_dir(job_work), f"{hashlib.sha256(upload.encode()).hexdigest()[:24]}.json")
 
 

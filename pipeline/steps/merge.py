@@ -27,7 +27,6 @@ levels here from the base tiles (read through, a bounded number at a time).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import time
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_tags
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
@@ -77,7 +77,7 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite",
                        started=lambda upload: record_output_upload(plan.work, spec.output,
                                                                    upload),
-                       owner=publisher(plan))
+                       owner=publisher(plan) if storage.is_s3(spec.output) else None)
     except OutputExistsError as exc:
         if spec.if_exists == "fail":
             raise OutputExistsError(
@@ -106,6 +106,8 @@ def publisher(plan: JobPlan) -> str:
     location, hashed: ASCII, as S3's metadata must be). A retried merge (or ProcessJob)
     whose earlier attempt published the output and then failed (writing its result) finds
     its own output there: if_exists skip or fail do not take it for another's."""
+    import hashlib  # (S3 outputs only: a local run loads no OpenSSL, ~3 MB)
+
     return hashlib.sha256(plan.work.encode()).hexdigest()[:32]
 
 
