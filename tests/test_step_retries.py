@@ -184,3 +184,23 @@ def test_a_huge_error_message_is_cut_in_the_report():
     assert record["type"] == "CustomOperationError" and len(record["message"]) < 4200
     assert record["message"].startswith("custom op m:f raised: yyy")
     assert record["message"].endswith("yyy the end") and "characters cut]" in record["message"]
+
+
+def test_an_error_without_a_message_says_where_it_was_raised(monkeypatch):
+    """An error raised with no message (an assert, a bare raise in a user function): the
+    report says so and where, not the raw Lambda payload with its stack trace. The payload
+    is the one a local worker makes of it."""
+    from pipeline.engine import workers
+    from pipeline.steps.report import failure_record
+
+    def bare(function: str, event: dict[str, Any]) -> None:
+        raise RuntimeError
+
+    monkeypatch.setattr(handlers, "dispatch", bare)
+    ok, payload, _, _ = workers._invoke("process", {"action": "process_unit"})
+    assert not ok and payload["errorMessage"] == ""
+    record = failure_record({"Error": "RuntimeError", "Cause": json.dumps(payload)})
+    assert record["type"] == "RuntimeError"
+    assert record["message"].startswith("RuntimeError raised with no message (File ")
+    assert "test_step_retries.py" in record["message"] and "in bare" in record["message"]
+    assert "stackTrace" not in record["message"]
