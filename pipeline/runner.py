@@ -240,7 +240,7 @@ def _remove_partial_output(output: str, run_id: str, job_work: str) -> None:
             return
         for tmp in storage.temp_output_paths(output, run_id):
             os.remove(tmp)
-    except (OSError, TiffpipeError, ValueError, KeyError) as exc:
+    except (OSError, TiffpipeError) as exc:
         log.warning("could not remove the partial files of %s: %s", output, exc)
 
 

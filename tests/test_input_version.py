@@ -90,7 +90,7 @@ def test_an_unchanged_input_is_read_by_every_unit(tmp_path, small_units):
     job = _planned(str(tmp_path / "m.json"), str(tmp_path / "work"),
                    str(tmp_path / "report.json"))
     plan = json.loads(Path(job["plan"]).read_text())
-    assert plan["input_version"] == storage.input_version(str(tmp_path / "a.tif"))
+    assert plan["input_version"] == storage.file_version(os.stat(tmp_path / "a.tif"))
     for unit in job["units"]:
         _unit(job, unit)
     merged = handlers.dispatch("merge", {"action": "merge", "plan": job["plan"]})

@@ -221,7 +221,7 @@ def _end_uploads(run: LocalRun, work: str) -> None:
         ended = segments.abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
         if storage.is_s3(work):
             ended += segments.abort_uploads(work.rstrip("/") + "/")
-    except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
+    except TiffpipeError as exc:
         log.warning("could not end the S3 uploads of run %s, whose process (%d) ended before "
                     "the run did (killed?): %s", run.run_id, run.pid, exc)
         return

@@ -110,7 +110,7 @@ def names_prefix(url: str) -> bool:
 
 def _key_of(url: str) -> tuple[str, str]:
     bucket, key = split_s3(url)
-    if not key or key.endswith("/"):
+    if names_prefix(url):
         raise ValueError(f"{url!r} names a bucket or prefix, not an object: add the object key")
     return bucket, key
 
@@ -258,7 +258,7 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
 
     Use it as a context manager. For S3, ``fh.raw`` is the :class:`S3RangeReader`; reads
     smaller than ``buffer_size`` are coalesced into one GET of ``buffer_size`` bytes.
-    ``version`` (:func:`input_version`, when the job was planned): another one there is an
+    ``version`` (:func:`version_of`, when the job was planned): another one there is an
     :class:`InputChangedError`.
     """
     if is_s3(url):
@@ -281,21 +281,10 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
         return fh
 
 
-def input_version(url: str) -> str:
-    """What tells this version of an input from another: an S3 object's ETag, a local file's
-    size and modification time (ns). A job's units read the version its plan saw."""
-    if is_s3(url):
-        bucket, key = _key_of(url)
-        with _errors(url, "open", InputNotFoundError):
-            return str(s3_client().head_object(Bucket=bucket, Key=key).get("ETag", ""))
-    with _errors(url, "open", InputNotFoundError):
-        return file_version(os.stat(url))
-
-
 def version_of(fh: BinaryIO) -> str:
-    """The version (:func:`input_version`) of the input open as ``fh``
-    (:func:`open_input`), without another request: the ETag its S3 reader saw, or the
-    open file's size and modification time."""
+    """What tells this version of the input open as ``fh`` (:func:`open_input`) from
+    another, without another request: the ETag its S3 reader saw, or the open file's size
+    and modification time (ns). A job's units read the version its plan saw."""
     raw = getattr(fh, "raw", None)
     if isinstance(raw, S3RangeReader):
         return raw.etag
@@ -303,7 +292,7 @@ def version_of(fh: BinaryIO) -> str:
 
 
 def file_version(st: os.stat_result) -> str:
-    """A local file's version (:func:`input_version`) from its ``stat``."""
+    """A local file's version (:func:`version_of`) from its ``stat``."""
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -507,16 +496,18 @@ def check_not_input(input_url: str, output_url: str) -> None:
     """OutputNotWritableError if a local output is the input itself under another name (a
     link to it, or the input a link to it: the manifest's check compares paths only), which
     the output, published, would replace."""
-    if is_s3(input_url) or is_s3(output_url):
-        return
-    try:
-        same = os.path.samefile(input_url, output_url)
-    except OSError:  # one of them missing: not the same file
-        return
-    if same:
+    if not (is_s3(input_url) or is_s3(output_url)) and same_file(input_url, output_url):
         raise OutputNotWritableError(
             f"{output_url}: is the job's input, {input_url} (one is a link to the other): "
             "the output would replace it; give the output another path")
+
+
+def check_not_folder(url: str) -> None:
+    """OutputNotWritableError if a local output's path is a folder (no output of a job's:
+    not one that exists already either)."""
+    if not is_s3(url) and os.path.isdir(url):
+        raise OutputNotWritableError(f"output {url} is a folder: give a file name, or move "
+                                     "the folder away")
 
 
 def check_writable(url: str) -> None:
@@ -536,8 +527,7 @@ def check_writable(url: str) -> None:
     if is_s3(url):
         _check_s3_writable(url)
         return
-    if os.path.isdir(url):
-        raise OutputNotWritableError(f"output {url} is a folder: give a file name")
+    check_not_folder(url)
     folder = parent(url)
     while not os.path.exists(folder):  # the first existing ancestor must be a writable folder
         folder = os.path.dirname(folder)

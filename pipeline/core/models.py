@@ -152,7 +152,7 @@ class JobPlan:
     started_at: float
     #: each unit is split and processed in one invocation (no work tiles, no batches)
     fused: bool = False
-    #: the input's version PlanJob read (storage.input_version: an S3 ETag, a local file's
+    #: the input's version PlanJob read (storage.version_of: an S3 ETag, a local file's
     #: size and mtime), which every unit reads too ("": not noted)
     input_version: str = ""
 

@@ -84,7 +84,7 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     try:  # a killed unit or merge leaves its multipart upload open: no orphaned parts
         abort_uploads(work.rstrip("/") + "/")
         abort_output_uploads(work)  # the job's own, not another run's writing the output
-    except (TiffpipeError, ValueError, KeyError):
+    except TiffpipeError:
         pass  # the failure is recorded; S3 lifecycle rules can still clean up
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
 

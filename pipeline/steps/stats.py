@@ -21,7 +21,6 @@ missing one fails the job before any work) and tells the state machine whether t
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,7 +42,7 @@ from pipeline.core.events import (
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
-from pipeline.errors import OutputExistsError, OutputNotWritableError, WorkMissingError
+from pipeline.errors import OutputExistsError, WorkMissingError
 from pipeline.steps import layout, planning, stopping
 from pipeline.steps.common import explained_by_records, load_job, load_plan, recorded
 from pipeline.steps.evaluate import TileEvaluator, load_npz, save_npz
@@ -60,9 +59,7 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     job = load_job(event.run, event.job)
     doc, spec = job
     if spec.if_exists != "overwrite" and storage.exists(spec.output):
-        if not storage.is_s3(spec.output) and os.path.isdir(spec.output):  # no output there
-            raise OutputNotWritableError(f"output {spec.output} is a folder: give a file "
-                                         "name, or move the folder away")
+        storage.check_not_folder(spec.output)  # a folder there is no output to skip for
         if spec.if_exists == "fail":
             raise OutputExistsError(f"output {spec.output} exists already (if_exists: fail): "
                                     "remove it, or set if_exists to overwrite or skip")
