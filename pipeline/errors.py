@@ -10,6 +10,9 @@ Messages say what was expected, what was found, and what to do.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 
 class TiffpipeError(Exception):
     """Base class of every tiffpipe error."""
@@ -152,3 +155,31 @@ def _all_subclasses(cls: type) -> list[type]:
         out.append(sub)
         out.extend(_all_subclasses(sub))
     return out
+
+
+def failure_record(error: dict[str, Any]) -> dict[str, str]:
+    """``{"type", "message"}`` from the ``{"Error", "Cause"}`` of a Step Functions Catch.
+
+    A Lambda error's Cause is the JSON of ``{"errorType", "errorMessage", "stackTrace"}``;
+    an error raised without a message (``raise RuntimeError()``, ``assert x``) is told so,
+    with where it was raised, not as that JSON and its whole stack trace.
+    """
+    name = str(error.get("Error") or "UnknownError")
+    cause = error.get("Cause") or ""
+    message = str(cause)
+    try:
+        parsed = json.loads(cause) if isinstance(cause, str) else cause
+        if isinstance(parsed, dict) and "errorMessage" in parsed:
+            name = parsed.get("errorType") or name
+            message = parsed.get("errorMessage") or _no_message(name, parsed.get("stackTrace"))
+    except ValueError:
+        pass
+    return {"type": name, "message": shortened(message)}
+
+
+def _no_message(name: str, stack: Any) -> str:
+    """What a report says of an error that has no message: where it was raised."""
+    frames = [str(f).strip() for f in stack if 'File "' in str(f)] if isinstance(
+        stack, list) else []
+    where = " ".join(frames[-1].split()) if frames else ""
+    return f"{name} raised with no message" + (f" ({where})" if where else "")

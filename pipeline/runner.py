@@ -30,10 +30,10 @@ from pipeline.errors import (
     StorageError,
     TiffpipeError,
     WorkLocationError,
+    failure_record,
 )
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest
-from pipeline.steps.report import failure_record
 
 log = logging.getLogger("tiffpipe")
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.errors import shortened
+from pipeline.errors import failure_record, shortened
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 #: ``$$.Execution.Id`` of an execution named ``name`` (the embedded engine's fake account)
@@ -74,16 +74,10 @@ class StateError(Exception):
 
 
 def _cause_text(failure: StateError, limit: int = 1000) -> str:
-    """The message of a failed item: a Lambda error's ``errorMessage`` (its Cause is that
-    payload's JSON), else the Cause itself; cut to ``limit`` characters."""
-    text = failure.cause
-    try:
-        payload = json.loads(text)
-        if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
-            text = payload["errorMessage"]
-    except ValueError:
-        pass
-    return shortened(text, limit)
+    """The message of a failed item (as a report gives it: :func:`failure_record`), cut to
+    ``limit`` characters."""
+    return shortened(failure_record({"Error": failure.error, "Cause": failure.cause})["message"],
+                     limit)
 
 
 class Aborted(BaseException):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,40 +9,12 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
-from pipeline.errors import TiffpipeError, shortened
+from pipeline.errors import TiffpipeError, failure_record
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import abort_output_uploads, load_job, load_plan, recorded_errors
 
 #: job results read at once by the report (S3 GETs)
 READ_THREADS = 16
-
-
-def failure_record(error: dict[str, Any]) -> dict[str, str]:
-    """``{"type", "message"}`` from the ``{"Error", "Cause"}`` of a Step Functions Catch.
-
-    A Lambda error's Cause is the JSON of ``{"errorType", "errorMessage", "stackTrace"}``;
-    an error raised without a message (``raise RuntimeError()``, ``assert x``) is told so,
-    with where it was raised, not as that JSON and its whole stack trace.
-    """
-    name = str(error.get("Error") or "UnknownError")
-    cause = error.get("Cause") or ""
-    message = str(cause)
-    try:
-        parsed = json.loads(cause) if isinstance(cause, str) else cause
-        if isinstance(parsed, dict) and "errorMessage" in parsed:
-            name = parsed.get("errorType") or name
-            message = parsed.get("errorMessage") or _no_message(name, parsed.get("stackTrace"))
-    except ValueError:
-        pass
-    return {"type": name, "message": shortened(message)}
-
-
-def _no_message(name: str, stack: Any) -> str:
-    """What a report says of an error that has no message: where it was raised."""
-    frames = [str(f).strip() for f in stack if 'File "' in str(f)] if isinstance(
-        stack, list) else []
-    where = " ".join(frames[-1].split()) if frames else ""
-    return f"{name} raised with no message" + (f" ({where})" if where else "")
 
 
 #: a Distributed Map's failure when an item failed: its Cause names no item
