@@ -91,23 +91,17 @@ def grouped_by_page(problems: list[str]) -> list[str]:
     """The problems of a job, each told once: "page N: what" problems that say the same of
     several pages become one, "pages 0-89 (90 pages): what" (a file of 90 CMYK pages is one
     problem, not 90). The others stay as they are; the order is that of first mention."""
-    pages: dict[str, list[int]] = {}
-    out: list[str | None] = []
-    where: dict[str, int] = {}
+    groups: dict[tuple[bool, str], list[int]] = {}  # (of pages?, what) -> the pages
     for problem in problems:  # (no regex: compiling one cost a run's start ~1 ms)
         head, sep, what = problem.partition(": ")
         number = head.removeprefix("page ")
-        if not (sep and head.startswith("page ") and number.isdigit()):
-            out.append(problem)
-            continue
-        if what not in pages:
-            pages[what], where[what] = [], len(out)
-            out.append(None)
-        pages[what].append(int(number))
-    for what, numbers in pages.items():
-        out[where[what]] = (f"page {numbers[0]}: {what}" if len(numbers) == 1 else
-                            f"pages {_ranges(numbers)} ({len(numbers)} pages): {what}")
-    return [p for p in out if p is not None]
+        if sep and head.startswith("page ") and number.isdigit():
+            groups.setdefault((True, what), []).append(int(number))
+        else:
+            groups.setdefault((False, problem), [])
+    return [what if not paged else f"page {pages[0]}: {what}" if len(pages) == 1 else
+            f"pages {_ranges(pages)} ({len(pages)} pages): {what}"
+            for (paged, what), pages in groups.items()]
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -134,7 +134,7 @@ class LocalEngine:
         # pool serves only user code
         self.placement = Placement(self._cores, self._workers, self.pool,
                                    pool_for_all=workers > 1)
-        self._user_code: dict[str, bool] = {}  # plan URL -> its chain runs a custom op
+        self._user_code: dict[str, list[str]] = {}  # plan URL -> its custom ops' functions
 
     @property
     def worker_peaks_kb(self) -> dict[int, int]:
@@ -281,30 +281,28 @@ class LocalEngine:
         """Whether a heavy task's job runs a ``custom`` op. Such tasks run in a worker, never
         in this process: a crash of user code (a segfault, ``os._exit``) then kills only that
         worker and fails the task with ``WorkerCrashedError``, not the whole run."""
+        return bool(self._custom_ops(event))
+
+    def _custom_ops(self, event: Any) -> list[str]:
+        """The functions of the custom ops of a task's job (its plan read once a run)."""
         plan = event.get("plan") if isinstance(event, dict) else None
         if not isinstance(plan, str):
-            return False
+            return []
         if plan not in self._user_code:
             from pipeline.steps.common import load_plan
 
             try:
                 ops = load_plan(plan).spec.ops
             except Exception:  # noqa: BLE001 - the task itself reports a missing plan
-                return False
-            self._user_code[plan] = any(op.get("op") == "custom" for op in ops)
+                return []
+            self._user_code[plan] = [op.get("function", "?") for op in ops
+                                     if op.get("op") == "custom"]
         return self._user_code[plan]
 
     def _user_code_crash(self, event: Any) -> str:
         """What a worker's death in a job with custom ops may also be: its user code."""
-        from pipeline.steps.common import load_plan
-
-        try:
-            names = [op.get("function", "?") for op in load_plan(event["plan"]).spec.ops
-                     if op.get("op") == "custom"]
-        except Exception:  # noqa: BLE001 - the message stays as it was
-            return ""
-        return (f", or the job's custom op ({', '.join(names)}) ended it (a crash in C, "
-                "os._exit, a signal): run the op on one tile by itself to see")
+        return (f", or the job's custom op ({', '.join(self._custom_ops(event))}) ended it (a "
+                "crash in C, os._exit, a signal): run the op on one tile by itself to see")
 
     def _width(self, event: Any) -> int:
         """The cores a heavy task keeps busy: a fused unit or a batch as many as its tiles (its
