@@ -340,3 +340,25 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
     assert files[1] == files[4]
     with tifffile.TiffFile(out) as tf:
         assert len(tf.pages[0].pages) == len(made[1].levels) >= 3  # the SubIFD levels
+
+
+def test_float_levels_average_the_pixels_present_at_odd_edges():
+    """An odd last row or column of a float page is the mean of its 2 (or 1) pixels, summed
+    and divided in float64: not of the pixels repeated (which is 1 ulp off), and a lone
+    corner keeps its value exactly (-0.0 and NaN too)."""
+    from pipeline.steps.pyramid import reduce2
+
+    rng = np.random.default_rng(0)
+    block = rng.random((5, 7, 2))
+    block[4, 6] = [-0.0, np.nan]
+    got = reduce2(block)
+    assert got.shape == (3, 4, 2)
+    np.testing.assert_array_equal(got[:2, 3], (block[0:4:2, 6] + block[1:4:2, 6]) / 2)
+    np.testing.assert_array_equal(got[2, :3], (block[4, 0:6:2] + block[4, 1:6:2]) / 2)
+    assert np.signbit(got[2, 3, 0]) and got[2, 3, 0] == 0 and np.isnan(got[2, 3, 1])
+    inside = (((block[0:4:2, 0:6:2] + block[1:4:2, 0:6:2]) + block[0:4:2, 1:6:2])
+              + block[1:4:2, 1:6:2]) / 4
+    np.testing.assert_array_equal(got[:2, :3], inside)
+    f32 = block.astype(np.float32)
+    np.testing.assert_array_equal(reduce2(f32)[:2, 3], ((f32[0:4:2, 6].astype(np.float64)
+                                                         + f32[1:4:2, 6]) / 2).astype(np.float32))

@@ -15,7 +15,8 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 
 - integers: ``(s + n // 2) // n`` (floor division; inside the page
   ``(a + b + c + d + 2) // 4``), computed without overflow;
-- floats: ``s / n`` in float64, cast to the page's dtype;
+- floats: ``s / n`` in float64 (``s`` summed in the order ``((p00 + p10) + p01) + p11``
+  of the pixels present), cast to the page's dtype;
 - palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
   pixel of the block, ``level[y, x] = prev[2y, 2x]``.
 
@@ -56,21 +57,20 @@ _WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4":
 def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
     """The 2x2 reduction of ``block`` (h, w, c): see the module docstring for the formula.
 
-    An odd last row or column is repeated: the mean of 4 then equals the mean of the pixels
-    present, rounding included (``(2s + 2) // 4 == (s + 1) // 2``, ``(4a + 2) // 4 == a``).
+    Integers: an odd last row or column is repeated, so the mean of 4 equals the mean of the
+    pixels present, rounding included (``(2s + 2) // 4 == (s + 1) // 2``,
+    ``(4a + 2) // 4 == a``). Floats: the missing pixels are -0.0 (``v + -0.0`` is ``v``,
+    zeros' signs and NaN included), so ``s`` is the sum of the pixels present in the block's
+    order, divided by their count.
     """
     if nearest:
         return block[0::2, 0::2].copy()
     h, w = block.shape[:2]
+    if block.dtype.kind == "f":
+        return _float_reduce2(block)
     if h % 2 or w % 2:
         block = np.concatenate([block, block[-1:]], 0) if h % 2 else block
         block = np.concatenate([block, block[:, -1:]], 1) if w % 2 else block
-    if block.dtype.kind == "f":
-        s = block[0::2, 0::2].astype(np.float64)
-        s += block[1::2, 0::2]
-        s += block[0::2, 1::2]
-        s += block[1::2, 1::2]
-        return (s / 4).astype(block.dtype)
     if block.dtype.str[1:] not in _WIDE:  # 64-bit integers: exact in their own type
         return mean4(block[0::2, 0::2], block[1::2, 0::2], block[0::2, 1::2], block[1::2, 1::2])
     s = block[0::2, 0::2].astype(_WIDE[block.dtype.str[1:]])
@@ -79,6 +79,28 @@ def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
     s += block[1::2, 1::2]
     s += 2
     return (s // 4).astype(block.dtype)
+
+
+def _float_reduce2(block: np.ndarray) -> np.ndarray:
+    """``(((p00 + p10) + p01) + p11) / n`` in float64 over the ``n`` pixels present, cast
+    back to the block's type."""
+    h, w = block.shape[:2]
+    b = block
+    if h % 2 or w % 2:
+        b = np.full((h + h % 2, w + w % 2) + block.shape[2:], -0.0)
+        b[:h, :w] = block
+    s = b[0::2, 0::2].astype(np.float64)
+    s += b[1::2, 0::2]
+    s += b[0::2, 1::2]
+    s += b[1::2, 1::2]
+    out = s / 4
+    if h % 2:
+        out[-1] = s[-1] / 2
+    if w % 2:
+        out[:, -1] = s[:, -1] / 2
+    if h % 2 and w % 2:
+        out[-1, -1] = s[-1, -1]
+    return out.astype(block.dtype)
 
 
 class _Level:
