@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from sample_types_ref import reference as typed_reference
 from test_exactness import (
     _manual_tiled,
     assert_identical,
@@ -364,6 +365,66 @@ def test_several_pages_each_get_their_own_statistics(tmp_path):
     got, _plan = run_tiled(tmp_path, src, ops, 64, 32, pages=[2, 0, 1], tiles_per_batch=4)
     for out, index in zip(got, [2, 0, 1], strict=True):
         assert_identical(out, reference(pages[index], ops), f"page {index}")
+
+
+def _hot_pixel_page(dtype: str, channels: int, ops: list[dict[str, Any]]) -> np.ndarray:
+    """A smooth page with one hot pixel 2 px inside the right edge of the window of the first
+    64 px tile (its tile plus the chain's halo): the op before normalize reflects it there, so
+    that tile's outer ring (cut off later, not exact) holds values beyond the page's
+    extremes."""
+    halo = chain_halo(chain_from_json(ops), np.dtype(dtype))
+    yy, xx = np.mgrid[0:150, 0:211].astype(np.float64)
+    img = np.sin(xx / 37.0) + np.cos(yy / 53.0)
+    img[40, 64 + halo - 2] = 50.0
+    if dtype == "int32":
+        img = np.rint(img * 1e6)
+    img = img.astype(dtype)
+    return np.stack([img] * channels, -1) if channels > 1 else img
+
+
+@pytest.mark.parametrize("dtype,channels,ops", [
+    ("float64", 1, [{"op": "gaussian_blur", "sigma": 2}, {"op": "normalize"}]),
+    ("int32", 3, [{"op": "gaussian_blur", "sigma": 2}, {"op": "normalize"},
+                  {"op": "median_blur", "ksize": 3}]),
+    ("float64", 5, [{"op": "gaussian_blur", "sigma": 2}, {"op": "normalize"},
+                    {"op": "gaussian_blur", "sigma": 1}]),
+])
+def test_normalize_after_a_halo_op_uses_the_pages_range(tmp_path, dtype, channels, ops):
+    """int32 and float64 normalize with OpenCV itself, on each tile's values and the page's
+    extremes: a halo's outer ring beyond the extremes must not change the scale."""
+    page = _hot_pixel_page(dtype, channels, ops)
+    src = tmp_path / "hot.tif"
+    write_tiff(src, [page], tiled=True, tile=(32, 32))
+    want = typed_reference(page, ops)
+    for fuse in (True, False):
+        (got,), _plan = run_tiled(tmp_path, src, ops, 64, 32, fuse=fuse, units="tiny")
+        assert_identical(got, want, f"fuse {fuse}")
+
+
+def _nan_page(dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    page = rng.random((150, 211)) * 3 - 1
+    page[rng.random(page.shape) < 0.02] = np.nan
+    page[0, 0] = np.nan  # where OpenCV's own minimum and maximum become NaN
+    return page.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_normalize_skips_nan(tmp_path, dtype):
+    """A float page with NaN (no data) is scaled by the range of its other values, NaN stays
+    NaN: OpenCV's normalize on the page with its NaNs at its minimum, NaN put back (OpenCV's
+    own takes NaN as the minimum or not depending on where it is)."""
+    page = _nan_page(dtype)
+    nan = np.isnan(page)
+    filled = np.where(nan, np.nanmin(page), page).astype(dtype)
+    want = cv2.normalize(filled, None, 0, 1, cv2.NORM_MINMAX)
+    want[nan] = np.nan
+    assert np.isnan(cv2.normalize(page, None, 0, 1, cv2.NORM_MINMAX)).all()
+    src = tmp_path / "nan.tif"
+    write_tiff(src, [page], tiled=True, tile=(32, 32))
+    (got,), plan = run_tiled(tmp_path, src, [{"op": "normalize"}], 64, 16, units="small")
+    assert plan.tiles > 4
+    np.testing.assert_array_equal(got, want)
 
 
 def test_downsample_multi_page_writes_smaller_pages(tmp_path):

@@ -51,10 +51,10 @@ def combine(parts: list[State]) -> State:
             value = np.asarray(value)
             if key not in out:
                 out[key] = value.copy()
-            elif key == "min":
-                out[key] = np.minimum(out[key], value)
+            elif key == "min":  # (NaN: a tile with no other value)
+                out[key] = np.fmin(out[key], value)
             elif key == "max":
-                out[key] = np.maximum(out[key], value)
+                out[key] = np.fmax(out[key], value)
             else:
                 out[key] = out[key] + value
     return out
@@ -159,8 +159,10 @@ def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
 
 
 def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
-    """The minimum and maximum, in the image's own type (exact for 64-bit integers too)."""
-    return {"min": np.array([img.min()]), "max": np.array([img.max()])}
+    """The minimum and maximum, in the image's own type (exact for 64-bit integers too), of
+    the values that are not NaN (NaN if there are none)."""
+    return {"min": np.array([np.fmin.reduce(img, axis=None)]),
+            "max": np.array([np.fmax.reduce(img, axis=None)])}
 
 
 def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
@@ -173,7 +175,7 @@ def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
     is below DBL_EPSILON) and ``shift = (float)0 - (float)(smin * scale)``, applied as
     ``(float)(v * scale + shift)`` with one rounding (as OpenCV's fused multiply-add).
     int32, float64: OpenCV itself, on each tile's values bracketed by the page's minimum and
-    maximum (:func:`_normalize_apply`). uint32, int64, uint64, float16 (OpenCV lacks them):
+    maximum (:func:`_opencv_normalize`). uint32, int64, uint64, float16 (OpenCV lacks them):
     ``scale = max * (1 / (smax - smin))`` (0 below DBL_EPSILON), ``shift = -smin * scale``
     and ``v * scale + shift``, all in float64, saturated to the type.
     """
@@ -207,14 +209,34 @@ def _normalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
 def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
     if "lut" in state:
         return apply_lut(img, state["lut"])
-    if "min" in state:  # OpenCV on the values and the page's extremes: its scale and shift
-        flat = np.concatenate([img.ravel(), state["min"], state["max"]]).reshape(1, -1)
-        out = cv2.normalize(flat, None, 0, dtypes.white(img.dtype), cv2.NORM_MINMAX)
-        return out.ravel()[:-2].reshape(img.shape)
+    if "min" in state:
+        return _opencv_normalize(img, state["min"], state["max"])
     scale, shift = float(state["scale"][0]), float(state["shift"][0])
     if img.dtype == np.float32:
         return (img.astype(np.float64) * scale + shift).astype(np.float32)
     return dtypes.saturate(img.astype(np.float64) * scale + shift, img.dtype)
+
+
+def _opencv_normalize(img: np.ndarray, smin: np.ndarray, smax: np.ndarray) -> np.ndarray:
+    """OpenCV's normalize of a tile of a page whose extremes are ``smin`` and ``smax``: on
+    the tile's values followed by the extremes, so that OpenCV takes the page's scale and
+    shift. Values beyond them (the outer ring of a halo that an op before could not make
+    exact; it is cut off later) are clipped to them first, and NaN, which OpenCV's minimum
+    and maximum may or may not skip, is set to the minimum and put back after: NaN stays
+    NaN, the rest is scaled by the range of the other values."""
+    if np.isnan(smin[0]):  # a page of NaN only
+        return img.copy()
+    values = np.clip(img.ravel(), smin[0], smax[0])
+    nan = np.isnan(values) if img.dtype.kind == "f" else None
+    if nan is not None and nan.any():
+        values[nan] = smin[0]
+    else:
+        nan = None
+    flat = np.concatenate([values, smin, smax]).reshape(1, -1)
+    out = cv2.normalize(flat, None, 0, dtypes.white(img.dtype), cv2.NORM_MINMAX).ravel()[:-2]
+    if nan is not None:
+        out[nan] = np.nan
+    return out.reshape(img.shape)
 
 
 # --- percentile_stretch -------------------------------------------------------------------
