@@ -192,15 +192,19 @@ def test_what_it_cannot_run_is_named(change: dict[str, Any], why: str):
     assert why in (direct.unsupported(machine) or "")
 
 
-def test_a_definition_it_cannot_run_runs_on_moto_unless_direct_is_asked_for():
+def test_a_definition_it_cannot_run_runs_on_moto_unless_direct_is_asked_for(
+        caplog: pytest.LogCaptureFixture):
     """One definition the direct interpreter cannot run (an intrinsic function): the engine
-    (``auto``) runs it on moto, and refuses it when told to use the direct interpreter."""
+    (``auto``) runs it on moto, saying why in a warning (shown without any logging set up),
+    and refuses it when told to use the direct interpreter."""
     passing = {"StartAt": "P", "States": {"P": {
         "Type": "Pass", "Parameters": {"seen.$": "States.Format('v{}', $.value)"},
         "End": True}}}
     assert "only reference paths" in (direct.unsupported(passing) or "")
     with LocalEngine(1, definition_text=json.dumps(passing)) as engine:
         assert engine.machine is None  # auto: moto runs it
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "running on moto" in caplog.text and "only reference paths" in caplog.text
         run = engine.run({"value": 3})
     assert (run.status, run.output) == ("SUCCEEDED", {"seen": "v3"})
     with pytest.raises(EngineError, match="cannot run this definition"):
@@ -587,3 +591,21 @@ def test_processes_that_run_tasks_tune_their_malloc(tmp_path: Path):
         assert proc.returncode == 0, proc.stderr
         heaps[mode] = int(proc.stdout)
     assert 1 <= heaps["tuned"] <= MALLOC_ARENAS < heaps["default"], heaps
+
+
+def test_a_definition_motos_parser_refuses_is_an_engine_error():
+    """Step Functions takes ``"ToleratedFailurePercentage": 0``; moto's parser wants 0.0:
+    the run fails with an EngineError that says so, not a traceback."""
+    text = definition.definition_text().replace('"ToleratedFailurePercentage": 0.0',
+                                     '"ToleratedFailurePercentage": 0')
+    with LocalEngine(1, definition_text=text, interpreter="moto") as engine, \
+            pytest.raises(EngineError, match="cannot parse it") as caught:
+        engine.run({"jobs": []})
+    assert "ToleratedFailurePercentage" in str(caught.value)
+    assert "0.0, not 0" in str(caught.value)
+
+
+def test_top_level_fields_it_cannot_run_are_named_alone():
+    machine = {"StartAt": "A", "TimeoutSeconds": 60, "QueryLanguage": "JSONPath",
+               "States": {"A": {"Type": "Succeed"}}}
+    assert direct.unsupported(machine) == "top-level fields ['QueryLanguage']"

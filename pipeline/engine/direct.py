@@ -131,8 +131,9 @@ def unsupported(machine: dict[str, Any]) -> str | None:
     states = machine.get("States")
     if not isinstance(states, dict) or machine.get("StartAt") not in states:
         return "StartAt or States"
-    if set(machine) - {"Comment", "StartAt", "States", "TimeoutSeconds", "Version"}:
-        return f"top-level fields {sorted(set(machine) - {'Comment', 'StartAt', 'States'})}"
+    extra = set(machine) - {"Comment", "StartAt", "States", "TimeoutSeconds", "Version"}
+    if extra:
+        return f"top-level fields {sorted(extra)}"
     for name, state in states.items():
         kind = state.get("Type")
         extra = set(state) - _FIELDS.get(kind, set())

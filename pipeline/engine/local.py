@@ -108,7 +108,8 @@ class LocalEngine:
             if why and interpreter == "direct":
                 raise EngineError(f"the direct interpreter cannot run this definition: {why}")
             if why:
-                log.info("running on moto: the direct interpreter does not support %s", why)
+                log.warning("running on moto (slower): the direct interpreter does not "
+                            "support %s", why)
             else:
                 self.machine = machine
                 # this process runs heavy tasks too: as in the workers (for the process's life)

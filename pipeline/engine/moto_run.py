@@ -93,6 +93,24 @@ def history_events(sfn: Any, execution: str) -> int:
         kwargs["nextToken"] = page["nextToken"]
 
 
+def _created_machine(sfn: Any, role: str, text: str) -> str:
+    """The ARN of the state machine ``text`` defines, made in moto; a definition its parser
+    refuses is an :class:`EngineError` that says so (Step Functions may accept it)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return sfn.create_state_machine(name="tiffpipe-local", roleArn=role,
+                                        definition=text)["stateMachineArn"]
+    except ClientError as exc:
+        why = exc.response.get("Error", {}).get("Message") or str(exc)
+        raise EngineError(
+            f"moto, the engine that runs a definition the direct interpreter does not "
+            f"support, cannot parse it: {why[:1000]}. Write the field it names as its "
+            "parser expects (e.g. 0.0, not 0, for a number with a fraction), or change the "
+            "definition so that the direct interpreter runs it (docs/local-engine.md)"
+        ) from exc
+
+
 def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
                 definition_text: str | None, execution_input: dict[str, Any], name: str,
                 poll: float, aborted: Callable[[], bool]) -> Execution:
@@ -126,9 +144,7 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
         role = _role(session, "tiffpipe-local")
         arns = _create_functions(session, role)
         sfn = session.client("stepfunctions")
-        machine = sfn.create_state_machine(
-            name="tiffpipe-local", roleArn=role,
-            definition=definition.render(arns, definition_text))["stateMachineArn"]
+        machine = _created_machine(sfn, role, definition.render(arns, definition_text))
         execution = sfn.start_execution(
             stateMachineArn=machine, name=name,
             input=json.dumps(execution_input))["executionArn"]
