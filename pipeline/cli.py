@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", action="store_true", help="follow a running run to its end")
     for aws in (start, status):
         aws.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION "
-                                          "or the profile's; status: the ARN's)")
+                                          "or the profile's; with an ARN: the ARN's)")
         aws.add_argument("--profile", help="AWS profile")
         aws.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
                          help="seconds between progress checks (default: 5)")
@@ -401,8 +401,12 @@ def cmd_aws(args: argparse.Namespace) -> int:
 
     region = args.region
     arn = args.execution if args.command == "status" else args.state_machine
-    if not region and arn and arn.count(":") >= 6:
-        region = arn.split(":")[3]  # arn:aws:states:REGION:...
+    if arn and arn.count(":") >= 6:  # arn:aws:states:REGION:...: where it is
+        if region and region != arn.split(":")[3]:
+            print(f"tiffpipe: --region {region} is not the region of {arn} "
+                  f"({arn.split(':')[3]}): leave --region out", file=sys.stderr)
+            return EXIT_USAGE
+        region = arn.split(":")[3]
     clients = Clients(region, args.profile)
     try:
         if arn:  # `start --stack` checks them as it finds the stack (Clients.names)

@@ -281,6 +281,12 @@ def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):
         code, out, err = stack.tiffpipe("status", arn)
         assert code == 0, err
         assert out.strip() == "run-slow: RUNNING: planning (no map run yet)"
+        code, out, err = stack.tiffpipe("status", arn, "--region", REGION)
+        assert code == 0 and out.strip().startswith("run-slow: RUNNING"), err
+        other = "eu-west-1" if REGION != "eu-west-1" else "us-east-1"
+        code, out, err = stack.tiffpipe("status", arn, "--region", other)
+        assert code == 2 and out == ""
+        assert f"--region {other} is not the region of {arn} ({REGION})" in err
     finally:
         sfn.stop_execution(executionArn=arn)
 
