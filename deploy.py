@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.aws import AwsError, Clients, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.policies import DataLocation, parse_kms_key
-from pipeline.errors import ManifestError, TiffpipeError
+from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             result = deploy(config, clients, **hooks)
     except ManifestError as exc:
         print(f"deploy.py: invalid schedule manifest {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InputNotFoundError as exc:  # (the schedule manifest: the one input deploy reads)
+        print(f"deploy.py: --schedule-manifest: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (AwsError, TiffpipeError) as exc:
         print(f"deploy.py: {exc}", file=sys.stderr)

@@ -97,6 +97,11 @@ class StorageError(TiffpipeError):
     """Reading or writing a local file or an S3 object failed."""
 
 
+class AccessDeniedError(StorageError):
+    """S3 refused a read or write (403): the caller may not. Its own name, so the state
+    machine's Retry of ``StorageError`` does not wait for a retry that meets it again."""
+
+
 class WorkMissingError(TiffpipeError):
     """A work file that an earlier step should have written is missing."""
 

@@ -91,6 +91,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(var)
 
 
+#: the buckets the tests name as data locations, made by the fixture (not by deploy)
+DATA_BUCKETS = ("data-in", "data-out", "more-data", "results", "slides")
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     _clean_env(monkeypatch)
@@ -98,7 +102,12 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         calls: list[str] = []
-        yield Aws(_recording_session(calls), calls)
+        session = _recording_session(calls)
+        for bucket in DATA_BUCKETS:  # deploy checks that a data location's bucket exists
+            session.client("s3").create_bucket(
+                Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        calls.clear()
+        yield Aws(session, calls)
 
 
 def push_fake_images(aws: Aws, version: str = "v1", arch: str = "arm64",
@@ -123,6 +132,10 @@ def push_fake_images(aws: Aws, version: str = "v1", arch: str = "arm64",
                               imageTag=docker_images.tag_prefix(arch) + version)["image"]
         digests[step] = image["imageId"]["imageDigest"]
     return digests
+
+
+#: data locations that hold scan_manifest's input and output
+SCAN_LOCATIONS = ("--data-bucket", "data-in/incoming", "--data-bucket", "data-out")
 
 
 def scan_manifest(tmp_path: Path) -> Path:
@@ -262,7 +275,7 @@ def test_input_buckets_are_read_only_and_kept_until_named(aws: Aws):
     check(["arn:aws:s3:::slides/in/*"])
     assert aws.deploy("--skip-build", "--no-input-buckets")[0] == 0
     check([])
-    code, _, err = aws.deploy("--skip-build", "--no-input-buckets", "--input-bucket", "x")
+    code, _, err = aws.deploy("--skip-build", "--no-input-buckets", "--input-bucket", "more-data")
     assert code == 2 and "contradict" in err
 
 
@@ -290,7 +303,7 @@ def test_a_new_size_or_schedule_updates_only_that(aws: Aws, tmp_path: Path,
     push_fake_images(aws)
     manifest = str(scan_manifest(tmp_path))
     assert aws.deploy("--skip-build", "--schedule", "rate(1 day)", "--schedule-manifest",
-                      manifest)[0] == 0
+                      manifest, *SCAN_LOCATIONS)[0] == 0
     # the /tmp size stays: moto's update_function_configuration ignores EphemeralStorage
     # (moto 5.2.5), so a changed one would read back unchanged and be "updated" again
     monkeypatch.setitem(SIZES, "merge", SIZES["merge"].__class__(4096, 600,
@@ -439,7 +452,7 @@ def test_created_resources_are_configured(aws: Aws, tmp_path: Path):
     push_fake_images(aws)
     manifest = scan_manifest(tmp_path)
     code, result, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
-                                   "--schedule-manifest", str(manifest))
+                                   "--schedule-manifest", str(manifest), *SCAN_LOCATIONS)
     assert code == 0, err
 
     s3 = aws.client("s3")
@@ -513,7 +526,7 @@ def test_every_role_is_scoped(aws: Aws, tmp_path: Path):
     push_fake_images(aws)
     code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
                               "--schedule-manifest", str(scan_manifest(tmp_path)),
-                              "--data-bucket", "data-in/incoming")
+                              *SCAN_LOCATIONS)
     assert code == 0, err
     iam = aws.client("iam")
     roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
@@ -552,17 +565,18 @@ def test_every_role_is_scoped(aws: Aws, tmp_path: Path):
     assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
     assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
 
-    # S3: the stack bucket's prefixes and the named data location, nothing else
+    # S3: the stack bucket's prefixes and the named data locations, nothing else
     allowed = (f"{NAMES.bucket_arn}/work/*", f"{NAMES.bucket_arn}/manifests/*",
                f"{NAMES.bucket_arn}/reports/*", "arn:aws:s3:::data-in/incoming/*",
-               f"{NAMES.bucket_arn}/work/*/errors/*")
+               "arn:aws:s3:::data-out/*", f"{NAMES.bucket_arn}/work/*/errors/*")
     for step in STEPS:
         for statement in _statements(doc(NAMES.function_role(step))):
             for resource in _resources(statement):
                 if resource.startswith("arn:aws:s3"):
                     if statement["Action"] in (["s3:ListBucket"],
                                                ["s3:ListBucketMultipartUploads"]):
-                        assert resource in (NAMES.bucket_arn, "arn:aws:s3:::data-in")
+                        assert resource in (NAMES.bucket_arn, "arn:aws:s3:::data-in",
+                                            "arn:aws:s3:::data-out")
                     else:
                         assert resource in allowed, (step, resource)
                 elif resource.startswith("arn:aws:states"):
@@ -618,6 +632,53 @@ def test_policy_documents_are_pure_and_least_privilege():
     assert [s["Sid"] for s in star] == ["LogDelivery"]
     with pytest.raises(ValueError):
         DataLocation.parse("s3:///prefix")
+
+
+@pytest.mark.parametrize("text,why", [
+    ("My_Bucket", "not an S3 bucket name"), ("ab", "not an S3 bucket name"),
+    ("*", "not an S3 bucket name"), ("data-", "not an S3 bucket name"),
+    ("a..b", "not an S3 bucket name"), ("192.168.1.1", "not an S3 bucket name"),
+    ("data/in/*", "wildcard"), ("data/day?", "wildcard"), ("data/${aws:username}/", "wildcard"),
+])
+def test_a_data_location_grants_exactly_what_it_names(aws: Aws, text: str, why: str):
+    """A bucket name S3 would refuse, or a prefix a policy would read as a wildcard or a
+    variable (``*`` would grant every bucket), is a usage error before any AWS call."""
+    with pytest.raises(ValueError, match=why):
+        DataLocation.parse(text)
+    code, _, err = aws.deploy("--skip-build", "--data-bucket", text)
+    assert code == 2 and why in err and "--data-bucket" in err
+    assert aws.calls == []
+    assert DataLocation.parse("s3://my.data-1/a/b/").holds("s3://my.data-1/a/b/c.tif")
+    assert not DataLocation.parse("my.data-1/a/b").holds("s3://my.data-1/a/bc.tif")
+
+
+def test_a_data_bucket_that_does_not_exist_stops_the_deploy(aws: Aws):
+    push_fake_images(aws)
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build", "--data-bucket", "results",
+                              "--input-bucket", "no-such-bucket-xyz/in")
+    assert code == 1
+    assert "--input-bucket no-such-bucket-xyz: no such bucket: create it first" in err
+    assert aws.writes() == []
+
+
+def test_a_schedule_manifest_outside_the_stacks_locations_or_missing_is_usage(
+        aws: Aws, tmp_path: Path):
+    push_fake_images(aws)
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                              "--schedule-manifest", str(scan_manifest(tmp_path)),
+                              "--data-bucket", "data-in/incoming")
+    assert code == 2, err
+    assert ("scan.output: s3://data-out/processed/ is outside what the stack's functions may "
+            "write (s3://data-in/incoming/)") in err
+    assert "scan.input" not in err
+    assert aws.writes() == []
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                              "--schedule-manifest", str(tmp_path / "none.json"))
+    assert code == 2
+    assert f"deploy.py: --schedule-manifest: {tmp_path / 'none.json'} does not exist" in err
+    assert aws.writes() == []
 
 
 KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -729,7 +790,7 @@ def test_dry_run_makes_no_write_call_and_no_docker_call(aws: Aws, tmp_path: Path
 
     code, result, err = aws.deploy("--dry-run", "--schedule", "rate(1 day)",
                                    "--schedule-manifest", str(scan_manifest(tmp_path)),
-                                   run=no_docker, build=no_docker)
+                                   *SCAN_LOCATIONS, run=no_docker, build=no_docker)
     assert code == 0, err
     assert aws.writes() == []
     for line in ("would create bucket", "would build images/split/Dockerfile",
@@ -737,14 +798,14 @@ def test_dry_run_makes_no_write_call_and_no_docker_call(aws: Aws, tmp_path: Path
                  "would create schedule", "nothing was changed"):
         assert line in err
     assert result is not None and result["dry_run"] and result["changes"]
-    assert aws.client("s3").list_buckets()["Buckets"] == []
+    assert [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]] == [*DATA_BUCKETS]
 
     # on a deployed stack, a dry run that would change things still writes nothing
     push_fake_images(aws)
     assert aws.deploy("--skip-build")[0] == 0
     push_fake_images(aws, "v2")
     aws.calls.clear()
-    code, result, err = aws.deploy("--skip-build", "--dry-run", "--data-bucket", "x")
+    code, result, err = aws.deploy("--skip-build", "--dry-run", "--data-bucket", "more-data")
     assert code == 0, err
     assert "would deploy" in err and "would update the permissions" in err
     assert aws.writes() == []
@@ -759,7 +820,8 @@ def test_dry_run_makes_no_write_call_and_no_docker_call(aws: Aws, tmp_path: Path
 def _everything(aws: Aws) -> dict[str, list[str]]:
     """Every resource of every kind deploy makes, in the whole (mocked) account."""
     return {
-        "buckets": [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]],
+        "buckets": [b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]
+                    if b["Name"] not in DATA_BUCKETS],
         "repositories": [r["repositoryName"] for r in
                          aws.client("ecr").describe_repositories()["repositories"]],
         "functions": [f["FunctionName"] for f in
@@ -776,7 +838,8 @@ def _everything(aws: Aws) -> dict[str, list[str]]:
 def test_destroy_leaves_nothing(aws: Aws, tmp_path: Path):
     push_fake_images(aws)
     code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
-                              "--schedule-manifest", str(scan_manifest(tmp_path)))
+                              "--schedule-manifest", str(scan_manifest(tmp_path)),
+                              *SCAN_LOCATIONS)
     assert code == 0, err
     aws.client("s3").put_object(Bucket=NAMES.bucket, Key="reports/r.json", Body=b"{}")
     assert all(_everything(aws).values())

@@ -29,9 +29,8 @@ from moto import mock_aws
 
 from pipeline import cli, handlers
 from pipeline.adapters import storage
-from pipeline.aws import STEPS, Clients, StackNames
+from pipeline.aws import BUCKET_TAG, STEPS, Clients, StackNames
 from pipeline.aws.deploy_steps import DeployConfig, deploy
-from pipeline.aws.executions import BUCKET_TAG
 from pipeline.aws.images import tag_prefix
 from pipeline.aws.policies import DataLocation
 from pipeline.core import plan as plan_mod
@@ -108,10 +107,10 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
                           imageManifest=json.dumps({
                               "schemaVersion": 2, "layers": [{"digest": layer}],
                               "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}))
+        s3 = session.client("s3")
+        s3.create_bucket(Bucket=DATA)  # (deploy checks that a data location's bucket exists)
         deploy(DeployConfig(STACK, skip_build=True, data=[DataLocation(DATA)]),
                Clients(REGION, session=session), log=lambda _: None, sleep=lambda _: None)
-        s3 = session.client("s3")
-        s3.create_bucket(Bucket=DATA)
         source = tmp_path / "img.tif"
         write_sample(str(source), [SamplePage(200, 260, 3), SamplePage(130, 150, 1, "uint16")],
                      tile=64, compression="zstd")
@@ -219,6 +218,36 @@ def test_start_rejects_local_paths_and_names_the_job_and_field(stack: Stack):
     assert code == 2 and "jobs[0].output: expected" in err
 
 
+def test_start_refuses_locations_the_stacks_functions_cannot_reach(stack: Stack):
+    """Inputs, outputs and an S3 manifest outside the stack's data locations (its functions'
+    roles, read back) are refused before anything starts, naming the field and the
+    locations; on AWS each job would fail on access denied only when the run reached it."""
+    other = "tiffpipe-test-other"
+    stack.client("s3").create_bucket(Bucket=other)
+    manifest = stack.manifest("far.json", {"jobs": [
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif"},
+        {"input": f"s3://{other}/in/b.tif", "output": f"s3://{DATA}/out/b.tif"},
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{other}/out/c.tif"}]})
+    code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--region",
+                                    REGION)
+    assert (code, out) == (2, "")
+    assert (f"jobs[1].input: s3://{other}/in/b.tif is outside what the stack's functions may "
+            f"read (s3://{DATA}/)") in err
+    assert (f"jobs[2].output: s3://{other}/out/c.tif is outside what the stack's functions may "
+            f"write (s3://{DATA}/)") in err
+    assert f"deploy.py --stack {STACK} --data-bucket" in err and "jobs[0]" not in err
+    stack.client("s3").put_object(Bucket=other, Key="m.json", Body=json.dumps(
+        {"jobs": [{"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif"}]}))
+    code, out, err = stack.tiffpipe("start", f"s3://{other}/m.json", "--stack", STACK,
+                                    "--region", REGION)
+    assert (code, out) == (2, "")
+    assert (f"manifest: s3://{other}/m.json is outside what the stack's functions may read "
+            f"(s3://{NAMES.bucket}/manifests/, s3://{DATA}/)") in err
+    assert stack.keys(NAMES.bucket, "manifests/") == []
+    assert stack.client("stepfunctions").list_executions(
+        stateMachineArn=NAMES.state_machine_arn)["executions"] == []
+
+
 def test_executions_get_unique_readable_names_and_an_s3_manifest_is_used_in_place(stack: Stack):
     """Two runs started back to back get names of their own. Their manifests write different
     outputs: moto fails one of two PutObject calls on one key at once
@@ -263,6 +292,9 @@ def test_status_renders_a_report_and_a_failed_execution(stack: Stack):
     code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", done, "--wait",
                                     "--region", REGION, "--poll", "0.05")
     assert code == 0, err
+    # a state machine of no stack (no stack tag): no roles to read the locations from
+    assert ("the manifest's locations are not checked against the stack's data locations: "
+            "the state machine has no tiffpipe:stack tag") in err
     assert "run r1: 1 succeeded, 0 failed" in out and "s3://x/out/a.tif" in out
 
     boom = _stand_in(stack, "tiffpipe-boom", {"Type": "Fail", "Error": "StorageError",

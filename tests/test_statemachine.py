@@ -165,6 +165,19 @@ def test_every_task_retries_transient_lambda_errors(rendered):
         assert not missing, f"{where}: no Retry for {missing}"
 
 
+def test_access_denied_is_not_retried(rendered):
+    """A StorageError is retried (S3 throttling, a dropped connection); its subclass
+    AccessDeniedError, which a retry meets again, goes to the Catch at once: no Retry names
+    it or catches everything."""
+    from pipeline.errors import AccessDeniedError, StorageError
+
+    assert issubclass(AccessDeniedError, StorageError)
+    for where, state in tasks(rendered):
+        names = {e for r in state.get("Retry", []) for e in r["ErrorEquals"]}
+        assert "StorageError" in names, where
+        assert not names & {"AccessDeniedError", "States.ALL", "States.TaskFailed"}, where
+
+
 def test_throttling_is_retried_for_minutes(rendered):
     """Lambda.TooManyRequestsException (the account's concurrency reached: the maps may ask
     for more than its default 1,000) has a retrier of its own, first, whose waits add up to

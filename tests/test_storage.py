@@ -14,6 +14,7 @@ from conftest import moto_s3
 
 from pipeline.adapters import storage
 from pipeline.errors import (
+    AccessDeniedError,
     InputNotFoundError,
     NotATiffError,
     OutputExistsError,
@@ -511,13 +512,18 @@ def test_broken_body_stream_is_retried(s3):
     assert len(calls) == 2 and fh.raw.requests == 1
 
 
-def test_access_denied_is_a_storage_error(s3):
+def test_access_denied_is_a_storage_error_of_its_own(s3):
+    """AccessDeniedError: a StorageError to the code, its own name to the state machine
+    (whose Retry of StorageError would meet it again), saying where a stack's functions may
+    read and write."""
     def deny(**_):
         raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetObject")
 
     storage.s3_client().meta.events.register("provide-client-params.s3.GetObject", deny)
-    with pytest.raises(StorageError, match="s3://tp-bucket/x.json: access denied"):
+    with pytest.raises(AccessDeniedError, match="s3://tp-bucket/x.json: access denied") as got:
         storage.read_json("s3://tp-bucket/x.json")
+    assert isinstance(got.value, StorageError)
+    assert "deploy.py --data-bucket, --input-bucket" in str(got.value)
 
 
 def test_check_not_input_refuses_the_input_under_another_name(tmp_path):

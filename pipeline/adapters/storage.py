@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 
 from pipeline.core.constants import RUN_TAG_ENV
 from pipeline.errors import (
+    AccessDeniedError,
     InputChangedError,
     InputNotFoundError,
     NotATiffError,
@@ -177,9 +178,11 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         if missing and (isinstance(exc, FileNotFoundError) or code in _MISSING_CODES):
             raise _missing(missing, url) from exc
         if code in ("403", "AccessDenied"):
-            raise StorageError(f"{url}: access denied ({verb}): check the credentials and "
-                               "permissions (S3 answers 403 for a missing object without "
-                               "s3:ListBucket)") from exc
+            raise AccessDeniedError(
+                f"{url}: access denied ({verb}): check the credentials and permissions (S3 "
+                "answers 403 for a missing object without s3:ListBucket); on AWS the stack's "
+                "functions reach only its own bucket and its data locations (deploy.py "
+                "--data-bucket, --input-bucket)") from exc
         if code in ("412", "PreconditionFailed"):
             raise StorageError(f"{url} changed while it was being read: do not replace "
                                "inputs during a run; re-run the job") from exc

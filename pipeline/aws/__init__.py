@@ -22,6 +22,8 @@ from pipeline.errors import TiffpipeError
 STEPS = FUNCTIONS
 #: tag on every resource a stack creates
 STACK_TAG = "tiffpipe:stack"
+#: tag on a stack's state machine: the stack's bucket (manifests, work, reports)
+BUCKET_TAG = "tiffpipe:bucket"
 _STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 #: EventBridge Scheduler's recurring expressions: rate(N unit) (singular for 1), cron(6 fields)
 _RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")

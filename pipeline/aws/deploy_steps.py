@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from pipeline.aws import STEPS, AwsError, Clients, StackNames, check_schedule, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, get_or_none
-from pipeline.aws.executions import read_manifest, upload_manifest
+from pipeline.aws.executions import Reach, reach_problems, read_manifest, upload_manifest
 from pipeline.aws.resources import (
     delete_role,
     delete_schedule,
@@ -37,6 +37,7 @@ from pipeline.aws.resources import (
     role_policy,
 )
 from pipeline.engine import definition
+from pipeline.errors import ManifestError
 
 __all__ = ["DeployConfig", "deploy", "destroy"]
 
@@ -104,11 +105,39 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
     return built
 
 
-def _check_schedule(clients: Clients, config: DeployConfig) -> None:
-    """Check the schedule options and read the manifest (nothing is changed yet)."""
+def _check_schedule(clients: Clients, config: DeployConfig, names: StackNames,
+                    data: list[policies.DataLocation],
+                    inputs: list[policies.DataLocation]) -> None:
+    """Check the schedule options and read the manifest (nothing is changed yet): valid,
+    and its locations within what the stack's functions will reach (``data``, ``inputs``)."""
     check_schedule(config.schedule, config.schedule_manifest)
-    if config.schedule and config.schedule_manifest:
-        read_manifest(clients("s3"), config.schedule_manifest)
+    if not (config.schedule and config.schedule_manifest):
+        return
+    manifest = config.schedule_manifest
+    _, parsed = read_manifest(clients("s3"), manifest)
+    reach = Reach(names.stack, names.bucket, [*data, *inputs], data)
+    problems = reach_problems(parsed, manifest, reach)
+    if problems:
+        raise ManifestError(manifest, problems)
+
+
+def _check_buckets(clients: Clients, names: StackNames, data: list[policies.DataLocation],
+                   inputs: list[policies.DataLocation]) -> None:
+    """Every bucket of the data locations but the stack's own (which the deploy makes) must
+    exist: a policy granting a missing one would let every run's jobs fail on it. One S3
+    refuses to show (403: another account's, shared by its bucket policy) is taken as is."""
+    s3 = clients("s3")
+    for option, locations in (("--data-bucket", data), ("--input-bucket", inputs)):
+        for bucket in sorted({d.bucket for d in locations} - {names.bucket}):
+            try:
+                s3.head_bucket(Bucket=bucket)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code"))
+                if code in ("404", "NoSuchBucket"):
+                    raise AwsError(f"{option} {bucket}: no such bucket: create it first, or "
+                                   "fix the name; nothing was changed") from exc
+                if code not in ("403", "AccessDenied"):
+                    raise
 
 
 def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None,
@@ -170,7 +199,7 @@ def _locations(config: DeployConfig, clients: Clients, names: StackNames,
     data = config.data or writable or [policies.DataLocation(names.bucket)]
     inputs = (config.inputs if config.inputs is not None
               else [d for d in readable if d not in writable])
-    shown = (lambda ds: ", ".join(f"s3://{d.bucket}/{d.prefix}" for d in ds) or "none")
+    shown = (lambda ds: ", ".join(map(str, ds)) or "none")
     if not config.data and writable:
         log(f"data locations kept (no --data-bucket): {shown(data)}")
     if config.inputs is None and inputs:
@@ -188,13 +217,14 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     which changes were made (``changes``: empty when the stack was up to date)."""
     log, acts, names = _begin(config, clients, log, "stack")
     # preflight: whatever can stop the deploy is checked before anything is changed
-    _check_schedule(clients, config)
+    data, inputs, kms_keys = _locations(config, clients, names, log)
+    _check_buckets(clients, names, data, inputs)
+    _check_schedule(clients, config, names, data, inputs)
     pushed = _pushed_images(clients, names, config, log) if config.skip_build else None
     if not config.skip_build and build is docker_images.build_and_push:
         docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
-    data, inputs, kms_keys = _locations(config, clients, names, log)
     concurrency = _concurrency(config, clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
@@ -249,12 +279,12 @@ def _schedule(config: DeployConfig, clients: Clients, names: StackNames,
             current = get_or_none(lambda: s3.get_object(Bucket=names.bucket, Key=manifest.split(
                 "/", 3)[3])["Body"].read().decode("utf-8"), "NoSuchKey", "NoSuchBucket", "404")
             with open(local, encoding="utf-8") as fh:
-                same = fh.read() == current
-            if same:
+                text = fh.read()
+            if text == current:
                 acts.same(manifest)
             else:
                 acts.change(f"upload {local} to {manifest}", lambda: upload_manifest(
-                    s3, local, names.bucket, "schedule"))
+                    s3, local, text, names.bucket, "schedule"))
         roles["scheduler"] = ensure_role(
             clients("iam"), names, names.scheduler_role,
             policies.trust_policy("scheduler", names.account), policies.scheduler_policy(names),

@@ -17,13 +17,21 @@ from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws import STACK_TAG, AwsError, Clients, StackNotFoundError, parse_arn
-from pipeline.aws.policies import MANIFESTS, REPORTS, WORK
+from pipeline.aws import (
+    BUCKET_TAG,
+    STACK_TAG,
+    AwsError,
+    Clients,
+    StackNotFoundError,
+    parse_arn,
+)
+from pipeline.aws.policies import MANIFESTS, REPORTS, WORK, DataLocation, locations_of
+from pipeline.aws.resources import role_policy
 from pipeline.core.events import RunInput, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
+from pipeline.core.models import JobSpec
 from pipeline.errors import InputNotFoundError, ManifestError
 
-BUCKET_TAG = "tiffpipe:bucket"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _LOCAL_HINT = ("a Lambda function cannot read this machine's files: upload it and give its "
                "s3://bucket/key")
@@ -35,6 +43,8 @@ class Target:
 
     state_machine_arn: str
     bucket: str
+    #: the stack's name (its tag), if the state machine has one
+    stack: str | None = None
 
 
 def find_target(clients: Clients, stack: str | None = None,
@@ -67,7 +77,7 @@ def find_target(clients: Clients, stack: str | None = None,
             raise AwsError(f"{arn} was not deployed by deploy.py (no {BUCKET_TAG} tag): "
                            "use --stack")
         bucket = f"{name}-{parts['account']}-{parts['region']}"
-    return Target(arn, bucket)
+    return Target(arn, bucket, tags.get(STACK_TAG))
 
 
 def _code(exc: ClientError) -> str:
@@ -102,6 +112,63 @@ def local_location_problems(data: Any, manifest_on_s3: bool) -> list[str]:
                 problems.append(f"{path}.{name}: expected an s3:// URL for a run on AWS, got "
                                 f"{json.dumps(value)}: {_LOCAL_HINT}")
     return problems
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What a stack's functions may read (``readable``: its data and input locations; and its
+    own bucket's ``manifests/``) and write (``writable``: its data locations)."""
+
+    stack: str
+    bucket: str
+    readable: list[DataLocation]
+    writable: list[DataLocation]
+
+
+def reach_problems(parsed: list[JobSpec] | ScanSpec, manifest: str, reach: Reach) -> list[str]:
+    """The manifest's locations (a checked one's: jobs or scan, and its own S3 URL) that the
+    stack's functions may not read or write, as manifest problems saying what to do: on AWS
+    each would fail its job (access denied) only once the run reaches it."""
+    readable = [DataLocation(reach.bucket, MANIFESTS), *reach.readable]
+    problems = []
+    if manifest.startswith("s3://") and not any(d.holds(manifest) for d in readable):
+        problems.append(f"manifest: {manifest} is outside what the stack's functions may read "
+                        f"({_shown(readable)}): give a local manifest (start uploads it) or "
+                        "put it in one of those")
+    blocks = ([("scan", parsed)] if isinstance(parsed, ScanSpec)
+              else [(f"jobs[{i}]", job) for i, job in enumerate(parsed)])
+    for path, block in blocks:
+        for name, allowed, verb, option in (
+                ("input", reach.readable, "read", "--data-bucket or --input-bucket"),
+                ("output", reach.writable, "write", "--data-bucket")):
+            url = getattr(block, name)
+            if url.startswith("s3://") and not any(d.holds(url) for d in allowed):
+                problems.append(
+                    f"{path}.{name}: {url} is outside what the stack's functions may {verb} "
+                    f"({_shown(allowed)}): move it into one of those, or redeploy with its "
+                    f"location added (deploy.py --stack {reach.stack} {option}, naming the "
+                    "stack's other locations too: a deploy that names them replaces them)")
+    return problems
+
+
+def _shown(locations: list[DataLocation]) -> str:
+    return ", ".join(map(str, locations)) or "none"
+
+
+def stack_reach(clients: Clients, stack: str, bucket: str) -> Reach | None:
+    """The deployed stack's :class:`Reach`, from its functions' role policies; None when
+    they cannot be read (no iam:GetRolePolicy for this caller, or no such roles)."""
+    names = clients.names(stack)
+    iam = clients("iam")
+    try:
+        read = role_policy(iam, names.function_role("split"))
+        write = role_policy(iam, names.function_role("merge"))
+    except ClientError:
+        return None
+    if read is None or write is None:
+        return None
+    return Reach(stack, bucket, locations_of(read, "ReadInputs"),
+                 locations_of(write, "WriteOutputs"))
 
 
 def read_manifest(s3: Any, manifest: str) -> tuple[str, list[Any] | ScanSpec]:
@@ -140,9 +207,9 @@ def read_manifest(s3: Any, manifest: str) -> tuple[str, list[Any] | ScanSpec]:
     return text, parsed
 
 
-def upload_manifest(s3: Any, manifest: str, bucket: str, name: str) -> str:
-    """A checked manifest's S3 URL: a local one is uploaded to ``manifests/<name>.json``."""
-    text, _ = read_manifest(s3, manifest)
+def upload_manifest(s3: Any, manifest: str, text: str, bucket: str, name: str) -> str:
+    """A checked manifest's S3 URL: a local one (``text``) is uploaded to
+    ``manifests/<name>.json``."""
     if manifest.startswith("s3://"):
         return manifest
     key = f"{MANIFESTS}{name}.json"
@@ -172,7 +239,18 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     target = find_target(clients, stack, state_machine)
     run_id = new_run_id()
     s3 = clients("s3")
-    url = upload_manifest(s3, manifest, target.bucket, run_id)
+    text, parsed = read_manifest(s3, manifest)
+    reach = target.stack and stack_reach(clients, target.stack, target.bucket)
+    if reach:
+        problems = reach_problems(parsed, manifest, reach)
+        if problems:
+            raise ManifestError(manifest, problems)
+    else:
+        why = ("its functions' roles cannot be read (iam:GetRolePolicy)" if target.stack
+               else f"the state machine has no {STACK_TAG} tag")
+        print(f"the manifest's locations are not checked against the stack's data locations: "
+              f"{why}", file=err)
+    url = upload_manifest(s3, manifest, text, target.bucket, run_id)
     if url != manifest:
         print(f"uploaded {manifest} to {url}", file=err)
     name = f"run-{run_id}"

@@ -42,6 +42,9 @@ LOG_DELIVERY_ACTIONS = (
 )
 #: stack bucket prefixes: run manifests, work files, run reports
 MANIFESTS, WORK, REPORTS = "manifests/", "work/", "reports/"
+#: S3 bucket names (general purpose buckets): the characters and their ends
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
 #: a KMS key's ARN (IAM grants keys by ARN: an alias cannot be a policy's resource)
 _KMS_KEY = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
 
@@ -56,13 +59,31 @@ class DataLocation:
     @classmethod
     def parse(cls, text: str, option: str = "--data-bucket") -> DataLocation:
         """``bucket`` or ``bucket/prefix`` (an ``s3://`` in front is accepted); ``option``:
-        the one that gave it, for the error."""
+        the one that gave it, for the error. The bucket must be a valid S3 bucket name, and
+        the prefix free of what a policy's resource would read as a wildcard or a variable
+        (``*``, ``?``, ``${``): a location grants exactly what it names."""
         text = text.removeprefix("s3://")
         bucket, _, prefix = text.partition("/")
         if not bucket:
             raise ValueError(f"{option} {text!r}: expected BUCKET or BUCKET/PREFIX")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket or _IP.fullmatch(bucket):
+            raise ValueError(f"{option} {text!r}: {bucket!r} is not an S3 bucket name (3 to 63 "
+                             "lowercase letters, digits, dots and hyphens, starting and ending "
+                             "with a letter or digit)")
+        if any(c in prefix for c in ("*", "?", "${")):
+            raise ValueError(f"{option} {text!r}: a prefix with * ? or ${{ would be a wildcard "
+                             "or a variable in the stack's policies: name the prefix itself")
         prefix = prefix.strip("/")
         return cls(bucket, prefix + "/" if prefix else "")
+
+    def holds(self, url: str) -> bool:
+        """Whether ``s3://bucket/key`` (an object, or a prefix ending in ``/``) is in this
+        location."""
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
 
     def bucket_arn(self, partition: str = "aws") -> str:
         return f"arn:{partition}:s3:::{self.bucket}"

@@ -12,10 +12,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws import STACK_TAG, AwsError, Clients, StackNames, policies
+from pipeline.aws import BUCKET_TAG, STACK_TAG, AwsError, Clients, StackNames, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
-from pipeline.aws.executions import BUCKET_TAG
 from pipeline.core.constants import FUNCTION_SIZES
 from pipeline.core.events import RunInput, to_payload
 
