@@ -9,6 +9,7 @@ with nothing changed changes nothing and says so.
                      [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
                      [--concurrency N] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
+                     [--base-image IMAGE]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume), 2 usage.
@@ -32,7 +33,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deploy.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="deploy.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--stack", default="main",
                    help="stack name: part of every resource name (default: main)")
     p.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION or "

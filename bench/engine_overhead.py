@@ -166,7 +166,7 @@ def in_child(*args: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--few", type=int, default=8, help="batches of the small job")
     ap.add_argument("--many", type=int, default=512, help="batches of the large job")
     ap.add_argument("--workers", type=int, default=2)

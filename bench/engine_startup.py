@@ -66,7 +66,7 @@ def write_job(folder: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--against", action="append", default=[], help="another checkout")
     ap.add_argument("--dir", default=None)

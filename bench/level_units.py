@@ -81,7 +81,7 @@ def one(root: Path, mpx: int, units: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mpx", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--units", type=int, default=4)
     args = parser.parse_args()

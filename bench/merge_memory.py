@@ -43,7 +43,7 @@ def _server() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mpx", type=float, nargs="+", default=[6, 50])
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()

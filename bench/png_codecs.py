@@ -139,7 +139,7 @@ def run_case(label: str, pixels: np.ndarray, repeat: int, cores: int) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,200",
                     help="comma-separated: contact sheets of that many rows")
     ap.add_argument("--png", help="the pixels of this PNG instead (a sheet a run wrote)")

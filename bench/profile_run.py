@@ -72,7 +72,7 @@ def summarise(raw: str, top: int) -> dict[str, dict[str, list[tuple[str, float]]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compression", default="jpeg")
     ap.add_argument("--mpx", type=float, default=30.0, help="megapixels of the 3 pages")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)

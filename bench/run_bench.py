@@ -79,7 +79,7 @@ def square(mpx: float) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--giant-mpx", type=float, default=4096)
     ap.add_argument("--small-mpx", type=float, default=256)
     ap.add_argument("--rgb-gb", type=float, default=1.0)

@@ -36,7 +36,7 @@ def page(size: int, dtype: str) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ops", default=",".join(PARAMS))

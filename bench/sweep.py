@@ -272,7 +272,7 @@ def table(results: list[dict[str, Any]], tools: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="tiny,0.06,0.1,0.3,1",
                     help=f"comma-separated, of {','.join(SIZES)} (gigapixels)")
     ap.add_argument("--layouts", default="single,multi",

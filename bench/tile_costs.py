@@ -37,7 +37,7 @@ def main() -> None:
     from pipeline.adapters.tile_codec import OutputEncoder
     from pipeline.core.models import OutputOptions
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", default="/tmp/tiffpipe-sweep/sweep-7744x7744x3x1.tif")
     ap.add_argument("--count", type=int, default=100)
     args = ap.parse_args()

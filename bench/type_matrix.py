@@ -57,7 +57,7 @@ def write(path: str, dtype: str, bands: int, tiled: bool, separate: bool, codec)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default=None)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()

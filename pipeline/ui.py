@@ -68,7 +68,7 @@ class RunProgress:
             if action == "plan_job" and ok and payload.get("skipped"):
                 self._log(f"job {payload['job']}: skipped, its output exists (if_exists: skip)")
             elif action == "plan_job" and ok:
-                self._planned(payload["job"], payload["tiles"])
+                self._planned(payload["job"], payload["tiles"], payload.get("plan"))
             elif action in ("process", "process_unit", "process_job") and ok:
                 self._advance(payload["job"], payload["tiles"])
             if action in ("merge", "process_job") and ok:  # process_job: a whole job
@@ -80,10 +80,10 @@ class RunProgress:
             if action == "record_failure" and ok:
                 self._log(f"job {payload['job']}: FAILED ({payload['error']})")
 
-    def _planned(self, job: int, tiles: int) -> None:
+    def _planned(self, job: int, tiles: int, plan: str | None) -> None:
         self.totals[job] = tiles
         self.done[job] = 0
-        name = self.names[job] if job < len(self.names) else str(job)
+        name = self.names[job] if job < len(self.names) else _input_name(plan, job)
         if self.progress:
             self.tasks[job] = self.progress.add_task(f"job {job} {name}", total=tiles)
             self.progress.update(self.overall, total=sum(self.totals.values()))
@@ -102,6 +102,17 @@ class RunProgress:
             all_done, all_total = sum(self.done.values()), sum(self.totals.values())
             self._log(f"job {job}: {self.done[job]}/{total} tiles; "
                       f"all jobs: {all_done}/{all_total} tiles")
+
+
+def _input_name(plan: str | None, job: int) -> str:
+    """The file name of a job's input from its plan (a scan's jobs: known once planned), or
+    the job's number if the plan cannot be read."""
+    from pipeline.steps.common import load_plan
+
+    try:
+        return os.path.basename(load_plan(plan).spec.input) if plan else str(job)
+    except Exception:  # noqa: BLE001 - a name for a progress line: the job reports its own
+        return str(job)
 
 
 #: the summary's columns: (heading, right-aligned)

@@ -116,3 +116,24 @@ def test_errors_table_names_every_error_class():
     in_table = set(re.findall(r"^\| `(\w+)` \|", text, re.MULTILINE))
     missing = sorted(classes - in_table)
     assert not missing, f"docs/errors.md has no row for {missing}"
+
+
+SCRIPTS = sorted(p for p in [*(ROOT / "bench").glob("*.py"), ROOT / "deploy.py"]
+                 if "description=__doc__" in p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_a_scripts_help_describes_it_in_whole_sentences(script: Path):
+    """``--help`` of deploy.py and the bench scripts opens with their docstring's first
+    paragraph, whole (its first line alone stopped mid-sentence)."""
+    import subprocess
+    import sys
+
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8")), clean=False) or ""
+    first = " ".join(doc.split("\n\n")[0].split())
+    assert first.endswith("."), first
+    if script.name not in ("deploy.py", "compare.py", "sweep.py"):
+        return  # (each runs its imports: three of them are enough to show the parser's text)
+    help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                               text=True, check=True, cwd=ROOT).stdout
+    assert first in " ".join(help_text.split()), help_text

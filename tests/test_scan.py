@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,8 +143,9 @@ def test_scan_jobs_pick_new_tiffs_only_and_keep_relative_paths():
 _pages = read_pages
 
 
-def _run(manifest: Path, capsys: pytest.CaptureFixture) -> tuple[int, dict[str, Any], str]:
-    code = cli.main(["run", str(manifest), "--workers", "2", "--quiet"])
+def _run(manifest: Path, capsys: pytest.CaptureFixture,
+         quiet: bool = True) -> tuple[int, dict[str, Any], str]:
+    code = cli.main(["run", str(manifest), "--workers", "2", *(["--quiet"] if quiet else [])])
     captured = capsys.readouterr()
     report = json.loads(manifest.with_suffix(".report.json").read_text())
     return code, report, captured.err
@@ -167,8 +169,11 @@ def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
     assert cli.main(["validate", str(manifest)]) == 0
     capsys.readouterr()
 
-    code, report, err = _run(manifest, capsys)
+    code, report, err = _run(manifest, capsys, quiet=False)
     assert code == 0, err
+    # progress lines name a scan's jobs by their files too (known once planned)
+    assert re.search(r"^job 0 \(a\.tif\): planned, \d+ tiles$", err, re.MULTILINE), err
+    assert re.search(r"^job 1 \(c\.TIFF\): planned, \d+ tiles$", err, re.MULTILINE), err
     assert [(j["input"], j["output"], j["status"]) for j in report["jobs"]] == [
         (str(incoming / "a.tif"), str(tmp_path / "processed" / "a.tif"), "SUCCEEDED"),
         (str(incoming / "day2" / "c.TIFF"), str(tmp_path / "processed" / "day2" / "c.TIFF"),
