@@ -165,3 +165,15 @@ def test_help_describes_every_command():
     for command in sub.choices:
         assert command in description, command  # said in words, not only in the usage list
         assert f"\n    {command} " in proc.stdout  # and listed with its own help
+
+
+def test_python_m_pipeline_is_the_command(tmp_path: Path):
+    """``python -m pipeline`` (a venv whose bin/ is not on the PATH) runs the command."""
+    run = [sys.executable, "-m", "pipeline"]
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, check=False,
+                             timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("tiffpipe "), version
+    missing = subprocess.run([*run, "validate", str(tmp_path / "missing.json")],
+                             capture_output=True, text=True, check=False, timeout=60)
+    assert missing.returncode == 2 and "missing.json does not exist" in missing.stderr
+    assert missing.stderr.startswith("tiffpipe")

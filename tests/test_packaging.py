@@ -226,8 +226,8 @@ def test_installed_wheel_runs_the_demo_and_estimate(installed: tuple[Path, Path]
             want = [SAMPLE_PAGES[i] for i in job.get("pages", range(len(SAMPLE_PAGES)))]
             assert [p.shape[:2] for p in tf.pages] == [(w.height, w.width) for w in want]
 
-    done = _run([str(tiffpipe), "estimate", "--json", str(folder / "manifest.json")],
-                cwd=elsewhere)
+    done = _run([str(python), "-m", "pipeline", "estimate", "--json",
+                 str(folder / "manifest.json")], cwd=elsewhere)  # python -m: the command too
     shipped = Path(json.loads(done.stdout)["calibration"]["file"])
     assert shipped.is_relative_to(env_dir) and shipped.name == "calibration.json"
 
