@@ -92,3 +92,15 @@ def test_a_file_not_listed_is_unit(request):
     """This very test was given one tier, unit: its file is in no table."""
     tiers = [t for t in conftest.TIERS if request.node.get_closest_marker(t)]
     assert tiers == ["unit"]
+
+
+def test_the_tier_table_of_the_docs_lists_the_engine_files():
+    """docs/development.md's tier table names the files tests/conftest.py puts in each tier."""
+    import re
+
+    doc = (TESTS.parent / "docs" / "development.md").read_text(encoding="utf-8")
+    [row] = [line for line in doc.splitlines() if line.startswith("| `engine` |")]
+    files = row.split("|")[3].split(";")[0]
+    assert set(re.findall(r"test_\w+", files)) == conftest.ENGINE
+    [row] = [line for line in doc.splitlines() if line.startswith("| `docker` |")]
+    assert set(re.findall(r"test_\w+", row.split("|")[3])) == conftest.DOCKER
