@@ -193,3 +193,31 @@ def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(
     _remove_partial_output(output, "ours", str(tmp_path / "work" / "jobs" / "00000"))
     assert not os.path.exists(made["ours"])
     assert os.path.exists(made["theirs"]) and os.path.exists(made[None])
+
+
+def test_workers_end_with_a_command_killed_outright(tmp_path: Path):
+    """``kill -9`` of the command alone (no clean-up can run): its worker processes end at
+    once too. A task left running would publish its output after the run is over (over a
+    later run's), and hold the command's stdout open for a pipe's reader."""
+    marker = tmp_path / "started"
+    (tmp_path / "markop.py").write_text(
+        "import pathlib, time\n\ndef slow(tile, seconds=1.0, marker=''):\n"
+        "    pathlib.Path(marker).touch()\n    time.sleep(seconds)\n    return tile\n")
+    manifest = _manifest(tmp_path, 1, 1024, [
+        {"op": "custom", "function": "markop:slow",
+         "params": {"seconds": 1.0, "marker": str(marker)}}], tile=256)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    with _started(manifest, workers=2, env={"PYTHONPATH": path}) as proc:
+        deadline = time.monotonic() + 60
+        while not marker.exists():  # a worker is at its task
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        assert workers
+        os.kill(proc.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert alive == [], [p.pid for p in alive]
+        proc.communicate(timeout=10)  # stdout's end: no process holds it open
+        time.sleep(1.5)  # past the task's end, had it gone on
+        assert not list(tmp_path.glob("out/*.tif"))  # no output published after the kill

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
@@ -92,12 +92,14 @@ def _glibc(name: str) -> Any:
         return None
 
 
-def _init(env: dict[str, str]) -> None:
+def _init(env: dict[str, str], engine: int) -> None:
     """Worker start: the user's environment (not the engine's mocked one; OpenBLAS's thread
     count set, before OpenCV's import), capped malloc arenas, one OpenCV thread (the pool
-    is the parallelism); SIGINT ignored and SIGTERM stopping the task (:func:`_on_sigterm`)."""
+    is the parallelism); SIGINT ignored and SIGTERM stopping the task (:func:`_on_sigterm`);
+    the worker ends with its engine's process ``engine`` (:func:`_end_with`)."""
     global _in_worker
     _in_worker = True
+    _end_with(engine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     tune_malloc()
@@ -106,6 +108,38 @@ def _init(env: dict[str, str]) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+
+
+#: how often a worker looks for its engine where no pidfd tells it the engine ended
+ENGINE_CHECK_S = 0.2
+
+
+def _end_with(engine: int) -> None:
+    """End this worker process at once when the engine's process ``engine`` (its parent)
+    ends, however it ends: a command stopped by a signal stops its workers itself, but one
+    killed outright (``kill -9``, the out-of-memory killer) cannot, and a task still running
+    would then publish an output over a later run's, write work files after the next run
+    removed them, and keep the command's stdout open (a pipe's reader would wait for ever).
+    A thread waits on a pidfd of the engine (Linux 5.3+; elsewhere it checks every
+    :data:`ENGINE_CHECK_S`)."""
+    watch = None
+    with suppress(AttributeError, OSError):
+        watch = os.pidfd_open(engine)
+    if os.getppid() != engine:  # (checked after the pidfd's open: it is the engine's)
+        os._exit(1)
+    threading.Thread(target=_watch_engine, args=(engine, watch), daemon=True,
+                     name="tiffpipe-engine-watch").start()
+
+
+def _watch_engine(engine: int, watch: int | None) -> None:
+    if watch is not None:
+        import select
+
+        select.select([watch], [], [])  # readable once the process has ended
+    else:
+        while os.getppid() == engine:
+            time.sleep(ENGINE_CHECK_S)
+    os._exit(1)
 
 
 def one_blas_thread(env: MutableMapping[str, str]) -> None:
@@ -295,7 +329,7 @@ class WorkerPool:
         env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(self.workers)))
         one_blas_thread(env)  # set before _init imports OpenCV
         pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
-                                   initargs=(env,))
+                                   initargs=(env, os.getpid()))
         self.warm = 0
         # start every worker and import the steps now, not on its first task
         for _ in range(self.workers):
