@@ -227,25 +227,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from pipeline.engine.local import StopRequest
 
-    jobs = _validated(args.manifest)
-    if jobs is None:
-        return EXIT_USAGE
     stop = StopRequest()
-    try:
-        if isinstance(jobs, list):  # (PlanRun checks it too, for every caller of run_local)
-            check_report_path(args.report or default_report(args.manifest), args.manifest,
-                              jobs)
-        with _stop_on_signals(stop), RunProgress(jobs, quiet=args.quiet) as progress:
-            result = run_local(args.manifest, args.workers, work=args.work, report=args.report,
-                               keep_work=args.keep_work, listener=progress,
-                               contact_sheet=not getattr(args, "no_contact_sheet", False),
-                               interpreter=getattr(args, "interpreter", "auto"), stop=stop)
-    except OutputNotWritableError as exc:
-        print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except WorkLocationError as exc:
-        print(f"tiffpipe: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # a stop while the manifest is checked (seconds for a large one): the run then stops at
+    # once, and what it does at its end (an earlier run's report and sheet removed) is done
+    with _stop_on_signals(stop):
+        jobs = _validated(args.manifest)
+        if jobs is None:
+            return EXIT_USAGE
+        try:
+            if isinstance(jobs, list):  # (PlanRun checks it too, for every caller)
+                check_report_path(args.report or default_report(args.manifest), args.manifest,
+                                  jobs)
+            with RunProgress(jobs, quiet=args.quiet) as progress:
+                result = run_local(args.manifest, args.workers, work=args.work,
+                                   report=args.report, keep_work=args.keep_work,
+                                   listener=progress,
+                                   contact_sheet=not getattr(args, "no_contact_sheet", False),
+                                   interpreter=getattr(args, "interpreter", "auto"), stop=stop)
+        except OutputNotWritableError as exc:
+            print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except WorkLocationError as exc:
+            print(f"tiffpipe: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     for url in result.removed if not args.quiet else []:
         print(f"tiffpipe: removed {url}: an earlier run's, and this run wrote none",
               file=sys.stderr)

@@ -141,7 +141,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
             status = "FAILED"
         rows.append([str(job["job"]), status, str(job.get("pages", "")),
                      f"{job['megapixels']:.1f}" if "megapixels" in job else "",
-                     f"{job.get('seconds', 0):.1f}",
+                     f"{job['seconds']:.1f}" if job.get("seconds") is not None else "",
                      detail])
     return title, rows
 

@@ -221,3 +221,27 @@ def test_workers_end_with_a_command_killed_outright(tmp_path: Path):
         proc.communicate(timeout=10)  # stdout's end: no process holds it open
         time.sleep(1.5)  # past the task's end, had it gone on
         assert not list(tmp_path.glob("out/*.tif"))  # no output published after the kill
+
+
+def test_ctrl_c_while_the_manifest_is_checked_removes_an_earlier_runs_report(tmp_path: Path):
+    """Ctrl-C before any job started (a large manifest's check takes seconds): the run stops
+    at once, and an earlier run's report and contact sheet at its paths are removed, as
+    after any run that writes none (they would pass for this run's)."""
+    tifffile.imwrite(tmp_path / "in0.tif", np.zeros((64, 64), np.uint8))
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": "in0.tif", "output": f"out/o{i}.tif"} for i in range(60000)]}))
+    earlier = {"run_id": "20261201-000000-aaaaaa", "jobs": [], "succeeded": 0, "failed": 0}
+    (tmp_path / "m.report.json").write_text(json.dumps(earlier))
+    (tmp_path / "m.report.contact.png").write_bytes(b"an earlier run's sheet")
+    with _started(manifest, workers=2) as proc:
+        time.sleep(1.0)  # the command has started checking the manifest
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "tiffpipe: interrupted (SIGINT)" in err and "Traceback" not in err
+    report = tmp_path / "m.report.json"  # none, or (stopped once it ran) this run's
+    assert not report.exists() or json.loads(report.read_text())["run_id"] != earlier["run_id"]
+    assert not (tmp_path / "m.report.contact.png").exists()
+    assert not (tmp_path / ".tiffpipe-work").exists()

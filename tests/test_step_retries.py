@@ -204,3 +204,30 @@ def test_an_error_without_a_message_says_where_it_was_raised(monkeypatch):
     assert record["message"].startswith("RuntimeError raised with no message (File ")
     assert "test_step_retries.py" in record["message"] and "in bare" in record["message"]
     assert "stackTrace" not in record["message"]
+
+
+def test_a_job_without_a_result_is_timed_from_its_plan(tmp_path):
+    """The report of a run that ended before a job recorded its result (stopped, or killed
+    items): a job that had been planned ran from its plan's start until the report (not
+    blank timings, as if it never ran); one never planned has none; the summary leaves its
+    seconds blank, not 0.0."""
+    from pipeline.ui import summary_rows
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((64, 64), np.uint8))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "a.tif", "output": f"out/{i}.tif"} for i in range(2)]}))
+    run = handlers.dispatch("split", {"action": "plan_run", "manifest": str(tmp_path / "m.json"),
+                                      "work": str(tmp_path / "work"), "run_id": "r1",
+                                      "report": str(tmp_path / "report.json")})
+    job = handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 0})
+    assert job["plan"]
+    handlers.dispatch("merge", {"action": "report", "run": run["run"]})
+    doc = json.loads((tmp_path / "report.json").read_text())
+    planned, never = doc["jobs"]
+    assert planned["error"]["type"] == never["error"]["type"] == "NoResultError"
+    assert doc["started_at"] <= planned["started_at"] <= planned["finished_at"]
+    assert planned["seconds"] == pytest.approx(planned["finished_at"] - planned["started_at"],
+                                               abs=0.01)
+    assert "started_at" not in never and "seconds" not in never
+    _, rows = summary_rows(doc)
+    assert rows[0][4] == f"{planned['seconds']:.1f}" and rows[1][4] == ""

@@ -41,12 +41,8 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     elif error["type"] == MAP_FAILED:
         error["message"] += UNRECORDED
     now = time.time()
-    started = job.get("started_at", now)
+    started = _planned_at(work) or job.get("started_at", now)
     plan_url = layout.plan_file(work)
-    try:  # held in this process, cached or written (a job that failed before it: none)
-        started = load_plan(plan_url).started_at
-    except (TiffpipeError, ValueError, KeyError, TypeError):  # missing or damaged
-        pass
     result = {"job": event.job, "status": "FAILED", "input": spec.input, "output": spec.output,
               "error": error, "started_at": started, "finished_at": now,
               "seconds": round(now - started, 3)}
@@ -58,6 +54,16 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     except TiffpipeError:
         pass  # the failure is recorded; S3 lifecycle rules can still clean up
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
+
+
+def _planned_at(work: str) -> float | None:
+    """When the job whose work folder is ``work`` started (its plan's ``started_at``: held
+    in this process, cached or written), or None if it has no plan (a job that failed or
+    stopped before PlanJob wrote one)."""
+    try:
+        return float(load_plan(layout.plan_file(work)).started_at)
+    except (TiffpipeError, ValueError, KeyError, TypeError):  # missing or damaged
+        return None
 
 
 #: the error of a job that recorded no result (its RecordFailure did not run either)
@@ -75,12 +81,19 @@ def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[st
     run = storage.read_json(event.run)
 
     def result(i: int) -> dict[str, Any]:
+        work = layout.job_dir(run["work"], i)
         try:
-            return held_work.load_result(layout.result_file(layout.job_dir(run["work"], i)))
+            return held_work.load_result(layout.result_file(work))
         except TiffpipeError:
             spec = run["jobs"][i]
-            return {"job": i, "status": "FAILED", "input": spec["input"],
-                    "output": spec["output"], "error": dict(missing or NO_RESULT)}
+            doc = {"job": i, "status": "FAILED", "input": spec["input"],
+                   "output": spec["output"], "error": dict(missing or NO_RESULT)}
+            started = _planned_at(work)  # planned: it ran from then until now (a stopped
+            if started is None:  # run's job that was running); else it never started
+                return doc
+            now = time.time()
+            return {**doc, "started_at": started, "finished_at": now,
+                    "seconds": round(now - started, 3)}
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         jobs = list(pool.map(result, range(len(run["jobs"]))))
