@@ -28,7 +28,7 @@ from pipeline.adapters import png_write, storage
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
-from pipeline.preview import Thumbnail, thumbnails, to_display
+from pipeline.preview import Thumbnail, thumbnails, to_display, type_label
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, usable_cores
 from pipeline.steps.thumbs import load_summed, summed_parts
@@ -156,11 +156,12 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
     if made is None:
         return None
     plan, position, side, _ = summed
-    page = plan.pages[position].info.index if side == "in" else position
+    info = plan.pages[position].info
+    page = info.index if side == "in" else position
     return Thumbnail(to_display(made.pixels, np.dtype(made.dtype), made.extrasamples,
                                 made.photometric), page,
                      made.height, made.width, f"page {page}, as processed", False, 0, 0,
-                     made.dtype)
+                     type_label(info) if side == "in" else made.dtype)
 
 
 def _thumbnails(tasks: list[tuple[str, int]], summed: dict[tuple[str, int], Summed]

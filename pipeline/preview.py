@@ -46,6 +46,7 @@ from pipeline.adapters.tiff_read import (
     page_info,
 )
 from pipeline.core.grid import Rect
+from pipeline.core.models import PageInfo
 from pipeline.core.record import record
 from pipeline.core.thumbs import BlockThumb, ThumbSums, fit
 from pipeline.errors import CorruptTiffError, TiffpipeError
@@ -185,7 +186,15 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
     extrasamples = [int(e) for e in source.extrasamples]
     image = to_display(pixels, reader.dtype, extrasamples, reader.kind.photometric)
     return Thumbnail(image, page, height, width, label, strided, reader.decoded,
-                     reader.largest_read, info.dtype, jpeg_scale=scale)
+                     reader.largest_read, type_label(info), jpeg_scale=scale)
+
+
+def type_label(info: PageInfo) -> str:
+    """A page's pixel type as a thumbnail's caption gives it: its dtype, but a palette
+    page's samples are colour-map indices (``8-bit palette``), not the colours read."""
+    if "palette" in info.conversion:  # e.g. "4-bit palette -> RGB uint8 (8-bit colormap)"
+        return info.conversion.split(" palette", 1)[0] + " palette"
+    return info.dtype
 
 
 def downsample(reader: PageReader, th: int, tw: int, exact: bool = True

@@ -288,7 +288,9 @@ def test_miniswhite_and_palette_look_as_they_are_processed(tmp_path):
     path = tmp_path / "palette.tif"
     tifffile.imwrite(path, gray, photometric="palette", colormap=cmap, metadata=None)
     want = (cmap // 257).T[gray].astype(np.uint8)
-    assert np.array_equal(as_array(thumbnail(str(path), 0, 64).image), want)
+    thumb = thumbnail(str(path), 0, 64)
+    assert np.array_equal(as_array(thumb.image), want)
+    assert thumb.dtype == "8-bit palette"  # its samples' type, not the colour map's uint16
 
 
 # --- the command ---------------------------------------------------------------------------
