@@ -99,7 +99,8 @@ class Thumbnail:
 
 def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
             where: str) -> list[tuple[tifffile.TiffPage, str]]:
-    """Smaller versions of ``page``: its SubIFDs, then reduced-resolution pages after it."""
+    """Smaller versions of ``page``: its SubIFDs, an Aperio SVS file's levels of its first
+    page, then reduced-resolution pages after it."""
     found: list[tuple[tifffile.TiffPage, str]] = []
     aspect = page.imagelength / max(page.imagewidth, 1)
 
@@ -117,6 +118,14 @@ def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
                     found.append((p, f"SubIFD level {k + 1} ({p.imagewidth}x{p.imagelength})"))
         except _DAMAGED as exc:  # a damaged SubIFD chain: the page itself is still there
             log.debug("%s: page %d: SubIFDs not used: %s", where, index, exc)
+    try:
+        if index == 0 and tf.is_svs:  # Aperio: base, thumbnail, then the base's levels (none
+            for k, level in enumerate(tf.series[0].levels[1:]):  # of them NewSubfileType 1)
+                p = level.keyframe
+                if same_picture(p):
+                    found.append((p, f"SVS level {k + 1} ({p.imagewidth}x{p.imagelength})"))
+    except _DAMAGED as exc:
+        log.debug("%s: SVS levels not used: %s", where, exc)
     try:
         count = page_count(tf, where)
         for j in range(index + 1, min(count, index + 1 + MAX_FOLLOWING)):

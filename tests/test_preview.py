@@ -223,6 +223,29 @@ def test_reduced_resolution_pages_after_a_page_are_used(tmp_path):
     assert last.source == "page 3" and last.image.size == (256, 256)
 
 
+def test_an_svs_files_levels_are_used(tmp_path):
+    """Aperio SVS: the base page, a thumbnail page, then the base's levels, which are not
+    marked reduced-resolution (NewSubfileType 0, as Aperio writes them): tifffile's SVS
+    series gives them."""
+    base = smooth(1024, 1536, 3, "uint8")
+    head = "Aperio Image Library v12.0.0\r\n1536x1024 "
+    path = tmp_path / "slide.svs"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, tile=(256, 256), photometric="rgb", metadata=None,
+                 description=head + "[0,0 1536x1024] (256x256) RAW|AppMag = 20|MPP = 0.5")
+        tw.write(base[::8, ::8], photometric="rgb", metadata=None,
+                 description=head + "-> 192x128 - ")
+        for f in (2, 4):
+            tw.write(cv2.resize(base, (1536 // f, 1024 // f), interpolation=cv2.INTER_AREA),
+                     tile=(128, 128), photometric="rgb", metadata=None,
+                     description=head + f"-> {1536 // f}x{1024 // f} - ")
+    thumb = thumbnail(str(path), 0, 256)
+    assert thumb.source == "SVS level 2 (384x256)", thumb.source
+    assert thumb.decoded == 6  # the 384 x 256 level's tiles, not the base's 24
+    assert (thumb.height, thumb.width) == (1024, 1536) and thumb.image.size == (256, 171)
+    assert thumbnail(str(path), 1, 64).source == "page 1"  # the thumbnail page: itself
+
+
 # --- what is shown ---------------------------------------------------------------------------
 
 
