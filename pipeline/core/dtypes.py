@@ -78,7 +78,10 @@ def selecting(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray, native:
         return func(img)
     wider = EXACT_WIDER.get(img.dtype.name)
     if wider is not None:
-        return func(img.astype(wider)).astype(img.dtype)
+        # (NaN in a window may let OpenCV's border value, -FLT_MAX or FLT_MAX, be selected:
+        # it becomes -inf or inf in float16, as the cast defines, without a warning)
+        with np.errstate(over="ignore"):
+            return func(img.astype(wider)).astype(img.dtype)
     return other(img)
 
 
