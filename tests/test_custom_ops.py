@@ -62,7 +62,12 @@ def exits(tile):
 
 def says_much(tile):
     raise RuntimeError("x" * 10_000_000)
+
+def interrupts(tile):
+    raise KeyboardInterrupt
 '''
+#: a module that runs a script when imported (argparse's exit on missing arguments)
+SCRIPT = "import sys\nsys.exit(2)\n\ndef fn(tile):\n    return tile\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,10 +75,12 @@ def user_module(tmp_path_factory: pytest.TempPathFactory):
     """An importable user module (worker processes get the parent's sys.path)."""
     folder = tmp_path_factory.mktemp("userops")
     (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE))
+    (folder / "script_on_import.py").write_text(SCRIPT)
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
     sys.modules.pop(MODULE, None)
+    sys.modules.pop("script_on_import", None)
     custom.load.cache_clear()
 
 
@@ -117,6 +124,7 @@ def test_too_small_a_halo_is_not_exact(tmp_path):
     ("not_an_array", "returned list, expected a numpy array of shape (80, 80) and dtype uint8"),
     ("fails", "raised ValueError: no reason (on a (80, 80) uint8 tile)"),
     ("exits", "raised SystemExit: 2 (on a (80, 80) uint8 tile)"),  # sys.exit() is its error
+    ("interrupts", "raised KeyboardInterrupt (on a (80, 80) uint8 tile)"),  # its own raise
     ("says_much", "characters cut]"),  # 10 MB of message: a report line, not 10 MB
 ])
 def test_wrong_tiles_are_named_errors(tmp_path, name, message):
@@ -157,6 +165,9 @@ def test_malformed_specs_are_refused_with_the_manifest():
 @pytest.mark.parametrize("function,message,hint", [
     ("no_such_module_xyz:fn", ("custom op no_such_module_xyz:fn: cannot import module "
                               "'no_such_module_xyz' (ModuleNotFoundError"),
+     "it must be importable in every worker (installed, or on PYTHONPATH)"),
+    ("script_on_import:fn", ("custom op script_on_import:fn: cannot import module "
+                            "'script_on_import' (SystemExit: 2)"),
      "it must be importable in every worker (installed, or on PYTHONPATH)"),
     # the module imports: no advice about importing it
     (f"{MODULE}:nope", f"custom op {MODULE}:nope: module '{MODULE}' has no function 'nope'",

@@ -410,7 +410,7 @@ def test_every_problem_of_one_op_is_listed_at_its_own_path():
 
 def test_ops_must_be_a_list():
     assert one_problem({"jobs": [job(ops={"op": "invert"})]}) == (
-        "jobs[0].ops: expected a list of ops, got dict")
+        'jobs[0].ops: expected a list of ops, got {"op": "invert"}')
 
 
 @pytest.mark.parametrize("tile", [1000, 32, 8208, "1024", 1024.5, None, True])
@@ -624,3 +624,46 @@ def test_valid_text_is_parsed_and_checked():
         load_manifest_text(json.dumps({"jobs": [job(tile=8)]}), "m.json", BASE)
     assert info.value.problems == [
         "jobs[0].tile: expected an integer multiple of 16 from 64 to 8192, got 8"]
+
+
+def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(tmp_path):
+    """The parse compares spellings; reading a local manifest also follows its folders'
+    links: two outputs one file (one job's output would be lost), an output onto another
+    job's input (which it would replace), a scan whose output lies in its input."""
+    from pipeline.steps.common import read_manifest
+
+    tmp_path = type(tmp_path)(os.path.realpath(tmp_path))  # (the messages give real folders)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "in2").mkdir()
+    (tmp_path / "in2" / "c.tif").write_bytes(b"II*\x00")
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    (tmp_path / "linkin").symlink_to(tmp_path / "in2")
+    (tmp_path / "c_alias.tif").symlink_to(tmp_path / "in2" / "c.tif")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": "a.tif", "output": "out/same.tif"},
+        {"input": "b.tif", "output": "link/same.tif"},
+        {"input": "c_alias.tif", "output": "out/c.tif"},
+        {"input": "b.tif", "output": "linkin/c.tif"},
+        {"input": "b.tif", "output": "link/other.tif"}]}))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(str(manifest))
+    assert caught.value.problems == [
+        (f"jobs[1].output: {tmp_path / 'link' / 'same.tif'} is, through a link, the output of "
+         f"jobs[0] ({tmp_path / 'out' / 'same.tif'}): one output would replace the other; "
+         "give it another path"),
+        (f"jobs[3].output: {tmp_path / 'linkin' / 'c.tif'} is, through a link, the input of "
+         f"jobs[2] ({tmp_path / 'in2' / 'c.tif'}): the output would replace it; give it "
+         "another path")]
+
+    (tmp_path / "s" / "in" / "outx").mkdir(parents=True)
+    (tmp_path / "s" / "lnk").symlink_to(tmp_path / "s" / "in" / "outx")
+    scan = tmp_path / "scan.json"
+    scan.write_text(json.dumps({"scan": {"input": "s/in", "output": "s/lnk"}}))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(str(scan))
+    [problem] = caught.value.problems
+    assert problem.startswith(f"scan.output: {tmp_path / 's' / 'lnk'} is, through a link, "
+                              f"{tmp_path / 's' / 'in' / 'outx'}, which is inside scan.input")
+    scan.write_text(json.dumps({"scan": {"input": "s/in", "output": "s/elsewhere"}}))
+    assert read_manifest(str(scan)).output.rstrip(os.sep) == str(tmp_path / "s" / "elsewhere")

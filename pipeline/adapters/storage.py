@@ -495,6 +495,19 @@ def same_file(a: str, b: str) -> bool:
         return False
 
 
+def entry_of(path: str, follow: bool, folders: dict[str, str] | None = None) -> str:
+    """The directory entry a local ``path`` names once the links of its folders are followed
+    (a rename onto it replaces that entry); ``follow``: a link the name itself is followed
+    too (the file a read reaches). ``folders``: real paths of folders already resolved."""
+    folder, name = os.path.split(os.path.abspath(path))
+    if folders is None:
+        folders = {}
+    if folder not in folders:
+        folders[folder] = os.path.realpath(folder)
+    entry = os.path.join(folders[folder], name)
+    return os.path.realpath(entry) if follow and os.path.islink(entry) else entry
+
+
 def check_not_input(input_url: str, output_url: str) -> None:
     """OutputNotWritableError if a local output is the input itself under another name (a
     link to it, or the input a link to it: the manifest's check compares paths only), which

@@ -31,6 +31,13 @@ def spec_problem(spec: Any) -> str | None:
     return None
 
 
+#: what user code may raise that is its own error: exceptions, and ``sys.exit()`` or a
+#: KeyboardInterrupt raised by the code itself (a module that runs a script's main() on
+#: import; workers ignore SIGINT, so it cannot be the user's Ctrl-C); not a task's stop
+#: (:class:`pipeline.steps.stopping.TaskStopped`)
+USER_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+
+
 @functools.lru_cache(maxsize=64)
 def load(spec: str) -> Callable[..., Any]:
     """Import the function named by ``spec``; CustomOperationError says why it cannot be."""
@@ -40,16 +47,23 @@ def load(spec: str) -> Callable[..., Any]:
     module_name, name = spec.split(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or any error the module raises on import
+    except USER_ERRORS as exc:  # ImportError, any error the module raises, a script's exit
         raise CustomOperationError(
-            f"custom op {spec}: cannot import module {module_name!r} ({type(exc).__name__}: "
-            f"{exc}); it must be importable in every worker (installed, or on PYTHONPATH)"
-        ) from exc
+            f"custom op {spec}: cannot import module {module_name!r} ({_raised(exc, 1000)}); "
+            "it must be importable in every worker (installed, or on PYTHONPATH)") from exc
     func = getattr(module, name, None)
     if not callable(func):
         raise CustomOperationError(f"custom op {spec}: module {module_name!r} has no function "
                                    f"{name!r}")
     return func  # type: ignore[no-any-return]
+
+
+def _raised(exc: BaseException, most: int) -> str:
+    """``Type: message`` of what user code raised (``Type`` alone without a message), the
+    message cut to ``most`` characters."""
+    message = str(exc)
+    return (f"{type(exc).__name__}: {shortened(message, most)}" if message
+            else type(exc).__name__)
 
 
 def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
@@ -60,10 +74,9 @@ def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     shape, dtype = tile.shape, tile.dtype
     try:
         out = func(tile, **params)
-    except (Exception, SystemExit) as exc:  # sys.exit() in a user's function is its error
-        raise CustomOperationError(f"custom op {spec} raised {type(exc).__name__}: "
-                                   f"{shortened(str(exc), 1000)} (on a {shape} {dtype} tile)"
-                                   ) from exc
+    except USER_ERRORS as exc:
+        raise CustomOperationError(f"custom op {spec} raised {_raised(exc, 1000)} (on a "
+                                   f"{shape} {dtype} tile)") from exc
     if not isinstance(out, np.ndarray):
         raise CustomOperationError(f"custom op {spec} returned {type(out).__name__}, expected "
                                    f"a numpy array of shape {shape} and dtype {dtype}")

@@ -18,7 +18,7 @@ from pipeline.core.models import (
     OutputOptions,
 )
 from pipeline.core.ops import parse_chain
-from pipeline.core.params import Param
+from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
@@ -298,9 +298,4 @@ def _tile_problem(tile: Setting, out_tile: Setting, layer: Layer) -> str:
             f"tile {t}{_from(tile, layer, 'tile')}, got {o}{fix}")
 
 
-
-def show(value: Any, limit: int = 60) -> str:
-    """``value`` as JSON, shortened for messages."""
-    text = json.dumps(value, ensure_ascii=False, default=repr)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 

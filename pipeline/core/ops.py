@@ -25,7 +25,7 @@ from pipeline.core import dtypes
 from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
 from pipeline.core.opencv import gaussian_radius
-from pipeline.core.params import Param, check_object
+from pipeline.core.params import Param, check_object, show
 from pipeline.core.record import record
 from pipeline.errors import OperationError
 
@@ -277,7 +277,7 @@ GLOBAL_KINDS = ("stats", "canny")
 def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
     """Parse a JSON op chain; return (calls, problems), every problem with its JSON path."""
     if not isinstance(ops, list):
-        return [], [f"{path}: expected a list of ops, got {type(ops).__name__}"]
+        return [], [f"{path}: expected a list of ops, got {show(ops)}"]
     calls: list[OpCall] = []
     problems: list[str] = []
     for i, item in enumerate(ops):

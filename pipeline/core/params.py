@@ -10,6 +10,12 @@ from typing import Any
 from pipeline.core.record import record
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """``value`` as JSON, shortened for messages."""
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @record(frozen=True)
 class Param:
     """One parameter: its JSON type, range and default (``required`` when there is no default)."""

@@ -54,7 +54,50 @@ def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
         not_utf8 = (f"manifest: not UTF-8 text (byte {exc.start} is {byte!r}): save it as "
                     "UTF-8 (JSON text is UTF-8)")
         raise ManifestError(url, [not_utf8]) from None
-    return load_manifest(text, url, storage.parent(url))
+    parsed = load_manifest(text, url, storage.parent(url))
+    problems = linked_problems(parsed)
+    if problems:
+        raise ManifestError(url, problems)
+    return parsed
+
+
+def linked_problems(parsed: list[JobSpec] | ScanSpec) -> list[str]:
+    """What the manifest's check of paths (spellings only: :mod:`pipeline.core.manifest`)
+    cannot see of local paths: a folder that is a link making two jobs' outputs one file, a
+    job's output another job's input, or a scan's output a folder inside its input (whose
+    outputs every run would take as new inputs)."""
+    if isinstance(parsed, ScanSpec):
+        if storage.is_s3(parsed.input) or storage.is_s3(parsed.output):
+            return []
+        src, dst = (os.path.realpath(parsed.input), os.path.realpath(parsed.output))
+        if os.path.commonpath([src, dst]) in (src, dst):
+            where = "is inside" if dst.startswith(src) else "holds"
+            return [(f"scan.output: {parsed.output} is, through a link, {dst}, which {where} "
+                     f"scan.input ({parsed.input}: {src}): outputs would be scanned as "
+                     "inputs; give an output folder apart from the input")]
+        return []
+    folders: dict[str, str] = {}
+    readers: dict[str, int] = {}
+    for i, job in enumerate(parsed):
+        if not storage.is_s3(job.input):
+            readers.setdefault(storage.entry_of(job.input, True, folders), i)
+    writers: dict[str, int] = {}
+    problems = []
+    for i, job in enumerate(parsed):
+        if storage.is_s3(job.output):
+            continue
+        entry = storage.entry_of(job.output, False, folders)
+        if entry in writers:
+            problems.append(f"jobs[{i}].output: {job.output} is, through a link, the output of "
+                            f"jobs[{writers[entry]}] ({entry}): one output would replace the "
+                            "other; give it another path")
+        writers.setdefault(entry, i)
+        reader = readers.get(entry)
+        if reader is not None and reader != i:  # (its own input: PlanJob's check_not_input)
+            problems.append(f"jobs[{i}].output: {job.output} is, through a link, the input of "
+                            f"jobs[{reader}] ({entry}): the output would replace it; give it "
+                            "another path")
+    return problems
 
 
 def load_job(run_url: str, job: int) -> tuple[dict[str, Any], JobSpec]:
