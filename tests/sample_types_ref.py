@@ -169,12 +169,17 @@ def ref_op(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 #: the most channels OpenCV's Python binding takes in one array; ops are per band
 CV_CHANNELS = 128
+#: ops whose statistics are over all channels: on more than CV_CHANNELS, the page's samples
+#: as one plane (the same statistics, the same value for each sample)
+ALL_CHANNELS = ("normalize", "percentile_stretch")
 
 
 def reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
     img = np.ascontiguousarray(page)
     for p in ops:
-        if img.ndim == 3 and img.shape[2] > CV_CHANNELS and p["op"] != "normalize":
+        if img.ndim == 3 and img.shape[2] > CV_CHANNELS and p["op"] in ALL_CHANNELS:
+            img = ref_op(img.reshape(img.shape[0], -1), p).reshape(img.shape)
+        elif img.ndim == 3 and img.shape[2] > CV_CHANNELS:
             img = stack([ref_op(c, p) for c in planes(img)])
         else:
             img = ref_op(img, p)

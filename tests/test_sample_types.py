@@ -180,6 +180,18 @@ def test_float16_with_nan_is_opencv_on_float32(tmp_path, op):
     np.testing.assert_array_equal(reference(page, [op]), want)
 
 
+@pytest.mark.parametrize("ops", [[{"op": "normalize"}], [{"op": "percentile_stretch"}],
+                                 [{"op": "gaussian_blur", "sigma": 1.5}, {"op": "normalize"}]])
+def test_statistics_over_more_bands_than_opencv_takes(tmp_path, ops):
+    """130 bands (OpenCV takes 128 in one array): normalize and percentile_stretch take the
+    page's statistics over all of them."""
+    page = typed_image(9, 70, 90, 130, "uint16")
+    src = tmp_path / "in.tif"
+    write_bands(src, page, tiled=True, separate=False)
+    (got,), _ = run_tiled(tmp_path, src, ops, 64, 64, compression="deflate")
+    assert_identical(got, reference(page, ops), str(ops))
+
+
 def plan_problems(tmp_path: Path, src: Path, ops: list[dict[str, Any]],
                   out_tile: int = 64) -> list[str]:
     spec = JobSpec(input=str(src), output=str(tmp_path / "never.tif"), ops=ops, tile=64,
