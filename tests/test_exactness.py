@@ -27,11 +27,19 @@ from pipeline.adapters.storage import write_json
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import plan as plan_mod
 from pipeline.core.chain import stats_rounds
-from pipeline.core.events import BatchEvent, MergeEvent, ReduceEvent, StatsEvent, UnitEvent
+from pipeline.core.events import (
+    BatchEvent,
+    MergeEvent,
+    NodeEvent,
+    ReduceEvent,
+    StatsEvent,
+    UnitEvent,
+)
 from pipeline.core.grid import PageGrid
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions
 from pipeline.core.ops import chain_from_json, chain_halo
 from pipeline.steps import layout
+from pipeline.steps.canny_reduce import reduce_node
 from pipeline.steps.common import forget_plans
 from pipeline.steps.merge import merge
 from pipeline.steps.process import process, process_unit
@@ -222,7 +230,11 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
     for r in range(stats_rounds(plan)):  # statistics rounds: ops that need the whole page
         for k in range(len(plan.batches)):
             stats(StatsEvent(plan_url, k, r))
-        reduce_stats(ReduceEvent(plan_url, r))
+        reply = reduce_stats(ReduceEvent(plan_url, r))
+        while reply["tree"]:  # a canny round's reduce tree: a level's nodes, then the next
+            for node in reply["nodes"]:
+                reduce_node(NodeEvent(plan_url, r, reply["bound"], node))
+            reply = reduce_stats(ReduceEvent(plan_url, r, reply["level"], reply["bound"]))
     for k in range(len(plan.batches)):
         process(BatchEvent(plan_url, k))
     merge(MergeEvent(plan_url))

@@ -481,6 +481,20 @@ def test_canny_follows_long_edges_across_many_tiles(tmp_path, tile, sigma):
     assert want.sum() > 0
 
 
+def test_canny_with_a_reduce_tree_of_several_levels(tmp_path, monkeypatch):
+    """A bound of 8 tile sides a node: canny's hysteresis is joined over a tree of several
+    levels (reduce_node per node, level after level, as the state machine's ReduceLevel
+    Map runs them), and the page is Canny's on the whole page."""
+    monkeypatch.setenv("TIFFPIPE_CANNY_REDUCE_SIDES", "8")
+    page = _long_edges(300, 400)
+    ops = [{"op": "canny", "low": 8, "high": 60, "sigma": 1.0}]
+    src = tmp_path / "edges.tif"
+    write_tiff(src, [page], tiled=True, tile=(64, 64))
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, 64, tiles_per_batch=5)
+    assert plan.tiles >= 30
+    assert_identical(got, reference(page, ops), "canny")
+
+
 @pytest.mark.parametrize("sigma", [0, 1.0, 2.5])
 def test_canny_local_maps_need_the_blur_radius_plus_2(sigma):
     """The canny halo is exact (not hidden by rounding up to 16): the weak map of a tile with
