@@ -12,7 +12,8 @@ with nothing changed changes nothing and says so.
                      [--base-image IMAGE]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
-1 a step failed (rerun to resume), 2 usage.
+1 a step failed (rerun to resume) or a data location's bucket does not exist (create it), 2
+usage or a schedule manifest that is missing, invalid or outside the data locations.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -228,31 +228,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.engine.local import StopRequest
 
     stop = StopRequest()
-    # a stop while the manifest is checked (seconds for a large one): the run then stops at
-    # once, and what it does at its end (an earlier run's report and sheet removed) is done
-    with _stop_on_signals(stop):
-        jobs = _validated(args.manifest)
-        if jobs is None:
-            return EXIT_USAGE
+    report = args.report or default_report(args.manifest)
+    checking = [True]  # a stop signal ends the manifest's check at once (it may hang: S3)
+    with _stop_on_signals(stop, lambda: checking[0]):
         try:
+            jobs = _validated(args.manifest)
+            if jobs is None:
+                return EXIT_USAGE
             if isinstance(jobs, list):  # (PlanRun checks it too, for every caller)
-                check_report_path(args.report or default_report(args.manifest), args.manifest,
-                                  jobs)
+                check_report_path(report, args.manifest, jobs)
+            checking[0] = False
             with RunProgress(jobs, quiet=args.quiet) as progress:
                 result = run_local(args.manifest, args.workers, work=args.work,
                                    report=args.report, keep_work=args.keep_work,
                                    listener=progress,
                                    contact_sheet=not getattr(args, "no_contact_sheet", False),
                                    interpreter=getattr(args, "interpreter", "auto"), stop=stop)
+        except _StoppedChecking as exc:
+            return _stopped_before_running(report, exc.signum, args.quiet)
         except OutputNotWritableError as exc:
             print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except WorkLocationError as exc:
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    for url in result.removed if not args.quiet else []:
-        print(f"tiffpipe: removed {url}: an earlier run's, and this run wrote none",
-              file=sys.stderr)
+    _say_removed(result.removed, args.quiet)
     if result.report is None and result.interrupted is None:
         print(f"tiffpipe: the run failed: {result.error}", file=sys.stderr)
         return EXIT_FAILED
@@ -267,18 +267,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+class _StoppedChecking(BaseException):
+    """A stop signal while ``run`` checked the manifest, which it ends at once (a
+    BaseException, as KeyboardInterrupt: no ``except Exception`` on the way takes it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped_before_running(report: str, signum: int, quiet: bool) -> int:
+    """``run`` stopped before its run started: what any stopped run does at its end (an
+    earlier run's report and sheet at its paths removed), and the exit code of ``signum``."""
+    from pipeline.runner import remove_earlier_report, signal_name
+
+    _say_removed(remove_earlier_report(report), quiet)
+    print(f"tiffpipe: interrupted ({signal_name(signum)}) before any job started: no output "
+          "and no report were written", file=sys.stderr)
+    return 128 + signum
+
+
+def _say_removed(removed: list[str], quiet: bool) -> None:
+    for url in removed if not quiet else []:
+        print(f"tiffpipe: removed {url}: an earlier run's, and this run wrote none",
+              file=sys.stderr)
+
+
 @contextmanager
-def _stop_on_signals(stop: StopRequest) -> Iterator[None]:
+def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: False
+                     ) -> Iterator[None]:
     """SIGINT (Ctrl-C) and SIGTERM request ``stop`` while the block runs, instead of
     KeyboardInterrupt (which would leave the run's tasks going) or the end of the process
     (which would leave its work folder and temporary files): the engine stops the run and the
     runner cleans up (see :func:`pipeline.runner.run_local`). A second signal stops the
-    waiting for the tasks. Only in the main thread (where Python runs signal handlers)."""
+    waiting for the tasks. While ``checking()`` (before the run starts), a signal raises
+    :class:`_StoppedChecking` as well, which ends what is going on at once. Only in the main
+    thread (where Python runs signal handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
+    def handler(signum: int, _: Any) -> None:
+        stop.request(signum)
+        if checking():
+            raise _StoppedChecking(signum)
+
     signals = (signal.SIGINT, signal.SIGTERM)
-    before = {s: signal.signal(s, lambda signum, _: stop.request(signum)) for s in signals}
+    before = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:

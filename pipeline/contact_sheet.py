@@ -104,7 +104,8 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
         else:
             rows.append(Row(index, job["status"], job["input"], job["output"],
                             asked[0] if asked else 0, None, job.get("error") or {},
-                            f"{job.get('seconds', 0):.1f} s", ops, job.get("message", "")))
+                            f"{job['seconds']:.1f} s" if job.get("seconds") is not None
+                            else "", ops, job.get("message", "")))
     return rows
 
 

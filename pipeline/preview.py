@@ -203,6 +203,8 @@ def type_label(info: PageInfo) -> str:
     page's samples are colour-map indices (``8-bit palette``), not the colours read."""
     if "palette" in info.conversion:  # e.g. "4-bit palette -> RGB uint8 (8-bit colormap)"
         return info.conversion.split(" palette", 1)[0] + " palette"
+    if info.photometric == "palette":  # 8-bit indices kept with their colour map, as read
+        return "8-bit palette"
     return info.dtype
 
 

@@ -186,6 +186,13 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
     return removed
 
 
+def remove_earlier_report(report_url: str) -> list[str]:
+    """What a run stopped before it started (``tiffpipe run`` while it checked the
+    manifest) removes, as a run that wrote no report: an earlier run's report and contact
+    sheet at its paths (:func:`_remove_stale`); what it removed."""
+    return _remove_stale(report_url, "", False, False)
+
+
 def _report_run_id(url: str) -> str | None:
     """The ``run_id`` of the report at ``url`` (None: none there, or not a report)."""
     try:

@@ -639,13 +639,16 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
     (tmp_path / "link").symlink_to(tmp_path / "out")
     (tmp_path / "linkin").symlink_to(tmp_path / "in2")
     (tmp_path / "c_alias.tif").symlink_to(tmp_path / "in2" / "c.tif")
+    (tmp_path / "out" / "x.tif").symlink_to(tmp_path / "in2" / "c.tif")  # read through link
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"jobs": [
         {"input": "a.tif", "output": "out/same.tif"},
         {"input": "b.tif", "output": "link/same.tif"},
         {"input": "c_alias.tif", "output": "out/c.tif"},
         {"input": "b.tif", "output": "linkin/c.tif"},
-        {"input": "b.tif", "output": "link/other.tif"}]}))
+        {"input": "b.tif", "output": "link/other.tif"},
+        {"input": "link/x.tif", "output": "x_blur.tif"},
+        {"input": "b.tif", "output": "out/x.tif"}]}))
     with pytest.raises(ManifestError) as caught:
         read_manifest(str(manifest))
     assert caught.value.problems == [
@@ -654,6 +657,10 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
          "give it another path"),
         (f"jobs[3].output: {tmp_path / 'linkin' / 'c.tif'} is, through a link, the input of "
          f"jobs[2] ({tmp_path / 'in2' / 'c.tif'}): the output would replace it; give it "
+         "another path"),
+        # the link that jobs[5] reads through would be replaced by jobs[6]'s output
+        (f"jobs[6].output: {tmp_path / 'out' / 'x.tif'} is, through a link, the input of "
+         f"jobs[5] ({tmp_path / 'out' / 'x.tif'}): the output would replace it; give it "
          "another path")]
 
     (tmp_path / "s" / "in" / "outx").mkdir(parents=True)

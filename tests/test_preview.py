@@ -18,6 +18,7 @@ from PIL import Image
 
 import pipeline.preview as preview_module
 from pipeline import cli
+from pipeline.adapters.tiff_read import read_infos
 from pipeline.contact_sheet import (
     CELL,
     LABEL_W,
@@ -29,7 +30,7 @@ from pipeline.contact_sheet import (
 from pipeline.core.models import JobSpec
 from pipeline.core.thumbs import contact_sheet_url
 from pipeline.errors import CorruptTiffError, PageNotFoundError
-from pipeline.preview import fit, thumbnail
+from pipeline.preview import fit, thumbnail, type_label
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -314,6 +315,8 @@ def test_miniswhite_and_palette_look_as_they_are_processed(tmp_path):
     thumb = thumbnail(str(path), 0, 64)
     assert np.array_equal(as_array(thumb.image), want)
     assert thumb.dtype == "8-bit palette"  # its samples' type, not the colour map's uint16
+    kept = read_infos(str(path), None, keep_palette=True)[0]  # as a job that keeps it reads it
+    assert (kept.photometric, type_label(kept)) == ("palette", "8-bit palette")
 
 
 # --- the command ---------------------------------------------------------------------------

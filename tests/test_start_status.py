@@ -246,6 +246,14 @@ def test_start_refuses_locations_the_stacks_functions_cannot_reach(stack: Stack)
     assert stack.keys(NAMES.bucket, "manifests/") == []
     assert stack.client("stepfunctions").list_executions(
         stateMachineArn=NAMES.state_machine_arn)["executions"] == []
+    # a state machine of another account with this stack's name: its roles are not these
+    from pipeline.aws.executions import Target, stack_reach
+
+    clients = Clients(REGION, session=stack.session)
+    ours = Target(NAMES.state_machine_arn, NAMES.bucket, STACK)
+    assert stack_reach(clients, ours) is not None
+    other = NAMES.state_machine_arn.replace(f":{NAMES.account}:", ":210987654321:")
+    assert stack_reach(clients, Target(other, NAMES.bucket, STACK)) is None
 
 
 def test_executions_get_unique_readable_names_and_an_s3_manifest_is_used_in_place(stack: Stack):

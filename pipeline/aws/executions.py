@@ -155,10 +155,15 @@ def _shown(locations: list[DataLocation]) -> str:
     return ", ".join(map(str, locations)) or "none"
 
 
-def stack_reach(clients: Clients, stack: str, bucket: str) -> Reach | None:
-    """The deployed stack's :class:`Reach`, from its functions' role policies; None when
-    they cannot be read (no iam:GetRolePolicy for this caller, or no such roles)."""
-    names = clients.names(stack)
+def stack_reach(clients: Clients, target: Target) -> Reach | None:
+    """The :class:`Reach` of the stack ``target`` is, from its functions' role policies;
+    None when they cannot be read (no iam:GetRolePolicy for this caller, no such roles, or
+    the state machine is another account's: its roles are not this account's)."""
+    if not target.stack:
+        return None
+    names = clients.names(target.stack)
+    if names.state_machine_arn != target.state_machine_arn:
+        return None
     iam = clients("iam")
     try:
         read = role_policy(iam, names.function_role("split"))
@@ -167,7 +172,7 @@ def stack_reach(clients: Clients, stack: str, bucket: str) -> Reach | None:
         return None
     if read is None or write is None:
         return None
-    return Reach(stack, bucket, locations_of(read, "ReadInputs"),
+    return Reach(target.stack, target.bucket, locations_of(read, "ReadInputs"),
                  locations_of(write, "WriteOutputs"))
 
 
@@ -240,14 +245,14 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     run_id = new_run_id()
     s3 = clients("s3")
     text, parsed = read_manifest(s3, manifest)
-    reach = target.stack and stack_reach(clients, target.stack, target.bucket)
+    reach = stack_reach(clients, target)
     if reach:
         problems = reach_problems(parsed, manifest, reach)
         if problems:
             raise ManifestError(manifest, problems)
     else:
-        why = ("its functions' roles cannot be read (iam:GetRolePolicy)" if target.stack
-               else f"the state machine has no {STACK_TAG} tag")
+        why = ("its functions' roles cannot be read (iam:GetRolePolicy, this account's)"
+               if target.stack else f"the state machine has no {STACK_TAG} tag")
         print(f"the manifest's locations are not checked against the stack's data locations: "
               f"{why}", file=err)
     url = upload_manifest(s3, manifest, text, target.bucket, run_id)

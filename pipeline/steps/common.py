@@ -79,8 +79,9 @@ def linked_problems(parsed: list[JobSpec] | ScanSpec) -> list[str]:
     folders: dict[str, str] = {}
     readers: dict[str, int] = {}
     for i, job in enumerate(parsed):
-        if not storage.is_s3(job.input):
-            readers.setdefault(storage.entry_of(job.input, True, folders), i)
+        if not storage.is_s3(job.input):  # the entry it names, and the file a link reaches
+            for follow in (False, True):
+                readers.setdefault(storage.entry_of(job.input, follow, folders), i)
     writers: dict[str, int] = {}
     problems = []
     for i, job in enumerate(parsed):
