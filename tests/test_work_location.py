@@ -231,6 +231,43 @@ def test_a_killed_runs_s3_work_is_removed_by_the_next_look(s3, runs_folder: Path
         in caplog.text
 
 
+def test_a_killed_runs_s3_work_and_local_partial_output_out_of_reach_are_tried_again(
+        s3, runs_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture):
+    """A killed local run with its work on S3 and a local output it was writing: the next
+    look removes the output's temporary file (its S3 run file lists the output) and the
+    work; a look that cannot reach S3 (another endpoint, other credentials) leaves the run
+    listed, and a later look does it."""
+    from pipeline.adapters import storage
+    from pipeline.steps import layout
+
+    work = f"s3://{BUCKET}/w1/"
+    output = tmp_path / "out" / "big.tif"
+    output.parent.mkdir()
+    storage.write_json(layout.run_file(work), {"run_id": "w1", "jobs": [
+        {"input": "/in/big.tif", "output": str(output)}]})
+    monkeypatch.setenv(storage.RUN_TAG_ENV, "w1")  # as the killed run's processes had it
+    partial = Path(storage.temp_output_path(str(output)))
+    monkeypatch.delenv(storage.RUN_TAG_ENV)
+    partial.write_bytes(b"half an output")
+    caplog.set_level(logging.WARNING, "pipeline.adapters.local_runs")
+    with run_elsewhere(str(runs_folder), "run-w1", "/m/a.json", work) as one:
+        one.kill()
+        one.wait(30)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+        monkeypatch.setattr(storage, "_client", None)
+        assert local_runs.running() == []
+        assert "could not remove s3://" in caplog.text and "the next run tries again" in caplog.text
+        assert partial.exists() and _keys(s3) == ["w1/run.json"]
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        monkeypatch.setattr(storage, "_client", None)
+        assert local_runs.running() == []
+    assert not partial.exists() and _keys(s3) == []
+    assert f"removed {partial}, a partial output of run w1" in caplog.text
+    assert f"removed {work}, the work of run w1" in caplog.text
+    assert list(runs_folder.glob("*.json")) == []  # done: no longer listed
+
+
 @pytest.mark.parametrize("work_on_s3", [True, False])
 def test_a_killed_runs_open_uploads_are_ended_by_the_next_look(
         s3, runs_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,

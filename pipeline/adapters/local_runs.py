@@ -179,22 +179,19 @@ def _entry(fd: int) -> LocalRun | None:
 def _reap(path: str, run: LocalRun | None) -> None:
     """The file of a run whose process ended without removing it (killed): removed, and what
     the run left: the temporary files it was building outputs in (named with its run id,
-    beside the outputs of its jobs, listed in its work folder's run file), the S3 uploads it
-    left open (:func:`_end_uploads`), and its work folder unless it keeps it. Of two looks
-    at once, the one that removes the file does it. Each removal is a warning, naming what
-    went."""
+    beside the local outputs of its jobs, listed in its work's run file), the S3 uploads it
+    left open (:func:`_end_uploads`), and its work unless it keeps it. Of two looks at once,
+    the one that removes the file does it. Each removal is a warning, naming what went.
+    What could not be done (its S3 work out of this run's reach: another endpoint, other
+    credentials) is tried again by the next look: the file is listed again, unlocked."""
     try:
         os.remove(path)
     except OSError:
         return
     if run is None or not run.work:
         return
-    _end_uploads(run, run.work)
-    if storage.is_s3(run.work):
-        if not run.keep_work:
-            _reap_s3_work(run, run.work)
-        return
-    if not os.path.isdir(run.work):
+    on_s3 = storage.is_s3(run.work)
+    if not (on_s3 or os.path.isdir(run.work)):
         return
     for tmp in _partial_outputs(run.work, run.run_id):
         try:
@@ -203,18 +200,30 @@ def _reap(path: str, run: LocalRun | None) -> None:
             continue
         log.warning("removed %s, a partial output of run %s: its process (%d) ended before "
                     "the run did (killed?) and left it", tmp, run.run_id, run.pid)
+    done = _end_uploads(run, run.work)
     if not run.keep_work:
-        work_location.remove(run.work)
-        log.warning("removed %s, the work folder of run %s: its process (%d) ended before "
-                    "the run did (killed?) and left it", run.work, run.run_id, run.pid)
+        done = _remove_work(run, run.work) and done
+    if not done:
+        _list_again(path, run)
 
 
-def _end_uploads(run: LocalRun, work: str) -> None:
+def _list_again(path: str, run: LocalRun) -> None:
+    """``run``'s file, written again without a lock: the next look reaps it again."""
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(run._asdict(), f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot list run %s again (%s): what it left is not tried again",
+                    run.run_id, exc)
+
+
+def _end_uploads(run: LocalRun, work: str) -> bool:
     """The S3 multipart uploads a killed run left open, ended (S3 keeps their parts, and
     bills them, until then): its jobs' output uploads, which its work records, and with its
-    work on S3 its segments'. Only the run's own (not another run's of the same output)."""
-    if not (storage.is_s3(work) or os.path.isdir(work)):
-        return
+    work on S3 its segments'. Only the run's own (not another run's of the same output).
+    Whether that could be done."""
     from pipeline.adapters import segments  # (a killed run's: rare)
 
     try:
@@ -223,37 +232,43 @@ def _end_uploads(run: LocalRun, work: str) -> None:
             ended += segments.abort_uploads(work.rstrip("/") + "/")
     except TiffpipeError as exc:
         log.warning("could not end the S3 uploads of run %s, whose process (%d) ended before "
-                    "the run did (killed?): %s", run.run_id, run.pid, exc)
-        return
+                    "the run did (killed?): %s; the next run tries again", run.run_id,
+                    run.pid, exc)
+        return False
     if ended:
         log.warning("ended %d S3 upload(s) run %s left open: its process (%d) ended before the "
                     "run did (killed?)", ended, run.run_id, run.pid)
+    return True
 
 
-def _reap_s3_work(run: LocalRun, work: str) -> None:
-    """A killed run's work under an S3 prefix, removed (a warning either way: this run may
-    not reach that bucket, or have the rights the killed one had)."""
+def _remove_work(run: LocalRun, work: str) -> bool:
+    """A killed run's work (a folder, or under an S3 prefix) removed, with a warning;
+    whether it could be (this run may not reach the bucket, or have the rights the killed
+    one had)."""
     try:
         work_location.remove(work)
     except TiffpipeError as exc:
         log.warning("could not remove %s, the work of run %s, whose process (%d) ended before "
-                    "the run did (killed?): %s", work, run.run_id, run.pid, exc)
-        return
-    log.warning("removed %s, the work of run %s: its process (%d) ended before the run did "
-                "(killed?) and left it", work, run.run_id, run.pid)
+                    "the run did (killed?): %s; the next run tries again", work, run.run_id,
+                    run.pid, exc)
+        return False
+    what = "the work" if storage.is_s3(work) else "the work folder"
+    log.warning("removed %s, %s of run %s: its process (%d) ended before the run did "
+                "(killed?) and left it", work, what, run.run_id, run.pid)
+    return True
 
 
 def _partial_outputs(work: str, run_id: str) -> list[str]:
     """The temporary files of the run ``run_id`` beside the local outputs of its jobs, which
-    its work folder's run file lists (none if that is missing or unreadable: it was killed
-    before it planned, or it is not a run's)."""
+    its work's run file lists (none if that is missing or unreadable: it was killed before
+    it planned, or it is not a run's; or its S3 work is out of reach)."""
     try:
-        with open(os.path.join(work, RUN_FILE), "rb") as f:
-            jobs = json.load(f).get("jobs", [])
+        jobs = storage.read_json(storage.join(work, RUN_FILE)).get("jobs", [])
         outputs = {job["output"] for job in jobs if isinstance(job.get("output"), str)}
-    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+    except (TiffpipeError, ValueError, TypeError, AttributeError, KeyError):
         return []
-    return [tmp for output in sorted(outputs) for tmp in temp_output_paths(output, run_id)]
+    return [tmp for output in sorted(outputs) if not storage.is_s3(output)
+            for tmp in temp_output_paths(output, run_id)]
 
 
 def using(work: str, name: str) -> LocalRun | None:
