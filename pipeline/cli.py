@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="of the state machine: tiffpipe's own (direct, starts at once) or "
                           "moto's; auto: direct unless the definition needs more")
     run.add_argument("--work", help="work location for intermediate tiles (folder or s3:// "
-                                    "prefix; default: .tiffpipe-work/ next to the manifest)")
+                                    "prefix; default: .tiffpipe-work/ next to a local manifest, "
+                                    "the temp folder for an s3:// one)")
     run.add_argument("--keep-work", action="store_true", help="keep the work files")
     run.add_argument("--report", help="run report JSON (default: <manifest>.report.json next "
                                       "to the manifest)")

@@ -280,3 +280,24 @@ def test_a_folder_where_a_scans_output_goes_fails_the_job_not_skips_it(tmp_path:
     assert run["jobs"] == 1
     with pytest.raises(OutputNotWritableError, match=r"out/a.tif is a folder: give a file name"):
         handlers.dispatch("process", {"action": "plan_job", "run": run["run"], "job": 0})
+
+
+def test_a_scan_of_a_bucket_that_does_not_exist_is_named_not_retried(
+        monkeypatch: pytest.MonkeyPatch):
+    """A scan's input or output in a bucket that does not exist: InputNotFoundError or
+    OutputNotWritableError naming it (not a StorageError, which the state machine retries
+    though a retry meets it again)."""
+    from conftest import moto_s3
+
+    from pipeline.errors import InputNotFoundError, OutputNotWritableError
+    from pipeline.steps.planning import expand_scan
+
+    with moto_s3(monkeypatch, "tp-scan"):
+        missing_in = ScanSpec(input="s3://no-such-bucket-in/in/", output="s3://tp-scan/out/")
+        with pytest.raises(InputNotFoundError, match="the bucket no-such-bucket-in does not "
+                                                     "exist: create it or fix the URL"):
+            expand_scan(missing_in)
+        missing_out = ScanSpec(input="s3://tp-scan/in/", output="s3://no-such-bucket-out/o/")
+        with pytest.raises(OutputNotWritableError, match="no-such-bucket-out does not exist"):
+            expand_scan(missing_out)
+        assert expand_scan(ScanSpec(input="s3://tp-scan/in/", output="s3://tp-scan/o/")) == []

@@ -547,3 +547,12 @@ def test_a_folder_given_as_input_is_not_a_tiff(tmp_path):
     """Named as such at once: not a StorageError, which the state machine retries."""
     with pytest.raises(NotATiffError, match="is a folder, not a TIFF file"):
         storage.open_input(str(tmp_path))
+
+
+def test_an_outputs_folder_that_cannot_be_made_is_named(tmp_path):
+    """A file where a folder of an output's path must be (an S3 scan's keys a.tif and
+    a.tif/b.tif mirrored to local outputs): OutputNotWritableError naming it, not the raw
+    FileExistsError of os.makedirs."""
+    (tmp_path / "a.tif").write_bytes(b"an output")
+    with pytest.raises(OutputNotWritableError, match="a file of that name is in the way"):
+        storage.temp_output_path(str(tmp_path / "a.tif" / "b.tif"))

@@ -392,15 +392,24 @@ def size(url: str, missing: type[TiffpipeError] = WorkMissingError) -> int:
         return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
-def list_prefix(url: str) -> list[str]:
-    """Every file or object under a folder or prefix (recursively), as sorted full paths/URLs."""
+def list_prefix(url: str, no_bucket: type[TiffpipeError] = StorageError) -> list[str]:
+    """Every file or object under a folder or prefix (recursively), as sorted full paths/URLs;
+    ``no_bucket``: the error of a bucket that does not exist (not one a retry passes)."""
     if not is_s3(url):
         return sorted(os.path.join(d, f) for d, _, files in os.walk(url) for f in files)
     bucket, prefix = split_s3(url)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    with _errors(url, "list", None):
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
+    try:
+        with _errors(url, "list", None):
+            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                           Prefix=prefix)
+            return sorted(f"s3://{bucket}/{o['Key']}" for p in pages
+                          for o in p.get("Contents", []))
+    except StorageError as exc:
+        if _code(exc.__cause__) != "NoSuchBucket" or no_bucket is StorageError:
+            raise
+        raise no_bucket(f"{url}: the bucket {bucket} does not exist: create it or fix the "
+                        "URL") from exc
 
 
 def top_names(url: str, most: int = 1000) -> list[str]:
@@ -606,7 +615,13 @@ def temp_output_path(url: str) -> str:
         raise ValueError(f"{url}: S3 objects are written in one step, not renamed")
     name = os.path.basename(url.rstrip("/"))
     folder = parent(url)
-    _make_folder(folder)
+    try:
+        _make_folder(folder)
+    except OSError as exc:  # a file where a folder of the path must be, no rights
+        raise OutputNotWritableError(
+            f"output {url}: its folder {folder} cannot be made ({exc}): a file of that name "
+            "is in the way, or the place may not be written; give the output another path"
+        ) from exc
     run = run_tag()
     unique = os.urandom(16).hex()  # 32 hex digits (temp_output_paths)
     return os.path.join(folder, _temp_name(name, f"{run}-{unique}" if run else unique))

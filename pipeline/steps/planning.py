@@ -142,7 +142,8 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
                                  "in the manifest and that the folder is there")
-    return scan_jobs(scan, storage.list_prefix(scan.input), storage.list_prefix(scan.output))
+    return scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
+                     storage.list_prefix(scan.output, OutputNotWritableError))
 
 
 def skip_job(job: int, doc: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
