@@ -674,3 +674,35 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
                               f"{tmp_path / 's' / 'in' / 'outx'}, which is inside scan.input")
     scan.write_text(json.dumps({"scan": {"input": "s/in", "output": "s/elsewhere"}}))
     assert read_manifest(str(scan)).output.rstrip(os.sep) == str(tmp_path / "s" / "elsewhere")
+
+
+def test_a_path_ending_in_a_slash_is_a_folder_not_a_file():
+    """A relative path ending in / in an S3 manifest resolves to a prefix (the slash was
+    dropped on the way, and the job failed at run time as a missing object); in a local
+    one, a folder: refused as the absolute s3:// prefix is, naming the scan form."""
+    for base in ("s3://b/m", "/data"):
+        with pytest.raises(ManifestError) as caught:
+            parse_manifest({"jobs": [{"input": "dir/sub/", "output": "o.tif"},
+                                     {"input": "a.tif", "output": "out/"}]}, "m.json", base)
+        assert caught.value.problems == [
+            ('jobs[0].input: expected the path of a file, got "dir/sub/", a folder (a folder '
+             'of inputs or of outputs is a scan manifest\'s: {"scan": ...})'),
+            ('jobs[1].output: expected the path of a file, got "out/", a folder (a folder of '
+             'inputs or of outputs is a scan manifest\'s: {"scan": ...})')]
+
+
+def test_a_relative_path_that_climbs_above_its_s3_bucket_is_refused():
+    """``../`` beyond an S3 manifest's bucket: S3 has no parent of a bucket, and would take
+    the rest as a key named "../..." (an input then missing; an output written there)."""
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest({"jobs": [{"input": "../in/a.tif", "output": "o.tif"},
+                                 {"input": "a.tif", "output": "../../o.tif"}]},
+                       "s3://b/m.json", "s3://b")
+    assert caught.value.problems == [
+        ('jobs[0].input: "../in/a.tif" climbs above its bucket\'s top (s3://b/../in/a.tif): '
+         "a relative path in an S3 manifest stays in the manifest's bucket"),
+        ('jobs[1].output: "../../o.tif" climbs above its bucket\'s top (s3://b/../../o.tif): '
+         "a relative path in an S3 manifest stays in the manifest's bucket")]
+    within = parse_manifest({"jobs": [{"input": "../in/a.tif", "output": "o.tif"}]},
+                            "s3://b/p/m.json", "s3://b/p")
+    assert within[0].input == "s3://b/in/a.tif"

@@ -102,6 +102,13 @@ def resolve_location(location: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, location))
 
 
+def _above_bucket(location: str) -> bool:
+    """Whether an S3 location a relative path resolved to climbs above its bucket's top
+    (``../`` left at the start of its key: S3 would take it as a key of that name)."""
+    key = location[len("s3://"):].partition("/")[2] if is_s3(location) else ""
+    return key == ".." or key.startswith("../")
+
+
 def _same_key(location: str) -> str:
     """What two locations must share to be the same file."""
     return location if is_s3(location) else os.path.normpath(location)
@@ -124,6 +131,9 @@ def _location_problem(value: Any) -> str | None:
         if key.endswith("/"):
             return (f"expected s3://bucket/key naming an object, got {show(value)}, a prefix "
                     '(a folder of inputs or of outputs is a scan manifest\'s: {"scan": ...})')
+    elif value.endswith(("/", os.sep)):  # a relative or local path of a folder
+        return (f"expected the path of a file, got {show(value)}, a folder (a folder of inputs "
+                'or of outputs is a scan manifest\'s: {"scan": ...})')
     return None
 
 
@@ -352,11 +362,13 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str,
             where[name] = None
             continue
         message = _location_problem(job[name])
+        resolved = None if message else resolve_location(job[name], base_dir)
+        if resolved is not None and _above_bucket(resolved):
+            message = (f"{show(job[name])} climbs above its bucket's top ({resolved}): a "
+                       "relative path in an S3 manifest stays in the manifest's bucket")
         if message:
             problems.append(f"{path}.{name}: {message}")
-            where[name] = None
-        else:
-            where[name] = resolve_location(job[name], base_dir)
+        where[name] = None if message else resolved
     if where["output"] is not None:
         if not job["output"].lower().endswith((".tif", ".tiff")):
             problems.append(f"{path}.output: expected a path ending in .tif or .tiff, "
