@@ -556,3 +556,13 @@ def test_an_outputs_folder_that_cannot_be_made_is_named(tmp_path):
     (tmp_path / "a.tif").write_bytes(b"an output")
     with pytest.raises(OutputNotWritableError, match="a file of that name is in the way"):
         storage.temp_output_path(str(tmp_path / "a.tif" / "b.tif"))
+
+
+def test_a_missing_bucket_is_named(s3):
+    """An input (or work file) in a bucket that does not exist: the message says the bucket
+    is what is missing, not only the object."""
+    with pytest.raises(InputNotFoundError, match="its bucket, no-such-bucket-x, does not "
+                                                 "exist: check the URL"):
+        storage.read_bytes("s3://no-such-bucket-x/in/a.tif", missing=InputNotFoundError)
+    with pytest.raises(InputNotFoundError, match="check the path or URL and that the file"):
+        storage.read_bytes("s3://tp-bucket/in/none.tif", missing=InputNotFoundError)

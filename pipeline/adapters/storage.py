@@ -175,6 +175,9 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         yield
     except (FileNotFoundError, *_aws_errors()) as exc:
         code = _code(exc)
+        if missing and code == "NoSuchBucket":
+            raise missing(f"{url} does not exist: its bucket, {split_s3(url)[0]}, does not "
+                          "exist: check the URL") from exc
         if missing and (isinstance(exc, FileNotFoundError) or code in _MISSING_CODES):
             raise _missing(missing, url) from exc
         if code in ("403", "AccessDenied"):
