@@ -554,7 +554,8 @@ def test_an_outputs_folder_that_cannot_be_made_is_named(tmp_path):
     a.tif/b.tif mirrored to local outputs): OutputNotWritableError naming it, not the raw
     FileExistsError of os.makedirs."""
     (tmp_path / "a.tif").write_bytes(b"an output")
-    with pytest.raises(OutputNotWritableError, match="a file of that name is in the way"):
+    with pytest.raises(OutputNotWritableError,
+                       match="check the path .a file of that name in the way"):
         storage.temp_output_path(str(tmp_path / "a.tif" / "b.tif"))
 
 

@@ -622,8 +622,8 @@ def temp_output_path(url: str) -> str:
         _make_folder(folder)
     except OSError as exc:  # a file where a folder of the path must be, no rights
         raise OutputNotWritableError(
-            f"output {url}: its folder {folder} cannot be made ({exc}): a file of that name "
-            "is in the way, or the place may not be written; give the output another path"
+            f"output {url}: its folder {folder} cannot be made ({exc}): check the path (a "
+            "file of that name in the way, or a place that may not be written)"
         ) from exc
     run = run_tag()
     unique = os.urandom(16).hex()  # 32 hex digits (temp_output_paths)
