@@ -442,11 +442,12 @@ def cmd_aws(args: argparse.Namespace) -> int:
     region = args.region
     arn = args.execution if args.command == "status" else args.state_machine
     if arn and arn.count(":") >= 6:  # arn:aws:states:REGION:...: where it is
-        if region and region != arn.split(":")[3]:
-            print(f"tiffpipe: --region {region} is not the region of {arn} "
-                  f"({arn.split(':')[3]}): leave --region out", file=sys.stderr)
+        where = arn.split(":")[3]
+        if region and region != where:
+            print(f"tiffpipe: --region {region} is not the region of {arn} ({where}): leave "
+                  "--region out", file=sys.stderr)
             return EXIT_USAGE
-        region = arn.split(":")[3]
+        region = where
     clients = Clients(region, args.profile)
     try:
         if arn:  # `start --stack` checks them as it finds the stack (Clients.names)

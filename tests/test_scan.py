@@ -294,10 +294,11 @@ def test_a_scan_of_a_bucket_that_does_not_exist_is_named_not_retried(
 
     with moto_s3(monkeypatch, "tp-scan"):
         missing_in = ScanSpec(input="s3://no-such-bucket-in/in/", output="s3://tp-scan/out/")
-        with pytest.raises(InputNotFoundError, match="the bucket no-such-bucket-in does not "
-                                                     "exist: create it or fix the URL"):
+        with pytest.raises(InputNotFoundError, match="its bucket, no-such-bucket-in, does not "
+                                                     "exist: check the URL"):
             expand_scan(missing_in)
         missing_out = ScanSpec(input="s3://tp-scan/in/", output="s3://no-such-bucket-out/o/")
-        with pytest.raises(OutputNotWritableError, match="no-such-bucket-out does not exist"):
+        with pytest.raises(OutputNotWritableError,
+                           match="its bucket, no-such-bucket-out, does not exist"):
             expand_scan(missing_out)
         assert expand_scan(ScanSpec(input="s3://tp-scan/in/", output="s3://tp-scan/o/")) == []

@@ -190,8 +190,7 @@ def _reap(path: str, run: LocalRun | None) -> None:
         return
     if run is None or not run.work:
         return
-    on_s3 = storage.is_s3(run.work)
-    if not (on_s3 or os.path.isdir(run.work)):
+    if not (storage.is_s3(run.work) or os.path.isdir(run.work)):
         return
     for tmp in _partial_outputs(run.work, run.run_id):
         try:

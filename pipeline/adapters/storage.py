@@ -395,24 +395,16 @@ def size(url: str, missing: type[TiffpipeError] = WorkMissingError) -> int:
         return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
-def list_prefix(url: str, no_bucket: type[TiffpipeError] = StorageError) -> list[str]:
+def list_prefix(url: str, no_bucket: type[TiffpipeError] | None = None) -> list[str]:
     """Every file or object under a folder or prefix (recursively), as sorted full paths/URLs;
-    ``no_bucket``: the error of a bucket that does not exist (not one a retry passes)."""
+    ``no_bucket``: the error of a bucket that does not exist (else a StorageError)."""
     if not is_s3(url):
         return sorted(os.path.join(d, f) for d, _, files in os.walk(url) for f in files)
     bucket, prefix = split_s3(url)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-    try:
-        with _errors(url, "list", None):
-            pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                           Prefix=prefix)
-            return sorted(f"s3://{bucket}/{o['Key']}" for p in pages
-                          for o in p.get("Contents", []))
-    except StorageError as exc:
-        if _code(exc.__cause__) != "NoSuchBucket" or no_bucket is StorageError:
-            raise
-        raise no_bucket(f"{url}: the bucket {bucket} does not exist: create it or fix the "
-                        "URL") from exc
+    with _errors(url, "list", no_bucket):  # (a missing prefix lists nothing: no 404)
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
 
 
 def top_names(url: str, most: int = 1000) -> list[str]:

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.aws import STEPS, AwsError, Clients, StackNames, check_schedule, policies
 from pipeline.aws import images as docker_images
-from pipeline.aws.actions import Actions, get_or_none
+from pipeline.aws.actions import Actions, error_code, get_or_none
 from pipeline.aws.executions import Reach, reach_problems, read_manifest, upload_manifest
 from pipeline.aws.resources import (
     delete_role,
@@ -132,7 +132,7 @@ def _check_buckets(clients: Clients, names: StackNames, data: list[policies.Data
             try:
                 s3.head_bucket(Bucket=bucket)
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code"))
+                code = error_code(exc)
                 if code in ("404", "NoSuchBucket"):
                     raise AwsError(f"{option} {bucket}: no such bucket: create it first, or "
                                    "fix the name; nothing was changed") from exc

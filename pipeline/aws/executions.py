@@ -25,6 +25,7 @@ from pipeline.aws import (
     StackNotFoundError,
     parse_arn,
 )
+from pipeline.aws.actions import error_code
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK, DataLocation, locations_of
 from pipeline.aws.resources import role_policy
 from pipeline.core.events import RunInput, to_payload
@@ -62,7 +63,7 @@ def find_target(clients: Clients, stack: str | None = None,
         tags = {t["key"]: t["value"]
                 for t in sfn.list_tags_for_resource(resourceArn=arn).get("tags", [])}
     except ClientError as exc:
-        if _code(exc) in ("StateMachineDoesNotExist", "InvalidArn"):
+        if error_code(exc) in ("StateMachineDoesNotExist", "InvalidArn"):
             what = f"stack {stack!r}" if stack and not state_machine else arn
             raise StackNotFoundError(
                 f"{what}: no state machine {arn} in {clients.region}: deploy it first "
@@ -78,10 +79,6 @@ def find_target(clients: Clients, stack: str | None = None,
                            "use --stack")
         bucket = f"{name}-{parts['account']}-{parts['region']}"
     return Target(arn, bucket, tags.get(STACK_TAG))
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 # --- the manifest ---------------------------------------------------------------------
@@ -185,7 +182,7 @@ def read_manifest(s3: Any, manifest: str) -> tuple[str, list[Any] | ScanSpec]:
         try:
             text = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
+            if error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
                 raise InputNotFoundError(f"{manifest} does not exist: check the URL") from exc
             raise
         base = manifest.rsplit("/", 1)[0]
@@ -359,7 +356,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
     try:
         desc = sfn.describe_execution(executionArn=execution_arn)
     except ClientError as exc:
-        if _code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
+        if error_code(exc) in ("ExecutionDoesNotExist", "InvalidArn"):
             raise StackNotFoundError(f"no execution {execution_arn} in {clients.region}: check "
                                      "the ARN (and --region)") from exc
         raise
