@@ -92,11 +92,20 @@ def _write_inputs(inp: Path) -> None:
                      iccprofile=ICC_RGB)
     tifffile.imwrite(inp / "imagej.tif", pattern(80, 96, 1, "uint8", 5), imagej=True,
                      resolution=(2.5, 2.5), metadata={"unit": "um"})
+    with tifffile.TiffWriter(inp / "svs.tif") as tw:  # an Aperio slide and its macro image
+        tw.write(pattern(96, 128, 3, "uint8", 7), photometric="rgb", tile=(32, 32),
+                 metadata=None, description=APERIO, resolution=((20040, 1), (20040, 1)),
+                 resolutionunit=RESUNIT_CM)
+        tw.write(pattern(40, 100, 3, "uint8", 8), photometric="rgb", rowsperstrip=8,
+                 metadata=None, subfiletype=9, description="Aperio Image Library v12 macro")
+    tifffile.imwrite(inp / "turned.tif", pattern(100, 90, 3, "uint8", 9), photometric="rgb",
+                     tile=(32, 32), metadata=None, extratags=[(274, "H", 1, 6, True)])
     tifffile.imwrite(inp / "gray_icc.tif", pattern(80, 96, 1, "uint16", 6),
                      photometric="minisblack", metadata=None, iccprofile=ICC_GRAY,
                      extratags=[ascii_tag(306, DATETIME)])
 
 
+APERIO = "Aperio Image Library v12.0.15 \r\n128x96 (32x32) RGB|AppMag = 20|MPP = 0.4990"
 BLUR = [{"op": "gaussian_blur", "sigma": SIGMA}]
 JOBS: dict[str, dict[str, Any]] = {
     "rgb_copy": {"input": "rgb.tif"},
@@ -110,6 +119,10 @@ JOBS: dict[str, dict[str, Any]] = {
     "gray_icc_blur": {"input": "gray_icc.tif", "ops": BLUR},
     "rgb_downsample": {"input": "rgb.tif", "ops": [{"op": "downsample", "factor": 2}]},
     "geo_downsample": {"input": "geo_be.tif", "ops": [{"op": "downsample", "factor": 2}]},
+    "geo_threshold": {"input": "geo_be.tif", "ops": [*BLUR, {"op": "threshold", "value": 0.5}]},
+    "svs_copy": {"input": "svs.tif"},
+    "svs_downsample": {"input": "svs.tif", "ops": [{"op": "downsample", "factor": 2}]},
+    "turned_pyramid": {"input": "turned.tif", "output_options": {"pyramid": True}},
 }
 
 
@@ -245,6 +258,42 @@ def test_downsample_scales_the_resolution_and_drops_georeferencing(run):
     for code in (33550, 33922, 34735, 34736, 34737, 700):  # they map pixels to the world
         assert code not in geo.tags, code
     assert _value(geo, 42113) == "-9999"  # nodata does not depend on the geometry
+
+
+def test_nodata_is_dropped_by_an_op_that_remaps_values(run):
+    # a threshold makes valid pixels 0 and the -9999 pixels 0: the input's no-data value
+    # would mark none of them (and an invert would turn no-data pixels into data)
+    (page,) = _pages(run["geo_threshold"]["output"])
+    assert 42113 not in page.tags
+    assert page.geotiff_tags["ModelPixelScale"] == [30.0, 30.0, 0.0]  # the geometry is kept
+    (blurred,) = _pages(run["geo_blur"]["output"])
+    assert _value(blurred, 42113) == "-9999"  # a filter keeps values: nodata kept
+
+
+def test_new_subfile_type_is_kept_whole(run):
+    # Aperio's macro image is NewSubfileType 9 (bits 0 and 3): tifffile and OpenSlide tell
+    # it from the label (1) by it
+    src, out = _pages(run["svs_copy"]["input"]), _pages(run["svs_copy"]["output"])
+    assert int(src[1].subfiletype) == 9 and int(out[1].subfiletype) == 9
+
+
+def test_an_aperio_description_is_dropped_when_the_size_changes(run):
+    # it states the page's size and its microns per pixel (MPP), which readers take as the
+    # pixel size: kept on a copy, dropped (like the georeferencing) by a downsample
+    (page, macro) = _pages(run["svs_copy"]["output"])
+    assert page.description == APERIO and macro.description.startswith("Aperio")
+    (page, macro) = _pages(run["svs_downsample"]["output"])
+    assert 270 not in page.tags and 270 not in macro.tags
+    assert _value(page, 282) == (10020, 1)  # the resolution is scaled instead
+
+
+def test_pyramid_levels_repeat_the_orientation(run):
+    # a level without Orientation reads as Orientation 1: turned from its page in a viewer
+    # that shows a level (libvips' thumbnail does)
+    (page,) = _pages(run["turned_pyramid"]["output"])
+    levels = page.pages  # the SubIFDs
+    assert _value(page, 274) == 6 and len(levels) == 2
+    assert [_value(level, 274) for level in levels] == [6, 6]
 
 
 def test_extra_samples_keep_associated_alpha(run):

@@ -9,9 +9,12 @@ Rules:
 - resolution and its unit are kept; when the op chain changes the page size they are scaled
   so that a pixel keeps its physical size (``downsample`` by k: resolution / k);
 - ImageDescription, DateTime, PageName, DocumentName, Make, Model, Artist, HostComputer,
-  Copyright, Orientation, NewSubfileType and GDAL_NODATA are copied byte for byte, except
-  descriptions that describe the input file's own layout (OME-XML, ImageJ, tifffile's shaped
-  JSON): they would be wrong for the output, so they are dropped;
+  Copyright, Orientation and GDAL_NODATA are copied byte for byte, except descriptions that
+  describe the input file's own layout (OME-XML, ImageJ, tifffile's shaped JSON): they would
+  be wrong for the output, so they are dropped; an Aperio description (it states the page's
+  size and pixel size) is kept as the GeoTIFF tags are, and GDAL_NODATA only when every op
+  of the chain keeps values (``Op.keeps_values``: filters, downsample);
+- NewSubfileType is copied but for its mask bit (an output page is never a 1-bit mask);
 - the ICC profile is kept when its colour space matches the output's (RGB for RGB and
   palette pages, GRAY for gray pages): ``to_gray`` drops an RGB profile;
 - GeoTIFF (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory,
@@ -54,6 +57,10 @@ SPATIAL_TAGS = {
     34264: "ModelTransformationTag", 34735: "GeoKeyDirectoryTag", 34736: "GeoDoubleParamsTag",
     34737: "GeoAsciiParamsTag",
 }
+#: Orientation: which corner row 0, column 0 is (repeated on pyramid levels)
+ORIENTATION = 274
+#: GDAL's no-data value (ASCII): kept only through ops that do not remap values
+GDAL_NODATA = 42113
 #: TIFF types whose value is carried as bytes (base64 in the plan)
 _BYTE_TYPES = {1, 2, 6, 7}
 #: InkSet, which a CMYK (SEPARATED) output page carries as 1 (CMYK)
@@ -126,8 +133,8 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             unit = tags.valueof(296)
             out["resolutionunit"] = int(unit) if unit is not None else 2  # TIFF default: inch
     subfiletype = tags.valueof(254)
-    if subfiletype:
-        out["subfiletype"] = int(subfiletype) & 0b111  # reduced-resolution, page, mask
+    if subfiletype:  # every bit but the mask's (an output page is never a 1-bit mask)
+        out["subfiletype"] = int(subfiletype) & ~0b100 & 0xFFFFFFFF
     icc = tags.get(34675)
     if icc is not None and 128 <= icc.valuebytecount <= ICC_MAX:
         data = _raw(icc)
@@ -137,7 +144,9 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
     for code in KEPT_TAGS:
         tag = tags.get(code)
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:
-            kept.append(carried)
+            # an Aperio description states the pixel size (MPP) and the page's size
+            aperio = code == 270 and str(tag.value).startswith("Aperio")
+            (spatial if aperio else kept).append(carried)
     for code in SPATIAL_TAGS:
         tag = tags.get(code)
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:
@@ -203,10 +212,12 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
     return ("rgb" if rgb else "minisblack"), kept
 
 
-def output_tags(info: Any, height: int, width: int, channels: int) -> dict[str, Any]:
+def output_tags(info: Any, height: int, width: int, channels: int,
+                nodata: bool = True) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
-    software, and the carried metadata."""
+    software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
+    input's no-data value (GDAL_NODATA) no longer marks the pixels without data: dropped."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
     photometric, extrasamples = photometric_of(info, channels)
@@ -238,6 +249,8 @@ def output_tags(info: Any, height: int, width: int, channels: int) -> dict[str, 
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     for code, kind, count, value in md.get("tags", []) + (md.get("spatial", []) if same_size
                                                            else []):
+        if code == GDAL_NODATA and not nodata:
+            continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))
     if extratags:

@@ -54,6 +54,10 @@ class Op:
     #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
     #: blue): not defined on CMYK pages, whose bands are inks
     colour: bool = False
+    #: the op's output at a pixel is made of input values around it (a filter, downsample):
+    #: a no-data value keeps marking the pixels without data (GDAL_NODATA is kept); False:
+    #: the op remaps values (a pixel with data may take the no-data value, or the reverse)
+    keeps_values: bool = False
     halo_help: str = "0 (a point operation)"
     exact: str = ("bit-identical to the OpenCV call on the whole page (types OpenCV lacks: "
                   "to its definition in docs/sample-types.md)")
@@ -170,24 +174,27 @@ _ITER = Param("iterations", "integer", "how many times to apply it", default=1, 
 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
-       halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
+       halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
        halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, "
                  "k = 3 for uint8, 4 otherwise"),
     Op("median_blur", "cv2.medianBlur(img, ksize)",
        (Param("ksize", "integer", "aperture size", required=True, ge=3, le=255, odd=True),),
        fn.median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts,
+       keeps_values=True,
        halo_help="ksize // 2"),
     Op("dilate", "cv2.dilate(img, ones((ksize, ksize)), iterations=iterations)",
        (_KSIZE_MORPH, _ITER), fn.dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
+       keeps_values=True,
        halo_help=_MORPH_HALO),
     Op("erode", "cv2.erode(img, ones((ksize, ksize)), iterations=iterations)",
        (_KSIZE_MORPH, _ITER), fn.erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
+       keeps_values=True,
        halo_help=_MORPH_HALO),
     Op("unsharp_mask",
        "cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)",
        (_SIGMA, Param("amount", "number", "strength of the sharpening", default=1.0,
                       ge=0, le=100)),
-       fn.unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt),
+       fn.unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
        halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
        "1 - img for floats", (), fn.invert),
@@ -255,7 +262,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (Param("factor", "integer", "the output is this many times smaller", required=True,
               ge=2, le=64),),
        fn.downsample, reach=lambda p, dt, needed: needed * p["factor"],
-       align=lambda p: p["factor"], factor=lambda p: p["factor"],
+       align=lambda p: p["factor"], factor=lambda p: p["factor"], keeps_values=True,
        halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
                  "multiples of 16 x factor"),
     Op("custom", "function(tile, **params), a user function (package.module:function) "

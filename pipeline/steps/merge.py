@@ -35,7 +35,7 @@ import numpy as np
 import tifffile
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import output_tags
+from pipeline.adapters.metadata import ORIENTATION, output_tags
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
 from pipeline.adapters.tile_codec import OutputEncoder
@@ -43,6 +43,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.ops import OPS
 from pipeline.core.plan import raw_output_bytes
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError
@@ -169,7 +170,8 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     height, width = page.out_grid.height, page.out_grid.width
     shape = (height, width) + ((channels,) if channels > 1 else ())
     # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
-    tags = output_tags(page.info, height, width, channels)
+    nodata = all(OPS[op["op"]].keeps_values for op in plan.spec.ops)
+    tags = output_tags(page.info, height, width, channels, nodata)
     if options.ome:
         tags = _ome_tags(tags, page)
     common = {"dtype": page.info.dtype, "tile": (options.tile, options.tile),
@@ -191,6 +193,9 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     # what every level repeats of the base page: how its samples are to be read
     level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
                   if tags.get(k) is not None}
+    orientation = [t for t in tags.get("extratags", []) if t[0] == ORIENTATION]
+    if orientation:  # (absent, a level would read as Orientation 1: turned from its page)
+        level_tags["extratags"] = orientation
     for (h, w), level in zip(level_shapes(height, width, options.tile), levels, strict=True):
         writer.write(level.placeholders(), shape=(h, w) + shape[2:],
                      subfiletype=1, software=tags["software"], metadata=None, **common,
