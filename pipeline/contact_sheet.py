@@ -25,10 +25,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.adapters import png_write, storage
+from pipeline.adapters.metadata import ORIENTATION
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
-from pipeline.preview import Thumbnail, thumbnails, to_display, type_label
+from pipeline.preview import (
+    Thumbnail,
+    orientation_of,
+    thumbnails,
+    to_display,
+    turned,
+    type_label,
+)
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, usable_cores
 from pipeline.steps.thumbs import load_summed, summed_parts
@@ -159,10 +167,15 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
     plan, position, side, _ = summed
     info = plan.pages[position].info
     page = info.index if side == "in" else position
-    return Thumbnail(to_display(made.pixels, np.dtype(made.dtype), made.extrasamples,
-                                made.photometric), page,
-                     made.height, made.width, f"page {page}, as processed", False, 0, 0,
-                     type_label(info) if side == "in" else made.dtype)
+    # the output page carries the input page's Orientation
+    orientation = orientation_of(next((value for code, _, _, value in
+                                       info.metadata.get("tags", []) if code == ORIENTATION),
+                                      None))
+    image = to_display(made.pixels, np.dtype(made.dtype), made.extrasamples, made.photometric)
+    return Thumbnail(turned(image, orientation), page, made.height, made.width,
+                     f"page {page}, as processed", False, 0, 0,
+                     type_label(info) if side == "in" else made.dtype,
+                     orientation=orientation)
 
 
 def _thumbnails(tasks: list[tuple[str, int]], summed: dict[tuple[str, int], Summed]

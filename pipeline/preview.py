@@ -37,6 +37,7 @@ import tifffile
 from PIL import Image
 
 from pipeline.adapters import jpeg_scaled, png_write, storage
+from pipeline.adapters.metadata import ORIENTATION
 from pipeline.adapters.tiff_read import (
     REPAIR,
     PageReader,
@@ -86,15 +87,41 @@ class Thumbnail:
     dtype: str = ""
     notes: list[str] = field(default_factory=list)
     jpeg_scale: int = 1  # the segments were decoded at 1/jpeg_scale (libjpeg's DCT scaling)
+    orientation: int = 1  # the page's TIFF Orientation, by which the image was turned
 
     @property
     def description(self) -> str:
         how = "strided" if self.strided else "area average"
         if self.jpeg_scale > 1:
             how += f" of a 1/{self.jpeg_scale} JPEG decode"
+        if self.orientation != 1:
+            how += f", turned as Orientation {self.orientation} says"
         return (f"{self.image.width}x{self.image.height} thumbnail of page {self.page} "
                 f"({self.width}x{self.height} {self.dtype}) from {self.source}, {how}, "
                 f"{self.decoded} segment(s) decoded")
+
+
+#: how a viewer turns a page of each TIFF Orientation to show it (as PIL's exif_transpose
+#: and libvips' autorot do; 1, or a value outside 1-8: as stored)
+_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_90}
+
+
+def orientation_of(value: Any) -> int:
+    """A TIFF Orientation value as 1-8 (1 when missing or invalid)."""
+    try:
+        number = int(value[0] if isinstance(value, list | tuple) else value)
+    except (TypeError, ValueError, IndexError):
+        return 1
+    return number if number in _TURNS else 1
+
+
+def turned(image: Image.Image, orientation: int) -> Image.Image:
+    """``image`` (as stored) as a viewer shows a page of that Orientation."""
+    turn = _TURNS.get(orientation)
+    return image if turn is None else image.transpose(turn)
 
 
 def _levels(tf: tifffile.TiffFile, page: tifffile.TiffPage, index: int,
@@ -194,8 +221,10 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
         pixels, strided, scale = downsample(reader, th, tw, exact)
     extrasamples = [int(e) for e in source.extrasamples]
     image = to_display(pixels, reader.dtype, extrasamples, reader.kind.photometric)
-    return Thumbnail(image, page, height, width, label, strided, reader.decoded,
-                     reader.largest_read, type_label(info), jpeg_scale=scale)
+    orientation = orientation_of(main.tags.valueof(ORIENTATION))
+    return Thumbnail(turned(image, orientation), page, height, width, label, strided,
+                     reader.decoded, reader.largest_read, type_label(info), jpeg_scale=scale,
+                     orientation=orientation)
 
 
 def type_label(info: PageInfo) -> str:

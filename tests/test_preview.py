@@ -185,6 +185,53 @@ def test_small_pages_are_not_enlarged(tmp_path):
     assert fit(30, 50, 512) == (30, 50) and fit(1000, 10, 100) == (100, 1)
 
 
+#: a page as a viewer shows it, for each TIFF Orientation, from the TIFF 6.0 definitions
+#: ("the 0th row represents the visual ... side, the 0th column the visual ... side")
+SHOWN = {
+    1: lambda a: a,                        # top, left
+    2: lambda a: a[:, ::-1],               # top, right
+    3: lambda a: a[::-1, ::-1],            # bottom, right
+    4: lambda a: a[::-1],                  # bottom, left
+    5: lambda a: a.swapaxes(0, 1),         # left, top
+    6: lambda a: np.rot90(a, -1),          # right, top: turned a quarter clockwise
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # right, bottom
+    8: lambda a: np.rot90(a, 1),           # left, bottom
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(SHOWN))
+def test_a_page_is_shown_as_its_orientation_says(tmp_path, orientation):
+    stored = smooth(30, 50, 3, "uint8")
+    stored[:4, :6] = (255, 0, 0)  # a red mark in the stored first row's first columns
+    path = tmp_path / "o.tif"
+    tifffile.imwrite(path, stored, photometric="rgb", metadata=None,
+                     extratags=[(274, "H", 1, orientation, True)])
+    thumb = thumbnail(str(path), 0, 512)
+    np.testing.assert_array_equal(as_array(thumb.image), SHOWN[orientation](stored))
+    assert ("turned as Orientation" in thumb.description) == (orientation != 1)
+
+
+def test_the_contact_sheet_turns_pages_as_their_orientation_says(tmp_path):
+    # summed by the run's steps (a page well above the thumbnail) or read from the file
+    stored = smooth(1300, 1100, 3, "uint8")
+    path = tmp_path / "turned.tif"
+    tifffile.imwrite(path, stored, photometric="rgb", metadata=None, tile=(256, 256),
+                     extratags=[(274, "H", 1, 6, True)])
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": str(path),
+                                              "output": str(tmp_path / "o.tif")}]}))
+    code, _, err = _cli(["run", str(manifest), "--quiet"])
+    assert code == 0, err
+    sheet = np.asarray(Image.open(tmp_path / "m.report.contact.png").convert("RGB"))
+    for thumb in (thumbnail(str(path), 0, CELL), thumbnail(str(tmp_path / "o.tif"), 0, CELL)):
+        assert thumb.image.size == fit(1300, 1100, CELL)  # stored (h, w): shown (w, h)
+        image = as_array(thumb.image)
+        h, w = image.shape[:2]
+        ys, xs = np.nonzero((sheet == image[0, 0]).all(-1))
+        assert any(np.array_equal(sheet[y:y + h, x:x + w], image) for y, x in zip(ys, xs)), (
+            "the turned thumbnail is not on the sheet")
+
+
 # --- pyramids ------------------------------------------------------------------------------
 
 
