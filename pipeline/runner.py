@@ -141,7 +141,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
             interrupted = stop.signal if stop is not None else None
             doc = None
             if execution.status == "SUCCEEDED":
-                doc = storage.read_json(report_url)
+                doc = _own_report(report_url, work, run_id)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
                 doc = _report_interrupted(work, interrupted)
         error = None
@@ -210,22 +210,38 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _own_report(report_url: str, work: str, run_id: str) -> dict[str, Any]:
+    """This run's report, as its Report step wrote it, for the summary, the exit code and
+    the contact sheet. Another run given the same report path (two runs of one manifest at
+    once) may have written over it since: then this run's is made again from its work
+    location (not written: the file is the other run's now), with a warning."""
+    doc: dict[str, Any] = storage.read_json(report_url)
+    if doc.get("run_id") == run_id:
+        return doc
+    from pipeline.steps.report import run_report
+
+    log.warning("%s holds the report of run %s, which wrote it after this run's: two runs "
+                "were given that report path at once; this run's summary follows (give each "
+                "run its own --report to keep both)", report_url, doc.get("run_id"))
+    return run_report(ReportEvent(layout.run_file(work)))[0]
+
+
 def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
     """The report of a stopped run, written by the Report step as at a run's end: each job
     without a result (not finished) is FAILED with error :data:`INTERRUPTED_ERROR` (as a job
     that failed; the report's schema is unchanged), and its partial files beside its output
     are removed (:func:`_remove_partial_output`). None when the run was stopped before
     PlanRun wrote run.json (no job had started): no report is written then."""
-    from pipeline.steps.report import report
+    from pipeline.steps.report import run_report
 
     run_url = layout.run_file(work)
     if not storage.exists(run_url):
         return None
     message = (f"the run was stopped ({signal_name(signum)}) before this job finished: no "
                "output written; run it again")
-    counts = report(ReportEvent(run_url), missing={"type": INTERRUPTED_ERROR,
-                                                    "message": message})
-    doc: dict[str, Any] = storage.read_json(counts["report"])
+    doc, url = run_report(ReportEvent(run_url), missing={"type": INTERRUPTED_ERROR,
+                                                          "message": message})
+    storage.write_json(url, doc)
     for job in doc["jobs"]:
         if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
             _remove_partial_output(job["output"], doc["run_id"],
@@ -298,6 +314,10 @@ def _claim_work(work: str, name: str) -> None:
     """Make the work location this run's (:func:`work_location.prepare`), or a
     WorkLocationError: another local run going on uses it, or it holds other files."""
     other = local_runs.using(work, name)
+    if other is not None and not other.alive:
+        raise WorkLocationError(f"{work}: the work location of {other.describe()}, which was "
+                                "killed: another run is removing what it left there now; run "
+                                "again in a moment, or give this run another --work")
     if other is not None:
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, still "
                                 "going on: give this run another --work, or none (each run "

@@ -13,11 +13,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline import ui
 from pipeline.adapters import local_runs
+from pipeline.errors import WorkLocationError
 from pipeline.sample import SamplePage, write_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,3 +284,94 @@ def test_a_runs_temporary_outputs_carry_its_id(tmp_path: Path, monkeypatch: pyte
     mine = [p for p in made if os.path.basename(p).startswith(".out.tif.")]
     assert mine and all(f".out.tif.tiffpipe-{result.run_id}-" in p for p in mine)
     assert os.environ[RUN_TAG_ENV] == "the-callers"
+
+
+@pytest.mark.engine
+def test_a_run_sums_up_its_own_report_when_another_run_wrote_over_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """Two runs given one report path at once: the one that ends first reads back the other's
+    report (it wrote over this run's between its Report step and the read). Its summary,
+    exit status and contact sheet are still its own: made again from its work location."""
+    from pipeline import runner
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    shared = tmp_path / "shared.report.json"
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "good.tif"}]}))
+    other = runner.run_local(str(good), 1, report=str(shared))
+    assert other.ok
+    others_report = shared.read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "b.tif"},
+                                        {"input": "missing.tif", "output": "c.tif"}]}))
+    real_run = runner.LocalEngine.run
+
+    def then_the_other_run_writes(self, *args, **kwargs):
+        execution = real_run(self, *args, **kwargs)
+        shared.write_text(others_report)  # the other run's Report step, a moment later
+        return execution
+
+    monkeypatch.setattr(runner.LocalEngine, "run", then_the_other_run_writes)
+    result = runner.run_local(str(bad), 1, report=str(shared), contact_sheet=True)
+    assert not result.ok and result.report is not None
+    assert result.report["run_id"] == result.run_id != other.run_id
+    assert (result.report["succeeded"], result.report["failed"]) == (1, 1)
+    assert [j["input"] for j in result.report["jobs"]] == [str(tmp_path / "a.tif"),
+                                                           str(tmp_path / "missing.tif")]
+    assert json.loads(shared.read_text())["run_id"] == other.run_id  # the file is the other's
+    assert f"holds the report of run {other.run_id}" in caplog.text
+
+
+def test_a_killed_runs_work_stays_taken_while_its_leftovers_are_removed(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The look that removes a killed run's leftovers holds its file until it is done: a run
+    given that work location meanwhile is refused (else it would start there and have its
+    files removed under it), a scan's run does not defer to it (its process is gone), and
+    once done the location is free."""
+    from pipeline.runner import _claim_work
+
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    (work / "run.json").write_text(json.dumps({"run_id": "k", "jobs": []}))
+    seen: dict[str, Any] = {}
+    real_end_uploads = local_runs._end_uploads
+
+    def meanwhile(run: Any, at: str) -> bool:  # another run's looks, during the removal
+        seen["using"] = local_runs.using(str(work), "run-new")
+        seen["deferred"] = local_runs.earlier_run("run-new", lambda m: m == "/m/scan.json")
+        with pytest.raises(WorkLocationError, match="which was killed: another run is "
+                                                    "removing what it left there now"):
+            _claim_work(str(work), "run-new")
+        return real_end_uploads(run, at)
+
+    monkeypatch.setattr(local_runs, "_end_uploads", meanwhile)
+    with run_elsewhere(str(folder), "run-k", "/m/scan.json", str(work)) as proc:
+        proc.kill()
+        proc.wait(30)
+    assert local_runs.running() == []  # this look removed what it left
+    assert seen["using"] is not None and seen["using"].pid == proc.pid
+    assert not seen["using"].alive and seen["deferred"] is None
+    assert not work.exists() and os.listdir(folder) == []
+    assert local_runs.using(str(work), "run-new") is None
+
+
+def test_a_killed_runs_work_that_cannot_be_removed_is_a_warning_and_tried_again(
+        folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A file the look cannot remove (in a folder of another user's, a read-only one; here,
+    for root too, a folder where the run's file should be): a warning, not the looking
+    run's failure (it was a PermissionError's traceback), and the killed run is listed again
+    for the next look."""
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    (work / "report.json").mkdir()
+    (work / "report.json" / "x").write_text("x")
+    with run_elsewhere(str(folder), "run-k", "/m/jobs.json", str(work)) as proc:
+        proc.kill()
+        proc.wait(30)
+    assert local_runs.running() == []
+    assert f"could not remove {work}, the work of run k" in caplog.text, caplog.text
+    assert "cannot remove report.json" in caplog.text and "tries again" in caplog.text
+    assert os.listdir(folder) == ["run-k.json"]  # listed again
+    (work / "report.json" / "x").unlink()
+    (work / "report.json").rmdir()
+    assert local_runs.running() == [] and not work.exists() and os.listdir(folder) == []

@@ -92,6 +92,24 @@ def test_a_file_is_refused(tmp_path: Path):
     assert source.read_bytes() == before
 
 
+def test_a_folder_that_cannot_be_made_or_written_is_refused_before_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The default work folder beside a manifest in a read-only folder, or a --work under a
+    file: exit 2 before anything runs, naming the folder and --work (the run failed at
+    PlanRun with an OutputNotWritableError about job-specs.bin, not naming --work)."""
+    source = tmp_path / "scan.tif"
+    _scan(source)
+    manifest = _manifest(tmp_path, source)
+    code, err = _run(manifest, "--work", str(source / "work"))
+    assert code == 2 and f"{source / 'work'}: the work folder cannot be written" in err, err
+    assert "give --work a folder this run can write" in err
+    # a folder this user may not write (root may write any: the check is the kernel's)
+    monkeypatch.setattr(work_location.os, "access", lambda path, mode: False)
+    code, err = _run(manifest)
+    assert code == 2 and ".tiffpipe-work" in err and "permission denied" in err, err
+    assert not (tmp_path / "out.tif").exists() and not (tmp_path / "m.report.json").exists()
+
+
 @pytest.mark.parametrize("keep_work", [False, True])
 def test_a_given_folder_loses_only_what_the_run_wrote(tmp_path: Path, keep_work: bool):
     """A new or empty folder: the run's files there, removed at its end with the folder

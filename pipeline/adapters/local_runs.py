@@ -15,7 +15,8 @@ its work folder at its end, and a stopped one the temporary files of the outputs
 finished; one whose process was killed first (``kill -9``, the kernel's out-of-memory
 killer, a power cut) cannot: its file names its work folder, and the next local run's look
 removes what it left (:func:`_reap`: the work of a large job is gigabytes of tiles and
-segments, a half-written output as large as the output, of no use once its run is gone). The
+segments, a half-written output as large as the output, of no use once its run is gone),
+holding the file locked until it is done, so that no run takes that work folder meanwhile. The
 list is per user and per machine: runs of another user, in another container or on another
 machine are not seen. Where there is no ``flock`` (Windows), runs are not listed and never
 defer.
@@ -81,6 +82,17 @@ class LocalRun(NamedTuple):
     def describe(self) -> str:
         """How a report names it (``deferred_to``)."""
         return f"local run {self.run_id}, process {self.pid}"
+
+    @property
+    def alive(self) -> bool:
+        """Whether its process is there (not: a killed run whose leftovers a look removes)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # another user's process
+            return True
+        return True
 
 
 @contextmanager
@@ -155,13 +167,25 @@ def _look(path: str) -> LocalRun | None:
         return None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # held: the run goes on
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the run goes on, or a look removes what it left
             return _entry(fd)
-        _reap(path, _entry(fd))  # no one holds it: its process ended without removing it
+        if not _still_listed(fd, path):  # reaped by a look that held it before this one
+            return None
+        # no one held it: its process ended without removing it; what it left is removed
+        # with the file held, so that meanwhile its work is still taken (using)
+        _reap(path, _entry(fd))
         return None
     finally:
         os.close(fd)
+
+
+def _still_listed(fd: int, path: str) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not removed or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
 
 
 def _entry(fd: int) -> LocalRun | None:
@@ -183,14 +207,12 @@ def _reap(path: str, run: LocalRun | None) -> None:
     left open (:func:`_end_uploads`), and its work unless it keeps it. Of two looks at once,
     the one that removes the file does it. Each removal is a warning, naming what went.
     What could not be done (its S3 work out of this run's reach: another endpoint, other
-    credentials) is tried again by the next look: the file is listed again, unlocked."""
-    try:
-        os.remove(path)
-    except OSError:
-        return
-    if run is None or not run.work:
-        return
-    if not (storage.is_s3(run.work) or os.path.isdir(run.work)):
+    credentials, a folder it may not write) is tried again by the next look: the file is
+    listed again, unlocked. The caller holds the file locked: the file goes last, so that
+    until then a run given the same work location is refused (:func:`using`)."""
+    if (run is None or not run.work
+            or not (storage.is_s3(run.work) or os.path.isdir(run.work))):
+        _unlist(path)
         return
     for tmp in _partial_outputs(run.work, run.run_id):
         try:
@@ -202,8 +224,17 @@ def _reap(path: str, run: LocalRun | None) -> None:
     done = _end_uploads(run, run.work)
     if not run.keep_work:
         done = _remove_work(run, run.work) and done
-    if not done:
+    if done:
+        _unlist(path)
+    else:
         _list_again(path, run)
+
+
+def _unlist(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _list_again(path: str, run: LocalRun) -> None:
@@ -287,7 +318,8 @@ def earlier_run(name: str, same: Callable[[str], bool]) -> str | None:
     """How a report names a local run going on that started before the run ``name`` (ties
     broken by name; a run not listed is taken to start now) on a manifest for which
     ``same(manifest URL)`` is true; None if there is none."""
-    run = _earlier(name, lambda run: same(run.manifest))
+    # (not a killed run whose leftovers a look is removing: its process is gone)
+    run = _earlier(name, lambda run: same(run.manifest) and run.alive)
     return run.describe() if run is not None else None
 
 

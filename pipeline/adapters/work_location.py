@@ -37,6 +37,8 @@ def prepare(work: str) -> str | None:
     if not storage.is_s3(work) and os.path.lexists(work) and not os.path.isdir(work):
         raise WorkLocationError(f"{work}: the work location is a file, not a folder: give "
                                 "--work a new or empty folder, or none")
+    if not storage.is_s3(work):
+        _writable_folder(work)
     try:
         names = {n.rstrip("/") for n in storage.top_names(work)}
     except StorageError as exc:
@@ -55,6 +57,22 @@ def prepare(work: str) -> str | None:
     earlier = _run_id(work)
     remove(work)
     return earlier
+
+
+def _writable_folder(work: str) -> None:
+    """Make the local work folder, or a WorkLocationError before anything runs (else the
+    run failed at its first step, on a file of its work)."""
+    try:
+        os.makedirs(work, exist_ok=True)
+        writable = os.access(work, os.W_OK | os.X_OK)
+    except OSError as exc:
+        reason, writable = exc.strerror or str(exc), False
+    else:
+        reason = "permission denied"
+    if not writable:
+        raise WorkLocationError(f"{work}: the work folder cannot be written ({reason}): give "
+                                "--work a folder this run can write (by default it is made "
+                                "beside the manifest)")
 
 
 def _run_id(work: str) -> str:
@@ -81,6 +99,9 @@ def remove(work: str) -> None:
             os.remove(os.path.join(work, name))
         except FileNotFoundError:
             pass
+        except OSError as exc:  # (a folder this user may not write)
+            raise StorageError(f"{work}: cannot remove {name}: {exc.strerror or exc}; check "
+                               "the folder's permissions") from exc
     for folder in (work, os.path.dirname(work)):
         if folder != work and os.path.basename(folder) not in DEFAULT_PARENTS:
             break

@@ -73,11 +73,20 @@ NO_RESULT = {"type": "NoResultError",
 
 
 def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[str, Any]:
-    """Gather every job's result into the run report (JSON) and return the counts. The
-    results are read from the work location (READ_THREADS at a time: a run may have
-    10,000 jobs), never from the state machine's payloads. A job without a result is
-    FAILED with the error ``missing`` (:data:`NO_RESULT`; a stopped local run gives its
-    own, pipeline.runner)."""
+    """Gather every job's result into the run report (JSON), write it where the run's report
+    goes, and return the counts (:func:`run_report`)."""
+    doc, url = run_report(event, missing)
+    storage.write_json(url, doc)
+    return {"report": url, "succeeded": doc["succeeded"], "failed": doc["failed"],
+            "skipped": doc["skipped"]}
+
+
+def run_report(event: ReportEvent, missing: dict[str, str] | None = None
+               ) -> tuple[dict[str, Any], str]:
+    """The run report and where it goes. The results are read from the work location
+    (READ_THREADS at a time: a run may have 10,000 jobs), never from the state machine's
+    payloads. A job without a result is FAILED with the error ``missing``
+    (:data:`NO_RESULT`; a stopped local run gives its own, pipeline.runner)."""
     run = storage.read_json(event.run)
 
     def result(i: int) -> dict[str, Any]:
@@ -107,6 +116,4 @@ def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[st
            "succeeded": succeeded, "failed": failed, "skipped": skipped, "jobs": jobs}
     if run.get("deferred_to"):  # a scan's run that left its jobs to an earlier one
         doc["deferred_to"] = run["deferred_to"]
-    storage.write_json(run["report"], doc)
-    return {"report": run["report"], "succeeded": succeeded, "failed": failed,
-            "skipped": skipped}
+    return doc, run["report"]
