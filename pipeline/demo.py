@@ -28,14 +28,29 @@ DEMO_MANIFEST = {
 
 def prepare_demo(folder: str) -> str:
     """Write ``folder/sample.tif`` (unless present) and ``folder/manifest.json``; return the
-    manifest's path."""
+    manifest's path. Demos started together in one folder each write their own temporary
+    files: the first sample published is kept (a later one would replace the input of a
+    demo already running), the manifest, the same for all, replaced whole."""
     os.makedirs(folder, exist_ok=True)
     sample = os.path.join(folder, "sample.tif")
     if not os.path.exists(sample):
-        tmp = sample + ".tmp"
-        write_sample(tmp, SAMPLE_PAGES, tile=512, compression="zstd")
-        os.replace(tmp, sample)
+        tmp = _temporary(sample)
+        try:
+            write_sample(tmp, SAMPLE_PAGES, tile=512, compression="zstd")
+            try:
+                os.link(tmp, sample)  # published only if no other demo's is there
+            except FileExistsError:
+                pass
+        finally:
+            os.remove(tmp)
     manifest = os.path.join(folder, "manifest.json")
-    with open(manifest, "w") as f:
+    tmp = _temporary(manifest)
+    with open(tmp, "w") as f:
         json.dump(DEMO_MANIFEST, f, indent=2)
+    os.replace(tmp, manifest)
     return manifest
+
+
+def _temporary(path: str) -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.{os.getpid()}-{os.urandom(3).hex()}.tmp")

@@ -157,6 +157,26 @@ def test_demo_into_a_file_is_refused_by_name(tmp_path: Path, capsys: pytest.Capt
     assert "Traceback" not in err and (tmp_path / "taken").read_text() == "a file of the user's"
 
 
+def test_demos_started_together_in_one_folder_each_get_the_sample(tmp_path: Path):
+    """Three ``tiffpipe demo`` at once in one folder (they shared one temporary file: two
+    failed with "No such file or directory", and a sample replaced under a running demo
+    failed its jobs with InputChangedError): each gets the manifest and one sample, kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.demo import prepare_demo
+
+    folder = tmp_path / "example"
+    with ThreadPoolExecutor(3) as pool:
+        manifests = list(pool.map(prepare_demo, [str(folder)] * 3))
+    assert manifests == [str(folder / "manifest.json")] * 3
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "sample.tif"]
+    assert json.loads((folder / "manifest.json").read_text()) == DEMO_MANIFEST
+    inode = (folder / "sample.tif").stat().st_ino
+    assert len(read_pages(folder / "sample.tif")) == len(SAMPLE_PAGES)
+    prepare_demo(str(folder))  # a later demo keeps the sample there
+    assert (folder / "sample.tif").stat().st_ino == inode
+
+
 def test_validate_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [
         {"input": "a.tif", "output": "out/a.tif"},

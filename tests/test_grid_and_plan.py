@@ -381,6 +381,24 @@ def test_finer_grid_keeps_the_halo_small_and_the_chain_aligned():
     assert plan.halo == 0 and plan.pages[0].grid.tile == 64
 
 
+@pytest.mark.parametrize("channels,dtype,out_tile,expected", [
+    (3, "uint8", 512, 1024),  # 3 MB a tile
+    (16, "float32", 512, 1024),  # 64 MB: the most a tile holds
+    (64, "float32", 512, 512),  # 256 MB a 1024 tile, 64 MB a 512 one
+    (128, "float32", 512, 512),  # 128 MB: not below the output tile
+    (128, "float32", 128, 256),  # ... which may be smaller
+    (200, "float64", 16, 128),  # 1,600 bytes a pixel: 26 MB
+])
+def test_pages_of_many_bands_get_a_finer_grid(channels, dtype, out_tile, expected):
+    """A processing tile holds at most MAX_TILE_BYTES of input pixels where the chain and
+    the output tile allow (a 1024 px tile of 128 float32 bands is 512 MB, and an invocation
+    holds several at once, with halos, copies and output rows: 4 GB for a page of 2 GB)."""
+    page = info(height=8192, width=8192, channels=channels, dtype=dtype)
+    plan, problems = _spec_plan([{"op": "gaussian_blur", "sigma": 1}], [page], 1024, out_tile)
+    assert problems == [] and plan.pages[0].grid.tile == expected
+    _assert_exact_cover(plan.pages[0].grid, plan.units, page=0)
+
+
 @pytest.mark.parametrize("ops,channels,out", [
     ([], 3, 3),
     ([{"op": "to_gray"}], 1, 1),

@@ -178,6 +178,8 @@ def test_wheel_ships_the_top_level_files(installed: tuple[Path, Path]):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "pipeline/py.typed" in names
+        [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+        assert f"\nVersion: {pipeline.__version__}\n" in zf.read(metadata).decode()
         [licence] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
         assert zf.read(licence) == (ROOT / "LICENSE").read_bytes()
         for resource, top_level in SHIPPED.items():

@@ -39,6 +39,11 @@ MIN_PAGE_TILES = 4
 #: ... but a tile stays at least this many times its halo (else reading the halo twice costs
 #: more than the threads gain)
 MIN_TILE_PER_HALO = 8
+#: a processing tile of a page of many bands (hyperspectral: 128 float32 bands are 512 bytes
+#: a pixel) is cut finer while it holds more than this many bytes of input pixels: the
+#: tiles an invocation holds at once, with their halos, copies and output rows, are what
+#: bound its memory (a 1024 px tile of such a page is 512 MB)
+MAX_TILE_BYTES = 64 * 1024 * 1024
 
 
 def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
@@ -144,12 +149,15 @@ def raw_output_bytes(plan: JobPlan) -> int:
 def page_tile(tile: int, out_tile: int, layout: ChainLayout, halo: int, info: PageInfo
               ) -> int:
     """The processing tile of a page: ``tile``, halved while the page has fewer than
-    :data:`MIN_PAGE_TILES` tiles of it and the half still fits the chain (a multiple of its
-    alignment and of the output tile in input pixels) and its halo. Any tile gives the same
-    pixels (each is computed from its haloed window), so this changes only how the work is
-    shared out; big pages keep ``tile``."""
+    :data:`MIN_PAGE_TILES` tiles of it, or a tile holds more than :data:`MAX_TILE_BYTES`
+    (pages of many bands), and the half still fits the chain (a multiple of its alignment
+    and of the output tile in input pixels) and its halo. Any tile gives the same pixels
+    (each is computed from its haloed window), so this changes only how the work is shared
+    out and the memory it takes; big pages of a few bands keep ``tile``."""
     step = out_tile * layout.factor
-    while -(-info.height // tile) * -(-info.width // tile) < MIN_PAGE_TILES:
+    pixel_bytes = np.dtype(info.dtype).itemsize * info.channels
+    while (-(-info.height // tile) * -(-info.width // tile) < MIN_PAGE_TILES
+           or tile * tile * pixel_bytes > MAX_TILE_BYTES):
         half = tile // 2
         if (half < MIN_TILE_PER_HALO * halo or half % step or half % layout.align
                 or half < TILE_RANGE[0]):
