@@ -98,6 +98,8 @@ def _write_inputs(inp: Path) -> None:
                  resolutionunit=RESUNIT_CM)
         tw.write(pattern(40, 100, 3, "uint8", 8), photometric="rgb", rowsperstrip=8,
                  metadata=None, subfiletype=9, description="Aperio Image Library v12 macro")
+    tifffile.imwrite(inp / "tiny.tif", pattern(12, 20, 3, "uint8", 10), photometric="rgb",
+                     metadata=None)
     tifffile.imwrite(inp / "turned.tif", pattern(100, 90, 3, "uint8", 9), photometric="rgb",
                      tile=(32, 32), metadata=None, extratags=[(274, "H", 1, 6, True)])
     tifffile.imwrite(inp / "gray_icc.tif", pattern(80, 96, 1, "uint16", 6),
@@ -123,6 +125,9 @@ JOBS: dict[str, dict[str, Any]] = {
     "svs_copy": {"input": "svs.tif"},
     "svs_downsample": {"input": "svs.tif", "ops": [{"op": "downsample", "factor": 2}]},
     "turned_pyramid": {"input": "turned.tif", "output_options": {"pyramid": True}},
+    "svs_blur_pyramid": {"input": "svs.tif", "ops": BLUR, "output_options": {"pyramid": True}},
+    "tiny_blur": {"input": "tiny.tif", "ops": BLUR, "output_options": {"compression": "deflate"}},
+    "tiny_jpeg": {"input": "tiny.tif", "output_options": {"compression": "jpeg"}},
 }
 
 
@@ -285,6 +290,40 @@ def test_an_aperio_description_is_dropped_when_the_size_changes(run):
     (page, macro) = _pages(run["svs_downsample"]["output"])
     assert 270 not in page.tags and 270 not in macro.tags
     assert _value(page, 282) == (10020, 1)  # the resolution is scaled instead
+
+
+@pytest.mark.parametrize("name", ["svs_copy", "svs_blur_pyramid"])
+def test_an_aperio_slides_stripped_images_stay_strips(run, name):
+    """OpenSlide tells an Aperio slide's levels from its thumbnail, label and macro images
+    by their layout (tiled: a level; Aperio's format stores the others in strips): written
+    in tiles, the output of an SVS file was not a slide OpenSlide would open. Its macro
+    (100 px wide, more than the output tile) is one strip again, with no pyramid levels;
+    the slide's page stays tiled."""
+    src, out = _pages(run[name]["input"]), _pages(run[name]["output"])
+    assert [p.is_tiled for p in src] == [p.is_tiled for p in out] == [True, False]
+    assert out[1].rowsperstrip == 40 and not out[1].pages  # one strip, no SubIFD levels
+    want = src[1].asarray()
+    if name == "svs_blur_pyramid":
+        want = cv2.GaussianBlur(want, (0, 0), SIGMA)
+        assert len(out[0].pages) == 2  # the slide's page has its levels
+    np.testing.assert_array_equal(out[1].asarray(), want)
+
+
+@pytest.mark.parametrize("name", ["tiny_blur", "tiny_jpeg"])
+def test_a_page_within_one_output_tile_is_one_strip_libvips_reads(run, name):
+    """A page smaller than the output tile was one tile mostly of padding, which libvips
+    refuses ("tiff2vips: tile size out of range": a tile may be at most twice the page's
+    longest side, rounded up to 256): it is one strip of its pixels."""
+    import pyvips  # in the test lock (pyvips-binary)
+
+    (src,) = _pages(run[name]["input"])
+    (page,) = _pages(run[name]["output"])
+    assert not page.is_tiled and page.rowsperstrip == 12 and page.shape == (12, 20, 3)
+    image = pyvips.Image.new_from_file(run[name]["output"], fail=True)
+    np.testing.assert_array_equal(image.numpy(), page.asarray())
+    if name == "tiny_blur":
+        np.testing.assert_array_equal(page.asarray(),
+                                      cv2.GaussianBlur(src.asarray(), (0, 0), SIGMA))
 
 
 def test_pyramid_levels_repeat_the_orientation(run):

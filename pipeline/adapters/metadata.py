@@ -147,6 +147,8 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             # an Aperio description states the pixel size (MPP) and the page's size
             aperio = code == 270 and str(tag.value).startswith("Aperio")
             (spatial if aperio else kept).append(carried)
+            if aperio:  # (its strips stay a strip: pipeline.core.plan.strip_page)
+                out["aperio"] = True
     for code in SPATIAL_TAGS:
         tag = tags.get(code)
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:

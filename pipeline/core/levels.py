@@ -23,7 +23,7 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     dividing the processing tile (in output pixels), so that no level pixel needs two units
     (0: no pyramid)."""
     p = plan.pages[page]
-    if not plan.spec.output_options.pyramid:
+    if not plan.spec.output_options.pyramid or p.strip:
         return 0
     t, big = plan.spec.output_options.tile, p.out_grid.tile
     levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))

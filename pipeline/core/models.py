@@ -121,6 +121,9 @@ class PagePlan:
     grid: PageGrid
     #: the op chain's downsampling factor: the output page is the grid's size // factor
     factor: int = 1
+    #: the output page is ONE strip of its pixels, not tiles (:func:`pipeline.core.plan.
+    #: strip_page`): its grid is one processing tile, its output one segment, no levels
+    strip: bool = False
 
     @property
     def out_grid(self) -> PageGrid:
@@ -130,12 +133,20 @@ class PagePlan:
     def to_json(self) -> dict[str, Any]:
         return {"info": self.info.to_json(), "out_channels": self.out_channels,
                 "grid": field_values(self.grid),
-                "factor": self.factor}
+                "factor": self.factor, "strip": self.strip}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PagePlan:
         return cls(PageInfo.from_json(d["info"]), d["out_channels"], PageGrid(**d["grid"]),
-                   d.get("factor", 1))
+                   d.get("factor", 1), bool(d.get("strip", False)))
+
+    def out_tiles(self, tile: int) -> tuple[int, int]:
+        """The rows and columns of the output page's tiles of side ``tile`` (1 x 1: its
+        strip)."""
+        if self.strip:
+            return 1, 1
+        out = self.out_grid
+        return -(-out.height // tile), -(-out.width // tile)
 
 
 @record(frozen=True)

@@ -39,6 +39,9 @@ MIN_PAGE_TILES = 4
 #: ... but a tile stays at least this many times its halo (else reading the halo twice costs
 #: more than the threads gain)
 MIN_TILE_PER_HALO = 8
+#: the largest Aperio image stored in strips (a thumbnail, label or macro) written as one
+#: strip (:func:`strip_page`): larger ones are written in tiles
+STRIP_PAGE_PIXELS = 16 * 1024 * 1024
 #: a processing tile of a page of many bands (hyperspectral: 128 float32 bands are 512 bytes
 #: a pixel) is cut finer while it holds more than this many bytes of input pixels: the
 #: tiles an invocation holds at once, with their halos, copies and output rows, are what
@@ -62,9 +65,12 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     problems += geometry_problems(layout, spec, infos)
     for info in infos:
         tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, info)
+        strip = strip_page(info, spec.output_options.tile, layout)
+        if strip:  # one processing tile: the strip is encoded whole
+            tile = max(tile, strip)
         grid = PageGrid(info.height, info.width, tile, halo)
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
-                              layout.factor))
+                              layout.factor, strip=bool(strip)))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
@@ -144,6 +150,32 @@ def raw_output_bytes(plan: JobPlan) -> int:
     """The bytes of the output's base pages, uncompressed."""
     return sum(p.out_grid.height * p.out_grid.width * p.out_channels
                * np.dtype(p.info.dtype).itemsize for p in plan.pages)
+
+
+def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
+    """The processing tile that holds the whole page when its output is written as ONE strip
+    (0: in tiles). Two kinds of pages, where the op chain keeps the size:
+
+    - a page within one output tile: a tile much larger than the page (a 100 x 120 page in a
+      512 x 512 tile) is refused by libvips (its tiles may be at most twice the page's
+      longest side, rounded up to 256), and holds mostly padding;
+    - an image an Aperio SVS file stores in strips (its thumbnail, label and macro images;
+      each page's own description starts with "Aperio"), of at most
+      :data:`STRIP_PAGE_PIXELS`: OpenSlide tells a slide's levels from these images by their
+      layout (tiled: a level), as Aperio's format says; written in tiles, the output was not
+      a slide OpenSlide would open.
+    """
+    if layout.factor != 1:
+        return 0
+    side = max(info.height, info.width)
+    if side <= out_tile:
+        return out_tile  # (a processing tile is a multiple of the output tile: one already)
+    if (info.tiled or not info.metadata.get("aperio")
+            or info.height * info.width > STRIP_PAGE_PIXELS):
+        return 0
+    step = math.lcm(out_tile, layout.align)
+    tile = -(-side // step) * step
+    return tile if tile <= TILE_RANGE[1] else 0
 
 
 def page_tile(tile: int, out_tile: int, layout: ChainLayout, halo: int, info: PageInfo

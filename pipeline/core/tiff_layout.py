@@ -183,8 +183,8 @@ def segment_map(plan: JobPlan, index: int) -> np.ndarray:
     order) holds each output tile: an int32 array of the page's output tile rows x cols."""
     page, t = plan.pages[index], plan.spec.output_options.tile
     out = page.out_grid
-    per = out.tile // t  # output tiles per processing tile side
-    rows, cols = -(-out.height // t), -(-out.width // t)
+    per = 1 if page.strip else out.tile // t  # output tiles per processing tile side
+    rows, cols = page.out_tiles(t)
     # the segment of each processing tile, then spread to its output tiles
     owner = np.full((page.grid.rows, page.grid.cols), -1, np.int32)
     if plan.fused:

@@ -174,10 +174,11 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     tags = output_tags(page.info, height, width, channels, nodata)
     if options.ome:
         tags = _ome_tags(tags, page)
-    common = {"dtype": page.info.dtype, "tile": (options.tile, options.tile),
+    layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
+    common = {"dtype": page.info.dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
     table = TileTable.read(plan, index, page)
-    if not options.pyramid:
+    if not options.pyramid or page.strip:  # (a strip page has no levels)
         writer.write(table.placeholders(), shape=shape, **common, **tags)
         return [table]
     nearest = tags["photometric"] == "palette"

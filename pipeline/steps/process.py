@@ -109,6 +109,7 @@ class TileOutput:
         self.evaluator = TileEvaluator(plan, page)
         self.out_tile = plan.spec.output_options.tile
         info = plan.pages[page]
+        self.strip = info.strip
         self.encoder = OutputEncoder(plan.spec.output_options, info.info.dtype,
                                      info.out_channels)
         # a batch's chain reads its work tiles unless it starts from a canny's edges
@@ -138,6 +139,8 @@ class TileOutput:
         return self._encoded(pixels, origin)
 
     def _encoded(self, pixels: np.ndarray, origin: Rect) -> list[tuple[int, int, bytes]]:
+        if self.strip:  # the whole page, unpadded: its one strip
+            return [(0, 0, self.encoder.encode(pixels))]
         t = self.out_tile
         return [(origin.y0 // t + oy // t, origin.x0 // t + ox // t,
                  self.encoder.encode(_padded(pixels[oy:oy + t, ox:ox + t], t)))

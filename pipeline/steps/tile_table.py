@@ -73,8 +73,7 @@ class TileTable:
     @classmethod
     def read(cls, plan: JobPlan, index: int, page: PagePlan) -> TileTable:
         """The table of page ``index``, from the indexes of its segments (read in threads)."""
-        t = plan.spec.output_options.tile
-        rows, cols = ceil(page.out_grid.height / t), ceil(page.out_grid.width / t)
+        rows, cols = page.out_tiles(plan.spec.output_options.tile)
         if plan.fused:
             names = [layout.unit_segment(u) for u in plan.units_of(index)]
         else:
