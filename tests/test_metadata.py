@@ -126,8 +126,12 @@ JOBS: dict[str, dict[str, Any]] = {
     "svs_downsample": {"input": "svs.tif", "ops": [{"op": "downsample", "factor": 2}]},
     "turned_pyramid": {"input": "turned.tif", "output_options": {"pyramid": True}},
     "svs_blur_pyramid": {"input": "svs.tif", "ops": BLUR, "output_options": {"pyramid": True}},
-    "tiny_blur": {"input": "tiny.tif", "ops": BLUR, "output_options": {"compression": "deflate"}},
-    "tiny_jpeg": {"input": "tiny.tif", "output_options": {"compression": "jpeg"}},
+    # (the default output tile: 512, more than libvips reads on a page of 20 px)
+    "tiny_blur": {"input": "tiny.tif", "ops": BLUR, "tile": 512,
+                  "output_options": {"compression": "deflate", "tile": 512}},
+    "tiny_jpeg": {"input": "tiny.tif", "tile": 512,
+                  "output_options": {"compression": "jpeg", "tile": 512}},
+    "tiny_tiled": {"input": "tiny.tif"},  # an output tile of 32: libvips reads it
 }
 
 
@@ -138,7 +142,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     inp.mkdir()
     _write_inputs(inp)
     jobs = [{**job, "input": str(inp / job["input"]), "output": str(root / "out" / f"{name}.tif"),
-             "tile": 64, "output_options": {"tile": 32, **job.get("output_options", {})}}
+             "tile": job.get("tile", 64),
+             "output_options": {"tile": 32, **job.get("output_options", {})}}
             for name, job in JOBS.items()]
     manifest = root / "m.json"
     manifest.write_text(json.dumps({"jobs": jobs}))
@@ -310,10 +315,11 @@ def test_an_aperio_slides_stripped_images_stay_strips(run, name):
 
 
 @pytest.mark.parametrize("name", ["tiny_blur", "tiny_jpeg"])
-def test_a_page_within_one_output_tile_is_one_strip_libvips_reads(run, name):
-    """A page smaller than the output tile was one tile mostly of padding, which libvips
-    refuses ("tiff2vips: tile size out of range": a tile may be at most twice the page's
-    longest side, rounded up to 256): it is one strip of its pixels."""
+def test_a_page_much_smaller_than_the_output_tile_is_one_strip_libvips_reads(run, name):
+    """A page whose output tile libvips refuses ("tiff2vips: tile size out of range": it
+    reads tiles up to twice the page's longest side rounded up to a multiple of 256; the
+    output tile 512, the page 12 x 20: 256 at most) is one strip of its pixels. With an
+    output tile libvips reads (32), it stays a tiled page."""
     import pyvips  # in the test lock (pyvips-binary)
 
     (src,) = _pages(run[name]["input"])
@@ -324,6 +330,9 @@ def test_a_page_within_one_output_tile_is_one_strip_libvips_reads(run, name):
     if name == "tiny_blur":
         np.testing.assert_array_equal(page.asarray(),
                                       cv2.GaussianBlur(src.asarray(), (0, 0), SIGMA))
+    (tiled,) = _pages(run["tiny_tiled"]["output"])
+    assert tiled.is_tiled and tiled.tilewidth == 32
+    np.testing.assert_array_equal(tiled.asarray(), src.asarray())
 
 
 def test_pyramid_levels_repeat_the_orientation(run):

@@ -156,9 +156,9 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     """The processing tile that holds the whole page when its output is written as ONE strip
     (0: in tiles). Two kinds of pages, where the op chain keeps the size:
 
-    - a page within one output tile: a tile much larger than the page (a 100 x 120 page in a
-      512 x 512 tile) is refused by libvips (its tiles may be at most twice the page's
-      longest side, rounded up to 256), and holds mostly padding;
+    - a page much smaller than one output tile (a 100 x 120 page in a 512 x 512 tile), whose
+      tile libvips refuses ("tile size out of range": it reads a tile up to twice the page's
+      longest side rounded up to a multiple of 256, as measured with pyvips-binary 8.18);
     - an image an Aperio SVS file stores in strips (its thumbnail, label and macro images;
       each page's own description starts with "Aperio"), of at most
       :data:`STRIP_PAGE_PIXELS`: OpenSlide tells a slide's levels from these images by their
@@ -168,7 +168,7 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     if layout.factor != 1:
         return 0
     side = max(info.height, info.width)
-    if side <= out_tile:
+    if -(-2 * side // 256) * 256 < out_tile:
         return out_tile  # (a processing tile is a multiple of the output tile: one already)
     if (info.tiled or not info.metadata.get("aperio")
             or info.height * info.width > STRIP_PAGE_PIXELS):
