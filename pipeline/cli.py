@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--interpreter", choices=("auto", "direct", "moto"), default="auto",
                      help="of the state machine: tiffpipe's own (direct, starts at once) or "
                           "moto's; auto: direct unless the definition needs more")
+    run.add_argument("--definition", metavar="PATH",
+                     help="the state machine definition to run (default: the one shipped, "
+                          "statemachine.asl.json): test an edited copy before deploying it")
     run.add_argument("--work", help="work location for intermediate tiles (folder or s3:// "
                                     "prefix; default: .tiffpipe-work/ next to a local manifest, "
                                     "the temp folder for an s3:// one)")
@@ -226,6 +229,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("tiffpipe: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    definition_text = None
+    if getattr(args, "definition", None) is not None:
+        definition_text = _read_definition(args.definition)
+        if definition_text is None:
+            return EXIT_USAGE
     from pipeline.engine.local import StopRequest
 
     stop = StopRequest()
@@ -244,7 +252,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    report=args.report, keep_work=args.keep_work,
                                    listener=progress,
                                    contact_sheet=not getattr(args, "no_contact_sheet", False),
-                                   interpreter=getattr(args, "interpreter", "auto"), stop=stop)
+                                   interpreter=getattr(args, "interpreter", "auto"), stop=stop,
+                                   definition_text=definition_text)
         except _StoppedChecking as exc:
             return _stopped_before_running(report, exc.signum, args.quiet)
         except OutputNotWritableError as exc:
@@ -266,6 +275,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_interrupted_line(result, stop.signal), file=sys.stderr)
         return 128 + stop.signal if stop.signal else EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _read_definition(path: str) -> str | None:
+    """The text of ``run --definition PATH``, or None once its problem is said."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"tiffpipe: --definition {path}: cannot be read: {why}", file=sys.stderr)
+        return None
 
 
 class _StoppedChecking(BaseException):

@@ -101,14 +101,16 @@ class RunResult:
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,
               keep_work: bool = False, listener: Listener | None = None,
               contact_sheet: bool = False, interpreter: str = "auto",
-              stop: StopRequest | None = None) -> RunResult:
+              stop: StopRequest | None = None, definition_text: str | None = None
+              ) -> RunResult:
     """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
     ``<report stem>.contact.png`` (input and output thumbnails of every page of every job).
     ``interpreter``: of the state machine (see :class:`LocalEngine`). ``stop``: a request
     (a signal handler's) that stops the run: no task starts, the running ones stop within
     their tile, the partial files of the jobs not finished are removed (outputs published
     stay), and the report marks those jobs (:func:`_report_interrupted`); no contact sheet.
-    ``work``: a location another local run going on uses, or that holds files other than
+    ``definition_text``: the state machine to run (default: statemachine.asl.json, as
+    shipped). ``work``: a location another local run going on uses, or that holds files other than
     an earlier run's work, is a WorkLocationError before anything runs (an earlier run's
     work there is removed first: :mod:`pipeline.adapters.work_location`)."""
     if not storage.is_s3(manifest):
@@ -134,8 +136,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
             with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
                 _claim_work(work, f"run-{run_id}")
                 ours = True
-                with LocalEngine(workers, listener, interpreter=interpreter,
-                                 stop=stop) as engine:
+                with LocalEngine(workers, listener, definition_text=definition_text,
+                                 interpreter=interpreter, stop=stop) as engine:
                     execution = engine.run(event, name=f"run-{run_id}")
                     peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
             interrupted = stop.signal if stop is not None else None

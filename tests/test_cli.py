@@ -205,6 +205,26 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture):
     capsys.readouterr()
 
 
+def test_run_runs_the_definition_given(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """``run --definition PATH`` runs that copy of the state machine (an edited one, tried
+    before deploying it), not the shipped one; a file it cannot read is a usage error that
+    names the option and the path."""
+    _inputs(tmp_path)
+    edited = tmp_path / "edited.asl.json"
+    edited.write_text(json.dumps({"StartAt": "Stop", "States": {"Stop": {
+        "Type": "Fail", "Error": "EditedCopy", "Cause": "the edited copy ran"}}}))
+    run = ["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet", "--definition"]
+    assert cli.main([*run, str(edited)]) == 1
+    err = capsys.readouterr().err
+    assert "EditedCopy" in err and "the edited copy ran" in err, err
+    for path, why in ((tmp_path / "none.json", "No such file"), (tmp_path, "Is a directory")):
+        assert cli.main([*run, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"--definition {path}: cannot be read: {why}" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 # --- run --------------------------------------------------------------------------------------
 
 
