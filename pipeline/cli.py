@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
 from pipeline.errors import (
+    EngineError,
     InputNotFoundError,
     ManifestError,
     OutputNotWritableError,
@@ -229,11 +230,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("tiffpipe: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    definition_text = None
-    if getattr(args, "definition", None) is not None:
-        definition_text = _read_definition(args.definition)
-        if definition_text is None:
-            return EXIT_USAGE
+    try:
+        definition_text = _definition(getattr(args, "definition", None))
+    except EngineError as exc:  # before the manifest's check: nothing can run
+        print(f"tiffpipe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from pipeline.engine.local import StopRequest
 
     stop = StopRequest()
@@ -277,15 +278,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _read_definition(path: str) -> str | None:
-    """The text of ``run --definition PATH``, or None once its problem is said."""
+def _definition(path: str | None) -> str | None:
+    """The text of ``run --definition PATH`` (None without it: the shipped definition),
+    checked as the engine will check it (JSON): EngineError naming the file, for a usage
+    error before anything runs."""
+    from pipeline.engine import definition
+
+    if path is None:
+        definition.parse(definition.definition_text(), definition.definition_path())
+        return None
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"tiffpipe: --definition {path}: cannot be read: {why}", file=sys.stderr)
-        return None
+        raise EngineError(f"--definition {path}: cannot be read: {why}") from None
+    definition.parse(text, path)
+    return text
 
 
 class _StoppedChecking(BaseException):

@@ -225,6 +225,18 @@ def test_run_runs_the_definition_given(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "out").exists()
 
 
+def test_a_definition_that_cannot_run_is_a_usage_error_naming_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Not JSON: exit 2 before the manifest is read, naming the file, the line and the
+    column, no traceback."""
+    edited = tmp_path / "edited.asl.json"
+    run = ["run", str(tmp_path / "m.json"), "--quiet", "--definition", str(edited)]
+    edited.write_text('{"StartAt": "A",\n "States": {"A": {"Type": "Pass", "End": true},}}')
+    assert cli.main(run) == 2
+    err = capsys.readouterr().err
+    assert f"tiffpipe: {edited}: not valid JSON: " in err and "at line 2, column 48" in err, err
+
+
 # --- run --------------------------------------------------------------------------------------
 
 

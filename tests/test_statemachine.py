@@ -25,6 +25,7 @@ from pipeline.core import plan as plan_module
 from pipeline.core.events import JobEvent, JobList, RunEvent
 from pipeline.core.models import JobSpec, PageInfo
 from pipeline.engine import definition
+from pipeline.errors import EngineError
 from pipeline.steps import layout, planning
 from pipeline.steps import stats as stats_step
 
@@ -404,6 +405,24 @@ def test_render_raises_for_an_unknown_placeholder():
         "Parameters": {"FunctionName": "${NoSuchFunctionArn}"}}}})
     with pytest.raises(KeyError, match="NoSuchFunctionArn"):
         definition.render(ARNS, text)
+
+
+def test_a_definition_that_is_not_json_is_named_with_its_line_and_column():
+    """A syntax error is an EngineError naming the file, the line and the column (of the file
+    as written, before the ARNs go in), not a JSONDecodeError's traceback."""
+    text = definition.definition_text()
+    broken = text.replace('"StartAt"', '"StartAt",', 1)  # a stray comma
+    line = text[:text.index('"StartAt"')].count("\n") + 1
+    with pytest.raises(EngineError) as caught:
+        definition.render(ARNS, broken, "edited.asl.json")
+    message = str(caught.value)
+    assert message.startswith("edited.asl.json: not valid JSON: ")
+    assert f"at line {line}, column " in message, message
+    with pytest.raises(EngineError, match=r"the state machine definition: not valid JSON: .* "
+                                          r"at line 1, column 2"):
+        definition.parse("{,}")
+    with pytest.raises(EngineError, match="not a state machine"):
+        definition.parse("[]", "list.json")
 
 
 # --- (d) payload size ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.core import concurrency
 from pipeline.core.constants import FUNCTIONS, placeholder
+from pipeline.errors import EngineError
 
 #: placeholder name -> the function (image) it stands for
 PLACEHOLDERS = {placeholder(f): f for f in FUNCTIONS}
@@ -18,6 +19,15 @@ _PATTERN = re.compile(r"\$\{(\w+)\}")
 #: the definition inside the package: in a checkout, a symlink to the top-level
 #: statemachine.asl.json (the file users edit and deploy); a wheel holds a copy of it
 RESOURCE = "statemachine.asl.json"
+
+
+def definition_path() -> str:
+    """Where the shipped definition is, as messages name it: the package's file (in a clone,
+    the symlink to the top-level statemachine.asl.json), else its name."""
+    import pipeline
+
+    path = os.path.join(os.path.dirname(pipeline.__file__), RESOURCE)
+    return os.path.realpath(path) if os.path.isfile(path) else RESOURCE
 
 
 def definition_text() -> str:
@@ -36,13 +46,33 @@ def definition_text() -> str:
     return resources.files("pipeline").joinpath(RESOURCE).read_text(encoding="utf-8")
 
 
-def render(arns: dict[str, str], text: str | None = None) -> str:
+def parse(text: str, source: str | None = None) -> dict[str, Any]:
+    """The definition ``text`` parsed. Text that is not a JSON object is an
+    :class:`EngineError` naming ``source`` (the file; default: "the state machine
+    definition"), and for a syntax error its line and column."""
+    source = source or "the state machine definition"
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EngineError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}, column "
+                          f"{exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise EngineError(f"{source}: not a state machine: a JSON object with StartAt and "
+                          f"States was expected, not {type(doc).__name__}")
+    return doc
+
+
+def render(arns: dict[str, str], text: str | None = None, source: str | None = None) -> str:
     """The definition with every ``${...FunctionArn}`` replaced by the function's ARN.
 
     ``arns`` maps function names (split, process, merge) to ARNs; a placeholder left
-    unfilled is an error, so no definition with placeholders is ever deployed.
+    unfilled is an error, so no definition with placeholders is ever deployed. Text that is
+    not JSON is an :class:`EngineError` naming ``source`` (the file: the shipped one's path
+    without ``text``), the line and the column.
     """
-    text = definition_text() if text is None else text
+    if text is None:
+        text, source = definition_text(), source or definition_path()
+    parse(text, source)  # before the ARNs go in: the line and column of the file itself
 
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -50,9 +80,7 @@ def render(arns: dict[str, str], text: str | None = None) -> str:
             raise KeyError(f"statemachine.asl.json: no ARN for placeholder ${{{name}}}")
         return arns[PLACEHOLDERS[name]]
 
-    rendered = _PATTERN.sub(fill, text)
-    json.loads(rendered)
-    return rendered
+    return _PATTERN.sub(fill, text)
 
 
 # --- how many Lambda invocations a run makes at once -----------------------------------------
