@@ -280,12 +280,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _definition(path: str | None) -> str | None:
     """The text of ``run --definition PATH`` (None without it: the shipped definition),
-    checked as the engine will check it (JSON): EngineError naming the file, for a usage
-    error before anything runs."""
+    checked as the engine will check it (JSON, then the states' structure): EngineError
+    naming the file, for a usage error before anything runs."""
     from pipeline.engine import definition
 
     if path is None:
-        definition.parse(definition.definition_text(), definition.definition_path())
+        definition.check(definition.definition_text(), definition.definition_path())
         return None
     try:
         with open(path, encoding="utf-8") as f:
@@ -293,7 +293,7 @@ def _definition(path: str | None) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise EngineError(f"--definition {path}: cannot be read: {why}") from None
-    definition.parse(text, path)
+    definition.check(text, path)
     return text
 
 

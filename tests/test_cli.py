@@ -227,14 +227,20 @@ def test_run_runs_the_definition_given(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_a_definition_that_cannot_run_is_a_usage_error_naming_the_file(
         tmp_path: Path, capsys: pytest.CaptureFixture):
-    """Not JSON: exit 2 before the manifest is read, naming the file, the line and the
-    column, no traceback."""
+    """Not JSON (the file, line and column) or refused by Step Functions (the state and the
+    field): exit 2 before the manifest is read, no traceback."""
     edited = tmp_path / "edited.asl.json"
     run = ["run", str(tmp_path / "m.json"), "--quiet", "--definition", str(edited)]
     edited.write_text('{"StartAt": "A",\n "States": {"A": {"Type": "Pass", "End": true},}}')
     assert cli.main(run) == 2
     err = capsys.readouterr().err
     assert f"tiffpipe: {edited}: not valid JSON: " in err and "at line 2, column 48" in err, err
+    edited.write_text(json.dumps({"StartAt": "A", "States": {
+        "A": {"Type": "Pass", "Next": "Notify"}}}))
+    assert cli.main(run) == 2
+    err = capsys.readouterr().err
+    assert f"{edited} is not a valid state machine" in err, err
+    assert "state A: Next names 'Notify', which is not a state" in err and "Traceback" not in err
 
 
 # --- run --------------------------------------------------------------------------------------

@@ -609,3 +609,18 @@ def test_top_level_fields_it_cannot_run_are_named_alone():
     machine = {"StartAt": "A", "TimeoutSeconds": 60, "QueryLanguage": "JSONPath",
                "States": {"A": {"Type": "Succeed"}}}
     assert direct.unsupported(machine) == "top-level fields ['QueryLanguage']"
+
+
+@pytest.mark.parametrize("interpreter", ["auto", "moto"])
+def test_a_definition_step_functions_would_refuse_is_refused_before_it_runs(interpreter: str):
+    """A Catch naming a missing state failed with KeyError only when reached on the direct
+    interpreter (and moto ran it): on either, the engine refuses it when made, naming the
+    state and the field; and so a definition that is not JSON, with its line and column."""
+    machine = copy.deepcopy(MACHINE)
+    machine["States"]["Keep"]["Next"] = "Notify"
+    with pytest.raises(EngineError, match="state Keep: Next names 'Notify', which is not a "
+                                          "state"):
+        LocalEngine(1, definition_text=json.dumps(machine), interpreter=interpreter)
+    with pytest.raises(EngineError, match="not valid JSON: .* at line 2, column 1"):
+        LocalEngine(1, definition_text='{"StartAt": "A"\n"States": {}}',
+                    interpreter=interpreter)

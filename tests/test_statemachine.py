@@ -425,6 +425,65 @@ def test_a_definition_that_is_not_json_is_named_with_its_line_and_column():
         definition.parse("[]", "list.json")
 
 
+def test_the_definition_passes_the_structural_check(raw):
+    definition.validate(raw)
+    assert definition.check(definition.definition_text()) == raw
+
+
+def _pass(**more: Any) -> dict[str, Any]:
+    return {"Type": "Pass", **more}
+
+
+@pytest.mark.parametrize("machine,problems", [
+    ({"StartAt": "A", "States": {"A": _pass(Next="Notify"), "B": _pass(End=True)}},
+     ["state A: Next names 'Notify', which is not a state",
+      "state B: not reachable from StartAt (A)"]),
+    ({"StartAt": "A", "States": {"A": _pass()}}, ['state A: has neither Next nor "End": true']),
+    ({"StartAt": "A", "States": {"A": _pass(Next="B", End=True), "B": {"Type": "Succeed"}}},
+     ["state A: has both Next and End"]),
+    ({"StartAt": "Nope", "States": {"A": _pass(End=True)}},
+     ["the definition: StartAt names 'Nope', which is not a state"]),
+    ({"StartAt": "C", "States": {
+        "C": {"Type": "Choice", "Choices": [{"Variable": "$.a", "IsPresent": True,
+                                               "Next": "X"}], "Default": "Y"},
+        "Y": {"Type": "Succeed"}}},
+     ["state C: Choices[0].Next names 'X', which is not a state"]),
+    ({"StartAt": "M", "States": {"M": {
+        "Type": "Map", "End": True, "ItemProcessor": {"StartAt": "T", "States": {
+            "T": {"Type": "Task", "Resource": LAMBDA_INVOKE, "End": True,
+                  "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "RecordFailure"}]},
+            "Lost": {"Type": "Succeed"}}}}}},
+     [("state M > T: Catch[0].Next names 'RecordFailure', which is not a state in the "
+       "ItemProcessor of M"), "state M > Lost: not reachable from StartAt (T)"]),
+    ({"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": True, "Branches": [
+        {"StartAt": "A", "States": {"A": _pass(End=True)}},
+        {"StartAt": "B", "States": {"B": _pass(Next="A")}}]}}},
+     ["state P[1] > B: Next names 'A', which is not a state in Branches[1] of P"]),
+    ({"StartAt": "A", "States": {"A": {"Type": "Sleep", "End": True}}},
+     ["state A: Type 'Sleep' is not one of Task, Pass, Choice"]),
+])
+def test_what_step_functions_would_refuse_is_named_by_state_and_field(
+        machine: dict[str, Any], problems: list[str]):
+    """A transition to a missing state, a state without Next or End, an unreachable state
+    (CreateStateMachine refuses each): an EngineError before any run, naming each."""
+    with pytest.raises(EngineError) as caught:
+        definition.validate(machine, "edited.asl.json")
+    message = str(caught.value)
+    assert message.startswith("edited.asl.json is not a valid state machine"), message
+    for problem in problems:
+        assert problem in message, (problem, message)
+    assert message.count("; ") == len(problems) - 1, message
+
+
+def test_the_structural_check_finds_a_missing_state_in_the_shipped_definition(raw):
+    broken = copy.deepcopy(raw)
+    job_states(broken)["Merge"]["Catch"][0]["Next"] = "Notify"
+    with pytest.raises(EngineError, match="state Jobs > Merge: Catch\\[0\\].Next names "
+                                          "'Notify', which is not a state in the "
+                                          "ItemProcessor of Jobs"):
+        definition.validate(broken)
+
+
 # --- (d) payload size ----------------------------------------------------------------------
 
 

@@ -62,6 +62,99 @@ def parse(text: str, source: str | None = None) -> dict[str, Any]:
     return doc
 
 
+#: the States Language's state types
+STATE_TYPES = ("Task", "Pass", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map")
+#: the state types that end an execution (or a branch) themselves: no Next, no End
+_TERMINAL = ("Choice", "Succeed", "Fail")
+
+
+def validate(machine: dict[str, Any], source: str | None = None) -> None:
+    """What Step Functions' CreateStateMachine checks of the states' structure, checked before
+    a local run: every Next, Default, Choices' and Catch's Next names a state of the same
+    States; a state other than Choice, Succeed and Fail has Next or ``End: true``; every
+    state is reachable from StartAt; the same in every Map's ItemProcessor (or Iterator) and
+    Parallel's Branches. An :class:`EngineError` naming ``source``, each state and its field
+    (every problem found)."""
+    problems = _problems(machine, "", "")
+    if problems:
+        raise EngineError(f"{source or 'the state machine definition'} is not a valid state "
+                          f"machine (Step Functions would refuse it): {'; '.join(problems)}")
+
+
+def check(text: str, source: str | None = None) -> dict[str, Any]:
+    """``text`` parsed (:func:`parse`) and validated (:func:`validate`)."""
+    machine = parse(text, source)
+    validate(machine, source)
+    return machine
+
+
+def _problems(machine: Any, scope: str, within: str) -> list[str]:
+    """The structural problems of one States: ``scope`` prefixes its states' names (``Jobs >
+    Merge``), ``within`` says where it is (``the ItemProcessor of Jobs``); both "" at the top."""
+    where = f" in {within}" if within else ""
+    states = machine.get("States") if isinstance(machine, dict) else None
+    if not isinstance(states, dict) or not states:
+        return [f"{within or 'the definition'}: no States"]
+    start = machine.get("StartAt")
+    if start not in states:
+        return [(f"{within or 'the definition'}: StartAt names {start!r}, which is not a "
+                 f"state{where}")]
+    problems: list[str] = []
+    edges: dict[str, list[str]] = {}
+    for name, state in states.items():
+        label = f"state {scope} > {name}" if scope else f"state {name}"
+        if not isinstance(state, dict) or state.get("Type") not in STATE_TYPES:
+            kind = state.get("Type") if isinstance(state, dict) else state
+            problems.append(f"{label}: Type {kind!r} is not one of {', '.join(STATE_TYPES)}")
+            continue
+        kind = state["Type"]
+        targets: list[tuple[str, Any]] = []
+        if kind == "Choice":
+            choices = state.get("Choices")
+            if not isinstance(choices, list) or not choices:
+                problems.append(f"{label}: Choices must be a non-empty list of rules")
+                choices = []
+            for i, rule in enumerate(choices):
+                targets.append((f"Choices[{i}].Next", rule.get("Next")
+                                if isinstance(rule, dict) else None))
+            if "Default" in state:
+                targets.append(("Default", state["Default"]))
+        elif kind not in _TERMINAL:
+            has_next, ends = "Next" in state, state.get("End") is True
+            if has_next and ends:
+                problems.append(f"{label}: has both Next and End")
+            elif not has_next and not ends:
+                problems.append(f"{label}: has neither Next nor \"End\": true")
+            if has_next:
+                targets.append(("Next", state["Next"]))
+        for i, catcher in enumerate(state.get("Catch") or []):
+            targets.append((f"Catch[{i}].Next", catcher.get("Next")
+                            if isinstance(catcher, dict) else None))
+        for field, target in targets:
+            if target not in states:
+                problems.append(f"{label}: {field} names {target!r}, which is not a "
+                                f"state{where}")
+        edges[name] = [t for _, t in targets if t in states]
+        inner = f"{scope} > {name}" if scope else name
+        if kind == "Map":
+            key = "ItemProcessor" if "ItemProcessor" in state else "Iterator"
+            problems += _problems(state.get(key), inner, f"the {key} of {inner}")
+        for i, branch in enumerate(state.get("Branches") or [] if kind == "Parallel" else []):
+            problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}")
+    reached, todo = {start}, [start]
+    while todo:
+        for target in edges.get(todo.pop(), []):
+            if target not in reached:
+                reached.add(target)
+                todo.append(target)
+    for name in states:
+        if name not in reached:
+            label = f"state {scope} > {name}" if scope else f"state {name}"
+            problems.append(f"{label}: not reachable from StartAt ({start}) by any Next, "
+                            "Default or Catch")
+    return problems
+
+
 def render(arns: dict[str, str], text: str | None = None, source: str | None = None) -> str:
     """The definition with every ``${...FunctionArn}`` replaced by the function's ARN.
 

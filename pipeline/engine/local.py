@@ -101,9 +101,11 @@ class LocalEngine:
         self.definition_text = definition_text
         self.map_threads = max(1, map_threads or 2 * workers + 2)
         self.machine: dict[str, Any] | None = None
+        # checked before any run, on either interpreter: what Step Functions would refuse
+        machine = json.loads(definition.render(
+            {f: function_name(f) for f in FUNCTIONS}, definition_text))
+        definition.validate(machine, None if definition_text else definition.definition_path())
         if interpreter != "moto":
-            machine = json.loads(definition.render(
-                {f: function_name(f) for f in FUNCTIONS}, definition_text))
             why = direct.unsupported(machine)
             if why and interpreter == "direct":
                 raise EngineError(f"the direct interpreter cannot run this definition: {why}")
