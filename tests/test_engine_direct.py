@@ -624,3 +624,25 @@ def test_a_definition_step_functions_would_refuse_is_refused_before_it_runs(inte
     with pytest.raises(EngineError, match="not valid JSON: .* at line 2, column 1"):
         LocalEngine(1, definition_text='{"StartAt": "A"\n"States": {}}',
                     interpreter=interpreter)
+
+
+def test_states_task_failed_matches_any_error_but_a_timeout():
+    """``States.TaskFailed`` in ErrorEquals is a wildcard for any error but States.Timeout
+    (AWS's error-handling docs; moto's interpreter catches with it too): the direct
+    interpreter took it for an error's name, and the execution failed."""
+    machine = copy.deepcopy(MACHINE)
+    machine["States"]["Last"]["Catch"] = [
+        {"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.broken", "Next": "Done"}]
+    machine["States"]["First"]["Retry"] = [{**RETRY[0], "ErrorEquals": ["States.TaskFailed"]}]
+    machine["States"]["Distributed"]["ItemProcessor"]["States"]["Breaks"] = _task("echo", End=True)
+    machine["States"]["Pick"]["Choices"][0]["Next"] = "Unreached"  # (reachable, as before)
+    status, out = _on_direct(machine, INPUT)
+    assert status == "SUCCEEDED" and out["broken"]["Error"] == "Broken", out
+    assert out["first"]["out"]["calls"] == 2  # retried
+    moto = _on_moto(machine, INPUT)
+    assert moto[0] == "SUCCEEDED" and moto[1]["broken"] == out["broken"]
+    assert direct._error_matches(["States.TaskFailed"], "States.ExceedToleratedFailureThreshold")
+    assert not direct._error_matches(["States.TaskFailed"], "States.Timeout")
+    assert direct._error_matches(["States.ALL"], "States.Timeout")
+    for wildcard in ("States.ALL", "States.TaskFailed"):
+        assert not direct._error_matches([wildcard], "States.Runtime")

@@ -255,8 +255,20 @@ def _matches(rule: dict[str, Any], data: Any, context: dict[str, Any]) -> bool:
     return value is not _MISSING and bool(_COMPARISONS[op](value, expected))
 
 
+#: errors that no wildcard of a Retry or Catch matches (AWS's error-handling docs: States.ALL
+#: does not catch States.Runtime or States.DataLimitExceeded)
+_NOT_BY_WILDCARD = frozenset({"States.Runtime", "States.DataLimitExceeded"})
+
+
 def _error_matches(names: list[str], error: str) -> bool:
-    return "States.ALL" in names and error != "States.Runtime" or error in names
+    """Whether a Retry's or Catch's ErrorEquals ``names`` match ``error``: by name, or by a
+    wildcard: States.ALL any error, States.TaskFailed any but States.Timeout (as AWS
+    documents it), neither one of :data:`_NOT_BY_WILDCARD`."""
+    if error in names:
+        return True
+    if error in _NOT_BY_WILDCARD:
+        return False
+    return "States.ALL" in names or ("States.TaskFailed" in names and error != "States.Timeout")
 
 
 # --- running -------------------------------------------------------------------------------
