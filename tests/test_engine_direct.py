@@ -646,3 +646,21 @@ def test_states_task_failed_matches_any_error_but_a_timeout():
     assert direct._error_matches(["States.ALL"], "States.Timeout")
     for wildcard in ("States.ALL", "States.TaskFailed"):
         assert not direct._error_matches([wildcard], "States.Runtime")
+
+
+def test_a_choice_rule_may_have_a_comment():
+    """A Comment in a choice rule, at the top or inside And, Or, Not (valid ASL, which CDK
+    writes): ignored, as on moto (it crashed the direct interpreter with a ValueError)."""
+    machine = copy.deepcopy(MACHINE)
+    machine["States"]["Distributed"]["ItemProcessor"]["States"]["Breaks"] = _task("echo", End=True)
+    first, second = machine["States"]["Pick"]["Choices"]
+    first["Comment"] = "never: first is called twice"
+    second["Comment"] = "the flag, and nothing missing"
+    second["And"][0]["Comment"] = "the flag"
+    second["And"][1] = {"Not": {**second["And"][1], "IsPresent": True, "Comment": "missing"},
+                        "Comment": "not there"}
+    assert direct.unsupported(machine) is None
+    status, out = _on_direct(machine, INPUT)
+    assert status == "SUCCEEDED" and out["broken"]["Error"] == "Broken"
+    assert _on_direct(machine, {**INPUT, "flag": False}) == ("FAILED", "Wrong")
+    assert _on_moto(machine, {**INPUT, "flag": False}) == ("FAILED", "Wrong")

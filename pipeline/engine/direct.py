@@ -248,7 +248,8 @@ def _matches(rule: dict[str, Any], data: Any, context: dict[str, Any]) -> bool:
         return any(_matches(r, data, context) for r in rule["Or"])
     if "Not" in rule:
         return not _matches(rule["Not"], data, context)
-    (op, expected), = ((k, v) for k, v in rule.items() if k not in ("Variable", "Next"))
+    (op, expected), = ((k, v) for k, v in rule.items()
+                       if k not in ("Variable", "Next", "Comment"))
     value = _present(rule["Variable"], data, context)
     if op == "IsPresent":
         return (value is not _MISSING) == expected
