@@ -664,3 +664,29 @@ def test_a_choice_rule_may_have_a_comment():
     assert status == "SUCCEEDED" and out["broken"]["Error"] == "Broken"
     assert _on_direct(machine, {**INPUT, "flag": False}) == ("FAILED", "Wrong")
     assert _on_moto(machine, {**INPUT, "flag": False}) == ("FAILED", "Wrong")
+
+
+def test_a_choice_on_a_missing_variable_fails_the_execution():
+    """A rule whose Variable is not in the input fails the execution with States.Runtime, as
+    on AWS ("Invalid path '$.missing': The choice state's condition path references an
+    invalid value."), where the direct interpreter took it for false; IsPresent excepted.
+    moto 5.2.5's interpreter takes it for false (docs/local-engine.md)."""
+    machine = {"StartAt": "C", "States": {
+        "C": {"Type": "Choice", "Choices": [
+            {"Variable": "$.missing", "NumericGreaterThan": 1, "Next": "A"}], "Default": "B"},
+        "A": {"Type": "Pass", "Result": {"r": "A"}, "End": True},
+        "B": {"Type": "Pass", "Result": {"r": "B"}, "End": True}}}
+    with pytest.raises(direct.StateError) as caught:
+        direct.Interpreter(machine, Lambda().invoke, 1).run({"x": 1}, "x")
+    assert caught.value.error == "States.Runtime"
+    assert "'C'. Invalid path '$.missing': The choice state's condition path references an " \
+           "invalid value." in caught.value.cause
+    assert _on_direct(machine, {"missing": 2}) == ("SUCCEEDED", {"r": "A"})
+    assert _on_moto(machine, {"x": 1}) == ("SUCCEEDED", {"r": "B"})  # moto's difference
+    rules = machine["States"]["C"]["Choices"]
+    rules.insert(0, {"Not": {"Variable": "$.missing", "IsPresent": True}, "Next": "B"})
+    assert _on_direct(machine, {"x": 1}) == ("SUCCEEDED", {"r": "B"})  # matched first
+    rules[0] = {"Or": [{"Variable": "$.x", "NumericEquals": 1},
+                       {"Variable": "$.missing", "NumericEquals": 1}], "Next": "B"}
+    assert _on_direct(machine, {"x": 1}) == ("SUCCEEDED", {"r": "B"})  # not evaluated
+    assert _on_direct(machine, {"x": 2}) == ("FAILED", "States.Runtime")

@@ -241,19 +241,25 @@ def put_result(data: Any, path: str | None, result: Any) -> Any:
     return out
 
 
-def _matches(rule: dict[str, Any], data: Any, context: dict[str, Any]) -> bool:
+def _matches(rule: dict[str, Any], data: Any, context: dict[str, Any], name: str) -> bool:
+    """Whether the choice rule matches (of the Choice state ``name``). A Variable that is not
+    there fails the state with States.Runtime, as on AWS, but for IsPresent."""
     if "And" in rule:
-        return all(_matches(r, data, context) for r in rule["And"])
+        return all(_matches(r, data, context, name) for r in rule["And"])
     if "Or" in rule:
-        return any(_matches(r, data, context) for r in rule["Or"])
+        return any(_matches(r, data, context, name) for r in rule["Or"])
     if "Not" in rule:
-        return not _matches(rule["Not"], data, context)
+        return not _matches(rule["Not"], data, context, name)
     (op, expected), = ((k, v) for k, v in rule.items()
                        if k not in ("Variable", "Next", "Comment"))
     value = _present(rule["Variable"], data, context)
     if op == "IsPresent":
         return (value is not _MISSING) == expected
-    return value is not _MISSING and bool(_COMPARISONS[op](value, expected))
+    if value is _MISSING:
+        raise StateError("States.Runtime", f"An error occurred while executing the state "
+                         f"'{name}'. Invalid path '{rule['Variable']}': The choice state's "
+                         "condition path references an invalid value.")
+    return bool(_COMPARISONS[op](value, expected))
 
 
 #: errors that no wildcard of a Retry or Catch matches (AWS's error-handling docs: States.ALL
@@ -326,8 +332,8 @@ class Interpreter:
         if kind == "Fail":
             raise StateError(state.get("Error", "States.Fail"), state.get("Cause", ""))
         if kind == "Choice":
-            target = next((r["Next"] for r in state["Choices"] if _matches(r, data, context)),
-                          state.get("Default"))
+            target = next((r["Next"] for r in state["Choices"]
+                           if _matches(r, data, context, name)), state.get("Default"))
             if target is None:
                 raise StateError("States.NoChoiceMatched", f"no choice of {name} matched")
             return self._output(state, data, context), target
