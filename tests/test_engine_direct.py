@@ -690,3 +690,37 @@ def test_a_choice_on_a_missing_variable_fails_the_execution():
                        {"Variable": "$.missing", "NumericEquals": 1}], "Next": "B"}
     assert _on_direct(machine, {"x": 1}) == ("SUCCEEDED", {"r": "B"})  # not evaluated
     assert _on_direct(machine, {"x": 2}) == ("FAILED", "States.Runtime")
+
+
+@pytest.mark.parametrize("data,path,at", [
+    ({"a": "str"}, "$.a.b", "$.a is \"str\""),
+    ({"a": None}, "$.a.b.c", "$.a is null"),
+    ({"a": {"b": [1]}}, "$.a.b.c", "$.a.b is [1]"),
+    (5, "$.x", "$ is 5"),
+])
+def test_a_result_path_through_a_value_that_is_not_an_object_fails_the_state(
+        data: Any, path: str, at: str):
+    """States.ResultPathMatchFailure ("A state's ResultPath field cannot be applied to the
+    input the state received": the States Language's predefined errors), which a Catch may
+    take; the direct interpreter overwrote the value (a string became an object) or, for a
+    scalar Map item, stopped with a TypeError. Missing objects on the way are still made."""
+    machine = {"StartAt": "P", "States": {"P": {
+        "Type": "Pass", "Result": {"r": 1}, "ResultPath": path, "End": True}}}
+    with pytest.raises(direct.StateError) as caught:
+        direct.Interpreter(machine, Lambda().invoke, 1).run(data, "x")
+    assert caught.value.error == "States.ResultPathMatchFailure"
+    assert f"ResultPath {path} to the state's input: {at}, not an object" in caught.value.cause
+    assert direct.put_result({"x": 1}, "$.a.b", 2) == {"x": 1, "a": {"b": 2}}
+    assert direct.put_result({"a": {"b": 1}}, "$.a.b", {"c": 2}) == {"a": {"b": {"c": 2}}}
+
+
+def test_a_map_of_scalar_items_with_a_result_path_fails_its_items():
+    machine = {"StartAt": "M", "States": {"M": {
+        "Type": "Map", "ItemsPath": "$.items", "ResultPath": "$.out", "End": True,
+        "Catch": [{"ErrorEquals": ["States.ResultPathMatchFailure"], "ResultPath": "$.error",
+                   "Next": "Caught"}],
+        "ItemProcessor": {"StartAt": "Echo", "States": {
+            "Echo": _task("echo", ResultPath="$.echoed", End=True)}}},
+        "Caught": {"Type": "Pass", "End": True}}}
+    status, out = _on_direct(machine, {"items": [1, 2]})
+    assert status == "SUCCEEDED" and out["error"]["Error"] == "States.ResultPathMatchFailure"

@@ -225,18 +225,24 @@ def fill(template: Any, data: Any, context: dict[str, Any]) -> Any:
 
 def put_result(data: Any, path: str | None, result: Any) -> Any:
     """ResultPath: the state's input with ``result`` at ``path`` (``$``, the default: the
-    result alone; null: the input unchanged)."""
+    result alone; null: the input unchanged), the objects on the way made if missing. A
+    path through a value that is not an object (the input itself, or a field on the way: a
+    string, a list, null) fails the state with States.ResultPathMatchFailure, as on AWS."""
     if path is None:
         return data
     if path == "$":
         return result
     out = json.loads(json.dumps(data))  # a copy: the input may be shared by map items
-    node = out
+    node, at = out, "$"
     parts = path[2:].split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
+    for part in [None, *parts[:-1]]:
+        if part is not None:
+            node = node.setdefault(part, {})
+            at = f"{at}.{part}"
+        if not isinstance(node, dict):
+            raise StateError("States.ResultPathMatchFailure",
+                             f"Unable to apply ResultPath {path} to the state's input: {at} "
+                             f"is {json.dumps(node)[:200]}, not an object")
     node[parts[-1]] = result
     return out
 
