@@ -724,3 +724,51 @@ def test_a_map_of_scalar_items_with_a_result_path_fails_its_items():
         "Caught": {"Type": "Pass", "End": True}}}
     status, out = _on_direct(machine, {"items": [1, 2]})
     assert status == "SUCCEEDED" and out["error"]["Error"] == "States.ResultPathMatchFailure"
+
+
+def test_the_definitions_timeout_fails_the_execution():
+    """The top-level TimeoutSeconds (accepted, then ignored): past it the execution stops
+    (no state starts; a Retry's wait ends; ``on_timeout`` stops the running tasks) and fails
+    with States.Timeout, which no Catch sees."""
+    released = threading.Event()
+
+    def invoke(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        if event["action"] == "flaky":
+            return False, {"errorType": "Flaky", "errorMessage": "again"}
+        released.wait(10)  # a long task, stopped by on_timeout
+        return True, {}
+
+    catch = [{"ErrorEquals": ["States.ALL"], "Next": "Caught"}]
+    for first in (_task("slow", End=True, Catch=catch),
+                  _task("flaky", End=True, Catch=catch, Retry=[
+                      {"ErrorEquals": ["Flaky"], "IntervalSeconds": 60, "MaxAttempts": 1}])):
+        machine = {"TimeoutSeconds": 1, "StartAt": "First", "States": {
+            "First": first, "Caught": {"Type": "Succeed"}}}
+        assert direct.unsupported(machine) is None
+        started = time.monotonic()
+        with pytest.raises(direct.TimedOut) as caught:
+            direct.Interpreter(machine, invoke, 1, on_timeout=released.set).run({}, "x")
+        assert caught.value.error == "States.Timeout"
+        assert "TimeoutSeconds (1 s)" in caught.value.cause
+        assert 0.9 < time.monotonic() - started < 5
+    machine = {"TimeoutSeconds": 60, "StartAt": "First", "States": {
+        "First": _task("slow", End=True, ResultPath="$.out")}}
+    assert direct.Interpreter(machine, invoke, 1).run({}, "x") == {"out": {"out": {}}}
+
+
+def test_the_engine_reports_a_timed_out_execution_as_aws_does(monkeypatch: pytest.MonkeyPatch):
+    """TIMED_OUT with States.Timeout; the engine's running task is stopped."""
+    from pipeline.steps import stopping
+
+    machine = {"TimeoutSeconds": 1, "StartAt": "Plan", "States": {"Plan": {
+        "Type": "Task", "Resource": direct.LAMBDA_INVOKE, "End": True, "Parameters": {
+            "FunctionName": function_name("split"), "Payload": {"action": "plan_run"}}}}}
+    try:
+        with LocalEngine(1, definition_text=json.dumps(machine)) as engine:
+            monkeypatch.setattr(engine.in_process, "invoke", lambda function, event: (
+                stopping._requested.wait(10), (True, {}))[1])
+            run = engine.run({})
+        assert (run.status, run.error) == ("TIMED_OUT", "States.Timeout"), run
+        assert run.seconds < 5
+    finally:
+        stopping.clear()

@@ -73,6 +73,11 @@ class StateError(Exception):
         self.error, self.cause = error, cause
 
 
+class TimedOut(StateError):
+    """The execution ran longer than the definition's TimeoutSeconds: it fails with
+    States.Timeout (status TIMED_OUT on AWS), which no Retry or Catch sees."""
+
+
 def _cause_text(failure: StateError, limit: int = 1000) -> str:
     """The message of a failed item (as a report gives it: :func:`failure_record`), cut to
     ``limit`` characters."""
@@ -297,17 +302,46 @@ class Interpreter:
 
     def __init__(self, machine: dict[str, Any], invoke: Invoke, map_threads: int,
                  sleep: Callable[[float], object] | None = None,
-                 read_items: ReadItems | None = None):
+                 read_items: ReadItems | None = None,
+                 on_timeout: Callable[[], object] | None = None):
         self.machine, self.invoke, self.map_threads = machine, invoke, max(1, map_threads)
         self.read_items = read_items
+        self.on_timeout = on_timeout
         self._aborted = threading.Event()
+        self._timed_out = False
         # a Retry's wait: on the abort event by default, so that an abort ends it
         self.sleep = sleep or self._aborted.wait
 
     def run(self, data: Any, name: str) -> Any:
-        """The execution's output, or StateError, or Aborted."""
-        return self._machine(self.machine, data, {"Execution": {
-            "Input": data, "Name": name, "Id": EXECUTION_ARN.format(name=name)}})
+        """The execution's output, or StateError, or Aborted. Past the definition's
+        TimeoutSeconds the execution stops as on :meth:`abort` (``on_timeout`` is called
+        then: to stop the tasks running) and fails with :class:`TimedOut`."""
+        timeout = self.machine.get("TimeoutSeconds")
+        timer = None
+        if timeout is not None:
+            timer = threading.Timer(timeout, self._time_out)
+            timer.daemon = True
+            timer.start()
+        try:
+            output = self._machine(self.machine, data, {"Execution": {
+                "Input": data, "Name": name, "Id": EXECUTION_ARN.format(name=name)}})
+        except (Aborted, StateError):
+            if not self._timed_out:  # (a task stopped by it may have failed instead)
+                raise
+            output = None
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if self._timed_out:  # (even if its last state ended after it)
+            raise TimedOut("States.Timeout", f"the execution ran longer than the definition's "
+                           f"TimeoutSeconds ({timeout} s)")
+        return output
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self.abort()
+        if self.on_timeout is not None:
+            self.on_timeout()
 
     def abort(self) -> None:
         """Stop the execution (thread-safe): see the class."""

@@ -335,8 +335,10 @@ class LocalEngine:
     def _run_direct(self, machine: dict[str, Any], execution_input: dict[str, Any],
                     name: str) -> Execution:
         started = time.time()
+        # past the definition's TimeoutSeconds, its tasks are stopped as on abort()
         interpreter = direct.Interpreter(machine, self._invoke, self.map_threads,
-                                         read_items=self._read_items_here)
+                                         read_items=self._read_items_here,
+                                         on_timeout=self.abort)
         self._interpreter = interpreter
         if self._aborted:  # abort() came before the interpreter was there
             interpreter.abort()
@@ -345,6 +347,8 @@ class LocalEngine:
             # in its memory unless a worker needs them
             with one_opencv_thread(), held_work.holding():
                 output = interpreter.run(execution_input, name)
+        except direct.TimedOut as exc:
+            return Execution("TIMED_OUT", None, exc.error, exc.cause, time.time() - started)
         except direct.StateError as exc:
             return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)
         except direct.Aborted as exc:
