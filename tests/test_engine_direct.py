@@ -772,3 +772,47 @@ def test_the_engine_reports_a_timed_out_execution_as_aws_does(monkeypatch: pytes
         assert run.seconds < 5
     finally:
         stopping.clear()
+
+
+CONTEXT = {"start.$": "$$.Execution.StartTime", "state.$": "$$.State.Name",
+           "entered.$": "$$.State.EnteredTime", "machine.$": "$$.StateMachine.Id",
+           "machine_name.$": "$$.StateMachine.Name", "role.$": "$$.Execution.RoleArn",
+           "execution.$": "$$.Execution.Name"}
+ISO_8601 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_the_context_object_is_filled_as_on_aws():
+    """$$.State.Name, EnteredTime and RetryCount, $$.Execution.StartTime and RoleArn,
+    $$.StateMachine.Id and Name (they failed at run time, "could not be found in the
+    input"); a path to a field it does not fill (such as $$.Task.Token) sends the definition
+    to moto. On moto, $$.Execution.StartTime is ISO 8601 text, as on AWS: moto's datetime
+    crashed describe_execution ("Object of type datetime is not JSON serializable")."""
+    import re
+
+    machine = {"StartAt": "Look", "States": {
+        "Look": {"Type": "Pass", "Parameters": CONTEXT, "Next": "Again"},
+        "Again": _task("flaky", Retry=RETRY, ResultSelector={"retries.$": "$.Payload.seen"},
+                       Parameters={"FunctionName": FN, "Payload": {
+                           "action": "flaky", "in.$": "$$.State.RetryCount"}},
+                       ResultPath="$.again", End=True)}}
+    assert direct.unsupported(machine) is None
+    status, out = _on_direct(machine, {})
+    assert status == "SUCCEEDED", out
+    assert out.pop("again") == {"retries": 1}  # the retry's attempt
+    assert re.fullmatch(ISO_8601, out.pop("start")) and re.fullmatch(ISO_8601, out.pop("entered"))
+    assert out == {"state": "Look", "machine": direct.STATE_MACHINE_ARN, "execution": "x",
+                   "machine_name": "tiffpipe-local", "role": direct.ROLE_ARN}
+    for path in ("$$.Task.Token", "$$.State.Other", "$$.Execution.Name.x", "$$.Map.Item.Key"):
+        other = {"StartAt": "P", "States": {"P": {
+            "Type": "Pass", "Parameters": {"x.$": path}, "End": True}}}
+        assert "only reference paths" in (direct.unsupported(other) or ""), path
+    machine = {"StartAt": "Look", "States": {
+        "Look": {"Type": "Pass", "Parameters": CONTEXT, "End": True}}}
+    with LocalEngine(1, definition_text=json.dumps(machine), interpreter="moto") as engine:
+        run = engine.run({}, name="on-moto")
+    assert run.status == "SUCCEEDED", run
+    assert re.fullmatch(ISO_8601, run.output.pop("start"))
+    assert run.output.pop("entered")  # (moto's: ISO 8601 to the microsecond)
+    assert run.output == {"state": "Look", "machine": direct.STATE_MACHINE_ARN,
+                          "execution": "on-moto", "machine_name": "tiffpipe-local",
+                          "role": direct.ROLE_ARN}

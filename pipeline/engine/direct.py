@@ -8,13 +8,14 @@ Catch; Map (inline and distributed item processors, ItemsPath, ItemSelector, Max
 and MaxConcurrencyPath, ToleratedFailurePercentage/Count); Choice (the comparison operators
 on one Variable, And, Or, Not); Pass, Succeed and Fail. Paths are the reference paths ``$``,
 ``$.a.b`` and the context
-object's ``$$.Map.Item.Value`` / ``Index``, ``$$.Execution.Input`` / ``Name`` / ``Id``.
+object's fields of :data:`CONTEXT_FIELDS` (``$$.Map.Item.Value``, ``$$.State.Name``, ...).
 :func:`unsupported` names the first thing of a definition outside this, and the engine then
 runs it on moto instead, so a definition that grows a feature never runs wrong here.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from collections.abc import Callable
@@ -24,8 +25,21 @@ from typing import Any
 from pipeline.errors import failure_record, shortened
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
-#: ``$$.Execution.Id`` of an execution named ``name`` (the embedded engine's fake account)
+#: ``$$.Execution.Id`` of an execution named ``name`` (the embedded engine's fake account),
+#: ``$$.StateMachine.Id`` and ``Name``, ``$$.Execution.RoleArn``: as moto's runs have them
 EXECUTION_ARN = "arn:aws:states:us-east-1:123456789012:execution:tiffpipe-local:{name}"
+STATE_MACHINE_NAME = "tiffpipe-local"
+STATE_MACHINE_ARN = f"arn:aws:states:us-east-1:123456789012:stateMachine:{STATE_MACHINE_NAME}"
+ROLE_ARN = "arn:aws:iam::123456789012:role/tiffpipe-local"
+#: the context object's fields this interpreter fills (docs.aws.amazon.com/step-functions/
+#: latest/dg/input-output-contextobject.html); a path to any other ($$.Task.Token, ...) is
+#: :func:`unsupported`. Below Execution.Input and Map.Item.Value, any path.
+CONTEXT_FIELDS = {
+    "Execution": {"Id", "Input", "Name", "RoleArn", "StartTime", "RedriveCount"},
+    "State": {"EnteredTime", "Name", "RetryCount"},
+    "StateMachine": {"Id", "Name"},
+    "Map": {"Item"},
+}
 _COMMON = {"Type", "Comment", "Next", "End", "InputPath", "OutputPath"}
 _FIELDS = {
     "Task": _COMMON | {"Resource", "Parameters", "ResultSelector", "ResultPath", "Retry",
@@ -98,9 +112,27 @@ def _path_ok(path: Any, context: bool = True) -> bool:
         return True
     if not isinstance(path, str):
         return False
-    body = path[2:] if context and path.startswith("$$") else path[1:]
-    return path.startswith("$") and (body == "" or (body.startswith(".") and all(
-        part.replace("_", "").isalnum() for part in body[1:].split("."))))
+    in_context = context and path.startswith("$$")
+    body = path[2:] if in_context else path[1:]
+    if not path.startswith("$") or not (body == "" or (body.startswith(".") and all(
+            part.replace("_", "").isalnum() for part in body[1:].split(".")))):
+        return False
+    parts = body[1:].split(".") if body else []
+    if in_context and parts:  # only the fields it fills (CONTEXT_FIELDS)
+        if parts[0] not in CONTEXT_FIELDS or (
+                len(parts) > 1 and parts[1] not in CONTEXT_FIELDS[parts[0]]):
+            return False
+        if parts[0] == "Map" and len(parts) > 2 and parts[2] not in ("Value", "Index"):
+            return False
+        return len(parts) <= 2 or parts[:2] in (["Execution", "Input"], ["Map", "Item"])
+    return True
+
+
+def iso_time(moment: datetime.datetime | None = None) -> str:
+    """A time (default: now) as the context object gives it on AWS: ISO 8601 in UTC, to the
+    millisecond (``2019-03-26T20:14:13.192Z``)."""
+    utc = (moment or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _template_problem(value: Any, where: str) -> str | None:
@@ -323,8 +355,11 @@ class Interpreter:
             timer.daemon = True
             timer.start()
         try:
-            output = self._machine(self.machine, data, {"Execution": {
-                "Input": data, "Name": name, "Id": EXECUTION_ARN.format(name=name)}})
+            output = self._machine(self.machine, data, {
+                "Execution": {"Id": EXECUTION_ARN.format(name=name), "Input": data,
+                              "Name": name, "RoleArn": ROLE_ARN, "StartTime": iso_time(),
+                              "RedriveCount": 0},
+                "StateMachine": {"Id": STATE_MACHINE_ARN, "Name": STATE_MACHINE_NAME}})
         except (Aborted, StateError):
             if not self._timed_out:  # (a task stopped by it may have failed instead)
                 raise
@@ -360,7 +395,9 @@ class Interpreter:
         while True:
             self._check()
             state = machine["States"][name]
-            data, name = self._state(name, state, data, context)
+            entered = {**context, "State": {"EnteredTime": iso_time(), "Name": name,
+                                            "RetryCount": 0}}
+            data, name = self._state(name, state, data, entered)
             if name is None:
                 return data
 
@@ -406,6 +443,9 @@ class Interpreter:
                       context: dict[str, Any]) -> Any:
         attempts: dict[int, int] = {}
         while True:
+            retries = sum(attempts.values())
+            if retries:  # $$.State.RetryCount
+                context = {**context, "State": {**context["State"], "RetryCount": retries}}
             try:
                 return self._task(state, data, context) if state["Type"] == "Task" \
                     else self._map(name, state, data, context)

@@ -51,7 +51,8 @@ T = TypeVar("T")
 #   9. the definition is parsed twice (validated by create_state_machine, then executed).
 # And one for safety: 10. an exception escaping moto's execution thread left the execution
 # RUNNING for ever; it is recorded, and the engine stops with it. And one for reach: 11. the
-# Jobs map's ItemReader reads moto's in-process S3, which holds no work files.
+# Jobs map's ItemReader reads moto's in-process S3, which holds no work files. And one for
+# fidelity: 12. the context object's Execution.StartTime is a datetime, not ISO 8601 text.
 # The patches last for LocalEngine.run only, and put moto's own code back afterwards (6 is an
 # import, and leaves moto.batch unimported, as it was). Each checks what it replaces (names
 # and signatures) first; if moto changed, it logs a warning and the run goes on without it:
@@ -388,6 +389,35 @@ def _watch_crashes(patches: Patches, crashes: list[BaseException]) -> None:
             crashes.append(exc)
 
     patches.set(worker, "_execution_logic", guarded)
+
+
+def _start_time_as_text(patches: Patches) -> None:
+    """(12) The context object's ``Execution.StartTime`` is ISO 8601 text, as on AWS, not
+    moto's datetime, which a state may copy into the output (``"t.$":
+    "$$.Execution.StartTime"``): describe_execution then failed with "Object of type
+    datetime is not JSON serializable"."""
+    import datetime
+
+    from pipeline.engine.direct import iso_time
+
+    module = importlib.import_module("moto.stepfunctions.parser.backend.execution_worker")
+    worker = _require(module, "ExecutionWorker")
+    environment = _require(worker, "_get_evaluation_environment", ("self",))
+
+    def _get_evaluation_environment(self: Any) -> Any:
+        env = environment(self)
+        execution = env.states.context_object.context_object_data["Execution"]
+        if isinstance(execution.get("StartTime"), datetime.datetime):
+            execution["StartTime"] = iso_time(execution["StartTime"])
+        return env
+
+    patches.set(worker, "_get_evaluation_environment", _get_evaluation_environment)
+
+
+def start_time_as_text() -> AbstractContextManager[bool | None]:
+    """While the block runs, ``$$.Execution.StartTime`` is text (see
+    :func:`_start_time_as_text`); yields None (logged) if moto changed and it cannot be."""
+    return _one_patch("Execution.StartTime as text", _start_time_as_text, True)
 
 
 ITEM_READER_S3 = ("moto.stepfunctions.parser.asl.component.state.exec.state_map.item_reader."

@@ -125,6 +125,7 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
         end_signal,
         item_reader,
         lean_interpreter,
+        start_time_as_text,
     )
 
     def read_items(parameters: dict[str, Any]) -> str:
@@ -135,7 +136,8 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
 
     started = time.time()
     with (mocked_aws(), served_by(pool, listener), lean_interpreter(map_threads),
-          end_signal() as ended, crash_watch() as crashes, item_reader(read_items)):
+          end_signal() as ended, crash_watch() as crashes, item_reader(read_items),
+          start_time_as_text()):
         # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
         wait = poll if ended is None else max(poll, 1.0)
         session = boto3.Session(region_name=REGION)
