@@ -816,3 +816,39 @@ def test_the_context_object_is_filled_as_on_aws():
     assert run.output == {"state": "Look", "machine": direct.STATE_MACHINE_ARN,
                           "execution": "on-moto", "machine_name": "tiffpipe-local",
                           "role": direct.ROLE_ARN}
+
+
+@pytest.mark.parametrize("change,gap", [
+    ({"QueryLanguage": "JSONata", "Output": "{% $states.input %}"},
+     "QueryLanguage JSONata (state P)"),
+    ({"Parameters": {"x.$": "$counter"}}, "variables (state P reads $counter)"),
+    ({"Type": "Map", "ItemsPath": "$.items", "ResultWriter": {"Resource": "x"},
+      "ItemProcessor": {"StartAt": "I", "States": {"I": {"Type": "Succeed"}}}},
+     "a Map's ResultWriter (state P: moto writes"),
+])
+def test_what_moto_cannot_run_is_refused_up_front(change: dict[str, Any], gap: str):
+    """JSONata, reading variables, ResultWriter: moto 5.2.5 parses them, then fails at run
+    time with a message naming neither feature nor state (TypeError('NoneType' object is
+    not callable)); the engine refuses them when a definition would run on moto."""
+    machine = {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True, **change}}}
+    assert direct.unsupported(machine)
+    for interpreter in ("auto", "moto"):
+        with pytest.raises(EngineError, match="moto's interpreter cannot run this definition"
+                           ) as caught:
+            LocalEngine(1, definition_text=json.dumps(machine), interpreter=interpreter)
+        assert f"does not support {gap}" in str(caught.value)
+    assert local.moto_gap(MACHINE) is None and local.moto_gap({
+        "StartAt": "P", "States": {"P": {"Type": "Pass", "Parameters": {
+            "a.$": "$.x", "b.$": "$$.Execution.Id", "c": "$literal"}, "End": True}}}) is None
+
+
+def test_an_execution_output_that_is_a_string_is_read_on_moto():
+    """moto's describe_execution gives a string output without its quotes: run_on_moto's
+    json.loads crashed on it (a Report state's OutputPath "$.report" giving text)."""
+    for report in ("text", 5, [1, 2]):
+        machine = {"StartAt": "P", "States": {"P": {
+            "Type": "Pass", "Result": {"report": report}, "OutputPath": "$.report",
+            "End": True}}}
+        with LocalEngine(1, definition_text=json.dumps(machine), interpreter="moto") as engine:
+            run = engine.run({})
+        assert (run.status, run.output) == ("SUCCEEDED", report)

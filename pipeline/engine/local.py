@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +52,58 @@ LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
 INTERPRETERS = ("auto", "direct", "moto")
 #: seconds a stopped run waits for its tasks to stop before it leaves them behind
 STOP_GRACE_S = 10.0
+
+
+#: a reference to a variable ($name, not $.a or $$.a) in a path or a template's value
+_VARIABLE = re.compile(r"(?<![\w$])\$[A-Za-z_]\w*")
+_PATH_FIELDS = ("InputPath", "OutputPath", "ItemsPath", "ResultPath", "MaxConcurrencyPath",
+                "Variable", "SecondsPath", "TimestampPath", "ErrorPath", "CausePath")
+
+
+def moto_gap(machine: dict[str, Any], scope: str = "") -> str | None:
+    """What of ``machine`` moto 5.2.5's interpreter cannot run though it parses it (it
+    fails at run time with an error naming neither, e.g. ``TypeError('NoneType' object is
+    not callable)``), naming the state: JSONata (QueryLanguage), reading a variable
+    (``$name``, set by Assign), a Map's ResultWriter (written to moto's in-process S3,
+    where no one sees it)."""
+    if machine.get("QueryLanguage") == "JSONata":
+        return f"QueryLanguage JSONata{f' (in {scope})' if scope else ''}"
+    for name, state in (machine.get("States") or {}).items():
+        if not isinstance(state, dict):
+            continue
+        label = f"state {scope} > {name}" if scope else f"state {name}"
+        if state.get("QueryLanguage") == "JSONata":
+            return f"QueryLanguage JSONata ({label})"
+        if "ResultWriter" in state:
+            return (f"a Map's ResultWriter ({label}: moto writes the results to its "
+                    "in-process S3, where nothing sees them)")
+        variable = _reads_variable(state)
+        if variable:
+            return f"variables ({label} reads {variable})"
+        inner = f"{scope} > {name}" if scope else name
+        for child in [state.get("ItemProcessor") or state.get("Iterator"),
+                      *(state.get("Branches") or [])]:
+            if isinstance(child, dict):
+                gap = moto_gap(child, inner)
+                if gap:
+                    return gap
+    return None
+
+
+def _reads_variable(value: Any, key: str = "") -> str | None:
+    """The first variable (``$name``) a state's paths or templates read, if any."""
+    if isinstance(value, str):
+        if key.endswith(".$") or key in _PATH_FIELDS:
+            match = _VARIABLE.search(value)
+            return match.group() if match else None
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else []
+    for k, v in items:
+        found = _reads_variable(v, k if isinstance(k, str) else key)
+        if found:
+            return found
+    return None
 
 
 class StopRequest:
@@ -105,8 +158,15 @@ class LocalEngine:
         machine = json.loads(definition.render(
             {f: function_name(f) for f in FUNCTIONS}, definition_text))
         definition.validate(machine, None if definition_text else definition.definition_path())
+        why = direct.unsupported(machine) if interpreter != "moto" else None
+        gap = moto_gap(machine) if why and interpreter == "auto" or interpreter == "moto" \
+            else None
+        if gap:  # moto would run it: refuse what it cannot run, up front
+            raise EngineError(
+                "moto's interpreter cannot run this definition" + (
+                    f" (which the direct interpreter cannot either: it does not support "
+                    f"{why})" if why else "") + f": it does not support {gap}")
         if interpreter != "moto":
-            why = direct.unsupported(machine)
             if why and interpreter == "direct":
                 raise EngineError(f"the direct interpreter cannot run this definition: {why}")
             if why:
