@@ -171,8 +171,9 @@ def test_state_transitions_walk_the_definition(manifest: Path) -> None:
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
     per_job = r["state_transitions"]["per_job"]
     for plan, n in zip(plans, per_job, strict=True):
-        # PlanJob, Split (+ one per unit), Process (+ one per batch), Merge at least
-        assert n >= 4 + len(plan.units) + len(plan.batches)
+        # PlanJob, Split (+ two per unit: its child execution and SplitUnit), Process (+ two
+        # per batch), Merge at least
+        assert n >= 4 + 2 * len(plan.units) + 2 * len(plan.batches)
     assert r["state_transitions"]["total"] == 3 + sum(per_job)  # PlanRun, Jobs, Report
 
     task = {"StartAt": "T", "States": {"T": {"Type": "Task", "End": True}}}
@@ -228,6 +229,38 @@ def test_the_jobs_map_reads_its_items_and_counts_once_per_job() -> None:
     assert est.map_limits(definition, 20, 1000)["units"] == 125
 
 
+def test_each_child_execution_of_a_distributed_map_is_a_transition() -> None:
+    """AWS bills each child workflow execution a Distributed Map starts as one state
+    transition, on top of the states it runs (an inline Map's iterations are not): every
+    Map of statemachine.asl.json is distributed. 10,001 jobs of one unit: PlanRun, Jobs,
+    Report, and per job its child execution, PlanJob, Fused and ProcessJob."""
+    definition = est.load_definition()
+    modes = {name: s["ItemProcessor"]["ProcessorConfig"]["Mode"]
+             for name, s in _maps(definition["States"])}
+    assert set(modes.values()) == {"DISTRIBUTED"} and "Jobs" in modes
+    one_unit = {"units": 1, "batches": 0, "rounds": 0, "fused": True, "single": True}
+    got = est.count_transitions(definition, [one_unit] * 10_001)
+    assert got["per_job"][0] == 4 and got["total"] == 3 + 4 * 10_001 == 40_007
+    # a Map of units: the Map state, then per unit its child execution and ProcessUnit
+    mapped = est.count_transitions(definition, [dict(one_unit, units=5, single=False)])
+    assert mapped["per_job"] == [1 + 3 + (1 + 2 * 5)]  # + ProcessUnits ... Merge
+    # the same definition with inline Maps: no child executions to bill
+    inline = json.loads(json.dumps(definition))
+    for _name, state in _maps(inline["States"]):
+        state["ItemProcessor"]["ProcessorConfig"]["Mode"] = "INLINE"
+    assert est.count_transitions(inline, [one_unit] * 10_001)["total"] == 3 + 3 * 10_001
+
+
+def _maps(states: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every Map state of ``states``, nested ones too."""
+    out = []
+    for name, state in states.items():
+        if state.get("Type") == "Map":
+            out.append((name, state))
+            out += _maps(state["ItemProcessor"]["States"])
+    return out
+
+
 def test_canny_reduce_tree_levels_count_their_transitions(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
     """A canny round whose reduce tree has levels of several nodes runs ReduceLevel Maps:
@@ -241,7 +274,7 @@ def test_canny_reduce_tree_levels_count_their_transitions(tmp_path: Path,
     job = {"units": 1, "batches": 4, "rounds": 1, "fused": False}
     base = est.count_transitions(definition, [job])["per_job"][0]
     tree = est.count_transitions(definition, [dict(job, tree_levels=[5, 2])])["per_job"][0]
-    assert tree - base == (1 + 5 + 2) + (1 + 2 + 2)
+    assert tree - base == (1 + 2 * 5 + 2) + (1 + 2 * 2 + 2)  # a child execution a node
 
     info = PageInfo(index=0, height=1000, width=700, channels=1, dtype="uint8",
                     photometric="minisblack", extrasamples=[], tiled=True, segment_rows=64,
@@ -370,9 +403,10 @@ def test_a_fused_job_of_one_unit_is_one_process_job(fused: Path,
         assert job["gb_s"] == pytest.approx(job["seconds"] * 3008 / 1024)
         assert r["invocations"] == two["invocations"] - 1
         assert r["jobs"][0]["single"] and not two["jobs"][0]["single"]
-        # PlanJob, Fused, ProcessJob against PlanJob, Fused, ProcessUnits, its unit, Merge
-        assert r["state_transitions"]["per_job"] == [3]
-        assert two["state_transitions"]["per_job"] == [5]
+        # the job's child execution of the Jobs Map, PlanJob, Fused, ProcessJob against
+        # that, ProcessUnits, its unit's child execution and ProcessUnit, Merge
+        assert r["state_transitions"]["per_job"] == [4]
+        assert two["state_transitions"]["per_job"] == [7]
     job = stored["steps"]["process_job"]
     for key in ("seconds", "get", "put", "bytes_in", "bytes_out"):
         assert job[key] == pytest.approx(before["process_unit"][key] + before["merge"][key])
@@ -397,7 +431,7 @@ def test_a_small_job_of_several_units_is_one_process_job(
     """The RGB job (two pages, two units, 0.7 Mpx) under plan.SINGLE_TASK_PIXELS is one
     ProcessJob: one invocation whose time is its units' times added, then its merge's; the
     same work as the Map's units and Merge, two state transitions fewer than PlanJob,
-    Fused, ProcessUnits, a transition a unit, Merge."""
+    Fused, ProcessUnits, two transitions a unit (its child execution, ProcessUnit), Merge."""
     plans, sizes = _plans(fused)
     rgb = [plans[0]]
     assert len(rgb[0].units) == 2 and not single_task(rgb[0])  # with the fixture's 0
@@ -411,8 +445,8 @@ def test_a_small_job_of_several_units_is_one_process_job(
     for key in ("cpu_s", "seconds"):
         assert job[key] == pytest.approx(before["process_unit"][key] + before["merge"][key])
     assert one["invocations"] == mapped["invocations"] - 2
-    assert one["state_transitions"]["per_job"] == [3]
-    assert mapped["state_transitions"]["per_job"] == [6]
+    assert one["state_transitions"]["per_job"] == [1 + 3]
+    assert mapped["state_transitions"]["per_job"] == [1 + 4 + 2 * 2]
     assert one["jobs"][0]["single"] and one["jobs"][0]["units"] == 2
 
 
@@ -421,19 +455,22 @@ def test_transitions_take_the_branch_the_plan_takes(manifest: Path, fused: Path)
     plans, fused_sizes = _plans(fused)
     u = est.estimate(unfused_plans, CAL, FAST_IO, input_bytes=sizes)["state_transitions"]
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=fused_sizes)["state_transitions"]
-    # statemachine.asl.json: PlanJob, Fused, ProcessUnits (+ one per unit), Merge; a job of
-    # one unit (the gray one): PlanJob, Fused, ProcessJob
+    # statemachine.asl.json, every Map distributed: each item a child execution (one
+    # transition) running its state. The job's child execution of the Jobs Map, PlanJob,
+    # Fused, ProcessUnits (+ two per unit), Merge; a job of one unit (the gray one): its
+    # child execution, PlanJob, Fused, ProcessJob
     assert [single_task(p) for p in plans] == [False, True]
-    assert r["per_job"] == [4 + len(plans[0].units), 3]
-    # PlanJob, Fused, Split (+ one per unit), NeedsStats, Process (+ one per batch), Levels,
-    # Merge
-    assert u["per_job"] == [7 + len(p.units) + len(p.batches) for p in unfused_plans]
+    assert r["per_job"] == [5 + 2 * len(plans[0].units), 4]
+    # its child execution, PlanJob, Fused, Split (+ two per unit), NeedsStats, Process (+ two
+    # per batch), Levels, Merge
+    assert u["per_job"] == [8 + 2 * len(p.units) + 2 * len(p.batches) for p in unfused_plans]
     assert r["total"] == 3 + sum(r["per_job"]) and r["total"] < u["total"]
 
 
 def test_level_units_of_a_pyramid_job_that_is_not_fused(tmp_path: Path) -> None:
     """A pyramid job that is not fused runs one build_levels per split unit on the process
-    function (the BuildLevels Map: one transition more each, and the Map state)."""
+    function (the BuildLevels Map: two transitions more each, its child execution and
+    BuildLevel, and the Map state)."""
     _write_manifest(tmp_path, fuse=False)
     flat = json.loads((tmp_path / "m.json").read_text())
     pyramid = {**flat, "defaults": {**flat["defaults"], "output_options": {
@@ -447,7 +484,7 @@ def test_level_units_of_a_pyramid_job_that_is_not_fused(tmp_path: Path) -> None:
     flat_r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
     assert "build_levels" not in flat_r["steps"]
     assert r["state_transitions"]["per_job"] == [
-        n + 1 + len(p.units) for n, p in zip(flat_r["state_transitions"]["per_job"], levels,
+        n + 1 + 2 * len(p.units) for n, p in zip(flat_r["state_transitions"]["per_job"], levels,
                                              strict=True)]
 
 

@@ -30,7 +30,8 @@ the estimate and overridable with ``--price KEY=VALUE``):
   time) once per concurrent environment.
 - **Dollars**: Lambda GB-seconds, requests and ephemeral storage above 512 MB; Step Functions
   Standard state transitions, counted by walking ``statemachine.asl.json`` along each job's
-  success path (a Map state counts once, plus its item processor once per item; a Choice
+  success path (a Map state counts once, plus its item processor once per item and, a
+  Distributed Map, one per item for the child execution it starts; a Choice
   takes the branch the job's plan takes: fused or not, statistics rounds left or not, level
   units or not); S3
   requests and the storage of the work files until the lifecycle rule removes them.

@@ -54,12 +54,21 @@ def items_of(state: dict[str, Any]) -> str:
     return str(state.get("ItemsPath", "")).rsplit(".", 1)[-1]
 
 
+def distributed(state: dict[str, Any]) -> bool:
+    """Whether a Map state runs in distributed mode (each item a child workflow execution)."""
+    proc = state.get("ItemProcessor") or {}
+    return (proc.get("ProcessorConfig") or {}).get("Mode") == "DISTRIBUTED"
+
+
 def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """State transitions of a successful execution, walking the definition: each state
     entered is one; a Map state is one plus its item processor once per item (a Distributed
-    Map's child executions are Standard ones: their transitions count the same). Items of a
-    Map: see :func:`items_of`: ``jobs`` (one per job), ``units``, ``batches`` (the job's). A
-    Choice follows the job: see :func:`_choose` (``fused``, ``rounds``)."""
+    Map's child executions are Standard ones: their transitions count the same), and, in
+    distributed mode, one more per item: AWS bills each child workflow execution a
+    Distributed Map starts as one state transition (Step Functions developer guide,
+    "Transitions in Distributed Map state"). Items of a Map: see :func:`items_of`: ``jobs``
+    (one per job), ``units``, ``batches`` (the job's). A Choice follows the job: see
+    :func:`_choose` (``fused``, ``rounds``)."""
 
     def walk(states: dict[str, Any], start: str, ctx: dict[str, Any]) -> int:
         count, name, steps = 0, start, 0
@@ -73,15 +82,17 @@ def count_transitions(definition: dict[str, Any], jobs: list[dict[str, Any]]) ->
             if kind == "Map":
                 proc = state.get("ItemProcessor") or state.get("Iterator")
                 key = items_of(state)
+                child = int(distributed(state))  # a child execution started: billed as one
                 if key == "jobs":
                     for i, job in enumerate(ctx["jobs"]):
-                        per = walk(proc["States"], proc["StartAt"],
-                                   dict(job, rounds_left=job.get("rounds", 0),
-                                        tree_levels=list(job.get("tree_levels", []))))
+                        per = child + walk(proc["States"], proc["StartAt"],
+                                           dict(job, rounds_left=job.get("rounds", 0),
+                                                tree_levels=list(job.get("tree_levels", []))))
                         per_job[i] = per
                         count += per
                 else:
-                    count += int(ctx.get(key, 1)) * walk(proc["States"], proc["StartAt"], ctx)
+                    count += int(ctx.get(key, 1)) * (
+                        child + walk(proc["States"], proc["StartAt"], ctx))
             if kind == "Choice":
                 name = _choose(name, state, ctx)
                 continue
