@@ -508,6 +508,25 @@ def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
     assert code == 2 and "rerun bench/compare.py" in err
 
 
+def test_a_timeout_warning_names_its_job_once(fused: Path) -> None:
+    """An input read this slow (2,000 s per Mpx) passes the 900 s timeout in every unit:
+    one warning per job, naming it (index and input) and its longest invocation; the gray
+    job's ProcessJob (its unit, then its merge, in one invocation: once checked three
+    times, three lines) once, at its whole time."""
+    plans, sizes = _plans(fused)
+    slow = dict(CAL, process_unit={k: {"read_cpu_s_per_mpx": 2000.0, "factor": 1.0}
+                                   for k in ("uint8x1", "uint8x3")})
+    r = est.estimate(plans, slow, FAST_IO, input_bytes=sizes)
+    warnings = [w for w in r["warnings"] if "Lambda timeout" in w]
+    assert len(warnings) == 2, warnings  # one a job
+    rgb, gray = (next(w for w in warnings if w.startswith(f"jobs[{i}] ({p.spec.input}): "))
+                 for i, p in enumerate(plans))
+    whole = r["steps"]["process_job"]["seconds"]
+    assert f"its longest invocation, process_job, needs about {whole:.0f} s, more than the " \
+           "900 s Lambda timeout" in gray
+    assert "its longest invocation, process_unit" in rgb
+
+
 def test_overrides(manifest: Path) -> None:
     plans, sizes = _plans(manifest)
     base = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)

@@ -53,6 +53,10 @@ class _Ledger:
                 "ephemeral_gb_s": 0.0, "get": 0, "put": 0, "list": 0, "bytes_in": 0.0,
                 "bytes_out": 0.0} for s in STEPS}
         self.warnings: list[str] = []
+        #: the job whose invocations are being added (``jobs[i] (input)``; None: the run's)
+        self.job: str | None = None
+        #: each job's (or the run's) longest invocation past the timeout: (seconds, step)
+        self.over: dict[str | None, tuple[float, str]] = {}
 
     def add(self, step: str, seconds: float, cpu: float = 0.0, get: float = 0, put: float = 0,
             lst: float = 0, bytes_in: float = 0.0, bytes_out: float = 0.0,
@@ -75,11 +79,18 @@ class _Ledger:
         return seconds
 
     def check_timeout(self, step: str, seconds: float) -> None:
-        """Warn when an invocation of ``step`` lasting ``seconds`` passes Lambda's timeout."""
+        """Note an invocation of ``step`` lasting ``seconds`` that passes Lambda's timeout:
+        the longest of the current job's is warned about (:meth:`timeout_warnings`)."""
+        if seconds > self.a["timeout_s"] and seconds > self.over.get(self.job, (0.0, ""))[0]:
+            self.over[self.job] = (seconds, step)
+
+    def timeout_warnings(self) -> list[str]:
+        """One warning per job (and one for the run's own calls) with an invocation past the
+        timeout, naming the job and its longest invocation."""
         timeout = self.a["timeout_s"]
-        if seconds > timeout:
-            self.warnings.append(f"a {step} invocation needs about {seconds:.0f} s, more than "
-                                 f"the {timeout:.0f} s Lambda timeout")
+        return [f"{job or 'the run'}: its longest invocation, {step}, needs about "
+                f"{seconds:.0f} s, more than the {timeout:.0f} s Lambda timeout"
+                for job, (seconds, step) in self.over.items()]
 
 
 def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
@@ -212,7 +223,9 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     for i, plan in enumerate(plans):
         if not plan.pages:
             continue
+        ledger.job = f"jobs[{i}] ({plan.spec.input})"
         phases, row, objects = _job(ledger, cal, notes, i, plan, input_bytes[i])
+        ledger.job = None
         sim_jobs.append(phases)
         job_rows.append(row)
         objects_total += objects
@@ -262,7 +275,7 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
             "machine": (cal.get("machine") or {}).get("cpu"),
             "cores": (cal.get("machine") or {}).get("cores")},
         "notes": sorted(notes),
-        "warnings": sorted(set(ledger.warnings)),
+        "warnings": sorted(set(ledger.warnings + ledger.timeout_warnings())),
     }
 
 
