@@ -488,6 +488,45 @@ def test_level_units_of_a_pyramid_job_that_is_not_fused(tmp_path: Path) -> None:
                                              strict=True)]
 
 
+def _tiff_job(folder: Path, shape: tuple[int, ...], dtype: str, **options: Any) -> Path:
+    """A manifest of one job (no op) on a real TIFF of ``shape`` (zeros, tiled, deflated:
+    small on disk), its output_options ``options``."""
+    import numpy as np
+    import tifffile
+
+    src = folder / f"in-{'x'.join(map(str, shape))}-{dtype}.tif"
+    if not src.exists():
+        tifffile.imwrite(src, np.zeros(shape, dtype), tile=(256, 256), compression="zlib",
+                         photometric="rgb" if len(shape) == 3 else "minisblack")
+    m = folder / f"m-{len(list(folder.glob('m-*.json')))}.json"
+    m.write_text(json.dumps({"jobs": [{"input": src.name, "output": "out/o.tif",
+                                       "output_options": {"tile": 512, **options}}]}))
+    return m
+
+
+def test_pyramid_levels_are_in_the_output_size(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pyramid adds each level (halved, rounding up, down to the first that fits one
+    output tile) to the output's bytes, and so to the work files kept and their storage:
+    3000 x 2000 RGB, 512 px output tiles: levels of 1500 x 1000, 750 x 500, 375 x 250."""
+    monkeypatch.setattr(plan_module, "HELD_OUTPUT_BYTES", 0)  # its segment written either way
+    results = {}
+    for pyramid in (False, True):
+        plans, sizes = _plans(_tiff_job(tmp_path, (3000, 2000, 3), "uint8",
+                                        compression="deflate", pyramid=pyramid))
+        results[pyramid] = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    flat, pyr = results[False], results[True]
+    mpx = 3000 * 2000 / 1e6
+    levels = (1500 * 1000 + 750 * 500 + 375 * 250) / 1e6
+    assert flat["jobs"][0]["output_bytes"] == pytest.approx(mpx * 1e6)  # deflate: 1 MB a Mpx
+    assert pyr["jobs"][0]["output_bytes"] == pytest.approx((mpx + levels) * 1e6)
+    assert pyr["jobs"][0]["pyramid_bytes"] == pytest.approx(levels * 1e6)
+    assert pyr["s3"]["work_bytes"] - flat["s3"]["work_bytes"] == pytest.approx(levels * 1e6)
+    assert pyr["s3"]["storage_gb_month"] > flat["s3"]["storage_gb_month"]
+    # merge's parts counted the levels already (one run each): unchanged
+    assert pyr["jobs"][0]["merge"]["parts"] >= flat["jobs"][0]["merge"]["parts"]
+
+
 def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
                                             tmp_path: Path) -> None:
     """A calibration written before fused jobs estimates unfused jobs; for a fused one it

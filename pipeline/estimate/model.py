@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from pipeline.core.constants import FUNCTIONS
-from pipeline.core.levels import level_units, unit_level_count
+from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
@@ -131,16 +131,17 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
     return phases
 
 
-def _level_phases(ledger: _Ledger, c: JobCosts,
-                  units: list[tuple[float, float, int]]) -> list[tuple[str, list[float]]]:
+def _level_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
+                  levels: float) -> list[tuple[str, list[float]]]:
     """A job that is not fused with a pyramid: one ``build_levels`` per split unit on the
     process function, reading its region's encoded base tiles back, decoding them (costed
-    as encoding them: ``per_out``) and encoding its levels (a third of its output Mpx)."""
+    as encoding them: ``per_out``) and encoding its levels (``levels`` of its output Mpx:
+    the job's level pixels over its base pixels, about a third)."""
     speed, mbps = ledger.a["lambda_core_speed"], ledger.a["s3_mb_per_s"] * 1e6
     durations = []
     for _haloed, out, tiles in units:
-        cpu = out * c.per_out * (1 + 1 / 3)
-        read, written = out * c.out_bpm, out * c.out_bpm / 3
+        cpu = out * c.per_out * (1 + levels)
+        read, written = out * c.out_bpm, out * c.out_bpm * levels
         durations.append(ledger.add("build_levels", cpu / speed + (read + written) / mbps,
                                     cpu, get=1 + tiles + math.ceil(read / READ_CHUNK),
                                     put=_segment_puts(written) + 2, bytes_in=read,
@@ -177,6 +178,25 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
     if step == "process_job":  # one invocation: its units one after the other (each keeps
         return [(step, [sum(durations)])]  # every vCPU busy already), then the merge
     return [(step, durations)]
+
+
+def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
+    """The output's bytes: its base pages', and its pyramid levels' (0 without a pyramid;
+    each level halved, rounding up, down to the first that fits one output tile:
+    :func:`~pipeline.core.levels.level_shapes`), ``out_bpm`` bytes per megapixel of each."""
+    opts = plan.spec.output_options
+    t = opts.tile
+    base = levels = 0.0
+    for page in plan.pages:
+        h, w = page.out_grid.height, page.out_grid.width
+        shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid else [])
+        for k, (lh, lw) in enumerate(shapes):
+            size = lh * lw / 1e6 * out_bpm
+            if k:
+                levels += size
+            else:
+                base += size
+    return base, levels
 
 
 def _pyramid_through(plan: JobPlan, out_bytes: float) -> float:
@@ -308,7 +328,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         in_bpm = float(value) * scale
     else:
         in_bpm = c.work_bpm
-    out_bytes = geo["output_mpx"] * c.out_bpm
+    base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
+    out_bytes = base_bytes + level_bytes
     phases: Phases = [
         # its entry and record in job-specs.bin, the input's size and header reads; the
         # output's check (a multipart upload started, a PUT request, and aborted: free)
@@ -323,13 +344,13 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
                                   _call_s(cal, "report"))
         if level_units(plan):
-            phases += _level_phases(ledger, c, units)
+            phases += _level_phases(ledger, c, units, level_bytes / max(base_bytes, 1e-9))
     merge_cal = cal["merge"]
-    parts, segments = merge_parts(plan, out_bytes)
+    parts, segments = merge_parts(plan, base_bytes)
     largest = largest_job(c.out_bpm, fused, parts, out_bytes)
     # merge moves only what it reads through (header top-ups, short runs; for a pyramid
     # the units' deepest level, or unfused the base tiles); the rest is copied in S3
-    through = parts.read_through + _pyramid_through(plan, out_bytes)
+    through = parts.read_through + _pyramid_through(plan, base_bytes)
     merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
                  + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
     copied = max(0.0, out_bytes - parts.read_through)
@@ -369,7 +390,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
            "output_megapixels": geo["output_mpx"], "tiles": int(geo["tiles"]),
            "fused": fused, "single": single, "held": held, "units": len(units),
            "batches": len(batches),
-           "stats_rounds": rounds, "output_bytes": out_bytes, "work_bytes": work,
+           "stats_rounds": rounds, "output_bytes": out_bytes, "pyramid_bytes": level_bytes,
+           "work_bytes": work,
            "compression": comp, "kind": _kind(dtype, ch),
            "merge": {"parts": parts.parts, "copies": parts.copies,
                      "uploads": parts.uploads, "segments": segments,
