@@ -527,6 +527,24 @@ def test_pyramid_levels_are_in_the_output_size(tmp_path: Path,
     assert pyr["jobs"][0]["merge"]["parts"] >= flat["jobs"][0]["merge"]["parts"]
 
 
+def test_uncompressed_output_is_whole_tiles(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncompressed, every output tile is stored whole, an edge tile padded: 1300 x 1000
+    float32 in 512 px tiles is 3 x 2 tiles of 512 * 512 * 4 bytes (6.3 MB, not 5.2 MB);
+    with a pyramid its levels too (650 x 500: 2 x 1 tiles; 325 x 250: 1)."""
+    monkeypatch.setattr(plan_module, "HELD_OUTPUT_BYTES", 0)  # its segment written
+    plans, sizes = _plans(_tiff_job(tmp_path, (1300, 1000), "float32", compression="none"))
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    tile = 512 * 512 * 4
+    assert r["jobs"][0]["output_bytes"] == 3 * 2 * tile
+    # the segments written hold those whole tiles too
+    assert r["s3"]["work_bytes"] == pytest.approx(3 * 2 * tile)
+    plans, sizes = _plans(_tiff_job(tmp_path, (1300, 1000), "float32", compression="none",
+                                    pyramid=True))
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    assert r["jobs"][0]["output_bytes"] == (6 + 2 + 1) * tile
+
+
 def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
                                             tmp_path: Path) -> None:
     """A calibration written before fused jobs estimates unfused jobs; for a fused one it

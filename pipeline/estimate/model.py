@@ -4,7 +4,10 @@ state transitions and the wall time (the model: see the package's docstring)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
@@ -183,15 +186,19 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
 def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     """The output's bytes: its base pages', and its pyramid levels' (0 without a pyramid;
     each level halved, rounding up, down to the first that fits one output tile:
-    :func:`~pipeline.core.levels.level_shapes`), ``out_bpm`` bytes per megapixel of each."""
+    :func:`~pipeline.core.levels.level_shapes`). Compressed, ``out_bpm`` bytes per
+    megapixel of each; uncompressed (``none``), every output tile whole: a tile at an edge
+    is stored padded to the tile's size."""
     opts = plan.spec.output_options
     t = opts.tile
     base = levels = 0.0
     for page in plan.pages:
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid else [])
+        pixel = page.out_channels * np.dtype(page.info.dtype).itemsize
         for k, (lh, lw) in enumerate(shapes):
-            size = lh * lw / 1e6 * out_bpm
+            size = (math.ceil(lh / t) * math.ceil(lw / t) * t * t * pixel
+                    if opts.compression == "none" else lh * lw / 1e6 * out_bpm)
             if k:
                 levels += size
             else:
@@ -330,6 +337,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         in_bpm = c.work_bpm
     base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
     out_bytes = base_bytes + level_bytes
+    if comp == "none" and geo["output_mpx"]:  # edge tiles padded: the segments written
+        c = replace(c, out_bpm=base_bytes / geo["output_mpx"])  # hold whole tiles too
     phases: Phases = [
         # its entry and record in job-specs.bin, the input's size and header reads; the
         # output's check (a multipart upload started, a PUT request, and aborted: free)
