@@ -691,6 +691,49 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
     assert math.isfinite(r["wall_s"]) and r["wall_s"] > 0
 
 
+def test_the_largest_job_does_not_depend_on_jobs_0_size(tmp_path: Path) -> None:
+    """The largest job like jobs[0] is sized at the parts that job would have (its segments
+    cut as plan_parts cuts them: at least 5 MiB, about COPY_PART at most), not at jobs[0]'s
+    own bytes per part: a 2000 x 2000 page once gave "10,000 parts of 3 MiB" (below S3's
+    5 MiB minimum) and "0.0 TB of output", a 10,000 x 10,000 one 67 Gpx."""
+    from pipeline.core.tiff_layout import COPY_PART, MAX_PART, MIN_PART
+
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
+                                       "output_options": {"compression": "deflate"}}]}))
+    found = []
+    for pages in ("2000x2000x3", "10000x10000x3", "40000x40000x3"):
+        plans, sizes, _ = est.plans_for_manifest(str(m), pages)
+        r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+        found.append(r["jobs"][0]["largest_job"])
+        text = est.format_text(r)
+        assert "0.0 TB" not in text and "parts of 256 MiB" in text, text
+    assert found[0] == found[1] == found[2]
+    big = found[0]
+    # fused units of 256 Mi px at 1 MB a Mpx: a 268 MB segment each, one copied part; the
+    # header's part makes 10,001 parts at 10,000 units: the parts bound it, just below
+    assert big["bytes_per_part"] == pytest.approx(256 * 2**20)
+    assert big["bound"] == "parts" and big["gigapixels"] == pytest.approx(
+        9_999 * 256 * 2**20 / 1e9, rel=1e-3)
+    assert big["output_bytes"] == pytest.approx(big["gigapixels"] * 1e9)  # 1 byte a pixel
+    # whatever the codec's bytes per Mpx, parts stay within S3's sizes
+    for bpm in (1e3, 1e4, 1e5, 1e6, 3e6, 1e8):
+        for fused in (True, False):
+            got = est.largest_job(bpm, fused, tile_px=1024 ** 2)
+            assert MIN_PART <= got["bytes_per_part"] <= min(COPY_PART, MAX_PART)
+            assert got["output_bytes"] <= 5 * 2**40 * 1.0001
+    # a pyramid's levels count towards S3's object
+    assert est.largest_job(3e6, True, levels=1 / 3)["bounds"]["s3_object"] == pytest.approx(
+        est.largest_job(3e6, True)["bounds"]["s3_object"] * 3 / 4)
+    assert est_text_size(0.5e12) == "500.0 GB" and est_text_size(2.5e6) == "2.5 MB"
+
+
+def est_text_size(n: float) -> str:
+    from pipeline.estimate.text import _size
+
+    return _size(n)
+
+
 def _cli(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

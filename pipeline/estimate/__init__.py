@@ -68,6 +68,7 @@ from pipeline.estimate.calibration import (
     predicted_process_cpu,
     predicted_unit_cpu,
 )
+from pipeline.estimate.limits import largest_job
 from pipeline.estimate.model import FUNCTION_OF, MULTIPART_CHUNK, READ_BUFFER, STEPS, estimate
 from pipeline.estimate.plans import (
     item_work,
@@ -89,7 +90,7 @@ __all__ = [
     "ASSUMPTIONS", "CALIBRATION_FORMAT", "DEFAULT_CALIBRATION", "FUNCTION_OF", "MULTIPART_CHUNK",
     "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "assumptions_with",
     "canny_tree_levels", "count_transitions", "estimate", "format_text", "item_work", "job_costs",
-    "load_calibration", "load_definition", "map_limits", "op_cost", "parse_assume_pages",
-    "parse_overrides", "plan_geometry", "plans_for_manifest", "predicted_process_cpu",
-    "predicted_unit_cpu", "simulate", "stats_rounds",
+    "largest_job", "load_calibration", "load_definition", "map_limits", "op_cost",
+    "parse_assume_pages", "parse_overrides", "plan_geometry", "plans_for_manifest",
+    "predicted_process_cpu", "predicted_unit_cpu", "simulate", "stats_rounds",
 ]

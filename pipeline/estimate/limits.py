@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.models import JobPlan
-from pipeline.core.plan import FUSED_UNIT_PIXELS, MAX_ITEMS, SPLIT_UNIT_PIXELS
+from pipeline.core.plan import FUSED_UNIT_PIXELS, MAX_ITEMS, SPLIT_UNIT_PIXELS, TILES_PER_BATCH
 from pipeline.core.tiff_layout import (
     COPY_PART,
     MAX_OBJECT,
@@ -74,18 +74,57 @@ def merge_parts(plan: JobPlan, out_bytes: float) -> tuple[PartCount, int]:
     return expected_parts(runs, ifds), segments
 
 
-def largest_job(out_bytes_per_mpx: float, fused: bool,
-                parts: PartCount | None = None, out_bytes: float = 0.0) -> dict[str, Any]:
-    """The largest job of this kind AWS runs, in gigapixels, and what bounds it: S3's
-    object, 10,000 parts (at this job's bytes per part, else COPY_PART), 10,000 units."""
-    per_part = (out_bytes / parts.parts) if parts and parts.parts else float(COPY_PART)
+def _parts_at(gigapixels: float, out_bpm: float, segment_px: float, levels: float) -> float:
+    """The multipart parts of one output page of ``gigapixels`` (output pixels) composed from
+    segments of ``segment_px`` output pixels each, as :func:`plan_parts` cuts them: a
+    segment of at least ``MIN_PART`` bytes is copied in parts of about ``COPY_PART``, shorter
+    ones are gathered into uploaded parts of ``MIN_PART``; its pyramid levels (``levels``
+    times the base's bytes, one segment a level) in copies of ``COPY_PART``; and the part
+    of the header and IFDs (uploaded, topped up from the first segment)."""
+    pixels = gigapixels * 1e9
+    seg = segment_px / 1e6 * out_bpm
+    segments = pixels / segment_px
+    if seg >= MIN_PART:
+        base = segments * math.ceil(seg / COPY_PART)
+    else:
+        base = max(1.0, segments * seg / MIN_PART)
+    return 1 + base + math.ceil(levels * pixels / 1e6 * out_bpm / COPY_PART)
+
+
+def largest_job(out_bpm: float, fused: bool, levels: float = 0.0,
+                tile_px: float = 0.0, factor: int = 1) -> dict[str, Any]:
+    """The largest job of this kind AWS runs (one page), in output gigapixels, and what
+    bounds it: S3's object (``levels``: the pyramid's bytes over the base's), 10,000 parts
+    (at the part size that job would have: its segments, the units of a fused job or the
+    batches, TILES_PER_BATCH tiles of ``tile_px`` input pixels or a 10,000th of the page,
+    cut as :func:`plan_parts` cuts them), 10,000 units. Independent of this job's size."""
+    bpm = max(out_bpm, 1e-9)
+    area = factor * factor  # input pixels per output pixel
     unit_px = FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS
-    bounds = {
-        "s3_object": MAX_OBJECT / max(out_bytes_per_mpx, 1e-9) / 1e3,
-        "parts": MAX_PARTS * per_part / max(out_bytes_per_mpx, 1e-9) / 1e3,
-        "units": MAX_ITEMS * unit_px / 1e9,
-    }
+
+    def segment_px(gpx: float) -> float:
+        if fused:
+            return unit_px / area
+        return max(TILES_PER_BATCH * tile_px / area, gpx * 1e9 / MAX_ITEMS)
+
+    bounds = {"s3_object": MAX_OBJECT / (bpm * (1 + levels)) / 1e3,
+              "units": MAX_ITEMS * unit_px / area / 1e9}
+    # the most gigapixels within MAX_PARTS parts (the parts grow with the page): bisection
+    # below S3's object, which no larger job passes
+    lo, hi = 0.0, bounds["s3_object"]
+    if _parts_at(hi, bpm, segment_px(hi), levels) <= MAX_PARTS:
+        lo = hi
+    else:
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if _parts_at(mid, bpm, segment_px(mid), levels) <= MAX_PARTS:
+                lo = mid
+            else:
+                hi = mid
+    bounds["parts"] = lo
     bound = min(bounds, key=lambda k: bounds[k])
-    return {"gigapixels": bounds[bound], "bound": bound, "bounds": bounds,
-            "output_bytes": bounds[bound] * 1e3 * out_bytes_per_mpx,
-            "bytes_per_part": per_part}
+    gpx = bounds[bound]
+    seg = segment_px(gpx) / 1e6 * bpm
+    per_part = seg / math.ceil(seg / COPY_PART) if seg >= MIN_PART else float(MIN_PART)
+    return {"gigapixels": gpx, "bound": bound, "bounds": bounds,
+            "output_bytes": gpx * 1e3 * bpm * (1 + levels), "bytes_per_part": per_part}

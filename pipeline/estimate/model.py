@@ -356,7 +356,13 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
             phases += _level_phases(ledger, c, units, level_bytes / max(base_bytes, 1e-9))
     merge_cal = cal["merge"]
     parts, segments = merge_parts(plan, base_bytes)
-    largest = largest_job(c.out_bpm, fused, parts, out_bytes)
+    largest = largest_job(
+        # uncompressed: the pixels' bytes (a page that large pads next to nothing)
+        out_bpm=(1e6 * plan.pages[0].out_channels * np.dtype(dtype).itemsize
+                 if comp == "none" else c.out_bpm),
+        fused=fused, levels=level_bytes / max(base_bytes, 1e-9),
+        tile_px=float(plan.pages[0].grid.tile) ** 2,
+        factor=int(getattr(plan.pages[0], "factor", 1) or 1))
     # merge moves only what it reads through (header top-ups, short runs; for a pyramid
     # the units' deepest level, or unfused the base tiles); the rest is copied in S3
     through = parts.read_through + _pyramid_through(plan, base_bytes)

@@ -94,6 +94,14 @@ _BOUND = {"s3_object": "S3's largest object (5 TiB)",
           "units": "10,000 units per job (a Map's items)"}
 
 
+def _size(n: float) -> str:
+    """Bytes in the largest decimal unit that keeps them at least 1 (never "0.0 TB")."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} bytes"
+
+
 def _largest(result: dict[str, Any]) -> str:
     """What bounds the largest job on AWS, for the first job's kind of output."""
     if not result["jobs"]:
@@ -102,7 +110,7 @@ def _largest(result: dict[str, Any]) -> str:
     big = j["largest_job"]
     b = big["bounds"]
     return (f"largest job on AWS like jobs[{j['job']}] ({j['kind']} -> {j['compression']}): "
-            f"about {big['gigapixels']:,.0f} gigapixels ({big['output_bytes'] / 1e12:,.1f} TB "
+            f"about {big['gigapixels']:,.0f} gigapixels ({_size(big['output_bytes'])} "
             f"of output), bound by {_BOUND[big['bound']]}; S3's object allows "
             f"{b['s3_object']:,.0f} Gpx, 10,000 parts of {big['bytes_per_part'] / 2**20:,.0f} "
             f"MiB allow {b['parts']:,.0f} Gpx, 10,000 units allow {b['units']:,.0f} Gpx "
