@@ -631,13 +631,45 @@ def test_op_costs_interpolate_and_fall_back() -> None:
     assert est.op_cost(CAL["ops"], {"op": "gaussian_blur", "sigma": 1.5}, "uint8", 3,
                        notes) == pytest.approx(0.003)
     assert est.op_cost(CAL["ops"], {"op": "gaussian_blur", "sigma": 4.0}, "uint8", 3,
-                       notes) == pytest.approx(0.008)  # extrapolated along the last segment
+                       notes) == pytest.approx(0.004)  # past the range: its nearest end
     assert est.op_cost(CAL["ops"], {"op": "median_blur", "ksize": 3}, "uint8", 3,
                        notes) == pytest.approx(0.004)  # not calibrated: as sigma 2 blur
     assert any("median_blur is not calibrated" in n for n in notes)
     # uint16 RGB: scaled from uint8 RGB by bytes per pixel
     assert est.op_cost(CAL["ops"], {"op": "gaussian_blur", "sigma": 2.0}, "uint16", 3,
                        notes) == pytest.approx(0.008)
+
+
+def test_op_costs_never_extrapolate_a_line() -> None:
+    """Between two measurements an op's cost is interpolated (and noted so); outside the
+    measured range it is the nearest end's, noted "extrapolated", never a line carried on:
+    OpenCV's median_blur switches algorithm above ksize 5, and a line through ksize 3 and 5
+    put ksize 7 and up 3-19x under (a synthetic calibration: no timing asserted)."""
+    ops = {"median_blur": {"uint8x3": [
+        {"params": {"ksize": 3}, "cpu_s_per_mpx": 1.0},
+        {"params": {"ksize": 5}, "cpu_s_per_mpx": 2.0},
+        {"params": {"ksize": 7}, "cpu_s_per_mpx": 90.0},
+        {"params": {"ksize": 101}, "cpu_s_per_mpx": 60.0}]}}
+
+    def cost(ksize: int) -> tuple[float, set[str]]:
+        notes: set[str] = set()
+        return est.op_cost(ops, {"op": "median_blur", "ksize": ksize}, "uint8", 3, notes), notes
+
+    assert cost(5) == (2.0, set())  # measured
+    value, notes = cost(4)
+    assert value == pytest.approx(1.5) and notes == {
+        "op median_blur: ksize=4 interpolated from ksize in [3.0, 5.0, 7.0, 101.0]"}
+    assert cost(6)[0] == pytest.approx(46.0)  # between 5 and 7
+    assert cost(54)[0] == pytest.approx(75.0)  # between 7 and 101
+    value, notes = cost(255)  # past the range: ksize 101's, not a line falling below zero
+    assert value == pytest.approx(60.0)
+    [note] = notes
+    assert "ksize=255 extrapolated" in note and "costed as ksize=101" in note
+    assert "interpolated" not in note
+    # the calibration of ksize 3 and 5 alone: ksize 7 is ksize 5's, said to be extrapolated
+    ops["median_blur"]["uint8x3"] = ops["median_blur"]["uint8x3"][:2]
+    value, notes = cost(7)
+    assert value == pytest.approx(2.0) and any("extrapolated" in n for n in notes)
 
 
 def test_assume_pages_needs_no_input(tmp_path: Path) -> None:

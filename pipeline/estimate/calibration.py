@@ -84,7 +84,10 @@ def _value(entry: Any, key: str, scale: float) -> float:
 def op_cost(ops_table: dict[str, Any], op: dict[str, Any], dtype: str, channels: int,
             notes: set[str]) -> float:
     """CPU seconds per haloed megapixel of one op: the measurement with the same parameters,
-    else interpolated on its first numeric parameter, else the nearest one measured."""
+    else interpolated on its first numeric parameter between the two measurements around
+    it, else the nearest one measured. Never a line past the measured range (an op's cost
+    can change its trend there: OpenCV's median_blur switches algorithm above ksize 5): a
+    parameter outside it is costed as the nearest end, noted "extrapolated"."""
     name = op["op"]
     if name not in ops_table:
         fallback = {"op": "gaussian_blur", "sigma": 2.0}
@@ -104,12 +107,15 @@ def op_cost(ops_table: dict[str, Any], op: dict[str, Any], dtype: str, channels:
         if len(points) >= 2:
             xs, ys = zip(*points, strict=True)
             x = float(params[key])
-            if x > xs[-1]:  # linear extrapolation from the last two points (costs grow)
-                y = ys[-1] + (ys[-1] - ys[-2]) * (x - xs[-1]) / max(xs[-1] - xs[-2], 1e-9)
+            y = float(np.interp(x, xs, ys))  # the nearest end outside the measured range
+            if xs[0] <= x <= xs[-1]:
+                notes.add(f"op {name}: {key}={params[key]} interpolated from {key} in "
+                          f"{list(xs)}")
             else:
-                y = float(np.interp(x, xs, ys))
-            notes.add(f"op {name}: {key}={params[key]} interpolated from {key} in "
-                      f"{list(xs)}")
+                end = xs[0] if x < xs[0] else xs[-1]
+                notes.add(f"op {name}: {key}={params[key]} extrapolated: outside the "
+                          f"calibrated {key} {list(xs)}, costed as {key}={end:g} (the nearest "
+                          "measured; the cost may differ either way)")
             return max(y, 0.0) * scale
     return _value(entries[0], "cpu_s_per_mpx", scale)
 
