@@ -545,6 +545,32 @@ def test_uncompressed_output_is_whole_tiles(tmp_path: Path,
     assert r["jobs"][0]["output_bytes"] == (6 + 2 + 1) * tile
 
 
+def test_an_op_whose_output_size_is_uncalibrated_is_noted(manifest: Path,
+                                                           tmp_path: Path) -> None:
+    """The calibration's bytes per Mpx are the benchmark's blurred content: a job ending in
+    canny, a threshold (near-binary: compresses far better) or equalize_hist, unsharp_mask,
+    normalize (worse) gets a note naming the job and the op, with the direction, in the
+    text and the JSON; no factor is applied."""
+    m = json.loads(manifest.read_text())
+    m["jobs"][0]["ops"] = [{"op": "to_gray"}, {"op": "otsu_threshold"}]
+    m["jobs"][1]["ops"] = [{"op": "equalize_hist"}]
+    path = tmp_path / "ops.json"
+    path.write_text(json.dumps(m))
+    plans, sizes = _plans(path)
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    [over] = [n for n in r["notes"] if n.startswith(f"jobs[0] ({plans[0].spec.input}): ")]
+    [under] = [n for n in r["notes"] if n.startswith(f"jobs[1] ({plans[1].spec.input}): ")]
+    assert "after otsu_threshold is not calibrated" in over and "overestimated" in over
+    assert "after equalize_hist is not calibrated" in under and "underestimated" in under
+    text = est.format_text(r)
+    assert f"note: {over}" in text and f"note: {under}" in text
+    # the size itself is the calibrated one: deflate, 0.4 MB a Mpx of gray
+    assert r["jobs"][0]["output_bytes"] == pytest.approx(r["jobs"][0]["output_megapixels"] * 4e5)
+    # a blur alone: nothing to note
+    plain = est.estimate(_plans(manifest)[0], CAL, FAST_IO, input_bytes=sizes)
+    assert not any("not calibrated (costed as" in n for n in plain["notes"])
+
+
 def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
                                             tmp_path: Path) -> None:
     """A calibration written before fused jobs estimates unfused jobs; for a fused one it

@@ -38,6 +38,12 @@ FUNCTION_OF = {"plan_run": "split", "plan_job": "process", "split": "split",
                "build_levels": "process", "merge": "merge",
                "report": "merge",
                "cold_split": "split", "cold_process": "process", "cold_merge": "merge"}
+#: ops whose output compresses very differently from the calibration's content (the bench
+#: image after gaussian_blur sigma 2), as measured against real runs: near-binary outputs
+#: far better (the output size over: canny 12.8x), stretched contrast or sharpened edges
+#: worse (under: about 2x); no factor is applied, only noted
+SMALLER_OUTPUT = ("threshold", "otsu_threshold", "canny")
+LARGER_OUTPUT = ("equalize_hist", "unsharp_mask", "normalize")
 STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "process_unit",
          "process_job", "build_levels", "merge", "report", "cold_split", "cold_process",
          "cold_merge")
@@ -206,6 +212,26 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     return base, levels
 
 
+def _size_notes(notes: set[str], i: int, plan: JobPlan) -> None:
+    """Note the ops of job ``i`` whose effect on the output's compressed size is not
+    calibrated (:data:`SMALLER_OUTPUT`, :data:`LARGER_OUTPUT`), the last of its chain
+    deciding the output's content."""
+    comp = plan.spec.output_options.compression
+    if comp == "none":
+        return
+    names = [op["op"] for op in plan.spec.ops]
+    last = next((n for n in reversed(names) if n in SMALLER_OUTPUT + LARGER_OUTPUT), None)
+    if last is None:
+        return
+    direction = ("near-binary output compresses far better: the output size and its S3 "
+                 "costs are likely overestimated (canny's 12.8x in one measurement)"
+                 if last in SMALLER_OUTPUT else
+                 "its output compresses worse: the output size and its S3 costs are likely "
+                 "underestimated (about 2x in measurements)")
+    notes.add(f"jobs[{i}] ({plan.spec.input}): the {comp} output size after {last} is not "
+              f"calibrated (costed as the benchmark's blurred content); {direction}")
+
+
 def _pyramid_through(plan: JobPlan, out_bytes: float) -> float:
     """Bytes a pyramid's merge reads itself: the raw blocks of the units' deepest level (a
     4**k-th of the base pages, raw: about the output's bytes again at most; fused units or
@@ -335,6 +361,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         in_bpm = float(value) * scale
     else:
         in_bpm = c.work_bpm
+    _size_notes(notes, i, plan)
     base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
     out_bytes = base_bytes + level_bytes
     if comp == "none" and geo["output_mpx"]:  # edge tiles padded: the segments written
