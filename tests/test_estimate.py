@@ -333,7 +333,8 @@ def test_a_fused_job_has_no_batches_and_no_work_tiles(manifest: Path, fused: Pat
     # work files: a segment and its index per unit, each job's plan and result; no work
     # tiles (unfused: a work tile per tile, a segment and its index per batch)
     tiles = sum(j["tiles"] for j in r["jobs"])
-    assert r["s3"]["work_bytes"] == pytest.approx(sum(j["output_bytes"] for j in r["jobs"]))
+    assert r["s3"]["work_bytes"] == pytest.approx(sum(j["output_bytes"] - j["header_bytes"]
+                                                      for j in r["jobs"]))
     assert r["s3"]["work_objects"] == 2 * units + 2 * 2
     assert u["s3"]["work_objects"] == tiles + 2 * sum(j["batches"] for j in u["jobs"]) + 2 * 2
     assert r["cost_usd"]["s3_requests"] < u["cost_usd"]["s3_requests"]
@@ -518,8 +519,10 @@ def test_pyramid_levels_are_in_the_output_size(tmp_path: Path,
     flat, pyr = results[False], results[True]
     mpx = 3000 * 2000 / 1e6
     levels = (1500 * 1000 + 750 * 500 + 375 * 250) / 1e6
-    assert flat["jobs"][0]["output_bytes"] == pytest.approx(mpx * 1e6)  # deflate: 1 MB a Mpx
-    assert pyr["jobs"][0]["output_bytes"] == pytest.approx((mpx + levels) * 1e6)
+    # deflate: 1 MB a Mpx; and the IFDs
+    flat_ifds, pyr_ifds = flat["jobs"][0]["header_bytes"], pyr["jobs"][0]["header_bytes"]
+    assert flat["jobs"][0]["output_bytes"] == pytest.approx(mpx * 1e6 + flat_ifds)
+    assert pyr["jobs"][0]["output_bytes"] == pytest.approx((mpx + levels) * 1e6 + pyr_ifds)
     assert pyr["jobs"][0]["pyramid_bytes"] == pytest.approx(levels * 1e6)
     assert pyr["s3"]["work_bytes"] - flat["s3"]["work_bytes"] == pytest.approx(levels * 1e6)
     assert pyr["s3"]["storage_gb_month"] > flat["s3"]["storage_gb_month"]
@@ -536,13 +539,13 @@ def test_uncompressed_output_is_whole_tiles(tmp_path: Path,
     plans, sizes = _plans(_tiff_job(tmp_path, (1300, 1000), "float32", compression="none"))
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
     tile = 512 * 512 * 4
-    assert r["jobs"][0]["output_bytes"] == 3 * 2 * tile
+    assert r["jobs"][0]["output_bytes"] - r["jobs"][0]["header_bytes"] == 3 * 2 * tile
     # the segments written hold those whole tiles too
     assert r["s3"]["work_bytes"] == pytest.approx(3 * 2 * tile)
     plans, sizes = _plans(_tiff_job(tmp_path, (1300, 1000), "float32", compression="none",
                                     pyramid=True))
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
-    assert r["jobs"][0]["output_bytes"] == (6 + 2 + 1) * tile
+    assert r["jobs"][0]["output_bytes"] - r["jobs"][0]["header_bytes"] == (6 + 2 + 1) * tile
 
 
 def test_an_op_whose_output_size_is_uncalibrated_is_noted(manifest: Path,
@@ -565,10 +568,46 @@ def test_an_op_whose_output_size_is_uncalibrated_is_noted(manifest: Path,
     text = est.format_text(r)
     assert f"note: {over}" in text and f"note: {under}" in text
     # the size itself is the calibrated one: deflate, 0.4 MB a Mpx of gray
-    assert r["jobs"][0]["output_bytes"] == pytest.approx(r["jobs"][0]["output_megapixels"] * 4e5)
+    job = r["jobs"][0]
+    assert job["output_bytes"] - job["header_bytes"] == pytest.approx(
+        job["output_megapixels"] * 4e5)
     # a blur alone: nothing to note
     plain = est.estimate(_plans(manifest)[0], CAL, FAST_IO, input_bytes=sizes)
     assert not any("not calibrated (costed as" in n for n in plain["notes"])
+
+
+def test_each_page_adds_its_ifd_to_the_output(tmp_path: Path) -> None:
+    """Many small pages: each adds its IFD and tag values (what merge writes around the
+    tiles, computed as merge does, with tifffile) to the output's bytes, not to the work
+    files. Against a real file of the same pages written by tifffile: the bytes that are
+    not tiles."""
+    import numpy as np
+    import tifffile
+
+    pages = 50
+    src = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(src) as tif:
+        for _ in range(pages):
+            tif.write(np.zeros((256, 256, 3), np.uint8), tile=(256, 256), photometric="rgb",
+                      compression="zlib")
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": src.name, "output": "out/o.tif",
+                                       "output_options": {"compression": "jpeg"}}]}))
+    plans, sizes = _plans(m)
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    [job] = r["jobs"]
+    assert job["output_bytes"] == pytest.approx(job["output_megapixels"] * 1e6
+                                                + job["header_bytes"])
+    real = tmp_path / "real.tif"
+    with tifffile.TiffWriter(real) as tif:
+        for _ in range(pages):
+            tif.write(np.zeros((256, 256, 3), np.uint8), tile=(512, 512), photometric="rgb",
+                      compression="jpeg", software="tiffpipe 0.1.0", metadata=None)
+    with tifffile.TiffFile(real) as tif:
+        tiles = sum(sum(p.databytecounts) for p in tif.pages)
+    around = real.stat().st_size - tiles
+    assert around > 100 * pages  # a few hundred bytes a page
+    assert job["header_bytes"] == pytest.approx(around, rel=0.05), (job["header_bytes"], around)
 
 
 def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
@@ -743,7 +782,7 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
     big = job["largest_job"]
     assert big["bound"] == min(big["bounds"], key=big["bounds"].get)
     assert big["bounds"]["s3_object"] == pytest.approx(
-        5 * 2**40 / (job["output_bytes"] / job["megapixels"]) / 1e3)
+        5 * 2**40 / ((job["output_bytes"] - job["header_bytes"]) / job["megapixels"]) / 1e3)
     assert big["gigapixels"] > 100
     assert plans[0].fused and r["steps"]["process_unit"]["invocations"] == len(plans[0].units)
     assert math.isfinite(r["wall_s"]) and r["wall_s"] > 0

@@ -212,6 +212,59 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     return base, levels
 
 
+def _ifd_bytes(big: bool, shape: tuple[int, ...], dtype: str, tile: int,
+               kwargs: dict[str, Any]) -> int:
+    """The bytes tifffile writes for one page of ``shape`` in ``tile`` px tiles (its IFD and
+    tag values; the file's header not counted), over placeholder tiles, as merge does."""
+    import tifffile
+
+    from pipeline.adapters.tiff_header import LayoutRecorder, Placeholder
+    from pipeline.core.tiff_layout import Literal, Span
+
+    tiles = math.ceil(shape[0] / tile) * math.ceil(shape[1] / tile)
+    recorder = LayoutRecorder()
+    with tifffile.TiffWriter(recorder, bigtiff=big) as writer:
+        writer.write((Placeholder(Span("estimate", 0, 1)) for _ in range(tiles)), shape=shape,
+                     dtype=dtype, tile=(tile, tile),
+                     planarconfig="contig" if len(shape) > 2 else None, **kwargs)
+    return sum(p.size for p in recorder.pieces() if isinstance(p, Literal)) - (16 if big else 8)
+
+
+def header_bytes(plan: JobPlan) -> float:
+    """The bytes of the output's IFDs and tag values (and the file's header): what merge
+    writes around the tiles, a few hundred bytes a page plus 8 (12 in a BigTIFF) a tile,
+    more with the input's carried tags (an ICC profile, a description). Computed as merge
+    computes them: ``tifffile.TiffWriter`` over a :class:`LayoutRecorder` with placeholder
+    tiles, each base page once per distinct shape and tags (pyramid levels and OME-XML
+    aside); a page of more than 4,096 tiles from pages of 1,024 and 2,048 tiles."""
+    from pipeline.adapters.metadata import output_tags
+    from pipeline.adapters.tile_codec import OutputEncoder
+    from pipeline.core.ops import OPS
+    from pipeline.steps.merge import bigtiff
+
+    opts = plan.spec.output_options
+    t, big = opts.tile, bigtiff(plan)
+    nodata = all(OPS[op["op"]].keeps_values for op in plan.spec.ops)
+    seen: dict[str, float] = {}
+    total = 16.0 if big else 8.0
+    for page in plan.pages:
+        h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
+        tags = output_tags(page.info, h, w, ch, nodata)
+        key = repr((h, w, ch, page.info.dtype, sorted(tags.items(), key=lambda kv: kv[0])))
+        if key not in seen:
+            kwargs = {**OutputEncoder(opts, page.info.dtype, ch).writer_kwargs(), **tags}
+            bands = (ch,) if ch > 1 else ()
+            tiles = math.ceil(h / t) * math.ceil(w / t)
+            if tiles <= 4096:
+                seen[key] = _ifd_bytes(big, (h, w, *bands), page.info.dtype, t, kwargs)
+            else:  # the TileOffsets and TileByteCounts arrays grow by a value a tile each
+                one, two = (_ifd_bytes(big, (t, n * t, *bands), page.info.dtype, t, kwargs)
+                            for n in (1024, 2048))  # (their values, not their alignment)
+                seen[key] = one + (tiles - 1024) * (two - one) / 1024
+        total += seen[key]
+    return total
+
+
 def _size_notes(notes: set[str], i: int, plan: JobPlan) -> None:
     """Note the ops of job ``i`` whose effect on the output's compressed size is not
     calibrated (:data:`SMALLER_OUTPUT`, :data:`LARGER_OUTPUT`), the last of its chain
@@ -363,7 +416,9 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         in_bpm = c.work_bpm
     _size_notes(notes, i, plan)
     base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
-    out_bytes = base_bytes + level_bytes
+    headers = header_bytes(plan)
+    data_bytes = base_bytes + level_bytes  # the tiles: what the segments hold
+    out_bytes = data_bytes + headers
     if comp == "none" and geo["output_mpx"]:  # edge tiles padded: the segments written
         c = replace(c, out_bpm=base_bytes / geo["output_mpx"])  # hold whole tiles too
     phases: Phases = [
@@ -395,7 +450,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     through = parts.read_through + _pyramid_through(plan, base_bytes)
     merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
                  + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
-    copied = max(0.0, out_bytes - parts.read_through)
+    copied = max(0.0, data_bytes - parts.read_through)
     copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
     merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
     if held:  # every byte uploaded from memory: no index or segment read, no copy
@@ -424,8 +479,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
                                f"largest object ({MAX_OBJECT / 1e12:.1f} TB): split the job "
                                "into jobs of fewer pages")
     # the segments and their indexes (and, unfused, the work tiles), the plan and result
-    work = (0.0 if held else out_bytes if fused
-            else geo["haloed_mpx"] * c.work_bpm + out_bytes)
+    work = (0.0 if held else data_bytes if fused
+            else geo["haloed_mpx"] * c.work_bpm + data_bytes)
     objects = (0 if held else 2 * segments) + (0 if fused else int(geo["tiles"])) + 2
     row = {"job": i, "input": plan.spec.input, "pages": int(geo["pages"]),
            "megapixels": geo["core_mpx"], "haloed_megapixels": geo["haloed_mpx"],
@@ -433,7 +488,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
            "fused": fused, "single": single, "held": held, "units": len(units),
            "batches": len(batches),
            "stats_rounds": rounds, "output_bytes": out_bytes, "pyramid_bytes": level_bytes,
-           "work_bytes": work,
+           "header_bytes": headers, "work_bytes": work,
            "compression": comp, "kind": _kind(dtype, ch),
            "merge": {"parts": parts.parts, "copies": parts.copies,
                      "uploads": parts.uploads, "segments": segments,
