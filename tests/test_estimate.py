@@ -649,6 +649,13 @@ def test_a_timeout_warning_names_its_job_once(fused: Path) -> None:
     assert "its longest invocation, process_unit" in rgb
 
 
+def test_the_arm64_price_names_its_tier() -> None:
+    """$0.0000133334 per GB-s is Lambda arm64's first tier, 0 to 7.5 billion GB-s a month
+    (x86's first tier is 6 billion, at $0.0000166667)."""
+    price = est.ASSUMPTIONS["lambda_gb_s"]
+    assert price.value == 0.0000133334 and "first 7.5 billion GB-s" in price.help
+
+
 def test_overrides(manifest: Path) -> None:
     plans, sizes = _plans(manifest)
     base = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)

@@ -23,7 +23,7 @@ class Assumption:
 ASSUMPTIONS: dict[str, Assumption] = {
     # list prices, us-east-1 (check https://aws.amazon.com/lambda/pricing/ and friends)
     "lambda_gb_s": Assumption(0.0000133334, "USD/GB-s",
-                              "Lambda arm64 duration (first 6 billion GB-s a month)"),
+                              "Lambda arm64 duration (first 7.5 billion GB-s a month)"),
     "lambda_request": Assumption(0.20 / 1e6, "USD/request", "Lambda requests"),
     "lambda_ephemeral_gb_s": Assumption(0.0000000309, "USD/GB-s",
                                         "Lambda /tmp above the free 512 MB"),
