@@ -865,6 +865,10 @@ def test_cli_text_and_json(manifest: Path, fused: Path, tmp_path: Path) -> None:
     assert code == 0, err
     assert "fused: 2 units" in out and "process_unit" in out and str(cal) in out
     assert "fused, one unit: split, process and merge in one invocation (ProcessJob)" in out
+    # its output is held: uploaded from memory, nothing composed or read through in S3
+    gray = out[out.index("jobs[1]"):].splitlines()[1]
+    assert gray.startswith("    ProcessJob uploads 400.8 kB from memory (its segment held: ")
+    assert gray.endswith("one PutObject") and "read through" not in gray
     # usage errors exit 2
     assert _cli("estimate", str(manifest), "--calibration", str(tmp_path / "none.json"))[0] == 2
     assert _cli("estimate", str(manifest), "--calibration", str(cal), "--price", "x=1")[0] == 2

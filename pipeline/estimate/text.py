@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.model import FUNCTION_OF
 
 
@@ -35,6 +37,12 @@ def format_text(result: dict[str, Any]) -> str:
         p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} {j['megapixels']:,.0f} Mpx -> "
           f"{j['compression']}: {j['tiles']} tiles, {work}")
         m = j["merge"]
+        if j.get("held"):  # nothing in S3 to compose from: the output goes up from memory
+            uploads = max(1, math.ceil(j["output_bytes"] / UPLOAD_PART))
+            p(f"    ProcessJob uploads {_size(j['output_bytes'])} from memory (its segment "
+              f"held: no segment in S3, nothing composed there): "
+              + ("one PutObject" if uploads == 1 else f"{uploads:,} uploaded parts"))
+            continue
         p(f"    merge composes {j['output_bytes'] / 1e9:,.2f} GB in S3 from {m['segments']:,} "
           f"segment(s): {m['parts']:,} parts ({m['copies']:,} UploadPartCopy, "
           f"{m['uploads']:,} uploaded), {m['read_through_bytes'] / 1e6:,.0f} MB read through")
@@ -96,7 +104,7 @@ _BOUND = {"s3_object": "S3's largest object (5 TiB)",
 
 def _size(n: float) -> str:
     """Bytes in the largest decimal unit that keeps them at least 1 (never "0.0 TB")."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n:,.0f} bytes"
