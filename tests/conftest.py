@@ -15,6 +15,7 @@ own with a marker); a file not listed is ``unit``: add a file that runs the engi
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,9 +102,35 @@ def run_bench_script(script: str, *args: str, timeout: int = 540) -> str:
 
 
 def read_pages(path: str | Path) -> list[np.ndarray]:
-    """Every page of a TIFF file as arrays, read by tifffile (not by tiffpipe's reader)."""
+    """Every page of a TIFF file as arrays, read by tifffile (not by tiffpipe's reader), up
+    to the end of its chain of pages or a loop back to a page read (:func:`chain_pages`)."""
     with tifffile.TiffFile(path) as tf:
-        return [tf.pages[i].asarray() for i in range(len(tf.pages))]
+        return [page.asarray() for page in chain_pages(tf)]
+
+
+def chain_pages(tf: tifffile.TiffFile) -> list[tifffile.TiffPage]:
+    """The pages of the main chain up to its end or a loop back to a page read, as libtiff
+    and Pillow count them (tifffile's ``len(tf.pages)`` ends a loop at its 100th offset, cut
+    at that offset's first occurrence: a 3-page file looping back to page 0 is 1 page)."""
+    fh, tiff = tf.filehandle, tf.tiff
+    offsets: list[int] = []
+    offset = int(tf.pages.first.offset)
+    try:
+        while offset and offset not in offsets and offset < fh.size:
+            fh.seek(offset)
+            (tags,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
+            if tags > 4096:  # no page there (tifffile's limit)
+                break
+            offsets.append(offset)
+            fh.seek(offset + tiff.tagnosize + tags * tiff.tagsize)
+            (offset,) = struct.unpack(tiff.offsetformat, fh.read(tiff.offsetsize))
+    except struct.error:  # a file cut short: the pages before
+        pass
+    pages = []
+    for index, at in enumerate(offsets):
+        fh.seek(at)
+        pages.append(tifffile.TiffPage(tf, index=index))
+    return pages
 
 
 # --- moto in this process -------------------------------------------------------------------

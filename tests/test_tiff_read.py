@@ -22,7 +22,7 @@ from pipeline.adapters.tiff_read import (
     read_window,
 )
 from pipeline.core.grid import Rect
-from pipeline.errors import CorruptTiffError
+from pipeline.errors import CorruptTiffError, PageNotFoundError
 
 H, W = 150, 173  # sizes no segment divides
 
@@ -629,3 +629,29 @@ def test_a_pointer_to_no_page_is_corrupt_and_a_loop_is_not(tmp_path: Path):
     raw[at:at + 4] = offsets[0].to_bytes(4, "little")  # page 1 -> page 0: a loop
     path.write_bytes(bytes(raw))
     assert len(read_infos(str(path), None)) == 2
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+@pytest.mark.parametrize("target", [0, 1, 2])
+def test_a_loop_back_to_any_page_keeps_every_page_before_it(tmp_path: Path, bigtiff: bool,
+                                                            target: int):
+    """The last page points back to page ``target``: the chain is the three pages, each read
+    with its own pixels. tifffile's len() ends such a loop at its 100th offset and cuts it at
+    that offset's first occurrence (a loop to page 0 read as 1 page, its pages 1 and 2
+    dropped without a word); tiffpipe walks the IFD offsets with the ones seen."""
+    path = tmp_path / "loop.tif"
+    offsets = _three_pages(path, bigtiff)
+    at = _next_pointer_at(path, offsets[2], bigtiff)
+    size = 8 if bigtiff else 4
+    raw = bytearray(path.read_bytes())
+    raw[at:at + size] = offsets[target].to_bytes(size, "little")
+    path.write_bytes(bytes(raw))
+    infos = read_infos(str(path), None)
+    assert [i.index for i in infos] == [0, 1, 2]
+    assert [i.ifd_offset for i in infos] == offsets
+    with tifffile.TiffFile(path) as tf:
+        assert get_page(tf, str(path), 2).offset == offsets[2]
+        assert [int(read_window(tf, get_page(tf, str(path), k), str(path), k,
+                                Rect(0, 0, 2, 2))[0, 0]) for k in range(3)] == [0, 50, 100]
+        with pytest.raises(PageNotFoundError, match=r"has 3 page\(s\) \(0\.\.2\), page 3"):
+            get_page(tf, str(path), 3)

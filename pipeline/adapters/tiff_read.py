@@ -11,6 +11,7 @@ import logging
 import os
 import struct
 import threading
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
@@ -154,9 +155,33 @@ def _kept_key(url: str, st: os.stat_result) -> tuple[Any, ...]:
     return (url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def page_count(tf: tifffile.TiffFile, url: str) -> int:
-    """Pages in the main IFD chain. (Call ``len`` first: iterating ``tf.pages`` of a file
-    with an IFD loop never ends in tifffile, while ``len`` detects the loop.)"""
+#: the chain of pages of an open file (:func:`_chain`), walked once per open file
+_chains: weakref.WeakKeyDictionary[tifffile.TiffFile, _Chain] = weakref.WeakKeyDictionary()
+
+
+class _Chain:
+    """The main chain of pages of an open file: ``count`` pages; ``offsets``, their IFD
+    offsets when tiffpipe walked the chain itself (None: tifffile's pages are all of them);
+    ``following``, the last page's next-IFD pointer (0: the chain ends there; an offset
+    in ``offsets``: a loop back to that page, also its end); ``broken``, why the chain
+    breaks after the last page ("": it does not)."""
+
+    __slots__ = ("broken", "count", "following", "offsets")
+
+    def __init__(self, count: int, offsets: list[int] | None, following: int, broken: str):
+        self.count, self.offsets, self.following, self.broken = count, offsets, following, broken
+
+
+def _chain(tf: tifffile.TiffFile, url: str) -> _Chain:
+    """The chain of pages, read once per open file. tifffile's ``len(tf.pages)`` ends a
+    loop only after 100 offsets, at the first occurrence of the 100th: a 3-page file whose
+    last page points back to the first read as 1 page. When the last page tifffile read
+    points on (not 0), the chain is walked again here with the offsets seen, IFD offsets
+    only (two small reads per page): a loop back to page k ends the chain after the pages
+    before the loop, every one of them read."""
+    chain = _chains.get(tf)
+    if chain is not None:
+        return chain
     try:
         count = len(tf.pages)
     except _IFD_ERRORS as exc:
@@ -165,7 +190,69 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     if count == 0:
         raise CorruptTiffError(f"{url}: the TIFF has no readable page (its first IFD is missing "
                                f"or truncated); {REPAIR}")
-    return count
+    try:
+        following = _next_ifd(tf, int(tf.pages[count - 1].offset))
+    except (_NoPage, struct.error, OSError, ValueError) as exc:
+        chain = _Chain(count, None, -1, f"cannot be read ({type(exc).__name__}: {exc})")
+    else:
+        chain = _Chain(count, None, 0, "") if following == 0 else _walk(tf)
+    _chains[tf] = chain
+    return chain
+
+
+class _NoPage(Exception):
+    """No IFD is at an offset a chain points to: its tag count is unreadable or more than
+    tifffile reads."""
+
+
+def _next_ifd(tf: tifffile.TiffFile, offset: int) -> int:
+    """The next-IFD pointer of the IFD at ``offset`` (:class:`_NoPage`: no IFD is there;
+    struct.error, OSError: its pointer cannot be read)."""
+    fh, tiff = tf.filehandle, tf.tiff
+    fh.seek(offset)
+    try:
+        (tags,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
+    except struct.error as exc:
+        raise _NoPage("its tag count cannot be read") from exc
+    if tags > _MOST_TAGS:
+        raise _NoPage(f"{tags} tags")
+    fh.seek(offset + tiff.tagnosize + tags * tiff.tagsize)
+    (following,) = struct.unpack(tiff.offsetformat, fh.read(tiff.offsetsize))
+    return int(following)
+
+
+def _walk(tf: tifffile.TiffFile) -> _Chain:
+    """The chain from the first page, as tifffile reads it but for loops: it ends at a
+    pointer to a page already seen (or 0), and breaks at one past the end of the file or
+    to where no IFD is, keeping the pages before it, as tifffile does. Bounded: every
+    offset is read once."""
+    fh = tf.filehandle
+    offsets = [int(tf.pages.first.offset)]  # parsed when the file was opened
+    seen = set(offsets)
+    while True:
+        try:
+            following = _next_ifd(tf, offsets[-1])
+        except _NoPage as exc:  # (never the first page: tifffile parsed it)
+            where = offsets.pop()
+            return _Chain(len(offsets), offsets, where,
+                          f"points to byte {where}, where no page is ({exc})")
+        except (struct.error, OSError, ValueError) as exc:
+            return _Chain(len(offsets), offsets, -1,
+                          f"cannot be read ({type(exc).__name__}: {exc})")
+        if following == 0 or following in seen:
+            return _Chain(len(offsets), offsets, following, "")
+        if following + tf.tiff.tagnosize > fh.size:
+            return _Chain(len(offsets), offsets, following,
+                          f"points to byte {following}, past the end of the file "
+                          f"({fh.size} bytes)")
+        offsets.append(following)
+        seen.add(following)
+
+
+def page_count(tf: tifffile.TiffFile, url: str) -> int:
+    """Pages in the main IFD chain, up to its end or a loop back to a page read (see
+    :func:`_chain`); the same for every call on one open file."""
+    return _chain(tf, url).count
 
 
 #: the most tags tifffile takes an IFD to have (more: it stops the chain there, as damaged)
@@ -173,32 +260,17 @@ _MOST_TAGS = 4096
 
 
 def check_chain_end(tf: tifffile.TiffFile, url: str, count: int) -> None:
-    """CorruptTiffError if the chain of pages (IFDs) does not end where tifffile stopped
-    reading it: the last page's next-IFD pointer must be 0, or point to an IFD already
-    read (a loop, which tifffile ends). A pointer past the end of the file (a multi-page
-    file cut short), or to an IFD whose tag count cannot be read, means pages were lost:
-    tifffile only logs it, and a job would go on with the pages before. Two small reads."""
-    fh, tiff = tf.filehandle, tf.tiff
-    offset = int(tf.pages[count - 1].offset)
-    try:
-        fh.seek(offset)
-        (tags,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
-        fh.seek(offset + tiff.tagnosize + tags * tiff.tagsize)
-        (following,) = struct.unpack(tiff.offsetformat, fh.read(tiff.offsetsize))
-        if following == 0:
-            return
-        why = f"points to byte {following}, past the end of the file ({fh.size} bytes)"
-        if following + tiff.tagnosize <= fh.size:
-            fh.seek(following)
-            (tags,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
-            if tags <= _MOST_TAGS:
-                return  # a page read already: a loop (tifffile ends it)
-            why = f"points to byte {following}, where no page is ({tags} tags)"
-    except (struct.error, OSError, ValueError) as exc:
-        why = f"cannot be read ({type(exc).__name__}: {exc})"
+    """CorruptTiffError if the chain of pages (IFDs) does not end cleanly after its
+    ``count`` pages: the last page's next-IFD pointer must be 0, or point to a page read
+    (a loop: the pages before it are the chain). A pointer past the end of the file (a
+    multi-page file cut short), or to an IFD whose tag count cannot be read, means pages
+    were lost: tifffile only logs it, and a job would go on with the pages before."""
+    chain = _chain(tf, url)
+    if not chain.broken:
+        return
     raise CorruptTiffError(f"{url}: the chain of pages (IFDs) breaks after page {count - 1}: "
-                           f"its pointer to the next page {why}; the file is truncated or "
-                           f"damaged, and the pages after it are lost: {REPAIR}")
+                           f"its pointer to the next page {chain.broken}; the file is "
+                           f"truncated or damaged, and the pages after it are lost: {REPAIR}")
 
 
 def get_page(tf: tifffile.TiffFile, url: str, index: int,
@@ -206,7 +278,8 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
     """Page ``index`` of the file, or PageNotFoundError saying which pages it has. The
     advice is to fix the job's ``pages``; with ``option`` (a command's option that gave the
     index, such as ``--page``), to give that option a page the file has."""
-    count = page_count(tf, url)
+    chain = _chain(tf, url)
+    count = chain.count
     if not 0 <= index < count:
         if index >= count:  # a file cut short says so, not that it has fewer pages
             check_chain_end(tf, url, count)
@@ -215,7 +288,11 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
         raise PageNotFoundError(f"{url}: has {count} page(s) (0..{count - 1}), "
                                 f"page {index} asked for; {fix}")
     try:
-        page = tf.pages[index]
+        if chain.offsets is not None and index >= len(tf.pages):  # beyond tifffile's loop cut
+            tf.filehandle.seek(chain.offsets[index])
+            page = tifffile.TiffPage(tf, index=index)
+        else:
+            page = tf.pages[index]
     except _IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged ({exc}); "
                                f"{REPAIR}") from exc
