@@ -3,6 +3,7 @@ touch a window are read, each once."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from pipeline import cli
 from pipeline.adapters.tiff_read import (
     PageReader,
     get_page,
@@ -655,3 +657,61 @@ def test_a_loop_back_to_any_page_keeps_every_page_before_it(tmp_path: Path, bigt
                                 Rect(0, 0, 2, 2))[0, 0]) for k in range(3)] == [0, 50, 100]
         with pytest.raises(PageNotFoundError, match=r"has 3 page\(s\) \(0\.\.2\), page 3"):
             get_page(tf, str(path), 3)
+
+
+def _set_tag(path: Path, code: int, value: int | None) -> None:
+    """Page 0's tag ``code`` (one SHORT or LONG value) set to ``value``; None: its code
+    renamed to an unknown private one (65000, the IFD no longer sorted), the tag gone."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags[code]
+    if value is None:
+        data[tag.offset:tag.offset + 2] = (65000).to_bytes(2, "little")
+    else:
+        assert tag.count == 1
+        size = {3: 2, 4: 4}[int(tag.dtype)]
+        data[tag.valueoffset:tag.valueoffset + size] = value.to_bytes(size, "little")
+    path.write_bytes(bytes(data))
+
+
+def _small(path: Path, tiled: bool, compression: str | None = "zlib") -> np.ndarray:
+    page = make_page(8, 64, 48, 1, "uint8")
+    kw = {"tile": (32, 32)} if tiled else {"rowsperstrip": 16}
+    tifffile.imwrite(path, page, compression=compression, metadata=None, **kw)
+    return page
+
+
+@pytest.mark.parametrize(("code", "name", "tiled"), [
+    (256, "ImageWidth", True), (257, "ImageLength", True), (256, "ImageWidth", False),
+    (257, "ImageLength", False), (322, "TileWidth", True), (323, "TileLength", True),
+    (278, "RowsPerStrip", False)])
+def test_a_zero_size_tag_is_corrupt_naming_the_tag(tmp_path: Path, code: int, name: str,
+                                                   tiled: bool):
+    """A width, length, tile size or RowsPerStrip of 0 (libtiff refuses each): a
+    CorruptTiffError naming the tag and the page, from the plan's read of the page and from
+    the reader (it was a ZeroDivisionError naming nothing, or an empty page)."""
+    path = tmp_path / "zero.tif"
+    _small(path, tiled)
+    _set_tag(path, code, 0)
+    url = str(path)
+    want = rf"zero.tif: page 0: its {name} tag \({code}\) is 0"
+    with pytest.raises(CorruptTiffError, match=want):
+        read_infos(url, None)
+    with open_tiff(url) as tf, pytest.raises(CorruptTiffError, match=want):
+        PageReader(tf, get_page(tf, url, 0), url, 0)
+
+
+def test_preview_of_a_zero_size_tag_is_the_named_error(tmp_path: Path):
+    """``tiffpipe preview``: exit 1 with the named error, no traceback (it was ``min() arg
+    is an empty sequence``)."""
+    path = tmp_path / "zero.tif"
+    _small(path, True)
+    _set_tag(path, 257, 0)
+    png = tmp_path / "p.png"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["preview", str(path), "-o", str(png)])
+    assert code == 1, err.getvalue()
+    assert "CorruptTiffError" in err.getvalue() and "ImageLength tag (257) is 0" in err.getvalue()
+    assert "Traceback" not in err.getvalue() and not png.exists()
+

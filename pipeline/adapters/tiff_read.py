@@ -480,6 +480,30 @@ def keeps_palette(ops: list[Any], compression: str) -> bool:
     return not ops and compression != "jpeg"
 
 
+#: the tags of a page's size and segment size, none of which may be 0
+_DIMENSION_TAGS = ((256, "ImageWidth"), (257, "ImageLength"), (322, "TileWidth"),
+                   (323, "TileLength"), (278, "RowsPerStrip"))
+
+
+def check_dimensions(page: tifffile.TiffPage, where: str) -> None:
+    """CorruptTiffError naming the tag if the page's width or length, or its tiles' or
+    strips' size, is 0 (or the width or length missing): such a page has no pixels to read
+    or no segment layout (libtiff refuses it too), and reading it divided by zero."""
+    for code, name in _DIMENSION_TAGS:
+        if code == 278 and 322 in page.tags:  # a tiled page's RowsPerStrip is not read
+            continue
+        value = page.tags.valueof(code)
+        if isinstance(value, tuple):
+            value = value[0] if value else None
+        if code in (256, 257) and value is None:
+            value = 0
+        if value is not None and int(value) == 0:
+            what = "missing" if page.tags.get(code) is None else "0"
+            raise CorruptTiffError(f"{where}: its {name} tag ({code}) is {what}, a page needs "
+                                   f"it above 0; the file is damaged or was written wrongly: "
+                                   f"{REPAIR}")
+
+
 def page_info(page: tifffile.TiffPage, url: str, index: int,
               keep_palette: bool = False) -> PageInfo:
     """What a plan needs of a page, or UnsupportedTiffError saying why it can't be processed.
@@ -488,6 +512,7 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     conversion, see :func:`pixel_kind`); ``metadata`` holds the tags carried to the output.
     """
     where = f"{url}: page {index}"
+    check_dimensions(page, where)
     compression = int(page.compression)
     cname = _name(compression, COMPRESSION)
     if compression in _UNDECODABLE:
@@ -556,6 +581,7 @@ class PageReader:
     def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
                  keep_palette: bool = False, decoder: Executor | None = None):
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
+        check_dimensions(page, self.where)
         self.decoder = decoder
         # tifffile makes a page's decode function when first asked for it, and for JPEG it
         # reads the first segment's header then (``is_jfif``: a seek and a read on the file
