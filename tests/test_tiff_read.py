@@ -715,3 +715,49 @@ def test_preview_of_a_zero_size_tag_is_the_named_error(tmp_path: Path):
     assert "CorruptTiffError" in err.getvalue() and "ImageLength tag (257) is 0" in err.getvalue()
     assert "Traceback" not in err.getvalue() and not png.exists()
 
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_a_zero_byte_count_at_an_offset_is_corrupt_not_sparse(tmp_path: Path, tiled: bool):
+    """Sparse is offset 0 and byte count 0 (test_sparse_segments_read_as_zeros); a byte
+    count of 0 with an offset (libtiff: "Invalid tile byte count") was read as a black
+    segment: a CorruptTiffError naming the segment."""
+    path = tmp_path / "zero_count.tif"
+    _small(path, tiled)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags[325 if tiled else 279]
+        kind = {3: "<u2", 4: "<u4"}[int(tag.dtype)]
+        counts = np.frombuffer(data, kind, count=tag.count, offset=tag.valueoffset).copy()
+        counts[1] = 0
+        data[tag.valueoffset:tag.valueoffset + counts.nbytes] = counts.tobytes()
+    path.write_bytes(bytes(data))
+    url = str(path)
+    with open_tiff(url) as tf:
+        page = get_page(tf, url, 0)
+        assert int(page.dataoffsets[1]) > 0
+        with pytest.raises(CorruptTiffError, match=r"page 0: segment 1 has a byte count of 0 "
+                           r"at offset \d+ \(a segment left empty has offset 0"):
+            read_window(tf, page, url, 0, Rect(0, 0, 64, 48))
+
+
+def test_an_uncompressed_strip_shorter_than_its_rows_is_corrupt(tmp_path: Path):
+    """Uncompressed strips are read by rows from their offset: a byte count below what the
+    strip's rows need was ignored (the rows read from the bytes after it); now refused."""
+    path = tmp_path / "short_strip.tif"
+    page = _small(path, False, None)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags[279]
+        kind = {3: "<u2", 4: "<u4"}[int(tag.dtype)]
+        counts = np.frombuffer(data, kind, count=tag.count, offset=tag.valueoffset).copy()
+        counts[2] = 16 * 48 - 1
+        data[tag.valueoffset:tag.valueoffset + counts.nbytes] = counts.tobytes()
+    path.write_bytes(bytes(data))
+    url = str(path)
+    with open_tiff(url) as tf:
+        p = get_page(tf, url, 0)
+        assert np.array_equal(read_window(tf, p, url, 0, Rect(0, 0, 32, 48)), page[:32])
+        with pytest.raises(CorruptTiffError, match=r"page 0: segment 2 \(an uncompressed "
+                           r"strip\) has a byte count of 767, its 16 rows need 768"):
+            read_window(tf, p, url, 0, Rect(40, 0, 41, 48))
+

@@ -686,7 +686,13 @@ class PageReader:
         if self.ojpeg:  # the page as a TIFF of its own, for libtiff
             return ojpeg.page_tiff(self.page, lambda start, count: self._read(seg, start, count))
         offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
-        return self._read(seg, offset, count) if count else None
+        if count:
+            return self._read(seg, offset, count)
+        if offset:  # (libtiff: "Invalid tile byte count")
+            raise CorruptTiffError(f"{self.where}: segment {seg} has a byte count of 0 at "
+                                   f"offset {offset} (a segment left empty has offset 0 and "
+                                   f"byte count 0); the file is damaged: {REPAIR}")
+        return None  # sparse: offset 0 and byte count 0
 
     def decode_segment(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
         """A segment's pixels from its bytes; thread-safe (no file access)."""
@@ -741,8 +747,17 @@ class PageReader:
             row_bytes = (self.width * depth * self.bits + 7) // 8
         else:
             row_bytes = self.width * depth * self.file_dtype.itemsize
-        data = self._read(seg, int(self.page.dataoffsets[seg]) + (y0 - strip_y) * row_bytes,
-                          (y1 - y0) * row_bytes)
+        offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
+        strip_bytes = (min(strip_y + self.seg_h, self.height) - strip_y) * row_bytes
+        if offset == 0 and count == 0:  # sparse: zeros, as libtiff reads it
+            zeros = np.zeros((y1 - y0, self.width, depth), np.uint8 if self.kind.lut is not None
+                             else self.file_dtype)
+            return self._convert(zeros, plane), plane, y0, 0
+        if count < strip_bytes:
+            raise CorruptTiffError(f"{self.where}: segment {seg} (an uncompressed strip) has "
+                                   f"a byte count of {count}, its {strip_bytes // row_bytes} "
+                                   f"rows need {strip_bytes}; the file is damaged: {REPAIR}")
+        data = self._read(seg, offset + (y0 - strip_y) * row_bytes, (y1 - y0) * row_bytes)
         if self.bits < 8:
             if self.page.fillorder == 2:
                 data = imagecodecs.bitorder_decode(data)
