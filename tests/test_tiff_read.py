@@ -761,3 +761,18 @@ def test_an_uncompressed_strip_shorter_than_its_rows_is_corrupt(tmp_path: Path):
                            r"strip\) has a byte count of 767, its 16 rows need 768"):
             read_window(tf, p, url, 0, Rect(40, 0, 41, 48))
 
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_missing_byte_counts_name_the_tag(tmp_path: Path, tiled: bool):
+    """No StripByteCounts (or TileByteCounts): tifffile makes up one count; the error names
+    the missing tag and the number of offsets (it said "has 8 segment offsets, 8 expected")."""
+    path = tmp_path / "no_counts.tif"
+    _small(path, tiled)
+    kind = "Tile" if tiled else "Strip"
+    _set_tag(path, 325 if tiled else 279, None)
+    url = str(path)
+    n, code = 4, 325 if tiled else 279  # 64 x 48 px: 2 x 2 tiles of 32, or 4 strips of 16
+    with open_tiff(url) as tf, pytest.raises(
+            CorruptTiffError, match=rf"page 0: has no {kind}ByteCounts tag \({code}\), while "
+            rf"its {kind}Offsets has {n} value\(s\); its {n} {kind.lower()}\(s\) need {n} of each"):
+        PageReader(tf, get_page(tf, url, 0), url, 0)

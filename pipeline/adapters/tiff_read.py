@@ -615,10 +615,31 @@ class PageReader:
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
         needed = self.planes * self.seg_rows * self.seg_cols
-        if not self.ojpeg and (len(page.dataoffsets) < needed
-                               or len(page.databytecounts) < needed):
-            raise CorruptTiffError(f"{self.where}: has {len(page.dataoffsets)} segment offsets, "
-                                   f"{needed} expected; the file is damaged: {REPAIR}")
+        if not self.ojpeg:
+            self._check_segment_tags(needed)
+
+    def _check_segment_tags(self, needed: int) -> None:
+        """CorruptTiffError naming the tag if the page's segment offsets or byte counts are
+        missing or fewer than its ``needed`` segments (tifffile makes up byte counts that
+        are missing: one, of the page's size)."""
+        kind = "Tile" if self.page.is_tiled else "Strip"
+        offsets_tag, counts_tag = (324, 325) if kind == "Tile" else (273, 279)
+        offsets, counts = len(self.page.dataoffsets), len(self.page.databytecounts)
+        tags = self.page.tags
+        for code, name, other, found, has in (
+                (offsets_tag, "Offsets", counts_tag, "ByteCounts", counts),
+                (counts_tag, "ByteCounts", offsets_tag, "Offsets", offsets)):
+            if code not in tags:
+                also = (f"nor a {kind}{found} tag ({other})" if other not in tags else
+                        f"while its {kind}{found} has {has} value(s)")
+                raise CorruptTiffError(
+                    f"{self.where}: has no {kind}{name} tag ({code}), {also}; its {needed} "
+                    f"{kind.lower()}(s) need {needed} of each; the file is damaged: {REPAIR}")
+        if offsets < needed or counts < needed:
+            raise CorruptTiffError(
+                f"{self.where}: has {offsets} {kind}Offsets and {counts} {kind}ByteCounts, "
+                f"{needed} of each expected ({needed} {kind.lower()}s); the file is damaged: "
+                f"{REPAIR}")
 
     def _segments(self, rect: Rect) -> Iterator[tuple[int, int, int]]:
         """(segment, plane, segment row) of every segment ``rect`` overlaps, in file order."""
