@@ -101,6 +101,11 @@ def _linked(target: Path, like: Path) -> Path:
     return link
 
 
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
 def _build(root: Path) -> list[Case]:
     inp, out = root / "in", root / "out"
     inp.mkdir()
@@ -141,6 +146,11 @@ def _build(root: Path) -> list[Case]:
         # path, permissions and free space")
         Case("input_is_folder", job(inp, "input_is_folder"), {"NotATiffError"},
              ("is a folder", "scan")),
+        # a FIFO: refused by its stat (opening it hung the run, deaf to SIGTERM); a device too
+        Case("input_is_fifo", job(_fifo(inp / "pipe.tif"), "input_is_fifo"), {"NotATiffError"},
+             ("is a FIFO (named pipe), not a regular file",)),
+        Case("input_is_device", job("/dev/zero", "input_is_device"), {"NotATiffError"},
+             ("is a character device, not a regular file",)),
         # the output is the input under another name (a link): refused, the input kept
         Case("output_is_input", {"input": str(_linked(inp / "linked.tif", tiled)),
                                  "output": str(inp / "linked.tif"), "ops": blur},
@@ -256,7 +266,7 @@ def test_good_jobs_succeed_with_exact_pixels(run: Run, name: str):
 FAILING = [
     "not_a_tiff", "truncated_data", "truncated_ifd", "truncated_header", "truncated_at_ifd",
     "missing", "unwritable", "no_such_page", "median7_uint16", "bad_last_strip",
-    "process_fails", "input_is_folder", "output_is_input",
+    "process_fails", "input_is_folder", "output_is_input", "input_is_fifo", "input_is_device",
 ]
 CORPUS_FAILING = ["deflate_extra"]
 

@@ -549,6 +549,26 @@ def test_a_folder_given_as_input_is_not_a_tiff(tmp_path):
         storage.open_input(str(tmp_path))
 
 
+@pytest.mark.timeout(30)
+def test_a_fifo_or_a_device_given_as_input_is_refused_before_it_is_opened(tmp_path):
+    """A FIFO is refused by its stat, not opened: open() of a FIFO blocks until something
+    writes to it (a run hung there, and SIGTERM did not stop it). A device likewise, as
+    /dev/zero was (by its header): each named with what it is."""
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    with pytest.raises(NotATiffError, match=rf"{re.escape(str(fifo))}: is a FIFO \(named "
+                       r"pipe\), not a regular file"):
+        storage.open_input(str(fifo))
+    with pytest.raises(NotATiffError, match=r"/dev/zero: is a character device, not a "
+                       "regular file"):
+        storage.open_input("/dev/zero")
+    link = tmp_path / "link.tif"  # a link to a regular file is read
+    (tmp_path / "a.tif").write_bytes(b"II*\0")
+    link.symlink_to("a.tif")
+    with storage.open_input(str(link)) as fh:
+        assert fh.read() == b"II*\0"
+
+
 def test_an_outputs_folder_that_cannot_be_made_is_named(tmp_path):
     """A file where a folder of an output's path must be (an S3 scan's keys a.tif and
     a.tif/b.tif mirrored to local outputs): OutputNotWritableError naming it, not the raw

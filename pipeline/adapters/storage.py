@@ -19,6 +19,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -274,17 +275,40 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
         return cast(BinaryIO, io.BufferedReader(S3RangeReader(url, version), buffer_size))
     with _errors(url, "open", InputNotFoundError):
         try:
+            _check_regular(url, os.stat(url).st_mode)
             fh = open(url, "rb")  # noqa: SIM115 (the caller's to close)
         except IsADirectoryError as exc:  # not a StorageError: retrying cannot mend it
-            raise NotATiffError(f"{url}: is a folder, not a TIFF file: give the path of a "
-                                "TIFF file (a scan manifest, {\"scan\": ...}, takes a "
-                                "folder)") from exc
+            raise _folder(url) from exc
         try:
             check_version(url, version, file_version(os.fstat(fh.fileno())))
         except BaseException:
             fh.close()
             raise
         return fh
+
+
+def _folder(url: str) -> NotATiffError:
+    return NotATiffError(f"{url}: is a folder, not a TIFF file: give the path of a TIFF file "
+                         "(a scan manifest, {\"scan\": ...}, takes a folder)")
+
+
+#: what a path that is neither a regular file nor a folder is, by its stat.S_IS* test
+_NOT_FILES = (("S_ISFIFO", "a FIFO (named pipe)"), ("S_ISCHR", "a character device"),
+              ("S_ISBLK", "a block device"), ("S_ISSOCK", "a socket"))
+
+
+def _check_regular(url: str, mode: int) -> None:
+    """NotATiffError unless ``mode`` (of ``url``, followed through links) is a regular file's,
+    checked before it is opened: opening a FIFO blocks until something writes to it (a run
+    hung there, deaf to SIGTERM), and a device is not a file to read pages from."""
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise _folder(url)
+    what = next((name for test, name in _NOT_FILES if getattr(stat, test)(mode)),
+                "a special file")
+    raise NotATiffError(f"{url}: is {what}, not a regular file: give the path of a TIFF file "
+                        "(copy what it delivers to a file first)")
 
 
 def version_of(fh: BinaryIO) -> str:
