@@ -98,7 +98,8 @@ class StorageError(TiffpipeError):
 
 
 class AccessDeniedError(StorageError):
-    """S3 refused a read or write (403): the caller may not. Its own name, so the state
+    """S3 refused a read or write (403), or a local input may not be read (permission
+    denied): the caller may not. Its own name, so the state
     machine's Retry of ``StorageError`` does not wait for a retry that meets it again."""
 
 

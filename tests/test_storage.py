@@ -569,6 +569,69 @@ def test_a_fifo_or_a_device_given_as_input_is_refused_before_it_is_opened(tmp_pa
         assert fh.read() == b"II*\0"
 
 
+def _error_as_nobody(path: str) -> str:
+    """The error (``type: message``) of open_input(path), run as a user that is not root (a
+    forked child turned into nobody when the tests run as root, who reads any file)."""
+    def attempt() -> str:
+        try:
+            storage.open_input(path).close()
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            return f"{type(exc).__name__}: {exc}"
+        return "opened"
+
+    if os.geteuid() != 0:
+        return attempt()
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        try:
+            os.close(read)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write, attempt().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        said = fh.read().decode()
+    os.waitpid(child, 0)
+    return said
+
+
+def test_an_input_that_may_not_be_read_is_access_denied_not_retried():
+    """A local input without read permission (or in a folder that may not be entered): an
+    AccessDeniedError, which no step retries, naming the path and saying to check its
+    permissions (it was a StorageError, retried for about 9 s). In a folder of /tmp (the
+    tests' own are root's, 700: nobody could not reach the files)."""
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="tiffpipe-perm-")
+    try:
+        os.chmod(root, 0o755)
+        paths = [os.path.join(root, name) for name in ("readable.tif", "unreadable.tif")]
+        closed = os.path.join(root, "closed")
+        os.mkdir(closed)
+        paths.append(os.path.join(closed, "in_closed.tif"))
+        for path in paths:
+            tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+            os.chmod(path, 0o644)
+        os.chmod(paths[1], 0o000)
+        os.chmod(closed, 0o600)  # no x: may not be entered
+        assert _error_as_nobody(paths[0]) == "opened"
+        for path in paths[1:]:
+            said = _error_as_nobody(path)
+            assert said.startswith(f"AccessDeniedError: {path}: cannot be read: permission "
+                                   "denied: check its permissions"), said
+    finally:
+        os.chmod(closed, 0o700)
+        shutil.rmtree(root)
+    assert issubclass(AccessDeniedError, StorageError)  # (a StorageError the steps do not retry)
+
+
 def test_an_outputs_folder_that_cannot_be_made_is_named(tmp_path):
     """A file where a folder of an output's path must be (an S3 scan's keys a.tif and
     a.tif/b.tif mirrored to local outputs): OutputNotWritableError naming it, not the raw

@@ -279,6 +279,10 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
             fh = open(url, "rb")  # noqa: SIM115 (the caller's to close)
         except IsADirectoryError as exc:  # not a StorageError: retrying cannot mend it
             raise _folder(url) from exc
+        except PermissionError as exc:  # nor this: a retry meets it again
+            raise AccessDeniedError(f"{url}: cannot be read: permission denied: check its "
+                                    "permissions, and those of its folders (they need x), for "
+                                    "the user running tiffpipe") from exc
         try:
             check_version(url, version, file_version(os.fstat(fh.fileno())))
         except BaseException:
