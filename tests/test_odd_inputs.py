@@ -287,6 +287,12 @@ JOBS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "ycbcr_copy": ("ycbcr_uncompressed", {},
                    ("UnsupportedTiffError", REFUSED["ycbcr_uncompressed"])),
     "gray12_blur": ("gray12", {"ops": BLUR}, ("UnsupportedTiffError", REFUSED["gray12"])),
+    # an 8-bit palette whose colormap is 16-bit becomes uint16 RGB: the refusal says so
+    "palette_canny": ("palette8_16bit_colormap",
+                      {"ops": [{"op": "canny", "low": 50, "high": 100}]},
+                      ("OperationError", ("canny needs uint8 pixels, the page has uint16",
+                                          ("the page is 8-bit palette, converted to uint16 RGB "
+                                           "through its colormap"), "8-bit colormap"))),
     "complex_copy": ("complex64", {}, ("UnsupportedTiffError", REFUSED["complex64"])),
     "complex_blur": ("complex128_tiles", {"ops": BLUR},
                      ("UnsupportedTiffError", REFUSED["complex128_tiles"])),

@@ -59,7 +59,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     for info in infos:
         dtype = np.dtype(info.dtype)
         for p in chain_problems(chain, dtype, info.channels, info.photometric):
-            problems.append(f"page {info.index}: {p}")
+            problems.append(f"page {info.index}: {_converted(p, info)}")
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     problems += geometry_problems(layout, spec, infos)
@@ -219,6 +219,21 @@ def _fitting_tiles(tile: int, align: int, out_step: int) -> str:
         return (f"no tile from {lo} to {hi} is a multiple of {step}: choose a smaller "
                 "output_options.tile")
     return "use tile " + " or ".join(map(str, fits))
+
+
+def _converted(problem: str, info: PageInfo) -> str:
+    """An op's problem with the page's pixel type, saying where that type comes from when
+    the reader made it: a palette page becomes RGB through its colormap, 16-bit when the
+    colormap's values are 16-bit, whatever its indices' bits ("the page has uint16" of a
+    file its user knows as 8-bit)."""
+    if " palette -> RGB" not in info.conversion or info.dtype not in problem:
+        return problem
+    bits = info.conversion.split(" palette", 1)[0]  # "8-bit"
+    why = f"the page is {bits} palette, converted to {info.dtype} RGB through its colormap"
+    if info.dtype == "uint16":
+        why += ("; its colormap's values are 16-bit: re-save the file with an 8-bit colormap "
+                "or as 8-bit RGB")
+    return f"{problem} ({why})"
 
 
 def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]) -> list[str]:
