@@ -118,3 +118,65 @@ def test_the_version_costs_no_request_and_a_small_job_no_delete(tmp_path, monkey
         done = handlers.dispatch("process", {"action": "process_job", "plan": job["plan"]})
         assert done["output_bytes"] > 0
         assert not [c for c in calls if c[0] == "DeleteObject"], calls
+
+
+#: a user op that writes the job's input over in place (same inode, same size) on its first
+#: call: the unit has read its first tiles then, and reads the others after
+OVERWRITER = '''
+import os
+
+def overwrite_once(tile, src, new, marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        with open(new, "rb") as fh:
+            data = fh.read()
+        with open(src, "r+b") as fh:  # in place: the same file, not a new one renamed there
+            fh.write(data)
+        os.utime(src, ns=(1, 1))  # (a different mtime however fast the machine)
+    return 255 - tile
+'''
+
+
+@pytest.fixture
+def overwriter(tmp_path, monkeypatch):
+    folder = tmp_path / "userops"
+    folder.mkdir()
+    (folder / "tiffpipe_test_overwrite.py").write_text(OVERWRITER)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("TIFFPIPE_TILE_THREADS", "1")  # a tile at a time: the reads after known
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_an_input_written_in_place_during_a_unit_fails_it_by_name(tmp_path, overwriter,
+                                                                  compression):
+    """The input is written over in place (same inode and size, a new mtime) while a unit
+    reads it, after its first tiles: uncompressed, the unit read tiles of both versions and
+    the job SUCCEEDED with them; deflate, the new bytes at the old offsets did not decode
+    (CorruptTiffError). Both are InputChangedError now, and no output is published: the
+    open file's size and mtime are checked after the unit's last read (one fstat), and a
+    segment that does not decode is checked likewise."""
+    src, new = tmp_path / "a.tif", tmp_path / "b.tif"
+    old_px = np.random.default_rng(1).integers(0, 256, (256, 1024), dtype=np.uint8)
+    tifffile.imwrite(src, old_px, tile=(64, 64), compression=compression, metadata=None)
+    tifffile.imwrite(new, 255 - old_px, tile=(64, 64), compression=compression, metadata=None)
+    if compression:  # the same layout: the old file with its segments' bytes garbled
+        raw = bytearray(src.read_bytes())
+        with tifffile.TiffFile(src) as tf:
+            for offset, count in zip(tf.pages[0].dataoffsets[1:],
+                                     tf.pages[0].databytecounts[1:], strict=True):
+                raw[offset:offset + count] = bytes(b ^ 0x5A for b in raw[offset:offset + count])
+        new.write_bytes(bytes(raw))
+    assert src.stat().st_size == new.stat().st_size
+    inode = src.stat().st_ino
+    ops = [{"op": "custom", "function": "tiffpipe_test_overwrite:overwrite_once", "halo": 0,
+            "params": {"src": str(src), "new": str(new), "marker": str(tmp_path / "done")}}]
+    (tmp_path / "m.json").write_text(json.dumps({"defaults": {"tile": 64, "output_options": {
+        "tile": 64}}, "jobs": [
+        {"input": "a.tif", "output": "out/a.tif", "ops": ops}]}))
+    job = _planned(str(tmp_path / "m.json"), str(tmp_path / "work"),
+                   str(tmp_path / "report.json"), units=False)
+    assert job["single"]
+    with pytest.raises(InputChangedError, match=f"{src} changed after its job was planned"):
+        handlers.dispatch("process", {"action": "process_job", "plan": job["plan"]})
+    assert (tmp_path / "done").exists() and src.stat().st_ino == inode  # written in place
+    assert not (tmp_path / "out" / "a.tif").exists()

@@ -150,6 +150,19 @@ def kept_tiff(url: str, version: str | None = None) -> Iterator[tifffile.TiffFil
         _kept_in_use.active = False
 
 
+def check_unchanged(tf: tifffile.TiffFile, url: str, version: str | None) -> None:
+    """:class:`InputChangedError` if the local file open as ``tf`` is no longer the
+    ``version`` its job was planned on: one ``fstat`` of the open file (its size and
+    modification time), for a unit after its last read, before its output is kept. A file
+    written to in place (same inode) while a unit read it gave it pixels of both versions;
+    the check when the unit opened it could not see that. S3 inputs need none: every
+    ranged GET is pinned to the ETag seen at open (If-Match), so a replaced object fails
+    the read itself."""
+    if not version or storage.is_s3(url):
+        return
+    storage.check_version(url, version, storage.file_version(os.fstat(tf.filehandle.fileno())))
+
+
 def _kept_key(url: str, st: os.stat_result) -> tuple[Any, ...]:
     """A local file's identity while unchanged (path, device, inode, size, mtime)."""
     return (url, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)

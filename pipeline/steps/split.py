@@ -11,11 +11,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.tiff_read import PageReader, kept_tiff, planned_page
+from pipeline.adapters.tiff_read import PageReader, check_unchanged, kept_tiff, planned_page
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
 from pipeline.core.models import JobPlan
+from pipeline.errors import CorruptTiffError
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded
 
@@ -96,13 +97,21 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
     own = decoder is None and decode_threads > 0
     with kept_tiff(url, plan.input_version) as tf, ThreadPoolExecutor(decode_threads) if own else \
             nullcontext(decoder) as threads:
-        reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
-                            keep_palette=page.info.photometric == "palette", decoder=threads)
-        for i, (row, col) in enumerate(positions):
-            stopping.check()
-            for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
-                reader.prefetch(grid.haloed(*ahead))
-            yield row, col, reader.read(grid.haloed(row, col))
-            if col == unit.col1 - 1:
-                reader.forget_above(grid.core(row + 1, 0).y0 - grid.halo
-                                    if row + 1 < grid.rows else grid.height)
+        try:
+            reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
+                                keep_palette=page.info.photometric == "palette", decoder=threads)
+            for i, (row, col) in enumerate(positions):
+                stopping.check()
+                for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
+                    reader.prefetch(grid.haloed(*ahead))
+                yield row, col, reader.read(grid.haloed(row, col))
+                if col == unit.col1 - 1:
+                    reader.forget_above(grid.core(row + 1, 0).y0 - grid.halo
+                                        if row + 1 < grid.rows else grid.height)
+        except CorruptTiffError:  # damaged, or written to while read: InputChangedError then
+            check_unchanged(tf, url, plan.input_version)
+            raise
+        # every read done: the file must still be the version read (its tiles are processed
+        # and their segment kept only after this, so an input written to in place while the
+        # unit read it never gives an output of both versions)
+        check_unchanged(tf, url, plan.input_version)
