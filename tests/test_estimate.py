@@ -546,6 +546,12 @@ def test_uncompressed_output_is_whole_tiles(tmp_path: Path,
                                     pyramid=True))
     r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
     assert r["jobs"][0]["output_bytes"] - r["jobs"][0]["header_bytes"] == (6 + 2 + 1) * tile
+    # a page written as one strip (libvips would refuse its tile) is its pixels alone
+    plans, sizes = _plans(_tiff_job(tmp_path, (100, 120), "float32", compression="none",
+                                    pyramid=True))
+    assert plans[0].pages[0].strip
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    assert r["jobs"][0]["output_bytes"] - r["jobs"][0]["header_bytes"] == 100 * 120 * 4
 
 
 def test_an_op_whose_output_size_is_uncalibrated_is_noted(manifest: Path,

@@ -194,17 +194,20 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     each level halved, rounding up, down to the first that fits one output tile:
     :func:`~pipeline.core.levels.level_shapes`). Compressed, ``out_bpm`` bytes per
     megapixel of each; uncompressed (``none``), every output tile whole: a tile at an edge
-    is stored padded to the tile's size."""
+    is stored padded to the tile's size (a page written as one strip, ``PagePlan.strip``,
+    is its pixels, with no levels)."""
     opts = plan.spec.output_options
     t = opts.tile
     base = levels = 0.0
     for page in plan.pages:
         h, w = page.out_grid.height, page.out_grid.width
-        shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid else [])
+        shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
         pixel = page.out_channels * np.dtype(page.info.dtype).itemsize
         for k, (lh, lw) in enumerate(shapes):
-            size = (math.ceil(lh / t) * math.ceil(lw / t) * t * t * pixel
-                    if opts.compression == "none" else lh * lw / 1e6 * out_bpm)
+            padded = (lh * lw if page.strip
+                      else math.ceil(lh / t) * math.ceil(lw / t) * t * t)
+            size = (padded * pixel if opts.compression == "none"
+                    else lh * lw / 1e6 * out_bpm)
             if k:
                 levels += size
             else:
