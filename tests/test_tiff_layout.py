@@ -181,3 +181,18 @@ def test_the_recorder_keeps_every_write_in_any_order(seed):
                                                Span("other", half, span.size - half)])
         other = segment[span.start:span.start + span.size]
         assert _bytes_of(recorder.pieces(), {"seg": segment, "other": other}) == bytes(model)
+
+
+def test_an_empty_segment_in_replaced_data_is_no_piece():
+    """A page laid out segment after segment whose last segment is empty (a unit that made
+    no tile of a pyramid level, as on a 66000 x 66000 page): its span of 0 bytes sat where
+    the next literal starts, and composing the file failed ("tifffile wrote over tile data";
+    the job FAILED)."""
+    recorder = LayoutRecorder()
+    recorder.write(b"head")
+    recorder.write(Placeholder(Span("seg", 0, 6)))
+    recorder.write(b"tail")
+    recorder.replace_data(4, 6, [Span("a", 0, 2), Span("b", 0, 4), Span("empty", 0, 0)])
+    segments = {"seg": b"012345", "a": b"01", "b": b"2345", "empty": b""}
+    assert _bytes_of(recorder.pieces(), segments) == b"head012345tail"
+    assert all(not isinstance(p, Span) or p.size for p in recorder.pieces())

@@ -154,7 +154,8 @@ class LayoutRecorder(io.RawIOBase):
         hi = bisect.bisect_left(self._span_starts, start + size)
         new, pos = [], start
         for span in spans:
-            new.append((pos, span))
+            if span.size:  # (an empty segment holds no byte: at the region's end, a span
+                new.append((pos, span))  # there would sit on the literal that follows)
             pos += span.size
         self._spans[lo:hi] = new
         self._span_starts[lo:hi] = [p for p, _ in new]
