@@ -776,3 +776,26 @@ def test_missing_byte_counts_name_the_tag(tmp_path: Path, tiled: bool):
             CorruptTiffError, match=rf"page 0: has no {kind}ByteCounts tag \({code}\), while "
             rf"its {kind}Offsets has {n} value\(s\); its {n} {kind.lower()}\(s\) need {n} of each"):
         PageReader(tf, get_page(tf, url, 0), url, 0)
+
+
+def test_segments_read_whole_are_capped_counting_every_plane(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """The cap on a segment read whole (MAX_SEGMENT_BYTES, 512 MiB) counts an uncompressed
+    tile (read whole: a 20000 x 20000 RGB page in one tile took 2.3 GB a process) and every
+    plane of a planar page (a window holds each plane's strip: three planes of 441 MB each
+    took 2.4 GB); an uncompressed strip is read by rows, whatever its size."""
+    from pipeline.adapters import tiff_read
+    from pipeline.errors import UnsupportedTiffError
+
+    monkeypatch.setattr(tiff_read, "MAX_SEGMENT_BYTES", 100_000)  # 98 KiB here
+    rgb = np.zeros((200, 200, 3), np.uint8)  # 120,000 bytes
+    tifffile.imwrite(tmp_path / "tile.tif", rgb, tile=(208, 208), photometric="rgb")
+    tifffile.imwrite(tmp_path / "strip.tif", rgb, rowsperstrip=200, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planes.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate", rowsperstrip=200, compression="zlib")
+    with pytest.raises(UnsupportedTiffError, match=r"page 0: one tile decodes to 0 MiB"):
+        read_infos(str(tmp_path / "tile.tif"), [0])
+    with pytest.raises(UnsupportedTiffError, match=r"page 0: one strip decodes"):
+        read_infos(str(tmp_path / "planes.tif"), [0])  # 40,000 bytes a plane
+    (info,) = read_infos(str(tmp_path / "strip.tif"), [0])
+    assert not info.tiled and info.segment_rows == 200

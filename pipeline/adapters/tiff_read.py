@@ -40,8 +40,9 @@ _UNDECODABLE = {
     34676: "SGILOG (LogLuv): convert the file to float32 first",
     34677: "SGILOG24 (LogLuv): convert the file to float32 first",
 }
-#: a compressed segment must be decoded whole: refuse pages whose segments are larger than
-#: this (an uncompressed strip is read by rows, whatever its size)
+#: a compressed segment must be decoded whole, and a tile is read whole: refuse pages whose
+#: segments are larger than this, counting every plane of a planar page (a window holds
+#: them together; an uncompressed strip is read by rows, whatever its size)
 MAX_SEGMENT_BYTES = 512 * 2**20
 #: why a photometric interpretation is refused, and what to do instead
 _REFUSED_PHOTOMETRICS = {
@@ -540,18 +541,16 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
-    samples = int(page.samplesperpixel)
     whole = compression == ojpeg.OJPEG  # decoded whole (PageReader): one segment
     tiled = bool(page.is_tiled) and not whole
     seg_rows = int(page.tilelength) if tiled else int(min(page.rowsperstrip or page.imagelength,
                                                            page.imagelength))
     if whole:
         seg_rows = int(page.imagelength)
-    per_segment = 1 if page.planarconfig == PLANARCONFIG.SEPARATE and samples > 1 \
-        and not whole else kind.channels
+    # (planar pages: a window holds the segment of every plane at once)
     seg_bytes = seg_rows * (int(page.tilewidth) if tiled else int(page.imagewidth)) * \
-        per_segment * kind.dtype.itemsize
-    if compression != 1 and seg_bytes > MAX_SEGMENT_BYTES:
+        kind.channels * kind.dtype.itemsize
+    if (compression != 1 or tiled) and seg_bytes > MAX_SEGMENT_BYTES:
         what = ("an old-style JPEG page, decoded whole," if whole else
                 "one tile" if tiled else "one strip")
         fix = ("re-save the file with new-style JPEG, tiled" if whole else
