@@ -799,3 +799,22 @@ def test_segments_read_whole_are_capped_counting_every_plane(tmp_path: Path,
         read_infos(str(tmp_path / "planes.tif"), [0])  # 40,000 bytes a plane
     (info,) = read_infos(str(tmp_path / "strip.tif"), [0])
     assert not info.tiled and info.segment_rows == 200
+
+
+def test_a_reader_given_its_columns_caches_only_them(tmp_path: Path):
+    """A unit of a few columns of a wide stripped page (a strip spans the page): its reader
+    keeps each decoded strip cut to the unit's columns, not whole (a 300,000 px wide page
+    held 759 MB a process); the pixels read are the same."""
+    rng = np.random.default_rng(5)
+    page = rng.integers(0, 256, (64, 3000, 3), dtype=np.uint8)
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, page, rowsperstrip=8, compression="zlib", photometric="rgb")
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, tf.pages[0], str(path), 0, columns=(1000, 1300))
+        for y0 in range(0, 64, 16):
+            rect = Rect(y0, 1000, y0 + 16, 1300)
+            np.testing.assert_array_equal(reader.read(rect), page[y0:y0 + 16, 1000:1300])
+            assert all(px.shape[1] == 300 and x == 1000 for px, _, _, x in reader.cache.values())
+            reader.forget_above(y0 + 16)
+        whole = PageReader(tf, tf.pages[0], str(path), 0)
+        np.testing.assert_array_equal(whole.read(Rect(0, 0, 64, 3000)), page)

@@ -591,8 +591,13 @@ class PageReader:
     """
 
     def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
-                 keep_palette: bool = False, decoder: Executor | None = None):
+                 keep_palette: bool = False, decoder: Executor | None = None,
+                 columns: tuple[int, int] | None = None):
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
+        #: the page's columns [x0, x1) every read lies in (a unit's, with its halo): a
+        #: decoded segment is cached cut to them (a strip spans the page: a unit of a few
+        #: columns of a 300,000 px wide page held whole strips, 759 MB, not its columns)
+        self.columns = columns
         check_dimensions(page, self.where)
         self.decoder = decoder
         # tifffile makes a page's decode function when first asked for it, and for JPEG it
@@ -681,10 +686,22 @@ class PageReader:
                 continue
             if seg not in self.cache:
                 pending = self.pending.pop(seg, None)
-                self.cache[seg] = (pending.result() if pending is not None
-                                   else self.decode_segment(seg, self.segment_bytes(seg)))
+                self.cache[seg] = self._kept(pending.result() if pending is not None
+                                             else self.decode_segment(seg,
+                                                                      self.segment_bytes(seg)))
             self._paste(out, *self.cache[seg], rect)
         return out[:, :, 0] if self.samples == 1 else out
+
+    def _kept(self, decoded: tuple[np.ndarray, int, int, int]
+              ) -> tuple[np.ndarray, int, int, int]:
+        """A decoded segment as the cache keeps it: cut to :attr:`columns`."""
+        px, plane, y, x = decoded
+        if self.columns is None:
+            return decoded
+        x0, x1 = max(self.columns[0], x), min(self.columns[1], x + px.shape[1])
+        if (x0, x1) == (x, x + px.shape[1]):
+            return decoded
+        return px[:, x0 - x:max(x0, x1) - x].copy(), plane, y, x0
 
     def forget_above(self, y: int) -> None:
         """Drop the cached rows above row ``y``: segments that end there are dropped, segments

@@ -98,8 +98,11 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
     with kept_tiff(url, plan.input_version) as tf, ThreadPoolExecutor(decode_threads) if own else \
             nullcontext(decoder) as threads:
         try:
+            columns = (grid.haloed(unit.row0, unit.col0).x0,
+                       grid.haloed(unit.row0, unit.col1 - 1).x1)
             reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
-                                keep_palette=page.info.photometric == "palette", decoder=threads)
+                                keep_palette=page.info.photometric == "palette", decoder=threads,
+                                columns=columns)
             for i, (row, col) in enumerate(positions):
                 stopping.check()
                 for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
