@@ -256,7 +256,7 @@ def test_geotiff_tags_are_carried_verbatim_from_a_big_endian_file(run):
     assert np.array_equal(page.asarray(), want)
 
 
-def test_downsample_scales_the_resolution_and_drops_georeferencing(run):
+def test_downsample_scales_the_resolution_and_the_georeferencing(run):
     front, back = _pages(run["rgb_downsample"]["output"])
     assert front.shape[:2] == (75, 86) and back.shape[:2] == (50, 60)  # 173 -> 86: cropped
     assert _value(front, 282) == (150, 1) and _value(front, 283) == (150, 1)
@@ -265,8 +265,14 @@ def test_downsample_scales_the_resolution_and_drops_georeferencing(run):
     assert _raw(front, 285) == b"front" and front.iccprofile == ICC_RGB  # size-independent
     (geo,) = _pages(run["geo_downsample"]["output"])
     assert geo.shape == (65, 70)
-    for code in (33550, 33922, 34735, 34736, 34737, 700):  # they map pixels to the world
-        assert code not in geo.tags, code
+    # georeferenced still: each output pixel covers 2 x 2 input pixels of 30 m from the same
+    # corner (PixelIsArea): 60 m pixels, the tiepoint unchanged, the other keys as they were
+    assert geo.geotiff_tags["ModelPixelScale"] == [60.0, 60.0, 0.0]
+    assert geo.geotiff_tags["ModelTiepoint"] == [0.0, 0.0, 0.0, 440720.0, 3751320.0, 0.0]
+    for code in (34735, 34736, 34737):
+        assert _raw(geo, code) is not None and code in geo.tags, code
+    assert _value(geo, 34737) == GEO[34737][2]
+    assert 700 not in geo.tags  # XMP: dropped (it may state the input's size)
     assert _value(geo, 42113) == "-9999"  # nodata does not depend on the geometry
 
 
@@ -399,7 +405,7 @@ def test_structural_descriptions_are_dropped(tmp_path, description):
     assert "tags" not in _info(path).metadata
 
 
-def test_a_geometry_change_scales_the_resolution_and_drops_georeferencing(tmp_path):
+def test_a_geometry_change_scales_the_resolution_and_the_georeferencing(tmp_path):
     path = tmp_path / "g.tif"
     geo = [(code, kind, count, value, True) for code, (kind, count, value) in GEO.items()]
     tifffile.imwrite(path, pattern(200, 300, 1, "uint8", 0), metadata=None,
@@ -412,11 +418,53 @@ def test_a_geometry_change_scales_the_resolution_and_drops_georeferencing(tmp_pa
     half = output_tags(info, 100, 150, 1)  # e.g. a downsample by 2
     assert half["resolution"] == ((150, 1), (150, 1))
     assert half["resolutionunit"] == RESUNIT_INCH
-    assert {t[0] for t in half["extratags"]} == {285, 42113}  # GeoTIFF dropped, nodata kept
+    assert {t[0] for t in half["extratags"]} == set(GEO) | {285}  # GeoTIFF scaled
     by3 = output_tags(info, 66, 100, 1)  # downsample by 3 crops 200 rows to 198: still 1/3
     assert by3["resolution"] == ((100, 1), (100, 1))
+    assert dict((t[0], t[3]) for t in by3["extratags"])[33550] == (90.0, 90.0, 0.0)
     other = output_tags(info, 150, 200, 1)  # not an integer factor: the size ratio per axis
     assert other["resolution"] == ((200, 1), (225, 1))
+    assert {t[0] for t in other["extratags"]} == {285, 42113}  # GeoTIFF dropped
+
+
+def _world(tags: dict[int, Any], i: float, j: float) -> tuple[float, float]:
+    """Raster position (i, j) to world (x, y), as GDAL reads the tags: ModelTransformation,
+    else the tiepoint and the pixel scale (y down the raster, north up)."""
+    if 34264 in tags:
+        m = tags[34264]
+        return m[0] * i + m[1] * j + m[3], m[4] * i + m[5] * j + m[7]
+    ti, tj, _, x, y, _ = tags[33922][:6]
+    sx, sy = tags[33550][:2]
+    return x + (i - ti) * sx, y - (j - tj) * sy
+
+
+@pytest.mark.parametrize("raster_type", [1, 2])  # PixelIsArea, PixelIsPoint
+@pytest.mark.parametrize("model", ["tiepoint", "transformation"])
+def test_a_downsample_keeps_every_output_pixel_where_it_was_in_the_world(tmp_path, raster_type,
+                                                                         model):
+    """Downsampled by 3, output pixel (r, c) is the mean of input pixels 3r..3r+2, 3c..3c+2:
+    its corner (PixelIsArea: raster positions are corners) is input pixel (3r, 3c)'s corner,
+    its centre (PixelIsPoint: positions are centres) the centre of that block, input
+    position (3r + 1, 3c + 1). The tags written say so, for a tiepoint with a pixel scale
+    and for a rotated ModelTransformation."""
+    keys = (1, 1, 0, 2, 1024, 0, 1, 1, 1025, 0, 1, raster_type)
+    model_tags = ([(33550, "d", 3, (30.0, 20.0, 0.0), True),
+                   (33922, "d", 6, (4.0, 2.0, 0.0, 1000.0, 5000.0, 0.0), True)]
+                  if model == "tiepoint" else
+                  [(34264, "d", 16, (28.0, 5.0, 0.0, 1000.0, -4.0, -19.0, 0.0, 5000.0,
+                                     0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0), True)])
+    path = tmp_path / "g.tif"
+    tifffile.imwrite(path, pattern(200, 300, 1, "uint8", 0), metadata=None,
+                     extratags=[*model_tags, (34735, "H", len(keys), keys, True)])
+    info = _info(path)
+    src = {t[0]: t[3] for t in output_tags(info, 200, 300, 1)["extratags"]}
+    out = {t[0]: t[3] for t in output_tags(info, 66, 100, 1)["extratags"]}
+    assert out[34735] == keys
+    at = 0.0 if raster_type == 1 else 1.0  # the block's corner, or its centre
+    for r, c in ((0, 0), (10, 3), (65, 99)):
+        want = _world(src, 3 * c + at, 3 * r + at)
+        got = _world(out, c, r)
+        assert got == pytest.approx(want), (r, c)
 
 
 def test_software_is_tiffpipe_and_nothing_else_of_the_input(tmp_path):

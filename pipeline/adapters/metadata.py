@@ -19,7 +19,9 @@ Rules:
   palette pages, GRAY for gray pages): ``to_gray`` drops an RGB profile;
 - GeoTIFF (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory,
   GeoDoubleParams, GeoAsciiParams) and XMP are copied byte for byte when the output page has
-  the input's size, and dropped when the op chain changes it (they map pixel positions);
+  the input's size; after a ``downsample`` the GeoTIFF tags are scaled so that each output
+  pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
+  every spatial tag after any other size change (they map pixel positions);
 - Software becomes ``tiffpipe <version>``; structural tags (size, samples, compression,
   tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
@@ -178,6 +180,46 @@ def _scale(info: Any, height: int, width: int) -> tuple[Fraction, Fraction]:
     return Fraction(height, info.height), Fraction(width, info.width)
 
 
+#: GeoTIFF's ModelPixelScale, ModelTiepoint, ModelTransformation and GeoKeyDirectory tags,
+#: and its GTRasterTypeGeoKey's PixelIsPoint
+MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEYS = 33550, 33922, 34264, 34735
+RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
+#: what a downsample keeps of the spatial tags (XMP and an Aperio description are dropped)
+GEO_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEYS, 34736, 34737)
+
+
+def geo_downsampled(spatial: list[list[Any]], factor: int) -> list[list[Any]]:
+    """The GeoTIFF tags of a page downsampled by ``factor`` (an output pixel covers
+    ``factor`` x ``factor`` input pixels from the top-left corner; the far edges cropped),
+    so that every output pixel keeps its place in the world: the pixel scale times
+    ``factor``, the tiepoints' raster positions and the transformation's raster axes
+    divided by it. With PixelIsArea (the default) raster position (0, 0) is the page's
+    corner, which stays; with PixelIsPoint it is the first pixel's centre, which moves
+    ``(factor - 1) / 2`` input pixels. The other GeoTIFF tags are kept as they are; XMP and
+    an Aperio description (which give the input's pixel size) are not."""
+    tags = {code: (kind, count, value) for code, kind, count, value in spatial}
+    keys = tags.get(GEO_KEYS, (0, 0, []))[2]
+    point = any(keys[i] == RASTER_TYPE_KEY and keys[i + 1] == 0 and keys[i + 3] == PIXEL_IS_POINT
+                for i in range(4, len(keys) - 3, 4))
+    shift = (factor - 1) / 2 if point else 0.0  # output raster position 0 in input pixels
+    out = []
+    for code, kind, count, value in spatial:
+        if code not in GEO_TAGS:
+            continue
+        if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION) and kind != 12:
+            continue  # not the DOUBLEs GeoTIFF defines: not scaled, so not kept
+        if code == MODEL_PIXEL_SCALE and len(value) >= 2:
+            value = [value[0] * factor, value[1] * factor, *value[2:]]
+        elif code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each: raster I, J of world X, Y
+            value = [(v - shift) / factor if n % 6 < 2 else v for n, v in enumerate(value)]
+        elif code == MODEL_TRANSFORMATION and len(value) == 16:  # world = M (I, J, K, 1)
+            value = [v * factor if n % 4 < 2 else v for n, v in enumerate(value)]
+            for row in range(3):  # I = factor I' + shift: the shift joins the translation
+                value[4 * row + 3] += shift * (value[4 * row] + value[4 * row + 1]) / factor
+        out.append([code, kind, count, value])
+    return out
+
+
 def _scaled(res: list[int], scale: Fraction) -> tuple[int, int] | float:
     """A resolution (pixels per unit) scaled by ``scale``, as a 32-bit rational if it fits."""
     value = Fraction(res[0], res[1]) * scale
@@ -249,8 +291,12 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     extratags = []
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
-    for code, kind, count, value in md.get("tags", []) + (md.get("spatial", []) if same_size
-                                                           else []):
+    spatial = md.get("spatial", [])
+    if not same_size:
+        sy, sx = _scale(info, height, width)
+        factor = sx.denominator if sx == sy and sx.numerator == 1 else 0
+        spatial = geo_downsampled(spatial, factor) if factor > 1 else []
+    for code, kind, count, value in md.get("tags", []) + spatial:
         if code == GDAL_NODATA and not nodata:
             continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
