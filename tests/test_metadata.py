@@ -421,7 +421,7 @@ def test_a_geometry_change_scales_the_resolution_and_the_georeferencing(tmp_path
     assert {t[0] for t in half["extratags"]} == set(GEO) | {285}  # GeoTIFF scaled
     by3 = output_tags(info, 66, 100, 1)  # downsample by 3 crops 200 rows to 198: still 1/3
     assert by3["resolution"] == ((100, 1), (100, 1))
-    assert dict((t[0], t[3]) for t in by3["extratags"])[33550] == (90.0, 90.0, 0.0)
+    assert {t[0]: t[3] for t in by3["extratags"]}[33550] == (90.0, 90.0, 0.0)
     other = output_tags(info, 150, 200, 1)  # not an integer factor: the size ratio per axis
     assert other["resolution"] == ((200, 1), (225, 1))
     assert {t[0] for t in other["extratags"]} == {285, 42113}  # GeoTIFF dropped
