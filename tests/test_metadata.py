@@ -118,6 +118,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "geo_blur": {"input": "geo_be.tif", "ops": BLUR},
     "rgba_copy": {"input": "rgba.tif"},
     "imagej_copy": {"input": "imagej.tif"},
+    "imagej_ome": {"input": "imagej.tif", "output_options": {"ome": True}},
     "gray_icc_blur": {"input": "gray_icc.tif", "ops": BLUR},
     "rgb_downsample": {"input": "rgb.tif", "ops": [{"op": "downsample", "factor": 2}]},
     "geo_downsample": {"input": "geo_be.tif", "ops": [{"op": "downsample", "factor": 2}]},
@@ -362,7 +363,14 @@ def test_structural_imagej_description_is_dropped(run):
     assert src.description.startswith("ImageJ=")
     (page,) = _pages(run["imagej_copy"]["output"])
     assert 270 not in page.tags and not page.parent.is_imagej
-    assert _value(page, 282) == _value(src, 282)  # the resolution is still carried
+    # the resolution is still carried, and so is its unit, which only the description held
+    # (unit=um, ResolutionUnit NONE): 2.5 pixels a micrometre are 25,000 a centimetre
+    assert _value(src, 296) == 1 and Fraction(*_value(src, 282)) == Fraction(5, 2)
+    assert _value(page, 296) == RESUNIT_CM and Fraction(*_value(page, 282)) == 25000
+    assert Fraction(*_value(page, 283)) == 25000
+    with tifffile.TiffFile(run["imagej_ome"]["output"]) as tf:  # as an OME pixel size
+        pixels = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert pixels["PhysicalSizeX"] == pixels["PhysicalSizeY"] == pytest.approx(0.4)
 
 
 # --- the rules, without the engine -----------------------------------------------------

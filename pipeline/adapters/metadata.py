@@ -134,6 +134,8 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             out["resolution"] = [[xn, xd], [yn, yd]]
             unit = tags.valueof(296)
             out["resolutionunit"] = int(unit) if unit is not None else 2  # TIFF default: inch
+            if out["resolutionunit"] == 1:  # none: an ImageJ file's unit is in its description
+                _imagej_unit(out, page.description)
     subfiletype = tags.valueof(254)
     if subfiletype:  # every bit but the mask's (an output page is never a 1-bit mask)
         out["subfiletype"] = int(subfiletype) & ~0b100 & 0xFFFFFFFF
@@ -162,6 +164,33 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
     if colormap is not None:
         out["colormap"] = _b64(np.ascontiguousarray(colormap, "<u2").tobytes())
     return out
+
+
+#: centimetres per length unit of an ImageJ description's ``unit=``
+_IMAGEJ_UNITS = {"micron": Fraction(1, 10**4), "microns": Fraction(1, 10**4),
+                 "um": Fraction(1, 10**4), "\u00b5m": Fraction(1, 10**4),
+                 "\\u00b5m": Fraction(1, 10**4), "nm": Fraction(1, 10**7),
+                 "mm": Fraction(1, 10), "cm": Fraction(1), "m": Fraction(100),
+                 "meter": Fraction(100)}
+
+
+def _imagej_unit(out: dict[str, Any], description: str) -> None:
+    """An ImageJ page's resolution, in pixels per the length unit its description names
+    (``unit=micron``) with ResolutionUnit NONE, as pixels per centimetre: the description
+    describes the file's layout and is dropped (:func:`is_structural_description`), and the
+    pixel size would go with it (an OME output's PhysicalSize too)."""
+    if not description.startswith("ImageJ="):
+        return
+    unit = next((line[5:].strip() for line in description.splitlines()
+                 if line.startswith("unit=")), "")
+    per = _IMAGEJ_UNITS.get(unit.lower())
+    if per is None:
+        return
+    (xn, xd), (yn, yd) = out["resolution"]
+    x, y = Fraction(xn, xd) / per, Fraction(yn, yd) / per
+    if all(v.numerator < 2**32 and v.denominator < 2**32 for v in (x, y)):
+        out["resolution"] = [[x.numerator, x.denominator], [y.numerator, y.denominator]]
+        out["resolutionunit"] = 3
 
 
 def icc_space(profile: bytes) -> str:
