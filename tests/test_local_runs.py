@@ -178,6 +178,7 @@ def test_a_folder_the_run_cannot_list_itself_in_is_a_warning(
     with local_runs.listed("run-a", "a", "/m/scan.json"):
         assert local_runs.running() == []
     assert "cannot list this run" in caplog.text
+    assert "if it is killed will not be removed" in caplog.text  # what else goes
     assert not (tmp_path / "theirs").exists() or os.listdir(tmp_path / "theirs") == []
 
 

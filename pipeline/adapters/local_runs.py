@@ -125,7 +125,9 @@ def listed(name: str, run_id: str, manifest: str, work: str | None = None,
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot list this run in %s (%s): a later run of the same scan will not "
-                    "know of it", folder, exc)
+                    "know of it, a run given the same --work will not be refused, and what "
+                    "this run leaves if it is killed will not be removed by the next run",
+                    folder, exc)
         if fd >= 0:
             os.close(fd)
         fd = -1
