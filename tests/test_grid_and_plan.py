@@ -399,6 +399,23 @@ def test_pages_of_many_bands_get_a_finer_grid(channels, dtype, out_tile, expecte
     _assert_exact_cover(plan.pages[0].grid, plan.units, page=0)
 
 
+def test_a_page_in_compressed_strips_is_not_cut_into_column_chunks_per_strip():
+    """A compressed strip spans the page and is decoded whole by each unit that needs a row
+    of it: a page in one deflate strip was cut into a column chunk per tile column, each
+    decoding the whole page (20 decodes of a 20000 x 20000 page). Units hold up to two
+    strips' rows then; tiled pages, uncompressed strips (read by rows) and short strips
+    keep the cache budget's column chunks."""
+    one = dataclasses.replace(info(height=20000, width=20000, channels=3, tiled=False,
+                                   segment_rows=20000), compression="deflate")
+    plan, _ = plan_of([{"op": "gaussian_blur", "sigma": 2}], [one], tile=1024)
+    assert len(plan.units) == 2 and all(u.col0 == 0 and u.col1 == 20 for u in plan.units)
+    for other in (dataclasses.replace(one, compression="none"),
+                  dataclasses.replace(one, tiled=True, segment_rows=512),
+                  dataclasses.replace(one, segment_rows=16)):
+        plan, _ = plan_of([{"op": "gaussian_blur", "sigma": 2}], [other], tile=1024)
+        assert max(u.col1 - u.col0 for u in plan.units) < 20, other
+
+
 @pytest.mark.parametrize("ops,channels,out", [
     ([], 3, 3),
     ([{"op": "to_gray"}], 1, 1),
