@@ -376,6 +376,21 @@ def test_structural_imagej_description_is_dropped(run):
 # --- the rules, without the engine -----------------------------------------------------
 
 
+@pytest.mark.parametrize("unit,resolution,resolutionunit", [
+    ("um", Fraction(25000), RESUNIT_CM), ("micron", Fraction(25000), RESUNIT_CM),
+    ("nm", Fraction(25 * 10**6), RESUNIT_CM), ("mm", Fraction(25), RESUNIT_CM),
+    ("inch", Fraction(5, 2), RESUNIT_INCH), ("pixel", Fraction(5, 2), 1)])
+def test_an_imagej_files_unit_is_carried(tmp_path, unit, resolution, resolutionunit):
+    """2.5 pixels a unit, the unit in the ImageJ description only (ResolutionUnit NONE):
+    per centimetre, per inch as TIFF has it, or as it was for a unit that is no length."""
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, pattern(20, 30, 1, "uint8", 0), imagej=True, resolution=(2.5, 2.5),
+                     metadata={"unit": unit})
+    kwargs = output_tags(_info(path), 20, 30, 1)
+    assert Fraction(*kwargs["resolution"][0]) == resolution
+    assert kwargs["resolutionunit"] == resolutionunit
+
+
 def _info(path: Path, **kw: Any) -> PageInfo:
     (info,) = read_infos(str(path), [0], **kw)
     return info
@@ -423,16 +438,24 @@ def test_a_geometry_change_scales_the_resolution_and_the_georeferencing(tmp_path
     same = output_tags(info, 200, 300, 1)
     assert same["resolution"] == ((300, 1), (300, 1))
     assert {t[0] for t in same["extratags"]} == set(GEO) | {285}
-    half = output_tags(info, 100, 150, 1)  # e.g. a downsample by 2
+    half = output_tags(info, 100, 150, 1, factor=2)  # a downsample by 2
     assert half["resolution"] == ((150, 1), (150, 1))
     assert half["resolutionunit"] == RESUNIT_INCH
     assert {t[0] for t in half["extratags"]} == set(GEO) | {285}  # GeoTIFF scaled
-    by3 = output_tags(info, 66, 100, 1)  # downsample by 3 crops 200 rows to 198: still 1/3
+    by3 = output_tags(info, 66, 100, 1, factor=3)  # crops 200 rows to 198: still 1/3
     assert by3["resolution"] == ((100, 1), (100, 1))
     assert {t[0]: t[3] for t in by3["extratags"]}[33550] == (90.0, 90.0, 0.0)
     other = output_tags(info, 150, 200, 1)  # not an integer factor: the size ratio per axis
     assert other["resolution"] == ((200, 1), (225, 1))
     assert {t[0] for t in other["extratags"]} == {285, 42113}  # GeoTIFF dropped
+    # the factor is the chain's, not guessed from the sizes: 3000 px by 64 is 46 px, and
+    # 3000 // 46 is 65 (the pixel scale was 650 m, the resolution 300/65)
+    tifffile.imwrite(path, pattern(3000, 3000, 1, "uint8", 0), metadata=None,
+                     resolution=((300, 1), (300, 1)), resolutionunit=RESUNIT_INCH,
+                     extratags=geo)
+    by64 = output_tags(_info(path), 46, 46, 1, factor=64)
+    assert by64["resolution"] == ((75, 16), (75, 16))  # 300 / 64
+    assert {t[0]: t[3] for t in by64["extratags"]}[33550] == (1920.0, 1920.0, 0.0)
 
 
 def _world(tags: dict[int, Any], i: float, j: float) -> tuple[float, float]:
@@ -466,7 +489,7 @@ def test_a_downsample_keeps_every_output_pixel_where_it_was_in_the_world(tmp_pat
                      extratags=[*model_tags, (34735, "H", len(keys), keys, True)])
     info = _info(path)
     src = {t[0]: t[3] for t in output_tags(info, 200, 300, 1)["extratags"]}
-    out = {t[0]: t[3] for t in output_tags(info, 66, 100, 1)["extratags"]}
+    out = {t[0]: t[3] for t in output_tags(info, 66, 100, 1, factor=3)["extratags"]}
     assert out[34735] == keys
     at = 0.0 if raster_type == 1 else 1.0  # the block's corner, or its centre
     for r, c in ((0, 0), (10, 3), (65, 99)):

@@ -182,8 +182,11 @@ def _imagej_unit(out: dict[str, Any], description: str) -> None:
     if not description.startswith("ImageJ="):
         return
     unit = next((line[5:].strip() for line in description.splitlines()
-                 if line.startswith("unit=")), "")
-    per = _IMAGEJ_UNITS.get(unit.lower())
+                 if line.startswith("unit=")), "").lower()
+    if unit in ("inch", "in"):  # TIFF's own unit
+        out["resolutionunit"] = 2
+        return
+    per = _IMAGEJ_UNITS.get(unit)
     if per is None:
         return
     (xn, xd), (yn, yd) = out["resolution"]
@@ -198,14 +201,14 @@ def icc_space(profile: bytes) -> str:
     return profile[16:20].decode("latin-1").strip() if len(profile) >= 20 else ""
 
 
-def _scale(info: Any, height: int, width: int) -> tuple[Fraction, Fraction]:
-    """Output pixels per input pixel along y and x. An integer downsampling that crops the
-    page to a multiple of its factor (``downsample``) scales by exactly 1 / factor: an output
-    pixel covers factor x factor input pixels whatever was cropped at the far edges."""
-    if 0 < height <= info.height and 0 < width <= info.width:
-        factor = info.height // height
-        if factor >= 1 and info.height // factor == height and info.width // factor == width:
-            return Fraction(1, factor), Fraction(1, factor)
+def _scale(info: Any, height: int, width: int, factor: int = 1) -> tuple[Fraction, Fraction]:
+    """Output pixels per input pixel along y and x. The chain's downsampling ``factor``
+    (``downsample``, which crops the page to a multiple of it) scales by exactly 1 / factor:
+    an output pixel covers factor x factor input pixels whatever was cropped at the far
+    edges (not guessed from the sizes: a 3000 px page downsampled by 64 is 46 px, and
+    3000 // 46 is 65). Any other size change: the size ratio per axis."""
+    if factor > 1 and (height, width) == (info.height // factor, info.width // factor):
+        return Fraction(1, factor), Fraction(1, factor)
     return Fraction(height, info.height), Fraction(width, info.width)
 
 
@@ -286,7 +289,7 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
 
 
 def output_tags(info: Any, height: int, width: int, channels: int,
-                nodata: bool = True) -> dict[str, Any]:
+                nodata: bool = True, factor: int = 1) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -304,7 +307,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         if same_size:
             kwargs["resolution"] = ((xn, xd), (yn, yd))
         else:
-            sy, sx = _scale(info, height, width)
+            sy, sx = _scale(info, height, width, factor)
             kwargs["resolution"] = (_scaled([xn, xd], sx), _scaled([yn, yd], sy))
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
@@ -322,7 +325,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = md.get("spatial", [])
     if not same_size:
-        sy, sx = _scale(info, height, width)
+        sy, sx = _scale(info, height, width, factor)
         factor = sx.denominator if sx == sy and sx.numerator == 1 else 0
         spatial = geo_downsampled(spatial, factor) if factor > 1 else []
     for code, kind, count, value in md.get("tags", []) + spatial:

@@ -252,7 +252,7 @@ def header_bytes(plan: JobPlan) -> float:
     total = 16.0 if big else 8.0
     for page in plan.pages:
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
-        tags = output_tags(page.info, h, w, ch, nodata)
+        tags = output_tags(page.info, h, w, ch, nodata, page.factor)
         key = repr((h, w, ch, page.info.dtype, sorted(tags.items(), key=lambda kv: kv[0])))
         if key not in seen:
             kwargs = {**OutputEncoder(opts, page.info.dtype, ch).writer_kwargs(), **tags}

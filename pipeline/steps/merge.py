@@ -171,7 +171,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     shape = (height, width) + ((channels,) if channels > 1 else ())
     # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
     nodata = all(OPS[op["op"]].keeps_values for op in plan.spec.ops)
-    tags = output_tags(page.info, height, width, channels, nodata)
+    tags = output_tags(page.info, height, width, channels, nodata, page.factor)
     if options.ome:
         tags = _ome_tags(tags, page)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
