@@ -778,6 +778,24 @@ def test_missing_byte_counts_name_the_tag(tmp_path: Path, tiled: bool):
         PageReader(tf, get_page(tf, url, 0), url, 0)
 
 
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("rows", [16, 64])
+def test_an_uncompressed_page_without_byte_counts_is_read(tmp_path: Path, tiled: bool,
+                                                          rows: int):
+    """Uncompressed, the bytes of each segment follow from its size: a page without its
+    StripByteCounts (or TileByteCounts) is read as libtiff and Pillow read it (a file of one
+    such strip read before the error above named the missing tag; refused then)."""
+    path = tmp_path / "raw.tif"
+    page = make_page(8, 50, 48, 1, "uint8")  # the last strip of 16 rows is 2 rows
+    kw = {"tile": (32, 32)} if tiled else {"rowsperstrip": rows}
+    tifffile.imwrite(path, page, metadata=None, **kw)
+    _set_tag(path, 325 if tiled else 279, None)
+    url = str(path)
+    with open_tiff(url) as tf:
+        p = get_page(tf, url, 0)
+        assert np.array_equal(read_window(tf, p, url, 0, Rect(0, 0, 50, 48)), page)
+
+
 def test_segments_read_whole_are_capped_counting_every_plane(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
     """The cap on a segment read whole (MAX_SEGMENT_BYTES, 512 MiB) counts an uncompressed

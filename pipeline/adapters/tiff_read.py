@@ -632,6 +632,8 @@ class PageReader:
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
         needed = self.planes * self.seg_rows * self.seg_cols
+        #: each segment's byte count (an uncompressed page's, its tag missing: computed)
+        self.counts = [int(c) for c in page.databytecounts]
         if not self.ojpeg:
             self._check_segment_tags(needed)
 
@@ -643,6 +645,16 @@ class PageReader:
         offsets_tag, counts_tag = (324, 325) if kind == "Tile" else (273, 279)
         offsets, counts = len(self.page.dataoffsets), len(self.page.databytecounts)
         tags = self.page.tags
+        if (int(self.page.compression) == 1 and counts_tag not in tags and offsets_tag in tags
+                and offsets >= needed):
+            # uncompressed: the bytes of each segment follow from its size, as libtiff takes
+            # them when the tag is missing (tifffile makes one up, of the page's size)
+            depth = 1 if self.separate else self.file_samples
+            row = (self.seg_w * depth * self.bits + 7) // 8
+            self.counts = [row * (self.seg_h if self.page.is_tiled else
+                                  min(self.seg_h, self.height - (n % self.seg_rows) * self.seg_h))
+                           for n in range(needed)]
+            return
         for code, name, other, found, has in (
                 (offsets_tag, "Offsets", counts_tag, "ByteCounts", counts),
                 (counts_tag, "ByteCounts", offsets_tag, "Offsets", offsets)):
@@ -735,7 +747,7 @@ class PageReader:
         self.decoded += 1
         if self.ojpeg:  # the page as a TIFF of its own, for libtiff
             return ojpeg.page_tiff(self.page, lambda start, count: self._read(seg, start, count))
-        offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
+        offset, count = int(self.page.dataoffsets[seg]), self.counts[seg]
         if count:
             return self._read(seg, offset, count)
         if offset:  # (libtiff: "Invalid tile byte count")
@@ -797,7 +809,7 @@ class PageReader:
             row_bytes = (self.width * depth * self.bits + 7) // 8
         else:
             row_bytes = self.width * depth * self.file_dtype.itemsize
-        offset, count = int(self.page.dataoffsets[seg]), int(self.page.databytecounts[seg])
+        offset, count = int(self.page.dataoffsets[seg]), self.counts[seg]
         strip_bytes = (min(strip_y + self.seg_h, self.height) - strip_y) * row_bytes
         if offset == 0 and count == 0:  # sparse: zeros, as libtiff reads it
             zeros = np.zeros((y1 - y0, self.width, depth), np.uint8 if self.kind.lut is not None
