@@ -145,7 +145,11 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
             if execution.status == "SUCCEEDED":
                 doc = _own_report(report_url, work, run_id)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
-                doc = _report_interrupted(work, interrupted)
+                doc = _report_interrupted(
+                    work, f"the run was stopped ({signal_name(interrupted)})")
+            elif execution.status == "TIMED_OUT":  # its tasks were stopped as on a stop
+                doc = _report_interrupted(work, "the run timed out (the state machine's "
+                                                "TimeoutSeconds)")
         error = None
         if doc is None:
             record = failure_record({"Error": execution.error, "Cause": execution.cause})
@@ -228,7 +232,7 @@ def _own_report(report_url: str, work: str, run_id: str) -> dict[str, Any]:
     return run_report(ReportEvent(layout.run_file(work)))[0]
 
 
-def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
+def _report_interrupted(work: str, stopped: str) -> dict[str, Any] | None:
     """The report of a stopped run, written by the Report step as at a run's end: each job
     without a result (not finished) is FAILED with error :data:`INTERRUPTED_ERROR` (as a job
     that failed; the report's schema is unchanged), and its partial files beside its output
@@ -239,8 +243,7 @@ def _report_interrupted(work: str, signum: int) -> dict[str, Any] | None:
     run_url = layout.run_file(work)
     if not storage.exists(run_url):
         return None
-    message = (f"the run was stopped ({signal_name(signum)}) before this job finished: no "
-               "output written; run it again")
+    message = f"{stopped} before this job finished: no output written; run it again"
     doc, url = run_report(ReportEvent(run_url), missing={"type": INTERRUPTED_ERROR,
                                                           "message": message})
     storage.write_json(url, doc)

@@ -258,3 +258,37 @@ def test_a_stop_while_the_manifest_is_read_ends_the_command_at_once(tmp_path: Pa
     assert not (tmp_path / "m.report.contact.png").exists()
     assert f"removed {tmp_path / 'm.report.json'}" in err
     assert not (tmp_path / ".tiffpipe-work").exists()
+
+
+def test_a_run_past_its_timeout_ends_as_a_stopped_run(tmp_path: Path):
+    """A definition whose TimeoutSeconds passes (``--definition``, a copy with one): the
+    engine stops the tasks as on Ctrl-C, and the command cleans up as after one: the jobs
+    that finished keep their outputs, the others are marked in the report, no partial file
+    or work folder is left (they were, and on S3 the uploads stayed open), exit 1."""
+    from pipeline.engine.definition import definition_text
+
+    (tmp_path / "ops").mkdir()
+    (tmp_path / "ops" / "tp_timed_slow.py").write_text(SLOW_OP)
+    manifest = _manifest(tmp_path, 3, 1024, [{"op": "custom", "function": "tp_timed_slow:slow",
+                                              "params": {"seconds": 1.5}}], tile=256)
+    jobs = json.loads(manifest.read_text())
+    jobs["jobs"][0]["ops"] = []  # done at once
+    manifest.write_text(json.dumps(jobs))
+    machine = json.loads(definition_text())
+    machine["TimeoutSeconds"] = 6
+    (tmp_path / "def.json").write_text(json.dumps(machine))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--workers", "2",
+         "--no-contact-sheet", "--definition", str(tmp_path / "def.json")], cwd=tmp_path,
+        capture_output=True, text=True, timeout=100,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "ops")})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["out0.tif"]
+    assert not (tmp_path / ".tiffpipe-work").exists()
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED", "FAILED", "FAILED"]
+    for job in report["jobs"][1:]:
+        assert job["error"]["type"] == INTERRUPTED_ERROR
+        assert job["error"]["message"].startswith("the run timed out (the state machine's "
+                                                  "TimeoutSeconds) before this job finished")

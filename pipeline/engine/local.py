@@ -290,7 +290,9 @@ class LocalEngine:
     def run(self, execution_input: dict[str, Any], name: str | None = None,
             poll: float = 0.05) -> Execution:
         """Start an execution on ``execution_input`` and wait for it to end (``poll``: seconds
-        between status checks if moto's end of an execution cannot be signalled)."""
+        between status checks if moto's end of an execution cannot be signalled). An engine
+        aborted (:meth:`abort`: a stop, or an execution past its TimeoutSeconds) runs no more
+        executions: each ends ABORTED; make a new one."""
         name = name or f"run-{os.urandom(6).hex()}"
         stopping.clear()  # (a run stopped before, in this process)
         with self._watching():
