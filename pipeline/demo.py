@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -41,8 +42,12 @@ def prepare_demo(folder: str) -> str:
                 os.link(tmp, sample)  # published only if no other demo's is there
             except FileExistsError:
                 pass
+            except OSError:  # a file system without hard links
+                if not os.path.exists(sample):
+                    os.replace(tmp, sample)
         finally:
-            os.remove(tmp)
+            with contextlib.suppress(FileNotFoundError):  # (replaced into place)
+                os.remove(tmp)
     manifest = os.path.join(folder, "manifest.json")
     tmp = _temporary(manifest)
     with open(tmp, "w") as f:

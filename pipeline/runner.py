@@ -142,8 +142,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                     peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
             interrupted = stop.signal if stop is not None else None
             doc = None
+            written = True  # the report at report_url is this run's
             if execution.status == "SUCCEEDED":
-                doc = _own_report(report_url, work, run_id)
+                doc, written = _own_report(report_url, work, run_id)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
                 doc = _report_interrupted(
                     work, f"the run was stopped ({signal_name(interrupted)})")
@@ -154,11 +155,13 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         if doc is None:
             record = failure_record({"Error": execution.error, "Cause": execution.cause})
             error = f"{record['type']}: {record['message']}"
+        # (none beside another run's report: it is that run's place)
         sheet = (_write_contact_sheet(doc, work, report_url)
-                 if contact_sheet and doc and interrupted is None else None)
+                 if contact_sheet and doc and written and interrupted is None else None)
         return RunResult(run_id, execution.status, doc, report_url, work,
                          time.time() - started, error, peaks, sheet, interrupted,
-                         _remove_stale(report_url, run_id, doc is not None, sheet is not None))
+                         _remove_stale(report_url, run_id, doc is not None,
+                                       sheet is not None or not written))
     except EngineError as exc:
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
                          str(exc), removed=_remove_stale(report_url, run_id, False, False))
@@ -216,20 +219,22 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _own_report(report_url: str, work: str, run_id: str) -> dict[str, Any]:
+def _own_report(report_url: str, work: str, run_id: str) -> tuple[dict[str, Any], bool]:
     """This run's report, as its Report step wrote it, for the summary, the exit code and
-    the contact sheet. Another run given the same report path (two runs of one manifest at
-    once) may have written over it since: then this run's is made again from its work
-    location (not written: the file is the other run's now), with a warning."""
+    the contact sheet, and whether the file at ``report_url`` is it. Another run given the
+    same report path (two runs of one manifest at once) may have written over it since:
+    then this run's is made again from its work location (not written: the file is the
+    other run's now, and so is the contact sheet beside it), with a warning."""
     doc: dict[str, Any] = storage.read_json(report_url)
     if doc.get("run_id") == run_id:
-        return doc
+        return doc, True
     from pipeline.steps.report import run_report
 
     log.warning("%s holds the report of run %s, which wrote it after this run's: two runs "
-                "were given that report path at once; this run's summary follows (give each "
-                "run its own --report to keep both)", report_url, doc.get("run_id"))
-    return run_report(ReportEvent(layout.run_file(work)))[0]
+                "were given that report path at once; this run's summary follows, without a "
+                "contact sheet (give each run its own --report to keep both)", report_url,
+                doc.get("run_id"))
+    return run_report(ReportEvent(layout.run_file(work)))[0], False
 
 
 def _report_interrupted(work: str, stopped: str) -> dict[str, Any] | None:

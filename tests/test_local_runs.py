@@ -299,8 +299,8 @@ def test_a_run_sums_up_its_own_report_when_another_run_wrote_over_it(
     shared = tmp_path / "shared.report.json"
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "good.tif"}]}))
-    other = runner.run_local(str(good), 1, report=str(shared))
-    assert other.ok
+    other = runner.run_local(str(good), 1, report=str(shared), contact_sheet=True)
+    assert other.ok and other.contact_sheet is not None
     others_report = shared.read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "b.tif"},
@@ -321,6 +321,8 @@ def test_a_run_sums_up_its_own_report_when_another_run_wrote_over_it(
                                                            str(tmp_path / "missing.tif")]
     assert json.loads(shared.read_text())["run_id"] == other.run_id  # the file is the other's
     assert f"holds the report of run {other.run_id}" in caplog.text
+    # and so is the contact sheet beside it: this run's is not drawn there, the other's stays
+    assert result.contact_sheet is None and (tmp_path / "shared.report.contact.png").exists()
 
 
 def test_a_killed_runs_work_stays_taken_while_its_leftovers_are_removed(
