@@ -35,6 +35,7 @@ import tifffile
 from pipeline import cli
 from pipeline.adapters import segments, storage
 from pipeline.adapters.segments import SegmentWriter, compose, read_range
+from pipeline.core import plan as plan_module
 from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_units
@@ -60,7 +61,7 @@ def merged_by_tifffile(plan: JobPlan, path: Path) -> bytes:
         mp.setattr(merge_mod, "UNIT_LEVELS", False)
         mp.setattr(tile_table, "Placeholder",
                    lambda span: read_range(span.source, span.start, span.size))
-        with tifffile.TiffWriter(path, bigtiff=merge_mod.bigtiff(plan),
+        with tifffile.TiffWriter(path, bigtiff=plan_module.bigtiff_output(plan),
                                  ome=plan.spec.output_options.ome) as writer:
             for i, page in enumerate(plan.pages):
                 merge_mod._write_page(writer, plan, i, page)
@@ -146,7 +147,7 @@ def test_local_output_is_the_tifffile_merge_byte_for_byte(local, job):
 
 def test_bigtiff_layout_is_the_tifffile_merge(local, monkeypatch, tmp_path):
     """Above 2 GiB of raw pixels the output is a BigTIFF (forced here by lowering the bound)."""
-    monkeypatch.setattr(merge_mod, "BIGTIFF_ABOVE", 0)
+    monkeypatch.setattr(plan_module, "BIGTIFF_ABOVE", 0)
     plan = _plan(local["work"], list(LOCAL_JOBS).index("pyramid"))
     out = tmp_path / "big.tif"
     compose(merge_mod.output_pieces(plan), str(out))

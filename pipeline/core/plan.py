@@ -30,6 +30,8 @@ SINGLE_TASK_PIXELS = 16 * 1000 * 1000
 #: ... and keeps its segment in memory when its output is at most this many bytes
 #: uncompressed (:func:`held_output`; its encoded tiles are about as large at most)
 HELD_OUTPUT_BYTES = 64 * 1024 * 1024
+#: classic TIFF offsets are 32-bit: above this many raw bytes, the output is a BigTIFF
+BIGTIFF_ABOVE = 2**31
 #: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
 MAX_ITEMS = 10_000
 #: a page with fewer processing tiles than this is cut finer (:func:`page_tile`), so that its
@@ -189,6 +191,14 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     step = math.lcm(out_tile, layout.align)
     tile = -(-side // step) * step
     return tile if tile <= TILE_RANGE[1] else 0
+
+
+def bigtiff_output(plan: JobPlan) -> bool:
+    """True when the output may pass classic TIFF's 32-bit offsets (by its raw size)."""
+    raw = raw_output_bytes(plan)
+    if plan.spec.output_options.pyramid:
+        raw = raw * 4 // 3  # the levels add up to a third of the base pages
+    return raw > BIGTIFF_ABOVE
 
 
 def page_tile(tile: int, out_tile: int, layout: ChainLayout, halo: int, info: PageInfo

@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.core.plan import held_output, single_task
+from pipeline.core.plan import bigtiff_output, held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
@@ -243,10 +243,9 @@ def header_bytes(plan: JobPlan) -> float:
     from pipeline.adapters.metadata import output_tags
     from pipeline.adapters.tile_codec import OutputEncoder
     from pipeline.core.ops import OPS
-    from pipeline.steps.merge import bigtiff
 
     opts = plan.spec.output_options
-    t, big = opts.tile, bigtiff(plan)
+    t, big = opts.tile, bigtiff_output(plan)
     nodata = all(OPS[op["op"]].keeps_values for op in plan.spec.ops)
     seen: dict[str, float] = {}
     total = 16.0 if big else 8.0

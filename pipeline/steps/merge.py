@@ -44,7 +44,7 @@ from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import OPS
-from pipeline.core.plan import raw_output_bytes
+from pipeline.core.plan import bigtiff_output
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError
 from pipeline.steps import held_work, layout, stopping
@@ -59,8 +59,6 @@ from pipeline.steps.tile_table import TileTable
 
 #: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
 UNIT_LEVELS = True
-#: classic TIFF offsets are 32-bit: above this many raw bytes, write a BigTIFF
-BIGTIFF_ABOVE = 2**31
 
 
 def merge(event: MergeEvent) -> dict[str, Any]:
@@ -112,21 +110,13 @@ def publisher(plan: JobPlan) -> str:
     return hashlib.sha256(plan.work.encode()).hexdigest()[:32]
 
 
-def bigtiff(plan: JobPlan) -> bool:
-    """True when the output may pass classic TIFF's 32-bit offsets (by its raw size)."""
-    raw = raw_output_bytes(plan)
-    if plan.spec.output_options.pyramid:
-        raw = raw * 4 // 3  # the levels add up to a third of the base pages
-    return raw > BIGTIFF_ABOVE
-
-
 def output_pieces(plan: JobPlan) -> list[Piece]:
     """Every byte of the job's output in order: tifffile's header, IFDs and tag values
     (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
     recorder = LayoutRecorder()
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
-    with tifffile.TiffWriter(recorder, bigtiff=bigtiff(plan),
+    with tifffile.TiffWriter(recorder, bigtiff=bigtiff_output(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
             for j, table in enumerate(_write_page(writer, plan, i, page)):
