@@ -11,7 +11,9 @@ tree: the median wall of the runs, their fastest, and the median wall of each ac
 (``plan_job``, ``process_unit``, ``merge`` ...: summed over its invocations in a run), and
 the median peak RSS of the run's largest process (the engine's or a worker's).
 Both trees need their bytecode compiled if ``PYTHONDONTWRITEBYTECODE`` is set (the sweep
-does it; ``python -m compileall -q TREE/pipeline``), or each run compiles the package.
+does it; ``python -m compileall -q -f TREE/pipeline``: forced, since compileall keeps bytecode
+whose source has the same mtime while Python also checks the size, and a file edited twice in
+one second is then compiled again at every import), or each run compiles the package.
 """
 
 from __future__ import annotations

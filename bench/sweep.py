@@ -308,10 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     args.dir = os.path.abspath(args.dir)
     os.makedirs(os.path.join(args.dir, "out"), exist_ok=True)
     # as installed (pip compiles a package's bytecode): with PYTHONDONTWRITEBYTECODE set, a
-    # checkout's modules would be compiled again on every run (~35 ms of a tiny page's run)
+    # checkout's modules would be compiled again on every run (~35 ms of a tiny page's run).
+    # Forced: compileall skips a file whose bytecode has its source's mtime, but Python also
+    # checks the size, so a file edited twice in one second (a git stash and pop) was
+    # compiled again at every import (2-3 ms a run, seen here)
     for tree in (ROOT, args.before):
         if tree:
-            compileall.compile_dir(os.path.join(tree, "pipeline"), quiet=1)
+            compileall.compile_dir(os.path.join(tree, "pipeline"), quiet=1, force=True)
     doc: dict[str, Any] = {"format": "tiffpipe-sweep/1", "machine": machine(),
                            "settings": {k: v for k, v in vars(args).items()}, "cases": []}
     started = time.time()
