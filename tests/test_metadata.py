@@ -391,6 +391,34 @@ def test_an_imagej_files_unit_is_carried(tmp_path, unit, resolution, resolutionu
     assert kwargs["resolutionunit"] == resolutionunit
 
 
+def test_an_ome_tiffs_pixel_size_is_carried(tmp_path):
+    """tifffile writes an OME-TIFF's pixel size in its OME-XML only (XResolution 1/1, unit
+    NONE); the OME-XML describes the input's layout and is dropped, and the pixel size went
+    with it: each page gets its Image's PhysicalSizeX/Y as pixels per centimetre (a plane
+    of a CYX image too; Y missing: X's), which an OME output gives back in micrometres."""
+    path = tmp_path / "in.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tw:
+        tw.write(pattern(40, 50, 3, "uint8", 0).transpose(2, 0, 1),
+                 metadata={"axes": "CYX", "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.5})
+        tw.write(pattern(20, 30, 1, "uint16", 1),
+                 metadata={"PhysicalSizeX": 2.0, "PhysicalSizeXUnit": "mm"})
+    infos = read_infos(str(path), None)
+    assert len(infos) == 4
+    for info, (x, y) in zip(infos, [(0.325e-4, 0.5e-4)] * 3 + [(0.2, 0.2)], strict=True):
+        (xn, xd), (yn, yd) = info.metadata["resolution"]
+        assert info.metadata["resolutionunit"] == RESUNIT_CM
+        assert Fraction(xd, xn) == Fraction(str(x)) and Fraction(yd, yn) == Fraction(str(y))
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": str(path), "output": str(tmp_path / "out.ome.tif"), "pages": [0, 3],
+        "output_options": {"ome": True}}]}))
+    assert cli.main(["run", str(manifest), "--quiet", "--no-contact-sheet"]) == 0
+    with tifffile.TiffFile(tmp_path / "out.ome.tif") as tf:
+        images = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+    sizes = [(i["Pixels"]["PhysicalSizeX"], i["Pixels"]["PhysicalSizeY"]) for i in images]
+    assert sizes == [pytest.approx((0.325, 0.5)), pytest.approx((2000.0, 2000.0))]
+
+
 def _info(path: Path, **kw: Any) -> PageInfo:
     (info,) = read_infos(str(path), [0], **kw)
     return info

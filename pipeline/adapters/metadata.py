@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import binascii
 import struct
+import weakref
 from fractions import Fraction
 from typing import Any
 
@@ -134,8 +135,10 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             out["resolution"] = [[xn, xd], [yn, yd]]
             unit = tags.valueof(296)
             out["resolutionunit"] = int(unit) if unit is not None else 2  # TIFF default: inch
-            if out["resolutionunit"] == 1:  # none: an ImageJ file's unit is in its description
-                _imagej_unit(out, page.description)
+            if out["resolutionunit"] == 1:  # none: an ImageJ or OME file's unit is in its
+                _imagej_unit(out, page.description)  # description, which is dropped
+                if out["resolutionunit"] == 1:
+                    _ome_pixel_size(out, page)
     subfiletype = tags.valueof(254)
     if subfiletype:  # every bit but the mask's (an output page is never a 1-bit mask)
         out["subfiletype"] = int(subfiletype) & ~0b100 & 0xFFFFFFFF
@@ -166,9 +169,10 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
     return out
 
 
-#: centimetres per length unit of an ImageJ description's ``unit=``
-_IMAGEJ_UNITS = {"micron": Fraction(1, 10**4), "microns": Fraction(1, 10**4),
+#: centimetres per length unit (an ImageJ description's ``unit=``, an OME PhysicalSizeXUnit)
+_LENGTH_UNITS = {"micron": Fraction(1, 10**4), "microns": Fraction(1, 10**4),
                  "um": Fraction(1, 10**4), "\u00b5m": Fraction(1, 10**4),
+                 "\u03bcm": Fraction(1, 10**4),
                  "\\u00b5m": Fraction(1, 10**4), "nm": Fraction(1, 10**7),
                  "mm": Fraction(1, 10), "cm": Fraction(1), "m": Fraction(100),
                  "meter": Fraction(100)}
@@ -186,7 +190,7 @@ def _imagej_unit(out: dict[str, Any], description: str) -> None:
     if unit in ("inch", "in"):  # TIFF's own unit
         out["resolutionunit"] = 2
         return
-    per = _IMAGEJ_UNITS.get(unit)
+    per = _LENGTH_UNITS.get(unit)
     if per is None:
         return
     (xn, xd), (yn, yd) = out["resolution"]
@@ -194,6 +198,65 @@ def _imagej_unit(out: dict[str, Any], description: str) -> None:
     if all(v.numerator < 2**32 and v.denominator < 2**32 for v in (x, y)):
         out["resolution"] = [[x.numerator, x.denominator], [y.numerator, y.denominator]]
         out["resolutionunit"] = 3
+
+
+#: the pixel size (cm along x, y) of each IFD of an open OME-TIFF, read once a file
+_ome_sizes: weakref.WeakKeyDictionary[Any, dict[int, tuple[Fraction, Fraction]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _ome_pixel_size(out: dict[str, Any], page: tifffile.TiffPage) -> None:
+    """An OME-TIFF page's resolution from its Image's PhysicalSizeX/Y (in pixels per
+    centimetre): tifffile writes XResolution 1/1 with ResolutionUnit NONE and the sizes in
+    the OME-XML, which is dropped (it describes the input's layout)."""
+    tf = page.parent
+    if not getattr(tf, "is_ome", False):
+        return
+    sizes = _ome_sizes.get(tf)
+    if sizes is None:
+        try:
+            sizes = _ome_ifd_sizes(tifffile.xml2dict(tf.ome_metadata or ""))
+        except Exception:  # noqa: BLE001 - damaged OME-XML: no pixel size, as before
+            sizes = {}
+        _ome_sizes[tf] = sizes
+    size = sizes.get(int(page.index))
+    if size is None:
+        return
+    x, y = (1 / v for v in size)
+    if all(v.numerator < 2**32 and v.denominator < 2**32 for v in (x, y)):
+        out["resolution"] = [[x.numerator, x.denominator], [y.numerator, y.denominator]]
+        out["resolutionunit"] = 3
+
+
+def _ome_ifd_sizes(doc: dict[str, Any]) -> dict[int, tuple[Fraction, Fraction]]:
+    """IFD -> (x, y) pixel size in cm, for the planes (TiffData) of each OME Image whose
+    Pixels give a PhysicalSizeX (Y: X's when missing) in a length unit."""
+    def listed(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else [] if value is None else [value]
+
+    sizes: dict[int, tuple[Fraction, Fraction]] = {}
+    for image in listed(doc.get("OME", {}).get("Image")):
+        pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
+        cm = []
+        for axis in "XY":
+            if f"PhysicalSize{axis}" not in pixels:
+                axis = "X"  # (Y missing: square pixels)
+            value = pixels.get(f"PhysicalSize{axis}")
+            unit = str(pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m")).lower()
+            per = _LENGTH_UNITS.get(unit)
+            if value is None or per is None or float(value) <= 0:
+                break
+            cm.append(Fraction(str(value)) * per)
+        if len(cm) != 2:
+            continue
+        planes = int(pixels.get("SizeC", 1)) * int(pixels.get("SizeZ", 1)) * \
+            int(pixels.get("SizeT", 1))
+        for data in listed(pixels.get("TiffData")) or [{}]:
+            ifd = int(data.get("IFD", 0))
+            count = int(data.get("PlaneCount", 1 if "IFD" in data else planes))
+            for k in range(ifd, ifd + count):
+                sizes[k] = (cm[0], cm[1])
+    return sizes
 
 
 def icc_space(profile: bytes) -> str:
