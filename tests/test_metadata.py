@@ -133,6 +133,10 @@ JOBS: dict[str, dict[str, Any]] = {
     "tiny_jpeg": {"input": "tiny.tif", "tile": 512,
                   "output_options": {"compression": "jpeg", "tile": 512}},
     "tiny_tiled": {"input": "tiny.tif"},  # an output tile of 32: libvips reads it
+    # 150 x 173 downsampled by 2: 75 x 86, much smaller than the 512 tile too
+    "rgb_down_small": {"input": "rgb.tif", "pages": [0], "tile": 1024,
+                       "ops": [{"op": "downsample", "factor": 2}],
+                       "output_options": {"compression": "deflate", "tile": 512}},
 }
 
 
@@ -301,6 +305,9 @@ def test_an_aperio_description_is_dropped_when_the_size_changes(run):
     assert page.description == APERIO and macro.description.startswith("Aperio")
     (page, macro) = _pages(run["svs_downsample"]["output"])
     assert 270 not in page.tags and 270 not in macro.tags
+    # its macro stays a strip: OpenSlide's generic reader takes a tiled page marked reduced
+    # (the macro's NewSubfileType 9) for a level of the slide
+    assert page.is_tiled and not macro.is_tiled and int(macro.subfiletype) == 9
     assert _value(page, 282) == (10020, 1)  # the resolution is scaled instead
 
 
@@ -337,6 +344,13 @@ def test_a_page_much_smaller_than_the_output_tile_is_one_strip_libvips_reads(run
     if name == "tiny_blur":
         np.testing.assert_array_equal(page.asarray(),
                                       cv2.GaussianBlur(src.asarray(), (0, 0), SIGMA))
+    # after a downsample too (its output page is small): one strip, the op's pixels
+    (down,) = _pages(run["rgb_down_small"]["output"])
+    assert not down.is_tiled and down.shape == (75, 86, 3)
+    image = pyvips.Image.new_from_file(run["rgb_down_small"]["output"], fail=True)
+    front = _pages(run["rgb_down_small"]["input"])[0].asarray()
+    want = cv2.resize(front[:150, :172], (86, 75), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(image.numpy(), want)
     (tiled,) = _pages(run["tiny_tiled"]["output"])
     assert tiled.is_tiled and tiled.tilewidth == 32
     np.testing.assert_array_equal(tiled.asarray(), src.asarray())

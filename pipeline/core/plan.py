@@ -169,26 +169,28 @@ def raw_output_bytes(plan: JobPlan) -> int:
 
 def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     """The processing tile that holds the whole page when its output is written as ONE strip
-    (0: in tiles). Two kinds of pages, where the op chain keeps the size:
+    (0: in tiles). Two kinds of pages:
 
-    - a page much smaller than one output tile (a 100 x 120 page in a 512 x 512 tile), whose
-      tile libvips refuses ("tile size out of range": it reads a tile up to twice the page's
-      longest side rounded up to a multiple of 256, as measured with pyvips-binary 8.18);
+    - an output page much smaller than one output tile (a 100 x 120 page in a 512 x 512
+      tile, or a 200 x 200 page downsampled by 2), whose tile libvips refuses ("tile size
+      out of range": it reads a tile up to twice the page's longest side rounded up to a
+      multiple of 256, as measured with pyvips-binary 8.18);
     - an image an Aperio SVS file stores in strips (its thumbnail, label and macro images;
       each page's own description starts with "Aperio"), of at most
       :data:`STRIP_PAGE_PIXELS`: OpenSlide tells a slide's levels from these images by their
       layout (tiled: a level), as Aperio's format says; written in tiles, the output was not
-      a slide OpenSlide would open.
+      a slide OpenSlide would open (and downsampled, its generic reader took the label and
+      macro, tiled and marked reduced, for levels).
     """
-    if layout.factor != 1:
-        return 0
     side = max(info.height, info.width)
-    if -(-2 * side // 256) * 256 < out_tile:
-        return out_tile  # (a processing tile is a multiple of the output tile: one already)
+    if -(-2 * (side // layout.factor) // 256) * 256 < out_tile:
+        # (a processing tile is a multiple of the output tile times the factor: it holds
+        # the page already)
+        return out_tile * layout.factor
     if (info.tiled or not info.metadata.get("aperio")
             or info.height * info.width > STRIP_PAGE_PIXELS):
         return 0
-    step = math.lcm(out_tile, layout.align)
+    step = math.lcm(out_tile * layout.factor, layout.align)
     tile = -(-side // step) * step
     return tile if tile <= TILE_RANGE[1] else 0
 
