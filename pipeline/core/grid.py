@@ -135,7 +135,7 @@ class Batch:
 
 
 def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
-                cache_budget: int, unit_pixels: int) -> list[SplitUnit]:
+                cache_budget: int, unit_pixels: int, segment_cols: int = 0) -> list[SplitUnit]:
     """Cut a page into split units: bands of whole tile rows, cut into column chunks when needed.
 
     A unit sweeps its band downwards, holding at most about ``tile + 2 * halo + segment_rows``
@@ -145,27 +145,34 @@ def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: i
     (a strip spans the page): the price of bounded memory on very wide stripped pages. A band
     holds about ``unit_pixels`` core pixels, which bounds an invocation's time; band heights
     are multiples of the input's segment rows where possible, so that neighbouring units
-    share few segments (only the halo's).
+    share few segments (only the halo's), and chunk widths multiples of its tiles' width
+    (``segment_cols``; 0: strips, which span the page) for the same reason.
     """
-    rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels)
+    rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
+                             segment_cols)
     return [SplitUnit(page, r, min(r + rows, grid.rows), c, min(c + cols, grid.cols))
             for r in range(0, grid.rows, rows) for c in range(0, grid.cols, cols)]
 
 
 def split_unit_count(grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
-                     cache_budget: int, unit_pixels: int) -> int:
+                     cache_budget: int, unit_pixels: int, segment_cols: int = 0) -> int:
     """How many units :func:`split_units` cuts the page into, without making them (a page
     whose header claims billions of tiles is refused without a list of them)."""
-    rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels)
+    rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
+                             segment_cols)
     return -(-grid.rows // rows) * -(-grid.cols // cols)
 
 
 def _unit_tiles(grid: PageGrid, bytes_per_pixel: int, segment_rows: int, cache_budget: int,
-                unit_pixels: int) -> tuple[int, int]:
+                unit_pixels: int, segment_cols: int = 0) -> tuple[int, int]:
     """(tile rows, tile columns) of a split unit of the page (see :func:`split_units`)."""
     rows_held = grid.tile + 2 * grid.halo + segment_rows
     per_col = rows_held * (grid.tile + 2 * grid.halo) * bytes_per_pixel
     cols = min(grid.cols, max(1, cache_budget // per_col))
+    if segment_cols > grid.tile and segment_cols % grid.tile == 0 and cols < grid.cols:
+        per_segment = segment_cols // grid.tile  # input tiles wider than a processing tile
+        if cols >= per_segment:
+            cols -= cols % per_segment
     chunk_width = min(cols * grid.tile, grid.width)
     rows = max(1, unit_pixels // (chunk_width * grid.tile))
     if segment_rows > grid.tile and segment_rows % grid.tile == 0:

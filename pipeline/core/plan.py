@@ -77,17 +77,19 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
     unit_pixels = FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS
+    # (an input tile's width: its height, as TIFF tiles mostly are; 0 for strips)
     cuts = [(page.grid, np.dtype(page.info.dtype).itemsize * page.info.channels,
-             page.info.segment_rows, cache_budget(page.info)) for page in pages]
+             page.info.segment_rows, cache_budget(page.info),
+             page.info.segment_rows if page.info.tiled else 0) for page in pages]
     # counted before any list is made: a header may claim billions of tiles (the batches
     # grow to fit MAX_ITEMS: process_batches)
-    count = sum(split_unit_count(grid, bpp, rows, budget, unit_pixels)
-                for grid, bpp, rows, budget in cuts)
+    count = sum(split_unit_count(grid, bpp, rows, budget, unit_pixels, seg_cols)
+                for grid, bpp, rows, budget, seg_cols in cuts)
     units: list[SplitUnit] = []
     work_batches: list[Batch] = []
     if count <= MAX_ITEMS:
-        for i, (grid, bpp, rows, budget) in enumerate(cuts):
-            units += split_units(i, grid, bpp, rows, budget, unit_pixels)
+        for i, (grid, bpp, rows, budget, seg_cols) in enumerate(cuts):
+            units += split_units(i, grid, bpp, rows, budget, unit_pixels, seg_cols)
         work_batches = [] if fused else process_batches(pages)
     items = max(count, len(work_batches))
     if items > MAX_ITEMS:
@@ -102,15 +104,19 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
 
 def cache_budget(info: PageInfo) -> int:
     """The decoded rows a unit of the page may hold (bytes): :data:`SPLIT_CACHE_BUDGET`, or
-    for compressed strips twice a strip. A compressed strip spans the page and is decoded
+    twice a segment (a compressed strip, or a tile) where that is more. A compressed strip
+    spans the page and is decoded
     whole by every unit that needs a row of it, so cutting a band into column chunks to
     hold fewer rows multiplied its decodes without lowering the peak, which the decode of a
-    whole strip sets: a page in one deflate strip of 400 MB was decoded by each of 20 units
-    (uncompressed strips are read by rows; tiles by the chunks that need them)."""
-    if info.tiled or info.compression == "none":
+    whole strip sets: a page in one deflate strip of 400 MB was decoded by each of 20 units.
+    So for tiles, twice a tile: a tile is decoded whole too, by each chunk that needs
+    it (a 16384 px page in 8192 px tiles: 36 decodes of its 4 tiles). Uncompressed strips
+    are read by rows."""
+    if info.compression == "none" and not info.tiled:
         return SPLIT_CACHE_BUDGET
-    strip = info.segment_rows * info.width * info.channels * np.dtype(info.dtype).itemsize
-    return max(SPLIT_CACHE_BUDGET, 2 * strip)
+    width = info.segment_rows if info.tiled else info.width  # (tiles: square, as a rule)
+    segment = info.segment_rows * width * info.channels * np.dtype(info.dtype).itemsize
+    return max(SPLIT_CACHE_BUDGET, 2 * segment)
 
 
 def grouped_by_page(problems: list[str]) -> list[str]:
