@@ -277,6 +277,12 @@ OPS: dict[str, Op] = {op.name: op for op in (
                                          "away and not at where the tile lies"),
 )}
 
+def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
+    """Whether every op of a chain (its JSON) keeps values (:attr:`Op.keeps_values`): an
+    input's no-data value still marks the pixels without data in its output."""
+    return all(OPS[op["op"]].keeps_values for op in ops)
+
+
 #: ops whose result depends on whole-page statistics: each needs a statistics round
 GLOBAL_KINDS = ("stats", "canny")
 

@@ -12,6 +12,7 @@ import numpy as np
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
+from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import bigtiff_output, held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
@@ -233,38 +234,63 @@ def _ifd_bytes(big: bool, shape: tuple[int, ...], dtype: str, tile: int,
     return sum(p.size for p in recorder.pieces() if isinstance(p, Literal)) - (16 if big else 8)
 
 
+def _sizes(value: Any) -> Any:
+    """What of a tag value decides its bytes in an IFD: the length of text and bytes (a
+    DateTime or a description of the same length takes as many), the rest as it is."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return tuple(_sizes(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _sizes(v)) for k, v in value.items()))
+    return getattr(value, "shape", value)  # (a colormap: its shape)
+
+
+#: the IFD bytes of a page of 1, 2 or 1026 tiles by what decides them (a batch's pages
+#: share them)
+_ifd_cache: dict[Any, int] = {}
+
+
 def header_bytes(plan: JobPlan) -> float:
     """The bytes of the output's IFDs and tag values (and the file's header): what merge
-    writes around the tiles, a few hundred bytes a page plus 8 (12 in a BigTIFF) a tile,
-    more with the input's carried tags (an ICC profile, a description). Computed as merge
-    computes them: ``tifffile.TiffWriter`` over a :class:`LayoutRecorder` with placeholder
-    tiles, each base page once per distinct shape and tags (pyramid levels and OME-XML
-    aside); a page of more than 4,096 tiles from pages of 1,024 and 2,048 tiles."""
+    writes around the tiles, a few hundred bytes a page plus two values a tile (its offset
+    and byte count), more with the input's carried tags (an ICC profile, a
+    description). Computed as merge computes them: ``tifffile.TiffWriter`` over a
+    :class:`LayoutRecorder` with placeholder tiles, for a page of one tile or two (its
+    TileOffsets and TileByteCounts then outside the IFD) and of 1,026, once per kind of
+    page and length of its tag values (not once per page: a batch of scans of as many
+    sizes took as long as reading their headers), the tile arrays then grown to the page's
+    tiles in between (pyramid levels and OME-XML aside)."""
     from pipeline.adapters.metadata import output_tags
     from pipeline.adapters.tile_codec import OutputEncoder
-    from pipeline.core.ops import OPS
 
     opts = plan.spec.output_options
     t, big = opts.tile, bigtiff_output(plan)
-    nodata = all(OPS[op["op"]].keeps_values for op in plan.spec.ops)
-    seen: dict[str, float] = {}
+    nodata = chain_keeps_values(plan.spec.ops)
     total = 16.0 if big else 8.0
     for page in plan.pages:
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
         tags = output_tags(page.info, h, w, ch, nodata, page.factor)
-        key = repr((h, w, ch, page.info.dtype, sorted(tags.items(), key=lambda kv: kv[0])))
-        if key not in seen:
-            kwargs = {**OutputEncoder(opts, page.info.dtype, ch).writer_kwargs(), **tags}
-            bands = (ch,) if ch > 1 else ()
-            tiles = math.ceil(h / t) * math.ceil(w / t)
-            if tiles <= 4096:
-                seen[key] = _ifd_bytes(big, (h, w, *bands), page.info.dtype, t, kwargs)
-            else:  # the TileOffsets and TileByteCounts arrays grow by a value a tile each
-                one, two = (_ifd_bytes(big, (t, n * t, *bands), page.info.dtype, t, kwargs)
-                            for n in (1024, 2048))  # (their values, not their alignment)
-                seen[key] = one + (tiles - 1024) * (two - one) / 1024
-        total += seen[key]
+        rows, cols = page.out_tiles(t)
+        tiles = rows * cols
+        kwargs = {**OutputEncoder(opts, page.info.dtype, ch).writer_kwargs(), **tags}
+        bands = (ch,) if ch > 1 else ()
+        # (one tile: a column short of it, else tifffile takes the page for one raw tile and
+        # wants its bytes)
+        sizes = [_page_ifd_bytes(big, (t, n * t - (n == 1), *bands), page.info.dtype, t, kwargs)
+                 for n in ((tiles,) if tiles <= 2 else (2, 1026))]
+        # past two tiles, the TileOffsets and TileByteCounts arrays grow by a value each
+        total += sizes[0] + (sizes[-1] - sizes[0]) * (tiles - 2) / 1024
     return total
+
+
+def _page_ifd_bytes(big: bool, shape: tuple[int, ...], dtype: str, tile: int,
+                    kwargs: dict[str, Any]) -> int:
+    """:func:`_ifd_bytes`, once per shape and what decides the tags' bytes."""
+    key = (big, shape, dtype, tile, _sizes(kwargs))
+    if key not in _ifd_cache:
+        _ifd_cache[key] = _ifd_bytes(big, shape, dtype, tile, kwargs)
+    return _ifd_cache[key]
 
 
 def _size_notes(notes: set[str], i: int, plan: JobPlan) -> None:

@@ -43,7 +43,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.ops import OPS
+from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import bigtiff_output
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError
@@ -160,8 +160,8 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     height, width = page.out_grid.height, page.out_grid.width
     shape = (height, width) + ((channels,) if channels > 1 else ())
     # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
-    nodata = all(OPS[op["op"]].keeps_values for op in plan.spec.ops)
-    tags = output_tags(page.info, height, width, channels, nodata, page.factor)
+    tags = output_tags(page.info, height, width, channels, chain_keeps_values(plan.spec.ops),
+                       page.factor)
     if options.ome:
         tags = _ome_tags(tags, page)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
