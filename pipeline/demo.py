@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 
+from pipeline.adapters import storage
 from pipeline.sample import SamplePage, write_sample
 
 SAMPLE_PAGES = [SamplePage(3000, 4000, 3, "uint8"), SamplePage(2500, 2500, 1, "uint16"),
@@ -35,7 +36,7 @@ def prepare_demo(folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     sample = os.path.join(folder, "sample.tif")
     if not os.path.exists(sample):
-        tmp = _temporary(sample)
+        tmp = storage.temp_output_path(sample)
         try:
             write_sample(tmp, SAMPLE_PAGES, tile=512, compression="zstd")
             try:
@@ -49,13 +50,9 @@ def prepare_demo(folder: str) -> str:
             with contextlib.suppress(FileNotFoundError):  # (replaced into place)
                 os.remove(tmp)
     manifest = os.path.join(folder, "manifest.json")
-    tmp = _temporary(manifest)
+    tmp = storage.temp_output_path(manifest)
     with open(tmp, "w") as f:
         json.dump(DEMO_MANIFEST, f, indent=2)
     os.replace(tmp, manifest)
     return manifest
 
-
-def _temporary(path: str) -> str:
-    head, name = os.path.split(path)
-    return os.path.join(head, f".{name}.{os.getpid()}-{os.urandom(3).hex()}.tmp")
