@@ -41,8 +41,8 @@ FUNCTION_OF = {"plan_run": "split", "plan_job": "process", "split": "split",
                "cold_split": "split", "cold_process": "process", "cold_merge": "merge"}
 #: ops whose output compresses very differently from the calibration's content (the bench
 #: image after gaussian_blur sigma 2), as measured against real runs: near-binary outputs
-#: far better (the output size over: canny 12.8x), stretched contrast or sharpened edges
-#: worse (under: about 2x); no factor is applied, only noted
+#: far better (the output size over, many times for canny), stretched contrast or sharpened
+#: edges worse (under); no factor is applied, only noted
 SMALLER_OUTPUT = ("threshold", "otsu_threshold", "canny")
 LARGER_OUTPUT = ("equalize_hist", "unsharp_mask", "normalize")
 STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "process_unit",
@@ -305,10 +305,10 @@ def _size_notes(notes: set[str], i: int, plan: JobPlan) -> None:
     if last is None:
         return
     direction = ("near-binary output compresses far better: the output size and its S3 "
-                 "costs are likely overestimated (canny's 12.8x in one measurement)"
+                 "costs are likely overestimated, many times over for canny"
                  if last in SMALLER_OUTPUT else
                  "its output compresses worse: the output size and its S3 costs are likely "
-                 "underestimated (about 2x in measurements)")
+                 "underestimated")
     notes.add(f"jobs[{i}] ({plan.spec.input}): the {comp} output size after {last} is not "
               f"calibrated (costed as the benchmark's blurred content); {direction}")
 
