@@ -596,7 +596,7 @@ class PageReader:
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
         #: the page's columns [x0, x1) every read lies in (a unit's, with its halo): a
         #: decoded segment is cached cut to them (a strip spans the page: a unit of a few
-        #: columns of a 300,000 px wide page held whole strips, 759 MB, not its columns)
+        #: columns of a 300,000 px wide page held whole strips: docs/pipeline.md, ProcessUnits)
         self.columns = columns
         check_dimensions(page, self.where)
         self.decoder = decoder
