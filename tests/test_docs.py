@@ -1,11 +1,16 @@
 """The user documentation stays navigable and complete: README.md and docs/*.md link only to
-files (and headings) that exist, and docs/errors.md names every error class of the code."""
+files (and headings) that exist, docs/errors.md names every error class of the code, and the
+pages' excerpts of `tiffpipe estimate` output are what the command prints."""
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,3 +142,41 @@ def test_a_scripts_help_describes_it_in_whole_sentences(script: Path):
     help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                                text=True, check=True, cwd=ROOT).stdout
     assert first in " ".join(help_text.split()), help_text
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("page, manifest, args", [
+    ("estimate.md", None, ["bench/batch-100gpx.json", "--assume-pages", "100000x100000x3"]),
+    ("s3-merge.md", {"jobs": [{"input": "missing.tif", "output": "o.tif"},
+                              {"input": "missing.tif", "output": "j.tif",
+                               "output_options": {"compression": "jpeg"}}]},
+     ["est.json", "--assume-pages", "316228x316228x3"]),
+])
+def test_estimate_excerpts_are_what_the_command_prints(page: str, manifest: Any, args: list[str],
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's excerpt of ``tiffpipe estimate`` output (the fenced block with its command) is
+    what the command prints today with the shipped calibration: every output line of the
+    block, wrapped or not, is in the output."""
+    from pipeline import cli
+
+    command = "$ tiffpipe estimate " + " ".join(args)
+    block = next(m.group(0) for m in _FENCE.finditer((ROOT / "docs" / page).read_text("utf-8"))
+                 if command in m.group(0)).splitlines()[:-1]
+    shown = [line for line in block[block.index(command) + 1:]
+             if line.strip() and not line.startswith("(the ")]
+    if manifest is not None:
+        (tmp_path / args[0]).write_text(json.dumps(manifest))
+        monkeypatch.chdir(tmp_path)
+    else:
+        args = [str(ROOT / args[0]), *args[1:]]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["estimate", *args]) == 0
+    printed = _words(out.getvalue())
+    assert len(shown) >= 3
+    for line in shown:
+        assert _words(line) in printed, f"docs/{page} shows a line the command no longer prints"
