@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-work", action="store_true", help="keep the work files")
     run.add_argument("--report", help="run report JSON (default: <manifest>.report.json next "
                                       "to the manifest)")
-    run.add_argument("--quiet", action="store_true", help="no progress and no summary")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress and no summary (warnings and errors still go to stderr)")
     run.add_argument("--no-contact-sheet", action="store_true",
                      help="do not write <report>.contact.png (input and output thumbnails)")
 
@@ -256,14 +257,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    interpreter=getattr(args, "interpreter", "auto"), stop=stop,
                                    definition_text=definition_text)
         except _StoppedChecking as exc:
-            return _stopped_before_running(report, exc.signum, args.quiet)
+            return _stopped_before_running(report, exc.signum)
         except OutputNotWritableError as exc:
             print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except WorkLocationError as exc:
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    _say_removed(result.removed, args.quiet)
+    _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
         print(f"tiffpipe: the run failed: {result.error}", file=sys.stderr)
         return EXIT_FAILED
@@ -306,19 +307,20 @@ class _StoppedChecking(BaseException):
         self.signum = signum
 
 
-def _stopped_before_running(report: str, signum: int, quiet: bool) -> int:
+def _stopped_before_running(report: str, signum: int) -> int:
     """``run`` stopped before its run started: what any stopped run does at its end (an
     earlier run's report and sheet at its paths removed), and the exit code of ``signum``."""
     from pipeline.runner import remove_earlier_report, signal_name
 
-    _say_removed(remove_earlier_report(report), quiet)
+    _say_removed(remove_earlier_report(report))
     print(f"tiffpipe: interrupted ({signal_name(signum)}) before any job started: no output "
           "and no report were written", file=sys.stderr)
     return 128 + signum
 
 
-def _say_removed(removed: list[str], quiet: bool) -> None:
-    for url in removed if not quiet else []:
+def _say_removed(removed: list[str]) -> None:
+    """A file of the user's that the run removed, said even with --quiet (as warnings are)."""
+    for url in removed:
         print(f"tiffpipe: removed {url}: an earlier run's, and this run wrote none",
               file=sys.stderr)
 

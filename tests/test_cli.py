@@ -636,8 +636,8 @@ def test_if_exists_holds_when_the_output_appears_while_the_job_runs(
 def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path, monkeypatch):
     """After a run, the report and contact sheet at its paths are its own or none: a run that
     fails before its report removes the last run's report (which said that run's jobs
-    succeeded) and sheet; a run without a sheet removes the last one's sheet. A file at the
-    report's path that is no run's report is not removed."""
+    succeeded) and sheet; a run without a sheet removes the last one's sheet, and says so even
+    with --quiet. A file at the report's path that is no run's report is not removed."""
     from pipeline import runner
 
     _inputs(tmp_path)
@@ -648,7 +648,7 @@ def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path,
     assert report.exists() and sheet.exists() and "removed" not in err.getvalue()
     first = json.loads(report.read_text())["run_id"]
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1",
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
                          "--no-contact-sheet"]) == 0
     assert json.loads(report.read_text())["run_id"] != first and not sheet.exists()
     assert f"tiffpipe: removed {sheet}: an earlier run's, and this run wrote none" in \
