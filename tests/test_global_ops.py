@@ -666,3 +666,20 @@ def test_run_on_the_embedded_engine(tmp_path):
             assert len(tf.pages) == len(pages)
             for tp, page in zip(tf.pages, pages, strict=True):
                 assert_identical(tp.asarray(), reference(page, ops), out)
+
+
+def test_a_downsample_by_3_or_7_runs_without_a_tile_in_the_manifest(tmp_path: Path):
+    """A job that sets no tile gets one its downsample fits (1536 for 3, 3584 for 7, with the
+    default 512 px output tiles): ``tiffpipe run`` succeeds (a plan-time refusal before)
+    and the output is the whole-page reference."""
+    page = make_image(73, 3700, 2300, 3, "uint8")
+    write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(256, 256))
+    jobs = [{"input": "in.tif", "output": f"out/by{f}.tif",
+             "ops": [{"op": "gaussian_blur", "sigma": 1}, {"op": "downsample", "factor": f}]}
+            for f in (3, 7)]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": jobs}))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "2", "--quiet",
+                     "--no-contact-sheet"]) == 0
+    for job in jobs:
+        got = tifffile.imread(tmp_path / job["output"])
+        assert_identical(got, reference(page, job["ops"]), job["output"])

@@ -706,3 +706,43 @@ def test_a_relative_path_that_climbs_above_its_s3_bucket_is_refused():
     within = parse_manifest({"jobs": [{"input": "../in/a.tif", "output": "o.tif"}]},
                             "s3://b/p/m.json", "s3://b/p")
     assert within[0].input == "s3://b/in/a.tif"
+
+
+@pytest.mark.parametrize(("ops", "out_tile", "tile"), [
+    ([], None, DEFAULT_TILE),
+    ([{"op": "gaussian_blur", "sigma": 2}], None, DEFAULT_TILE),
+    ([{"op": "downsample", "factor": 2}], None, DEFAULT_TILE),  # 1024 / 2 = 512: fits
+    ([{"op": "downsample", "factor": 3}], None, 1536),  # 48 | tile, 512 | tile / 3
+    ([{"op": "downsample", "factor": 7}], None, 3584),
+    ([{"op": "downsample", "factor": 3}], 256, 1536),  # a multiple of 48 and of 768
+    ([{"op": "gaussian_blur", "sigma": 1}, {"op": "downsample", "factor": 5}], 128, 1280),
+    ([], 768, 1536),  # the output tile 768 divides no tile from 1024 below 1536
+    ([], 4096, 4096),
+    ([{"op": "clahe", "cell": 256}, {"op": "downsample", "factor": 3}], 16, 1536),
+    # nothing fits up to 8192 (4096 x 4 = 16384): the default, which the plan refuses
+    ([{"op": "downsample", "factor": 4}], 4096, DEFAULT_TILE),
+])
+def test_a_job_without_a_tile_gets_one_its_chain_and_output_tile_fit(ops, out_tile, tile):
+    """The processing tile when neither the job nor the defaults set one: 1024, or the next
+    size up that the chain (a downsample's factor, a clahe cell) and the output tile divide,
+    so that a downsample by 3 or an output tile of 768 runs without a tile in the manifest."""
+    options = {} if out_tile is None else {"output_options": {"tile": out_tile}}
+    [job] = parse_manifest({"jobs": [{"input": "a.tif", "output": "b.tif", "ops": ops,
+                                      **options}]}, "m.json", "/data")
+    assert job.tile == tile
+
+
+def test_a_tile_the_manifest_sets_is_kept_as_set():
+    """A tile set by the job or the defaults is the user's: kept, and refused (the output
+    tile, here; the chain, at planning) when it does not fit, never replaced."""
+    [job] = parse_manifest({"defaults": {"tile": 1024}, "jobs": [
+        {"input": "a.tif", "output": "b.tif", "ops": [{"op": "downsample", "factor": 3}]}]},
+        "m.json", "/data")
+    assert job.tile == 1024
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"defaults": {"output_options": {"tile": 768}}, "jobs": [
+            {"input": "a.tif", "output": "b.tif", "tile": 1024}]}, "m.json", "/data")
+    assert info.value.problems == [
+        ("jobs[0].tile: expected a multiple of the output tile size 768 (from "
+        "defaults.output_options.tile), got 1024; set tile to 768 or 1536, or "
+        "output_options.tile to 512 (or another divisor of 1024)")]

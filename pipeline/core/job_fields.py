@@ -7,6 +7,7 @@ the rules across fields (:func:`cross_problems`). Every problem is a message
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import field
 from typing import Any
 
@@ -115,10 +116,30 @@ def job_fields(eff: dict[str, Setting]) -> dict[str, Any]:
     settings."""
     options = {k: eff[f"output_options.{k}"].value
                for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
+    tile = eff["tile"].value
+    if eff["tile"].layer is None:  # not set: the default, fitted to the chain
+        tile = fitted_default_tile(eff["ops"].value, options["tile"])
     return {"pages": None if eff["pages"].value is None else list(eff["pages"].value),
-            "ops": [dict(op) for op in eff["ops"].value], "tile": eff["tile"].value,
+            "ops": [dict(op) for op in eff["ops"].value], "tile": tile,
             "output_options": OutputOptions(**options), "fuse": bool(eff["fuse"].value),
             "if_exists": str(eff["if_exists"].value)}
+
+
+def fitted_default_tile(ops: list[dict[str, Any]], out_tile: int) -> int:
+    """The processing tile of a job that sets none: DEFAULT_TILE, or where the chain or the
+    output tile does not divide it the next size up that fits: a multiple of the chain's
+    alignment (16 x a downsampling factor, a clahe cell) and of the output tile in input
+    pixels (a downsample by 3 with 512 px output tiles: 1536). DEFAULT_TILE if none does
+    within TILE_RANGE: the plan then says which tiles fit."""
+    step = math.lcm(TILE_STEP, out_tile)
+    calls, problems = parse_chain(ops)
+    if calls and not problems:
+        from pipeline.core.chain import ChainLayout  # (alignment and factor: any dtype)
+
+        layout = ChainLayout.of(calls, "uint8")
+        step = math.lcm(step, layout.align, out_tile * layout.factor)
+    tile = -(-DEFAULT_TILE // step) * step
+    return tile if tile <= TILE_RANGE[1] else DEFAULT_TILE
 
 
 def _size_problem(value: Any, lo: int, hi: int) -> str | None:
@@ -273,8 +294,8 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
                         f"{shown}: quality applies to {' and '.join(QUALITY_COMPRESSIONS)} only, "
                         f"got {quality.value}")
 
-    if (layer in (tile.layer, out_tile.layer) and tile.ok and out_tile.ok
-            and tile.value % out_tile.value != 0):
+    if (layer in (tile.layer, out_tile.layer) and tile.layer is not None and tile.ok
+            and out_tile.ok and tile.value % out_tile.value != 0):  # (a default tile fits)
         problems.append(_tile_problem(tile, out_tile, layer))
     return problems
 
