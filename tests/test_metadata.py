@@ -462,6 +462,11 @@ def test_huge_values_are_dropped_by_the_size_caps(tmp_path):
     ('<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
      "</OME>"),
     '{"shape": [20, 20, 3]}',
+    # libvips tiffsave(properties=True): the image's width, height, bands, format...
+    ('<?xml version="1.0"?>\n<image xmlns="http://www.vips.ecs.soton.ac.uk//dzsave" '
+     'date="2026-12-06T15:46:57Z" version="8.18.7">\n  <properties>\n    <property>\n'
+     '      <name>width</name>\n      <value type="gint">20</value>\n    </property>\n'
+     "  </properties>\n</image>\n"),
 ])
 def test_structural_descriptions_are_dropped(tmp_path, description):
     path = tmp_path / "s.tif"

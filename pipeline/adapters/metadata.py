@@ -10,10 +10,11 @@ Rules:
   so that a pixel keeps its physical size (``downsample`` by k: resolution / k);
 - ImageDescription, DateTime, PageName, DocumentName, Make, Model, Artist, HostComputer,
   Copyright, Orientation and GDAL_NODATA are copied byte for byte, except descriptions that
-  describe the input file's own layout (OME-XML, ImageJ, tifffile's shaped JSON): they would
-  be wrong for the output, so they are dropped; an Aperio description (it states the page's
-  size and pixel size) is kept as the GeoTIFF tags are, and GDAL_NODATA only when every op
-  of the chain keeps values (``Op.keeps_values``: filters, downsample);
+  describe the input file's own layout (OME-XML, ImageJ, tifffile's shaped JSON, libvips's
+  properties): they would be wrong for the output, so they are dropped; an Aperio
+  description (it states the page's size and pixel size) is kept as the GeoTIFF tags are,
+  and GDAL_NODATA only when every op of the chain keeps values (``Op.keeps_values``:
+  filters, downsample);
 - NewSubfileType is copied but for its mask bit (an output page is never a 1-bit mask);
 - the ICC profile is kept when its colour space matches the output's (RGB for RGB and
   palette pages, GRAY for gray pages): ``to_gray`` drops an RGB profile;
@@ -94,10 +95,12 @@ def _raw(tag: tifffile.TiffTag) -> bytes:
 
 def is_structural_description(text: bytes) -> bool:
     """Descriptions that describe the input file's layout rather than the image: OME-XML,
-    ImageJ hyperstack metadata, tifffile's shaped JSON."""
+    ImageJ hyperstack metadata, tifffile's shaped JSON, libvips's properties XML (the
+    page's width, height, bands and format: ``tiffsave(properties=True)``)."""
     head = text.lstrip()[:4096]
     return (head.startswith(b"ImageJ=") or (head.startswith(b"{") and b'"shape"' in head)
-            or (head.startswith(b"<") and b"<OME" in text[:65536]))
+            or (head.startswith(b"<") and (b"<OME" in text[:65536]
+                                            or b"<image xmlns=\"http://www.vips." in head)))
 
 
 def _carry(tag: tifffile.TiffTag, byteorder: str) -> list[Any] | None:
