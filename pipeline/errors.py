@@ -180,7 +180,28 @@ def failure_record(error: dict[str, Any]) -> dict[str, str]:
             message = parsed.get("errorMessage") or _no_message(name, parsed.get("stackTrace"))
     except ValueError:
         pass
+    hint = _AWS_HINTS.get(name)
+    if hint is None and "Runtime exited with error: signal: killed" in message:
+        hint = _AWS_HINTS["Runtime.OutOfMemory"]  # Lambda's words for a process killed
+    if hint:
+        message = f"{message.rstrip('. ')}: {hint}" if message.strip() else hint
     return {"type": name, "message": shortened(message)}
+
+
+_LESS_WORK = ("`tiffpipe estimate` on the manifest shows each step's longest invocation; a "
+              'job with "fuse": false is processed in batches of tiles, each invocation doing '
+              "less")
+#: what to do about the errors AWS itself raises for an invocation (no message of ours)
+_AWS_HINTS = {
+    "Sandbox.Timedout": "the function's timeout stopped the invocation (900 s is Lambda's "
+                        "longest): " + _LESS_WORK,
+    "States.Timeout": "a state ran past the TimeoutSeconds (or HeartbeatSeconds) of the state "
+                      "machine definition: raise it, or give each invocation less work: "
+                      + _LESS_WORK,
+    "Runtime.OutOfMemory": "the function ran out of memory: give the job a smaller tile, or "
+                           "raise the function's memory (FUNCTION_SIZES in "
+                           "pipeline/core/constants.py, then deploy.py)",
+}
 
 
 def _no_message(name: str, stack: Any) -> str:

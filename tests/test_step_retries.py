@@ -231,3 +231,28 @@ def test_a_job_without_a_result_is_timed_from_its_plan(tmp_path):
     assert "started_at" not in never and "seconds" not in never
     _, rows = summary_rows(doc)
     assert rows[0][4] == f"{planned['seconds']:.1f}" and rows[1][4] == ""
+
+
+@pytest.mark.parametrize(("error", "kind", "says"), [
+    ({"Error": "States.Timeout"}, "States.Timeout", "ran past the TimeoutSeconds"),
+    ({"Error": "Sandbox.Timedout", "Cause": json.dumps(
+        {"errorMessage": "2026-12-06T16:00:00.000Z abc Task timed out after 900.00 seconds"})},
+     "Sandbox.Timedout", "Task timed out after 900.00 seconds: the function's timeout stopped"),
+    ({"Error": "Runtime.OutOfMemory", "Cause": json.dumps(
+        {"errorType": "Runtime.OutOfMemory",
+         "errorMessage": "RequestId: abc Error: Runtime exited with error: signal: killed"})},
+     "Runtime.OutOfMemory", "signal: killed: the function ran out of memory: give the job"),
+    ({"Error": "Lambda.Unknown", "Cause": json.dumps(
+        {"errorMessage": "RequestId: abc Error: Runtime exited with error: signal: killed"})},
+     "Lambda.Unknown", "the function ran out of memory"),
+])
+def test_errors_aws_raises_for_an_invocation_say_what_to_do(error, kind, says):
+    """A Lambda timeout, a state's TimeoutSeconds (which gives no Cause at all) and a process
+    killed out of memory: the report's message says what happened and what to do, not an
+    empty or bare AWS text."""
+    from pipeline.steps.report import failure_record
+
+    record = failure_record(error)
+    assert record["type"] == kind
+    assert says in record["message"]
+    assert "tiffpipe estimate" in record["message"] or "memory" in record["message"]
