@@ -161,6 +161,10 @@ def test_read_write_roundtrip(s3, tmp_path, kind):
         storage.read_json(missing, missing=InputNotFoundError)
     with pytest.raises(WorkMissingError, match=missing):
         storage.size(missing)
+    if kind == "s3":  # a report or a contact sheet opens from a link as what it is
+        storage.write_bytes(storage.join(base, "sheet.png"), b"png")
+        assert [s3.head_object(Bucket=BUCKET, Key=f"work/{name}")["ContentType"]
+                for name in ("deep/er/x.json", "sheet.png")] == ["application/json", "image/png"]
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])

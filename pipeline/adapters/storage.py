@@ -381,11 +381,13 @@ def read_json(url: str, missing: type[TiffpipeError] = WorkMissingError) -> Any:
 
 
 def write_bytes(url: str, data: bytes) -> None:
-    """Write a file (atomically, creating folders) or an object (one ``PutObject``)."""
+    """Write a file (atomically, creating folders) or an object (one ``PutObject``, its
+    Content-Type by its name: a run report opens as JSON, a contact sheet as a picture)."""
     with _errors(url, "write", None):
         if is_s3(url):
             bucket, key = _key_of(url)
-            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data,
+                                   ContentType=content_type(key))
             return
         tmp = temp_output_path(url)
         try:
