@@ -118,6 +118,7 @@ def _build(root: Path) -> list[Case]:
     with tifffile.TiffFile(tiled) as tf:
         assert tf.pages[0].offset == 8 and min(tf.pages[0].dataoffsets) > 60  # IFD first
     (inp / "notes.tif").write_text("this is a text file, not a TIFF\n" * 20)
+    (inp / "empty.tif").write_bytes(b"")
     (root / "blocker.txt").write_text("a regular file where a folder should be")
     _bad_last_strip(inp / "bad_last_strip.tif")
     blur = [{"op": "gaussian_blur", "sigma": SIGMA}]
@@ -132,6 +133,8 @@ def _build(root: Path) -> list[Case]:
         Case("good_gray16", job(gray16, "good_gray16", ops=blur, **small)),
         Case("not_a_tiff", job(inp / "notes.tif", "not_a_tiff"), {"NotATiffError"},
              ("not a TIFF file (it begins b'this', not II*", "give a TIFF file")),
+        Case("empty", job(inp / "empty.tif", "empty"), {"NotATiffError"},
+             ("empty.tif: not a TIFF file (it is empty: 0 bytes)", "give a TIFF file")),
         Case("truncated_data", job(_cut(tiled, inp / "cut60.tif", int(tiled.stat().st_size * .6)),
                                    "truncated_data", ops=blur),
              {"CorruptTiffError"}, ("page 0", "segment", "truncated")),

@@ -91,8 +91,9 @@ def _parsed(fh: Any, url: str) -> Iterator[tifffile.TiffFile]:
     except tifffile.TiffFileError as exc:
         text = str(exc)
         if "not a TIFF" in text or "invalid TIFF" in text:
-            why = (f"it begins {text.split('header=', 1)[1]}, not II*\\0 or MM\\0*"
-                   if "header=" in text else text)
+            head = text.split("header=", 1)[1] if "header=" in text else None
+            why = ("it is empty: 0 bytes" if head == "b''" else
+                   f"it begins {head}, not II*\\0 or MM\\0*" if head else text)
             raise NotATiffError(f"{url}: not a TIFF file ({why}): give a TIFF file, or "
                                 "export this one as TIFF again") from exc
         raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
