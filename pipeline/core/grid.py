@@ -166,8 +166,7 @@ def split_unit_count(grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
 def _unit_tiles(grid: PageGrid, bytes_per_pixel: int, segment_rows: int, cache_budget: int,
                 unit_pixels: int, segment_cols: int = 0) -> tuple[int, int]:
     """(tile rows, tile columns) of a split unit of the page (see :func:`split_units`)."""
-    rows_held = grid.tile + 2 * grid.halo + segment_rows
-    per_col = rows_held * (grid.tile + 2 * grid.halo) * bytes_per_pixel
+    per_col = rows_held(grid, segment_rows) * (grid.tile + 2 * grid.halo) * bytes_per_pixel
     cols = min(grid.cols, max(1, cache_budget // per_col))
     if segment_cols > grid.tile and segment_cols % grid.tile == 0 and cols < grid.cols:
         per_segment = segment_cols // grid.tile  # input tiles wider than a processing tile
@@ -180,6 +179,12 @@ def _unit_tiles(grid: PageGrid, bytes_per_pixel: int, segment_rows: int, cache_b
         if rows >= per_segment:
             rows -= rows % per_segment
     return rows, cols
+
+
+def rows_held(grid: PageGrid, segment_rows: int) -> int:
+    """The decoded input rows a unit's sweep holds at most: a haloed tile row and the segment
+    row that straddles its bottom (the page reader forgets the rows above)."""
+    return grid.tile + 2 * grid.halo + segment_rows
 
 
 def batches(page: int, grid: PageGrid, tiles_per_batch: int) -> list[Batch]:
