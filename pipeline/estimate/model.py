@@ -18,6 +18,7 @@ from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
 from pipeline.estimate.limits import READ_CHUNK, SEGMENT_PART, largest_job, merge_parts
+from pipeline.estimate.memory import MARGIN, Peak, job_peaks, lambda_threads
 from pipeline.estimate.plans import item_work, plan_geometry, stats_rounds
 from pipeline.estimate.schedule import simulate
 from pipeline.estimate.statemachine import (
@@ -93,6 +94,25 @@ class _Ledger:
         the longest of the current job's is warned about (:meth:`timeout_warnings`)."""
         if seconds > self.a["timeout_s"] and seconds > self.over.get(self.job, (0.0, ""))[0]:
             self.over[self.job] = (seconds, step)
+
+    def check_memory(self, peaks: dict[str, Peak]) -> None:
+        """Warn about the current job's largest invocation on each function whose predicted
+        peak, :data:`~pipeline.estimate.memory.MARGIN` added (the model's measured error),
+        passes the function's memory; once per job and function."""
+        for f, peak in peaks.items():
+            limit = self.mem[f]
+            if peak.mb * (1 + MARGIN) <= limit:
+                continue
+            self.warnings.append(
+                f"{self.job or 'the run'}: its largest invocation on the {f} function, "
+                f"{peak.step} of page {peak.page}, needs about {peak.mb:,.0f} MB of memory "
+                f"(predicted, {MARGIN:.0%} margin), more than the {limit:,.0f} MB the function "
+                f"has (memory_{f}_mb): give the {f} function more memory in the deploy "
+                f"(FUNCTION_SIZES; --price memory_{f}_mb=... to estimate it), or make the "
+                + ("merge lighter: fewer output tiles a page (a larger output_options.tile)"
+                   if f == "merge" else
+                   "work smaller: a smaller \"tile\" (the processing tile) or "
+                   "output_options.tile, or an input re-saved with smaller strips or tiles"))
 
     def timeout_warnings(self) -> list[str]:
         """One warning per job (and one for the run's own calls) with an invocation past the
@@ -498,6 +518,10 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         ledger.check_timeout("process_job", phases[-1][1][-1])
     else:
         phases.append(("merge", [merged]))
+    threads = {f: lambda_threads(ledger.mem[f], a["mb_per_vcpu"]) for f in FUNCTIONS}
+    peaks = job_peaks(plan, threads, c.out_bpm, c.work_bpm, out_bytes if held else None,
+                      parts.uploads)
+    ledger.check_memory(peaks)
     if parts.parts > MAX_PARTS:
         ledger.warnings.append(f"jobs[{i}]: the output needs about {parts.parts:,} multipart "
                                f"parts, more than S3's {MAX_PARTS:,}: split the job into jobs "
@@ -521,8 +545,24 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
            "merge": {"parts": parts.parts, "copies": parts.copies,
                      "uploads": parts.uploads, "segments": segments,
                      "read_through_bytes": through},
-           "largest_job": largest}
+           "largest_job": largest,
+           "memory": {f: {"step": p.step, "page": p.page, "peak_mb": round(p.mb, 1),
+                          "memory_mb": ledger.mem[f], "threads": threads[f],
+                          "parts_mb": p.parts} for f, p in peaks.items()}}
     return phases, row, objects
+
+
+def local_peaks(plan: JobPlan, cal: dict[str, Any], threads: int) -> dict[str, Peak]:
+    """The memory model's peaks of a job run on this machine (local work files and output,
+    ``threads`` tile threads), for the benchmark and tests that measure a local run."""
+    info, comp = plan.pages[0].info, plan.spec.output_options.compression
+    c = job_costs(cal, info.dtype, info.channels, plan.pages[0].out_channels, comp,
+                  plan.spec.ops, plan.fused, set(), f"jobs[{plan.job}]")
+    base_bytes, _ = output_bytes(plan, c.out_bpm)
+    out_mpx = plan_geometry(plan)["output_mpx"]
+    out_bpm = base_bytes / out_mpx if comp == "none" and out_mpx else c.out_bpm
+    return job_peaks(plan, dict.fromkeys(FUNCTIONS, threads), out_bpm, c.work_bpm,
+                     base_bytes if held_output(plan) else None, 0, s3=False)
 
 
 def _cold_starts(ledger: _Ledger, imports: dict[str, float], concurrency: int) -> None:

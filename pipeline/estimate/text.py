@@ -42,10 +42,15 @@ def format_text(result: dict[str, Any]) -> str:
             p(f"    ProcessJob uploads {_size(j['output_bytes'])} from memory (its segment "
               f"held: no segment in S3, nothing composed there): "
               + ("one PutObject" if uploads == 1 else f"{uploads:,} uploaded parts"))
-            continue
-        p(f"    merge composes {j['output_bytes'] / 1e9:,.2f} GB in S3 from {m['segments']:,} "
-          f"segment(s): {m['parts']:,} parts ({m['copies']:,} UploadPartCopy, "
-          f"{m['uploads']:,} uploaded), {m['read_through_bytes'] / 1e6:,.0f} MB read through")
+        else:
+            p(f"    merge composes {j['output_bytes'] / 1e9:,.2f} GB in S3 from "
+              f"{m['segments']:,} segment(s): {m['parts']:,} parts ({m['copies']:,} "
+              f"UploadPartCopy, {m['uploads']:,} uploaded), "
+              f"{m['read_through_bytes'] / 1e6:,.0f} MB read through")
+        if j.get("memory"):  # the largest invocation on each function, predicted
+            p("    peak memory: " + "; ".join(
+                f"{f} {x['peak_mb']:,.0f} of {x['memory_mb']:,.0f} MB ({x['step']}, page "
+                f"{x['page']})" for f, x in j["memory"].items()))
     if len(result["jobs"]) > 10:
         p(f"  ... and {len(result['jobs']) - 10} more job(s)")
     p("")

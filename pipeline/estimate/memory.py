@@ -1,0 +1,212 @@
+"""Peak memory of a job's invocations, from its plan: the largest one on each function.
+
+An invocation's resident memory is the process's baseline (the interpreter and what the
+function's handler imports: numpy, OpenCV, tifffile, imagecodecs, tiffpipe's steps) plus
+what its step holds at once, counted from the plan as the steps allocate:
+
+- a **unit** (``process_unit``, ``split``; a ProcessJob's units side by side) sweeps its
+  band with a :class:`~pipeline.adapters.tiff_read.PageReader`: it keeps the decoded rows
+  of a haloed tile row and the segment row below (:func:`~pipeline.core.grid.rows_held`)
+  over the unit's haloed columns, none for uncompressed strips (read by rows); a
+  compressed strip or a tile is decoded whole first (up to ``threads`` at once, each at
+  most ``MAX_SEGMENT_BYTES``: the reader refuses more); ``2 * threads + 2`` haloed tiles
+  are in flight (read ahead of the tile threads), ``threads`` of them in the op chain
+  (:data:`CHAIN_COPIES` tiles' worth each) and encoding; a processing row or two of
+  encoded output tiles wait for their row; with pyramid levels built by the unit, its
+  processing rows' output pixels;
+- a **batch** (``process``, ``stats``): ``threads`` work tiles at once (compressed, decoded,
+  through the chain, encoded) and the batch's encoded tiles;
+- a **held ProcessJob** keeps its whole encoded output in memory (its segments) until its
+  merge has written it;
+- **merge**: the tile table of the largest page (20 bytes a tile), and on S3 its uploaded
+  parts in flight (up to 4 of 16 MiB);
+- on S3 each segment is uploaded in parts of 8 MiB, buffered (and copied once as sent).
+
+The bytes counted are scaled by :data:`SCALE` (what malloc keeps, numpy's temporaries and
+the codecs' buffers the count leaves out), fitted with the baseline by
+``bench/memory_peaks.py`` against measured peaks (docs/estimate.md, "Memory"). Pure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.core.grid import SplitUnit, rows_held
+from pipeline.core.levels import unit_level_count
+from pipeline.core.models import JobPlan
+from pipeline.core.plan import single_task
+from pipeline.core.tiff_layout import UPLOAD_PART
+from pipeline.estimate.limits import SEGMENT_PART
+
+MiB = 2**20
+#: resident MiB of a fresh process that has imported a function's steps (as a Lambda
+#: image's init phase does: ``pipeline.handlers.preload``), before any invocation; measured
+#: by ``bench/memory_peaks.py --baseline`` (the larger of its runs, rounded up)
+BASELINE_MB = {"split": 38.0, "process": 78.0, "merge": 39.0}
+#: per function, the bytes the model counts scaled to the resident memory they take (what
+#: malloc keeps in its arenas, numpy's temporaries, the codecs' contexts): the smallest scale,
+#: rounded up to 0.05, that keeps every layout's prediction at or above its measured peak in
+#: ``bench/memory_peaks.py`` (its ``fit`` line; merge counts next to nothing: 1)
+SCALE = {"split": 1.75, "process": 1.5, "merge": 1.0}
+#: haloed tiles' worth of memory one tile takes in the op chain: its input and an op's
+#: output (each op makes a new array; the one before is freed)
+CHAIN_COPIES = 2
+#: the model's error as measured (``bench/memory_peaks.py``): a warning is given when the
+#: prediction is within this share of the function's memory
+MARGIN = 0.1
+#: haloed tiles a unit's sweep reads ahead of its tile threads (steps.split.DECODE_AHEAD)
+DECODE_AHEAD = 2
+#: tile writes of a split invocation at once (steps.split.WRITE_THREADS)
+WRITE_THREADS = 4
+#: uploaded parts merge holds at once (adapters.segments.UPLOADS_IN_FLIGHT)
+UPLOADS_IN_FLIGHT = 4
+#: bytes of merge's tile table per output tile (steps.tile_table)
+TILE_TABLE_BYTES = 20
+#: what a ProcessJob's units side by side share (one pool of tile threads), not each
+SHARED = ("chain", "encode")
+#: Lambda's vCPUs at most (10,240 MB)
+MAX_VCPUS = 6
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The largest invocation of a job on one function: its step, the input page it works
+    on (its index in the file), its predicted peak in MiB and what that is made of (MiB)."""
+
+    function: str
+    step: str
+    page: int
+    mb: float
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def lambda_threads(memory_mb: float, mb_per_vcpu: float) -> int:
+    """The tile threads of an invocation on Lambda: its vCPUs (``tile_threads`` is the CPUs
+    the process may use; Lambda gives one per ``mb_per_vcpu`` MB, rounded up, at most 6)."""
+    return max(1, min(MAX_VCPUS, math.ceil(memory_mb / mb_per_vcpu)))
+
+
+def _pixel(dtype: str, channels: int) -> int:
+    return np.dtype(dtype).itemsize * channels
+
+
+def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fused: bool,
+                s3: bool) -> dict[str, float]:
+    """What a unit's sweep holds at once (bytes, by part): see the module's docstring."""
+    page = plan.pages[unit.page]
+    g, info = page.grid, page.info
+    bpp = _pixel(info.dtype, info.channels)
+    obpp = _pixel(info.dtype, page.out_channels)
+    x0 = g.haloed(unit.row0, unit.col0).x0
+    width = g.haloed(unit.row0, unit.col1 - 1).x1 - x0
+    side_h, side_w = min(g.tile + 2 * g.halo, g.height), min(g.tile + 2 * g.halo, width)
+    tile = side_h * side_w * max(bpp, obpp)
+    parts: dict[str, float] = {}
+    if not (info.compression == "none" and not info.tiled):  # (uncompressed strips: by rows)
+        parts["reader"] = min(rows_held(g, info.segment_rows), info.height) * width * bpp
+        seg_w = min(info.segment_rows, info.width) if info.tiled else info.width
+        if seg_w > width:  # a segment wider than the unit's columns is decoded whole, then cut
+            window = min(math.ceil(side_h / info.segment_rows) + 1,
+                         math.ceil(info.height / info.segment_rows))
+            parts["decode"] = (min(threads, window) * min(info.segment_rows, info.height)
+                               * seg_w * bpp)
+    if unit.tiles == 1:  # read and handled in the caller's thread
+        flight, busy = 1, 1
+    else:
+        flight = min(unit.tiles, 2 * threads + DECODE_AHEAD)
+        busy = min(threads if fused else WRITE_THREADS, flight)
+    parts["tiles"] = flight * side_h * side_w * bpp
+    if fused:
+        f = page.factor or 1
+        out_tile = plan.spec.output_options.tile
+        parts["chain"] = busy * CHAIN_COPIES * tile
+        parts["encode"] = busy * out_tile * out_tile * obpp
+        row_px = (unit.col1 - unit.col0) * g.tile * g.tile / (f * f)
+        parts["output"] = 2 * row_px / 1e6 * out_bpm  # a processing row or two, encoded
+        if unit_level_count(plan, unit.page):
+            parts["levels"] = 2 * row_px * obpp
+        if s3:
+            parts["upload"] = 2 * SEGMENT_PART
+    else:  # split: each tile encoded as a work tile
+        parts["chain"] = busy * tile
+        if s3:
+            parts["upload"] = busy * tile
+    return parts
+
+
+def _batch_bytes(plan: JobPlan, page_index: int, tiles: int, threads: int, out_bpm: float,
+                 work_bpm: float, s3: bool) -> dict[str, float]:
+    page = plan.pages[page_index]
+    g, info = page.grid, page.info
+    side = min(g.tile + 2 * g.halo, max(g.height, g.width))
+    haloed = min(side, g.height) * min(side, g.width)
+    tile = haloed * max(_pixel(info.dtype, info.channels), _pixel(info.dtype, page.out_channels))
+    busy = min(threads, tiles)
+    f = page.factor or 1
+    parts = {"tiles": busy * (haloed / 1e6 * work_bpm + tile),
+             "chain": busy * CHAIN_COPIES * tile,
+             "output": tiles * g.tile * g.tile / (f * f) / 1e6 * out_bpm}
+    if s3:
+        parts["upload"] = 2 * SEGMENT_PART
+    return parts
+
+
+def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bpm: float,
+              held_bytes: float | None = None, uploads: int = 0,
+              s3: bool = True) -> dict[str, Peak]:
+    """The predicted peak of the job's largest invocation on each function it uses (MiB).
+
+    ``threads``: the tile threads of an invocation on each function; ``out_bpm``: output
+    bytes per output megapixel; ``work_bpm``: work tile bytes per haloed megapixel (jobs
+    that are not fused); ``held_bytes``: a held ProcessJob's output bytes (None: not held);
+    ``uploads``: merge's uploaded parts; ``s3``: the work location and output are on S3
+    (their upload buffers counted), else local files."""
+    peaks: dict[str, Peak] = {}
+
+    def keep(function: str, step: str, page: int, parts: dict[str, float]) -> None:
+        mb = BASELINE_MB[function] + SCALE[function] * sum(parts.values()) / MiB
+        if function not in peaks or mb > peaks[function].mb:
+            peaks[function] = Peak(function, step, plan.pages[page].info.index, mb,
+                                   {k: round(v / MiB, 1) for k, v in parts.items()})
+
+    if not plan.pages:
+        return peaks
+    fused = bool(plan.fused)
+    t = threads["process"] if fused else threads["split"]
+    units = [(u, _unit_bytes(plan, u, t, out_bpm, fused, s3)) for u in plan.units]
+    if single_task(plan):
+        # its units side by side (as many as its tile threads), then its merge
+        side = min(len(units), t)
+        heaviest = sorted(units, key=lambda x: -sum(x[1].values()))[:side]
+        parts: dict[str, float] = {}
+        for _u, p in heaviest:
+            for k, v in p.items():
+                # the tile threads are one pool: the chain and the encoding of ``t`` tiles
+                # at once, whichever unit's
+                parts[k] = max(parts.get(k, 0.0), v) if k in SHARED else parts.get(k, 0.0) + v
+        if held_bytes is not None:
+            parts["held output"] = held_bytes
+            if s3:  # one PutObject of it all (joined), else parts in flight
+                parts["output upload"] = (held_bytes if held_bytes <= UPLOAD_PART
+                                          else UPLOADS_IN_FLIGHT * UPLOAD_PART)
+        keep("process", "process_job", heaviest[0][0].page, parts)
+        return peaks
+    for u, p in units:
+        keep("process" if fused else "split", "process_unit" if fused else "split", u.page, p)
+    for b in plan.batches:
+        keep("process", "process", b.page,
+             _batch_bytes(plan, b.page, b.last - b.first, threads["process"], out_bpm,
+                          work_bpm, s3))
+    tiles = max(p.out_tiles(plan.spec.output_options.tile)[0]
+                * p.out_tiles(plan.spec.output_options.tile)[1] for p in plan.pages)
+    largest = max(range(len(plan.pages)), key=lambda i: plan.pages[i].out_grid.height
+                  * plan.pages[i].out_grid.width)
+    merge = {"tile table": float(TILE_TABLE_BYTES * tiles)}
+    if s3 and uploads:
+        merge["uploads"] = float(min(uploads, UPLOADS_IN_FLIGHT) * UPLOAD_PART)
+    keep("merge", "merge", largest, merge)
+    return peaks
