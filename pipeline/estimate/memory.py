@@ -51,7 +51,7 @@ BASELINE_MB = {"split": 38.0, "process": 78.0, "merge": 39.0}
 #: malloc keeps in its arenas, numpy's temporaries, the codecs' contexts): the smallest scale,
 #: rounded up to 0.05, that keeps every layout's prediction at or above its measured peak in
 #: ``bench/memory_peaks.py`` (its ``fit`` line; merge counts next to nothing: 1)
-SCALE = {"split": 1.75, "process": 1.5, "merge": 1.0}
+SCALE = {"split": 1.75, "process": 1.55, "merge": 1.0}
 #: haloed tiles' worth of memory one tile takes in the op chain: its input and an op's
 #: output (each op makes a new array; the one before is freed)
 CHAIN_COPIES = 2
