@@ -39,6 +39,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from pipeline.engine import workers
 from pipeline.sample import sample_tile
 
 pytestmark = pytest.mark.timeout(3600)
@@ -138,6 +139,11 @@ def test_dockerfiles_share_their_deps_stage():
         assert "ARG BASE_IMAGE=public.ecr.aws/lambda/python:3.12\n" in text
         assert 'CMD ["app.handler"]' in text
         assert "\nENV OPENBLAS_NUM_THREADS=1\n" in text  # see test_image_starts_no_blas_threads
+        # the malloc settings of the local workers (tune_malloc), so Lambda holds what the
+        # estimate's memory model measured locally
+        assert (f"\nENV MALLOC_ARENA_MAX={workers.MALLOC_ARENAS} "
+                f"MALLOC_MMAP_THRESHOLD_={workers.MALLOC_MMAP_THRESHOLD} "
+                f"MALLOC_TRIM_THRESHOLD_={workers.MALLOC_TRIM_THRESHOLD}\n") in text
         assert f"COPY images/{step}/app.py " in text
         assert ("images/process/requirements.txt" in text) == (step == "process")
 
