@@ -382,7 +382,8 @@ def test_truncated_file_fails_only_for_windows_on_missing_segments(tmp_path):
 
 @pytest.mark.parametrize("tiled", [True, False])
 def test_sparse_segments_read_as_zeros(tmp_path, tiled):
-    """A segment with byte count 0 (a sparse file) reads as zeros, like libtiff and tifffile."""
+    """A segment with byte count 0 (a sparse file) of a page without GDAL_NODATA reads as
+    zeros, like libtiff and tifffile (with one: tests/test_nodata_fill.py)."""
     page = make_page(6, H, W, 1, "uint16")
     path = tmp_path / "sparse.tif"
     kw = {"tile": (32, 32)} if tiled else {"rowsperstrip": 16}

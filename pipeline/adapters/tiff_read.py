@@ -617,6 +617,10 @@ class PageReader:
         self.file_dtype = np.dtype(page.dtype)
         self.dtype = self.kind.dtype
         self.bits = int(page.bitspersample)
+        #: what a segment left empty (sparse) holds: the page's no-data value (GDAL_NODATA,
+        #: as tifffile parses it: NaN too; 0 when it has none or it cannot be parsed), as
+        #: tifffile and GDAL fill one; a decoded sample, converted as the page's samples are
+        self.fill = page.nodata
         self.separate = page.planarconfig == PLANARCONFIG.SEPARATE and self.file_samples > 1
         if self.ojpeg:  # one segment: the page
             self.seg_h, self.seg_w = self.height, self.width
@@ -759,13 +763,10 @@ class PageReader:
 
     def decode_segment(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
         """A segment's pixels from its bytes; thread-safe (no file access)."""
-        if data is None:  # sparse segment: zeros, as libtiff reads it
-            plane, rest = divmod(seg, self.seg_rows * self.seg_cols)
-            r, c = divmod(rest, self.seg_cols)
-            depth = 1 if self.separate else self.file_samples
-            zeros = np.zeros((self.seg_h, self.seg_w, depth), np.uint8 if self.kind.lut is not None
-                             else self.file_dtype)
-            return self._convert(zeros, plane), plane, r * self.seg_h, c * self.seg_w
+        if data is None:  # sparse segment: the page's no-data value, or zeros
+            plane, r, c = self._place(seg)
+            empty = self._empty(self.seg_h, self.seg_w)
+            return self._convert(empty, plane), plane, r * self.seg_h, c * self.seg_w
         try:
             if self.ojpeg:
                 page = ojpeg.decode(data, self.height, self.width, self.file_samples)
@@ -781,6 +782,21 @@ class PageReader:
                                    f"is damaged: {REPAIR}")
         return (self._convert(decoded.reshape(decoded.shape[-3:]), origin[0]), origin[0],
                 origin[2], origin[3])
+
+    def _place(self, seg: int) -> tuple[int, int, int]:
+        """(plane, segment row, segment column) of segment ``seg``."""
+        plane, rest = divmod(seg, self.seg_rows * self.seg_cols)
+        return (plane, *divmod(rest, self.seg_cols))
+
+    def _empty(self, rows: int, cols: int) -> np.ndarray:
+        """The samples ((rows, cols, s)) of a segment left empty (offset 0, byte count 0):
+        the page's no-data value (:attr:`fill`) where it has one, else zeros, as tifffile's
+        ``asarray`` and GDAL fill it (libtiff alone reads zeros)."""
+        depth = 1 if self.separate else self.file_samples
+        dtype = np.uint8 if self.kind.lut is not None else self.file_dtype
+        if self.fill == 0 and not np.signbit(self.fill):  # (-0.0 is filled: its sign bit)
+            return np.zeros((rows, cols, depth), dtype)
+        return np.full((rows, cols, depth), self.fill, dtype)
 
     def _convert(self, px: np.ndarray, plane: int) -> np.ndarray:
         """Decoded samples ((h, w, s)) -> the pixels the reader returns (see PixelKind)."""
@@ -812,10 +828,8 @@ class PageReader:
             row_bytes = self.width * depth * self.file_dtype.itemsize
         offset, count = int(self.page.dataoffsets[seg]), self.counts[seg]
         strip_bytes = (min(strip_y + self.seg_h, self.height) - strip_y) * row_bytes
-        if offset == 0 and count == 0:  # sparse: zeros, as libtiff reads it
-            zeros = np.zeros((y1 - y0, self.width, depth), np.uint8 if self.kind.lut is not None
-                             else self.file_dtype)
-            return self._convert(zeros, plane), plane, y0, 0
+        if offset == 0 and count == 0:  # sparse: the page's no-data value, or zeros
+            return self._convert(self._empty(y1 - y0, self.width), plane), plane, y0, 0
         if count < strip_bytes:
             raise CorruptTiffError(f"{self.where}: segment {seg} (an uncompressed strip) has "
                                    f"a byte count of {count}, its {strip_bytes // row_bytes} "
