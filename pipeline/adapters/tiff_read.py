@@ -59,6 +59,11 @@ _REFUSED_PHOTOMETRICS = {
 #: what to do about a file whose segment data is damaged or truncated (in every such error)
 REPAIR = ("copy it again from its source or export it again, then check that tifffile.imread "
           "or tiffinfo -D reads it whole")
+#: LERC compression (Esri's, written by GDAL as LERC, LERC_DEFLATE and LERC_ZSTD): its
+#: segments hold a mask of valid pixels, which tifffile's decode drops (PageReader._decode_lerc)
+LERC = 34887
+#: ExtraSamples UNASSALPHA: an 8-bit alpha sample libtiff stores as a LERC segment's mask
+_UNASSALPHA = 2
 #: sample formats of complex numbers (integer and float pairs): refused, see pixel_kind
 _COMPLEX_FORMATS = (SAMPLEFORMAT.COMPLEXINT, SAMPLEFORMAT.COMPLEXIEEEFP)
 
@@ -607,7 +612,8 @@ class PageReader:
         # thread's reads of segment bytes (a preview of a JPEG page failed one run in two).
         # Both made here, in the thread that reads the file.
         self.ojpeg = int(page.compression) == ojpeg.OJPEG  # decoded whole, by libtiff
-        self._decode = None if self.ojpeg else page.decode
+        self.lerc = int(page.compression) == LERC  # decoded with its mask, see _decode_lerc
+        self._decode = None if self.ojpeg or self.lerc else page.decode
         self.jpegtables = page.jpegtables
         self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
@@ -621,6 +627,9 @@ class PageReader:
         #: as tifffile parses it: NaN too; 0 when it has none or it cannot be parsed), as
         #: tifffile and GDAL fill one; a decoded sample, converted as the page's samples are
         self.fill = page.nodata
+        #: whether the page has a no-data value (GDAL_NODATA): the value of the invalid pixels
+        #: of an integer LERC segment's mask (a float one's are NaN, as libtiff makes them)
+        self.has_nodata = 42113 in page.tags
         self.separate = page.planarconfig == PLANARCONFIG.SEPARATE and self.file_samples > 1
         if self.ojpeg:  # one segment: the page
             self.seg_h, self.seg_w = self.height, self.width
@@ -771,7 +780,10 @@ class PageReader:
             if self.ojpeg:
                 page = ojpeg.decode(data, self.height, self.width, self.file_samples)
                 return self._convert(page, 0), 0, 0, 0
-            decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
+            if self.lerc:
+                decoded, origin = self._decode_lerc(data, seg)
+            else:
+                decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
             raise CorruptTiffError(f"{self.where}: segment {seg} ({cname}) cannot be decoded "
@@ -797,6 +809,54 @@ class PageReader:
         if self.fill == 0 and not np.signbit(self.fill):  # (-0.0 is filled: its sign bit)
             return np.zeros((rows, cols, depth), dtype)
         return np.full((rows, cols, depth), self.fill, dtype)
+
+    def _decode_lerc(self, data: bytes, seg: int) -> tuple[np.ndarray, tuple[int, ...]]:
+        """A LERC segment's samples ((h, w, s)) and its place (plane, 0, y, x), read as
+        libtiff (GDAL) reads it: with its mask of valid pixels, which tifffile's decode
+        drops (it reads the invalid pixels as the 0 LERC leaves there). Invalid pixels of a
+        float page are NaN (whatever its GDAL_NODATA: libtiff's choice); of an integer page,
+        its no-data value when it has one, else left as decoded (0: libtiff does not read
+        such a segment at all); an 8-bit page whose last extra sample is unassociated alpha
+        stored as the mask (libtiff's encoder does so when the alpha is 0 or 255) gets it
+        back as 0/255. A segment of one LERC band per sample (libtiff's when a float pixel
+        has NaN in some samples only) is interleaved, as libtiff does."""
+        values, masks = imagecodecs.lerc_decode(data, masks=True)
+        plane, r, c = self._place(seg)
+        y, x = r * self.seg_h, c * self.seg_w
+        depth = 1 if self.separate else self.file_samples
+        if values.dtype != self.file_dtype:
+            raise ValueError(f"LERC data type {values.dtype}, the page's samples are "
+                             f"{self.file_dtype}")
+        if depth > 1 and values.ndim == 3 and values.shape[0] == depth != values.shape[2]:
+            values = np.moveaxis(values, 0, -1)  # one band a sample: (bands, h, w)
+            if masks is not None and masks.ndim == 3:
+                masks = np.moveaxis(masks, 0, -1)
+        if values.ndim == 2:
+            values = values[..., None]
+        if masks is not None and masks.ndim == 2:
+            masks = masks[..., None]
+        if (depth > 1 and values.shape[2] == depth - 1 and self.file_dtype == np.uint8
+                and self.page.extrasamples and self.page.extrasamples[-1] == _UNASSALPHA):
+            alpha = (np.full(values.shape[:2], 255, np.uint8) if masks is None
+                     else masks[..., 0].astype(np.uint8) * np.uint8(255))
+            return self._lerc_shaped(np.dstack([values, alpha]), y, x, depth), (plane, 0, y, x)
+        if masks is not None and (self.file_dtype.kind == "f" or self.has_nodata):
+            values = values.copy() if not values.flags.writeable else values
+            np.putmask(values, ~np.broadcast_to(masks, values.shape),
+                       np.nan if self.file_dtype.kind == "f" else self.fill)
+        return self._lerc_shaped(values, y, x, depth), (plane, 0, y, x)
+
+    def _lerc_shaped(self, values: np.ndarray, y: int, x: int, depth: int) -> np.ndarray:
+        """A decoded LERC segment as (h, w, s): a whole tile or strip, or the part of the
+        page it covers (a short last strip; a tile cut at the page's edge), as tifffile
+        takes a segment's samples."""
+        rows = min(self.seg_h, self.height - y)
+        for shape in ((self.seg_h, self.seg_w, depth), (rows, self.seg_w, depth),
+                      (rows, min(self.seg_w, self.width - x), depth)):
+            if values.size == shape[0] * shape[1] * shape[2]:
+                return values.reshape(shape)
+        raise ValueError(f"a LERC segment of {values.shape} values, not a {self.seg_h} x "
+                         f"{self.seg_w} segment of {depth} sample(s)")
 
     def _convert(self, px: np.ndarray, plane: int) -> np.ndarray:
         """Decoded samples ((h, w, s)) -> the pixels the reader returns (see PixelKind)."""
