@@ -339,13 +339,13 @@ def test_a_killed_runs_work_stays_taken_while_its_leftovers_are_removed(
     seen: dict[str, Any] = {}
     real_end_uploads = local_runs._end_uploads
 
-    def meanwhile(run: Any, at: str) -> bool:  # another run's looks, during the removal
+    def meanwhile(run: Any, at: str, path: str) -> bool:  # another run's looks, during the removal
         seen["using"] = local_runs.using(str(work), "run-new")
         seen["deferred"] = local_runs.earlier_run("run-new", lambda m: m == "/m/scan.json")
         with pytest.raises(WorkLocationError, match="which was killed: another run is "
                                                     "removing what it left there now"):
             _claim_work(str(work), "run-new")
-        return real_end_uploads(run, at)
+        return real_end_uploads(run, at, path)
 
     monkeypatch.setattr(local_runs, "_end_uploads", meanwhile)
     with run_elsewhere(str(folder), "run-k", "/m/scan.json", str(work)) as proc:

@@ -318,3 +318,53 @@ def test_a_killed_runs_open_uploads_are_ended_by_the_next_look(
     assert f"ended {ended} S3 upload(s) run w1 left open: its process ({one.pid})" \
         in caplog.text
     s3.abort_multipart_upload(Bucket=BUCKET, Key="out/x.tif", UploadId=theirs)
+
+
+def test_a_killed_runs_uploads_out_of_reach_keep_their_records_until_a_look_ends_them(
+        s3, runs_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture):
+    """A look that cannot end a killed run's S3 uploads (its environment reaches another S3)
+    removes the rest of its work but keeps their records (the only ones: a run's work is
+    where its merges note their uploads) and its entry in the run list, and says so and how
+    to give up on them; a later look that reaches that S3 ends them, then removes the rest."""
+    from pipeline.adapters import storage
+    from pipeline.steps import layout
+    from pipeline.steps.common import record_output_upload
+
+    work = tmp_path / "w1"
+    storage.write_json(layout.run_file(str(work)), {"run_id": "w1", "jobs": []})
+    (work / "jobs.json").write_text("[]")
+    tile = work / "jobs" / "00000" / "tiles" / "0" / "0_0.tpw"
+    tile.parent.mkdir(parents=True)
+    tile.write_bytes(b"a tile")
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="out/x.tif")["UploadId"]
+    record_output_upload(layout.job_dir(str(work), 0), f"s3://{BUCKET}/out/x.tif", upload)
+    record = Path(layout.upload_file(layout.job_dir(str(work), 0), upload))
+    caplog.set_level(logging.WARNING, "pipeline.adapters.local_runs")
+    with run_elsewhere(str(runs_folder), "run-w1", "/m/a.json", str(work)) as one:
+        one.kill()
+        one.wait(30)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+        monkeypatch.setattr(storage, "_client", None)
+        assert local_runs.running() == []
+        entry = runs_folder / "run-w1.json"
+        assert entry.exists() and record.exists() and (work / "run.json").exists()
+        assert not tile.exists() and not (work / "jobs.json").exists()
+        assert f"could not end the S3 uploads of run w1, whose process ({one.pid})" \
+            in caplog.text
+        assert f"and its entry {entry} in the run list" in caplog.text
+        assert (f"aws s3api abort-multipart-upload --bucket {BUCKET} --key out/x.tif "
+                f"--upload-id {upload}") in caplog.text
+        assert f"then remove {entry} and {work}" in caplog.text
+        assert f"removed {work}, the work folder of run w1, but for the records" in caplog.text
+        assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]] \
+            == [upload]
+        caplog.clear()
+        assert local_runs.running() == []  # and again, out of reach: all still kept
+        assert entry.exists() and record.exists()
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        monkeypatch.setattr(storage, "_client", None)
+        assert local_runs.running() == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert f"ended 1 S3 upload(s) run w1 left open: its process ({one.pid})" in caplog.text
+    assert not work.exists() and list(runs_folder.glob("*.json")) == []

@@ -210,8 +210,10 @@ def _reap(path: str, run: LocalRun | None) -> None:
     the one that removes the file does it. Each removal is a warning, naming what went.
     What could not be done (its S3 work out of this run's reach: another endpoint, other
     credentials, a folder it may not write) is tried again by the next look: the file is
-    listed again, unlocked. The caller holds the file locked: the file goes last, so that
-    until then a run given the same work location is refused (:func:`using`)."""
+    listed again, unlocked. Uploads it could not end keep what a later look needs to end
+    them: their records in the run's work (the rest of it is removed) and the file. The
+    caller holds the file locked: the file goes last, so that until then a run given the
+    same work location is refused (:func:`using`)."""
     if (run is None or not run.work
             or not (storage.is_s3(run.work) or os.path.isdir(run.work))):
         _unlist(path)
@@ -223,9 +225,14 @@ def _reap(path: str, run: LocalRun | None) -> None:
             continue
         log.warning("removed %s, a partial output of run %s: its process (%d) ended before "
                     "the run did (killed?) and left it", tmp, run.run_id, run.pid)
-    done = _end_uploads(run, run.work)
-    if not run.keep_work:
-        done = _remove_work(run, run.work) and done
+    ended = _end_uploads(run, run.work, path)
+    if run.keep_work:
+        done = ended
+    elif ended:
+        done = _remove_work(run, run.work)
+    else:  # the records of its uploads are kept: the only way a later run can end them
+        _remove_work(run, run.work, keep_uploads=True)
+        done = False
     if done:
         _unlist(path)
     else:
@@ -251,11 +258,14 @@ def _list_again(path: str, run: LocalRun) -> None:
                     run.run_id, exc)
 
 
-def _end_uploads(run: LocalRun, work: str) -> bool:
+def _end_uploads(run: LocalRun, work: str, path: str) -> bool:
     """The S3 multipart uploads a killed run left open, ended (S3 keeps their parts, and
     bills them, until then): its jobs' output uploads, which its work records, and with its
     work on S3 its segments'. Only the run's own (not another run's of the same output).
-    Whether that could be done."""
+    Whether that could be done; if not (this run's S3 is not the killed run's: another
+    endpoint, other credentials; or S3 did not answer), a warning that says what is kept for
+    a later run to try again (the records, in its work, and its entry ``path`` in the run
+    list) and how to give up on them."""
     from pipeline.adapters import segments  # (a killed run's: rare)
 
     try:
@@ -264,8 +274,10 @@ def _end_uploads(run: LocalRun, work: str) -> bool:
             ended += segments.abort_uploads(work.rstrip("/") + "/")
     except TiffpipeError as exc:
         log.warning("could not end the S3 uploads of run %s, whose process (%d) ended before "
-                    "the run did (killed?): %s; the next run tries again", run.run_id,
-                    run.pid, exc)
+                    "the run did (killed?): %s. Kept for a later run to end them: %s; every "
+                    "later local run of this user on this machine tries again (one whose S3 "
+                    "endpoint and credentials reach them). To give up on them instead: %s",
+                    run.run_id, run.pid, exc, _kept(work, path), _give_up(work, path))
         return False
     if ended:
         log.warning("ended %d S3 upload(s) run %s left open: its process (%d) ended before the "
@@ -273,20 +285,55 @@ def _end_uploads(run: LocalRun, work: str) -> bool:
     return True
 
 
-def _remove_work(run: LocalRun, work: str) -> bool:
+def _kept(work: str, path: str) -> str:
+    where = f"{work} (its run.json and the upload records in jobs/*/uploads/)"
+    if storage.is_s3(work):
+        where = f"its work at {where}, with its segments' uploads under that prefix"
+    return f"{where} and its entry {path} in the run list"
+
+
+def _give_up(work: str, path: str) -> str:
+    """How to end a killed run's uploads by hand and stop later runs trying: the AWS CLI's
+    commands for the uploads its local work records, else how to find them."""
+    commands = []
+    try:
+        if not storage.is_s3(work):
+            for url in work_location.upload_records(work)[:5]:
+                with open(url) as f:
+                    record = json.load(f)
+                bucket, key = storage.split_s3(record["output"])
+                commands.append(f"aws s3api abort-multipart-upload --bucket {bucket} "
+                                f"--key {key} --upload-id {record['upload']}")
+    except (OSError, ValueError, KeyError, TypeError, TiffpipeError):
+        commands = []
+    how = ("; ".join(commands) if commands else
+           "list them with aws s3api list-multipart-uploads --bucket BUCKET (the buckets of "
+           "its S3 outputs, and of its work) and end each with aws s3api "
+           "abort-multipart-upload, or let a lifecycle rule that aborts incomplete uploads "
+           "end them")
+    return f"{how} (with that S3's endpoint and credentials), then remove {path} and {work}"
+
+
+def _remove_work(run: LocalRun, work: str, keep_uploads: bool = False) -> bool:
     """A killed run's work (a folder, or under an S3 prefix) removed, with a warning;
     whether it could be (this run may not reach the bucket, or have the rights the killed
-    one had)."""
+    one had). ``keep_uploads``: all but what a later run needs to end its uploads
+    (:func:`work_location.remove`)."""
     try:
-        work_location.remove(work)
+        work_location.remove(work, keep_uploads=keep_uploads)
     except TiffpipeError as exc:
         log.warning("could not remove %s, the work of run %s, whose process (%d) ended before "
                     "the run did (killed?): %s; the next run tries again", work, run.run_id,
                     run.pid, exc)
         return False
     what = "the work" if storage.is_s3(work) else "the work folder"
-    log.warning("removed %s, %s of run %s: its process (%d) ended before the run did "
-                "(killed?) and left it", work, what, run.run_id, run.pid)
+    if keep_uploads:
+        log.warning("removed %s, %s of run %s, but for the records of its S3 uploads (and its "
+                    "run.json): its process (%d) ended before the run did (killed?) and left "
+                    "it", work, what, run.run_id, run.pid)
+    else:
+        log.warning("removed %s, %s of run %s: its process (%d) ended before the run did "
+                    "(killed?) and left it", work, what, run.run_id, run.pid)
     return True
 
 

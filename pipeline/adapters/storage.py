@@ -496,10 +496,19 @@ def delete_prefix(url: str) -> None:
             if os.path.isdir(url):
                 shutil.rmtree(url)
         return
-    bucket, prefix = split_s3(url)
+    prefix = split_s3(url)[1]
     if not prefix.strip("/"):
         raise ValueError(f"refusing to delete the whole bucket {url!r}: give a prefix")
-    keys = [split_s3(u)[1] for u in list_prefix(url)]
+    delete_objects(url, list_prefix(url))
+
+
+def delete_objects(url: str, urls: list[str]) -> None:
+    """Delete the objects ``urls`` (of one bucket, under ``url``, which errors name) in
+    batches of DeleteObjects; a missing one is not an error."""
+    if not urls:
+        return
+    bucket = split_s3(url)[0]
+    keys = [split_s3(u)[1] for u in urls]
     for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
         batch = [{"Key": k} for k in keys[i : i + 1000]]
         with _errors(url, "delete", None):

@@ -22,7 +22,7 @@ import os
 import shutil
 
 from pipeline.adapters import storage
-from pipeline.core.constants import JOBS_FOLDER, RUN_FILE, WORK_ENTRIES
+from pipeline.core.constants import JOBS_FOLDER, RUN_FILE, UPLOADS_FOLDER, WORK_ENTRIES
 from pipeline.errors import StorageError, TiffpipeError, WorkLocationError
 
 #: the folders a local run's default work folder is made in (``runner.default_work``):
@@ -83,10 +83,16 @@ def _run_id(work: str) -> str:
         return "of unknown id"  # a run.json half written, or damaged: still a run's
 
 
-def remove(work: str) -> None:
+def remove(work: str, keep_uploads: bool = False) -> None:
     """Remove what a run writes in ``work``, then the folder if that left it empty, and the
     default work folders' parent (:data:`DEFAULT_PARENTS`) once empty; a missing one is not
-    an error."""
+    an error. ``keep_uploads``: all but the records of the output uploads its jobs began
+    (``jobs/*/uploads/``) and its ``run.json``, which says whose they are: what a later run
+    needs to end uploads a killed run left open, which this one could not
+    (:func:`pipeline.adapters.local_runs._reap`)."""
+    if keep_uploads:
+        _remove_all_but_uploads(work)
+        return
     files = [name for name in WORK_ENTRIES if name != JOBS_FOLDER]
     if storage.is_s3(work):
         storage.delete_prefix(storage.join(work, JOBS_FOLDER))
@@ -109,3 +115,28 @@ def remove(work: str) -> None:
             os.rmdir(folder)  # only when empty
         except OSError:
             break
+
+
+def upload_records(work: str) -> list[str]:
+    """The records of the output uploads the jobs of the run in ``work`` began
+    (``jobs/<job>/uploads/*.json``); none for a missing location."""
+    return [url for url in storage.list_prefix(storage.join(work, JOBS_FOLDER))
+            if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER]
+
+
+def _remove_all_but_uploads(work: str) -> None:
+    jobs = storage.join(work, JOBS_FOLDER)
+    keep = set(upload_records(work))
+    others = [url for url in storage.list_prefix(jobs) if url not in keep]
+    files = [storage.join(work, name) for name in WORK_ENTRIES
+             if name not in (JOBS_FOLDER, RUN_FILE)]
+    if storage.is_s3(work):
+        storage.delete_objects(work, others + files)
+        return
+    for url in others + files:
+        storage.discard(url)
+    for folder, _, _ in sorted(os.walk(os.path.join(work, JOBS_FOLDER)), reverse=True):
+        try:
+            os.rmdir(folder)  # the folders left empty (deepest first)
+        except OSError:
+            pass
