@@ -161,10 +161,11 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         return RunResult(run_id, execution.status, doc, report_url, work,
                          time.time() - started, error, peaks, sheet, interrupted,
                          _remove_stale(report_url, run_id, doc is not None,
-                                       sheet is not None or not written))
+                                       sheet is not None or not written, started))
     except EngineError as exc:
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
-                         str(exc), removed=_remove_stale(report_url, run_id, False, False))
+                         str(exc),
+                         removed=_remove_stale(report_url, run_id, False, False, started))
     finally:
         if ours and not keep_work:
             try:
@@ -174,15 +175,25 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
 
 
 def _remove_stale(report_url: str, run_id: str, report_written: bool,
-                  sheet_written: bool) -> list[str]:
+                  sheet_written: bool, started: float | None = None) -> list[str]:
     """After a run, the report at its path is this run's or none, and so is the contact sheet
     beside it: a run that failed or was stopped before its report, or wrote no sheet (a
     stopped run, ``--no-contact-sheet``), removes an earlier run's, which would describe
     that run as this one's (a report from yesterday saying every job succeeded). A report
     whose ``run_id`` is this run's stays, and so does a file there that is not a run's
-    report (``--report`` given a user's own file). What it removed; one it cannot remove is
-    logged, never the run's failure."""
-    removed = []
+    report (``--report`` given a user's own file), and so do a report (and its sheet) of a
+    run that started after this one (``started``, epoch seconds): not an earlier run's, but
+    one that ran alongside this one (given its report path) and ended first, which this run
+    did not replace. What it removed; one it cannot remove is logged, never the run's
+    failure."""
+    removed: list[str] = []
+    if not report_written:
+        there, since = _report_run(report_url)
+        if (there not in (run_id, None) and started is not None and since is not None
+                and since >= started):
+            log.warning("%s holds the report of run %s, which started after this one: kept "
+                        "(give each run its own --report)", report_url, there)
+            return removed
     for url, written in ((report_url, report_written),
                          (contact_sheet_url(report_url), sheet_written)):
         try:
@@ -204,11 +215,20 @@ def remove_earlier_report(report_url: str) -> list[str]:
 
 def _report_run_id(url: str) -> str | None:
     """The ``run_id`` of the report at ``url`` (None: none there, or not a report)."""
+    return _report_run(url)[0]
+
+
+def _report_run(url: str) -> tuple[str | None, float | None]:
+    """The ``run_id`` of the report at ``url`` and its run's ``started_at`` (None: none
+    there, or not a report)."""
     try:
         doc = storage.read_json(url, missing=StorageError)
     except (StorageError, ValueError):
-        return None
-    return doc.get("run_id") if isinstance(doc, dict) else None
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    since = doc.get("started_at")
+    return doc.get("run_id"), float(since) if isinstance(since, (int, float)) else None
 
 
 def signal_name(signum: int) -> str:

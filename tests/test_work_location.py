@@ -368,3 +368,40 @@ def test_a_killed_runs_uploads_out_of_reach_keep_their_records_until_a_look_ends
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     assert f"ended 1 S3 upload(s) run w1 left open: its process ({one.pid})" in caplog.text
     assert not work.exists() and list(runs_folder.glob("*.json")) == []
+
+
+def test_a_run_whose_work_vanished_keeps_the_report_of_a_run_that_started_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """A run whose work was removed under it (an older tiffpipe on another machine given the
+    same --work took it for a dead run's) fails without a report; the report at its path
+    is then a run's that started after it (that other run, given the same manifest), not an
+    earlier one's: it stays, and so does its contact sheet."""
+    import time
+
+    from pipeline import runner
+    from pipeline.engine.execution import Execution
+
+    _scan(tmp_path / "a.tif")
+    manifest = _manifest(tmp_path, tmp_path / "a.tif")
+    report = tmp_path / "m.report.json"
+    sheet = tmp_path / "m.report.contact.png"
+    work = tmp_path / "shared"
+    real_run = runner.LocalEngine.run
+
+    def meanwhile(self, *args, **kwargs):  # the other run takes the work, ends, reports
+        real_run(self, *args, **kwargs)
+        work_location.remove(str(work))
+        report.write_text(json.dumps({"run_id": "later", "started_at": time.time()}))
+        sheet.write_bytes(b"its sheet")
+        return Execution("FAILED", None, "WorkMissingError",
+                         json.dumps({"errorMessage": f"{work}/run.json does not exist"}), 1.0)
+
+    monkeypatch.setattr(runner.LocalEngine, "run", meanwhile)
+    result = runner.run_local(str(manifest), 1, work=str(work))
+    assert not result.ok and result.report is None and result.removed == []
+    assert json.loads(report.read_text())["run_id"] == "later" and sheet.exists()
+    assert "holds the report of run later, which started after this one: kept" in caplog.text
+    # one that started before this run is an earlier run's, removed as before
+    report.write_text(json.dumps({"run_id": "earlier", "started_at": time.time() - 60}))
+    assert runner._remove_stale(str(report), result.run_id, False, False, time.time()) \
+        == [str(report), str(sheet)]
