@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
 
-from pipeline.adapters import local_runs, storage, work_location
+from pipeline.adapters import local_runs, storage, work_lease, work_location
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
@@ -126,6 +126,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     ours = False  # the work location is this run's (not another run's, going on): removed
+    lease: work_lease.Holder | None = None  # this run's lease on it (work_lease)
     try:
         # held_work.holding: the results of the jobs a stopped run finished, for its report
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
@@ -136,6 +137,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
             with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
                 _claim_work(work, f"run-{run_id}")
                 ours = True
+                lease = _hold_work(work, run_id)
                 with LocalEngine(workers, listener, definition_text=definition_text,
                                  interpreter=interpreter, stop=stop) as engine:
                     execution = engine.run(event, name=f"run-{run_id}")
@@ -167,6 +169,14 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                          str(exc),
                          removed=_remove_stale(report_url, run_id, False, False, started))
     finally:
+        if lease is not None and not lease.ours():  # another run took it: its files now
+            lease.release(remove=False)
+            ours = False
+            log.warning("the work location %s was taken by another run while this one ran "
+                        "(this run's lease there had expired, or was removed): what is there "
+                        "now is that run's, left to it", work)
+        elif lease is not None:
+            lease.release(remove=keep_work)  # (without --keep-work: removed with the work)
         if ours and not keep_work:
             try:
                 _remove_work(work)
@@ -357,6 +367,18 @@ def _claim_work(work: str, name: str) -> None:
         log.warning("removed the work files of an earlier run (%s) at %s (kept with "
                     "--keep-work, or left by a killed run): this run's would mix with them",
                     earlier, work)
+
+
+def _hold_work(work: str, run_id: str) -> work_lease.Holder:
+    """This run's lease on its work location (:mod:`pipeline.adapters.work_lease`), renewed
+    while the run goes on, or a WorkLocationError (the location takes no file: nothing has
+    run yet)."""
+    try:
+        return work_lease.hold(work, run_id)
+    except TiffpipeError as exc:
+        raise WorkLocationError(f"{work}: cannot write this run's lease there ({exc}): give "
+                                "--work a folder (or prefix) this run can write, or none"
+                                ) from exc
 
 
 def _remove_work(work: str) -> None:

@@ -136,6 +136,9 @@ def test_sigterm_to_the_command_alone_stops_its_workers(tmp_path: Path):
         _wait_for_an_output(proc, tmp_path)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert any("spawn_main" in " ".join(p.cmdline()) for p in children)  # a worker runs
+        # its lease on its work folder (work_lease), which goes with the folder
+        [lease] = (tmp_path / ".tiffpipe-work").glob("*/lease.json")
+        assert json.loads(lease.read_text())["pid"] == proc.pid
         os.kill(proc.pid, signal.SIGTERM)
         _stopped_cleanly(proc, tmp_path, jobs, 143, "SIGTERM", children)
 

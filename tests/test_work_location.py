@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -368,6 +369,160 @@ def test_a_killed_runs_uploads_out_of_reach_keep_their_records_until_a_look_ends
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
     assert f"ended 1 S3 upload(s) run w1 left open: its process ({one.pid})" in caplog.text
     assert not work.exists() and list(runs_folder.glob("*.json")) == []
+
+
+# --- a run's lease on its work location (pipeline/adapters/work_lease.py) --------------------
+
+
+def _lease(work: str, host: str = "other-host", pid: int = 4242, run_id: str = "theirs",
+           renewed: float = 1000.0) -> None:
+    from pipeline.adapters import storage, work_lease
+
+    storage.write_json(work_lease.url(work), {"host": host, "pid": pid, "run_id": run_id,
+                                              "renewed": renewed})
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The leases' clock, set by the test: ``clock[0]`` is now."""
+    from pipeline.adapters import work_lease
+
+    now = [1000.0]
+    monkeypatch.setattr(work_lease, "clock", lambda: now[0])
+    return now
+
+
+def test_a_fresh_lease_of_another_host_refuses_a_second_run(tmp_path: Path, clock):
+    """Two machines given one --work (a folder on a network file system): the second run
+    finds the first's lease, renewed within EXPIRY_S, and is refused before anything runs,
+    naming that run, its host and process, when it last renewed, and what to do; the
+    first's work stays."""
+    from pipeline.adapters import work_lease
+
+    work = tmp_path / "shared"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"run_id": "theirs", "jobs": []}))
+    _lease(str(work))
+    clock[0] += work_lease.EXPIRY_S - 1
+    manifest = _manifest(tmp_path, tmp_path / "a.tif")
+    _scan(tmp_path / "a.tif")
+    code, err = _run(manifest, "--work", str(work))
+    assert code == 2, err
+    assert (f"{work}: the work location of run theirs on host other-host (process 4242), "
+            f"which last renewed its lease {work_lease.EXPIRY_S - 1:.0f} s ago") in err
+    assert "Wait for it to end, give this run another --work" in err
+    assert f"if that run is known to be dead, remove {work / 'lease.json'}" in err
+    assert sorted(p.name for p in work.iterdir()) == ["lease.json", "run.json"]
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_fresh_lease_on_s3_refuses_and_an_expired_one_is_reaped(s3, clock):
+    """The same on an S3 prefix; once the lease is older than EXPIRY_S its run is taken for
+    dead (killed, its machine gone): its work is removed as an earlier run's, and the S3
+    uploads it recorded as open are ended first (its work holds their only record)."""
+    from pipeline.adapters import work_lease
+    from pipeline.steps import layout
+    from pipeline.steps.common import record_output_upload
+
+    work = f"s3://{BUCKET}/shared3/"
+    _put(s3, ["shared3/run.json"], json.dumps({"run_id": "theirs"}).encode())
+    _put(s3, ["shared3/jobs/00000/plan.json"])
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="out/x.tif")["UploadId"]
+    record_output_upload(layout.job_dir(work, 0), f"s3://{BUCKET}/out/x.tif", upload)
+    _lease(work)
+    with pytest.raises(WorkLocationError, match="the work location of run theirs on host "
+                                                "other-host .process 4242., which last "
+                                                "renewed its lease 0 s ago"):
+        work_location.prepare(work)
+    assert "shared3/lease.json" in _keys(s3)
+    clock[0] += work_lease.EXPIRY_S
+    earlier = work_location.prepare(work)
+    assert earlier is not None and earlier.startswith("run theirs on host other-host")
+    assert _keys(s3) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_a_lease_of_this_host_stands_while_its_process_does(tmp_path: Path, clock):
+    """A lease written on this machine is judged by its process, not its age (the run list
+    judges this machine's runs: one killed is reaped at once): a process that is gone leaves
+    an earlier run's work; one still there (a run this user's list does not know: another
+    user's) holds the location."""
+    import subprocess
+    import sys
+
+    from pipeline.adapters import work_lease
+
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    try:
+        _lease(str(work), work_lease.host(), proc.pid, "alive", renewed=0.0)
+        with pytest.raises(WorkLocationError, match="the work location of run alive"):
+            work_location.prepare(str(work))
+    finally:
+        proc.communicate(b"")
+    assert work_location.prepare(str(work)).startswith("run alive on host")
+    assert not work.exists()  # (removed once empty, as an earlier run's work is)
+
+
+def test_a_run_holds_a_lease_on_its_work_and_removes_it_at_its_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock):
+    """While it runs, the work location holds the run's lease (this host, this process, its
+    run id), renewed every INTERVAL_S; at the end it goes with the work, and with
+    --keep-work it goes alone (the work is then an earlier run's, free to the next)."""
+    import os
+
+    from pipeline.adapters import work_lease
+    from pipeline.runner import LocalEngine
+
+    seen: list[work_lease.Lease | None] = []
+    real_run = LocalEngine.run
+
+    def looking(self, *args, **kwargs):
+        seen.append(work_lease.read(str(work)))
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEngine, "run", looking)
+    _scan(tmp_path / "a.tif")
+    manifest = _manifest(tmp_path, tmp_path / "a.tif")
+    work = tmp_path / "work"
+    assert _run(manifest, "--work", str(work))[0] == 0
+    assert not work.exists()
+    assert _run(manifest, "--work", str(work), "--keep-work")[0] == 0
+    assert (work / "run.json").exists() and not (work / "lease.json").exists()
+    for lease in seen:
+        assert lease is not None and lease.host == work_lease.host()
+        assert lease.pid == os.getpid() and lease.renewed == clock[0]
+    assert seen[0].run_id != seen[1].run_id
+
+
+def test_a_lease_is_renewed_until_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           clock):
+    """The daemon thread writes the lease again every INTERVAL_S with the clock's time;
+    released, it stops (and the file goes); one another run took over is left to it."""
+    import threading
+
+    from pipeline.adapters import work_lease
+
+    monkeypatch.setattr(work_lease, "INTERVAL_S", 0.01)
+    work = str(tmp_path)
+    holder = work_lease.hold(work, "mine")
+    assert work_lease.read(work).renewed == 1000.0
+    clock[0] = 2000.0
+    for _ in range(500):
+        if work_lease.read(work).renewed == 2000.0:
+            break
+        threading.Event().wait(0.01)
+    assert work_lease.read(work) == work_lease.Lease(work_lease.host(), os.getpid(), "mine",
+                                                     2000.0)
+    holder.release()
+    assert work_lease.read(work) is None and not holder._thread.is_alive()
+    holder = work_lease.hold(work, "mine")
+    _lease(work, run_id="theirs")  # its lease expired meanwhile, and another run took it
+    assert not holder.ours()
+    holder.release()
+    assert work_lease.read(work).run_id == "theirs"
 
 
 def test_a_run_whose_work_vanished_keeps_the_report_of_a_run_that_started_after_it(

@@ -7,12 +7,14 @@ the names it writes at the top of the location (``WORK_ENTRIES``: run.json, jobs
 job-specs.bin, jobs/, report.json), then the folder if that left it empty; never the folder
 with what else it holds (a user's ``--work ~/scans`` keeps the scans). Before the run, the
 location must be new, empty, or hold an earlier tiffpipe run's work (its run.json): that
-work, kept with ``--keep-work`` or left by a killed run, is removed first, since its recorded
-errors, results and segments would pass for this run's (a job rerun after its input was
-mended failed again with the earlier run's error). A location holding anything else is
-refused (:class:`~pipeline.errors.WorkLocationError`): the run would mix its files with
-them. Whether another run going on uses the location is the run list's to say
-(:func:`pipeline.adapters.local_runs.using`).
+work, kept with ``--keep-work`` or left by a killed run, is removed first (and the S3
+uploads it records as open ended), since its recorded errors, results and segments would
+pass for this run's (a job rerun after its input was mended failed again with the earlier
+run's error). A location holding anything else is refused
+(:class:`~pipeline.errors.WorkLocationError`): the run would mix its files with them.
+Whether another run going on uses the location is the run list's to say for a run of this
+machine (:func:`pipeline.adapters.local_runs.using`), its lease's for one of another
+(:mod:`pipeline.adapters.work_lease`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ import json
 import os
 import shutil
 
-from pipeline.adapters import storage
-from pipeline.core.constants import JOBS_FOLDER, RUN_FILE, UPLOADS_FOLDER, WORK_ENTRIES
+from pipeline.adapters import storage, work_lease
+from pipeline.core.constants import (
+    JOBS_FOLDER,
+    LEASE_FILE,
+    RUN_FILE,
+    UPLOADS_FOLDER,
+    WORK_ENTRIES,
+)
 from pipeline.errors import StorageError, TiffpipeError, WorkLocationError
 
 #: the folders a local run's default work folder is made in (``runner.default_work``):
@@ -32,8 +40,10 @@ DEFAULT_PARENTS = (".tiffpipe-work", "tiffpipe-work")
 
 def prepare(work: str) -> str | None:
     """Make ``work`` ready for a new run: nothing to do when it is new or empty; an earlier
-    run's work there is removed (its run id returned, for the caller to say so); anything
-    else is a WorkLocationError that names what is there."""
+    run's work there is removed (its run id returned, for the caller to say so, with its
+    host when it held a lease there); a run's going on (its lease stands:
+    :func:`work_lease.check`), and anything else, is a WorkLocationError that names what is
+    there."""
     if not storage.is_s3(work) and os.path.lexists(work) and not os.path.isdir(work):
         raise WorkLocationError(f"{work}: the work location is a file, not a folder: give "
                                 "--work a new or empty folder, or none")
@@ -48,15 +58,36 @@ def prepare(work: str) -> str | None:
     if not names:
         return None
     foreign = sorted(names - set(WORK_ENTRIES))
-    if foreign or RUN_FILE not in names:
+    if foreign or not names & {RUN_FILE, LEASE_FILE}:
         shown = ", ".join(foreign[:3] or sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise WorkLocationError(
             f"{work}: the work location holds files that are not a tiffpipe run's work "
             f"({shown}): give --work a new or empty folder (or prefix), or none (each run "
             "then gets its own); a run removes what it writes there when it ends")
-    earlier = _run_id(work)
+    lease = work_lease.check(work) if LEASE_FILE in names else None
+    earlier = _run_id(work, lease)
+    _end_uploads(work, earlier)
     remove(work)
     return earlier
+
+
+def _end_uploads(work: str, earlier: str) -> None:
+    """End the S3 uploads the earlier run in ``work`` left open (a killed run's: its
+    merges', which its work records, and its segments' under an S3 work prefix) before its
+    work, which holds their only record, goes; a WorkLocationError if they cannot be."""
+    from pipeline.adapters import segments  # (an earlier run's work: rare)
+
+    try:
+        if storage.is_s3(work) or upload_records(work):
+            segments.abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
+            segments.abort_uploads(work.rstrip("/") + "/")
+    except TiffpipeError as exc:
+        raise WorkLocationError(
+            f"{work}: the work location holds the work of an earlier run ({earlier}) with S3 "
+            f"uploads it left open, which this run cannot end ({exc}): run where that S3 is "
+            "reachable (its endpoint and credentials), or end them (aws s3api "
+            "abort-multipart-upload; the records are in jobs/*/uploads/) and remove the "
+            "work, or give this run another --work") from exc
 
 
 def _writable_folder(work: str) -> None:
@@ -75,7 +106,11 @@ def _writable_folder(work: str) -> None:
                                 "beside the manifest)")
 
 
-def _run_id(work: str) -> str:
+def _run_id(work: str, lease: work_lease.Lease | None = None) -> str:
+    """How the earlier run whose work is in ``work`` is named: its run id, and with a lease
+    (of a dead run: expired, or of a process of this host that is gone) its host."""
+    if lease is not None:
+        return lease.describe()
     try:
         doc = json.loads(storage.read_bytes(storage.join(work, RUN_FILE)))
         return str(doc["run_id"])

@@ -61,11 +61,15 @@ RUN_TAG_ENV = "TIFFPIPE_RUN_TAG"
 #: the run's file in its work location: the run and every job's spec (PlanRun writes it)
 RUN_FILE = "run.json"
 #: the job indices the Jobs map reads, every job's spec as its steps read it, and the folder
-#: of the jobs' work (pipeline/steps/layout.py); with RUN_FILE and the report a run writes
-#: there when it is given none, every name a run writes at the top of its work location
+#: of the jobs' work (pipeline/steps/layout.py); with RUN_FILE, the report a run writes
+#: there when it is given none and LEASE_FILE, every name a run writes at the top of its
+#: work location
 JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT = "jobs.json", "job-specs.bin", "jobs", \
     "report.json"
-WORK_ENTRIES = (RUN_FILE, JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT)
+#: a local run's lease on its work location (pipeline/adapters/work_lease.py): a run on
+#: another machine given the same --work tells from it whether this run goes on
+LEASE_FILE = "lease.json"
+WORK_ENTRIES = (RUN_FILE, JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT, LEASE_FILE)
 #: each job's folder (in ``JOBS_FOLDER``) of the output uploads its merge began on S3
 #: (pipeline.steps.layout.uploads_dir): what a failed or killed run's job leaves open
 UPLOADS_FOLDER = "uploads"
