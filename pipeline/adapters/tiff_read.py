@@ -7,6 +7,7 @@ never wrong pixels.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import struct
@@ -51,7 +52,9 @@ _REFUSED_PHOTOMETRICS = {
     PHOTOMETRIC.CIELAB: "CIE L*a*b* is not converted; convert the file to RGB first",
     PHOTOMETRIC.ICCLAB: "ICC L*a*b* is not converted; convert the file to RGB first",
     PHOTOMETRIC.ITULAB: "ITU L*a*b* is not converted; convert the file to RGB first",
-    PHOTOMETRIC.MASK: "transparency masks are not images to process",
+    PHOTOMETRIC.MASK: "a transparency mask is the valid area of another page, not an image "
+                       "to process; pick an image page (a job without pages leaves mask "
+                       "pages out)",
     PHOTOMETRIC.CFA: "colour filter array (raw sensor) data needs demosaicing; develop it first",
     PHOTOMETRIC.LOGL: "LogL needs a float conversion; convert the file to float32 first",
     PHOTOMETRIC.LOGLUV: "LogLuv needs a float conversion; convert the file to float32 first",
@@ -928,9 +931,119 @@ def read_window(tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index:
     return PageReader(tf, page, url, index, keep_palette).read(rect)
 
 
+#: NewSubfileType bits (TIFF 6.0): the page is a reduced-resolution version of another page;
+#: the page is a transparency mask of another page
+REDUCED_IMAGE, TRANSPARENCY_MASK = 0b1, 0b100
+#: what a job leaves out by default: (page index, "mask" or "reduced", the image page before
+#: it, which it is derived from, or None; whether a mask is a reduced page's: NewSubfileType 5)
+LeftOut = tuple[int, str, int | None, bool]
+
+
+def is_mask(page: tifffile.TiffPage) -> bool:
+    """A transparency mask: NewSubfileType bit 2 (GDAL takes such a page, 1 or 8-bit, for the
+    mask of the image before it, whatever its Photometric) or Photometric MASK. It is the
+    valid area of another page, never an image to process."""
+    return bool(int(page.subfiletype) & TRANSPARENCY_MASK) or \
+        int(page.photometric) == PHOTOMETRIC.MASK
+
+
+def _sampling(index: int, page: tifffile.TiffPage) -> tuple[Any, ...]:
+    """(index, height, width, samples, bits, sample format) of a page: what a reduced page
+    is compared with (:func:`_reduces`)."""
+    return (index, int(page.imagelength), int(page.imagewidth), int(page.samplesperpixel),
+            page.bitspersample, int(page.sampleformat))
+
+
+def _reduces(page: tifffile.TiffPage, base: tuple[Any, ...]) -> bool:
+    """Whether ``page`` is a reduced-resolution version of the page ``base`` describes: the
+    same samples, smaller, and the base's shape reduced by one factor, each side rounded
+    either way (an overview of GDAL, gdaladdo, a COG or libvips: 350 x 450 of 700 x 900).
+    An Aperio label or macro (NewSubfileType 1 and 9) is not of its slide's shape."""
+    _, h, w, samples, bits, fmt = base
+    hr, wr = int(page.imagelength), int(page.imagewidth)
+    # wr = w / f + a, hr = h / f + b with |a|, |b| < 1: |wr h - hr w| = |a h - b w| < w + h
+    return ((int(page.samplesperpixel), page.bitspersample, int(page.sampleformat))
+            == (samples, bits, fmt) and hr <= h and wr <= w and hr * wr < h * w
+            and abs(wr * h - hr * w) < w + h)
+
+
+def _derived(page: tifffile.TiffPage, base: tuple[Any, ...] | None, svs: bool) -> str:
+    """"mask", "reduced" or "": whether ``page`` is derived from the image page before it
+    (``base``, :func:`_sampling`; None: there is none): a transparency mask, or a reduced-
+    resolution page of that page (an overview stored in the chain of pages). An Aperio SVS
+    file's pages never are (its label and macro are marked reduced, 1 and 9, and are images
+    of their own: processed as every other page of the slide)."""
+    if is_mask(page):
+        return "mask"
+    if (int(page.subfiletype) & REDUCED_IMAGE and base is not None and not svs
+            and not page.is_svs and _reduces(page, base)):
+        return "reduced"
+    return ""
+
+
+def _marked(page: tifffile.TiffPage) -> bool:
+    """Marked reduced-resolution or mask: never the image page a later page derives from."""
+    return bool(int(page.subfiletype) & (REDUCED_IMAGE | TRANSPARENCY_MASK)) or is_mask(page)
+
+
+def image_pages(tf: tifffile.TiffFile, url: str, count: int
+                ) -> tuple[list[tuple[int, tifffile.TiffPage]], list[LeftOut]]:
+    """The pages a job processes when it lists none, and those it leaves out: pages derived
+    from the image page before them (:func:`_derived`: masks, overviews). Each page's IFD is
+    read once."""
+    svs = bool(tf.pages.first.is_svs)
+    base: tuple[Any, ...] | None = None
+    kept: list[tuple[int, tifffile.TiffPage]] = []
+    left: list[LeftOut] = []
+    for i in range(count):
+        page = get_page(tf, url, i)
+        kind = _derived(page, base, svs)
+        if kind:
+            left.append((i, kind, base[0] if base else None,
+                         bool(int(page.subfiletype) & REDUCED_IMAGE)))
+        else:
+            kept.append((i, page))
+        if not _marked(page):
+            base = _sampling(i, page)
+    return kept, left
+
+
+def _derived_from(tf: tifffile.TiffFile, url: str, index: int, page: tifffile.TiffPage
+                  ) -> tuple[str, int | None]:
+    """Whether a page a job lists is derived (:func:`_derived`), and from which page: the
+    pages before it are read back to the first not marked reduced or mask (a few in a COG),
+    not the whole file."""
+    if not _marked(page):
+        return "", None
+    base = None
+    for i in range(index - 1, -1, -1):
+        before = get_page(tf, url, i)
+        if not _marked(before):
+            base = _sampling(i, before)
+            break
+    return _derived(page, base, bool(tf.pages.first.is_svs)), base[0] if base else None
+
+
+def _mask_listed(tf: tifffile.TiffFile, url: str, index: int, page: tifffile.TiffPage,
+                 of: int | None, count: int) -> UnsupportedTiffError:
+    """The error of a job that lists a mask page: which it is, and the image pages to list."""
+    images = [i for i, _ in image_pages(tf, url, count)[0]]
+    listed = (json.dumps(images) if len(images) <= 12 else
+              f"[{', '.join(map(str, images[:12]))}, ...] ({len(images)} pages)")
+    whose = "" if of is None else f" of a reduced-resolution page of page {of}" \
+        if int(page.subfiletype) & REDUCED_IMAGE else f" of page {of}"
+    return UnsupportedTiffError(
+        f"{url}: page {index} is a transparency mask{whose} (NewSubfileType "
+        f"{int(page.subfiletype)}, Photometric {_name(page.photometric, PHOTOMETRIC)}), the "
+        f"valid area of an image, not an image to process: list the file's image pages in "
+        f"the job's pages instead (\"pages\": {listed}), or leave pages out to process them "
+        "all (mask pages are then left out)")
+
+
 def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
                hand_over: bool = False) -> list[PageInfo]:
-    """Infos of the asked pages of a TIFF (all when ``pages`` is None), reading IFDs only.
+    """Infos of the asked pages of a TIFF (all its image pages when ``pages`` is None:
+    :func:`image_pages`), reading IFDs only.
     ``keep_palette``: palette pages keep their indices and colormap (see :func:`pixel_kind`).
     ``hand_over``: a local file stays open for the job's unit (:func:`kept_tiff`, in any
     thread of this process), which then does not open it and parse its first IFD again."""
@@ -938,11 +1051,16 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
 
 
 def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool = False,
-                           hand_over: bool = False) -> tuple[list[PageInfo], str]:
-    """:func:`read_infos`, and the version of the input read (:func:`storage.version_of`:
-    what the job's units must find), from the one open of it. The chain of pages must end
+                           hand_over: bool = False
+                           ) -> tuple[list[PageInfo], str, list[LeftOut]]:
+    """:func:`read_infos`, the version of the input read (:func:`storage.version_of`:
+    what the job's units must find), from the one open of it, and the pages left out (when
+    ``pages`` is None: masks and overviews, :func:`image_pages`). The chain of pages must end
     cleanly (:func:`check_chain_end`) when every page is asked for, or one beyond those
-    read: pages asked for of a file cut short after them are read."""
+    read: pages asked for of a file cut short after them are read. A listed mask page is an
+    UnsupportedTiffError naming the image pages to list instead; a listed reduced-resolution
+    page (an overview) is processed, as a page of its own: not marked reduced in the output
+    (it would be taken for an overview of the processed page, which it does not match)."""
     stack = ExitStack()
     fh = stack.enter_context(storage.open_input(url))
     try:
@@ -951,8 +1069,27 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         count = page_count(tf, url)
         if pages is None or max(pages) >= count:
             check_chain_end(tf, url, count)
-        indices = range(count) if pages is None else pages
-        infos = [page_info(get_page(tf, url, i), url, i, keep_palette) for i in indices]
+        left: list[LeftOut] = []
+        if pages is None:
+            chosen, left = image_pages(tf, url, count)
+            if not chosen:
+                raise UnsupportedTiffError(
+                    f"{url}: has no image page to process: its {count} page(s) are "
+                    "transparency masks (NewSubfileType 4 or Photometric MASK), the valid "
+                    "areas of images that are not in the file; process the file the "
+                    "masks belong to")
+            infos = [page_info(page, url, i, keep_palette) for i, page in chosen]
+        else:
+            infos = []
+            for i in pages:
+                page = get_page(tf, url, i)
+                kind, of = _derived_from(tf, url, i, page)
+                if kind == "mask":
+                    raise _mask_listed(tf, url, i, page, of, count)
+                info = page_info(page, url, i, keep_palette)
+                if kind == "reduced":
+                    _unmark_reduced(info)
+                infos.append(info)
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None
     except BaseException:
         stack.close()
@@ -961,4 +1098,15 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         stack.close()
     else:
         kept_files.hand_over(_kept_key(url, st), tf, stack.close)
-    return infos, version
+    return infos, version, left
+
+
+def _unmark_reduced(info: PageInfo) -> None:
+    """An overview processed as a page of its own is not marked reduced-resolution in the
+    output (its NewSubfileType's bit 0 cleared): readers would take it for an overview of
+    the processed page before it."""
+    kept = int(info.metadata.get("subfiletype", 0)) & ~REDUCED_IMAGE
+    if kept:
+        info.metadata["subfiletype"] = kept
+    else:
+        info.metadata.pop("subfiletype", None)

@@ -166,13 +166,19 @@ class JobPlan:
     #: the input's version PlanJob read (storage.version_of: an S3 ETag, a local file's
     #: size and mtime), which every unit reads too ("": not noted)
     input_version: str = ""
+    #: what the job's result says besides (the report's ``message``: the pages a job without
+    #: ``pages`` left out, pipeline.core.plan.left_out_note; "": nothing)
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"job": self.job, "spec": self.spec.to_json(), "work": self.work,
-                "halo": self.halo, "pages": [p.to_json() for p in self.pages],
-                "units": [u.to_json() for u in self.units],
-                "batches": [b.to_json() for b in self.batches], "started_at": self.started_at,
-                "fused": self.fused, "input_version": self.input_version}
+        d = {"job": self.job, "spec": self.spec.to_json(), "work": self.work,
+             "halo": self.halo, "pages": [p.to_json() for p in self.pages],
+             "units": [u.to_json() for u in self.units],
+             "batches": [b.to_json() for b in self.batches], "started_at": self.started_at,
+             "fused": self.fused, "input_version": self.input_version}
+        if self.note:
+            d["note"] = self.note
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JobPlan:
@@ -180,7 +186,8 @@ class JobPlan:
                    [PagePlan.from_json(p) for p in d["pages"]],
                    [SplitUnit.from_json(u) for u in d["units"]],
                    [Batch.from_json(b) for b in d["batches"]], d["started_at"],
-                   bool(d.get("fused", False)), str(d.get("input_version", "")))
+                   bool(d.get("fused", False)), str(d.get("input_version", "")),
+                   str(d.get("note", "")))
 
     @property
     def tiles(self) -> int:

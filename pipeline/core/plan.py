@@ -52,8 +52,10 @@ MAX_TILE_BYTES = 64 * 1024 * 1024
 
 
 def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
-              started_at: float, input_version: str = "") -> tuple[JobPlan, list[str]]:
-    """The plan of one job, and the problems (naming the page) that stop it from running."""
+              started_at: float, input_version: str = "", note: str = ""
+              ) -> tuple[JobPlan, list[str]]:
+    """The plan of one job, and the problems (naming the page) that stop it from running.
+    ``note``: what the job's result tells besides (:func:`left_out_note`)."""
     chain = chain_from_json(spec.ops)
     problems: list[str] = []
     pages: list[PagePlan] = []
@@ -98,7 +100,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                         "size")
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at, fused=fused,
-                   input_version=input_version)
+                   input_version=input_version, note=note)
     return plan, problems
 
 
@@ -134,6 +136,41 @@ def grouped_by_page(problems: list[str]) -> list[str]:
     return [what if not paged else f"page {pages[0]}: {what}" if len(pages) == 1 else
             f"pages {_ranges(pages)} ({len(pages)} pages): {what}"
             for (paged, what), pages in groups.items()]
+
+
+def left_out_note(left_out: list[tuple[int, str, int | None, bool]]) -> str:
+    """What a job's result says of the pages it left out (a job without ``pages``:
+    ``pipeline.adapters.tiff_read.image_pages``): which, and why; "" when none was. Each
+    entry is (page, "mask" or "reduced", the image page it derives from, whether a mask is
+    an overview's)."""
+    parts = []
+    masks = [(i, of, small) for i, kind, of, small in left_out if kind == "mask"]
+    if masks:
+        bases = sorted({of for _, of, _ in masks if of is not None})
+        many = len(masks) > 1
+        whose = (f" of page{'s' if len(bases) > 1 else ''} {_ranges(bases)}" if bases else "")
+        if whose and any(small for *_, small in masks):
+            whose += f" and {'their' if len(bases) > 1 else 'its'} reduced-resolution pages"
+        parts.append(f"{_pages([i for i, _, _ in masks])} left out: the transparency "
+                     f"mask{'s' if many else ''}{whose} (NewSubfileType bit 2, Photometric "
+                     f"MASK), not {'images' if many else 'an image'}: the output has no mask, "
+                     "its masked-out "
+                     f"area{'s are' if many else ' is'} data like any other")
+    reduced = [(i, of) for i, kind, of, _ in left_out if kind == "reduced"]
+    if reduced:
+        bases = sorted({of for _, of in reduced if of is not None})
+        parts.append(f"{_pages([i for i, _ in reduced])} left out: reduced-resolution "
+                     f"page{'s' if len(reduced) > 1 else ''} (overviews, NewSubfileType bit 0) "
+                     f"of page{'s' if len(bases) > 1 else ''} {_ranges(bases)}, which would "
+                     "not match the processed pixels: set output_options.pyramid for levels "
+                     "made from them (or list the pages in the job's pages to process each as "
+                     "a page of its own)")
+    return "; ".join(parts)
+
+
+def _pages(numbers: list[int]) -> str:
+    """"page 3" or "pages 1, 4-5"."""
+    return f"page{'s' if len(numbers) > 1 else ''} {_ranges(numbers)}"
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -549,6 +549,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
            "memory": {f: {"step": p.step, "page": p.page, "peak_mb": round(p.mb, 1),
                           "memory_mb": ledger.mem[f], "threads": threads[f],
                           "parts_mb": p.parts} for f, p in peaks.items()}}
+    if plan.note:  # the pages the job leaves out (as the run's report says)
+        row["message"] = plan.note
     return phases, row, objects
 
 

@@ -124,7 +124,7 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
     """
     from pipeline.adapters import storage
     from pipeline.adapters.tile_codec import output_problems
-    from pipeline.core.plan import make_plan
+    from pipeline.core.plan import left_out_note, make_plan
     from pipeline.errors import TiffpipeError
     from pipeline.steps.common import read_manifest as validate
 
@@ -140,13 +140,15 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
         if assumed is not None:
             infos = [assumed[p] for p in spec.pages if p < len(assumed)] if spec.pages \
                 else list(assumed)
+            left_out: list[Any] = []
             size = None
         else:
-            from pipeline.adapters.tiff_read import keeps_palette, read_infos
+            from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 
-            try:
-                infos = read_infos(spec.input, spec.pages, keep_palette=keeps_palette(
-                    spec.ops, spec.output_options.compression))
+            try:  # the pages a run processes: a job without pages leaves masks and overviews out
+                infos, _, left_out = read_infos_and_version(
+                    spec.input, spec.pages, keep_palette=keeps_palette(
+                        spec.ops, spec.output_options.compression))
             except TiffpipeError as exc:  # the message names the file: the next job's too
                 problems.append(f"jobs[{i}]: {type(exc).__name__}: {exc}")
                 continue
@@ -154,7 +156,8 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
-        plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0)
+        plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0,
+                              note=left_out_note(left_out))
         why += output_problems(plan)  # what PlanJob refuses too: a job that cannot run
         problems += [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)]
         plans.append(plan)

@@ -36,6 +36,8 @@ def format_text(result: dict[str, Any]) -> str:
                 + (f", {j['stats_rounds']} stats round(s)" if j["stats_rounds"] else ""))
         p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} {j['megapixels']:,.0f} Mpx -> "
           f"{j['compression']}: {j['tiles']} tiles, {work}")
+        if j.get("message"):  # pages left out
+            p(f"    {j['message']}")
         m = j["merge"]
         if j.get("held"):  # nothing in S3 to compose from: the output goes up from memory
             uploads = max(1, math.ceil(j["output_bytes"] / UPLOAD_PART))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_pay
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
-from pipeline.core.plan import grouped_by_page, make_plan, single_task
+from pipeline.core.plan import grouped_by_page, left_out_note, make_plan, single_task
 from pipeline.core.thumbs import contact_sheet_url
 from pipeline.errors import (
     InputNotFoundError,
@@ -27,6 +28,8 @@ from pipeline.errors import (
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import keep_plan, load_job, read_manifest, save_skipped
 from pipeline.steps.thumbs import sums_thumbnails
+
+log = logging.getLogger(__name__)
 
 
 def plan_run(event: RunEvent) -> dict[str, Any]:
@@ -173,13 +176,16 @@ def write_job_plan(event: JobEvent,
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     # the open input is handed over to the job's unit, should it run in this process; the
     # units read the version read here
-    infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
-                                            hand_over=True)
-    plan, problems = make_plan(event.job, spec, infos, work, started, version)
+    infos, version, left_out = read_infos_and_version(
+        spec.input, spec.pages, keep_palette=keep_palette, hand_over=True)
+    note = left_out_note(left_out)
+    plan, problems = make_plan(event.job, spec, infos, work, started, version, note)
     problems += output_problems(plan)
     if problems:
         raise OperationError(f"{spec.input}: the job cannot run: "
                              + "; ".join(grouped_by_page(problems)))
+    if note:  # (the job's result says it too: the report's message)
+        log.warning("job %d: %s: %s", event.job, spec.input, note)
     plan_url = layout.plan_file(work)
     # the contact sheet reads the plan of a job whose steps sum thumbnails after the run
     held_work.save_plan(plan_url, plan, may_hold=not sums_thumbnails(plan))
