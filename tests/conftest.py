@@ -34,7 +34,7 @@ ENGINE = {
     "test_interrupt", "test_level_units", "test_many_jobs", "test_metadata", "test_odd_inputs",
     "test_preview", "test_pyramid", "test_s3_merge", "test_s3_pipeline", "test_scan",
     "test_ojpeg", "test_single_task", "test_start_status", "test_thumbs",
-    "test_work_location", "test_cmyk",
+    "test_work_location", "test_cmyk", "test_derived_pages",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the

@@ -1,0 +1,289 @@
+"""Pages derived from an image page: masks and overviews stored in the chain of pages.
+
+GDAL writes an internal mask (``write_mask``, COG ``-mask``, a JPEG COG's alpha) as a 1-bit
+page with NewSubfileType 4 and Photometric MASK after its image, and a COG (gdaladdo,
+libvips ``pyramid`` without ``subifd``) its overviews as pages marked reduced-resolution
+(NewSubfileType 1) after the page they reduce, each followed by its mask (5) in a masked
+COG. A job without ``pages`` processes the image pages only and says which it left out; a
+listed mask is refused with the pages to list; a listed overview is processed as a page of
+its own, not marked reduced. An Aperio SVS file's pages (its label 1 and macro 9 are marked
+reduced) are all processed, as before. The files are written with tifffile the way GDAL
+writes them (``subfiletype=4`` on a bool page: 1-bit, deflate, Photometric MASK).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+from pipeline.adapters.tiff_read import read_infos
+from pipeline.errors import UnsupportedTiffError
+
+pytestmark = pytest.mark.timeout(240)
+
+SIGMA = 2.0
+BLUR = [{"op": "gaussian_blur", "sigma": SIGMA}]
+H, W = 300, 420
+
+
+def image(h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (np.sin(yy / 9.0) + np.cos(xx / 13.0) + 2) * 60
+    return np.clip(base[..., None] + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def valid_area(h: int = H, w: int = W) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[h // 6: h - h // 5, w // 7: w - w // 4] = True
+    return m
+
+
+def reduced(img: np.ndarray, f: int) -> np.ndarray:
+    """An overview as GDAL sizes it: each side divided by f, rounded up."""
+    h, w = -(-img.shape[0] // f), -(-img.shape[1] // f)
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def write_mask(tw: tifffile.TiffWriter, mask: np.ndarray, subfiletype: int = 4) -> None:
+    tw.write(mask, subfiletype=subfiletype, compression="zlib", tile=(128, 128),
+             metadata=None)
+
+
+def write_masked(path: Path) -> np.ndarray:
+    """An image and its GDAL internal mask (rasterio's ``write_mask``)."""
+    img = image()
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, photometric="rgb", tile=(128, 128), compression="zlib", metadata=None)
+        write_mask(tw, valid_area())
+    return img
+
+
+def write_cog(path: Path, masked: bool = True) -> np.ndarray:
+    """A COG's chain of pages: the image, its mask, its overviews by 2 and 4, their masks."""
+    img = image()
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(img, photometric="rgb", tile=(128, 128), compression="zlib", metadata=None)
+        if masked:
+            write_mask(tw, valid_area())
+        for f in (2, 4):
+            tw.write(reduced(img, f), photometric="rgb", tile=(128, 128), compression="zlib",
+                     subfiletype=1, metadata=None)
+        if masked:
+            for f in (2, 4):
+                write_mask(tw, reduced(valid_area().astype(np.uint8), f) > 0, subfiletype=5)
+    return img
+
+
+def run(root: Path, jobs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """Run the jobs (``tiffpipe run``); each job's report entry by name, and the warnings
+    PlanJob logged (it runs in the engine's process)."""
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {**job, "output": str(root / "out" / f"{name}.tif")} for name, job in jobs.items()]}))
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("pipeline.steps.planning")
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cli.main(["run", str(manifest), "--workers", "2", "--no-contact-sheet"])
+    finally:
+        logger.removeHandler(handler)
+    report = json.loads((root / "m.report.json").read_text())
+    return dict(zip(jobs, report["jobs"], strict=True)), logged
+
+
+def pages_of(path: str) -> list[tuple[np.ndarray, int, int]]:
+    """(pixels, NewSubfileType, SubIFD levels) of each page in the main chain."""
+    with tifffile.TiffFile(path) as tf:
+        return [(p.asarray(), int(p.subfiletype), len(p.pages or [])) for p in tf.pages]
+
+
+def blurred(img: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), SIGMA)
+
+
+# --- which pages a job reads ----------------------------------------------------------------
+
+
+def test_a_job_without_pages_reads_the_image_pages(tmp_path):
+    cog, masked = tmp_path / "cog.tif", tmp_path / "masked.tif"
+    write_cog(cog)
+    write_masked(masked)
+    assert [i.index for i in read_infos(str(cog), None)] == [0]
+    assert [i.index for i in read_infos(str(masked), None)] == [0]
+    # two images, each with its overview: both images, neither overview
+    two = tmp_path / "two.tif"
+    with tifffile.TiffWriter(two) as tw:
+        for seed, (h, w) in enumerate([(H, W), (200, 150)]):
+            img = image(h, w, seed)
+            tw.write(img, photometric="rgb", tile=(64, 64), metadata=None)
+            tw.write(reduced(img, 2), photometric="rgb", tile=(64, 64), subfiletype=1,
+                     metadata=None)
+    assert [i.index for i in read_infos(str(two), None)] == [0, 2]
+
+
+def test_pages_marked_reduced_that_do_not_reduce_the_page_before_are_read(tmp_path):
+    """A page marked reduced is an overview only of the image before it: one of another
+    shape (a label, 1) or other samples (a gray thumbnail of an RGB page), or with no
+    image before it, is a page of its own."""
+    path = tmp_path / "marked.tif"
+    img = image()
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(reduced(img, 2), photometric="rgb", subfiletype=1, metadata=None)  # first
+        tw.write(img, photometric="rgb", tile=(64, 64), metadata=None)
+        tw.write(image(80, 200, 3), photometric="rgb", subfiletype=1, metadata=None)  # label
+        tw.write(reduced(img, 4)[..., 0], photometric="minisblack", subfiletype=1,
+                 metadata=None)
+        tw.write(reduced(img, 3), photometric="rgb", subfiletype=1, metadata=None)
+    assert [i.index for i in read_infos(str(path), None)] == [0, 1, 2, 3]
+
+
+def test_an_svs_files_pages_are_all_read(tmp_path):
+    """Aperio: the base, its thumbnail, its levels (NewSubfileType 0), the label (1) and the
+    macro (9): each an image of its own, as before, whatever its shape."""
+    head = "Aperio Image Library v12.0.0\r\n"
+    base = image(512, 768)
+    path = tmp_path / "slide.svs"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, photometric="rgb", tile=(256, 256), metadata=None,
+                 description=head + "768x512 [0,0 768x512] (256x256) RAW|MPP = 0.5")
+        tw.write(base[::8, ::8], photometric="rgb", metadata=None,
+                 description=head + "768x512 -> 96x64 - ")
+        tw.write(reduced(base, 2), photometric="rgb", tile=(128, 128), metadata=None,
+                 description=head + "768x512 -> 384x256 - ")
+        # a label of the slide's shape (as a thumbnail-sized one could be): still read
+        tw.write(reduced(base, 4), photometric="rgb", subfiletype=1, rowsperstrip=16,
+                 metadata=None, description=head + "label 192x128")
+        tw.write(image(100, 300, 4), photometric="rgb", subfiletype=9, rowsperstrip=16,
+                 metadata=None, description=head + "macro 300x100")
+    assert [i.index for i in read_infos(str(path), None)] == [0, 1, 2, 3, 4]
+    infos = read_infos(str(path), [3, 4])  # listed: kept as they are, marked 1 and 9
+    assert [i.metadata.get("subfiletype") for i in infos] == [1, 9]
+
+
+def test_a_file_of_masks_only_says_so(tmp_path):
+    path = tmp_path / "mask.tif"
+    with tifffile.TiffWriter(path) as tw:
+        write_mask(tw, valid_area())
+    with pytest.raises(UnsupportedTiffError, match="has no image page to process"):
+        read_infos(str(path), None)
+
+
+def test_a_listed_mask_is_refused_naming_the_image_pages(tmp_path):
+    path = tmp_path / "cog.tif"
+    write_cog(path)
+    with pytest.raises(UnsupportedTiffError) as exc:
+        read_infos(str(path), [0, 1])
+    message = str(exc.value)
+    assert "page 1 is a transparency mask of page 0 (NewSubfileType 4, Photometric MASK)" \
+        in message
+    assert '"pages": [0]' in message and "leave pages out" in message
+    with pytest.raises(UnsupportedTiffError, match="page 4 is a transparency mask of a "
+                                                   "reduced-resolution page of page 0"):
+        read_infos(str(path), [4])
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("derived")
+    masked, cog = root / "masked.tif", root / "cog.tif"
+    srcs = {"masked": write_masked(masked), "cog": write_cog(cog)}
+    pyramid = {"pyramid": True, "tile": 64}
+    jobs, logged = run(root, {
+        "masked": {"input": str(masked), "ops": BLUR},
+        "cog": {"input": str(cog), "ops": BLUR},
+        "cog_pyramid": {"input": str(cog), "ops": BLUR, "output_options": pyramid},
+        "listed_overview": {"input": str(cog), "ops": BLUR, "pages": [0, 2],
+                            "output_options": pyramid},
+        "listed_mask": {"input": str(cog), "pages": [0, 1]},
+    })
+    return {"jobs": jobs, "logged": logged, "srcs": srcs, "cog": cog}
+
+
+def test_a_masked_file_runs_without_its_mask(runs):
+    job = runs["jobs"]["masked"]
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 1
+    ((out, subfiletype, levels),) = pages_of(job["output"])  # the image alone: no mask page
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["masked"]))
+    assert (subfiletype, levels) == (0, 0)
+    assert job["message"].startswith(
+        "page 1 left out: the transparency mask of page 0 (NewSubfileType bit 2, "
+        "Photometric MASK), not an image: the output has no mask")
+    # the run's log says it too
+    assert f"job 0: {job['input']}: {job['message']}" in runs["logged"]
+
+
+def test_a_cogs_overviews_and_masks_are_left_out(runs):
+    job = runs["jobs"]["cog"]
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 1
+    ((out, subfiletype, levels),) = pages_of(job["output"])
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
+    assert (subfiletype, levels) == (0, 0)
+    assert job["message"].startswith("pages 1, 4-5 left out: the transparency masks of page 0 "
+                                     "and its reduced-resolution pages")
+    assert ("pages 2-3 left out: reduced-resolution pages (overviews, NewSubfileType bit 0) "
+            "of page 0, which would not match the processed pixels: set "
+            "output_options.pyramid") in job["message"]
+
+
+def test_a_cog_with_pyramid_has_one_set_of_levels(runs):
+    """The levels made from the processed page, as SubIFDs; no page of the main chain is
+    an overview (GDAL saw [2, 4, 4, 8] when the input's overviews were processed too)."""
+    job = runs["jobs"]["cog_pyramid"]
+    ((out, subfiletype, levels),) = pages_of(job["output"])
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
+    assert subfiletype == 0 and levels == 3  # 300 x 420 -> 150 x 210, 75 x 105, 38 x 53
+
+
+def test_a_listed_overview_is_processed_as_a_page_of_its_own(runs):
+    job = runs["jobs"]["listed_overview"]
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 2 and "message" not in job
+    (base, st0, levels0), (page, st1, levels1) = pages_of(job["output"])
+    src = runs["srcs"]["cog"]
+    np.testing.assert_array_equal(base, blurred(src))
+    np.testing.assert_array_equal(page, blurred(reduced(src, 2)))  # sigma in its own pixels
+    # not marked reduced: readers would take it for an overview of page 0, beside its levels
+    assert (st0, st1) == (0, 0) and (levels0, levels1) == (3, 2)
+
+
+def test_a_listed_mask_fails_the_job_saying_what_to_list(runs):
+    job = runs["jobs"]["listed_mask"]
+    assert job["status"] == "FAILED" and job["error"]["type"] == "UnsupportedTiffError"
+    assert job["error"]["message"].startswith(f"{runs['cog']}: page 1 is a transparency mask "
+                                              "of page 0")
+    assert '"pages": [0]' in job["error"]["message"]
+
+
+def test_estimate_counts_the_pages_a_run_processes(runs, tmp_path):
+    from pipeline import estimate as est
+
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": str(runs["cog"]), "output": str(tmp_path / "a.tif")},
+        {"input": str(runs["cog"]), "output": str(tmp_path / "b.tif"), "pages": [0, 2]}]}))
+    plans, _, problems = est.plans_for_manifest(str(manifest))
+    assert not problems
+    assert [[p.info.index for p in plan.pages] for plan in plans] == [[0], [0, 2]]
+    assert plans[0].note == runs["jobs"]["cog"]["message"] and plans[1].note == ""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["estimate", str(manifest)]) == 0
+    text = out.getvalue()
+    assert "jobs[0] 1 page(s)" in text and "jobs[1] 2 page(s)" in text
+    assert "    pages 1, 4-5 left out: the transparency masks" in text
