@@ -986,48 +986,26 @@ def _marked(page: tifffile.TiffPage) -> bool:
     return bool(int(page.subfiletype) & (REDUCED_IMAGE | TRANSPARENCY_MASK)) or is_mask(page)
 
 
-def image_pages(tf: tifffile.TiffFile, url: str, count: int
-                ) -> tuple[list[tuple[int, tifffile.TiffPage]], list[LeftOut]]:
-    """The pages a job processes when it lists none, and those it leaves out: pages derived
-    from the image page before them (:func:`_derived`: masks, overviews). Each page's IFD is
-    read once."""
+def classified(tf: tifffile.TiffFile, url: str, count: int
+               ) -> Iterator[tuple[int, tifffile.TiffPage, LeftOut | None]]:
+    """Every page of the file in order, each with why a job without ``pages`` leaves it
+    out (:func:`_derived`: a mask or an overview of the image page before it), or None: an
+    image page. Each IFD is read once, and let go after its page (a file of 10,000 pages
+    is never held whole)."""
     svs = bool(tf.pages.first.is_svs)
     base: tuple[Any, ...] | None = None
-    kept: list[tuple[int, tifffile.TiffPage]] = []
-    left: list[LeftOut] = []
     for i in range(count):
         page = get_page(tf, url, i)
         kind = _derived(page, base, svs)
-        if kind:
-            left.append((i, kind, base[0] if base else None,
-                         bool(int(page.subfiletype) & REDUCED_IMAGE)))
-        else:
-            kept.append((i, page))
+        yield i, page, ((i, kind, base[0] if base else None,
+                         bool(int(page.subfiletype) & REDUCED_IMAGE)) if kind else None)
         if not _marked(page):
             base = _sampling(i, page)
-    return kept, left
 
 
-def _derived_from(tf: tifffile.TiffFile, url: str, index: int, page: tifffile.TiffPage
-                  ) -> tuple[str, int | None]:
-    """Whether a page a job lists is derived (:func:`_derived`), and from which page: the
-    pages before it are read back to the first not marked reduced or mask (a few in a COG),
-    not the whole file."""
-    if not _marked(page):
-        return "", None
-    base = None
-    for i in range(index - 1, -1, -1):
-        before = get_page(tf, url, i)
-        if not _marked(before):
-            base = _sampling(i, before)
-            break
-    return _derived(page, base, bool(tf.pages.first.is_svs)), base[0] if base else None
-
-
-def _mask_listed(tf: tifffile.TiffFile, url: str, index: int, page: tifffile.TiffPage,
-                 of: int | None, count: int) -> UnsupportedTiffError:
+def _mask_listed(url: str, index: int, page: tifffile.TiffPage, of: int | None,
+                 images: list[int]) -> UnsupportedTiffError:
     """The error of a job that lists a mask page: which it is, and the image pages to list."""
-    images = [i for i, _ in image_pages(tf, url, count)[0]]
     listed = (json.dumps(images) if len(images) <= 12 else
               f"[{', '.join(map(str, images[:12]))}, ...] ({len(images)} pages)")
     whose = "" if of is None else f" of a reduced-resolution page of page {of}" \
@@ -1043,7 +1021,7 @@ def _mask_listed(tf: tifffile.TiffFile, url: str, index: int, page: tifffile.Tif
 def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
                hand_over: bool = False) -> list[PageInfo]:
     """Infos of the asked pages of a TIFF (all its image pages when ``pages`` is None:
-    :func:`image_pages`), reading IFDs only.
+    :func:`classified`), reading IFDs only.
     ``keep_palette``: palette pages keep their indices and colormap (see :func:`pixel_kind`).
     ``hand_over``: a local file stays open for the job's unit (:func:`kept_tiff`, in any
     thread of this process), which then does not open it and parse its first IFD again."""
@@ -1055,7 +1033,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
                            ) -> tuple[list[PageInfo], str, list[LeftOut]]:
     """:func:`read_infos`, the version of the input read (:func:`storage.version_of`:
     what the job's units must find), from the one open of it, and the pages left out (when
-    ``pages`` is None: masks and overviews, :func:`image_pages`). The chain of pages must end
+    ``pages`` is None: masks and overviews, :func:`classified`). The chain of pages must end
     cleanly (:func:`check_chain_end`) when every page is asked for, or one beyond those
     read: pages asked for of a file cut short after them are read. A listed mask page is an
     UnsupportedTiffError naming the image pages to list instead; a listed reduced-resolution
@@ -1070,24 +1048,36 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         if pages is None or max(pages) >= count:
             check_chain_end(tf, url, count)
         left: list[LeftOut] = []
+        infos: list[PageInfo] = []
         if pages is None:
-            chosen, left = image_pages(tf, url, count)
-            if not chosen:
+            for i, page, why in classified(tf, url, count):
+                if why:
+                    left.append(why)
+                else:
+                    infos.append(page_info(page, url, i, keep_palette))
+            if not infos:
                 raise UnsupportedTiffError(
                     f"{url}: has no image page to process: its {count} page(s) are "
                     "transparency masks (NewSubfileType 4 or Photometric MASK), the valid "
                     "areas of images that are not in the file; process the file the "
                     "masks belong to")
-            infos = [page_info(page, url, i, keep_palette) for i, page in chosen]
         else:
-            infos = []
+            derived: dict[int, LeftOut] | None = None  # (read when a listed page is marked)
+            images: list[int] = []  # (the file's image pages, then)
             for i in pages:
                 page = get_page(tf, url, i)
-                kind, of = _derived_from(tf, url, i, page)
-                if kind == "mask":
-                    raise _mask_listed(tf, url, i, page, of, count)
+                if _marked(page) and derived is None:
+                    derived = {}
+                    for j, _, why in classified(tf, url, count):
+                        if why:
+                            derived[j] = why
+                        else:
+                            images.append(j)
+                why = derived.get(i) if derived else None
+                if why and why[1] == "mask":
+                    raise _mask_listed(url, i, page, why[2], images)
                 info = page_info(page, url, i, keep_palette)
-                if kind == "reduced":
+                if why:  # an overview, processed as a page of its own
                     _unmark_reduced(info)
                 infos.append(info)
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None

@@ -140,7 +140,7 @@ def grouped_by_page(problems: list[str]) -> list[str]:
 
 def left_out_note(left_out: list[tuple[int, str, int | None, bool]]) -> str:
     """What a job's result says of the pages it left out (a job without ``pages``:
-    ``pipeline.adapters.tiff_read.image_pages``): which, and why; "" when none was. Each
+    ``pipeline.adapters.tiff_read.classified``): which, and why; "" when none was. Each
     entry is (page, "mask" or "reduced", the image page it derives from, whether a mask is
     an overview's)."""
     parts = []
