@@ -1029,11 +1029,12 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
 
 
 def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool = False,
-                           hand_over: bool = False
-                           ) -> tuple[list[PageInfo], str, list[LeftOut]]:
-    """:func:`read_infos`, the version of the input read (:func:`storage.version_of`:
-    what the job's units must find), from the one open of it, and the pages left out (when
-    ``pages`` is None: masks and overviews, :func:`classified`). The chain of pages must end
+                           hand_over: bool = False, left_out: list[LeftOut] | None = None
+                           ) -> tuple[list[PageInfo], str]:
+    """:func:`read_infos`, and the version of the input read (:func:`storage.version_of`:
+    what the job's units must find), from the one open of it. ``left_out``: a list that
+    gets the pages left out (when ``pages`` is None: masks and overviews,
+    :func:`classified`), for the job's note. The chain of pages must end
     cleanly (:func:`check_chain_end`) when every page is asked for, or one beyond those
     read: pages asked for of a file cut short after them are read. A listed mask page is an
     UnsupportedTiffError naming the image pages to list instead; a listed reduced-resolution
@@ -1047,7 +1048,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         count = page_count(tf, url)
         if pages is None or max(pages) >= count:
             check_chain_end(tf, url, count)
-        left: list[LeftOut] = []
+        left = [] if left_out is None else left_out
         infos: list[PageInfo] = []
         if pages is None:
             for i, page, why in classified(tf, url, count):
@@ -1088,7 +1089,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         stack.close()
     else:
         kept_files.hand_over(_kept_key(url, st), tf, stack.close)
-    return infos, version, left
+    return infos, version
 
 
 def _unmark_reduced(info: PageInfo) -> None:

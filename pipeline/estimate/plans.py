@@ -146,9 +146,10 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
             from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 
             try:  # the pages a run processes: a job without pages leaves masks and overviews out
-                infos, _, left_out = read_infos_and_version(
+                left_out = []
+                infos, _ = read_infos_and_version(
                     spec.input, spec.pages, keep_palette=keeps_palette(
-                        spec.ops, spec.output_options.compression))
+                        spec.ops, spec.output_options.compression), left_out=left_out)
             except TiffpipeError as exc:  # the message names the file: the next job's too
                 problems.append(f"jobs[{i}]: {type(exc).__name__}: {exc}")
                 continue

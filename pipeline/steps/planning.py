@@ -176,8 +176,9 @@ def write_job_plan(event: JobEvent,
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     # the open input is handed over to the job's unit, should it run in this process; the
     # units read the version read here
-    infos, version, left_out = read_infos_and_version(
-        spec.input, spec.pages, keep_palette=keep_palette, hand_over=True)
+    left_out: list[Any] = []  # (the pages a job without pages leaves out)
+    infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
+                                            hand_over=True, left_out=left_out)
     note = left_out_note(left_out)
     plan, problems = make_plan(event.job, spec, infos, work, started, version, note)
     problems += output_problems(plan)
