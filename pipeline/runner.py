@@ -116,6 +116,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
+    shared = work is not None  # a --work that another run (another machine's) may be given
     work = work or default_work(manifest, run_id)
     if not storage.is_s3(work):
         work = os.path.abspath(work)
@@ -137,7 +138,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
             with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
                 _claim_work(work, f"run-{run_id}")
                 ours = True
-                lease = _hold_work(work, run_id)
+                # a lease only where another machine's run may look: a run's default work
+                # folder is named by its run id, which no other run is given
+                lease = _hold_work(work, run_id) if shared else None
                 with LocalEngine(workers, listener, definition_text=definition_text,
                                  interpreter=interpreter, stop=stop) as engine:
                     execution = engine.run(event, name=f"run-{run_id}")

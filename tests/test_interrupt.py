@@ -44,13 +44,13 @@ def _manifest(folder: Path, jobs: int, side: int, ops: list[dict[str, object]],
 
 
 @contextmanager
-def _started(manifest: Path, workers: int, env: dict[str, str] | None = None
-             ) -> Iterator[subprocess.Popen[str]]:
+def _started(manifest: Path, workers: int, env: dict[str, str] | None = None,
+             args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[str]]:
     """``tiffpipe run`` in a session of its own: a process group, as a terminal's job. What
     is left of the group at the end (a failed test) is killed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", str(manifest), "--workers", str(workers),
-         "--no-contact-sheet"], cwd=manifest.parent, stdin=subprocess.DEVNULL,
+         "--no-contact-sheet", *args], cwd=manifest.parent, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, **(env or {})})
     try:
@@ -132,15 +132,17 @@ def test_sigterm_to_the_command_alone_stops_its_workers(tmp_path: Path):
     manifest = _manifest(tmp_path, jobs, 1024, [
         {"op": "custom", "function": "slowop:slow", "params": {"seconds": 0.1}}], tile=256)
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
-    with _started(manifest, workers=2, env={"PYTHONPATH": path}) as proc:
+    work = tmp_path / "shared-work"
+    with _started(manifest, workers=2, env={"PYTHONPATH": path},
+                  args=("--work", str(work))) as proc:
         _wait_for_an_output(proc, tmp_path)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert any("spawn_main" in " ".join(p.cmdline()) for p in children)  # a worker runs
-        # its lease on its work folder (work_lease), which goes with the folder
-        [lease] = (tmp_path / ".tiffpipe-work").glob("*/lease.json")
-        assert json.loads(lease.read_text())["pid"] == proc.pid
+        # its lease on the --work it was given (work_lease), which goes with the folder
+        assert json.loads((work / "lease.json").read_text())["pid"] == proc.pid
         os.kill(proc.pid, signal.SIGTERM)
         _stopped_cleanly(proc, tmp_path, jobs, 143, "SIGTERM", children)
+    assert not work.exists()
 
 
 def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, monkeypatch):

@@ -468,9 +468,11 @@ def test_a_lease_of_this_host_stands_while_its_process_does(tmp_path: Path, cloc
 
 def test_a_run_holds_a_lease_on_its_work_and_removes_it_at_its_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock):
-    """While it runs, the work location holds the run's lease (this host, this process, its
-    run id), renewed every INTERVAL_S; at the end it goes with the work, and with
-    --keep-work it goes alone (the work is then an earlier run's, free to the next)."""
+    """While it runs, the --work it was given holds the run's lease (this host, this
+    process, its run id), renewed every INTERVAL_S; at the end it goes with the work, and
+    with --keep-work it goes alone (the work is then an earlier run's, free to the next).
+    A run's default work folder, named by its run id, which no other run is given, gets
+    none."""
     import os
 
     from pipeline.adapters import work_lease
@@ -481,7 +483,10 @@ def test_a_run_holds_a_lease_on_its_work_and_removes_it_at_its_end(
 
     def looking(self, *args, **kwargs):
         seen.append(work_lease.read(str(work)))
+        defaults.extend((tmp_path / ".tiffpipe-work").glob("*/lease.json"))
         return real_run(self, *args, **kwargs)
+
+    defaults: list[Path] = []
 
     monkeypatch.setattr(LocalEngine, "run", looking)
     _scan(tmp_path / "a.tif")
@@ -495,6 +500,7 @@ def test_a_run_holds_a_lease_on_its_work_and_removes_it_at_its_end(
         assert lease is not None and lease.host == work_lease.host()
         assert lease.pid == os.getpid() and lease.renewed == clock[0]
     assert seen[0].run_id != seen[1].run_id
+    assert _run(manifest)[0] == 0 and seen[2] is None and defaults == []
 
 
 def test_a_lease_is_renewed_until_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
