@@ -690,6 +690,18 @@ def temp_output_paths(url: str, run: str) -> list[str]:
     return glob.glob(os.path.join(glob.escape(folder), pattern))
 
 
+def remove_temp_outputs(url: str, run: str) -> list[str]:
+    """Remove the temporary files of the local run ``run`` beside the local output ``url``
+    (:func:`temp_output_paths`: what a worker killed while it wrote the output left), never
+    another run's; which it removed."""
+    removed = []
+    for tmp in temp_output_paths(url, run):
+        with _errors(tmp, "delete", None), suppress(FileNotFoundError):
+            os.remove(tmp)
+            removed.append(tmp)
+    return removed
+
+
 def _make_folder(folder: str) -> None:
     """Create a local folder and its parents if missing (one ``stat`` when it exists, as it
     does for every write of a job's work files after the first: ``os.makedirs`` would try

@@ -377,11 +377,13 @@ class WorkerPool:
                     return self._stopped_task(function, event)
                 if self._pool is pool:  # the first thread to notice rebuilds it
                     self._pool = self._new_pool()
+            _remove_crashed_output(event)
             return False, {"errorType": "WorkerCrashedError",
                            "errorMessage": f"a worker process died while running "
                                           f"{function}.{event.get('action')} ({exc}); it was "
                                           "probably out of memory or killed"}
         except WorkerStopped as exc:  # SIGTERM came as its task ended: raised on its way back
+            _remove_crashed_output(event)
             return False, {"errorType": "WorkerCrashedError", "errorMessage": str(exc)}
         except (CancelledError, RuntimeError):  # cancelled, or submitted as the pool shut down
             if not self._stopping:
@@ -445,6 +447,14 @@ class WorkerPool:
         _signal(processes, signal.SIGKILL)
         for process in processes:
             process.join(1.0)
+
+
+def _remove_crashed_output(event: dict[str, Any]) -> None:
+    """What a task whose worker died left beside its job's output (a merge's temporary
+    file), removed before the task is retried (:func:`remove_crashed_output`)."""
+    from pipeline.steps.common import remove_crashed_output  # (only after a crash)
+
+    remove_crashed_output(event)
 
 
 def _alive(processes: list[Any]) -> list[Any]:

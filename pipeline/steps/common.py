@@ -241,6 +241,43 @@ def abort_output_uploads(job_work: str) -> int:
     return abort_recorded_uploads(layout.uploads_dir(job_work))
 
 
+def remove_partial_output(output: str) -> list[str]:
+    """Remove the temporary files this local run (:func:`storage.run_tag`) left beside the
+    local output ``output``: a merge (or ProcessJob) whose worker was killed while it wrote
+    one (``kill -9``, the out-of-memory killer) cannot remove its own. Never another run's
+    writing the same output (their names carry their run's id), nor the output itself;
+    nothing for S3 (a killed merge's upload is ended by :func:`abort_output_uploads`) or
+    outside a local run. What it removed."""
+    run = storage.run_tag()
+    if run is None or storage.is_s3(output):
+        return []
+    return storage.remove_temp_outputs(output, run)
+
+
+#: the actions that write a job's output (a killed one may leave its temporary file)
+PUBLISHING_ACTIONS = ("merge", "process_job")
+
+
+def remove_crashed_output(event: Any) -> list[str]:
+    """After the worker running the task ``event`` died: when the task was one that writes
+    its job's output (:data:`PUBLISHING_ACTIONS`), this run's temporary files beside that
+    output (:func:`remove_partial_output`), before the task is retried, so that a retried
+    merge that succeeds leaves none of its killed attempts' behind. Best effort: a warning
+    if they cannot be removed (record_failure tries again if the job fails)."""
+    if not isinstance(event, dict) or event.get("action") not in PUBLISHING_ACTIONS:
+        return []
+    plan = event.get("plan")
+    if not isinstance(plan, str):
+        return []
+    try:
+        output = load_plan(plan).spec.output
+        return remove_partial_output(output)
+    except (TiffpipeError, OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("could not remove the temporary files of a killed %s: %s",
+                    event.get("action"), exc)
+        return []
+
+
 def tile_threads() -> int:
     """Tiles worked on at once in one invocation (process, process_unit, merge's pyramid):
     ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use. OpenCV and the codecs

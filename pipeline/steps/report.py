@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,7 +12,15 @@ from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError, failure_record
 from pipeline.steps import held_work, layout
-from pipeline.steps.common import abort_output_uploads, load_job, load_plan, recorded_errors
+from pipeline.steps.common import (
+    abort_output_uploads,
+    load_job,
+    load_plan,
+    recorded_errors,
+    remove_partial_output,
+)
+
+log = logging.getLogger("tiffpipe")
 
 #: job results read at once by the report (S3 GETs)
 READ_THREADS = 16
@@ -53,6 +62,10 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
         abort_output_uploads(work)  # the job's own, not another run's writing the output
     except TiffpipeError:
         pass  # the failure is recorded; S3 lifecycle rules can still clean up
+    try:  # locally, a killed merge's temporary file beside the output: this run's only
+        remove_partial_output(spec.output)
+    except TiffpipeError as exc:
+        log.warning("could not remove the temporary files of %s: %s", spec.output, exc)
     return {"job": event.job, "status": "FAILED", "error": error["type"]}
 
 
