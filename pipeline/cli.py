@@ -221,7 +221,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import default_report, run_local
-    from pipeline.steps.planning import check_report_path
+    from pipeline.steps.planning import check_outside_work, check_report_path
     from pipeline.ui import RunProgress, print_summary
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
@@ -248,6 +248,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             if isinstance(jobs, list):  # (PlanRun checks it too, for every caller)
                 check_report_path(report, args.manifest, jobs)
+            if args.work:  # (PlanRun too, with the run's default work location)
+                check_outside_work(args.work, jobs, report)
             checking[0] = False
             with RunProgress(jobs, quiet=args.quiet) as progress:
                 result = run_local(args.manifest, args.workers, work=args.work,

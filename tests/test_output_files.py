@@ -6,6 +6,7 @@ file system refuses (not retried)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -16,17 +17,19 @@ from typing import Any
 import pytest
 from test_exactness import make_image, write_tiff
 
+from pipeline import cli
 from pipeline.adapters import storage
 from pipeline.adapters.storage import write_json
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import plan as plan_mod
 from pipeline.core.constants import RUN_TAG_ENV
-from pipeline.core.events import FailureEvent, UnitEvent
+from pipeline.core.events import FailureEvent, RunEvent, UnitEvent
 from pipeline.core.models import JobSpec, OutputOptions
 from pipeline.engine.workers import WorkerPool
+from pipeline.errors import WorkLocationError
 from pipeline.steps import layout
 from pipeline.steps.common import forget_plans
-from pipeline.steps.planning import write_run
+from pipeline.steps.planning import inside, plan_run, write_run
 from pipeline.steps.process import process_unit
 from pipeline.steps.report import record_failure
 
@@ -126,3 +129,63 @@ def test_record_failure_removes_this_runs_temporary_files(tmp_path: Path,
     assert reply["status"] == "FAILED"
     assert sorted(os.listdir(out_dir)) == sorted([other.name, "y.tif"])
     assert storage.temp_output_paths(spec.output, RUN) == []
+
+
+# --- outputs inside the work location ---------------------------------------------------
+
+
+def _manifest(tmp_path: Path, output: str) -> Path:
+    write_tiff(tmp_path / "in.tif", [make_image(2, 40, 48, 3, "uint8")], tiled=False)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "out/a.tif", "ops": [{"op": "invert"}]},
+        {"input": "in.tif", "output": output, "ops": [{"op": "invert"}]}]}))
+    return manifest
+
+
+@pytest.mark.parametrize("output", ["wo/jobs/00000/x.tif", "wo/x.tif", "link/jobs/x.tif"])
+def test_an_output_inside_the_work_location_is_refused(tmp_path: Path, output: str,
+                                                       capsys: pytest.CaptureFixture):
+    """`tiffpipe run m.json --work wo` with a job writing into wo (under another name too:
+    a link to it): refused before anything runs (exit 2), naming the job's field and
+    --work; no output is written (the run's work removal took jobs/, and the output
+    with it, after the summary said SUCCEEDED)."""
+    (tmp_path / "wo").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "wo")
+    manifest = _manifest(tmp_path, output)
+    assert cli.main(["run", str(manifest), "--work", str(tmp_path / "wo"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "jobs[1].output" in err and "inside the work location" in err, err
+    assert "--work" in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "wo") == [] and not (tmp_path / "out").exists()
+    assert not (tmp_path / "m.report.json").exists()
+
+
+def test_a_report_inside_the_work_location_is_refused(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture):
+    (tmp_path / "wo").mkdir()
+    manifest = _manifest(tmp_path, "out/b.tif")
+    report = tmp_path / "wo" / "r.json"
+    assert cli.main(["run", str(manifest), "--work", str(tmp_path / "wo"), "--report",
+                     str(report), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(report) in err and "--report" in err and "--work" in err, err
+    assert os.listdir(tmp_path / "wo") == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_plan_run_refuses_outputs_inside_the_work_location(tmp_path: Path, scan: bool):
+    """PlanRun checks it too, for every caller (an S3 work prefix, a scan's output folder),
+    before any job is planned."""
+    if scan:
+        doc = {"scan": {"input": "s3://b/in/", "output": "s3://b/work/r1/out/"}}
+    else:
+        doc = {"jobs": [{"input": "s3://b/in/a.tif", "output": "s3://b/work/r1/jobs/a.tif"}]}
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(WorkLocationError, match="inside the work location s3://b/work/r1/"):
+        plan_run(RunEvent(manifest=str(manifest), work="s3://b/work/r1/", run_id="r1",
+                          report=""))
+    assert not (tmp_path / "run.json").exists()
+    assert not inside("s3://b/work/r10/x.tif", "s3://b/work/r1")
+    assert inside("s3://b/work/r1/x.tif", "s3://b/work/r1")
