@@ -227,6 +227,49 @@ def test_the_temporaries_an_output_left_are_found(tmp_path, monkeypatch):
     assert storage.temp_output_paths("s3://bucket/a.tif", "r") == []
 
 
+@pytest.mark.parametrize("length", [186, 230, 255])
+def test_a_long_output_name_gets_a_temporary_name_that_fits(tmp_path, monkeypatch, length):
+    """An output name of 186-255 bytes (the temporary name adds 70 in a run) is cut in its
+    temporary name to the file system's limit (``PC_NAME_MAX``), keeping its start and a
+    CRC of the whole name: the output is written (it failed with ``[Errno 36] File name too
+    long`` naming the temporary file), two outputs whose names begin alike get temporary
+    names apart, and temp_output_paths finds a killed run's; multi-byte characters are
+    never cut in two."""
+    from pipeline.core.constants import RUN_TAG_ENV
+
+    run = "20261206-060647-cb375c"
+    monkeypatch.setenv(RUN_TAG_ENV, run)
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    out = tmp_path / "out"
+    names = ["\u00e9" + "a" * (length - 8) + f"{i:02d}.tif" for i in range(2)]
+    assert all(len(n.encode()) == length for n in names)  # (é is two bytes)
+    for name in names:
+        storage.write_bytes(str(out / name), b"data")
+        assert (out / name).read_bytes() == b"data"
+    temps = [storage.temp_output_path(str(out / n)) for n in names for _ in range(2)]
+    for tmp in temps:
+        base = os.path.basename(tmp)
+        assert len(base.encode()) <= limit and base.startswith(".\u00e9aaa")
+        base.encode("utf-8")  # (no character cut in two: no surrogate escapes)
+        open(tmp, "wb").close()
+    for i, name in enumerate(names):
+        assert sorted(storage.temp_output_paths(str(out / name), run)) == sorted(
+            temps[2 * i : 2 * i + 2])
+
+
+def test_an_output_name_longer_than_the_file_system_takes_is_named(tmp_path):
+    """An output whose own name is longer than the file system takes (256 bytes here) is
+    an OutputNotWritableError naming it, when its job is planned (check_writable) and
+    when it would be written, not a raw OSError about a temporary file."""
+    final = str(tmp_path / "out" / ("b" * 252 + ".tif"))
+    for call in (storage.check_writable, storage.temp_output_path,
+                 lambda url: storage.write_bytes(url, b"x")):
+        with pytest.raises(OutputNotWritableError, match="256 bytes long, longer than the "
+                           "255") as info:
+            call(final)
+        assert final in str(info.value) and "shorter name" in str(info.value)
+
+
 def test_publish_local_is_atomic(tmp_path):
     final = str(tmp_path / "out" / "final.tif")
     tmp = storage.temp_output_path(final)

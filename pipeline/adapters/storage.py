@@ -587,6 +587,7 @@ def check_writable(url: str) -> None:
         _check_s3_writable(url)
         return
     check_not_folder(url)
+    check_name_length(url)
     folder = parent(url)
     while not os.path.exists(folder):  # the first existing ancestor must be a writable folder
         folder = os.path.dirname(folder)
@@ -656,9 +657,40 @@ def temp_output_path(url: str) -> str:
             f"output {url}: its folder {folder} cannot be made ({exc}): check the path (a "
             "file of that name in the way, or a place that may not be written)"
         ) from exc
+    limit = check_name_length(url, folder)
     run = run_tag()
     unique = os.urandom(16).hex()  # 32 hex digits (temp_output_paths)
-    return os.path.join(folder, _temp_name(name, f"{run}-{unique}" if run else unique))
+    tag = f"{run}-{unique}" if run else unique
+    return os.path.join(folder, _temp_name(_temp_stem(name, len(tag), limit), tag))
+
+
+#: the longest file name (bytes) where the file system does not say (most allow 255)
+NAME_MAX = 255
+
+
+def name_max(folder: str) -> int:
+    """The longest file name (bytes) the file system of the local ``folder`` (or of its
+    first existing ancestor) takes: ``PC_NAME_MAX``, else :data:`NAME_MAX`."""
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such name here, or no pathconf
+        return NAME_MAX
+    return limit if limit > 0 else NAME_MAX
+
+
+def check_name_length(url: str, folder: str | None = None) -> int:
+    """OutputNotWritableError if the local file ``url``'s name is longer than its file
+    system takes (:func:`name_max`); else that limit."""
+    folder = folder or parent(url)
+    limit = name_max(folder)
+    size = len(os.fsencode(os.path.basename(url)))
+    if size > limit:
+        raise OutputNotWritableError(
+            f"output {url}: its file name is {size} bytes long, longer than the {limit} the "
+            f"file system of {folder} takes: give the output a shorter name")
+    return limit
 
 
 def run_tag() -> str | None:
@@ -672,8 +704,33 @@ def run_tag() -> str | None:
 _RUN_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 
 
-def _temp_name(name: str, tag: str) -> str:
-    return f".{name}.tiffpipe-{tag}.tmp"
+def _temp_name(stem: str, tag: str) -> str:
+    return f".{stem}.tiffpipe-{tag}.tmp"
+
+
+#: what follows the start of the output's name in a temporary name when it was cut to fit
+#: (_temp_stem), before 8 hex digits of its whole name's CRC-32
+CUT = "~"
+
+
+def _temp_stem(name: str, tag_length: int, limit: int) -> str:
+    """The copy of the output's ``name`` in its temporary name, whose tag is ``tag_length``
+    characters (ASCII) long: the name itself, or, where the temporary name would pass the
+    file system's ``limit`` (bytes), its start cut to fit, then :data:`CUT` and the CRC-32
+    of the whole name (an output name of 186 bytes or more, in a local run; two outputs
+    whose names begin alike keep apart). The same for the same name, tag length and limit,
+    so :func:`temp_output_paths` finds what a killed run left."""
+    raw = os.fsencode(name)
+    over = len(os.fsencode(_temp_name(name, "x" * tag_length))) - limit
+    if over <= 0:
+        return name
+    import zlib  # (names this long only)
+
+    mark = f"{CUT}{zlib.crc32(raw):08x}"
+    keep = max(0, len(raw) - over - len(mark))
+    while 0 < keep < len(raw) and 0x80 <= raw[keep] < 0xC0:  # not inside a UTF-8 character
+        keep -= 1
+    return os.fsdecode(raw[:keep]) + mark
 
 
 def temp_output_paths(url: str, run: str) -> list[str]:
@@ -685,8 +742,9 @@ def temp_output_paths(url: str, run: str) -> list[str]:
     import glob
 
     folder, name = os.path.split(url)
+    stem = _temp_stem(name, len(run) + 33, name_max(folder or "."))
     # the run's id, then exactly the random part: run a-b's files are not run a's
-    pattern = _temp_name(glob.escape(name), f"{glob.escape(run)}-{'[0-9a-f]' * 32}")
+    pattern = _temp_name(glob.escape(stem), f"{glob.escape(run)}-{'[0-9a-f]' * 32}")
     return glob.glob(os.path.join(glob.escape(folder), pattern))
 
 
