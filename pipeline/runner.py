@@ -17,7 +17,7 @@ from dataclasses import field
 from typing import Any
 
 from pipeline.adapters import local_runs, storage, work_lease, work_location
-from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV
+from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV, WORK_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
@@ -133,6 +133,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
                 _run_env(THUMBNAILS_ENV, str(SHEET_BOX) if contact_sheet else None), \
                 _run_env(RUN_TAG_ENV, run_id, replace=True), \
+                _run_env(WORK_ENV, work, replace=True), \
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
             with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):

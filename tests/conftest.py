@@ -196,3 +196,21 @@ def use_moto_server(mp: pytest.MonkeyPatch, endpoint: str) -> None:
     mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     mp.setenv("AWS_DEFAULT_REGION", TEST_REGION)
     mp.setattr(storage, "_client", None)
+
+
+@contextmanager
+def small_file_system(folder: Path, size: str = "64k") -> Iterator[Path]:
+    """A real file system of ``size`` mounted at ``folder`` (a tmpfs: writes past it fail
+    with ENOSPC; remount it ``ro`` for EROFS), unmounted after. Skips the test where this
+    process may not mount one (not root, or no CAP_SYS_ADMIN)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(folder)], check=False, capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)

@@ -9,27 +9,32 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tifffile
+from conftest import small_file_system
 from test_exactness import make_image, write_tiff
 
 from pipeline import cli
 from pipeline.adapters import storage
-from pipeline.adapters.storage import write_json
+from pipeline.adapters.storage import inside, write_json
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import plan as plan_mod
-from pipeline.core.constants import RUN_TAG_ENV
+from pipeline.core.constants import RUN_TAG_ENV, WORK_ENV
 from pipeline.core.events import FailureEvent, RunEvent, UnitEvent
 from pipeline.core.models import JobSpec, OutputOptions
 from pipeline.engine.workers import WorkerPool
-from pipeline.errors import WorkLocationError
+from pipeline.errors import OutputNotWritableError, WorkLocationError
+from pipeline.runner import run_local
 from pipeline.steps import layout
-from pipeline.steps.common import forget_plans
-from pipeline.steps.planning import inside, plan_run, write_run
+from pipeline.steps.common import PUBLISHING_ACTIONS, forget_plans
+from pipeline.steps.planning import plan_run, write_run
 from pipeline.steps.process import process_unit
 from pipeline.steps.report import record_failure
 
@@ -189,3 +194,85 @@ def test_plan_run_refuses_outputs_inside_the_work_location(tmp_path: Path, scan:
     assert not (tmp_path / "run.json").exists()
     assert not inside("s3://b/work/r10/x.tif", "s3://b/work/r1")
     assert inside("s3://b/work/r1/x.tif", "s3://b/work/r1")
+
+
+# --- writes the file system refuses -----------------------------------------------------
+
+
+def test_a_full_output_file_system_fails_the_job_once(tmp_path: Path):
+    """An output on a file system too small for it (a real tmpfs: ENOSPC as merge writes):
+    the job fails with OutputNotWritableError naming the output and what to do, after one
+    attempt (it was a StorageError, retried three times with backoff, the merge redone each
+    time), and nothing is left in the output's folder."""
+    with small_file_system(tmp_path / "small", "64k") as small:
+        rng = np.random.default_rng(3)
+        tifffile.imwrite(tmp_path / "in.tif", rng.integers(0, 255, (256, 256, 3), np.uint8),
+                         photometric="rgb", tile=(64, 64), metadata=None)
+        manifest = tmp_path / "m.json"
+        manifest.write_text(json.dumps({"jobs": [
+            {"input": "in.tif", "output": str(small / "out.tif"),
+             "output_options": {"compression": "deflate"}, "ops": [{"op": "invert"}]}]}))
+        publishing: list[str] = []
+
+        def listen(function: str, event: Any, ok: bool, payload: Any) -> None:
+            if isinstance(event, dict) and event.get("action") in PUBLISHING_ACTIONS:
+                publishing.append(event["action"])
+
+        result = run_local(str(manifest), 1, work=str(tmp_path / "work"), listener=listen)
+        [job] = result.report["jobs"]
+        assert job["status"] == "FAILED", job  # (it was reported SUCCEEDED, its file short)
+        assert job["error"]["type"] == "OutputNotWritableError", job["error"]
+        message = job["error"]["message"]
+        assert "out.tif" in message and "No space left" in message, message
+        assert "free space" in message
+        assert len(publishing) == 1, publishing
+        assert os.listdir(small) == []
+
+
+def test_a_read_only_output_file_system_is_not_retried(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    """compose onto a file system that became read-only after the job was planned (EROFS):
+    OutputNotWritableError (not retried), not StorageError."""
+    from pipeline.adapters.segments import compose
+    from pipeline.core.tiff_layout import Literal
+
+    monkeypatch.setenv(RUN_TAG_ENV, RUN)
+    with small_file_system(tmp_path / "small", "64k") as small:
+        storage.check_writable(str(small / "a.tif"))
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True)
+        with pytest.raises(OutputNotWritableError, match="Read-only file system") as info:
+            compose([Literal(b"II*\x00" + b"\x00" * 100)], str(small / "a.tif"))
+        assert str(small / "a.tif") in str(info.value)
+
+
+def test_a_full_work_location_is_named_with_work(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """A work file the work location's file system cannot take (ENOSPC) is a
+    WorkLocationError (not retried) naming the file, the work location and --work."""
+    with small_file_system(tmp_path / "work", "64k") as work:
+        monkeypatch.setenv(WORK_ENV, str(work))
+        url = str(work / "jobs" / "00000" / "out-0000-u0.seg")
+        with pytest.raises(WorkLocationError) as info:
+            storage.write_bytes(url, b"x" * 200_000)
+        message = str(info.value)
+        assert url in message and "No space left" in message and "--work" in message
+        assert [p for p in (work / "jobs" / "00000").iterdir()] == []
+        monkeypatch.setenv(WORK_ENV, str(tmp_path / "elsewhere"))  # not the run's work
+        with pytest.raises(OutputNotWritableError):
+            storage.write_bytes(url, b"x" * 200_000)
+
+
+def test_a_map_failure_without_a_record_claims_no_cause(tmp_path: Path):
+    """A job whose Map failed with no unit's error recorded (the work location too full to
+    take it, a unit killed): the report lists what may have happened, the work location
+    and --work among it, without claiming one (it said "one was killed")."""
+    run_url, _, _ = _planned_job(tmp_path)
+    record_failure(FailureEvent(run_url, 0, {"Error": "States.ExceedToleratedFailureThreshold",
+                                             "Cause": "The specified tolerated failure "
+                                                      "threshold was exceeded"}))
+    doc = json.loads(Path(layout.result_file(layout.job_dir(str(tmp_path / "work"), 0)))
+                     .read_text())
+    message = doc["error"]["message"]
+    assert "not known" in message and "may have been killed" in message
+    assert "work location" in message and "--work" in message
+    assert "one was killed" not in message

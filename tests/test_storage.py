@@ -193,7 +193,8 @@ def test_local_write_is_atomic(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(StorageError, match="x.bin"):
+    # (a full file system: not retried, so not a StorageError)
+    with pytest.raises(OutputNotWritableError, match="x.bin.*No space left.*free space"):
         storage.write_bytes(str(target), b"three")
     assert target.read_bytes() == b"two"
     assert os.listdir(target.parent) == ["x.bin"]

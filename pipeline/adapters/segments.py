@@ -233,8 +233,8 @@ def compose(pieces: list[Piece], url: str, replace: bool = True,
         with _errors(url, "write", None), open(tmp, "wb", buffering=0) as fh:
             size = _write_local(pieces, fh)
         storage.publish_file(tmp, url, replace)
-    finally:
-        with suppress(FileNotFoundError):
+    finally:  # (best effort: a read-only file system refuses even a missing file's removal,
+        with suppress(OSError):  # and the error that stopped the write is the one to tell)
             os.remove(tmp)
     return size
 
@@ -265,12 +265,25 @@ def _write_local(pieces: list[Piece], fh: Any) -> int:
                 rest = piece if not done else Span(piece.source, piece.start + done,
                                                    piece.size - done)
                 for chunk in piece_chunks(rest):
-                    fh.write(chunk)
+                    _write_all(fh, chunk)
             size += piece.size
     finally:
         if source is not None:
             source[1].close()
     return size
+
+
+def _write_all(fh: Any, data: bytes) -> None:
+    """Write all of ``data`` to the unbuffered file ``fh``: a raw write may take only part
+    of it (a file system filling up takes what fits, and the next write fails with ENOSPC);
+    a part left unwritten was lost without a word, and the output, published short, was
+    reported SUCCEEDED."""
+    view = memoryview(data)
+    while view:
+        n = fh.write(view)
+        if not n:
+            raise OSError(errno.EIO, f"a write took none of {len(view)} bytes")
+        view = view[n:]
 
 
 #: whether os.copy_file_range works here (cleared once a filesystem pair refuses it)
@@ -291,6 +304,8 @@ def _kernel_copy(src: Any, dst: Any, span: Span) -> int:
                              errno.EPERM, errno.ENOTSUP):
                 _KERNEL_COPY[0] = False
                 return done
+            if exc.errno in storage.UNWRITABLE:  # the output's (compose names it): no retry
+                raise
             raise StorageError(f"{span.source}: cannot copy into the output: {exc}; check "
                                "the free space and permissions") from exc
         if n == 0:

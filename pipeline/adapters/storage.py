@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
 
-from pipeline.core.constants import RUN_TAG_ENV
+from pipeline.core.constants import RUN_TAG_ENV, WORK_ENV
 from pipeline.errors import (
     AccessDeniedError,
     InputChangedError,
@@ -37,6 +37,7 @@ from pipeline.errors import (
     OutputNotWritableError,
     StorageError,
     TiffpipeError,
+    WorkLocationError,
     WorkMissingError,
 )
 
@@ -196,8 +197,53 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
                            "and endpoint") from exc
     except OSError as exc:
+        if verb == "write" and exc.errno in UNWRITABLE:
+            raise unwritable(url, exc) from exc
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the path, permissions and "
                            "free space") from exc
+
+
+#: what a local write meets again if retried: no space (or quota), a read-only file system,
+#: no permission, a file or name too large; not a StorageError (which the state machine
+#: retries, three times with backoff, each a merge redone)
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                        errno.EFBIG, errno.ENAMETOOLONG})
+
+
+def unwritable(url: str, exc: OSError) -> TiffpipeError:
+    """The error of a local write to ``url`` that the file system refused for good
+    (:data:`UNWRITABLE`): a work file's (in the run's work location, :data:`WORK_ENV`) is a
+    :class:`WorkLocationError` naming ``--work``; any other's (an output, a report) an
+    :class:`OutputNotWritableError`. Neither is retried."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space there"
+    elif exc.errno == errno.EROFS:
+        fix = "the file system is read-only"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = "check the permissions of the folder (and of the file, if it exists)"
+    else:
+        fix = "check the file system's limits"
+    work = os.environ.get(WORK_ENV, "")
+    if work and inside(url, work):
+        return WorkLocationError(
+            f"{url}: cannot write in the work location {work} ({why}): {fix}, or give the "
+            "run a work location that can take its files (tiffpipe run --work)")
+    return OutputNotWritableError(f"{url}: cannot write ({why}): {fix}, or write the output "
+                                  "somewhere else")
+
+
+def inside(url: str, folder: str) -> bool:
+    """Whether the file or object ``url`` is in the folder or prefix ``folder`` (at any
+    depth): a local path also after its links are followed (those that exist), an S3 URL
+    by its key."""
+    if is_s3(url) or is_s3(folder):
+        return is_s3(url) and is_s3(folder) and url.startswith(folder.rstrip("/") + "/")
+    for path, base in ((os.path.abspath(url), os.path.abspath(folder)),
+                       (os.path.realpath(url), os.path.realpath(folder))):
+        if path.startswith(base.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 class S3RangeReader(io.RawIOBase):

@@ -57,6 +57,9 @@ THUMBNAILS_ENV = "TIFFPIPE_THUMBNAILS"
 #: steps build outputs in carry it in their names (pipeline/adapters/storage.py), so that the
 #: run, stopped, or the next run, after it was killed, removes its own and no other run's
 RUN_TAG_ENV = "TIFFPIPE_RUN_TAG"
+#: set to its work location by a local run for its life: a write there that the file system
+#: refuses (full, read-only) is told as the work location's, naming --work
+WORK_ENV = "TIFFPIPE_WORK"
 
 #: the run's file in its work location: the run and every job's spec (PlanRun writes it)
 RUN_FILE = "run.json"

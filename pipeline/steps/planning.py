@@ -88,37 +88,22 @@ def check_outside_work(work: str, parsed: list[JobSpec] | ScanSpec,
     again, before any job, for every caller (a run's default work location too)."""
     problems = []
     if isinstance(parsed, ScanSpec):
-        if inside(parsed.output, work):
+        if storage.inside(parsed.output, work):
             problems.append(f"scan.output: {parsed.output}")
     else:
         problems += [f"jobs[{i}].output: {spec.output}" for i, spec in enumerate(parsed)
-                     if inside(spec.output, work)]
+                     if storage.inside(spec.output, work)]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise WorkLocationError(
             f"{'; '.join(problems[:3])}{more}: inside the work location {work}, which the "
             "run removes when it ends (its outputs with it): give the output a path outside "
             "it, or the run another work location (tiffpipe run --work)")
-    if report and inside(report, work):
+    if report and storage.inside(report, work):
         raise WorkLocationError(
             f"{report}: the run report is inside the work location {work}, which the run "
             "removes when it ends: give --report a path outside it, or the run another "
             "work location (tiffpipe run --work)")
-
-
-def inside(url: str, folder: str) -> bool:
-    """Whether the file or object ``url`` is in the folder or prefix ``folder`` (at any
-    depth): a local path after its links are followed (those that exist), an S3 URL by its
-    key."""
-    if storage.is_s3(url) or storage.is_s3(folder):
-        if not (storage.is_s3(url) and storage.is_s3(folder)):
-            return False
-        return url.startswith(folder.rstrip("/") + "/")
-    for path, base in ((os.path.abspath(url), os.path.abspath(folder)),
-                       (os.path.realpath(url), os.path.realpath(folder))):
-        if path.startswith(base.rstrip(os.sep) + os.sep):
-            return True
-    return False
 
 
 def _earlier(event: RunEvent, scan: ScanSpec) -> str | None:

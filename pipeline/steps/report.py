@@ -29,10 +29,13 @@ READ_THREADS = 16
 #: a Distributed Map's failure when an item failed: its Cause names no item
 MAP_FAILED = "States.ExceedToleratedFailureThreshold"
 #: ... what the report adds when no item recorded an error of its own
-UNRECORDED = ("; no unit or batch recorded an error of its own: one was killed (its "
-              "function's timeout, out of memory), its process died, or its invocation failed "
-              "before it began (throttled, an event it could not read); on AWS the failed "
-              "items of the Map Run, in the Step Functions console, say which and why")
+UNRECORDED = ("; no unit or batch recorded an error of its own, so its cause is not known "
+              "here: one may have been killed (its function's timeout, out of memory) or its "
+              "process died, its invocation may have failed before it began (throttled, an "
+              "event it could not read), or the work location could not take its error "
+              "(full, read-only: locally, free space there or give tiffpipe run another "
+              "--work); on AWS the failed items of the Map Run, in the Step Functions "
+              "console, say which and why")
 
 
 def record_failure(event: FailureEvent) -> dict[str, Any]:
