@@ -545,6 +545,10 @@ def test_too_many_pages_for_one_job_is_a_problem(monkeypatch):
     # 11 pages of one tile each need at least 11 batches: the plan says to split the job
     _, problems = plan_of([], [info(i, height=64, width=64) for i in range(11)])
     assert any("more than the 10" in p and "split it" in p for p in problems)
+    # pages smaller than a tile: a larger tile cannot help, and the problem says so
+    [problem] = problems
+    assert "has 11 pages" in problem and "jobs of at most 10 pages" in problem, problem
+    assert "raise the tile" not in problem
 
 
 

@@ -94,7 +94,12 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
             units += split_units(i, grid, bpp, rows, budget, unit_pixels, seg_cols)
         work_batches = [] if fused else process_batches(pages)
     items = max(count, len(work_batches))
-    if items > MAX_ITEMS:
+    if items > MAX_ITEMS and len(pages) > MAX_ITEMS:  # a page is one item at least
+        problems.append(f"the job has {len(pages)} pages, each at least one work item: more "
+                        f"than the {MAX_ITEMS} a run can fan out (a larger tile cannot help); "
+                        f"split it into jobs of at most {MAX_ITEMS} pages (each job's "
+                        "\"pages\" picks its share)")
+    elif items > MAX_ITEMS:
         problems.append(f"the job needs {items} work items, more than the {MAX_ITEMS} a run "
                         "can fan out; split it into jobs of fewer pages, or raise the tile "
                         "size")
