@@ -123,7 +123,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     report_url = report or default_report(manifest)
     if not storage.is_s3(report_url):
         report_url = os.path.abspath(report_url)
-    storage.check_writable(report_url)  # before any work: a run whose report is lost is wasted
+    # before any work: a run whose report is lost is wasted
+    storage.check_writable(report_url, "report", "give --report another path")
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     ours = False  # the work location is this run's (not another run's, going on): removed

@@ -276,3 +276,39 @@ def test_a_map_failure_without_a_record_claims_no_cause(tmp_path: Path):
     assert "not known" in message and "may have been killed" in message
     assert "work location" in message and "--work" in message
     assert "one was killed" not in message
+
+
+# --- messages that name what to change ----------------------------------------------------
+
+
+def test_an_unwritable_report_names_report(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A report that cannot be written (its folder a file here; a read-only folder alike):
+    exit 2 before anything runs, saying to give --report another path (it said "choose
+    another output path")."""
+    manifest = _manifest(tmp_path, "out/b.tif")
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["run", str(manifest), "--report", str(tmp_path / "afile" / "r.json"),
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "report" in err and "give --report another path" in err, err
+    assert "output path" not in err and not (tmp_path / "out").exists()
+
+
+def test_dangling_links_are_named_with_their_target(tmp_path: Path):
+    """An input that is a link to nothing: InputNotFoundError saying so, with the target;
+    an output through a folder that is a link to nothing: OutputNotWritableError saying so
+    when planned and when written (it said ``[Errno 17] File exists``)."""
+    from pipeline.errors import InputNotFoundError
+
+    (tmp_path / "in.tif").symlink_to(tmp_path / "gone.tif")
+    with pytest.raises(InputNotFoundError, match="is a link to .*gone.tif, which does not "
+                       "exist"):
+        storage.open_input(str(tmp_path / "in.tif"))
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    output = str(tmp_path / "out" / "sub" / "x.tif")
+    for call in (storage.check_writable, storage.temp_output_path):
+        with pytest.raises(OutputNotWritableError) as info:
+            call(output)
+        message = str(info.value)
+        assert f"{tmp_path / 'out'} is a link to {tmp_path / 'nowhere'}" in message, message
+        assert "File exists" not in message and output in message

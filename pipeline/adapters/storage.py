@@ -167,6 +167,10 @@ def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:
     if issubclass(cls, WorkMissingError):
         return cls(f"{url} does not exist: an earlier step should have written it; "
                    "re-run the job (the step may have failed or its work was cleaned up)")
+    link = None if is_s3(url) else dangling_link(url)
+    if link:
+        return cls(f"{url} does not exist: {link}: fix the link, or give the path of the "
+                   "file itself")
     return cls(f"{url} does not exist: check the path or URL and that the file is there")
 
 
@@ -615,7 +619,8 @@ def check_not_folder(url: str) -> None:
                                      "the folder away")
 
 
-def check_writable(url: str) -> None:
+def check_writable(url: str, what: str = "output",
+                   change: str = "choose another output path") -> None:
     """Fail early with :class:`OutputNotWritableError` if an output cannot be written there.
 
     A local folder is probed by creating (and removing) a file in it. An S3 output by
@@ -635,6 +640,10 @@ def check_writable(url: str) -> None:
     check_not_folder(url)
     check_name_length(url)
     folder = parent(url)
+    link = dangling_link(folder)
+    if link:
+        raise OutputNotWritableError(f"{what} {url}: {link}: create that folder, or fix the "
+                                     f"link, or {change}")
     while not os.path.exists(folder):  # the first existing ancestor must be a writable folder
         folder = os.path.dirname(folder)
     if _fresh(folder):
@@ -647,8 +656,8 @@ def check_writable(url: str) -> None:
         os.remove(probe)
     except OSError as exc:
         raise OutputNotWritableError(
-            f"output {url}: cannot write in {folder} ({exc.strerror}): choose another output "
-            "path or fix the folder") from exc
+            f"{what} {url}: cannot write in {folder} ({exc.strerror}): {change}, or fix the "
+            "folder") from exc
     _writable[folder] = time.monotonic()
 
 
@@ -699,6 +708,10 @@ def temp_output_path(url: str) -> str:
     try:
         _make_folder(folder)
     except OSError as exc:  # a file where a folder of the path must be, no rights
+        link = dangling_link(folder)
+        if link:
+            raise OutputNotWritableError(f"output {url}: {link}: create that folder, or fix "
+                                         "the link") from exc
         raise OutputNotWritableError(
             f"output {url}: its folder {folder} cannot be made ({exc}): check the path (a "
             "file of that name in the way, or a place that may not be written)"
@@ -804,6 +817,23 @@ def remove_temp_outputs(url: str, run: str) -> list[str]:
             os.remove(tmp)
             removed.append(tmp)
     return removed
+
+
+def dangling_link(path: str) -> str | None:
+    """What makes the local ``path`` unreachable when it is a symbolic link to nothing (or
+    a folder of its path is): "<link> is a link to <target>, which does not exist"; None
+    otherwise (the path or its folder exist, or are merely missing)."""
+    path = os.path.abspath(path)
+    while True:
+        if os.path.islink(path) and not os.path.exists(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                return None
+            return f"{path} is a link to {target}, which does not exist"
+        if os.path.lexists(path) or os.path.dirname(path) == path:
+            return None
+        path = os.path.dirname(path)
 
 
 def _make_folder(folder: str) -> None:
