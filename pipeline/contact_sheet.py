@@ -105,7 +105,9 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
         asked = spec.pages if spec is not None else None
         ops = describe_ops(spec.ops) if spec is not None else ""
         if job["status"] == "SUCCEEDED":
-            pages = asked if asked is not None else list(range(int(job.get("pages") or 0)))
+            # the input pages read: as asked, or all but those left out (masks, overviews)
+            pages = (asked if asked is not None else job.get("input_pages")
+                     or list(range(int(job.get("pages") or 0))))
             detail = f"{job.get('megapixels', 0):.3g} MP, {job.get('seconds', 0):.1f} s"
             rows += [Row(index, job["status"], job["input"], job["output"], p, i, None, detail,
                          ops) for i, p in enumerate(pages)]

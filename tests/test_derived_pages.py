@@ -202,8 +202,14 @@ def test_a_listed_mask_is_refused_naming_the_image_pages(tmp_path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("derived")
-    masked, cog = root / "masked.tif", root / "cog.tif"
+    masked, cog, two = root / "masked.tif", root / "cog.tif", root / "two.tif"
     srcs = {"masked": write_masked(masked), "cog": write_cog(cog)}
+    with tifffile.TiffWriter(two) as tw:  # two images, each followed by its overview
+        for seed in (1, 2):
+            srcs[f"two{seed}"] = img = image(seed=seed)
+            tw.write(img, photometric="rgb", tile=(128, 128), metadata=None)
+            tw.write(reduced(img, 2), photometric="rgb", tile=(128, 128), subfiletype=1,
+                     metadata=None)
     pyramid = {"pyramid": True, "tile": 64}
     jobs, logged = run(root, {
         "masked": {"input": str(masked), "ops": BLUR},
@@ -212,8 +218,26 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "listed_overview": {"input": str(cog), "ops": BLUR, "pages": [0, 2],
                             "output_options": pyramid},
         "listed_mask": {"input": str(cog), "pages": [0, 1]},
+        "two": {"input": str(two), "ops": BLUR},
     })
     return {"jobs": jobs, "logged": logged, "srcs": srcs, "cog": cog}
+
+
+def test_pages_left_out_between_image_pages_are_skipped_in_the_report_and_sheet(runs):
+    """Image, overview, image, overview: the job reads input pages 0 and 2, which its
+    report entry lists (``input_pages``), so the contact sheet puts output page 1 beside
+    input page 2 (it took it for input page 1, the first page's overview)."""
+    from pipeline.contact_sheet import sheet_rows
+    from pipeline.core.models import JobSpec
+
+    job = runs["jobs"]["two"]
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 2 and job["input_pages"] == [0, 2]
+    outs = [out for out, _, _ in pages_of(job["output"])]
+    for out, seed in zip(outs, (1, 2), strict=True):
+        np.testing.assert_array_equal(out, blurred(runs["srcs"][f"two{seed}"]))
+    spec = JobSpec(input=job["input"], output=job["output"], ops=BLUR)
+    rows = sheet_rows({"jobs": [{**job, "job": 0}]}, [spec])
+    assert [(r.in_page, r.out_page) for r in rows] == [(0, 0), (2, 1)]
 
 
 def test_a_masked_file_runs_without_its_mask(runs):

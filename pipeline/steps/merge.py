@@ -95,8 +95,9 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         "output_bytes": size, "started_at": plan.started_at, "finished_at": finished,
         "seconds": round(finished - plan.started_at, 3),
     }
-    if plan.note:  # the pages a job without pages left out, and why
+    if plan.note:  # the pages a job without pages left out, and why, and the pages it read
         result["message"] = plan.note
+        result["input_pages"] = [page.info.index for page in plan.pages]
     held_work.save_result(layout.result_file(plan.work), result)
     held_work.release(layout.plan_file(plan.work))  # the job's last step
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
