@@ -263,3 +263,21 @@ def test_run_keeps_what_has_no_data_without_data(tmp_path):
                 assert NODATA in tf.pages[0].tags
             assert np.array_equal(got, ref, equal_nan=True), (name, i)
     assert int(np.isnan(lerc).sum()) == 10_000
+
+
+def test_a_sparse_segment_of_a_16_bit_palette_page_holds_its_nodata_index(tmp_path):
+    """A 16-bit palette page's indices are 16-bit: a no-data index above 255 fills a segment
+    left empty (it was filled as 8-bit: a raw OverflowError, no named error), and reads as
+    that index's colour, as tifffile's indices and the colormap give it."""
+    rng = np.random.default_rng(3)
+    cmap = rng.integers(0, 65536, (3, 65536), dtype=np.uint16)
+    index = (_page("uint16") % 1000).astype(np.uint16)
+    path = tmp_path / "palette16.tif"
+    tifffile.imwrite(path, index, photometric="palette", colormap=cmap, tile=(T, T),
+                     compression="zlib", metadata=None, extratags=_nodata("300"))
+    _make_sparse(path, [1])
+    indices = tifffile.imread(path)
+    assert np.all(indices[:T, T:2 * T] == 300)
+    got = _read(path)
+    assert got.dtype == np.uint16 and got.shape == (H, W, 3)
+    assert np.array_equal(got, cmap.T[indices])

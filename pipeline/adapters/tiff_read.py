@@ -808,7 +808,9 @@ class PageReader:
         the page's no-data value (:attr:`fill`) where it has one, else zeros, as tifffile's
         ``asarray`` and GDAL fill it (libtiff alone reads zeros)."""
         depth = 1 if self.separate else self.file_samples
-        dtype = np.uint8 if self.kind.lut is not None else self.file_dtype
+        # a lookup page's indices: 8-bit for sub-byte pages (bool for 1-bit), else its own
+        dtype = (np.uint8 if self.kind.lut is not None and self.file_dtype.itemsize == 1
+                 else self.file_dtype)
         if self.fill == 0 and not np.signbit(self.fill):  # (-0.0 is filled: its sign bit)
             return np.zeros((rows, cols, depth), dtype)
         return np.full((rows, cols, depth), self.fill, dtype)
