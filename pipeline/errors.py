@@ -118,6 +118,18 @@ class EngineError(TiffpipeError):
     """The embedded Step Functions engine failed to run the state machine."""
 
 
+class OutOfMemoryError(TiffpipeError):
+    """A task ran out of memory: an allocation failed (``MemoryError``, a codec's
+    "Allocation error"), or a thread could not start (its stack is memory too). Not the
+    input's fault: the message names the task (and the input, page or segment where known)
+    and what to do (:data:`OUT_OF_MEMORY_HINT`)."""
+
+
+class TooManyOpenFilesError(TiffpipeError):
+    """A task could not open a file or a pipe: the process's limit of open files (``ulimit
+    -n``) is reached. The message names the limit and what to do."""
+
+
 # --- installation ---------------------------------------------------------------------
 
 
@@ -141,8 +153,72 @@ def shortened(message: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def error_record(exc: BaseException) -> dict[str, str]:
-    """The ``{"type", "message"}`` record of an exception, as reports show it."""
+    """The ``{"type", "message"}`` record of an exception, as reports show it (running out
+    of memory, threads or open files under its own name: :func:`exhausted`)."""
+    exc = exhausted(exc) or exc
     return {"type": type(exc).__name__, "message": shortened(str(exc))}
+
+
+#: what to do when a task runs out of memory (or threads)
+OUT_OF_MEMORY_HINT = ("this is not the input's fault: run with fewer --workers (fewer tasks "
+                      "at once), give the job a smaller \"tile\" in the manifest, or give the "
+                      "process more memory (its ulimit -v, the container's memory limit), "
+                      "then run the job again")
+#: errno of "too many open files" (the process's, the system's)
+_EMFILE, _ENFILE = 24, 23
+
+
+def open_files_limit() -> tuple[str, str]:
+    """The process's soft limit of open files, as ``ulimit -n N``, and a higher one to
+    suggest (``ulimit -n 4096``, or twice the limit above that)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return "ulimit -n", "ulimit -n 4096"
+    if soft < 0:  # unlimited
+        return "ulimit -n unlimited", "ulimit -n unlimited"
+    return f"ulimit -n {soft}", f"ulimit -n {max(4096, 2 * soft)}"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the process ran out of memory: MemoryError (numpy's "Unable to
+    allocate"), a thread that could not start, a codec's allocation failure (zstd's
+    "Allocation error", zlib's "Insufficient memory", libjpeg's "Insufficient memory")."""
+    if isinstance(exc, (MemoryError, OutOfMemoryError)):
+        return True
+    text = str(exc) if not isinstance(exc, TiffpipeError) else ""
+    if isinstance(exc, RuntimeError) and "can't start new thread" in text:
+        return True
+    return any(words in text for words in ("Allocation error", "Insufficient memory",
+                                           "memory allocation failed", "out of memory"))
+
+
+def exhausted(exc: BaseException, where: str = "") -> TiffpipeError | None:
+    """``exc`` under a name that says the process ran out of a resource, or None (any other
+    error): :class:`OutOfMemoryError` (:func:`is_out_of_memory`) or
+    :class:`TooManyOpenFilesError` (EMFILE, ENFILE), its message naming ``where`` (the task,
+    the input and page) and what to do. One already so named is returned as it is."""
+    if isinstance(exc, (OutOfMemoryError, TooManyOpenFilesError)):
+        return exc
+    at = f"{where}: " if where else ""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if is_out_of_memory(exc):
+        why = ("a thread could not start" if "can't start new thread" in str(exc)
+               else "out of memory")
+        return OutOfMemoryError(f"{at}{why} ({what}); {OUT_OF_MEMORY_HINT}")
+    if isinstance(exc, OSError) and exc.errno in (_EMFILE, _ENFILE):
+        if exc.errno == _EMFILE:
+            now, higher = open_files_limit()
+            whose = (f"the process's limit of open files is reached ({now}): raise it in "
+                     f"the shell that runs tiffpipe ({higher}, as its hard limit allows)")
+        else:
+            whose = ("the system's limit of open files is reached (fs.file-max): close "
+                     "other programs")
+        return TooManyOpenFilesError(f"{at}too many open files ({what}): {whose}, or run "
+                                     "with fewer --workers, then run the job again")
+    return None
 
 
 def by_name(name: str) -> type[TiffpipeError]:

@@ -29,10 +29,13 @@ from pipeline.adapters.metadata import read_metadata
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
 from pipeline.errors import (
+    OUT_OF_MEMORY_HINT,
     CorruptTiffError,
     NotATiffError,
+    OutOfMemoryError,
     PageNotFoundError,
     UnsupportedTiffError,
+    is_out_of_memory,
 )
 
 # Compressions that tifffile lists but cannot decode correctly: refuse them up front.
@@ -789,6 +792,11 @@ class PageReader:
                 decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
+            if is_out_of_memory(exc):  # the machine's limit, not a damaged file
+                raise OutOfMemoryError(
+                    f"{self.where}: segment {seg} ({cname}, {len(data)} bytes) could not be "
+                    f"decoded: out of memory ({type(exc).__name__}: {exc}); "
+                    f"{OUT_OF_MEMORY_HINT}") from exc
             raise CorruptTiffError(f"{self.where}: segment {seg} ({cname}) cannot be decoded "
                                    f"({type(exc).__name__}: {exc}); the file is damaged: "
                                    f"{REPAIR}") from exc

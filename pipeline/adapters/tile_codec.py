@@ -22,7 +22,13 @@ import numpy as np
 from tifffile import TIFF
 
 from pipeline.core.models import JobPlan, OutputOptions
-from pipeline.errors import CorruptTiffError, OperationError
+from pipeline.errors import (
+    OUT_OF_MEMORY_HINT,
+    CorruptTiffError,
+    OperationError,
+    OutOfMemoryError,
+    is_out_of_memory,
+)
 
 _WORK_MAGIC = b"TPW2"
 _TAGS = {"none": 1, "lzw": 5, "jpeg": 7, "deflate": 8, "zstd": 50000}
@@ -144,6 +150,11 @@ class OutputEncoder:
         try:
             return bytes(TIFF.COMPRESSORS[self.tag](data, **self._args))
         except Exception as exc:
+            if is_out_of_memory(exc):  # (zstd: "Allocation error"): the machine's limit
+                raise OutOfMemoryError(f"encoding a {self.options.compression} tile of "
+                                       f"{tile.shape} {tile.dtype}: out of memory "
+                                       f"({type(exc).__name__}: {exc}); {OUT_OF_MEMORY_HINT}"
+                                       ) from exc
             raise OperationError(f"encoding a {self.options.compression} tile of {tile.shape} "
                                  f"{tile.dtype} failed: {exc}") from exc
 
