@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.errors import failure_record, shortened
+
+log = logging.getLogger(__name__)
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 #: ``$$.Execution.Id`` of an execution named ``name`` (the embedded engine's fake account),
@@ -324,6 +326,90 @@ def _error_matches(names: list[str], error: str) -> bool:
 # --- running -------------------------------------------------------------------------------
 
 
+def _invoke_error(function: str, payload: Any, exc: Exception) -> dict[str, Any]:
+    """The Lambda error payload of a task whose invoke raised in this process
+    (:func:`~pipeline.engine.workers.error_payload`: out of memory named so)."""
+    from pipeline.engine.workers import error_payload
+
+    name = function.rpartition(":")[2] or "task"
+    return error_payload(exc, name, payload)
+
+
+def _item_error(name: str, index: int, exc: Exception) -> StateError:
+    """A Map item that failed outside its states (its thread ran out of memory): the item's
+    failure, named as a task's would be, instead of the interpreter's end."""
+    payload = _invoke_error(f"item {index} of {name}", None, exc)
+    return StateError(payload["errorType"], json.dumps(payload, separators=(",", ":")))
+
+
+def run_items(one: Callable[[int], None], count: int, threads: int) -> None:
+    """``one(i)`` for each ``i`` in ``range(count)``, on up to ``threads`` threads: this one
+    and helpers, each taking the next item until none is left; returns once every item
+    taken has ended. ``one`` must not raise but :class:`Aborted` (re-raised here).
+
+    Running short of memory or threads must neither stop the execution nor hang it: a
+    helper that cannot start (``can't start new thread``) leaves its share to the threads
+    that run, this one included; helpers are started without waiting for them
+    (``_thread.start_new_thread``: ``Thread.start`` waits for the thread to say it runs,
+    for ever if it died before, as a thread short of memory does), and this thread waits
+    only for the items a thread took, each counted out in a ``finally`` that allocates
+    nothing. (A ThreadPoolExecutor whose thread died of a MemoryError never completes the
+    futures queued for it: the map waited for ever, at 0 CPU.)"""
+    if threads <= 1 or count <= 1:
+        for i in range(count):
+            one(i)
+        return
+    import _thread
+
+    lock = threading.Condition(threading.Lock())
+    state = [0, 0]  # [next item, items taken and not ended]
+    raised: list[BaseException] = []
+
+    def take() -> int:
+        with lock:
+            i = state[0]
+            if i >= count:
+                return -1
+            after, taken = i + 1, state[1] + 1  # (what may fail to allocate, before either)
+            state[0], state[1] = after, taken
+            return i
+
+    def work() -> None:
+        while True:
+            i = take()
+            if i < 0:
+                return
+            try:
+                one(i)
+            except BaseException as exc:  # noqa: BLE001 - (Aborted) raised by the caller
+                raised.append(exc)
+            finally:
+                with lock:
+                    state[1] -= 1
+                    lock.notify_all()
+
+    started, short = 0, False
+    for _ in range(threads - 1):
+        if state[0] >= count:
+            break
+        try:
+            _thread.start_new_thread(work, ())
+            started += 1
+        except RuntimeError:  # can't start new thread: the running threads do it all
+            short = True
+            break
+    if short:
+        log.warning("a Map ran its items on %d thread(s) of the %d it wanted: no thread could "
+                    "start (out of memory, or the process's limit of threads)", started + 1,
+                    threads)
+    work()
+    with lock:
+        while state[1]:
+            lock.wait(1.0)  # (woken as each ends; the timeout is against a lost wake-up)
+    if raised:
+        raise raised[0]
+
+
 class Interpreter:
     """Runs a state machine: Lambda tasks through ``invoke``; Map items on at most
     ``map_threads`` threads per Map state (``MaxConcurrency`` bounds them too).
@@ -470,7 +556,16 @@ class Interpreter:
 
     def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
         params = fill(state.get("Parameters", {}), data, context)
-        ok, payload = self.invoke(params.get("FunctionName", ""), params.get("Payload"))
+        function = params.get("FunctionName", "")
+        try:
+            ok, payload = self.invoke(function, params.get("Payload"))
+        except StateError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the task fails, not the execution
+            # serving it failed in this process (out of memory, no thread to run it on, no
+            # file for a worker's pipe): the task fails with that error, named, so that its
+            # job's Catch records it and the other jobs go on (the interpreter would stop)
+            ok, payload = False, _invoke_error(function, params.get("Payload"), exc)
         if not ok:
             error = payload.get("errorType") if isinstance(payload, dict) else None
             raise StateError(error or "Exception", json.dumps(payload, separators=(",", ":")))
@@ -505,24 +600,24 @@ class Interpreter:
         def one(i: int) -> None:
             if stop.is_set() or self._aborted.is_set():  # a failed map starts no more items
                 return
-            item_context = {**context, "Map": {"Item": {"Value": items[i], "Index": i}}}
-            item = (fill(state["ItemSelector"], data, item_context) if "ItemSelector" in state
-                    else items[i])
             try:
+                item_context = {**context, "Map": {"Item": {"Value": items[i], "Index": i}}}
+                item = (fill(state["ItemSelector"], data, item_context)
+                        if "ItemSelector" in state else items[i])
                 results[i] = self._machine(processor, item, item_context)
             except StateError as exc:
-                with lock:
-                    failures.append(exc)
-                    if too_many():
-                        stop.set()
+                failed(exc)
+            except Exception as exc:  # noqa: BLE001 - (out of memory, no thread) the item's
+                failed(_item_error(name, i, exc))
+
+        def failed(exc: StateError) -> None:
+            with lock:
+                failures.append(exc)
+                if too_many():
+                    stop.set()
 
         threads = max(1, min(limit, self.map_threads, len(items)))
-        if threads == 1:
-            for i in range(len(items)):
-                one(i)
-        else:
-            with ThreadPoolExecutor(threads, thread_name_prefix=f"map-{name}") as pool:
-                list(pool.map(one, range(len(items))))
+        run_items(one, len(items), threads)
         self._check()  # items skipped after an abort: no result
         if too_many():
             if distributed and (tolerated_pct is not None or tolerated is not None):

@@ -40,7 +40,7 @@ from pipeline.engine import definition, direct
 from pipeline.engine.execution import Execution, Listener, function_name, function_of
 from pipeline.engine.placement import Placement
 from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
-from pipeline.errors import EngineError
+from pipeline.errors import OUT_OF_MEMORY_HINT, EngineError, OutOfMemoryError, exhausted
 from pipeline.steps import held_work, stopping
 from pipeline.steps.common import usable_cores
 
@@ -52,6 +52,12 @@ LIGHT_ACTIONS = frozenset({"plan_run", "plan_job", "record_failure", "report"})
 INTERPRETERS = ("auto", "direct", "moto")
 #: seconds a stopped run waits for its tasks to stop before it leaves them behind
 STOP_GRACE_S = 10.0
+#: how often a task of the engine's process checks that the thread running it is alive
+TASK_THREAD_CHECK_S = 1.0
+
+
+def _alive(threads: list[threading.Thread]) -> bool:
+    return any(t.is_alive() for t in threads)
 
 
 #: a reference to a variable ($name, not $.a or $$.a) in a path or a template's value
@@ -204,10 +210,17 @@ class LocalEngine:
         """Peak RSS of each worker process that ran a task (none when inline)."""
         return dict(self.pool.peaks_kb) if self.pool else {}
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the engine's threads and workers. ``failed`` (the engine raised): its workers
+        are stopped at once (:meth:`WorkerPool.stop`, then killed after
+        :data:`~pipeline.engine.workers.STOP_WAIT_S`) and its threads not waited for: a
+        thread or worker the failure left waiting would keep the command from ending."""
         # tasks left behind by a stopped run are not waited for (the process ends soon)
-        self._engine_threads.shutdown(wait=not self._given_up.done(), cancel_futures=True)
+        self._engine_threads.shutdown(wait=not (failed or self._given_up.done()),
+                                      cancel_futures=True)
         if self.pool:
+            if failed:
+                self.pool.stop()
             self.pool.close()
         kept_files.close_all()  # the inputs the engine's threads kept open between units
 
@@ -255,7 +268,12 @@ class LocalEngine:
         stop._wakers.append(waker)
         watcher = threading.Thread(target=self._watch, args=(stop, waker, ended),
                                    name="tiffpipe-stop", daemon=True)
-        watcher.start()
+        try:
+            watcher.start()
+        except RuntimeError as exc:  # can't start new thread: nothing has run yet
+            stop._wakers.remove(waker)
+            raise EngineError(f"the embedded engine cannot start: "
+                              f"{exhausted(exc, 'its stop watcher') or exc}") from exc
         try:
             yield
         finally:
@@ -284,8 +302,8 @@ class LocalEngine:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
 
     def run(self, execution_input: dict[str, Any], name: str | None = None,
             poll: float = 0.05) -> Execution:
@@ -336,11 +354,52 @@ class LocalEngine:
     def _here(self, function: str, event: Any) -> tuple[bool, Any]:
         """A heavy task on this process's threads; once the run is given up on
         (:meth:`give_up`), no longer waited for."""
-        task = self._engine_threads.submit(self.in_process.invoke, function, event)
-        wait([task, self._given_up], return_when=FIRST_COMPLETED)
+        # the task's own future and its state: "queued", "taken" by a thread, or
+        # "abandoned" (never to run: its thread could not start, or died)
+        task: Future[tuple[bool, Any]] = Future()
+        state = {"is": "queued", "on": None}
+        lock = threading.Lock()
+
+        def invoke() -> None:
+            with lock:
+                if state["is"] == "abandoned":
+                    return
+                state["is"], state["on"] = "taken", threading.current_thread()
+            try:
+                task.set_result(self.in_process.invoke(function, event))
+            except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+                task.set_exception(exc)
+
+        def abandon() -> bool:
+            with lock:
+                if state["is"] == "queued":
+                    state["is"] = "abandoned"
+                return state["is"] == "abandoned"
+
+        try:
+            self._engine_threads.submit(invoke)
+        except RuntimeError:  # can't start new thread: ThreadPoolExecutor queued it anyway,
+            if abandon():  # and a thread started later would run it (after its job failed)
+                raise
+        where = f"{function_of(function)}.{event.get('action')}"
+        while not wait([task, self._given_up], TASK_THREAD_CHECK_S,
+                       return_when=FIRST_COMPLETED).done:
+            # a thread that died (out of memory, in the executor's own code) never ends the
+            # task it took, nor takes the one queued for it: the task fails, named
+            on = state["on"]
+            if task.done() or _alive([on] if on is not None else self._task_threads()):
+                continue
+            if on is not None or abandon():
+                raise OutOfMemoryError(
+                    f"{where}: the engine's thread that was to run it ended before the task "
+                    f"did (a thread ends so when it runs out of memory); {OUT_OF_MEMORY_HINT}")
         if not task.done():
             raise direct.Aborted("the run was stopped; a task was left behind")
         return task.result()
+
+    def _task_threads(self) -> list[threading.Thread]:
+        """The threads of :attr:`_engine_threads` (ThreadPoolExecutor's ``_threads``)."""
+        return list(getattr(self._engine_threads, "_threads", ()))
 
     def _runs_user_code(self, event: Any) -> bool:
         """Whether a heavy task's job runs a ``custom`` op. Such tasks run in a worker, never
@@ -418,6 +477,10 @@ class LocalEngine:
         except EngineError:
             raise
         except Exception as exc:  # a bug of the interpreter, not a failed state
+            named = exhausted(exc, "the embedded engine's own process")
+            if named is not None:  # (its main thread ran out of memory or files)
+                raise EngineError(f"the embedded engine's interpreter stopped: "
+                                  f"{type(named).__name__}: {named}") from exc
             raise EngineError(f"the embedded engine's interpreter stopped: "
                               f"{type(exc).__name__}: {exc}") from exc
         return Execution("SUCCEEDED", output, None, None, time.time() - started)

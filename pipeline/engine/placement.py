@@ -95,6 +95,12 @@ class Placement:
                         self._started(token, width)
                         return "engine"
                     pool = self.pool
+                    if pool is not None and pool.failed is not None:
+                        if engine:  # no worker could start: this process runs them all
+                            pool = None
+                        else:  # (user code) fails there, saying why
+                            self.busy["pool"] += 1
+                            return "pool"
                     usable = pool is not None and (self.pool_for_all or not engine)
                     room = (not engine
                             or self.busy["engine"] + self.busy["pool"] < self.workers)

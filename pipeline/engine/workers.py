@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.constants import BLAS_THREADS_ENV, TILE_THREADS_ENV
 from pipeline.core.record import record
+from pipeline.errors import exhausted
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -231,13 +232,56 @@ def _invoke(function: str, event: dict[str, Any], peak: bool = True
     except WorkerStopped as exc:
         ok, payload = False, {"errorType": "WorkerCrashedError", "errorMessage": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a Lambda error
-        ok, payload = False, {
-            "errorType": type(exc).__name__, "errorMessage": str(exc),
-            "stackTrace": traceback.format_exception(exc)[-20:],
-        }
+        ok, payload = False, error_payload(exc, function, event)
     finally:
         _task = None
     return ok, payload, os.getpid(), peak_rss_kb() if peak else 0
+
+
+def error_payload(exc: BaseException, function: str, event: Any) -> dict[str, Any]:
+    """The Lambda error payload of a task's exception: named after its class, or, for a
+    task that ran out of memory, threads or open files, :class:`OutOfMemoryError` or
+    :class:`TooManyOpenFilesError` naming the task, its job's input and page, and what to
+    do (:func:`~pipeline.errors.exhausted`). Short of memory itself, it still gives one."""
+    try:
+        named = exhausted(exc, task_where(function, event)) if isinstance(exc, Exception) \
+            else None
+        shown = named or exc
+        try:
+            stack = traceback.format_exception(exc)[-20:]
+        except Exception:  # noqa: BLE001 - (out of memory) the error without its stack
+            stack = []
+        return {"errorType": type(shown).__name__, "errorMessage": str(shown),
+                "stackTrace": stack}
+    except Exception:  # noqa: BLE001 - out of memory: what can be said
+        return {"errorType": type(exc).__name__, "errorMessage": ""}
+
+
+def task_where(function: str, event: Any) -> str:
+    """Where a task works, for its error's message: ``process.process_unit of job 2
+    (in/a.tif), unit 3 (page 0)``, as much as its event and its job's plan (when this
+    process has it at hand) tell."""
+    if not isinstance(event, dict):
+        return f"{function} task"
+    where = f"{function}.{event.get('action')}"
+    plan_url = event.get("plan")
+    if not isinstance(plan_url, str):
+        return where
+    try:
+        from pipeline.steps.common import load_plan
+
+        plan = load_plan(plan_url)
+        where += f" of job {plan.job} ({plan.spec.input})"
+        for key, parts in (("unit", plan.units), ("batch", plan.batches)):
+            index = event.get(key)
+            if isinstance(index, int) and 0 <= index < len(parts):
+                page = parts[index].page
+                if page < len(plan.pages):  # (its position in the job's pages)
+                    page = plan.pages[page].info.index
+                where += f", {key} {index} (page {page})"
+    except Exception:  # noqa: BLE001, S110 - (the plan is gone, or no memory) what we have
+        pass
+    return where
 
 
 def _read_text(url: str) -> str:
@@ -316,9 +360,57 @@ class WorkerPool:
         self._on_warm: Callable[[], None] | None = None
         self._stopping = False  # stop(): no task starts, no pool is (re)built
         self._stopped: list[Any] = []  # the worker processes stop() signalled
+        #: why no worker could start (too many open files, out of memory), else None: the
+        #: engine then runs its tasks in its own process, and a task that needs a worker
+        #: (user code) fails with this
+        self.failed: str | None = None
         self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self) -> ProcessPoolExecutor | None:
+        """A pool of :attr:`workers` started processes; fewer, with a warning, when the
+        process's limit of open files leaves room for fewer (each costs the engine a few
+        descriptors: :data:`FDS_PER_WORKER`) or starting one fails for want of files or
+        memory; None (:attr:`failed` says why) when none can start."""
+        wanted = self.workers
+        workers = min(wanted, _workers_the_files_allow())
+        why = "" if workers == wanted else "too many open files"
+        while workers >= 1:
+            try:
+                pool = self._started_pool(workers)
+            except _StartFailed as failure:
+                workers, why = failure.started // 2, failure.why
+                continue
+            if workers < wanted:
+                self.workers = workers
+                self._warn_fewer(wanted, workers, why)
+            return pool
+        self.failed = self._warn_fewer(wanted, 0, why or "too many open files")
+        return None
+
+    def _warn_fewer(self, wanted: int, workers: int, why: str) -> str:
+        """Warn that the pool runs ``workers`` of the ``wanted`` workers (0: none), and
+        return what the warning says."""
+        from pipeline.errors import OUT_OF_MEMORY_HINT, open_files_limit
+
+        if why == "too many open files":
+            now, higher = open_files_limit()
+            cause = (f"the process's limit of open files ({now}) leaves too few for them: "
+                     f"raise it in the shell that runs tiffpipe ({higher}, as its hard "
+                     "limit allows), or give fewer --workers")
+        else:
+            cause = f"{why}: {OUT_OF_MEMORY_HINT}"
+        what = (f"with {workers} worker process(es) of the {wanted} wanted" if workers
+                else "without worker processes (the engine's process runs every task)")
+        message = f"the run goes on {what}: {cause}"
+        import logging
+
+        logging.getLogger(__name__).warning("%s", message)
+        return message
+
+    def _started_pool(self, workers: int) -> ProcessPoolExecutor:
+        """A pool of ``workers`` processes, each started (a submit each); _StartFailed (the
+        processes started meanwhile ended) when one cannot start for want of files or
+        memory."""
         # imported here: a run of short tasks never starts the pool, and multiprocessing's
         # import (~10 ms) is then part of every command's start for nothing
         import multiprocessing
@@ -326,15 +418,28 @@ class WorkerPool:
 
         context = multiprocessing.get_context("spawn")
         env = dict(self.env)
-        env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(self.workers)))
+        env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(workers)))
         one_blas_thread(env)  # set before _init imports OpenCV
-        pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init,
-                                   initargs=(env, os.getpid()))
-        self.warm = 0
-        # start every worker and import the steps now, not on its first task
-        for _ in range(self.workers):
-            pool.submit(_warm_up).add_done_callback(
-                lambda _, p=pool: self._warmed(p))
+        started = 0
+        pool = None
+        try:
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
+                                       initargs=(env, os.getpid()))
+            self.warm = 0
+            # start every worker and import the steps now, not on its first task
+            for _ in range(workers):
+                pool.submit(_warm_up).add_done_callback(
+                    lambda _, p=pool: self._warmed(p))
+                started += 1
+        except (OSError, MemoryError, RuntimeError) as exc:
+            named = exhausted(exc)
+            if named is None:
+                raise
+            if pool is not None:
+                _end_pool(pool)
+            raise _StartFailed(started, "too many open files"
+                               if type(named).__name__ == "TooManyOpenFilesError"
+                               else f"out of memory ({type(exc).__name__}: {exc})") from exc
         return pool
 
     def _warmed(self, pool: ProcessPoolExecutor) -> None:
@@ -348,10 +453,10 @@ class WorkerPool:
 
     def start(self, on_warm: Callable[[], None] | None = None) -> None:
         """Start the workers without waiting for them; ``on_warm()`` is called (in another
-        thread) each time one is ready."""
+        thread) each time one is ready. None may start (:attr:`failed`): then it warns."""
         with self._lock:
             self._on_warm = on_warm
-            if self._pool is None and not self._stopping:
+            if self._pool is None and not self._stopping and self.failed is None:
                 self._pool = self._new_pool()
 
     @property
@@ -366,11 +471,24 @@ class WorkerPool:
         with self._lock:
             if self._stopping:
                 return self._stopped_task(function, event)
-            if self._pool is None:
+            if self._pool is None and self.failed is None:
                 self._pool = self._new_pool()
             pool = self._pool
+        if pool is None:
+            return False, {"errorType": "WorkerCrashedError" if self.failed is None else
+                           "TooManyOpenFilesError" if "open files" in self.failed else
+                           "OutOfMemoryError",
+                           "errorMessage": f"{task_where(function, event)} needs a worker "
+                                          f"process, and none could start: {self.failed}"}
         try:
-            ok, payload, pid, peak = pool.submit(_invoke, function, event).result()
+            ok, payload, pid, peak = self._result(pool, pool.submit(_invoke, function, event))
+        except _PoolThreadDied as exc:  # its results are lost: a new pool for the next
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            _end_pool(pool)
+            return False, {"errorType": "OutOfMemoryError",
+                           "errorMessage": f"{task_where(function, event)}: {exc}"}
         except BrokenProcessPool as exc:
             with self._lock:
                 if self._stopping:  # its workers were stopped: no new ones
@@ -394,6 +512,28 @@ class WorkerPool:
         return ok, payload
 
     @staticmethod
+    def _result(pool: ProcessPoolExecutor, future: Any) -> Any:
+        """``future``'s result, or _PoolThreadDied when a thread of this process that
+        ``pool`` needs to send the task or bring its result back has died (out of memory:
+        the future would never end, and the run would wait for ever)."""
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        while True:
+            try:
+                return future.result(POOL_THREAD_CHECK_S)
+            except FutureTimeout:
+                threads = [getattr(pool, "_executor_manager_thread", None),
+                           getattr(getattr(pool, "_call_queue", None), "_thread", None)]
+                dead = [t for t in threads if t is not None and not t.is_alive()]
+                if dead and not future.done() and not getattr(pool, "_shutdown_thread", 0):
+                    from pipeline.errors import OUT_OF_MEMORY_HINT
+
+                    raise _PoolThreadDied(
+                        f"the engine's thread that passes tasks to the worker processes "
+                        f"({dead[0].name}) ended (a thread ends so when it runs out of "
+                        f"memory); {OUT_OF_MEMORY_HINT}") from None
+
+    @staticmethod
     def _stopped_task(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         return False, {"errorType": "WorkerCrashedError",
                        "errorMessage": f"{function}.{event.get('action')} did not run to its "
@@ -415,9 +555,7 @@ class WorkerPool:
                 return
             self._stopping = True
             pool = self._pool
-            # ProcessPoolExecutor keeps its processes in _processes (no public accessor
-            # before Python 3.14's terminate_workers), which its shutdown clears
-            self._stopped = list((getattr(pool, "_processes", None) or {}).values())
+            self._stopped = _processes(pool)
         if pool is None:
             return
         pool.shutdown(wait=False, cancel_futures=True)  # the tasks queued never start
@@ -428,13 +566,25 @@ class WorkerPool:
         _signal(self._stopped, signal.SIGKILL)
 
     def close(self) -> None:
+        """End the workers: at once if the pool was stopped (:meth:`stop`: each has
+        :data:`STOP_WAIT_S` to end its task), else once their tasks end; in either case a
+        worker still there :data:`STOP_WAIT_S` after that is killed, so that the command's
+        exit (multiprocessing waits for its children) never waits for ever on a worker
+        that the pool could not tell to end (its thread that does so died)."""
         with self._lock:
             pool = self._pool
             processes = self._stopped
         if pool is None:
             return
         if not self._stopping:
+            processes = _processes(pool)
             pool.shutdown(wait=True, cancel_futures=True)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while (alive := _alive(processes)) and time.monotonic() < deadline:
+                alive[0].join(0.05)
+            _signal(processes, signal.SIGKILL)
+            for process in processes:
+                process.join(1.0)
             return
         # stopped: wait for the workers to end their tasks, then kill what is left, so that
         # no worker outlives the run (nor writes after the run's clean-up). SIGTERM again
@@ -455,6 +605,60 @@ def _remove_crashed_output(event: dict[str, Any]) -> None:
     from pipeline.steps.common import remove_crashed_output  # (only after a crash)
 
     remove_crashed_output(event)
+
+
+class _StartFailed(Exception):
+    """Starting a pool's workers failed for want of files or memory after ``started``."""
+
+    def __init__(self, started: int, why: str):
+        super().__init__(why)
+        self.started, self.why = started, why
+
+
+class _PoolThreadDied(Exception):
+    """A thread of the engine's process that a ProcessPoolExecutor needs has died."""
+
+
+#: open files the engine's process needs for each worker process (its pipe and sentinel,
+#: and one more while it starts)
+FDS_PER_WORKER = 3
+#: open files kept for the engine's own work while the workers run (inputs held open,
+#: outputs and work files being written, its tile threads' reads)
+FDS_KEPT_FOR_THE_ENGINE = 48
+#: seconds between checks that the threads a task in a worker needs are alive
+POOL_THREAD_CHECK_S = 1.0
+
+
+def _workers_the_files_allow() -> int:
+    """How many workers the process's limit of open files (``ulimit -n``) leaves room for
+    beside the files it has open and :data:`FDS_KEPT_FOR_THE_ENGINE`."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft < 0:  # unlimited
+            return 1 << 30
+        in_use = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd")
+                                else "/dev/fd"))
+    except (OSError, ValueError):
+        return 1 << 30
+    return max(0, (soft - in_use - FDS_KEPT_FOR_THE_ENGINE) // FDS_PER_WORKER)
+
+
+def _processes(pool: Any) -> list[Any]:
+    """The worker processes of a ProcessPoolExecutor (its ``_processes``: no public accessor
+    before Python 3.14), which its shutdown clears."""
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _end_pool(pool: Any) -> None:
+    """End a pool that cannot go on (its start failed, or a thread of it died), without
+    waiting for it: its workers are killed."""
+    processes = _processes(pool)
+    with suppress(Exception):
+        pool.shutdown(wait=False, cancel_futures=True)
+    _signal(processes, signal.SIGKILL)
+    for process in processes:
+        with suppress(Exception):
+            process.join(1.0)
 
 
 def _alive(processes: list[Any]) -> list[Any]:
