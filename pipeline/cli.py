@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
 from pipeline.errors import (
+    RUN_FAILED_ERROR,
     EngineError,
     InputNotFoundError,
     ManifestError,
@@ -268,7 +269,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
-        print(f"tiffpipe: the run failed: {result.error}", file=sys.stderr)
+        if result.summary is not None and not args.quiet:
+            print_summary(result.summary)
+        print(_failed_line(result), file=sys.stderr)
         return EXIT_FAILED
     if not args.quiet and result.report is not None:
         print_summary(result.report)
@@ -353,6 +356,36 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+#: the most outputs named in the line of a run that failed (then how many more)
+NAMED_OUTPUTS = 10
+
+
+def _failed_line(result: RunResult) -> str:
+    """What a run that failed with no report says (even with --quiet): its error, and,
+    from its jobs' results (:attr:`RunResult.summary`), which outputs it published. A run
+    whose jobs all finished failed writing its report: that alone is lost (exit 1
+    still: what a script reads afterwards, the report, is not there)."""
+    summary = result.summary
+    if summary is None:
+        return f"tiffpipe: the run failed: {result.error}"
+    jobs = summary["jobs"]
+    published = [j["output"] for j in jobs if j["status"] == "SUCCEEDED"]
+    named = ", ".join(published[:NAMED_OUTPUTS]) + (
+        f" and {len(published) - NAMED_OUTPUTS} more" if len(published) > NAMED_OUTPUTS else "")
+    outputs = (f"the outputs of the {len(published)} that succeeded are published ({named})"
+               if published else "no output was published")
+    if result.report_lost:
+        return (f"tiffpipe: every job ran ({summary['succeeded']} succeeded, "
+                f"{summary['failed']} failed, {summary['skipped']} skipped), but the run "
+                f"report could not be written to {result.report_url} (--report): "
+                f"{result.error}; {outputs}. Give --report a path that can be written (or "
+                "free space there) and run again for a report")
+    unfinished = sum(j.get("error", {}).get("type") == RUN_FAILED_ERROR for j in jobs)
+    return (f"tiffpipe: the run failed: {result.error}; {len(jobs) - unfinished} of "
+            f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} have no output "
+            "(no report was written): run them again")
 
 
 def _interrupted_line(result: RunResult, signum: int) -> str:

@@ -21,6 +21,9 @@ class TiffpipeError(Exception):
 #: the report's error type of a job a stopped local run did not finish (status FAILED; no
 #: class: nothing raises it, pipeline.runner writes it; the summary shows such a job STOPPED)
 INTERRUPTED_ERROR = "RunInterruptedError"
+#: the error type, in the summary of a run that failed as a whole (its engine stopped), of a
+#: job that had not finished (no class: pipeline.runner gives it; no report is written)
+RUN_FAILED_ERROR = "RunFailedError"
 
 
 # --- manifests and usage ------------------------------------------------------------

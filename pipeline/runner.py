@@ -26,11 +26,13 @@ from pipeline.engine.execution import Listener
 from pipeline.engine.local import LocalEngine, StopRequest
 from pipeline.errors import (
     INTERRUPTED_ERROR,
+    RUN_FAILED_ERROR,
     EngineError,
     StorageError,
     TiffpipeError,
     WorkLocationError,
     failure_record,
+    shortened,
 )
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest
@@ -85,6 +87,16 @@ class RunResult:
     #: an earlier run's report or contact sheet removed from beside this run's (see
     #: :func:`_remove_stale`)
     removed: list[str] = field(default_factory=list)
+    #: a run that failed with no report written (its engine stopped, or the report could
+    #: not be written): its jobs as their results in the work say, those that had not
+    #: finished FAILED with :data:`RUN_FAILED_ERROR` (None: no job had been listed)
+    summary: dict[str, Any] | None = None
+
+    @property
+    def report_lost(self) -> bool:
+        """The run failed only as its report was written: every job had finished."""
+        return self.summary is not None and not any(
+            j.get("error", {}).get("type") == RUN_FAILED_ERROR for j in self.summary["jobs"])
 
     @property
     def ok(self) -> bool:
@@ -143,13 +155,19 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 # a lease only where another machine's run may look: a run's default work
                 # folder is named by its run id, which no other run is given
                 lease = _hold_work(work, run_id) if shared else None
-                with LocalEngine(workers, listener, definition_text=definition_text,
-                                 interpreter=interpreter, stop=stop) as engine:
-                    execution = engine.run(event, name=f"run-{run_id}")
-                    peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
+                try:
+                    with LocalEngine(workers, listener, definition_text=definition_text,
+                                     interpreter=interpreter, stop=stop) as engine:
+                        execution = engine.run(event, name=f"run-{run_id}")
+                        peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
+                except EngineError as exc:  # what its jobs did (held here till the block ends)
+                    exc.summary = _summary_of_failed(work, str(exc))  # type: ignore[attr-defined]
+                    raise
             interrupted = stop.signal if stop is not None else None
             doc = None
             written = True  # the report at report_url is this run's
+            error = None
+            summary = None
             if execution.status == "SUCCEEDED":
                 doc, written = _own_report(report_url, work, run_id)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
@@ -158,21 +176,22 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
             elif execution.status == "TIMED_OUT":  # its tasks were stopped as on a stop
                 doc = _report_interrupted(work, "the run timed out (the state machine's "
                                                 "TimeoutSeconds)")
-        error = None
-        if doc is None:
-            record = failure_record({"Error": execution.error, "Cause": execution.cause})
-            error = f"{record['type']}: {record['message']}"
+            if doc is None:  # failed as a whole, or writing its report
+                record = failure_record({"Error": execution.error, "Cause": execution.cause})
+                error = f"{record['type']}: {record['message']}"
+                summary = _summary_of_failed(work, error)
         # (none beside another run's report: it is that run's place)
         sheet = (_write_contact_sheet(doc, work, report_url)
                  if contact_sheet and doc and written and interrupted is None else None)
         return RunResult(run_id, execution.status, doc, report_url, work,
                          time.time() - started, error, peaks, sheet, interrupted,
                          _remove_stale(report_url, run_id, doc is not None,
-                                       sheet is not None or not written, started))
+                                       sheet is not None or not written, started), summary)
     except EngineError as exc:
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
                          str(exc),
-                         removed=_remove_stale(report_url, run_id, False, False, started))
+                         removed=_remove_stale(report_url, run_id, False, False, started),
+                         summary=getattr(exc, "summary", None))
     finally:
         if lease is not None and not lease.ours():  # another run took it: its files now
             lease.release(remove=False)
@@ -289,6 +308,34 @@ def _report_interrupted(work: str, stopped: str) -> dict[str, Any] | None:
     storage.write_json(url, doc)
     for job in doc["jobs"]:
         if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
+            _remove_partial_output(job["output"], doc["run_id"],
+                                   layout.job_dir(work, job["job"]))
+    return doc
+
+
+def _summary_of_failed(work: str, error: str) -> dict[str, Any] | None:
+    """What a run that failed as a whole (its engine stopped, or its report could not be
+    written) did: its jobs as the Report step would report them from their results in the
+    work, those without one FAILED with :data:`RUN_FAILED_ERROR` (their partial files
+    beside their outputs removed, as a stopped run's); not written anywhere (the report's
+    path keeps no report of a failed run). None when no job was listed, or the work
+    cannot be read (the error says why)."""
+    from pipeline.steps.report import run_report
+
+    try:
+        run_url = layout.run_file(work)
+        if not storage.exists(run_url):
+            return None
+        message = (f"the run failed as a whole before this job finished ({error}): no "
+                   "output written; run it again")
+        doc, _ = run_report(ReportEvent(run_url), missing={"type": RUN_FAILED_ERROR,
+                                                           "message": shortened(message)})
+    except Exception as exc:  # noqa: BLE001 - (out of memory, say) the error alone, then
+        log.warning("could not read what the run's jobs did from %s: %s: %s", work,
+                    type(exc).__name__, exc)
+        return None
+    for job in doc["jobs"]:
+        if job.get("error", {}).get("type") == RUN_FAILED_ERROR:
             _remove_partial_output(job["output"], doc["run_id"],
                                    layout.job_dir(work, job["job"]))
     return doc
