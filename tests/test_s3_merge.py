@@ -442,6 +442,29 @@ def test_a_failed_job_aborts_its_own_uploads_not_another_runs(s3):
     assert _uploads(s3) == []
 
 
+def test_a_completed_upload_leaves_no_record(s3):
+    """A merge whose upload completed removes its record: the run kept its work
+    (--keep-work), and a later run given that work took every record for an upload left
+    open, which it tried to end (from a machine that cannot reach that S3: refused)."""
+    plan = _plan(s3["work"], 1)
+    assert plan.spec.output.startswith("s3://")
+    assert _get(s3, storage.split_s3(plan.spec.output)[1])  # published, as an upload of parts
+    assert segments.recorded_uploads(storage.join(s3["work"], "jobs")) == []
+    seen: list[str] = []
+    real = merge_mod.record_output_upload
+
+    def recording(job_work: str, output: str, upload: str) -> None:
+        real(job_work, output, upload)
+        seen.append(upload)
+
+    merge_mod.record_output_upload = recording  # (this test's merge again: recorded, gone)
+    try:
+        merge_mod.publish(plan)  # (if_exists: overwrite)
+    finally:
+        merge_mod.record_output_upload = real
+    assert seen and segments.recorded_uploads(storage.join(s3["work"], "jobs")) == []
+
+
 def test_a_merge_records_its_upload_before_any_part(s3, monkeypatch):
     """Merge of an output of parts notes its upload in the job's work as it begins it,
     before its first part: a merge killed at any part leaves what RecordFailure ends."""

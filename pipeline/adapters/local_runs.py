@@ -86,13 +86,18 @@ class LocalRun(NamedTuple):
     @property
     def alive(self) -> bool:
         """Whether its process is there (not: a killed run whose leftovers a look removes)."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:  # another user's process
-            return True
+        return process_alive(self.pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this machine is there (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
         return True
+    return True
 
 
 @contextmanager
@@ -269,9 +274,7 @@ def _end_uploads(run: LocalRun, work: str, path: str) -> bool:
     from pipeline.adapters import segments  # (a killed run's: rare)
 
     try:
-        ended = segments.abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
-        if storage.is_s3(work):
-            ended += segments.abort_uploads(work.rstrip("/") + "/")
+        ended = segments.end_uploads(work)
     except TiffpipeError as exc:
         log.warning("could not end the S3 uploads of run %s, whose process (%d) ended before "
                     "the run did (killed?): %s. Kept for a later run to end them: %s; every "
@@ -295,15 +298,16 @@ def _kept(work: str, path: str) -> str:
 def _give_up(work: str, path: str) -> str:
     """How to end a killed run's uploads by hand and stop later runs trying: the AWS CLI's
     commands for the uploads its local work records, else how to find them."""
+    from pipeline.adapters import segments  # (a killed run's: rare)
+
     commands = []
     try:
         if not storage.is_s3(work):
-            for url in work_location.upload_records(work)[:5]:
-                with open(url) as f:
-                    record = json.load(f)
-                bucket, key = storage.split_s3(record["output"])
+            for url in segments.recorded_uploads(storage.join(work, JOBS_FOLDER))[:5]:
+                output, upload = segments.upload_record(url)
+                bucket, key = storage.split_s3(output)
                 commands.append(f"aws s3api abort-multipart-upload --bucket {bucket} "
-                                f"--key {key} --upload-id {record['upload']}")
+                                f"--key {key} --upload-id {upload}")
     except (OSError, ValueError, KeyError, TypeError, TiffpipeError):
         commands = []
     how = ("; ".join(commands) if commands else

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Self
 from pipeline.adapters import storage
 from pipeline.adapters.storage import _errors, _key_of, is_s3, s3_client
 from pipeline.core import tiff_layout
-from pipeline.core.constants import UPLOADS_FOLDER
+from pipeline.core.constants import JOBS_FOLDER, UPLOADS_FOLDER
 from pipeline.core.tiff_layout import Literal, MiB, Part, Piece, Span, plan_parts
 from pipeline.errors import (
     OutputExistsError,
@@ -530,20 +530,55 @@ def abort_upload(url: str, upload: str) -> bool:
     return True
 
 
+def recorded_uploads(folder: str) -> list[str]:
+    """The records of output uploads under ``folder`` (a job's work, or a run's: every
+    job's): ``<job>/uploads/<upload>.json`` (:func:`pipeline.steps.common.record_output_upload`);
+    none for a missing folder. A listing that fails is an :class:`UploadsUnchecked`."""
+    try:
+        found = storage.list_prefix(folder)
+    except StorageError as exc:
+        raise UploadsUnchecked(str(exc)) from exc
+    return [url for url in found
+            if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER]
+
+
+def upload_record(url: str) -> tuple[str, str]:
+    """(the output, the upload id) of the upload record ``url``; ValueError, KeyError or
+    TypeError if it is not one, a TiffpipeError if it cannot be read."""
+    record = json.loads(storage.read_bytes(url))
+    return str(record["output"]), str(record["upload"])
+
+
+class UploadsUnchecked(StorageError):
+    """The uploads a run's work records (or left open under an S3 work prefix) could not
+    even be listed: whether any is open is not known."""
+
+
 def abort_recorded_uploads(folder: str) -> int:
-    """Abort the output uploads recorded under ``folder`` (a job's ``uploads/``, or a run's
-    work: every job's) that are still open; how many. A record is ``{"output", "upload"}``
-    (:func:`pipeline.steps.common.record_output_upload`); one completed or ended already is
-    passed over. Every record is tried; those that fail are one StorageError at the end."""
+    """Abort the output uploads recorded under ``folder`` (:func:`recorded_uploads`) that
+    are still open; how many. A record goes once its upload is ended (aborted now, or
+    completed or ended already: passed over). Every record is tried; those that fail are
+    one StorageError at the end (their records kept)."""
     aborted, failed = 0, []
-    for url in storage.list_prefix(folder):
-        if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER:
-            try:  # each on its own: one that cannot be ended does not keep the others open
-                record = json.loads(storage.read_bytes(url))
-                aborted += abort_upload(record["output"], record["upload"])
-            except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
-                failed.append(f"{url}: {exc}")
+    for url in recorded_uploads(folder):
+        try:  # each on its own: one that cannot be ended does not keep the others open
+            aborted += abort_upload(*upload_record(url))
+            storage.discard(url)
+        except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
+            failed.append(f"{url}: {exc}")
     if failed:
         raise StorageError(f"cannot end {len(failed)} recorded upload(s) ({aborted} ended), "
                            f"e.g. {failed[0]}")
     return aborted
+
+
+def end_uploads(work: str) -> int:
+    """End the S3 uploads a run whose work is ``work`` left open (a killed or earlier run's):
+    its jobs' output uploads, which its work records (:func:`abort_recorded_uploads`), and,
+    its work on S3, its segments' under that prefix (:func:`abort_uploads`); how many. A
+    StorageError if some could not be ended; :class:`UploadsUnchecked` if they could not be
+    listed."""
+    ended = abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
+    if is_s3(work):
+        ended += abort_uploads(work.rstrip("/") + "/")
+    return ended

@@ -27,6 +27,7 @@ levels here from the base tiles (read through, a bounded number at a time).
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from typing import Any
@@ -46,7 +47,7 @@ from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import bigtiff_output
 from pipeline.core.tiff_layout import Piece, Span
-from pipeline.errors import OutputExistsError
+from pipeline.errors import OutputExistsError, TiffpipeError
 from pipeline.steps import held_work, layout, stopping
 from pipeline.steps.common import (
     explained_by_records,
@@ -56,6 +57,8 @@ from pipeline.steps.common import (
     tile_threads,
 )
 from pipeline.steps.tile_table import TileTable
+
+log = logging.getLogger(__name__)
 
 #: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
 UNIT_LEVELS = True
@@ -72,11 +75,17 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     """Compose the output of ``plan`` from its segments, publish it and write the job's
     result (merge, and ProcessJob after its unit)."""
     spec = plan.spec
+    uploads: list[str] = []  # the S3 multipart upload begun, recorded in the job's work
+
+    def started(upload: str) -> None:
+        record_output_upload(plan.work, spec.output, upload)
+        uploads.append(upload)
+
     try:  # if_exists skip or fail: never over an output published since PlanJob looked
         size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite",
-                       started=lambda upload: record_output_upload(plan.work, spec.output,
-                                                                   upload),
+                       started=started,
                        owner=publisher(plan) if storage.is_s3(spec.output) else None)
+        _forget_uploads(plan.work, uploads)
     except OutputExistsError as exc:
         if spec.if_exists == "fail":
             raise OutputExistsError(
@@ -101,6 +110,19 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     held_work.save_result(layout.result_file(plan.work), result)
     held_work.release(layout.plan_file(plan.work))  # the job's last step
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
+
+
+def _forget_uploads(job_work: str, uploads: list[str]) -> None:
+    """Remove the records of ``uploads``, completed (or, the output published by an earlier
+    attempt, aborted): nothing is left to end, and a run that later finds this work (kept
+    with --keep-work) must not take them for open ones. Never the step's failure: a record
+    left is passed over as an upload already ended."""
+    for upload in uploads:
+        try:
+            storage.discard(layout.upload_file(job_work, upload))
+        except TiffpipeError as exc:
+            log.warning("could not remove the record of the finished upload %s: %s", upload,
+                        exc)
 
 
 def publisher(plan: JobPlan) -> str:
