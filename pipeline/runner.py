@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import field
 from typing import Any
@@ -140,7 +140,15 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     ours = False  # the work location is this run's (not another run's, going on): removed
-    lease: work_lease.Holder | None = None  # this run's lease on it (work_lease)
+    held: list[work_lease.Holder] = []  # this run's lease on it (work_lease), once taken
+    # a run whose lease another run takes over stops (work_lease.Holder's on_lost)
+    stop = stop if stop is not None else StopRequest()
+    published: list[str] = []  # the outputs this run's jobs published (_Published)
+    listener = _Published(published, listener)
+
+    def take() -> None:
+        held.append(_hold_work(work, run_id, lambda _lease: stop.request(0)))
+
     try:
         # held_work.holding: the results of the jobs a stopped run finished, for its report
         with _run_env(KEEP_SEGMENTS_ENV, "1" if keep_work else None), \
@@ -150,24 +158,27 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
             with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
-                _claim_work(work, f"run-{run_id}")
-                ours = True
                 # a lease only where another machine's run may look: a run's default work
                 # folder is named by its run id, which no other run is given
-                lease = _hold_work(work, run_id) if shared else None
+                _claim_work(work, f"run-{run_id}", take if shared else None)
+                ours = True
                 try:
                     with LocalEngine(workers, listener, definition_text=definition_text,
                                      interpreter=interpreter, stop=stop) as engine:
                         execution = engine.run(event, name=f"run-{run_id}")
                         peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
                 except EngineError as exc:  # what its jobs did (held here till the block ends)
-                    exc.summary = _summary_of_failed(work, str(exc))  # type: ignore[attr-defined]
+                    if not (held and held[0].lost is not None):  # (not another run's work)
+                        exc.summary = _summary_of_failed(  # type: ignore[attr-defined]
+                            work, str(exc))
                     raise
-            interrupted = stop.signal if stop is not None else None
+            interrupted = stop.signal
             doc = None
             written = True  # the report at report_url is this run's
             error = None
             summary = None
+            if held and held[0].lost is not None:  # its work is another run's now
+                return _lost_work(held[0], run_id, report_url, work, started, published)
             if execution.status == "SUCCEEDED":
                 doc, written = _own_report(report_url, work, run_id)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
@@ -188,11 +199,14 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                          _remove_stale(report_url, run_id, doc is not None,
                                        sheet is not None or not written, started), summary)
     except EngineError as exc:
+        if held and held[0].lost is not None:
+            return _lost_work(held[0], run_id, report_url, work, started, published)
         return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started,
                          str(exc),
                          removed=_remove_stale(report_url, run_id, False, False, started),
                          summary=getattr(exc, "summary", None))
     finally:
+        lease = held[0] if held else None
         if lease is not None and not lease.ours():  # another run took it: its files now
             lease.release(remove=False)
             ours = False
@@ -206,6 +220,49 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 _remove_work(work)
             except TiffpipeError as exc:
                 log.warning("could not remove the work files at %s: %s", work, exc)
+
+
+class _Published:
+    """The run's listener (``then``), which also notes in ``outputs`` the output of every
+    job that published one (a merge, or a ProcessJob, that did not skip it): what a run
+    that lost its work location says it published (:func:`_lost_work`), from this process
+    (the work location, where the results are, is another run's by then)."""
+
+    def __init__(self, outputs: list[str], then: Listener | None) -> None:
+        self.outputs, self.then = outputs, then
+
+    def __call__(self, function: str, event: dict[str, Any], ok: bool,
+                 payload: dict[str, Any]) -> None:
+        if (ok and event.get("action") in ("merge", "process_job") and isinstance(payload, dict)
+                and not payload.get("skipped") and isinstance(payload.get("output"), str)):
+            self.outputs.append(payload["output"])
+        if self.then is not None:
+            self.then(function, event, ok, payload)
+
+
+def _lost_work(lease: work_lease.Holder, run_id: str, report_url: str, work: str,
+               started: float, published: list[str]) -> RunResult:
+    """The result of a run stopped because another run took its work location over (its
+    lease, unrenewed for EXPIRY_S, was taken for a dead run's): a failure without a report.
+    The jobs' results and the report's place in the work are that run's now: nothing there
+    is read, written or removed (the caller leaves the work and its uploads to that run).
+    The error names the location, the run that took it and the outputs this run published
+    (they stay: each is whole)."""
+    taker = lease.lost[0] if lease.lost else None
+    who = taker.describe() if taker is not None else (
+        "another run (its lease there is gone: removed by hand, or the location taken by an "
+        "older tiffpipe)")
+    outputs = ", ".join(published) if published else "none"
+    error = (f"WorkLocationError: {work}: the work location was taken by {who} while this "
+             f"run went on: this run's lease there had gone unrenewed for "
+             f"{work_lease.EXPIRY_S:.0f} s (a stalled process or machine, or a network "
+             f"that failed), so that run took it for a dead run's. This run stopped, wrote "
+             f"no report and left the work and its S3 uploads to that run. Outputs it "
+             f"published: {outputs} (a job that was publishing as the run stopped may have "
+             f"published its output too); run the other jobs again, with a --work of "
+             f"their own")
+    return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started, error,
+                     removed=_remove_stale(report_url, run_id, False, False, started))
 
 
 def _remove_stale(report_url: str, run_id: str, report_written: bool,
@@ -402,9 +459,11 @@ def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> 
     return url
 
 
-def _claim_work(work: str, name: str) -> None:
+def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) -> None:
     """Make the work location this run's (:func:`work_location.prepare`), or a
-    WorkLocationError: another local run going on uses it, or it holds other files."""
+    WorkLocationError: another local run going on uses it, or it holds other files, or
+    (``take``: this run's lease, taken before an earlier run's work is removed) another
+    run took it first."""
     other = local_runs.using(work, name)
     if other is not None and not other.alive:
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, which was "
@@ -414,19 +473,23 @@ def _claim_work(work: str, name: str) -> None:
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, still "
                                 "going on: give this run another --work, or none (each run "
                                 "then gets its own)")
-    earlier = work_location.prepare(work)
+    earlier = work_location.prepare(work, take)
     if earlier is not None:
         log.warning("removed the work files of an earlier run (%s) at %s (kept with "
                     "--keep-work, or left by a killed run): this run's would mix with them",
                     earlier, work)
 
 
-def _hold_work(work: str, run_id: str) -> work_lease.Holder:
+def _hold_work(work: str, run_id: str,
+               on_lost: Callable[[work_lease.Lease | None], None]) -> work_lease.Holder:
     """This run's lease on its work location (:mod:`pipeline.adapters.work_lease`), renewed
-    while the run goes on, or a WorkLocationError (the location takes no file: nothing has
+    while the run goes on (``on_lost``: called once another run took it over), or a
+    WorkLocationError (another run took it first; the location takes no file: nothing has
     run yet)."""
     try:
-        return work_lease.hold(work, run_id)
+        return work_lease.hold(work, run_id, on_lost)
+    except WorkLocationError:
+        raise
     except TiffpipeError as exc:
         raise WorkLocationError(f"{work}: cannot write this run's lease there ({exc}): give "
                                 "--work a folder (or prefix) this run can write, or none"

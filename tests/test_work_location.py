@@ -8,10 +8,12 @@ moto for S3."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -566,3 +568,257 @@ def test_a_run_whose_work_vanished_keeps_the_report_of_a_run_that_started_after_
     report.write_text(json.dumps({"run_id": "earlier", "started_at": time.time() - 60}))
     assert runner._remove_stale(str(report), result.run_id, False, False, time.time()) \
         == [str(report), str(sheet)]
+
+
+# --- the lease taken in one step, renewed only over this run's own, lost: the run stops ---
+
+
+@pytest.mark.parametrize("on_s3", [False, True])
+def test_of_two_runs_taking_one_work_at_once_one_gets_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock, on_s3: bool):
+    """Two machines started together on one --work both find no lease (check) before
+    either writes one: the first lease is written create-only (a hard link locally,
+    If-None-Match: * on S3), so the second run's write fails and it is refused, naming the
+    run that won; a lease written over another's (check, then write) let both run."""
+    from pipeline.adapters import work_lease
+
+    with contextlib.ExitStack() as stack:
+        work = (f"s3://{BUCKET}/both/" if on_s3 else str(tmp_path / "both"))
+        if on_s3:
+            stack.enter_context(moto_s3(monkeypatch, BUCKET))
+        assert work_location.prepare(work) is None  # both looked: nothing there yet
+        first = work_lease.hold(work, "first")
+        monkeypatch.setattr(work_lease, "host", lambda: "host-b")
+        with pytest.raises(WorkLocationError) as refused:
+            work_lease.hold(work, "second")
+        assert (f"{work}: another run took it first, at the same moment as this one: the "
+                f"work location of run first on host ") in str(refused.value)
+        assert "give this run another --work" in str(refused.value)
+        assert work_lease.read(work).run_id == "first"
+        first.release()
+
+
+def test_a_run_that_loses_the_race_removes_nothing(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, clock):
+    """The lease is taken before an earlier run's work is removed: a run whose check
+    passed, but which another machine's run beat to the lease (it wrote its lease and
+    began its work meanwhile), is refused, exit 2, and leaves that run's files; it removed
+    them and wrote its lease over theirs, and both ran."""
+    from pipeline.adapters import work_lease
+
+    _scan(tmp_path / "a.tif")
+    manifest = _manifest(tmp_path, tmp_path / "a.tif")
+    work = tmp_path / "shared"
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"run_id": "old", "jobs": []}))
+    real_check = work_lease.check
+
+    def meanwhile(where: str):  # the other machine's run, between this one's look and lease
+        found = real_check(where)
+        _lease(where, renewed=clock[0])
+        (work / "run.json").write_text(json.dumps({"run_id": "theirs", "jobs": []}))
+        return found
+
+    _lease(str(work), renewed=clock[0] - work_lease.EXPIRY_S)  # a dead run's
+    monkeypatch.setattr(work_lease, "check", meanwhile)
+    code, err = _run(manifest, "--work", str(work))
+    assert code == 2, err
+    assert f"{work}: another run took it first" in err
+    assert "the work location of run theirs on host other-host (process 4242)" in err
+    assert work_lease.read(str(work)).run_id == "theirs"
+    assert json.loads((work / "run.json").read_text())["run_id"] == "theirs"
+    assert not (tmp_path / "out.tif").exists()
+
+
+class _NoConditions:
+    """An S3 client of a store without conditional writes: 501 NotImplemented to a
+    PutObject with If-None-Match or If-Match (an S3-compatible store)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+    def put_object(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        if "IfNoneMatch" in kwargs or "IfMatch" in kwargs:
+            raise ClientError({"Error": {"Code": "NotImplemented", "Message": "no"},
+                               "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+        return self.client.put_object(**kwargs)
+
+
+def test_a_store_without_conditional_writes_falls_back_to_a_look(
+        s3, monkeypatch: pytest.MonkeyPatch, clock):
+    """501 to the conditions: the lease is looked at, then written without one (two runs
+    at the same moment may then both pass: the docs say so); a live lease is still
+    refused, a renewal still stops at another run's lease."""
+    from pipeline.adapters import storage, work_lease
+
+    real = storage.s3_client()
+    monkeypatch.setattr(storage, "s3_client", lambda: _NoConditions(real))
+    work = f"s3://{BUCKET}/nc/"
+    holder = work_lease.hold(work, "mine")
+    assert work_lease.read(work).run_id == "mine"
+    holder._stop.set()
+    holder._thread.join()
+    clock[0] += 10
+    holder._version = work_lease._replace(work, work_lease._body("mine"), holder._version)
+    assert work_lease.read(work).renewed == clock[0]
+    monkeypatch.setattr(work_lease, "host", lambda: "host-b")
+    with pytest.raises(WorkLocationError, match="the work location of run mine"):
+        work_lease.hold(work, "second")
+    _lease(work, run_id="theirs", renewed=clock[0])
+    with pytest.raises(work_lease._Exists):
+        work_lease._replace(work, work_lease._body("mine"), holder._version)
+    assert work_lease.read(work).run_id == "theirs"
+
+
+def test_a_stalled_renewal_does_not_write_over_the_run_that_took_over(
+        s3, monkeypatch: pytest.MonkeyPatch, clock):
+    """A run whose renewal stalled between its look and its write (a paused process) while
+    another machine's run took the location: on S3 the renewal is a PutObject with
+    If-Match: the ETag of this run's last write, which S3 refuses (412) once the lease is
+    another's; the run learns it lost (it wrote its lease over the other's, which then
+    shared the location with it)."""
+    from pipeline.adapters import storage, work_lease
+
+    monkeypatch.setattr(work_lease, "INTERVAL_S", 0.01)
+    work = f"s3://{BUCKET}/stall/"
+    real = storage.s3_client()
+    lost: list[object] = []
+
+    class Stalling:  # the other run writes its lease just before this run's renewal does
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def put_object(self, **kwargs):
+            if kwargs["Key"].endswith("lease.json") and not lost and not taken:
+                taken.append(1)
+                _lease(work, run_id="theirs", renewed=clock[0])
+            return real.put_object(**kwargs)
+
+    taken: list[int] = []
+    holder = work_lease.hold(work, "mine", on_lost=lost.append)
+    monkeypatch.setattr(storage, "s3_client", lambda: Stalling())
+    for _ in range(500):
+        if lost:
+            break
+        threading.Event().wait(0.01)
+    holder.release()
+    assert taken and lost and lost[0].run_id == "theirs"
+    assert holder.lost is not None and not holder.ours()
+    assert work_lease.read(work).run_id == "theirs"
+
+
+def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock):
+    """Mid-run, another machine's run takes the --work (this run's lease, unrenewed, was
+    taken for a dead run's): this run stops (its StopRequest), writes no report into the
+    location it lost, removes none of that run's files, and exits non-zero saying who took
+    the location and which outputs it published. It went on, read and wrote jobs/N/ in the
+    other run's work, and at its end removed it."""
+    from pipeline import runner
+    from pipeline.adapters import storage, work_lease
+
+    monkeypatch.setattr(work_lease, "INTERVAL_S", 0.01)
+    for name in ("a", "b", "c"):
+        _scan(tmp_path / f"{name}.tif")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": str(tmp_path / f"{name}.tif"), "output": str(tmp_path / f"{name}.out.tif"),
+        "ops": OPS, "tile": 256, "output_options": {"tile": 128}} for name in "abc"]}))
+    work = tmp_path / "shared"
+    theirs = work / "jobs" / "theirs.seg"
+    stopped: list[bool] = []
+    real_publish = storage.publish_file
+
+    def taken_after_the_first_output(local_path: str, url: str, replace: bool = True):
+        if not url.endswith(".out.tif"):
+            return real_publish(local_path, url, replace)
+        if not seen:  # the first output is published
+            seen.append(url)
+            return real_publish(local_path, url, replace)
+        if not stopped:  # as the second is about to be, another machine's run takes over
+            stopped.append(True)
+            _lease(str(work), run_id="theirs", renewed=clock[0])
+            theirs.parent.mkdir(parents=True, exist_ok=True)
+            theirs.write_bytes(b"theirs")
+            for _ in range(1000):  # (its lease is found lost at the next renewal)
+                if _lost(runner):
+                    break
+                threading.Event().wait(0.01)
+        raise OSError(errno.EINTR, "stopped before it published (for this test)")
+
+    seen: list[str] = []
+    # (one worker: every task runs in this process, where the publish is watched)
+    monkeypatch.setattr(storage, "publish_file", taken_after_the_first_output)
+    code, err = _run(manifest, "--work", str(work), "--workers", "1")
+    assert code == 1, err
+    assert (f"{work}: the work location was taken by run theirs on host other-host "
+            "(process 4242)") in err, err
+    assert "This run stopped, wrote no report and left the work" in err
+    published = err.split("Outputs it published: ")[1].split(" (")[0].split(", ")
+    assert published == seen  # the first output, there, whole; no other
+    assert sorted(p.name for p in tmp_path.glob("*.out.tif")) == [Path(seen[0]).name]
+    tifffile.imread(seen[0])
+    assert work_lease.read(str(work)).run_id == "theirs"
+    assert theirs.read_bytes() == b"theirs" and (work / "run.json").exists()
+    assert not (work / "report.json").exists() and not (tmp_path / "m.report.json").exists()
+
+
+def _lost(runner) -> bool:
+    """Whether this process's run found its lease lost (its stop was requested)."""
+    import gc
+
+    return any(isinstance(o, runner.StopRequest) and o.signal == 0 for o in gc.get_objects())
+
+
+# --- the records of a run's S3 uploads go once their uploads are ended -----------------------
+
+
+def test_ending_recorded_uploads_removes_their_records(s3, tmp_path: Path):
+    """A record whose upload is aborted now, or was completed (or ended) already, goes:
+    a kept work held the records of every finished upload, and a later run given it
+    tried to end them all (from a machine that cannot reach that S3, it was refused)."""
+    from pipeline.adapters import segments, storage
+    from pipeline.steps import layout
+    from pipeline.steps.common import record_output_upload
+
+    work = str(tmp_path / "w")
+    storage.write_json(layout.run_file(work), {"run_id": "w", "jobs": []})
+    output = f"s3://{BUCKET}/out/x.tif"
+    left = s3.create_multipart_upload(Bucket=BUCKET, Key="out/x.tif")["UploadId"]
+    done = s3.create_multipart_upload(Bucket=BUCKET, Key="out/x.tif")["UploadId"]
+    etag = s3.upload_part(Bucket=BUCKET, Key="out/x.tif", UploadId=done, PartNumber=1,
+                          Body=b"x")["ETag"]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="out/x.tif", UploadId=done,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    record_output_upload(layout.job_dir(work, 0), output, left)
+    record_output_upload(layout.job_dir(work, 1), output, done)
+    assert len(segments.recorded_uploads(storage.join(work, "jobs"))) == 2
+    assert segments.end_uploads(work) == 1
+    assert segments.recorded_uploads(storage.join(work, "jobs")) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_uploads_that_cannot_be_listed_are_said_unchecked(s3, monkeypatch: pytest.MonkeyPatch,
+                                                          clock):
+    """An earlier run's work on an S3 this run cannot reach: its uploads could not even be
+    listed, so the refusal says they could not be checked (it said the run left uploads
+    open, which it did not know)."""
+    from pipeline.adapters import segments, storage
+
+    work = f"s3://{BUCKET}/old/"
+    _put(s3, ["old/run.json"], json.dumps({"run_id": "old"}).encode())
+
+    def unreachable(url: str, no_bucket=None):
+        raise storage.StorageError(f"{url}: cannot list: Could not connect to the endpoint")
+
+    monkeypatch.setattr(segments.storage, "list_prefix", unreachable)
+    with pytest.raises(WorkLocationError) as refused:
+        work_location.prepare(work)
+    assert (f"{work}: the work location holds the work of an earlier run (old), whose S3 "
+            "uploads could not be checked (their records cannot be listed") in str(refused.value)
+    assert "left open" not in str(refused.value)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 
 from pipeline.adapters import storage, work_lease
 from pipeline.core.constants import (
     JOBS_FOLDER,
     LEASE_FILE,
     RUN_FILE,
-    UPLOADS_FOLDER,
     WORK_ENTRIES,
 )
 from pipeline.errors import StorageError, TiffpipeError, WorkLocationError
@@ -38,12 +38,14 @@ from pipeline.errors import StorageError, TiffpipeError, WorkLocationError
 DEFAULT_PARENTS = (".tiffpipe-work", "tiffpipe-work")
 
 
-def prepare(work: str) -> str | None:
+def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
     """Make ``work`` ready for a new run: nothing to do when it is new or empty; an earlier
     run's work there is removed (its run id returned, for the caller to say so, with its
     host when it held a lease there); a run's going on (its lease stands:
     :func:`work_lease.check`), and anything else, is a WorkLocationError that names what is
-    there."""
+    there. ``take``: called once the location may be the run's, before anything there is
+    removed (the run takes its lease: :func:`work_lease.take`, a WorkLocationError if
+    another run took it first); the lease it wrote then stays."""
     if not storage.is_s3(work) and os.path.lexists(work) and not os.path.isdir(work):
         raise WorkLocationError(f"{work}: the work location is a file, not a folder: give "
                                 "--work a new or empty folder, or none")
@@ -56,6 +58,8 @@ def prepare(work: str) -> str | None:
                                 "give --work a folder (or prefix) this run can read and "
                                 "write, or none") from exc
     if not names:
+        if take is not None:
+            take()
         return None
     foreign = sorted(names - set(WORK_ENTRIES))
     if foreign or not names & {RUN_FILE, LEASE_FILE}:
@@ -66,26 +70,33 @@ def prepare(work: str) -> str | None:
             "then gets its own); a run removes what it writes there when it ends")
     lease = work_lease.check(work) if LEASE_FILE in names else None
     earlier = _run_id(work, lease)
+    if take is not None:  # first: of two runs given it at once, the one refused removes nothing
+        take()
     _end_uploads(work, earlier)
-    remove(work)
+    remove(work, lease=take is None)
     return earlier
 
 
 def _end_uploads(work: str, earlier: str) -> None:
     """End the S3 uploads the earlier run in ``work`` left open (a killed run's: its
-    merges', which its work records, and its segments' under an S3 work prefix) before its
-    work, which holds their only record, goes; a WorkLocationError if they cannot be."""
+    merges', which its work records, and its segments' under an S3 work prefix:
+    :func:`segments.end_uploads`) before its work, which holds their only record, goes; a
+    WorkLocationError if they cannot be, or cannot even be listed."""
     from pipeline.adapters import segments  # (an earlier run's work: rare)
 
     try:
-        if storage.is_s3(work) or upload_records(work):
-            segments.abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
-            segments.abort_uploads(work.rstrip("/") + "/")
+        segments.end_uploads(work)
+    except segments.UploadsUnchecked as exc:
+        raise WorkLocationError(
+            f"{work}: the work location holds the work of an earlier run ({earlier}), whose "
+            f"S3 uploads could not be checked (their records cannot be listed: {exc}): run "
+            "where that S3 is reachable (its endpoint and credentials), or give this run "
+            "another --work") from exc
     except TiffpipeError as exc:
         raise WorkLocationError(
             f"{work}: the work location holds the work of an earlier run ({earlier}) with S3 "
-            f"uploads it left open, which this run cannot end ({exc}): run where that S3 is "
-            "reachable (its endpoint and credentials), or end them (aws s3api "
+            f"uploads it recorded, which this run could not check or end ({exc}): run where "
+            "that S3 is reachable (its endpoint and credentials), or end them (aws s3api "
             "abort-multipart-upload; the records are in jobs/*/uploads/) and remove the "
             "work, or give this run another --work") from exc
 
@@ -118,17 +129,19 @@ def _run_id(work: str, lease: work_lease.Lease | None = None) -> str:
         return "of unknown id"  # a run.json half written, or damaged: still a run's
 
 
-def remove(work: str, keep_uploads: bool = False) -> None:
+def remove(work: str, keep_uploads: bool = False, lease: bool = True) -> None:
     """Remove what a run writes in ``work``, then the folder if that left it empty, and the
     default work folders' parent (:data:`DEFAULT_PARENTS`) once empty; a missing one is not
     an error. ``keep_uploads``: all but the records of the output uploads its jobs began
     (``jobs/*/uploads/``) and its ``run.json``, which says whose they are: what a later run
     needs to end uploads a killed run left open, which this one could not
-    (:func:`pipeline.adapters.local_runs._reap`)."""
+    (:func:`pipeline.adapters.local_runs._reap`). ``lease``: its lease too (False: the new
+    run's, written before the earlier run's work is removed)."""
     if keep_uploads:
         _remove_all_but_uploads(work)
         return
-    files = [name for name in WORK_ENTRIES if name != JOBS_FOLDER]
+    files = [name for name in WORK_ENTRIES
+             if name != JOBS_FOLDER and (lease or name != LEASE_FILE)]
     if storage.is_s3(work):
         storage.delete_prefix(storage.join(work, JOBS_FOLDER))
         for name in files:
@@ -152,16 +165,11 @@ def remove(work: str, keep_uploads: bool = False) -> None:
             break
 
 
-def upload_records(work: str) -> list[str]:
-    """The records of the output uploads the jobs of the run in ``work`` began
-    (``jobs/<job>/uploads/*.json``); none for a missing location."""
-    return [url for url in storage.list_prefix(storage.join(work, JOBS_FOLDER))
-            if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER]
-
-
 def _remove_all_but_uploads(work: str) -> None:
     jobs = storage.join(work, JOBS_FOLDER)
-    keep = set(upload_records(work))
+    from pipeline.adapters.segments import recorded_uploads
+
+    keep = set(recorded_uploads(jobs))
     others = [url for url in storage.list_prefix(jobs) if url not in keep]
     files = [storage.join(work, name) for name in WORK_ENTRIES
              if name not in (JOBS_FOLDER, RUN_FILE)]
