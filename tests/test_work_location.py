@@ -754,7 +754,12 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
     seen: list[str] = []
     # (one worker: every task runs in this process, where the publish is watched)
     monkeypatch.setattr(storage, "publish_file", taken_after_the_first_output)
-    code, err = _run(manifest, "--work", str(work), "--workers", "1")
+    try:
+        code, err = _run(manifest, "--work", str(work), "--workers", "1")
+    finally:
+        from pipeline.steps import stopping
+
+        stopping.clear()  # this process goes on: the steps of later tests must run
     assert code == 1, err
     assert (f"{work}: the work location was taken by run theirs on host other-host "
             "(process 4242)") in err, err
