@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
 from pipeline.errors import (
-    RUN_FAILED_ERROR,
     EngineError,
     InputNotFoundError,
     ManifestError,
@@ -382,7 +381,10 @@ def _failed_line(result: RunResult) -> str:
                 f"report could not be written to {result.report_url} (--report): "
                 f"{result.error}; {outputs}. Give --report a path that can be written (or "
                 "free space there) and run again for a report")
-    unfinished = sum(j.get("error", {}).get("type") == RUN_FAILED_ERROR for j in jobs)
+    unfinished = result.unfinished_jobs
+    if not unfinished:
+        return (f"tiffpipe: the run failed after its {len(jobs)} job(s) had ended: "
+                f"{result.error}; {outputs}; no report was written")
     return (f"tiffpipe: the run failed: {result.error}; {len(jobs) - unfinished} of "
             f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} have no output "
             "(no report was written): run them again")

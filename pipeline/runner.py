@@ -94,9 +94,17 @@ class RunResult:
 
     @property
     def report_lost(self) -> bool:
-        """The run failed only as its report was written: every job had finished."""
-        return self.summary is not None and not any(
-            j.get("error", {}).get("type") == RUN_FAILED_ERROR for j in self.summary["jobs"])
+        """The run failed only as its report was written: every job had finished, and the
+        error is the report's (it names the report's path; any other error, e.g. the
+        engine's, is not to be fixed by another --report)."""
+        return (self.summary is not None and bool(self.summary["jobs"])
+                and self.report_url in (self.error or "") and not self.unfinished_jobs)
+
+    @property
+    def unfinished_jobs(self) -> int:
+        """Jobs of :attr:`summary` that had not finished (no result) when the run failed."""
+        return sum(j.get("error", {}).get("type") == RUN_FAILED_ERROR
+                   for j in (self.summary or {}).get("jobs", []))
 
     @property
     def ok(self) -> bool:
@@ -214,7 +222,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                         "(this run's lease there had expired, or was removed): what is there "
                         "now is that run's, left to it", work)
         elif lease is not None:
-            lease.release(remove=keep_work)  # (without --keep-work: removed with the work)
+            # with the work, unless --keep-work or the run was refused before it had the
+            # location (an earlier run's uploads it could not end): then alone
+            lease.release(remove=keep_work or not ours)
         if ours and not keep_work:
             try:
                 _remove_work(work)

@@ -225,6 +225,28 @@ def test_run_runs_the_definition_given(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "out").exists()
 
 
+def test_a_task_naming_no_function_of_the_engine_fails_the_run_not_its_job(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A definition whose task names a function the engine does not have (a typo in an
+    edited copy; here the Report's: both jobs run as single tasks on the process
+    function): the engine's error, which stops the run (exit 1, no report), said as it is,
+    not a task's failure a Catch records and the run goes on past, nor a lost report
+    (--report)."""
+    from pipeline.engine import definition
+
+    _inputs(tmp_path)
+    edited = tmp_path / "edited.asl.json"
+    edited.write_text(definition.definition_text().replace("${MergeFunctionArn}",
+                                                           "tiffpipe-local-mrge"))
+    code = cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                     "--no-contact-sheet", "--definition", str(edited)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert ("the run failed after its 2 job(s) had ended: no local function "
+            "'tiffpipe-local-mrge'") in err, err
+    assert "--report" not in err and not (tmp_path / "m.report.json").exists()
+
+
 def test_a_definition_that_cannot_run_is_a_usage_error_naming_the_file(
         tmp_path: Path, capsys: pytest.CaptureFixture):
     """Not JSON (the file, line and column) or refused by Step Functions (the state and the

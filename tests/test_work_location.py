@@ -827,3 +827,27 @@ def test_uploads_that_cannot_be_listed_are_said_unchecked(s3, monkeypatch: pytes
     assert (f"{work}: the work location holds the work of an earlier run (old), whose S3 "
             "uploads could not be checked (their records cannot be listed") in str(refused.value)
     assert "left open" not in str(refused.value)
+
+
+def test_a_run_refused_for_an_earlier_runs_uploads_leaves_no_lease(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A run given a --work holding an earlier run's work whose S3 uploads it cannot end is
+    refused (exit 2) after it took its lease there (taken first, so that of two runs at once
+    the refused one removes nothing): it removes that lease, which named it as the
+    location's run to the next run (and to another machine's, refused for EXPIRY_S)."""
+    from pipeline.adapters import segments
+    from pipeline.errors import StorageError
+
+    _scan(tmp_path / "a.tif")
+    manifest = _manifest(tmp_path, tmp_path / "a.tif")
+    work = tmp_path / "work"
+    (work / "jobs" / "00000" / "uploads").mkdir(parents=True)
+    (work / "run.json").write_text(json.dumps({"run_id": "old-run"}))
+
+    def unreachable(work: str) -> None:
+        raise StorageError("s3://bkt/out.tif: Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(segments, "end_uploads", unreachable)
+    code, err = _run(manifest, "--work", str(work))
+    assert code == 2 and "earlier run (old-run)" in err
+    assert sorted(p.name for p in work.iterdir()) == ["jobs", "run.json"]

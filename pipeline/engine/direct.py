@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import failure_record, shortened
+from pipeline.errors import exhausted, failure_record, shortened
 
 log = logging.getLogger(__name__)
 
@@ -345,22 +345,22 @@ def _item_error(name: str, index: int, exc: Exception) -> StateError:
 def run_items(one: Callable[[int], None], count: int, threads: int) -> None:
     """``one(i)`` for each ``i`` in ``range(count)``, on up to ``threads`` threads: this one
     and helpers, each taking the next item until none is left; returns once every item
-    taken has ended. ``one`` must not raise but :class:`Aborted` (re-raised here).
+    taken has ended; the first exception ``one`` raised (:class:`Aborted`, an engine error) is
+    raised here then.
 
     Running short of memory or threads must neither stop the execution nor hang it: a
     helper that cannot start (``can't start new thread``) leaves its share to the threads
-    that run, this one included; helpers are started without waiting for them
-    (``_thread.start_new_thread``: ``Thread.start`` waits for the thread to say it runs,
-    for ever if it died before, as a thread short of memory does), and this thread waits
-    only for the items a thread took, each counted out in a ``finally`` that allocates
-    nothing. (A ThreadPoolExecutor whose thread died of a MemoryError never completes the
-    futures queued for it: the map waited for ever, at 0 CPU.)"""
+    that run, this one included, and this thread waits only for the items a thread took,
+    each counted out in a ``finally`` that allocates nothing. (A ThreadPoolExecutor whose
+    thread died of a MemoryError never completes the futures queued for it: the map waited
+    for ever, at 0 CPU.) The helpers are threading's threads, not daemons: the threads they
+    start (a task's, in the engine's process) are not daemons either, as a daemon task
+    would be cut off at the command's exit (``Thread.start`` still waits for a thread to say
+    it runs: one that dies before, out of memory, is not covered: docs/local-engine.md)."""
     if threads <= 1 or count <= 1:
         for i in range(count):
             one(i)
         return
-    import _thread
-
     lock = threading.Condition(threading.Lock())
     state = [0, 0]  # [next item, items taken and not ended]
     raised: list[BaseException] = []
@@ -393,7 +393,7 @@ def run_items(one: Callable[[int], None], count: int, threads: int) -> None:
         if state[0] >= count:
             break
         try:
-            _thread.start_new_thread(work, ())
+            threading.Thread(target=work, name="tiffpipe-map", daemon=False).start()
             started += 1
         except RuntimeError:  # can't start new thread: the running threads do it all
             short = True
@@ -561,10 +561,13 @@ class Interpreter:
             ok, payload = self.invoke(function, params.get("Payload"))
         except StateError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the task fails, not the execution
-            # serving it failed in this process (out of memory, no thread to run it on, no
-            # file for a worker's pipe): the task fails with that error, named, so that its
-            # job's Catch records it and the other jobs go on (the interpreter would stop)
+        except Exception as exc:
+            # serving it failed in this process for want of memory, a thread to run it on
+            # or a file for a worker's pipe: the task fails with that error, named, so that
+            # its job's Catch records it and the other jobs go on; any other error (the
+            # engine's: a function it does not have) still stops the execution
+            if exhausted(exc) is None:
+                raise
             ok, payload = False, _invoke_error(function, params.get("Payload"), exc)
         if not ok:
             error = payload.get("errorType") if isinstance(payload, dict) else None
@@ -607,7 +610,9 @@ class Interpreter:
                 results[i] = self._machine(processor, item, item_context)
             except StateError as exc:
                 failed(exc)
-            except Exception as exc:  # noqa: BLE001 - (out of memory, no thread) the item's
+            except Exception as exc:  # out of memory, no thread: the item's failure
+                if exhausted(exc) is None:
+                    raise
                 failed(_item_error(name, i, exc))
 
         def failed(exc: StateError) -> None:
