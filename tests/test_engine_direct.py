@@ -852,3 +852,26 @@ def test_an_execution_output_that_is_a_string_is_read_on_moto():
         with LocalEngine(1, definition_text=json.dumps(machine), interpreter="moto") as engine:
             run = engine.run({})
         assert (run.status, run.output) == ("SUCCEEDED", report)
+
+
+def test_threads_started_by_map_items_are_not_daemons():
+    """A Map's items run on threading's threads (the Map's own and non-daemon helpers): a
+    thread an item starts (a task's, in the engine's process) inherits a non-daemon flag,
+    so the command's exit waits for it (raw threads' items started daemon threads, which
+    the exit cut off mid-merge)."""
+    import threading
+
+    from pipeline.engine.direct import run_items
+
+    flags: list[bool] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(3)
+
+    def one(i: int) -> None:
+        ready.wait(timeout=10)  # three items at once: the helpers run them too
+        started = threading.Thread(target=lambda: None)
+        with lock:
+            flags.append(started.daemon)
+
+    run_items(one, 3, 3)
+    assert flags == [False, False, False]
