@@ -851,3 +851,23 @@ def test_a_run_refused_for_an_earlier_runs_uploads_leaves_no_lease(
     code, err = _run(manifest, "--work", str(work))
     assert code == 2 and "earlier run (old-run)" in err
     assert sorted(p.name for p in work.iterdir()) == ["jobs", "run.json"]
+
+
+@pytest.mark.parametrize("left", [
+    [".lease.json.4242-0badf00d.tmp"],  # killed between writing its lease and linking it
+    ["run.json", ".run.json.tiffpipe-20261206-170000-abcdef-0123.tmp",
+     ".lease.json.4242-0badf00d.tmp"],
+])
+def test_a_killed_runs_temporaries_are_its_work(tmp_path: Path, left: list[str]):
+    """A run killed while it wrote one of its files through a temporary (its lease, its
+    run.json) left that temporary at the top of its --work: the location is still a run's
+    work (it was refused as "files that are not a tiffpipe run's work"), removed by the
+    next run given it, which then runs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in left:
+        (work / name).write_text(json.dumps({"run_id": "killed"}))
+    _scan(tmp_path / "a.tif")
+    code, err = _run(_manifest(tmp_path, tmp_path / "a.tif"), "--work", str(work))
+    assert code == 0, err
+    assert not work.exists()  # the killed run's files, the run's own, then the folder

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import suppress
 
 from pipeline.adapters import storage, work_lease
 from pipeline.core.constants import (
@@ -61,8 +62,8 @@ def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
         if take is not None:
             take()
         return None
-    foreign = sorted(names - set(WORK_ENTRIES))
-    if foreign or not names & {RUN_FILE, LEASE_FILE}:
+    foreign = sorted(n for n in names - set(WORK_ENTRIES) if not _temporary(n))
+    if foreign or not (names & {RUN_FILE, LEASE_FILE} or all(map(_temporary, names))):
         shown = ", ".join(foreign[:3] or sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise WorkLocationError(
             f"{work}: the work location holds files that are not a tiffpipe run's work "
@@ -148,6 +149,9 @@ def remove(work: str, keep_uploads: bool = False, lease: bool = True) -> None:
             storage.remove(storage.join(work, name))
         return
     shutil.rmtree(os.path.join(work, JOBS_FOLDER), ignore_errors=True)
+    with suppress(OSError):  # a killed run's temporaries of its files (see _temporary)
+        files += [name for name in os.listdir(work) if _temporary(name)
+                  and (lease or not name.startswith(f".{LEASE_FILE}."))]
     for name in files:
         try:
             os.remove(os.path.join(work, name))
@@ -163,6 +167,15 @@ def remove(work: str, keep_uploads: bool = False, lease: bool = True) -> None:
             os.rmdir(folder)  # only when empty
         except OSError:
             break
+
+
+def _temporary(name: str) -> bool:
+    """Whether ``name``, at the top of a work location, is a temporary file a run wrote one
+    of its files through (``.run.json.tiffpipe-....tmp``, ``.lease.json.<pid>-<hex>.tmp``):
+    a run killed between writing it and renaming (or linking) it leaves it there, and the
+    location is still a run's work, not a folder of other files."""
+    return name.startswith(".") and name.endswith(".tmp") and any(
+        name.startswith(f".{entry}.") for entry in WORK_ENTRIES if entry != JOBS_FOLDER)
 
 
 def _remove_all_but_uploads(work: str) -> None:
