@@ -698,3 +698,27 @@ def test_a_missing_bucket_is_named(s3):
         storage.read_bytes("s3://no-such-bucket-x/in/a.tif", missing=InputNotFoundError)
     with pytest.raises(InputNotFoundError, match="check the path or URL and that the file"):
         storage.read_bytes("s3://tp-bucket/in/none.tif", missing=InputNotFoundError)
+
+
+def test_inside_all_resolves_each_folder_once_and_answers_as_inside(tmp_path, monkeypatch):
+    """Which outputs are in a folder (the work location): by path and after links, as
+    before, for many outputs at once with each of their folders resolved once (a manifest
+    of 10,000 outputs resolved every path's every folder)."""
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    (tmp_path / "via").symlink_to(work)  # a link to the work folder
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "into.tif").symlink_to(work / "jobs" / "x.tif")  # a link into it
+    urls = [str(work / "jobs" / "a.tif"), str(tmp_path / "via" / "jobs" / "b.tif"),
+            str(tmp_path / "out" / "c.tif"), str(tmp_path / "out" / "into.tif"),
+            "s3://bkt/work/d.tif"] + [str(tmp_path / "out" / f"{i}.tif") for i in range(50)]
+    calls: list[str] = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: calls.append(p) or real(p, **kw))
+    got = storage.inside_all(urls, str(work))
+    assert got == [True, True, False, True, False] + [False] * 50
+    assert len(calls) < 10  # the work folder, each output folder once, the link
+    monkeypatch.setattr(os.path, "realpath", real)
+    assert got == [storage.inside(u, str(work)) for u in urls]
+    assert storage.inside_all(["s3://bkt/work/d.tif", "s3://bkt/other/e.tif", str(work)],
+                              "s3://bkt/work/") == [True, False, False]

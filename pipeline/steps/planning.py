@@ -91,8 +91,9 @@ def check_outside_work(work: str, parsed: list[JobSpec] | ScanSpec,
         if storage.inside(parsed.output, work):
             problems.append(f"scan.output: {parsed.output}")
     else:
+        within = storage.inside_all([spec.output for spec in parsed], work)
         problems += [f"jobs[{i}].output: {spec.output}" for i, spec in enumerate(parsed)
-                     if storage.inside(spec.output, work)]
+                     if within[i]]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise WorkLocationError(
