@@ -746,3 +746,21 @@ def test_a_tile_the_manifest_sets_is_kept_as_set():
         ("jobs[0].tile: expected a multiple of the output tile size 768 (from "
         "defaults.output_options.tile), got 1024; set tile to 768 or 1536, or "
         "output_options.tile to 512 (or another divisor of 1024)")]
+
+
+@pytest.mark.parametrize(("output", "says"), [
+    ("out/" + "L" * 252 + ".tif", "its file name is 256 bytes long, longer than the 255"),
+    ("out/" + "é" * 126 + ".tif", "its file name is 256 bytes long"),  # 2 bytes each
+    ("s3://bkt/" + "k" * 1021 + ".tif", "its S3 key is 1025 bytes long, longer than the 1024"),
+])
+def test_an_output_name_no_file_system_takes_is_refused(output, says):
+    """`tiffpipe validate` said such a manifest was valid; the run refused the job at
+    planning. Refused with the manifest's other problems; 255 bytes (the limit) is fine."""
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"jobs": [{"input": "a.tif", "output": output}]}, "m.json", "/data")
+    [problem] = info.value.problems
+    assert problem.startswith("jobs[0].output: ") and says in problem
+    assert "give the output a shorter name" in problem
+    [job] = parse_manifest({"jobs": [{"input": "a.tif", "output": "o/" + "L" * 251 + ".tif"}]},
+                           "m.json", "/data")
+    assert job.output.endswith(".tif")

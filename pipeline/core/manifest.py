@@ -102,6 +102,26 @@ def resolve_location(location: str, base_dir: str) -> str:
     return os.path.normpath(os.path.join(base_dir, location))
 
 
+#: the longest file name (bytes) local file systems take (ext4, XFS, APFS, NTFS in UTF-16
+#: units); an S3 key's longest (bytes)
+NAME_MAX, S3_KEY_MAX = 255, 1024
+
+
+def _name_too_long(location: str) -> str | None:
+    """Why the output ``location``'s name is longer than any file system (or S3) takes, or
+    None (a file system's own, lower, limit is checked where the output is written)."""
+    if is_s3(location):
+        size = len(location[len("s3://"):].partition("/")[2].encode("utf-8"))
+        what, limit = "S3 key", S3_KEY_MAX
+    else:
+        size = len(os.path.basename(location).encode("utf-8", "surrogateescape"))
+        what, limit = "file name", NAME_MAX
+    if size <= limit:
+        return None
+    return (f"its {what} is {size} bytes long, longer than the {limit} a {what} may be: "
+            "give the output a shorter name")
+
+
 def _above_bucket(location: str) -> bool:
     """Whether an S3 location a relative path resolved to climbs above its bucket's top
     (``../`` left at the start of its key: S3 would take it as a key of that name)."""
@@ -373,6 +393,9 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str,
         if not job["output"].lower().endswith((".tif", ".tiff")):
             problems.append(f"{path}.output: expected a path ending in .tif or .tiff, "
                             f"got {show(job['output'])}")
+        too_long = _name_too_long(where["output"])
+        if too_long:
+            problems.append(f"{path}.output: {too_long}")
         key = _same_key(where["output"])
         if key in outputs:
             problems.append(f"{path}.output: same output as jobs[{outputs[key]}] "
