@@ -263,10 +263,14 @@ def _lost_work(lease: work_lease.Holder, run_id: str, report_url: str, work: str
         "another run (its lease there is gone: removed by hand, or the location taken by an "
         "older tiffpipe)")
     outputs = ", ".join(published) if published else "none"
+    why = (f"this run's lease there had gone unrenewed for {work_lease.EXPIRY_S:.0f} s (a "
+           "stalled process or machine, or a network that failed), so that run took it for a "
+           "dead run's" if lease.stale else
+           "this run's lease there, renewed less than "
+           f"{work_lease.EXPIRY_S:.0f} s before, was replaced or removed (by hand, or by a "
+           "run that did not heed it)")
     error = (f"WorkLocationError: {work}: the work location was taken by {who} while this "
-             f"run went on: this run's lease there had gone unrenewed for "
-             f"{work_lease.EXPIRY_S:.0f} s (a stalled process or machine, or a network "
-             f"that failed), so that run took it for a dead run's. This run stopped, wrote "
+             f"run went on: {why}. This run stopped, wrote "
              f"no report and left the work and its S3 uploads to that run. Outputs it "
              f"published: {outputs} (a job that was publishing as the run stopped may have "
              f"published its output too); run the other jobs again, with a --work of "

@@ -764,6 +764,9 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
     assert (f"{work}: the work location was taken by run theirs on host other-host "
             "(process 4242)") in err, err
     assert "This run stopped, wrote no report and left the work" in err
+    # its lease was renewed moments before: replaced, not taken for a dead run's
+    assert "renewed less than 180 s before, was replaced or removed" in err, err
+    assert "gone unrenewed" not in err
     published = err.split("Outputs it published: ")[1].split(" (")[0].split(", ")
     assert published == seen  # the first output, there, whole; no other
     assert sorted(p.name for p in tmp_path.glob("*.out.tif")) == [Path(seen[0]).name]
@@ -871,3 +874,19 @@ def test_a_killed_runs_temporaries_are_its_work(tmp_path: Path, left: list[str])
     code, err = _run(_manifest(tmp_path, tmp_path / "a.tif"), "--work", str(work))
     assert code == 0, err
     assert not work.exists()  # the killed run's files, the run's own, then the folder
+
+
+def test_a_lease_is_stale_only_after_expiry_s_without_a_renewal(tmp_path: Path, clock):
+    """What a run that lost its lease says of why: its lease had gone unrenewed for
+    EXPIRY_S (taken for a dead run's), or it was replaced while it stood."""
+    from pipeline.adapters import work_lease
+
+    (tmp_path / "w").mkdir()  # (the run's work folder, made before its lease)
+    holder = work_lease.hold(str(tmp_path / "w"), "mine")
+    try:
+        clock[0] += work_lease.EXPIRY_S - 1
+        assert not holder.stale
+        clock[0] += 1
+        assert holder.stale
+    finally:
+        holder.release()

@@ -282,6 +282,9 @@ class Holder:
         #: set once the location was taken by another run: its lease (None: gone)
         self.lost: tuple[Lease | None] | None = None
         self._version = take(work, run_id)
+        #: when this run last wrote its lease (the lease clock): whether a run that took it
+        #: over could have taken it for a dead run's (:attr:`stale`)
+        self.renewed = clock()
         self._thread = threading.Thread(target=self._renew, name="tiffpipe-work-lease",
                                         daemon=True)
         self._thread.start()
@@ -290,6 +293,7 @@ class Holder:
         while not self._stop.wait(INTERVAL_S):
             try:  # only over this run's last write: a run that took over keeps its lease
                 self._version = _replace(self.work, _body(self.run_id), self._version)
+                self.renewed = clock()
             except _Exists:
                 self._lose()
                 return
@@ -302,6 +306,13 @@ class Holder:
                 self._failing = True
             else:
                 self._failing = False
+
+    @property
+    def stale(self) -> bool:
+        """Whether this run's lease had gone unrenewed for :data:`EXPIRY_S` when it was
+        lost (else it was replaced or removed while it stood: by hand, or a run that did
+        not heed it)."""
+        return clock() - self.renewed >= EXPIRY_S
 
     def _lose(self) -> None:
         lease = read(self.work)
