@@ -273,6 +273,9 @@ def test_a_cog_with_pyramid_has_one_set_of_levels(runs):
     ((out, subfiletype, levels),) = pages_of(job["output"])
     np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
     assert subfiletype == 0 and levels == 3  # 300 x 420 -> 150 x 210, 75 x 105, 38 x 53
+    # its note says the levels are made from the processed pixels, not to set pyramid
+    assert "the output's levels (output_options.pyramid) are made from them" in job["message"]
+    assert "set output_options.pyramid" not in job["message"]
 
 
 def test_a_listed_overview_is_processed_as_a_page_of_its_own(runs):

@@ -143,7 +143,8 @@ def grouped_by_page(problems: list[str]) -> list[str]:
             for (paged, what), pages in groups.items()]
 
 
-def left_out_note(left_out: list[tuple[int, str, int | None, bool]]) -> str:
+def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
+                  pyramid: bool = False) -> str:
     """What a job's result says of the pages it left out (a job without ``pages``:
     ``pipeline.adapters.tiff_read.classified``): which, and why; "" when none was. Each
     entry is (page, "mask" or "reduced", the image page it derives from, whether a mask is
@@ -167,9 +168,11 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]]) -> str:
         parts.append(f"{_pages([i for i, _ in reduced])} left out: reduced-resolution "
                      f"page{'s' if len(reduced) > 1 else ''} (overviews, NewSubfileType bit 0) "
                      f"of page{'s' if len(bases) > 1 else ''} {_ranges(bases)}, which would "
-                     "not match the processed pixels: set output_options.pyramid for levels "
-                     "made from them (or list the pages in the job's pages to process each as "
-                     "a page of its own)")
+                     "not match the processed pixels: "
+                     + ("the output's levels (output_options.pyramid) are made from them"
+                        if pyramid else "set output_options.pyramid for levels made from them")
+                     + " (or list the pages in the job's pages to process each as a page of "
+                     "its own)")
     return "; ".join(parts)
 
 

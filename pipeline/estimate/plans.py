@@ -158,7 +158,7 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
         plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0,
-                              note=left_out_note(left_out))
+                              note=left_out_note(left_out, spec.output_options.pyramid))
         why += output_problems(plan)  # what PlanJob refuses too: a job that cannot run
         problems += [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)]
         plans.append(plan)

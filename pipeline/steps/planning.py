@@ -210,7 +210,7 @@ def write_job_plan(event: JobEvent,
     left_out: list[Any] = []  # (the pages a job without pages leaves out)
     infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
                                             hand_over=True, left_out=left_out)
-    note = left_out_note(left_out)
+    note = left_out_note(left_out, spec.output_options.pyramid)
     plan, problems = make_plan(event.job, spec, infos, work, started, version, note)
     problems += output_problems(plan)
     if problems:
