@@ -78,6 +78,7 @@ def test_too_few_open_files_for_the_workers_runs_with_fewer(tmp_path: Path):
     done = _run(manifest, "--workers", "32", preexec=few_files)
     assert done.returncode == 0, done.stderr
     assert "ulimit -n 64" in done.stderr and "--workers" in done.stderr, done.stderr
+    assert " of the 32 --workers (the engine's process and " in done.stderr, done.stderr
     assert "interpreter stopped" not in done.stderr
     report = _report(manifest)
     assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED"] * 3

@@ -399,8 +399,13 @@ class WorkerPool:
                      "limit allows), or give fewer --workers")
         else:
             cause = f"{why}: {OUT_OF_MEMORY_HINT}"
-        what = (f"with {workers} worker process(es) of the {wanted} wanted" if workers
-                else "without worker processes (the engine's process runs every task)")
+        # (a lazy pool's engine process runs tasks too, one of the --workers: the pool is
+        # one less)
+        own = 1 if self.lazy else 0
+        what = (f"with {workers + own} of the {wanted + own} --workers"
+                + (f" (the engine's process and {workers} worker process(es))" if own else "")
+                if workers else
+                "without worker processes (the engine's process runs every task)")
         message = f"the run goes on {what}: {cause}"
         import logging
 
