@@ -749,16 +749,28 @@ def temp_output_path(url: str) -> str:
 NAME_MAX = 255
 
 
+#: a folder -> :func:`name_max` of it (an existing folder's file system does not change
+#: its limit: asked once, not at every work file written there)
+_name_limits: dict[str, int] = {}
+
+
 def name_max(folder: str) -> int:
     """The longest file name (bytes) the file system of the local ``folder`` (or of its
     first existing ancestor) takes: ``PC_NAME_MAX``, else :data:`NAME_MAX`."""
+    known = _name_limits.get(folder)
+    if known is not None:
+        return known
+    asked = folder
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no such name here, or no pathconf
-        return NAME_MAX
-    return limit if limit > 0 else NAME_MAX
+        limit = 0
+    limit = limit if limit > 0 else NAME_MAX
+    if folder == asked:  # (an ancestor's answer is not kept for a folder not made yet)
+        _name_limits[asked] = limit
+    return limit
 
 
 def check_name_length(url: str, folder: str | None = None) -> int:
