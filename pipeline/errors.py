@@ -10,6 +10,7 @@ Messages say what was expected, what was found, and what to do.
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -167,8 +168,6 @@ OUT_OF_MEMORY_HINT = ("this is not the input's fault: run with fewer --workers (
                       "at once), give the job a smaller \"tile\" in the manifest, or give the "
                       "process more memory (its ulimit -v, the container's memory limit), "
                       "then run the job again")
-#: errno of "too many open files" (the process's, the system's)
-_EMFILE, _ENFILE = 24, 23
 
 
 def open_files_limit() -> tuple[str, str]:
@@ -211,8 +210,8 @@ def exhausted(exc: BaseException, where: str = "") -> TiffpipeError | None:
         why = ("a thread could not start" if "can't start new thread" in str(exc)
                else "out of memory")
         return OutOfMemoryError(f"{at}{why} ({what}); {OUT_OF_MEMORY_HINT}")
-    if isinstance(exc, OSError) and exc.errno in (_EMFILE, _ENFILE):
-        if exc.errno == _EMFILE:
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        if exc.errno == errno.EMFILE:
             now, higher = open_files_limit()
             whose = (f"the process's limit of open files is reached ({now}): raise it in "
                      f"the shell that runs tiffpipe ({higher}, as its hard limit allows)")

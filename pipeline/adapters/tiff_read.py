@@ -29,12 +29,11 @@ from pipeline.adapters.metadata import read_metadata
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
 from pipeline.errors import (
-    OUT_OF_MEMORY_HINT,
     CorruptTiffError,
     NotATiffError,
-    OutOfMemoryError,
     PageNotFoundError,
     UnsupportedTiffError,
+    exhausted,
     is_out_of_memory,
 )
 
@@ -793,10 +792,8 @@ class PageReader:
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
             if is_out_of_memory(exc):  # the machine's limit, not a damaged file
-                raise OutOfMemoryError(
-                    f"{self.where}: segment {seg} ({cname}, {len(data)} bytes) could not be "
-                    f"decoded: out of memory ({type(exc).__name__}: {exc}); "
-                    f"{OUT_OF_MEMORY_HINT}") from exc
+                raise exhausted(exc, f"{self.where}: segment {seg} ({cname}, {len(data)} "
+                                     "bytes) could not be decoded") from exc
             raise CorruptTiffError(f"{self.where}: segment {seg} ({cname}) cannot be decoded "
                                    f"({type(exc).__name__}: {exc}); the file is damaged: "
                                    f"{REPAIR}") from exc

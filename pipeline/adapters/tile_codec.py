@@ -23,10 +23,9 @@ from tifffile import TIFF
 
 from pipeline.core.models import JobPlan, OutputOptions
 from pipeline.errors import (
-    OUT_OF_MEMORY_HINT,
     CorruptTiffError,
     OperationError,
-    OutOfMemoryError,
+    exhausted,
     is_out_of_memory,
 )
 
@@ -151,10 +150,8 @@ class OutputEncoder:
             return bytes(TIFF.COMPRESSORS[self.tag](data, **self._args))
         except Exception as exc:
             if is_out_of_memory(exc):  # (zstd: "Allocation error"): the machine's limit
-                raise OutOfMemoryError(f"encoding a {self.options.compression} tile of "
-                                       f"{tile.shape} {tile.dtype}: out of memory "
-                                       f"({type(exc).__name__}: {exc}); {OUT_OF_MEMORY_HINT}"
-                                       ) from exc
+                raise exhausted(exc, f"encoding a {self.options.compression} tile of "
+                                     f"{tile.shape} {tile.dtype}") from exc
             raise OperationError(f"encoding a {self.options.compression} tile of {tile.shape} "
                                  f"{tile.dtype} failed: {exc}") from exc
 

@@ -244,8 +244,9 @@ def error_payload(exc: BaseException, function: str, event: Any) -> dict[str, An
     :class:`TooManyOpenFilesError` naming the task, its job's input and page, and what to
     do (:func:`~pipeline.errors.exhausted`). Short of memory itself, it still gives one."""
     try:
-        named = exhausted(exc, task_where(function, event)) if isinstance(exc, Exception) \
-            else None
+        named = None  # (where the task works, its plan read, only for such an error)
+        if isinstance(exc, Exception) and exhausted(exc) is not None:
+            named = exhausted(exc, task_where(function, event))
         shown = named or exc
         try:
             stack = traceback.format_exception(exc)[-20:]
