@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 from pipeline.adapters import storage
+from pipeline.errors import OutputExistsError
 from pipeline.sample import SamplePage, write_sample
 
 SAMPLE_PAGES = [SamplePage(3000, 4000, 3, "uint8"), SamplePage(2500, 2500, 1, "uint16"),
@@ -39,20 +39,15 @@ def prepare_demo(folder: str) -> str:
         tmp = storage.temp_output_path(sample)
         try:
             write_sample(tmp, SAMPLE_PAGES, tile=512, compression="zstd")
-            try:
-                os.link(tmp, sample)  # published only if no other demo's is there
-            except FileExistsError:
-                pass
-            except OSError:  # a file system without hard links
-                if not os.path.exists(sample):
-                    os.replace(tmp, sample)
+            # published only if no other demo's is there (a hard link, or a look first on a
+            # file system without them)
+            storage.publish_file(tmp, sample, replace=False)
+        except OutputExistsError:
+            pass
         finally:
-            with contextlib.suppress(FileNotFoundError):  # (replaced into place)
+            with contextlib.suppress(FileNotFoundError):  # (left when another's was kept)
                 os.remove(tmp)
     manifest = os.path.join(folder, "manifest.json")
-    tmp = storage.temp_output_path(manifest)
-    with open(tmp, "w") as f:
-        json.dump(DEMO_MANIFEST, f, indent=2)
-    os.replace(tmp, manifest)
+    storage.write_json(manifest, DEMO_MANIFEST)  # replaced whole
     return manifest
 
