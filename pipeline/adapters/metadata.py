@@ -197,7 +197,12 @@ def _imagej_unit(out: dict[str, Any], description: str) -> None:
     if per is None:
         return
     (xn, xd), (yn, yd) = out["resolution"]
-    x, y = Fraction(xn, xd) / per, Fraction(yn, yd) / per
+    _per_cm(out, Fraction(xn, xd) / per, Fraction(yn, yd) / per)
+
+
+def _per_cm(out: dict[str, Any], x: Fraction, y: Fraction) -> None:
+    """Set ``out``'s resolution to ``x``, ``y`` pixels per centimetre, if they fit TIFF's
+    32-bit rationals (else it stays as it was)."""
     if all(v.numerator < 2**32 and v.denominator < 2**32 for v in (x, y)):
         out["resolution"] = [[x.numerator, x.denominator], [y.numerator, y.denominator]]
         out["resolutionunit"] = 3
@@ -225,10 +230,7 @@ def _ome_pixel_size(out: dict[str, Any], page: tifffile.TiffPage) -> None:
     size = sizes.get(int(page.index))
     if size is None:
         return
-    x, y = (1 / v for v in size)
-    if all(v.numerator < 2**32 and v.denominator < 2**32 for v in (x, y)):
-        out["resolution"] = [[x.numerator, x.denominator], [y.numerator, y.denominator]]
-        out["resolutionunit"] = 3
+    _per_cm(out, 1 / size[0], 1 / size[1])
 
 
 def _ome_ifd_sizes(doc: dict[str, Any]) -> dict[int, tuple[Fraction, Fraction]]:
@@ -368,12 +370,12 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
     }
     same_size = (height, width) == (info.height, info.width)
+    sy, sx = (Fraction(1), Fraction(1)) if same_size else _scale(info, height, width, factor)
     if "resolution" in md:
         (xn, xd), (yn, yd) = md["resolution"]
         if same_size:
             kwargs["resolution"] = ((xn, xd), (yn, yd))
         else:
-            sy, sx = _scale(info, height, width, factor)
             kwargs["resolution"] = (_scaled([xn, xd], sx), _scaled([yn, yd], sy))
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
@@ -390,10 +392,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = md.get("spatial", [])
-    if not same_size:
-        sy, sx = _scale(info, height, width, factor)
-        factor = sx.denominator if sx == sy and sx.numerator == 1 else 0
-        spatial = geo_downsampled(spatial, factor) if factor > 1 else []
+    if not same_size:  # kept, scaled, through the chain's downsample only
+        spatial = (geo_downsampled(spatial, factor)
+                   if factor > 1 and sx == sy == Fraction(1, factor) else [])
     for code, kind, count, value in md.get("tags", []) + spatial:
         if code == GDAL_NODATA and not nodata:
             continue
