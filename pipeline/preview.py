@@ -322,10 +322,8 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
 
     def decoded(seg: int, data: bytes | None) -> np.ndarray:
         r, c = segments[seg]
-        if data is None:  # sparse: the page's no-data value or zeros, as the full decode
-            h, w = valid(r, c)
-            return jpeg_scaled.block_means(reader.decode_segment(seg, None)[0][:h, :w], scale)
-        if r != last_row and c != last_col:
+        # (a sparse segment, data None: the full decode's, the page's no-data value or zeros)
+        if data is not None and r != last_row and c != last_col:
             try:
                 return jpeg_scaled.decode(data, tables, scale, channels)
             except ValueError:  # OpenCV refuses a damaged stream that libjpeg through

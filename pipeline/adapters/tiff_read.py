@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
 from math import ceil
-from typing import Any
+from typing import Any, NamedTuple
 
 import imagecodecs
 import numpy as np
@@ -184,17 +184,14 @@ def _kept_key(url: str, st: os.stat_result) -> tuple[Any, ...]:
 _chains: weakref.WeakKeyDictionary[tifffile.TiffFile, _Chain] = weakref.WeakKeyDictionary()
 
 
-class _Chain:
+class _Chain(NamedTuple):
     """The main chain of pages of an open file: ``count`` pages; ``offsets``, their IFD
     offsets when tiffpipe walked the chain itself (None: tifffile's pages are all of them);
-    ``following``, the last page's next-IFD pointer (0: the chain ends there; an offset
-    in ``offsets``: a loop back to that page, also its end); ``broken``, why the chain
-    breaks after the last page ("": it does not)."""
+    ``broken``, why the chain breaks after the last page ("": it does not)."""
 
-    __slots__ = ("broken", "count", "following", "offsets")
-
-    def __init__(self, count: int, offsets: list[int] | None, following: int, broken: str):
-        self.count, self.offsets, self.following, self.broken = count, offsets, following, broken
+    count: int
+    offsets: list[int] | None
+    broken: str
 
 
 def _chain(tf: tifffile.TiffFile, url: str) -> _Chain:
@@ -218,9 +215,9 @@ def _chain(tf: tifffile.TiffFile, url: str) -> _Chain:
     try:
         following = _next_ifd(tf, int(tf.pages[count - 1].offset))
     except (_NoPage, struct.error, OSError, ValueError) as exc:
-        chain = _Chain(count, None, -1, f"cannot be read ({type(exc).__name__}: {exc})")
+        chain = _Chain(count, None, f"cannot be read ({type(exc).__name__}: {exc})")
     else:
-        chain = _Chain(count, None, 0, "") if following == 0 else _walk(tf)
+        chain = _Chain(count, None, "") if following == 0 else _walk(tf)
     _chains[tf] = chain
     return chain
 
@@ -259,15 +256,15 @@ def _walk(tf: tifffile.TiffFile) -> _Chain:
             following = _next_ifd(tf, offsets[-1])
         except _NoPage as exc:  # (never the first page: tifffile parsed it)
             where = offsets.pop()
-            return _Chain(len(offsets), offsets, where,
+            return _Chain(len(offsets), offsets,
                           f"points to byte {where}, where no page is ({exc})")
         except (struct.error, OSError, ValueError) as exc:
-            return _Chain(len(offsets), offsets, -1,
+            return _Chain(len(offsets), offsets,
                           f"cannot be read ({type(exc).__name__}: {exc})")
         if following == 0 or following in seen:
-            return _Chain(len(offsets), offsets, following, "")
+            return _Chain(len(offsets), offsets, "")
         if following + tf.tiff.tagnosize > fh.size:
-            return _Chain(len(offsets), offsets, following,
+            return _Chain(len(offsets), offsets,
                           f"points to byte {following}, past the end of the file "
                           f"({fh.size} bytes)")
         offsets.append(following)
