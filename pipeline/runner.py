@@ -292,6 +292,7 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
     did not replace. What it removed; one it cannot remove is logged, never the run's
     failure."""
     removed: list[str] = []
+    there: str | None = None  # the run whose report is at report_url (read once)
     if not report_written:
         there, since = _report_run(report_url)
         if (there not in (run_id, None) and started is not None and since is not None
@@ -302,7 +303,7 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
     for url, written in ((report_url, report_written),
                          (contact_sheet_url(report_url), sheet_written)):
         try:
-            if written or (url == report_url and _report_run_id(url) in (run_id, None)):
+            if written or (url == report_url and there in (run_id, None)):
                 continue
             if storage.remove(url):
                 removed.append(url)
@@ -316,11 +317,6 @@ def remove_earlier_report(report_url: str) -> list[str]:
     manifest) removes, as a run that wrote no report: an earlier run's report and contact
     sheet at its paths (:func:`_remove_stale`); what it removed."""
     return _remove_stale(report_url, "", False, False)
-
-
-def _report_run_id(url: str) -> str | None:
-    """The ``run_id`` of the report at ``url`` (None: none there, or not a report)."""
-    return _report_run(url)[0]
 
 
 def _report_run(url: str) -> tuple[str | None, float | None]:
