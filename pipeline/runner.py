@@ -420,8 +420,7 @@ def _remove_partial_output(output: str, run_id: str, job_work: str) -> None:
         if storage.is_s3(output):
             abort_output_uploads(job_work)
             return
-        for tmp in storage.temp_output_paths(output, run_id):
-            os.remove(tmp)
+        storage.remove_temp_outputs(output, run_id)
     except (OSError, TiffpipeError) as exc:
         log.warning("could not remove the partial files of %s: %s", output, exc)
 
