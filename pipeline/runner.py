@@ -364,20 +364,33 @@ def _report_interrupted(work: str, stopped: str) -> dict[str, Any] | None:
     that failed; the report's schema is unchanged), and its partial files beside its output
     are removed (:func:`_remove_partial_output`). None when the run was stopped before
     PlanRun wrote run.json (no job had started): no report is written then."""
+    message = f"{stopped} before this job finished: no output written; run it again"
+    found = _unfinished_as(work, INTERRUPTED_ERROR, message)
+    if found is None:
+        return None
+    doc, url = found
+    storage.write_json(url, doc)
+    return doc
+
+
+def _unfinished_as(work: str, error_type: str, message: str
+                   ) -> tuple[dict[str, Any], str] | None:
+    """The run report of the run in ``work`` and where it goes, its jobs without a result
+    FAILED with ``error_type`` and ``message`` (the partial files beside their outputs
+    removed: :func:`_remove_partial_output`); None when PlanRun wrote no run.json (no job
+    had started)."""
     from pipeline.steps.report import run_report
 
     run_url = layout.run_file(work)
     if not storage.exists(run_url):
         return None
-    message = f"{stopped} before this job finished: no output written; run it again"
-    doc, url = run_report(ReportEvent(run_url), missing={"type": INTERRUPTED_ERROR,
+    doc, url = run_report(ReportEvent(run_url), missing={"type": error_type,
                                                           "message": message})
-    storage.write_json(url, doc)
     for job in doc["jobs"]:
-        if job.get("error", {}).get("type") == INTERRUPTED_ERROR:
+        if job.get("error", {}).get("type") == error_type:
             _remove_partial_output(job["output"], doc["run_id"],
                                    layout.job_dir(work, job["job"]))
-    return doc
+    return doc, url
 
 
 def _summary_of_failed(work: str, error: str) -> dict[str, Any] | None:
@@ -387,25 +400,15 @@ def _summary_of_failed(work: str, error: str) -> dict[str, Any] | None:
     beside their outputs removed, as a stopped run's); not written anywhere (the report's
     path keeps no report of a failed run). None when no job was listed, or the work
     cannot be read (the error says why)."""
-    from pipeline.steps.report import run_report
-
+    message = (f"the run failed as a whole before this job finished ({error}): no "
+               "output written; run it again")
     try:
-        run_url = layout.run_file(work)
-        if not storage.exists(run_url):
-            return None
-        message = (f"the run failed as a whole before this job finished ({error}): no "
-                   "output written; run it again")
-        doc, _ = run_report(ReportEvent(run_url), missing={"type": RUN_FAILED_ERROR,
-                                                           "message": shortened(message)})
+        found = _unfinished_as(work, RUN_FAILED_ERROR, shortened(message))
     except Exception as exc:  # noqa: BLE001 - (out of memory, say) the error alone, then
         log.warning("could not read what the run's jobs did from %s: %s: %s", work,
                     type(exc).__name__, exc)
         return None
-    for job in doc["jobs"]:
-        if job.get("error", {}).get("type") == RUN_FAILED_ERROR:
-            _remove_partial_output(job["output"], doc["run_id"],
-                                   layout.job_dir(work, job["job"]))
-    return doc
+    return None if found is None else found[0]
 
 
 def _remove_partial_output(output: str, run_id: str, job_work: str) -> None:
