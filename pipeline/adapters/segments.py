@@ -538,8 +538,12 @@ def recorded_uploads(folder: str) -> list[str]:
         found = storage.list_prefix(folder)
     except StorageError as exc:
         raise UploadsUnchecked(str(exc)) from exc
-    return [url for url in found
-            if url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER]
+    return [url for url in found if is_upload_record(url)]
+
+
+def is_upload_record(url: str) -> bool:
+    """Whether the work file ``url`` is an output upload's record (:func:`recorded_uploads`)."""
+    return url.endswith(".json") and url.rsplit("/", 2)[-2] == UPLOADS_FOLDER
 
 
 def upload_record(url: str) -> tuple[str, str]:

@@ -180,10 +180,9 @@ def _temporary(name: str) -> bool:
 
 def _remove_all_but_uploads(work: str) -> None:
     jobs = storage.join(work, JOBS_FOLDER)
-    from pipeline.adapters.segments import recorded_uploads
+    from pipeline.adapters.segments import is_upload_record
 
-    keep = set(recorded_uploads(jobs))
-    others = [url for url in storage.list_prefix(jobs) if url not in keep]
+    others = [url for url in storage.list_prefix(jobs) if not is_upload_record(url)]
     files = [storage.join(work, name) for name in WORK_ENTRIES
              if name not in (JOBS_FOLDER, RUN_FILE)]
     if storage.is_s3(work):
