@@ -347,10 +347,10 @@ def test_a_run_imports_only_the_steps_its_jobs_use(tmp_path: Path):
 def test_the_command_imports_only_what_it_draws_with(tmp_path: Path):
     """``tiffpipe run`` imports rich only to draw on a terminal, Pillow only for the contact
     sheet, multiprocessing only when the worker pool starts, importlib.resources only for a
-    zipped package, tempfile, random and mimetypes only for S3 or a retry: each is a part of
-    a short command's time (README, Performance: whole commands). Piped and without a
-    contact sheet, a one-job run imports none of them; with the sheet, Pillow and still not
-    rich."""
+    zipped package, tempfile, random and mimetypes only for S3 or a retry, socket never (the
+    work lease names its host by ``os.uname``): each is a part of a short command's time
+    (README, Performance: whole commands). Piped and without a contact sheet, a one-job run
+    imports none of them; with the sheet, Pillow and still not rich."""
     import tifffile
 
     tifffile.imwrite(tmp_path / "in.tif", np.full((64, 64, 3), 7, np.uint8), tile=(16, 16))
@@ -358,7 +358,7 @@ def test_the_command_imports_only_what_it_draws_with(tmp_path: Path):
     manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "in.tif"),
                                               "output": str(tmp_path / "out.tif")}]}))
     heavy = ("rich", "PIL", "multiprocessing", "secrets", "uuid", "importlib.resources",
-             "tempfile", "random", "mimetypes")
+             "tempfile", "random", "mimetypes", "socket")
     out = _python(f"""
         import sys
         from pipeline.cli import main

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +72,9 @@ class Lease(NamedTuple):
 
 
 def host() -> str:
-    return socket.gethostname()
+    """This machine's name: ``os.uname``'s, which is what ``socket.gethostname`` returns on a
+    POSIX system, without importing :mod:`socket` (and its selectors) into every command."""
+    return os.uname().nodename
 
 
 def url(work: str) -> str:
