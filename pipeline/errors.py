@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from typing import Any
 
 
@@ -156,10 +157,11 @@ def shortened(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return f"{message[:limit * 3 // 4]} ... [{cut} characters cut] ... {message[-limit // 4:]}"
 
 
-def error_record(exc: BaseException) -> dict[str, str]:
+def error_record(exc: BaseException, where: str = "") -> dict[str, str]:
     """The ``{"type", "message"}`` record of an exception, as reports show it (running out
-    of memory, threads or open files under its own name: :func:`exhausted`)."""
-    exc = exhausted(exc) or exc
+    of memory, threads or open files under its own name, saying ``where``:
+    :func:`exhausted`)."""
+    exc = exhausted(exc, where) or exc
     return {"type": type(exc).__name__, "message": shortened(str(exc))}
 
 
@@ -168,6 +170,26 @@ OUT_OF_MEMORY_HINT = ("this is not the input's fault: run with fewer --workers (
                       "at once), give the job a smaller \"tile\" in the manifest, or give the "
                       "process more memory (its ulimit -v, the container's memory limit), "
                       "then run the job again")
+
+
+#: what to do when an invocation on AWS Lambda runs out of memory (or threads): the function
+#: has a fixed memory (its MB, set by deploy.py), no --workers and no ulimit to change
+LAMBDA_OUT_OF_MEMORY_HINT = ("this is not the input's fault: give the job a smaller \"tile\" "
+                             "in the manifest, or raise the function's memory (FUNCTION_SIZES "
+                             "in pipeline/core/constants.py, then deploy.py), then run the "
+                             "job again")
+
+
+def out_of_memory_hint() -> str:
+    """What to do when a task runs out of memory where this process runs: in a Lambda
+    function (``AWS_LAMBDA_FUNCTION_NAME``, which Lambda sets), naming the function and its
+    memory; else on this machine (:data:`OUT_OF_MEMORY_HINT`)."""
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    if not function:
+        return OUT_OF_MEMORY_HINT
+    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+    size = f" ({memory} MB)" if memory else ""
+    return f"in the Lambda function {function}{size}: {LAMBDA_OUT_OF_MEMORY_HINT}"
 
 
 def open_files_limit() -> tuple[str, str]:
@@ -209,7 +231,7 @@ def exhausted(exc: BaseException, where: str = "") -> TiffpipeError | None:
     if is_out_of_memory(exc):
         why = ("a thread could not start" if "can't start new thread" in str(exc)
                else "out of memory")
-        return OutOfMemoryError(f"{at}{why} ({what}); {OUT_OF_MEMORY_HINT}")
+        return OutOfMemoryError(f"{at}{why} ({what}); {out_of_memory_hint()}")
     if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
         if exc.errno == errno.EMFILE:
             now, higher = open_files_limit()

@@ -3,7 +3,9 @@
 A handler parses the event into its typed model, calls one step, and returns the step's
 small result as its typed model (``pipeline.core.events.RESULTS``), serialised. Exceptions
 propagate: Lambda reports the class name as ``errorType``,
-which is what the state machine's Retry/Catch match on. The handlers do not know whether
+which is what the state machine's Retry/Catch match on; running out of memory, threads or
+open files is raised as ``OutOfMemoryError`` or ``TooManyOpenFilesError`` naming the task
+(:func:`pipeline.errors.exhausted`). The handlers do not know whether
 AWS or the embedded engine called them.
 
 Steps are imported when first used, so each image imports only what its own step needs
@@ -18,6 +20,7 @@ from typing import Any
 
 from pipeline.core import events
 from pipeline.core.events import EventError, parse_event, to_payload
+from pipeline.errors import exhausted
 
 log = logging.getLogger("tiffpipe")
 
@@ -61,7 +64,19 @@ def dispatch(function: str, event: Any) -> dict[str, Any]:
     model, target = actions[action]
     module, name = target.split(":")
     step = getattr(importlib.import_module(module), name)
-    result = serialised(action, step(parse_event(model, event)))
+    try:
+        answer = step(parse_event(model, event))
+    except Exception as exc:
+        # out of memory, threads or open files: Lambda would report a bare MemoryError or
+        # "can't start new thread"; named so, with the task, its input and page, and what to
+        # do on Lambda (the local engine's workers name it the same way)
+        named = exhausted(exc)
+        if named is None or named is exc:
+            raise
+        from pipeline.steps.common import task_where  # (imported by every step already)
+
+        raise exhausted(exc, task_where(function, event)) from exc
+    result = serialised(action, answer)
     log.info("%s.%s done: %s", function, action, result)
     return result
 

@@ -259,30 +259,13 @@ def error_payload(exc: BaseException, function: str, event: Any) -> dict[str, An
 
 
 def task_where(function: str, event: Any) -> str:
-    """Where a task works, for its error's message: ``process.process_unit of job 2
-    (in/a.tif), unit 3 (page 0)``, as much as its event and its job's plan (when this
-    process has it at hand) tell."""
-    if not isinstance(event, dict):
-        return f"{function} task"
-    where = f"{function}.{event.get('action')}"
-    plan_url = event.get("plan")
-    if not isinstance(plan_url, str):
-        return where
+    """Where a task works, for its error's message
+    (:func:`pipeline.steps.common.task_where`)."""
     try:
-        from pipeline.steps.common import load_plan
-
-        plan = load_plan(plan_url)
-        where += f" of job {plan.job} ({plan.spec.input})"
-        for key, parts in (("unit", plan.units), ("batch", plan.batches)):
-            index = event.get(key)
-            if isinstance(index, int) and 0 <= index < len(parts):
-                page = parts[index].page
-                if page < len(plan.pages):  # (its position in the job's pages)
-                    page = plan.pages[page].info.index
-                where += f", {key} {index} (page {page})"
-    except Exception:  # noqa: BLE001, S110 - (the plan is gone, or no memory) what we have
-        pass
-    return where
+        from pipeline.steps.common import task_where as where
+    except Exception:  # noqa: BLE001 - (no memory to import it) what the event says
+        return f"{function} task"
+    return where(function, event)
 
 
 def _read_text(url: str) -> str:

@@ -23,6 +23,7 @@ from pipeline.errors import (
     WorkMissingError,
     by_name,
     error_record,
+    exhausted,
 )
 from pipeline.steps import held_work, layout
 
@@ -178,7 +179,11 @@ def recorded(plan: JobPlan, step: str, index: int, clear: bool = True) -> Iterat
     try:
         yield
     except Exception as exc:
-        record = {**error_record(exc), "step": step, "index": index}
+        where = ""  # (said only of an error of memory or open files: :func:`exhausted`)
+        if exhausted(exc) is not None:
+            where = plan_where(plan, f"{FUNCTION_OF.get(step, 'process')}.{step}",
+                               PART_OF.get(step), index)
+        record = {**error_record(exc, where), "step": step, "index": index}
         try:
             storage.write_json(url, record)
         except TiffpipeError:
@@ -190,6 +195,45 @@ def recorded(plan: JobPlan, step: str, index: int, clear: bool = True) -> Iterat
         storage.discard(url)
     except TiffpipeError as exc:  # a later step reads a stale record only if work is missing
         log.warning("could not remove %s, an earlier attempt's error: %s", url, exc)
+
+
+#: the function (image) that runs each recorded step, if not process
+#: (pipeline.handlers.FUNCTIONS), and which part of the job its index counts
+FUNCTION_OF = {"split": "split"}
+PART_OF = {"split": "unit", "process_unit": "unit", "build_levels": "unit",
+           "process": "batch", "stats": "batch"}
+
+
+def plan_where(plan: JobPlan, task: str, key: str | None = None, index: int | None = None
+               ) -> str:
+    """``process.process_unit of job 2 (in/a.tif), unit 3 (page 0)``: the task, its job and
+    input, and its unit or batch (``key``, ``index``) with the page it is on."""
+    where = f"{task} of job {plan.job} ({plan.spec.input})"
+    parts = {"unit": plan.units, "batch": plan.batches}.get(key or "", [])
+    if isinstance(index, int) and 0 <= index < len(parts):
+        page = parts[index].page
+        if page < len(plan.pages):  # (its position in the job's pages)
+            page = plan.pages[page].info.index
+        where += f", {key} {index} (page {page})"
+    return where
+
+
+def task_where(function: str, event: Any) -> str:
+    """Where a task works, for its error's message: ``process.process_unit of job 2
+    (in/a.tif), unit 3 (page 0)``, as much as its event and its job's plan (when this
+    process has it at hand) tell."""
+    if not isinstance(event, dict):
+        return f"{function} task"
+    where = f"{function}.{event.get('action')}"
+    plan_url = event.get("plan")
+    if not isinstance(plan_url, str):
+        return where
+    try:
+        plan = load_plan(plan_url)
+        key = next((k for k in ("unit", "batch") if isinstance(event.get(k), int)), None)
+        return plan_where(plan, where, key, event.get(key) if key else None)
+    except Exception:  # noqa: BLE001 - (the plan is gone, or no memory) what we have
+        return where
 
 
 def recorded_errors(job_work: str) -> list[dict[str, str]]:
