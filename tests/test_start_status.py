@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from pipeline.aws import BUCKET_TAG, STEPS, Clients, StackNames
 from pipeline.aws.deploy_steps import DeployConfig, deploy
 from pipeline.aws.images import tag_prefix
 from pipeline.aws.policies import DataLocation
+from pipeline.aws.resources import EXECUTION_ID, schedule_input
 from pipeline.core import plan as plan_mod
 from pipeline.engine.moto_run import served_by
 from pipeline.sample import SamplePage, write_sample
@@ -78,7 +80,11 @@ class _InProcess:
         try:
             return True, handlers.dispatch(function, event)
         except Exception as exc:  # noqa: BLE001 - Lambda reports any exception by its name
-            return False, {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+            # as the images' runtime client (awslambdaric's build_fault_result) reports it:
+            # Step Functions makes this JSON the Cause of the failed state
+            return False, {"errorMessage": str(exc), "errorType": type(exc).__name__,
+                           "requestId": "", "stackTrace": traceback.format_list(
+                               traceback.extract_tb(exc.__traceback__))}
 
 
 def _handlers_in_process() -> contextlib.AbstractContextManager[None]:
@@ -311,6 +317,28 @@ def test_status_renders_a_report_and_a_failed_execution(stack: Stack):
                                     "--region", REGION, "--poll", "0.05")
     assert code == 1
     assert "ended FAILED: StorageError: the bucket went away" in err
+
+
+def test_a_run_that_fails_before_its_jobs_says_why_in_words(stack: Stack):
+    """A run whose PlanRun fails (a scheduled run's manifest broken since the deploy) ends
+    FAILED with Lambda's error as its Cause: the JSON of the error, its request id and its
+    stack trace, which ``status`` printed as it was, the manifest's problems on one line
+    between escaped newlines. It says the error's name and message, as the report would."""
+    s3 = stack.client("s3")
+    s3.put_object(Bucket=NAMES.bucket, Key="manifests/schedule.json", Body=json.dumps(
+        {"jobs": [{"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/s.tif",
+                   "ops": [{"op": "gaussian_blur", "sigma": -1}]}]}).encode())
+    # what the schedule deploy.py makes starts (the Scheduler fills in its execution id)
+    scheduled = json.dumps(schedule_input(NAMES, f"s3://{NAMES.bucket}/manifests/schedule.json"))
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=NAMES.state_machine_arn, name="sched-1",
+                              input=scheduled.replace(EXECUTION_ID, "sched-1"))["executionArn"]
+    code, out, err = stack.tiffpipe("status", arn, "--wait", "--poll", "0.05")
+    assert code == 1 and out == "", err
+    assert (f"the run sched-1 ended FAILED: ManifestError: s3://{NAMES.bucket}/manifests/"
+            "schedule.json: 1 problem(s) in the manifest:\n"
+            "  jobs[0].ops[0].sigma: expected a number > 0") in err, err
+    assert "stackTrace" not in err and "errorType" not in err and "\\n" not in err
 
 
 def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):

@@ -31,7 +31,7 @@ from pipeline.aws.resources import role_policy
 from pipeline.core.events import RunInput, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
-from pipeline.errors import InputNotFoundError, ManifestError
+from pipeline.errors import InputNotFoundError, ManifestError, failure_record
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _LOCAL_HINT = ("a Lambda function cannot read this machine's files: upload it and give its "
@@ -344,6 +344,17 @@ def progress_line(totals: dict[str, dict[str, int]] | None) -> str:
     return "; ".join(parts)
 
 
+def ended_why(desc: dict[str, Any]) -> str:
+    """Why an execution (``DescribeExecution``) did not succeed, in words: a state that
+    failed it (PlanRun, Report) has Lambda's error as its Cause, the JSON of the error's
+    type, message and stack trace, said here as the report says a job's error
+    (:func:`pipeline.errors.failure_record`: the type, the message, what to do)."""
+    if not (desc.get("error") or desc.get("cause")):
+        return "see the execution history in the Step Functions console"
+    failure = failure_record({"Error": desc.get("error"), "Cause": desc.get("cause")})
+    return f"{failure['type']}: {failure['message']}"
+
+
 def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
          out: TextIO | None = None, err: TextIO | None = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
@@ -378,9 +389,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         sleep(poll)
         desc = sfn.describe_execution(executionArn=execution_arn)
     if desc["status"] != "SUCCEEDED":
-        print(f"tiffpipe: the run {name} ended {desc['status']}: {desc.get('error') or ''}: "
-              f"{desc.get('cause') or 'see the execution history in the Step Functions console'}",
-              file=err)
+        print(f"tiffpipe: the run {name} ended {desc['status']}: {ended_why(desc)}", file=err)
         return EXIT_FAILED
     output = json.loads(desc.get("output") or "{}")
     report_url = output.get("report") or json.loads(desc.get("input") or "{}").get("report")
