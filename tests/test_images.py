@@ -39,6 +39,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from pipeline.aws.images import PLATFORMS
 from pipeline.engine import workers
 from pipeline.sample import sample_tile
 
@@ -519,6 +520,58 @@ def test_push_with_deploys_code_and_pull_back_by_digest(built, registry, pytestc
     _say(pytestconfig, "\npushed (compressed layers, base included): " + ", ".join(
         f"{s} {registry.compressed_size(f'tiffpipe-{s}', d) / 1e6:.0f} MB"
         for s, d in digests.items()))
+
+
+#: (docker --arch, ELF e_machine) of the architecture this machine's engine does not run
+_FOREIGN = {"x86_64": ("arm64", 183), "aarch64": ("amd64", 62)}
+
+
+def _foreign_base(engine: docker_env.Engine, arch: str, machine: int, into: Path) -> str:
+    """An image of the other architecture whose /bin/sh is a program of it (an ELF header
+    naming that machine: the kernel refuses to run it, as it refuses any program of it
+    without emulation), built FROM scratch for its platform."""
+    import struct
+
+    root = into / "root"
+    (root / "bin").mkdir(parents=True)
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8) + struct.pack(
+        "<HHIQQQIHHHHHH", 2, machine, 1, 0x400078, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    segment = struct.pack("<IIQQQQQQ", 1, 5, 0, 0x400000, 0x400000, 0x80, 0x80, 0x1000)
+    (root / "bin" / "sh").write_bytes(header + segment + bytes(8))
+    (root / "bin" / "sh").chmod(0o755)
+    (into / "Dockerfile").write_text("FROM scratch\nCOPY root/ /\nENV LAMBDA_TASK_ROOT=/var/task\n")
+    tag = f"tiffpipe-foreign-base:{arch}"
+    engine.docker("build", "-q", "--platform", PLATFORMS[arch], "-t", tag, str(into))
+    return tag
+
+
+def test_a_build_the_engine_cannot_run_says_what_to_do(engine, tmp_path):
+    """deploy.py builds arm64 images unless told; on an x86_64 engine without emulation
+    (no QEMU binfmt: a Linux CI runner, this machine) every RUN step fails with "exec
+    /bin/sh: exec format error". The classic builder writes that to stdout, and the
+    DockerError kept only stderr's tail: "The command '/bin/sh -c pip install ...' returned
+    a non-zero code: 1", no cause, no way out. It now shows the step's own output and says
+    what to do: --arch of the engine's own, or emulation."""
+    from pipeline.aws.images import DockerError, build_and_push
+
+    machine = docker_env.machine()
+    if machine not in _FOREIGN:
+        pytest.skip(f"no foreign architecture known for {machine}")
+    arch, elf_machine = _FOREIGN[machine]
+    emulator = {"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}[arch]
+    if Path("/proc/sys/fs/binfmt_misc", emulator).exists():
+        pytest.skip(f"this machine emulates {arch} ({emulator} is registered)")
+    base = _foreign_base(engine, arch, elf_machine, tmp_path)
+
+    def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, env=engine.env, timeout=600, **kwargs)  # noqa: PLW1510
+
+    with docker_env.lock("build-and-push"), pytest.raises(DockerError) as failed:
+        build_and_push("split", arch, "127.0.0.1:9/never-pushed", base_image=base, run=run)
+    message = str(failed.value)
+    assert "docker build of the split image failed" in message
+    assert "exec format error" in message, message  # the cause, whichever builder ran
+    assert "--arch amd64 on an x86_64 machine" in message and "qemu-user-static" in message
 
 
 # --- AWS Step Functions Local, where its image is present ----------------------------------

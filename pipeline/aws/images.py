@@ -27,6 +27,15 @@ LAMBDA_ARCHITECTURES = {"arm64": "arm64", "amd64": "x86_64"}
 _DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
+#: the colours the classic builder puts around a step's error output
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: a build for the other architecture whose RUN steps the engine cannot run
+_EMULATION_HINT = (
+    "\nThe Docker engine cannot run programs of the image's architecture (--arch; deploy.py "
+    "builds arm64 unless told): deploy with the engine's own architecture (--arch amd64 on an "
+    "x86_64 machine, --arch arm64 on an ARM one), or let the engine emulate the other one "
+    "(QEMU: Debian's qemu-user-static and binfmt-support packages, or docker run "
+    "--privileged --rm tonistiigi/binfmt --install arm64,amd64) and run deploy.py again")
 
 
 class DockerError(AwsError):
@@ -68,8 +77,13 @@ def _docker(args: Sequence[str], run: Run, what: str, docker: str = "docker",
         raise DockerError(f"{what}: the docker command was not found: install Docker (or "
                           "deploy with --skip-build to reuse images already pushed)") from exc
     if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-15:])
-        raise DockerError(f"{what} failed (docker exited {done.returncode}):\n{tail}")
+        # both streams: the classic builder writes a RUN step's own output (pip's error, the
+        # shell's) to stdout and only "returned a non-zero code" to stderr
+        output = _ANSI.sub("", f"{done.stdout or ''}\n{done.stderr or ''}")
+        lines = [line for line in output.strip().splitlines() if line.strip()]
+        tail = "\n".join(lines[-15:])
+        hint = _EMULATION_HINT if "exec format error" in output else ""
+        raise DockerError(f"{what} failed (docker exited {done.returncode}):\n{tail}{hint}")
     return str(done.stdout)
 
 
