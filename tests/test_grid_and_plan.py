@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.core import plan as plan_mod
 from pipeline.core.grid import Batch, PageGrid, Rect, SplitUnit, batches, split_units
+from pipeline.core.job_fields import tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import HALO_ALIGN, chain_from_json, chain_halo
 from pipeline.core.plan import make_plan
@@ -582,3 +583,19 @@ def test_a_tile_that_does_not_fit_the_chain_gets_tiles_that_do(ops, tile, out_ti
     _, problems = _spec_plan(ops, [info(height=5000, width=5000)], tile, out_tile)
     [problem] = problems
     assert advice in problem
+
+
+@pytest.mark.parametrize(("size", "align", "out_step", "tile"), [
+    (1024, 16, 512, 1024),  # fits already
+    (1024, 48, 1536, 1536),  # downsample 3, 512 px output tiles: the next size up
+    (20, 16, 16, 32),  # no lower bound (a strip of a small page)
+    (8000, 16, 4096, 8192),  # the largest tile a manifest takes
+    (8200, 16, 16, None),  # above it: none
+])
+def test_the_fitting_tile_from_a_size_up(size, align, out_step, tile):
+    """One step for every place that fits a tile to a chain (the default tile, a strip page,
+    the finer grid of a small page, the advice of a tile that does not fit): a multiple of
+    16, of the alignment and of the output tile in input pixels."""
+    step = tile_step(align, out_step)
+    assert step % 16 == step % align == step % out_step == 0
+    assert tile_at_least(size, step) == tile

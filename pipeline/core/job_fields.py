@@ -131,15 +131,27 @@ def fitted_default_tile(ops: list[dict[str, Any]], out_tile: int) -> int:
     alignment (16 x a downsampling factor, a clahe cell) and of the output tile in input
     pixels (a downsample by 3 with 512 px output tiles: 1536). DEFAULT_TILE if none does
     within TILE_RANGE: the plan then says which tiles fit."""
-    step = math.lcm(TILE_STEP, out_tile)
+    align, out_step = TILE_STEP, out_tile
     calls, problems = parse_chain(ops)
     if calls and not problems:
         from pipeline.core.chain import ChainLayout  # (alignment and factor: any dtype)
 
         layout = ChainLayout.of(calls, "uint8")
-        step = math.lcm(step, layout.align, out_tile * layout.factor)
-    tile = -(-DEFAULT_TILE // step) * step
-    return tile if tile <= TILE_RANGE[1] else DEFAULT_TILE
+        align, out_step = layout.align, out_tile * layout.factor
+    return tile_at_least(DEFAULT_TILE, tile_step(align, out_step)) or DEFAULT_TILE
+
+
+def tile_step(align: int, out_step: int) -> int:
+    """The step of the processing tiles that fit an op chain: the multiples of TILE_STEP, of
+    the chain's alignment ``align`` and of the output tile in input pixels ``out_step`` (the
+    output tile times the downsampling factor)."""
+    return math.lcm(TILE_STEP, align, out_step)
+
+
+def tile_at_least(size: int, step: int) -> int | None:
+    """The smallest multiple of ``step`` from ``size`` up; None above TILE_RANGE."""
+    tile = -(-size // step) * step
+    return tile if tile <= TILE_RANGE[1] else None
 
 
 def _size_problem(value: Any, lo: int, hi: int) -> str | None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
-from pipeline.core.job_fields import TILE_RANGE
+from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
 
@@ -241,9 +239,7 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     if (info.tiled or not info.metadata.get("aperio")
             or info.height * info.width > STRIP_PAGE_PIXELS):
         return 0
-    step = math.lcm(out_tile * layout.factor, layout.align)
-    tile = -(-side // step) * step
-    return tile if tile <= TILE_RANGE[1] else 0
+    return tile_at_least(side, tile_step(layout.align, out_tile * layout.factor)) or 0
 
 
 def bigtiff_output(plan: JobPlan) -> bool:
@@ -262,13 +258,12 @@ def page_tile(tile: int, out_tile: int, layout: ChainLayout, halo: int, info: Pa
     and of the output tile in input pixels) and its halo. Any tile gives the same pixels
     (each is computed from its haloed window), so this changes only how the work is shared
     out and the memory it takes; big pages of a few bands keep ``tile``."""
-    step = out_tile * layout.factor
+    step = tile_step(layout.align, out_tile * layout.factor)
     pixel_bytes = np.dtype(info.dtype).itemsize * info.channels
     while (-(-info.height // tile) * -(-info.width // tile) < MIN_PAGE_TILES
            or tile * tile * pixel_bytes > MAX_TILE_BYTES):
         half = tile // 2
-        if (half < MIN_TILE_PER_HALO * halo or half % step or half % layout.align
-                or half < TILE_RANGE[0]):
+        if half < MIN_TILE_PER_HALO * halo or half % step or half < TILE_RANGE[0]:
             break
         tile = half
     return tile
@@ -288,7 +283,7 @@ def _fitting_tiles(tile: int, align: int, out_step: int) -> str:
     """The advice of a tile that does not fit the chain: the nearest tiles either side of
     ``tile`` that do (multiples of the alignment, of the output tile in input pixels and of
     16, within the manifest's range)."""
-    step = math.lcm(align, out_step, 16)
+    step = tile_step(align, out_step)
     lo, hi = TILE_RANGE
     fits = [m for m in (tile // step * step, (tile // step + 1) * step) if lo <= m <= hi]
     if not fits:
