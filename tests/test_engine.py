@@ -282,6 +282,30 @@ def _workers() -> Iterator[Any]:
         pool.close()
 
 
+@pytest.mark.parametrize("cause", ["TooManyOpenFilesError", "OutOfMemoryError"])
+def test_a_pool_no_worker_could_start_fails_the_tasks_that_need_one_with_why(monkeypatch,
+                                                                            cause):
+    """No worker can start (the open files leave room for none; starting one runs out of
+    memory): :attr:`WorkerPool.failed` is the error of the cause, the warning its message,
+    and a task that needs a worker fails with it."""
+    from pipeline.engine import workers
+
+    if cause == "TooManyOpenFilesError":
+        monkeypatch.setattr(workers, "_workers_the_files_allow", lambda: 0)
+    else:
+        def out_of_memory(self, count):
+            raise workers._StartFailed(0, "out of memory (MemoryError: )")
+
+        monkeypatch.setattr(WorkerPool, "_started_pool", out_of_memory)
+    pool = WorkerPool(2, lazy=True)
+    ok, payload = pool.invoke("process", {"action": "x"})
+    assert type(pool.failed).__name__ == cause
+    assert str(pool.failed).startswith("the run goes on without worker processes")
+    assert not ok and payload["errorType"] == cause
+    assert payload["errorMessage"].endswith(f"none could start: {pool.failed}")
+    assert not pool.started
+
+
 def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
     monkeypatch.delenv("TIFFPIPE_TILE_THREADS", raising=False)
     with _workers() as pool:  # os.getenv runs in the worker: what tile_threads() will read

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.constants import BLAS_THREADS_ENV, TILE_THREADS_ENV
 from pipeline.core.record import record
-from pipeline.errors import exhausted
+from pipeline.errors import OutOfMemoryError, TiffpipeError, TooManyOpenFilesError, exhausted
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -344,10 +344,10 @@ class WorkerPool:
         self._on_warm: Callable[[], None] | None = None
         self._stopping = False  # stop(): no task starts, no pool is (re)built
         self._stopped: list[Any] = []  # the worker processes stop() signalled
-        #: why no worker could start (too many open files, out of memory), else None: the
-        #: engine then runs its tasks in its own process, and a task that needs a worker
-        #: (user code) fails with this
-        self.failed: str | None = None
+        #: why no worker could start (TooManyOpenFilesError, OutOfMemoryError; its message
+        #: the warning), else None: the engine then runs its tasks in its own process, and a
+        #: task that needs a worker (user code) fails with this
+        self.failed: TiffpipeError | None = None
         self._pool: ProcessPoolExecutor | None = None if self.lazy else self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor | None:
@@ -371,12 +371,15 @@ class WorkerPool:
         self.failed = self._warn_fewer(wanted, 0, why or "too many open files")
         return None
 
-    def _warn_fewer(self, wanted: int, workers: int, why: str) -> str:
+    def _warn_fewer(self, wanted: int, workers: int, why: str) -> TiffpipeError:
         """Warn that the pool runs ``workers`` of the ``wanted`` workers (0: none), and
-        return what the warning says."""
+        return the warning as the error of its cause (TooManyOpenFilesError,
+        OutOfMemoryError)."""
         from pipeline.errors import OUT_OF_MEMORY_HINT, open_files_limit
 
+        error: type[TiffpipeError] = OutOfMemoryError
         if why == "too many open files":
+            error = TooManyOpenFilesError
             now, higher = open_files_limit()
             cause = (f"the process's limit of open files ({now}) leaves too few for them: "
                      f"raise it in the shell that runs tiffpipe ({higher}, as its hard "
@@ -394,7 +397,7 @@ class WorkerPool:
         import logging
 
         logging.getLogger(__name__).warning("%s", message)
-        return message
+        return error(message)
 
     def _started_pool(self, workers: int) -> ProcessPoolExecutor:
         """A pool of ``workers`` processes, each started (a submit each); _StartFailed (the
@@ -427,7 +430,7 @@ class WorkerPool:
             if pool is not None:
                 _end_pool(pool)
             raise _StartFailed(started, "too many open files"
-                               if type(named).__name__ == "TooManyOpenFilesError"
+                               if isinstance(named, TooManyOpenFilesError)
                                else f"out of memory ({type(exc).__name__}: {exc})") from exc
         return pool
 
@@ -465,8 +468,7 @@ class WorkerPool:
             pool = self._pool
         if pool is None:
             return False, {"errorType": "WorkerCrashedError" if self.failed is None else
-                           "TooManyOpenFilesError" if "open files" in self.failed else
-                           "OutOfMemoryError",
+                           type(self.failed).__name__,
                            "errorMessage": f"{task_where(function, event)} needs a worker "
                                           f"process, and none could start: {self.failed}"}
         try:
