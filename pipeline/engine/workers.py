@@ -563,31 +563,22 @@ class WorkerPool:
         exit (multiprocessing waits for its children) never waits for ever on a worker
         that the pool could not tell to end (its thread that does so died)."""
         with self._lock:
-            pool = self._pool
-            processes = self._stopped
+            pool, processes, stopping = self._pool, self._stopped, self._stopping
         if pool is None:
             return
-        if not self._stopping:
+        if not stopping:
             processes = _processes(pool)
             pool.shutdown(wait=True, cancel_futures=True)
-            deadline = time.monotonic() + STOP_WAIT_S
-            while (alive := _alive(processes)) and time.monotonic() < deadline:
-                alive[0].join(0.05)
-            _signal(processes, signal.SIGKILL)
-            for process in processes:
-                process.join(1.0)
-            return
-        # stopped: wait for the workers to end their tasks, then kill what is left, so that
-        # no worker outlives the run (nor writes after the run's clean-up). SIGTERM again
-        # and again meanwhile: a worker whose task has ended waits for its next one, and
-        # exits on it (one still unwinding its task ignores it)
+        # wait for the workers to end (stopped: their tasks), then kill what is left, so that
+        # no worker outlives the run (nor writes after the run's clean-up). Stopped: SIGTERM
+        # again and again meanwhile: a worker whose task has ended waits for its next one,
+        # and exits on it (one still unwinding its task ignores it)
         deadline = time.monotonic() + STOP_WAIT_S
         while (alive := _alive(processes)) and time.monotonic() < deadline:
-            _signal(alive, signal.SIGTERM)
+            if stopping:
+                _signal(alive, signal.SIGTERM)
             alive[0].join(0.05)
-        _signal(processes, signal.SIGKILL)
-        for process in processes:
-            process.join(1.0)
+        _kill(processes)
 
 
 def _remove_crashed_output(event: dict[str, Any]) -> None:
@@ -646,9 +637,14 @@ def _end_pool(pool: Any) -> None:
     processes = _processes(pool)
     with suppress(Exception):
         pool.shutdown(wait=False, cancel_futures=True)
+    _kill(processes)
+
+
+def _kill(processes: list[Any]) -> None:
+    """SIGKILL the ones of ``processes`` still alive, and join each (a second at most)."""
     _signal(processes, signal.SIGKILL)
     for process in processes:
-        with suppress(Exception):
+        with suppress(Exception):  # (closed: gone)
             process.join(1.0)
 
 
