@@ -453,8 +453,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     info = plan.pages[0].info
     dtype, ch = info.dtype, info.channels
     comp = plan.spec.output_options.compression
-    c = job_costs(cal, dtype, ch, plan.pages[0].out_channels, comp, plan.spec.ops, fused,
-                  notes, f"jobs[{i}] ({plan.spec.input})")
+    c, base_bytes, level_bytes = _plan_costs(plan, cal, notes, f"jobs[{i}] ({plan.spec.input})",
+                                             geo["output_mpx"])
     if input_size:
         in_bpm = float(input_size) / max(geo["core_mpx"], 1e-9)
     elif cal.get("input_bytes_per_mpx"):  # no file: as compressed as the bench's input
@@ -463,12 +463,9 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     else:
         in_bpm = c.work_bpm
     _size_notes(notes, i, plan)
-    base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
     headers = header_bytes(plan)
     data_bytes = base_bytes + level_bytes  # the tiles: what the segments hold
     out_bytes = data_bytes + headers
-    if comp == "none" and geo["output_mpx"]:  # edge tiles padded: the segments written
-        c = replace(c, out_bpm=base_bytes / geo["output_mpx"])  # hold whole tiles too
     phases: Phases = [
         # its entry and record in job-specs.bin, the input's size and header reads; the
         # output's check (a multipart upload started, a PUT request, and aborted: free)
@@ -557,14 +554,24 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
 def local_peaks(plan: JobPlan, cal: dict[str, Any], threads: int) -> dict[str, Peak]:
     """The memory model's peaks of a job run on this machine (local work files and output,
     ``threads`` tile threads), for the benchmark and tests that measure a local run."""
+    c, base_bytes, _ = _plan_costs(plan, cal, set(), f"jobs[{plan.job}]",
+                                   plan_geometry(plan)["output_mpx"])
+    return job_peaks(plan, dict.fromkeys(FUNCTIONS, threads), c.out_bpm, c.work_bpm,
+                     base_bytes if held_output(plan) else None, 0, s3=False)
+
+
+def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
+                output_mpx: float) -> tuple[JobCosts, float, float]:
+    """A job's per-megapixel costs (:func:`job_costs`; ``where`` names it) and its output's
+    base and pyramid level bytes. Uncompressed, its output bytes per megapixel are those the
+    segments hold (``output_mpx``: the output's megapixels; edge tiles padded: whole tiles)."""
     info, comp = plan.pages[0].info, plan.spec.output_options.compression
     c = job_costs(cal, info.dtype, info.channels, plan.pages[0].out_channels, comp,
-                  plan.spec.ops, plan.fused, set(), f"jobs[{plan.job}]")
-    base_bytes, _ = output_bytes(plan, c.out_bpm)
-    out_mpx = plan_geometry(plan)["output_mpx"]
-    out_bpm = base_bytes / out_mpx if comp == "none" and out_mpx else c.out_bpm
-    return job_peaks(plan, dict.fromkeys(FUNCTIONS, threads), out_bpm, c.work_bpm,
-                     base_bytes if held_output(plan) else None, 0, s3=False)
+                  plan.spec.ops, bool(getattr(plan, "fused", False)), notes, where)
+    base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
+    if comp == "none" and output_mpx:
+        c = replace(c, out_bpm=base_bytes / output_mpx)
+    return c, base_bytes, level_bytes
 
 
 def _cold_starts(ledger: _Ledger, imports: dict[str, float], concurrency: int) -> None:
