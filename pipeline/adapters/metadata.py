@@ -23,6 +23,9 @@ Rules:
   the input's size; after a ``downsample`` the GeoTIFF tags are scaled so that each output
   pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
   every spatial tag after any other size change (they map pixel positions);
+- an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
+  OME-XML, dropped, said of it in the plan (:func:`_ome_plane`, the OME-XML parsed once a
+  file): its name (Image, Channel, Z, T) and its Channel's attributes;
 - Software becomes ``tiffpipe <version>``; structural tags (size, samples, compression,
   tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
@@ -34,6 +37,7 @@ Rules:
 from __future__ import annotations
 
 import binascii
+import os
 import struct
 import weakref
 from fractions import Fraction
@@ -169,6 +173,8 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
         out["spatial"] = spatial
     if colormap is not None:
         out["colormap"] = _b64(np.ascontiguousarray(colormap, "<u2").tobytes())
+    if (ome := _ome_plane(page)) is not None:
+        out["ome"] = ome
     return out
 
 
@@ -208,60 +214,186 @@ def _per_cm(out: dict[str, Any], x: Fraction, y: Fraction) -> None:
         out["resolutionunit"] = 3
 
 
-#: the pixel size (cm along x, y) of each IFD of an open OME-TIFF, read once a file
-_ome_sizes: weakref.WeakKeyDictionary[Any, dict[int, tuple[Fraction, Fraction]]] = \
-    weakref.WeakKeyDictionary()
+#: the longest OME text carried (an Image's or a Channel's name, any Channel attribute)
+OME_TEXT_MAX = 1024
+#: the attributes of an OME Channel that tifffile's OME writer writes back (``OmeXml``):
+#: text as is, numbers only when they parse (int: Color, PockelCellSetting)
+OME_CHANNEL_TEXT = ("Name", "AcquisitionMode", "ContrastMethod", "EmissionWavelengthUnit",
+                    "ExcitationWavelengthUnit", "Fluor", "IlluminationType", "PinholeSizeUnit")
+OME_CHANNEL_NUMBERS = {"Color": int, "EmissionWavelength": float,
+                       "ExcitationWavelength": float, "NDFilter": float, "PinholeSize": float,
+                       "PockelCellSetting": int}
+
+
+class OmeIfds:
+    """What the OME-XML of an OME-TIFF says of each of its IFDs: the Image a plane belongs
+    to, its (C, Z, T), the Image's pixel size and the plane's Channel. Parsed once a file
+    (:func:`_ome_ifds`); the planes are kept as the TiffData ranges that list them, so a
+    damaged PlaneCount or Size costs nothing."""
+
+    def __init__(self) -> None:
+        #: (first IFD, IFD count, first plane, Image), sorted by first IFD
+        self.ranges: list[tuple[int, int, int, dict[str, Any]]] = []
+
+    def plane(self, ifd: int) -> tuple[dict[str, Any], int] | None:
+        """The Image and plane index of ``ifd``, or None when no TiffData lists it."""
+        import bisect
+
+        k = bisect.bisect_right(self.ranges, ifd, key=lambda r: r[0]) - 1
+        if k < 0:
+            return None
+        start, count, first, image = self.ranges[k]
+        return (image, first + ifd - start) if ifd < start + count else None
+
+
+#: each open OME-TIFF's :class:`OmeIfds` (empty when its OME-XML does not parse)
+_ome_files: weakref.WeakKeyDictionary[Any, OmeIfds] = weakref.WeakKeyDictionary()
+
+
+def _ome_of(page: tifffile.TiffPage) -> tuple[dict[str, Any], int] | None:
+    """The OME Image and plane index of ``page`` (None: not an OME-TIFF, or not listed in
+    its OME-XML, or that OME-XML is damaged: then nothing is carried from it, as before)."""
+    tf = page.parent
+    if not getattr(tf, "is_ome", False) or getattr(page, "is_subifd", False):
+        return None  # (a SubIFD, a level, has its page's index: it is no plane of its own)
+    ifds = _ome_files.get(tf)
+    if ifds is None:
+        try:
+            ifds = _ome_ifds(tf.ome_metadata or "", str(getattr(tf, "filename", "") or ""))
+        except Exception:  # noqa: BLE001 - damaged OME-XML: nothing carried from it
+            ifds = OmeIfds()
+        _ome_files[tf] = ifds
+    return ifds.plane(int(page.index))
 
 
 def _ome_pixel_size(out: dict[str, Any], page: tifffile.TiffPage) -> None:
     """An OME-TIFF page's resolution from its Image's PhysicalSizeX/Y (in pixels per
     centimetre): tifffile writes XResolution 1/1 with ResolutionUnit NONE and the sizes in
     the OME-XML, which is dropped (it describes the input's layout)."""
-    tf = page.parent
-    if not getattr(tf, "is_ome", False):
-        return
-    sizes = _ome_sizes.get(tf)
-    if sizes is None:
+    found = _ome_of(page)
+    size = found[0]["size"] if found else None
+    if size is not None:
+        _per_cm(out, 1 / size[0], 1 / size[1])
+
+
+def _ome_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
+    """What an OME-TIFF page carries of its plane's identity, JSON-safe (``PageInfo.metadata
+    ["ome"]``): ``name``, its Image's name, its Channel's (or ``C=c`` when the Image has
+    several unnamed ones) and ``Z=z``, ``T=t`` when the Image has several; ``image_name``,
+    the same without the channel (what is left when the op chain changes the channel count);
+    ``channel``, the Channel's attributes that tifffile writes (:data:`OME_CHANNEL_TEXT`,
+    :data:`OME_CHANNEL_NUMBERS`); ``samples``, its SamplesPerPixel. None: nothing to say."""
+    found = _ome_of(page)
+    if found is None:
+        return None
+    image, plane = found
+    pos, sizes = {}, image["sizes"]
+    for axis in image["order"]:  # (the first axis of DimensionOrder varies fastest)
+        plane, pos[axis] = divmod(plane, sizes[axis])
+    channels = image["channels"]
+    channel = channels[pos["C"]] if pos["C"] < len(channels) else {}
+    label = channel.get("Name") or (f"C={pos['C']}" if sizes["C"] > 1 else "")
+    if label in image["name"].split(" - "):
+        label = ""  # (named so already: an output of tiffpipe processed again)
+    where = [f"{axis}={pos[axis]}" for axis in "ZT" if sizes[axis] > 1]
+    out: dict[str, Any] = {"samples": image["samples"]}
+    for key, parts in (("name", [image["name"], label, *where]),
+                       ("image_name", [image["name"], *where])):
+        if text := " - ".join(p for p in parts if p):
+            out[key] = text
+    if channel:
+        out["channel"] = channel
+    return out if len(out) > 1 else None
+
+
+def _ome_ifds(xml: str, filename: str) -> OmeIfds:
+    """The IFDs of each OME Image's planes (its TiffData: IFD, PlaneCount, FirstC/Z/T, in the
+    Pixels' DimensionOrder) in this file: a TiffData whose UUID names another file (a
+    multi-file OME-TIFF; its own UUID, or its file name when the OME element has no UUID) is
+    that file's. Raises on XML that does not parse."""
+    from xml.etree import ElementTree  # (OME inputs only)
+
+    def children(element: Any, name: str) -> list[Any]:
+        return [e for e in element if e.tag.rpartition("}")[2] == name]
+
+    def count(text: str | None, default: int) -> int:
         try:
-            sizes = _ome_ifd_sizes(tifffile.xml2dict(tf.ome_metadata or ""))
-        except Exception:  # noqa: BLE001 - damaged OME-XML: no pixel size, as before
-            sizes = {}
-        _ome_sizes[tf] = sizes
-    size = sizes.get(int(page.index))
-    if size is None:
-        return
-    _per_cm(out, 1 / size[0], 1 / size[1])
+            return max(int(text), 0) if text is not None else default
+        except ValueError:
+            return default
+
+    root = ElementTree.fromstring(xml)
+    own = root.get("UUID")
+    ifds = OmeIfds()
+    for element in children(root, "Image"):
+        for pixels in children(element, "Pixels")[:1]:
+            channels = children(pixels, "Channel")
+            samples = max(count(channels[0].get("SamplesPerPixel"), 1), 1) if channels else 1
+            sizes = {axis: max(count(pixels.get(f"Size{axis}"), 1), 1) for axis in "CZT"}
+            sizes["C"] = max(sizes["C"] // samples, 1)  # planes of `samples` samples each
+            order = [axis for axis in str(pixels.get("DimensionOrder", ""))[2:]]
+            if sorted(order) != ["C", "T", "Z"]:
+                order = ["C", "Z", "T"]
+            image = {"name": _ome_text(element.get("Name")), "size": _ome_size(pixels),
+                     "channels": [_ome_channel(c) for c in channels], "samples": samples,
+                     "sizes": sizes, "order": order}
+            planes = sizes["C"] * sizes["Z"] * sizes["T"]
+            for data in children(pixels, "TiffData") or [ElementTree.Element("TiffData")]:
+                uuid = children(data, "UUID")
+                if uuid and ((uuid[0].text or "").strip() != own if own else
+                             uuid[0].get("FileName") != os.path.basename(filename)):
+                    continue  # another file's IFDs
+                first, stride = 0, 1
+                for axis in order:
+                    first += min(count(data.get(f"First{axis}"), 0), sizes[axis] - 1) * stride
+                    stride *= sizes[axis]
+                n = count(data.get("PlaneCount"), 1 if "IFD" in data.attrib else planes)
+                if (n := min(n, planes - first)) > 0:
+                    ifds.ranges.append((count(data.get("IFD"), 0), n, first, image))
+    ifds.ranges.sort(key=lambda r: r[0])
+    return ifds
 
 
-def _ome_ifd_sizes(doc: dict[str, Any]) -> dict[int, tuple[Fraction, Fraction]]:
-    """IFD -> (x, y) pixel size in cm, for the planes (TiffData) of each OME Image whose
-    Pixels give a PhysicalSizeX (Y: X's when missing) in a length unit."""
-    def listed(value: Any) -> list[Any]:
-        return value if isinstance(value, list) else [] if value is None else [value]
+def _ome_text(value: str | None) -> str:
+    """An OME name as carried: stripped; empty when missing or longer than
+    :data:`OME_TEXT_MAX` characters (a plan of many pages stays small)."""
+    value = (value or "").strip()
+    return value if len(value) <= OME_TEXT_MAX else ""
 
-    sizes: dict[int, tuple[Fraction, Fraction]] = {}
-    for image in listed(doc.get("OME", {}).get("Image")):
-        pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
-        cm = []
-        for axis in "XY":
-            if f"PhysicalSize{axis}" not in pixels:
-                axis = "X"  # (Y missing: square pixels)
-            value = pixels.get(f"PhysicalSize{axis}")
-            unit = str(pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m")).lower()
-            per = _LENGTH_UNITS.get(unit)
-            if value is None or per is None or float(value) <= 0:
-                break
-            cm.append(Fraction(str(value)) * per)
-        if len(cm) != 2:
+
+def _ome_channel(element: Any) -> dict[str, str]:
+    """The attributes of an OME Channel that are carried (their text as written)."""
+    out = {}
+    for key in OME_CHANNEL_TEXT:
+        if text := _ome_text(element.get(key)):
+            out[key] = text
+    for key, kind in OME_CHANNEL_NUMBERS.items():
+        text = _ome_text(element.get(key))
+        try:
+            kind(text)
+        except ValueError:
             continue
-        planes = int(pixels.get("SizeC", 1)) * int(pixels.get("SizeZ", 1)) * \
-            int(pixels.get("SizeT", 1))
-        for data in listed(pixels.get("TiffData")) or [{}]:
-            ifd = int(data.get("IFD", 0))
-            count = int(data.get("PlaneCount", 1 if "IFD" in data else planes))
-            for k in range(ifd, ifd + count):
-                sizes[k] = (cm[0], cm[1])
-    return sizes
+        out[key] = text
+    return out
+
+
+def _ome_size(pixels: Any) -> tuple[Fraction, Fraction] | None:
+    """The (x, y) pixel size in cm of an OME Pixels whose PhysicalSizeX (Y: X's when
+    missing) is in a length unit (default µm)."""
+    cm = []
+    for axis in "XY":
+        if pixels.get(f"PhysicalSize{axis}") is None:
+            axis = "X"  # (Y missing: square pixels)
+        value = pixels.get(f"PhysicalSize{axis}")
+        per = _LENGTH_UNITS.get(str(pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m")).lower())
+        try:
+            size = Fraction(value.strip()) if value is not None else None
+        except (ValueError, ZeroDivisionError):
+            size = None
+        if size is None or per is None or size <= 0:
+            return None
+        cm.append(size * per)
+    return cm[0], cm[1]
 
 
 def icc_space(profile: bytes) -> str:
