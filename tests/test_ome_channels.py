@@ -1,17 +1,27 @@
-"""An input OME-TIFF's channel identity read into the plan: each page that is a plane of
-an OME Image (its TiffData) gets its name (Image, Channel, Z/T) and its Channel's
-attributes, from the OME-XML parsed once a file. Real OME-TIFFs written by tifffile and by
-hand (TiffData IFD/PlaneCount/FirstC/FirstZ/FirstT and UUID, a damaged OME-XML)."""
+"""An input OME-TIFF's channel identity carried to the output: each output page made from an
+input plane (one IFD of an OME Image) is named after its Image and channel (and its Z/T
+when the Image has several), and an OME output's Channel keeps the input Channel's Name,
+Color, wavelengths and Fluor, while the op chain keeps the channel count.
+
+Real OME-TIFFs written by tifffile (one IFD per plane, interleaved RGB samples, several
+Images) and by hand (TiffData IFD/PlaneCount/FirstC/FirstZ/FirstT and UUID, a damaged
+OME-XML) go through one ``tiffpipe run``; the outputs' OME-XML is read back with
+tifffile.xml2dict, their PageName tags with tifffile."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tifffile
 
-from pipeline.adapters.tiff_read import read_infos
+from pipeline import cli
+from pipeline.adapters.tiff_read import page_info, read_infos
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -86,6 +96,111 @@ def write_damaged(path: Path) -> None:
     tifffile.imwrite(path, planes(1)[0], tile=(32, 32), metadata=None, description=xml)
 
 
+JOBS: dict[str, dict[str, Any]] = {
+    "multi_ome": {"input": "multi.ome.tif", "ops": [{"op": "gaussian_blur", "sigma": 1.0}],
+                  "output_options": {"ome": True, "pyramid": True}},
+    "multi_plain": {"input": "multi.ome.tif"},
+    "rgb_gray_ome": {"input": "multi.ome.tif", "pages": [7], "ops": [{"op": "to_gray"}],
+                     "output_options": {"ome": True}},
+    "rgb_gray_plain": {"input": "multi.ome.tif", "pages": [7], "ops": [{"op": "to_gray"}]},
+    "planes_ome": {"input": "planes.ome.tif", "output_options": {"ome": True}},
+    "damaged_ome": {"input": "damaged.ome.tif", "output_options": {"ome": True}},
+    "damaged_plain": {"input": "damaged.ome.tif"},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("ome_channels")
+    inp = root / "in"
+    inp.mkdir()
+    write_multi(inp / "multi.ome.tif")
+    write_planes(inp / "planes.ome.tif")
+    write_damaged(inp / "damaged.ome.tif")
+    jobs = [{**job, "input": str(inp / job["input"]), "output": str(root / "out" / f"{name}.tif"),
+             "tile": 64, "output_options": {"tile": 32, **job.get("output_options", {})}}
+            for name, job in JOBS.items()]
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet",
+                         "--no-contact-sheet"])
+    assert (root / "m.report.json").exists(), err.getvalue()
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
+    return {name: job["output"] for name, job in zip(JOBS, report["jobs"], strict=True)}
+
+
+def ome_images(path: str) -> list[dict[str, Any]]:
+    with tifffile.TiffFile(path) as tf:
+        assert tf.is_ome
+        images = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+    return images if isinstance(images, list) else [images]
+
+
+def page_names(path: str) -> list[str | None]:
+    with tifffile.TiffFile(path) as tf:
+        return [tf.pages[i].tags.valueof(285) for i in range(len(tf.pages))]
+
+
+def test_each_ome_image_is_named_after_its_image_and_channel(run):
+    images = ome_images(run["multi_ome"])
+    assert [image["Name"] for image in images] == MULTI_NAMES
+
+
+def test_the_channels_name_colour_wavelengths_and_fluor_are_kept(run):
+    images = ome_images(run["multi_ome"])
+    for c, image in enumerate(images[:3]):
+        channel = image["Pixels"]["Channel"]
+        assert channel["SamplesPerPixel"] == 1
+        for key, values in CHANNELS.items():
+            assert channel[key] == values[c], key
+        assert image["Pixels"]["PhysicalSizeX"] == pytest.approx(0.5)  # (as before)
+    assert [image["Pixels"]["Channel"]["Name"] for image in images[3:7]] == ["a", "b"] * 2
+
+
+def test_interleaved_samples_keep_their_one_channel(run):
+    """An RGB Image has one Channel of 3 samples (OME's SamplesPerPixel): it keeps its name;
+    there is no per-sample channel in the OME model to map anything else to."""
+    pixels = ome_images(run["multi_ome"])[7]["Pixels"]
+    assert pixels["SizeC"] == 3 and pixels["Channel"]["SamplesPerPixel"] == 3
+    assert pixels["Channel"]["Name"] == "Brightfield"
+
+
+def test_the_pyramid_levels_stay_subifds_of_their_named_image(run):
+    with tifffile.TiffFile(run["multi_ome"]) as tf:
+        assert [s.name for s in tf.series] == MULTI_NAMES
+        assert all(len(s.levels) > 1 for s in tf.series)
+
+
+def test_a_plain_output_page_is_named_by_pagename(run):
+    assert page_names(run["multi_plain"]) == MULTI_NAMES
+    with tifffile.TiffFile(run["multi_plain"]) as tf:
+        assert not tf.is_ome
+
+
+def test_a_chain_that_changes_the_channel_count_drops_the_channel(run):
+    (image,) = ome_images(run["rgb_gray_ome"])
+    assert image["Name"] == "Slide RGB"
+    channel = image["Pixels"]["Channel"]
+    assert channel["SamplesPerPixel"] == 1 and "Name" not in channel
+    assert page_names(run["rgb_gray_plain"]) == ["Slide RGB"]
+
+
+def test_planes_are_mapped_by_tiffdata_not_by_file_order(run):
+    images = ome_images(run["planes_ome"])
+    assert [image["Name"] for image in images] == PLANE_NAMES
+    colours = [image["Pixels"]["Channel"].get("Color") for image in images]
+    assert colours == [-16776961, -16776961, None, None]
+
+
+def test_a_damaged_ome_xml_still_runs_without_names(run):
+    (image,) = ome_images(run["damaged_ome"])
+    assert image["Name"] == "page 0" and "Name" not in image["Pixels"]["Channel"]
+    assert page_names(run["damaged_plain"]) == [None]
+
+
 # --- reading, without the engine ------------------------------------------------------
 
 
@@ -107,3 +222,15 @@ def test_a_damaged_ome_xml_gives_no_plane_and_another_files_planes_are_skipped(t
     other = tmp_path / "planes.ome.tif"  # its T=1 planes are another file's IFDs
     write_planes(other)
     assert [i.metadata["ome"]["name"] for i in read_infos(str(other), None)] == PLANE_NAMES
+
+
+def test_an_output_read_again_keeps_its_names_and_its_levels_are_no_planes(run):
+    """tiffpipe's OME output, processed again: its Images are named by image and channel
+    already (not "Tissue 1 - DAPI - DAPI"); a SubIFD level has its page's index but is no
+    plane of the OME-XML."""
+    infos = read_infos(run["multi_ome"], None)
+    assert [info.metadata["ome"]["name"] for info in infos] == MULTI_NAMES
+    with tifffile.TiffFile(run["multi_ome"]) as tf:
+        level = tf.series[1].levels[1].pages[0]
+        assert level.is_subifd and level.index == 1
+        assert "ome" not in page_info(level, run["multi_ome"], 1).metadata

@@ -24,8 +24,10 @@ Rules:
   pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
   every spatial tag after any other size change (they map pixel positions);
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
-  OME-XML, dropped, said of it in the plan (:func:`_ome_plane`, the OME-XML parsed once a
-  file): its name (Image, Channel, Z, T) and its Channel's attributes;
+  OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
+  name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
+  OME output's Image keeps the Channel's attributes; both without the Channel when the op
+  chain changes the channel count (:func:`ome_name`, :func:`ome_channel`);
 - Software becomes ``tiffpipe <version>``; structural tags (size, samples, compression,
   tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
@@ -67,6 +69,8 @@ SPATIAL_TAGS = {
 }
 #: Orientation: which corner row 0, column 0 is (repeated on pyramid levels)
 ORIENTATION = 274
+#: PageName, which an OME-TIFF's page without one gets from its OME plane (:func:`ome_name`)
+PAGE_NAME = 285
 #: GDAL's no-data value (ASCII): kept only through ops that do not remap values
 GDAL_NODATA = 42113
 #: TIFF types whose value is carried as bytes (base64 in the plan)
@@ -488,6 +492,30 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
     return ("rgb" if rgb else "minisblack"), kept
 
 
+def _keeps_channel(info: Any, channels: int) -> bool:
+    """The output page of ``info`` with ``channels`` samples is still its OME Channel: the
+    chain kept the channel count, which is the Channel's SamplesPerPixel."""
+    ome = (info.metadata or {}).get("ome", {})
+    return channels == info.channels == ome.get("samples", 1)
+
+
+def ome_name(info: Any, channels: int) -> str | None:
+    """The name of the OME plane an output page was made from (:func:`_ome_plane`): its
+    Image's and Channel's (and Z, T), without the Channel when the chain changed the channel
+    count. None: not an OME-TIFF's plane, or nothing to name it by."""
+    ome = (info.metadata or {}).get("ome", {})
+    return ome.get("name" if _keeps_channel(info, channels) else "image_name")
+
+
+def ome_channel(info: Any, channels: int) -> dict[str, str] | None:
+    """The OME Channel attributes the output page of ``info`` with ``channels`` samples keeps
+    (``Channel`` of tifffile's OME metadata), or None: none, or the chain changed the
+    channel count (the Channel no longer describes the page)."""
+    if not _keeps_channel(info, channels):
+        return None
+    return (info.metadata or {}).get("ome", {}).get("channel")
+
+
 def output_tags(info: Any, height: int, width: int, channels: int,
                 nodata: bool = True, factor: int = 1) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
@@ -532,6 +560,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
             continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))
+    name = ome_name(info, channels)
+    if name and not any(code == PAGE_NAME for code, *_ in md.get("tags", [])):
+        extratags.append((PAGE_NAME, 2, 0, name.encode("utf-8"), True))
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs

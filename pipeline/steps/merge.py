@@ -36,7 +36,7 @@ import numpy as np
 import tifffile
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import ORIENTATION, output_tags
+from pipeline.adapters.metadata import ORIENTATION, ome_channel, output_tags
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
 from pipeline.adapters.tile_codec import OutputEncoder
@@ -246,8 +246,11 @@ _MICRONS = {2: 25400.0, 3: 10000.0}
 
 def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
     """``tags`` for an OME-TIFF page: the OME-XML Image of the page gets its name (PageName,
-    else "page <input index>"), its description (ImageDescription, which tifffile keeps for
-    the OME-XML) and its pixel size (from the resolution, in micrometres)."""
+    which a plane of an OME input without one gets from its Image and Channel: ``metadata.
+    ome_name``; else "page <input index>"), its description (ImageDescription, which
+    tifffile keeps for the OME-XML), its pixel size (from the resolution, in micrometres)
+    and its input Channel's name, colour, wavelengths, ... while the chain keeps the channel
+    count (``metadata.ome_channel``)."""
     tags = dict(tags)
     meta: dict[str, Any] = {"Name": f"page {page.info.index}"}
     extratags = []
@@ -268,5 +271,8 @@ def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
             if per_unit > 0:
                 meta[f"PhysicalSize{axis}"] = _MICRONS[unit] / per_unit
                 meta[f"PhysicalSize{axis}Unit"] = "\u00b5m"
+    channel = ome_channel(page.info, page.out_channels)
+    if channel:
+        meta["Channel"] = channel
     tags["metadata"] = meta
     return tags
