@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="run report JSON (default: <manifest>.report.json next "
                                       "to the manifest)")
     run.add_argument("--quiet", action="store_true",
-                     help="no progress and no summary (warnings and errors still go to stderr)")
+                     help="no progress and no summary (warnings and errors still go to stderr: "
+                          "each failed job, its input and error, and the report's path)")
     run.add_argument("--no-contact-sheet", action="store_true",
                      help="do not write <report>.contact.png (input and output thumbnails)")
 
@@ -222,7 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import default_report, run_local
     from pipeline.steps.planning import check_outside_work, check_report_path
-    from pipeline.ui import RunProgress, print_summary
+    from pipeline.ui import RunProgress, failed_lines, print_summary
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
         from pipeline.steps.common import usable_cores
@@ -280,6 +281,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stop.signal is not None:
         print(_interrupted_line(result, stop.signal), file=sys.stderr)
         return 128 + stop.signal if stop.signal else EXIT_FAILED
+    if args.quiet and result.report is not None:  # failed jobs are errors: said even so
+        for line in failed_lines(result.report, result.report_url, FAILED_LINES):
+            print(line, file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -359,6 +363,8 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
 
 #: the most outputs named in the line of a run that failed (then how many more)
 NAMED_OUTPUTS = 10
+#: the most failed jobs a ``run --quiet`` names on stderr, a line each (then how many more)
+FAILED_LINES = 20
 
 
 def _failed_line(result: RunResult) -> str:

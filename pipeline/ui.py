@@ -146,6 +146,25 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     return title, rows
 
 
+def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[str]:
+    """What a run whose jobs failed says on stderr even with ``--quiet`` (its summary not
+    printed): each failed job, its input and its error, the first ``limit`` of them (then how
+    many more), and a last line counting them and naming the report. No line when no job
+    failed."""
+    failed = [j for j in report["jobs"] if j["status"] == "FAILED"]
+    if not failed:
+        return []
+    lines = [f"tiffpipe: job {j['job']} FAILED ({j['input']}): {j['error']['type']}: "
+             f"{j['error']['message']}" for j in failed[:limit]]
+    if len(failed) > limit:
+        lines.append(f"tiffpipe: ... and {len(failed) - limit} more failed job(s): see the "
+                     "report")
+    skipped = f", {report['skipped']} skipped" if report.get("skipped") else ""
+    lines.append(f"tiffpipe: {len(failed)} of {len(report['jobs'])} jobs failed "
+                 f"({report['succeeded']} succeeded{skipped}); report: {report_url}")
+    return lines
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """The summary as a rich table (statuses coloured; a long path or error folded over the
     cell's lines, whole)."""

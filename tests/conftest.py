@@ -35,7 +35,7 @@ ENGINE = {
     "test_preview", "test_pyramid", "test_s3_merge", "test_s3_pipeline", "test_scan",
     "test_ojpeg", "test_single_task", "test_start_status", "test_thumbs",
     "test_work_location", "test_cmyk", "test_derived_pages",
-    "test_output_files", "test_exhaustion", "test_ome_channels",
+    "test_output_files", "test_exhaustion", "test_ome_channels", "test_batch_runs",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the

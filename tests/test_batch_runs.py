@@ -1,0 +1,80 @@
+"""A daily batch through ``tiffpipe run``: what an operator (a shell, a script, cron) sees of
+the jobs that failed, real TIFFs and bad files on the real file system, the command called
+in-process through ``pipeline.cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _batch(folder: Path, jobs: list[dict]) -> Path:
+    """Three small TIFFs of other codecs, a file that is no TIFF, and a manifest of ``jobs``
+    (relative paths)."""
+    (folder / "in").mkdir()
+    rng = np.random.default_rng(5)
+    for name, codec in (("a", "zlib"), ("b", "zstd"), ("c", "lzw")):
+        tifffile.imwrite(folder / "in" / f"{name}.tif",
+                         rng.integers(0, 255, (70, 90, 3), dtype=np.uint8), compression=codec)
+    (folder / "in" / "notes.tif").write_text("a text file saved under a .tif name")
+    manifest = folder / "m.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    return manifest
+
+
+def _job(name: str, out: str | None = None) -> dict:
+    return {"input": f"in/{name}.tif", "output": f"out/{out or name}.tif",
+            "ops": [{"op": "gaussian_blur", "sigma": 1}]}
+
+
+def test_quiet_run_names_each_failed_job_on_stderr(tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture):
+    """--quiet (as from cron, which mails what a command prints): no progress and no
+    summary, but a job that failed is an error: each is named on stderr with its input and
+    error, then where the report is; it printed nothing at all, exit 1 alone."""
+    manifest = _batch(tmp_path, [_job("a"), _job("notes"), _job("b"), _job("missing")])
+    code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 3, err
+    assert lines[0].startswith(f"tiffpipe: job 1 FAILED ({tmp_path / 'in' / 'notes.tif'}): "
+                               "NotATiffError: ")
+    assert lines[1].startswith(f"tiffpipe: job 3 FAILED ({tmp_path / 'in' / 'missing.tif'}): "
+                               "InputNotFoundError: ")
+    assert lines[2] == (f"tiffpipe: 2 of 4 jobs failed (2 succeeded); report: "
+                        f"{tmp_path / 'm.report.json'}")
+    assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "b.tif").is_file()
+
+
+def test_quiet_run_that_succeeds_says_nothing(tmp_path: Path, capfd: pytest.CaptureFixture):
+    manifest = _batch(tmp_path, [_job("a"), _job("c")])
+    code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])
+    assert code == 0
+    assert capfd.readouterr() == ("", "")
+
+
+def test_quiet_run_of_many_failed_jobs_names_the_first_ones(tmp_path: Path,
+                                                            capfd: pytest.CaptureFixture):
+    """A batch of many bad files is not a mail of thousands of lines: the first
+    ``FAILED_LINES`` are named, then how many more the report holds."""
+    jobs = [_job("a")] + [_job("notes", f"n{i}") for i in range(cli.FAILED_LINES + 3)]
+    manifest = _batch(tmp_path, jobs)
+    code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])
+    _, err = capfd.readouterr()
+    assert code == 1
+    lines = err.splitlines()
+    assert len(lines) == cli.FAILED_LINES + 2
+    assert all(" FAILED (" in line for line in lines[:cli.FAILED_LINES])
+    assert lines[-2] == "tiffpipe: ... and 3 more failed job(s): see the report"
+    assert lines[-1].startswith(f"tiffpipe: {cli.FAILED_LINES + 3} of {len(jobs)} jobs failed "
+                                "(1 succeeded); report: ")
