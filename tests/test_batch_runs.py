@@ -78,3 +78,18 @@ def test_quiet_run_of_many_failed_jobs_names_the_first_ones(tmp_path: Path,
     assert lines[-2] == "tiffpipe: ... and 3 more failed job(s): see the report"
     assert lines[-1].startswith(f"tiffpipe: {cli.FAILED_LINES + 3} of {len(jobs)} jobs failed "
                                 "(1 succeeded); report: ")
+
+
+def test_an_output_inside_another_jobs_output_is_refused_before_any_work(
+        tmp_path: Path, capfd: pytest.CaptureFixture):
+    """``out/a.tif`` and ``out/a.tif/b.tif``: validate said valid, and the run did both
+    jobs' work, then one of them failed as it published (``[Errno 21] Is a directory`` or
+    ``Not a directory``, whichever job came second). Now an invalid manifest, exit 2."""
+    manifest = _batch(tmp_path, [_job("a"), _job("b", "a.tif/b"), _job("c")])
+    assert cli.main(["validate", str(manifest)]) == 2
+    code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])
+    _, err = capfd.readouterr()
+    assert code == 2
+    assert (f"jobs[1].output: \"{tmp_path / 'out' / 'a.tif' / 'b.tif'}\" is inside the output "
+            f"of jobs[0] (\"{tmp_path / 'out' / 'a.tif'}\"), a file, not a folder") in err
+    assert not (tmp_path / "out").exists()

@@ -314,6 +314,26 @@ def test_duplicate_s3_outputs_after_resolution_against_an_s3_base():
         'jobs[1].output: same output as jobs[0] ("s3://bucket/run/a.tif")')
 
 
+def test_an_output_inside_another_jobs_output_is_a_problem():
+    """One job's output a folder of another's (``out/a.tif`` and ``out/a.tif/b.tif``): the
+    two cannot both be written, and which fails hung on which job got there first, after
+    its work (a raw "Is a directory" error at the rename). On S3 both keys can be."""
+    data = {"jobs": [job(input="1.tif", output="out/a.tif"),
+                     job(input="2.tif", output="out/a.tif/b.tif"),
+                     job(input="3.tif", output="out/c.tif/d/e.tif"),
+                     job(input="4.tif", output="out/./c.tif"),
+                     job(input="5.tif", output="s3://b/a.tif"),
+                     job(input="6.tif", output="s3://b/a.tif/b.tif")]}
+    assert problems_of(data) == [
+        (f"jobs[1].output: {json.dumps(at('out', 'a.tif', 'b.tif'))} is inside the output of "
+         f"jobs[0] ({json.dumps(at('out', 'a.tif'))}), a file, not a folder: give one of them "
+         "another path"),
+        (f"jobs[2].output: {json.dumps(at('out', 'c.tif', 'd', 'e.tif'))} is inside the output "
+         f"of jobs[3] ({json.dumps(at('out', 'c.tif'))}), a file, not a folder: give one of "
+         "them another path"),
+    ]
+
+
 def test_an_output_may_not_be_an_input():
     data = {"jobs": [job(input="a.tif", output="a.tif"),
                      job(input="b.tif", output="c.tif"),

@@ -342,6 +342,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
         spec = _parse_job(job, i, defaults, base_dir, inputs, outputs, problems)
         if spec is not None:
             specs.append(spec)
+    problems.extend(_nested_outputs(outputs))
     problems.extend(_overwritten_inputs(inputs, outputs))
     if problems:
         raise ManifestError(source, problems)
@@ -412,6 +413,26 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str,
             setting.ok for setting in eff.values()):
         return None
     return JobSpec(input=where["input"], output=where["output"], **job_fields(eff))
+
+
+def _nested_outputs(outputs: dict[str, int]) -> list[str]:
+    """A problem for each local output inside a folder that is another job's output
+    (``out/a.tif/b.tif`` beside ``out/a.tif``): the one file cannot be both, and which job
+    failed depended on which got there first, after its work. S3 keys may nest."""
+    nested = []
+    for key, i in outputs.items():
+        if is_s3(key):
+            continue
+        folder, parent = key, os.path.dirname(key)
+        while parent != folder:  # up to the root, whose dirname is itself
+            if parent in outputs:
+                problem = (f"jobs[{i}].output: {json.dumps(key)} is inside the output of "
+                           f"jobs[{outputs[parent]}] ({json.dumps(parent)}), a file, not a "
+                           "folder: give one of them another path")
+                nested.append((i, problem))
+                break
+            folder, parent = parent, os.path.dirname(parent)
+    return [problem for _, problem in sorted(nested)]
 
 
 def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, int]) -> list[str]:
