@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
@@ -223,7 +223,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import default_report, run_local
     from pipeline.steps.planning import check_outside_work, check_report_path
-    from pipeline.ui import RunProgress, failed_lines, print_summary
+    from pipeline.ui import RunProgress
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
         from pipeline.steps.common import usable_cores
@@ -267,12 +267,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         except WorkLocationError as exc:
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    code = _run_exit_code(result, stop)
+    try:
+        _tell_the_end(args, result, stop)
+    except OSError:  # stdout or stderr gone (a pipe's reader: `| head`; a terminal that hung
+        _off_gone_streams()  # up): the run's report says what it did; its exit code still
+    return code  # does (it was 0 then, whatever the jobs did)
+
+
+def _run_exit_code(result: RunResult, stop: StopRequest) -> int:
+    """0 every job succeeded (or was skipped), 1 a job or the run failed (or no report), 128 +
+    the signal of a run stopped by one."""
+    if result.report is None and result.interrupted is None:
+        return EXIT_FAILED
+    if stop.signal is not None:
+        return 128 + stop.signal if stop.signal else EXIT_FAILED
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest) -> None:
+    """What ``run`` prints at its end: the summary, the report's path, and on stderr what
+    was removed, why the run failed or stopped, or (--quiet) the jobs that failed."""
+    from pipeline.ui import failed_lines, print_summary
+
     _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
         if result.summary is not None and not args.quiet:
             print_summary(result.summary)
         print(_failed_line(result), file=sys.stderr)
-        return EXIT_FAILED
+        return
     if not args.quiet and result.report is not None:
         print_summary(result.report)
         if result.contact_sheet:
@@ -280,11 +303,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {result.report_url}")
     if stop.signal is not None:
         print(_interrupted_line(result, stop.signal), file=sys.stderr)
-        return 128 + stop.signal if stop.signal else EXIT_FAILED
-    if args.quiet and result.report is not None:  # failed jobs are errors: said even so
+    elif args.quiet and result.report is not None:  # failed jobs are errors: said even so
         for line in failed_lines(result.report, result.report_url, FAILED_LINES):
             print(line, file=sys.stderr)
-    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _off_gone_streams() -> None:
+    """stdout and stderr made /dev/null (what is still buffered for them, and any later
+    write, goes nowhere instead of failing again at the exit)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):
+            os.dup2(null, stream.fileno())
+    os.close(null)
 
 
 def _definition(path: str | None) -> str | None:

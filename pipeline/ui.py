@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Self
 
 from pipeline.errors import INTERRUPTED_ERROR
@@ -55,7 +56,19 @@ class RunProgress:
 
     def __exit__(self, *exc: object) -> None:
         if self.progress:
-            self.progress.stop()
+            with suppress(OSError):  # (its last drawing, on a stream gone: see _gone)
+                self.progress.stop()
+
+    def _gone(self) -> None:
+        """The stream can no longer be written (its reader has gone: ``2>&1 | head``, a
+        ``less`` quit early; its terminal hung up): no more progress, and the run goes on.
+        A write that failed in the engine's thread failed the whole run (EngineError), and
+        the jobs not yet run never ran."""
+        self.quiet, self.live = True, False
+        progress, self.progress = self.progress, None
+        if progress is not None:
+            with suppress(OSError):
+                progress.stop()
 
     def _log(self, text: str) -> None:
         if not self.quiet and not self.live:
@@ -63,22 +76,31 @@ class RunProgress:
 
     def __call__(self, function: str, event: dict[str, Any], ok: bool,
                  payload: dict[str, Any]) -> None:
-        action = event.get("action")
         with self.lock:
-            if action == "plan_job" and ok and payload.get("skipped"):
-                self._log(f"job {payload['job']}: skipped, its output exists (if_exists: skip)")
-            elif action == "plan_job" and ok:
-                self._planned(payload["job"], payload["tiles"], payload.get("plan"))
-            elif action in ("process", "process_unit", "process_job") and ok:
-                self._advance(payload["job"], payload["tiles"])
-            if action in ("merge", "process_job") and ok:  # process_job: a whole job
-                if payload.get("skipped"):
-                    self._log(f"job {payload['job']}: skipped, its output appeared while it "
-                              "ran (if_exists: skip)")
-                else:
-                    self._log(f"job {payload['job']}: done -> {payload['output']}")
-            if action == "record_failure" and ok:
-                self._log(f"job {payload['job']}: FAILED ({payload['error']})")
+            if self.quiet and not self.live:  # nothing to show (--quiet, or the stream gone)
+                return
+            try:
+                self._heard(event.get("action"), ok, payload)
+            except OSError:
+                self._gone()
+
+    def _heard(self, action: Any, ok: bool, payload: dict[str, Any]) -> None:
+        """What a task's end shows: a job planned or skipped, tiles done, a job done or
+        failed."""
+        if action == "plan_job" and ok and payload.get("skipped"):
+            self._log(f"job {payload['job']}: skipped, its output exists (if_exists: skip)")
+        elif action == "plan_job" and ok:
+            self._planned(payload["job"], payload["tiles"], payload.get("plan"))
+        elif action in ("process", "process_unit", "process_job") and ok:
+            self._advance(payload["job"], payload["tiles"])
+        if action in ("merge", "process_job") and ok:  # process_job: a whole job
+            if payload.get("skipped"):
+                self._log(f"job {payload['job']}: skipped, its output appeared while it "
+                          "ran (if_exists: skip)")
+            else:
+                self._log(f"job {payload['job']}: done -> {payload['output']}")
+        if action == "record_failure" and ok:
+            self._log(f"job {payload['job']}: FAILED ({payload['error']})")
 
     def _planned(self, job: int, tiles: int, plan: str | None) -> None:
         self.totals[job] = tiles

@@ -5,6 +5,8 @@ in-process through ``pipeline.cli.main``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,45 @@ def test_an_output_inside_another_jobs_output_is_refused_before_any_work(
     assert (f"jobs[1].output: \"{tmp_path / 'out' / 'a.tif' / 'b.tif'}\" is inside the output "
             f"of jobs[0] (\"{tmp_path / 'out' / 'a.tif'}\"), a file, not a folder") in err
     assert not (tmp_path / "out").exists()
+
+
+
+def _long_batch(folder: Path, jobs: int, bad_last: bool = False) -> Path:
+    """A manifest of ``jobs`` jobs over one 900 x 900 input, slow enough (a blur and a
+    median) that something can happen while it runs; with ``bad_last``, the last job's
+    input is no TIFF."""
+    (folder / "in").mkdir()
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(folder / "in" / "a.tif", rng.integers(0, 255, (900, 900, 3), np.uint8),
+                     compression="zlib", tile=(256, 256))
+    (folder / "in" / "notes.tif").write_text("a text file saved under a .tif name")
+    spec = [{"input": "in/a.tif", "output": f"out/{i:02d}.tif",
+             "ops": [{"op": "gaussian_blur", "sigma": 6}, {"op": "median_blur", "ksize": 5}]}
+            for i in range(jobs)]
+    if bad_last:
+        spec[-1]["input"] = "in/notes.tif"
+    (folder / "m.json").write_text(json.dumps({"jobs": spec}))
+    return folder / "m.json"
+
+
+def test_a_run_whose_output_pipe_closes_goes_on_to_the_end(tmp_path: Path):
+    """``tiffpipe run m.json 2>&1 | head`` (or ``| less``, quit early, or a ``tee`` killed):
+    once the reader is gone, each progress line fails (BrokenPipeError). That failed the
+    whole run (EngineError "the embedded engine's interpreter stopped: BrokenPipeError"):
+    no report, the jobs not yet run never ran; and a summary that could not be printed
+    made the exit status 0 even with failed jobs. Now the run goes on without its progress
+    and ends as it would have: every job run, the report written, exit 1 for the failed
+    one."""
+    manifest = _long_batch(tmp_path, 24, bad_last=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest),
+                             "--workers", "1", "--no-contact-sheet"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # what `head -1` reads, then it is gone
+    proc.stdout.close()
+    assert proc.wait(120) == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert (report["succeeded"], report["failed"]) == (23, 1)
+    assert report["jobs"][-1]["error"]["type"] == "NotATiffError"
+    assert len(list((tmp_path / "out").glob("*.tif"))) == 23
+    assert not (tmp_path / ".tiffpipe-work").exists()
