@@ -2,7 +2,8 @@
 modules), sets the exit code.
 
 Exit codes: 0 all jobs succeeded (or were skipped); 1 a job (or the run) failed; 2 invalid
-manifest or usage; 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM).
+manifest or usage; 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 the
+terminal hung up).
 The ``tiffpipe`` console script is :func:`console` (:func:`main`, then a quick exit);
 :func:`main` is what a caller in the same process uses.
 """
@@ -49,7 +50,7 @@ this machine or on AWS. A manifest (JSON) lists the jobs: input, output, ops.
   start, status        run a manifest on a deployed AWS stack; follow a run there
 
 Exit codes: 0 every job succeeded (or was skipped); 1 a job (or the run) failed; 2 invalid
-manifest or usage; 130 stopped by Ctrl-C (143 by SIGTERM).
+manifest or usage; 130 stopped by Ctrl-C (143 by SIGTERM, 129 by its terminal's hang-up).
 `tiffpipe COMMAND --help`: a command's options."""
 
 
@@ -351,9 +352,11 @@ def _stopped_before_running(report: str, signum: int) -> int:
     earlier run's report and sheet at its paths removed), and the exit code of ``signum``."""
     from pipeline.runner import remove_earlier_report, signal_name
 
-    _say_removed(remove_earlier_report(report))
-    print(f"tiffpipe: interrupted ({signal_name(signum)}) before any job started: no output "
-          "and no report were written", file=sys.stderr)
+    removed = remove_earlier_report(report)
+    with suppress(OSError):  # (its terminal hung up: SIGHUP)
+        _say_removed(removed)
+        print(f"tiffpipe: interrupted ({signal_name(signum)}) before any job started: no "
+              "output and no report were written", file=sys.stderr)
     return 128 + signum
 
 
@@ -367,10 +370,13 @@ def _say_removed(removed: list[str]) -> None:
 @contextmanager
 def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: False
                      ) -> Iterator[None]:
-    """SIGINT (Ctrl-C) and SIGTERM request ``stop`` while the block runs, instead of
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP (its terminal hung up: an SSH session dropped,
+    a terminal window closed) request ``stop`` while the block runs, instead of
     KeyboardInterrupt (which would leave the run's tasks going) or the end of the process
-    (which would leave its work folder and temporary files): the engine stops the run and the
-    runner cleans up (see :func:`pipeline.runner.run_local`). A second signal stops the
+    (which would leave its work folder and temporary files, and no report): the engine
+    stops the run and the runner cleans up (see :func:`pipeline.runner.run_local`); what
+    cannot be shown on a terminal that hung up is not (:class:`pipeline.ui.RunProgress`,
+    :func:`_tell_the_end`'s caller). A second signal stops the
     waiting for the tasks. While ``checking()`` (before the run starts), a signal raises
     :class:`_StoppedChecking` as well, which ends what is going on at once. Only in the main
     thread (where Python runs signal handlers)."""
@@ -383,7 +389,7 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
         if checking():
             raise _StoppedChecking(signum)
 
-    signals = (signal.SIGINT, signal.SIGTERM)
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = {s: signal.signal(s, handler) for s in signals}
     try:
         yield

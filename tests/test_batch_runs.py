@@ -4,9 +4,15 @@ in-process through ``pipeline.cli.main``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +143,52 @@ def test_a_run_whose_output_pipe_closes_goes_on_to_the_end(tmp_path: Path):
     assert report["jobs"][-1]["error"]["type"] == "NotATiffError"
     assert len(list((tmp_path / "out").glob("*.tif"))) == 23
     assert not (tmp_path / ".tiffpipe-work").exists()
+
+
+def _in_a_terminal(args: list[str], cwd: Path) -> tuple[subprocess.Popen, int]:
+    """``tiffpipe`` started in a terminal of its own (a pseudo-terminal it has as its
+    controlling terminal, as a login shell's, an SSH session's), and the terminal's master
+    side, whose close hangs the terminal up."""
+    master, slave = pty.openpty()
+    # a session of its own (start_new_session) whose controlling terminal it takes
+    start = ("import fcntl, runpy, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+             "sys.argv[0] = 'tiffpipe'; runpy.run_module('pipeline', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", start, *args], cwd=cwd, stdin=slave,
+                            stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    return proc, master
+
+
+def test_a_terminal_that_hangs_up_stops_the_run_cleanly(tmp_path: Path):
+    """An SSH session that drops (or a terminal window closed) hangs the run's terminal up:
+    SIGHUP killed the command outright, as kill -9 would: no report (an earlier run's would
+    have stayed as this one's), its work folder left behind. Now it stops as on Ctrl-C: the
+    finished jobs' outputs kept, the others RunInterruptedError in the report, the work
+    folder removed, exit 129 (128 + SIGHUP), and no traceback for the terminal it can no
+    longer write to."""
+    manifest = _long_batch(tmp_path, 40)
+    proc, master = _in_a_terminal(["run", str(manifest), "--workers", "1",
+                                   "--no-contact-sheet"], tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "out").glob("*.tif")) and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.02)[0]:  # (its progress, read: the
+                with contextlib.suppress(OSError):           # terminal never fills up)
+                    os.read(master, 1 << 16)
+    finally:
+        os.close(master)  # the terminal hangs up: SIGHUP to the run
+    assert proc.wait(60) == 128 + signal.SIGHUP
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["succeeded"] >= 1 and report["failed"] >= 1
+    assert report["succeeded"] + report["failed"] == 40
+    for job in report["jobs"]:
+        output = Path(job["output"])
+        if job["status"] == "SUCCEEDED":
+            assert tifffile.imread(output).shape == (900, 900, 3)
+        else:
+            assert job["error"]["type"] == "RunInterruptedError"
+            assert "(SIGHUP)" in job["error"]["message"]
+            assert not output.exists()
+    assert not (tmp_path / ".tiffpipe-work").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        Path(j["output"]).name for j in report["jobs"] if j["status"] == "SUCCEEDED")

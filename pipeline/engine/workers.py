@@ -2,8 +2,9 @@
 
 A handler's exception becomes an error record named after its class (Lambda's
 ``errorType``); a worker that dies becomes ``WorkerCrashedError`` and the pool is rebuilt.
-A stopped run stops its workers (:meth:`WorkerPool.stop`): they ignore SIGINT (a terminal's
-Ctrl-C reaches the whole process group; the engine decides) and stop their task on SIGTERM,
+A stopped run stops its workers (:meth:`WorkerPool.stop`): they ignore SIGINT and SIGHUP (a
+terminal's Ctrl-C or hang-up reaches the whole process group; the engine decides) and stop
+their task on SIGTERM,
 its step's own clean-up run (:class:`WorkerStopped`).
 """
 
@@ -96,12 +97,14 @@ def _glibc(name: str) -> Any:
 def _init(env: dict[str, str], engine: int) -> None:
     """Worker start: the user's environment (not the engine's mocked one; OpenBLAS's thread
     count set, before OpenCV's import), capped malloc arenas, one OpenCV thread (the pool
-    is the parallelism); SIGINT ignored and SIGTERM stopping the task (:func:`_on_sigterm`);
+    is the parallelism); SIGINT and SIGHUP ignored and SIGTERM stopping the task
+    (:func:`_on_sigterm`);
     the worker ends with its engine's process ``engine`` (:func:`_end_with`)."""
     global _in_worker
     _in_worker = True
     _end_with(engine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     tune_malloc()
     os.environ.clear()
