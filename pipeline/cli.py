@@ -270,7 +270,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     code = _run_exit_code(result, stop)
     try:
-        _tell_the_end(args, result, stop)
+        _tell_the_end(args, result, stop, [j.if_exists for j in jobs]
+                      if isinstance(jobs, list) else [])
     except OSError:  # stdout or stderr gone (a pipe's reader: `| head`; a terminal that hung
         _off_gone_streams()  # up): the run's report says what it did; its exit code still
     return code  # does (it was 0 then, whatever the jobs did)
@@ -286,10 +287,13 @@ def _run_exit_code(result: RunResult, stop: StopRequest) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
-def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest) -> None:
+def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest,
+                  if_exists: list[str]) -> None:
     """What ``run`` prints at its end: the summary, the report's path, and on stderr what
-    was removed, why the run failed or stopped, or (--quiet) the jobs that failed."""
-    from pipeline.ui import failed_lines, print_summary
+    was removed, why the run failed or stopped, or (--quiet) the jobs that failed, and what
+    a rerun would do to the jobs that succeeded (``if_exists``: each job's; none for a
+    scan, whose reruns take only what has no output)."""
+    from pipeline.ui import failed_lines, print_summary, rerun_hint
 
     _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
@@ -307,6 +311,9 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     elif args.quiet and result.report is not None:  # failed jobs are errors: said even so
         for line in failed_lines(result.report, result.report_url, FAILED_LINES):
             print(line, file=sys.stderr)
+    hint = rerun_hint(result.report, if_exists) if result.report is not None else None
+    if hint:
+        print(hint, file=sys.stderr)
 
 
 def _off_gone_streams() -> None:

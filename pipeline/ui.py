@@ -187,6 +187,26 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
     return lines
 
 
+def rerun_hint(report: dict[str, Any], if_exists: list[str]) -> str | None:
+    """What a rerun of a manifest whose run left jobs without an output (failed, or
+    stopped) does to the jobs that succeeded, when that is not to leave them (``if_exists``,
+    each job's: ``overwrite`` runs them again, ``fail`` fails each), and what makes it run
+    only the others; None when there is nothing to say (no job failed, or none that
+    succeeded would be done again)."""
+    failed = sum(j["status"] == "FAILED" for j in report["jobs"])
+    done = [j for j in report["jobs"] if j["status"] == "SUCCEEDED"
+            and j["job"] < len(if_exists) and if_exists[j["job"]] != "skip"]
+    if not failed or not done:
+        return None
+    modes = sorted({if_exists[j["job"]] for j in done})
+    redo = {("overwrite",): "runs them again", ("fail",): "fails each (OutputExistsError)"}.get(
+        tuple(modes), "runs them again or fails them")
+    return (f"tiffpipe: a rerun of this manifest as it is {redo} for the {len(done)} jobs that "
+            f"succeeded (if_exists: {', '.join(modes)}); \"if_exists\": \"skip\" in its "
+            f"\"defaults\" leaves their outputs as they are and runs only the {failed} without "
+            "an output")
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """The summary as a rich table (statuses coloured; a long path or error folded over the
     cell's lines, whole)."""

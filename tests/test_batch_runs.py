@@ -54,13 +54,14 @@ def test_quiet_run_names_each_failed_job_on_stderr(tmp_path: Path,
     assert code == 1
     assert out == ""
     lines = err.splitlines()
-    assert len(lines) == 3, err
+    assert len(lines) == 4, err
     assert lines[0].startswith(f"tiffpipe: job 1 FAILED ({tmp_path / 'in' / 'notes.tif'}): "
                                "NotATiffError: ")
     assert lines[1].startswith(f"tiffpipe: job 3 FAILED ({tmp_path / 'in' / 'missing.tif'}): "
                                "InputNotFoundError: ")
     assert lines[2] == (f"tiffpipe: 2 of 4 jobs failed (2 succeeded); report: "
                         f"{tmp_path / 'm.report.json'}")
+    assert lines[3].startswith("tiffpipe: a rerun of this manifest as it is runs them again")
     assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "b.tif").is_file()
 
 
@@ -81,10 +82,10 @@ def test_quiet_run_of_many_failed_jobs_names_the_first_ones(tmp_path: Path,
     _, err = capfd.readouterr()
     assert code == 1
     lines = err.splitlines()
-    assert len(lines) == cli.FAILED_LINES + 2
+    assert len(lines) == cli.FAILED_LINES + 3  # and what a rerun would do (the next test)
     assert all(" FAILED (" in line for line in lines[:cli.FAILED_LINES])
-    assert lines[-2] == "tiffpipe: ... and 3 more failed job(s): see the report"
-    assert lines[-1].startswith(f"tiffpipe: {cli.FAILED_LINES + 3} of {len(jobs)} jobs failed "
+    assert lines[-3] == "tiffpipe: ... and 3 more failed job(s): see the report"
+    assert lines[-2].startswith(f"tiffpipe: {cli.FAILED_LINES + 3} of {len(jobs)} jobs failed "
                                 "(1 succeeded); report: ")
 
 
@@ -192,3 +193,35 @@ def test_a_terminal_that_hangs_up_stops_the_run_cleanly(tmp_path: Path):
     assert not (tmp_path / ".tiffpipe-work").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         Path(j["output"]).name for j in report["jobs"] if j["status"] == "SUCCEEDED")
+
+
+@pytest.mark.parametrize("if_exists", ["overwrite", "fail", "skip"])
+def test_a_partly_failed_run_says_how_to_rerun_only_what_failed(
+        tmp_path: Path, capfd: pytest.CaptureFixture, if_exists: str):
+    """The report's advice for a job without an output is "run it again", but a rerun of the
+    manifest as it was redid the jobs that had succeeded too (if_exists: overwrite, the
+    default: all that work again), or failed each of them with OutputExistsError (fail).
+    The run now says so, and what makes a rerun do only the rest (skip); with skip,
+    nothing is added."""
+    manifest = _batch(tmp_path, [_job("a"), _job("notes"), _job("b")])
+    data = json.loads(manifest.read_text())
+    data["defaults"] = {"if_exists": if_exists}
+    manifest.write_text(json.dumps(data))
+    assert cli.main(["run", str(manifest), "--workers", "1", "--no-contact-sheet"]) == 1
+    _, err = capfd.readouterr()
+    hint = [line for line in err.splitlines() if "rerun" in line]
+    if if_exists == "skip":
+        assert hint == []
+    else:
+        redo = "runs them again" if if_exists == "overwrite" else "fails each (OutputExistsError)"
+        assert hint == [(
+            f"tiffpipe: a rerun of this manifest as it is {redo} for the 2 jobs that succeeded "
+            f"(if_exists: {if_exists}); \"if_exists\": \"skip\" in its \"defaults\" leaves "
+            "their outputs as they are and runs only the 1 without an output")]
+    # and so it does
+    data["defaults"] = {"if_exists": "skip"}
+    manifest.write_text(json.dumps(data))
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet",
+                     "--no-contact-sheet"]) == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SKIPPED", "FAILED", "SKIPPED"]
