@@ -290,10 +290,11 @@ def _run_exit_code(result: RunResult, stop: StopRequest) -> int:
 def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest,
                   if_exists: list[str]) -> None:
     """What ``run`` prints at its end: the summary, the report's path, and on stderr what
-    was removed, why the run failed or stopped, or (--quiet) the jobs that failed, and what
+    was removed, the first jobs that left pages out (masks, overviews), why the run failed
+    or stopped, or (--quiet) the jobs that failed, and what
     a rerun would do to the jobs that succeeded (``if_exists``: each job's; none for a
     scan, whose reruns take only what has no output)."""
-    from pipeline.ui import failed_lines, print_summary, rerun_hint
+    from pipeline.ui import failed_lines, left_out_lines, print_summary, rerun_hint
 
     _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
@@ -306,6 +307,8 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
         if result.contact_sheet:
             print(f"contact sheet: {result.contact_sheet}")
         print(f"report: {result.report_url}")
+    for line in left_out_lines(result.report, LEFT_OUT_LINES) if result.report else []:
+        print(line, file=sys.stderr)
     if stop.signal is not None:
         print(_interrupted_line(result, stop.signal), file=sys.stderr)
     elif args.quiet and result.report is not None:  # failed jobs are errors: said even so
@@ -409,6 +412,8 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
 NAMED_OUTPUTS = 10
 #: the most failed jobs a ``run --quiet`` names on stderr, a line each (then how many more)
 FAILED_LINES = 20
+#: the most jobs that left pages out a ``run`` names on stderr, a line each (then how many)
+LEFT_OUT_LINES = 3
 
 
 def _failed_line(result: RunResult) -> str:

@@ -187,6 +187,19 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
     return lines
 
 
+def left_out_lines(report: dict[str, Any], limit: int) -> list[str]:
+    """What ``run`` says on stderr (even with ``--quiet``, as a warning) of the jobs that left
+    pages out (masks, overviews: a job's ``message`` in the report): the first ``limit`` jobs,
+    their input and why, then how many more; once a run, not once a job (a scan of
+    thousands of COGs would print thousands of lines)."""
+    noted = [j for j in report["jobs"] if j.get("message")]
+    lines = [f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}" for j in noted[:limit]]
+    if len(noted) > limit:
+        lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) left pages out: "
+                     "each job's message in the report says which and why")
+    return lines
+
+
 def rerun_hint(report: dict[str, Any], if_exists: list[str]) -> str | None:
     """What a rerun of a manifest whose run left jobs without an output (failed, or
     stopped) does to the jobs that succeeded, when that is not to leave them (``if_exists``,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +85,16 @@ def write_cog(path: Path, masked: bool = True) -> np.ndarray:
 
 
 def run(root: Path, jobs: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """Run the jobs (``tiffpipe run``); each job's report entry by name, and the warnings
-    PlanJob logged (it runs in the engine's process)."""
+    """Run the jobs (``tiffpipe run``); each job's report entry by name, and the lines the
+    command wrote to stderr (its warnings, and what a log warning would have printed)."""
     manifest = root / "m.json"
     manifest.write_text(json.dumps({"jobs": [
         {**job, "output": str(root / "out" / f"{name}.tif")} for name, job in jobs.items()]}))
-    logged: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("pipeline.steps.planning")
-    logger.addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            cli.main(["run", str(manifest), "--workers", "2", "--no-contact-sheet"])
-    finally:
-        logger.removeHandler(handler)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        cli.main(["run", str(manifest), "--workers", "2", "--no-contact-sheet"])
     report = json.loads((root / "m.report.json").read_text())
-    return dict(zip(jobs, report["jobs"], strict=True)), logged
+    return dict(zip(jobs, report["jobs"], strict=True)), err.getvalue().splitlines()
 
 
 def pages_of(path: str) -> list[tuple[np.ndarray, int, int]]:
@@ -211,7 +203,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             tw.write(reduced(img, 2), photometric="rgb", tile=(128, 128), subfiletype=1,
                      metadata=None)
     pyramid = {"pyramid": True, "tile": 64}
-    jobs, logged = run(root, {
+    jobs, stderr = run(root, {
         "masked": {"input": str(masked), "ops": BLUR},
         "cog": {"input": str(cog), "ops": BLUR},
         "cog_pyramid": {"input": str(cog), "ops": BLUR, "output_options": pyramid},
@@ -220,7 +212,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "listed_mask": {"input": str(cog), "pages": [0, 1]},
         "two": {"input": str(two), "ops": BLUR},
     })
-    return {"jobs": jobs, "logged": logged, "srcs": srcs, "cog": cog}
+    return {"jobs": jobs, "stderr": stderr, "srcs": srcs, "cog": cog}
 
 
 def test_pages_left_out_between_image_pages_are_skipped_in_the_report_and_sheet(runs):
@@ -249,8 +241,20 @@ def test_a_masked_file_runs_without_its_mask(runs):
     assert job["message"].startswith(
         "page 1 left out: the transparency mask of page 0 (NewSubfileType bit 2, "
         "Photometric MASK), not an image: the output has no mask")
-    # the run's log says it too
-    assert f"job 0: {job['input']}: {job['message']}" in runs["logged"]
+    # the command says it too, once
+    assert runs["stderr"].count(f"tiffpipe: job 0 ({job['input']}): {job['message']}") == 1
+
+
+def test_the_command_names_the_first_jobs_that_left_pages_out_once_a_run(runs):
+    """A run says which jobs left pages out on stderr once, the first three of them, then how
+    many more (a scan of 10,000 COGs printed 10,000 warnings, a job each, even --quiet)."""
+    noted = [j for j in runs["jobs"].values() if j.get("message")]
+    assert [j["job"] for j in noted] == [0, 1, 2, 5]
+    said = [line for line in runs["stderr"] if "left out" in line or "left pages out" in line]
+    assert said == [*(f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}"
+                      for j in noted[:3]),
+                    ("tiffpipe: ... and 1 more job(s) left pages out: each job's message in "
+                     "the report says which and why")]
 
 
 def test_a_cogs_overviews_and_masks_are_left_out(runs):

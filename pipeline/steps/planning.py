@@ -216,8 +216,9 @@ def write_job_plan(event: JobEvent,
     if problems:
         raise OperationError(f"{spec.input}: the job cannot run: "
                              + "; ".join(grouped_by_page(problems)))
-    if note:  # (the job's result says it too: the report's message)
-        log.warning("job %d: %s: %s", event.job, spec.input, note)
+    if note:  # the job's result says it (the report's message; `tiffpipe run` shows the
+        # first few of a run on stderr once, not a warning a job: a scan of 10,000 COGs)
+        log.info("job %d: %s: %s", event.job, spec.input, note)
     plan_url = layout.plan_file(work)
     # the contact sheet reads the plan of a job whose steps sum thumbnails after the run
     held_work.save_plan(plan_url, plan, may_hold=not sums_thumbnails(plan))
