@@ -890,3 +890,15 @@ def test_a_lease_is_stale_only_after_expiry_s_without_a_renewal(tmp_path: Path, 
         assert holder.stale
     finally:
         holder.release()
+
+
+def test_the_lease_names_this_host_as_socket_does(monkeypatch: pytest.MonkeyPatch):
+    """``os.uname``'s node name (no socket import in a command), which is the host name
+    socket gives; where there is no ``os.uname`` (Windows), socket's."""
+    import socket
+
+    from pipeline.adapters import work_lease
+
+    assert work_lease.host() == socket.gethostname()
+    monkeypatch.delattr(os, "uname")
+    assert work_lease.host() == socket.gethostname()

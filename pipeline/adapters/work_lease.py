@@ -73,8 +73,13 @@ class Lease(NamedTuple):
 
 def host() -> str:
     """This machine's name: ``os.uname``'s, which is what ``socket.gethostname`` returns on a
-    POSIX system, without importing :mod:`socket` (and its selectors) into every command."""
-    return os.uname().nodename
+    POSIX system, without importing :mod:`socket` (and its selectors) into every command;
+    ``socket``'s where there is no ``os.uname`` (Windows)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 def url(work: str) -> str:
