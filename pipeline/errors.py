@@ -180,16 +180,34 @@ LAMBDA_OUT_OF_MEMORY_HINT = ("this is not the input's fault: give the job a smal
                              "job again")
 
 
-def out_of_memory_hint() -> str:
-    """What to do when a task runs out of memory where this process runs: in a Lambda
-    function (``AWS_LAMBDA_FUNCTION_NAME``, which Lambda sets), naming the function and its
-    memory; else on this machine (:data:`OUT_OF_MEMORY_HINT`)."""
+def lambda_hint(local: str, on_lambda: str) -> str:
+    """The advice that fits where this process runs: in a Lambda function
+    (``AWS_LAMBDA_FUNCTION_NAME``, which Lambda sets), ``on_lambda`` after the function's
+    name and memory (a function has no shell, no --workers and no ulimit to change); else
+    ``local`` (for ``tiffpipe run`` on this machine)."""
     function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     if not function:
-        return OUT_OF_MEMORY_HINT
+        return local
     memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
     size = f" ({memory} MB)" if memory else ""
-    return f"in the Lambda function {function}{size}: {LAMBDA_OUT_OF_MEMORY_HINT}"
+    return f"in the Lambda function {function}{size}: {on_lambda}"
+
+
+def out_of_memory_hint() -> str:
+    """What to do when a task runs out of memory where this process runs
+    (:func:`lambda_hint`)."""
+    return lambda_hint(OUT_OF_MEMORY_HINT, LAMBDA_OUT_OF_MEMORY_HINT)
+
+
+#: what to do when an invocation on AWS Lambda meets its limit of open files: that limit
+#: (1,024 an execution environment) cannot be raised, and tiffpipe's own steps keep a few
+#: dozen open at most (S3 connections); what holds the rest runs for the user
+LAMBDA_OPEN_FILES_HINT = ("a Lambda function's limit of open files (1,024) cannot be raised, "
+                          "and tiffpipe's own steps keep a few dozen open at most: code the "
+                          "function runs for you most likely holds the rest, such as a custom "
+                          "op that opens files or connections and does not close them (its "
+                          "module lives on across invocations); make it close them, deploy "
+                          "it again, then run the job again")
 
 
 def open_files_limit() -> tuple[str, str]:
@@ -204,6 +222,19 @@ def open_files_limit() -> tuple[str, str]:
     if soft < 0:  # unlimited
         return "ulimit -n unlimited", "ulimit -n unlimited"
     return f"ulimit -n {soft}", f"ulimit -n {max(4096, 2 * soft)}"
+
+
+def _open_files_hint(code: int) -> str:
+    """What to do about EMFILE (the process's limit) or ENFILE (the system's) on this
+    machine."""
+    if code == errno.EMFILE:
+        now, higher = open_files_limit()
+        whose = (f"the process's limit of open files is reached ({now}): raise it in the "
+                 f"shell that runs tiffpipe ({higher}, as its hard limit allows)")
+    else:
+        whose = ("the system's limit of open files is reached (fs.file-max): close other "
+                 "programs")
+    return f"{whose}, or run with fewer --workers, then run the job again"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -233,15 +264,8 @@ def exhausted(exc: BaseException, where: str = "") -> TiffpipeError | None:
                else "out of memory")
         return OutOfMemoryError(f"{at}{why} ({what}); {out_of_memory_hint()}")
     if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
-        if exc.errno == errno.EMFILE:
-            now, higher = open_files_limit()
-            whose = (f"the process's limit of open files is reached ({now}): raise it in "
-                     f"the shell that runs tiffpipe ({higher}, as its hard limit allows)")
-        else:
-            whose = ("the system's limit of open files is reached (fs.file-max): close "
-                     "other programs")
-        return TooManyOpenFilesError(f"{at}too many open files ({what}): {whose}, or run "
-                                     "with fewer --workers, then run the job again")
+        hint = lambda_hint(_open_files_hint(exc.errno), LAMBDA_OPEN_FILES_HINT)
+        return TooManyOpenFilesError(f"{at}too many open files ({what}): {hint}")
     return None
 
 

@@ -113,3 +113,35 @@ def test_an_invocation_out_of_memory_on_lambda_names_the_page_and_says_what_to_d
     assert str(tmp_path / "big.tif") in reported and "page 0" in reported, reported
     assert "FUNCTION_SIZES" in reported and "--workers" not in reported
     assert not (tmp_path / "out" / "big.tif").exists()
+
+
+def test_too_many_open_files_on_lambda_says_what_a_lambda_user_can_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A task that meets EMFILE on Lambda said "raise it in the shell that runs tiffpipe
+    (ulimit -n 4096 ...), or run with fewer --workers": a Lambda function has neither a
+    shell nor --workers, and its limit of open files cannot be raised. It names the
+    function, says the limit is fixed, and what can hold the files (code the function runs
+    for the user, a custom op) and what to do."""
+    import errno
+
+    from pipeline.steps import single
+
+    def leaky(event: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(single, "process_job", leaky)
+    _lambda_env(monkeypatch)
+    event = {"action": "process_job", "plan": str(tmp_path / "work" / "plan.json")}
+    with pytest.raises(Exception) as raised:
+        handlers.process_handler(event)
+    assert type(raised.value).__name__ == "TooManyOpenFilesError"
+    message = str(raised.value)
+    assert f"in the Lambda function {FUNCTION} (3008 MB)" in message, message
+    assert "1,024" in message and "custom op" in message, message
+    assert "ulimit" not in message and "--workers" not in message and "shell" not in message
+
+    # the same error off Lambda keeps the advice for tiffpipe run
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+    with pytest.raises(Exception) as raised:
+        handlers.process_handler(event)
+    assert "ulimit -n" in str(raised.value) and "--workers" in str(raised.value)
