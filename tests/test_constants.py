@@ -72,3 +72,75 @@ def test_the_estimate_costs_each_action_on_the_function_that_runs_it():
             if action in FUNCTION_OF:
                 assert FUNCTION_OF[action] == function, action
     assert {FUNCTION_OF[f"cold_{f}"] for f in constants.FUNCTIONS} == set(constants.FUNCTIONS)
+
+
+def test_no_function_writes_a_local_file_on_s3(tmp_path, monkeypatch):
+    """FUNCTION_SIZES gave split 4096 MB of /tmp ("it holds a band's segment cache in
+    /tmp"): billed above 512 MB for every split invocation, for nothing. On S3 the
+    functions' actions (split's plan_run and split, process's plan_job, process and
+    process_unit, merge's merge and report) open no local file for writing, by any Python
+    call (open, os.open, tempfile): the segment cache is in memory
+    (tiff_read.BandReader.cache), work tiles and segments go to S3. So split gets Lambda's
+    minimum, as merge does."""
+    import builtins
+    import os
+    import tempfile
+
+    import numpy as np
+    import tifffile
+    from conftest import moto_s3
+
+    pages = [np.random.default_rng(1).integers(0, 255, (700, 600, 3), dtype=np.uint8),
+             np.random.default_rng(2).integers(0, 65535, (520, 450), dtype=np.uint16)]
+    with tifffile.TiffWriter(tmp_path / "in.tif") as tw:
+        tw.write(pages[0], tile=(128, 128), compression="zlib", photometric="rgb")
+        tw.write(pages[1], rowsperstrip=64, compression="lzw", photometric="minisblack")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    written: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def watched_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(str(mode)) & set("wax+"):
+            written.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def watched_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            written.append(str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def job(n: int, fuse: bool) -> dict[str, object]:
+        return {"input": "s3://sizes/in/in.tif", "output": f"s3://sizes/out/{n}.tif",
+                "tile": 128, "fuse": fuse, "output_options": {"tile": 64},
+                "ops": [{"op": "gaussian_blur", "sigma": 2}]}
+
+    with moto_s3(monkeypatch, "sizes") as s3:
+        s3.upload_file(str(tmp_path / "in.tif"), "sizes", "in/in.tif")
+        s3.put_object(Bucket="sizes", Key="m.json",
+                      Body=json.dumps({"jobs": [job(0, False), job(1, True)]}))
+        monkeypatch.setattr(builtins, "open", watched_open)
+        monkeypatch.setattr(os, "open", watched_os_open)
+        split, process, merge = (handlers.split_handler, handlers.process_handler,
+                                 handlers.merge_handler)
+        run = split({"action": "plan_run", "manifest": "s3://sizes/m.json",
+                     "work": "s3://sizes/work/", "run_id": "r1"})
+        for n, fused in enumerate((False, True)):
+            planned = process({"action": "plan_job", "run": run["run"], "job": n})
+            assert planned["fused"] == fused and len(planned["units"]) >= 2, planned
+            for unit in planned["units"]:
+                action = "process_unit" if fused else "split"
+                (process if fused else split)({"action": action, "plan": planned["plan"],
+                                               "unit": unit})
+            for batch in planned["batches"]:
+                process({"action": "process", "plan": planned["plan"], "batch": batch})
+            merge({"action": "merge", "plan": planned["plan"]})
+        counts = merge({"action": "report", "run": run["run"]})
+        monkeypatch.setattr(builtins, "open", real_open)
+        monkeypatch.setattr(os, "open", real_os_open)
+        outputs = s3.list_objects_v2(Bucket="sizes", Prefix="out/")["KeyCount"]
+    assert (counts["succeeded"], outputs) == (2, 2)
+    assert written == [] and list(temp.iterdir()) == [], written
+    assert constants.FUNCTION_SIZES["split"].ephemeral == 512

@@ -27,9 +27,11 @@ class FunctionSize:
     ephemeral: int  # MB of /tmp
 
 
-#: split holds a band's segment cache in /tmp; merge writes nothing there (it composes the
-#: output in S3 from the segments: docs/s3-merge.md), so it gets Lambda's minimum /tmp
-FUNCTION_SIZES = {"split": FunctionSize(3008, 900, 4096),
+#: /tmp: on S3 no function's steps write there (tests/test_constants.py: split's segment cache
+#: is in memory, work tiles and segments go to S3, merge composes the output in S3 from the
+#: segments: docs/s3-merge.md), so split and merge get Lambda's minimum (512 MB, not billed);
+#: process keeps 1024 MB for the custom ops it runs, user code that may write there
+FUNCTION_SIZES = {"split": FunctionSize(3008, 900, 512),
                   "process": FunctionSize(3008, 900, 1024),
                   "merge": FunctionSize(3008, 900, 512)}
 
