@@ -9,7 +9,7 @@ with nothing changed changes nothing and says so.
                      [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
                      [--concurrency N] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
-                     [--base-image IMAGE]
+                     [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume) or a data location's bucket does not exist (create it), 2
@@ -79,7 +79,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", metavar="HOST/PREFIX",
                    help="push the images to this registry instead of ECR (no ECR repositories)")
     p.add_argument("--base-image", help="BASE_IMAGE build argument of the Dockerfiles")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY[=VALUE]",
+                   help="a build argument of the three docker builds, e.g. PIP_INDEX_URL=URL "
+                        "of a pip mirror (KEY alone: its value from this environment, as "
+                        "docker build takes it); repeatable")
     return p
+
+
+def _build_args(args: argparse.Namespace) -> list[str]:
+    """The --build-arg values, checked (ValueError: usage)."""
+    for arg in args.build_arg:
+        key = arg.partition("=")[0]
+        if not key.isidentifier():
+            raise ValueError(f"--build-arg {arg!r}: expected KEY=VALUE or KEY (the value "
+                             "from this environment)")
+        if key == "BASE_IMAGE":
+            raise ValueError("--build-arg BASE_IMAGE: give --base-image instead")
+    if args.build_arg and (args.skip_build or args.destroy):
+        raise ValueError("--build-arg goes with a build: leave out "
+                         f"{'--skip-build' if args.skip_build else '--destroy'}")
+    return list(args.build_arg)
 
 
 def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> int:
@@ -104,6 +123,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
                     [parse_kms_key(k) for k in args.kms_key])
         if args.concurrency is not None and args.concurrency < 1:
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
+        build_args = _build_args(args)
         check_stack_name(args.stack)
         if not args.destroy:
             check_schedule(args.schedule, args.schedule_manifest)
@@ -114,7 +134,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         stack=args.stack, arch=args.arch, data=data, inputs=inputs, schedule=args.schedule,
         schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
-        dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys)
+        dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys,
+        build_args=build_args)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
         if args.destroy:

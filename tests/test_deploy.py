@@ -167,6 +167,31 @@ def fake_build(built: list[str], fail_on: str | None = None) -> Any:
     return build
 
 
+def docker_builds(builds: list[list[str]], on_build: Any = None) -> Any:
+    """A ``subprocess.run`` for the real ``build_and_push``: every docker command succeeds;
+    ``docker build`` commands are kept in ``builds`` (``on_build`` sees each first, while its
+    build context exists), an image's id is its step's, a push answers a digest."""
+    def run(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        words = " ".join(args[1:])
+        out = ""
+        if words.startswith("build --help"):
+            out = "  --provenance string   Shorthand for ..."
+        elif args[1] == "build":
+            builds.append(list(args))
+            if on_build is not None:
+                on_build(args)
+        elif words.startswith("image inspect"):
+            out = "sha256:" + hashlib.sha256(args[-1].encode()).hexdigest()
+        elif args[1] == "push":
+            out = f"v1: digest: sha256:{hashlib.sha256(args[-1].encode()).hexdigest()} size: 9\n"
+        return subprocess.CompletedProcess(args, 0, out, "")
+    return run
+
+
+def build_args_of(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, word in enumerate(command) if word == "--build-arg"]
+
+
 # --- deploy, deploy again ----------------------------------------------------------------
 
 
@@ -886,6 +911,45 @@ def test_missing_docker_stops_before_anything(aws: Aws):
     assert code == 1
     assert "no Docker engine" in err and "--skip-build" in err
     assert aws.writes() == []
+
+
+def test_build_args_reach_every_docker_build(aws: Aws):
+    """images/README.md documents PIP_INDEX_URL and PIP_FIND_LINKS build arguments (a pip
+    mirror, a wheelhouse), but deploy.py had no way to pass them: a user behind a mirror
+    could not deploy. --build-arg KEY=VALUE (or KEY alone: its value from the environment,
+    as docker build takes it) goes to each of the three builds; the log names the keys, not
+    the values (a mirror's URL may hold a token)."""
+    builds: list[list[str]] = []
+    mirror = "https://user:s3cret@pypi.example.com/simple"
+    code, _, err = aws.deploy("--build-arg", f"PIP_INDEX_URL={mirror}",
+                              "--build-arg", "PIP_FIND_LINKS", "--base-image", "base:1",
+                              run=docker_builds(builds))
+    assert code == 0, err
+    assert [c[c.index("-f") + 1].split("/")[-2] for c in builds] == list(STEPS)
+    for command in builds:
+        assert build_args_of(command) == ["BASE_IMAGE=base:1", f"PIP_INDEX_URL={mirror}",
+                                          "PIP_FIND_LINKS"]
+    assert "build args: PIP_INDEX_URL, PIP_FIND_LINKS" in err and "s3cret" not in err
+    # the same again: nothing changes (the functions keep their digests)
+    aws.calls.clear()
+    code, _, err = aws.deploy("--build-arg", f"PIP_INDEX_URL={mirror}",
+                              "--build-arg", "PIP_FIND_LINKS", "--base-image", "base:1",
+                              run=docker_builds([]))
+    assert code == 0 and "nothing changed" in err, err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--build-arg", "PIP INDEX=x"], "--build-arg 'PIP INDEX=x': expected KEY=VALUE or KEY"),
+    (["--build-arg", "=x"], "--build-arg '=x': expected KEY=VALUE or KEY"),
+    (["--build-arg", "BASE_IMAGE=x"], "--build-arg BASE_IMAGE: give --base-image instead"),
+    (["--build-arg", "PIP_NO_INDEX=1", "--skip-build"],
+     "--build-arg goes with a build: leave out --skip-build"),
+])
+def test_build_arg_usage_errors(aws: Aws, args: list[str], message: str):
+    code, result, err = aws.deploy(*args, run=docker_builds([]))
+    assert (code, result) == (2, None), err
+    assert message in err, err
+    assert aws.calls == []
 
 
 def test_failed_push_stops_and_a_rerun_finishes(aws: Aws):

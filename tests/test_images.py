@@ -508,6 +508,10 @@ def test_push_with_deploys_code_and_pull_back_by_digest(built, registry, pytestc
             engine.docker("rmi", f"{repo}:{tag}")
             engine.docker("pull", f"{repo}@{digest}", timeout=600)
             assert engine.inspect(f"{repo}@{digest}", "{{.Id}}") == image_id
+            # the pip build args (a mirror's URL may hold a token) are declared in the
+            # builder stages only: the pushed image's history holds none of them
+            history = engine.docker("history", "--no-trunc", f"{repo}@{digest}").stdout
+            assert built.find_links not in history and "PIP_" not in history, history
             pulled = docker_env.LambdaContainer(engine, f"{repo}@{digest}", f"tiffpipe-{step}",
                                                 [])
             try:

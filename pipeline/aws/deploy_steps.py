@@ -58,6 +58,8 @@ class DeployConfig:
     skip_build: bool = False
     registry: str | None = None
     base_image: str | None = None
+    #: ``KEY=VALUE`` (or ``KEY``: from the environment) build arguments of every build
+    build_args: list[str] = field(default_factory=list)
     dry_run: bool = False
     #: the most Lambda invocations a run makes at once; None: the deployed stack's, else the
     #: account's unreserved concurrency
@@ -89,7 +91,9 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
                   build: Callable[..., str], run: Any) -> dict[str, str | None]:
     """``repo@sha256:...`` of each step, built and pushed; None for those a dry run would
     build."""
-    acts.log(f"images ({config.arch})")
+    keys = [arg.partition("=")[0] for arg in config.build_args]  # (a value may hold a token)
+    acts.log(f"images ({config.arch}{'; build args: ' + ', '.join(keys) if keys else ''})")
+    extra = [word for arg in config.build_args for word in ("--build-arg", arg)]
     if acts.dry_run:
         for step in STEPS:
             acts.change(f"build images/{step}/Dockerfile and push it to {repos[step]}", None)
@@ -99,7 +103,7 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
     built: dict[str, str | None] = {}
     for step in STEPS:
         digest = build(step, config.arch, repos[step], base_image=config.base_image, run=run,
-                       log=acts.log)
+                       log=acts.log, extra_build_args=extra)
         built[step] = f"{repos[step]}@{digest}"
         acts.log(f"  {step}: {built[step]}")
     return built
