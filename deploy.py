@@ -10,6 +10,7 @@ with nothing changed changes nothing and says so.
                      [--concurrency N] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
+                     [--requirements FILE] [--package PATH ...]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume) or a data location's bucket does not exist (create it), 2
@@ -27,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import AwsError, Clients, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
+from pipeline.aws.images import check_user_packages
 from pipeline.aws.policies import DataLocation, parse_kms_key
 from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
 
@@ -83,11 +85,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="a build argument of the three docker builds, e.g. PIP_INDEX_URL=URL "
                         "of a pip mirror (KEY alone: its value from this environment, as "
                         "docker build takes it); repeatable")
+    p.add_argument("--requirements", metavar="FILE",
+                   help="a pip requirements file of your own packages (custom ops) to install "
+                        "in the process image; give it at every deploy that builds")
+    p.add_argument("--package", action="append", default=[], metavar="PATH",
+                   help="a package of your own (a wheel, or a project folder) to install in "
+                        "the process image; repeatable; give it at every deploy that builds")
     return p
 
 
-def _build_args(args: argparse.Namespace) -> list[str]:
-    """The --build-arg values, checked (ValueError: usage)."""
+def _build_options(args: argparse.Namespace) -> list[str]:
+    """The --build-arg values, checked, and --requirements and --package checked
+    (ValueError: usage)."""
     for arg in args.build_arg:
         key = arg.partition("=")[0]
         if not key.isidentifier():
@@ -95,9 +104,13 @@ def _build_args(args: argparse.Namespace) -> list[str]:
                              "from this environment)")
         if key == "BASE_IMAGE":
             raise ValueError("--build-arg BASE_IMAGE: give --base-image instead")
-    if args.build_arg and (args.skip_build or args.destroy):
-        raise ValueError("--build-arg goes with a build: leave out "
+    given = [name for name, value in (("--build-arg", args.build_arg),
+                                      ("--requirements", args.requirements),
+                                      ("--package", args.package)) if value]
+    if given and (args.skip_build or args.destroy):
+        raise ValueError(f"{given[0]} goes with a build: leave out "
                          f"{'--skip-build' if args.skip_build else '--destroy'}")
+    check_user_packages(args.requirements, args.package)
     return list(args.build_arg)
 
 
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
                     [parse_kms_key(k) for k in args.kms_key])
         if args.concurrency is not None and args.concurrency < 1:
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
-        build_args = _build_args(args)
+        build_args = _build_options(args)
         check_stack_name(args.stack)
         if not args.destroy:
             check_schedule(args.schedule, args.schedule_manifest)
@@ -135,7 +148,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
         dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys,
-        build_args=build_args)
+        build_args=build_args, requirements=args.requirements, packages=args.package)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
         if args.destroy:

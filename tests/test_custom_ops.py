@@ -192,6 +192,21 @@ def test_plan_job_refuses_a_function_it_cannot_import(tmp_path, function, messag
     assert not storage.exists(layout.plan_file(layout.job_dir(work, 0)))  # no work done
 
 
+def test_a_function_lambda_cannot_import_says_how_to_install_it(monkeypatch):
+    """In a Lambda function the advice was "importable in every worker (installed, or on
+    PYTHONPATH)": a Lambda user has neither to change. It says to deploy with the user's
+    packages in the process image instead."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "tiffpipe-prod-process")
+    custom.load.cache_clear()
+    with pytest.raises(CustomOperationError) as info:
+        custom.load("no_such_module_xyz:fn")
+    text = str(info.value)
+    assert "cannot import module 'no_such_module_xyz'" in text
+    assert "in the Lambda function tiffpipe-prod-process" in text, text
+    assert "deploy.py --requirements FILE or --package PATH" in text, text
+    assert "PYTHONPATH" not in text and "worker" not in text
+
+
 def test_custom_ops_on_the_embedded_engine(tmp_path):
     page = make_image(74, 300, 420, 3, "uint8")
     write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(64, 64))

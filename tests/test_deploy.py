@@ -952,6 +952,78 @@ def test_build_arg_usage_errors(aws: Aws, args: list[str], message: str):
     assert aws.calls == []
 
 
+def _my_packages(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A requirements file, a project folder (with a .git and caches beside its code) and a
+    wheel: what a user gives deploy for their custom ops."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("scikit-image==0.25.2  # for mylab\n")
+    project = tmp_path / "mylab"
+    (project / "mylab" / "__pycache__").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'mylab'\nversion = '1'\n")
+    (project / "mylab" / "filters.py").write_text("def flatten(tile): return tile\n")
+    (project / "mylab" / "__pycache__" / "filters.cpython-312.pyc").write_bytes(b"x")
+    (project / ".git").mkdir()
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    wheel = tmp_path / "other-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK\x05\x06" + bytes(18))
+    return requirements, project, wheel
+
+
+def test_your_packages_go_into_the_process_images_build_context(aws: Aws, tmp_path: Path):
+    """docs said a custom op's module must be "installed in the process image", but deploy
+    rebuilt the image from the clone alone: no way to put it there. --requirements FILE and
+    --package PATH (a project folder or a wheel, repeatable) make the build context hold
+    them in images/process/user/, which the process Dockerfile's user stage installs (the
+    real build: tests/test_images.py); the context is removed afterwards."""
+    requirements, project, wheel = _my_packages(tmp_path)
+    builds: list[list[str]] = []
+    seen: dict[str, set[str]] = {}
+
+    def look(command: list[str]) -> None:
+        context = Path(command[-1])
+        user = context / "images" / "process" / "user"
+        seen[command[command.index("-f") + 1].split("/")[-2]] = {
+            str(f.relative_to(user)) for f in user.rglob("*") if f.is_file()}
+        assert (user / "requirements.txt").read_text() == requirements.read_text()
+        assert (context / "pipeline" / "handlers.py").is_file()
+        assert not list(context.rglob("__pycache__"))
+
+    code, _, err = aws.deploy("--requirements", str(requirements), "--package", str(project),
+                              "--package", str(wheel), run=docker_builds(builds, look))
+    assert code == 0, err
+    assert seen["process"] == {"requirements.txt", "packages/00/mylab/pyproject.toml",
+                               "packages/00/mylab/mylab/filters.py",
+                               "packages/01/other-1.0-py3-none-any.whl"}, seen
+    assert f"the process image with your packages: --requirements {requirements}" in err
+    assert not Path(builds[0][-1]).exists()  # the context made for the build is gone
+    # the same again: nothing changes
+    code, _, err = aws.deploy("--requirements", str(requirements), "--package", str(project),
+                              "--package", str(wheel), run=docker_builds([]))
+    assert code == 0 and "nothing changed" in err, err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--requirements", "{tmp}/missing.txt"], "--requirements {tmp}/missing.txt: no such file"),
+    (["--requirements", "{tmp}/nested.txt"],
+     ("--requirements {tmp}/nested.txt, line 2: '-r base.txt' names another file or a local "
+      "path, which the image build cannot see: give a local package with --package PATH")),
+    (["--requirements", "{tmp}/local.txt"], "line 1: './mylab' names another file"),
+    (["--package", "{tmp}/requirements.txt"],
+     "--package {tmp}/requirements.txt: expected a wheel (.whl) or a project folder"),
+    (["--package", "{tmp}/mylab", "--skip-build"],
+     "--package goes with a build: leave out --skip-build"),
+])
+def test_your_packages_usage_errors(aws: Aws, tmp_path: Path, args: list[str], message: str):
+    _my_packages(tmp_path)
+    (tmp_path / "nested.txt").write_text("numpy\n-r base.txt\n")
+    (tmp_path / "local.txt").write_text("./mylab\n")
+    code, result, err = aws.deploy(*[a.format(tmp=tmp_path) for a in args],
+                                   run=docker_builds([]))
+    assert (code, result) == (2, None), err
+    assert message.format(tmp=tmp_path) in err, err
+    assert aws.calls == []
+
+
 def test_failed_push_stops_and_a_rerun_finishes(aws: Aws):
     built: list[str] = []
     code, result, err = aws.deploy(build=fake_build(built, fail_on="process"),

@@ -149,6 +149,49 @@ def test_dockerfiles_share_their_deps_stage():
         assert ("images/process/requirements.txt" in text) == (step == "process")
 
 
+def _wheel(folder: Path, name: str, module: str) -> Path:
+    """A minimal pure-Python wheel of ``name`` 1.0 holding ``module/__init__.py``."""
+    import zipfile
+
+    path = folder / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {f"{module}/__init__.py": "VALUE = 1\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(path, "w") as z:
+        for arc, text in files.items():
+            z.writestr(arc, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{a},,\n" for a in files) + f"{info}/RECORD,,\n")
+    return path
+
+
+@pytest.mark.parametrize("clash", [False, True])
+def test_install_user_puts_your_packages_beside_the_locked_ones(tmp_path, clash):
+    """The process image's user stage (images/process/install_user.py), run here with this
+    Python and no index: a wheel of the user's lands in the target folder; one that brings
+    a module the locked packages have (a second cv2) is refused, naming it."""
+    source, locked = tmp_path / "user", tmp_path / "deps"
+    (source / "packages" / "00").mkdir(parents=True)
+    (source / "requirements.txt").write_text("# none\n")
+    (locked / "cv2").mkdir(parents=True)
+    module = "cv2" if clash else "mylab"
+    _wheel(source / "packages" / "00", "mylab", module)
+    (tmp_path / "locks").mkdir()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "images/process/install_user.py"), str(source),
+         str(tmp_path / "out"), str(locked), str(tmp_path / "locks")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
+        cwd=tmp_path)
+    if clash:
+        assert done.returncode != 0
+        assert "your packages install cv2, which the image's locked packages have" in \
+            done.stderr, done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out" / "mylab" / "__init__.py").is_file()
+
+
 # --- the engine, the stand-in base, the images ---------------------------------------------
 
 
@@ -524,6 +567,94 @@ def test_push_with_deploys_code_and_pull_back_by_digest(built, registry, pytestc
     _say(pytestconfig, "\npushed (compressed layers, base included): " + ", ".join(
         f"{s} {registry.compressed_size(f'tiffpipe-{s}', d) / 1e6:.0f} MB"
         for s, d in digests.items()))
+
+
+#: the build backend pip builds a project folder with, from the tests' wheelhouse (no index)
+SETUPTOOLS = "setuptools==80.9.0"
+#: a user's package of custom ops: mylab.filters.flatten inverts a tile
+MYLAB = {
+    "pyproject.toml": (
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "mylab"\nversion = "1.0"\ndependencies = ["numpy"]\n'
+        '[tool.setuptools]\npackages = ["mylab"]\n'),
+    "mylab/__init__.py": "",
+    "mylab/filters.py": "import numpy\n\n\ndef flatten(tile, **_):\n"
+                        "    return numpy.invert(tile)\n",
+    # what a working copy holds besides: left out of the build context
+    ".git/HEAD": "ref: refs/heads/main\n",
+    "mylab/__pycache__/filters.cpython-311.pyc": "junk",
+}
+
+
+def test_deploy_installs_your_packages_in_the_process_image(built, registry, functions, data,
+                                                             tmp_path):
+    """A custom op's module had to be "installed in the process image", but a deploy built
+    the image without it and gave no way to add it. deploy.py's --package PATH (and
+    --requirements FILE) put it in the build context (pipeline.aws.images.user_context),
+    and the process image's user stage installs it next to the locked packages, numpy not
+    twice: PlanJob imports it and the units run it, in the image run as a Lambda function.
+    The same files again give the same image (a deploy changes nothing); a changed
+    requirements file gives a new one."""
+    from pipeline.aws.images import build_and_push, user_context
+
+    engine = built.engine
+    house = docker_env.Wheelhouse(docker_env.base_python(engine, built.base))
+    (tmp_path / "setuptools.txt").write_text(SETUPTOOLS + "\n")
+    house.download(tmp_path / "setuptools.txt")  # into the folder the fixture serves
+    package = tmp_path / "src" / "mylab"
+    for name, text in MYLAB.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# mylab's own requirements: numpy, from the image's lock\n")
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}[docker_env.machine()]
+    extra = ["--network", "host"]
+    for key, value in docker_env.build_args(built.base, built.find_links).items():
+        if key != "BASE_IMAGE":
+            extra += ["--build-arg", f"{key}={value}"]
+
+    def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, env=engine.env, timeout=1800, **kwargs)  # noqa: PLW1510
+
+    def deploy_build() -> str:
+        with user_context(str(requirements), [str(package)], root=built.context) as context:
+            assert context is not None
+            user = context / "images/process/user/packages/00/mylab"
+            assert (user / "mylab/filters.py").is_file()
+            assert not (user / ".git").exists() and not (user / "mylab/__pycache__").exists()
+            return build_and_push("process", arch, f"{registry.address}/tiffpipe-process",
+                                  base_image=built.base, context=context, run=run,
+                                  extra_build_args=extra)
+
+    repo = f"{registry.address}/tiffpipe-process"
+    with docker_env.lock("build-and-push"):
+        first = deploy_build()
+        assert deploy_build() == first  # the same packages: the same image, nothing to update
+        image = f"{repo}@{first}"
+        check = ("import glob, mylab.filters; print(mylab.filters.__file__); "
+                 "print(len(glob.glob('/var/task/numpy-*.dist-info')))")
+        out = engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python",
+                            image, "-c", check).stdout.split()
+        assert out == ["/var/task/mylab/filters.py", "1"], out
+        requirements.write_text(requirements.read_text() + f"{SETUPTOOLS}\n")
+        changed = deploy_build()
+        assert changed != first  # a changed requirements file rebuilds
+    env = {"AWS_ENDPOINT_URL": data.s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing"}
+    process = docker_env.LambdaContainer(engine, image, "tiffpipe-process", [data.dir], env=env)
+    try:
+        manifest = data.dir / "custom.json"
+        manifest.write_text(json.dumps({"jobs": [{
+            "input": "in.tif", "output": "out/custom.tif", "tile": 256,
+            "output_options": {"tile": 128},
+            "ops": [{"op": "custom", "function": "mylab.filters:flatten"}]}]}))
+        run_pipeline({**functions, "process": process}, str(manifest),
+                     str(data.dir / "work-custom"), str(data.dir / "custom.report.json"))
+    finally:
+        process.close()
+    with tifffile.TiffFile(data.dir / "out/custom.tif") as tf:
+        for page, source in zip(tf.pages, data.pages, strict=True):
+            assert np.array_equal(page.asarray(), np.invert(source))
 
 
 #: (docker --arch, ELF e_machine) of the architecture this machine's engine does not run

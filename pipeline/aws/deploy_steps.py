@@ -60,6 +60,10 @@ class DeployConfig:
     base_image: str | None = None
     #: ``KEY=VALUE`` (or ``KEY``: from the environment) build arguments of every build
     build_args: list[str] = field(default_factory=list)
+    #: the user's own packages for the process image (custom ops): a requirements file, and
+    #: wheels or project folders
+    requirements: str | None = None
+    packages: list[str] = field(default_factory=list)
     dry_run: bool = False
     #: the most Lambda invocations a run makes at once; None: the deployed stack's, else the
     #: account's unreserved concurrency
@@ -94,6 +98,10 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
     keys = [arg.partition("=")[0] for arg in config.build_args]  # (a value may hold a token)
     acts.log(f"images ({config.arch}{'; build args: ' + ', '.join(keys) if keys else ''})")
     extra = [word for arg in config.build_args for word in ("--build-arg", arg)]
+    yours = [*([f"--requirements {config.requirements}"] if config.requirements else []),
+             *config.packages]
+    if yours:
+        acts.log(f"  the process image with your packages: {', '.join(yours)}")
     if acts.dry_run:
         for step in STEPS:
             acts.change(f"build images/{step}/Dockerfile and push it to {repos[step]}", None)
@@ -101,11 +109,12 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
     if not config.registry:
         docker_images.ecr_login(clients("ecr"), run)
     built: dict[str, str | None] = {}
-    for step in STEPS:
-        digest = build(step, config.arch, repos[step], base_image=config.base_image, run=run,
-                       log=acts.log, extra_build_args=extra)
-        built[step] = f"{repos[step]}@{digest}"
-        acts.log(f"  {step}: {built[step]}")
+    with docker_images.user_context(config.requirements, config.packages) as context:
+        for step in STEPS:
+            digest = build(step, config.arch, repos[step], base_image=config.base_image,
+                           run=run, log=acts.log, extra_build_args=extra, context=context)
+            built[step] = f"{repos[step]}@{digest}"
+            acts.log(f"  {step}: {built[step]}")
     return built
 
 

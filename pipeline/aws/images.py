@@ -8,9 +8,12 @@ callers can log or replace it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
+import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,82 @@ def checkout_root() -> Path:
         f"{' and '.join(str(p) for p in candidates)} {'is' if len(candidates) == 1 else 'are'}"
         " not one: run deploy.py from the root of a clone (git clone the repository, cd into "
         "it, python deploy.py), or deploy with --skip-build to reuse the images already pushed")
+
+
+#: what ``.dockerignore`` lets into a build context: the parts of a clone the Dockerfiles copy
+CONTEXT_PARTS = ("pipeline", "images", "requirements")
+#: the process image's folder of the user's own packages (its user stage installs them)
+USER_FOLDER = "images/process/user"
+#: left out of a copied package folder: caches and local environments, which would only
+#: make the build context (so the image) differ from one deploy to the next
+_PACKAGE_JUNK = (".git", ".hg", ".venv", ".tox", "__pycache__", "*.pyc", "*.egg-info",
+                 ".mypy_cache", ".pytest_cache", ".ruff_cache")
+#: requirement lines that name another file or a local path: the build sees only the file
+_LOCAL_LINE = re.compile(r"^(-r|-c|-e|--requirement|--constraint|--editable)\b|^(\.|/|~|file:)")
+
+
+def check_user_packages(requirements: str | None, packages: Sequence[str]) -> None:
+    """ValueError (a usage error: nothing was built) unless ``requirements`` is a readable
+    pip requirements file whose lines name no other file or local path, and each of
+    ``packages`` a wheel (``.whl``) or a project folder (``pyproject.toml`` or
+    ``setup.py``)."""
+    if requirements is not None:
+        path = Path(requirements)
+        if not path.is_file():
+            raise ValueError(f"--requirements {requirements}: no such file")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.split(" #")[0].strip()
+            if _LOCAL_LINE.match(text):
+                raise ValueError(
+                    f"--requirements {requirements}, line {number}: {text!r} names another "
+                    "file or a local path, which the image build cannot see: give a local "
+                    "package with --package PATH (a wheel or a project folder), and list "
+                    "the requirements themselves")
+    for package in packages:
+        path = Path(package)
+        if path.is_file() and path.suffix == ".whl":
+            continue
+        if path.is_dir() and any((path / f).is_file() for f in ("pyproject.toml", "setup.py")):
+            continue
+        raise ValueError(f"--package {package}: expected a wheel (.whl) or a project folder "
+                         "(with pyproject.toml or setup.py)")
+
+
+@contextlib.contextmanager
+def user_context(requirements: str | None = None, packages: Sequence[str] = (),
+                 root: Path | None = None) -> Iterator[Path | None]:
+    """A build context holding the user's own packages for the process image: the clone's
+    parts the Dockerfiles copy (:data:`CONTEXT_PARTS`), with :data:`USER_FOLDER` holding
+    ``requirements`` (as ``requirements.txt``) and each of ``packages`` (under
+    ``packages/<n>/``) instead of what the clone has there; removed at the end. None (the
+    clone itself) when there are none. Built twice from the same files, it holds the same
+    bytes, so Docker's cache gives the same image (and digest): a deploy changes nothing."""
+    if requirements is None and not packages:
+        yield None
+        return
+    check_user_packages(requirements, packages)
+    root = checkout_root() if root is None else root
+    with tempfile.TemporaryDirectory(prefix="tiffpipe-context-") as tmp:
+        context = Path(tmp)
+        for part in CONTEXT_PARTS:
+            shutil.copytree(root / part, context / part,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        user = context / USER_FOLDER
+        shutil.rmtree(user, ignore_errors=True)
+        user.mkdir(parents=True)
+        if requirements is not None:
+            shutil.copyfile(requirements, user / "requirements.txt")
+        else:
+            (user / "requirements.txt").write_text("")
+        for number, package in enumerate(packages):
+            path = Path(package).resolve()
+            into = user / "packages" / f"{number:02d}" / path.name
+            if path.is_dir():
+                shutil.copytree(path, into, ignore=shutil.ignore_patterns(*_PACKAGE_JUNK))
+            else:
+                into.parent.mkdir(parents=True)
+                shutil.copyfile(path, into)
+        yield context
 
 
 def _docker(args: Sequence[str], run: Run, what: str, docker: str = "docker",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import CustomOperationError, shortened
+from pipeline.errors import CustomOperationError, lambda_hint, shortened
 
 #: ``package.module:function`` (dotted module path, a colon, a function name)
 SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -29,6 +29,13 @@ def spec_problem(spec: Any) -> str | None:
     if not isinstance(spec, str) or not SPEC.match(spec):
         return f'expected "package.module:function", got {spec!r}'
     return None
+
+
+#: where a custom op's module must be, on this machine and in a Lambda function
+IMPORT_HINT = "it must be importable in every worker (installed, or on PYTHONPATH)"
+LAMBDA_IMPORT_HINT = ("it must be installed in the process image: deploy with your package, "
+                      "deploy.py --requirements FILE or --package PATH (docs/aws.md), then "
+                      "run the job again")
 
 
 #: what user code may raise that is its own error: exceptions, and ``sys.exit()`` or a
@@ -50,7 +57,7 @@ def load(spec: str) -> Callable[..., Any]:
     except USER_ERRORS as exc:  # ImportError, any error the module raises, a script's exit
         raise CustomOperationError(
             f"custom op {spec}: cannot import module {module_name!r} ({_raised(exc, 1000)}); "
-            "it must be importable in every worker (installed, or on PYTHONPATH)") from exc
+            f"{lambda_hint(IMPORT_HINT, LAMBDA_IMPORT_HINT)}") from exc
     func = getattr(module, name, None)
     if not callable(func):
         raise CustomOperationError(f"custom op {spec}: module {module_name!r} has no function "
