@@ -422,3 +422,22 @@ def test_the_region_is_aws_regions_as_for_the_aws_cli(monkeypatch, tmp_path, reg
     assert Clients().region == expected
     assert Clients()("stepfunctions").meta.region_name == expected
     assert storage.s3_client().meta.region_name == expected
+
+
+def test_start_lists_local_paths_and_unreachable_locations_at_once(stack: Stack):
+    """Every problem of the manifest in one refusal: a local path in one job and a location
+    outside the stack's data locations in another (the second was only said once the first
+    was mended)."""
+    other = "tiffpipe-test-elsewhere"
+    stack.client("s3").create_bucket(Bucket=other)
+    manifest = stack.manifest("both.json", {"jobs": [
+        {"input": "slides/b.tif", "output": f"s3://{DATA}/out/b.tif"},
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{other}/out/c.tif"}]})
+    code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--region",
+                                    REGION)
+    assert (code, out) == (2, "")
+    assert "2 problem(s)" in err
+    assert 'jobs[0].input: expected an s3:// URL for a run on AWS, got "slides/b.tif"' in err
+    assert (f"jobs[1].output: s3://{other}/out/c.tif is outside what the stack's functions may "
+            f"write (s3://{DATA}/)") in err
+    assert stack.keys(NAMES.bucket, "manifests/") == []

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from pipeline.aws import STEPS, AwsError, Clients, StackNames, check_schedule, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, error_code, get_or_none
-from pipeline.aws.executions import Reach, reach_problems, read_manifest, upload_manifest
+from pipeline.aws.executions import Reach, read_manifest, upload_manifest
 from pipeline.aws.resources import (
     delete_role,
     delete_schedule,
@@ -37,7 +37,6 @@ from pipeline.aws.resources import (
     role_policy,
 )
 from pipeline.engine import definition
-from pipeline.errors import ManifestError
 
 __all__ = ["DeployConfig", "deploy", "destroy"]
 
@@ -127,11 +126,8 @@ def _check_schedule(clients: Clients, config: DeployConfig, names: StackNames,
     if not (config.schedule and config.schedule_manifest):
         return
     manifest = config.schedule_manifest
-    _, parsed = read_manifest(clients("s3"), manifest)
-    reach = Reach(names.stack, names.bucket, [*data, *inputs], data)
-    problems = reach_problems(parsed, manifest, reach)
-    if problems:
-        raise ManifestError(manifest, problems)
+    read_manifest(clients("s3"), manifest,
+                  Reach(names.stack, names.bucket, [*data, *inputs], data))
 
 
 def _check_buckets(clients: Clients, names: StackNames, data: list[policies.DataLocation],

@@ -173,9 +173,11 @@ def stack_reach(clients: Clients, target: Target) -> Reach | None:
                  locations_of(write, "WriteOutputs"))
 
 
-def read_manifest(s3: Any, manifest: str) -> tuple[str, list[Any] | ScanSpec]:
+def read_manifest(s3: Any, manifest: str, reach: Reach | None = None
+                  ) -> tuple[str, list[Any] | ScanSpec]:
     """The text of a local or S3 manifest and what it holds; ManifestError listing every
-    problem, including locations a run on AWS cannot reach."""
+    problem, including locations a run on AWS cannot reach: local paths, and (given the
+    stack's ``reach``) S3 locations its functions may not read or write."""
     on_s3 = manifest.startswith("s3://")
     if on_s3:
         bucket, _, key = manifest[len("s3://"):].partition("/")
@@ -204,6 +206,8 @@ def read_manifest(s3: Any, manifest: str) -> tuple[str, list[Any] | ScanSpec]:
     except ValueError:
         data = None
     problems += local_location_problems(data, on_s3)
+    if reach is not None:
+        problems += reach_problems(parsed, manifest, reach)
     if problems:
         raise ManifestError(manifest, problems)
     return text, parsed
@@ -241,13 +245,9 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     target = find_target(clients, stack, state_machine)
     run_id = new_run_id()
     s3 = clients("s3")
-    text, parsed = read_manifest(s3, manifest)
     reach = stack_reach(clients, target)
-    if reach:
-        problems = reach_problems(parsed, manifest, reach)
-        if problems:
-            raise ManifestError(manifest, problems)
-    else:
+    text, _ = read_manifest(s3, manifest, reach)
+    if not reach:
         why = ("its functions' roles cannot be read (iam:GetRolePolicy, this account's)"
                if target.stack else f"the state machine has no {STACK_TAG} tag")
         print(f"the manifest's locations are not checked against the stack's data locations: "
