@@ -1,6 +1,8 @@
-"""The user documentation stays navigable and complete: README.md and docs/*.md link only to
-files (and headings) that exist, docs/errors.md names every error class of the code, and the
-pages' excerpts of `tiffpipe estimate` output are what the command prints."""
+"""The user documentation stays navigable and complete: README.md, docs/*.md and the other
+READMEs link only to files (and headings) that exist and cite only files that exist, every
+`tiffpipe` command line they show uses options the command has, docs/errors.md names every
+error class of the code, docs/code-layout.md every module and state payload, and the pages'
+excerpts of `tiffpipe estimate` output are what the command prints."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-PAGES = [ROOT / "README.md", *DOCS]
+PAGES = [ROOT / "README.md", *DOCS, ROOT / "images" / "README.md",
+         ROOT / "docs" / "moto-bugs" / "README.md"]
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
 _CODE = re.compile(r"`[^`\n]*`")
@@ -180,3 +183,95 @@ def test_estimate_excerpts_are_what_the_command_prints(page: str, manifest: Any,
     assert len(shown) >= 3
     for line in shown:
         assert _words(line) in printed, f"docs/{page} shows a line the command no longer prints"
+
+
+#: a path of the repository as the pages cite it (``tests/test_cli.py``, ``pipeline/core/plan.py``)
+_CITED = re.compile(r"(?<![\w./-])((?:pipeline|tests|bench|images|docs|requirements)/[\w./-]*\w)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_cited_paths_exist(page: Path):
+    """Every ``pipeline/...``, ``tests/...``, ``bench/...`` (...) path a page names, in prose
+    or in code, is a file or folder of the repository (``images/*/Dockerfile``: a glob)."""
+    text = page.read_text(encoding="utf-8")
+    missing = sorted(path for path in set(_CITED.findall(text))
+                     if not any(ROOT.glob(path)) and not (ROOT / path).exists())
+    assert not missing, f"{page.name} cites paths that do not exist: {missing}"
+
+
+def _command_lines(text: str) -> list[str]:
+    """The lines of the fenced blocks and the inline code spans of ``text`` (a span wrapped
+    over lines made one line)."""
+    lines = [line for m in _FENCE.finditer(text) for line in m.group(0).splitlines()]
+    return lines + [" ".join(span.split())
+                    for span in re.findall(r"`([^`]+)`", _FENCE.sub("", text))]
+
+
+def test_tiffpipe_command_lines_use_options_the_command_has():
+    """A ``tiffpipe COMMAND ...`` the pages show (a usage line, an example, a command in
+    prose) names a command of the parser and only options of that command."""
+    import argparse
+
+    from pipeline import cli
+
+    commands = next(a for a in cli._parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    wrong, seen = [], 0
+    for page in PAGES:
+        for line in _command_lines(page.read_text(encoding="utf-8")):
+            for m in re.finditer(r"(?:^|[\s$(`])(?:\.venv/bin/)?tiffpipe\s+([a-z]+)"
+                                 r"((?:[ \t]+[^\s;&`]+)*)", line.strip("`")):
+                name, rest = m.groups()
+                seen += 1
+                if name not in commands:
+                    wrong.append(f"{page.name}: no command {name!r}: {line.strip()}")
+                    continue
+                known = {o for a in commands[name]._actions for o in a.option_strings}
+                wrong += [f"{page.name}: tiffpipe {name} has no {opt}: {line.strip()}"
+                          for opt in re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", rest)
+                          if opt not in known]
+    assert seen > 50  # (the pattern still finds the pages' commands)
+    assert not wrong, "\n".join(wrong)
+
+
+def _layout_tree() -> str:
+    text = (ROOT / "docs" / "code-layout.md").read_text(encoding="utf-8")
+    return next(m.group(0) for m in _FENCE.finditer(text) if "pipeline/" in m.group(0))
+
+
+def test_code_layout_lists_every_module():
+    """docs/code-layout.md's tree has a line for every module of pipeline's packages, and
+    names none that is not there."""
+    tree = _layout_tree()
+    listed = set(re.findall(r"^    ([a-z_]+)(?:\s|$)", tree, re.MULTILINE))
+    modules = {p.stem for folder in ("core", "adapters", "steps", "engine", "aws", "estimate")
+               for p in (ROOT / "pipeline" / folder).glob("*.py")} - {"__init__"}
+    assert not modules - listed, f"docs/code-layout.md does not list {sorted(modules - listed)}"
+    assert not listed - modules - {"__init__"}, \
+        f"docs/code-layout.md lists modules that are not there: {sorted(listed - modules)}"
+
+
+def test_code_layout_names_every_state_payload():
+    """The contract section names every event and result model of pipeline/core/events.py."""
+    from pipeline.core import events
+
+    text = (ROOT / "docs" / "code-layout.md").read_text(encoding="utf-8")
+    tree = ast.parse((ROOT / "pipeline" / "core" / "events.py").read_text(encoding="utf-8"))
+    models = {n.name for n in tree.body if isinstance(n, ast.ClassDef)
+              if n.name.endswith("Event") and n.name != "EventError"}
+    models |= {m.__name__ for m in events.RESULTS.values()}
+    missing = sorted(m for m in models if f"`{m}`" not in text)
+    assert not missing, f"docs/code-layout.md does not name {missing}"
+
+
+def test_development_lists_the_engine_tier_as_conftest_does():
+    """docs/development.md's table of tiers names the test files tests/conftest.py marks
+    ``engine``."""
+    import conftest
+
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `engine` |"))
+    named = set(re.findall(r"\b(test_\w+)\b(?!')", row.split("|")[3]))
+    assert named == set(conftest.ENGINE), (
+        f"docs/development.md: missing {sorted(set(conftest.ENGINE) - named)}, "
+        f"not engine {sorted(named - set(conftest.ENGINE))}")
