@@ -191,8 +191,10 @@ def left_out_lines(report: dict[str, Any], limit: int) -> list[str]:
     """What ``run`` says on stderr (even with ``--quiet``, as a warning) of the jobs that left
     pages out (masks, overviews: a job's ``message`` in the report): the first ``limit`` jobs,
     their input and why, then how many more; once a run, not once a job (a scan of
-    thousands of COGs would print thousands of lines)."""
-    noted = [j for j in report["jobs"] if j.get("message")]
+    thousands of COGs would print thousands of lines). Only a SUCCEEDED job's message is of
+    pages left out: a SKIPPED job's says why it was skipped (its output existed), which a
+    rerun with ``if_exists: skip`` is for, and is no warning."""
+    noted = [j for j in report["jobs"] if j.get("message") and j.get("status") == "SUCCEEDED"]
     lines = [f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}" for j in noted[:limit]]
     if len(noted) > limit:
         lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) left pages out: "

@@ -441,6 +441,29 @@ def test_run_quiet_keep_work_elsewhere(tmp_path: Path, capfd: pytest.CaptureFixt
     assert not (folder / "m.report.json").exists()
 
 
+def test_run_quiet_says_nothing_of_skipped_jobs(tmp_path: Path, capfd: pytest.CaptureFixture):
+    """A rerun with "if_exists": "skip" (what a run prints after a partial failure, and what
+    cron runs) whose jobs are all skipped prints nothing with --quiet: a skipped job's
+    message is no left-out page (it was said as "... more job(s) left pages out")."""
+    _inputs(tmp_path)
+    manifest = tmp_path / "m.json"
+    doc = json.loads(manifest.read_text())
+    doc.setdefault("defaults", {})["if_exists"] = "skip"
+    manifest.write_text(json.dumps(doc))
+    assert cli.main(["run", str(manifest), "--workers", "2", "--quiet"]) == 0
+    capfd.readouterr()
+    assert cli.main(["run", str(manifest), "--workers", "2", "--quiet"]) == 0
+    assert capfd.readouterr() == ("", "")
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SKIPPED", "SKIPPED"]
+    skipped = {"job": 5, "status": "SKIPPED", "input": "in/a.tif", "output": "out/a.tif",
+               "message": "the output exists already (if_exists: skip): left as it is"}
+    left_out = {"job": 6, "status": "SUCCEEDED", "input": "in/c.tif", "output": "out/c.tif",
+                "message": "page 1 left out: ..."}
+    assert ui.left_out_lines({"jobs": [skipped, left_out]}, 3) == [
+        "tiffpipe: job 6 (in/c.tif): page 1 left out: ..."]
+
+
 def test_run_on_moto_gives_the_same_outputs(tmp_path: Path, capsys: pytest.CaptureFixture):
     """--interpreter moto: the same run on moto's interpreter, the same outputs and report."""
     _inputs(tmp_path)
