@@ -234,6 +234,27 @@ def test_tiffpipe_command_lines_use_options_the_command_has():
     assert not wrong, "\n".join(wrong)
 
 
+def test_readme_command_line_names_every_option():
+    """The README's "Command line" block names every command and every option of the parser
+    (one of its spellings: ``-o``; ``start`` and ``status`` share the AWS ones)."""
+    import argparse
+
+    from pipeline import cli
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = next(m.group(0) for m in _FENCE.finditer(text) if "tiffpipe run MANIFEST" in m.group(0))
+    commands = next(a for a in cli._parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    def shown(opt: str) -> bool:
+        return re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", block) is not None
+
+    missing = [f"{name} {a.option_strings[-1]}" for name, sub in commands.items()
+               for a in sub._actions if a.option_strings and "--help" not in a.option_strings
+               and not any(shown(opt) for opt in a.option_strings)]
+    missing += [name for name in commands if f"tiffpipe {name} " not in block]
+    assert not missing, f"README.md's command line does not show {missing}"
+
+
 def _layout_tree() -> str:
     text = (ROOT / "docs" / "code-layout.md").read_text(encoding="utf-8")
     return next(m.group(0) for m in _FENCE.finditer(text) if "pipeline/" in m.group(0))
