@@ -10,11 +10,12 @@ with nothing changed changes nothing and says so.
                      [--concurrency N] [--dry-run] [--skip-build]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
-                     [--requirements FILE] [--package PATH ...]
+                     [--requirements FILE] [--package PATH ... | --no-packages]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume) or a data location's bucket does not exist (create it), 2
-usage or a schedule manifest that is missing, invalid or outside the data locations.
+usage, a schedule manifest that is missing, invalid or outside the data locations, or a build
+that would drop the packages of yours the deployed process function has.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws import AwsError, Clients, check_schedule, check_stack_name
+from pipeline.aws import AwsError, Clients, DeployUsageError, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.images import check_user_packages
 from pipeline.aws.policies import DataLocation, parse_kms_key
@@ -87,10 +88,16 @@ def _parser() -> argparse.ArgumentParser:
                         "docker build takes it); repeatable")
     p.add_argument("--requirements", metavar="FILE",
                    help="a pip requirements file of your own packages (custom ops) to install "
-                        "in the process image; give it at every deploy that builds")
+                        "in the process image; give it at every deploy that builds (the "
+                        "process function records it: a build without it is refused)")
     p.add_argument("--package", action="append", default=[], metavar="PATH",
                    help="a package of your own (a wheel, or a project folder) to install in "
-                        "the process image; repeatable; give it at every deploy that builds")
+                        "the process image; repeatable; give it at every deploy that builds "
+                        "(the process function records it: a build without it is refused)")
+    p.add_argument("--no-packages", action="store_true",
+                   help="build the process image without your packages, though the deployed "
+                        "one has some (a build without --package/--requirements is refused "
+                        "then)")
     return p
 
 
@@ -106,10 +113,14 @@ def _build_options(args: argparse.Namespace) -> list[str]:
             raise ValueError("--build-arg BASE_IMAGE: give --base-image instead")
     given = [name for name, value in (("--build-arg", args.build_arg),
                                       ("--requirements", args.requirements),
-                                      ("--package", args.package)) if value]
+                                      ("--package", args.package),
+                                      ("--no-packages", args.no_packages)) if value]
     if given and (args.skip_build or args.destroy):
         raise ValueError(f"{given[0]} goes with a build: leave out "
                          f"{'--skip-build' if args.skip_build else '--destroy'}")
+    if args.no_packages and (args.package or args.requirements):
+        raise ValueError(f"--no-packages and {'--package' if args.package else '--requirements'}"
+                         " contradict each other")
     check_user_packages(args.requirements, args.package)
     return list(args.build_arg)
 
@@ -148,13 +159,17 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         schedule_manifest=args.schedule_manifest, remove_schedule=args.no_schedule,
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
         dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys,
-        build_args=build_args, requirements=args.requirements, packages=args.package)
+        build_args=build_args, requirements=args.requirements, packages=args.package,
+        no_packages=args.no_packages)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
         if args.destroy:
             result = destroy(config, clients, delete_bucket=args.delete_bucket)
         else:
             result = deploy(config, clients, **hooks)
+    except DeployUsageError as exc:
+        print(f"deploy.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ManifestError as exc:
         print(f"deploy.py: invalid schedule manifest {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1012,6 +1012,11 @@ def test_your_packages_go_into_the_process_images_build_context(aws: Aws, tmp_pa
      "--package {tmp}/requirements.txt: expected a wheel (.whl) or a project folder"),
     (["--package", "{tmp}/mylab", "--skip-build"],
      "--package goes with a build: leave out --skip-build"),
+    (["--no-packages", "--skip-build"], "--no-packages goes with a build: leave out --skip-build"),
+    (["--no-packages", "--package", "{tmp}/mylab"],
+     "--no-packages and --package contradict each other"),
+    (["--no-packages", "--requirements", "{tmp}/requirements.txt"],
+     "--no-packages and --requirements contradict each other"),
 ])
 def test_your_packages_usage_errors(aws: Aws, tmp_path: Path, args: list[str], message: str):
     _my_packages(tmp_path)
@@ -1022,6 +1027,85 @@ def test_your_packages_usage_errors(aws: Aws, tmp_path: Path, args: list[str], m
     assert (code, result) == (2, None), err
     assert message.format(tmp=tmp_path) in err, err
     assert aws.calls == []
+
+
+def _package_tags(aws: Aws, step: str = "process") -> dict[str, str]:
+    tags = aws.client("lambda").get_function(FunctionName=NAMES.function(step)).get("Tags", {})
+    return {k: v for k, v in tags.items() if k != "tiffpipe:stack"}
+
+
+def test_a_build_that_would_drop_the_deployed_packages_is_refused(aws: Aws, tmp_path: Path):
+    """A deploy without --package/--requirements rebuilt the process image without the
+    user's packages, silently (a deploy only to change --schedule was enough): every job
+    with a custom op then failed at PlanJob. The process function now records what its
+    image has (tags: the names, and a digest of the files); a build that would drop them is
+    a usage error naming them, unless --no-packages says so. --skip-build keeps the images,
+    so it says nothing; a changed set of packages is a rebuild."""
+    requirements, project, wheel = _my_packages(tmp_path)
+    mine = ("--requirements", str(requirements), "--package", str(project),
+            "--package", str(wheel))
+    code, _, err = aws.deploy(*mine, run=docker_builds([]))
+    assert code == 0, err
+    tags = _package_tags(aws)
+    assert tags.pop("tiffpipe:packages") == "mylab other-1.0-py3-none-any.whl"
+    assert tags.pop("tiffpipe:requirements") == "requirements.txt: scikit-image"
+    assert re.fullmatch(r"[0-9a-f]{64}", tags.pop("tiffpipe:packages-sha256"))
+    assert tags == {}
+    assert _package_tags(aws, "split") == _package_tags(aws, "merge") == {}
+
+    for dry in ((), ("--dry-run",)):
+        builds: list[list[str]] = []
+        aws.calls.clear()
+        code, result, err = aws.deploy(*dry, run=docker_builds(builds))
+        assert (code, result) == (2, None), err
+        assert ("the deployed process function has your packages (--package mylab "
+                "other-1.0-py3-none-any.whl; --requirements requirements.txt: scikit-image), "
+                "and this deploy would build its image without them") in err, err
+        assert "give the same --package/--requirements again" in err
+        assert "--no-packages" in err and "nothing was changed" in err
+        assert builds == [] and aws.writes() == []
+
+    # --skip-build keeps the deployed images: nothing to say, the record stays
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "packages" not in err
+    assert _package_tags(aws)["tiffpipe:packages"] == "mylab other-1.0-py3-none-any.whl"
+
+    # a changed set is a rebuild with it; the record follows
+    code, _, err = aws.deploy("--package", str(project), run=docker_builds([]))
+    assert code == 0, err
+    assert "your packages changed since the last deploy" in err
+    tags = _package_tags(aws)
+    assert tags["tiffpipe:packages"] == "mylab" and "tiffpipe:requirements" not in tags
+    (project / "mylab" / "filters.py").write_text("def flatten(tile): return tile + 0\n")
+    code, _, err = aws.deploy("--package", str(project), run=docker_builds([]))
+    assert code == 0, err
+    assert _package_tags(aws)["tiffpipe:packages-sha256"] != tags["tiffpipe:packages-sha256"]
+    # the same again: nothing changes
+    aws.calls.clear()
+    code, _, err = aws.deploy("--package", str(project), run=docker_builds([]))
+    assert code == 0 and "nothing changed" in err, err
+    assert aws.writes() == []
+
+    # --no-packages drops them, and says so; then a build without them is fine
+    code, _, err = aws.deploy("--no-packages", run=docker_builds([]))
+    assert code == 0, err
+    assert "--no-packages: the process image is built without your packages (--package mylab)" \
+        in err
+    assert _package_tags(aws) == {}
+    aws.calls.clear()
+    code, _, err = aws.deploy(run=docker_builds([]))
+    assert code == 0 and "nothing changed" in err, err
+
+
+def test_a_stack_deployed_without_the_record_is_not_refused(aws: Aws):
+    """A process function without the tags (a stack deployed before them, or never with
+    packages): nothing says it has packages, so a build without them goes on."""
+    assert aws.deploy(run=docker_builds([]))[0] == 0
+    assert _package_tags(aws) == {}
+    code, _, err = aws.deploy(run=docker_builds([]))
+    assert code == 0 and "nothing changed" in err, err
 
 
 def test_failed_push_stops_and_a_rerun_finishes(aws: Aws):

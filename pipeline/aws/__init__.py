@@ -38,6 +38,11 @@ class NoCredentialsFoundError(AwsError):
     """No AWS credentials were found in the environment, profile or instance role."""
 
 
+class DeployUsageError(AwsError):
+    """Options that, with what the stack has deployed, would break it (a usage error:
+    exit 2, nothing changed); the message says which options to give."""
+
+
 class StackNotFoundError(AwsError):
     """The stack (its state machine or bucket) does not exist: deploy it first."""
 

@@ -17,7 +17,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws import STEPS, AwsError, Clients, StackNames, check_schedule, policies
+from pipeline.aws import (
+    STEPS,
+    AwsError,
+    Clients,
+    DeployUsageError,
+    StackNames,
+    check_schedule,
+    policies,
+)
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, error_code, get_or_none
 from pipeline.aws.executions import Reach, read_manifest, upload_manifest
@@ -63,6 +71,8 @@ class DeployConfig:
     #: wheels or project folders
     requirements: str | None = None
     packages: list[str] = field(default_factory=list)
+    #: build the process image without the user's packages, though the deployed one has some
+    no_packages: bool = False
     dry_run: bool = False
     #: the most Lambda invocations a run makes at once; None: the deployed stack's, else the
     #: account's unreserved concurrency
@@ -128,6 +138,36 @@ def _check_schedule(clients: Clients, config: DeployConfig, names: StackNames,
     manifest = config.schedule_manifest
     read_manifest(clients("s3"), manifest,
                   Reach(names.stack, names.bucket, [*data, *inputs], data))
+
+
+def _check_packages(config: DeployConfig, clients: Clients, names: StackNames,
+                    log: Callable[[str], None]) -> dict[str, str]:
+    """The tags recording the user's packages that the process image this deploy builds
+    will have; DeployUsageError when the deployed process function's tags record packages
+    and this deploy names none (a build would drop them: every job with a custom op would
+    fail) and --no-packages does not say to drop them."""
+    tags = docker_images.package_tags(config.requirements, config.packages)
+    function = get_or_none(lambda: clients("lambda").get_function(
+        FunctionName=names.function("process")), "ResourceNotFoundException")
+    deployed = {k: v for k, v in ((function or {}).get("Tags") or {}).items()
+                if k in docker_images.PACKAGE_TAGS}
+    had = docker_images.describe_packages(deployed)
+    if not had or deployed == tags:
+        return tags
+    if tags:
+        log(f"your packages changed since the last deploy (it had {had}): the process image "
+            "is built with the new ones")
+    elif config.no_packages:
+        log(f"--no-packages: the process image is built without your packages ({had})")
+    else:
+        raise DeployUsageError(
+            f"the deployed process function has your packages ({had}), and this deploy "
+            "would build its image without them: every job with a custom op would then fail "
+            "(PlanJob cannot import it). To keep them, give the same --package/--requirements "
+            "again (changed ones are fine: the image is rebuilt with them); to drop them, "
+            "give --no-packages; or deploy with --skip-build to keep the deployed images; "
+            "nothing was changed")
+    return tags
 
 
 def _check_buckets(clients: Clients, names: StackNames, data: list[policies.DataLocation],
@@ -229,6 +269,8 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     data, inputs, kms_keys = _locations(config, clients, names, log)
     _check_buckets(clients, names, data, inputs)
     _check_schedule(clients, config, names, data, inputs)
+    # the record of the user's packages the built process image has (None: kept as it is)
+    packages = None if config.skip_build else _check_packages(config, clients, names, log)
     pushed = _pushed_images(clients, names, config, log) if config.skip_build else None
     if not config.skip_build and build is docker_images.build_and_push:
         docker_images.checkout_root()  # the Dockerfiles: a clone, not an installed wheel
@@ -253,7 +295,8 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         iam, names, names.state_machine_role, policies.trust_policy("states", names.account),
         policies.state_machine_policy(names), acts, f"tiffpipe {names.stack}: the state machine")
     functions = {s: ensure_function(clients("lambda"), names, s, images[s], roles[s],
-                                    config.arch, acts, sleep) for s in STEPS}
+                                    config.arch, acts, sleep,
+                                    packages if s == "process" else None) for s in STEPS}
     text = definition.render({s: names.function_arn(s) for s in STEPS})
     if concurrency is not None:
         text = definition.limit_concurrency(text, concurrency)

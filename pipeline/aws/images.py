@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fnmatch
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -107,6 +110,76 @@ def check_user_packages(requirements: str | None, packages: Sequence[str]) -> No
             continue
         raise ValueError(f"--package {package}: expected a wheel (.whl) or a project folder "
                          "(with pyproject.toml or setup.py)")
+
+
+#: tags of the process function recording the user's packages its image has: what was
+#: given (names), and a digest of the files (what a changed package changes)
+PACKAGES_TAG = "tiffpipe:packages"
+REQUIREMENTS_TAG = "tiffpipe:requirements"
+PACKAGES_DIGEST_TAG = "tiffpipe:packages-sha256"
+PACKAGE_TAGS = (PACKAGES_TAG, REQUIREMENTS_TAG, PACKAGES_DIGEST_TAG)
+#: a requirement line's project name (options, comments and blank lines have none)
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+#: what a Lambda tag value may not hold (it takes letters, digits, spaces and _.:/=+-@)
+_NOT_IN_TAG = re.compile(r"[^\w .:/=+@-]")
+_TAG_VALUE_MAX = 256
+
+
+def _package_files(path: Path) -> Iterator[tuple[str, Path]]:
+    """The files of a package as :func:`user_context` copies them (a wheel; a folder
+    without :data:`_PACKAGE_JUNK`), sorted, with their paths relative to it."""
+    if not path.is_dir():
+        yield path.name, path
+        return
+    found = []
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs
+                         if not any(fnmatch.fnmatch(d, j) for j in _PACKAGE_JUNK))
+        found += [Path(folder, f) for f in files
+                  if not any(fnmatch.fnmatch(f, j) for j in _PACKAGE_JUNK)]
+    for file in sorted(found):
+        yield file.relative_to(path).as_posix(), file
+
+
+def _tag_value(text: str) -> str:
+    text = _NOT_IN_TAG.sub("_", text)
+    return text if len(text) <= _TAG_VALUE_MAX else text[:_TAG_VALUE_MAX - 4] + " ..."
+
+
+def package_tags(requirements: str | None, packages: Sequence[str]) -> dict[str, str]:
+    """The tags recording the user's packages (:data:`PACKAGE_TAGS`) of a process image
+    built with ``requirements`` and ``packages``; none without them. The names are for
+    people (the packages' file or folder names; the requirements file's name and the
+    projects it lists); the digest covers every file's path and bytes, so the same files
+    give the same tags (a redeploy changes nothing) and a changed one changes them."""
+    if requirements is None and not packages:
+        return {}
+    digest = hashlib.sha256()
+    tags = {}
+    if requirements is not None:
+        text = Path(requirements).read_bytes()
+        digest.update(b"requirements\0%d\0" % len(text) + text)
+        names = [m.group(1) for line in text.decode("utf-8", "replace").splitlines()
+                 if (m := _REQUIREMENT_NAME.match(line.split("#")[0]))]
+        tags[REQUIREMENTS_TAG] = _tag_value(f"{Path(requirements).name}: {' '.join(names)}"
+                                            .rstrip(": "))
+    for number, package in enumerate(packages):
+        for rel, file in _package_files(Path(package).resolve()):
+            data = file.read_bytes()
+            digest.update(f"package {number}/{rel}\0{len(data)}\0".encode() + data)
+    if packages:
+        tags[PACKAGES_TAG] = _tag_value(" ".join(Path(p).resolve().name for p in packages))
+    tags[PACKAGES_DIGEST_TAG] = digest.hexdigest()
+    return tags
+
+
+def describe_packages(tags: dict[str, str]) -> str:
+    """The user's packages a process function's tags record, as deploy.py's options
+    (``--package a b; --requirements r.txt: x y``); empty when they record none."""
+    parts = [f"--package {tags[PACKAGES_TAG]}" if tags.get(PACKAGES_TAG) else "",
+             f"--requirements {tags[REQUIREMENTS_TAG]}" if tags.get(REQUIREMENTS_TAG) else ""]
+    shown = "; ".join(p for p in parts if p)
+    return shown or ("your packages" if tags.get(PACKAGES_DIGEST_TAG) else "")
 
 
 @contextlib.contextmanager

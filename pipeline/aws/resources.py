@@ -221,9 +221,13 @@ def _role_not_ready(exc: ClientError) -> bool:
 
 
 def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, role_arn: str,
-                    arch: str, acts: Actions, sleep: Callable[[float], None] = time.sleep) -> str:
+                    arch: str, acts: Actions, sleep: Callable[[float], None] = time.sleep,
+                    packages: dict[str, str] | None = None) -> str:
     """A container-image function at ``image`` (``repo@sha256:...``; None: an image still to
-    build in a dry run), sized by FUNCTION_SIZES; waits until it is active/updated."""
+    build in a dry run), sized by FUNCTION_SIZES; waits until it is active/updated.
+    ``packages``: the tags recording the user's packages ``image`` has
+    (:func:`~pipeline.aws.images.package_tags`), set once the image is deployed (those it
+    has not are removed); None leaves the function's as they are (--skip-build)."""
     name = names.function(step)
     size = FUNCTION_SIZES[step]
     acts.log(f"Lambda function {name}")
@@ -238,7 +242,8 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
         def create() -> None:
             retry(lambda: lam.create_function(
                 FunctionName=name, PackageType="Image", Code={"ImageUri": image},
-                Architectures=architectures, Tags=stack_tags(names), **settings),
+                Architectures=architectures, Tags={**stack_tags(names), **(packages or {})},
+                **settings),
                 _role_not_ready, sleep)
             lam.get_waiter("function_active_v2").wait(FunctionName=name)
         acts.change(f"create function {name} from {shown} ({size.memory} MB, "
@@ -262,6 +267,9 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
                     update_code)
     else:
         acts.same(f"image {image}")
+    if packages is not None:  # after the image they describe
+        _ensure_package_tags(lam, str(config.get("FunctionArn", names.function_arn(step))),
+                             current.get("Tags") or {}, packages, acts)
     stale_env = bool(config.get("Environment", {}).get("Variables"))
     if stale_env:  # no step reads one on Lambda: those an earlier deploy set go
         settings["Environment"] = {"Variables": {}}
@@ -274,6 +282,25 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
             lam.get_waiter("function_updated_v2").wait(FunctionName=name)
         acts.change("update the configuration (role, size, environment)", update_config)
     return str(config.get("FunctionArn", names.function_arn(step)))
+
+
+def _ensure_package_tags(lam: Any, arn: str, tags: dict[str, str], packages: dict[str, str],
+                         acts: Actions) -> None:
+    """The function's tags recording the user's packages: exactly ``packages``."""
+    current = {k: v for k, v in tags.items() if k in docker_images.PACKAGE_TAGS}
+    if current == packages:
+        acts.same("record of your packages" if packages else "no packages of yours")
+        return
+    gone = sorted(set(current) - set(packages))
+
+    def write() -> None:
+        if packages:
+            lam.tag_resource(Resource=arn, Tags=packages)
+        if gone:
+            lam.untag_resource(Resource=arn, TagKeys=gone)
+    shown = docker_images.describe_packages(packages)
+    acts.change(f"record your packages in its tags ({shown})" if packages else
+                "remove the record of your packages from its tags", write)
 
 
 def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
