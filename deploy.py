@@ -14,8 +14,9 @@ with nothing changed changes nothing and says so.
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume) or a data location's bucket does not exist (create it), 2
-usage, a schedule manifest that is missing, invalid or outside the data locations, or a build
-that would drop the packages of yours the deployed process function has.
+usage, a schedule manifest that is missing, invalid, outside the data locations or of jobs
+that leave if_exists unset, or a build that would drop the packages of yours the deployed
+process function has.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                    help='run on a schedule: "cron(0 2 * * ? *)" or "rate(1 day)" (UTC)')
     p.add_argument("--schedule-manifest", metavar="URI",
                    help="the manifest each scheduled run uses (s3://..., or a local file "
-                        "uploaded to the stack bucket); a scan manifest for batch runs")
+                        "uploaded to the stack bucket); a scan manifest for batch runs (a "
+                        "manifest of jobs must set their if_exists: each run does them again)")
     p.add_argument("--no-schedule", action="store_true", help="remove the schedule")
     p.add_argument("--concurrency", type=int, metavar="N",
                    help="the most Lambda invocations one run makes at once, shared out "

@@ -1141,6 +1141,55 @@ def test_schedule_needs_a_valid_manifest(aws: Aws, tmp_path: Path):
     assert code == 2 and "--schedule needs --schedule-manifest" in err
 
 
+def test_a_jobs_manifest_on_a_schedule_must_say_what_a_rerun_does(aws: Aws, tmp_path: Path):
+    """The docs describe schedules for scans (each run picks up the new files), but a
+    manifest of jobs was taken as well: every scheduled run then did all its jobs again,
+    replacing their outputs (a job's if_exists is overwrite unless set), a bill per run for
+    the same results. A jobs manifest is refused for a schedule (exit 2, nothing changed)
+    unless each job's if_exists is set, by the job or its defaults: skip (each run does
+    only the jobs whose output is missing), or overwrite/fail on purpose."""
+    push_fake_images(aws)
+    jobs = [{"input": f"s3://data-in/incoming/{n}.tif", "output": f"s3://data-out/{n}.tif"}
+            for n in "abcdefg"]
+    manifest = tmp_path / "nightly.json"
+
+    def deploy(data: dict[str, Any], url: str | None = None) -> tuple[int, str]:
+        manifest.write_text(json.dumps(data))
+        code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                                  "--schedule-manifest", url or str(manifest), *SCAN_LOCATIONS)
+        return code, err
+
+    aws.calls.clear()
+    code, err = deploy({"jobs": jobs})
+    assert code == 2, err
+    assert ('jobs: every scheduled run would do these jobs again, replacing their outputs: '
+            'jobs[0], jobs[1], jobs[2], jobs[3], jobs[4] and 2 more leave "if_exists" unset '
+            '(overwrite)') in err, err
+    assert '"if_exists": "skip" in "defaults"' in err and '"scan"' in err
+    assert aws.writes() == []
+    # one job unset among explicit ones: that one is named
+    code, err = deploy({"jobs": [{**j, "if_exists": "overwrite"} for j in jobs[:2]] + jobs[2:3]})
+    assert code == 2 and "jobs[2] leaves" in err and "jobs[0]" not in err, err
+    # an S3 schedule manifest is checked as well
+    aws.client("s3").put_object(Bucket="data-in", Key="incoming/m.json",
+                                Body=json.dumps({"jobs": jobs}).encode())
+    aws.calls.clear()
+    code, err = deploy({"jobs": jobs}, "s3://data-in/incoming/m.json")
+    assert code == 2 and "leave \"if_exists\" unset" in err, err
+    assert aws.writes() == []
+
+    for ok in ({"defaults": {"if_exists": "skip"}, "jobs": jobs},
+               {"defaults": {"if_exists": "skip"},
+                "jobs": [{**jobs[0], "if_exists": "overwrite"}, *jobs[1:]]},
+               {"jobs": [{**j, "if_exists": "overwrite"} for j in jobs]}):
+        code, err = deploy(ok)
+        assert code == 0, err
+    # a scan: its jobs are for outputs that do not exist
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)", "--schedule-manifest",
+                              str(scan_manifest(tmp_path)))
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("expression", ["every day", "rate(1 days)", "rate(2 day)",
                                         "rate(0 hours)", "cron(0 2 * * ?)", "rate(1 week)"])
 def test_a_schedule_scheduler_would_refuse_is_a_usage_error(aws: Aws, tmp_path: Path,

@@ -8,6 +8,7 @@ refers to a resource made later, so a rerun picks up where it stopped.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ from pipeline.aws.resources import (
     role_policy,
 )
 from pipeline.engine import definition
+from pipeline.errors import ManifestError
 
 __all__ = ["DeployConfig", "deploy", "destroy"]
 
@@ -136,8 +138,43 @@ def _check_schedule(clients: Clients, config: DeployConfig, names: StackNames,
     if not (config.schedule and config.schedule_manifest):
         return
     manifest = config.schedule_manifest
-    read_manifest(clients("s3"), manifest,
-                  Reach(names.stack, names.bucket, [*data, *inputs], data))
+    text, _ = read_manifest(clients("s3"), manifest,
+                            Reach(names.stack, names.bucket, [*data, *inputs], data))
+    problems = rerun_problems(text)
+    if problems:
+        raise ManifestError(manifest, problems)
+
+
+#: how many jobs a schedule manifest problem names, at most
+_SHOWN_JOBS = 5
+
+
+def rerun_problems(text: str) -> list[str]:
+    """The problem of a (checked) jobs manifest as a schedule's: each job whose
+    ``if_exists`` neither it nor ``defaults`` sets would run again at every scheduled run,
+    replacing its output (the default, overwrite). A scan has none (its jobs are only the
+    inputs without an output), nor a job that says what a rerun does: skip (each run does
+    only the jobs whose output is missing), overwrite or fail on purpose."""
+    try:
+        data = json.loads(text.lstrip("\ufeff"))
+    except ValueError:
+        return []
+    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
+        return []
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict) and "if_exists" in defaults:
+        return []
+    unset = [f"jobs[{i}]" for i, job in enumerate(data["jobs"])
+             if not (isinstance(job, dict) and "if_exists" in job)]
+    if not unset:
+        return []
+    shown = ", ".join(unset[:_SHOWN_JOBS]) + (
+        f" and {len(unset) - _SHOWN_JOBS} more" if len(unset) > _SHOWN_JOBS else "")
+    return [(f"jobs: every scheduled run would do these jobs again, replacing their outputs: "
+             f"{shown} {'leaves' if len(unset) == 1 else 'leave'} \"if_exists\" unset "
+             "(overwrite). Put \"if_exists\": \"skip\" in \"defaults\" (each run then does "
+             "only the jobs whose output is missing), set \"overwrite\" to redo them at every "
+             "run on purpose, or schedule a \"scan\" instead (each run picks up the new inputs)")]
 
 
 def _check_packages(config: DeployConfig, clients: Clients, names: StackNames,
