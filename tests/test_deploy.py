@@ -1099,6 +1099,45 @@ def test_a_build_that_would_drop_the_deployed_packages_is_refused(aws: Aws, tmp_
     assert code == 0 and "nothing changed" in err, err
 
 
+def test_the_record_of_your_packages_fits_lambdas_tags(tmp_path: Path):
+    """Tag values take letters, digits, spaces and _.:/=+-@, at most 256 characters: the
+    names are the projects a requirements file lists (not its options, versions, extras,
+    markers or URLs) and the packages' file or folder names; the digest covers the files
+    as the build context holds them (not a folder's caches or .git)."""
+    requirements, project, wheel = _my_packages(tmp_path)
+    requirements.write_text("--index-url https://mirror.example/simple\n# a comment\n\n"
+                            "scikit-image[data]==0.25.2  # for mylab\n"
+                            "pillow>=10 ; python_version < '3.13'\n"
+                            "mylib @ https://example.com/mylib-1.0-py3-none-any.whl\n"
+                            "https://example.com/other-2.0-py3-none-any.whl\n")
+    odd = tmp_path / "lab, v2 (copy)"
+    odd.mkdir()
+    (odd / "setup.py").write_text("")
+    tags = docker_images.package_tags(str(requirements), [str(project), str(wheel), str(odd)])
+    assert tags[docker_images.REQUIREMENTS_TAG] == \
+        "requirements.txt: scikit-image pillow mylib"
+    assert tags[docker_images.PACKAGES_TAG] == \
+        "mylab other-1.0-py3-none-any.whl lab_ v2 _copy_"
+    assert docker_images.describe_packages(tags) == (
+        "--package mylab other-1.0-py3-none-any.whl lab_ v2 _copy_; "
+        "--requirements requirements.txt: scikit-image pillow mylib")
+    # caches and .git are not part of it; a file of the package is
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/other\n")
+    (project / "mylab" / "__pycache__" / "x.pyc").write_bytes(b"y")
+    again = docker_images.package_tags(str(requirements), [str(project), str(wheel), str(odd)])
+    assert again == tags
+    (project / "mylab" / "more.py").write_text("")
+    assert docker_images.package_tags(str(requirements), [str(project), str(wheel), str(odd)])[
+        docker_images.PACKAGES_DIGEST_TAG] != tags[docker_images.PACKAGES_DIGEST_TAG]
+    many = [tmp_path / f"{'x' * 40}-{n}.whl" for n in range(10)]
+    for path in many:
+        path.write_bytes(b"PK")
+    long = docker_images.package_tags(None, [str(path) for path in many])
+    assert len(long[docker_images.PACKAGES_TAG]) == 256
+    assert long[docker_images.PACKAGES_TAG].endswith(" ...")
+    assert docker_images.package_tags(None, []) == {}
+
+
 def test_a_stack_deployed_without_the_record_is_not_refused(aws: Aws):
     """A process function without the tags (a stack deployed before them, or never with
     packages): nothing says it has packages, so a build without them goes on."""

@@ -118,8 +118,8 @@ PACKAGES_TAG = "tiffpipe:packages"
 REQUIREMENTS_TAG = "tiffpipe:requirements"
 PACKAGES_DIGEST_TAG = "tiffpipe:packages-sha256"
 PACKAGE_TAGS = (PACKAGES_TAG, REQUIREMENTS_TAG, PACKAGES_DIGEST_TAG)
-#: a requirement line's project name (options, comments and blank lines have none)
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+#: a requirement line's project name (options, comments, blank lines and a bare URL have none)
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(?![A-Za-z0-9._:-])")
 #: what a Lambda tag value may not hold (it takes letters, digits, spaces and _.:/=+-@)
 _NOT_IN_TAG = re.compile(r"[^\w .:/=+@-]")
 _TAG_VALUE_MAX = 256
