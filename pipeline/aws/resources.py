@@ -288,8 +288,9 @@ def _ensure_package_tags(lam: Any, arn: str, tags: dict[str, str], packages: dic
                          acts: Actions) -> None:
     """The function's tags recording the user's packages: exactly ``packages``."""
     current = {k: v for k, v in tags.items() if k in docker_images.PACKAGE_TAGS}
+    shown = docker_images.describe_packages(packages)
     if current == packages:
-        acts.same("record of your packages" if packages else "no packages of yours")
+        acts.same(f"your packages ({shown or 'none'})")
         return
     gone = sorted(set(current) - set(packages))
 
@@ -298,7 +299,6 @@ def _ensure_package_tags(lam: Any, arn: str, tags: dict[str, str], packages: dic
             lam.tag_resource(Resource=arn, Tags=packages)
         if gone:
             lam.untag_resource(Resource=arn, TagKeys=gone)
-    shown = docker_images.describe_packages(packages)
     acts.change(f"record your packages in its tags ({shown})" if packages else
                 "remove the record of your packages from its tags", write)
 
