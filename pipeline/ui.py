@@ -214,12 +214,17 @@ def rerun_hint(report: dict[str, Any], if_exists: list[str]) -> str | None:
     if not failed or not done:
         return None
     modes = sorted({if_exists[j["job"]] for j in done})
-    redo = {("overwrite",): "runs them again", ("fail",): "fails each (OutputExistsError)"}.get(
-        tuple(modes), "runs them again or fails them")
-    return (f"tiffpipe: a rerun of this manifest as it is {redo} for the {len(done)} jobs that "
-            f"succeeded (if_exists: {', '.join(modes)}); \"if_exists\": \"skip\" in its "
-            f"\"defaults\" leaves their outputs as they are and runs only the {failed} without "
-            "an output")
+    redo = {("overwrite",): "would run {} again", ("fail",): "would fail {} (OutputExistsError)",
+            }.get(tuple(modes), "would run again or fail {}")
+    succeeded = f"the {_jobs(len(done))} that succeeded"
+    return (f"tiffpipe: a rerun of this manifest as it is {redo.format(succeeded)} (if_exists: "
+            f"{', '.join(modes)}); \"if_exists\": \"skip\" in its \"defaults\" keeps their "
+            f"outputs and runs only the {_jobs(failed)} without an output")
+
+
+def _jobs(n: int) -> str:
+    """``1 job``, ``3 jobs``."""
+    return f"{n} job{'' if n == 1 else 's'}"
 
 
 def summary_table(report: dict[str, Any]) -> Table:

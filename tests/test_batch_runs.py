@@ -61,7 +61,7 @@ def test_quiet_run_names_each_failed_job_on_stderr(tmp_path: Path,
                                "InputNotFoundError: ")
     assert lines[2] == (f"tiffpipe: 2 of 4 jobs failed (2 succeeded); report: "
                         f"{tmp_path / 'm.report.json'}")
-    assert lines[3].startswith("tiffpipe: a rerun of this manifest as it is runs them again")
+    assert lines[3].startswith("tiffpipe: a rerun of this manifest as it is would run the")
     assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "b.tif").is_file()
 
 
@@ -213,11 +213,12 @@ def test_a_partly_failed_run_says_how_to_rerun_only_what_failed(
     if if_exists == "skip":
         assert hint == []
     else:
-        redo = "runs them again" if if_exists == "overwrite" else "fails each (OutputExistsError)"
+        redo = ("would run the 2 jobs that succeeded again" if if_exists == "overwrite" else
+                "would fail the 2 jobs that succeeded (OutputExistsError)")
         assert hint == [(
-            f"tiffpipe: a rerun of this manifest as it is {redo} for the 2 jobs that succeeded "
-            f"(if_exists: {if_exists}); \"if_exists\": \"skip\" in its \"defaults\" leaves "
-            "their outputs as they are and runs only the 1 without an output")]
+            f"tiffpipe: a rerun of this manifest as it is {redo} (if_exists: {if_exists}); "
+            "\"if_exists\": \"skip\" in its \"defaults\" keeps their outputs and runs only "
+            "the 1 job without an output")]
     # and so it does
     data["defaults"] = {"if_exists": "skip"}
     manifest.write_text(json.dumps(data))
