@@ -381,7 +381,8 @@ def _say_removed(removed: list[str]) -> None:
 def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: False
                      ) -> Iterator[None]:
     """SIGINT (Ctrl-C), SIGTERM and SIGHUP (its terminal hung up: an SSH session dropped,
-    a terminal window closed) request ``stop`` while the block runs, instead of
+    a terminal window closed), unless ignored when the command started
+    (:func:`_stop_signals`: ``nohup``), request ``stop`` while the block runs, instead of
     KeyboardInterrupt (which would leave the run's tasks going) or the end of the process
     (which would leave its work folder and temporary files, and no report): the engine
     stops the run and the runner cleans up (see :func:`pipeline.runner.run_local`); what
@@ -399,13 +400,22 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
         if checking():
             raise _StoppedChecking(signum)
 
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    before = {s: signal.signal(s, handler) for s in signals}
+    before = {s: signal.signal(s, handler) for s in _stop_signals()}
     try:
         yield
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """The signals that stop a run: SIGINT, SIGTERM and SIGHUP where there is one (not on
+    Windows), but none that was ignored when the command started: ``nohup`` ignores SIGHUP
+    so that the run outlives its terminal, and a shell ignores SIGINT for a job it starts
+    in the background (``tiffpipe run m.json &`` in a script)."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    found = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    return [s for s in found if signal.getsignal(s) is not signal.SIG_IGN]
 
 
 #: the most outputs named in the line of a run that failed (then how many more)

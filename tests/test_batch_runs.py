@@ -226,3 +226,46 @@ def test_a_partly_failed_run_says_how_to_rerun_only_what_failed(
                      "--no-contact-sheet"]) == 1
     report = json.loads((tmp_path / "m.report.json").read_text())
     assert [j["status"] for j in report["jobs"]] == ["SKIPPED", "FAILED", "SKIPPED"]
+
+
+def test_a_run_started_with_nohup_outlives_its_terminal(tmp_path: Path):
+    """``nohup tiffpipe run m.json &`` (what local-engine.md advises for a run that should
+    outlive its terminal) starts the command with SIGHUP ignored. The command's own handler
+    replaced that, so the hang-up nohup is for stopped the run (exit 129, the jobs not yet
+    run never ran). A signal ignored when the command starts stays ignored: the run goes on
+    to its end."""
+    manifest = _long_batch(tmp_path, 6)
+    # what nohup does: SIGHUP ignored, then the command exec'd (which keeps it ignored)
+    nohup = "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); " \
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    proc = subprocess.Popen([sys.executable, "-c", nohup, "-m", "pipeline", "run",
+                             str(manifest), "--workers", "1", "--no-contact-sheet", "--quiet"],
+                            cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "out").glob("*.tif")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGHUP)  # the terminal hangs up: its whole session is told
+    assert proc.wait(120) == 0
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert (report["succeeded"], report["failed"]) == (6, 0)
+
+
+def test_the_stop_signals_leave_an_ignored_one_alone_and_need_no_sighup(monkeypatch):
+    """While a run lasts, SIGINT, SIGTERM and SIGHUP stop it, but one that was ignored when
+    it started (nohup's SIGHUP, a background job's SIGINT) stays ignored; where there is no
+    SIGHUP (Windows) the others are still caught."""
+    from pipeline.engine.local import StopRequest
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with cli._stop_on_signals(StopRequest()):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert callable(signal.getsignal(signal.SIGTERM))
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    term = signal.getsignal(signal.SIGTERM)
+    monkeypatch.delattr(signal, "SIGHUP")
+    with cli._stop_on_signals(StopRequest()):
+        assert signal.getsignal(signal.SIGTERM) is not term
+    assert signal.getsignal(signal.SIGTERM) is term

@@ -104,7 +104,8 @@ def _init(env: dict[str, str], engine: int) -> None:
     _in_worker = True
     _end_with(engine)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # (not on Windows)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     tune_malloc()
     os.environ.clear()
