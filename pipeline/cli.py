@@ -291,7 +291,8 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
                   if_exists: list[str]) -> None:
     """What ``run`` prints at its end: the summary, the report's path, and on stderr what
     was removed, the first jobs that left pages out (masks, overviews), why the run failed
-    or stopped, or (--quiet) the jobs that failed, and what
+    or stopped, (--quiet) the jobs that failed (not those a stop left without an output),
+    and what
     a rerun would do to the jobs that succeeded (``if_exists``: each job's; none for a
     scan, whose reruns take only what has no output)."""
     from pipeline.ui import failed_lines, left_out_lines, print_summary, rerun_hint
@@ -311,7 +312,7 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
         print(line, file=sys.stderr)
     if stop.signal is not None:
         print(_interrupted_line(result, stop.signal), file=sys.stderr)
-    elif args.quiet and result.report is not None:  # failed jobs are errors: said even so
+    if args.quiet and result.report is not None:  # failed jobs are errors: said even so
         for line in failed_lines(result.report, result.report_url, FAILED_LINES):
             print(line, file=sys.stderr)
     hint = rerun_hint(result.report, if_exists) if result.report is not None else None

@@ -172,8 +172,10 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
     """What a run whose jobs failed says on stderr even with ``--quiet`` (its summary not
     printed): each failed job, its input and its error, the first ``limit`` of them (then how
     many more), and a last line counting them and naming the report. No line when no job
-    failed."""
-    failed = [j for j in report["jobs"] if j["status"] == "FAILED"]
+    failed. A job a stop left without an output (:data:`INTERRUPTED_ERROR`) did not fail of
+    itself: it is counted as stopped, not named (the run's interrupted line says them)."""
+    failed = [j for j in report["jobs"] if j["status"] == "FAILED"
+              and (j.get("error") or {}).get("type") != INTERRUPTED_ERROR]
     if not failed:
         return []
     lines = [f"tiffpipe: job {j['job']} FAILED ({j['input']}): {j['error']['type']}: "
@@ -181,9 +183,11 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
     if len(failed) > limit:
         lines.append(f"tiffpipe: ... and {len(failed) - limit} more failed job(s): see the "
                      "report")
-    skipped = f", {report['skipped']} skipped" if report.get("skipped") else ""
+    stopped = sum(j["status"] == "FAILED" for j in report["jobs"]) - len(failed)
+    more = "".join(f", {n} {what}" for n, what in ((report.get("skipped"), "skipped"),
+                                                   (stopped, "stopped")) if n)
     lines.append(f"tiffpipe: {len(failed)} of {len(report['jobs'])} jobs failed "
-                 f"({report['succeeded']} succeeded{skipped}); report: {report_url}")
+                 f"({report['succeeded']} succeeded{more}); report: {report_url}")
     return lines
 
 

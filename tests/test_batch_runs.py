@@ -269,3 +269,41 @@ def test_the_stop_signals_leave_an_ignored_one_alone_and_need_no_sighup(monkeypa
     with cli._stop_on_signals(StopRequest()):
         assert signal.getsignal(signal.SIGTERM) is not term
     assert signal.getsignal(signal.SIGTERM) is term
+
+
+def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.CaptureFixture):
+    """--quiet names each failed job on stderr, but a run that was also stopped (SIGTERM
+    from a scheduler's timeout, a hang-up) said only "interrupted (SIGTERM): 3 of 5 jobs
+    finished, their outputs are kept": the job that had failed on its own (a file that is
+    no TIFF) was named nowhere but in the report. It is named; the jobs the stop left
+    without an output are not (the interrupted line counts them), and the count says so."""
+    import argparse
+
+    from pipeline.engine.local import StopRequest
+    from pipeline.runner import RunResult
+
+    def job(n: int, status: str, error: str | None = None) -> dict:
+        entry = {"job": n, "status": status, "input": f"in/{n}.tif", "output": f"out/{n}.tif"}
+        if error:
+            entry["error"] = {"type": error, "message": f"{error} of job {n}"}
+        return entry
+
+    report = {"jobs": [job(0, "FAILED", "NotATiffError"), job(1, "SUCCEEDED"),
+                       job(2, "SUCCEEDED"), job(3, "FAILED", "RunInterruptedError"),
+                       job(4, "FAILED", "RunInterruptedError")],
+              "succeeded": 2, "failed": 3, "skipped": 0}
+    result = RunResult(run_id="r", status="ABORTED", report=report,
+                       report_url="/data/m.report.json", work="/w", seconds=1.0,
+                       interrupted=signal.SIGTERM)
+    stop = StopRequest()
+    stop.request(signal.SIGTERM)
+    args = argparse.Namespace(quiet=True)
+    cli._tell_the_end(args, result, stop, ["skip"] * 5)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        ("tiffpipe: interrupted (SIGTERM): 3 of 5 jobs finished, their outputs are kept; the "
+         "other 2 were stopped without an output (RunInterruptedError in the report): run "
+         "them again"),
+        "tiffpipe: job 0 FAILED (in/0.tif): NotATiffError: NotATiffError of job 0",
+        "tiffpipe: 1 of 5 jobs failed (2 succeeded, 2 stopped); report: /data/m.report.json"]
