@@ -300,14 +300,16 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
         if result.summary is not None and not args.quiet:
-            print_summary(result.summary)
+            with _on_stdout():
+                print_summary(result.summary)
         print(_failed_line(result), file=sys.stderr)
         return
     if not args.quiet and result.report is not None:
-        print_summary(result.report)
-        if result.contact_sheet:
-            print(f"contact sheet: {result.contact_sheet}")
-        print(f"report: {result.report_url}")
+        with _on_stdout():
+            print_summary(result.report)
+            if result.contact_sheet:
+                print(f"contact sheet: {result.contact_sheet}")
+            print(f"report: {result.report_url}")
     for line in left_out_lines(result.report, LEFT_OUT_LINES) if result.report else []:
         print(line, file=sys.stderr)
     if stop.signal is not None:
@@ -320,11 +322,25 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
         print(hint, file=sys.stderr)
 
 
-def _off_gone_streams() -> None:
-    """stdout and stderr made /dev/null (what is still buffered for them, and any later
-    write, goes nowhere instead of failing again at the exit)."""
+@contextmanager
+def _on_stdout() -> Iterator[None]:
+    """What the block prints on stdout, flushed; when stdout can no longer be written (its
+    reader gone: ``tiffpipe run m.json | head``), the rest of the block is not printed and
+    stdout is given up (:func:`_off_gone_streams`), but the lines for stderr that follow
+    (a terminal still there) still are."""
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError:
+        _off_gone_streams(sys.stdout)
+
+
+def _off_gone_streams(*streams: Any) -> None:
+    """``streams`` (stdout and stderr when none is named) made /dev/null (what is still
+    buffered for them, and any later write, goes nowhere instead of failing again at the
+    exit)."""
     null = os.open(os.devnull, os.O_WRONLY)
-    for stream in (sys.stdout, sys.stderr):
+    for stream in streams or (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError, AttributeError):
             os.dup2(null, stream.fileno())
     os.close(null)

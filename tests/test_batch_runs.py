@@ -307,3 +307,23 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
          "them again"),
         "tiffpipe: job 0 FAILED (in/0.tif): NotATiffError: NotATiffError of job 0",
         "tiffpipe: 1 of 5 jobs failed (2 succeeded, 2 stopped); report: /data/m.report.json"]
+
+
+def test_a_summary_whose_reader_is_gone_leaves_the_lines_on_stderr(tmp_path: Path):
+    """``tiffpipe run m.json | head -3``: the summary on stdout fails (its reader gone), and
+    every line ``run`` still had for stderr, a terminal that is still there (what a rerun
+    would do, why the run stopped), went with it: stderr was made /dev/null as well. Only
+    stdout is now given up; exit 1 for the failed job as before."""
+    manifest = _batch(tmp_path, [_job("a"), _job("notes"), _job("b")])
+    read, write = os.pipe()
+    os.close(read)  # the reader gone before the summary
+    with open(tmp_path / "err.txt", "w") as err:
+        code = subprocess.run([sys.executable, "-m", "pipeline", "run", str(manifest),
+                               "--workers", "1", "--no-contact-sheet"], cwd=tmp_path,
+                              stdout=write, stderr=err, timeout=120, check=False).returncode
+    os.close(write)
+    assert code == 1
+    said = (tmp_path / "err.txt").read_text().splitlines()
+    assert said[-1].startswith("tiffpipe: a rerun of this manifest as it is would run the 2 "
+                               "jobs that succeeded again"), said
+    assert not any("Traceback" in line or "BrokenPipe" in line for line in said), said
