@@ -234,3 +234,28 @@ def test_an_output_read_again_keeps_its_names_and_its_levels_are_no_planes(run):
         level = tf.series[1].levels[1].pages[0]
         assert level.is_subifd and level.index == 1
         assert "ome" not in page_info(level, run["multi_ome"], 1).metadata
+
+
+def test_an_image_whose_pixels_are_not_in_the_tiff_claims_no_ifd(tmp_path):
+    """An Image whose Pixels hold BinData (its pixels in the XML: a label, a thumbnail) or
+    are MetadataOnly has no plane in the TIFF. It was given the default TiffData (every
+    plane from IFD 0), and as the last range starting at IFD 0 it won IFD 0: page 0 named
+    after it ("Label - label") and page 1 named after nothing."""
+    def image(n: int, name: str, body: str, channels: int) -> str:
+        return (f'<Image ID="Image:{n}" Name="{name}"><Pixels ID="Pixels:{n}" '
+                f'DimensionOrder="XYCZT" Type="uint16" SizeX="{W}" SizeY="{H}" '
+                f'SizeC="{channels}" SizeZ="1" SizeT="1">'
+                + "".join(f'<Channel ID="Channel:{n}:{c}" SamplesPerPixel="1" '
+                          f'Name="{name.lower()}{c}"/>' for c in range(channels))
+                + body + '</Pixels></Image>')
+
+    xml = (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{OME_NS}">'
+           + image(0, "Tissue", '<TiffData IFD="0" PlaneCount="2"/>', 2)
+           + image(1, "Label", '<BinData BigEndian="false" Length="0"></BinData>', 1)
+           + image(2, "Notes", '<MetadataOnly/>', 1) + '</OME>')
+    path = tmp_path / "bindata.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for n, plane in enumerate(planes(2)):
+            tw.write(plane, tile=(32, 32), metadata=None, description=xml if n == 0 else None)
+    names = [info.metadata.get("ome", {}).get("name") for info in read_infos(str(path), None)]
+    assert names == ["Tissue - tissue0", "Tissue - tissue1"]

@@ -314,7 +314,8 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
     """The IFDs of each OME Image's planes (its TiffData: IFD, PlaneCount, FirstC/Z/T, in the
     Pixels' DimensionOrder) in this file: a TiffData whose UUID names another file (a
     multi-file OME-TIFF; its own UUID, or its file name when the OME element has no UUID) is
-    that file's. Raises on XML that does not parse."""
+    that file's. Pixels without TiffData are all the file's planes from IFD 0, unless they
+    hold BinData or are MetadataOnly (then none). Raises on XML that does not parse."""
     from xml.etree import ElementTree  # (OME inputs only)
 
     def children(element: Any, name: str) -> list[Any]:
@@ -342,7 +343,10 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
                      "channels": [_ome_channel(c) for c in channels], "samples": samples,
                      "sizes": sizes, "order": order}
             planes = sizes["C"] * sizes["Z"] * sizes["T"]
-            for data in children(pixels, "TiffData") or [ElementTree.Element("TiffData")]:
+            listed = children(pixels, "TiffData")
+            if not listed and (children(pixels, "BinData") or children(pixels, "MetadataOnly")):
+                continue  # its pixels are not in the TIFF (in the XML, or nowhere): no IFD
+            for data in listed or [ElementTree.Element("TiffData")]:
                 uuid = children(data, "UUID")
                 if uuid and ((uuid[0].text or "").strip() != own if own else
                              uuid[0].get("FileName") != os.path.basename(filename)):
