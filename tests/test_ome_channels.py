@@ -259,3 +259,23 @@ def test_an_image_whose_pixels_are_not_in_the_tiff_claims_no_ifd(tmp_path):
             tw.write(plane, tile=(32, 32), metadata=None, description=xml if n == 0 else None)
     names = [info.metadata.get("ome", {}).get("name") for info in read_infos(str(path), None)]
     assert names == ["Tissue - tissue0", "Tissue - tissue1"]
+
+
+def test_a_channel_without_samplesperpixel_has_the_samples_sizec_leaves_it(tmp_path):
+    """SamplesPerPixel is optional in OME; the Channels share SizeC out. An RGB Image of two
+    Z planes written with SizeC="3" and one Channel without it was read as 3 planes of one
+    sample a Z: the second page was taken for C=1, Z=0, both pages named "Slide - Z=0" and
+    the Channel dropped (1 sample is not the page's 3)."""
+    xml = (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{OME_NS}"><Image ID="Image:0" '
+           f'Name="Slide"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" '
+           f'SizeX="{W}" SizeY="{H}" SizeC="3" SizeZ="2" SizeT="1">'
+           '<Channel ID="Channel:0:0" Name="Brightfield"/><TiffData/></Pixels></Image></OME>')
+    path = tmp_path / "rgb.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for z in range(2):
+            tw.write(np.full((H, W, 3), z, np.uint8), photometric="rgb", tile=(32, 32),
+                     metadata=None, description=xml if z == 0 else None)
+    ome = [info.metadata["ome"] for info in read_infos(str(path), None)]
+    assert [o["name"] for o in ome] == ["Slide - Brightfield - Z=0", "Slide - Brightfield - Z=1"]
+    assert [o["samples"] for o in ome] == [3, 3]
+    assert [o["channel"] for o in ome] == [{"Name": "Brightfield"}] * 2

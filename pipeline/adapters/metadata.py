@@ -333,8 +333,13 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
     for element in children(root, "Image"):
         for pixels in children(element, "Pixels")[:1]:
             channels = children(pixels, "Channel")
-            samples = max(count(channels[0].get("SamplesPerPixel"), 1), 1) if channels else 1
             sizes = {axis: max(count(pixels.get(f"Size{axis}"), 1), 1) for axis in "CZT"}
+            # SamplesPerPixel is optional: without it the Channels share SizeC out evenly
+            # (SizeC="3" and one Channel: an RGB Image, one Channel of 3 samples)
+            shared = (sizes["C"] // len(channels)
+                      if channels and sizes["C"] % len(channels) == 0 else 1)
+            samples = max(count(channels[0].get("SamplesPerPixel"), shared), 1) \
+                if channels else 1
             sizes["C"] = max(sizes["C"] // samples, 1)  # planes of `samples` samples each
             order = [axis for axis in str(pixels.get("DimensionOrder", ""))[2:]]
             if sorted(order) != ["C", "T", "Z"]:
