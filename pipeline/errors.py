@@ -180,12 +180,25 @@ LAMBDA_OUT_OF_MEMORY_HINT = ("this is not the input's fault: give the job a smal
                              "job again")
 
 
+def lambda_function() -> str | None:
+    """The name of the Lambda function this process runs in (``AWS_LAMBDA_FUNCTION_NAME``,
+    which Lambda sets); None elsewhere, and in a local run (``tiffpipe run``: its run tag,
+    :data:`~pipeline.core.constants.RUN_TAG_ENV`, is set in its process and its workers),
+    which may have inherited that variable (started inside a function of one's own, or from
+    a shell that exported it): its tasks run on this machine, not in tiffpipe's functions."""
+    from pipeline.core.constants import RUN_TAG_ENV
+
+    if os.environ.get(RUN_TAG_ENV):
+        return None
+    return os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or None
+
+
 def lambda_hint(local: str, on_lambda: str) -> str:
     """The advice that fits where this process runs: in a Lambda function
-    (``AWS_LAMBDA_FUNCTION_NAME``, which Lambda sets), ``on_lambda`` after the function's
-    name and memory (a function has no shell, no --workers and no ulimit to change); else
-    ``local`` (for ``tiffpipe run`` on this machine)."""
-    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    (:func:`lambda_function`), ``on_lambda`` after the function's name and memory (a
+    function has no shell, no --workers and no ulimit to change); else ``local`` (for
+    ``tiffpipe run`` on this machine)."""
+    function = lambda_function()
     if not function:
         return local
     memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")

@@ -207,6 +207,31 @@ def test_a_function_lambda_cannot_import_says_how_to_install_it(monkeypatch):
     assert "PYTHONPATH" not in text and "worker" not in text
 
 
+def test_a_local_run_that_inherits_lambdas_environment_keeps_the_local_advice(
+        tmp_path, monkeypatch):
+    """A local run whose environment holds AWS_LAMBDA_FUNCTION_NAME (tiffpipe run started
+    inside a Lambda function of one's own, or from a shell that exported it) told a job
+    whose custom op could not be imported "in the Lambda function ...: deploy with your
+    package, deploy.py --package": advice for tiffpipe's process function, which this run
+    never used. A local run (its run tag set for its process and its workers) gives the
+    local advice, in its workers and its own process."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "someone-elses-function")
+    page = make_image(75, 64, 64, 1, "uint8")
+    write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(32, 32))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "out/missing.tif",
+         "ops": [{"op": "custom", "function": "no_such_module_xyz:fn"}]}]}))
+    for workers in ("1", "2"):
+        custom.load.cache_clear()
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", workers,
+                         "--quiet"]) == 1
+        report = json.loads((tmp_path / "m.report.json").read_text())
+        message = report["jobs"][0]["error"]["message"]
+        assert "cannot import module 'no_such_module_xyz'" in message, message
+        assert custom.IMPORT_HINT in message, message
+        assert "Lambda function" not in message and "deploy.py" not in message, message
+
+
 def test_custom_ops_on_the_embedded_engine(tmp_path):
     page = make_image(74, 300, 420, 3, "uint8")
     write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(64, 64))

@@ -17,6 +17,7 @@ from moto import mock_aws
 
 from pipeline import ui
 from pipeline.adapters import earlier_runs
+from pipeline.core.constants import RUN_TAG_ENV
 from pipeline.core.events import ReportEvent, RunEvent
 from pipeline.sample import SamplePage, write_sample
 from pipeline.steps import layout, planning
@@ -70,6 +71,12 @@ def test_the_earlier_running_execution_of_the_same_manifest(
     assert earlier_runs.earlier_run("", is_scan) is None
     with monkeypatch.context() as mp:
         mp.delenv("AWS_LAMBDA_FUNCTION_NAME")
+        assert earlier_runs.earlier_run(second, is_scan) is None
+    # a local run that inherited Lambda's environment is a local run: its earlier runs are
+    # this machine's (local_runs), not the state machine's
+    with monkeypatch.context() as mp:
+        mp.setenv(RUN_TAG_ENV, "20260101-000000-abcdef")
+        assert not earlier_runs.on_lambda()
         assert earlier_runs.earlier_run(second, is_scan) is None
     sfn.stop_execution(executionArn=first)
     assert earlier_runs.earlier_run(second, is_scan) is None

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from typing import Any
+
+from pipeline.errors import lambda_function
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ MAX_RUNNING = 1000
 
 
 def on_lambda() -> bool:
-    """Whether this process is a Lambda function's (where other runs can be listed)."""
-    return bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+    """Whether this process is a Lambda function's (where other runs can be listed; not a
+    local run that inherited Lambda's environment: :func:`pipeline.errors.lambda_function`)."""
+    return lambda_function() is not None
 
 
 def state_machine_of(execution: str) -> str | None:
