@@ -172,12 +172,15 @@ OUT_OF_MEMORY_HINT = ("this is not the input's fault: run with fewer --workers (
                       "then run the job again")
 
 
-#: what to do when an invocation on AWS Lambda runs out of memory (or threads): the function
-#: has a fixed memory (its MB, set by deploy.py), no --workers and no ulimit to change
-LAMBDA_OUT_OF_MEMORY_HINT = ("this is not the input's fault: give the job a smaller \"tile\" "
-                             "in the manifest, or raise the function's memory (FUNCTION_SIZES "
-                             "in pipeline/core/constants.py, then deploy.py), then run the "
-                             "job again")
+#: what to do about a Lambda function's memory: it is fixed (its MB, set by deploy.py), with
+#: no --workers and no ulimit to change; said of a MemoryError in the function and of
+#: Lambda's Runtime.OutOfMemory alike
+LAMBDA_MEMORY_ADVICE = ("give the job a smaller \"tile\" in the manifest, or raise the "
+                        "function's memory (FUNCTION_SIZES in pipeline/core/constants.py, then "
+                        "deploy.py)")
+#: what to do when an invocation on AWS Lambda runs out of memory (or threads)
+LAMBDA_OUT_OF_MEMORY_HINT = (f"this is not the input's fault: {LAMBDA_MEMORY_ADVICE}, then run "
+                             "the job again")
 
 
 def lambda_function() -> str | None:
@@ -335,9 +338,7 @@ _AWS_HINTS = {
     "States.Timeout": "a state ran past the TimeoutSeconds (or HeartbeatSeconds) of the state "
                       "machine definition: raise it, or give each invocation less work: "
                       + _LESS_WORK,
-    "Runtime.OutOfMemory": "the function ran out of memory: give the job a smaller tile, or "
-                           "raise the function's memory (FUNCTION_SIZES in "
-                           "pipeline/core/constants.py, then deploy.py)",
+    "Runtime.OutOfMemory": f"the function ran out of memory: {LAMBDA_MEMORY_ADVICE}",
 }
 
 

@@ -145,3 +145,21 @@ def test_too_many_open_files_on_lambda_says_what_a_lambda_user_can_do(
     with pytest.raises(Exception) as raised:
         handlers.process_handler(event)
     assert "ulimit -n" in str(raised.value) and "--workers" in str(raised.value)
+
+
+def test_lambda_kills_and_memory_errors_give_the_same_advice(monkeypatch: pytest.MonkeyPatch):
+    """Out of memory in a Lambda function is told two ways: a MemoryError the step raised
+    (OutOfMemoryError) and Lambda's own Runtime.OutOfMemory (the process killed). Their
+    advice was two texts that had drifted apart ('a smaller tile' and 'a smaller "tile" in
+    the manifest'); one text says it for both."""
+    from pipeline.errors import exhausted, failure_record
+
+    _lambda_env(monkeypatch)
+    raised = str(exhausted(MemoryError("Unable to allocate 1.00 GiB"), "process.process_unit"))
+    killed = failure_record({"Error": "Runtime.OutOfMemory", "Cause": json.dumps(
+        {"errorType": "Runtime.OutOfMemory",
+         "errorMessage": "RequestId: abc Error: Runtime exited with error: signal: killed"})})
+    advice = ('give the job a smaller "tile" in the manifest, or raise the function\'s memory '
+              "(FUNCTION_SIZES in pipeline/core/constants.py, then deploy.py)")
+    assert advice in raised, raised
+    assert advice in killed["message"], killed
