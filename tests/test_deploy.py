@@ -1029,6 +1029,36 @@ def test_your_packages_usage_errors(aws: Aws, tmp_path: Path, args: list[str], m
     assert aws.calls == []
 
 
+@pytest.mark.parametrize("line", [
+    "-rbase.txt", "-c constraints.txt", "--requirement=base.txt", "-e ./mylab",
+    "./mylab", "/home/me/mylab", "~/mylab", "file:///home/me/mylab",
+    "mylab @ file:///home/me/mylab", "mylab@file:../mylab",
+    "--find-links ./wheels", "-f /srv/wheels", "--find-links=wheels", "-fwheels",
+    "--find-links file:///srv/wheels",
+])
+def test_a_requirement_the_build_cannot_see_is_refused(tmp_path: Path, line: str):
+    """docs/aws.md: a requirements line naming another file or a local path is refused
+    (the image build sees the file alone); a PEP 508 reference to a local file (``name @
+    file:...``), a local --find-links folder and ``-rFILE`` written without a space passed,
+    and the build failed minutes later in pip inside docker."""
+    requirements = tmp_path / "r.txt"
+    requirements.write_text(f"numpy\n{line}  # mine\n")
+    with pytest.raises(ValueError, match="line 2: .* names another file or a local path"):
+        docker_images.check_user_packages(str(requirements), [])
+
+
+@pytest.mark.parametrize("line", [
+    "scikit-image==0.25.2", "mylib @ https://example.com/mylib-1.0-py3-none-any.whl",
+    "--find-links https://example.com/wheels/", "-f https://example.com/wheels/",
+    "--index-url https://mirror.example/simple", "--extra-index-url=https://x.example/s",
+    "--only-binary=:all:", "# -r other.txt",
+])
+def test_a_requirement_the_build_can_fetch_is_taken(tmp_path: Path, line: str):
+    requirements = tmp_path / "r.txt"
+    requirements.write_text(f"{line}\n")
+    docker_images.check_user_packages(str(requirements), [])
+
+
 def _package_tags(aws: Aws, step: str = "process") -> dict[str, str]:
     tags = aws.client("lambda").get_function(FunctionName=NAMES.function(step)).get("Tags", {})
     return {k: v for k, v in tags.items() if k != "tiffpipe:stack"}

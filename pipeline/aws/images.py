@@ -81,8 +81,13 @@ USER_FOLDER = "images/process/user"
 #: make the build context (so the image) differ from one deploy to the next
 _PACKAGE_JUNK = (".git", ".hg", ".venv", ".tox", "__pycache__", "*.pyc", "*.egg-info",
                  ".mypy_cache", ".pytest_cache", ".ruff_cache")
-#: requirement lines that name another file or a local path: the build sees only the file
-_LOCAL_LINE = re.compile(r"^(-r|-c|-e|--requirement|--constraint|--editable)\b|^(\.|/|~|file:)")
+#: requirement lines that name another file or a local path: the build sees only the file.
+#: Another file (``-r``, ``-c``, ``-e``; pip takes ``-rFILE`` too), a local path or file: URL
+#: as the line, as a PEP 508 reference (``name @ file:...``) or as a --find-links folder (a
+#: URL other than file: is fetched, so taken)
+_LOCAL_LINE = re.compile(
+    r"^(-[rce]|--requirement\b|--constraint\b|--editable\b)|^(\.|/|~|file:)|@\s*file:"
+    r"|^(-f|--find-links\b)\s*=?(?!\s*(?!file:)[A-Za-z][\w+.-]*://)")
 
 
 def check_user_packages(requirements: str | None, packages: Sequence[str]) -> None:
@@ -96,7 +101,7 @@ def check_user_packages(requirements: str | None, packages: Sequence[str]) -> No
             raise ValueError(f"--requirements {requirements}: no such file")
         for number, line in enumerate(path.read_text().splitlines(), 1):
             text = line.split(" #")[0].strip()
-            if _LOCAL_LINE.match(text):
+            if _LOCAL_LINE.search(text):
                 raise ValueError(
                     f"--requirements {requirements}, line {number}: {text!r} names another "
                     "file or a local path, which the image build cannot see: give a local "
