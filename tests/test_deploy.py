@@ -1168,6 +1168,27 @@ def test_the_record_of_your_packages_fits_lambdas_tags(tmp_path: Path):
     assert docker_images.package_tags(None, []) == {}
 
 
+def test_the_digest_covers_what_a_symlinked_folder_puts_in_the_image(tmp_path: Path):
+    """A project folder may link a folder of its code from elsewhere (mylab/ops ->
+    ../../shared/ops): the build context copies its files (copytree follows the link), but
+    the digest (os.walk, which does not) left them out, so a change there did not show in
+    the record of the packages (tiffpipe:packages-sha256) while the image changed."""
+    _, project, _ = _my_packages(tmp_path)
+    shared = tmp_path / "shared" / "ops"
+    shared.mkdir(parents=True)
+    (shared / "blur.py").write_text("def blur(tile): return tile\n")
+    (project / "mylab" / "ops").symlink_to(shared, target_is_directory=True)
+    before = docker_images.package_tags(None, [str(project)])
+    (shared / "blur.py").write_text("def blur(tile): return tile + 1\n")
+    after = docker_images.package_tags(None, [str(project)])
+    key = docker_images.PACKAGES_DIGEST_TAG
+    assert after[key] != before[key]
+    with docker_images.user_context(None, [str(project)], root=ROOT) as context:
+        assert context is not None
+        copied = context / "images/process/user/packages/00/mylab/mylab/ops/blur.py"
+        assert copied.read_text() == (shared / "blur.py").read_text()
+
+
 def test_a_stack_deployed_without_the_record_is_not_refused(aws: Aws):
     """A process function without the tags (a stack deployed before them, or never with
     packages): nothing says it has packages, so a build without them goes on."""

@@ -137,7 +137,7 @@ def _package_files(path: Path) -> Iterator[tuple[str, Path]]:
         yield path.name, path
         return
     found = []
-    for folder, dirs, files in os.walk(path):
+    for folder, dirs, files in os.walk(path, followlinks=True):  # as copytree copies
         dirs[:] = sorted(d for d in dirs
                          if not any(fnmatch.fnmatch(d, j) for j in _PACKAGE_JUNK))
         found += [Path(folder, f) for f in files
