@@ -26,6 +26,7 @@ from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT, TIFF
 
 from pipeline.adapters import kept_files, ojpeg, storage
 from pipeline.adapters.metadata import read_metadata
+from pipeline.core import segment_header
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
 from pipeline.errors import (
@@ -613,6 +614,7 @@ class PageReader:
         # handle); asked for first in a decoder thread, that moved the handle under this
         # thread's reads of segment bytes (a preview of a JPEG page failed one run in two).
         # Both made here, in the thread that reads the file.
+        self.compression = int(page.compression)
         self.ojpeg = int(page.compression) == ojpeg.OJPEG  # decoded whole, by libtiff
         self.lerc = int(page.compression) == LERC  # decoded with its mask, see _decode_lerc
         self._decode = None if self.ojpeg or self.lerc else page.decode
@@ -765,12 +767,34 @@ class PageReader:
             return ojpeg.page_tiff(self.page, lambda start, count: self._read(seg, start, count))
         offset, count = int(self.page.dataoffsets[seg]), self.counts[seg]
         if count:
-            return self._read(seg, offset, count)
+            data = self._read(seg, offset, count)
+            if self.compression in segment_header.READ:
+                self._check_declared(seg, segment_header.declared(self.compression, data))
+            return data
         if offset:  # (libtiff: "Invalid tile byte count")
             raise CorruptTiffError(f"{self.where}: segment {seg} has a byte count of 0 at "
                                    f"offset {offset} (a segment left empty has offset 0 and "
                                    f"byte count 0); the file is damaged: {REPAIR}")
         return None  # sparse: offset 0 and byte count 0
+
+    def _check_declared(self, seg: int, said: segment_header.Declared | None) -> None:
+        """CorruptTiffError if a segment's stream declares more than its tile or strip holds
+        (:mod:`pipeline.core.segment_header`): its codec would allocate all it declares
+        before tifffile finds that it does not fit, and a tiny stream can declare gigabytes.
+        Up to 4 samples a pixel are let through whatever the page's (a WebP stream says 4,
+        a JPEG's colour conversion makes 3)."""
+        pixels = self.seg_h * self.seg_w
+        depth = 1 if self.separate else self.file_samples
+        if said is None or (said[0] * said[1] <= pixels
+                            and said.values <= pixels * max(depth, 4)):
+            return
+        cname = _name(self.compression, COMPRESSION)
+        kind = "tile" if self.page.is_tiled else "strip"
+        raise CorruptTiffError(
+            f"{self.where}: segment {seg} ({cname}) declares {said}, more than its {kind} of "
+            f"{self.seg_w} x {self.seg_h} pixels x {depth} sample(s) holds; refused before "
+            f"decoding (it would allocate what it declares): the file is damaged or crafted: "
+            f"{REPAIR}")
 
     def decode_segment(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
         """A segment's pixels from its bytes; thread-safe (no file access)."""
@@ -786,6 +810,8 @@ class PageReader:
                 decoded, origin = self._decode_lerc(data, seg)
             else:
                 decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
+        except CorruptTiffError:  # (a LERC blob that declares more than its segment)
+            raise
         except Exception as exc:  # codecs raise their own error types
             cname = _name(int(self.page.compression), COMPRESSION)
             if is_out_of_memory(exc):  # the machine's limit, not a damaged file
@@ -827,10 +853,10 @@ class PageReader:
         stored as the mask (libtiff's encoder does so when the alpha is 0 or 255) gets it
         back as 0/255. A segment of one LERC band per sample (libtiff's when a float pixel
         has NaN in some samples only) is interleaved, as libtiff does."""
-        values, masks = imagecodecs.lerc_decode(data, masks=True)
+        depth = 1 if self.separate else self.file_samples
+        values, masks = imagecodecs.lerc_decode(self._lerc_blob(data, seg, depth), masks=True)
         plane, r, c = self._place(seg)
         y, x = r * self.seg_h, c * self.seg_w
-        depth = 1 if self.separate else self.file_samples
         if values.dtype != self.file_dtype:
             raise ValueError(f"LERC data type {values.dtype}, the page's samples are "
                              f"{self.file_dtype}")
@@ -852,6 +878,30 @@ class PageReader:
             np.putmask(values, ~np.broadcast_to(masks, values.shape),
                        np.nan if self.file_dtype.kind == "f" else self.fill)
         return self._lerc_shaped(values, y, x, depth), (plane, 0, y, x)
+
+    def _lerc_blob(self, data: bytes, seg: int, depth: int) -> bytes:
+        """A LERC segment's blob, unwrapped from its zstd or deflate (LERC_ZSTD,
+        LERC_DEFLATE) into at most what the segment's values can take, and checked to
+        declare no more values than the segment holds (:meth:`_check_declared`): LERC
+        allocates what its header declares, and a constant image of any size is a few dozen
+        bytes (imagecodecs' own unwrapping is unbounded, so it is done here)."""
+        values = self.seg_h * self.seg_w * depth
+        if not data.startswith((b"Lerc2 ", b"CntZImage ")):
+            # a blob is at most its values stored raw, its mask and a header a band
+            most = values * self.file_dtype.itemsize + values // 8 + 1024 * depth + 65536
+            if data.startswith(b"\x28\xb5\x2f\xfd"):
+                data = imagecodecs.zstd_decode(data, out=most)
+            else:
+                data = imagecodecs.zlib_decode(data, out=most)
+            data = bytes(data)
+        said = segment_header.lerc_declared(data)
+        if said is not None and said.values > values:
+            raise CorruptTiffError(
+                f"{self.where}: segment {seg} (LERC) declares {said.values} values, more than "
+                f"its {self.seg_w} x {self.seg_h} pixels x {depth} sample(s) hold; refused "
+                f"before decoding (it would allocate what it declares): the file is damaged "
+                f"or crafted: {REPAIR}")
+        return data
 
     def _lerc_shaped(self, values: np.ndarray, y: int, x: int, depth: int) -> np.ndarray:
         """A decoded LERC segment as (h, w, s): a whole tile or strip, or the part of the
