@@ -190,6 +190,36 @@ def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
     assert (report["succeeded"], report["failed"], report["jobs"]) == (0, 0, [])
 
 
+def test_a_link_to_a_file_outside_the_scanned_folder_is_left_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture):
+    """Whoever may put files in a scanned folder may put links there: a link to a file
+    outside it (another user's slide, a key) is left out, with a warning naming it, so its
+    pixels are never published in the scan's output, nor a non-TIFF's first bytes in the
+    report (before: both were). A link to a file inside the folder is processed."""
+    incoming, private = tmp_path / "incoming", tmp_path / "private"
+    incoming.mkdir()
+    private.mkdir()
+    write_sample(str(private / "secret.tif"), [SamplePage(40, 50, 1)], seed=1)
+    (private / "key.tif").write_bytes(b"-----BEGIN PRIVATE KEY-----")
+    write_sample(str(incoming / "a.tif"), [SamplePage(40, 50, 1)], seed=2)
+    (incoming / "secret.tif").symlink_to(private / "secret.tif")
+    (incoming / "key.tif").symlink_to(private / "key.tif")
+    (incoming / "again.tif").symlink_to("a.tif")  # inside: processed
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed"}}))
+
+    with caplog.at_level("WARNING"):
+        code, report, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert sorted(os.path.basename(j["output"]) for j in report["jobs"]) == ["a.tif",
+                                                                            "again.tif"]
+    assert sorted(os.listdir(tmp_path / "processed")) == ["a.tif", "again.tif"]
+    assert "-----BEGIN" not in json.dumps(report)
+    [warning] = [r.getMessage() for r in caplog.records if "outside" in r.getMessage()]
+    assert "left out 2 link(s)" in warning
+    assert f"{incoming / 'secret.tif'} -> {private / 'secret.tif'}" in warning
+
+
 def test_a_missing_input_folder_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture):
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"scan": {"input": "nope", "output": "out"}}))

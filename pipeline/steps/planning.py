@@ -176,8 +176,38 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
                                  "in the manifest and that the folder is there")
-    return scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
+    jobs = scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
                      storage.list_prefix(scan.output, OutputNotWritableError))
+    return jobs if storage.is_s3(scan.input) else _without_links_out(scan.input, jobs)
+
+
+#: the links out of a scan's input folder a warning names (then how many more)
+LINKS_NAMED = 3
+
+
+def _without_links_out(folder: str, jobs: list[JobSpec]) -> list[JobSpec]:
+    """The jobs of a local scan but those whose input is a link to a file outside the scanned
+    ``folder`` (through any links), which are left out with a warning naming them: whoever
+    may put files in the folder could otherwise link any file this process may read (another
+    user's slide, a key) and get its pixels published in the scan's output, or the first
+    bytes of a file that is not a TIFF in the run report. A link within the folder is
+    processed. One ``lstat`` a job."""
+    root = os.path.realpath(folder)
+    kept, out = [], []
+    for spec in jobs:
+        if os.path.islink(spec.input):
+            target = os.path.realpath(spec.input)
+            if os.path.commonpath([root, target]) != root:
+                out.append(f"{spec.input} -> {target}")
+                continue
+        kept.append(spec)
+    if out:
+        more = f" (and {len(out) - LINKS_NAMED} more)" if len(out) > LINKS_NAMED else ""
+        log.warning("scan of %s: left out %d link(s) to files outside the scanned folder: "
+                    "%s%s; a scan processes the files under its input only: copy such a file "
+                    "there instead of linking it", folder, len(out),
+                    ", ".join(out[:LINKS_NAMED]), more)
+    return kept
 
 
 def skip_job(job: int, doc: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
