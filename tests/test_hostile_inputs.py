@@ -170,3 +170,41 @@ def test_declared_sizes_are_the_encoders(shape):
         assert said is not None and said[:2] == shape, (code, said)
     assert lerc_declared(imagecodecs.lerc_encode(rgb.astype("float32")))[0] == rgb.size
     assert declared(7, b"\xff\xd8\xff") is None  # a header cut short: the codec says so
+
+
+def _classic_tiff(path: Path, entries: list[tuple[int, int, int, int]]) -> None:
+    """A little-endian TIFF of one IFD of ``entries`` (tag, type SHORT 3 or LONG 4, count 1,
+    value), written by hand: what no writer would write."""
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in sorted(entries):
+        ifd += struct.pack("<HHIH2x" if kind == 3 else "<HHII", tag, kind, count, value)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0))
+
+
+def test_a_page_whose_rows_are_too_wide_to_read_is_refused_when_planned(tmp_path, capsys):
+    """A 134-byte file declaring one sparse uncompressed strip 1,000,000 px wide of 100
+    float64 samples: a row is 763 MiB, and a tile reads whole rows. Refused by the page's
+    info (PlanJob, estimate, preview) naming the page and the size (before: planned, then
+    every unit failed with an OutOfMemoryError saying the input was not at fault, and
+    ``tiffpipe preview`` ran for minutes at 1.6 GB)."""
+    from pipeline import cli
+    from pipeline.adapters.tiff_read import read_infos
+    from pipeline.errors import UnsupportedTiffError
+
+    path = tmp_path / "wide.tif"
+    side = 10**6
+    _classic_tiff(path, [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 64), (259, 3, 1, 1),
+                         (262, 3, 1, 1), (273, 4, 1, 0), (277, 3, 1, 100), (278, 4, 1, side),
+                         (279, 4, 1, 0), (339, 3, 1, 3)])
+    assert path.stat().st_size < 200
+    with pytest.raises(UnsupportedTiffError, match=rf"{path}: page 0: a row of its "
+                       r"uncompressed strips is 763 MiB .* re-save the file tiled"):
+        read_infos(str(path), None)
+    assert cli.main(["preview", str(path), "-o", str(tmp_path / "p.png")]) == 1
+    assert "UnsupportedTiffError" in capsys.readouterr().err
+    # a row that fits 64 times is read by rows as before, however many rows the strip has
+    narrow = tmp_path / "narrow.tif"
+    tifffile.imwrite(narrow, np.zeros((300, 2000, 3), np.uint8), rowsperstrip=300,
+                     photometric="rgb")
+    [info] = read_infos(str(narrow), None)
+    assert info.segment_rows == 300

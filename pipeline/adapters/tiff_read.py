@@ -48,6 +48,10 @@ _UNDECODABLE = {
 #: segments are larger than this, counting every plane of a planar page (a window holds
 #: them together; an uncompressed strip is read by rows, whatever its size)
 MAX_SEGMENT_BYTES = 512 * 2**20
+#: ... and an uncompressed strip, read by rows, is read whole rows wide: the fewest rows a
+#: processing tile reads (the smallest tile, 64 px) must fit it too (a 134-byte file of one
+#: sparse strip, 1,000,000 px wide with 100 float64 samples, asked 381 GiB of a unit)
+RAW_FEWEST_ROWS = 64
 #: why a photometric interpretation is refused, and what to do instead
 _REFUSED_PHOTOMETRICS = {
     PHOTOMETRIC.YCBCR: "YCbCr is decoded to RGB only inside JPEG compression; re-save the file "
@@ -567,6 +571,14 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
         raise UnsupportedTiffError(
             f"{where}: {what} decodes to {seg_bytes / 2**20:.0f} MiB (more than "
             f"{MAX_SEGMENT_BYTES // 2**20} MiB), which cannot be read in bounded memory; {fix}")
+    row_bytes = int(page.imagewidth) * kind.channels * kind.dtype.itemsize
+    if compression == 1 and not tiled and row_bytes * RAW_FEWEST_ROWS > MAX_SEGMENT_BYTES:
+        raise UnsupportedTiffError(
+            f"{where}: a row of its uncompressed strips is {row_bytes / 2**20:.0f} MiB "
+            f"({page.imagewidth} pixels x {kind.channels} sample(s) x {kind.dtype.itemsize} "
+            f"bytes), and a tile reads whole rows, {RAW_FEWEST_ROWS} at the fewest: more than "
+            f"{MAX_SEGMENT_BYTES // 2**20} MiB, which cannot be read in bounded memory; "
+            "re-save the file tiled (for example 512x512 tiles)")
     metadata = read_metadata(page, kind.colormap)
     return PageInfo(index=index, height=int(page.imagelength), width=int(page.imagewidth),
                     channels=kind.channels, dtype=kind.dtype.name, photometric=kind.photometric,
