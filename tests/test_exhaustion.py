@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from address_space import LIMIT_ROOM
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(sys.platform != "linux", reason="rlimits, /proc")]
@@ -163,18 +164,9 @@ def test_a_task_thread_that_cannot_start_fails_its_job_only(tmp_path: Path):
 
 
 _LIMIT_AFTER_IMPORTS = textwrap.dedent("""
-    import resource
     import cv2, numpy, tifffile, imagecodecs  # noqa: F401 - (their mappings counted)
     import pipeline.cli, pipeline.steps.split, pipeline.steps.single  # noqa: F401
-
-    def _vm_bytes():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-
-    resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + {room}, resource.RLIM_INFINITY))
-""")
+""") + LIMIT_ROOM
 
 
 @pytest.mark.slow

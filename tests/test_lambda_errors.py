@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from address_space import LIMIT_ROOM
 
 from pipeline import handlers
 from pipeline.core.constants import TILE_THREADS_ENV
@@ -34,17 +35,10 @@ FUNCTION = "tiffpipe-t1-process"
 #: the process image's entry point, its address space then limited to what it uses plus
 #: ``room`` bytes, invoked with one event; prints what Lambda's runtime client reports
 _INVOKE_LIMITED = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     sys.path.insert(0, {image!r})
     import app  # the image's CMD: its handler, its steps and OpenCV imported (Lambda's init)
-
-    def _vm_bytes():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-
-    resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + {room}, resource.RLIM_INFINITY))
+""") + LIMIT_ROOM + textwrap.dedent("""
     try:
         print(json.dumps({{"result": app.handler(json.loads(sys.argv[1]), None)}}))
     except Exception as exc:  # as awslambdaric reports an unhandled error
