@@ -488,8 +488,11 @@ def _interrupted_line(result: RunResult, signum: int) -> str:
         return head + f"all {total} jobs had finished; their outputs and the report are complete"
     if unfinished == total:
         return head + f"none of the {total} jobs had finished; all were stopped {again}"
-    return head + (f"{total - unfinished} of {total} jobs finished, their outputs are kept; the "
-                   f"other {unfinished} were stopped {again}")
+    failed = sum(j["status"] == "FAILED" for j in result.report["jobs"]) - unfinished
+    kept = (f"{total - unfinished - failed} with their outputs, kept; {failed} failed"
+            if failed else "their outputs are kept")  # (failed of themselves, before the stop)
+    return head + (f"{total - unfinished} of {total} jobs finished, {kept}; the other "
+                   f"{unfinished} were stopped {again}")
 
 
 def cmd_ops(args: argparse.Namespace) -> int:

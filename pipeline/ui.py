@@ -222,8 +222,9 @@ def rerun_hint(report: dict[str, Any], if_exists: list[str]) -> str | None:
             }.get(tuple(modes), "would run again or fail {}")
     succeeded = f"the {_jobs(len(done))} that succeeded"
     return (f"tiffpipe: a rerun of this manifest as it is {redo.format(succeeded)} (if_exists: "
-            f"{', '.join(modes)}); \"if_exists\": \"skip\" in its \"defaults\" keeps their "
-            f"outputs and runs only the {_jobs(failed)} without an output")
+            f"{', '.join(modes)}); \"if_exists\": \"skip\" for them (in its \"defaults\", "
+            "and in each job that sets its own) keeps their outputs and runs only the jobs "
+            "without one")
 
 
 def _jobs(n: int) -> str:

@@ -217,8 +217,8 @@ def test_a_partly_failed_run_says_how_to_rerun_only_what_failed(
                 "would fail the 2 jobs that succeeded (OutputExistsError)")
         assert hint == [(
             f"tiffpipe: a rerun of this manifest as it is {redo} (if_exists: {if_exists}); "
-            "\"if_exists\": \"skip\" in its \"defaults\" keeps their outputs and runs only "
-            "the 1 job without an output")]
+            "\"if_exists\": \"skip\" for them (in its \"defaults\", and in each job that "
+            "sets its own) keeps their outputs and runs only the jobs without one")]
     # and so it does
     data["defaults"] = {"if_exists": "skip"}
     manifest.write_text(json.dumps(data))
@@ -276,7 +276,9 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
     from a scheduler's timeout, a hang-up) said only "interrupted (SIGTERM): 3 of 5 jobs
     finished, their outputs are kept": the job that had failed on its own (a file that is
     no TIFF) was named nowhere but in the report. It is named; the jobs the stop left
-    without an output are not (the interrupted line counts them), and the count says so."""
+    without an output are not (the interrupted line counts them), and the count says so.
+    The interrupted line no longer counts the failed job among those whose outputs are
+    kept."""
     import argparse
 
     from pipeline.engine.local import StopRequest
@@ -302,9 +304,9 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        ("tiffpipe: interrupted (SIGTERM): 3 of 5 jobs finished, their outputs are kept; the "
-         "other 2 were stopped without an output (RunInterruptedError in the report): run "
-         "them again"),
+        ("tiffpipe: interrupted (SIGTERM): 3 of 5 jobs finished, 2 with their outputs, kept; "
+         "1 failed; the other 2 were stopped without an output (RunInterruptedError in the "
+         "report): run them again"),
         "tiffpipe: job 0 FAILED (in/0.tif): NotATiffError: NotATiffError of job 0",
         "tiffpipe: 1 of 5 jobs failed (2 succeeded, 2 stopped); report: /data/m.report.json"]
 

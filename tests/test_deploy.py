@@ -1010,6 +1010,8 @@ def test_your_packages_go_into_the_process_images_build_context(aws: Aws, tmp_pa
     (["--requirements", "{tmp}/local.txt"], "line 1: './mylab' names another file"),
     (["--package", "{tmp}/requirements.txt"],
      "--package {tmp}/requirements.txt: expected a wheel (.whl) or a project folder"),
+    (["--package", "{tmp}/missing-1.0-py3-none-any.whl"],
+     "--package {tmp}/missing-1.0-py3-none-any.whl: no such file or folder"),
     (["--package", "{tmp}/mylab", "--skip-build"],
      "--package goes with a build: leave out --skip-build"),
     (["--no-packages", "--skip-build"], "--no-packages goes with a build: leave out --skip-build"),

@@ -696,6 +696,29 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
     assert read_manifest(str(scan)).output.rstrip(os.sep) == str(tmp_path / "s" / "elsewhere")
 
 
+def test_an_output_inside_another_jobs_output_through_a_link_is_a_problem(tmp_path):
+    """``olink/q.tif/r.tif`` beside ``o/q.tif``, olink a link to o: the spellings differ, so
+    the parse let it through (valid, exit 0), and the run wrote the folder o/q.tif/ for one
+    job while the other failed with "Is a directory". Reading the manifest follows the
+    folders' links, as for two outputs one file."""
+    from pipeline.steps.common import read_manifest
+
+    tmp_path = type(tmp_path)(os.path.realpath(tmp_path))  # (the messages give real folders)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "olink").symlink_to(tmp_path / "o")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": "a.tif", "output": "o/q.tif"},
+        {"input": "b.tif", "output": "olink/q.tif/r.tif"},
+        {"input": "c.tif", "output": "olink/other.tif"}]}))
+    with pytest.raises(ManifestError) as caught:
+        read_manifest(str(manifest))
+    assert caught.value.problems == [
+        (f"jobs[1].output: {tmp_path / 'olink' / 'q.tif' / 'r.tif'} is, through a link, "
+         f"inside the output of jobs[0] ({tmp_path / 'o' / 'q.tif'}), a file, not a folder: "
+         "give one of them another path")]
+
+
 def test_a_path_ending_in_a_slash_is_a_folder_not_a_file():
     """A relative path ending in / in an S3 manifest resolves to a prefix (the slash was
     dropped on the way, and the job failed at run time as a missing object); in a local

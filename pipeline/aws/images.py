@@ -109,6 +109,8 @@ def check_user_packages(requirements: str | None, packages: Sequence[str]) -> No
                     "the requirements themselves")
     for package in packages:
         path = Path(package)
+        if not path.exists():
+            raise ValueError(f"--package {package}: no such file or folder")
         if path.is_file() and path.suffix == ".whl":
             continue
         if path.is_dir() and any((path / f).is_file() for f in ("pyproject.toml", "setup.py")):

@@ -99,6 +99,26 @@ def linked_problems(parsed: list[JobSpec] | ScanSpec) -> list[str]:
             problems.append(f"jobs[{i}].output: {job.output} is, through a link, the input of "
                             f"jobs[{reader}] ({entry}): the output would replace it; give it "
                             "another path")
+    return problems + _nested_through_links(parsed, writers)
+
+
+def _nested_through_links(parsed: list[JobSpec], writers: dict[str, int]) -> list[str]:
+    """A problem for each local output inside the file another job writes, once links are
+    followed (``olink/a.tif/b.tif`` beside ``o/a.tif``, olink a link to o), which the
+    manifest's check of spellings cannot see: the one file cannot be both, and which job
+    fails depends on which gets there first. ``writers``: each output's entry, its job."""
+    problems = []
+    for entry, i in writers.items():
+        folder, parent = entry, os.path.dirname(entry)
+        while parent != folder:
+            owner = writers.get(parent)
+            if owner is not None and owner != i:
+                problems.append(
+                    f"jobs[{i}].output: {parsed[i].output} is, through a link, inside the output "
+                    f"of jobs[{owner}] ({parent}), a file, not a folder: give one of them "
+                    "another path")
+                break
+            folder, parent = parent, os.path.dirname(parent)
     return problems
 
 
