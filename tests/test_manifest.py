@@ -649,7 +649,8 @@ def test_valid_text_is_parsed_and_checked():
 def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(tmp_path):
     """The parse compares spellings; reading a local manifest also follows its folders'
     links: two outputs one file (one job's output would be lost), an output onto another
-    job's input (which it would replace), a scan whose output lies in its input."""
+    job's input (which it would replace), an output inside another's, a scan whose output
+    lies in its input."""
     from pipeline.steps.common import read_manifest
 
     tmp_path = type(tmp_path)(os.path.realpath(tmp_path))  # (the messages give real folders)
@@ -668,7 +669,8 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
         {"input": "b.tif", "output": "linkin/c.tif"},
         {"input": "b.tif", "output": "link/other.tif"},
         {"input": "link/x.tif", "output": "x_blur.tif"},
-        {"input": "b.tif", "output": "out/x.tif"}]}))
+        {"input": "b.tif", "output": "out/x.tif"},
+        {"input": "b.tif", "output": "link/c.tif/r.tif"}]}))
     with pytest.raises(ManifestError) as caught:
         read_manifest(str(manifest))
     assert caught.value.problems == [
@@ -681,7 +683,12 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
         # the link that jobs[5] reads through would be replaced by jobs[6]'s output
         (f"jobs[6].output: {tmp_path / 'out' / 'x.tif'} is, through a link, the input of "
          f"jobs[5] ({tmp_path / 'out' / 'x.tif'}): the output would replace it; give it "
-         "another path")]
+         "another path"),
+        # jobs[2] writes the file out/c.tif, which jobs[7] would need as a folder (the run
+        # wrote one of them and failed the other with "Is a directory")
+        (f"jobs[7].output: {tmp_path / 'link' / 'c.tif' / 'r.tif'} is, through a link, inside "
+         f"the output of jobs[2] ({tmp_path / 'out' / 'c.tif'}), a file, not a folder: give "
+         "one of them another path")]
 
     (tmp_path / "s" / "in" / "outx").mkdir(parents=True)
     (tmp_path / "s" / "lnk").symlink_to(tmp_path / "s" / "in" / "outx")
@@ -694,29 +701,6 @@ def test_links_that_make_two_paths_one_file_are_found_when_the_manifest_is_read(
                               f"{tmp_path / 's' / 'in' / 'outx'}, which is inside scan.input")
     scan.write_text(json.dumps({"scan": {"input": "s/in", "output": "s/elsewhere"}}))
     assert read_manifest(str(scan)).output.rstrip(os.sep) == str(tmp_path / "s" / "elsewhere")
-
-
-def test_an_output_inside_another_jobs_output_through_a_link_is_a_problem(tmp_path):
-    """``olink/q.tif/r.tif`` beside ``o/q.tif``, olink a link to o: the spellings differ, so
-    the parse let it through (valid, exit 0), and the run wrote the folder o/q.tif/ for one
-    job while the other failed with "Is a directory". Reading the manifest follows the
-    folders' links, as for two outputs one file."""
-    from pipeline.steps.common import read_manifest
-
-    tmp_path = type(tmp_path)(os.path.realpath(tmp_path))  # (the messages give real folders)
-    (tmp_path / "o").mkdir()
-    (tmp_path / "olink").symlink_to(tmp_path / "o")
-    manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps({"jobs": [
-        {"input": "a.tif", "output": "o/q.tif"},
-        {"input": "b.tif", "output": "olink/q.tif/r.tif"},
-        {"input": "c.tif", "output": "olink/other.tif"}]}))
-    with pytest.raises(ManifestError) as caught:
-        read_manifest(str(manifest))
-    assert caught.value.problems == [
-        (f"jobs[1].output: {tmp_path / 'olink' / 'q.tif' / 'r.tif'} is, through a link, "
-         f"inside the output of jobs[0] ({tmp_path / 'o' / 'q.tif'}), a file, not a folder: "
-         "give one of them another path")]
 
 
 def test_a_path_ending_in_a_slash_is_a_folder_not_a_file():

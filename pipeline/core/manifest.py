@@ -34,6 +34,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import field
 from typing import Any
 
@@ -421,18 +422,24 @@ def _nested_outputs(outputs: dict[str, int]) -> list[str]:
     failed depended on which got there first, after its work. S3 keys may nest."""
     nested = []
     for key, i in outputs.items():
-        if is_s3(key):
-            continue
-        folder, parent = key, os.path.dirname(key)
-        while parent != folder:  # up to the root, whose dirname is itself
-            if parent in outputs:
-                problem = (f"jobs[{i}].output: {json.dumps(key)} is inside the output of "
-                           f"jobs[{outputs[parent]}] ({json.dumps(parent)}), a file, not a "
-                           "folder: give one of them another path")
-                nested.append((i, problem))
-                break
-            folder, parent = parent, os.path.dirname(parent)
+        parent = None if is_s3(key) else enclosing(key, outputs)
+        if parent is not None:
+            problem = (f"jobs[{i}].output: {json.dumps(key)} is inside the output of "
+                       f"jobs[{outputs[parent]}] ({json.dumps(parent)}), a file, not a "
+                       "folder: give one of them another path")
+            nested.append((i, problem))
     return [problem for _, problem in sorted(nested)]
+
+
+def enclosing(path: str, paths: Mapping[str, Any]) -> str | None:
+    """The nearest folder above ``path`` that is one of ``paths`` (another job's output), or
+    None: up to the root, whose dirname is itself."""
+    folder, parent = path, os.path.dirname(path)
+    while parent != folder:
+        if parent in paths:
+            return parent
+        folder, parent = parent, os.path.dirname(parent)
+    return None
 
 
 def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, int]) -> list[str]:

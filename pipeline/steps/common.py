@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.adapters import storage
 from pipeline.core.constants import TILE_THREADS_ENV
-from pipeline.core.manifest import ScanSpec, load_manifest
+from pipeline.core.manifest import ScanSpec, enclosing, load_manifest
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import (
     InputNotFoundError,
@@ -109,16 +109,12 @@ def _nested_through_links(parsed: list[JobSpec], writers: dict[str, int]) -> lis
     fails depends on which gets there first. ``writers``: each output's entry, its job."""
     problems = []
     for entry, i in writers.items():
-        folder, parent = entry, os.path.dirname(entry)
-        while parent != folder:
-            owner = writers.get(parent)
-            if owner is not None and owner != i:
-                problems.append(
-                    f"jobs[{i}].output: {parsed[i].output} is, through a link, inside the output "
-                    f"of jobs[{owner}] ({parent}), a file, not a folder: give one of them "
-                    "another path")
-                break
-            folder, parent = parent, os.path.dirname(parent)
+        parent = enclosing(entry, writers)
+        if parent is not None:
+            problems.append(
+                f"jobs[{i}].output: {parsed[i].output} is, through a link, inside the output "
+                f"of jobs[{writers[parent]}] ({parent}), a file, not a folder: give one of them "
+                "another path")
     return problems
 
 
