@@ -37,6 +37,11 @@ from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+#: what --requirements and --package each say of when to give them
+_GIVE_AT_EVERY_BUILD = ("give it at every deploy that builds (the process function records it: "
+                        "a build without it is refused)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deploy.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--stack", default="main",
@@ -90,12 +95,10 @@ def _parser() -> argparse.ArgumentParser:
                         "docker build takes it); repeatable")
     p.add_argument("--requirements", metavar="FILE",
                    help="a pip requirements file of your own packages (custom ops) to install "
-                        "in the process image; give it at every deploy that builds (the "
-                        "process function records it: a build without it is refused)")
+                        f"in the process image; {_GIVE_AT_EVERY_BUILD}")
     p.add_argument("--package", action="append", default=[], metavar="PATH",
                    help="a package of your own (a wheel, or a project folder) to install in "
-                        "the process image; repeatable; give it at every deploy that builds "
-                        "(the process function records it: a build without it is refused)")
+                        f"the process image; repeatable; {_GIVE_AT_EVERY_BUILD}")
     p.add_argument("--no-packages", action="store_true",
                    help="build the process image without your packages, though the deployed "
                         "one has some (a build without --package/--requirements is refused "
