@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fnmatch
 import hashlib
 import os
 import re
@@ -81,6 +80,8 @@ USER_FOLDER = "images/process/user"
 #: make the build context (so the image) differ from one deploy to the next
 _PACKAGE_JUNK = (".git", ".hg", ".venv", ".tox", "__pycache__", "*.pyc", "*.egg-info",
                  ".mypy_cache", ".pytest_cache", ".ruff_cache")
+#: the names of a folder's entries that are :data:`_PACKAGE_JUNK` (copytree's ``ignore``)
+_junk = shutil.ignore_patterns(*_PACKAGE_JUNK)
 #: requirement lines that name another file or a local path: the build sees only the file.
 #: Another file (``-r``, ``-c``, ``-e``; pip takes ``-rFILE`` too), a local path or file: URL
 #: as the line, as a PEP 508 reference (``name @ file:...``) or as a --find-links folder (a
@@ -140,10 +141,9 @@ def _package_files(path: Path) -> Iterator[tuple[str, Path]]:
         return
     found = []
     for folder, dirs, files in os.walk(path, followlinks=True):  # as copytree copies
-        dirs[:] = sorted(d for d in dirs
-                         if not any(fnmatch.fnmatch(d, j) for j in _PACKAGE_JUNK))
-        found += [Path(folder, f) for f in files
-                  if not any(fnmatch.fnmatch(f, j) for j in _PACKAGE_JUNK)]
+        junk = _junk(folder, dirs + files)
+        dirs[:] = sorted(d for d in dirs if d not in junk)
+        found += [Path(folder, f) for f in files if f not in junk]
     for file in sorted(found):
         yield file.relative_to(path).as_posix(), file
 
@@ -219,7 +219,7 @@ def user_context(requirements: str | None = None, packages: Sequence[str] = (),
             path = Path(package).resolve()
             into = user / "packages" / f"{number:02d}" / path.name
             if path.is_dir():
-                shutil.copytree(path, into, ignore=shutil.ignore_patterns(*_PACKAGE_JUNK))
+                shutil.copytree(path, into, ignore=_junk)
             else:
                 into.parent.mkdir(parents=True)
                 shutil.copyfile(path, into)
