@@ -186,8 +186,7 @@ def _check_packages(config: DeployConfig, clients: Clients, names: StackNames,
     tags = docker_images.package_tags(config.requirements, config.packages)
     function = get_or_none(lambda: clients("lambda").get_function(
         FunctionName=names.function("process")), "ResourceNotFoundException")
-    deployed = {k: v for k, v in ((function or {}).get("Tags") or {}).items()
-                if k in docker_images.PACKAGE_TAGS}
+    deployed = docker_images.recorded_packages((function or {}).get("Tags"))
     had = docker_images.describe_packages(deployed)
     if not had or deployed == tags:
         return tags

@@ -180,6 +180,11 @@ def package_tags(requirements: str | None, packages: Sequence[str]) -> dict[str,
     return tags
 
 
+def recorded_packages(tags: dict[str, str] | None) -> dict[str, str]:
+    """Those of a function's ``tags`` that record the user's packages (:data:`PACKAGE_TAGS`)."""
+    return {k: v for k, v in (tags or {}).items() if k in PACKAGE_TAGS}
+
+
 def describe_packages(tags: dict[str, str]) -> str:
     """The user's packages a process function's tags record, as deploy.py's options
     (``--package a b; --requirements r.txt: x y``); empty when they record none."""

@@ -287,7 +287,7 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
 def _ensure_package_tags(lam: Any, arn: str, tags: dict[str, str], packages: dict[str, str],
                          acts: Actions) -> None:
     """The function's tags recording the user's packages: exactly ``packages``."""
-    current = {k: v for k, v in tags.items() if k in docker_images.PACKAGE_TAGS}
+    current = docker_images.recorded_packages(tags)
     shown = docker_images.describe_packages(packages)
     if current == packages:
         acts.same(f"your packages ({shown or 'none'})")
