@@ -33,7 +33,8 @@ def main(source: Path, target: Path, locked: str, locks: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     requirements = source / "requirements.txt"
     packages = sorted(str(p) for p in source.glob("packages/*/*"))
-    if not packages and not _has_requirements(requirements):
+    listed = _has_requirements(requirements)
+    if not packages and not listed:
         return
     prefix = Path(tempfile.mkdtemp(prefix="user-prefix-"))  # its site-packages: to target
     cmd = [sys.executable, "-m", "pip", "install", "--no-cache-dir",
@@ -41,7 +42,7 @@ def main(source: Path, target: Path, locked: str, locks: Path) -> None:
            "--prefix", str(prefix)]
     for lock in sorted(locks.glob("*.txt")):
         cmd += ["-c", str(lock)]
-    if _has_requirements(requirements):
+    if listed:
         cmd += ["-r", str(requirements)]
     subprocess.run([*cmd, *packages], check=True, env={**os.environ, "PYTHONPATH": locked})
     scheme = sysconfig.get_paths(vars={"base": str(prefix), "platbase": str(prefix)})
