@@ -797,12 +797,17 @@ class PageReader:
         a JPEG's colour conversion makes 3)."""
         pixels = self.seg_h * self.seg_w
         depth = 1 if self.separate else self.file_samples
-        if said is None or (said[0] * said[1] <= pixels
-                            and said.values <= pixels * max(depth, 4)):
-            return
+        if said is not None and (said[0] * said[1] > pixels
+                                 or said.values > pixels * max(depth, 4)):
+            raise self._declares_more(seg, str(said), depth)
+
+    def _declares_more(self, seg: int, said: str, depth: int) -> CorruptTiffError:
+        """The refusal of a segment whose stream declares ``said``, more than its tile or
+        strip of ``depth`` samples a pixel holds (:meth:`_check_declared`,
+        :meth:`_lerc_blob`)."""
         cname = _name(self.compression, COMPRESSION)
         kind = "tile" if self.page.is_tiled else "strip"
-        raise CorruptTiffError(
+        return CorruptTiffError(
             f"{self.where}: segment {seg} ({cname}) declares {said}, more than its {kind} of "
             f"{self.seg_w} x {self.seg_h} pixels x {depth} sample(s) holds; refused before "
             f"decoding (it would allocate what it declares): the file is damaged or crafted: "
@@ -908,11 +913,7 @@ class PageReader:
             data = bytes(data)
         said = segment_header.lerc_declared(data)
         if said is not None and said.values > values:
-            raise CorruptTiffError(
-                f"{self.where}: segment {seg} (LERC) declares {said.values} values, more than "
-                f"its {self.seg_w} x {self.seg_h} pixels x {depth} sample(s) hold; refused "
-                f"before decoding (it would allocate what it declares): the file is damaged "
-                f"or crafted: {REPAIR}")
+            raise self._declares_more(seg, f"{said.values} values", depth)
         return data
 
     def _lerc_shaped(self, values: np.ndarray, y: int, x: int, depth: int) -> np.ndarray:
