@@ -488,7 +488,7 @@ def _interrupted_line(result: RunResult, signum: int) -> str:
         return head + f"all {total} jobs had finished; their outputs and the report are complete"
     if unfinished == total:
         return head + f"none of the {total} jobs had finished; all were stopped {again}"
-    failed = sum(j["status"] == "FAILED" for j in result.report["jobs"]) - unfinished
+    failed = result.report["failed"] - unfinished
     kept = (f"{total - unfinished - failed} with their outputs, kept; {failed} failed"
             if failed else "their outputs are kept")  # (failed of themselves, before the stop)
     return head + (f"{total - unfinished} of {total} jobs finished, {kept}; the other "

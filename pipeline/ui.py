@@ -183,7 +183,7 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
     if len(failed) > limit:
         lines.append(f"tiffpipe: ... and {len(failed) - limit} more failed job(s): see the "
                      "report")
-    stopped = sum(j["status"] == "FAILED" for j in report["jobs"]) - len(failed)
+    stopped = report["failed"] - len(failed)
     more = "".join(f", {n} {what}" for n, what in ((report.get("skipped"), "skipped"),
                                                    (stopped, "stopped")) if n)
     lines.append(f"tiffpipe: {len(failed)} of {len(report['jobs'])} jobs failed "
@@ -212,10 +212,9 @@ def rerun_hint(report: dict[str, Any], if_exists: list[str]) -> str | None:
     each job's: ``overwrite`` runs them again, ``fail`` fails each), and what makes it run
     only the others; None when there is nothing to say (no job failed, or none that
     succeeded would be done again)."""
-    failed = sum(j["status"] == "FAILED" for j in report["jobs"])
     done = [j for j in report["jobs"] if j["status"] == "SUCCEEDED"
             and j["job"] < len(if_exists) and if_exists[j["job"]] != "skip"]
-    if not failed or not done:
+    if not report["failed"] or not done:
         return None
     modes = sorted({if_exists[j["job"]] for j in done})
     redo = {("overwrite",): "would run {} again", ("fail",): "would fail {} (OutputExistsError)",
