@@ -22,8 +22,6 @@ PNG_CODES = frozenset({34933})
 WEBP_CODES = frozenset({50001})
 JPEG2000_CODES = frozenset({33003, 33004, 33005, 34712})
 JPEGXL_CODES = frozenset({50002, 52546})
-#: LERC (GDAL's LERC, LERC_DEFLATE, LERC_ZSTD)
-LERC_CODE = 34887
 #: every compression :func:`declared` reads a size from
 READ = JPEG_CODES | PNG_CODES | WEBP_CODES | JPEG2000_CODES | JPEGXL_CODES
 
