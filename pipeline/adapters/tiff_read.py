@@ -627,8 +627,8 @@ class PageReader:
         # thread's reads of segment bytes (a preview of a JPEG page failed one run in two).
         # Both made here, in the thread that reads the file.
         self.compression = int(page.compression)
-        self.ojpeg = int(page.compression) == ojpeg.OJPEG  # decoded whole, by libtiff
-        self.lerc = int(page.compression) == LERC  # decoded with its mask, see _decode_lerc
+        self.ojpeg = self.compression == ojpeg.OJPEG  # decoded whole, by libtiff
+        self.lerc = self.compression == LERC  # decoded with its mask, see _decode_lerc
         self._decode = None if self.ojpeg or self.lerc else page.decode
         self.jpegtables = page.jpegtables
         self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
@@ -657,7 +657,7 @@ class PageReader:
             self.seg_w = self.width
         self.seg_rows, self.seg_cols = ceil(self.height / self.seg_h), ceil(self.width / self.seg_w)
         self.planes = self.file_samples if self.separate else 1
-        self.raw_strips = int(page.compression) == 1 and not page.is_tiled
+        self.raw_strips = self.compression == 1 and not page.is_tiled
         self.cache: dict[int, tuple[np.ndarray, int, int, int]] = {}  # seg -> (px, plane, y, x)
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
@@ -675,7 +675,7 @@ class PageReader:
         offsets_tag, counts_tag = (324, 325) if kind == "Tile" else (273, 279)
         offsets, counts = len(self.page.dataoffsets), len(self.page.databytecounts)
         tags = self.page.tags
-        if (int(self.page.compression) == 1 and counts_tag not in tags and offsets_tag in tags
+        if (self.compression == 1 and counts_tag not in tags and offsets_tag in tags
                 and offsets >= needed):
             # uncompressed: the bytes of each segment follow from its size, as libtiff takes
             # them when the tag is missing (tifffile makes one up, of the page's size)
@@ -830,7 +830,7 @@ class PageReader:
         except CorruptTiffError:  # (a LERC blob that declares more than its segment)
             raise
         except Exception as exc:  # codecs raise their own error types
-            cname = _name(int(self.page.compression), COMPRESSION)
+            cname = _name(self.compression, COMPRESSION)
             if is_out_of_memory(exc):  # the machine's limit, not a damaged file
                 raise exhausted(exc, f"{self.where}: segment {seg} ({cname}, {len(data)} "
                                      "bytes) could not be decoded") from exc
