@@ -377,14 +377,22 @@ class _StoppedChecking(BaseException):
 def _stopped_before_running(report: str, signum: int) -> int:
     """``run`` stopped before its run started: what any stopped run does at its end (an
     earlier run's report and sheet at its paths removed), and the exit code of ``signum``."""
-    from pipeline.runner import remove_earlier_report, signal_name
+    from pipeline.runner import remove_earlier_report
 
     removed = remove_earlier_report(report)
     with suppress(OSError):  # (its terminal hung up: SIGHUP)
         _say_removed(removed)
-        print(f"tiffpipe: interrupted ({signal_name(signum)}) before any job started: no "
-              "output and no report were written", file=sys.stderr)
+        print(_not_started_line(signum), file=sys.stderr)
     return 128 + signum
+
+
+def _not_started_line(signum: int) -> str:
+    """What a run stopped by ``signum`` before any job started says, on one line
+    (:func:`_stopped_before_running`, :func:`_interrupted_line`)."""
+    from pipeline.runner import signal_name
+
+    return (f"tiffpipe: interrupted ({signal_name(signum)}) before any job started: no output "
+            "and no report were written")
 
 
 def _say_removed(removed: list[str]) -> None:
@@ -477,10 +485,9 @@ def _interrupted_line(result: RunResult, signum: int) -> str:
     from pipeline.errors import INTERRUPTED_ERROR
     from pipeline.runner import signal_name
 
-    name = signal_name(signum)
     if result.report is None:
-        return (f"tiffpipe: interrupted ({name}) before any job started: no output and no "
-                "report were written")
+        return _not_started_line(signum)
+    name = signal_name(signum)
     total, unfinished = len(result.report["jobs"]), len(result.unfinished)
     head = f"tiffpipe: interrupted ({name}): "
     again = f"without an output ({INTERRUPTED_ERROR} in the report): run them again"
