@@ -575,3 +575,29 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs
+
+
+def output_nodata(info: Any, keeps_values: bool) -> float | None:
+    """The no-data value of the output page of ``info`` (a PageInfo) whose op chain keeps
+    values (``keeps_values``), as GDAL reads its GDAL_NODATA tag: a number of the page's
+    type (NaN for floats too), or None (no tag, the chain drops it, or a text that is no
+    number of that type, which marks no pixel). Pyramid levels leave these pixels out of
+    their means (``pipeline.steps.pyramid.reduce2``), as GDAL's overviews do."""
+    if not keeps_values or info.photometric == "palette":
+        return None
+    for code, kind, _count, value in (info.metadata or {}).get("tags", []):
+        if code != GDAL_NODATA or kind != 2:
+            continue
+        text = _unb64(value).split(b"\x00", 1)[0].decode("ascii", "replace").strip()
+        try:
+            number = float(text.replace(",", "."))  # (a decimal comma, as tifffile reads it)
+        except ValueError:
+            return None
+        dtype = np.dtype(info.dtype)
+        if dtype.kind == "f":
+            return number
+        if not number.is_integer():
+            return None
+        limits = np.iinfo(dtype)
+        return int(number) if limits.min <= number <= limits.max else None
+    return None

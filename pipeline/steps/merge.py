@@ -223,13 +223,13 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
                    nearest: bool) -> list[TileTable]:
     """The levels of a page built here, from its base tiles read through (the units did not
     build them: a job that is not fused)."""
-    from pipeline.steps.pyramid import Pyramid  # pyramid jobs only
+    from pipeline.steps.pyramid import Pyramid, level_nodata  # pyramid jobs only
 
     page = plan.pages[index]
     pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
                       page.info.dtype, encoder, plan.spec.output_options.tile,
-                      layout.levels_dir(plan.work, index),
-                      nearest=nearest, threads=tile_threads())
+                      layout.levels_dir(plan.work, index), nearest=nearest,
+                      nodata=level_nodata(plan, index), threads=tile_threads())
     try:
         for n, data in enumerate(table.tile_bytes()):
             stopping.check()

@@ -18,7 +18,11 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 - floats: ``s / n`` in float64 (``s`` summed in the order ``((p00 + p10) + p01) + p11``
   of the pixels present), cast to the page's dtype;
 - palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
-  pixel of the block, ``level[y, x] = prev[2y, 2x]``.
+  pixel of the block, ``level[y, x] = prev[2y, 2x]``;
+- a page whose output keeps a no-data value (GDAL_NODATA, :func:`level_nodata`): each sample
+  the same formula over the pixels present whose sample is not that value (not NaN for
+  NaN), the value itself where there is none, as GDAL's average overviews leave no-data
+  out: a mean of no-data and data would be neither, and GDAL, QGIS would show it as data.
 
 Memory: the decoded base tiles in flight (one; ``2 * threads`` with threads), plus one tile
 row buffer per level (``tile x ceil(w_k / tile) * tile`` pixels each: together about one tile
@@ -40,13 +44,16 @@ from math import ceil
 import numpy as np
 
 from pipeline.adapters import storage
+from pipeline.adapters.metadata import output_nodata
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.levels import level_shapes
+from pipeline.core.models import JobPlan
+from pipeline.core.ops import chain_keeps_values
 from pipeline.core.reduce import mean4
 from pipeline.core.tiff_layout import Span
 
-__all__ = ["Pyramid", "reduce2"]
+__all__ = ["Pyramid", "level_nodata", "reduce2"]
 
 
 #: integer type that holds the sum of four values of a type without overflow
@@ -54,8 +61,16 @@ _WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4":
          "i4": np.int64}
 
 
-def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
+def level_nodata(plan: JobPlan, page: int) -> float | None:
+    """The no-data value the levels of output page ``page`` leave out of their means: the
+    one its GDAL_NODATA tag carries (None: none)."""
+    return output_nodata(plan.pages[page].info, chain_keeps_values(plan.spec.ops))
+
+
+def reduce2(block: np.ndarray, nearest: bool = False,
+            nodata: float | None = None) -> np.ndarray:
     """The 2x2 reduction of ``block`` (h, w, c): see the module docstring for the formula.
+    ``nodata``: the samples of that value (NaN too) are left out of the means.
 
     Integers: an odd last row or column is repeated, so the mean of 4 equals the mean of the
     pixels present, rounding included (``(2s + 2) // 4 == (s + 1) // 2``,
@@ -65,6 +80,8 @@ def reduce2(block: np.ndarray, nearest: bool = False) -> np.ndarray:
     """
     if nearest:
         return block[0::2, 0::2].copy()
+    if nodata is not None:
+        return _masked_reduce2(block, nodata)
     h, w = block.shape[:2]
     if block.dtype.kind == "f":
         return _float_reduce2(block)
@@ -103,6 +120,60 @@ def _float_reduce2(block: np.ndarray) -> np.ndarray:
     return out.astype(block.dtype)
 
 
+def _masked_reduce2(block: np.ndarray, nodata: float) -> np.ndarray:
+    """:func:`reduce2` leaving the samples equal to ``nodata`` out: the mean of the ``n``
+    valid samples present (floats ``s / n`` in float64, summed in the same order;
+    integers ``(s + n // 2) // n``), ``nodata`` where ``n`` is 0. Without a no-data sample
+    it equals :func:`reduce2`'s result bit for bit."""
+    h, w = block.shape[:2]
+    dtype = block.dtype
+    if dtype.kind == "f":
+        valid = ~np.isnan(block) if np.isnan(nodata) else block != dtype.type(nodata)
+    else:
+        valid = block != dtype.type(nodata)
+    shape = (h + h % 2, w + w % 2) + block.shape[2:]
+    count = np.zeros(shape, np.int64)
+    count[:h, :w] = valid
+    n = count[0::2, 0::2] + count[1::2, 0::2] + count[0::2, 1::2] + count[1::2, 1::2]
+    none = n == 0
+    n[none] = 1
+    if dtype.kind == "f":
+        b = np.full(shape, -0.0)
+        b[:h, :w] = np.where(valid, block, -0.0)
+        s = b[0::2, 0::2] + b[1::2, 0::2]
+        s += b[0::2, 1::2]
+        s += b[1::2, 1::2]
+        out = s / n
+    elif dtype.str[1:] in _WIDE:
+        b = np.zeros(shape, _WIDE[dtype.str[1:]])
+        b[:h, :w] = np.where(valid, block, 0)
+        s = b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2]
+        out = (s + n // 2) // n
+    else:
+        out = _mean_of_64bit(np.where(valid, block, 0), count, shape, n)
+    out[none] = nodata
+    return out.astype(dtype)
+
+
+def _mean_of_64bit(block: np.ndarray, count: np.ndarray, shape: tuple[int, ...],
+                   n: np.ndarray) -> np.ndarray:
+    """``(s + n // 2) // n`` of 2 x 2 blocks of 64-bit integers (the invalid ones 0),
+    exactly: each value is ``hi * 2**32 + lo`` (``lo`` in 0..2**32 - 1), the sums of the
+    halves fit in int64, and ``floor((S_hi * 2**32 + S_lo + n // 2) / n)`` is
+    ``q * 2**32 + (r * 2**32 + S_lo + n // 2) // n`` with ``S_hi = q * n + r``, computed
+    modulo 2**64 in the block's type (the result is in range, so it comes out exact)."""
+    h, w = block.shape[:2]
+    hi = np.zeros(shape, np.int64)
+    lo = np.zeros(shape, np.int64)
+    hi[:h, :w] = block >> 32  # (arithmetic: floor for int64)
+    lo[:h, :w] = block & 0xFFFFFFFF
+    s_hi = hi[0::2, 0::2] + hi[1::2, 0::2] + hi[0::2, 1::2] + hi[1::2, 1::2]
+    s_lo = lo[0::2, 0::2] + lo[1::2, 0::2] + lo[0::2, 1::2] + lo[1::2, 1::2]
+    q, r = np.divmod(s_hi, n)
+    low = (r * 2**32 + s_lo + n // 2) // n
+    return (q.astype(block.dtype) << block.dtype.type(32)) + low.astype(block.dtype)
+
+
 class _Level:
     """One reduced level: a tile row buffer, and the segment of its encoded tiles."""
 
@@ -117,9 +188,10 @@ class _Level:
         self.sizes: list[int] = []
         self.done = False
 
-    def add(self, block: np.ndarray, y: int, x: int, nearest: bool) -> None:
+    def add(self, block: np.ndarray, y: int, x: int, nearest: bool,
+            nodata: float | None) -> None:
         """Reduce ``block``, the pixels of the level above at (y, x) (both even)."""
-        small = reduce2(block, nearest)
+        small = reduce2(block, nearest, nodata)
         top = y // 2 - self.row * self.tile
         self.buffer[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = small
 
@@ -135,9 +207,10 @@ class Pyramid:
 
     def __init__(self, height: int, width: int, channels: int, dtype: str,
                  encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False,
-                 threads: int = 1):
+                 nodata: float | None = None, threads: int = 1):
         self.height, self.width, self.channels, self.dtype = height, width, channels, dtype
         self.encoder, self.tile, self.nearest = encoder, tile, nearest
+        self.nodata = nodata  # (see level_nodata)
         self.cols = ceil(width / tile)
         self.shapes = level_shapes(height, width, tile)
         self.levels: list[_Level] = []
@@ -189,7 +262,7 @@ class Pyramid:
         t = self.tile
         self.decoded += 1
         vh, vw = min(t, self.height - row * t), min(t, self.width - col * t)
-        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest)
+        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest, self.nodata)
         if col == self.cols - 1:
             self._rows_done(0, min((row + 1) * t, self.height))
 
@@ -213,7 +286,7 @@ class Pyramid:
         if below is not None:
             for c, tile in enumerate(tiles):
                 vw = min(t, level.width - c * t)
-                below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest)
+                below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest, self.nodata)
         level.row += 1
         self._rows_done(k + 1, (level.row - 1) * t + vh)
 

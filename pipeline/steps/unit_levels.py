@@ -45,7 +45,7 @@ from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
-from pipeline.steps.pyramid import Pyramid, reduce2
+from pipeline.steps.pyramid import Pyramid, level_nodata, reduce2
 from pipeline.steps.tile_table import TileTable, read_indexes
 
 
@@ -75,6 +75,7 @@ class RegionLevels:
         p = plan.pages[page]
         self.plan, self.page, self.unit = plan, page, unit_index
         self.t, self.encoder, self.nearest = plan.spec.output_options.tile, encoder, nearest
+        self.nodata = level_nodata(plan, page)
         height, width, big = p.out_grid.height, p.out_grid.width, p.out_grid.tile
         self.count = unit_level_count(plan, page)
         self.deepest_needed = self.count < len(level_shapes(height, width, self.t))
@@ -97,7 +98,7 @@ class RegionLevels:
         """The next processing row of the region's output pixels (rows x width x channels)."""
         cur = strip
         for level in self.levels:
-            cur = reduce2(cur, self.nearest)
+            cur = reduce2(cur, self.nearest, self.nodata)
             self._rows(level, cur)
 
     def _rows(self, level: _Level, rows: np.ndarray) -> None:
@@ -284,7 +285,8 @@ def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]
         for block in doc["blocks"]:
             rows[block[0] // t].append((u, block))
     folder = storage.join(layout.levels_dir(plan.work, page), "deep")
-    pyramid = Pyramid(h, w, p.out_channels, p.info.dtype, encoder, t, folder, nearest=nearest)
+    pyramid = Pyramid(h, w, p.out_channels, p.info.dtype, encoder, t, folder, nearest=nearest,
+                      nodata=level_nodata(plan, page))
     try:
         cols = ceil(w / t)
         for r in range(ceil(h / t)):

@@ -1,0 +1,253 @@
+"""tiffpipe's outputs opened in GDAL (through rasterio, whose wheels bundle it), as a GIS
+analyst opens them in QGIS: georeferencing, no-data, bands and sample types, the SubIFD
+pyramid levels seen as overviews, and pixels equal to tifffile's read. Real GeoTIFFs written
+by tifffile go through one ``tiffpipe run``.
+
+Pyramid levels of a page with a no-data value leave that value out of their means, as
+GDAL's own average overviews do (docs/outputs.md): a mean of -9999 and 120 (-4940) would be
+neither, and GDAL and QGIS would show it as data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
+import tifffile
+from rasterio.enums import Resampling
+
+from pipeline import cli
+from pipeline.core.events import MergeEvent
+from pipeline.steps import layout
+from pipeline.steps import merge as merge_mod
+from pipeline.steps.common import forget_plans
+from pipeline.steps.pyramid import reduce2
+
+pytestmark = pytest.mark.timeout(240)
+
+#: a UTM scene: 30 m pixels, EPSG:32611
+GEO = [(33550, "d", 3, (30.0, 30.0, 0.0), True),
+       (33922, "d", 6, (0.0, 0.0, 0.0, 440720.0, 3751320.0, 0.0), True),
+       (34735, "H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32611), True),
+       (34737, "s", 0, "WGS 84 / UTM zone 11N|", True)]
+TRANSFORM = (30.0, 0.0, 440720.0, 0.0, -30.0, 3751320.0)
+BLUR = [{"op": "gaussian_blur", "sigma": 1.5}]
+
+
+def nodata_tag(text: str) -> tuple[int, str, int, str, bool]:
+    return (42113, "s", 0, text, True)
+
+
+def scene(height: int, width: int, bands: int, dtype: str, nodata: float) -> np.ndarray:
+    """A smooth ramp (a few noisy levels) with no-data areas whose edges are at odd rows and
+    columns, so that level blocks mix no-data and data."""
+    rng = np.random.default_rng(bands)
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = 100 + yy / 10 + xx / 20 + rng.normal(0, 2, (bands, height, width))
+    img = np.moveaxis(img, 0, -1).astype(dtype) if bands > 1 else img[0].astype(dtype)
+    img[:101, :203] = nodata
+    img[300:333, 401:451] = nodata
+    return img
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("gis")
+    inputs = {
+        "f32": (scene(600, 700, 1, "float32", -9999), "-9999", "zlib"),
+        "f64_nan": (scene(600, 700, 1, "float64", np.nan), "nan", "zstd"),
+        "u16x6": (scene(600, 700, 6, "uint16", 0), "0", "zlib"),
+        "i16": (scene(600, 700, 1, "int16", -32768), "-32768", None),
+    }
+    for name, (img, text, compression) in inputs.items():
+        tifffile.imwrite(root / f"{name}.tif", img, photometric="minisblack",
+                         planarconfig="contig", tile=(128, 128), compression=compression,
+                         metadata=None, extratags=[*GEO, nodata_tag(text)])
+    rgb = np.clip(scene(600, 700, 3, "float32", 0), 0, 255).astype("uint8")
+    tifffile.imwrite(root / "rgb.tif", rgb, photometric="rgb", tile=(128, 128),
+                     metadata=None, extratags=GEO)
+    pyr = {"pyramid": True, "tile": 64}
+    jobs = {
+        # (a copy: a blur mixes no-data into data near its edges, docs/inputs.md, Metadata)
+        "f32": {"input": "f32.tif", "output_options": {**pyr, "compression": "zstd"}},
+        "f64_nan": {"input": "f64_nan.tif", "output_options": {**pyr, "compression": "deflate"}},
+        # not fused: its level units (then merge, below) build the levels
+        "u16x6": {"input": "u16x6.tif", "ops": [{"op": "dilate", "ksize": 1}], "fuse": False,
+                  "output_options": {**pyr, "compression": "deflate"}},
+        "i16": {"input": "i16.tif", "tile": 96, "output_options": {"pyramid": True, "tile": 32}},
+        "i16_threshold": {"input": "i16.tif", "ops": [{"op": "threshold", "value": 150}],
+                          "output_options": pyr},
+        "rgb_jpeg": {"input": "rgb.tif", "ops": BLUR,
+                     "output_options": {**pyr, "compression": "jpeg"}},
+        "f32_down": {"input": "f32.tif", "ops": [{"op": "downsample", "factor": 2}]},
+    }
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {**job, "input": str(root / job["input"]), "output": str(root / "out" / f"{n}.tif")}
+        for n, job in jobs.items()]}))
+    out, err = io.StringIO(), io.StringIO()
+    work = root / "work"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet",
+                         "--no-contact-sheet", "--keep-work", "--work", str(work)])
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
+    outputs = {n: Path(job["output"]) for n, job in zip(jobs, report["jobs"], strict=True)}
+    return {"root": root, "work": work, "outputs": outputs,
+            "jobs": {n: i for i, n in enumerate(jobs)}}
+
+
+def _read(path: Path | str, **kwargs: Any) -> tuple[Any, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, **kwargs) as ds:
+            return (ds.profile | {"overviews": ds.overviews(1), "crs": ds.crs},
+                    np.moveaxis(ds.read(), 0, -1))
+
+
+@pytest.mark.parametrize("name,dtype,bands,nodata", [
+    ("f32", "float32", 1, -9999), ("f64_nan", "float64", 1, np.nan),
+    ("u16x6", "uint16", 6, 0), ("i16", "int16", 1, -32768), ("rgb_jpeg", "uint8", 3, None)])
+def test_gdal_reads_georeferencing_nodata_bands_and_overviews(run, name, dtype, bands, nodata):
+    path = run["outputs"][name]
+    profile, pixels = _read(path)
+    assert profile["crs"].to_epsg() == 32611
+    assert tuple(profile["transform"])[:6] == TRANSFORM
+    assert profile["count"] == bands and profile["dtype"] == dtype
+    if nodata is None:
+        assert profile["nodata"] is None
+    else:
+        assert np.array_equal(profile["nodata"], nodata, equal_nan=True)
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        levels = [sub.asarray() for sub in page.pages]
+        want = page.asarray()
+    # every SubIFD level is an overview to GDAL, with the levels' pixels
+    assert profile["overviews"] == [2 ** (k + 1) for k in range(len(levels))]
+    assert len(levels) >= 3
+    if name == "rgb_jpeg":  # GDAL's libjpeg decodes the same tiles a few levels apart
+        assert np.abs(pixels.astype(int) - want).max() <= 32
+        return
+    np.testing.assert_array_equal(pixels.reshape(want.shape), want)
+    for k, level in enumerate(levels):
+        _, overview = _read(path, overview_level=k)
+        np.testing.assert_array_equal(overview.reshape(level.shape), level)
+
+
+@pytest.mark.parametrize("name", ["f32", "f64_nan", "u16x6", "i16"])
+def test_overviews_keep_nodata_out_of_their_means_as_gdal_does(run, name, tmp_path):
+    """No overview pixel mixes no-data and data: every level's valid values lie within the
+    page's, and a pixel is no-data exactly where its block holds no valid pixel. Where
+    GDAL's overview of the same pixels has the same geometry (the factor divides the page's
+    sides: GDAL maps its blocks by the size ratio, tiffpipe halves level by level), it is
+    no-data at the same pixels and within rounding of the same values."""
+    path = run["outputs"][name]
+    profile, base = _read(path)
+    nodata = profile["nodata"]
+    count = len(profile["overviews"])
+    # GDAL's own average overviews of the same pixels, as gdaladdo makes them
+    ours = tmp_path / "gdal.tif"
+    keep = ("driver", "dtype", "nodata", "width", "height", "count", "crs", "transform")
+    with rasterio.open(ours, "w", **{k: profile[k] for k in keep}) as ds:
+        ds.write(np.moveaxis(base, -1, 0))
+        ds.build_overviews([2 ** (k + 1) for k in range(count)], Resampling.average)
+
+    def missing(a: np.ndarray) -> np.ndarray:
+        return np.isnan(a) if np.isnan(nodata) else a == nodata
+
+    valid = base[~missing(base)]
+    low, high = valid.min(), valid.max()
+    above = missing(base)
+    for k in range(count):
+        _, got = _read(path, overview_level=k)
+        h, w = above.shape[:2]
+        pad = np.ones((h + h % 2, w + w % 2, above.shape[2]), bool)
+        pad[:h, :w] = above
+        want = pad[0::2, 0::2] & pad[1::2, 0::2] & pad[0::2, 1::2] & pad[1::2, 1::2]
+        np.testing.assert_array_equal(missing(got), want, err_msg=f"level {k + 1}")
+        assert want.any() and not want.all()
+        assert low <= got[~want].min() and got[~want].max() <= high  # no no-data mixed in
+        if profile["width"] % 2 ** (k + 1) == 0 and profile["height"] % 2 ** (k + 1) == 0:
+            _, gdal = _read(ours, overview_level=k)
+            np.testing.assert_array_equal(missing(gdal), want, err_msg=f"level {k + 1}")
+            assert np.abs(got[~want].astype(float) - gdal[~want]).max() <= 1.0
+        above = want
+
+
+def test_merge_builds_the_same_levels_as_the_units(run, monkeypatch):
+    """The levels merge builds itself (UNIT_LEVELS off) leave no-data out as the units' do:
+    the same bytes."""
+    name = "u16x6"
+    out = run["outputs"][name]
+    before = out.read_bytes()
+    out.unlink()
+    monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
+    forget_plans()
+    try:
+        merge_mod.merge(MergeEvent(layout.plan_file(str(
+            run["work"] / "jobs" / f"{run['jobs'][name]:05d}"))))
+    finally:
+        forget_plans()
+    assert out.read_bytes() == before
+
+
+def test_a_chain_that_remaps_values_drops_nodata_and_averages_every_pixel(run):
+    # a threshold's output has no no-data value (its 0 is data): its levels are plain means
+    path = run["outputs"]["i16_threshold"]
+    profile, _ = _read(path)
+    assert profile["nodata"] is None
+    with tifffile.TiffFile(path) as tf:
+        base, first = tf.pages[0].asarray(), tf.pages[0].pages[0].asarray()
+    np.testing.assert_array_equal(first, reduce2(base[..., None])[..., 0])
+
+
+def test_a_downsample_keeps_the_scene_where_it_is(run):
+    profile, _ = _read(run["outputs"]["f32_down"])
+    assert tuple(profile["transform"])[:6] == (60.0, 0.0, 440720.0, 0.0, -60.0, 3751320.0)
+    assert profile["nodata"] == -9999 and profile["crs"].to_epsg() == 32611
+
+
+@pytest.mark.parametrize("dtype,nodata", [
+    ("uint8", 0), ("int16", -32768), ("uint32", 7), ("int64", -9), ("uint64", 2 ** 64 - 1),
+    ("float32", -9999.0), ("float64", np.nan)])
+def test_reduce2_with_nodata_is_the_mean_of_the_valid_samples(dtype, nodata):
+    """Each sample of a level pixel: the documented mean (integers ``(s + n // 2) // n``,
+    floats ``((p00 + p10) + p01) + p11`` in float64 divided by n) over the n samples present
+    that are not no-data, no-data where there is none; the same as without no-data when a
+    block holds none (64-bit integers exact near their limits)."""
+    rng = np.random.default_rng(3)
+    shape = (7, 9, 2)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        block = rng.normal(0, 1000, shape).astype(dt)
+    else:
+        info = np.iinfo(dt)
+        block = rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
+    block[rng.random(shape) < 0.4] = nodata
+    block[:2, :2] = nodata
+    got = reduce2(block, nodata=nodata)
+    assert got.dtype == dt and got.shape == (4, 5, 2)
+    for y, x, c in np.ndindex(got.shape):
+        present = [block[yy, xx, c] for xx in (2 * x, 2 * x + 1) for yy in (2 * y, 2 * y + 1)
+                   if yy < shape[0] and xx < shape[1]]
+        good = [v for v in present if not (np.isnan(v) if np.isnan(nodata) else v == nodata)]
+        if not good:
+            want = nodata
+        elif dt.kind == "f":
+            total = np.float64(good[0])
+            for v in good[1:]:
+                total = total + np.float64(v)
+            want = dt.type(total / len(good))
+        else:
+            want = (sum(int(v) for v in good) + len(good) // 2) // len(good)
+        assert np.array_equal(got[y, x, c], dt.type(want), equal_nan=True), (y, x, c)
+    plain = block.copy()
+    plain[np.isnan(plain) if np.isnan(nodata) else plain == nodata] = 1
+    np.testing.assert_array_equal(reduce2(plain, nodata=nodata), reduce2(plain))
