@@ -70,6 +70,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         tifffile.imwrite(root / f"{name}.tif", img, photometric="minisblack",
                          planarconfig="contig", tile=(128, 128), compression=compression,
                          metadata=None, extratags=[*GEO, nodata_tag(text)])
+    # pages the reader converts: their no-data value is mapped as their pixels are
+    white = scene(600, 700, 1, "uint16", 0)
+    tifffile.imwrite(root / "white.tif", white, photometric="miniswhite", tile=(128, 128),
+                     metadata=None, extratags=[*GEO, nodata_tag("0")])
+    tifffile.imwrite(root / "bilevel.tif", white > 130, photometric="miniswhite",
+                     metadata=None, extratags=[*GEO, nodata_tag("1")])
+    colormap = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
+    tifffile.imwrite(root / "palette.tif", (white % 256).astype(np.uint8), photometric="palette",
+                     colormap=colormap, metadata=None, extratags=[*GEO, nodata_tag("0")])
     rgb = np.clip(scene(600, 700, 3, "float32", 0), 0, 255).astype("uint8")
     tifffile.imwrite(root / "rgb.tif", rgb, photometric="rgb", tile=(128, 128),
                      metadata=None, extratags=GEO)
@@ -87,6 +96,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "rgb_jpeg": {"input": "rgb.tif", "ops": BLUR,
                      "output_options": {**pyr, "compression": "jpeg"}},
         "f32_down": {"input": "f32.tif", "ops": [{"op": "downsample", "factor": 2}]},
+        "white": {"input": "white.tif", "ops": [], "output_options": pyr},
+        "bilevel": {"input": "bilevel.tif", "ops": []},
+        "palette_rgb": {"input": "palette.tif", "ops": BLUR},
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({"jobs": [
@@ -251,3 +263,29 @@ def test_reduce2_with_nodata_is_the_mean_of_the_valid_samples(dtype, nodata):
     plain = block.copy()
     plain[np.isnan(plain) if np.isnan(nodata) else plain == nodata] = 1
     np.testing.assert_array_equal(reduce2(plain, nodata=nodata), reduce2(plain))
+
+
+def test_a_converted_page_keeps_its_nodata_pixels_marked(run):
+    # miniswhite becomes minisblack (65535 - v): its no-data 0 becomes 65535, and the levels
+    # leave those pixels out; a bilevel page's 1 (black, as white is 0) becomes 0
+    profile, pixels = _read(run["outputs"]["white"])
+    assert profile["nodata"] == 65535
+    with tifffile.TiffFile(run["root"] / "white.tif") as tf:
+        stored = tf.pages[0].asarray()
+    np.testing.assert_array_equal(pixels[..., 0] == 65535, stored == 0)
+    with tifffile.TiffFile(run["outputs"]["white"]) as tf:
+        base, first = tf.pages[0].asarray(), tf.pages[0].pages[0].asarray()
+    np.testing.assert_array_equal(first, reduce2(base[..., None], nodata=65535)[..., 0])
+    assert np.all(first[:50, :101] == 65535) and first[60, 150] != 65535
+    profile, pixels = _read(run["outputs"]["bilevel"])
+    assert profile["nodata"] == 0
+    with tifffile.TiffFile(run["root"] / "bilevel.tif") as tf:
+        stored = tf.pages[0].asarray()
+    np.testing.assert_array_equal(pixels[..., 0] == 0, stored)
+
+
+def test_a_palette_page_made_rgb_drops_its_nodata_index(run):
+    # index 0 says nothing of the RGB pixels it became (no one RGB value marks them)
+    profile, _ = _read(run["outputs"]["palette_rgb"])
+    assert profile["nodata"] is None and profile["count"] == 3
+    assert profile["crs"].to_epsg() == 32611

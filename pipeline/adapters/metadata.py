@@ -586,18 +586,54 @@ def output_nodata(info: Any, keeps_values: bool) -> float | None:
     if not keeps_values or info.photometric == "palette":
         return None
     for code, kind, _count, value in (info.metadata or {}).get("tags", []):
-        if code != GDAL_NODATA or kind != 2:
-            continue
-        text = _unb64(value).split(b"\x00", 1)[0].decode("ascii", "replace").strip()
-        try:
-            number = float(text.replace(",", "."))  # (a decimal comma, as tifffile reads it)
-        except ValueError:
-            return None
-        dtype = np.dtype(info.dtype)
-        if dtype.kind == "f":
-            return number
-        if not number.is_integer():
-            return None
-        limits = np.iinfo(dtype)
-        return int(number) if limits.min <= number <= limits.max else None
+        if code == GDAL_NODATA and kind == 2:
+            return _nodata_number(value, np.dtype(info.dtype))
     return None
+
+
+def _nodata_number(value: str, dtype: np.dtype) -> float | None:
+    """The number a GDAL_NODATA tag's text (``value``, base64) says for samples of ``dtype``
+    (NaN for floats too), or None: no number, or none such a sample can hold."""
+    text = _unb64(value).split(b"\x00", 1)[0].decode("ascii", "replace").strip()
+    try:
+        number = float(text.replace(",", "."))  # (a decimal comma, as tifffile reads it)
+    except ValueError:
+        return None
+    if dtype.kind == "f":
+        return number
+    if not number.is_integer():
+        return None
+    limits = np.iinfo(dtype)
+    return int(number) if limits.min <= number <= limits.max else None
+
+
+def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None:
+    """Map the GDAL_NODATA tag in ``metadata`` as the reader maps the pixels of its page
+    (``kind``: a :class:`~pipeline.adapters.tiff_read.PixelKind` with a conversion;
+    ``dtype``: of the samples as stored): miniswhite's ``max - v``, a 1, 2 or 4-bit gray
+    page's 8-bit value; the tag is dropped where no one value marks the converted pixels (a
+    palette index become RGB, an inverted page with extra samples, a value the page's
+    samples cannot hold). Otherwise GDAL would take the no-data pixels for data, and data
+    of the old value for no-data."""
+    tags = metadata.get("tags", [])
+    if dtype.kind == "b":  # (tifffile's dtype of a bilevel page)
+        dtype = np.dtype(np.uint8)
+    for i, (code, tag_kind, _count, value) in enumerate(tags):
+        if code != GDAL_NODATA or tag_kind != 2:
+            continue
+        number = _nodata_number(value, dtype)
+        if number is not None and kind.invert and kind.channels == 1:
+            mapped: int | None = int(np.iinfo(kind.dtype).max) - int(number)
+        elif number is not None and kind.lut is not None and kind.lut.ndim == 1 \
+                and 0 <= number < len(kind.lut):
+            mapped = int(kind.lut[int(number)])
+        else:
+            mapped = None
+        if mapped is None:
+            del tags[i]
+        else:
+            text = f"{mapped}\x00".encode("ascii")
+            tags[i] = [code, tag_kind, len(text), _b64(text)]
+        break
+    if not tags:
+        metadata.pop("tags", None)

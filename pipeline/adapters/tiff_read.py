@@ -25,7 +25,7 @@ import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT, TIFF
 
 from pipeline.adapters import kept_files, ojpeg, storage
-from pipeline.adapters.metadata import read_metadata
+from pipeline.adapters.metadata import convert_nodata, read_metadata
 from pipeline.core import segment_header
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
@@ -580,6 +580,8 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
             f"{MAX_SEGMENT_BYTES // 2**20} MiB, which cannot be read in bounded memory; "
             "re-save the file tiled (for example 512x512 tiles)")
     metadata = read_metadata(page, kind.colormap)
+    if kind.conversion:  # its no-data value, mapped as its pixels are
+        convert_nodata(metadata, kind, np.dtype(page.dtype))
     return PageInfo(index=index, height=int(page.imagelength), width=int(page.imagewidth),
                     channels=kind.channels, dtype=kind.dtype.name, photometric=kind.photometric,
                     extrasamples=[int(e) for e in page.extrasamples], tiled=tiled,
