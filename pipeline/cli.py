@@ -202,11 +202,15 @@ def _validated(manifest: str) -> list[Any] | None:
 
     try:
         return validate(manifest)
-    except ManifestError as exc:
-        print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
-    except (InputNotFoundError, StorageError) as exc:  # not there, or not readable
-        print(f"tiffpipe: {exc}", file=sys.stderr)
+    except (ManifestError, InputNotFoundError, StorageError) as exc:
+        _say_invalid(exc)
     return None
+
+
+def _say_invalid(exc: Exception) -> None:
+    """A manifest that is invalid, not there or not readable, said on stderr."""
+    invalid = "invalid manifest " if isinstance(exc, ManifestError) else ""
+    print(f"tiffpipe: {invalid}{exc}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -222,8 +226,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import default_report, run_local
-    from pipeline.steps.planning import check_outside_work, check_report_path
+    from pipeline.runner import check_run, default_report, run_local
     from pipeline.ui import RunProgress
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
@@ -245,13 +248,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     checking = [True]  # a stop signal ends the manifest's check at once (it may hang: S3)
     with _stop_on_signals(stop, lambda: checking[0]):
         try:
-            jobs = _validated(args.manifest)
-            if jobs is None:
+            try:  # (as pipeline.run checks it)
+                jobs = check_run(args.manifest, report, args.work)
+            except (ManifestError, InputNotFoundError, StorageError) as exc:
+                _say_invalid(exc)
                 return EXIT_USAGE
-            if isinstance(jobs, list):  # (PlanRun checks it too, for every caller)
-                check_report_path(report, args.manifest, jobs)
-            if args.work:  # (PlanRun too, with the run's default work location)
-                check_outside_work(args.work, jobs, report)
             checking[0] = False
             with RunProgress(jobs, quiet=args.quiet) as progress:
                 result = run_local(args.manifest, args.workers, work=args.work,

@@ -28,6 +28,18 @@ INTERRUPTED_ERROR = "RunInterruptedError"
 RUN_FAILED_ERROR = "RunFailedError"
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run of :func:`pipeline.run` (no TiffpipeError: a KeyboardInterrupt,
+    so a script's loop or a notebook's cell stops as on any Ctrl-C), raised once the run
+    stopped cleanly: the finished jobs' outputs kept, the others' partial files removed, the
+    report written. ``result``: the run's :class:`~pipeline.runner.RunResult`."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(f"the run {result.run_id} was stopped by Ctrl-C: "
+                         f"{len(result.unfinished)} job(s) had not finished")
+        self.result = result
+
+
 # --- manifests and usage ------------------------------------------------------------
 
 

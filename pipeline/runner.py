@@ -1,20 +1,25 @@
 """A local run of a manifest: validate, run the state machine on the embedded engine, report.
 
-The CLI's ``tiffpipe run`` is this module plus a terminal UI. A run stopped on request
-(:class:`~pipeline.engine.local.StopRequest`: the CLI's SIGINT and SIGTERM) still writes its
-report, with every job that had not finished marked :data:`INTERRUPTED_ERROR`.
+:func:`run` is the entry point from Python (``pipeline.run``, docs/python.md); the CLI's
+``tiffpipe run`` is :func:`check_run` and :func:`run_local` plus a terminal UI. A run stopped
+on request (:class:`~pipeline.engine.local.StopRequest`: the CLI's SIGINT and SIGTERM,
+:func:`run`'s Ctrl-C) still writes its report, with every job that had not finished marked
+:data:`INTERRUPTED_ERROR`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.adapters import local_runs, storage, work_lease, work_location
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV, WORK_ENV
@@ -28,6 +33,8 @@ from pipeline.errors import (
     INTERRUPTED_ERROR,
     RUN_FAILED_ERROR,
     EngineError,
+    ManifestError,
+    RunInterrupted,
     StorageError,
     TiffpipeError,
     WorkLocationError,
@@ -36,6 +43,9 @@ from pipeline.errors import (
 )
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest
+
+if TYPE_CHECKING:
+    from pipeline.core.manifest import ScanSpec
 
 log = logging.getLogger("tiffpipe")
 
@@ -112,10 +122,181 @@ class RunResult:
                 and self.report.get("failed", 1) == 0 and self.interrupted is None)
 
     @property
+    def jobs(self) -> list[dict[str, Any]]:
+        """Each job's entry of the report (``job``, ``status``: SUCCEEDED, FAILED or SKIPPED,
+        ``input``, ``output``, ``error``: ``{"type", "message"}`` of a failed one, ...:
+        docs/manifest-and-ops.md, "The run report"), or of :attr:`summary` for a run that
+        failed with no report; [] when no job was listed."""
+        return list((self.report or self.summary or {}).get("jobs", []))
+
+    @property
     def unfinished(self) -> list[int]:
         """The jobs the report marks :data:`INTERRUPTED_ERROR`."""
         return [j["job"] for j in (self.report or {}).get("jobs", [])
                 if j.get("error", {}).get("type") == INTERRUPTED_ERROR]
+
+
+#: a manifest given to :func:`run`: its path or URL, or the manifest itself (a dict, as its
+#: JSON would be)
+Manifest = str | os.PathLike[str] | dict[str, Any]
+
+
+def run(manifest: Manifest, *, workers: int | None = None, work: str | None = None,
+        report: str | None = None, keep_work: bool = False, progress: bool = False,
+        listener: Listener | None = None, contact_sheet: bool = False,
+        interpreter: str = "auto", definition_text: str | None = None,
+        stop: StopRequest | None = None, base: str | os.PathLike[str] | None = None
+        ) -> RunResult:
+    """Run every job of ``manifest`` on this machine, as ``tiffpipe run`` does, and return
+    what it did (:class:`RunResult`: ``ok``, ``report``, ``jobs``, ``error``).
+
+    ``manifest``: a path or ``s3://`` URL of a manifest, or a manifest as a dict; a dict's
+    relative paths are taken from ``base`` (default: the current folder), its values may be
+    ``os.PathLike`` and a custom op's ``function`` a function of an importable module; it
+    is written to a temporary folder, with its report (kept only if ``report`` names a
+    path) and its default work location. Checked before anything runs, as the command
+    does (:func:`check_run`): ``ManifestError`` (every problem), ``InputNotFoundError``,
+    ``StorageError``, ``OutputNotWritableError`` (the report's path), ``WorkLocationError``;
+    a job that fails is in the result, not raised. ``workers``: tasks at once (default: the
+    cores this process may use). ``progress``: progress lines on stderr (a bar on a
+    terminal; not with a ``listener``); ``listener``: called with each task's end
+    (:class:`~pipeline.ui.RunProgress`'s signature). ``stop``: a :class:`StopRequest` that
+    another thread may ``request()`` to stop the run cleanly (the result then has
+    ``interrupted``). Ctrl-C
+    (SIGINT) in the main thread, where Python's own handler is in place (a script, a
+    notebook's cell), stops the run the same way, then raises :class:`RunInterrupted` (a
+    KeyboardInterrupt, carrying the result). The other arguments are :func:`run_local`'s;
+    ``contact_sheet`` is off by default here."""
+    _check_not_a_starting_worker()
+    if workers is None:
+        from pipeline.steps.common import usable_cores
+
+        workers = usable_cores()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    with _manifest_file(manifest, base) as (path, temp_report):
+        report = os.fspath(report) if report is not None else temp_report
+        try:
+            jobs = check_run(path, report, work)
+        except ManifestError as exc:
+            if temp_report is None:
+                raise
+            raise ManifestError("the manifest given", exc.problems) from None
+        shown = None
+        if progress and listener is None:
+            from pipeline.ui import RunProgress
+
+            listener = shown = RunProgress(jobs)
+        stop = stop if stop is not None else StopRequest()
+        with shown or _nothing(), _ctrl_c_stops(stop) as ours:
+            result = run_local(path, workers, work=work, report=report, keep_work=keep_work,
+                               listener=listener, contact_sheet=contact_sheet,
+                               interpreter=interpreter, stop=stop,
+                               definition_text=definition_text)
+    if ours and result.interrupted == signal.SIGINT:
+        raise RunInterrupted(result)
+    return result
+
+
+def check_run(manifest: str, report: str | None = None, work: str | None = None
+              ) -> list[JobSpec] | ScanSpec:
+    """What a run checks before anything runs (:func:`run`, ``tiffpipe run``): the manifest
+    (:data:`validate`: ManifestError listing every problem, InputNotFoundError or
+    StorageError when it cannot be read), that the report (default :func:`default_report`)
+    would replace no input, output or the manifest (OutputNotWritableError), and that no
+    output and not the report is inside ``work`` (WorkLocationError). PlanRun checks the
+    last two again, for every caller. The manifest's jobs, or its scan."""
+    from pipeline.steps.planning import check_outside_work, check_report_path
+
+    jobs = validate(manifest)
+    report = report or default_report(manifest)
+    if isinstance(jobs, list):
+        check_report_path(report, manifest, jobs)
+    if work:
+        check_outside_work(work, jobs, report)
+    return jobs
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
+                   ) -> Iterator[tuple[str, str | None]]:
+    """The manifest's path, and None; for a dict, the path of its JSON in a temporary folder
+    (removed after the block), its jobs' and scan's relative locations taken from ``base``,
+    and the path of a report there."""
+    if not isinstance(manifest, dict):
+        yield os.fspath(manifest), None
+        return
+    import tempfile
+
+    from pipeline.core.manifest import anchored
+
+    try:
+        doc = json.loads(json.dumps(manifest, default=_as_json))
+    except (TypeError, ValueError) as exc:
+        raise ManifestError("the manifest given", [f"manifest: {exc}"]) from None
+    text = json.dumps(anchored(doc, os.path.abspath(base or os.getcwd())))
+    with tempfile.TemporaryDirectory(prefix="tiffpipe-manifest-") as folder:
+        path = os.path.join(folder, "manifest.json")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        yield path, os.path.join(folder, "manifest.report.json")
+
+
+def _as_json(value: Any) -> Any:
+    """What a dict manifest may hold besides JSON: a path (``os.PathLike``), a numpy number,
+    a custom op's function (``module:function``; not one of ``__main__``, which the worker
+    processes cannot import)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if callable(value) and hasattr(value, "__qualname__"):
+        module, name = getattr(value, "__module__", None), value.__qualname__
+        if module in (None, "__main__", "__mp_main__") or "." in name or "<" in name:
+            raise TypeError(
+                f"the custom op's function {name} is defined in "
+                f"{module or 'no module'}{'' if '.' not in name else ' (nested)'}: the "
+                "worker processes import it by its module, so define it at the top of a "
+                "module of its own (a .py file on sys.path) and import it from there")
+        return f"{module}:{name}"
+    if hasattr(value, "item") and not hasattr(value, "__len__"):  # a numpy scalar
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON")
+
+
+@contextmanager
+def _ctrl_c_stops(stop: StopRequest) -> Iterator[bool]:
+    """While the block runs in the main thread, with Python's own SIGINT handler in place
+    (a script, a notebook's cell; not a program with a handler of its own, such as
+    ``tiffpipe run``), Ctrl-C requests ``stop`` (a second one stops the waiting for the
+    tasks) instead of raising KeyboardInterrupt wherever the main thread is, which left
+    the run's tasks going on (publishing outputs after it) and wrote no report. Whether it
+    did (then :func:`run` raises :class:`RunInterrupted` after the run)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield False
+        return
+    before = signal.signal(signal.SIGINT, lambda signum, _: stop.request(signum))
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _check_not_a_starting_worker() -> None:
+    """RuntimeError in a worker process as it starts: a script that calls :func:`run`
+    without ``if __name__ == "__main__":`` is run again by each worker process (they are
+    spawned, as multiprocessing's), which would run the manifest again in each."""
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and getattr(mp.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "pipeline.run was called as a worker process of a run started: the script that "
+            "calls it must do so under `if __name__ == \"__main__\":` (tiffpipe's worker "
+            "processes are spawned, and import the script's main module again as they "
+            "start, as multiprocessing's do)")
 
 
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,

@@ -37,6 +37,7 @@ ENGINE = {
     "test_work_location", "test_cmyk", "test_derived_pages",
     "test_output_files", "test_exhaustion", "test_ome_channels", "test_batch_runs",
     "test_gis_readers",
+    "test_python_api",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the

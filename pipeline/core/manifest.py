@@ -459,6 +459,32 @@ def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, int]) 
     return problems
 
 
+def anchored(data: Any, base_dir: str) -> Any:
+    """A manifest document (a dict, as its JSON would be) with its jobs' and its scan's
+    relative local ``input`` and ``output`` joined to ``base_dir`` (as written, the parse
+    resolves them): it then means the same written anywhere (``pipeline.run`` writes a
+    dict to a temporary file). Anything else is left as it is, for the parse to judge."""
+    def joined(value: Any) -> Any:
+        if (not isinstance(value, str) or not value or os.path.isabs(value)
+                or _SCHEME.match(value) or _broken_url(value, "")):
+            return value
+        return os.path.join(base_dir, value)
+
+    def resolved(entry: Any) -> Any:
+        if not isinstance(entry, dict):
+            return entry
+        return {k: joined(v) if k in ("input", "output") else v for k, v in entry.items()}
+
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    if isinstance(data.get("jobs"), list):
+        out["jobs"] = [resolved(job) for job in data["jobs"]]
+    if "scan" in data:
+        out["scan"] = resolved(data["scan"])
+    return out
+
+
 def load_manifest_text(text: str, source: str, base_dir: str) -> list[JobSpec]:
     """json.loads with a clear ManifestError on invalid JSON (line/column), then parse_manifest."""
     return parse_manifest(_decode(text, source), source, base_dir)

@@ -1,0 +1,183 @@
+"""tiffpipe from Python (``pipeline.run``), as a notebook, a script or an Airflow task uses
+it: real TIFFs written by tifffile, real runs of the local engine in this process, a
+manifest given as a dict or a path; what a run leaves behind in the process (threads,
+signal handlers, environment) when it ends, and when Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+import pipeline
+from pipeline.errors import INTERRUPTED_ERROR, ManifestError, RunInterrupted
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _inputs(folder: Path, count: int = 1, side: int = 300) -> np.ndarray:
+    pixels = np.random.default_rng(3).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    (folder / "in").mkdir()
+    for i in range(count):
+        tifffile.imwrite(folder / "in" / f"in{i}.tif", pixels, tile=(64, 64))
+    return pixels
+
+
+def _tiffpipe_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("tiffpipe")]
+
+
+def test_a_dict_manifest_runs_and_its_jobs_come_back(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """A dict (paths as Path objects too, relative ones from ``base``) runs as its JSON
+    would; each job's result is in ``result.jobs``, a failed job's error by name; nothing
+    is left in the temporary folder; two runs in one process leave its environment, its
+    SIGINT handler and its threads as they were."""
+    pixels = _inputs(tmp_path)
+    (tmp_path / "in" / "notes.tif").write_text("not a TIFF")
+    monkeypatch.chdir("/")  # relative paths are base's, not the current folder's
+    manifest = {"jobs": [
+        {"input": Path("in/in0.tif"), "output": "out/a.tif",
+         "ops": [{"op": "gaussian_blur", "sigma": np.float64(2)}]},
+        {"input": "in/notes.tif", "output": "out/b.tif"}]}
+    env = dict(os.environ)
+    for _ in range(2):
+        result = pipeline.run(manifest, workers=2, base=tmp_path)
+        assert isinstance(result, pipeline.RunResult)
+        assert not result.ok and result.error is None
+        assert [(j["status"], j.get("error", {}).get("type")) for j in result.jobs] == [
+            ("SUCCEEDED", None), ("FAILED", "NotATiffError")]
+        assert result.report["failed"] == 1
+        assert not os.path.exists(os.path.dirname(result.report_url))  # the temporary folder
+        assert dict(os.environ) == env
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert _tiffpipe_threads() == []
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"),
+                                  cv2.GaussianBlur(pixels, (0, 0), 2))
+
+
+def test_a_path_manifest_keeps_its_report_beside_it(tmp_path: Path):
+    _inputs(tmp_path)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}))
+    result = pipeline.run(manifest, workers=1)
+    assert result.ok
+    assert result.report_url == str(tmp_path / "m.report.json")
+    assert json.loads((tmp_path / "m.report.json").read_text())["run_id"] == result.run_id
+
+
+def test_an_invalid_manifest_raises_before_anything_runs(tmp_path: Path):
+    """Every problem at once, in a ManifestError (not a FAILED result to dig the error out
+    of as text); nothing written."""
+    _inputs(tmp_path)
+    bad = {"jobs": [{"input": "in/in0.tif", "output": "out/a.tif",
+                     "ops": [{"op": "gaussian_blur", "sigma": "two"}, {"op": "blur"}]}]}
+    with pytest.raises(ManifestError) as caught:
+        pipeline.run(bad, base=tmp_path)
+    assert [p.split(":")[0] for p in caught.value.problems] == ["jobs[0].ops[0].sigma",
+                                                                "jobs[0].ops[1].op"]
+    assert str(caught.value).startswith("the manifest given: 2 problem(s)")
+    (tmp_path / "m.json").write_text(json.dumps(bad))
+    with pytest.raises(ManifestError):
+        pipeline.run(tmp_path / "m.json")
+    with pytest.raises(ManifestError, match="is not JSON"):
+        pipeline.run({"jobs": [{"input": "in/in0.tif", "output": {1, 2}}]}, base=tmp_path)
+    with pytest.raises(ValueError, match="workers"):
+        pipeline.run(tmp_path / "m.json", workers=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_custom_op_given_as_a_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A function of a module on sys.path (which the worker processes inherit) is named by
+    its module; one defined in ``__main__`` (a notebook's cell), which the workers cannot
+    import, is refused, saying where to put it."""
+    pixels = _inputs(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "mylab_ops.py").write_text(
+        "def brighten(tile, by=1):\n    return tile + by\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    import mylab_ops
+
+    result = pipeline.run({"jobs": [{"input": "in/in0.tif", "output": "out/c.tif", "ops": [
+        {"op": "custom", "function": mylab_ops.brighten, "params": {"by": 5}}]}]},
+        workers=2, base=tmp_path)
+    assert result.ok, result.jobs
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "c.tif"), pixels + 5)
+
+    def in_a_cell(tile: np.ndarray) -> np.ndarray:
+        return tile
+
+    in_a_cell.__module__, in_a_cell.__qualname__ = "__main__", "in_a_cell"
+    with pytest.raises(ManifestError, match="defined in __main__.*a module of its own"):
+        pipeline.run({"jobs": [{"input": "in/in0.tif", "output": "out/d.tif",
+                                "ops": [{"op": "custom", "function": in_a_cell}]}]},
+                     base=tmp_path)
+
+
+def test_ctrl_c_stops_the_run_cleanly_then_raises_keyboard_interrupt(tmp_path: Path):
+    """Ctrl-C (SIGINT to the process, as a notebook's interrupt) once the first job is done:
+    the run stops as ``tiffpipe run`` does (no task goes on publishing afterwards, the
+    report marks the unfinished jobs, no work folder), then a KeyboardInterrupt carrying
+    the result; the process is as before and runs again. Before, the KeyboardInterrupt
+    hit wherever the main thread was: the tasks went on and published their outputs, no
+    report was written."""
+    _inputs(tmp_path, count=8, side=600)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": f"in/in{i}.tif", "output": f"out/out{i}.tif",
+         "ops": [{"op": "median_blur", "ksize": 5}]} for i in range(8)]}))
+    sent = []
+
+    def ctrl_c_after_the_first_job(function: str, event: dict, ok: bool, payload: dict):
+        if ok and event.get("action") in ("merge", "process_job") and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    env = dict(os.environ)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        pipeline.run(manifest, workers=1, listener=ctrl_c_after_the_first_job)
+    assert isinstance(caught.value, RunInterrupted)
+    result = caught.value.result
+    assert result.interrupted == signal.SIGINT and result.unfinished
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    stopped = [j["job"] for j in report["jobs"] if j.get("error", {}).get("type")
+               == INTERRUPTED_ERROR]
+    assert stopped == result.unfinished
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outputs == [f"out{j['job']}.tif" for j in report["jobs"]
+                       if j["status"] == "SUCCEEDED"]  # (no temporary file either)
+    assert not (tmp_path / ".tiffpipe-work").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert dict(os.environ) == env and _tiffpipe_threads() == []
+    assert pipeline.run(manifest, workers=1).ok
+
+
+def test_a_script_without_a_main_guard_is_told_in_its_workers(
+        monkeypatch: pytest.MonkeyPatch):
+    """A worker process starting imports the script's main module again (spawn): a script
+    that calls run without ``if __name__ == "__main__":`` ran the whole manifest again in
+    each worker; it is now a RuntimeError there that says what to do."""
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(RuntimeError, match='if __name__ == "__main__"'):
+        pipeline.run({"jobs": []})
+
+
+def test_import_pipeline_loads_no_runner():
+    """``pipeline.run`` is imported when first used: ``import pipeline`` (the command's
+    start: its version) loads nothing more."""
+    code = ("import sys, pipeline; print(sorted(m for m in sys.modules "
+            "if m.startswith('pipeline')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['pipeline']"
