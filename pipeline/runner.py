@@ -156,7 +156,8 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     is written to a temporary folder, with its report (kept only if ``report`` names a
     path) and its default work location. Checked before anything runs, as the command
     does (:func:`check_run`): ``ManifestError`` (every problem), ``InputNotFoundError``,
-    ``StorageError``, ``OutputNotWritableError`` (the report's path), ``WorkLocationError``;
+    ``StorageError``, ``OutputNotWritableError`` (the report's path), ``WorkLocationError``,
+    ``EngineError`` (a ``definition_text`` that is not a valid state machine);
     a job that fails is in the result, not raised. ``workers``: tasks at once (default: the
     cores this process may use). ``progress``: progress lines on stderr (a bar on a
     terminal; not with a ``listener``); ``listener``: called with each task's end
@@ -174,6 +175,10 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
         workers = usable_cores()
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if definition_text is not None:  # EngineError naming the line (as --definition's)
+        from pipeline.engine import definition
+
+        definition.check(definition_text, "definition_text")
     with _manifest_file(manifest, base) as (path, temp_report):
         report = os.fspath(report) if report is not None else temp_report
         try:
