@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-work", action="store_true", help="keep the work files")
     run.add_argument("--report", help="run report JSON (default: <manifest>.report.json next "
                                       "to the manifest)")
+    run.add_argument("--overwrite-report", action="store_true",
+                     help="replace a file at the report's path even if it is not a run report "
+                          "(never a job's input or output)")
     run.add_argument("--quiet", action="store_true",
                      help="no progress and no summary (warnings and errors still go to stderr: "
                           "each failed job, its input and error, and the report's path)")
@@ -260,7 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                                    listener=progress,
                                    contact_sheet=not getattr(args, "no_contact_sheet", False),
                                    interpreter=getattr(args, "interpreter", "auto"), stop=stop,
-                                   definition_text=definition_text)
+                                   definition_text=definition_text,
+                                   overwrite_report=getattr(args, "overwrite_report",
+                                                            False))
         except _StoppedChecking as exc:
             return _stopped_before_running(report, exc.signum)
         except OutputNotWritableError as exc:

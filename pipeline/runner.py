@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ from pipeline.errors import (
     RUN_FAILED_ERROR,
     EngineError,
     ManifestError,
+    OutputNotWritableError,
     RunInterrupted,
     StorageError,
     TiffpipeError,
@@ -215,8 +217,7 @@ def check_run(manifest: str, report: str | None = None, work: str | None = None
 
     jobs = validate(manifest)
     report = report or default_report(manifest)
-    if isinstance(jobs, list):
-        check_report_path(report, manifest, jobs)
+    check_report_path(report, manifest, jobs)
     if work:
         check_outside_work(work, jobs, report)
     return jobs
@@ -307,8 +308,8 @@ def _check_not_a_starting_worker() -> None:
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,
               keep_work: bool = False, listener: Listener | None = None,
               contact_sheet: bool = False, interpreter: str = "auto",
-              stop: StopRequest | None = None, definition_text: str | None = None
-              ) -> RunResult:
+              stop: StopRequest | None = None, definition_text: str | None = None,
+              overwrite_report: bool = False) -> RunResult:
     """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
     ``<report stem>.contact.png`` (input and output thumbnails of every page of every job).
     ``interpreter``: of the state machine (see :class:`LocalEngine`). ``stop``: a request
@@ -316,9 +317,11 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     their tile, the partial files of the jobs not finished are removed (outputs published
     stay), and the report marks those jobs (:func:`_report_interrupted`); no contact sheet.
     ``definition_text``: the state machine to run (default: statemachine.asl.json, as
-    shipped). ``work``: a location another local run going on uses, or that holds files other than
-    an earlier run's work, is a WorkLocationError before anything runs (an earlier run's
-    work there is removed first: :mod:`pipeline.adapters.work_location`)."""
+    shipped). ``overwrite_report``: replace a file at the report's path that is not a run
+    report (else OutputNotWritableError: :func:`check_report_free`). ``work``: a location
+    another local run going on uses, or that holds files other than an earlier run's work,
+    is a WorkLocationError before anything runs (an earlier run's work there is removed
+    first: :mod:`pipeline.adapters.work_location`)."""
     if not storage.is_s3(manifest):
         manifest = os.path.abspath(manifest)
     run_id = new_run_id()
@@ -331,6 +334,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
         report_url = os.path.abspath(report_url)
     # before any work: a run whose report is lost is wasted
     storage.check_writable(report_url, "report", "give --report another path")
+    if not overwrite_report:
+        check_report_free(report_url)
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     ours = False  # the work location is this run's (not another run's, going on): removed
@@ -503,6 +508,30 @@ def remove_earlier_report(report_url: str) -> list[str]:
     manifest) removes, as a run that wrote no report: an earlier run's report and contact
     sheet at its paths (:func:`_remove_stale`); what it removed."""
     return _remove_stale(report_url, "", False, False)
+
+
+#: how every run report begins ("run_id" is its first key: pipeline/steps/report.py)
+REPORT_START = re.compile(rb'\s*\{\s*"run_id"\s*:')
+
+
+def check_report_free(url: str) -> None:
+    """OutputNotWritableError if a file at the report's path ``url`` is not a run report (a
+    user's own JSON, a TIFF given to --report by mistake), which the run's report would
+    replace: only an earlier run's report (known by how it begins: one small read, whatever
+    the file's size) is replaced, unless the run is told to (``tiffpipe run
+    --overwrite-report``). A job's input or output is never replaced
+    (:func:`pipeline.steps.planning.check_report_path`)."""
+    if not storage.exists(url):
+        return
+    try:
+        recognised = REPORT_START.match(storage.read_range(url, 0, 64)) is not None
+    except TiffpipeError:  # (unreadable: not known to be a report)
+        recognised = False
+    if not recognised:
+        raise OutputNotWritableError(
+            f"{url}: exists and is not a tiffpipe run report, which the run's report would "
+            "replace: give --report another path, or move that file away (or run with "
+            "--overwrite-report to replace it)")
 
 
 def _report_run(url: str) -> tuple[str | None, float | None]:

@@ -526,14 +526,67 @@ def test_a_report_over_the_manifest_or_a_jobs_file_is_refused(tmp_path: Path, re
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("mine", ["notes.json", "other.tif"])
+def test_a_report_over_a_file_that_is_no_run_report_is_refused(tmp_path: Path, mine: str):
+    """--report naming a file that is no run report (a user's own JSON, a TIFF not in the
+    manifest): refused before any work (exit 2, naming it and what to do), the file as it
+    was; --overwrite-report replaces it; an earlier run's report is replaced as ever."""
+    _inputs(tmp_path)
+    report = tmp_path / mine
+    if mine.endswith(".tif"):
+        write_sample(str(report), [SamplePage(64, 64, 1, "uint8")], tile=16)
+    else:
+        report.write_text('{"notes": "mine"}')
+    before = report.read_bytes()
+    run = ["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet", "--no-contact-sheet",
+           "--report", str(report)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(run) == 2
+    assert err.getvalue().startswith(
+        f"tiffpipe: the run report cannot be written: {report}: exists and is not a tiffpipe "
+        "run report, which the run's report would replace: give --report another path, or "
+        "move that file away (or run with --overwrite-report to replace it)"), err.getvalue()
+    assert report.read_bytes() == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".tiffpipe-work").exists()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*run, "--overwrite-report"]) == 0
+        first = json.loads(report.read_text())["run_id"]
+        assert cli.main(run) == 0  # (now an earlier run's report: replaced)
+    assert json.loads(report.read_text())["run_id"] != first
+
+
+@pytest.mark.parametrize("report", ["in/a.tif", "out/a.tif"])
+def test_a_report_over_a_scans_tiff_is_refused_even_when_told_to_overwrite(tmp_path: Path,
+                                                                        report: str):
+    """A scan's report over a TIFF it reads, or one it would write (a later output):
+    refused as a list of jobs' is, --overwrite-report or not."""
+    (tmp_path / "in").mkdir()
+    write_sample(str(tmp_path / "in" / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=16)
+    (tmp_path / "m.json").write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+    before = (tmp_path / "in" / "a.tif").read_bytes()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["run", str(tmp_path / "m.json"), "--quiet", "--overwrite-report",
+                         "--report", str(tmp_path / report)])
+    assert code == 2
+    field = report.split("/")[0]
+    assert (f"{tmp_path / report}: is a TIFF in scan.{field}put ({tmp_path / field}), which "
+            "the run's report would replace") in err.getvalue(), err.getvalue()
+    assert (tmp_path / "in" / "a.tif").read_bytes() == before
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_run_refuses_a_report_over_a_jobs_input_for_any_caller(tmp_path: Path):
-    """run_local called as a library (no CLI check first): PlanRun refuses the report path
-    before any job; the run fails naming it, and the input is as it was."""
+    """run_local called as a library (no CLI check first), told to replace a file that is no
+    run report: PlanRun refuses the report path before any job; the run fails naming it,
+    and the input is as it was."""
     from pipeline.runner import run_local
 
     _inputs(tmp_path)
     before = (tmp_path / "in" / "rgb.tif").read_bytes()
-    result = run_local(str(tmp_path / "m.json"), 1, report=str(tmp_path / "in" / "rgb.tif"))
+    result = run_local(str(tmp_path / "m.json"), 1, report=str(tmp_path / "in" / "rgb.tif"),
+                       overwrite_report=True)
     assert result.status == "FAILED" and result.report is None
     assert result.error.startswith("OutputNotWritableError: ")
     assert "is job 0's input, which the run's report would replace" in result.error
@@ -709,10 +762,12 @@ def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path,
     report.write_text(json.dumps({"run_id": "r-this", "jobs": []}))
     result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
     assert result.removed == [] and report.exists()
-    # nor a file there that is not a run's report (--report given a user's own file)
+    # nor a file there that is not a run's report (--report given a user's own file, and
+    # the run told to replace it)
     for text in ('{"notes": "mine"}', "not JSON at all"):
         report.write_text(text)
-        result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
+        result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report),
+                                  overwrite_report=True)
         assert result.removed == [] and report.read_text() == text
 
 

@@ -15,7 +15,7 @@ from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
-from pipeline.core.manifest import ScanSpec, scan_jobs
+from pipeline.core.manifest import TIFF_SUFFIXES, ScanSpec, scan_jobs
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import grouped_by_page, left_out_note, make_plan, single_task
 from pipeline.core.thumbs import contact_sheet_url
@@ -45,14 +45,14 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     """
     parsed = read_manifest(event.manifest)
     check_outside_work(event.work, parsed, event.report or None)
+    if event.report:
+        check_report_path(event.report, event.manifest, parsed)
     earlier = None
     if isinstance(parsed, ScanSpec):
         earlier = _earlier(event, parsed)
         specs = [] if earlier else expand_scan(parsed)
     else:
         specs = parsed
-        if event.report:
-            check_report_path(event.report, event.manifest, specs)
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
                         event.report or layout.report_file(event.work), earlier)
     jobs_url = layout.jobs_file(event.work)
@@ -62,20 +62,25 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
             "jobs_at_once": jobs_at_once, "per_job": per_job}
 
 
-def check_report_path(report: str, manifest: str, specs: list[JobSpec]) -> None:
+def check_report_path(report: str, manifest: str, parsed: list[JobSpec] | ScanSpec) -> None:
     """OutputNotWritableError if the run report, or its contact sheet, would be written over
     the manifest or a job's input or output (``--report`` given one of them: the input
-    would be lost), compared as one file under two names too. ``tiffpipe run`` checks it
+    would be lost), compared as one file under two names too; for a scan, over a TIFF in
+    its input or output folder (one it reads, or may write). ``tiffpipe run`` checks it
     before the run (exit 2); PlanRun again, before any job, for every other caller."""
     named = [(manifest, "the manifest")]
-    for i, spec in enumerate(specs):
+    for i, spec in enumerate([] if isinstance(parsed, ScanSpec) else parsed):
         named += [(spec.input, f"job {i}'s input"), (spec.output, f"job {i}'s output")]
     for written, what in ((report, "report"), (contact_sheet_url(report), "contact sheet")):
-        for url, whose in named:
-            if storage.same_file(url, written):
-                raise OutputNotWritableError(
-                    f"{written}: is {whose}, which the run's {what} would replace; give "
-                    "--report another path")
+        whose = next((whose for url, whose in named if storage.same_file(url, written)), None)
+        if isinstance(parsed, ScanSpec) and written.lower().endswith(TIFF_SUFFIXES):
+            whose = whose or next((f"a TIFF in {field} ({folder})" for field, folder in (
+                ("scan.input", parsed.input), ("scan.output", parsed.output))
+                if storage.inside(written, folder)), None)
+        if whose is not None:
+            raise OutputNotWritableError(
+                f"{written}: is {whose}, which the run's {what} would replace; give "
+                "--report another path")
 
 
 def check_outside_work(work: str, parsed: list[JobSpec] | ScanSpec,
