@@ -68,7 +68,7 @@ def default_report(manifest: str) -> str:
     stem = os.path.splitext(os.path.basename(manifest))[0]
     if storage.is_s3(manifest):
         return storage.join(storage.parent(manifest), f"{stem}.report.json")
-    return os.path.join(os.path.dirname(os.path.abspath(manifest)), f"{stem}.report.json")
+    return os.path.join(storage.parent(manifest), f"{stem}.report.json")
 
 
 def default_work(manifest: str, run_id: str) -> str:
@@ -77,7 +77,7 @@ def default_work(manifest: str, run_id: str) -> str:
         import tempfile
 
         return os.path.join(tempfile.gettempdir(), "tiffpipe-work", run_id)
-    return os.path.join(os.path.dirname(os.path.abspath(manifest)), ".tiffpipe-work", run_id)
+    return os.path.join(storage.parent(manifest), ".tiffpipe-work", run_id)
 
 
 @record
@@ -323,15 +323,15 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     is a WorkLocationError before anything runs (an earlier run's work there is removed
     first: :mod:`pipeline.adapters.work_location`)."""
     if not storage.is_s3(manifest):
-        manifest = os.path.abspath(manifest)
+        manifest = storage.local_path(manifest)
     run_id = new_run_id()
     shared = work is not None  # a --work that another run (another machine's) may be given
     work = work or default_work(manifest, run_id)
     if not storage.is_s3(work):
-        work = os.path.abspath(work)
+        work = storage.local_path(work)
     report_url = report or default_report(manifest)
     if not storage.is_s3(report_url):
-        report_url = os.path.abspath(report_url)
+        report_url = storage.local_path(report_url)
     # before any work: a run whose report is lost is wasted
     storage.check_writable(report_url, "report", "give --report another path")
     if not overwrite_report:

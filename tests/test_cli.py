@@ -526,6 +526,52 @@ def test_a_report_over_the_manifest_or_a_jobs_file_is_refused(tmp_path: Path, re
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_dotdot_after_a_link_names_the_file_the_os_opens(tmp_path: Path):
+    """``link/../a.tif`` with ``link`` a real symlink to ``real/sub``: the OS opens
+    ``real/a.tif``, not the ``a.tif`` beside the link (which ``..`` taken as text named).
+    The run reads that file and the report names it; the checks compare it so too: an output
+    spelt so is not its input ``a.tif`` beside the link, but is ``real/a.tif``; an output
+    that leads, so, into the work folder is refused."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 80, 1, "uint8")], tile=16, seed=1)
+    write_sample(str(tmp_path / "real" / "a.tif"), [SamplePage(48, 40, 3)], tile=16, seed=2)
+
+    def manifest(input: str, output: str) -> str:
+        path = tmp_path / "m.json"
+        path.write_text(json.dumps({"jobs": [{"input": input, "output": output,
+                                              "ops": [{"op": "invert"}]}]}))
+        return str(path)
+
+    def tiffpipe(*args: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            return cli.main(list(args)), err.getvalue()
+
+    code, err = tiffpipe("run", manifest("link/../a.tif", "out/a.tif"), "--quiet")
+    assert code == 0, err
+    [page] = read_pages(tmp_path / "real" / "a.tif")
+    [got] = read_pages(tmp_path / "out" / "a.tif")
+    assert np.array_equal(got, cv2.bitwise_not(page))
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["jobs"][0]["input"] == str(tmp_path / "real" / "a.tif")
+    # an output spelt through the link is another file than the input beside the link...
+    assert tiffpipe("validate", manifest("a.tif", "link/../b.tif"))[0] == 0
+    # ... and the same file as the input it reaches
+    code, err = tiffpipe("validate", manifest("real/a.tif", "link/../a.tif"))
+    assert code == 2
+    assert f"same location as its own input ({json.dumps(str(tmp_path / 'real' / 'a.tif'))})" \
+        in err, err
+    # an output that leads into the work folder (wo/deep/.. is wo)
+    (tmp_path / "wo" / "deep").mkdir(parents=True)
+    (tmp_path / "wlink").symlink_to(tmp_path / "wo" / "deep")
+    code, err = tiffpipe("run", manifest("a.tif", "wlink/../x.tif"), "--quiet",
+                         "--work", str(tmp_path / "wo"))
+    assert code == 2
+    assert f"jobs[0].output: {tmp_path / 'wo' / 'x.tif'}: inside the work location" in err, err
+    assert not (tmp_path / "wo" / "x.tif").exists()
+
+
 @pytest.mark.parametrize("mine", ["notes.json", "other.tif"])
 def test_a_report_over_a_file_that_is_no_run_report_is_refused(tmp_path: Path, mine: str):
     """--report naming a file that is no run report (a user's own JSON, a TIFF not in the

@@ -126,10 +126,24 @@ def join(base: str, *parts: str) -> str:
     return f"{base.rstrip('/')}/{tail}" if tail else base
 
 
+def local_path(path: str) -> str:
+    """A local ``path`` made absolute as the OS resolves it: ``.`` and doubled separators
+    dropped, and a ``..`` taken from where the links before it lead (``link/../x`` is beside
+    the link's target, as ``open`` finds it; :func:`os.path.abspath` drops ``link/..`` as
+    text, another file): the folders of a path with a ``..`` are resolved
+    (:func:`os.path.realpath`). Its last name, a link or not, stays as it is."""
+    if os.pardir not in path.split(os.sep):
+        return os.path.abspath(path)
+    folder, name = os.path.split(os.path.join(os.getcwd(), path))
+    if name in (os.pardir, os.curdir, ""):
+        return os.path.realpath(os.path.join(folder, name))
+    return os.path.join(os.path.realpath(folder), name)
+
+
 def parent(url: str) -> str:
     """The folder or prefix that holds a file or object."""
     if not is_s3(url):
-        return os.path.dirname(os.path.abspath(url))
+        return os.path.dirname(local_path(url))
     bucket, key = split_s3(url)
     head = posixpath.dirname(key.rstrip("/"))
     return f"s3://{bucket}/{head}" if head else f"s3://{bucket}"
@@ -251,7 +265,7 @@ def inside_all(urls: list[str], folder: str) -> list[bool]:
         prefix = folder.rstrip("/") + "/"
         return [is_s3(url) and url.startswith(prefix) for url in urls]
     bases = tuple({p.rstrip(os.sep) + os.sep
-                   for p in (os.path.abspath(folder), os.path.realpath(folder))})
+                   for p in (local_path(folder), os.path.realpath(folder))})
     resolved: dict[str, str] = {}  # a folder -> its real path
 
     def real(path: str) -> str:
@@ -267,7 +281,7 @@ def inside_all(urls: list[str], folder: str) -> list[bool]:
         if is_s3(url):
             out.append(False)
             continue
-        path = os.path.abspath(url)
+        path = local_path(url)
         out.append(path.startswith(bases) or real(path).startswith(bases))
     return out
 
@@ -602,7 +616,7 @@ def same_file(a: str, b: str) -> bool:
     file under two names (a link)."""
     if is_s3(a) or is_s3(b):
         return a == b
-    if os.path.abspath(a) == os.path.abspath(b):
+    if local_path(a) == local_path(b):
         return True
     try:
         return os.path.samefile(a, b)
@@ -614,7 +628,7 @@ def entry_of(path: str, follow: bool, folders: dict[str, str] | None = None) -> 
     """The directory entry a local ``path`` names once the links of its folders are followed
     (a rename onto it replaces that entry); ``follow``: a link the name itself is followed
     too (the file a read reaches). ``folders``: real paths of folders already resolved."""
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = os.path.split(local_path(path))
     if folders is None:
         folders = {}
     if folder not in folders:

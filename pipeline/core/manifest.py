@@ -25,7 +25,11 @@ Every problem is collected, each as ``<json path>: <what was expected>, got <wha
 came>``, and all of them are raised at once in one :class:`ManifestError`. The optional
 fields' checks and how ``defaults`` stack under a job are in :mod:`pipeline.core.job_fields`.
 
-Pure module: no file I/O (relative paths are joined, never looked up).
+Pure module: no file I/O (relative paths are joined, never looked up). A local path is
+made absolute by ``local``: by default :func:`os.path.normpath`, which takes ``..`` as text;
+:func:`pipeline.steps.common.read_manifest` gives :func:`pipeline.adapters.storage.local_path`,
+which takes it as the OS does (``link/../x`` beside the link's target), so that every check
+here compares the files the OS opens.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import field
 from typing import Any
 
@@ -83,24 +87,28 @@ def is_s3(location: str) -> bool:
     return location.startswith("s3://")
 
 
-def resolve_location(location: str, base_dir: str) -> str:
+#: how a local path is made absolute (see the module's docstring)
+Local = Callable[[str], str]
+
+
+def resolve_location(location: str, base_dir: str, local: Local = os.path.normpath) -> str:
     """``location`` as an absolute path or URL: relative local paths are joined to ``base_dir``.
 
-    ``s3://`` URLs are returned unchanged, absolute local paths normalised (``/x/in/`` and
-    ``/x/./in`` are ``/x/in``: one folder has one spelling, which the scan's checks of what
-    contains what compare). When ``base_dir`` is an ``s3://bucket/prefix``, a relative
-    path becomes a key under that prefix. Pure: the filesystem is never consulted.
+    ``s3://`` URLs are returned unchanged, absolute local paths normalised by ``local``
+    (``/x/in/`` and ``/x/./in`` are ``/x/in``: one folder has one spelling, which the scan's
+    checks of what contains what compare). When ``base_dir`` is an ``s3://bucket/prefix``,
+    a relative path becomes a key under that prefix. Pure (but for what ``local`` does).
     """
     if is_s3(location):
         return location
     if os.path.isabs(location):
-        return os.path.normpath(location)
+        return local(location)
     if is_s3(base_dir):
         bucket, _, prefix = base_dir[len("s3://"):].partition("/")
         key = posixpath.normpath(posixpath.join(prefix, location)) if prefix else \
             posixpath.normpath(location)
         return f"s3://{bucket}/{key.lstrip('/')}"
-    return os.path.normpath(os.path.join(base_dir, location))
+    return local(os.path.join(base_dir, location))
 
 
 #: the longest file name (bytes) local file systems take (ext4, XFS, APFS, NTFS in UTF-16
@@ -225,7 +233,7 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str]) -> list[Job
     return jobs
 
 
-def _scan_location(value: Any, base_dir: str) -> tuple[str | None, str | None]:
+def _scan_location(value: Any, base_dir: str, local: Local) -> tuple[str | None, str | None]:
     """(the resolved folder or ``s3://bucket/prefix/``, None) or (None, the problem)."""
     expected = "a folder or an s3://bucket/prefix/"
     if not isinstance(value, str) or not value.strip():
@@ -243,7 +251,7 @@ def _scan_location(value: Any, base_dir: str) -> tuple[str | None, str | None]:
             return None, f"expected s3://bucket/prefix/ with a bucket, got {show(value)}"
         prefix = posixpath.normpath(prefix).lstrip("/") if prefix.strip("/") else ""
         return f"s3://{bucket}/{prefix + '/' if prefix else ''}", None
-    resolved = resolve_location(value, base_dir)
+    resolved = resolve_location(value, base_dir, local)
     if is_s3(resolved):  # a relative folder in an S3 manifest: a prefix next to it
         return resolved.rstrip("/") + "/", None
     return resolved, None
@@ -258,7 +266,7 @@ def _inside(a: str, b: str) -> bool:
     return os.path.commonpath([a, b]) == b
 
 
-def _parse_scan(scan: Any, defaults: Layer, base_dir: str,
+def _parse_scan(scan: Any, defaults: Layer, base_dir: str, local: Local,
                 problems: list[str]) -> ScanSpec | None:
     """Check the ``scan`` block (its problems are added to ``problems``)."""
     if not isinstance(scan, dict):
@@ -273,7 +281,7 @@ def _parse_scan(scan: Any, defaults: Layer, base_dir: str,
                             f"(required), got nothing")
             where[name] = None
             continue
-        where[name], message = _scan_location(scan[name], base_dir)
+        where[name], message = _scan_location(scan[name], base_dir, local)
         if message:
             problems.append(f"scan.{name}: {message}")
     src, dst = where["input"], where["output"]
@@ -306,12 +314,14 @@ def parse_manifest(data: Any, source: str, base_dir: str) -> list[JobSpec]:
     return [] if isinstance(parsed, ScanSpec) else parsed
 
 
-def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpec] | ScanSpec:
+def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
+                           local: Local = os.path.normpath) -> list[JobSpec] | ScanSpec:
     """Validate and resolve; raise ManifestError(source, problems) listing EVERY problem.
 
     ``source`` names the manifest in messages; ``base_dir`` is its folder (a local path or
-    an ``s3://bucket/prefix``), against which relative locations are resolved. Returns the
-    jobs, or the :class:`ScanSpec` of a ``scan`` manifest.
+    an ``s3://bucket/prefix``), against which relative locations are resolved (local ones
+    made absolute by ``local``). Returns the jobs, or the :class:`ScanSpec` of a ``scan``
+    manifest.
     """
     problems: list[str] = []
     if not isinstance(data, dict):
@@ -322,7 +332,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
     defaults = _parse_defaults(data, problems)
 
     if "scan" in data:
-        scan = _parse_scan(data["scan"], defaults, base_dir, problems)
+        scan = _parse_scan(data["scan"], defaults, base_dir, local, problems)
         if "jobs" not in data:
             if problems or scan is None:
                 raise ManifestError(source, problems)
@@ -340,7 +350,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str) -> list[JobSpe
     inputs: list[tuple[int, str]] = []  # (job, resolved input) of every valid input
     outputs: dict[str, int] = {}  # resolved output -> first job writing it
     for i, job in enumerate(jobs):
-        spec = _parse_job(job, i, defaults, base_dir, inputs, outputs, problems)
+        spec = _parse_job(job, i, defaults, base_dir, local, inputs, outputs, problems)
         if spec is not None:
             specs.append(spec)
     problems.extend(_nested_outputs(outputs))
@@ -365,7 +375,7 @@ def _parse_defaults(data: dict[str, Any], problems: list[str]) -> Layer:
     return defaults
 
 
-def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str,
+def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
                inputs: list[tuple[int, str]], outputs: dict[str, int],
                problems: list[str]) -> JobSpec | None:
     """Job ``i`` of the manifest, or None if it has problems (added to ``problems``). Its
@@ -384,7 +394,7 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str,
             where[name] = None
             continue
         message = _location_problem(job[name])
-        resolved = None if message else resolve_location(job[name], base_dir)
+        resolved = None if message else resolve_location(job[name], base_dir, local)
         if resolved is not None and _above_bucket(resolved):
             message = (f"{show(job[name])} climbs above its bucket's top ({resolved}): a "
                        "relative path in an S3 manifest stays in the manifest's bucket")
@@ -490,9 +500,10 @@ def load_manifest_text(text: str, source: str, base_dir: str) -> list[JobSpec]:
     return parse_manifest(_decode(text, source), source, base_dir)
 
 
-def load_manifest(text: str, source: str, base_dir: str) -> list[JobSpec] | ScanSpec:
+def load_manifest(text: str, source: str, base_dir: str,
+                  local: Local = os.path.normpath) -> list[JobSpec] | ScanSpec:
     """As :func:`load_manifest_text`, but a scan manifest gives its :class:`ScanSpec`."""
-    return parse_manifest_or_scan(_decode(text, source), source, base_dir)
+    return parse_manifest_or_scan(_decode(text, source), source, base_dir, local)
 
 
 def _decode(text: str, source: str) -> Any:

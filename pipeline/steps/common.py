@@ -55,7 +55,9 @@ def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
         not_utf8 = (f"manifest: not UTF-8 text (byte {exc.start} is {byte!r}): save it as "
                     "UTF-8 (JSON text is UTF-8)")
         raise ManifestError(url, [not_utf8]) from None
-    parsed = load_manifest(text, url, storage.parent(url))
+    # local paths as the OS opens them (``link/../x`` beside the link's target), which
+    # every check of what is what then compares
+    parsed = load_manifest(text, url, storage.parent(url), storage.local_path)
     problems = linked_problems(parsed)
     if problems:
         raise ManifestError(url, problems)
