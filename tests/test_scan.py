@@ -220,6 +220,32 @@ def test_a_link_to_a_file_outside_the_scanned_folder_is_left_out(
     assert f"{incoming / 'secret.tif'} -> {private / 'secret.tif'}" in warning
 
 
+def test_a_link_to_nothing_in_the_scanned_folder_is_left_out_with_a_warning(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture):
+    """A broken link in a scanned folder (its target removed, or not there yet) is no job
+    that fails on every scheduled run: it is left out, with one warning naming it, and the
+    run succeeds; once its target is there, the next run takes it."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_sample(str(incoming / "a.tif"), [SamplePage(40, 50, 1)], seed=2)
+    (incoming / "gone.tif").symlink_to(incoming / "moved-away.tif")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed"}}))
+
+    with caplog.at_level("WARNING"):
+        code, report, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert [os.path.basename(j["output"]) for j in report["jobs"]] == ["a.tif"]
+    [warning] = [r.getMessage() for r in caplog.records if "to nothing" in r.getMessage()]
+    assert (f"left out 1 link(s) to nothing (no file at the target): {incoming / 'gone.tif'} "
+            f"-> {incoming / 'moved-away.tif'}") in warning
+    write_sample(str(incoming / "moved-away.tif"), [SamplePage(40, 50, 1)], seed=3)
+    code, report, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert sorted(os.path.basename(j["output"]) for j in report["jobs"]) == [
+        "gone.tif", "moved-away.tif"]
+
+
 def test_a_missing_input_folder_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture):
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"scan": {"input": "nope", "output": "out"}}))

@@ -196,23 +196,36 @@ def _without_links_out(folder: str, jobs: list[JobSpec]) -> list[JobSpec]:
     may put files in the folder could otherwise link any file this process may read (another
     user's slide, a key) and get its pixels published in the scan's output, or the first
     bytes of a file that is not a TIFF in the run report. A link within the folder is
-    processed. One ``lstat`` a job."""
+    processed; a link to nothing (broken, or to a file not there yet) is left out with a
+    warning too, not made a job that fails on every run until it is mended. One ``lstat``
+    a job."""
     root = os.path.realpath(folder)
-    kept, out = [], []
+    kept, out, broken = [], [], []
     for spec in jobs:
         if os.path.islink(spec.input):
             target = os.path.realpath(spec.input)
             if os.path.commonpath([root, target]) != root:
                 out.append(f"{spec.input} -> {target}")
                 continue
+            if not os.path.exists(target):
+                broken.append(f"{spec.input} -> {target}")
+                continue
         kept.append(spec)
     if out:
-        more = f" (and {len(out) - LINKS_NAMED} more)" if len(out) > LINKS_NAMED else ""
         log.warning("scan of %s: left out %d link(s) to files outside the scanned folder: "
-                    "%s%s; a scan processes the files under its input only: copy such a file "
-                    "there instead of linking it", folder, len(out),
-                    ", ".join(out[:LINKS_NAMED]), more)
+                    "%s; a scan processes the files under its input only: copy such a file "
+                    "there instead of linking it", folder, len(out), _named(out))
+    if broken:
+        log.warning("scan of %s: left out %d link(s) to nothing (no file at the target): %s; "
+                    "a run takes such a link once its target is there: mend or remove it",
+                    folder, len(broken), _named(broken))
     return kept
+
+
+def _named(links: list[str]) -> str:
+    """The first :data:`LINKS_NAMED` of ``links``, then how many more."""
+    more = f" (and {len(links) - LINKS_NAMED} more)" if len(links) > LINKS_NAMED else ""
+    return ", ".join(links[:LINKS_NAMED]) + more
 
 
 def skip_job(job: int, doc: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
