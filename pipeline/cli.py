@@ -230,7 +230,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import check_run, default_report, run_local
-    from pipeline.ui import RunProgress
+    from pipeline.ui import RunProgress, off_gone_streams
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
         from pipeline.steps.common import usable_cores
@@ -279,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _tell_the_end(args, result, stop, [j.if_exists for j in jobs]
                       if isinstance(jobs, list) else [])
     except OSError:  # stdout or stderr gone (a pipe's reader: `| head`; a terminal that hung
-        _off_gone_streams()  # up): the run's report says what it did; its exit code still
+        off_gone_streams()  # up): the run's report says what it did; its exit code still
     return code  # does (it was 0 then, whatever the jobs did)
 
 
@@ -301,17 +301,17 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     and what
     a rerun would do to the jobs that succeeded (``if_exists``: each job's; none for a
     scan, whose reruns take only what has no output)."""
-    from pipeline.ui import failed_lines, left_out_lines, print_summary, rerun_hint
+    from pipeline.ui import failed_lines, left_out_lines, print_summary, rerun_hint, shown
 
     _say_removed(result.removed)
     if result.report is None and result.interrupted is None:
         if result.summary is not None and not args.quiet:
-            with _on_stdout():
+            with shown():
                 print_summary(result.summary)
         print(_failed_line(result), file=sys.stderr)
         return
     if not args.quiet and result.report is not None:
-        with _on_stdout():
+        with shown():
             print_summary(result.report)
             if result.contact_sheet:
                 print(f"contact sheet: {result.contact_sheet}")
@@ -326,30 +326,6 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     hint = rerun_hint(result.report, if_exists) if result.report is not None else None
     if hint:
         print(hint, file=sys.stderr)
-
-
-@contextmanager
-def _on_stdout() -> Iterator[None]:
-    """What the block prints on stdout, flushed; when stdout can no longer be written (its
-    reader gone: ``tiffpipe run m.json | head``), the rest of the block is not printed and
-    stdout is given up (:func:`_off_gone_streams`), but the lines for stderr that follow
-    (a terminal still there) still are."""
-    try:
-        yield
-        sys.stdout.flush()
-    except OSError:
-        _off_gone_streams(sys.stdout)
-
-
-def _off_gone_streams(*streams: Any) -> None:
-    """``streams`` (stdout and stderr when none is named) made /dev/null (what is still
-    buffered for them, and any later write, goes nowhere instead of failing again at the
-    exit)."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    for stream in streams or (sys.stdout, sys.stderr):
-        with suppress(OSError, ValueError, AttributeError):
-            os.dup2(null, stream.fileno())
-    os.close(null)
 
 
 def _definition(path: str | None) -> str | None:

@@ -6,14 +6,41 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from pipeline.errors import INTERRUPTED_ERROR
 
 if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
+
+
+@contextmanager
+def shown(stream: TextIO | None = None) -> Iterator[None]:
+    """What the block prints on ``stream`` (stdout), flushed; when it can no longer be
+    written (its reader gone: ``tiffpipe run m.json | head``, ``tiffpipe status ARN |
+    head``), the rest of the block is not printed and the stream is given up
+    (:func:`off_gone_streams`), but the command goes on: the lines for another stream that
+    follow (a terminal still there) are still written, and its exit code is what it did."""
+    stream = stream if stream is not None else sys.stdout
+    try:
+        yield
+        stream.flush()
+    except OSError:
+        off_gone_streams(stream)
+
+
+def off_gone_streams(*streams: Any) -> None:
+    """``streams`` (stdout and stderr when none is named) made /dev/null (what is still
+    buffered for them, and any later write, goes nowhere instead of failing again at the
+    exit)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams or (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):
+            os.dup2(null, stream.fileno())
+    os.close(null)
 
 
 class RunProgress:

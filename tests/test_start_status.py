@@ -319,6 +319,35 @@ def test_status_renders_a_report_and_a_failed_execution(stack: Stack):
     assert "ended FAILED: StorageError: the bucket went away" in err
 
 
+class _Gone(io.StringIO):
+    """A stream whose reader has gone (``| head`` has ended): every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_status_exits_with_what_the_run_did_when_its_output_cannot_be_shown(stack: Stack):
+    """``tiffpipe status ARN | head`` (and ``2>&1 | head``): the summary (or the line that
+    says the run failed) cannot be written, its reader gone; the exit code is still the
+    run's, as ``tiffpipe run``'s is (it was 0, whatever the run did)."""
+    report = {"run_id": "r2", "manifest": "s3://x/m.json", "seconds": 1.0, "succeeded": 0,
+              "failed": 1, "jobs": [{"job": 0, "status": "FAILED", "input": "s3://x/a.tif",
+                                     "output": "s3://x/out/a.tif",
+                                     "error": {"type": "CorruptTiffError", "message": "bad"}}]}
+    stack.client("s3").put_object(Bucket=NAMES.bucket, Key="reports/r2.json",
+                                  Body=json.dumps(report).encode())
+    failed_job = _stand_in(stack, "tiffpipe-failed-job", {"Type": "Pass", "End": True,
+                                                          "Result": {
+        "report": f"s3://{NAMES.bucket}/reports/r2.json", "succeeded": 0, "failed": 1}})
+    boom = _stand_in(stack, "tiffpipe-boom2", {"Type": "Fail", "Error": "StorageError",
+                                               "Cause": "the bucket went away"})
+    sfn = stack.client("stepfunctions")
+    for machine in (failed_job, boom):
+        arn = sfn.start_execution(stateMachineArn=machine, name="run-x")["executionArn"]
+        with contextlib.redirect_stdout(_Gone()), contextlib.redirect_stderr(_Gone()):
+            assert cli.main(["status", arn, "--wait", "--poll", "0.05"]) == 1, machine
+
+
 def test_a_run_that_fails_before_its_jobs_says_why_in_words(stack: Stack):
     """A run whose PlanRun fails (a scheduled run's manifest broken since the deploy) ends
     FAILED with Lambda's error as its Cause: the JSON of the error, its request id and its

@@ -359,10 +359,17 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
          out: TextIO | None = None, err: TextIO | None = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
     """Show an execution: its progress while it runs (followed to the end with ``wait``),
-    then the run's summary table. Exit code as ``tiffpipe run`` (0 also for still running)."""
-    from pipeline.ui import print_summary
+    then the run's summary table. Exit code as ``tiffpipe run`` (0 also for still running),
+    also when ``out`` or ``err`` can no longer be written (``tiffpipe status ARN | head``:
+    what it shows is given up, not what it says of the run; :func:`pipeline.ui.shown`)."""
+    from pipeline.ui import print_summary, shown
 
     out, err = out or sys.stdout, err or sys.stderr
+
+    def say(line: str, stream: TextIO, flush: bool = False) -> None:
+        with shown(stream):
+            print(line, file=stream, flush=flush)
+
     sfn = clients("stepfunctions")
     try:
         desc = sfn.describe_execution(executionArn=execution_arn)
@@ -381,28 +388,29 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
             totals = None
         line = f"{name}: RUNNING: {progress_line(totals)}"
         if not wait:
-            print(line, file=out)
+            say(line, out)
             return EXIT_OK
         if line != last:
-            print(line, file=err, flush=True)
+            say(line, err, flush=True)
             last = line
         sleep(poll)
         desc = sfn.describe_execution(executionArn=execution_arn)
     if desc["status"] != "SUCCEEDED":
-        print(f"tiffpipe: the run {name} ended {desc['status']}: {ended_why(desc)}", file=err)
+        say(f"tiffpipe: the run {name} ended {desc['status']}: {ended_why(desc)}", err)
         return EXIT_FAILED
     output = json.loads(desc.get("output") or "{}")
     report_url = output.get("report") or json.loads(desc.get("input") or "{}").get("report")
     if not report_url:
-        print(f"tiffpipe: the run {name} succeeded but names no report", file=err)
+        say(f"tiffpipe: the run {name} succeeded but names no report", err)
         return EXIT_FAILED
     bucket, _, key = report_url[len("s3://"):].partition("/")
     try:
         report = json.loads(clients("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as exc:
-        print(f"tiffpipe: the run {name} succeeded but its report {report_url} cannot be "
-              f"read: {exc}", file=err)
+        say(f"tiffpipe: the run {name} succeeded but its report {report_url} cannot be "
+            f"read: {exc}", err)
         return EXIT_FAILED
-    print_summary(report, out)
-    print(f"report: {report_url}", file=out)
+    with shown(out):
+        print_summary(report, out)
+        print(f"report: {report_url}", file=out)
     return EXIT_OK if report.get("failed", 1) == 0 else EXIT_FAILED
