@@ -27,6 +27,7 @@ from pipeline.errors import (
     InputNotFoundError,
     ManifestError,
     OutputNotWritableError,
+    RunningAlreadyError,
     StorageError,
     WorkLocationError,
 )
@@ -271,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OutputNotWritableError as exc:
             print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except WorkLocationError as exc:
+        except (WorkLocationError, RunningAlreadyError) as exc:
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_USAGE
     code = _run_exit_code(result, stop)

@@ -58,6 +58,11 @@ class WorkLocationError(TiffpipeError):
     are not a tiffpipe run's work (which the run would remove with its own when it ends)."""
 
 
+class RunningAlreadyError(TiffpipeError):
+    """A local run of a list of jobs while an earlier local run of the same manifest is still
+    going on on this machine (both would do every job and write the same outputs)."""
+
+
 class OperationError(TiffpipeError):
     """An op cannot be applied to this page (dtype, channels) or a user function misbehaved."""
 

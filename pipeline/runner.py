@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.adapters import local_runs, storage, work_lease, work_location
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV, WORK_ENV
 from pipeline.core.events import ReportEvent, RunInput, to_payload
+from pipeline.core.manifest import ScanSpec
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
 from pipeline.core.thumbs import SHEET_BOX, contact_sheet_url
@@ -37,6 +38,7 @@ from pipeline.errors import (
     ManifestError,
     OutputNotWritableError,
     RunInterrupted,
+    RunningAlreadyError,
     StorageError,
     TiffpipeError,
     WorkLocationError,
@@ -357,6 +359,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
             with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
+                _not_running_already(manifest, f"run-{run_id}")
                 # a lease only where another machine's run may look: a run's default work
                 # folder is named by its run id, which no other run is given
                 _claim_work(work, f"run-{run_id}", take if shared else None)
@@ -684,6 +687,21 @@ def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> 
                     type(exc).__name__, exc)
         return None
     return url
+
+
+def _not_running_already(manifest: str, name: str) -> None:
+    """RunningAlreadyError if a local run of the same list of jobs (the same manifest file,
+    under any name) listed before the run ``name`` is still going on on this machine: both
+    would do every job and write the same outputs (of two started at once, the later one is
+    refused; a killed run no longer counts: :mod:`pipeline.adapters.local_runs`). A scan's
+    run is not refused: its PlanRun defers to the earlier run. The manifest is read only
+    when there is such a run."""
+    other = local_runs.earlier_run(name, lambda url: storage.same_file(url, manifest))
+    if other is None or isinstance(read_manifest(manifest), ScanSpec):
+        return
+    raise RunningAlreadyError(
+        f"{manifest}: {other} is running this manifest now: a second run would do every job "
+        "again and write the same outputs. Wait for it to end, or stop it, then run again")
 
 
 def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) -> None:

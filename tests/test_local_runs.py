@@ -19,7 +19,7 @@ import pytest
 
 from pipeline import ui
 from pipeline.adapters import local_runs
-from pipeline.errors import WorkLocationError
+from pipeline.errors import RunningAlreadyError, WorkLocationError
 from pipeline.sample import SamplePage, write_sample
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,6 +212,44 @@ def test_a_scan_run_defers_to_an_earlier_local_run_of_the_scan(tmp_path: Path,
     assert result.ok and result.report is not None and "deferred_to" not in result.report
     assert [j["status"] for j in result.report["jobs"]] == ["SUCCEEDED"]
     assert (tmp_path / "out" / "a.tif").exists()
+
+
+@pytest.mark.engine
+def test_a_second_run_of_a_list_of_jobs_is_refused_while_the_first_goes_on(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Two runs of one manifest of jobs at once (a run from cron that outlasts its interval,
+    a command typed twice), each with its own default work folder, both did every job and
+    wrote the same outputs. The later one is refused before anything runs (exit 2), naming
+    the run going on, also under another name of the manifest (a link); another manifest
+    runs; once the first run's process has ended (here: killed), the next run goes on."""
+    from pipeline import cli
+    from pipeline.runner import run_local
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out.tif"}]}))
+    (tmp_path / "alias.json").symlink_to(manifest)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "other.tif"}]}))
+    with run_elsewhere(str(folder), "run-first", str(manifest)) as proc:
+        for name in ("m.json", "alias.json"):
+            with pytest.raises(RunningAlreadyError) as info:
+                run_local(str(tmp_path / name), 1)
+            assert f"local run first, process {proc.pid} is running this manifest now" in \
+                str(info.value)
+        assert cli.main(["run", str(manifest), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"tiffpipe: {manifest}: local run first, process {proc.pid} is "
+                              "running this manifest now: a second run would do every job "
+                              "again and write the same outputs. Wait for it to end"), err
+        assert not (tmp_path / "out.tif").exists()
+        assert not (tmp_path / ".tiffpipe-work").exists()
+        assert not (tmp_path / "m.report.json").exists()
+        assert run_local(str(other), 1).ok
+        proc.kill()
+        proc.wait(30)
+        assert run_local(str(manifest), 1).ok
+    assert (tmp_path / "out.tif").exists()
 
 
 SLEEPY = """

@@ -5,7 +5,9 @@ interval, as a first run over a backlog does) would both make a job of every inp
 first one has not finished, and both do it (only one publishes: a scan's jobs skip an
 output that exists), each with all the cores. As on AWS (:mod:`earlier_runs`), PlanRun of a
 scan looks for a run of the same scan that started before it and is still going, and if
-there is one it plans no job and its report names that run.
+there is one it plans no job and its report names that run. A run of a list of jobs is
+refused instead while an earlier run of the same manifest goes on
+(:func:`pipeline.runner.run_local`: both would do every job).
 
 Every local run (:func:`pipeline.runner.run_local`) is listed for its life in
 :func:`runs_folder`: a small JSON file (its run id, manifest, start and process), on which
@@ -129,7 +131,7 @@ def listed(name: str, run_id: str, manifest: str, work: str | None = None,
                                  "work": work, "keep_work": keep_work}).encode())
         os.replace(tmp, path)
     except OSError as exc:
-        log.warning("cannot list this run in %s (%s): a later run of the same scan will not "
+        log.warning("cannot list this run in %s (%s): a later run of the same manifest will not "
                     "know of it, a run given the same --work will not be refused, and what "
                     "this run leaves if it is killed will not be removed by the next run",
                     folder, exc)
