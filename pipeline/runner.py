@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.adapters import local_runs, storage, work_lease, work_location
 from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV, WORK_ENV
@@ -47,9 +47,6 @@ from pipeline.errors import (
 )
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import read_manifest
-
-if TYPE_CHECKING:
-    from pipeline.core.manifest import ScanSpec
 
 log = logging.getLogger("tiffpipe")
 
@@ -149,8 +146,8 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
         report: str | None = None, keep_work: bool = False, progress: bool = False,
         listener: Listener | None = None, contact_sheet: bool = False,
         interpreter: str = "auto", definition_text: str | None = None,
-        stop: StopRequest | None = None, base: str | os.PathLike[str] | None = None
-        ) -> RunResult:
+        stop: StopRequest | None = None, base: str | os.PathLike[str] | None = None,
+        overwrite_report: bool = False) -> RunResult:
     """Run every job of ``manifest`` on this machine, as ``tiffpipe run`` does, and return
     what it did (:class:`RunResult`: ``ok``, ``report``, ``jobs``, ``error``).
 
@@ -160,7 +157,9 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     is written to a temporary folder, with its report (kept only if ``report`` names a
     path) and its default work location. Checked before anything runs, as the command
     does (:func:`check_run`): ``ManifestError`` (every problem), ``InputNotFoundError``,
-    ``StorageError``, ``OutputNotWritableError`` (the report's path), ``WorkLocationError``,
+    ``StorageError``, ``OutputNotWritableError`` (the report's path; a file there that is
+    no run report, unless ``overwrite_report``), ``WorkLocationError``,
+    ``RunningAlreadyError`` (a run of the same manifest file going on on this machine),
     ``EngineError`` (a ``definition_text`` that is not a valid state machine);
     a job that fails is in the result, not raised. ``workers``: tasks at once (default: the
     cores this process may use). ``progress``: progress lines on stderr (a bar on a
@@ -201,7 +200,8 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
             result = run_local(path, workers, work=work, report=report, keep_work=keep_work,
                                listener=listener, contact_sheet=contact_sheet,
                                interpreter=interpreter, stop=stop,
-                               definition_text=definition_text)
+                               definition_text=definition_text,
+                               overwrite_report=overwrite_report)
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result

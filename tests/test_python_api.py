@@ -183,3 +183,20 @@ def test_import_pipeline_loads_no_runner():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['pipeline']"
+
+
+def test_a_report_path_holding_another_file_is_refused_unless_told(tmp_path: Path):
+    """The report's path holds the user's own file: refused before anything runs (the file
+    kept), replaced only with ``overwrite_report``, as ``tiffpipe run --overwrite-report``."""
+    from pipeline.errors import OutputNotWritableError
+
+    _inputs(tmp_path)
+    theirs = tmp_path / "notes.json"
+    theirs.write_text('{"mine": true}')
+    manifest = {"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}
+    with pytest.raises(OutputNotWritableError, match="not a tiffpipe run report"):
+        pipeline.run(manifest, workers=1, base=tmp_path, report=str(theirs))
+    assert theirs.read_text() == '{"mine": true}' and not (tmp_path / "out").exists()
+    result = pipeline.run(manifest, workers=1, base=tmp_path, report=str(theirs),
+                          overwrite_report=True)
+    assert result.ok and json.loads(theirs.read_text())["run_id"] == result.run_id
