@@ -320,6 +320,46 @@ def _all_subclasses(cls: type) -> list[type]:
     return out
 
 
+#: what a failed job's error says of its cause (the report's ``fault`` of a FAILED job's
+#: error), so that a person, or a script, knows what to do with the job: ``input``, the job's
+#: input (or its entry in the manifest) is at fault, and a rerun fails the same: fix or
+#: replace the file, or leave the job out; ``platform``, where it ran is (a permission, the
+#: function's time or memory, a limit of S3): fix what the message says, then rerun the job;
+#: ``transient``, a failure that may pass (throttling, a lost worker, a stopped run): rerun
+#: the job as it is
+INPUT_FAULT, PLATFORM_FAULT, TRANSIENT_FAULT = "input", "platform", "transient"
+#: the error types of each fault but ``platform``, the default: an error not known here (a
+#: codec's own, say) is looked at before the job is left out
+_FAULTS = {
+    INPUT_FAULT: frozenset((
+        "InputNotFoundError", "NotATiffError", "CorruptTiffError", "UnsupportedTiffError",
+        "PageNotFoundError", "OperationError", "OutputExistsError", "OutputTooLargeError",
+        "ManifestError")),
+    TRANSIENT_FAULT: frozenset((
+        "StorageError", "WorkerCrashedError", "InputChangedError", INTERRUPTED_ERROR,
+        RUN_FAILED_ERROR, "Lambda.TooManyRequestsException", "Lambda.ServiceException",
+        "Lambda.AWSLambdaException", "Lambda.SdkClientException",
+        "Lambda.ClientExecutionTimeoutException")),
+}
+#: what to do with the jobs of each fault, in words (``tiffpipe status`` says it)
+FAULT_ADVICE = {
+    INPUT_FAULT: "the input or its job is at fault, a rerun fails the same: fix or replace "
+                 "the file (or the job), or leave the job out",
+    PLATFORM_FAULT: "where it ran is at fault (a permission, the function's time or memory): "
+                    "fix what the message says, then rerun the job",
+    TRANSIENT_FAULT: "a failure that may pass: rerun the job as it is",
+}
+
+
+def fault_of(error_type: str) -> str:
+    """The fault (:data:`INPUT_FAULT`, :data:`PLATFORM_FAULT`, :data:`TRANSIENT_FAULT`) of a
+    failed job whose error is of type ``error_type``."""
+    for fault, types in _FAULTS.items():
+        if error_type in types:
+            return fault
+    return PLATFORM_FAULT
+
+
 def failure_record(error: dict[str, Any]) -> dict[str, str]:
     """``{"type", "message"}`` from the ``{"Error", "Cause"}`` of a Step Functions Catch.
 

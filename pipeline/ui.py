@@ -181,7 +181,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     rows = []
     for job in report["jobs"]:
         ok = job["status"] in ("SUCCEEDED", "SKIPPED")  # SKIPPED: the output exists
-        detail = job["output"] if ok else f"{job['error']['type']}: {job['error']['message']}"
+        detail = job["output"] if ok else _error_cell(job)
         if ok:
             status = job["status"]
         elif job["error"]["type"] == INTERRUPTED_ERROR:
@@ -193,6 +193,37 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
                      f"{job['seconds']:.1f}" if job.get("seconds") is not None else "",
                      detail])
     return title, rows
+
+
+def _error_cell(job: dict[str, Any]) -> str:
+    """A failed job's error in the summary, after its input when the message does not name
+    it (AWS's own errors, a timeout or Lambda's out of memory, know no file)."""
+    error = job["error"]
+    text = f"{error['type']}: {error['message']}"
+    if job.get("input") and job["input"] not in error["message"]:
+        text = f"{job['input']}: {text}"
+    return text
+
+
+def fault_lines(report: dict[str, Any]) -> list[str]:
+    """The failed jobs of a report by fault (the error's ``fault``: the input's, the
+    platform's, a transient one), a line each: how many, which (their numbers) and what to
+    do (:data:`pipeline.errors.FAULT_ADVICE`). No line when no job failed."""
+    from pipeline.errors import FAULT_ADVICE, PLATFORM_FAULT
+
+    by_fault: dict[str, list[int]] = {}
+    for job in report["jobs"]:
+        if job["status"] == "FAILED":
+            fault = (job.get("error") or {}).get("fault", PLATFORM_FAULT)
+            by_fault.setdefault(fault, []).append(job["job"])
+    lines = []
+    for fault, advice in FAULT_ADVICE.items():
+        jobs = by_fault.get(fault, [])
+        if jobs:
+            named = ", ".join(map(str, jobs[:20])) + (" ..." if len(jobs) > 20 else "")
+            lines.append(f"tiffpipe: {_jobs(len(jobs))} failed of the {fault} (job {named}): "
+                         f"{advice}")
+    return lines
 
 
 def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[str]:

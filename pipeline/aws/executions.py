@@ -362,7 +362,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
     then the run's summary table. Exit code as ``tiffpipe run`` (0 also for still running),
     also when ``out`` or ``err`` can no longer be written (``tiffpipe status ARN | head``:
     what it shows is given up, not what it says of the run; :func:`pipeline.ui.shown`)."""
-    from pipeline.ui import print_summary, shown
+    from pipeline.ui import fault_lines, print_summary, shown
 
     out, err = out or sys.stdout, err or sys.stderr
 
@@ -413,4 +413,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
     with shown(out):
         print_summary(report, out)
         print(f"report: {report_url}", file=out)
+    with shown(err):
+        for line in fault_lines(report):
+            print(line, file=err)
     return EXIT_OK if report.get("failed", 1) == 0 else EXIT_FAILED

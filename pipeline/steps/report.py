@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
-from pipeline.errors import TiffpipeError, failure_record
+from pipeline.errors import TiffpipeError, failure_record, fault_of
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import (
     abort_output_uploads,
@@ -122,6 +122,9 @@ def run_report(event: ReportEvent, missing: dict[str, str] | None = None
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         jobs = list(pool.map(result, range(len(run["jobs"]))))
+    for job in jobs:  # what to do with each failed job: skip it, fix then rerun, or rerun
+        if job["status"] == "FAILED" and isinstance(job.get("error"), dict):
+            job["error"]["fault"] = fault_of(str(job["error"].get("type")))
     now = time.time()
     succeeded = sum(j["status"] == "SUCCEEDED" for j in jobs)
     skipped = sum(j["status"] == "SKIPPED" for j in jobs)

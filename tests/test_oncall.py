@@ -1,0 +1,124 @@
+"""The night after a batch on AWS partly failed: what ``tiffpipe status`` (and ``start
+--wait``) tells the on-call engineer, from the real handlers run by moto's Step Functions on
+a deployed stack (the fixture of tests/test_start_status.py), with failures made the way
+they happen there: a damaged TIFF in S3, a missing object, S3 answering 403 AccessDenied (a
+bucket policy), an invocation stopped by Lambda's timeout, an execution stopped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_start_status
+import tifffile
+from botocore.awsrequest import AWSResponse
+from test_start_status import DATA, NAMES, STACK, Stack, _InProcess
+
+from pipeline.adapters import storage
+from pipeline.engine.moto_run import served_by
+
+pytestmark = pytest.mark.timeout(120)
+stack = test_start_status.stack  # the fixture: a stack deployed in moto
+
+_DENIED = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+           b"<Message>Access Denied</Message></Error>")
+
+
+class _Body:
+    def stream(self, **_: Any) -> Any:
+        yield _DENIED
+
+
+def deny(key: str) -> Callable[..., Any]:
+    """A botocore hook answering S3's 403 AccessDenied (what a bucket policy's Deny gives)
+    for every request on ``key``, before it is sent."""
+    def hook(request: Any, **_: Any) -> Any:
+        if f"/{key}" in request.url:
+            return AWSResponse(request.url, 403, {}, _Body())
+        return None
+    return hook
+
+
+class Lambda(_InProcess):
+    """The real handlers; an invocation whose event names a job in ``timeouts`` ends as
+    Lambda ends one its function's timeout stops (Sandbox.Timedout)."""
+
+    def __init__(self, timeouts: tuple[int, ...] = (), before: Any = None) -> None:
+        self.timeouts, self.before = timeouts, before
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        if self.before is not None:
+            self.before(function, event)
+        text = json.dumps(event)
+        if event.get("action") != "plan_job" and any(
+                f"/jobs/{j:05d}/" in text for j in self.timeouts):
+            return False, {"errorType": "Sandbox.Timedout", "errorMessage": "RequestId: 5f1c "
+                           "Error: Task timed out after 900.00 seconds"}
+        return super().invoke(function, event)
+
+
+def _inputs(stack: Stack, tmp: Path) -> None:
+    """in/good.tif, in/bad.tif (its segment data damaged), in/denied.tif, in/slow.tif."""
+    s3 = stack.client("s3")
+    src = tmp / "src.tif"
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
+    tifffile.imwrite(src, pixels, tile=(64, 64), compression="zlib")
+    for key in ("good", "denied", "slow"):
+        s3.upload_file(str(src), DATA, f"in/{key}.tif")
+    damaged = bytearray(src.read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 2000] = bytes(2000)
+    s3.put_object(Bucket=DATA, Key="in/bad.tif", Body=bytes(damaged))
+    storage.s3_client().meta.events.register("before-send.s3", deny("in/denied.tif"))
+
+
+def _job(name: str) -> dict[str, Any]:
+    return {"input": f"s3://{DATA}/in/{name}.tif", "output": f"s3://{DATA}/out/{name}.tif",
+            "ops": [{"op": "invert"}]}
+
+
+NIGHT = {"defaults": {"tile": 128, "output_options": {"tile": 64}},
+         "jobs": [_job(n) for n in ("good", "bad", "missing", "denied", "slow")]}
+
+
+def _report(stack: Stack, arn: str) -> dict[str, Any]:
+    run_id = arn.rsplit(":", 1)[-1].removeprefix("run-")
+    body = stack.client("s3").get_object(Bucket=NAMES.bucket, Key=f"reports/{run_id}.json")
+    return json.loads(body["Body"].read())
+
+
+def test_each_failed_job_says_whose_fault_it_is_and_what_to_do(stack: Stack, tmp_path: Path):
+    """A damaged input and a missing one are the data's fault (a rerun fails the same: skip
+    them); S3's AccessDenied and Lambda's timeout the platform's (fix it, then rerun). The
+    report says so for each failed job (its error's ``fault``), ``status`` counts them by
+    fault with what to do, and the summary names the input of an error that does not
+    (Lambda's timeout knows no file)."""
+    _inputs(stack, tmp_path)
+    manifest = stack.manifest("night.json", NIGHT)
+    with served_by(Lambda(timeouts=(4,))):
+        code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--wait",
+                                        "--poll", "0.05")
+    assert code == 1, err
+    arn = out.splitlines()[0]
+    report = _report(stack, arn)
+    got = {j["job"]: (j["status"], (j.get("error") or {}).get("type"),
+                      (j.get("error") or {}).get("fault")) for j in report["jobs"]}
+    assert got == {0: ("SUCCEEDED", None, None),
+                   1: ("FAILED", "CorruptTiffError", "input"),
+                   2: ("FAILED", "InputNotFoundError", "input"),
+                   3: ("FAILED", "AccessDeniedError", "platform"),
+                   4: ("FAILED", "Sandbox.Timedout", "platform")}, got
+    assert "page 0: segment" in report["jobs"][1]["error"]["message"]
+    assert stack.keys(DATA, "out/") == ["out/good.tif"]  # no failed job's output, nor a part
+    assert not stack.client("s3").list_multipart_uploads(Bucket=DATA).get("Uploads")
+    assert (f"s3://{DATA}/in/slow.tif: Sandbox.Timedout: RequestId: 5f1c Error: Task timed "
+            "out after 900.00 seconds: the function's timeout") in out
+    assert "tiffpipe: 2 jobs failed of the input (job 1, 2): the input or its job is at " \
+           "fault, a rerun fails the same" in err, err
+    assert "tiffpipe: 2 jobs failed of the platform (job 3, 4): where it ran is at fault" in err
+    code, again, err2 = stack.tiffpipe("status", arn)
+    assert (code, again) == (1, out[len(arn) + 1:])
+    assert "failed of the input (job 1, 2)" in err2
