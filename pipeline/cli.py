@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a run on AWS (progress, or the summary)")
     status.add_argument("execution", metavar="EXECUTION_ARN", help="as printed by start")
     status.add_argument("--wait", action="store_true", help="follow a running run to its end")
+    status.add_argument("--json", action="store_true",
+                        help="one JSON document on stdout (the status, the progress or the "
+                             "report), for scripts; the same exit code")
     for aws in (start, status):
         aws.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION "
                                           "or the profile's; with an ARN: the ARN's)")
@@ -598,7 +601,8 @@ def cmd_aws(args: argparse.Namespace) -> int:
         if args.command == "start":
             return start(clients, args.manifest, stack=None if args.state_machine else args.stack,
                          state_machine=args.state_machine, wait=args.wait, poll=args.poll)
-        return show(clients, args.execution, wait=args.wait, poll=args.poll)
+        return show(clients, args.execution, wait=args.wait, poll=args.poll,
+                    as_json=args.json)
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
     except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError) as exc:

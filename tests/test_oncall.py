@@ -7,6 +7,8 @@ bucket policy), an invocation stopped by Lambda's timeout, an execution stopped.
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,3 +124,76 @@ def test_each_failed_job_says_whose_fault_it_is_and_what_to_do(stack: Stack, tmp
     code, again, err2 = stack.tiffpipe("status", arn)
     assert (code, again) == (1, out[len(arn) + 1:])
     assert "failed of the input (job 1, 2)" in err2
+
+
+def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
+        stack: Stack, tmp_path: Path):
+    """An execution stopped (``stop-execution``, or Step Functions' own timeout) runs no
+    Report step, and ``status`` said only ``ended ABORTED: see the execution history``: which
+    jobs had finished, and which outputs exist, was not said anywhere. It rebuilds the
+    report from the jobs' results in the work location (the jobs that had not finished
+    STOPPED, never published); ``--json`` gives the same to a script, as it does a running
+    execution's progress and a finished one's report."""
+    _inputs(stack, tmp_path)
+    sfn = stack.client("stepfunctions")
+
+    def stop_once_job_0_is_done(function: str, event: dict[str, Any]) -> None:
+        if event.get("action") != "plan_job" or event.get("job") != 2:
+            return
+        for _ in range(200):  # job 0 published (it runs beside this one)
+            if any(k.endswith("/jobs/00000/result.json") for k in stack.keys(NAMES.bucket)):
+                break
+            time.sleep(0.05)
+        arn = sfn.list_executions(stateMachineArn=NAMES.state_machine_arn)["executions"][0]
+        sfn.stop_execution(executionArn=arn["executionArn"], error="OnCall",
+                           cause="stopped by the on-call engineer")
+
+    manifest = stack.manifest("night.json", {**NIGHT, "jobs": NIGHT["jobs"][:3]})
+    with served_by(Lambda(before=stop_once_job_0_is_done)):
+        code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--wait",
+                                        "--poll", "0.05")
+        time.sleep(1)  # (the stopped jobs' threads end)
+    assert code == 1, err
+    arn = out.splitlines()[0]
+    assert "ended ABORTED" in err and "Traceback" not in err
+    assert stack.keys(NAMES.bucket, "reports/") == []  # the Report step never ran
+    assert "report: none written; the summary above is rebuilt from the jobs' results in " \
+           f"s3://{NAMES.bucket}/work/" in out, out
+    assert re.search(rf"0  SUCCEEDED .* s3://{DATA}/out/good.tif", out), out
+    assert "STOPPED" in out and "the run was stopped before this job finished" in out, out
+    assert "its output was not published; run the job again" in out
+    assert stack.keys(DATA, "out/") == ["out/good.tif"]
+    assert "failed of the transient (job 2): a failure that may pass" in err, err
+
+    code, doc, _ = stack.tiffpipe("status", arn, "--json")
+    assert code == 1
+    got = json.loads(doc)
+    assert (got["execution"], got["status"], got["report_url"]) == (arn, "ABORTED", None)
+    assert got["problem"].startswith(f"the run {arn.rsplit(':', 1)[-1]} ended ABORTED")
+    jobs = got["report"]["jobs"]
+    assert [j["status"] for j in jobs] == ["SUCCEEDED", "FAILED", "FAILED"]
+    assert (jobs[1]["error"]["type"], jobs[1]["error"]["fault"]) == ("CorruptTiffError",
+                                                                     "input")
+    assert (jobs[2]["error"]["type"], jobs[2]["error"]["fault"]) == ("RunInterruptedError",
+                                                                     "transient")
+
+    # a finished run's report, and a running one's progress, as JSON
+    with served_by(Lambda()):
+        code, out, err = stack.tiffpipe("start", str(stack.manifest("one.json", {
+            **NIGHT, "jobs": NIGHT["jobs"][:1]})), "--stack", STACK, "--wait", "--poll", "0.05")
+    assert code == 0, err
+    code, doc, _ = stack.tiffpipe("status", out.splitlines()[0], "--json")
+    got = json.loads(doc)
+    assert (code, got["status"], got["problem"]) == (0, "SUCCEEDED", None)
+    assert got["report_url"].startswith(f"s3://{NAMES.bucket}/reports/")
+    assert got["report"]["succeeded"] == 1 and got["report"]["jobs"][0]["output"] == \
+        f"s3://{DATA}/out/good.tif"
+    slow = test_start_status._stand_in(stack, "tiffpipe-slow", {"Type": "Wait", "Seconds": 30,
+                                                                 "End": True})
+    running = sfn.start_execution(stateMachineArn=slow, name="r", input="{}")["executionArn"]
+    try:
+        code, doc, _ = stack.tiffpipe("status", running, "--json")
+        assert code == 0 and json.loads(doc) == {
+            "execution": running, "name": "r", "status": "RUNNING", "progress": {}}
+    finally:
+        sfn.stop_execution(executionArn=running)

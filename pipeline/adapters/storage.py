@@ -81,6 +81,21 @@ def s3_client() -> Any:
         return _client[1]
 
 
+@contextmanager
+def client_of(client: Any) -> Iterator[None]:
+    """While the block runs, ``client`` is this process's S3 client (:func:`s3_client`): a
+    command's own session (its ``--profile``, its region) reads what the steps wrote."""
+    global _client
+    key = (os.getpid(), *(os.environ.get(k) for k in _ENV_KEYS))
+    with _lock:
+        before, _client = _client, (key, client)
+    try:
+        yield
+    finally:
+        with _lock:
+            _client = before
+
+
 def _after_fork() -> None:
     global _lock, _client
     _lock, _client = threading.Lock(), None  # a lock held by another thread at fork is lost

@@ -31,7 +31,13 @@ from pipeline.aws.resources import role_policy
 from pipeline.core.events import RunInput, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
-from pipeline.errors import InputNotFoundError, ManifestError, failure_record
+from pipeline.errors import (
+    INTERRUPTED_ERROR,
+    RUN_FAILED_ERROR,
+    InputNotFoundError,
+    ManifestError,
+    failure_record,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _LOCAL_HINT = ("a Lambda function cannot read this machine's files: upload it and give its "
@@ -355,13 +361,51 @@ def ended_why(desc: dict[str, Any]) -> str:
     return f"{failure['type']}: {failure['message']}"
 
 
+#: what the jobs of a run that ended without its report (stopped, timed out, or failed as a
+#: whole) are said to have met, when they have no result of their own: (type, what happened)
+_UNFINISHED = {"ABORTED": (INTERRUPTED_ERROR, "the run was stopped"),
+               "TIMED_OUT": (INTERRUPTED_ERROR, "the run timed out"),
+               "FAILED": (RUN_FAILED_ERROR, "the run failed as a whole")}
+
+
+def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | None:
+    """The report of an execution (``DescribeExecution``) that ended without one, as the
+    Report step would have written it, from the results its jobs left in its work location
+    (kept 7 days): a job without one FAILED, never published (a job's output is published
+    whole or not at all), with the error of :data:`_UNFINISHED`. None when PlanRun wrote no
+    run (no job was planned) or the work cannot be read."""
+    from pipeline.adapters import storage
+    from pipeline.core.events import ReportEvent
+    from pipeline.errors import TiffpipeError, shortened
+    from pipeline.steps import layout
+    from pipeline.steps.report import run_report
+
+    work = json.loads(desc.get("input") or "{}").get("work")
+    kind, what = _UNFINISHED.get(desc["status"], (RUN_FAILED_ERROR, "the run ended"))
+    if not isinstance(work, str) or not work.startswith("s3://"):
+        return None
+    message = shortened(f"{what} before this job finished ({ended_why(desc)}): its output "
+                        "was not published; run the job again")
+    try:
+        with storage.client_of(clients("s3")):
+            if not storage.exists(layout.run_file(work)):
+                return None
+            return run_report(ReportEvent(layout.run_file(work)),
+                              missing={"type": kind, "message": message})[0]
+    except (TiffpipeError, ClientError, KeyError, ValueError):
+        return None
+
+
 def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
          out: TextIO | None = None, err: TextIO | None = None,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+         sleep: Callable[[float], None] = time.sleep, as_json: bool = False) -> int:
     """Show an execution: its progress while it runs (followed to the end with ``wait``),
-    then the run's summary table. Exit code as ``tiffpipe run`` (0 also for still running),
-    also when ``out`` or ``err`` can no longer be written (``tiffpipe status ARN | head``:
-    what it shows is given up, not what it says of the run; :func:`pipeline.ui.shown`)."""
+    then the run's summary table: its report's, or, for a run that ended without one
+    (stopped, timed out, failed), one rebuilt from its work (:func:`rebuilt_report`). Exit
+    code as ``tiffpipe run`` (0 also for still running). ``as_json``: one JSON document on
+    stdout instead (:func:`_document`), the same exit code. Also when ``out`` or ``err`` can
+    no longer be written (``tiffpipe status ARN | head``: what it shows is given up, not
+    what it says of the run; :func:`pipeline.ui.shown`)."""
     from pipeline.ui import fault_lines, print_summary, shown
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -388,32 +432,61 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
             totals = None
         line = f"{name}: RUNNING: {progress_line(totals)}"
         if not wait:
-            say(line, out)
+            say(json.dumps(_document(execution_arn, desc, progress=totals)) if as_json
+                else line, out)
             return EXIT_OK
         if line != last:
             say(line, err, flush=True)
             last = line
         sleep(poll)
         desc = sfn.describe_execution(executionArn=execution_arn)
+    report_url = json.loads(desc.get("output") or "{}").get("report") or \
+        json.loads(desc.get("input") or "{}").get("report")
+    report, problem = None, None
     if desc["status"] != "SUCCEEDED":
-        say(f"tiffpipe: the run {name} ended {desc['status']}: {ended_why(desc)}", err)
-        return EXIT_FAILED
-    output = json.loads(desc.get("output") or "{}")
-    report_url = output.get("report") or json.loads(desc.get("input") or "{}").get("report")
-    if not report_url:
-        say(f"tiffpipe: the run {name} succeeded but names no report", err)
-        return EXIT_FAILED
-    bucket, _, key = report_url[len("s3://"):].partition("/")
-    try:
-        report = json.loads(clients("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as exc:
-        say(f"tiffpipe: the run {name} succeeded but its report {report_url} cannot be "
-            f"read: {exc}", err)
-        return EXIT_FAILED
-    with shown(out):
-        print_summary(report, out)
-        print(f"report: {report_url}", file=out)
-    with shown(err):
-        for line in fault_lines(report):
-            print(line, file=err)
-    return EXIT_OK if report.get("failed", 1) == 0 else EXIT_FAILED
+        problem = f"the run {name} ended {desc['status']}: {ended_why(desc)}"
+        report = rebuilt_report(clients, desc)
+    elif not report_url:
+        problem = f"the run {name} succeeded but names no report"
+    else:
+        bucket, _, key = report_url[len("s3://"):].partition("/")
+        try:
+            report = json.loads(clients("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as exc:
+            problem = f"the run {name} succeeded but its report {report_url} cannot be read: {exc}"
+    code = EXIT_FAILED if problem or not report or report.get("failed", 1) else EXIT_OK
+    if as_json:
+        say(json.dumps(_document(execution_arn, desc, report=report, problem=problem,
+                                 report_url=None if problem else report_url)), out)
+        return code
+    if problem:
+        say(f"tiffpipe: {problem}", err)
+    if report is not None:
+        with shown(out):
+            print_summary(report, out)
+            if problem:
+                work = json.loads(desc.get("input") or "{}").get("work")
+                print(f"report: none written; the summary above is rebuilt from the jobs' "
+                      f"results in {work} (kept 7 days)", file=out)
+            else:
+                print(f"report: {report_url}", file=out)
+        with shown(err):
+            for line in fault_lines(report):
+                print(line, file=err)
+    return code
+
+
+def _document(arn: str, desc: dict[str, Any], progress: dict[str, Any] | None = None,
+              report: dict[str, Any] | None = None, problem: str | None = None,
+              report_url: str | None = None) -> dict[str, Any]:
+    """What ``status --json`` prints: the execution, its status (RUNNING, SUCCEEDED, FAILED,
+    TIMED_OUT, ABORTED), a running one's map runs' item counts, a finished one's report (its
+    URL; ``null`` for one rebuilt from the work, when the run wrote none), and why a run that
+    did not succeed ended so (``problem``)."""
+    doc: dict[str, Any] = {"execution": arn, "name": desc.get("name"),
+                           "status": desc["status"]}
+    if desc["status"] == "RUNNING":
+        doc["progress"] = progress
+        return doc
+    doc.update(problem=problem, report_url=report_url, report=report)
+    return doc
