@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true",
                         help="one JSON document on stdout (the status, the progress or the "
                              "report), for scripts; the same exit code")
+    status.add_argument("--rerun-manifest", metavar="PATH",
+                        help="write a manifest of the failed jobs a rerun may mend (not those "
+                             "whose input is at fault), to start again")
     for aws in (start, status):
         aws.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION "
                                           "or the profile's; with an ARN: the ARN's)")
@@ -602,7 +605,7 @@ def cmd_aws(args: argparse.Namespace) -> int:
             return start(clients, args.manifest, stack=None if args.state_machine else args.stack,
                          state_machine=args.state_machine, wait=args.wait, poll=args.poll)
         return show(clients, args.execution, wait=args.wait, poll=args.poll,
-                    as_json=args.json)
+                    as_json=args.json, rerun=args.rerun_manifest)
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
     except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError) as exc:

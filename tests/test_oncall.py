@@ -63,8 +63,9 @@ class Lambda(_InProcess):
         return super().invoke(function, event)
 
 
-def _inputs(stack: Stack, tmp: Path) -> None:
-    """in/good.tif, in/bad.tif (its segment data damaged), in/denied.tif, in/slow.tif."""
+def _inputs(stack: Stack, tmp: Path) -> Callable[..., Any]:
+    """in/good.tif, in/bad.tif (its segment data damaged), in/denied.tif (S3 denies it: the
+    hook returned), in/slow.tif."""
     s3 = stack.client("s3")
     src = tmp / "src.tif"
     pixels = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
@@ -74,7 +75,9 @@ def _inputs(stack: Stack, tmp: Path) -> None:
     damaged = bytearray(src.read_bytes())
     damaged[len(damaged) // 2:len(damaged) // 2 + 2000] = bytes(2000)
     s3.put_object(Bucket=DATA, Key="in/bad.tif", Body=bytes(damaged))
-    storage.s3_client().meta.events.register("before-send.s3", deny("in/denied.tif"))
+    hook = deny("in/denied.tif")
+    storage.s3_client().meta.events.register("before-send.s3", hook)
+    return hook
 
 
 def _job(name: str) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def test_each_failed_job_says_whose_fault_it_is_and_what_to_do(stack: Stack, tmp
     report says so for each failed job (its error's ``fault``), ``status`` counts them by
     fault with what to do, and the summary names the input of an error that does not
     (Lambda's timeout knows no file)."""
-    _inputs(stack, tmp_path)
+    hook = _inputs(stack, tmp_path)
     manifest = stack.manifest("night.json", NIGHT)
     with served_by(Lambda(timeouts=(4,))):
         code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--wait",
@@ -124,6 +127,27 @@ def test_each_failed_job_says_whose_fault_it_is_and_what_to_do(stack: Stack, tmp
     code, again, err2 = stack.tiffpipe("status", arn)
     assert (code, again) == (1, out[len(arn) + 1:])
     assert "failed of the input (job 1, 2)" in err2
+
+    # the platform mended (the bucket policy, the function's timeout): rerun exactly the jobs
+    # a rerun may mend, the good one not done again, the damaged and missing inputs left out
+    rerun = tmp_path / "rerun.json"
+    code, _, err = stack.tiffpipe("status", arn, "--rerun-manifest", str(rerun))
+    assert code == 1
+    assert (f"wrote {rerun}: 2 failed job(s) to run again (tiffpipe start {rerun}); left "
+            "out, the input's fault (a rerun fails the same): job 1, 2") in err, err
+    assert json.loads(rerun.read_text()) == {"jobs": [
+        {**_job(n), "tile": 128, "output_options": {"tile": 64}, "fuse": True,
+         "if_exists": "overwrite"} for n in ("denied", "slow")]}
+    storage.s3_client().meta.events.unregister("before-send.s3", hook)
+    good = stack.client("s3").head_object(Bucket=DATA, Key="out/good.tif")["LastModified"]
+    with served_by(Lambda()):
+        code, out, err = stack.tiffpipe("start", str(rerun), "--stack", STACK, "--wait",
+                                        "--poll", "0.05")
+    assert code == 0, err
+    assert "2 succeeded, 0 failed" in out
+    assert stack.keys(DATA, "out/") == ["out/denied.tif", "out/good.tif", "out/slow.tif"]
+    assert stack.client("s3").head_object(Bucket=DATA, Key="out/good.tif")[
+        "LastModified"] == good
 
 
 def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(

@@ -396,9 +396,35 @@ def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | N
         return None
 
 
+def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
+                path: str) -> tuple[list[int], list[int]]:
+    """Write to ``path`` (a local file) a manifest of the report's failed jobs that a rerun
+    may mend: those whose error's fault is not the input's (a rerun of those fails the same).
+    Each job as the run ran it (its spec in the run's ``run.json``, defaults applied: a scan's
+    jobs too), so its ``tiffpipe start`` runs those alone: the jobs that succeeded are not
+    done again. Returns the jobs written and the jobs left out (the input's fault)."""
+    from pipeline.adapters import storage
+    from pipeline.core.models import JobSpec
+    from pipeline.errors import INPUT_FAULT
+    from pipeline.steps import layout
+
+    failed = [j for j in report["jobs"] if j["status"] == "FAILED"]
+    left_out = [j["job"] for j in failed if (j.get("error") or {}).get("fault") == INPUT_FAULT]
+    chosen = [j["job"] for j in failed if j["job"] not in left_out]
+    work = json.loads(desc.get("input") or "{}").get("work")
+    with storage.client_of(clients("s3")):
+        specs = storage.read_json(layout.run_file(work))["jobs"]
+    jobs = [JobSpec.from_json(specs[i]).manifest_entry() for i in chosen]
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"jobs": jobs}, fh, indent=1)
+        fh.write("\n")
+    return chosen, left_out
+
+
 def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
          out: TextIO | None = None, err: TextIO | None = None,
-         sleep: Callable[[float], None] = time.sleep, as_json: bool = False) -> int:
+         sleep: Callable[[float], None] = time.sleep, as_json: bool = False,
+         rerun: str | None = None) -> int:
     """Show an execution: its progress while it runs (followed to the end with ``wait``),
     then the run's summary table: its report's, or, for a run that ended without one
     (stopped, timed out, failed), one rebuilt from its work (:func:`rebuilt_report`). Exit
@@ -455,6 +481,16 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         except ClientError as exc:
             problem = f"the run {name} succeeded but its report {report_url} cannot be read: {exc}"
     code = EXIT_FAILED if problem or not report or report.get("failed", 1) else EXIT_OK
+    if rerun is not None and desc["status"] != "RUNNING":
+        if report is None:
+            print(f"tiffpipe: no --rerun-manifest written: the run {name} has no report and "
+                  "planned no job (or its work is gone): start its manifest again", file=err)
+        else:
+            chosen, left_out = write_rerun(clients, desc, report, rerun)
+            skipped = (f"; left out, the input's fault (a rerun fails the same): job "
+                       f"{', '.join(map(str, left_out))}" if left_out else "")
+            print(f"tiffpipe: wrote {rerun}: {len(chosen)} failed job(s) to run again "
+                  f"(tiffpipe start {rerun}){skipped}", file=err)
     if as_json:
         say(json.dumps(_document(execution_arn, desc, report=report, problem=problem,
                                  report_url=None if problem else report_url)), out)

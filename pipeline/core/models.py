@@ -68,6 +68,15 @@ class JobSpec:
         d["output_options"] = self.output_options.to_json()
         return d
 
+    def manifest_entry(self) -> dict[str, Any]:
+        """This job as a job of a manifest (what a manifest of it would give again: the
+        output options that are not the defaults, no unset field): a rerun's manifest."""
+        d = {k: v for k, v in self.to_json().items() if v is not None}
+        defaults = OutputOptions().to_json()
+        d["output_options"] = {k: v for k, v in d["output_options"].items()
+                               if v is not None and v != defaults.get(k)}
+        return d
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> JobSpec:
         d = dict(d)
