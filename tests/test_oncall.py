@@ -161,11 +161,12 @@ def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
     _inputs(stack, tmp_path)
     sfn = stack.client("stepfunctions")
 
-    def stop_once_job_0_is_done(function: str, event: dict[str, Any]) -> None:
+    def stop_once_jobs_0_and_1_ended(function: str, event: dict[str, Any]) -> None:
         if event.get("action") != "plan_job" or event.get("job") != 2:
             return
-        for _ in range(200):  # job 0 published (it runs beside this one)
-            if any(k.endswith("/jobs/00000/result.json") for k in stack.keys(NAMES.bucket)):
+        for _ in range(200):  # jobs 0 and 1 ended (they run beside this one)
+            keys = stack.keys(NAMES.bucket)
+            if all(any(k.endswith(f"/jobs/0000{j}/result.json") for k in keys) for j in (0, 1)):
                 break
             time.sleep(0.05)
         arn = sfn.list_executions(stateMachineArn=NAMES.state_machine_arn)["executions"][0]
@@ -173,7 +174,7 @@ def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
                            cause="stopped by the on-call engineer")
 
     manifest = stack.manifest("night.json", {**NIGHT, "jobs": NIGHT["jobs"][:3]})
-    with served_by(Lambda(before=stop_once_job_0_is_done)):
+    with served_by(Lambda(before=stop_once_jobs_0_and_1_ended)):
         code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--wait",
                                         "--poll", "0.05")
         time.sleep(1)  # (the stopped jobs' threads end)
