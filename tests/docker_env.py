@@ -352,9 +352,10 @@ class Wheelhouse:
 
 
 def _pins(lock: Path) -> list[str]:
-    """The ``name==version`` lines of a lock."""
-    lines = (line.split("#")[0].strip() for line in lock.read_text().splitlines())
-    return [line for line in lines if line]
+    """The ``name==version`` lines of a lock (its ``--hash`` lines left out)."""
+    lines = (line.split("#")[0].strip().removesuffix("\\").strip()
+             for line in lock.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("--")]
 
 
 # --- the stand-in base ---------------------------------------------------------------------

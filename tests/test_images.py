@@ -55,8 +55,8 @@ BUCKET = "tiffpipe-images"
 def _lock(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
+        line = line.split("#")[0].strip().removesuffix("\\").strip()
+        if line and not line.startswith("--hash="):
             req = Requirement(line)
             [spec] = req.specifier
             assert spec.operator == "==", f"{path}: {line} is not an exact pin"

@@ -122,6 +122,64 @@ def test_images_install_what_the_tests_ran_with():
                 f"{path.name}: {name}=={version}, but {LOCK.name} has {pins.get(name)}"
 
 
+def _lock_hashes(path: Path) -> dict[str, set[str]]:
+    """name -> the ``--hash=sha256:...`` values of its pin, in a lock with hashes on
+    continuation lines."""
+    hashes: dict[str, set[str]] = {}
+    name = None
+    for line in path.read_text().splitlines():
+        text = line.split("#")[0].strip().removesuffix("\\").strip()
+        if not text:
+            continue
+        if text.startswith("--hash="):
+            assert name, f"{path}: a hash before any pin"
+            hashes[name].add(text.removeprefix("--hash="))
+        elif not line.startswith(" "):
+            name = canonicalize_name(Requirement(text).name)
+            hashes[name] = set()
+    return hashes
+
+
+IMAGE_LOCKS = (ROOT / "requirements/images-common.txt", ROOT / "images/process/requirements.txt")
+
+
+def test_images_locks_carry_the_test_locks_hashes():
+    """Every pin of the images' locks lists the sha256 of every file of it the test lock
+    lists (the wheels pip may pick for arm64 or x86_64, Python 3.11 or 3.12), and nothing
+    else: the Dockerfiles install them with --require-hashes, so a wheel that differs from
+    the one the tests ran with fails the build."""
+    test_hashes = _lock_hashes(LOCK)
+    for path in IMAGE_LOCKS:
+        for name, found in _lock_hashes(path).items():
+            assert found, f"{path.name}: {name} has no --hash"
+            assert found == test_hashes[name], f"{path.name}: {name}'s hashes differ from " \
+                f"{LOCK.name}'s"
+
+
+def test_dockerfiles_install_the_locks_with_hashes_checked():
+    """Each pip install of a lock in the Dockerfiles' builder stages checks the hashes."""
+    for step in ("split", "process", "merge"):
+        text = (ROOT / "images" / step / "Dockerfile").read_text().replace("\\\n", " ")
+        installs = [line for line in text.splitlines() if "pip install" in line]
+        assert installs, step
+        for line in installs:
+            assert "--require-hashes" in line and "--no-deps" in line, (step, line)
+
+
+def test_user_packages_are_constrained_by_the_pins_alone(tmp_path: Path):
+    """The process image's user stage gives pip the locks' pins as constraints, without the
+    hashes (a hash there would make pip demand one for every package of the user's)."""
+    sys.path.insert(0, str(ROOT / "images" / "process"))
+    try:
+        import install_user
+    finally:
+        sys.path.remove(str(ROOT / "images" / "process"))
+    for lock in IMAGE_LOCKS:
+        made = install_user._pins_only(lock, tmp_path)
+        assert "--hash" not in made.read_text()
+        assert _lock_pins(made) == _lock_pins(lock)
+
+
 # --- a wheel, installed outside the checkout -------------------------------------------------
 
 _NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", ".lock-venv", "node_modules", "build",

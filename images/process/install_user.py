@@ -29,6 +29,18 @@ def _has_requirements(path: Path) -> bool:
     return any(lines)
 
 
+def _pins_only(lock: Path, folder: Path) -> Path:
+    """A copy of ``lock`` in ``folder`` with its pins alone (``name==version``): the locks
+    carry their wheels' hashes for the deps stages' --require-hashes, and a constraint with a
+    hash would put pip in hash-checking mode for the user's packages too."""
+    lines = (line.split("#")[0].strip().removesuffix("\\").strip()
+             for line in lock.read_text().splitlines())
+    pins = [line for line in lines if line and not line.startswith("--")]
+    path = folder / f"constraints-{lock.name}"
+    path.write_text("\n".join(pins) + "\n")
+    return path
+
+
 def main(source: Path, target: Path, locked: str, locks: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     requirements = source / "requirements.txt"
@@ -41,7 +53,7 @@ def main(source: Path, target: Path, locked: str, locks: Path) -> None:
            "--disable-pip-version-check", "--no-compile", "--no-warn-script-location",
            "--prefix", str(prefix)]
     for lock in sorted(locks.glob("*.txt")):
-        cmd += ["-c", str(lock)]
+        cmd += ["-c", str(_pins_only(lock, prefix))]
     if listed:
         cmd += ["-r", str(requirements)]
     subprocess.run([*cmd, *packages], check=True, env={**os.environ, "PYTHONPATH": locked})
