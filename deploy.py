@@ -7,7 +7,7 @@ with nothing changed changes nothing and says so.
                      [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
                      [--data-bucket BUCKET[/PREFIX] ...] [--input-bucket BUCKET[/PREFIX] ...]
                      [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
-                     [--concurrency N] [--dry-run] [--skip-build]
+                     [--concurrency N] [--dry-run] [--skip-build] [--print-deployer-policy]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
                      [--requirements FILE] [--package PATH ... | --no-packages]
@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.aws import AwsError, Clients, DeployUsageError, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.images import check_user_packages
-from pipeline.aws.policies import DataLocation, parse_kms_key
+from pipeline.aws.policies import DataLocation, deployer_policy, parse_kms_key
 from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the most Lambda invocations one run makes at once, shared out "
                         "between its jobs (default: the deployed stack's; for a new stack, "
                         "the account's unreserved Lambda concurrency)")
+    p.add_argument("--print-deployer-policy", action="store_true",
+                   help="print the IAM policy the identity running deploy.py needs for this "
+                        "stack and its data locations (JSON); change nothing")
     p.add_argument("--dry-run", action="store_true",
                    help="print every action it would take; change nothing")
     p.add_argument("--skip-build", action="store_true",
@@ -168,6 +171,11 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         no_packages=args.no_packages)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
+        if args.print_deployer_policy:  # (the account: GetCallerIdentity needs no permission)
+            names = clients.names(args.stack)
+            located = [*(data or [DataLocation(names.bucket)]), *(inputs or [])]
+            print(json.dumps(deployer_policy(names, located), indent=2))
+            return EXIT_OK
         if args.destroy:
             result = destroy(config, clients, delete_bucket=args.delete_bucket)
         else:

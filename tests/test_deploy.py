@@ -26,7 +26,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pipeline.aws import STEPS, StackNames
+from pipeline.aws import STEPS, StackNames, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.policies import (
     LOG_DELIVERY_ACTIONS,
@@ -1389,3 +1389,133 @@ def test_a_function_in_a_failed_state_is_deployed_again(aws: Aws):
     assert code == 0, err
     assert "failed state (ImageAccessDenied Lambda does not have permission" in err
     assert aws.writes().count("lambda.UpdateFunctionCode") == 1  # that function only
+
+
+# --- who may deploy ----------------------------------------------------------------------------
+
+#: S3 operations whose IAM action has another name (HeadBucket is allowed by s3:ListBucket)
+_S3_ACTIONS = {
+    "HeadBucket": ["ListBucket"], "ListObjectVersions": ["ListBucketVersions"],
+    "ListObjectsV2": ["ListBucket"], "HeadObject": ["GetObject"],
+    "GetBucketEncryption": ["GetEncryptionConfiguration"],
+    "PutBucketEncryption": ["PutEncryptionConfiguration"],
+    "GetPublicAccessBlock": ["GetBucketPublicAccessBlock"],
+    "PutPublicAccessBlock": ["PutBucketPublicAccessBlock"],
+    "GetBucketLifecycleConfiguration": ["GetLifecycleConfiguration"],
+    "PutBucketLifecycleConfiguration": ["PutLifecycleConfiguration"],
+    "DeleteObjects": ["DeleteObject", "DeleteObjectVersion"],
+}
+
+
+def _iam_request(service: str, operation: str, params: dict[str, Any]
+                 ) -> tuple[list[str], str] | None:
+    """The IAM actions and the resource ARN an API call is authorised as (None: a call that
+    needs no permission)."""
+    if service == "sts":
+        return None  # GetCallerIdentity: always allowed
+    if service == "s3":
+        key = params.get("Key") or next(
+            (o["Key"] for o in params.get("Delete", {}).get("Objects", [])), None)
+        arn = f"arn:aws:s3:::{params['Bucket']}" + (f"/{key}" if key else "")
+        return [f"s3:{a}" for a in _S3_ACTIONS.get(operation, [operation])], arn
+    prefix = {"stepfunctions": "states"}.get(service, service)
+    if service == "iam":
+        arn = NAMES.role_arn(params["RoleName"])
+    elif service == "lambda":
+        name = params.get("FunctionName") or params.get("Resource")
+        arn = "*" if name is None else (
+            name if name.startswith("arn:") else NAMES.function_arn("x").replace(
+                NAMES.function("x"), name))
+    elif service == "ecr":
+        name = params.get("repositoryName") or (params.get("repositoryNames") or [None])[0]
+        arn = "*" if name is None else f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}"
+    elif service == "logs":
+        arn = (NAMES.log_group_arn(params["logGroupName"]) if "logGroupName" in params
+               else f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*")
+    elif service == "stepfunctions":
+        arn = params.get("stateMachineArn") or NAMES.state_machine_arn
+    elif service == "scheduler":
+        arn = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/default/{params['Name']}"
+    else:
+        raise AssertionError(f"deploy.py calls {service}.{operation}: add it to this test")
+    return [f"{prefix}:{operation}"], arn
+
+
+def _allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
+    import fnmatch
+
+    return any(action in s["Action"] and any(
+        r == "*" or fnmatch.fnmatchcase(resource, r) for r in _resources(s))
+        for s in _statements(policy))
+
+
+def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws, tmp_path: Path):
+    """Every API call of a first deploy (images built and pushed, a schedule, data
+    locations), a redeploy that changes it, the schedule's removal and a destroy with the
+    bucket is allowed by deploy.py --print-deployer-policy, on the resource it names."""
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    recording = [True]  # (not the calls of push_fake_images, the test's stand-in build)
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if recording[0]:
+            requests.append((model.service_model.service_name, model.name, dict(params)))
+    aws.session.events.register("provide-client-params.*.*", record)
+    manifest = scan_manifest(tmp_path)
+    code, _, err = aws.deploy("--schedule", "rate(1 day)", "--schedule-manifest", str(manifest),
+                              "--input-bucket", "slides", *SCAN_LOCATIONS,
+                              build=fake_build([]), run=fake_docker())
+    assert code == 0, err
+    manifest.write_text(manifest.read_text().replace('"sigma": 2', '"sigma": 3'))
+    code, _, err = aws.deploy("--schedule", "rate(2 days)", "--schedule-manifest",
+                              str(manifest), "--concurrency", "7", "--requirements",
+                              str(_my_packages(tmp_path)[0]),
+                              build=lambda step, *_, **__: "sha256:" + hashlib.sha256(
+                                  f"{step}-v2".encode()).hexdigest(), run=fake_docker())
+    assert code == 0, err
+    for args in (["--no-schedule", "--skip-build"], ["--destroy", "--delete-bucket"]):
+        if args[0] == "--no-schedule":
+            recording[0] = False
+            push_fake_images(aws, "v3")
+            recording[0] = True
+        code, _, err = aws.deploy(*args)
+        assert code == 0, err
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert deploy_script.main(["--stack", STACK, "--region", REGION,
+                                   "--print-deployer-policy", "--input-bucket", "slides",
+                                   *SCAN_LOCATIONS], session=aws.session) == 0
+    policy = json.loads(out.getvalue())
+    denied = set()
+    for service, operation, params in requests:
+        request = _iam_request(service, operation, params)
+        if request is None:
+            continue
+        actions, resource = request
+        denied |= {f"{a} on {resource}" for a in actions if not _allowed(policy, a, resource)}
+    assert not denied, sorted(denied)
+    assert {s for s, _, _ in requests} >= {"s3", "ecr", "iam", "lambda", "logs",
+                                           "stepfunctions", "scheduler"}
+
+
+def test_the_deployer_policy_passes_each_role_only_to_its_service():
+    policy = policies.deployer_policy(NAMES, [DataLocation("data-in", "incoming/")])
+    passes = [s for s in _statements(policy) if "iam:PassRole" in s["Action"]]
+    services = {}
+    for statement in passes:
+        assert statement["Action"] == ["iam:PassRole"]
+        [service] = statement["Condition"]["StringEquals"].values()
+        for role in _resources(statement):
+            services[role] = service
+    assert services == {
+        **{NAMES.role_arn(NAMES.function_role(s)): "lambda.amazonaws.com" for s in STEPS},
+        NAMES.role_arn(NAMES.state_machine_role): "states.amazonaws.com",
+        NAMES.role_arn(NAMES.scheduler_role): "scheduler.amazonaws.com"}
+    anywhere = {a for s in _statements(policy) if s["Resource"] == "*" for a in s["Action"]}
+    assert anywhere == {"ecr:GetAuthorizationToken", "lambda:GetAccountSettings",
+                        *LOG_DELIVERY_ACTIONS}
+    for statement in _statements(policy):  # nothing of another stack
+        for arn in _resources(statement):
+            assert arn == "*" or NAMES.prefix in arn or "data-in" in arn or \
+                arn.endswith(":log-group:*"), arn

@@ -259,3 +259,88 @@ def scheduler_policy(names: StackNames) -> dict[str, Any]:
     """The schedule's role: start this state machine, nothing else."""
     return _doc(_allow("StartOwnStateMachine", ["states:StartExecution"],
                        [names.state_machine_arn]))
+
+
+#: what deploy.py needs beyond its stack's resources: reading the caller's account
+#: (GetCallerIdentity needs no permission), an ECR login, the account's Lambda concurrency
+_DEPLOYER_ANY_RESOURCE = ("ecr:GetAuthorizationToken", "lambda:GetAccountSettings")
+
+
+def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -> dict[str, Any]:
+    """What the identity running ``deploy.py`` (deploy, redeploy, ``--destroy``) of the stack
+    ``names`` needs, and no more: every action it calls, each on the stack's own resources
+    (``data``: the data locations, whose buckets it checks and whose schedule manifest it
+    reads). ``docs/aws.md`` (Who may deploy) prints it for a stack; ``tests/test_deploy.py``
+    runs deploys and a destroy and checks every call they make is allowed here, on the
+    resource it names. ``iam:PassRole`` passes each role only to the service that uses it."""
+    p, region, account = names.partition, names.region, names.account
+    stack = names.bucket_arn
+    data = _sorted(data or [])
+    repos = [f"arn:{p}:ecr:{region}:{account}:repository/{names.repository(s)}" for s in STEPS]
+    functions = [names.function_arn(s) for s in STEPS]
+    roles = [names.function_role(s) for s in STEPS] + [names.state_machine_role,
+                                                        names.scheduler_role]
+    log_groups = [names.log_group_arn(g) for g in names.log_groups]
+    schedule = (f"arn:{p}:scheduler:{region}:{account}:schedule/default/{names.schedule}")
+
+    def passed(sid: str, role_names: list[str], service: str) -> dict[str, Any]:
+        return _allow(sid, ["iam:PassRole"], [names.role_arn(r) for r in role_names],
+                      {"StringEquals": {"iam:PassedToService": f"{service}.amazonaws.com"}})
+
+    statements = [
+        _allow("StackBucket", [
+            "s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:ListBucketVersions",
+            "s3:PutBucketTagging", "s3:GetEncryptionConfiguration",
+            "s3:PutEncryptionConfiguration", "s3:GetBucketPublicAccessBlock",
+            "s3:PutBucketPublicAccessBlock", "s3:GetLifecycleConfiguration",
+            "s3:PutLifecycleConfiguration"], [stack]),
+        # the schedule manifest (uploaded, read back); --delete-bucket empties the bucket
+        _allow("StackObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                "s3:DeleteObjectVersion"], [f"{stack}/*"]),
+        _allow("ImageRepositories", [
+            "ecr:DescribeRepositories", "ecr:CreateRepository", "ecr:DeleteRepository",
+            "ecr:TagResource", "ecr:PutImageScanningConfiguration", "ecr:GetLifecyclePolicy",
+            "ecr:PutLifecyclePolicy", "ecr:DescribeImages",
+            # docker push
+            "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
+            "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
+            # Lambda reads the image as the caller of CreateFunction/UpdateFunctionCode, and
+            # sets the repository's policy for its own pulls when it lacks one
+            "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:GetRepositoryPolicy",
+            "ecr:SetRepositoryPolicy"], repos),
+        _allow("AnyResource", list(_DEPLOYER_ANY_RESOURCE), "*"),
+        _allow("LogGroups", ["logs:CreateLogGroup", "logs:DeleteLogGroup",
+                             "logs:PutRetentionPolicy", "logs:TagResource",
+                             "logs:TagLogGroup"], log_groups),
+        _allow("ListLogGroups", ["logs:DescribeLogGroups"],
+               [f"arn:{p}:logs:{region}:{account}:log-group:*"]),
+        # a state machine's logging is set up by its creator: AWS grants these on "*" only
+        _allow("StateMachineLogDelivery", list(LOG_DELIVERY_ACTIONS), "*"),
+        _allow("Roles", [
+            "iam:GetRole", "iam:CreateRole", "iam:DeleteRole", "iam:TagRole",
+            "iam:UpdateAssumeRolePolicy", "iam:GetRolePolicy", "iam:PutRolePolicy",
+            "iam:DeleteRolePolicy", "iam:ListRolePolicies", "iam:ListAttachedRolePolicies",
+            "iam:DetachRolePolicy"], [names.role_arn(r) for r in roles]),
+        passed("PassFunctionRoles", roles[:3], "lambda"),
+        passed("PassStateMachineRole", [names.state_machine_role], "states"),
+        passed("PassSchedulerRole", [names.scheduler_role], "scheduler"),
+        _allow("Functions", [
+            "lambda:GetFunction", "lambda:CreateFunction", "lambda:DeleteFunction",
+            "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
+            "lambda:TagResource", "lambda:UntagResource", "lambda:ListTags"], functions),
+        _allow("StateMachine", [
+            "states:DescribeStateMachine", "states:CreateStateMachine",
+            "states:UpdateStateMachine", "states:DeleteStateMachine", "states:TagResource"],
+            [names.state_machine_arn]),
+        _allow("Schedule", ["scheduler:GetSchedule", "scheduler:CreateSchedule",
+                            "scheduler:UpdateSchedule", "scheduler:DeleteSchedule"],
+               [schedule]),
+    ]
+    if data:
+        statements += [
+            # each data location's bucket must exist (HeadBucket)
+            _allow("DataBuckets", ["s3:ListBucket"], sorted({d.bucket_arn(p) for d in data})),
+            # an s3:// --schedule-manifest is read there
+            _allow("ScheduleManifests", ["s3:GetObject"], [d.objects_arn(p) for d in data]),
+        ]
+    return _doc(*statements)
