@@ -7,6 +7,7 @@ with nothing changed changes nothing and says so.
                      [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
                      [--data-bucket BUCKET[/PREFIX] ...] [--input-bucket BUCKET[/PREFIX] ...]
                      [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
+                     [--sse AES256|aws:kms|none [--sse-kms-key-id KEY-ARN]]
                      [--concurrency N] [--dry-run] [--skip-build] [--print-deployer-policy]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
@@ -66,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                         "the functions may use it through S3; repeatable, replaces the "
                         "deployed ones (default: those the deployed stack has)")
     p.add_argument("--no-kms-keys", action="store_true", help="remove the KMS keys")
+    p.add_argument("--sse", choices=("AES256", "aws:kms", "none"),
+                   help="server-side encryption the functions ask for on every output they "
+                        "write (a bucket policy may deny writes without it); none: the "
+                        "bucket's default (default: the deployed stack's; for a new stack, "
+                        "none)")
+    p.add_argument("--sse-kms-key-id", metavar="KEY-ARN",
+                   help="with --sse aws:kms: the KMS key outputs are encrypted with (granted "
+                        "to the functions as --kms-key; default: S3's aws/s3 key)")
     p.add_argument("--schedule", metavar="EXPR",
                    help='run on a schedule: "cron(0 2 * * ? *)" or "rate(1 day)" (UTC)')
     p.add_argument("--schedule-manifest", metavar="URI",
@@ -153,6 +162,9 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             raise ValueError("--kms-key and --no-kms-keys contradict each other")
         kms_keys = ([] if args.no_kms_keys else None if args.kms_key is None else
                     [parse_kms_key(k) for k in args.kms_key])
+        if args.sse_kms_key_id and args.sse != "aws:kms":
+            raise ValueError("--sse-kms-key-id goes with --sse aws:kms")
+        sse_key = args.sse_kms_key_id and parse_kms_key(args.sse_kms_key_id)
         if args.concurrency is not None and args.concurrency < 1:
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
         build_args = _build_options(args)
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
         dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys,
         build_args=build_args, requirements=args.requirements, packages=args.package,
-        no_packages=args.no_packages)
+        no_packages=args.no_packages, sse=args.sse, sse_kms_key=sse_key or None)
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
         if args.print_deployer_policy:  # (the account: GetCallerIdentity needs no permission)

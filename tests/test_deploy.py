@@ -1519,3 +1519,50 @@ def test_the_deployer_policy_passes_each_role_only_to_its_service():
         for arn in _resources(statement):
             assert arn == "*" or NAMES.prefix in arn or "data-in" in arn or \
                 arn.endswith(":log-group:*"), arn
+
+
+# --- the outputs' server-side encryption -------------------------------------------------------
+
+SSE_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def _function_env(aws: Aws, step: str) -> dict[str, str]:
+    config = aws.client("lambda").get_function(FunctionName=NAMES.function(step))["Configuration"]
+    return (config.get("Environment") or {}).get("Variables") or {}
+
+
+def test_sse_is_set_on_the_output_writers_kept_and_removed(aws: Aws):
+    from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
+
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build", "--data-bucket", "results", "--sse", "aws:kms",
+                              "--sse-kms-key-id", SSE_KEY)
+    assert code == 0, err
+    want = {SSE_ENV: "aws:kms", SSE_KMS_KEY_ENV: SSE_KEY}
+    assert {s: _function_env(aws, s) for s in STEPS} == {
+        "split": {}, "process": want, "merge": want}
+    for step in ("process", "merge"):  # the writers may make data keys with it, through S3
+        policy = aws.client("iam").get_role_policy(RoleName=NAMES.function_role(step),
+                                                   PolicyName="tiffpipe")["PolicyDocument"]
+        assert kms_keys_of(policy) == [SSE_KEY]
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert not aws.writes() and "output encryption kept" in err
+    assert _function_env(aws, "merge") == want
+    code, _, err = aws.deploy("--skip-build", "--sse", "AES256")
+    assert code == 0, err
+    assert _function_env(aws, "process") == {SSE_ENV: "AES256"}
+    code, _, err = aws.deploy("--skip-build", "--sse", "none")
+    assert code == 0, err
+    assert all(_function_env(aws, s) == {} for s in STEPS)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sse-kms-key-id", SSE_KEY], "goes with --sse aws:kms"),
+    (["--sse", "AES256", "--sse-kms-key-id", SSE_KEY], "goes with --sse aws:kms"),
+    (["--sse", "aws:kms", "--sse-kms-key-id", "alias/mine"], "expected a key ARN"),
+])
+def test_sse_usage_errors(aws: Aws, args: list[str], message: str):
+    code, _, err = aws.deploy("--skip-build", *args)
+    assert code == 2 and message in err and not aws.calls

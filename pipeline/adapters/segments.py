@@ -383,7 +383,8 @@ def _compose_s3(pieces: list[Piece], url: str, replace: bool,
     bucket, key = _key_of(url)
     client = s3_client()
     ctype = storage.content_type(key)
-    meta = {"ContentType": ctype, "Metadata": {OWNER_KEY: owner} if owner else {}}
+    meta = {"ContentType": ctype, "Metadata": {OWNER_KEY: owner} if owner else {},
+            **storage.output_encryption()}
     if len(parts) == 1 and not parts[0].copy:  # small (a held ProcessJob's): one PutObject
         body = b"".join(chunk for piece in parts[0].pieces for chunk in piece_chunks(piece))
         try:

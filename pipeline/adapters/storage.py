@@ -27,7 +27,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
 
-from pipeline.core.constants import RUN_TAG_ENV, WORK_ENV
+from pipeline.core.constants import (
+    RUN_TAG_ENV,
+    SSE_ENV,
+    SSE_KMS_KEY_ENV,
+    SSE_MODES,
+    WORK_ENV,
+)
 from pipeline.errors import (
     AccessDeniedError,
     InputChangedError,
@@ -670,6 +676,21 @@ def check_not_folder(url: str) -> None:
                                      "the folder away")
 
 
+def output_encryption() -> dict[str, str]:
+    """The server-side encryption arguments of an S3 output's PutObject or
+    CreateMultipartUpload, from the environment (``TIFFPIPE_SSE``, ``TIFFPIPE_SSE_KMS_KEY_ID``:
+    see pipeline/core/constants.py): none when unset (the bucket's default encryption). A
+    bucket whose policy denies writes without the header (or with another) needs it."""
+    mode, key = os.environ.get(SSE_ENV, ""), os.environ.get(SSE_KMS_KEY_ENV, "")
+    if not mode and not key:
+        return {}
+    if mode not in SSE_MODES or (key and mode != "aws:kms"):
+        raise OutputNotWritableError(
+            f"{SSE_ENV}={mode!r}, {SSE_KMS_KEY_ENV}={key!r}: expected {SSE_ENV} one of "
+            f"{', '.join(SSE_MODES)} ({SSE_KMS_KEY_ENV} only with aws:kms)")
+    return {"ServerSideEncryption": mode, **({"SSEKMSKeyId": key} if key else {})}
+
+
 def check_writable(url: str, what: str = "output",
                    change: str = "choose another output path") -> None:
     """Fail early with :class:`OutputNotWritableError` if an output cannot be written there.
@@ -722,7 +743,8 @@ def _check_s3_writable(url: str) -> None:
         return
     client = s3_client()
     try:
-        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key,
+                                                **output_encryption())["UploadId"]
     except _aws_errors() as exc:
         code = _code(exc)
         if code in _MISSING_CODES:

@@ -45,6 +45,7 @@ from pipeline.aws.resources import (
     remove_if,
     role_policy,
 )
+from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
 from pipeline.engine import definition
 from pipeline.errors import ManifestError
 
@@ -79,6 +80,10 @@ class DeployConfig:
     #: the most Lambda invocations a run makes at once; None: the deployed stack's, else the
     #: account's unreserved concurrency
     concurrency: int | None = None
+    #: the outputs' server-side encryption (AES256, aws:kms, or "none"); None: the deployed one
+    sse: str | None = None
+    #: with sse aws:kms, the KMS key (ARN) outputs are encrypted with
+    sse_kms_key: str | None = None
 
 # --- the whole stack -------------------------------------------------------------------------
 
@@ -294,6 +299,31 @@ def _locations(config: DeployConfig, clients: Clients, names: StackNames,
     return data, inputs, keys
 
 
+#: the functions that write outputs (merge; process: a small job's ProcessJob, PlanJob's check)
+_WRITERS = ("process", "merge")
+
+
+def _output_encryption(config: DeployConfig, clients: Clients, names: StackNames,
+                       log: Callable[[str], None]) -> dict[str, str]:
+    """The environment the output writers get for the outputs' server-side encryption
+    (:data:`~pipeline.core.constants.SSE_ENV`): from ``--sse``, else the deployed merge
+    function's (kept, as the data locations are); none for a new stack (the buckets'
+    default encryption applies)."""
+    if config.sse == "none":
+        return {}
+    if config.sse:
+        return {SSE_ENV: config.sse,
+                **({SSE_KMS_KEY_ENV: config.sse_kms_key} if config.sse_kms_key else {})}
+    function = get_or_none(lambda: clients("lambda").get_function(
+        FunctionName=names.function("merge")), "ResourceNotFoundException")
+    env = ((function or {}).get("Configuration", {}).get("Environment") or {}).get(
+        "Variables") or {}
+    kept = {k: v for k, v in env.items() if k in (SSE_ENV, SSE_KMS_KEY_ENV)}
+    if kept:
+        log(f"output encryption kept (no --sse): {', '.join(kept.values())}")
+    return kept
+
+
 def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | None = None,
            build: Callable[..., str] = docker_images.build_and_push,
            run: Any = subprocess.run, sleep: Callable[[float], None] = time.sleep,
@@ -303,6 +333,9 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     log, acts, names = _begin(config, clients, log, "stack")
     # preflight: whatever can stop the deploy is checked before anything is changed
     data, inputs, kms_keys = _locations(config, clients, names, log)
+    encryption = _output_encryption(config, clients, names, log)
+    if encryption.get(SSE_KMS_KEY_ENV) and encryption[SSE_KMS_KEY_ENV] not in kms_keys:
+        kms_keys = [*kms_keys, encryption[SSE_KMS_KEY_ENV]]  # the writers make data keys
     _check_buckets(clients, names, data, inputs)
     _check_schedule(clients, config, names, data, inputs)
     # the record of the user's packages the built process image has (None: kept as it is)
@@ -332,7 +365,8 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         policies.state_machine_policy(names), acts, f"tiffpipe {names.stack}: the state machine")
     functions = {s: ensure_function(clients("lambda"), names, s, images[s], roles[s],
                                     config.arch, acts, sleep,
-                                    packages if s == "process" else None) for s in STEPS}
+                                    packages if s == "process" else None,
+                                    encryption if s in _WRITERS else None) for s in STEPS}
     text = definition.render({s: names.function_arn(s) for s in STEPS})
     if concurrency is not None:
         text = definition.limit_concurrency(text, concurrency)

@@ -222,12 +222,15 @@ def _role_not_ready(exc: ClientError) -> bool:
 
 def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, role_arn: str,
                     arch: str, acts: Actions, sleep: Callable[[float], None] = time.sleep,
-                    packages: dict[str, str] | None = None) -> str:
+                    packages: dict[str, str] | None = None,
+                    environment: dict[str, str] | None = None) -> str:
     """A container-image function at ``image`` (``repo@sha256:...``; None: an image still to
     build in a dry run), sized by FUNCTION_SIZES; waits until it is active/updated.
     ``packages``: the tags recording the user's packages ``image`` has
     (:func:`~pipeline.aws.images.package_tags`), set once the image is deployed (those it
-    has not are removed); None leaves the function's as they are (--skip-build)."""
+    has not are removed); None leaves the function's as they are (--skip-build).
+    ``environment``: its environment variables, exactly (none by default: those an earlier
+    deploy set and no step reads are removed)."""
     name = names.function(step)
     size = FUNCTION_SIZES[step]
     acts.log(f"Lambda function {name}")
@@ -235,6 +238,7 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
         "Role": role_arn, "MemorySize": size.memory, "Timeout": size.timeout,
         "EphemeralStorage": {"Size": size.ephemeral},
         "Description": f"tiffpipe {names.stack}: the {step} step"}
+    environment = environment or {}
     architectures = [docker_images.LAMBDA_ARCHITECTURES[arch]]
     current = get_or_none(lambda: lam.get_function(FunctionName=name), "ResourceNotFoundException")
     shown = image or f"the {step} image to be built"
@@ -243,7 +247,8 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
             retry(lambda: lam.create_function(
                 FunctionName=name, PackageType="Image", Code={"ImageUri": image},
                 Architectures=architectures, Tags={**stack_tags(names), **(packages or {})},
-                **settings),
+                **settings, **({"Environment": {"Variables": environment}} if environment
+                               else {})),
                 _role_not_ready, sleep)
             lam.get_waiter("function_active_v2").wait(FunctionName=name)
         acts.change(f"create function {name} from {shown} ({size.memory} MB, "
@@ -270,10 +275,11 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
     if packages is not None:  # after the image they describe
         _ensure_package_tags(lam, str(config.get("FunctionArn", names.function_arn(step))),
                              current.get("Tags") or {}, packages, acts)
-    stale_env = bool(config.get("Environment", {}).get("Variables"))
-    if stale_env:  # no step reads one on Lambda: those an earlier deploy set go
-        settings["Environment"] = {"Variables": {}}
-    if covers(config, settings) and not stale_env:
+    # exactly ``environment``: those an earlier deploy set that no step reads go
+    other_env = (config.get("Environment", {}).get("Variables") or {}) != environment
+    if other_env:
+        settings["Environment"] = {"Variables": environment}
+    if covers(config, settings) and not other_env:
         acts.same("configuration")
     else:
         def update_config() -> None:

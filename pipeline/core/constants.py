@@ -63,6 +63,18 @@ RUN_TAG_ENV = "TIFFPIPE_RUN_TAG"
 #: refuses (full, read-only) is told as the work location's, naming --work
 WORK_ENV = "TIFFPIPE_WORK"
 
+#: server-side encryption of the outputs a run writes to S3 (pipeline/adapters/storage.py:
+#: :func:`output_encryption`): "AES256" (SSE-S3) or "aws:kms" (SSE-KMS), sent with each
+#: output's PutObject or CreateMultipartUpload (and the output check's); unset: none sent, the
+#: bucket's default encryption applies. ``deploy.py --sse`` sets it on the process and merge
+#: functions (they write outputs); a local run takes it from its environment
+SSE_ENV = "TIFFPIPE_SSE"
+#: with SSE_ENV "aws:kms": the KMS key (its ARN) the outputs are encrypted with; unset: S3's
+#: own key for the account (aws/s3). ``deploy.py --sse-kms-key-id`` sets it
+SSE_KMS_KEY_ENV = "TIFFPIPE_SSE_KMS_KEY_ID"
+#: the values SSE_ENV may take
+SSE_MODES = ("AES256", "aws:kms")
+
 #: the run's file in its work location: the run and every job's spec (PlanRun writes it)
 RUN_FILE = "run.json"
 #: the job indices the Jobs map reads, every job's spec as its steps read it, and the folder
