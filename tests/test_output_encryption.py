@@ -3,7 +3,7 @@ TIFFPIPE_SSE_KMS_KEY_ID; deploy.py --sse sets them on the functions that write o
 against a bucket whose policy denies a write without the encryption header (simulated on
 the client: moto does not evaluate bucket policies), the output check and both ways of
 publishing an output (one PutObject, a multipart upload of copied parts) succeed only with
-it, and the object is stored so encrypted."""
+it, and the object is stored so encrypted; so is the run's report written beside them."""
 
 from __future__ import annotations
 
@@ -78,7 +78,10 @@ def test_outputs_are_written_with_the_encryption_asked_for(s3: Any, monkeypatch,
     storage.check_writable(f"s3://{BUCKET}/out/check.tif")
     for name, pieces in (("small", _small()), ("large", _large())):
         compose(pieces, f"s3://{BUCKET}/out/{name}.tif")
-        head = s3.head_object(Bucket=BUCKET, Key=f"out/{name}.tif")
+    # the run's report (and contact sheet), written beside the outputs, meet the same policy
+    storage.write_json(f"s3://{BUCKET}/out/m.report.json", {"run_id": "r"})
+    for name in ("small.tif", "large.tif", "m.report.json"):
+        head = s3.head_object(Bucket=BUCKET, Key=f"out/{name}")
         assert head["ServerSideEncryption"] == mode, name
         assert head.get("SSEKMSKeyId", "") == key, name
 

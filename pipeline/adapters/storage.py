@@ -489,12 +489,14 @@ def read_json(url: str, missing: type[TiffpipeError] = WorkMissingError) -> Any:
 
 def write_bytes(url: str, data: bytes) -> None:
     """Write a file (atomically, creating folders) or an object (one ``PutObject``, its
-    Content-Type by its name: a run report opens as JSON, a contact sheet as a picture)."""
+    Content-Type by its name: a run report opens as JSON, a contact sheet as a picture;
+    encrypted as outputs are, :func:`output_encryption`: a report beside them meets the
+    same bucket policy)."""
     with _errors(url, "write", None):
         if is_s3(url):
             bucket, key = _key_of(url)
             s3_client().put_object(Bucket=bucket, Key=key, Body=data,
-                                   ContentType=content_type(key))
+                                   ContentType=content_type(key), **output_encryption())
             return
         tmp = temp_output_path(url)
         try:
