@@ -195,7 +195,8 @@ def test_the_ops_that_read_colours_say_so_in_the_registry():
     page is refused at each of them, not at the ops that take any bands."""
     from pipeline.core.ops import OPS, chain_from_json, chain_problems
 
-    assert sorted(name for name, op in OPS.items() if op.colour) == ["canny", "to_gray"]
+    assert sorted(name for name, op in OPS.items() if op.colour) == [
+        "canny", "normalized_difference", "select_bands", "to_gray"]
     chain = chain_from_json([{"op": "gaussian_blur", "sigma": 1}, {"op": "to_gray"}])
     problems = chain_problems(chain, np.dtype(np.uint8), 4, "separated")
     assert len(problems) == 1 and problems[0].startswith("ops[1] (to_gray): to_gray needs")

@@ -110,19 +110,22 @@ PARAMS: dict[str, dict[str, Any]] = {
     "threshold": {"value": 0.3}, "to_gray": {}, "equalize_hist": {}, "otsu_threshold": {},
     "normalize": {}, "percentile_stretch": {"p_low": 2, "p_high": 97},
     "clahe": {"cell": 16}, "canny": {"low": 20, "high": 60}, "downsample": {"factor": 2},
+    "select_bands": {"bands": [2, 0]}, "normalized_difference": {"a": 1, "b": 2},
 }
 #: the types each op takes (docs/sample-types.md); every other one is refused
 TAKES: dict[str, tuple[str, ...]] = {
     **{name: ALL for name in ("gaussian_blur", "median_blur", "dilate", "erode",
                               "unsharp_mask", "invert", "gamma", "threshold", "to_gray",
-                              "normalize", "downsample")},
+                              "normalize", "downsample", "select_bands",
+                              "normalized_difference")},
     "equalize_hist": ("uint8",), "otsu_threshold": ("uint8", "uint16"), "canny": ("uint8",),
     "clahe": ("uint8", "uint16"),
     "percentile_stretch": ("uint8", "int8", "uint16", "int16"),
 }
 GRAY_ONLY = ("equalize_hist", "otsu_threshold", "clahe")
-#: these have their own exactness tests for the types they take (test_global_ops.py)
-ELSEWHERE = ("clahe", "canny")
+#: these have their own exactness tests for the types they take (test_global_ops.py,
+#: test_band_ops.py)
+ELSEWHERE = ("clahe", "canny", "select_bands", "normalized_difference")
 
 
 def test_every_op_is_in_the_table():

@@ -473,7 +473,8 @@ def _scaled(res: list[int], scale: Fraction) -> tuple[int, int] | float:
     return float(value)
 
 
-def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
+def photometric_of(info: Any, channels: int,
+                   bands: tuple[int, ...] | None = None) -> tuple[str, list[int] | None]:
     """The photometric and ExtraSamples of an output page with ``channels`` samples.
 
     A page that keeps its bands keeps its interpretation: an RGB page stays RGB with its
@@ -483,7 +484,13 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
     (as before, and what a JPEG output's YCbCr encoding needs). A page whose band count the
     chain changed (to_gray, canny: 1 band) is MINISBLACK. Pages of 5 bands or more are never
     called RGB unless the input was (RGB + extra samples).
+
+    ``bands``: the input band each output band is (``select_bands``; None: the chain keeps
+    the bands or makes its own): a selection that is not the input's bands in order is
+    :func:`_selected`'s.
     """
+    if bands is not None and bands != tuple(range(info.channels)):
+        return _selected(info, bands)
     same = channels == info.channels
     if same and info.photometric == "separated":  # CMYK keeps its 4 inks and its extras
         extra = channels - 4
@@ -501,39 +508,61 @@ def photometric_of(info: Any, channels: int) -> tuple[str, list[int] | None]:
     return ("rgb" if rgb else "minisblack"), kept
 
 
-def _keeps_channel(info: Any, channels: int) -> bool:
+def _selected(info: Any, bands: tuple[int, ...]) -> tuple[str, list[int] | None]:
+    """The photometric and ExtraSamples of a selection of the input's bands: 3 bands are RGB
+    (a false-colour composite; what JPEG's YCbCr needs); more are RGB only when the first
+    three are an RGB input's colours, else MINISBLACK. An extra band keeps the input's
+    ExtraSamples value of the band it is (an alpha stays alpha wherever it moves), and is
+    UNSPECIFIED (0) when it was a colour or gray band."""
+    _, given = photometric_of(info, info.channels)
+    given = given or []
+    first_extra = info.channels - len(given)
+    rgb = len(bands) == 3 or (len(bands) > 3 and info.photometric == "rgb"
+                              and all(b < 3 for b in bands[:3]))
+    extra = [given[b - first_extra] if b >= first_extra else 0 for b in bands[3 if rgb else 1:]]
+    return ("rgb" if rgb else "minisblack"), extra or None
+
+
+def _keeps_channel(info: Any, channels: int, bands: tuple[int, ...] | None = None) -> bool:
     """The output page of ``info`` with ``channels`` samples is still its OME Channel: the
-    chain kept the channel count, which is the Channel's SamplesPerPixel."""
+    chain kept the channel count, which is the Channel's SamplesPerPixel, and the bands in
+    their order (a ``select_bands`` of some of them is no longer the Channel)."""
     ome = (info.metadata or {}).get("ome", {})
-    return channels == info.channels == ome.get("samples", 1)
+    return (channels == info.channels == ome.get("samples", 1)
+            and (bands is None or bands == tuple(range(channels))))
 
 
-def ome_name(info: Any, channels: int) -> str | None:
+def ome_name(info: Any, channels: int, bands: tuple[int, ...] | None = None) -> str | None:
     """The name of the OME plane an output page was made from (:func:`_ome_plane`): its
     Image's and Channel's (and Z, T), without the Channel when the chain changed the channel
     count. None: not an OME-TIFF's plane, or nothing to name it by."""
     ome = (info.metadata or {}).get("ome", {})
-    return ome.get("name" if _keeps_channel(info, channels) else "image_name")
+    return ome.get("name" if _keeps_channel(info, channels, bands) else "image_name")
 
 
-def ome_channel(info: Any, channels: int) -> dict[str, str] | None:
+def ome_channel(info: Any, channels: int,
+                bands: tuple[int, ...] | None = None) -> dict[str, str] | None:
     """The OME Channel attributes the output page of ``info`` with ``channels`` samples keeps
     (``Channel`` of tifffile's OME metadata), or None: none, or the chain changed the
     channel count (the Channel no longer describes the page)."""
-    if not _keeps_channel(info, channels):
+    if not _keeps_channel(info, channels, bands):
         return None
     return (info.metadata or {}).get("ome", {}).get("channel")
 
 
 def output_tags(info: Any, height: int, width: int, channels: int,
-                nodata: bool = True, factor: int = 1) -> dict[str, Any]:
+                nodata: bool = True, factor: int = 1, bands: tuple[int, ...] | None = None,
+                own_nodata: float | None = None) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
-    input's no-data value (GDAL_NODATA) no longer marks the pixels without data: dropped."""
+    input's no-data value (GDAL_NODATA) no longer marks the pixels without data: dropped.
+    ``bands``: which input band each output band is (:func:`photometric_of`); a selection
+    that moves the colour bands drops the ICC profile. ``own_nodata``: the chain's own
+    no-data value (:func:`pipeline.core.ops.chain_own_nodata`), written as GDAL_NODATA."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
-    photometric, extrasamples = photometric_of(info, channels)
+    photometric, extrasamples = photometric_of(info, channels, bands)
     kwargs: dict[str, Any] = {
         "photometric": "palette" if palette else photometric,
         "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
@@ -549,7 +578,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
         kwargs["subfiletype"] = md["subfiletype"]
-    if "icc" in md:
+    colours = 3 if channels >= 3 else 1
+    if "icc" in md and (bands is None or bands[:colours] == tuple(range(colours))):
         profile = _unb64(md["icc"])
         space = ("CMYK" if photometric == "separated" else
                  "RGB" if palette or channels >= 3 else "GRAY")
@@ -569,7 +599,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
             continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))
-    name = ome_name(info, channels)
+    if own_nodata is not None:  # (the input's was dropped: the chain does not keep values)
+        extratags.append((GDAL_NODATA, 2, 0, f"{own_nodata}".lower().encode("ascii"), True))
+    name = ome_name(info, channels, bands)
     if name and not any(code == PAGE_NAME for code, *_ in md.get("tags", [])):
         extratags.append((PAGE_NAME, 2, 0, name.encode("utf-8"), True))
     if extratags:
@@ -577,12 +609,15 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     return kwargs
 
 
-def output_nodata(info: Any, keeps_values: bool) -> float | None:
+def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> float | None:
     """The no-data value of the output page of ``info`` (a PageInfo) whose op chain keeps
     values (``keeps_values``), as GDAL reads its GDAL_NODATA tag: a number of the page's
     type (NaN for floats too), or None (no tag, the chain drops it, or a text that is no
-    number of that type, which marks no pixel). Pyramid levels leave these pixels out of
-    their means (``pipeline.steps.pyramid.reduce2``), as GDAL's overviews do."""
+    number of that type, which marks no pixel); ``own``, the chain's own no-data value, when
+    it has one. Pyramid levels leave these pixels out of their means
+    (``pipeline.steps.pyramid.reduce2``), as GDAL's overviews do."""
+    if own is not None:
+        return own
     if not keeps_values or info.photometric == "palette":
         return None
     for code, kind, _count, value in (info.metadata or {}).get("tags", []):

@@ -173,5 +173,5 @@ def output_problems(plan: JobPlan) -> list[str]:
     does not cost it."""
     options = plan.spec.output_options
     return [f"page {page.info.index}: {why}" for page in plan.pages
-            if (why := OutputEncoder(options, page.info.dtype, page.out_channels).check(
+            if (why := OutputEncoder(options, page.out_dtype, page.out_channels).check(
                 page.info.photometric))]

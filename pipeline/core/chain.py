@@ -49,6 +49,14 @@ class ChainLayout:
             out.append(out[-1] * call.op.factor(call.params))
         return out
 
+    @cached_property
+    def dtypes(self) -> list[np.dtype]:
+        """``dtypes[i]``: the sample type of op i's input (len n + 1: the output's last)."""
+        out = [self.dtype]
+        for call in self.calls:
+            out.append(call.op.out_dtype(out[-1]))
+        return out
+
     @property
     def factor(self) -> int:
         """How many times smaller the output page is."""
@@ -77,7 +85,7 @@ class ChainLayout:
         margin = needed
         for i in range(stop - 1, start - 1, -1):
             call = self.calls[i]
-            margin = call.op.reach_for(call.params, self.dtype, margin)
+            margin = call.op.reach_for(call.params, self.dtypes[i], margin)
         return margin
 
     def aligned(self, margin: int, scale: int = 1) -> int:

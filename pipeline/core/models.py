@@ -133,6 +133,8 @@ class PagePlan:
     #: the output page is ONE strip of its pixels, not tiles (:func:`pipeline.core.plan.
     #: strip_page`): its grid is one processing tile, its output one segment, no levels
     strip: bool = False
+    #: the output's sample type (the input's unless an op changes it: normalized_difference)
+    out_dtype: str = ""
 
     @property
     def out_grid(self) -> PageGrid:
@@ -142,12 +144,13 @@ class PagePlan:
     def to_json(self) -> dict[str, Any]:
         return {"info": self.info.to_json(), "out_channels": self.out_channels,
                 "grid": field_values(self.grid),
-                "factor": self.factor, "strip": self.strip}
+                "factor": self.factor, "strip": self.strip, "out_dtype": self.out_dtype}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PagePlan:
         return cls(PageInfo.from_json(d["info"]), d["out_channels"], PageGrid(**d["grid"]),
-                   d.get("factor", 1), bool(d.get("strip", False)))
+                   d.get("factor", 1), bool(d.get("strip", False)),
+                   d.get("out_dtype") or d["info"]["dtype"])
 
     def out_tiles(self, tile: int) -> tuple[int, int]:
         """The rows and columns of the output page's tiles of side ``tile`` (1 x 1: its

@@ -159,6 +159,29 @@ def to_gray(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return cv2.cvtColor(img, code)
 
 
+def select_bands(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """The bands listed, in that order (repeats allowed): ``img[:, :, bands]``."""
+    if img.ndim == 2:  # one band: it can only be picked again
+        return img if len(p["bands"]) == 1 else np.dstack([img] * len(p["bands"]))
+    bands = p["bands"]
+    return np.ascontiguousarray(img[:, :, bands[0]] if len(bands) == 1 else img[:, :, bands])
+
+
+def normalized_difference(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """``(a - b) / (a + b)`` of bands a and b, in float64 (the samples converted), rounded
+    to float32; 0 where ``a + b == 0``; NaN where band a or b holds ``p["nodata"]`` (the
+    page's no-data value, given by the tiled path: :func:`pipeline.core.ops.with_nodata`)."""
+    x, y = img[:, :, p["a"]], img[:, :, p["b"]]
+    a, b = x.astype(np.float64), y.astype(np.float64)
+    total = a + b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(total == 0, 0.0, (a - b) / total).astype(np.float32)
+    nodata = p.get("nodata")
+    if nodata is not None:
+        out[(x == nodata) | (y == nodata)] = np.nan
+    return out
+
+
 # --- ops with whole-page statistics, clahe, canny, downsample, custom -------------------
 #
 # ``apply`` of a "stats" or "canny" op treats the array it gets as the whole page (so

@@ -51,8 +51,17 @@ class Op:
     accepts: Callable[[dict[str, Any], np.dtype, int], str | None] = lambda p, dt, ch: None
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
+    #: the sample type of the output given the input's (normalized_difference: float32)
+    out_dtype: Callable[[np.dtype], np.dtype] = lambda dt: dt
+    #: the input band each output band is (select_bands), else None: every band stays
+    #: itself (per-band ops), or the op makes its own (to_gray, canny, normalized_difference)
+    picks: Callable[[dict[str, Any]], list[int]] | None = None
+    #: the op writes this value where its input has no data (normalized_difference: NaN,
+    #: given the input's no-data value as the parameter ``nodata``): its output's no-data value
+    own_nodata: float | None = None
     #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
-    #: blue): not defined on CMYK pages, whose bands are inks
+    #: blue), or as bands of their own (select_bands, normalized_difference: an ink picked
+    #: would be written as a gray or RGB band): not defined on CMYK pages, whose bands are inks
     colour: bool = False
     #: the op's output at a pixel is made of input values around it (a filter, downsample):
     #: a no-data value keeps marking the pixels without data (GDAL_NODATA is kept); False:
@@ -94,6 +103,10 @@ class OpCall:
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op.name, **self.params}
 
+    def out_channels(self, channels: int) -> int:
+        picks = self.op.picks
+        return len(picks(self.params)) if picks else self.op.out_channels(channels)
+
 
 def _clahe_reach(p: dict[str, Any], dtype: np.dtype, needed: int) -> int:
     """A pixel x is interpolated between the cells floor(x / cell - 0.5) and the next one; so
@@ -115,6 +128,22 @@ class ObjectParam(Param):
         if isinstance(value, dict):
             return None
         return f"expected {self.expectation()}, got {json.dumps(value, default=repr)}"
+
+
+class BandsParam(Param):
+    """A list of 0-based band indices (``select_bands``): at least one, repeats allowed."""
+
+    def expectation(self) -> str:
+        return "a list of one or more band indices (integers from 0 to 65534)"
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, list) and value and all(
+                _BAND.check(v) is None for v in value):
+            return None
+        return f"expected {self.expectation()}, got {show(value)}"
+
+
+_BAND = Param("band", "integer", "a 0-based band index", required=True, ge=0, le=65534)
 
 
 class FunctionParam(Param):
@@ -165,6 +194,20 @@ def _to_gray_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str |
             f"{channels} bands: a gray value of {channels} bands is not defined")
 
 
+def _bands_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | None:
+    named = ([(f"bands[{i}]", b) for i, b in enumerate(p["bands"])] if "bands" in p
+             else [("a", p["a"]), ("b", p["b"])])
+    wrong = [f"{name} is {band}" for name, band in named if band >= channels]
+    if not wrong:
+        return None
+    return (f"{', '.join(wrong)}, the page has {channels} band(s) (indices 0 to "
+            f"{channels - 1})")
+
+
+def _differ(p: dict[str, Any]) -> str | None:
+    return f"a and b must be different bands (both are {p['a']})" if p["a"] == p["b"] else None
+
+
 _SIGMA = Param("sigma", "number", "standard deviation of the Gaussian, in pixels",
                required=True, gt=0, le=500)
 _KSIZE_MORPH = Param("ksize", "integer", "side of the square kernel, in pixels",
@@ -205,6 +248,22 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.threshold),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
        (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1, colour=True),
+    Op("select_bands", "img[:, :, bands]: the bands listed, in that order",
+       (BandsParam("bands", "array", "0-based band indices, in output order; repeats allowed",
+                   required=True),),
+       fn.select_bands, accepts=_bands_accepts, picks=lambda p: p["bands"],
+       keeps_values=True, colour=True, exact="bit-identical to the numpy selection on the "
+                                             "whole page"),
+    Op("normalized_difference", "(a - b) / (a + b) in float64, as float32; 0 where a + b == 0, "
+       "NaN where a or b is the page's no-data value",
+       (Param("a", "integer", "0-based index of the first band (NIR for NDVI)", required=True,
+              ge=0, le=65534),
+        Param("b", "integer", "0-based index of the second band (red for NDVI)",
+              required=True, ge=0, le=65534)),
+       fn.normalized_difference, accepts=_bands_accepts, check=_differ,
+       out_channels=lambda ch: 1, out_dtype=lambda dt: np.dtype(np.float32),
+       own_nodata=float("nan"), colour=True,
+       exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
        accepts=_only(("uint8",), (1,), "equalize_hist",
@@ -331,8 +390,48 @@ def chain_halo(chain: list[OpCall], dtype: np.dtype) -> int:
 
 def chain_out_channels(chain: list[OpCall], channels: int) -> int:
     for call in chain:
-        channels = call.op.out_channels(channels)
+        channels = call.out_channels(channels)
     return channels
+
+
+def chain_out_dtype(chain: list[OpCall], dtype: np.dtype | str) -> np.dtype:
+    """The sample type of a chain's output on pages of ``dtype`` (an op's is its input's but
+    for ``normalized_difference``: float32)."""
+    dtype = np.dtype(dtype)
+    for call in chain:
+        dtype = call.op.out_dtype(dtype)
+    return dtype
+
+
+def chain_bands(ops: list[dict[str, Any]], channels: int) -> tuple[int, ...] | None:
+    """The input band each output band of a chain (its JSON) is, on pages of ``channels``
+    bands: a ``select_bands`` picks them; None when an op makes bands of its own (to_gray,
+    canny, normalized_difference: the output's interpretation is then its band count's)."""
+    bands: tuple[int, ...] | None = tuple(range(channels))
+    for call in chain_from_json(ops):
+        if call.op.picks is not None:
+            bands = None if bands is None else tuple(bands[i] for i in call.op.picks(
+                call.params))
+        elif bands is not None and call.out_channels(len(bands)) != len(bands):
+            bands = None
+    return bands
+
+
+def chain_own_nodata(ops: list[dict[str, Any]]) -> float | None:
+    """The no-data value an op of the chain (its JSON) gives its output (``Op.own_nodata``:
+    normalized_difference's NaN) when every op after it keeps values; else None."""
+    own = None
+    for op in ops:
+        o = OPS[op["op"]]
+        own = o.own_nodata if o.own_nodata is not None else own if o.keeps_values else None
+    return own
+
+
+def with_nodata(chain: list[OpCall], nodata: Callable[[int], float | None]) -> list[OpCall]:
+    """The chain with each op that takes its input's no-data value (``Op.own_nodata``) given
+    it as the parameter ``nodata``: ``nodata(i)``, the value at op i's input (None: none)."""
+    return [OpCall(c.op, {**c.params, "nodata": nodata(i)}) if c.op.own_nodata is not None
+            else c for i, c in enumerate(chain)]
 
 
 def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
@@ -351,19 +450,20 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
                    "only through its colour management); convert the file to RGB first")
         if why:
             problems.append(f"ops[{i}] ({call.op.name}): {why}")
-        if call.op.out_channels(channels) != channels:
+        if call.out_channels(channels) != channels:
             photometric = ""  # bands of the op's own making (to_gray, canny: gray)
-        channels = call.op.out_channels(channels)
+        channels = call.out_channels(channels)
+        dtype = call.op.out_dtype(dtype)
     return problems
 
 
 def apply_chain(img: np.ndarray, chain: list[OpCall]) -> np.ndarray:
     """Run a chain on an array ((h, w) or (h, w, c)) taken as the WHOLE page (ops with
-    whole-page statistics use the array's); the result keeps the input's dtype. The tiled
-    path runs chains with pipeline.steps.evaluate instead."""
+    whole-page statistics use the array's); each op's result has its input's dtype (but for
+    ``Op.out_dtype``). The tiled path runs chains with pipeline.steps.evaluate instead."""
     for call in chain:
         out = call.op.apply(img, call.params)
-        if out.dtype != img.dtype:
-            out = out.astype(img.dtype)
+        if out.dtype != (want := call.op.out_dtype(img.dtype)):
+            out = out.astype(want)
         img = out
     return img

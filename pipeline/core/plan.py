@@ -8,7 +8,13 @@ from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
-from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
+from pipeline.core.ops import (
+    chain_from_json,
+    chain_halo,
+    chain_out_channels,
+    chain_out_dtype,
+    chain_problems,
+)
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
 SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
@@ -72,7 +78,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
             tile = max(tile, strip)
         grid = PageGrid(info.height, info.width, tile, halo)
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
-                              layout.factor, strip=bool(strip)))
+                              layout.factor, strip=bool(strip),
+                              out_dtype=chain_out_dtype(chain, info.dtype).name))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
@@ -213,7 +220,7 @@ def held_output(plan: JobPlan) -> bool:
 def raw_output_bytes(plan: JobPlan) -> int:
     """The bytes of the output's base pages, uncompressed."""
     return sum(p.out_grid.height * p.out_grid.width * p.out_channels
-               * np.dtype(p.info.dtype).itemsize for p in plan.pages)
+               * np.dtype(p.out_dtype).itemsize for p in plan.pages)
 
 
 def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:

@@ -100,7 +100,7 @@ def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fu
     page = plan.pages[unit.page]
     g, info = page.grid, page.info
     bpp = _pixel(info.dtype, info.channels)
-    obpp = _pixel(info.dtype, page.out_channels)
+    obpp = _pixel(page.out_dtype, page.out_channels)
     x0 = g.haloed(unit.row0, unit.col0).x0
     width = g.haloed(unit.row0, unit.col1 - 1).x1 - x0
     side_h, side_w = min(g.tile + 2 * g.halo, g.height), min(g.tile + 2 * g.halo, width)
@@ -144,7 +144,8 @@ def _batch_bytes(plan: JobPlan, page_index: int, tiles: int, threads: int, out_b
     g, info = page.grid, page.info
     side = min(g.tile + 2 * g.halo, max(g.height, g.width))
     haloed = min(side, g.height) * min(side, g.width)
-    tile = haloed * max(_pixel(info.dtype, info.channels), _pixel(info.dtype, page.out_channels))
+    tile = haloed * max(_pixel(info.dtype, info.channels),
+                        _pixel(page.out_dtype, page.out_channels))
     busy = min(threads, tiles)
     f = page.factor or 1
     parts = {"tiles": busy * (haloed / 1e6 * work_bpm + tile),

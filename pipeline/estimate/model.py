@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_keeps_values
+from pipeline.core.ops import chain_bands, chain_keeps_values, chain_own_nodata
 from pipeline.core.plan import bigtiff_output, held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
@@ -223,7 +223,7 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     for page in plan.pages:
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
-        pixel = page.out_channels * np.dtype(page.info.dtype).itemsize
+        pixel = page.out_channels * np.dtype(page.out_dtype).itemsize
         for k, (lh, lw) in enumerate(shapes):
             padded = (lh * lw if page.strip
                       else math.ceil(lh / t) * math.ceil(lw / t) * t * t)
@@ -286,18 +286,20 @@ def header_bytes(plan: JobPlan) -> float:
 
     opts = plan.spec.output_options
     t, big = opts.tile, bigtiff_output(plan)
-    nodata = chain_keeps_values(plan.spec.ops)
+    ops = plan.spec.ops
+    nodata, own = chain_keeps_values(ops), chain_own_nodata(ops)
     total = 16.0 if big else 8.0
     for page in plan.pages:
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
-        tags = output_tags(page.info, h, w, ch, nodata, page.factor)
+        tags = output_tags(page.info, h, w, ch, nodata, page.factor,
+                           chain_bands(ops, page.info.channels), own)
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
-        kwargs = {**OutputEncoder(opts, page.info.dtype, ch).writer_kwargs(), **tags}
+        kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}
         bands = (ch,) if ch > 1 else ()
         # (one tile: a column short of it, else tifffile takes the page for one raw tile and
         # wants its bytes)
-        sizes = [_page_ifd_bytes(big, (t, n * t - (n == 1), *bands), page.info.dtype, t, kwargs)
+        sizes = [_page_ifd_bytes(big, (t, n * t - (n == 1), *bands), page.out_dtype, t, kwargs)
                  for n in ((tiles,) if tiles <= 2 else (2, 1026))]
         # past two tiles, the TileOffsets and TileByteCounts arrays grow by a value each
         total += sizes[0] + (sizes[-1] - sizes[0]) * (tiles - 2) / 1024
@@ -485,7 +487,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     parts, segments = merge_parts(plan, base_bytes)
     largest = largest_job(
         # uncompressed: the pixels' bytes (a page that large pads next to nothing)
-        out_bpm=(1e6 * plan.pages[0].out_channels * np.dtype(dtype).itemsize
+        out_bpm=(1e6 * plan.pages[0].out_channels * np.dtype(plan.pages[0].out_dtype).itemsize
                  if comp == "none" else c.out_bpm),
         fused=fused, levels=level_bytes / max(base_bytes, 1e-9),
         tile_px=float(plan.pages[0].grid.tile) ** 2,

@@ -21,12 +21,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.adapters import storage
+from pipeline.adapters.metadata import output_nodata
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.ops import chain_from_json
+from pipeline.core.ops import (
+    chain_from_json,
+    chain_keeps_values,
+    chain_own_nodata,
+    with_nodata,
+)
 from pipeline.errors import CustomOperationError, OperationError
 from pipeline.steps import layout
 
@@ -73,7 +79,9 @@ class TileEvaluator:
         self.plan = plan
         self.page_pos = page
         self.page: PagePlan = plan.pages[page]
-        self.chain = chain_from_json(plan.spec.ops)
+        ops = plan.spec.ops
+        self.chain = with_nodata(chain_from_json(ops), lambda i: output_nodata(
+            self.page.info, chain_keeps_values(ops[:i]), chain_own_nodata(ops[:i])))
         self.layout = ChainLayout.of(self.chain, self.page.info.dtype)
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
@@ -172,8 +180,8 @@ class TileEvaluator:
         except CustomOperationError as exc:
             raise CustomOperationError(f"tile {row},{col} of page {self.page.info.index}: "
                                        f"{exc}") from exc
-        if out.dtype != arr.dtype:
-            out = out.astype(arr.dtype)
+        if out.dtype != self.layout.dtypes[i + 1]:
+            out = out.astype(self.layout.dtypes[i + 1])
         f = op.factor(p)
         if f != 1:
             rect = Rect(rect.y0 // f, rect.x0 // f, rect.y0 // f + out.shape[0],
@@ -200,7 +208,7 @@ class TileEvaluator:
     def canny_labels(self, row: int, col: int, position: int) -> np.ndarray:
         """The labelled weak edges of a tile's core for the canny at ``position``."""
         call = self.chain[position]
-        needed = call.op.reach_for(call.params, self.layout.dtype, 0)
+        needed = call.op.reach_for(call.params, self.layout.dtypes[position], 0)
         arr, rect = self.value(row, col, position, needed)
         weak, strong = canny_mod.local_maps(arr, call.params)
         core = self.core(row, col, position)

@@ -44,7 +44,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.ops import chain_keeps_values
+from pipeline.core.ops import chain_bands, chain_keeps_values, chain_own_nodata
 from pipeline.core.plan import bigtiff_output
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError, TiffpipeError
@@ -181,16 +181,17 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     Returns the tile tables of the page and of its levels, in file order."""
     options = plan.spec.output_options
     channels = page.out_channels
-    encoder = OutputEncoder(options, page.info.dtype, channels)
+    encoder = OutputEncoder(options, page.out_dtype, channels)
     height, width = page.out_grid.height, page.out_grid.width
     shape = (height, width) + ((channels,) if channels > 1 else ())
     # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
-    tags = output_tags(page.info, height, width, channels, chain_keeps_values(plan.spec.ops),
-                       page.factor)
+    ops = plan.spec.ops
+    tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
+                       page.factor, chain_bands(ops, page.info.channels), chain_own_nodata(ops))
     if options.ome:
-        tags = _ome_tags(tags, page)
+        tags = _ome_tags(tags, page, chain_bands(ops, page.info.channels))
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
-    common = {"dtype": page.info.dtype, **layout,
+    common = {"dtype": page.out_dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
     table = TileTable.read(plan, index, page)
     if not options.pyramid or page.strip:  # (a strip page has no levels)
@@ -227,7 +228,7 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
 
     page = plan.pages[index]
     pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
-                      page.info.dtype, encoder, plan.spec.output_options.tile,
+                      page.out_dtype, encoder, plan.spec.output_options.tile,
                       layout.levels_dir(plan.work, index), nearest=nearest,
                       nodata=level_nodata(plan, index), threads=tile_threads())
     try:
@@ -244,13 +245,14 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
 _MICRONS = {2: 25400.0, 3: 10000.0}
 
 
-def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
+def _ome_tags(tags: dict[str, Any], page: PagePlan,
+              bands: tuple[int, ...] | None) -> dict[str, Any]:
     """``tags`` for an OME-TIFF page: the OME-XML Image of the page gets its name (PageName,
     which a plane of an OME input without one gets from its Image and Channel: ``metadata.
     ome_name``; else "page <input index>"), its description (ImageDescription, which
     tifffile keeps for the OME-XML), its pixel size (from the resolution, in micrometres)
     and its input Channel's name, colour, wavelengths, ... while the chain keeps the channel
-    count (``metadata.ome_channel``)."""
+    count and bands (``metadata.ome_channel``)."""
     tags = dict(tags)
     meta: dict[str, Any] = {"Name": f"page {page.info.index}"}
     extratags = []
@@ -271,7 +273,7 @@ def _ome_tags(tags: dict[str, Any], page: PagePlan) -> dict[str, Any]:
             if per_unit > 0:
                 meta[f"PhysicalSize{axis}"] = _MICRONS[unit] / per_unit
                 meta[f"PhysicalSize{axis}Unit"] = "\u00b5m"
-    channel = ome_channel(page.info, page.out_channels)
+    channel = ome_channel(page.info, page.out_channels, bands)
     if channel:
         meta["Channel"] = channel
     tags["metadata"] = meta

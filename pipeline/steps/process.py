@@ -110,7 +110,7 @@ class TileOutput:
         self.out_tile = plan.spec.output_options.tile
         info = plan.pages[page]
         self.strip = info.strip
-        self.encoder = OutputEncoder(plan.spec.output_options, info.info.dtype,
+        self.encoder = OutputEncoder(plan.spec.output_options, info.out_dtype,
                                      info.out_channels)
         # a batch's chain reads its work tiles unless it starts from a canny's edges
         self.reads_input = fused or self.evaluator.layout.source(len(self.evaluator.chain)) is None

@@ -49,7 +49,7 @@ from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_keeps_values
+from pipeline.core.ops import chain_keeps_values, chain_own_nodata
 from pipeline.core.reduce import mean4
 from pipeline.core.tiff_layout import Span
 
@@ -64,7 +64,8 @@ _WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4":
 def level_nodata(plan: JobPlan, page: int) -> float | None:
     """The no-data value the levels of output page ``page`` leave out of their means: the
     one its GDAL_NODATA tag carries (None: none)."""
-    return output_nodata(plan.pages[page].info, chain_keeps_values(plan.spec.ops))
+    ops = plan.spec.ops
+    return output_nodata(plan.pages[page].info, chain_keeps_values(ops), chain_own_nodata(ops))
 
 
 def reduce2(block: np.ndarray, nearest: bool = False,

@@ -126,7 +126,7 @@ def _reduce(plan: JobPlan, event: ReduceEvent) -> dict[str, Any]:
         ev = TileEvaluator(plan, page)
         call = ev.chain[_position(ev, event.round)]
         mine = [parts[b] for b in plan.batches_of(page)]
-        dtype = np.dtype(ev.page.info.dtype)
+        dtype = ev.layout.dtypes[_position(ev, event.round)]
         save_npz(layout.stats_file(plan.work, event.round, page),
                  call.op.stats.finish(combine(mine), call.params, dtype))
     return StatsRound.next_round(event.round + 1, rounds).reply(plan.job)

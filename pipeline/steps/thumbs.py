@@ -29,6 +29,7 @@ from pipeline.adapters.metadata import photometric_of
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.grid import Rect
 from pipeline.core.models import JobPlan
+from pipeline.core.ops import chain_bands
 from pipeline.core.thumbs import MAX_PAGES, ThumbSums, fit, worth_summing
 from pipeline.steps import layout
 
@@ -153,7 +154,9 @@ def load_summed(plan: JobPlan, page: int, side: str, parts: list[str],
     if side == "in":
         photometric, extrasamples = info.photometric, list(info.extrasamples)
     else:
-        photometric, extra = photometric_of(info, channels)
+        photometric, extra = photometric_of(info, channels,
+                                            chain_bands(plan.spec.ops, info.channels))
         extrasamples = list(extra or [])
-    return SummedThumb(sums.mean(), sums.height, sums.width, info.dtype, extrasamples,
+    dtype = info.dtype if side == "in" else plan.pages[page].out_dtype
+    return SummedThumb(sums.mean(), sums.height, sums.width, dtype, extrasamples,
                        photometric)

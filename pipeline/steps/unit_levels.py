@@ -172,7 +172,7 @@ def build_levels(event: UnitEvent) -> dict[str, Any]:
         return {"job": plan.job, "tiles": 0}
     with recorded(plan, "build_levels", event.unit):
         p = plan.pages[unit.page]
-        encoder = OutputEncoder(plan.spec.output_options, p.info.dtype, p.out_channels)
+        encoder = OutputEncoder(plan.spec.output_options, p.out_dtype, p.out_channels)
         levels = RegionLevels(plan, unit.page, event.unit, unit, encoder,
                               p.info.photometric == "palette")
         try:
@@ -223,7 +223,7 @@ def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
     top = y0 + r0 * t
     height = min(top + rows * t, p.out_grid.height) - top
     width = min(unit.col1 * p.out_grid.tile, p.out_grid.width) - x0
-    strip = np.empty((height, width, p.out_channels), p.info.dtype)
+    strip = np.empty((height, width, p.out_channels), p.out_dtype)
     for n, tile in enumerate(decoded):
         r, c = divmod(n, cols)
         part = tile.reshape(t, t, -1)[:height - r * t, :width - c * t]
@@ -260,7 +260,7 @@ def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
                     shared[frag[1], frag[2]].append((u, frag))
         with SegmentWriter(border) as writer:
             for (r, c) in sorted(shared):
-                full = np.zeros((t, t, p.out_channels), p.info.dtype)
+                full = np.zeros((t, t, p.out_channels), p.out_dtype)
                 for u, (_, _, _, dy, dx, offset, size) in shared[r, c]:
                     part = decode_work_tile(read_range(frag_urls[u], offset, size))
                     full[dy:dy + part.shape[0], dx:dx + part.shape[1]] = part
@@ -285,12 +285,12 @@ def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]
         for block in doc["blocks"]:
             rows[block[0] // t].append((u, block))
     folder = storage.join(layout.levels_dir(plan.work, page), "deep")
-    pyramid = Pyramid(h, w, p.out_channels, p.info.dtype, encoder, t, folder, nearest=nearest,
+    pyramid = Pyramid(h, w, p.out_channels, p.out_dtype, encoder, t, folder, nearest=nearest,
                       nodata=level_nodata(plan, page))
     try:
         cols = ceil(w / t)
         for r in range(ceil(h / t)):
-            buffer = np.zeros((t, cols * t, p.out_channels), p.info.dtype)
+            buffer = np.zeros((t, cols * t, p.out_channels), p.out_dtype)
             for u, (y, x, offset, size) in rows.get(r, []):
                 part = decode_work_tile(read_range(frag_urls[u], offset, size))
                 buffer[y - r * t:y - r * t + part.shape[0], x:x + part.shape[1]] = part

@@ -1,0 +1,320 @@
+"""``select_bands`` and ``normalized_difference``: the op functions against numpy written out
+here, the checks that refuse a band a page does not have (at plan time, naming the page),
+the tiled path (split -> [stats] -> process -> merge, in-process as in test_exactness.py)
+bit-identical to the whole page, the output's photometric, ExtraSamples, sample type and
+no-data tag, and the metadata rules a selection of bands changes (ICC, OME Channel).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from sample_types_ref import ALL, ref_op, typed_image
+from test_exactness import run_tiled
+from test_sample_types import plan_problems, write_bands
+
+from pipeline.adapters.metadata import ome_channel, ome_name, output_tags, photometric_of
+from pipeline.core.ops import (
+    apply_chain,
+    chain_bands,
+    chain_from_json,
+    chain_own_nodata,
+    chain_problems,
+    parse_chain,
+)
+
+SHAPE = (150, 230)
+
+# --- the reference: numpy, written out ------------------------------------------------
+
+
+def nd_reference(page: np.ndarray, a: int, b: int, nodata: float | None = None) -> np.ndarray:
+    """(a - b) / (a + b) in float64, as float32; 0 where a + b == 0; NaN where a or b is
+    ``nodata``."""
+    x, y = page[:, :, a], page[:, :, b]
+    num, den = x.astype(np.float64) - y, x.astype(np.float64) + y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (num / den).astype(np.float32)
+    out[den == 0] = 0
+    if nodata is not None:
+        out[(x == nodata) | (y == nodata)] = np.nan
+    return out
+
+
+def reference(page: np.ndarray, ops: list[dict[str, Any]],
+              nodata: float | None = None) -> np.ndarray:
+    img = page
+    for p in ops:
+        if p["op"] == "select_bands":
+            img = img[:, :, None] if img.ndim == 2 else img
+            img = np.ascontiguousarray(img[:, :, p["bands"]])
+            img = img[:, :, 0] if img.shape[2] == 1 else img
+        elif p["op"] == "normalized_difference":
+            img = nd_reference(img, p["a"], p["b"], nodata)
+            nodata = None
+        elif p["op"] == "canny":
+            img = cv2.Canny(img, p["low"], p["high"])
+        else:
+            img = ref_op(img, p)
+    return img
+
+
+def same(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    """Equal dtype, shape and values (NaN where NaN is)."""
+    assert (got.dtype, got.shape) == (want.dtype, want.shape), what
+    np.testing.assert_array_equal(got, want, err_msg=what)
+
+
+# --- the op functions -----------------------------------------------------------------
+
+
+def test_select_bands_picks_in_order_with_repeats():
+    img = np.arange(4 * 5 * 6, dtype=np.uint16).reshape(4, 5, 6)
+    for bands in ([3, 2, 1], [0], [5, 5, 0, 1], [1, 0]):
+        out = apply_chain(img, chain_from_json([{"op": "select_bands", "bands": bands}]))
+        want = img[:, :, bands] if len(bands) > 1 else img[:, :, bands[0]]
+        same(out, want, str(bands))
+        assert out.flags.c_contiguous
+    gray = img[:, :, 0].copy()
+    same(apply_chain(gray, chain_from_json([{"op": "select_bands", "bands": [0, 0]}])),
+         np.dstack([gray, gray]))
+
+
+@pytest.mark.parametrize("dtype", ALL)
+def test_normalized_difference_on_every_type(dtype):
+    img = typed_image(3, 40, 50, 4, dtype)
+    img[:5, :5, 1] = img[:5, :5, 2] = 0  # a + b == 0 -> 0
+    out = apply_chain(img, chain_from_json([{"op": "normalized_difference", "a": 1, "b": 2}]))
+    same(out, nd_reference(img, 1, 2), dtype)
+    assert (out[:5, :5] == 0).all()
+
+
+def test_normalized_difference_zero_sum_nodata_and_nan():
+    a = np.array([[0, 10, -5, 7, 3]], np.float32)
+    b = np.array([[0, 10, 5, -9999, np.nan]], np.float32)
+    img = np.dstack([a, b])
+    p = {"a": 0, "b": 1}
+    [op] = chain_from_json([{"op": "normalized_difference", **p}])
+    out = op.op.apply(img, {**p, "nodata": -9999})
+    np.testing.assert_array_equal(out, [[0, 0, 0, np.nan, np.nan]])  # -5 + 5 == 0: 0 too
+    assert op.op.apply(img, {**p, "nodata": None})[0, 3] == np.float32((7 + 9999) / (7 - 9999))
+    ints = np.dstack([np.array([[200, 0, 255]], np.uint8), np.array([[100, 0, 0]], np.uint8)])
+    np.testing.assert_array_equal(op.op.apply(ints, {**p, "nodata": 0}),
+                                  np.array([[1 / 3, np.nan, np.nan]], np.float32))
+
+
+# --- validation: the manifest, then the plan ------------------------------------------
+
+
+@pytest.mark.parametrize("op,problem", [
+    ({"op": "select_bands"}, "ops[0].bands: required, a list of one or more band indices"),
+    ({"op": "select_bands", "bands": []}, "got []"),
+    ({"op": "select_bands", "bands": [1, -1]}, "got [1, -1]"),
+    ({"op": "select_bands", "bands": 2}, "got 2"),
+    ({"op": "select_bands", "bands": [0.5]}, "got [0.5]"),
+    ({"op": "normalized_difference", "a": 3}, "ops[0].b: required"),
+    ({"op": "normalized_difference", "a": 2, "b": 2}, "ops[0]: a and b must be different bands"),
+    ({"op": "normalized_difference", "a": -1, "b": 2}, "ops[0].a: expected an integer >= 0"),
+])
+def test_manifest_problems(op, problem):
+    calls, problems = parse_chain([op])
+    assert calls == [] and len(problems) == 1 and problem in problems[0], problems
+
+
+def test_a_band_the_page_lacks_is_refused_by_name():
+    chain = chain_from_json([{"op": "select_bands", "bands": [3, 7, 0]},
+                             {"op": "normalized_difference", "a": 0, "b": 3}])
+    assert chain_problems(chain, np.dtype("uint16"), 4) == [
+        "ops[0] (select_bands): bands[1] is 7, the page has 4 band(s) (indices 0 to 3)",
+        "ops[1] (normalized_difference): b is 3, the page has 3 band(s) (indices 0 to 2)"]
+    # the ops after a normalized_difference see one float32 band
+    after = chain_from_json([{"op": "normalized_difference", "a": 0, "b": 1},
+                             {"op": "equalize_hist"}])
+    assert chain_problems(after, np.dtype("uint8"), 2) == [
+        ("ops[1] (equalize_hist): equalize_hist needs uint8 pixels, the page has float32 "
+        "(OpenCV's equalizeHist is 8-bit only); use normalize or percentile_stretch")]
+
+
+def test_plan_job_refuses_before_any_pixel(tmp_path):
+    src = tmp_path / "s2.tif"
+    write_bands(src, typed_image(1, 64, 64, 5, "uint16"), tiled=True, separate=False)
+    problems = plan_problems(tmp_path, src, [{"op": "normalized_difference", "a": 7, "b": 3}])
+    assert problems == [("page 0: ops[0] (normalized_difference): a is 7, the page has 5 "
+                        "band(s) (indices 0 to 4)")]
+    cmyk = tmp_path / "cmyk.tif"
+    tifffile.imwrite(cmyk, typed_image(2, 64, 64, 4, "uint8"), photometric="separated",
+                     metadata=None)
+    [why] = plan_problems(tmp_path, cmyk, [{"op": "select_bands", "bands": [3]}])
+    assert why.startswith("page 0: ops[0] (select_bands): select_bands needs gray or RGB, "
+                          "the page is CMYK"), why
+
+
+# --- the tiled path is the whole page ---------------------------------------------------
+
+ND = {"op": "normalized_difference", "a": 3, "b": 0}
+BLUR = {"op": "gaussian_blur", "sigma": 1.5}
+
+#: (id, dtype, bands, ops, run_tiled options)
+CASES = [
+    ("false-colour-uint16", "uint16", 5, [{"op": "select_bands", "bands": [3, 2, 1]}], {}),
+    ("one-band-int8", "int8", 4, [{"op": "select_bands", "bands": [2]}, BLUR], {}),
+    ("repeats-float64-split", "float64", 3, [{"op": "select_bands", "bands": [2, 2, 0, 1, 0]},
+                                             {"op": "dilate", "ksize": 3}], {"fuse": False}),
+    ("select-then-gray-uint8", "uint8", 6, [{"op": "select_bands", "bands": [4, 1, 0]},
+                                            {"op": "to_gray"}], {"units": "tiny"}),
+    ("select-canny-uint8", "uint8", 5, [{"op": "select_bands", "bands": [1]},
+                                        {"op": "canny", "low": 20, "high": 60}], {}),
+    ("select-downsample-uint64", "uint64", 4, [{"op": "select_bands", "bands": [0, 3]},
+                                               {"op": "downsample", "factor": 2}], {}),
+    *[(f"nd-{dt}", dt, 4, [ND], {}) for dt in ALL],
+    ("nd-blur-uint16", "uint16", 4, [ND, BLUR], {"units": "small"}),
+    ("blur-nd-uint8-split", "uint8", 4, [BLUR, ND], {"fuse": False}),
+    ("nd-normalize-int16", "int16", 4, [ND, {"op": "normalize"}], {}),
+    ("select-nd-median-float32", "float32", 6,
+     [{"op": "select_bands", "bands": [5, 1]}, {"op": "normalized_difference", "a": 0, "b": 1},
+      {"op": "median_blur", "ksize": 5}], {"units": "tiny"}),
+]
+
+
+@pytest.mark.parametrize("dtype,bands,ops,opts", [pytest.param(*c[1:], id=c[0]) for c in CASES])
+def test_tiled_equals_whole_page(tmp_path, dtype, bands, ops, opts):
+    page = typed_image(sum(map(ord, dtype)) + bands, *SHAPE, bands, dtype)
+    src = tmp_path / "in.tif"
+    write_bands(src, page, tiled=True, separate=bands % 2 == 0)
+    out_tile = 32 if any(op["op"] == "downsample" for op in ops) else 64
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, out_tile, compression="deflate", **opts)
+    want = reference(page, ops)
+    same(got, want, str(ops))
+    assert plan.pages[0].out_dtype == want.dtype.name
+    assert plan.pages[0].out_channels == (1 if want.ndim == 2 else want.shape[2])
+
+
+def test_multi_page_of_different_band_counts(tmp_path):
+    """Each page's own bands; a page of another sample type gets the same float32 index."""
+    pages = [typed_image(1, 100, 140, 4, "uint16"), typed_image(2, 70, 90, 3, "uint16"),
+             typed_image(3, 64, 200, 8, "uint16")]
+    src = tmp_path / "multi.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for p in pages:
+            tw.write(p, photometric="rgb" if p.shape[2] == 3 else "minisblack",
+                     extrasamples=[0] * (p.shape[2] - (3 if p.shape[2] == 3 else 1)),
+                     tile=(32, 32), metadata=None)
+    ops = [{"op": "select_bands", "bands": [2, 0]}, {"op": "normalized_difference",
+                                                      "a": 0, "b": 1}, BLUR]
+    got, _plan = run_tiled(tmp_path, src, ops, 64, 64, units="small")
+    for i, (out, page) in enumerate(zip(got, pages, strict=True)):
+        same(out, reference(page, ops), f"page {i}")
+
+
+# --- the written page: photometric, extra samples, no-data ------------------------------
+
+
+def _info(channels: int, photometric: str = "minisblack", extras: tuple[int, ...] = (),
+          **metadata: Any) -> SimpleNamespace:
+    return SimpleNamespace(channels=channels, photometric=photometric, extrasamples=extras,
+                           metadata=metadata, height=10, width=10, dtype="uint16")
+
+
+@pytest.mark.parametrize("photometric,channels,extras,bands,want", [
+    ("minisblack", 13, (0,) * 12, (3, 2, 1), ("rgb", None)),  # a false-colour composite
+    ("minisblack", 13, (0,) * 12, (7,), ("minisblack", None)),
+    ("minisblack", 13, (0,) * 12, (3, 2, 1, 7), ("minisblack", [0, 0, 0])),  # never RGBA
+    ("rgb", 4, (2,), (0, 1, 2), ("rgb", None)),  # RGBA -> RGB: the alpha dropped
+    ("rgb", 4, (2,), (2, 1, 0, 3), ("rgb", [2])),  # BGR + alpha: the alpha stays alpha
+    ("rgb", 4, (1,), (0, 3), ("minisblack", [1])),  # gray + (associated) alpha
+    ("rgb", 3, (), (0, 1), ("minisblack", [0])),  # green is no alpha
+    ("rgb", 4, (2,), (3, 0, 1, 2), ("minisblack", [0, 0, 0])),  # alpha first: not RGB
+    ("rgb", 5, (2, 0), (0, 1, 2, 4, 3), ("rgb", [0, 2])),
+    ("minisblack", 2, (2,), (1, 0), ("minisblack", [0])),
+    ("rgb", 3, (), (0, 1, 2), ("rgb", None)),  # all bands in order: as without the op
+])
+def test_photometric_of_a_selection(photometric, channels, extras, bands, want):
+    assert photometric_of(_info(channels, photometric, extras), len(bands), bands) == want
+
+
+def test_chain_bands_and_own_nodata():
+    sel = {"op": "select_bands", "bands": [3, 2, 1]}
+    assert chain_bands([sel, BLUR, {"op": "select_bands", "bands": [2, 0]}], 5) == (1, 3)
+    assert chain_bands([BLUR], 4) == (0, 1, 2, 3)
+    assert chain_bands([{"op": "to_gray"}, {"op": "select_bands", "bands": [0, 0, 0]}], 3) \
+        is None
+    assert chain_bands([ND], 4) is None
+    assert np.isnan(chain_own_nodata([ND])) and np.isnan(chain_own_nodata([sel, ND, BLUR]))
+    assert chain_own_nodata([ND, {"op": "gamma", "gamma": 2}]) is None  # values remapped
+    assert chain_own_nodata([sel, BLUR]) is None
+
+
+def test_icc_and_ome_channel_follow_the_selection():
+    icc = "A" * 200  # (base64: 150 bytes; the colour space is never 'RGB')
+    ome = {"samples": 3, "name": "img - RGB", "image_name": "img", "channel": {"Name": "RGB"}}
+    info = _info(3, "rgb", ome=ome, icc=icc)
+    same_bands = (0, 1, 2)
+    assert ome_channel(info, 3, same_bands) == {"Name": "RGB"} == ome_channel(info, 3)
+    assert ome_name(info, 3, same_bands) == "img - RGB"
+    for bands in ((2, 1, 0), (0, 0, 0), (0, 1)):
+        assert ome_channel(info, len(bands), bands) is None, bands
+        assert ome_name(info, len(bands), bands) == "img", bands
+    import pipeline.adapters.metadata as md
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(md, "icc_space", lambda profile: "RGB")
+        assert "iccprofile" in output_tags(info, 10, 10, 3, bands=(0, 1, 2))
+        assert "iccprofile" not in output_tags(info, 10, 10, 3, bands=(2, 1, 0))
+
+
+def _nodata_tag(tags: dict[str, Any]) -> bytes | None:
+    found = [t[3] for t in tags.get("extratags", []) if t[0] == 42113]
+    return found[0] if found else None
+
+
+def test_output_tags_write_the_chains_own_nodata():
+    text = b"0\x00"
+    import binascii
+
+    tag = [42113, 2, len(text), binascii.b2a_base64(text, newline=False).decode()]
+    info = _info(4, tags=[tag])
+    assert _nodata_tag(output_tags(info, 10, 10, 4, True)) == text
+    assert _nodata_tag(output_tags(info, 10, 10, 1, False)) is None
+    assert _nodata_tag(output_tags(info, 10, 10, 1, False, own_nodata=float("nan"))) == b"nan"
+
+
+def test_written_pages_and_nodata(tmp_path):
+    """Through the real steps: an RGBA page's alpha kept as alpha behind its swapped colours;
+    a uint16 scene with GDAL_NODATA 0: its index is NaN where a band is 0, and the output
+    says GDAL_NODATA nan; a selection keeps the input's no-data value."""
+    rgba = typed_image(5, *SHAPE, 4, "uint8")
+    src = tmp_path / "rgba.tif"
+    tifffile.imwrite(src, rgba, photometric="rgb", extrasamples=["unassalpha"], tile=(32, 32),
+                     metadata=None)
+    ops = [{"op": "select_bands", "bands": [2, 1, 0, 3]}]
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, 64)
+    same(got, rgba[:, :, [2, 1, 0, 3]])
+    with tifffile.TiffFile(plan.spec.output) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+        assert tuple(tf.pages[0].extrasamples) == (2,)
+
+    scene = typed_image(6, *SHAPE, 4, "uint16")
+    scene[:40, :70] = 0  # no data in every band
+    scene[100:, 200:, 3] = 0  # no data in band 3 only
+    src = tmp_path / "scene.tif"
+    tifffile.imwrite(src, scene, photometric="minisblack", extrasamples=[0, 0, 0],
+                     tile=(32, 32), metadata=None, extratags=[(42113, "s", 0, "0", True)])
+    for ops, nodata in (([ND, BLUR], b"nan"), ([{"op": "select_bands", "bands": [3, 2, 1]}],
+                                               b"0\x00")):
+        (got,), plan = run_tiled(tmp_path, src, ops, 64, 64, fuse=False)
+        want = reference(scene, ops, nodata=0)
+        same(got, want, str(ops))
+        with tifffile.TiffFile(plan.spec.output) as tf:
+            assert tf.pages[0].tags[42113].value.encode() == nodata.rstrip(b"\x00")
+            assert tf.pages[0].dtype == want.dtype
+            if want.ndim == 2:
+                assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+    nan = np.isnan(reference(scene, [ND], nodata=0))
+    assert nan[:40, :70].all() and nan[100:, 200:].all()
+    assert np.array_equal(nan, (scene[:, :, 3] == 0) | (scene[:, :, 0] == 0)) and not nan.all()
+
