@@ -7,6 +7,8 @@ no-data tag, and the metadata rules a selection of bands changes (ICC, OME Chann
 
 from __future__ import annotations
 
+import json
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,6 +29,7 @@ from pipeline.core.ops import (
     chain_problems,
     parse_chain,
 )
+from pipeline.runner import run_local
 
 SHAPE = (150, 230)
 
@@ -318,3 +321,36 @@ def test_written_pages_and_nodata(tmp_path):
     assert nan[:40, :70].all() and nan[100:, 200:].all()
     assert np.array_equal(nan, (scene[:, :, 3] == 0) | (scene[:, :, 0] == 0)) and not nan.all()
 
+
+
+@pytest.mark.engine
+def test_a_run_with_pyramids_and_a_contact_sheet(tmp_path):
+    """Through the local engine: a fused and a split job, with pyramid levels, and the
+    contact sheet's thumbnails of float32 and selected-band outputs; the levels are the
+    2 x 2 means of the page (NaN left out of them, as GDAL's overviews leave no-data out)."""
+    scene = typed_image(8, 300, 260, 5, "uint16")
+    src = tmp_path / "s.tif"
+    write_bands(src, scene, tiled=True, separate=True)
+    jobs = {"ndvi": [ND], "false_colour": [{"op": "select_bands", "bands": [4, 2, 0]}, BLUR]}
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": str(src), "output": str(tmp_path / f"{name}.tif"), "ops": ops, "tile": 128,
+         "fuse": name == "ndvi", "output_options": {"tile": 32, "pyramid": True}}
+        for name, ops in jobs.items()]}))
+    result = run_local(str(manifest), 2, contact_sheet=True)
+    assert result.ok, result.report
+    assert (tmp_path / "m.report.contact.png").stat().st_size > 0
+    for name, ops in jobs.items():
+        with tifffile.TiffFile(tmp_path / f"{name}.tif") as tf:
+            page = tf.pages[0]
+            same(page.asarray(), reference(scene, ops), name)
+            levels = [level.asarray() for level in page.pages]
+            assert len(levels) >= 2 and levels[0].dtype == page.dtype
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # (a block of NaN only)
+                base = page.asarray().astype(np.float64)
+                mean = np.nanmean(np.stack([base[0::2, 0::2], base[1::2, 0::2],
+                                            base[0::2, 1::2], base[1::2, 1::2]]), axis=0)
+            if name == "ndvi":
+                np.testing.assert_array_equal(levels[0], mean.astype(np.float32))
+            assert page.photometric.name == ("MINISBLACK" if name == "ndvi" else "RGB")

@@ -39,6 +39,7 @@ GEO = [(33550, "d", 3, (30.0, 30.0, 0.0), True),
        (34737, "s", 0, "WGS 84 / UTM zone 11N|", True)]
 TRANSFORM = (30.0, 0.0, 440720.0, 0.0, -30.0, 3751320.0)
 BLUR = [{"op": "gaussian_blur", "sigma": 1.5}]
+NDVI = {"op": "normalized_difference", "a": 3, "b": 2}
 
 
 def nodata_tag(text: str) -> tuple[int, str, int, str, bool]:
@@ -99,6 +100,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "white": {"input": "white.tif", "ops": [], "output_options": pyr},
         "bilevel": {"input": "bilevel.tif", "ops": []},
         "palette_rgb": {"input": "palette.tif", "ops": BLUR},
+        # band ops: an index (no-data NaN where a band had none), a false-colour composite
+        "u16x6_ndvi": {"input": "u16x6.tif", "ops": [NDVI], "output_options": pyr},
+        "u16x6_ndvi_split": {"input": "u16x6.tif", "fuse": False, "ops": [
+            {"op": "select_bands", "bands": [4, 1]},
+            {"op": "normalized_difference", "a": 0, "b": 1}, *BLUR],
+            "output_options": {**pyr, "compression": "deflate"}},
+        "u16x6_rgb": {"input": "u16x6.tif", "ops": [{"op": "select_bands", "bands": [3, 2, 1]}],
+                      "output_options": pyr},
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({"jobs": [
@@ -126,7 +135,9 @@ def _read(path: Path | str, **kwargs: Any) -> tuple[Any, np.ndarray]:
 
 @pytest.mark.parametrize("name,dtype,bands,nodata", [
     ("f32", "float32", 1, -9999), ("f64_nan", "float64", 1, np.nan),
-    ("u16x6", "uint16", 6, 0), ("i16", "int16", 1, -32768), ("rgb_jpeg", "uint8", 3, None)])
+    ("u16x6", "uint16", 6, 0), ("i16", "int16", 1, -32768), ("rgb_jpeg", "uint8", 3, None),
+    ("u16x6_ndvi", "float32", 1, np.nan), ("u16x6_ndvi_split", "float32", 1, np.nan),
+    ("u16x6_rgb", "uint16", 3, 0)])
 def test_gdal_reads_georeferencing_nodata_bands_and_overviews(run, name, dtype, bands, nodata):
     path = run["outputs"][name]
     profile, pixels = _read(path)
@@ -153,7 +164,8 @@ def test_gdal_reads_georeferencing_nodata_bands_and_overviews(run, name, dtype, 
         np.testing.assert_array_equal(overview.reshape(level.shape), level)
 
 
-@pytest.mark.parametrize("name", ["f32", "f64_nan", "u16x6", "i16"])
+@pytest.mark.parametrize("name", ["f32", "f64_nan", "u16x6", "i16", "u16x6_ndvi",
+                                  "u16x6_ndvi_split", "u16x6_rgb"])
 def test_overviews_keep_nodata_out_of_their_means_as_gdal_does(run, name, tmp_path):
     """No overview pixel mixes no-data and data: every level's valid values lie within the
     page's, and a pixel is no-data exactly where its block holds no valid pixel. Where
@@ -218,6 +230,27 @@ def test_a_chain_that_remaps_values_drops_nodata_and_averages_every_pixel(run):
     with tifffile.TiffFile(path) as tf:
         base, first = tf.pages[0].asarray(), tf.pages[0].pages[0].asarray()
     np.testing.assert_array_equal(first, reduce2(base[..., None])[..., 0])
+
+
+def test_a_normalized_difference_is_nan_where_a_band_had_no_data(run):
+    """GDAL reads the index of the input it reads: (b3 - b2) / (b3 + b2) in float64, as
+    float32, NaN wherever either band holds the input's no-data value (0), GDAL_NODATA nan;
+    the false-colour composite keeps the input's 0 and is RGB."""
+    _, scene = _read(run["root"] / "u16x6.tif")
+    _, got = _read(run["outputs"]["u16x6_ndvi"])
+    a, b = scene[..., 3].astype(np.float64), scene[..., 2].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = ((a - b) / (a + b)).astype(np.float32)
+    want[(a == 0) | (b == 0)] = np.nan
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(got[..., 0], want)
+    with rasterio.open(run["outputs"]["u16x6_ndvi"]) as ds:
+        assert np.isnan(ds.nodata) and ds.colorinterp[0].name == "gray"
+        # GDAL's mask of the band: no data exactly where the index is NaN
+        np.testing.assert_array_equal(ds.read_masks(1) == 0, np.isnan(want))
+    with rasterio.open(run["outputs"]["u16x6_rgb"]) as ds:
+        assert ds.nodata == 0 and [c.name for c in ds.colorinterp] == ["red", "green", "blue"]
+        np.testing.assert_array_equal(np.moveaxis(ds.read(), 0, -1), scene[..., [3, 2, 1]])
 
 
 def test_a_downsample_keeps_the_scene_where_it_is(run):

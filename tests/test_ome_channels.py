@@ -104,6 +104,10 @@ JOBS: dict[str, dict[str, Any]] = {
                      "output_options": {"ome": True}},
     "rgb_gray_plain": {"input": "multi.ome.tif", "pages": [7], "ops": [{"op": "to_gray"}]},
     "planes_ome": {"input": "planes.ome.tif", "output_options": {"ome": True}},
+    "rgb_bgr_ome": {"input": "multi.ome.tif", "pages": [7], "output_options": {"ome": True},
+                    "ops": [{"op": "select_bands", "bands": [2, 1, 0]}]},
+    "rgb_same_ome": {"input": "multi.ome.tif", "pages": [7], "output_options": {"ome": True},
+                     "ops": [{"op": "select_bands", "bands": [0, 1, 2]}]},
     "damaged_ome": {"input": "damaged.ome.tif", "output_options": {"ome": True}},
     "damaged_plain": {"input": "damaged.ome.tif"},
 }
@@ -186,6 +190,16 @@ def test_a_chain_that_changes_the_channel_count_drops_the_channel(run):
     channel = image["Pixels"]["Channel"]
     assert channel["SamplesPerPixel"] == 1 and "Name" not in channel
     assert page_names(run["rgb_gray_plain"]) == ["Slide RGB"]
+
+
+def test_a_selection_of_bands_keeps_the_channel_only_when_it_is_the_channels_bands(run):
+    """An OME Channel is a page's samples together: reordered (BGR), it is no longer that
+    Channel (dropped, the page named by its Image); all of them in order, it is."""
+    (image,) = ome_images(run["rgb_bgr_ome"])
+    assert image["Name"] == "Slide RGB" and "Name" not in image["Pixels"]["Channel"]
+    (image,) = ome_images(run["rgb_same_ome"])
+    assert image["Name"] == "Slide RGB - Brightfield"
+    assert image["Pixels"]["Channel"]["Name"] == "Brightfield"
 
 
 def test_planes_are_mapped_by_tiffdata_not_by_file_order(run):
