@@ -791,3 +791,17 @@ def test_an_output_name_no_file_system_takes_is_refused(output, says):
     [job] = parse_manifest({"jobs": [{"input": "a.tif", "output": "o/" + "L" * 251 + ".tif"}]},
                            "m.json", "/data")
     assert job.output.endswith(".tif")
+
+
+def test_band_ops_problems_name_their_paths():
+    """Band indices are checked with the manifest (a list of integers >= 0; a and b apart);
+    whether the page has them, when the job is planned (tests/test_band_ops.py)."""
+    data = {"jobs": [job(ops=[{"op": "select_bands", "bands": [3, "2"]},
+                              {"op": "normalized_difference", "a": 2, "b": 2},
+                              {"op": "select_bands"}])]}
+    assert problems_of(data) == [
+        ('jobs[0].ops[0].bands: expected a list of one or more band indices (integers from 0 '
+        'to 65534), got [3, "2"]'),
+        "jobs[0].ops[1]: a and b must be different bands (both are 2)",
+        ("jobs[0].ops[2].bands: required, a list of one or more band indices (integers from 0 "
+        "to 65534)")]
