@@ -88,6 +88,19 @@ def test_select_bands_picks_in_order_with_repeats():
          np.dstack([gray, gray]))
 
 
+def test_band_indices_written_as_whole_floats_are_indices():
+    """JSON has one number type: ``"bands": [2.0, 0]`` (a manifest written by a script whose
+    numbers are floats) is valid, as ``"ksize": 3.0`` is, and must pick bands 2 and 0. It
+    passed validation, then failed every tile with numpy's IndexError (only integers are
+    indices), reported as the platform's fault."""
+    img = np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3)
+    [call] = chain_from_json([{"op": "select_bands", "bands": [2.0, 0]}])
+    assert call.params["bands"] == [2, 0] and all(type(b) is int for b in call.params["bands"])
+    same(apply_chain(img, [call]), img[:, :, [2, 0]])
+    same(apply_chain(img, chain_from_json([{"op": "select_bands", "bands": [1.0]}])),
+         img[:, :, 1])
+
+
 @pytest.mark.parametrize("dtype", ALL)
 def test_normalized_difference_on_every_type(dtype):
     img = typed_image(3, 40, 50, 4, dtype)

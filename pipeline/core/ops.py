@@ -142,6 +142,10 @@ class BandsParam(Param):
             return None
         return f"expected {self.expectation()}, got {show(value)}"
 
+    def value(self, value: Any) -> Any:
+        """Each index an int (``[2.0, 1]`` is ``[2, 1]``: numpy indexes with ints only)."""
+        return [int(v) for v in value]
+
 
 _BAND = Param("band", "integer", "a 0-based band index", required=True, ge=0, le=65534)
 

@@ -64,6 +64,11 @@ class Param:
             return None
         return f"expected {self.expectation()}, got {json.dumps(value)}"
 
+    def value(self, value: Any) -> Any:
+        """The checked ``value`` as the op uses it: an integer's ``2.0`` (JSON has one
+        number type) is ``2``."""
+        return int(value) if self.kind == "integer" else value
+
     def describe(self) -> str:
         """One line for ``tiffpipe ops``."""
         tail = "required" if self.required else f"default {json.dumps(self.default)}"
@@ -114,6 +119,5 @@ def check_object(obj: Any, params: tuple[Param, ...], path: str,
         if message:
             problems.append(f"{path}.{p.name}: {message}")
         else:
-            value = obj[p.name]
-            values[p.name] = int(value) if p.kind == "integer" else value
+            values[p.name] = p.value(obj[p.name])
     return values, problems
