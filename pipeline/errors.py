@@ -360,6 +360,14 @@ def fault_of(error_type: str) -> str:
     return PLATFORM_FAULT
 
 
+def job_fault(job: dict[str, Any]) -> str:
+    """The fault of a report's failed ``job``: its error's ``fault``, or, in a report written
+    before reports said it (by a stack's functions deployed before: ``tiffpipe status`` of
+    one of its runs), :func:`fault_of` its error's type, as the report would say now."""
+    error = job.get("error") or {}
+    return str(error.get("fault") or fault_of(str(error.get("type"))))
+
+
 def failure_record(error: dict[str, Any]) -> dict[str, str]:
     """``{"type", "message"}`` from the ``{"Error", "Cause"}`` of a Step Functions Catch.
 

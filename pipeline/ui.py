@@ -209,13 +209,12 @@ def fault_lines(report: dict[str, Any]) -> list[str]:
     """The failed jobs of a report by fault (the error's ``fault``: the input's, the
     platform's, a transient one), a line each: how many, which (their numbers) and what to
     do (:data:`pipeline.errors.FAULT_ADVICE`). No line when no job failed."""
-    from pipeline.errors import FAULT_ADVICE, PLATFORM_FAULT
+    from pipeline.errors import FAULT_ADVICE, job_fault
 
     by_fault: dict[str, list[int]] = {}
     for job in report["jobs"]:
         if job["status"] == "FAILED":
-            fault = (job.get("error") or {}).get("fault", PLATFORM_FAULT)
-            by_fault.setdefault(fault, []).append(job["job"])
+            by_fault.setdefault(job_fault(job), []).append(job["job"])
     lines = []
     for fault, advice in FAULT_ADVICE.items():
         jobs = by_fault.get(fault, [])

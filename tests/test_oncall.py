@@ -222,3 +222,32 @@ def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
             "execution": running, "name": "r", "status": "RUNNING", "progress": {}}
     finally:
         sfn.stop_execution(executionArn=running)
+
+
+def test_a_report_written_before_faults_were_said_gets_them_from_the_errors(
+        stack: Stack, tmp_path: Path):
+    """A report written by a stack deployed before reports gave each failed job's error a
+    ``fault`` (kept in ``reports/`` for good) has none: ``status`` counted every failed job
+    as the platform's, a damaged input too ("fix what the message says, then rerun"), and
+    ``--rerun-manifest`` put the jobs a rerun fails the same into the rerun. The fault is
+    now the error type's, as the report would say it now."""
+    _inputs(stack, tmp_path)
+    with served_by(Lambda(timeouts=(2,))):
+        code, out, _ = stack.tiffpipe("start", str(stack.manifest("old.json", {
+            **NIGHT, "jobs": [_job(n) for n in ("good", "bad", "slow")]})), "--stack", STACK,
+            "--wait", "--poll", "0.05")
+    assert code == 1
+    arn = out.splitlines()[0]
+    old = _report(stack, arn)
+    for job in old["jobs"]:
+        (job.get("error") or {}).pop("fault", None)
+    run_id = arn.rsplit(":", 1)[-1].removeprefix("run-")
+    stack.client("s3").put_object(Bucket=NAMES.bucket, Key=f"reports/{run_id}.json",
+                                  Body=json.dumps(old).encode())
+    rerun = tmp_path / "rerun.json"
+    code, _, err = stack.tiffpipe("status", arn, "--rerun-manifest", str(rerun))
+    assert code == 1
+    assert "tiffpipe: 1 job failed of the input (job 1)" in err, err
+    assert "tiffpipe: 1 job failed of the platform (job 2)" in err, err
+    assert [j["input"] for j in json.loads(rerun.read_text())["jobs"]] == [
+        f"s3://{DATA}/in/slow.tif"]

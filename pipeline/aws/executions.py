@@ -405,11 +405,11 @@ def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
     done again. Returns the jobs written and the jobs left out (the input's fault)."""
     from pipeline.adapters import storage
     from pipeline.core.models import JobSpec
-    from pipeline.errors import INPUT_FAULT
+    from pipeline.errors import INPUT_FAULT, job_fault
     from pipeline.steps import layout
 
     failed = [j for j in report["jobs"] if j["status"] == "FAILED"]
-    left_out = [j["job"] for j in failed if (j.get("error") or {}).get("fault") == INPUT_FAULT]
+    left_out = [j["job"] for j in failed if job_fault(j) == INPUT_FAULT]
     chosen = [j["job"] for j in failed if j["job"] not in left_out]
     work = json.loads(desc.get("input") or "{}").get("work")
     with storage.client_of(clients("s3")):
