@@ -522,12 +522,14 @@ def check_report_free(url: str) -> None:
     user's own JSON, a TIFF given to --report by mistake), which the run's report would
     replace: only an earlier run's report (known by how it begins: one small read, whatever
     the file's size) is replaced, unless the run is told to (``tiffpipe run
-    --overwrite-report``). A job's input or output is never replaced
-    (:func:`pipeline.steps.planning.check_report_path`)."""
+    --overwrite-report``). An empty file holds nothing to lose: replaced (``mktemp``'s, a
+    ``tempfile.NamedTemporaryFile``'s, made to be given as the report's path). A job's input
+    or output is never replaced (:func:`pipeline.steps.planning.check_report_path`)."""
     if not storage.exists(url):
         return
     try:
-        recognised = REPORT_START.match(storage.read_range(url, 0, 64)) is not None
+        recognised = (storage.size(url) == 0
+                      or REPORT_START.match(storage.read_range(url, 0, 64)) is not None)
     except TiffpipeError:  # (unreadable: not known to be a report)
         recognised = False
     if not recognised:

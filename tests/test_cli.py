@@ -602,6 +602,19 @@ def test_a_report_over_a_file_that_is_no_run_report_is_refused(tmp_path: Path, m
     assert json.loads(report.read_text())["run_id"] != first
 
 
+def test_an_empty_file_given_as_the_report_is_replaced(tmp_path: Path):
+    """``--report "$(mktemp)"`` (or a ``tempfile.NamedTemporaryFile``'s name from a script):
+    the file made to take the report is empty, and was refused as "not a tiffpipe run report"
+    (exit 2, nothing run) though replacing it loses nothing."""
+    _inputs(tmp_path)
+    report = tmp_path / "tmp.1a2b3c"
+    report.touch()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                         "--no-contact-sheet", "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["succeeded"] == 2
+
+
 @pytest.mark.parametrize("report", ["in/a.tif", "out/a.tif"])
 def test_a_report_over_a_scans_tiff_is_refused_even_when_told_to_overwrite(tmp_path: Path,
                                                                         report: str):
