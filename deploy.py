@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
                     [parse_kms_key(k) for k in args.kms_key])
         if args.sse_kms_key_id and args.sse != "aws:kms":
             raise ValueError("--sse-kms-key-id goes with --sse aws:kms")
-        sse_key = args.sse_kms_key_id and parse_kms_key(args.sse_kms_key_id)
+        sse_key = args.sse_kms_key_id and parse_kms_key(args.sse_kms_key_id,
+                                                             "--sse-kms-key-id")
         if args.concurrency is not None and args.concurrency < 1:
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
         build_args = _build_options(args)

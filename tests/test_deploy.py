@@ -1561,7 +1561,9 @@ def test_sse_is_set_on_the_output_writers_kept_and_removed(aws: Aws):
 @pytest.mark.parametrize("args,message", [
     (["--sse-kms-key-id", SSE_KEY], "goes with --sse aws:kms"),
     (["--sse", "AES256", "--sse-kms-key-id", SSE_KEY], "goes with --sse aws:kms"),
-    (["--sse", "aws:kms", "--sse-kms-key-id", "alias/mine"], "expected a key ARN"),
+    # (the option given named: it said "--kms-key 'alias/mine'", an option not given)
+    (["--sse", "aws:kms", "--sse-kms-key-id", "alias/mine"],
+     "--sse-kms-key-id 'alias/mine': expected a key ARN"),
 ])
 def test_sse_usage_errors(aws: Aws, args: list[str], message: str):
     code, _, err = aws.deploy("--skip-build", *args)

@@ -92,10 +92,11 @@ class DataLocation:
         return f"arn:{partition}:s3:::{self.bucket}/{self.prefix}*"
 
 
-def parse_kms_key(text: str) -> str:
-    """A ``--kms-key``: the ARN of a KMS key that encrypts objects of the data locations."""
+def parse_kms_key(text: str, option: str = "--kms-key") -> str:
+    """A ``--kms-key`` (or the ``option`` given, ``--sse-kms-key-id``): the ARN of a KMS key
+    that encrypts objects of the data locations."""
     if not _KMS_KEY.fullmatch(text):
-        raise ValueError(f"--kms-key {text!r}: expected a key ARN, arn:aws:kms:REGION:ACCOUNT:"
+        raise ValueError(f"{option} {text!r}: expected a key ARN, arn:aws:kms:REGION:ACCOUNT:"
                          "key/KEY-ID (IAM grants a key by its ARN, not by an alias: "
                          "aws kms describe-key --key-id alias/NAME shows it)")
     return text
