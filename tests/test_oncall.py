@@ -251,3 +251,43 @@ def test_a_report_written_before_faults_were_said_gets_them_from_the_errors(
     assert "tiffpipe: 1 job failed of the platform (job 2)" in err, err
     assert [j["input"] for j in json.loads(rerun.read_text())["jobs"]] == [
         f"s3://{DATA}/in/slow.tif"]
+
+
+def test_a_rerun_manifest_is_written_only_when_there_are_jobs_to_rerun(
+        stack: Stack, tmp_path: Path):
+    """``--rerun-manifest`` of a run whose failed jobs are all the input's fault wrote
+    ``{"jobs": []}`` and said to ``tiffpipe start`` it, which refuses it (a manifest needs a
+    job); of a run whose work is gone (kept 7 days; the report is kept for good) it ended
+    in a traceback (WorkMissingError) without the run's summary. Each now says why no
+    manifest was written, after which the summary as ever; nor does a folder that is not
+    there end it so."""
+    _inputs(stack, tmp_path)
+    with served_by(Lambda()):
+        code, out, _ = stack.tiffpipe("start", str(stack.manifest("a.json", {
+            **NIGHT, "jobs": [_job("good"), _job("bad")]})), "--stack", STACK, "--wait",
+            "--poll", "0.05")
+    assert code == 1
+    arn = out.splitlines()[0]
+    rerun = tmp_path / "rerun.json"
+    code, out, err = stack.tiffpipe("status", arn, "--rerun-manifest", str(rerun))
+    assert code == 1 and "1  FAILED" in out, out
+    assert ("tiffpipe: no --rerun-manifest written: no failed job a rerun may mend; left out, "
+            "the input's fault (a rerun fails the same): job 1") in err, err
+    assert not rerun.exists()
+
+    with served_by(Lambda(timeouts=(1,))):
+        code, out, _ = stack.tiffpipe("start", str(stack.manifest("b.json", {
+            **NIGHT, "jobs": [_job("good"), _job("slow")]})), "--stack", STACK, "--wait",
+            "--poll", "0.05")
+    arn = out.splitlines()[0]
+    code, out, err = stack.tiffpipe("status", arn, "--rerun-manifest",
+                                    str(tmp_path / "nope" / "rerun.json"))
+    assert code == 1 and "no --rerun-manifest written: " in err and "nope" in err, err
+    s3 = stack.client("s3")
+    for key in stack.keys(NAMES.bucket, "work/"):  # (the bucket's lifecycle rule, a week on)
+        s3.delete_object(Bucket=NAMES.bucket, Key=key)
+    code, out, err = stack.tiffpipe("status", arn, "--rerun-manifest", str(rerun))
+    assert code == 1 and "1  FAILED" in out, out
+    assert "/run.json, the jobs as the run ran them, is gone (a run's work is kept 7 days): " \
+           "run jobs 1 of its manifest again" in err, err
+    assert not rerun.exists()

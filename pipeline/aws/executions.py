@@ -397,28 +397,48 @@ def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | N
 
 
 def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
-                path: str) -> tuple[list[int], list[int]]:
+                path: str) -> str:
     """Write to ``path`` (a local file) a manifest of the report's failed jobs that a rerun
     may mend: those whose error's fault is not the input's (a rerun of those fails the same).
     Each job as the run ran it (its spec in the run's ``run.json``, defaults applied: a scan's
     jobs too), so its ``tiffpipe start`` runs those alone: the jobs that succeeded are not
-    done again. Returns the jobs written and the jobs left out (the input's fault)."""
+    done again. Returns what to say of it: what was written and the jobs left out (the
+    input's fault), or why nothing was (no such job: a manifest of no job is no manifest;
+    the run's work, ``run.json``, gone; the file cannot be written)."""
     from pipeline.adapters import storage
     from pipeline.core.models import JobSpec
-    from pipeline.errors import INPUT_FAULT, job_fault
+    from pipeline.errors import INPUT_FAULT, TiffpipeError, WorkMissingError, job_fault
     from pipeline.steps import layout
 
     failed = [j for j in report["jobs"] if j["status"] == "FAILED"]
     left_out = [j["job"] for j in failed if job_fault(j) == INPUT_FAULT]
     chosen = [j["job"] for j in failed if j["job"] not in left_out]
+    skipped = (f"; left out, the input's fault (a rerun fails the same): job "
+               f"{', '.join(map(str, left_out))}" if left_out else "")
+    if not chosen:
+        return (f"no --rerun-manifest written: no failed job a rerun may mend{skipped}"
+                if failed else "no --rerun-manifest written: no job failed")
     work = json.loads(desc.get("input") or "{}").get("work")
-    with storage.client_of(clients("s3")):
-        specs = storage.read_json(layout.run_file(work))["jobs"]
+    listed = ", ".join(map(str, chosen))
+    try:
+        with storage.client_of(clients("s3")):
+            specs = storage.read_json(layout.run_file(work))["jobs"]
+    except WorkMissingError:
+        return (f"no --rerun-manifest written: {layout.run_file(work)}, the jobs as the run "
+                f"ran them, is gone (a run's work is kept 7 days): run jobs {listed} of its "
+                "manifest again")
+    except (TiffpipeError, ClientError, KeyError, TypeError, ValueError) as exc:
+        return (f"no --rerun-manifest written: the jobs as the run ran them cannot be read "
+                f"from its work ({exc}): run jobs {listed} of its manifest again")
     jobs = [JobSpec.from_json(specs[i]).manifest_entry() for i in chosen]
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump({"jobs": jobs}, fh, indent=1)
-        fh.write("\n")
-    return chosen, left_out
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"jobs": jobs}, fh, indent=1)
+            fh.write("\n")
+    except OSError as exc:
+        return f"no --rerun-manifest written: {path}: {exc.strerror or exc}"
+    return (f"wrote {path}: {len(chosen)} failed job(s) to run again (tiffpipe start "
+            f"{path}){skipped}")
 
 
 def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
@@ -486,11 +506,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
             print(f"tiffpipe: no --rerun-manifest written: the run {name} has no report and "
                   "planned no job (or its work is gone): start its manifest again", file=err)
         else:
-            chosen, left_out = write_rerun(clients, desc, report, rerun)
-            skipped = (f"; left out, the input's fault (a rerun fails the same): job "
-                       f"{', '.join(map(str, left_out))}" if left_out else "")
-            print(f"tiffpipe: wrote {rerun}: {len(chosen)} failed job(s) to run again "
-                  f"(tiffpipe start {rerun}){skipped}", file=err)
+            print(f"tiffpipe: {write_rerun(clients, desc, report, rerun)}", file=err)
     if as_json:
         say(json.dumps(_document(execution_arn, desc, report=report, problem=problem,
                                  report_url=None if problem else report_url)), out)
