@@ -190,6 +190,9 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
             if temp_report is None:
                 raise
             raise ManifestError("the manifest given", exc.problems) from None
+        if not overwrite_report:  # (as run_local does, in the words of this function)
+            check_report_free(_report_url(report or default_report(path)),
+                              PYTHON_REPORT_ADVICE)
         shown = None
         if progress and listener is None:
             from pipeline.ui import RunProgress
@@ -205,6 +208,11 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result
+
+
+def _report_url(report: str) -> str:
+    """The report's path as the run writes it (a local one resolved: ``local_path``)."""
+    return report if storage.is_s3(report) else storage.local_path(report)
 
 
 def check_run(manifest: str, report: str | None = None, work: str | None = None
@@ -331,9 +339,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     work = work or default_work(manifest, run_id)
     if not storage.is_s3(work):
         work = storage.local_path(work)
-    report_url = report or default_report(manifest)
-    if not storage.is_s3(report_url):
-        report_url = storage.local_path(report_url)
+    report_url = _report_url(report or default_report(manifest))
     # before any work: a run whose report is lost is wasted
     storage.check_writable(report_url, "report", "give --report another path")
     if not overwrite_report:
@@ -517,7 +523,15 @@ def remove_earlier_report(report_url: str) -> list[str]:
 REPORT_START = re.compile(rb'\s*\{\s*"run_id"\s*:')
 
 
-def check_report_free(url: str) -> None:
+#: what to do about a file at the report's path that is no run report, as the command's
+#: options say it, and as :func:`run`'s arguments do
+REPORT_ADVICE = ("give --report another path, or move that file away (or run with "
+                 "--overwrite-report to replace it)")
+PYTHON_REPORT_ADVICE = ("give report= another path, or move that file away (or "
+                        "overwrite_report=True to replace it)")
+
+
+def check_report_free(url: str, advice: str = REPORT_ADVICE) -> None:
     """OutputNotWritableError if a file at the report's path ``url`` is not a run report (a
     user's own JSON, a TIFF given to --report by mistake), which the run's report would
     replace: only an earlier run's report (known by how it begins: one small read, whatever
@@ -535,8 +549,7 @@ def check_report_free(url: str) -> None:
     if not recognised:
         raise OutputNotWritableError(
             f"{url}: exists and is not a tiffpipe run report, which the run's report would "
-            "replace: give --report another path, or move that file away (or run with "
-            "--overwrite-report to replace it)")
+            f"replace: {advice}")
 
 
 def _report_run(url: str) -> tuple[str | None, float | None]:

@@ -194,8 +194,11 @@ def test_a_report_path_holding_another_file_is_refused_unless_told(tmp_path: Pat
     theirs = tmp_path / "notes.json"
     theirs.write_text('{"mine": true}')
     manifest = {"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}
-    with pytest.raises(OutputNotWritableError, match="not a tiffpipe run report"):
+    with pytest.raises(OutputNotWritableError, match="not a tiffpipe run report") as raised:
         pipeline.run(manifest, workers=1, base=tmp_path, report=str(theirs))
+    # in this function's words, not the command's (--report, --overwrite-report)
+    assert str(raised.value).endswith("give report= another path, or move that file away (or "
+                                      "overwrite_report=True to replace it)"), raised.value
     assert theirs.read_text() == '{"mine": true}' and not (tmp_path / "out").exists()
     result = pipeline.run(manifest, workers=1, base=tmp_path, report=str(theirs),
                           overwrite_report=True)
