@@ -271,8 +271,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
        accepts=_only(("uint8",), (1,), "equalize_hist",
-                     " (OpenCV's equalizeHist is 8-bit only); use normalize or "
-                     "percentile_stretch"),
+                     " (OpenCV's equalizeHist is 8-bit only); use normalize (or "
+                     "percentile_stretch, on 8 and 16-bit pages)"),
        halo_help="0 (a table from the page's histogram: a statistics round)"),
     Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
        "the dtype's maximum", (),
@@ -447,17 +447,22 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
         problems.append(f"pixels of type {np.dtype(dtype).name} are not supported by the ops "
                         f"(supported: {', '.join(SUPPORTED_DTYPES)})")
         return problems
+    made = ""  # the op whose output's type the next ops get, if not the page's
     for i, call in enumerate(chain):
         why = call.op.accepts(call.params, dtype, channels)
         if not why and call.op.colour and photometric == "separated":
             why = (f"{call.op.name} needs gray or RGB, the page is CMYK (its inks become RGB "
                    "only through its colour management); convert the file to RGB first")
+        has = f"the page has {np.dtype(dtype).name}"
+        if why and made and has in why:  # (the page's own type is another)
+            why = why.replace(has, f"{has} after {made}", 1)
         if why:
             problems.append(f"ops[{i}] ({call.op.name}): {why}")
         if call.out_channels(channels) != channels:
             photometric = ""  # bands of the op's own making (to_gray, canny: gray)
         channels = call.out_channels(channels)
-        dtype = call.op.out_dtype(dtype)
+        if call.op.out_dtype(dtype) != dtype:
+            dtype, made = call.op.out_dtype(dtype), f"ops[{i}] ({call.op.name})"
     return problems
 
 
