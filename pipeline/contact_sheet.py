@@ -28,7 +28,7 @@ from pipeline.adapters import png_write, storage
 from pipeline.adapters.metadata import ORIENTATION
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.record import record
-from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX
+from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX, SHEET_WIDTH
 from pipeline.preview import (
     Thumbnail,
     orientation_of,
@@ -43,9 +43,10 @@ from pipeline.steps.thumbs import load_summed, summed_parts
 
 #: the box a thumbnail fits in (pixels)
 CELL = SHEET_BOX
-#: the label column's width
-LABEL_W = 300
 PAD = 10
+#: the label column's width: the rest of the sheet's width (SHEET_WIDTH, 852: what tells a
+#: sheet from a picture of the user's at its path) beside two cells and four paddings
+LABEL_W = SHEET_WIDTH - 4 * PAD - 2 * CELL
 #: the caption line under a thumbnail (size and pixel type)
 CAPTION = 20
 #: the title and the column headings
@@ -86,7 +87,7 @@ class Row:
 
 def layout_size(rows: int, truncated: bool = False) -> tuple[int, int]:
     """(width, height) of a sheet of ``rows`` drawn rows."""
-    width = PAD + LABEL_W + PAD + CELL + PAD + CELL + PAD
+    width = PAD + LABEL_W + PAD + CELL + PAD + CELL + PAD  # (SHEET_WIDTH)
     return width, HEADER + rows * ROW_H + PAD + (FOOTER if truncated else 0)
 
 

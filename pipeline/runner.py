@@ -28,7 +28,7 @@ from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.manifest import ScanSpec
 from pipeline.core.models import JobSpec
 from pipeline.core.record import record
-from pipeline.core.thumbs import SHEET_BOX, contact_sheet_url
+from pipeline.core.thumbs import SHEET_BOX, contact_sheet_url, is_contact_sheet
 from pipeline.engine.execution import Listener
 from pipeline.engine.local import LocalEngine, StopRequest
 from pipeline.errors import (
@@ -192,7 +192,7 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
             raise ManifestError("the manifest given", exc.problems) from None
         if not overwrite_report:  # (as run_local does, in the words of this function)
             check_report_free(_report_url(report or default_report(path)),
-                              PYTHON_REPORT_ADVICE)
+                              PYTHON_REPORT_ADVICE, sheet=contact_sheet)
         shown = None
         if progress and listener is None:
             from pipeline.ui import RunProgress
@@ -343,7 +343,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     # before any work: a run whose report is lost is wasted
     storage.check_writable(report_url, "report", "give --report another path")
     if not overwrite_report:
-        check_report_free(report_url)
+        check_report_free(report_url, sheet=contact_sheet)
     started = time.time()
     event = to_payload(RunInput(manifest=manifest, work=work, run_id=run_id, report=report_url))
     ours = False  # the work location is this run's (not another run's, going on): removed
@@ -505,6 +505,8 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
         try:
             if written or (url == report_url and there in (run_id, None)):
                 continue
+            if url != report_url and not _sheet_is_ours(url):
+                continue  # a picture of the user's with the sheet's name: kept
             if storage.remove(url):
                 removed.append(url)
         except TiffpipeError as exc:
@@ -531,25 +533,40 @@ PYTHON_REPORT_ADVICE = ("give report= another path, or move that file away (or "
                         "overwrite_report=True to replace it)")
 
 
-def check_report_free(url: str, advice: str = REPORT_ADVICE) -> None:
+def check_report_free(url: str, advice: str = REPORT_ADVICE, sheet: bool = False) -> None:
     """OutputNotWritableError if a file at the report's path ``url`` is not a run report (a
     user's own JSON, a TIFF given to --report by mistake), which the run's report would
     replace: only an earlier run's report (known by how it begins: one small read, whatever
     the file's size) is replaced, unless the run is told to (``tiffpipe run
     --overwrite-report``). An empty file holds nothing to lose: replaced (``mktemp``'s, a
     ``tempfile.NamedTemporaryFile``'s, made to be given as the report's path). A job's input
-    or output is never replaced (:func:`pipeline.steps.planning.check_report_path`)."""
-    if not storage.exists(url):
-        return
-    try:
-        recognised = (storage.size(url) == 0
-                      or REPORT_START.match(storage.read_range(url, 0, 64)) is not None)
-    except TiffpipeError:  # (unreadable: not known to be a report)
-        recognised = False
-    if not recognised:
+    or output is never replaced (:func:`pipeline.steps.planning.check_report_path`).
+    ``sheet``: the run draws a contact sheet beside the report, which replaces only a
+    contact sheet (:func:`_sheet_is_ours`) there too."""
+    if storage.exists(url):
+        try:
+            recognised = (storage.size(url) == 0
+                          or REPORT_START.match(storage.read_range(url, 0, 64)) is not None)
+        except TiffpipeError:  # (unreadable: not known to be a report)
+            recognised = False
+        if not recognised:
+            raise OutputNotWritableError(
+                f"{url}: exists and is not a tiffpipe run report, which the run's report "
+                f"would replace: {advice}")
+    if sheet and not _sheet_is_ours(contact_sheet_url(url)):
         raise OutputNotWritableError(
-            f"{url}: exists and is not a tiffpipe run report, which the run's report would "
-            f"replace: {advice}")
+            f"{contact_sheet_url(url)}: exists and is not a tiffpipe contact sheet, which the "
+            f"run's contact sheet (named after the report) would replace: {advice}")
+
+
+def _sheet_is_ours(url: str) -> bool:
+    """Whether a run may replace or remove the file at a contact sheet's path ``url``: none
+    there, or a contact sheet (:func:`pipeline.core.thumbs.is_contact_sheet`; not a picture
+    of the user's that has its name)."""
+    try:
+        return not storage.exists(url) or is_contact_sheet(storage.read_range(url, 0, 24))
+    except TiffpipeError:  # (unreadable: not known to be a sheet)
+        return False
 
 
 def _report_run(url: str) -> tuple[str | None, float | None]:

@@ -615,6 +615,37 @@ def test_an_empty_file_given_as_the_report_is_replaced(tmp_path: Path):
     assert json.loads(report.read_text())["succeeded"] == 2
 
 
+def test_a_picture_of_the_users_at_the_sheets_path_is_kept(tmp_path: Path):
+    """``--report r.json`` beside the user's own ``r.contact.png`` (a picture of theirs, not
+    a contact sheet: not 852 pixels wide): a run that draws a sheet is refused before any
+    work, the picture as it was (--no-contact-sheet, or --overwrite-report, runs); a run
+    without a sheet leaves it, where it removes an earlier run's sheet."""
+    from PIL import Image
+
+    _inputs(tmp_path)
+    report, picture = tmp_path / "r.json", tmp_path / "r.contact.png"
+    Image.new("RGB", (640, 480), "teal").save(picture)
+    mine = picture.read_bytes()
+    run = ["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet", "--report",
+           str(report)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(run) == 2
+    assert (f"{picture}: exists and is not a tiffpipe contact sheet, which the run's contact "
+            "sheet (named after the report) would replace") in err.getvalue(), err.getvalue()
+    assert picture.read_bytes() == mine and not report.exists()
+    assert not (tmp_path / "out").exists()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*run, "--no-contact-sheet"]) == 0
+    assert picture.read_bytes() == mine and report.exists()  # kept, not removed as stale
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*run, "--overwrite-report"]) == 0
+    assert picture.read_bytes() != mine and Image.open(picture).width == 852  # a sheet now
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*run, "--no-contact-sheet"]) == 0
+    assert not picture.exists()  # an earlier run's sheet: removed
+
+
 @pytest.mark.parametrize("report", ["in/a.tif", "out/a.tif"])
 def test_a_report_over_a_scans_tiff_is_refused_even_when_told_to_overwrite(tmp_path: Path,
                                                                         report: str):
@@ -803,7 +834,7 @@ def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path,
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1"]) == 0
     assert report.exists() and sheet.exists() and "removed" not in err.getvalue()
-    first = json.loads(report.read_text())["run_id"]
+    first, made = json.loads(report.read_text())["run_id"], sheet.read_bytes()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
                          "--no-contact-sheet"]) == 0
@@ -811,7 +842,7 @@ def test_a_run_leaves_no_earlier_runs_report_or_sheet_as_its_own(tmp_path: Path,
     assert f"tiffpipe: removed {sheet}: an earlier run's, and this run wrote none" in \
         err.getvalue()
     # the whole run fails (its manifest gone after validation): no report, no sheet
-    sheet.write_bytes(b"an earlier run's sheet")
+    sheet.write_bytes(made)  # an earlier run's sheet
     result = runner.run_local(str(tmp_path / "gone.json"), 1, report=str(report))
     assert result.status == "FAILED" and result.report is None
     assert result.removed == [str(report), str(sheet)]

@@ -33,6 +33,21 @@ SHEET_BOX = 256
 MAX_PAGES = 200
 
 
+#: a contact sheet's width in pixels (pipeline/contact_sheet.py: its label column, two
+#: thumbnail cells and their padding), which tells a sheet from a picture of the user's at
+#: its path (:func:`is_contact_sheet`)
+SHEET_WIDTH = 852
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_contact_sheet(head: bytes) -> bool:
+    """Whether a file that begins with ``head`` (its first 24 bytes) is a contact sheet: a
+    PNG of :data:`SHEET_WIDTH` pixels. A run replaces or removes a file at its sheet's path
+    only then, never another picture given that name."""
+    return (head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+            and int.from_bytes(head[16:20], "big") == SHEET_WIDTH)
+
+
 def contact_sheet_url(report_url: str) -> str:
     """``<report folder>/<report stem>.contact.png`` (a local path or an s3:// URL)."""
     folder, slash, name = report_url.rpartition("/")
