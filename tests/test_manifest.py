@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -623,9 +624,15 @@ def test_invalid_json_names_line_and_column():
 
 
 def test_trailing_comma_is_invalid_json():
+    """Python's own words and position: 3.13's json names the trailing comma itself, 3.11
+    and 3.12 the character after it, where a value was expected."""
     with pytest.raises(ManifestError) as info:
         load_manifest_text('{"jobs": [1,]}', "m.json", BASE)
-    assert info.value.problems == ["line 1, column 13: invalid JSON: Expecting value"]
+    if sys.version_info >= (3, 13):
+        expected = "line 1, column 12: invalid JSON: Illegal trailing comma before end of array"
+    else:
+        expected = "line 1, column 13: invalid JSON: Expecting value"
+    assert info.value.problems == [expected]
 
 
 @pytest.mark.parametrize("text", ["", "  \n"])
