@@ -85,13 +85,23 @@ def test_too_few_open_files_for_the_workers_runs_with_fewer(tmp_path: Path):
     assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED"] * 3
 
 
+#: what the injected code replaces: the function ``Thread.start`` starts a thread with, given
+#: the thread's bound ``_bootstrap`` first (3.13: ``_start_joinable_thread(bootstrap,
+#: handle=, daemon=)``; 3.11 and 3.12: ``_start_new_thread(bootstrap, ())``)
+_WHICH_START = textwrap.dedent("""
+    import threading as _threading
+    _START = ("_start_joinable_thread" if hasattr(_threading, "_start_joinable_thread")
+              else "_start_new_thread")
+""")
+
+
 #: the child's threads started by the code of a Map state (found on the starting thread's
 #: stack: its nearest frame of the interpreter's module is the Map's) cannot start, as
 #: pthread_create fails out of memory ("can't start new thread")
-_MAP_THREADS_DIE = textwrap.dedent("""
+_MAP_THREADS_DIE = _WHICH_START + textwrap.dedent("""
     import _thread, sys, threading
 
-    _real = threading._start_new_thread
+    _real = getattr(threading, _START)
 
     def _started_by_a_map():
         frame = sys._getframe(2)
@@ -101,12 +111,12 @@ _MAP_THREADS_DIE = textwrap.dedent("""
             frame = frame.f_back
         return False
 
-    def _start(function, args, kwargs=None):
+    def _start(function, *args, **kwargs):
         if _started_by_a_map():
             raise RuntimeError("can't start new thread")
-        return _real(function, args, kwargs or {})
+        return _real(function, *args, **kwargs)
 
-    threading._start_new_thread = _start
+    setattr(threading, _START, _start)
 """)
 
 
@@ -127,20 +137,20 @@ def test_map_threads_that_cannot_start_do_not_stop_the_run(tmp_path: Path):
 
 #: the first thread the engine's process starts to run a task in (its ThreadPoolExecutor,
 #: ``tiffpipe-task``) cannot start, as pthread_create fails out of memory
-_FIRST_TASK_THREAD_FAILS = textwrap.dedent("""
+_FIRST_TASK_THREAD_FAILS = _WHICH_START + textwrap.dedent("""
     import threading
 
-    _real = threading._start_new_thread
+    _real = getattr(threading, _START)
     _failed = []
 
-    def _start(function, args, kwargs=None):
+    def _start(function, *args, **kwargs):
         thread = getattr(function, "__self__", None)
         if not _failed and getattr(thread, "name", "").startswith("tiffpipe-task"):
             _failed.append(thread.name)
             raise RuntimeError("can't start new thread")
-        return _real(function, args, kwargs or {})
+        return _real(function, *args, **kwargs)
 
-    threading._start_new_thread = _start
+    setattr(threading, _START, _start)
 """)
 
 
