@@ -19,6 +19,10 @@ instance's ``__dict__`` at once would make every later read of them slower.
 
 A class that has no docstring gets one from ``inspect.signature`` (as ``@dataclass`` does),
 which costs as much as the methods: every ``@record`` class has a docstring.
+
+On Python 3.13 and newer, ``@dataclass`` compiles one wrapper function for every class, even
+one with no method to generate: a ``@record`` class then costs about 55 us to make instead of
+35 (a dataclass's, 300-600 us), still with no method compiled (tests/test_record.py).
 """
 
 from __future__ import annotations
