@@ -99,5 +99,5 @@ lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) node_modules .pytest_cache .ruff_cache *.egg-info build dist
+	rm -rf $(VENV) .venv-* $(LOCK_VENV) node_modules .pytest_cache .ruff_cache *.egg-info build dist
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

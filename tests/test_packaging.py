@@ -180,9 +180,16 @@ def test_user_packages_are_constrained_by_the_pins_alone(tmp_path: Path):
         assert _lock_pins(made) == _lock_pins(lock)
 
 
+def test_the_wheels_source_copy_leaves_out_every_venv():
+    """Venvs made with make VENV=.venv-3.13 sit in the checkout beside .venv: the copy the
+    wheel is built from leaves them out as it does .venv (a venv is ~800 MB)."""
+    names = [".venv", ".venv-3.13", ".venv312", "pipeline", "venvs.md"]
+    assert _NOT_SOURCES(str(ROOT), names) == {".venv", ".venv-3.13", ".venv312"}
+
+
 # --- a wheel, installed outside the checkout -------------------------------------------------
 
-_NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", ".lock-venv", "node_modules", "build",
+_NOT_SOURCES = shutil.ignore_patterns(".git", ".venv*", ".lock-venv", "node_modules", "build",
                                       "dist", "*.egg-info", "__pycache__", ".*_cache", "tests")
 
 
