@@ -13,14 +13,18 @@ LOCK_VENV := .lock-venv
 UV_VERSION := 0.13.9
 NODE_STAMP := node_modules/.installed
 PYTEST_ARGS ?=
+# more arguments of the lock's install (test-pythons: wheels only)
+LOCK_PIP_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv $(VENV) node demo test test-fast lint lock clean
+.PHONY: help venv $(VENV) node demo test test-fast test-pythons lint lock clean
 
 help:
 	@echo "make demo    set up (venv, npm deps) and run the pipeline on a generated sample"
 	@echo "make test    run all the tests (PYTEST_ARGS='-k foo' to pick)"
 	@echo "make test-fast  the tests to run while working: no Docker, nothing slow"
+	@echo "make test-pythons PYTHONS='python3.12 python3.13'  the lock, the demo and the unit"
+	@echo "             tests on each of those Pythons (a venv each: .venv-3.12, ...)"
 	@echo "make lock    remake $(LOCK) from pyproject.toml (keeps the versions it can)"
 	@echo "make lint    ruff check"
 	@echo "make clean   remove the venv, node_modules and caches"
@@ -51,7 +55,7 @@ $(VENV_STAMP): pyproject.toml $(LOCK)
 	fi
 	$(VENV)/bin/pip install --upgrade pip
 	@# exactly the lock (every package pinned and hashed), then the project itself on top
-	$(VENV)/bin/pip install --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install --require-hashes $(LOCK_PIP_ARGS) -r $(LOCK)
 	$(VENV)/bin/pip install --no-deps -e .
 	@touch $@
 
@@ -94,6 +98,24 @@ test-fast: $(VENV_STAMP) $(NODE_STAMP)
 	@$(VENV)/bin/pytest -q -m "not docker and not slow" $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest: no tests collected (ok)"; exit 0; fi; \
 	exit $$status
+
+# the claim "any Python >= 3.11", checked cheaply on other Pythons (CI: .ci/run, after make
+# test, for the versions pyproject.toml's classifiers name): for each, a venv of its own
+# (.venv-3.12, ...) with exactly the lock, in wheels only (but pyvips: pure Python, its
+# release has no wheel), then the demo and the unit tests (no engine, no Docker). Not a
+# second test run: the engine and slow tests run on $(PYTHON) only (make test).
+PYTHONS ?=
+test-pythons: $(NODE_STAMP)
+	@test -n "$(strip $(PYTHONS))" || { echo "error: give PYTHONS='python3.12 ...'" >&2; exit 1; }
+	@for py in $(PYTHONS); do \
+	  v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 1; \
+	  echo "==> Python $$v ($$py): the lock, the demo, the unit tests"; \
+	  $(MAKE) --no-print-directory PYTHON=$$py VENV=.venv-$$v \
+	    LOCK_PIP_ARGS="--only-binary=:all: --no-binary=pyvips" venv || exit 1; \
+	  .venv-$$v/bin/tiffpipe demo --dir .venv-$$v/demo >/dev/null || { \
+	    echo "error: tiffpipe demo failed on Python $$v" >&2; exit 1; }; \
+	  .venv-$$v/bin/pytest -q -p no:cacheprovider -m "unit and not slow" $(PYTEST_ARGS) || exit 1; \
+	done
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import tifffile
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 import pipeline
 from pipeline.aws import images
@@ -178,6 +180,24 @@ def test_user_packages_are_constrained_by_the_pins_alone(tmp_path: Path):
         made = install_user._pins_only(lock, tmp_path)
         assert "--hash" not in made.read_text()
         assert _lock_pins(made) == _lock_pins(lock)
+
+
+def test_the_oldest_python_is_the_same_everywhere():
+    """requires-python's lower bound is the Python the lock is resolved for (make lock), the
+    one make refuses below, the oldest the classifiers name (the Pythons .ci/run tests) and
+    ruff's target; every classifier's Python is within requires-python."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    [bound] = [s for s in SpecifierSet(project["requires-python"]) if s.operator == ">="]
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"--python-version {bound.version} " in makefile
+    major, minor = bound.version.split(".")
+    assert makefile.count(f"sys.version_info < ({major}, {minor})") == 2, "make's checks"
+    tested = [c.rsplit(" :: ", 1)[1] for c in project["classifiers"]
+              if c.startswith("Programming Language :: Python :: 3.")]
+    assert tested and min(tested, key=Version) == bound.version, tested
+    assert all(SpecifierSet(project["requires-python"]).contains(v) for v in tested), tested
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py{major}{minor}"
 
 
 def test_the_wheels_source_copy_leaves_out_every_venv():
