@@ -33,6 +33,7 @@ from pipeline.errors import (
     CorruptTiffError,
     NotATiffError,
     PageNotFoundError,
+    TiffpipeError,
     UnsupportedTiffError,
     exhausted,
     is_out_of_memory,
@@ -1098,7 +1099,8 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
 
 
 def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool = False,
-                           hand_over: bool = False, left_out: list[LeftOut] | None = None
+                           hand_over: bool = False, left_out: list[LeftOut] | None = None,
+                           refused: list[tuple[int, TiffpipeError]] | None = None
                            ) -> tuple[list[PageInfo], str]:
     """:func:`read_infos`, and the version of the input read (:func:`storage.version_of`:
     what the job's units must find), from the one open of it. ``left_out``: a list that
@@ -1108,8 +1110,23 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
     read: pages asked for of a file cut short after them are read. A listed mask page is an
     UnsupportedTiffError naming the image pages to list instead; a listed reduced-resolution
     page (an overview) is processed, as a page of its own: not marked reduced in the output
-    (it would be taken for an overview of the processed page, which it does not match)."""
+    (it would be taken for an overview of the processed page, which it does not match).
+    ``refused``: a list that gets (page, error) of each page refused (one the reader does
+    not read, a listed page not in the file or a mask), which is left out of the infos,
+    instead of the first such error raised: every page's problem at once (``tiffpipe
+    validate --inputs``); errors of the file as a whole are raised still."""
     stack = ExitStack()
+    page_errors = (UnsupportedTiffError, CorruptTiffError, PageNotFoundError)
+
+    def info_of(page: tifffile.TiffPage, i: int) -> PageInfo | None:
+        try:
+            return page_info(page, url, i, keep_palette)
+        except page_errors as exc:
+            if refused is None:
+                raise
+            refused.append((i, exc))
+            return None
+
     fh = stack.enter_context(storage.open_input(url))
     try:
         version = storage.version_of(fh)
@@ -1120,12 +1137,15 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         left = [] if left_out is None else left_out
         infos: list[PageInfo] = []
         if pages is None:
+            image_pages = 0
             for i, page, why in classified(tf, url, count):
                 if why:
                     left.append(why)
                 else:
-                    infos.append(page_info(page, url, i, keep_palette))
-            if not infos:
+                    image_pages += 1
+                    if (info := info_of(page, i)) is not None:
+                        infos.append(info)
+            if not image_pages:
                 raise UnsupportedTiffError(
                     f"{url}: has no image page to process: its {count} page(s) are "
                     "transparency masks (NewSubfileType 4 or Photometric MASK), the valid "
@@ -1135,7 +1155,13 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
             derived: dict[int, LeftOut] | None = None  # (read when a listed page is marked)
             images: list[int] = []  # (the file's image pages, then)
             for i in pages:
-                page = get_page(tf, url, i)
+                try:
+                    page = get_page(tf, url, i)
+                except PageNotFoundError as exc:
+                    if refused is None:
+                        raise
+                    refused.append((i, exc))
+                    continue
                 if _marked(page) and derived is None:
                     derived = {}
                     for j, _, why in classified(tf, url, count):
@@ -1145,8 +1171,13 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
                             images.append(j)
                 why = derived.get(i) if derived else None
                 if why and why[1] == "mask":
-                    raise _mask_listed(url, i, page, why[2], images)
-                info = page_info(page, url, i, keep_palette)
+                    if refused is None:
+                        raise _mask_listed(url, i, page, why[2], images)
+                    refused.append((i, _mask_listed(url, i, page, why[2], images)))
+                    continue
+                info = info_of(page, i)
+                if info is None:
+                    continue
                 if why:  # an overview, processed as a page of its own
                     _unmark_reduced(info)
                 infos.append(info)

@@ -13,15 +13,18 @@ from pipeline.adapters import earlier_runs, local_runs, storage
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
+from pipeline.core import custom as custom_mod
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import TIFF_SUFFIXES, ScanSpec, scan_jobs
-from pipeline.core.models import JobSpec
+from pipeline.core.models import JobPlan, JobSpec
+from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import grouped_by_page, left_out_note, make_plan, single_task
 from pipeline.core.thumbs import contact_sheet_url
 from pipeline.errors import (
     InputNotFoundError,
     OperationError,
+    OutputExistsError,
     OutputNotWritableError,
     TiffpipeError,
     WorkLocationError,
@@ -237,9 +240,61 @@ def skip_job(job: int, doc: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
             "stats": to_payload(StatsRound.next_round(0, 0)), "skipped": True}
 
 
+def output_exists(spec: JobSpec) -> bool:
+    """PlanJob's first check, before any other: True when the job is skipped, its output
+    being there already with ``if_exists: skip``; OutputExistsError with ``fail`` (and
+    OutputNotWritableError for a folder there, no output to skip for)."""
+    if spec.if_exists == "overwrite" or not storage.exists(spec.output):
+        return False
+    storage.check_not_folder(spec.output)  # a folder there is no output to skip for
+    if spec.if_exists == "fail":
+        raise OutputExistsError(f"output {spec.output} exists already (if_exists: fail): "
+                                "remove it, or set if_exists to overwrite or skip")
+    return True
+
+
+def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
+                 refused: list[tuple[int, TiffpipeError]] | None = None
+                 ) -> tuple[JobPlan, list[str]]:
+    """What PlanJob checks of a job whose output is to be written (:func:`output_exists`
+    comes first), and its plan: the custom functions import, the output may be written and
+    is not the input, the input's page headers are read (IFDs only), and the op chain and
+    output options fit every page. Returns the plan and the problems that stop the job
+    ("page N: ...": :func:`grouped_by_page` tells each once); raises the first error of
+    the custom functions, the output or the input. ``refused`` (a list): a page the reader
+    refuses (or a listed page the file lacks) goes there, (page, error), and is one more
+    problem, and the other pages are checked, instead of its error raised (``tiffpipe
+    validate --inputs``: every problem at once; the plan is then of the pages read; PlanJob
+    raises the first one's error). ``hand_over``: the open input is kept for the job's unit
+    (:func:`read_infos_and_version`)."""
+    for call in chain_from_json(spec.ops):
+        if call.op.name == "custom":
+            custom_mod.load(call.params["function"])
+    storage.check_writable(spec.output)
+    storage.check_not_input(spec.input, spec.output)
+    # a palette page keeps its indices and colormap only when nothing changes its pixels
+    keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
+    left_out: list[Any] = []  # (the pages a job without pages leaves out)
+    infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
+                                            hand_over=hand_over, left_out=left_out,
+                                            refused=refused)
+    note = left_out_note(left_out, spec.output_options.pyramid)
+    plan, problems = make_plan(job, spec, infos, work, started, version, note)
+    refusals = [page_problem(spec.input, page, exc) for page, exc in refused or []]
+    return plan, refusals + problems + output_problems(plan)
+
+
+def page_problem(url: str, page: int, exc: Exception) -> str:
+    """A page's error as a problem of its job, "page N: what" (without the file's name,
+    which the job names)."""
+    text = str(exc).removeprefix(f"{url}: ")
+    return text if text.startswith(f"page {page}: ") else f"page {page}: {text}"
+
+
 def write_job_plan(event: JobEvent,
                    job: tuple[dict[str, Any], JobSpec] | None = None) -> dict[str, Any]:
-    """Read the input's page headers, check the job can run, and write its plan.json.
+    """Check the job can run (:func:`checked_plan`: its input's page headers read), and
+    write its plan.json.
 
     Returns the indices of the split units and batches for the Map states, and whether the
     job is fused (its units are processed where they are read: no batches), and whether its
@@ -249,24 +304,15 @@ def write_job_plan(event: JobEvent,
     started = time.time()
     doc, spec = job or load_job(event.run, event.job)
     work = layout.job_dir(doc["work"], event.job)
-    storage.check_writable(spec.output)
-    storage.check_not_input(spec.input, spec.output)
-    # a palette page keeps its indices and colormap only when nothing changes its pixels
-    keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     # the open input is handed over to the job's unit, should it run in this process; the
     # units read the version read here
-    left_out: list[Any] = []  # (the pages a job without pages leaves out)
-    infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
-                                            hand_over=True, left_out=left_out)
-    note = left_out_note(left_out, spec.output_options.pyramid)
-    plan, problems = make_plan(event.job, spec, infos, work, started, version, note)
-    problems += output_problems(plan)
+    plan, problems = checked_plan(event.job, spec, work, started, hand_over=True)
     if problems:
         raise OperationError(f"{spec.input}: the job cannot run: "
                              + "; ".join(grouped_by_page(problems)))
-    if note:  # the job's result says it (the report's message; `tiffpipe run` shows the
-        # first few of a run on stderr once, not a warning a job: a scan of 10,000 COGs)
-        log.info("job %d: %s: %s", event.job, spec.input, note)
+    if plan.note:  # the job's result says it (the report's message; `tiffpipe run` shows
+        # the first few of a run on stderr once, not a warning a job: a scan of 10,000 COGs)
+        log.info("job %d: %s: %s", event.job, spec.input, plan.note)
     plan_url = layout.plan_file(work)
     # the contact sheet reads the plan of a job whose steps sum thumbnails after the run
     held_work.save_plan(plan_url, plan, may_hold=not sums_thumbnails(plan))

@@ -29,7 +29,6 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core import canny as canny_mod
-from pipeline.core import custom as custom_mod
 from pipeline.core.chain import stats_rounds
 from pipeline.core.events import (
     EventError,
@@ -40,9 +39,8 @@ from pipeline.core.events import (
     to_payload,
 )
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_from_json
 from pipeline.core.stats import combine
-from pipeline.errors import OutputExistsError, WorkMissingError
+from pipeline.errors import WorkMissingError
 from pipeline.steps import layout, planning, stopping
 from pipeline.steps.common import explained_by_records, load_job, load_plan, recorded
 from pipeline.steps.evaluate import TileEvaluator, load_npz, save_npz
@@ -58,15 +56,8 @@ def plan_job(event: JobEvent) -> dict[str, Any]:
     written, nothing planned) or fails here, before any work."""
     job = load_job(event.run, event.job)
     doc, spec = job
-    if spec.if_exists != "overwrite" and storage.exists(spec.output):
-        storage.check_not_folder(spec.output)  # a folder there is no output to skip for
-        if spec.if_exists == "fail":
-            raise OutputExistsError(f"output {spec.output} exists already (if_exists: fail): "
-                                    "remove it, or set if_exists to overwrite or skip")
+    if planning.output_exists(spec):
         return planning.skip_job(event.job, doc, spec)
-    for call in chain_from_json(spec.ops):
-        if call.op.name == "custom":
-            custom_mod.load(call.params["function"])
     result = planning.write_job_plan(event, job)
     rounds = stats_rounds(load_plan(result["plan"]))
     return {**result, "stats": to_payload(StatsRound.next_round(0, rounds)), "skipped": False}
