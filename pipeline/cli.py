@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
+    val.add_argument("--inputs", action="store_true",
+                     help="also read every job's input page headers (IFDs, no pixels; a "
+                          "scan's files too) and check each job as the run's PlanJob will: "
+                          "every problem, per job; exit 2 if a job would fail")
+    val.add_argument("--threads", type=int, default=16,
+                     help="with --inputs: inputs read at once (default: 16)")
 
     ops = sub.add_parser("ops", help="list the operations, their parameters and halos")
     ops.add_argument("--json", action="store_true", help="machine-readable output")
@@ -224,15 +230,41 @@ def _say_invalid(exc: Exception) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if getattr(args, "inputs", False) and args.threads < 1:
+        print("tiffpipe: --threads must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     jobs = _validated(args.manifest)
     if jobs is None:
         return EXIT_USAGE
+    if getattr(args, "inputs", False):
+        return _validate_inputs(args, jobs)
     if isinstance(jobs, list):
         print(f"{args.manifest}: valid, {len(jobs)} job(s)")
     else:
         print(f"{args.manifest}: valid, a scan of {jobs.input} into {jobs.output} (the jobs are "
               "the TIFFs there without an output when the run starts)")
     return EXIT_OK
+
+
+def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
+    """``validate --inputs``: every job checked as PlanJob checks it (pipeline/input_check.py);
+    exit 2 if one would fail."""
+    from pipeline import input_check
+    from pipeline.errors import TiffpipeError
+    from pipeline.ui import shown
+
+    try:
+        specs = input_check.jobs_of(parsed)  # (a scan's folder listed)
+    except TiffpipeError as exc:
+        print(f"tiffpipe: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    checks = input_check.check_jobs(specs, args.threads, progress=sys.stderr)
+    with shown():
+        for line in input_check.summary(args.manifest, parsed, checks):
+            print(line)
+    for line in input_check.failures(parsed, checks):
+        print(line, file=sys.stderr)
+    return EXIT_USAGE if any(c.error for c in checks) else EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,290 @@
+"""``tiffpipe validate --inputs``: the manifest's check, then every job's input page headers
+read and checked as PlanJob checks them (one function, :func:`pipeline.steps.planning.
+checked_plan`), each problem of every job printed (file, page, what to do), exit 2 if a job
+would fail at planning. Real TIFFs written by tifffile, local and on S3 (moto in this
+process), a scan's files too; PlanJob itself (the handler, in this process) fails the same
+jobs with the same error."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import LIBTIFF_CORPUS, moto_s3
+from test_hostile_inputs import _classic_tiff
+
+from pipeline import cli, handlers, input_check
+from pipeline.errors import TiffpipeError
+from pipeline.sample import SamplePage, write_sample
+from pipeline.steps import planning
+from pipeline.steps.common import read_manifest
+
+pytestmark = pytest.mark.timeout(120)
+
+EQUALIZE = [{"op": "equalize_hist"}]
+BLUR = [{"op": "gaussian_blur", "sigma": 1.5}]
+
+
+def _wide(path: Path) -> None:
+    """One sparse uncompressed strip 1,000,000 px wide of 100 float64 samples (134 bytes)."""
+    side = 10**6
+    _classic_tiff(path, [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 64), (259, 3, 1, 1),
+                         (262, 3, 1, 1), (273, 4, 1, 0), (277, 3, 1, 100), (278, 4, 1, side),
+                         (279, 4, 1, 0), (339, 3, 1, 3)])
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: folder / f"{name}.tif" for name in
+             ("rgb", "gray16", "lab", "mixed", "wide", "notes")}
+    write_sample(str(files["rgb"]), [SamplePage(200, 300, 3), SamplePage(120, 90, 3)], tile=64,
+                 compression="zstd")
+    tifffile.imwrite(files["gray16"], np.zeros((100, 80), np.uint16), tile=(64, 64),
+                     compression="zlib")
+    tifffile.imwrite(files["lab"], np.zeros((40, 30, 3), np.uint8), photometric="cielab")
+    with tifffile.TiffWriter(files["mixed"]) as w:  # page 0 gray, pages 1-2 L*a*b*
+        w.write(np.zeros((50, 60), np.uint16), photometric="minisblack")
+        for _ in range(2):
+            w.write(np.zeros((50, 60, 3), np.uint8), photometric="cielab")
+    _wide(files["wide"])
+    files["notes"].write_text("not a TIFF\n" * 10)
+    return files
+
+
+def _manifest(tmp_path: Path, jobs: list[dict[str, Any]], **top: Any) -> Path:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"jobs": jobs, **top}))
+    return path
+
+
+def _jobs(tmp_path: Path) -> list[dict[str, Any]]:
+    f = _files(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exists_fail.tif").write_bytes(b"an earlier output")
+    (out / "exists_skip.tif").write_bytes(b"an earlier output")
+
+    def job(name: str, src: str, **extra: Any) -> dict[str, Any]:
+        return {"input": str(f[src]), "output": str(out / f"{name}.tif"), **extra}
+
+    return [
+        job("good", "rgb", ops=BLUR),                                   # 0: runs
+        job("lab", "lab"),                                              # 1: photometric
+        job("wide", "wide"),                                            # 2: a too wide strip
+        job("equalize_rgb", "rgb", ops=EQUALIZE),                       # 3: an op's channels
+        job("no_page", "rgb", pages=[0, 7]),                            # 4: a page not there
+        job("equalize_16", "gray16", ops=EQUALIZE),                     # 5: an op's type
+        job("exists_fail", "rgb", if_exists="fail"),                    # 6: output exists
+        job("exists_skip", "rgb", if_exists="skip"),                    # 7: skipped
+        job("mixed", "mixed", ops=EQUALIZE),                            # 8: every problem
+        job("jpeg16", "gray16", output_options={"compression": "jpeg"}),  # 9: output options
+        job("notes", "notes"),                                          # 10: not a TIFF
+        job("bands", "rgb", ops=[{"op": "select_bands", "bands": [0, 5]}]),  # 11: a band
+    ]
+
+
+def test_validate_without_inputs_reads_no_input(tmp_path: Path, capsys: pytest.CaptureFixture):
+    manifest = _manifest(tmp_path, _jobs(tmp_path))
+    assert cli.main(["validate", str(manifest)]) == 0
+    assert capsys.readouterr().out == f"{manifest}: valid, 12 job(s)\n"
+
+
+def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    manifest = _manifest(tmp_path, _jobs(tmp_path))
+    inp, out = tmp_path / "in", tmp_path / "out"
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    stdout, err = capsys.readouterr()
+    assert stdout == (f"{manifest}: valid, 12 job(s); their inputs' page headers read: 1 job "
+                      "can run, 1 is skipped (its output exists, if_exists: skip), 10 would "
+                      "fail when planned\n")
+    assert err.startswith("tiffpipe: 10 of 12 job(s) would fail when planned (PlanJob), "
+                          "before any pixel is read:\n")
+    blocks = re.split(r"^  jobs\[", err, flags=re.MULTILINE)[1:]
+    assert [b.split("]", 1)[0] for b in blocks] == [str(i) for i in (1, 2, 3, 4, 5, 6, 8, 9,
+                                                                      10, 11)]
+    by_job = {int(b.split("]", 1)[0]): b for b in blocks}
+    assert by_job[1] == (
+        f"1] {inp / 'lab.tif'} -> {out / 'lab.tif'}: UnsupportedTiffError\n"
+        "    page 0: photometric CIELAB is not supported: CIE L*a*b* is not converted; "
+        "convert the file to RGB first\n")
+    assert "2] " in by_job[2] and "UnsupportedTiffError\n    page 0: a row of its " \
+        "uncompressed strips is 763 MiB" in by_job[2] and "re-save the file tiled" in by_job[2]
+    assert by_job[3].endswith(": OperationError\n    pages 0-1 (2 pages): ops[0] "
+                              "(equalize_hist): equalize_hist needs 1 channel(s), the page "
+                              "has 3; put to_gray before it\n")
+    assert by_job[4].endswith(": PageNotFoundError\n    page 7: has 2 page(s) (0..1), page 7 "
+                              "asked for; fix the job's pages\n")
+    assert "page 0: ops[0] (equalize_hist): equalize_hist needs uint8 pixels, the page has " \
+        "uint16" in by_job[5]
+    assert by_job[6].endswith(f": OutputExistsError\n    output {out / 'exists_fail.tif'} "
+                              "exists already (if_exists: fail): remove it, or set if_exists to "
+                              "overwrite or skip\n")
+    # every problem of the file, each said once for the pages it holds for
+    assert by_job[8].endswith(
+        ": UnsupportedTiffError\n"
+        "    pages 1-2 (2 pages): photometric CIELAB is not supported: CIE L*a*b* is not "
+        "converted; convert the file to RGB first\n"
+        "    page 0: ops[0] (equalize_hist): equalize_hist needs uint8 pixels, the page has "
+        "uint16 (OpenCV's equalizeHist is 8-bit only); use normalize (or percentile_stretch, "
+        "on 8 and 16-bit pages)\n")
+    assert by_job[9].endswith(": OperationError\n    page 0: jpeg output needs uint8 pixels, "
+                              "the output is uint16; choose zstd, deflate, lzw or none\n")
+    assert f"{inp / 'notes.tif'}: not a TIFF file (it begins b'not " in by_job[10]
+    assert "NotATiffError" in by_job[10]
+    assert "ops[0] (select_bands): bands[1] is 5, the page has 3 band(s) (indices 0 to 2)" \
+        in by_job[11]
+    assert not list(out.glob(".tiffpipe-check-*"))  # the probe of the output folder removed
+    assert sorted(p.name for p in out.iterdir()) == ["exists_fail.tif", "exists_skip.tif"]
+
+
+def test_plan_job_fails_the_same_jobs_with_the_same_errors(tmp_path: Path):
+    """PlanJob (the handler, in this process) and validate --inputs agree job by job: the
+    error type, and PlanJob's message holds validate's first problem."""
+    jobs = _jobs(tmp_path)
+    manifest = _manifest(tmp_path, jobs)
+    checked = input_check.check_jobs(input_check.jobs_of(read_manifest(str(manifest))),
+                                     threads=4)
+    run = handlers.split_handler({"action": "plan_run", "manifest": str(manifest),
+                                  "work": str(tmp_path / "work") + "/", "run_id": "r1"})
+    for i, check in enumerate(checked):
+        try:
+            planned = handlers.process_handler({"action": "plan_job", "run": run["run"],
+                                                "job": i})
+        except TiffpipeError as exc:
+            assert check.error == type(exc).__name__, (i, exc, check)
+            first = check.problems[0].split(": ", 1)[1]
+            assert first in str(exc), (i, exc, check)
+        else:
+            assert check.error is None, (i, check)
+            assert check.skipped == planned["skipped"], i
+
+
+def test_all_good_exits_0_and_says_what_is_left_out(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture):
+    cog = tmp_path / "cog.tif"
+    with tifffile.TiffWriter(cog) as w:
+        w.write(np.zeros((128, 128, 3), np.uint8), tile=(64, 64), photometric="rgb")
+        w.write(np.zeros((64, 64, 3), np.uint8), tile=(64, 64), subfiletype=1,
+                photometric="rgb")
+    manifest = _manifest(tmp_path, [{"input": str(cog), "output": str(tmp_path / "o.tif")},
+                                    {"input": str(LIBTIFF_CORPUS / "palette-1c-8b.tiff"),
+                                     "output": str(tmp_path / "p.tif"), "ops": BLUR}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 0
+    stdout, err = capsys.readouterr()
+    assert stdout == (
+        f"{manifest}: valid, 2 job(s); their inputs' page headers read: 2 jobs can run\n"
+        f"  jobs[0] ({cog}): page 1 left out: reduced-resolution page (overviews, "
+        "NewSubfileType bit 0) of page 0, which would not match the processed pixels: set "
+        "output_options.pyramid for levels made from them (or list the pages in the job's "
+        "pages to process each as a page of its own)\n")
+    assert err == ""
+
+
+def test_an_invalid_manifest_reads_no_input(tmp_path: Path, capsys: pytest.CaptureFixture):
+    manifest = _manifest(tmp_path, [{"input": "a.tif", "output": "o.tif", "ops": "blur"}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    assert "invalid manifest" in capsys.readouterr().err
+
+
+def test_s3_inputs_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture):
+    f = _files(tmp_path / "in")
+    with moto_s3(monkeypatch, "bkt") as s3:
+        for name in ("rgb", "lab"):
+            s3.upload_file(str(f[name]), "bkt", f"in/{name}.tif")
+        s3.put_object(Bucket="bkt", Key="out/lab.tif", Body=b"x")
+        manifest = _manifest(tmp_path, [
+            {"input": "s3://bkt/in/rgb.tif", "output": "s3://bkt/out/rgb.tif", "ops": BLUR},
+            {"input": "s3://bkt/in/lab.tif", "output": "s3://bkt/out/lab.tif",
+             "if_exists": "fail"},
+            {"input": "s3://bkt/in/lab.tif", "output": "s3://bkt/out/lab2.tif"},
+            {"input": "s3://bkt/in/none.tif", "output": "s3://bkt/out/none.tif"}])
+        assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+        stdout, err = capsys.readouterr()
+        assert "1 job can run, 3 would fail when planned" in stdout
+        assert ("jobs[2] s3://bkt/in/lab.tif -> s3://bkt/out/lab2.tif: UnsupportedTiffError\n"
+                "    page 0: photometric CIELAB is not supported") in err
+        assert "jobs[1] s3://bkt/in/lab.tif -> s3://bkt/out/lab.tif: OutputExistsError" in err
+        assert "jobs[3] s3://bkt/in/none.tif -> s3://bkt/out/none.tif: InputNotFoundError" in err
+        # nothing written: the output check's upload was aborted
+        listed = s3.list_objects_v2(Bucket="bkt", Prefix="out/").get("Contents", [])
+        assert [o["Key"] for o in listed] == ["out/lab.tif"]
+        assert not s3.list_multipart_uploads(Bucket="bkt").get("Uploads")
+
+
+def test_a_scan_checks_the_files_it_would_make_jobs_of(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture):
+    f = _files(tmp_path / "in")
+    for name in ("wide", "notes", "mixed"):
+        f[name].unlink()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "gray16.tif").write_bytes(b"done already")  # not a job of the scan
+    manifest = tmp_path / "scan.json"
+    manifest.write_text(json.dumps({"scan": {"input": "in/", "output": "out/",
+                                             "ops": EQUALIZE}}))
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    stdout, err = capsys.readouterr()
+    assert stdout.startswith(f"{manifest}: valid, a scan of {tmp_path / 'in'}")
+    assert stdout.endswith("; their inputs' page headers read: 2 jobs (the TIFFs there "
+                           "without an output), 2 would fail when planned\n")
+    assert f"  {tmp_path / 'in' / 'lab.tif'} -> {tmp_path / 'out' / 'lab.tif'}: " in err
+    assert f"  {tmp_path / 'in' / 'rgb.tif'} -> " in err
+    assert "gray16" not in err
+
+
+def test_many_inputs_are_read_by_a_bounded_number_of_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    f = _files(tmp_path / "in")
+    jobs = [{"input": str(f["rgb"]), "output": str(tmp_path / "out" / f"{i}.tif")}
+            for i in range(40)]
+    manifest = _manifest(tmp_path, jobs)
+    lock, running, most = threading.Lock(), [0], [0]
+    real = planning.checked_plan
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(planning, "checked_plan", counted)
+    assert cli.main(["validate", "--inputs", "--threads", "3", str(manifest)]) == 0
+    assert 2 <= most[0] <= 3
+    assert capsys.readouterr().out.endswith("40 jobs can run\n")
+    assert cli.main(["validate", "--inputs", "--threads", "0", str(manifest)]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_progress_is_shown_on_a_terminal_for_long_lists(tmp_path: Path):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    f = _files(tmp_path / "in")
+    from pipeline.core.models import JobSpec
+
+    specs = [JobSpec(input=str(f["rgb"]), output=str(tmp_path / "out" / f"{i}.tif"))
+             for i in range(30)]
+    tty, pipe = Tty(), io.StringIO()
+    assert all(c.error is None for c in input_check.check_jobs(specs, 4, progress=tty))
+    assert "30/30" in tty.getvalue()
+    input_check.check_jobs(specs, 4, progress=pipe)
+    assert pipe.getvalue() == ""  # not a terminal: nothing
+    tty2 = Tty()
+    input_check.check_jobs(specs[:3], 4, progress=tty2)
+    assert tty2.getvalue() == ""  # a short list: nothing
