@@ -47,6 +47,7 @@ this machine or on AWS. A manifest (JSON) lists the jobs: input, output, ops.
 
   run, validate, demo  run a manifest's jobs on this machine; check a manifest; try a sample
   ops, preview         list the operations; render a thumbnail of a TIFF page
+  inspect              how tiffpipe reads TIFF files, page by page (headers only)
   estimate             what a manifest's run on AWS would cost and take
   start, status        run a manifest on a deployed AWS stack; follow a run there
 
@@ -95,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
                           "every problem, per job; exit 2 if a job would fail")
     val.add_argument("--threads", type=int, default=16,
                      help="with --inputs: inputs read at once (default: 16)")
+
+    insp = sub.add_parser("inspect", help="how tiffpipe sees TIFF files, page by page "
+                                          "(page headers only)")
+    insp.add_argument("files", nargs="+", metavar="FILE",
+                      help="TIFF files (local paths or s3:// URLs)")
+    insp.add_argument("--ops", metavar="JSON",
+                      help="an op chain, e.g. '[{\"op\": \"to_gray\"}]': whether it runs on "
+                           "each page, and the output page it makes")
+    insp.add_argument("--json", action="store_true",
+                      help="every page of every file, as JSON (the text groups identical pages)")
 
     ops = sub.add_parser("ops", help="list the operations, their parameters and halos")
     ops.add_argument("--json", action="store_true", help="machine-readable output")
@@ -160,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops, "demo": cmd_demo,
-               "preview": cmd_preview,
+               "preview": cmd_preview, "inspect": cmd_inspect,
                "estimate": cmd_estimate,
                "start": cmd_aws, "status": cmd_aws}
     try:
@@ -573,6 +584,30 @@ def cmd_preview(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"{output}: {thumb.description}")
     return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``inspect``: each file's pages as tiffpipe reads them (pipeline/inspection.py); exit 1
+    if a job of a file without pages (of the --ops chain) would fail when planned."""
+    from pipeline import inspection
+    from pipeline.input_check import INPUT_THREADS, concurrently
+    from pipeline.ui import shown
+
+    try:
+        spec = inspection.ops_spec(args.ops) if args.ops is not None else None
+    except ManifestError as exc:
+        print("tiffpipe: invalid --ops: " + "; ".join(exc.problems), file=sys.stderr)
+        return EXIT_USAGE
+    docs = concurrently(lambda url: inspection.inspect_file(url, spec), args.files,
+                        INPUT_THREADS, progress=sys.stderr, what="reading the files")
+    with shown():
+        if args.json:
+            print(json.dumps({"files": docs}, indent=1))
+        else:
+            for doc in docs:
+                for line in inspection.text(doc):
+                    print(line)
+    return EXIT_OK if all(doc["ok"] for doc in docs) else EXIT_FAILED
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -1,0 +1,316 @@
+"""``tiffpipe inspect``: how tiffpipe sees TIFF files, from their page headers alone (IFDs,
+never pixels): per page what the reader returns (size, bands, sample type, photometric and
+the conversion it applies), how it is stored (compression, tiles or strips), whether it is
+a mask or an overview a job without ``pages`` leaves out, the metadata an output keeps, why
+a page is refused; with an op chain, whether it runs on each page and what the output page
+is. The reader's own code decides each of these (``pipeline/adapters/tiff_read.py``:
+``classified``, ``page_info``; ``pipeline/core/plan.py``: ``make_plan``), as PlanJob's does.
+
+The text groups identical pages (a scanned archive of 3,000 pages is a line); ``--json``
+gives every page."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.core.models import JobSpec
+from pipeline.core.plan import grouped_by_page
+
+#: the groups of pages the text shows for a file (then how many more; --json: all)
+GROUPS_SHOWN = 40
+#: what the reader's photometric is called
+_KINDS = {"minisblack": "gray", "rgb": "RGB", "palette": "palette", "separated": "CMYK"}
+#: ExtraSamples values
+_EXTRA = {0: "extra", 1: "alpha (associated)", 2: "alpha"}
+#: the GeoTIFF tags among the spatial ones carried (pipeline/adapters/metadata.py)
+_GEO = {33550, 33922, 34264, 34735, 34736, 34737}
+
+
+def ops_spec(ops_json: str) -> JobSpec:
+    """The job an op chain (``--ops``, JSON) would be, with every default a manifest gives
+    it; ManifestError listing its problems (at their paths under ``ops``)."""
+    from pipeline.core.manifest import parse_manifest
+    from pipeline.errors import ManifestError
+
+    try:
+        ops = json.loads(ops_json)
+    except json.JSONDecodeError as exc:
+        raise ManifestError("--ops", [(f"not JSON: {exc}; give a list of ops, e.g. "
+                                      "'[{\"op\": \"gaussian_blur\", \"sigma\": 2}]'")]) from None
+    try:
+        [spec] = parse_manifest({"jobs": [{"input": "in.tif", "output": "out.tif",
+                                           "ops": ops}]}, "--ops", ".")
+    except ManifestError as exc:
+        raise ManifestError("--ops", [p.removeprefix("jobs[0].") for p in exc.problems]) \
+            from None
+    return spec
+
+
+def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
+    """What tiffpipe sees of the file at ``url`` (local or s3://): a dict of the file and each
+    of its pages (JSON-safe); ``spec``: the job of an op chain (:func:`ops_spec`) checked on
+    each page. An error of the file (not there, not a TIFF, a damaged chain of pages) is its
+    ``error``, with the pages read before it."""
+    from pipeline.adapters.tiff_read import (
+        check_chain_end,
+        classified,
+        keeps_palette,
+        open_tiff,
+        page_count,
+    )
+    from pipeline.errors import CorruptTiffError, TiffpipeError
+
+    doc: dict[str, Any] = {"file": url}
+    pages: list[dict[str, Any]] = []
+    infos: list[Any] = []
+    keep = keeps_palette(spec.ops if spec else [], "zstd")
+    try:
+        with open_tiff(url) as tf:
+            first = tf.pages.first
+            count = page_count(tf, url)
+            doc.update(page_count=count, bigtiff=bool(tf.is_bigtiff),
+                       byteorder="little" if tf.byteorder == "<" else "big",
+                       formats=[name for name, flag in (
+                           ("OME-TIFF", first.is_ome), ("Aperio SVS", first.is_svs),
+                           ("GeoTIFF", first.is_geotiff), ("ImageJ", first.is_imagej))
+                           if flag])
+            try:
+                check_chain_end(tf, url, count)
+            except CorruptTiffError as exc:  # a job without pages fails on it
+                doc["chain_error"] = str(exc)
+            for i, page, why in classified(tf, url, count):
+                entry, info = _page(page, url, i, why, keep)
+                pages.append(entry)
+                if info is not None:
+                    infos.append(info)
+    except TiffpipeError as exc:
+        doc["error"] = {"type": type(exc).__name__, "message": str(exc)}
+    doc["pages"] = pages
+    if spec is not None and infos:
+        _check_ops(doc, spec, infos)
+    doc["ok"] = _ok(doc, spec is not None)
+    return doc
+
+
+def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool
+          ) -> tuple[dict[str, Any], Any]:
+    """One page's entry, and its PageInfo (None: a mask, or refused)."""
+    from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT
+
+    from pipeline.adapters.tiff_read import page_info, pixel_kind
+    from pipeline.errors import TiffpipeError
+
+    def name(value: Any, enum: Any) -> str:
+        try:
+            return str(enum(value).name)
+        except ValueError:
+            return str(value)
+
+    tiled = bool(page.is_tiled)
+    entry: dict[str, Any] = {
+        "index": index, "width": int(page.imagewidth), "height": int(page.imagelength),
+        "file": {"photometric": name(page.photometric, PHOTOMETRIC),
+                 "samples": int(page.samplesperpixel), "bits": page.bitspersample,
+                 "sample_format": name(page.sampleformat, SAMPLEFORMAT),
+                 "planar": "separate" if page.planarconfig == PLANARCONFIG.SEPARATE
+                 and int(page.samplesperpixel) > 1 else "contiguous",
+                 "subfiletype": int(page.subfiletype)},
+        "compression": name(page.compression, COMPRESSION).lower(),
+        "tiles": [int(page.tilewidth), int(page.tilelength)] if tiled else None,
+        "rows_per_strip": None if tiled else int(min(page.rowsperstrip or page.imagelength,
+                                                     page.imagelength)),
+        "role": "image", "of": None, "default_job": "processed",
+    }
+    if why:
+        entry.update(role="mask" if why[1] == "mask" else "overview", of=why[2],
+                     default_job="left out")
+        if why[1] == "mask" and why[3]:  # (NewSubfileType 5: an overview's mask)
+            entry["of_overview"] = True
+        if why[1] == "mask":  # never processed: a job that lists it fails
+            return entry, None
+    try:
+        info = page_info(page, url, index, keep_palette)
+    except TiffpipeError as exc:
+        text = str(exc).removeprefix(f"{url}: ").removeprefix(f"page {index}: ")
+        entry["refused"] = {"type": type(exc).__name__, "message": text}
+        return entry, None
+    entry.update(bands=info.channels, dtype=info.dtype, photometric=info.photometric,
+                 extrasamples=info.extrasamples, conversion=info.conversion,
+                 kept=_kept(info.metadata))
+    if info.photometric == "palette":  # kept for a copy; an op reads it through its colormap
+        entry["with_ops"] = pixel_kind(page, f"{url}: page {index}", False).conversion
+    if info.metadata.get("ome", {}).get("name"):
+        entry["ome_name"] = info.metadata["ome"]["name"]
+    return entry, info
+
+
+def _kept(metadata: dict[str, Any]) -> list[str]:
+    """The tags an output page keeps of this page (pipeline/adapters/metadata.py), named."""
+    from pipeline.adapters.metadata import GDAL_NODATA, KEPT_TAGS, SPATIAL_TAGS
+
+    kept = []
+    if "resolution" in metadata:
+        kept.append("resolution")
+    if "icc" in metadata:
+        kept.append("ICC profile")
+    for code, _, _, value in metadata.get("tags", []):
+        if code == GDAL_NODATA:
+            text = base64.b64decode(value).rstrip(b"\0").decode("ascii", "replace").strip()
+            kept.append(f"GDAL_NODATA {text}")
+        else:
+            kept.append(KEPT_TAGS.get(code, str(code)))
+    codes = [item[0] for item in metadata.get("spatial", [])]
+    if any(code in _GEO for code in codes):
+        kept.append("GeoTIFF")
+    if 700 in codes:
+        kept.append(SPATIAL_TAGS[700])
+    if metadata.get("aperio"):
+        kept.append("Aperio description")
+    if "ome" in metadata:
+        kept.append("OME name" + (" and Channel" if "channel" in metadata["ome"] else ""))
+    if metadata.get("subfiletype"):
+        kept.append(f"NewSubfileType {metadata['subfiletype']}")
+    return kept
+
+
+def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
+    """Whether the op chain runs on each page read (the images and overviews: what a job
+    may list), and what each output page is, by the plan PlanJob would make
+    (``make_plan``, the output's checks)."""
+    from pipeline.adapters.tile_codec import output_problems
+    from pipeline.core.plan import make_plan
+
+    plan, problems = make_plan(0, spec, infos, "inspect", 0.0)
+    problems += output_problems(plan)
+    by_page: dict[int, list[str]] = {}
+    others = []
+    for problem in problems:
+        head, _, what = problem.partition(": ")
+        number = head.removeprefix("page ")
+        if head.startswith("page ") and number.isdigit():
+            by_page.setdefault(int(number), []).append(what)
+        else:
+            others.append(problem)
+    out = {pp.info.index: pp for pp in plan.pages}
+    for entry in doc["pages"]:
+        pp = out.get(entry["index"])
+        if pp is None:
+            continue
+        why = by_page.get(entry["index"], [])
+        entry["ops"] = {"runs": not why and not others, "problems": why,
+                        "out": {"width": pp.out_grid.width, "height": pp.out_grid.height,
+                                "bands": pp.out_channels, "dtype": pp.out_dtype}}
+    if others:
+        doc["ops_problems"] = others
+
+
+def _ok(doc: dict[str, Any], with_ops: bool) -> bool:
+    """Whether a job of the file without ``pages`` (of the op chain, when given) would pass
+    PlanJob: the file read, its chain of pages whole, no image page refused, the chain runs
+    on every image page."""
+    if "error" in doc or "chain_error" in doc or doc.get("ops_problems"):
+        return False
+    images = [p for p in doc["pages"] if p["default_job"] == "processed"]
+    return bool(images) and not any(
+        "refused" in p or (with_ops and not p.get("ops", {}).get("runs", False))
+        for p in images)
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def text(doc: dict[str, Any]) -> Iterator[str]:
+    """A file as ``tiffpipe inspect`` prints it: a line of the file, then a line a group of
+    identical pages (at most :data:`GROUPS_SHOWN`)."""
+    url = doc["file"]
+    if "page_count" not in doc:  # not opened
+        yield f"{url}: {doc['error']['type']}: {doc['error']['message']}"
+        return
+    head = (f"{url}: {doc['page_count']} page(s), {'BigTIFF' if doc['bigtiff'] else 'TIFF'}, "
+            f"{doc['byteorder']}-endian")
+    if doc["formats"]:
+        head += ", " + ", ".join(doc["formats"])
+    yield head
+    lines = grouped_by_page([f"page {p['index']}: {_page_text(p)}" for p in doc["pages"]])
+    for line in lines[:GROUPS_SHOWN]:
+        yield "  " + line.replace("\n", "\n    ")
+    if len(lines) > GROUPS_SHOWN:
+        yield (f"  ... {len(lines) - GROUPS_SHOWN} more groups of pages (--json: every "
+               "page)")
+    pages = doc["pages"]
+    left = [p["index"] for p in pages if p["default_job"] == "left out"]
+    refused = [p["index"] for p in pages if p["default_job"] == "processed" and "refused" in p]
+    if left or refused:
+        from pipeline.core.plan import _ranges
+
+        processed = len(pages) - len(left) - len(refused)
+        said = [f"processes {processed} page(s)"]
+        if left:
+            said.append(f"leaves out page{'s' if len(left) > 1 else ''} {_ranges(left)} "
+                        "(masks and overviews)")
+        if refused:
+            said.append(f"fails: page{'s' if len(refused) > 1 else ''} {_ranges(refused)} "
+                        "refused")
+        yield "  a job without pages: " + "; ".join(said)
+    for problem in doc.get("ops_problems", []):
+        yield f"  ops: cannot run: {problem}"
+    if "chain_error" in doc:
+        yield f"  CorruptTiffError: {doc['chain_error']}"
+    if "error" in doc:
+        yield f"  {doc['error']['type']}: {doc['error']['message']}"
+
+
+def _page_text(p: dict[str, Any]) -> str:
+    """A page as one line (its ops' answer on a second): what the reader returns, how it is
+    stored, what a job does with it."""
+    f = p["file"]
+    stored = f"{p['compression']}, " + (f"tiles {p['tiles'][0]} x {p['tiles'][1]}"
+                                        if p["tiles"] else
+                                        "one strip" if p["rows_per_strip"] >= p["height"] else
+                                        f"strips of {p['rows_per_strip']} rows")
+    if f["planar"] == "separate":
+        stored += ", planar"
+    size = f"{p['width']} x {p['height']}"
+    raw = f"{f['samples']} x {f['bits']}-bit {f['sample_format'].lower()} {f['photometric']}"
+    if p["role"] == "mask":
+        whose = f"{'an overview of ' if p.get('of_overview') else ''}page {p['of']}"
+        return (f"{size}, {raw}; {stored}; mask of {whose}: left out by a job without pages "
+                "(a job that lists it fails)")
+    if "refused" in p:
+        return (f"{size}, {raw}; {stored}; refused: {p['refused']['type']}: "
+                f"{p['refused']['message']}")
+    extras = [_EXTRA.get(e, "extra") for e in p["extrasamples"]]
+    pixels = f"{p['bands']} x {p['dtype']} {_KINDS.get(p['photometric'], p['photometric'])}"
+    if extras:
+        pixels += " + " + ", ".join(sorted(set(extras), key=extras.index)) + (
+            f" ({len(extras)})" if len(extras) > 1 else "")
+    read_as = p["conversion"]
+    if not read_as and f["photometric"] == "YCBCR":
+        read_as = "YCbCr decoded to RGB"
+    if f["planar"] == "separate":
+        read_as = ", ".join(x for x in (read_as, "planes made contiguous") if x)
+    if p.get("with_ops"):  # (a palette page: kept by a copy, made RGB by any op)
+        read_as = ", ".join(x for x in (read_as or "indices kept",
+                                        f"with ops or a JPEG output: {p['with_ops']}") if x)
+    if read_as:
+        pixels += f" (read as: {read_as})"
+    parts = [size, pixels]
+    line = ", ".join(parts) + f"; {stored}"
+    if p["role"] == "overview":
+        line += f"; overview of page {p['of']}: left out by a job without pages"
+    if p.get("kept"):
+        line += "; kept: " + ", ".join(p["kept"])
+    ops = p.get("ops")
+    if ops is not None:
+        out = ops["out"]
+        if ops["problems"]:
+            line += "\nops: cannot run: " + "; ".join(ops["problems"])
+        elif not ops["runs"]:
+            line += "\nops: cannot run (below)"
+        else:
+            line += (f"\nops: run -> {out['width']} x {out['height']}, {out['bands']} x "
+                     f"{out['dtype']}")
+    return line

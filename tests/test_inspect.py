@@ -1,0 +1,206 @@
+"""``tiffpipe inspect``: what the reader sees of each page of real TIFFs (tifffile's, the
+libtiff corpus, on S3 through moto), from the page headers alone: sizes, bands, sample
+types, the conversions applied, storage, masks and overviews a job without pages leaves out,
+the metadata kept, refused pages; ``--ops``: whether a chain runs on each page and the
+output page; identical pages grouped in the text, every page in ``--json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import LIBTIFF_CORPUS, moto_s3
+
+from pipeline import cli
+from pipeline.adapters import tiff_read
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _inspect(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["inspect", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _cog(path: Path) -> Path:
+    """A GDAL-like COG: an RGB JPEG page with GeoTIFF tags, its overview, the masks of both."""
+    geo = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (34735, "H", 4, (1, 1, 0, 0), True)]
+    with tifffile.TiffWriter(path) as w:
+        w.write(np.zeros((512, 512, 3), np.uint8), tile=(256, 256), compression="jpeg",
+                photometric="rgb", resolution=(100, 100), extratags=geo)
+        w.write(np.zeros((256, 256, 3), np.uint8), tile=(256, 256), compression="jpeg",
+                subfiletype=1, photometric="rgb")
+        w.write(np.zeros((512, 512), bool), compression="deflate", subfiletype=4)
+        w.write(np.zeros((256, 256), bool), compression="deflate", subfiletype=5)
+    return path
+
+
+def test_a_cog_its_overview_and_masks(tmp_path: Path, capsys: pytest.CaptureFixture):
+    cog = _cog(tmp_path / "cog.tif")
+    code, out, err = _inspect(capsys, str(cog))
+    assert code == 0 and err == ""
+    assert out == (
+        f"{cog}: 4 page(s), TIFF, little-endian, GeoTIFF\n"
+        "  page 0: 512 x 512, 3 x uint8 RGB (read as: YCbCr decoded to RGB); jpeg, tiles "
+        "256 x 256; kept: resolution, GeoTIFF\n"
+        "  page 1: 256 x 256, 3 x uint8 RGB (read as: YCbCr decoded to RGB); jpeg, tiles "
+        "256 x 256; overview of page 0: left out by a job without pages; kept: resolution, "
+        "NewSubfileType 1\n"
+        "  page 2: 512 x 512, 1 x 1-bit uint MASK; deflate, one strip; mask of "
+        "page 0: left out by a job without pages (a job that lists it fails)\n"
+        "  page 3: 256 x 256, 1 x 1-bit uint MASK; deflate, one strip; mask of an overview "
+        "of page 0: left out by a job without pages (a job that lists it fails)\n"
+        "  a job without pages: processes 1 page(s); leaves out pages 1-3 (masks and "
+        "overviews)\n")
+
+
+def test_thousands_of_identical_pages_are_one_line_and_json_gives_each(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    path = tmp_path / "archive.tif"
+    tifffile.imwrite(path, np.zeros((3000, 32, 48), np.uint8), compression="zlib",
+                     metadata=None, resolution=(300, 300))
+    code, out, _ = _inspect(capsys, str(path))
+    assert code == 0
+    assert out == (f"{path}: 3000 page(s), TIFF, little-endian\n"
+                   "  pages 0-2999 (3000 pages): 48 x 32, 1 x uint8 gray; adobe_deflate, "
+                   "one strip; kept: resolution\n")
+    code, out, _ = _inspect(capsys, str(path), "--json")
+    [doc] = json.loads(out)["files"]
+    assert doc["page_count"] == 3000 and len(doc["pages"]) == 3000 and doc["ok"]
+    assert doc["pages"][2999] == {
+        "index": 2999, "width": 48, "height": 32,
+        "file": {"photometric": "MINISBLACK", "samples": 1, "bits": 8,
+                 "sample_format": "UINT", "planar": "contiguous", "subfiletype": 0},
+        "compression": "adobe_deflate", "tiles": None, "rows_per_strip": 32,
+        "role": "image", "of": None, "default_job": "processed", "bands": 1,
+        "dtype": "uint8", "photometric": "minisblack", "extrasamples": [],
+        "conversion": "", "kept": ["resolution"]}
+
+
+def test_headers_only_no_segment_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture):
+    def no_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a pixel read")
+
+    monkeypatch.setattr(tiff_read.PageReader, "read", no_read)
+    monkeypatch.setattr(tiff_read.PageReader, "__init__", no_read)
+    code, _, _ = _inspect(capsys, str(_cog(tmp_path / "cog.tif")), "--ops",
+                          '[{"op": "gaussian_blur", "sigma": 2}]')
+    assert code == 0
+
+
+def test_the_corpus_conversions_and_refusals(capsys: pytest.CaptureFixture):
+    files = [LIBTIFF_CORPUS / name for name in (
+        "miniswhite-1c-1b.tiff", "palette-1c-8b.tiff", "logluv-3c-16b.tiff",
+        "minisblack-2c-8b-alpha.tiff", "ojpeg_zackthecat_subsamp22_single_strip.tiff")]
+    code, out, err = _inspect(capsys, *map(str, files))
+    assert code == 1  # the LogLuv file: a job of it fails
+    lines = out.splitlines()
+    assert lines[1] == (
+        "  page 0: 157 x 151, 1 x uint8 gray (read as: bilevel miniswhite -> 8-bit minisblack "
+        "(0 is white, x255)); none, one strip; kept: DocumentName")
+    assert lines[3] == (
+        "  page 0: 157 x 151, 1 x uint8 palette (read as: indices kept, with ops or a JPEG "
+        "output: 8-bit palette -> RGB uint16 (16-bit colormap, kept 16-bit)); none, strips "
+        "of 52 rows; kept: DocumentName")
+    assert lines[5] == (
+        "  page 0: 1 x 1, 3 x 16-bit int LOGLUV; sgilog, one strip; refused: "
+        "UnsupportedTiffError: compression SGILOG is not supported: SGILOG (LogLuv): "
+        "convert the file to float32 first")
+    assert lines[6] == "  a job without pages: processes 0 page(s); fails: page 0 refused"
+    assert lines[8] == (
+        "  page 0: 64 x 64, 2 x uint8 gray + alpha (associated) (read as: planes made "
+        "contiguous); packbits, one strip, planar; kept: resolution, ImageDescription, "
+        "DateTime, Artist")
+    assert lines[10].startswith("  page 0: 234 x 213, 3 x uint8 RGB (read as: YCbCr decoded "
+                                "to RGB); ojpeg, ")
+    assert err == ""
+
+
+def test_ops_say_whether_they_run_on_each_page_and_what_comes_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as w:
+        w.write(np.zeros((64, 80, 3), np.uint8), photometric="rgb", tile=(32, 32))
+        w.write(np.zeros((64, 80), np.uint16), photometric="minisblack")
+    code, out, _ = _inspect(capsys, str(path), "--ops", '[{"op": "equalize_hist"}]')
+    assert code == 1
+    assert out.splitlines()[1:] == [
+        "  page 0: 80 x 64, 3 x uint8 RGB; none, tiles 32 x 32; kept: resolution",
+        ("    ops: cannot run: ops[0] (equalize_hist): equalize_hist needs 1 channel(s), the "
+        "page has 3; put to_gray before it"),
+        "  page 1: 80 x 64, 1 x uint16 gray; none, one strip; kept: resolution",
+        ("    ops: cannot run: ops[0] (equalize_hist): equalize_hist needs uint8 pixels, the "
+        "page has uint16 (OpenCV's equalizeHist is 8-bit only); use normalize (or "
+        "percentile_stretch, on 8 and 16-bit pages)")]
+    chain = ('[{"op": "normalized_difference", "a": 0, "b": 1}, '
+             '{"op": "downsample", "factor": 2}]')
+    code, out, _ = _inspect(capsys, str(path), "--ops", chain, "--json")
+    [doc] = json.loads(out)["files"]
+    assert code == 1 and not doc["ok"]
+    assert doc["pages"][0]["ops"] == {"runs": True, "problems": [], "out": {
+        "width": 40, "height": 32, "bands": 1, "dtype": "float32"}}
+    assert doc["pages"][1]["ops"]["problems"] == [
+        "ops[0] (normalized_difference): b is 1, the page has 1 band(s) (indices 0 to 0)"]
+    code, out, _ = _inspect(capsys, str(path), "--ops", '[{"op": "to_gray"}]')
+    assert code == 0
+    assert out.splitlines()[2::2] == ["    ops: run -> 80 x 64, 1 x uint8",
+                                      "    ops: run -> 80 x 64, 1 x uint16"]
+
+
+def test_bad_ops_and_files(tmp_path: Path, capsys: pytest.CaptureFixture):
+    code, out, err = _inspect(capsys, "x.tif", "--ops", '[{"op": "gaussian_blur"}]')
+    assert (code, out) == (2, "")
+    assert err == "tiffpipe: invalid --ops: ops[0].sigma: required, a number > 0 and <= 500\n"
+    code, _, err = _inspect(capsys, "x.tif", "--ops", "[{")
+    assert code == 2 and err.startswith("tiffpipe: invalid --ops: not JSON: ")
+    notes = tmp_path / "notes.tif"
+    notes.write_text("hello, world")
+    code, out, _ = _inspect(capsys, str(tmp_path / "none.tif"), str(notes))
+    assert code == 1
+    assert out.splitlines() == [
+        (f"{tmp_path / 'none.tif'}: InputNotFoundError: {tmp_path / 'none.tif'} does not exist: "
+        "check the path or URL and that the file is there"),
+        (f"{notes}: NotATiffError: {notes}: not a TIFF file (it begins b'hell', not II*\\0 or "
+        "MM\\0*): give a TIFF file, or export this one as TIFF again")]
+
+
+def test_an_s3_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture):
+    cog = _cog(tmp_path / "cog.tif")
+    with moto_s3(monkeypatch, "bkt") as s3:
+        s3.upload_file(str(cog), "bkt", "a/cog.tif")
+        code, out, _ = _inspect(capsys, "s3://bkt/a/cog.tif", "--json")
+    [doc] = json.loads(out)["files"]
+    assert code == 0 and doc["file"] == "s3://bkt/a/cog.tif"
+    assert [(p["role"], p["of"]) for p in doc["pages"]] == [
+        ("image", None), ("overview", 0), ("mask", 0), ("mask", 0)]
+    assert doc["pages"][0]["kept"] == ["resolution", "GeoTIFF"]
+
+
+def test_an_ome_tiff_and_a_cut_chain(tmp_path: Path, capsys: pytest.CaptureFixture):
+    ome = tmp_path / "ome.tif"
+    tifffile.imwrite(ome, np.zeros((3, 64, 64), np.uint16), ome=True, tile=(32, 32),
+                     metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "CD3", "CD8"]}})
+    code, out, _ = _inspect(capsys, str(ome))
+    assert code == 0
+    assert out.splitlines()[1] == ("  pages 0-2 (3 pages): 64 x 64, 1 x uint16 gray; none, "
+                                   "tiles 32 x 32; kept: resolution, OME name and Channel")
+    code, out, _ = _inspect(capsys, str(ome), "--json")
+    names = [p["ome_name"] for p in json.loads(out)["files"][0]["pages"]]
+    assert names == ["DAPI", "CD3", "CD8"] or all(n.endswith(c) for n, c in
+                                                  zip(names, ["DAPI", "CD3", "CD8"]))
+    # a file cut in its last page's IFD: the pages before, and why a job fails
+    data = ome.read_bytes()
+    with tifffile.TiffFile(ome) as tf:
+        last = tf.pages[2].offset
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[:last + 1])
+    code, out, _ = _inspect(capsys, str(cut))
+    assert code == 1
+    assert "CorruptTiffError" in out and "the chain of pages (IFDs) breaks after page 1" in out
