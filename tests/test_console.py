@@ -161,7 +161,7 @@ def test_help_describes_every_command():
     assert "Split giant multi-page TIFFs" in description
     assert "Parses arguments" not in proc.stdout
     assert set(sub.choices) == {"run", "validate", "ops", "estimate", "preview", "demo",
-                                "start", "status"}
+                                "start", "status", "inspect"}
     for command in sub.choices:
         assert command in description, command  # said in words, not only in the usage list
         assert f"\n    {command} " in proc.stdout  # and listed with its own help
