@@ -242,11 +242,13 @@ def test_a_stop_while_the_manifest_is_read_ends_the_command_at_once(tmp_path: Pa
     does not answer): Ctrl-C or SIGTERM ends the command at once, and an earlier run's report
     and contact sheet at its paths are removed, as after any run that writes none (they would
     pass for this run's)."""
+    from PIL import Image
+
     manifest = tmp_path / "m.json"
     os.mkfifo(manifest)
     earlier = {"run_id": "20261201-000000-aaaaaa", "jobs": [], "succeeded": 0, "failed": 0}
     (tmp_path / "m.report.json").write_text(json.dumps(earlier))
-    (tmp_path / "m.report.contact.png").write_bytes(b"an earlier run's sheet")
+    Image.new("RGB", (852, 40)).save(tmp_path / "m.report.contact.png")  # an earlier sheet
     with _started(manifest, workers=2) as proc:
         deadline = time.monotonic() + 60
         while not _catches(proc.pid, signal.SIGTERM):  # run's own handlers are in place

@@ -541,6 +541,8 @@ def test_a_run_whose_work_vanished_keeps_the_report_of_a_run_that_started_after_
     earlier one's: it stays, and so does its contact sheet."""
     import time
 
+    from PIL import Image
+
     from pipeline import runner
     from pipeline.engine.execution import Execution
 
@@ -555,7 +557,7 @@ def test_a_run_whose_work_vanished_keeps_the_report_of_a_run_that_started_after_
         real_run(self, *args, **kwargs)
         work_location.remove(str(work))
         report.write_text(json.dumps({"run_id": "later", "started_at": time.time()}))
-        sheet.write_bytes(b"its sheet")
+        Image.new("RGB", (852, 40)).save(sheet)  # its sheet (a PNG of a sheet's width)
         return Execution("FAILED", None, "WorkMissingError",
                          json.dumps({"errorMessage": f"{work}/run.json does not exist"}), 1.0)
 
