@@ -1,0 +1,257 @@
+"""No run on AWS leaves a multipart upload open: the uploads an output's merge begins in the
+user's data bucket (S3 bills their parts until the upload is ended, and deploy.py sets a
+lifecycle rule on the stack's own bucket only), whichever way the run ends. The real
+handlers run by moto's Step Functions on a deployed stack (the fixture of
+tests/test_start_status.py); a merge is "killed" by freezing it at its output's parts, as
+Lambda freezes an invocation it stops (its timeout, out of memory), where no cleanup of its
+own runs.
+
+- a job fails (its merge fails): the merge aborts its upload itself;
+- Lambda's timeout (or memory) stops a merge: its job is caught as failed, and RecordFailure
+  aborts the upload the merge recorded in the work;
+- the execution is stopped, or times out (Step Functions' TimeoutSeconds), or fails: no
+  RecordFailure or Report runs, and the upload stays open: ``tiffpipe status`` (and
+  ``start --wait``, ``status --wait``) ends the uploads the run's work records, and its
+  segments' under its work prefix, never another run's of the same key, and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import test_start_status
+import tifffile
+from test_start_status import DATA, NAMES, STACK, Stack, _InProcess
+
+from pipeline.adapters import segments
+from pipeline.engine.moto_run import served_by
+from pipeline.errors import AccessDeniedError
+
+pytestmark = pytest.mark.timeout(120)
+stack = test_start_status.stack  # the fixture: a stack deployed in moto
+
+OUTPUT = f"s3://{DATA}/out/noise.tif"
+TIMED_OUT = {"errorType": "Sandbox.Timedout",
+             "errorMessage": "RequestId: 5f1c Error: Task timed out after 900.00 seconds"}
+
+
+class Frozen:
+    """A merge whose output parts never go up: each part of an upload to the data bucket
+    waits until :meth:`thaw` (then fails, as a part of an upload ended meanwhile would)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reached, self.thawed = threading.Event(), threading.Event()
+        for name in ("_copy_part", "_upload_part"):
+            real = getattr(segments, name)
+            monkeypatch.setattr(segments, name, self._frozen(real))
+
+    def _frozen(self, real: Any) -> Any:
+        def part(bucket: str, key: str, upload: str, part: Any) -> str:
+            if bucket != DATA:
+                return str(real(bucket, key, upload, part))
+            self.reached.set()
+            self.thawed.wait(60)
+            raise RuntimeError("the invocation was stopped")
+        return part
+
+    def thaw(self) -> None:
+        self.thawed.set()
+        time.sleep(0.3)  # (the frozen merge's threads end)
+
+
+class Killing(_InProcess):
+    """The real handlers; the invocation that composes the output (merge, or ProcessJob) is
+    frozen at its first part, then ``then()`` is called (the execution stopped, timed out)
+    and it ends as Lambda ends one its timeout stops (Sandbox.Timedout)."""
+
+    def __init__(self, frozen: Frozen, then: Any = None) -> None:
+        self.frozen, self.then = frozen, then
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        if event.get("action") not in ("merge", "process_job"):
+            return super().invoke(function, event)
+        done: list[tuple[bool, dict[str, Any]]] = []
+        thread = threading.Thread(target=lambda: done.append(super(Killing, self).invoke(
+            function, event)), daemon=True)
+        thread.start()
+        while not self.frozen.reached.wait(0.05) and thread.is_alive():
+            pass
+        if done:  # (it ended before its parts: nothing to freeze)
+            return done[0]
+        if self.then is not None:
+            self.then()
+        return False, dict(TIMED_OUT)
+
+
+def _noise(stack: Stack, tmp: Path) -> None:
+    """in/noise.tif: noise does not compress, so its output (~12 MB) is an upload of parts."""
+    pixels = np.random.default_rng(3).integers(0, 256, (2000, 2000, 3), np.uint8)
+    tifffile.imwrite(tmp / "noise.tif", pixels, tile=(256, 256), compression="zstd",
+                     photometric="rgb", metadata=None)
+    stack.client("s3").upload_file(str(tmp / "noise.tif"), DATA, "in/noise.tif")
+
+
+#: not fused: Split, Process, then a Merge task (a fused job of one unit is one ProcessJob,
+#: which composes its output the same way)
+MANIFEST = {"defaults": {"tile": 512, "output_options": {"tile": 256}},
+            "jobs": [{"input": f"s3://{DATA}/in/noise.tif", "output": OUTPUT,
+                      "fuse": False, "ops": [{"op": "invert"}]}]}
+
+
+class _Any:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+ANY = _Any()
+
+
+def _open(stack: Stack, bucket: str = DATA) -> list[tuple[str, str]]:
+    found = stack.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return sorted((u["Key"], u["UploadId"]) for u in found)
+
+
+@pytest.fixture
+def ready(stack: Stack, tmp_path: Path) -> Stack:
+    _noise(stack, tmp_path)
+    return stack
+
+
+def _execution(stack: Stack) -> str:
+    sfn = stack.client("stepfunctions")
+    found = sfn.list_executions(stateMachineArn=NAMES.state_machine_arn)["executions"]
+    return str(max(found, key=lambda e: e["startDate"])["executionArn"])
+
+
+def test_a_merge_that_fails_aborts_its_upload_itself(ready: Stack, monkeypatch):
+    """A part the merge cannot copy (S3 denies it the segment): the job fails, its upload
+    is aborted by the merge, nothing is published."""
+    def denied(bucket: str, key: str, upload: str, part: Any) -> str:
+        raise AccessDeniedError(f"s3://{bucket}/{key}: write: AccessDenied")
+
+    for name in ("_copy_part", "_upload_part"):
+        monkeypatch.setattr(segments, name, denied)
+    code, out, err = ready.tiffpipe("start", str(ready.manifest("m.json", MANIFEST)),
+                                    "--stack", STACK, "--wait", "--poll", "0.05")
+    assert code == 1, err
+    assert "FAILED" in out and "OutputNotWritableError" in out, out
+    assert _open(ready) == [] and ready.keys(DATA, "out/") == []
+    assert "left open" not in err
+
+
+def test_a_merge_stopped_by_its_timeout_is_ended_by_record_failure(ready: Stack, monkeypatch):
+    """Lambda's timeout (or memory) stops the merge at its parts: no cleanup of its own ran,
+    but the job is caught as failed and RecordFailure aborts the upload the merge recorded
+    as it began it, and only that one: another run's upload of the same key goes on."""
+    frozen = Frozen(monkeypatch)
+    other = ready.client("s3").create_multipart_upload(Bucket=DATA, Key="out/noise.tif")
+    try:
+        with served_by(Killing(frozen)):
+            code, out, err = ready.tiffpipe("start", str(ready.manifest("m.json", MANIFEST)),
+                                            "--stack", STACK, "--wait", "--poll", "0.05")
+        assert code == 1, err
+        assert "Sandbox.Timedout" in out
+        assert _open(ready) == [("out/noise.tif", other["UploadId"])]  # the merge's: ended
+    finally:
+        frozen.thaw()
+    assert ready.keys(DATA, "out/") == []
+
+
+def _stopped_mid_merge(ready: Stack, monkeypatch, end: Any) -> tuple[str, str, str, str]:
+    """A run whose execution ``end()`` ends while its merge is frozen at its output's parts;
+    another run's upload of the same output, and one of its work, go on meanwhile. Returns
+    the execution, what ``start --wait`` said (stdout, stderr) and the other upload's id."""
+    frozen = Frozen(monkeypatch)
+    s3 = ready.client("s3")
+    other = s3.create_multipart_upload(Bucket=DATA, Key="out/noise.tif",
+                                       Metadata={"tiffpipe-owner": "another-run"})["UploadId"]
+    s3.create_multipart_upload(Bucket=NAMES.bucket, Key="work/another/jobs/00000/out-0-u0.seg")
+
+    def then() -> None:
+        run_id = _execution(ready).rsplit(":", 1)[-1].removeprefix("run-")
+        # a unit's segment upload a killed process invocation left in the run's work
+        s3.create_multipart_upload(Bucket=NAMES.bucket,
+                                   Key=f"work/{run_id}/jobs/00000/out-0-u000001.seg")
+        end()
+
+    try:
+        with served_by(Killing(frozen, then)):
+            code, out, err = ready.tiffpipe("start", str(ready.manifest("m.json", MANIFEST)),
+                                            "--stack", STACK, "--wait", "--poll", "0.05")
+            time.sleep(0.5)  # (the stopped job's thread ends)
+        assert code == 1, err
+    finally:
+        frozen.thaw()
+    return _execution(ready), out, err, other
+
+
+def _stop(ready: Stack) -> None:
+    ready.client("stepfunctions").stop_execution(executionArn=_execution(ready),
+                                                 error="OnCall", cause="stopped")
+
+
+def test_a_stopped_run_leaves_no_upload_open(ready: Stack, monkeypatch):
+    """The execution is stopped while its merge composes the output: no RecordFailure, no
+    Report runs. ``start --wait`` (``status`` of the ended execution) ends the upload the
+    run's work records and its segments' under its work prefix, names what it ended, and
+    never ends another run's upload of the same key; run again, it finds none."""
+    arn, out, err, other = _stopped_mid_merge(ready, monkeypatch, lambda: _stop(ready))
+    assert "ended ABORTED" in err
+    assert ("tiffpipe: ended 2 S3 upload(s) the run left open (their parts are no longer "
+            f"billed; nothing of them was published): the output {OUTPUT}, 1 of its work") \
+        in err, err
+    assert _open(ready) == [("out/noise.tif", other)]
+    assert _open(ready, NAMES.bucket) == [("work/another/jobs/00000/out-0-u0.seg", ANY)]
+    assert ready.keys(DATA, "out/") == []
+    code, again, err2 = ready.tiffpipe("status", arn)
+    assert code == 1 and again == out[len(arn) + 1:]
+    assert "left open" not in err2 and "Traceback" not in err2
+    assert _open(ready) == [("out/noise.tif", other)]
+
+
+def test_a_run_timed_out_by_step_functions_leaves_no_upload_open(ready: Stack, monkeypatch):
+    """The state machine's own TimeoutSeconds ends the execution while its merge composes
+    the output (TIMED_OUT): as a stopped one, ``status`` ends what the run left open."""
+    sfn = ready.client("stepfunctions")
+    definition = json.loads(sfn.describe_state_machine(
+        stateMachineArn=NAMES.state_machine_arn)["definition"])
+    sfn.update_state_machine(stateMachineArn=NAMES.state_machine_arn,
+                             definition=json.dumps({**definition, "TimeoutSeconds": 10}))
+
+    def timed_out() -> None:
+        for _ in range(700):
+            if sfn.describe_execution(executionArn=_execution(ready))["status"] != "RUNNING":
+                return
+            time.sleep(0.05)
+
+    _, _, err, other = _stopped_mid_merge(ready, monkeypatch, timed_out)
+    assert "ended TIMED_OUT" in err, err
+    assert "ended 2 S3 upload(s) the run left open" in err, err
+    assert _open(ready) == [("out/noise.tif", other)]
+
+
+def test_status_without_the_permissions_says_so_and_shows_the_run(ready: Stack, monkeypatch):
+    """A caller of ``status`` whom S3 denies the abort (no s3:AbortMultipartUpload on the
+    data location) gets the run's summary and exit code as ever, and a line saying what was
+    not ended and which permissions it needs; with them, a later ``status`` ends it."""
+    real = segments.abort_upload
+
+    def denied(url: str, upload: str) -> bool:
+        raise AccessDeniedError(f"{url}: abort the upload of: AccessDenied")
+
+    monkeypatch.setattr(segments, "abort_upload", denied)
+    arn, out, err, other = _stopped_mid_merge(ready, monkeypatch, lambda: _stop(ready))
+    assert "Traceback" not in err and "STOPPED" in out
+    assert "tiffpipe: could not end the S3 uploads the run left open" in err, err
+    assert "s3:AbortMultipartUpload" in err and "s3:ListBucketMultipartUploads" in err
+    assert len(_open(ready)) == 2
+    monkeypatch.setattr(segments, "abort_upload", real)
+    code, _, err = ready.tiffpipe("status", arn)
+    assert code == 1 and f"the output {OUTPUT}" in err, err
+    assert _open(ready) == [("out/noise.tif", other)]
