@@ -35,6 +35,7 @@ from pipeline.core import tiff_layout
 from pipeline.core.constants import JOBS_FOLDER, UPLOADS_FOLDER
 from pipeline.core.tiff_layout import Literal, MiB, Part, Piece, Span, plan_parts
 from pipeline.errors import (
+    AccessDeniedError,
     OutputExistsError,
     OutputNotWritableError,
     StorageError,
@@ -559,31 +560,38 @@ class UploadsUnchecked(StorageError):
     even be listed: whether any is open is not known."""
 
 
-def abort_recorded_uploads(folder: str) -> int:
+def abort_recorded_uploads(folder: str, outputs: list[str] | None = None) -> int:
     """Abort the output uploads recorded under ``folder`` (:func:`recorded_uploads`) that
-    are still open; how many. A record goes once its upload is ended (aborted now, or
-    completed or ended already: passed over). Every record is tried; those that fail are
-    one StorageError at the end (their records kept)."""
-    aborted, failed = 0, []
+    are still open; how many (their outputs appended to ``outputs``). A record goes once its
+    upload is ended (aborted now, or completed or ended already: passed over). Every record
+    is tried; those that fail are one StorageError at the end (their records kept), an
+    :class:`AccessDeniedError` if S3 denied one."""
+    aborted, failed, denied = 0, [], False
     for url in recorded_uploads(folder):
         try:  # each on its own: one that cannot be ended does not keep the others open
-            aborted += abort_upload(*upload_record(url))
+            output, upload = upload_record(url)
+            if abort_upload(output, upload):
+                aborted += 1
+                if outputs is not None:
+                    outputs.append(output)
             storage.discard(url)
         except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
             failed.append(f"{url}: {exc}")
+            denied = denied or isinstance(exc, AccessDeniedError)
     if failed:
-        raise StorageError(f"cannot end {len(failed)} recorded upload(s) ({aborted} ended), "
-                           f"e.g. {failed[0]}")
+        raise (AccessDeniedError if denied else StorageError)(
+            f"cannot end {len(failed)} recorded upload(s) ({aborted} ended), e.g. {failed[0]}")
     return aborted
 
 
-def end_uploads(work: str) -> int:
-    """End the S3 uploads a run whose work is ``work`` left open (a killed or earlier run's):
-    its jobs' output uploads, which its work records (:func:`abort_recorded_uploads`), and,
-    its work on S3, its segments' under that prefix (:func:`abort_uploads`); how many. A
-    StorageError if some could not be ended; :class:`UploadsUnchecked` if they could not be
-    listed."""
-    ended = abort_recorded_uploads(storage.join(work, JOBS_FOLDER))
+def end_uploads(work: str, outputs: list[str] | None = None) -> int:
+    """End the S3 uploads a run whose work is ``work`` left open (a killed or earlier run's,
+    or an execution on AWS that ended without its Report step): its jobs' output uploads,
+    which its work records (:func:`abort_recorded_uploads`, their outputs appended to
+    ``outputs``), and, its work on S3, its segments' under that prefix
+    (:func:`abort_uploads`); how many. A StorageError if some could not be ended;
+    :class:`UploadsUnchecked` if they could not be listed."""
+    ended = abort_recorded_uploads(storage.join(work, JOBS_FOLDER), outputs)
     if is_s3(work):
         ended += abort_uploads(work.rstrip("/") + "/")
     return ended

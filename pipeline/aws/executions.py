@@ -396,6 +396,65 @@ def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | N
         return None
 
 
+#: outputs named in what status says of the uploads it ended (the others counted)
+_NAMED = 5
+
+
+def end_open_uploads(clients: Clients, desc: dict[str, Any]) -> list[str]:
+    """End the S3 multipart uploads an execution (``DescribeExecution``) that ended without
+    its Report step (stopped, timed out, failed) left open, and say so: its jobs' output
+    uploads, which its merges recorded in its work as they began them (their exact upload
+    ids: never another run's upload of the same output), and its segments' under its work
+    prefix (``work/<run id>/``), as RecordFailure ends a failed job's
+    (:func:`pipeline.adapters.segments.end_uploads`); each record goes once its upload is
+    ended, so a second call ends nothing more. What to say (on stderr): what was ended; what
+    could not be, and why (S3 denying it: the permissions it needs); invocations that may
+    still be running, and begin uploads, after a stop."""
+    from pipeline.adapters import storage
+    from pipeline.adapters.segments import end_uploads
+    from pipeline.core.constants import FUNCTION_SIZES
+    from pipeline.errors import AccessDeniedError, TiffpipeError
+
+    work = json.loads(desc.get("input") or "{}").get("work")
+    if not isinstance(work, str) or not work.startswith("s3://"):
+        return []
+    lines, outputs = [], []
+    try:
+        with storage.client_of(clients("s3")):
+            ended = end_uploads(work, outputs)
+    except TiffpipeError as exc:
+        ended, cause = 0, exc
+        while cause is not None and not isinstance(cause, AccessDeniedError):
+            cause = cause.__cause__
+        why = (f"S3 denied it ({exc}): ending them needs s3:AbortMultipartUpload on the data "
+               f"locations and on {work}, s3:ListBucketMultipartUploads on its bucket, and "
+               f"s3:ListBucket, s3:GetObject and s3:DeleteObject on {work} (docs/aws.md); "
+               "their parts are billed until they are ended: run tiffpipe status again with "
+               "those permissions" if cause is not None
+               else f"{exc}; run tiffpipe status again")
+        lines.append(f"tiffpipe: could not end the S3 uploads the run left open: {why}")
+    if ended:
+        named = outputs[:_NAMED] + ([f"{len(outputs) - _NAMED} more"]
+                                    if len(outputs) > _NAMED else [])
+        what = ([f"the output{'s' if len(outputs) > 1 else ''} {', '.join(named)}"]
+                if outputs else []) + ([f"{ended - len(outputs)} of its work"]
+                                       if ended > len(outputs) else [])
+        lines.append(f"tiffpipe: ended {ended} S3 upload(s) the run left open (their parts "
+                     f"are no longer billed; nothing of them was published): {', '.join(what)}")
+    stopped = desc.get("stopDate")
+    until = (stopped.timestamp() + max(f.timeout for f in FUNCTION_SIZES.values())
+             if desc["status"] in _STOPPED and hasattr(stopped, "timestamp") else 0)
+    if until > time.time():  # a stop ends no invocation: those running go on, to their timeout
+        lines.append("tiffpipe: invocations begun before the run ended may go on until "
+                     f"{time.strftime('%H:%M:%S UTC', time.gmtime(until))} (their function's "
+                     "timeout) and begin uploads: run tiffpipe status again after then")
+    return lines
+
+
+#: the endings that leave invocations running (Step Functions stops no Lambda invocation)
+_STOPPED = ("ABORTED", "TIMED_OUT")
+
+
 def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
                 path: str) -> str:
     """Write to ``path`` (a local file) a manifest of the report's failed jobs that a rerun
@@ -488,10 +547,11 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         desc = sfn.describe_execution(executionArn=execution_arn)
     report_url = json.loads(desc.get("output") or "{}").get("report") or \
         json.loads(desc.get("input") or "{}").get("report")
-    report, problem = None, None
-    if desc["status"] != "SUCCEEDED":
+    report, problem, uploads = None, None, []
+    if desc["status"] != "SUCCEEDED":  # no Report step ran: nor RecordFailure, for some jobs
         problem = f"the run {name} ended {desc['status']}: {ended_why(desc)}"
         report = rebuilt_report(clients, desc)
+        uploads = end_open_uploads(clients, desc)
     elif not report_url:
         problem = f"the run {name} succeeded but names no report"
     else:
@@ -507,6 +567,8 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
                   "planned no job (or its work is gone): start its manifest again", file=err)
         else:
             print(f"tiffpipe: {write_rerun(clients, desc, report, rerun)}", file=err)
+    for line in uploads:
+        say(line, err)
     if as_json:
         say(json.dumps(_document(execution_arn, desc, report=report, problem=problem,
                                  report_url=None if problem else report_url)), out)
