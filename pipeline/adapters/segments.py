@@ -563,9 +563,10 @@ class UploadsUnchecked(StorageError):
 def abort_recorded_uploads(folder: str, outputs: list[str] | None = None) -> int:
     """Abort the output uploads recorded under ``folder`` (:func:`recorded_uploads`) that
     are still open; how many (their outputs appended to ``outputs``). A record goes once its
-    upload is ended (aborted now, or completed or ended already: passed over). Every record
-    is tried; those that fail are one StorageError at the end (their records kept), an
-    :class:`AccessDeniedError` if S3 denied one."""
+    upload is ended (aborted now, or completed or ended already: passed over), where it may
+    be deleted (one left is passed over the next time). Every record is tried; those that
+    fail are one StorageError at the end (their records kept), an :class:`AccessDeniedError`
+    if S3 denied one."""
     aborted, failed, denied = 0, [], False
     for url in recorded_uploads(folder):
         try:  # each on its own: one that cannot be ended does not keep the others open
@@ -574,10 +575,12 @@ def abort_recorded_uploads(folder: str, outputs: list[str] | None = None) -> int
                 aborted += 1
                 if outputs is not None:
                     outputs.append(output)
-            storage.discard(url)
         except (TiffpipeError, ValueError, KeyError, TypeError) as exc:
             failed.append(f"{url}: {exc}")
             denied = denied or isinstance(exc, AccessDeniedError)
+            continue
+        with suppress(TiffpipeError):  # a record left is passed over as an upload ended (on
+            storage.discard(url)  # AWS only the caller of status may delete a record)
     if failed:
         raise (AccessDeniedError if denied else StorageError)(
             f"cannot end {len(failed)} recorded upload(s) ({aborted} ended), e.g. {failed[0]}")
