@@ -422,16 +422,16 @@ def end_open_uploads(clients: Clients, desc: dict[str, Any]) -> list[str]:
     try:
         with storage.client_of(clients("s3")):
             ended = end_uploads(work, outputs)
-    except TiffpipeError as exc:
-        ended, cause = 0, exc
+    except TiffpipeError as exc:  # (the outputs' uploads ended before it are said too)
+        ended, cause = len(outputs), exc
         while cause is not None and not isinstance(cause, AccessDeniedError):
             cause = cause.__cause__
-        why = (f"S3 denied it ({exc}): ending them needs s3:AbortMultipartUpload on the data "
-               f"locations and on {work}, s3:ListBucketMultipartUploads on its bucket, and "
-               f"s3:ListBucket, s3:GetObject and s3:DeleteObject on {work} (docs/aws.md); "
-               "their parts are billed until they are ended: run tiffpipe status again with "
-               "those permissions" if cause is not None
-               else f"{exc}; run tiffpipe status again")
+        why = (f"S3 denied it ({str(exc).split(': check', 1)[0]}): ending them needs "
+               f"s3:AbortMultipartUpload on the data locations and on {work}, "
+               f"s3:ListBucketMultipartUploads on its bucket, s3:ListBucket and s3:GetObject "
+               f"on {work} (docs/aws.md, \"Uploads a run leaves open\"); their parts are "
+               "billed until they are ended: run tiffpipe status again with those "
+               "permissions" if cause is not None else f"{exc}; run tiffpipe status again")
         lines.append(f"tiffpipe: could not end the S3 uploads the run left open: {why}")
     if ended:
         named = outputs[:_NAMED] + ([f"{len(outputs) - _NAMED} more"]
@@ -567,11 +567,11 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
                   "planned no job (or its work is gone): start its manifest again", file=err)
         else:
             print(f"tiffpipe: {write_rerun(clients, desc, report, rerun)}", file=err)
-    for line in uploads:
-        say(line, err)
     if as_json:
         say(json.dumps(_document(execution_arn, desc, report=report, problem=problem,
                                  report_url=None if problem else report_url)), out)
+        for line in uploads:
+            say(line, err)
         return code
     if problem:
         say(f"tiffpipe: {problem}", err)
@@ -587,6 +587,8 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         with shown(err):
             for line in fault_lines(report):
                 print(line, file=err)
+    for line in uploads:
+        say(line, err)
     return code
 
 
