@@ -55,6 +55,8 @@ SLOW_TESTS = {
     ("test_engine_startup::"
      "test_the_interpreter_is_imported_without_batch_and_batch_still_works_later"),
     "test_fused::test_the_engine_takes_the_fused_branch_per_job",
+    # (waits for the state machine's TimeoutSeconds, 20 s)
+    "test_open_uploads::test_a_run_timed_out_by_step_functions_leaves_no_upload_open",
     "test_global_ops::test_run_on_the_embedded_engine",
     "test_preview::test_run_writes_a_contact_sheet_next_to_its_report",
     "test_preview::test_short_strips_are_read_strided",

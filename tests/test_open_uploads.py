@@ -225,10 +225,10 @@ def test_a_run_timed_out_by_step_functions_leaves_no_upload_open(ready: Stack, f
     definition = json.loads(sfn.describe_state_machine(
         stateMachineArn=NAMES.state_machine_arn)["definition"])
     sfn.update_state_machine(stateMachineArn=NAMES.state_machine_arn,
-                             definition=json.dumps({**definition, "TimeoutSeconds": 10}))
+                             definition=json.dumps({**definition, "TimeoutSeconds": 20}))
 
     def timed_out() -> None:
-        for _ in range(700):
+        for _ in range(1000):
             if sfn.describe_execution(executionArn=_execution(ready))["status"] != "RUNNING":
                 return
             time.sleep(0.05)
