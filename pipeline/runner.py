@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import field
 from typing import Any
 
@@ -199,7 +199,7 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
 
             listener = shown = RunProgress(jobs)
         stop = stop if stop is not None else StopRequest()
-        with shown or _nothing(), _ctrl_c_stops(stop) as ours:
+        with shown or nullcontext(), _ctrl_c_stops(stop) as ours:
             result = run_local(path, workers, work=work, report=report, keep_work=keep_work,
                                listener=listener, contact_sheet=contact_sheet,
                                interpreter=interpreter, stop=stop,
@@ -231,11 +231,6 @@ def check_run(manifest: str, report: str | None = None, work: str | None = None
     if work:
         check_outside_work(work, jobs, report)
     return jobs
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @contextmanager
