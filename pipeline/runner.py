@@ -191,7 +191,7 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                 raise
             raise ManifestError("the manifest given", exc.problems) from None
         if not overwrite_report:  # (as run_local does, in the words of this function)
-            check_report_free(_report_url(report or default_report(path)),
+            check_report_free(_resolved(report or default_report(path)),
                               PYTHON_REPORT_ADVICE, sheet=contact_sheet)
         shown = None
         if progress and listener is None:
@@ -210,9 +210,10 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     return result
 
 
-def _report_url(report: str) -> str:
-    """The report's path as the run writes it (a local one resolved: ``local_path``)."""
-    return report if storage.is_s3(report) else storage.local_path(report)
+def _resolved(url: str) -> str:
+    """A location as the run uses it (the manifest, the work location, the report): an
+    ``s3://`` URL as it is, a local path resolved (``storage.local_path``)."""
+    return url if storage.is_s3(url) else storage.local_path(url)
 
 
 def check_run(manifest: str, report: str | None = None, work: str | None = None
@@ -327,14 +328,11 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     another local run going on uses, or that holds files other than an earlier run's work,
     is a WorkLocationError before anything runs (an earlier run's work there is removed
     first: :mod:`pipeline.adapters.work_location`)."""
-    if not storage.is_s3(manifest):
-        manifest = storage.local_path(manifest)
+    manifest = _resolved(manifest)
     run_id = new_run_id()
     shared = work is not None  # a --work that another run (another machine's) may be given
-    work = work or default_work(manifest, run_id)
-    if not storage.is_s3(work):
-        work = storage.local_path(work)
-    report_url = _report_url(report or default_report(manifest))
+    work = _resolved(work or default_work(manifest, run_id))
+    report_url = _resolved(report or default_report(manifest))
     # before any work: a run whose report is lost is wasted
     storage.check_writable(report_url, "report", "give --report another path")
     if not overwrite_report:
