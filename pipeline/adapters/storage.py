@@ -69,10 +69,16 @@ def _aws_errors() -> tuple[type[BaseException], ...]:
     return (botocore_exceptions.BotoCoreError, botocore_exceptions.ClientError, *upload)
 
 
+def _client_key() -> tuple[Any, ...]:
+    """What the process's S3 client is kept for: this process, and the environment that
+    configures boto3 (a change of either makes :func:`s3_client` create another)."""
+    return (os.getpid(), *(os.environ.get(k) for k in _ENV_KEYS))
+
+
 def s3_client() -> Any:
     """The S3 client of this process (created on first use; recreated after a fork)."""
     global _client
-    key = (os.getpid(), *(os.environ.get(k) for k in _ENV_KEYS))
+    key = _client_key()
     with _lock:
         if _client is None or _client[0] != key:
             import boto3
@@ -92,9 +98,8 @@ def client_of(client: Any) -> Iterator[None]:
     """While the block runs, ``client`` is this process's S3 client (:func:`s3_client`): a
     command's own session (its ``--profile``, its region) reads what the steps wrote."""
     global _client
-    key = (os.getpid(), *(os.environ.get(k) for k in _ENV_KEYS))
     with _lock:
-        before, _client = _client, (key, client)
+        before, _client = _client, (_client_key(), client)
     try:
         yield
     finally:
