@@ -28,15 +28,20 @@ from pipeline.aws import (
 from pipeline.aws.actions import error_code
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK, DataLocation, locations_of
 from pipeline.aws.resources import role_policy
-from pipeline.core.events import RunInput, to_payload
+from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.manifest import ScanSpec, load_manifest
 from pipeline.core.models import JobSpec
 from pipeline.errors import (
+    INPUT_FAULT,
     INTERRUPTED_ERROR,
     RUN_FAILED_ERROR,
     InputNotFoundError,
     ManifestError,
+    TiffpipeError,
+    WorkMissingError,
     failure_record,
+    job_fault,
+    shortened,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -375,8 +380,6 @@ def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | N
     whole or not at all), with the error of :data:`_UNFINISHED`. None when PlanRun wrote no
     run (no job was planned) or the work cannot be read."""
     from pipeline.adapters import storage
-    from pipeline.core.events import ReportEvent
-    from pipeline.errors import TiffpipeError, shortened
     from pipeline.steps import layout
     from pipeline.steps.report import run_report
 
@@ -465,8 +468,6 @@ def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
     input's fault), or why nothing was (no such job: a manifest of no job is no manifest;
     the run's work, ``run.json``, gone; the file cannot be written)."""
     from pipeline.adapters import storage
-    from pipeline.core.models import JobSpec
-    from pipeline.errors import INPUT_FAULT, TiffpipeError, WorkMissingError, job_fault
     from pipeline.steps import layout
 
     failed = [j for j in report["jobs"] if j["status"] == "FAILED"]
