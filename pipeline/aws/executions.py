@@ -366,6 +366,12 @@ def ended_why(desc: dict[str, Any]) -> str:
     return f"{failure['type']}: {failure['message']}"
 
 
+def _work_of(desc: dict[str, Any]) -> Any:
+    """The work location an execution (``DescribeExecution``) was started with: its
+    input's ``work`` (None when it has none)."""
+    return json.loads(desc.get("input") or "{}").get("work")
+
+
 #: what the jobs of a run that ended without its report (stopped, timed out, or failed as a
 #: whole) are said to have met, when they have no result of their own: (type, what happened)
 _UNFINISHED = {"ABORTED": (INTERRUPTED_ERROR, "the run was stopped"),
@@ -383,7 +389,7 @@ def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | N
     from pipeline.steps import layout
     from pipeline.steps.report import run_report
 
-    work = json.loads(desc.get("input") or "{}").get("work")
+    work = _work_of(desc)
     kind, what = _UNFINISHED.get(desc["status"], (RUN_FAILED_ERROR, "the run ended"))
     if not isinstance(work, str) or not work.startswith("s3://"):
         return None
@@ -478,7 +484,7 @@ def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
     if not chosen:
         return (f"no --rerun-manifest written: no failed job a rerun may mend{skipped}"
                 if failed else "no --rerun-manifest written: no job failed")
-    work = json.loads(desc.get("input") or "{}").get("work")
+    work = _work_of(desc)
     listed = ", ".join(map(str, chosen))
     try:
         with storage.client_of(clients("s3")):
@@ -580,7 +586,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         with shown(out):
             print_summary(report, out)
             if problem:
-                work = json.loads(desc.get("input") or "{}").get("work")
+                work = _work_of(desc)
                 print(f"report: none written; the summary above is rebuilt from the jobs' "
                       f"results in {work} (kept 7 days)", file=out)
             else:
