@@ -151,13 +151,12 @@ def _masked_reduce2(block: np.ndarray, nodata: float) -> np.ndarray:
         s = b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2]
         out = (s + n // 2) // n
     else:
-        out = _mean_of_64bit(np.where(valid, block, 0), count, shape, n)
+        out = _mean_of_64bit(np.where(valid, block, 0), shape, n)
     out[none] = nodata
     return out.astype(dtype)
 
 
-def _mean_of_64bit(block: np.ndarray, count: np.ndarray, shape: tuple[int, ...],
-                   n: np.ndarray) -> np.ndarray:
+def _mean_of_64bit(block: np.ndarray, shape: tuple[int, ...], n: np.ndarray) -> np.ndarray:
     """``(s + n // 2) // n`` of 2 x 2 blocks of 64-bit integers (the invalid ones 0),
     exactly: each value is ``hi * 2**32 + lo`` (``lo`` in 0..2**32 - 1), the sums of the
     halves fit in int64, and ``floor((S_hi * 2**32 + S_lo + n // 2) / n)`` is
