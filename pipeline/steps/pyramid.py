@@ -128,8 +128,8 @@ def _masked_reduce2(block: np.ndarray, nodata: float) -> np.ndarray:
     it equals :func:`reduce2`'s result bit for bit."""
     h, w = block.shape[:2]
     dtype = block.dtype
-    if dtype.kind == "f":
-        valid = ~np.isnan(block) if np.isnan(nodata) else block != dtype.type(nodata)
+    if dtype.kind == "f" and np.isnan(nodata):
+        valid = ~np.isnan(block)
     else:
         valid = block != dtype.type(nodata)
     shape = (h + h % 2, w + w % 2) + block.shape[2:]
