@@ -186,10 +186,11 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     shape = (height, width) + ((channels,) if channels > 1 else ())
     # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
     ops = plan.spec.ops
+    bands = chain_bands(ops, page.info.channels)
     tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
-                       page.factor, chain_bands(ops, page.info.channels), chain_own_nodata(ops))
+                       page.factor, bands, chain_own_nodata(ops))
     if options.ome:
-        tags = _ome_tags(tags, page, chain_bands(ops, page.info.channels))
+        tags = _ome_tags(tags, page, bands)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
     common = {"dtype": page.out_dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
