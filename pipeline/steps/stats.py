@@ -115,11 +115,11 @@ def _reduce(plan: JobPlan, event: ReduceEvent) -> dict[str, Any]:
         parts = list(pool.map(_read_part, urls))
     for page in range(len(plan.pages)):
         ev = TileEvaluator(plan, page)
-        call = ev.chain[_position(ev, event.round)]
+        position = _position(ev, event.round)
+        call = ev.chain[position]
         mine = [parts[b] for b in plan.batches_of(page)]
-        dtype = ev.layout.dtypes[_position(ev, event.round)]
         save_npz(layout.stats_file(plan.work, event.round, page),
-                 call.op.stats.finish(combine(mine), call.params, dtype))
+                 call.op.stats.finish(combine(mine), call.params, ev.layout.dtypes[position]))
     return StatsRound.next_round(event.round + 1, rounds).reply(plan.job)
 
 
