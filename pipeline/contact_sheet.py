@@ -86,9 +86,9 @@ class Row:
 
 
 def layout_size(rows: int, truncated: bool = False) -> tuple[int, int]:
-    """(width, height) of a sheet of ``rows`` drawn rows."""
-    width = PAD + LABEL_W + PAD + CELL + PAD + CELL + PAD  # (SHEET_WIDTH)
-    return width, HEADER + rows * ROW_H + PAD + (FOOTER if truncated else 0)
+    """(width, height) of a sheet of ``rows`` drawn rows: every sheet is SHEET_WIDTH wide
+    (its label column, two cells and four paddings: LABEL_W is what the rest leaves)."""
+    return SHEET_WIDTH, HEADER + rows * ROW_H + PAD + (FOOTER if truncated else 0)
 
 
 def describe_ops(ops: list[dict[str, Any]]) -> str:
