@@ -147,7 +147,12 @@ class BandsParam(Param):
         return [int(v) for v in value]
 
 
-_BAND = Param("band", "integer", "a 0-based band index", required=True, ge=0, le=65534)
+def _band(name: str, help_: str) -> Param:
+    """A required 0-based band index (TIFF's SamplesPerPixel is at most 65535)."""
+    return Param(name, "integer", help_, required=True, ge=0, le=65534)
+
+
+_BAND = _band("band", "a 0-based band index")
 
 
 class FunctionParam(Param):
@@ -260,10 +265,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
                                              "whole page"),
     Op("normalized_difference", "(a - b) / (a + b) in float64, as float32; 0 where a + b == 0, "
        "NaN where a or b is the page's no-data value",
-       (Param("a", "integer", "0-based index of the first band (NIR for NDVI)", required=True,
-              ge=0, le=65534),
-        Param("b", "integer", "0-based index of the second band (red for NDVI)",
-              required=True, ge=0, le=65534)),
+       (_band("a", "0-based index of the first band (NIR for NDVI)"),
+        _band("b", "0-based index of the second band (red for NDVI)")),
        fn.normalized_difference, accepts=_bands_accepts, check=_differ,
        out_channels=lambda ch: 1, out_dtype=lambda dt: np.dtype(np.float32),
        own_nodata=float("nan"), colour=True,
