@@ -224,16 +224,6 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _validated(manifest: str) -> list[Any] | None:
-    from pipeline.runner import validate
-
-    try:
-        return validate(manifest)
-    except (ManifestError, InputNotFoundError, StorageError) as exc:
-        _say_invalid(exc)
-    return None
-
-
 def _say_invalid(exc: Exception) -> None:
     """A manifest that is invalid, not there or not readable, said on stderr."""
     invalid = "invalid manifest " if isinstance(exc, ManifestError) else ""
@@ -244,8 +234,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if getattr(args, "inputs", False) and args.threads < 1:
         print("tiffpipe: --threads must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    jobs = _validated(args.manifest)
-    if jobs is None:
+    from pipeline.runner import validate
+
+    try:
+        jobs = validate(args.manifest)
+    except (ManifestError, InputNotFoundError, StorageError) as exc:
+        _say_invalid(exc)
         return EXIT_USAGE
     if getattr(args, "inputs", False):
         return _validate_inputs(args, jobs)
