@@ -401,15 +401,6 @@ def chain_out_channels(chain: list[OpCall], channels: int) -> int:
     return channels
 
 
-def chain_out_dtype(chain: list[OpCall], dtype: np.dtype | str) -> np.dtype:
-    """The sample type of a chain's output on pages of ``dtype`` (an op's is its input's but
-    for ``normalized_difference``: float32)."""
-    dtype = np.dtype(dtype)
-    for call in chain:
-        dtype = call.op.out_dtype(dtype)
-    return dtype
-
-
 def chain_bands(ops: list[dict[str, Any]], channels: int) -> tuple[int, ...] | None:
     """The input band each output band of a chain (its JSON) is, on pages of ``channels``
     bands: a ``select_bands`` picks them; None when an op makes bands of its own (to_gray,

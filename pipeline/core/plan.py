@@ -8,13 +8,7 @@ from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
-from pipeline.core.ops import (
-    chain_from_json,
-    chain_halo,
-    chain_out_channels,
-    chain_out_dtype,
-    chain_problems,
-)
+from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
 SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
@@ -79,7 +73,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         grid = PageGrid(info.height, info.width, tile, halo)
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
                               layout.factor, strip=bool(strip),
-                              out_dtype=chain_out_dtype(chain, info.dtype).name))
+                              out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
