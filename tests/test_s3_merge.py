@@ -465,6 +465,35 @@ def test_a_completed_upload_leaves_no_record(s3):
     assert seen and segments.recorded_uploads(storage.join(s3["work"], "jobs")) == []
 
 
+def test_a_retried_merge_that_publishes_ends_its_earlier_attempts_upload(s3):
+    """An earlier attempt of the job's merge died after it began its upload (the Lambda
+    lost: Step Functions retried it on Lambda.ServiceException), which it had recorded; the
+    retry publishes the output: it ends that upload too (no RecordFailure comes to a job
+    that succeeds, and status looks only at runs that did not), and its record; never
+    another run's upload of the same output, recorded in that run's work or not."""
+    from pipeline.steps.common import record_output_upload
+
+    c, plan = s3["client"], _plan(s3["work"], 1)
+    key = storage.split_s3(plan.spec.output)[1]
+    other_work = storage.join(s3["work"].rstrip("/") + "-another-run", "jobs")
+    earlier = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    record_output_upload(plan.work, plan.spec.output, earlier)  # as its first attempt did
+    another = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    record_output_upload(storage.join(other_work, "00001"), plan.spec.output, another)
+    unrecorded = c.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    try:
+        merge_mod.publish(plan)  # (the retry; if_exists: overwrite)
+        assert sorted(u["UploadId"] for u in _uploads(s3)) == sorted([another, unrecorded])
+        assert segments.recorded_uploads(storage.join(s3["work"], "jobs")) == []
+        assert len(segments.recorded_uploads(other_work)) == 1
+    finally:
+        storage.delete_prefix(other_work)
+        for upload in (earlier, another, unrecorded):
+            with contextlib.suppress(Exception):
+                c.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload)
+    assert _uploads(s3) == []
+
+
 def test_a_merge_records_its_upload_before_any_part(s3, monkeypatch):
     """Merge of an output of parts notes its upload in the job's work as it begins it,
     before its first part: a merge killed at any part leaves what RecordFailure ends."""

@@ -50,6 +50,7 @@ from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError, TiffpipeError
 from pipeline.steps import held_work, layout, stopping
 from pipeline.steps.common import (
+    abort_output_uploads,
     explained_by_records,
     load_plan,
     record_output_upload,
@@ -86,12 +87,14 @@ def publish(plan: JobPlan) -> dict[str, Any]:
                        started=started,
                        owner=publisher(plan) if storage.is_s3(spec.output) else None)
         _forget_uploads(plan.work, uploads)
+        _end_earlier_attempts(plan)
     except OutputExistsError as exc:
         if spec.if_exists == "fail":
             raise OutputExistsError(
                 f"output {spec.output} appeared while the job ran (if_exists: fail): it is "
                 "left as it is and this job's result discarded; remove it, or set if_exists "
                 "to overwrite or skip, and re-run") from exc
+        _end_earlier_attempts(plan)
         save_skipped(plan.work, plan.job, spec, "the output appeared while the job ran "
                      "(if_exists: skip): left as it is, this job's result discarded",
                      plan.started_at)
@@ -123,6 +126,26 @@ def _forget_uploads(job_work: str, uploads: list[str]) -> None:
         except TiffpipeError as exc:
             log.warning("could not remove the record of the finished upload %s: %s", upload,
                         exc)
+
+
+def _end_earlier_attempts(plan: JobPlan) -> None:
+    """End the output uploads an earlier attempt of this step left open, once this one
+    has published (or skipped) the output: an attempt that died after it began its upload
+    (Lambda.ServiceException, a lost invocation: the state machine retries the step) left
+    it open, recorded in the job's work, and no RecordFailure comes to a job that succeeds.
+    Only this job's records (its work is its run's: never another run's upload of the same
+    output). Never the step's failure: what is not ended is said in the log."""
+    if not storage.is_s3(plan.spec.output):
+        return  # (a local output has no upload; a local run's killed attempt: its tmp files)
+    try:
+        ended = abort_output_uploads(plan.work)
+    except TiffpipeError as exc:
+        log.warning("could not end the output uploads an earlier attempt of job %s left "
+                    "open: %s", plan.job, exc)
+        return
+    if ended:
+        log.warning("ended %d output upload(s) an earlier attempt of job %s left open",
+                    ended, plan.job)
 
 
 def publisher(plan: JobPlan) -> str:
