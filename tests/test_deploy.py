@@ -593,7 +593,8 @@ def test_every_role_is_scoped(aws: Aws, tmp_path: Path):
     # S3: the stack bucket's prefixes and the named data locations, nothing else
     allowed = (f"{NAMES.bucket_arn}/work/*", f"{NAMES.bucket_arn}/manifests/*",
                f"{NAMES.bucket_arn}/reports/*", "arn:aws:s3:::data-in/incoming/*",
-               "arn:aws:s3:::data-out/*", f"{NAMES.bucket_arn}/work/*/errors/*")
+               "arn:aws:s3:::data-out/*", f"{NAMES.bucket_arn}/work/*/errors/*",
+               f"{NAMES.bucket_arn}/work/*/jobs/*/uploads/*")
     for step in STEPS:
         for statement in _statements(doc(NAMES.function_role(step))):
             for resource in _resources(statement):
@@ -642,12 +643,13 @@ def test_policy_documents_are_pure_and_least_privilege():
     assert uploads["Action"] == ["s3:ListBucketMultipartUploads"]
     assert uploads["Resource"] == [NAMES.bucket_arn]
     assert not any("ListBucketMultipartUploads" in json.dumps(s) for s in (split, process))
-    # nothing is deleted but the error records a retried item's failed attempt left
-    for doc_ in (split, process):
+    # nothing is deleted but the error records a retried item's failed attempt left (split,
+    # process) and the records of the output uploads a step ended (process, merge)
+    errors = (["s3:DeleteObject"], [f"{NAMES.bucket_arn}/work/*/errors/*"])
+    records = (["s3:DeleteObject"], [f"{NAMES.bucket_arn}/work/*/jobs/*/uploads/*"])
+    for doc_, want in ((split, [errors]), (process, [errors, records]), (merge, [records])):
         deletes = [s for s in doc_["Statement"] if "s3:DeleteObject" in s["Action"]]
-        assert [(s["Action"], s["Resource"]) for s in deletes] == [
-            (["s3:DeleteObject"], [f"{NAMES.bucket_arn}/work/*/errors/*"])]
-    assert "s3:DeleteObject" not in json.dumps(merge)
+        assert [(s["Action"], s["Resource"]) for s in deletes] == want
     assert scheduler_policy(NAMES)["Statement"][0]["Resource"] == [NAMES.state_machine_arn]
     children = next(s for s in state_machine_policy(NAMES)["Statement"]
                     if s["Sid"] == "ManageOwnChildren")
@@ -657,6 +659,27 @@ def test_policy_documents_are_pure_and_least_privilege():
     assert [s["Sid"] for s in star] == ["LogDelivery"]
     with pytest.raises(ValueError):
         DataLocation.parse("s3:///prefix")
+
+
+def test_the_writers_may_remove_the_records_of_the_uploads_they_ended():
+    """Merge (and ProcessJob, RecordFailure) remove an output upload's record once it is
+    completed or ended: S3 denied it to every role (a warning in merge's log, the records
+    left for status); now process and merge may delete those records, and nothing else of
+    the work (a job's segments, results, a run's report are no step's to delete)."""
+    from pipeline.steps import layout
+
+    job = layout.job_dir(f"s3://{NAMES.bucket}/work/run-1/", 3)
+    record = layout.upload_file(job, "abc.def")
+    arn = f"{NAMES.bucket_arn}/{record.split('/', 3)[3]}"
+    data = [DataLocation("data-out")]
+    for step in ("process", "merge"):
+        policy = function_policy(step, NAMES, data)
+        assert _allowed(policy, "s3:DeleteObject", arn), step
+        for other in (layout.result_file(job), layout.plan_file(job),
+                      f"s3://{NAMES.bucket}/reports/run-1.json", "s3://data-out/out/x.tif"):
+            bucket, _, key = other[len("s3://"):].partition("/")
+            assert not _allowed(policy, "s3:DeleteObject", f"arn:aws:s3:::{bucket}/{key}")
+    assert not _allowed(function_policy("split", NAMES, data), "s3:DeleteObject", arn)
 
 
 @pytest.mark.parametrize("text,why", [

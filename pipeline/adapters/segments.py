@@ -579,8 +579,8 @@ def abort_recorded_uploads(folder: str, outputs: list[str] | None = None) -> int
             failed.append(f"{url}: {exc}")
             denied = denied or isinstance(exc, AccessDeniedError)
             continue
-        with suppress(TiffpipeError):  # a record left is passed over as an upload ended (on
-            storage.discard(url)  # AWS only the caller of status may delete a record)
+        with suppress(TiffpipeError):  # a record left is passed over as an upload ended
+            storage.discard(url)  # (on AWS: process, merge, and status's caller, may delete)
     if failed:
         raise (AccessDeniedError if denied else StorageError)(
             f"cannot end {len(failed)} recorded upload(s) ({aborted} ended), e.g. {failed[0]}")

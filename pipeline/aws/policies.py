@@ -19,6 +19,8 @@ What each function touches (see ``pipeline/steps``), hence what it may do:
   job lists the Jobs map's ItemReader reads.
 - merge (merge, record_failure, report): reads work files, writes outputs (a multipart
   upload) and the run report.
+- process and merge delete the records of the output uploads they ended (``UPLOAD_RECORDS``),
+  split and process the error records of a retried item's failed attempt: nothing else.
 
 ``s3:ListBucket`` is granted on whole buckets, without an ``s3:prefix`` condition: S3 answers
 a GET or HEAD of a missing object with 404 only to a caller that may list the bucket (403
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.aws import STEPS, StackNames
+from pipeline.core.constants import JOBS_FOLDER, UPLOADS_FOLDER
 
 VERSION = "2012-10-17"
 #: CloudWatch Logs delivery actions (state machine logging): AWS supports only "*" for these
@@ -42,6 +45,8 @@ LOG_DELIVERY_ACTIONS = (
 )
 #: stack bucket prefixes: run manifests, work files, run reports
 MANIFESTS, WORK, REPORTS = "manifests/", "work/", "reports/"
+#: the records of the output uploads a run's merges began (``work/<run>/jobs/<job>/uploads/``)
+UPLOAD_RECORDS = f"{WORK}*/{JOBS_FOLDER}/*/{UPLOADS_FOLDER}/*"
 #: S3 bucket names (general purpose buckets): the characters and their ends
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
@@ -208,6 +213,10 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
         # started and aborted, the output's check
         statements.append(_allow("WriteOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"],
                                  objects))
+        # merge, process_job (and record_failure) remove the record of an output upload
+        # they completed or ended (pipeline.adapters.segments): no other object is deleted
+        statements.append(_allow("ClearUploadRecords", ["s3:DeleteObject"],
+                                 [f"{stack}{UPLOAD_RECORDS}"]))
     if kms_keys:
         statements.append(_allow(
             "DataKeys", ["kms:Decrypt"] + (["kms:GenerateDataKey"] if step != "split" else []),
