@@ -210,6 +210,7 @@ def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
     code, doc, _ = stack.tiffpipe("status", out.splitlines()[0], "--json")
     got = json.loads(doc)
     assert (code, got["status"], got["problem"]) == (0, "SUCCEEDED", None)
+    assert got["uploads"] is None  # (its own steps ended its uploads: none looked for)
     assert got["report_url"].startswith(f"s3://{NAMES.bucket}/reports/")
     assert got["report"]["succeeded"] == 1 and got["report"]["jobs"][0]["output"] == \
         f"s3://{DATA}/out/good.tif"

@@ -259,3 +259,35 @@ def test_status_without_the_permissions_says_so_and_shows_the_run(ready: Stack, 
     code, _, err = ready.tiffpipe("status", arn)
     assert code == 1 and f"the output {OUTPUT}" in err, err
     assert _open(ready) == [("out/noise.tif", other)]
+
+
+def test_status_json_says_what_it_did_about_the_open_uploads(ready: Stack, frozen,
+                                                             monkeypatch):
+    """``status --json`` has what it did about the uploads the run left open in its document
+    (``uploads``: how many it ended, their outputs, what stopped it), not on stderr only
+    (where its lines stay, for people): a script sees an upload it could not end."""
+    real = segments.abort_upload
+
+    def denied(url: str, upload: str) -> bool:
+        raise AccessDeniedError(f"{url}: abort the upload of: AccessDenied")
+
+    monkeypatch.setattr(segments, "abort_upload", denied)
+    arn, _, _, other = _stopped_mid_merge(ready, frozen, lambda: _stop(ready))
+    code, doc, err = ready.tiffpipe("status", arn, "--json")
+    got = json.loads(doc)
+    assert code == 1 and got["status"] == "ABORTED", err
+    uploads = got["uploads"]
+    assert (uploads["ended"], uploads["outputs"]) == (0, [])
+    assert uploads["problem"].startswith("could not end the S3 uploads the run left open: "
+                                         "S3 denied it"), uploads
+    assert "s3:AbortMultipartUpload" in uploads["problem"]
+    assert f"tiffpipe: {uploads['problem']}" in err
+    monkeypatch.setattr(segments, "abort_upload", real)
+    code, doc, err = ready.tiffpipe("status", arn, "--json")
+    uploads = json.loads(doc)["uploads"]
+    assert (uploads["ended"], uploads["outputs"], uploads["problem"]) == (2, [OUTPUT], None)
+    assert uploads["again_after"] > time.time()  # (a stop: invocations may go on)
+    assert "tiffpipe: ended 2 S3 upload(s) the run left open" in err, err
+    assert _open(ready) == [("out/noise.tif", other)]
+    code, doc, _ = ready.tiffpipe("status", arn, "--json")
+    assert json.loads(doc)["uploads"]["ended"] == 0

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from botocore.exceptions import ClientError
@@ -409,25 +409,46 @@ def rebuilt_report(clients: Clients, desc: dict[str, Any]) -> dict[str, Any] | N
 _NAMED = 5
 
 
-def end_open_uploads(clients: Clients, desc: dict[str, Any]) -> list[str]:
+@dataclass
+class EndedUploads:
+    """What :func:`end_open_uploads` did about the uploads a run left open: how many it
+    ended (``ended``; of them, those of outputs: ``outputs``, the others its work's), why
+    some could not be (``problem``), until when invocations begun before a stop may still
+    begin some (``again_after``, epoch seconds: run status again after then), and the lines
+    saying so (on stderr)."""
+
+    ended: int = 0
+    outputs: list[str] = field(default_factory=list)
+    problem: str | None = None
+    again_after: float | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        """Its part of ``status --json`` (``uploads``)."""
+        return {"ended": self.ended, "outputs": list(self.outputs), "problem": self.problem,
+                "again_after": self.again_after}
+
+
+def end_open_uploads(clients: Clients, desc: dict[str, Any]) -> EndedUploads:
     """End the S3 multipart uploads an execution (``DescribeExecution``) that ended without
     its Report step (stopped, timed out, failed) left open, and say so: its jobs' output
     uploads, which its merges recorded in its work as they began them (their exact upload
     ids: never another run's upload of the same output), and its segments' under its work
     prefix (``work/<run id>/``), as RecordFailure ends a failed job's
     (:func:`pipeline.adapters.segments.end_uploads`); each record goes once its upload is
-    ended, so a second call ends nothing more. What to say (on stderr): what was ended; what
-    could not be, and why (S3 denying it: the permissions it needs); invocations that may
-    still be running, and begin uploads, after a stop."""
+    ended, so a second call ends nothing more. What to say (:class:`EndedUploads`, its lines
+    on stderr): what was ended; what could not be, and why (S3 denying it: the permissions
+    it needs); invocations that may still be running, and begin uploads, after a stop."""
     from pipeline.adapters import storage
     from pipeline.adapters.segments import end_uploads
     from pipeline.core.constants import FUNCTION_SIZES
     from pipeline.errors import AccessDeniedError, TiffpipeError
 
     work = json.loads(desc.get("input") or "{}").get("work")
+    done = EndedUploads()
     if not isinstance(work, str) or not work.startswith("s3://"):
-        return []
-    lines, outputs = [], []
+        return done
+    lines, outputs = done.lines, done.outputs
     try:
         with storage.client_of(clients("s3")):
             ended = end_uploads(work, outputs)
@@ -441,7 +462,9 @@ def end_open_uploads(clients: Clients, desc: dict[str, Any]) -> list[str]:
                f"on {work} (docs/aws.md, \"Uploads a run leaves open\"); their parts are "
                "billed until they are ended: run tiffpipe status again with those "
                "permissions" if cause is not None else f"{exc}; run tiffpipe status again")
-        lines.append(f"tiffpipe: could not end the S3 uploads the run left open: {why}")
+        done.problem = f"could not end the S3 uploads the run left open: {why}"
+        lines.append(f"tiffpipe: {done.problem}")
+    done.ended = ended
     if ended:
         named = outputs[:_NAMED] + ([f"{len(outputs) - _NAMED} more"]
                                     if len(outputs) > _NAMED else [])
@@ -454,10 +477,11 @@ def end_open_uploads(clients: Clients, desc: dict[str, Any]) -> list[str]:
     until = (stopped.timestamp() + max(f.timeout for f in FUNCTION_SIZES.values())
              if desc["status"] in _STOPPED and hasattr(stopped, "timestamp") else 0)
     if until > time.time():  # a stop ends no invocation: those running go on, to their timeout
+        done.again_after = until
         lines.append("tiffpipe: invocations begun before the run ended may go on until "
                      f"{time.strftime('%H:%M:%S UTC', time.gmtime(until))} (their function's "
                      "timeout) and begin uploads: run tiffpipe status again after then")
-    return lines
+    return done
 
 
 #: the endings that leave invocations running (Step Functions stops no Lambda invocation)
@@ -554,7 +578,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         desc = sfn.describe_execution(executionArn=execution_arn)
     report_url = json.loads(desc.get("output") or "{}").get("report") or \
         json.loads(desc.get("input") or "{}").get("report")
-    report, problem, uploads = None, None, []
+    report, problem, uploads = None, None, None
     if desc["status"] != "SUCCEEDED":  # no Report step ran: nor RecordFailure, for some jobs
         problem = f"the run {name} ended {desc['status']}: {ended_why(desc)}"
         report = rebuilt_report(clients, desc)
@@ -568,6 +592,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         except ClientError as exc:
             problem = f"the run {name} succeeded but its report {report_url} cannot be read: {exc}"
     code = EXIT_FAILED if problem or not report or report.get("failed", 1) else EXIT_OK
+    said = uploads.lines if uploads else []
     if rerun is not None and desc["status"] != "RUNNING":
         if report is None:
             print(f"tiffpipe: no --rerun-manifest written: the run {name} has no report and "
@@ -576,8 +601,9 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
             print(f"tiffpipe: {write_rerun(clients, desc, report, rerun)}", file=err)
     if as_json:
         say(json.dumps(_document(execution_arn, desc, report=report, problem=problem,
-                                 report_url=None if problem else report_url)), out)
-        for line in uploads:
+                                 report_url=None if problem else report_url,
+                                 uploads=uploads)), out)
+        for line in said:
             say(line, err)
         return code
     if problem:
@@ -594,22 +620,26 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         with shown(err):
             for line in fault_lines(report):
                 print(line, file=err)
-    for line in uploads:
+    for line in said:
         say(line, err)
     return code
 
 
 def _document(arn: str, desc: dict[str, Any], progress: dict[str, Any] | None = None,
               report: dict[str, Any] | None = None, problem: str | None = None,
-              report_url: str | None = None) -> dict[str, Any]:
+              report_url: str | None = None,
+              uploads: EndedUploads | None = None) -> dict[str, Any]:
     """What ``status --json`` prints: the execution, its status (RUNNING, SUCCEEDED, FAILED,
     TIMED_OUT, ABORTED), a running one's map runs' item counts, a finished one's report (its
-    URL; ``null`` for one rebuilt from the work, when the run wrote none), and why a run that
-    did not succeed ended so (``problem``)."""
+    URL; ``null`` for one rebuilt from the work, when the run wrote none), why a run that
+    did not succeed ended so (``problem``), and what was done about the uploads such a run
+    left open (``uploads``: :meth:`EndedUploads.document`; ``null`` for a run that
+    succeeded: its own steps ended them)."""
     doc: dict[str, Any] = {"execution": arn, "name": desc.get("name"),
                            "status": desc["status"]}
     if desc["status"] == "RUNNING":
         doc["progress"] = progress
         return doc
-    doc.update(problem=problem, report_url=report_url, report=report)
+    doc.update(problem=problem, report_url=report_url, report=report,
+               uploads=uploads.document() if uploads else None)
     return doc
