@@ -9,6 +9,7 @@ with nothing changed changes nothing and says so.
                      [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
                      [--sse AES256|aws:kms|none [--sse-kms-key-id KEY-ARN]]
                      [--concurrency N] [--dry-run] [--skip-build] [--print-deployer-policy]
+                     [--print-operator-policy]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
                      [--requirements FILE] [--package PATH ... | --no-packages]
@@ -32,7 +33,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.aws import AwsError, Clients, DeployUsageError, check_schedule, check_stack_name
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.images import check_user_packages
-from pipeline.aws.policies import DataLocation, deployer_policy, parse_kms_key
+from pipeline.aws.policies import (
+    DataLocation,
+    deployer_policy,
+    operator_policy,
+    parse_kms_key,
+)
 from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -89,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--print-deployer-policy", action="store_true",
                    help="print the IAM policy the identity running deploy.py needs for this "
                         "stack and its data locations (JSON); change nothing")
+    p.add_argument("--print-operator-policy", action="store_true",
+                   help="print the IAM policy the identity running tiffpipe start and status "
+                        "on this stack needs (JSON); change nothing")
     p.add_argument("--dry-run", action="store_true",
                    help="print every action it would take; change nothing")
     p.add_argument("--skip-build", action="store_true",
@@ -188,6 +197,10 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             names = clients.names(args.stack)
             located = [*(data or [DataLocation(names.bucket)]), *(inputs or [])]
             print(json.dumps(deployer_policy(names, located), indent=2))
+            return EXIT_OK
+        if args.print_operator_policy:
+            names = clients.names(args.stack)
+            print(json.dumps(operator_policy(names, data, inputs), indent=2))
             return EXIT_OK
         if args.destroy:
             result = destroy(config, clients, delete_bucket=args.delete_bucket)

@@ -17,6 +17,8 @@ own runs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import threading
 import time
@@ -291,3 +293,88 @@ def test_status_json_says_what_it_did_about_the_open_uploads(ready: Stack, froze
     assert _open(ready) == [("out/noise.tif", other)]
     code, doc, _ = ready.tiffpipe("status", arn, "--json")
     assert json.loads(doc)["uploads"]["ended"] == 0
+
+
+def _operator_request(service: str, operation: str, params: dict[str, Any]
+                      ) -> tuple[list[str], str] | None:
+    """The IAM actions and the resource an API call of start or status is authorised as
+    (None: one that needs no permission)."""
+    from test_deploy import _S3_ACTIONS
+
+    if service == "sts":
+        return None  # GetCallerIdentity (the account of --stack's names)
+    if service == "s3":
+        key = params.get("Key") or params.get("Prefix")
+        arn = f"arn:aws:s3:::{params['Bucket']}" + (f"/{key}" if "Key" in params else "")
+        names = {**_S3_ACTIONS, "ListMultipartUploads": ["ListBucketMultipartUploads"]}
+        return [f"s3:{a}" for a in names.get(operation, [operation])], arn
+    if service == "iam":
+        return [f"iam:{operation}"], NAMES.role_arn(params["RoleName"])
+    assert service == "stepfunctions", (service, operation)
+    arn = next(params[k] for k in ("mapRunArn", "executionArn", "stateMachineArn",
+                                   "resourceArn") if k in params)
+    return [f"states:{operation}"], arn
+
+
+def test_the_operator_policy_allows_every_call_start_and_status_make(ready: Stack, frozen,
+                                                                     monkeypatch):
+    """Every AWS call of ``tiffpipe start`` (a local manifest, uploaded; one in a data
+    location) and ``status`` (``--wait``, ``--json``, ``--rerun-manifest``; a run that
+    succeeded, one stopped whose uploads it ends and whose summary it rebuilds) is allowed
+    by deploy.py --print-operator-policy, on the resource it names."""
+    from test_deploy import _allowed
+
+    import deploy as deploy_script
+    from pipeline.aws import Clients
+
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+    recording = [False]  # (within a tiffpipe command, not the functions' calls: threads)
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if recording[0] and threading.current_thread() is threading.main_thread():
+            requests.append((model.service_model.service_name, model.name, dict(params)))
+
+    def tiffpipe(*args: str) -> tuple[int, str, str]:
+        recording[0] = True
+        try:
+            return Stack.tiffpipe(ready, *args)
+        finally:
+            recording[0] = False
+
+    monkeypatch.setattr(ready, "tiffpipe", tiffpipe)
+    ready.session.events.register("provide-client-params.*.*", record)
+    monkeypatch.setattr(Clients, "session", property(lambda _: ready.session))
+    arn, _, err, _ = _stopped_mid_merge(ready, frozen, lambda: _stop(ready))
+    assert "ended 2 S3 upload(s)" in err, err
+    code, _, err = ready.tiffpipe("status", arn, "--json", "--rerun-manifest",
+                                  str(ready.tmp / "rerun.json"))
+    assert code == 1 and "wrote" in err, err
+    frozen.thaw()  # (small outputs: one PutObject each, no part, which stays frozen)
+    one = {**test_start_status.JOBS, "jobs": test_start_status.JOBS["jobs"][:1]}
+    ready.client("s3").put_object(Bucket=DATA, Key="manifests/m.json",
+                                  Body=json.dumps(one).encode())
+    with served_by(_InProcess()):
+        code, out, err = ready.tiffpipe("start", f"s3://{DATA}/manifests/m.json", "--stack",
+                                        STACK, "--wait", "--poll", "0.05")
+    assert code == 0, err
+    assert ready.tiffpipe("status", out.splitlines()[0])[0] == 0
+    ready.session.events.unregister("provide-client-params.*.*", record)
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert deploy_script.main(["--stack", STACK, "--region", "us-east-1",
+                                   "--print-operator-policy", "--data-bucket", DATA],
+                                  session=ready.session) == 0
+    policy = json.loads(printed.getvalue())
+    denied = set()
+    for service, operation, params in requests:
+        request = _operator_request(service, operation, params)
+        if request is None:
+            continue
+        actions, resource = request
+        denied |= {f"{a} on {resource}" for a in actions if not _allowed(policy, a, resource)}
+    assert not denied, sorted(denied)
+    made = {f"{s}.{o}" for s, o, _ in requests}
+    assert made >= {"s3.PutObject", "s3.GetObject", "s3.AbortMultipartUpload",
+                    "s3.DeleteObject", "s3.ListMultipartUploads", "iam.GetRolePolicy",
+                    "stepfunctions.StartExecution", "stepfunctions.DescribeExecution"}, made

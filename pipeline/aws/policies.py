@@ -354,3 +354,45 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -
             _allow("ScheduleManifests", ["s3:GetObject"], [d.objects_arn(p) for d in data]),
         ]
     return _doc(*statements)
+
+
+def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
+                    inputs: list[DataLocation] | None = None) -> dict[str, Any]:
+    """What a person (or a scheduler of theirs) running ``tiffpipe start`` and ``tiffpipe
+    status`` on the stack ``names`` needs, and no more: ``start`` reads the state machine and
+    its tags, the locations its functions' roles grant (``iam:GetRolePolicy``, optional: the
+    check is said to be skipped without it), uploads a local manifest to ``manifests/`` (or
+    reads one of ``data``/``inputs``, or of ``manifests/``) and starts an execution;
+    ``status`` (and ``--wait``) reads the execution, its map runs' item counts, the report
+    (``reports/``) or the work it rebuilds one from (``work/``), and, of a run that ended
+    without its Report step, ends the uploads it left open: the outputs' (by their ids, in
+    ``data``), its segments' under ``work/``, and removes their records. ``docs/aws.md``
+    (Who may start and follow runs) prints it; ``tests/test_open_uploads.py`` records the
+    calls start and status make and checks each is allowed here, on the resource it names."""
+    stack = names.bucket_arn
+    p = names.partition
+    data = _sorted(data or [DataLocation(names.bucket)])
+    readable = _sorted(data + list(inputs or []))
+    roles = [names.role_arn(names.function_role(s)) for s in ("split", "merge")]
+    return _doc(
+        _allow("StateMachine", ["states:DescribeStateMachine", "states:ListTagsForResource",
+                                "states:StartExecution"], [names.state_machine_arn]),
+        # the run and its Distributed Map children (the jobs' maps: progress)
+        _allow("Executions", ["states:DescribeExecution", "states:ListMapRuns"],
+               [names.executions_arn, child_executions_arn(names)]),
+        # a map run's item counts; the Jobs map's running children (ListExecutions)
+        _allow("MapRuns", ["states:DescribeMapRun", "states:ListExecutions"],
+               [names.map_runs_arn]),
+        # start checks a manifest's locations against those the functions may reach
+        _allow("FunctionRoles", ["iam:GetRolePolicy"], roles),
+        _allow("StackBucket", ["s3:ListBucket", "s3:ListBucketMultipartUploads"], [stack]),
+        _allow("UploadManifests", ["s3:PutObject"], [f"{stack}/{MANIFESTS}*"]),
+        _allow("ReadRuns", ["s3:GetObject"],
+               [f"{stack}/{MANIFESTS}*", f"{stack}/{REPORTS}*", f"{stack}/{WORK}*"]),
+        # a manifest already in S3, in a data or input location
+        _allow("ReadManifests", ["s3:GetObject"], [d.objects_arn(p) for d in readable]),
+        # status of a run that ended without its Report step: the uploads it left open
+        _allow("EndOpenUploads", ["s3:AbortMultipartUpload"],
+               [f"{stack}/{WORK}*", *(d.objects_arn(p) for d in data)]),
+        _allow("ClearUploadRecords", ["s3:DeleteObject"], [f"{stack}/{UPLOAD_RECORDS}"]),
+    )
