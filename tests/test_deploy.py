@@ -1472,6 +1472,21 @@ def _allowed(policy: dict[str, Any], action: str, resource: str) -> bool:
         for s in _statements(policy))
 
 
+def denied_calls(policy: dict[str, Any], requests: list[tuple[str, str, dict[str, Any]]],
+                 as_request: Any) -> list[str]:
+    """The recorded API calls (service, operation, parameters) that ``policy`` does not
+    allow, "action on resource" each; ``as_request`` names a call's IAM actions and resource
+    (None: a call no policy statement covers, such as STS's)."""
+    denied = set()
+    for service, operation, params in requests:
+        request = as_request(service, operation, params)
+        if request is None:
+            continue
+        actions, resource = request
+        denied |= {f"{a} on {resource}" for a in actions if not _allowed(policy, a, resource)}
+    return sorted(denied)
+
+
 def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws, tmp_path: Path):
     """Every API call of a first deploy (images built and pushed, a schedule, data
     locations), a redeploy that changes it, the schedule's removal and a destroy with the
@@ -1510,14 +1525,7 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
                                    "--print-deployer-policy", "--input-bucket", "slides",
                                    *SCAN_LOCATIONS], session=aws.session) == 0
     policy = json.loads(out.getvalue())
-    denied = set()
-    for service, operation, params in requests:
-        request = _iam_request(service, operation, params)
-        if request is None:
-            continue
-        actions, resource = request
-        denied |= {f"{a} on {resource}" for a in actions if not _allowed(policy, a, resource)}
-    assert not denied, sorted(denied)
+    assert not (denied := denied_calls(policy, requests, _iam_request)), denied
     assert {s for s, _, _ in requests} >= {"s3", "ecr", "iam", "lambda", "logs",
                                            "stepfunctions", "scheduler"}
 

@@ -322,9 +322,8 @@ def test_the_operator_policy_allows_every_call_start_and_status_make(ready: Stac
     location) and ``status`` (``--wait``, ``--json``, ``--rerun-manifest``; a run that
     succeeded, one stopped whose uploads it ends and whose summary it rebuilds) is allowed
     by deploy.py --print-operator-policy, on the resource it names."""
-    from test_deploy import _allowed
+    from test_deploy import denied_calls, deploy_script  # (deploy.py, loaded from its path)
 
-    import deploy as deploy_script
     from pipeline.aws import Clients
 
     requests: list[tuple[str, str, dict[str, Any]]] = []
@@ -366,14 +365,7 @@ def test_the_operator_policy_allows_every_call_start_and_status_make(ready: Stac
                                    "--print-operator-policy", "--data-bucket", DATA],
                                   session=ready.session) == 0
     policy = json.loads(printed.getvalue())
-    denied = set()
-    for service, operation, params in requests:
-        request = _operator_request(service, operation, params)
-        if request is None:
-            continue
-        actions, resource = request
-        denied |= {f"{a} on {resource}" for a in actions if not _allowed(policy, a, resource)}
-    assert not denied, sorted(denied)
+    assert not (denied := denied_calls(policy, requests, _operator_request)), denied
     made = {f"{s}.{o}" for s, o, _ in requests}
     assert made >= {"s3.PutObject", "s3.GetObject", "s3.AbortMultipartUpload",
                     "s3.DeleteObject", "s3.ListMultipartUploads", "iam.GetRolePolicy",
