@@ -146,8 +146,10 @@ def test_a_band_the_page_lacks_is_refused_by_name():
     chain = chain_from_json([{"op": "select_bands", "bands": [3, 7, 0]},
                              {"op": "normalized_difference", "a": 0, "b": 3}])
     assert chain_problems(chain, np.dtype("uint16"), 4) == [
-        "ops[0] (select_bands): bands[1] is 7, the page has 4 band(s) (indices 0 to 3)",
-        "ops[1] (normalized_difference): b is 3, the page has 3 band(s) (indices 0 to 2)"]
+        ("ops[0] (select_bands): bands[1] is 7, the page has 4 band(s) (indices 0 to 3); "
+         "pick bands from 0 to 3"),
+        ("ops[1] (normalized_difference): b is 3, the page has 3 band(s) (indices 0 to 2); "
+         "pick bands from 0 to 2")]
     # the ops after a normalized_difference see one float32 band
     after = chain_from_json([{"op": "normalized_difference", "a": 0, "b": 1},
                              {"op": "equalize_hist"}])
@@ -158,7 +160,8 @@ def test_a_band_the_page_lacks_is_refused_by_name():
     # on a float32 page of its own, the type is the page's
     assert chain_problems(chain_from_json([{"op": "canny", "low": 1, "high": 2}]),
                           np.dtype("float32"), 1) == [
-        "ops[0] (canny): canny needs uint8 pixels, the page has float32"]
+        ("ops[0] (canny): canny needs uint8 pixels, the page has float32 (OpenCV's Canny is "
+         "8-bit only); convert the pages to uint8 first")]
 
 
 def test_plan_job_refuses_before_any_pixel(tmp_path):
@@ -166,7 +169,7 @@ def test_plan_job_refuses_before_any_pixel(tmp_path):
     write_bands(src, typed_image(1, 64, 64, 5, "uint16"), tiled=True, separate=False)
     problems = plan_problems(tmp_path, src, [{"op": "normalized_difference", "a": 7, "b": 3}])
     assert problems == [("page 0: ops[0] (normalized_difference): a is 7, the page has 5 "
-                        "band(s) (indices 0 to 4)")]
+                        "band(s) (indices 0 to 4); pick bands from 0 to 4")]
     cmyk = tmp_path / "cmyk.tif"
     tifffile.imwrite(cmyk, typed_image(2, 64, 64, 4, "uint8"), photometric="separated",
                      metadata=None)

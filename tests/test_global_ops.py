@@ -569,8 +569,12 @@ def _plan_problems(tmp_path: Path, ops: list[dict[str, Any]], tile: int = 64,
     ([{"op": "otsu_threshold"}], {"dtype": "float32"}, "otsu_threshold needs uint8"),
     ([{"op": "percentile_stretch"}], {"dtype": "float32"}, "use normalize"),
     ([{"op": "clahe", "cell": 16}], {"channels": 3}, "clahe needs 1 channel"),
-    ([{"op": "clahe", "cell": 16}], {"dtype": "float32"}, "clahe needs uint8 or uint16"),
-    ([{"op": "canny", "low": 1, "high": 2}], {"dtype": "uint16"}, "canny needs uint8"),
+    ([{"op": "clahe", "cell": 16}], {"dtype": "float32"},
+     ("clahe needs uint8 or uint16 pixels, the page has float32 (OpenCV's CLAHE takes 8 and "
+      "16-bit unsigned pages only); convert the pages to uint8 or uint16 first")),
+    ([{"op": "canny", "low": 1, "high": 2}], {"dtype": "uint16"},
+     ("canny needs uint8 pixels, the page has uint16 (OpenCV's Canny is 8-bit only); convert "
+      "the pages to uint8 first")),
     ([{"op": "clahe", "cell": 128}], {"tile": 64}, ("tile 64 must be a multiple of 128 for this "
                                                    "op chain (the clahe cell 128")),
     ([{"op": "downsample", "factor": 3}], {"tile": 64}, "tile 64 must be a multiple of 48"),
@@ -578,7 +582,9 @@ def _plan_problems(tmp_path: Path, ops: list[dict[str, Any]], tile: int = 64,
      ("with downsampling by 2 a processing tile of 64 writes 32 output pixels, which "
      "output_options.tile 64 must divide")),
     ([{"op": "downsample", "factor": 2}, {"op": "downsample", "factor": 4}],
-     {"tile": 128, "out_tile": 16, "shape": (100, 5)}, "smaller than the downsampling factor 8"),
+     {"tile": 128, "out_tile": 16, "shape": (100, 5)},
+     ("page 0: 5 x 100 pixels is smaller than the downsampling factor 8; downsample by at "
+      "most 5 in all, or leave the page out of the job's pages")),
 ])
 def test_plan_refuses(tmp_path, ops, kw, expect):
     problems = _plan_problems(tmp_path, ops, **kw)

@@ -209,8 +209,10 @@ def _bands_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | N
     wrong = [f"{name} is {band}" for name, band in named if band >= channels]
     if not wrong:
         return None
+    fix = (f"pick bands from 0 to {channels - 1}" if "bands" in p or channels > 1 else
+           "it needs 2 bands or more: leave the page out of the job's pages")
     return (f"{', '.join(wrong)}, the page has {channels} band(s) (indices 0 to "
-            f"{channels - 1})")
+            f"{channels - 1}); {fix}")
 
 
 def _differ(p: dict[str, Any]) -> str | None:
@@ -306,7 +308,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("cell", "integer", "side of a CLAHE cell in pixels (a power of two)", default=64,
               choices=(8, 16, 32, 64, 128, 256, 512, 1024))),
        fn.clahe, halo=lambda p, dt: p["cell"], reach=_clahe_reach, align=lambda p: p["cell"],
-       accepts=_only(("uint8", "uint16"), (1,), "clahe"),
+       accepts=_only(("uint8", "uint16"), (1,), "clahe",
+                     " (OpenCV's CLAHE takes 8 and 16-bit unsigned pages only); convert the "
+                     "pages to uint8 or uint16 first"),
        halo_help="one cell (1.5 cells when an op with a halo follows); tiles and halos are "
                  "multiples of the cell"),
     Op("canny", "cv2.Canny(cv2.GaussianBlur(page, (0, 0), sigma), low, high); no blur when "
@@ -319,7 +323,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
               le=100)),
        fn.canny, kind="canny", halo=lambda p, dt: canny_mod.reach(p, 0),
        reach=lambda p, dt, needed: canny_mod.reach(p, needed),
-       accepts=_only(("uint8",), (1, 2, 3, 4), "canny"), out_channels=lambda ch: 1,
+       accepts=_only(("uint8",), (1, 2, 3, 4), "canny",
+                     " (OpenCV's Canny is 8-bit only); convert the pages to uint8 first"),
+       out_channels=lambda ch: 1,
        colour=True, halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
                  "follows edges across the page in a statistics round of its own"),
     Op("downsample",

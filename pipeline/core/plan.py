@@ -331,6 +331,9 @@ def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo])
                         + " (or a smaller output tile)")
     for info in infos:
         if info.height // f == 0 or info.width // f == 0:
+            most = min(info.width, info.height)
+            fix = (f"downsample by at most {most} in all, or leave the page out of the job's "
+                   "pages" if most >= 2 else "leave the page out of the job's pages")
             problems.append(f"page {info.index}: {info.width} x {info.height} pixels is smaller "
-                            f"than the downsampling factor {f}")
+                            f"than the downsampling factor {f}; {fix}")
     return problems
