@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="also read every job's input page headers (IFDs, no pixels; a "
                           "scan's files too) and check each job as the run's PlanJob will: "
                           "every problem, per job; exit 2 if a job would fail")
-    val.add_argument("--threads", type=int, default=16,
+    val.add_argument("--threads", type=int, default=None,
                      help="with --inputs: inputs read at once (default: 16)")
 
     insp = sub.add_parser("inspect", help="how tiffpipe sees TIFF files, page by page "
@@ -231,7 +231,11 @@ def _say_invalid(exc: Exception) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    if getattr(args, "inputs", False) and args.threads < 1:
+    if args.threads is not None and not getattr(args, "inputs", False):
+        print("tiffpipe: --threads is how many inputs --inputs reads at once: give --inputs "
+              "too", file=sys.stderr)
+        return EXIT_USAGE
+    if args.threads is not None and args.threads < 1:
         print("tiffpipe: --threads must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     from pipeline.runner import validate
@@ -263,7 +267,7 @@ def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
     except TiffpipeError as exc:
         print(f"tiffpipe: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    checks = input_check.check_jobs(specs, args.threads, progress=sys.stderr)
+    checks = input_check.check_jobs(specs, args.threads or 16, progress=sys.stderr)
     with shown():
         for line in input_check.summary(args.manifest, parsed, checks):
             print(line)

@@ -266,6 +266,9 @@ def test_many_inputs_are_read_by_a_bounded_number_of_threads(
     assert capsys.readouterr().out.endswith("40 jobs can run\n")
     assert cli.main(["validate", "--inputs", "--threads", "0", str(manifest)]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+    # without --inputs, --threads would read nothing: a usage error, not ignored
+    assert cli.main(["validate", "--threads", "3", str(manifest)]) == 2
+    assert "give --inputs too" in capsys.readouterr().err
 
 
 def test_progress_is_shown_on_a_terminal_for_long_lists(tmp_path: Path):
