@@ -524,6 +524,9 @@ REPORT_ADVICE = ("give --report another path, or move that file away (or run wit
                  "--overwrite-report to replace it)")
 PYTHON_REPORT_ADVICE = ("give report= another path, or move that file away (or "
                         "overwrite_report=True to replace it)")
+#: how not to draw the contact sheet, said first where a picture has its path
+_NO_SHEET = {REPORT_ADVICE: "run with --no-contact-sheet", PYTHON_REPORT_ADVICE:
+             "give contact_sheet=False"}
 
 
 def check_report_free(url: str, advice: str = REPORT_ADVICE, sheet: bool = False) -> None:
@@ -549,7 +552,8 @@ def check_report_free(url: str, advice: str = REPORT_ADVICE, sheet: bool = False
     if sheet and not _sheet_is_ours(contact_sheet_url(url)):
         raise OutputNotWritableError(
             f"{contact_sheet_url(url)}: exists and is not a tiffpipe contact sheet, which the "
-            f"run's contact sheet (named after the report) would replace: {advice}")
+            f"run's contact sheet (named after the report) would replace: "
+            + (f"{_NO_SHEET[advice]}, or {advice}" if advice in _NO_SHEET else advice))
 
 
 def _sheet_is_ours(url: str) -> bool:

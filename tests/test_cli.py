@@ -636,7 +636,8 @@ def test_a_picture_of_the_users_at_the_sheets_path_is_kept(tmp_path: Path):
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(run) == 2
     assert (f"{picture}: exists and is not a tiffpipe contact sheet, which the run's contact "
-            "sheet (named after the report) would replace") in err.getvalue(), err.getvalue()
+            "sheet (named after the report) would replace: run with --no-contact-sheet, or "
+            "give --report another path") in err.getvalue(), err.getvalue()
     assert picture.read_bytes() == mine and not report.exists()
     assert not (tmp_path / "out").exists()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
