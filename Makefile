@@ -38,6 +38,10 @@ $(VENV_STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { \
 	  echo "error: $(PYTHON) not found: install Python >= 3.11 or run make PYTHON=/path/to/python3.11" >&2; \
 	  exit 1; }
+	@$(PYTHON) -c pass >/dev/null 2>&1 || { \
+	  echo "error: $(PYTHON) is on the PATH but does not run (a pyenv shim of a version pyenv" \
+	       "has not selected?): give its path, e.g. make PYTHON=\$$(pyenv prefix 3.13)/bin/python3.13" >&2; \
+	  exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "error: tiffpipe needs Python >= 3.11, but $(PYTHON) is $$($(PYTHON) --version 2>&1);" \
 	       "install a newer one and run make PYTHON=python3.11 (or newer)" >&2; \
@@ -108,7 +112,9 @@ PYTHONS ?=
 test-pythons: $(NODE_STAMP)
 	@test -n "$(strip $(PYTHONS))" || { echo "error: give PYTHONS='python3.12 ...'" >&2; exit 1; }
 	@for py in $(PYTHONS); do \
-	  v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])') || exit 1; \
+	  v=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || { \
+	    echo "error: $$py does not run (a pyenv shim of a version pyenv has not selected?):" \
+	         "give its path, e.g. PYTHONS=\$$(pyenv prefix 3.13)/bin/python3.13" >&2; exit 1; }; \
 	  echo "==> Python $$v ($$py): the lock, the demo, the unit tests"; \
 	  $(MAKE) --no-print-directory PYTHON=$$py VENV=.venv-$$v \
 	    LOCK_PIP_ARGS="--only-binary=:all: --no-binary=pyvips" venv || exit 1; \

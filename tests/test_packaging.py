@@ -200,6 +200,25 @@ def test_the_oldest_python_is_the_same_everywhere():
     assert pyproject["tool"]["ruff"]["target-version"] == f"py{major}{minor}"
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_a_python_that_does_not_run_is_named_so(tmp_path: Path):
+    """A pyenv shim of a version pyenv has not selected is on the PATH but exits 127: make
+    says so and how to give the Python's path (make test-pythons PYTHONS='python3.13' as the
+    docs write it, on a machine whose 3.13 only pyenv installed), not that it is too old."""
+    shim = tmp_path / "python3.13"
+    shim.write_text('#!/bin/sh\necho "pyenv: python3.13: command not found" >&2\nexit 127\n')
+    shim.chmod(0o755)
+    for args, said in ([f"PYTHON={shim}", f"VENV={tmp_path / 'venv'}", "venv"],
+                       f"error: {shim} is on the PATH but does not run"), (
+            [f"PYTHONS={shim}", "NODE_STAMP=", "test-pythons"], f"error: {shim} does not run"):
+        done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode != 0 and said in done.stderr, done.stderr
+        assert "pyenv prefix 3.13" in done.stderr and "too old" not in done.stderr
+        assert "needs Python >= 3.11" not in done.stderr
+    assert not (tmp_path / "venv").exists()
+
+
 def test_the_wheels_source_copy_leaves_out_every_venv():
     """Venvs made with make VENV=.venv-3.13 sit in the checkout beside .venv: the copy the
     wheel is built from leaves them out as it does .venv (a venv is ~800 MB)."""
