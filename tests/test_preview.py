@@ -548,7 +548,7 @@ def test_preview_command(tmp_path):
     code, _, err = _cli(["preview", str(path), "-o", str(png), "--page", "5"])
     assert code == 1 and "PageNotFoundError" in err and "page 5" in err
     # the advice is about the option that gave the page, and names the pages there are
-    assert "has 2 page(s) (0..1)" in err and "give --page a page from 0 to 1" in err, err
+    assert "the file has 2 page(s) (0..1)" in err and "give --page a page from 0 to 1" in err, err
     assert "job" not in err, err
     assert _cli(["preview", str(path), "--size", "5"])[0] == 2
     # a preview is a PNG: a name for another format is refused, not given PNG bytes

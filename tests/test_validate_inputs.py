@@ -120,8 +120,8 @@ def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
     assert by_job[3].endswith(": OperationError\n    pages 0-1 (2 pages): ops[0] "
                               "(equalize_hist): equalize_hist needs 1 channel(s), the page "
                               "has 3; put to_gray before it\n")
-    assert by_job[4].endswith(": PageNotFoundError\n    page 7: has 2 page(s) (0..1), page 7 "
-                              "asked for; fix the job's pages\n")
+    assert by_job[4].endswith(": PageNotFoundError\n    page 7 asked for, the file has 2 "
+                              "page(s) (0..1); fix the job's pages\n")
     assert "page 0: ops[0] (equalize_hist): equalize_hist needs uint8 pixels, the page has " \
         "uint16" in by_job[5]
     assert by_job[6].endswith(f": OutputExistsError\n    output {out / 'exists_fail.tif'} "
@@ -160,7 +160,7 @@ def test_plan_job_fails_the_same_jobs_with_the_same_errors(tmp_path: Path):
                                                 "job": i})
         except TiffpipeError as exc:
             assert check.error == type(exc).__name__, (i, exc, check)
-            first = check.problems[0].split(": ", 1)[1]
+            first = check.problems[0].split(": ", 1)[-1]  # (without "page N: ")
             assert first in str(exc), (i, exc, check)
         else:
             assert check.error is None, (i, check)
@@ -291,3 +291,18 @@ def test_progress_is_shown_on_a_terminal_for_long_lists(tmp_path: Path):
     tty2 = Tty()
     input_check.check_jobs(specs[:3], 4, progress=tty2)
     assert tty2.getvalue() == ""  # a short list: nothing
+
+
+def test_a_listed_mask_page_is_named_once(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A job listing a COG's mask page: its problem names the page once ("page 1 is a
+    transparency mask ..."), not "page 1: page 1 is ..."."""
+    src = tmp_path / "cog.tif"
+    with tifffile.TiffWriter(src) as w:
+        w.write(np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+        w.write(np.zeros((64, 64), bool), compression="deflate", subfiletype=4)
+    manifest = _manifest(tmp_path, [{"input": str(src), "output": str(tmp_path / "o.tif"),
+                                     "pages": [1]}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "\n    page 1 is a transparency mask of page 0" in err, err
+    assert "page 1: page 1" not in err

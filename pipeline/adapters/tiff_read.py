@@ -313,8 +313,8 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
             check_chain_end(tf, url, count)
         fix = ("fix the job's pages" if option is None else
                f"give {option} a page from 0 to {count - 1}")
-        raise PageNotFoundError(f"{url}: has {count} page(s) (0..{count - 1}), "
-                                f"page {index} asked for; {fix}")
+        raise PageNotFoundError(f"{url}: page {index} asked for, the file has {count} "
+                                f"page(s) (0..{count - 1}); {fix}")
     try:
         if chain.offsets is not None and index >= len(tf.pages):  # beyond tifffile's loop cut
             tf.filehandle.seek(chain.offsets[index])

@@ -286,9 +286,11 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
 
 def page_problem(url: str, page: int, exc: Exception) -> str:
     """A page's error as a problem of its job, "page N: what" (without the file's name,
-    which the job names)."""
+    which the job names, nor the page's number twice: "page 1 is a transparency mask ...",
+    "page 7 asked for, the file has 2 page(s) ...")."""
     text = str(exc).removeprefix(f"{url}: ")
-    return text if text.startswith(f"page {page}: ") else f"page {page}: {text}"
+    return text if text.startswith((f"page {page}: ", f"page {page} ")) \
+        else f"page {page}: {text}"
 
 
 def write_job_plan(event: JobEvent,
