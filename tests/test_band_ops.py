@@ -142,6 +142,12 @@ def test_manifest_problems(op, problem):
     assert calls == [] and len(problems) == 1 and problem in problems[0], problems
 
 
+def test_a_band_a_one_band_page_lacks_is_refused_in_its_words():
+    chain = chain_from_json([{"op": "select_bands", "bands": [2, 0]}])
+    assert chain_problems(chain, np.dtype("uint16"), 1) == [
+        "ops[0] (select_bands): bands[0] is 2, the page has 1 band (index 0); pick band 0"]
+
+
 def test_a_band_the_page_lacks_is_refused_by_name():
     chain = chain_from_json([{"op": "select_bands", "bands": [3, 7, 0]},
                              {"op": "normalized_difference", "a": 0, "b": 3}])

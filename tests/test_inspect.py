@@ -146,8 +146,8 @@ def test_ops_say_whether_they_run_on_each_page_and_what_comes_out(
     assert doc["pages"][0]["ops"] == {"runs": True, "problems": [], "out": {
         "width": 40, "height": 32, "bands": 1, "dtype": "float32"}}
     assert doc["pages"][1]["ops"]["problems"] == [
-        ("ops[0] (normalized_difference): b is 1, the page has 1 band(s) (indices 0 to 0); it "
-         "needs 2 bands or more: leave the page out of the job's pages")]
+        ("ops[0] (normalized_difference): b is 1, the page has 1 band (index 0); it needs 2 "
+         "bands or more: leave the page out of the job's pages")]
     code, out, _ = _inspect(capsys, str(path), "--ops", '[{"op": "to_gray"}]')
     assert code == 0
     assert out.splitlines()[2::2] == ["    ops: run -> 80 x 64, 1 x uint8",

@@ -209,10 +209,14 @@ def _bands_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | N
     wrong = [f"{name} is {band}" for name, band in named if band >= channels]
     if not wrong:
         return None
-    fix = (f"pick bands from 0 to {channels - 1}" if "bands" in p or channels > 1 else
-           "it needs 2 bands or more: leave the page out of the job's pages")
-    return (f"{', '.join(wrong)}, the page has {channels} band(s) (indices 0 to "
-            f"{channels - 1}); {fix}")
+    if channels == 1:  # (one band: index 0, the only one to pick)
+        has = "the page has 1 band (index 0)"
+        fix = ("pick band 0" if "bands" in p else
+               "it needs 2 bands or more: leave the page out of the job's pages")
+    else:
+        has = f"the page has {channels} band(s) (indices 0 to {channels - 1})"
+        fix = f"pick bands from 0 to {channels - 1}"
+    return f"{', '.join(wrong)}, {has}; {fix}"
 
 
 def _differ(p: dict[str, Any]) -> str | None:
