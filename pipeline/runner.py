@@ -176,8 +176,7 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
         from pipeline.steps.common import usable_cores
 
         workers = usable_cores()
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers}")
+    workers = checked_workers(workers)
     if definition_text is not None:  # EngineError naming the line (as --definition's)
         from pipeline.engine import definition
 
@@ -208,6 +207,24 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result
+
+
+def checked_workers(workers: Any) -> int:
+    """``workers`` (the tasks a run does at once) as an int, or ValueError unless it is a
+    whole number of at least 1 (an int, a numpy integer; not a bool): :func:`run` and
+    :func:`run_local` check it before anything runs, as ``tiffpipe run --workers`` is
+    checked. The engine took 0 or fewer as 1 on the direct interpreter and, on moto, failed
+    the run saying the open-file limit left room for no worker; a fraction ran, or failed
+    in multiprocessing."""
+    import operator
+
+    try:
+        whole = None if isinstance(workers, bool) else operator.index(workers)
+    except TypeError:
+        whole = None
+    if whole is None or whole < 1:
+        raise ValueError(f"workers must be a whole number of at least 1, not {workers!r}")
+    return whole
 
 
 def _resolved(url: str) -> str:
@@ -327,7 +344,8 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     report (else OutputNotWritableError: :func:`check_report_free`). ``work``: a location
     another local run going on uses, or that holds files other than an earlier run's work,
     is a WorkLocationError before anything runs (an earlier run's work there is removed
-    first: :mod:`pipeline.adapters.work_location`)."""
+    first: :mod:`pipeline.adapters.work_location`). ``workers``: :func:`checked_workers`."""
+    workers = checked_workers(workers)
     manifest = _resolved(manifest)
     run_id = new_run_id()
     shared = work is not None  # a --work that another run (another machine's) may be given

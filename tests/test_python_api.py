@@ -185,6 +185,28 @@ def test_import_pipeline_loads_no_runner():
     assert out.strip() == "['pipeline']"
 
 
+def test_workers_is_a_whole_number_of_at_least_one_for_every_entry(tmp_path: Path):
+    """``workers`` 0 or below, or not a whole number, is a ValueError before anything runs,
+    from ``pipeline.run`` and from ``run_local`` alike (what ``tiffpipe run --workers 0``
+    refuses too): run_local took 0 as 1 on the direct interpreter and, on moto, failed
+    the run saying the open-file limit left room for no worker; 1.5 ran, or raised a
+    TypeError from multiprocessing's semaphore on moto."""
+    from pipeline.runner import run_local
+
+    _inputs(tmp_path)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}))
+    for workers in (0, -2, 1.5, "2", True):
+        with pytest.raises(ValueError) as raised:
+            pipeline.run(manifest, workers=workers)  # type: ignore[arg-type]
+        assert str(raised.value) == ("workers must be a whole number of at least 1, not "
+                                     f"{workers!r}")
+        for interpreter in ("direct", "moto"):
+            with pytest.raises(ValueError, match="workers must be a whole number"):
+                run_local(str(manifest), workers, interpreter=interpreter)  # type: ignore
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.json"]
+
+
 def test_a_report_path_holding_another_file_is_refused_unless_told(tmp_path: Path):
     """The report's path holds the user's own file: refused before anything runs (the file
     kept), replaced only with ``overwrite_report``, as ``tiffpipe run --overwrite-report``."""
