@@ -181,7 +181,8 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
         from pipeline.engine import definition
 
         definition.check(definition_text, "definition_text")
-    with _manifest_file(manifest, base) as (path, temp_report):
+    # the checks are the command's (check_run, run_local's): said in this function's words
+    with _in_python_words(), _manifest_file(manifest, base) as (path, temp_report):
         report = os.fspath(report) if report is not None else temp_report
         try:
             jobs = check_run(path, report, work)
@@ -189,9 +190,6 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
             if temp_report is None:
                 raise
             raise ManifestError("the manifest given", exc.problems) from None
-        if not overwrite_report:  # (as run_local does, in the words of this function)
-            check_report_free(_resolved(report or default_report(path)),
-                              PYTHON_REPORT_ADVICE, sheet=contact_sheet)
         shown = None
         if progress and listener is None:
             from pipeline.ui import RunProgress
@@ -204,9 +202,45 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                interpreter=interpreter, stop=stop,
                                definition_text=definition_text,
                                overwrite_report=overwrite_report)
+    if result.error:  # (a run that lost its work location: "... with a --work of their own")
+        result.error = in_python_words(result.error)
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result
+
+
+#: ``tiffpipe run``'s options in the errors of the checks it shares with :func:`run`, and
+#: how :func:`run`'s caller gives each (its arguments); the longer phrases first
+_PYTHON_WORDS = {"run with --overwrite-report": "overwrite_report=True",
+                 "run with --no-contact-sheet": "give contact_sheet=False",
+                 "tiffpipe run --work": "work=", "--overwrite-report": "overwrite_report=True",
+                 "--no-contact-sheet": "contact_sheet=False", "--keep-work": "keep_work=True",
+                 "--definition": "definition_text=", "--interpreter": "interpreter=",
+                 "--report": "report=", "--workers": "workers", "--work": "work="}
+#: one of them, not within a path (``/data/--work/a.tif``) nor a longer option
+_OPTION = re.compile(r"(?<![\w/.-])(" + "|".join(re.escape(k) for k in _PYTHON_WORDS)
+                     + r")(?![\w/-])")
+
+
+def in_python_words(text: str) -> str:
+    """``text`` (an error of the checks :func:`run` shares with ``tiffpipe run``) with the
+    command's options named as :func:`run`'s arguments: ``give --report another path`` is
+    ``give report= another path``."""
+    return _OPTION.sub(lambda m: _PYTHON_WORDS[m.group(1)], text)
+
+
+@contextmanager
+def _in_python_words() -> Iterator[None]:
+    """A TiffpipeError raised in the block (but ManifestError, which names the manifest's
+    fields) said :func:`in_python_words`: the same exception, its message reworded."""
+    try:
+        yield
+    except ManifestError:
+        raise
+    except TiffpipeError as exc:
+        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = (in_python_words(exc.args[0]),)
+        raise
 
 
 def checked_workers(workers: Any) -> int:
@@ -536,18 +570,13 @@ def remove_earlier_report(report_url: str) -> list[str]:
 REPORT_START = re.compile(rb'\s*\{\s*"run_id"\s*:')
 
 
-#: what to do about a file at the report's path that is no run report, as the command's
-#: options say it, and as :func:`run`'s arguments do
+#: what to do about a file at the report's path that is no run report (:func:`run` says
+#: it in its arguments' words: :func:`in_python_words`)
 REPORT_ADVICE = ("give --report another path, or move that file away (or run with "
                  "--overwrite-report to replace it)")
-PYTHON_REPORT_ADVICE = ("give report= another path, or move that file away (or "
-                        "overwrite_report=True to replace it)")
-#: how not to draw the contact sheet, said first where a picture has its path
-_NO_SHEET = {REPORT_ADVICE: "run with --no-contact-sheet", PYTHON_REPORT_ADVICE:
-             "give contact_sheet=False"}
 
 
-def check_report_free(url: str, advice: str = REPORT_ADVICE, sheet: bool = False) -> None:
+def check_report_free(url: str, sheet: bool = False) -> None:
     """OutputNotWritableError if a file at the report's path ``url`` is not a run report (a
     user's own JSON, a TIFF given to --report by mistake), which the run's report would
     replace: only an earlier run's report (known by how it begins: one small read, whatever
@@ -566,12 +595,12 @@ def check_report_free(url: str, advice: str = REPORT_ADVICE, sheet: bool = False
         if not recognised:
             raise OutputNotWritableError(
                 f"{url}: exists and is not a tiffpipe run report, which the run's report "
-                f"would replace: {advice}")
+                f"would replace: {REPORT_ADVICE}")
     if sheet and not _sheet_is_ours(contact_sheet_url(url)):
         raise OutputNotWritableError(
             f"{contact_sheet_url(url)}: exists and is not a tiffpipe contact sheet, which the "
-            f"run's contact sheet (named after the report) would replace: "
-            + (f"{_NO_SHEET[advice]}, or {advice}" if advice in _NO_SHEET else advice))
+            f"run's contact sheet (named after the report) would replace: run with "
+            f"--no-contact-sheet, or {REPORT_ADVICE}")
 
 
 def _sheet_is_ours(url: str) -> bool:

@@ -207,6 +207,49 @@ def test_workers_is_a_whole_number_of_at_least_one_for_every_entry(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.json"]
 
 
+def test_refusals_name_the_arguments_given_not_the_commands_options(tmp_path: Path):
+    """What ``pipeline.run`` refuses before anything runs is said in the words of its
+    arguments (``report=``, ``work=``), not of ``tiffpipe run``'s options (``--report``,
+    ``--work``), which the caller never gave: the checks are the command's own
+    (``runner.check_run``, ``run_local``'s), and said the command's options."""
+    from pipeline.errors import OutputNotWritableError, WorkLocationError
+
+    _inputs(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("x")
+    (tmp_path / "r.contact.png").write_bytes(b"\x89PNG\r\n\x1a\n a picture of mine")
+    manifest = {"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}
+    cases = [  # (arguments, error, what the message ends with)
+        ({"report": str(tmp_path / "in" / "in0.tif")}, OutputNotWritableError,
+         "which the run's report would replace; give report= another path"),
+        ({"work": str(tmp_path / "out")}, WorkLocationError,
+         "give the output a path outside it, or the run another work location (work=)"),
+        ({"work": str(tmp_path / "w"), "report": str(tmp_path / "w" / "r.json")},
+         WorkLocationError, ("give report= a path outside it, or the run another work "
+                             "location (work=)")),
+        ({"report": str(tmp_path / "afile" / "r.json")}, OutputNotWritableError,
+         "give report= another path, or fix the folder"),
+        ({"work": str(tmp_path / "busy")}, WorkLocationError,
+         ("give work= a new or empty folder (or prefix), or none (each run then gets its "
+          "own); a run removes what it writes there when it ends")),
+        ({"report": str(tmp_path / "r.json"), "contact_sheet": True}, OutputNotWritableError,
+         ("would replace: give contact_sheet=False, or give report= another path, or move "
+          "that file away (or overwrite_report=True to replace it)")),
+    ]
+    for kwargs, error, end in cases:
+        with pytest.raises(error) as raised:
+            pipeline.run(manifest, workers=1, base=tmp_path, **kwargs)
+        assert str(raised.value).endswith(end), (kwargs, raised.value)
+        assert " --" not in str(raised.value) and "(--" not in str(raised.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+    assert os.listdir(tmp_path / "busy") == ["x.txt"]
+    from pipeline.runner import in_python_words
+
+    assert in_python_words("/data/--work/a.tif: give --work a folder, or fewer --workers") \
+        == "/data/--work/a.tif: give work= a folder, or fewer workers"
+
+
 def test_a_report_path_holding_another_file_is_refused_unless_told(tmp_path: Path):
     """The report's path holds the user's own file: refused before anything runs (the file
     kept), replaced only with ``overwrite_report``, as ``tiffpipe run --overwrite-report``."""
