@@ -285,6 +285,16 @@ def check_run(manifest: str, report: str | None = None, work: str | None = None
     return jobs
 
 
+#: the temporary folder and file of a dict manifest given to :func:`run`
+_GIVEN_PREFIX, _GIVEN_NAME = "tiffpipe-manifest-", "manifest.json"
+
+
+def _given_as_dict(path: str) -> bool:
+    """Whether ``path`` is the temporary file of a dict manifest (:func:`_manifest_file`)."""
+    folder, name = os.path.split(path)
+    return name == _GIVEN_NAME and os.path.basename(folder).startswith(_GIVEN_PREFIX)
+
+
 @contextmanager
 def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
                    ) -> Iterator[tuple[str, str | None]]:
@@ -303,8 +313,8 @@ def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
     except (TypeError, ValueError) as exc:
         raise ManifestError("the manifest given", [f"manifest: {exc}"]) from None
     text = json.dumps(anchored(doc, os.path.abspath(base or os.getcwd())))
-    with tempfile.TemporaryDirectory(prefix="tiffpipe-manifest-") as folder:
-        path = os.path.join(folder, "manifest.json")
+    with tempfile.TemporaryDirectory(prefix=_GIVEN_PREFIX) as folder:
+        path = os.path.join(folder, _GIVEN_NAME)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         yield path, os.path.join(folder, "manifest.report.json")
@@ -771,13 +781,28 @@ def _not_running_already(manifest: str, name: str) -> None:
     would do every job and write the same outputs (of two started at once, the later one is
     refused; a killed run no longer counts: :mod:`pipeline.adapters.local_runs`). A scan's
     run is not refused: its PlanRun defers to the earlier run. The manifest is read only
-    when there is such a run."""
-    other = local_runs.earlier_run(name, lambda url: storage.same_file(url, manifest))
+    when there is such a run. A dict manifest given to :func:`run` (written to a temporary
+    file of its run's) is the same as another run's of the same dict: the same text, its
+    locations anchored to absolute paths."""
+    given = _given_as_dict(manifest)
+    other = local_runs.earlier_run(name, lambda url: storage.same_file(url, manifest) or (
+        given and _given_as_dict(url) and _same_text(url, manifest)))
     if other is None or isinstance(read_manifest(manifest), ScanSpec):
         return
+    which = ("the manifest given", "the same manifest (given to pipeline.run as a dict too)"
+             ) if given else (manifest, "this manifest")
     raise RunningAlreadyError(
-        f"{manifest}: {other} is running this manifest now: a second run would do every job "
+        f"{which[0]}: {other} is running {which[1]} now: a second run would do every job "
         "again and write the same outputs. Wait for it to end, or stop it, then run again")
+
+
+def _same_text(a: str, b: str) -> bool:
+    """Whether the local files ``a`` and ``b`` hold the same bytes (False: one is gone)."""
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False
 
 
 def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) -> None:

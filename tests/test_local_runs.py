@@ -252,6 +252,33 @@ def test_a_second_run_of_a_list_of_jobs_is_refused_while_the_first_goes_on(
     assert (tmp_path / "out.tif").exists()
 
 
+@pytest.mark.engine
+def test_a_second_run_of_the_same_manifest_given_as_a_dict_is_refused_too(
+        folder: Path, tmp_path: Path):
+    """``pipeline.run`` writes a dict manifest to a temporary file of its own, so two runs
+    of one dict at once (a notebook's cell run again while the first goes on, a scheduler's
+    task started twice) were never the same manifest file: both did every job. The later
+    one is refused, saying "the manifest given" (not the temporary file's path, which the
+    caller never saw) and what to do; another dict (another output) runs."""
+    import pipeline
+    from pipeline.runner import _manifest_file
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    given = {"jobs": [{"input": "a.tif", "output": "out.tif"}]}
+    with _manifest_file(given, tmp_path) as (path, _), \
+            run_elsewhere(str(folder), "run-first", path) as proc:
+        with pytest.raises(RunningAlreadyError) as info:
+            pipeline.run(given, workers=1, base=tmp_path)
+        assert str(info.value) == (
+            f"the manifest given: local run first, process {proc.pid} is running the same "
+            "manifest (given to pipeline.run as a dict too) now: a second run would do every "
+            "job again and write the same outputs. Wait for it to end, or stop it, then run "
+            "again")
+        assert not (tmp_path / "out.tif").exists()
+        other = {"jobs": [{"input": "a.tif", "output": "other.tif"}]}
+        assert pipeline.run(other, workers=1, base=tmp_path).ok
+
+
 SLEEPY = """
 import time
 
