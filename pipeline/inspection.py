@@ -179,12 +179,10 @@ def _kept(metadata: dict[str, Any]) -> list[str]:
 def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
-    (``make_plan``, the output's checks)."""
-    from pipeline.adapters.tile_codec import output_problems
-    from pipeline.core.plan import make_plan
+    (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
+    from pipeline.steps.planning import plan_pages
 
-    plan, problems = make_plan(0, spec, infos, "inspect", 0.0)
-    problems += output_problems(plan)
+    plan, problems = plan_pages(0, spec, infos, "inspect", 0.0)
     by_page: dict[int, list[str]] = {}
     others = []
     for problem in problems:

@@ -946,3 +946,60 @@ def test_a_job_plan_job_refuses_for_its_output_is_not_costed(tmp_path: Path) -> 
     [problem] = problems
     assert problem.startswith("jobs[0] (") and "pages 0-2 (3 pages): jpeg output needs uint8" \
         in problem
+
+
+def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path: Path
+                                                                        ) -> None:
+    """A job whose ``pages`` lists a page beyond ``--assume-pages``: PlanJob refuses such a
+    job (its input lacks the page), and so does estimate (exit 2, naming the page), as it
+    does for a real input of those pages. Its pages beyond were dropped: the job costed
+    with the pages it had, a job of none left out of the estimate ("1 job(s)" of 2)."""
+    from pipeline.input_check import check_job
+    from pipeline.steps.common import read_manifest
+
+    write_sample(str(tmp_path / "one.tif"), [SamplePage(64, 64, 3, "uint8")], tile=64)
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [
+        {"input": "one.tif", "output": "o0.tif", "pages": [5]},
+        {"input": "one.tif", "output": "o1.tif", "pages": [0, 7]},
+        {"input": "one.tif", "output": "o2.tif", "pages": [0]}]}))
+    plans, _, problems = est.plans_for_manifest(str(m), "64x64x3")
+    one = tmp_path / "one.tif"
+    assert problems == [f"jobs[{i}] ({one}): page {page} asked for, --assume-pages gives 1 "
+                        "page(s) (0..0); fix the job's pages, or give --assume-pages more"
+                        for i, page in ((0, 5), (1, 7))]
+    assert [plan.spec.output for plan in plans] == [str(tmp_path / "o2.tif")]
+    code, out, err = _cli("estimate", str(m), "--assume-pages", "64x64x3")
+    assert code == 2 and out == "" and "page 5 asked for" in err, err
+    # the input itself, those pages: the same jobs refused, for the same pages
+    specs = read_manifest(str(m))
+    assert [check_job(i, s).problems for i, s in enumerate(specs)] == [
+        ("page 5 asked for, the file has 1 page(s) (0..0); fix the job's pages",),
+        ("page 7 asked for, the file has 1 page(s) (0..0); fix the job's pages",), ()]
+    plans, _, problems = est.plans_for_manifest(str(m))
+    assert [p.split(": ")[1] for p in problems] == ["PageNotFoundError"] * 2
+
+
+def test_estimate_refuses_the_jobs_planjob_refuses(tmp_path: Path) -> None:
+    """Estimate plans a job by PlanJob's own code (pipeline/steps/planning.py, ``read_plan``):
+    over the libtiff corpus, op chains and output compressions, the jobs it refuses are
+    those ``validate --inputs`` (PlanJob's checks) says would fail, no more, no fewer."""
+    from pipeline.input_check import check_job
+    from pipeline.steps.common import read_manifest
+
+    corpus = sorted((Path(__file__).parent / "data" / "libtiff").glob("*.tif*"))
+    chains: list[list[dict[str, Any]]] = [
+        [], [{"op": "canny", "low": 50, "high": 100}], [{"op": "equalize_hist"}],
+        [{"op": "select_bands", "bands": [2]}], [{"op": "downsample", "factor": 4}]]
+    jobs = [{"input": str(path), "output": str(tmp_path / f"o{i}-{j}-{c}.tif"), "ops": ops,
+             "output_options": {"compression": c}}
+            for i, path in enumerate(corpus) for j, ops in enumerate(chains)
+            for c in ("zstd", "jpeg")]
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": jobs}))
+    _, _, problems = est.plans_for_manifest(str(m))
+    refused = {int(p.split("]")[0].removeprefix("jobs[")) for p in problems}
+    failing = {i for i, spec in enumerate(read_manifest(str(m)))
+               if check_job(i, spec).error is not None}
+    assert refused == failing
+    assert 0 < len(failing) < len(jobs)  # (both kinds of jobs are there)

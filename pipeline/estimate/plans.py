@@ -116,17 +116,18 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
                        ) -> tuple[list[JobPlan], list[float | None], list[str]]:
     """Each job's plan, its input's size in bytes (None if unknown) and the problems found.
 
-    Reads the manifest and each input's page headers only; with ``assume_pages`` no input is
-    opened: every input has those pages (``pages`` of a job still picks among them). An
-    input that cannot be read (missing, not a TIFF, damaged, a page it lacks) is a problem
-    of its job, and the other jobs are still planned, so that every problem is listed at
-    once; such a job has no plan.
+    Reads the manifest and each input's page headers only, and plans each job by PlanJob's
+    own code (:func:`pipeline.steps.planning.read_plan`: what PlanJob refuses of a job's
+    input, estimate refuses); with ``assume_pages`` no input is opened: every input has
+    those pages (``pages`` of a job still picks among them: one beyond them is a problem,
+    as PlanJob's of an input that lacks it). An input that cannot be read (missing, not a
+    TIFF, damaged, a page it lacks) is a problem of its job, and the other jobs are still
+    planned, so that every problem is listed at once; such a job has no plan.
     """
     from pipeline.adapters import storage
-    from pipeline.adapters.tile_codec import output_problems
-    from pipeline.core.plan import left_out_note, make_plan
     from pipeline.errors import TiffpipeError
     from pipeline.steps.common import read_manifest as validate
+    from pipeline.steps.planning import plan_pages, read_plan
 
     specs = validate(manifest)
     if not isinstance(specs, list):
@@ -137,19 +138,19 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
     sizes: list[float | None] = []
     problems: list[str] = []
     for i, spec in enumerate(specs):
+        size = None
         if assumed is not None:
-            infos = [assumed[p] for p in spec.pages if p < len(assumed)] if spec.pages \
-                else list(assumed)
-            left_out: list[Any] = []
-            size = None
+            lacking = [p for p in spec.pages or [] if p >= len(assumed)]
+            if lacking:
+                problems += [f"jobs[{i}] ({spec.input}): page {p} asked for, --assume-pages "
+                             f"gives {len(assumed)} page(s) (0..{len(assumed) - 1}); fix the "
+                             "job's pages, or give --assume-pages more" for p in lacking]
+                continue
+            plan, why = plan_pages(i, spec, [assumed[p] for p in spec.pages] if spec.pages
+                                   else list(assumed), WORK, 0.0)
         else:
-            from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
-
-            try:  # the pages a run processes: a job without pages leaves masks and overviews out
-                left_out = []
-                infos, _ = read_infos_and_version(
-                    spec.input, spec.pages, keep_palette=keeps_palette(
-                        spec.ops, spec.output_options.compression), left_out=left_out)
+            try:
+                plan, why = read_plan(i, spec, WORK, 0.0)
             except TiffpipeError as exc:  # the message names the file: the next job's too
                 problems.append(f"jobs[{i}]: {type(exc).__name__}: {exc}")
                 continue
@@ -157,10 +158,11 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
-        plan, why = make_plan(i, spec, infos, "s3://estimate/work", 0.0,
-                              note=left_out_note(left_out, spec.output_options.pyramid))
-        why += output_problems(plan)  # what PlanJob refuses too: a job that cannot run
         problems += [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)]
         plans.append(plan)
         sizes.append(size)
     return plans, sizes, problems
+
+
+#: the work location the plans are made for (a name only: nothing is written)
+WORK = "s3://estimate/work"

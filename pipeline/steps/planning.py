@@ -17,7 +17,7 @@ from pipeline.core import custom as custom_mod
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import TIFF_SUFFIXES, ScanSpec, scan_jobs
-from pipeline.core.models import JobPlan, JobSpec
+from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import grouped_by_page, left_out_note, make_plan, single_task
 from pipeline.core.thumbs import contact_sheet_url
@@ -272,16 +272,38 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
             custom_mod.load(call.params["function"])
     storage.check_writable(spec.output)
     storage.check_not_input(spec.input, spec.output)
+    return read_plan(job, spec, work, started, hand_over, refused)
+
+
+def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
+              refused: list[tuple[int, TiffpipeError]] | None = None
+              ) -> tuple[JobPlan, list[str]]:
+    """What :func:`checked_plan` checks of the job's input: its page headers read (the
+    pages a job without ``pages`` leaves out noted), and the plan of them
+    (:func:`plan_pages`); ``hand_over`` and ``refused`` as there. ``tiffpipe estimate``
+    plans a job by it too: it costs a run on AWS, whose stack writes the outputs with its
+    own role and imports the custom functions in its image, so it checks neither here."""
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     left_out: list[Any] = []  # (the pages a job without pages leaves out)
     infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
                                             hand_over=hand_over, left_out=left_out,
                                             refused=refused)
-    note = left_out_note(left_out, spec.output_options.pyramid)
-    plan, problems = make_plan(job, spec, infos, work, started, version, note)
+    plan, problems = plan_pages(job, spec, infos, work, started, version, left_out)
     refusals = [page_problem(spec.input, page, exc) for page, exc in refused or []]
-    return plan, refusals + problems + output_problems(plan)
+    return plan, refusals + problems
+
+
+def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, started: float,
+               version: str = "", left_out: list[Any] | None = None
+               ) -> tuple[JobPlan, list[str]]:
+    """The job's plan of ``infos`` (its pages' headers, as read, or ``tiffpipe estimate
+    --assume-pages``'), and the problems that stop it ("page N: ..."): the op chain and
+    the output options against every page (:func:`make_plan`, :func:`output_problems`).
+    ``left_out``: the pages a job without ``pages`` left out, for the plan's note."""
+    note = left_out_note(left_out or [], spec.output_options.pyramid)
+    plan, problems = make_plan(job, spec, infos, work, started, version, note)
+    return plan, problems + output_problems(plan)
 
 
 def page_problem(url: str, page: int, exc: Exception) -> str:
