@@ -220,6 +220,68 @@ def test_s3_inputs_and_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert not s3.list_multipart_uploads(Bucket="bkt").get("Uploads")
 
 
+def test_a_probe_upload_that_cannot_be_ended_is_told(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture):
+    """Credentials that may write an S3 output (s3:PutObject: the probe's upload starts)
+    but not end an upload (no s3:AbortMultipartUpload, a policy that grants reads and
+    writes only): the probe's upload stays open under the output's key, listed and kept
+    until a lifecycle rule ends it. validate --inputs, which writes nothing, said nothing
+    of it; now a warning names the upload and how to end it (the job still can run: its
+    output may be written). moto enforces IAM here, as the policy would on AWS."""
+    import boto3
+    from moto import mock_aws
+    from moto.core import set_initial_no_auth_action_count
+
+    from pipeline.adapters import storage
+
+    f = _files(tmp_path / "in")
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION",
+                "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(storage, "_writable", {})
+    manifest = _manifest(tmp_path, [{"input": "s3://bkt/in/rgb.tif",
+                                     "output": "s3://bkt/out/rgb.tif", "ops": BLUR}])
+    statement = {"Effect": "Allow", "Resource": ["arn:aws:s3:::bkt", "arn:aws:s3:::bkt/*"]}
+    policies = {"reader-writer": ["s3:GetObject", "s3:ListBucket", "s3:PutObject"],
+                "admin": ["s3:*"]}
+
+    @set_initial_no_auth_action_count(1 + 3 * len(policies) + 2)  # the set-up's calls
+    @mock_aws
+    def check() -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        iam = boto3.client("iam", region_name="us-east-1")
+        keys = {}
+        for user, actions in policies.items():
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{**statement, "Action": actions}]}))
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="bkt")
+        s3.upload_file(str(f["rgb"]), "bkt", "in/rgb.tif")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["reader-writer"][0])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["reader-writer"][1])
+        monkeypatch.setattr(storage, "_client", None)
+        assert cli.main(["validate", "--inputs", str(manifest)]) == 0
+        admin = boto3.client("s3", region_name="us-east-1", aws_access_key_id=keys["admin"][0],
+                             aws_secret_access_key=keys["admin"][1])
+        [upload] = admin.list_multipart_uploads(Bucket="bkt")["Uploads"]
+        assert upload["Key"] == "out/rgb.tif"
+        err = caplog.text  # (the command's stderr: Python's last-resort handler)
+        assert (f"output s3://bkt/out/rgb.tif: the upload that checked it may be written "
+                f"(UploadId {upload['UploadId']}) could not be ended (AccessDenied): it stays "
+                "open, listed under the output's key, until a lifecycle rule ends it: end it "
+                "with `aws s3api abort-multipart-upload --bucket bkt --key out/rgb.tif "
+                f"--upload-id {upload['UploadId']}`, and give these credentials "
+                "s3:AbortMultipartUpload there") in err, err
+
+    check()
+
+
 def test_a_scan_checks_the_files_it_would_make_jobs_of(tmp_path: Path,
                                                         capsys: pytest.CaptureFixture):
     f = _files(tmp_path / "in")

@@ -766,8 +766,18 @@ def _check_s3_writable(url: str) -> None:
         else:
             what = f"cannot start an upload there ({exc}): check the credentials and permissions"
         raise OutputNotWritableError(f"output {url}: {what}") from exc
-    with suppress(*_aws_errors()):  # a probe's upload, never completed: nothing was written
+    try:  # a probe's upload, never completed: nothing was written
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+    except _aws_errors() as exc:  # (credentials that may write, not end an upload) told:
+        # the upload stays open, listed under the key, till a lifecycle rule ends it
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "output %s: the upload that checked it may be written (UploadId %s) could not "
+            "be ended (%s): it stays open, listed under the output's key, until a lifecycle "
+            "rule ends it: end it with `aws s3api abort-multipart-upload --bucket %s --key %s "
+            "--upload-id %s`, and give these credentials s3:AbortMultipartUpload there", url,
+            upload, _code(exc) or exc, bucket, key, upload)
     _writable[where] = time.monotonic()
 
 
