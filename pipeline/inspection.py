@@ -253,6 +253,13 @@ def text(doc: dict[str, Any]) -> Iterator[str]:
             said.append(f"fails: page{'s' if len(refused) > 1 else ''} {_ranges(refused)} "
                         "refused")
         yield "  a job without pages: " + "; ".join(said)
+    named = [p for p in pages if p.get("ome_name")]
+    if named:  # (a line a page: names differ, and may hold any separator)
+        yield "  OME names (each output page's PageName):"
+        for p in named[:GROUPS_SHOWN]:
+            yield f"    page {p['index']}: {p['ome_name']}"
+        if len(named) > GROUPS_SHOWN:
+            yield f"    ... {len(named) - GROUPS_SHOWN} more (--json: every page)"
     for problem in doc.get("ops_problems", []):
         yield f"  ops: cannot run: {problem}"
     if "chain_error" in doc:

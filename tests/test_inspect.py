@@ -194,6 +194,11 @@ def test_an_ome_tiff_and_a_cut_chain(tmp_path: Path, capsys: pytest.CaptureFixtu
                                    "tiles 32 x 32; kept: resolution, OME name and Channel")
     code, out, _ = _inspect(capsys, str(ome), "--json")
     names = [p["ome_name"] for p in json.loads(out)["files"][0]["pages"]]
+    # the text names them too (a line a page, after the groups): which page to list for
+    # which channel, that only --json said
+    code, text, _ = _inspect(capsys, str(ome))
+    assert text.splitlines()[2:] == ["  OME names (each output page's PageName):",
+                                     *(f"    page {i}: {n}" for i, n in enumerate(names))]
     assert names == ["DAPI", "CD3", "CD8"] or all(n.endswith(c) for n, c in
                                                   zip(names, ["DAPI", "CD3", "CD8"]))
     # a file cut in its last page's IFD: the pages before, and why a job fails
@@ -205,3 +210,4 @@ def test_an_ome_tiff_and_a_cut_chain(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, out, _ = _inspect(capsys, str(cut))
     assert code == 1
     assert "CorruptTiffError" in out and "the chain of pages (IFDs) breaks after page 1" in out
+
