@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--ops", metavar="JSON",
                       help="an op chain, e.g. '[{\"op\": \"to_gray\"}]': whether it runs on "
                            "each page, and the output page it makes")
+    insp.add_argument("--output-options", metavar="JSON",
+                      help="a manifest's output_options, e.g. '{\"compression\": \"jpeg\"}': "
+                           "the ops (none: the empty chain) checked against that output "
+                           "(default: the defaults, zstd)")
     insp.add_argument("--json", action="store_true",
                       help="every page of every file, as JSON (the text groups identical pages)")
 
@@ -592,9 +596,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pipeline.ui import shown
 
     try:
-        spec = inspection.ops_spec(args.ops) if args.ops is not None else None
+        spec = (inspection.ops_spec(args.ops, args.output_options)
+                if args.ops is not None or args.output_options is not None else None)
     except ManifestError as exc:
-        print("tiffpipe: invalid --ops: " + "; ".join(exc.problems), file=sys.stderr)
+        print(f"tiffpipe: invalid {exc.source}: " + "; ".join(exc.problems), file=sys.stderr)
         return EXIT_USAGE
     docs = concurrently(lambda url: inspection.inspect_file(url, spec), args.files,
                         INPUT_THREADS, progress=sys.stderr, what="reading the files")

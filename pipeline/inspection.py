@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.core.models import JobSpec
+from pipeline.core.models import JobSpec, OutputOptions
 from pipeline.core.plan import grouped_by_page
 
 #: the groups of pages the text shows for a file (then how many more; --json: all)
@@ -29,23 +29,33 @@ _EXTRA = {0: "extra", 1: "alpha (associated)", 2: "alpha"}
 _GEO = {33550, 33922, 34264, 34735, 34736, 34737}
 
 
-def ops_spec(ops_json: str) -> JobSpec:
-    """The job an op chain (``--ops``, JSON) would be, with every default a manifest gives
-    it; ManifestError listing its problems (at their paths under ``ops``)."""
+def ops_spec(ops_json: str | None, options_json: str | None = None) -> JobSpec:
+    """The job an op chain (``--ops``, JSON; none: the empty chain) and output options
+    (``--output-options``, a manifest's ``output_options``; none: the defaults) would be,
+    with every default a manifest gives it; ManifestError (its source the options at
+    fault) listing its problems (at their paths under ``ops`` and ``output_options``)."""
     from pipeline.core.manifest import parse_manifest
     from pipeline.errors import ManifestError
 
+    job: dict[str, Any] = {"input": "in.tif", "output": "out.tif", "ops": []}
+    for option, field, text, example in (
+            ("--ops", "ops", ops_json,
+             "a list of ops, e.g. '[{\"op\": \"gaussian_blur\", \"sigma\": 2}]'"),
+            ("--output-options", "output_options", options_json,
+             "a manifest's output_options, e.g. '{\"compression\": \"jpeg\"}'")):
+        if text is None:
+            continue
+        try:
+            job[field] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(option, [f"not JSON: {exc}; give {example}"]) from None
     try:
-        ops = json.loads(ops_json)
-    except json.JSONDecodeError as exc:
-        raise ManifestError("--ops", [(f"not JSON: {exc}; give a list of ops, e.g. "
-                                      "'[{\"op\": \"gaussian_blur\", \"sigma\": 2}]'")]) from None
-    try:
-        [spec] = parse_manifest({"jobs": [{"input": "in.tif", "output": "out.tif",
-                                           "ops": ops}]}, "--ops", ".")
+        [spec] = parse_manifest({"jobs": [job]}, "--ops", ".")
     except ManifestError as exc:
-        raise ManifestError("--ops", [p.removeprefix("jobs[0].") for p in exc.problems]) \
-            from None
+        problems = [p.removeprefix("jobs[0].") for p in exc.problems]
+        options = [o for o, f in (("--ops", "ops"), ("--output-options", "output_options"))
+                   if any(p.startswith(f) for p in problems)]
+        raise ManifestError(" and ".join(options) or "--ops", problems) from None
     return spec
 
 
@@ -66,7 +76,9 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"file": url}
     pages: list[dict[str, Any]] = []
     infos: list[Any] = []
-    keep = keeps_palette(spec.ops if spec else [], "zstd")
+    # a palette page as a job of the chain and output given reads it; without them, a copy's
+    keep = keeps_palette(spec.ops if spec else [],
+                         (spec.output_options if spec else OutputOptions()).compression)
     try:
         with open_tiff(url) as tf:
             first = tf.pages.first

@@ -211,3 +211,36 @@ def test_an_ome_tiff_and_a_cut_chain(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 1
     assert "CorruptTiffError" in out and "the chain of pages (IFDs) breaks after page 1" in out
 
+
+def test_ops_are_checked_against_the_output_options_given(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
+    """``--output-options`` (a manifest's ``output_options``): the chain checked against
+    the output a job of those options writes, as PlanJob checks it; without it, the
+    default options (zstd). A 16-bit page and a JPEG output: the chain cannot run there (a
+    job fails when planned), which inspect said it could. A palette page of an empty chain
+    keeps its indices only for a lossless output."""
+    path = tmp_path / "gray16.tif"
+    tifffile.imwrite(path, np.zeros((64, 80), np.uint16))
+    code, out, _ = _inspect(capsys, str(path), "--ops", "[]")
+    assert code == 0 and out.splitlines()[2] == "    ops: run -> 80 x 64, 1 x uint16"
+    code, out, _ = _inspect(capsys, str(path), "--ops", "[]", "--output-options",
+                            '{"compression": "jpeg"}')
+    assert code == 1
+    assert out.splitlines()[2] == ("    ops: cannot run: jpeg output needs uint8 pixels, the "
+                                   "output is uint16; choose zstd, deflate, lzw or none")
+    code, out, _ = _inspect(capsys, str(path), "--output-options",
+                            '{"compression": "deflate", "tile": 16}', "--json")
+    assert code == 0 and json.loads(out)["files"][0]["pages"][0]["ops"]["runs"]
+    palette = tmp_path / "palette.tif"
+    tifffile.imwrite(palette, np.zeros((32, 32), np.uint8), photometric="palette",
+                     colormap=np.zeros((3, 256), np.uint16))
+    for options, kept in (("{}", "palette"), ('{"compression": "jpeg"}', "RGB")):
+        code, out, _ = _inspect(capsys, str(palette), "--output-options", options, "--json")
+        assert json.loads(out)["files"][0]["pages"][0]["photometric"] == {
+            "palette": "palette", "RGB": "rgb"}[kept], options
+    code, out, err = _inspect(capsys, str(path), "--output-options", '{"compression": "gif"}')
+    assert (code, out) == (2, "")
+    assert err.startswith("tiffpipe: invalid --output-options: output_options.compression: "
+                          "expected one of"), err
+    code, _, err = _inspect(capsys, str(path), "--output-options", "[")
+    assert code == 2 and err.startswith("tiffpipe: invalid --output-options: not JSON: "), err
