@@ -116,11 +116,12 @@ def test_normalized_difference_zero_sum_nodata_and_nan():
     img = np.dstack([a, b])
     p = {"a": 0, "b": 1}
     [op] = chain_from_json([{"op": "normalized_difference", **p}])
-    out = op.op.apply(img, {**p, "nodata": -9999})
+    out = op.op.apply(img, {**p, "input_nodata": -9999})
     np.testing.assert_array_equal(out, [[0, 0, 0, np.nan, np.nan]])  # -5 + 5 == 0: 0 too
-    assert op.op.apply(img, {**p, "nodata": None})[0, 3] == np.float32((7 + 9999) / (7 - 9999))
+    assert op.op.apply(img, {**p, "input_nodata": None})[0, 3] == \
+        np.float32((7 + 9999) / (7 - 9999))
     ints = np.dstack([np.array([[200, 0, 255]], np.uint8), np.array([[100, 0, 0]], np.uint8)])
-    np.testing.assert_array_equal(op.op.apply(ints, {**p, "nodata": 0}),
+    np.testing.assert_array_equal(op.op.apply(ints, {**p, "input_nodata": 0}),
                                   np.array([[1 / 3, np.nan, np.nan]], np.float32))
 
 

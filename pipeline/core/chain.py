@@ -54,7 +54,7 @@ class ChainLayout:
         """``dtypes[i]``: the sample type of op i's input (len n + 1: the output's last)."""
         out = [self.dtype]
         for call in self.calls:
-            out.append(call.op.out_dtype(out[-1]))
+            out.append(call.out_dtype(out[-1]))
         return out
 
     @property

@@ -169,14 +169,14 @@ def select_bands(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 def normalized_difference(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """``(a - b) / (a + b)`` of bands a and b, in float64 (the samples converted), rounded
-    to float32; 0 where ``a + b == 0``; NaN where band a or b holds ``p["nodata"]`` (the
-    page's no-data value, given by the tiled path: :func:`pipeline.core.ops.with_nodata`)."""
+    to float32; 0 where ``a + b == 0``; NaN where band a or b holds ``p["input_nodata"]``
+    (the page's no-data value, given by the tiled path: :func:`pipeline.core.ops.with_nodata`)."""
     x, y = img[:, :, p["a"]], img[:, :, p["b"]]
     a, b = x.astype(np.float64), y.astype(np.float64)
     total = a + b
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(total == 0, 0.0, (a - b) / total).astype(np.float32)
-    nodata = p.get("nodata")
+    nodata = p.get("input_nodata")
     if nodata is not None:
         out[(x == nodata) | (y == nodata)] = np.nan
     return out

@@ -51,14 +51,18 @@ class Op:
     accepts: Callable[[dict[str, Any], np.dtype, int], str | None] = lambda p, dt, ch: None
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
-    #: the sample type of the output given the input's (normalized_difference: float32)
-    out_dtype: Callable[[np.dtype], np.dtype] = lambda dt: dt
+    #: the sample type of the output given the parameters and the input's
+    #: (normalized_difference: float32)
+    out_dtype: Callable[[dict[str, Any], np.dtype], np.dtype] = lambda p, dt: dt
     #: the input band each output band is (select_bands), else None: every band stays
     #: itself (per-band ops), or the op makes its own (to_gray, canny, normalized_difference)
     picks: Callable[[dict[str, Any]], list[int]] | None = None
-    #: the op writes this value where its input has no data (normalized_difference: NaN,
-    #: given the input's no-data value as the parameter ``nodata``): its output's no-data value
-    own_nodata: float | None = None
+    #: the op is given its input's no-data value (None: none) as the parameter
+    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference
+    reads_nodata: bool = False
+    #: the no-data value the op's output has, given the parameters (normalized_difference:
+    #: NaN), else None
+    own_nodata: Callable[[dict[str, Any]], float | None] = lambda p: None
     #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
     #: blue), or as bands of their own (select_bands, normalized_difference: an ink picked
     #: would be written as a gray or RGB band): not defined on CMYK pages, whose bands are inks
@@ -106,6 +110,9 @@ class OpCall:
     def out_channels(self, channels: int) -> int:
         picks = self.op.picks
         return len(picks(self.params)) if picks else self.op.out_channels(channels)
+
+    def out_dtype(self, dtype: np.dtype) -> np.dtype:
+        return np.dtype(self.op.out_dtype(self.params, np.dtype(dtype)))
 
 
 def _clahe_reach(p: dict[str, Any], dtype: np.dtype, needed: int) -> int:
@@ -274,8 +281,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (_band("a", "0-based index of the first band (NIR for NDVI)"),
         _band("b", "0-based index of the second band (red for NDVI)")),
        fn.normalized_difference, accepts=_bands_accepts, check=_differ,
-       out_channels=lambda ch: 1, out_dtype=lambda dt: np.dtype(np.float32),
-       own_nodata=float("nan"), colour=True,
+       out_channels=lambda ch: 1, out_dtype=lambda p, dt: np.dtype(np.float32),
+       reads_nodata=True, own_nodata=lambda p: float("nan"), colour=True,
        exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
@@ -431,14 +438,16 @@ def chain_own_nodata(ops: list[dict[str, Any]]) -> float | None:
     own = None
     for op in ops:
         o = OPS[op["op"]]
-        own = o.own_nodata if o.own_nodata is not None else own if o.keeps_values else None
+        mine = o.own_nodata(op)
+        own = mine if mine is not None else own if o.keeps_values else None
     return own
 
 
 def with_nodata(chain: list[OpCall], nodata: Callable[[int], float | None]) -> list[OpCall]:
-    """The chain with each op that takes its input's no-data value (``Op.own_nodata``) given
-    it as the parameter ``nodata``: ``nodata(i)``, the value at op i's input (None: none)."""
-    return [OpCall(c.op, {**c.params, "nodata": nodata(i)}) if c.op.own_nodata is not None
+    """The chain with each op that takes its input's no-data value (``Op.reads_nodata``) given
+    it as the parameter ``input_nodata``: ``nodata(i)``, the value at op i's input (None:
+    none)."""
+    return [OpCall(c.op, {**c.params, "input_nodata": nodata(i)}) if c.op.reads_nodata
             else c for i, c in enumerate(chain)]
 
 
@@ -465,8 +474,8 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
         if call.out_channels(channels) != channels:
             photometric = ""  # bands of the op's own making (to_gray, canny: gray)
         channels = call.out_channels(channels)
-        if call.op.out_dtype(dtype) != dtype:
-            dtype, made = call.op.out_dtype(dtype), f"ops[{i}] ({call.op.name})"
+        if call.out_dtype(dtype) != dtype:
+            dtype, made = call.out_dtype(dtype), f"ops[{i}] ({call.op.name})"
     return problems
 
 
@@ -476,7 +485,7 @@ def apply_chain(img: np.ndarray, chain: list[OpCall]) -> np.ndarray:
     ``Op.out_dtype``). The tiled path runs chains with pipeline.steps.evaluate instead."""
     for call in chain:
         out = call.op.apply(img, call.params)
-        if out.dtype != (want := call.op.out_dtype(img.dtype)):
+        if out.dtype != (want := call.out_dtype(img.dtype)):
             out = out.astype(want)
         img = out
     return img
