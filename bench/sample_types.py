@@ -23,7 +23,7 @@ from pipeline.core.ops import OPS
 PARAMS = {"gaussian_blur": {"sigma": 2.0}, "median_blur": {"ksize": 3},
           "dilate": {"ksize": 3, "iterations": 1}, "unsharp_mask": {"sigma": 2.0, "amount": 1.0},
           "gamma": {"gamma": 2.2}, "invert": {}, "threshold": {"value": 0.5},
-          "downsample": {"factor": 2}}
+          "downsample": {"factor": 2}, "convert": {"dtype": "uint8", "in_range": [0, 1]}}
 
 
 def page(size: int, dtype: str) -> np.ndarray:

@@ -36,7 +36,7 @@ ENGINE = {
     "test_ojpeg", "test_single_task", "test_start_status", "test_thumbs",
     "test_work_location", "test_cmyk", "test_derived_pages",
     "test_output_files", "test_exhaustion", "test_ome_channels", "test_batch_runs",
-    "test_gis_readers",
+    "test_gis_readers", "test_convert",
     "test_python_api",
     "test_oncall", "test_open_uploads",
 }

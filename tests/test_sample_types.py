@@ -111,21 +111,22 @@ PARAMS: dict[str, dict[str, Any]] = {
     "normalize": {}, "percentile_stretch": {"p_low": 2, "p_high": 97},
     "clahe": {"cell": 16}, "canny": {"low": 20, "high": 60}, "downsample": {"factor": 2},
     "select_bands": {"bands": [2, 0]}, "normalized_difference": {"a": 1, "b": 2},
+    "convert": {"dtype": "uint8", "in_range": [-1, 2]},
 }
 #: the types each op takes (docs/sample-types.md); every other one is refused
 TAKES: dict[str, tuple[str, ...]] = {
     **{name: ALL for name in ("gaussian_blur", "median_blur", "dilate", "erode",
                               "unsharp_mask", "invert", "gamma", "threshold", "to_gray",
                               "normalize", "downsample", "select_bands",
-                              "normalized_difference")},
+                              "normalized_difference", "convert")},
     "equalize_hist": ("uint8",), "otsu_threshold": ("uint8", "uint16"), "canny": ("uint8",),
     "clahe": ("uint8", "uint16"),
     "percentile_stretch": ("uint8", "int8", "uint16", "int16"),
 }
 GRAY_ONLY = ("equalize_hist", "otsu_threshold", "clahe")
 #: these have their own exactness tests for the types they take (test_global_ops.py,
-#: test_band_ops.py)
-ELSEWHERE = ("clahe", "canny", "select_bands", "normalized_difference")
+#: test_band_ops.py, test_convert.py)
+ELSEWHERE = ("clahe", "canny", "select_bands", "normalized_difference", "convert")
 
 
 def test_every_op_is_in_the_table():

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import canny as canny_mod
+from pipeline.core import convert as convert_mod
 from pipeline.core import custom as custom_mod
 from pipeline.core import dtypes
 from pipeline.core import op_functions as fn
@@ -52,16 +53,16 @@ class Op:
     #: channels of the output given the input's
     out_channels: Callable[[int], int] = lambda ch: ch
     #: the sample type of the output given the parameters and the input's
-    #: (normalized_difference: float32)
+    #: (normalized_difference: float32; convert: its ``dtype``)
     out_dtype: Callable[[dict[str, Any], np.dtype], np.dtype] = lambda p, dt: dt
     #: the input band each output band is (select_bands), else None: every band stays
     #: itself (per-band ops), or the op makes its own (to_gray, canny, normalized_difference)
     picks: Callable[[dict[str, Any]], list[int]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
-    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference
+    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert
     reads_nodata: bool = False
     #: the no-data value the op's output has, given the parameters (normalized_difference:
-    #: NaN), else None
+    #: NaN; convert: its ``nodata``), else None
     own_nodata: Callable[[dict[str, Any]], float | None] = lambda p: None
     #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
     #: blue), or as bands of their own (select_bands, normalized_difference: an ink picked
@@ -284,6 +285,12 @@ OPS: dict[str, Op] = {op.name: op for op in (
        out_channels=lambda ch: 1, out_dtype=lambda p, dt: np.dtype(np.float32),
        reads_nodata=True, own_nodata=lambda p: float("nan"), colour=True,
        exact="bit-identical to the numpy formula on the whole page"),
+    Op("convert", "olo + (v - lo) / (hi - lo) * (ohi - olo) in float64, clipped to out_range "
+       "[olo, ohi], rounded half to even (saturate_cast) or cast to dtype; [lo, hi] = in_range",
+       convert_mod.PARAMS, convert_mod.convert, accepts=convert_mod.accepts,
+       check=convert_mod.check, out_dtype=convert_mod.out_dtype, reads_nodata=True,
+       own_nodata=convert_mod.own_nodata,
+       exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
        accepts=_only(("uint8",), (1,), "equalize_hist",
@@ -434,7 +441,8 @@ def chain_bands(ops: list[dict[str, Any]], channels: int) -> tuple[int, ...] | N
 
 def chain_own_nodata(ops: list[dict[str, Any]]) -> float | None:
     """The no-data value an op of the chain (its JSON) gives its output (``Op.own_nodata``:
-    normalized_difference's NaN) when every op after it keeps values; else None."""
+    normalized_difference's NaN, convert's ``nodata``) when every op after it keeps values;
+    else None."""
     own = None
     for op in ops:
         o = OPS[op["op"]]

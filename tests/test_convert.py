@@ -1,0 +1,365 @@
+"""``convert``: every input type to every output type against the formula of
+docs/manifest-and-ops.md written out here with numpy, its rounding against OpenCV's
+saturate_cast, the problems validate and PlanJob name, and runs of the local engine (the
+fused path) on real TIFFs of every sample type and 1, 3 and 5 bands: the outputs' pixels,
+sample type, predictor, GDAL_NODATA, pyramid levels and OME Pixels Type, and the chain the
+op makes possible, select_bands -> normalized_difference -> convert uint8 -> JPEG.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from sample_types_ref import ALL, typed_image
+from test_band_ops import nd_reference, same
+from test_exactness import TIFFFILE_WRITE
+from test_sample_types import plan_problems, write_bands
+
+from pipeline import cli
+from pipeline.core.ops import apply_chain, chain_from_json, parse_chain
+from pipeline.runner import run_local
+
+#: the output types convert writes
+TYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+SHAPE = (150, 230)
+
+
+# --- the reference: the documented formula, with numpy ------------------------------------
+
+
+def ref_convert(page: np.ndarray, dtype: str, in_range: list[float] | None = None,
+                out_range: list[float] | None = None, nodata: float | None = None,
+                input_nodata: float | None = None) -> np.ndarray:
+    """``olo + (v - lo) / (hi - lo) * (ohi - olo)`` in float64, clipped, rounded half to even
+    (integers: NaN is olo) or cast; NaN and ``input_nodata`` samples become ``nodata`` (float
+    outputs: NaN by default)."""
+    out = np.dtype(dtype)
+    if in_range is None:
+        info = np.iinfo(page.dtype)
+        in_range = [info.min, info.max]
+    if out_range is None:
+        if out.kind == "f":
+            out_range = [0.0, 1.0]
+        else:
+            info = np.iinfo(out)
+            out_range = [info.min + (nodata == info.min), info.max - (nodata == info.max)]
+    (lo, hi), (olo, ohi) = map(float, in_range), map(float, out_range)
+    x = page.astype(np.float64)
+    y = np.minimum(np.maximum(olo + (x - lo) / (hi - lo) * (ohi - olo), olo), ohi)
+    res = y.astype(out) if out.kind == "f" else np.where(np.isnan(y), olo, np.rint(y)).astype(out)
+    fill = nodata if nodata is not None else np.nan if out.kind == "f" else None
+    if fill is not None:
+        none = np.isnan(x)
+        if input_nodata is not None:
+            none |= page == input_nodata
+        res[none] = fill
+    return res
+
+
+def convert_op(**params: Any) -> dict[str, Any]:
+    return {"op": "convert", **params}
+
+
+# --- the op on whole arrays -------------------------------------------------------------
+
+
+def _page(dtype: str, seed: int, channels: int = 3) -> np.ndarray:
+    """typed_image's content (the type's minimum and maximum occur; floats span [-1, 2]),
+    floats with NaN and infinities too."""
+    page = typed_image(seed, 20, 30, channels, dtype)
+    if np.dtype(dtype).kind == "f":
+        page[0, :3], page[1, 0], page[1, 1] = np.nan, np.inf, -np.inf
+    return page
+
+
+@pytest.mark.parametrize("dtype", TYPES)
+@pytest.mark.parametrize("src", ALL)
+def test_every_input_type_to_every_output_type(src, dtype):
+    page = _page(src, sum(map(ord, src + dtype)))
+    floats = np.dtype(src).kind == "f"
+    cases = [{"in_range": [-0.5, 1.5]}, {"in_range": [0.25, 0.75], "out_range": [10, 100]}]
+    if not floats:
+        info = np.iinfo(src)
+        cases += [{}, {"in_range": [float(info.min) / 3, float(info.max) / 3]}]
+    for params in cases:
+        got = apply_chain(page, chain_from_json([convert_op(dtype=dtype, **params)]))
+        same(got, ref_convert(page, dtype, **params), f"{src} -> {dtype} {params}")
+
+
+def test_written_out_values():
+    """NDVI's ends and middle, half-way values rounded to even, NaN and infinities; a 16-bit
+    page to 8 bits; a no-data value keeping 0 to itself."""
+    nd = np.array([[-1, -0.5, 0, 0.5, 1, np.nan, 2, -np.inf]], np.float32)
+    to8 = convert_op(dtype="uint8", in_range=[-1, 1])
+    # 0 -> 127.5 -> 128 (even); -0.5 -> 63.75; NaN -> out_range's low end
+    assert apply_chain(nd, chain_from_json([to8])).tolist() == [[0, 64, 128, 191, 255, 0, 255,
+                                                                  0]]
+    # nodata 0: out_range 1..255, NaN -> 0; -0.5 -> 64.5 -> 64, 0.5 -> 191.5 -> 192 (even)
+    assert apply_chain(nd, chain_from_json([{**to8, "nodata": 0}])).tolist() == [
+        [1, 64, 128, 192, 255, 0, 255, 1]]
+    # a float output keeps NaN (its no-data value); infinities clipped
+    half = apply_chain(nd, chain_from_json([convert_op(dtype="float32", in_range=[-1, 1])]))
+    np.testing.assert_array_equal(half, [[0, 0.25, 0.5, 0.75, 1, np.nan, 1, 0]])
+    u16 = np.array([[0, 128, 129, 32896, 65406, 65407, 65535]], np.uint16)
+    assert apply_chain(u16, chain_from_json([convert_op(dtype="uint8")])).tolist() == [
+        [0, 0, 1, 128, 254, 255, 255]]  # v / 257: 128 -> 0.498, 65406 -> 254.498
+    assert apply_chain(u16, chain_from_json([convert_op(dtype="uint8", in_range=[0, 4095])])
+                       ).tolist() == [[0, 8, 8, 255, 255, 255, 255]]
+
+
+@pytest.mark.parametrize("dtype,depth", [("uint8", cv2.CV_8U), ("int8", cv2.CV_8S),
+                                         ("uint16", cv2.CV_16U), ("int16", cv2.CV_16S),
+                                         ("int32", cv2.CV_32S)])
+def test_rounding_is_opencvs_saturate_cast(dtype, depth):
+    """The mapped float64 values round and saturate as OpenCV's saturate_cast does (cv2.add
+    with a dtype computes in float64 and saturate_casts, as convertTo does): halves to even
+    (an out_range of a power of two: every (k + 0.5) / 2**m lands on a half exactly), and
+    values beyond the type's range to its ends."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(abs(depth))
+    span = 2 ** min(30, 8 * info.dtype.itemsize - 1)
+    olo = float(info.min) if info.min < 0 else 0.0
+    halves = ((np.arange(40_000) % span + 0.5) / span).reshape(1, -1)
+    page = np.concatenate([halves, rng.uniform(0, 1, (1, 40_000))], axis=1)
+    for params, values in (({"out_range": [olo, olo + span]}, page),
+                           ({}, rng.uniform(-0.2, 1.2, (1, 80_000)))):
+        (olo_, ohi_) = params.get("out_range", [float(info.min), float(info.max)])
+        y = olo_ + (values - 0.0) / (1.0 - 0.0) * (ohi_ - olo_)  # the formula, not clipped
+        want = cv2.add(y, np.zeros_like(y), dtype=depth)
+        op = convert_op(dtype=dtype, in_range=[0, 1], **params)
+        np.testing.assert_array_equal(apply_chain(values, chain_from_json([op])), want)
+    assert np.count_nonzero(want == 0 if info.min == 0 else want == info.min) > 1000
+
+
+def test_input_nodata_given_by_the_tiled_path():
+    """The tiled path gives convert its input's no-data value (``input_nodata``): those samples
+    become ``nodata``; without a ``nodata`` an integer output converts them as values."""
+    [call] = chain_from_json([convert_op(dtype="uint8", in_range=[0, 1000], nodata=0)])
+    page = np.array([[-9999, 0, 500, 1000, 2000]], np.int16)
+    assert call.op.apply(page, {**call.params, "input_nodata": -9999}).tolist() == [
+        [0, 1, 128, 255, 255]]
+    [plain] = chain_from_json([convert_op(dtype="uint8", in_range=[0, 1000])])
+    assert plain.op.apply(page, {**plain.params, "input_nodata": -9999}).tolist() == [
+        [0, 0, 128, 255, 255]]
+    floats = page.astype(np.float64)
+    [f32] = chain_from_json([convert_op(dtype="float32", in_range=[0, 1000])])
+    np.testing.assert_array_equal(f32.op.apply(floats, {**f32.params, "input_nodata": -9999}),
+                                  [[np.nan, 0, 0.5, 1, 1]])
+
+
+# --- problems: the manifest (validate), then the plan (PlanJob, validate --inputs) ---------
+
+
+@pytest.mark.parametrize("params,problem", [
+    ({}, "ops[0].dtype: required, one of \"uint8\", "),
+    ({"dtype": "uint12"}, ("ops[0].dtype: expected one of \"uint8\", \"int8\", \"uint16\", "
+                          "\"int16\", \"uint32\", \"int32\", \"float32\", \"float64\", got "
+                          "\"uint12\"")),
+    ({"dtype": "uint8", "in_range": [1, -1]},
+     ("ops[0].in_range: expected [low, high] with low < high, got [1, -1]: an inverted range; "
+     "give [low, high], and to invert the values put an invert op after the convert")),
+    ({"dtype": "uint8", "in_range": [0.5, 0.5]},
+     ("ops[0].in_range: expected [low, high] with low < high, got [0.5, 0.5]: an empty range "
+     "maps no values; give the range the values span")),
+    ({"dtype": "uint8", "in_range": [0, 1, 2]}, ("ops[0].in_range: expected [low, high]: two "
+                                                "numbers with low < high, or null")),
+    ({"dtype": "uint8", "out_range": [0, 256]},
+     "ops[0]: out_range [0, 256] does not fit uint8: give whole numbers from 0 to 255"),
+    ({"dtype": "int16", "out_range": [0, 99.5]}, "ops[0]: out_range [0, 99.5] does not fit"),
+    ({"dtype": "uint8", "nodata": -1},
+     "ops[0]: nodata -1 is no uint8 value: give one of the whole numbers from 0 to 255"),
+    ({"dtype": "uint16", "nodata": 100},
+     ("ops[0]: nodata 100 is inside uint16's default out_range [0, 65535], where data would "
+     "take it too: give an out_range that leaves it out (an integer nodata at the type's "
+     "lowest or highest value leaves it out by itself)")),
+    ({"dtype": "uint8", "out_range": [0, 200], "nodata": 200},
+     "ops[0]: nodata 200 is inside out_range [0, 200], where data would take it too"),
+    ({"dtype": "float32", "nodata": 0}, ("ops[0]: nodata 0 is inside float32's default "
+                                        "out_range [0, 1]")),
+    ({"dtype": "uint8", "nodata": "none"}, "ops[0].nodata: expected a number, or null"),
+])
+def test_manifest_problems_name_the_field(params, problem):
+    calls, problems = parse_chain([convert_op(**params)])
+    assert calls == [] and len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_good_parameters_and_their_defaults():
+    for params in ({"dtype": "uint8", "nodata": 255}, {"dtype": "float32", "nodata": -9999},
+                   {"dtype": "uint8", "out_range": [1, 254], "nodata": 0},
+                   {"dtype": "int8", "in_range": None, "out_range": None, "nodata": None}):
+        assert parse_chain([convert_op(**params)])[1] == [], params
+    # a chain's JSON carries every default (null), and reads back the same
+    [call] = chain_from_json([convert_op(dtype="uint8")])
+    assert call.to_json() == convert_op(dtype="uint8", in_range=None, out_range=None,
+                                        nodata=None)
+    assert chain_from_json([call.to_json()]) == [call]
+
+
+def _validate(tmp_path: Path, capsys: pytest.CaptureFixture, jobs: list[dict[str, Any]],
+              *args: str, defaults: dict[str, Any] | None = None) -> tuple[int, str]:
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": jobs, **({"defaults": defaults} if defaults else {})}))
+    code = cli.main(["validate", str(m), *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+NDVI = [{"op": "select_bands", "bands": [7, 3]}, {"op": "normalized_difference", "a": 0, "b": 1}]
+
+
+def test_the_plan_refuses_a_float_page_without_in_range(tmp_path: Path):
+    src = tmp_path / "f.tif"
+    write_bands(src, typed_image(1, 64, 64, 1, "float32"), tiled=True, separate=False)
+    assert plan_problems(tmp_path, src, [convert_op(dtype="uint8")]) == [
+        ('page 0: ops[0] (convert): convert needs "in_range" on float pixels, the page has '
+        "float32: floats have no full range to map; give \"in_range\": [low, high] (the values "
+        "mapped to out_range's ends, e.g. [-1, 1] for a normalized difference)")]
+    assert plan_problems(tmp_path, src, [convert_op(dtype="uint8", in_range=[0, 1])]) == []
+
+
+def test_ops_lists_it(capsys: pytest.CaptureFixture):
+    assert cli.main(["ops"]) == 0
+    out = capsys.readouterr().out
+    assert "convert: olo + (v - lo) / (hi - lo) * (ohi - olo) in float64" in out
+    assert '  dtype: one of "uint8", "int8", "uint16", "int16", "uint32", "int32", ' \
+           '"float32", "float64" (required)' in out
+
+
+# --- through the engine: real TIFFs, the fused path -----------------------------------------
+
+#: (input type, bands, convert's parameters, input GDAL_NODATA or None); every input type
+#: with 1, 3 and 5 bands in turn, every output type
+ENGINE_CASES = [
+    ("uint8", 3, {"dtype": "uint16"}, None),
+    ("int8", 5, {"dtype": "uint8"}, None),
+    ("uint16", 1, {"dtype": "uint8"}, None),
+    ("uint16", 3, {"dtype": "uint8", "in_range": [0, 4095], "nodata": 0}, 0),
+    ("int16", 5, {"dtype": "int8", "in_range": [-1000, 1000], "out_range": [-100, 100],
+                  "nodata": -128}, -32768),
+    ("uint32", 1, {"dtype": "float64"}, None),
+    ("int32", 3, {"dtype": "int16"}, None),
+    ("uint64", 5, {"dtype": "uint32"}, None),
+    ("int64", 1, {"dtype": "int32", "in_range": [-2.0**62, 2.0**62]}, None),
+    ("float16", 3, {"dtype": "uint8", "in_range": [-1, 2]}, None),
+    ("float32", 5, {"dtype": "uint16", "in_range": [-1, 2], "nodata": 65535}, -1),
+    ("float32", 1, {"dtype": "float32", "in_range": [0, 1], "out_range": [-1, 1]}, None),
+    ("float64", 3, {"dtype": "uint8", "in_range": [0, 1]}, None),
+]
+
+
+def _write_input(path: Path, page: np.ndarray, nodata: float | None, tiled: bool) -> None:
+    """A one-page TIFF as test_sample_types writes them (5 bands: planar separate), with
+    GDAL_NODATA ``nodata`` unless None."""
+    ch = 1 if page.ndim == 2 else page.shape[2]
+    separate = ch == 5
+    tifffile.imwrite(path, np.ascontiguousarray(np.moveaxis(page, -1, 0)) if separate else page,
+                     photometric="rgb" if ch == 3 else "minisblack",
+                     extrasamples=[0] * (ch - (3 if ch == 3 else 1)) or None,
+                     planarconfig="separate" if separate else None,
+                     tile=(32, 48) if tiled else None, rowsperstrip=None if tiled else 16,
+                     metadata=None, compression="zlib",
+                     extratags=[] if nodata is None else [(42113, "s", 0, f"{nodata:g}", True)])
+
+
+def _predictor(dtype: str) -> int:
+    return 3 if np.dtype(dtype).kind == "f" else 2
+
+
+@pytest.mark.timeout(300)
+def test_every_type_through_the_engine(tmp_path: Path):
+    """One run of the local engine: a job for each case (fused, 64 px tiles over a 150 x 230
+    page, deflate), the NDVI of a 13-band uint16 scene with no data to uint8 JPEG with a
+    pyramid, a uint16 page to uint8 OME-TIFF, and a float page to uint16 with a no-data
+    value and a pyramid; each output bit-identical to the formula on the whole page."""
+    jobs, want = [], {}
+    for k, (src_type, bands, params, nodata) in enumerate(ENGINE_CASES):
+        page = typed_image(k + 1, *SHAPE, bands, src_type)  # (one band: 2-D)
+        if np.dtype(src_type).kind == "f":
+            page[10:20, 30:60] = np.nan
+        if nodata is not None:
+            page[40:70, 100:140] = nodata
+        src = tmp_path / f"in{k}.tif"
+        _write_input(src, page, nodata, tiled=k % 2 == 0)
+        name = f"out{k}.tif"
+        jobs.append({"input": src.name, "output": name, "ops": [convert_op(**params)],
+                     "tile": 64, "output_options": {"compression": "deflate", "tile": 32}})
+        want[name] = (ref_convert(page, **params, input_nodata=nodata), params)
+
+    scene = typed_image(40, *SHAPE, 13, "uint16")
+    scene[:30, :50] = 0  # no data in every band (GDAL_NODATA 0)
+    scene[120:, 200:, 7] = 0
+    _write_input(tmp_path / "s2.tif", scene, 0, tiled=True)
+    ndvi_ops = [*NDVI, convert_op(dtype="uint8", in_range=[-1, 1], nodata=0)]
+    jobs.append({"input": "s2.tif", "output": "ndvi.tif", "ops": ndvi_ops, "tile": 64,
+                 "output_options": {"compression": "jpeg", "tile": 32, "pyramid": True}})
+    ome = typed_image(41, *SHAPE, 3, "uint16")
+    write_bands(tmp_path / "ome_in.tif", ome, tiled=True, separate=False)
+    jobs.append({"input": "ome_in.tif", "output": "ome.tif", "ops": [convert_op(dtype="uint8")],
+                 "tile": 64, "output_options": {"tile": 32, "ome": True}})
+    levels = typed_image(42, *SHAPE, 1, "float32")
+    levels[:40, :40] = np.nan
+    write_bands(tmp_path / "levels_in.tif", levels, tiled=True, separate=False)
+    jobs.append({"input": "levels_in.tif", "output": "levels.tif", "tile": 64,
+                 "ops": [convert_op(dtype="uint16", in_range=[-1, 2], nodata=0)],
+                 "output_options": {"compression": "zstd", "tile": 32, "pyramid": True}})
+
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    result = run_local(str(manifest), 2)
+    assert result.ok, result.report
+
+    for name, (expected, params) in want.items():
+        with tifffile.TiffFile(tmp_path / name) as tf:
+            page = tf.pages[0]
+            same(page.asarray(), expected, f"{name} {params}")
+            assert page.predictor == _predictor(params["dtype"]), name
+            tag = page.tags.get(42113)
+            nodata = params.get("nodata")
+            said = None if tag is None else tag.value
+            if nodata is not None:
+                assert said == f"{nodata}", name
+            else:  # floats: NaN; integers without a nodata: the input's dropped
+                assert said == ("nan" if np.dtype(params["dtype"]).kind == "f" else None), name
+
+    # select_bands -> normalized_difference -> convert uint8 -> JPEG: the tiles tifffile
+    # writes of the whole page's result, GDAL_NODATA 0, pyramid levels of uint8
+    index = nd_reference(scene[:, :, [7, 3]], 0, 1, nodata=0)
+    ndvi = ref_convert(index, "uint8", in_range=[-1, 1], nodata=0)
+    assert (ndvi[:30, :50] == 0).all() and (ndvi[120:, 200:] == 0).all() and ndvi.min() == 0
+    assert np.count_nonzero(ndvi) > ndvi.size // 2
+    ref = tmp_path / "ref.tif"
+    tifffile.imwrite(ref, ndvi, tile=(32, 32), metadata=None, photometric="minisblack",
+                     **copy.deepcopy(TIFFFILE_WRITE["jpeg"]))
+    out_bytes, ref_bytes = (tmp_path / "ndvi.tif").read_bytes(), ref.read_bytes()
+    with tifffile.TiffFile(tmp_path / "ndvi.tif") as a, tifffile.TiffFile(ref) as b:
+        pa, pb = a.pages[0], b.pages[0]
+        assert (pa.dtype, pa.compression, pa.shape) == (np.uint8, pb.compression, pb.shape)
+        for oa, na, ob, nb in zip(pa.dataoffsets, pa.databytecounts, pb.dataoffsets,
+                                  pb.databytecounts, strict=True):
+            assert out_bytes[oa:oa + na] == ref_bytes[ob:ob + nb]
+        assert pa.tags[42113].value == "0"
+        assert [level.dtype for level in pa.pages] == [np.uint8] * len(pa.pages) \
+            and len(pa.pages) >= 2
+
+    with tifffile.TiffFile(tmp_path / "ome.tif") as tf:
+        assert tf.is_ome and 'Type="uint8"' in tf.ome_metadata
+        same(tf.pages[0].asarray(), ref_convert(ome, "uint8"))
+
+    # the pyramid of a page with no data leaves it out of its means: (s + n // 2) // n
+    base = ref_convert(levels, "uint16", in_range=[-1, 2], nodata=0)
+    with tifffile.TiffFile(tmp_path / "levels.tif") as tf:
+        same(tf.pages[0].asarray(), base)
+        level = tf.pages[0].pages[0].asarray()
+    blocks = np.stack([base[0::2, 0::2], base[1::2, 0::2], base[0::2, 1::2], base[1::2, 1::2]])
+    n = (blocks != 0).sum(axis=0)
+    s = blocks.astype(np.int64).sum(axis=0)
+    mean = np.where(n == 0, 0, (s + n // 2) // np.maximum(n, 1)).astype(np.uint16)
+    same(level, mean)
+    assert (level[:20, :20] == 0).all()
