@@ -168,7 +168,8 @@ def test_a_band_the_page_lacks_is_refused_by_name():
     assert chain_problems(chain_from_json([{"op": "canny", "low": 1, "high": 2}]),
                           np.dtype("float32"), 1) == [
         ("ops[0] (canny): canny needs uint8 pixels, the page has float32 (OpenCV's Canny is "
-         "8-bit only); convert the pages to uint8 first")]
+         '8-bit only); put {"op": "convert", "dtype": "uint8"} before it, with an "in_range" '
+         "on float pages")]
 
 
 def test_plan_job_refuses_before_any_pixel(tmp_path):

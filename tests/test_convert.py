@@ -214,6 +214,42 @@ def _validate(tmp_path: Path, capsys: pytest.CaptureFixture, jobs: list[dict[str
 NDVI = [{"op": "select_bands", "bands": [7, 3]}, {"op": "normalized_difference", "a": 0, "b": 1}]
 
 
+def test_validate_names_the_job_and_op_field(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Known from the manifest alone: a convert of a normalized difference without in_range,
+    JPEG output of a chain that ends in another type than uint8 (the field each layer set)."""
+    code, out = _validate(tmp_path, capsys, [
+        {"input": "s2.tif", "output": "a.tif", "ops": [*NDVI, convert_op(dtype="uint8")]},
+        {"input": "s2.tif", "output": "b.tif", "ops": [convert_op(dtype="uint16")],
+         "output_options": {"compression": "jpeg"}},
+        {"input": "s2.tif", "output": "c.tif", "ops": NDVI,
+         "output_options": {"compression": "jpeg"}},
+        {"input": "s2.tif", "output": "d.tif", "ops": [convert_op(dtype="float32",
+                                                                  in_range=[0, 1])]},
+        {"input": "s2.tif", "output": "e.tif",
+         "ops": [*NDVI, convert_op(dtype="uint8", in_range=[-1, 1])]},
+    ], defaults={"output_options": {"compression": "jpeg", "quality": 80}})
+    assert code == 2
+    assert out.splitlines()[1:] == [
+        ('  jobs[0].ops[2] (convert): convert needs "in_range" on float pixels, the page has '
+         "float32 after ops[1] (normalized_difference): floats have no full range to map; "
+         'give "in_range": [low, high] (the values mapped to out_range\'s ends, e.g. [-1, 1] '
+         "for a normalized difference)"),
+        ("  jobs[1].output_options.compression: jpeg holds uint8 samples only, and ops[0] "
+         '(convert) makes uint16; set its "dtype" to "uint8", or choose zstd, deflate, lzw or '
+         "none"),
+        ("  jobs[2].output_options.compression: jpeg holds uint8 samples only, and ops[1] "
+         '(normalized_difference) makes float32; end the ops with {"op": "convert", "dtype": '
+         '"uint8", "in_range": [low, high]}, or choose zstd, deflate, lzw or none'),
+        ("  jobs[3].ops[0].dtype: convert makes float32, and the jpeg output (from "
+         "defaults.output_options.compression) holds uint8 samples only; set its \"dtype\" to "
+         "\"uint8\", or choose another compression")]
+    code, out = _validate(tmp_path, capsys, [
+        {"input": "s2.tif", "output": "e.tif",
+         "ops": [*NDVI, convert_op(dtype="uint8", in_range=[-1, 1])],
+         "output_options": {"compression": "jpeg"}}])
+    assert code == 0, out
+
+
 def test_the_plan_refuses_a_float_page_without_in_range(tmp_path: Path):
     src = tmp_path / "f.tif"
     write_bands(src, typed_image(1, 64, 64, 1, "float32"), tiled=True, separate=False)
@@ -222,6 +258,34 @@ def test_the_plan_refuses_a_float_page_without_in_range(tmp_path: Path):
         "float32: floats have no full range to map; give \"in_range\": [low, high] (the values "
         "mapped to out_range's ends, e.g. [-1, 1] for a normalized difference)")]
     assert plan_problems(tmp_path, src, [convert_op(dtype="uint8", in_range=[0, 1])]) == []
+
+
+def test_validate_inputs_and_inspect_know_the_op(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture):
+    """JPEG of a float page says to end the ops with a convert (with its in_range); with one
+    the job can run; inspect --ops says what comes out."""
+    src = tmp_path / "f.tif"
+    write_bands(src, typed_image(2, 64, 80, 1, "float32"), tiled=True, separate=False)
+    jpeg = {"compression": "jpeg"}
+    code, out = _validate(tmp_path, capsys, [
+        {"input": src.name, "output": "a.tif", "output_options": jpeg},
+        {"input": src.name, "output": "b.tif", "ops": [convert_op(dtype="uint8")]},
+        {"input": src.name, "output": "c.tif", "output_options": jpeg,
+         "ops": [convert_op(dtype="uint8", in_range=[-1, 2])]}], "--inputs")
+    assert code == 2
+    assert ('page 0: jpeg output needs uint8 pixels, the output is float32; end the ops with '
+            '{"op": "convert", "dtype": "uint8", "in_range": [low, high]}, or choose zstd, '
+            "deflate, lzw or none") in out
+    assert 'page 0: ops[0] (convert): convert needs "in_range" on float pixels' in out
+    assert "1 job can run, 2 would fail when planned" in out
+    code = cli.main(["inspect", str(src), "--ops", json.dumps([convert_op(dtype="uint16",
+                                                                          in_range=[0, 1])])])
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "    ops: run -> 80 x 64, 1 x uint16"
+    code = cli.main(["inspect", str(src), "--ops", json.dumps([convert_op(dtype="uint8")])])
+    assert code == 1
+    assert 'ops: cannot run: ops[0] (convert): convert needs "in_range"' in \
+        capsys.readouterr().out
 
 
 def test_ops_lists_it(capsys: pytest.CaptureFixture):

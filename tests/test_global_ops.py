@@ -571,10 +571,11 @@ def _plan_problems(tmp_path: Path, ops: list[dict[str, Any]], tile: int = 64,
     ([{"op": "clahe", "cell": 16}], {"channels": 3}, "clahe needs 1 channel"),
     ([{"op": "clahe", "cell": 16}], {"dtype": "float32"},
      ("clahe needs uint8 or uint16 pixels, the page has float32 (OpenCV's CLAHE takes 8 and "
-      "16-bit unsigned pages only); convert the pages to uint8 or uint16 first")),
+      '16-bit unsigned pages only); put {"op": "convert", "dtype": "uint16"} (or uint8) '
+      'before it, with an "in_range" on float pages')),
     ([{"op": "canny", "low": 1, "high": 2}], {"dtype": "uint16"},
-     ("canny needs uint8 pixels, the page has uint16 (OpenCV's Canny is 8-bit only); convert "
-      "the pages to uint8 first")),
+     ("canny needs uint8 pixels, the page has uint16 (OpenCV's Canny is 8-bit only); put "
+      '{"op": "convert", "dtype": "uint8"} before it, with an "in_range" on float pages')),
     ([{"op": "clahe", "cell": 128}], {"tile": 64}, ("tile 64 must be a multiple of 128 for this "
                                                    "op chain (the clahe cell 128")),
     ([{"op": "downsample", "factor": 3}], {"tile": 64}, "tile 64 must be a multiple of 48"),

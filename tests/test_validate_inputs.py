@@ -136,7 +136,8 @@ def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
         "uint16 (OpenCV's equalizeHist is 8-bit only); use normalize (or percentile_stretch, "
         "on 8 and 16-bit pages)\n")
     assert by_job[9].endswith(": OperationError\n    page 0: jpeg output needs uint8 pixels, "
-                              "the output is uint16; choose zstd, deflate, lzw or none\n")
+                              'the output is uint16; end the ops with {"op": "convert", '
+                              '"dtype": "uint8"}, or choose zstd, deflate, lzw or none\n')
     assert f"{inp / 'notes.tif'}: not a TIFF file (it begins b'not " in by_job[10]
     assert "NotATiffError" in by_job[10]
     assert "ops[0] (select_bands): bands[1] is 5, the page has 3 band(s) (indices 0 to 2)" \

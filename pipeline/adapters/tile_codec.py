@@ -86,8 +86,11 @@ class OutputEncoder:
         comp = self.options.compression
         if comp == "jpeg":
             if self.dtype != "uint8":
-                return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; "
-                        "choose zstd, deflate, lzw or none")
+                given = (', "in_range": [low, high]' if np.dtype(self.dtype).kind == "f"
+                         else "")
+                return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; end "
+                        f'the ops with {{"op": "convert", "dtype": "uint8"{given}}}, or choose '
+                        "zstd, deflate, lzw or none")
             if self.channels not in (1, 3):
                 fix = (" (a CMYK page: choose" if photometric == "separated" else
                        " (drop an alpha channel, or choose" if self.channels in (2, 4) else

@@ -18,7 +18,7 @@ from pipeline.core.models import (
     JobSpec,
     OutputOptions,
 )
-from pipeline.core.ops import parse_chain
+from pipeline.core.ops import made_problems, made_types, parse_chain
 from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
@@ -214,6 +214,7 @@ def parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> Layer:
         put("pages", ok, pages)
     if "ops" in obj:
         calls, probs = parse_chain(obj["ops"], f"{path}.ops")
+        probs = probs or made_problems(calls, f"{path}.ops")
         problems.extend(probs)
         put("ops", not probs, [c.to_json() for c in calls])
     if "tile" in obj:
@@ -309,7 +310,31 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
     if (layer in (tile.layer, out_tile.layer) and tile.layer is not None and tile.ok
             and out_tile.ok and tile.value % out_tile.value != 0):  # (a default tile fits)
         problems.append(_tile_problem(tile, out_tile, layer))
+
+    ops = eff["ops"]
+    if layer in (comp.layer, ops.layer) and comp.ok and ops.ok and comp.value == "jpeg":
+        problems += _jpeg_problems(ops, comp, layer)
     return problems
+
+
+def _jpeg_problems(ops: Setting, comp: Setting, layer: Layer) -> list[str]:
+    """JPEG output of a chain that makes another type than uint8 whatever the pages (a
+    convert to uint16, a normalized_difference's float32): refused before any page is read."""
+    calls, probs = parse_chain(ops.value)
+    dtype, _, made = made_types(calls)[-1] if not probs else (None, None, None)
+    if dtype is None or made is None or dtype.name == "uint8":
+        return []
+    name = calls[made].op.name
+    fix = ('set its "dtype" to "uint8"' if name == "convert" else
+           'end the ops with {"op": "convert", "dtype": "uint8", "in_range": [low, high]}')
+    if comp.layer is layer:
+        return [(f"{layer.where('output_options.compression')}: jpeg holds uint8 samples only, "
+                f"and ops[{made}] ({name}){_from(ops, layer, 'ops')} makes {dtype.name}; "
+                f"{fix}, or choose zstd, deflate, lzw or none")]
+    where = layer.where(f"ops[{made}]") + (".dtype" if name == "convert" else "")
+    return [(f"{where}: {name} makes {dtype.name}, and the jpeg output"
+            f"{_from(comp, layer, 'output_options.compression')} holds uint8 samples only; "
+            f"{fix}, or choose another compression")]
 
 
 def _tile_problem(tile: Setting, out_tile: Setting, layer: Layer) -> str:

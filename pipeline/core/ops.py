@@ -188,6 +188,10 @@ def _only(dtypes: tuple[str, ...], channels: tuple[int, ...] | None, name: str,
     return accepts
 
 
+#: what a hint to put a convert before an op adds (convert needs a range on float pages)
+_RANGE_TOO = ", with an \"in_range\" on float pages"
+
+
 def _percentile_check(p: dict[str, Any]) -> str | None:
     if p["p_low"] >= p["p_high"]:
         return f"p_low ({p['p_low']}) must be below p_high ({p['p_high']})"
@@ -327,8 +331,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
               choices=(8, 16, 32, 64, 128, 256, 512, 1024))),
        fn.clahe, halo=lambda p, dt: p["cell"], reach=_clahe_reach, align=lambda p: p["cell"],
        accepts=_only(("uint8", "uint16"), (1,), "clahe",
-                     " (OpenCV's CLAHE takes 8 and 16-bit unsigned pages only); convert the "
-                     "pages to uint8 or uint16 first"),
+                     " (OpenCV's CLAHE takes 8 and 16-bit unsigned pages only); put "
+                     "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
+                     + _RANGE_TOO),
        halo_help="one cell (1.5 cells when an op with a halo follows); tiles and halos are "
                  "multiples of the cell"),
     Op("canny", "cv2.Canny(cv2.GaussianBlur(page, (0, 0), sigma), low, high); no blur when "
@@ -342,7 +347,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.canny, kind="canny", halo=lambda p, dt: canny_mod.reach(p, 0),
        reach=lambda p, dt, needed: canny_mod.reach(p, needed),
        accepts=_only(("uint8",), (1, 2, 3, 4), "canny",
-                     " (OpenCV's Canny is 8-bit only); convert the pages to uint8 first"),
+                     " (OpenCV's Canny is 8-bit only); put {\"op\": \"convert\", "
+                     "\"dtype\": \"uint8\"} before it" + _RANGE_TOO),
        out_channels=lambda ch: 1,
        colour=True, halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
                  "follows edges across the page in a statistics round of its own"),
@@ -401,6 +407,43 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
         if not probs:
             calls.append(OpCall(op, values))
     return calls, problems
+
+
+def made_types(calls: list[OpCall]) -> list[tuple[np.dtype | None, int | None, int | None]]:
+    """For each op's input (and last, the output): the sample type and band count that ops
+    before it made whatever the page's (None: the page's own, unknown before a page is read),
+    and the index of the op that made that type (``normalized_difference``: one float32 band;
+    ``convert``: its type; ``select_bands``: its count)."""
+    dtype: np.dtype | None = None
+    channels: int | None = None
+    made: int | None = None
+    out = [(dtype, channels, made)]
+    for i, call in enumerate(calls):
+        types = {call.out_dtype(np.dtype(t)) for t in ("uint8", "float64")}
+        if len(types) == 1:  # (the same from any type: made here)
+            dtype, made = types.pop(), i
+        counts = {call.out_channels(c) for c in (1, 5)}
+        if len(counts) == 1:
+            channels = counts.pop()
+        out.append((dtype, channels, made))
+    return out
+
+
+def made_problems(calls: list[OpCall], path: str = "ops") -> list[str]:
+    """What PlanJob would refuse on every page, known from the chain (its parsed ``calls``)
+    alone: an op that does not take the sample type and band count ops before it made (a
+    convert of float32 without in_range after a normalized_difference)."""
+    problems = []
+    for i, (call, (dtype, channels, made)) in enumerate(zip(calls, made_types(calls),
+                                                            strict=False)):
+        if dtype is None or channels is None or made is None:
+            continue
+        why = call.op.accepts(call.params, dtype, channels)
+        if why:
+            has = f"the page has {dtype.name}"
+            why = why.replace(has, f"{has} after ops[{made}] ({calls[made].op.name})", 1)
+            problems.append(f"{path}[{i}] ({call.op.name}): {why}")
+    return problems
 
 
 def chain_from_json(ops: list[dict[str, Any]]) -> list[OpCall]:
