@@ -23,6 +23,7 @@ from test_exactness import TIFFFILE_WRITE
 from test_sample_types import plan_problems, write_bands
 
 from pipeline import cli
+from pipeline import estimate as est
 from pipeline.core.ops import apply_chain, chain_from_json, parse_chain
 from pipeline.runner import run_local
 
@@ -294,6 +295,25 @@ def test_ops_lists_it(capsys: pytest.CaptureFixture):
     assert "convert: olo + (v - lo) / (hi - lo) * (ohi - olo) in float64" in out
     assert '  dtype: one of "uint8", "int8", "uint16", "int16", "uint32", "int32", ' \
            '"float32", "float64" (required)' in out
+
+
+def test_estimate_encodes_the_converted_type(tmp_path: Path):
+    """The output's bytes are costed in its own type: a float32 page converted to uint8
+    writes what a uint8 page writes, not four times as much."""
+    cal = copy.deepcopy(est.load_calibration())
+    sizes = {}
+    for name, dtype, ops in (("f", "float32", [convert_op(dtype="uint8", in_range=[-1, 1])]),
+                             ("u", "uint8", [])):
+        m = tmp_path / f"{name}.json"
+        m.write_text(json.dumps({"jobs": [{"input": "x.tif", "output": f"{name}.tif",
+                                           "ops": ops,
+                                           "output_options": {"compression": "jpeg"}}]}))
+        plans, _, problems = est.plans_for_manifest(str(m), f"2048x2048x1:{dtype}")
+        assert problems == [] and plans[0].pages[0].out_dtype == "uint8"
+        r = est.estimate(plans, cal)
+        sizes[name] = r["jobs"][0]["output_bytes"]
+        assert not any("jpeg encoding" in note for note in r["notes"]), r["notes"]
+    assert sizes["f"] == pytest.approx(sizes["u"])
 
 
 # --- through the engine: real TIFFs, the fused path -----------------------------------------

@@ -182,15 +182,16 @@ class JobCosts:
 
 def job_costs(cal: dict[str, Any], dtype: str, channels: int, out_channels: int,
               compression: str, ops: list[dict[str, Any]], fused: bool, notes: set[str],
-              where: str) -> JobCosts:
-    """The per-megapixel costs of a job (``where`` names it in errors). A fused job needs the
+              where: str, out_dtype: str | None = None) -> JobCosts:
+    """The per-megapixel costs of a job (``where`` names it in errors); the output is encoded
+    as ``out_dtype`` (default: the input's type) x ``out_channels``. A fused job needs the
     calibration's ``process_unit`` section: an EstimateError says so when it lacks one."""
     split_cal, ss = _by_kind(cal["split"], dtype, channels, notes, "split")
     work_cal, ws = _by_kind(cal["work"], dtype, channels, notes, "work tiles")
     if compression not in cal["encode"]:
         raise EstimateError(f"the calibration has no {compression} encoding measurements")
-    enc_cal, es = _by_kind(cal["encode"][compression], dtype, out_channels, notes,
-                           f"{compression} encoding")
+    enc_cal, es = _by_kind(cal["encode"][compression], out_dtype or dtype, out_channels,
+                           notes, f"{compression} encoding")
     factor_table = cal["process"].get("factor", {})
     factor = float(_by_kind(factor_table, dtype, channels, notes, "process factor")[0]) \
         if factor_table else 1.0

@@ -569,7 +569,8 @@ def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
     segments hold (``output_mpx``: the output's megapixels; edge tiles padded: whole tiles)."""
     info, comp = plan.pages[0].info, plan.spec.output_options.compression
     c = job_costs(cal, info.dtype, info.channels, plan.pages[0].out_channels, comp,
-                  plan.spec.ops, bool(getattr(plan, "fused", False)), notes, where)
+                  plan.spec.ops, bool(getattr(plan, "fused", False)), notes, where,
+                  plan.pages[0].out_dtype)
     base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
     if comp == "none" and output_mpx:
         c = replace(c, out_bpm=base_bytes / output_mpx)
