@@ -108,6 +108,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "output_options": {**pyr, "compression": "deflate"}},
         "u16x6_rgb": {"input": "u16x6.tif", "ops": [{"op": "select_bands", "bands": [3, 2, 1]}],
                       "output_options": pyr},
+        # the index as bytes for viewers: 1..255, no data 0
+        "u16x6_ndvi_byte": {"input": "u16x6.tif", "ops": [
+            NDVI, {"op": "convert", "dtype": "uint8", "in_range": [-1, 1], "nodata": 0}],
+            "output_options": {**pyr, "compression": "deflate"}},
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({"jobs": [
@@ -251,6 +255,24 @@ def test_a_normalized_difference_is_nan_where_a_band_had_no_data(run):
     with rasterio.open(run["outputs"]["u16x6_rgb"]) as ds:
         assert ds.nodata == 0 and [c.name for c in ds.colorinterp] == ["red", "green", "blue"]
         np.testing.assert_array_equal(np.moveaxis(ds.read(), 0, -1), scene[..., [3, 2, 1]])
+
+
+def test_a_converted_index_is_bytes_with_its_nodata_marked(run):
+    """NDVI converted to uint8 (-1..1 to 1..255, no data 0): GDAL reads GDAL_NODATA 0 and
+    masks exactly the pixels where a band had no data, keeps the georeferencing, and sees
+    the pyramid as uint8 overviews."""
+    _, scene = _read(run["root"] / "u16x6.tif")
+    a, b = scene[..., 3].astype(np.float64), scene[..., 2].astype(np.float64)
+    none = (a == 0) | (b == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        index = ((a - b) / (a + b)).astype(np.float32).astype(np.float64)
+    want = np.clip(np.rint(1 + (index + 1) / 2 * 254), 1, 255)
+    want[none] = 0
+    with rasterio.open(run["outputs"]["u16x6_ndvi_byte"]) as ds:
+        assert (ds.nodata, ds.dtypes[0], ds.crs.to_epsg()) == (0, "uint8", 32611)
+        assert tuple(ds.transform)[:6] == TRANSFORM and ds.overviews(1)
+        np.testing.assert_array_equal(ds.read(1), want.astype(np.uint8))
+        np.testing.assert_array_equal(ds.read_masks(1) == 0, none)
 
 
 def test_a_downsample_keeps_the_scene_where_it_is(run):
