@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from sample_types_ref import ALL, typed_image
+from sample_types_ref import ALL, ref_op, typed_image
 from test_band_ops import nd_reference, same
-from test_exactness import TIFFFILE_WRITE
+from test_exactness import TIFFFILE_WRITE, run_tiled
 from test_sample_types import plan_problems, write_bands
 
 from pipeline import cli
@@ -314,6 +314,53 @@ def test_estimate_encodes_the_converted_type(tmp_path: Path):
         sizes[name] = r["jobs"][0]["output_bytes"]
         assert not any("jpeg encoding" in note for note in r["notes"]), r["notes"]
     assert sizes["f"] == pytest.approx(sizes["u"])
+
+
+# --- the tiled steps in-process: split, statistics rounds, other ops after it -------------
+
+TILED_CASES = [
+    # (id, input type, bands, ops, run_tiled options)
+    ("uint16-to-uint8-equalize-split", "uint16", 1,
+     [convert_op(dtype="uint8", in_range=[1000, 60000]), {"op": "equalize_hist"}],
+     {"fuse": False}),
+    ("ndvi-uint8-canny", "uint16", 4,
+     [{"op": "normalized_difference", "a": 3, "b": 0},
+      convert_op(dtype="uint8", in_range=[-1, 1]), {"op": "canny", "low": 20, "high": 60}], {}),
+    ("blur-float32-downsample", "int16", 3,
+     [{"op": "gaussian_blur", "sigma": 1.5}, convert_op(dtype="float32", in_range=[-3e4, 3e4]),
+      {"op": "downsample", "factor": 2}], {"units": "small"}),
+    ("float64-int16-normalize-tiny", "float64", 5,
+     [convert_op(dtype="int16", in_range=[-1, 2], out_range=[-1000, 1000]),
+      {"op": "normalize"}], {"units": "tiny"}),
+]
+
+
+def _chain_reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
+    img = page
+    for op in ops:
+        if op["op"] == "convert":
+            img = ref_convert(img, **{k: v for k, v in op.items() if k != "op"})
+        elif op["op"] == "normalized_difference":
+            img = nd_reference(img, op["a"], op["b"])
+        elif op["op"] == "canny":
+            img = cv2.Canny(img, op["low"], op["high"])
+        else:
+            img = ref_op(img, op)
+    return img
+
+
+@pytest.mark.parametrize("dtype,bands,ops,opts",
+                         [pytest.param(*c[1:], id=c[0]) for c in TILED_CASES])
+def test_tiled_steps_equal_the_whole_page(tmp_path: Path, dtype, bands, ops, opts):
+    """Split into work tiles, statistics rounds of the ops after a convert (they see its
+    type), a canny's hysteresis, a downsample: bit-identical to the whole page."""
+    page = typed_image(sum(map(ord, dtype)) + bands, *SHAPE, bands, dtype)
+    src = tmp_path / "in.tif"
+    write_bands(src, page, tiled=True, separate=bands % 2 == 0)
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, 32, compression="deflate", **opts)
+    want = _chain_reference(page, ops)
+    same(got, want, str(ops))
+    assert plan.pages[0].out_dtype == want.dtype.name
 
 
 # --- through the engine: real TIFFs, the fused path -----------------------------------------
