@@ -430,8 +430,10 @@ def test_every_type_through_the_engine(tmp_path: Path):
     ndvi_ops = [*NDVI, convert_op(dtype="uint8", in_range=[-1, 1], nodata=0)]
     jobs.append({"input": "s2.tif", "output": "ndvi.tif", "ops": ndvi_ops, "tile": 64,
                  "output_options": {"compression": "jpeg", "tile": 32, "pyramid": True}})
-    ome = typed_image(41, *SHAPE, 3, "uint16")
-    write_bands(tmp_path / "ome_in.tif", ome, tiled=True, separate=False)
+    ome = typed_image(41, *SHAPE, 2, "uint16")  # two 16-bit fluorescence planes (CYX)
+    with tifffile.TiffWriter(tmp_path / "ome_in.tif", ome=True) as tw:
+        tw.write(np.moveaxis(ome, -1, 0), tile=(64, 64), metadata={
+            "axes": "CYX", "Name": "Tissue", "Channel": {"Name": ["DAPI", "CD3"]}})
     jobs.append({"input": "ome_in.tif", "output": "ome.tif", "ops": [convert_op(dtype="uint8")],
                  "tile": 64, "output_options": {"tile": 32, "ome": True}})
     levels = typed_image(42, *SHAPE, 1, "float32")
@@ -479,9 +481,13 @@ def test_every_type_through_the_engine(tmp_path: Path):
         assert [level.dtype for level in pa.pages] == [np.uint8] * len(pa.pages) \
             and len(pa.pages) >= 2
 
+    # an OME plane converted: Pixels Type uint8, its Channel's name kept
     with tifffile.TiffFile(tmp_path / "ome.tif") as tf:
-        assert tf.is_ome and 'Type="uint8"' in tf.ome_metadata
-        same(tf.pages[0].asarray(), ref_convert(ome, "uint8"))
+        images = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+        assert [i["Pixels"]["Type"] for i in images] == ["uint8", "uint8"]
+        assert [i["Pixels"]["Channel"]["Name"] for i in images] == ["DAPI", "CD3"]
+        for k, page in enumerate(tf.pages):
+            same(page.asarray(), ref_convert(ome[:, :, k], "uint8"))
 
     # the pyramid of a page with no data leaves it out of its means: (s + n // 2) // n
     base = ref_convert(levels, "uint16", in_range=[-1, 2], nodata=0)
