@@ -9,7 +9,7 @@ with nothing changed changes nothing and says so.
                      [--no-input-buckets] [--kms-key KEY-ARN ... | --no-kms-keys]
                      [--sse AES256|aws:kms|none [--sse-kms-key-id KEY-ARN]]
                      [--concurrency N] [--dry-run] [--skip-build] [--print-deployer-policy]
-                     [--print-operator-policy]
+                     [--print-operator-policy] [--print-bucket-policy BUCKET]
                      [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
                      [--requirements FILE] [--package PATH ... | --no-packages]
@@ -30,11 +30,19 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws import AwsError, Clients, DeployUsageError, check_schedule, check_stack_name
+from pipeline.aws import (
+    AwsError,
+    Clients,
+    DeployUsageError,
+    StackNames,
+    check_schedule,
+    check_stack_name,
+)
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
 from pipeline.aws.images import check_user_packages
 from pipeline.aws.policies import (
     DataLocation,
+    bucket_policy,
     deployer_policy,
     operator_policy,
     parse_kms_key,
@@ -98,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--print-operator-policy", action="store_true",
                    help="print the IAM policy the identity running tiffpipe start and status "
                         "on this stack needs (JSON); change nothing")
+    p.add_argument("--print-bucket-policy", metavar="BUCKET",
+                   help="print a bucket policy for BUCKET, a data bucket of yours: requests "
+                        "over plain HTTP refused and, with --sse, writes under its "
+                        "--data-bucket locations without that encryption (JSON); change "
+                        "nothing (deploy sets the stack bucket's itself)")
     p.add_argument("--dry-run", action="store_true",
                    help="print every action it would take; change nothing")
     p.add_argument("--skip-build", action="store_true",
@@ -151,6 +164,24 @@ def _build_options(args: argparse.Namespace) -> list[str]:
     return list(args.build_arg)
 
 
+def _print_bucket_policy(names: StackNames, bucket: str, data: list[DataLocation],
+                         sse: str | None, sse_key: str | None) -> None:
+    """--print-bucket-policy: the policy on stdout, how to apply it on stderr."""
+    own = bucket == names.bucket
+    if own:
+        print(f"deploy.py: {bucket} is the stack's own bucket: deploy puts the HTTPS-only "
+              "statement in its policy itself"
+              + ("; no encryption statement for it: its work files are written without the "
+                 "header (PlanRun's)" if sse and sse != "none" else ""), file=sys.stderr)
+    outputs = [d for d in data if d.bucket == bucket]
+    policy = bucket_policy(bucket, names.partition, outputs, None if own else sse, sse_key)
+    print(json.dumps(policy, indent=2))
+    print(f"deploy.py: apply it with aws s3api put-bucket-policy --bucket {bucket} --policy "
+          "file://policy.json (this output saved there), which replaces the bucket's policy: "
+          "if it has one (aws s3api get-bucket-policy), add these statements to it instead",
+          file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> int:
     """``hooks`` (``build``, ``run``, ``sleep``) replace docker and waiting in tests."""
     args = _parser().parse_args(argv)
@@ -175,6 +206,12 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             raise ValueError("--sse-kms-key-id goes with --sse aws:kms")
         sse_key = args.sse_kms_key_id and parse_kms_key(args.sse_kms_key_id,
                                                              "--sse-kms-key-id")
+        policy_bucket = args.print_bucket_policy and DataLocation.parse(
+            args.print_bucket_policy, "--print-bucket-policy")
+        if policy_bucket and policy_bucket.prefix:
+            raise ValueError(f"--print-bucket-policy {args.print_bucket_policy}: give the "
+                             "bucket alone (the --data-bucket locations in it say where "
+                             "outputs are written)")
         if args.concurrency is not None and args.concurrency < 1:
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
         build_args = _build_options(args)
@@ -201,6 +238,10 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         if args.print_operator_policy:
             names = clients.names(args.stack)
             print(json.dumps(operator_policy(names, data, inputs), indent=2))
+            return EXIT_OK
+        if policy_bucket:
+            _print_bucket_policy(clients.names(args.stack), policy_bucket.bucket, data,
+                                 args.sse, sse_key or None)
             return EXIT_OK
         if args.destroy:
             result = destroy(config, clients, delete_bucket=args.delete_bucket)

@@ -24,6 +24,7 @@ from typing import Any
 
 import boto3
 import pytest
+from conftest import bucket_conditions_unchecked
 from moto import mock_aws
 
 from pipeline.aws import STEPS, StackNames, policies
@@ -98,6 +99,7 @@ DATA_BUCKETS = ("data-in", "data-out", "more-data", "results", "slides")
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     _clean_env(monkeypatch)
+    bucket_conditions_unchecked(monkeypatch)  # (the stack bucket's HTTPS-only statement)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
@@ -774,6 +776,91 @@ def test_kms_keys_are_granted_kept_and_removed(aws: Aws):
         assert code == 2 and why in err
 
 
+# --- the buckets' policies: HTTPS only -------------------------------------------------------
+
+
+def _bucket_policy(aws: Aws, bucket: str) -> dict[str, Any]:
+    return dict(json.loads(aws.client("s3").get_bucket_policy(Bucket=bucket)["Policy"]))
+
+
+HTTPS_ONLY = {"Sid": "TiffpipeHttpsOnly", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+              "Resource": [NAMES.bucket_arn, f"{NAMES.bucket_arn}/*"],
+              "Condition": {"Bool": {"aws:SecureTransport": "false"}}}
+
+
+def test_the_stack_bucket_refuses_plain_http_and_keeps_its_owners_statements(aws: Aws):
+    """Manifests, work and reports are reached over HTTPS only: deploy puts the statement in
+    the stack bucket's policy (moto takes it), a redeploy leaves it as it is, and a
+    statement the bucket's owner added is kept; one of ours removed is put back."""
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0 and "set the bucket policy: HTTPS only" in err, err
+    assert _bucket_policy(aws, NAMES.bucket)["Statement"] == [HTTPS_ONLY]
+    theirs = {"Sid": "Audit", "Effect": "Allow",
+              "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "s3:GetObject",
+              "Resource": f"{NAMES.bucket_arn}/reports/*"}
+    s3 = aws.client("s3")
+    s3.put_bucket_policy(Bucket=NAMES.bucket, Policy=json.dumps(
+        {"Version": "2012-10-17", "Statement": [theirs, HTTPS_ONLY]}))
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0 and "bucket policy (HTTPS only): unchanged" in err, err
+    assert aws.writes() == []
+    s3.put_bucket_policy(Bucket=NAMES.bucket, Policy=json.dumps(
+        {"Version": "2012-10-17", "Statement": [theirs]}))
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert _bucket_policy(aws, NAMES.bucket)["Statement"] == [theirs, HTTPS_ONLY]
+
+
+def _printed_bucket_policy(aws: Aws, *args: str) -> tuple[dict[str, Any], str]:
+    aws.calls.clear()
+    code, policy, err = aws.deploy(*args)
+    assert code == 0 and policy is not None, err
+    assert aws.calls == ["sts.GetCallerIdentity"]  # nothing else asked, nothing changed
+    return policy, err
+
+
+def test_a_data_buckets_policy_is_printed_https_only_and_with_the_outputs_encryption(aws: Aws):
+    """--print-bucket-policy BUCKET: the policy a data bucket (the user's: deploy does not
+    change it) needs, valid JSON that S3 (moto) takes: plain HTTP refused on the whole
+    bucket; with --sse, a write under its --data-bucket locations without that encryption,
+    with another or (--sse-kms-key-id) another key refused; how to apply it on stderr."""
+    policy, err = _printed_bucket_policy(
+        aws, "--print-bucket-policy", "data-out", "--data-bucket", "data-out/results",
+        "--data-bucket", "data-in", "--sse", "aws:kms", "--sse-kms-key-id", KEY)
+    arn = "arn:aws:s3:::data-out"
+    assert policy["Version"] == "2012-10-17"
+    https, unencrypted, other, other_key = policy["Statement"]
+    assert https == {**HTTPS_ONLY, "Resource": [arn, f"{arn}/*"]}
+    assert all(s["Effect"] == "Deny" and s["Principal"] == "*" and s["Action"] == "s3:PutObject"
+               and s["Resource"] == [f"{arn}/results/*"]
+               for s in (unencrypted, other, other_key))
+    header = "s3:x-amz-server-side-encryption"
+    assert unencrypted["Condition"] == {"Null": {header: "true"}}
+    assert other["Condition"] == {"StringNotEquals": {header: "aws:kms"}}
+    assert other_key["Condition"] == {"StringNotEquals": {f"{header}-aws-kms-key-id": KEY}}
+    assert "aws s3api put-bucket-policy --bucket data-out" in err
+    aws.client("s3").put_bucket_policy(Bucket="data-out", Policy=json.dumps(policy))
+    assert _bucket_policy(aws, "data-out") == policy
+
+    # without --sse: plain HTTP refused only; a bucket no --data-bucket names: the whole
+    # bucket's writes
+    policy, _ = _printed_bucket_policy(aws, "--print-bucket-policy", "s3://slides")
+    assert policy["Statement"] == [{**HTTPS_ONLY, "Resource": [
+        "arn:aws:s3:::slides", "arn:aws:s3:::slides/*"]}]
+    policy, _ = _printed_bucket_policy(aws, "--print-bucket-policy", "slides", "--sse", "AES256")
+    assert [s["Resource"] for s in policy["Statement"][1:]] == [["arn:aws:s3:::slides/*"]] * 2
+    # the stack's own bucket: what deploy puts there; its work files carry no header
+    policy, err = _printed_bucket_policy(aws, "--print-bucket-policy", NAMES.bucket,
+                                         "--sse", "AES256")
+    assert policy["Statement"] == [HTTPS_ONLY]
+    assert "deploy puts the HTTPS-only statement in its policy itself" in err
+    assert "no encryption statement" in err
+    code, _, err = aws.deploy("--print-bucket-policy", "data-out/results")
+    assert code == 2 and "give the bucket alone" in err
+
+
 def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:
     """The state ``name`` of a definition, wherever it is nested (Map processors)."""
     for key, value in doc.items():
@@ -1373,6 +1460,10 @@ def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch,
     done = script("--skip-build")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state_machine"] == NAMES.state_machine_arn
+    # an endpoint of plain HTTP: an HTTPS-only bucket would refuse every request of the stack
+    assert f"HTTPS only left out, S3 is reached over plain HTTP here ({endpoint}" in done.stderr
+    with pytest.raises(aws.client("s3").exceptions.ClientError, match="NoSuchBucketPolicy"):
+        aws.client("s3").get_bucket_policy(Bucket=NAMES.bucket)
     again = script("--skip-build")
     assert again.returncode == 0 and "nothing changed" in again.stderr
     gone = script("--destroy", "--delete-bucket")

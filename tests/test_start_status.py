@@ -25,7 +25,7 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
-from conftest import read_pages
+from conftest import bucket_conditions_unchecked, read_pages
 from moto import mock_aws
 
 from pipeline import cli, handlers
@@ -100,6 +100,7 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setattr(storage, "_client", None)
+    bucket_conditions_unchecked(monkeypatch)  # (the stack bucket's HTTPS-only statement)
     logging_off = {"stepfunctions": {"execute_state_machine": True},
                    "lambda": {"use_docker": False}}
     with mock_aws(config=logging_off), _handlers_in_process():  # type: ignore[arg-type]

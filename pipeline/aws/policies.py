@@ -1,4 +1,6 @@
-"""IAM policy documents of a stack, built by pure functions (no AWS call).
+"""IAM policy documents of a stack, and the buckets' policies (HTTPS only: the stack
+bucket's, which deploy keeps, and a data bucket's, printed), built by pure functions (no
+AWS call).
 
 Least privilege: every statement names its resources. The one exception is the CloudWatch
 Logs *delivery* actions a state machine needs for logging, which AWS only grants on
@@ -303,7 +305,8 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -
             "s3:PutBucketTagging", "s3:GetEncryptionConfiguration",
             "s3:PutEncryptionConfiguration", "s3:GetBucketPublicAccessBlock",
             "s3:PutBucketPublicAccessBlock", "s3:GetLifecycleConfiguration",
-            "s3:PutLifecycleConfiguration"], [stack]),
+            "s3:PutLifecycleConfiguration", "s3:GetBucketPolicy", "s3:PutBucketPolicy"],
+            [stack]),
         # the schedule manifest (uploaded, read back); --delete-bucket empties the bucket
         _allow("StackObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
                                 "s3:DeleteObjectVersion"], [f"{stack}/*"]),
@@ -396,3 +399,72 @@ def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
                [f"{stack}/{WORK}*", *(d.objects_arn(p) for d in data)]),
         _allow("ClearUploadRecords", ["s3:DeleteObject"], [f"{stack}/{UPLOAD_RECORDS}"]),
     )
+
+
+#: the Sid of the bucket policy statement that refuses plain HTTP (deploy.py keeps it in the
+#: stack bucket's policy; --print-bucket-policy prints it for a data bucket)
+TLS_ONLY = "TiffpipeHttpsOnly"
+#: ... and of those that refuse an object written without the outputs' encryption (--sse)
+ENCRYPTED_ONLY, ONE_ENCRYPTION, ONE_KMS_KEY = (
+    "TiffpipeEncryptedWritesOnly", "TiffpipeOneEncryption", "TiffpipeOneKmsKey")
+#: the request headers of a write's encryption, as a bucket policy's condition keys
+_SSE_HEADER = "s3:x-amz-server-side-encryption"
+_SSE_KEY_HEADER = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+
+
+def _deny(sid: str, actions: str, resources: list[str], condition: dict[str, Any]
+          ) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Deny", "Principal": "*", "Action": actions,
+            "Resource": resources, "Condition": condition}
+
+
+def bucket_policy(bucket: str, partition: str = "aws",
+                  outputs: list[DataLocation] | None = None, sse: str | None = None,
+                  sse_key: str | None = None) -> dict[str, Any]:
+    """A bucket policy for ``bucket``: every request over plain HTTP is refused
+    (``aws:SecureTransport`` false), whoever makes it: the functions, ``tiffpipe start`` and
+    ``status``, Step Functions' ItemReader and deploy.py all use HTTPS. With ``sse``
+    (``deploy.py --sse``: AES256 or aws:kms, the header every write of an output or report
+    carries), an object written under the ``outputs`` locations (the whole bucket: none)
+    without that header, or with another value, or (``sse_key``) with another KMS key, is
+    refused too. deploy.py keeps the first statement in the stack bucket's policy
+    (:func:`merged_bucket_policy`); ``deploy.py --print-bucket-policy`` prints them for a
+    data bucket, which is the user's."""
+    arn = f"arn:{partition}:s3:::{bucket}"
+    statements = [_deny(TLS_ONLY, "s3:*", [arn, f"{arn}/*"],
+                        {"Bool": {"aws:SecureTransport": "false"}})]
+    if sse and sse != "none":
+        objects = [d.objects_arn(partition) for d in _sorted(outputs or [])] or [f"{arn}/*"]
+        statements += [
+            _deny(ENCRYPTED_ONLY, "s3:PutObject", objects, {"Null": {_SSE_HEADER: "true"}}),
+            _deny(ONE_ENCRYPTION, "s3:PutObject", objects,
+                  {"StringNotEquals": {_SSE_HEADER: sse}}),
+        ]
+        if sse_key:
+            statements.append(_deny(ONE_KMS_KEY, "s3:PutObject", objects,
+                                    {"StringNotEquals": {_SSE_KEY_HEADER: sse_key}}))
+    return _doc(*statements)
+
+
+def statements_in(policy: dict[str, Any] | None, ours: list[dict[str, Any]]
+                  ) -> list[dict[str, Any] | None]:
+    """The statements of a bucket's ``policy`` (None: it has none) that have the Sids of
+    ``ours``, in their order (None for one it lacks)."""
+    found = {s.get("Sid"): s for s in _bucket_statements(policy)}
+    return [found.get(s["Sid"]) for s in ours]
+
+
+def _bucket_statements(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
+    statements = (policy or {}).get("Statement", [])
+    return [s for s in ([statements] if isinstance(statements, dict) else statements)
+            if isinstance(s, dict)]
+
+
+def merged_bucket_policy(policy: dict[str, Any] | None, ours: list[dict[str, Any]]
+                         ) -> dict[str, Any]:
+    """A bucket's ``policy`` (None: it has none) with the statements ``ours`` put in, in
+    place of its statements of the same Sids: every other statement (the bucket owner's own)
+    is kept as it is."""
+    sids = {s["Sid"] for s in ours}
+    kept = [s for s in _bucket_statements(policy) if s.get("Sid") not in sids]
+    return {**(policy or {"Version": VERSION}), "Statement": kept + list(ours)}

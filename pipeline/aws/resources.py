@@ -40,7 +40,9 @@ def bucket_lifecycle() -> dict[str, Any]:
 
 
 def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
-    """The stack bucket: encrypted (SSE-S3), public access blocked, work files expiring."""
+    """The stack bucket: encrypted (SSE-S3), public access blocked, work files expiring,
+    requests over plain HTTP refused (its policy; not where S3 itself is reached over plain
+    HTTP, an emulator's endpoint)."""
     bucket = names.bucket
     acts.log(f"bucket {bucket}")
     try:
@@ -84,6 +86,19 @@ def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
         f"set the lifecycle: work/ expires after {WORK_DAYS} days",
         lambda: s3.put_bucket_lifecycle_configuration(Bucket=bucket,
                                                       LifecycleConfiguration=lifecycle))
+
+    if not str(s3.meta.endpoint_url).startswith("https://"):  # every request would be refused
+        acts.log(f"  bucket policy: HTTPS only left out, S3 is reached over plain HTTP here "
+                 f"({s3.meta.endpoint_url}: an emulator)")
+        return bucket
+    # requests over plain HTTP refused; a statement of the bucket's owner is kept
+    ours = policies.bucket_policy(bucket, names.partition)["Statement"]
+    current = exists and get_or_none(lambda: json.loads(s3.get_bucket_policy(Bucket=bucket)[
+        "Policy"]), "NoSuchBucketPolicy")
+    _ensure_setting(acts, policies.statements_in(current or None, ours), ours,
+                    "bucket policy (HTTPS only)", "set the bucket policy: HTTPS only",
+                    lambda: s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(
+                        policies.merged_bucket_policy(current or None, ours))))
     return bucket
 
 
