@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                         "stack and its data locations (JSON); change nothing")
     p.add_argument("--print-operator-policy", action="store_true",
                    help="print the IAM policy the identity running tiffpipe start and status "
-                        "on this stack needs (JSON); change nothing")
+                        "on this stack needs (JSON; give the deploy's --data-bucket, "
+                        "--input-bucket, --kms-key and --sse-kms-key-id); change nothing")
     p.add_argument("--print-bucket-policy", metavar="BUCKET",
                    help="print a bucket policy for BUCKET, a data bucket of yours: requests "
                         "over plain HTTP refused and, with --sse, writes under its "
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             return EXIT_OK
         if args.print_operator_policy:
             names = clients.names(args.stack)
-            print(json.dumps(operator_policy(names, data, inputs), indent=2))
+            keys = [*(kms_keys or []), *([sse_key] if sse_key else [])]
+            print(json.dumps(operator_policy(names, data, inputs, keys), indent=2))
             return EXIT_OK
         if policy_bucket:
             _print_bucket_policy(clients.names(args.stack), policy_bucket.bucket, data,

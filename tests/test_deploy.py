@@ -1646,6 +1646,7 @@ def test_the_deployer_policy_passes_each_role_only_to_its_service():
 # --- the outputs' server-side encryption -------------------------------------------------------
 
 SSE_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+DATA_KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/5678efgh-56ef-78ab-90cd-0987654321ba"
 
 
 def _function_env(aws: Aws, step: str) -> dict[str, str]:
@@ -1663,10 +1664,26 @@ def test_sse_is_set_on_the_output_writers_kept_and_removed(aws: Aws):
     want = {SSE_ENV: "aws:kms", SSE_KMS_KEY_ENV: SSE_KEY}
     assert {s: _function_env(aws, s) for s in STEPS} == {
         "split": {}, "process": want, "merge": want}
-    for step in ("process", "merge"):  # the writers may make data keys with it, through S3
+    for step in STEPS:  # the writers may make data keys with it (a multipart upload of
+        # SSE-KMS needs both), split decrypt the plans PlanJob wrote with it; through S3
         policy = aws.client("iam").get_role_policy(RoleName=NAMES.function_role(step),
                                                    PolicyName="tiffpipe")["PolicyDocument"]
-        assert kms_keys_of(policy) == [SSE_KEY]
+        [keys] = [s for s in _statements(policy) if s["Sid"] == "DataKeys"]
+        assert keys["Resource"] == [SSE_KEY] and keys["Action"] == (
+            ["kms:Decrypt"] if step == "split" else ["kms:Decrypt", "kms:GenerateDataKey"])
+        assert keys["Condition"]["StringEquals"]["kms:ViaService"] == f"s3.{REGION}.amazonaws.com"
+    # who starts and follows runs reads the reports and results the functions wrote with it,
+    # and a manifest kept under a --kms-key
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert deploy_script.main(["--stack", STACK, "--region", REGION,
+                                   "--print-operator-policy", "--kms-key", DATA_KEY, "--sse",
+                                   "aws:kms", "--sse-kms-key-id", SSE_KEY],
+                                  session=aws.session) == 0
+    [keys] = [s for s in _statements(json.loads(out.getvalue())) if s["Sid"] == "ReadEncrypted"]
+    assert keys["Action"] == ["kms:Decrypt"] and keys["Resource"] == sorted([DATA_KEY, SSE_KEY])
+    assert keys["Condition"]["StringEquals"]["kms:ViaService"] == f"s3.{REGION}.amazonaws.com"
+    assert not [s for s in _statements(policies.operator_policy(NAMES)) if "kms" in str(s)]
     aws.calls.clear()
     code, _, err = aws.deploy("--skip-build")
     assert code == 0, err

@@ -33,6 +33,7 @@ import tifffile
 from test_start_status import DATA, NAMES, STACK, Stack, _InProcess
 
 from pipeline.adapters import segments
+from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
 from pipeline.engine.moto_run import served_by
 from pipeline.errors import AccessDeniedError
 
@@ -310,6 +311,8 @@ def _operator_request(service: str, operation: str, params: dict[str, Any]
         return [f"s3:{a}" for a in names.get(operation, [operation])], arn
     if service == "iam":
         return [f"iam:{operation}"], NAMES.role_arn(params["RoleName"])
+    if service == "kms":  # (S3's, for the caller: see _decrypted)
+        return [f"kms:{operation}"], params["KeyId"]
     assert service == "stepfunctions", (service, operation)
     arn = next(params[k] for k in ("mapRunArn", "executionArn", "stateMachineArn",
                                    "resourceArn") if k in params)
@@ -370,3 +373,60 @@ def test_the_operator_policy_allows_every_call_start_and_status_make(ready: Stac
     assert made >= {"s3.PutObject", "s3.GetObject", "s3.AbortMultipartUpload",
                     "s3.DeleteObject", "s3.ListMultipartUploads", "iam.GetRolePolicy",
                     "stepfunctions.StartExecution", "stepfunctions.DescribeExecution"}, made
+
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def _decrypted(stack: Stack, requests: list[tuple[str, str, dict[str, Any]]]
+               ) -> list[tuple[str, str, dict[str, Any]]]:
+    """What S3 asks of KMS for the caller of ``requests`` (moto does not): a kms:Decrypt
+    with the key of each SSE-KMS object read."""
+    s3, found = stack.client("s3"), []
+    for service, operation, params in requests:
+        if (service, operation) == ("s3", "GetObject"):
+            head = s3.head_object(Bucket=params["Bucket"], Key=params["Key"])
+            if head.get("ServerSideEncryption") == "aws:kms":
+                found.append(("kms", "Decrypt", {"KeyId": head["SSEKMSKeyId"]}))
+    return found
+
+
+def test_the_operator_policy_decrypts_what_the_functions_encrypt(ready: Stack, monkeypatch):
+    """With deploy.py --sse aws:kms --sse-kms-key-id KEY the functions write the run's
+    report and the jobs' results encrypted with KEY, as the outputs: start --wait and status
+    read them, so S3 decrypts with KEY for the operator, which
+    --print-operator-policy with the same options allows (through S3 only)."""
+    from test_deploy import denied_calls, deploy_script
+
+    from pipeline.aws import Clients
+
+    monkeypatch.setenv(SSE_ENV, "aws:kms")  # (what deploy sets on the functions)
+    monkeypatch.setenv(SSE_KMS_KEY_ENV, KEY)
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if threading.current_thread() is threading.main_thread():  # (not the functions')
+            requests.append((model.service_model.service_name, model.name, dict(params)))
+
+    ready.session.events.register("provide-client-params.*.*", record)
+    monkeypatch.setattr(Clients, "session", property(lambda _: ready.session))
+    one = {**test_start_status.JOBS, "jobs": test_start_status.JOBS["jobs"][:1]}
+    code, out, err = ready.tiffpipe("start", str(ready.manifest("m.json", one)), "--stack",
+                                    STACK, "--wait", "--poll", "0.05")
+    assert code == 0, err
+    assert ready.tiffpipe("status", out.splitlines()[0])[0] == 0
+    ready.session.events.unregister("provide-client-params.*.*", record)
+    decrypted = _decrypted(ready, requests)
+    assert ("kms", "Decrypt", {"KeyId": KEY}) in decrypted  # (the report, at least)
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert deploy_script.main(["--stack", STACK, "--region", "us-east-1",
+                                   "--print-operator-policy", "--data-bucket", DATA,
+                                   "--sse", "aws:kms", "--sse-kms-key-id", KEY],
+                                  session=ready.session) == 0
+    policy = json.loads(printed.getvalue())
+    assert not (denied := denied_calls(policy, requests + decrypted, _operator_request)), denied
+    [keys] = [s for s in policy["Statement"] if "kms:Decrypt" in s["Action"]]
+    assert keys["Action"] == ["kms:Decrypt"] and keys["Resource"] == [KEY]
+    assert keys["Condition"] == {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}

@@ -222,9 +222,7 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
     if kms_keys:
         statements.append(_allow(
             "DataKeys", ["kms:Decrypt"] + (["kms:GenerateDataKey"] if step != "split" else []),
-            sorted(set(kms_keys)),
-            {"StringEquals": {"kms:ViaService": f"s3.{names.region}.amazonaws.com"
-                                                + (".cn" if p == "aws-cn" else "")}}))
+            sorted(set(kms_keys)), _through_s3(names)))
     if step == "merge":
         statements += [
             _allow("WriteReports", ["s3:PutObject"], [f"{stack}{REPORTS}*"]),
@@ -236,6 +234,12 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
             _allow("ListOpenUploads", ["s3:ListBucketMultipartUploads"], [names.bucket_arn]),
         ]
     return _doc(*statements)
+
+
+def _through_s3(names: StackNames) -> dict[str, Any]:
+    """The condition that a KMS key is used only by S3, for the caller (SSE-KMS objects)."""
+    return {"StringEquals": {"kms:ViaService": f"s3.{names.region}.amazonaws.com"
+                                               + (".cn" if names.partition == "aws-cn" else "")}}
 
 
 def state_machine_policy(names: StackNames) -> dict[str, Any]:
@@ -360,7 +364,8 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -
 
 
 def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
-                    inputs: list[DataLocation] | None = None) -> dict[str, Any]:
+                    inputs: list[DataLocation] | None = None,
+                    kms_keys: list[str] | None = None) -> dict[str, Any]:
     """What a person (or a scheduler of theirs) running ``tiffpipe start`` and ``tiffpipe
     status`` on the stack ``names`` needs, and no more: ``start`` reads the state machine and
     its tags, the locations its functions' roles grant (``iam:GetRolePolicy``, optional: the
@@ -371,12 +376,18 @@ def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
     without its Report step, ends the uploads it left open: the outputs' (by their ids, in
     ``data``), its segments' under ``work/``, and removes their records. ``docs/aws.md``
     (Who may start and follow runs) prints it; ``tests/test_open_uploads.py`` records the
-    calls start and status make and checks each is allowed here, on the resource it names."""
+    calls start and status make and checks each is allowed here, on the resource it names.
+    ``kms_keys``: the keys what it reads may be encrypted with (SSE-KMS), decrypted through
+    S3 only: ``--sse-kms-key-id``'s (the run's report and the jobs' results, written by the
+    functions as outputs are) and the ``--kms-key`` ones (a manifest in a data location)."""
     stack = names.bucket_arn
     p = names.partition
     data = _sorted(data or [DataLocation(names.bucket)])
     readable = _sorted(data + list(inputs or []))
     roles = [names.role_arn(names.function_role(s)) for s in ("split", "merge")]
+    # what S3 decrypts for the caller: reports, results, manifests of SSE-KMS
+    keys = [_allow("ReadEncrypted", ["kms:Decrypt"], sorted(set(kms_keys)),
+                   _through_s3(names))] if kms_keys else []
     return _doc(
         _allow("StateMachine", ["states:DescribeStateMachine", "states:ListTagsForResource",
                                 "states:StartExecution"], [names.state_machine_arn]),
@@ -398,6 +409,7 @@ def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
         _allow("EndOpenUploads", ["s3:AbortMultipartUpload"],
                [f"{stack}/{WORK}*", *(d.objects_arn(p) for d in data)]),
         _allow("ClearUploadRecords", ["s3:DeleteObject"], [f"{stack}/{UPLOAD_RECORDS}"]),
+        *keys,
     )
 
 
