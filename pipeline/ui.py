@@ -195,11 +195,19 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     return title, rows
 
 
+def error_text(error: dict[str, Any]) -> str:
+    """A failed job's error as the summary and the failed jobs' lines say it: its name, its
+    message, then the step the job failed in (the report's ``step``: the state, ``PlanJob``,
+    ``Merge``, or the item of a Map, ``Process (batch 12)``), when it says one."""
+    step = f" (in {error['step']})" if error.get("step") else ""
+    return f"{error['type']}: {error['message']}{step}"
+
+
 def _error_cell(job: dict[str, Any]) -> str:
     """A failed job's error in the summary, after its input when the message does not name
     it (AWS's own errors, a timeout or Lambda's out of memory, know no file)."""
     error = job["error"]
-    text = f"{error['type']}: {error['message']}"
+    text = error_text(error)
     if job.get("input") and job["input"] not in error["message"]:
         text = f"{job['input']}: {text}"
     return text
@@ -235,8 +243,8 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
               and (j.get("error") or {}).get("type") != INTERRUPTED_ERROR]
     if not failed:
         return []
-    lines = [f"tiffpipe: job {j['job']} FAILED ({j['input']}): {j['error']['type']}: "
-             f"{j['error']['message']}" for j in failed[:limit]]
+    lines = [f"tiffpipe: job {j['job']} FAILED ({j['input']}): {error_text(j['error'])}"
+             for j in failed[:limit]]
     if len(failed) > limit:
         lines.append(f"tiffpipe: ... and {len(failed) - limit} more failed job(s): see the "
                      "report")

@@ -65,6 +65,33 @@ def test_quiet_run_names_each_failed_job_on_stderr(tmp_path: Path,
     assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "b.tif").is_file()
 
 
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_a_failed_job_says_the_step_it_failed_in(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                 interpreter: str):
+    """Where each job failed, in its report (the error's ``step``) and its line: a file that
+    is no TIFF in PlanJob; a damaged tile in the unit of a small job's ProcessJob, and, the
+    job not fused, in the Split Map's unit 0 (the Map's own error names no unit)."""
+    manifest = _batch(tmp_path, [_job("notes"), _job("bad"), {**_job("bad", "b2"),
+                                                              "fuse": False}])
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "in" / "bad.tif", pixels, tile=(64, 64), compression="zlib")
+    damaged = bytearray((tmp_path / "in" / "bad.tif").read_bytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 2000] = bytes(2000)
+    (tmp_path / "in" / "bad.tif").write_bytes(bytes(damaged))
+    code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet",
+                     "--interpreter", interpreter])
+    _, err = capfd.readouterr()
+    assert code == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [(j["error"]["type"], j["error"]["step"]) for j in report["jobs"]] == [
+        ("NotATiffError", "PlanJob"), ("CorruptTiffError", "ProcessJob (unit 0)"),
+        ("CorruptTiffError", "Split (unit 0)")]
+    lines = err.splitlines()
+    assert lines[0].startswith("tiffpipe: job 0 FAILED (") and lines[0].endswith(
+        " (in PlanJob)"), lines[0]
+    assert lines[2].endswith(" (in Split (unit 0))"), lines[2]
+
+
 def test_quiet_run_that_succeeds_says_nothing(tmp_path: Path, capfd: pytest.CaptureFixture):
     manifest = _batch(tmp_path, [_job("a"), _job("c")])
     code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])

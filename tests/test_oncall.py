@@ -150,6 +150,53 @@ def test_each_failed_job_says_whose_fault_it_is_and_what_to_do(stack: Stack, tmp
         "LastModified"] == good
 
 
+class Timeouts(_InProcess):
+    """The real handlers; the invocations of the (job, action) pairs ``timed_out`` end as
+    Lambda ends one its function's timeout stops (Sandbox.Timedout)."""
+
+    def __init__(self, timed_out: set[tuple[int, str]]) -> None:
+        self.timed_out = timed_out
+
+    def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        text = json.dumps(event)
+        if any(event.get("action") == action and f"/jobs/{j:05d}/" in text
+               for j, action in self.timed_out):
+            return False, {"errorType": "Sandbox.Timedout", "errorMessage": "RequestId: 5f1c "
+                           "Error: Task timed out after 900.00 seconds"}
+        return super().invoke(function, event)
+
+
+def test_each_failed_job_says_the_step_it_failed_in(stack: Stack, tmp_path: Path):
+    """Which step a job failed in: the state that caught its error (PlanJob, Merge, a small
+    job's ProcessJob), or, for a unit or batch, the Map that runs it and the item, which the
+    Map's own error does not name. The report says it (the error's ``step``), and so do the
+    summary of ``start --wait`` and ``status``, and its ``--json``."""
+    _inputs(stack, tmp_path)
+    apart = {"fuse": False}  # Split, Process, then a Merge task
+    manifest = stack.manifest("night.json", {**NIGHT, "jobs": [
+        _job("missing"), _job("bad"), {**_job("bad"), **apart, "output": f"s3://{DATA}/o/b.tif"},
+        {**_job("good"), **apart}, _job("slow")]})
+    with served_by(Timeouts({(3, "merge"), (4, "process_job")})):
+        code, out, err = stack.tiffpipe("start", str(manifest), "--stack", STACK, "--wait",
+                                        "--poll", "0.05")
+    assert code == 1, err
+    arn = out.splitlines()[0]
+    report = _report(stack, arn)
+    got = [(j["error"]["type"], j["error"].get("step")) for j in report["jobs"]]
+    assert got == [("InputNotFoundError", "PlanJob"),
+                   ("CorruptTiffError", "ProcessJob (unit 0)"),
+                   ("CorruptTiffError", "Split (unit 0)"),
+                   ("Sandbox.Timedout", "Merge"),
+                   ("Sandbox.Timedout", "ProcessJob")], got
+    assert re.search(r"InputNotFoundError: .* \(in PlanJob\)", out), out
+    assert "(in Split (unit 0))" in out and "seconds: the function's timeout" in out
+    code, again, _ = stack.tiffpipe("status", arn)
+    assert (code, again) == (1, out[len(arn) + 1:])
+    code, doc, _ = stack.tiffpipe("status", arn, "--json")
+    assert [j["error"]["step"] for j in json.loads(doc)["report"]["jobs"]] == [
+        step for _, step in got]
+
+
 def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
         stack: Stack, tmp_path: Path):
     """An execution stopped (``stop-execution``, or Step Functions' own timeout) runs no

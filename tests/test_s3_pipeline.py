@@ -160,7 +160,7 @@ def test_s3_missing_input_fails_alone_with_default_report_and_work(s3: S3):
     missing_url = f"s3://{BUCKET}/data/in/missing.tif"
     assert done.stderr.splitlines()[:2] == [
         (f"tiffpipe: job 0 FAILED ({missing_url}): InputNotFoundError: {missing_url} does "
-         "not exist: check the path or URL and that the file is there"),
+         "not exist: check the path or URL and that the file is there (in PlanJob)"),
         f"tiffpipe: 1 of 2 jobs failed (1 succeeded); report: s3://{BUCKET}/jobs/mixed.report.json"]
     assert done.stderr.splitlines()[2].startswith(
         "tiffpipe: a rerun of this manifest as it is would run the 1 job that succeeded again")

@@ -197,7 +197,8 @@ def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
     states = job_states(rendered)
     assert FAILURE_STATE in states
     failure = states[FAILURE_STATE]
-    # where the Catch must put the error so that RecordFailure finds it (and keeps run/job)
+    # where the Catch must put the error so that RecordFailure finds it (and keeps run/job),
+    # under the name of the state that caught it (the report says where the job failed)
     error_path = failure["Parameters"]["Payload"]["error.$"]
     for name, state in states.items():
         if name == FAILURE_STATE or state["Type"] not in ("Task", "Map", "Parallel"):
@@ -206,10 +207,30 @@ def test_every_failing_state_of_a_job_is_caught_into_record_failure(rendered):
         assert catchers, f"{PER_JOB_MAP}/{name}: no Catch of States.ALL"
         for c in catchers:
             assert c["Next"] == FAILURE_STATE, f"{PER_JOB_MAP}/{name}: Catch -> {c['Next']}"
-            assert c.get("ResultPath") == error_path, (
+            assert c.get("ResultPath") == f"{error_path}.{name}", (
                 f"{PER_JOB_MAP}/{name}: Catch ResultPath {c.get('ResultPath')!r}, "
                 f"RecordFailure reads {error_path!r}")
     assert "Catch" not in failure, "RecordFailure must not catch into itself"
+
+
+def test_a_failed_item_is_said_in_the_map_state_that_runs_it(rendered):
+    """The report names the step of a unit's or batch's recorded error by the Map that runs
+    that action (pipeline.steps.report.ITEM_STATES): each is that Map's task's action."""
+    from pipeline.steps.report import ITEM_STATES, WHOLE_JOB_STATE, caught
+
+    states = job_states(rendered)
+    for action, name in ITEM_STATES.items():
+        (task,) = states[name]["ItemProcessor"]["States"].values()
+        assert task["Parameters"]["Payload"]["action"] == action, name
+    assert states[WHOLE_JOB_STATE]["Parameters"]["Payload"]["action"] == "process_job"
+    # a job of an execution begun under the definition before: its error at $.error itself
+    error = {"Error": "States.Timeout", "Cause": "x"}
+    assert caught(error) == (None, error) and caught({"Merge": error}) == ("Merge", error)
+
+
+def _catches(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """A state's Catches but for the name of the state each puts its error under."""
+    return [{**c, "ResultPath": c["ResultPath"].rsplit(".", 1)[0]} for c in state["Catch"]]
 
 
 @pytest.mark.parametrize("items,names", [("units", ["ProcessUnits", "Split", "BuildLevels"]),
@@ -289,12 +310,13 @@ def test_fused_jobs_choose_process_units_then_merge(rendered):
     assert whole["Parameters"]["FunctionName"] == states["Process"]["ItemProcessor"]["States"][
         "ProcessBatch"]["Parameters"]["FunctionName"]
     # retried, caught and ended as Merge is (both publish the output in one step)
-    for key in ("Retry", "Catch", "End", "ResultPath", "OutputPath"):
+    for key in ("Retry", "End", "ResultPath", "OutputPath"):
         assert whole[key] == states["Merge"][key], key
+    assert _catches(whole) == _catches(states["Merge"])
     units = states["ProcessUnits"]
     assert units["Next"] == "Merge"
     assert units["ItemSelector"] == states["Split"]["ItemSelector"]
-    assert units["Catch"] == states["Split"]["Catch"]
+    assert _catches(units) == _catches(states["Split"])
     (task,) = units["ItemProcessor"]["States"].values()
     assert task["Parameters"]["Payload"]["action"] == "process_unit"
     assert task["Parameters"]["FunctionName"] == states["Process"]["ItemProcessor"]["States"][
@@ -331,7 +353,7 @@ def test_statistics_rounds_loop_between_split_and_process(rendered):
     assert level["ItemsPath"] == "$.planned.stats.nodes" and level["Next"] == "ReduceStats"
     (node,) = level["ItemProcessor"]["States"].values()
     assert node["Parameters"]["Payload"]["action"] == "reduce_node"
-    assert level["Catch"] == states["Stats"]["Catch"]
+    assert _catches(level) == _catches(states["Stats"])
 
 
 def test_render_leaves_no_placeholders(raw, rendered_text):

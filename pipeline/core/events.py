@@ -341,8 +341,9 @@ class JobPlanEvent:
 
 @record
 class FailureEvent:
-    """Record why a job failed (merge function, ``record_failure``). ``error`` is the
-    ``{"Error", "Cause"}`` object a Catch puts in the state."""
+    """Record why a job failed (merge function, ``record_failure``). ``error`` is what the
+    job's Catches put in the state: ``{"<state>": {"Error", "Cause"}}``, the state that
+    caught it (a definition before that: ``{"Error", "Cause"}``)."""
 
     run: str
     job: int

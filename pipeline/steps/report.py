@@ -13,6 +13,7 @@ from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import TiffpipeError, failure_record, fault_of
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import (
+    PART_OF,
     abort_output_uploads,
     load_job,
     load_plan,
@@ -38,20 +39,57 @@ UNRECORDED = ("; no unit or batch recorded an error of its own, so its cause is 
               "console, say which and why")
 
 
+#: the Map state (statemachine.asl.json) whose items run each action that records its
+#: errors in the work location (pipeline.steps.common.recorded)
+ITEM_STATES = {"split": "Split", "process_unit": "ProcessUnits", "process": "Process",
+               "stats": "Stats", "reduce_node": "ReduceLevel", "build_levels": "BuildLevels"}
+#: the task that runs a small job's units itself (no Map)
+WHOLE_JOB_STATE = "ProcessJob"
+
+
+def caught(error: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The state whose Catch caught a job's error, and the error (``{"Error", "Cause"}``):
+    each Catch puts it at ``$.error.<its state>``. Under a definition before that (an
+    execution begun before a deploy), at ``$.error`` itself: no state then."""
+    if len(error) == 1:
+        (state, inner), = error.items()
+        if isinstance(inner, dict) and not {"Error", "Cause"} & set(error):
+            return str(state), inner
+    return None, error
+
+
+def failed_step(state: str | None, record: dict[str, Any] | None) -> str | None:
+    """Where a job failed, for its report: the state that caught the error (``PlanJob``,
+    ``Merge``, ...), or, the error being a unit's or batch's that it recorded, the Map
+    state that runs those and the item (``Process (batch 12)``: the Map's own error names
+    none)."""
+    if record is None:
+        return state
+    action = str(record.get("step", ""))
+    where = state if state == WHOLE_JOB_STATE else ITEM_STATES.get(action, state)
+    part = PART_OF.get(action, "node")
+    return f"{where} ({part} {record.get('index')})" if where else None
+
+
 def record_failure(event: FailureEvent) -> dict[str, Any]:
-    """Write a FAILED result for a job. A unit or batch error recorded in the work location
-    is the real cause (a Map state only says that items failed), so it wins."""
+    """Write a FAILED result for a job, with the step it failed in. A unit or batch error
+    recorded in the work location is the real cause (a Map state only says that items
+    failed), so it wins."""
     job, spec = load_job(event.run, event.job)
     work = layout.job_dir(job["work"], event.job)
     try:
         recorded = recorded_errors(work)
     except TiffpipeError:
         recorded = []
-    error = failure_record(event.error)
+    state, caught_error = caught(event.error)
+    error = failure_record(caught_error)
     if recorded:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
     elif error["type"] == MAP_FAILED:
         error["message"] += UNRECORDED
+    step = failed_step(state, recorded[0] if recorded else None)
+    if step:
+        error["step"] = step
     now = time.time()
     started = _planned_at(work) or job.get("started_at", now)
     plan_url = layout.plan_file(work)
