@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 import test_start_status
 import tifffile
+from botocore.exceptions import ReadTimeoutError
 from test_start_status import DATA, NAMES, STACK, Stack, _InProcess
 
-from pipeline.adapters import segments
+from pipeline.adapters import segments, storage
 from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
 from pipeline.engine.moto_run import served_by
 from pipeline.errors import AccessDeniedError
@@ -430,3 +431,87 @@ def test_the_operator_policy_decrypts_what_the_functions_encrypt(ready: Stack, m
     [keys] = [s for s in policy["Statement"] if "kms:Decrypt" in s["Action"]]
     assert keys["Action"] == ["kms:Decrypt"] and keys["Resource"] == [KEY]
     assert keys["Condition"] == {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}}
+
+
+# --- PlanJob's output check: an upload started and aborted ------------------------------------
+
+SMALL = {**test_start_status.JOBS, "jobs": test_start_status.JOBS["jobs"][:1]}  # ProcessJob
+SMALL_OUTPUT = SMALL["jobs"][0]["output"].split("/", 3)[3]
+
+
+def _abort_of_the_output(hook: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``hook(params)`` run before each AbortMultipartUpload of the small job's output by
+    the functions (S3's answer to the test upload PlanJob started), which check it again
+    (none taken for writable by an earlier test's check)."""
+    monkeypatch.setattr(storage, "_writable", {})
+
+    def before(params: dict[str, Any], **_: Any) -> None:
+        if params.get("Key") == SMALL_OUTPUT:
+            hook(params)
+    storage.s3_client().meta.events.register("provide-client-params.s3.AbortMultipartUpload",
+                                             before)
+    return before
+
+
+def test_a_test_upload_whose_abort_fails_is_ended_with_its_job(ready: Stack, monkeypatch):
+    """PlanJob checks the output by starting an upload of it and aborting it: an abort that
+    fails (S3 or the network timed out) left that upload open in the data bucket, recorded
+    nowhere. It is recorded in the job's work as it begins, and the job's publish ends it,
+    and forgets the record; another run's upload of the same key goes on."""
+    other = ready.client("s3").create_multipart_upload(Bucket=DATA, Key=SMALL_OUTPUT)[
+        "UploadId"]
+    failed: list[str] = []
+
+    def time_out(params: dict[str, Any]) -> None:
+        if not failed:
+            failed.append(params["UploadId"])
+            raise ReadTimeoutError(endpoint_url=f"https://{DATA}.s3.amazonaws.com/")
+
+    hook = _abort_of_the_output(time_out, monkeypatch)
+    try:
+        code, _, err = ready.tiffpipe("start", str(ready.manifest("m.json", SMALL)),
+                                        "--stack", STACK, "--wait", "--poll", "0.05")
+    finally:
+        storage.s3_client().meta.events.unregister(
+            "provide-client-params.s3.AbortMultipartUpload", hook)
+    assert code == 0, err
+    assert failed, "the test upload's abort was not reached"
+    assert _open(ready) == [(SMALL_OUTPUT, other)]  # the test upload: ended
+    assert [k for k in ready.keys(NAMES.bucket, "work/") if "/uploads/" in k] == []
+
+
+def test_a_plan_job_stopped_after_its_test_upload_began_is_ended_by_record_failure(
+        ready: Stack, monkeypatch):
+    """Lambda's timeout stops PlanJob between the test upload's start and its abort: the
+    job is caught as failed (in PlanJob), and RecordFailure ends the upload its work
+    records."""
+    reached, thawed = threading.Event(), threading.Event()
+
+    def stopped(params: dict[str, Any]) -> None:
+        if reached.is_set():
+            return  # (RecordFailure's)
+        reached.set()
+        thawed.wait(60)
+        raise RuntimeError("the invocation was stopped")
+
+    class Stopping(_InProcess):
+        def invoke(self, function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+            if event.get("action") != "plan_job":
+                return super().invoke(function, event)
+            threading.Thread(target=super().invoke, args=(function, event), daemon=True).start()
+            assert reached.wait(30), "PlanJob did not begin its test upload"
+            return False, dict(TIMED_OUT)
+
+    hook = _abort_of_the_output(stopped, monkeypatch)
+    try:
+        with served_by(Stopping()):
+            code, out, err = ready.tiffpipe("start", str(ready.manifest("m.json", SMALL)),
+                                            "--stack", STACK, "--wait", "--poll", "0.05")
+        assert code == 1, err
+        assert "Sandbox.Timedout" in out and "(in PlanJob)" in out, out
+        assert _open(ready) == []
+    finally:
+        thawed.set()
+        storage.s3_client().meta.events.unregister(
+            "provide-client-params.s3.AbortMultipartUpload", hook)
+        time.sleep(0.3)  # (the stopped PlanJob's thread ends)

@@ -517,6 +517,46 @@ def test_check_writable_s3(s3):
     assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
 
 
+def test_a_probe_whose_abort_fails_says_how_to_end_its_upload(s3, monkeypatch, caplog):
+    """The probe's abort failing (a timeout) is no failure of the check, but its upload stays
+    open: with ``started`` (PlanJob) it was recorded before the abort, and stays recorded
+    (no ``ended``); without (``validate --inputs``, a local run's report) the warning says
+    the command that ends it."""
+    from botocore.exceptions import ReadTimeoutError
+
+    def time_out(**_):
+        raise ReadTimeoutError(endpoint_url="https://tp-bucket.s3.amazonaws.com/")
+
+    storage.s3_client().meta.events.register("provide-client-params.s3.AbortMultipartUpload",
+                                             time_out)
+    monkeypatch.setattr(storage, "_writable", {})
+    started, ended = [], []
+    storage.check_writable("s3://tp-bucket/out/a.tif", started=started.append,
+                           ended=ended.append)
+    [upload] = [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]]
+    assert (started, ended) == ([upload], [])
+    assert "its job's work records it" in caplog.text
+    storage.check_writable("s3://tp-bucket/other/b.tif")
+    [left] = [u for u in s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]
+              if u["Key"] == "other/b.tif"]
+    assert (f"aws s3api abort-multipart-upload --bucket tp-bucket --key other/b.tif "
+            f"--upload-id {left['UploadId']}") in caplog.text
+    storage.s3_client().meta.events.unregister(
+        "provide-client-params.s3.AbortMultipartUpload", time_out)
+    # a record that cannot be written: no upload left, the work's error raised
+
+    def unwritable(upload):
+        raise StorageError("work: cannot write")
+
+    with pytest.raises(StorageError, match="cannot write"):
+        storage.check_writable("s3://tp-bucket/third/c.tif", started=unwritable)
+    assert not [u for u in s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]
+                if u["Key"] == "third/c.tif"]
+    storage.check_writable("s3://tp-bucket/fourth/d.tif", started=started.append,
+                           ended=ended.append)
+    assert ended == started[1:] and len(started) == 2  # aborted: its record forgotten
+
+
 # --- the client -----------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
 
@@ -699,7 +699,9 @@ def output_encryption() -> dict[str, str]:
 
 
 def check_writable(url: str, what: str = "output",
-                   change: str = "choose another output path") -> None:
+                   change: str = "choose another output path",
+                   started: Callable[[str], None] | None = None,
+                   ended: Callable[[str], None] | None = None) -> None:
     """Fail early with :class:`OutputNotWritableError` if an output cannot be written there.
 
     A local folder is probed by creating (and removing) a file in it. An S3 output by
@@ -708,13 +710,18 @@ def check_writable(url: str, what: str = "output",
     what writing the output needs (s3:PutObject on the key, and its bucket's encryption key
     if any), so an output the stack may not write (outside its ``--data-bucket`` locations,
     onto an ``--input-bucket`` one) fails the job when it is planned, not at its merge after
-    all its pixels were processed. A probe that succeeds counts for :data:`WRITABLE_FOR_S`
+    all its pixels were processed. ``started`` is called with the upload's id as soon as it
+    is begun, before the abort (PlanJob records it in the job's work, as merge records its
+    own: an abort that fails, or an invocation stopped before it, leaves an upload that the
+    job's merge, RecordFailure or ``tiffpipe status`` ends), ``ended`` once it is aborted;
+    an abort that fails is a warning (S3 keeps the upload, without parts, until it is
+    ended), not the check's failure. A probe that succeeds counts for :data:`WRITABLE_FOR_S`
     seconds in this process for its folder or prefix: every job of a run checks its output,
     and 1,000 jobs writing to one folder made 1,000 probe files (inode churn that slows the
     filesystem's file creation) and 1,000 requests. Failures are never remembered. An
     output that becomes unwritable meanwhile still fails, when merge writes it."""
     if is_s3(url):
-        _check_s3_writable(url)
+        _check_s3_writable(url, started, ended)
         return
     check_not_folder(url)
     check_name_length(url)
@@ -740,7 +747,8 @@ def check_writable(url: str, what: str = "output",
     _writable[folder] = time.monotonic()
 
 
-def _check_s3_writable(url: str) -> None:
+def _check_s3_writable(url: str, started: Callable[[str], None] | None,
+                       ended: Callable[[str], None] | None) -> None:
     try:
         bucket, key = _key_of(url)
     except ValueError as exc:
@@ -766,18 +774,28 @@ def _check_s3_writable(url: str) -> None:
         else:
             what = f"cannot start an upload there ({exc}): check the credentials and permissions"
         raise OutputNotWritableError(f"output {url}: {what}") from exc
+    if started is not None:
+        try:  # (the record's error, the work location's: raised as it is)
+            started(upload)
+        except BaseException:
+            with suppress(*_aws_errors()):
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            raise
     try:  # a probe's upload, never completed: nothing was written
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
-    except _aws_errors() as exc:  # (credentials that may write, not end an upload) told:
-        # the upload stays open, listed under the key, till a lifecycle rule ends it
+    except _aws_errors() as exc:
         import logging
 
         logging.getLogger(__name__).warning(
-            "output %s: the upload that checked it may be written (UploadId %s) could not "
-            "be ended (%s): it stays open, listed under the output's key, until a lifecycle "
-            "rule ends it: end it with `aws s3api abort-multipart-upload --bucket %s --key %s "
-            "--upload-id %s`, and give these credentials s3:AbortMultipartUpload there", url,
-            upload, _code(exc) or exc, bucket, key, upload)
+            "output %s: the test upload %s could not be aborted (%s): %s", url, upload, exc,
+            "its job's work records it; the job's merge or RecordFailure, or tiffpipe status "
+            "of its run, ends it" if started is not None else "it stays open, listed under "
+            "the output's key, until a lifecycle rule ends it: end it with `aws s3api "
+            f"abort-multipart-upload --bucket {bucket} --key {key} --upload-id {upload}`, and "
+            "give these credentials s3:AbortMultipartUpload there")
+    else:
+        if ended is not None:
+            ended(upload)
     _writable[where] = time.monotonic()
 
 

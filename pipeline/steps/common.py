@@ -293,6 +293,19 @@ def record_output_upload(job_work: str, output: str, upload: str) -> None:
                                                               "upload": upload})
 
 
+def forget_output_uploads(job_work: str, uploads: list[str]) -> None:
+    """Remove the records of ``uploads``, ended (completed; aborted: an output published by
+    an earlier attempt, PlanJob's test upload): nothing is left to end, and a run that later
+    finds this work (kept with --keep-work) must not take them for open ones. Never the
+    step's failure: a record left is passed over as an upload already ended."""
+    for upload in uploads:
+        try:
+            storage.discard(layout.upload_file(job_work, upload))
+        except TiffpipeError as exc:
+            log.warning("could not remove the record of the finished upload %s: %s", upload,
+                        exc)
+
+
 def abort_output_uploads(job_work: str) -> int:
     """Abort the output uploads the job recorded that are still open (a merge killed by its
     timeout leaves its upload open, and S3 keeps its parts, and bills them, until it is

@@ -52,6 +52,7 @@ from pipeline.steps import held_work, layout, stopping
 from pipeline.steps.common import (
     abort_output_uploads,
     explained_by_records,
+    forget_output_uploads,
     load_plan,
     record_output_upload,
     save_skipped,
@@ -86,7 +87,7 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         size = compose(output_pieces(plan), spec.output, replace=spec.if_exists == "overwrite",
                        started=started,
                        owner=publisher(plan) if storage.is_s3(spec.output) else None)
-        _forget_uploads(plan.work, uploads)
+        forget_output_uploads(plan.work, uploads)
         _end_earlier_attempts(plan)
     except OutputExistsError as exc:
         if spec.if_exists == "fail":
@@ -113,19 +114,6 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     held_work.save_result(layout.result_file(plan.work), result)
     held_work.release(layout.plan_file(plan.work))  # the job's last step
     return {"job": plan.job, "output": spec.output, "output_bytes": size}
-
-
-def _forget_uploads(job_work: str, uploads: list[str]) -> None:
-    """Remove the records of ``uploads``, completed (or, the output published by an earlier
-    attempt, aborted): nothing is left to end, and a run that later finds this work (kept
-    with --keep-work) must not take them for open ones. Never the step's failure: a record
-    left is passed over as an upload already ended."""
-    for upload in uploads:
-        try:
-            storage.discard(layout.upload_file(job_work, upload))
-        except TiffpipeError as exc:
-            log.warning("could not remove the record of the finished upload %s: %s", upload,
-                        exc)
 
 
 def _end_earlier_attempts(plan: JobPlan) -> None:

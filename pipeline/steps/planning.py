@@ -30,7 +30,14 @@ from pipeline.errors import (
     WorkLocationError,
 )
 from pipeline.steps import held_work, layout
-from pipeline.steps.common import keep_plan, load_job, read_manifest, save_skipped
+from pipeline.steps.common import (
+    forget_output_uploads,
+    keep_plan,
+    load_job,
+    read_manifest,
+    record_output_upload,
+    save_skipped,
+)
 from pipeline.steps.thumbs import sums_thumbnails
 
 log = logging.getLogger(__name__)
@@ -254,8 +261,8 @@ def output_exists(spec: JobSpec) -> bool:
 
 
 def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
-                 refused: list[tuple[int, TiffpipeError]] | None = None
-                 ) -> tuple[JobPlan, list[str]]:
+                 refused: list[tuple[int, TiffpipeError]] | None = None,
+                 record_probe: bool = False) -> tuple[JobPlan, list[str]]:
     """What PlanJob checks of a job whose output is to be written (:func:`output_exists`
     comes first), and its plan: the custom functions import, the output may be written and
     is not the input, the input's page headers are read (IFDs only), and the op chain and
@@ -266,11 +273,20 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
     problem, and the other pages are checked, instead of its error raised (``tiffpipe
     validate --inputs``: every problem at once; the plan is then of the pages read; PlanJob
     raises the first one's error). ``hand_over``: the open input is kept for the job's unit
-    (:func:`read_infos_and_version`)."""
+    (:func:`read_infos_and_version`). ``record_probe`` (PlanJob): the test upload of an S3
+    output is recorded in the job's ``work`` until it is aborted, as merge records its own,
+    so that one the abort leaves open (it failed, or the invocation was stopped) is ended
+    with the job's (:func:`~pipeline.steps.common.abort_output_uploads`)."""
     for call in chain_from_json(spec.ops):
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
-    storage.check_writable(spec.output)
+    if record_probe:
+        storage.check_writable(
+            spec.output,
+            started=lambda upload: record_output_upload(work, spec.output, upload),
+            ended=lambda upload: forget_output_uploads(work, [upload]))
+    else:
+        storage.check_writable(spec.output)
     storage.check_not_input(spec.input, spec.output)
     return read_plan(job, spec, work, started, hand_over, refused)
 
@@ -330,7 +346,8 @@ def write_job_plan(event: JobEvent,
     work = layout.job_dir(doc["work"], event.job)
     # the open input is handed over to the job's unit, should it run in this process; the
     # units read the version read here
-    plan, problems = checked_plan(event.job, spec, work, started, hand_over=True)
+    plan, problems = checked_plan(event.job, spec, work, started, hand_over=True,
+                                  record_probe=True)
     if problems:
         raise OperationError(f"{spec.input}: the job cannot run: "
                              + "; ".join(grouped_by_page(problems)))
