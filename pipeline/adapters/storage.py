@@ -787,7 +787,8 @@ def _check_s3_writable(url: str, started: Callable[[str], None] | None,
         import logging
 
         logging.getLogger(__name__).warning(
-            "output %s: the test upload %s could not be aborted (%s): %s", url, upload, exc,
+            "output %s: the upload that checked it may be written (UploadId %s) could not "
+            "be ended (%s): %s", url, upload, _code(exc) or exc,
             "its job's work records it; the job's merge or RecordFailure, or tiffpipe status "
             "of its run, ends it" if started is not None else "it stays open, listed under "
             "the output's key, until a lifecycle rule ends it: end it with `aws s3api "
