@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline.adapters import png_write, storage
 from pipeline.adapters.metadata import ORIENTATION
 from pipeline.core.models import JobPlan, JobSpec
+from pipeline.core.ops import chain_turns
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX, SHEET_WIDTH
 from pipeline.preview import (
@@ -170,10 +171,10 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
     plan, position, side, _ = summed
     info = plan.pages[position].info
     page = info.index if side == "in" else position
-    # the output page carries the input page's Orientation
-    orientation = orientation_of(next((value for code, _, _, value in
-                                       info.metadata.get("tags", []) if code == ORIENTATION),
-                                      None))
+    # the output page carries the input page's Orientation, unless the chain turned it
+    orientation = 1 if side == "out" and chain_turns(plan.spec.ops) else orientation_of(next(
+        (value for code, _, _, value in info.metadata.get("tags", []) if code == ORIENTATION),
+        None))
     image = to_display(made.pixels, np.dtype(made.dtype), made.extrasamples, made.photometric)
     return Thumbnail(turned(image, orientation), page, made.height, made.width,
                      f"page {page}, as processed", False, 0, 0,

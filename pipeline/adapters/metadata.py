@@ -49,6 +49,12 @@ import numpy as np
 import tifffile
 
 from pipeline import __version__
+from pipeline.core.geometry import (
+    MODEL_PIXEL_SCALE,
+    MODEL_TIEPOINT,
+    MODEL_TRANSFORMATION,
+    Placement,
+)
 
 #: the largest ICC profile carried (bytes); real profiles are 0.5-4 KB, a few up to ~0.5 MB
 ICC_MAX = 1024 * 1024
@@ -414,20 +420,22 @@ def icc_space(profile: bytes) -> str:
     return profile[16:20].decode("latin-1").strip() if len(profile) >= 20 else ""
 
 
-def _scale(info: Any, height: int, width: int, factor: int = 1) -> tuple[Fraction, Fraction]:
-    """Output pixels per input pixel along y and x. The chain's downsampling ``factor``
+def _scale(ref: tuple[int, int], height: int, width: int, factor: int = 1
+           ) -> tuple[Fraction, Fraction]:
+    """Output pixels per input pixel along y and x, from the page's size ``ref`` before the
+    chain's sizing ops (after its geometric ones). The chain's downsampling ``factor``
     (``downsample``, which crops the page to a multiple of it) scales by exactly 1 / factor:
     an output pixel covers factor x factor input pixels whatever was cropped at the far
     edges (not guessed from the sizes: a 3000 px page downsampled by 64 is 46 px, and
     3000 // 46 is 65). Any other size change: the size ratio per axis."""
-    if factor > 1 and (height, width) == (info.height // factor, info.width // factor):
+    if factor > 1 and (height, width) == (ref[0] // factor, ref[1] // factor):
         return Fraction(1, factor), Fraction(1, factor)
-    return Fraction(height, info.height), Fraction(width, info.width)
+    return Fraction(height, ref[0]), Fraction(width, ref[1])
 
 
-#: GeoTIFF's ModelPixelScale, ModelTiepoint, ModelTransformation and GeoKeyDirectory tags,
-#: and its GTRasterTypeGeoKey's PixelIsPoint
-MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEYS = 33550, 33922, 34264, 34735
+#: GeoTIFF's GeoKeyDirectory tag (its model tags: pipeline.core.geometry), and its
+#: GTRasterTypeGeoKey's PixelIsPoint
+GEO_KEYS = 34735
 RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
 #: what a downsample keeps of the spatial tags (XMP and an Aperio description are dropped)
 GEO_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEYS, 34736, 34737)
@@ -461,6 +469,29 @@ def geo_downsampled(spatial: list[list[Any]], factor: int) -> list[list[Any]]:
             value = [v * factor if n % 4 < 2 else v for n, v in enumerate(value)]
             for row in range(3):  # I = factor I' + shift: the shift joins the translation
                 value[4 * row + 3] += shift * (value[4 * row] + value[4 * row + 1]) / factor
+        out.append([code, kind, count, value])
+    return out
+
+
+def geo_cropped(spatial: list[list[Any]], y: int, x: int) -> list[list[Any]]:
+    """The GeoTIFF tags of a page cropped to a box whose corner is at row ``y``, column
+    ``x`` of it (``crop``), so that every pixel keeps its place in the world: the tiepoints'
+    raster positions move by (-x, -y), the transformation's translation by its raster axes
+    times (x, y) (whether raster positions are of pixel corners or centres, the shift is
+    the same). The other GeoTIFF tags are kept as they are; XMP and an Aperio description
+    (which give the input's size) are not."""
+    out = []
+    for code, kind, count, value in spatial:
+        if code not in GEO_TAGS:
+            continue
+        if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION) and kind != 12:
+            continue  # not the DOUBLEs GeoTIFF defines: not moved, so not kept
+        if code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each
+            value = [v - (x, y)[n % 6] if n % 6 < 2 else v for n, v in enumerate(value)]
+        elif code == MODEL_TRANSFORMATION and len(value) == 16:  # world = M (I + x, J + y)
+            value = list(value)
+            for row in range(3):
+                value[4 * row + 3] += value[4 * row] * x + value[4 * row + 1] * y
         out.append([code, kind, count, value])
     return out
 
@@ -552,14 +583,21 @@ def ome_channel(info: Any, channels: int,
 
 def output_tags(info: Any, height: int, width: int, channels: int,
                 nodata: bool = True, factor: int = 1, bands: tuple[int, ...] | None = None,
-                own_nodata: float | None = None) -> dict[str, Any]:
+                own_nodata: float | None = None, placed: Placement | None = None
+                ) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
     input's no-data value (GDAL_NODATA) no longer marks the pixels without data: dropped.
     ``bands``: which input band each output band is (:func:`photometric_of`); a selection
     that moves the colour bands drops the ICC profile. ``own_nodata``: the chain's own
-    no-data value (:func:`pipeline.core.ops.chain_own_nodata`), written as GDAL_NODATA."""
+    no-data value (:func:`pipeline.core.ops.chain_own_nodata`), written as GDAL_NODATA.
+    ``placed``: what the chain's geometric ops did to the page
+    (:func:`pipeline.core.geometry.placement`; None: none): a quarter turn swaps the x and
+    y resolution; a rotation or flip drops Orientation (the pixels are stored as they are
+    to be shown), XMP and the georeferencing (a georeferenced page is refused before:
+    :func:`pipeline.core.geometry.georeferenced`); a crop moves the georeferencing
+    (:func:`geo_cropped`) and drops XMP and an Aperio description."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
     photometric, extrasamples = photometric_of(info, channels, bands)
@@ -567,10 +605,13 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         "photometric": "palette" if palette else photometric,
         "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
     }
-    same_size = (height, width) == (info.height, info.width)
-    sy, sx = (Fraction(1), Fraction(1)) if same_size else _scale(info, height, width, factor)
+    ref = (placed.height, placed.width) if placed else (info.height, info.width)
+    same_size = (height, width) == ref
+    sy, sx = (Fraction(1), Fraction(1)) if same_size else _scale(ref, height, width, factor)
     if "resolution" in md:
         (xn, xd), (yn, yd) = md["resolution"]
+        if placed and placed.transposed:  # the page's x is the input's y
+            (xn, xd), (yn, yd) = (yn, yd), (xn, xd)
         if same_size:
             kwargs["resolution"] = ((xn, xd), (yn, yd))
         else:
@@ -591,11 +632,13 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = md.get("spatial", [])
+    if placed:
+        spatial = [] if placed.turned else geo_cropped(spatial, placed.y, placed.x)
     if not same_size:  # kept, scaled, through the chain's downsample only
         spatial = (geo_downsampled(spatial, factor)
                    if factor > 1 and sx == sy == Fraction(1, factor) else [])
     for code, kind, count, value in md.get("tags", []) + spatial:
-        if code == GDAL_NODATA and not nodata:
+        if code == GDAL_NODATA and not nodata or code == ORIENTATION and placed and placed.turned:
             continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))

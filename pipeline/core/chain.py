@@ -15,6 +15,10 @@
 - **Alignment**: crop origins are multiples of ``align`` input pixels: 16 at every scale
   (OpenCV's SIMD paths see the whole page's alignment), the clahe cell and the downsample
   factor at theirs. Tiles and halos are multiples of it.
+- **Geometry**: ``rotate``, ``flip`` and ``crop`` come before any downsample, clahe or canny;
+  the tiles are laid on the page they make (the *placed* page), so all of the above holds
+  there, for the ops after the last of them; the ops up to it are run on the regions
+  pipeline.core.geometry walks back to (``v_margin`` is the margin the ops after it need).
 
 Pure module.
 """
@@ -23,16 +27,22 @@ from __future__ import annotations
 
 from functools import cached_property
 from math import lcm
+from typing import Any
 
 import numpy as np
 
-from pipeline.core.models import JobPlan
+from pipeline.core.geometry import PageGeometry, Placement, placement
+from pipeline.core.models import JobPlan, PageInfo
 from pipeline.core.ops import GLOBAL_KINDS, HALO_ALIGN, OpCall, chain_from_json
 
 
 class ChainLayout:
     """The layout of ``calls`` on pages of ``dtype``. (A plain class: a dataclass's generated
     methods are compiled when the module is imported, and every run imports this one.)"""
+
+    #: crop origins of the ops before the last geometric op are multiples of this, on the
+    #: page each sees (pipeline.core.geometry)
+    step = HALO_ALIGN
 
     def __init__(self, calls: tuple[OpCall, ...], dtype: np.dtype):
         self.calls, self.dtype = calls, dtype
@@ -93,6 +103,18 @@ class ChainLayout:
         step = self.align // scale
         return -(-margin // step) * step
 
+    @cached_property
+    def last_geometric(self) -> int:
+        """The index of the chain's last geometric op (rotate, flip, crop); -1: none."""
+        return max((i for i, c in enumerate(self.calls) if c.op.geometry is not None),
+                   default=-1)
+
+    @property
+    def v_margin(self) -> int:
+        """The margin (on the placed page) of the ops after the last geometric one, up to the
+        first canny, aligned: the whole chain's :attr:`split_halo` when it has none."""
+        return self.aligned(self.reach(self.last_geometric + 1, self.stop_of_first_segment()))
+
     def source(self, upto: int) -> int | None:
         """The canny whose edges ops [.., upto) start from (None: the input tiles)."""
         before = [c for c in self.cannies if c < upto]
@@ -104,8 +126,18 @@ class ChainLayout:
     @property
     def split_halo(self) -> int:
         """The halo of the input tiles split stores: the reach of the ops up to the first
-        canny (or the whole chain), aligned."""
-        return self.aligned(self.reach(0, self.stop_of_first_segment()))
+        canny (or the whole chain), aligned. With geometric ops, a bound of how far a tile's
+        input window (pipeline.core.geometry) reaches past its core: each op before the
+        last geometric one adds its halo and the rounding of its region to :attr:`step`."""
+        g = self.last_geometric
+        if g < 0:
+            return self.aligned(self.reach(0, self.stop_of_first_segment()))
+        margin = self.v_margin
+        for i, call in enumerate(self.calls[:g]):
+            if call.op.geometry is None:
+                halo = call.op.reach_for(call.params, self.dtypes[i], 0)
+                margin += -(-halo // self.step) * self.step + self.step
+        return self.aligned(margin)
 
     def margin_after(self, canny: int, upto: int, needed: int = 0) -> int:
         """The margin of canny edges (its pixels) that ops (canny, upto) need, aligned."""
@@ -118,3 +150,18 @@ def stats_rounds(plan: JobPlan) -> int:
     if not plan.pages:
         return 0
     return len(ChainLayout.of(chain_from_json(plan.spec.ops), plan.pages[0].info.dtype).rounds)
+
+
+def page_geometry(plan: JobPlan, page: int, layout: ChainLayout | None = None) -> PageGeometry:
+    """The geometric part of the job's chain on page ``page`` (its position in the job):
+    where each tile reads, in which order a unit's tiles are read
+    (pipeline.core.geometry)."""
+    pp = plan.pages[page]
+    layout = layout or ChainLayout.of(chain_from_json(plan.spec.ops), pp.info.dtype)
+    return PageGeometry(layout, pp.info.height, pp.info.width, pp.grid)
+
+
+def page_placement(ops: list[dict[str, Any]], info: PageInfo) -> Placement | None:
+    """What a chain's (its JSON) geometric ops do to a page, for its output's tags (None:
+    the chain has none)."""
+    return placement(chain_from_json(ops), info.height, info.width)

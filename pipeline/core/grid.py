@@ -135,7 +135,8 @@ class Batch:
 
 
 def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
-                cache_budget: int, unit_pixels: int, segment_cols: int = 0) -> list[SplitUnit]:
+                cache_budget: int, unit_pixels: int, segment_cols: int = 0,
+                transposed: bool = False) -> list[SplitUnit]:
     """Cut a page into split units: bands of whole tile rows, cut into column chunks when needed.
 
     A unit sweeps its band downwards, holding at most about ``tile + 2 * halo + segment_rows``
@@ -147,25 +148,38 @@ def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: i
     are multiples of the input's segment rows where possible, so that neighbouring units
     share few segments (only the halo's), and chunk widths multiples of its tiles' width
     (``segment_cols``; 0: strips, which span the page) for the same reason.
+
+    ``transposed``: the grid lies on the input page turned a quarter (``rotate`` 90 or 270):
+    its columns are the input's rows. A unit is then one tile column of the grid (one band
+    of the input's tile rows, its chunk of columns cut as above): its tiles come one per
+    grid row, so a fused unit writes each output row as it comes, and the sweep of the band
+    decodes each segment once.
     """
     rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
-                             segment_cols)
+                             segment_cols, transposed)
     return [SplitUnit(page, r, min(r + rows, grid.rows), c, min(c + cols, grid.cols))
             for r in range(0, grid.rows, rows) for c in range(0, grid.cols, cols)]
 
 
 def split_unit_count(grid: PageGrid, bytes_per_pixel: int, segment_rows: int,
-                     cache_budget: int, unit_pixels: int, segment_cols: int = 0) -> int:
+                     cache_budget: int, unit_pixels: int, segment_cols: int = 0,
+                     transposed: bool = False) -> int:
     """How many units :func:`split_units` cuts the page into, without making them (a page
     whose header claims billions of tiles is refused without a list of them)."""
     rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
-                             segment_cols)
+                             segment_cols, transposed)
     return -(-grid.rows // rows) * -(-grid.cols // cols)
 
 
 def _unit_tiles(grid: PageGrid, bytes_per_pixel: int, segment_rows: int, cache_budget: int,
-                unit_pixels: int, segment_cols: int = 0) -> tuple[int, int]:
+                unit_pixels: int, segment_cols: int = 0, transposed: bool = False
+                ) -> tuple[int, int]:
     """(tile rows, tile columns) of a split unit of the page (see :func:`split_units`)."""
+    if transposed:  # the band of one input tile row, as the input lies: one grid column
+        _, cols = _unit_tiles(PageGrid(grid.width, grid.height, grid.tile, grid.halo),
+                              bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
+                              segment_cols)
+        return cols, 1
     per_col = rows_held(grid, segment_rows) * (grid.tile + 2 * grid.halo) * bytes_per_pixel
     cols = min(grid.cols, max(1, cache_budget // per_col))
     if segment_cols > grid.tile and segment_cols % grid.tile == 0 and cols < grid.cols:

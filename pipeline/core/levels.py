@@ -5,6 +5,7 @@ from __future__ import annotations
 from math import ceil
 
 from pipeline.core.models import JobPlan
+from pipeline.core.ops import chain_turns
 
 
 def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
@@ -23,8 +24,8 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     dividing the processing tile (in output pixels), so that no level pixel needs two units
     (0: no pyramid)."""
     p = plan.pages[page]
-    if not plan.spec.output_options.pyramid or p.strip:
-        return 0
+    if not plan.spec.output_options.pyramid or p.strip or chain_turns(plan.spec.ops):
+        return 0  # (a turned page's units meet its rows in the input's order: merge builds)
     t, big = plan.spec.output_options.tile, p.out_grid.tile
     levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))
     k = 0

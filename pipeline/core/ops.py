@@ -23,6 +23,7 @@ from pipeline.core import canny as canny_mod
 from pipeline.core import convert as convert_mod
 from pipeline.core import custom as custom_mod
 from pipeline.core import dtypes
+from pipeline.core import geometry as geo
 from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
 from pipeline.core.opencv import gaussian_radius
@@ -78,7 +79,8 @@ class Op:
     extra: dict[str, Any] = field(default_factory=dict)
     #: "local": the output depends on the pixels within the halo only; "stats": a point op
     #: whose table comes from statistics of the whole page (a statistics round); "canny":
-    #: edges whose hysteresis follows chains across the page (a statistics round of labels)
+    #: edges whose hysteresis follows chains across the page (a statistics round of labels);
+    #: "geometry": each output pixel is one input pixel, moved (rotate, flip, crop)
     kind: str = "local"
     #: the margin of input pixels the op needs around a region so that its output is exact on
     #: that region grown by ``needed`` (None: ``needed + halo``); see pipeline.core.chain
@@ -91,6 +93,9 @@ class Op:
     check: Callable[[dict[str, Any]], str | None] = lambda p: None
     #: "stats" ops: how to gather, reduce and apply their statistics (pipeline.core.stats)
     stats: Any = None
+    #: geometric ops (kind "geometry"): the transform of the page, given the parameters
+    #: (pipeline.core.geometry: a Turn or a Crop)
+    geometry: Callable[[dict[str, Any]], Any] | None = None
 
     def reach_for(self, params: dict[str, Any], dtype: np.dtype, needed: int) -> int:
         if self.reach is not None:
@@ -231,6 +236,18 @@ def _bands_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | N
     return f"{', '.join(wrong)}, {has}; {fix}"
 
 
+def _geometric(name: str, help_: str, params: tuple[Param, ...],
+               transform: Callable[[dict[str, Any]], Any], exact: str) -> Op:
+    """A geometric op: any sample type and band count, values moved as they are."""
+    return Op(name, help_, params, lambda img, p: transform(p).page(img), kind="geometry",
+              geometry=transform, keeps_values=True, exact=exact,
+              halo_help="0 (moves pixels; tiles are laid on the page it makes)")
+
+
+def _box(name: str, help_: str, low: int) -> Param:
+    return Param(name, "integer", help_, required=True, ge=low, le=2**31 - 1)
+
+
 def _differ(p: dict[str, Any]) -> str | None:
     return f"a and b must be different bands (both are {p['a']})" if p["a"] == p["b"] else None
 
@@ -361,6 +378,25 @@ OPS: dict[str, Op] = {op.name: op for op in (
        align=lambda p: p["factor"], factor=lambda p: p["factor"], keeps_values=True,
        halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
                  "multiples of 16 x factor"),
+    _geometric("rotate", "cv2.rotate(img, ROTATE_90_CLOCKWISE / ROTATE_180 / "
+               "ROTATE_90_COUNTERCLOCKWISE) for angle 90 / 180 / 270 (clockwise)",
+               (Param("angle", "integer", "degrees, clockwise as the page is stored (row 0 "
+                      "at the top)", required=True, choices=(90, 180, 270)),),
+               lambda p: geo.ROTATIONS[p["angle"]],
+               "bit-identical to cv2.rotate (np.rot90 for types OpenCV lacks) on the whole "
+               "page"),
+    _geometric("flip", "cv2.flip(img, 1) for axis horizontal (left and right swap), "
+               "cv2.flip(img, 0) for vertical (top and bottom swap)",
+               (Param("axis", "string", "horizontal: mirror left to right; vertical: top to "
+                      "bottom", required=True, choices=("horizontal", "vertical")),),
+               lambda p: geo.FLIPS[p["axis"]],
+               "bit-identical to cv2.flip (numpy for types OpenCV lacks) on the whole page"),
+    _geometric("crop", "img[y:y + height, x:x + width]: the box, in pixels of the page as "
+               "the op gets it",
+               (_box("x", "first column of the box", 0), _box("y", "first row of the box", 0),
+                _box("width", "columns of the box", 1), _box("height", "rows of the box", 1)),
+               lambda p: geo.Crop(p["x"], p["y"], p["width"], p["height"]),
+               "bit-identical to the numpy slice of the whole page"),
     Op("custom", "function(tile, **params), a user function (package.module:function) "
        "returning a tile of the same shape and dtype",
        (FunctionParam("function", "string", "the function, as package.module:function",
@@ -372,6 +408,12 @@ OPS: dict[str, Op] = {op.name: op for op in (
        halo_help="the halo given", exact="exact when the function only looks `halo` pixels "
                                          "away and not at where the tile lies"),
 )}
+
+def chain_turns(ops: list[dict[str, Any]]) -> bool:
+    """Whether a chain (its JSON, validated) rotates or flips its pages
+    (pipeline.core.geometry: a Turn, not a Crop)."""
+    return any((make := OPS[op["op"]].geometry) is not None and make(op).turns for op in ops)
+
 
 def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
     """Whether every op of a chain (its JSON) keeps values (:attr:`Op.keeps_values`): an
@@ -406,6 +448,8 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
         problems.extend(probs)
         if not probs:
             calls.append(OpCall(op, values))
+    if not problems:  # (each op valid: where the geometric ones stand)
+        problems += [f"{path}{p.removeprefix('ops')}" for p in geo.order_problems(calls)]
     return calls, problems
 
 

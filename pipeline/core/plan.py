@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from pipeline.core import geometry
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
@@ -64,13 +67,20 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
             problems.append(f"page {info.index}: {_converted(p, info)}")
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
-    problems += geometry_problems(layout, spec, infos)
+    placed = []  # each page as the chain's geometric ops make it (its size: the grid's)
     for info in infos:
-        tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, info)
-        strip = strip_page(info, spec.output_options.tile, layout)
+        (height, width), why = geometry.placed_size(chain, info.height, info.width)
+        problems += [f"page {info.index}: {p}" for p in
+                     why + geometry.georeferenced(chain, info.metadata)]
+        placed.append(replace(info, height=height, width=width))
+    problems += geometry_problems(layout, spec, placed)
+    transposed = geometry.transposes(chain)
+    for info, sized in zip(infos, placed, strict=True):
+        tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, sized)
+        strip = strip_page(sized, spec.output_options.tile, layout)
         if strip:  # one processing tile: the strip is encoded whole
             tile = max(tile, strip)
-        grid = PageGrid(info.height, info.width, tile, halo)
+        grid = PageGrid(sized.height, sized.width, tile, halo)
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
                               layout.factor, strip=bool(strip),
                               out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name))
@@ -84,13 +94,14 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
              page.info.segment_rows if page.info.tiled else 0) for page in pages]
     # counted before any list is made: a header may claim billions of tiles (the batches
     # grow to fit MAX_ITEMS: process_batches)
-    count = sum(split_unit_count(grid, bpp, rows, budget, unit_pixels, seg_cols)
+    count = sum(split_unit_count(grid, bpp, rows, budget, unit_pixels, seg_cols, transposed)
                 for grid, bpp, rows, budget, seg_cols in cuts)
     units: list[SplitUnit] = []
     work_batches: list[Batch] = []
     if count <= MAX_ITEMS:
         for i, (grid, bpp, rows, budget, seg_cols) in enumerate(cuts):
-            units += split_units(i, grid, bpp, rows, budget, unit_pixels, seg_cols)
+            units += split_units(i, grid, bpp, rows, budget, unit_pixels, seg_cols,
+                                 transposed)
         work_batches = [] if fused else process_batches(pages)
     items = max(count, len(work_batches))
     if items > MAX_ITEMS and len(pages) > MAX_ITEMS:  # a page is one item at least

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.chain import page_placement
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
@@ -292,7 +293,8 @@ def header_bytes(plan: JobPlan) -> float:
     for page in plan.pages:
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
         tags = output_tags(page.info, h, w, ch, nodata, page.factor,
-                           chain_bands(ops, page.info.channels), own)
+                           chain_bands(ops, page.info.channels), own,
+                           page_placement(ops, page.info))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}

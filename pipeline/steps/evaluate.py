@@ -24,7 +24,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_nodata
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
-from pipeline.core.chain import ChainLayout
+from pipeline.core.chain import ChainLayout, page_geometry
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
@@ -83,6 +83,7 @@ class TileEvaluator:
         self.chain = with_nodata(chain_from_json(ops), lambda i: output_nodata(
             self.page.info, chain_keeps_values(ops[:i]), chain_own_nodata(ops[:i])))
         self.layout = ChainLayout.of(self.chain, self.page.info.dtype)
+        self.geometry = page_geometry(self.plan, page, self.layout)
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -93,6 +94,8 @@ class TileEvaluator:
 
     def core(self, row: int, col: int, position: int) -> Rect:
         """The core of a tile in the pixels of op ``position`` (len(chain): the output)."""
+        if position <= self.geometry.last:  # on a page before the geometric ops' last
+            return self.geometry.core_at(row, col, position)
         return self.grid(self.layout.scales[position]).core(row, col)
 
     # --- inputs -------------------------------------------------------------------------
@@ -156,7 +159,14 @@ class TileEvaluator:
         op ``upto``), exact on the core grown by ``needed``. ``haloed``: the tile's haloed
         input pixels, when the caller read them (a fused unit); else its stored work tile."""
         source = self.layout.source(upto)
-        if source is None:
+        geo = self.geometry
+        if source is None and geo.last >= 0:  # the ops up to the last geometric one
+            arr = self.input_tile(row, col) if haloed is None else haloed
+            start = min(upto, geo.last + 1)
+            target = geo.placed(row, col) if upto > geo.last else geo.core_at(row, col, upto)
+            arr, rect = geo.forward(arr, geo.tile_read(row, col), target, start,
+                                    lambda i, a, r: self._apply(i, a, r, row, col))
+        elif source is None:
             arr = self.input_tile(row, col) if haloed is None else haloed
             rect, start = self.page.grid.haloed(row, col), 0
         else:

@@ -41,6 +41,7 @@ from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import tiff_layout
+from pipeline.core.chain import page_placement
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
@@ -199,7 +200,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     ops = plan.spec.ops
     bands = chain_bands(ops, page.info.channels)
     tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
-                       page.factor, bands, chain_own_nodata(ops))
+                       page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info))
     if options.ome:
         tags = _ome_tags(tags, page, bands)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}

@@ -63,8 +63,7 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None,
     with recorded(plan, "process_unit", event.unit, clear=not in_task):
         unit = plan.units[event.unit]
         out = TileOutput(plan, unit.page, fused=True)
-        positions = [(r, c) for r in range(unit.row0, unit.row1)
-                     for c in range(unit.col0, unit.col1)]
+        positions = out.evaluator.geometry.order(unit)  # the order the sweep reads them
         levels = None
         if unit_level_count(plan, unit.page):  # this unit's part of the pyramid levels
             # imported here, by pyramid jobs only: a run imports its steps within its time
@@ -171,8 +170,10 @@ class SegmentOutput:
     tile) written once the segment is complete.
 
     Processing tiles arrive in any order (threads); a processing row is written once all of
-    its tiles of this batch or unit are in, rows in order, so memory holds the rows in
-    flight (about one, as the sweep goes down). Thread-safe."""
+    its tiles of this batch or unit are in, rows in the order ``positions`` gives them, so
+    memory holds the rows in flight (about one, as the sweep goes down; a page the chain
+    turns is swept in the input's order: rows upwards, or a unit one tile wide, each row a
+    tile). Thread-safe."""
 
     def __init__(self, plan: JobPlan, page: int, name: str, positions: list[tuple[int, int]],
                  on_row: Callable[[np.ndarray], None] | None = None):
@@ -183,7 +184,7 @@ class SegmentOutput:
         self.expected: dict[int, int] = defaultdict(int)
         for row, _ in positions:
             self.expected[row] += 1
-        self.rows = sorted(self.expected)
+        self.rows = list(self.expected)  # in the order the tiles come (a turned page's sweep)
         self.pending: dict[int, list[tuple[int, int, bytes]]] = defaultdict(list)
         self.arrived: dict[int, int] = defaultdict(int)
         self.index: list[list[int]] = []

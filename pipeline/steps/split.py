@@ -13,6 +13,7 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import PageReader, check_unchanged, kept_tiff, planned_page
 from pipeline.adapters.tile_codec import encode_work_tile
+from pipeline.core.chain import page_geometry
 from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
 from pipeline.core.models import JobPlan
@@ -80,7 +81,10 @@ def sweep_unit(plan: JobPlan, unit: SplitUnit,
 
 def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
                  decoder: Executor | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
-    """The unit's haloed tiles, row by row: ``(row, col, pixels)``.
+    """The unit's haloed tiles, row by row: ``(row, col, pixels)``; each tile's pixels are
+    the input window it reads (pipeline.core.geometry: the grid's haloed tile unless the
+    chain has geometric ops), the tiles in the order a downward sweep of the input meets
+    them (:meth:`PageGeometry.order`).
 
     The page reader decodes each input segment once and forgets rows the sweep has passed,
     so memory holds about one row of tiles (plus halo and one segment row), whatever the
@@ -92,25 +96,26 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
     this sweep's own.
     """
     page = plan.pages[unit.page]
-    grid, url = page.grid, plan.spec.input
-    positions = [(r, c) for r in range(unit.row0, unit.row1) for c in range(unit.col0, unit.col1)]
+    url = plan.spec.input
+    geo = page_geometry(plan, unit.page)
+    positions = geo.order(unit)
+    reads = [geo.tile_read(*pos) for pos in positions]
     own = decoder is None and decode_threads > 0
     with kept_tiff(url, plan.input_version) as tf, ThreadPoolExecutor(decode_threads) if own else \
             nullcontext(decoder) as threads:
         try:
-            columns = (grid.haloed(unit.row0, unit.col0).x0,
-                       grid.haloed(unit.row0, unit.col1 - 1).x1)
+            window = geo.unit_read(unit)
             reader = PageReader(tf, planned_page(tf, url, page.info), url, page.info.index,
                                 keep_palette=page.info.photometric == "palette", decoder=threads,
-                                columns=columns)
+                                columns=(window.x0, window.x1))
             for i, (row, col) in enumerate(positions):
                 stopping.check()
-                for ahead in positions[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
-                    reader.prefetch(grid.haloed(*ahead))
-                yield row, col, reader.read(grid.haloed(row, col))
-                if col == unit.col1 - 1:
-                    reader.forget_above(grid.core(row + 1, 0).y0 - grid.halo
-                                        if row + 1 < grid.rows else grid.height)
+                for ahead in reads[i:i + DECODE_AHEAD + 1]:  # pending ones are skipped
+                    reader.prefetch(ahead)
+                yield row, col, reader.read(reads[i])
+                # the sweep goes down the input: the rows above the next tile's are done
+                if i + 1 < len(reads) and reads[i + 1].y0 > reads[i].y0:
+                    reader.forget_above(reads[i + 1].y0)
         except CorruptTiffError:  # damaged, or written to while read: InputChangedError then
             check_unchanged(tf, url, plan.input_version)
             raise

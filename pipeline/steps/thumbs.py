@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import photometric_of
+from pipeline.core.chain import page_geometry
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.grid import Rect
 from pipeline.core.models import JobPlan
@@ -58,12 +59,12 @@ class PageThumbs:
     """One batch's or unit's part of a page's input and output thumbnails (either may be
     None: not summed here). Thread-safe, as :class:`ThumbSums`."""
 
-    __slots__ = ("grid", "input", "output", "page", "work")
+    __slots__ = ("geometry", "input", "output", "page", "work")
 
     def __init__(self, plan: JobPlan, page: int, input_: ThumbSums | None,
                  output: ThumbSums | None):
         self.work, self.page = plan.work, page
-        self.grid = plan.pages[page].grid
+        self.geometry = page_geometry(plan, page)  # where a tile's input core is
         self.input, self.output = input_, output
 
     @classmethod
@@ -78,7 +79,9 @@ class PageThumbs:
         info = plan.pages[page].info
         kept_palette = info.photometric == "palette"
         sums_in = None
-        if input_held and not kept_palette and worth_summing(info.height, info.width, box):
+        cropped = any(op["op"] == "crop" for op in plan.spec.ops)  # (its tiles hold the box)
+        if (input_held and not kept_palette and not cropped
+                and worth_summing(info.height, info.width, box)):
             sums_in = ThumbSums(info.height, info.width, *fit(info.height, info.width, box),
                                 info.channels)
         out_grid = plan.pages[page].out_grid
@@ -93,11 +96,12 @@ class PageThumbs:
 
     def add(self, row: int, col: int, haloed: np.ndarray | None, output: np.ndarray,
             origin: Rect) -> None:
-        """Tile (row, col): its ``haloed`` input pixels (the grid's haloed rect) and its
-        ``output`` pixels, whose top-left on the output page is ``origin``."""
+        """Tile (row, col): its ``haloed`` input pixels (the input window it reads:
+        pipeline.core.geometry) and its ``output`` pixels, whose top-left on the output page
+        is ``origin``."""
         if self.input is not None and haloed is not None:
-            core = self.grid.core(row, col)
-            r = core.relative_to(self.grid.haloed(row, col))
+            core = self.geometry.core_at(row, col, 0)  # (on the input page)
+            r = core.relative_to(self.geometry.tile_read(row, col))
             self.input.add(haloed[r.y0:r.y1, r.x0:r.x1], core.y0, core.x0)
         if self.output is not None:
             self.output.add(output, origin.y0, origin.x0)

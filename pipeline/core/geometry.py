@@ -1,0 +1,367 @@
+"""The geometric ops (``rotate``, ``flip``, ``crop``) on a tiled page.
+
+A geometric op moves pixels: each output pixel is one input pixel. The processing grid of a
+page is laid on the page as it is after the chain's last geometric op (the *placed* page, in
+input pixels: downsample, clahe and canny come after the geometric ops, see
+:func:`order_problems`), so output tiles stay whole processing tiles. What a tile needs of
+the pages before that is found by walking back from its region on the placed page
+(:meth:`PageGeometry.needed`): a geometric op maps a rectangle to a rectangle (its inverse),
+an op with a halo grows it by its halo (aligned, as :mod:`pipeline.core.chain` aligns every
+crop origin: ``HALO_ALIGN`` px from the origin of the page the op sees). So a tile reads a
+bounded window of the input, whatever the op: rotating by 90 degrees makes an output band an
+input column strip (:func:`pipeline.core.grid.split_units` then cuts units one tile column
+of the placed page wide: one input band of tile rows each, so a strip's decode serves the
+whole unit).
+
+Pure module: integers and arrays in, integers and arrays out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.grid import PageGrid, Rect, SplitUnit
+from pipeline.core.record import record
+
+
+@record(frozen=True)
+class Turn:
+    """A rotation or a flip: the page is transposed (rows become columns) when ``transpose``,
+    then its rows reversed when ``flip_rows``, then its columns when ``flip_cols``.
+
+    rotate 90 (clockwise) is (True, False, True): ``out[r, c] = in[H - 1 - c, r]``, as
+    ``cv2.rotate(img, ROTATE_90_CLOCKWISE)``; 270 is (True, True, False); 180 (False, True,
+    True); flip horizontal (left and right swap, ``cv2.flip(img, 1)``) (False, False, True);
+    flip vertical (``cv2.flip(img, 0)``) (False, True, False)."""
+
+    transpose: bool
+    flip_rows: bool
+    flip_cols: bool
+
+    turns = True
+
+    def size(self, height: int, width: int) -> tuple[int, int]:
+        return (width, height) if self.transpose else (height, width)
+
+    def after(self, rect: Rect, height: int, width: int) -> Rect:
+        """Where ``rect`` of a ``height`` x ``width`` page lands."""
+        r = Rect(rect.x0, rect.y0, rect.x1, rect.y1) if self.transpose else rect
+        h, w = self.size(height, width)
+        if self.flip_rows:
+            r = Rect(h - r.y1, r.x0, h - r.y0, r.x1)
+        if self.flip_cols:
+            r = Rect(r.y0, w - r.x1, r.y1, w - r.x0)
+        return r
+
+    def before(self, rect: Rect, height: int, width: int) -> Rect:
+        """The rect of the ``height`` x ``width`` input page whose pixels make ``rect`` of
+        the output page."""
+        h, w = self.size(height, width)
+        r = rect
+        if self.flip_cols:
+            r = Rect(r.y0, w - r.x1, r.y1, w - r.x0)
+        if self.flip_rows:
+            r = Rect(h - r.y1, r.x0, h - r.y0, r.x1)
+        return Rect(r.x0, r.y0, r.x1, r.y1) if self.transpose else r
+
+    def page(self, img: np.ndarray) -> np.ndarray:
+        """The op on a whole page (or on a region: its pixels turned the same way)."""
+        out = img.swapaxes(0, 1) if self.transpose else img
+        if self.flip_rows:
+            out = out[::-1]
+        if self.flip_cols:
+            out = out[:, ::-1]
+        return np.ascontiguousarray(out)
+
+    def move(self, arr: np.ndarray, rect: Rect, height: int, width: int
+             ) -> tuple[np.ndarray, Rect]:
+        """``arr``, the pixels of ``rect`` of a ``height`` x ``width`` page, as they are on
+        the output page, and where."""
+        return self.page(arr), self.after(rect, height, width)
+
+
+@record(frozen=True)
+class Crop:
+    """The box of ``width`` x ``height`` pixels from column ``x``, row ``y``."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    turns = False
+    transpose = False
+
+    def size(self, height: int, width: int) -> tuple[int, int]:
+        """The box, clipped to the page (a box outside it is refused at plan time:
+        :func:`crop_problem`); at least 1 x 1 so that a plan with that problem is made."""
+        return (max(1, min(self.y + self.height, height) - self.y),
+                max(1, min(self.x + self.width, width) - self.x))
+
+    def after(self, rect: Rect, height: int, width: int) -> Rect:
+        h, w = self.size(height, width)
+        return Rect(min(max(rect.y0 - self.y, 0), h), min(max(rect.x0 - self.x, 0), w),
+                    min(max(rect.y1 - self.y, 0), h), min(max(rect.x1 - self.x, 0), w))
+
+    def before(self, rect: Rect, height: int, width: int) -> Rect:
+        return Rect(rect.y0 + self.y, rect.x0 + self.x, rect.y1 + self.y, rect.x1 + self.x)
+
+    def page(self, img: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(img[self.y:self.y + self.height, self.x:self.x + self.width])
+
+    def move(self, arr: np.ndarray, rect: Rect, height: int, width: int
+             ) -> tuple[np.ndarray, Rect]:
+        out = self.after(rect, height, width)
+        inside = self.before(out, height, width).relative_to(rect)
+        return arr[inside.y0:inside.y1, inside.x0:inside.x1], out
+
+
+Transform = Turn | Crop
+
+#: GeoTIFF's ModelPixelScale, ModelTiepoint and ModelTransformation tags: where a page's
+#: pixels are in the world
+MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
+
+#: (transpose, flip rows, flip cols) of each rotation (clockwise) and flip
+ROTATIONS = {90: Turn(True, False, True), 180: Turn(False, True, True),
+             270: Turn(True, True, False)}
+FLIPS = {"horizontal": Turn(False, False, True), "vertical": Turn(False, True, False)}
+
+
+def crop_problem(box: Crop, height: int, width: int) -> str | None:
+    """Why the crop box does not fit a ``height`` x ``width`` page (None: it fits)."""
+    wrong = []
+    if box.x + box.width > width:
+        wrong.append(f"x + width = {box.x} + {box.width} = {box.x + box.width} is more than "
+                     f"its width, {width}")
+    if box.y + box.height > height:
+        wrong.append(f"y + height = {box.y} + {box.height} = {box.y + box.height} is more "
+                     f"than its height, {height}")
+    if not wrong:
+        return None
+    return (f"the box does not fit the page of {width} x {height} pixels (width x height): "
+            + " and ".join(wrong) + "; give a box inside it (x from 0 to "
+            f"{width - 1}, y from 0 to {height - 1})")
+
+
+def placed_size(calls: list[Any], height: int, width: int
+                ) -> tuple[tuple[int, int], list[str]]:
+    """The size (height, width) of a ``height`` x ``width`` page after the chain's geometric
+    ops, and the problems of its crop boxes (each ``ops[i] (crop): ...``)."""
+    problems = []
+    turned = ""  # the ops before that changed the page's size or turned it
+    for i, call in enumerate(calls):
+        t = transform_of(call)
+        if t is None:
+            continue
+        if isinstance(t, Crop) and (why := crop_problem(t, height, width)):
+            problems.append(f"ops[{i}] (crop): {why}{turned}")
+        if t.transpose or isinstance(t, Crop):
+            turned = f" (the page as ops[{i}] ({call.op.name}) made it)"
+        height, width = t.size(height, width)
+    return (height, width), problems
+
+
+def georeferenced(chain: list[Any], metadata: dict[str, Any]) -> list[str]:
+    """The problem of turning (rotate, flip) a georeferenced page: its GeoTIFF tags map
+    pixel positions to the world, and tiffpipe writes no turned georeferencing (a crop
+    keeps it, shifted: pipeline.adapters.metadata)."""
+    codes = {tag[0] for tag in metadata.get("spatial", [])}
+    if not codes & {MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION}:
+        return []
+    turning = [(i, c) for i, c in enumerate(chain)
+               if (t := transform_of(c)) is not None and t.turns]
+    return [f"ops[{i}] ({c.op.name}): the page is georeferenced (GeoTIFF ModelTiepoint, "
+            "ModelPixelScale or ModelTransformation), and tiffpipe does not turn "
+            "georeferencing: its output would put every pixel in the wrong place; leave "
+            f"{c.op.name} out (GIS software shows a map by its georeferencing), or turn the "
+            "page with GDAL (gdalwarp)" for i, c in turning[:1]]
+
+
+def transposes(calls: list[Any]) -> bool:
+    """Whether the chain's geometric ops swap a page's rows and columns (an odd number of
+    quarter turns)."""
+    return sum(bool(t and t.transpose) for t in map(transform_of, calls)) % 2 == 1
+
+
+def transform_of(call: Any) -> Transform | None:
+    """The transform of an op call (an ``OpCall``), None for an op that is not geometric."""
+    make = call.op.geometry
+    return None if make is None else make(call.params)
+
+
+def order_problems(calls: list[Any]) -> list[str]:
+    """Where a chain puts a geometric op where it cannot run: after a downsample, clahe or
+    canny (their tiles are laid on the placed page), or a crop after an op whose table comes
+    from the whole page's statistics (the statistics would be of pixels cropped away).
+    Each problem with the op's path, as ``ops[2]: ...``."""
+    problems = []
+    for i, call in enumerate(calls):
+        if call.op.geometry is None:
+            continue
+        for j, before in enumerate(calls[:i]):
+            name = before.op.name
+            if name in ("downsample", "clahe") or before.op.kind == "canny":
+                problems.append(
+                    f"ops[{i}] ({call.op.name}): comes after ops[{j}] ({name}); put it before "
+                    f"{name}: rotate, flip and crop run before downsample, clahe and canny "
+                    "(their tiles are laid out on the page the geometric ops make)")
+                break
+            if call.op.name == "crop" and before.op.kind == "stats":
+                problems.append(
+                    f"ops[{i}] (crop): comes after ops[{j}] ({name}), whose table is made "
+                    f"from the whole page's statistics; put crop before {name} (its "
+                    "statistics are then those of the cropped page)")
+                break
+    return problems
+
+
+@record(frozen=True)
+class Placement:
+    """What the chain's geometric ops do to a page, for its output's tags: the placed page's
+    size (input pixels, before any downsample), whether the pixels were turned (a rotation
+    or flip: Orientation, XMP and georeferencing no longer describe them) and transposed
+    (x and y swap: resolution too), and, when only crops moved them, where the placed page's
+    corner was on the input page (``y``, ``x``)."""
+
+    height: int
+    width: int
+    turned: bool
+    transposed: bool
+    y: int = 0
+    x: int = 0
+
+
+def placement(calls: list[Any], height: int, width: int) -> Placement | None:
+    """The :class:`Placement` of a page of ``height`` x ``width`` by a chain (its
+    ``OpCall`` list); None when the chain has no geometric op."""
+    transforms = [t for t in map(transform_of, calls) if t is not None]
+    if not transforms:
+        return None
+    y = x = 0
+    turned = transposed = False
+    for t in transforms:
+        if isinstance(t, Crop):
+            y, x = y + t.y, x + t.x
+        else:
+            turned, transposed = True, transposed != t.transpose
+        height, width = t.size(height, width)
+    return Placement(height, width, turned, transposed, y, x)
+
+
+class PageGeometry:
+    """The geometric part of a chain on one page: the ops up to the last geometric one.
+
+    Spaces: op i sees the page in space i (``dims[i]``); space ``last + 1`` is the placed
+    page, on which ``grid`` lies. ``margin`` is what the ops after the geometric ones need
+    around a tile's core (the layout's ``v_margin``). With no geometric op (``last`` -1)
+    every method is the plain grid's: a tile reads ``grid.haloed``. (A plain class: made
+    per unit and batch.)"""
+
+    def __init__(self, layout: Any, height: int, width: int, grid: PageGrid):
+        self.layout, self.grid = layout, grid
+        self.step = layout.step  # (pipeline.core.ops.HALO_ALIGN)
+        self.last = layout.last_geometric
+        # (no geometric op: the grid's halo, the largest of the job's pages' chains)
+        self.margin = layout.v_margin if self.last >= 0 else grid.halo
+        self.transforms = [transform_of(c) for c in layout.calls[:self.last + 1]]
+        dims = [(height, width)]
+        for t in self.transforms:
+            dims.append(t.size(*dims[-1]) if t is not None else dims[-1])
+        self.dims = dims
+
+    @property
+    def transposed(self) -> bool:
+        """Rows of the placed page are columns of the input (an odd number of quarter
+        turns)."""
+        return sum(t.transpose for t in self.transforms if t is not None) % 2 == 1
+
+    def placed(self, row: int, col: int) -> Rect:
+        """A tile's core grown by the margin the ops after the geometric ones need, on the
+        placed page (clipped at its border)."""
+        return self.grid.expand(self.grid.core(row, col), self.margin)
+
+    def needed(self, target: Rect, upto: int) -> list[Rect]:
+        """``rects[i]`` (i from 0 to ``upto`` <= last + 1): the region of space i the ops
+        [i, upto) need for exact output on ``target`` (a rect of space ``upto``). A geometric
+        op maps it back; another op grows it by its halo (rounded up to :attr:`step`) and
+        rounds it out to multiples of :attr:`step`, clipped at its page."""
+        rects = [target]
+        for i in range(upto - 1, -1, -1):
+            t, (h, w), r = self.transforms[i], self.dims[i], rects[-1]
+            if t is not None:
+                r = t.before(r, h, w)
+            else:
+                call = self.layout.calls[i]
+                halo = call.op.reach_for(call.params, self.layout.dtypes[i], 0)
+                a = self.step
+                m = -(-halo // a) * a
+                r = Rect(max(0, (r.y0 - m) // a * a), max(0, (r.x0 - m) // a * a),
+                         min(h, -(-(r.y1 + m) // a) * a), min(w, -(-(r.x1 + m) // a) * a))
+            rects.append(r)
+        return rects[::-1]
+
+    def read(self, rect: Rect) -> Rect:
+        """The input window (space 0) the chain needs for ``rect`` of the placed page (a
+        tile's or a unit's, grown by :attr:`margin`)."""
+        return self.needed(rect, self.last + 1)[0] if self.last >= 0 else rect
+
+    def tile_read(self, row: int, col: int) -> Rect:
+        """The input window tile (row, col) reads (split's haloed tile)."""
+        return self.read(self.placed(row, col))
+
+    def unit_read(self, unit: SplitUnit) -> Rect:
+        """The input window all the unit's tiles read lie in."""
+        span = self.grid.span(unit.row0, unit.row1, unit.col0, unit.col1)
+        return self.read(self.grid.expand(span, self.margin))
+
+    def core_at(self, row: int, col: int, position: int) -> Rect:
+        """A tile's core in space ``position`` (<= last + 1): the placed core mapped back
+        through the geometric ops from ``position`` on. The cores of a page's tiles are a
+        partition of each space's page (a crop's: of the box)."""
+        rect = self.grid.core(row, col)
+        for i in range(self.last, position - 1, -1):
+            t = self.transforms[i]
+            if t is not None:
+                rect = t.before(rect, *self.dims[i])
+        return rect
+
+    def order(self, unit: SplitUnit) -> list[tuple[int, int]]:
+        """The unit's tiles in the order a downward sweep of the input reads them: by their
+        cores' rows, then columns, on the input page (the grid's row-major order when no op
+        turns the page)."""
+        positions = [(r, c) for r in range(unit.row0, unit.row1)
+                     for c in range(unit.col0, unit.col1)]
+        if self.last < 0 or not any(t is not None and t.turns for t in self.transforms):
+            return positions
+
+        def key(pos: tuple[int, int]) -> tuple[int, int]:
+            core = self.core_at(*pos, 0)
+            return core.y0, core.x0
+        return sorted(positions, key=key)
+
+    def forward(self, arr: np.ndarray, rect: Rect, target: Rect, upto: int,
+                apply: Any) -> tuple[np.ndarray, Rect]:
+        """Run ops [0, upto) (upto <= last + 1) on ``arr``, the pixels of ``rect`` of the
+        input page, for exact output on ``target`` (space ``upto``): each op gets the region
+        :meth:`needed` says (a view of what the op before made), a geometric op moves it,
+        ``apply(i, arr, rect)`` runs op i. Returns the pixels of ``target``."""
+        rects = self.needed(target, upto)
+        for i in range(upto):
+            arr, rect = _cut(arr, rect, rects[i]), rects[i]
+            t = self.transforms[i]
+            if t is not None:
+                arr, rect = t.move(arr, rect, *self.dims[i])
+            else:
+                arr, rect = apply(i, arr, rect)
+        return _cut(arr, rect, target), target
+
+
+def _cut(arr: np.ndarray, rect: Rect, inner: Rect) -> np.ndarray:
+    """The pixels of ``inner`` from ``arr``, the pixels of ``rect`` (which holds it)."""
+    r = inner.relative_to(rect)
+    if r.y0 < 0 or r.x0 < 0 or r.y1 > arr.shape[0] or r.x1 > arr.shape[1]:
+        raise ValueError(f"region {inner} is not inside {rect}")  # (a bug, not an input's)
+    return arr[r.y0:r.y1, r.x0:r.x1]
