@@ -164,6 +164,17 @@ def ref_op(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
         h, w = img.shape[0] // f, img.shape[1] // f
         crop = np.ascontiguousarray(img[:h * f, :w * f])
         return via64(lambda x: cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA), crop, FILTER)
+    if name in ("rotate", "flip"):  # OpenCV where it takes the page, else numpy's
+        code, k = {90: (cv2.ROTATE_90_CLOCKWISE, -1), 180: (cv2.ROTATE_180, 2),
+                   270: (cv2.ROTATE_90_COUNTERCLOCKWISE, 1), "horizontal": (1, None),
+                   "vertical": (0, None)}[p.get("angle", p.get("axis"))]
+        if (img.ndim == 2 or img.shape[2] <= 4) and dt.name != "int64":  # (cv2: int64 -> int32)
+            return cv2.rotate(img, code) if name == "rotate" else cv2.flip(img, code)
+        if name == "rotate":
+            return np.ascontiguousarray(np.rot90(img, k))
+        return np.ascontiguousarray(np.flip(img, code))  # (cv2.flip 0: rows, 1: columns)
+    if name == "crop":
+        return np.ascontiguousarray(img[p["y"]:p["y"] + p["height"], p["x"]:p["x"] + p["width"]])
     raise AssertionError(f"no reference for {name}")
 
 

@@ -180,19 +180,21 @@ def run_tiled(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int, o
               pages: list[int] | None = None, compression: str = "zstd",
               units: str | None = None, tiles_per_batch: int | None = None,
               max_items: int | None = None, halo: int | None = None,
-              fuse: bool = True) -> tuple[list[np.ndarray], JobPlan]:
+              fuse: bool = True, **output: Any) -> tuple[list[np.ndarray], JobPlan]:
     """Plan, split every unit, process every batch and merge (or, for a fused plan, process
     every unit and merge); return the output's pages.
 
     ``units`` shrinks the split budgets: "tiny" gives one tile per unit (one tile row for
     stripped inputs), "small" about 2 x 2 tiles (2 tile rows of the page's width if stripped).
-    ``halo`` overrides the plan's halo. ``fuse``: the job's ``fuse`` field.
+    ``halo`` overrides the plan's halo. ``fuse``: the job's ``fuse`` field. ``output``: more
+    output options (``ome=True``).
     """
     n = next(_runs)
     work = str(tmp_path / f"work{n}")
     out = tmp_path / f"out{n}.tif"
     spec = JobSpec(input=str(src), output=str(out), pages=pages, ops=ops, tile=tile,
-                   output_options=OutputOptions(compression=compression, tile=out_tile),
+                   output_options=OutputOptions(compression=compression, tile=out_tile,
+                                                **output),
                    fuse=fuse)
     infos = read_infos(str(src), pages)
     with pytest.MonkeyPatch.context() as mp:

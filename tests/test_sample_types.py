@@ -112,13 +112,16 @@ PARAMS: dict[str, dict[str, Any]] = {
     "clahe": {"cell": 16}, "canny": {"low": 20, "high": 60}, "downsample": {"factor": 2},
     "select_bands": {"bands": [2, 0]}, "normalized_difference": {"a": 1, "b": 2},
     "convert": {"dtype": "uint8", "in_range": [-1, 2]},
+    "rotate": {"angle": 90}, "flip": {"axis": "vertical"},
+    "crop": {"x": 3, "y": 5, "width": 150, "height": 101},
 }
 #: the types each op takes (docs/sample-types.md); every other one is refused
 TAKES: dict[str, tuple[str, ...]] = {
     **{name: ALL for name in ("gaussian_blur", "median_blur", "dilate", "erode",
                               "unsharp_mask", "invert", "gamma", "threshold", "to_gray",
                               "normalize", "downsample", "select_bands",
-                              "normalized_difference", "convert")},
+                              "normalized_difference", "convert", "rotate", "flip",
+                              "crop")},
     "equalize_hist": ("uint8",), "otsu_threshold": ("uint8", "uint16"), "canny": ("uint8",),
     "clahe": ("uint8", "uint16"),
     "percentile_stretch": ("uint8", "int8", "uint16", "int16"),

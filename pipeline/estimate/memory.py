@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.core.geometry import transposes
 from pipeline.core.grid import SplitUnit, rows_held
 from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
+from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import single_task
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.limits import SEGMENT_PART
@@ -95,14 +97,16 @@ def _pixel(dtype: str, channels: int) -> int:
 
 
 def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fused: bool,
-                s3: bool) -> dict[str, float]:
+                s3: bool, transposed: bool = False) -> dict[str, float]:
     """What a unit's sweep holds at once (bytes, by part): see the module's docstring."""
     page = plan.pages[unit.page]
     g, info = page.grid, page.info
     bpp = _pixel(info.dtype, info.channels)
     obpp = _pixel(page.out_dtype, page.out_channels)
-    x0 = g.haloed(unit.row0, unit.col0).x0
-    width = g.haloed(unit.row0, unit.col1 - 1).x1 - x0
+    if transposed:  # (a page turned a quarter: the grid's rows are the input's columns)
+        width = g.haloed(unit.row1 - 1, unit.col0).y1 - g.haloed(unit.row0, unit.col0).y0
+    else:
+        width = g.haloed(unit.row0, unit.col1 - 1).x1 - g.haloed(unit.row0, unit.col0).x0
     side_h, side_w = min(g.tile + 2 * g.halo, g.height), min(g.tile + 2 * g.halo, width)
     tile = side_h * side_w * max(bpp, obpp)
     parts: dict[str, float] = {}
@@ -178,7 +182,8 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
         return peaks
     fused = bool(plan.fused)
     t = threads["process"] if fused else threads["split"]
-    units = [(u, _unit_bytes(plan, u, t, out_bpm, fused, s3)) for u in plan.units]
+    transposed = transposes(chain_from_json(plan.spec.ops))
+    units = [(u, _unit_bytes(plan, u, t, out_bpm, fused, s3, transposed)) for u in plan.units]
     if single_task(plan):
         # its units side by side (as many as its tile threads), then its merge
         side = min(len(units), t)

@@ -1,0 +1,367 @@
+"""The geometric ops (rotate, flip, crop) through the real tiled path, in-process as in
+test_exactness.py: bit-identical to cv2.rotate / cv2.flip / the numpy slice of the whole
+page, alone and in chains with local and whole-page ops before and after them, on odd page
+sizes, tiled and stripped inputs, fused and split units; how the plan lays a turned page's
+units out and reads its strips; what they refuse; the output's tags (resolution, Orientation,
+GeoTIFF, OME physical sizes).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from test_exactness import assert_identical, make_image, ref_op, run_tiled, write_tiff
+
+from pipeline.adapters import tiff_read
+from pipeline.adapters.tiff_read import read_infos
+from pipeline.core import plan as plan_mod
+from pipeline.core.chain import page_geometry
+from pipeline.core.models import JobSpec, OutputOptions
+from pipeline.core.ops import parse_chain
+from pipeline.steps import split as split_mod
+
+ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def geo_ref(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """The reference of one op on the whole page: OpenCV's calls, a numpy slice."""
+    name = p["op"]
+    if name == "rotate":
+        return cv2.rotate(img, ROTATE[p["angle"]])
+    if name == "flip":
+        return cv2.flip(img, 1 if p["axis"] == "horizontal" else 0)
+    if name == "crop":
+        return np.ascontiguousarray(img[p["y"]:p["y"] + p["height"], p["x"]:p["x"] + p["width"]])
+    if name == "equalize_hist":
+        return cv2.equalizeHist(img)
+    if name == "normalize":
+        return cv2.normalize(img, None, 0, 255 if img.dtype == np.uint8 else 1.0,
+                             cv2.NORM_MINMAX)
+    if name == "downsample":
+        f = p["factor"]
+        h, w = img.shape[0] // f, img.shape[1] // f
+        return cv2.resize(np.ascontiguousarray(img[:h * f, :w * f]), (w, h),
+                          interpolation=cv2.INTER_AREA)
+    if name == "clahe":  # (pages whose sizes are multiples of the cell)
+        return cv2.createCLAHE(p.get("clip_limit", 2.0), (img.shape[1] // p["cell"],
+                                                          img.shape[0] // p["cell"])).apply(img)
+    return ref_op(img, p)
+
+
+def reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
+    img = np.ascontiguousarray(page)
+    for p in ops:
+        img = geo_ref(img, p)
+    return img
+
+
+def R(angle: int) -> dict[str, Any]:
+    return {"op": "rotate", "angle": angle}
+
+
+def F(axis: str) -> dict[str, Any]:
+    return {"op": "flip", "axis": axis}
+
+
+def C(x: int, y: int, width: int, height: int) -> dict[str, Any]:
+    return {"op": "crop", "x": x, "y": y, "width": width, "height": height}
+
+
+G = {"op": "gaussian_blur", "sigma": 2.5}
+
+#: (ops, dtype, channels): each geometric op alone, then with ops before and after it
+CASES: list[tuple[list[dict[str, Any]], str, int]] = [
+    *[([R(a)], dt, ch) for a, dt, ch in [(90, "uint8", 3), (180, "uint16", 1),
+                                          (270, "float32", 4), (90, "uint16", 2),
+                                          (270, "uint8", 1), (180, "float32", 3)]],
+    *[([F(a)], dt, ch) for a, dt, ch in [("horizontal", "uint8", 3), ("vertical", "uint16", 4),
+                                          ("vertical", "float32", 1),
+                                          ("horizontal", "float32", 2)]],
+    ([C(13, 7, 200, 150)], "uint8", 3), ([C(0, 0, 389, 1)], "uint16", 1),
+    ([C(100, 41, 1, 216)], "float32", 3),
+    # local ops before: they see the input page; after: the turned one
+    *[([G, R(a)], dt, ch) for a, dt, ch in [(90, "float32", 3), (270, "uint8", 1),
+                                             (180, "uint16", 3)]],
+    *[([R(a), G], dt, ch) for a, dt, ch in [(90, "float32", 1), (270, "uint16", 3)]],
+    ([G, R(270), {"op": "dilate", "ksize": 3}], "float32", 3),
+    ([{"op": "median_blur", "ksize": 5}, F("vertical"), {"op": "unsharp_mask", "sigma": 1.5}],
+     "uint8", 3),
+    ([G, F("horizontal"), {"op": "median_blur", "ksize": 3}, R(90), C(5, 30, 100, 201),
+      {"op": "unsharp_mask", "sigma": 1.5}], "float32", 1),
+    ([G, C(31, 17, 250, 199), {"op": "erode", "ksize": 5, "iterations": 2}], "uint16", 3),
+    ([C(31, 17, 250, 199), G], "float32", 3),
+    ([{"op": "invert"}, R(90), {"op": "gamma", "gamma": 2.2}], "uint16", 3),
+    # whole-page statistics before and after
+    ([G, R(90), {"op": "equalize_hist"}], "uint8", 1),
+    ([{"op": "equalize_hist"}, R(270), G], "uint8", 1),
+    ([C(20, 10, 301, 222), {"op": "normalize"}, F("vertical")], "float32", 3),
+    ([G, R(90), {"op": "to_gray"}, {"op": "equalize_hist"}, F("horizontal")], "uint8", 3),
+    # ops whose tiles are laid on the turned page
+    ([R(90), {"op": "downsample", "factor": 2}], "uint8", 3),
+    ([F("vertical"), C(1, 2, 300, 250), {"op": "downsample", "factor": 3}], "float32", 1),
+    ([G, R(270), {"op": "downsample", "factor": 2}, G], "uint16", 3),
+]
+
+#: (input layout, units budget, fuse)
+RUNS = [
+    ({"tiled": False, "rowsperstrip": 16}, None, True),
+    ({"tiled": True, "tile": (32, 48)}, "tiny", True),
+    ({"tiled": False, "rowsperstrip": 7, "compression": "lzw"}, "small", False),
+    ({"tiled": False, "rowsperstrip": None, "compression": "deflate"}, "tiny", False),
+    ({"tiled": True, "tile": (16, 64), "compression": "none"}, None, False),
+]
+
+
+def _name(ops: list[dict[str, Any]]) -> str:
+    return "+".join(o["op"] + "".join(f"-{v}" for k, v in o.items() if k != "op") for o in ops)
+
+
+def _tile(ops: list[dict[str, Any]]) -> int:
+    factor = max([o.get("factor", 1) for o in ops if o["op"] == "downsample"] or [1])
+    return 64 * factor
+
+
+@pytest.mark.parametrize("run", range(len(RUNS)))
+@pytest.mark.parametrize("ops,dtype,channels", CASES,
+                         ids=[f"{_name(o)}-{d}-c{c}" for o, d, c in CASES])
+def test_geometric_chain_equals_the_whole_page(tmp_path, ops, dtype, channels, run):
+    layout_, units, fuse = RUNS[(run + len(ops)) % len(RUNS)]  # (each case, every layout)
+    page = make_image(sum(map(ord, _name(ops) + dtype)), 257, 389, channels, dtype)
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], **layout_)
+    (got,), _ = run_tiled(tmp_path, src, ops, _tile(ops), 64, units=units, fuse=fuse,
+                          tiles_per_batch=3)
+    assert_identical(got, reference(page, ops), _name(ops))
+
+
+def test_multi_page_of_several_sizes_and_types(tmp_path):
+    """Pages of different sizes, types and band counts in one job: each turned on its own."""
+    pages = [make_image(1, 257, 389, 3, "uint8"), make_image(2, 100, 61, 1, "uint8"),
+             make_image(3, 130, 300, 4, "uint8")]
+    src = tmp_path / "in.tif"
+    write_tiff(src, pages, tiled=False, rowsperstrip=5)
+    ops = [G, R(90), {"op": "dilate", "ksize": 3}]
+    for fuse in (True, False):
+        got, plan = run_tiled(tmp_path, src, ops, 64, 32, units="small", fuse=fuse)
+        for g, p in zip(got, pages, strict=True):
+            assert_identical(g, reference(p, ops), f"fuse={fuse}")
+        assert [(pp.grid.height, pp.grid.width) for pp in plan.pages] == [
+            (389, 257), (61, 100), (300, 130)]
+
+
+def test_square_page_and_a_crop_then_rotate(tmp_path):
+    page = make_image(4, 200, 200, 3, "uint16")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=True, tile=(32, 32))
+    for ops in ([R(90)], [C(3, 9, 151, 170), R(270), C(0, 40, 100, 60), F("horizontal")]):
+        (got,), _ = run_tiled(tmp_path, src, ops, 64, 32, units="tiny")
+        assert_identical(got, reference(page, ops), _name(ops))
+
+
+# --- the plan: units, reads, decodes -----------------------------------------------------
+
+
+def _plan(tmp_path: Path, src: Path, ops: list[dict[str, Any]], tile: int = 64,
+          **options: Any) -> plan_mod.JobPlan:
+    spec = JobSpec(input=str(src), output=str(tmp_path / "out.tif"), ops=ops, tile=tile,
+                   output_options=OutputOptions(tile=64), **options)
+    plan, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path),
+                                        0.0)
+    assert problems == []
+    return plan
+
+
+@pytest.mark.parametrize("angle", [90, 270])
+def test_a_quarter_turn_cuts_units_one_column_wide(tmp_path, angle, monkeypatch):
+    """On a page turned a quarter, a unit is one tile column of the turned page: one band
+    of the input's tile rows, its columns cut by the cache budget as a band's are."""
+    page = make_image(5, 300, 700, 3, "uint8")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=False, rowsperstrip=8)
+    monkeypatch.setattr(plan_mod, "SPLIT_CACHE_BUDGET", (64 + 8) * 64 * 3 * 4)  # 4 columns
+    plan = _plan(tmp_path, src, [R(angle)])
+    grid = plan.pages[0].grid
+    assert (grid.height, grid.width) == (700, 300)
+    assert {u.col1 - u.col0 for u in plan.units} == {1}
+    assert {u.row1 - u.row0 for u in plan.units} == {4, 3}  # 11 rows: 4 + 4 + 3
+    assert len(plan.units) == 3 * 5
+    geo = page_geometry(plan, 0)
+    bands = set()
+    for unit in plan.units:  # a unit reads one input band of 64 rows, or of the 44 left
+        window = geo.unit_read(unit)
+        bands.add((window.y0, window.y1))
+        order = geo.order(unit)
+        assert [c for _, c in order] == [unit.col0] * unit.tiles
+        rows = [r for r, _ in order]
+        assert rows == sorted(rows, reverse=angle == 270)  # left to right on the input
+    # the bands lie on the turned page's grid: from the input's bottom (90) or top (270)
+    edges = [44, 108, 172, 236] if angle == 90 else [64, 128, 192, 256]
+    assert sorted(bands) == list(zip([0, *edges], [*edges, 300], strict=True))
+
+
+@pytest.mark.parametrize("ops", [[], [R(90)], [R(270)], [R(180)], [F("vertical")],
+                                 [G, R(90)], [C(10, 20, 600, 250)]],
+                         ids=["copy", "r90", "r270", "r180", "flipv", "blur-r90", "crop"])
+@pytest.mark.parametrize("budget", [None, (64 + 32 + 8) * 96 * 3 * 4])
+def test_each_strip_is_decoded_once_per_unit_and_reads_stay_small(tmp_path, ops, budget,
+                                                                  monkeypatch):
+    """A sweep decodes every strip its unit's input window touches once (a turned page's
+    too: its tiles are read in the input's order), and no read is larger than a haloed
+    tile: memory is bounded by the unit, and the decodes are those the plan predicts. With
+    the default budget a band is one unit: a strip is decoded once, twice where a halo
+    reaches across a band's border; a small budget cuts bands into column chunks, each
+    decoding the band's strips (docs/manifest-and-ops.md, "What turning a page costs")."""
+    page = make_image(6, 300, 700, 3, "uint8")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=False, rowsperstrip=8, compression="lzw")
+    if budget:
+        monkeypatch.setattr(plan_mod, "SPLIT_CACHE_BUDGET", budget)
+    decodes: dict[int, int] = {}
+    largest = [0]
+
+    class Counting(tiff_read.PageReader):
+        def segment_bytes(self, seg: int) -> bytes | None:
+            decodes[seg] = decodes.get(seg, 0) + 1
+            return super().segment_bytes(seg)
+
+        def read(self, rect):  # type: ignore[no-untyped-def]
+            largest[0] = max(largest[0], rect.height * rect.width)
+            return super().read(rect)
+
+    monkeypatch.setattr(split_mod, "PageReader", Counting)
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, 64)
+    assert_identical(got, reference(page, ops))
+    geo = page_geometry(plan, 0)
+    want: dict[int, int] = {}
+    for unit in plan.units:
+        window = geo.unit_read(unit)
+        for seg in range(window.y0 // 8, (window.y1 - 1) // 8 + 1):
+            want[seg] = want.get(seg, 0) + 1
+    assert decodes == want
+    side = 64 + 2 * plan.pages[0].grid.halo
+    assert largest[0] <= side * side
+    if budget is None:
+        assert max(decodes.values()) <= 2
+
+
+# --- what is refused ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ops,problem", [
+    ([{"op": "downsample", "factor": 2}, R(90)],
+     "ops[1] (rotate): comes after ops[0] (downsample); put it before downsample"),
+    ([{"op": "clahe"}, F("vertical")], "ops[1] (flip): comes after ops[0] (clahe)"),
+    ([{"op": "canny", "low": 10, "high": 30}, C(0, 0, 5, 5)],
+     "ops[1] (crop): comes after ops[0] (canny)"),
+    ([G, {"op": "equalize_hist"}, C(0, 0, 5, 5)],
+     ("ops[2] (crop): comes after ops[1] (equalize_hist), whose table is made from the "
+      "whole page's statistics; put crop before equalize_hist")),
+    ([R(45)], "ops[0].angle: expected one of 90, 180, 270, got 45"),
+    ([F("diagonal")], 'ops[0].axis: expected one of "horizontal", "vertical", got "diagonal"'),
+    ([C(0, 0, 0, 5)], "ops[0].width: expected an integer >= 1 and <= 2147483647, got 0"),
+    ([{"op": "crop", "x": 1, "y": 1, "width": 5}], "ops[0].height: required"),
+])
+def test_chains_that_cannot_run_are_refused_with_the_op_named(ops, problem):
+    _, problems = parse_chain(ops)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_equalize_then_rotate_and_crop_then_equalize_are_fine():
+    for ops in ([{"op": "equalize_hist"}, R(90)], [C(0, 0, 5, 5), {"op": "equalize_hist"}]):
+        assert parse_chain(ops)[1] == []
+
+
+def test_a_crop_box_outside_the_page_names_the_page_and_the_box(tmp_path):
+    """The box is checked against each page as the ops before the crop made it: page 0
+    (257 x 389, turned: 389 high) holds it, page 1 (300 x 100, turned: 100 high) does not."""
+    src = tmp_path / "in.tif"
+    write_tiff(src, [make_image(7, 257, 389, 1, "uint8"), make_image(8, 300, 100, 1, "uint8")],
+               tiled=True)
+    spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=[R(90), C(0, 300, 50, 50)])
+    _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
+    assert problems == [(
+        "page 1: ops[1] (crop): the box does not fit the page of 300 x 100 pixels (width x "
+        "height): y + height = 300 + 50 = 350 is more than its height, 100; give a box inside "
+        "it (x from 0 to 299, y from 0 to 99) (the page as ops[0] (rotate) made it)")]
+
+
+# --- the output's tags ----------------------------------------------------------------------
+
+GEO = [(33550, 12, 3, (10.0, 20.0, 0.0)), (33922, 12, 6, (0.0, 0.0, 0.0, 500000.0, 4e6, 0.0)),
+       (34735, 3, 8, (1, 1, 0, 1, 1024, 0, 1, 1))]
+
+
+def _tagged(path: Path, page: np.ndarray, extratags: list, **kwargs: Any) -> None:
+    tifffile.imwrite(path, page, photometric="minisblack", tile=(32, 32), metadata=None,
+                     extratags=extratags, **kwargs)
+
+
+def _tags(path: Path) -> dict[int, Any]:
+    with tifffile.TiffFile(path) as tf:
+        return {t.code: t.value for t in tf.pages[0].tags}
+
+
+def test_a_quarter_turn_swaps_the_resolution_and_drops_orientation(tmp_path):
+    page = make_image(9, 120, 90, 1, "uint8")
+    src = tmp_path / "in.tif"
+    _tagged(src, page, [(274, 3, 1, 6, True)], resolution=((300, 1), (200, 1)),
+            resolutionunit=2)
+    (got,), plan = run_tiled(tmp_path, src, [R(90)], 64, 32)
+    assert_identical(got, reference(page, [R(90)]))
+    tags = _tags(Path(plan.spec.output))
+    assert tags[282] == (200, 1) and tags[283] == (300, 1) and tags[296] == 2
+    assert 274 not in tags  # stored as it is to be shown: a viewer must not turn it again
+    (got,), plan = run_tiled(tmp_path, src, [C(5, 6, 50, 40)], 64, 32)  # a crop keeps both
+    tags = _tags(Path(plan.spec.output))
+    assert tags[282] == (300, 1) and tags[283] == (200, 1) and tags[274] == 6
+
+
+def test_a_crop_moves_the_georeferencing(tmp_path):
+    page = make_image(10, 120, 90, 1, "uint8")
+    src = tmp_path / "in.tif"
+    _tagged(src, page, GEO)
+    (got,), plan = run_tiled(tmp_path, src, [C(7, 11, 50, 40)], 64, 32)
+    assert_identical(got, page[11:51, 7:57])
+    tags = _tags(Path(plan.spec.output))
+    assert tags[33550] == (10.0, 20.0, 0.0)
+    assert tags[33922] == (-7.0, -11.0, 0.0, 500000.0, 4e6, 0.0)  # raster (-7, -11) is there
+    assert tags[34735] == GEO[2][3]
+    matrix = (10.0, 0.0, 0.0, 500000.0, 0.0, -20.0, 0.0, 4e6, 0, 0, 0, 0, 0, 0, 0, 1.0)
+    _tagged(src, page, [(34264, 12, 16, matrix), GEO[2]])
+    (_,), plan = run_tiled(tmp_path, src, [C(7, 11, 50, 40), {"op": "downsample", "factor": 2}],
+                           64, 32)
+    moved = _tags(Path(plan.spec.output))[34264]
+    # pixel (0, 0) of the output is (7, 11) of the input: x 500070, y 4e6 - 220; then 2x
+    assert moved[:8] == (20.0, 0.0, 0.0, 500070.0, 0.0, -40.0, 0.0, 4e6 - 220)
+
+
+def test_turning_a_georeferenced_page_is_refused(tmp_path):
+    src = tmp_path / "in.tif"
+    _tagged(src, make_image(11, 120, 90, 1, "uint8"), GEO)
+    spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=[G, F("vertical")])
+    _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
+    assert len(problems) == 1 and problems[0].startswith(
+        "page 0: ops[1] (flip): the page is georeferenced (GeoTIFF ModelTiepoint, "
+        "ModelPixelScale or ModelTransformation), and tiffpipe does not turn georeferencing")
+
+
+def test_ome_physical_sizes_follow_a_quarter_turn(tmp_path):
+    """An OME-TIFF output's PhysicalSizeX/Y come from the resolution, which a quarter turn
+    swaps: the input's 10 um x 5 um pixels are 5 um x 10 um turned."""
+    page = make_image(12, 120, 90, 1, "uint16")
+    src = tmp_path / "in.tif"
+    _tagged(src, page, [], resolution=((1000, 1), (2000, 1)), resolutionunit=3)
+    sizes = []
+    for ops in ([], [R(270)]):
+        (got,), plan = run_tiled(tmp_path, src, ops, 64, 32, ome=True)
+        assert_identical(got, reference(page, ops))
+        with tifffile.TiffFile(plan.spec.output) as tf:
+            pixels = ET.fromstring(tf.ome_metadata).find(".//{*}Pixels")
+        sizes.append((float(pixels.get("PhysicalSizeX")), float(pixels.get("PhysicalSizeY"))))
+    assert sizes == [(10.0, 5.0), (5.0, 10.0)]
