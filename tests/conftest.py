@@ -39,7 +39,7 @@ ENGINE = {
     "test_output_files", "test_exhaustion", "test_ome_channels", "test_batch_runs",
     "test_gis_readers", "test_convert",
     "test_python_api",
-    "test_oncall", "test_open_uploads", "test_bucket_policy",
+    "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the

@@ -92,15 +92,18 @@ def _parts_at(gigapixels: float, out_bpm: float, segment_px: float, levels: floa
 
 
 def largest_job(out_bpm: float, fused: bool, levels: float = 0.0,
-                tile_px: float = 0.0, factor: int = 1) -> dict[str, Any]:
+                tile_px: float = 0.0, factor: int = 1,
+                unit_px: float | None = None) -> dict[str, Any]:
     """The largest job of this kind AWS runs (one page), in output gigapixels, and what
     bounds it: S3's object (``levels``: the pyramid's bytes over the base's), 10,000 parts
     (at the part size that job would have: its segments, the units of a fused job or the
     batches, TILES_PER_BATCH tiles of ``tile_px`` input pixels or a 10,000th of the page,
-    cut as :func:`plan_parts` cuts them), 10,000 units. Independent of this job's size."""
+    cut as :func:`plan_parts` cuts them), 10,000 units. Independent of this job's size.
+    ``unit_px``: the core pixels of a unit when the plan cuts smaller ones (a page turned a
+    quarter: a unit is one tile column of it)."""
     bpm = max(out_bpm, 1e-9)
     area = factor * factor  # input pixels per output pixel
-    unit_px = FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS
+    unit_px = unit_px or (FUSED_UNIT_PIXELS if fused else SPLIT_UNIT_PIXELS)
 
     def segment_px(gpx: float) -> float:
         if fused:

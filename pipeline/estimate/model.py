@@ -11,9 +11,10 @@ import numpy as np
 
 from pipeline.core.chain import page_placement
 from pipeline.core.constants import FUNCTIONS
+from pipeline.core.geometry import transposes
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_bands, chain_keeps_values, chain_own_nodata
+from pipeline.core.ops import chain_bands, chain_from_json, chain_keeps_values, chain_own_nodata
 from pipeline.core.plan import bigtiff_output, held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
@@ -160,6 +161,16 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
                              bytes_out=written))
     phases.append(("process", durations))
     return phases
+
+
+def _turned_unit_px(plan: JobPlan) -> float | None:
+    """The core pixels of the largest unit of a page turned a quarter (one tile column of
+    it, as wide as the cache budget lets: pipeline.core.grid.split_units), which bounds the
+    largest job by the Map's items; None for any other chain (units of the usual size)."""
+    if not plan.units or not transposes(chain_from_json(plan.spec.ops)):
+        return None
+    return float(max(plan.pages[u.page].grid.span(u.row0, u.row1, u.col0, u.col1).height
+                     * plan.pages[u.page].grid.tile for u in plan.units))
 
 
 def _level_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
@@ -493,7 +504,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
                  if comp == "none" else c.out_bpm),
         fused=fused, levels=level_bytes / max(base_bytes, 1e-9),
         tile_px=float(plan.pages[0].grid.tile) ** 2,
-        factor=int(getattr(plan.pages[0], "factor", 1) or 1))
+        factor=int(getattr(plan.pages[0], "factor", 1) or 1), unit_px=_turned_unit_px(plan))
     # merge moves only what it reads through (header top-ups, short runs; for a pyramid
     # the units' deepest level, or unfused the base tiles); the rest is copied in S3
     through = parts.read_through + _pyramid_through(plan, base_bytes)

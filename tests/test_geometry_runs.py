@@ -1,0 +1,137 @@
+"""rotate, flip and crop on the embedded engine: every path of the state machine (ProcessJob,
+the ProcessUnits Map, Split -> Stats -> Process -> Merge, Split -> Process with fuse off),
+and the commands that check a chain before it runs (validate, validate --inputs, inspect
+--ops, estimate). The pixels are compared with OpenCV on the whole page; the tiled path's
+exactness in every layout is tests/test_exactness_geometry.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from conftest import read_pages
+
+from pipeline import cli
+from pipeline.runner import run_local
+from pipeline.sample import SamplePage, write_sample
+
+pytestmark = pytest.mark.timeout(300)
+
+G = {"op": "gaussian_blur", "sigma": 1.5}
+
+
+def _rot(img: np.ndarray, angle: int) -> np.ndarray:
+    return cv2.rotate(img, {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180,
+                            270: cv2.ROTATE_90_COUNTERCLOCKWISE}[angle])
+
+
+def test_each_path_of_the_state_machine_turns_and_crops(tmp_path: Path):
+    """Five jobs, each on its branch: a small page (one ProcessJob task), a page of 18 Mpx
+    (the ProcessUnits Map of one-column units), a whole-page statistic after the rotation
+    (Split, Stats, Process, Merge), fuse off (Split, Process, Merge) and a multi-page file
+    cropped then flipped."""
+    small = tmp_path / "small.tif"
+    write_sample(str(small), [SamplePage(301, 517, 3)], tile=128, compression="deflate")
+    big = tmp_path / "big.tif"
+    write_sample(str(big), [SamplePage(3001, 6003, 1)], tile=512, compression="zstd")
+    pages = tmp_path / "pages.tif"
+    write_sample(str(pages), [SamplePage(400, 300, 1, "uint16"), SamplePage(400, 300, 1)],
+                 tile=64, compression="lzw")
+    crop = {"op": "crop", "x": 10, "y": 21, "width": 250, "height": 260}
+    chains: list[tuple[Path, list[dict[str, Any]], dict[str, Any]]] = [
+        (small, [{"op": "rotate", "angle": 90}], {}),
+        (big, [G, {"op": "rotate", "angle": 270}], {"tile": 512}),
+        (small, [{"op": "rotate", "angle": 90}, {"op": "to_gray"}, {"op": "equalize_hist"}], {}),
+        (small, [{"op": "flip", "axis": "vertical"}, crop], {"fuse": False}),
+        (pages, [crop, {"op": "flip", "axis": "horizontal"}], {}),
+    ]
+    jobs = [{"input": str(src), "output": str(tmp_path / f"out{i}.tif"), "ops": ops, **extra}
+            for i, (src, ops, extra) in enumerate(chains)]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": jobs}))
+    actions: dict[int, set[str]] = {}
+    lock = threading.Lock()
+
+    def listener(function: str, event: dict[str, Any], ok: bool, payload: dict[str, Any]):
+        assert ok, payload
+        if isinstance(job := payload.get("job"), int):
+            with lock:
+                actions.setdefault(job, set()).add(f"{function}.{event['action']}")
+
+    result = run_local(str(tmp_path / "m.json"), 2, listener=listener)
+    assert result.ok, result.error
+    assert actions[0] == {"process.plan_job", "process.process_job"}
+    assert actions[1] == {"process.plan_job", "process.process_unit", "merge.merge"}
+    assert {"split.split", "process.stats", "process.process", "merge.merge"} <= actions[2]
+    assert actions[3] == {"process.plan_job", "split.split", "process.process", "merge.merge"}
+    rgb, gray = read_pages(small)[0], read_pages(big)[0]
+    want = [
+        [_rot(rgb, 90)],
+        [_rot(cv2.GaussianBlur(gray, (0, 0), 1.5), 270)],
+        [cv2.equalizeHist(cv2.cvtColor(_rot(rgb, 90), cv2.COLOR_RGB2GRAY))],
+        [cv2.flip(rgb, 0)[21:281, 10:260]],
+        [cv2.flip(p[21:281, 10:260], 1) for p in read_pages(pages)],
+    ]
+    for i, pages_wanted in enumerate(want):
+        got = read_pages(tmp_path / f"out{i}.tif")
+        assert len(got) == len(pages_wanted)
+        for g, w in zip(got, pages_wanted, strict=True):
+            assert g.dtype == w.dtype and np.array_equal(g, w), i
+
+
+def test_a_crop_box_outside_a_page_fails_its_job_naming_the_page(tmp_path: Path):
+    src = tmp_path / "scan.tif"
+    write_sample(str(src), [SamplePage(200, 300, 1), SamplePage(100, 300, 1)], tile=64)
+    ok = tmp_path / "ok.tif"
+    write_sample(str(ok), [SamplePage(200, 300, 1)], tile=64)
+    crop = [{"op": "crop", "x": 0, "y": 50, "width": 300, "height": 100}]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(src), "output": str(tmp_path / "a.tif"), "ops": crop},
+        {"input": str(ok), "output": str(tmp_path / "b.tif"), "ops": crop}]}))
+    result = run_local(str(tmp_path / "m.json"), 1)
+    assert not result.ok
+    failed, done = result.jobs
+    assert failed["status"] == "FAILED" and done["status"] == "SUCCEEDED"
+    error = failed["error"]
+    assert error["type"] == "OperationError" and error["message"].startswith(f"{src}: ")
+    assert "page 1: ops[0] (crop): the box does not fit the page of 300 x 100 pixels" \
+        in error["message"]
+    assert not (tmp_path / "a.tif").exists()  # nothing half-written
+    assert np.array_equal(read_pages(tmp_path / "b.tif")[0], read_pages(ok)[0][50:150])
+    # validate --inputs tells the same before anything runs
+    assert cli.main(["validate", str(tmp_path / "m.json"), "--inputs"]) == 2
+
+
+def test_validate_names_an_op_out_of_place(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "a.tif", "output": "o.tif",
+         "ops": [{"op": "downsample", "factor": 2}, {"op": "rotate", "angle": 90}]}]}))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "jobs[0].ops[1] (rotate): comes after ops[0] (downsample); put it before " \
+        "downsample" in err
+
+
+def test_inspect_and_estimate_see_the_turned_page(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture):
+    src = tmp_path / "scan.tif"
+    write_sample(str(src), [SamplePage(200, 300, 3)], tile=64)
+    chain = json.dumps([{"op": "rotate", "angle": 270}, {"op": "downsample", "factor": 2}])
+    assert cli.main(["inspect", str(src), "--ops", chain, "--json"]) == 0
+    page = json.loads(capsys.readouterr().out)["files"][0]["pages"][0]
+    assert page["ops"] == {"runs": True, "problems": [], "out": {
+        "width": 100, "height": 150, "bands": 3, "dtype": "uint8"}}
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "missing.tif", "output": "o.tif", "ops": [{"op": "rotate", "angle": 90}]}]}))
+    assert cli.main(["estimate", str(tmp_path / "m.json"), "--assume-pages",
+                     "20000x30000x3", "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)["jobs"][0]
+    # one unit per tile column of the turned page (1024 px tiles: 30 of them), 3 columns of
+    # 10,240 px of it each: the cache budget's (docs/manifest-and-ops.md)
+    assert job["fused"] and job["units"] == 30 * 3
+    assert job["largest_job"]["bounds"]["units"] < 100  # gigapixels: its units are small
