@@ -348,7 +348,7 @@ def test_turning_a_georeferenced_page_is_refused(tmp_path):
     _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
     assert len(problems) == 1 and problems[0].startswith(
         "page 0: ops[1] (flip): the page is georeferenced (GeoTIFF ModelTiepoint, "
-        "ModelPixelScale or ModelTransformation), and tiffpipe does not turn georeferencing")
+        "ModelPixelScale or ModelTransformation), whose turned version is not written")
 
 
 def test_ome_physical_sizes_follow_a_quarter_turn(tmp_path):
@@ -365,3 +365,19 @@ def test_ome_physical_sizes_follow_a_quarter_turn(tmp_path):
             pixels = ET.fromstring(tf.ome_metadata).find(".//{*}Pixels")
         sizes.append((float(pixels.get("PhysicalSizeX")), float(pixels.get("PhysicalSizeY"))))
     assert sizes == [(10.0, 5.0), (5.0, 10.0)]
+
+
+@pytest.mark.parametrize("orientation,ops", [
+    (2, [F("horizontal")]), (3, [R(180)]), (4, [F("vertical")]),
+    (5, [R(90), F("horizontal")]), (6, [R(90)]), (7, [R(90), F("vertical")]), (8, [R(270)])])
+def test_the_ops_that_bake_each_orientation(orientation, ops):
+    """docs/manifest-and-ops.md's table: the chain that stores a page as a viewer shows it
+    by its Orientation (as PIL's exif_transpose turns it, which the previews use)."""
+    from PIL import Image
+
+    from pipeline.core.ops import apply_chain, chain_from_json
+    from pipeline.preview import turned
+
+    page = make_image(13, 37, 53, 3, "uint8")
+    shown = np.asarray(turned(Image.fromarray(page), orientation))
+    assert np.array_equal(apply_chain(page, chain_from_json(ops)), shown)

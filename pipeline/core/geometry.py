@@ -194,8 +194,8 @@ def georeferenced(chain: list[Any], metadata: dict[str, Any]) -> list[str]:
     turning = [(i, c) for i, c in enumerate(chain)
                if (t := transform_of(c)) is not None and t.turns]
     return [f"ops[{i}] ({c.op.name}): the page is georeferenced (GeoTIFF ModelTiepoint, "
-            "ModelPixelScale or ModelTransformation), and tiffpipe does not turn "
-            "georeferencing: its output would put every pixel in the wrong place; leave "
+            "ModelPixelScale or ModelTransformation), whose turned version is not written: "
+            "the output would put every pixel in the wrong place; leave "
             f"{c.op.name} out (GIS software shows a map by its georeferencing), or turn the "
             "page with GDAL (gdalwarp)" for i, c in turning[:1]]
 
