@@ -455,22 +455,18 @@ def geo_downsampled(spatial: list[list[Any]], factor: int) -> list[list[Any]]:
     point = any(keys[i] == RASTER_TYPE_KEY and keys[i + 1] == 0 and keys[i + 3] == PIXEL_IS_POINT
                 for i in range(4, len(keys) - 3, 4))
     shift = (factor - 1) / 2 if point else 0.0  # output raster position 0 in input pixels
-    out = []
-    for code, kind, count, value in spatial:
-        if code not in GEO_TAGS:
-            continue
-        if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION) and kind != 12:
-            continue  # not the DOUBLEs GeoTIFF defines: not scaled, so not kept
+
+    def scaled(code: int, value: list[Any]) -> list[Any]:
         if code == MODEL_PIXEL_SCALE and len(value) >= 2:
-            value = [value[0] * factor, value[1] * factor, *value[2:]]
-        elif code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each: raster I, J of world X, Y
-            value = [(v - shift) / factor if n % 6 < 2 else v for n, v in enumerate(value)]
-        elif code == MODEL_TRANSFORMATION and len(value) == 16:  # world = M (I, J, K, 1)
+            return [value[0] * factor, value[1] * factor, *value[2:]]
+        if code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each: raster I, J of world X, Y
+            return [(v - shift) / factor if n % 6 < 2 else v for n, v in enumerate(value)]
+        if code == MODEL_TRANSFORMATION and len(value) == 16:  # world = M (I, J, K, 1)
             value = [v * factor if n % 4 < 2 else v for n, v in enumerate(value)]
             for row in range(3):  # I = factor I' + shift: the shift joins the translation
                 value[4 * row + 3] += shift * (value[4 * row] + value[4 * row + 1]) / factor
-        out.append([code, kind, count, value])
-    return out
+        return value
+    return _geo_moved(spatial, scaled)
 
 
 def geo_cropped(spatial: list[list[Any]], y: int, x: int) -> list[list[Any]]:
@@ -480,19 +476,29 @@ def geo_cropped(spatial: list[list[Any]], y: int, x: int) -> list[list[Any]]:
     times (x, y) (whether raster positions are of pixel corners or centres, the shift is
     the same). The other GeoTIFF tags are kept as they are; XMP and an Aperio description
     (which give the input's size) are not."""
+
+    def moved(code: int, value: list[Any]) -> list[Any]:
+        if code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each
+            return [v - (x, y)[n % 6] if n % 6 < 2 else v for n, v in enumerate(value)]
+        if code == MODEL_TRANSFORMATION and len(value) == 16:  # world = M (I + x, J + y)
+            value = list(value)
+            for row in range(3):
+                value[4 * row + 3] += value[4 * row] * x + value[4 * row + 1] * y
+        return value
+    return _geo_moved(spatial, moved)
+
+
+def _geo_moved(spatial: list[list[Any]], change: Any) -> list[list[Any]]:
+    """The GeoTIFF tags of ``spatial``, each model tag's value through ``change(code,
+    value)``; the model tags that are not the DOUBLEs GeoTIFF defines are dropped (they
+    could not be changed), and so is everything but the GeoTIFF tags."""
     out = []
     for code, kind, count, value in spatial:
         if code not in GEO_TAGS:
             continue
         if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION) and kind != 12:
-            continue  # not the DOUBLEs GeoTIFF defines: not moved, so not kept
-        if code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each
-            value = [v - (x, y)[n % 6] if n % 6 < 2 else v for n, v in enumerate(value)]
-        elif code == MODEL_TRANSFORMATION and len(value) == 16:  # world = M (I + x, J + y)
-            value = list(value)
-            for row in range(3):
-                value[4 * row + 3] += value[4 * row] * x + value[4 * row + 1] * y
-        out.append([code, kind, count, value])
+            continue
+        out.append([code, kind, count, change(code, value)])
     return out
 
 

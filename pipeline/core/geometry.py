@@ -292,12 +292,6 @@ class PageGeometry:
             dims.append(t.size(*dims[-1]) if t is not None else dims[-1])
         self.dims = dims
 
-    @property
-    def transposed(self) -> bool:
-        """Rows of the placed page are columns of the input (an odd number of quarter
-        turns)."""
-        return sum(t.transpose for t in self.transforms if t is not None) % 2 == 1
-
     def placed(self, row: int, col: int) -> Rect:
         """A tile's core grown by the margin the ops after the geometric ones need, on the
         placed page (clipped at its border)."""
