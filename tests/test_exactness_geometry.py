@@ -381,3 +381,31 @@ def test_the_ops_that_bake_each_orientation(orientation, ops):
     page = make_image(13, 37, 53, 3, "uint8")
     shown = np.asarray(turned(Image.fromarray(page), orientation))
     assert np.array_equal(apply_chain(page, chain_from_json(ops)), shown)
+
+
+def test_the_contact_sheets_thumbnails_of_a_turned_page(tmp_path, monkeypatch):
+    """The process steps sum a turned page's input thumbnail from each tile's input core
+    (its window on the input page), and its output thumbnail: both the exact area average
+    of the whole page. A crop's tiles hold the box only: its input is left to the preview."""
+    from pipeline.core.constants import THUMBNAILS_ENV
+    from pipeline.core.thumbs import ThumbSums, fit
+    from pipeline.steps import thumbs as steps_thumbs
+
+    monkeypatch.setenv(THUMBNAILS_ENV, "16")
+    page = make_image(14, 257, 389, 3, "uint8")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=False, rowsperstrip=16)
+    for ops, fuse in (([G, R(90)], True), ([F("vertical"), R(270)], False),
+                      ([C(3, 4, 300, 200)], True)):
+        (got,), plan = run_tiled(tmp_path, src, ops, 64, 64, units="tiny", fuse=fuse)
+        parts = steps_thumbs.summed_parts(plan.work)
+        assert ((0, "in") in parts) == (ops[0]["op"] != "crop")
+        for side, pixels in (("in", page), ("out", got)):
+            if (0, side) not in parts:
+                continue
+            made = steps_thumbs.load_summed(plan, 0, side, parts[(0, side)], 16)
+            h, w = pixels.shape[:2]
+            whole = ThumbSums(h, w, *fit(h, w, 16), 3)
+            whole.add(pixels, 0, 0)
+            assert made is not None, (ops, side)
+            np.testing.assert_array_equal(made.pixels, whole.mean())
