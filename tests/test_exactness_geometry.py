@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from test_exactness import assert_identical, make_image, ref_op, run_tiled, write_tiff
+from test_exactness import assert_identical, make_image, run_tiled, write_tiff
+from test_global_ops import ref_global
 
 from pipeline.adapters import tiff_read
 from pipeline.adapters.tiff_read import read_infos
@@ -30,7 +31,8 @@ ROTATE = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_C
 
 
 def geo_ref(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    """The reference of one op on the whole page: OpenCV's calls, a numpy slice."""
+    """The reference of one op on the whole page: OpenCV's calls, a numpy slice (the other
+    ops: test_global_ops.py's references)."""
     name = p["op"]
     if name == "rotate":
         return cv2.rotate(img, ROTATE[p["angle"]])
@@ -38,20 +40,7 @@ def geo_ref(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
         return cv2.flip(img, 1 if p["axis"] == "horizontal" else 0)
     if name == "crop":
         return np.ascontiguousarray(img[p["y"]:p["y"] + p["height"], p["x"]:p["x"] + p["width"]])
-    if name == "equalize_hist":
-        return cv2.equalizeHist(img)
-    if name == "normalize":
-        return cv2.normalize(img, None, 0, 255 if img.dtype == np.uint8 else 1.0,
-                             cv2.NORM_MINMAX)
-    if name == "downsample":
-        f = p["factor"]
-        h, w = img.shape[0] // f, img.shape[1] // f
-        return cv2.resize(np.ascontiguousarray(img[:h * f, :w * f]), (w, h),
-                          interpolation=cv2.INTER_AREA)
-    if name == "clahe":  # (pages whose sizes are multiples of the cell)
-        return cv2.createCLAHE(p.get("clip_limit", 2.0), (img.shape[1] // p["cell"],
-                                                          img.shape[0] // p["cell"])).apply(img)
-    return ref_op(img, p)
+    return ref_global(img, p)
 
 
 def reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
@@ -106,6 +95,11 @@ CASES: list[tuple[list[dict[str, Any]], str, int]] = [
     ([R(90), {"op": "downsample", "factor": 2}], "uint8", 3),
     ([F("vertical"), C(1, 2, 300, 250), {"op": "downsample", "factor": 3}], "float32", 1),
     ([G, R(270), {"op": "downsample", "factor": 2}, G], "uint16", 3),
+    ([R(90), {"op": "canny", "low": 20, "high": 60}], "uint8", 1),
+    ([G, F("horizontal"), {"op": "canny", "low": 30, "high": 90, "sigma": 1},
+      {"op": "dilate", "ksize": 3}], "uint8", 3),
+    ([R(270), {"op": "clahe", "cell": 16}], "uint8", 1),
+    ([C(9, 5, 333, 201), {"op": "clahe", "cell": 32, "clip_limit": 3}], "uint16", 1),
 ]
 
 #: (input layout, units budget, fuse)
