@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import tifffile
 from conftest import read_pages
 
 from pipeline import cli
@@ -32,10 +33,10 @@ def _rot(img: np.ndarray, angle: int) -> np.ndarray:
 
 
 def test_each_path_of_the_state_machine_turns_and_crops(tmp_path: Path):
-    """Five jobs, each on its branch: a small page (one ProcessJob task), a page of 18 Mpx
+    """Six jobs, each on its branch: a small page (one ProcessJob task), a page of 18 Mpx
     (the ProcessUnits Map of one-column units), a whole-page statistic after the rotation
-    (Split, Stats, Process, Merge), fuse off (Split, Process, Merge) and a multi-page file
-    cropped then flipped."""
+    (Split, Stats, Process, Merge), fuse off (Split, Process, Merge), a multi-page file
+    cropped then flipped, and a turned page with pyramid levels."""
     small = tmp_path / "small.tif"
     write_sample(str(small), [SamplePage(301, 517, 3)], tile=128, compression="deflate")
     big = tmp_path / "big.tif"
@@ -50,6 +51,8 @@ def test_each_path_of_the_state_machine_turns_and_crops(tmp_path: Path):
         (small, [{"op": "rotate", "angle": 90}, {"op": "to_gray"}, {"op": "equalize_hist"}], {}),
         (small, [{"op": "flip", "axis": "vertical"}, crop], {"fuse": False}),
         (pages, [crop, {"op": "flip", "axis": "horizontal"}], {}),
+        (small, [{"op": "rotate", "angle": 270}],
+         {"tile": 128, "output_options": {"pyramid": True, "tile": 64}}),
     ]
     jobs = [{"input": str(src), "output": str(tmp_path / f"out{i}.tif"), "ops": ops, **extra}
             for i, (src, ops, extra) in enumerate(chains)]
@@ -76,12 +79,21 @@ def test_each_path_of_the_state_machine_turns_and_crops(tmp_path: Path):
         [cv2.equalizeHist(cv2.cvtColor(_rot(rgb, 90), cv2.COLOR_RGB2GRAY))],
         [cv2.flip(rgb, 0)[21:281, 10:260]],
         [cv2.flip(p[21:281, 10:260], 1) for p in read_pages(pages)],
+        [_rot(rgb, 270)],
     ]
     for i, pages_wanted in enumerate(want):
         got = read_pages(tmp_path / f"out{i}.tif")
         assert len(got) == len(pages_wanted)
         for g, w in zip(got, pages_wanted, strict=True):
             assert g.dtype == w.dtype and np.array_equal(g, w), i
+    # a turned page's pyramid levels are built by merge, from its output tiles
+    with tifffile.TiffFile(tmp_path / "out5.tif") as tf:
+        levels = [level.shape[:2] for level in tf.series[0].levels]
+        level1 = tf.series[0].levels[1].asarray()
+    assert levels == [(517, 301), (259, 151), (130, 76), (65, 38), (33, 19)]
+    assert actions[5] == {"process.plan_job", "process.process_job"}
+    half = want[5][0][:516, :300].reshape(258, 2, 150, 2, 3).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(level1[:258, :150].astype(np.float64) - half).max() <= 1
 
 
 def test_a_crop_box_outside_a_page_fails_its_job_naming_the_page(tmp_path: Path):
