@@ -147,3 +147,24 @@ def test_inspect_and_estimate_see_the_turned_page(tmp_path: Path,
     # 10,240 px of it each: the cache budget's (docs/manifest-and-ops.md)
     assert job["fused"] and job["units"] == 30 * 3
     assert job["largest_job"]["bounds"]["units"] < 100  # gigapixels: its units are small
+
+
+def test_a_palette_page_turned_keeps_its_indices_and_colormap(tmp_path: Path):
+    """A chain that only moves pixels keeps a palette page's indices and colormap (as an
+    empty chain does), turned; any other op makes it RGB first."""
+    rng = np.random.default_rng(3)
+    indices = rng.integers(0, 256, (150, 97), dtype=np.uint8)
+    colormap = rng.integers(0, 65536, (3, 256), dtype=np.uint16)
+    src = tmp_path / "palette.tif"
+    tifffile.imwrite(src, indices, photometric="palette", colormap=colormap, tile=(32, 32))
+    ops = [{"op": "rotate", "angle": 90}, {"op": "crop", "x": 5, "y": 7, "width": 120,
+                                            "height": 80}]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(src), "output": str(tmp_path / "out.tif"), "ops": ops}]}))
+    result = run_local(str(tmp_path / "m.json"), 1)
+    assert result.ok, result.error
+    with tifffile.TiffFile(tmp_path / "out.tif") as tf:
+        page = tf.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+        assert np.array_equal(page.colormap, colormap)
+        assert np.array_equal(page.asarray(), _rot(indices, 90)[7:87, 5:125])

@@ -504,8 +504,13 @@ def _palette_kind(page: tifffile.TiffPage, where: str, bps: int, samples: int,
 
 def keeps_palette(ops: list[Any], compression: str) -> bool:
     """Whether a job keeps palette pages as indices + colormap: only when nothing changes the
-    pixels (an empty op chain) and the output is lossless (JPEG would blur indices)."""
-    return not ops and compression != "jpeg"
+    pixels (an op chain that is empty or only moves them: rotate, flip, crop) and the output
+    is lossless (JPEG would blur indices)."""
+    if not ops:  # (most jobs of a reader without the op registry: preview, inspect)
+        return compression != "jpeg"
+    from pipeline.core.ops import chain_moves_only
+
+    return chain_moves_only(ops) and compression != "jpeg"
 
 
 #: the tags of a page's size and segment size, none of which may be 0

@@ -415,6 +415,12 @@ def chain_turns(ops: list[dict[str, Any]]) -> bool:
     return any((make := OPS[op["op"]].geometry) is not None and make(op).turns for op in ops)
 
 
+def chain_moves_only(ops: list[dict[str, Any]]) -> bool:
+    """Whether every op of a chain (its JSON) only moves pixels (rotate, flip, crop; true of
+    an empty chain): a palette page's indices then stay indices."""
+    return all(op.get("op") in OPS and OPS[op["op"]].geometry is not None for op in ops)
+
+
 def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
     """Whether every op of a chain (its JSON) keeps values (:attr:`Op.keeps_values`): an
     input's no-data value still marks the pixels without data in its output."""
