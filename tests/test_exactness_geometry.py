@@ -244,6 +244,27 @@ def test_each_strip_is_decoded_once_per_unit_and_reads_stay_small(tmp_path, ops,
         assert max(decodes.values()) <= 2
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_page_in_one_strip_turned_a_quarter_is_decoded_once(tmp_path, fuse, monkeypatch):
+    """Its strip spans every band of the input: a unit then takes all of them (every tile
+    column of the turned page), so the strip is decoded once per column chunk, not once per
+    tile column."""
+    page = make_image(15, 300, 700, 3, "uint8")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=False, rowsperstrip=None, compression="deflate")
+    decodes = []
+
+    class Counting(tiff_read.PageReader):
+        def segment_bytes(self, seg: int) -> bytes | None:
+            decodes.append(seg)
+            return super().segment_bytes(seg)
+
+    monkeypatch.setattr(split_mod, "PageReader", Counting)
+    (got,), plan = run_tiled(tmp_path, src, [G, R(90)], 64, 64, fuse=fuse)
+    assert_identical(got, reference(page, [G, R(90)]))
+    assert [(u.col0, u.col1) for u in plan.units] == [(0, 5)] and decodes == [0]
+
+
 # --- what is refused ------------------------------------------------------------------
 
 

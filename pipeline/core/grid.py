@@ -153,7 +153,10 @@ def split_units(page: int, grid: PageGrid, bytes_per_pixel: int, segment_rows: i
     its columns are the input's rows. A unit is then one tile column of the grid (one band
     of the input's tile rows, its chunk of columns cut as above): its tiles come one per
     grid row, so a fused unit writes each output row as it comes, and the sweep of the band
-    decodes each segment once.
+    decodes each segment once. Segments taller than a tile (tall strips, a page in one
+    strip, large tiles) make a unit as many columns wide as one spans, so that units do
+    not decode a segment again each (a fused unit then holds its output rows until its
+    last column: no more pixels than the segment rows its reader holds).
     """
     rows, cols = _unit_tiles(grid, bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
                              segment_cols, transposed)
@@ -175,11 +178,13 @@ def _unit_tiles(grid: PageGrid, bytes_per_pixel: int, segment_rows: int, cache_b
                 unit_pixels: int, segment_cols: int = 0, transposed: bool = False
                 ) -> tuple[int, int]:
     """(tile rows, tile columns) of a split unit of the page (see :func:`split_units`)."""
-    if transposed:  # the band of one input tile row, as the input lies: one grid column
+    if transposed:  # a band of the input's rows as it lies: grid columns
         _, cols = _unit_tiles(PageGrid(grid.width, grid.height, grid.tile, grid.halo),
                               bytes_per_pixel, segment_rows, cache_budget, unit_pixels,
                               segment_cols)
-        return cols, 1
+        # one tile column; as many as a segment taller than a tile spans (a page in one
+        # strip: all of them), else each unit would decode it again
+        return cols, min(grid.cols, max(1, -(-segment_rows // grid.tile)))
     per_col = rows_held(grid, segment_rows) * (grid.tile + 2 * grid.halo) * bytes_per_pixel
     cols = min(grid.cols, max(1, cache_budget // per_col))
     if segment_cols > grid.tile and segment_cols % grid.tile == 0 and cols < grid.cols:
