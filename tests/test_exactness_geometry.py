@@ -363,7 +363,7 @@ def test_turning_a_georeferenced_page_is_refused(tmp_path):
     _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
     assert len(problems) == 1 and problems[0].startswith(
         "page 0: ops[1] (flip): the page is georeferenced (GeoTIFF ModelTiepoint, "
-        "ModelPixelScale or ModelTransformation), whose turned version is not written")
+        "ModelPixelScale or ModelTransformation) and its georeferencing is not turned with it")
 
 
 def test_ome_physical_sizes_follow_a_quarter_turn(tmp_path):

@@ -10,8 +10,8 @@ an op with a halo grows it by its halo (aligned, as :mod:`pipeline.core.chain` a
 crop origin: ``HALO_ALIGN`` px from the origin of the page the op sees). So a tile reads a
 bounded window of the input, whatever the op: rotating by 90 degrees makes an output band an
 input column strip (:func:`pipeline.core.grid.split_units` then cuts units one tile column
-of the placed page wide: one input band of tile rows each, so a strip's decode serves the
-whole unit).
+of the placed page wide, or as many as a tall strip spans: one band of the input's rows
+each, so a strip's decode serves the whole unit).
 
 Pure module: integers and arrays in, integers and arrays out.
 """
@@ -194,8 +194,8 @@ def georeferenced(chain: list[Any], metadata: dict[str, Any]) -> list[str]:
     turning = [(i, c) for i, c in enumerate(chain)
                if (t := transform_of(c)) is not None and t.turns]
     return [f"ops[{i}] ({c.op.name}): the page is georeferenced (GeoTIFF ModelTiepoint, "
-            "ModelPixelScale or ModelTransformation), whose turned version is not written: "
-            "the output would put every pixel in the wrong place; leave "
+            "ModelPixelScale or ModelTransformation) and its georeferencing is not turned "
+            "with it: the output would put every pixel in the wrong place; leave "
             f"{c.op.name} out (GIS software shows a map by its georeferencing), or turn the "
             "page with GDAL (gdalwarp)" for i, c in turning[:1]]
 
