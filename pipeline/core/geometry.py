@@ -28,11 +28,11 @@ from pipeline.core.record import record
 
 #: OpenCV's call for each (transpose, flip rows, flip cols) of the ops
 _CV_TURNS: dict[tuple[bool, bool, bool], Any] = {
-    (True, False, True): lambda cv, a: cv.rotate(a, cv.ROTATE_90_CLOCKWISE),
-    (True, True, False): lambda cv, a: cv.rotate(a, cv.ROTATE_90_COUNTERCLOCKWISE),
-    (False, True, True): lambda cv, a: cv.rotate(a, cv.ROTATE_180),
-    (False, False, True): lambda cv, a: cv.flip(a, 1),
-    (False, True, False): lambda cv, a: cv.flip(a, 0),
+    (True, False, True): lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    (True, True, False): lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    (False, True, True): lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    (False, False, True): lambda a: cv2.flip(a, 1),
+    (False, True, False): lambda a: cv2.flip(a, 0),
 }
 #: the unsigned type of each sample size, which OpenCV moves as it is (it gives int64 back
 #: as int32)
@@ -86,7 +86,7 @@ class Turn:
         numpy copy of a turned view was 3 to 25 times slower; else numpy's."""
         turn = _CV_TURNS.get((self.transpose, self.flip_rows, self.flip_cols))
         if turn is not None and (img.ndim == 2 or img.shape[2] <= 4):
-            moved = turn(cv2, img.view(_UNSIGNED[img.dtype.itemsize]))
+            moved = turn(img.view(_UNSIGNED[img.dtype.itemsize]))
             return moved.view(img.dtype).reshape(self.size(*img.shape[:2]) + img.shape[2:])
         out = img.swapaxes(0, 1) if self.transpose else img
         if self.flip_rows:
