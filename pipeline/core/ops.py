@@ -383,14 +383,14 @@ OPS: dict[str, Op] = {op.name: op for op in (
                (Param("angle", "integer", "degrees, clockwise as the page is stored (row 0 "
                       "at the top)", required=True, choices=(90, 180, 270)),),
                lambda p: geo.ROTATIONS[p["angle"]],
-               "bit-identical to cv2.rotate (np.rot90 for types OpenCV lacks) on the whole "
-               "page"),
+               "bit-identical to cv2.rotate on the whole page (np.rot90 beyond 4 bands, "
+               "which OpenCV refuses)"),
     _geometric("flip", "cv2.flip(img, 1) for axis horizontal (left and right swap), "
                "cv2.flip(img, 0) for vertical (top and bottom swap)",
                (Param("axis", "string", "horizontal: mirror left to right; vertical: top to "
                       "bottom", required=True, choices=("horizontal", "vertical")),),
                lambda p: geo.FLIPS[p["axis"]],
-               "bit-identical to cv2.flip (numpy for types OpenCV lacks) on the whole page"),
+               "bit-identical to cv2.flip on the whole page (np.flip beyond 4 bands)"),
     _geometric("crop", "img[y:y + height, x:x + width]: the box, in pixels of the page as "
                "the op gets it",
                (_box("x", "first column of the box", 0), _box("y", "first row of the box", 0),
