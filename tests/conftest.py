@@ -245,3 +245,66 @@ def small_file_system(folder: Path, size: str = "64k") -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+
+
+@contextmanager
+def moto_keeps_versions_as_aws() -> Iterator[None]:
+    """Two things AWS does that the versioned deploys rely on and moto (5.2) does not:
+    Lambda never numbers a new version with a deleted one's number (moto numbers it
+    ``len(versions) + 1``: after a version is deleted, the next one takes the newest's
+    number again), and ``DescribeStateMachineForExecution`` answers the definition the
+    execution started with (moto answers the state machine's current one). With this,
+    moto's Lambda numbers as AWS does, and its Step Functions (either backend) keeps each
+    execution's definition as it started."""
+    from moto.awslambda.models import LambdaStorage
+    from moto.core.responses import ActionResult
+    from moto.stepfunctions.models import StateMachine
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    publish, start = LambdaStorage.publish_version, StateMachine.start_execution
+    describe = StepFunctionResponse.describe_state_machine_for_execution
+
+    def publish_version(self: Any, name_or_arn: str, description: str = "") -> Any:
+        name = self.get_function_by_name_or_arn_forbid_qualifier(name_or_arn).function_name
+        before = list(self._functions[name]["versions"])
+        made = publish(self, name_or_arn, description)
+        if made is None or any(v is made for v in before):
+            return made  # nothing changed: the newest version, as AWS answers
+        highest = self.__dict__.setdefault("_highest_version", {})
+        number = max([highest.get(name, 0), *(int(v.version) for v in before)]) + 1
+        highest[name] = number
+        if int(made.version) != number:
+            wrong = made.function_arn
+            made.set_version(number)
+            self._arns[made.function_arn] = made
+            same = next((v for v in before if v.function_arn == wrong), None)
+            if same is not None:  # (moto put this one's ARN on the new version)
+                self._arns[wrong] = same
+        return made
+
+    def start_execution(self: Any, *args: Any, **kwargs: Any) -> Any:
+        execution = start(self, *args, **kwargs)
+        execution.started_on = self.definition
+        return execution
+
+    def describe_for_execution(self: Any) -> Any:
+        arn = self._get_param("executionArn")
+        backend = self.stepfunction_backend
+        machine = backend.describe_state_machine_for_execution(arn)
+        execution = next(e for e in machine.executions if e.execution_arn == arn)
+        answer = describe(self).result
+        snapshot = getattr(getattr(execution, "state_machine", None), "definition", None)
+        return ActionResult({**answer, "definition": getattr(execution, "started_on", None)
+                             or snapshot or answer["definition"]})
+
+    LambdaStorage.publish_version = publish_version  # type: ignore[method-assign]
+    StateMachine.start_execution = start_execution  # type: ignore[method-assign]
+    StepFunctionResponse.describe_state_machine_for_execution = (  # type: ignore[method-assign]
+        describe_for_execution)
+    try:
+        yield
+    finally:
+        LambdaStorage.publish_version = publish  # type: ignore[method-assign]
+        StateMachine.start_execution = start  # type: ignore[method-assign]
+        StepFunctionResponse.describe_state_machine_for_execution = (  # type: ignore[method-assign]
+            describe)

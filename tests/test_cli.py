@@ -226,6 +226,25 @@ def test_run_runs_the_definition_given(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_run_runs_a_deployed_stacks_definition(tmp_path: Path, interpreter: str):
+    """The definition a stack runs, as deploy.py renders it (each function's version ARN:
+    ``...:function:tiffpipe-prod-split:7``), read back from Step Functions and run here
+    with ``--definition``: each task is served by its function, whatever the ARN's stack,
+    region and version, on either interpreter."""
+    from pipeline.engine import definition
+
+    _inputs(tmp_path)
+    deployed = tmp_path / "deployed.asl.json"
+    deployed.write_text(definition.render({
+        f: f"arn:aws:lambda:eu-west-1:123456789012:function:tiffpipe-prod-{f}:7"
+        for f in ("split", "process", "merge")}))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                     "--no-contact-sheet", "--interpreter", interpreter, "--definition",
+                     str(deployed)]) == 0
+    _check_outputs(tmp_path)
+
+
 def test_a_task_naming_no_function_of_the_engine_fails_the_run_not_its_job(
         tmp_path: Path, capsys: pytest.CaptureFixture):
     """A definition whose task names a function the engine does not have (a typo in an

@@ -24,7 +24,7 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import bucket_conditions_unchecked
+from conftest import bucket_conditions_unchecked, moto_keeps_versions_as_aws
 from moto import mock_aws
 
 from pipeline.aws import STEPS, StackNames, policies
@@ -38,6 +38,7 @@ from pipeline.aws.policies import (
     scheduler_policy,
     state_machine_policy,
 )
+from pipeline.aws.versions import PREVIOUS_KEY
 from pipeline.core.constants import FUNCTION_SIZES as SIZES
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,7 +49,7 @@ ACCOUNT = "123456789012"
 STACK = "t1"
 NAMES = StackNames(STACK, ACCOUNT, REGION)
 WRITE = re.compile(r"^(Create|Put|Update|Delete|Tag|Untag|Attach|Detach|Start|Stop|Upload|"
-                   r"Complete|Abort|Batch|Set)")
+                   r"Complete|Abort|Batch|Set|Publish)")
 _spec = importlib.util.spec_from_file_location("deploy_script", ROOT / "deploy.py")
 assert _spec and _spec.loader
 deploy_script = importlib.util.module_from_spec(_spec)
@@ -233,12 +234,27 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
     assert result is not None
     writes = aws.writes()
     assert writes.count("lambda.UpdateFunctionCode") == 3
-    # every role names the new bucket (split and process read inputs, merge writes outputs)
-    assert sorted(writes) == ["iam.PutRolePolicy"] * 3 + ["lambda.UpdateFunctionCode"] * 3
+    # every role names the new bucket (split and process read inputs, merge writes outputs);
+    # each new image is a new version, which the state machine names (the definition it
+    # replaces is kept: its versions too)
+    assert sorted(writes) == ["iam.PutRolePolicy"] * 3 + ["lambda.PublishVersion"] * 3 + [
+        "lambda.UpdateFunctionCode"] * 3 + ["s3.PutObject", "stepfunctions.UpdateStateMachine"]
     lam = aws.client("lambda")
     for step in STEPS:
         uri = lam.get_function(FunctionName=NAMES.function(step))["Code"]["ImageUri"]
         assert uri.endswith(f"@{new[step]}")
+
+
+def _definition_versions(aws: Aws) -> dict[str, str]:
+    """The version of each function the deployed state machine invokes (one each)."""
+    text = aws.client("stepfunctions").describe_state_machine(
+        stateMachineArn=NAMES.state_machine_arn)["definition"]
+    named = {}
+    for arn in re.findall(r'"FunctionName": "([^"]+)"', text):
+        base, _, version = arn.rpartition(":")
+        step = next(s for s in STEPS if base == NAMES.function_arn(s))
+        assert named.setdefault(step, version) == version, f"{step}: {arn} and {named[step]}"
+    return named
 
 
 def test_a_redeploy_without_data_buckets_keeps_the_deployed_ones(aws: Aws):
@@ -339,8 +355,11 @@ def test_a_new_size_or_schedule_updates_only_that(aws: Aws, tmp_path: Path,
     code, _, err = aws.deploy("--skip-build", "--schedule", "rate(12 hours)",
                               "--schedule-manifest", manifest)
     assert code == 0, err
-    assert sorted(aws.writes()) == ["lambda.UpdateFunctionConfiguration",
-                                    "scheduler.UpdateSchedule"]
+    # a new version of merge alone (its configuration), which the state machine then names
+    assert sorted(aws.writes()) == ["lambda.PublishVersion", "lambda.UpdateFunctionConfiguration",
+                                    "s3.PutObject", "scheduler.UpdateSchedule",
+                                    "stepfunctions.UpdateStateMachine"]
+    assert _definition_versions(aws) == {"split": "1", "process": "1", "merge": "2"}
     config = aws.client("lambda").get_function_configuration(FunctionName=NAMES.function("merge"))
     assert (config["MemorySize"], config["Timeout"]) == (4096, 600)
     schedule = aws.client("scheduler").get_schedule(Name=NAMES.schedule)
@@ -517,7 +536,7 @@ def test_created_resources_are_configured(aws: Aws, tmp_path: Path):
     machine = sfn.describe_state_machine(stateMachineArn=NAMES.state_machine_arn)
     assert "${" not in machine["definition"]
     resources = re.findall(r'"FunctionName": "([^"]+)"', machine["definition"])
-    assert set(resources) == {NAMES.function_arn(s) for s in STEPS}
+    assert set(resources) == {f"{NAMES.function_arn(s)}:1" for s in STEPS}  # their versions
     assert machine["roleArn"] == NAMES.role_arn(NAMES.state_machine_role)
     [dest] = machine["loggingConfiguration"]["destinations"]
     assert dest["cloudWatchLogsLogGroup"]["logGroupArn"] == \
@@ -1539,7 +1558,8 @@ def _iam_request(service: str, operation: str, params: dict[str, Any]
         name = params.get("FunctionName") or params.get("Resource")
         arn = "*" if name is None else (
             name if name.startswith("arn:") else NAMES.function_arn("x").replace(
-                NAMES.function("x"), name))
+                NAMES.function("x"), name)) + (f":{params['Qualifier']}"
+                                               if "Qualifier" in params else "")
     elif service == "ecr":
         name = params.get("repositoryName") or (params.get("repositoryNames") or [None])[0]
         arn = "*" if name is None else f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}"
@@ -1547,7 +1567,8 @@ def _iam_request(service: str, operation: str, params: dict[str, Any]
         arn = (NAMES.log_group_arn(params["logGroupName"]) if "logGroupName" in params
                else f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*")
     elif service == "stepfunctions":
-        arn = params.get("stateMachineArn") or NAMES.state_machine_arn
+        arn = params.get("stateMachineArn") or params.get("executionArn") or \
+            NAMES.state_machine_arn
     elif service == "scheduler":
         arn = f"arn:aws:scheduler:{REGION}:{ACCOUNT}:schedule/default/{params['Name']}"
     else:
@@ -1580,8 +1601,9 @@ def denied_calls(policy: dict[str, Any], requests: list[tuple[str, str, dict[str
 
 def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws, tmp_path: Path):
     """Every API call of a first deploy (images built and pushed, a schedule, data
-    locations), a redeploy that changes it, the schedule's removal and a destroy with the
-    bucket is allowed by deploy.py --print-deployer-policy, on the resource it names."""
+    locations), a redeploy that changes it while an execution runs, the schedule's removal
+    (the versions no execution uses deleted) and a destroy with the bucket is allowed by
+    deploy.py --print-deployer-policy, on the resource it names."""
     requests: list[tuple[str, str, dict[str, Any]]] = []
 
     recording = [True]  # (not the calls of push_fake_images, the test's stand-in build)
@@ -1595,6 +1617,10 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
                               "--input-bucket", "slides", *SCAN_LOCATIONS,
                               build=fake_build([]), run=fake_docker())
     assert code == 0, err
+    recording[0] = False  # (a run, started by another identity: not deploy.py's call)
+    aws.client("stepfunctions").start_execution(stateMachineArn=NAMES.state_machine_arn,
+                                                name="run-1", input="{}")
+    recording[0] = True
     manifest.write_text(manifest.read_text().replace('"sigma": 2', '"sigma": 3'))
     code, _, err = aws.deploy("--schedule", "rate(2 days)", "--schedule-manifest",
                               str(manifest), "--concurrency", "7", "--requirements",
@@ -1617,6 +1643,10 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
                                    *SCAN_LOCATIONS], session=aws.session) == 0
     policy = json.loads(out.getvalue())
     assert not (denied := denied_calls(policy, requests, _iam_request)), denied
+    made = {f"{s}.{o}" + (":version" if "Qualifier" in p else "") for s, o, p in requests}
+    assert made >= {"lambda.PublishVersion", "lambda.DeleteFunction:version",
+                    "lambda.GetFunctionConfiguration:version",
+                    "stepfunctions.DescribeStateMachineForExecution"}, made
     assert {s for s, _, _ in requests} >= {"s3", "ecr", "iam", "lambda", "logs",
                                            "stepfunctions", "scheduler"}
 
@@ -1707,3 +1737,77 @@ def test_sse_is_set_on_the_output_writers_kept_and_removed(aws: Aws):
 def test_sse_usage_errors(aws: Aws, args: list[str], message: str):
     code, _, err = aws.deploy("--skip-build", *args)
     assert code == 2 and message in err and not aws.calls
+
+
+# --- redeploying while runs go on: versions -----------------------------------------
+
+
+def _versions(aws: Aws, step: str) -> list[str]:
+    return [v["Version"] for v in aws.client("lambda").list_versions_by_function(
+        FunctionName=NAMES.function(step))["Versions"] if v["Version"] != "$LATEST"]
+
+
+def _previous_versions(aws: Aws) -> dict[str, str]:
+    """The versions the definition the last deploy replaced names (kept)."""
+    text = aws.client("s3").get_object(Bucket=NAMES.bucket, Key=PREVIOUS_KEY)["Body"].read()
+    found = {}
+    for arn in re.findall(r'"FunctionName": "([^"]+)"', text.decode()):
+        base, _, version = arn.rpartition(":")
+        found[next(s for s in STEPS if base == NAMES.function_arn(s))] = version
+    return found
+
+
+def test_a_redeploy_names_new_versions_and_keeps_those_running_executions_use(aws: Aws):
+    """Each deploy that changes a function's code or configuration publishes a version of it,
+    and the state machine names the versions: an execution keeps the definition it started
+    with (Step Functions), so it keeps invoking the versions it started on, whatever a
+    deploy changes meanwhile; those are kept while it runs, and deleted by the first deploy
+    after it ended. A deploy with nothing changed publishes nothing."""
+    sfn = aws.client("stepfunctions")
+    with moto_keeps_versions_as_aws():
+        push_fake_images(aws, "v1")
+        code, result, err = aws.deploy("--skip-build")
+        assert code == 0, err
+        assert result is not None and result["versions"] == dict.fromkeys(STEPS, "1")
+        assert _definition_versions(aws) == dict.fromkeys(STEPS, "1")
+        running = sfn.start_execution(stateMachineArn=NAMES.state_machine_arn, name="run-1",
+                                      input="{}")["executionArn"]
+
+        push_fake_images(aws, "v2")  # a new release
+        code, result, err = aws.deploy("--skip-build")
+        assert code == 0, err
+        assert "1 execution(s) running: each goes on to its end" in err
+        assert _definition_versions(aws) == dict.fromkeys(STEPS, "2")
+        assert _previous_versions(aws) == dict.fromkeys(STEPS, "1")
+        kept = sfn.describe_state_machine_for_execution(executionArn=running)["definition"]
+        assert set(re.findall(r'"FunctionName": "([^"]+)"', kept)) == {
+            f"{NAMES.function_arn(s)}:1" for s in STEPS}  # the running one: still version 1
+
+        code, result, err = aws.deploy("--skip-build", "--sse", "AES256")  # a new setting
+        assert code == 0, err
+        assert _definition_versions(aws) == {"split": "2", "process": "3", "merge": "3"}
+        # 1: the running execution's; 2: the definition this deploy replaced
+        assert {s: _versions(aws, s) for s in STEPS} == {
+            "split": ["1", "2"], "process": ["1", "2", "3"], "merge": ["1", "2", "3"]}
+
+        aws.calls.clear()
+        code, result, err = aws.deploy("--skip-build")  # nothing changed
+        assert code == 0, err
+        assert aws.writes() == [] and "nothing changed" in err
+
+        sfn.stop_execution(executionArn=running)  # it ended: no execution can use 1 now
+        aws.calls.clear()
+        code, result, err = aws.deploy("--skip-build")
+        assert code == 0, err
+        assert sorted(aws.writes()) == ["lambda.DeleteFunction"] * 3
+        assert "delete version 1 of tiffpipe-t1-split" in err
+        assert {s: _versions(aws, s) for s in STEPS} == {
+            "split": ["2"], "process": ["2", "3"], "merge": ["2", "3"]}
+
+        aws.calls.clear()
+        code, result, err = aws.deploy("--skip-build", "--dry-run", "--sse", "none")
+        assert code == 0, err
+        assert aws.writes() == []
+        assert "would publish version 4 of tiffpipe-t1-merge" in err
+        assert "would delete version 2 of tiffpipe-t1-merge" in err
+        assert "version 2 (its code and configuration): unchanged" in err  # split's

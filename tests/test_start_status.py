@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
-from conftest import bucket_conditions_unchecked, read_pages
+from conftest import bucket_conditions_unchecked, moto_keeps_versions_as_aws, read_pages
 from moto import mock_aws
 
 from pipeline import cli, handlers
@@ -183,6 +184,103 @@ def test_start_uploads_a_local_manifest_and_wait_shows_the_summary(
     code, again, err = stack.tiffpipe("status", arn)
     assert code == 1, err
     assert again == out[len(arn) + 1:]
+
+
+def _push_images(stack: Stack, version: str) -> None:
+    """New images of the three functions (a new release), the only ones in their
+    repositories: what --skip-build deploys next."""
+    ecr = stack.client("ecr")
+    for step in STEPS:
+        repo = NAMES.repository(step)
+        ecr.batch_delete_image(repositoryName=repo,
+                               imageIds=ecr.list_images(repositoryName=repo)["imageIds"])
+        layer = "sha256:" + hashlib.sha256(f"{step}-{version}".encode()).hexdigest()
+        ecr.put_image(repositoryName=repo, imageTag=tag_prefix(DeployConfig(STACK).arch) + version,
+                      imageManifest=json.dumps({
+                          "schemaVersion": 2, "layers": [{"digest": layer}],
+                          "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}))
+
+
+def _redeploy(stack: Stack) -> dict[str, Any]:
+    return deploy(DeployConfig(STACK, skip_build=True), Clients(REGION, session=stack.session),
+                  log=lambda _: None, sleep=lambda _: None)
+
+
+def _versions(stack: Stack, step: str) -> list[str]:
+    return [v["Version"] for v in stack.client("lambda").list_versions_by_function(
+        FunctionName=NAMES.function(step))["Versions"] if v["Version"] != "$LATEST"]
+
+
+def test_a_run_goes_on_to_its_end_on_the_code_it_started_with(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch):
+    """Redeploys while a run goes on: the run's every task (its jobs' Distributed Map
+    children too) runs the release it started on, not the new one (the definition naming
+    the functions unversioned, every task after a deploy ran the new code on the old
+    code's events and work files); a run started after runs the new release; the versions
+    a running execution uses are kept until it ends, then deleted by the next deploy."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    monkeypatch.setattr(plan_mod, "SINGLE_TASK_PIXELS", 0)  # the units as a Distributed Map
+    served = LambdaSimpleBackend.invoke  # (served_by's: the real handlers)
+    invoked: list[tuple[str, str]] = []  # (the version invoked, the event)
+    held, release = threading.Event(), threading.Event()
+
+    def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
+               response_headers: dict[str, str]) -> bytes:
+        event = json.loads(body or "{}")
+        if event.get("action") == "plan_run" and not held.is_set():
+            held.set()  # the first run waits in its PlanRun while the stack is redeployed
+            release.wait(60)
+        self.get_function(name, qualifier)  # (as AWS: a version deleted cannot be invoked)
+        version = qualifier or name.split(":function:", 1)[-1].partition(":")[2] or "$LATEST"
+        invoked.append((version, json.dumps(event)))
+        return served(self, name, qualifier, body, headers, response_headers)
+
+    def start(out: str) -> tuple[int, str, str]:
+        manifest = stack.manifest(f"{out}.json", {"jobs": [{
+            "input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/{out}.tif",
+            "ops": [{"op": "invert"}], "tile": 128, "output_options": {"tile": 64}}]})
+        return stack.tiffpipe("start", str(manifest), "--stack", STACK, "--region", REGION,
+                              *(["--wait", "--poll", "0.05"] if out != "first" else []))
+
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    try:
+        with moto_keeps_versions_as_aws():
+            code, out, err = start("first")
+            assert code == 0, err
+            first = out.strip()
+            assert held.wait(30), "the first run did not reach its PlanRun"
+            _push_images(stack, "v2")
+            assert _redeploy(stack)["versions"] == dict.fromkeys(STEPS, "2")
+            _push_images(stack, "v3")
+            assert _redeploy(stack)["versions"] == dict.fromkeys(STEPS, "3")
+            for step in STEPS:  # 1: the running run's; 2: the definition 3 replaced
+                assert _versions(stack, step) == ["1", "2", "3"], step
+            code, out, err = start("second")  # on the new definition, to its end
+            assert code == 0, err
+            second = out.splitlines()[0]
+            release.set()
+            code, out, err = stack.tiffpipe("status", first, "--wait", "--poll", "0.05")
+            assert code == 0, err
+            assert "1 succeeded, 0 failed" in out
+
+            _push_images(stack, "v4")  # no run now: what none can invoke goes
+            assert _redeploy(stack)["versions"] == dict.fromkeys(STEPS, "4")
+            for step in STEPS:
+                assert _versions(stack, step) == ["3", "4"], step
+    finally:
+        release.set()
+        LambdaSimpleBackend.invoke = served  # type: ignore[method-assign]
+
+    runs = {}
+    for arn in (first, second):
+        run_id = arn.rsplit(":", 1)[-1].removeprefix("run-")
+        runs[arn] = [(v, e) for v, e in invoked if f"work/{run_id}/" in e]
+    assert sum(map(len, runs.values())) == len(invoked), "a task of neither run"
+    actions = {json.loads(e)["action"] for _, e in runs[first]}
+    assert {"plan_run", "plan_job", "process_unit", "merge", "report"} <= actions, actions
+    assert {v for v, _ in runs[first]} == {"1"}  # started on 1: all of it on 1
+    assert {v for v, _ in runs[second]} == {"3"}
 
 
 def test_a_scan_started_twice_does_no_work_twice(stack: Stack):

@@ -32,8 +32,9 @@ from pipeline.steps import stats as stats_step
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT / "node_modules" / ".bin" / "asl-validator"
 
-#: realistic ARNs of the three functions (as deploy passes them to definition.render)
-ARNS = {f: f"arn:aws:lambda:eu-west-1:123456789012:function:tiffpipe-{f}"
+#: realistic ARNs of the three functions (as deploy passes them to definition.render: the
+#: versions it published)
+ARNS = {f: f"arn:aws:lambda:eu-west-1:123456789012:function:tiffpipe-{f}:3"
         for f in ("split", "process", "merge")}
 
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"

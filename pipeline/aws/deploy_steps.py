@@ -45,6 +45,18 @@ from pipeline.aws.resources import (
     remove_if,
     role_policy,
 )
+from pipeline.aws.versions import (
+    PREVIOUS_KEY,
+    Named,
+    Running,
+    ensure_version,
+    keep_previous,
+    prune_versions,
+    read_previous,
+    running_executions,
+    same_definition,
+    version_arns,
+)
 from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
 from pipeline.engine import definition
 from pipeline.errors import ManifestError
@@ -241,6 +253,23 @@ def _begin(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     return log, Actions(config.dry_run, log), names
 
 
+def _running(clients: Clients, names: StackNames, log: Callable[[str], None]) -> Running:
+    """The stack's running executions and the function versions they use (kept: see
+    :mod:`pipeline.aws.versions`), said when there are some. Read before anything changes:
+    an execution started during the deploy starts on the definition it replaces, which is
+    kept too."""
+    running = running_executions(clients, names)
+    if running.count:
+        log(f"{running.count} execution(s) running: each goes on to its end on the function "
+            "versions it started with (kept)")
+    if running.named.unversioned:
+        log(f"  {running.named.unversioned} of them started on a definition deployed before "
+            "versioned deploys, which invokes the functions unversioned: their tasks after "
+            "this deploy run its code. If it changes the functions' events or work files, "
+            "let them end first (or stop them and start them again after)")
+    return running
+
+
 def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
                  log: Callable[[str], None]) -> int | None:
     """How many Lambda invocations a run may make at once: ``--concurrency``; else what the
@@ -346,6 +375,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     if not config.skip_build and not config.dry_run:
         docker_images.check_docker(run)
     concurrency = _concurrency(config, clients, names, log)
+    running = _running(clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
     if config.registry:
@@ -363,16 +393,30 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     roles["states"] = ensure_role(
         iam, names, names.state_machine_role, policies.trust_policy("states", names.account),
         policies.state_machine_policy(names), acts, f"tiffpipe {names.stack}: the state machine")
-    functions = {s: ensure_function(clients("lambda"), names, s, images[s], roles[s],
-                                    config.arch, acts, sleep,
-                                    packages if s == "process" else None,
-                                    encryption if s in _WRITERS else None) for s in STEPS}
-    text = definition.render({s: names.function_arn(s) for s in STEPS})
+    lam, functions, versions = clients("lambda"), {}, {}
+    for s in STEPS:
+        functions[s], updated = ensure_function(lam, names, s, images[s], roles[s], config.arch,
+                                                acts, sleep, packages if s == "process" else None,
+                                                encryption if s in _WRITERS else None)
+        # the state machine names this version: running executions keep the ones they have
+        versions[s] = ensure_version(lam, names, s, acts, updated)
+    text = definition.render(version_arns(names, versions))
     if concurrency is not None:
         text = definition.limit_concurrency(text, concurrency)
-    machine = ensure_state_machine(clients("stepfunctions"), names, text, roles["states"],
+    sfn, s3 = clients("stepfunctions"), clients("s3")
+    deployed = get_or_none(lambda: sfn.describe_state_machine(
+        stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
+    replaced = deployed and not same_definition(deployed["definition"], text) and \
+        deployed["definition"]
+    if replaced:  # kept before it is replaced
+        keep_previous(s3, names, replaced, acts)
+    machine = ensure_state_machine(sfn, names, text, roles["states"],
                                    groups[names.state_machine_log_group], acts, sleep)
     schedule = _schedule(config, clients, names, roles, acts)
+    # versions no execution can invoke any more: not the new definition's, nor the one it
+    # replaced (an execution started in the seconds after the update may still take it)
+    kept = Named().add(names, text).add(names, replaced or read_previous(s3, names))
+    prune_versions(lam, names, kept, running, acts)
 
     if config.dry_run:
         log(f"dry run: {len(acts.changes)} change(s) would be made; nothing was changed")
@@ -382,6 +426,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         log("nothing changed: the stack is up to date")
     return {"stack": names.stack, "account": names.account, "region": names.region,
             "bucket": names.bucket, "state_machine": machine, "functions": functions,
+            "versions": versions,
             "images": images, "repositories": repos, "roles": roles,
             "log_groups": list(groups), "schedule": schedule,
             "concurrency": definition.concurrency_of(text), "dry_run": config.dry_run,
@@ -474,6 +519,10 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
         remove_if(acts, f"bucket {names.bucket} and everything in it", exists,
                   lambda: (empty_bucket(s3, names.bucket), s3.delete_bucket(Bucket=names.bucket)))
     elif exists:
+        if read_previous(s3, names) is not None:  # (it names versions of no function now)
+            acts.change(f"delete s3://{names.bucket}/{PREVIOUS_KEY} (the definition "
+                        "it replaced last)",
+                        lambda: s3.delete_object(Bucket=names.bucket, Key=PREVIOUS_KEY))
         log(f"  bucket {names.bucket}: kept (manifests, reports); --delete-bucket removes it")
     log(f"dry run: {len(acts.changes)} deletion(s) would be made; nothing was changed"
         if config.dry_run else f"done: {len(acts.changes)} deletion(s)")

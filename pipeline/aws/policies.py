@@ -243,7 +243,9 @@ def _through_s3(names: StackNames) -> dict[str, Any]:
 
 
 def state_machine_policy(names: StackNames) -> dict[str, Any]:
-    """The state machine's role: invoke the stack's three functions, run its own Distributed
+    """The state machine's role: invoke the stack's three functions (the versions a deployed
+    definition names, ``function:NAME:3``; and unversioned, as a definition deployed before
+    versioned deploys names them, for its executions still running), run its own Distributed
     Map children, read the job lists its ``Jobs`` map's ItemReader reads (``jobs.json`` of a
     run's work prefix), and deliver its logs."""
     functions = [names.function_arn(s) for s in STEPS]
@@ -287,8 +289,9 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -
     ``names`` needs, and no more: every action it calls, each on the stack's own resources
     (``data``: the data locations, whose buckets it checks and whose schedule manifest it
     reads). ``docs/aws.md`` (Who may deploy) prints it for a stack; ``tests/test_deploy.py``
-    runs deploys and a destroy and checks every call they make is allowed here, on the
-    resource it names. ``iam:PassRole`` passes each role only to the service that uses it."""
+    runs deploys (an execution running) and a destroy and checks every call they make is
+    allowed here, on the resource it names. ``iam:PassRole`` passes each role only to the
+    service that uses it."""
     p, region, account = names.partition, names.region, names.account
     stack = names.bucket_arn
     data = _sorted(data or [])
@@ -344,11 +347,19 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -
         _allow("Functions", [
             "lambda:GetFunction", "lambda:CreateFunction", "lambda:DeleteFunction",
             "lambda:UpdateFunctionCode", "lambda:UpdateFunctionConfiguration",
-            "lambda:TagResource", "lambda:UntagResource", "lambda:ListTags"], functions),
+            "lambda:TagResource", "lambda:UntagResource", "lambda:ListTags",
+            "lambda:PublishVersion", "lambda:ListVersionsByFunction"], functions),
+        # a published version: waited for until it can be invoked, deleted once no execution
+        # can invoke it (pipeline/aws/versions.py)
+        _allow("FunctionVersions", ["lambda:GetFunctionConfiguration", "lambda:DeleteFunction"],
+               [f"{arn}:*" for arn in functions]),
         _allow("StateMachine", [
             "states:DescribeStateMachine", "states:CreateStateMachine",
-            "states:UpdateStateMachine", "states:DeleteStateMachine", "states:TagResource"],
-            [names.state_machine_arn]),
+            "states:UpdateStateMachine", "states:DeleteStateMachine", "states:TagResource",
+            "states:ListExecutions"], [names.state_machine_arn]),
+        # the definitions the running executions started with: their versions are kept
+        _allow("RunningExecutions", ["states:DescribeStateMachineForExecution"],
+               [names.executions_arn]),
         _allow("Schedule", ["scheduler:GetSchedule", "scheduler:CreateSchedule",
                             "scheduler:UpdateSchedule", "scheduler:DeleteSchedule"],
                [schedule]),

@@ -238,9 +238,10 @@ def _role_not_ready(exc: ClientError) -> bool:
 def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, role_arn: str,
                     arch: str, acts: Actions, sleep: Callable[[float], None] = time.sleep,
                     packages: dict[str, str] | None = None,
-                    environment: dict[str, str] | None = None) -> str:
+                    environment: dict[str, str] | None = None) -> tuple[str, bool]:
     """A container-image function at ``image`` (``repo@sha256:...``; None: an image still to
-    build in a dry run), sized by FUNCTION_SIZES; waits until it is active/updated.
+    build in a dry run), sized by FUNCTION_SIZES; waits until it is active/updated. Its ARN,
+    and whether its code or configuration was (in a dry run: would be) made or changed.
     ``packages``: the tags recording the user's packages ``image`` has
     (:func:`~pipeline.aws.images.package_tags`), set once the image is deployed (those it
     has not are removed); None leaves the function's as they are (--skip-build).
@@ -268,7 +269,7 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
             lam.get_waiter("function_active_v2").wait(FunctionName=name)
         acts.change(f"create function {name} from {shown} ({size.memory} MB, "
                     f"{size.timeout} s, /tmp {size.ephemeral} MB)", create)
-        return names.function_arn(step)
+        return names.function_arn(step), True
     config = current["Configuration"]
     # a function whose image could not be set up (State Failed: the image deleted, access to
     # its repository lost; or its last update failed) is deployed again, whatever it names
@@ -277,8 +278,9 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
         acts.log(f"  it is in a failed state ({config.get('StateReasonCode') or ''} "
                  f"{config.get('StateReason') or config.get('LastUpdateStatusReason') or ''})"
                  .replace("( ", "(").replace(" )", ")") + ": its image is deployed again")
-    if image is None or failed or current.get("Code", {}).get("ImageUri") != image or \
-            config.get("Architectures") != architectures:
+    new_code = image is None or failed or current.get("Code", {}).get("ImageUri") != image or \
+        config.get("Architectures") != architectures
+    if new_code:
         def update_code() -> None:
             lam.update_function_code(FunctionName=name, ImageUri=image,
                                      Architectures=architectures)
@@ -294,7 +296,8 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
     other_env = (config.get("Environment", {}).get("Variables") or {}) != environment
     if other_env:
         settings["Environment"] = {"Variables": environment}
-    if covers(config, settings) and not other_env:
+    new_config = not covers(config, settings) or other_env
+    if not new_config:
         acts.same("configuration")
     else:
         def update_config() -> None:
@@ -302,7 +305,7 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
                   _role_not_ready, sleep)
             lam.get_waiter("function_updated_v2").wait(FunctionName=name)
         acts.change("update the configuration (role, size, environment)", update_config)
-    return str(config.get("FunctionArn", names.function_arn(step)))
+    return str(config.get("FunctionArn", names.function_arn(step))), new_code or new_config
 
 
 def _ensure_package_tags(lam: Any, arn: str, tags: dict[str, str], packages: dict[str, str],

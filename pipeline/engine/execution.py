@@ -42,9 +42,10 @@ def function_name(function: str) -> str:
 
 
 def function_of(name: str) -> str:
-    """``split`` (``process``, ``merge``) from a function's name or ARN, whatever its prefix:
-    the engine's own and a deployed stack's names both work."""
-    function = name.rsplit(":", 1)[-1].rsplit("-", 1)[-1]
+    """``split`` (``process``, ``merge``) from a function's name or ARN, whatever its prefix
+    and with or without a version (``...:function:tiffpipe-prod-split:3``, as a deployed
+    stack's definition names them; ``tiffpipe-local-split``, the engine's own)."""
+    function = name.split(":function:", 1)[-1].split(":", 1)[0].rsplit("-", 1)[-1]
     if function not in FUNCTIONS:
         raise EngineError(f"no local function {name!r}")
     return function

@@ -60,7 +60,8 @@ def mocked_aws() -> Iterator[None]:
 def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]:
     """Serve moto's Lambda invokes with the real handlers (moto's non-Docker Lambda backend
     only echoes payloads). A function named ``...-split`` (``-process``, ``-merge``) is that
-    step, whatever its prefix: the engine's own and a deployed stack's names both work."""
+    step, whatever its prefix and version: the engine's own names and a deployed stack's
+    (``...:function:tiffpipe-prod-split:3``) both work."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
     def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
