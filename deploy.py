@@ -10,7 +10,8 @@ with nothing changed changes nothing and says so.
                      [--sse AES256|aws:kms|none [--sse-kms-key-id KEY-ARN]]
                      [--concurrency N] [--dry-run] [--skip-build] [--print-deployer-policy]
                      [--print-operator-policy] [--print-bucket-policy BUCKET]
-                     [--destroy [--delete-bucket]] [--endpoint-url URL] [--registry HOST/PREFIX]
+                     [--destroy [--delete-bucket] | --rollback] [--endpoint-url URL]
+                     [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
                      [--requirements FILE] [--package PATH ... | --no-packages]
 
@@ -38,7 +39,7 @@ from pipeline.aws import (
     check_schedule,
     check_stack_name,
 )
-from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy
+from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy, rollback
 from pipeline.aws.images import check_user_packages
 from pipeline.aws.policies import (
     DataLocation,
@@ -118,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="no docker: deploy the images built for --arch that were pushed last "
                         "to the stack's ECR repositories")
     p.add_argument("--destroy", action="store_true", help="remove everything deploy made")
+    p.add_argument("--rollback", action="store_true",
+                   help="point the state machine back at the definition the last deploy "
+                        "replaced (the previous release's function versions), without a "
+                        "build; running executions keep theirs; again: forward again")
     p.add_argument("--delete-bucket", action="store_true",
                    help="with --destroy: also empty and delete the bucket")
     p.add_argument("--endpoint-url", help="send every AWS call there (emulators, tests)")
@@ -183,11 +188,35 @@ def _print_bucket_policy(names: StackNames, bucket: str, data: list[DataLocation
           file=sys.stderr)
 
 
+def _given_with_rollback(args: argparse.Namespace) -> list[str]:
+    """The options given that --rollback, which changes only the state machine, refuses."""
+    return [option for option, value in (
+        ("--destroy", args.destroy), ("--data-bucket", args.data_bucket),
+        ("--input-bucket", args.input_bucket is not None),
+        ("--no-input-buckets", args.no_input_buckets), ("--kms-key", args.kms_key is not None),
+        ("--no-kms-keys", args.no_kms_keys), ("--sse", args.sse),
+        ("--sse-kms-key-id", args.sse_kms_key_id), ("--schedule", args.schedule),
+        ("--schedule-manifest", args.schedule_manifest), ("--no-schedule", args.no_schedule),
+        ("--concurrency", args.concurrency is not None), ("--skip-build", args.skip_build),
+        ("--registry", args.registry), ("--base-image", args.base_image),
+        ("--build-arg", args.build_arg), ("--requirements", args.requirements),
+        ("--package", args.package), ("--no-packages", args.no_packages),
+        ("--print-deployer-policy", args.print_deployer_policy),
+        ("--print-operator-policy", args.print_operator_policy),
+        ("--print-bucket-policy", args.print_bucket_policy)) if value]
+
+
 def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> int:
     """``hooks`` (``build``, ``run``, ``sleep``) replace docker and waiting in tests."""
     args = _parser().parse_args(argv)
     if args.delete_bucket and not args.destroy:
         print("deploy.py: --delete-bucket goes with --destroy", file=sys.stderr)
+        return EXIT_USAGE
+    others = _given_with_rollback(args) if args.rollback else []
+    if others:
+        print(f"deploy.py: --rollback changes only the state machine (back to the previous "
+              f"release's definition and function versions): leave out {others[0]}",
+              file=sys.stderr)
         return EXIT_USAGE
     if args.no_schedule and args.schedule:
         print("deploy.py: --schedule and --no-schedule contradict each other", file=sys.stderr)
@@ -247,6 +276,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             return EXIT_OK
         if args.destroy:
             result = destroy(config, clients, delete_bucket=args.delete_bucket)
+        elif args.rollback:
+            result = rollback(config, clients)
         else:
             result = deploy(config, clients, **hooks)
     except DeployUsageError as exc:

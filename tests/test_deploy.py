@@ -235,8 +235,8 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
     writes = aws.writes()
     assert writes.count("lambda.UpdateFunctionCode") == 3
     # every role names the new bucket (split and process read inputs, merge writes outputs);
-    # each new image is a new version, which the state machine names (the definition it
-    # replaces is kept: its versions too)
+    # each new image is a new version, which the state machine names (the one it replaces
+    # is kept for --rollback)
     assert sorted(writes) == ["iam.PutRolePolicy"] * 3 + ["lambda.PublishVersion"] * 3 + [
         "lambda.UpdateFunctionCode"] * 3 + ["s3.PutObject", "stepfunctions.UpdateStateMachine"]
     lam = aws.client("lambda")
@@ -1602,8 +1602,8 @@ def denied_calls(policy: dict[str, Any], requests: list[tuple[str, str, dict[str
 def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws, tmp_path: Path):
     """Every API call of a first deploy (images built and pushed, a schedule, data
     locations), a redeploy that changes it while an execution runs, the schedule's removal
-    (the versions no execution uses deleted) and a destroy with the bucket is allowed by
-    deploy.py --print-deployer-policy, on the resource it names."""
+    (the versions no execution uses deleted), a rollback and a destroy with the bucket is
+    allowed by deploy.py --print-deployer-policy, on the resource it names."""
     requests: list[tuple[str, str, dict[str, Any]]] = []
 
     recording = [True]  # (not the calls of push_fake_images, the test's stand-in build)
@@ -1628,7 +1628,8 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
                               build=lambda step, *_, **__: "sha256:" + hashlib.sha256(
                                   f"{step}-v2".encode()).hexdigest(), run=fake_docker())
     assert code == 0, err
-    for args in (["--no-schedule", "--skip-build"], ["--destroy", "--delete-bucket"]):
+    for args in (["--no-schedule", "--skip-build"], ["--rollback"],
+                 ["--destroy", "--delete-bucket"]):
         if args[0] == "--no-schedule":
             recording[0] = False
             push_fake_images(aws, "v3")
@@ -1739,7 +1740,7 @@ def test_sse_usage_errors(aws: Aws, args: list[str], message: str):
     assert code == 2 and message in err and not aws.calls
 
 
-# --- redeploying while runs go on: versions -----------------------------------------
+# --- redeploying while runs go on: versions, rollback -----------------------------------------
 
 
 def _versions(aws: Aws, step: str) -> list[str]:
@@ -1748,7 +1749,7 @@ def _versions(aws: Aws, step: str) -> list[str]:
 
 
 def _previous_versions(aws: Aws) -> dict[str, str]:
-    """The versions the definition the last deploy replaced names (kept)."""
+    """The versions the definition kept for --rollback names."""
     text = aws.client("s3").get_object(Bucket=NAMES.bucket, Key=PREVIOUS_KEY)["Body"].read()
     found = {}
     for arn in re.findall(r'"FunctionName": "([^"]+)"', text.decode()):
@@ -1778,7 +1779,7 @@ def test_a_redeploy_names_new_versions_and_keeps_those_running_executions_use(aw
         assert code == 0, err
         assert "1 execution(s) running: each goes on to its end" in err
         assert _definition_versions(aws) == dict.fromkeys(STEPS, "2")
-        assert _previous_versions(aws) == dict.fromkeys(STEPS, "1")
+        assert _previous_versions(aws) == dict.fromkeys(STEPS, "1")  # for --rollback
         kept = sfn.describe_state_machine_for_execution(executionArn=running)["definition"]
         assert set(re.findall(r'"FunctionName": "([^"]+)"', kept)) == {
             f"{NAMES.function_arn(s)}:1" for s in STEPS}  # the running one: still version 1
@@ -1811,3 +1812,57 @@ def test_a_redeploy_names_new_versions_and_keeps_those_running_executions_use(aw
         assert "would publish version 4 of tiffpipe-t1-merge" in err
         assert "would delete version 2 of tiffpipe-t1-merge" in err
         assert "version 2 (its code and configuration): unchanged" in err  # split's
+
+
+def test_rollback_points_the_state_machine_at_the_previous_release(aws: Aws):
+    """--rollback: the definition the last deploy replaced (its versions, its concurrency)
+    again, without a build; a second one goes forward again; nothing else changes."""
+    code, _, err = aws.deploy("--rollback")
+    assert code == 1 and "no state machine tiffpipe-t1" in err and not aws.writes()
+    push_fake_images(aws, "v1")
+    assert aws.deploy("--skip-build", "--concurrency", "40")[0] == 0
+    first = _definition_versions(aws)
+    aws.calls.clear()
+    code, _, err = aws.deploy("--rollback")
+    assert code == 1 and "nothing to go back to" in err and not aws.writes()
+    push_fake_images(aws, "v2")
+    assert aws.deploy("--skip-build", "--concurrency", "50")[0] == 0
+    assert _definition_versions(aws) == dict.fromkeys(STEPS, "2")
+
+    aws.calls.clear()
+    code, result, err = aws.deploy("--rollback", "--dry-run")
+    assert code == 0, err
+    assert aws.writes() == [] and "would update the definition" in err
+    code, result, err = aws.deploy("--rollback")
+    assert code == 0, err
+    assert _definition_versions(aws) == first and _deployed_concurrency(aws) == 40
+    assert sorted(aws.writes()) == ["s3.PutObject", "stepfunctions.UpdateStateMachine"]
+    assert result is not None and result["versions"] == dict.fromkeys(STEPS, "1")
+    assert "from versions split 2, process 2, merge 2 to split 1, process 1, merge 1" in err
+    code, _, err = aws.deploy("--skip-build", "--dry-run")  # (it would undo the rollback)
+    assert code == 0 and "runs what a --rollback went back to (versions split 1" in err
+    lam = aws.client("lambda")
+    code, _, err = aws.deploy("--rollback")  # forward again
+    assert code == 0, err
+    assert _definition_versions(aws) == dict.fromkeys(STEPS, "2")
+    assert _deployed_concurrency(aws) == 50
+
+    # the previous release's versions gone (deleted by hand): refused, nothing changed
+    lam.delete_function(FunctionName=NAMES.function("merge"), Qualifier="1")
+    aws.calls.clear()
+    code, _, err = aws.deploy("--rollback")
+    assert code == 1 and "no longer exist (tiffpipe-t1-merge:1)" in err
+    assert aws.writes() == []
+
+    code, _, err = aws.deploy("--destroy")
+    assert code == 0, err
+    assert not aws.client("s3").list_objects_v2(Bucket=NAMES.bucket, Prefix="deploys/").get(
+        "Contents")  # (it would name versions of functions that are gone)
+
+
+@pytest.mark.parametrize("option", [["--skip-build"], ["--data-bucket", "slides"],
+                                    ["--destroy"], ["--concurrency", "3"],
+                                    ["--schedule", "rate(1 day)"]])
+def test_rollback_changes_only_the_state_machine(aws: Aws, option: list[str]):
+    code, _, err = aws.deploy("--rollback", *option)
+    assert code == 2 and f"leave out {option[0]}" in err and not aws.calls

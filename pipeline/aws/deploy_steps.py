@@ -53,6 +53,7 @@ from pipeline.aws.versions import (
     keep_previous,
     prune_versions,
     read_previous,
+    rollback_definition,
     running_executions,
     same_definition,
     version_arns,
@@ -61,7 +62,7 @@ from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
 from pipeline.engine import definition
 from pipeline.errors import ManifestError
 
-__all__ = ["DeployConfig", "deploy", "destroy"]
+__all__ = ["DeployConfig", "deploy", "destroy", "rollback"]
 
 @dataclass
 class DeployConfig:
@@ -270,6 +271,22 @@ def _running(clients: Clients, names: StackNames, log: Callable[[str], None]) ->
     return running
 
 
+def _say_if_rolled_back(clients: Clients, names: StackNames, log: Callable[[str], None]) -> None:
+    """Say so when the state machine runs what a --rollback went back to (the definition
+    kept as the previous one names newer versions): this deploy replaces it."""
+    current = get_or_none(lambda: clients("stepfunctions").describe_state_machine(
+        stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
+    previous = current and read_previous(clients("s3"), names)
+    if not previous:
+        return
+    now, newer = Named().add(names, current["definition"]), Named().add(names, previous)
+    if any(max(map(int, newer.versions[s]), default=0) > max(map(int, now.versions[s]),
+                                                             default=0) for s in STEPS):
+        shown = ", ".join(f"{s} {v}" for s, v in now.shown().items())
+        log(f"the state machine runs what a --rollback went back to (versions {shown}): "
+            "this deploy replaces it with what it is given")
+
+
 def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
                  log: Callable[[str], None]) -> int | None:
     """How many Lambda invocations a run may make at once: ``--concurrency``; else what the
@@ -376,6 +393,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         docker_images.check_docker(run)
     concurrency = _concurrency(config, clients, names, log)
     running = _running(clients, names, log)
+    _say_if_rolled_back(clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
     if config.registry:
@@ -408,7 +426,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
         stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
     replaced = deployed and not same_definition(deployed["definition"], text) and \
         deployed["definition"]
-    if replaced:  # kept before it is replaced
+    if replaced:  # kept before it is replaced: what --rollback goes back to
         keep_previous(s3, names, replaced, acts)
     machine = ensure_state_machine(sfn, names, text, roles["states"],
                                    groups[names.state_machine_log_group], acts, sleep)
@@ -471,6 +489,23 @@ def _schedule(config: DeployConfig, clients: Clients, names: StackNames,
     return None
 
 
+# --- rollback -------------------------------------------------------------------------------
+
+
+def rollback(config: DeployConfig, clients: Clients,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Point the state machine back at the definition the last deploy replaced (the previous
+    release's function versions), without a build or any other change
+    (:func:`~pipeline.aws.versions.rollback_definition`)."""
+    log, acts, names = _begin(config, clients, log, "roll back stack")
+    result = rollback_definition(clients, names, acts, log)
+    log(f"dry run: {len(acts.changes)} change(s) would be made; nothing was changed"
+        if config.dry_run else
+        "done: new executions (tiffpipe start, the schedule) run the previous release; "
+        "running ones go on with theirs. The next deploy deploys what it is given")
+    return result
+
+
 # --- destroy --------------------------------------------------------------------------------
 
 
@@ -521,7 +556,7 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
     elif exists:
         if read_previous(s3, names) is not None:  # (it names versions of no function now)
             acts.change(f"delete s3://{names.bucket}/{PREVIOUS_KEY} (the definition "
-                        "it replaced last)",
+                        "--rollback would go back to)",
                         lambda: s3.delete_object(Bucket=names.bucket, Key=PREVIOUS_KEY))
         log(f"  bucket {names.bucket}: kept (manifests, reports); --delete-bucket removes it")
     log(f"dry run: {len(acts.changes)} deletion(s) would be made; nothing was changed"

@@ -285,13 +285,13 @@ _DEPLOYER_ANY_RESOURCE = ("ecr:GetAuthorizationToken", "lambda:GetAccountSetting
 
 
 def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -> dict[str, Any]:
-    """What the identity running ``deploy.py`` (deploy, redeploy, ``--destroy``) of the stack
-    ``names`` needs, and no more: every action it calls, each on the stack's own resources
-    (``data``: the data locations, whose buckets it checks and whose schedule manifest it
-    reads). ``docs/aws.md`` (Who may deploy) prints it for a stack; ``tests/test_deploy.py``
-    runs deploys (an execution running) and a destroy and checks every call they make is
-    allowed here, on the resource it names. ``iam:PassRole`` passes each role only to the
-    service that uses it."""
+    """What the identity running ``deploy.py`` (deploy, redeploy, ``--rollback``,
+    ``--destroy``) of the stack ``names`` needs, and no more: every action it calls, each on
+    the stack's own resources (``data``: the data locations, whose buckets it checks and
+    whose schedule manifest it reads). ``docs/aws.md`` (Who may deploy) prints it for a
+    stack; ``tests/test_deploy.py`` runs deploys (an execution running), a rollback and a
+    destroy and checks every call they make is allowed here, on the resource it names.
+    ``iam:PassRole`` passes each role only to the service that uses it."""
     p, region, account = names.partition, names.region, names.account
     stack = names.bucket_arn
     data = _sorted(data or [])

@@ -12,23 +12,24 @@ executions started after the deploy (``tiffpipe start``, the schedule, which tar
 state machine) take the new definition.
 
 Versions no execution can use any more are deleted (:func:`prune_versions`): those named by
-neither the new definition, the one it replaced (for the executions started in the few
-seconds Step Functions may still start on it), nor any running execution's
-(``ListExecutions``, ``DescribeStateMachineForExecution``). The definition a deploy replaced
-is kept in the stack bucket (:data:`PREVIOUS_KEY`), so the next deploy keeps its versions
-too.
+neither the new definition, the one it replaced (kept for ``deploy.py --rollback``, and for
+the executions started in the few seconds Step Functions may still start on it), nor any
+running execution's (``ListExecutions``, ``DescribeStateMachineForExecution``). The
+definition a deploy replaced is kept in the stack bucket (:data:`PREVIOUS_KEY`), which is
+what ``--rollback`` goes back to (:func:`rollback_definition`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws import STEPS, Clients, StackNames
+from pipeline.aws import STEPS, AwsError, Clients, StackNames
 from pipeline.aws.actions import Actions, error_code, get_or_none
 
 #: where the definition a deploy replaced is kept, in the stack bucket
@@ -120,6 +121,10 @@ class Named:
         self.unversioned += bare
         return self
 
+    def shown(self) -> dict[str, str]:
+        """Each function's versions, as text ("3"; "2,3" when several definitions are added)."""
+        return {s: ",".join(sorted(self.versions[s], key=int)) for s in STEPS}
+
 
 @dataclass
 class Running:
@@ -161,18 +166,19 @@ def running_executions(clients: Clients, names: StackNames) -> Running:
 
 
 def read_previous(s3: Any, names: StackNames) -> str | None:
-    """The definition the last deploy replaced, if kept."""
+    """The definition the last deploy (or rollback) replaced, if kept."""
     body = get_or_none(lambda: s3.get_object(Bucket=names.bucket, Key=PREVIOUS_KEY)["Body"],
                        "NoSuchKey", "NoSuchBucket", "404")
     return None if body is None else body.read().decode("utf-8")
 
 
 def keep_previous(s3: Any, names: StackNames, text: str, acts: Actions) -> None:
-    """Keep ``text``, the definition about to be replaced (what may still start on it)."""
+    """Keep ``text``, the definition about to be replaced, for ``--rollback`` (and for what
+    may still start on it)."""
     if same_definition(read_previous(s3, names), text):
         return
     acts.change(f"keep the definition it replaces in s3://{names.bucket}/{PREVIOUS_KEY} "
-                "(its versions are kept)",
+                "(deploy.py --rollback goes back to it)",
                 lambda: s3.put_object(Bucket=names.bucket, Key=PREVIOUS_KEY,
                                       Body=text.encode("utf-8"),
                                       ContentType="application/json"))
@@ -207,3 +213,69 @@ def prune_versions(lam: Any, names: StackNames, keep: Named, running: Running,
                         "execution names it)",
                         lambda f=name, n=number: lam.delete_function(FunctionName=f,
                                                                      Qualifier=n))
+
+
+def missing_versions(lam: Any, names: StackNames, named: Named) -> list[str]:
+    """The versions ``named`` names that the functions no longer have."""
+    gone = []
+    for step in STEPS:
+        name = names.function(step)
+        for version in sorted(named.versions[step], key=int):
+            found = get_or_none(lambda f=name, v=version: lam.get_function_configuration(
+                FunctionName=f, Qualifier=v), "ResourceNotFoundException")
+            if found is None:
+                gone.append(f"{name}:{version}")
+    return gone
+
+
+def rollback_definition(clients: Clients, names: StackNames, acts: Actions,
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """Point the state machine back at the definition the last deploy replaced (its
+    function versions, its concurrency: what ran before), without a build; that deploy's
+    definition is kept in its place, so a second rollback goes forward again. Executions
+    running keep theirs; those started after run on the previous release. AwsError, nothing
+    changed, when there is nothing to go back to, or its versions are gone."""
+    sfn, s3, lam = clients("stepfunctions"), clients("s3"), clients("lambda")
+    current = get_or_none(lambda: sfn.describe_state_machine(
+        stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
+    if current is None:
+        raise AwsError(f"--rollback: no state machine {names.state_machine} in "
+                       f"{names.region}: deploy the stack first; nothing was changed")
+    previous = read_previous(s3, names)
+    if previous is None:
+        raise AwsError(f"--rollback: nothing to go back to: s3://{names.bucket}/"
+                       f"{PREVIOUS_KEY} keeps the definition a deploy replaces, and no deploy "
+                       "has replaced one since versioned deploys (or it was removed); "
+                       "deploy the release you want instead; nothing was changed")
+    back, ahead = Named().add(names, previous), Named().add(names, current["definition"])
+    if back.unversioned or not all(back.versions.values()):
+        raise AwsError(f"--rollback: the definition kept in s3://{names.bucket}/"
+                       f"{PREVIOUS_KEY} does not name a version of each of the stack's "
+                       "functions: deploy the release you want instead; nothing was changed")
+    if same_definition(previous, current["definition"]):
+        raise AwsError("--rollback: the state machine already runs the definition kept "
+                       "as the previous one: nothing to go back to; nothing was changed")
+    gone = missing_versions(lam, names, back)
+    if gone:
+        raise AwsError(f"--rollback: the previous definition names function versions that "
+                       f"no longer exist ({', '.join(gone)}): deploy the release you want "
+                       "instead; nothing was changed")
+
+    def shown(named: Named) -> str:
+        return ", ".join(f"{s} {v}" for s, v in named.shown().items())
+
+    log(f"rollback: from versions {shown(ahead)} to {shown(back)}")
+    acts.log(f"state machine {names.state_machine}")
+    acts.change(f"update the definition to the previous one ({shown(back)})",
+                lambda: sfn.update_state_machine(stateMachineArn=names.state_machine_arn,
+                                                 definition=previous))
+    # after the update: a rollback stopped between the two still went back
+    acts.change(f"keep the definition it replaced in s3://{names.bucket}/{PREVIOUS_KEY} "
+                "(a second --rollback goes forward to it)",
+                lambda: s3.put_object(Bucket=names.bucket, Key=PREVIOUS_KEY,
+                                      Body=current["definition"].encode("utf-8"),
+                                      ContentType="application/json"))
+    return {"stack": names.stack, "account": names.account, "region": names.region,
+            "state_machine": names.state_machine_arn,
+            "versions": back.shown(), "replaced": ahead.shown(),
+            "dry_run": acts.dry_run, "changes": acts.changes}
