@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Deploy tiffpipe to AWS: three Lambda images, their functions and roles, the state machine,
 a bucket and (optionally) a schedule, all under one stack name. Re-runnable: a second run
-with nothing changed changes nothing and says so.
+with nothing changed changes nothing and says so. The state machine names the versions of
+the functions each deploy publishes, so a run goes on to its end on the release it started
+on; --rollback points it back at the previous release's.
 
     python deploy.py [--stack NAME] [--region R] [--profile P] [--arch arm64|amd64]
                      [--schedule "cron(...)"|"rate(...)" --schedule-manifest URI]
@@ -16,7 +18,8 @@ with nothing changed changes nothing and says so.
                      [--requirements FILE] [--package PATH ... | --no-packages]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
-1 a step failed (rerun to resume) or a data location's bucket does not exist (create it), 2
+1 a step failed (rerun to resume), a data location's bucket does not exist (create it) or
+--rollback has nothing to go back to, 2
 usage, a schedule manifest that is missing, invalid, outside the data locations or of jobs
 that leave if_exists unset, or a build that would drop the packages of yours the deployed
 process function has.
