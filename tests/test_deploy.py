@@ -40,6 +40,7 @@ from pipeline.aws.policies import (
 )
 from pipeline.aws.versions import PREVIOUS_KEY
 from pipeline.core.constants import FUNCTION_SIZES as SIZES
+from pipeline.engine import definition
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -1866,3 +1867,25 @@ def test_rollback_points_the_state_machine_at_the_previous_release(aws: Aws):
 def test_rollback_changes_only_the_state_machine(aws: Aws, option: list[str]):
     code, _, err = aws.deploy("--rollback", *option)
     assert code == 2 and f"leave out {option[0]}" in err and not aws.calls
+
+
+def test_a_stack_deployed_before_versions_is_told_which_runs_stay_unversioned(aws: Aws):
+    """The first deploy over a stack whose definition named the functions unversioned:
+    the runs going on then invoke $LATEST, so their tasks after it run its code. It says
+    so (they cannot be moved), deploys the versioned definition, and --rollback will not
+    go back to the unversioned one (it would run the new code all the same)."""
+    push_fake_images(aws, "v1")
+    assert aws.deploy("--skip-build")[0] == 0
+    sfn = aws.client("stepfunctions")
+    before = definition.render({s: NAMES.function_arn(s) for s in STEPS})  # as deployed then
+    sfn.update_state_machine(stateMachineArn=NAMES.state_machine_arn, definition=before)
+    with moto_keeps_versions_as_aws():
+        sfn.start_execution(stateMachineArn=NAMES.state_machine_arn, name="run-old",
+                            input="{}")
+        push_fake_images(aws, "v2")
+        code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "1 of them started on a definition deployed before versioned deploys" in err
+    assert _definition_versions(aws) == dict.fromkeys(STEPS, "2")
+    code, _, err = aws.deploy("--rollback")
+    assert code == 1 and "does not name a version of each of the stack's functions" in err
