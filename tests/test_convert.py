@@ -251,6 +251,39 @@ def test_validate_names_the_job_and_op_field(tmp_path: Path, capsys: pytest.Capt
     assert code == 0, out
 
 
+def test_validate_refuses_an_op_that_does_not_take_the_converted_type(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A convert says the type whatever the page's band count: an op after it that takes no
+    page of that type (canny after int8, equalize_hist after uint16, a convert without
+    in_range after float32, a median of ksize 7 after uint16) is refused from the manifest,
+    as after a normalized_difference; one that takes the type on some band counts is left to
+    the plan (equalize_hist of uint8 needs 1 band: the page's count is not known yet)."""
+    code, out = _validate(tmp_path, capsys, [
+        {"input": "s2.tif", "output": "a.tif", "ops": [convert_op(dtype="int8"),
+                                                        {"op": "canny", "low": 1, "high": 2}]},
+        {"input": "s2.tif", "output": "b.tif", "ops": [convert_op(dtype="uint16"),
+                                                        {"op": "equalize_hist"}]},
+        {"input": "s2.tif", "output": "c.tif", "ops": [
+            convert_op(dtype="float32", in_range=[0, 100]), convert_op(dtype="uint8")]},
+        {"input": "s2.tif", "output": "d.tif", "ops": [convert_op(dtype="uint16"),
+                                                        {"op": "median_blur", "ksize": 7}]},
+        {"input": "s2.tif", "output": "e.tif", "ops": [convert_op(dtype="uint8"),
+                                                        {"op": "equalize_hist"},
+                                                        {"op": "canny", "low": 1, "high": 2},
+                                                        {"op": "median_blur", "ksize": 7}]},
+    ])
+    assert code == 2
+    problems = out.splitlines()[1:]
+    assert [p.split(":")[0] for p in problems] == [
+        "  jobs[0].ops[1] (canny)", "  jobs[1].ops[1] (equalize_hist)",
+        "  jobs[2].ops[1] (convert)", "  jobs[3].ops[1] (median_blur)"]
+    assert problems[0].startswith(
+        "  jobs[0].ops[1] (canny): canny needs uint8 pixels, the page has int8 after ops[0] "
+        "(convert) (OpenCV's Canny is 8-bit only)")
+    assert 'the page has float32 after ops[0] (convert): floats have no full range' in \
+        problems[2]
+
+
 def test_the_plan_refuses_a_float_page_without_in_range(tmp_path: Path):
     src = tmp_path / "f.tif"
     write_bands(src, typed_image(1, 64, 64, 1, "float32"), tiled=True, separate=False)

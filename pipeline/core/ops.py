@@ -482,13 +482,17 @@ def made_types(calls: list[OpCall]) -> list[tuple[np.dtype | None, int | None, i
 def made_problems(calls: list[OpCall], path: str = "ops") -> list[str]:
     """What PlanJob would refuse on every page, known from the chain (its parsed ``calls``)
     alone: an op that does not take the sample type and band count ops before it made (a
-    convert of float32 without in_range after a normalized_difference)."""
+    convert of float32 without in_range after a normalized_difference), or the type alone
+    whatever the page's band count (canny after a convert to int8)."""
     problems = []
     for i, (call, (dtype, channels, made)) in enumerate(zip(calls, made_types(calls),
                                                             strict=False)):
-        if dtype is None or channels is None or made is None:
+        if dtype is None or made is None:
             continue
-        why = call.op.accepts(call.params, dtype, channels)
+        # (a band count not known yet: a refusal on every count (1 to 4, and 5: more) alone)
+        whys = {call.op.accepts(call.params, dtype, c)
+                for c in ((channels,) if channels is not None else (1, 2, 3, 4, 5))}
+        why = whys.pop() if len(whys) == 1 else None
         if why:
             has = f"the page has {dtype.name}"
             why = why.replace(has, f"{has} after ops[{made}] ({calls[made].op.name})", 1)
