@@ -162,8 +162,9 @@ def test_a_band_the_page_lacks_is_refused_by_name():
                              {"op": "equalize_hist"}])
     assert chain_problems(after, np.dtype("uint8"), 2) == [
         ("ops[1] (equalize_hist): equalize_hist needs uint8 pixels, the page has float32 "
-         "after ops[0] (normalized_difference) (OpenCV's equalizeHist is 8-bit only); use "
-         "normalize (or percentile_stretch, on 8 and 16-bit pages)")]
+         "after ops[0] (normalized_difference) (OpenCV's equalizeHist is 8-bit only); put "
+         '{"op": "convert", "dtype": "uint8"} before it, with an "in_range" on float pages (or '
+         "use normalize, or percentile_stretch on 8 and 16-bit pages, instead)")]
     # on a float32 page of its own, the type is the page's
     assert chain_problems(chain_from_json([{"op": "canny", "low": 1, "high": 2}]),
                           np.dtype("float32"), 1) == [

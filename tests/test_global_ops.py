@@ -563,10 +563,16 @@ def _plan_problems(tmp_path: Path, ops: list[dict[str, Any]], tile: int = 64,
 
 
 @pytest.mark.parametrize("ops,kw,expect", [
-    ([{"op": "equalize_hist"}], {"dtype": "uint16"}, "equalize_hist needs uint8 pixels"),
+    ([{"op": "equalize_hist"}], {"dtype": "uint16"},
+     ("equalize_hist needs uint8 pixels, the page has uint16 (OpenCV's equalizeHist is 8-bit "
+      'only); put {"op": "convert", "dtype": "uint8"} before it, with an "in_range" on float '
+      "pages (or use normalize, or percentile_stretch on 8 and 16-bit pages, instead)")),
     ([{"op": "equalize_hist"}], {"channels": 3}, ("needs 1 channel(s), the page has 3; put "
                                                  "to_gray before it")),
-    ([{"op": "otsu_threshold"}], {"dtype": "float32"}, "otsu_threshold needs uint8"),
+    ([{"op": "otsu_threshold"}], {"dtype": "float32"},
+     ("otsu_threshold needs uint8 or uint16 pixels, the page has float32 (OpenCV's Otsu takes "
+      '8 and 16-bit unsigned pages only); put {"op": "convert", "dtype": "uint16"} (or uint8) '
+      'before it, with an "in_range" on float pages, or use threshold with a value')),
     ([{"op": "percentile_stretch"}], {"dtype": "float32"}, "use normalize"),
     ([{"op": "clahe", "cell": 16}], {"channels": 3}, "clahe needs 1 channel"),
     ([{"op": "clahe", "cell": 16}], {"dtype": "float32"},

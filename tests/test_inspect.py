@@ -136,8 +136,9 @@ def test_ops_say_whether_they_run_on_each_page_and_what_comes_out(
         "page has 3; put to_gray before it"),
         "  page 1: 80 x 64, 1 x uint16 gray; none, one strip; kept: resolution",
         ("    ops: cannot run: ops[0] (equalize_hist): equalize_hist needs uint8 pixels, the "
-        "page has uint16 (OpenCV's equalizeHist is 8-bit only); use normalize (or "
-        "percentile_stretch, on 8 and 16-bit pages)")]
+        "page has uint16 (OpenCV's equalizeHist is 8-bit only); put {\"op\": \"convert\", "
+        "\"dtype\": \"uint8\"} before it, with an \"in_range\" on float pages (or use "
+        "normalize, or percentile_stretch on 8 and 16-bit pages, instead)")]
     chain = ('[{"op": "normalized_difference", "a": 0, "b": 1}, '
              '{"op": "downsample", "factor": 2}]')
     code, out, _ = _inspect(capsys, str(path), "--ops", chain, "--json")

@@ -133,8 +133,9 @@ def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
         "    pages 1-2 (2 pages): photometric CIELAB is not supported: CIE L*a*b* is not "
         "converted; convert the file to RGB first\n"
         "    page 0: ops[0] (equalize_hist): equalize_hist needs uint8 pixels, the page has "
-        "uint16 (OpenCV's equalizeHist is 8-bit only); use normalize (or percentile_stretch, "
-        "on 8 and 16-bit pages)\n")
+        "uint16 (OpenCV's equalizeHist is 8-bit only); put {\"op\": \"convert\", \"dtype\": "
+        "\"uint8\"} before it, with an \"in_range\" on float pages (or use normalize, or "
+        "percentile_stretch on 8 and 16-bit pages, instead)\n")
     assert by_job[9].endswith(": OperationError\n    page 0: jpeg output needs uint8 pixels, "
                               'the output is uint16; end the ops with {"op": "convert", '
                               '"dtype": "uint8"}, or choose zstd, deflate, lzw or none\n')

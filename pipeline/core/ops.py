@@ -315,15 +315,17 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
        accepts=_only(("uint8",), (1,), "equalize_hist",
-                     " (OpenCV's equalizeHist is 8-bit only); use normalize (or "
-                     "percentile_stretch, on 8 and 16-bit pages)"),
+                     " (OpenCV's equalizeHist is 8-bit only); put {\"op\": \"convert\", "
+                     "\"dtype\": \"uint8\"} before it" + _RANGE_TOO + " (or use normalize, or "
+                     "percentile_stretch on 8 and 16-bit pages, instead)"),
        halo_help="0 (a table from the page's histogram: a statistics round)"),
     Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
        "the dtype's maximum", (),
        fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
        accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
-                     " (OpenCV's Otsu takes 8 and 16-bit unsigned pages); use threshold with "
-                     "a value"),
+                     " (OpenCV's Otsu takes 8 and 16-bit unsigned pages only); put "
+                     "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
+                     + _RANGE_TOO + ", or use threshold with a value"),
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
     Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
        (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
