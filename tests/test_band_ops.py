@@ -21,6 +21,8 @@ from test_exactness import run_tiled
 from test_sample_types import plan_problems, write_bands
 
 from pipeline.adapters.metadata import ome_channel, ome_name, output_tags, photometric_of
+from pipeline.adapters.tiff_read import read_infos
+from pipeline.core.models import JobSpec, OutputOptions
 from pipeline.core.ops import (
     apply_chain,
     chain_bands,
@@ -30,6 +32,7 @@ from pipeline.core.ops import (
     parse_chain,
 )
 from pipeline.runner import run_local
+from pipeline.steps.planning import plan_pages
 
 SHAPE = (150, 230)
 
@@ -185,6 +188,38 @@ def test_plan_job_refuses_before_any_pixel(tmp_path):
     [why] = plan_problems(tmp_path, cmyk, [{"op": "select_bands", "bands": [3]}])
     assert why.startswith("page 0: ops[0] (select_bands): select_bands needs gray or RGB, "
                           "the page is CMYK"), why
+
+
+def _jpeg_problems(tmp_path, src, ops: list[dict[str, Any]]) -> list[str]:
+    """What PlanJob refuses of a JPEG output of ``src`` through ``ops`` (the output too)."""
+    spec = JobSpec(input=str(src), output=str(tmp_path / "never.tif"), ops=ops, tile=64,
+                   output_options=OutputOptions(tile=64, compression="jpeg"))
+    return plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1]
+
+
+def test_jpeg_of_other_band_counts_names_the_select_bands_that_fits(tmp_path):
+    """JPEG holds 1 or 3 bands: a page of 2, 4 or 5 is refused with the select_bands that
+    keeps a count JPEG holds (a gray + alpha page's gray, an RGBA page's RGB), which then
+    runs; a CMYK page, which select_bands refuses, is told to choose another codec."""
+    fix = {2: '{"op": "select_bands", "bands": [0]}',
+           4: '{"op": "select_bands", "bands": [0, 1, 2]}'}
+    for channels, photometric, keep in ((2, None, [0]), (4, "rgb", [0, 1, 2]),
+                                        (5, None, [0, 1, 2])):
+        src = tmp_path / f"b{channels}.tif"
+        write_bands(src, typed_image(1, 64, 64, channels, "uint8"), tiled=True,
+                    separate=False, photometric=photometric)
+        [why] = _jpeg_problems(tmp_path, src, [])
+        assert why == (f"page 0: jpeg output needs 1 or 3 bands (channels), the output has "
+                       f"{channels}: JPEG holds gray or RGB only; add "
+                       f"{fix.get(channels, fix[4])} to the ops (or the bands you want, 1 or 3)"
+                       ", or choose zstd, deflate, lzw or none"), why
+        assert _jpeg_problems(tmp_path, src, [{"op": "select_bands", "bands": keep}]) == []
+    cmyk = tmp_path / "cmyk.tif"
+    tifffile.imwrite(cmyk, typed_image(2, 64, 64, 4, "uint8"), photometric="separated",
+                     metadata=None)
+    assert _jpeg_problems(tmp_path, cmyk, []) == [
+        ("page 0: jpeg output needs 1 or 3 bands (channels), the output has 4: JPEG holds gray "
+         "or RGB only (a CMYK page: choose zstd, deflate, lzw or none)")]
 
 
 # --- the tiled path is the whole page ---------------------------------------------------

@@ -92,12 +92,13 @@ class OutputEncoder:
                         f'the ops with {{"op": "convert", "dtype": "uint8"{given}}}, or choose '
                         "zstd, deflate, lzw or none")
             if self.channels not in (1, 3):
-                fix = (" (a CMYK page: choose" if photometric == "separated" else
-                       " (drop an alpha channel, or choose" if self.channels in (2, 4) else
-                       " (choose")
-                return (f"jpeg output needs 1 or 3 bands (channels), the output has "
-                        f"{self.channels}: JPEG holds gray or RGB only{fix} zstd, deflate, "
-                        "lzw or none)")
+                has = (f"jpeg output needs 1 or 3 bands (channels), the output has "
+                       f"{self.channels}: JPEG holds gray or RGB only")
+                if photometric == "separated":  # (four inks: select_bands refuses them)
+                    return f"{has} (a CMYK page: choose zstd, deflate, lzw or none)"
+                keep = [0] if self.channels == 2 else [0, 1, 2]  # (gray + alpha's gray; RGB)
+                return (f'{has}; add {{"op": "select_bands", "bands": {keep}}} to the ops (or '
+                        "the bands you want, 1 or 3), or choose zstd, deflate, lzw or none")
         return None
 
     def _codec_args(self) -> dict[str, Any]:
