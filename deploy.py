@@ -183,6 +183,12 @@ def _print_bucket_policy(names: StackNames, bucket: str, data: list[DataLocation
               + ("; no encryption statement for it: its work files are written without the "
                  "header (PlanRun's)" if sse and sse != "none" else ""), file=sys.stderr)
     outputs = [d for d in data if d.bucket == bucket]
+    if data and not outputs and not own and sse and sse != "none":
+        print(f"deploy.py: {bucket} holds none of the --data-bucket locations "
+              f"({', '.join(str(d) for d in data)}): the functions write no output there, so "
+              "no encryption statement (its owner's own writes left as they are); only plain "
+              "HTTP is refused", file=sys.stderr)
+        sse = None
     policy = bucket_policy(bucket, names.partition, outputs, None if own else sse, sse_key)
     print(json.dumps(policy, indent=2))
     print(f"deploy.py: apply it with aws s3api put-bucket-policy --bucket {bucket} --policy "

@@ -881,6 +881,20 @@ def test_a_data_buckets_policy_is_printed_https_only_and_with_the_outputs_encryp
     assert code == 2 and "give the bucket alone" in err
 
 
+def test_a_bucket_no_output_is_written_to_gets_no_encryption_statements(aws: Aws):
+    """--print-bucket-policy of a bucket that holds none of the --data-bucket locations given
+    (the originals of an --input-bucket, which the functions only read): HTTPS only, and why
+    on stderr, not Denies of every unencrypted write to the whole bucket, which would refuse
+    the owner's own uploads of originals for outputs never written there."""
+    policy, err = _printed_bucket_policy(
+        aws, "--print-bucket-policy", "originals", "--data-bucket", "data-out/results",
+        "--input-bucket", "originals", "--sse", "AES256")
+    assert policy["Statement"] == [{**HTTPS_ONLY, "Resource": [
+        "arn:aws:s3:::originals", "arn:aws:s3:::originals/*"]}]
+    assert ("originals holds none of the --data-bucket locations (s3://data-out/results/): the "
+            "functions write no output there, so no encryption statement") in err, err
+
+
 def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:
     """The state ``name`` of a definition, wherever it is nested (Map processors)."""
     for key, value in doc.items():
