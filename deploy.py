@@ -245,6 +245,13 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             raise ValueError("--sse-kms-key-id goes with --sse aws:kms")
         sse_key = args.sse_kms_key_id and parse_kms_key(args.sse_kms_key_id,
                                                              "--sse-kms-key-id")
+        printing = [option for option, given in (
+            ("--print-deployer-policy", args.print_deployer_policy),
+            ("--print-operator-policy", args.print_operator_policy),
+            ("--print-bucket-policy", args.print_bucket_policy)) if given]
+        if len(printing) > 1:
+            raise ValueError(f"{' and '.join(printing)}: give one at a time (each prints one "
+                             "JSON document)")
         policy_bucket = args.print_bucket_policy and DataLocation.parse(
             args.print_bucket_policy, "--print-bucket-policy")
         if policy_bucket and policy_bucket.prefix:

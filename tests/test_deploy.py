@@ -895,6 +895,17 @@ def test_a_bucket_no_output_is_written_to_gets_no_encryption_statements(aws: Aws
             "functions write no output there, so no encryption statement") in err, err
 
 
+def test_one_policy_printed_at_a_time(aws: Aws):
+    """Two --print-* options: a usage error naming both, not one policy printed and the other
+    left out without a word (a file saved from it would hold the wrong one)."""
+    aws.calls.clear()
+    code, out, err = aws.deploy("--print-bucket-policy", "data-out", "--print-operator-policy")
+    assert code == 2 and out is None
+    assert ("--print-operator-policy and --print-bucket-policy: give one at a time (each "
+            "prints one JSON document)") in err, err
+    assert aws.calls == []
+
+
 def _state(doc: dict[str, Any], name: str) -> dict[str, Any]:
     """The state ``name`` of a definition, wherever it is nested (Map processors)."""
     for key, value in doc.items():
