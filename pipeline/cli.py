@@ -280,6 +280,14 @@ def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
     return EXIT_USAGE if any(c.error for c in checks) else EXIT_OK
 
 
+def _bad_workers(workers: int | None) -> bool:
+    """``--workers`` below 1 (said on stderr): a usage error, before anything is written."""
+    if workers is not None and workers < 1:
+        print("tiffpipe: --workers must be at least 1", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import check_run, default_report, run_local
     from pipeline.ui import RunProgress, off_gone_streams
@@ -288,8 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from pipeline.steps.common import usable_cores
 
         args.workers = usable_cores()
-    if args.workers < 1:
-        print("tiffpipe: --workers must be at least 1", file=sys.stderr)
+    if _bad_workers(args.workers):
         return EXIT_USAGE
     try:
         definition_text = _definition(getattr(args, "definition", None))
@@ -640,6 +647,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import prepare_demo
 
+    if _bad_workers(args.workers):  # (before the sample and manifest are written)
+        return EXIT_USAGE
     try:
         manifest = prepare_demo(args.dir)
     except OSError as exc:

@@ -196,6 +196,10 @@ def test_workers_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture)
         out, err = capsys.readouterr()
         assert "--workers must be at least 1" in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.json"]
+    # demo too, before it writes its sample and manifest (nothing is left of a usage error)
+    assert cli.main(["demo", "--dir", str(tmp_path / "demo"), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture):
