@@ -303,7 +303,8 @@ def test_a_crop_box_outside_the_page_names_the_page_and_the_box(tmp_path):
     assert problems == [(
         "page 1: ops[1] (crop): the box does not fit the page of 300 x 100 pixels (width x "
         "height): y + height = 300 + 50 = 350 is more than its height, 100; give a box inside "
-        "it (x from 0 to 299, y from 0 to 99) (the page as ops[0] (rotate) made it)")]
+        "it (x from 0 to 299, y from 0 to 99) (the page as ops[0] (rotate) made it); or give "
+        'this job "pages" with the pages that hold the box (0) and page 1 a job of its own')]
 
 
 # --- the output's tags ----------------------------------------------------------------------

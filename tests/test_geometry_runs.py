@@ -113,6 +113,10 @@ def test_a_crop_box_outside_a_page_fails_its_job_naming_the_page(tmp_path: Path)
     assert error["type"] == "OperationError" and error["message"].startswith(f"{src}: ")
     assert "page 1: ops[0] (crop): the box does not fit the page of 300 x 100 pixels" \
         in error["message"]
+    # page 0 holds the box: the message says how to run the pages apart
+    assert error["message"].endswith(
+        'or give this job "pages" with the pages that hold the box (0) and page 1 a job '
+        'of its own')
     assert not (tmp_path / "a.tif").exists()  # nothing half-written
     assert np.array_equal(read_pages(tmp_path / "b.tif")[0], read_pages(ok)[0][50:150])
     # validate --inputs tells the same before anything runs

@@ -68,8 +68,13 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     placed = []  # each page as the chain's geometric ops make it (its size: the grid's)
-    for info in infos:
-        (height, width), why = geometry.placed_size(chain, info.height, info.width)
+    sizes = [geometry.placed_size(chain, info.height, info.width) for info in infos]
+    # pages that hold every crop box: a job of pages of several sizes can keep to them
+    fits = [info.index for info, (_, why) in zip(infos, sizes, strict=True) if not why]
+    for info, ((height, width), why) in zip(infos, sizes, strict=True):
+        if why and fits:
+            why[-1] += (f'; or give this job "pages" with the pages that hold the box '
+                        f"({_ranges(fits)}) and page {info.index} a job of its own")
         problems += [f"page {info.index}: {p}" for p in
                      why + geometry.georeferenced(chain, info.metadata)]
         placed.append(replace(info, height=height, width=width))
