@@ -278,6 +278,11 @@ def test_a_page_in_one_strip_turned_a_quarter_is_decoded_once(tmp_path, fuse, mo
      ("ops[2] (crop): comes after ops[1] (equalize_hist), whose table is made from the "
       "whole page's statistics; put crop before equalize_hist")),
     ([R(45)], "ops[0].angle: expected one of 90, 180, 270, got 45"),
+    # a turn counter-clockwise is said the way rotate counts it
+    ([R(-90)], ("ops[0].angle: expected one of 90, 180, 270, got -90; angles are clockwise: "
+                "a quarter turn counter-clockwise is 270")),
+    ([R(-270)], ("ops[0].angle: expected one of 90, 180, 270, got -270; angles are "
+                 "clockwise: a three-quarter turn counter-clockwise is 90")),
     ([F("diagonal")], 'ops[0].axis: expected one of "horizontal", "vertical", got "diagonal"'),
     ([C(0, 0, 0, 5)], "ops[0].width: expected an integer >= 1 and <= 2147483647, got 0"),
     ([{"op": "crop", "x": 1, "y": 1, "width": 5}], "ops[0].height: required"),

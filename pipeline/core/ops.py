@@ -236,6 +236,10 @@ def _bands_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | N
     return f"{', '.join(wrong)}, {has}; {fix}"
 
 
+#: the start of the advice to a rotate angle given counter-clockwise (-90)
+_CLOCKWISE = "angles are clockwise: "
+
+
 def _geometric(name: str, help_: str, params: tuple[Param, ...],
                transform: Callable[[dict[str, Any]], Any], exact: str) -> Op:
     """A geometric op: any sample type and band count, values moved as they are."""
@@ -383,7 +387,11 @@ OPS: dict[str, Op] = {op.name: op for op in (
     _geometric("rotate", "cv2.rotate(img, ROTATE_90_CLOCKWISE / ROTATE_180 / "
                "ROTATE_90_COUNTERCLOCKWISE) for angle 90 / 180 / 270 (clockwise)",
                (Param("angle", "integer", "degrees, clockwise as the page is stored (row 0 "
-                      "at the top)", required=True, choices=(90, 180, 270)),),
+                      "at the top)", required=True, choices=(90, 180, 270),
+                      hints=((-90, _CLOCKWISE + "a quarter turn counter-clockwise is 270"),
+                             (-180, _CLOCKWISE + "a half turn is 180"),
+                             (-270, _CLOCKWISE + "a three-quarter turn counter-clockwise "
+                                                 "is 90"))),),
                lambda p: geo.ROTATIONS[p["angle"]],
                "bit-identical to cv2.rotate on the whole page (np.rot90 beyond 4 bands, "
                "which OpenCV refuses)"),

@@ -31,6 +31,8 @@ class Param:
     lt: float | None = None
     odd: bool = False
     choices: tuple[Any, ...] | None = None
+    #: (value, advice) pairs: what to give instead of a value users are likely to try
+    hints: tuple[tuple[Any, str], ...] = ()
 
     def expectation(self) -> str:
         """How a user reads what this parameter accepts: ``a number > 0``, ``an odd integer
@@ -62,7 +64,9 @@ class Param:
             )
         if ok:
             return None
-        return f"expected {self.expectation()}, got {json.dumps(value)}"
+        hint = next((f"; {advice}" for bad, advice in self.hints
+                     if _type_ok(self.kind, value) and value == bad), "")
+        return f"expected {self.expectation()}, got {json.dumps(value)}{hint}"
 
     def value(self, value: Any) -> Any:
         """The checked ``value`` as the op uses it: an integer's ``2.0`` (JSON has one
