@@ -275,8 +275,12 @@ def test_a_page_in_one_strip_turned_a_quarter_is_decoded_once(tmp_path, fuse, mo
     ([{"op": "canny", "low": 10, "high": 30}, C(0, 0, 5, 5)],
      "ops[1] (crop): comes after ops[0] (canny)"),
     ([G, {"op": "equalize_hist"}, C(0, 0, 5, 5)],
-     ("ops[2] (crop): comes after ops[1] (equalize_hist), whose table is made from the "
+     ("ops[2] (crop): comes after ops[1] (equalize_hist), whose result comes from the "
       "whole page's statistics; put crop before equalize_hist")),
+    # (normalize has no table: its minimum and maximum are the statistics)
+    ([{"op": "normalize"}, C(0, 0, 5, 5)],
+     ("ops[1] (crop): comes after ops[0] (normalize), whose result comes from the whole "
+      "page's statistics; put crop before normalize")),
     ([R(45)], "ops[0].angle: expected one of 90, 180, 270, got 45"),
     # a turn counter-clockwise is said the way rotate counts it
     ([R(-90)], ("ops[0].angle: expected one of 90, 180, 270, got -90; angles are clockwise: "

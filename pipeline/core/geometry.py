@@ -214,7 +214,7 @@ def transform_of(call: Any) -> Transform | None:
 
 def order_problems(calls: list[Any]) -> list[str]:
     """Where a chain puts a geometric op where it cannot run: after a downsample, clahe or
-    canny (their tiles are laid on the placed page), or a crop after an op whose table comes
+    canny (their tiles are laid on the placed page), or a crop after an op whose result comes
     from the whole page's statistics (the statistics would be of pixels cropped away).
     Each problem with the op's path, as ``ops[2]: ...``."""
     problems = []
@@ -231,7 +231,7 @@ def order_problems(calls: list[Any]) -> list[str]:
                 break
             if call.op.name == "crop" and before.op.kind == "stats":
                 problems.append(
-                    f"ops[{i}] (crop): comes after ops[{j}] ({name}), whose table is made "
+                    f"ops[{i}] (crop): comes after ops[{j}] ({name}), whose result comes "
                     f"from the whole page's statistics; put crop before {name} (its "
                     "statistics are then those of the cropped page)")
                 break
