@@ -9,10 +9,11 @@ import tifffile
 from PIL import Image
 
 
-def whole_page(page: tifffile.TiffPage) -> np.ndarray:
+def whole_page(page: tifffile.TiffPage, libtiff: bool = False) -> np.ndarray:
     """tifffile's read of a whole page as (h, w) or (h, w, samples); old-style JPEG, which
-    tifffile does not decode, as libtiff reads it (Pillow's whole-file read)."""
-    if int(page.compression) == 6:
+    tifffile does not decode, and pages read with ``libtiff``, as libtiff reads them
+    (Pillow's whole-file read)."""
+    if int(page.compression) == 6 or libtiff:
         with Image.open(page.parent.filehandle.path) as image:
             image.seek(page.index)
             return np.asarray(image)
@@ -33,9 +34,11 @@ def palette_rgb(colormap: np.ndarray) -> np.ndarray:
     return cmap.T.copy()
 
 
-def documented(page: tifffile.TiffPage, keep_palette: bool = False) -> np.ndarray:
-    """The pixels tiffpipe processes for ``page``: tifffile's whole-page read, converted."""
-    data = whole_page(page)
+def documented(page: tifffile.TiffPage, keep_palette: bool = False,
+               libtiff: bool = False) -> np.ndarray:
+    """The pixels tiffpipe processes for ``page``: tifffile's whole-page read (libtiff's
+    with ``libtiff``, see :func:`whole_page`), converted."""
+    data = whole_page(page, libtiff)
     photometric, bits = int(page.photometric), page.bitspersample
     if photometric in (0, 1) and bits in (1, 2, 4):  # bilevel and 2/4-bit gray -> 8-bit
         top = 2**bits - 1

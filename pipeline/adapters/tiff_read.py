@@ -13,6 +13,7 @@ import os
 import struct
 import threading
 import weakref
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
@@ -73,6 +74,9 @@ REPAIR = ("copy it again from its source or export it again, then check that tif
 #: LERC compression (Esri's, written by GDAL as LERC, LERC_DEFLATE and LERC_ZSTD): its
 #: segments hold a mask of valid pixels, which tifffile's decode drops (PageReader._decode_lerc)
 LERC = 34887
+#: deflate compression (ADOBE_DEFLATE and the older DEFLATE code): a last strip that holds a
+#: whole strip's rows is read as libtiff reads it (PageReader._whole_height_strip)
+_DEFLATE = (COMPRESSION.ADOBE_DEFLATE, COMPRESSION.DEFLATE)
 #: ExtraSamples UNASSALPHA: an 8-bit alpha sample libtiff stores as a LERC segment's mask
 _UNASSALPHA = 2
 #: sample formats of complex numbers (integer and float pairs): refused, see pixel_kind
@@ -834,7 +838,7 @@ class PageReader:
             if self.lerc:
                 decoded, origin = self._decode_lerc(data, seg)
             else:
-                decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
+                decoded, origin = self._decode_stream(data, seg)
         except CorruptTiffError:  # (a LERC blob that declares more than its segment)
             raise
         except Exception as exc:  # codecs raise their own error types
@@ -850,6 +854,44 @@ class PageReader:
                                    f"is damaged: {REPAIR}")
         return (self._convert(decoded.reshape(decoded.shape[-3:]), origin[0]), origin[0],
                 origin[2], origin[3])
+
+    def _decode_stream(self, data: bytes, seg: int) -> tuple[np.ndarray | None, tuple[int, ...]]:
+        """A segment decoded by tifffile: its samples and its place (plane, 0, y, x). A
+        deflate strip that holds a whole strip's rows where it has fewer is read as libtiff
+        reads it (:meth:`_whole_height_strip`); anything else tifffile cannot decode raises
+        what tifffile raised."""
+        try:
+            decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
+        except Exception:
+            rows = self._whole_height_strip(data, seg)
+            if rows is None:
+                raise
+            decoded, origin, _ = self._decode(rows, seg, jpegtables=self.jpegtables)
+        return decoded, origin
+
+    def _whole_height_strip(self, data: bytes, seg: int) -> bytes | None:
+        """A deflate strip shorter than RowsPerStrip (the page's last) whose stream holds
+        a whole strip's rows, as some writers store it (libtiff's test file
+        deflate-last-strip-extra-data.tiff: 16 rows, 4 of them the page's), as a stream of
+        its own rows only (stored, not compressed again: tifffile decodes a segment into a
+        buffer of its rows, too small for the whole strip's). libtiff reads the rows it
+        needs and ignores the rest (tif_zip.c: "odd files in the wild"); here the stream
+        must also be whole (ended, its checksum right) and hold no more than a whole strip.
+        None for any other segment or stream: it is then damaged (a CorruptTiffError)."""
+        rows = min(self.seg_h, self.height - self._place(seg)[1] * self.seg_h)
+        if self.compression not in _DEFLATE or self.page.is_tiled or rows == self.seg_h:
+            return None
+        depth = 1 if self.separate else self.file_samples
+        row_bytes = (self.seg_w * depth * self.bits + 7) // 8
+        whole = self.seg_h * row_bytes
+        stream = zlib.decompressobj()
+        try:
+            out = stream.decompress(data, whole + 1)  # bounded: a whole strip, and 1 byte
+        except zlib.error:
+            return None
+        if not stream.eof or not rows * row_bytes < len(out) <= whole:
+            return None
+        return zlib.compress(out[:rows * row_bytes], 0)
 
     def _place(self, seg: int) -> tuple[int, int, int]:
         """(plane, segment row, segment column) of segment ``seg``."""
