@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -842,13 +843,13 @@ def test_a_reader_given_its_columns_caches_only_them(tmp_path: Path):
         np.testing.assert_array_equal(whole.read(Rect(0, 0, 64, 3000)), page)
 
 
-def _last_strip_replaced(path: Path, dtype: str, stream: Any) -> np.ndarray:
-    """A 20-row page in strips of 16 (deflate; with the predictor for uint16) whose last
+def _last_strip_replaced(path: Path, dtype: str, stream: Any, codec: str) -> np.ndarray:
+    """A 20-row page in strips of 16 (``codec``; with the predictor for uint16) whose last
     strip (4 rows) is replaced by ``stream(strip)``: ``strip`` is that strip's rows written
     as a whole strip of 16 (the 4 rows and 12 more), by tifffile's own encoder. The new
     stream is appended to the file and the strip's offset and byte count point to it."""
     page = make_page(9, 20, 37, 1, dtype)
-    kw = {"compression": "zlib", "metadata": None, "rowsperstrip": 16,
+    kw = {"compression": codec, "metadata": None, "rowsperstrip": 16,
           "predictor": np.dtype(dtype).itemsize > 1}
     full = path.with_name("full.tif")  # the page with its last strip 16 rows tall
     tifffile.imwrite(full, np.vstack([page, make_page(10, 12, 37, 1, dtype)]), **kw)
@@ -869,30 +870,41 @@ def _last_strip_replaced(path: Path, dtype: str, stream: Any) -> np.ndarray:
     return page
 
 
-#: a last strip's stream -> whether the page reads as libtiff reads it
+def _twice(codec: str) -> Any:
+    """A stream of ``codec`` holding its stream's bytes twice (more than a whole strip)."""
+    if codec == "zstd":
+        return lambda s: imagecodecs.zstd_encode(imagecodecs.zstd_decode(s) * 2)
+    return lambda s: zlib.compress(zlib.decompress(s) * 2)
+
+
+#: (codec, a last strip's stream) -> whether the page reads as libtiff reads it
 LAST_STRIPS = {
     # a complete stream of a whole strip's rows (libtiff's test file
     # deflate-last-strip-extra-data.tiff): libtiff reads the rows the strip has
-    "full_height": (lambda s: s, True),
-    "full_height_then_bytes": (lambda s: s + b"\0\0 not deflate", True),
+    ("zlib", "full_height"): (lambda s: s, True),
+    ("zlib", "full_height_then_bytes"): (lambda s: s + b"\0\0 not deflate", True),
+    ("zstd", "full_height"): (lambda s: s, True),
+    ("lzw", "full_height"): (lambda s: s, True),
     # the stream cut short, its checksum wrong, more rows than a whole strip: damaged
-    "truncated": (lambda s: s[:-9], False),
-    "bad_checksum": (lambda s: s[:-1] + bytes([s[-1] ^ 1]), False),
-    "more_than_a_strip": (lambda s: zlib.compress(zlib.decompress(s) * 2), False),
+    ("zlib", "truncated"): (lambda s: s[:-9], False),
+    ("zlib", "bad_checksum"): (lambda s: s[:-1] + bytes([s[-1] ^ 1]), False),
+    ("zlib", "more_than_a_strip"): (_twice("zlib"), False),
+    ("zstd", "truncated"): (lambda s: s[:-9], False),
+    ("zstd", "more_than_a_strip"): (_twice("zstd"), False),
 }
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16"])
-@pytest.mark.parametrize("case", list(LAST_STRIPS))
-def test_a_last_strip_stored_whole_height_reads_as_libtiff_reads_it(tmp_path: Path,
+@pytest.mark.parametrize(("codec", "case"), list(LAST_STRIPS))
+def test_a_last_strip_stored_whole_height_reads_as_libtiff_reads_it(tmp_path: Path, codec: str,
                                                                     case: str, dtype: str):
     """A writer that stores the last strip (shorter than RowsPerStrip) as a whole strip:
     libtiff reads its rows and ignores the rest; it was a CorruptTiffError ("cannot be
     decoded", tifffile's buffer of the strip's rows too small). A stream that is not whole
     (cut short, a wrong checksum) or holds more than a whole strip still fails."""
-    stream, reads = LAST_STRIPS[case]
+    stream, reads = LAST_STRIPS[(codec, case)]
     path = tmp_path / "last.tif"
-    page = _last_strip_replaced(path, dtype, stream)
+    page = _last_strip_replaced(path, dtype, stream, codec)
     url = str(path)
     with open_tiff(url) as tf:
         reader = PageReader(tf, get_page(tf, url, 0), url, 0)
@@ -903,5 +915,6 @@ def test_a_last_strip_stored_whole_height_reads_as_libtiff_reads_it(tmp_path: Pa
                 np.testing.assert_array_equal(np.asarray(image), page)
         else:
             with pytest.raises(CorruptTiffError, match=r"last.tif: page 0: segment 1 "
-                               r"\(ADOBE_DEFLATE\) cannot be decoded \(.*the file is damaged"):
+                               r"\((ADOBE_DEFLATE|ZSTD)\) cannot be decoded \(.*the file is "
+                               r"damaged"):
                 reader.read(Rect(16, 0, 20, 37))

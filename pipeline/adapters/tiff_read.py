@@ -74,9 +74,10 @@ REPAIR = ("copy it again from its source or export it again, then check that tif
 #: LERC compression (Esri's, written by GDAL as LERC, LERC_DEFLATE and LERC_ZSTD): its
 #: segments hold a mask of valid pixels, which tifffile's decode drops (PageReader._decode_lerc)
 LERC = 34887
-#: deflate compression (ADOBE_DEFLATE and the older DEFLATE code): a last strip that holds a
-#: whole strip's rows is read as libtiff reads it (PageReader._whole_height_strip)
+#: deflate and zstd (each's two codes): a last strip that holds a whole strip's rows is read
+#: as libtiff reads it (PageReader._whole_height_strip); LZW's decoder already stops there
 _DEFLATE = (COMPRESSION.ADOBE_DEFLATE, COMPRESSION.DEFLATE)
+_ZSTD = (COMPRESSION.ZSTD, COMPRESSION.ZSTD_DEPRECATED)
 #: ExtraSamples UNASSALPHA: an 8-bit alpha sample libtiff stores as a LERC segment's mask
 _UNASSALPHA = 2
 #: sample formats of complex numbers (integer and float pairs): refused, see pixel_kind
@@ -857,9 +858,9 @@ class PageReader:
 
     def _decode_stream(self, data: bytes, seg: int) -> tuple[np.ndarray | None, tuple[int, ...]]:
         """A segment decoded by tifffile: its samples and its place (plane, 0, y, x). A
-        deflate strip that holds a whole strip's rows where it has fewer is read as libtiff
-        reads it (:meth:`_whole_height_strip`); anything else tifffile cannot decode raises
-        what tifffile raised."""
+        deflate or zstd strip that holds a whole strip's rows where it has fewer is read as
+        libtiff reads it (:meth:`_whole_height_strip`); anything else tifffile cannot decode
+        raises what tifffile raised."""
         try:
             decoded, origin, _ = self._decode(data, seg, jpegtables=self.jpegtables)
         except Exception:
@@ -870,28 +871,36 @@ class PageReader:
         return decoded, origin
 
     def _whole_height_strip(self, data: bytes, seg: int) -> bytes | None:
-        """A deflate strip shorter than RowsPerStrip (the page's last) whose stream holds
-        a whole strip's rows, as some writers store it (libtiff's test file
+        """A deflate or zstd strip shorter than RowsPerStrip (the page's last) whose stream
+        holds a whole strip's rows, as some writers store it (libtiff's test file
         deflate-last-strip-extra-data.tiff: 16 rows, 4 of them the page's), as a stream of
-        its own rows only (stored, not compressed again: tifffile decodes a segment into a
-        buffer of its rows, too small for the whole strip's). libtiff reads the rows it
-        needs and ignores the rest (tif_zip.c: "odd files in the wild"); here the stream
-        must also be whole (ended, its checksum right) and hold no more than a whole strip.
-        None for any other segment or stream: it is then damaged (a CorruptTiffError)."""
+        its own rows only (deflate's stored, not compressed again; zstd's at level 1):
+        tifffile decodes a segment into a buffer of its rows, too small for the whole
+        strip's. libtiff reads the rows it needs and ignores the rest (tif_zip.c: "odd
+        files in the wild"; tif_zstd.c); here the stream must also be whole (ended, its
+        checksum right) and hold no more than a whole strip. None for any other segment or
+        stream: it is then damaged (a CorruptTiffError)."""
         rows = min(self.seg_h, self.height - self._place(seg)[1] * self.seg_h)
-        if self.compression not in _DEFLATE or self.page.is_tiled or rows == self.seg_h:
+        if (self.compression not in _DEFLATE + _ZSTD or self.page.is_tiled
+                or rows == self.seg_h):
             return None
         depth = 1 if self.separate else self.file_samples
         row_bytes = (self.seg_w * depth * self.bits + 7) // 8
         whole = self.seg_h * row_bytes
-        stream = zlib.decompressobj()
-        try:
-            out = stream.decompress(data, whole + 1)  # bounded: a whole strip, and 1 byte
-        except zlib.error:
+        try:  # bounded: a whole strip, and 1 byte
+            if self.compression in _ZSTD:  # (a frame cut short fails)
+                out, ended = bytes(imagecodecs.zstd_decode(data, out=whole + 1)), True
+            else:
+                stream = zlib.decompressobj()
+                out = stream.decompress(data, whole + 1)
+                ended = stream.eof
+        except (zlib.error, imagecodecs.ZstdError):
             return None
-        if not stream.eof or not rows * row_bytes < len(out) <= whole:
+        if not ended or not rows * row_bytes < len(out) <= whole:
             return None
-        return zlib.compress(out[:rows * row_bytes], 0)
+        kept = out[:rows * row_bytes]
+        return (imagecodecs.zstd_encode(kept, level=1) if self.compression in _ZSTD
+                else zlib.compress(kept, 0))
 
     def _place(self, seg: int) -> tuple[int, int, int]:
         """(plane, segment row, segment column) of segment ``seg``."""
