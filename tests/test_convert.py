@@ -251,6 +251,38 @@ def test_validate_names_the_job_and_op_field(tmp_path: Path, capsys: pytest.Capt
     assert code == 0, out
 
 
+
+def test_validate_refuses_jpeg_of_a_band_count_the_chain_fixes(tmp_path, capsys):
+    """A select_bands of 2 or 4 bands with JPEG output fails on every page: validate refuses
+    it from the manifest alone, naming the field each layer set, with the type problem when
+    the chain fixes both; a count an op after it makes 1 (to_gray), or 1 or 3, passes."""
+    two, four = ({"op": "select_bands", "bands": b} for b in ([0, 1], [3, 2, 1, 0]))
+    code, out = _validate(tmp_path, capsys, [
+        {"input": "s.tif", "output": "a.tif", "ops": [two, {"op": "gaussian_blur", "sigma": 1.5}],
+         "output_options": {"compression": "jpeg"}},
+        {"input": "s.tif", "output": "b.tif", "ops": [four]},
+        {"input": "s.tif", "output": "c.tif", "ops": [two, convert_op(dtype="uint16")],
+         "output_options": {"compression": "jpeg"}},
+        {"input": "s.tif", "output": "d.tif", "ops": [two, {"op": "to_gray"}]},
+        {"input": "s.tif", "output": "e.tif", "ops": [{"op": "select_bands", "bands": [2]}]},
+        {"input": "s.tif", "output": "f.tif", "ops": [four], "output_options": {
+            "compression": "zstd"}},
+    ], defaults={"output_options": {"compression": "jpeg"}})
+    assert code == 2
+    assert out.splitlines()[1:] == [
+        ("  jobs[0].output_options.compression: jpeg holds 1 or 3 bands (gray or RGB) only, and "
+         'ops[0] (select_bands) makes 2 bands; give its "bands" 1 or 3 bands, or choose zstd, '
+         "deflate, lzw or none"),
+        ("  jobs[1].ops[0].bands: select_bands makes 4 bands, and the jpeg output (from "
+         "defaults.output_options.compression) holds 1 or 3 bands (gray or RGB) only; give "
+         'its "bands" 1 or 3 bands, or choose another compression'),
+        ("  jobs[2].output_options.compression: jpeg holds uint8 samples only, and ops[1] "
+         '(convert) makes uint16; set its "dtype" to "uint8", or choose zstd, deflate, lzw or '
+         "none"),
+        ("  jobs[2].output_options.compression: jpeg holds 1 or 3 bands (gray or RGB) only, and "
+         'ops[0] (select_bands) makes 2 bands; give its "bands" 1 or 3 bands, or choose zstd, '
+         "deflate, lzw or none")]
+
 def test_validate_refuses_an_op_that_does_not_take_the_converted_type(
         tmp_path: Path, capsys: pytest.CaptureFixture):
     """A convert says the type whatever the page's band count: an op after it that takes no

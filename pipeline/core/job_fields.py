@@ -319,22 +319,43 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
 
 def _jpeg_problems(ops: Setting, comp: Setting, layer: Layer) -> list[str]:
     """JPEG output of a chain that makes another type than uint8 whatever the pages (a
-    convert to uint16, a normalized_difference's float32): refused before any page is read."""
+    convert to uint16, a normalized_difference's float32), or another band count than 1 or 3
+    (a select_bands of 2 or 4 bands): refused before any page is read, each problem naming
+    the op that makes it."""
     calls, probs = parse_chain(ops.value)
-    dtype, _, made = made_types(calls)[-1] if not probs else (None, None, None)
-    if dtype is None or made is None or dtype.name == "uint8":
+    if probs:
         return []
-    name = calls[made].op.name
-    fix = ('set its "dtype" to "uint8"' if name == "convert" else
-           'end the ops with {"op": "convert", "dtype": "uint8", "in_range": [low, high]}')
+    dtype, channels, made, counted = made_types(calls)[-1]
+    problems = []
+    if dtype is not None and made is not None and dtype.name != "uint8":
+        name = calls[made].op.name
+        fix = ('set its "dtype" to "uint8"' if name == "convert" else
+               'end the ops with {"op": "convert", "dtype": "uint8", "in_range": [low, high]}')
+        problems.append(_jpeg_problem(
+            ops, comp, layer, made, "uint8 samples", dtype.name,
+            ".dtype" if name == "convert" else "", fix))
+    if channels is not None and counted is not None and channels not in (1, 3):
+        picks = calls[counted].op.picks is not None
+        fix = ('give its "bands" 1 or 3 bands' if picks else
+               'end the ops with a {"op": "select_bands", "bands": [...]} of 1 or 3 bands')
+        problems.append(_jpeg_problem(
+            ops, comp, layer, counted, "1 or 3 bands (gray or RGB)", f"{channels} bands",
+            ".bands" if picks else "", fix))
+    return problems
+
+
+def _jpeg_problem(ops: Setting, comp: Setting, layer: Layer, index: int, holds: str,
+                  makes: str, field_: str, fix: str) -> str:
+    """JPEG output refused for what ops[index] makes, at the field ``layer`` set (the
+    compression, else the op's ``field_``), naming the other one."""
+    name = ops.value[index]["op"]
     if comp.layer is layer:
-        return [(f"{layer.where('output_options.compression')}: jpeg holds uint8 samples only, "
-                f"and ops[{made}] ({name}){_from(ops, layer, 'ops')} makes {dtype.name}; "
-                f"{fix}, or choose zstd, deflate, lzw or none")]
-    where = layer.where(f"ops[{made}]") + (".dtype" if name == "convert" else "")
-    return [(f"{where}: {name} makes {dtype.name}, and the jpeg output"
-            f"{_from(comp, layer, 'output_options.compression')} holds uint8 samples only; "
-            f"{fix}, or choose another compression")]
+        return (f"{layer.where('output_options.compression')}: jpeg holds {holds} only, and "
+                f"ops[{index}] ({name}){_from(ops, layer, 'ops')} makes {makes}; {fix}, or "
+                "choose zstd, deflate, lzw or none")
+    return (f"{layer.where(f'ops[{index}]')}{field_}: {name} makes {makes}, and the jpeg output"
+            f"{_from(comp, layer, 'output_options.compression')} holds {holds} only; "
+            f"{fix}, or choose another compression")
 
 
 def _tile_problem(tile: Setting, out_tile: Setting, layer: Layer) -> str:

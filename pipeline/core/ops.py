@@ -469,23 +469,26 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
     return calls, problems
 
 
-def made_types(calls: list[OpCall]) -> list[tuple[np.dtype | None, int | None, int | None]]:
+def made_types(calls: list[OpCall]
+               ) -> list[tuple[np.dtype | None, int | None, int | None, int | None]]:
     """For each op's input (and last, the output): the sample type and band count that ops
     before it made whatever the page's (None: the page's own, unknown before a page is read),
-    and the index of the op that made that type (``normalized_difference``: one float32 band;
-    ``convert``: its type; ``select_bands``: its count)."""
+    the index of the op that made that type (``normalized_difference``: one float32 band;
+    ``convert``: its type) and the index of the op that made that count (``select_bands``:
+    its bands; ``to_gray``, ``canny``, ``normalized_difference``: one)."""
     dtype: np.dtype | None = None
     channels: int | None = None
     made: int | None = None
-    out = [(dtype, channels, made)]
+    counted: int | None = None
+    out = [(dtype, channels, made, counted)]
     for i, call in enumerate(calls):
         types = {call.out_dtype(np.dtype(t)) for t in ("uint8", "float64")}
         if len(types) == 1:  # (the same from any type: made here)
             dtype, made = types.pop(), i
         counts = {call.out_channels(c) for c in (1, 5)}
         if len(counts) == 1:
-            channels = counts.pop()
-        out.append((dtype, channels, made))
+            channels, counted = counts.pop(), i
+        out.append((dtype, channels, made, counted))
     return out
 
 
@@ -495,8 +498,8 @@ def made_problems(calls: list[OpCall], path: str = "ops") -> list[str]:
     convert of float32 without in_range after a normalized_difference), or the type alone
     whatever the page's band count (canny after a convert to int8)."""
     problems = []
-    for i, (call, (dtype, channels, made)) in enumerate(zip(calls, made_types(calls),
-                                                            strict=False)):
+    for i, (call, (dtype, channels, made, _)) in enumerate(zip(calls, made_types(calls),
+                                                               strict=False)):
         if dtype is None or made is None:
             continue
         # (a band count not known yet: a refusal on every count (1 to 4, and 5: more) alone)
