@@ -222,6 +222,29 @@ def test_jpeg_of_other_band_counts_names_the_select_bands_that_fits(tmp_path):
          "or RGB only (a CMYK page: choose zstd, deflate, lzw or none)")]
 
 
+def test_jpeg_of_the_wrong_type_and_band_count_says_both(tmp_path):
+    """A 13-band uint16 page to JPEG: both problems in one refusal (not the type, then the
+    band count once a convert is added), with the ops that fix both, which then run; a CMYK
+    page of uint16 is told to choose another codec."""
+    src = tmp_path / "s2.tif"
+    write_bands(src, typed_image(1, 64, 64, 13, "uint16"), tiled=True, separate=False)
+    assert _jpeg_problems(tmp_path, src, []) == [
+        ("page 0: jpeg output needs uint8 pixels and 1 or 3 bands (channels), the output is "
+         "uint16 with 13 bands: JPEG holds gray or RGB of 8 bits only; add "
+         '{"op": "select_bands", "bands": [0, 1, 2]} to the ops (or the bands you want, 1 or '
+         '3) and end them with {"op": "convert", "dtype": "uint8"}, or choose zstd, deflate, '
+         "lzw or none")]
+    fixed = [{"op": "select_bands", "bands": [0, 1, 2]}, {"op": "convert", "dtype": "uint8"}]
+    assert _jpeg_problems(tmp_path, src, fixed) == []
+    cmyk = tmp_path / "cmyk16.tif"
+    tifffile.imwrite(cmyk, typed_image(2, 64, 64, 4, "uint16"), photometric="separated",
+                     metadata=None)
+    assert _jpeg_problems(tmp_path, cmyk, []) == [
+        ("page 0: jpeg output needs uint8 pixels and 1 or 3 bands (channels), the output is "
+         "uint16 with 4 bands: JPEG holds gray or RGB of 8 bits only (a CMYK page: choose "
+         "zstd, deflate, lzw or none)")]
+
+
 # --- the tiled path is the whole page ---------------------------------------------------
 
 ND = {"op": "normalized_difference", "a": 3, "b": 0}

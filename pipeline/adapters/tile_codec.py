@@ -83,23 +83,29 @@ class OutputEncoder:
     def check(self, photometric: str | None = None) -> str | None:
         """Why this output cannot be written (None if it can); ``photometric``: the page's
         (a CMYK page, "separated", has four inks, not an alpha channel)."""
-        comp = self.options.compression
-        if comp == "jpeg":
-            if self.dtype != "uint8":
-                given = (', "in_range": [low, high]' if np.dtype(self.dtype).kind == "f"
-                         else "")
-                return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; end "
-                        f'the ops with {{"op": "convert", "dtype": "uint8"{given}}}, or choose '
-                        "zstd, deflate, lzw or none")
-            if self.channels not in (1, 3):
-                has = (f"jpeg output needs 1 or 3 bands (channels), the output has "
-                       f"{self.channels}: JPEG holds gray or RGB only")
-                if photometric == "separated":  # (four inks: select_bands refuses them)
-                    return f"{has} (a CMYK page: choose zstd, deflate, lzw or none)"
-                keep = [0] if self.channels == 2 else [0, 1, 2]  # (gray + alpha's gray; RGB)
-                return (f'{has}; add {{"op": "select_bands", "bands": {keep}}} to the ops (or '
-                        "the bands you want, 1 or 3), or choose zstd, deflate, lzw or none")
-        return None
+        if self.options.compression != "jpeg":
+            return None
+        typed, counted = self.dtype == "uint8", self.channels in (1, 3)
+        if typed and counted:
+            return None
+        given = ', "in_range": [low, high]' if np.dtype(self.dtype).kind == "f" else ""
+        convert = f'{{"op": "convert", "dtype": "uint8"{given}}}'
+        if not counted and not typed:  # (both at once, not one a round)
+            has = (f"jpeg output needs uint8 pixels and 1 or 3 bands (channels), the output is "
+                   f"{self.dtype} with {self.channels} bands: JPEG holds gray or RGB of 8 "
+                   "bits only")
+        elif not typed:
+            return (f"jpeg output needs uint8 pixels, the output is {self.dtype}; end the ops "
+                    f"with {convert}, or choose zstd, deflate, lzw or none")
+        else:
+            has = (f"jpeg output needs 1 or 3 bands (channels), the output has "
+                   f"{self.channels}: JPEG holds gray or RGB only")
+        if photometric == "separated":  # (four inks: select_bands refuses them)
+            return f"{has} (a CMYK page: choose zstd, deflate, lzw or none)"
+        keep = [0] if self.channels == 2 else [0, 1, 2]  # (gray + alpha's gray; RGB)
+        then = "" if typed else f" and end them with {convert}"
+        return (f'{has}; add {{"op": "select_bands", "bands": {keep}}} to the ops (or the '
+                f"bands you want, 1 or 3){then}, or choose zstd, deflate, lzw or none")
 
     def _codec_args(self) -> dict[str, Any]:
         comp = self.options.compression
