@@ -106,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the account's unreserved Lambda concurrency)")
     p.add_argument("--print-deployer-policy", action="store_true",
                    help="print the IAM policy the identity running deploy.py needs for this "
-                        "stack and its data locations (JSON); change nothing")
+                        "stack and its data locations (JSON; with an s3:// "
+                        "--schedule-manifest, give the deploy's --kms-key and "
+                        "--sse-kms-key-id); change nothing")
     p.add_argument("--print-operator-policy", action="store_true",
                    help="print the IAM policy the identity running tiffpipe start and status "
                         "on this stack needs (JSON; give the deploy's --data-bucket, "
@@ -279,7 +281,10 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         if args.print_deployer_policy:  # (the account: GetCallerIdentity needs no permission)
             names = clients.names(args.stack)
             located = [*(data or [DataLocation(names.bucket)]), *(inputs or [])]
-            print(json.dumps(deployer_policy(names, located), indent=2))
+            # an s3:// schedule manifest is read at deploy time: S3 decrypts it for the caller
+            read_keys = ([*(kms_keys or []), *([sse_key] if sse_key else [])]
+                         if (args.schedule_manifest or "").startswith("s3://") else [])
+            print(json.dumps(deployer_policy(names, located, read_keys), indent=2))
             return EXIT_OK
         if args.print_operator_policy:
             names = clients.names(args.stack)

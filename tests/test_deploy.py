@@ -1578,6 +1578,8 @@ def _iam_request(service: str, operation: str, params: dict[str, Any]
         arn = f"arn:aws:s3:::{params['Bucket']}" + (f"/{key}" if key else "")
         return [f"s3:{a}" for a in _S3_ACTIONS.get(operation, [operation])], arn
     prefix = {"stepfunctions": "states"}.get(service, service)
+    if service == "kms":  # (S3's, for the caller: see decrypted_by_s3)
+        return [f"kms:{operation}"], params["KeyId"]
     if service == "iam":
         arn = NAMES.role_arn(params["RoleName"])
     elif service == "lambda":
@@ -1676,6 +1678,69 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
                     "stepfunctions.DescribeStateMachineForExecution"}, made
     assert {s for s, _, _ in requests} >= {"s3", "ecr", "iam", "lambda", "logs",
                                            "stepfunctions", "scheduler"}
+
+
+def decrypted_by_s3(s3: Any, requests: list[tuple[str, str, dict[str, Any]]]
+                    ) -> list[tuple[str, str, dict[str, Any]]]:
+    """What S3 asks of KMS for the caller of ``requests`` (moto does not): a kms:Decrypt
+    with the key of each SSE-KMS object read (one not there: nothing)."""
+    found = []
+    for service, operation, params in requests:
+        if (service, operation) == ("s3", "GetObject"):
+            try:
+                head = s3.head_object(Bucket=params["Bucket"], Key=params["Key"])
+            except s3.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] != "404":
+                    raise
+                continue
+            if head.get("ServerSideEncryption") == "aws:kms":
+                found.append(("kms", "Decrypt", {"KeyId": head["SSEKMSKeyId"]}))
+    return found
+
+
+def test_the_deployer_decrypts_an_s3_schedule_manifest_through_s3(aws: Aws, tmp_path: Path):
+    """An s3:// --schedule-manifest in a data bucket encrypted with a --kms-key key: deploy
+    reads it (its checks), so S3 decrypts it for the deployer, which --print-deployer-policy
+    with the same options allows, through S3 only; no KMS grant without an s3:// schedule
+    manifest (a local one goes to the stack bucket, SSE-S3) or without --kms-key."""
+    url = "s3://data-out/manifests/nightly.json"
+    aws.client("s3").put_object(Bucket="data-out", Key="manifests/nightly.json",
+                                Body=scan_manifest(tmp_path).read_bytes(),
+                                ServerSideEncryption="aws:kms", SSEKMSKeyId=KEY)
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        requests.append((model.service_model.service_name, model.name, dict(params)))
+    aws.session.events.register("provide-client-params.*.*", record)
+    scheduled = ("--schedule", "rate(1 day)", "--schedule-manifest", url, *SCAN_LOCATIONS,
+                 "--kms-key", KEY)
+    code, _, err = aws.deploy(*scheduled, build=fake_build([]), run=fake_docker())
+    assert code == 0, err
+    aws.session.events.unregister("provide-client-params.*.*", record)
+    decrypted = decrypted_by_s3(aws.client("s3"), requests)
+    assert decrypted == [("kms", "Decrypt", {"KeyId": KEY})]
+
+    def printed(*args: str) -> dict[str, Any]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert deploy_script.main(["--stack", STACK, "--region", REGION,
+                                       "--print-deployer-policy", *args],
+                                      session=aws.session) == 0
+        return json.loads(out.getvalue())
+
+    policy = printed(*scheduled)
+    assert not (denied := denied_calls(policy, requests + decrypted, _iam_request)), denied
+    [keys] = [s for s in _statements(policy) if "kms" in json.dumps(s)]
+    assert keys["Action"] == ["kms:Decrypt"] and keys["Resource"] == [KEY]
+    assert keys["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{REGION}.amazonaws.com"}}
+    # (the outputs' key too: the functions decrypt with it, a manifest there may have it)
+    [keys] = [s for s in _statements(printed(*scheduled, "--sse", "aws:kms",
+                                             "--sse-kms-key-id", DATA_KEY)) if "kms" in str(s)]
+    assert keys["Resource"] == sorted([KEY, DATA_KEY])
+    local = str(scan_manifest(tmp_path))
+    for args in (scheduled[:3] + (local,) + scheduled[4:], scheduled[4:],
+                 scheduled[:-2]):
+        assert "kms" not in json.dumps(printed(*args)), args
 
 
 def test_the_deployer_policy_passes_each_role_only_to_its_service():

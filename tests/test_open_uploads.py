@@ -312,7 +312,7 @@ def _operator_request(service: str, operation: str, params: dict[str, Any]
         return [f"s3:{a}" for a in names.get(operation, [operation])], arn
     if service == "iam":
         return [f"iam:{operation}"], NAMES.role_arn(params["RoleName"])
-    if service == "kms":  # (S3's, for the caller: see _decrypted)
+    if service == "kms":  # (S3's, for the caller: see test_deploy.decrypted_by_s3)
         return [f"kms:{operation}"], params["KeyId"]
     assert service == "stepfunctions", (service, operation)
     arn = next(params[k] for k in ("mapRunArn", "executionArn", "stateMachineArn",
@@ -379,25 +379,12 @@ def test_the_operator_policy_allows_every_call_start_and_status_make(ready: Stac
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
-def _decrypted(stack: Stack, requests: list[tuple[str, str, dict[str, Any]]]
-               ) -> list[tuple[str, str, dict[str, Any]]]:
-    """What S3 asks of KMS for the caller of ``requests`` (moto does not): a kms:Decrypt
-    with the key of each SSE-KMS object read."""
-    s3, found = stack.client("s3"), []
-    for service, operation, params in requests:
-        if (service, operation) == ("s3", "GetObject"):
-            head = s3.head_object(Bucket=params["Bucket"], Key=params["Key"])
-            if head.get("ServerSideEncryption") == "aws:kms":
-                found.append(("kms", "Decrypt", {"KeyId": head["SSEKMSKeyId"]}))
-    return found
-
-
 def test_the_operator_policy_decrypts_what_the_functions_encrypt(ready: Stack, monkeypatch):
     """With deploy.py --sse aws:kms --sse-kms-key-id KEY the functions write the run's
     report and the jobs' results encrypted with KEY, as the outputs: start --wait and status
     read them, so S3 decrypts with KEY for the operator, which
     --print-operator-policy with the same options allows (through S3 only)."""
-    from test_deploy import denied_calls, deploy_script
+    from test_deploy import decrypted_by_s3, denied_calls, deploy_script
 
     from pipeline.aws import Clients
 
@@ -417,7 +404,7 @@ def test_the_operator_policy_decrypts_what_the_functions_encrypt(ready: Stack, m
     assert code == 0, err
     assert ready.tiffpipe("status", out.splitlines()[0])[0] == 0
     ready.session.events.unregister("provide-client-params.*.*", record)
-    decrypted = _decrypted(ready, requests)
+    decrypted = decrypted_by_s3(ready.client("s3"), requests)
     assert ("kms", "Decrypt", {"KeyId": KEY}) in decrypted  # (the report, at least)
 
     printed = io.StringIO()

@@ -284,11 +284,14 @@ def scheduler_policy(names: StackNames) -> dict[str, Any]:
 _DEPLOYER_ANY_RESOURCE = ("ecr:GetAuthorizationToken", "lambda:GetAccountSettings")
 
 
-def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -> dict[str, Any]:
+def deployer_policy(names: StackNames, data: list[DataLocation] | None = None,
+                    kms_keys: list[str] | None = None) -> dict[str, Any]:
     """What the identity running ``deploy.py`` (deploy, redeploy, ``--rollback``,
     ``--destroy``) of the stack ``names`` needs, and no more: every action it calls, each on
     the stack's own resources (``data``: the data locations, whose buckets it checks and
-    whose schedule manifest it reads). ``docs/aws.md`` (Who may deploy) prints it for a
+    whose schedule manifest it reads; ``kms_keys``: the keys an s3:// schedule manifest there
+    may be encrypted with, SSE-KMS, decrypted through S3 only: give them only with such a
+    manifest, the stack bucket being SSE-S3). ``docs/aws.md`` (Who may deploy) prints it for a
     stack; ``tests/test_deploy.py`` runs deploys (an execution running), a rollback and a
     destroy and checks every call they make is allowed here, on the resource it names.
     ``iam:PassRole`` passes each role only to the service that uses it."""
@@ -371,6 +374,9 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None) -
             # an s3:// --schedule-manifest is read there
             _allow("ScheduleManifests", ["s3:GetObject"], [d.objects_arn(p) for d in data]),
         ]
+    if kms_keys:  # (S3 decrypts an SSE-KMS schedule manifest for the deployer)
+        statements.append(_allow("ReadEncryptedScheduleManifest", ["kms:Decrypt"],
+                                 sorted(set(kms_keys)), _through_s3(names)))
     return _doc(*statements)
 
 
