@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import rasterio  # in the dev extra: GDAL, as GIS tools read the outputs
 import tifffile
 from test_exactness import assert_identical, make_image, run_tiled, write_tiff
 from test_global_ops import ref_global
@@ -366,14 +367,128 @@ def test_a_crop_moves_the_georeferencing(tmp_path):
     assert moved[:8] == (20.0, 0.0, 0.0, 500070.0, 0.0, -40.0, 0.0, 4e6 - 220)
 
 
-def test_turning_a_georeferenced_page_is_refused(tmp_path):
+#: the georeferencings a turn is checked on, as GeoTIFF tags (code, kind, count, value): a
+#: north-up pixel scale and tiepoint (the tiepoint not at the corner), a rotated and sheared
+#: ModelTransformation, and ground control points alone (no affine: GDAL reads them as GCPs)
+GEOREFERENCINGS = {
+    "tiepoint": [(33550, 12, 3, (10.0, 20.0, 0.0)),
+                 (33922, 12, 6, (4.0, 3.0, 0.0, 500000.0, 4e6, 0.0))],
+    "transformation": [(34264, 12, 16, (8.0, 3.0, 0.0, 500000.0, -2.5, -19.0, 0.0, 4e6,
+                                        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0))],
+    "gcps": [],  # (made by the test: GCP_PIXELS, at their centres)
+}
+#: ground control points: the (column, row) of a pixel and the world (x, y) of its centre
+GCP_PIXELS = {(0, 0): (500000.0, 4e6), (40, 10): (500400.0, 4e6 - 150),
+              (3, 59): (500020.0, 4e6 - 1180)}
+
+
+def _world(tags: dict[int, Any], i: float, j: float) -> tuple[float, float]:
+    """Raster position (i, j) to world (x, y) by the page's affine, as the GeoTIFF
+    specification and GDAL define it (ModelTransformation, else the tiepoint and the pixel
+    scale, y down the raster): computed here from the tags, not by tiffpipe."""
+    if 34264 in tags:
+        m = tags[34264]
+        return m[0] * i + m[1] * j + m[3], m[4] * i + m[5] * j + m[7]
+    ti, tj, _, x, y, _ = tags[33922][:6]
+    sx, sy = tags[33550][:2]
+    return x + (i - ti) * sx, y - (j - tj) * sy
+
+
+def _gcps(tags: dict[int, Any]) -> dict[tuple[float, float, float], tuple[float, float]]:
+    """Each ground control point's world (x, y, z) and its raster position (i, j)."""
+    ties = tags[33922]
+    return {tuple(ties[n + 3:n + 6]): (ties[n], ties[n + 1]) for n in range(0, len(ties), 6)}
+
+
+@pytest.mark.parametrize("raster_type", [1, 2])  # PixelIsArea, PixelIsPoint
+@pytest.mark.parametrize("model", list(GEOREFERENCINGS))
+@pytest.mark.parametrize("ops", [
+    [R(90)], [R(180)], [R(270)], [F("horizontal")], [F("vertical")],
+    [C(3, 5, 37, 50), R(90), F("horizontal")], [R(270), C(4, 2, 30, 20)],
+    [R(90), R(270), C(1, 2, 20, 30)],  # turned back: a pixel scale and tiepoint again
+    [F("vertical"), {"op": "downsample", "factor": 2}]], ids=repr)
+def test_a_turn_moves_the_georeferencing_with_the_pixels(tmp_path, ops, model, raster_type):
+    """Every output pixel is where its input pixel was in the world: a page of pixel
+    indices goes through the chain (the reference, OpenCV's calls), which says which input
+    pixel each output pixel is; the corner pixels' centres of the output page, mapped by
+    the output's tags, are the world positions of their input pixels' centres by the
+    input's tags (raster positions of centres: c + 0.5 with PixelIsArea, c with
+    PixelIsPoint). GCPs: each one's raster position is its input pixel's position on the
+    output page. A downsample's output pixel is the mean of a 2 x 2 block: its corner
+    (PixelIsArea) or centre (PixelIsPoint) is the block's."""
+    height, width = 60, 45
+    index = np.arange(height * width, dtype=np.uint16).reshape(height, width)
+    keys = (1, 1, 0, 2, 1024, 0, 1, 1, 1025, 0, 1, raster_type)
     src = tmp_path / "in.tif"
-    _tagged(src, make_image(11, 120, 90, 1, "uint8"), GEO)
+    at = 0.5 if raster_type == 1 else 0.0  # a pixel's centre: its raster position + at
+    gcps = [v for (c, r), (x, y) in GCP_PIXELS.items() for v in (c + at, r + at, 0, x, y, 0)]
+    georeferencing = GEOREFERENCINGS[model] or [(33922, 12, len(gcps), tuple(gcps))]
+    _tagged(src, index, [*georeferencing, (34735, 3, len(keys), keys)])
+    geometric = [op for op in ops if op["op"] != "downsample"]
+    came = reference(index, geometric)  # the input pixel each output pixel is
+    factor = 1 if geometric == ops else 2
+    (got,), plan = run_tiled(tmp_path, src, ops, 32, 32 // factor)
+    if factor == 1:
+        assert_identical(got, came)
+    before, after = _tags(src), _tags(Path(plan.spec.output))
+    assert after[34735] == keys
+    if model == "gcps":
+        assert set(after) & {33550, 34264} == set()
+        moved = _gcps(after)
+        assert len(moved) == len(GCP_PIXELS)  # (one cropped away still ties its place)
+        for (c, r), (x, y) in GCP_PIXELS.items():
+            # (a downsample divides positions; PixelIsPoint's position 0 is then the centre of
+            # the first block, (factor - 1) / 2 turned pixels in)
+            shift = 0 if raster_type == 1 else (factor - 1) / 2
+            for r_out, c_out in np.argwhere(came == r * width + c):
+                assert moved[(x, y, 0.0)] == ((c_out + at - shift) / factor,
+                                              (r_out + at - shift) / factor)
+        return
+    turned_back = ops == [R(90), R(270), C(1, 2, 20, 30)]
+    if any(op["op"] != "crop" for op in geometric) and not turned_back:
+        assert 34264 in after and set(after) & {33550, 33922} == set()
+    else:
+        assert set(after) & {33550, 33922, 34264} == set(before) & {33550, 33922, 34264}
+    out_h, out_w = came.shape[0] // factor, came.shape[1] // factor
+    for r, c in ((0, 0), (0, out_w - 1), (out_h - 1, 0), (out_h - 1, out_w - 1)):
+        # the output pixel's block of input pixels (1 x 1 without a downsample): its centre
+        block = came[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+        ys, xs = np.divmod(block.astype(np.int64), width)
+        want = _world(before, xs.mean() + 0.5, ys.mean() + 0.5) if raster_type == 1 else \
+            _world(before, xs.mean(), ys.mean())
+        assert _world(after, c + at, r + at) == pytest.approx(want, abs=1e-6), (r, c)
+    with rasterio.open(src) as a, rasterio.open(plan.spec.output) as b:  # GDAL agrees
+        r, c = out_h - 1, 0
+        ys, xs = np.divmod(came[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+                           .astype(np.int64), width)
+        assert b.transform @ (c + 0.5, r + 0.5) == pytest.approx(
+            a.transform @ (xs.mean() + 0.5, ys.mean() + 0.5), abs=1e-6)
+
+
+@pytest.mark.parametrize("tags,why", [
+    ([(33550, 12, 3, (10.0, 20.0, 0.0)),
+      (33922, 12, 12, (0.0, 0.0, 0.0, 5e5, 4e6, 0.0, 9.0, 9.0, 0.0, 5e5 + 90, 4e6 - 180, 0.0))],
+     ("a ModelPixelScale with 2 ModelTiepoints: GDAL places the page by the first and leaves "
+      "the others")),
+    ([(33550, 12, 3, (10.0, 20.0, 0.0))], "a ModelPixelScale without a ModelTiepoint"),
+    ([(34264, 12, 6, (1.0, 0.0, 5e5, 0.0, -1.0, 4e6))],
+     "a ModelTransformation of 6 values, not 16"),
+    ([(33550, 11, 3, (10.0, 20.0, 0.0)), (33922, 12, 6, (0.0, 0.0, 0.0, 5e5, 4e6, 0.0))],
+     "its ModelPixelScale not stored as DOUBLE values, as GeoTIFF defines them"),
+])
+def test_turning_a_page_whose_georeferencing_cannot_turn_is_refused(tmp_path, tags, why):
+    src = tmp_path / "in.tif"
+    _tagged(src, make_image(11, 120, 90, 1, "uint8"), tags)
     spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=[G, F("vertical")])
     _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
-    assert len(problems) == 1 and problems[0].startswith(
-        "page 0: ops[1] (flip): the page is georeferenced (GeoTIFF ModelTiepoint, "
-        "ModelPixelScale or ModelTransformation) and its georeferencing is not turned with it")
+    assert problems == [(
+        f"page 0: ops[1] (flip): the page is georeferenced ({why}), which cannot be turned "
+        "with its pixels: the output would put them in the wrong place; leave flip out (GIS "
+        "software shows a map by its georeferencing), turn the page with GDAL (gdalwarp), or "
+        "give it one georeferencing first (gdal_translate writes a pixel scale and one "
+        "tiepoint, or a ModelTransformation)")]
+    spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=[G, C(0, 0, 9, 9)])
+    assert plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1] == []
 
 
 def test_ome_physical_sizes_follow_a_quarter_turn(tmp_path):

@@ -22,7 +22,8 @@ Rules:
   GeoDoubleParams, GeoAsciiParams) and XMP are copied byte for byte when the output page has
   the input's size; after a ``downsample`` the GeoTIFF tags are scaled so that each output
   pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
-  every spatial tag after any other size change (they map pixel positions);
+  every spatial tag after any other size change (they map pixel positions); a ``rotate``,
+  ``flip`` or ``crop`` moves the georeferencing with the pixels (:func:`geo_placed`);
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
   OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
   name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
@@ -450,11 +451,7 @@ def geo_downsampled(spatial: list[list[Any]], factor: int) -> list[list[Any]]:
     corner, which stays; with PixelIsPoint it is the first pixel's centre, which moves
     ``(factor - 1) / 2`` input pixels. The other GeoTIFF tags are kept as they are; XMP and
     an Aperio description (which give the input's pixel size) are not."""
-    tags = {code: (kind, count, value) for code, kind, count, value in spatial}
-    keys = tags.get(GEO_KEYS, (0, 0, []))[2]
-    point = any(keys[i] == RASTER_TYPE_KEY and keys[i + 1] == 0 and keys[i + 3] == PIXEL_IS_POINT
-                for i in range(4, len(keys) - 3, 4))
-    shift = (factor - 1) / 2 if point else 0.0  # output raster position 0 in input pixels
+    shift = (factor - 1) / 2 if _pixel_is_point(spatial) else 0.0  # output position 0
 
     def scaled(code: int, value: list[Any]) -> list[Any]:
         if code == MODEL_PIXEL_SCALE and len(value) >= 2:
@@ -486,6 +483,64 @@ def geo_cropped(spatial: list[list[Any]], y: int, x: int) -> list[list[Any]]:
                 value[4 * row + 3] += value[4 * row] * x + value[4 * row + 1] * y
         return value
     return _geo_moved(spatial, moved)
+
+
+def _pixel_is_point(spatial: list[list[Any]]) -> bool:
+    """Whether the GeoKeyDirectory among ``spatial`` says PixelIsPoint (GTRasterTypeGeoKey
+    2): raster positions are then of pixel centres, not corners."""
+    keys = next((value for code, _, _, value in spatial if code == GEO_KEYS), [])
+    return any(keys[i] == RASTER_TYPE_KEY and keys[i + 1] == 0 and keys[i + 3] == PIXEL_IS_POINT
+               for i in range(4, len(keys) - 3, 4))
+
+
+def geo_placed(spatial: list[list[Any]], placed: Placement) -> list[list[Any]]:
+    """The GeoTIFF tags of a page the chain's geometric ops placed (``placed``), so that
+    every pixel keeps its place in the world: moved by the crops' corner when nothing
+    turned it (:func:`geo_cropped`), else :func:`geo_turned`."""
+    if placed.axes == (1, 0, 0, 1):
+        return geo_cropped(spatial, placed.y, placed.x)
+    return geo_turned(spatial, placed)
+
+
+def geo_turned(spatial: list[list[Any]], placed: Placement) -> list[list[Any]]:
+    """The GeoTIFF tags of a page rotated or flipped (and cropped: ``placed``), each output
+    pixel where its input pixel was in the world. The page's affine georeferencing (read as
+    GDAL reads it: a pixel scale with one tiepoint, north up, else a ModelTransformation)
+    composed with the raster map becomes a ModelTransformation (a turned page is not north
+    up, which a pixel scale, positive by convention, cannot say: GDAL reads a negative one
+    as north up); ModelPixelScale and ModelTiepoint go. A page with tiepoints alone (ground
+    control points) keeps them, each tiepoint's raster position moved to where its pixel
+    went. PixelIsPoint positions are pixel centres: the map is taken between centres. What
+    cannot be turned was refused at plan time (pipeline.core.geometry.turn_problem)."""
+    tags = {code: value for code, kind, _count, value in spatial}
+    a, b, c, d = placed.axes
+    h = 0.5 if _pixel_is_point(spatial) else 0.0  # a position's corner coordinate: + h
+    tx = (a + b) * h + placed.x - h  # input (I, J) = (a I' + b J' + tx, c I' + d J' + ty)
+    ty = (c + d) * h + placed.y - h
+    scale = tags.get(MODEL_PIXEL_SCALE, [])
+    ties = tags.get(MODEL_TIEPOINT, [])
+    if len(scale) >= 2 and scale[0] and scale[1] and len(ties) >= 6:
+        i, j, k, x, y, z = ties[:6]
+        sx, sy, sz = scale[0], abs(scale[1]), (scale[2] if len(scale) > 2 else 0.0)
+        model = [sx, 0.0, 0.0, x - i * sx, 0.0, -sy, 0.0, y + j * sy,
+                 0.0, 0.0, sz, z - k * sz, 0.0, 0.0, 0.0, 1.0]
+    elif len(tags.get(MODEL_TRANSFORMATION, [])) == 16:
+        model = list(tags[MODEL_TRANSFORMATION])
+    else:  # ground control points: each raster position moved (the inverse map: A^T)
+        moved = list(ties)
+        for n in range(0, len(moved) - 5, 6):
+            i, j = moved[n] - tx, moved[n + 1] - ty
+            moved[n], moved[n + 1] = a * i + c * j, b * i + d * j
+        return [[MODEL_TIEPOINT, 12, len(moved), moved] if code == MODEL_TIEPOINT
+                else [code, kind, count, value] for code, kind, count, value in spatial
+                if code in GEO_TAGS and code != MODEL_PIXEL_SCALE]
+    raster = [a, b, 0, tx, c, d, 0, ty, 0, 0, 1, 0, 0, 0, 0, 1]
+    turned = [float(sum(model[4 * r + n] * raster[4 * n + col] for n in range(4)))
+              for r in range(4) for col in range(4)]
+    return [[MODEL_TRANSFORMATION, 12, 16, turned]] + [
+        [code, kind, count, value] for code, kind, count, value in spatial
+        if code in GEO_TAGS and code not in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT,
+                                             MODEL_TRANSFORMATION)]
 
 
 def _geo_moved(spatial: list[list[Any]], change: Any) -> list[list[Any]]:
@@ -601,9 +656,10 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     ``placed``: what the chain's geometric ops did to the page
     (:func:`pipeline.core.geometry.placement`; None: none): a quarter turn swaps the x and
     y resolution; a rotation or flip drops Orientation (the pixels are stored as they are
-    to be shown), XMP and the georeferencing (a georeferenced page is refused before:
-    :func:`pipeline.core.geometry.georeferenced`); a crop moves the georeferencing
-    (:func:`geo_cropped`) and drops XMP and an Aperio description."""
+    to be shown); every geometric op moves the georeferencing with the pixels
+    (:func:`geo_placed`; what cannot be moved is refused before:
+    :func:`pipeline.core.geometry.georeferenced`) and drops XMP and an Aperio
+    description."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
     photometric, extrasamples = photometric_of(info, channels, bands)
@@ -639,7 +695,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = md.get("spatial", [])
     if placed:
-        spatial = [] if placed.turned else geo_cropped(spatial, placed.y, placed.x)
+        spatial = geo_placed(spatial, placed)
     if not same_size:  # kept, scaled, through the chain's downsample only
         spatial = (geo_downsampled(spatial, factor)
                    if factor > 1 and sx == sy == Fraction(1, factor) else [])

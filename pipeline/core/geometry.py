@@ -185,19 +185,57 @@ def placed_size(calls: list[Any], height: int, width: int
 
 
 def georeferenced(chain: list[Any], metadata: dict[str, Any]) -> list[str]:
-    """The problem of turning (rotate, flip) a georeferenced page: its GeoTIFF tags map
-    pixel positions to the world, and tiffpipe writes no turned georeferencing (a crop
-    keeps it, shifted: pipeline.adapters.metadata)."""
-    codes = {tag[0] for tag in metadata.get("spatial", [])}
-    if not codes & {MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION}:
-        return []
+    """The problem of turning (rotate, flip) a page whose GeoTIFF georeferencing cannot be
+    turned with it (:func:`turn_problem`); a crop keeps any, shifted, and a turn of a page
+    georeferenced by one affine (a pixel scale and a tiepoint, or a ModelTransformation) or
+    by tiepoints alone (GCPs) is written turned: pipeline.adapters.metadata.geo_placed."""
     turning = [(i, c) for i, c in enumerate(chain)
                if (t := transform_of(c)) is not None and t.turns]
-    return [f"ops[{i}] ({c.op.name}): the page is georeferenced (GeoTIFF ModelTiepoint, "
-            "ModelPixelScale or ModelTransformation) and its georeferencing is not turned "
-            "with it: the output would put every pixel in the wrong place; leave "
-            f"{c.op.name} out (GIS software shows a map by its georeferencing), or turn the "
-            "page with GDAL (gdalwarp)" for i, c in turning[:1]]
+    why = turn_problem(metadata) if turning else None
+    if why is None:
+        return []
+    i, call = turning[0]
+    return [(f"ops[{i}] ({call.op.name}): the page is georeferenced ({why}), which cannot be "
+            "turned with its pixels: the output would put them in the wrong place; leave "
+            f"{call.op.name} out (GIS software shows a map by its georeferencing), turn the "
+            "page with GDAL (gdalwarp), or give it one georeferencing first (gdal_translate "
+            "writes a pixel scale and one tiepoint, or a ModelTransformation)")]
+
+
+def turn_problem(metadata: dict[str, Any]) -> str | None:
+    """What in a page's GeoTIFF model tags (``PageInfo.metadata["spatial"]``) keeps a turn
+    from being written (None: nothing, or the page is not georeferenced). Read as GDAL reads
+    them: a pixel scale (both sizes not 0) with tiepoints wins, else a ModelTransformation
+    of 16 values, else the tiepoints are ground control points (GCPs)."""
+    tags = {code: (kind, value) for code, kind, _count, value in metadata.get("spatial", [])
+            if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)}
+    if not tags:
+        return None
+    if any(kind != 12 for kind, _ in tags.values()):
+        names = [NAMES[c] for c, (kind, _) in sorted(tags.items()) if kind != 12]
+        return f"its {', '.join(names)} not stored as DOUBLE values, as GeoTIFF defines them"
+    scale = tags.get(MODEL_PIXEL_SCALE, (0, []))[1]
+    ties = tags.get(MODEL_TIEPOINT, (0, []))[1]
+    matrix = tags.get(MODEL_TRANSFORMATION, (0, None))[1]
+    if len(ties) % 6:
+        return f"a ModelTiepoint of {len(ties)} values, not a multiple of 6"
+    if len(scale) >= 2 and scale[0] and scale[1]:
+        if len(ties) > 6:
+            return (f"a ModelPixelScale with {len(ties) // 6} ModelTiepoints: GDAL places the "
+                    "page by the first and leaves the others")
+        if not ties:
+            return "a ModelPixelScale without a ModelTiepoint"
+        return None
+    if matrix is not None and len(matrix) != 16:
+        return f"a ModelTransformation of {len(matrix)} values, not 16"
+    if matrix is None and not ties:
+        return "a ModelPixelScale of sizes 0 and nothing else"
+    return None
+
+
+#: the names of the GeoTIFF model tags, for messages
+NAMES = {MODEL_PIXEL_SCALE: "ModelPixelScale", MODEL_TIEPOINT: "ModelTiepoint",
+         MODEL_TRANSFORMATION: "ModelTransformation"}
 
 
 def transposes(calls: list[Any]) -> bool:
@@ -242,9 +280,12 @@ def order_problems(calls: list[Any]) -> list[str]:
 class Placement:
     """What the chain's geometric ops do to a page, for its output's tags: the placed page's
     size (input pixels, before any downsample), whether the pixels were turned (a rotation
-    or flip: Orientation, XMP and georeferencing no longer describe them) and transposed
-    (x and y swap: resolution too), and, when only crops moved them, where the placed page's
-    corner was on the input page (``y``, ``x``)."""
+    or flip: Orientation and XMP no longer describe them) and transposed (x and y swap:
+    resolution too), and where each point of the placed page was on the input page, in
+    pixel-corner coordinates (x right, y down; pixel (r, c) covers [c, c + 1) x [r, r + 1)):
+    ``x_in = axes[0] x + axes[1] y + x``, ``y_in = axes[2] x + axes[3] y + y``, so ``y``,
+    ``x`` is where the placed page's corner was (when only crops moved it: the corner of
+    their boxes) and ``axes`` a signed permutation (identity unless turned)."""
 
     height: int
     width: int
@@ -252,6 +293,21 @@ class Placement:
     transposed: bool
     y: int = 0
     x: int = 0
+    axes: tuple[int, int, int, int] = (1, 0, 0, 1)
+
+
+def _corner_map(t: Transform, height: int, width: int
+                ) -> tuple[tuple[int, int, int, int], int, int]:
+    """Where each point of the page ``t`` makes of a ``height`` x ``width`` page was on it,
+    in pixel-corner coordinates: (axes, x, y) as :class:`Placement`'s."""
+    if isinstance(t, Crop):
+        return (1, 0, 0, 1), t.x, t.y
+    h, w = t.size(height, width)
+    sx, tx = (-1, w) if t.flip_cols else (1, 0)  # x1 = sx x' + tx on the transposed page
+    sy, ty = (-1, h) if t.flip_rows else (1, 0)
+    if t.transpose:  # (x, y) = (y1, x1)
+        return (0, sy, sx, 0), ty, tx
+    return (sx, 0, 0, sy), tx, ty
 
 
 def placement(calls: list[Any], height: int, width: int) -> Placement | None:
@@ -260,15 +316,16 @@ def placement(calls: list[Any], height: int, width: int) -> Placement | None:
     transforms = [t for t in map(transform_of, calls) if t is not None]
     if not transforms:
         return None
-    y = x = 0
+    (a, b, c, d), x, y = (1, 0, 0, 1), 0, 0  # space i to the input page
     turned = transposed = False
     for t in transforms:
-        if isinstance(t, Crop):
-            y, x = y + t.y, x + t.x
-        else:
+        (e, f, g, k), tx, ty = _corner_map(t, height, width)  # space i + 1 to space i
+        (a, b, c, d), x, y = ((a * e + b * g, a * f + b * k, c * e + d * g, c * f + d * k),
+                              a * tx + b * ty + x, c * tx + d * ty + y)
+        if t.turns:
             turned, transposed = True, transposed != t.transpose
         height, width = t.size(height, width)
-    return Placement(height, width, turned, transposed, y, x)
+    return Placement(height, width, turned, transposed, y, x, (a, b, c, d))
 
 
 class PageGeometry:
