@@ -179,6 +179,8 @@ def _kept(metadata: dict[str, Any]) -> list[str]:
         kept.append("GeoTIFF")
     if 700 in codes:
         kept.append(SPATIAL_TAGS[700])
+    if "gdal_metadata" in metadata:
+        kept.append("GDAL_METADATA")
     if metadata.get("aperio"):
         kept.append("Aperio description")
     if "ome" in metadata:

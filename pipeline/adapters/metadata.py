@@ -31,8 +31,11 @@ Rules:
   chain changes the channel count (:func:`ome_name`, :func:`ome_channel`);
 - Software becomes ``tiffpipe <version>``; structural tags (size, samples, compression,
   tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
+- GDAL_METADATA keeps the items that still hold (:func:`gdal_metadata`): band items follow
+  their band through ``select_bands``, lose their statistics through any op that changes a
+  band's set of values and all but the band's name through one that remaps values;
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
-  GDAL_METADATA, PageNumber, private tags).
+  PageNumber, private tags).
 - Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
   :data:`VALUE_MAX` bytes is dropped (the plan of a many-page job must stay small).
 """
@@ -80,6 +83,14 @@ ORIENTATION = 274
 PAGE_NAME = 285
 #: GDAL's no-data value (ASCII): kept only through ops that do not remap values
 GDAL_NODATA = 42113
+#: GDAL's metadata (ASCII XML: band names, scale and offset, statistics, the scene's items):
+#: its items kept where they still hold (:func:`gdal_metadata`)
+GDAL_METADATA = 42112
+#: the band items' roles that name the band (kept while the band is still that band, whatever
+#: its values became)
+_NAMING_ROLES = ("description", "colorinterp")
+#: the metadata domains that map pixel positions (dropped when the page is moved or resized)
+_SPATIAL_DOMAINS = ("RPC", "GEOLOCATION")
 #: TIFF types whose value is carried as bytes (base64 in the plan)
 _BYTE_TYPES = {1, 2, 6, 7}
 #: InkSet, which a CMYK (SEPARATED) output page carries as 1 (CMYK)
@@ -178,6 +189,10 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
         tag = tags.get(code)
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:
             spatial.append(carried)
+    gdal = tags.get(GDAL_METADATA)
+    if gdal is not None and (carried := _carry(gdal, byteorder)) is not None \
+            and carried[1] == 2:
+        out["gdal_metadata"] = carried[3]
     if kept:
         out["tags"] = kept
     if spatial:
@@ -644,8 +659,8 @@ def ome_channel(info: Any, channels: int,
 
 def output_tags(info: Any, height: int, width: int, channels: int,
                 nodata: bool = True, factor: int = 1, bands: tuple[int, ...] | None = None,
-                own_nodata: float | None = None, placed: Placement | None = None
-                ) -> dict[str, Any]:
+                own_nodata: float | None = None, placed: Placement | None = None,
+                stats: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -653,6 +668,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     ``bands``: which input band each output band is (:func:`photometric_of`); a selection
     that moves the colour bands drops the ICC profile. ``own_nodata``: the chain's own
     no-data value (:func:`pipeline.core.ops.chain_own_nodata`), written as GDAL_NODATA.
+    ``stats``: the chain keeps each band's values as a set (rotate, flip, select_bands:
+    :func:`pipeline.core.ops.chain_keeps_statistics`), so GDAL_METADATA's statistics still
+    hold (:func:`gdal_metadata`, which ``nodata`` and ``bands`` rule too).
     ``placed``: what the chain's geometric ops did to the page
     (:func:`pipeline.core.geometry.placement`; None: none): a quarter turn swaps the x and
     y resolution; a rotation or flip drops Orientation (the pixels are stored as they are
@@ -704,6 +722,11 @@ def output_tags(info: Any, height: int, width: int, channels: int,
             continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))
+    same_bands = tuple(range(channels)) if channels == info.channels else None
+    if "gdal_metadata" in md and (xml := gdal_metadata(
+            md["gdal_metadata"], same_bands if bands is None else bands, nodata, stats,
+            placed is not None or not same_size)):
+        extratags.append((GDAL_METADATA, 2, 0, xml, True))
     if own_nodata is not None:  # (the input's was dropped: the chain does not keep values)
         extratags.append((GDAL_NODATA, 2, 0, f"{own_nodata}".lower().encode("ascii"), True))
     name = ome_name(info, channels, bands)
@@ -712,6 +735,52 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs
+
+
+def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats: bool,
+                  moved: bool) -> bytes | None:
+    """The GDAL_METADATA of an output page, from the input's (``value``, base64 XML: items
+    ``<Item name= [sample=] [role=] [domain=]>text</Item>``), None when no item holds.
+
+    ``bands``: the input band each output band is (None: the chain made bands of its own, so
+    every band item goes); a band item is copied for each output band that is its band,
+    renumbered. ``values`` False: the chain remapped the values, so only the items naming a
+    band (``description``, ``colorinterp``) are kept of it (scale, offset, unit, statistics
+    and any other band item may describe its values). ``stats`` False: the chain changed a
+    band's set of values (any op but a rotate, flip or select_bands), so its STATISTICS_*
+    go. ``moved``: the page was turned, cropped or resized, so the RPC and GEOLOCATION
+    domains (pixel positions) go. The scene's other items (no ``sample``) are kept. The
+    bytes are the input's when every item is kept as it was."""
+    from xml.etree import ElementTree  # (GDAL_METADATA inputs only)
+
+    text = _unb64(value).split(b"\x00", 1)[0]
+    try:
+        root = ElementTree.fromstring(text)
+    except ElementTree.ParseError:
+        return None  # (nothing to tell what holds)
+    items = [e for e in root if e.tag == "Item"]
+    scene = [e for e in items if e.get("sample") is None
+             and not (moved and e.get("domain", "").upper() in _SPATIAL_DOMAINS)]
+    kept = list(scene)
+    for out, band in enumerate(bands or ()):
+        for e in items:
+            name, role = e.get("name", ""), e.get("role", "")
+            if e.get("sample") != str(band) or not values and role not in _NAMING_ROLES \
+                    or not stats and name.upper().startswith("STATISTICS_"):
+                continue
+            if out != band:
+                copy = ElementTree.Element("Item", {**e.attrib, "sample": str(out)})
+                copy.text = e.text
+                e = copy
+            kept.append(e)
+    if kept == items:
+        return text
+    if not kept:
+        return None
+    lines = ["<GDALMetadata>"]
+    for e in kept:
+        lines.append("  " + ElementTree.tostring(e, encoding="unicode").strip())
+    return ("\n".join(lines) + "\n</GDALMetadata>\n").encode("utf-8")
 
 
 def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> float | None:
@@ -755,6 +824,13 @@ def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None
     palette index become RGB, an inverted page with extra samples, a value the page's
     samples cannot hold). Otherwise GDAL would take the no-data pixels for data, and data
     of the old value for no-data."""
+    if "gdal_metadata" in metadata and (kind.invert or kind.lut is not None):
+        # (values remapped; a palette made RGB has new bands: none of its band items hold)
+        xml = gdal_metadata(metadata.pop("gdal_metadata"),
+                            None if kind.lut is not None and kind.lut.ndim > 1 else (0,),
+                            False, False, False)
+        if xml:
+            metadata["gdal_metadata"] = _b64(xml)
     tags = metadata.get("tags", [])
     if dtype.kind == "b":  # (tifffile's dtype of a bilevel page)
         dtype = np.dtype(np.uint8)

@@ -437,6 +437,14 @@ def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
     return all(OPS[op["op"]].keeps_values for op in ops)
 
 
+def chain_keeps_statistics(ops: list[dict[str, Any]]) -> bool:
+    """Whether every op of a chain (its JSON) keeps each band's values as they are, only
+    moved (rotate, flip) or picked (select_bands): the statistics of a band (GDAL_METADATA's
+    STATISTICS_*) still hold in its output."""
+    return all((o := OPS[op["op"]]).picks is not None
+               or o.geometry is not None and o.geometry(op).turns for op in ops)
+
+
 #: ops whose result depends on whole-page statistics: each needs a statistics round
 GLOBAL_KINDS = ("stats", "canny")
 

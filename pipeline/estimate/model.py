@@ -14,7 +14,13 @@ from pipeline.core.constants import FUNCTIONS
 from pipeline.core.geometry import transposes
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_bands, chain_from_json, chain_keeps_values, chain_own_nodata
+from pipeline.core.ops import (
+    chain_bands,
+    chain_from_json,
+    chain_keeps_statistics,
+    chain_keeps_values,
+    chain_own_nodata,
+)
 from pipeline.core.plan import bigtiff_output, held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
@@ -305,7 +311,7 @@ def header_bytes(plan: JobPlan) -> float:
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
         tags = output_tags(page.info, h, w, ch, nodata, page.factor,
                            chain_bands(ops, page.info.channels), own,
-                           page_placement(ops, page.info))
+                           page_placement(ops, page.info), chain_keeps_statistics(ops))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}

@@ -45,7 +45,12 @@ from pipeline.core.chain import page_placement
 from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.ops import chain_bands, chain_keeps_values, chain_own_nodata
+from pipeline.core.ops import (
+    chain_bands,
+    chain_keeps_statistics,
+    chain_keeps_values,
+    chain_own_nodata,
+)
 from pipeline.core.plan import bigtiff_output
 from pipeline.core.tiff_layout import Piece, Span
 from pipeline.errors import OutputExistsError, TiffpipeError
@@ -200,7 +205,8 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     ops = plan.spec.ops
     bands = chain_bands(ops, page.info.channels)
     tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
-                       page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info))
+                       page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
+                       chain_keeps_statistics(ops))
     if options.ome:
         tags = _ome_tags(tags, page, bands)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}

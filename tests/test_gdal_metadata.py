@@ -1,0 +1,171 @@
+"""GDAL's metadata tag (GDAL_METADATA, 42112: band names, scale and offset, units,
+statistics, the scene's items) carried to the output where its items still hold: real
+GeoTIFFs written by tifffile with the XML GDAL writes, run through the tiled path
+in-process, read back by GDAL (rasterio) as a GIS analyst's tools read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio  # in the dev extra: GDAL, as GIS tools read the outputs
+import tifffile
+from PIL import Image
+from test_exactness import run_tiled
+
+from pipeline.adapters.metadata import gdal_metadata, output_tags
+from pipeline.adapters.tiff_read import read_infos
+
+#: a UTM scene: 30 m pixels
+GEO = [(33550, 12, 3, (30.0, 30.0, 0.0)),
+       (33922, 12, 6, (0.0, 0.0, 0.0, 440720.0, 3751320.0, 0.0)),
+       (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32611))]
+NAMES = ("Red", "Green", "NIR")
+
+
+def band_items(b: int) -> str:
+    return (f'  <Item name="DESCRIPTION" sample="{b}" role="description">{NAMES[b]}</Item>\n'
+            f'  <Item name="SCALE" sample="{b}" role="scale">0.0001</Item>\n'
+            f'  <Item name="OFFSET" sample="{b}" role="offset">-0.{b + 1}</Item>\n'
+            f'  <Item name="UNITTYPE" sample="{b}" role="unittype">reflectance</Item>\n'
+            f'  <Item name="STATISTICS_MINIMUM" sample="{b}">{b + 1}</Item>\n'
+            f'  <Item name="STATISTICS_MAXIMUM" sample="{b}">{900 + b}</Item>\n'
+            f'  <Item name="WAVELENGTH" sample="{b}">{(665, 560, 842)[b]}</Item>\n')
+
+
+#: as GDAL writes it (gdal_translate with band descriptions, scale/offset, -stats, -mo)
+XML = ('<GDALMetadata>\n  <Item name="ACQUISITION_DATE">2024-06-01</Item>\n'
+       '  <Item name="CLOUD_COVER" domain="IMAGERY">3</Item>\n'
+       '  <Item name="LINE_OFF" domain="RPC">100</Item>\n'
+       + "".join(band_items(b) for b in range(3)) + "</GDALMetadata>\n")
+
+
+def scene(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, rng.integers(1, 1000, (70, 90, 3), dtype=np.uint16),
+                     photometric="minisblack", planarconfig="contig", tile=(32, 32),
+                     metadata=None, extratags=[*GEO, (42112, 2, 0, XML, True)])
+    return src
+
+
+def gdal_view(path: Path | str) -> dict[str, Any]:
+    """What GDAL shows of a file's metadata."""
+    with rasterio.open(path) as ds:
+        return {"descriptions": ds.descriptions, "scales": ds.scales, "offsets": ds.offsets,
+                "units": ds.units, "scene": ds.tags(),
+                "imagery": ds.tags(ns="IMAGERY"),
+                "bands": [{k: v for k, v in ds.tags(b).items()} for b in ds.indexes]}
+
+
+def _xml(path: Path | str) -> bytes | None:
+    """The tag's bytes as stored (tifffile's value is stripped)."""
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags.get(42112)
+        if tag is None:
+            return None
+        tf.filehandle.seek(tag.valueoffset)
+        return tf.filehandle.read(tag.valuebytecount)
+
+
+BAND = [{"STATISTICS_MINIMUM": str(b + 1), "STATISTICS_MAXIMUM": str(900 + b),
+         "WAVELENGTH": str((665, 560, 842)[b])} for b in range(3)]
+NO_STATS = [{"WAVELENGTH": str((665, 560, 842)[b])} for b in range(3)]
+
+
+def test_the_input_is_what_gdal_writes_and_reads(tmp_path):
+    view = gdal_view(scene(tmp_path))
+    assert view["descriptions"] == NAMES and view["scales"] == (0.0001,) * 3
+    assert view["offsets"] == (-0.1, -0.2, -0.3) and view["units"] == ("reflectance",) * 3
+    assert view["scene"]["ACQUISITION_DATE"] == "2024-06-01"
+    assert view["imagery"] == {"CLOUD_COVER": "3"} and view["bands"] == BAND
+
+
+@pytest.mark.parametrize("ops,want", [
+    # a copy: byte for byte
+    ([], {"same": True}),
+    # turned: every item holds but the RPC domain (it maps pixel positions)
+    ([{"op": "rotate", "angle": 90}], {"bands": BAND, "rpc": False}),
+    # values kept, but not each band's set of them: the statistics go
+    ([{"op": "gaussian_blur", "sigma": 1.5}], {"bands": NO_STATS, "rpc": True}),
+    ([{"op": "crop", "x": 3, "y": 4, "width": 40, "height": 30}],
+     {"bands": NO_STATS, "rpc": False}),
+    ([{"op": "downsample", "factor": 2}], {"bands": NO_STATS, "rpc": False}),
+    # picked bands: each its own items, renumbered; a band picked twice has them twice
+    ([{"op": "select_bands", "bands": [2, 0, 2]}], {"order": [2, 0, 2], "rpc": True}),
+    # values remapped: only the band names stay
+    ([{"op": "convert", "dtype": "uint8", "in_range": [0, 1000]}],
+     {"names_only": True, "rpc": True}),
+    ([{"op": "invert"}], {"names_only": True, "rpc": True}),
+    # new bands: no band item holds; the scene's items do
+    ([{"op": "normalized_difference", "a": 2, "b": 0}], {"no_bands": True, "rpc": True}),
+], ids=lambda v: repr(v)[:60])
+def test_gdal_metadata_is_kept_where_it_still_holds(tmp_path, ops, want):
+    src = scene(tmp_path)
+    _, plan = run_tiled(tmp_path, src, ops, 64, 32 // (2 if ops and ops[0]["op"] ==
+                                                         "downsample" else 1))
+    out = plan.spec.output
+    xml = _xml(out)
+    if want.get("same"):
+        assert xml == XML.encode() + b"\0"
+        return
+    assert (b'domain="RPC"' in xml) == want["rpc"]
+    with Image.open(out) as im:  # Pillow (libtiff's tags) reads the same text
+        assert im.tag_v2[42112].rstrip("\0") == xml.rstrip(b"\0").decode()
+    view = gdal_view(out)
+    assert view["scene"]["ACQUISITION_DATE"] == "2024-06-01"
+    assert view["imagery"] == {"CLOUD_COVER": "3"}
+    n = len(view["descriptions"])
+    if want.get("no_bands"):
+        assert n == 1 and view["descriptions"] == (None,) and view["bands"] == [{}]
+        assert view["scales"] == (1.0,) and view["offsets"] == (0.0,)
+        return
+    if want.get("names_only"):
+        assert view["descriptions"] == NAMES and view["bands"] == [{}] * 3
+        assert view["scales"] == (1.0,) * 3 and view["offsets"] == (0.0,) * 3
+        assert view["units"] == (None,) * 3
+        return
+    order = want.get("order", [0, 1, 2])
+    assert view["descriptions"] == tuple(NAMES[b] for b in order)
+    assert view["offsets"] == tuple((-0.1, -0.2, -0.3)[b] for b in order)
+    assert view["scales"] == (0.0001,) * n and view["units"] == ("reflectance",) * n
+    assert view["bands"] == [want.get("bands", BAND)[b] for b in order]
+
+
+def test_what_cannot_be_judged_is_dropped():
+    """An XML that does not parse says nothing of what holds; a tag whose every item goes
+    is not written."""
+    import binascii
+
+    def b64(text: str) -> str:
+        return binascii.b2a_base64(text.encode(), newline=False).decode()
+
+    assert gdal_metadata(b64("<GDALMetadata><Item"), (0,), True, True, False) is None
+    only_stats = '<GDALMetadata><Item name="STATISTICS_MEAN" sample="0">4</Item></GDALMetadata>'
+    assert gdal_metadata(b64(only_stats), (0,), True, False, False) is None
+    assert gdal_metadata(b64(only_stats), (0,), True, True, False) == only_stats.encode()
+
+
+@pytest.mark.parametrize("photometric,want", [
+    ("miniswhite", (b'role="description">Red<', b"SCALE", b"STATISTICS_")),  # values inverted
+    ("palette", (None, None, None)),  # an index made RGB: new bands
+])
+def test_a_page_the_reader_converts_keeps_what_still_holds(tmp_path, photometric, want):
+    src = tmp_path / "c.tif"
+    page = np.random.default_rng(4).integers(0, 255, (20, 30), dtype=np.uint8)
+    kwargs = {"colormap": np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))} \
+        if photometric == "palette" else {}
+    tifffile.imwrite(src, page, photometric=photometric, metadata=None,
+                     extratags=[(42112, 2, 0, XML, True)], **kwargs)
+    (info,) = read_infos(str(src), None)
+    tags = output_tags(info, 20, 30, info.channels, True, stats=True)
+    xml = next((t[3] for t in tags.get("extratags", []) if t[0] == 42112), None)
+    assert b"ACQUISITION_DATE" in xml
+    kept, *gone = want
+    if kept is None:
+        assert b"sample=" not in xml
+    else:
+        assert kept in xml and all(g not in xml for g in gone)
