@@ -19,6 +19,7 @@ import rasterio  # in the dev extra: GDAL, as GIS tools read the outputs
 import tifffile
 from test_exactness import assert_identical, make_image, run_tiled, write_tiff
 from test_global_ops import ref_global
+from test_metadata import _world  # raster to world, from the tags as GDAL reads them
 
 from pipeline.adapters import tiff_read
 from pipeline.adapters.tiff_read import read_infos
@@ -380,18 +381,6 @@ GEOREFERENCINGS = {
 #: ground control points: the (column, row) of a pixel and the world (x, y) of its centre
 GCP_PIXELS = {(0, 0): (500000.0, 4e6), (40, 10): (500400.0, 4e6 - 150),
               (3, 59): (500020.0, 4e6 - 1180)}
-
-
-def _world(tags: dict[int, Any], i: float, j: float) -> tuple[float, float]:
-    """Raster position (i, j) to world (x, y) by the page's affine, as the GeoTIFF
-    specification and GDAL define it (ModelTransformation, else the tiepoint and the pixel
-    scale, y down the raster): computed here from the tags, not by tiffpipe."""
-    if 34264 in tags:
-        m = tags[34264]
-        return m[0] * i + m[1] * j + m[3], m[4] * i + m[5] * j + m[7]
-    ti, tj, _, x, y, _ = tags[33922][:6]
-    sx, sy = tags[33550][:2]
-    return x + (i - ti) * sx, y - (j - tj) * sy
 
 
 def _gcps(tags: dict[int, Any]) -> dict[tuple[float, float, float], tuple[float, float]]:
