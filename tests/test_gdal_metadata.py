@@ -18,6 +18,7 @@ from test_exactness import run_tiled
 
 from pipeline.adapters.metadata import gdal_metadata, output_tags
 from pipeline.adapters.tiff_read import read_infos
+from pipeline.inspection import _kept
 
 #: a UTM scene: 30 m pixels
 GEO = [(33550, 12, 3, (30.0, 30.0, 0.0)),
@@ -77,7 +78,10 @@ NO_STATS = [{"WAVELENGTH": str((665, 560, 842)[b])} for b in range(3)]
 
 
 def test_the_input_is_what_gdal_writes_and_reads(tmp_path):
-    view = gdal_view(scene(tmp_path))
+    src = scene(tmp_path)
+    (info,) = read_infos(str(src), None)
+    assert _kept(info.metadata)[-2:] == ["GeoTIFF", "GDAL_METADATA"]  # (tiffpipe inspect)
+    view = gdal_view(src)
     assert view["descriptions"] == NAMES and view["scales"] == (0.0001,) * 3
     assert view["offsets"] == (-0.1, -0.2, -0.3) and view["units"] == ("reflectance",) * 3
     assert view["scene"]["ACQUISITION_DATE"] == "2024-06-01"
