@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from typing import Any
 
 
@@ -158,6 +159,40 @@ class TooManyOpenFilesError(TiffpipeError):
 class CheckoutNotFoundError(TiffpipeError):
     """What needs a clone of the repository (building the Lambda images, deploy.py) was run
     without one: an installed wheel holds the package, not images/ and requirements/."""
+
+
+#: ``tiffpipe run``'s options in the messages of what it shares with ``pipeline.run``
+#: (the checks, the steps' errors, the warnings), and how ``pipeline.run``'s caller gives
+#: each (its arguments); the longer phrases first
+_PYTHON_WORDS = {"run with --overwrite-report": "overwrite_report=True",
+                 "run with --no-contact-sheet": "give contact_sheet=False",
+                 "tiffpipe run --work": "work=", "--overwrite-report": "overwrite_report=True",
+                 "--no-contact-sheet": "contact_sheet=False", "--keep-work": "keep_work=True",
+                 "--definition": "definition_text=", "--interpreter": "interpreter=",
+                 "--report": "report=", "--workers": "workers", "--work": "work="}
+#: one of them, not within a path (``/data/--work/a.tif``) nor a longer option
+_OPTION = re.compile(r"(?<![\w/.-])(" + "|".join(re.escape(k) for k in _PYTHON_WORDS)
+                     + r")(?![\w/-])")
+#: the value of CALLER_ENV (pipeline/core/constants.py) in a run ``pipeline.run`` started
+PYTHON_CALLER = "python"
+
+
+def in_python_words(text: str) -> str:
+    """``text`` (a message naming ``tiffpipe run``'s options) with those options named as
+    ``pipeline.run``'s arguments: ``give --report another path`` is ``give report= another
+    path``."""
+    return _OPTION.sub(lambda m: _PYTHON_WORDS[m.group(1)], text)
+
+
+def in_callers_words(text: str) -> str:
+    """``text`` in the words of the entry point that started this process's run, which
+    ``run_local`` passes down to its steps and workers (CALLER_ENV): ``pipeline.run``'s
+    arguments (:func:`in_python_words`), else as it is (the command's options). Said of a
+    job's error as its result is recorded (the report) and of the warnings a run logs;
+    only a message's own words, never the paths put into it."""
+    from pipeline.core.constants import CALLER_ENV
+
+    return in_python_words(text) if os.environ.get(CALLER_ENV) == PYTHON_CALLER else text
 
 
 #: the most characters of an error's message a report keeps (a user function's error may

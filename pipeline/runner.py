@@ -23,7 +23,13 @@ from dataclasses import field
 from typing import Any
 
 from pipeline.adapters import local_runs, storage, work_lease, work_location
-from pipeline.core.constants import KEEP_SEGMENTS_ENV, RUN_TAG_ENV, THUMBNAILS_ENV, WORK_ENV
+from pipeline.core.constants import (
+    CALLER_ENV,
+    KEEP_SEGMENTS_ENV,
+    RUN_TAG_ENV,
+    THUMBNAILS_ENV,
+    WORK_ENV,
+)
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.manifest import ScanSpec
 from pipeline.core.models import JobSpec
@@ -33,6 +39,7 @@ from pipeline.engine.execution import Listener
 from pipeline.engine.local import LocalEngine, StopRequest
 from pipeline.errors import (
     INTERRUPTED_ERROR,
+    PYTHON_CALLER,
     RUN_FAILED_ERROR,
     EngineError,
     ManifestError,
@@ -43,6 +50,8 @@ from pipeline.errors import (
     TiffpipeError,
     WorkLocationError,
     failure_record,
+    in_callers_words,
+    in_python_words,
     shortened,
 )
 from pipeline.steps import held_work, layout
@@ -201,32 +210,12 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                listener=listener, contact_sheet=contact_sheet,
                                interpreter=interpreter, stop=stop,
                                definition_text=definition_text,
-                               overwrite_report=overwrite_report)
+                               overwrite_report=overwrite_report, caller=PYTHON_CALLER)
     if result.error:  # (a run that lost its work location: "... with a --work of their own")
         result.error = in_python_words(result.error)
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result
-
-
-#: ``tiffpipe run``'s options in the errors of the checks it shares with :func:`run`, and
-#: how :func:`run`'s caller gives each (its arguments); the longer phrases first
-_PYTHON_WORDS = {"run with --overwrite-report": "overwrite_report=True",
-                 "run with --no-contact-sheet": "give contact_sheet=False",
-                 "tiffpipe run --work": "work=", "--overwrite-report": "overwrite_report=True",
-                 "--no-contact-sheet": "contact_sheet=False", "--keep-work": "keep_work=True",
-                 "--definition": "definition_text=", "--interpreter": "interpreter=",
-                 "--report": "report=", "--workers": "workers", "--work": "work="}
-#: one of them, not within a path (``/data/--work/a.tif``) nor a longer option
-_OPTION = re.compile(r"(?<![\w/.-])(" + "|".join(re.escape(k) for k in _PYTHON_WORDS)
-                     + r")(?![\w/-])")
-
-
-def in_python_words(text: str) -> str:
-    """``text`` (an error of the checks :func:`run` shares with ``tiffpipe run``) with the
-    command's options named as :func:`run`'s arguments: ``give --report another path`` is
-    ``give report= another path``."""
-    return _OPTION.sub(lambda m: _PYTHON_WORDS[m.group(1)], text)
 
 
 @contextmanager
@@ -376,7 +365,7 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
               keep_work: bool = False, listener: Listener | None = None,
               contact_sheet: bool = False, interpreter: str = "auto",
               stop: StopRequest | None = None, definition_text: str | None = None,
-              overwrite_report: bool = False) -> RunResult:
+              overwrite_report: bool = False, caller: str = "command") -> RunResult:
     """Run every job of a (validated) manifest on this machine. ``contact_sheet``: also write
     ``<report stem>.contact.png`` (input and output thumbnails of every page of every job).
     ``interpreter``: of the state machine (see :class:`LocalEngine`). ``stop``: a request
@@ -388,8 +377,22 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     report (else OutputNotWritableError: :func:`check_report_free`). ``work``: a location
     another local run going on uses, or that holds files other than an earlier run's work,
     is a WorkLocationError before anything runs (an earlier run's work there is removed
-    first: :mod:`pipeline.adapters.work_location`). ``workers``: :func:`checked_workers`."""
+    first: :mod:`pipeline.adapters.work_location`). ``workers``: :func:`checked_workers`.
+    ``caller``: the words of the entry point (``"python"``: :func:`run`'s arguments; else the
+    command's options), passed down to the steps and the workers (CALLER_ENV): the jobs'
+    errors in the report and the warnings are said in them (:func:`in_callers_words`)."""
     workers = checked_workers(workers)
+    with _run_env(CALLER_ENV, caller, replace=True):
+        return _run_local(manifest, workers, work, report, keep_work, listener,
+                          contact_sheet, interpreter, stop, definition_text,
+                          overwrite_report)
+
+
+def _run_local(manifest: str, workers: int, work: str | None, report: str | None,
+               keep_work: bool, listener: Listener | None, contact_sheet: bool,
+               interpreter: str, stop: StopRequest | None, definition_text: str | None,
+               overwrite_report: bool) -> RunResult:
+    """:func:`run_local`'s run, in its caller's words."""
     manifest = _resolved(manifest)
     run_id = new_run_id()
     shared = work is not None  # a --work that another run (another machine's) may be given
@@ -552,8 +555,9 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
         there, since = _report_run(report_url)
         if (there not in (run_id, None) and started is not None and since is not None
                 and since >= started):
-            log.warning("%s holds the report of run %s, which started after this one: kept "
-                        "(give each run its own --report)", report_url, there)
+            log.warning(in_callers_words("%s holds the report of run %s, which started after "
+                                         "this one: kept (give each run its own --report)"),
+                        report_url, there)
             return removed
     for url, written in ((report_url, report_written),
                          (contact_sheet_url(report_url), sheet_written)):
@@ -655,10 +659,10 @@ def _own_report(report_url: str, work: str, run_id: str) -> tuple[dict[str, Any]
         return doc, True
     from pipeline.steps.report import run_report
 
-    log.warning("%s holds the report of run %s, which wrote it after this run's: two runs "
-                "were given that report path at once; this run's summary follows, without a "
-                "contact sheet (give each run its own --report to keep both)", report_url,
-                doc.get("run_id"))
+    log.warning(in_callers_words(
+        "%s holds the report of run %s, which wrote it after this run's: two runs were given "
+        "that report path at once; this run's summary follows, without a contact sheet (give "
+        "each run its own --report to keep both)"), report_url, doc.get("run_id"))
     return run_report(ReportEvent(layout.run_file(work)))[0], False
 
 
@@ -821,9 +825,9 @@ def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) ->
                                 "then gets its own)")
     earlier = work_location.prepare(work, take)
     if earlier is not None:
-        log.warning("removed the work files of an earlier run (%s) at %s (kept with "
-                    "--keep-work, or left by a killed run): this run's would mix with them",
-                    earlier, work)
+        log.warning(in_callers_words("removed the work files of an earlier run (%s) at %s "
+                                     "(kept with --keep-work, or left by a killed run): this "
+                                     "run's would mix with them"), earlier, work)
 
 
 def _hold_work(work: str, run_id: str,

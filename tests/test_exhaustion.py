@@ -173,6 +173,38 @@ def test_a_task_thread_that_cannot_start_fails_its_job_only(tmp_path: Path):
     assert "FAILED" in done.stdout  # the summary
 
 
+def test_a_jobs_error_in_the_report_speaks_its_callers_words(tmp_path: Path):
+    """The error of a job that ran out of memory says what to do in the words of what
+    started the run: "run with fewer --workers" in ``tiffpipe run``'s report, "run with
+    fewer workers" (its argument) in the report of a script's ``pipeline.run``, whose
+    ``result.jobs`` and report file agree. Before, both named ``--workers``: the steps
+    knew no other words (``run_local`` now passes its caller's down: CALLER_ENV)."""
+    manifest = _manifest(tmp_path, [512])
+    done = _run(manifest, "--workers", "1", inject=_FIRST_TASK_THREAD_FAILS)
+    assert done.returncode == 1, done.stderr
+    [job] = _report(manifest)["jobs"]
+    assert job["error"]["type"] == "OutOfMemoryError", job
+    assert "run with fewer --workers (fewer tasks at once)" in job["error"]["message"]
+    script = _FIRST_TASK_THREAD_FAILS + textwrap.dedent("""
+        import json, sys
+        import pipeline
+
+        if __name__ == "__main__":
+            result = pipeline.run(sys.argv[1], workers=1, report=sys.argv[2])
+            print(json.dumps(result.jobs))
+    """)
+    report = tmp_path / "py.report.json"
+    done = subprocess.run([sys.executable, "-c", script, str(manifest), str(report)],
+                          capture_output=True, text=True, timeout=HUNG_AFTER_S, check=False)
+    assert done.returncode == 0, done.stderr
+    [job] = json.loads(done.stdout)
+    assert job["error"]["type"] == "OutOfMemoryError", job
+    message = job["error"]["message"]
+    assert "run with fewer workers (fewer tasks at once)" in message, message
+    assert "--" not in message
+    assert json.loads(report.read_text())["jobs"][0]["error"]["message"] == message
+
+
 _LIMIT_AFTER_IMPORTS = textwrap.dedent("""
     import cv2, numpy, tifffile, imagecodecs  # noqa: F401 - (their mappings counted)
     import pipeline.cli, pipeline.steps.split, pipeline.steps.single  # noqa: F401

@@ -250,6 +250,32 @@ def test_refusals_name_the_arguments_given_not_the_commands_options(tmp_path: Pa
         == "/data/--work/a.tif: give work= a folder, or fewer workers"
 
 
+def test_the_warnings_of_a_run_speak_its_callers_words(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture):
+    """The warnings of a run (an earlier run's work removed: "kept with --keep-work") name
+    ``pipeline.run``'s arguments when it started the run, the command's options when
+    ``tiffpipe run`` did: ``run_local`` passes its caller's words down (CALLER_ENV, put
+    back after). Before, a Python caller was told of options it never gave. (A job's error
+    in the report: tests/test_exhaustion.py.)"""
+    _inputs(tmp_path)
+    (tmp_path / "m.json").write_text(json.dumps(
+        {"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}))
+    work = tmp_path / "w"
+    assert pipeline.run(tmp_path / "m.json", workers=1, work=str(work), keep_work=True).ok
+    assert work.is_dir()  # kept: the next run given it removes it, with a warning
+    with caplog.at_level("WARNING"):
+        assert pipeline.run(tmp_path / "m.json", workers=1, work=str(work), keep_work=True).ok
+    [warned] = [r.getMessage() for r in caplog.records if "earlier run" in r.getMessage()]
+    assert "(kept with keep_work=True, or left by a killed run)" in warned, warned
+    assert "--" not in warned.replace(str(tmp_path), "")
+    assert "TIFFPIPE_CALLER" not in os.environ  # put back
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", str(tmp_path / "m.json"),
+                           "--no-contact-sheet", "--workers", "1", "--work", str(work)],
+                          capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "(kept with --keep-work, or left by a killed run)" in done.stderr, done.stderr
+
+
 def test_a_report_path_holding_another_file_is_refused_unless_told(tmp_path: Path):
     """The report's path holds the user's own file: refused before anything runs (the file
     kept), replaced only with ``overwrite_report``, as ``tiffpipe run --overwrite-report``."""

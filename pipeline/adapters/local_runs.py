@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from pipeline.adapters import storage, work_location
 from pipeline.adapters.storage import temp_output_paths
 from pipeline.core.constants import JOBS_FOLDER, RUN_FILE
-from pipeline.errors import TiffpipeError
+from pipeline.errors import TiffpipeError, in_callers_words
 
 try:
     import fcntl
@@ -131,10 +131,10 @@ def listed(name: str, run_id: str, manifest: str, work: str | None = None,
                                  "work": work, "keep_work": keep_work}).encode())
         os.replace(tmp, path)
     except OSError as exc:
-        log.warning("cannot list this run in %s (%s): a later run of the same manifest will not "
-                    "know of it, a run given the same --work will not be refused, and what "
-                    "this run leaves if it is killed will not be removed by the next run",
-                    folder, exc)
+        log.warning(in_callers_words(
+            "cannot list this run in %s (%s): a later run of the same manifest will not know "
+            "of it, a run given the same --work will not be refused, and what this run leaves "
+            "if it is killed will not be removed by the next run"), folder, exc)
         if fd >= 0:
             os.close(fd)
         fd = -1

@@ -34,6 +34,7 @@ from pipeline.errors import (
     TiffpipeError,
     WorkLocationError,
     WorkMissingError,
+    in_callers_words,
 )
 
 log = logging.getLogger(__name__)
@@ -305,10 +306,10 @@ class Holder:
                 return
             except TiffpipeError as exc:
                 if not self._failing:
-                    log.warning("could not renew this run's lease on its work location "
-                                "(%s); a run on another machine given the same --work takes "
-                                "it for a dead run's %.0f s after the last renewal", exc,
-                                EXPIRY_S)
+                    log.warning(in_callers_words(
+                        "could not renew this run's lease on its work location (%s); a run "
+                        "on another machine given the same --work takes it for a dead run's "
+                        "%.0f s after the last renewal"), exc, EXPIRY_S)
                 self._failing = True
             else:
                 self._failing = False

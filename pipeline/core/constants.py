@@ -62,6 +62,11 @@ RUN_TAG_ENV = "TIFFPIPE_RUN_TAG"
 #: set to its work location by a local run for its life: a write there that the file system
 #: refuses (full, read-only) is told as the work location's, naming --work
 WORK_ENV = "TIFFPIPE_WORK"
+#: the words of the entry point that started a local run, set by ``run_local`` for its life
+#: (the engine's workers inherit it): "python" (``pipeline.run``: its arguments, ``work=``),
+#: else the command's options (``--work``); a job's error in the report and the warnings are
+#: said in them (pipeline/errors.py: :func:`in_callers_words`)
+CALLER_ENV = "TIFFPIPE_CALLER"
 
 #: server-side encryption of the outputs a run writes to S3 (pipeline/adapters/storage.py:
 #: :func:`output_encryption`): "AES256" (SSE-S3) or "aws:kms" (SSE-KMS), sent with each

@@ -379,7 +379,7 @@ class WorkerPool:
         """Warn that the pool runs ``workers`` of the ``wanted`` workers (0: none), and
         return the warning as the error of its cause (TooManyOpenFilesError,
         OutOfMemoryError)."""
-        from pipeline.errors import OUT_OF_MEMORY_HINT, open_files_limit
+        from pipeline.errors import OUT_OF_MEMORY_HINT, in_callers_words, open_files_limit
 
         error: type[TiffpipeError] = OutOfMemoryError
         if why == "too many open files":
@@ -397,7 +397,7 @@ class WorkerPool:
                 + (f" (the engine's process and {workers} worker process(es))" if own else "")
                 if workers else
                 "without worker processes (the engine's process runs every task)")
-        message = f"the run goes on {what}: {cause}"
+        message = in_callers_words(f"the run goes on {what}: {cause}")
         import logging
 
         logging.getLogger(__name__).warning("%s", message)

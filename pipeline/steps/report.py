@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.adapters import storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
-from pipeline.errors import TiffpipeError, failure_record, fault_of
+from pipeline.errors import TiffpipeError, failure_record, fault_of, in_callers_words
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import (
     PART_OF,
@@ -87,6 +87,8 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
     elif error["type"] == MAP_FAILED:
         error["message"] += UNRECORDED
+    # what to do said in the words of the run's entry point (``--workers``, ``workers``)
+    error["message"] = in_callers_words(error["message"])
     step = failed_step(state, recorded[0] if recorded else None)
     if step:
         error["step"] = step
