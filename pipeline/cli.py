@@ -687,7 +687,8 @@ def cmd_aws(args: argparse.Namespace) -> int:
                     as_json=args.json, rerun=args.rerun_manifest)
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
-    except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError) as exc:
+    except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError,
+            RunningAlreadyError) as exc:
         print(f"tiffpipe: {exc}", file=sys.stderr)
     except (AwsError, ClientError, BotoCoreError) as exc:
         print(f"tiffpipe: {exc}", file=sys.stderr)

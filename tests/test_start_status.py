@@ -493,6 +493,53 @@ def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):
     assert code == 2 and "deploy it first" in err
 
 
+def test_start_refuses_a_list_of_jobs_a_running_execution_is_running(stack: Stack):
+    """``start`` of a list of jobs while an execution of the same jobs is running (the same
+    S3 manifest, or the same local file, which each start uploads anew) is refused before
+    anything is uploaded or started, exit 2, naming that execution and what to do, as a
+    local run of the same manifest is; another manifest's jobs and a scan start. Before,
+    both ran every job at once, writing the same outputs. (A stand-in state machine whose
+    execution waits: one of the stack's would end within the test.)"""
+    slow = _stand_in(stack, "tiffpipe-slow", {"Type": "Wait", "Seconds": 60, "End": True})
+    sfn = stack.client("stepfunctions")
+    manifest = stack.manifest("m.json", JOBS)
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", slow)
+    assert code == 0, err
+    first = out.strip()
+    uploaded = stack.keys(NAMES.bucket, "manifests/")
+    try:
+        again = stack.manifest("again.json", JOBS)  # the same jobs, under another name
+        for given in (manifest, again):
+            code, out, err = stack.tiffpipe("start", str(given), "--state-machine", slow)
+            assert (code, out) == (2, ""), err
+            assert (f"tiffpipe: {given}: execution {first} is running this manifest (the same "
+                    "jobs) now: a second run would do every job again and write the same "
+                    f"outputs at once. Wait for it to end (tiffpipe status {first} --wait), or "
+                    "stop it (aws stepfunctions stop-execution --execution-arn "
+                    f"{first}), then start again") in err, err
+        assert stack.keys(NAMES.bucket, "manifests/") == uploaded  # nothing uploaded
+        url = f"s3://{DATA}/manifests/m.json"
+        stack.client("s3").put_object(Bucket=DATA, Key="manifests/m.json",
+                                      Body=manifest.read_bytes())
+        code, _, err = stack.tiffpipe("start", url, "--state-machine", slow)
+        assert code == 2 and f"{url}: execution {first} is running" in err, err
+        other = stack.manifest("other.json", {"jobs": JOBS["jobs"][:1]})
+        code, out, err = stack.tiffpipe("start", str(other), "--state-machine", slow)
+        assert code == 0, err
+        sfn.stop_execution(executionArn=out.strip())
+        scan = stack.manifest("scan.json", {"scan": {"input": f"s3://{DATA}/incoming/",
+                                                     "output": f"s3://{DATA}/processed/"}})
+        for _ in range(2):  # (its PlanRun defers to the earlier run)
+            code, out, err = stack.tiffpipe("start", str(scan), "--state-machine", slow)
+            assert code == 0, err
+            sfn.stop_execution(executionArn=out.strip())
+    finally:
+        sfn.stop_execution(executionArn=first)
+    code, out, err = stack.tiffpipe("start", str(again), "--state-machine", slow)
+    assert code == 0, err  # that execution has ended
+    sfn.stop_execution(executionArn=out.strip())
+
+
 def test_progress_shows_the_jobs_first_then_the_running_jobs_maps():
     from pipeline.aws.executions import progress_line
 

@@ -76,8 +76,9 @@ def earlier_run(execution: str, same: Callable[[str], bool], client: Any = None)
         return None
 
 
-def _earlier(client: Any, machine: str, execution: str, same: Callable[[str], bool]
-             ) -> str | None:
+def _running(client: Any, machine: str) -> list[tuple[Any, str]]:
+    """The running top-level executions of ``machine`` (at most :data:`MAX_RUNNING`), as
+    (start date, ARN)."""
     running: list[tuple[Any, str]] = []
     pages = client.get_paginator("list_executions").paginate(
         stateMachineArn=machine, statusFilter="RUNNING",
@@ -86,14 +87,38 @@ def _earlier(client: Any, machine: str, execution: str, same: Callable[[str], bo
         # listed, are execution:<machine>/<map>:<id> and run one job, never a manifest)
         running += [(e["startDate"], e["executionArn"]) for e in page["executions"]
                     if state_machine_of(e["executionArn"]) == machine]
+    return running
+
+
+def _manifest_of(client: Any, execution: str) -> str | None:
+    """The manifest URL of an execution's input (a RunInput), or None."""
+    doc = json.loads(client.describe_execution(executionArn=execution).get("input") or "{}")
+    manifest = doc.get("manifest") if isinstance(doc, dict) else None
+    return manifest if isinstance(manifest, str) else None
+
+
+def running_run(client: Any, machine: str, same: Callable[[str], bool]) -> str | None:
+    """The ARN of the earliest running execution of ``machine`` on a manifest for which
+    ``same(manifest URL)`` is true, or None: ``tiffpipe start`` of a list of jobs asks it
+    before it starts one (:func:`pipeline.aws.executions.start`). Step Functions' errors
+    are the caller's."""
+    for _start, arn in sorted(_running(client, machine)):
+        manifest = _manifest_of(client, arn)
+        if manifest is not None and same(manifest):
+            return arn
+    return None
+
+
+def _earlier(client: Any, machine: str, execution: str, same: Callable[[str], bool]
+             ) -> str | None:
+    running = _running(client, machine)
     own = next((start for start, arn in running if arn == execution), None)
     if own is None:  # not listed yet (the list is eventually consistent)
         own = client.describe_execution(executionArn=execution)["startDate"]
     for start, arn in sorted(running):
         if (start, arn) >= (own, execution):
             break
-        doc = json.loads(client.describe_execution(executionArn=arn).get("input") or "{}")
-        manifest = doc.get("manifest") if isinstance(doc, dict) else None
-        if isinstance(manifest, str) and same(manifest):
+        manifest = _manifest_of(client, arn)
+        if manifest is not None and same(manifest):
             return arn
     return None

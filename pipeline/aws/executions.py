@@ -37,6 +37,7 @@ from pipeline.errors import (
     RUN_FAILED_ERROR,
     InputNotFoundError,
     ManifestError,
+    RunningAlreadyError,
     TiffpipeError,
     WorkMissingError,
     failure_record,
@@ -257,7 +258,9 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     run_id = new_run_id()
     s3 = clients("s3")
     reach = stack_reach(clients, target)
-    text, _ = read_manifest(s3, manifest, reach)
+    text, parsed = read_manifest(s3, manifest, reach)
+    if not isinstance(parsed, ScanSpec):  # (a scan's run defers to an earlier one itself)
+        _not_running_already(clients, target, manifest, parsed, err)
     if not reach:
         why = ("its functions' roles cannot be read (iam:GetRolePolicy, this account's)"
                if target.stack else f"the state machine has no {STACK_TAG} tag")
@@ -276,6 +279,46 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
         print(f"follow it with: tiffpipe status {arn}", file=err)
         return EXIT_OK
     return show(clients, arn, wait=True, poll=poll, out=out, err=err, sleep=sleep)
+
+
+def _not_running_already(clients: Clients, target: Target, manifest: str,
+                         jobs: list[JobSpec], err: TextIO) -> None:
+    """RunningAlreadyError if an execution of the state machine is running the same list of
+    jobs now (the same manifest URL, or a manifest, a local one uploaded by an earlier
+    ``start`` too, that resolves to the same jobs): both would do every job and write the
+    same outputs at once, as a local run of the same manifest is refused
+    (``runner._not_running_already``). Step Functions refusing the listing (a caller
+    without states:ListExecutions) is said on ``err``, and the run starts."""
+    from botocore.exceptions import BotoCoreError
+
+    from pipeline.adapters import earlier_runs
+
+    s3 = clients("s3")
+    ours = [job.to_json() for job in jobs]
+
+    def same(url: str) -> bool:
+        if url == manifest:
+            return True
+        try:
+            _, theirs = read_manifest(s3, url)
+        except (TiffpipeError, ClientError):  # gone, or unreadable: not known to be the same
+            return False
+        return not isinstance(theirs, ScanSpec) and [j.to_json() for j in theirs] == ours
+
+    try:
+        other = earlier_runs.running_run(clients("stepfunctions"), target.state_machine_arn,
+                                         same)
+    except (ClientError, BotoCoreError) as exc:
+        print(f"cannot tell whether a run of this manifest is running now ({exc}): starting "
+              "anyway (the operator policy grants states:ListExecutions on the state machine: "
+              "deploy.py --print-operator-policy)", file=err)
+        return
+    if other is not None:
+        raise RunningAlreadyError(
+            f"{manifest}: execution {other} is running this manifest (the same jobs) now: a "
+            "second run would do every job again and write the same outputs at once. Wait "
+            f"for it to end (tiffpipe status {other} --wait), or stop it (aws stepfunctions "
+            f"stop-execution --execution-arn {other}), then start again")
 
 
 #: the label of the Distributed Map whose items are the run's jobs (statemachine.asl.json)

@@ -406,8 +406,10 @@ def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
     keys = [_allow("ReadEncrypted", ["kms:Decrypt"], sorted(set(kms_keys)),
                    _through_s3(names))] if kms_keys else []
     return _doc(
+        # (ListExecutions: start refuses a list of jobs a running execution is running)
         _allow("StateMachine", ["states:DescribeStateMachine", "states:ListTagsForResource",
-                                "states:StartExecution"], [names.state_machine_arn]),
+                                "states:StartExecution", "states:ListExecutions"],
+               [names.state_machine_arn]),
         # the run and its Distributed Map children (the jobs' maps: progress)
         _allow("Executions", ["states:DescribeExecution", "states:ListMapRuns"],
                [names.executions_arn, child_executions_arn(names)]),
