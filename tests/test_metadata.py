@@ -551,3 +551,51 @@ def test_software_is_tiffpipe_and_nothing_else_of_the_input(tmp_path):
     kwargs = output_tags(_info(path), 20, 20, 1)
     assert kwargs["software"] == f"tiffpipe {__version__}"
     assert "extratags" not in kwargs  # the input's Software is not copied
+
+
+#: XResolution, YResolution, ResolutionUnit
+RESOLUTION_TAGS = (282, 283, 296)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"pyramid": True, "tile": 64, "compression": "deflate"}])
+def test_a_page_without_resolution_gets_none(tmp_path: Path, options: dict[str, Any]):
+    """Pages Pillow wrote without resolution (a tiled page, a one-strip page small enough
+    for one output tile, whose TileOffsets is held in its IFD entry) come out without
+    XResolution, YResolution and ResolutionUnit, on the page and its pyramid levels, and
+    are read as the input was (Pillow: the same ``dpi`` and ``resolution``); a page with a
+    resolution keeps it. Before, tifffile's default was written on each: XResolution 1/1,
+    ResolutionUnit NONE, which the input never said."""
+    from PIL import Image
+
+    import pipeline
+
+    big = pattern(300, 280, 3, "uint8", 1)
+    small = pattern(40, 50, 1, "uint8", 2)
+    Image.fromarray(big).save(tmp_path / "none.tif", compression="tiff_lzw",
+                              append_images=[Image.fromarray(small)], save_all=True)
+    Image.fromarray(big).save(tmp_path / "dpi.tif", dpi=(300, 300))
+    result = pipeline.run({"defaults": {"output_options": options}, "jobs": [
+        {"input": "none.tif", "output": "out/none.tif", "ops": [{"op": "invert"}]},
+        {"input": "dpi.tif", "output": "out/dpi.tif"}]}, workers=1, base=tmp_path)
+    assert result.ok, result.jobs
+    with tifffile.TiffFile(tmp_path / "none.tif") as f:
+        assert all(page.tags.get(code) is None for page in f.pages for code in RESOLUTION_TAGS)
+    with tifffile.TiffFile(tmp_path / "out" / "none.tif") as f:
+        pages = list(f.pages)
+        levels = [level for page in pages for level in page.pages or []]
+        assert len(pages) == 2 and bool(levels) == bool(options)
+        for page in pages + levels:
+            assert [page.tags.get(code) for code in RESOLUTION_TAGS] == [None] * 3, page
+            assert page.tags["Software"].value == f"tiffpipe {__version__}"
+        np.testing.assert_array_equal(pages[0].asarray(), 255 - big)
+        np.testing.assert_array_equal(pages[1].asarray(), 255 - small)
+    for name in ("none", "dpi"):
+        with Image.open(tmp_path / f"{name}.tif") as given, \
+                Image.open(tmp_path / "out" / f"{name}.tif") as made:
+            assert {k: made.info.get(k) for k in ("dpi", "resolution")} == \
+                {k: given.info.get(k) for k in ("dpi", "resolution")}, name
+    with tifffile.TiffFile(tmp_path / "out" / "dpi.tif") as f:
+        page = f.pages[0]
+        assert (page.tags["XResolution"].value, page.tags["ResolutionUnit"].value) == \
+            ((300, 1), RESUNIT_INCH)

@@ -227,3 +227,28 @@ def tile_offsets_at(recorder: LayoutRecorder, ifd: int) -> tuple[int, str]:
                 return at + 4 + word, fmt
             return struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], fmt
     raise ValueError(f"the IFD at {ifd} has no TileOffsets")
+
+
+#: XResolution, YResolution, ResolutionUnit: tifffile writes them on every page (1/1, NONE
+#: when given no resolution), where the input's page had none
+RESOLUTION_TAGS = frozenset({282, 283, 296})
+
+
+def drop_entries(recorder: LayoutRecorder, ifd: int, codes: frozenset[int]) -> None:
+    """Remove the entries of the tags ``codes`` from the IFD at ``ifd``, in place, once
+    tifffile has written every IFD (it patches each IFD's next-IFD offset as the next page
+    starts): the entries after them move up, the next-IFD offset follows them, the freed
+    bytes are zeros, and their values stored out of line stay, unreferenced. A value held in
+    an entry moves with it: find such a value (:func:`tile_offsets_at`) after this."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
+    count_fmt = "<Q" if bigtiff else "<H"
+    n = struct.unpack(count_fmt, read(ifd, count_size))[0]
+    raw = read(ifd + count_size, n * entry + word)
+    kept = [raw[i * entry:(i + 1) * entry] for i in range(n)
+            if struct.unpack("<H", raw[i * entry:i * entry + 2])[0] not in codes]
+    if len(kept) == n:
+        return
+    recorder.patch(ifd, struct.pack(count_fmt, len(kept)) + b"".join(kept) + raw[n * entry:]
+                   + bytes((n - len(kept)) * entry))

@@ -38,7 +38,13 @@ import tifffile
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import ORIENTATION, ome_channel, output_tags
 from pipeline.adapters.segments import compose
-from pipeline.adapters.tiff_header import LayoutRecorder, image_ifds, tile_offsets_at
+from pipeline.adapters.tiff_header import (
+    RESOLUTION_TAGS,
+    LayoutRecorder,
+    drop_entries,
+    image_ifds,
+    tile_offsets_at,
+)
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core import tiff_layout
 from pipeline.core.chain import page_placement
@@ -170,11 +176,23 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                     reorder[i, j] = table
                 else:
                     budget -= short
-    if reorder:
+    unresolved = [i for i, page in enumerate(plan.pages) if not _has_resolution(page)]
+    if reorder or unresolved:
         ifds = image_ifds(recorder)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
+        for i in unresolved:  # (last: a TileOffsets held in its entry moves with it)
+            for ifd in ifds[i]:
+                drop_entries(recorder, ifd, RESOLUTION_TAGS)
     return recorder.pieces()
+
+
+def _has_resolution(page: PagePlan) -> bool:
+    """Whether the output page carries a resolution: its input page's, which
+    :func:`output_tags` keeps (scaled with the page). A page whose input had none gets
+    none: tifffile writes XResolution 1/1 with ResolutionUnit NONE on every page given
+    none, which readers may take for 1 pixel per inch (a page 1 pixel an inch wide)."""
+    return "resolution" in (page.info.metadata or {})
 
 
 def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
