@@ -209,7 +209,7 @@ def test_unknown_job_fields_name_the_allowed_ones():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field "
-        "(allowed: compression, level, ome, pyramid, quality, tile)")
+        "(allowed: bilevel, compression, level, ome, pyramid, quality, tile)")
 
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
@@ -490,7 +490,7 @@ def test_tile_rule_within_defaults_is_reported_once_under_defaults():
 def test_compression_must_be_known():
     assert one_problem({"jobs": [job(output_options={"compression": "lzma"})]}) == (
         'jobs[0].output_options.compression: expected one of "zstd", "deflate", "lzw", '
-        '"jpeg", "none", got "lzma"')
+        '"jpeg", "group4", "none", got "lzma"')
 
 
 @pytest.mark.parametrize("compression", ["lzw", "jpeg", "none"])
@@ -555,7 +555,7 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, pyramid, ome, got "zstd"')
+        'tile, pyramid, ome, bilevel, got "zstd"')
 
 
 # --- every problem at once ----------------------------------------------------------

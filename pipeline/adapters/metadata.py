@@ -660,7 +660,7 @@ def ome_channel(info: Any, channels: int,
 def output_tags(info: Any, height: int, width: int, channels: int,
                 nodata: bool = True, factor: int = 1, bands: tuple[int, ...] | None = None,
                 own_nodata: float | None = None, placed: Placement | None = None,
-                stats: bool = False) -> dict[str, Any]:
+                stats: bool = False, bilevel: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -677,7 +677,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     to be shown); every geometric op moves the georeferencing with the pixels
     (:func:`geo_placed`; what cannot be moved is refused before:
     :func:`pipeline.core.geometry.georeferenced`) and drops XMP and an Aperio
-    description."""
+    description. ``bilevel``: a 1-bit output page (0 and 255 stored as bits): miniswhite,
+    as 1-bit scans and fax are, and its GDAL_NODATA the bit of that value (255: 0, 0: 1;
+    another value marks no pixel: dropped)."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
     photometric, extrasamples = photometric_of(info, channels, bands)
@@ -732,6 +734,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     name = ome_name(info, channels, bands)
     if name and not any(code == PAGE_NAME for code, *_ in md.get("tags", [])):
         extratags.append((PAGE_NAME, 2, 0, name.encode("utf-8"), True))
+    if bilevel:
+        kwargs["photometric"] = "miniswhite"
+        extratags = [tag for tag in map(_bilevel_nodata, extratags) if tag is not None]
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs
@@ -781,6 +786,19 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
     for e in kept:
         lines.append("  " + ElementTree.tostring(e, encoding="unicode").strip())
     return ("\n".join(lines) + "\n</GDALMetadata>\n").encode("utf-8")
+
+
+def _bilevel_nodata(tag: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """An extra tag of a 1-bit (miniswhite) page: GDAL_NODATA as the bit of its value (None:
+    a value no bit holds), any other tag as it is."""
+    if tag[0] != GDAL_NODATA:
+        return tag
+    text = bytes(tag[3]).split(b"\x00", 1)[0].decode("ascii", "replace").strip()
+    try:
+        bit = {0.0: b"1", 255.0: b"0"}.get(float(text.replace(",", ".")))
+    except ValueError:
+        bit = None
+    return None if bit is None else (GDAL_NODATA, 2, 0, bit, True)
 
 
 def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> float | None:

@@ -212,6 +212,17 @@ def _entries(recorder: LayoutRecorder, pos: int, bigtiff: bool) -> dict[int, tup
 
 def tile_offsets_at(recorder: LayoutRecorder, ifd: int) -> tuple[int, str]:
     """Where the TileOffsets values of the IFD at ``ifd`` are, and their struct format."""
+    return _values_at(recorder, ifd, 324, "TileOffsets")
+
+
+def set_compression(recorder: LayoutRecorder, ifd: int, value: int) -> None:
+    """Set the Compression tag of the IFD at ``ifd`` (a SHORT, in the entry) to ``value``."""
+    at, fmt = _values_at(recorder, ifd, 259, "Compression")
+    recorder.patch(at, struct.pack(fmt, value))
+
+
+def _values_at(recorder: LayoutRecorder, ifd: int, tag: int, name: str) -> tuple[int, str]:
+    """Where the values of tag ``tag`` of the IFD at ``ifd`` are, and their struct format."""
     read = recorder.read
     bigtiff = read(2, 2) == b"+\x00"
     count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
@@ -220,13 +231,13 @@ def tile_offsets_at(recorder: LayoutRecorder, ifd: int) -> tuple[int, str]:
         at = ifd + count_size + i * entry
         raw = read(at, entry)
         code, kind = struct.unpack("<HH", raw[:4])
-        if code == 324:
+        if code == tag:
             count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
             fmt = "<" + _INT_TYPES[kind] * count
             if struct.calcsize(fmt) <= word:
                 return at + 4 + word, fmt
             return struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], fmt
-    raise ValueError(f"the IFD at {ifd} has no TileOffsets")
+    raise ValueError(f"the IFD at {ifd} has no {name}")
 
 
 #: XResolution, YResolution, ResolutionUnit: tifffile writes them on every page (1/1, NONE

@@ -30,7 +30,9 @@ from pipeline.errors import (
 )
 
 _WORK_MAGIC = b"TPW2"
-_TAGS = {"none": 1, "lzw": 5, "jpeg": 7, "deflate": 8, "zstd": 50000}
+_TAGS = {"none": 1, "lzw": 5, "jpeg": 7, "deflate": 8, "zstd": 50000, "group4": 4}
+#: the TIFF Compression of CCITT T.6 (Group 4 fax)
+GROUP4 = 4
 
 
 def encode_work_tile(tile: np.ndarray) -> bytes:
@@ -65,12 +67,16 @@ class OutputEncoder:
     dataclass's generated methods are compiled when the module is imported, within a run.)
     """
 
-    __slots__ = ("_args", "channels", "dtype", "options", "predictor", "subsampling", "tag")
+    __slots__ = ("_args", "bilevel", "channels", "dtype", "options", "predictor", "subsampling",
+                 "tag")
 
     def __init__(self, options: OutputOptions, dtype: str, channels: int):
         self.options, self.dtype, self.channels = options, dtype, channels
         self.tag: int = _TAGS[options.compression]
-        self.predictor = _predictor(options.compression, dtype)
+        #: 1-bit pages: 0 and 255 stored as bits (miniswhite: 0, black, is 1), each row's
+        #: bits packed from its first byte (MSB first), with no predictor
+        self.bilevel = options.bilevel
+        self.predictor = 1 if self.bilevel else _predictor(options.compression, dtype)
         self.subsampling: tuple[int, int] | None = (
             (2, 2) if options.compression == "jpeg" and channels == 3 else None)
         self._args = self._codec_args()
@@ -83,6 +89,8 @@ class OutputEncoder:
     def check(self, photometric: str | None = None) -> str | None:
         """Why this output cannot be written (None if it can); ``photometric``: the page's
         (a CMYK page, "separated", has four inks, not an alpha channel)."""
+        if self.bilevel:
+            return self._bilevel_check(photometric)
         if self.options.compression != "jpeg":
             return None
         typed, counted = self.dtype == "uint8", self.channels in (1, 3)
@@ -107,6 +115,17 @@ class OutputEncoder:
         return (f'{has}; add {{"op": "select_bands", "bands": {keep}}} to the ops (or the '
                 f"bands you want, 1 or 3){then}, or choose zstd, deflate, lzw or none")
 
+    def _bilevel_check(self, photometric: str | None) -> str | None:
+        """Why the page cannot be written as 1-bit: not one band of uint8 (a palette page's
+        values are colour indices). Its values are checked as its tiles are encoded."""
+        if self.dtype == "uint8" and self.channels == 1 and photometric != "palette":
+            return None
+        has = ("a palette page (its values are colour indices)" if photometric == "palette"
+               else f"{self.dtype} with {self.channels} band{'s' * (self.channels != 1)}")
+        return (f"output_options.bilevel: a 1-bit output holds one band of uint8, 0 and 255 "
+                f"only, the output is {has}; end the ops with ones that make it (to_gray, a "
+                'convert to uint8, then a threshold or otsu_threshold), or drop "bilevel"')
+
     def _codec_args(self) -> dict[str, Any]:
         comp = self.options.compression
         if comp == "zstd":
@@ -121,9 +140,13 @@ class OutputEncoder:
         return {}
 
     def writer_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
+        """``dtype``, ``compression``, ``predictor``... for ``TiffWriter.write``. A 1-bit page
+        is laid out as tifffile's bool pages are; group4 as deflate, as tifffile compresses
+        no bool page with CCITT itself: set the Compression tag to :data:`GROUP4` after
+        (:func:`pipeline.adapters.tiff_header.set_compression`)."""
+        kwargs: dict[str, Any] = {"dtype": bool} if self.bilevel else {}
         if self.tag != 1:
-            kwargs["compression"] = self.tag
+            kwargs["compression"] = _TAGS["deflate"] if self.tag == GROUP4 else self.tag
             kwargs["predictor"] = self.predictor if self.predictor > 1 else None
             kwargs["compressionargs"] = {k: v for k, v in self._args.items()
                                          if k == "level"}
@@ -135,6 +158,8 @@ class OutputEncoder:
         """The pixels (t, t, channels) of a full-size output tile made by :meth:`encode`
         (for JPEG: the lossy pixels a reader sees)."""
         t, dtype = self.options.tile, np.dtype(self.dtype)
+        if self.bilevel:
+            return _bilevel_decode(self.tag, data, t, t).reshape(t, t, 1)
         try:
             if self.tag == 1:
                 return np.frombuffer(data, dtype).reshape(t, t, -1)
@@ -151,6 +176,9 @@ class OutputEncoder:
 
     def encode(self, tile: np.ndarray) -> bytes:
         """Encode one full-size output tile ((t, t) or (t, t, channels))."""
+        if self.bilevel:  # (its values checked by the caller: 0 and 255 only)
+            return _bilevel_encode(self.tag, tile.reshape(tile.shape[0], tile.shape[1]) == 0,
+                                   self._args)
         data = np.ascontiguousarray(tile).reshape(tile.shape[0], tile.shape[1], -1)
         if self.tag == 1:
             return data.tobytes()
@@ -164,6 +192,53 @@ class OutputEncoder:
                                      f"{tile.shape} {tile.dtype}") from exc
             raise OperationError(f"encoding a {self.options.compression} tile of {tile.shape} "
                                  f"{tile.dtype} failed: {exc}") from exc
+
+
+def _bilevel_encode(tag: int, black: np.ndarray, args: dict[str, Any]) -> bytes:
+    """The bytes of a 1-bit tile or strip whose bits are ``black`` (miniswhite): group4 by
+    libtiff's CCITT T.6 encoder (imagecodecs.tiff_encode: the tile as a one-strip TIFF, whose
+    strip is the tile's data, each strip and tile coded on its own), the others packed."""
+    try:
+        if tag == GROUP4:
+            return _only_strip(imagecodecs.tiff_encode(
+                black, compression="ccittfax4", bitspersample=1, photometric="miniswhite",
+                rowsperstrip=black.shape[0]))
+        packed = np.packbits(black, axis=-1)
+        return packed.tobytes() if tag == 1 else bytes(TIFF.COMPRESSORS[tag](packed, **args))
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise exhausted(exc, f"encoding a 1-bit tile of {black.shape}") from exc
+        raise OperationError(f"encoding a 1-bit tile of {black.shape} failed: {exc}") from exc
+
+
+def _only_strip(tiff: bytes) -> bytes:
+    """The data of the one strip of a little-endian classic TIFF (what libtiff wrote)."""
+    if tiff[:4] != b"II*\x00":
+        raise ValueError("libtiff wrote no little-endian classic TIFF")
+    (ifd,) = struct.unpack_from("<I", tiff, 4)
+    (count,) = struct.unpack_from("<H", tiff, ifd)
+    found = {}
+    for i in range(count):
+        code, kind, n, value = struct.unpack_from("<HHII", tiff, ifd + 2 + 12 * i)
+        if code in (273, 279):  # StripOffsets, StripByteCounts: one each, SHORT or LONG
+            if n != 1:
+                raise ValueError(f"libtiff wrote {n} strips")
+            found[code] = value & 0xFFFF if kind == 3 else value
+    return tiff[found[273]:found[273] + found[279]]
+
+
+def _bilevel_decode(tag: int, data: bytes, height: int, width: int) -> np.ndarray:
+    """The 0/255 uint8 pixels (height, width) of a 1-bit tile made by :func:`_bilevel_encode`."""
+    try:
+        if tag == GROUP4:
+            black = imagecodecs.ccittfax4_decode(data, height, width).astype(bool)
+        else:
+            raw = data if tag == 1 else TIFF.DECOMPRESSORS[tag](data)
+            packed = np.frombuffer(raw, np.uint8).reshape(height, -1)
+            black = np.unpackbits(packed, axis=-1, count=width).astype(bool)
+    except Exception as exc:
+        raise OperationError(f"decoding a 1-bit tile failed: {exc}") from exc
+    return np.where(black, 0, 255).astype(np.uint8)
 
 
 def _predictor(compression: str, dtype: str) -> int:

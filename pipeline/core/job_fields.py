@@ -12,6 +12,7 @@ from dataclasses import field
 from typing import Any
 
 from pipeline.core.models import (
+    BILEVEL_COMPRESSIONS,
     COMPRESSIONS,
     DEFAULT_OUTPUT_TILE,
     DEFAULT_TILE,
@@ -22,7 +23,7 @@ from pipeline.core.ops import made_problems, made_types, parse_chain
 from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
-OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome")
+OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome", "bilevel")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -40,6 +41,8 @@ _QUALITY = Param("quality", "integer", "jpeg quality", default=90, ge=1, le=100)
 _PAGE = Param("page", "integer", "page index", ge=0)
 _PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", default=False)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
+_BILEVEL = Param("bilevel", "boolean", "write 1-bit pages (one uint8 band of 0 and 255)",
+                 default=False)
 _FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
               default=True)
 #: what a job does when its output exists already
@@ -58,6 +61,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.tile": DEFAULT_OUTPUT_TILE,
     "output_options.pyramid": OutputOptions.pyramid,
     "output_options.ome": OutputOptions.ome,
+    "output_options.bilevel": OutputOptions.bilevel,
     "fuse": JobSpec.fuse,
     "if_exists": JobSpec.if_exists,
 }
@@ -115,7 +119,7 @@ def job_fields(eff: dict[str, Setting]) -> dict[str, Any]:
     """The optional job fields (pages, ops, tile, output_options, fuse, if_exists) of the
     settings."""
     options = {k: eff[f"output_options.{k}"].value
-               for k in ("compression", "level", "quality", "tile", "pyramid", "ome")}
+               for k in OPTION_FIELDS}
     tile = eff["tile"].value
     if eff["tile"].layer is None:  # not set: the default, fitted to the chain
         tile = fitted_default_tile(eff["ops"].value, options["tile"])
@@ -251,6 +255,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "tile": lambda v: _size_problem(v, *OUTPUT_TILE_RANGE),
         "pyramid": _PYRAMID.check,
         "ome": _OME.check,
+        "bilevel": _BILEVEL.check,
     }
     for name, check in checks.items():
         if name not in opts:
@@ -262,7 +267,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
             layer.bad.add(key)
         else:
             value = opts[name]
-            layer.values[key] = value if name in ("compression", "pyramid", "ome") \
+            layer.values[key] = value if name in ("compression", "pyramid", "ome", "bilevel") \
                 else int(value)
 
 
@@ -314,7 +319,50 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
     ops = eff["ops"]
     if layer in (comp.layer, ops.layer) and comp.ok and ops.ok and comp.value == "jpeg":
         problems += _jpeg_problems(ops, comp, layer)
+    problems += _bilevel_problems(eff, layer)
     return problems
+
+
+def _bilevel_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
+    """A 1-bit output (``bilevel``) with what cannot go with it: a compression TIFF has no
+    1-bit form of (JPEG), pyramid levels (means of the page: grays), a chain that makes
+    another type than uint8 or another band count than one; and group4 without it."""
+    bilevel, comp = eff["output_options.bilevel"], eff["output_options.compression"]
+    pyramid, ops = eff["output_options.pyramid"], eff["ops"]
+    if not (bilevel.ok and comp.ok):
+        return []
+    if not bilevel.value:
+        if comp.value == "group4" and layer in (comp.layer, bilevel.layer):
+            return [_pair_problem(layer, ("compression", comp), ("bilevel", bilevel),
+                                  "group4 (CCITT T.6) writes 1-bit pages only",
+                                  'set "bilevel": true (one band of 0 and 255 only)')]
+        return []
+    problems = []
+    if comp.value not in BILEVEL_COMPRESSIONS and layer in (comp.layer, bilevel.layer):
+        problems.append(_pair_problem(
+            layer, ("bilevel", bilevel), ("compression", comp),
+            f"a 1-bit output cannot be {comp.value}-compressed",
+            f"choose {', '.join(BILEVEL_COMPRESSIONS[:-1])} or none"))
+    if pyramid.ok and pyramid.value and layer in (pyramid.layer, bilevel.layer):
+        problems.append(_pair_problem(
+            layer, ("bilevel", bilevel), ("pyramid", pyramid),
+            "pyramid levels are means of the page (grays), which 1 bit cannot hold",
+            'drop "pyramid" or "bilevel"'))
+    if layer in (bilevel.layer, ops.layer) and ops.ok:
+        problems += _holds_problems(ops, bilevel, layer, "output_options.bilevel",
+                                    ("a 1-bit output", "1-bit output"), 'or drop "bilevel"',
+                                    (1,))
+    return problems
+
+
+def _pair_problem(layer: Layer, first: tuple[str, Setting], second: tuple[str, Setting],
+                  why: str, fix: str) -> str:
+    """Two output options that do not go together, at the one ``layer`` set (``first``'s
+    when it set both), naming where the other came from."""
+    (a, sa), (b, sb) = (first, second) if first[1].layer is layer else (second, first)
+    key = f"output_options.{b}"
+    return (f"{layer.where(f'output_options.{a}')}: {json.dumps(sa.value)} with {b} "
+            f"{json.dumps(sb.value)}{_from(sb, layer, key)}: {why}; {fix}")
 
 
 def _jpeg_problems(ops: Setting, comp: Setting, layer: Layer) -> list[str]:
@@ -322,40 +370,58 @@ def _jpeg_problems(ops: Setting, comp: Setting, layer: Layer) -> list[str]:
     convert to uint16, a normalized_difference's float32), or another band count than 1 or 3
     (a select_bands of 2 or 4 bands): refused before any page is read, each problem naming
     the op that makes it."""
+    return _holds_problems(ops, comp, layer, "output_options.compression",
+                           ("jpeg", "jpeg output"), "or choose zstd, deflate, lzw or none", (1, 3),
+                           "or choose another compression")
+
+
+def _holds_problems(ops: Setting, option: Setting, layer: Layer, key: str,
+                    output: tuple[str, str],
+                    other: str, counts: tuple[int, ...], other_at_op: str | None = None
+                    ) -> list[str]:
+    """An output (``output``: its names as a subject and after "the", set by the option
+    ``key``) that holds uint8 samples of
+    ``counts`` bands only, refused for a chain that makes another type or band count whatever
+    the pages, each problem naming the op that makes it; ``other``: the other way out."""
     calls, probs = parse_chain(ops.value)
     if probs:
         return []
     dtype, channels, made, counted = made_types(calls)[-1]
     problems = []
+    shown = " or ".join(str(c) for c in counts)
+    at_op = other_at_op or other
     if dtype is not None and made is not None and dtype.name != "uint8":
         name = calls[made].op.name
         fix = ('set its "dtype" to "uint8"' if name == "convert" else
                'end the ops with {"op": "convert", "dtype": "uint8", "in_range": [low, high]}')
-        problems.append(_jpeg_problem(
-            ops, comp, layer, made, "uint8 samples", dtype.name,
-            ".dtype" if name == "convert" else "", fix))
-    if channels is not None and counted is not None and channels not in (1, 3):
+        problems.append(_holds_problem(
+            ops, option, layer, key, output, made, "uint8 samples", dtype.name,
+            ".dtype" if name == "convert" else "", (fix, other, at_op)))
+    if channels is not None and counted is not None and channels not in counts:
         picks = calls[counted].op.picks is not None
-        fix = ('give its "bands" 1 or 3 bands' if picks else
-               'end the ops with a {"op": "select_bands", "bands": [...]} of 1 or 3 bands')
-        problems.append(_jpeg_problem(
-            ops, comp, layer, counted, "1 or 3 bands (gray or RGB)", f"{channels} bands",
-            ".bands" if picks else "", fix))
+        fix = (f'give its "bands" {shown} bands' if picks else
+               f'end the ops with a {{"op": "select_bands", "bands": [...]}} of {shown} bands')
+        kinds = " (gray or RGB)" if counts == (1, 3) else " (gray)"
+        problems.append(_holds_problem(
+            ops, option, layer, key, output, counted, f"{shown} band{'s' * (counts != (1,))}"
+            f"{kinds}", f"{channels} bands", ".bands" if picks else "", (fix, other, at_op)))
     return problems
 
 
-def _jpeg_problem(ops: Setting, comp: Setting, layer: Layer, index: int, holds: str,
-                  makes: str, field_: str, fix: str) -> str:
-    """JPEG output refused for what ops[index] makes, at the field ``layer`` set (the
-    compression, else the op's ``field_``), naming the other one."""
+def _holds_problem(ops: Setting, option: Setting, layer: Layer, key: str,
+                   output: tuple[str, str],
+                   index: int, holds: str, makes: str, field_: str,
+                   fixes: tuple[str, str, str]) -> str:
+    """The output refused for what ops[index] makes, at the field ``layer`` set (the output
+    option ``key``, else the op's ``field_``), naming the other one."""
     name = ops.value[index]["op"]
-    if comp.layer is layer:
-        return (f"{layer.where('output_options.compression')}: jpeg holds {holds} only, and "
-                f"ops[{index}] ({name}){_from(ops, layer, 'ops')} makes {makes}; {fix}, or "
-                "choose zstd, deflate, lzw or none")
-    return (f"{layer.where(f'ops[{index}]')}{field_}: {name} makes {makes}, and the jpeg output"
-            f"{_from(comp, layer, 'output_options.compression')} holds {holds} only; "
-            f"{fix}, or choose another compression")
+    fix, other, at_op = fixes
+    if option.layer is layer:
+        return (f"{layer.where(key)}: {output[0]} holds {holds} only, and "
+                f"ops[{index}] ({name}){_from(ops, layer, 'ops')} makes {makes}; {fix}, "
+                f"{other}")
+    return (f"{layer.where(f'ops[{index}]')}{field_}: {name} makes {makes}, and the {output[1]}"
+            f"{_from(option, layer, key)} holds {holds} only; {fix}, {at_op}")
 
 
 def _tile_problem(tile: Setting, out_tile: Setting, layer: Layer) -> str:

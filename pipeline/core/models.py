@@ -16,7 +16,9 @@ from typing import Any
 from pipeline.core.grid import Batch, PageGrid, SplitUnit
 from pipeline.core.record import field_values, record
 
-COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "none")
+COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "group4", "none")
+#: the compressions a 1-bit output (``bilevel``) may have; group4 (CCITT T.6) is 1-bit only
+BILEVEL_COMPRESSIONS = ("zstd", "deflate", "lzw", "group4", "none")
 
 #: processing tile (pixels) when the manifest sets none
 DEFAULT_TILE = 1024
@@ -34,6 +36,8 @@ class OutputOptions:
     tile: int = DEFAULT_OUTPUT_TILE
     pyramid: bool = False  # reduced-resolution levels (factor 2, down to one tile) as SubIFDs
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
+    #: write one-band uint8 pages of 0 and 255 as 1-bit (BitsPerSample 1, miniswhite)
+    bilevel: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return field_values(self)

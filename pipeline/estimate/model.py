@@ -241,7 +241,7 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     for page in plan.pages:
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
-        pixel = page.out_channels * np.dtype(page.out_dtype).itemsize
+        pixel = 1 / 8 if opts.bilevel else page.out_channels * np.dtype(page.out_dtype).itemsize
         for k, (lh, lw) in enumerate(shapes):
             padded = (lh * lw if page.strip
                       else math.ceil(lh / t) * math.ceil(lw / t) * t * t)
@@ -311,14 +311,16 @@ def header_bytes(plan: JobPlan) -> float:
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
         tags = output_tags(page.info, h, w, ch, nodata, page.factor,
                            chain_bands(ops, page.info.channels), own,
-                           page_placement(ops, page.info), chain_keeps_statistics(ops))
+                           page_placement(ops, page.info), chain_keeps_statistics(ops),
+                           opts.bilevel)
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}
+        dtype = kwargs.pop("dtype", page.out_dtype)  # (a 1-bit page's: bool)
         bands = (ch,) if ch > 1 else ()
         # (one tile: a column short of it, else tifffile takes the page for one raw tile and
         # wants its bytes)
-        sizes = [_page_ifd_bytes(big, (t, n * t - (n == 1), *bands), page.out_dtype, t, kwargs)
+        sizes = [_page_ifd_bytes(big, (t, n * t - (n == 1), *bands), dtype, t, kwargs)
                  for n in ((tiles,) if tiles <= 2 else (2, 1026))]
         # past two tiles, the TileOffsets and TileByteCounts arrays grow by a value each
         total += sizes[0] + (sizes[-1] - sizes[0]) * (tiles - 2) / 1024

@@ -43,9 +43,10 @@ from pipeline.adapters.tiff_header import (
     LayoutRecorder,
     drop_entries,
     image_ifds,
+    set_compression,
     tile_offsets_at,
 )
-from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.adapters.tile_codec import GROUP4, OutputEncoder
 from pipeline.core import tiff_layout
 from pipeline.core.chain import page_placement
 from pipeline.core.events import MergeEvent
@@ -177,13 +178,17 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                 else:
                     budget -= short
     unresolved = [i for i, page in enumerate(plan.pages) if not _has_resolution(page)]
-    if reorder or unresolved:
+    group4 = plan.spec.output_options.compression == "group4"
+    if reorder or unresolved or group4:
         ifds = image_ifds(recorder)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
         for i in unresolved:  # (last: a TileOffsets held in its entry moves with it)
             for ifd in ifds[i]:
                 drop_entries(recorder, ifd, RESOLUTION_TAGS)
+        for page_ifds in ifds if group4 else []:  # (laid out as deflate: see writer_kwargs)
+            for ifd in page_ifds:
+                set_compression(recorder, ifd, GROUP4)
     return recorder.pieces()
 
 
@@ -224,7 +229,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     bands = chain_bands(ops, page.info.channels)
     tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
-                       chain_keeps_statistics(ops))
+                       chain_keeps_statistics(ops), options.bilevel)
     if options.ome:
         tags = _ome_tags(tags, page, bands)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}

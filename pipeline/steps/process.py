@@ -21,6 +21,7 @@ from pipeline.core.events import BatchEvent, UnitEvent
 from pipeline.core.grid import Rect
 from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
+from pipeline.errors import OperationError
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
@@ -138,6 +139,8 @@ class TileOutput:
         return self._encoded(pixels, origin)
 
     def _encoded(self, pixels: np.ndarray, origin: Rect) -> list[tuple[int, int, bytes]]:
+        if self.encoder.bilevel:
+            self._check_bilevel(pixels, origin)
         if self.strip:  # the whole page, unpadded: its one strip
             return [(0, 0, self.encoder.encode(pixels))]
         t = self.out_tile
@@ -146,6 +149,21 @@ class TileOutput:
                 for oy in range(0, pixels.shape[0], t)
                 for ox in range(0, pixels.shape[1], t)]
 
+
+    def _check_bilevel(self, pixels: np.ndarray, origin: Rect) -> None:
+        """A 1-bit output holds 0 and 255 only: another value fails the job, naming it, its
+        place and the page (before any of the page's tiles is merged: nothing published)."""
+        other = (pixels != 0) & (pixels != 255)
+        if not other.any():
+            return
+        y, x = (int(v) for v in np.argwhere(other)[0][:2])
+        value = int(pixels[y, x].flat[0])
+        raise OperationError(
+            f"output_options.bilevel: page {self.plan.pages[self.page].info.index} of "
+            f"{self.plan.spec.input} holds the value {value} at x {origin.x0 + x}, y "
+            f"{origin.y0 + y} of the output page after the ops, and a 1-bit output holds 0 "
+            'and 255 only; end the ops with a threshold (or otsu_threshold), or drop '
+            '"bilevel"')
 
     def encode_tile_seen(self, row: int, col: int, haloed: np.ndarray | None = None
                          ) -> tuple[list[tuple[int, int, bytes]], np.ndarray]:

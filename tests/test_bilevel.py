@@ -1,0 +1,312 @@
+"""1-bit output (``output_options.bilevel``): one-band uint8 pages of 0 and 255 written as
+BitsPerSample 1, miniswhite, with zstd, deflate, lzw, none and group4 (CCITT T.6, libtiff's
+encoder through imagecodecs); runs of the local engine on gray scans of odd sizes (tiled
+and one-strip pages, several pages, threshold and otsu_threshold in the chain, fused and
+not) and on the libtiff corpus's fax pages. Each 1-bit output is read back by tifffile
+(the bits), by Pillow (libtiff) and by tiffpipe itself, and is exactly the 8-bit output
+the same chain writes without the option. The refusals: validate (options and chains that
+cannot make one uint8 band), PlanJob (pages that are not one uint8 band), and at run time a
+value other than 0 and 255, with no output published.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.core.manifest import parse_manifest
+from pipeline.core.models import OutputOptions
+from pipeline.errors import ManifestError
+from pipeline.runner import run_local
+
+CORPUS = Path(__file__).parent / "data" / "libtiff"
+CODECS = ("zstd", "deflate", "lzw", "none", "group4")
+#: (height, width) of the gray scan's pages: tiled in 512 px tiles with edge tiles of odd
+#: sizes, one strip (a page up to 128 px), one narrow tile column
+PAGES = ((777, 1031), (101, 93), (517, 35))
+
+
+def scan_page(seed: int, height: int, width: int) -> np.ndarray:
+    """A gray page like a scan: paper with noise and a gradient, dark strokes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    page = 200 + 30 * np.sin(xx / 37.0) - yy * 40.0 / height + rng.normal(0, 18, (height, width))
+    for _ in range(max(3, height * width // 4000)):
+        y, x = rng.integers(0, height), rng.integers(0, width)
+        page[y:y + rng.integers(2, 9), x:x + rng.integers(2, 40)] -= 150
+    return np.clip(page, 0, 255).astype(np.uint8)
+
+
+def bits_read(path: Path) -> list[np.ndarray]:
+    """Every page as tifffile reads it: the stored bits, as 0/255 for miniswhite."""
+    out = []
+    with tifffile.TiffFile(path) as tf:
+        for page in tf.pages:
+            assert (page.bitspersample, page.photometric, page.predictor) == (1, 0, 1)
+            bits = page.asarray()
+            assert bits.dtype == bool
+            out.append(np.where(bits, 0, 255).astype(np.uint8))
+    return out
+
+
+def pillow_read(path: Path) -> list[np.ndarray]:
+    """Every page as Pillow (libtiff for compressed pages) reads it, as 8-bit gray."""
+    out = []
+    with Image.open(path) as im:
+        for i in range(im.n_frames):
+            im.seek(i)
+            assert im.mode == "1"
+            out.append(np.asarray(im.convert("L")))
+    return out
+
+
+def eight_bit(path: Path) -> list[np.ndarray]:
+    with tifffile.TiffFile(path) as tf:
+        return [page.asarray() for page in tf.pages]
+
+
+def assert_pages(got: list[np.ndarray], want: list[np.ndarray], name: str) -> None:
+    assert len(got) == len(want), name
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.shape == b.shape and np.array_equal(a, b), f"{name} page {k}"
+
+
+# --- the encoder alone --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("shape", [(64, 64), (13, 77), (1, 9), (40, 8)])
+def test_tiles_and_strips_decode_to_their_pixels(codec, shape):
+    rng = np.random.default_rng(len(codec) + shape[1])
+    pixels = np.where(rng.random(shape) < 0.3, 0, 255).astype(np.uint8)
+    pixels[0, 0] = 0
+    encoder = OutputEncoder(OutputOptions(compression=codec, bilevel=True, tile=64),
+                            "uint8", 1)
+    data = encoder.encode(pixels)
+    if codec == "none":  # each row packed from its first byte
+        assert len(data) == shape[0] * -(-shape[1] // 8)
+    if shape == (64, 64):  # a full tile: the codec's inverse
+        assert np.array_equal(encoder.decode(data)[:, :, 0], pixels)
+    # and as the one strip of a page libtiff (Pillow) reads
+    kwargs = encoder.writer_kwargs()
+    path = Path(f"/tmp/tiffpipe-bilevel-{codec}-{shape[0]}x{shape[1]}.tif")
+    try:
+        with tifffile.TiffWriter(path) as tw:
+            tw.write(iter([data]), shape=shape, rowsperstrip=shape[0], photometric="miniswhite",
+                     **kwargs)
+        if codec == "group4":
+            with tifffile.TiffFile(path, mode="r+b") as tf:
+                tf.pages[0].tags[259].overwrite(4)
+        assert_pages(pillow_read(path), [pixels], codec)
+        assert_pages(bits_read(path), [pixels], codec)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# --- validate -----------------------------------------------------------------------------
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(data, "m.json", "/data")
+    return info.value.problems
+
+
+def one(**fields) -> dict:
+    return {"jobs": [{"input": "a.tif", "output": "b.tif", **fields}]}
+
+
+def test_validate_accepts_bilevel_with_every_lossless_codec():
+    for codec in CODECS:
+        spec = parse_manifest(one(ops=[{"op": "threshold", "value": 127}], output_options={
+            "compression": codec, "bilevel": True}), "m.json", "/data")[0]
+        assert spec.output_options.bilevel and spec.output_options.compression == codec
+
+
+def test_validate_names_what_cannot_go_with_bilevel():
+    assert problems(one(output_options={"compression": "group4"})) == [(
+        'jobs[0].output_options.compression: "group4" with bilevel false (the default '
+        "output_options.bilevel): group4 (CCITT T.6) writes 1-bit pages only; set "
+        '"bilevel": true (one band of 0 and 255 only)')]
+    assert problems(one(output_options={"compression": "jpeg", "bilevel": True})) == [(
+        'jobs[0].output_options.bilevel: true with compression "jpeg": a 1-bit output cannot '
+        "be jpeg-compressed; choose zstd, deflate, lzw, group4 or none")]
+    assert problems(one(output_options={"pyramid": True, "bilevel": True})) == [(
+        "jobs[0].output_options.bilevel: true with pyramid true: pyramid levels are means of "
+        'the page (grays), which 1 bit cannot hold; drop "pyramid" or "bilevel"')]
+    # from defaults: the problem is the job's, naming where the other came from
+    assert problems({"defaults": {"output_options": {"bilevel": True}},
+                     "jobs": [{"input": "a.tif", "output": "b.tif",
+                               "output_options": {"compression": "jpeg"}}]}) == [(
+        'jobs[0].output_options.compression: "jpeg" with bilevel true (from '
+        "defaults.output_options.bilevel): a 1-bit output cannot be jpeg-compressed; choose "
+        "zstd, deflate, lzw, group4 or none")]
+
+
+def test_validate_names_the_op_that_makes_no_one_band_of_uint8():
+    assert problems(one(ops=[{"op": "convert", "dtype": "uint16"}],
+                        output_options={"bilevel": True})) == [(
+        "jobs[0].output_options.bilevel: a 1-bit output holds uint8 samples only, and ops[0] "
+        '(convert) makes uint16; set its "dtype" to "uint8", or drop "bilevel"')]
+    assert problems({"defaults": {"output_options": {"bilevel": True}},
+                     "jobs": [{"input": "a.tif", "output": "b.tif", "ops": [
+                         {"op": "select_bands", "bands": [0, 1, 2]}]}]}) == [(
+        "jobs[0].ops[0].bands: select_bands makes 3 bands, and the 1-bit output (from "
+        "defaults.output_options.bilevel) holds 1 band (gray) only; give its \"bands\" 1 "
+        'bands, or drop "bilevel"')]
+
+
+# --- runs of the engine -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One run of every job below, then a run that reads the 1-bit outputs back."""
+    tmp = tmp_path_factory.mktemp("bilevel")
+    gray = [scan_page(k, *shape) for k, shape in enumerate(PAGES)]
+    with tifffile.TiffWriter(tmp / "scan.tif") as tw:
+        for k, page in enumerate(gray):
+            tw.write(page, tile=(64, 64) if k == 0 else None, compression="zlib")
+    tifffile.imwrite(tmp / "rgb.tif", np.zeros((40, 50, 3), np.uint8))
+    mask = np.where(scan_page(9, 150, 133) < 128, 0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp / "mask.tif", mask, extratags=[(42113, "s", 0, "255", True)])
+    for name in ("testfax4.tiff", "testfax3_bug_513.tiff", "miniswhite-1c-1b.tiff"):
+        shutil.copy(CORPUS / name, tmp / name)
+
+    threshold = [{"op": "threshold", "value": 150}]
+    otsu = [{"op": "otsu_threshold"}]
+    jobs = [{"input": "scan.tif", "output": "ref.tif", "ops": threshold},
+            {"input": "scan.tif", "output": "otsu_ref.tif", "ops": otsu}]
+    for codec in CODECS:
+        jobs.append({"input": "scan.tif", "output": f"{codec}.tif", "ops": threshold,
+                     "output_options": {"compression": codec, "bilevel": True}})
+    jobs += [
+        # whole-page statistics (split, then batches) and an unfused chain
+        {"input": "scan.tif", "output": "otsu.tif", "ops": otsu,
+         "output_options": {"compression": "group4", "bilevel": True}},
+        {"input": "scan.tif", "output": "unfused.tif", "ops": threshold, "fuse": False,
+         "output_options": {"compression": "lzw", "bilevel": True}},
+        {"input": "scan.tif", "output": "ome.tif", "ops": threshold,
+         "output_options": {"compression": "deflate", "bilevel": True, "ome": True}},
+        {"input": "mask.tif", "output": "mask_out.tif",
+         "output_options": {"compression": "zstd", "bilevel": True}},
+        # the values other than 0 and 255 of a gray page; a page of three bands
+        {"input": "scan.tif", "output": "gray_bad.tif", "output_options": {"bilevel": True}},
+        {"input": "rgb.tif", "output": "rgb_bad.tif", "output_options": {"bilevel": True}},
+    ]
+    for name in ("testfax4.tiff", "testfax3_bug_513.tiff", "miniswhite-1c-1b.tiff"):
+        stem = name.split(".")[0]
+        jobs += [{"input": name, "output": f"{stem}_ref.tif"},
+                 {"input": name, "output": f"{stem}_g4.tif",
+                  "output_options": {"compression": "group4", "bilevel": True}}]
+    (tmp / "m.json").write_text(json.dumps({"jobs": jobs}))
+    first = run_local(str(tmp / "m.json"), 2)
+    # tiffpipe reads its own 1-bit outputs (8-bit zstd copies of them)
+    again = [{"input": f"{codec}.tif", "output": f"back_{codec}.tif"} for codec in CODECS]
+    again.append({"input": "testfax4_g4.tif", "output": "back_fax.tif"})
+    (tmp / "again.json").write_text(json.dumps({"jobs": again}))
+    second = run_local(str(tmp / "again.json"), 2)
+    return tmp, gray, {j["output"].rsplit("/", 1)[-1]: j for j in first.jobs}, second
+
+
+def test_outputs_are_the_8bit_outputs_in_1_bit(runs):
+    tmp, gray, jobs, _ = runs
+    ref = eight_bit(tmp / "ref.tif")
+    for k, page in enumerate(gray):  # the reference is the threshold itself
+        assert np.array_equal(ref[k], np.where(page > 150, 255, 0))
+    with tifffile.TiffFile(tmp / "zstd.tif") as tf:  # tiled pages and a strip page
+        assert [p.is_tiled for p in tf.pages] == [True, False, True]
+    for codec in CODECS:
+        assert jobs[f"{codec}.tif"]["status"] == "SUCCEEDED", jobs[f"{codec}.tif"]
+        path = tmp / f"{codec}.tif"
+        with tifffile.TiffFile(path) as tf:
+            assert {p.compression for p in tf.pages} == {
+                {"zstd": 50000, "deflate": 8, "lzw": 5, "none": 1, "group4": 4}[codec]}
+        assert_pages(bits_read(path), ref, codec)
+        assert_pages(pillow_read(path), ref, codec)
+    # GDAL: the bits (1 black) with a colour table, each page a subdataset
+    import rasterio
+
+    for k in range(len(PAGES)):
+        name = str(tmp / "group4.tif") if k == 0 else f"GTIFF_DIR:{k + 1}:{tmp / 'group4.tif'}"
+        with warnings.catch_warnings():  # (a scan has no georeferencing)
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(name) as ds:
+                assert np.array_equal(np.where(ds.read(1) == 1, 0, 255), ref[k]), k
+    assert_pages(bits_read(tmp / "unfused.tif"), ref, "unfused")
+    otsu = eight_bit(tmp / "otsu_ref.tif")
+    assert_pages(bits_read(tmp / "otsu.tif"), otsu, "otsu")
+    assert_pages(pillow_read(tmp / "otsu.tif"), otsu, "otsu")
+
+
+def test_one_bit_is_smaller(runs):
+    tmp = runs[0]
+    size = {c: (tmp / f"{c}.tif").stat().st_size for c in CODECS}
+    assert size["zstd"] < (tmp / "ref.tif").stat().st_size  # (the same codec, 8-bit)
+    # uncompressed: a full tile is 512 x 512 bits, a strip's row its bits rounded up to bytes
+    with tifffile.TiffFile(tmp / "none.tif") as tf:
+        assert [sum(p.databytecounts) for p in tf.pages] == [6 * 512 * 64, 101 * 12, 2 * 512 * 64]
+    assert all(size[c] < size["none"] for c in ("zstd", "deflate", "group4"))
+
+
+def test_fax_pages_come_out_as_they_went_in(runs):
+    tmp, _, jobs, _ = runs
+    for stem in ("testfax4", "testfax3_bug_513", "miniswhite-1c-1b"):
+        assert jobs[f"{stem}_g4.tif"]["status"] == "SUCCEEDED", jobs[f"{stem}_g4.tif"]
+        ref = eight_bit(tmp / f"{stem}_ref.tif")
+        with tifffile.TiffFile(tmp / f"{stem}.tiff") as tf:  # the input's own bits
+            source = [np.where(p.asarray(), 0 if p.photometric == 0 else 255,
+                               255 if p.photometric == 0 else 0) for p in tf.pages]
+        assert_pages(ref, source, stem)
+        assert_pages(bits_read(tmp / f"{stem}_g4.tif"), ref, stem)
+        assert_pages(pillow_read(tmp / f"{stem}_g4.tif"), ref, stem)
+
+
+def test_tiffpipe_reads_its_1bit_outputs(runs):
+    tmp, _, _, second = runs
+    assert second.ok, second.report
+    ref = eight_bit(tmp / "ref.tif")
+    for codec in CODECS:
+        assert_pages(eight_bit(tmp / f"back_{codec}.tif"), ref, codec)
+    assert_pages(eight_bit(tmp / "back_fax.tif"), eight_bit(tmp / "testfax4_ref.tif"), "fax")
+
+
+def test_ome_and_nodata(runs):
+    tmp = runs[0]
+    with tifffile.TiffFile(tmp / "ome.tif") as tf:
+        images = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+        assert [i["Pixels"]["Type"] for i in images] == ["bit"] * len(PAGES)
+    assert_pages(bits_read(tmp / "ome.tif"), eight_bit(tmp / "ref.tif"), "ome")
+    with tifffile.TiffFile(tmp / "mask_out.tif") as tf:  # 255 is stored as bit 0
+        assert tf.pages[0].tags[42113].value == "0"
+    assert_pages(bits_read(tmp / "mask_out.tif"), eight_bit(tmp / "mask.tif"), "mask")
+
+
+def test_pages_that_are_no_0_255_band_fail_their_job_and_publish_nothing(runs):
+    tmp, gray, jobs, _ = runs
+    bad = jobs["gray_bad.tif"]
+    assert bad["status"] == "FAILED" and bad["error"]["type"] == "OperationError"
+    message = bad["error"]["message"]
+    assert "output_options.bilevel: page " in message and "scan.tif holds the value " in message
+    # the value named is the page's, at the place named
+    page = int(message.split("page ")[1].split(" ")[0])
+    value = int(message.split("the value ")[1].split(" ")[0])
+    x = int(message.split(" at x ")[1].split(",")[0])
+    y = int(message.split(", y ")[1].split(" ")[0])
+    assert gray[page][y, x] == value and value not in (0, 255)
+    assert "end the ops with a threshold (or otsu_threshold)" in message
+    rgb = jobs["rgb_bad.tif"]
+    assert rgb["status"] == "FAILED"
+    assert ("page 0: output_options.bilevel: a 1-bit output holds one band of uint8, 0 and 255 "
+            "only, the output is uint8 with 3 bands") in rgb["error"]["message"]
+    for name in ("gray_bad.tif", "rgb_bad.tif"):
+        assert not (tmp / name).exists()
+    assert not [p for p in tmp.iterdir() if p.name.startswith(".gray_bad.tif")]
