@@ -310,3 +310,31 @@ def test_pages_that_are_no_0_255_band_fail_their_job_and_publish_nothing(runs):
     for name in ("gray_bad.tif", "rgb_bad.tif"):
         assert not (tmp / name).exists()
     assert not [p for p in tmp.iterdir() if p.name.startswith(".gray_bad.tif")]
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_group4_compression_tag_is_set_in_classic_and_bigtiff_ifds(bigtiff):
+    from pipeline.adapters.tiff_header import (
+        LayoutRecorder,
+        Placeholder,
+        _entries,
+        image_ifds,
+        set_compression,
+    )
+    from pipeline.core.tiff_layout import Span
+
+    encoder = OutputEncoder(OutputOptions(compression="group4", bilevel=True, tile=16),
+                            "uint8", 1)
+    recorder = LayoutRecorder()
+    with tifffile.TiffWriter(recorder, bigtiff=bigtiff) as tw:
+        for _ in range(2):  # two pages of 2 x 3 tiles
+            tw.write((Placeholder(Span("s", 0, 5)) for _ in range(6)), shape=(20, 40),
+                     tile=(16, 16), photometric="miniswhite", **encoder.writer_kwargs())
+    ifds = image_ifds(recorder)
+    assert [_entries(recorder, page[0], bigtiff)[259] for page in ifds] == [(8,), (8,)]
+    for page in ifds:
+        set_compression(recorder, page[0], 4)
+    for page in ifds:
+        entries = _entries(recorder, page[0], bigtiff)
+        # (BitsPerSample 1 is the default: tifffile writes no tag for it)
+        assert entries[259] == (4,) and entries.get(258, (1,)) == (1,) and entries[262] == (0,)
