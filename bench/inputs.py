@@ -123,6 +123,44 @@ def write_photo_tiff(path: str, height: int, width: int, channels: int, pages: i
     os.replace(part, path)
 
 
+def write_striped_tiff(path: str, height: int, width: int, channels: int = 3,
+                       rows: int = 16, compression: str = "lzw", threads: int = 2,
+                       seed: int = 0) -> None:
+    """A one-page uint8 TIFF of a photo-like page in strips of ``rows`` rows, no predictor:
+    as scanners, GDAL (without TILED=YES) and most archive software write them. Strips are
+    made and encoded ``threads`` bands at a time and handed to tifffile as bytes as they come, so
+    the page is never held whole; renamed into place when complete, as
+    :func:`write_photo_tiff`'s files."""
+    import imagecodecs
+
+    encode = {"lzw": imagecodecs.lzw_encode, "deflate": imagecodecs.zlib_encode}[compression]
+    part = path + ".part"
+
+    if TILE % rows:
+        raise ValueError(f"rows must divide {TILE} (the pattern's bands), got {rows}")
+
+    def band(y0: int) -> list[bytes]:  # the pattern comes in bands of TILE rows
+        pixels = photo_tile(y0, 0, min(TILE, height - y0), width, channels, seed)
+        return [encode(pixels[y:y + rows].tobytes()) for y in range(0, len(pixels), rows)]
+
+    def strips() -> Iterator[bytes]:
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            ahead: deque = deque()
+            for y0 in range(0, height, TILE):
+                ahead.append(pool.submit(band, y0))
+                if len(ahead) > threads:
+                    yield from ahead.popleft().result()
+            while ahead:
+                yield from ahead.popleft().result()
+
+    shape = (height, width) + ((channels,) if channels > 1 else ())
+    with tifffile.TiffWriter(part, bigtiff=height * width * channels > 2**31 - 2**25) as tw:
+        tw.write(strips(), shape=shape, dtype="uint8", rowsperstrip=rows,
+                 compression=compression, photometric="rgb" if channels >= 3 else "minisblack",
+                 metadata=None)
+    os.replace(part, path)
+
+
 def _tiles(pool: ThreadPoolExecutor, height: int, width: int, channels: int, seed: int,
            threads: int) -> Iterator[np.ndarray]:
     """Row-major full tiles (edges zero-padded), generated ahead by ``threads`` threads."""

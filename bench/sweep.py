@@ -8,6 +8,7 @@
 For every size (``tiny``: one 256 x 256 page; a number: gigapixels, e.g. 0.001 for 1 Mpx),
 layout (``single``: one square page; ``multi``: three pages of a third each; ``many``: pages
 of 512 x 512, one output tile each, as many as the size holds, as in a scanned archive;
+``striped``: one square page in 16-row LZW strips, as scanners and GDAL write them;
 ``files``: as many, but each page a file of its own and a job of its own, one manifest of
 them all; ``tiny`` is single only) and output codec, the same work runs with each tool, the
 tools alternating within each repeat, every run in a fresh child process
@@ -19,8 +20,8 @@ tools alternating within each repeat, every run in a fresh child process
 - before (with ``--before TREE``): tiffpipe from another checkout (e.g. ``git archive main``
   unpacked), run by that tree's own bench/children.py on this venv.
 
-Inputs: RGB uint8 photo-like pages (bench/inputs.py), 512 px tiles, deflate level 1, cached in
-``--dir``. Op: gaussian_blur sigma 2. Each figure is the median of ``--repeat`` runs (wall
+Inputs: RGB uint8 photo-like pages (bench/inputs.py), 512 px tiles, deflate level 1 (but
+``striped``), cached in ``--dir``. Op: gaussian_blur sigma 2. Each figure is the median of ``--repeat`` runs (wall
 seconds measured in the child; CPU seconds of the child and all it waited for; peak RSS of
 the largest process). ``--preload``: every library fully loaded before the clock, as
 pyvips's import loads libvips and its codecs: tiffpipe's step modules (a run imports each as
@@ -51,7 +52,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [p for p in (HERE, ROOT) if p not in sys.path]
 
 from compare import child, compare_tiffs, have_pyvips, log, machine
-from inputs import side_for, write_photo_tiff
+from inputs import side_for, write_photo_tiff, write_striped_tiff
 
 SIZES = ("tiny", "0.001", "0.003", "0.01", "0.06", "0.1", "0.3", "1", "4")
 CODECS = ("deflate", "zstd", "jpeg")
@@ -60,7 +61,9 @@ PEERS = ("libvips", "naive")
 MULTI_PAGES = 3
 #: the side of a ``many`` layout's pages: one 512 px output tile each
 MANY_SIDE = 512
-LAYOUTS = ("single", "multi", "many", "files")
+LAYOUTS = ("single", "multi", "many", "files", "striped")
+#: the rows of a ``striped`` layout's strips
+STRIP_ROWS = 16
 #: distinct inputs of a ``files`` case (its files are copies of these, in turn)
 DISTINCT_FILES = 8
 
@@ -88,11 +91,15 @@ def cases(sizes: list[str], layouts: list[str], codecs: list[str]) -> list[dict[
     return out
 
 
-def make_input(folder: str, pages: int, side: int) -> str:
-    path = os.path.join(folder, f"sweep-{side}x{side}x3x{pages}.tif")
+def make_input(folder: str, pages: int, side: int, striped: bool = False) -> str:
+    kind = f"striped{STRIP_ROWS}-lzw-" if striped else ""
+    path = os.path.join(folder, f"sweep-{kind}{side}x{side}x3x{pages}.tif")
     if not os.path.exists(path):
         log(f"writing {path}: {pages} page(s) {side}x{side}x3 uint8")
-        write_photo_tiff(path, side, side, 3, pages=pages)
+        if striped:
+            write_striped_tiff(path, side, side, 3, rows=STRIP_ROWS)
+        else:
+            write_photo_tiff(path, side, side, 3, pages=pages)
     return path
 
 
@@ -118,7 +125,8 @@ def case_files(case: dict[str, Any], args: argparse.Namespace, tool: str
     """The inputs and outputs of a case for ``tool``: one of each, or a ``files`` case's."""
     out_dir = os.path.join(args.dir, "out")
     if case["layout"] != "files":
-        return ([make_input(args.dir, case["pages"], case["side"])],
+        return ([make_input(args.dir, case["pages"], case["side"],
+                            case["layout"] == "striped")],
                 [os.path.join(out_dir, f"{tool}-{case['codec']}.tif")])
     srcs = make_files(args.dir, case["pages"], case["side"])
     folder = os.path.join(out_dir, f"{tool}-{case['codec']}")

@@ -142,6 +142,27 @@ def test_files_layout_runs_a_manifest_of_one_job_a_file_against_the_peers(tmp_pa
     assert not [p for p in (tmp_path / "data" / "out").rglob("*.tif")]
 
 
+def test_striped_layout_runs_one_page_in_short_lzw_strips_against_the_peers(tmp_path) -> None:
+    """``--layouts striped``: one square page in 16-row LZW strips (as scanners and GDAL
+    write), the case where a unit's column chunks decode every strip again: checked
+    against the naive run's output, the input a striped page of the sweep's pattern."""
+    import tifffile
+
+    out = tmp_path / "sweep.json"
+    run_bench_script("sweep.py", "--sizes", "0.001", "--layouts", "striped", "--codecs",
+                     "zstd", "--repeat", "1", "--tools", "tiffpipe,naive", "--dir",
+                     str(tmp_path / "data"), "--json", str(out))
+    (case,) = json.loads(out.read_text())["cases"]
+    assert (case["layout"], case["pages"]) == ("striped", 1)
+    assert case["checks"]["tiffpipe_vs_naive"]["identical"] is True
+    (src,) = (tmp_path / "data").glob("sweep-striped16-lzw-*.tif")
+    with tifffile.TiffFile(src) as tif:
+        page = tif.pages[0]
+        assert (page.is_tiled, page.rowsperstrip, page.compression, page.shape) == (
+            False, 16, tifffile.COMPRESSION.LZW, (case["side"], case["side"], 3))
+        assert page.asarray().std() > 10  # the photo-like pattern, not a flat page
+
+
 def test_before_runs_once_a_repeat_whether_or_not_tools_name_it(tmp_path) -> None:
     """``--before TREE`` adds the before tool; naming it in ``--tools`` too must not run it
     twice a repeat (it did: six runs and two table columns for three repeats). Without
