@@ -180,7 +180,8 @@ def test_a_quarter_turn_cuts_units_one_column_wide(tmp_path, angle, monkeypatch)
     page = make_image(5, 300, 700, 3, "uint8")
     src = tmp_path / "in.tif"
     write_tiff(src, [page], tiled=False, rowsperstrip=8)
-    monkeypatch.setattr(plan_mod, "SPLIT_CACHE_BUDGET", (64 + 8) * 64 * 3 * 4)  # 4 columns
+    for budget in ("SPLIT_CACHE_BUDGET", "STRIPED_CACHE_BUDGET"):  # (zstd strips)
+        monkeypatch.setattr(plan_mod, budget, (64 + 8) * 64 * 3 * 4)  # 4 columns
     plan = _plan(tmp_path, src, [R(angle)])
     grid = plan.pages[0].grid
     assert (grid.height, grid.width) == (700, 300)
@@ -209,15 +210,18 @@ def test_each_strip_is_decoded_once_per_unit_and_reads_stay_small(tmp_path, ops,
                                                                   monkeypatch):
     """A sweep decodes every strip its unit's input window touches once (a turned page's
     too: its tiles are read in the input's order), and no read is larger than a haloed
-    tile: memory is bounded by the unit, and the decodes are those the plan predicts. With
-    the default budget a band is one unit: a strip is decoded once, twice where a halo
-    reaches across a band's border; a small budget cuts bands into column chunks, each
+    tile: memory is bounded by the unit, and the decodes are those the plan predicts. Under
+    the striped budget (plan.STRIPED_CACHE_BUDGET) a band is one unit, however small the
+    budget of tiles and raw strips: a strip is decoded once, twice where a halo reaches
+    across a band's border; a smaller striped budget cuts bands into column chunks, each
     decoding the band's strips (docs/manifest-and-ops.md, "What turning a page costs")."""
     page = make_image(6, 300, 700, 3, "uint8")
     src = tmp_path / "in.tif"
     write_tiff(src, [page], tiled=False, rowsperstrip=8, compression="lzw")
-    if budget:
-        monkeypatch.setattr(plan_mod, "SPLIT_CACHE_BUDGET", budget)
+    if budget:  # (LZW strips: the striped budget)
+        monkeypatch.setattr(plan_mod, "STRIPED_CACHE_BUDGET", budget)
+    else:  # the 32 MB budget of tiles and raw strips cuts nothing here
+        monkeypatch.setattr(plan_mod, "SPLIT_CACHE_BUDGET", (64 + 32 + 8) * 96 * 3 * 4)
     decodes: dict[int, int] = {}
     largest = [0]
 

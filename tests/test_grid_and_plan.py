@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.core import plan as plan_mod
-from pipeline.core.grid import Batch, PageGrid, Rect, SplitUnit, batches, split_units
+from pipeline.core.grid import Batch, PageGrid, Rect, SplitUnit, batches, rows_held, split_units
 from pipeline.core.job_fields import tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import HALO_ALIGN, chain_from_json, chain_halo
@@ -404,17 +404,36 @@ def test_a_page_in_compressed_strips_is_not_cut_into_column_chunks_per_strip():
     """A compressed strip spans the page and is decoded whole by each unit that needs a row
     of it: a page in one deflate strip was cut into a column chunk per tile column, each
     decoding the whole page (20 decodes of a 20000 x 20000 page). Units hold up to two
-    strips' rows then; tiled pages, uncompressed strips (read by rows) and short strips
-    keep the cache budget's column chunks."""
+    strips' rows then; tiled pages and uncompressed strips (read by rows) keep the cache
+    budget's column chunks."""
     one = dataclasses.replace(info(height=20000, width=20000, channels=3, tiled=False,
                                    segment_rows=20000), compression="deflate")
     plan, _ = plan_of([{"op": "gaussian_blur", "sigma": 2}], [one], tile=1024)
     assert len(plan.units) == 2 and all(u.col0 == 0 and u.col1 == 20 for u in plan.units)
     for other in (dataclasses.replace(one, compression="none"),
-                  dataclasses.replace(one, tiled=True, segment_rows=512),
-                  dataclasses.replace(one, segment_rows=16)):
+                  dataclasses.replace(one, tiled=True, segment_rows=512)):
         plan, _ = plan_of([{"op": "gaussian_blur", "sigma": 2}], [other], tile=1024)
         assert max(u.col1 - u.col0 for u in plan.units) < 20, other
+
+
+def test_a_wide_page_in_short_compressed_strips_keeps_its_band_whole_up_to_the_budget():
+    """Short compressed strips (16 rows, as scanners and GDAL write them) span the page too:
+    in 32 MB column chunks a 40,000 px wide RGB page's band was cut into 5, each decoding
+    every strip of the band again (2.4x the time of one chunk, bench/striped.py). A band
+    stays whole up to plan.STRIPED_CACHE_BUDGET of decoded rows; a wider one is cut into
+    chunks that large, a few, not one per 32 MB."""
+    bpp, tile = 3, 1024
+    for width, chunks in ((20000, 1), (40000, 1), (60000, 1), (200000, 3)):
+        page = dataclasses.replace(info(height=8000, width=width, channels=bpp, tiled=False,
+                                        segment_rows=16), compression="lzw")
+        plan, _ = plan_of([{"op": "gaussian_blur", "sigma": 2}], [page], tile=tile)
+        grid = plan.pages[0].grid
+        widths = {u.col1 - u.col0 for u in plan.units}
+        assert len({u.col0 for u in plan.units}) == chunks, width
+        held = rows_held(grid, 16) * (grid.tile + 2 * grid.halo) * bpp * max(widths)
+        assert held <= plan_mod.STRIPED_CACHE_BUDGET
+    assert plan_mod.cache_budget(dataclasses.replace(page, compression="none")) == \
+        plan_mod.SPLIT_CACHE_BUDGET  # uncompressed strips: read by rows, any columns
 
 
 def test_a_page_in_huge_tiles_is_cut_at_its_tiles():

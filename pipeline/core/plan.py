@@ -15,6 +15,13 @@ from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, c
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
 SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
+#: ... and of a page in compressed strips (:func:`cache_budget`): a strip spans the page and
+#: is decoded whole by every column chunk that needs a row of it, so a band cut into chunks
+#: decodes its strips once per chunk. A band up to this many bytes of decoded rows stays one
+#: chunk (a 40,000 px wide RGB page with 1024 px tiles: 126 MB, once 5 chunks of 32 MB; what
+#: it saves and costs: docs/performance-sweep.md, "pages in compressed strips"); a wider band
+#: is cut into chunks this large, each still decoding the band's strips, but fewer of them
+STRIPED_CACHE_BUDGET = 256 * 1024 * 1024
 #: core pixels of one split unit; bounds an invocation's time (about 10 s on one core)
 SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
 #: core pixels of one fused unit (split and process in one invocation): the chain's work
@@ -125,20 +132,21 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
 
 
 def cache_budget(info: PageInfo) -> int:
-    """The decoded rows a unit of the page may hold (bytes): :data:`SPLIT_CACHE_BUDGET`, or
-    twice a segment (a compressed strip, or a tile) where that is more. A compressed strip
-    spans the page and is decoded
-    whole by every unit that needs a row of it, so cutting a band into column chunks to
-    hold fewer rows multiplied its decodes without lowering the peak, which the decode of a
-    whole strip sets: a page in one deflate strip of 400 MB was decoded by each of 20 units.
-    So for tiles, twice a tile: a tile is decoded whole too, by each chunk that needs
-    it (a 16384 px page in 8192 px tiles: 36 decodes of its 4 tiles). Uncompressed strips
-    are read by rows."""
+    """The decoded rows a unit of the page may hold (bytes): :data:`SPLIT_CACHE_BUDGET`;
+    :data:`STRIPED_CACHE_BUDGET` for a page in compressed strips; twice a segment (a
+    compressed strip, or a tile) where that is more. A compressed strip spans the page and
+    is decoded whole by every unit that needs a row of it, so cutting a band into column
+    chunks to hold fewer rows multiplied its decodes: each chunk of a 40,000 px wide page in
+    16-row strips decoded every strip of its band again (5 chunks at 32 MB), and a page in
+    one deflate strip of 400 MB was decoded by each of 20 units, without lowering the peak,
+    which the decode of a whole strip sets. So for tiles, twice a tile: a tile is decoded
+    whole too, by each chunk that needs it (a 16384 px page in 8192 px tiles: 36 decodes of
+    its 4 tiles). Uncompressed strips are read by rows: any chunk reads only its columns."""
     if info.compression == "none" and not info.tiled:
         return SPLIT_CACHE_BUDGET
     width = info.segment_rows if info.tiled else info.width  # (tiles: square, as a rule)
     segment = info.segment_rows * width * info.channels * np.dtype(info.dtype).itemsize
-    return max(SPLIT_CACHE_BUDGET, 2 * segment)
+    return max(SPLIT_CACHE_BUDGET if info.tiled else STRIPED_CACHE_BUDGET, 2 * segment)
 
 
 def grouped_by_page(problems: list[str]) -> list[str]:
