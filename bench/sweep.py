@@ -21,18 +21,18 @@ tools alternating within each repeat, every run in a fresh child process
   unpacked), run by that tree's own bench/children.py on this venv.
 
 Inputs: RGB uint8 photo-like pages (bench/inputs.py), 512 px tiles, deflate level 1 (but
-``striped``), cached in ``--dir``. Op: gaussian_blur sigma 2. Each figure is the median of ``--repeat`` runs (wall
-seconds measured in the child; CPU seconds of the child and all it waited for; peak RSS of
-the largest process). ``--preload``: every library fully loaded before the clock, as
-pyvips's import loads libvips and its codecs: tiffpipe's step modules (a run imports each as
-it reaches its step) and imagecodecs' codecs (loaded on first use, in the naive run's time
-too); a diagnosis of what a small run costs beyond loading code, not what a command takes
-(bench/commands.py). ``ratio`` is tiffpipe's median wall over the best peer's (libvips or
-naive; < 1: tiffpipe is faster); ``cpu_ratio`` its CPU seconds over the least of the peers'
-(steadier than wall time on a shared machine). Outputs are checked: tiffpipe's must be
-pixel-identical to
-the naive run's (and to the before tree's). ``--skip-naive-above GPX`` leaves out the naive
-run on big pages (it holds each page twice in memory: 4 Gpx RGB is 24 GB).
+``striped``), cached in ``--dir``. Op: gaussian_blur sigma 2. Each figure is the median of
+``--repeat`` runs (wall seconds measured in the child; CPU seconds of the child and all it
+waited for; peak RSS of the largest process). ``--preload``: every library fully loaded
+before the clock, as pyvips's import loads libvips and its codecs: tiffpipe's step modules
+(a run imports each as it reaches its step) and imagecodecs' codecs (loaded on first use, in
+the naive run's time too); a diagnosis of what a small run costs beyond loading code, not
+what a command takes (bench/commands.py). ``ratio`` is tiffpipe's median wall over the best
+peer's (libvips or naive; < 1: tiffpipe is faster); ``cpu_ratio`` its CPU seconds over the
+least of the peers' (steadier than wall time on a shared machine). Outputs are checked:
+tiffpipe's must be pixel-identical to the naive run's (and to the before tree's).
+``--skip-naive-above GPX`` leaves out the naive run on big pages (it holds each page twice in
+memory: 4 Gpx RGB is 24 GB).
 """
 
 from __future__ import annotations
