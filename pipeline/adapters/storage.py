@@ -665,6 +665,100 @@ def entry_of(path: str, follow: bool, folders: dict[str, str] | None = None) -> 
     return os.path.realpath(entry) if follow and os.path.islink(entry) else entry
 
 
+#: whether a folder the probe cannot judge (no name with a letter in it, nor in the folders
+#: above it on its file system) ignores case: as the system's default file system does
+#: (APFS on macOS, NTFS on Windows)
+CASELESS_BY_DEFAULT = sys.platform in ("darwin", "win32")
+
+
+def _name_to_swap(folder: str) -> str | None:
+    """The first name in ``folder`` with an ASCII letter (ASCII only: its swapped case is
+    another spelling of it on every file system that ignores case), or None (none, or the
+    folder cannot be listed)."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.isascii() and entry.name.swapcase() != entry.name:
+                    return entry.name
+    except OSError:  # missing, not a folder, unreadable
+        return None
+    return None
+
+
+def _finds_swapped(folder: str, name: str) -> bool | None:
+    """Whether ``folder`` finds its entry ``name`` spelled in the other case (None: it
+    could not be told, the entry went meanwhile). The same file (os.stat identity) is
+    enough; a file system that makes up its inode numbers per lookup (exFAT through FUSE)
+    gives two, so a name found that the folder's listing lacks is the entry too."""
+    swapped = name.swapcase()
+    try:
+        mine = os.lstat(os.path.join(folder, name))
+        other = os.lstat(os.path.join(folder, swapped))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    if os.path.samestat(mine, other):
+        return True
+    try:
+        return swapped not in os.listdir(folder)
+    except OSError:
+        return None
+
+
+def ignores_case(folder: str, known: dict[str, bool] | None = None) -> bool:
+    """Whether the file system finds the names in local ``folder`` whatever their case
+    (APFS and NTFS by default; a casefold folder of ext4; exFAT, FAT): one of its names
+    with a letter looked up with its case swapped. A folder without one (empty, not made
+    yet) is judged by the folder above it on the same file system, then the one above
+    that; one with none up to its file system's top by :data:`CASELESS_BY_DEFAULT`.
+    ``known``: the folders judged so far (each one's answer is kept there)."""
+    known = {} if known is None else known
+    path, asked, device = os.path.abspath(folder), [], None
+    if path in known:
+        return known[path]
+    answer: bool | None = None
+    while answer is None:
+        try:
+            here = os.stat(path).st_dev
+        except OSError:  # not made yet: made on the file system of the folder above
+            here = device
+        if device is not None and here != device:  # another file system: not its answer
+            answer = CASELESS_BY_DEFAULT
+            break
+        if path in known:
+            answer = known[path]
+            break
+        up = os.path.dirname(path)
+        asked.append(path)
+        name = _name_to_swap(path)
+        answer = None if name is None else _finds_swapped(path, name)
+        if answer is None and up == path:
+            answer = CASELESS_BY_DEFAULT
+        path, device = up, here
+    for folder_asked in asked:
+        known[folder_asked] = answer
+    return answer
+
+
+def case_fold() -> Callable[[str], str]:
+    """A key for local absolute paths under which two paths are one file: each name folded
+    (:meth:`str.casefold`) where its folder ignores case (:func:`ignores_case`, each folder
+    asked once by this key). For the manifest's checks
+    (:func:`pipeline.core.manifest.parse_manifest_or_scan`): S3 keys are never given it."""
+    known: dict[str, bool] = {}
+
+    def fold(path: str) -> str:
+        drive, rest = os.path.splitdrive(path)
+        folder, names = drive + os.sep, []
+        for name in rest.split(os.sep)[1:]:
+            names.append(name.casefold() if ignores_case(folder, known) else name)
+            folder = os.path.join(folder, name)
+        return drive + os.sep + os.sep.join(names)
+
+    return fold
+
+
 def check_not_input(input_url: str, output_url: str) -> None:
     """OutputNotWritableError if a local output is the input itself under another name (a
     link to it, or the input a link to it: the manifest's check compares paths only), which

@@ -30,6 +30,11 @@ made absolute by ``local``: by default :func:`os.path.normpath`, which takes ``.
 :func:`pipeline.steps.common.read_manifest` gives :func:`pipeline.adapters.storage.local_path`,
 which takes it as the OS does (``link/../x`` beside the link's target), so that every check
 here compares the files the OS opens.
+
+Two local paths that differ only in case are one file where the folders they are in ignore
+case (macOS's APFS, Windows' NTFS by default): ``fold`` (by default none) gives each local
+path's key for those comparisons, :func:`pipeline.adapters.storage.case_fold` for a local
+manifest, which asks the file system folder by folder. S3 keys are never folded.
 """
 
 from __future__ import annotations
@@ -89,6 +94,9 @@ def is_s3(location: str) -> bool:
 
 #: how a local path is made absolute (see the module's docstring)
 Local = Callable[[str], str]
+#: a local absolute path's key for telling which paths are one file: its names in folders
+#: that ignore case folded (see the module's docstring)
+Fold = Callable[[str], str]
 
 
 def resolve_location(location: str, base_dir: str, local: Local = os.path.normpath) -> str:
@@ -139,8 +147,24 @@ def _above_bucket(location: str) -> bool:
 
 
 def _same_key(location: str) -> str:
-    """What two locations must share to be the same file."""
+    """What two locations must share to be the same file (as spelled)."""
     return location if is_s3(location) else os.path.normpath(location)
+
+
+def _key(location: str, fold: Fold | None) -> str:
+    """What two locations must share to be the same file, where the file system may ignore
+    case (``fold``: see the module's docstring)."""
+    key = _same_key(location)
+    return key if fold is None or is_s3(key) else fold(key)
+
+
+def _case_only(first: str, second: str) -> str:
+    """What to add to a message about two locations that are one file: nothing if they are
+    spelled alike, else that they differ only in case, which their file system ignores."""
+    if _same_key(first) == _same_key(second):
+        return ""
+    return (f": {json.dumps(first)} and {json.dumps(second)} differ only in case, which the "
+            "file system there ignores, so they are one file")
 
 
 def _location_problem(value: Any) -> str | None:
@@ -267,7 +291,7 @@ def _inside(a: str, b: str) -> bool:
 
 
 def _parse_scan(scan: Any, defaults: Layer, base_dir: str, local: Local,
-                problems: list[str]) -> ScanSpec | None:
+                problems: list[str], fold: Fold | None = None) -> ScanSpec | None:
     """Check the ``scan`` block (its problems are added to ``problems``)."""
     if not isinstance(scan, dict):
         problems.append(f'scan: expected an object with "input" and "output" (and any of '
@@ -285,7 +309,8 @@ def _parse_scan(scan: Any, defaults: Layer, base_dir: str, local: Local,
         if message:
             problems.append(f"scan.{name}: {message}")
     src, dst = where["input"], where["output"]
-    if src is not None and dst is not None and (_inside(src, dst) or _inside(dst, src)):
+    keys = None if src is None or dst is None else (_key(src, fold), _key(dst, fold))
+    if keys is not None and (_inside(*keys) or _inside(*keys[::-1])):
         problems.append(f"scan.output: expected a location outside scan.input ({json.dumps(src)}) "
                         f"and not containing it: outputs would be scanned as inputs, got "
                         f"{json.dumps(dst)}")
@@ -315,13 +340,14 @@ def parse_manifest(data: Any, source: str, base_dir: str) -> list[JobSpec]:
 
 
 def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
-                           local: Local = os.path.normpath) -> list[JobSpec] | ScanSpec:
+                           local: Local = os.path.normpath,
+                           fold: Fold | None = None) -> list[JobSpec] | ScanSpec:
     """Validate and resolve; raise ManifestError(source, problems) listing EVERY problem.
 
     ``source`` names the manifest in messages; ``base_dir`` is its folder (a local path or
     an ``s3://bucket/prefix``), against which relative locations are resolved (local ones
-    made absolute by ``local``). Returns the jobs, or the :class:`ScanSpec` of a ``scan``
-    manifest.
+    made absolute by ``local``, compared as ``fold`` keys them). Returns the jobs, or the
+    :class:`ScanSpec` of a ``scan`` manifest.
     """
     problems: list[str] = []
     if not isinstance(data, dict):
@@ -332,7 +358,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
     defaults = _parse_defaults(data, problems)
 
     if "scan" in data:
-        scan = _parse_scan(data["scan"], defaults, base_dir, local, problems)
+        scan = _parse_scan(data["scan"], defaults, base_dir, local, problems, fold)
         if "jobs" not in data:
             if problems or scan is None:
                 raise ManifestError(source, problems)
@@ -348,13 +374,13 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
 
     specs: list[JobSpec] = []
     inputs: list[tuple[int, str]] = []  # (job, resolved input) of every valid input
-    outputs: dict[str, int] = {}  # resolved output -> first job writing it
+    outputs: dict[str, Writer] = {}  # resolved output's key -> first job writing it
     for i, job in enumerate(jobs):
-        spec = _parse_job(job, i, defaults, base_dir, local, inputs, outputs, problems)
+        spec = _parse_job(job, i, defaults, base_dir, local, inputs, outputs, problems, fold)
         if spec is not None:
             specs.append(spec)
     problems.extend(_nested_outputs(outputs))
-    problems.extend(_overwritten_inputs(inputs, outputs))
+    problems.extend(_overwritten_inputs(inputs, outputs, fold))
     if problems:
         raise ManifestError(source, problems)
     return specs
@@ -375,12 +401,16 @@ def _parse_defaults(data: dict[str, Any], problems: list[str]) -> Layer:
     return defaults
 
 
+#: the first job writing an output, and the output as it resolved
+Writer = tuple[int, str]
+
+
 def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
-               inputs: list[tuple[int, str]], outputs: dict[str, int],
-               problems: list[str]) -> JobSpec | None:
+               inputs: list[tuple[int, str]], outputs: dict[str, Writer],
+               problems: list[str], fold: Fold | None = None) -> JobSpec | None:
     """Job ``i`` of the manifest, or None if it has problems (added to ``problems``). Its
-    resolved input is added to ``inputs``; its output to ``outputs`` (a second job writing
-    it is a problem)."""
+    resolved input is added to ``inputs``; its output to ``outputs``, by its key (a second
+    job writing it is a problem)."""
     path = f"jobs[{i}]"
     if not isinstance(job, dict):
         problems.append(f"{path}: expected an object with \"input\" and \"output\", "
@@ -408,12 +438,16 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
         too_long = _name_too_long(where["output"])
         if too_long:
             problems.append(f"{path}.output: {too_long}")
-        key = _same_key(where["output"])
+        key = _key(where["output"], fold)
         if key in outputs:
-            problems.append(f"{path}.output: same output as jobs[{outputs[key]}] "
-                            f"({json.dumps(where['output'])})")
+            first, written = outputs[key]
+            case = _case_only(where["output"], written)
+            problems.append(f"{path}.output: same output as jobs[{first}] "
+                            f"({json.dumps(written)}){case}" +
+                            ("; one would replace the other: give one of them another name"
+                             if case else ""))
         else:
-            outputs[key] = i
+            outputs[key] = (i, where["output"])
     if where["input"] is not None:
         inputs.append((i, where["input"]))
 
@@ -426,17 +460,19 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
     return JobSpec(input=where["input"], output=where["output"], **job_fields(eff))
 
 
-def _nested_outputs(outputs: dict[str, int]) -> list[str]:
+def _nested_outputs(outputs: dict[str, Writer]) -> list[str]:
     """A problem for each local output inside a folder that is another job's output
     (``out/a.tif/b.tif`` beside ``out/a.tif``): the one file cannot be both, and which job
     failed depended on which got there first, after its work. S3 keys may nest."""
     nested = []
-    for key, i in outputs.items():
+    for key, (i, location) in outputs.items():
         parent = None if is_s3(key) else enclosing(key, outputs)
         if parent is not None:
-            problem = (f"jobs[{i}].output: {json.dumps(key)} is inside the output of "
-                       f"jobs[{outputs[parent]}] ({json.dumps(parent)}), a file, not a "
-                       "folder: give one of them another path")
+            k, folder = outputs[parent]
+            inside = os.sep.join(location.split(os.sep)[:parent.count(os.sep) + 1])
+            problem = (f"jobs[{i}].output: {json.dumps(location)} is inside the output of "
+                       f"jobs[{k}] ({json.dumps(folder)}){_case_only(inside, folder)}, a "
+                       "file, not a folder: give one of them another path")
             nested.append((i, problem))
     return [problem for _, problem in sorted(nested)]
 
@@ -452,20 +488,23 @@ def enclosing(path: str, paths: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, int]) -> list[str]:
+def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, Writer],
+                        fold: Fold | None = None) -> list[str]:
     """A problem for each output that is a job's input (its own or another's)."""
     # each input's first job, by location: one lookup an output (a pairwise check was
     # O(n^2): 1.3 million comparisons, ~1 s, for a manifest of 1,144 jobs)
     first_reader: dict[str, tuple[int, str]] = {}
     for j, location in inputs:
-        first_reader.setdefault(_same_key(location), (j, location))
+        first_reader.setdefault(_key(location, fold), (j, location))
     problems = []
-    for key, i in outputs.items():
+    for key, (i, output) in outputs.items():
         if key in first_reader:
             j, location = first_reader[key]
             whose = "its own input" if i == j else f"the input of jobs[{j}]"
+            case = _case_only(output, location)
             problems.append(f"jobs[{i}].output: same location as {whose} "
-                            f"({json.dumps(location)}); the output would overwrite it")
+                            f"({json.dumps(location)}){case}; the output would overwrite it" +
+                            ("; give the output another name" if case else ""))
     return problems
 
 
@@ -500,10 +539,10 @@ def load_manifest_text(text: str, source: str, base_dir: str) -> list[JobSpec]:
     return parse_manifest(_decode(text, source), source, base_dir)
 
 
-def load_manifest(text: str, source: str, base_dir: str,
-                  local: Local = os.path.normpath) -> list[JobSpec] | ScanSpec:
+def load_manifest(text: str, source: str, base_dir: str, local: Local = os.path.normpath,
+                  fold: Fold | None = None) -> list[JobSpec] | ScanSpec:
     """As :func:`load_manifest_text`, but a scan manifest gives its :class:`ScanSpec`."""
-    return parse_manifest_or_scan(_decode(text, source), source, base_dir, local)
+    return parse_manifest_or_scan(_decode(text, source), source, base_dir, local, fold)
 
 
 def _decode(text: str, source: str) -> Any:
