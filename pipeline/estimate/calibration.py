@@ -22,6 +22,10 @@ DEFAULT_CALIBRATION: Traversable = resources.files("pipeline.estimate").joinpath
 #: the sections every calibration has; ``process_unit`` (fused jobs) is checked when needed
 REQUIRED = ("split", "process", "merge", "ops", "encode", "work")
 RERUN = "rerun bench/compare.py (it writes bench/calibration.json)"
+#: the kind under which a codec's 1-bit measurements are kept (``output_options.bilevel``)
+BILEVEL = "bilevel"
+#: the codec a job's codec is costed as when the calibration lacks it (then any measured)
+FALLBACK_CODEC = "deflate"
 
 
 def load_calibration(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -128,8 +132,8 @@ def _chain_costs(cal: dict[str, Any], kind: str, ops: list[dict[str, Any]], comp
     odtype, ochannels = (out_kind or kind).rsplit("x", 1)
     if compression not in cal["encode"]:
         return None
-    enc, es = _by_kind(cal["encode"][compression], odtype, int(ochannels), notes,
-                       f"{compression} encoding")
+    enc, es = _by_kind(_eight_bit(cal["encode"][compression]), odtype, int(ochannels),
+                       notes, f"{compression} encoding")
     ops_cpu = sum(op_cost(cal["ops"], op, dtype, int(channels), notes) for op in ops)
     return ops_cpu, _value(enc, "cpu_s_per_mpx", es)
 
@@ -163,6 +167,46 @@ def predicted_unit_cpu(cal: dict[str, Any], kind: str, ops: list[dict[str, Any]]
     return haloed_mpx * (read_cpu_s_per_mpx + chain[0]) + output_mpx * chain[1]
 
 
+def encode_entry(cal: dict[str, Any], compression: str, dtype: str, channels: int,
+                 bilevel: bool, notes: set[str], where: str) -> tuple[Any, float]:
+    """The calibration's encode measurement of ``compression`` for an output of ``dtype`` x
+    ``channels``, or of 1-bit pages (``bilevel``: the codec's :data:`BILEVEL` entry), and
+    its scale (:func:`_by_kind`). A codec the calibration lacks does not refuse the job (nor
+    the manifest): it is costed as the nearest measurement, noted on the job (``where``):
+    a 1-bit page as another codec's 1-bit measurement (:data:`FALLBACK_CODEC` first), else
+    as its 8-bit output (one band of uint8: bytes and encode overestimated); any page as
+    :data:`FALLBACK_CODEC`, else the first codec measured."""
+    table = {c: kinds for c, kinds in cal["encode"].items() if kinds}
+    order = sorted(table, key=lambda c: (c != compression, c != FALLBACK_CODEC, c))
+    if not order:
+        raise EstimateError(f"{cal.get('file') or 'the calibration'} has no encoding "
+                            f"measurements: {RERUN}")
+    if bilevel:
+        found = next((c for c in order if BILEVEL in table[c]), None)
+        if found == compression:
+            return table[found][BILEVEL], 1.0
+        codec = compression if compression in table else order[0]
+        used = (f"{found}'s 1-bit output" if found else
+                f"its 8-bit {codec} output (one band of uint8: bytes and encoding "
+                "overestimated)")
+        notes.add(f"{where}: the calibration has no {compression} encoding measurements of "
+                  f"1-bit pages: its output's encoding and bytes are costed as {used}; "
+                  f"{RERUN}, or add them with bench/microbench.py --bilevel-into FILE")
+        if found:
+            return table[found][BILEVEL], 1.0
+        return _by_kind(_eight_bit(table[codec]), "uint8", 1, notes, f"{codec} encoding")
+    codec = order[0]
+    if codec != compression:
+        notes.add(f"{where}: the calibration has no {compression} encoding measurements: its "
+                  f"output's encoding and bytes are costed as {codec}'s; {RERUN} for its own")
+    return _by_kind(_eight_bit(table[codec]), dtype, channels, notes, f"{codec} encoding")
+
+
+def _eight_bit(kinds: dict[str, Any]) -> dict[str, Any]:
+    """A codec's measurements by sample type and bands, its 1-bit one left out."""
+    return {k: v for k, v in kinds.items() if k != BILEVEL}
+
+
 @dataclass(frozen=True)
 class JobCosts:
     """A job's per-megapixel costs, from the calibration. CPU seconds on one core of the
@@ -182,16 +226,15 @@ class JobCosts:
 
 def job_costs(cal: dict[str, Any], dtype: str, channels: int, out_channels: int,
               compression: str, ops: list[dict[str, Any]], fused: bool, notes: set[str],
-              where: str, out_dtype: str | None = None) -> JobCosts:
-    """The per-megapixel costs of a job (``where`` names it in errors); the output is encoded
-    as ``out_dtype`` (default: the input's type) x ``out_channels``. A fused job needs the
+              where: str, out_dtype: str | None = None, bilevel: bool = False) -> JobCosts:
+    """The per-megapixel costs of a job (``where`` names it in errors and notes); the output
+    is encoded as ``out_dtype`` (default: the input's type) x ``out_channels``, or as 1-bit
+    pages (``bilevel``: :func:`encode_entry`). A fused job needs the
     calibration's ``process_unit`` section: an EstimateError says so when it lacks one."""
     split_cal, ss = _by_kind(cal["split"], dtype, channels, notes, "split")
     work_cal, ws = _by_kind(cal["work"], dtype, channels, notes, "work tiles")
-    if compression not in cal["encode"]:
-        raise EstimateError(f"the calibration has no {compression} encoding measurements")
-    enc_cal, es = _by_kind(cal["encode"][compression], out_dtype or dtype, out_channels,
-                           notes, f"{compression} encoding")
+    enc_cal, es = encode_entry(cal, compression, out_dtype or dtype, out_channels, bilevel,
+                               notes, where)
     factor_table = cal["process"].get("factor", {})
     factor = float(_by_kind(factor_table, dtype, channels, notes, "process factor")[0]) \
         if factor_table else 1.0

@@ -241,7 +241,7 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
     for page in plan.pages:
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
-        pixel = 1 / 8 if opts.bilevel else page.out_channels * np.dtype(page.out_dtype).itemsize
+        pixel = _pixel_bytes(plan, page)
         for k, (lh, lw) in enumerate(shapes):
             padded = (lh * lw if page.strip
                       else math.ceil(lh / t) * math.ceil(lw / t) * t * t)
@@ -252,6 +252,13 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
             else:
                 base += size
     return base, levels
+
+
+def _pixel_bytes(plan: JobPlan, page: Any) -> float:
+    """The bytes of one of ``page``'s output pixels stored uncompressed (1-bit: an eighth)."""
+    if plan.spec.output_options.bilevel:
+        return 1 / 8
+    return page.out_channels * np.dtype(page.out_dtype).itemsize
 
 
 def _ifd_bytes(big: bool, shape: tuple[int, ...], dtype: str, tile: int,
@@ -339,9 +346,10 @@ def _page_ifd_bytes(big: bool, shape: tuple[int, ...], dtype: str, tile: int,
 def _size_notes(notes: set[str], i: int, plan: JobPlan) -> None:
     """Note the ops of job ``i`` whose effect on the output's compressed size is not
     calibrated (:data:`SMALLER_OUTPUT`, :data:`LARGER_OUTPUT`), the last of its chain
-    deciding the output's content."""
+    deciding the output's content. Not for a 1-bit output: its bytes are measured on a
+    binarised page (or, uncalibrated, noted as its codec is: :func:`encode_entry`)."""
     comp = plan.spec.output_options.compression
-    if comp == "none":
+    if comp == "none" or plan.spec.output_options.bilevel:
         return
     names = [op["op"] for op in plan.spec.ops]
     last = next((n for n in reversed(names) if n in SMALLER_OUTPUT + LARGER_OUTPUT), None)
@@ -508,8 +516,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     parts, segments = merge_parts(plan, base_bytes)
     largest = largest_job(
         # uncompressed: the pixels' bytes (a page that large pads next to nothing)
-        out_bpm=(1e6 * plan.pages[0].out_channels * np.dtype(plan.pages[0].out_dtype).itemsize
-                 if comp == "none" else c.out_bpm),
+        out_bpm=(1e6 * _pixel_bytes(plan, plan.pages[0]) if comp == "none" else c.out_bpm),
         fused=fused, levels=level_bytes / max(base_bytes, 1e-9),
         tile_px=float(plan.pages[0].grid.tile) ** 2,
         factor=int(getattr(plan.pages[0], "factor", 1) or 1), unit_px=_turned_unit_px(plan))
@@ -591,7 +598,7 @@ def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
     info, comp = plan.pages[0].info, plan.spec.output_options.compression
     c = job_costs(cal, info.dtype, info.channels, plan.pages[0].out_channels, comp,
                   plan.spec.ops, bool(getattr(plan, "fused", False)), notes, where,
-                  plan.pages[0].out_dtype)
+                  plan.pages[0].out_dtype, plan.spec.output_options.bilevel)
     base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
     if comp == "none" and output_mpx:
         c = replace(c, out_bpm=base_bytes / output_mpx)
