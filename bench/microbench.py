@@ -4,10 +4,20 @@ Times, on the benchmark's photo-like content and with OpenCV on one thread (as i
 each op of the registry (on a haloed 1024 px tile, per megapixel of haloed input), each
 output codec (per megapixel of output tiles, with the bytes it produces), and the work-tile
 codec (zstd level 1, each way). ``python bench/microbench.py`` prints the JSON.
+
+1-bit outputs (``output_options.bilevel``) are timed on a page like a scanned letter
+(``bench/bilevel_sizes.py``'s, binarised by Otsu's threshold as ``otsu_threshold`` does),
+not on the photo-like content, which a 1-bit output does not hold: each codec a 1-bit page
+may have, group4 included, kept as the codec's ``bilevel`` kind.
+``python bench/microbench.py --bilevel-into bench/calibration.json`` measures only these and
+writes them into that calibration file (its other measurements kept), for a calibration
+made before 1-bit outputs without rerunning bench/compare.py.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import sys
@@ -37,6 +47,8 @@ OP_CASES: list[dict[str, Any]] = [
 KINDS = (("uint8", 1), ("uint8", 3))
 BENCH_SIGMA = 2.0
 COMPRESSIONS = ("deflate", "jpeg", "zstd", "lzw", "none")
+#: the 1-bit page timed: whole 512 px tiles of the letter (the run's output tiles)
+BILEVEL_SHAPE = (3072, 2048)
 
 
 def _best(fn: Callable[[], Any], seconds: float) -> float:
@@ -50,6 +62,38 @@ def _best(fn: Callable[[], Any], seconds: float) -> float:
         fn()
         times.append(time.thread_time() - t)
     return min(times)
+
+
+def bilevel_page() -> np.ndarray:
+    """The 1-bit page timed: bench/bilevel_sizes.py's scanned letter (A4 at 300 dpi),
+    :data:`BILEVEL_SHAPE` of it from its top left corner, binarised by Otsu's threshold
+    (0 and 255, as ``otsu_threshold`` makes it)."""
+    import cv2
+    from bilevel_sizes import letter_page
+
+    h, w = BILEVEL_SHAPE
+    gray = np.ascontiguousarray(letter_page()[:h, :w])
+    return cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+
+
+def measure_bilevel(seconds: float = 0.3) -> dict[str, dict[str, float]]:
+    """Each codec's CPU seconds and bytes per megapixel of 1-bit output tiles (512 px) of
+    :func:`bilevel_page`, as the other codecs are timed: ``{codec: {cpu_s_per_mpx,
+    bytes_per_mpx}}``."""
+    from pipeline.adapters.tile_codec import OutputEncoder
+    from pipeline.core.models import BILEVEL_COMPRESSIONS, OutputOptions
+
+    page = bilevel_page()
+    tiles = [np.ascontiguousarray(page[y:y + 512, x:x + 512])
+             for y in range(0, page.shape[0], 512) for x in range(0, page.shape[1], 512)]
+    mpx = page.size / 1e6
+    out = {}
+    for comp in BILEVEL_COMPRESSIONS:
+        enc = OutputEncoder(OutputOptions(compression=comp, bilevel=True), "uint8", 1)
+        size = sum(len(enc.encode(t)) for t in tiles)
+        s = _best(lambda e=enc, ts=tiles: [e.encode(t) for t in ts], seconds)
+        out[comp] = {"cpu_s_per_mpx": s / mpx, "bytes_per_mpx": size / mpx}
+    return out
 
 
 def measure(seconds: float = 0.3, tile: int = 1024) -> dict[str, Any]:
@@ -103,9 +147,44 @@ def measure(seconds: float = 0.3, tile: int = 1024) -> dict[str, Any]:
             "encode_cpu_s_per_mpx": _best(lambda r=raw: encode_work_tile(r), seconds) / mpx,
             "decode_cpu_s_per_mpx": _best(lambda b=blob: decode_work_tile(b), seconds) / mpx,
             "bytes_per_mpx": len(blob) / mpx}
+    for comp, entry in measure_bilevel(seconds).items():
+        out["encode"].setdefault(comp, {})["bilevel"] = entry
     return out
 
 
+def bilevel_into(path: str, seconds: float) -> None:
+    """Measure the 1-bit codecs (:func:`measure_bilevel`) and write them into the
+    calibration file at ``path`` (its encode section's ``bilevel`` kinds; the rest kept),
+    each entry saying when and where it was measured."""
+    import cv2
+
+    with open(path, encoding="utf-8") as f:
+        cal = json.load(f)
+    cv2.setNumThreads(1)
+    load = [round(x, 2) for x in os.getloadavg()]
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for comp, entry in measure_bilevel(seconds).items():
+        cal["encode"].setdefault(comp, {})["bilevel"] = {
+            **entry, "measured_at": when, "load_average": load,
+            "source": "bench/microbench.py --bilevel-into (a scanned letter, binarised)"}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cal, f, indent=1)
+        f.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("seconds", nargs="?", type=float, default=0.3,
+                    help="about how long each case is timed (default 0.3)")
+    ap.add_argument("--bilevel-into", metavar="CALIBRATION",
+                    help="measure only the 1-bit codecs and write them into this file")
+    args = ap.parse_args(argv)
+    if args.bilevel_into:
+        bilevel_into(args.bilevel_into, args.seconds)
+    else:
+        print(json.dumps(measure(args.seconds)))
+    return 0
+
+
 if __name__ == "__main__":
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 0.3
-    print(json.dumps(measure(seconds)))
+    sys.exit(main())

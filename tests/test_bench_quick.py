@@ -120,6 +120,8 @@ def test_the_calibration_feeds_estimate(bench: dict[str, Any], tmp_path: Path) -
         assert unit["factor"] > 0 and unit["cpu_s_per_mpx"] > 0 and unit["threads"] > 0
     assert cal["ops"]["gaussian_blur"]["uint8x3"]
     assert cal["encode"]["deflate"]["uint8x3"]["bytes_source"] == "pipeline output"
+    for comp in ("zstd", "deflate", "lzw", "none", "group4"):  # 1-bit pages, each codec
+        assert cal["encode"][comp]["bilevel"]["bytes_per_mpx"] > 0
     steps = {}
     for fuse in (True, False):  # the same job, fused (the default) and not
         manifest = tmp_path / f"m-{fuse}.json"
