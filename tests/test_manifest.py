@@ -294,6 +294,10 @@ def test_tif_and_tiff_outputs_in_any_case_are_fine(output):
     assert spec.output.endswith(output.rsplit("/", 1)[-1])
 
 
+#: what a duplicate output's problem tells to do
+REPLACED = "one would replace the other: give one of them another name"
+
+
 def test_duplicate_outputs_after_resolution_name_both_jobs():
     data = {"jobs": [job(input="1.tif", output="out/a.tif"),
                      job(input="2.tif", output="out/b.tif"),
@@ -303,16 +307,16 @@ def test_duplicate_outputs_after_resolution_name_both_jobs():
                      job(input="6.tif", output="s3://b/a.tif")]}
     shown = json.dumps(at("out", "a.tif"))
     assert problems_of(data) == [
-        f"jobs[2].output: same output as jobs[0] ({shown})",
-        f"jobs[3].output: same output as jobs[0] ({shown})",
-        'jobs[5].output: same output as jobs[4] ("s3://b/a.tif")',
+        f"jobs[2].output: same output as jobs[0] ({shown}); {REPLACED}",
+        f"jobs[3].output: same output as jobs[0] ({shown}); {REPLACED}",
+        f'jobs[5].output: same output as jobs[4] ("s3://b/a.tif"); {REPLACED}',
     ]
 
 
 def test_duplicate_s3_outputs_after_resolution_against_an_s3_base():
     data = {"jobs": [job(output="a.tif"), job(output="s3://bucket/run/a.tif")]}
     assert one_problem(data, "s3://bucket/run") == (
-        'jobs[1].output: same output as jobs[0] ("s3://bucket/run/a.tif")')
+        f'jobs[1].output: same output as jobs[0] ("s3://bucket/run/a.tif"); {REPLACED}')
 
 
 def test_an_output_inside_another_jobs_output_is_a_problem():
@@ -583,7 +587,8 @@ def test_all_problems_are_reported_in_one_error():
         ('defaults.output_options.quality: expected no quality with compression "lzw": '
         "quality applies to jpeg only, got 50"),
         'jobs[1].input: expected s3://bucket/key with both a bucket and a key, got "s3://bucket"',
-        f"jobs[1].output: same output as jobs[0] ({json.dumps(at('out', 'a.tif'))})",
+        f"jobs[1].output: same output as jobs[0] ({json.dumps(at('out', 'a.tif'))}); "
+        + REPLACED,
         ("jobs[1].pages[1]: expected a page not listed before, got 1 again "
         "(already jobs[1].pages[0])"),
         'jobs[2].output: expected a path ending in .tif or .tiff, got "c.png"',

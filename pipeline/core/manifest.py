@@ -443,9 +443,8 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
             first, written = outputs[key]
             case = _case_only(where["output"], written)
             problems.append(f"{path}.output: same output as jobs[{first}] "
-                            f"({json.dumps(written)}){case}" +
-                            ("; one would replace the other: give one of them another name"
-                             if case else ""))
+                            f"({json.dumps(written)}){case}; one would replace the other: "
+                            "give one of them another name")
         else:
             outputs[key] = (i, where["output"])
     if where["input"] is not None:
