@@ -599,3 +599,58 @@ def test_a_page_without_resolution_gets_none(tmp_path: Path, options: dict[str, 
         page = f.pages[0]
         assert (page.tags["XResolution"].value, page.tags["ResolutionUnit"].value) == \
             ((300, 1), RESUNIT_INCH)
+
+
+def _ifd_tags(path: Path, offset: int) -> dict[int, Any]:
+    """The tags of the IFD at ``offset`` as Pillow's own TIFF directory reader parses them
+    (Pillow opens the main chain only; a SubIFD is read from its offset)."""
+    from PIL import TiffImagePlugin
+
+    with open(path, "rb") as fh:
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(fh.read(8))
+        fh.seek(offset)
+        ifd.load(fh)
+    return dict(ifd)
+
+
+@pytest.mark.parametrize(("fuse", "ops"), [
+    (True, []),
+    (False, [{"op": "rotate", "angle": 90}]),  # (merge builds a turned page's levels)
+    (True, [{"op": "downsample", "factor": 2}]),
+])
+def test_pyramid_levels_carry_the_page_resolution_scaled(tmp_path: Path, fuse: bool,
+                                                         ops: list[dict[str, Any]]):
+    """Each pyramid level of a page with a resolution carries the page's, divided by the
+    level's reduction (2**k: a level pixel is 2**k x 2**k pixels of the page) in the page's
+    unit, as whole-slide and GIS readers take a level's pixel size from it; before, each
+    level had tifffile's default XResolution 1/1, ResolutionUnit NONE. A page given another
+    x and y resolution (300 x 200 dpi) keeps them apart, turned with the page and scaled
+    with a downsample. Read back with tifffile and with Pillow's directory reader."""
+    from PIL import Image
+
+    import pipeline
+
+    Image.fromarray(pattern(300, 280, 3, "uint8", 3)).save(tmp_path / "dpi.tif",
+                                                          dpi=(300, 200))
+    options = {"pyramid": True, "tile": 32, "compression": "deflate"}
+    result = pipeline.run({"jobs": [{"input": "dpi.tif", "output": "out/dpi.tif", "ops": ops,
+                                     "tile": 64, "fuse": fuse, "output_options": options}]},
+                          workers=1, base=tmp_path)
+    assert result.ok, result.jobs
+    turned = {"op": "rotate", "angle": 90} in ops  # the page's x is the input's y
+    x, y = (Fraction(200), Fraction(300)) if turned else (Fraction(300), Fraction(200))
+    if {"op": "downsample", "factor": 2} in ops:  # a pixel twice the size
+        x, y = x / 2, y / 2
+    path = tmp_path / "out" / "dpi.tif"
+    with tifffile.TiffFile(path) as f:
+        page = f.pages[0]
+        levels = page.pages
+        assert len(levels) >= 3
+        seen = [(page, 1)] + [(level, 2 ** k) for k, level in enumerate(levels, 1)]
+        for level, reduction in seen:
+            got = [Fraction(*level.tags[name].value) for name in ("XResolution", "YResolution")]
+            assert got == [x / reduction, y / reduction], (level.shape, got)
+            assert level.tags["ResolutionUnit"].value == RESUNIT_INCH
+            tags = _ifd_tags(path, level.offset)
+            assert (Fraction(tags[282]), Fraction(tags[283]), tags[296]) == \
+                (x / reduction, y / reduction, RESUNIT_INCH)

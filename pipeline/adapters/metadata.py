@@ -46,6 +46,7 @@ import binascii
 import os
 import struct
 import weakref
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -572,9 +573,10 @@ def _geo_moved(spatial: list[list[Any]], change: Any) -> list[list[Any]]:
     return out
 
 
-def _scaled(res: list[int], scale: Fraction) -> tuple[int, int] | float:
-    """A resolution (pixels per unit) scaled by ``scale``, as a 32-bit rational if it fits."""
-    value = Fraction(res[0], res[1]) * scale
+def scaled_resolution(res: Sequence[int] | float, scale: Fraction) -> tuple[int, int] | float:
+    """A resolution (pixels per unit: a rational ``[n, d]``, or a float as this returns one
+    that does not fit) scaled by ``scale``, as a 32-bit rational if it fits."""
+    value = (Fraction(res) if isinstance(res, float) else Fraction(res[0], res[1])) * scale
     if value.numerator < 2**32 and value.denominator < 2**32:
         return value.numerator, value.denominator
     return float(value)
@@ -697,7 +699,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         if same_size:
             kwargs["resolution"] = ((xn, xd), (yn, yd))
         else:
-            kwargs["resolution"] = (_scaled([xn, xd], sx), _scaled([yn, yd], sy))
+            kwargs["resolution"] = (scaled_resolution([xn, xd], sx),
+                                    scaled_resolution([yn, yd], sy))
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
         kwargs["subfiletype"] = md["subfiletype"]

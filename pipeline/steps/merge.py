@@ -30,13 +30,19 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import tifffile
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import ORIENTATION, ome_channel, output_tags
+from pipeline.adapters.metadata import (
+    ORIENTATION,
+    ome_channel,
+    output_tags,
+    scaled_resolution,
+)
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import (
     RESOLUTION_TAGS,
@@ -255,11 +261,25 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     orientation = [t for t in tags.get("extratags", []) if t[0] == ORIENTATION]
     if orientation:  # (absent, a level would read as Orientation 1: turned from its page)
         level_tags["extratags"] = orientation
-    for (h, w), level in zip(level_shapes(height, width, options.tile), levels, strict=True):
+    shapes = level_shapes(height, width, options.tile)
+    for k, ((h, w), level) in enumerate(zip(shapes, levels, strict=True), 1):
         writer.write(level.placeholders(), shape=(h, w) + shape[2:],
                      subfiletype=1, software=tags["software"], metadata=None, **common,
-                     **level_tags)
+                     **level_tags, **_level_resolution(tags, k))
     return [table, *levels]
+
+
+def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
+    """The resolution of level ``k`` of a page written with ``tags``: the page's divided by
+    2**k (a level pixel is 2**k x 2**k pixels of the page; its last row and column may hold
+    fewer, as GDAL and OpenSlide take a level's scale from its reduction), in the page's
+    unit. None for a page without one: merge drops tifffile's default on the page and its
+    levels alike (:func:`_has_resolution`)."""
+    if tags.get("resolution") is None:
+        return {}
+    scale = Fraction(1, 2 ** k)
+    return {"resolution": tuple(scaled_resolution(value, scale) for value in tags["resolution"]),
+            "resolutionunit": tags["resolutionunit"]}
 
 
 def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputEncoder,
