@@ -18,9 +18,9 @@ the estimate and overridable with ``--price KEY=VALUE``):
   ``process_unit`` on the process function, ``unit factor * (haloed Mpx * (input read + each
   op) + output Mpx * output encode)``, the input read per haloed megapixel and the unit
   factor measured by the benchmark's fused runs (the calibration's ``process_unit``; a file
-  without it cannot estimate fused jobs: rerun ``bench/compare.py``). A **pyramid** job
-  that is not fused adds one ``build_levels`` per split unit on the process function (its
-  level units: ``(1 + L) * output Mpx * output encode``, L the levels' pixels over the
+  without it: split's read less the work tile encode and process's factor, noted on the
+  job). A **pyramid** job that is not fused adds one ``build_levels`` per split unit on
+  the process function (its level units: ``(1 + L) * output Mpx * output encode``, L the levels' pixels over the
   base pages', decoding the base tiles costed as encoding them, an assumption), and its
   merge reads back only the units' deepest level. The **output's bytes** are the codec's
   bytes per output megapixel, the pyramid's levels included (``level_shapes``).

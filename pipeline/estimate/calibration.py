@@ -229,8 +229,10 @@ def job_costs(cal: dict[str, Any], dtype: str, channels: int, out_channels: int,
               where: str, out_dtype: str | None = None, bilevel: bool = False) -> JobCosts:
     """The per-megapixel costs of a job (``where`` names it in errors and notes); the output
     is encoded as ``out_dtype`` (default: the input's type) x ``out_channels``, or as 1-bit
-    pages (``bilevel``: :func:`encode_entry`). A fused job needs the
-    calibration's ``process_unit`` section: an EstimateError says so when it lacks one."""
+    pages (``bilevel``: :func:`encode_entry`). A fused job takes its unit read and factor
+    from the calibration's ``process_unit`` section; without one (a file older than fused
+    jobs), as bench/compare.py derives the read (split's CPU less the work tile encode) and
+    the factor of unfused process runs, noted on the job (``where``)."""
     split_cal, ss = _by_kind(cal["split"], dtype, channels, notes, "split")
     work_cal, ws = _by_kind(cal["work"], dtype, channels, notes, "work tiles")
     enc_cal, es = encode_entry(cal, compression, out_dtype or dtype, out_channels, bilevel,
@@ -251,12 +253,13 @@ def job_costs(cal: dict[str, Any], dtype: str, channels: int, out_channels: int,
     if not fused:
         return costs
     if not cal.get("process_unit"):
-        source = cal.get("file") or "the calibration"
-        raise EstimateError(
-            f"{source} has no process_unit measurements, which {where} needs: it is fused "
-            "(split and process in one invocation, the default for chains without "
-            f"statistics). The file predates fused jobs: {RERUN}, or set \"fuse\": false on "
-            "the job to estimate it unfused")
+        notes.add(f"{where}: {cal.get('file') or 'the calibration'} has no process_unit "
+                  "measurements (it predates fused jobs): its fused units are costed with the "
+                  "input read as split's CPU less the work tile encode and the factor of "
+                  f"process runs that are not fused; {RERUN} for measured ones, or set "
+                  "\"fuse\": false on the job to cost it unfused")
+        encode = float(work_cal.get("encode_cpu_s_per_mpx", 0.0)) * ws  # (older: none)
+        return replace(costs, unit_read=max(costs.split_cpu - encode, 0.0), unit_factor=factor)
     unit, us = _by_kind(cal["process_unit"], dtype, channels, notes, "process_unit")
     return replace(costs, unit_read=_value(unit, "read_cpu_s_per_mpx", us),
                    unit_factor=float(unit.get("factor", 1.0)))
