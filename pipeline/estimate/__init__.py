@@ -20,10 +20,11 @@ the estimate and overridable with ``--price KEY=VALUE``):
   factor measured by the benchmark's fused runs (the calibration's ``process_unit``; a file
   without it: split's read less the work tile encode and process's factor, noted on the
   job). A **pyramid** job that is not fused adds one ``build_levels`` per split unit on
-  the process function (its level units: ``(1 + L) * output Mpx * output encode``, L the levels' pixels over the
-  base pages', decoding the base tiles costed as encoding them, an assumption), and its
-  merge reads back only the units' deepest level. The **output's bytes** are the codec's
-  bytes per output megapixel, the pyramid's levels included (``level_shapes``).
+  the process function (its level units: ``(1 + L) * output Mpx * output encode``, L the
+  levels' pixels over the base pages', decoding the base tiles costed as encoding them, an
+  assumption), and its merge reads back only the units' deepest level. The **output's
+  bytes** are the codec's bytes per output megapixel, the pyramid's levels included
+  (``level_shapes``).
 - **Lambda seconds** of an invocation: its CPU seconds spread over the threads it can use
   (``memory / mb_per_vcpu`` vCPUs; split measured at ``threads`` busy threads, process_unit
   on all the vCPUs but no faster than its one-thread input read, the others one), divided by
