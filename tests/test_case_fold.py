@@ -20,7 +20,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.adapters import storage
-from pipeline.core.manifest import ScanSpec, parse_manifest_or_scan
+from pipeline.core.manifest import ScanSpec, parse_manifest_or_scan, scan_jobs
 from pipeline.errors import ManifestError
 from pipeline.steps.common import read_manifest
 
@@ -98,6 +98,39 @@ def test_s3_keys_keep_their_case_whatever_the_local_folders_do():
     specs = parse_manifest_or_scan(data, "m.json", BASE, fold=str.casefold)
     assert [s.output for s in specs] == ["s3://b/out/A.tif", "s3://b/out/a.tif",
                                          "s3://b/IN/A.tif"]
+
+
+
+def test_a_scan_of_s3_inputs_differing_only_in_case_into_a_folder_ignoring_case():
+    """S3 keeps A.tif and a.tif apart; a local output folder that ignores case would get one
+    file for both (the second job to publish skipping or replacing the first's): the scan is
+    refused, naming both inputs and both outputs, even once one of them is written (the
+    other would be taken as done). Where the folder keeps case (no fold), two jobs; S3
+    outputs are never folded."""
+    local = ScanSpec(input="s3://b/in/", output=os.path.join(BASE, "out"))
+    inputs = ["s3://b/in/A.tif", "s3://b/in/a.tif", "s3://b/in/b.tif",
+              "s3://b/in/X/c.tif", "s3://b/in/x/C.TIF"]
+    out = local.output_for
+    for written in ([], [out("a.tif")]):
+        with pytest.raises(ManifestError) as err:
+            scan_jobs(local, inputs, written, fold=str.casefold)
+        assert err.value.problems == [
+            (f"scan.output: the outputs of {json.dumps(first)} and {json.dumps(second)} are "
+             f"one file: {json.dumps(out(b))} and {json.dumps(out(a))} differ only in case, "
+             "which the file system there ignores, so they are one file; one would replace "
+             "the other: rename one of the inputs, or give scan.output a folder on a file "
+             "system that keeps case")
+            for first, second, a, b in (("s3://b/in/A.tif", "s3://b/in/a.tif", "A.tif", "a.tif"),
+                                        ("s3://b/in/X/c.tif", "s3://b/in/x/C.TIF", "X/c.tif",
+                                         "x/C.TIF"))]
+        assert str(err.value).startswith("scan of s3://b/in/ into ")
+    assert [j.output for j in scan_jobs(local, inputs, [])] == [
+        out(rel) for rel in ("A.tif", "X/c.tif", "a.tif", "b.tif", "x/C.TIF")]
+    # an output written in the other case is done where the folder ignores case
+    assert [j.input for j in scan_jobs(local, inputs[2:3], [out("B.TIF")],
+                                       fold=str.casefold)] == []
+    s3 = ScanSpec(input="s3://b/in/", output="s3://b/out/")
+    assert len(scan_jobs(s3, inputs, [], fold=str.casefold)) == 5
 
 
 # --- the probe, on real folders ----------------------------------------------------------
@@ -187,3 +220,46 @@ def test_on_a_real_file_system_that_ignores_case(tmp_path: Path):
         for path in sorted(folder.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
         folder.rmdir()
+
+
+def test_expand_scan_asks_the_local_output_folder(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture):
+    """A scan of real TIFFs in S3 (moto) whose keys differ only in case, into a local folder:
+    two jobs where the folder keeps case; refused, naming both, where it finds names in
+    either case (the hard link of the probe's test), by PlanRun's listing and by
+    ``validate --inputs`` (exit 2, nothing else checked)."""
+    import io
+
+    import numpy as np
+    import tifffile
+    from conftest import moto_s3
+
+    from pipeline.steps.planning import expand_scan
+
+    ignores = tmp_path / "ignores"
+    ignores.mkdir()
+    (ignores / "Scan.tif").write_bytes(b"x")
+    os.link(ignores / "Scan.tif", ignores / "sCAN.TIF")
+    with moto_s3(monkeypatch, "tp-case") as s3:
+        for key, value in (("in/A.tif", 10), ("in/a.tif", 200)):
+            data = io.BytesIO()
+            tifffile.imwrite(data, np.full((32, 32), value, np.uint8))
+            s3.put_object(Bucket="tp-case", Key=key, Body=data.getvalue())
+        keeps = ScanSpec(input="s3://tp-case/in/", output=str(tmp_path / "keeps" / "out"))
+        assert [j.output for j in expand_scan(keeps)] == [
+            str(tmp_path / "keeps" / "out" / n) for n in ("A.tif", "a.tif")]
+        out = ignores / "out"
+        with pytest.raises(ManifestError) as err:
+            expand_scan(ScanSpec(input="s3://tp-case/in/", output=str(out)))
+        [problem] = err.value.problems
+        assert problem.startswith('scan.output: the outputs of "s3://tp-case/in/A.tif" and '
+                                  f'"s3://tp-case/in/a.tif" are one file: '
+                                  f'{json.dumps(str(out / "a.tif"))} and '
+                                  f'{json.dumps(str(out / "A.tif"))} differ only in case'), problem
+        manifest = ignores / "scan.json"
+        manifest.write_text(json.dumps({"scan": {"input": "s3://tp-case/in/", "output": "out"}}))
+        assert cli.main(["validate", str(manifest), "--inputs"]) == 2
+        printed, said = capsys.readouterr()
+        assert problem in said and printed == "", said
+    assert not out.exists()

@@ -242,18 +242,40 @@ class ScanSpec:
                        if_exists=self.if_exists)
 
 
-def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str]) -> list[JobSpec]:
+def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
+              fold: Fold | None = None) -> list[JobSpec]:
     """The jobs of a scan, given what is under its input and its output (full paths/URLs).
 
     An input whose output exists is done: outputs are published in one step (a rename, a
     completed upload), so an output that exists is complete. Pure; sorted by input.
+    ``fold``: the key of a local output where its folder may ignore case (as for the
+    manifest's checks; S3 keys are never folded). Two inputs whose outputs are one file under
+    it (S3 keys ``A.tif`` and ``a.tif`` scanned into a folder that ignores case) refuse the
+    scan with a ManifestError naming both, written or not: one would replace or skip the
+    other, or be taken as done by the other's output.
     """
-    done = {_same_key(o) for o in outputs}
-    jobs = []
+    done = {_key(o, fold) for o in outputs}
+    writers: dict[str, tuple[str, str]] = {}
+    jobs, problems = [], []
     for location in sorted(inputs):
         rel = scan.relative(location)
-        if rel is not None and _same_key(scan.output_for(rel)) not in done:
+        if rel is None:
+            continue
+        output = scan.output_for(rel)
+        key = _key(output, fold)
+        if key in writers:
+            first, first_output = writers[key]
+            problems.append(
+                f"scan.output: the outputs of {json.dumps(first)} and {json.dumps(location)} "
+                f"are one file{_case_only(output, first_output)}; one would replace the other: "
+                "rename one of the inputs, or give scan.output a folder on a file system that "
+                "keeps case")
+            continue
+        writers[key] = (location, output)
+        if key not in done:
             jobs.append(scan.job(location, rel))
+    if problems:
+        raise ManifestError(f"scan of {scan.input} into {scan.output}", problems)
     return jobs
 
 

@@ -186,13 +186,16 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     """The jobs of a scan: every TIFF under its input whose output does not exist yet.
 
     One listing of each side, not a request per file. Outputs are published in one step, so
-    an output that exists is complete: a rerun does no work twice.
+    an output that exists is complete: a rerun does no work twice. A local output folder is
+    asked whether it ignores case (:func:`storage.case_fold`): two inputs whose outputs
+    would be one file there refuse the scan (:func:`scan_jobs`).
     """
     if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
                                  "in the manifest and that the folder is there")
     jobs = scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
-                     storage.list_prefix(scan.output, OutputNotWritableError))
+                     storage.list_prefix(scan.output, OutputNotWritableError),
+                     None if storage.is_s3(scan.output) else storage.case_fold())
     return jobs if storage.is_s3(scan.input) else _without_links_out(scan.input, jobs)
 
 
