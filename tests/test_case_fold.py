@@ -13,6 +13,7 @@ and ``tiffpipe validate`` there too.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -103,27 +104,27 @@ def test_s3_keys_keep_their_case_whatever_the_local_folders_do():
 
 def test_a_scan_of_s3_inputs_differing_only_in_case_into_a_folder_ignoring_case():
     """S3 keeps A.tif and a.tif apart; a local output folder that ignores case would get one
-    file for both (the second job to publish skipping or replacing the first's): the scan is
-    refused, naming both inputs and both outputs, even once one of them is written (the
-    other would be taken as done). Where the folder keeps case (no fold), two jobs; S3
-    outputs are never folded."""
+    file for both (the second job to publish skipping or replacing the first's): both are
+    left out, named with both outputs, even once one of them is written (the other would be
+    taken as done), and the scan's other inputs go on. Where the folder keeps case (no
+    fold), two jobs; S3 outputs are never folded."""
     local = ScanSpec(input="s3://b/in/", output=os.path.join(BASE, "out"))
     inputs = ["s3://b/in/A.tif", "s3://b/in/a.tif", "s3://b/in/b.tif",
               "s3://b/in/X/c.tif", "s3://b/in/x/C.TIF"]
     out = local.output_for
     for written in ([], [out("a.tif")]):
-        with pytest.raises(ManifestError) as err:
-            scan_jobs(local, inputs, written, fold=str.casefold)
-        assert err.value.problems == [
-            (f"scan.output: the outputs of {json.dumps(first)} and {json.dumps(second)} are "
-             f"one file: {json.dumps(out(b))} and {json.dumps(out(a))} differ only in case, "
-             "which the file system there ignores, so they are one file; one would replace "
-             "the other: rename one of the inputs, or give scan.output a folder on a file "
-             "system that keeps case")
+        left_out: list[str] = []
+        jobs = scan_jobs(local, inputs, written, fold=str.casefold, left_out=left_out)
+        assert [j.input for j in jobs] == ["s3://b/in/b.tif"]
+        assert left_out == [
+            (f"{json.dumps(first)} and {json.dumps(second)}, whose outputs are one file: "
+             f"{json.dumps(out(b))} and {json.dumps(out(a))} differ only in case, which the "
+             "file system there ignores, so they are one file; one would replace the other: "
+             "rename one of the inputs, or give scan.output a folder on a file system that "
+             "keeps case")
             for first, second, a, b in (("s3://b/in/A.tif", "s3://b/in/a.tif", "A.tif", "a.tif"),
                                         ("s3://b/in/X/c.tif", "s3://b/in/x/C.TIF", "X/c.tif",
                                          "x/C.TIF"))]
-        assert str(err.value).startswith("scan of s3://b/in/ into ")
     assert [j.output for j in scan_jobs(local, inputs, [])] == [
         out(rel) for rel in ("A.tif", "X/c.tif", "a.tif", "b.tif", "x/C.TIF")]
     # an output written in the other case is done where the folder ignores case
@@ -224,11 +225,10 @@ def test_on_a_real_file_system_that_ignores_case(tmp_path: Path):
 
 def test_expand_scan_asks_the_local_output_folder(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture):
+                                                  caplog: pytest.LogCaptureFixture):
     """A scan of real TIFFs in S3 (moto) whose keys differ only in case, into a local folder:
-    two jobs where the folder keeps case; refused, naming both, where it finds names in
-    either case (the hard link of the probe's test), by PlanRun's listing and by
-    ``validate --inputs`` (exit 2, nothing else checked)."""
+    two jobs where the folder keeps case; both left out with a warning naming them, where it
+    finds names in either case (the hard link of the probe's test)."""
     import io
 
     import numpy as np
@@ -250,16 +250,11 @@ def test_expand_scan_asks_the_local_output_folder(tmp_path: Path,
         assert [j.output for j in expand_scan(keeps)] == [
             str(tmp_path / "keeps" / "out" / n) for n in ("A.tif", "a.tif")]
         out = ignores / "out"
-        with pytest.raises(ManifestError) as err:
-            expand_scan(ScanSpec(input="s3://tp-case/in/", output=str(out)))
-        [problem] = err.value.problems
-        assert problem.startswith('scan.output: the outputs of "s3://tp-case/in/A.tif" and '
-                                  f'"s3://tp-case/in/a.tif" are one file: '
-                                  f'{json.dumps(str(out / "a.tif"))} and '
-                                  f'{json.dumps(str(out / "A.tif"))} differ only in case'), problem
-        manifest = ignores / "scan.json"
-        manifest.write_text(json.dumps({"scan": {"input": "s3://tp-case/in/", "output": "out"}}))
-        assert cli.main(["validate", str(manifest), "--inputs"]) == 2
-        printed, said = capsys.readouterr()
-        assert problem in said and printed == "", said
+        with caplog.at_level(logging.WARNING, "pipeline.steps.planning"):
+            assert expand_scan(ScanSpec(input="s3://tp-case/in/", output=str(out))) == []
+        [said] = [r.getMessage() for r in caplog.records]
+        assert (f'left out 1 group(s) of inputs: "s3://tp-case/in/A.tif" and '
+                f'"s3://tp-case/in/a.tif", whose outputs are one file: '
+                f'{json.dumps(str(out / "a.tif"))} and {json.dumps(str(out / "A.tif"))} '
+                "differ only in case") in said, said
     assert not out.exists()

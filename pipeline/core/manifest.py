@@ -243,40 +243,39 @@ class ScanSpec:
 
 
 def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
-              fold: Fold | None = None) -> list[JobSpec]:
+              fold: Fold | None = None, left_out: list[str] | None = None) -> list[JobSpec]:
     """The jobs of a scan, given what is under its input and its output (full paths/URLs).
 
     An input whose output exists is done: outputs are published in one step (a rename, a
     completed upload), so an output that exists is complete. Pure; sorted by input.
     ``fold``: the key of a local output where its folder may ignore case (as for the
-    manifest's checks; S3 keys are never folded). Two inputs whose outputs are one file under
-    it (S3 keys ``A.tif`` and ``a.tif`` scanned into a folder that ignores case) refuse the
-    scan with a ManifestError naming both, written or not: one would replace or skip the
-    other, or be taken as done by the other's output.
+    manifest's checks; S3 keys are never folded). Inputs whose outputs are one file under it
+    (S3 keys ``A.tif`` and ``a.tif`` scanned into a folder that ignores case) are all left
+    out, written or not (one would replace or skip the other, or be taken as done by the
+    other's output), each such group told in ``left_out``; the scan's other inputs go on,
+    as a scan's links to outside its folder do (pipeline.steps.planning).
     """
     done = {_key(o, fold) for o in outputs}
-    writers: dict[str, tuple[str, str]] = {}
-    jobs, problems = [], []
+    groups: dict[str, list[tuple[str, str, str]]] = {}  # output key -> (input, rel, output)
     for location in sorted(inputs):
         rel = scan.relative(location)
-        if rel is None:
-            continue
-        output = scan.output_for(rel)
-        key = _key(output, fold)
-        if key in writers:
-            first, first_output = writers[key]
-            problems.append(
-                f"scan.output: the outputs of {json.dumps(first)} and {json.dumps(location)} "
-                f"are one file{_case_only(output, first_output)}; one would replace the other: "
-                "rename one of the inputs, or give scan.output a folder on a file system that "
-                "keeps case")
-            continue
-        writers[key] = (location, output)
-        if key not in done:
-            jobs.append(scan.job(location, rel))
-    if problems:
-        raise ManifestError(f"scan of {scan.input} into {scan.output}", problems)
-    return jobs
+        if rel is not None:
+            output = scan.output_for(rel)
+            groups.setdefault(_key(output, fold), []).append((location, rel, output))
+    jobs = []
+    for key, group in groups.items():
+        if len(group) > 1:
+            (first, _, first_output), *others = group
+            for location, _, output in others:
+                if left_out is not None:
+                    left_out.append(
+                        f"{json.dumps(first)} and {json.dumps(location)}, whose outputs are one "
+                        f"file{_case_only(output, first_output)}; one would replace the other: "
+                        "rename one of the inputs, or give scan.output a folder on a file "
+                        "system that keeps case")
+        elif key not in done:
+            jobs.append(scan.job(group[0][0], group[0][1]))
+    return sorted(jobs, key=lambda job: job.input)
 
 
 def _scan_location(value: Any, base_dir: str, local: Local) -> tuple[str | None, str | None]:
