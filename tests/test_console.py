@@ -20,12 +20,13 @@ from pipeline.core.ops import OPS
 pytestmark = pytest.mark.timeout(120)
 
 #: marks what only the interpreter's teardown prints: an object of the script's globals,
-#: freed when the teardown clears them, and an exit handler registered before the command
+#: freed when the teardown clears them (its ``write`` bound: the teardown may have set ``os``
+#: to None by then), and an exit handler registered before the command
 PRELUDE = r"""
 import atexit, os, sys
 class Marker:
-    def __del__(self):
-        os.write(2, b"teardown ran\n")
+    def __del__(self, write=os.write):
+        write(2, b"teardown ran\n")
 marker = Marker()
 atexit.register(lambda: os.write(2, b"exit handler ran\n"))
 """
@@ -109,12 +110,29 @@ def test_the_command_runs_openblas_on_one_thread_unless_the_user_set_a_count(tmp
     assert "blas 2 True" in kept.stderr
 
 
+#: a thread that ends only once the interpreter's usual exit waits for it (the exit calls
+#: ``threading._shutdown``, which joins the threads): still running when the command ends,
+#: however slow the machine (it slept 0.3 s: a loaded machine ran the command past it, the
+#: thread had ended, and the command rightly skipped the teardown); never ending, and
+#: writing nothing, if the command ends without the usual exit
+LATE_THREAD = r"""
+import threading
+released = threading.Event()
+_shutdown = threading._shutdown
+def shutdown():
+    released.set()
+    _shutdown()
+threading._shutdown = shutdown
+def late():
+    released.wait()
+    open(DONE, "w").close()
+threading.Thread(target=late).start()
+"""
+
+
 def test_a_thread_still_running_is_waited_for(tmp_path: Path):
     done = tmp_path / "done"
-    thread = ("import threading, time\n"
-              "def late():\n    time.sleep(0.3)\n    open(" + repr(str(done)) + ", 'w').close()\n"
-              "threading.Thread(target=late).start()\n")
-    proc = _command(["ops"], before=thread)
+    proc = _command(["ops"], before=f"DONE = {str(done)!r}\n" + LATE_THREAD)
     assert proc.returncode == 0, proc.stderr
     assert done.exists()  # the usual exit: the interpreter waited for the thread
     assert "exit handler ran" in proc.stderr and "teardown ran" in proc.stderr
