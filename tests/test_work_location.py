@@ -721,10 +721,23 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
     location it lost, removes none of that run's files, and exits non-zero saying who took
     the location and which outputs it published. It went on, read and wrote jobs/N/ in the
     other run's work, and at its end removed it."""
-    from pipeline import runner
     from pipeline.adapters import storage, work_lease
 
+    from pipeline.steps import stopping
+
     monkeypatch.setattr(work_lease, "INTERVAL_S", 0.01)
+    # another machine's lease is written in one step with respect to a renewal's compare
+    # and write (as S3's conditional PUT is): not between its read and its write, the few
+    # microseconds work_lease._replace accepts, which a renewal every 10 ms hits now and
+    # then (the renewal then wrote over it, and never found the lease lost)
+    renewal = threading.Lock()
+    real_replace = work_lease._replace
+
+    def replace(*args):
+        with renewal:
+            return real_replace(*args)
+
+    monkeypatch.setattr(work_lease, "_replace", replace)
     for name in ("a", "b", "c"):
         _scan(tmp_path / f"{name}.tif")
     manifest = tmp_path / "m.json"
@@ -744,13 +757,17 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
             return real_publish(local_path, url, replace)
         if not stopped:  # as the second is about to be, another machine's run takes over
             stopped.append(True)
-            _lease(str(work), run_id="theirs", renewed=clock[0])
+            with renewal:
+                _lease(str(work), run_id="theirs", renewed=clock[0])
             theirs.parent.mkdir(parents=True, exist_ok=True)
             theirs.write_bytes(b"theirs")
-            for _ in range(1000):  # (its lease is found lost at the next renewal)
-                if _lost(runner):
-                    break
-                threading.Event().wait(0.01)
+            # the lease is found lost at the next renewal (10 ms on), the run aborted, and
+            # the stop reaches this task as it reaches a tile loop (60 s: a bound only). It
+            # went on as soon as any StopRequest of this process had a signal: one an
+            # earlier test left, not yet collected, was taken for this run's; and the run
+            # went on (to its report) until its engine's stop watcher thread aborted it
+            assert stopping._requested.wait(60), "the run did not stop"
+            stopping.check()
         raise OSError(errno.EINTR, "stopped before it published (for this test)")
 
     seen: list[str] = []
@@ -759,8 +776,6 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
     try:
         code, err = _run(manifest, "--work", str(work), "--workers", "1")
     finally:
-        from pipeline.steps import stopping
-
         stopping.clear()  # this process goes on: the steps of later tests must run
     assert code == 1, err
     assert (f"{work}: the work location was taken by run theirs on host other-host "
@@ -776,13 +791,6 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
     assert work_lease.read(str(work)).run_id == "theirs"
     assert theirs.read_bytes() == b"theirs" and (work / "run.json").exists()
     assert not (work / "report.json").exists() and not (tmp_path / "m.report.json").exists()
-
-
-def _lost(runner) -> bool:
-    """Whether this process's run found its lease lost (its stop was requested)."""
-    import gc
-
-    return any(isinstance(o, runner.StopRequest) and o.signal == 0 for o in gc.get_objects())
 
 
 # --- the records of a run's S3 uploads go once their uploads are ended -----------------------
