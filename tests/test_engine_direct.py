@@ -875,3 +875,82 @@ def test_threads_started_by_map_items_are_not_daemons():
 
     run_items(one, 3, 3)
     assert flags == [False, False, False]
+
+
+def _dies() -> None:
+    raise MemoryError("(for this test)")
+
+
+def test_a_thread_that_dies_before_it_says_it_runs_fails_its_start():
+    """``Thread.start`` waits, without a timeout, for the new thread to say it runs: one
+    that died first (an allocation of its start-up failing) left the starting thread
+    waiting for ever. A CheckedThread's start raises at once, as a thread that cannot start
+    at all does, naming it and what killed it; it is not left among the threads, and
+    another starts and runs as usual."""
+    import threading
+
+    import pytest
+
+    from pipeline.engine.direct import CheckedThread
+
+    ran: list[str] = []
+    thread = CheckedThread(target=lambda: ran.append("dead"), name="tiffpipe-test-dies")
+    thread._set_native_id = _dies  # (set in the new thread before it says it runs)
+    outcome: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)  # (it hung: bounded here)
+    starter.start()
+    starter.join(60)
+    assert not starter.is_alive(), "the start waited for the dead thread"
+    [error] = outcome
+    assert str(error) == ("can't start new thread: tiffpipe-test-dies died as it started "
+                          "(MemoryError: (for this test))")
+    assert ran == [] and thread not in threading.enumerate()
+    alive = CheckedThread(target=lambda: ran.append("alive"))
+    alive.start()
+    alive.join(60)
+    assert ran == ["alive"]
+    with pytest.raises(RuntimeError, match="threads can only be started once"):
+        alive.start()
+
+
+def test_a_stop_watcher_that_dies_as_it_starts_fails_the_run_at_once(
+        monkeypatch: pytest.MonkeyPatch):
+    """The run's stop watcher (a thread) dying before it says it runs hung the run in its
+    start; the run fails at once instead, saying the engine cannot start and why."""
+    from pipeline.engine.local import LocalEngine, StopRequest
+    from pipeline.errors import EngineError
+
+    real = threading.Thread._set_native_id
+
+    def native_id(self: threading.Thread) -> None:
+        if self.name == "tiffpipe-stop":
+            _dies()
+        real(self)
+
+    monkeypatch.setattr(threading.Thread, "_set_native_id", native_id)
+    machine = {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        with LocalEngine(1, definition_text=json.dumps(machine), interpreter="direct",
+                         stop=StopRequest()) as engine:
+            try:
+                engine.run({})
+            except EngineError as exc:
+                failed.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)  # (it hung: bounded here)
+    runner.start()
+    runner.join(120)
+    assert not runner.is_alive(), "the run waited for its dead stop watcher"
+    [error] = failed
+    assert "the embedded engine cannot start" in str(error)
+    assert ("can't start new thread: tiffpipe-stop died as it started (MemoryError: (for "
+            "this test))") in str(error)

@@ -96,8 +96,8 @@ _WHICH_START = textwrap.dedent("""
 
 
 #: the child's threads started by the code of a Map state (found on the starting thread's
-#: stack: its nearest frame of the interpreter's module is the Map's) cannot start, as
-#: pthread_create fails out of memory ("can't start new thread")
+#: stack: its nearest frame of the interpreter's module, past CheckedThread.start, is the
+#: Map's) cannot start, as pthread_create fails out of memory ("can't start new thread")
 _MAP_THREADS_DIE = _WHICH_START + textwrap.dedent("""
     import _thread, sys, threading
 
@@ -106,7 +106,8 @@ _MAP_THREADS_DIE = _WHICH_START + textwrap.dedent("""
     def _started_by_a_map():
         frame = sys._getframe(2)
         while frame is not None:
-            if frame.f_code.co_filename.endswith(("engine/direct.py", "engine\\\\direct.py")):
+            if (frame.f_code.co_filename.endswith(("engine/direct.py", "engine\\\\direct.py"))
+                    and frame.f_code.co_name != "start"):
                 return frame.f_code.co_name in ("_map", "run_items")
             frame = frame.f_back
         return False
@@ -130,6 +131,32 @@ def test_map_threads_that_cannot_start_do_not_stop_the_run(tmp_path: Path):
     run ends, every job done."""
     manifest = _manifest(tmp_path, [1024, 1024, 1536, 512])
     done = _run(manifest, "--workers", "2", inject=_MAP_THREADS_DIE)
+    assert done.returncode == 0, done.stderr
+    assert "a Map ran its items on 1 thread(s)" in done.stderr
+    assert [j["status"] for j in _report(manifest)["jobs"]] == ["SUCCEEDED"] * 4
+
+
+#: the threads the code of a Map state starts (found as in :data:`_MAP_THREADS_DIE`) die as
+#: they start, before they say they run (an allocation of their start-up fails): each one's
+#: native id, which it sets before, raises MemoryError in the new thread
+_MAP_THREADS_DIE_AS_THEY_START = _MAP_THREADS_DIE.replace(
+    'raise RuntimeError("can\'t start new thread")',
+    "function.__self__._set_native_id = _dies")
+assert _MAP_THREADS_DIE_AS_THEY_START != _MAP_THREADS_DIE
+_MAP_THREADS_DIE_AS_THEY_START += textwrap.dedent("""
+    def _dies():
+        raise MemoryError("(for this test)")
+""")
+
+
+@pytest.mark.slow
+def test_map_threads_that_die_as_they_start_do_not_hang_the_run(tmp_path: Path):
+    """A thread that dies before it says it runs left the thread that started it waiting
+    for ever (``Thread.start`` waits for its word): the run hung at 0 CPU. The Map's
+    threads that do are taken as threads that cannot start: the items run on the Map's own
+    thread, with a warning, and the run ends, every job done."""
+    manifest = _manifest(tmp_path, [1024, 1024, 1536, 512])
+    done = _run(manifest, "--workers", "2", inject=_MAP_THREADS_DIE_AS_THEY_START)
     assert done.returncode == 0, done.stderr
     assert "a Map ran its items on 1 thread(s)" in done.stderr
     assert [j["status"] for j in _report(manifest)["jobs"]] == ["SUCCEEDED"] * 4

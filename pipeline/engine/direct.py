@@ -342,6 +342,37 @@ def _item_error(name: str, index: int, exc: Exception) -> StateError:
     return StateError(payload["errorType"], json.dumps(payload, separators=(",", ":")))
 
 
+class CheckedThread(threading.Thread):
+    """A thread whose :meth:`start` cannot hang: ``Thread.start`` waits, without a timeout,
+    for the new thread to say it runs, and one that dies before it does (an allocation of
+    its start-up failing, out of memory) left the starting thread, and with it the run,
+    waiting for ever at 0 CPU. Here its start raises ``RuntimeError`` (``can't start new
+    thread``, naming the thread and what killed it) at once, as a thread that cannot start
+    at all does, which the engine's callers already handle."""
+
+    _died: BaseException | None = None
+
+    def _bootstrap(self) -> None:  # (Python's own, run by the new thread)
+        try:
+            super()._bootstrap()
+        except BaseException as exc:
+            if self._started.is_set():  # died after it said it runs: Python's as usual
+                raise
+            self._died = exc
+            with threading._active_limbo_lock:  # type: ignore[attr-defined]
+                threading._limbo.pop(self, None)  # type: ignore[attr-defined]
+            self._started.set()  # the starting thread's wait ends: start() raises
+
+    def start(self) -> None:
+        super().start()
+        if self._died is not None:
+            first = self._died  # (what killed it, before what Python's clean-up then raised)
+            while first.__context__ is not None:
+                first = first.__context__
+            raise RuntimeError(f"can't start new thread: {self.name} died as it started "
+                               f"({type(first).__name__}: {first})") from self._died
+
+
 def run_items(one: Callable[[int], None], count: int, threads: int) -> None:
     """``one(i)`` for each ``i`` in ``range(count)``, on up to ``threads`` threads: this one
     and helpers, each taking the next item until none is left; returns once every item
@@ -355,8 +386,8 @@ def run_items(one: Callable[[int], None], count: int, threads: int) -> None:
     thread died of a MemoryError never completes the futures queued for it: the map waited
     for ever, at 0 CPU.) The helpers are threading's threads, not daemons: the threads they
     start (a task's, in the engine's process) are not daemons either, as a daemon task
-    would be cut off at the command's exit (``Thread.start`` still waits for a thread to say
-    it runs: one that dies before, out of memory, is not covered: docs/local-engine.md)."""
+    would be cut off at the command's exit. A helper that dies as it starts, before it says
+    it runs, is one that cannot start (:class:`CheckedThread`)."""
     if threads <= 1 or count <= 1:
         for i in range(count):
             one(i)
@@ -393,7 +424,7 @@ def run_items(one: Callable[[int], None], count: int, threads: int) -> None:
         if state[0] >= count:
             break
         try:
-            threading.Thread(target=work, name="tiffpipe-map", daemon=False).start()
+            CheckedThread(target=work, name="tiffpipe-map", daemon=False).start()
             started += 1
         except RuntimeError:  # can't start new thread: the running threads do it all
             short = True

@@ -266,8 +266,8 @@ class LocalEngine:
         # the handler interrupts) sets it only once out of it: never holding its lock then
         waker, ended = threading.Event(), threading.Event()
         stop._wakers.append(waker)
-        watcher = threading.Thread(target=self._watch, args=(stop, waker, ended),
-                                   name="tiffpipe-stop", daemon=True)
+        watcher = direct.CheckedThread(target=self._watch, args=(stop, waker, ended),
+                                       name="tiffpipe-stop", daemon=True)
         try:
             watcher.start()
         except RuntimeError as exc:  # can't start new thread: nothing has run yet
