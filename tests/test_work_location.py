@@ -722,7 +722,6 @@ def test_a_run_whose_work_is_taken_over_stops_and_leaves_it(
     the location and which outputs it published. It went on, read and wrote jobs/N/ in the
     other run's work, and at its end removed it."""
     from pipeline.adapters import storage, work_lease
-
     from pipeline.steps import stopping
 
     monkeypatch.setattr(work_lease, "INTERVAL_S", 0.01)
