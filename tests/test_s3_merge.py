@@ -17,9 +17,9 @@ import itertools
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -220,22 +220,35 @@ def test_local_compose_of_a_short_segment_fails_by_name(tmp_path):
 # --- S3 (a moto server) --------------------------------------------------------------
 
 
-def _moto_server() -> tuple[subprocess.Popen[bytes], str]:
+#: moto's S3 server, on a port the kernel gives it as it binds; the port said on stdout
+#: once it listens; ended by its stdin closing
+SERVER = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+def _moto_server() -> tuple[subprocess.Popen[str], str]:
     """moto's S3 server in its OWN process, so that what this process allocates and opens
-    is merge's alone (the server holds and spools the objects)."""
+    is merge's alone (the server holds and spools the objects). It binds a free port itself
+    and says which once it listens: a port found free here and given to the server was
+    sometimes taken meanwhile (the machine's other connections), and its start-up was
+    awaited for 30 s at most (a loaded machine took longer)."""
     import moto.server  # noqa: F401 - in the test lock: a broken install fails here, clearly
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return proc, url
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("moto's server did not start")
+    with tempfile.TemporaryFile("w+") as err:  # (its request log: not a pipe it could fill)
+        proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()
+        if not port.isdigit():  # it ended without listening
+            proc.kill()
+            err.seek(0)
+            pytest.fail(f"moto's server did not start: {err.read()[-2000:]}")
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +275,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             client.upload_file(str(tmp / "two.tif"), BUCKET, "in/two.tif")
             yield _run_s3(client, tmp)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.communicate("")  # its stdin ends: the server ends
+        proc.wait(60)
 
 
 S3_JOBS: dict[str, dict[str, Any]] = {
