@@ -301,10 +301,13 @@ def test_units_side_by_side_share_their_tile_and_decoder_threads(tmp_path: Path)
         assert decoded and {name.split("_")[0] for name in decoded} == {"shared-decode"}
 
         ended: list[tuple[int, int]] = []
+        running = threading.Event()  # another tile is in flight
 
         def failing(r: int, c: int, px: np.ndarray) -> None:
-            if (r, c) == (0, 0):
+            if (r, c) == (0, 0):  # fails once another tile runs (a loaded machine started
+                assert running.wait(60)  # the other thread late: none was in flight)
                 raise ValueError("tile (0, 0) refuses")
+            running.set()
             time.sleep(0.05)  # still running when (0, 0) has failed
             ended.append((r, c))
 
