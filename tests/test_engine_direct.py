@@ -881,6 +881,25 @@ def _dies() -> None:
     raise MemoryError("(for this test)")
 
 
+def _raised_in_time(call: Any, expected: type[BaseException], hung: str) -> BaseException:
+    """What ``call()`` raised (``expected``), on a daemon thread given 120 s: it hung for
+    ever before the fix, and a hung test must fail, not hang the suite."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except expected as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), hung
+    [error] = raised
+    return error
+
+
 def test_a_thread_that_dies_before_it_says_it_runs_fails_its_start():
     """``Thread.start`` waits, without a timeout, for the new thread to say it runs: one
     that died first (an allocation of its start-up failing) left the starting thread
@@ -896,19 +915,7 @@ def test_a_thread_that_dies_before_it_says_it_runs_fails_its_start():
     ran: list[str] = []
     thread = CheckedThread(target=lambda: ran.append("dead"), name="tiffpipe-test-dies")
     thread._set_native_id = _dies  # (set in the new thread before it says it runs)
-    outcome: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            thread.start()
-        except RuntimeError as exc:
-            outcome.append(exc)
-
-    starter = threading.Thread(target=start, daemon=True)  # (it hung: bounded here)
-    starter.start()
-    starter.join(60)
-    assert not starter.is_alive(), "the start waited for the dead thread"
-    [error] = outcome
+    error = _raised_in_time(thread.start, RuntimeError, "the start waited for the dead thread")
     assert str(error) == ("can't start new thread: tiffpipe-test-dies died as it started "
                           "(MemoryError: (for this test))")
     assert ran == [] and thread not in threading.enumerate()
@@ -936,21 +943,13 @@ def test_a_stop_watcher_that_dies_as_it_starts_fails_the_run_at_once(
 
     monkeypatch.setattr(threading.Thread, "_set_native_id", native_id)
     machine = {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}
-    failed: list[BaseException] = []
 
     def run() -> None:
         with LocalEngine(1, definition_text=json.dumps(machine), interpreter="direct",
                          stop=StopRequest()) as engine:
-            try:
-                engine.run({})
-            except EngineError as exc:
-                failed.append(exc)
+            engine.run({})
 
-    runner = threading.Thread(target=run, daemon=True)  # (it hung: bounded here)
-    runner.start()
-    runner.join(120)
-    assert not runner.is_alive(), "the run waited for its dead stop watcher"
-    [error] = failed
+    error = _raised_in_time(run, EngineError, "the run waited for its dead stop watcher")
     assert "the embedded engine cannot start" in str(error)
     assert ("can't start new thread: tiffpipe-stop died as it started (MemoryError: (for "
             "this test))") in str(error)
