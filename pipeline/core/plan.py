@@ -18,9 +18,9 @@ SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
 #: ... and of a page in compressed strips (:func:`cache_budget`): a strip spans the page and
 #: is decoded whole by every column chunk that needs a row of it, so a band cut into chunks
 #: decodes its strips once per chunk. A band up to this many bytes of decoded rows stays one
-#: chunk (a 40,000 px wide RGB page with 1024 px tiles: 126 MB, once 5 chunks of 32 MB; what
-#: it saves and costs: docs/performance-sweep.md, "pages in compressed strips"); a wider band
-#: is cut into chunks this large, each still decoding the band's strips, but fewer of them
+#: chunk (a 31,616 px wide RGB page with 1024 px tiles: ~100 MB, once 4 chunks of 32 MB, 2.1-3x
+#: slower; what it saves and costs: docs/performance-sweep.md, "pages in compressed strips");
+#: a wider band is cut into chunks this large, each still decoding the band's strips
 STRIPED_CACHE_BUDGET = 256 * 1024 * 1024
 #: core pixels of one split unit; bounds an invocation's time (about 10 s on one core)
 SPLIT_UNIT_PIXELS = 1024 * 1024 * 1024
