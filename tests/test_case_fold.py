@@ -39,6 +39,12 @@ def at(*parts: str) -> str:
     return json.dumps(os.path.join(BASE, *parts))
 
 
+def one_file(a: str, b: str) -> str:
+    """What a problem says of two spellings of one file where the file system ignores case."""
+    return (f"{a} and {b} differ only in case, which the file system there ignores, so they "
+            "are one file")
+
+
 # --- the checks, given the file system's answer ----------------------------------------
 
 
@@ -48,9 +54,8 @@ def test_outputs_differing_only_in_case_are_one_output_where_case_is_ignored():
                      {"input": "in/3.tif", "output": "Out/A.TIF"}]}
     assert problems(data) == [
         (f"jobs[2].output: same output as jobs[0] ({at('out', 'a.tif')}): "
-        f"{at('Out', 'A.TIF')} and {at('out', 'a.tif')} differ only in case, which the file "
-        "system there ignores, so they are one file; one would replace the other: give one "
-        "of them another name")]
+         f"{one_file(at('Out', 'A.TIF'), at('out', 'a.tif'))}; one would replace the other: "
+         "give one of them another name")]
     # where the file system keeps case (no fold: ext4's answer), three outputs
     specs = parse_manifest_or_scan(data, "m.json", BASE)
     assert [s.output for s in specs] == [os.path.join(BASE, *p) for p in (
@@ -63,13 +68,11 @@ def test_an_output_differing_from_an_input_only_in_case_would_overwrite_it():
                      {"input": "in/c.tif", "output": "IN/B.tif"}]}
     assert problems(data) == [
         (f"jobs[0].output: same location as its own input ({at('scans', 'A.tif')}): "
-        f"{at('scans', 'a.tif')} and {at('scans', 'A.tif')} differ only in case, which the "
-        "file system there ignores, so they are one file; the output would overwrite it; "
-        "give the output another name"),
+         f"{one_file(at('scans', 'a.tif'), at('scans', 'A.tif'))}; the output would "
+         "overwrite it; give the output another name"),
         (f"jobs[2].output: same location as the input of jobs[1] ({at('in', 'b.tif')}): "
-        f"{at('IN', 'B.tif')} and {at('in', 'b.tif')} differ only in case, which the file "
-        "system there ignores, so they are one file; the output would overwrite it; give "
-        "the output another name")]
+         f"{one_file(at('IN', 'B.tif'), at('in', 'b.tif'))}; the output would overwrite it; "
+         "give the output another name")]
     assert len(parse_manifest_or_scan(data, "m.json", BASE)) == 3
 
 
@@ -118,10 +121,9 @@ def test_a_scan_of_s3_inputs_differing_only_in_case_into_a_folder_ignoring_case(
         assert [j.input for j in jobs] == ["s3://b/in/b.tif"]
         assert left_out == [
             (f"{json.dumps(first)} and {json.dumps(second)}, whose outputs are one file: "
-             f"{json.dumps(out(b))} and {json.dumps(out(a))} differ only in case, which the "
-             "file system there ignores, so they are one file; one would replace the other: "
-             "rename one of the inputs, or give scan.output a folder on a file system that "
-             "keeps case")
+             f"{one_file(json.dumps(out(b)), json.dumps(out(a)))}; one would replace the "
+             "other: rename one of the inputs, or give scan.output a folder on a file system "
+             "that keeps case")
             for first, second, a, b in (("s3://b/in/A.tif", "s3://b/in/a.tif", "A.tif", "a.tif"),
                                         ("s3://b/in/X/c.tif", "s3://b/in/x/C.TIF", "X/c.tif",
                                          "x/C.TIF"))]
@@ -191,9 +193,8 @@ def test_read_manifest_asks_the_output_folders(tmp_path: Path, capsys: pytest.Ca
     assert cli.main(["validate", manifest]) == 2
     out, err = capsys.readouterr()
     a, b = json.dumps(str(ignores / "out" / "a.tif")), json.dumps(str(ignores / "out" / "A.tif"))
-    assert (f"jobs[1].output: same output as jobs[0] ({b}): {a} and {b} differ only in case, "
-            "which the file system there ignores, so they are one file; one would replace "
-            "the other: give one of them another name") in err, err
+    assert (f"jobs[1].output: same output as jobs[0] ({b}): {one_file(a, b)}; one would "
+            "replace the other: give one of them another name") in err, err
     assert out == ""
 
 
