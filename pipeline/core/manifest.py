@@ -262,20 +262,17 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
         if rel is not None:
             output = scan.output_for(rel)
             groups.setdefault(_key(output, fold), []).append((location, rel, output))
-    jobs = []
-    for key, group in groups.items():
-        if len(group) > 1:
-            (first, _, first_output), *others = group
-            for location, _, output in others:
-                if left_out is not None:
-                    left_out.append(
-                        f"{json.dumps(first)} and {json.dumps(location)}, whose outputs are one "
-                        f"file{_case_only(output, first_output)}; one would replace the other: "
-                        "rename one of the inputs, or give scan.output a folder on a file "
-                        "system that keeps case")
-        elif key not in done:
-            jobs.append(scan.job(group[0][0], group[0][1]))
-    return sorted(jobs, key=lambda job: job.input)
+    jobs = []  # (in input order: the groups are, by their first input)
+    for key, ((first, rel, first_output), *others) in groups.items():
+        if not others and key not in done:
+            jobs.append(scan.job(first, rel))
+        for location, _, output in others if left_out is not None else []:
+            left_out.append(
+                f"{json.dumps(first)} and {json.dumps(location)}, whose outputs are one "
+                f"file{_case_only(output, first_output)}; one would replace the other: "
+                "rename one of the inputs, or give scan.output a folder on a file system "
+                "that keeps case")
+    return jobs
 
 
 def _scan_location(value: Any, base_dir: str, local: Local) -> tuple[str | None, str | None]:

@@ -149,7 +149,6 @@ class TileOutput:
                 for oy in range(0, pixels.shape[0], t)
                 for ox in range(0, pixels.shape[1], t)]
 
-
     def _check_bilevel(self, pixels: np.ndarray, origin: Rect) -> None:
         """A 1-bit output holds 0 and 255 only: another value fails the job, naming it, its
         place and the page (before any of the page's tiles is merged: nothing published)."""
