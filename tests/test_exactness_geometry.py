@@ -542,3 +542,42 @@ def test_the_contact_sheets_thumbnails_of_a_turned_page(tmp_path, monkeypatch):
             whole.add(pixels, 0, 0)
             assert made is not None, (ops, side)
             np.testing.assert_array_equal(made.pixels, whole.mean())
+
+
+@pytest.mark.parametrize("ops", [[G], [G, R(90)], [R(270)], [G, C(40, 10, 2000, 250)]],
+                         ids=["blur", "blur-r90", "r270", "blur-crop"])
+def test_a_wide_band_in_strips_holds_one_row_of_its_strips_not_two(tmp_path, ops,
+                                                                   monkeypatch):
+    """A strip spans the page: the sweep of a wide band holds the band's strips until its
+    last tile, and decodes the next band's strips ahead while it reads that band's last
+    tiles. The reader drops the columns the sweep has passed (PageReader.forget_left), so
+    what it holds at most (cached and decoded ahead) is about one band's rows of the unit's
+    width (and at most twice the few tiles' columns left to read), not two bands' rows;
+    pixels and decodes unchanged (each strip still decoded once or, where a halo crosses a
+    band's border, twice)."""
+    page = make_image(16, 300, 2400, 3, "uint8")  # 38 tiles of 64 across
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=False, rowsperstrip=8, compression="lzw")
+    held = [0]
+    decodes: dict[int, int] = {}
+
+    class Measuring(tiff_read.PageReader):
+        def segment_bytes(self, seg: int) -> bytes | None:
+            decodes[seg] = decodes.get(seg, 0) + 1
+            return super().segment_bytes(seg)
+
+        def read(self, rect):  # type: ignore[no-untyped-def]
+            out = super().read(rect)
+            strip = self.seg_h * (self.columns[1] - self.columns[0]) * self.samples
+            held[0] = max(held[0], sum(px.nbytes for px, *_ in self.cache.values())
+                          + strip * len(self.pending))  # decoded ahead: whole strips
+            return out
+
+    monkeypatch.setattr(split_mod, "PageReader", Measuring)
+    (got,), plan = run_tiled(tmp_path, src, ops, 64, 64)
+    assert_identical(got, reference(page, ops))
+    assert max(decodes.values()) <= 2
+    geo = page_geometry(plan, 0)
+    rows = geo.tile_read(0, 0).height + 8  # a haloed tile's rows and the strip below
+    widest = max(geo.unit_read(u).width for u in plan.units)
+    assert held[0] <= 1.3 * rows * widest * 3, (held[0], rows * widest * 3)

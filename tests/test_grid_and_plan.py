@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from pipeline.core import plan as plan_mod
-from pipeline.core.grid import Batch, PageGrid, Rect, SplitUnit, batches, rows_held, split_units
+from pipeline.core.grid import (
+    Batch,
+    PageGrid,
+    Rect,
+    SplitUnit,
+    batches,
+    columns_still_read,
+    rows_held,
+    split_units,
+)
 from pipeline.core.job_fields import tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import HALO_ALIGN, chain_from_json, chain_halo
@@ -618,3 +627,24 @@ def test_the_fitting_tile_from_a_size_up(size, align, out_step, tile):
     step = tile_step(align, out_step)
     assert step % 16 == step % align == step % out_step == 0
     assert tile_at_least(size, step) == tile
+
+
+def test_columns_still_read_bound_each_band_by_the_reads_left_in_it():
+    """After each read of a downward sweep: the reads left need no column left of x above
+    the next band's first row (the last band: any row); None after a band's last read."""
+    def band(y0: int, y1: int) -> list[Rect]:
+        return [Rect(y0, x0, y1, x0 + 40) for x0 in (0, 30, 60)]
+    reads = band(0, 40) + band(30, 70) + band(60, 90)
+    assert columns_still_read(reads) == [(30, 30), (60, 30), None,
+                                         (30, 60), (60, 60), None,
+                                         (30, 90), (60, 90), None]
+    # a band's reads out of column order: the least x0 of those left
+    assert columns_still_read([Rect(0, 60, 10, 90), Rect(0, 0, 10, 30),
+                               Rect(0, 30, 10, 60)]) == [(0, 10), (30, 10), None]
+
+
+@pytest.mark.parametrize("reads", [[Rect(30, 0, 70, 40), Rect(0, 0, 40, 40)], [],
+                                   [Rect(0, 0, 1, 1)]])
+def test_columns_still_read_bound_nothing_unless_the_reads_go_down(reads):
+    """Reads that do not go down (a later one starts higher), none, or one: no bound."""
+    assert columns_still_read(reads) == [None] * len(reads)

@@ -26,7 +26,7 @@ from pipeline.adapters.tiff_read import (
     read_infos,
     read_window,
 )
-from pipeline.core.grid import Rect
+from pipeline.core.grid import Rect, columns_still_read
 from pipeline.errors import CorruptTiffError, PageNotFoundError
 
 H, W = 150, 173  # sizes no segment divides
@@ -417,13 +417,14 @@ def test_sparse_segments_read_as_zeros(tmp_path, tiled):
 @pytest.mark.parametrize("name", list(FILES))
 def test_prefetched_sweep_decodes_in_threads_and_reads_the_same(files, name):
     """A downward sweep as a fused unit makes it (prefetching the next windows into a
-    decoder pool, forgetting rows passed): the same pixels as the whole-page read, every
-    segment decoded once."""
+    decoder pool, forgetting rows passed, and along a band the columns passed): the same
+    pixels as the whole-page read, every segment decoded once."""
     path, _, whole = files[name]
     url = str(path)
     step = 40
     windows = [Rect(y, x, min(y + step, H), min(x + step, W))
                for y in range(0, H, step) for x in range(0, W, step)]
+    still_read = columns_still_read(windows)
     with open_tiff(url) as tf, ThreadPoolExecutor(3) as decoder:
         reader = PageReader(tf, get_page(tf, url, 0), url, 0, decoder=decoder)
         out = np.zeros_like(whole)
@@ -435,6 +436,8 @@ def test_prefetched_sweep_decodes_in_threads_and_reads_the_same(files, name):
                                                                     rect.x0:rect.x1].shape)
             if rect.x1 == W:
                 reader.forget_above(rect.y1)
+            else:
+                reader.forget_left(*still_read[i])
         assert not reader.pending
         assert np.array_equal(out, whole, equal_nan=True)
         page = tf.pages[0]
@@ -841,6 +844,31 @@ def test_a_reader_given_its_columns_caches_only_them(tmp_path: Path):
             reader.forget_above(y0 + 16)
         whole = PageReader(tf, tf.pages[0], str(path), 0)
         np.testing.assert_array_equal(whole.read(Rect(0, 0, 64, 3000)), page)
+
+
+def test_a_reader_drops_the_columns_a_band_has_passed(tmp_path: Path):
+    """forget_left: a strip wholly left of the column goes, one that straddles it is cut
+    once at least half its columns can go (so a strip is copied about once in all), and
+    strips reaching below the row given are kept whole; what is read after is the same."""
+    rng = np.random.default_rng(6)
+    page = rng.integers(0, 256, (32, 1000, 3), dtype=np.uint8)
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, page, rowsperstrip=8, compression="zlib", photometric="rgb")
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, tf.pages[0], str(path), 0)
+        reader.read(Rect(0, 0, 32, 100))
+
+        def widths() -> list[int]:
+            return [px.shape[1] for px, *_ in reader.cache.values()]
+        reader.forget_left(400, 16)  # less than half of a strip's columns: kept whole
+        assert widths() == [1000] * 4
+        reader.forget_left(600, 16)  # the two strips above row 16 cut, the rest kept
+        assert widths() == [400, 400, 1000, 1000]
+        assert reader.cache[0][3] == 600
+        np.testing.assert_array_equal(reader.read(Rect(0, 600, 32, 1000)), page[:, 600:])
+        reader.forget_left(1000, 32)
+        assert not reader.cache
+        assert reader.decoded == 4
 
 
 def _last_strip_replaced(path: Path, dtype: str, stream: Any, codec: str) -> np.ndarray:

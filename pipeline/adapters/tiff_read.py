@@ -771,6 +771,21 @@ class PageReader:
                     <= y]:  # prefetched, never read: not needed any more
             self.pending.pop(seg).cancel()
 
+    def forget_left(self, x: int, below: int) -> None:
+        """Drop cached columns left of column ``x`` of the segments that end at or above row
+        ``below`` (a sweep along a band reads no more of them there:
+        :func:`~pipeline.core.grid.columns_still_read`). A segment wholly left of ``x`` is
+        dropped; one that straddles it is cut (a copy) once at least half its columns can
+        go, so a strip is copied about once in all, and no more than twice the columns
+        still read are held."""
+        for seg, (px, plane, y0, x0) in list(self.cache.items()):
+            if y0 + px.shape[0] > below or x <= x0:
+                continue
+            if x >= x0 + px.shape[1]:
+                del self.cache[seg]
+            elif 2 * (x - x0) >= px.shape[1]:
+                self.cache[seg] = (px[:, x - x0:].copy(), plane, y0, x)
+
     def _read(self, seg: int, start: int, count: int) -> bytes:
         fh = self.tf.filehandle
         if start + count > fh.size:

@@ -5,6 +5,7 @@ Pure module: integers in, integers out.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from math import ceil
 
 from pipeline.core.record import record
@@ -210,3 +211,28 @@ def batches(page: int, grid: PageGrid, tiles_per_batch: int) -> list[Batch]:
     """Consecutive tile ranges of at most ``tiles_per_batch`` tiles."""
     n = max(1, tiles_per_batch)
     return [Batch(page, t, min(t + n, grid.count)) for t in range(0, grid.count, n)]
+
+
+def columns_still_read(reads: list[Rect]) -> list[tuple[int, int] | None]:
+    """What a downward sweep still reads after each of its ``reads`` (in order), above the
+    band that follows: ``(x, below)``: the reads left need no pixel left of column ``x`` in
+    the rows above ``below`` (the next band's first row; the last band: every row). None
+    after a band's last read (:meth:`PageReader.forget_above` drops its rows then), and for
+    every read if the reads do not go down (a band is the reads of one ``y0``, in a row: no
+    later read may start higher). A reader of a page in strips, which span the page, drops
+    the columns the sweep has passed: a wide band then holds one row of its strips, not
+    two (the next band's strips are decoded ahead while the last tiles of a band are read)."""
+    out: list[tuple[int, int] | None] = [None] * len(reads)
+    if any(b.y0 < a.y0 for a, b in pairwise(reads)):
+        return out
+    below = max((r.y1 for r in reads), default=0)  # the last band's: every row
+    left = 0
+    for i in range(len(reads) - 2, -1, -1):
+        after = reads[i + 1]
+        if after.y0 > reads[i].y0:  # reads[i] ends its band
+            below = after.y0
+            continue
+        band_ends = i + 2 == len(reads) or reads[i + 2].y0 > after.y0  # after it
+        left = after.x0 if band_ends else min(left, after.x0)
+        out[i] = (left, below)
+    return out

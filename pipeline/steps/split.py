@@ -15,7 +15,7 @@ from pipeline.adapters.tiff_read import PageReader, check_unchanged, kept_tiff, 
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core.chain import page_geometry
 from pipeline.core.events import UnitEvent
-from pipeline.core.grid import SplitUnit
+from pipeline.core.grid import SplitUnit, columns_still_read
 from pipeline.core.models import JobPlan
 from pipeline.errors import CorruptTiffError
 from pipeline.steps import layout, stopping
@@ -87,19 +87,21 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
     them (:meth:`PageGeometry.order`).
 
     The page reader decodes each input segment once and forgets rows the sweep has passed,
-    so memory holds about one row of tiles (plus halo and one segment row), whatever the
-    band's height. With ``decode_threads``, the segments of the next :data:`DECODE_AHEAD`
-    tiles are decoded in that many threads while the caller works on the tiles before
-    them, instead of one by one in this thread as each tile is read: decoding is about half
-    the CPU of a cheap chain (a blur to JPEG), and done serially here it starved the tile
-    threads. A ``decoder`` given (:class:`SharedPools`) decodes them instead of threads of
-    this sweep's own.
+    and along a band the columns it has passed, so memory holds about one row of tiles
+    (plus halo and one segment row), whatever the band's height, and the next row's
+    segments decoded ahead do not double it. With ``decode_threads``, the segments of the
+    next :data:`DECODE_AHEAD` tiles are decoded in that many threads while the caller works
+    on the tiles before them, instead of one by one in this thread as each tile is read:
+    decoding is about half the CPU of a cheap chain (a blur to JPEG), and done serially here
+    it starved the tile threads. A ``decoder`` given (:class:`SharedPools`) decodes them
+    instead of threads of this sweep's own.
     """
     page = plan.pages[unit.page]
     url = plan.spec.input
     geo = page_geometry(plan, unit.page)
     positions = geo.order(unit)
     reads = [geo.tile_read(*pos) for pos in positions]
+    still_read = columns_still_read(reads)
     own = decoder is None and decode_threads > 0
     with kept_tiff(url, plan.input_version) as tf, ThreadPoolExecutor(decode_threads) if own else \
             nullcontext(decoder) as threads:
@@ -116,6 +118,8 @@ def haloed_tiles(plan: JobPlan, unit: SplitUnit, decode_threads: int = 0,
                 # the sweep goes down the input: the rows above the next tile's are done
                 if i + 1 < len(reads) and reads[i + 1].y0 > reads[i].y0:
                     reader.forget_above(reads[i + 1].y0)
+                elif still_read[i] is not None:  # ... and along a band, the columns passed
+                    reader.forget_left(*still_read[i])
         except CorruptTiffError:  # damaged, or written to while read: InputChangedError then
             check_unchanged(tf, url, plan.input_version)
             raise
