@@ -31,6 +31,7 @@ from pipeline.core.ops import chain_turns
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX, SHEET_WIDTH
 from pipeline.preview import (
+    BILEVEL_LABEL,
     Thumbnail,
     orientation_of,
     thumbnails,
@@ -178,7 +179,8 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
     image = to_display(made.pixels, np.dtype(made.dtype), made.extrasamples, made.photometric)
     return Thumbnail(turned(image, orientation), page, made.height, made.width,
                      f"page {page}, as processed", False, 0, 0,
-                     type_label(info) if side == "in" else made.dtype,
+                     type_label(info) if side == "in" else
+                     BILEVEL_LABEL if plan.spec.output_options.bilevel else made.dtype,
                      orientation=orientation)
 
 

@@ -227,9 +227,18 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
                      orientation=orientation)
 
 
+#: the caption's type of a 1-bit page (an input's, or a ``bilevel`` output's)
+BILEVEL_LABEL = "1-bit"
+
+
 def type_label(info: PageInfo) -> str:
     """A page's pixel type as a thumbnail's caption gives it: its dtype, but a palette
-    page's samples are colour-map indices (``8-bit palette``), not the colours read."""
+    page's samples are colour-map indices (``8-bit palette``), not the colours read, and a
+    1, 2 or 4-bit gray page's are bits (``1-bit``, ``4-bit gray``), read as uint8."""
+    if info.conversion.startswith("bilevel "):  # "bilevel miniswhite -> 8-bit minisblack ..."
+        return BILEVEL_LABEL
+    if info.conversion.startswith(("2-bit gray ", "4-bit gray ")):
+        return info.conversion[:len("2-bit gray")]
     if "palette" in info.conversion:  # e.g. "4-bit palette -> RGB uint8 (8-bit colormap)"
         return info.conversion.split(" palette", 1)[0] + " palette"
     if info.photometric == "palette":  # 8-bit indices kept with their colour map, as read

@@ -366,6 +366,21 @@ def test_miniswhite_and_palette_look_as_they_are_processed(tmp_path):
     assert (kept.photometric, type_label(kept)) == ("palette", "8-bit palette")
 
 
+@pytest.mark.parametrize(("bits", "label"), [(1, "1-bit"), (4, "4-bit gray")])
+def test_a_page_of_bits_is_captioned_by_its_bits_not_as_read(tmp_path, bits, label):
+    """A 1-bit (fax, scan) or 4-bit gray page is read as uint8; its caption says what the
+    file holds, as a palette page's does."""
+    page = (smooth(40, 64, 1, "uint8") >> (8 - bits)).astype(np.uint8)
+    path = tmp_path / f"bits{bits}.tif"
+    if bits == 1:
+        tifffile.imwrite(path, page.astype(bool), photometric="miniswhite", metadata=None)
+    else:
+        tifffile.imwrite(path, page, bitspersample=bits, photometric="minisblack",
+                         metadata=None)
+    assert thumbnail(str(path), 0, 64).dtype == label
+    assert type_label(read_infos(str(path), None)[0]) == label
+
+
 # --- the command ---------------------------------------------------------------------------
 
 

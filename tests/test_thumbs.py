@@ -192,6 +192,10 @@ JOBS: dict[str, tuple[dict[str, Any], dict[int, set[str]]]] = {
     "palette": ({"input": "palette.tif", "output_options": {"compression": "lzw"}}, {}),
     # with an op it is read as RGB, as the preview shows it
     "palette_blur": ({"input": "palette.tif", "ops": [G]}, {0: {"in", "out"}}),
+    # a 1-bit output: captioned as such, from the sums as from the file
+    "bilevel": ({"input": "gray8.tif", "ops": [{"op": "threshold", "value": 127}],
+                 "output_options": {"bilevel": True, "compression": "group4"}},
+                {0: {"in", "out"}}),
 }
 
 
@@ -255,9 +259,10 @@ def test_summed_thumbnails_are_the_previews_of_the_files(tmp_path: Path, path: s
             expected = thumbnail(url, in_page, BOX)
             shown = to_display(made.pixels, np.dtype(made.dtype), made.extrasamples)
             assert (made.height, made.width) == (expected.height, expected.width)
-            # the caption's type: the pixels', but a palette page's is its indices'
+            # the caption's type: the pixels', but a palette page's is its indices', a 1-bit
+            # output's its bits
             assert expected.dtype == (type_label(plan.pages[page].info) if side == "in"
-                                      else made.dtype)
+                                      else "1-bit" if name == "bilevel" else made.dtype)
             np.testing.assert_array_equal(np.asarray(shown), np.asarray(expected.image),
                                           err_msg=f"{name} page {page} {side}")
 
@@ -270,8 +275,10 @@ def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
                                      make_image(10, 1040, 1100, 3, "uint8")], tiled=True,
                tile=(256, 256))
     big = {"input": "big.tif", "ops": [G], "output_options": {"compression": "deflate"}}
+    bilevel = {"input": "big.tif", "pages": [0], "output_options": {"bilevel": True},
+               "ops": [{"op": "select_bands", "bands": [1]}, {"op": "threshold", "value": 99}]}
     jobs = {"big": (big, None), "big_jpeg": ({**JOBS["jpeg"][0], "input": "big.tif"}, None),
-            "rgba": JOBS["rgba"], "small": JOBS["small"]}
+            "rgba": JOBS["rgba"], "small": JOBS["small"], "bilevel": (bilevel, None)}
     result, _ = _run(tmp_path, jobs, contact_sheet=True, keep_work=True)
     run = json.loads(Path(layout.run_file(result.work)).read_text())
     specs = [JobSpec.from_json(j) for j in run["jobs"]]
@@ -281,7 +288,8 @@ def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
     # are below 16 times the thumbnail
     assert set(summed) == {(str(tmp_path / "big.tif"), 0), (str(tmp_path / "big.tif"), 1),
                            (str(tmp_path / "out" / "big.tif"), 0),
-                           (str(tmp_path / "out" / "big.tif"), 1)}
+                           (str(tmp_path / "out" / "big.tif"), 1),
+                           (str(tmp_path / "out" / "bilevel.tif"), 0)}
     from_parts = contact_sheet.render(result.report, specs, result.work)
     from_files = contact_sheet.render(result.report, specs)
     np.testing.assert_array_equal(np.asarray(from_parts), np.asarray(from_files))
