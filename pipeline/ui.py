@@ -176,8 +176,8 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     title = (f"run {report['run_id']}: {report['succeeded']} succeeded, "
              f"{report['failed']} failed, {skipped}{report['seconds']:.1f} s")
     if report.get("deferred_to"):
-        title += (f"; no job: an earlier run of this scan is still running "
-                  f"({report['deferred_to']}), the next run after it takes what is new")
+        title += (f"; no job: an earlier run of this manifest is still running "
+                  f"({report['deferred_to']}), the next run after it does what is left")
     rows = []
     for job in report["jobs"]:
         ok = job["status"] in ("SUCCEEDED", "SKIPPED")  # SKIPPED: the output exists

@@ -366,8 +366,8 @@ def test_a_run_without_jobs_is_summed_up_in_its_title(stream):
     out = stream()
     report = {**REPORT, "succeeded": 0, "failed": 0, "jobs": [], "deferred_to": "local run r0"}
     ui.print_summary(report, out)
-    title = ("run r1: 0 succeeded, 0 failed, 2.2 s; no job: an earlier run of this scan is "
-             "still running (local run r0), the next run after it takes what is new")
+    title = ("run r1: 0 succeeded, 0 failed, 2.2 s; no job: an earlier run of this manifest is "
+             "still running (local run r0), the next run after it does what is left")
     assert out.getvalue().splitlines() == [title]
 
 

@@ -97,7 +97,10 @@ def test_the_earlier_running_execution_of_the_same_manifest(
 def test_a_scan_run_leaves_its_jobs_to_an_earlier_run_of_the_scan(sfn: Any, tmp_path: Path):
     """PlanRun of a scan whose earlier run is still running plans no job; run.json and the
     report name that run, and the summary says why there is no job. Without it, the same
-    scan plans its new file; a manifest of jobs is never deferred."""
+    scan plans its new file. A list of jobs defers to an earlier execution of the same
+    manifest URL only (a schedule's runs): another key of the same jobs (``tiffpipe
+    start`` uploads each start's manifest to a key of its own, and refuses it before it
+    starts) is not deferred here."""
     (tmp_path / "in").mkdir()
     write_sample(str(tmp_path / "in" / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
     scan = tmp_path / "scan.json"
@@ -120,13 +123,25 @@ def test_a_scan_run_leaves_its_jobs_to_an_earlier_run_of_the_scan(sfn: Any, tmp_
     report = json.loads((tmp_path / "deferred.report.json").read_text())
     assert report["deferred_to"] == earlier and report["jobs"] == []
     title, rows = ui.summary_rows(report)
-    assert f"an earlier run of this scan is still running ({earlier})" in title and rows == []
+    assert f"an earlier run of this manifest is still running ({earlier})" in title
+    assert rows == []
 
     planned, run = plan(scan, earlier, "first")  # the earlier run itself goes on
     assert planned["jobs"] == 1 and "deferred_to" not in run
     assert run["jobs"][0]["input"] == str(tmp_path / "in" / "a.tif")
-    _start(sfn, str(jobs))
-    planned, run = plan(jobs, _start(sfn, str(jobs)), "jobs")
+    first_jobs = _start(sfn, str(jobs))
+    planned, run = plan(jobs, first_jobs, "jobs-first")  # the earliest goes on
+    assert planned["jobs"] == 1 and "deferred_to" not in run
+    deferred = _start(sfn, str(jobs))
+    planned, run = plan(jobs, deferred, "jobs")
+    assert planned["jobs"] == 0 and run["jobs"] == [] and run["deferred_to"] == first_jobs
+    same_jobs = tmp_path / "same-jobs.json"
+    same_jobs.write_text(jobs.read_text())
+    planned, run = plan(same_jobs, _start(sfn, str(same_jobs)), "same-jobs")
+    assert planned["jobs"] == 1 and "deferred_to" not in run
+    for ended in (first_jobs, deferred):  # (moto's executions run until stopped)
+        sfn.stop_execution(executionArn=ended)  # none running: the next run does the jobs
+    planned, run = plan(jobs, _start(sfn, str(jobs)), "jobs-after")
     assert planned["jobs"] == 1 and "deferred_to" not in run
 
     # another manifest of the same scan (tiffpipe start uploads a local one to a key of

@@ -203,7 +203,7 @@ def test_a_scan_run_defers_to_an_earlier_local_run_of_the_scan(tmp_path: Path,
         assert result.ok and result.report is not None and result.report["jobs"] == []
         assert result.report["deferred_to"] == f"local run earlier, process {proc.pid}"
         title, rows = ui.summary_rows(result.report)
-        assert "an earlier run of this scan is still running (local run earlier" in title
+        assert "an earlier run of this manifest is still running (local run earlier" in title
         assert rows == [] and not (tmp_path / "out").exists()
         other = run_local(str(elsewhere), 1, interpreter=interpreter)
         assert other.ok and other.report is not None and "deferred_to" not in other.report

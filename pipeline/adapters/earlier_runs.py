@@ -1,4 +1,4 @@
-"""An earlier run of the same scan, still running on AWS: a scan's run defers to it.
+"""An earlier run of the same manifest, still running on AWS: a scan's run defers to it.
 
 A scan's jobs are the inputs that have no output yet. Two runs of one scan at the same time
 (a run longer than its schedule's interval, as a first run over a backlog is) would both
@@ -9,7 +9,13 @@ executions: if one that started before this one runs the same scan (the same man
 one that scans the same input into the same output: the caller tells), this run plans no
 job, and its report names that run; the next run after it picks up what is new.
 
-Only on Lambda: a local run defers to an earlier local run (:mod:`local_runs`). Never a
+A list of jobs' run defers the same way to an earlier execution of the same manifest URL:
+a schedule's runs are each on the schedule's manifest, and two of them at once would do
+every job and write the same outputs at once (``tiffpipe start`` refuses a second run of a
+list of jobs before it starts, :mod:`pipeline.aws.executions`).
+
+Only on Lambda: a local run of a scan defers to an earlier local run (:mod:`local_runs`),
+a local run of a list of jobs is refused before it starts. Never a
 reason to fail the run: without the permissions (a stack deployed before them) or on any
 error of Step Functions, the run goes on as before, with a warning.
 """
@@ -70,7 +76,7 @@ def earlier_run(execution: str, same: Callable[[str], bool], client: Any = None)
                                                          "max_attempts": 3}))
         return _earlier(client, machine, execution, same)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        log.warning("cannot tell whether an earlier run of this scan is still running (%s); "
+        log.warning("cannot tell whether an earlier run of this manifest is still running (%s); "
                     "the run goes on: deploy the stack again to grant states:ListExecutions "
                     "and states:DescribeExecution to the split function", exc)
         return None

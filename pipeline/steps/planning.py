@@ -50,19 +50,19 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     job indices go to a file (``jobs.json``), not to the result: the ``Jobs`` Distributed
     Map's ItemReader reads them, so the state payloads stay small for any number of jobs.
     It also shares the run's concurrency out between its jobs (core.concurrency.share).
-    A scan's run while an earlier run of the same scan is still going (:func:`_earlier`)
+    A scan's run while an earlier run of the same scan is still going, and on AWS a list
+    of jobs' run while an earlier execution of the same manifest is (:func:`_earlier`),
     plans no job: its run.json names that run.
     """
     parsed = read_manifest(event.manifest)
     check_outside_work(event.work, parsed, event.report or None)
     if event.report:
         check_report_path(event.report, event.manifest, parsed)
-    earlier = None
-    if isinstance(parsed, ScanSpec):
-        earlier = _earlier(event, parsed)
-        specs = [] if earlier else expand_scan(parsed)
+    earlier = _earlier(event, parsed)
+    if earlier:
+        specs = []
     else:
-        specs = parsed
+        specs = expand_scan(parsed) if isinstance(parsed, ScanSpec) else parsed
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
                         event.report or layout.report_file(event.work), earlier)
     jobs_url = layout.jobs_file(event.work)
@@ -122,11 +122,18 @@ def check_outside_work(work: str, parsed: list[JobSpec] | ScanSpec,
             "work location (tiffpipe run --work)")
 
 
-def _earlier(event: RunEvent, scan: ScanSpec) -> str | None:
-    """An earlier run of the scan still going: on Lambda, an execution of the state machine
-    (:mod:`pipeline.adapters.earlier_runs`); else a local run of this machine
-    (:mod:`pipeline.adapters.local_runs`; the execution's name ends its ARN)."""
-    same = _same_scan(scan, event.manifest)
+def _earlier(event: RunEvent, parsed: list[JobSpec] | ScanSpec) -> str | None:
+    """An earlier run of the manifest still going. A scan's: on Lambda, an execution of the
+    state machine (:mod:`pipeline.adapters.earlier_runs`); else a local run of this machine
+    (:mod:`pipeline.adapters.local_runs`; the execution's name ends its ARN). A list of
+    jobs': on Lambda, an execution of the same manifest URL (a schedule's runs, each on the
+    schedule's manifest, one of them longer than the interval: both would do every job
+    and write the same outputs at once); ``tiffpipe start`` and a local run refuse such a
+    run before it starts (:class:`~pipeline.errors.RunningAlreadyError`)."""
+    if not isinstance(parsed, ScanSpec):
+        return (earlier_runs.earlier_run(event.execution, event.manifest.__eq__)
+                if earlier_runs.on_lambda() else None)
+    same = _same_scan(parsed, event.manifest)
     if earlier_runs.on_lambda():
         return earlier_runs.earlier_run(event.execution, same)
     return local_runs.earlier_run(event.execution.rsplit(":", 1)[-1], same)
@@ -164,7 +171,7 @@ def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, repor
     run.json grows with the jobs, and 10,000 jobs' PlanJobs each reading it would read ~3 MB
     each (O(n^2)). One file for all the records, not one a job: a file a job cost PlanRun,
     before any job started, ~1.5 ms a job on a local disk (1,144 jobs: 1.5-2 s) and a PUT a
-    job on S3. ``deferred_to``: the earlier run of the same scan this one leaves its jobs
+    job on S3. ``deferred_to``: the earlier run of the same manifest this one leaves its jobs
     to. Returns run.json's URL."""
     started = time.time()
     jobs = [s.to_json() for s in specs]
