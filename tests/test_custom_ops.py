@@ -65,6 +65,9 @@ def says_much(tile):
 
 def interrupts(tile):
     raise KeyboardInterrupt
+
+def hungry(tile):
+    raise MemoryError("Unable to allocate 64.0 GiB for an array with shape (131072, 524288)")
 '''
 #: a module that runs a script when imported (argparse's exit on missing arguments)
 SCRIPT = "import sys\nsys.exit(2)\n\ndef fn(tile):\n    return tile\n"
@@ -254,3 +257,39 @@ def test_custom_ops_on_the_embedded_engine(tmp_path):
     assert f"custom op {MODULE}:crop returned an array of shape" in crop["error"]["message"]
     assert not (tmp_path / "out" / "missing.tif").exists()
     assert not (tmp_path / "out" / "crop.tif").exists()
+
+
+def test_a_custom_op_out_of_memory_is_told_so_not_as_broken_code(tmp_path):
+    """A user function that raises MemoryError (it allocates too much for its tile) failed
+    its job as ``CustomOperationError: ... raised MemoryError``, as if the user's code were
+    broken, with no advice. It is OutOfMemoryError, as a built-in op's, naming the custom
+    op, the input, the tile and page, and what to do (a smaller "tile", fewer --workers);
+    its job fails alone, publishing nothing, and another function's error is still a
+    CustomOperationError."""
+    page = make_image(76, 300, 420, 1, "uint8")
+    write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(64, 64))
+    manifest = {"defaults": {"tile": 64, "output_options": {"tile": 32}}, "jobs": [
+        {"input": "in.tif", "output": "out/box.tif", "ops": [_op("box", 2, ksize=5)]},
+        {"input": "in.tif", "output": "out/hungry.tif",
+         "ops": [{"op": "invert"}, _op("hungry", 4)]},
+        {"input": "in.tif", "output": "out/fails.tif", "ops": [_op("fails")]},
+    ]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "2", "--quiet"]) == 1
+    box, hungry, fails = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
+    assert box["status"] == "SUCCEEDED"
+    assert_identical(read_page(tmp_path / "out" / "box.tif", 0), cv2.blur(page, (5, 5)))
+    assert hungry["status"] == "FAILED"
+    assert hungry["error"]["type"] == "OutOfMemoryError", hungry["error"]
+    message = hungry["error"]["message"]
+    assert message.startswith(f"{tmp_path / 'in.tif'}: tile "), message
+    assert " of page 0: custom op tiffpipe_test_userops:hungry on a (" in message, message
+    assert ("uint8 tile: out of memory (MemoryError: Unable to allocate 64.0 GiB"
+            in message), message
+    assert 'give the job a smaller "tile" in the manifest' in message, message
+    assert "run with fewer --workers" in message, message
+    assert "CustomOperationError" not in message and "raised" not in message, message
+    assert hungry["error"]["fault"] == "platform"  # not the input's: a smaller tile runs
+    assert fails["status"] == "FAILED" and fails["error"]["type"] == "CustomOperationError"
+    assert "raised ValueError: no reason" in fails["error"]["message"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["box.tif"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import CustomOperationError, lambda_hint, shortened
+from pipeline.errors import CustomOperationError, exhausted, lambda_hint, shortened
 
 #: ``package.module:function`` (dotted module path, a colon, a function name)
 SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -74,13 +74,17 @@ def _raised(exc: BaseException, most: int) -> str:
 
 
 def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
-    """Run the user function on a tile and check what it returns."""
+    """Run the user function on a tile and check what it returns. What it raises is a
+    CustomOperationError, but a MemoryError: an OutOfMemoryError, with the advice of any
+    task out of memory (a smaller ``tile``, fewer workers, more memory)."""
     func = load(spec)
     if not tile.flags.writeable:
         tile = tile.copy()
     shape, dtype = tile.shape, tile.dtype
     try:
         out = func(tile, **params)
+    except MemoryError as exc:  # the tile too large for what it allocates: not broken code
+        raise exhausted(exc, f"custom op {spec} on a {shape} {dtype} tile") from exc
     except USER_ERRORS as exc:
         raise CustomOperationError(f"custom op {spec} raised {_raised(exc, 1000)} (on a "
                                    f"{shape} {dtype} tile)") from exc

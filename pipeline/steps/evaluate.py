@@ -33,7 +33,7 @@ from pipeline.core.ops import (
     chain_own_nodata,
     with_nodata,
 )
-from pipeline.errors import CustomOperationError, OperationError
+from pipeline.errors import CustomOperationError, OperationError, OutOfMemoryError
 from pipeline.steps import layout
 
 if TYPE_CHECKING:
@@ -190,6 +190,9 @@ class TileEvaluator:
         except CustomOperationError as exc:
             raise CustomOperationError(f"tile {row},{col} of page {self.page.info.index}: "
                                        f"{exc}") from exc
+        except OutOfMemoryError as exc:  # (a custom op's MemoryError) its input too
+            raise OutOfMemoryError(f"{self.plan.spec.input}: tile {row},{col} of page "
+                                   f"{self.page.info.index}: {exc}") from exc
         if out.dtype != self.layout.dtypes[i + 1]:
             out = out.astype(self.layout.dtypes[i + 1])
         f = op.factor(p)
