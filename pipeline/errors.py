@@ -188,8 +188,10 @@ def in_callers_words(text: str) -> str:
     """``text`` in the words of the entry point that started this process's run, which
     ``run_local`` passes down to its steps and workers (CALLER_ENV): ``pipeline.run``'s
     arguments (:func:`in_python_words`), else as it is (the command's options). Said of a
-    job's error as its result is recorded (the report) and of the warnings a run logs;
-    only a message's own words, never the paths put into it."""
+    job's error as its result is recorded (the report), of the warnings a run logs, and of
+    the advice of an error as it is raised (a run's checks, its work location, running out
+    of memory or open files: ``pipeline.run`` sets CALLER_ENV for its checks too); only a
+    message's own words, never the paths put into it."""
     from pipeline.core.constants import CALLER_ENV
 
     return in_python_words(text) if os.environ.get(CALLER_ENV) == PYTHON_CALLER else text
@@ -263,8 +265,8 @@ def lambda_hint(local: str, on_lambda: str) -> str:
 
 def out_of_memory_hint() -> str:
     """What to do when a task runs out of memory where this process runs
-    (:func:`lambda_hint`)."""
-    return lambda_hint(OUT_OF_MEMORY_HINT, LAMBDA_OUT_OF_MEMORY_HINT)
+    (:func:`lambda_hint`), in the words of the run's caller (:func:`in_callers_words`)."""
+    return lambda_hint(in_callers_words(OUT_OF_MEMORY_HINT), LAMBDA_OUT_OF_MEMORY_HINT)
 
 
 #: what to do when an invocation on AWS Lambda meets its limit of open files: that limit
@@ -302,7 +304,7 @@ def _open_files_hint(code: int) -> str:
     else:
         whose = ("the system's limit of open files is reached (fs.file-max): close other "
                  "programs")
-    return f"{whose}, or run with fewer --workers, then run the job again"
+    return f"{whose}, {in_callers_words('or run with fewer --workers')}, then run the job again"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

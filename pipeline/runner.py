@@ -51,7 +51,6 @@ from pipeline.errors import (
     WorkLocationError,
     failure_record,
     in_callers_words,
-    in_python_words,
     shortened,
 )
 from pipeline.steps import held_work, layout
@@ -190,8 +189,10 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
         from pipeline.engine import definition
 
         definition.check(definition_text, "definition_text")
-    # the checks are the command's (check_run, run_local's): said in this function's words
-    with _in_python_words(), _manifest_file(manifest, base) as (path, temp_report):
+    # the checks are the command's (check_run, run_local's): their messages say what to do in
+    # this function's words (its arguments, not the command's options) as they are made
+    with _run_env(CALLER_ENV, PYTHON_CALLER, replace=True), \
+            _manifest_file(manifest, base) as (path, temp_report):
         report = os.fspath(report) if report is not None else temp_report
         try:
             jobs = check_run(path, report, work)
@@ -211,25 +212,9 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                interpreter=interpreter, stop=stop,
                                definition_text=definition_text,
                                overwrite_report=overwrite_report, caller=PYTHON_CALLER)
-    if result.error:  # (a run that lost its work location: "... with a --work of their own")
-        result.error = in_python_words(result.error)
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result
-
-
-@contextmanager
-def _in_python_words() -> Iterator[None]:
-    """A TiffpipeError raised in the block (but ManifestError, which names the manifest's
-    fields) said :func:`in_python_words`: the same exception, its message reworded."""
-    try:
-        yield
-    except ManifestError:
-        raise
-    except TiffpipeError as exc:
-        if len(exc.args) == 1 and isinstance(exc.args[0], str):
-            exc.args = (in_python_words(exc.args[0]),)
-        raise
 
 
 def checked_workers(workers: Any) -> int:
@@ -399,7 +384,7 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
     work = _resolved(work or default_work(manifest, run_id))
     report_url = _resolved(report or default_report(manifest))
     # before any work: a run whose report is lost is wasted
-    storage.check_writable(report_url, "report", "give --report another path")
+    storage.check_writable(report_url, "report", in_callers_words("give --report another path"))
     if not overwrite_report:
         check_report_free(report_url, sheet=contact_sheet)
     started = time.time()
@@ -531,8 +516,8 @@ def _lost_work(lease: work_lease.Holder, run_id: str, report_url: str, work: str
              f"run went on: {why}. This run stopped, wrote "
              f"no report and left the work and its S3 uploads to that run. Outputs it "
              f"published: {outputs} (a job that was publishing as the run stopped may have "
-             f"published its output too); run the other jobs again, with a --work of "
-             f"their own")
+             f"published its output too); "
+             + in_callers_words("run the other jobs again, with a --work of their own"))
     return RunResult(run_id, "FAILED", None, report_url, work, time.time() - started, error,
                      removed=_remove_stale(report_url, run_id, False, False, started))
 
@@ -584,8 +569,8 @@ def remove_earlier_report(report_url: str) -> list[str]:
 REPORT_START = re.compile(rb'\s*\{\s*"run_id"\s*:')
 
 
-#: what to do about a file at the report's path that is no run report (:func:`run` says
-#: it in its arguments' words: :func:`in_python_words`)
+#: what to do about a file at the report's path that is no run report (said in the words of
+#: the run's caller: :func:`in_callers_words`)
 REPORT_ADVICE = ("give --report another path, or move that file away (or run with "
                  "--overwrite-report to replace it)")
 
@@ -609,12 +594,12 @@ def check_report_free(url: str, sheet: bool = False) -> None:
         if not recognised:
             raise OutputNotWritableError(
                 f"{url}: exists and is not a tiffpipe run report, which the run's report "
-                f"would replace: {REPORT_ADVICE}")
+                f"would replace: {in_callers_words(REPORT_ADVICE)}")
     if sheet and not _sheet_is_ours(contact_sheet_url(url)):
         raise OutputNotWritableError(
             f"{contact_sheet_url(url)}: exists and is not a tiffpipe contact sheet, which the "
-            f"run's contact sheet (named after the report) would replace: run with "
-            f"--no-contact-sheet, or {REPORT_ADVICE}")
+            f"run's contact sheet (named after the report) would replace: "
+            + in_callers_words(f"run with --no-contact-sheet, or {REPORT_ADVICE}"))
 
 
 def _sheet_is_ours(url: str) -> bool:
@@ -818,11 +803,13 @@ def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) ->
     if other is not None and not other.alive:
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, which was "
                                 "killed: another run is removing what it left there now; run "
-                                "again in a moment, or give this run another --work")
+                                "again in a moment, or "
+                                + in_callers_words("give this run another --work"))
     if other is not None:
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, still "
-                                "going on: give this run another --work, or none (each run "
-                                "then gets its own)")
+                                "going on: " + in_callers_words(
+                                    "give this run another --work, or none (each run then "
+                                    "gets its own)"))
     earlier = work_location.prepare(work, take)
     if earlier is not None:
         log.warning(in_callers_words("removed the work files of an earlier run (%s) at %s "
@@ -841,9 +828,9 @@ def _hold_work(work: str, run_id: str,
     except WorkLocationError:
         raise
     except TiffpipeError as exc:
-        raise WorkLocationError(f"{work}: cannot write this run's lease there ({exc}): give "
-                                "--work a folder (or prefix) this run can write, or none"
-                                ) from exc
+        raise WorkLocationError(f"{work}: cannot write this run's lease there ({exc}): "
+                                + in_callers_words("give --work a folder (or prefix) this "
+                                                   "run can write, or none")) from exc
 
 
 def _remove_work(work: str) -> None:

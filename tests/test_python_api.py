@@ -244,7 +244,7 @@ def test_refusals_name_the_arguments_given_not_the_commands_options(tmp_path: Pa
         assert " --" not in str(raised.value) and "(--" not in str(raised.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
     assert os.listdir(tmp_path / "busy") == ["x.txt"]
-    from pipeline.runner import in_python_words
+    from pipeline.errors import in_python_words
 
     assert in_python_words("/data/--work/a.tif: give --work a folder, or fewer --workers") \
         == "/data/--work/a.tif: give work= a folder, or fewer workers"
@@ -294,3 +294,48 @@ def test_a_report_path_holding_another_file_is_refused_unless_told(tmp_path: Pat
     result = pipeline.run(manifest, workers=1, base=tmp_path, report=str(theirs),
                           overwrite_report=True)
     assert result.ok and json.loads(theirs.read_text())["run_id"] == result.run_id
+
+
+def test_a_refusal_keeps_the_paths_it_names_as_they_are(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]):
+    """``pipeline.run`` said its checks' messages in its arguments' words by rewriting each
+    raised message at its boundary: every ``--work`` or ``--report`` in it, those of the
+    paths it named too, so a work folder ``scans --work 2`` was named ``scans work= 2``, a
+    path the user could not find. The messages are made in the caller's words where they
+    are raised (only their own words: CALLER_ENV, as the jobs' errors and the warnings),
+    and the paths stay as given; ``tiffpipe run`` still names its options."""
+    from pipeline import cli
+    from pipeline.errors import OutputNotWritableError, WorkLocationError
+
+    _inputs(tmp_path)
+    busy = tmp_path / "scans --work 2"
+    busy.mkdir()
+    (busy / "x.txt").write_text("x")
+    theirs = tmp_path / "my --report.json"
+    theirs.write_text('{"mine": true}')
+    manifest = {"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    work_says = ": the work location holds files that are not a tiffpipe run's work (x.txt): "
+    report_says = (": exists and is not a tiffpipe run report, which the run's report would "
+                   "replace: ")
+    with pytest.raises(WorkLocationError) as raised:
+        pipeline.run(manifest, workers=1, base=tmp_path, work=str(busy))
+    assert str(raised.value) == (f"{busy}{work_says}give work= a new or empty folder (or "
+                                 "prefix), or none (each run then gets its own); a run "
+                                 "removes what it writes there when it ends")
+    with pytest.raises(OutputNotWritableError) as raised:
+        pipeline.run(manifest, workers=1, base=tmp_path, report=str(theirs))
+    assert str(raised.value) == (f"{theirs}{report_says}give report= another path, or move "
+                                 "that file away (or overwrite_report=True to replace it)")
+    assert "TIFFPIPE_CALLER" not in os.environ  # put back
+    capsys.readouterr()
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                     "--work", str(busy)]) == 2
+    assert (f"{busy}{work_says}give --work a new or empty folder (or prefix)"
+            in capsys.readouterr().err)
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                     "--report", str(theirs)]) == 2
+    assert (f"{theirs}{report_says}give --report another path, or move that file away (or run "
+            "with --overwrite-report to replace it)") in capsys.readouterr().err
+    assert os.listdir(busy) == ["x.txt"] and theirs.read_text() == '{"mine": true}'
+    assert not (tmp_path / "out").exists()

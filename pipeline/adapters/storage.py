@@ -45,6 +45,7 @@ from pipeline.errors import (
     TiffpipeError,
     WorkLocationError,
     WorkMissingError,
+    in_callers_words,
 )
 
 MiB = 1024 * 1024
@@ -271,8 +272,9 @@ def unwritable(url: str, exc: OSError) -> TiffpipeError:
     work = os.environ.get(WORK_ENV, "")
     if work and inside(url, work):
         return WorkLocationError(
-            f"{url}: cannot write in the work location {work} ({why}): {fix}, or give the "
-            "run a work location that can take its files (tiffpipe run --work)")
+            f"{url}: cannot write in the work location {work} ({why}): {fix}, or "
+            + in_callers_words("give the run a work location that can take its files "
+                               "(tiffpipe run --work)"))
     return OutputNotWritableError(f"{url}: cannot write ({why}): {fix}, or write the output "
                                   "somewhere else")
 

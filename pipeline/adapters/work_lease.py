@@ -240,9 +240,11 @@ def _taken(work: str, lease: Lease | None, first: bool = False) -> WorkLocationE
     how = ("another run took it first, at the same moment as this one: " if first else "")
     return WorkLocationError(
         f"{work}: {how}the work location of {who}: it is going on there (its lease "
-        f"stands until {EXPIRY_S:.0f} s after its last renewal). Wait for it to end, give "
-        f"this run another --work (or none: each run then gets its own), or, if that run is "
-        f"known to be dead, remove {url(work)} (this run then removes its work)")
+        f"stands until {EXPIRY_S:.0f} s after its last renewal). Wait for it to end, "
+        + in_callers_words("give this run another --work (or none: each run then gets its "
+                           "own)")
+        + f", or, if that run is known to be dead, remove {url(work)} (this run then removes "
+        "its work)")
 
 
 def check(work: str) -> Lease | None:

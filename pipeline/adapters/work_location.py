@@ -32,7 +32,7 @@ from pipeline.core.constants import (
     RUN_FILE,
     WORK_ENTRIES,
 )
-from pipeline.errors import StorageError, TiffpipeError, WorkLocationError
+from pipeline.errors import StorageError, TiffpipeError, WorkLocationError, in_callers_words
 
 #: the folders a local run's default work folder is made in (``runner.default_work``):
 #: removed too once empty (other runs may share them)
@@ -48,16 +48,18 @@ def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
     removed (the run takes its lease: :func:`work_lease.take`, a WorkLocationError if
     another run took it first); the lease it wrote then stays."""
     if not storage.is_s3(work) and os.path.lexists(work) and not os.path.isdir(work):
-        raise WorkLocationError(f"{work}: the work location is a file, not a folder: give "
-                                "--work a new or empty folder, or none")
+        raise WorkLocationError(f"{work}: the work location is a file, not a folder: "
+                                + in_callers_words("give --work a new or empty folder, or "
+                                                   "none"))
     if not storage.is_s3(work):
         _writable_folder(work)
     try:
         names = {n.rstrip("/") for n in storage.top_names(work)}
     except StorageError as exc:
         raise WorkLocationError(f"{work}: the work location cannot be looked into ({exc}): "
-                                "give --work a folder (or prefix) this run can read and "
-                                "write, or none") from exc
+                                + in_callers_words("give --work a folder (or prefix) this "
+                                                   "run can read and write, or none")
+                                ) from exc
     if not names:
         if take is not None:
             take()
@@ -67,8 +69,9 @@ def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
         shown = ", ".join(foreign[:3] or sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise WorkLocationError(
             f"{work}: the work location holds files that are not a tiffpipe run's work "
-            f"({shown}): give --work a new or empty folder (or prefix), or none (each run "
-            "then gets its own); a run removes what it writes there when it ends")
+            f"({shown}): " + in_callers_words(
+                "give --work a new or empty folder (or prefix), or none (each run then gets "
+                "its own); a run removes what it writes there when it ends"))
     lease = work_lease.check(work) if LEASE_FILE in names else None
     earlier = _run_id(work, lease)
     if take is not None:  # first: of two runs given it at once, the one refused removes nothing
@@ -91,15 +94,15 @@ def _end_uploads(work: str, earlier: str) -> None:
         raise WorkLocationError(
             f"{work}: the work location holds the work of an earlier run ({earlier}), whose "
             f"S3 uploads could not be checked (their records cannot be listed: {exc}): run "
-            "where that S3 is reachable (its endpoint and credentials), or give this run "
-            "another --work") from exc
+            "where that S3 is reachable (its endpoint and credentials), or "
+            + in_callers_words("give this run another --work")) from exc
     except TiffpipeError as exc:
         raise WorkLocationError(
             f"{work}: the work location holds the work of an earlier run ({earlier}) with S3 "
             f"uploads it recorded, which this run could not check or end ({exc}): run where "
             "that S3 is reachable (its endpoint and credentials), or end them (aws s3api "
             "abort-multipart-upload; the records are in jobs/*/uploads/) and remove the "
-            "work, or give this run another --work") from exc
+            "work, or " + in_callers_words("give this run another --work")) from exc
 
 
 def _writable_folder(work: str) -> None:
@@ -113,9 +116,10 @@ def _writable_folder(work: str) -> None:
     else:
         reason = "permission denied"
     if not writable:
-        raise WorkLocationError(f"{work}: the work folder cannot be written ({reason}): give "
-                                "--work a folder this run can write (by default it is made "
-                                "beside the manifest)")
+        raise WorkLocationError(f"{work}: the work folder cannot be written ({reason}): "
+                                + in_callers_words("give --work a folder this run can write "
+                                                   "(by default it is made beside the "
+                                                   "manifest)"))
 
 
 def _run_id(work: str, lease: work_lease.Lease | None = None) -> str:

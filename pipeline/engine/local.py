@@ -40,7 +40,13 @@ from pipeline.engine import definition, direct
 from pipeline.engine.execution import Execution, Listener, function_name, function_of
 from pipeline.engine.placement import Placement
 from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
-from pipeline.errors import OUT_OF_MEMORY_HINT, EngineError, OutOfMemoryError, exhausted
+from pipeline.errors import (
+    OUT_OF_MEMORY_HINT,
+    EngineError,
+    OutOfMemoryError,
+    exhausted,
+    in_callers_words,
+)
 from pipeline.steps import held_work, stopping
 from pipeline.steps.common import usable_cores
 
@@ -392,7 +398,8 @@ class LocalEngine:
             if on is not None or abandon():
                 raise OutOfMemoryError(
                     f"{where}: the engine's thread that was to run it ended before the task "
-                    f"did (a thread ends so when it runs out of memory); {OUT_OF_MEMORY_HINT}")
+                    f"did (a thread ends so when it runs out of memory); "
+                    f"{in_callers_words(OUT_OF_MEMORY_HINT)}")
         if not task.done():
             raise direct.Aborted("the run was stopped; a task was left behind")
         return task.result()

@@ -28,6 +28,7 @@ from pipeline.errors import (
     OutputNotWritableError,
     TiffpipeError,
     WorkLocationError,
+    in_callers_words,
 )
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import (
@@ -89,8 +90,8 @@ def check_report_path(report: str, manifest: str, parsed: list[JobSpec] | ScanSp
                 if storage.inside(written, folder)), None)
         if whose is not None:
             raise OutputNotWritableError(
-                f"{written}: is {whose}, which the run's {what} would replace; give "
-                "--report another path")
+                f"{written}: is {whose}, which the run's {what} would replace; "
+                + in_callers_words("give --report another path"))
 
 
 def check_outside_work(work: str, parsed: list[JobSpec] | ScanSpec,
@@ -113,13 +114,15 @@ def check_outside_work(work: str, parsed: list[JobSpec] | ScanSpec,
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise WorkLocationError(
             f"{'; '.join(problems[:3])}{more}: inside the work location {work}, which the "
-            "run removes when it ends (its outputs with it): give the output a path outside "
-            "it, or the run another work location (tiffpipe run --work)")
+            "run removes when it ends (its outputs with it): " + in_callers_words(
+                "give the output a path outside it, or the run another work location "
+                "(tiffpipe run --work)"))
     if report and storage.inside(report, work):
         raise WorkLocationError(
             f"{report}: the run report is inside the work location {work}, which the run "
-            "removes when it ends: give --report a path outside it, or the run another "
-            "work location (tiffpipe run --work)")
+            "removes when it ends: " + in_callers_words(
+                "give --report a path outside it, or the run another work location "
+                "(tiffpipe run --work)"))
 
 
 def _earlier(event: RunEvent, parsed: list[JobSpec] | ScanSpec) -> str | None:
