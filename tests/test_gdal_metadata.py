@@ -173,3 +173,57 @@ def test_a_page_the_reader_converts_keeps_what_still_holds(tmp_path, photometric
         assert b"sample=" not in xml
     else:
         assert kept in xml and all(g not in xml for g in gone)
+
+
+def physical(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each band's physical values as GDAL gives them (scale * value + offset), and its view."""
+    with rasterio.open(path) as ds:
+        values = ds.read().astype(np.float64)
+        scales, offsets = np.array(ds.scales), np.array(ds.offsets)
+    return values * scales[:, None, None] + offsets[:, None, None], gdal_view(path)
+
+
+@pytest.mark.parametrize("ops,within", [
+    # to float32 (v / 65535 in 0..1): float32's precision (2**-24) times the new scale
+    ([{"op": "convert", "dtype": "float32", "in_range": [0, 65535]}], 2**-24 * 6.5535),
+    # to uint8, 0 the no-data value (1..255): half an output step (the rounding), times the
+    # input's scale
+    ([{"op": "convert", "dtype": "uint8", "nodata": 0}], 0.0001 * 65535 / 254 / 2),
+    # to int16 over a range wider than uint16's, then back to a float: both maps composed
+    ([{"op": "convert", "dtype": "int16", "in_range": [-10, 65545]},
+      {"op": "gaussian_blur", "sigma": 0.0001},
+      {"op": "convert", "dtype": "float64", "in_range": [-32768, 32767],
+       "out_range": [-5, 5]}], 0.0001 * 65555 / 65535 / 2),
+], ids=["float32", "uint8-nodata", "int16-blur-float64"])
+def test_a_convert_that_clips_nothing_keeps_each_bands_physical_values(tmp_path, ops,
+                                                                        within):
+    """out = a v + b for every uint16 value: a band's scale and offset become scale / a and
+    offset - scale b / a, so GDAL's scale * out + offset is the input's physical value (to
+    the output's rounding); the unit still holds, the band names too, the statistics not."""
+    src = tmp_path / "wide.tif"
+    pixels = np.random.default_rng(5).integers(0, 65536, (70, 90, 3), dtype=np.uint16)
+    tifffile.imwrite(src, pixels, photometric="minisblack", planarconfig="contig",
+                     tile=(32, 32), metadata=None, extratags=[*GEO, (42112, 2, 0, XML, True)])
+    _, plan = run_tiled(tmp_path, src, ops, 64, 32)
+    want, _ = physical(src)
+    got, view = physical(plan.spec.output)
+    assert np.abs(got - want).max() <= within * (1 + 1e-9)
+    assert view["scales"] != (1.0,) * 3 and view["units"] == ("reflectance",) * 3
+    assert view["descriptions"] == NAMES and view["bands"] == [{}] * 3
+
+
+@pytest.mark.parametrize("ops", [
+    # values outside in_range are clipped: their physical values are lost
+    [{"op": "convert", "dtype": "uint8", "in_range": [0, 1000]}],
+    # float pages: any in_range may clip
+    [{"op": "convert", "dtype": "float32", "in_range": [0, 65535]},
+     {"op": "convert", "dtype": "uint8", "in_range": [0, 1]}],
+    # a map that is not linear after a linear one
+    [{"op": "convert", "dtype": "uint8"}, {"op": "gamma", "gamma": 2.0}],
+], ids=["clipped", "float-clipped", "then-gamma"])
+def test_a_convert_that_may_clip_drops_scale_offset_and_unit(tmp_path, ops):
+    _, plan = run_tiled(tmp_path, scene(tmp_path), ops, 64, 32)
+    view = gdal_view(plan.spec.output)
+    assert view["descriptions"] == NAMES and view["bands"] == [{}] * 3
+    assert view["scales"] == (1.0,) * 3 and view["offsets"] == (0.0,) * 3
+    assert view["units"] == (None,) * 3

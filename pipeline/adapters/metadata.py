@@ -662,7 +662,8 @@ def ome_channel(info: Any, channels: int,
 def output_tags(info: Any, height: int, width: int, channels: int,
                 nodata: bool = True, factor: int = 1, bands: tuple[int, ...] | None = None,
                 own_nodata: float | None = None, placed: Placement | None = None,
-                stats: bool = False, bilevel: bool = False) -> dict[str, Any]:
+                stats: bool = False, bilevel: bool = False,
+                linear: tuple[float, float] | None = None) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -672,7 +673,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     no-data value (:func:`pipeline.core.ops.chain_own_nodata`), written as GDAL_NODATA.
     ``stats``: the chain keeps each band's values as a set (rotate, flip, select_bands:
     :func:`pipeline.core.ops.chain_keeps_statistics`), so GDAL_METADATA's statistics still
-    hold (:func:`gdal_metadata`, which ``nodata`` and ``bands`` rule too).
+    hold (:func:`gdal_metadata`, which ``nodata`` and ``bands`` rule too). ``linear``:
+    ``(a, b)`` when the chain maps each value v to a v + b
+    (:func:`pipeline.core.ops.chain_linear`): GDAL_METADATA's scale and offset are rescaled.
     ``placed``: what the chain's geometric ops did to the page
     (:func:`pipeline.core.geometry.placement`; None: none): a quarter turn swaps the x and
     y resolution; a rotation or flip drops Orientation (the pixels are stored as they are
@@ -730,7 +733,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     same_bands = tuple(range(channels)) if channels == info.channels else None
     if "gdal_metadata" in md and (xml := gdal_metadata(
             md["gdal_metadata"], same_bands if bands is None else bands, nodata, stats,
-            placed is not None or not same_size)):
+            placed is not None or not same_size, linear)):
         extratags.append((GDAL_METADATA, 2, 0, xml, True))
     if own_nodata is not None:  # (the input's was dropped: the chain does not keep values)
         extratags.append((GDAL_NODATA, 2, 0, f"{own_nodata}".lower().encode("ascii"), True))
@@ -746,7 +749,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
 
 
 def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats: bool,
-                  moved: bool) -> bytes | None:
+                  moved: bool, linear: tuple[float, float] | None = None) -> bytes | None:
     """The GDAL_METADATA of an output page, from the input's (``value``, base64 XML: items
     ``<Item name= [sample=] [role=] [domain=]>text</Item>``), None when no item holds.
 
@@ -754,7 +757,10 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
     every band item goes); a band item is copied for each output band that is its band,
     renumbered. ``values`` False: the chain remapped the values, so only the items naming a
     band (``description``, ``colorinterp``) are kept of it (scale, offset, unit, statistics
-    and any other band item may describe its values). ``stats`` False: the chain changed a
+    and any other band item may describe its values), unless ``linear``, ``(a, b)``: the
+    chain mapped each value v to a v + b (:func:`pipeline.core.ops.chain_linear`), so a band
+    with a scale or offset keeps its physical values under a new scale and offset
+    (:func:`_rescaled`) and its unit. ``stats`` False: the chain changed a
     band's set of values (any op but a rotate, flip or select_bands), so its STATISTICS_*
     go. ``moved``: the page was turned, cropped or resized, so the RPC and GEOLOCATION
     domains (pixel positions) go. The scene's other items (no ``sample``) are kept. The
@@ -771,9 +777,11 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
              and not (moved and e.get("domain", "").upper() in _SPATIAL_DOMAINS)]
     kept = list(scene)
     for out, band in enumerate(bands or ()):
+        rescaled = _rescaled(items, band, out, linear) if not values and linear else []
+        held = _NAMING_ROLES + (("unittype",) if rescaled else ())
         for e in items:
             name, role = e.get("name", ""), e.get("role", "")
-            if e.get("sample") != str(band) or not values and role not in _NAMING_ROLES \
+            if e.get("sample") != str(band) or not values and role not in held \
                     or not stats and name.upper().startswith("STATISTICS_"):
                 continue
             if out != band:
@@ -781,6 +789,7 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
                 copy.text = e.text
                 e = copy
             kept.append(e)
+        kept += rescaled
     if kept == items:
         return text
     if not kept:
@@ -789,6 +798,32 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
     for e in kept:
         lines.append("  " + ElementTree.tostring(e, encoding="unicode").strip())
     return ("\n".join(lines) + "\n</GDALMetadata>\n").encode("utf-8")
+
+
+def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
+              ) -> list[Any]:
+    """The OFFSET and SCALE items of output band ``out`` that give the physical values
+    ``scale * v + offset`` the items of input band ``band`` gave, after each value v became
+    ``a v + b`` (``linear``): scale / a and offset - scale b / a (GDAL's defaults, 1 and 0,
+    for the one the band lacks). Empty when the band has neither, or one is no number."""
+    from xml.etree import ElementTree
+
+    given = {e.get("role"): e.text for e in items
+             if e.get("sample") == str(band) and e.get("role") in ("offset", "scale")}
+    if not given:
+        return []
+    try:
+        scale, offset = float(given.get("scale", 1.0)), float(given.get("offset", 0.0))
+    except (TypeError, ValueError):
+        return []
+    a, b = linear
+    made = []
+    for name, number in (("OFFSET", offset - scale * b / a), ("SCALE", scale / a)):
+        item = ElementTree.Element("Item", {"name": name, "sample": str(out),
+                                            "role": name.lower()})
+        item.text = repr(number)
+        made.append(item)
+    return made
 
 
 def _bilevel_nodata(tag: tuple[Any, ...]) -> tuple[Any, ...] | None:

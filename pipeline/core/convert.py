@@ -166,6 +166,20 @@ def own_nodata(p: dict[str, Any]) -> float | None:
     return float("nan") if np.dtype(p["dtype"]).kind == "f" else None
 
 
+def linear(p: dict[str, Any], dtype: np.dtype) -> tuple[float, float] | None:
+    """``(a, b)`` when the convert maps every sample ``v`` a page of ``dtype`` can hold to
+    ``a * v + b`` (rounding aside): ``in_range`` spans every value of ``dtype``, so none is
+    clipped. None when some value may be clipped (a float page, or an ``in_range`` narrower
+    than the type): the samples clipped lose their value. The output's GDAL_METADATA keeps a
+    band's scale and offset through it (pipeline.adapters.metadata.gdal_metadata)."""
+    (lo, hi), (olo, ohi) = in_range(p, dtype), out_range(p)
+    low, high = _limits(np.dtype(dtype))
+    if not lo <= low < high <= hi:
+        return None
+    a = (ohi - olo) / (hi - lo)
+    return a, olo - lo * a
+
+
 def _mapped(x: np.ndarray, lo: float, hi: float, olo: float, ohi: float,
             dtype: np.dtype) -> np.ndarray:
     """float64 samples ``x`` mapped from [lo, hi] to [olo, ohi], clipped, then rounded half to

@@ -65,6 +65,10 @@ class Op:
     #: the no-data value the op's output has, given the parameters (normalized_difference:
     #: NaN; convert: its ``nodata``), else None
     own_nodata: Callable[[dict[str, Any]], float | None] = lambda p: None
+    #: ``(a, b)`` when the op maps every value v of its input's sample type to a v + b
+    #: (a convert that clips no value), else None (:func:`chain_linear`)
+    linear: Callable[[dict[str, Any], np.dtype], tuple[float, float] | None] = \
+        lambda p, dt: None
     #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
     #: blue), or as bands of their own (select_bands, normalized_difference: an ink picked
     #: would be written as a gray or RGB band): not defined on CMYK pages, whose bands are inks
@@ -314,7 +318,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "[olo, ohi], rounded half to even (saturate_cast) or cast to dtype; [lo, hi] = in_range",
        convert_mod.PARAMS, convert_mod.convert, accepts=convert_mod.accepts,
        check=convert_mod.check, out_dtype=convert_mod.out_dtype, reads_nodata=True,
-       own_nodata=convert_mod.own_nodata,
+       own_nodata=convert_mod.own_nodata, linear=convert_mod.linear,
        exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
        kind="stats", stats=stats_mod.EQUALIZE,
@@ -555,6 +559,23 @@ def chain_bands(ops: list[dict[str, Any]], channels: int) -> tuple[int, ...] | N
         elif bands is not None and call.out_channels(len(bands)) != len(bands):
             bands = None
     return bands
+
+
+def chain_linear(ops: list[dict[str, Any]], dtype: np.dtype | str
+                 ) -> tuple[float, float] | None:
+    """``(a, b)`` when the chain (its JSON) maps each value v of a page of ``dtype`` to
+    a v + b as far as a band's scale and offset go: its ops keep values (:attr:`Op.
+    keeps_values`: a mean, a maximum or a moved pixel of a v + b values is one too) or map
+    them linearly (:attr:`Op.linear`: a convert that clips none); else None."""
+    dtype = np.dtype(dtype)
+    a, b = 1.0, 0.0
+    for call in chain_from_json(ops):
+        if (mine := call.op.linear(call.params, dtype)) is not None:
+            a, b = mine[0] * a, mine[0] * b + mine[1]
+        elif not call.op.keeps_values:
+            return None
+        dtype = call.out_dtype(dtype)
+    return a, b
 
 
 def chain_own_nodata(ops: list[dict[str, Any]]) -> float | None:

@@ -19,6 +19,7 @@ from pipeline.core.ops import (
     chain_from_json,
     chain_keeps_statistics,
     chain_keeps_values,
+    chain_linear,
     chain_own_nodata,
 )
 from pipeline.core.plan import bigtiff_output, held_output, single_task
@@ -319,7 +320,7 @@ def header_bytes(plan: JobPlan) -> float:
         tags = output_tags(page.info, h, w, ch, nodata, page.factor,
                            chain_bands(ops, page.info.channels), own,
                            page_placement(ops, page.info), chain_keeps_statistics(ops),
-                           opts.bilevel)
+                           opts.bilevel, chain_linear(ops, page.info.dtype))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}

@@ -62,6 +62,7 @@ from pipeline.core.ops import (
     chain_bands,
     chain_keeps_statistics,
     chain_keeps_values,
+    chain_linear,
     chain_own_nodata,
 )
 from pipeline.core.plan import bigtiff_output
@@ -235,7 +236,8 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     bands = chain_bands(ops, page.info.channels)
     tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
-                       chain_keeps_statistics(ops), options.bilevel)
+                       chain_keeps_statistics(ops), options.bilevel,
+                       chain_linear(ops, page.info.dtype))
     if options.ome:
         tags = _ome_tags(tags, page, bands)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
