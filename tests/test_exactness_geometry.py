@@ -466,8 +466,6 @@ def test_a_turn_moves_the_georeferencing_with_the_pixels(tmp_path, ops, model, r
     ([(33550, 12, 3, (10.0, 20.0, 0.0))], "a ModelPixelScale without a ModelTiepoint"),
     ([(34264, 12, 6, (1.0, 0.0, 5e5, 0.0, -1.0, 4e6))],
      "a ModelTransformation of 6 values, not 16"),
-    ([(33550, 11, 3, (10.0, 20.0, 0.0)), (33922, 12, 6, (0.0, 0.0, 0.0, 5e5, 4e6, 0.0))],
-     "its ModelPixelScale not stored as DOUBLE values, as GeoTIFF defines them"),
 ])
 def test_turning_a_page_whose_georeferencing_cannot_turn_is_refused(tmp_path, tags, why):
     src = tmp_path / "in.tif"
@@ -481,6 +479,77 @@ def test_turning_a_page_whose_georeferencing_cannot_turn_is_refused(tmp_path, ta
         "give it one georeferencing first (gdal_translate writes a pixel scale and one "
         "tiepoint, or a ModelTransformation)")]
     spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=[G, C(0, 0, 9, 9)])
+    assert plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1] == []
+
+
+#: a georeferencing stored as FLOATs (GeoTIFF defines DOUBLEs; some writers store float32):
+#: values float32 does not hold exactly, so a value rounded twice would show
+FLOAT_GEOREFERENCINGS = {
+    "tiepoint": [(33550, "f", 3, (10.3, 20.7, 0.0)),
+                 (33922, "f", 6, (4.0, 3.0, 0.0, 500000.3, 4e6 + 0.7, 0.0))],
+    "transformation": [(34264, "f", 16, (8.1, 3.3, 0.0, 500000.3, -2.7, -19.1, 0.0, 4e6,
+                                         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0))],
+}
+
+
+@pytest.mark.parametrize("model", list(FLOAT_GEOREFERENCINGS))
+@pytest.mark.parametrize("ops", [
+    [C(7, 11, 30, 40)], [R(90)], [F("horizontal")], [C(3, 5, 37, 50), R(270)],
+    [C(2, 4, 40, 50), {"op": "downsample", "factor": 2}]], ids=repr)
+def test_a_georeferencing_stored_as_float_moves_with_the_pixels(tmp_path, ops, model):
+    """Model tags stored as FLOAT are read as GDAL reads them (widened to doubles), moved
+    with the pixels and written as the DOUBLEs GeoTIFF defines: GDAL puts each corner pixel
+    of the output (its 2 x 2 block of input pixels after a downsample) where the input put
+    that pixel (block). Before, a crop or a downsample dropped them without a word and a
+    rotate or flip was refused."""
+    height, width = 60, 45
+    index = np.arange(height * width, dtype=np.uint16).reshape(height, width)
+    keys = (1, 1, 0, 1, 1025, 0, 1, 1)  # PixelIsArea
+    src = tmp_path / "in.tif"
+    _tagged(src, index, [*FLOAT_GEOREFERENCINGS[model], (34735, 3, len(keys), keys)])
+    with tifffile.TiffFile(src) as tf:
+        assert {t.code: int(t.dtype) for t in tf.pages[0].tags if t.code in (33550, 33922,
+                                                                           34264)} == \
+            {code: 11 for code, *_ in FLOAT_GEOREFERENCINGS[model]}
+    geometric = [op for op in ops if op["op"] != "downsample"]
+    came = reference(index, geometric)  # the input pixel each output pixel is
+    factor = 1 if geometric == ops else 2
+    (_,), plan = run_tiled(tmp_path, src, ops, 32, 32 // factor)
+    with tifffile.TiffFile(plan.spec.output) as tf:
+        kinds = {t.code: int(t.dtype) for t in tf.pages[0].tags
+                 if t.code in (33550, 33922, 34264)}
+    assert kinds and set(kinds.values()) == {12}
+    with rasterio.open(src) as a, rasterio.open(plan.spec.output) as b:
+        assert not b.transform.is_identity
+        out_h, out_w = b.height, b.width
+        for r, c in ((0, 0), (0, out_w - 1), (out_h - 1, 0), (out_h - 1, out_w - 1)):
+            ys, xs = np.divmod(came[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+                               .astype(np.int64), width)
+            assert b.transform @ (c + 0.5, r + 0.5) == pytest.approx(
+                a.transform @ (xs.mean() + 0.5, ys.mean() + 0.5), abs=1e-6), (r, c)
+
+
+@pytest.mark.parametrize("ops,first", [([G, C(0, 0, 9, 9)], "ops[1] (crop)"),
+                                        ([F("vertical")], "ops[0] (flip)"),
+                                        ([{"op": "downsample", "factor": 2}],
+                                         "ops[0] (downsample)")])
+def test_moving_a_georeferencing_not_stored_as_numbers_is_refused(tmp_path, ops, first):
+    """A model tag stored as bytes (BYTE, ASCII, UNDEFINED) is not read as numbers, so it
+    cannot be moved: refused at plan time, naming the page, the op and the tag, rather than
+    written where the pixels no longer are or dropped. A chain that does not move the page
+    copies it as it is."""
+    src = tmp_path / "in.tif"
+    _tagged(src, make_image(11, 120, 90, 1, "uint8"),
+            [(33550, 12, 3, (10.0, 20.0, 0.0)), (33922, 1, 6, (0, 0, 0, 50, 40, 0))])
+    spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=ops)
+    _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
+    assert problems == [(
+        f"page 0: {first}: the page is georeferenced (its ModelTiepoint (TIFF type 1) not "
+        "stored as numbers), which cannot be moved with its pixels: the output would lose its "
+        f"place in the world; leave {first.split('(')[1][:-1]} out, or write the "
+        "georeferencing again with GDAL first (gdal_translate writes its model tags as "
+        "DOUBLE values)")]
+    spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=[G])
     assert plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1] == []
 
 

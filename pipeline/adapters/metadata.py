@@ -23,7 +23,8 @@ Rules:
   the input's size; after a ``downsample`` the GeoTIFF tags are scaled so that each output
   pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
   every spatial tag after any other size change (they map pixel positions); a ``rotate``,
-  ``flip`` or ``crop`` moves the georeferencing with the pixels (:func:`geo_placed`);
+  ``flip`` or ``crop`` moves the georeferencing with the pixels (:func:`geo_placed`); the
+  model tags moved are written as DOUBLE, whatever numeric type the input stored;
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
   OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
   name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
@@ -561,14 +562,17 @@ def geo_turned(spatial: list[list[Any]], placed: Placement) -> list[list[Any]]:
 
 def _geo_moved(spatial: list[list[Any]], change: Any) -> list[list[Any]]:
     """The GeoTIFF tags of ``spatial``, each model tag's value through ``change(code,
-    value)``; the model tags that are not the DOUBLEs GeoTIFF defines are dropped (they
-    could not be changed), and so is everything but the GeoTIFF tags."""
+    value)`` and written as the DOUBLEs GeoTIFF defines, whatever numeric type the input
+    stored it as (a FLOAT or an integer is read as GDAL reads it: widened to a double);
+    everything but the GeoTIFF tags is dropped."""
     out = []
     for code, kind, count, value in spatial:
         if code not in GEO_TAGS:
             continue
-        if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION) and kind != 12:
-            continue
+        if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION):
+            if kind not in _NUMERIC:  # (bytes: refused at plan time, model_type_problem)
+                continue
+            kind, value = 12, [float(v) for v in value]
         out.append([code, kind, count, change(code, value)])
     return out
 

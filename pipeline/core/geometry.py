@@ -143,6 +143,11 @@ Transform = Turn | Crop
 #: GeoTIFF's ModelPixelScale, ModelTiepoint and ModelTransformation tags: where a page's
 #: pixels are in the world
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
+#: the TIFF types a model tag is read from as numbers (GeoTIFF defines DOUBLE; GDAL reads
+#: the others widened to doubles, and so does pipeline.adapters.metadata, which carries
+#: these types' values as numbers and the byte types' as bytes)
+NUMBER_TYPES = {3: "SHORT", 4: "LONG", 8: "SSHORT", 9: "SLONG", 11: "FLOAT", 12: "DOUBLE",
+                16: "LONG8", 17: "SLONG8"}
 
 #: (transpose, flip rows, flip cols) of each rotation (clockwise) and flip
 ROTATIONS = {90: Turn(True, False, True), 180: Turn(False, True, True),
@@ -185,12 +190,20 @@ def placed_size(calls: list[Any], height: int, width: int
 
 
 def georeferenced(chain: list[Any], metadata: dict[str, Any]) -> list[str]:
-    """The problem of turning (rotate, flip) a page whose GeoTIFF georeferencing cannot be
-    turned with it (:func:`turn_problem`); a crop keeps any, shifted, and a turn of a page
+    """The problem of moving (crop, downsample) or turning (rotate, flip) a page whose
+    GeoTIFF georeferencing cannot be moved (:func:`model_type_problem`) or turned
+    (:func:`turn_problem`) with it; a crop keeps any other, shifted, and a turn of a page
     georeferenced by one affine (a pixel scale and a tiepoint, or a ModelTransformation) or
     by tiepoints alone (GCPs) is written turned: pipeline.adapters.metadata.geo_placed."""
-    turning = [(i, c) for i, c in enumerate(chain)
-               if (t := transform_of(c)) is not None and t.turns]
+    moving = [(i, c) for i, c in enumerate(chain)
+              if transform_of(c) is not None or c.op.factor(c.params) > 1]
+    if moving and (why := model_type_problem(metadata)):
+        i, call = moving[0]
+        return [(f"ops[{i}] ({call.op.name}): the page is georeferenced ({why}), which cannot "
+                 "be moved with its pixels: the output would lose its place in the world; "
+                 f"leave {call.op.name} out, or write the georeferencing again with GDAL first "
+                 "(gdal_translate writes its model tags as DOUBLE values)")]
+    turning = [(i, c) for i, c in moving if getattr(transform_of(c), "turns", False)]
     why = turn_problem(metadata) if turning else None
     if why is None:
         return []
@@ -209,11 +222,8 @@ def turn_problem(metadata: dict[str, Any]) -> str | None:
     of 16 values, else the tiepoints are ground control points (GCPs)."""
     tags = {code: (kind, value) for code, kind, _count, value in metadata.get("spatial", [])
             if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)}
-    if not tags:
-        return None
-    if any(kind != 12 for kind, _ in tags.values()):
-        names = [NAMES[c] for c, (kind, _) in sorted(tags.items()) if kind != 12]
-        return f"its {', '.join(names)} not stored as DOUBLE values, as GeoTIFF defines them"
+    if not tags or model_type_problem(metadata):
+        return None  # (refused as one that cannot be moved)
     scale = tags.get(MODEL_PIXEL_SCALE, (0, []))[1]
     ties = tags.get(MODEL_TIEPOINT, (0, []))[1]
     matrix = tags.get(MODEL_TRANSFORMATION, (0, None))[1]
@@ -231,6 +241,16 @@ def turn_problem(metadata: dict[str, Any]) -> str | None:
     if matrix is None and not ties:
         return "a ModelPixelScale of sizes 0 and nothing else"
     return None
+
+
+def model_type_problem(metadata: dict[str, Any]) -> str | None:
+    """Which of a page's GeoTIFF model tags (``PageInfo.metadata["spatial"]``) are not
+    stored as numbers (:data:`NUMBER_TYPES`: ASCII, UNDEFINED, BYTE), so that they cannot be
+    read to be moved; None: every one can (any numeric type is written back as DOUBLE)."""
+    bad = [f"{NAMES[code]} (TIFF type {kind})" for code, kind, _count, _value
+           in sorted(metadata.get("spatial", []), key=lambda tag: tag[0])
+           if code in NAMES and kind not in NUMBER_TYPES]
+    return f"its {', '.join(bad)} not stored as numbers" if bad else None
 
 
 #: the names of the GeoTIFF model tags, for messages
