@@ -1,4 +1,5 @@
-"""Paths that differ only in case, on file systems that ignore case (APFS, NTFS by default).
+"""Paths that differ only in case, on file systems that ignore case (APFS, NTFS by default),
+or only in Unicode normalization, on file systems that ignore it (APFS, HFS+).
 
 The manifest's checks (pipeline/core/manifest.py) take the file system's answer as a key
 (``fold``); the answer comes from ``storage.ignores_case``, which asks each folder. This
@@ -7,7 +8,9 @@ its "ignores case" branch on a real folder where a name's other-case spelling is
 to it (to the probe, exactly what a folder ignoring case shows); the checks with the probe's
 answer given to them; and, where ``TIFFPIPE_CASELESS_DIR`` names a folder on a file system
 that ignores case (an exFAT image mounted through FUSE, docs/manifest-and-ops.md), the probe
-and ``tiffpipe validate`` there too.
+and ``tiffpipe validate`` there too. Normalization alike (``storage.ignores_normalization``):
+ext4 keeps NFC and NFD names apart, so its "ignores" branch is a name's NFC spelling hard
+linked to its NFD one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -149,7 +153,7 @@ def test_the_probe_finds_that_a_real_folder_here_keeps_case(tmp_path: Path):
                    tmp_path / "not" / "made" / "yet"):
         assert storage.ignores_case(str(folder), known) is False
     assert known[str(tmp_path / "not" / "made" / "yet")] is False  # each folder asked once
-    fold = storage.case_fold()
+    fold = storage.name_fold()
     assert fold(str(tmp_path / "Out" / "A.tif")) == str(tmp_path / "Out" / "A.tif")
 
 
@@ -167,7 +171,7 @@ def test_the_probe_finds_a_folder_whose_names_are_found_in_either_case(tmp_path:
     assert storage.ignores_case(str(caseless)) is True
     assert storage.ignores_case(str(caseless / "Sub")) is False
     assert storage.ignores_case(str(caseless / "New" / "Deeper")) is True
-    fold = storage.case_fold()
+    fold = storage.name_fold()
     assert fold(str(tmp_path / "Volume" / "Out" / "A.tif")) == str(
         tmp_path / "Volume" / "out" / "a.tif")
 
@@ -259,3 +263,148 @@ def test_expand_scan_asks_the_local_output_folder(tmp_path: Path,
                 f'{json.dumps(str(out / "a.tif"))} and {json.dumps(str(out / "A.tif"))} '
                 "differ only in case") in said, said
     assert not out.exists()
+
+
+# --- names that differ only in Unicode normalization -------------------------------------
+# "café" with é as one character (U+00E9, NFC) or as e and a combining accent (U+0301, NFD):
+# one file on APFS and HFS+, two on ext4. json.dumps (ensure_ascii) shows the escapes.
+
+NFC, NFD = "caf\u00e9.tif", "cafe\u0301.tif"
+
+
+def nfc(path: str) -> str:
+    """The fold of a file system that ignores Unicode normalization (APFS's, keeping case)."""
+    return unicodedata.normalize("NFC", path)
+
+
+def one_form(a: str, b: str, forms: str = "NFD NFC") -> str:
+    """What a problem says of two spellings of one file differing only in normalization,
+    ``forms`` theirs."""
+    form_a, form_b = forms.split()
+    return (f"{a} ({form_a}) and {b} ({form_b}) differ only in Unicode normalization (one "
+            "accented letter written as one character or as two), which the file system there "
+            "ignores, so they are one file")
+
+
+def test_outputs_differing_only_in_normalization_are_one_output_where_it_is_ignored():
+    data = {"jobs": [{"input": "in/1.tif", "output": f"out/{NFC}"},
+                     {"input": "in/2.tif", "output": f"out/{NFD}"},
+                     {"input": f"in/{NFD}", "output": f"in/{NFC}"}]}
+    assert problems(data, fold=nfc) == [
+        (f"jobs[1].output: same output as jobs[0] ({at('out', NFC)}): "
+         f"{one_form(at('out', NFD), at('out', NFC))}; one would replace the other: "
+         "give one of them another name"),
+        (f"jobs[2].output: same location as its own input ({at('in', NFD)}): "
+         f"{one_form(at('in', NFC), at('in', NFD), 'NFC NFD')}; the output would overwrite "
+         "it; give the output another name")]
+    # where the file system keeps them apart (no fold: ext4's answer), three outputs
+    assert [s.output for s in parse_manifest_or_scan(data, "m.json", BASE)] == [
+        os.path.join(BASE, "out", NFC), os.path.join(BASE, "out", NFD),
+        os.path.join(BASE, "in", NFC)]
+
+
+def test_outputs_differing_in_case_and_normalization_where_both_are_ignored():
+    upper = "CAFE\u0301.tif"
+    data = {"jobs": [{"input": "in/1.tif", "output": f"out/{upper}"},
+                     {"input": "in/2.tif", "output": f"out/{NFC}"}]}
+    both = storage._canonical  # (APFS's fold of a name: NFD, case-folded, then NFC)
+    assert problems(data, fold=lambda path: both(path, True)) == [
+        (f"jobs[1].output: same output as jobs[0] ({at('out', upper)}): {at('out', NFC)} "
+         f"(NFC) and {at('out', upper)} (NFD) differ only in case and Unicode normalization "
+         "(one accented letter written as one character or as two), which the file system "
+         "there ignores, so they are one file; one would replace the other: give one of them "
+         "another name")]
+    # ignoring only normalization (or only case), two outputs
+    assert len(parse_manifest_or_scan(data, "m.json", BASE, fold=nfc)) == 2
+    assert len(parse_manifest_or_scan(data, "m.json", BASE, fold=str.casefold)) == 2
+
+
+def test_a_scan_of_s3_keys_differing_only_in_normalization_into_a_folder_ignoring_it():
+    local = ScanSpec(input="s3://b/in/", output=os.path.join(BASE, "out"))
+    inputs = [f"s3://b/in/{NFD}", f"s3://b/in/{NFC}", "s3://b/in/b.tif"]  # (sorted)
+    left_out: list[str] = []
+    assert [j.input for j in scan_jobs(local, inputs, [], fold=nfc, left_out=left_out)] == [
+        "s3://b/in/b.tif"]
+    out = local.output_for
+    assert left_out == [
+        (f"{json.dumps(inputs[0])} and {json.dumps(inputs[1])}, whose outputs are one file: "
+         f"{one_form(json.dumps(out(NFC)), json.dumps(out(NFD)), 'NFC NFD')}; one would "
+         "replace the "
+         "other: rename one of the inputs, or give scan.output a folder on a file system that "
+         "keeps names differing in Unicode normalization apart")]
+    assert len(scan_jobs(local, inputs, [])) == 3
+    s3 = ScanSpec(input="s3://b/in/", output="s3://b/out/")
+    assert len(scan_jobs(s3, inputs, [], fold=nfc)) == 3
+
+
+def test_the_probe_finds_that_a_real_folder_here_keeps_normalizations_apart(tmp_path: Path):
+    """An empty folder: a probe file made in NFD is not found in NFC (and is removed); a
+    folder holding a name with an accent, looked up in the other form (two files here);
+    a folder not made yet: judged by the folder above."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / NFD).write_bytes(b"d")
+    (tmp_path / "two" / NFC).write_bytes(b"c")
+    known: dict[str, bool] = {}
+    for folder in (tmp_path / "empty", tmp_path / "two", tmp_path / "empty" / "not" / "yet"):
+        assert storage.ignores_normalization(str(folder), known) is False
+    assert str(tmp_path / "empty" / "not") in known  # each folder asked once
+    assert os.listdir(tmp_path / "empty") == []
+    assert sorted(os.listdir(tmp_path / "two")) == sorted([NFD, NFC])
+    fold = storage.name_fold()
+    assert fold(str(tmp_path / "Out" / NFD)) == str(tmp_path / "Out" / NFD)
+
+
+def _normless(folder: Path) -> Path:
+    """``folder`` made one the probe finds ignoring normalization: a name's NFC spelling is a
+    hard link to its NFD one (the same file, as APFS shows it)."""
+    folder.mkdir()
+    (folder / NFD).write_bytes(b"x")
+    os.link(folder / NFD, folder / NFC)
+    return folder
+
+
+def test_the_probe_finds_a_folder_whose_names_are_found_in_either_normalization(
+        tmp_path: Path):
+    normless = _normless(tmp_path / "Volume")
+    (normless / "Sub").mkdir()
+    (normless / "Sub" / NFD).write_bytes(b"x")  # kept apart: not the same file
+    (normless / "Sub" / NFC).write_bytes(b"y")
+    assert storage.ignores_normalization(str(normless)) is True
+    assert storage.ignores_normalization(str(normless / "Sub")) is False
+    assert storage.ignores_normalization(str(normless / "New" / "Deeper")) is True
+    fold = storage.name_fold()  # normalized, case kept (the folder keeps case)
+    assert fold(str(normless / "Out" / f"X{NFD}")) == str(normless / "Out" / f"X{NFC}")
+    assert fold(str(normless / "Sub" / NFD)) == str(normless / "Sub" / NFD)
+
+
+def test_read_manifest_refuses_outputs_one_file_only_where_normalization_is_ignored(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    jobs = [("in/1.tif", f"out/{NFC}"), ("in/2.tif", f"out/{NFD}")]
+    keeps = tmp_path / "keeps"
+    keeps.mkdir()
+    assert [j.output for j in read_manifest(_manifest(keeps, jobs))] == [
+        str(keeps / "out" / NFC), str(keeps / "out" / NFD)]
+    manifest = _manifest(_normless(tmp_path / "ignores"), jobs)
+    assert cli.main(["validate", manifest]) == 2
+    out, err = capsys.readouterr()
+    a, b = (json.dumps(str(tmp_path / "ignores" / "out" / n)) for n in (NFD, NFC))
+    assert (f"jobs[1].output: same output as jobs[0] ({b}): {one_form(a, b)}; one would "
+            "replace the other: give one of them another name") in err, err
+    assert out == ""
+
+
+def test_outputs_differing_only_in_normalization_are_two_files_on_ext4(tmp_path: Path):
+    """A run on this machine's ext4, which keeps NFC and NFD names apart: both jobs run, each
+    its own file (one inverted, one not)."""
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", np.full((16, 16), 10, np.uint8))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": f"out/{NFC}", "ops": [{"op": "invert"}]},
+        {"input": "in.tif", "output": f"out/{NFD}"}]}))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--quiet"]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([NFC, NFD])
+    assert (tifffile.imread(tmp_path / "out" / NFC) == 245).all()
+    assert (tifffile.imread(tmp_path / "out" / NFD) == 10).all()

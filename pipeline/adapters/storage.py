@@ -23,6 +23,7 @@ import stat
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
@@ -671,50 +672,91 @@ def entry_of(path: str, follow: bool, folders: dict[str, str] | None = None) -> 
 #: above it on its file system) ignores case: as the system's default file system does
 #: (APFS on macOS, NTFS on Windows)
 CASELESS_BY_DEFAULT = sys.platform in ("darwin", "win32")
+#: whether a folder the probe cannot judge (no name it can look up in another Unicode
+#: normalization, and no probe file can be made there) ignores normalization: as macOS's
+#: file systems do (APFS, HFS+); NTFS keeps NFC and NFD names apart
+NORMLESS_BY_DEFAULT = sys.platform == "darwin"
+#: the start of the probe file :func:`ignores_normalization` makes (and removes at once)
+NORM_PROBE = ".tiffpipe-probe-"
 
 
-def _name_to_swap(folder: str) -> str | None:
-    """The first name in ``folder`` with an ASCII letter (ASCII only: its swapped case is
-    another spelling of it on every file system that ignores case), or None (none, or the
-    folder cannot be listed)."""
+def _first_name(folder: str, usable: Callable[[str], bool]) -> str | None:
+    """The first name in ``folder`` that is ``usable``, or None (none, or the folder cannot
+    be listed)."""
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.isascii() and entry.name.swapcase() != entry.name:
+                if usable(entry.name):
                     return entry.name
     except OSError:  # missing, not a folder, unreadable
         return None
     return None
 
 
-def _finds_swapped(folder: str, name: str) -> bool | None:
-    """Whether ``folder`` finds its entry ``name`` spelled in the other case (None: it
-    could not be told, the entry went meanwhile). The same file (os.stat identity) is
-    enough; a file system that makes up its inode numbers per lookup (exFAT through FUSE)
+def _finds_spelled(folder: str, name: str, other: str) -> bool | None:
+    """Whether ``folder`` finds its entry ``name`` under ``other``, another spelling of it
+    (None: it could not be told, the entry went meanwhile). The same file (os.stat identity)
+    is enough; a file system that makes up its inode numbers per lookup (exFAT through FUSE)
     gives two, so a name found that the folder's listing lacks is the entry too."""
-    swapped = name.swapcase()
     try:
         mine = os.lstat(os.path.join(folder, name))
-        other = os.lstat(os.path.join(folder, swapped))
+        found = os.lstat(os.path.join(folder, other))
     except FileNotFoundError:
         return False
     except OSError:
         return None
-    if os.path.samestat(mine, other):
+    if os.path.samestat(mine, found):
         return True
     try:
-        return swapped not in os.listdir(folder)
+        return other not in os.listdir(folder)
     except OSError:
         return None
 
 
-def ignores_case(folder: str, known: dict[str, bool] | None = None) -> bool:
-    """Whether the file system finds the names in local ``folder`` whatever their case
-    (APFS and NTFS by default; a casefold folder of ext4; exFAT, FAT): one of its names
-    with a letter looked up with its case swapped. A folder without one (empty, not made
-    yet) is judged by the folder above it on the same file system, then the one above
-    that; one with none up to its file system's top by :data:`CASELESS_BY_DEFAULT`.
-    ``known``: the folders judged so far (each one's answer is kept there)."""
+def _asks_case(folder: str) -> bool | None:
+    """Whether ``folder`` finds one of its names with an ASCII letter with its case swapped
+    (ASCII only: its swapped case is another spelling of it on every file system that ignores
+    case); None: it has no such name."""
+    name = _first_name(folder, lambda n: n.isascii() and n.swapcase() != n)
+    return None if name is None else _finds_spelled(folder, name, name.swapcase())
+
+
+def _other_form(name: str) -> str:
+    """``name`` in the other Unicode normalization: NFC, or NFD where it is NFC already
+    (itself where both are one: ASCII, or no letter with an accent)."""
+    nfc = unicodedata.normalize("NFC", name)
+    return nfc if nfc != name else unicodedata.normalize("NFD", name)
+
+
+def _asks_normalization(folder: str) -> bool | None:
+    """Whether ``folder`` finds one of its names in the other Unicode normalization (a name
+    with an accented letter); without one, whether it finds a probe file made in NFD
+    (``e`` and U+0301) under its NFC spelling (``é``, U+00E9): the file is removed at once.
+    None: neither can be told (no such name, and no file can be made there: the folder is
+    missing or read-only)."""
+    name = _first_name(folder, lambda n: not n.isascii() and _other_form(n) != n
+                       and not n.startswith(NORM_PROBE))  # (another's probe: it goes)
+    if name is not None:
+        return _finds_spelled(folder, name, _other_form(name))
+    nfd = f"{NORM_PROBE}{os.getpid()}-{os.urandom(4).hex()}-e\u0301"
+    path = os.path.join(folder, nfd)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError:
+        return None
+    try:
+        return _finds_spelled(folder, nfd, unicodedata.normalize("NFC", nfd))
+    finally:
+        with suppress(OSError):
+            os.remove(path)
+
+
+def _judged(folder: str, known: dict[str, bool] | None, ask: Callable[[str], bool | None],
+            default: bool) -> bool:
+    """``ask``'s answer for local ``folder``; where it has none (an empty folder, one not
+    made yet), the folder above's on the same file system, then the one above that; one
+    with none up to its file system's top: ``default``. ``known``: the folders judged so far
+    (each one's answer is kept there)."""
     known = {} if known is None else known
     path, asked, device = os.path.abspath(folder), [], None
     if path in known:
@@ -726,35 +768,72 @@ def ignores_case(folder: str, known: dict[str, bool] | None = None) -> bool:
         except OSError:  # not made yet: made on the file system of the folder above
             here = device
         if device is not None and here != device:  # another file system: not its answer
-            answer = CASELESS_BY_DEFAULT
+            answer = default
             break
         if path in known:
             answer = known[path]
             break
         up = os.path.dirname(path)
         asked.append(path)
-        name = _name_to_swap(path)
-        answer = None if name is None else _finds_swapped(path, name)
+        answer = ask(path)
         if answer is None and up == path:
-            answer = CASELESS_BY_DEFAULT
+            answer = default
         path, device = up, here
     for folder_asked in asked:
         known[folder_asked] = answer
     return answer
 
 
-def case_fold() -> Callable[[str], str]:
+def ignores_case(folder: str, known: dict[str, bool] | None = None) -> bool:
+    """Whether the file system finds the names in local ``folder`` whatever their case
+    (APFS and NTFS by default; a casefold folder of ext4; exFAT, FAT): one of its names
+    with a letter looked up with its case swapped. A folder without one (empty, not made
+    yet) is judged by the folder above it on the same file system, then the one above
+    that; one with none up to its file system's top by :data:`CASELESS_BY_DEFAULT`.
+    ``known``: the folders judged so far (each one's answer is kept there)."""
+    return _judged(folder, known, _asks_case, CASELESS_BY_DEFAULT)
+
+
+def ignores_normalization(folder: str, known: dict[str, bool] | None = None) -> bool:
+    """Whether the file system finds the names in local ``folder`` whatever their Unicode
+    normalization (APFS, HFS+: ``café`` with é as U+00E9, NFC, and as e and U+0301, NFD,
+    are one file; ext4 and NTFS keep them apart): one of its names with an accented letter
+    looked up in the other normalization, or, without one, a probe file made in NFD looked
+    up in NFC (:func:`_asks_normalization`). A folder where neither can be done (not made
+    yet, read-only) is judged as :func:`ignores_case` judges one, by
+    :data:`NORMLESS_BY_DEFAULT` at its file system's top. ``known``: as there."""
+    return _judged(folder, known, _asks_normalization, NORMLESS_BY_DEFAULT)
+
+
+def _canonical(name: str, caseless: bool) -> str:
+    """``name`` in NFC, case-folded first where ``caseless`` (Unicode's canonical caseless
+    match: NFD, fold, then NFC for one spelling of each class)."""
+    if not caseless:
+        return unicodedata.normalize("NFC", name)
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
+
+
+def name_fold() -> Callable[[str], str]:
     """A key for local absolute paths under which two paths are one file: each name folded
-    (:meth:`str.casefold`) where its folder ignores case (:func:`ignores_case`, each folder
-    asked once by this key). For the manifest's checks
-    (:func:`pipeline.core.manifest.parse_manifest_or_scan`): S3 keys are never given it."""
-    known: dict[str, bool] = {}
+    as its folder's file system compares names: case-folded (:meth:`str.casefold`) where
+    the folder ignores case (:func:`ignores_case`), in NFC where it ignores Unicode
+    normalization (:func:`ignores_normalization`), each folder asked once by this key, and
+    about normalization only for a name that NFC changes (most are NFC, or ASCII). For the
+    manifest's checks (:func:`pipeline.core.manifest.parse_manifest_or_scan`): S3 keys are
+    never given it."""
+    cases: dict[str, bool] = {}
+    forms: dict[str, bool] = {}
 
     def fold(path: str) -> str:
         drive, rest = os.path.splitdrive(path)
         folder, names = drive + os.sep, []
         for name in rest.split(os.sep)[1:]:
-            names.append(name.casefold() if ignores_case(folder, known) else name)
+            caseless = ignores_case(folder, cases)
+            key = name.casefold() if caseless else name
+            canonical = _canonical(name, caseless)
+            if canonical != key and ignores_normalization(folder, forms):
+                key = canonical
+            names.append(key)
             folder = os.path.join(folder, name)
         return drive + os.sep + os.sep.join(names)
 

@@ -32,9 +32,11 @@ which takes it as the OS does (``link/../x`` beside the link's target), so that 
 here compares the files the OS opens.
 
 Two local paths that differ only in case are one file where the folders they are in ignore
-case (macOS's APFS, Windows' NTFS by default): ``fold`` (by default none) gives each local
-path's key for those comparisons, :func:`pipeline.adapters.storage.case_fold` for a local
-manifest, which asks the file system folder by folder. S3 keys are never folded.
+case (macOS's APFS, Windows' NTFS by default), and so are two that differ only in Unicode
+normalization (``é`` as U+00E9 or as ``e`` and U+0301) where they ignore that (APFS, HFS+):
+``fold`` (by default none) gives each local path's key for those comparisons,
+:func:`pipeline.adapters.storage.name_fold` for a local manifest, which asks the file system
+folder by folder. S3 keys are never folded.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import json
 import os
 import posixpath
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from typing import Any
@@ -95,7 +98,7 @@ def is_s3(location: str) -> bool:
 #: how a local path is made absolute (see the module's docstring)
 Local = Callable[[str], str]
 #: a local absolute path's key for telling which paths are one file: its names in folders
-#: that ignore case folded (see the module's docstring)
+#: that ignore case or Unicode normalization folded (see the module's docstring)
 Fold = Callable[[str], str]
 
 
@@ -158,13 +161,42 @@ def _key(location: str, fold: Fold | None) -> str:
     return key if fold is None or is_s3(key) else fold(key)
 
 
-def _case_only(first: str, second: str) -> str:
+def _difference(first: str, second: str) -> str:
+    """How two spellings of one local file differ: in case, in Unicode normalization (an
+    accented letter as one character, NFC, or as a letter and a combining mark, NFD), or in
+    both."""
+    if unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", second):
+        return "Unicode normalization"
+    return "case" if first.casefold() == second.casefold() else "case and Unicode normalization"
+
+
+def _form(location: str) -> str:
+    """Which Unicode normalization ``location`` is spelled in (they look alike on screen)."""
+    for form in ("NFC", "NFD"):
+        if unicodedata.is_normalized(form, location):
+            return form
+    return "neither NFC nor NFD"
+
+
+def _kept(first: str, second: str) -> str:
+    """What a file system that would keep two spellings apart keeps."""
+    what = _difference(first, second)
+    return "case" if what == "case" else f"names differing in {what} apart"
+
+
+def spelled_apart(first: str, second: str) -> str:
     """What to add to a message about two locations that are one file: nothing if they are
-    spelled alike, else that they differ only in case, which their file system ignores."""
+    spelled alike, else how they differ (case, Unicode normalization), which their file
+    system ignores; for normalization each spelling's form too (json.dumps shows the escapes
+    of the letters that differ)."""
     if _same_key(first) == _same_key(second):
         return ""
-    return (f": {json.dumps(first)} and {json.dumps(second)} differ only in case, which the "
-            "file system there ignores, so they are one file")
+    what, a, b = _difference(first, second), json.dumps(first), json.dumps(second)
+    if what != "case":
+        what += " (one accented letter written as one character or as two)"
+        a, b = f"{a} ({_form(first)})", f"{b} ({_form(second)})"
+    return (f": {a} and {b} differ only in {what}, which the file system there ignores, so "
+            "they are one file")
 
 
 def _location_problem(value: Any) -> str | None:
@@ -248,12 +280,13 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
 
     An input whose output exists is done: outputs are published in one step (a rename, a
     completed upload), so an output that exists is complete. Pure; sorted by input.
-    ``fold``: the key of a local output where its folder may ignore case (as for the
-    manifest's checks; S3 keys are never folded). Inputs whose outputs are one file under it
-    (S3 keys ``A.tif`` and ``a.tif`` scanned into a folder that ignores case) are all left
-    out, written or not (one would replace or skip the other, or be taken as done by the
-    other's output), each such group told in ``left_out``; the scan's other inputs go on,
-    as a scan's links to outside its folder do (pipeline.steps.planning).
+    ``fold``: the key of a local output where its folder may ignore case or Unicode
+    normalization (as for the manifest's checks; S3 keys are never folded). Inputs whose
+    outputs are one file under it (S3 keys ``A.tif`` and ``a.tif`` scanned into a folder that
+    ignores case) are all left out, written or not (one would replace or skip the other, or
+    be taken as done by the other's output), each such group told in ``left_out``; the
+    scan's other inputs go on, as a scan's links to outside its folder do
+    (pipeline.steps.planning).
     """
     done = {_key(o, fold) for o in outputs}
     groups: dict[str, list[tuple[str, str, str]]] = {}  # output key -> (input, rel, output)
@@ -269,9 +302,9 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
         for location, _, output in others if left_out is not None else []:
             left_out.append(
                 f"{json.dumps(first)} and {json.dumps(location)}, whose outputs are one "
-                f"file{_case_only(output, first_output)}; one would replace the other: "
+                f"file{spelled_apart(output, first_output)}; one would replace the other: "
                 "rename one of the inputs, or give scan.output a folder on a file system "
-                "that keeps case")
+                f"that keeps {_kept(output, first_output)}")
     return jobs
 
 
@@ -459,7 +492,7 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
         key = _key(where["output"], fold)
         if key in outputs:
             first, written = outputs[key]
-            case = _case_only(where["output"], written)
+            case = spelled_apart(where["output"], written)
             problems.append(f"{path}.output: same output as jobs[{first}] "
                             f"({json.dumps(written)}){case}; one would replace the other: "
                             "give one of them another name")
@@ -488,7 +521,7 @@ def _nested_outputs(outputs: dict[str, Writer]) -> list[str]:
             k, folder = outputs[parent]
             inside = os.sep.join(location.split(os.sep)[:parent.count(os.sep) + 1])
             problem = (f"jobs[{i}].output: {json.dumps(location)} is inside the output of "
-                       f"jobs[{k}] ({json.dumps(folder)}){_case_only(inside, folder)}, a "
+                       f"jobs[{k}] ({json.dumps(folder)}){spelled_apart(inside, folder)}, a "
                        "file, not a folder: give one of them another path")
             nested.append((i, problem))
     return [problem for _, problem in sorted(nested)]
@@ -518,7 +551,7 @@ def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, Writer
         if key in first_reader:
             j, location = first_reader[key]
             whose = "its own input" if i == j else f"the input of jobs[{j}]"
-            case = _case_only(output, location)
+            case = spelled_apart(output, location)
             problems.append(f"jobs[{i}].output: same location as {whose} "
                             f"({json.dumps(location)}){case}; the output would overwrite it" +
                             ("; give the output another name" if case else ""))

@@ -56,10 +56,10 @@ def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
                     "UTF-8 (JSON text is UTF-8)")
         raise ManifestError(url, [not_utf8]) from None
     # local paths as the OS opens them (``link/../x`` beside the link's target), which
-    # every check of what is what then compares; names that differ only in case are one
-    # file where their folder ignores case (storage.case_fold)
+    # every check of what is what then compares; names that differ only in case (or in
+    # Unicode normalization) are one file where their folder ignores it (storage.name_fold)
     parsed = load_manifest(text, url, storage.parent(url), storage.local_path,
-                           storage.case_fold())
+                           storage.name_fold())
     problems = linked_problems(parsed)
     if problems:
         raise ManifestError(url, problems)

@@ -197,9 +197,10 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
 
     One listing of each side, not a request per file. Outputs are published in one step, so
     an output that exists is complete: a rerun does no work twice. A local output folder is
-    asked whether it ignores case (:func:`storage.case_fold`): inputs whose outputs would be
-    one file there are left out with a warning naming them (:func:`scan_jobs`), as links to
-    outside the folder are, not made jobs that fail on every run until one is renamed.
+    asked whether it ignores case or Unicode normalization (:func:`storage.name_fold`): inputs
+    whose outputs would be one file there are left out with a warning naming them
+    (:func:`scan_jobs`), as links to outside the folder are, not made jobs that fail on every
+    run until one is renamed.
     """
     if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
@@ -207,7 +208,7 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     collisions: list[str] = []
     jobs = scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
                      storage.list_prefix(scan.output, OutputNotWritableError),
-                     None if storage.is_s3(scan.output) else storage.case_fold(), collisions)
+                     None if storage.is_s3(scan.output) else storage.name_fold(), collisions)
     if collisions:
         log.warning("scan of %s into %s: left out %d group(s) of inputs: %s", scan.input,
                     scan.output, len(collisions), "; ".join(collisions))
