@@ -143,6 +143,16 @@ def test_a_scan_of_s3_inputs_differing_only_in_case_into_a_folder_ignoring_case(
 # --- the probe, on real folders ----------------------------------------------------------
 
 
+def _one_file(folder: Path, name: str = "Scan.tif", other: str = "sCAN.TIF") -> Path:
+    """``folder``, made one the probe finds ignoring case (or, given ``NFD, NFC``, Unicode
+    normalization): ``other``, another spelling of ``name``, is a hard link to it (the same
+    file, as a folder ignoring that shows it)."""
+    folder.mkdir()
+    (folder / name).write_bytes(b"x")
+    os.link(folder / name, folder / other)
+    return folder
+
+
 def test_the_probe_finds_that_a_real_folder_here_keeps_case(tmp_path: Path):
     (tmp_path / "Scan.tif").write_bytes(b"x")
     (tmp_path / "empty").mkdir()
@@ -161,10 +171,7 @@ def test_the_probe_finds_a_folder_whose_names_are_found_in_either_case(tmp_path:
     """A name's other-case spelling that reaches the same file (os.stat identity) is what a
     folder ignoring case shows: made here with a hard link. The folders under it, and those
     not made yet, are judged by it; the folders above keep case."""
-    caseless = tmp_path / "Volume"
-    caseless.mkdir()
-    (caseless / "Scan.tif").write_bytes(b"x")
-    os.link(caseless / "Scan.tif", caseless / "sCAN.TIF")
+    caseless = _one_file(tmp_path / "Volume")
     (caseless / "Sub").mkdir()
     (caseless / "Sub" / "Other.tif").write_bytes(b"x")  # kept apart: not the same file
     (caseless / "Sub" / "oTHER.TIF").write_bytes(b"y")
@@ -189,10 +196,7 @@ def test_read_manifest_asks_the_output_folders(tmp_path: Path, capsys: pytest.Ca
     keeps.mkdir()
     jobs = [("in/1.tif", "out/A.tif"), ("in/2.tif", "out/a.tif")]
     assert len(read_manifest(_manifest(keeps, jobs))) == 2
-    ignores = tmp_path / "ignores"
-    ignores.mkdir()
-    (ignores / "Scan.tif").write_bytes(b"x")
-    os.link(ignores / "Scan.tif", ignores / "sCAN.TIF")
+    ignores = _one_file(tmp_path / "ignores")
     manifest = _manifest(ignores, jobs)
     assert cli.main(["validate", manifest]) == 2
     out, err = capsys.readouterr()
@@ -242,10 +246,7 @@ def test_expand_scan_asks_the_local_output_folder(tmp_path: Path,
 
     from pipeline.steps.planning import expand_scan
 
-    ignores = tmp_path / "ignores"
-    ignores.mkdir()
-    (ignores / "Scan.tif").write_bytes(b"x")
-    os.link(ignores / "Scan.tif", ignores / "sCAN.TIF")
+    ignores = _one_file(tmp_path / "ignores")
     with moto_s3(monkeypatch, "tp-case") as s3:
         for key, value in (("in/A.tif", 10), ("in/a.tif", 200)):
             data = io.BytesIO()
@@ -355,18 +356,9 @@ def test_the_probe_finds_that_a_real_folder_here_keeps_normalizations_apart(tmp_
     assert fold(str(tmp_path / "Out" / NFD)) == str(tmp_path / "Out" / NFD)
 
 
-def _normless(folder: Path) -> Path:
-    """``folder`` made one the probe finds ignoring normalization: a name's NFC spelling is a
-    hard link to its NFD one (the same file, as APFS shows it)."""
-    folder.mkdir()
-    (folder / NFD).write_bytes(b"x")
-    os.link(folder / NFD, folder / NFC)
-    return folder
-
-
 def test_the_probe_finds_a_folder_whose_names_are_found_in_either_normalization(
         tmp_path: Path):
-    normless = _normless(tmp_path / "Volume")
+    normless = _one_file(tmp_path / "Volume", NFD, NFC)
     (normless / "Sub").mkdir()
     (normless / "Sub" / NFD).write_bytes(b"x")  # kept apart: not the same file
     (normless / "Sub" / NFC).write_bytes(b"y")
@@ -385,7 +377,7 @@ def test_read_manifest_refuses_outputs_one_file_only_where_normalization_is_igno
     keeps.mkdir()
     assert [j.output for j in read_manifest(_manifest(keeps, jobs))] == [
         str(keeps / "out" / NFC), str(keeps / "out" / NFD)]
-    manifest = _manifest(_normless(tmp_path / "ignores"), jobs)
+    manifest = _manifest(_one_file(tmp_path / "ignores", NFD, NFC), jobs)
     assert cli.main(["validate", manifest]) == 2
     out, err = capsys.readouterr()
     a, b = (json.dumps(str(tmp_path / "ignores" / "out" / n)) for n in (NFD, NFC))
@@ -408,3 +400,60 @@ def test_outputs_differing_only_in_normalization_are_two_files_on_ext4(tmp_path:
     assert sorted(os.listdir(tmp_path / "out")) == sorted([NFC, NFD])
     assert (tifffile.imread(tmp_path / "out" / NFC) == 245).all()
     assert (tifffile.imread(tmp_path / "out" / NFD) == 10).all()
+
+
+# --- links: the checks of what links make one file fold names too -------------------------
+
+
+def _linked_problems(folder: Path, jobs: list[tuple[str, str]]) -> list[str]:
+    with pytest.raises(ManifestError) as err:
+        read_manifest(_manifest(folder, jobs))
+    return err.value.problems
+
+
+def test_outputs_and_inputs_one_file_through_a_link_and_a_folded_name(tmp_path: Path):
+    """``olink`` a link to ``o``: ``olink/a.tif`` and ``O/A.tif`` are one output where the
+    folder ignores case, and ``olink/café.tif`` (NFC) is the input ``o/café.tif`` (NFD)
+    where it ignores normalization; the manifest's check of spellings sees neither."""
+    jobs = [("in/1.tif", "olink/a.tif"), ("in/2.tif", "O/A.tif")]
+    caseless = _one_file(tmp_path / "caseless")
+    (caseless / "o").mkdir()
+    (caseless / "olink").symlink_to(caseless / "o")
+    o, upper = str(caseless / "o"), str(caseless / "O")
+    assert _linked_problems(caseless, jobs) == [
+        (f"jobs[1].output: {upper}/A.tif is, through a link, the output of jobs[0] "
+         f"({o}/a.tif): {one_file(json.dumps(upper + '/A.tif'), json.dumps(o + '/a.tif'))}: "
+         "one output would replace the other; give it another path")]
+    assert _linked_problems(caseless, [jobs[0], ("in/2.tif", "O/A.tif/b.tif")]) == [
+        (f"jobs[1].output: {upper}/A.tif/b.tif is, through a link, inside the output of "
+         f"jobs[0] ({o}/a.tif): {one_file(json.dumps(upper + '/A.tif'), json.dumps(o + '/a.tif'))}"
+         ", a file, not a folder: give one of them another path")]
+    o = _one_file(tmp_path / "o", NFD, NFC)  # its input, o/café.tif (NFD), hard linked
+    (tmp_path / "olink").symlink_to(o)
+    assert _linked_problems(tmp_path, [(f"o/{NFD}", "out/x.tif"),
+                                       ("in/2.tif", f"olink/{NFC}")]) == [
+        (f"jobs[1].output: {tmp_path}/olink/{NFC} is, through a link, the input of jobs[0] "
+         f"({o}/{NFD}): {one_form(json.dumps(f'{o}/{NFC}'), json.dumps(f'{o}/{NFD}'), 'NFC NFD')}"
+         ": the output would replace it; give it another path")]
+    keeps = tmp_path / "keeps"  # two files where the folder keeps case and forms apart
+    keeps.mkdir()
+    (keeps / "o").mkdir()
+    (keeps / "olink").symlink_to(keeps / "o")
+    assert len(read_manifest(_manifest(keeps, jobs[:2] + [("in/3.tif", f"olink/{NFC}"),
+                                                          ("in/4.tif", f"o/{NFD}")]))) == 4
+
+
+def test_a_scan_output_through_a_link_inside_its_input_spelled_in_another_case(
+        tmp_path: Path):
+    caseless = _one_file(tmp_path / "caseless")
+    (caseless / "scans").mkdir()
+    (caseless / "slink").symlink_to(caseless / "scans")
+    (caseless / "m.json").write_text(json.dumps({"scan": {"input": "Scans",
+                                                          "output": "slink/done"}}))
+    with pytest.raises(ManifestError) as err:
+        read_manifest(str(caseless / "m.json"))
+    scans, upper = json.dumps(str(caseless / "scans")), json.dumps(str(caseless / "Scans"))
+    assert err.value.problems == [
+        (f"scan.output: {caseless}/slink/done is, through a link, {caseless}/scans/done, which "
+         f"is inside scan.input ({caseless}/Scans: {caseless}/Scans): {one_file(scans, upper)}"
+         ": outputs would be scanned as inputs; give an output folder apart from the input")]

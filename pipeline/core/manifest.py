@@ -519,12 +519,18 @@ def _nested_outputs(outputs: dict[str, Writer]) -> list[str]:
         parent = None if is_s3(key) else enclosing(key, outputs)
         if parent is not None:
             k, folder = outputs[parent]
-            inside = os.sep.join(location.split(os.sep)[:parent.count(os.sep) + 1])
+            inside = leading(location, folder)
             problem = (f"jobs[{i}].output: {json.dumps(location)} is inside the output of "
                        f"jobs[{k}] ({json.dumps(folder)}){spelled_apart(inside, folder)}, a "
                        "file, not a folder: give one of them another path")
             nested.append((i, problem))
     return [problem for _, problem in sorted(nested)]
+
+
+def leading(path: str, folder: str) -> str:
+    """The folder above local ``path`` (or itself) as deep as ``folder``: its spelling of
+    that folder, where ``path`` is inside ``folder`` once both are folded."""
+    return os.sep.join(path.split(os.sep)[:folder.count(os.sep) + 1])
 
 
 def enclosing(path: str, paths: Mapping[str, Any]) -> str | None:

@@ -14,7 +14,14 @@ from typing import Any
 
 from pipeline.adapters import storage
 from pipeline.core.constants import TILE_THREADS_ENV
-from pipeline.core.manifest import ScanSpec, enclosing, load_manifest
+from pipeline.core.manifest import (
+    Fold,
+    ScanSpec,
+    enclosing,
+    leading,
+    load_manifest,
+    spelled_apart,
+)
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.errors import (
     InputNotFoundError,
@@ -58,67 +65,80 @@ def read_manifest(url: str) -> list[JobSpec] | ScanSpec:
     # local paths as the OS opens them (``link/../x`` beside the link's target), which
     # every check of what is what then compares; names that differ only in case (or in
     # Unicode normalization) are one file where their folder ignores it (storage.name_fold)
-    parsed = load_manifest(text, url, storage.parent(url), storage.local_path,
-                           storage.name_fold())
-    problems = linked_problems(parsed)
+    fold = storage.name_fold()
+    parsed = load_manifest(text, url, storage.parent(url), storage.local_path, fold)
+    problems = linked_problems(parsed, fold)
     if problems:
         raise ManifestError(url, problems)
     return parsed
 
 
-def linked_problems(parsed: list[JobSpec] | ScanSpec) -> list[str]:
+#: the first job naming a directory entry (an input or output once links are followed), and
+#: the entry as spelled there
+Entry = tuple[int, str]
+
+
+def linked_problems(parsed: list[JobSpec] | ScanSpec, fold: Fold | None = None) -> list[str]:
     """What the manifest's check of paths (spellings only: :mod:`pipeline.core.manifest`)
     cannot see of local paths: a folder that is a link making two jobs' outputs one file, a
     job's output another job's input, or a scan's output a folder inside its input (whose
-    outputs every run would take as new inputs)."""
+    outputs every run would take as new inputs). ``fold``: as there, the key of a path where
+    its folders ignore case or Unicode normalization (a link to ``o`` and ``O/a.tif``)."""
+    key = fold or str
     if isinstance(parsed, ScanSpec):
         if storage.is_s3(parsed.input) or storage.is_s3(parsed.output):
             return []
         src, dst = (os.path.realpath(parsed.input), os.path.realpath(parsed.output))
-        if os.path.commonpath([src, dst]) in (src, dst):
-            where = "is inside" if dst.startswith(src) else "holds"
+        common = os.path.commonpath([key(src), key(dst)])
+        if common in (key(src), key(dst)):
+            where, inner, outer = ("is inside", dst, src) if common == key(src) else (
+                "holds", src, dst)
+            spelled = spelled_apart(leading(inner, outer), outer)
             return [(f"scan.output: {parsed.output} is, through a link, {dst}, which {where} "
-                     f"scan.input ({parsed.input}: {src}): outputs would be scanned as "
-                     "inputs; give an output folder apart from the input")]
+                     f"scan.input ({parsed.input}: {src}){spelled}: outputs would be scanned "
+                     "as inputs; give an output folder apart from the input")]
         return []
     folders: dict[str, str] = {}
-    readers: dict[str, int] = {}
+    readers: dict[str, Entry] = {}
     for i, job in enumerate(parsed):
         if not storage.is_s3(job.input):  # the entry it names, and the file a link reaches
             for follow in (False, True):
-                readers.setdefault(storage.entry_of(job.input, follow, folders), i)
-    writers: dict[str, int] = {}
+                entry = storage.entry_of(job.input, follow, folders)
+                readers.setdefault(key(entry), (i, entry))
+    writers: dict[str, Entry] = {}
     problems = []
     for i, job in enumerate(parsed):
         if storage.is_s3(job.output):
             continue
         entry = storage.entry_of(job.output, False, folders)
-        if entry in writers:
+        writer = writers.setdefault(key(entry), (i, entry))
+        if writer[0] != i:
             problems.append(f"jobs[{i}].output: {job.output} is, through a link, the output of "
-                            f"jobs[{writers[entry]}] ({entry}): one output would replace the "
-                            "other; give it another path")
-        writers.setdefault(entry, i)
-        reader = readers.get(entry)
-        if reader is not None and reader != i:  # (its own input: PlanJob's check_not_input)
+                            f"jobs[{writer[0]}] ({writer[1]}){spelled_apart(entry, writer[1])}: "
+                            "one output would replace the other; give it another path")
+        reader = readers.get(key(entry))
+        if reader is not None and reader[0] != i:  # (its own input: check_not_input)
             problems.append(f"jobs[{i}].output: {job.output} is, through a link, the input of "
-                            f"jobs[{reader}] ({entry}): the output would replace it; give it "
-                            "another path")
+                            f"jobs[{reader[0]}] ({reader[1]}){spelled_apart(entry, reader[1])}"
+                            ": the output would replace it; give it another path")
     return problems + _nested_through_links(parsed, writers)
 
 
-def _nested_through_links(parsed: list[JobSpec], writers: dict[str, int]) -> list[str]:
+def _nested_through_links(parsed: list[JobSpec], writers: dict[str, Entry]) -> list[str]:
     """A problem for each local output inside the file another job writes, once links are
     followed (``olink/a.tif/b.tif`` beside ``o/a.tif``, olink a link to o), which the
     manifest's check of spellings cannot see: the one file cannot be both, and which job
-    fails depends on which gets there first. ``writers``: each output's entry, its job."""
+    fails depends on which gets there first. ``writers``: each output's entry's key, its job
+    and the entry."""
     problems = []
-    for entry, i in writers.items():
-        parent = enclosing(entry, writers)
+    for key, (i, entry) in writers.items():
+        parent = enclosing(key, writers)
         if parent is not None:
+            k, folder = writers[parent]
             problems.append(
                 f"jobs[{i}].output: {parsed[i].output} is, through a link, inside the output "
-                f"of jobs[{writers[parent]}] ({parent}), a file, not a folder: give one of them "
-                "another path")
+                f"of jobs[{k}] ({folder}){spelled_apart(leading(entry, folder), folder)}, a "
+                "file, not a folder: give one of them another path")
     return problems
 
 
