@@ -492,33 +492,38 @@ FLOAT_GEOREFERENCINGS = {
 }
 
 
-@pytest.mark.parametrize("model", list(FLOAT_GEOREFERENCINGS))
-@pytest.mark.parametrize("ops", [
-    [C(7, 11, 30, 40)], [R(90)], [F("horizontal")], [C(3, 5, 37, 50), R(270)],
-    [C(2, 4, 40, 50), {"op": "downsample", "factor": 2}]], ids=repr)
-def test_a_georeferencing_stored_as_float_moves_with_the_pixels(tmp_path, ops, model):
-    """Model tags stored as FLOAT are read as GDAL reads them (widened to doubles), moved
-    with the pixels and written as the DOUBLEs GeoTIFF defines: GDAL puts each corner pixel
-    of the output (its 2 x 2 block of input pixels after a downsample) where the input put
-    that pixel (block). Before, a crop or a downsample dropped them without a word and a
-    rotate or flip was refused."""
+#: the chains a georeferencing not stored as DOUBLE is moved through: a crop, turns, a flip,
+#: a downsample after a crop
+MOVES = [[C(7, 11, 30, 40)], [R(90)], [F("horizontal")], [C(3, 5, 37, 50), R(270)],
+         [C(2, 4, 40, 50), {"op": "downsample", "factor": 2}]]
+
+
+def _model_kinds(path: Path | str) -> dict[int, int]:
+    """The TIFF type of each GeoTIFF model tag of a file's first page."""
+    with tifffile.TiffFile(path) as tf:
+        return {t.code: int(t.dtype) for t in tf.pages[0].tags
+                if t.code in (33550, 33922, 34264)}
+
+
+#: a GeoKeyDirectory that says PixelIsArea
+AREA_KEYS = [(34735, 3, 8, (1, 1, 0, 1, 1025, 0, 1, 1))]
+
+
+def _moved_as_gdal_reads(tmp_path: Path, ops: list[dict[str, Any]], tags: list[Any],
+                         stored: int, geo: list[Any] = AREA_KEYS) -> tuple[Path, Path]:
+    """Run ``ops`` on a page of pixel indices georeferenced by ``tags`` (model tags stored as
+    TIFF type ``stored``) and the other GeoTIFF tags ``geo`` (PixelIsArea): GDAL puts each
+    corner pixel of the output (its 2 x 2 block of input pixels after a downsample) where
+    the input put that pixel (block). The input's path and the output's."""
     height, width = 60, 45
     index = np.arange(height * width, dtype=np.uint16).reshape(height, width)
-    keys = (1, 1, 0, 1, 1025, 0, 1, 1)  # PixelIsArea
     src = tmp_path / "in.tif"
-    _tagged(src, index, [*FLOAT_GEOREFERENCINGS[model], (34735, 3, len(keys), keys)])
-    with tifffile.TiffFile(src) as tf:
-        assert {t.code: int(t.dtype) for t in tf.pages[0].tags if t.code in (33550, 33922,
-                                                                           34264)} == \
-            {code: 11 for code, *_ in FLOAT_GEOREFERENCINGS[model]}
+    _tagged(src, index, [*tags, *geo])
+    assert set(_model_kinds(src).values()) == {stored}
     geometric = [op for op in ops if op["op"] != "downsample"]
     came = reference(index, geometric)  # the input pixel each output pixel is
     factor = 1 if geometric == ops else 2
     (_,), plan = run_tiled(tmp_path, src, ops, 32, 32 // factor)
-    with tifffile.TiffFile(plan.spec.output) as tf:
-        kinds = {t.code: int(t.dtype) for t in tf.pages[0].tags
-                 if t.code in (33550, 33922, 34264)}
-    assert kinds and set(kinds.values()) == {12}
     with rasterio.open(src) as a, rasterio.open(plan.spec.output) as b:
         assert not b.transform.is_identity
         out_h, out_w = b.height, b.width
@@ -527,6 +532,58 @@ def test_a_georeferencing_stored_as_float_moves_with_the_pixels(tmp_path, ops, m
                                .astype(np.int64), width)
             assert b.transform @ (c + 0.5, r + 0.5) == pytest.approx(
                 a.transform @ (xs.mean() + 0.5, ys.mean() + 0.5), abs=1e-6), (r, c)
+    return src, Path(plan.spec.output)
+
+
+@pytest.mark.parametrize("model", list(FLOAT_GEOREFERENCINGS))
+@pytest.mark.parametrize("ops", MOVES, ids=repr)
+def test_a_georeferencing_stored_as_float_moves_with_the_pixels(tmp_path, ops, model):
+    """Model tags stored as FLOAT are read as GDAL reads them (widened to doubles), moved
+    with the pixels and written as the DOUBLEs GeoTIFF defines. Before, a crop or a
+    downsample dropped them without a word and a rotate or flip was refused."""
+    _, out = _moved_as_gdal_reads(tmp_path, ops, FLOAT_GEOREFERENCINGS[model], 11)
+    assert _model_kinds(out) and set(_model_kinds(out).values()) == {12}
+
+
+def _rationals(values: tuple[float, ...]) -> tuple[int, ...]:
+    """``values`` as (S)RATIONAL pairs, numerator and denominator, in tenths."""
+    return tuple(n for v in values for n in (round(v * 10), 10))
+
+
+#: a georeferencing stored as RATIONALs (the transformation, with negative values, as
+#: SRATIONALs): tenths, which a double does not hold exactly
+RATIONAL_GEOREFERENCINGS = {
+    "tiepoint": [(33550, "2I", 3, _rationals((10.3, 20.7, 0.0))),
+                 (33922, "2I", 6, _rationals((4.0, 3.0, 0.0, 500000.3, 4e6 + 0.7, 0.0)))],
+    "transformation": [(34264, "2i", 16, _rationals(FLOAT_GEOREFERENCINGS["transformation"]
+                                                    [0][3]))],
+}
+#: the other GeoTIFF tags, of the types GeoTIFF defines: a GeoKeyDirectory (SHORT) whose
+#: keys point into GeoDoubleParams (DOUBLE) and GeoAsciiParams (ASCII)
+GEO_PARAMS = [(34735, 3, 20, (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 1026, 34737, 7, 0,
+                              2057, 34736, 1, 0)),
+              (34736, 12, 1, (6378137.0,)), (34737, 2, 0, "UTM 11|")]
+
+
+@pytest.mark.parametrize("model", list(RATIONAL_GEOREFERENCINGS))
+@pytest.mark.parametrize("ops", [[], *MOVES], ids=repr)
+def test_a_georeferencing_stored_as_rationals_is_kept_and_moves_with_the_pixels(
+        tmp_path, ops, model):
+    """Model tags stored as RATIONAL or SRATIONAL are read as GDAL reads them (numerator /
+    denominator, in double precision) and written as DOUBLE, moved with the pixels or not:
+    a chain that does not move the page keeps the very doubles GDAL read from the input.
+    The other GeoTIFF tags are copied as they were. Before, such model tags were never read:
+    every output, a plain copy too, lost its place in the world without a word."""
+    src, out = _moved_as_gdal_reads(tmp_path, ops, RATIONAL_GEOREFERENCINGS[model],
+                                    5 if model == "tiepoint" else 10, GEO_PARAMS)
+    assert _model_kinds(out) and set(_model_kinds(out).values()) == {12}
+    if not ops:
+        with rasterio.open(src) as a, rasterio.open(out) as b:
+            assert b.transform == a.transform  # the same doubles, not rounded again
+    with tifffile.TiffFile(src) as a, tifffile.TiffFile(out) as b:
+        for code in (34735, 34736, 34737):
+            kept, given = b.pages[0].tags[code], a.pages[0].tags[code]
+            assert (int(kept.dtype), kept.value) == (int(given.dtype), given.value)
 
 
 @pytest.mark.parametrize("ops,first", [([G, C(0, 0, 9, 9)], "ops[1] (crop)"),

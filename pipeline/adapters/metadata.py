@@ -24,7 +24,9 @@ Rules:
   pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
   every spatial tag after any other size change (they map pixel positions); a ``rotate``,
   ``flip`` or ``crop`` moves the georeferencing with the pixels (:func:`geo_placed`); the
-  model tags moved are written as DOUBLE, whatever numeric type the input stored;
+  model tags moved are written as DOUBLE, whatever numeric type the input stored, and model
+  tags stored as RATIONAL or SRATIONAL are written as DOUBLE even when not moved (read as
+  GDAL reads them: :func:`_rational`);
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
   OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
   name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
@@ -99,6 +101,11 @@ _BYTE_TYPES = {1, 2, 6, 7}
 INKSET = 332
 #: struct formats of the numeric TIFF types carried
 _NUMERIC = {3: "H", 4: "I", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q"}
+#: RATIONAL and SRATIONAL (each value a numerator and a denominator of this struct format):
+#: read in a GeoTIFF model tag only, as the DOUBLEs GDAL reads (:func:`_rational`)
+_RATIONAL = {5: "I", 10: "i"}
+#: the GeoTIFF model tags (pixel scale, tiepoints, transformation: DOUBLE by GeoTIFF)
+_MODEL_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)
 
 
 # binascii, not the base64 module, which a run would otherwise import within its time
@@ -135,7 +142,8 @@ def _carry(tag: tifffile.TiffTag, byteorder: str) -> list[Any] | None:
     """``[code, type, count, value]`` of a tag (value: base64 bytes or a list of numbers),
     or None when it is too big or of a type not carried."""
     kind = int(tag.dtype)
-    if kind not in _BYTE_TYPES and kind not in _NUMERIC:
+    rational = kind in _RATIONAL and tag.code in _MODEL_TAGS
+    if kind not in _BYTE_TYPES and kind not in _NUMERIC and not rational:
         return None
     if tag.valuebytecount > VALUE_MAX:
         return None
@@ -146,8 +154,20 @@ def _carry(tag: tifffile.TiffTag, byteorder: str) -> list[Any] | None:
         if tag.code == 270 and is_structural_description(data):
             return None
         return [tag.code, kind, tag.count, _b64(data)]
+    if rational:
+        return _rational(tag.code, kind, tag.count, data, byteorder)
     return [tag.code, kind, tag.count,
             list(struct.unpack(f"{byteorder}{tag.count}{_NUMERIC[kind]}", data))]
+
+
+def _rational(code: int, kind: int, count: int, data: bytes, byteorder: str) -> list[Any]:
+    """A model tag stored as ``count`` RATIONALs or SRATIONALs (``data``: numerator,
+    denominator, ...) as the DOUBLE tag GDAL reads it as: each value numerator / denominator
+    (exact 32-bit integers divided in double precision, as libtiff does; a denominator 0
+    gives 0, as libtiff reads it). Written as DOUBLE whatever the chain, as a moved one is
+    (:func:`_geo_moved`): the output's georeferencing is the input's as GDAL reads it."""
+    pairs = struct.unpack(f"{byteorder}{2 * count}{_RATIONAL[kind]}", data)
+    return [code, 12, count, [n / d if d else 0.0 for n, d in zip(pairs[::2], pairs[1::2])]]
 
 
 def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -> dict[str, Any]:

@@ -145,7 +145,9 @@ Transform = Turn | Crop
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
 #: the TIFF types a model tag is read from as numbers (GeoTIFF defines DOUBLE; GDAL reads
 #: the others widened to doubles, and so does pipeline.adapters.metadata, which carries
-#: these types' values as numbers and the byte types' as bytes)
+#: these types' values as numbers and the byte types' as bytes; a RATIONAL or SRATIONAL
+#: model tag it carries as the DOUBLE tag GDAL reads, numerator / denominator, so it is
+#: here a DOUBLE)
 NUMBER_TYPES = {3: "SHORT", 4: "LONG", 8: "SSHORT", 9: "SLONG", 11: "FLOAT", 12: "DOUBLE",
                 16: "LONG8", 17: "SLONG8"}
 
