@@ -103,7 +103,7 @@ def test_the_input_is_what_gdal_writes_and_reads(tmp_path):
     # values remapped: only the band names stay
     ([{"op": "convert", "dtype": "uint8", "in_range": [0, 1000]}],
      {"names_only": True, "rpc": True}),
-    ([{"op": "invert"}], {"names_only": True, "rpc": True}),
+    ([{"op": "gamma", "gamma": 2.0}], {"names_only": True, "rpc": True}),
     # new bands: no band item holds; the scene's items do
     ([{"op": "normalized_difference", "a": 2, "b": 0}], {"no_bands": True, "rpc": True}),
 ], ids=lambda v: repr(v)[:60])
@@ -220,10 +220,37 @@ def test_a_convert_that_clips_nothing_keeps_each_bands_physical_values(tmp_path,
      {"op": "convert", "dtype": "uint8", "in_range": [0, 1]}],
     # a map that is not linear after a linear one
     [{"op": "convert", "dtype": "uint8"}, {"op": "gamma", "gamma": 2.0}],
-], ids=["clipped", "float-clipped", "then-gamma"])
+    # invert of a float page: 1 - v rounded to float32 loses a small value's digits
+    [{"op": "convert", "dtype": "float32", "in_range": [0, 65535]}, {"op": "invert"}],
+], ids=["clipped", "float-clipped", "then-gamma", "float-invert"])
 def test_a_convert_that_may_clip_drops_scale_offset_and_unit(tmp_path, ops):
     _, plan = run_tiled(tmp_path, scene(tmp_path), ops, 64, 32)
     view = gdal_view(plan.spec.output)
     assert view["descriptions"] == NAMES and view["bands"] == [{}] * 3
     assert view["scales"] == (1.0,) * 3 and view["offsets"] == (0.0,) * 3
     assert view["units"] == (None,) * 3
+
+
+@pytest.mark.parametrize("dtype,b", [("uint16", 65535), ("int16", -1), ("uint8", 255)])
+def test_invert_of_integers_keeps_each_bands_physical_values(tmp_path, dtype, b):
+    """invert maps every integer v to -v + b exactly (max - v unsigned, -1 - v signed): a
+    band's scale and offset become -scale and offset + scale b, so GDAL's scale * out +
+    offset is the input's physical value; the unit and band names still hold, the
+    statistics not. Before, invert dropped scale, offset and unit."""
+    src = tmp_path / "wide.tif"
+    limits = np.iinfo(dtype)
+    pixels = np.random.default_rng(6).integers(limits.min, limits.max, (70, 90, 3),
+                                               dtype=dtype, endpoint=True)
+    pixels[0, 0], pixels[0, 1] = limits.min, limits.max  # (both ends of the type)
+    tifffile.imwrite(src, pixels, photometric="minisblack", planarconfig="contig",
+                     tile=(32, 32), metadata=None, extratags=[*GEO, (42112, 2, 0, XML, True)])
+    (got,), plan = run_tiled(tmp_path, src, [{"op": "invert"}], 64, 32)
+    assert np.array_equal(got.astype(np.int64), b - pixels.astype(np.int64))
+    want, _ = physical(src)
+    out, view = physical(plan.spec.output)
+    assert np.abs(out - want).max() <= 1e-9
+    assert view["scales"] == (-0.0001,) * 3
+    assert view["offsets"] == pytest.approx([-0.1 + 0.0001 * b, -0.2 + 0.0001 * b,
+                                             -0.3 + 0.0001 * b], abs=1e-12)
+    assert view["units"] == ("reflectance",) * 3
+    assert view["descriptions"] == NAMES and view["bands"] == [{}] * 3

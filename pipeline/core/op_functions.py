@@ -105,6 +105,21 @@ def invert(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return _per_channel(cv2.bitwise_not, img)
 
 
+def invert_linear(p: dict[str, Any], dtype: np.dtype) -> tuple[float, float] | None:
+    """``(a, b)``: invert maps every value v of an integer ``dtype`` to ``a v + b`` exactly,
+    ``max - v`` unsigned (-1, max), ``-1 - v`` signed (-1, -1: the bitwise complement in
+    two's complement). None on floats: ``1 - v`` is rounded to the type, which near 1 loses
+    a small value's digits (in float32, 1 - 1e-9 is 1), so no scale and offset give its
+    physical value back. A band's GDAL scale and offset are kept through it
+    (pipeline.core.ops.chain_linear)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "u":
+        return -1.0, float(np.iinfo(dtype).max)
+    if dtype.kind == "i":
+        return -1.0, -1.0
+    return None
+
+
 def gamma_values(values: np.ndarray, gamma: float, dtype: np.dtype) -> np.ndarray:
     """round(max * (max(v, 0) / max) ** (1/gamma)) in float64, saturated to ``dtype``."""
     top = dtypes.white(dtype)

@@ -66,7 +66,7 @@ class Op:
     #: NaN; convert: its ``nodata``), else None
     own_nodata: Callable[[dict[str, Any]], float | None] = lambda p: None
     #: ``(a, b)`` when the op maps every value v of its input's sample type to a v + b
-    #: (a convert that clips no value), else None (:func:`chain_linear`)
+    #: (a convert that clips no value, invert of integers), else None (:func:`chain_linear`)
     linear: Callable[[dict[str, Any], np.dtype], tuple[float, float] | None] = \
         lambda p, dt: None
     #: the op reads a page's bands as gray or RGB(A) colours (a gray value of red, green and
@@ -292,7 +292,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
        halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
-       "1 - img for floats", (), fn.invert),
+       "1 - img for floats", (), fn.invert, linear=fn.invert_linear),
     Op("gamma", "max * (img / max) ** (1 / gamma), rounded (a LUT for integers)",
        (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), fn.gamma),
     Op("threshold", "cv2.threshold(img, value, max, THRESH_BINARY); max = dtype max (1.0 float)",
@@ -566,7 +566,8 @@ def chain_linear(ops: list[dict[str, Any]], dtype: np.dtype | str
     """``(a, b)`` when the chain (its JSON) maps each value v of a page of ``dtype`` to
     a v + b as far as a band's scale and offset go: its ops keep values (:attr:`Op.
     keeps_values`: a mean, a maximum or a moved pixel of a v + b values is one too) or map
-    them linearly (:attr:`Op.linear`: a convert that clips none); else None."""
+    them linearly (:attr:`Op.linear`: a convert that clips none, invert of integers); else
+    None."""
     dtype = np.dtype(dtype)
     a, b = 1.0, 0.0
     for call in chain_from_json(ops):
