@@ -142,6 +142,26 @@ def chain_pages(tf: tifffile.TiffFile) -> list[tifffile.TiffPage]:
     return pages
 
 
+def pyramid_levels(path: str) -> list[list[tuple[np.ndarray, dict[int, Any]]]]:
+    """(pixels, tags but where the tiles are: TileOffsets, SubIFDs) of each page of a file
+    and of its pyramid levels, as tifffile reads them: SubIFDs of the page, or the pages
+    after it marked reduced-resolution (``output_options.pyramid_layout`` "pages")."""
+    out: list[list[tuple[np.ndarray, dict[int, Any]]]] = []
+    with tifffile.TiffFile(path) as tf:
+        for page in tf.pages:
+            read = (page.asarray(), {t.code: t.value for t in page.tags.values()
+                                     if t.code not in (324, 330)})
+            if int(page.subfiletype) & 1:
+                out[-1].append(read)
+                continue
+            out.append([read])
+            for k in range(len(page.subifds or ())):
+                level = tifffile.TiffPages(page)[k]
+                out[-1].append((level.asarray(), {t.code: t.value for t in level.tags.values()
+                                                  if t.code != 324}))
+    return out
+
+
 # --- moto in this process -------------------------------------------------------------------
 
 

@@ -209,7 +209,7 @@ def test_unknown_job_fields_name_the_allowed_ones():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field "
-        "(allowed: bilevel, compression, level, ome, pyramid, quality, tile)")
+        "(allowed: bilevel, compression, level, ome, pyramid, pyramid_layout, quality, tile)")
 
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
@@ -559,7 +559,40 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, pyramid, ome, bilevel, got "zstd"')
+        'tile, pyramid, pyramid_layout, ome, bilevel, got "zstd"')
+
+
+def test_pyramid_layout_is_subifds_or_pages():
+    specs = parse_manifest({"defaults": {"output_options": {"pyramid": True}}, "jobs": [
+        job(), job(output="out/b.tif", output_options={"pyramid_layout": "pages"})]},
+        "m.json", BASE)
+    assert [s.output_options.pyramid_layout for s in specs] == ["subifds", "pages"]
+    assert one_problem({"jobs": [job(output_options={"pyramid": True,
+                                                     "pyramid_layout": "levels"})]}) == (
+        'jobs[0].output_options.pyramid_layout: expected one of "subifds", "pages", got '
+        '"levels"')
+
+
+def test_pyramid_layout_needs_a_pyramid():
+    assert one_problem({"jobs": [job(output_options={"pyramid_layout": "pages"})]}) == (
+        "jobs[0].output_options.pyramid_layout: expected no pyramid_layout with pyramid "
+        "false (the default output_options.pyramid): it says where pyramid levels go, got "
+        '"pages"; set "pyramid": true, or drop "pyramid_layout"')
+
+
+def test_levels_as_pages_are_refused_in_an_ome_tiff():
+    why = ("an OME-TIFF's pyramid levels are SubIFDs of their page (Bio-Formats reads no "
+           'other layout); set "pyramid_layout" to "subifds" for an OME-TIFF, or drop "ome" '
+           "for levels as pages (OpenSlide, GDAL)")
+    assert one_problem({"jobs": [job(output_options={
+        "pyramid": True, "pyramid_layout": "pages", "ome": True})]}) == (
+        f'jobs[0].output_options.pyramid_layout: "pages" with ome true: {why}')
+    # the job sets one, the defaults the other: the job's field is named, the other's origin
+    assert one_problem({"defaults": {"output_options": {"pyramid": True,
+                                                        "pyramid_layout": "pages"}},
+                        "jobs": [job(output_options={"ome": True})]}) == (
+        "jobs[0].output_options.ome: true with pyramid_layout \"pages\" (from "
+        f"defaults.output_options.pyramid_layout): {why}")
 
 
 # --- every problem at once ----------------------------------------------------------

@@ -31,6 +31,7 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
+from conftest import pyramid_levels
 
 from pipeline import cli
 from pipeline.adapters import segments, storage
@@ -287,6 +288,13 @@ S3_JOBS: dict[str, dict[str, Any]] = {
     "pyramid_batches": {"input": "two.tif", "fuse": False, "ops": [{"op": "invert"}],
                         "output_options": {"tile": 128, "pyramid": True,
                                            "compression": "deflate"}},
+    # the same two, levels as pages after their page (output_options.pyramid_layout)
+    "pyramid_pages": {"input": "two.tif", "output_options": {
+        "tile": 128, "pyramid": True, "pyramid_layout": "pages"}},
+    "pyramid_pages_batches": {"input": "two.tif", "fuse": False, "ops": [{"op": "invert"}],
+                              "output_options": {"tile": 128, "pyramid": True,
+                                                 "compression": "deflate",
+                                                 "pyramid_layout": "pages"}},
 }
 
 
@@ -344,6 +352,31 @@ def test_s3_output_is_the_tifffile_merge_and_the_local_concatenation(s3, job):
     local = s3["tmp"] / f"local{job}.tif"
     compose(merge_mod.output_pieces(plan), str(local))  # the same layout, concatenated
     assert local.read_bytes() == got
+    assert _uploads(s3) == []
+
+
+@pytest.mark.parametrize("name", ["pyramid", "pyramid_batches"])
+def test_s3_levels_as_pages_are_the_subifd_levels(s3, name):
+    """The S3 merge of a job with ``pyramid_layout`` "pages" writes each page followed by its
+    levels as pages marked NewSubfileType 1, the pixels of the same job's SubIFD levels, and
+    byte for byte the local concatenation of the same layout."""
+    plan = _plan(s3["work"], list(S3_JOBS).index(name.replace("pyramid", "pyramid_pages")))
+    got = s3["tmp"] / f"pages_{name}.tif"
+    got.write_bytes(_get(s3, storage.split_s3(plan.spec.output)[1]))
+    local = s3["tmp"] / f"pages_{name}_local.tif"
+    compose(merge_mod.output_pieces(plan), str(local))
+    assert local.read_bytes() == got.read_bytes()
+    subifds = s3["tmp"] / f"subifds_{name}.tif"
+    subifds.write_bytes(_get(s3, storage.split_s3(_plan(
+        s3["work"], list(S3_JOBS).index(name)).spec.output)[1]))
+    with tifffile.TiffFile(got) as tf:
+        assert [int(p.subfiletype) for p in tf.pages] == [0, 1, 1, 1, 0, 1, 1]
+        assert not any(p.subifds for p in tf.pages)
+    want, have = pyramid_levels(subifds), pyramid_levels(got)
+    assert [len(p) for p in have] == [len(p) for p in want] == [4, 3]
+    for page_want, page_have in zip(want, have, strict=True):
+        for (pixels_w, _), (pixels_h, _) in zip(page_want, page_have, strict=True):
+            np.testing.assert_array_equal(pixels_h, pixels_w)
     assert _uploads(s3) == []
 
 

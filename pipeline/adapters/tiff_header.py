@@ -166,9 +166,15 @@ class LayoutRecorder(io.RawIOBase):
         return sum(len(b) for _, b in self._extents)
 
 
+#: NewSubfileType bit 0: a reduced-resolution version of the page before it
+_REDUCED = 0b1
+
+
 def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
-    """The IFD positions of the recorded file: one list per page, the page's own IFD
-    first, then its SubIFDs (pyramid levels) in order."""
+    """The IFD positions of the recorded file: one list per output page, the page's own IFD
+    first, then its pyramid levels in order: its SubIFDs, or the pages after it marked
+    reduced-resolution (NewSubfileType bit 0: ``pyramid_layout`` "pages"; an output page of
+    its own never is, as an overview processed as a page is unmarked)."""
     read = recorder.read
     bigtiff = read(2, 2) == b"+\x00"
     word, fmt = (8, "<Q") if bigtiff else (4, "<I")
@@ -179,7 +185,10 @@ def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
         subs = []
         if 330 in entries:
             subs = list(entries[330])
-        pages.append([pos, *subs])
+        if pages and not subs and entries.get(254, (0,))[0] & _REDUCED:
+            pages[-1].append(pos)  # a level of the page before it
+        else:
+            pages.append([pos, *subs])
         count_size = 8 if bigtiff else 2
         n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
         pos = struct.unpack(fmt, read(pos + count_size + n * (20 if bigtiff else 12), word))[0]

@@ -16,6 +16,7 @@ from pipeline.core.models import (
     COMPRESSIONS,
     DEFAULT_OUTPUT_TILE,
     DEFAULT_TILE,
+    PYRAMID_LAYOUTS,
     JobSpec,
     OutputOptions,
 )
@@ -23,7 +24,8 @@ from pipeline.core.ops import made_problems, made_types, parse_chain
 from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
-OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "ome", "bilevel")
+OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
+                 "bilevel")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -39,7 +41,9 @@ _COMPRESSION = Param("compression", "string", "codec of the output tiles", defau
 _LEVEL = Param("level", "integer", "codec level (zstd 1-22, deflate 1-9)")
 _QUALITY = Param("quality", "integer", "jpeg quality", default=90, ge=1, le=100)
 _PAGE = Param("page", "integer", "page index", ge=0)
-_PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels as SubIFDs", default=False)
+_PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels", default=False)
+_PYRAMID_LAYOUT = Param("pyramid_layout", "string", "where the levels go: SubIFDs of their "
+                        "page, or pages after it", default="subifds", choices=PYRAMID_LAYOUTS)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 _BILEVEL = Param("bilevel", "boolean", "write 1-bit pages (one uint8 band of 0 and 255)",
                  default=False)
@@ -60,6 +64,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.quality": OutputOptions.quality,
     "output_options.tile": DEFAULT_OUTPUT_TILE,
     "output_options.pyramid": OutputOptions.pyramid,
+    "output_options.pyramid_layout": OutputOptions.pyramid_layout,
     "output_options.ome": OutputOptions.ome,
     "output_options.bilevel": OutputOptions.bilevel,
     "fuse": JobSpec.fuse,
@@ -254,6 +259,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "quality": _QUALITY.check,
         "tile": lambda v: _size_problem(v, *OUTPUT_TILE_RANGE),
         "pyramid": _PYRAMID.check,
+        "pyramid_layout": _PYRAMID_LAYOUT.check,
         "ome": _OME.check,
         "bilevel": _BILEVEL.check,
     }
@@ -267,7 +273,8 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
             layer.bad.add(key)
         else:
             value = opts[name]
-            layer.values[key] = value if name in ("compression", "pyramid", "ome", "bilevel") \
+            layer.values[key] = value if name in ("compression", "pyramid", "pyramid_layout", "ome",
+                                                   "bilevel") \
                 else int(value)
 
 
@@ -320,6 +327,31 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
     if layer in (comp.layer, ops.layer) and comp.ok and ops.ok and comp.value == "jpeg":
         problems += _jpeg_problems(ops, comp, layer)
     problems += _bilevel_problems(eff, layer)
+    problems += _layout_problems(eff, layer)
+    return problems
+
+
+def _layout_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
+    """A pyramid layout without a pyramid (it would be ignored), and levels as pages in an
+    OME-TIFF (whose pyramids are SubIFDs: Bio-Formats reads no other)."""
+    layout, pyramid = eff["output_options.pyramid_layout"], eff["output_options.pyramid"]
+    ome = eff["output_options.ome"]
+    if not (layout.ok and pyramid.ok and ome.ok):
+        return []
+    problems = []
+    if layout.layer is layer and not pyramid.value:
+        problems.append(
+            f"{layer.where('output_options.pyramid_layout')}: expected no pyramid_layout "
+            f"with pyramid false{_from(pyramid, layer, 'output_options.pyramid')}: it says "
+            f"where pyramid levels go, got {json.dumps(layout.value)}; set \"pyramid\": true, "
+            "or drop \"pyramid_layout\"")
+    if layout.value == "pages" and ome.value and layer in (layout.layer, ome.layer):
+        problems.append(_pair_problem(
+            layer, ("pyramid_layout", layout), ("ome", ome),
+            "an OME-TIFF's pyramid levels are SubIFDs of their page (Bio-Formats reads no "
+            "other layout)",
+            'set "pyramid_layout" to "subifds" for an OME-TIFF, or drop "ome" for levels as '
+            "pages (OpenSlide, GDAL)"))
     return problems
 
 

@@ -19,6 +19,8 @@ from pipeline.core.record import field_values, record
 COMPRESSIONS = ("zstd", "deflate", "lzw", "jpeg", "group4", "none")
 #: the compressions a 1-bit output (``bilevel``) may have; group4 (CCITT T.6) is 1-bit only
 BILEVEL_COMPRESSIONS = ("zstd", "deflate", "lzw", "group4", "none")
+#: where pyramid levels are written (``output_options.pyramid_layout``)
+PYRAMID_LAYOUTS = ("subifds", "pages")
 
 #: processing tile (pixels) when the manifest sets none
 DEFAULT_TILE = 1024
@@ -34,7 +36,10 @@ class OutputOptions:
     level: int | None = None  # zstd 1-22 (default 3), deflate 1-9 (default 6); ignored otherwise
     quality: int = 90  # jpeg 1-100
     tile: int = DEFAULT_OUTPUT_TILE
-    pyramid: bool = False  # reduced-resolution levels (factor 2, down to one tile) as SubIFDs
+    pyramid: bool = False  # reduced-resolution levels (factor 2, down to one tile)
+    #: where the levels go: "subifds" of their page (OME-TIFF's layout), or "pages" of the
+    #: main chain right after it, marked reduced-resolution (OpenSlide's and GDAL's overviews)
+    pyramid_layout: str = "subifds"
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
     #: write one-band uint8 pages of 0 and 255 as 1-bit (BitsPerSample 1, miniswhite)
     bilevel: bool = False

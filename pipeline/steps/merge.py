@@ -224,7 +224,10 @@ def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
 
 def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
                 page: PagePlan) -> list[TileTable]:
-    """Write one output page (placeholder tiles); with a pyramid, its levels as SubIFDs.
+    """Write one output page (placeholder tiles); with a pyramid, its levels: SubIFDs of
+    the page, or (``pyramid_layout`` "pages") pages of the main chain right after it, each
+    marked reduced-resolution (NewSubfileType 1) either way, tiled and compressed as the
+    page: the layout OpenSlide's generic TIFF reader and GDAL's overviews read.
     Returns the tile tables of the page and of its levels, in file order."""
     options = plan.spec.output_options
     channels = page.out_channels
@@ -255,7 +258,8 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
         levels = merge_unit_levels(plan, index, encoder, nearest)
     else:
         levels = _merged_levels(plan, index, table, encoder, nearest)
-    subifds = {"subifds": len(levels)} if levels else {}
+    as_pages = options.pyramid_layout == "pages"
+    subifds = {"subifds": len(levels)} if levels and not as_pages else {}
     writer.write(table.placeholders(), shape=shape, **common, **tags, **subifds)
     # what every level repeats of the base page: how its samples are to be read
     level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
