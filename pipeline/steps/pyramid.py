@@ -6,7 +6,8 @@ reduces it at once into level 1; every level, when one of its tile rows is compl
 that row's tiles with the page's :class:`OutputEncoder`, appends them to its segment in the
 work location (``level{k}``, a :class:`~pipeline.adapters.segments.SegmentWriter`), and
 reduces the row's pixels into the next level. Merge then places each level's tiles from its
-segment (:meth:`Pyramid.spans`) as a SubIFD of the base page.
+segment (:meth:`Pyramid.spans`) as a SubIFD of the base page, or a page after it
+(``output_options.pyramid_layout``).
 
 Level k has ``ceil(h / 2) x ceil(w / 2)`` pixels of level k - 1 (``h x w``); levels go down
 until a level fits in one output tile. Pixel (y, x) of level k is the mean of the pixels of
