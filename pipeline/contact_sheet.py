@@ -22,14 +22,17 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+import tifffile
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.adapters import png_write, storage
 from pipeline.adapters.metadata import ORIENTATION
+from pipeline.adapters.tiff_read import open_tiff
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.ops import chain_turns
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX, SHEET_WIDTH
+from pipeline.errors import TiffpipeError
 from pipeline.preview import (
     BILEVEL_LABEL,
     Thumbnail,
@@ -85,6 +88,14 @@ class Row:
     detail: str  # e.g. "12.6 MP, 3.1 s"
     ops: str = ""  # the op chain, e.g. "gaussian_blur(sigma=2)"
     message: str = ""  # a skipped job's: why (its output existed, or appeared meanwhile)
+    #: the output page's index in its file where it is not ``out_page`` (its position among
+    #: the job's pages): an output whose pyramid levels are pages after their page
+    out_ifd: int | None = None
+
+    @property
+    def out_file_page(self) -> int | None:
+        """The output page as the file (and tiffpipe reading it) numbers its pages."""
+        return self.out_page if self.out_ifd is None else self.out_ifd
 
 
 def layout_size(rows: int, truncated: bool = False) -> tuple[int, int]:
@@ -112,14 +123,28 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
             pages = (asked if asked is not None else job.get("input_pages")
                      or list(range(int(job.get("pages") or 0))))
             detail = f"{job.get('megapixels', 0):.3g} MP, {job.get('seconds', 0):.1f} s"
+            at = (_image_pages(job["output"]) if spec is not None and spec.output_options.pyramid
+                  and spec.output_options.pyramid_layout == "pages" else [])
             rows += [Row(index, job["status"], job["input"], job["output"], p, i, None, detail,
-                         ops) for i, p in enumerate(pages)]
+                         ops, out_ifd=at[i] if i < len(at) else None)
+                     for i, p in enumerate(pages)]
         else:
             rows.append(Row(index, job["status"], job["input"], job["output"],
                             asked[0] if asked else 0, None, job.get("error") or {},
                             f"{job['seconds']:.1f} s" if job.get("seconds") is not None
                             else "", ops, job.get("message", "")))
     return rows
+
+
+def _image_pages(url: str) -> list[int]:
+    """The indices of a TIFF's pages that are not reduced-resolution ones (NewSubfileType bit
+    0: ``pyramid_layout`` "pages" writes each page's levels as pages after it); [] if it
+    cannot be read (its rows then show what it holds at their position, or why not)."""
+    try:
+        with open_tiff(url) as tf:
+            return [i for i, page in enumerate(tf.pages) if not int(page.subfiletype) & 1]
+    except (TiffpipeError, tifffile.TiffFileError, OSError, ValueError):
+        return []
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -251,7 +276,8 @@ def _summed_sources(rows: list[Row], work: str | None) -> dict[tuple[str, int], 
             plan = load_plan(layout.plan_file(job_work)) if parts else None
             by_job[row.job] = (plan, parts)
         plan, parts = by_job[row.job]
-        for side, key in (("in", (row.input, row.in_page)), ("out", (row.output, row.out_page))):
+        for side, key in (("in", (row.input, row.in_page)),
+                          ("out", (row.output, row.out_file_page))):
             if plan is not None and (row.out_page, side) in parts and key not in found:
                 found[key] = (plan, row.out_page, side, parts[(row.out_page, side)])
     return found
@@ -285,7 +311,8 @@ def draw(report: dict[str, Any], specs: list[JobSpec], work: str | None = None
             block = shown[b:b + BLOCK_ROWS]
             thumbs = _thumbnails(list(dict.fromkeys(
                 [(r.input, r.in_page) for r in block] +
-                [(r.output, r.out_page) for r in block if r.out_page is not None])), summed)
+                [(r.output, r.out_file_page) for r in block if r.out_page is not None])),
+                summed)
             for row in block:
                 yield _band(width, ROW_H, partial(_draw_row, row=row, thumbs=thumbs,
                                                   fonts=fonts))
@@ -329,7 +356,7 @@ def _draw_row(band: Image.Image, draw: ImageDraw.ImageDraw, row: Row,
     lines += [(t, INK, body) for t in _wrap(os.path.basename(row.input), body, LABEL_W, 2)]
     if ok:
         lines += [(t, GREY, small) for t in
-                  _wrap(f"-> {os.path.basename(row.output)} page {row.out_page}", small,
+                  _wrap(f"-> {os.path.basename(row.output)} page {row.out_file_page}", small,
                         LABEL_W, 2)]
     lines += [(t, INK, small) for t in _wrap(row.ops, small, LABEL_W, 3)]
     skipped = row.status == "SKIPPED"
@@ -346,7 +373,7 @@ def _draw_row(band: Image.Image, draw: ImageDraw.ImageDraw, row: Row,
         in_thumb = "the job's error, on the right"  # not the same message twice
     _cell(band, draw, x_in, in_thumb, small)
     if ok:
-        _cell(band, draw, x_out, thumbs[(row.output, row.out_page)], small)
+        _cell(band, draw, x_out, thumbs[(row.output, row.out_file_page)], small)
     elif skipped:  # its output is an earlier run's: not drawn as this run's
         draw.rectangle((x_out, 0, x_out + CELL - 1, CELL - 1), outline=FRAME)
         why = row.message or "the output exists already (if_exists: skip)"

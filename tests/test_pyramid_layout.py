@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,3 +160,34 @@ def test_a_page_without_resolution_and_its_level_pages_get_none(tmp_path):
             assert [page.tags.get(code) for code in (282, 283, 296)] == [None] * 3, page
         np.testing.assert_array_equal(pages[0].asarray(), big)
         np.testing.assert_array_equal(pages[4].asarray(), second)
+
+
+def test_the_contact_sheet_shows_each_page_not_a_level_of_the_one_before(run):
+    """The sheet numbers a "pages" output's pages as the file does (its second page is the
+    file's page 4, after page 0's three levels) and draws that page, from the thumbnails
+    the steps summed as from the file; not, at position 1, page 0's first level."""
+    from PIL import Image
+
+    from pipeline import contact_sheet
+    from pipeline.core.models import JobSpec
+    from pipeline.preview import thumbnail
+    from pipeline.steps import layout
+
+    report = json.loads((run["root"] / "m.report.json").read_text())
+    doc = json.loads(Path(layout.run_file(run["work"])).read_text())
+    specs = [JobSpec.from_json(j) for j in doc["jobs"]]
+    rows = contact_sheet.sheet_rows(report, specs)
+    by_job = {name: [r for r in rows if r.output == run["outputs"][name]] for name in JOBS}
+    assert [(r.out_page, r.out_file_page) for r in by_job["pages"]] == [(0, 0), (1, 4)]
+    assert [r.out_file_page for r in by_job["subifds"]] == [0, 1]
+    assert [r.out_file_page for r in by_job["pages_one"]] == [0]
+    out = run["outputs"]["pages"]
+    drawn = contact_sheet._thumbnails([(out, 4)], {})[(out, 4)]
+    want = thumbnail(out, 4, contact_sheet.CELL)
+    assert (drawn.height, drawn.width) == (500, 333) == (want.height, want.width)
+    np.testing.assert_array_equal(np.asarray(drawn.image), np.asarray(want.image))
+    from_parts = contact_sheet.render(report, specs, run["work"])
+    from_files = contact_sheet.render(report, specs)
+    np.testing.assert_array_equal(from_parts, from_files)
+    written = Image.open(run["root"] / "m.report.contact.png").convert("RGB")
+    np.testing.assert_array_equal(np.asarray(written), from_parts)
