@@ -9,8 +9,6 @@ merge of the "pages" layout is tested with the other S3 merges (tests/test_s3_me
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import warnings
 from pathlib import Path
@@ -21,9 +19,8 @@ import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
 from conftest import pyramid_levels
-from test_s3_merge import _plan, _two_pages
+from test_s3_merge import _plan, run_two_pages
 
-from pipeline import cli
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import tiff_layout
@@ -49,19 +46,8 @@ JOBS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("pyramid_layout")
-    _two_pages(root / "in.tif")  # 700 x 900 RGB, 500 x 333 uint16 gray
-    work = root / "work"
-    (root / "m.json").write_text(json.dumps({"defaults": {"tile": 256, "output_options": {
-        "tile": 128}}, "jobs": [{"input": str(root / "in.tif"), **job,
-                                 "output": str(root / "out" / f"{name}.tif")}
-                                for name, job in JOBS.items()]}))
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        code = cli.main(["run", str(root / "m.json"), "--workers", "2", "--quiet",
-                         "--keep-work", "--work", str(work)])
-    assert code == 0, (root / "m.report.json").read_text()
-    return {"root": root, "work": str(work),
-            "outputs": {name: str(root / "out" / f"{name}.tif") for name in JOBS}}
+    # (700 x 900 RGB, 500 x 333 uint16 gray)
+    return run_two_pages(tmp_path_factory.mktemp("pyramid_layout"), JOBS)
 
 
 @pytest.mark.parametrize(("pair", "counts"), [

@@ -115,20 +115,27 @@ LOCAL_JOBS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("local_merge")
+def run_two_pages(root: Path, jobs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``tiffpipe run`` of ``jobs`` (name -> job fields) on :func:`_two_pages`'s file in
+    ``root`` (processing tile 256, output tile 128, the work kept in ``root/work``), each
+    output ``root/out/NAME.tif``: the run's root, work and outputs."""
     _two_pages(root / "in.tif")
     work = root / "work"
     (root / "m.json").write_text(json.dumps({"defaults": {"tile": 256, "output_options": {
         "tile": 128}}, "jobs": [{"input": str(root / "in.tif"), **job,
                                  "output": str(root / "out" / f"{name}.tif")}
-                                for name, job in LOCAL_JOBS.items()]}))
+                                for name, job in jobs.items()]}))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         code = cli.main(["run", str(root / "m.json"), "--workers", "2", "--quiet",
                          "--keep-work", "--work", str(work)])
     assert code == 0, (root / "m.report.json").read_text()
-    return {"root": root, "work": str(work)}
+    return {"root": root, "work": str(work),
+            "outputs": {name: str(root / "out" / f"{name}.tif") for name in jobs}}
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_two_pages(tmp_path_factory.mktemp("local_merge"), LOCAL_JOBS)
 
 
 @pytest.mark.parametrize("job", range(len(LOCAL_JOBS)), ids=list(LOCAL_JOBS))
