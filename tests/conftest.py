@@ -42,6 +42,7 @@ ENGINE = {
     "test_gis_readers", "test_convert",
     "test_python_api",
     "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
+    "test_pyramid_layout", "test_slide_readers", "test_case_fold",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
