@@ -254,3 +254,32 @@ def test_invert_of_integers_keeps_each_bands_physical_values(tmp_path, dtype, b)
                                              -0.3 + 0.0001 * b], abs=1e-12)
     assert view["units"] == ("reflectance",) * 3
     assert view["descriptions"] == NAMES and view["bands"] == [{}] * 3
+
+
+#: a thermal band with a unit but no scale or offset (its value is its physical value, in
+#: kelvin), and a band with only a name (its values have no physical meaning to keep)
+UNIT_ONLY = ('<GDALMetadata>\n'
+             '  <Item name="UNITTYPE" sample="0" role="unittype">K</Item>\n'
+             '  <Item name="DESCRIPTION" sample="1" role="description">Mask</Item>\n'
+             '</GDALMetadata>\n')
+
+
+def test_a_band_with_a_unit_only_keeps_its_physical_values_through_a_convert(tmp_path):
+    """A band with a UNITTYPE but no SCALE or OFFSET has GDAL's 1 and 0: after v -> a v + b
+    it gets scale 1 / a and offset -b / a, and keeps its unit, so GDAL reads the same
+    physical values (uint16 -> uint8: within half an output step, 257 / 2 K). A band with
+    none of them gets none. Before, the unit-only band lost its unit and read back as
+    the 0..255 output values."""
+    src = tmp_path / "kelvin.tif"
+    pixels = np.random.default_rng(7).integers(0, 65536, (40, 50, 2), dtype=np.uint16)
+    tifffile.imwrite(src, pixels, photometric="minisblack", planarconfig="contig",
+                     tile=(32, 32), metadata=None,
+                     extratags=[*GEO, (42112, 2, 0, UNIT_ONLY, True)])
+    assert gdal_view(src)["units"] == ("K", None)
+    _, plan = run_tiled(tmp_path, src, [{"op": "convert", "dtype": "uint8"}], 64, 32)
+    want, _ = physical(src)
+    got, view = physical(plan.spec.output)
+    assert view["units"] == ("K", None) and view["descriptions"] == (None, "Mask")
+    assert view["scales"] == pytest.approx((65535 / 255, 1.0)) and view["offsets"] == (0, 0)
+    assert np.abs(got[0] - want[0]).max() <= 65535 / 255 / 2 * (1 + 1e-9)
+

@@ -36,7 +36,9 @@ Rules:
   tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
 - GDAL_METADATA keeps the items that still hold (:func:`gdal_metadata`): band items follow
   their band through ``select_bands``, lose their statistics through any op that changes a
-  band's set of values and all but the band's name through one that remaps values;
+  band's set of values and all but the band's name through one that remaps values, but
+  a band's scale, offset and unit are rescaled through a linear map (``linear``: a convert
+  that clips nothing, invert of integers);
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
   PageNumber, private tags).
 - Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
@@ -783,7 +785,7 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
     band (``description``, ``colorinterp``) are kept of it (scale, offset, unit, statistics
     and any other band item may describe its values), unless ``linear``, ``(a, b)``: the
     chain mapped each value v to a v + b (:func:`pipeline.core.ops.chain_linear`), so a band
-    with a scale or offset keeps its physical values under a new scale and offset
+    with a scale, offset or unit keeps its physical values under a new scale and offset
     (:func:`_rescaled`) and its unit. ``stats`` False: the chain changed a
     band's set of values (any op but a rotate, flip or select_bands), so its STATISTICS_*
     go. ``moved``: the page was turned, cropped or resized, so the RPC and GEOLOCATION
@@ -829,12 +831,15 @@ def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
     """The OFFSET and SCALE items of output band ``out`` that give the physical values
     ``scale * v + offset`` the items of input band ``band`` gave, after each value v became
     ``a v + b`` (``linear``): scale / a and offset - scale b / a (GDAL's defaults, 1 and 0,
-    for the one the band lacks). Empty when the band has neither, or one is no number."""
+    for what the band lacks: a band with a unit but neither has the value itself as its
+    physical value, so it gets 1 / a and -b / a). Empty when the band has no scale, offset
+    or unit (its values have no physical meaning to keep), or its scale or offset is no
+    number."""
     from xml.etree import ElementTree
 
-    given = {e.get("role"): e.text for e in items
-             if e.get("sample") == str(band) and e.get("role") in ("offset", "scale")}
-    if not given:
+    mine = {e.get("role"): e.text for e in items if e.get("sample") == str(band)}
+    given = {role: text for role, text in mine.items() if role in ("offset", "scale")}
+    if not given and "unittype" not in mine:
         return []
     try:
         scale, offset = float(given.get("scale", 1.0)), float(given.get("offset", 0.0))
