@@ -154,7 +154,8 @@ def test_what_cannot_be_judged_is_dropped():
 
 
 @pytest.mark.parametrize("photometric,want", [
-    ("miniswhite", (b'role="description">Red<', b"SCALE", b"STATISTICS_")),  # values inverted
+    # values inverted: the name stays, scale and offset are rescaled, the statistics go
+    ("miniswhite", (b'role="description">Red<', b"STATISTICS_")),
     ("palette", (None, None, None)),  # an index made RGB: new bands
 ])
 def test_a_page_the_reader_converts_keeps_what_still_holds(tmp_path, photometric, want):
@@ -283,3 +284,41 @@ def test_a_band_with_a_unit_only_keeps_its_physical_values_through_a_convert(tmp
     assert view["scales"] == pytest.approx((65535 / 255, 1.0)) and view["offsets"] == (0, 0)
     assert np.abs(got[0] - want[0]).max() <= 65535 / 255 / 2 * (1 + 1e-9)
 
+
+#: a miniswhite band's scale, offset and unit (of the samples as stored: GDAL reads them so)
+WHITE = ('<GDALMetadata>\n'
+         '  <Item name="DESCRIPTION" sample="0" role="description">Depth</Item>\n'
+         '  <Item name="SCALE" sample="0" role="scale">0.01</Item>\n'
+         '  <Item name="OFFSET" sample="0" role="offset">-273.15</Item>\n'
+         '  <Item name="UNITTYPE" sample="0" role="unittype">K</Item>\n'
+         '  <Item name="STATISTICS_MAXIMUM" sample="0">65535</Item>\n'
+         '</GDALMetadata>\n')
+
+
+@pytest.mark.parametrize("ops,scale,within", [
+    ([], -0.01, 1e-9),  # max - v only: exact
+    ([{"op": "invert"}], 0.01, 1e-9),  # inverted back: the input's own values and items
+    ([{"op": "convert", "dtype": "uint8"}], -0.01 * 257, 0.01 * 257 / 2),  # half a step
+], ids=["copy", "invert", "uint8"])
+def test_a_miniswhite_page_keeps_each_bands_physical_values(tmp_path, ops, scale, within):
+    """GDAL reads a miniswhite page's samples as stored (not inverted) and applies its scale
+    and offset to them; the reader makes the page minisblack (max - v), so the band's scale
+    and offset are rescaled (a = -1, b = max: -scale, offset + scale max), then by the
+    chain's own linear map: GDAL reads the output as the same physical values, with the
+    unit and the band's name. Before, scale, offset and unit were dropped."""
+    src = tmp_path / "white.tif"
+    pixels = np.random.default_rng(8).integers(0, 65536, (40, 50), dtype=np.uint16)
+    pixels[0, 0], pixels[0, 1] = 0, 65535
+    tifffile.imwrite(src, pixels, photometric="miniswhite", tile=(32, 32), metadata=None,
+                     extratags=[*GEO, (42112, 2, 0, WHITE, True)])
+    with rasterio.open(src) as ds:  # (as stored: 0 is white, and not read as 65535)
+        assert np.array_equal(ds.read(1), pixels)
+    _, plan = run_tiled(tmp_path, src, ops, 64, 32)
+    want, _ = physical(src)
+    out, view = physical(plan.spec.output)
+    with tifffile.TiffFile(plan.spec.output) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+    assert np.abs(out - want).max() <= within * (1 + 1e-9)
+    assert view["scales"] == pytest.approx((scale,), rel=1e-12)
+    assert view["units"] == ("K",) and view["descriptions"] == ("Depth",)
+    assert view["bands"] == [{}]

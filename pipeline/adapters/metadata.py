@@ -38,7 +38,7 @@ Rules:
   their band through ``select_bands``, lose their statistics through any op that changes a
   band's set of values and all but the band's name through one that remaps values, but
   a band's scale, offset and unit are rescaled through a linear map (``linear``: a convert
-  that clips nothing, invert of integers);
+  that clips nothing, invert of integers, the reader's miniswhite ``max - v``);
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
   PageNumber, private tags).
 - Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
@@ -784,9 +784,10 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
     renumbered. ``values`` False: the chain remapped the values, so only the items naming a
     band (``description``, ``colorinterp``) are kept of it (scale, offset, unit, statistics
     and any other band item may describe its values), unless ``linear``, ``(a, b)``: the
-    chain mapped each value v to a v + b (:func:`pipeline.core.ops.chain_linear`), so a band
-    with a scale, offset or unit keeps its physical values under a new scale and offset
-    (:func:`_rescaled`) and its unit. ``stats`` False: the chain changed a
+    chain mapped each value v to a v + b (:func:`pipeline.core.ops.chain_linear`, or the
+    reader's miniswhite ``max - v``: :func:`convert_nodata`), so a band with a scale, offset
+    or unit keeps its physical values under a new scale and offset (:func:`_rescaled`) and
+    its unit. ``stats`` False: the chain changed a
     band's set of values (any op but a rotate, flip or select_bands), so its STATISTICS_*
     go. ``moved``: the page was turned, cropped or resized, so the RPC and GEOLOCATION
     domains (pixel positions) go. The scene's other items (no ``sample``) are kept. The
@@ -908,12 +909,18 @@ def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None
     page's 8-bit value; the tag is dropped where no one value marks the converted pixels (a
     palette index become RGB, an inverted page with extra samples, a value the page's
     samples cannot hold). Otherwise GDAL would take the no-data pixels for data, and data
-    of the old value for no-data."""
+    of the old value for no-data. GDAL_METADATA keeps the band items that still hold
+    (:func:`gdal_metadata`): a miniswhite page's first band its name, and its scale, offset
+    and unit rescaled for ``max - v``; a sub-byte gray page's band its name only."""
     if "gdal_metadata" in metadata and (kind.invert or kind.lut is not None):
-        # (values remapped; a palette made RGB has new bands: none of its band items hold)
+        # (values remapped; a palette made RGB has new bands: none of its band items hold).
+        # GDAL reads a miniswhite page's samples as stored, and its scale and offset are of
+        # those: after max - v, the band's are rescaled so GDAL reads the output's (written
+        # minisblack) as the same physical values (a = -1, b = max)
+        inverted = (-1.0, float(np.iinfo(kind.dtype).max)) if kind.invert else None
         xml = gdal_metadata(metadata.pop("gdal_metadata"),
                             None if kind.lut is not None and kind.lut.ndim > 1 else (0,),
-                            False, False, False)
+                            False, False, False, inverted)
         if xml:
             metadata["gdal_metadata"] = _b64(xml)
     tags = metadata.get("tags", [])
