@@ -306,6 +306,56 @@ def test_a_pool_no_worker_could_start_fails_the_tasks_that_need_one_with_why(mon
     assert not pool.started
 
 
+
+@pytest.mark.parametrize("caller, fewer", [("python", "fewer workers"), ("", "fewer --workers")])
+def test_a_pool_that_could_not_start_says_what_to_do_in_the_callers_words(monkeypatch, caller,
+                                                                          fewer):
+    """Starting the workers ran out of memory, its error naming a path with an option in it
+    (an interpreter in a folder ``env --work 2``): the warning, and the error of a task that
+    needs a worker, say what to do in the words of what started the run, and name the path
+    as it is. Before, the whole warning was said in them, the error's text too."""
+    from pipeline.core.constants import CALLER_ENV
+    from pipeline.engine import workers
+
+    why = "out of memory (OSError: [Errno 12] Cannot allocate memory: '/opt/env --work 2/py')"
+
+    def out_of_memory(self, count):
+        raise workers._StartFailed(0, why)
+
+    monkeypatch.setenv(CALLER_ENV, caller)
+    monkeypatch.setattr(WorkerPool, "_started_pool", out_of_memory)
+    pool = WorkerPool(2, lazy=True)
+    ok, payload = pool.invoke("process", {"action": "x"})
+    assert not ok and payload["errorType"] == "OutOfMemoryError"
+    assert f": {why}: this is not the input's fault: run with {fewer} (" in str(pool.failed)
+    assert payload["errorMessage"].endswith(f"none could start: {pool.failed}")
+
+
+@pytest.mark.parametrize("caller, fewer", [("python", "fewer workers"), ("", "fewer --workers")])
+def test_a_dead_pool_thread_fails_its_task_saying_what_to_do_in_the_callers_words(
+        monkeypatch, caller, fewer):
+    """The thread that passes tasks to the worker processes died (as one does out of
+    memory): the task fails, OutOfMemoryError, and what to do is said in the words of what
+    started the run (``pipeline.run``: its argument ``workers``). Before, the command's
+    ``--workers`` was said to a Python caller too (the report rewrote it, paths and all)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.core.constants import CALLER_ENV
+
+    monkeypatch.setenv(CALLER_ENV, caller)
+    dead = threading.Thread(target=lambda: None, name="dead-manager")
+    dead.start()
+    dead.join()
+    pool = ProcessPoolExecutor(1)
+    pool._executor_manager_thread = dead  # as a thread of it that died: it takes no task
+    monkeypatch.setattr(WorkerPool, "_new_pool", lambda self: pool)
+    ok, payload = WorkerPool(1, lazy=True).invoke("process", {"action": "x"})
+    assert not ok and payload["errorType"] == "OutOfMemoryError", payload
+    message = payload["errorMessage"]
+    assert "(dead-manager) ended" in message, message
+    assert f"this is not the input's fault: run with {fewer} (fewer tasks at once)" in message
+    assert ("--" in message) == (caller != "python")
+
 def test_workers_get_their_tile_threads_unless_the_user_set_them(monkeypatch):
     monkeypatch.delenv("TIFFPIPE_TILE_THREADS", raising=False)
     with _workers() as pool:  # os.getenv runs in the worker: what tile_threads() will read

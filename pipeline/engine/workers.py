@@ -381,15 +381,17 @@ class WorkerPool:
         OutOfMemoryError)."""
         from pipeline.errors import OUT_OF_MEMORY_HINT, in_callers_words, open_files_limit
 
+        # said in the words of the run's caller (``--workers``, ``workers``): its own words
+        # only, not ``why`` (an error's text, which may name a path)
         error: type[TiffpipeError] = OutOfMemoryError
         if why == "too many open files":
             error = TooManyOpenFilesError
             now, higher = open_files_limit()
             cause = (f"the process's limit of open files ({now}) leaves too few for them: "
                      f"raise it in the shell that runs tiffpipe ({higher}, as its hard "
-                     "limit allows), or give fewer --workers")
+                     f"limit allows), {in_callers_words('or give fewer --workers')}")
         else:
-            cause = f"{why}: {OUT_OF_MEMORY_HINT}"
+            cause = f"{why}: {in_callers_words(OUT_OF_MEMORY_HINT)}"
         # (a lazy pool's engine process runs tasks too, one of the --workers: the pool is
         # one less)
         own = 1 if self.lazy else 0
@@ -397,7 +399,7 @@ class WorkerPool:
                 + (f" (the engine's process and {workers} worker process(es))" if own else "")
                 if workers else
                 "without worker processes (the engine's process runs every task)")
-        message = in_callers_words(f"the run goes on {what}: {cause}")
+        message = f"{in_callers_words(f'the run goes on {what}')}: {cause}"
         import logging
 
         logging.getLogger(__name__).warning("%s", message)
@@ -521,12 +523,12 @@ class WorkerPool:
                            getattr(getattr(pool, "_call_queue", None), "_thread", None)]
                 dead = [t for t in threads if t is not None and not t.is_alive()]
                 if dead and not future.done() and not getattr(pool, "_shutdown_thread", 0):
-                    from pipeline.errors import OUT_OF_MEMORY_HINT
+                    from pipeline.errors import OUT_OF_MEMORY_HINT, in_callers_words
 
                     raise _PoolThreadDied(
                         f"the engine's thread that passes tasks to the worker processes "
                         f"({dead[0].name}) ended (a thread ends so when it runs out of "
-                        f"memory); {OUT_OF_MEMORY_HINT}") from None
+                        f"memory); {in_callers_words(OUT_OF_MEMORY_HINT)}") from None
 
     @staticmethod
     def _stopped_task(function: str, event: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
