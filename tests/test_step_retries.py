@@ -173,6 +173,30 @@ def test_record_failure_says_what_a_failure_nothing_recorded_means(tmp_path):
     assert "no unit or batch recorded an error" in message and "Map Run" in message
 
 
+
+@pytest.mark.parametrize("caller, option", [("python", "work="), ("", "tiffpipe run --work")])
+def test_what_a_failure_nothing_recorded_means_is_said_in_the_callers_words(
+        tmp_path, monkeypatch, caller, option):
+    """What the report adds to such a failure tells a local run to give the run another work
+    location in the words of what started it: ``pipeline.run``'s argument (``work=``), else
+    the command's option. It said "give tiffpipe run another --work", which the report
+    rewrote for ``pipeline.run``'s caller into "give tiffpipe run another work=", a
+    command's name and an argument in one phrase."""
+    from pipeline.core.constants import CALLER_ENV
+
+    monkeypatch.setenv(CALLER_ENV, caller)
+    job, run, _ = _run(tmp_path, [{"op": "invert"}])
+    error = {"Error": "States.ExceedToleratedFailureThreshold",
+             "Cause": "The specified tolerated failure threshold was exceeded"}
+    handlers.dispatch("merge", {"action": "record_failure", "run": run, "job": 0,
+                                "error": error})
+    message = json.loads((Path(job["plan"]).parent / "result.json").read_text())["error"][
+        "message"]
+    assert ("(full, read-only). Locally, free space there or give the run another work "
+            f"location ({option}); on AWS, the failed items") in message, message
+    assert "tiffpipe run another" not in message
+    assert ("--work" in message) == (caller != "python")
+
 def test_a_huge_error_message_is_cut_in_the_report():
     """A cause of a megabyte (a user function's message, a codec's dump): the report keeps
     its start and end, a few kilobytes, and says how much was cut."""

@@ -29,14 +29,15 @@ READ_THREADS = 16
 
 #: a Distributed Map's failure when an item failed: its Cause names no item
 MAP_FAILED = "States.ExceedToleratedFailureThreshold"
-#: ... what the report adds when no item recorded an error of its own
+#: ... what the report adds when no item recorded an error of its own (said in the words of
+#: the run's caller as it is added: :func:`~pipeline.errors.in_callers_words`)
 UNRECORDED = ("; no unit or batch recorded an error of its own, so its cause is not known "
               "here: one may have been killed (its function's timeout, out of memory) or its "
               "process died, its invocation may have failed before it began (throttled, an "
               "event it could not read), or the work location could not take its error "
-              "(full, read-only: locally, free space there or give tiffpipe run another "
-              "--work); on AWS the failed items of the Map Run, in the Step Functions "
-              "console, say which and why")
+              "(full, read-only). Locally, free space there or give the run another work "
+              "location (tiffpipe run --work); on AWS, the failed items of the Map Run, in "
+              "the Step Functions console, say which and why")
 
 
 #: the Map state (statemachine.asl.json) whose items run each action that records its
@@ -86,7 +87,7 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
     if recorded:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
     elif error["type"] == MAP_FAILED:
-        error["message"] += UNRECORDED
+        error["message"] += in_callers_words(UNRECORDED)
     # what to do said in the words of the run's entry point (``--workers``, ``workers``)
     error["message"] = in_callers_words(error["message"])
     step = failed_step(state, recorded[0] if recorded else None)
