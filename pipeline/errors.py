@@ -187,10 +187,10 @@ def in_python_words(text: str) -> str:
 def in_callers_words(text: str) -> str:
     """``text`` in the words of the entry point that started this process's run, which
     ``run_local`` passes down to its steps and workers (CALLER_ENV): ``pipeline.run``'s
-    arguments (:func:`in_python_words`), else as it is (the command's options). Said of a
-    job's error as its result is recorded (the report), of the warnings a run logs, and of
-    the advice of an error as it is raised (a run's checks, its work location, running out
-    of memory or open files: ``pipeline.run`` sets CALLER_ENV for its checks too); only a
+    arguments (:func:`in_python_words`), else as it is (the command's options). Said of the
+    warnings a run logs, and of the advice of an error as it is raised (a run's checks, its
+    work location, running out of memory or open files: ``pipeline.run`` sets CALLER_ENV for
+    its checks too; a job's error is recorded in the report as it was made); only a
     message's own words, never the paths put into it."""
     from pipeline.core.constants import CALLER_ENV
 

@@ -364,8 +364,9 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     is a WorkLocationError before anything runs (an earlier run's work there is removed
     first: :mod:`pipeline.adapters.work_location`). ``workers``: :func:`checked_workers`.
     ``caller``: the words of the entry point (``"python"``: :func:`run`'s arguments; else the
-    command's options), passed down to the steps and the workers (CALLER_ENV): the jobs'
-    errors in the report and the warnings are said in them (:func:`in_callers_words`)."""
+    command's options), passed down to the steps and the workers (CALLER_ENV): what the
+    jobs' errors advise and the warnings are said in them where each is made, never the
+    paths they name (:func:`in_callers_words`)."""
     workers = checked_workers(workers)
     with _run_env(CALLER_ENV, caller, replace=True):
         return _run_local(manifest, workers, work, report, keep_work, listener,

@@ -339,3 +339,50 @@ def test_a_refusal_keeps_the_paths_it_names_as_they_are(tmp_path: Path,
             "with --overwrite-report to replace it)") in capsys.readouterr().err
     assert os.listdir(busy) == ["x.txt"] and theirs.read_text() == '{"mine": true}'
     assert not (tmp_path / "out").exists()
+
+
+def _damaged(path: Path) -> None:
+    """A tiled deflate TIFF whose fourth tile holds no deflate stream (its bytes 0xFF): the
+    file opens and plans, and the unit that decodes that tile fails, CorruptTiffError."""
+    tifffile.imwrite(path, np.random.default_rng(1).integers(0, 255, (300, 300), np.uint8),
+                     tile=(64, 64), compression="deflate")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[3], tif.pages[0].databytecounts[3]
+    data = bytearray(path.read_bytes())
+    data[offset:offset + count] = b"\xff" * count
+    path.write_bytes(bytes(data))
+
+
+def test_a_jobs_error_keeps_the_paths_it_names_as_they_are(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]):
+    """The report step rewrote a failed job's whole message for ``pipeline.run``'s caller as
+    it recorded it, the paths it named too: an input in a folder ``in --workers 2`` was
+    reported in ``in workers 2``, a folder that does not exist. A job's message is kept as
+    it was made (its advice is said in the caller's words where it is raised): the path
+    stays as given, in ``result.jobs`` and the report file alike, for an error PlanJob
+    raised (not a TIFF) and for one a unit recorded (a damaged tile), and ``tiffpipe run``'s
+    report says the same."""
+    from pipeline import cli
+
+    folder = tmp_path / "in --workers 2"
+    folder.mkdir()
+    (folder / "notes.tif").write_text("not a TIFF")
+    _damaged(folder / "bad.tif")
+    manifest = {"jobs": [{"input": "in --workers 2/notes.tif", "output": "out/a.tif"},
+                         {"input": "in --workers 2/bad.tif", "output": "out/b.tif"}]}
+    starts = [f"{folder / 'notes.tif'}: not a TIFF file (",
+              f"{folder / 'bad.tif'}: page 0: segment 3 (DEFLATE) cannot be decoded ("]
+    report = tmp_path / "py.report.json"
+    result = pipeline.run(manifest, workers=1, base=tmp_path, report=str(report))
+    assert [j["error"]["type"] for j in result.jobs] == ["NotATiffError", "CorruptTiffError"]
+    assert result.jobs[1]["error"]["step"].startswith(("ProcessJob (unit", "Process (")), \
+        result.jobs[1]["error"]  # recorded by the unit that failed
+    for job, start in zip(result.jobs, starts, strict=True):
+        assert job["error"]["message"].startswith(start), job["error"]
+    assert json.loads(report.read_text())["jobs"] == result.jobs
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                     "--no-contact-sheet"]) == 1
+    capsys.readouterr()
+    jobs = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
+    assert [j["error"]["message"] for j in jobs] == [j["error"]["message"] for j in result.jobs]

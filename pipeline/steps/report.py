@@ -88,8 +88,9 @@ def record_failure(event: FailureEvent) -> dict[str, Any]:
         error = {"type": recorded[0]["type"], "message": recorded[0]["message"]}
     elif error["type"] == MAP_FAILED:
         error["message"] += in_callers_words(UNRECORDED)
-    # what to do said in the words of the run's entry point (``--workers``, ``workers``)
-    error["message"] = in_callers_words(error["message"])
+    # the message is kept as it was made: its advice was said in the words of the run's
+    # entry point where it was raised (``--workers``, ``workers``), and the paths it names
+    # are the user's, never rewritten (a folder ``in --workers 2`` stays so)
     step = failed_step(state, recorded[0] if recorded else None)
     if step:
         error["step"] = step
