@@ -137,8 +137,8 @@ def test_wrong_tiles_are_named_errors(tmp_path, name, message):
     with pytest.raises(CustomOperationError) as info:
         run_tiled(tmp_path, src, [_op(name, 4)], 64, 64)
     text = str(info.value)
-    assert text.startswith(f"tile 0,0 of page 0: custom op {MODULE}:{name} "), text
-    assert message in text and len(text) < 1200
+    assert text.startswith(f"{src}: tile 0,0 of page 0: custom op {MODULE}:{name} "), text
+    assert message in text and len(text) < 1200 + len(str(src))
 
 
 def test_malformed_specs_are_refused_with_the_manifest():

@@ -187,12 +187,9 @@ class TileEvaluator:
                 out = op.stats.apply(arr, p, self.state(i))
             else:
                 out = op.apply(arr, p)
-        except CustomOperationError as exc:
-            raise CustomOperationError(f"tile {row},{col} of page {self.page.info.index}: "
-                                       f"{exc}") from exc
-        except OutOfMemoryError as exc:  # (a custom op's MemoryError) its input too
-            raise OutOfMemoryError(f"{self.plan.spec.input}: tile {row},{col} of page "
-                                   f"{self.page.info.index}: {exc}") from exc
+        except (CustomOperationError, OutOfMemoryError) as exc:  # (a custom op's) where
+            raise type(exc)(f"{self.plan.spec.input}: tile {row},{col} of page "
+                            f"{self.page.info.index}: {exc}") from exc
         if out.dtype != self.layout.dtypes[i + 1]:
             out = out.astype(self.layout.dtypes[i + 1])
         f = op.factor(p)
