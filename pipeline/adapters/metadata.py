@@ -61,8 +61,10 @@ import tifffile
 from pipeline import __version__
 from pipeline.core.geometry import (
     MODEL_PIXEL_SCALE,
+    MODEL_TAGS,
     MODEL_TIEPOINT,
     MODEL_TRANSFORMATION,
+    NUMBER_TYPES,
     Placement,
 )
 
@@ -101,13 +103,11 @@ _SPATIAL_DOMAINS = ("RPC", "GEOLOCATION")
 _BYTE_TYPES = {1, 2, 6, 7}
 #: InkSet, which a CMYK (SEPARATED) output page carries as 1 (CMYK)
 INKSET = 332
-#: struct formats of the numeric TIFF types carried
+#: struct formats of the numeric TIFF types carried (geometry.NUMBER_TYPES)
 _NUMERIC = {3: "H", 4: "I", 8: "h", 9: "i", 11: "f", 12: "d", 16: "Q", 17: "q"}
 #: RATIONAL and SRATIONAL (each value a numerator and a denominator of this struct format):
 #: read in a GeoTIFF model tag only, as the DOUBLEs GDAL reads (:func:`_rational`)
 _RATIONAL = {5: "I", 10: "i"}
-#: the GeoTIFF model tags (pixel scale, tiepoints, transformation: DOUBLE by GeoTIFF)
-_MODEL_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)
 
 
 # binascii, not the base64 module, which a run would otherwise import within its time
@@ -144,7 +144,7 @@ def _carry(tag: tifffile.TiffTag, byteorder: str) -> list[Any] | None:
     """``[code, type, count, value]`` of a tag (value: base64 bytes or a list of numbers),
     or None when it is too big or of a type not carried."""
     kind = int(tag.dtype)
-    rational = kind in _RATIONAL and tag.code in _MODEL_TAGS
+    rational = kind in _RATIONAL and tag.code in MODEL_TAGS
     if kind not in _BYTE_TYPES and kind not in _NUMERIC and not rational:
         return None
     if tag.valuebytecount > VALUE_MAX:
@@ -478,7 +478,7 @@ def _scale(ref: tuple[int, int], height: int, width: int, factor: int = 1
 GEO_KEYS = 34735
 RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
 #: what a downsample keeps of the spatial tags (XMP and an Aperio description are dropped)
-GEO_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION, GEO_KEYS, 34736, 34737)
+GEO_TAGS = (*MODEL_TAGS, GEO_KEYS, 34736, 34737)
 
 
 def geo_downsampled(spatial: list[list[Any]], factor: int) -> list[list[Any]]:
@@ -591,8 +591,8 @@ def _geo_moved(spatial: list[list[Any]], change: Any) -> list[list[Any]]:
     for code, kind, count, value in spatial:
         if code not in GEO_TAGS:
             continue
-        if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION):
-            if kind not in _NUMERIC:  # (bytes: refused at plan time, model_type_problem)
+        if code in MODEL_TAGS:
+            if kind not in NUMBER_TYPES:  # (bytes: refused at plan time, model_type_problem)
                 continue
             kind, value = 12, [float(v) for v in value]
         out.append([code, kind, count, change(code, value)])

@@ -143,13 +143,14 @@ Transform = Turn | Crop
 #: GeoTIFF's ModelPixelScale, ModelTiepoint and ModelTransformation tags: where a page's
 #: pixels are in the world
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
+MODEL_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)
 #: the TIFF types a model tag is read from as numbers (GeoTIFF defines DOUBLE; GDAL reads
 #: the others widened to doubles, and so does pipeline.adapters.metadata, which carries
 #: these types' values as numbers and the byte types' as bytes; a RATIONAL or SRATIONAL
 #: model tag it carries as the DOUBLE tag GDAL reads, numerator / denominator, so it is
 #: here a DOUBLE)
-NUMBER_TYPES = {3: "SHORT", 4: "LONG", 8: "SSHORT", 9: "SLONG", 11: "FLOAT", 12: "DOUBLE",
-                16: "LONG8", 17: "SLONG8"}
+#: (SHORT, LONG, SSHORT, SLONG, FLOAT, DOUBLE, LONG8, SLONG8)
+NUMBER_TYPES = frozenset({3, 4, 8, 9, 11, 12, 16, 17})
 
 #: (transpose, flip rows, flip cols) of each rotation (clockwise) and flip
 ROTATIONS = {90: Turn(True, False, True), 180: Turn(False, True, True),
@@ -223,7 +224,7 @@ def turn_problem(metadata: dict[str, Any]) -> str | None:
     them: a pixel scale (both sizes not 0) with tiepoints wins, else a ModelTransformation
     of 16 values, else the tiepoints are ground control points (GCPs)."""
     tags = {code: (kind, value) for code, kind, _count, value in metadata.get("spatial", [])
-            if code in (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)}
+            if code in MODEL_TAGS}
     if not tags or model_type_problem(metadata):
         return None  # (refused as one that cannot be moved)
     scale = tags.get(MODEL_PIXEL_SCALE, (0, []))[1]
