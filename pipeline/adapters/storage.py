@@ -830,9 +830,10 @@ def name_fold() -> Callable[[str], str]:
         for name in rest.split(os.sep)[1:]:
             caseless = ignores_case(folder, cases)
             key = name.casefold() if caseless else name
-            canonical = _canonical(name, caseless)
-            if canonical != key and ignores_normalization(folder, forms):
-                key = canonical
+            if not name.isascii():  # (one spelling in every normalization: nothing to ask)
+                canonical = _canonical(name, caseless)
+                if canonical != key and ignores_normalization(folder, forms):
+                    key = canonical
             names.append(key)
             folder = os.path.join(folder, name)
         return drive + os.sep + os.sep.join(names)

@@ -60,10 +60,8 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     if event.report:
         check_report_path(event.report, event.manifest, parsed)
     earlier = _earlier(event, parsed)
-    if earlier:
-        specs = []
-    else:
-        specs = expand_scan(parsed) if isinstance(parsed, ScanSpec) else parsed
+    scan = isinstance(parsed, ScanSpec)
+    specs = [] if earlier else expand_scan(parsed) if scan else parsed
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
                         event.report or layout.report_file(event.work), earlier)
     jobs_url = layout.jobs_file(event.work)
@@ -133,13 +131,11 @@ def _earlier(event: RunEvent, parsed: list[JobSpec] | ScanSpec) -> str | None:
     schedule's manifest, one of them longer than the interval: both would do every job
     and write the same outputs at once); ``tiffpipe start`` and a local run refuse such a
     run before it starts (:class:`~pipeline.errors.RunningAlreadyError`)."""
-    if not isinstance(parsed, ScanSpec):
-        return (earlier_runs.earlier_run(event.execution, event.manifest.__eq__)
-                if earlier_runs.on_lambda() else None)
-    same = _same_scan(parsed, event.manifest)
+    scan = isinstance(parsed, ScanSpec)
+    same = _same_scan(parsed, event.manifest) if scan else event.manifest.__eq__
     if earlier_runs.on_lambda():
         return earlier_runs.earlier_run(event.execution, same)
-    return local_runs.earlier_run(event.execution.rsplit(":", 1)[-1], same)
+    return local_runs.earlier_run(event.execution.rsplit(":", 1)[-1], same) if scan else None
 
 
 def _same_scan(scan: ScanSpec, url: str) -> Callable[[str], bool]:
