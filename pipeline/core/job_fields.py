@@ -272,10 +272,8 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
             problems.append(f"{path}.{name}: {message}")
             layer.bad.add(key)
         else:
-            value = opts[name]
-            layer.values[key] = value if name in ("compression", "pyramid", "pyramid_layout", "ome",
-                                                   "bilevel") \
-                else int(value)
+            value = opts[name]  # (the numbers as ints: a JSON 512.0 is a tile of 512)
+            layer.values[key] = int(value) if name in ("level", "quality", "tile") else value
 
 
 # --- rules across fields -------------------------------------------------------------
