@@ -445,6 +445,30 @@ def test_a_wide_page_in_short_compressed_strips_keeps_its_band_whole_up_to_the_b
         plan_mod.SPLIT_CACHE_BUDGET  # uncompressed strips: read by rows, any columns
 
 
+def test_a_small_tiled_level_of_an_aperio_slide_stays_tiled_while_it_stays_one():
+    """A page much smaller than the output tile is written as one strip (libvips refuses
+    its tile), but not a level of an Aperio slide (a page it stores in tiles) whose output
+    keeps its Aperio description: OpenSlide's Aperio reader takes the tiled pages for the
+    slide's levels, and a 125 x 93 level in one strip was no level (2 of the slide's 3:
+    tests/test_slide_readers.py). After a downsample or a geometric op the description is
+    dropped, the output is no Aperio slide, and the page is one strip again; so is a
+    stripped Aperio image and a small page of any other file."""
+    level = dataclasses.replace(info(height=93, width=125, channels=3),
+                                metadata={"aperio": True})
+    blur = [{"op": "gaussian_blur", "sigma": 1}]
+
+    def strip(ops, page=level):
+        plan, problems = _spec_plan(ops, [page], 1024)
+        assert problems == []
+        return plan.pages[0].strip
+
+    assert not strip([]) and not strip(blur)
+    assert strip([{"op": "downsample", "factor": 2}])
+    assert strip([{"op": "flip", "axis": "horizontal"}])
+    assert strip(blur, dataclasses.replace(level, tiled=False, segment_rows=93))
+    assert strip(blur, dataclasses.replace(level, metadata={}))
+
+
 def test_a_page_in_huge_tiles_is_cut_at_its_tiles():
     """Input tiles wider than a processing tile are decoded whole by each unit column chunk
     that needs a part of them: a 16384 px RGB page in 8192 px zstd tiles was cut into 16

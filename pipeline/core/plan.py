@@ -255,7 +255,17 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
       layout (tiled: a level), as Aperio's format says; written in tiles, the output was not
       a slide OpenSlide would open (and downsampled, its generic reader took the label and
       macro, tiled and marked reduced, for levels).
+
+    Never a page an Aperio SVS file stores in tiles (a level of the slide) whose output
+    keeps its Aperio description (no ``downsample`` or geometric op drops it:
+    :func:`pipeline.adapters.metadata.output_tags`): OpenSlide's Aperio reader takes the
+    tiled pages for the slide's levels, and a small level (125 x 93 with the 512 tile)
+    written as a strip was no level of it (2 levels of 3). libvips' TIFF reader refuses
+    such a page's tile when it reads the page alone (docs/outputs.md, the limits).
     """
+    if info.tiled and info.metadata.get("aperio") and layout.factor == 1 \
+            and not any(map(geometry.transform_of, layout.calls)):
+        return 0
     side = max(info.height, info.width)
     if -(-2 * (side // layout.factor) // 256) * 256 < out_tile:
         # (a processing tile is a multiple of the output tile times the factor: it holds
