@@ -346,10 +346,10 @@ def test_page_info_json_is_its_fields_and_round_trips():
     assert PageInfo.from_json(old).ifd_offset == 0
 
 
-def _spec_plan(ops, infos, tile, out_tile=512):
+def _spec_plan(ops, infos, tile, out_tile=512, **options):
     from pipeline.core.models import OutputOptions
     spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile,
-                   output_options=OutputOptions(tile=out_tile))
+                   output_options=OutputOptions(tile=out_tile, **options))
     return make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
 
 
@@ -467,6 +467,28 @@ def test_a_small_tiled_level_of_an_aperio_slide_stays_tiled_while_it_stays_one()
     assert strip([{"op": "flip", "axis": "horizontal"}])
     assert strip(blur, dataclasses.replace(level, tiled=False, segment_rows=93))
     assert strip(blur, dataclasses.replace(level, metadata={}))
+
+
+def test_levels_as_pages_of_an_aperio_slide_are_refused_while_it_stays_one():
+    """An Aperio slide's levels are pages of its file already, and its output keeps them
+    (and its description): level pages added after each page (``pyramid_layout`` "pages")
+    were taken by OpenSlide for levels of the slide (5 levels, two of them 500 x 375, the
+    thumbnail lost). PlanJob refuses that, naming the page and what to write instead;
+    SubIFD levels (which OpenSlide does not read) stay allowed, and so do level pages of an
+    output that is no Aperio slide (downsampled: the description is dropped)."""
+    slide = dataclasses.replace(info(height=1500, width=2000, channels=3),
+                                metadata={"aperio": True})
+    pages = {"pyramid": True, "pyramid_layout": "pages"}
+
+    def problems(ops, page=slide, **options):
+        return _spec_plan(ops, [page], 1024, **options)[1]
+
+    refused = problems([{"op": "gaussian_blur", "sigma": 1}], **pages)
+    assert len(refused) == 1 and refused[0].startswith("page 0: ")
+    assert "Aperio" in refused[0] and '"pyramid_layout": "subifds"' in refused[0]
+    assert problems([], pyramid=True) == []
+    assert problems([{"op": "downsample", "factor": 2}], **pages) == []
+    assert problems([], dataclasses.replace(slide, metadata={}), **pages) == []
 
 
 def test_a_page_in_huge_tiles_is_cut_at_its_tiles():

@@ -85,7 +85,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         problems += [f"page {info.index}: {p}" for p in
                      why + geometry.georeferenced(chain, info.metadata)]
         placed.append(replace(info, height=height, width=width))
-    problems += geometry_problems(layout, spec, placed)
+    problems += geometry_problems(layout, spec, placed) + aperio_problems(spec, layout, infos)
     transposed = geometry.transposes(chain)
     for info, sized in zip(infos, placed, strict=True):
         tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, sized)
@@ -241,6 +241,30 @@ def raw_output_bytes(plan: JobPlan) -> int:
                * np.dtype(p.out_dtype).itemsize for p in plan.pages)
 
 
+def stays_aperio(info: PageInfo, layout: ChainLayout) -> bool:
+    """Whether the page is an image of an Aperio SVS file whose output keeps its Aperio
+    description, and so stays an image of that slide: no ``downsample`` or geometric op
+    drops it (:func:`pipeline.adapters.metadata.output_tags`)."""
+    return bool(info.metadata.get("aperio")) and layout.factor == 1 \
+        and not any(map(geometry.transform_of, layout.calls))
+
+
+def aperio_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo]) -> list[str]:
+    """Level pages (``pyramid_layout`` "pages") of an output that stays an Aperio slide: its
+    levels are pages of the file already, and OpenSlide's Aperio reader takes every tiled
+    page for a level of the slide (the added ones too: 5 levels of a slide of 3, two of them
+    the same size, and the thumbnail lost)."""
+    options = spec.output_options
+    if not options.pyramid or options.pyramid_layout != "pages":
+        return []
+    return [f"page {info.index}: an Aperio SVS slide's levels are pages of its file already, "
+            'and its output stays that slide: OpenSlide would take the level pages of '
+            '"pyramid_layout": "pages" for more levels of it; drop "pyramid" (the slide\'s '
+            'own levels are processed as its pages), or write them as SubIFDs '
+            '("pyramid_layout": "subifds", which OpenSlide does not read)'
+            for info in infos if stays_aperio(info, layout)][:1]
+
+
 def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     """The processing tile that holds the whole page when its output is written as ONE strip
     (0: in tiles). Two kinds of pages:
@@ -263,8 +287,7 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
     written as a strip was no level of it (2 levels of 3). libvips' TIFF reader refuses
     such a page's tile when it reads the page alone (docs/outputs.md, the limits).
     """
-    if info.tiled and info.metadata.get("aperio") and layout.factor == 1 \
-            and not any(map(geometry.transform_of, layout.calls)):
+    if info.tiled and stays_aperio(info, layout):
         return 0
     side = max(info.height, info.width)
     if -(-2 * (side // layout.factor) // 256) * 256 < out_tile:
