@@ -293,6 +293,17 @@ JOBS: dict[str, tuple[str, dict[str, Any], Any]] = {
                       ("OperationError", ("canny needs uint8 pixels, the page has uint16",
                                           ("the page is 8-bit palette, converted to uint16 RGB "
                                            "through its colormap"), "8-bit colormap"))),
+    # ... and so do the output options that need uint8 (libtiff's palette-1c-8b.tiff)
+    "palette_jpeg16": ("palette8_16bit_colormap", {"output_options": {"compression": "jpeg"}},
+                       ("OperationError", ("jpeg output needs uint8 pixels, the output is uint16",
+                                           ("the page is 8-bit palette, converted to uint16 "
+                                            "RGB through its colormap"),
+                                           '{"op": "convert", "dtype": "uint8"}'))),
+    "palette_bilevel16": ("palette8_16bit_colormap",
+                          {"ops": [{"op": "threshold", "value": 30000}],
+                           "output_options": {"bilevel": True}},
+                          ("OperationError", ("the output is uint16 with 3 bands",
+                                              "converted to uint16 RGB through its colormap"))),
     "complex_copy": ("complex64", {}, ("UnsupportedTiffError", REFUSED["complex64"])),
     "complex_blur": ("complex128_tiles", {"ops": BLUR},
                      ("UnsupportedTiffError", REFUSED["complex128_tiles"])),

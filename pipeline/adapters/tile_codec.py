@@ -22,6 +22,7 @@ import numpy as np
 from tifffile import TIFF
 
 from pipeline.core.models import JobPlan, OutputOptions
+from pipeline.core.plan import explain_conversion
 from pipeline.errors import (
     CorruptTiffError,
     OperationError,
@@ -257,6 +258,12 @@ def output_problems(plan: JobPlan) -> list[str]:
     JPEG of 16-bit or 4-band pages...): PlanJob refuses the job, and ``tiffpipe estimate``
     does not cost it."""
     options = plan.spec.output_options
-    return [f"page {page.info.index}: {why}" for page in plan.pages
-            if (why := OutputEncoder(options, page.out_dtype, page.out_channels).check(
-                page.info.photometric))]
+    problems = []
+    for page in plan.pages:
+        why = OutputEncoder(options, page.out_dtype, page.out_channels).check(
+            page.info.photometric)
+        if why and page.out_dtype == page.info.dtype:  # the reader's type, not the chain's:
+            why = explain_conversion(why, page.info)  # (an 8-bit palette made uint16 RGB)
+        if why:
+            problems.append(f"page {page.info.index}: {why}")
+    return problems

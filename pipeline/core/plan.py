@@ -71,7 +71,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     for info in infos:
         dtype = np.dtype(info.dtype)
         for p in chain_problems(chain, dtype, info.channels, info.photometric):
-            problems.append(f"page {info.index}: {_converted(p, info)}")
+            problems.append(f"page {info.index}: {explain_conversion(p, info)}")
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     placed = []  # each page as the chain's geometric ops make it (its size: the grid's)
@@ -350,11 +350,11 @@ def _fitting_tiles(tile: int, align: int, out_step: int) -> str:
     return "use tile " + " or ".join(map(str, fits))
 
 
-def _converted(problem: str, info: PageInfo) -> str:
-    """An op's problem with the page's pixel type, saying where that type comes from when
-    the reader made it: a palette page becomes RGB through its colormap, 16-bit when the
-    colormap's values are 16-bit, whatever its indices' bits ("the page has uint16" of a
-    file its user knows as 8-bit)."""
+def explain_conversion(problem: str, info: PageInfo) -> str:
+    """An op's (or an output option's) problem with the page's pixel type, saying where that
+    type comes from when the reader made it: a palette page becomes RGB through its
+    colormap, 16-bit when the colormap's values are 16-bit, whatever its indices' bits ("the
+    page has uint16" of a file its user knows as 8-bit)."""
     if " palette -> RGB" not in info.conversion or info.dtype not in problem:
         return problem
     bits = info.conversion.split(" palette", 1)[0]  # "8-bit"
