@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,57 @@ with local_runs.listed(*sys.argv[2:5], sys.argv[5] or None, sys.argv[6] == "keep
     print("listed", flush=True)
     sys.stdin.read()
 """
+
+
+#: a run listed by a process (argv: folder, work folder) that has started another, which
+#: holds the run's file too (as a worker the run starts does between its fork and its exec)
+#: and lives on until killed; the lister prints that process's id, then waits for ever
+STARTING = """
+import os, signal, sys
+from pipeline.adapters import local_runs
+local_runs.FOLDER = sys.argv[1]
+with local_runs.listed("run-k", "k", "/m/jobs.json", sys.argv[2]):
+    child = os.fork()
+    if child == 0:
+        while True:
+            signal.pause()
+    print(child, flush=True)
+    while True:
+        signal.pause()
+"""
+
+
+def _ended(pid: int) -> None:
+    """Kill the process ``pid`` (not this one's child) and return once it has ended: its
+    pidfd is readable (its files, and the locks on them, are let go before)."""
+    watch = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert select.select([watch], [], [], 60)[0], f"process {pid} did not end"
+    finally:
+        os.close(watch)
+
+
+@contextmanager
+def killed_while_starting(folder: Path, work: Path) -> Iterator[int]:
+    """A run (:data:`STARTING`) killed (SIGKILL) while the process it started still holds its
+    file: that process's id, for the block (then it is ended)."""
+    proc = subprocess.Popen([sys.executable, "-c", STARTING, str(folder), str(work)],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    child = -1
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        proc.kill()
+        assert proc.wait(30) == -signal.SIGKILL
+        yield child
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        if child > 0:
+            with suppress(ProcessLookupError):  # (ended already, and reaped)
+                _ended(child)
 
 
 @contextmanager
@@ -394,8 +446,9 @@ def test_a_killed_runs_work_stays_taken_while_its_leftovers_are_removed(
         folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The look that removes a killed run's leftovers holds its file until it is done: a run
     given that work location meanwhile is refused (else it would start there and have its
-    files removed under it), a scan's run does not defer to it (its process is gone), and
-    once done the location is free."""
+    files removed under it), a scan's run does not defer to it (its process is gone), a look
+    of the process removing them does not wait for it to let the file go, and once done the
+    location is free."""
     from pipeline.runner import _claim_work
 
     work = tmp_path / "work"
@@ -412,7 +465,11 @@ def test_a_killed_runs_work_stays_taken_while_its_leftovers_are_removed(
             _claim_work(str(work), "run-new")
         return real_end_uploads(run, at, path)
 
+    def waits(seconds: float) -> None:
+        raise AssertionError("a look waited for the file this process holds (reaping it)")
+
     monkeypatch.setattr(local_runs, "_end_uploads", meanwhile)
+    monkeypatch.setattr(local_runs, "_pause", waits, raising=False)  # (never let go meanwhile)
     with run_elsewhere(str(folder), "run-k", "/m/scan.json", str(work)) as proc:
         proc.kill()
         proc.wait(30)
@@ -443,3 +500,49 @@ def test_a_killed_runs_work_that_cannot_be_removed_is_a_warning_and_tried_again(
     (work / "report.json" / "x").unlink()
     (work / "report.json").rmdir()
     assert local_runs.running() == [] and not work.exists() and os.listdir(folder) == []
+
+
+
+def test_a_killed_runs_file_a_process_it_started_still_holds_is_waited_for(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture):
+    """A run killed while it started a process (a worker, between its fork and its exec):
+    that process holds the run's file too, locked, until it ends a moment later. The next
+    look waits for it (it took the run for one going on: the run's work was left, the next
+    run did not remove it), then removes what the run left."""
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    waits: list[float] = []
+
+    with killed_while_starting(folder, work) as child:
+        def the_child_ends(seconds: float) -> None:  # while the look waits
+            if not waits:
+                _ended(child)
+            waits.append(seconds)
+
+        monkeypatch.setattr(local_runs, "_pause", the_child_ends, raising=False)
+        assert local_runs.running() == []
+    assert waits and not work.exists() and os.listdir(folder) == []
+    assert f"removed {work}, the work folder of run k" in caplog.text
+
+
+def test_a_killed_runs_file_held_on_is_waited_for_a_while_once(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A killed run's file a process it started holds on to (one forked, not exec'd, by the
+    program that called ``pipeline.run``): a look waits a while (:data:`HELD_WAIT_S`), not
+    for ever, then takes it for a run being reaped by another look (its work is not
+    touched); this process does not wait for it again. A run going on is not waited for."""
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    waits: list[float] = []
+    monkeypatch.setattr(local_runs, "_pause", waits.append, raising=False)
+    monkeypatch.setattr(local_runs, "_waited", set(), raising=False)
+    with run_elsewhere(str(folder), "run-live", "/m/other.json") as live, \
+            killed_while_starting(folder, work):
+        runs = local_runs.running()
+        assert [(r.name, r.alive) for r in runs] == [("run-live", True), ("run-k", False)]
+        assert sum(waits) == pytest.approx(local_runs.HELD_WAIT_S) and live.poll() is None
+        assert work.is_dir()
+        assert [r.name for r in local_runs.running()] == ["run-live", "run-k"]
+        assert sum(waits) == pytest.approx(local_runs.HELD_WAIT_S)  # not again
+    assert local_runs.running() == [] and not work.exists()  # its process gone: reaped

@@ -18,10 +18,13 @@ finished; one whose process was killed first (``kill -9``, the kernel's out-of-m
 killer, a power cut) cannot: its file names its work folder, and the next local run's look
 removes what it left (:func:`_reap`: the work of a large job is gigabytes of tiles and
 segments, a half-written output as large as the output, of no use once its run is gone),
-holding the file locked until it is done, so that no run takes that work folder meanwhile. The
-list is per user and per machine: runs of another user, in another container or on another
-machine are not seen. Where there is no ``flock`` (Windows), runs are not listed and never
-defer.
+holding the file locked until it is done, so that no run takes that work folder meanwhile. A
+look that finds a run's file locked though the run's process is gone waits a moment for the
+lock (:func:`_let_go`): another look removing what it left holds it, or a process the run
+was starting when it was killed, which ends a moment later (else the next run took the
+killed run for one going on, and left its work). The list is per user and per machine: runs
+of another user, in another container or on another machine are not seen. Where there is
+no ``flock`` (Windows), runs are not listed and never defer.
 """
 
 from __future__ import annotations
@@ -49,6 +52,19 @@ log = logging.getLogger(__name__)
 
 #: the folder of the listed runs (None: :func:`runs_folder`'s default; tests set their own)
 FOLDER: str | None = None
+#: how long a look waits for the file of a run whose process is gone but which is still
+#: locked (:func:`_look`), trying every :data:`HELD_TRY_S`: a look of another run removing
+#: what it left lets it go when done (milliseconds, for work in a folder), as does a
+#: process the run was starting, killed with it, once it has ended
+HELD_WAIT_S = 2.0
+HELD_TRY_S = 0.02
+#: the pause between those tries (tests set their own)
+_pause: Callable[[float], None] = time.sleep
+#: the files of killed runs this process waited for in vain (device, inode, change): not again
+_waited: set[tuple[int, int, int]] = set()
+#: the files of killed runs whose leftovers this process is removing now (:func:`_reap`):
+#: a look of this process meanwhile does not wait for itself
+_reaping: set[str] = set()
 
 
 def runs_folder() -> str:
@@ -178,15 +194,44 @@ def _look(path: str) -> LocalRun | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # held: the run goes on, or a look removes what it left
-            return _entry(fd)
+            run = _entry(fd)
+            if run is None or run.alive or path in _reaping or not _let_go(fd):
+                return run
         if not _still_listed(fd, path):  # reaped by a look that held it before this one
             return None
         # no one held it: its process ended without removing it; what it left is removed
         # with the file held, so that meanwhile its work is still taken (using)
-        _reap(path, _entry(fd))
+        _reaping.add(path)
+        try:
+            _reap(path, _entry(fd))
+        finally:
+            _reaping.discard(path)
         return None
     finally:
         os.close(fd)
+
+
+def _let_go(fd: int) -> bool:
+    """Whether the locked file ``fd`` of a run whose process is gone is let go within
+    :data:`HELD_WAIT_S` (then this look holds it). Its holder is a look of another run,
+    removing what that run left; or a process the run was starting when it was killed
+    (between its fork and its exec a worker holds the run's file too, and it ends a moment
+    after the run's process: a look before then took the killed run for one going on, and
+    its work was left); or, never let go, a process forked from the run's that lives on
+    (this process does not wait for that file again)."""
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    if key in _waited:
+        return False
+    for _ in range(round(HELD_WAIT_S / HELD_TRY_S)):
+        _pause(HELD_TRY_S)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        return True
+    _waited.add(key)
+    return False
 
 
 def _still_listed(fd: int, path: str) -> bool:
@@ -199,7 +244,7 @@ def _still_listed(fd: int, path: str) -> bool:
 
 def _entry(fd: int) -> LocalRun | None:
     try:
-        doc: Any = json.loads(os.read(fd, 1 << 16) or b"null")
+        doc: Any = json.loads(os.pread(fd, 1 << 16, 0) or b"null")
         work = doc.get("work")
         return LocalRun(str(doc["name"]), str(doc["run_id"]), str(doc["manifest"]),
                         float(doc["started"]), int(doc["pid"]),
