@@ -341,11 +341,23 @@ def sleepy(tile):
 """
 
 
+#: ``tiffpipe run`` (argv: the folder its run is listed in, then the command's arguments)
+COMMAND = """
+import sys
+from pipeline.adapters import local_runs
+local_runs.FOLDER = sys.argv[1]
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.mark.engine
-def test_the_work_a_killed_run_left_is_removed_by_the_next_run(tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture):
+def test_the_work_a_killed_run_left_is_removed_by_the_next_run(
+        folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
     """``tiffpipe run`` killed (SIGKILL, the command and its workers) mid-job leaves its work
-    folder; the next local run, of any manifest, removes it and says so."""
+    folder; the next local run, of any manifest, removes it and says so. Both are listed in
+    this test's folder: in the user's, any other tiffpipe process of the machine (another
+    test run's) may remove it first, or hold its file while it does, and this run not."""
     (tmp_path / "ops").mkdir()
     (tmp_path / "ops" / "tiffpipe_test_sleepy.py").write_text(SLEEPY)
     write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
@@ -354,7 +366,7 @@ def test_the_work_a_killed_run_left_is_removed_by_the_next_run(tmp_path: Path,
         "input": "a.tif", "output": "slow.tif",
         "ops": [{"op": "custom", "function": "tiffpipe_test_sleepy:sleepy"}]}]}))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "ops"), str(ROOT)])}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(slow)],
+    proc = subprocess.Popen([sys.executable, "-c", COMMAND, str(folder), "run", str(slow)],
                             env=env, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     works = tmp_path / ".tiffpipe-work"
@@ -367,6 +379,7 @@ def test_the_work_a_killed_run_left_is_removed_by_the_next_run(tmp_path: Path,
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
     [left] = list(works.iterdir())
+    assert os.listdir(folder) == [f"run-{left.name}.json"]  # (none in the user's)
     fast = tmp_path / "fast.json"
     fast.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "fast.tif"}]}))
     from pipeline.runner import run_local
@@ -374,6 +387,7 @@ def test_the_work_a_killed_run_left_is_removed_by_the_next_run(tmp_path: Path,
     assert run_local(str(fast), 1).ok
     assert not works.exists() and not (tmp_path / "slow.tif").exists()
     assert f"removed {left}, the work folder of run {left.name}" in caplog.text
+    assert os.listdir(folder) == []
 
 
 @pytest.mark.engine
