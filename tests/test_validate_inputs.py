@@ -370,3 +370,43 @@ def test_a_listed_mask_page_is_named_once(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "\n    page 1 is a transparency mask of page 0" in err, err
     assert "page 1: page 1" not in err
+
+
+def test_a_file_cut_short_is_named_before_any_pixel_is_read(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
+    """A file whose copy stopped part way (its page headers first, as tifffile and GDAL write
+    them: they read; the last page's pixel data cut off) is refused from the headers alone,
+    by validate --inputs and by PlanJob, naming the page and the segment; it was "can run"
+    and failed in Split, after the work of the pages before. The page before the cut, listed
+    alone, still runs."""
+    path = tmp_path / "in" / "scan.tif"
+    path.parent.mkdir()
+    with tifffile.TiffWriter(path) as w:
+        for seed in (1, 2):
+            w.write(np.random.default_rng(seed).integers(0, 255, (200, 160), np.uint8),
+                    tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        last = tf.pages[1]
+        assert tf.pages[1].offset < min(last.dataoffsets)  # its header before its pixels
+        cut = int(last.dataoffsets[3]) + 10  # inside page 1's fourth tile
+        ends = [int(o) + int(c) for o, c in zip(last.dataoffsets, last.databytecounts,
+                                                strict=True)]
+    path.write_bytes(path.read_bytes()[:cut])
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path, [
+        {"input": str(path), "output": str(out / "all.tif"), "ops": BLUR},
+        {"input": str(path), "output": str(out / "first.tif"), "ops": BLUR, "pages": [0]}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    stdout, err = capsys.readouterr()
+    assert stdout.endswith("1 job can run, 1 would fail when planned\n")
+    assert err.endswith(
+        f"  jobs[0] {path} -> {out / 'all.tif'}: CorruptTiffError\n"
+        f"    page 1: segment 3 ends at byte {ends[3]} but the file has {cut} bytes; the file "
+        "is truncated: copy it again from its source or export it again, then check that "
+        "tifffile.imread or tiffinfo -D reads it whole\n")
+    run = handlers.split_handler({"action": "plan_run", "manifest": str(manifest),
+                                  "work": str(tmp_path / "work") + "/", "run_id": "r1"})
+    with pytest.raises(TiffpipeError, match=r"page 1: segment 3 ends at byte .* truncated"):
+        handlers.process_handler({"action": "plan_job", "run": run["run"], "job": 0})
+    planned = handlers.process_handler({"action": "plan_job", "run": run["run"], "job": 1})
+    assert planned["tiles"] > 0

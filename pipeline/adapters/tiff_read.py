@@ -562,6 +562,8 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     kind = pixel_kind(page, where, keep_palette)
     if compression == ojpeg.OJPEG:
         _check_ojpeg(where, kind)
+    else:
+        check_segments_in_file(page, where)
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
@@ -599,6 +601,28 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
                     segment_rows=max(seg_rows, 1), compression=cname.lower(),
                     conversion=kind.conversion, metadata=metadata,
                     ifd_offset=int(page.offset))
+
+
+def check_segments_in_file(page: tifffile.TiffPage, where: str) -> None:
+    """CorruptTiffError if a segment of the page ends past the end of the file: a file whose
+    copy or upload stopped part way, its headers (written first by tifffile and GDAL) whole.
+    Found from the page's offsets and byte counts, so that PlanJob and ``validate --inputs``
+    refuse it before any pixel is read (it failed in Split, after the work of the pages
+    before), with the message :meth:`PageReader._read` gives. A page without its byte
+    counts tag (tifffile makes up one count) is left to the reader, which computes them."""
+    if (325 if page.is_tiled else 279) not in page.tags:
+        return
+    offsets = np.asarray(page.dataoffsets, np.uint64)
+    counts = np.asarray(page.databytecounts, np.uint64)
+    if not len(offsets) or len(offsets) != len(counts):
+        return  # (too few: PageReader names the tags)
+    ends = offsets + counts
+    size = page.parent.filehandle.size
+    past = np.flatnonzero((ends > size) & (counts > 0))
+    if len(past):
+        seg = int(past[0])
+        raise CorruptTiffError(f"{where}: segment {seg} ends at byte {int(ends[seg])} but the "
+                               f"file has {size} bytes; the file is truncated: {REPAIR}")
 
 
 def _check_ojpeg(where: str, kind: PixelKind) -> None:
