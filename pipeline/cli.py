@@ -581,6 +581,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not storage.is_s3(output):
         output = os.path.abspath(output)
+    if (refused := _preview_refusal(args.file, output)) is not None:
+        print(f"tiffpipe: -o {output}: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     # segments decoded one after another: their buffers reused from the heap, as in the
     # engine's process, not fresh pages (and their faults) for each
     from pipeline.engine.workers import tune_malloc
@@ -593,6 +596,28 @@ def cmd_preview(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"{output}: {thumb.description}")
     return EXIT_OK
+
+
+def _preview_refusal(file: str, output: str) -> str | None:
+    """Why the preview may not be written at ``output`` (None: it may): a preview replaces
+    a PNG there (an earlier one) or an empty file, never the TIFF previewed (named .png, its
+    default output is its own name) nor another file of the user's at ``<stem>.png``."""
+    from pipeline.adapters import storage
+    from pipeline.core.thumbs import PNG_SIGNATURE
+    from pipeline.errors import TiffpipeError
+
+    if storage.same_file(file, output):
+        return "is the TIFF previewed, which the preview would replace: give -o another name"
+    try:
+        if not storage.exists(output) or storage.size(output) == 0:
+            return None
+        head = storage.read_range(output, 0, len(PNG_SIGNATURE))
+    except (TiffpipeError, OSError):  # (a folder, unreadable: the write names its error)
+        return None
+    if head == PNG_SIGNATURE:
+        return None
+    return (f"exists and is not a PNG (it begins {head[:4]!r}), which the preview would "
+            "replace: give -o another name, or move that file away")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

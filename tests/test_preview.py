@@ -590,6 +590,38 @@ def test_preview_command(tmp_path):
     assert code == 0 and "area average," in out and "JPEG" not in out, err
 
 
+def test_preview_replaces_only_a_png(tmp_path, monkeypatch):
+    """The preview's PNG replaces a PNG there (an earlier preview) or an empty file, never
+    another file: a TIFF named .png previewed without -o (its default name is its own) was
+    replaced by its thumbnail, and a file of the user's at <stem>.png was lost."""
+    monkeypatch.chdir(tmp_path)
+    page = smooth(120, 90, 1, "uint8")
+    scan = tmp_path / "scan.png"  # a TIFF, named .png
+    tifffile.imwrite(scan, page, metadata=None)
+    before = scan.read_bytes()
+    code, out, err = _cli(["preview", "scan.png"])
+    assert code == 2 and out == "", err
+    assert err == (f"tiffpipe: -o {scan}: is the TIFF previewed, which the preview would "
+                   "replace: give -o another name\n")
+    assert scan.read_bytes() == before
+    notes = tmp_path / "letter.png"
+    notes.write_text("my notes on the letter")
+    tifffile.imwrite(tmp_path / "letter.tif", page, metadata=None)
+    code, out, err = _cli(["preview", "letter.tif"])
+    assert code == 2 and out == "", err
+    assert err == (f"tiffpipe: -o {notes}: exists and is not a PNG (it begins b'my n'), which "
+                   "the preview would replace: give -o another name, or move that file "
+                   "away\n")
+    assert notes.read_text() == "my notes on the letter"
+    notes.unlink()
+    for there in (b"", None):  # an empty file, then the PNG of the run before: replaced
+        if there is not None:
+            notes.write_bytes(there)
+        code, out, err = _cli(["preview", "letter.tif"])
+        assert code == 0 and f"{notes}: " in out, err
+        assert Image.open(notes).size == (90, 120)
+
+
 # --- the contact sheet ---------------------------------------------------------------------
 
 

@@ -37,14 +37,14 @@ MAX_PAGES = 200
 #: thumbnail cells and their padding), which tells a sheet from a picture of the user's at
 #: its path (:func:`is_contact_sheet`)
 SHEET_WIDTH = 852
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def is_contact_sheet(head: bytes) -> bool:
     """Whether a file that begins with ``head`` (its first 24 bytes) is a contact sheet: a
     PNG of :data:`SHEET_WIDTH` pixels. A run replaces or removes a file at its sheet's path
     only then, never another picture given that name."""
-    return (head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+    return (head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
             and int.from_bytes(head[16:20], "big") == SHEET_WIDTH)
 
 
