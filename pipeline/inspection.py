@@ -136,6 +136,9 @@ def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool
                                                      page.imagelength)),
         "role": "image", "of": None, "default_job": "processed",
     }
+    levels = _levels(page)
+    if levels:
+        entry["levels"] = levels
     if why:
         entry.update(role="mask" if why[1] == "mask" else "overview", of=why[2],
                      default_job="left out")
@@ -157,6 +160,25 @@ def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool
     if info.metadata.get("ome", {}).get("name"):
         entry["ome_name"] = info.metadata["ome"]["name"]
     return entry, info
+
+
+def _levels(page: Any) -> list[list[int]]:
+    """[width, height] of each reduced-resolution level the page holds as its SubIFDs (an
+    OME-TIFF pyramid, tiffpipe's ``pyramid``), from their headers; those read before a
+    SubIFD that cannot be (a job drops them all: it makes its own levels)."""
+    import tifffile
+
+    from pipeline.adapters.tiff_read import IFD_ERRORS
+
+    levels: list[list[int]] = []
+    if page.subifds:
+        try:
+            sub = tifffile.TiffPages(page)
+            for k in range(len(sub)):  # len() first: a SubIFD loop ends
+                levels.append([int(sub[k].imagewidth), int(sub[k].imagelength)])
+        except IFD_ERRORS:  # (a damaged SubIFD: not the page's problem, which a job drops)
+            pass
+    return levels
 
 
 def _kept(metadata: dict[str, Any]) -> list[str]:
@@ -320,6 +342,9 @@ def _page_text(p: dict[str, Any]) -> str:
     line = ", ".join(parts) + f"; {stored}"
     if p["role"] == "overview":
         line += f"; overview of page {p['of']}: left out by a job without pages"
+    if p.get("levels"):
+        line += ("; pyramid levels (SubIFDs): " + ", ".join(f"{w} x {h}" for w, h in p["levels"])
+                 + " (a job makes its own: output_options.pyramid)")
     if p.get("kept"):
         line += "; kept: " + ", ".join(p["kept"])
     ops = p.get("ops")

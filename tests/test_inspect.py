@@ -247,3 +247,32 @@ def test_ops_are_checked_against_the_output_options_given(tmp_path: Path,
                           "expected one of"), err
     code, _, err = _inspect(capsys, str(path), "--output-options", "[")
     assert code == 2 and err.startswith("tiffpipe: invalid --output-options: not JSON: "), err
+
+
+def test_a_pages_subifd_levels_are_shown(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A page's reduced-resolution levels stored as its SubIFDs (an OME-TIFF pyramid, as
+    tiffpipe's "pyramid" writes it, or QuPath and bfconvert): the text and --json show their
+    sizes, from their headers, so that whether a file has a pyramid (an output asked for
+    with "pyramid": true) can be seen; they said nothing of them."""
+    path = tmp_path / "pyramid.ome.tif"
+    planes = np.zeros((2, 200, 300), np.uint16)
+    with tifffile.TiffWriter(path, ome=True) as w:
+        w.write(planes, subifds=2, tile=(64, 64), photometric="minisblack",
+                metadata={"axes": "CYX"})
+        for f in (2, 4):
+            w.write(planes[:, ::f, ::f], subfiletype=1, tile=(64, 64),
+                    photometric="minisblack")
+    code, out, err = _inspect(capsys, str(path))
+    assert code == 0 and err == ""
+    assert out.splitlines()[1] == (
+        "  pages 0-1 (2 pages): 300 x 200, 1 x uint16 gray; none, tiles 64 x 64; pyramid "
+        "levels (SubIFDs): 150 x 100, 75 x 50 (a job makes its own: output_options.pyramid); "
+        "kept: resolution, OME name")
+    code, out, _ = _inspect(capsys, str(path), "--json")
+    pages = json.loads(out)["files"][0]["pages"]
+    assert [p["levels"] for p in pages] == [[[150, 100], [75, 50]]] * 2
+    # a page without SubIFDs has no "levels" (the --json of every other page is as it was)
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, planes[0], metadata=None)
+    code, out, _ = _inspect(capsys, str(plain), "--json")
+    assert "levels" not in json.loads(out)["files"][0]["pages"][0]

@@ -86,7 +86,7 @@ _COMPLEX_FORMATS = (SAMPLEFORMAT.COMPLEXINT, SAMPLEFORMAT.COMPLEXIEEEFP)
 # tifffile logs (and recovers from) damaged IFDs; we raise our own errors instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 #: what tifffile raises on a damaged chain of pages or IFD
-_IFD_ERRORS = (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError, struct.error)
+IFD_ERRORS = (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError, struct.error)
 
 
 def _name(value: Any, enum: Any) -> str:
@@ -217,7 +217,7 @@ def _chain(tf: tifffile.TiffFile, url: str) -> _Chain:
         return chain
     try:
         count = len(tf.pages)
-    except _IFD_ERRORS as exc:
+    except IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: the chain of pages (IFDs) is damaged ({exc}); "
                                f"{REPAIR}") from exc
     if count == 0:
@@ -326,7 +326,7 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
             page = tifffile.TiffPage(tf, index=index)
         else:
             page = tf.pages[index]
-    except _IFD_ERRORS as exc:
+    except IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged ({exc}); "
                                f"{REPAIR}") from exc
     if not isinstance(page, tifffile.TiffPage):
@@ -357,7 +357,7 @@ def _page_at(tf: tifffile.TiffFile, url: str, info: PageInfo) -> tifffile.TiffPa
     try:
         tf.filehandle.seek(info.ifd_offset)
         page = tifffile.TiffPage(tf, index=info.index)
-    except _IFD_ERRORS as exc:
+    except IFD_ERRORS as exc:
         raise CorruptTiffError(f"{url}: page {info.index}: its IFD at offset "
                                f"{info.ifd_offset} cannot be read ({exc}); the file changed "
                                "since the job was planned: run the job again") from exc
