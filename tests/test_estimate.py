@@ -1037,3 +1037,28 @@ def test_a_calibration_without_process_unit_costs_fused_jobs_with_a_note(fused: 
     code, out, err = _cli("estimate", str(fused), "--calibration", str(cal))
     assert code == 0, err
     assert "no process_unit measurements" in out and "process_unit" in out
+
+
+def test_the_first_line_counts_a_small_batch_in_megapixels(tmp_path: Path) -> None:
+    """A batch under a gigapixel (a folder of scans, a few fluorescence planes) was
+    "0.0 gigapixels" on the estimate's first line; it counts megapixels there, gigapixels
+    from 1,000 Mpx."""
+    import numpy as np
+    import tifffile
+
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", np.zeros((1500, 2000), np.uint8),
+                         tile=(256, 256), metadata=None)
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [
+        {"input": f"{n}.tif", "output": f"out/{n}.tif", "ops": [{"op": "otsu_threshold"}]}
+        for n in ("a", "b")]}))
+    code, out, err = _cli("estimate", str(m))
+    assert code == 0, err
+    assert out.splitlines()[0] == "estimate for 2 job(s), 6.0 megapixels, on AWS " \
+        "(concurrency 1000)"
+    plans, sizes = _plans(m)
+    r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+    r["megapixels"] = 100_000.0  # (as 100 gigapixels: the first line as before)
+    assert est.format_text(r).splitlines()[0].startswith("estimate for 2 job(s), 100.0 "
+                                                         "gigapixels, on AWS")

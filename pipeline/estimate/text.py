@@ -25,7 +25,9 @@ def format_text(result: dict[str, Any]) -> str:
     lines: list[str] = []
     p = lines.append
     mpx = result["megapixels"]
-    p(f"estimate for {len(result['jobs'])} job(s), {mpx / 1000:,.1f} gigapixels, on AWS "
+    # (a batch under a gigapixel in megapixels: it was "0.0 gigapixels")
+    pixels = f"{mpx / 1000:,.1f} gigapixels" if mpx >= 1000 else f"{mpx:,.1f} megapixels"
+    p(f"estimate for {len(result['jobs'])} job(s), {pixels}, on AWS "
       f"(concurrency {result['concurrency']})")
     for j in result["jobs"][:10]:
         units = "one unit" if j["units"] == 1 else f"{j['units']} units"
