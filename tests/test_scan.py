@@ -254,6 +254,20 @@ def test_a_missing_input_folder_fails_the_run(tmp_path: Path, capsys: pytest.Cap
     assert "InputNotFoundError" in err and "is not a folder" in err
 
 
+def test_a_file_given_as_a_scan_input_is_named_as_a_file(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture):
+    """A scan's input that is one TIFF, not a folder of them: said so, with the manifest
+    that runs it (it was "is not a folder: ... check that the folder is there")."""
+    write_sample(str(tmp_path / "page.tif"), [SamplePage(40, 50, 1)], seed=3)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"scan": {"input": "page.tif", "output": "out"}}))
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "InputNotFoundError" in err and "page.tif is a file" in err
+    assert 'run this file as a job ({"jobs": [{"input": ...' in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      moto_server: str):
     """The worker processes reach S3 through AWS_ENDPOINT_URL, so tiffpipe runs as a

@@ -199,6 +199,11 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     run until one is renamed.
     """
     if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
+        if os.path.isfile(scan.input):  # one file: a job's input, not a scan's
+            raise InputNotFoundError(
+                f"scan input {scan.input} is a file, and a scan's input is a folder of TIFFs: "
+                f'give the folder, or run this file as a job ({{"jobs": [{{"input": ..., '
+                f'"output": ...}}]}}) instead of a scan')
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
                                  "in the manifest and that the folder is there")
     collisions: list[str] = []
