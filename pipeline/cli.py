@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "prefix; default: .tiffpipe-work/ next to a local manifest, "
                                     "the temp folder for an s3:// one)")
     run.add_argument("--keep-work", action="store_true", help="keep the work files")
-    run.add_argument("--report", help="run report JSON (default: <manifest>.report.json next "
+    run.add_argument("--report", help="run report JSON (default: <manifest stem>.report.json next "
                                       "to the manifest)")
     run.add_argument("--overwrite-report", action="store_true",
                      help="replace a file at the report's path even if it is not a run report "
@@ -608,6 +608,8 @@ def _preview_refusal(file: str, output: str) -> str | None:
 
     if storage.same_file(file, output):
         return "is the TIFF previewed, which the preview would replace: give -o another name"
+    if not storage.is_s3(output) and os.path.isdir(output):
+        return "is a folder: give -o the PNG file's name (a name in it: FOLDER/NAME.png)"
     try:
         if not storage.exists(output) or storage.size(output) == 0:
             return None

@@ -620,6 +620,11 @@ def test_preview_replaces_only_a_png(tmp_path, monkeypatch):
         code, out, err = _cli(["preview", "letter.tif"])
         assert code == 0 and f"{notes}: " in out, err
         assert Image.open(notes).size == (90, 120)
+    (tmp_path / "pictures.png").mkdir()  # a folder named .png: said so, not a StorageError
+    code, out, err = _cli(["preview", "letter.tif", "-o", "pictures.png"])  # of a temp file
+    assert code == 2 and out == "", err
+    assert err == (f"tiffpipe: -o {tmp_path / 'pictures.png'}: is a folder: give -o the PNG "
+                   "file's name (a name in it: FOLDER/NAME.png)\n")
 
 
 # --- the contact sheet ---------------------------------------------------------------------
