@@ -1062,3 +1062,16 @@ def test_the_first_line_counts_a_small_batch_in_megapixels(tmp_path: Path) -> No
     r["megapixels"] = 100_000.0  # (as 100 gigapixels: the first line as before)
     assert est.format_text(r).splitlines()[0].startswith("estimate for 2 job(s), 100.0 "
                                                          "gigapixels, on AWS")
+
+
+def test_a_scan_manifest_is_refused_saying_why(tmp_path: Path):
+    """A scan's jobs are known only when a run lists its folders: estimate says so (exit 2)
+    instead of costing nothing."""
+    (tmp_path / "scans").mkdir()
+    write_sample(str(tmp_path / "scans" / "a.tif"), [SamplePage(40, 50, 1)])
+    manifest = tmp_path / "scan.json"
+    manifest.write_text(json.dumps({"scan": {"input": "scans", "output": "out"}}))
+    code, out, err = _cli("estimate", str(manifest))
+    assert (code, out) == (2, "")
+    assert err == (f"tiffpipe: {manifest} is a scan: its jobs are known only when a run lists "
+                   "its folders; estimate a manifest that lists its jobs\n")
