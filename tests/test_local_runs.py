@@ -112,6 +112,25 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux's /proc")
+def test_a_killed_process_not_yet_reaped_is_no_process_going_on():
+    """A process killed whose parent has not waited for it yet (a zombie) has ended: a run
+    it was is no run going on (its lease no lease held), though kill(pid, 0) finds it."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert local_runs.process_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 30
+        while local_runs.process_alive(child.pid):  # (until the kernel has ended it)
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        os.kill(child.pid, 0)  # still there, unreaped: a zombie
+    finally:
+        child.kill()
+        child.wait()
+    assert not local_runs.process_alive(child.pid)
+
+
 def test_a_run_is_listed_while_it_runs(folder: Path):
     """Listed while the block runs (its name, run id, manifest, start, process), then not,
     and its file is gone; the default folder is the user's in the temp folder."""

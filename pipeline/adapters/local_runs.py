@@ -108,14 +108,29 @@ class LocalRun(NamedTuple):
 
 
 def process_alive(pid: int) -> bool:
-    """Whether the process ``pid`` of this machine is there (another user's counts)."""
+    """Whether the process ``pid`` of this machine is there (another user's counts), and not
+    a zombie: a process killed whose parent has not reaped it yet (a script that killed a
+    ``tiffpipe run`` it started and runs the manifest again before it waits for it) has
+    ended, its files closed and its locks let go, though ``kill(pid, 0)`` still finds it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # another user's process
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` is a zombie (Linux's /proc; elsewhere taken not to be)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) state ...": the name may hold spaces and parentheses, the state follows
+    # the last ")"
+    return stat[stat.rfind(b")") + 2:][:1] == b"Z"
 
 
 @contextmanager
