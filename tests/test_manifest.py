@@ -850,3 +850,16 @@ def test_band_ops_problems_name_their_paths():
         "jobs[0].ops[1]: a and b must be different bands (both are 2)",
         ("jobs[0].ops[2].bands: required, a list of one or more band indices (integers from 0 "
         "to 65534)")]
+
+
+def test_a_run_report_given_as_a_manifest_is_named_a_report():
+    """A run report handed to validate or run (it sits beside the manifest, and ends in
+    .json too) is said to be one, with the manifest it reports on: not nine unknown fields
+    and an empty jobs list."""
+    report = {"run_id": "20261207-074527-e61d45", "manifest": "/data/scans.json",
+              "started_at": 1.0, "finished_at": 2.0, "seconds": 1.0, "succeeded": 0,
+              "failed": 0, "skipped": 0, "jobs": []}
+    assert problems_of(report) == [
+        'run_id: this is the report of run "20261207-074527-e61d45" (tiffpipe run writes one '
+        'beside its manifest), not a manifest: give the manifest it reports on '
+        '("/data/scans.json")']
