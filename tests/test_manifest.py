@@ -859,7 +859,7 @@ def test_a_run_report_given_as_a_manifest_is_named_a_report():
     report = {"run_id": "20261207-074527-e61d45", "manifest": "/data/scans.json",
               "started_at": 1.0, "finished_at": 2.0, "seconds": 1.0, "succeeded": 0,
               "failed": 0, "skipped": 0, "jobs": []}
-    assert problems_of(report) == [
+    assert problems_of(report) == [(
         'run_id: this is the report of run "20261207-074527-e61d45" (tiffpipe run writes one '
         'beside its manifest), not a manifest: give the manifest it reports on '
-        '("/data/scans.json")']
+        '("/data/scans.json")')]

@@ -407,10 +407,10 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
         raise ManifestError(source, [message])
     if {"run_id", "manifest"} <= data.keys() and not data.keys() & {"defaults", "scan"}:
         # (every field of it unknown to a manifest, and its jobs results, not jobs)
-        raise ManifestError(source, [
-            f"run_id: this is the report of run {show(data['run_id'])} (tiffpipe run writes "
-            f"one beside its manifest), not a manifest: give the manifest it reports on "
-            f"({show(data['manifest'])})"])
+        what = (f"run_id: this is the report of run {show(data['run_id'])} (tiffpipe run "
+                "writes one beside its manifest), not a manifest: give the manifest it reports "
+                f"on ({show(data['manifest'])})")
+        raise ManifestError(source, [what])
     unknown_fields(data, TOP_FIELDS, "", problems)
     defaults = _parse_defaults(data, problems)
 
