@@ -123,8 +123,9 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
             pages = (asked if asked is not None else job.get("input_pages")
                      or list(range(int(job.get("pages") or 0))))
             detail = f"{job.get('megapixels', 0):.3g} MP, {job.get('seconds', 0):.1f} s"
-            at = (_image_pages(job["output"]) if spec is not None and spec.output_options.pyramid
-                  and spec.output_options.pyramid_layout == "pages" else [])
+            at = (_image_pages(job["output"]) if job.get("masks") or (
+                spec is not None and spec.output_options.pyramid
+                and spec.output_options.pyramid_layout == "pages") else [])
             rows += [Row(index, job["status"], job["input"], job["output"], p, i, None, detail,
                          ops, out_ifd=at[i] if i < len(at) else None)
                      for i, p in enumerate(pages)]
@@ -137,12 +138,13 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
 
 
 def _image_pages(url: str) -> list[int]:
-    """The indices of a TIFF's pages that are not reduced-resolution ones (NewSubfileType bit
-    0: ``pyramid_layout`` "pages" writes each page's levels as pages after it); [] if it
-    cannot be read (its rows then show what it holds at their position, or why not)."""
+    """The indices of a TIFF's pages that are not reduced-resolution ones or masks
+    (NewSubfileType bit 0: ``pyramid_layout`` "pages" writes each page's levels as pages
+    after it; bit 2: a page's internal mask, carried after it); [] if it cannot be read
+    (its rows then show what it holds at their position, or why not)."""
     try:
         with open_tiff(url) as tf:
-            return [i for i, page in enumerate(tf.pages) if not int(page.subfiletype) & 1]
+            return [i for i, page in enumerate(tf.pages) if not int(page.subfiletype) & 0b101]
     except (TiffpipeError, tifffile.TiffFileError, OSError, ValueError):
         return []
 

@@ -42,7 +42,7 @@ ENGINE = {
     "test_gis_readers", "test_convert",
     "test_python_api",
     "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
-    "test_pyramid_layout", "test_slide_readers", "test_case_fold",
+    "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
@@ -161,6 +161,28 @@ def pyramid_levels(path: str) -> list[list[tuple[np.ndarray, dict[int, Any]]]]:
                 out[-1].append((level.asarray(), {t.code: t.value for t in level.tags.values()
                                                   if t.code != 324}))
     return out
+
+
+def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray,
+                block: int | None = 256) -> None:
+    """A GeoTIFF whose valid-data mask GDAL (rasterio, in the dev extra) writes itself, as an
+    internal mask (``GDAL_TIFF_INTERNAL_MASK``: the 1-bit page after the image): ``pixels``
+    (h, w) or (h, w, bands), ``mask`` (h, w) bool, valid where True; deflate, tiled in
+    ``block`` px tiles, or (None) in GDAL's strips, the mask as the image."""
+    import rasterio
+    from rasterio.env import Env
+    from rasterio.transform import Affine
+
+    bands = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "height": bands.shape[0], "width": bands.shape[1],
+        "count": bands.shape[2], "dtype": bands.dtype.name, "crs": "EPSG:32633",
+        "transform": Affine(10, 0, 500_000, 0, -10, 4_000_000), "compress": "deflate"}
+    if block:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    with Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.moveaxis(bands, -1, 0))
+        ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
 
 
 # --- moto in this process -------------------------------------------------------------------

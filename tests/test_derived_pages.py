@@ -4,7 +4,8 @@ GDAL writes an internal mask (``write_mask``, COG ``-mask``, a JPEG COG's alpha)
 page with NewSubfileType 4 and Photometric MASK after its image, and a COG (gdaladdo,
 libvips ``pyramid`` without ``subifd``) its overviews as pages marked reduced-resolution
 (NewSubfileType 1) after the page they reduce, each followed by its mask (5) in a masked
-COG. A job without ``pages`` processes the image pages only and says which it left out; a
+COG. A job without ``pages`` processes the image pages only, carries each image's own mask
+(the page right after it) into the output after it, and says which pages it left out; a
 listed mask is refused with the pages to list; a listed overview is processed as a page of
 its own, not marked reduced. An Aperio SVS file's pages (its label 1 and macro 9 are marked
 reduced) are all processed, as before. The files are written with tifffile the way GDAL
@@ -202,6 +203,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             tw.write(img, photometric="rgb", tile=(128, 128), metadata=None)
             tw.write(reduced(img, 2), photometric="rgb", tile=(128, 128), subfiletype=1,
                      metadata=None)
+    two_masked = root / "two_masked.tif"
+    with tifffile.TiffWriter(two_masked) as tw:  # two images, each followed by its mask
+        for seed in (3, 4):
+            srcs[f"two_masked{seed}"] = img = image(seed=seed)
+            tw.write(img, photometric="rgb", tile=(128, 128), metadata=None)
+            write_mask(tw, valid_area() if seed == 3 else ~valid_area())
     pyramid = {"pyramid": True, "tile": 64}
     jobs, stderr = run(root, {
         "masked": {"input": str(masked), "ops": BLUR},
@@ -211,6 +218,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                             "output_options": pyramid},
         "listed_mask": {"input": str(cog), "pages": [0, 1]},
         "two": {"input": str(two), "ops": BLUR},
+        "two_masked": {"input": str(two_masked), "ops": BLUR},
+        "listed_masked": {"input": str(masked), "ops": BLUR, "pages": [0]},
+        "masked_off": {"input": str(masked), "ops": BLUR,
+                       "output_options": {"masks": False}},
     })
     return {"jobs": jobs, "stderr": stderr, "srcs": srcs, "cog": cog}
 
@@ -232,24 +243,56 @@ def test_pages_left_out_between_image_pages_are_skipped_in_the_report_and_sheet(
     assert [(r.in_page, r.out_page) for r in rows] == [(0, 0), (2, 1)]
 
 
-def test_a_masked_file_runs_without_its_mask(runs):
-    job = runs["jobs"]["masked"]
-    assert job["status"] == "SUCCEEDED" and job["pages"] == 1
+@pytest.mark.parametrize("name", ["masked", "listed_masked"])
+def test_a_masked_file_carries_its_mask(runs, name):
+    """The image page, blurred, then its mask as it was (no op moved the pixels), whether
+    the job lists the image page or leaves pages out; nothing is said left out."""
+    job = runs["jobs"][name]
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 1 and job["masks"] == 1
+    (out, subfiletype, levels), (mask, mask_type, _) = pages_of(job["output"])
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["masked"]))
+    np.testing.assert_array_equal(mask, valid_area())
+    assert (subfiletype, levels, mask_type) == (0, 0, 4)
+    assert "message" not in job
+
+
+def test_a_masked_file_told_to_leave_its_mask_out_says_so(runs):
+    job = runs["jobs"]["masked_off"]
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 1 and "masks" not in job
     ((out, subfiletype, levels),) = pages_of(job["output"])  # the image alone: no mask page
     np.testing.assert_array_equal(out, blurred(runs["srcs"]["masked"]))
     assert (subfiletype, levels) == (0, 0)
-    assert job["message"].startswith(
+    assert job["message"] == (
         "page 1 left out: the transparency mask of page 0 (NewSubfileType bit 2, "
-        "Photometric MASK), not an image: the output has no mask")
-    # the command says it too, once
-    assert runs["stderr"].count(f"tiffpipe: job 0 ({job['input']}): {job['message']}") == 1
+        "Photometric MASK), not an image: the output has no mask (output_options.masks is "
+        "false), its masked-out area is data like any other")
+
+
+def test_each_page_carries_its_own_mask_and_the_sheet_draws_the_images(runs):
+    """Image, mask, image, mask: each output page is followed by its own mask; the report
+    says the input pages read (0 and 2) and the contact sheet draws output pages 0 and 2 of
+    the file (its image pages), beside input pages 0 and 2."""
+    from pipeline.contact_sheet import sheet_rows
+    from pipeline.core.models import JobSpec
+
+    job = runs["jobs"]["two_masked"]
+    assert job["pages"] == 2 and job["masks"] == 2 and job["input_pages"] == [0, 2]
+    pages = pages_of(job["output"])
+    assert [subfiletype for _, subfiletype, _ in pages] == [0, 4, 0, 4]
+    for k, seed in enumerate((3, 4)):
+        np.testing.assert_array_equal(pages[2 * k][0], blurred(runs["srcs"][f"two_masked{seed}"]))
+        np.testing.assert_array_equal(pages[2 * k + 1][0],
+                                      valid_area() if seed == 3 else ~valid_area())
+    spec = JobSpec(input=job["input"], output=job["output"], ops=BLUR)
+    rows = sheet_rows({"jobs": [{**job, "job": 0}]}, [spec])
+    assert [(r.in_page, r.out_file_page) for r in rows] == [(0, 0), (2, 2)]
 
 
 def test_the_command_names_the_first_jobs_that_left_pages_out_once_a_run(runs):
     """A run says which jobs left pages out on stderr once, the first three of them, then how
     many more (a scan of 10,000 COGs printed 10,000 warnings, a job each, even --quiet)."""
     noted = [j for j in runs["jobs"].values() if j.get("message")]
-    assert [j["job"] for j in noted] == [0, 1, 2, 5]
+    assert [j["job"] for j in noted] == [1, 2, 5, 8]
     said = [line for line in runs["stderr"] if "left out" in line or "left pages out" in line]
     assert said == [*(f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}"
                       for j in noted[:3]),
@@ -257,14 +300,18 @@ def test_the_command_names_the_first_jobs_that_left_pages_out_once_a_run(runs):
                      "the report says which and why")]
 
 
-def test_a_cogs_overviews_and_masks_are_left_out(runs):
+def test_a_cogs_overviews_and_their_masks_are_left_out(runs):
+    """Its image's mask is carried; its overviews and theirs (NewSubfileType 5) are not."""
     job = runs["jobs"]["cog"]
-    assert job["status"] == "SUCCEEDED" and job["pages"] == 1
-    ((out, subfiletype, levels),) = pages_of(job["output"])
+    assert job["status"] == "SUCCEEDED" and job["pages"] == 1 and job["masks"] == 1
+    (out, subfiletype, levels), (mask, mask_type, _) = pages_of(job["output"])
     np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
-    assert (subfiletype, levels) == (0, 0)
-    assert job["message"].startswith("pages 1, 4-5 left out: the transparency masks of page 0 "
-                                     "and its reduced-resolution pages")
+    np.testing.assert_array_equal(mask, valid_area())
+    assert (subfiletype, levels, mask_type) == (0, 0, 4)
+    assert job["message"].startswith(
+        "pages 4-5 left out: the transparency masks of page 0 and its reduced-resolution "
+        "pages (NewSubfileType bit 2, Photometric MASK), not images: the output carries the "
+        "internal mask of page 0 only (1-bit, the page's size, right after it)")
     assert ("pages 2-3 left out: reduced-resolution pages (overviews, NewSubfileType bit 0) "
             "of page 0, which would not match the processed pixels: set "
             "output_options.pyramid") in job["message"]
@@ -274,9 +321,11 @@ def test_a_cog_with_pyramid_has_one_set_of_levels(runs):
     """The levels made from the processed page, as SubIFDs; no page of the main chain is
     an overview (GDAL saw [2, 4, 4, 8] when the input's overviews were processed too)."""
     job = runs["jobs"]["cog_pyramid"]
-    ((out, subfiletype, levels),) = pages_of(job["output"])
+    ((out, subfiletype, levels),) = pages_of(job["output"])  # (no mask: see masks_left_out)
     np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
     assert subfiletype == 0 and levels == 3  # 300 x 420 -> 150 x 210, 75 x 105, 38 x 53
+    assert ("the output has no mask (the pyramid levels (output_options.pyramid) would need "
+            "masks of their own)") in job["message"]
     # its note says the levels are made from the processed pixels, not to set pyramid
     assert "the output's levels (output_options.pyramid) are made from them" in job["message"]
     assert "set output_options.pyramid" not in job["message"]
@@ -317,4 +366,4 @@ def test_estimate_counts_the_pages_a_run_processes(runs, tmp_path):
         assert cli.main(["estimate", str(manifest)]) == 0
     text = out.getvalue()
     assert "jobs[0] 1 page(s)" in text and "jobs[1] 2 page(s)" in text
-    assert "    pages 1, 4-5 left out: the transparency masks" in text
+    assert "    pages 4-5 left out: the transparency masks" in text

@@ -209,7 +209,18 @@ def test_unknown_job_fields_name_the_allowed_ones():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field "
-        "(allowed: bilevel, compression, level, ome, pyramid, pyramid_layout, quality, tile)")
+        "(allowed: bilevel, compression, level, masks, ome, pyramid, pyramid_layout, quality, "
+        "tile)")
+
+
+def test_masks_is_a_boolean_defaulting_to_carried():
+    """output_options.masks: whether the input pages' internal masks are carried (true by
+    default: nothing lost), checked as the other switches."""
+    assert one_problem({"jobs": [job(output_options={"masks": "no"})]}) == (
+        'jobs[0].output_options.masks: expected true or false, got "no"')
+    assert parse_manifest({"jobs": [job()]}, "m.json", BASE)[0].output_options.masks is True
+    assert parse_manifest({"defaults": {"output_options": {"masks": False}}, "jobs": [job()]},
+                          "m.json", BASE)[0].output_options.masks is False
 
 
 def test_defaults_must_be_an_object_with_optional_fields_only():
@@ -559,7 +570,7 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, pyramid, pyramid_layout, ome, bilevel, got "zstd"')
+        'tile, pyramid, pyramid_layout, ome, bilevel, masks, got "zstd"')
 
 
 def test_pyramid_layout_is_subifds_or_pages():

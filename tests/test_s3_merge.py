@@ -31,7 +31,7 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
-from conftest import pyramid_levels
+from conftest import gdal_masked, pyramid_levels
 
 from pipeline import cli
 from pipeline.adapters import segments, storage
@@ -281,12 +281,16 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             client.upload_file(str(tmp / "noise.tif"), BUCKET, "in/noise.tif")
             _two_pages(tmp / "two.tif")
             client.upload_file(str(tmp / "two.tif"), BUCKET, "in/two.tif")
+            gdal_masked(tmp / "masked.tif", *_masked_scene())
+            client.upload_file(str(tmp / "masked.tif"), BUCKET, "in/masked.tif")
             yield _run_s3(client, tmp)
     finally:
         proc.communicate("")  # its stdin ends: the server ends
         proc.wait(60)
 
 
+MASKED_OPS = [{"op": "gaussian_blur", "sigma": 1.5}, {"op": "rotate", "angle": 90},
+              {"op": "crop", "x": 30, "y": 50, "width": 600, "height": 800}]
 S3_JOBS: dict[str, dict[str, Any]] = {
     "fused": {"input": "noise.tif"},
     "batches": {"input": "noise.tif", "fuse": False, "ops": [{"op": "invert"}]},
@@ -302,7 +306,22 @@ S3_JOBS: dict[str, dict[str, Any]] = {
                               "output_options": {"tile": 128, "pyramid": True,
                                                  "compression": "deflate",
                                                  "pyramid_layout": "pages"}},
+    # a GeoTIFF with GDAL's internal mask: the mask page laid out after the image page, its
+    # tiles from the units' mask segments (fused, or the split units of a job of batches)
+    "masked": {"input": "masked.tif", "ops": MASKED_OPS,
+               "output_options": {"tile": 128}},
+    "masked_batches": {"input": "masked.tif", "ops": MASKED_OPS, "fuse": False,
+                       "output_options": {"tile": 128}},
 }
+
+
+def _masked_scene() -> tuple[np.ndarray, np.ndarray]:
+    """An RGB scene and its valid area (a slanted swath with a hole), for GDAL to write."""
+    valid = np.zeros((700, 900), bool)
+    for y in range(700):
+        valid[y, 40 + y // 4:860 - (700 - y) // 5] = True
+    valid[300:340, 400:470] = False
+    return _smooth(700, 900, 3, 5), valid
 
 
 def _run_s3(client: Any, tmp: Path) -> dict[str, Any]:
@@ -347,7 +366,13 @@ def test_moto_copies_inclusive_byte_ranges(s3):
     assert _get(s3, "range/dst") == data[3:3 + 5 * MiB] + data[:1]
 
 
-@pytest.mark.parametrize("job", range(len(S3_JOBS)), ids=list(S3_JOBS))
+#: the jobs whose output tifffile writes alike from the real tiles: not the masked GeoTIFF's,
+#: whose pages have no resolution (merge drops the one tifffile writes on every page)
+TIFFFILE_ALIKE = [n for n in S3_JOBS if not n.startswith("masked")]
+
+
+@pytest.mark.parametrize("job", [list(S3_JOBS).index(n) for n in TIFFFILE_ALIKE],
+                         ids=TIFFFILE_ALIKE)
 def test_s3_output_is_the_tifffile_merge_and_the_local_concatenation(s3, job):
     plan = _plan(s3["work"], job)
     if list(S3_JOBS)[job] == "pyramid_batches":  # its level units wrote their levels
@@ -384,6 +409,28 @@ def test_s3_levels_as_pages_are_the_subifd_levels(s3, name):
     for page_want, page_have in zip(want, have, strict=True):
         for (pixels_w, _), (pixels_h, _) in zip(page_want, page_have, strict=True):
             np.testing.assert_array_equal(pixels_h, pixels_w)
+    assert _uploads(s3) == []
+
+
+@pytest.mark.parametrize("name", ["masked", "masked_batches"])
+def test_s3_merge_lays_the_mask_page_out(s3, name):
+    """The S3 merge of a masked GeoTIFF's job writes the mask right after the image page,
+    the same bytes as the local concatenation of the same layout: GDAL reads the input's
+    mask turned and cropped as the pixels were."""
+    import rasterio
+
+    plan = _plan(s3["work"], list(S3_JOBS).index(name))
+    got = s3["tmp"] / f"{name}.tif"
+    got.write_bytes(_get(s3, storage.split_s3(plan.spec.output)[1]))
+    local = s3["tmp"] / f"{name}_local.tif"
+    compose(merge_mod.output_pieces(plan), str(local))
+    assert local.read_bytes() == got.read_bytes()
+    with tifffile.TiffFile(got) as tf:
+        assert [(int(p.subfiletype), int(p.photometric)) for p in tf.pages] == [(0, 2), (4, 4)]
+    _, valid = _masked_scene()
+    with rasterio.open(got) as ds:
+        np.testing.assert_array_equal(ds.read_masks(1) > 0,
+                                      np.rot90(valid, -1)[50:850, 30:630])
     assert _uploads(s3) == []
 
 

@@ -166,15 +166,17 @@ class LayoutRecorder(io.RawIOBase):
         return sum(len(b) for _, b in self._extents)
 
 
-#: NewSubfileType bit 0: a reduced-resolution version of the page before it
-_REDUCED = 0b1
+#: NewSubfileType bit 0: a reduced-resolution version of the page before it; bit 2: its
+#: transparency mask (merge writes a page's internal mask right after it)
+_REDUCED, _MASK = 0b1, 0b100
 
 
 def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
     """The IFD positions of the recorded file: one list per output page, the page's own IFD
     first, then its pyramid levels in order: its SubIFDs, or the pages after it marked
     reduced-resolution (NewSubfileType bit 0: ``pyramid_layout`` "pages"; an output page of
-    its own never is, as an overview processed as a page is unmarked)."""
+    its own never is, as an overview processed as a page is unmarked), or its internal mask
+    (bit 2, the page after it: an output page never has that bit)."""
     read = recorder.read
     bigtiff = read(2, 2) == b"+\x00"
     word, fmt = (8, "<Q") if bigtiff else (4, "<I")
@@ -185,8 +187,8 @@ def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
         subs = []
         if 330 in entries:
             subs = list(entries[330])
-        if pages and not subs and entries.get(254, (0,))[0] & _REDUCED:
-            pages[-1].append(pos)  # a level of the page before it
+        if pages and not subs and entries.get(254, (0,))[0] & (_REDUCED | _MASK):
+            pages[-1].append(pos)  # a level or the mask of the page before it
         else:
             pages.append([pos, *subs])
         count_size = 8 if bigtiff else 2

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from math import ceil
 from typing import Any, NamedTuple
 
@@ -650,7 +651,9 @@ class PageReader:
 
     def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
                  keep_palette: bool = False, decoder: Executor | None = None,
-                 columns: tuple[int, int] | None = None):
+                 columns: tuple[int, int] | None = None, mask: bool = False):
+        """``mask``: the page is an internal mask (:func:`internal_mask`), read as 0 (not
+        valid) and 255 (valid)."""
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
         #: the page's columns [x0, x1) every read lies in (a unit's, with its halo): a
         #: decoded segment is cached cut to them (a strip spans the page: a unit of a few
@@ -670,7 +673,7 @@ class PageReader:
         self.jpegtables = page.jpegtables
         self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
-        self.kind = pixel_kind(page, self.where, keep_palette)
+        self.kind = _MASK_KIND if mask else pixel_kind(page, self.where, keep_palette)
         self.file_samples = int(page.samplesperpixel)
         self.samples = self.kind.channels  # of the pixels returned
         self.file_dtype = np.dtype(page.dtype)
@@ -1104,6 +1107,28 @@ REDUCED_IMAGE, TRANSPARENCY_MASK = 0b1, 0b100
 LeftOut = tuple[int, str, int | None, bool]
 
 
+#: how an internal mask's bits are read: 0 (not valid) and 255 (valid), as GDAL reads them
+_MASK_KIND = PixelKind(np.dtype(np.uint8), 1, "minisblack", "mask",
+                       lut=np.array([0, 255], np.uint8))
+
+
+def internal_mask(page: tifffile.TiffPage, after: tifffile.TiffPage) -> bool:
+    """Whether ``after``, the page right after ``page`` in the file, is ``page``'s internal
+    mask as GDAL writes one (``dataset.write_mask``, ``GDAL_TIFF_INTERNAL_MASK``): marked a
+    mask of a full-resolution image (NewSubfileType bit 2, not bit 0: 5 is an overview's),
+    of the page's size, one 1-bit sample (1 valid, 0 not), in a compression the reader
+    decodes. The output carries it (docs/inputs.md, "Masks and overviews stored as pages")."""
+    kind = int(after.subfiletype)
+    compression = int(after.compression)
+    return (bool(kind & TRANSPARENCY_MASK) and not kind & REDUCED_IMAGE
+            and (int(after.imagelength), int(after.imagewidth))
+            == (int(page.imagelength), int(page.imagewidth))
+            and int(after.samplesperpixel) == 1 and after.bitspersample == 1
+            and int(after.imagedepth) == 1
+            and (compression == 1 or (compression in TIFF.DECOMPRESSORS
+                                      and compression not in _UNDECODABLE)))
+
+
 def is_mask(page: tifffile.TiffPage) -> bool:
     """A transparency mask: NewSubfileType bit 2 (GDAL takes such a page, 1 or 8-bit, for the
     mask of the image before it, whatever its Photometric) or Photometric MASK. It is the
@@ -1233,10 +1258,16 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         infos: list[PageInfo] = []
         if pages is None:
             image_pages = 0
+            before: tifffile.TiffPage | None = None  # (the page before, when it is an image)
             for i, page, why in classified(tf, url, count):
                 if why:
                     left.append(why)
+                    if (before is not None and infos and infos[-1].index == i - 1
+                            and internal_mask(before, page)):
+                        infos[-1] = replace(infos[-1], mask_ifd=int(page.offset))
+                    before = None
                 else:
+                    before = page
                     image_pages += 1
                     if (info := info_of(page, i)) is not None:
                         infos.append(info)
@@ -1275,7 +1306,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
                     continue
                 if why:  # an overview, processed as a page of its own
                     _unmark_reduced(info)
-                infos.append(info)
+                infos.append(_with_mask(tf, url, count, page, info))
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None
     except BaseException:
         stack.close()
@@ -1285,6 +1316,20 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
     else:
         kept_files.hand_over(_kept_key(url, st), tf, stack.close)
     return infos, version
+
+
+def _with_mask(tf: tifffile.TiffFile, url: str, count: int, page: tifffile.TiffPage,
+               info: PageInfo) -> PageInfo:
+    """``info`` of a listed page, with the IFD of its internal mask (:func:`internal_mask`)
+    when the next page of the file is one. A next page that cannot be read is no mask: the
+    listed page is processed as before, and a job that lists that page is told."""
+    if info.index + 1 >= count:
+        return info
+    try:
+        after = get_page(tf, url, info.index + 1)
+    except (CorruptTiffError, PageNotFoundError):
+        return info
+    return replace(info, mask_ifd=int(after.offset)) if internal_mask(page, after) else info
 
 
 def _unmark_reduced(info: PageInfo) -> None:

@@ -212,6 +212,22 @@ def _bilevel_encode(tag: int, black: np.ndarray, args: dict[str, Any]) -> bytes:
         raise OperationError(f"encoding a 1-bit tile of {black.shape} failed: {exc}") from exc
 
 
+#: an internal mask page's deflate level (GDAL's default for its masks)
+MASK_LEVEL = 6
+#: ``TiffWriter.write`` arguments of an internal mask page, as GDAL writes one: 1 bit (a
+#: tifffile bool page), NewSubfileType 4, Photometric MASK, deflate (Compression 8), no
+#: software or description; merge drops the resolution tifffile adds
+MASK_WRITER_KWARGS: dict[str, Any] = {
+    "dtype": bool, "photometric": 4, "subfiletype": 4, "compression": _TAGS["deflate"],
+    "compressionargs": {"level": MASK_LEVEL}, "software": False, "metadata": None}
+
+
+def encode_mask(valid: np.ndarray) -> bytes:
+    """The bytes of an internal mask's tile or strip: ``valid`` (bool, rows x columns) as
+    bits, 1 valid and 0 not (GDAL's), each row packed from its first byte, deflated."""
+    return _bilevel_encode(_TAGS["deflate"], valid, {"level": MASK_LEVEL})
+
+
 def _only_strip(tiff: bytes) -> bytes:
     """The data of the one strip of a little-endian classic TIFF (what libtiff wrote)."""
     if tiff[:4] != b"II*\x00":

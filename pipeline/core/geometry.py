@@ -415,12 +415,24 @@ class PageGeometry:
         """A tile's core in space ``position`` (<= last + 1): the placed core mapped back
         through the geometric ops from ``position`` on. The cores of a page's tiles are a
         partition of each space's page (a crop's: of the box)."""
-        rect = self.grid.core(row, col)
+        return self.back(self.grid.core(row, col), position)
+
+    def back(self, rect: Rect, position: int = 0) -> Rect:
+        """``rect`` of the placed page mapped back through the geometric ops to space
+        ``position`` (<= last + 1): where its pixels were before them, without any halo."""
         for i in range(self.last, position - 1, -1):
             t = self.transforms[i]
             if t is not None:
                 rect = t.before(rect, *self.dims[i])
         return rect
+
+    def moved(self, arr: np.ndarray, rect: Rect) -> np.ndarray:
+        """``arr``, the pixels of ``rect`` of the input page (:meth:`back` of a rect of the
+        placed page), moved by the geometric ops alone: the pixels of that rect."""
+        for t, dims in zip(self.transforms, self.dims, strict=False):
+            if t is not None:
+                arr, rect = t.move(arr, rect, *dims)
+        return arr
 
     def order(self, unit: SplitUnit) -> list[tuple[int, int]]:
         """The unit's tiles in the order a downward sweep of the input reads them: by their

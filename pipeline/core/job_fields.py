@@ -25,7 +25,7 @@ from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
-                 "bilevel")
+                 "bilevel", "masks")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -47,6 +47,8 @@ _PYRAMID_LAYOUT = Param("pyramid_layout", "string", "where the levels go: SubIFD
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 _BILEVEL = Param("bilevel", "boolean", "write 1-bit pages (one uint8 band of 0 and 255)",
                  default=False)
+_MASKS = Param("masks", "boolean", "carry the input pages' internal masks (valid data)",
+               default=True)
 _FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
               default=True)
 #: what a job does when its output exists already
@@ -67,6 +69,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.pyramid_layout": OutputOptions.pyramid_layout,
     "output_options.ome": OutputOptions.ome,
     "output_options.bilevel": OutputOptions.bilevel,
+    "output_options.masks": OutputOptions.masks,
     "fuse": JobSpec.fuse,
     "if_exists": JobSpec.if_exists,
 }
@@ -262,6 +265,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "pyramid_layout": _PYRAMID_LAYOUT.check,
         "ome": _OME.check,
         "bilevel": _BILEVEL.check,
+        "masks": _MASKS.check,
     }
     for name, check in checks.items():
         if name not in opts:

@@ -43,6 +43,8 @@ class OutputOptions:
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
     #: write one-band uint8 pages of 0 and 255 as 1-bit (BitsPerSample 1, miniswhite)
     bilevel: bool = False
+    #: carry each page's internal mask (GDAL's valid-data mask) into the output, after it
+    masks: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return field_values(self)
@@ -117,6 +119,10 @@ class PageInfo:
     #: instead of walking the file's chain of pages (a walk per unit of a file of n pages
     #: costs n^2 IFD reads over the job)
     ifd_offset: int = 0
+    #: where the IFD of the page's internal mask starts (the page right after it: GDAL's
+    #: valid-data mask, pipeline.adapters.tiff_read.internal_mask), which the output
+    #: carries; 0: none, or the job does not carry it (pipeline.core.plan.masks_left_out)
+    mask_ifd: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return field_values(self)

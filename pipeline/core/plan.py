@@ -166,12 +166,37 @@ def grouped_by_page(problems: list[str]) -> list[str]:
             for (paged, what), pages in groups.items()]
 
 
+def masks_left_out(spec: JobSpec) -> str:
+    """Why the job's output carries no internal mask of its input's pages (""): it does
+    (pipeline.steps.masks). A mask moves with its page through rotate, flip and crop, and
+    no other op changes which pixels are valid; a smaller page (downsample), pyramid levels
+    (each would need its reduced mask, NewSubfileType 5) and OME-TIFF (whose pages are its
+    planes) would need more than the input's mask moved."""
+    options = spec.output_options
+    if not options.masks:
+        return "output_options.masks is false"
+    chain = chain_from_json(spec.ops)
+    downsample = next((c for c in chain if c.op.factor(c.params) > 1), None)
+    if downsample is not None:
+        return (f"{downsample.op.name} makes a smaller page, for which no reduced mask is "
+                "made")
+    if options.pyramid:
+        return "the pyramid levels (output_options.pyramid) would need masks of their own"
+    if options.ome:
+        return "an OME-TIFF's pages are its images (output_options.ome)"
+    return ""
+
+
 def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
-                  pyramid: bool = False) -> str:
+                  pyramid: bool = False, masks_why: str = "",
+                  carried: list[int] | None = None) -> str:
     """What a job's result says of the pages it left out (a job without ``pages``:
     ``pipeline.adapters.tiff_read.classified``): which, and why; "" when none was. Each
     entry is (page, "mask" or "reduced", the image page it derives from, whether a mask is
-    an overview's)."""
+    an overview's); the masks the output carries are not among them. ``masks_why``: why the
+    output carries no mask (:func:`masks_left_out`), said of the masks it would carry;
+    ``carried``: the pages whose masks it carries (the others left out are not theirs: an
+    overview's mask, an 8-bit one, one not right after its page)."""
     parts = []
     masks = [(i, of, small) for i, kind, of, small in left_out if kind == "mask"]
     if masks:
@@ -182,9 +207,13 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
             whose += f" and {'their' if len(bases) > 1 else 'its'} reduced-resolution pages"
         parts.append(f"{_pages([i for i, _, _ in masks])} left out: the transparency "
                      f"mask{'s' if many else ''}{whose} (NewSubfileType bit 2, Photometric "
-                     f"MASK), not {'images' if many else 'an image'}: the output has no mask, "
-                     "its masked-out "
-                     f"area{'s are' if many else ' is'} data like any other")
+                     f"MASK), not {'images' if many else 'an image'}: "
+                     + (f"the output carries the internal mask{'s' * (len(carried) > 1)} of "
+                        f"{_pages(carried)} only (1-bit, the page's size, right after it)"
+                        if carried else
+                        "the output has no mask" + (f" ({masks_why})" if masks_why else "")
+                        + f", its masked-out area{'s are' if many else ' is'} data like any "
+                        "other"))
     reduced = [(i, of) for i, kind, of, _ in left_out if kind == "reduced"]
     if reduced:
         bases = sorted({of for _, of in reduced if of is not None})

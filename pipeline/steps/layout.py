@@ -16,6 +16,8 @@
     u{unit}_frag     its parts of the level tiles it shares with other units, and its
                      deepest level's pixels (raw, LZ4; the blocks)
     border{k}        level k's shared tiles, assembled by merge from the fragments
+    u{unit}_mask     the unit's tiles of the page's internal mask (the fused unit, or the
+                     split unit of a job of batches: pipeline.steps.masks)
 {work}/jobs/{job}/out-{page}-{segment}.json  the segment's index: where each tile is
                                              (u{unit}_frag: its fragments and blocks;
                                              border{k} has none)

@@ -52,7 +52,7 @@ from pipeline.adapters.tiff_header import (
     set_compression,
     tile_offsets_at,
 )
-from pipeline.adapters.tile_codec import GROUP4, OutputEncoder
+from pipeline.adapters.tile_codec import GROUP4, MASK_WRITER_KWARGS, OutputEncoder
 from pipeline.core import tiff_layout
 from pipeline.core.chain import page_placement
 from pipeline.core.events import MergeEvent
@@ -78,6 +78,7 @@ from pipeline.steps.common import (
     save_skipped,
     tile_threads,
 )
+from pipeline.steps.masks import MASK_SEGMENT
 from pipeline.steps.tile_table import TileTable
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,13 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         "output_bytes": size, "started_at": plan.started_at, "finished_at": finished,
         "seconds": round(finished - plan.started_at, 3),
     }
-    if plan.note:  # the pages a job without pages left out, and why, and the pages it read
-        result["message"] = plan.note
+    masks = sum(bool(page.info.mask_ifd) for page in plan.pages)
+    if masks:  # the output pages after their page (the contact sheet numbers the others)
+        result["masks"] = masks
+    if plan.note or masks:  # the pages a job without pages left out, and why, and the pages
+        # it read (the masks carried are not among them)
+        if plan.note:
+            result["message"] = plan.note
         result["input_pages"] = [page.info.index for page in plan.pages]
     held_work.save_result(layout.result_file(plan.work), result)
     held_work.release(layout.plan_file(plan.work))  # the job's last step
@@ -185,16 +191,20 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                 else:
                     budget -= short
     unresolved = [i for i, page in enumerate(plan.pages) if not _has_resolution(page)]
+    masked = [i for i, page in enumerate(plan.pages) if page.info.mask_ifd]
     group4 = plan.spec.output_options.compression == "group4"
-    if reorder or unresolved or group4:
+    if reorder or unresolved or group4 or masked:
         ifds = image_ifds(recorder)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
-        for i in unresolved:  # (last: a TileOffsets held in its entry moves with it)
-            for ifd in ifds[i]:
+        # (last: a TileOffsets held in its entry moves with it) a page without a
+        # resolution drops tifffile's; a mask page (its page's last IFD) always does
+        for i in sorted(set(unresolved) | set(masked)):
+            for ifd in ifds[i] if i in unresolved else ifds[i][-1:]:
                 drop_entries(recorder, ifd, RESOLUTION_TAGS)
-        for page_ifds in ifds if group4 else []:  # (laid out as deflate: see writer_kwargs)
-            for ifd in page_ifds:
+        for i, page_ifds in enumerate(ifds) if group4 else []:  # (laid out as deflate: see
+            # writer_kwargs; a mask page stays deflate)
+            for ifd in page_ifds[:-1] if i in masked else page_ifds:
                 set_compression(recorder, ifd, GROUP4)
     return recorder.pieces()
 
@@ -249,7 +259,13 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     table = TileTable.read(plan, index, page)
     if not options.pyramid or page.strip:  # (a strip page has no levels)
         writer.write(table.placeholders(), shape=shape, **common, **tags)
-        return [table]
+        if not page.info.mask_ifd:
+            return [table]
+        # its internal mask, right after it (the job carries none with levels)
+        mask = TileTable.read(plan, index, page, MASK_SEGMENT)
+        writer.write(mask.placeholders(), shape=(height, width), **layout,
+                     **MASK_WRITER_KWARGS)
+        return [table, mask]
     nearest = tags["photometric"] == "palette"
     # imported here, by pyramid jobs only: a run imports its steps within its time
     from pipeline.steps.unit_levels import merge_unit_levels

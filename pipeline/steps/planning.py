@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
@@ -19,7 +20,13 @@ from pipeline.core.levels import level_units
 from pipeline.core.manifest import TIFF_SUFFIXES, ScanSpec, scan_jobs
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import chain_from_json
-from pipeline.core.plan import grouped_by_page, left_out_note, make_plan, single_task
+from pipeline.core.plan import (
+    grouped_by_page,
+    left_out_note,
+    make_plan,
+    masks_left_out,
+    single_task,
+)
 from pipeline.core.thumbs import contact_sheet_url
 from pipeline.errors import (
     InputNotFoundError,
@@ -336,10 +343,29 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     """The job's plan of ``infos`` (its pages' headers, as read, or ``tiffpipe estimate
     --assume-pages``'), and the problems that stop it ("page N: ..."): the op chain and
     the output options against every page (:func:`make_plan`, :func:`output_problems`).
-    ``left_out``: the pages a job without ``pages`` left out, for the plan's note."""
-    note = left_out_note(left_out or [], spec.output_options.pyramid)
+    ``left_out``: the pages a job without ``pages`` left out, for the plan's note: the
+    internal masks the output carries (:func:`carried_masks`) are not."""
+    infos, left_out, masks_why = carried_masks(spec, infos, left_out or [])
+    note = left_out_note(left_out, spec.output_options.pyramid, masks_why,
+                         [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
     return plan, problems + output_problems(plan)
+
+
+def carried_masks(spec: JobSpec, infos: list[PageInfo], left_out: list[Any]
+                  ) -> tuple[list[PageInfo], list[Any], str]:
+    """The pages, the pages left out and why the output carries no mask ("": it does,
+    :func:`masks_left_out`): a job that carries its pages' internal masks (``mask_ifd``)
+    does not say it left them out; one that does not keeps no ``mask_ifd`` (the steps make
+    no mask), and its note says why, of the masks it would have carried."""
+    masked = {info.index: info.mask_ifd for info in infos if info.mask_ifd}
+    if not masked:
+        return infos, left_out, ""
+    why = masks_left_out(spec)
+    if why:
+        return [replace(info, mask_ifd=0) for info in infos], left_out, why
+    return infos, [entry for entry in left_out
+                   if not (entry[1] == "mask" and entry[0] - 1 in masked)], ""
 
 
 def page_problem(url: str, page: int, exc: Exception) -> str:

@@ -25,6 +25,7 @@ from pipeline.errors import OperationError
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.evaluate import TileEvaluator
+from pipeline.steps.masks import write_unit_mask
 from pipeline.steps.split import SharedPools, sweep_unit
 from pipeline.steps.thumbs import PageThumbs
 
@@ -85,6 +86,7 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None,
                 sweep_unit(plan, unit, handle, tile_threads(), shared)
             if levels:
                 levels.close()
+            write_unit_mask(plan, event.unit)  # (the page's internal mask: its own segment)
         except BaseException:
             if levels:
                 levels.abort()

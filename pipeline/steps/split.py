@@ -20,6 +20,7 @@ from pipeline.core.models import JobPlan
 from pipeline.errors import CorruptTiffError
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded
+from pipeline.steps.masks import write_unit_mask
 
 #: parallel tile writes (zstd and S3 PUTs release the GIL)
 WRITE_THREADS = 4
@@ -38,6 +39,7 @@ def split(event: UnitEvent) -> dict[str, Any]:
                                 encode_work_tile(tile))
 
         sweep_unit(plan, unit, store, WRITE_THREADS)
+        write_unit_mask(plan, event.unit)  # (the page's internal mask: its own segment)
     return {"job": plan.job, "tiles": unit.tiles}
 
 

@@ -71,18 +71,20 @@ class TileTable:
                                    "finish; re-run the job")
 
     @classmethod
-    def read(cls, plan: JobPlan, index: int, page: PagePlan) -> TileTable:
-        """The table of page ``index``, from the indexes of its segments (read in threads)."""
+    def read(cls, plan: JobPlan, index: int, page: PagePlan, mask: str = "") -> TileTable:
+        """The table of page ``index``, from the indexes of its segments (read in threads).
+        ``mask``: the suffix of the units' mask segments: the table of the page's internal
+        mask (:mod:`pipeline.steps.masks`), whose tiles the units wrote, fused or not."""
         rows, cols = page.out_tiles(plan.spec.output_options.tile)
-        if plan.fused:
-            names = [layout.unit_segment(u) for u in plan.units_of(index)]
+        if plan.fused or mask:
+            names = [layout.unit_segment(u) + mask for u in plan.units_of(index)]
         else:
             names = [layout.batch_segment(b) for b in plan.batches_of(index)]
         sources = [layout.segment_file(plan.work, index, n) for n in names]
         table = cls.empty(rows, cols, sources)
         for k, tiles in enumerate(read_indexes(plan.work, index, names)):
             table.fill(k, tiles)
-        table.check(f"page {page.info.index}")
+        table.check(f"page {page.info.index}" + (" (its mask)" if mask else ""))
         return table
 
     def spans(self) -> Iterator[Span]:
