@@ -67,6 +67,7 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     from pipeline.adapters.tiff_read import (
         check_chain_end,
         classified,
+        internal_mask,
         keeps_palette,
         open_tiff,
         page_count,
@@ -93,8 +94,12 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
                 check_chain_end(tf, url, count)
             except CorruptTiffError as exc:  # a job without pages fails on it
                 doc["chain_error"] = str(exc)
+            before = None  # (the page before, when it is an image)
             for i, page, why in classified(tf, url, count):
                 entry, info = _page(page, url, i, why, keep)
+                if why and before is not None and internal_mask(before, page):
+                    entry["default_job"] = "carried"  # (pipeline.steps.masks)
+                before = None if why else page
                 pages.append(entry)
                 if info is not None:
                     infos.append(info)
@@ -276,12 +281,16 @@ def text(doc: dict[str, Any]) -> Iterator[str]:
                "page)")
     pages = doc["pages"]
     left = [p["index"] for p in pages if p["default_job"] == "left out"]
+    carried = [p["index"] for p in pages if p["default_job"] == "carried"]
     refused = [p["index"] for p in pages if p["default_job"] == "processed" and "refused" in p]
-    if left or refused:
+    if left or refused or carried:
         from pipeline.core.plan import _ranges
 
-        processed = len(pages) - len(left) - len(refused)
+        processed = len(pages) - len(left) - len(refused) - len(carried)
         said = [f"processes {processed} page(s)"]
+        if carried:
+            said.append(f"carries page{'s' if len(carried) > 1 else ''} {_ranges(carried)} "
+                        "(internal masks) after their pages")
         if left:
             said.append(f"leaves out page{'s' if len(left) > 1 else ''} {_ranges(left)} "
                         "(masks and overviews)")
@@ -318,6 +327,10 @@ def _page_text(p: dict[str, Any]) -> str:
     raw = f"{f['samples']} x {f['bits']}-bit {f['sample_format'].lower()} {f['photometric']}"
     if p["role"] == "mask":
         whose = f"{'an overview of ' if p.get('of_overview') else ''}page {p['of']}"
+        if p["default_job"] == "carried":
+            return (f"{size}, {raw}; {stored}; internal mask of {whose}: written after its "
+                    "output page (output_options.masks; not with downsample, pyramid or ome), "
+                    "never processed (a job that lists it fails)")
         return (f"{size}, {raw}; {stored}; mask of {whose}: left out by a job without pages "
                 "(a job that lists it fails)")
     if "refused" in p:

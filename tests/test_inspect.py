@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from conftest import LIBTIFF_CORPUS, moto_s3
+from conftest import LIBTIFF_CORPUS, gdal_masked, moto_s3
 
 from pipeline import cli
 from pipeline.adapters import tiff_read
@@ -57,6 +57,23 @@ def test_a_cog_its_overview_and_masks(tmp_path: Path, capsys: pytest.CaptureFixt
         "of page 0: left out by a job without pages (a job that lists it fails)\n"
         "  a job without pages: processes 1 page(s); leaves out pages 1-3 (masks and "
         "overviews)\n")
+
+
+def test_an_internal_mask_is_said_carried(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """GDAL's internal mask right after its image: written after the output page by a job
+    (docs/inputs.md), never processed as a page of its own."""
+    path = tmp_path / "masked.tif"
+    valid = np.zeros((64, 96), bool)
+    valid[8:50, 10:90] = True
+    gdal_masked(path, np.full((64, 96), 7, np.uint8), valid, block=None)
+    code, out, _ = _inspect(capsys, str(path))
+    assert code == 0
+    assert out.splitlines()[2:] == [
+        ("  page 1: 96 x 64, 1 x 1-bit uint MASK; adobe_deflate, one strip; internal "
+         "mask of page 0: written after its output page (output_options.masks; not with "
+         "downsample, pyramid or ome), never processed (a job that lists it fails)"),
+        ("  a job without pages: processes 1 page(s); carries page 1 (internal masks) after "
+         "their pages")]
 
 
 def test_thousands_of_identical_pages_are_one_line_and_json_gives_each(
