@@ -266,6 +266,31 @@ def test_expand_scan_asks_the_local_output_folder(tmp_path: Path,
     assert not out.exists()
 
 
+def test_a_scan_run_reports_the_inputs_it_left_out_for_one_output_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture):
+    """A local run of a scan into a folder that finds names in either case: A.tif and a.tif
+    are left out (one output there); the report's ``scan`` and the summary count them apart
+    from the TIFF done before, so a run with no job does not read as an empty folder."""
+    import numpy as np
+    import tifffile
+
+    (tmp_path / "in").mkdir()
+    for name in ("A.tif", "a.tif", "b.tif"):
+        tifffile.imwrite(tmp_path / "in" / name, np.full((16, 16), 10, np.uint8))
+    out = _one_file(tmp_path / "out")
+    (out / "b.tif").write_bytes(b"an earlier run's output")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+    with caplog.at_level(logging.WARNING, "pipeline.steps.planning"):
+        assert cli.main(["run", str(manifest), "--workers", "1"]) == 0
+    assert "left out 1 group(s) of inputs" in caplog.text
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["scan"] == {
+        "input": str(tmp_path / "in"), "output": str(out), "tiffs": 3, "done_before": 1,
+        "left_out": {"name_collision": 2, "link_outside": 0, "link_to_nothing": 0},
+        "jobs": 0}
+
+
 # --- names that differ only in Unicode normalization -------------------------------------
 # "café" with é as one character (U+00E9, NFC) or as e and a combining accent (U+0301, NFD):
 # one file on APFS and HFS+, two on ext4. json.dumps (ensure_ascii) shows the escapes.

@@ -407,6 +407,7 @@ def test_run_writes_the_report(happy: Run):
     assert (report["succeeded"], report["failed"]) == (2, 0)
     assert report["started_at"] <= report["finished_at"] and report["seconds"] >= 0
     assert len(report["jobs"]) == 2
+    assert "scan" not in report  # a list of jobs: no scan's findings
     for i, (job, spec) in enumerate(zip(report["jobs"], happy.manifest["jobs"], strict=True)):
         assert job["job"] == i
         assert job["status"] == "SUCCEEDED"

@@ -17,7 +17,13 @@ import pytest
 from conftest import read_pages, use_moto_server
 
 from pipeline import cli
-from pipeline.core.manifest import ScanSpec, parse_manifest, parse_manifest_or_scan, scan_jobs
+from pipeline.core.manifest import (
+    ScanFindings,
+    ScanSpec,
+    parse_manifest,
+    parse_manifest_or_scan,
+    scan_jobs,
+)
 from pipeline.core.models import OutputOptions
 from pipeline.errors import ManifestError
 from pipeline.sample import SamplePage, write_sample
@@ -130,7 +136,10 @@ def test_scan_jobs_pick_new_tiffs_only_and_keep_relative_paths():
         ("s3://b/in/a.tif", "s3://b/out/a.tif"),
         ("s3://b/in/day2/c.tif", "s3://b/out/day2/c.tif")]
     assert all(j.ops == [{"op": "invert"}] and j.tile == 512 for j in jobs)
-    assert scan_jobs(scan, inputs, [j.output for j in jobs] + ["s3://b/out/done.tif"]) == []
+    found = ScanFindings(scan.input, scan.output)  # (hidden names and other files: no TIFFs)
+    assert scan_jobs(scan, inputs, [j.output for j in jobs] + ["s3://b/out/done.tif"],
+                     found=found) == []
+    assert (found.tiffs, found.done_before, found.left_out) == (4, 4, NONE_LEFT_OUT)
 
     local = ScanSpec("/data/in", "s3://b/out/")
     [job] = scan_jobs(local, ["/data/in/x/y.tif", "/data/input2/z.tif"], [])
@@ -145,10 +154,17 @@ _pages = read_pages
 
 def _run(manifest: Path, capsys: pytest.CaptureFixture,
          quiet: bool = True) -> tuple[int, dict[str, Any], str]:
+    code, report, _, err = _run_said(manifest, capsys, quiet)
+    return code, report, err
+
+
+def _run_said(manifest: Path, capsys: pytest.CaptureFixture,
+              quiet: bool = True) -> tuple[int, dict[str, Any], str, str]:
+    """A run's exit code, its report, and what it printed (stdout, stderr)."""
     code = cli.main(["run", str(manifest), "--workers", "2", *(["--quiet"] if quiet else [])])
     captured = capsys.readouterr()
     report = json.loads(manifest.with_suffix(".report.json").read_text())
-    return code, report, captured.err
+    return code, report, captured.out, captured.err
 
 
 def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
@@ -185,9 +201,23 @@ def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
         assert np.array_equal(got, ~page)
     assert not (tmp_path / ".tiffpipe-work").exists()
 
-    code, report, err = _run(manifest, capsys)
+    # what the scan found: the report's record (read from run.json, written by PlanRun)
+    assert report["scan"] == {
+        "input": str(incoming), "output": str(tmp_path / "processed"), "tiffs": 3,
+        "done_before": 1, "left_out": NONE_LEFT_OUT, "jobs": 2}
+
+    code, report, err = _run(manifest, capsys, quiet=False)
     assert code == 0, err
     assert (report["succeeded"], report["failed"], report["jobs"]) == (0, 0, [])
+    # nothing new said as such: every TIFF there has its output (not an empty folder, nor
+    # a scan of another folder), in the report and in the summary
+    assert report["scan"] == {
+        "input": str(incoming), "output": str(tmp_path / "processed"), "tiffs": 3,
+        "done_before": 3, "left_out": NONE_LEFT_OUT, "jobs": 0}
+
+
+#: a scan's report record of a scan that left nothing out
+NONE_LEFT_OUT = {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0}
 
 
 def test_a_link_to_a_file_outside_the_scanned_folder_is_left_out(
@@ -215,6 +245,8 @@ def test_a_link_to_a_file_outside_the_scanned_folder_is_left_out(
                                                                             "again.tif"]
     assert sorted(os.listdir(tmp_path / "processed")) == ["a.tif", "again.tif"]
     assert "-----BEGIN" not in json.dumps(report)
+    assert (report["scan"]["tiffs"], report["scan"]["left_out"], report["scan"]["jobs"]) == (
+        4, {**NONE_LEFT_OUT, "link_outside": 2}, 2)
     [warning] = [r.getMessage() for r in caplog.records if "outside" in r.getMessage()]
     assert "left out 2 link(s)" in warning
     assert f"{incoming / 'secret.tif'} -> {private / 'secret.tif'}" in warning
@@ -239,6 +271,8 @@ def test_a_link_to_nothing_in_the_scanned_folder_is_left_out_with_a_warning(
     [warning] = [r.getMessage() for r in caplog.records if "to nothing" in r.getMessage()]
     assert (f"left out 1 link(s) to nothing (no file at the target): {incoming / 'gone.tif'} "
             f"-> {incoming / 'moved-away.tif'}") in warning
+    assert (report["scan"]["tiffs"], report["scan"]["left_out"], report["scan"]["jobs"]) == (
+        2, {**NONE_LEFT_OUT, "link_to_nothing": 1}, 1)
     write_sample(str(incoming / "moved-away.tif"), [SamplePage(40, 50, 1)], seed=3)
     code, report, err = _run(manifest, capsys)
     assert code == 0, err
@@ -308,7 +342,12 @@ def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyP
         s3.download_file("scan-test", key, str(tmp_path / "got.tif"))
         [got] = _pages(tmp_path / "got.tif")
         assert got.dtype == page.dtype and np.array_equal(got, page), key
-    assert run()["jobs"] == []
+    found = {"input": "s3://scan-test/in/", "output": "s3://scan-test/out/", "tiffs": 3,
+             "left_out": NONE_LEFT_OUT}
+    assert report["scan"] == {**found, "done_before": 1, "jobs": 2}
+    again = run()
+    assert again["jobs"] == []
+    assert again["scan"] == {**found, "done_before": 3, "jobs": 0}
 
 
 def test_two_spellings_of_one_scan_are_the_same_scan(tmp_path: Path):

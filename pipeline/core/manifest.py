@@ -274,8 +274,35 @@ class ScanSpec:
                        if_exists=self.if_exists)
 
 
+#: why a scan left a TIFF out (the run report's ``scan.left_out``, :class:`ScanFindings`):
+#: its output would be one file with another input's (a folder ignoring case or Unicode
+#: normalization), it is a link to a file outside the scanned folder, or to nothing
+LEFT_OUT_WHY = ("name_collision", "link_outside", "link_to_nothing")
+
+
+@record
+class ScanFindings:
+    """What a scan's run found when it listed the scan (PlanRun): the run report's ``scan``.
+    ``tiffs``, the TIFFs under the input (those :meth:`ScanSpec.relative` takes), are
+    ``done_before`` (their output exists), left out (``left_out``, how many for each of
+    :data:`LEFT_OUT_WHY`; each told in a warning when left out) or ``jobs``."""
+
+    input: str
+    output: str
+    tiffs: int = 0
+    done_before: int = 0
+    left_out: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LEFT_OUT_WHY, 0))
+    jobs: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output, "tiffs": self.tiffs,
+                "done_before": self.done_before, "left_out": dict(self.left_out),
+                "jobs": self.jobs}
+
+
 def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
-              fold: Fold | None = None, left_out: list[str] | None = None) -> list[JobSpec]:
+              fold: Fold | None = None, left_out: list[str] | None = None,
+              found: ScanFindings | None = None) -> list[JobSpec]:
     """The jobs of a scan, given what is under its input and its output (full paths/URLs).
 
     An input whose output exists is done: outputs are published in one step (a rename, a
@@ -286,7 +313,8 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
     ignores case) are all left out, written or not (one would replace or skip the other, or
     be taken as done by the other's output), each such group told in ``left_out``; the
     scan's other inputs go on, as a scan's links to outside its folder do
-    (pipeline.steps.planning).
+    (pipeline.steps.planning). ``found``: counts the TIFFs, those done before and those
+    left out (its ``jobs`` is the caller's to set: links are left out after this).
     """
     done = {_key(o, fold) for o in outputs}
     groups: dict[str, list[tuple[str, str, str]]] = {}  # output key -> (input, rel, output)
@@ -295,10 +323,17 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
         if rel is not None:
             output = scan.output_for(rel)
             groups.setdefault(_key(output, fold), []).append((location, rel, output))
+    if found is None:
+        found = ScanFindings(scan.input, scan.output)
+    found.tiffs += sum(map(len, groups.values()))
     jobs = []  # (in input order: the groups are, by their first input)
     for key, ((first, rel, first_output), *others) in groups.items():
         if not others and key not in done:
             jobs.append(scan.job(first, rel))
+        elif not others:
+            found.done_before += 1
+        else:
+            found.left_out["name_collision"] += 1 + len(others)
         for location, _, output in others if left_out is not None else []:
             left_out.append(
                 f"{json.dumps(first)} and {json.dumps(location)}, whose outputs are one "

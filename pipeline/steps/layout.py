@@ -1,7 +1,8 @@
 """Where each step keeps its files in the work location (a local folder or an s3:// prefix).
 
 ```
-{work}/run.json                              the run: resolved jobs of the manifest
+{work}/run.json                              the run: resolved jobs of the manifest (a
+                                             scan's: what it found, for the report)
 {work}/jobs.json                             the job indices the Jobs map reads (ItemReader)
 {work}/job-specs.bin                         every job's spec, as its steps read it (not
                                              run.json): an index, then one JSON record a job

@@ -17,7 +17,7 @@ from pipeline.core import concurrency
 from pipeline.core import custom as custom_mod
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
-from pipeline.core.manifest import TIFF_SUFFIXES, ScanSpec, scan_jobs
+from pipeline.core.manifest import TIFF_SUFFIXES, ScanFindings, ScanSpec, scan_jobs
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import (
@@ -60,17 +60,20 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     It also shares the run's concurrency out between its jobs (core.concurrency.share).
     A scan's run while an earlier run of the same scan is still going, and on AWS a list
     of jobs' run while an earlier execution of the same manifest is (:func:`_earlier`),
-    plans no job: its run.json names that run.
+    plans no job: its run.json names that run. What a scan found (its TIFFs, those done
+    before, left out, made jobs) goes to run.json too, for the report, not to the result.
     """
     parsed = read_manifest(event.manifest)
     check_outside_work(event.work, parsed, event.report or None)
     if event.report:
         check_report_path(event.report, event.manifest, parsed)
     earlier = _earlier(event, parsed)
-    scan = isinstance(parsed, ScanSpec)
-    specs = [] if earlier else expand_scan(parsed) if scan else parsed
+    found = None
+    if isinstance(parsed, ScanSpec) and not earlier:
+        found = ScanFindings(parsed.input, parsed.output)
+    specs = [] if earlier else expand_scan(parsed, found) if found else parsed
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
-                        event.report or layout.report_file(event.work), earlier)
+                        event.report or layout.report_file(event.work), earlier, found)
     jobs_url = layout.jobs_file(event.work)
     storage.write_json(jobs_url, list(range(len(specs))), indent=None)
     jobs_at_once, per_job = concurrency.share(len(specs), event.concurrency)
@@ -170,7 +173,7 @@ def _folder(location: str) -> str:
 
 
 def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, report: str,
-              deferred_to: str | None = None) -> str:
+              deferred_to: str | None = None, found: ScanFindings | None = None) -> str:
     """Write run.json (the run and every job's spec: the report and the contact sheet read
     it) and job-specs.bin (each job's record: its spec, the work location, the run's start),
     of which a job's steps read only their record (:func:`pipeline.steps.common.load_job`):
@@ -178,7 +181,8 @@ def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, repor
     each (O(n^2)). One file for all the records, not one a job: a file a job cost PlanRun,
     before any job started, ~1.5 ms a job on a local disk (1,144 jobs: 1.5-2 s) and a PUT a
     job on S3. ``deferred_to``: the earlier run of the same manifest this one leaves its jobs
-    to. Returns run.json's URL."""
+    to; ``found``: what the run's scan found (the report's ``scan``). Returns run.json's
+    URL."""
     started = time.time()
     jobs = [s.to_json() for s in specs]
     storage.write_bytes(layout.job_specs_file(work), layout.pack_job_specs(
@@ -191,11 +195,13 @@ def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, repor
            "started_at": started, "jobs": jobs}
     if deferred_to:
         doc["deferred_to"] = deferred_to
+    if found is not None:
+        doc["scan"] = found.to_json()
     storage.write_json(run_url, doc, indent=None)
     return run_url
 
 
-def expand_scan(scan: ScanSpec) -> list[JobSpec]:
+def expand_scan(scan: ScanSpec, found: ScanFindings | None = None) -> list[JobSpec]:
     """The jobs of a scan: every TIFF under its input whose output does not exist yet.
 
     One listing of each side, not a request per file. Outputs are published in one step, so
@@ -203,8 +209,10 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     asked whether it ignores case or Unicode normalization (:func:`storage.name_fold`): inputs
     whose outputs would be one file there are left out with a warning naming them
     (:func:`scan_jobs`), as links to outside the folder are, not made jobs that fail on every
-    run until one is renamed.
+    run until one is renamed. ``found``: what the scan found, counted into it (the report's
+    ``scan``).
     """
+    found = found if found is not None else ScanFindings(scan.input, scan.output)
     if not storage.is_s3(scan.input) and not os.path.isdir(scan.input):
         if os.path.isfile(scan.input):  # one file: a job's input, not a scan's
             raise InputNotFoundError(
@@ -216,18 +224,23 @@ def expand_scan(scan: ScanSpec) -> list[JobSpec]:
     collisions: list[str] = []
     jobs = scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
                      storage.list_prefix(scan.output, OutputNotWritableError),
-                     None if storage.is_s3(scan.output) else storage.name_fold(), collisions)
+                     None if storage.is_s3(scan.output) else storage.name_fold(), collisions,
+                     found)
     if collisions:
         log.warning("scan of %s into %s: left out %d group(s) of inputs: %s", scan.input,
                     scan.output, len(collisions), "; ".join(collisions))
-    return jobs if storage.is_s3(scan.input) else _without_links_out(scan.input, jobs)
+    if not storage.is_s3(scan.input):
+        jobs = _without_links_out(scan.input, jobs, found.left_out)
+    found.jobs = len(jobs)
+    return jobs
 
 
 #: the links out of a scan's input folder a warning names (then how many more)
 LINKS_NAMED = 3
 
 
-def _without_links_out(folder: str, jobs: list[JobSpec]) -> list[JobSpec]:
+def _without_links_out(folder: str, jobs: list[JobSpec],
+                       left_out: dict[str, int]) -> list[JobSpec]:
     """The jobs of a local scan but those whose input is a link to a file outside the scanned
     ``folder`` (through any links), which are left out with a warning naming them: whoever
     may put files in the folder could otherwise link any file this process may read (another
@@ -235,7 +248,8 @@ def _without_links_out(folder: str, jobs: list[JobSpec]) -> list[JobSpec]:
     bytes of a file that is not a TIFF in the run report. A link within the folder is
     processed; a link to nothing (broken, or to a file not there yet) is left out with a
     warning too, not made a job that fails on every run until it is mended. One ``lstat``
-    a job."""
+    a job. Each link left out is counted in ``left_out`` (``link_outside``,
+    ``link_to_nothing``: :data:`~pipeline.core.manifest.LEFT_OUT_WHY`)."""
     root = os.path.realpath(folder)
     kept, out, broken = [], [], []
     for spec in jobs:
@@ -248,6 +262,8 @@ def _without_links_out(folder: str, jobs: list[JobSpec]) -> list[JobSpec]:
                 broken.append(f"{spec.input} -> {target}")
                 continue
         kept.append(spec)
+    left_out["link_outside"] += len(out)
+    left_out["link_to_nothing"] += len(broken)
     if out:
         log.warning("scan of %s: left out %d link(s) to files outside the scanned folder: "
                     "%s; a scan processes the files under its input only: copy such a file "

@@ -174,7 +174,10 @@ def run_report(event: ReportEvent, missing: dict[str, str] | None = None
     doc = {"run_id": run["run_id"], "manifest": run["manifest"],
            "started_at": run["started_at"], "finished_at": now,
            "seconds": round(now - run["started_at"], 3),
-           "succeeded": succeeded, "failed": failed, "skipped": skipped, "jobs": jobs}
+           "succeeded": succeeded, "failed": failed, "skipped": skipped}
+    if run.get("scan"):  # what a scan found when PlanRun listed it (before its jobs: a
+        doc["scan"] = run["scan"]  # reader of a long report sees it first)
+    doc["jobs"] = jobs
     if run.get("deferred_to"):  # a scan's run that left its jobs to an earlier one
         doc["deferred_to"] = run["deferred_to"]
     return doc, run["report"]
