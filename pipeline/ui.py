@@ -314,12 +314,35 @@ def summary_table(report: dict[str, Any]) -> Table:
     return table
 
 
+#: the report's reasons a scan left a TIFF out (pipeline.core.manifest.LEFT_OUT_WHY), as the
+#: scan's line says them after their count
+LEFT_OUT_WORDS = {"name_collision": "whose outputs would be one file",
+                  "link_outside": "link(s) to outside the folder",
+                  "link_to_nothing": "link(s) to nothing"}
+
+
+def scan_line(report: dict[str, Any]) -> str | None:
+    """What a scan's run found, a line (the report's ``scan``): the TIFFs under its input,
+    those done before, those left out and why, and the new ones (its jobs); None for a run
+    of a list of jobs, or a scan's run that deferred to an earlier one (it listed nothing)."""
+    scan = report.get("scan")
+    if not isinstance(scan, dict):
+        return None
+    left_out = {why: n for why, n in (scan.get("left_out") or {}).items() if n}
+    why = ", ".join(f"{n} {LEFT_OUT_WORDS.get(what, what)}" for what, n in left_out.items())
+    left = f", {sum(left_out.values())} left out ({why})" if left_out else ""
+    return (f"scan of {scan['input']} into {scan['output']}: {scan['tiffs']} TIFF(s), "
+            f"{scan['done_before']} done before{left}, {scan['jobs']} new")
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """The summary as plain lines (for a log or a pipe: no colours or box characters, a long
-    path or error never wrapped); a run without jobs, its title alone."""
+    path or error never wrapped); a run without jobs, its title alone; then a scan's line
+    (:func:`scan_line`)."""
     title, rows = summary_rows(report)
+    scan = scan_line(report)
     if not rows:
-        return title
+        return title if scan is None else f"{title}\n{scan}"
     cells = [[name for name, _ in COLUMNS], *rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = [title]
@@ -327,12 +350,12 @@ def summary_text(report: dict[str, Any]) -> str:
         lines.append("  ".join((c.rjust(w) if right else c.ljust(w))
                                for c, w, (_, right) in zip(r, widths, COLUMNS, strict=True)
                                ).rstrip())
-    return "\n".join(lines)
+    return "\n".join(lines if scan is None else [*lines, scan])
 
 
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     """The summary table: drawn by rich on a terminal, plain lines otherwise (rich's import
-    and drawing took ~30 ms of a short command's time)."""
+    and drawing took ~30 ms of a short command's time); a scan's line under it."""
     stream = stream or sys.stdout
     if not stream.isatty() or not report["jobs"]:  # no jobs: the title alone, a line
         print(summary_text(report), file=stream)
@@ -340,3 +363,6 @@ def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     from rich.console import Console
 
     Console(file=stream).print(summary_table(report))
+    scan = scan_line(report)
+    if scan is not None:
+        print(scan, file=stream)

@@ -283,12 +283,15 @@ def test_a_scan_run_reports_the_inputs_it_left_out_for_one_output_name(
     manifest.write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
     with caplog.at_level(logging.WARNING, "pipeline.steps.planning"):
         assert cli.main(["run", str(manifest), "--workers", "1"]) == 0
+    said = capsys.readouterr()
     assert "left out 1 group(s) of inputs" in caplog.text
     report = json.loads((tmp_path / "m.report.json").read_text())
     assert report["scan"] == {
         "input": str(tmp_path / "in"), "output": str(out), "tiffs": 3, "done_before": 1,
         "left_out": {"name_collision": 2, "link_outside": 0, "link_to_nothing": 0},
         "jobs": 0}
+    assert (f"scan of {tmp_path / 'in'} into {out}: 3 TIFF(s), 1 done before, 2 left out "
+            "(2 whose outputs would be one file), 0 new") in said.out.splitlines()
 
 
 # --- names that differ only in Unicode normalization -------------------------------------

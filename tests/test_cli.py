@@ -371,6 +371,20 @@ def test_a_run_without_jobs_is_summed_up_in_its_title(stream):
     assert out.getvalue().splitlines() == [title]
 
 
+@pytest.mark.parametrize("stream", [io.StringIO, lambda: _Terminal()])
+def test_a_scans_summary_says_what_it_found_after_the_jobs(stream):
+    """A scan's run: after its jobs (the table's rows, or its title alone), a line of what
+    the scan found; plain on a terminal too, where the table is drawn above it."""
+    out = stream()
+    scan = {"input": "s3://b/in/", "output": "/data/out", "tiffs": 10, "done_before": 5,
+            "left_out": {"name_collision": 2, "link_outside": 1, "link_to_nothing": 0},
+            "jobs": 2}
+    ui.print_summary({**REPORT, "scan": scan}, out)
+    assert out.getvalue().splitlines()[-1] == (
+        "scan of s3://b/in/ into /data/out: 10 TIFF(s), 5 done before, 3 left out (2 whose "
+        "outputs would be one file, 1 link(s) to outside the folder), 2 new")
+
+
 def test_the_summary_is_a_rich_table_on_a_terminal():
     out = _Terminal()
     ui.print_summary(REPORT, out)

@@ -206,7 +206,7 @@ def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
         "input": str(incoming), "output": str(tmp_path / "processed"), "tiffs": 3,
         "done_before": 1, "left_out": NONE_LEFT_OUT, "jobs": 2}
 
-    code, report, err = _run(manifest, capsys, quiet=False)
+    code, report, out, err = _run_said(manifest, capsys, quiet=False)
     assert code == 0, err
     assert (report["succeeded"], report["failed"], report["jobs"]) == (0, 0, [])
     # nothing new said as such: every TIFF there has its output (not an empty folder, nor
@@ -214,6 +214,13 @@ def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
     assert report["scan"] == {
         "input": str(incoming), "output": str(tmp_path / "processed"), "tiffs": 3,
         "done_before": 3, "left_out": NONE_LEFT_OUT, "jobs": 0}
+    scan_line = (f"scan of {incoming} into {tmp_path / 'processed'}: 3 TIFF(s), 3 done "
+                 "before, 0 new")
+    assert out.splitlines()[1] == scan_line, out
+
+    # --quiet (cron): an empty scheduled run prints nothing at all
+    assert cli.main(["run", str(manifest), "--workers", "2", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
 
 
 #: a scan's report record of a scan that left nothing out

@@ -291,6 +291,8 @@ def test_a_scan_started_twice_does_no_work_twice(stack: Stack):
                                     "--wait", "--poll", "0.05")
     assert code == 0, err
     assert "2 succeeded, 0 failed" in out
+    found = f"scan of s3://{DATA}/incoming/ into s3://{DATA}/processed/: 2 TIFF(s)"
+    assert f"{found}, 0 done before, 2 new" in out.splitlines(), out
     assert stack.keys(DATA, "processed/") == ["processed/day2/y.tiff", "processed/x.tif"]
     before = {k: stack.client("s3").head_object(Bucket=DATA, Key=k)["ETag"]
               for k in stack.keys(DATA, "processed/")}
@@ -298,6 +300,16 @@ def test_a_scan_started_twice_does_no_work_twice(stack: Stack):
                                     "--wait", "--poll", "0.05")
     assert code == 0, err
     assert "0 succeeded, 0 failed" in out  # nothing new: an empty run that succeeds
+    assert f"{found}, 2 done before, 0 new" in out.splitlines(), out  # (not an empty folder)
+    # the report the Report step wrote in S3 from the run's work (run.json) says it too
+    report_url = re.search(r"^report: (s3://\S+)$", out, re.MULTILINE)
+    assert report_url, out
+    bucket, _, key = report_url.group(1)[len("s3://"):].partition("/")
+    report = json.loads(stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert report["scan"] == {
+        "input": f"s3://{DATA}/incoming/", "output": f"s3://{DATA}/processed/", "tiffs": 2,
+        "done_before": 2, "jobs": 0,
+        "left_out": {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0}}
     assert {k: stack.client("s3").head_object(Bucket=DATA, Key=k)["ETag"]
             for k in stack.keys(DATA, "processed/")} == before
 
