@@ -244,18 +244,26 @@ def _only_strip(tiff: bytes) -> bytes:
     return tiff[found[273]:found[273] + found[279]]
 
 
+def decode_mask(data: bytes, height: int, width: int) -> np.ndarray:
+    """The ``valid`` (bool, height x width) of a tile made by :func:`encode_mask`."""
+    return _bits_decode(_TAGS["deflate"], data, height, width)
+
+
 def _bilevel_decode(tag: int, data: bytes, height: int, width: int) -> np.ndarray:
     """The 0/255 uint8 pixels (height, width) of a 1-bit tile made by :func:`_bilevel_encode`."""
+    return np.where(_bits_decode(tag, data, height, width), 0, 255).astype(np.uint8)
+
+
+def _bits_decode(tag: int, data: bytes, height: int, width: int) -> np.ndarray:
+    """The bits (bool, height x width) of a 1-bit tile made by :func:`_bilevel_encode`."""
     try:
         if tag == GROUP4:
-            black = imagecodecs.ccittfax4_decode(data, height, width).astype(bool)
-        else:
-            raw = data if tag == 1 else TIFF.DECOMPRESSORS[tag](data)
-            packed = np.frombuffer(raw, np.uint8).reshape(height, -1)
-            black = np.unpackbits(packed, axis=-1, count=width).astype(bool)
+            return imagecodecs.ccittfax4_decode(data, height, width).astype(bool)
+        raw = data if tag == 1 else TIFF.DECOMPRESSORS[tag](data)
+        packed = np.frombuffer(raw, np.uint8).reshape(height, -1)
+        return np.unpackbits(packed, axis=-1, count=width).astype(bool)
     except Exception as exc:
         raise OperationError(f"decoding a 1-bit tile failed: {exc}") from exc
-    return np.where(black, 0, 255).astype(np.uint8)
 
 
 def _predictor(compression: str, dtype: str) -> int:
