@@ -321,11 +321,14 @@ def test_a_cog_with_pyramid_has_one_set_of_levels(runs):
     """The levels made from the processed page, as SubIFDs; no page of the main chain is
     an overview (GDAL saw [2, 4, 4, 8] when the input's overviews were processed too)."""
     job = runs["jobs"]["cog_pyramid"]
-    ((out, subfiletype, levels),) = pages_of(job["output"])  # (no mask: see masks_left_out)
+    (out, subfiletype, levels), *masks = pages_of(job["output"])
     np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
     assert subfiletype == 0 and levels == 3  # 300 x 420 -> 150 x 210, 75 x 105, 38 x 53
-    assert ("the output has no mask (the pyramid levels (output_options.pyramid) would need "
-            "masks of their own)") in job["message"]
+    # its mask and its levels' (NewSubfileType 5: masks, not overviews; tests/test_masks.py)
+    assert [(m.shape, kind) for m, kind, _ in masks] == [
+        ((300, 420), 4), ((150, 210), 5), ((75, 105), 5), ((38, 53), 5)]
+    assert ("the output carries the internal mask of page 0 only (1-bit, the page's size, "
+            "right after it, and its levels' masks reduced from it)") in job["message"]
     # its note says the levels are made from the processed pixels, not to set pyramid
     assert "the output's levels (output_options.pyramid) are made from them" in job["message"]
     assert "set output_options.pyramid" not in job["message"]
@@ -334,12 +337,22 @@ def test_a_cog_with_pyramid_has_one_set_of_levels(runs):
 def test_a_listed_overview_is_processed_as_a_page_of_its_own(runs):
     job = runs["jobs"]["listed_overview"]
     assert job["status"] == "SUCCEEDED" and job["pages"] == 2 and "message" not in job
-    (base, st0, levels0), (page, st1, levels1) = pages_of(job["output"])
+    pages = pages_of(job["output"])
+    # (page 0's mask and its levels' after it: NewSubfileType 4, 5, 5, 5; page 2 has none)
+    assert [kind for _, kind, _ in pages] == [0, 4, 5, 5, 5, 0]
+    (base, st0, levels0), (page, st1, levels1) = pages[0], pages[-1]
     src = runs["srcs"]["cog"]
     np.testing.assert_array_equal(base, blurred(src))
     np.testing.assert_array_equal(page, blurred(reduced(src, 2)))  # sigma in its own pixels
     # not marked reduced: readers would take it for an overview of page 0, beside its levels
     assert (st0, st1) == (0, 0) and (levels0, levels1) == (3, 2)
+    # the contact sheet draws the file's image pages, past page 0's masks
+    from pipeline.contact_sheet import sheet_rows
+    from pipeline.core.models import JobSpec
+
+    spec = JobSpec(input=job["input"], output=job["output"], ops=BLUR, pages=[0, 2])
+    rows = sheet_rows({"jobs": [{**job, "job": 0}]}, [spec])
+    assert [(r.in_page, r.out_file_page) for r in rows] == [(0, 0), (2, 5)]
 
 
 def test_a_listed_mask_fails_the_job_saying_what_to_list(runs):

@@ -3,7 +3,10 @@ into the output: the inputs are written by GDAL itself (rasterio's ``write_mask`
 ``GDAL_TIFF_INTERNAL_MASK``), go through one ``tiffpipe run`` blurred and rotated, flipped or
 cropped, and the outputs are read back by GDAL (rasterio): its mask is the input's moved as
 the pixels were, the pixels are those of the same job without the mask, and the mask page is
-laid out as GDAL lays out its own. A ``downsample`` still leaves the mask out, and says so.
+laid out as GDAL lays out its own. A ``downsample`` and the pyramid levels reduce the mask as
+GDAL reduces one for its average overviews (a pixel is valid where its block holds a valid
+one), each level's mask after it as in a COG, and the levels' pixels leave the masked-out
+pixels out of their means as GDAL's do.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ MOVES = {
     "small": lambda m: np.rot90(m, 1),
     "bilevel": lambda m: m,
 }
+PYRAMID = {"pyramid": True, "pyramid_layout": "pages"}
 
 
 def collar(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +79,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "bilevel": {"input": rgb_in, "ops": [{"op": "to_gray"}, {"op": "otsu_threshold"}],
                     "output_options": {"bilevel": True, "compression": "group4"}},
         "down": {"input": rgb_in, "ops": [BLUR, {"op": "downsample", "factor": 2}]},
+        "down_turned": {"input": rgb_in, "ops": [*TURNED, {"op": "downsample", "factor": 2}]},
+        # levels as pages (GDAL's layout), and as SubIFDs from a job of batches
+        "pyr_pages": {"input": rgb_in, "ops": TURNED, "output_options": PYRAMID},
+        "pyr_subifds": {"input": rgb_in, "ops": TURNED, "fuse": False,
+                        "output_options": {"pyramid": True}},
+        "pyr_off": {"input": rgb_in, "ops": TURNED,
+                    "output_options": {**PYRAMID, "masks": False}},
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({
@@ -145,7 +156,7 @@ def test_the_pixels_are_those_of_the_job_without_the_mask(runs, name, off):
 WHERE = {273, 278, 279, 322, 323, 324, 325}
 
 
-@pytest.mark.parametrize("name", ["rgb", "u16", "small", "bilevel"])
+@pytest.mark.parametrize("name", ["rgb", "u16", "small", "bilevel", "down"])
 def test_the_mask_page_is_laid_out_as_gdal_lays_out_its_own(runs, name):
     """The page right after its image: NewSubfileType 4, Photometric MASK, one 1-bit sample,
     deflate, tiled as the image page (or one strip, as it is), none of GDAL's tags missing
@@ -170,13 +181,96 @@ def test_the_mask_page_is_laid_out_as_gdal_lays_out_its_own(runs, name):
             assert int(image.compression) == 4
 
 
-def test_a_downsample_leaves_the_mask_out_and_says_why(runs):
-    job = runs["jobs"]["down"]
-    assert job["status"] == "SUCCEEDED" and "masks" not in job
+def reduce_any(valid: np.ndarray, f: int) -> np.ndarray:
+    """GDAL's mask of an average overview by ``f`` (checked with GDAL 3.10.3 on masks of
+    even sizes, docs/outputs.md): valid where any pixel of the f x f block (those present,
+    at an odd edge) is."""
+    h, w = valid.shape
+    padded = np.zeros((-(-h // f) * f, -(-w // f) * f), bool)
+    padded[:h, :w] = valid
+    return padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).any(axis=(1, 3))
+
+
+@pytest.mark.parametrize(("name", "move"), [("down", lambda m: m),
+                                            ("down_turned", MOVES["rgb"])])
+def test_a_downsample_reduces_the_mask(runs, name, move):
+    """The downsampled page's mask: the input's moved as the pixels were, each 2 x 2 block
+    valid where any of its pixels is (the rows and columns past the last block dropped, as
+    the downsample drops them)."""
+    job = runs["jobs"][name]
+    assert job["status"] == "SUCCEEDED" and job["masks"] == 1 and "message" not in job
+    want = move(gdal_mask(job["input"])[0] > 0)
+    h, w = want.shape[0] // 2 * 2, want.shape[1] // 2 * 2
+    got, flags = gdal_mask(job["output"])
+    np.testing.assert_array_equal(got > 0, reduce_any(want[:h, :w], 2))
+    assert flags[0] == [MaskFlags.per_dataset]
+
+
+@pytest.mark.parametrize("name", ["pyr_pages", "pyr_subifds"])
+def test_gdal_reads_each_overviews_mask_reduced_from_the_pages(runs, name):
+    """GDAL's overviews are the levels (as pages, or SubIFDs), each with its mask: the
+    output page's mask (the input's, moved) reduced as GDAL reduces one."""
+    job = runs["jobs"][name]
+    assert job["status"] == "SUCCEEDED" and job["masks"] == 1 and "message" not in job
+    page = MOVES["rgb"](gdal_mask(job["input"])[0] > 0)
+    np.testing.assert_array_equal(gdal_mask(job["output"])[0] > 0, page)
+    with rasterio.open(job["output"]) as ds:
+        assert ds.overviews(1) == [2, 4, 8]  # 400 x 250 -> 200 x 125, 100 x 63, 50 x 32
+    for k, factor in enumerate([2, 4, 8]):
+        with rasterio.open(job["output"], overview_level=k) as ds:
+            assert list(ds.mask_flag_enums[0]) == [MaskFlags.per_dataset]
+            np.testing.assert_array_equal(ds.read_masks(1) > 0, reduce_any(page, factor))
+
+
+def test_the_levels_pixels_leave_the_masked_out_pixels_out_as_gdal_does(runs, tmp_path):
+    """GDAL's own average overview of the output page with its mask (``gdaladdo -r
+    average``) is the level: the same mask, the same pixels (the mean of the valid pixels of
+    each block, 0 where none is), not the mean of the collar's fill and the data."""
+    from rasterio.enums import Resampling
+    from rasterio.env import Env
+
+    job = runs["jobs"]["pyr_pages"]
+    with rasterio.open(job["output"]) as ds:
+        pixels, valid = ds.read(), ds.read_masks(1) > 0
+    gdal = tmp_path / "gdal.tif"
+    gdal_masked(gdal, np.moveaxis(pixels, 0, -1), valid, block=64)
+    with Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(gdal, "r+") as ds:
+        ds.build_overviews([2], Resampling.average)
+    with rasterio.open(gdal, overview_level=0) as want, \
+            rasterio.open(job["output"], overview_level=0) as got:
+        mask, level = got.read_masks(1), got.read()
+        np.testing.assert_array_equal(mask, want.read_masks(1))
+        np.testing.assert_array_equal(level, want.read())
+    assert (level[:, mask == 0] == 0).all()
+    # the same job without the mask averages the fill in: the levels differ at the collar
+    with rasterio.open(runs["jobs"]["pyr_off"]["output"], overview_level=0) as off:
+        assert (off.read() != level).any()
+
+
+@pytest.mark.parametrize(("name", "chain"), [
+    ("pyr_pages", [(0, 2), (4, 4), (1, 2), (5, 4), (1, 2), (5, 4), (1, 2), (5, 4)]),
+    ("pyr_subifds", [(0, 2), (4, 4), (5, 4), (5, 4), (5, 4)])])
+def test_the_levels_masks_are_laid_out_as_gdal_lays_out_a_cogs(runs, name, chain):
+    """Each level's mask (NewSubfileType 5, Photometric MASK, 1-bit, deflate, tiled as its
+    level, no resolution) right after the level page, as a COG has it; with SubIFD levels,
+    after the page's mask in the main chain, where GDAL finds them too (above)."""
+    with tifffile.TiffFile(runs["jobs"][name]["output"]) as tf:
+        pages = list(tf.pages)
+        assert [(int(p.subfiletype), int(p.photometric)) for p in pages] == chain
+        levels = [p for p in pages if int(p.subfiletype) == 1] or list(pages[0].pages)
+        masks = [p for p in pages if int(p.subfiletype) == 5]
+        assert len(levels) == len(masks) == 3
+        for level, mask in zip(levels, masks, strict=True):
+            assert mask.shape == level.shape[:2] and mask.bitspersample == 1
+            assert int(mask.compression) == 8 and mask.tilewidth == level.tilewidth == 64
+            assert not {282, 283, 296} & {t.code for t in mask.tags}
+
+
+def test_a_job_that_leaves_masks_out_has_the_pyramid_as_before(runs):
+    job = runs["jobs"]["pyr_off"]
+    assert "masks" not in job and "output_options.masks is false" in job["message"]
     with tifffile.TiffFile(job["output"]) as tf:
-        assert len(tf.pages) == 1
-    assert gdal_mask(job["output"])[1][0] == [MaskFlags.all_valid]
-    assert job["message"] == (
-        "page 1 left out: the transparency mask of page 0 (NewSubfileType bit 2, Photometric "
-        "MASK), not an image: the output has no mask (downsample makes a smaller page, for "
-        "which no reduced mask is made), its masked-out area is data like any other")
+        assert [int(p.subfiletype) for p in tf.pages] == [0, 1, 1, 1]
+    for k in range(3):
+        with rasterio.open(job["output"], overview_level=k) as ds:
+            assert list(ds.mask_flag_enums[0]) == [MaskFlags.all_valid]

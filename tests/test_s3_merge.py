@@ -312,6 +312,12 @@ S3_JOBS: dict[str, dict[str, Any]] = {
                "output_options": {"tile": 128}},
     "masked_batches": {"input": "masked.tif", "ops": MASKED_OPS, "fuse": False,
                        "output_options": {"tile": 128}},
+    # with levels: each level's mask after it (as pages), or after the page's mask (SubIFDs),
+    # the levels and their masks built by merge from the page's tiles and mask tiles in S3
+    "masked_pyramid_pages": {"input": "masked.tif", "ops": MASKED_OPS, "output_options": {
+        "tile": 128, "pyramid": True, "pyramid_layout": "pages"}},
+    "masked_pyramid_batches": {"input": "masked.tif", "ops": MASKED_OPS, "fuse": False,
+                               "output_options": {"tile": 128, "pyramid": True}},
 }
 
 
@@ -412,6 +418,18 @@ def test_s3_levels_as_pages_are_the_subifd_levels(s3, name):
     assert _uploads(s3) == []
 
 
+def _merged_alike(s3: dict[str, Any], name: str) -> Path:
+    """Job ``name``'s output merged on S3 (fetched to a local file), checked to be the same
+    bytes as the local concatenation of the same layout."""
+    plan = _plan(s3["work"], list(S3_JOBS).index(name))
+    got = s3["tmp"] / f"{name}.tif"
+    got.write_bytes(_get(s3, storage.split_s3(plan.spec.output)[1]))
+    local = s3["tmp"] / f"{name}_local.tif"
+    compose(merge_mod.output_pieces(plan), str(local))
+    assert local.read_bytes() == got.read_bytes()
+    return got
+
+
 @pytest.mark.parametrize("name", ["masked", "masked_batches"])
 def test_s3_merge_lays_the_mask_page_out(s3, name):
     """The S3 merge of a masked GeoTIFF's job writes the mask right after the image page,
@@ -419,18 +437,35 @@ def test_s3_merge_lays_the_mask_page_out(s3, name):
     mask turned and cropped as the pixels were."""
     import rasterio
 
-    plan = _plan(s3["work"], list(S3_JOBS).index(name))
-    got = s3["tmp"] / f"{name}.tif"
-    got.write_bytes(_get(s3, storage.split_s3(plan.spec.output)[1]))
-    local = s3["tmp"] / f"{name}_local.tif"
-    compose(merge_mod.output_pieces(plan), str(local))
-    assert local.read_bytes() == got.read_bytes()
+    got = _merged_alike(s3, name)
     with tifffile.TiffFile(got) as tf:
         assert [(int(p.subfiletype), int(p.photometric)) for p in tf.pages] == [(0, 2), (4, 4)]
     _, valid = _masked_scene()
     with rasterio.open(got) as ds:
         np.testing.assert_array_equal(ds.read_masks(1) > 0,
                                       np.rot90(valid, -1)[50:850, 30:630])
+    assert _uploads(s3) == []
+
+
+@pytest.mark.parametrize(("name", "chain"), [
+    ("masked_pyramid_pages", [0, 4, 1, 5, 1, 5, 1, 5]),
+    ("masked_pyramid_batches", [0, 4, 5, 5, 5])])
+def test_s3_merge_lays_the_levels_masks_out(s3, name, chain):
+    """The S3 merge of a masked GeoTIFF's pyramid job lays each level's mask out as the local
+    merge does (the same bytes): GDAL reads each overview's mask as the page's reduced, a
+    pixel valid where its block holds a valid one (tests/test_masks.py)."""
+    import rasterio
+
+    got = _merged_alike(s3, name)
+    with tifffile.TiffFile(got) as tf:
+        assert [int(p.subfiletype) for p in tf.pages] == chain
+    valid = np.rot90(_masked_scene()[1], -1)[50:850, 30:630]
+    with rasterio.open(got) as ds:
+        assert ds.overviews(1) == [2, 4, 8]
+    for k, f in enumerate([2, 4, 8]):
+        with rasterio.open(got, overview_level=k) as ds:
+            blocks = valid.reshape(800 // f, f, 600 // f, f)
+            np.testing.assert_array_equal(ds.read_masks(1) > 0, blocks.any(axis=(1, 3)))
     assert _uploads(s3) == []
 
 

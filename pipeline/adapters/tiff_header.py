@@ -175,8 +175,8 @@ def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
     """The IFD positions of the recorded file: one list per output page, the page's own IFD
     first, then its pyramid levels in order: its SubIFDs, or the pages after it marked
     reduced-resolution (NewSubfileType bit 0: ``pyramid_layout`` "pages"; an output page of
-    its own never is, as an overview processed as a page is unmarked), or its internal mask
-    (bit 2, the page after it: an output page never has that bit)."""
+    its own never is, as an overview processed as a page is unmarked), and its internal mask
+    and its levels' (bit 2, the pages after it: an output page never has that bit)."""
     read = recorder.read
     bigtiff = read(2, 2) == b"+\x00"
     word, fmt = (8, "<Q") if bigtiff else (4, "<I")

@@ -22,10 +22,12 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     """How many pyramid levels the units of a page build themselves (fused units as they
     process, a job that is not fused in its level units): the levels k with ``2**k``
     dividing the processing tile (in output pixels), so that no level pixel needs two units
-    (0: no pyramid)."""
+    (0: no pyramid, or merge builds them all: a turned page, a page that carries its mask)."""
     p = plan.pages[page]
     if not plan.spec.output_options.pyramid or p.strip or chain_turns(plan.spec.ops):
         return 0  # (a turned page's units meet its rows in the input's order: merge builds)
+    if p.info.mask_ifd:  # its levels' masks, and pixels means without the masked-out
+        return 0  # pixels, come from its base and mask tiles, which merge reads together
     t, big = plan.spec.output_options.tile, p.out_grid.tile
     levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))
     k = 0

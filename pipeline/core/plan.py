@@ -168,20 +168,13 @@ def grouped_by_page(problems: list[str]) -> list[str]:
 
 def masks_left_out(spec: JobSpec) -> str:
     """Why the job's output carries no internal mask of its input's pages (""): it does
-    (pipeline.steps.masks). A mask moves with its page through rotate, flip and crop, and
-    no other op changes which pixels are valid; a smaller page (downsample), pyramid levels
-    (each would need its reduced mask, NewSubfileType 5) and OME-TIFF (whose pages are its
-    planes) would need more than the input's mask moved."""
+    (pipeline.steps.masks). A mask moves with its page through rotate, flip and crop, no
+    value op changes which pixels are valid, a downsample and the pyramid levels reduce it
+    (a pixel is valid where its block holds a valid one); an OME-TIFF (whose pages are its
+    planes) has no place for it."""
     options = spec.output_options
     if not options.masks:
         return "output_options.masks is false"
-    chain = chain_from_json(spec.ops)
-    downsample = next((c for c in chain if c.op.factor(c.params) > 1), None)
-    if downsample is not None:
-        return (f"{downsample.op.name} makes a smaller page, for which no reduced mask is "
-                "made")
-    if options.pyramid:
-        return "the pyramid levels (output_options.pyramid) would need masks of their own"
     if options.ome:
         return "an OME-TIFF's pages are its images (output_options.ome)"
     return ""
@@ -209,7 +202,8 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
                      f"mask{'s' if many else ''}{whose} (NewSubfileType bit 2, Photometric "
                      f"MASK), not {'images' if many else 'an image'}: "
                      + (f"the output carries the internal mask{'s' * (len(carried) > 1)} of "
-                        f"{_pages(carried)} only (1-bit, the page's size, right after it)"
+                        f"{_pages(carried)} only (1-bit, the page's size, right after it"
+                        + (", and its levels' masks reduced from it" if pyramid else "") + ")"
                         if carried else
                         "the output has no mask" + (f" ({masks_why})" if masks_why else "")
                         + f", its masked-out area{'s are' if many else ' is'} data like any "

@@ -5,8 +5,12 @@ page right after the output page (:func:`pipeline.steps.merge.output_pieces`).
 
 A mask goes through the chain's geometric ops (rotate, flip, crop) as the image does, and
 through no other: a blur, a threshold or a convert does not change which pixels are valid.
-Its tiles are those of the output page (or its one strip), 1 bit a pixel, 1 valid, 0 not
-(padding too), deflated. Jobs that carry none: :func:`pipeline.core.plan.masks_left_out`.
+A downsample by f (the geometric ops come before it) reduces it as GDAL reduces a mask for
+its average overviews: an output pixel is valid where any pixel of its f x f block is
+(:func:`reduced`). Its tiles are those of the output page (or its one strip), 1 bit a
+pixel, 1 valid, 0 not (padding too), deflated. The masks of the pyramid levels are made by
+merge (:class:`pipeline.steps.pyramid.Pyramid`). Jobs that carry none:
+:func:`pipeline.core.plan.masks_left_out`.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def mask_info(info: PageInfo) -> PageInfo:
 def write_unit_mask(plan: JobPlan, unit_index: int) -> None:
     """Write the mask tiles of the unit's output tiles (nothing when its page carries no
     mask): read from the input's mask page core by core, in the order a downward sweep of the
-    input meets them, each moved by the geometric ops and cut into output tiles."""
+    input meets them, each moved by the geometric ops, reduced by the chain's downsample
+    and cut into output tiles."""
     unit = plan.units[unit_index]
     page = plan.pages[unit.page]
     if not page.info.mask_ifd:
@@ -61,7 +66,9 @@ def write_unit_mask(plan: JobPlan, unit_index: int) -> None:
             for i, (row, col) in enumerate(positions):
                 stopping.check()
                 valid = geo.moved(reader.read(reads[i]), reads[i]) != 0
-                core = geo.grid.core(row, col)
+                core = page.out_grid.core(row, col)
+                if page.factor > 1:
+                    valid = reduced(valid, core, page.factor)
                 for orow, ocol, bits in _tiles(valid, core, tile, page.strip):
                     data = encode_mask(bits)
                     index.append([orow, ocol, writer.write(data), len(data)])
@@ -72,6 +79,16 @@ def write_unit_mask(plan: JobPlan, unit_index: int) -> None:
             raise
         check_unchanged(tf, url, plan.input_version)
     write_index(layout.segment_index_file(plan.work, unit.page, name), {"tiles": index})
+
+
+def reduced(valid: np.ndarray, core: Rect, factor: int) -> np.ndarray:
+    """The mask of ``core`` (a tile's core on the downsampled page) from ``valid``, its
+    pixels on the page before the downsample (the core times ``factor``, the rows and
+    columns past the last whole block there at the page's edge): valid where any pixel of
+    the ``factor`` x ``factor`` block is."""
+    h, w = core.y1 - core.y0, core.x1 - core.x0
+    blocks = valid[:h * factor, :w * factor].reshape(h, factor, w, factor)
+    return blocks.any(axis=(1, 3))
 
 
 def _tiles(valid: np.ndarray, core: Rect, tile: int, strip: bool

@@ -31,6 +31,7 @@ import logging
 import struct
 import time
 from fractions import Fraction
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -178,10 +179,14 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     recorder = LayoutRecorder()
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
+    masked: dict[int, list[int]] = {}  # page -> the positions of its mask IFDs among its IFDs
     with tifffile.TiffWriter(recorder, bigtiff=bigtiff_output(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
-            for j, table in enumerate(_write_page(writer, plan, i, page)):
+            written = _write_page(writer, plan, i, page)
+            if any(is_mask for _, is_mask in written):
+                masked[i] = [j for j, (_, is_mask) in enumerate(written) if is_mask]
+            for j, (table, _) in enumerate(written):
                 runs = table.run_sizes()
                 # what row-major order would read through: the runs too short to copy
                 short = int(runs[runs < tiff_layout.MIN_PART].sum())
@@ -191,21 +196,21 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                 else:
                     budget -= short
     unresolved = [i for i, page in enumerate(plan.pages) if not _has_resolution(page)]
-    masked = [i for i, page in enumerate(plan.pages) if page.info.mask_ifd]
     group4 = plan.spec.output_options.compression == "group4"
     if reorder or unresolved or group4 or masked:
         ifds = image_ifds(recorder)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
         # (last: a TileOffsets held in its entry moves with it) a page without a
-        # resolution drops tifffile's; a mask page (its page's last IFD) always does
+        # resolution drops tifffile's; a mask page (its page's and its levels') always does
         for i in sorted(set(unresolved) | set(masked)):
-            for ifd in ifds[i] if i in unresolved else ifds[i][-1:]:
+            for ifd in ifds[i] if i in unresolved else [ifds[i][j] for j in masked[i]]:
                 drop_entries(recorder, ifd, RESOLUTION_TAGS)
         for i, page_ifds in enumerate(ifds) if group4 else []:  # (laid out as deflate: see
             # writer_kwargs; a mask page stays deflate)
-            for ifd in page_ifds[:-1] if i in masked else page_ifds:
-                set_compression(recorder, ifd, GROUP4)
+            for j, ifd in enumerate(page_ifds):
+                if j not in masked.get(i, []):
+                    set_compression(recorder, ifd, GROUP4)
     return recorder.pieces()
 
 
@@ -233,12 +238,17 @@ def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
 
 
 def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
-                page: PagePlan) -> list[TileTable]:
+                page: PagePlan) -> list[tuple[TileTable, bool]]:
     """Write one output page (placeholder tiles); with a pyramid, its levels: SubIFDs of
     the page, or (``pyramid_layout`` "pages") pages of the main chain right after it, each
     marked reduced-resolution (NewSubfileType 1) either way, tiled and compressed as the
-    page: the layout OpenSlide's generic TIFF reader and GDAL's overviews read.
-    Returns the tile tables of the page and of its levels, in file order."""
+    page: the layout OpenSlide's generic TIFF reader and GDAL's overviews read. A page that
+    carries its internal mask gets it right after it (NewSubfileType 4), and each level its
+    reduced mask (NewSubfileType 5), as GDAL lays a COG's out: right after the level page,
+    or (SubIFD levels) after the page's mask, in the main chain, where GDAL reads a mask of
+    a SubIFD overview too (it matches each to the overview of its size).
+    Returns the tile tables of the page, of its levels and masks in file order, each with
+    whether it is a mask."""
     options = plan.spec.output_options
     channels = page.out_channels
     encoder = OutputEncoder(options, page.out_dtype, channels)
@@ -257,26 +267,34 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     common = {"dtype": page.out_dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
     table = TileTable.read(plan, index, page)
+    mask = TileTable.read(plan, index, page, MASK_SEGMENT) if page.info.mask_ifd else None
+
+    def write_mask(mask: TileTable, h: int, w: int, subfiletype: int) -> None:
+        writer.write(mask.placeholders(), shape=(h, w), **layout,
+                     **{**MASK_WRITER_KWARGS, "subfiletype": subfiletype})
+
     if not options.pyramid or page.strip:  # (a strip page has no levels)
         writer.write(table.placeholders(), shape=shape, **common, **tags)
-        if not page.info.mask_ifd:
-            return [table]
-        # its internal mask, right after it (the job carries none with levels)
-        mask = TileTable.read(plan, index, page, MASK_SEGMENT)
-        writer.write(mask.placeholders(), shape=(height, width), **layout,
-                     **MASK_WRITER_KWARGS)
-        return [table, mask]
+        if mask is None:
+            return [(table, False)]
+        write_mask(mask, height, width, 4)  # its internal mask, right after it
+        return [(table, False), (mask, True)]
     nearest = tags["photometric"] == "palette"
     # imported here, by pyramid jobs only: a run imports its steps within its time
     from pipeline.steps.unit_levels import merge_unit_levels
 
+    masks: list[TileTable] = []  # the levels' masks (a page that carries its mask)
     if UNIT_LEVELS and unit_level_count(plan, index):
         levels = merge_unit_levels(plan, index, encoder, nearest)
     else:
-        levels = _merged_levels(plan, index, table, encoder, nearest)
+        levels, masks = _merged_levels(plan, index, table, encoder, nearest, mask)
     as_pages = options.pyramid_layout == "pages"
     subifds = {"subifds": len(levels)} if levels and not as_pages else {}
     writer.write(table.placeholders(), shape=shape, **common, **tags, **subifds)
+    written = [(table, False)]
+    if mask is not None and as_pages:
+        write_mask(mask, height, width, 4)
+        written.append((mask, True))
     # what every level repeats of the base page: how its samples are to be read
     level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
                   if tags.get(k) is not None}
@@ -288,7 +306,17 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
         writer.write(level.placeholders(), shape=(h, w) + shape[2:],
                      subfiletype=1, software=tags["software"], metadata=None, **common,
                      **level_tags, **_level_resolution(tags, k))
-    return [table, *levels]
+        written.append((level, False))
+        if masks and as_pages:
+            write_mask(masks[k - 1], h, w, 5)
+            written.append((masks[k - 1], True))
+    if mask is not None and not as_pages:  # (after the SubIFD levels, in the main chain)
+        write_mask(mask, height, width, 4)
+        written.append((mask, True))
+        for (h, w), level_mask in zip(shapes, masks, strict=True):
+            write_mask(level_mask, h, w, 5)
+            written.append((level_mask, True))
+    return written
 
 
 def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
@@ -305,22 +333,29 @@ def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputEncoder,
-                   nearest: bool) -> list[TileTable]:
+                   nearest: bool, mask: TileTable | None = None
+                   ) -> tuple[list[TileTable], list[TileTable]]:
     """The levels of a page built here, from its base tiles read through (the units did not
-    build them: a job that is not fused)."""
+    build them), and with ``mask`` (the page's mask tiles, read through with them) the
+    levels' masks ([] without)."""
     from pipeline.steps.pyramid import Pyramid, level_nodata  # pyramid jobs only
 
     page = plan.pages[index]
     pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
                       page.out_dtype, encoder, plan.spec.output_options.tile,
                       layout.levels_dir(plan.work, index), nearest=nearest,
-                      nodata=level_nodata(plan, index), threads=tile_threads())
+                      nodata=level_nodata(plan, index), threads=tile_threads(),
+                      masked=mask is not None)
     try:
-        for n, data in enumerate(table.tile_bytes()):
+        masks = mask.tile_bytes() if mask is not None else repeat(None)
+        for n, (data, valid) in enumerate(zip(table.tile_bytes(), masks)):
             stopping.check()
-            pyramid.feed(data, n // table.cols, n % table.cols)
-        return [TileTable.from_spans(level.cols, pyramid.spans(k))
-                for k, level in enumerate(pyramid.levels)]
+            pyramid.feed(data, n // table.cols, n % table.cols, valid)
+        levels = [TileTable.from_spans(level.cols, pyramid.spans(k))
+                  for k, level in enumerate(pyramid.levels)]
+        return levels, [] if mask is None else [
+            TileTable.from_spans(level.cols, pyramid.mask_spans(k))
+            for k, level in enumerate(pyramid.levels)]
     finally:
         pyramid.close()
 

@@ -23,7 +23,13 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 - a page whose output keeps a no-data value (GDAL_NODATA, :func:`level_nodata`): each sample
   the same formula over the pixels present whose sample is not that value (not NaN for
   NaN), the value itself where there is none, as GDAL's average overviews leave no-data
-  out: a mean of no-data and data would be neither, and GDAL, QGIS would show it as data.
+  out: a mean of no-data and data would be neither, and GDAL, QGIS would show it as data;
+- a page that carries its internal mask (``masked``, :mod:`pipeline.steps.masks`): each
+  level has a mask too, valid where any of the block's pixels present is valid (palette
+  pages: where its top-left pixel is), and the pixels' means leave the masked-out pixels
+  out as they leave no-data out, 0 (or the no-data value) where none is valid: what GDAL's
+  ``gdaladdo -r average`` (``-r nearest``) makes of a page with an internal mask
+  (docs/outputs.md, "Masks of the levels").
 
 Memory: the decoded base tiles in flight (one; ``2 * threads`` with threads), plus one tile
 row buffer per level (``tile x ceil(w_k / tile) * tile`` pixels each: together about one tile
@@ -47,14 +53,14 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import output_nodata
 from pipeline.adapters.segments import SegmentWriter, read_range
-from pipeline.adapters.tile_codec import OutputEncoder
+from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_keeps_values, chain_own_nodata
 from pipeline.core.reduce import mean4
 from pipeline.core.tiff_layout import Span
 
-__all__ = ["Pyramid", "level_nodata", "reduce2"]
+__all__ = ["Pyramid", "level_nodata", "reduce2", "reduce_mask"]
 
 
 #: integer type that holds the sum of four values of a type without overflow
@@ -69,10 +75,11 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
     return output_nodata(plan.pages[page].info, chain_keeps_values(ops), chain_own_nodata(ops))
 
 
-def reduce2(block: np.ndarray, nearest: bool = False,
-            nodata: float | None = None) -> np.ndarray:
+def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = None,
+            valid: np.ndarray | None = None) -> np.ndarray:
     """The 2x2 reduction of ``block`` (h, w, c): see the module docstring for the formula.
-    ``nodata``: the samples of that value (NaN too) are left out of the means.
+    ``nodata``: the samples of that value (NaN too) are left out of the means; ``valid``
+    (h, w, bool): the block's mask, whose invalid pixels are left out too.
 
     Integers: an odd last row or column is repeated, so the mean of 4 equals the mean of the
     pixels present, rounding included (``(2s + 2) // 4 == (s + 1) // 2``,
@@ -82,8 +89,8 @@ def reduce2(block: np.ndarray, nearest: bool = False,
     """
     if nearest:
         return block[0::2, 0::2].copy()
-    if nodata is not None:
-        return _masked_reduce2(block, nodata)
+    if nodata is not None or valid is not None:
+        return _masked_reduce2(block, nodata, valid)
     h, w = block.shape[:2]
     if block.dtype.kind == "f":
         return _float_reduce2(block)
@@ -122,17 +129,23 @@ def _float_reduce2(block: np.ndarray) -> np.ndarray:
     return out.astype(block.dtype)
 
 
-def _masked_reduce2(block: np.ndarray, nodata: float) -> np.ndarray:
-    """:func:`reduce2` leaving the samples equal to ``nodata`` out: the mean of the ``n``
-    valid samples present (floats ``s / n`` in float64, summed in the same order;
-    integers ``(s + n // 2) // n``), ``nodata`` where ``n`` is 0. Without a no-data sample
-    it equals :func:`reduce2`'s result bit for bit."""
+def _masked_reduce2(block: np.ndarray, nodata: float | None,
+                    mask: np.ndarray | None = None) -> np.ndarray:
+    """:func:`reduce2` leaving the samples equal to ``nodata`` out, and the pixels ``mask``
+    says are not valid: the mean of the ``n`` valid samples present (floats ``s / n`` in
+    float64, summed in the same order; integers ``(s + n // 2) // n``), ``nodata`` (0
+    without one) where ``n`` is 0. Without a sample left out it equals :func:`reduce2`'s
+    result bit for bit."""
     h, w = block.shape[:2]
     dtype = block.dtype
-    if dtype.kind == "f" and np.isnan(nodata):
+    if nodata is None:
+        valid = np.ones(block.shape, bool)
+    elif dtype.kind == "f" and np.isnan(nodata):
         valid = ~np.isnan(block)
     else:
         valid = block != dtype.type(nodata)
+    if mask is not None:
+        valid &= mask.reshape(mask.shape + (1,) * (block.ndim - 2))
     shape = (h + h % 2, w + w % 2) + block.shape[2:]
     count = np.zeros(shape, np.int64)
     count[:h, :w] = valid
@@ -153,8 +166,19 @@ def _masked_reduce2(block: np.ndarray, nodata: float) -> np.ndarray:
         out = (s + n // 2) // n
     else:
         out = _mean_of_64bit(np.where(valid, block, 0), shape, n)
-    out[none] = nodata
+    out[none] = 0 if nodata is None else nodata
     return out.astype(dtype)
+
+
+def reduce_mask(valid: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """The 2x2 reduction of a mask (h, w, bool): valid where any pixel of the block present
+    is (``nearest``: where its top-left pixel is), as GDAL reduces a mask's overviews."""
+    if nearest:
+        return valid[0::2, 0::2].copy()
+    h, w = valid.shape
+    v = np.zeros((h + h % 2, w + w % 2), bool)
+    v[:h, :w] = valid
+    return v[0::2, 0::2] | v[1::2, 0::2] | v[0::2, 1::2] | v[1::2, 1::2]
 
 
 def _mean_of_64bit(block: np.ndarray, shape: tuple[int, ...], n: np.ndarray) -> np.ndarray:
@@ -176,10 +200,11 @@ def _mean_of_64bit(block: np.ndarray, shape: tuple[int, ...], n: np.ndarray) -> 
 
 
 class _Level:
-    """One reduced level: a tile row buffer, and the segment of its encoded tiles."""
+    """One reduced level: a tile row buffer, and the segment of its encoded tiles; with a
+    mask, the mask's too (``level{k}_mask.seg``)."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str, tile: int,
-                 url: str) -> None:
+                 url: str, masked: bool = False) -> None:
         self.height, self.width, self.tile = height, width, tile
         self.cols = ceil(width / tile)
         self.buffer = np.zeros((tile, self.cols * tile, channels), dtype)
@@ -188,13 +213,22 @@ class _Level:
         self.segment = SegmentWriter(url)
         self.sizes: list[int] = []
         self.done = False
+        self.mask: np.ndarray | None = None
+        self.mask_url, self.mask_sizes = url.removesuffix(".seg") + "_mask.seg", []
+        if masked:
+            self.mask = np.zeros((tile, self.cols * tile), bool)
+            self.mask_segment = SegmentWriter(self.mask_url)
 
     def add(self, block: np.ndarray, y: int, x: int, nearest: bool,
-            nodata: float | None) -> None:
-        """Reduce ``block``, the pixels of the level above at (y, x) (both even)."""
-        small = reduce2(block, nearest, nodata)
+            nodata: float | None, valid: np.ndarray | None = None) -> None:
+        """Reduce ``block``, the pixels of the level above at (y, x) (both even), and
+        ``valid``, their mask (None: the page has none)."""
+        small = reduce2(block, nearest, nodata, valid)
         top = y // 2 - self.row * self.tile
         self.buffer[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = small
+        if self.mask is not None and valid is not None:
+            self.mask[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = \
+                reduce_mask(valid, nearest)
 
     def complete(self, above_rows: int) -> bool:
         """True when the level above, complete down to row ``above_rows``, fills this level's
@@ -204,11 +238,13 @@ class _Level:
 
 class Pyramid:
     """The reduced levels of one output page of ``height`` x ``width``, fed its base tiles;
-    level k's segment is ``level{k}.seg`` under ``folder`` (a local folder or S3 prefix)."""
+    level k's segment is ``level{k}.seg`` under ``folder`` (a local folder or S3 prefix).
+    ``masked``: the page carries its internal mask, fed with each tile; level k's mask
+    tiles go to ``level{k}_mask.seg`` (:meth:`mask_spans`)."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str,
                  encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False,
-                 nodata: float | None = None, threads: int = 1):
+                 nodata: float | None = None, threads: int = 1, masked: bool = False):
         self.height, self.width, self.channels, self.dtype = height, width, channels, dtype
         self.encoder, self.tile, self.nearest = encoder, tile, nearest
         self.nodata = nodata  # (see level_nodata)
@@ -217,8 +253,8 @@ class Pyramid:
         self.levels: list[_Level] = []
         self.decoded = 0  # base tiles decoded
         self._pool = ThreadPoolExecutor(threads) if threads > 1 and self.shapes else None
-        #: base tiles being decoded ahead: (decoded pixels, row, col), in feeding order
-        self._ahead: deque[tuple[Future[np.ndarray], int, int]] = deque()
+        #: base tiles being decoded ahead: (decoded pixels, row, col, mask), in feeding order
+        self._ahead: deque[tuple[Future[np.ndarray], int, int, np.ndarray | None]] = deque()
         self.max_ahead = 2 * threads if self._pool else 1
         #: tiles' worth of pixels held at once (instrumentation): the level buffers and the
         #: decoded base tiles in flight; fixed when the levels are made
@@ -226,20 +262,23 @@ class Pyramid:
         try:
             for k, (h, w) in enumerate(self.shapes):
                 self.levels.append(_Level(h, w, channels, dtype, tile,
-                                          storage.join(folder, f"level{k + 1}.seg")))
+                                          storage.join(folder, f"level{k + 1}.seg"), masked))
         except BaseException:
             self.close()
             raise
         self.held_tiles = sum(level.cols for level in self.levels) + self.max_ahead
 
-    def feed(self, data: bytes, row: int, col: int) -> None:
-        """The encoded base tile at output tile (row, col), in row-major order."""
+    def feed(self, data: bytes, row: int, col: int, mask: bytes | None = None) -> None:
+        """The encoded base tile at output tile (row, col), in row-major order, and (a
+        masked pyramid) its mask tile's."""
         if not self.levels:
             return
+        t = self.tile
+        valid = None if mask is None else decode_mask(mask, t, t)
         if self._pool is None:
-            self._reduce(self.encoder.decode(data), row, col)
+            self._reduce(self.encoder.decode(data), row, col, valid)
             return
-        self._ahead.append((self._pool.submit(self.encoder.decode, data), row, col))
+        self._ahead.append((self._pool.submit(self.encoder.decode, data), row, col, valid))
         if len(self._ahead) >= self.max_ahead:
             self._reduce_next()
 
@@ -256,14 +295,16 @@ class Pyramid:
             self._reduce_next()
 
     def _reduce_next(self) -> None:
-        future, row, col = self._ahead.popleft()
-        self._reduce(future.result(), row, col)
+        future, row, col, valid = self._ahead.popleft()
+        self._reduce(future.result(), row, col, valid)
 
-    def _reduce(self, pixels: np.ndarray, row: int, col: int) -> None:
+    def _reduce(self, pixels: np.ndarray, row: int, col: int,
+                valid: np.ndarray | None = None) -> None:
         t = self.tile
         self.decoded += 1
         vh, vw = min(t, self.height - row * t), min(t, self.width - col * t)
-        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest, self.nodata)
+        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest, self.nodata,
+                           None if valid is None else valid[:vh, :vw])
         if col == self.cols - 1:
             self._rows_done(0, min((row + 1) * t, self.height))
 
@@ -277,6 +318,8 @@ class Pyramid:
         vh = min(t, level.height - level.row * t)
         if vh < t:
             level.buffer[vh:] = 0  # the last tile row: padding is zeros, as tifffile writes
+            if level.mask is not None:
+                level.mask[vh:] = False  # (and not valid)
         below = self.levels[k + 1] if k + 1 < len(self.levels) else None
         tiles = [level.buffer[:, c * t:(c + 1) * t] for c in range(level.cols)]
         encoded = (self._pool.map(self.encoder.encode, tiles) if self._pool
@@ -284,10 +327,18 @@ class Pyramid:
         for data in encoded:
             level.segment.write(data)
             level.sizes.append(len(data))
+        masks: list[np.ndarray | None] = [None] * level.cols
+        if level.mask is not None:
+            masks = [level.mask[:, c * t:(c + 1) * t] for c in range(level.cols)]
+            for valid in masks:
+                data = encode_mask(valid)
+                level.mask_segment.write(data)
+                level.mask_sizes.append(len(data))
         if below is not None:
-            for c, tile in enumerate(tiles):
+            for c, (tile, valid) in enumerate(zip(tiles, masks, strict=True)):
                 vw = min(t, level.width - c * t)
-                below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest, self.nodata)
+                below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest, self.nodata,
+                          None if valid is None else valid[:vh, :vw])
         level.row += 1
         self._rows_done(k + 1, (level.row - 1) * t + vh)
 
@@ -298,12 +349,16 @@ class Pyramid:
         for level in self.levels:
             if not level.done:
                 level.segment.close()
+                if level.mask is not None:
+                    level.mask_segment.close()
                 level.done = True
-        level, out, offset = self.levels[k], [], 0
-        for size in level.sizes:
-            out.append(Span(level.url, offset, size))
-            offset += size
-        return out
+        level = self.levels[k]
+        return _spans(level.url, level.sizes)
+
+    def mask_spans(self, k: int) -> list[Span]:
+        """Where the mask tiles of level k + 1 are (a masked pyramid), as :meth:`spans`."""
+        self.spans(k)
+        return _spans(self.levels[k].mask_url, self.levels[k].mask_sizes)
 
     def tiles(self, k: int) -> Iterator[bytes]:
         """The encoded tiles of level k + 1 in row-major order, read back one at a time."""
@@ -318,3 +373,14 @@ class Pyramid:
         for level in self.levels:
             if not level.done:
                 level.segment.abort()
+                if level.mask is not None:
+                    level.mask_segment.abort()
+
+
+def _spans(url: str, sizes: list[int]) -> list[Span]:
+    """The spans of tiles of ``sizes`` written one after another to the segment ``url``."""
+    out, offset = [], 0
+    for size in sizes:
+        out.append(Span(url, offset, size))
+        offset += size
+    return out
