@@ -329,7 +329,8 @@ def _page_text(p: dict[str, Any]) -> str:
         whose = f"{'an overview of ' if p.get('of_overview') else ''}page {p['of']}"
         if p["default_job"] == "carried":
             return (f"{size}, {raw}; {stored}; internal mask of {whose}: written after its "
-                    "output page (output_options.masks; not with downsample, pyramid or ome), "
+                    "output page (output_options.masks; reduced with downsample and for pyramid "
+                    "levels; not with ome), "
                     "never processed (a job that lists it fails)")
         return (f"{size}, {raw}; {stored}; mask of {whose}: left out by a job without pages "
                 "(a job that lists it fails)")

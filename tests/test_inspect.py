@@ -70,8 +70,9 @@ def test_an_internal_mask_is_said_carried(tmp_path: Path, capsys: pytest.Capture
     assert code == 0
     assert out.splitlines()[2:] == [
         ("  page 1: 96 x 64, 1 x 1-bit uint MASK; adobe_deflate, one strip; internal "
-         "mask of page 0: written after its output page (output_options.masks; not with "
-         "downsample, pyramid or ome), never processed (a job that lists it fails)"),
+         "mask of page 0: written after its output page (output_options.masks; reduced "
+         "with downsample and for pyramid levels; not with ome), never processed (a job that "
+         "lists it fails)"),
         ("  a job without pages: processes 1 page(s); carries page 1 (internal masks) after "
          "their pages")]
 
