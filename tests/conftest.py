@@ -15,6 +15,7 @@ own with a marker); a file not listed is ``unit``: add a file that runs the engi
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -160,6 +161,60 @@ def pyramid_levels(path: str) -> list[list[tuple[np.ndarray, dict[int, Any]]]]:
                 level = tifffile.TiffPages(page)[k]
                 out[-1].append((level.asarray(), {t.code: t.value for t in level.tags.values()
                                                   if t.code != 324}))
+    return out
+
+
+def one_bit_pages_state_their_bits(path: Any) -> int:
+    """Check that every page of the TIFF ``path`` (or an ``io.BytesIO``; SubIFDs too) has its
+    IFD entries in ascending order of code, and that every 1-bit page states BitsPerSample 1
+    (tag 258, SHORT, count 1) and is read by libtiff (imagecodecs' ``tiff_decode``) as
+    tifffile reads it; return how many 1-bit pages there are."""
+    import imagecodecs
+
+    data = path.getvalue() if hasattr(path, "getvalue") else Path(path).read_bytes()
+    ones = 0
+    with tifffile.TiffFile(io.BytesIO(data)) as tf:
+        tiff = tf.tiff
+        main = list(tf.pages)
+        subs = [tifffile.TiffPages(page)[k] for page in main
+                for k in range(len(page.subifds or ()))]
+        for page in main + subs:
+            (n,) = struct.unpack_from(tiff.tagnoformat, data, page.offset)
+            codes = [struct.unpack_from(tf.byteorder + "H", data,
+                                        page.offset + tiff.tagnosize + i * tiff.tagsize)[0]
+                     for i in range(n)]
+            assert codes == sorted(codes) and len(set(codes)) == n, (page.index, codes)
+            if page.bitspersample != 1:
+                continue
+            ones += 1
+            tag = page.tags.get(258)
+            assert tag is not None, f"page {page.index} of {path}: no BitsPerSample"
+            assert (tag.dtype, tag.count, tag.value) == (3, 1, 1)
+            assert page in main  # (libtiff reads the main chain by index)
+            bits = imagecodecs.tiff_decode(data, index=main.index(page))
+            np.testing.assert_array_equal(np.asarray(bits, bool), page.asarray())
+    return ones
+
+
+def tiff_pages(file: Any) -> list[tuple[int, dict[int, Any], list[bytes]]]:
+    """Each page of the TIFF ``file`` (a path or a file object; SubIFDs after the main chain):
+    its bits per sample, its tags but where its data and SubIFDs are (code -> type, count,
+    value), its tiles' (strips') bytes: what a page is, wherever it is in the file."""
+    out = []
+    if hasattr(file, "seek"):
+        file.seek(0)  # (tifffile reads an open file from where it is)
+    with tifffile.TiffFile(file) as tf:
+        fh = tf.filehandle
+        pages = list(tf.pages)
+        for page in pages + [tifffile.TiffPages(p)[k] for p in pages
+                             for k in range(len(p.subifds or ()))]:
+            tags = {t.code: (t.dtype, t.count, np.asarray(t.value).tolist())
+                    for t in page.tags if t.code not in (273, 324, 330)}
+            tiles = []
+            for offset, size in zip(page.dataoffsets, page.databytecounts, strict=True):
+                fh.seek(offset)
+                tiles.append(fh.read(size))
+            out.append((page.bitspersample, tags, tiles))
     return out
 
 

@@ -196,3 +196,55 @@ def test_an_empty_segment_in_replaced_data_is_no_piece():
     segments = {"seg": b"012345", "a": b"01", "b": b"2345", "empty": b""}
     assert _bytes_of(recorder.pieces(), segments) == b"head012345tail"
     assert all(not isinstance(p, Span) or p.size for p in recorder.pieces())
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_a_1bit_pages_placeholder_becomes_its_bits_per_sample_in_place(bigtiff):
+    """tifffile writes no BitsPerSample on a 1-bit page (and takes none among extratags):
+    the placeholder entry it writes instead (``ONE_BIT_EXTRATAG``: after the private tags)
+    becomes BitsPerSample 1, SHORT, count 1, the entries sorted by code again; every other
+    tag and tile byte is what tifffile writes without the placeholder, classic and BigTIFF,
+    a TileOffsets held in its entry (a page of one tile) moved with it, the 8-bit page
+    between untouched. An IFD without the placeholder is refused."""
+    from conftest import one_bit_pages_state_their_bits, tiff_pages
+
+    from pipeline.adapters.tiff_header import (
+        ONE_BIT_EXTRATAG,
+        image_ifds,
+        state_bits_per_sample,
+    )
+
+    bits = np.random.default_rng(5).random((20, 40)) < 0.5
+
+    def write(fh, extratags):
+        with tifffile.TiffWriter(fh, bigtiff=bigtiff) as tw:
+            tw.write(bits, tile=(16, 16), compression="zlib", photometric="miniswhite",
+                     metadata=None, extratags=[(42113, "s", 0, "0", True), *extratags])
+            tw.write(np.arange(100, dtype=np.uint8).reshape(10, 10), compression="zlib",
+                     metadata=None)
+            tw.write(bits[:16, :16], tile=(16, 16), photometric=4, metadata=None,
+                     extratags=extratags)
+
+    plain = io.BytesIO()
+    write(plain, [])
+    recorder = LayoutRecorder()
+    write(recorder, [ONE_BIT_EXTRATAG])
+    (first,), (eight,), (last,) = image_ifds(recorder)
+    with pytest.raises(ValueError, match=f"the IFD at {eight} is no 1-bit page"):
+        state_bits_per_sample(recorder, eight)
+    state_bits_per_sample(recorder, first)
+    state_bits_per_sample(recorder, last)
+    stated = io.BytesIO(b"".join(p.data for p in recorder.pieces()))
+    new, old = tiff_pages(stated), tiff_pages(plain)
+    assert [bits for bits, _, _ in new] == [1, 8, 1]
+    for k, ((n, tags, tiles), (_, tags_before, tiles_before)) in enumerate(
+            zip(new, old, strict=True)):
+        assert tiles == tiles_before
+        if n == 1:
+            assert tags.pop(258) == (3, 1, 1) and 258 not in tags_before, k
+        assert tags == tags_before, k
+    assert one_bit_pages_state_their_bits(stated) == 2
+    stated.seek(0)
+    with tifffile.TiffFile(stated) as tf:
+        np.testing.assert_array_equal(tf.pages[0].asarray(), bits)
+        np.testing.assert_array_equal(tf.pages[2].asarray(), bits[:16, :16])

@@ -251,6 +251,46 @@ def _values_at(recorder: LayoutRecorder, ifd: int, tag: int, name: str) -> tuple
     raise ValueError(f"the IFD at {ifd} has no {name}")
 
 
+#: the code of the entry tifffile writes on each 1-bit page (SHORT, count 1, value 1) for
+#: :func:`state_bits_per_sample` to turn into BitsPerSample: tifffile writes no BitsPerSample
+#: on a 1-bit page (its TIFF default) and refuses one among ``extratags``. 65000-65535 are
+#: TIFF 6.0's reusable private codes; tiffpipe carries none of them from an input
+ONE_BIT_PLACEHOLDER = 65000
+#: the ``extratags`` entry of a 1-bit page: written on every page, not once a series
+ONE_BIT_EXTRATAG = (ONE_BIT_PLACEHOLDER, 3, 1, 1, False)
+#: BitsPerSample
+_BITS_PER_SAMPLE = 258
+
+
+def state_bits_per_sample(recorder: LayoutRecorder, ifd: int) -> None:
+    """Make the placeholder entry (:data:`ONE_BIT_EXTRATAG`) of the 1-bit page at ``ifd``
+    its BitsPerSample 1 (SHORT, count 1, the value in the entry), in place: the entries are
+    re-sorted by code (TIFF wants them ascending: it moves from the end, after the private
+    tags, to after ImageLength), every other byte of the file stays. Strict readers want the
+    tag (OpenSlide, libtiff's ``TIFFGetField``: "Cannot get required TIFF tag: 258"), and
+    GDAL's and libtiff's writers always write it. A value held in an entry moves with it:
+    find such a value (:func:`tile_offsets_at`) after this."""
+    count_size, n, raw = _raw_entries(recorder, ifd)
+    size = len(raw) // n
+    entries = [raw[i * size:(i + 1) * size] for i in range(n)]
+    codes = [struct.unpack("<H", e[:2])[0] for e in entries]
+    if ONE_BIT_PLACEHOLDER not in codes or _BITS_PER_SAMPLE in codes:
+        raise ValueError(f"the IFD at {ifd} is no 1-bit page written with ONE_BIT_EXTRATAG")
+    k = codes.index(ONE_BIT_PLACEHOLDER)
+    entries[k] = struct.pack("<H", _BITS_PER_SAMPLE) + entries[k][2:]
+    entries.sort(key=lambda e: struct.unpack("<H", e[:2])[0])
+    recorder.patch(ifd + count_size, b"".join(entries))
+
+
+def _raw_entries(recorder: LayoutRecorder, ifd: int) -> tuple[int, int, bytes]:
+    """The size of the entry count of the IFD at ``ifd``, the count, and its entries' bytes."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    count_size, entry = (8, 20) if bigtiff else (2, 12)
+    n = struct.unpack("<Q" if bigtiff else "<H", read(ifd, count_size))[0]
+    return count_size, n, read(ifd + count_size, n * entry)
+
+
 #: XResolution, YResolution, ResolutionUnit: tifffile writes them on every page (1/1, NONE
 #: when given no resolution), where the input's page had none
 RESOLUTION_TAGS = frozenset({282, 283, 296})
