@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
-from conftest import gdal_masked
+from conftest import gdal_masked, one_bit_pages_state_their_bits, tiff_pages
 from rasterio.enums import MaskFlags
 
 from pipeline import cli
@@ -160,8 +160,8 @@ WHERE = {273, 278, 279, 322, 323, 324, 325}
 def test_the_mask_page_is_laid_out_as_gdal_lays_out_its_own(runs, name):
     """The page right after its image: NewSubfileType 4, Photometric MASK, one 1-bit sample,
     deflate, tiled as the image page (or one strip, as it is), none of GDAL's tags missing
-    but those whose value is TIFF's default (BitsPerSample 1, ...), no other tag (no
-    resolution, software or description)."""
+    but those whose value is TIFF's default (PlanarConfiguration 1, ...; BitsPerSample 1 is
+    there, as GDAL writes it), no other tag (no resolution, software or description)."""
     job = runs["jobs"][name]
     with tifffile.TiffFile(job["input"]) as tf:
         gdal = {t.code for t in tf.pages[1].tags}
@@ -171,7 +171,8 @@ def test_the_mask_page_is_laid_out_as_gdal_lays_out_its_own(runs, name):
         assert (int(mask.subfiletype), int(mask.photometric), int(mask.compression)) == (4, 4, 8)
         assert (mask.samplesperpixel, mask.bitspersample, mask.shape) == (1, 1, image.shape[:2])
         assert set(tags) - WHERE <= gdal - WHERE
-        assert gdal - set(tags) - WHERE <= {258, 284, 317, 339}  # (their defaults)
+        assert gdal - set(tags) - WHERE <= {284, 317, 339}  # (their defaults)
+        assert tags[258] == 1
         assert mask.is_tiled == image.is_tiled
         if image.is_tiled:
             assert (mask.tilewidth, mask.tilelength) == (image.tilewidth, image.tilelength)
@@ -274,3 +275,70 @@ def test_a_job_that_leaves_masks_out_has_the_pyramid_as_before(runs):
     for k in range(3):
         with rasterio.open(job["output"], overview_level=k) as ds:
             assert list(ds.mask_flag_enums[0]) == [MaskFlags.all_valid]
+
+
+#: the jobs whose output carries the mask, and its 1-bit pages (masks; the bilevel job's
+#: image page too)
+ONE_BIT = {"rgb": 1, "rgb_batches": 1, "u16": 1, "small": 1, "bilevel": 2, "down": 1,
+           "down_turned": 1, "pyr_pages": 4, "pyr_subifds": 4}
+
+
+@pytest.mark.parametrize("name", list(ONE_BIT))
+def test_every_1bit_page_states_its_bits_per_sample(runs, name):
+    """Each mask (the page's, its levels') and the bilevel image page has BitsPerSample 1
+    (SHORT, count 1), which tifffile writes on no 1-bit page, the entries in ascending
+    order, and libtiff reads it as tifffile does; the pages without a mask carry none."""
+    assert one_bit_pages_state_their_bits(runs["jobs"][name]["output"]) == ONE_BIT[name]
+    off = name.split("_")[0] + "_off"
+    if off in runs["jobs"]:
+        assert one_bit_pages_state_their_bits(runs["jobs"][off]["output"]) == 0
+
+
+@pytest.mark.parametrize("name", ["rgb", "pyr_pages", "pyr_subifds"])
+def test_only_the_1bit_pages_gain_bits_per_sample(runs, name, tmp_path, monkeypatch):
+    """The output merged again as before (tifffile's layout of a mask page: no
+    BitsPerSample) against the output: every page that is not 1-bit has the same tags but
+    where its data is, and the same tile bytes; each mask the same, and BitsPerSample 1."""
+    from pipeline.adapters.segments import compose
+    from pipeline.adapters.tile_codec import MASK_WRITER_KWARGS
+    from pipeline.steps import layout
+    from pipeline.steps import merge as merge_mod
+    from pipeline.steps.common import forget_plans, load_plan
+
+    forget_plans()
+    job = runs["jobs"][name]
+    plan = load_plan(layout.plan_file(layout.job_dir(str(runs["root"] / "work"), job["job"])))
+    monkeypatch.setattr(merge_mod, "MASK_WRITER_KWARGS", {
+        k: v for k, v in MASK_WRITER_KWARGS.items() if k != "extratags"})
+    monkeypatch.setattr(merge_mod, "state_bits_per_sample", lambda recorder, ifd: None)
+    before = tmp_path / "before.tif"
+    compose(merge_mod.output_pieces(plan), str(before))
+    new, old = tiff_pages(job["output"]), tiff_pages(str(before))
+    assert [bits for bits, _, _ in new] == [bits for bits, _, _ in old]
+    assert sum(bits == 1 for bits, _, _ in new) == ONE_BIT[name]
+    for (bits, tags, tiles), (_, tags_before, tiles_before) in zip(new, old, strict=True):
+        assert tiles == tiles_before
+        if bits == 1:
+            assert tags.pop(258) == (3, 1, 1) and 258 not in tags_before
+        assert tags == tags_before
+
+
+def test_openslide_opens_a_masked_pyramid_of_pages(runs):
+    """OpenSlide (its generic-tiff reader) opens the levels-as-pages output of a masked page:
+    before, it failed on the mask pages ("Cannot get required TIFF tag: 258"). It takes
+    every tiled page marked reduced-resolution for a level, the level masks too (NewSubfileType
+    5), as it does a GDAL COG's: the page, then each level and its mask (the page's own mask,
+    NewSubfileType 4, is none); the image levels read as tifffile reads them."""
+    import openslide  # in the dev extra
+
+    path = runs["jobs"]["pyr_pages"]["output"]
+    with tifffile.TiffFile(path) as tf:
+        pages = [p.asarray() for p in tf.pages]
+    with openslide.OpenSlide(path) as slide:
+        assert slide.properties[openslide.PROPERTY_NAME_VENDOR] == "generic-tiff"
+        assert slide.level_dimensions == ((250, 400), (125, 200), (125, 200), (63, 100),
+                                          (63, 100), (32, 50), (32, 50))
+        for level, page in [(0, 0), (1, 2), (3, 4), (5, 6)]:
+            width, height = slide.level_dimensions[level]
+            rgba = np.asarray(slide.read_region((0, 0), level, (width, height)))
+            np.testing.assert_array_equal(rgba[..., :3], pages[page], err_msg=f"level {level}")

@@ -31,7 +31,7 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
-from conftest import gdal_masked, pyramid_levels
+from conftest import gdal_masked, one_bit_pages_state_their_bits, pyramid_levels
 
 from pipeline import cli
 from pipeline.adapters import segments, storage
@@ -318,6 +318,10 @@ S3_JOBS: dict[str, dict[str, Any]] = {
         "tile": 128, "pyramid": True, "pyramid_layout": "pages"}},
     "masked_pyramid_batches": {"input": "masked.tif", "ops": MASKED_OPS, "fuse": False,
                                "output_options": {"tile": 128, "pyramid": True}},
+    # a 1-bit output: group4 (laid out as deflate, its Compression tag set after)
+    "bilevel": {"input": "two.tif", "pages": [0], "ops": [
+        {"op": "to_gray"}, {"op": "threshold", "value": 128}],
+        "output_options": {"tile": 128, "bilevel": True, "compression": "group4"}},
 }
 
 
@@ -373,8 +377,9 @@ def test_moto_copies_inclusive_byte_ranges(s3):
 
 
 #: the jobs whose output tifffile writes alike from the real tiles: not the masked GeoTIFF's,
-#: whose pages have no resolution (merge drops the one tifffile writes on every page)
-TIFFFILE_ALIKE = [n for n in S3_JOBS if not n.startswith("masked")]
+#: whose pages have no resolution (merge drops the one tifffile writes on every page), nor
+#: any with 1-bit pages (merge states their BitsPerSample, which tifffile does not write)
+TIFFFILE_ALIKE = [n for n in S3_JOBS if not n.startswith(("masked", "bilevel"))]
 
 
 @pytest.mark.parametrize("job", [list(S3_JOBS).index(n) for n in TIFFFILE_ALIKE],
@@ -440,6 +445,7 @@ def test_s3_merge_lays_the_mask_page_out(s3, name):
     got = _merged_alike(s3, name)
     with tifffile.TiffFile(got) as tf:
         assert [(int(p.subfiletype), int(p.photometric)) for p in tf.pages] == [(0, 2), (4, 4)]
+    assert one_bit_pages_state_their_bits(got) == 1
     _, valid = _masked_scene()
     with rasterio.open(got) as ds:
         np.testing.assert_array_equal(ds.read_masks(1) > 0,
@@ -459,6 +465,7 @@ def test_s3_merge_lays_the_levels_masks_out(s3, name, chain):
     got = _merged_alike(s3, name)
     with tifffile.TiffFile(got) as tf:
         assert [int(p.subfiletype) for p in tf.pages] == chain
+    assert one_bit_pages_state_their_bits(got) == 4  # (the masks)
     valid = np.rot90(_masked_scene()[1], -1)[50:850, 30:630]
     with rasterio.open(got) as ds:
         assert ds.overviews(1) == [2, 4, 8]
@@ -466,6 +473,19 @@ def test_s3_merge_lays_the_levels_masks_out(s3, name, chain):
         with rasterio.open(got, overview_level=k) as ds:
             blocks = valid.reshape(800 // f, f, 600 // f, f)
             np.testing.assert_array_equal(ds.read_masks(1) > 0, blocks.any(axis=(1, 3)))
+    assert _uploads(s3) == []
+
+
+def test_s3_merge_of_a_1bit_output(s3):
+    """The S3 merge of a 1-bit (group4) output: the same bytes as the local concatenation
+    of the same layout, BitsPerSample 1 stated, the bits those of the threshold."""
+    got = _merged_alike(s3, "bilevel")
+    assert one_bit_pages_state_their_bits(got) == 1
+    with tifffile.TiffFile(got) as tf:
+        assert int(tf.pages[0].compression) == 4
+        bits = tf.pages[0].asarray()
+    gray = _smooth(700, 900, 3, 1).astype(np.float64) @ [0.299, 0.587, 0.114]
+    assert abs(int(bits.sum()) - int((gray.round() <= 128).sum())) < 0.01 * bits.size
     assert _uploads(s3) == []
 
 

@@ -59,6 +59,7 @@ import numpy as np
 import tifffile
 
 from pipeline import __version__
+from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.geometry import (
     MODEL_PIXEL_SCALE,
     MODEL_TAGS,
@@ -709,8 +710,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     (:func:`geo_placed`; what cannot be moved is refused before:
     :func:`pipeline.core.geometry.georeferenced`) and drops XMP and an Aperio
     description. ``bilevel``: a 1-bit output page (0 and 255 stored as bits): miniswhite,
-    as 1-bit scans and fax are, and its GDAL_NODATA the bit of that value (255: 0, 0: 1;
-    another value marks no pixel: dropped)."""
+    as 1-bit scans and fax are, its GDAL_NODATA the bit of that value (255: 0, 0: 1;
+    another value marks no pixel: dropped), and the entry merge makes its BitsPerSample
+    (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`)."""
     md = info.metadata or {}
     palette = info.photometric == "palette" and channels == 1 and "colormap" in md
     photometric, extrasamples = photometric_of(info, channels, bands)
@@ -769,6 +771,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if bilevel:
         kwargs["photometric"] = "miniswhite"
         extratags = [tag for tag in map(_bilevel_nodata, extratags) if tag is not None]
+        extratags.append(ONE_BIT_EXTRATAG)  # (merge makes it BitsPerSample 1)
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs

@@ -21,6 +21,7 @@ import imagecodecs
 import numpy as np
 from tifffile import TIFF
 
+from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions
 from pipeline.core.plan import explain_conversion
 from pipeline.errors import (
@@ -216,10 +217,12 @@ def _bilevel_encode(tag: int, black: np.ndarray, args: dict[str, Any]) -> bytes:
 MASK_LEVEL = 6
 #: ``TiffWriter.write`` arguments of an internal mask page, as GDAL writes one: 1 bit (a
 #: tifffile bool page), NewSubfileType 4, Photometric MASK, deflate (Compression 8), no
-#: software or description; merge drops the resolution tifffile adds
+#: software or description; merge drops the resolution tifffile adds, and makes the
+#: placeholder entry BitsPerSample 1 (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`)
 MASK_WRITER_KWARGS: dict[str, Any] = {
     "dtype": bool, "photometric": 4, "subfiletype": 4, "compression": _TAGS["deflate"],
-    "compressionargs": {"level": MASK_LEVEL}, "software": False, "metadata": None}
+    "compressionargs": {"level": MASK_LEVEL}, "software": False, "metadata": None,
+    "extratags": [ONE_BIT_EXTRATAG]}
 
 
 def encode_mask(valid: np.ndarray) -> bytes:

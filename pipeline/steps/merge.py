@@ -51,6 +51,7 @@ from pipeline.adapters.tiff_header import (
     drop_entries,
     image_ifds,
     set_compression,
+    state_bits_per_sample,
     tile_offsets_at,
 )
 from pipeline.adapters.tile_codec import GROUP4, MASK_WRITER_KWARGS, OutputEncoder
@@ -196,9 +197,16 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                 else:
                     budget -= short
     unresolved = [i for i, page in enumerate(plan.pages) if not _has_resolution(page)]
+    bilevel = plan.spec.output_options.bilevel
     group4 = plan.spec.output_options.compression == "group4"
-    if reorder or unresolved or group4 or masked:
+    if reorder or unresolved or bilevel or masked:
         ifds = image_ifds(recorder)
+        # every 1-bit page (a bilevel output's, a mask) states its BitsPerSample, in the
+        # entry tifffile wrote for it (entries move: first)
+        for i, page_ifds in enumerate(ifds):
+            for j, ifd in enumerate(page_ifds):
+                if bilevel or j in masked.get(i, ()):
+                    state_bits_per_sample(recorder, ifd)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
         # (last: a TileOffsets held in its entry moves with it) a page without a
