@@ -342,3 +342,46 @@ def test_openslide_opens_a_masked_pyramid_of_pages(runs):
             width, height = slide.level_dimensions[level]
             rgba = np.asarray(slide.read_region((0, 0), level, (width, height)))
             np.testing.assert_array_equal(rgba[..., :3], pages[page], err_msg=f"level {level}")
+
+
+
+@pytest.fixture(scope="module")
+def thumb_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A job on a file of two masked pages with a thumbnail between them: an image of its own
+    (other samples than the page before it: not its overview), kept marked reduced-resolution
+    (NewSubfileType 1), as an Aperio label is."""
+    root = tmp_path_factory.mktemp("thumb")
+    _, valid = collar(48, 64, 4)
+    gray = (np.arange(48 * 64) % 251).reshape(48, 64).astype(np.uint8)
+    thumb = np.full((12, 16, 3), (200, 100, 50), np.uint8)
+    with tifffile.TiffWriter(root / "in.tif") as tw:
+        tw.write(gray, tile=(16, 16), compression="zlib")
+        tw.write(valid, compression="zlib", subfiletype=4)
+        tw.write(thumb, compression="zlib", subfiletype=1)
+        tw.write(gray[::-1], tile=(16, 16), compression="zlib")
+        tw.write(valid[::-1], compression="zlib", subfiletype=4)
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": str(root / "in.tif"), "output": str(root / "out.tif"), "tile": 64,
+        "output_options": {"tile": 16}}]}))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["run", str(manifest), "--workers", "2"])
+    report = json.loads((root / "m.report.json").read_text())
+    return {"code": code, "report": report, "job": report["jobs"][0], "manifest": manifest,
+            "pages": [gray, valid, thumb, gray[::-1], valid[::-1]]}
+
+
+def test_a_page_kept_marked_reduced_between_masked_pages(thumb_run):
+    """merge tells the output's pages apart by what it wrote for each, not by their marks:
+    before, it took the thumbnail for a level of the page before it and failed the job
+    with an IndexError. Each mask follows its page, the thumbnail stays marked."""
+    job = thumb_run["job"]
+    assert thumb_run["code"] == 0 and job["status"] == "SUCCEEDED", job
+    assert job["pages"] == 3 and job["masks"] == 2 and job["input_pages"] == [0, 2, 3]
+    with tifffile.TiffFile(job["output"]) as tf:
+        assert [int(p.subfiletype) for p in tf.pages] == [0, 4, 1, 0, 4]
+        pages = [p.asarray() for p in tf.pages]
+    for got, want in zip(pages, thumb_run["pages"], strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert one_bit_pages_state_their_bits(job["output"]) == 2
+

@@ -166,34 +166,32 @@ class LayoutRecorder(io.RawIOBase):
         return sum(len(b) for _, b in self._extents)
 
 
-#: NewSubfileType bit 0: a reduced-resolution version of the page before it; bit 2: its
-#: transparency mask (merge writes a page's internal mask right after it)
-_REDUCED, _MASK = 0b1, 0b100
-
-
-def image_ifds(recorder: LayoutRecorder) -> list[list[int]]:
+def image_ifds(recorder: LayoutRecorder, sizes: list[int] | None = None) -> list[list[int]]:
     """The IFD positions of the recorded file: one list per output page, the page's own IFD
-    first, then its pyramid levels in order: its SubIFDs, or the pages after it marked
-    reduced-resolution (NewSubfileType bit 0: ``pyramid_layout`` "pages"; an output page of
-    its own never is, as an overview processed as a page is unmarked), and its internal mask
-    and its levels' (bit 2, the pages after it: an output page never has that bit)."""
+    first, then its SubIFDs (its pyramid levels), then the IFDs after it in the main chain
+    that belong to it (its levels as pages, its internal mask and its levels'), in file
+    order. ``sizes``: how many IFDs each output page wrote, all told (None: one IFD each,
+    and its SubIFDs). The marks do not tell: a page processed as an image of its own may be
+    marked reduced-resolution (a thumbnail of other samples, an Aperio label)."""
     read = recorder.read
     bigtiff = read(2, 2) == b"+\x00"
     word, fmt = (8, "<Q") if bigtiff else (4, "<I")
     pos = struct.unpack(fmt, read(8 if bigtiff else 4, word))[0]
-    pages = []
+    chain = []  # each main-chain IFD, with its SubIFDs
     while pos:
         entries = _entries(recorder, pos, bigtiff)
-        subs = []
-        if 330 in entries:
-            subs = list(entries[330])
-        if pages and not subs and entries.get(254, (0,))[0] & (_REDUCED | _MASK):
-            pages[-1].append(pos)  # a level or the mask of the page before it
-        else:
-            pages.append([pos, *subs])
+        chain.append([pos, *entries.get(330, ())])
         count_size = 8 if bigtiff else 2
         n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
         pos = struct.unpack(fmt, read(pos + count_size + n * (20 if bigtiff else 12), word))[0]
+    if sizes is None:
+        return chain
+    pages: list[list[int]] = []
+    for size in sizes:
+        page: list[int] = []
+        while len(page) < size and chain:
+            page += chain.pop(0)
+        pages.append(page)
     return pages
 
 

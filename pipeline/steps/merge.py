@@ -181,10 +181,12 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
     masked: dict[int, list[int]] = {}  # page -> the positions of its mask IFDs among its IFDs
+    sizes: list[int] = []  # how many IFDs each page wrote (its levels and masks too)
     with tifffile.TiffWriter(recorder, bigtiff=bigtiff_output(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
             written = _write_page(writer, plan, i, page)
+            sizes.append(len(written))
             if any(is_mask for _, is_mask in written):
                 masked[i] = [j for j, (_, is_mask) in enumerate(written) if is_mask]
             for j, (table, _) in enumerate(written):
@@ -200,7 +202,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     bilevel = plan.spec.output_options.bilevel
     group4 = plan.spec.output_options.compression == "group4"
     if reorder or unresolved or bilevel or masked:
-        ifds = image_ifds(recorder)
+        ifds = image_ifds(recorder, sizes)
         # every 1-bit page (a bilevel output's, a mask) states its BitsPerSample, in the
         # entry tifffile wrote for it (entries move: first)
         for i, page_ifds in enumerate(ifds):
