@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.adapters import png_write, storage
 from pipeline.adapters.metadata import ORIENTATION
-from pipeline.adapters.tiff_read import open_tiff
+from pipeline.adapters.tiff_read import classified, open_tiff, page_count
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.ops import chain_turns
 from pipeline.core.record import record
@@ -138,13 +138,16 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
 
 
 def _image_pages(url: str) -> list[int]:
-    """The indices of a TIFF's pages that are not reduced-resolution ones or masks
-    (NewSubfileType bit 0: ``pyramid_layout`` "pages" writes each page's levels as pages
-    after it; bit 2: a page's internal mask, carried after it); [] if it cannot be read
+    """The indices of an output's pages that are its job's pages: not masks nor levels (the
+    pages a job without ``pages`` would process of it: :func:`classified`; ``pyramid_layout``
+    "pages" writes each page's levels as pages after it, marked reduced-resolution, and a
+    page's internal mask is carried after it, while a processed page may be marked
+    reduced-resolution itself, a thumbnail or a slide's label); [] if it cannot be read
     (its rows then show what it holds at their position, or why not)."""
     try:
         with open_tiff(url) as tf:
-            return [i for i, page in enumerate(tf.pages) if not int(page.subfiletype) & 0b101]
+            return [i for i, _, why in classified(tf, url, page_count(tf, url), aperio=False)
+                    if why is None]
     except (TiffpipeError, tifffile.TiffFileError, OSError, ValueError):
         return []
 

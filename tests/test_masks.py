@@ -385,3 +385,16 @@ def test_a_page_kept_marked_reduced_between_masked_pages(thumb_run):
         np.testing.assert_array_equal(got, want)
     assert one_bit_pages_state_their_bits(job["output"]) == 2
 
+
+def test_the_contact_sheet_draws_a_page_kept_marked_reduced(thumb_run):
+    """The contact sheet's row of each input page shows its output page: the thumbnail's
+    (file page 2, marked reduced-resolution) and the page after it (file page 3), not the
+    one in the other's place (before, it skipped every page marked reduced-resolution)."""
+    from pipeline.contact_sheet import sheet_rows
+    from pipeline.core.manifest import parse_manifest
+
+    manifest = thumb_run["manifest"]
+    specs = parse_manifest(json.loads(manifest.read_text()), str(manifest),
+                           str(manifest.parent))
+    rows = sheet_rows(thumb_run["report"], specs)
+    assert [(row.in_page, row.out_file_page) for row in rows] == [(0, 0), (2, 2), (3, 3)]

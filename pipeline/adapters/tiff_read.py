@@ -1176,13 +1176,15 @@ def _marked(page: tifffile.TiffPage) -> bool:
     return bool(int(page.subfiletype) & (REDUCED_IMAGE | TRANSPARENCY_MASK)) or is_mask(page)
 
 
-def classified(tf: tifffile.TiffFile, url: str, count: int
+def classified(tf: tifffile.TiffFile, url: str, count: int, aperio: bool = True
                ) -> Iterator[tuple[int, tifffile.TiffPage, LeftOut | None]]:
     """Every page of the file in order, each with why a job without ``pages`` leaves it
     out (:func:`_derived`: a mask or an overview of the image page before it), or None: an
     image page. Each IFD is read once, and let go after its page (a file of 10,000 pages
-    is never held whole)."""
-    svs = bool(tf.pages.first.is_svs)
+    is never held whole). ``aperio`` False: an Aperio SVS file's pages are told apart as
+    any file's (a tiffpipe output's, whose levels as pages merge marks reduced-resolution,
+    while its label stays an image)."""
+    svs = aperio and bool(tf.pages.first.is_svs)
     base: tuple[Any, ...] | None = None
     for i in range(count):
         page = get_page(tf, url, i)
