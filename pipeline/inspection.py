@@ -289,8 +289,10 @@ def text(doc: dict[str, Any]) -> Iterator[str]:
         processed = len(pages) - len(left) - len(refused) - len(carried)
         said = [f"processes {processed} page(s)"]
         if carried:
-            said.append(f"carries page{'s' if len(carried) > 1 else ''} {_ranges(carried)} "
-                        "(internal masks) after their pages")
+            many = len(carried) > 1
+            said.append(f"carries page{'s' if many else ''} {_ranges(carried)} "
+                        + ("(internal masks) after their pages" if many else
+                           "(an internal mask) after its page"))
         if left:
             said.append(f"leaves out page{'s' if len(left) > 1 else ''} {_ranges(left)} "
                         "(masks and overviews)")

@@ -73,8 +73,8 @@ def test_an_internal_mask_is_said_carried(tmp_path: Path, capsys: pytest.Capture
          "mask of page 0: written after its output page (output_options.masks; reduced "
          "with downsample and for pyramid levels; not with ome), never processed (a job that "
          "lists it fails)"),
-        ("  a job without pages: processes 1 page(s); carries page 1 (internal masks) after "
-         "their pages")]
+        ("  a job without pages: processes 1 page(s); carries page 1 (an internal mask) "
+         "after its page")]
 
 
 def test_thousands_of_identical_pages_are_one_line_and_json_gives_each(
