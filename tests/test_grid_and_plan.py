@@ -491,6 +491,31 @@ def test_levels_as_pages_of_an_aperio_slide_are_refused_while_it_stays_one():
     assert problems([], dataclasses.replace(slide, metadata={}), **pages) == []
 
 
+def test_levels_as_pages_of_an_output_of_several_pages_are_refused():
+    """GDAL lists the later pages' level pages (``pyramid_layout`` "pages") among the first
+    page's overviews (800 x 600 and 500 x 400 pages, 3 levels each: [2, 4, 8, 3, 6]), and
+    OpenSlide takes them for levels of one slide: make_plan refuses a job of several pages
+    that asks for them, once, telling how many pages and what to write instead (a job per
+    page, or SubIFDs); a job of one page of the file, SubIFD levels, and no pyramid stay
+    allowed, and an Aperio slide's refusal is told alone (a job per page of it is refused
+    too)."""
+    two = [info(0, 800, 600, 3), info(3, 500, 400, 3)]
+    pages = {"pyramid": True, "pyramid_layout": "pages"}
+
+    def problems(infos, **options):
+        return _spec_plan([{"op": "invert"}], infos, 1024, 128, **options)[1]
+
+    refused = problems(two, **pages)
+    assert len(refused) == 1 and refused[0].startswith("the output would have 2 pages (0, 3)")
+    assert "GDAL" in refused[0] and "OpenSlide" in refused[0]
+    assert '"pages": [n]' in refused[0] and '"pyramid_layout": "subifds"' in refused[0]
+    assert plan_mod.grouped_by_page(refused) == refused
+    assert problems(two[1:], **pages) == []
+    assert problems(two, pyramid=True) == problems(two) == []
+    slides = [dataclasses.replace(i, metadata={"aperio": True}) for i in two]
+    assert [p[:29] for p in problems(slides, **pages)] == ["page 0: an Aperio SVS slide's"]
+
+
 def test_a_page_in_huge_tiles_is_cut_at_its_tiles():
     """Input tiles wider than a processing tile are decoded whole by each unit column chunk
     that needs a part of them: a 16384 px RGB page in 8192 px zstd tiles was cut into 16

@@ -85,7 +85,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         problems += [f"page {info.index}: {p}" for p in
                      why + geometry.georeferenced(chain, info.metadata)]
         placed.append(replace(info, height=height, width=width))
-    problems += geometry_problems(layout, spec, placed) + aperio_problems(spec, layout, infos)
+    problems += geometry_problems(layout, spec, placed) + level_page_problems(spec, layout, infos)
     transposed = geometry.transposes(chain)
     for info, sized in zip(infos, placed, strict=True):
         tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, sized)
@@ -272,20 +272,39 @@ def stays_aperio(info: PageInfo, layout: ChainLayout) -> bool:
         and not any(map(geometry.transform_of, layout.calls))
 
 
-def aperio_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo]) -> list[str]:
-    """Level pages (``pyramid_layout`` "pages") of an output that stays an Aperio slide: its
-    levels are pages of the file already, and OpenSlide's Aperio reader takes every tiled
-    page for a level of the slide (the added ones too: 5 levels of a slide of 3, two of them
-    the same size, and the thumbnail lost)."""
+def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo]
+                        ) -> list[str]:
+    """Level pages (``pyramid_layout`` "pages") where the readers they are for misread them:
+
+    - an output that stays an Aperio slide: its levels are pages of the file already, and
+      OpenSlide's Aperio reader takes every tiled page for a level of the slide (the added
+      ones too: 5 levels of a slide of 3, two of them the same size, and the thumbnail
+      lost);
+    - an output of more than one page: GDAL lists the later pages' levels among the first
+      page's overviews (pages of 800 x 600 and 500 x 400 with 3 levels each gave overviews
+      ``[2, 4, 8, 3, 6]`` of page 0: QGIS showed page 1's pixels zoomed out on page 0), and
+      OpenSlide's generic reader takes them for levels of one slide.
+
+    A job of one page (``pages`` picks it) and SubIFD levels stay allowed."""
     options = spec.output_options
     if not options.pyramid or options.pyramid_layout != "pages":
         return []
-    return [f"page {info.index}: an Aperio SVS slide's levels are pages of its file already, "
-            'and its output stays that slide: OpenSlide would take the level pages of '
-            '"pyramid_layout": "pages" for more levels of it; drop "pyramid" (the slide\'s '
-            'own levels are processed as its pages), or write them as SubIFDs '
-            '("pyramid_layout": "subifds", which OpenSlide does not read)'
-            for info in infos if stays_aperio(info, layout)][:1]
+    aperio = [f"page {info.index}: an Aperio SVS slide's levels are pages of its file "
+              "already, and its output stays that slide: OpenSlide would take the level "
+              'pages of "pyramid_layout": "pages" for more levels of it; drop "pyramid" (the '
+              "slide's own levels are processed as its pages), or write them as SubIFDs "
+              '("pyramid_layout": "subifds", which OpenSlide does not read)'
+              for info in infos if stays_aperio(info, layout)][:1]
+    if aperio or len(infos) < 2:  # (a job per page of a slide would be refused the same)
+        return aperio
+    pages = _ranges([info.index for info in infos])
+    return [(f"the output would have {len(infos)} pages ({pages}), "
+            'each followed by its levels as pages ("pyramid_layout": "pages"): GDAL would '
+            "list the later pages' levels among the first page's overviews (a viewer zoomed "
+            "out on the first page shows another page's pixels), and OpenSlide would take "
+            'them for levels of one slide; give each page a job of its own ("pages": [n], '
+            'each with its own output), or write the levels as SubIFDs ("pyramid_layout": '
+            '"subifds")')]
 
 
 def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
