@@ -282,8 +282,9 @@ def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo
       lost);
     - an output of more than one page: GDAL lists the later pages' levels among the first
       page's overviews (pages of 800 x 600 and 500 x 400 with 3 levels each gave overviews
-      ``[2, 4, 8, 3, 6]`` of page 0: QGIS showed page 1's pixels zoomed out on page 0), and
-      OpenSlide's generic reader takes them for levels of one slide.
+      ``[2, 4, 8, 3, 6]`` of page 0, two of them page 1's: a viewer zoomed out on page 0
+      would read page 1's pixels), and OpenSlide's generic reader takes them for levels of
+      one slide.
 
     A job of one page (``pages`` picks it) and SubIFD levels stay allowed."""
     options = spec.output_options
