@@ -66,8 +66,7 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     ``error``, with the pages read before it."""
     from pipeline.adapters.tiff_read import (
         check_chain_end,
-        classified,
-        internal_mask,
+        classified_masks,
         keeps_palette,
         open_tiff,
         page_count,
@@ -94,12 +93,10 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
                 check_chain_end(tf, url, count)
             except CorruptTiffError as exc:  # a job without pages fails on it
                 doc["chain_error"] = str(exc)
-            before = None  # (the page before, when it is an image)
-            for i, page, why in classified(tf, url, count):
+            for i, page, why, mask in classified_masks(tf, url, count):
                 entry, info = _page(page, url, i, why, keep)
-                if why and before is not None and internal_mask(before, page):
+                if mask:
                     entry["default_job"] = "carried"  # (pipeline.steps.masks)
-                before = None if why else page
                 pages.append(entry)
                 if info is not None:
                     infos.append(info)

@@ -1195,6 +1195,16 @@ def classified(tf: tifffile.TiffFile, url: str, count: int, aperio: bool = True
             base = _sampling(i, page)
 
 
+def classified_masks(tf: tifffile.TiffFile, url: str, count: int
+                     ) -> Iterator[tuple[int, tifffile.TiffPage, LeftOut | None, bool]]:
+    """:func:`classified`, each page also with whether it is the internal mask of the image
+    page right before it (:func:`internal_mask`), which a job carries into its output."""
+    before: tifffile.TiffPage | None = None  # (the page before, when it is an image)
+    for i, page, why in classified(tf, url, count):
+        yield i, page, why, bool(why) and before is not None and internal_mask(before, page)
+        before = None if why else page
+
+
 def _mask_listed(url: str, index: int, page: tifffile.TiffPage, of: int | None,
                  images: list[int]) -> UnsupportedTiffError:
     """The error of a job that lists a mask page: which it is, and the image pages to list."""
@@ -1260,16 +1270,12 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         infos: list[PageInfo] = []
         if pages is None:
             image_pages = 0
-            before: tifffile.TiffPage | None = None  # (the page before, when it is an image)
-            for i, page, why in classified(tf, url, count):
+            for i, page, why, mask in classified_masks(tf, url, count):
                 if why:
                     left.append(why)
-                    if (before is not None and infos and infos[-1].index == i - 1
-                            and internal_mask(before, page)):
+                    if mask and infos and infos[-1].index == i - 1:  # (its image was read)
                         infos[-1] = replace(infos[-1], mask_ifd=int(page.offset))
-                    before = None
                 else:
-                    before = page
                     image_pages += 1
                     if (info := info_of(page, i)) is not None:
                         infos.append(info)
