@@ -89,6 +89,12 @@ def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = Non
     """
     if nearest:
         return block[0::2, 0::2].copy()
+    if valid is not None and nodata is None:  # a masked page without no-data: most of its
+        if not valid.any():  # blocks are all valid or none (its inside, its collar), which
+            h, w = block.shape[:2]  # need no count of the pixels left out
+            return np.zeros(((h + 1) // 2, (w + 1) // 2) + block.shape[2:], block.dtype)
+        if valid.all():
+            valid = None
     if nodata is not None or valid is not None:
         return _masked_reduce2(block, nodata, valid)
     h, w = block.shape[:2]
