@@ -180,15 +180,13 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     recorder = LayoutRecorder()
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
-    masked: dict[int, list[int]] = {}  # page -> the positions of its mask IFDs among its IFDs
-    sizes: list[int] = []  # how many IFDs each page wrote (its levels and masks too)
+    # each page's IFDs (its own, its levels', masks'), in file order: whether a mask
+    masks: list[list[bool]] = []
     with tifffile.TiffWriter(recorder, bigtiff=bigtiff_output(plan),
                              ome=plan.spec.output_options.ome) as writer:
         for i, page in enumerate(plan.pages):
             written = _write_page(writer, plan, i, page)
-            sizes.append(len(written))
-            if any(is_mask for _, is_mask in written):
-                masked[i] = [j for j, (_, is_mask) in enumerate(written) if is_mask]
+            masks.append([is_mask for _, is_mask in written])
             for j, (table, _) in enumerate(written):
                 runs = table.run_sizes()
                 # what row-major order would read through: the runs too short to copy
@@ -198,29 +196,27 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                     reorder[i, j] = table
                 else:
                     budget -= short
-    unresolved = [i for i, page in enumerate(plan.pages) if not _has_resolution(page)]
+    unresolved = [not _has_resolution(page) for page in plan.pages]
     bilevel = plan.spec.output_options.bilevel
     group4 = plan.spec.output_options.compression == "group4"
-    if reorder or unresolved or bilevel or masked:
-        ifds = image_ifds(recorder, sizes)
+    if reorder or any(unresolved) or bilevel or any(map(any, masks)):
+        ifds = image_ifds(recorder, [len(page_masks) for page_masks in masks])
+        each = [(i, ifd, mask) for i, (page_ifds, page_masks) in enumerate(zip(ifds, masks))
+                for ifd, mask in zip(page_ifds, page_masks, strict=True)]
         # every 1-bit page (a bilevel output's, a mask) states its BitsPerSample, in the
         # entry tifffile wrote for it (entries move: first)
-        for i, page_ifds in enumerate(ifds):
-            for j, ifd in enumerate(page_ifds):
-                if bilevel or j in masked.get(i, ()):
-                    state_bits_per_sample(recorder, ifd)
+        for _, ifd, mask in each:
+            if bilevel or mask:
+                state_bits_per_sample(recorder, ifd)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
         # (last: a TileOffsets held in its entry moves with it) a page without a
         # resolution drops tifffile's; a mask page (its page's and its levels') always does
-        for i in sorted(set(unresolved) | set(masked)):
-            for ifd in ifds[i] if i in unresolved else [ifds[i][j] for j in masked[i]]:
+        for i, ifd, mask in each:
+            if unresolved[i] or mask:
                 drop_entries(recorder, ifd, RESOLUTION_TAGS)
-        for i, page_ifds in enumerate(ifds) if group4 else []:  # (laid out as deflate: see
-            # writer_kwargs; a mask page stays deflate)
-            for j, ifd in enumerate(page_ifds):
-                if j not in masked.get(i, []):
-                    set_compression(recorder, ifd, GROUP4)
+            if group4 and not mask:  # (laid out as deflate: see writer_kwargs; a mask page
+                set_compression(recorder, ifd, GROUP4)  # stays deflate)
     return recorder.pieces()
 
 
