@@ -61,7 +61,7 @@ from pipeline.core.job_fields import (
     unknown_fields,
 )
 from pipeline.core.models import DEFAULT_TILE, JobSpec, OutputOptions
-from pipeline.core.record import record
+from pipeline.core.record import field_values, record
 from pipeline.errors import ManifestError
 
 TOP_FIELDS = ("defaults", "jobs", "scan")
@@ -295,9 +295,7 @@ class ScanFindings:
     jobs: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"input": self.input, "output": self.output, "tiffs": self.tiffs,
-                "done_before": self.done_before, "left_out": dict(self.left_out),
-                "jobs": self.jobs}
+        return field_values(self) | {"left_out": dict(self.left_out)}
 
 
 def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
