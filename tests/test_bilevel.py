@@ -12,20 +12,26 @@ value other than 0 and 255, with no output published.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
 from conftest import one_bit_pages_state_their_bits
 from PIL import Image
 
+from pipeline import cli, handlers
+from pipeline import estimate as est
 from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.manifest import parse_manifest
 from pipeline.core.models import OutputOptions
-from pipeline.errors import ManifestError
+from pipeline.core.ops import GRAYING_SIGMA, OPS, apply_chain, chain_from_json, chain_grays
+from pipeline.errors import ManifestError, OperationError
 from pipeline.runner import run_local
 
 CORPUS = Path(__file__).parent / "data" / "libtiff"
@@ -372,3 +378,202 @@ def test_group4_compression_tag_is_set_in_classic_and_bigtiff_ifds(bigtiff):
         # (tifffile writes no BitsPerSample on a 1-bit page: merge states it from the entry
         # output_tags adds, test_every_page_states_bits_per_sample)
         assert entries[259] == (4,) and 258 not in entries and entries[262] == (0,)
+
+
+# --- chains that gray a 1-bit output: refused when the job is planned ---------------------
+
+#: a user op that grays (a box filter): its output is known only when it runs
+GRAYING_MODULE = "tiffpipe_test_bilevel_userops"
+
+
+def grays_refusal(index: int, name: str) -> str:
+    """The one refusal of a chain that grays a 1-bit output, as planning words it."""
+    return (f"output_options.bilevel: ops[{index}] ({name}) makes gray values wherever black "
+            "and white meet, and a 1-bit output holds 0 and 255 only; add {\"op\": "
+            '"threshold", "value": 127} (or otsu_threshold) after it, or drop "bilevel" for '
+            "an 8-bit output")
+
+
+#: an op of each kind of Op.binary, with parameters ("" ops: not known before the pixels)
+BINARY_KINDS = {
+    "makes": [{"op": "threshold", "value": 100}, {"op": "otsu_threshold"},
+              {"op": "canny", "low": 50, "high": 150}],
+    "keeps": [{"op": "rotate", "angle": 90}, {"op": "flip", "axis": "vertical"},
+              {"op": "crop", "x": 3, "y": 5, "width": 40, "height": 30}, {"op": "invert"},
+              {"op": "dilate", "ksize": 3}, {"op": "erode", "ksize": 5, "iterations": 2},
+              {"op": "median_blur", "ksize": 5}, {"op": "gamma", "gamma": 0.4},
+              {"op": "normalize"}, {"op": "select_bands", "bands": [0]}],
+    "grays": [{"op": "gaussian_blur", "sigma": GRAYING_SIGMA},
+              {"op": "gaussian_blur", "sigma": 3}, {"op": "downsample", "factor": 2}],
+    "": [{"op": "gaussian_blur", "sigma": 0.2}, {"op": "unsharp_mask", "sigma": 1},
+         {"op": "to_gray"}, {"op": "convert", "dtype": "uint8"}, {"op": "equalize_hist"},
+         {"op": "percentile_stretch"}, {"op": "clahe", "cell": 8},
+         {"op": "normalized_difference", "a": 0, "b": 1}, {"op": "custom", "function": "m:f"}],
+}
+
+
+@pytest.mark.parametrize("kind", list(BINARY_KINDS))
+def test_each_op_does_to_black_and_white_what_it_is_said_to(kind):
+    """Op.binary of every op in the registry, checked on the op's own pixels: a 0/255 page
+    (noise and an edge; a gray scan for the ops that make black and white) comes out 0/255
+    only of ops that keep or make them, and with grays of ops that gray them."""
+    named = {op["op"] for ops in BINARY_KINDS.values() for op in ops}
+    assert named == set(OPS)  # (a new op says what it does to a 1-bit output's pixels)
+    page = np.where(np.random.default_rng(1).random((64, 80)) < 0.3, 0, 255).astype(np.uint8)
+    page[:, 40:] = 255
+    page[20:, 40:60] = 0
+    for op in BINARY_KINDS[kind]:
+        call = chain_from_json([op])
+        assert call[0].op.binary(call[0].params) == kind, op
+        if kind in ("keeps", "grays"):
+            out = apply_chain(page, call)
+            binary = bool(np.isin(out, (0, 255)).all())
+            assert binary == (kind == "keeps"), op
+        elif kind == "makes":
+            out = apply_chain(scan_page(5, 64, 80), call)
+            assert np.isin(out, (0, 255)).all() and len(np.unique(out)) == 2, op
+
+
+def test_a_chain_grays_where_its_last_op_that_keeps_no_black_and_white_grays_them():
+    def grays(*ops: dict) -> int | None:
+        return chain_grays(chain_from_json(list(ops)))
+
+    blur, down = {"op": "gaussian_blur", "sigma": 1}, {"op": "downsample", "factor": 2}
+    turn, custom = {"op": "rotate", "angle": 180}, {"op": "custom", "function": "m:f"}
+    assert grays(THRESHOLD, blur) == 1
+    assert grays(blur, THRESHOLD, down, {"op": "invert"}, {"op": "dilate"}) == 2
+    assert grays(down, blur) == 1
+    assert grays(blur, THRESHOLD) is None and grays(down, {"op": "otsu_threshold"}) is None
+    assert grays(blur, custom) is None  # (a custom op's output: known when it runs)
+    assert grays(blur, {"op": "convert", "dtype": "uint8"}) is None
+    assert grays(turn, {"op": "invert"}) is None and grays() is None  # (the page's own)
+
+
+THRESHOLD = {"op": "threshold", "value": 150}
+#: (output, input, ops, the op refused: (index, name), or None: the job runs)
+GRAYING = [
+    ("fax_blur.tif", "testfax4.tiff", [{"op": "gaussian_blur", "sigma": 1.5}],
+     (0, "gaussian_blur")),
+    ("scan_down.tif", "scan.tif", [THRESHOLD, {"op": "downsample", "factor": 2}],
+     (1, "downsample")),
+    # ops that keep black and white after the blur: still its grays
+    ("scan_blur_turned.tif", "scan.tif",
+     [THRESHOLD, {"op": "gaussian_blur", "sigma": 2}, {"op": "rotate", "angle": 90},
+      {"op": "invert"}, {"op": "median_blur", "ksize": 3}], (1, "gaussian_blur")),
+    ("scan_otsu_down.tif", "scan.tif",
+     [{"op": "otsu_threshold"}, {"op": "downsample", "factor": 4}, {"op": "dilate"}],
+     (1, "downsample")),
+]
+KEPT = [
+    # a threshold after the grays
+    ("scan_blur_threshold.tif", "scan.tif", [{"op": "gaussian_blur", "sigma": 2}, THRESHOLD],
+     None),
+    ("scan_down_otsu.tif", "scan.tif",
+     [{"op": "downsample", "factor": 2}, {"op": "otsu_threshold"}], None),
+    # every op that keeps black and white, on a 1-bit input
+    ("fax_kept.tif", "testfax4.tiff",
+     [{"op": "rotate", "angle": 90}, {"op": "flip", "axis": "horizontal"},
+      {"op": "crop", "x": 16, "y": 32, "width": 1500, "height": 1100}, {"op": "invert"},
+      {"op": "dilate"}, {"op": "erode", "ksize": 5}, {"op": "median_blur", "ksize": 3},
+      {"op": "gamma", "gamma": 2.2}, {"op": "normalize"}, {"op": "select_bands", "bands": [0]}],
+     None),
+    # a blur too slight to gray black and white on 8 bits: left to the pixels (they stay)
+    ("fax_slight.tif", "testfax4.tiff", [{"op": "gaussian_blur", "sigma": 0.2}], None),
+]
+#: a custom op that grays: known only when the job runs (its tiles' values)
+CUSTOM = ("scan_custom.tif", "scan.tif",
+          [THRESHOLD, {"op": "custom", "function": f"{GRAYING_MODULE}:box", "halo": 1}], None)
+
+
+@pytest.fixture(scope="module")
+def graying(tmp_path_factory):
+    """A 1-bit fax page and a gray scan, and a manifest of a job for each chain above (the
+    graying ones among the others: each job is refused or runs on its own)."""
+    tmp = tmp_path_factory.mktemp("graying")
+    shutil.copy(CORPUS / "testfax4.tiff", tmp / "testfax4.tiff")
+    tifffile.imwrite(tmp / "scan.tif", scan_page(3, 777, 1031), tile=(64, 64),
+                     compression="zlib")
+    (tmp / "user").mkdir()
+    (tmp / "user" / f"{GRAYING_MODULE}.py").write_text(
+        "import cv2\n\ndef box(tile):\n    return cv2.blur(tile, (3, 3))\n")
+    sys.path.insert(0, str(tmp / "user"))
+    cases = [GRAYING[0], KEPT[0], GRAYING[1], KEPT[1], GRAYING[2], KEPT[2], GRAYING[3],
+             KEPT[3], CUSTOM]
+    jobs = [{"input": src, "output": f"out/{out}", "ops": ops,
+             "output_options": {"bilevel": True, "compression": "group4"}}
+            for out, src, ops, _ in cases]
+    (tmp / "out").mkdir()
+    (tmp / "m.json").write_text(json.dumps({"jobs": jobs}))
+    yield tmp, cases
+    sys.path.remove(str(tmp / "user"))
+    sys.modules.pop(GRAYING_MODULE, None)
+
+
+def test_validate_inputs_refuses_each_chain_that_grays_a_1bit_output(graying, capsys):
+    tmp, cases = graying
+    assert cli.main(["validate", "--inputs", str(tmp / "m.json")]) == 2
+    out, err = capsys.readouterr()
+    assert out.endswith("5 jobs can run, 4 would fail when planned\n"), out
+    blocks = {int(b.split("]", 1)[0]): b
+              for b in re.split(r"^  jobs\[", err, flags=re.MULTILINE)[1:]}
+    refused = {i: case for i, case in enumerate(cases) if case[3]}
+    assert sorted(blocks) == sorted(refused)
+    for i, (out_name, src, _, (index, name)) in refused.items():
+        assert blocks[i] == (f"{i}] {tmp / src} -> {tmp / 'out' / out_name}: OperationError\n"
+                             f"    {grays_refusal(index, name)}\n")
+
+
+def test_plan_job_and_estimate_refuse_them_in_the_same_words(graying):
+    tmp, cases = graying
+    run = handlers.split_handler({"action": "plan_run", "manifest": str(tmp / "m.json"),
+                                  "work": str(tmp / "work") + "/", "run_id": "r1"})
+    _, _, problems = est.plans_for_manifest(str(tmp / "m.json"))
+    refused = []
+    for i, (_, src, _, grays) in enumerate(cases):
+        if grays is None:
+            handlers.process_handler({"action": "plan_job", "run": run["run"], "job": i})
+            continue
+        with pytest.raises(OperationError) as info:
+            handlers.process_handler({"action": "plan_job", "run": run["run"], "job": i})
+        assert str(info.value) == (f"{tmp / src}: the job cannot run: "
+                                   f"{grays_refusal(*grays)}")
+        refused.append(f"jobs[{i}] ({tmp / src}): {grays_refusal(*grays)}")
+    assert problems == refused
+
+
+def test_a_run_fails_those_jobs_when_planned_and_runs_the_others(graying):
+    """Each graying job fails in PlanJob, before any unit reads a pixel, with nothing
+    written under its name; the other jobs of the manifest run: the chains that keep black
+    and white write their 1-bit output, and a custom op's grays are still found at run
+    time (its output is known only then)."""
+    tmp, cases = graying
+    result = run_local(str(tmp / "m.json"), 2)
+    jobs = {Path(j["output"]).name: j for j in result.jobs}
+    for out_name, src, _, grays in cases:
+        job = jobs[out_name]
+        if grays is not None:
+            assert job["status"] == "FAILED", job
+            assert job["error"]["type"] == "OperationError"
+            assert job["error"]["step"] == "PlanJob"
+            assert job["error"]["message"] == (f"{tmp / src}: the job cannot run: "
+                                               f"{grays_refusal(*grays)}")
+            assert not [p for p in (tmp / "out").iterdir() if out_name in p.name]
+        elif out_name == CUSTOM[0]:
+            assert job["status"] == "FAILED" and job["error"]["step"] != "PlanJob", job
+            assert "holds the value " in job["error"]["message"]
+            assert "end the ops with a threshold (or otsu_threshold)" in job["error"]["message"]
+            assert not [p for p in (tmp / "out").iterdir() if out_name in p.name]
+        else:
+            assert job["status"] == "SUCCEEDED", job
+    # the kept chains wrote their pixels: the 8-bit result of the same chain, as bits
+    with tifffile.TiffFile(tmp / "testfax4.tiff") as tf:
+        fax = np.where(tf.pages[0].asarray(), 0, 255).astype(np.uint8)
+    assert_pages(bits_read(tmp / "out" / "fax_slight.tif"), [fax], "fax_slight")
+    kept = np.flip(np.rot90(fax, -1), 1)[32:1132, 16:1516]
+    kept = cv2.dilate(255 - kept, np.ones((3, 3), np.uint8))
+    kept = cv2.medianBlur(cv2.erode(kept, np.ones((5, 5), np.uint8)), 3)
+    assert_pages(bits_read(tmp / "out" / "fax_kept.tif"), [kept], "fax_kept")
+    scan = scan_page(3, 777, 1031)
+    blurred = cv2.GaussianBlur(scan, (0, 0), 2)
+    assert_pages(bits_read(tmp / "out" / "scan_blur_threshold.tif"),
+                 [np.where(blurred > 150, 255, 0).astype(np.uint8)], "scan_blur_threshold")

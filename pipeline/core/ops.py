@@ -100,6 +100,15 @@ class Op:
     #: geometric ops (kind "geometry"): the transform of the page, given the parameters
     #: (pipeline.core.geometry: a Turn or a Crop)
     geometry: Callable[[dict[str, Any]], Any] | None = None
+    #: what the op does to a page of two values, 0 and its type's maximum (black and white:
+    #: all a 1-bit output holds), given the parameters: "makes" them of any input
+    #: (threshold, otsu_threshold, canny), "keeps" them (each output pixel one of its
+    #: input's, moved, picked or a window's maximum, minimum or median; or 0 and the
+    #: maximum swapped or kept: invert, gamma, normalize), "grays" them wherever black and
+    #: white meet (a blur's weighted means, a downsample's block means); "": not known
+    #: before the pixels are (a convert maps them to two values of its own, to_gray mixes
+    #: bands, a custom op's output is its function's) (:func:`chain_grays`)
+    binary: Callable[[dict[str, Any]], str] = lambda p: ""
 
     def reach_for(self, params: dict[str, Any], dtype: np.dtype, needed: int) -> int:
         if self.reach is not None:
@@ -240,6 +249,22 @@ def _bands_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | N
     return f"{', '.join(wrong)}, {has}; {fix}"
 
 
+def _keeps(p: dict[str, Any]) -> str:
+    """:attr:`Op.binary` of an op that keeps a page of 0 and the maximum one."""
+    return "keeps"
+
+
+def _makes(p: dict[str, Any]) -> str:
+    """:attr:`Op.binary` of an op whose output holds 0 and the maximum only."""
+    return "makes"
+
+
+#: a gaussian_blur of this sigma or more grays black and white wherever they meet (a pixel
+#: by a straight edge takes 27 of 255 from its neighbour at 0.5; measured on uint8, whose
+#: steps are the coarsest: from 0.29 by 1, while up to 0.28 the kernel's outer weights
+#: round away and a 0/255 page stays one); below it, the pixels tell (Op.binary "")
+GRAYING_SIGMA = 0.5
+
 #: the start of the advice to a rotate angle given counter-clockwise (-90)
 _CLOCKWISE = "angles are clockwise: "
 
@@ -248,7 +273,7 @@ def _geometric(name: str, help_: str, params: tuple[Param, ...],
                transform: Callable[[dict[str, Any]], Any], exact: str) -> Op:
     """A geometric op: any sample type and band count, values moved as they are."""
     return Op(name, help_, params, lambda img, p: transform(p).page(img), kind="geometry",
-              geometry=transform, keeps_values=True, exact=exact,
+              geometry=transform, keeps_values=True, binary=_keeps, exact=exact,
               halo_help="0 (moves pixels; tiles are laid on the page it makes)")
 
 
@@ -270,20 +295,21 @@ _ITER = Param("iterations", "integer", "how many times to apply it", default=1, 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
        halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
+       binary=lambda p: "grays" if p["sigma"] >= GRAYING_SIGMA else "",
        halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, "
                  "k = 3 for uint8, 4 otherwise"),
     Op("median_blur", "cv2.medianBlur(img, ksize)",
        (Param("ksize", "integer", "aperture size", required=True, ge=3, le=255, odd=True),),
        fn.median_blur, halo=lambda p, dt: p["ksize"] // 2, accepts=_median_accepts,
-       keeps_values=True,
+       keeps_values=True, binary=_keeps,
        halo_help="ksize // 2"),
     Op("dilate", "cv2.dilate(img, ones((ksize, ksize)), iterations=iterations)",
        (_KSIZE_MORPH, _ITER), fn.dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
-       keeps_values=True,
+       keeps_values=True, binary=_keeps,
        halo_help=_MORPH_HALO),
     Op("erode", "cv2.erode(img, ones((ksize, ksize)), iterations=iterations)",
        (_KSIZE_MORPH, _ITER), fn.erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
-       keeps_values=True,
+       keeps_values=True, binary=_keeps,
        halo_help=_MORPH_HALO),
     Op("unsharp_mask",
        "cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)",
@@ -292,20 +318,21 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
        halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
-       "1 - img for floats", (), fn.invert, linear=fn.invert_linear),
+       "1 - img for floats", (), fn.invert, linear=fn.invert_linear, binary=_keeps),
     Op("gamma", "max * (img / max) ** (1 / gamma), rounded (a LUT for integers)",
-       (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), fn.gamma),
+       (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), fn.gamma,
+       binary=_keeps),
     Op("threshold", "cv2.threshold(img, value, max, THRESH_BINARY); max = dtype max (1.0 float)",
        (Param("value", "number", "pixels > value become max, others 0", required=True),),
-       fn.threshold),
+       fn.threshold, binary=_makes),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
        (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1, colour=True),
     Op("select_bands", "img[:, :, bands]: the bands listed, in that order",
        (BandsParam("bands", "array", "0-based band indices, in output order; repeats allowed",
                    required=True),),
        fn.select_bands, accepts=_bands_accepts, picks=lambda p: p["bands"],
-       keeps_values=True, colour=True, exact="bit-identical to the numpy selection on the "
-                                             "whole page"),
+       keeps_values=True, colour=True, binary=_keeps,
+       exact="bit-identical to the numpy selection on the whole page"),
     Op("normalized_difference", "(a - b) / (a + b) in float64, as float32; 0 where a + b == 0, "
        "NaN where a or b is the page's no-data value",
        (_band("a", "0-based index of the first band (NIR for NDVI)"),
@@ -329,7 +356,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        halo_help="0 (a table from the page's histogram: a statistics round)"),
     Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
        "the dtype's maximum", (),
-       fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU,
+       fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU, binary=_makes,
        accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
                      " (OpenCV's Otsu takes 8 and 16-bit unsigned pages only); put "
                      "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
@@ -337,6 +364,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
     Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
        (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
+       binary=_keeps,
        accepts=_only(dtypes.ALL, None, "normalize"),
        halo_help="0 (the page's minimum and maximum over all channels: a statistics round)"),
     Op("percentile_stretch",
@@ -376,7 +404,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        accepts=_only(("uint8",), (1, 2, 3, 4), "canny",
                      " (OpenCV's Canny is 8-bit only); put {\"op\": \"convert\", "
                      "\"dtype\": \"uint8\"} before it" + _RANGE_TOO),
-       out_channels=lambda ch: 1,
+       out_channels=lambda ch: 1, binary=_makes,
        colour=True, halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
                  "follows edges across the page in a statistics round of its own"),
     Op("downsample",
@@ -386,6 +414,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
               ge=2, le=64),),
        fn.downsample, reach=lambda p, dt, needed: needed * p["factor"],
        align=lambda p: p["factor"], factor=lambda p: p["factor"], keeps_values=True,
+       binary=lambda p: "grays",
        halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
                  "multiples of 16 x factor"),
     _geometric("rotate", "cv2.rotate(img, ROTATE_90_CLOCKWISE / ROTATE_180 / "
@@ -439,6 +468,19 @@ def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
     """Whether every op of a chain (its JSON) keeps values (:attr:`Op.keeps_values`): an
     input's no-data value still marks the pixels without data in its output."""
     return all(OPS[op["op"]].keeps_values for op in ops)
+
+
+def chain_grays(calls: list[OpCall]) -> int | None:
+    """The index of the op whose gray values (between 0 and the maximum, wherever black and
+    white meet) a chain's output holds: its last op that does not keep two values
+    (:attr:`Op.binary`), when that one grays them; None when it makes them (a threshold),
+    when its output is not known before the pixels are (a convert, a custom op), or when
+    every op keeps them (the output then holds what the page holds)."""
+    for i in range(len(calls) - 1, -1, -1):
+        kind = calls[i].op.binary(calls[i].params)
+        if kind != "keeps":
+            return i if kind == "grays" else None
+    return None
 
 
 def chain_keeps_statistics(ops: list[dict[str, Any]]) -> bool:

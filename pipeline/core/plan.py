@@ -11,7 +11,14 @@ from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
-from pipeline.core.ops import chain_from_json, chain_halo, chain_out_channels, chain_problems
+from pipeline.core.ops import (
+    OpCall,
+    chain_from_json,
+    chain_grays,
+    chain_halo,
+    chain_out_channels,
+    chain_problems,
+)
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
 SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
@@ -86,6 +93,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                      why + geometry.georeferenced(chain, info.metadata)]
         placed.append(replace(info, height=height, width=width))
     problems += geometry_problems(layout, spec, placed) + level_page_problems(spec, layout, infos)
+    problems += grays_problems(spec, chain)
     transposed = geometry.transposes(chain)
     for info, sized in zip(infos, placed, strict=True):
         tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, sized)
@@ -129,6 +137,23 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                    batches=work_batches, started_at=started_at, fused=fused,
                    input_version=input_version, note=note)
     return plan, problems
+
+
+def grays_problems(spec: JobSpec, chain: list[OpCall]) -> list[str]:
+    """A 1-bit output (``output_options.bilevel``) of a chain whose last op that does not
+    keep black and white grays them (:func:`~pipeline.core.ops.chain_grays`: a blur or a
+    downsample with no threshold after it), refused when the job is planned (PlanJob,
+    ``validate --inputs``, ``tiffpipe estimate``), before any pixel is read. Whatever else
+    the pixels hold (a gray page's own values, a custom op's) is found as the tiles are
+    encoded (pipeline.steps.process)."""
+    grays = chain_grays(chain) if spec.output_options.bilevel else None
+    if grays is None:
+        return []
+    name = chain[grays].op.name
+    return [(f"output_options.bilevel: ops[{grays}] ({name}) makes gray values wherever "
+             "black and white meet, and a 1-bit output holds 0 and 255 only; add "
+             '{"op": "threshold", "value": 127} (or otsu_threshold) after it, or drop '
+             '"bilevel" for an 8-bit output')]
 
 
 def cache_budget(info: PageInfo) -> int:
