@@ -128,6 +128,8 @@ def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fu
         f = page.factor or 1
         out_tile = plan.spec.output_options.tile
         parts["chain"] = busy * CHAIN_COPIES * tile
+        # (a 1-bit output's tile too: its encoder holds the 8-bit 0/255 tile and a mask of
+        # its black, a byte a pixel, before it packs the bits: docs/estimate.md)
         parts["encode"] = busy * out_tile * out_tile * obpp
         row_px = (unit.col1 - unit.col0) * g.tile * g.tile / (f * f)
         parts["output"] = 2 * row_px / 1e6 * out_bpm  # a processing row or two, encoded
