@@ -218,12 +218,14 @@ def tiff_pages(file: Any) -> list[tuple[int, dict[int, Any], list[bytes]]]:
     return out
 
 
-def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray,
-                block: int | None = 256) -> None:
+def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray | None,
+                block: int | None = 256, append: bool = False) -> None:
     """A GeoTIFF whose valid-data mask GDAL (rasterio, in the dev extra) writes itself, as an
     internal mask (``GDAL_TIFF_INTERNAL_MASK``: the 1-bit page after the image): ``pixels``
-    (h, w) or (h, w, bands), ``mask`` (h, w) bool, valid where True; deflate, tiled in
-    ``block`` px tiles, or (None) in GDAL's strips, the mask as the image."""
+    (h, w) or (h, w, bands), ``mask`` (h, w) bool, valid where True (None: no mask);
+    deflate, tiled in ``block`` px tiles, or (None) in GDAL's strips, the mask as the image.
+    ``append``: the page (and its mask) added after those of the file at ``path`` (GDAL's
+    ``APPEND_SUBDATASET``), as GDAL writes a multi-page file."""
     import rasterio
     from rasterio.env import Env
     from rasterio.transform import Affine
@@ -235,9 +237,12 @@ def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray,
         "transform": Affine(10, 0, 500_000, 0, -10, 4_000_000), "compress": "deflate"}
     if block:
         profile.update(tiled=True, blockxsize=block, blockysize=block)
+    if append:
+        profile["APPEND_SUBDATASET"] = "YES"
     with Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as ds:
         ds.write(np.moveaxis(bands, -1, 0))
-        ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
+        if mask is not None:
+            ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
 
 
 # --- moto in this process -------------------------------------------------------------------

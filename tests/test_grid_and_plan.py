@@ -516,6 +516,34 @@ def test_levels_as_pages_of_an_output_of_several_pages_are_refused():
     assert [p[:29] for p in problems(slides, **pages)] == ["page 0: an Aperio SVS slide's"]
 
 
+def test_a_first_page_without_mask_before_a_masked_page_gdal_would_pair_is_refused():
+    """GDAL takes the first page's mask from any mask page of the file of its size, and each
+    of its overviews' from any level mask of that overview's size (tests/test_masks.py): a
+    job whose first page carries no internal mask is refused when a later page's carried
+    mask (or, with pyramid, one of its levels' masks) has such a size, saying what to write
+    instead; a masked first page, other sizes, and no carried mask stay allowed."""
+    def page(index, height, width, masked):
+        return dataclasses.replace(info(index, height, width), mask_ifd=1000 * masked)
+
+    def problems(infos, **options):
+        return _spec_plan([{"op": "invert"}], infos, 256, 64, **options)[1]
+
+    bare, same = page(0, 256, 320, False), page(1, 256, 320, True)
+    half = page(3, 128, 160, True)  # its levels 64 x 80, 32 x 40: page 0's second and third
+    refused = problems([bare, same, half])
+    assert len(refused) == 1 and refused[0].startswith(
+        "page 0, the output's first page, carries no internal mask, but page 1 carries one")
+    assert "GDAL" in refused[0] and '"pages": [n]' in refused[0]
+    assert '"masks": false' in refused[0]
+    assert plan_mod.grouped_by_page(refused) == refused
+    assert "pages 1, 3 carry masks" in problems([bare, same, half], pyramid=True)[0]
+    assert "page 3 carries one" in problems([bare, half], pyramid=True)[0]
+    assert problems([bare, half]) == []  # (no levels: another size)
+    assert problems([page(0, 256, 320, True), same, half], pyramid=True) == []
+    assert problems([bare, page(1, 256, 320, False)], pyramid=True) == []
+    assert problems([bare, page(1, 100, 100, True)], pyramid=True) == []  # (50 x 50: none)
+
+
 def test_a_page_in_huge_tiles_is_cut_at_its_tiles():
     """Input tiles wider than a processing tile are decoded whole by each unit column chunk
     that needs a part of them: a 16384 px RGB page in 8192 px zstd tiles was cut into 16

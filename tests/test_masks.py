@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -398,3 +399,177 @@ def test_the_contact_sheet_draws_a_page_kept_marked_reduced(thumb_run):
                            str(manifest.parent))
     rows = sheet_rows(thumb_run["report"], specs)
     assert [(row.in_page, row.out_file_page) for row in rows] == [(0, 0), (2, 2), (3, 3)]
+
+
+# --- multi-page outputs: which page GDAL pairs each mask with -------------------------------
+
+#: the pages of the multi-page inputs (GDAL's own files: each page written after the last,
+#: its mask after it): (height, width, which mask: a turn of the collar's, None for none)
+MULTI = {
+    "same": [(192, 256, 0), (192, 256, 1), (192, 256, 2)],
+    "sizes": [(192, 256, 0), (120, 80, 1), (192, 256, 2)],
+    # a first page without mask, then one of its size, and one of its second level's size
+    "bare": [(192, 256, None), (192, 256, 1), (96, 128, 2)],
+}
+#: the jobs (input, pages, output options) on them, all blurred and flipped (FLIPPED)
+MULTI_JOBS = {
+    "same": ("same", None, {}),
+    "same_pyr": ("same", None, {"pyramid": True}),
+    "sizes": ("sizes", None, {}),
+    "sizes_pyr": ("sizes", None, {"pyramid": True}),
+    "first_and_last_pyr": ("same", [0, 4], {"pyramid": True}),  # file page 2 left out
+    "later_pyr": ("same", [2, 4], {"pyramid": True}),  # page 0 left out
+    "bare": ("bare", None, {}),
+    "bare_pyr": ("bare", None, {"pyramid": True}),
+    "bare_small": ("bare", [0, 3], {}),  # (no levels: nothing of page 0's size)
+    "bare_small_pyr": ("bare", [0, 3], {"pyramid": True}),
+    "bare_off": ("bare", None, {"pyramid": True, "masks": False}),
+}
+REFUSED = {"bare", "bare_pyr", "bare_small_pyr"}
+
+
+def turned_collar(h: int, w: int, turn: int) -> np.ndarray:
+    """A valid area of its own for each page: the collar's, flipped ``turn`` ways."""
+    valid = collar(h, w, 5)[1]
+    return [valid, valid[::-1], valid[::-1, ::-1]][turn]
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("multi")
+    masks: dict[str, dict[int, np.ndarray | None]] = {}  # file page -> its mask
+    for name, pages in MULTI.items():
+        masks[name], file_page = {}, 0
+        for k, (h, w, turn) in enumerate(pages):
+            valid = None if turn is None else turned_collar(h, w, turn)
+            pixels = (collar(h, w, k)[0] * (k + 1) % 200).astype(np.uint8)
+            gdal_masked(root / f"{name}.tif", pixels, valid, block=64, append=k > 0)
+            masks[name][file_page] = valid
+            file_page += 1 if valid is None else 2
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({
+        "defaults": {"tile": 128, "ops": FLIPPED, "output_options": {"tile": 32}},
+        "jobs": [{"input": str(root / f"{src}.tif"), "output": str(root / "out" / f"{name}.tif"),
+                  **({"pages": pages} if pages else {}),
+                  "output_options": {"tile": 32, **options}}
+                 for name, (src, pages, options) in MULTI_JOBS.items()]}))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli.main(["run", str(manifest), "--workers", "2"])
+    report = json.loads((root / "m.report.json").read_text())
+    return {"code": code, "jobs": dict(zip(MULTI_JOBS, report["jobs"], strict=True)),
+            "masks": masks}
+
+
+def moved_masks(multi_run: dict[str, Any], name: str) -> list[np.ndarray | None]:
+    """The masks of the job's output pages: their input pages', flipped as the pixels."""
+    masks = multi_run["masks"][MULTI_JOBS[name][0]]
+    return [None if masks[i] is None else masks[i][:, ::-1]
+            for i in multi_run["jobs"][name]["input_pages"]]
+
+
+def subdatasets(path: str) -> list[str]:
+    """The file's GTIFF_DIR subdatasets in file order (rasterio sorts them as text)."""
+    with rasterio.open(path) as ds:
+        return sorted(ds.subdatasets, key=lambda name: int(name.split(":")[1]))
+
+
+OK = [name for name in MULTI_JOBS if name not in REFUSED]
+
+
+@pytest.mark.parametrize("name", OK)
+def test_gdal_pairs_the_first_page_and_its_overviews_with_their_own_masks(multi_run, name):
+    """GDAL applies a mask to the file opened as a whole (its first page): the first output
+    page's own, and each overview's the page's reduced (read by ``overview_level`` and by a
+    reduced read of the page's mask), never a later page's, whatever the later pages' sizes
+    and masks and the pages a job leaves out; as it reads GDAL's own input file (where its
+    first page has a mask: below)."""
+    job = multi_run["jobs"][name]
+    assert job["status"] == "SUCCEEDED", job
+    first = moved_masks(multi_run, name)[0]
+    pyramid = MULTI_JOBS[name][2].get("pyramid") and MULTI_JOBS[name][2].get("masks", True)
+    with rasterio.open(job["output"]) as ds:
+        got, flags, factors = ds.read_masks(1) > 0, list(ds.mask_flag_enums[0]), ds.overviews(1)
+        reduced = [ds.read_masks(1, out_shape=reduce_any(got, f).shape) > 0 for f in factors]
+    if first is None:  # (or masks left out)
+        assert flags == [MaskFlags.all_valid] and got.all()
+    else:
+        assert flags == [MaskFlags.per_dataset]
+        np.testing.assert_array_equal(got, first)
+    assert factors == ([2, 4, 8] if pyramid or name == "bare_off" else [])
+    for k, factor in enumerate(factors):
+        with rasterio.open(job["output"], overview_level=k) as ov:
+            want = np.ones(ov.shape, bool) if first is None else reduce_any(first, factor)
+            assert list(ov.mask_flag_enums[0]) == flags
+            np.testing.assert_array_equal(ov.read_masks(1) > 0, want)
+            np.testing.assert_array_equal(reduced[k], want)
+    valid = multi_run["masks"][MULTI_JOBS[name][0]][0]
+    if valid is not None:  # GDAL reads the input's first page with its own mask (not "bare")
+        with rasterio.open(job["input"]) as ds:
+            np.testing.assert_array_equal(ds.read_masks(1) > 0, valid)
+
+
+@pytest.mark.parametrize("name", [name for name in OK if name != "bare_off"])
+def test_each_page_is_followed_by_its_own_mask_and_its_levels_masks(multi_run, name):
+    """In the main chain each image page is followed by its mask (NewSubfileType 4), the
+    input page's moved, then (SubIFD levels) its levels' masks (5), the mask reduced: as
+    GDAL writes a multi-page file (image, mask, image, mask, ...: the input)."""
+    job, masks = multi_run["jobs"][name], moved_masks(multi_run, name)
+    with tifffile.TiffFile(job["output"]) as tf:  # (subfiletype, pixels, its SubIFD levels)
+        pages = [(int(p.subfiletype), p.asarray(), len(p.pages or [])) for p in tf.pages]
+    images = [i for i, (kind, _, _) in enumerate(pages) if kind == 0]
+    assert len(images) == len(masks) == job["pages"]
+    for i, end, mask in zip(images, images[1:] + [len(pages)], masks, strict=True):
+        after = pages[i + 1:end]
+        if mask is None:
+            assert after == []
+            continue
+        assert [kind for kind, _, _ in after] == [4] + [5] * pages[i][2]
+        np.testing.assert_array_equal(after[0][1] > 0, mask)
+        for k, (_, level, _) in enumerate(after[1:], 1):
+            np.testing.assert_array_equal(level > 0, reduce_any(mask, 2 ** k))
+    if name == "same":
+        with tifffile.TiffFile(job["input"]) as tf:
+            assert [int(p.subfiletype) for p in tf.pages] == [0, 4, 0, 4, 0, 4]
+        assert [kind for kind, _, _ in pages] == [0, 4, 0, 4, 0, 4]
+
+
+@pytest.mark.parametrize("name", ["same", "same_pyr", "sizes_pyr"])
+def test_gdal_applies_no_mask_to_a_later_page_in_its_own_files_either(multi_run, name):
+    """GDAL 3.10 opens a page by its subdataset (``GTIFF_DIR:n``) alone: all valid, its
+    overviews (the page's SubIFD levels) too, though its mask follows it; it reads the
+    input it wrote itself the same way, so a later page's mask is there for the readers
+    that take the next page for it (tifffile, tiffpipe), not for GDAL."""
+    job = multi_run["jobs"][name]
+    for path in (job["output"], job["input"]):
+        names = subdatasets(path)
+        assert len(names) == 3
+        for sub in names:
+            with rasterio.open(sub) as ds:
+                assert list(ds.mask_flag_enums[0]) == [MaskFlags.all_valid]
+                assert (ds.read_masks(1) == 255).all()
+                for k in range(len(ds.overviews(1))):
+                    with rasterio.open(sub, overview_level=k) as ov:
+                        assert list(ov.mask_flag_enums[0]) == [MaskFlags.all_valid]
+
+
+def test_a_first_page_without_mask_before_a_masked_one_gdal_would_pair_is_refused(multi_run):
+    """GDAL takes the first page's mask from any mask page of its size, and each overview's
+    from any level mask of its size: with a first page that has no mask, the input as GDAL
+    reads it shows page 1's mask on page 0, and an output would show it there (page 1 of
+    its size), or another page's level masks on its overviews (page 3, a quarter of it):
+    PlanJob refuses such jobs, saying what to write instead. A later mask GDAL would not
+    take (no levels, another size) and a job that leaves masks out run."""
+    jobs, masks = multi_run["jobs"], multi_run["masks"]["bare"]
+    assert multi_run["code"] == 1
+    assert {name for name, job in jobs.items() if job["status"] != "SUCCEEDED"} == REFUSED
+    with rasterio.open(jobs["bare"]["input"]) as ds:  # GDAL's own file, misread alike
+        np.testing.assert_array_equal(ds.read_masks(1) > 0, masks[1])
+    for name in REFUSED:
+        message = jobs[name]["error"]["message"]
+        assert message.startswith(f"{jobs[name]['input']}: the job cannot run: page 0, the "
+                                  "output's first page, carries no internal mask, but page")
+        assert '"pages": [n]' in message and '"masks": false' in message, message
+        assert not Path(jobs[name]["output"]).exists()
+    assert "pages 1, 3 carry masks" in jobs["bare_pyr"]["error"]["message"]
+    assert "page 3 carries one" in jobs["bare_small_pyr"]["error"]["message"]
+    assert jobs["bare_small"]["masks"] == 1 and "masks" not in jobs["bare_off"]

@@ -10,6 +10,7 @@ from pipeline.core import geometry
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
+from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import (
     OpCall,
@@ -104,6 +105,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
                               layout.factor, strip=bool(strip),
                               out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name))
+    problems += mask_pairing_problems(spec, pages)
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
@@ -331,6 +333,42 @@ def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo
             'them for levels of one slide; give each page a job of its own ("pages": [n], '
             'each with its own output), or write the levels as SubIFDs ("pyramid_layout": '
             '"subifds")')]
+
+
+def mask_pairing_problems(spec: JobSpec, pages: list[PagePlan]) -> list[str]:
+    """Carried internal masks GDAL would take for the first output page's: when that page
+    carries none, GDAL (3.10.3, ``ScanDirectories`` in its GTiff driver) takes the first
+    page's mask from anywhere in the file's main chain (the first NewSubfileType 4 page of
+    its size) and each of its overviews' masks from any NewSubfileType 5 page of that
+    overview's size, whichever page it follows. So a later page's mask of the first
+    page's size, or one of its levels' masks of the size of one of the first page's levels,
+    would mask the first page (or that overview) with another page's valid area. (A page
+    that carries its own mask gets it, and its levels theirs: they come first in the file;
+    GDAL applies no mask to a later page, opened as its ``GTIFF_DIR`` subdataset.)"""
+    first = pages[0] if pages else None
+    if first is None or first.info.mask_ifd:
+        return []
+
+    def sizes(page: PagePlan) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        size = (page.out_grid.height, page.out_grid.width)
+        levels = spec.output_options.pyramid and not page.strip
+        return size, level_shapes(*size, spec.output_options.tile) if levels else []
+
+    size, levels = sizes(first)
+    clash = [page.info.index for page in pages[1:] if page.info.mask_ifd and (
+        sizes(page)[0] == size or set(sizes(page)[1]) & set(levels))]
+    if not clash:
+        return []
+    many, first_page = len(clash) > 1, f"page {first.info.index}"
+    return [(f"{first_page}, the output's first page, carries no internal mask, but page"
+             f"{'s' * many} {_ranges(clash)} {'carry masks' if many else 'carries one'} of the "
+             f"size of {first_page}"
+             + (" or of one of its levels (its levels' masks too)" if levels else "")
+             + ": GDAL takes the first page's mask, and each of its overviews', from any "
+             "mask page of the file of that size (and applies none to a later page), so it "
+             f"would show {first_page} masked by another page's valid area; give each page a "
+             'job of its own ("pages": [n], each with its own output), or leave the masks '
+             'out ("output_options": {"masks": false})')]
 
 
 def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
