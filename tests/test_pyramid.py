@@ -306,13 +306,19 @@ def test_manifest_pyramid_and_ome_are_booleans_default_false(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("compression", ["jpeg", "deflate"])
-def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
-    """Decoding base tiles ahead and encoding level rows in threads changes nothing: merge
-    with 1 and with 4 tile threads writes the same file, byte for byte."""
+@pytest.mark.parametrize(("compression", "masked"), [("jpeg", False), ("deflate", False),
+                                                     ("deflate", True)])
+def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression, masked):
+    """Decoding base tiles ahead (and a masked page's mask tiles with them) and encoding
+    level rows in threads changes nothing: merge with 1 and with 4 tile threads writes the
+    same file, byte for byte."""
     src, work = tmp_path / "in.tif", tmp_path / "work"
     with tifffile.TiffWriter(src) as tw:
         tw.write(smooth(700, 900, 3, 3), tile=(64, 64), photometric="rgb", metadata=None)
+        if masked:  # its internal mask: a valid disc, carried (merge builds its levels)
+            yy, xx = np.mgrid[0:700, 0:900]
+            valid = (yy - 350) ** 2 + (xx - 450) ** 2 < 330 ** 2
+            tw.write(valid, tile=(64, 64), compression="zlib", subfiletype=4, metadata=None)
     # merge's own pyramid, re-run with UNIT_LEVELS off (fused units and a job's level
     # units build the levels otherwise: test_unit_levels.py, test_level_units.py)
     out = _run(tmp_path, {"rgb": {"input": str(src), "fuse": False, "output_options": {
@@ -340,6 +346,9 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression):
     assert files[1] == files[4]
     with tifffile.TiffFile(out) as tf:
         assert len(tf.pages[0].pages) == len(made[1].levels) >= 3  # the SubIFD levels
+        # (the page's mask, and its levels' reduced: 4, then 5 for each level)
+        assert [int(p.subfiletype) for p in tf.pages[1:]] == \
+            ([4] + [5] * len(made[1].levels) if masked else [])
 
 
 def test_float_levels_average_the_pixels_present_at_odd_edges():

@@ -36,9 +36,10 @@ row buffer per level (``tile x ceil(w_k / tile) * tile`` pixels each: together a
 row of the base page), and one multipart part per level being uploaded (S3); encoded level
 tiles go to their segments, never to local disk.
 
-Threads: with ``threads > 1`` base tiles are decoded ahead, and each level row's tiles are
-encoded, in a thread pool (the codecs release the GIL); the pixels are reduced in tile order
-all the same, so the levels are the same bytes whatever the number of threads.
+Threads: with ``threads > 1`` base tiles (and their mask tiles) are decoded ahead, and
+each level row's tiles are encoded, in a thread pool (the codecs release the GIL); the
+pixels are reduced in tile order all the same, so the levels are the same bytes whatever
+the number of threads.
 """
 
 from __future__ import annotations
@@ -259,8 +260,9 @@ class Pyramid:
         self.levels: list[_Level] = []
         self.decoded = 0  # base tiles decoded
         self._pool = ThreadPoolExecutor(threads) if threads > 1 and self.shapes else None
-        #: base tiles being decoded ahead: (decoded pixels, row, col, mask), in feeding order
-        self._ahead: deque[tuple[Future[np.ndarray], int, int, np.ndarray | None]] = deque()
+        #: base tiles being decoded ahead: ((decoded pixels, mask), row, col), in feeding order
+        self._ahead: deque[tuple[Future[tuple[np.ndarray, np.ndarray | None]], int, int]] = \
+            deque()
         self.max_ahead = 2 * threads if self._pool else 1
         #: tiles' worth of pixels held at once (instrumentation): the level buffers and the
         #: decoded base tiles in flight; fixed when the levels are made
@@ -279,14 +281,20 @@ class Pyramid:
         masked pyramid) its mask tile's."""
         if not self.levels:
             return
-        t = self.tile
-        valid = None if mask is None else decode_mask(mask, t, t)
         if self._pool is None:
-            self._reduce(self.encoder.decode(data), row, col, valid)
+            pixels, valid = self._decode(data, mask)
+            self._reduce(pixels, row, col, valid)
             return
-        self._ahead.append((self._pool.submit(self.encoder.decode, data), row, col, valid))
+        self._ahead.append((self._pool.submit(self._decode, data, mask), row, col))
         if len(self._ahead) >= self.max_ahead:
             self._reduce_next()
+
+    def _decode(self, data: bytes, mask: bytes | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """A base tile's pixels, and (a masked pyramid) its mask tile's valid pixels: both
+        decoded in the pool's thread (as the page's tiles, the mask tiles are inflated with
+        the GIL released), not in the thread that feeds the tiles."""
+        t = self.tile
+        return self.encoder.decode(data), None if mask is None else decode_mask(mask, t, t)
 
     def feed_pixels(self, pixels: np.ndarray, row: int, col: int) -> None:
         """The pixels (tile x tile x channels, zero-padded) of tile (row, col), in row-major
@@ -301,8 +309,9 @@ class Pyramid:
             self._reduce_next()
 
     def _reduce_next(self) -> None:
-        future, row, col, valid = self._ahead.popleft()
-        self._reduce(future.result(), row, col, valid)
+        future, row, col = self._ahead.popleft()
+        pixels, valid = future.result()
+        self._reduce(pixels, row, col, valid)
 
     def _reduce(self, pixels: np.ndarray, row: int, col: int,
                 valid: np.ndarray | None = None) -> None:
