@@ -443,13 +443,17 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
                 record = failure_record({"Error": execution.error, "Cause": execution.cause})
                 error = f"{record['type']}: {record['message']}"
                 summary = _summary_of_failed(work, error)
-        # (none beside another run's report: it is that run's place)
+        # (none beside another run's report: it is that run's place; nor over the sheet of
+        # the last run's jobs that a report of no job keeps: pipeline.steps.report.last_run)
+        keeps = bool(doc and written and not doc["jobs"] and doc.get("last_run"))
         sheet = (_write_contact_sheet(doc, work, report_url)
-                 if contact_sheet and doc and written and interrupted is None else None)
+                 if contact_sheet and doc and written and interrupted is None and not keeps
+                 else None)
         return RunResult(run_id, execution.status, doc, report_url, work,
                          time.time() - started, error, peaks, sheet, interrupted,
                          _remove_stale(report_url, run_id, doc is not None,
-                                       sheet is not None or not written, started), summary)
+                                       sheet is not None or not written or keeps, started),
+                         summary)
     except EngineError as exc:
         if held and held[0].lost is not None:
             return _lost_work(held[0], run_id, report_url, work, started, published)
@@ -533,8 +537,9 @@ def _remove_stale(report_url: str, run_id: str, report_written: bool,
     report (``--report`` given a user's own file), and so do a report (and its sheet) of a
     run that started after this one (``started``, epoch seconds): not an earlier run's, but
     one that ran alongside this one (given its report path) and ended first, which this run
-    did not replace. What it removed; one it cannot remove is logged, never the run's
-    failure."""
+    did not replace. A scan's run with no job whose report keeps the last run's jobs
+    (``last_run``) counts its sheet as written: it is that run's, kept. What it removed; one
+    it cannot remove is logged, never the run's failure."""
     removed: list[str] = []
     there: str | None = None  # the run whose report is at report_url (read once)
     if not report_written:

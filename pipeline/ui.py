@@ -335,14 +335,32 @@ def scan_line(report: dict[str, Any]) -> str | None:
             f"{scan['done_before']} done before{left}, {scan['jobs']} new")
 
 
+def last_run_line(report: dict[str, Any]) -> str | None:
+    """What the report of a run with no job kept of the last run that had jobs (its
+    ``last_run``: pipeline.steps.report.last_run), a line; None when it kept none."""
+    last = report.get("last_run")
+    if not isinstance(last, dict):
+        return None
+    skipped = f", {last['skipped']} skipped" if last.get("skipped") else ""
+    return (f"last run with jobs: {last['run_id']}, {_jobs(len(last['jobs']))}: "
+            f"{last['succeeded']} succeeded, {last['failed']} failed{skipped} (kept in this "
+            "report's last_run; the contact sheet beside it left as that run drew it)")
+
+
+def _below(report: dict[str, Any]) -> list[str]:
+    """The lines under the summary's table: a scan's (:func:`scan_line`), then what a run
+    with no job kept (:func:`last_run_line`)."""
+    return [line for line in (scan_line(report), last_run_line(report)) if line is not None]
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """The summary as plain lines (for a log or a pipe: no colours or box characters, a long
     path or error never wrapped); a run without jobs, its title alone; then a scan's line
-    (:func:`scan_line`)."""
+    (:func:`scan_line`) and what a run with no job kept (:func:`last_run_line`)."""
     title, rows = summary_rows(report)
-    scan = scan_line(report)
+    below = _below(report)
     if not rows:
-        return title if scan is None else f"{title}\n{scan}"
+        return "\n".join([title, *below])
     cells = [[name for name, _ in COLUMNS], *rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = [title]
@@ -350,12 +368,13 @@ def summary_text(report: dict[str, Any]) -> str:
         lines.append("  ".join((c.rjust(w) if right else c.ljust(w))
                                for c, w, (_, right) in zip(r, widths, COLUMNS, strict=True)
                                ).rstrip())
-    return "\n".join(lines if scan is None else [*lines, scan])
+    return "\n".join([*lines, *below])
 
 
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     """The summary table: drawn by rich on a terminal, plain lines otherwise (rich's import
-    and drawing took ~30 ms of a short command's time); a scan's line under it."""
+    and drawing took ~30 ms of a short command's time); a scan's line under it (and what a run
+    with no job kept: :func:`last_run_line`)."""
     stream = stream or sys.stdout
     if not stream.isatty() or not report["jobs"]:  # no jobs: the title alone, a line
         print(summary_text(report), file=stream)
@@ -363,6 +382,5 @@ def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     from rich.console import Console
 
     Console(file=stream).print(summary_table(report))
-    scan = scan_line(report)
-    if scan is not None:
-        print(scan, file=stream)
+    for line in _below(report):
+        print(line, file=stream)

@@ -312,7 +312,9 @@ def test_a_file_given_as_a_scan_input_is_named_as_a_file(tmp_path: Path,
 def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      moto_server: str):
     """The worker processes reach S3 through AWS_ENDPOINT_URL, so tiffpipe runs as a
-    subprocess (see tests/test_s3_pipeline.py)."""
+    subprocess (see tests/test_s3_pipeline.py). The report goes beside the S3 manifest (its
+    default), and the run with nothing new keeps the last run's jobs there and its contact
+    sheet, by the same code as on a local disk."""
     import boto3
 
     use_moto_server(monkeypatch, moto_server)
@@ -330,11 +332,16 @@ def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def run() -> dict[str, Any]:
         done = subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "run", "s3://scan-test/scan.json",
-             "--workers", "2", "--quiet", "--report", str(tmp_path / "r.json")],
+             "--workers", "2", "--quiet"],
             cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=150,
             check=False)
         assert done.returncode == 0, done.stderr
-        return json.loads((tmp_path / "r.json").read_text())
+        return json.loads(s3.get_object(Bucket="scan-test", Key="scan.report.json")[
+            "Body"].read())
+
+    def sheet() -> bytes:
+        return bytes(s3.get_object(Bucket="scan-test", Key="scan.report.contact.png")[
+            "Body"].read())
 
     report = run()
     assert [j["output"] for j in report["jobs"]] == ["s3://scan-test/out/sub/y.tif",
@@ -352,9 +359,12 @@ def test_run_on_s3_via_a_moto_server(tmp_path: Path, monkeypatch: pytest.MonkeyP
     found = {"input": "s3://scan-test/in/", "output": "s3://scan-test/out/", "tiffs": 3,
              "left_out": NONE_LEFT_OUT}
     assert report["scan"] == {**found, "done_before": 1, "jobs": 2}
+    drawn = sheet()
     again = run()
     assert again["jobs"] == []
     assert again["scan"] == {**found, "done_before": 3, "jobs": 0}
+    assert again["last_run"] == report
+    assert sheet() == drawn
 
 
 def test_two_spellings_of_one_scan_are_the_same_scan(tmp_path: Path):
@@ -418,3 +428,72 @@ def test_a_scan_of_a_bucket_that_does_not_exist_is_named_not_retried(
                            match="its bucket, no-such-bucket-out, does not exist"):
             expand_scan(missing_out)
         assert expand_scan(ScanSpec(input="s3://tp-scan/in/", output="s3://tp-scan/o/")) == []
+
+
+def test_a_run_with_nothing_new_keeps_the_last_runs_jobs_and_contact_sheet(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A scheduled scan that finds nothing new replaced the last run's report with one of no
+    job and its contact sheet with one of no row: the results of last night's real run were
+    gone by the morning. Its report now records the scan (its TIFFs, done before, 0 new, its
+    time) and keeps the last run that had jobs whole in ``last_run`` (one level: a second
+    empty run keeps the same one), the contact sheet beside it left as that run drew it; a
+    run with jobs replaces both again."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_sample(str(incoming / "a.tif"), [SamplePage(60, 80, 1)], tile=64, seed=1)
+    manifest = tmp_path / "nightly.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed"}}))
+    sheet = tmp_path / "nightly.report.contact.png"
+
+    code, first, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert [j["status"] for j in first["jobs"]] == ["SUCCEEDED"] and "last_run" not in first
+    drawn = sheet.read_bytes()
+
+    code, empty, out, err = _run_said(manifest, capsys, quiet=False)
+    assert code == 0, err
+    assert (empty["jobs"], empty["succeeded"], empty["failed"]) == ([], 0, 0)
+    assert empty["run_id"] != first["run_id"] and empty["started_at"] > first["started_at"]
+    assert (empty["scan"]["tiffs"], empty["scan"]["done_before"], empty["scan"]["jobs"]) == (
+        1, 1, 0)
+    assert empty["last_run"] == first
+    assert sheet.read_bytes() == drawn  # the last run's rows, not a sheet of none
+    assert (f"last run with jobs: {first['run_id']}, 1 job: 1 succeeded, 0 failed (kept in "
+            "this report's last_run; the contact sheet beside it left as that run drew it)"
+            ) in out.splitlines(), out
+    assert "contact sheet: " not in out  # (none drawn by this run)
+
+    code, again, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert again["last_run"] == first  # the last run with jobs, not the empty one before
+    assert sheet.read_bytes() == drawn
+
+    write_sample(str(incoming / "b.tif"), [SamplePage(60, 80, 1)], tile=64, seed=2)
+    code, new, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert [os.path.basename(j["input"]) for j in new["jobs"]] == ["b.tif"]
+    assert "last_run" not in new
+    assert sheet.read_bytes() != drawn
+
+
+def test_a_report_of_another_manifest_is_not_kept_by_a_run_with_nothing_new(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Only the same scan's (or manifest's) last run is kept: a --report path that held
+    another manifest's report is replaced as before."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_sample(str(incoming / "a.tif"), [SamplePage(40, 50, 1)], tile=64, seed=1)
+    (tmp_path / "processed").mkdir()
+    write_sample(str(tmp_path / "processed" / "a.tif"), [SamplePage(40, 50, 1)], seed=1)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"jobs": [{"input": "incoming/a.tif", "output": "o.tif"}]}))
+    report = tmp_path / "shared.json"
+    assert cli.main(["run", str(other), "--workers", "1", "--quiet", "--report",
+                     str(report)]) == 0
+    manifest = tmp_path / "nightly.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed"}}))
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--report",
+                     str(report)]) == 0
+    capsys.readouterr()
+    doc = json.loads(report.read_text())
+    assert doc["jobs"] == [] and doc["scan"]["done_before"] == 1 and "last_run" not in doc

@@ -7,10 +7,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.adapters import storage
+from pipeline.adapters import earlier_runs, storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
-from pipeline.errors import TiffpipeError, failure_record, fault_of, in_callers_words
+from pipeline.errors import (
+    StorageError,
+    TiffpipeError,
+    failure_record,
+    fault_of,
+    in_callers_words,
+)
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import (
     PART_OF,
@@ -132,11 +138,47 @@ NO_RESULT = {"type": "NoResultError",
 
 def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[str, Any]:
     """Gather every job's result into the run report (JSON), write it where the run's report
-    goes, and return the counts (:func:`run_report`)."""
+    goes, and return the counts (:func:`run_report`). A run with no job (a scan that found
+    nothing new, or left its jobs to an earlier run) keeps the last run's jobs in its report
+    (:func:`last_run`), not lost under an empty one."""
     doc, url = run_report(event, missing)
+    if not doc["jobs"] and (kept := last_run(url, doc)) is not None:
+        doc["last_run"] = kept
     storage.write_json(url, doc)
     return {"report": url, "succeeded": doc["succeeded"], "failed": doc["failed"],
             "skipped": doc["skipped"]}
+
+
+def last_run(url: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """What the report ``doc`` of a run with no job keeps, as its ``last_run``, of the report
+    at ``url`` that it replaces: that report whole if its run had jobs, or the ``last_run``
+    it kept itself (a run with no job after another: the last run that had jobs, never a
+    chain of them). Only a report of the same manifest, or of a scan of the same input into
+    the same output; None otherwise, when there is none or it cannot be read (the run goes
+    on: it writes its own), and in a Lambda function, where each run's report has a key of
+    its own (``reports/<run id>.json``) that none replaces and the functions may not read."""
+    if earlier_runs.on_lambda():
+        return None
+    try:
+        before = storage.read_json(url, missing=StorageError)
+    except (TiffpipeError, ValueError):
+        return None
+    if not isinstance(before, dict) or not _same_source(before, doc):
+        return None
+    if isinstance(before.get("jobs"), list) and before["jobs"]:
+        return before
+    kept = before.get("last_run")
+    return kept if isinstance(kept, dict) else None
+
+
+def _same_source(before: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether the report ``before`` is of the manifest of the report ``doc``, or of a scan
+    of the same input into the same output (the report's ``scan``)."""
+    if before.get("manifest") == doc["manifest"]:
+        return True
+    theirs, ours = before.get("scan"), doc.get("scan")
+    return (isinstance(theirs, dict) and isinstance(ours, dict)
+            and (theirs.get("input"), theirs.get("output")) == (ours["input"], ours["output"]))
 
 
 def run_report(event: ReportEvent, missing: dict[str, str] | None = None
