@@ -14,10 +14,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline.core.chain import job_reads
 from pipeline.core.models import JobSpec, OutputOptions
 from pipeline.core.plan import grouped_by_page
+
+if TYPE_CHECKING:
+    from pipeline.adapters.tiff_read import Reads
 
 #: the groups of pages the text shows for a file (then how many more; --json: all)
 GROUPS_SHOWN = 40
@@ -79,6 +83,8 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     # a palette page as a job of the chain and output given reads it; without them, a copy's
     keep = keeps_palette(spec.ops if spec else [],
                          (spec.output_options if spec else OutputOptions()).compression)
+    # a page cut short is refused where the job of the chain reads it (all of it without one)
+    reads = job_reads(spec.ops) if spec else None
     try:
         with open_tiff(url) as tf:
             first = tf.pages.first
@@ -94,7 +100,7 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
             except CorruptTiffError as exc:  # a job without pages fails on it
                 doc["chain_error"] = str(exc)
             for i, page, why, mask in classified_masks(tf, url, count):
-                entry, info = _page(page, url, i, why, keep)
+                entry, info = _page(page, url, i, why, keep, reads)
                 if mask:
                     entry["default_job"] = "carried"  # (pipeline.steps.masks)
                 pages.append(entry)
@@ -109,9 +115,10 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     return doc
 
 
-def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool
-          ) -> tuple[dict[str, Any], Any]:
-    """One page's entry, and its PageInfo (None: a mask, or refused)."""
+def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool,
+          reads: Reads | None = None) -> tuple[dict[str, Any], Any]:
+    """One page's entry, and its PageInfo (None: a mask, or refused); ``reads``: the region
+    of the page a job reads (:func:`pipeline.core.chain.job_reads`; None: all of it)."""
     from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT
 
     from pipeline.adapters.tiff_read import page_info, pixel_kind
@@ -149,7 +156,7 @@ def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool
         if why[1] == "mask":  # never processed: a job that lists it fails
             return entry, None
     try:
-        info = page_info(page, url, index, keep_palette)
+        info = page_info(page, url, index, keep_palette, reads)
     except TiffpipeError as exc:
         text = str(exc).removeprefix(f"{url}: ").removeprefix(f"page {index}: ")
         entry["refused"] = {"type": type(exc).__name__, "message": text}

@@ -172,3 +172,82 @@ def test_a_palette_page_turned_keeps_its_indices_and_colormap(tmp_path: Path):
         assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
         assert np.array_equal(page.colormap, colormap)
         assert np.array_equal(page.asarray(), _rot(indices, 90)[7:87, 5:125])
+
+
+def _cut_scan(path: Path, pages: int = 1) -> tuple[list[np.ndarray], int, list[int]]:
+    """A tiled scan of 256 x 256 pixels a page (4 x 4 tiles of 64), its tiles in row-major
+    order after its header, cut inside the last page's tile 14 (row 3, column 2): tiles 14
+    and 15 of that page are lost, rows 192-255 from column 128 on. Its pages as written
+    (the intact original's), the file's size after the cut, and where each lost tile ends."""
+    rng = np.random.default_rng(7)
+    original = [rng.integers(0, 255, (256, 256), np.uint8) for _ in range(pages)]
+    with tifffile.TiffWriter(path) as w:
+        for page in original:
+            w.write(page, tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        last = tf.pages[-1]
+        assert last.offset < min(last.dataoffsets)  # its header before its pixels
+        cut = int(last.dataoffsets[14]) + 10
+        ends = [int(o) + int(c) for o, c in zip(last.dataoffsets, last.databytecounts,
+                                                strict=True)]
+    path.write_bytes(path.read_bytes()[:cut])
+    return original, cut, ends[14:]
+
+
+def test_a_crop_of_the_intact_part_of_a_scan_cut_short_runs(tmp_path: Path):
+    """A file cut short (its copy stopped part way) was refused at plan whatever the job
+    read of it; a job that reads only whole segments now runs, so the intact part of a
+    damaged scan can be cropped out, and equals the same crop of the intact original. Where
+    a job reads the lost part it is refused as before, naming the page and the segment:
+    a crop box in it; a crop box of whole tiles whose blur before it reaches the lost
+    rows; a box whole on the page turned by the rotate before it, lost on the input."""
+    src = tmp_path / "scan.tif"
+    [page], size, ends = _cut_scan(src)
+    blur = {"op": "gaussian_blur", "sigma": 1.5}
+
+    def crop(x: int, y: int, width: int, height: int) -> dict[str, Any]:
+        return {"op": "crop", "x": x, "y": y, "width": width, "height": height}
+
+    chains: list[list[dict[str, Any]]] = [
+        [crop(0, 0, 256, 192)],  # tile rows 0-2: whole
+        [crop(0, 192, 128, 64)],  # row 3, tiles 12 and 13: whole
+        [blur, crop(0, 0, 256, 160)],  # the blur's halo stays above row 192
+        [{"op": "rotate", "angle": 180}, crop(128, 128, 128, 128)],  # the input's top left
+        [crop(100, 100, 100, 100)],  # reaches tile 14
+        [blur, crop(0, 0, 256, 180)],  # the box whole, the blur's halo reaches tile 14
+        [{"op": "rotate", "angle": 180}, crop(0, 0, 128, 64)],  # the input's bottom right
+        [],  # the whole page
+    ]
+    jobs = [{"input": str(src), "output": str(tmp_path / f"out{i}.tif"), "ops": ops}
+            for i, ops in enumerate(chains)]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": jobs}))
+    result = run_local(str(tmp_path / "m.json"), 2)
+    assert [j["status"] for j in result.jobs] == ["SUCCEEDED"] * 4 + ["FAILED"] * 4
+    want = [page[:192], page[192:, :128], cv2.GaussianBlur(page, (0, 0), 1.5)[:160],
+            _rot(page, 180)[128:, 128:]]
+    for i, expected in enumerate(want):
+        [got] = read_pages(tmp_path / f"out{i}.tif")
+        assert np.array_equal(got, expected), i
+    message = (f"{src}: page 0: segment 14 ends at byte {ends[0]} but the file has {size} "
+               "bytes; the file is truncated: copy it again from its source or export it "
+               "again, then check that tifffile.imread or tiffinfo -D reads it whole")
+    for job in result.jobs[4:]:
+        assert (job["error"]["type"], job["error"]["step"]) == ("CorruptTiffError", "PlanJob")
+        assert job["error"]["message"] == message, job
+        assert not Path(job["output"]).exists()
+
+
+def test_pages_that_leave_out_the_page_cut_short_run(tmp_path: Path):
+    """A job whose pages leave out the page cut short runs (its output that page's pixels);
+    one that lists it, or leaves pages out (every page), is refused at plan."""
+    src = tmp_path / "scan.tif"
+    original, _, _ = _cut_scan(src, pages=2)
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(src), "output": str(tmp_path / "first.tif"), "pages": [0]},
+        {"input": str(src), "output": str(tmp_path / "second.tif"), "pages": [1]},
+        {"input": str(src), "output": str(tmp_path / "all.tif")}]}))
+    result = run_local(str(tmp_path / "m.json"), 2)
+    assert [j["status"] for j in result.jobs] == ["SUCCEEDED", "FAILED", "FAILED"]
+    assert np.array_equal(read_pages(tmp_path / "first.tif")[0], original[0])
+    for job in result.jobs[1:]:
+        assert "page 1: segment 14 ends at byte" in job["error"]["message"], job

@@ -294,3 +294,32 @@ def test_a_pages_subifd_levels_are_shown(tmp_path: Path, capsys: pytest.CaptureF
     tifffile.imwrite(plain, planes[0], metadata=None)
     code, out, _ = _inspect(capsys, str(plain), "--json")
     assert "levels" not in json.loads(out)["files"][0]["pages"][0]
+
+
+def test_ops_that_crop_the_whole_part_of_a_page_cut_short_run(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture):
+    """A page cut short (the file's copy stopped in its fourth tile) is refused, and with
+    ``--ops`` it is refused only for a chain that reads its lost tiles, as PlanJob decides:
+    a crop of its first row of tiles runs; one that reaches the lost tile does not."""
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.random.default_rng(1).integers(0, 255, (128, 128), np.uint8),
+                     tile=(64, 64), compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        cut = int(tf.pages[0].dataoffsets[3]) + 10
+    path.write_bytes(path.read_bytes()[:cut])
+
+    def crop(y: int) -> str:
+        return json.dumps([{"op": "crop", "x": 0, "y": y, "width": 128, "height": 64}])
+
+    code, out, _ = _inspect(capsys, str(path), "--json")
+    assert code == 1
+    assert "segment 3 ends at byte" in json.loads(out)["files"][0]["pages"][0]["refused"][
+        "message"]
+    code, out, _ = _inspect(capsys, str(path), "--ops", crop(0), "--json")
+    [doc] = json.loads(out)["files"]
+    assert code == 0 and doc["ok"] and "refused" not in doc["pages"][0]
+    assert doc["pages"][0]["ops"]["out"]["height"] == 64
+    code, out, _ = _inspect(capsys, str(path), "--ops", crop(32), "--json")
+    assert code == 1
+    assert "the file is truncated" in json.loads(out)["files"][0]["pages"][0]["refused"][
+        "message"]

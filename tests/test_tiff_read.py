@@ -20,6 +20,7 @@ from PIL import Image
 from pipeline import cli
 from pipeline.adapters.tiff_read import (
     PageReader,
+    check_segments_in_file,
     get_page,
     open_tiff,
     planned_page,
@@ -381,6 +382,29 @@ def test_truncated_file_fails_only_for_windows_on_missing_segments(tmp_path):
         assert np.array_equal(top, page[:50])
         with pytest.raises(CorruptTiffError, match="truncated"):
             read_window(tf, p, url, 0, Rect(H - 3, 0, H, 5))
+
+
+def test_a_page_cut_short_is_refused_only_for_a_window_on_its_lost_segments(tmp_path):
+    """check_segments_in_file with the window a job reads (a crop's): the strips of each
+    plane of a page whose samples are stored apart are counted, so a window of the top rows
+    reads the first strips of every plane, whole, and passes; one of the bottom rows reads
+    the last plane's last strip, lost, and is refused naming it; no window: the page."""
+    page = np.random.default_rng(3).integers(0, 255, (3, 40, 30), np.uint8)
+    path = tmp_path / "planes.tif"
+    tifffile.imwrite(path, page, photometric="rgb", planarconfig="separate",
+                     rowsperstrip=10, compression="zlib", metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        offsets = [int(o) for o in tf.pages[0].dataoffsets]
+    assert len(offsets) == 12 and offsets[11] == max(offsets)  # plane 2's strip 3 last
+    path.write_bytes(path.read_bytes()[:offsets[11] + 2])
+    url = str(path)
+    with open_tiff(url) as tf:
+        p = get_page(tf, url, 0)
+        check_segments_in_file(p, "planes.tif: page 0", Rect(0, 0, 30, 30))  # rows 0-29
+        for window in (Rect(30, 5, 31, 6), None):
+            with pytest.raises(CorruptTiffError, match=r"^planes\.tif: page 0: segment 11 "
+                                                       r"ends at byte \d+ but the file has"):
+                check_segments_in_file(p, "planes.tif: page 0", window)
 
 
 @pytest.mark.parametrize("tiled", [True, False])

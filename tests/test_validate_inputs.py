@@ -378,7 +378,8 @@ def test_a_file_cut_short_is_named_before_any_pixel_is_read(tmp_path: Path,
     them: they read; the last page's pixel data cut off) is refused from the headers alone,
     by validate --inputs and by PlanJob, naming the page and the segment; it was "can run"
     and failed in Split, after the work of the pages before. The page before the cut, listed
-    alone, still runs."""
+    alone, still runs; so does a crop of the cut page's whole tiles (its rows 0-63: tiles
+    0-2), which was refused too, and a crop that reaches the lost tile is refused."""
     path = tmp_path / "in" / "scan.tif"
     path.parent.mkdir()
     with tifffile.TiffWriter(path) as w:
@@ -393,20 +394,27 @@ def test_a_file_cut_short_is_named_before_any_pixel_is_read(tmp_path: Path,
                                                 strict=True)]
     path.write_bytes(path.read_bytes()[:cut])
     out = tmp_path / "out"
+    whole = {"op": "crop", "x": 0, "y": 0, "width": 160, "height": 64}
+    lost = {**whole, "y": 60}
     manifest = _manifest(tmp_path, [
         {"input": str(path), "output": str(out / "all.tif"), "ops": BLUR},
-        {"input": str(path), "output": str(out / "first.tif"), "ops": BLUR, "pages": [0]}])
+        {"input": str(path), "output": str(out / "first.tif"), "ops": BLUR, "pages": [0]},
+        {"input": str(path), "output": str(out / "top.tif"), "ops": [whole], "pages": [1]},
+        {"input": str(path), "output": str(out / "low.tif"), "ops": [lost], "pages": [1]}])
     assert cli.main(["validate", "--inputs", str(manifest)]) == 2
     stdout, err = capsys.readouterr()
-    assert stdout.endswith("1 job can run, 1 would fail when planned\n")
+    assert stdout.endswith("2 jobs can run, 2 would fail when planned\n")
+    problem = (f"    page 1: segment 3 ends at byte {ends[3]} but the file has {cut} bytes; the "
+               "file is truncated: copy it again from its source or export it again, then "
+               "check that tifffile.imread or tiffinfo -D reads it whole\n")
     assert err.endswith(
-        f"  jobs[0] {path} -> {out / 'all.tif'}: CorruptTiffError\n"
-        f"    page 1: segment 3 ends at byte {ends[3]} but the file has {cut} bytes; the file "
-        "is truncated: copy it again from its source or export it again, then check that "
-        "tifffile.imread or tiffinfo -D reads it whole\n")
+        f"  jobs[0] {path} -> {out / 'all.tif'}: CorruptTiffError\n{problem}"
+        f"  jobs[3] {path} -> {out / 'low.tif'}: CorruptTiffError\n{problem}")
     run = handlers.split_handler({"action": "plan_run", "manifest": str(manifest),
                                   "work": str(tmp_path / "work") + "/", "run_id": "r1"})
     with pytest.raises(TiffpipeError, match=r"page 1: segment 3 ends at byte .* truncated"):
         handlers.process_handler({"action": "plan_job", "run": run["run"], "job": 0})
-    planned = handlers.process_handler({"action": "plan_job", "run": run["run"], "job": 1})
-    assert planned["tiles"] > 0
+    for job in (1, 2):
+        planned = handlers.process_handler({"action": "plan_job", "run": run["run"],
+                                            "job": job})
+        assert planned["tiles"] > 0

@@ -14,7 +14,7 @@ import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -543,12 +543,19 @@ def check_dimensions(page: tifffile.TiffPage, where: str) -> None:
                                    f"{REPAIR}")
 
 
+#: the region of a page of (height, width, dtype) a job reads (None: the whole page):
+#: :func:`pipeline.core.chain.input_window` of its op chain
+Reads = Callable[[int, int, str], Rect | None]
+
+
 def page_info(page: tifffile.TiffPage, url: str, index: int,
-              keep_palette: bool = False) -> PageInfo:
+              keep_palette: bool = False, reads: Reads | None = None) -> PageInfo:
     """What a plan needs of a page, or UnsupportedTiffError saying why it can't be processed.
 
     The dtype, channels and photometric are those of the pixels the reader returns (after any
     conversion, see :func:`pixel_kind`); ``metadata`` holds the tags carried to the output.
+    ``reads``: the region of the page the job reads, where a segment cut off by the end of
+    the file refuses the page (:func:`check_segments_in_file`; default: anywhere on it).
     """
     where = f"{url}: page {index}"
     check_dimensions(page, where)
@@ -564,7 +571,9 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     if compression == ojpeg.OJPEG:
         _check_ojpeg(where, kind)
     else:
-        check_segments_in_file(page, where)
+        window = reads(int(page.imagelength), int(page.imagewidth),
+                       kind.dtype.name) if reads is not None else None
+        check_segments_in_file(page, where, window)
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
@@ -604,13 +613,17 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
                     ifd_offset=int(page.offset))
 
 
-def check_segments_in_file(page: tifffile.TiffPage, where: str) -> None:
+def check_segments_in_file(page: tifffile.TiffPage, where: str,
+                           window: Rect | None = None) -> None:
     """CorruptTiffError if a segment of the page ends past the end of the file: a file whose
     copy or upload stopped part way, its headers (written first by tifffile and GDAL) whole.
     Found from the page's offsets and byte counts, so that PlanJob and ``validate --inputs``
     refuse it before any pixel is read (it failed in Split, after the work of the pages
-    before), with the message :meth:`PageReader._read` gives. A page without its byte
-    counts tag (tifffile makes up one count) is left to the reader, which computes them."""
+    before), with the message :meth:`PageReader._read` gives. ``window``: the region of the
+    page the job reads (a crop's box, with the halo of the ops before it): only a segment
+    it overlaps counts (every plane's), so the part of a damaged scan that is whole can be
+    cropped out; None: the whole page. A page without its byte counts tag (tifffile makes
+    up one count) is left to the reader, which computes them."""
     if (325 if page.is_tiled else 279) not in page.tags:
         return
     offsets = np.asarray(page.dataoffsets, np.uint64)
@@ -619,11 +632,39 @@ def check_segments_in_file(page: tifffile.TiffPage, where: str) -> None:
         return  # (too few: PageReader names the tags)
     ends = offsets + counts
     size = page.parent.filehandle.size
-    past = np.flatnonzero((ends > size) & (counts > 0))
+    past = (ends > size) & (counts > 0)
+    if window is not None and past.any():
+        past &= _read_segments(page, window, len(offsets))
+    past = np.flatnonzero(past)
     if len(past):
         seg = int(past[0])
         raise CorruptTiffError(f"{where}: segment {seg} ends at byte {int(ends[seg])} but the "
                                f"file has {size} bytes; the file is truncated: {REPAIR}")
+
+
+def _read_segments(page: tifffile.TiffPage, window: Rect, count: int) -> np.ndarray:
+    """Which of the page's ``count`` segments (a mask: True for each) ``window`` overlaps, in
+    every plane: the segments :meth:`PageReader._segments` reads for it (tiles, or strips of
+    ``RowsPerStrip`` rows; planes one after another when the samples are stored apart)."""
+    height, width = int(page.imagelength), int(page.imagewidth)
+    if page.is_tiled:
+        seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
+    else:
+        seg_h, seg_w = int(min(page.rowsperstrip or height, height)), width
+    seg_rows, seg_cols = ceil(height / seg_h), ceil(width / seg_w)
+    samples = int(page.samplesperpixel)
+    planes = samples if page.planarconfig == PLANARCONFIG.SEPARATE and samples > 1 else 1
+    y0, x0 = max(window.y0, 0), max(window.x0, 0)
+    y1, x1 = min(window.y1, height), min(window.x1, width)
+    read = np.zeros(count, bool)
+    if y0 >= y1 or x0 >= x1:
+        return read
+    rows = np.arange(y0 // seg_h, (y1 - 1) // seg_h + 1)
+    cols = np.arange(x0 // seg_w, (x1 - 1) // seg_w + 1)
+    segs = ((np.arange(planes)[:, None, None] * seg_rows + rows[None, :, None]) * seg_cols
+            + cols[None, None, :]).ravel()
+    read[segs[segs < count]] = True
+    return read
 
 
 def _check_ojpeg(where: str, kind: PixelKind) -> None:
@@ -1232,8 +1273,8 @@ def read_infos(url: str, pages: list[int] | None, keep_palette: bool = False,
 
 def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool = False,
                            hand_over: bool = False, left_out: list[LeftOut] | None = None,
-                           refused: list[tuple[int, TiffpipeError]] | None = None
-                           ) -> tuple[list[PageInfo], str]:
+                           refused: list[tuple[int, TiffpipeError]] | None = None,
+                           reads: Reads | None = None) -> tuple[list[PageInfo], str]:
     """:func:`read_infos`, and the version of the input read (:func:`storage.version_of`:
     what the job's units must find), from the one open of it. ``left_out``: a list that
     gets the pages left out (when ``pages`` is None: masks and overviews,
@@ -1246,13 +1287,15 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
     ``refused``: a list that gets (page, error) of each page refused (one the reader does
     not read, a listed page not in the file or a mask), which is left out of the infos,
     instead of the first such error raised: every page's problem at once (``tiffpipe
-    validate --inputs``); errors of the file as a whole are raised still."""
+    validate --inputs``); errors of the file as a whole are raised still. ``reads``: the
+    region of each page the job reads (:func:`page_info`): a page cut short elsewhere is
+    read."""
     stack = ExitStack()
     page_errors = (UnsupportedTiffError, CorruptTiffError, PageNotFoundError)
 
     def info_of(page: tifffile.TiffPage, i: int) -> PageInfo | None:
         try:
-            return page_info(page, url, i, keep_palette)
+            return page_info(page, url, i, keep_palette, reads)
         except page_errors as exc:
             if refused is None:
                 raise

@@ -25,13 +25,15 @@ Pure module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from math import lcm
 from typing import Any
 
 import numpy as np
 
-from pipeline.core.geometry import PageGeometry, Placement, placement
+from pipeline.core.geometry import PageGeometry, Placement, placed_size, placement
+from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PageInfo
 from pipeline.core.ops import GLOBAL_KINDS, HALO_ALIGN, OpCall, chain_from_json
 
@@ -165,3 +167,30 @@ def page_placement(ops: list[dict[str, Any]], info: PageInfo) -> Placement | Non
     """What a chain's (its JSON) geometric ops do to a page, for its output's tags (None:
     the chain has none)."""
     return placement(chain_from_json(ops), info.height, info.width)
+
+
+def input_window(calls: list[OpCall], dtype: np.dtype | str, height: int, width: int
+                 ) -> Rect | None:
+    """The region of a ``height`` x ``width`` input page of ``dtype`` that a job of the
+    chain ``calls`` reads: None (the whole page) without a geometric op; else the window of
+    the placed page as one tile (:meth:`PageGeometry.tile_read`: what the tiles' windows
+    make together), walked back through the geometric ops (a rotate or flip before a crop
+    moves its box) and grown by the halo of each op before the last of them (rounded out to
+    ``HALO_ALIGN``, clipped at the page), as each unit's window is found. The ops after the
+    last geometric one read within the placed page. ``PlanJob`` refuses a page cut short
+    only where its segments in this window are lost
+    (:func:`pipeline.adapters.tiff_read.check_segments_in_file`)."""
+    layout = ChainLayout.of(list(calls), dtype)
+    if layout.last_geometric < 0:
+        return None
+    (placed_h, placed_w), _ = placed_size(list(calls), height, width)
+    grid = PageGrid(placed_h, placed_w, max(placed_h, placed_w, 1), 0)
+    return PageGeometry(layout, height, width, grid).tile_read(0, 0)
+
+
+def job_reads(ops: list[dict[str, Any]]) -> Callable[[int, int, str], Rect | None]:
+    """The region of a page of (height, width, dtype) that a job of the op chain ``ops``
+    (its JSON) reads (:func:`input_window`), as the reader's checks take it
+    (:func:`pipeline.adapters.tiff_read.page_info`'s ``reads``)."""
+    chain = chain_from_json(ops)
+    return lambda height, width, dtype: input_window(chain, dtype, height, width)

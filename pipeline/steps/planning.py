@@ -15,6 +15,7 @@ from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
 from pipeline.core import custom as custom_mod
+from pipeline.core.chain import job_reads
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import TIFF_SUFFIXES, ScanFindings, ScanSpec, scan_jobs
@@ -345,9 +346,10 @@ def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: boo
     # a palette page keeps its indices and colormap only when nothing changes its pixels
     keep_palette = keeps_palette(spec.ops, spec.output_options.compression)
     left_out: list[Any] = []  # (the pages a job without pages leaves out)
+    # a page cut short is refused only where the job reads it (a crop of its whole part runs)
     infos, version = read_infos_and_version(spec.input, spec.pages, keep_palette=keep_palette,
                                             hand_over=hand_over, left_out=left_out,
-                                            refused=refused)
+                                            refused=refused, reads=job_reads(spec.ops))
     plan, problems = plan_pages(job, spec, infos, work, started, version, left_out)
     refusals = [page_problem(spec.input, page, exc) for page, exc in refused or []]
     return plan, refusals + problems
