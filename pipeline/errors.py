@@ -112,8 +112,8 @@ class OutputExistsError(TiffpipeError):
 
 
 class OutputTooLargeError(TiffpipeError):
-    """The output breaks a limit of its storage: S3's largest object (5 TB) or the 10,000
-    parts of one multipart upload."""
+    """The output breaks a limit of its format or its storage: a classic TIFF's 4 GiB, S3's
+    largest object (5 TB) or the 10,000 parts of one multipart upload."""
 
 
 class StorageError(TiffpipeError):

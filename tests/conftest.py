@@ -33,7 +33,7 @@ ENGINE = {
     "test_bad_input", "test_bands", "test_bench_quick", "test_canny_tree", "test_cli",
     "test_console", "test_corpus", "test_custom_ops", "test_engine", "test_engine_direct",
     "test_engine_startup", "test_estimate", "test_fused", "test_global_ops", "test_held_work",
-    "test_bilevel", "test_estimate_bilevel",
+    "test_bilevel", "test_estimate_bilevel", "test_bigtiff",
     "test_interrupt", "test_level_units", "test_many_jobs", "test_metadata",
     "test_odd_inputs", "test_preview", "test_pyramid", "test_s3_merge", "test_s3_pipeline",
     "test_scan",

@@ -209,8 +209,8 @@ def test_unknown_job_fields_name_the_allowed_ones():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field "
-        "(allowed: bilevel, compression, level, masks, ome, pyramid, pyramid_layout, quality, "
-        "tile)")
+        "(allowed: bigtiff, bilevel, compression, level, masks, ome, pyramid, pyramid_layout, "
+        "quality, tile)")
 
 
 def test_masks_is_a_boolean_defaulting_to_carried():
@@ -570,7 +570,7 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, pyramid, pyramid_layout, ome, bilevel, masks, got "zstd"')
+        'tile, pyramid, pyramid_layout, ome, bilevel, masks, bigtiff, got "zstd"')
 
 
 def test_pyramid_layout_is_subifds_or_pages():

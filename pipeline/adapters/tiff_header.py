@@ -35,18 +35,30 @@ class Placeholder(bytes):
         return self.span.size
 
 
+class LayoutOverflow(Exception):
+    """A write that would take the recorded file past its ``limit`` (a classic TIFF's)."""
+
+    def __init__(self, end: int, limit: int):
+        super().__init__(f"a write up to byte {end} passes the limit of {limit} bytes")
+        self.end, self.limit = end, limit
+
+
 class LayoutRecorder(io.RawIOBase):
     """A seekable writable "file" that records what is written where: literal bytes merged
     into extents (later writes patch earlier ones), placeholders as spans. Never reads.
+    With a ``limit``, a write that would end past it raises :class:`LayoutOverflow`
+    (tifffile writes a page's tiles before their offsets: a classic TIFF's tiles that pass
+    4 GiB are caught here, before an offset past 32 bits is packed or a file is written).
 
     Extents and spans are kept sorted by position and found by bisection: a file of n pages
     has about n extents (each page's IFD and tag values, between its tiles), and merge writes,
     patches and reads each page's, so a scan of them all per call made merge O(n^2) in pages.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         super().__init__()
         self.name = "tiffpipe-layout"
+        self.limit = limit
         self._pos = 0
         self.size = 0
         self._extents: list[tuple[int, bytearray]] = []  # sorted, disjoint, not adjacent
@@ -69,6 +81,11 @@ class LayoutRecorder(io.RawIOBase):
         return self._pos
 
     def write(self, data: Any) -> int:
+        if self.limit is not None:
+            end = self._pos + (len(data) if isinstance(data, Placeholder)
+                               else memoryview(data).nbytes)
+            if end > self.limit:
+                raise LayoutOverflow(end, self.limit)
         if isinstance(data, Placeholder):
             span, n = data.span, data.span.size
             # a tile that continues the last one, in the file and in its segment, joins it:

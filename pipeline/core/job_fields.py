@@ -25,7 +25,7 @@ from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
-                 "bilevel", "masks")
+                 "bilevel", "masks", "bigtiff")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -70,6 +70,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.ome": OutputOptions.ome,
     "output_options.bilevel": OutputOptions.bilevel,
     "output_options.masks": OutputOptions.masks,
+    "output_options.bigtiff": OutputOptions.bigtiff,
     "fuse": JobSpec.fuse,
     "if_exists": JobSpec.if_exists,
 }
@@ -266,6 +267,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "ome": _OME.check,
         "bilevel": _BILEVEL.check,
         "masks": _MASKS.check,
+        "bigtiff": _bigtiff_problem,
     }
     for name, check in checks.items():
         if name not in opts:
@@ -278,6 +280,15 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         else:
             value = opts[name]  # (the numbers as ints: a JSON 512.0 is a tile of 512)
             layer.values[key] = int(value) if name in ("level", "quality", "tile") else value
+
+
+def _bigtiff_problem(value: Any) -> str | None:
+    """None if ``value`` is what ``output_options.bigtiff`` takes: true (a BigTIFF), false (a
+    classic TIFF) or "auto" (by the output's size), true and false as JSON booleans (a 1 is
+    no true); else the message."""
+    if isinstance(value, bool) or value == "auto":
+        return None
+    return f'expected true, false or "auto", got {show(value)}'
 
 
 # --- rules across fields -------------------------------------------------------------

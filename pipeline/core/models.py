@@ -45,6 +45,9 @@ class OutputOptions:
     bilevel: bool = False
     #: carry each page's internal mask (GDAL's valid-data mask) into the output, after it
     masks: bool = True
+    #: write a BigTIFF (True), a classic TIFF (False), or "auto": a BigTIFF when the output
+    #: may pass classic TIFF's 4 GiB (:func:`pipeline.core.plan.bigtiff_output`)
+    bigtiff: bool | str = "auto"
 
     def to_json(self) -> dict[str, Any]:
         return field_values(self)

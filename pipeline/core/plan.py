@@ -43,11 +43,20 @@ SINGLE_TASK_JOBS = True
 #: pixels: its units run side by side in the task; a Map of such short units (on AWS a
 #: Distributed Map run and its child executions) costs more than it saves
 SINGLE_TASK_PIXELS = 16 * 1000 * 1000
-#: ... and keeps its segment in memory when its output is at most this many bytes
-#: uncompressed (:func:`held_output`; its encoded tiles are about as large at most)
+#: ... and keeps its segment in memory when its encoded tiles are at most about this many
+#: bytes (:func:`held_bytes`)
 HELD_OUTPUT_BYTES = 64 * 1024 * 1024
-#: classic TIFF offsets are 32-bit: above this many raw bytes, the output is a BigTIFF
+#: classic TIFF offsets are 32-bit: above this many bytes of pixels as written uncompressed
+#: (:func:`raw_output_bytes`), an output of ``"bigtiff": "auto"`` is a BigTIFF (a margin
+#: under the 4 GiB a classic TIFF holds, for what its codec adds: merge refuses to lay out
+#: a classic TIFF past those 4 GiB, :data:`pipeline.core.tiff_layout.CLASSIC_TIFF_BYTES`)
 BIGTIFF_ABOVE = 2**31
+#: the most bits a pixel takes in a CCITT T.6 (group4) tile: each code (at most 7 bits in
+#: vertical mode, 4 in pass mode covering 2 pixels or more, 3 + 6 + 3 in horizontal mode
+#: for two runs of 1) moves on a pixel or more; a row adds at most 7 (its first run may be
+#: a white run of 0, 8 bits) and a tile 4 bytes (the EOFB and its padding). Noise takes
+#: about 2 (measured with libtiff's encoder: a random 512 px tile, 2.1 bits a pixel)
+GROUP4_BITS_PER_PIXEL = 7
 #: the most items one Map state is given (Distributed Map fans out up to 10,000 children)
 MAX_ITEMS = 10_000
 #: a page with fewer processing tiles than this is cut finer (:func:`page_tile`), so that its
@@ -282,13 +291,35 @@ def held_output(plan: JobPlan) -> bool:
     written or read back; the output is composed from memory): a small output without
     pyramid levels (whose units write level files of their own)."""
     return (single_task(plan) and not plan.spec.output_options.pyramid
-            and raw_output_bytes(plan) <= HELD_OUTPUT_BYTES)
+            and held_bytes(plan) <= HELD_OUTPUT_BYTES)
+
+
+def held_bytes(plan: JobPlan) -> int:
+    """About the most bytes a single task holds of the output's encoded tiles: its pixels
+    as written uncompressed (:func:`raw_output_bytes`; the lossless codecs' tiles are about
+    as large at most), a 1-bit output's in CCITT group4 at :data:`GROUP4_BITS_PER_PIXEL`
+    bits a pixel (noisy bits take more than 1 in group4; a mask page stays deflated)."""
+    options = plan.spec.output_options
+    if not (options.bilevel and options.compression == "group4"):
+        return raw_output_bytes(plan)
+    return sum(_bit_page_bytes(p) * (GROUP4_BITS_PER_PIXEL + bool(p.info.mask_ifd))
+               for p in plan.pages)
 
 
 def raw_output_bytes(plan: JobPlan) -> int:
-    """The bytes of the output's base pages, uncompressed."""
-    return sum(p.out_grid.height * p.out_grid.width * p.out_channels
-               * np.dtype(p.out_dtype).itemsize for p in plan.pages)
+    """The bytes of the output's base pages as written uncompressed: a 1-bit output's
+    (``bilevel``) at a bit a pixel, each row packed to whole bytes as TIFF packs them, and
+    each carried internal mask page (``masks``: 1 bit) as well."""
+    bilevel = plan.spec.output_options.bilevel
+    pages = sum(_bit_page_bytes(p) if bilevel else
+                p.out_grid.height * p.out_grid.width * p.out_channels
+                * np.dtype(p.out_dtype).itemsize for p in plan.pages)
+    return pages + sum(_bit_page_bytes(p) for p in plan.pages if p.info.mask_ifd)
+
+
+def _bit_page_bytes(page: PagePlan) -> int:
+    """The bytes of a 1-bit output page of ``page``'s size, uncompressed: its rows packed."""
+    return page.out_grid.height * -(-page.out_grid.width // 8)
 
 
 def stays_aperio(info: PageInfo, layout: ChainLayout) -> bool:
@@ -407,7 +438,14 @@ def strip_page(info: PageInfo, out_tile: int, layout: ChainLayout) -> int:
 
 
 def bigtiff_output(plan: JobPlan) -> bool:
-    """True when the output may pass classic TIFF's 32-bit offsets (by its raw size)."""
+    """Whether the output is a BigTIFF: as ``output_options.bigtiff`` says, or with "auto"
+    when it may pass classic TIFF's 32-bit offsets: its pixels as written uncompressed
+    (:func:`raw_output_bytes`: a 1-bit output's at a bit a pixel) above
+    :data:`BIGTIFF_ABOVE`. A classic output whose tiles pass 4 GiB anyway (noisy bits in
+    group4) fails its merge, naming the option (:func:`pipeline.steps.merge.output_pieces`)."""
+    chosen = plan.spec.output_options.bigtiff
+    if isinstance(chosen, bool):
+        return chosen
     raw = raw_output_bytes(plan)
     if plan.spec.output_options.pyramid:
         raw = raw * 4 // 3  # the levels add up to a third of the base pages

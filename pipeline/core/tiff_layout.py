@@ -32,6 +32,9 @@ MAX_PART = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 #: the largest S3 object
 MAX_OBJECT = 5 * 1024 * 1024 * MiB
+#: the most bytes a classic TIFF holds: its offsets are unsigned 32-bit (merge lays out no
+#: larger one: :func:`pipeline.steps.merge.output_pieces`; read when merge runs)
+CLASSIC_TIFF_BYTES = 2**32
 #: the size a copied part aims at when a span is cut into several (fewer, larger requests)
 COPY_PART = 512 * MiB
 #: a page whose tiles, in row-major order, make more runs than this (neighbouring tiles in

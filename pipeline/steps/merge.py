@@ -47,6 +47,7 @@ from pipeline.adapters.metadata import (
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_header import (
     RESOLUTION_TAGS,
+    LayoutOverflow,
     LayoutRecorder,
     drop_entries,
     image_ifds,
@@ -67,9 +68,14 @@ from pipeline.core.ops import (
     chain_linear,
     chain_own_nodata,
 )
-from pipeline.core.plan import bigtiff_output
+from pipeline.core.plan import (
+    BIGTIFF_ABOVE,
+    GROUP4_BITS_PER_PIXEL,
+    bigtiff_output,
+    raw_output_bytes,
+)
 from pipeline.core.tiff_layout import Piece, Span
-from pipeline.errors import OutputExistsError, TiffpipeError
+from pipeline.errors import OutputExistsError, OutputTooLargeError, TiffpipeError
 from pipeline.steps import held_work, layout, stopping
 from pipeline.steps.common import (
     abort_output_uploads,
@@ -177,25 +183,34 @@ def publisher(plan: JobPlan) -> str:
 def output_pieces(plan: JobPlan) -> list[Piece]:
     """Every byte of the job's output in order: tifffile's header, IFDs and tag values
     (written over a :class:`LayoutRecorder` with placeholder tiles) and the tiles' spans."""
-    recorder = LayoutRecorder()
+    big = bigtiff_output(plan)
+    # (a classic TIFF's tiles may pass its 4 GiB though its pixels were planned to fit:
+    # caught as they are laid out, before a byte of the output is written)
+    recorder = LayoutRecorder(None if big else tiff_layout.CLASSIC_TIFF_BYTES)
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
     # each page's IFDs (its own, its levels', masks'), in file order: whether a mask
     masks: list[list[bool]] = []
-    with tifffile.TiffWriter(recorder, bigtiff=bigtiff_output(plan),
-                             ome=plan.spec.output_options.ome) as writer:
-        for i, page in enumerate(plan.pages):
-            written = _write_page(writer, plan, i, page)
-            masks.append([is_mask for _, is_mask in written])
-            for j, (table, _) in enumerate(written):
-                runs = table.run_sizes()
-                # what row-major order would read through: the runs too short to copy
-                short = int(runs[runs < tiff_layout.MIN_PART].sum())
-                if (len(runs) > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources))
-                        or (len(runs) > len(table.sources) and short > budget)):
-                    reorder[i, j] = table
-                else:
-                    budget -= short
+    try:
+        with tifffile.TiffWriter(recorder, bigtiff=big,
+                                 ome=plan.spec.output_options.ome) as writer:
+            for i, page in enumerate(plan.pages):
+                written = _write_page(writer, plan, i, page)
+                masks.append([is_mask for _, is_mask in written])
+                for j, (table, _) in enumerate(written):
+                    runs = table.run_sizes()
+                    # what row-major order would read through: the runs too short to copy
+                    short = int(runs[runs < tiff_layout.MIN_PART].sum())
+                    if (len(runs) > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources))
+                            or (len(runs) > len(table.sources) and short > budget)):
+                        reorder[i, j] = table
+                    else:
+                        budget -= short
+    except (LayoutOverflow, ValueError) as exc:
+        # (tifffile's own check of a classic file's IFDs: "data too large for non-BigTIFF")
+        if big or not (isinstance(exc, LayoutOverflow) or "non-BigTIFF" in str(exc)):
+            raise
+        raise OutputTooLargeError(_classic_overflow(plan)) from exc
     unresolved = [not _has_resolution(page) for page in plan.pages]
     bilevel = plan.spec.output_options.bilevel
     group4 = plan.spec.output_options.compression == "group4"
@@ -218,6 +233,21 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
             if group4 and not mask:  # (laid out as deflate: see writer_kwargs; a mask page
                 set_compression(recorder, ifd, GROUP4)  # stays deflate)
     return recorder.pieces()
+
+
+def _classic_overflow(plan: JobPlan) -> str:
+    """Why a classic TIFF cannot hold the job's output, and what to set."""
+    options = plan.spec.output_options
+    noisy = (f" (noisy 1-bit pages take up to {GROUP4_BITS_PER_PIXEL} bits a pixel in it)"
+             if options.compression == "group4" else "")
+    why = ("output_options.bigtiff is false" if options.bigtiff is False else
+           f"its pixels as written uncompressed ({raw_output_bytes(plan)} bytes) were under "
+           f"the {BIGTIFF_ABOVE} that make an output a BigTIFF (\"bigtiff\": \"auto\"), and "
+           f"{options.compression} made its tiles larger{noisy}")
+    return (f"output {plan.spec.output}: its tiles pass the {tiff_layout.CLASSIC_TIFF_BYTES} "
+            f"bytes a classic TIFF holds (its offsets are 32-bit), and it was to be a classic "
+            f"TIFF: {why}; nothing was written: set \"output_options\": {{\"bigtiff\": true}} "
+            "and re-run the job")
 
 
 def _has_resolution(page: PagePlan) -> bool:
