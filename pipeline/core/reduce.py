@@ -1,6 +1,7 @@
-"""The rounded mean of 2 x 2 blocks for the integer types whose sum of four overflows every
-wider numpy type (64-bit): what pyramid levels of int64 and uint64 pages are made of.
-Pure module: arrays in, arrays out.
+"""Block means: the rounded mean of 2 x 2 blocks for the integer types whose sum of four
+overflows every wider numpy type (64-bit: pyramid levels of int64 and uint64 pages), and
+the mean of f x f blocks over their valid samples alone (:func:`masked_mean`: pyramid levels
+and ``downsample`` of a page with no-data or a mask). Pure module: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -17,3 +18,89 @@ def mean4(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndar
     q = a // four + b // four + c // four + d // four
     r = a % four + b % four + c % four + d % four
     return q + (r + a.dtype.type(2)) // four
+
+
+#: integer type that holds the sum of four values of a type without overflow (2 x 2 blocks:
+#: the pyramid levels'); larger blocks sum in int32 (8 and 16-bit types) or int64
+WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4": np.int64,
+         "i4": np.int64}
+
+
+def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
+                mask: np.ndarray | None = None) -> np.ndarray:
+    """The mean of each ``factor`` x ``factor`` block of ``block`` (h, w) or (h, w, c), over
+    its valid samples: those present (a block past an edge the page does not fill has fewer),
+    not equal to ``nodata`` (not NaN for NaN), at the pixels ``mask`` (h, w, bool: None, all)
+    says are valid. With ``n`` valid samples summing to ``s``: floats ``s / n`` in float64,
+    ``s`` summed block column by block column, top to bottom (for 2 x 2: ``((p00 + p10) +
+    p01) + p11``), the samples left out counted as -0.0 (``v + -0.0`` is ``v``, signs of
+    zero and NaN included); integers ``(s + n // 2) // n``, exact (64-bit ones too). Where
+    ``n`` is 0: ``nodata`` (0 without one). What the pyramid levels of a page with no-data or
+    a mask are made of (``factor`` 2), and ``downsample`` on such a page: GDAL's average
+    resampling, which leaves those samples out."""
+    h, w = block.shape[:2]
+    dtype, f = block.dtype, factor
+    if nodata is None:
+        valid = np.ones(block.shape, bool)
+    elif dtype.kind == "f" and np.isnan(nodata):
+        valid = ~np.isnan(block)
+    else:
+        valid = block != dtype.type(nodata)
+    if mask is not None:
+        valid &= mask.reshape(mask.shape + (1,) * (block.ndim - 2))
+    shape = (-(-h // f) * f, -(-w // f) * f) + block.shape[2:]
+    order = [(dy, dx) for dx in range(f) for dy in range(f)]
+    if shape == block.shape and valid.all():  # whole blocks, none left out (most of a page):
+        ok, n, none = None, np.int64(f * f), None  # no count, nothing to blank
+    else:
+        ok = np.zeros(shape, bool)
+        ok[:h, :w] = valid
+        n = np.zeros((shape[0] // f, shape[1] // f) + shape[2:], np.int64)
+        for dy, dx in order:
+            n += ok[dy::f, dx::f]
+        none = n == 0
+        n[none] = 1
+    if dtype.kind in "iu" and dtype.str[1:] not in WIDE:
+        out = _mean_of_64bit(block if ok is None else np.where(valid, block, 0), shape, n, f)
+    else:
+        floats = dtype.kind == "f"
+        # (larger blocks: 4096 samples of 16 bits at most sum below 2**31)
+        wide = (np.float64 if floats else WIDE[dtype.str[1:]] if f == 2
+                else np.int32 if dtype.itemsize <= 2 else np.int64)
+        if ok is None:
+            b = block.astype(wide)
+        else:
+            b = np.full(shape, -0.0) if floats else np.zeros(shape, wide)
+            b[:h, :w] = block
+            b[~ok] = -0.0 if floats else 0
+        s = b[0::f, 0::f].copy()
+        for dy, dx in order[1:]:
+            s += b[dy::f, dx::f]
+        out = s / n if floats else (s + n // 2) // n
+    if none is not None:
+        out[none] = 0 if nodata is None else nodata
+    return out.astype(dtype)
+
+
+def _mean_of_64bit(block: np.ndarray, shape: tuple[int, ...], n: np.ndarray,
+                   f: int) -> np.ndarray:
+    """``(s + n // 2) // n`` of f x f blocks of 64-bit integers (the invalid ones 0),
+    exactly: each value is ``hi * 2**32 + lo`` (``lo`` in 0..2**32 - 1), the sums of the
+    halves fit in int64 (f * f <= 4096 values), and ``floor((S_hi * 2**32 + S_lo + n // 2) /
+    n)`` is ``q * 2**32 + (r * 2**32 + S_lo + n // 2) // n`` with ``S_hi = q * n + r``,
+    computed modulo 2**64 in the block's type (the result is in range, so it comes out
+    exact)."""
+    h, w = block.shape[:2]
+    hi = np.zeros(shape, np.int64)
+    lo = np.zeros(shape, np.int64)
+    hi[:h, :w] = block >> 32  # (arithmetic: floor for int64)
+    lo[:h, :w] = block & 0xFFFFFFFF
+    s_hi, s_lo = hi[0::f, 0::f].copy(), lo[0::f, 0::f].copy()
+    for dy in range(f):
+        for dx in range(f):
+            if dy or dx:
+                s_hi += hi[dy::f, dx::f]
+                s_lo += lo[dy::f, dx::f]
+    q, r = np.divmod(s_hi, n)
+    low = (r * 2**32 + s_lo + n // 2) // n
+    return (q.astype(block.dtype) << block.dtype.type(32)) + low.astype(block.dtype)

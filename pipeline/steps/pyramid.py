@@ -58,15 +58,10 @@ from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_keeps_values, chain_own_nodata
-from pipeline.core.reduce import mean4
+from pipeline.core.reduce import WIDE, masked_mean, mean4
 from pipeline.core.tiff_layout import Span
 
 __all__ = ["Pyramid", "level_nodata", "reduce2", "reduce_mask"]
-
-
-#: integer type that holds the sum of four values of a type without overflow
-_WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4": np.int64,
-         "i4": np.int64}
 
 
 def level_nodata(plan: JobPlan, page: int) -> float | None:
@@ -104,9 +99,9 @@ def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = Non
     if h % 2 or w % 2:
         block = np.concatenate([block, block[-1:]], 0) if h % 2 else block
         block = np.concatenate([block, block[:, -1:]], 1) if w % 2 else block
-    if block.dtype.str[1:] not in _WIDE:  # 64-bit integers: exact in their own type
+    if block.dtype.str[1:] not in WIDE:  # 64-bit integers: exact in their own type
         return mean4(block[0::2, 0::2], block[1::2, 0::2], block[0::2, 1::2], block[1::2, 1::2])
-    s = block[0::2, 0::2].astype(_WIDE[block.dtype.str[1:]])
+    s = block[0::2, 0::2].astype(WIDE[block.dtype.str[1:]])
     s += block[1::2, 0::2]
     s += block[0::2, 1::2]
     s += block[1::2, 1::2]
@@ -139,42 +134,10 @@ def _float_reduce2(block: np.ndarray) -> np.ndarray:
 def _masked_reduce2(block: np.ndarray, nodata: float | None,
                     mask: np.ndarray | None = None) -> np.ndarray:
     """:func:`reduce2` leaving the samples equal to ``nodata`` out, and the pixels ``mask``
-    says are not valid: the mean of the ``n`` valid samples present (floats ``s / n`` in
-    float64, summed in the same order; integers ``(s + n // 2) // n``), ``nodata`` (0
-    without one) where ``n`` is 0. Without a sample left out it equals :func:`reduce2`'s
-    result bit for bit."""
-    h, w = block.shape[:2]
-    dtype = block.dtype
-    if nodata is None:
-        valid = np.ones(block.shape, bool)
-    elif dtype.kind == "f" and np.isnan(nodata):
-        valid = ~np.isnan(block)
-    else:
-        valid = block != dtype.type(nodata)
-    if mask is not None:
-        valid &= mask.reshape(mask.shape + (1,) * (block.ndim - 2))
-    shape = (h + h % 2, w + w % 2) + block.shape[2:]
-    count = np.zeros(shape, np.int64)
-    count[:h, :w] = valid
-    n = count[0::2, 0::2] + count[1::2, 0::2] + count[0::2, 1::2] + count[1::2, 1::2]
-    none = n == 0
-    n[none] = 1
-    if dtype.kind == "f":
-        b = np.full(shape, -0.0)
-        b[:h, :w] = np.where(valid, block, -0.0)
-        s = b[0::2, 0::2] + b[1::2, 0::2]
-        s += b[0::2, 1::2]
-        s += b[1::2, 1::2]
-        out = s / n
-    elif dtype.str[1:] in _WIDE:
-        b = np.zeros(shape, _WIDE[dtype.str[1:]])
-        b[:h, :w] = np.where(valid, block, 0)
-        s = b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2]
-        out = (s + n // 2) // n
-    else:
-        out = _mean_of_64bit(np.where(valid, block, 0), shape, n)
-    out[none] = 0 if nodata is None else nodata
-    return out.astype(dtype)
+    says are not valid: :func:`pipeline.core.reduce.masked_mean` of 2 x 2 blocks (``nodata``,
+    0 without one, where none is valid). Without a sample left out it equals
+    :func:`reduce2`'s result bit for bit."""
+    return masked_mean(block, 2, nodata, mask)
 
 
 def reduce_mask(valid: np.ndarray, nearest: bool = False) -> np.ndarray:
@@ -186,24 +149,6 @@ def reduce_mask(valid: np.ndarray, nearest: bool = False) -> np.ndarray:
     v = np.zeros((h + h % 2, w + w % 2), bool)
     v[:h, :w] = valid
     return v[0::2, 0::2] | v[1::2, 0::2] | v[0::2, 1::2] | v[1::2, 1::2]
-
-
-def _mean_of_64bit(block: np.ndarray, shape: tuple[int, ...], n: np.ndarray) -> np.ndarray:
-    """``(s + n // 2) // n`` of 2 x 2 blocks of 64-bit integers (the invalid ones 0),
-    exactly: each value is ``hi * 2**32 + lo`` (``lo`` in 0..2**32 - 1), the sums of the
-    halves fit in int64, and ``floor((S_hi * 2**32 + S_lo + n // 2) / n)`` is
-    ``q * 2**32 + (r * 2**32 + S_lo + n // 2) // n`` with ``S_hi = q * n + r``, computed
-    modulo 2**64 in the block's type (the result is in range, so it comes out exact)."""
-    h, w = block.shape[:2]
-    hi = np.zeros(shape, np.int64)
-    lo = np.zeros(shape, np.int64)
-    hi[:h, :w] = block >> 32  # (arithmetic: floor for int64)
-    lo[:h, :w] = block & 0xFFFFFFFF
-    s_hi = hi[0::2, 0::2] + hi[1::2, 0::2] + hi[0::2, 1::2] + hi[1::2, 1::2]
-    s_lo = lo[0::2, 0::2] + lo[1::2, 0::2] + lo[0::2, 1::2] + lo[1::2, 1::2]
-    q, r = np.divmod(s_hi, n)
-    low = (r * 2**32 + s_lo + n // 2) // n
-    return (q.astype(block.dtype) << block.dtype.type(32)) + low.astype(block.dtype)
 
 
 class _Level:
