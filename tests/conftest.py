@@ -245,6 +245,23 @@ def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray | None,
             ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
 
 
+def gdal_average(path: str | Path, f: int) -> tuple[np.ndarray, np.ndarray]:
+    """GDAL's average resampling of a file's pixels (bands last) by ``f`` (``rasterio``'s
+    ``read(out_shape=...)``, as ``gdal_translate -r average``: its mask or no-data value
+    left out), over the part a ``downsample`` keeps (the rows and columns past the last
+    whole block dropped), and its mask there (True: valid)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    with rasterio.open(path) as ds:
+        h, w = ds.height // f, ds.width // f
+        window = Window(0, 0, w * f, h * f)
+        pixels = ds.read(window=window, out_shape=(ds.count, h, w),
+                         resampling=Resampling.average)
+        return np.moveaxis(pixels, 0, -1), ds.read_masks(1, window=window) > 0
+
+
 # --- moto in this process -------------------------------------------------------------------
 
 

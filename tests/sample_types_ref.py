@@ -178,6 +178,32 @@ def ref_op(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     raise AssertionError(f"no reference for {name}")
 
 
+def valid_mean(img: np.ndarray, f: int, nodata: float) -> np.ndarray:
+    """``downsample`` by ``f`` of a page whose no-data value is ``nodata`` (GDAL's average,
+    docs/manifest-and-ops.md), written out: each f x f block's samples that are not
+    ``nodata`` (not NaN for NaN), floats summed block column by block column in float64
+    (-0.0 for those left out) over their count n, integers ``(s + n // 2) // n``; ``nodata``
+    where n is 0."""
+    h, w = img.shape[0] // f, img.shape[1] // f
+    crop = img[:h * f, :w * f]
+    ok = np.isnan(crop) if np.isnan(nodata) else crop == crop.dtype.type(nodata)
+    ok = ~ok
+    floats = img.dtype.kind == "f"
+    s = np.full((h, w) + img.shape[2:], -0.0 if floats else 0,
+                np.float64 if floats else np.int64)
+    n = np.zeros(s.shape, np.int64)
+    for dx in range(f):
+        for dy in range(f):
+            good = ok[dy::f, dx::f]
+            s = s + np.where(good, crop[dy::f, dx::f], -0.0 if floats else 0)
+            n += good
+    none = n == 0
+    n[none] = 1
+    out = s / n if floats else (s + n // 2) // n
+    out[none] = nodata
+    return out.astype(img.dtype)
+
+
 #: the most channels OpenCV's Python binding takes in one array; ops are per band
 CV_CHANNELS = 128
 #: ops whose statistics are over all channels: on more than CV_CHANNELS, the page's samples

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from sample_types_ref import ALL, ref_op, typed_image
+from sample_types_ref import ALL, ref_op, typed_image, valid_mean
 from test_band_ops import nd_reference, same
 from test_exactness import TIFFFILE_WRITE, run_tiled
 from test_sample_types import plan_problems, write_bands
@@ -401,10 +401,16 @@ TILED_CASES = [
 
 
 def _chain_reference(page: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
-    img = page
+    """The chain on the whole page; a ``downsample`` after a ``convert`` that gives its
+    output a no-data value (its ``nodata``; NaN for a float output) is GDAL's average, the
+    mean of the valid samples (docs/manifest-and-ops.md)."""
+    img, nodata = page, None
     for op in ops:
         if op["op"] == "convert":
             img = ref_convert(img, **{k: v for k, v in op.items() if k != "op"})
+            nodata = op.get("nodata", np.nan if img.dtype.kind == "f" else None)
+        elif op["op"] == "downsample" and nodata is not None:
+            img = valid_mean(img, op["factor"], nodata)
         elif op["op"] == "normalized_difference":
             img = nd_reference(img, op["a"], op["b"])
         elif op["op"] == "canny":

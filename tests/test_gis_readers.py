@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
+from conftest import gdal_average
 from rasterio.enums import Resampling
 
 from pipeline import cli
@@ -80,6 +81,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     colormap = np.tile(np.arange(256, dtype=np.uint16) * 257, (3, 1))
     tifffile.imwrite(root / "palette.tif", (white % 256).astype(np.uint8), photometric="palette",
                      colormap=colormap, metadata=None, extratags=[*GEO, nodata_tag("0")])
+    # odd sizes, for downsamples that drop the rows and columns past their last block
+    tifffile.imwrite(root / "u8.tif", scene(301, 403, 3, "uint8", 0), photometric="rgb",
+                     tile=(64, 64), compression="zlib", metadata=None,
+                     extratags=[*GEO, nodata_tag("0")])
+    tifffile.imwrite(root / "f32_nan.tif", scene(301, 403, 1, "float32", np.nan),
+                     rowsperstrip=16, metadata=None, extratags=[*GEO, nodata_tag("nan")])
     rgb = np.clip(scene(600, 700, 3, "float32", 0), 0, 255).astype("uint8")
     tifffile.imwrite(root / "rgb.tif", rgb, photometric="rgb", tile=(128, 128),
                      metadata=None, extratags=GEO)
@@ -97,6 +104,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "rgb_jpeg": {"input": "rgb.tif", "ops": BLUR,
                      "output_options": {**pyr, "compression": "jpeg"}},
         "f32_down": {"input": "f32.tif", "ops": [{"op": "downsample", "factor": 2}]},
+        "u8_down3": {"input": "u8.tif", "ops": [{"op": "downsample", "factor": 3}],
+                     "tile": 96, "fuse": False, "output_options": {"tile": 32}},
+        "u16x6_down3": {"input": "u16x6.tif", "ops": [{"op": "downsample", "factor": 3}],
+                        "tile": 192, "output_options": {"tile": 64}},
+        "f32_nan_down2": {"input": "f32_nan.tif", "ops": [{"op": "downsample", "factor": 2}],
+                          "tile": 64, "fuse": False, "output_options": {"tile": 32}},
         "white": {"input": "white.tif", "ops": [], "output_options": pyr},
         "bilevel": {"input": "bilevel.tif", "ops": []},
         "palette_rgb": {"input": "palette.tif", "ops": BLUR},
@@ -281,16 +294,27 @@ def test_a_downsample_keeps_the_scene_where_it_is(run):
     assert profile["nodata"] == -9999 and profile["crs"].to_epsg() == 32611
 
 
-@pytest.mark.parametrize("dtype,nodata", [
-    ("uint8", 0), ("int16", -32768), ("uint32", 7), ("int64", -9), ("uint64", 2 ** 64 - 1),
-    ("float32", -9999.0), ("float64", np.nan)])
-def test_reduce2_with_nodata_is_the_mean_of_the_valid_samples(dtype, nodata):
-    """Each sample of a level pixel: the documented mean (integers ``(s + n // 2) // n``,
-    floats ``((p00 + p10) + p01) + p11`` in float64 divided by n) over the n samples present
-    that are not no-data, no-data where there is none; the same as without no-data when a
-    block holds none (64-bit integers exact near their limits)."""
+@pytest.mark.parametrize("name,f", [("f32_down", 2), ("u8_down3", 3), ("u16x6_down3", 3),
+                                    ("f32_nan_down2", 2)])
+def test_a_downsample_leaves_nodata_out_of_its_means_as_gdal_does(run, name, f):
+    """A downsampled page with a no-data value is GDAL's average resampling of the input
+    (rasterio's read with ``out_shape``, as ``gdal_translate -r average``): each sample the
+    rounded mean of its block's samples that are not no-data, no-data where none is, bit
+    for bit, in tiles and batches; before, the no-data value was averaged in as data."""
+    path = run["outputs"][name]
+    want, _ = gdal_average(run["root"] / f"{name.split('_down')[0]}.tif", f)
+    profile, got = _read(path)
+    assert profile["nodata"] is not None
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    none = np.isnan(want) if np.isnan(profile["nodata"]) else want == profile["nodata"]
+    assert none.any() and not none.all()
+
+
+def random_block(dtype: str, nodata: float, shape: tuple[int, ...]) -> np.ndarray:
+    """Samples over the type's whole range (floats: wide), a share of them ``nodata``, its
+    top-left corner all ``nodata``."""
     rng = np.random.default_rng(3)
-    shape = (7, 9, 2)
     dt = np.dtype(dtype)
     if dt.kind == "f":
         block = rng.normal(0, 1000, shape).astype(dt)
@@ -299,25 +323,74 @@ def test_reduce2_with_nodata_is_the_mean_of_the_valid_samples(dtype, nodata):
         block = rng.integers(info.min, info.max, shape, dtype=dt, endpoint=True)
     block[rng.random(shape) < 0.4] = nodata
     block[:2, :2] = nodata
+    return block
+
+
+def valid_mean(block: np.ndarray, f: int, y: int, x: int, c: int, nodata: float,
+               mask: np.ndarray | None = None) -> Any:
+    """The documented mean of sample c of the f x f block (y, x), written out: over the
+    samples present that are not no-data (and valid in ``mask``), floats summed block
+    column by block column in float64 and divided by n, integers ``(s + n // 2) // n``;
+    no-data where there is none."""
+    dt = block.dtype
+    good = [block[yy, xx, c] for xx in range(f * x, f * x + f) for yy in range(f * y, f * y + f)
+            if yy < block.shape[0] and xx < block.shape[1]
+            and not (np.isnan(block[yy, xx, c]) if np.isnan(nodata) else block[yy, xx, c] == nodata)
+            and (mask is None or mask[yy, xx])]
+    if not good:
+        return dt.type(nodata)
+    if dt.kind == "f":
+        total = np.float64(good[0])
+        for v in good[1:]:
+            total = total + np.float64(v)
+        return dt.type(total / len(good))
+    return dt.type((sum(int(v) for v in good) + len(good) // 2) // len(good))
+
+
+@pytest.mark.parametrize("dtype,nodata", [
+    ("uint8", 0), ("int16", -32768), ("uint32", 7), ("int64", -9), ("uint64", 2 ** 64 - 1),
+    ("float32", -9999.0), ("float64", np.nan)])
+def test_reduce2_with_nodata_is_the_mean_of_the_valid_samples(dtype, nodata):
+    """Each sample of a level pixel: the documented mean (integers ``(s + n // 2) // n``,
+    floats ``((p00 + p10) + p01) + p11`` in float64 divided by n) over the n samples present
+    that are not no-data, no-data where there is none; the same as without no-data when a
+    block holds none (64-bit integers exact near their limits)."""
+    shape = (7, 9, 2)
+    dt = np.dtype(dtype)
+    block = random_block(dtype, nodata, shape)
     got = reduce2(block, nodata=nodata)
     assert got.dtype == dt and got.shape == (4, 5, 2)
     for y, x, c in np.ndindex(got.shape):
-        present = [block[yy, xx, c] for xx in (2 * x, 2 * x + 1) for yy in (2 * y, 2 * y + 1)
-                   if yy < shape[0] and xx < shape[1]]
-        good = [v for v in present if not (np.isnan(v) if np.isnan(nodata) else v == nodata)]
-        if not good:
-            want = nodata
-        elif dt.kind == "f":
-            total = np.float64(good[0])
-            for v in good[1:]:
-                total = total + np.float64(v)
-            want = dt.type(total / len(good))
-        else:
-            want = (sum(int(v) for v in good) + len(good) // 2) // len(good)
-        assert np.array_equal(got[y, x, c], dt.type(want), equal_nan=True), (y, x, c)
+        want = valid_mean(block, 2, y, x, c, nodata)
+        assert np.array_equal(got[y, x, c], want, equal_nan=True), (y, x, c)
     plain = block.copy()
     plain[np.isnan(plain) if np.isnan(nodata) else plain == nodata] = 1
     np.testing.assert_array_equal(reduce2(plain, nodata=nodata), reduce2(plain))
+
+
+@pytest.mark.parametrize("dtype,nodata", [
+    ("uint8", 0), ("int16", -32768), ("uint16", 65535), ("int64", -9), ("uint64", 2 ** 64 - 1),
+    ("float32", -9999.0), ("float32", np.nan)])
+@pytest.mark.parametrize("f", [3, 4])
+def test_masked_mean_of_larger_blocks_is_the_mean_of_the_valid_samples(dtype, nodata, f):
+    """What a ``downsample`` by f makes of a page with no-data or a mask
+    (``reduce.masked_mean``): the same mean as the levels' over f x f blocks, a mask's
+    invalid pixels left out too, exact for 64-bit integers near their limits; blocks of
+    more samples than a 16-bit sum holds (17 x 17 of 255) do not overflow, nor the largest
+    of 16-bit samples (64 x 64 of 65535, of -32768)."""
+    from pipeline.core.reduce import masked_mean
+
+    block = random_block(dtype, nodata, (11, 13, 2))
+    mask = np.random.default_rng(4).random((11, 13)) > 0.3
+    for m in (None, mask):
+        got = masked_mean(block, f, nodata, m)
+        assert got.dtype == block.dtype and got.shape == (-(-11 // f), -(-13 // f), 2)
+        for y, x, c in np.ndindex(got.shape):
+            want = valid_mean(block, f, y, x, c, nodata, m)
+            assert np.array_equal(got[y, x, c], want, equal_nan=True), (m is None, y, x, c)
+    assert (masked_mean(np.full((17, 17), 255, np.uint8), 17) == 255).all()
+    assert (masked_mean(np.full((64, 64), 65535, np.uint16), 64) == 65535).all()
+    assert (masked_mean(np.full((64, 64), -32768, np.int16), 64, 0) == -32768).all()
 
 
 def test_a_converted_page_keeps_its_nodata_pixels_marked(run):

@@ -17,11 +17,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
-from conftest import gdal_masked, one_bit_pages_state_their_bits, tiff_pages
+from conftest import (
+    gdal_average,
+    gdal_masked,
+    one_bit_pages_state_their_bits,
+    tiff_pages,
+)
 from rasterio.enums import MaskFlags
 
 from pipeline import cli
@@ -206,6 +212,99 @@ def test_a_downsample_reduces_the_mask(runs, name, move):
     got, flags = gdal_mask(job["output"])
     np.testing.assert_array_equal(got > 0, reduce_any(want[:h, :w], 2))
     assert flags[0] == [MaskFlags.per_dataset]
+
+
+def test_a_downsample_after_the_geometric_ops_averages_the_valid_pixels_as_gdal_does(runs):
+    """The turned job's output (blurred, rotated, cropped, with its mask) is what its
+    downsample gets: GDAL's average of it (valid pixels only, 0 where a block has none) is
+    the downsampled job's output, each mask read moved and reduced per tile."""
+    want, valid = gdal_average(runs["jobs"]["rgb"]["output"], 2)
+    with rasterio.open(runs["jobs"]["down_turned"]["output"]) as ds:
+        got = np.moveaxis(ds.read(), 0, -1)
+        np.testing.assert_array_equal(ds.read_masks(1) > 0, reduce_any(valid, 2))
+    np.testing.assert_array_equal(got, want)
+    assert (got[~reduce_any(valid, 2)] == 0).all()
+    # the plain mean of each block (the fill mixed in) differs where a block is part valid
+    with rasterio.open(runs["jobs"]["rgb"]["output"]) as ds:
+        page = np.moveaxis(ds.read(), 0, -1)
+    h, w = got.shape[:2]
+    plain = cv2.resize(page[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    edge, inside = reduce_any(valid, 2) & reduce_any(~valid, 2), ~reduce_any(~valid, 2)
+    assert (plain != got)[edge].any() and (plain == got)[inside].all()
+
+
+#: downsample jobs on masked inputs of odd sizes: (input, factor, fuse)
+DOWN = {"u8_f2": ("u8", 2, True), "u8_f3_batches": ("u8", 3, False),
+        "u16_f3": ("u16", 3, True), "u16_f2_batches": ("u16", 2, False),
+        "f32_f2_batches": ("f32", 2, False), "f32_f3": ("f32", 3, True)}
+
+
+@pytest.fixture(scope="module")
+def down_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Masked GeoTIFFs written by GDAL (RGB uint8 in tiles, uint16 in strips, float32 in
+    tiles; odd sizes: blocks past the last whole one dropped), downsampled by 2 and 3 in
+    units of two tiles, fused and in batches; the uint8 one also with ``"masks": false``."""
+    root = tmp_path_factory.mktemp("down")
+    base, valid = collar(301, 407, 4)
+    rgb = np.stack([base, base * 0.8, base * 0.6], -1).clip(0, 255).astype(np.uint8)
+    rgb[~valid] = 0
+    gdal_masked(root / "u8.tif", rgb, valid, block=128)
+    base, valid = collar(250, 333, 5)
+    u16 = (base * 300).astype(np.uint16)
+    u16[~valid] = 65535  # a fill that is no no-data value: the mask alone says it
+    gdal_masked(root / "u16.tif", u16, valid, block=None)
+    base, valid = collar(211, 262, 6)
+    gdal_masked(root / "f32.tif", np.where(valid, base / 7, -1e6).astype(np.float32), valid,
+                block=64)
+    jobs = {name: {"input": str(root / f"{src}.tif"), "tile": 64 * f, "fuse": fuse,
+                   "ops": [{"op": "downsample", "factor": f}]}
+            for name, (src, f, fuse) in DOWN.items()}
+    jobs["u8_f2_off"] = {**jobs["u8_f2"], "output_options": {"tile": 32, "masks": False}}
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({
+        "defaults": {"output_options": {"tile": 32}},
+        "jobs": [{**job, "output": str(root / "out" / f"{name}.tif")}
+                 for name, job in jobs.items()]}))
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        mp.setattr(plan_mod, "SINGLE_TASK_JOBS", False)
+        mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 2 * 192 * 192)
+        mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", 2 * 192 * 192)
+        code = cli.main(["run", str(manifest), "--workers", "2"])
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, report
+    return dict(zip(jobs, report["jobs"], strict=True))
+
+
+@pytest.mark.parametrize("name", list(DOWN))
+def test_a_downsample_of_a_masked_page_is_gdals_average(down_runs, name):
+    """Each output pixel is GDAL's average resampling of the input (rasterio's read with
+    ``out_shape``, as ``gdal_translate -r average``): the rounded mean of the valid pixels
+    of its block, 0 where none is; its mask valid where any is. Tiles, units and batches
+    change nothing: it is GDAL's whole-page result, bit for bit."""
+    job, (_, f, _) = down_runs[name], DOWN[name]
+    assert job["status"] == "SUCCEEDED" and job["masks"] == 1 and "message" not in job
+    want, valid = gdal_average(job["input"], f)
+    with rasterio.open(job["output"]) as ds:
+        got = np.moveaxis(ds.read(), 0, -1)
+        np.testing.assert_array_equal(ds.read_masks(1) > 0, reduce_any(valid, f))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    edge = reduce_any(valid, f) & reduce_any(~valid, f)
+    assert edge.sum() > 50  # blocks part valid: there the fill would have been mixed in
+
+
+def test_a_downsample_without_the_mask_is_the_plain_mean_as_before(down_runs):
+    """``"masks": false``: no mask carried, every pixel is data, the output is
+    ``cv2.resize(..., INTER_AREA)`` of the page as before (the fill mixed in at the edge)."""
+    with rasterio.open(down_runs["u8_f2_off"]["output"]) as ds:
+        got = np.moveaxis(ds.read(), 0, -1)
+        assert list(ds.mask_flag_enums[0]) == [MaskFlags.all_valid]
+    page = tifffile.imread(down_runs["u8_f2_off"]["input"], key=0)
+    h, w = got.shape[:2]
+    want = cv2.resize(page[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(got, want)
+    assert (got != gdal_average(down_runs["u8_f2"]["input"], 2)[0]).any()
 
 
 @pytest.mark.parametrize("name", ["pyr_pages", "pyr_subifds"])

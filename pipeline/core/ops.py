@@ -60,8 +60,12 @@ class Op:
     #: itself (per-band ops), or the op makes its own (to_gray, canny, normalized_difference)
     picks: Callable[[dict[str, Any]], list[int]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
-    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert
+    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample
     reads_nodata: bool = False
+    #: the op is given its input's valid-data mask (the page's carried internal mask, moved
+    #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
+    #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample
+    reads_mask: bool = False
     #: the no-data value the op's output has, given the parameters (normalized_difference:
     #: NaN; convert: its ``nodata``), else None
     own_nodata: Callable[[dict[str, Any]], float | None] = lambda p: None
@@ -409,12 +413,17 @@ OPS: dict[str, Op] = {op.name: op for op in (
                  "follows edges across the page in a statistics round of its own"),
     Op("downsample",
        "cv2.resize(page, (width // factor, height // factor), interpolation=INTER_AREA) of "
-       "the page cropped to multiples of factor",
+       "the page cropped to multiples of factor; on a page with a no-data value or a carried "
+       "mask, each block's mean over its valid samples alone (GDAL's average resampling)",
        (Param("factor", "integer", "the output is this many times smaller", required=True,
               ge=2, le=64),),
        fn.downsample, reach=lambda p, dt, needed: needed * p["factor"],
        align=lambda p: p["factor"], factor=lambda p: p["factor"], keeps_values=True,
        binary=lambda p: "grays",
+       reads_nodata=True, reads_mask=True,
+       exact="bit-identical to the OpenCV call on the whole page (types OpenCV lacks: to its "
+             "definition in docs/sample-types.md); on a page with a no-data value or a "
+             "carried mask, to GDAL's average resampling of the whole page",
        halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
                  "multiples of 16 x factor"),
     _geometric("rotate", "cv2.rotate(img, ROTATE_90_CLOCKWISE / ROTATE_180 / "

@@ -35,6 +35,7 @@ from pipeline.core.ops import (
 )
 from pipeline.errors import CustomOperationError, OperationError, OutOfMemoryError
 from pipeline.steps import layout
+from pipeline.steps.masks import read_valid, reduced
 
 if TYPE_CHECKING:
     from pipeline.core.canny_tree import Node
@@ -182,6 +183,8 @@ class TileEvaluator:
                col: int) -> tuple[np.ndarray, Rect]:
         call = self.chain[i]
         op, p = call.op, call.params
+        if op.reads_mask and self.page.info.mask_ifd:
+            p = {**p, "input_valid": self.valid(i, rect)}
         try:
             if op.kind == "stats":
                 out = op.stats.apply(arr, p, self.state(i))
@@ -201,6 +204,15 @@ class TileEvaluator:
                                  f"{arr.shape} input (tile {row},{col} of page "
                                  f"{self.page.info.index}); ops must keep the tile size")
         return out, rect
+
+    def valid(self, i: int, rect: Rect) -> np.ndarray:
+        """The page's carried mask over ``rect`` (in op ``i``'s pixels, after the geometric
+        ops): the placed page's, reduced by the downsamples before op i as merge writes the
+        output's (valid where any pixel of the block is)."""
+        s = self.layout.scales[i]
+        placed = Rect(rect.y0 * s, rect.x0 * s, rect.y1 * s, rect.x1 * s)
+        valid = read_valid(self.plan, self.page_pos, self.geometry, placed)
+        return valid if s == 1 else reduced(valid, rect, s)
 
     def crop(self, arr: np.ndarray, rect: Rect, target: Rect) -> np.ndarray:
         r = target.relative_to(rect)

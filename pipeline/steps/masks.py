@@ -7,9 +7,11 @@ A mask goes through the chain's geometric ops (rotate, flip, crop) as the image 
 through no other: a blur, a threshold or a convert does not change which pixels are valid.
 A downsample by f (the geometric ops come before it) reduces it as GDAL reduces a mask for
 its average overviews: an output pixel is valid where any pixel of its f x f block is
-(:func:`reduced`). Its tiles are those of the output page (or its one strip), 1 bit a
-pixel, 1 valid, 0 not (padding too), deflated. The masks of the pyramid levels are made by
-merge (:class:`pipeline.steps.pyramid.Pyramid`). Jobs that carry none:
+(:func:`reduced`); and its tiles read it (:func:`read_valid`) to leave the masked-out
+pixels out of their means, as GDAL's average does. Its tiles are those of the output page
+(or its one strip), 1 bit a pixel, 1 valid, 0 not (padding too), deflated. The masks of the
+pyramid levels are made by merge (:class:`pipeline.steps.pyramid.Pyramid`). Jobs that carry
+none:
 :func:`pipeline.core.plan.masks_left_out`.
 """
 
@@ -26,6 +28,7 @@ from pipeline.adapters.tiff_read import (
 )
 from pipeline.adapters.tile_codec import encode_mask
 from pipeline.core.chain import page_geometry
+from pipeline.core.geometry import PageGeometry
 from pipeline.core.grid import Rect
 from pipeline.core.models import JobPlan, PageInfo
 from pipeline.errors import CorruptTiffError
@@ -79,6 +82,23 @@ def write_unit_mask(plan: JobPlan, unit_index: int) -> None:
             raise
         check_unchanged(tf, url, plan.input_version)
     write_index(layout.segment_index_file(plan.work, unit.page, name), {"tiles": index})
+
+
+def read_valid(plan: JobPlan, page: int, geo: PageGeometry, rect: Rect) -> np.ndarray:
+    """The carried mask of ``rect`` of the placed page (``page`` must carry one), True where
+    valid: its window of the input's mask page, moved by the geometric ops. What a
+    ``downsample`` leaves the masked-out pixels out of its means with
+    (:class:`pipeline.steps.evaluate.TileEvaluator`): one read per tile, its own open of the
+    input (:func:`kept_tiff`: a local file stays open in the thread)."""
+    url, where = plan.spec.input, geo.back(rect, 0)
+    with kept_tiff(url, plan.input_version) as tf:
+        try:
+            info = mask_info(plan.pages[page].info)
+            reader = PageReader(tf, planned_page(tf, url, info), url, info.index, mask=True)
+            return geo.moved(reader.read(where), where) != 0
+        except CorruptTiffError:  # damaged, or written to while read
+            check_unchanged(tf, url, plan.input_version)
+            raise
 
 
 def reduced(valid: np.ndarray, core: Rect, factor: int) -> np.ndarray:
