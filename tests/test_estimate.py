@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -528,6 +529,101 @@ def test_pyramid_levels_are_in_the_output_size(tmp_path: Path,
     assert pyr["s3"]["storage_gb_month"] > flat["s3"]["storage_gb_month"]
     # merge's parts counted the levels already (one run each): unchanged
     assert pyr["jobs"][0]["merge"]["parts"] >= flat["jobs"][0]["merge"]["parts"]
+
+
+def _masked_jobs(folder: Path, **job: Any) -> dict[bool, Path]:
+    """Two manifests of one job each on one masked GeoTIFF (its mask written by GDAL: 1,200 x
+    1,000 RGB), the job ``job``, carrying the mask or with ``"masks": false``."""
+    import numpy as np
+    from conftest import gdal_masked
+
+    src = folder / "masked.tif"
+    if not src.exists():
+        yy, xx = np.mgrid[0:1200, 0:1000]
+        valid = (xx > yy // 3 + 17) & (yy < 1100)
+        gdal_masked(src, np.stack([yy % 251, xx % 241, (xx + yy) % 239], -1).astype(np.uint8),
+                    valid, block=256)
+    out = {}
+    for masks in (True, False):
+        m = folder / f"mask-{masks}-{len(list(folder.glob('mask-*.json')))}.json"
+        options = {"tile": 128, **job.pop("output_options", {}), "masks": masks}
+        m.write_text(json.dumps({"jobs": [{"input": src.name, "output": "out/o.tif",
+                                           "tile": 256, **job, "output_options": options}]}))
+        job["output_options"] = {k: v for k, v in options.items() if k != "masks"}
+        out[masks] = m
+    return out
+
+
+def _cpu(result: dict[str, Any]) -> float:
+    return sum(step["cpu_s"] for step in result["steps"].values())
+
+
+def test_a_carried_mask_is_costed_as_its_1bit_deflate_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fused job (of several units) that carries its input's mask costs, above the same
+    job with ``"masks": false``, one decode of the mask over each unit's haloed pixels and
+    one encode of its output pixels, at the calibration's 1-bit deflate rate (CPU and bytes
+    per Mpx), each unit's mask segment (a PUT and its index) and the mask page's bytes in
+    the output; with a pyramid, merge decodes the mask page and encodes the levels' masks
+    (1 + L times its pixels, L the levels' share: about a third), their bytes L times its."""
+    monkeypatch.setattr(plan_module, "FUSED_UNIT_PIXELS", 4 * 256 * 256)
+    cal = json.loads(json.dumps(CAL))
+    cal["encode"]["deflate"]["bilevel"] = {"cpu_s_per_mpx": 0.001, "bytes_per_mpx": 2e4}
+    paths = _masked_jobs(tmp_path)
+    results, plans = {}, {}
+    for masks, path in paths.items():
+        plans[masks], sizes = _plans(path)
+        results[masks] = est.estimate(plans[masks], cal, FAST_IO, input_bytes=sizes)
+    on, off = results[True], results[False]
+    assert plans[True][0].pages[0].info.mask_ifd and not plans[False][0].pages[0].info.mask_ifd
+    units, _ = est.item_work(plans[True][0])
+    haloed, out = sum(u[0] for u in units), sum(u[1] for u in units)
+    assert out == pytest.approx(1.2)
+    assert _cpu(on) - _cpu(off) == pytest.approx(0.001 * (haloed + out))
+    assert on["jobs"][0]["mask_bytes"] == pytest.approx(2e4 * out)
+    assert off["jobs"][0]["mask_bytes"] == 0
+    assert on["jobs"][0]["output_bytes"] - off["jobs"][0]["output_bytes"] == pytest.approx(
+        2e4 * out)
+    assert len(units) > 1 and on["s3"]["put"] - off["s3"]["put"] == 2 * len(units)
+    assert on["cost_usd"]["total"] > off["cost_usd"]["total"]
+    pyramid = replace(plans[True][0], spec=replace(plans[True][0].spec, output_options=replace(
+        plans[True][0].spec.output_options, pyramid=True)))
+    share = (600 * 500 + 300 * 250 + 150 * 125 + 75 * 63) / (1200 * 1000)  # 128 px tiles
+    work = est.mask_work(pyramid, cal, set(), "jobs[0]", units, [], share)
+    assert work.base_bytes == pytest.approx(2e4 * out)
+    assert work.level_bytes == pytest.approx(2e4 * out * share)
+    assert work.merge_cpu == pytest.approx(0.001 * out * (1 + share))
+    assert work.units == [(0.001 * (h + o), 2e4 * h, 2e4 * o) for h, o, _ in units]
+
+
+@pytest.mark.parametrize("job", [
+    {}, {"ops": [{"op": "downsample", "factor": 2}], "fuse": False}])
+def test_the_masks_cost_with_the_shipped_calibration_is_bounded(tmp_path: Path,
+                                                                job: dict[str, Any]) -> None:
+    """With the shipped calibration, a carried mask costs more than none (fused; and in
+    batches after a downsample, which reads it again), and within what its bits allow: at
+    least one encode of its output pixels at the measured 1-bit deflate rate; at most four
+    passes over its input pixels at the rate of deflating a band of bytes, eight times its
+    bits (it has at most a read, a write, a downsample's second read); its bytes at most its
+    pixels' raw bits (deflate does not grow a page of runs), an eighth of the RGB output's."""
+    cal = est.load_calibration()
+    paths = _masked_jobs(tmp_path, **job)
+    results = {}
+    for masks, path in paths.items():
+        plans, sizes = _plans(path)
+        results[masks] = est.estimate(plans, cal, input_bytes=sizes)
+    on, off = results[True], results[False]
+    f = 2 if job else 1
+    out_mpx = (1200 // f) * (1000 // f) / 1e6
+    one_bit = cal["encode"]["deflate"]["bilevel"]
+    byte_band = cal["encode"]["deflate"]["uint8x1"]
+    extra = _cpu(on) - _cpu(off)
+    assert out_mpx * one_bit["cpu_s_per_mpx"] <= extra <= 4 * 1.2 * byte_band["cpu_s_per_mpx"]
+    mask_bytes = on["jobs"][0]["mask_bytes"]
+    assert 0 < mask_bytes <= out_mpx * 1e6 / 8
+    assert mask_bytes <= off["jobs"][0]["output_bytes"] / 8
+    assert on["cost_usd"]["total"] > off["cost_usd"]["total"]
+    assert on["wall_s"] >= off["wall_s"]
 
 
 def test_uncompressed_output_is_whole_tiles(tmp_path: Path,

@@ -24,7 +24,9 @@ the estimate and overridable with ``--price KEY=VALUE``):
   levels' pixels over the base pages', decoding the base tiles costed as encoding them, an
   assumption), and its merge reads back only the units' deepest level. The **output's
   bytes** are the codec's bytes per output megapixel, the pyramid's levels included
-  (``level_shapes``).
+  (``level_shapes``). A **carried mask** is costed at the calibration's 1-bit deflate
+  encode, CPU and bytes per megapixel, for each read (decoded) and write of it
+  (:class:`~.model.MaskWork`).
 - **Lambda seconds** of an invocation: its CPU seconds spread over the threads it can use
   (``memory / mb_per_vcpu`` vCPUs; split measured at ``threads`` busy threads, process_unit
   on all the vCPUs but no faster than its one-thread input read, the others one), divided by
@@ -70,7 +72,15 @@ from pipeline.estimate.calibration import (
     predicted_unit_cpu,
 )
 from pipeline.estimate.limits import largest_job
-from pipeline.estimate.model import FUNCTION_OF, MULTIPART_CHUNK, READ_BUFFER, STEPS, estimate
+from pipeline.estimate.model import (
+    FUNCTION_OF,
+    MULTIPART_CHUNK,
+    READ_BUFFER,
+    STEPS,
+    MaskWork,
+    estimate,
+    mask_work,
+)
 from pipeline.estimate.plans import (
     item_work,
     parse_assume_pages,
@@ -89,9 +99,10 @@ from pipeline.estimate.text import format_text
 
 __all__ = [
     "ASSUMPTIONS", "CALIBRATION_FORMAT", "DEFAULT_CALIBRATION", "FUNCTION_OF", "MULTIPART_CHUNK",
-    "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "assumptions_with",
+    "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "MaskWork",
+    "assumptions_with",
     "canny_tree_levels", "count_transitions", "estimate", "format_text", "item_work", "job_costs",
-    "largest_job", "load_calibration", "load_definition", "map_limits", "op_cost",
+    "largest_job", "load_calibration", "load_definition", "map_limits", "mask_work", "op_cost",
     "parse_assume_pages", "parse_overrides", "plan_geometry", "plans_for_manifest",
     "predicted_process_cpu", "predicted_unit_cpu", "simulate", "stats_rounds",
 ]

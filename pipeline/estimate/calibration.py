@@ -202,6 +202,17 @@ def encode_entry(cal: dict[str, Any], compression: str, dtype: str, channels: in
     return _by_kind(_eight_bit(table[codec]), dtype, channels, notes, f"{codec} encoding")
 
 
+def mask_costs(cal: dict[str, Any], notes: set[str], where: str) -> tuple[float, float]:
+    """(CPU seconds, bytes) per megapixel of a carried internal mask (a 1-bit deflate page,
+    ``pipeline.steps.masks``), from the calibration's deflate encoding of 1-bit pages
+    (:data:`BILEVEL`, measured on a binarised scanned letter: a mask, mostly runs of 1s,
+    deflates smaller, so its bytes are over): one encode per megapixel written, and each
+    read of it decoded at the same cost (inflate is faster than deflate: over too), as the
+    level units' decode of base tiles is costed."""
+    entry, scale = encode_entry(cal, "deflate", "uint8", 1, True, notes, f"{where}'s mask")
+    return _value(entry, "cpu_s_per_mpx", scale), _value(entry, "bytes_per_mpx", scale)
+
+
 def _eight_bit(kinds: dict[str, Any]) -> dict[str, Any]:
     """A codec's measurements by sample type and bands, its 1-bit one left out."""
     return {k: v for k, v in kinds.items() if k != BILEVEL}

@@ -4,7 +4,7 @@ state transitions and the wall time (the model: see the package's docstring)."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from pipeline.core.ops import (
 from pipeline.core.plan import bigtiff_output, held_output, single_task
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
-from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs
+from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs, mask_costs
 from pipeline.estimate.limits import READ_CHUNK, SEGMENT_PART, largest_job, merge_parts
 from pipeline.estimate.memory import MARGIN, Peak, job_peaks, lambda_threads
 from pipeline.estimate.plans import item_work, plan_geometry, stats_rounds
@@ -132,37 +132,94 @@ class _Ledger:
                 for job, (seconds, step) in self.over.items()]
 
 
+@dataclass(frozen=True)
+class MaskWork:
+    """The work of a job's carried internal masks (``pipeline.steps.masks``: a 1-bit deflate
+    page after each output page whose input page has one), costed per megapixel of mask as
+    :func:`~pipeline.estimate.calibration.mask_costs` says: each unit reads its page's mask
+    over its tiles (its haloed megapixels: the cores, a bound) and decodes it, and encodes
+    its output tiles' mask to a segment of its own (a PUT and its index); a chain with a
+    ``downsample`` reads it again over each tile's region (the ops' ``reads_mask``), in the
+    fused unit or in each statistics and process batch; merge copies the mask pages and,
+    with a pyramid, decodes them and encodes each level's mask (1 + L times the base's
+    pixels, L the levels' share)."""
+
+    #: per unit: (CPU seconds, bytes read, bytes written)
+    units: list[tuple[float, float, float]]
+    #: per batch: (CPU seconds, bytes read) of a downsample's reads
+    batches: list[tuple[float, float]]
+    #: the output's mask pages and its levels' masks, in bytes
+    base_bytes: float
+    level_bytes: float
+    #: merge's CPU seconds (the levels' masks)
+    merge_cpu: float
+
+
+def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
+              units: list[tuple[float, float, int]], batches: list[tuple[float, float, int]],
+              levels: float) -> MaskWork | None:
+    """The job's :class:`MaskWork` (``levels``: its pyramid's pixels over its base pages'),
+    or None when no page carries a mask (``PageInfo.mask_ifd``: ``"masks": false``, an OME
+    output or inputs without one)."""
+    masked = [bool(p.info.mask_ifd) for p in plan.pages]
+    if not any(masked):
+        return None
+    cpu, bpm = mask_costs(cal, notes, where)
+    reread = any(call.op.reads_mask for call in chain_from_json(plan.spec.ops))
+    fused = bool(getattr(plan, "fused", False))
+    unit_work = []
+    for u, (haloed, out, _tiles) in zip(plan.units, units, strict=True):
+        reads = (1 + (reread and fused)) * haloed * masked[u.page]
+        unit_work.append((cpu * (reads + out * masked[u.page]), reads * bpm,
+                          out * bpm * masked[u.page]))
+    batch_work = []
+    for b, (haloed, _out, _tiles) in zip(plan.batches, batches, strict=True):
+        reads = haloed * (reread and not fused and masked[b.page])
+        batch_work.append((cpu * reads, reads * bpm))
+    out_mpx = sum(p.out_grid.height * p.out_grid.width / 1e6
+                  for p, m in zip(plan.pages, masked, strict=True) if m)
+    pyramid = levels if plan.spec.output_options.pyramid else 0.0
+    return MaskWork(unit_work, batch_work, out_mpx * bpm, out_mpx * bpm * pyramid,
+                    cpu * out_mpx * (1 + pyramid) if pyramid else 0.0)
+
+
 def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
                     batches: list[tuple[float, float, int]], rounds: int, in_bpm: float,
-                    report_s: float) -> list[tuple[str, list[float]]]:
-    """Split (every haloed tile to a work tile), the statistics rounds, process batches."""
+                    report_s: float, masks: MaskWork | None = None
+                    ) -> list[tuple[str, list[float]]]:
+    """Split (every haloed tile to a work tile; a unit's mask tiles too), the statistics
+    rounds, process batches (``masks``: their pages' masks' work, :class:`MaskWork`)."""
     a, add = ledger.a, ledger.add
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     split_threads = min(ledger.vcpus["split"], c.split_threads)
+    unit_masks = masks.units if masks else [(0.0, 0.0, 0.0)] * len(units)
+    batch_masks = masks.batches if masks else [(0.0, 0.0)] * len(batches)
     phases: list[tuple[str, list[float]]] = []
     durations = []
-    for haloed, _out, tiles in units:
-        cpu = haloed * c.split_cpu
-        read = haloed * in_bpm
-        written = haloed * c.work_bpm
+    for (haloed, _out, tiles), (m_cpu, m_read, m_written) in zip(units, unit_masks,
+                                                                  strict=True):
+        cpu = haloed * c.split_cpu + m_cpu
+        read = haloed * in_bpm + m_read
+        written = haloed * c.work_bpm + m_written
         secs = cpu / (split_threads * speed) + (read + written) / mbps
         durations.append(add("split", secs, cpu, get=1 + math.ceil(read / READ_BUFFER),
-                             put=tiles, bytes_in=read, bytes_out=written))
+                             put=tiles + 2 * bool(m_written), bytes_in=read,
+                             bytes_out=written))
     phases.append(("split", durations))
     for _ in range(rounds):
         durations = []
-        for haloed, _out, tiles in batches:
-            cpu = c.factor * haloed * c.per_haloed
-            read = haloed * c.work_bpm
+        for (haloed, _out, tiles), (m_cpu, m_read) in zip(batches, batch_masks, strict=True):
+            cpu = c.factor * haloed * c.per_haloed + m_cpu
+            read = haloed * c.work_bpm + m_read
             durations.append(add("stats", cpu / speed + read / mbps, cpu, get=1 + tiles,
                                  put=1, bytes_in=read))
         phases.append(("stats", durations))
         phases.append(("reduce_stats", [add("reduce_stats", report_s / speed,
                                             get=1 + len(batches), put=1, lst=1)]))
     durations = []
-    for haloed, out, tiles in batches:
-        cpu = c.factor * (haloed * c.per_haloed + out * c.per_out)
-        read, written = haloed * c.work_bpm, out * c.out_bpm
+    for (haloed, out, tiles), (m_cpu, m_read) in zip(batches, batch_masks, strict=True):
+        cpu = c.factor * (haloed * c.per_haloed + out * c.per_out) + m_cpu
+        read, written = haloed * c.work_bpm + m_read, out * c.out_bpm
         durations.append(add("process", cpu / speed + (read + written) / mbps, cpu,
                              get=1 + tiles, put=_segment_puts(written), bytes_in=read,
                              bytes_out=written))
@@ -199,30 +256,35 @@ def _level_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
 
 
 def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
-                  in_bpm: float, step: str = "process_unit",
-                  held: bool = False) -> list[tuple[str, list[float]]]:
+                  in_bpm: float, step: str = "process_unit", held: bool = False,
+                  masks: MaskWork | None = None) -> list[tuple[str, list[float]]]:
     """One ``process_unit`` per unit on the process function: the input read as split reads
     it, the chain and the output encode, one segment of its output tiles; no work tiles.
     ``step``: ``process_job`` for a job run whole by one task (one invocation, its units'
     times added; its merge is added to it);
     ``held``: its segment stays in memory (nothing written here: the output upload is the
-    merge's)."""
+    merge's); ``masks``: their pages' masks' work (:class:`MaskWork`), after the sweep."""
     a = ledger.a
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     threads = max(1.0, ledger.vcpus["process"])
+    unit_masks = masks.units if masks else [(0.0, 0.0, 0.0)] * len(units)
     durations = []
-    for k, (haloed, out, tiles) in enumerate(units):
+    for k, ((haloed, out, tiles), (m_cpu, m_read, m_written)) in enumerate(
+            zip(units, unit_masks, strict=True)):
         read_cpu = c.unit_factor * haloed * c.unit_read
         cpu = read_cpu + c.unit_factor * (haloed * c.ops + out * c.per_out)
         read, written = haloed * in_bpm, out * c.out_bpm
         if held:
-            written = 0.0
-        # the tiles are processed in every vCPU, the input decoded in one (the sweep)
-        secs = max(read_cpu, cpu / threads) / speed + (read + written) / mbps
-        durations.append(ledger.add(step, secs, cpu,
-                                    get=1 + math.ceil(read / READ_BUFFER),
-                                    put=_segment_puts(written) if written else 0,
-                                    bytes_in=read, bytes_out=written,
+            written = m_written = 0.0
+        # the tiles are processed in every vCPU, the input decoded in one (the sweep); the
+        # mask read and written in one
+        secs = (max(read_cpu, cpu / threads) + m_cpu) / speed + (
+            read + m_read + written + m_written) / mbps
+        durations.append(ledger.add(step, secs, cpu + m_cpu,
+                                    get=1 + math.ceil(read / READ_BUFFER) + bool(m_read),
+                                    put=(_segment_puts(written) if written else 0)
+                                    + 2 * bool(m_written),
+                                    bytes_in=read + m_read, bytes_out=written + m_written,
                                     invocation=step != "process_job" or k == 0))
     if step == "process_job":  # one invocation: its units one after the other (each keeps
         return [(step, [sum(durations)])]  # every vCPU busy already), then the merge
@@ -496,7 +558,10 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         in_bpm = c.work_bpm
     _size_notes(notes, i, plan)
     headers = header_bytes(plan)
-    data_bytes = base_bytes + level_bytes  # the tiles: what the segments hold
+    masks = mask_work(plan, cal, notes, f"jobs[{i}] ({plan.spec.input})", units, batches,
+                      level_bytes / max(base_bytes, 1e-9))
+    mask_bytes = masks.base_bytes + masks.level_bytes if masks else 0.0
+    data_bytes = base_bytes + level_bytes + mask_bytes  # the tiles: what the segments hold
     out_bytes = data_bytes + headers
     phases: Phases = [
         # its entry and record in job-specs.bin, the input's size and header reads; the
@@ -505,12 +570,12 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         ("plan_job", [ledger.add("plan_job", _call_s(cal, "plan_job") / speed,
                                  get=3 + len(plan.pages) // 8 + 1, put=2)])]
     if single:  # one ProcessJob: the unit, then the merge below, in one invocation
-        phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held)
+        phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held, masks)
     elif fused:
-        phases += _fused_phases(ledger, c, units, in_bpm)
+        phases += _fused_phases(ledger, c, units, in_bpm, masks=masks)
     else:
         phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
-                                  _call_s(cal, "report"))
+                                  _call_s(cal, "report"), masks)
         if level_units(plan):
             phases += _level_phases(ledger, c, units, level_bytes / max(base_bytes, 1e-9))
     merge_cal = cal["merge"]
@@ -523,9 +588,12 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         factor=int(getattr(plan.pages[0], "factor", 1) or 1), unit_px=_turned_unit_px(plan))
     # merge moves only what it reads through (header top-ups, short runs; for a pyramid
     # the units' deepest level, or unfused the base tiles); the rest is copied in S3
-    through = parts.read_through + _pyramid_through(plan, base_bytes)
+    # (with a pyramid, the mask pages too: merge makes their levels' masks)
+    through = parts.read_through + _pyramid_through(plan, base_bytes) + (
+        masks.base_bytes if masks and masks.level_bytes else 0.0)
     merge_cpu = (through / 1e6 * float(merge_cal.get("cpu_s_per_output_mb", 0.0))
-                 + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0)))
+                 + geo["output_tiles"] * float(merge_cal.get("cpu_s_per_output_tile", 0.0))
+                 + (masks.merge_cpu if masks else 0.0))
     copied = max(0.0, data_bytes - parts.read_through)
     copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
     merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
@@ -568,6 +636,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
            "fused": fused, "single": single, "held": held, "units": len(units),
            "batches": len(batches),
            "stats_rounds": rounds, "output_bytes": out_bytes, "pyramid_bytes": level_bytes,
+           "mask_bytes": mask_bytes,
            "header_bytes": headers, "work_bytes": work,
            "compression": comp, "kind": _kind(dtype, ch),
            "merge": {"parts": parts.parts, "copies": parts.copies,
