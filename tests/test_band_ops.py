@@ -442,3 +442,40 @@ def test_a_run_with_pyramids_and_a_contact_sheet(tmp_path):
             if name == "ndvi":
                 np.testing.assert_array_equal(levels[0], mean.astype(np.float32))
             assert page.photometric.name == ("MINISBLACK" if name == "ndvi" else "RGB")
+
+
+def test_to_gray_refuses_gray_channels_it_would_mix_as_rgb(tmp_path):
+    """A fluorescence image of several channels stored as samples of one page (tifffile's
+    planar OME-TIFF: MINISBLACK with unspecified extra samples, DAPI, FITC, TRITC, Cy5) is
+    not RGB: to_gray would weigh its first three channels 0.299, 0.587, 0.114 and drop the
+    fourth, so it is refused, naming the page, with the
+    select_bands that picks a channel; a one-channel op's hint says the same instead of
+    "put to_gray before it". Gray + alpha (two bands: to_gray keeps the first), RGB and
+    RGBA pages keep to_gray."""
+    src = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(src, typed_image(3, 64, 64, 4, "uint16").transpose(2, 0, 1), ome=True,
+                     planarconfig="separate", photometric="minisblack",
+                     metadata={"axes": "SYX", "Channel": {"Name": ["DAPI"]}})
+    pick = '{"op": "select_bands", "bands": [0]}'
+    assert plan_problems(tmp_path, src, [{"op": "to_gray"}]) == [
+        ("page 0: ops[0] (to_gray): to_gray makes a gray value of RGB colours, and the page's "
+        "4 bands are gray channels (MINISBLACK with 3 extra samples: fluorescence channels "
+        "or a multispectral stack), not red, green and blue; pick the channel you want with "
+        f"{pick} before it (a job per channel for the others)")]
+    assert plan_problems(tmp_path, src, [{"op": "clahe"}]) == [
+        ("page 0: ops[0] (clahe): clahe needs 1 channel(s), the page has 4; its 4 bands are "
+        f"gray channels, not RGB: put {pick} before it (a job per channel for the others)")]
+    assert plan_problems(tmp_path, src, [{"op": "select_bands", "bands": [2]},
+                                         {"op": "clahe"}]) == []
+    three = tmp_path / "three.tif"  # (tifffile's default for 3 samples is RGB)
+    write_bands(three, typed_image(1, 64, 64, 3, "uint16"), tiled=True, separate=False,
+                photometric="minisblack")
+    [why] = plan_problems(tmp_path, three, [{"op": "to_gray"}])
+    assert "the page's 3 bands are gray channels (MINISBLACK with 2 extra samples:" in why
+    for name, photometric, extrasamples in (("ga.tif", "minisblack", [2]),
+                                            ("rgba.tif", "rgb", [2]), ("rgb.tif", "rgb", None)):
+        ok = tmp_path / name
+        channels = 3 if extrasamples is None else 4 if photometric == "rgb" else 2
+        tifffile.imwrite(ok, typed_image(2, 64, 64, channels, "uint8"), photometric=photometric,
+                         extrasamples=extrasamples, metadata=None)
+        assert plan_problems(tmp_path, ok, [{"op": "to_gray"}, {"op": "clahe"}]) == [], name

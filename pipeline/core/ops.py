@@ -77,6 +77,10 @@ class Op:
     #: blue), or as bands of their own (select_bands, normalized_difference: an ink picked
     #: would be written as a gray or RGB band): not defined on CMYK pages, whose bands are inks
     colour: bool = False
+    #: the op reads a page's bands as red, green and blue (to_gray's weights): refused on a
+    #: page of gray channels (MINISBLACK with 2 extra samples or more: fluorescence
+    #: channels, a multispectral stack), which it would mix (:func:`_gray_bands`)
+    reads_rgb: bool = False
     #: the op's output at a pixel is made of input values around it (a filter, downsample):
     #: a no-data value keeps marking the pixels without data (GDAL_NODATA is kept); False:
     #: the op remaps values (a pixel with data may take the no-data value, or the reverse)
@@ -330,7 +334,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (Param("value", "number", "pixels > value become max, others 0", required=True),),
        fn.threshold, binary=_makes),
     Op("to_gray", "cv2.cvtColor(img, COLOR_RGB2GRAY / COLOR_RGBA2GRAY); gray+alpha keeps gray",
-       (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1, colour=True),
+       (), fn.to_gray, accepts=_to_gray_accepts, out_channels=lambda ch: 1, colour=True,
+       reads_rgb=True),
     Op("select_bands", "img[:, :, bands]: the bands listed, in that order",
        (BandsParam("bands", "array", "0-based band indices, in output order; repeats allowed",
                    required=True),),
@@ -650,10 +655,37 @@ def with_nodata(chain: list[OpCall], nodata: Callable[[int], float | None]) -> l
             else c for i, c in enumerate(chain)]
 
 
+def _gray_bands(photometric: str, channels: int) -> bool:
+    """Whether a page's bands are gray channels of their own, not red, green and blue:
+    MINISBLACK with two extra samples or more (a fluorescence image's channels stored as
+    samples of one page, a multispectral stack). Two bands are gray + alpha to to_gray (it
+    keeps the first)."""
+    return photometric == "minisblack" and channels >= 3
+
+
+def _gray_bands_problem(call: OpCall, why: str | None, channels: int) -> str | None:
+    """``why`` (the op's own problem, None: none) on a page of gray channels: to_gray, which
+    would weigh them as red, green and blue, is refused, and a one-channel op's hint to put
+    to_gray before it becomes one to pick a channel."""
+    pick = '{"op": "select_bands", "bands": [0]}'
+    if not why and call.op.reads_rgb:
+        extra = channels - 1
+        return (f"{call.op.name} makes a gray value of RGB colours, and the page's {channels} "
+                f"bands are gray channels (MINISBLACK with {extra} extra "
+                f"sample{'s' if extra > 1 else ''}: fluorescence channels or a multispectral "
+                f"stack), not red, green and blue; pick the channel you want with {pick} "
+                "before it (a job per channel for the others)")
+    if why and why.endswith("; put to_gray before it"):
+        return (why.removesuffix("put to_gray before it") + f"its {channels} bands are gray "
+                f"channels, not RGB: put {pick} before it (a job per channel for the others)")
+    return why
+
+
 def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
                    photometric: str = "") -> list[str]:
     """Why this chain cannot run on pages of this dtype, channel count and photometric
-    (empty if it can): "separated" (CMYK) pages refuse the ops that read colours."""
+    (empty if it can): "separated" (CMYK) pages refuse the ops that read colours, and
+    pages of gray channels (:func:`_gray_bands`) the ops that read red, green and blue."""
     problems: list[str] = []
     if chain and np.dtype(dtype).name not in SUPPORTED_DTYPES:  # (TIFF has no other type)
         problems.append(f"pixels of type {np.dtype(dtype).name} are not supported by the ops "
@@ -665,6 +697,8 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
         if not why and call.op.colour and photometric == "separated":
             why = (f"{call.op.name} needs gray or RGB, the page is CMYK (its inks become RGB "
                    "only through its colour management); convert the file to RGB first")
+        if _gray_bands(photometric, channels):
+            why = _gray_bands_problem(call, why, channels)
         has = f"the page has {np.dtype(dtype).name}"
         if why and made and has in why:  # (the page's own type is another)
             why = why.replace(has, f"{has} after {made}", 1)
