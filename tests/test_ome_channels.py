@@ -61,6 +61,14 @@ def write_multi(path: Path) -> None:
                  metadata={"Name": "Slide RGB", "Channel": {"Name": "Brightfield"}})
 
 
+def write_tczyx(path: Path) -> None:
+    """A time-lapse z-stack as tifffile writes it (axes TCZYX: DimensionOrder XYZCT, Z
+    fastest), 2 x 3 x 2 planes, named channels, a pixel size of 0.25 µm."""
+    tifffile.imwrite(path, planes(12).reshape(2, 3, 2, H, W), ome=True, tile=(32, 32),
+                     metadata={"axes": "TCZYX", "Name": "Live", "PhysicalSizeX": 0.25,
+                               "PhysicalSizeY": 0.25, "Channel": {"Name": ["H2B", "GFP", "BF"]}})
+
+
 def write_planes(path: Path) -> None:
     """OME-XML written by hand: DimensionOrder XYZCT (Z fastest), C x Z x T = 2 x 2 x 2, the
     T=0 planes here in TiffData of this file's UUID (Ki67 first in the file), the T=1 planes
@@ -109,6 +117,14 @@ JOBS: dict[str, dict[str, Any]] = {
     "rgb_same_ome": {"input": "multi.ome.tif", "pages": [7], "output_options": {"ome": True},
                      "ops": [{"op": "select_bands", "bands": [0, 1, 2]}]},
     "damaged_ome": {"input": "damaged.ome.tif", "output_options": {"ome": True}},
+    "tczyx_ome": {"input": "tczyx.ome.tif", "output_options": {"ome": True, "pyramid": True}},
+    "tczyx_stretched": {"input": "tczyx.ome.tif", "output_options": {"ome": True},
+                        "ops": [{"op": "percentile_stretch"}, {"op": "convert", "dtype": "uint8"}]},
+    "tczyx_bilevel": {"input": "tczyx.ome.tif", "output_options": {"ome": True, "bilevel": True},
+                      "ops": [{"op": "convert", "dtype": "uint8"}, {"op": "otsu_threshold"}]},
+    "tczyx_part": {"input": "tczyx.ome.tif", "pages": [0, 1], "output_options": {"ome": True}},
+    "tczyx_reversed": {"input": "tczyx.ome.tif", "pages": list(range(11, -1, -1)),
+                       "output_options": {"ome": True}},
     "damaged_plain": {"input": "damaged.ome.tif"},
 }
 
@@ -121,6 +137,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_multi(inp / "multi.ome.tif")
     write_planes(inp / "planes.ome.tif")
     write_damaged(inp / "damaged.ome.tif")
+    write_tczyx(inp / "tczyx.ome.tif")
     jobs = [{**job, "input": str(inp / job["input"]), "output": str(root / "out" / f"{name}.tif"),
              "tile": 64, "output_options": {"tile": 32, **job.get("output_options", {})}}
             for name, job in JOBS.items()]
@@ -149,32 +166,38 @@ def page_names(path: str) -> list[str | None]:
 
 
 def test_each_ome_image_is_named_after_its_image_and_channel(run):
+    """The CYX and ZCYX Images, every plane of each in the job, are one Image each again,
+    named as the input's; the one-plane RGB Image's name has its Channel's too."""
     images = ome_images(run["multi_ome"])
-    assert [image["Name"] for image in images] == MULTI_NAMES
+    assert [image["Name"] for image in images] == ["Tissue 1", "Stack",
+                                                   "Slide RGB - Brightfield"]
 
 
 def test_the_channels_name_colour_wavelengths_and_fluor_are_kept(run):
     images = ome_images(run["multi_ome"])
-    for c, image in enumerate(images[:3]):
-        channel = image["Pixels"]["Channel"]
+    pixels = images[0]["Pixels"]
+    assert pixels["SizeC"] == 3 and pixels["PhysicalSizeX"] == pytest.approx(0.5)
+    for c, channel in enumerate(pixels["Channel"]):
         assert channel["SamplesPerPixel"] == 1
         for key, values in CHANNELS.items():
             assert channel[key] == values[c], key
-        assert image["Pixels"]["PhysicalSizeX"] == pytest.approx(0.5)  # (as before)
-    assert [image["Pixels"]["Channel"]["Name"] for image in images[3:7]] == ["a", "b"] * 2
+    stack = images[1]["Pixels"]
+    assert (stack["SizeC"], stack["SizeZ"]) == (2, 2)
+    assert [channel["Name"] for channel in stack["Channel"]] == ["a", "b"]
 
 
 def test_interleaved_samples_keep_their_one_channel(run):
     """An RGB Image has one Channel of 3 samples (OME's SamplesPerPixel): it keeps its name;
     there is no per-sample channel in the OME model to map anything else to."""
-    pixels = ome_images(run["multi_ome"])[7]["Pixels"]
+    pixels = ome_images(run["multi_ome"])[2]["Pixels"]
     assert pixels["SizeC"] == 3 and pixels["Channel"]["SamplesPerPixel"] == 3
     assert pixels["Channel"]["Name"] == "Brightfield"
 
 
 def test_the_pyramid_levels_stay_subifds_of_their_named_image(run):
     with tifffile.TiffFile(run["multi_ome"]) as tf:
-        assert [s.name for s in tf.series] == MULTI_NAMES
+        assert [(s.name, s.axes) for s in tf.series] == [
+            ("Tissue 1", "CYX"), ("Stack", "ZCYX"), ("Slide RGB - Brightfield", "YXS")]
         assert all(len(s.levels) > 1 for s in tf.series)
 
 
@@ -207,6 +230,40 @@ def test_planes_are_mapped_by_tiffdata_not_by_file_order(run):
     assert [image["Name"] for image in images] == PLANE_NAMES
     colours = [image["Pixels"]["Channel"].get("Color") for image in images]
     assert colours == [-16776961, -16776961, None, None]
+
+
+def test_every_plane_of_an_image_comes_out_as_that_image(run, tmp_path):
+    """A job of every plane of a multi-plane OME Image (a CYX, ZCYX or TCZYX stack, a plane
+    an IFD) writes that one Image again: its axes, sizes and DimensionOrder, a Channel each
+    with its name, its pixel size, the pixels in the input's plane order and a SubIFD
+    pyramid under each plane. Before, each plane was an Image of its own (12 series of one
+    plane; QuPath and Bio-Formats showed 12 images, the Z and T structure gone)."""
+    src = tmp_path / "tczyx.ome.tif"
+    write_tczyx(src)
+    with tifffile.TiffFile(src) as tf:
+        want, order = tf.series[0].asarray(), tf.series[0].pages[0].parent.ome_metadata
+    with tifffile.TiffFile(run["tczyx_ome"]) as tf:
+        (series,) = tf.series
+        assert (series.name, series.axes, series.shape) == ("Live", "TCZYX", (2, 3, 2, H, W))
+        assert np.array_equal(series.asarray(), want)
+        assert [level.shape for level in series.levels] == [
+            (2, 3, 2, H, W), (2, 3, 2, H // 2, W // 2), (2, 3, 2, H // 4, W // 4)]
+    (image,) = ome_images(run["tczyx_ome"])
+    pixels = image["Pixels"]
+    assert 'DimensionOrder="XYZCT"' in order and pixels["DimensionOrder"] == "XYZCT"
+    assert (pixels["SizeC"], pixels["SizeZ"], pixels["SizeT"]) == (3, 2, 2)
+    assert [c["Name"] for c in pixels["Channel"]] == ["H2B", "GFP", "BF"]
+    assert pixels["PhysicalSizeX"] == pytest.approx(0.25)
+    assert pixels["TiffData"] == {"IFD": 0, "PlaneCount": 12}
+    # per channel ops (a percentile stretch of each plane, its own statistics) keep the Image
+    (image,) = ome_images(run["tczyx_stretched"])
+    assert image["Pixels"]["Type"] == "uint8" and image["Pixels"]["SizeZ"] == 2
+    (image,) = ome_images(run["tczyx_bilevel"])  # (1-bit pages: OME's Type "bit")
+    assert image["Pixels"]["Type"] == "bit" and image["Pixels"]["SizeT"] == 2
+    # some of its planes, or its planes in another order, are an Image a plane, as before
+    assert [i["Name"] for i in ome_images(run["tczyx_part"])] == ["Live - H2B - Z=0 - T=0",
+                                                                 "Live - H2B - Z=1 - T=0"]
+    assert len(ome_images(run["tczyx_reversed"])) == 12
 
 
 def test_a_damaged_ome_xml_still_runs_without_names(run):

@@ -333,14 +333,17 @@ def _ome_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
     several unnamed ones) and ``Z=z``, ``T=t`` when the Image has several; ``image_name``,
     the same without the channel (what is left when the op chain changes the channel count);
     ``channel``, the Channel's attributes that tifffile writes (:data:`OME_CHANNEL_TEXT`,
-    :data:`OME_CHANNEL_NUMBERS`); ``samples``, its SamplesPerPixel. None: nothing to say."""
+    :data:`OME_CHANNEL_NUMBERS`); ``samples``, its SamplesPerPixel; ``stack`` (an Image of
+    several planes): the Image's index, the plane's, the plane count, the axes of the planes
+    (slowest first, ``"TZC"`` for DimensionOrder XYCZT), their sizes and the Image's name.
+    None: nothing to say."""
     found = _ome_of(page)
     if found is None:
         return None
     image, plane = found
-    pos, sizes = {}, image["sizes"]
+    pos, sizes, rest = {}, image["sizes"], plane
     for axis in image["order"]:  # (the first axis of DimensionOrder varies fastest)
-        plane, pos[axis] = divmod(plane, sizes[axis])
+        rest, pos[axis] = divmod(rest, sizes[axis])
     channels = image["channels"]
     channel = channels[pos["C"]] if pos["C"] < len(channels) else {}
     label = channel.get("Name") or (f"C={pos['C']}" if sizes["C"] > 1 else "")
@@ -354,6 +357,13 @@ def _ome_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
             out[key] = text
     if channel:
         out["channel"] = channel
+    if (planes := sizes["C"] * sizes["Z"] * sizes["T"]) > 1:
+        # where the plane is in its Image: an OME output of all of them, in order, is that
+        # Image again (pipeline.steps.merge.ome_stacks), not an Image a plane
+        axes = "".join(reversed(image["order"]))  # (slowest first, as tifffile's axes)
+        out["stack"] = {"image": image["index"], "plane": plane, "planes": planes,
+                        "axes": axes, "sizes": [sizes[axis] for axis in axes],
+                        "title": image["name"]}
     return out if len(out) > 1 else None
 
 
@@ -377,7 +387,7 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
     root = ElementTree.fromstring(xml)
     own = root.get("UUID")
     ifds = OmeIfds()
-    for element in children(root, "Image"):
+    for index, element in enumerate(children(root, "Image")):
         for pixels in children(element, "Pixels")[:1]:
             channels = children(pixels, "Channel")
             sizes = {axis: max(count(pixels.get(f"Size{axis}"), 1), 1) for axis in "CZT"}
@@ -391,7 +401,8 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
             order = [axis for axis in str(pixels.get("DimensionOrder", ""))[2:]]
             if sorted(order) != ["C", "T", "Z"]:
                 order = ["C", "Z", "T"]
-            image = {"name": _ome_text(element.get("Name")), "size": _ome_size(pixels),
+            image = {"index": index, "name": _ome_text(element.get("Name")),
+                     "size": _ome_size(pixels),
                      "channels": [_ome_channel(c) for c in channels], "samples": samples,
                      "sizes": sizes, "order": order}
             planes = sizes["C"] * sizes["Z"] * sizes["T"]

@@ -206,6 +206,11 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                         reorder[i, j] = table
                     else:
                         budget -= short
+            if plan.spec.output_options.ome and (stacks := ome_stacks(plan)):
+                # (before close, which would write tifffile's Image a page; UTF-8, as close
+                # does: "µm")
+                xml = ome_xml(plan, stacks).encode()
+                writer.overwrite_description(xml)  # type: ignore[arg-type]
     except (LayoutOverflow, ValueError) as exc:
         # (tifffile's own check of a classic file's IFDs: "data too large for non-BigTIFF")
         if big or not (isinstance(exc, LayoutOverflow) or "non-BigTIFF" in str(exc)):
@@ -290,15 +295,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     encoder = OutputEncoder(options, page.out_dtype, channels)
     height, width = page.out_grid.height, page.out_grid.width
     shape = (height, width) + ((channels,) if channels > 1 else ())
-    # photometric, extra samples, software and the input's carried tags (resolution, ICC, ...)
-    ops = plan.spec.ops
-    bands = chain_bands(ops, page.info.channels)
-    tags = output_tags(page.info, height, width, channels, chain_keeps_values(ops),
-                       page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
-                       chain_keeps_statistics(ops), options.bilevel,
-                       chain_linear(ops, page.info.dtype))
-    if options.ome:
-        tags = _ome_tags(tags, page, bands)
+    tags = _page_tags(plan, page)
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
     common = {"dtype": page.out_dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
@@ -353,6 +350,83 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
             write_mask(level_mask, h, w, 5)
             written.append((level_mask, True))
     return written
+
+
+def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
+    """``TiffWriter.write`` keywords of an output page: photometric, extra samples, software
+    and the input's carried tags (resolution, ICC, ...), and an OME page's ``metadata``."""
+    ops, options = plan.spec.ops, plan.spec.output_options
+    height, width = page.out_grid.height, page.out_grid.width
+    bands = chain_bands(ops, page.info.channels)
+    tags = output_tags(page.info, height, width, page.out_channels, chain_keeps_values(ops),
+                       page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
+                       chain_keeps_statistics(ops), options.bilevel,
+                       chain_linear(ops, page.info.dtype))
+    return _ome_tags(tags, page, bands) if options.ome else tags
+
+
+def _stack_of(page: PagePlan) -> dict[str, Any]:
+    """Where an output page's input plane is in its OME Image of several planes ({}: none;
+    ``metadata._ome_plane``)."""
+    return (page.info.metadata or {}).get("ome", {}).get("stack") or {}
+
+
+def ome_stacks(plan: JobPlan) -> dict[int, int]:
+    """The runs of output pages that are every plane of one input OME Image, in its order
+    (its DimensionOrder's: a job of all the pages of a tifffile or Bio-Formats OME-TIFF):
+    the first page's index -> the run's length. Each run is written as that one Image (its
+    SizeC, SizeZ, SizeT and DimensionOrder, a Channel each), not as an Image a plane."""
+    runs: dict[int, int] = {}
+    i = 0
+    while i < len(plan.pages):
+        first, stack = plan.pages[i], _stack_of(plan.pages[i])
+        n = stack.get("planes", 1) if stack.get("plane") == 0 else 1
+        run = plan.pages[i:i + n]
+        if n > 1 and len(run) == n and all(
+                _stack_of(p).get("image") == stack["image"] and _stack_of(p)["plane"] == k
+                and (p.out_grid.height, p.out_grid.width, p.out_channels, p.out_dtype,
+                     p.strip) == (first.out_grid.height, first.out_grid.width,
+                                  first.out_channels, first.out_dtype, first.strip)
+                for k, p in enumerate(run)):
+            runs[i] = n
+            i += n
+        else:
+            i += 1
+    return runs
+
+
+def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
+    """The OME-XML of an OME output whose pages ``runs`` (:func:`ome_stacks`) are the planes
+    of multi-plane Images: tifffile's OME writer's, each other page an Image of its own as
+    tifffile writes it, each run one Image of its input's axes, named after the input
+    Image, with a Channel for each of its channels (the Channel of its plane at Z = T = 0,
+    while the chain keeps it: ``_ome_tags``)."""
+    omexml = tifffile.OmeXml()
+    bilevel = plan.spec.output_options.bilevel  # (1-bit pages: tifffile's bool, Type "bit")
+    i = 0
+    while i < len(plan.pages):
+        page, n = plan.pages[i], runs.get(i, 1)
+        h, w, s = page.out_grid.height, page.out_grid.width, page.out_channels
+        dtype = bool if bilevel else page.out_dtype
+        meta = dict(_page_tags(plan, page)["metadata"])
+        samples = ((s,), "S") if s > 1 else ((), "")
+        if n == 1:
+            omexml.addimage(dtype, (h, w) + samples[0], (1, 1, 1, h, w, s), **meta)
+        else:
+            stack = _stack_of(page)
+            axes, sizes = stack["axes"], stack["sizes"]
+            stride = 1  # planes between one channel's and the next (C varies fastest: 1)
+            for axis, size in zip(reversed(axes), reversed(sizes), strict=True):
+                if axis == "C":
+                    break
+                stride *= size
+            channels = [_page_tags(plan, plan.pages[i + c * stride])["metadata"].get("Channel")
+                        or {} for c in range(sizes[axes.index("C")])]
+            meta.update(Name=stack["title"] or meta["Name"], Channel=channels)
+            omexml.addimage(dtype, tuple(sizes) + (h, w) + samples[0],
+                            (n, 1, 1, h, w, s), axes=axes + "YX" + samples[1], **meta)
+        i += n
+    return omexml.tostring(declaration=True)
 
 
 def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
