@@ -299,6 +299,12 @@ def test_an_svs_files_levels_are_used(tmp_path):
 
 @pytest.mark.parametrize("dtype,values,shown", [
     ("uint16", [0, 65535, 32896], [0, 255, 128]),
+    # a 12-bit (10-bit) camera's values in uint16: 0..4095 (1023), not 0..65535 (all but
+    # black: its brightest pixel was 16 of 255, every fluorescence thumbnail near black)
+    ("uint16", [0, 4095, 2048], [0, 255, 128]),
+    ("uint16", [0, 1023, 512], [0, 255, 128]),
+    ("uint16", [0, 40000, 32896], [0, 156, 128]),  # 16 bits used: the type's range
+    ("uint16", [0, 200, 100], [0, 200, 100]),  # 8 bits or fewer: 0..255
     ("float32", [0.0, 1.0, 0.5], [0, 255, 128]),  # values in [0, 1]: 0..1
     ("float32", [-10.0, 10.0, 0.0], [0, 255, 128]),  # otherwise: min..max
     ("int16", [-32768, 32767, 0], [0, 255, 128]),
