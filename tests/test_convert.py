@@ -552,11 +552,12 @@ def test_every_type_through_the_engine(tmp_path: Path):
         assert [level.dtype for level in pa.pages] == [np.uint8] * len(pa.pages) \
             and len(pa.pages) >= 2
 
-    # an OME plane converted: Pixels Type uint8, its Channel's name kept
+    # OME planes converted: still the one CYX Image, Pixels Type uint8, its Channels' names
+    # kept
     with tifffile.TiffFile(tmp_path / "ome.tif") as tf:
-        images = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
-        assert [i["Pixels"]["Type"] for i in images] == ["uint8", "uint8"]
-        assert [i["Pixels"]["Channel"]["Name"] for i in images] == ["DAPI", "CD3"]
+        image = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]
+        assert (image["Pixels"]["Type"], image["Pixels"]["SizeC"]) == ("uint8", 2)
+        assert [c["Name"] for c in image["Pixels"]["Channel"]] == ["DAPI", "CD3"]
         for k, page in enumerate(tf.pages):
             same(page.asarray(), ref_convert(ome[:, :, k], "uint8"))
 
