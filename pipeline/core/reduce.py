@@ -6,6 +6,7 @@ and ``downsample`` of a page with no-data or a mask). Pure module: arrays in, ar
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -19,6 +20,13 @@ def mean4(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndar
     r = a % four + b % four + c % four + d % four
     return q + (r + a.dtype.type(2)) // four
 
+
+#: the integer types (numpy's ``dtype.str`` without its byte order) whose 2 x 2 block means
+#: of 1, 3 or 4 channels OpenCV's INTER_AREA resize gives exactly as ``(s + 2) // 4``, the
+#: means of :func:`masked_mean` with every sample valid: its fast integer path (a sum of
+#: the four, plus 2, shifted right by 2; ``tests/test_gis_readers.py`` checks it sample for
+#: sample, extreme values too; of 2 channels it rounds otherwise)
+OPENCV_MEAN4 = ("u1", "u2", "i2")
 
 #: integer type that holds the sum of four values of a type without overflow (2 x 2 blocks:
 #: the pyramid levels'); larger blocks sum in int32 (8 and 16-bit types) or int64
@@ -51,6 +59,10 @@ def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
     shape = (-(-h // f) * f, -(-w // f) * f) + block.shape[2:]
     order = [(dy, dx) for dx in range(f) for dy in range(f)]
     if shape == block.shape and valid.all():  # whole blocks, none left out (most of a page):
+        if f == 2 and dtype.str[1:] in OPENCV_MEAN4 and block.size // (h * w) in (1, 3, 4):
+            # OpenCV's 2 x 2 area resize is this formula, (s + 2) >> 2, 20-40x faster
+            out = cv2.resize(block, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+            return out.reshape((h // 2, w // 2) + block.shape[2:])  # ((h, w, 1): one band)
         ok, n, none = None, np.int64(f * f), None  # no count, nothing to blank
     else:
         ok = np.zeros(shape, bool)
