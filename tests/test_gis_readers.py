@@ -395,11 +395,13 @@ def test_masked_mean_of_larger_blocks_is_the_mean_of_the_valid_samples(dtype, no
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
-def test_masked_mean_of_valid_2x2_blocks_is_the_exact_rounded_mean(dtype, channels):
-    """The fast path of ``reduce.masked_mean`` (OpenCV's area resize, for 2 x 2 blocks of
-    8 and 16-bit integers all valid, 1, 3 or 4 channels: most blocks of a page with no-data)
-    gives the mean ``(s + 2) // 4`` sample for sample, the type's extremes included; 2
-    channels (which OpenCV rounds otherwise) take the general path and give it too."""
+def test_a_downsample_by_2_of_valid_blocks_is_the_exact_rounded_mean(dtype, channels):
+    """``downsample`` by 2 of a page with no-data whose blocks are all valid (most of such a
+    page) takes OpenCV's area resize for 8 and 16-bit integers of 1, 3 or 4 channels
+    (``reduce.masked_mean``'s ``area2``): the mean ``(s + 2) // 4`` sample for sample, as
+    the sums of ``masked_mean`` alone give it, the type's extremes included; 2 channels
+    (which OpenCV rounds otherwise) take the sums."""
+    from pipeline.core.op_functions import downsample
     from pipeline.core.reduce import OPENCV_MEAN4, masked_mean
 
     info = np.iinfo(dtype)
@@ -408,13 +410,15 @@ def test_masked_mean_of_valid_2x2_blocks_is_the_exact_rounded_mean(dtype, channe
     shape = (64, 96, channels)  # (one band as (h, w, 1), as the tiles hold it)
     block = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
     block[:8] = rng.choice([info.min, info.max], (8,) + shape[1:])  # sums at the limits
-    nodata = 7 if not (block == 7).any() else None  # present nowhere: every sample valid
+    nodata = 7
+    block[block == nodata] = 8  # present nowhere: every sample valid
     wide = block.astype(np.int64)
     want = (wide[0::2, 0::2] + wide[1::2, 0::2] + wide[0::2, 1::2] + wide[1::2, 1::2] + 2) // 4
     for b, w in ((block, want), (block[..., 0], want[..., 0])):  # (h, w) too
-        got = masked_mean(b, 2, nodata)
-        assert got.dtype == b.dtype and got.shape == w.shape
-        np.testing.assert_array_equal(got, w.astype(dtype))
+        for got in (downsample(b, {"factor": 2, "input_nodata": nodata}),
+                    masked_mean(b, 2, nodata)):
+            assert got.dtype == b.dtype and got.shape == w.shape
+            np.testing.assert_array_equal(got, w.astype(dtype))
 
 
 def test_a_converted_page_keeps_its_nodata_pixels_marked(run):

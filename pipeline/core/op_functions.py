@@ -229,6 +229,12 @@ def canny(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return cv2.Canny(x, low, high)
 
 
+def _area2(block: np.ndarray) -> np.ndarray:
+    """OpenCV's means of the whole 2 x 2 blocks of ``block`` (``masked_mean``'s ``area2``)."""
+    h, w = block.shape[:2]
+    return cv2.resize(block, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+
+
 def downsample(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """``cv2.resize(img, (w // f, h // f), INTER_AREA)`` of the array cropped to multiples of f
     (a mean of each f x f block); types resize lacks go through float64. On a page with a
@@ -243,7 +249,7 @@ def downsample(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     nodata, valid = p.get("input_nodata"), p.get("input_valid")
     if nodata is not None or valid is not None:
         return masked_mean(img[:h * f, :w * f], f, nodata,
-                           None if valid is None else valid[:h * f, :w * f])
+                           None if valid is None else valid[:h * f, :w * f], area2=_area2)
     crop = img if img.shape[:2] == (h * f, w * f) else np.ascontiguousarray(img[:h * f, :w * f])
     return _per_channel(lambda a: natively(
         lambda x: cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA), a, CV_FILTER), crop)

@@ -6,7 +6,8 @@ and ``downsample`` of a page with no-data or a mask). Pure module: arrays in, ar
 
 from __future__ import annotations
 
-import cv2
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -23,9 +24,9 @@ def mean4(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndar
 
 #: the integer types (numpy's ``dtype.str`` without its byte order) whose 2 x 2 block means
 #: of 1, 3 or 4 channels OpenCV's INTER_AREA resize gives exactly as ``(s + 2) // 4``, the
-#: means of :func:`masked_mean` with every sample valid: its fast integer path (a sum of
-#: the four, plus 2, shifted right by 2; ``tests/test_gis_readers.py`` checks it sample for
-#: sample, extreme values too; of 2 channels it rounds otherwise)
+#: means of :func:`masked_mean` with every sample valid (a sum of the four, plus 2, shifted
+#: right by 2; ``tests/test_gis_readers.py`` checks it sample for sample, extreme values
+#: too; of 2 channels it rounds otherwise): ``area2`` of :func:`masked_mean`
 OPENCV_MEAN4 = ("u1", "u2", "i2")
 
 #: integer type that holds the sum of four values of a type without overflow (2 x 2 blocks:
@@ -35,7 +36,8 @@ WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4": 
 
 
 def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
-                mask: np.ndarray | None = None) -> np.ndarray:
+                mask: np.ndarray | None = None,
+                area2: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The mean of each ``factor`` x ``factor`` block of ``block`` (h, w) or (h, w, c), over
     its valid samples: those present (a block past an edge the page does not fill has fewer),
     not equal to ``nodata`` (not NaN for NaN), at the pixels ``mask`` (h, w, bool: None, all)
@@ -45,7 +47,10 @@ def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
     zero and NaN included); integers ``(s + n // 2) // n``, exact (64-bit ones too). Where
     ``n`` is 0: ``nodata`` (0 without one). What the pyramid levels of a page with no-data or
     a mask are made of (``factor`` 2), and ``downsample`` on such a page: GDAL's average
-    resampling, which leaves those samples out."""
+    resampling, which leaves those samples out. ``area2``: a faster function of the same
+    means of whole 2 x 2 blocks, for a block all valid of :data:`OPENCV_MEAN4`'s types and 1,
+    3 or 4 channels (OpenCV's area resize, where it is loaded: ``downsample``, 20-40x
+    faster than the sums here)."""
     h, w = block.shape[:2]
     dtype, f = block.dtype, factor
     if nodata is None:
@@ -59,10 +64,9 @@ def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
     shape = (-(-h // f) * f, -(-w // f) * f) + block.shape[2:]
     order = [(dy, dx) for dx in range(f) for dy in range(f)]
     if shape == block.shape and valid.all():  # whole blocks, none left out (most of a page):
-        if f == 2 and dtype.str[1:] in OPENCV_MEAN4 and block.size // (h * w) in (1, 3, 4):
-            # OpenCV's 2 x 2 area resize is this formula, (s + 2) >> 2, 20-40x faster
-            out = cv2.resize(block, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-            return out.reshape((h // 2, w // 2) + block.shape[2:])  # ((h, w, 1): one band)
+        if (area2 is not None and f == 2 and dtype.str[1:] in OPENCV_MEAN4
+                and block.size // (h * w) in (1, 3, 4)):
+            return area2(block).reshape((h // 2, w // 2) + block.shape[2:])  # (h, w, 1) too
         ok, n, none = None, np.int64(f * f), None  # no count, nothing to blank
     else:
         ok = np.zeros(shape, bool)
