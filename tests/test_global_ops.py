@@ -427,6 +427,67 @@ def test_normalize_skips_nan(tmp_path, dtype):
     np.testing.assert_array_equal(got, want)
 
 
+def _collar_page(dtype: str, nodata: int) -> np.ndarray:
+    """A scene whose left third is outside the swath (GDAL_NODATA ``nodata``), as a
+    Sentinel-2 tile at the edge of its orbit: the no-data pixels are a third of the page."""
+    page = make_image(7, 150, 211, 1, dtype)
+    top = np.iinfo(dtype).max
+    page = np.clip(page, top // 8, top - top // 8)  # the data holds no no-data value
+    page[:, :70] = nodata
+    return page
+
+
+def _write_with_nodata(path: Path, page: np.ndarray, nodata: int) -> None:
+    tifffile.imwrite(path, page, photometric="minisblack", tile=(32, 32), metadata=None,
+                     extratags=[(42113, "s", 0, str(nodata), True)])
+
+
+def _stretch(page: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    top = np.iinfo(page.dtype).max
+    out = np.rint((page.astype(np.float64) - lo) / (hi - lo) * top)
+    return np.clip(out, 0, top).astype(page.dtype)
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint16", 0), ("uint8", 255), ("int16", -32768)])
+def test_percentile_stretch_leaves_the_no_data_value_out(tmp_path, dtype, nodata):
+    """The percentiles are of the pixels with data: a third of the page at the no-data value
+    (a scene's collar) made the 2% point the no-data value, and the stretch of the data
+    far too weak (a washed-out quicklook). The no-data pixels are mapped by the same table."""
+    page = _collar_page(dtype, nodata)
+    src = tmp_path / "collar.tif"
+    _write_with_nodata(src, page, nodata)
+    ops = [{"op": "percentile_stretch", "p_low": 2, "p_high": 98}]
+    data = page[page != nodata]
+    lo, hi = (float(np.percentile(data, p, method="lower")) for p in (2, 98))
+    want = _stretch(page, lo, hi)
+    before = np.percentile(page, (2, 98), method="lower").astype(np.float64)
+    assert not np.array_equal(want, _stretch(page, *before))
+    for fuse in (True, False):
+        (got,), plan = run_tiled(tmp_path, src, ops, 64, 32, fuse=fuse, units="small")
+        assert plan.tiles > 4
+        assert_identical(got, want, f"fuse {fuse}")
+
+
+def test_equalize_hist_and_otsu_leave_the_no_data_value_out(tmp_path):
+    """equalize_hist and otsu_threshold take the histogram of the pixels with data, as
+    OpenCV's calls on those pixels alone."""
+    page = _collar_page("uint8", 0)
+    src = tmp_path / "collar8.tif"
+    _write_with_nodata(src, page, 0)
+    data = page[page != 0].reshape(1, -1)
+    lut = np.zeros(256, np.uint8)
+    lut[data.ravel()] = cv2.equalizeHist(data).ravel()
+    (got,), _plan = run_tiled(tmp_path, src, [{"op": "equalize_hist"}], 64, 32, fuse=False,
+                              units="small")
+    assert_identical(got[:, 70:], lut[page[:, 70:]], "equalize_hist, the data")
+    assert (got[:, :70] == 0).all()  # (below every value with data)
+    t, _ = cv2.threshold(data, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    assert t != cv2.threshold(page, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)[0]
+    (got,), _plan = run_tiled(tmp_path, src, [{"op": "otsu_threshold"}], 64, 32, fuse=False,
+                              units="small")
+    assert_identical(got, np.where(page > t, 255, 0).astype(np.uint8), "otsu_threshold")
+
+
 def test_downsample_multi_page_writes_smaller_pages(tmp_path):
     ops = [{"op": "downsample", "factor": 4}]
     pages = [make_image(40 + i, *s, 3, "uint8") for i, s in enumerate([(257, 389), (64, 150)])]

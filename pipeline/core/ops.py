@@ -60,7 +60,9 @@ class Op:
     #: itself (per-band ops), or the op makes its own (to_gray, canny, normalized_difference)
     picks: Callable[[dict[str, Any]], list[int]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
-    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample
+    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, and
+    #: the histogram ops (equalize_hist, otsu_threshold, percentile_stretch: statistics of the
+    #: data)
     reads_nodata: bool = False
     #: the op is given its input's valid-data mask (the page's carried internal mask, moved
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
@@ -357,7 +359,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        own_nodata=convert_mod.own_nodata, linear=convert_mod.linear,
        exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
-       kind="stats", stats=stats_mod.EQUALIZE,
+       kind="stats", stats=stats_mod.EQUALIZE, reads_nodata=True,
        accepts=_only(("uint8",), (1,), "equalize_hist",
                      " (OpenCV's equalizeHist is 8-bit only); put {\"op\": \"convert\", "
                      "\"dtype\": \"uint8\"} before it" + _RANGE_TOO + " (or use normalize, or "
@@ -366,6 +368,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
        "the dtype's maximum", (),
        fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU, binary=_makes,
+       reads_nodata=True,
        accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
                      " (OpenCV's Otsu takes 8 and 16-bit unsigned pages only); put "
                      "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
@@ -383,6 +386,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
               le=100)),
        fn.whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
+       reads_nodata=True,
        accepts=_only(dtypes.HISTOGRAM, None, "percentile_stretch",
                      " (exact percentiles come from a histogram); use normalize"),
        check=_percentile_check, exact="bit-identical to the numpy formula on the whole page",

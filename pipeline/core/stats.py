@@ -75,6 +75,22 @@ def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
     return {"hist": histogram(img)}
 
 
+def data_histogram(hist: np.ndarray, p: dict[str, Any], dtype: np.dtype) -> np.ndarray:
+    """The page's histogram without its no-data value's bin (``p["input_nodata"]``, the
+    value at the op's input, given by the tiled path: :func:`pipeline.core.ops.with_nodata`),
+    so that the statistics are of the pixels with data, as GDAL's are; the whole histogram
+    when the page has no such value, or holds nothing else."""
+    nodata = p.get("input_nodata")
+    if nodata is None or not float(nodata).is_integer():  # (NaN: no bin of an integer page)
+        return hist
+    index = int(nodata) - int(np.iinfo(dtype).min)
+    if not 0 <= index < len(hist) or hist[index] == np.asarray(hist).sum():
+        return hist
+    hist = np.array(hist, copy=True)
+    hist[index] = 0
+    return hist
+
+
 def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """``lut`` (in table index order, see pipeline.core.dtypes.offset_index) on an 8 or
     16-bit integer image."""
@@ -112,7 +128,7 @@ def equalize_lut(hist: np.ndarray) -> np.ndarray:
 
 
 def _equalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    return {"lut": equalize_lut(st["hist"])}
+    return {"lut": equalize_lut(data_histogram(st["hist"], p, dtype))}
 
 
 # --- otsu_threshold ---------------------------------------------------------------------
@@ -149,7 +165,7 @@ def otsu_threshold(hist: np.ndarray) -> int:
 
 
 def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    t = otsu_threshold(st["hist"])
+    t = otsu_threshold(data_histogram(st["hist"], p, dtype))
     top = _top(dtype)
     lut = np.where(np.arange(top + 1) > t, top, 0).astype(dtype)
     return {"lut": lut, "threshold": np.array([t])}
@@ -265,8 +281,8 @@ def stretch_lut(lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
 
 
 def _stretch_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    base = int(np.iinfo(dtype).min)
-    lo, hi = (base + rank_value(st["hist"], p[k]) for k in ("p_low", "p_high"))
+    base, hist = int(np.iinfo(dtype).min), data_histogram(st["hist"], p, dtype)
+    lo, hi = (base + rank_value(hist, p[k]) for k in ("p_low", "p_high"))
     return {"lut": stretch_lut(lo, hi, np.dtype(dtype)), "range": np.array([lo, hi])}
 
 
