@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as GIS tools read the outputs
@@ -322,3 +323,52 @@ def test_a_miniswhite_page_keeps_each_bands_physical_values(tmp_path, ops, scale
     assert view["scales"] == pytest.approx((scale,), rel=1e-12)
     assert view["units"] == ("K",) and view["descriptions"] == ("Depth",)
     assert view["bands"] == [{}]
+
+
+def _index(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x + y == 0, 0.0, (x - y) / (x + y)).astype(np.float32)
+
+
+@pytest.mark.parametrize("ops", [
+    [{"op": "normalized_difference", "a": 2, "b": 0}],
+    # the bands picked first: their scales and offsets follow them
+    [{"op": "select_bands", "bands": [1, 2, 0]}, {"op": "normalized_difference", "a": 1,
+                                                   "b": 2}],
+    # through a blur (values kept): the same scales and offsets
+    [{"op": "median_blur", "ksize": 1 + 2}, {"op": "normalized_difference", "a": 2, "b": 0}],
+], ids=["direct", "select_bands", "median"])
+def test_normalized_difference_is_of_the_bands_physical_values(tmp_path, ops):
+    """NDVI of a scene stored as counts with an offset (each band's GDAL scale 0.0001 and
+    offset -0.1 to -0.3, as Sentinel-2 reflectances since 2022 and Landsat's): the index of
+    the reflectances GDAL reads (scale * v + offset), not of the stored counts, which differ
+    wherever the offset does not cancel. Before, it was the index of the counts."""
+    src = scene(tmp_path)
+    values, _ = physical(src)
+    if ops[0]["op"] == "median_blur":
+        with rasterio.open(src) as ds:
+            counts, scales, offsets = ds.read(), np.array(ds.scales), np.array(ds.offsets)
+        blurred = np.stack([cv2.medianBlur(np.ascontiguousarray(c), 3) for c in counts])
+        values = blurred * scales[:, None, None] + offsets[:, None, None]
+    (got,), _plan = run_tiled(tmp_path, src, ops, 64, 32, fuse=True)
+    want = _index(values[2], values[0])
+    np.testing.assert_array_equal(got, want)
+    with rasterio.open(src) as ds:
+        counts = ds.read().astype(np.float64)
+    assert not np.array_equal(want, _index(counts[2], counts[0]))
+
+
+def test_a_common_scale_without_offsets_gives_the_index_of_the_counts(tmp_path):
+    """Bands of one scale and no offset: the scale cancels, and the index is the counts'
+    own, bit for bit, as before."""
+    src = tmp_path / "scaled.tif"
+    xml = ("<GDALMetadata>\n" + "".join(
+        f'  <Item name="SCALE" sample="{b}" role="scale">0.0001</Item>\n' for b in range(3))
+        + "</GDALMetadata>\n")
+    counts = np.random.default_rng(9).integers(0, 10000, (70, 90, 3), dtype=np.uint16)
+    tifffile.imwrite(src, counts, photometric="minisblack", planarconfig="contig",
+                     tile=(32, 32), metadata=None, extratags=[*GEO, (42112, 2, 0, xml, True)])
+    (got,), _plan = run_tiled(tmp_path, src, [{"op": "normalized_difference", "a": 2, "b": 0}],
+                              64, 32)
+    c = counts.astype(np.float64)
+    np.testing.assert_array_equal(got, _index(c[:, :, 2], c[:, :, 0]))

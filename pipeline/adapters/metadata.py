@@ -841,6 +841,35 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
     return ("\n".join(lines) + "\n</GDALMetadata>\n").encode("utf-8")
 
 
+def band_scaling(info: Any, bands: tuple[int, ...] | None, values: bool,
+                 linear: tuple[float, float] | None) -> list[tuple[float, float]] | None:
+    """Each band's GDAL scale and offset (``scale * v + offset`` is its physical value; 1 and
+    0 where it has none) after a chain whose output bands are input ``bands`` (None: bands of
+    its own), that keeps ``values`` or maps them by ``linear`` (as :func:`gdal_metadata`
+    carries them to an output); None when no band has a scale or an offset there."""
+    from xml.etree import ElementTree
+
+    md = info.metadata or {}
+    if "gdal_metadata" not in md or bands is None or not values and linear is None:
+        return None
+    xml = gdal_metadata(md["gdal_metadata"], bands, values, False, False, linear)
+    try:
+        items = ElementTree.fromstring(xml).findall("Item") if xml else []
+    except ElementTree.ParseError:
+        return None
+    given: dict[tuple[str, str], float] = {}
+    for e in items:
+        if e.get("role") in ("scale", "offset") and e.get("sample") is not None:
+            try:
+                given[e.get("sample", ""), e.get("role", "")] = float(e.text or "")
+            except ValueError:
+                return None  # (a scale that is no number: nothing to tell the values by)
+    if not given:
+        return None
+    return [(given.get((str(b), "scale"), 1.0), given.get((str(b), "offset"), 0.0))
+            for b in range(len(bands))]
+
+
 def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
               ) -> list[Any]:
     """The OFFSET and SCALE items of output band ``out`` that give the physical values

@@ -186,9 +186,17 @@ def select_bands(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 def normalized_difference(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """``(a - b) / (a + b)`` of bands a and b, in float64 (the samples converted), rounded
     to float32; 0 where ``a + b == 0``; NaN where band a or b holds ``p["input_nodata"]``
-    (the page's no-data value, given by the tiled path: :func:`pipeline.core.ops.with_nodata`)."""
+    (the page's no-data value, given by the tiled path: :func:`pipeline.core.ops.with_nodata`).
+    The samples are the bands' physical values, ``scale * v + offset``, when
+    ``p["input_scaling"]`` (GDAL's scales and offsets of the bands, given the same way) gives
+    them an offset or two scales (a scene stored as counts with an offset, as Sentinel-2's
+    reflectances since 2022: the index of the counts is not the index of the reflectances)."""
     x, y = img[:, :, p["a"]], img[:, :, p["b"]]
     a, b = x.astype(np.float64), y.astype(np.float64)
+    if scaling := p.get("input_scaling"):  # (the bands' GDAL scale and offset)
+        (sa, oa), (sb, ob) = scaling[p["a"]], scaling[p["b"]]
+        if oa or ob or sa != sb:  # (else the same index: a common scale cancels)
+            a, b = a * sa + oa, b * sb + ob
     total = a + b
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(total == 0, 0.0, (a - b) / total).astype(np.float32)

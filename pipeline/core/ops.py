@@ -68,6 +68,10 @@ class Op:
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
     #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample
     reads_mask: bool = False
+    #: the op is given its input's bands' GDAL scale and offset (``[(scale, offset), ...]``,
+    #: None: no band has one) as the parameter ``input_scaling`` (:func:`with_nodata`):
+    #: normalized_difference, whose index is of the physical values
+    reads_scaling: bool = False
     #: the no-data value the op's output has, given the parameters (normalized_difference:
     #: NaN; convert: its ``nodata``), else None
     own_nodata: Callable[[dict[str, Any]], float | None] = lambda p: None
@@ -344,13 +348,15 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.select_bands, accepts=_bands_accepts, picks=lambda p: p["bands"],
        keeps_values=True, colour=True, binary=_keeps,
        exact="bit-identical to the numpy selection on the whole page"),
-    Op("normalized_difference", "(a - b) / (a + b) in float64, as float32; 0 where a + b == 0, "
-       "NaN where a or b is the page's no-data value",
+    Op("normalized_difference", "(a - b) / (a + b) in float64, as float32, of the bands' "
+       "physical values (scale * v + offset, GDAL_METADATA) when their offsets or scales "
+       "differ from 0 and each other; 0 where a + b == 0, NaN where a or b is the page's "
+       "no-data value",
        (_band("a", "0-based index of the first band (NIR for NDVI)"),
         _band("b", "0-based index of the second band (red for NDVI)")),
        fn.normalized_difference, accepts=_bands_accepts, check=_differ,
        out_channels=lambda ch: 1, out_dtype=lambda p, dt: np.dtype(np.float32),
-       reads_nodata=True, own_nodata=lambda p: float("nan"), colour=True,
+       reads_nodata=True, reads_scaling=True, own_nodata=lambda p: float("nan"), colour=True,
        exact="bit-identical to the numpy formula on the whole page"),
     Op("convert", "olo + (v - lo) / (hi - lo) * (ohi - olo) in float64, clipped to out_range "
        "[olo, ohi], rounded half to even (saturate_cast) or cast to dtype; [lo, hi] = in_range",
@@ -651,12 +657,22 @@ def chain_own_nodata(ops: list[dict[str, Any]]) -> float | None:
     return own
 
 
-def with_nodata(chain: list[OpCall], nodata: Callable[[int], float | None]) -> list[OpCall]:
+def with_nodata(chain: list[OpCall], nodata: Callable[[int], float | None],
+                scaling: Callable[[int], list[tuple[float, float]] | None] | None = None
+                ) -> list[OpCall]:
     """The chain with each op that takes its input's no-data value (``Op.reads_nodata``) given
     it as the parameter ``input_nodata``: ``nodata(i)``, the value at op i's input (None:
-    none)."""
-    return [OpCall(c.op, {**c.params, "input_nodata": nodata(i)}) if c.op.reads_nodata
-            else c for i, c in enumerate(chain)]
+    none); and each op that takes its input's band scales and offsets (``Op.reads_scaling``)
+    given ``scaling(i)`` as ``input_scaling``."""
+    out = []
+    for i, c in enumerate(chain):
+        params = c.params
+        if c.op.reads_nodata:
+            params = {**params, "input_nodata": nodata(i)}
+        if c.op.reads_scaling and scaling is not None:
+            params = {**params, "input_scaling": scaling(i)}
+        out.append(c if params is c.params else OpCall(c.op, params))
+    return out
 
 
 def _gray_bands(photometric: str, channels: int) -> bool:

@@ -21,15 +21,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import output_nodata
+from pipeline.adapters.metadata import band_scaling, output_nodata
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core.chain import ChainLayout, page_geometry
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
+    chain_bands,
     chain_from_json,
     chain_keeps_values,
+    chain_linear,
     chain_own_nodata,
     with_nodata,
 )
@@ -81,8 +83,12 @@ class TileEvaluator:
         self.page_pos = page
         self.page: PagePlan = plan.pages[page]
         ops = plan.spec.ops
-        self.chain = with_nodata(chain_from_json(ops), lambda i: output_nodata(
-            self.page.info, chain_keeps_values(ops[:i]), chain_own_nodata(ops[:i])))
+        info = self.page.info
+        self.chain = with_nodata(
+            chain_from_json(ops),
+            lambda i: output_nodata(info, chain_keeps_values(ops[:i]), chain_own_nodata(ops[:i])),
+            lambda i: band_scaling(info, chain_bands(ops[:i], info.channels),
+                                   chain_keeps_values(ops[:i]), chain_linear(ops[:i], info.dtype)))
         self.layout = ChainLayout.of(self.chain, self.page.info.dtype)
         self.geometry = page_geometry(self.plan, page, self.layout)
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
