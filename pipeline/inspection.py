@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: the groups of pages the text shows for a file (then how many more; --json: all)
 GROUPS_SHOWN = 40
+#: bands named on a page's line (--json: every one)
+BANDS_SHOWN = 20
 #: what the reader's photometric is called
 _KINDS = {"minisblack": "gray", "rgb": "RGB", "palette": "palette", "separated": "CMYK"}
 #: ExtraSamples values
@@ -168,7 +170,58 @@ def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool,
         entry["with_ops"] = pixel_kind(page, f"{url}: page {index}", False).conversion
     if info.metadata.get("ome", {}).get("name"):
         entry["ome_name"] = info.metadata["ome"]["name"]
+    if band_items := _band_items(info.metadata, info.channels):
+        entry["band_items"] = band_items
     return entry, info
+
+
+def _band_items(metadata: dict[str, Any], channels: int) -> list[dict[str, Any]]:
+    """Each band's name (GDAL's description), scale, offset and unit from the page's
+    GDAL_METADATA, by the 0-based index the ops take; empty when no band has one."""
+    from pipeline.adapters.metadata import band_roles
+
+    if "gdal_metadata" not in metadata:
+        return []
+    roles = band_roles(base64.b64decode(metadata["gdal_metadata"]).split(b"\x00", 1)[0])
+    out: list[dict[str, Any]] = []
+    for band in range(channels):
+        mine = roles.get(band, {})
+        item: dict[str, Any] = {}
+        for role, key in (("description", "description"), ("scale", "scale"),
+                          ("offset", "offset"), ("unittype", "unit")):
+            if mine.get(role):
+                try:
+                    item[key] = mine[role] if key in ("description", "unit") else \
+                        float(mine[role])
+                except ValueError:
+                    item[key] = mine[role]
+        out.append(item)
+    return out if any(out) else []
+
+
+def _bands_text(items: list[dict[str, Any]]) -> str:
+    """The band line of a page: each band's index and name, and their scale, offset and
+    unit: once for every band when they share them."""
+    def values(item: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {item[k]:g}" if isinstance(item[k], float) else f"{k} {item[k]}"
+                         for k in ("scale", "offset", "unit") if k in item)
+
+    shared = len({values(i) for i in items}) == 1 and values(items[0])
+    if shared and not any("description" in i for i in items):  # (scales alone)
+        return (f"bands 0 to {len(items) - 1} (0-based, as select_bands and "
+                f"normalized_difference take them; GDAL's band 1 is 0), no names; every band: "
+                f"{shared}")
+    names = []
+    for band, item in enumerate(items[:BANDS_SHOWN]):
+        name = f"{band} {item.get('description', '(no name)')}"
+        if not shared and values(item):
+            name += f" ({values(item)})"
+        names.append(name)
+    text = ("bands (0-based, as select_bands and normalized_difference take them; GDAL's "
+            "band 1 is 0): " + ", ".join(names))
+    if len(items) > BANDS_SHOWN:
+        text += f", ... {len(items) - BANDS_SHOWN} more (--json: every band)"
+    return text + (f"; every band: {shared}" if shared else "")
 
 
 def _levels(page: Any) -> list[list[int]]:
@@ -367,6 +420,8 @@ def _page_text(p: dict[str, Any]) -> str:
                  + " (a job makes its own: output_options.pyramid)")
     if p.get("kept"):
         line += "; kept: " + ", ".join(p["kept"])
+    if p.get("band_items"):
+        line += "\n" + _bands_text(p["band_items"])
     ops = p.get("ops")
     if ops is not None:
         out = ops["out"]

@@ -323,3 +323,56 @@ def test_ops_that_crop_the_whole_part_of_a_page_cut_short_run(tmp_path: Path,
     assert code == 1
     assert "the file is truncated" in json.loads(out)["files"][0]["pages"][0]["refused"][
         "message"]
+
+
+def _band_xml(names: list[str], scales: list[str], offsets: list[str]) -> str:
+    items = "".join(
+        f'  <Item name="DESCRIPTION" sample="{b}" role="description">{n}</Item>\n'
+        + (f'  <Item name="SCALE" sample="{b}" role="scale">{scales[b]}</Item>\n'
+           if scales[b] else "")
+        + (f'  <Item name="OFFSET" sample="{b}" role="offset">{offsets[b]}</Item>\n'
+           if offsets[b] else "")
+        for b, n in enumerate(names))
+    return f'<GDALMetadata>\n  <Item name="SPACECRAFT">S2A</Item>\n{items}</GDALMetadata>\n'
+
+
+def test_band_names_scales_and_offsets_are_shown_by_the_ops_index(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A multispectral scene's band names (GDAL's descriptions), scales and offsets, by the
+    0-based index select_bands and normalized_difference take: GDAL and QGIS number bands
+    from 1, so B08 (NIR) of a Sentinel-2 stack is band 8 there and 7 here. Before, inspect
+    said only that GDAL_METADATA was kept, and the indices had to be found elsewhere."""
+    geo = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (34735, "H", 4, (1, 1, 0, 0), True)]
+    names = ["B02", "B03", "B04", "B08"]
+    s2 = tmp_path / "s2.tif"
+    tifffile.imwrite(s2, np.zeros((64, 64, 4), np.uint16), photometric="minisblack",
+                     planarconfig="contig", metadata=None, extratags=[
+                         *geo, (42112, "s", 0, _band_xml(names, ["0.0001"] * 4, ["-0.1"] * 4),
+                                True), (42113, "s", 0, "0", True)])
+    mixed = tmp_path / "mixed.tif"
+    tifffile.imwrite(mixed, np.zeros((64, 64, 3), np.uint16), photometric="minisblack",
+                     planarconfig="contig", metadata=None, extratags=[
+                         (42112, "s", 0, _band_xml(["SR_B4", "SR_B5", "QA_PIXEL"],
+                                                   ["0.0000275", "0.0000275", ""],
+                                                   ["-0.2", "-0.2", ""]), True)])
+    counts = tmp_path / "counts.tif"  # (scales and offsets, no names)
+    xml = _band_xml(["", ""], ["0.0000275"] * 2, ["-0.2"] * 2).replace(
+        '<Item name="DESCRIPTION" sample="0" role="description"></Item>', "").replace(
+        '<Item name="DESCRIPTION" sample="1" role="description"></Item>', "")
+    tifffile.imwrite(counts, np.zeros((64, 64, 2), np.uint16), photometric="minisblack",
+                     planarconfig="contig", metadata=None, extratags=[(42112, "s", 0, xml, True)])
+    code, out, err = _inspect(capsys, str(s2), str(mixed), str(counts))
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[8] == ("    bands 0 to 1 (0-based, as select_bands and normalized_difference "
+                        "take them; GDAL's band 1 is 0), no names; every band: scale 2.75e-05, "
+                        "offset -0.2")
+    assert lines[2] == ("    bands (0-based, as select_bands and normalized_difference take "
+                        "them; GDAL's band 1 is 0): 0 B02, 1 B03, 2 B04, 3 B08; every band: "
+                        "scale 0.0001, offset -0.1")
+    assert lines[5] == ("    bands (0-based, as select_bands and normalized_difference take "
+                        "them; GDAL's band 1 is 0): 0 SR_B4 (scale 2.75e-05, offset -0.2), "
+                        "1 SR_B5 (scale 2.75e-05, offset -0.2), 2 QA_PIXEL")
+    code, out, _ = _inspect(capsys, str(s2), "--json")
+    page = json.loads(out)["files"][0]["pages"][0]
+    assert page["band_items"][3] == {"description": "B08", "scale": 0.0001, "offset": -0.1}

@@ -847,27 +847,37 @@ def band_scaling(info: Any, bands: tuple[int, ...] | None, values: bool,
     0 where it has none) after a chain whose output bands are input ``bands`` (None: bands of
     its own), that keeps ``values`` or maps them by ``linear`` (as :func:`gdal_metadata`
     carries them to an output); None when no band has a scale or an offset there."""
-    from xml.etree import ElementTree
-
     md = info.metadata or {}
     if "gdal_metadata" not in md or bands is None or not values and linear is None:
         return None
     xml = gdal_metadata(md["gdal_metadata"], bands, values, False, False, linear)
+    roles = band_roles(xml or b"")
+    if not roles:
+        return None
     try:
-        items = ElementTree.fromstring(xml).findall("Item") if xml else []
+        scaling = [(float(r.get("scale", 1.0)), float(r.get("offset", 0.0)))
+                   for r in (roles.get(b, {}) for b in range(len(bands)))]
+    except ValueError:
+        return None  # (a scale that is no number: nothing to tell the values by)
+    return scaling if any(s != (1.0, 0.0) for s in scaling) else None
+
+
+def band_roles(xml: bytes) -> dict[int, dict[str, str]]:
+    """The band items of a GDAL_METADATA XML that have a role (``description``, ``scale``,
+    ``offset``, ``unittype``, ...): ``{band: {role: text}}`` (empty when none, or the XML
+    does not parse)."""
+    from xml.etree import ElementTree
+
+    try:
+        items = ElementTree.fromstring(xml).findall("Item") if xml.strip() else []
     except ElementTree.ParseError:
-        return None
-    given: dict[tuple[str, str], float] = {}
+        return {}
+    roles: dict[int, dict[str, str]] = {}
     for e in items:
-        if e.get("role") in ("scale", "offset") and e.get("sample") is not None:
-            try:
-                given[e.get("sample", ""), e.get("role", "")] = float(e.text or "")
-            except ValueError:
-                return None  # (a scale that is no number: nothing to tell the values by)
-    if not given:
-        return None
-    return [(given.get((str(b), "scale"), 1.0), given.get((str(b), "offset"), 0.0))
-            for b in range(len(bands))]
+        sample, role = e.get("sample", ""), e.get("role")
+        if role and sample.isdigit():
+            roles.setdefault(int(sample), {})[role] = (e.text or "").strip()
+    return roles
 
 
 def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
