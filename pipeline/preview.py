@@ -18,9 +18,8 @@ the mean of an 8 x 8 block, and the thumbnail averages those blocks over the sam
 pixels as the exact average (:class:`BlockThumb`): within a few levels of it. One segment is
 decoded both ways first; a page whose scaled decode disagrees is decoded in full.
 
-Display: 8-bit pixels as they are; unsigned integers of more than 8 bits from 0 to the
-largest value of the bits they use (at least 8: a 12-bit camera's uint16 from 0..4095); other
-integers scaled from their type's full range; floats
+Display: 8-bit pixels as they are; wider integers scaled from the thumbnail's own minimum and
+maximum (their type's full range when it holds one value); floats
 from [0, 1] when every value lies there, else from the thumbnail's own min..max; alpha is
 composited over a light checkerboard (associated alpha as premultiplied); unspecified extra
 samples are dropped.
@@ -387,18 +386,18 @@ def _scaled(reader: PageReader, th: int, tw: int, scale: int) -> np.ndarray | No
     return sums.mean()
 
 
-def display_range(values: np.ndarray, dtype: np.dtype,
-                  depth: bool = False) -> tuple[float, float]:
-    """The value range shown as black..white for pixels of ``dtype``. ``depth``: unsigned
-    pixels of more than 8 bits from 0 to the largest value of the bits they use, at least 8
-    (``2**k - 1``: 4095 for a 12-bit camera's values stored in uint16, which its type's
-    range shows all but black), not past the type's."""
+def display_range(values: np.ndarray, dtype: np.dtype) -> tuple[float, float]:
+    """The value range shown as black..white for pixels of ``dtype``: 8-bit integers their
+    type's; wider integers (a satellite scene's reflectances, 0 to 10000 of uint16; a 12-bit
+    camera's counts) the values' own minimum to maximum, as GIS and image viewers stretch
+    them, or their type's when they hold one value; floats below."""
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        if depth and dtype.kind == "u" and dtype.itemsize > 1 and values.size:
-            bits = max(8, int(np.ceil(np.nanmax(values))).bit_length())
-            return 0.0, float(min(info.max, 2 ** bits - 1))
+        if dtype.itemsize > 1 and values.size:
+            lo, hi = float(values.min()), float(values.max())
+            if hi > lo:
+                return lo, hi
         return float(info.min), float(info.max)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -422,13 +421,14 @@ def to_display(pixels: np.ndarray, dtype: np.dtype, extrasamples: list[int],
         # what the steps below make of 8-bit values (v / 255 * 255, rounded): the values
         out = np.repeat(pixels[..., :1], 3, axis=2) if colour == 1 else pixels[..., :3]
         return Image.fromarray(np.ascontiguousarray(out), "RGB")
-    lo, hi = display_range(pixels[..., :colour], dtype, depth=True)
+    lo, hi = display_range(pixels[..., :colour], dtype)
     # in place where it can be: one array, not one an operation (the same operations)
     rgb = pixels[..., :colour] - lo
     rgb /= hi - lo
     np.clip(rgb, 0, 1, out=rgb)
     if extra in (1, 2):  # associated / unassociated alpha
-        alo, ahi = (0.0, 1.0) if np.dtype(dtype).kind == "f" else display_range(pixels, dtype)
+        alo, ahi = (0.0, 1.0) if np.dtype(dtype).kind == "f" else (
+            float(np.iinfo(dtype).min), float(np.iinfo(dtype).max))  # (alpha: its type's)
         alpha = np.clip((pixels[..., colour:colour + 1] - alo) / (ahi - alo), 0, 1)
         yy, xx = np.mgrid[0:pixels.shape[0], 0:pixels.shape[1]]
         board = np.where(((yy // 8 + xx // 8) % 2 == 0)[..., None], 1.0, 0.8)

@@ -299,12 +299,12 @@ def test_an_svs_files_levels_are_used(tmp_path):
 
 @pytest.mark.parametrize("dtype,values,shown", [
     ("uint16", [0, 65535, 32896], [0, 255, 128]),
-    # a 12-bit (10-bit) camera's values in uint16: 0..4095 (1023), not 0..65535 (all but
-    # black: its brightest pixel was 16 of 255, every fluorescence thumbnail near black)
+    # a 12-bit (10-bit) camera's values in uint16: from their own range, 0..4095 (1023),
+    # not 0..65535 (all but black: its brightest pixel was 16 of 255, every fluorescence
+    # thumbnail near black)
     ("uint16", [0, 4095, 2048], [0, 255, 128]),
     ("uint16", [0, 1023, 512], [0, 255, 128]),
-    ("uint16", [0, 40000, 32896], [0, 156, 128]),  # 16 bits used: the type's range
-    ("uint16", [0, 200, 100], [0, 200, 100]),  # 8 bits or fewer: 0..255
+    ("uint16", [1000, 3000, 2000], [0, 255, 128]),  # from the minimum, not from 0
     ("float32", [0.0, 1.0, 0.5], [0, 255, 128]),  # values in [0, 1]: 0..1
     ("float32", [-10.0, 10.0, 0.0], [0, 255, 128]),  # otherwise: min..max
     ("int16", [-32768, 32767, 0], [0, 255, 128]),
@@ -315,6 +315,32 @@ def test_display_scaling(tmp_path, dtype, values, shown):
     tifffile.imwrite(path, page, metadata=None)
     got = as_array(thumbnail(str(path), 0, 64).image)[0, ::4, 0]
     assert got.tolist() == shown
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "uint32"])
+def test_wide_integers_are_shown_from_the_thumbnails_own_range(tmp_path, dtype):
+    """A Sentinel-2 scene's reflectances, 0 to 10000 of uint16 (its no-data collar 0), or a
+    12-bit camera's counts: shown from the thumbnail's own minimum to its maximum, as GIS
+    and image viewers stretch them, not from the type's full range, where 3000 of 65535
+    came out at 12 of 255: a black picture in every preview and contact sheet."""
+    rng = np.random.default_rng(4)
+    page = rng.integers(500, 3001, (4, 240, 320), dtype=np.int64)
+    page[:, :, :80] = 0  # the collar
+    page[0, 100:140, 100:140] = 3000  # a bright field
+    path = tmp_path / "s2.tif"
+    tifffile.imwrite(path, page.astype(dtype), photometric="minisblack",
+                     planarconfig="separate", metadata=None)
+    shown = as_array(thumbnail(str(path), 0, 160).image)
+    assert shown[:, :40].max() == 0  # the collar: the thumbnail's minimum
+    assert shown[50:70, 50:70, 0].min() == 255  # the bright field: its maximum
+    assert 100 < shown[:, 60:, 1].mean() < 160  # the data between
+
+
+def test_a_flat_wide_integer_page_is_shown_from_the_types_range(tmp_path):
+    """A page of one value has no range of its own: the type's, as before (white)."""
+    path = tmp_path / "white.tif"
+    tifffile.imwrite(path, np.full((32, 32), 65535, np.uint16), metadata=None)
+    assert (as_array(thumbnail(str(path), 0, 16).image) == 255).all()
 
 
 @pytest.mark.parametrize("channels,extrasamples", [(1, []), (3, []), (4, [0]), (4, [2]),
