@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.adapters.tiff_header import LayoutRecorder, Placeholder
+from pipeline.adapters.tiff_header import (
+    LayoutRecorder,
+    Placeholder,
+    ifds_before_data,
+    image_ifds,
+)
 from pipeline.core.tiff_layout import (
     MAX_PART,
     MIN_PART,
@@ -248,3 +253,59 @@ def test_a_1bit_pages_placeholder_becomes_its_bits_per_sample_in_place(bigtiff):
     with tifffile.TiffFile(stated) as tf:
         np.testing.assert_array_equal(tf.pages[0].asarray(), bits)
         np.testing.assert_array_equal(tf.pages[2].asarray(), bits[:16, :16])
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_ifds_before_data_moves_regions_and_every_offset_into_them(bigtiff):
+    """A file of three pages (a strip page among them, tag values out of line: a
+    description, a resolution) recorded with placeholder tiles, laid out IFDs first and the
+    pages' data in the order asked: tifffile reads every page, tag and pixel back, the IFDs
+    at the start and each page's tiles where asked (the last page's first)."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 9, (70, 100), np.uint8), rng.integers(0, 9, (35, 50), np.uint8),
+              rng.integers(0, 9, (18, 25), np.uint8)]
+    segment, spans = b"", []
+    for n, img in enumerate(images):
+        if n == 1:  # one strip
+            blocks = [tifffile.TIFF.COMPRESSORS[8](img.tobytes())]
+        else:
+            blocks = [tifffile.TIFF.COMPRESSORS[8](np.ascontiguousarray(np.pad(
+                img[y:y + 32, x:x + 32], ((0, 32 - img[y:y + 32].shape[0]),
+                                          (0, 32 - img[:, x:x + 32].shape[1])))))
+                for y in range(0, img.shape[0], 32) for x in range(0, img.shape[1], 32)]
+        spans.append([Span("seg", len(segment) + sum(map(len, blocks[:k])), len(b))
+                      for k, b in enumerate(blocks)])
+        segment += b"".join(blocks)
+    recorder = LayoutRecorder()
+    with tifffile.TiffWriter(recorder, bigtiff=bigtiff) as tw:
+        for n, img in enumerate(images):
+            layout = {"rowsperstrip": img.shape[0]} if n == 1 else {"tile": (32, 32)}
+            tw.write((Placeholder(s) for s in spans[n]), shape=img.shape, dtype=np.uint8,
+                     compression="zlib", description=f"page {n} " * 20, metadata=None,
+                     resolution=((300, 1), (300, 1)), **layout)
+    ifds = image_ifds(recorder)
+    out = io.BytesIO(_bytes_of(ifds_before_data(recorder, [i[0] for i in ifds[::-1]]),
+                               {"seg": segment}))
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages) == 3
+        assert tf.pages[0].offset == (16 if bigtiff else 8)
+        assert max(p.offset for p in tf.pages) < min(p.dataoffsets[0] for p in tf.pages)
+        assert tf.pages[2].dataoffsets[0] < tf.pages[1].dataoffsets[0] \
+            < tf.pages[0].dataoffsets[0]
+        for n, (page, img) in enumerate(zip(tf.pages, images, strict=True)):
+            np.testing.assert_array_equal(page.asarray(), img)
+            assert page.description == (f"page {n} " * 20).strip()
+            assert page.tags["XResolution"].value == (300, 1)
+
+
+def test_ifds_before_data_refuses_an_ifd_that_points_at_others():
+    """SubIFDs (offsets of IFDs that move too) are no COG layout: refused by name."""
+    recorder = LayoutRecorder()
+    with tifffile.TiffWriter(recorder) as tw:
+        tw.write((Placeholder(Span("s", 0, 10)) for _ in range(1)), shape=(16, 16),
+                 dtype=np.uint8, tile=(16, 16), subifds=1, metadata=None, compression="zlib")
+        tw.write((Placeholder(Span("s", 10, 10)) for _ in range(1)), shape=(8, 8),
+                 dtype=np.uint8, tile=(16, 16), subfiletype=1, metadata=None,
+                 compression="zlib")
+    with pytest.raises(ValueError, match="the IFD at 8 points at other IFDs"):
+        ifds_before_data(recorder, [8])

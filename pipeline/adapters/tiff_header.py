@@ -329,3 +329,114 @@ def drop_entries(recorder: LayoutRecorder, ifd: int, codes: frozenset[int]) -> N
         return
     recorder.patch(ifd, struct.pack(count_fmt, len(kept)) + b"".join(kept) + raw[n * entry:]
                    + bytes((n - len(kept)) * entry))
+
+
+#: StripOffsets, TileOffsets: where a page's strips or tiles are
+_DATA_OFFSETS = (273, 324)
+#: StripByteCounts, TileByteCounts
+_DATA_COUNTS = (279, 325)
+#: tags whose values point at other IFDs (SubIFDs, EXIF, GPS, Interoperability): a COG's
+#: IFDs point at none (merge writes none of them with levels as pages)
+_IFD_POINTERS = frozenset({330, 34665, 34853, 40965})
+
+
+def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Piece]:
+    """The pieces of the recorded file laid out as a Cloud Optimized GeoTIFF (GDAL's COG
+    layout, as its ``validate_cloud_optimized_geotiff.py`` checks it): the header, then
+    every IFD of the main chain with its tag values, in chain order (the first at byte 8, or
+    16 in a BigTIFF), then the IFDs' tile data, the IFD at ``data_order[0]``'s first (the
+    smallest level's), each IFD's tiles in the order tifffile wrote them (row-major).
+
+    tifffile writes each IFD and its values right before its page's tiles; this moves whole
+    regions (an IFD with its values; a page's tiles) and rewrites every offset into them:
+    the next-IFD offsets, the entries' value offsets and the Tile/StripOffsets. Every other
+    byte, tile and tag stays. Patch the recorder first (it works on its bytes as they are)."""
+    read = recorder.read
+    bigtiff = read(2, 2) == b"+\x00"
+    head = 16 if bigtiff else 8
+    word, fmt = (8, "<Q") if bigtiff else (4, "<I")
+    count_size, entry = (8, 20) if bigtiff else (2, 12)
+    count_fmt = "<Q" if bigtiff else "<H"
+    chain: list[int] = []
+    pos = struct.unpack(fmt, read(head - word, word))[0]
+    while pos:
+        chain.append(pos)
+        n = struct.unpack(count_fmt, read(pos, count_size))[0]
+        pos = struct.unpack(fmt, read(pos + count_size + n * entry, word))[0]
+    if chain[:1] != [head] or sorted(data_order) != sorted(chain) or chain != sorted(chain):
+        raise ValueError(f"not a chain of IFDs from byte {head} in file order: {chain}, "
+                         f"data order {data_order}")
+    # each IFD's tile data: from its first tile (tifffile writes them in one run)
+    starts = {}
+    for ifd in chain:
+        values = _entries(recorder, ifd, bigtiff)
+        if _IFD_POINTERS & values.keys():
+            raise ValueError(f"the IFD at {ifd} points at other IFDs: no COG layout for it")
+        offsets = next(values[c] for c in _DATA_OFFSETS if c in values)
+        counts = next(values[c] for c in _DATA_COUNTS if c in values)
+        starts[ifd] = min((o for o, c in zip(offsets, counts, strict=True) if c),
+                          default=None)
+    # the old file cut into regions: [header][IFD 0 + values][data 0][IFD 1 + values]...
+    cuts = [(0, "head", 0)] + sorted(
+        [(ifd, "ifd", ifd) for ifd in chain]
+        + [(start, "data", ifd) for ifd, start in starts.items() if start is not None])
+    bounds = [c[0] for c in cuts] + [recorder.size]
+    regions = {(kind, ifd): (bounds[i], bounds[i + 1]) for i, (_, kind, ifd) in enumerate(cuts)}
+    order = [("head", 0)] + [("ifd", ifd) for ifd in chain] + [
+        ("data", ifd) for ifd in data_order if starts[ifd] is not None]
+    new_at, at = {}, 0
+    for key in order:
+        new_at[key] = at
+        at += regions[key][1] - regions[key][0]
+    old_starts = [regions[key][0] for key in order]
+    by_start = sorted(zip(old_starts, order))
+    firsts = [s for s, _ in by_start]
+
+    def moved(offset: int) -> int:
+        key = by_start[bisect.bisect_right(firsts, offset) - 1][1]
+        return new_at[key] + offset - regions[key][0]
+
+    for k, ifd in enumerate(chain):
+        n = struct.unpack(count_fmt, read(ifd, count_size))[0]
+        for i in range(n):
+            at = ifd + count_size + i * entry
+            raw = read(at, entry)
+            code, kind = struct.unpack("<HH", raw[:4])
+            count = struct.unpack(fmt, raw[4:4 + word])[0]
+            size = _TYPE_SIZES.get(kind, 1) * count
+            value_at = at + 4 + word
+            if size > word:  # the values are out of line: their offset moves with them
+                old = struct.unpack(fmt, raw[4 + word:])[0]
+                recorder.patch(value_at, struct.pack(fmt, moved(old)))
+                value_at = old  # (the values themselves: patched where they are now)
+            if code in _DATA_OFFSETS:
+                vfmt = "<" + _INT_TYPES[kind] * count
+                offsets = struct.unpack(vfmt, read(value_at, struct.calcsize(vfmt)))
+                recorder.patch(value_at, struct.pack(vfmt, *[
+                    moved(o) if o else 0 for o in offsets]))
+        following = chain[k + 1] if k + 1 < len(chain) else 0
+        recorder.patch(ifd + count_size + n * entry,
+                       struct.pack(fmt, moved(following) if following else 0))
+    pieces = recorder.pieces()
+    return [piece for key in order for piece in _cut_pieces(pieces, *regions[key])]
+
+
+#: bytes of a value of each TIFF type (BYTE ... IFD8)
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+               13: 4, 16: 8, 17: 8, 18: 8}
+
+
+def _cut_pieces(pieces: list[Piece], start: int, end: int) -> list[Piece]:
+    """The bytes [start, end) of the file made of ``pieces``, as pieces."""
+    out: list[Piece] = []
+    pos = 0
+    for piece in pieces:
+        lo, hi = max(start, pos), min(end, pos + piece.size)
+        if lo < hi:
+            a, b = lo - pos, hi - pos
+            out.append(Literal(piece.data[a:b]) if isinstance(piece, Literal)
+                       else Span(piece.source, piece.start + a, b - a))
+        pos += piece.size
+        if pos >= end:
+            break
+    return out
