@@ -43,7 +43,7 @@ ENGINE = {
     "test_gis_readers", "test_convert",
     "test_python_api",
     "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
-    "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks",
+    "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks", "test_cog",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
@@ -430,3 +430,39 @@ def moto_keeps_versions_as_aws() -> Iterator[None]:
         StateMachine.start_execution = start  # type: ignore[method-assign]
         StepFunctionResponse.describe_state_machine_for_execution = (  # type: ignore[method-assign]
             describe)
+
+
+def cog_layout_problems(path: str | Path) -> list[str]:
+    """What breaks GDAL's Cloud Optimized GeoTIFF layout in the TIFF at ``path``, read from
+    its bytes: the checks of GDAL's ``validate_cloud_optimized_geotiff.py``
+    (swig/python/gdal-utils/osgeo_utils/samples/ in GDAL's sources) for a file without
+    GDAL's ghost header, plus the row-major order that header declares. The main IFD at byte
+    8 (16 in a BigTIFF); every IFD (image, overviews, masks) in chain order and before any
+    tile; overviews by decreasing size; the image's and overviews' first tiles from the
+    smallest overview to the image; each IFD's tiles at increasing offsets, row-major."""
+    problems = []
+    with tifffile.TiffFile(path) as tf:
+        pages = list(tf.pages)
+        head = 16 if tf.is_bigtiff else 8
+        if pages[0].offset != head:
+            problems.append(f"the main IFD is at byte {pages[0].offset}, not {head}")
+        ifds = [page.offset for page in pages]
+        if ifds != sorted(ifds):
+            problems.append(f"the IFDs are not in chain order: {ifds}")
+        firsts = [min(o for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)
+                      if n) for page in pages]
+        if max(ifds) > min(firsts):
+            problems.append(f"an IFD (at {max(ifds)}) comes after tile data (at {min(firsts)})")
+        images = [(page.shape[:2], first) for page, first in zip(pages, firsts, strict=True)
+                  if not page.subfiletype & 4]  # the image and its overviews, not masks
+        for i in range(1, len(images)):
+            if (images[i][0][0] > images[i - 1][0][0] or images[i][0][1] > images[i - 1][0][1]):
+                problems.append(f"overview {i - 1} is larger than the one before it")
+            if images[i][1] > images[i - 1][1]:
+                problems.append(f"the tiles of overview {i - 1} come after those of the "
+                                f"{'image' if i == 1 else f'overview {i - 2}'}")
+        for n, page in enumerate(pages):
+            offsets = list(page.dataoffsets)
+            if offsets != sorted(offsets):
+                problems.append(f"IFD {n}'s tiles are not in row-major order")
+    return problems

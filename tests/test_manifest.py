@@ -209,8 +209,8 @@ def test_unknown_job_fields_name_the_allowed_ones():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field "
-        "(allowed: bigtiff, bilevel, compression, level, masks, ome, pyramid, pyramid_layout, "
-        "quality, tile)")
+        "(allowed: bigtiff, bilevel, cog, compression, level, masks, ome, pyramid, "
+        "pyramid_layout, quality, tile)")
 
 
 def test_masks_is_a_boolean_defaulting_to_carried():
@@ -570,7 +570,7 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, pyramid, pyramid_layout, ome, bilevel, masks, bigtiff, got "zstd"')
+        'tile, pyramid, pyramid_layout, ome, bilevel, masks, bigtiff, cog, got "zstd"')
 
 
 def test_pyramid_layout_is_subifds_or_pages():
@@ -604,6 +604,32 @@ def test_levels_as_pages_are_refused_in_an_ome_tiff():
                         "jobs": [job(output_options={"ome": True})]}) == (
         "jobs[0].output_options.ome: true with pyramid_layout \"pages\" (from "
         f"defaults.output_options.pyramid_layout): {why}")
+
+
+def test_a_cog_is_one_page_with_its_levels_as_pages():
+    """``cog``: GDAL's COG layout is made of the image and its overviews as pages after it;
+    without them the option is refused, saying what to set (an OME-TIFF and a 1-bit output
+    are refused by the rules of those two, a job of several pages by PlanJob:
+    tests/test_cog.py)."""
+    cog = {"cog": True, "pyramid": True, "pyramid_layout": "pages"}
+    (spec,) = parse_manifest({"jobs": [job(output_options=cog)]}, "m.json", BASE)
+    assert spec.output_options.cog and spec.manifest_entry()["output_options"]["cog"]
+    assert one_problem({"jobs": [job(output_options={"cog": True})]}) == (
+        "jobs[0].output_options.cog: true with pyramid false (the default "
+        "output_options.pyramid): a Cloud Optimized GeoTIFF carries its overviews (GDAL's "
+        'COG layout); set "pyramid": true and "pyramid_layout": "pages", or drop "cog"')
+    assert one_problem({"defaults": {"output_options": {"pyramid": True}}, "jobs": [
+        job(output_options={"cog": True})]}) == (
+        'jobs[0].output_options.cog: true with pyramid_layout "subifds" (the default '
+        "output_options.pyramid_layout): a Cloud Optimized GeoTIFF's overviews are pages of "
+        "the main chain after the image (GDAL reads SubIFDs as no overviews); set "
+        '"pyramid_layout": "pages", or drop "cog"')
+    assert one_problem({"jobs": [job(output_options={"cog": "yes"})]}) == (
+        'jobs[0].output_options.cog: expected true or false, got "yes"')
+    problems = problems_of({"jobs": [job(output_options={**cog, "ome": True})]})
+    assert any("OME-TIFF" in p for p in problems), problems
+    problems = problems_of({"jobs": [job(output_options={**cog, "bilevel": True})]})
+    assert any("bilevel" in p and "pyramid" in p for p in problems), problems
 
 
 # --- every problem at once ----------------------------------------------------------

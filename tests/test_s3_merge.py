@@ -31,7 +31,12 @@ import boto3
 import numpy as np
 import pytest
 import tifffile
-from conftest import gdal_masked, one_bit_pages_state_their_bits, pyramid_levels
+from conftest import (
+    cog_layout_problems,
+    gdal_masked,
+    one_bit_pages_state_their_bits,
+    pyramid_levels,
+)
 
 from pipeline import cli
 from pipeline.adapters import segments, storage
@@ -320,6 +325,12 @@ S3_JOBS: dict[str, dict[str, Any]] = {
         "tile": 128, "pyramid": True, "pyramid_layout": "pages"}},
     "masked_pyramid_batches": {"input": "masked.tif", "ops": MASKED_OPS, "fuse": False,
                                "output_options": {"tile": 128, "pyramid": True}},
+    # Cloud Optimized GeoTIFFs (output_options.cog): every IFD first, the levels' tiles then
+    # the image's, copied from the segments; a masked one's masks' IFDs and tiles too
+    "noise_cog": {"input": "noise.tif", "output_options": {
+        "pyramid": True, "pyramid_layout": "pages", "cog": True}},
+    "masked_cog": {"input": "masked.tif", "ops": MASKED_OPS, "output_options": {
+        "tile": 128, "pyramid": True, "pyramid_layout": "pages", "cog": True}},
     # a 1-bit output: group4 (laid out as deflate, its Compression tag set after)
     "bilevel": {"input": "two.tif", "pages": [0], "ops": [
         {"op": "to_gray"}, {"op": "threshold", "value": 128}],
@@ -381,7 +392,8 @@ def test_moto_copies_inclusive_byte_ranges(s3):
 #: the jobs whose output tifffile writes alike from the real tiles: not the masked GeoTIFF's,
 #: whose pages have no resolution (merge drops the one tifffile writes on every page), nor
 #: any with 1-bit pages (merge states their BitsPerSample, which tifffile does not write)
-TIFFFILE_ALIKE = [n for n in S3_JOBS if not n.startswith(("masked", "bilevel"))]
+TIFFFILE_ALIKE = [n for n in S3_JOBS if not n.startswith(("masked", "bilevel"))
+                  and not n.endswith("_cog")]
 
 
 @pytest.mark.parametrize("job", [list(S3_JOBS).index(n) for n in TIFFFILE_ALIKE],
@@ -477,6 +489,34 @@ def test_s3_merge_lays_the_levels_masks_out(s3, name, chain):
         with rasterio.open(got, overview_level=k) as ds:
             blocks = valid.reshape(800 // f, f, 600 // f, f)
             np.testing.assert_array_equal(ds.read_masks(1) > 0, blocks.any(axis=(1, 3)))
+    assert _uploads(s3) == []
+
+
+@pytest.mark.parametrize(("name", "twin"), [("noise_cog", "fused"),
+                                            ("masked_cog", "masked_pyramid_pages")])
+def test_s3_merge_of_a_cog(s3, name, twin):
+    """The S3 merge of a COG (``output_options.cog``): the local concatenation's bytes, GDAL's
+    COG layout (tests/test_cog.py), its tiles' data copied server-side from the segments
+    (17 MB of noise: UploadPartCopy parts) and its image the pixels of the same job's
+    without ``cog``; a masked one's mask and overviews' masks read as that job's."""
+    got = _merged_alike(s3, name)
+    assert cog_layout_problems(got) == []
+    plan = _plan(s3["work"], list(S3_JOBS).index(name))
+    copied = [p for p in tiff_layout.plan_parts(merge_mod.output_pieces(plan)) if p.copy]
+    assert bool(copied) == (name == "noise_cog")
+    other = s3["tmp"] / f"{twin}_twin.tif"
+    other.write_bytes(_get(s3, storage.split_s3(_plan(
+        s3["work"], list(S3_JOBS).index(twin)).spec.output)[1]))
+    with tifffile.TiffFile(got) as tf, tifffile.TiffFile(other) as tw:
+        np.testing.assert_array_equal(tf.pages[0].asarray(), tw.pages[0].asarray())
+    if name == "masked_cog":
+        import rasterio
+
+        for k in range(4):
+            with rasterio.open(got, overview_level=k - 1 if k else None) as ds, \
+                    rasterio.open(other, overview_level=k - 1 if k else None) as ws:
+                np.testing.assert_array_equal(ds.read(), ws.read())
+                np.testing.assert_array_equal(ds.read_masks(), ws.read_masks())
     assert _uploads(s3) == []
 
 

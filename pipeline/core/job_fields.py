@@ -25,7 +25,7 @@ from pipeline.core.params import Param, show
 from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
-                 "bilevel", "masks", "bigtiff")
+                 "bilevel", "masks", "bigtiff", "cog")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -49,6 +49,8 @@ _BILEVEL = Param("bilevel", "boolean", "write 1-bit pages (one uint8 band of 0 a
                  default=False)
 _MASKS = Param("masks", "boolean", "carry the input pages' internal masks (valid data)",
                default=True)
+_COG = Param("cog", "boolean", "lay the output out as a Cloud Optimized GeoTIFF",
+             default=False)
 _FUSE = Param("fuse", "boolean", "split and process each unit in one invocation",
               default=True)
 #: what a job does when its output exists already
@@ -71,6 +73,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.bilevel": OutputOptions.bilevel,
     "output_options.masks": OutputOptions.masks,
     "output_options.bigtiff": OutputOptions.bigtiff,
+    "output_options.cog": OutputOptions.cog,
     "fuse": JobSpec.fuse,
     "if_exists": JobSpec.if_exists,
 }
@@ -268,6 +271,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "bilevel": _BILEVEL.check,
         "masks": _MASKS.check,
         "bigtiff": _bigtiff_problem,
+        "cog": _COG.check,
     }
     for name, check in checks.items():
         if name not in opts:
@@ -341,6 +345,32 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
         problems += _jpeg_problems(ops, comp, layer)
     problems += _bilevel_problems(eff, layer)
     problems += _layout_problems(eff, layer)
+    problems += _cog_problems(eff, layer)
+    return problems
+
+
+def _cog_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
+    """A COG (``cog``) without what GDAL's COG layout is made of: overviews (``pyramid``),
+    as pages of the main chain after their page (``pyramid_layout`` "pages": GDAL reads
+    SubIFDs as no overviews). Those two also refuse what a COG cannot be: an OME-TIFF (its
+    levels are SubIFDs), a 1-bit output (no levels) and an output of several pages
+    (:func:`pipeline.core.plan.level_page_problems`)."""
+    cog, pyramid = eff["output_options.cog"], eff["output_options.pyramid"]
+    layout = eff["output_options.pyramid_layout"]
+    if not (cog.ok and pyramid.ok and layout.ok and cog.value):
+        return []
+    problems = []
+    if layer in (cog.layer, pyramid.layer) and not pyramid.value:
+        problems.append(_pair_problem(
+            layer, ("cog", cog), ("pyramid", pyramid),
+            "a Cloud Optimized GeoTIFF carries its overviews (GDAL's COG layout)",
+            'set "pyramid": true and "pyramid_layout": "pages", or drop "cog"'))
+    elif layer in (cog.layer, layout.layer) and layout.value != "pages":
+        problems.append(_pair_problem(
+            layer, ("cog", cog), ("pyramid_layout", layout),
+            "a Cloud Optimized GeoTIFF's overviews are pages of the main chain after the "
+            "image (GDAL reads SubIFDs as no overviews)",
+            'set "pyramid_layout": "pages", or drop "cog"'))
     return problems
 
 

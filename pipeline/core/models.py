@@ -48,6 +48,9 @@ class OutputOptions:
     #: write a BigTIFF (True), a classic TIFF (False), or "auto": a BigTIFF when the output
     #: may pass classic TIFF's 4 GiB (:func:`pipeline.core.plan.bigtiff_output`)
     bigtiff: bool | str = "auto"
+    #: lay the output out as a Cloud Optimized GeoTIFF: every IFD first, then the levels'
+    #: tiles smallest first, the page's last (one page, levels as pages: job_fields)
+    cog: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return field_values(self)

@@ -50,6 +50,7 @@ from pipeline.adapters.tiff_header import (
     LayoutOverflow,
     LayoutRecorder,
     drop_entries,
+    ifds_before_data,
     image_ifds,
     set_compression,
     state_bits_per_sample,
@@ -189,6 +190,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     recorder = LayoutRecorder(None if big else tiff_layout.CLASSIC_TIFF_BYTES)
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
+    cog = plan.spec.output_options.cog  # (its tiles stay row-major: never reordered)
     # each page's IFDs (its own, its levels', masks'), in file order: whether a mask
     masks: list[list[bool]] = []
     try:
@@ -201,6 +203,8 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                     runs = table.run_sizes()
                     # what row-major order would read through: the runs too short to copy
                     short = int(runs[runs < tiff_layout.MIN_PART].sum())
+                    if cog:
+                        continue
                     if (len(runs) > max(tiff_layout.ROW_MAJOR_RUNS, len(table.sources))
                             or (len(runs) > len(table.sources) and short > budget)):
                         reorder[i, j] = table
@@ -237,7 +241,26 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                 drop_entries(recorder, ifd, RESOLUTION_TAGS)
             if group4 and not mask:  # (laid out as deflate: see writer_kwargs; a mask page
                 set_compression(recorder, ifd, GROUP4)  # stays deflate)
+    if cog:  # (one page: more are refused levels as pages, ``level_page_problems``)
+        every = [ifd for page_ifds in image_ifds(recorder, [len(m) for m in masks])
+                 for ifd in page_ifds]
+        return ifds_before_data(recorder, cog_data_order(every, [m for page_masks in masks
+                                                                 for m in page_masks]))
     return recorder.pieces()
+
+
+def cog_data_order(ifds: list[int], masks: list[bool]) -> list[int]:
+    """The order of a COG's tile data (``output_options.cog``) among the IFDs of its page
+    (its own, its mask, each level and the level's mask, in file order, ``masks`` telling
+    which are masks): the smallest level's first and the page's last (GDAL's COG layout:
+    a reader zooming out reads the first bytes), each level's mask right after it."""
+    groups: list[list[int]] = []
+    for ifd, mask in zip(ifds, masks, strict=True):
+        if mask and groups:
+            groups[-1].append(ifd)
+        else:
+            groups.append([ifd])
+    return [ifd for group in reversed(groups) for ifd in group]
 
 
 def _classic_overflow(plan: JobPlan) -> str:
