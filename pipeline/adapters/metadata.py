@@ -14,7 +14,8 @@ Rules:
   properties): they would be wrong for the output, so they are dropped; an Aperio
   description (it states the page's size and pixel size) is kept as the GeoTIFF tags are,
   and GDAL_NODATA only when every op of the chain keeps values (``Op.keeps_values``:
-  filters, downsample);
+  filters, downsample) or writes the no-data pixels back unchanged (``Op.keeps_nodata``:
+  the histogram ops);
 - NewSubfileType is copied but for its mask bit (an output page is never a 1-bit mask);
 - the ICC profile is kept when its colour space matches the output's (RGB for RGB and
   palette pages, GRAY for gray pages): ``to_gray`` drops an RGB profile;
@@ -701,11 +702,14 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 nodata: bool = True, factor: int = 1, bands: tuple[int, ...] | None = None,
                 own_nodata: float | None = None, placed: Placement | None = None,
                 stats: bool = False, bilevel: bool = False,
-                linear: tuple[float, float] | None = None) -> dict[str, Any]:
+                linear: tuple[float, float] | None = None,
+                keep_nodata: bool | None = None) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
-    input's no-data value (GDAL_NODATA) no longer marks the pixels without data: dropped.
+    input's no-data value (GDAL_NODATA) no longer marks the pixels without data: dropped,
+    unless ``keep_nodata`` (None: as ``nodata``): the chain's ops that remap values write the
+    no-data pixels back unchanged (:func:`pipeline.core.ops.chain_keeps_nodata`).
     ``bands``: which input band each output band is (:func:`photometric_of`); a selection
     that moves the colour bands drops the ICC profile. ``own_nodata``: the chain's own
     no-data value (:func:`pipeline.core.ops.chain_own_nodata`), written as GDAL_NODATA.
@@ -764,8 +768,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if not same_size:  # kept, scaled, through the chain's downsample only
         spatial = (geo_downsampled(spatial, factor)
                    if factor > 1 and sx == sy == Fraction(1, factor) else [])
+    kept = nodata if keep_nodata is None else keep_nodata
     for code, kind, count, value in md.get("tags", []) + spatial:
-        if code == GDAL_NODATA and not nodata or code == ORIENTATION and placed and placed.turned:
+        if code == GDAL_NODATA and not kept or code == ORIENTATION and placed and placed.turned:
             continue
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))
@@ -774,7 +779,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
             md["gdal_metadata"], same_bands if bands is None else bands, nodata, stats,
             placed is not None or not same_size, linear)):
         extratags.append((GDAL_METADATA, 2, 0, xml, True))
-    if own_nodata is not None:  # (the input's was dropped: the chain does not keep values)
+    if own_nodata is not None:  # (the input's was dropped: an op after it made its own)
         extratags.append((GDAL_NODATA, 2, 0, f"{own_nodata}".lower().encode("ascii"), True))
     name = ome_name(info, channels, bands)
     if name and not any(code == PAGE_NAME for code, *_ in md.get("tags", [])):
@@ -924,7 +929,8 @@ def _bilevel_nodata(tag: tuple[Any, ...]) -> tuple[Any, ...] | None:
 
 def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> float | None:
     """The no-data value of the output page of ``info`` (a PageInfo) whose op chain keeps
-    values (``keeps_values``), as GDAL reads its GDAL_NODATA tag: a number of the page's
+    values or the no-data pixels (``keeps_values``: :func:`pipeline.core.ops.
+    chain_keeps_nodata`), as GDAL reads its GDAL_NODATA tag: a number of the page's
     type (NaN for floats too), or None (no tag, the chain drops it, or a text that is no
     number of that type, which marks no pixel); ``own``, the chain's own no-data value, when
     it has one. Pyramid levels leave these pixels out of their means

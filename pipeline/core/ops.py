@@ -91,6 +91,12 @@ class Op:
     #: a no-data value keeps marking the pixels without data (GDAL_NODATA is kept); False:
     #: the op remaps values (a pixel with data may take the no-data value, or the reverse)
     keeps_values: bool = False
+    #: the op remaps values but writes its input's no-data pixels back unchanged (its
+    #: ``input_nodata``, :attr:`reads_nodata`) and sends no data pixel onto that value (but
+    #: otsu_threshold's classes): the no-data value keeps marking the pixels without data
+    #: (GDAL_NODATA is kept, :func:`chain_keeps_nodata`), though band scales, offsets and
+    #: statistics go (the histogram ops)
+    keeps_nodata: bool = False
     halo_help: str = "0 (a point operation)"
     exact: str = ("bit-identical to the OpenCV call on the whole page (types OpenCV lacks: "
                   "to its definition in docs/sample-types.md)")
@@ -365,7 +371,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        own_nodata=convert_mod.own_nodata, linear=convert_mod.linear,
        exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
-       kind="stats", stats=stats_mod.EQUALIZE, reads_nodata=True,
+       kind="stats", stats=stats_mod.EQUALIZE, reads_nodata=True, keeps_nodata=True,
        accepts=_only(("uint8",), (1,), "equalize_hist",
                      " (OpenCV's equalizeHist is 8-bit only); put {\"op\": \"convert\", "
                      "\"dtype\": \"uint8\"} before it" + _RANGE_TOO + " (or use normalize, or "
@@ -374,7 +380,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
        "the dtype's maximum", (),
        fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU, binary=_makes,
-       reads_nodata=True,
+       reads_nodata=True, keeps_nodata=True,
        accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
                      " (OpenCV's Otsu takes 8 and 16-bit unsigned pages only); put "
                      "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
@@ -392,7 +398,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
               le=100)),
        fn.whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
-       reads_nodata=True,
+       reads_nodata=True, keeps_nodata=True,
        accepts=_only(dtypes.HISTOGRAM, None, "percentile_stretch",
                      " (exact percentiles come from a histogram); use normalize"),
        check=_percentile_check, exact="bit-identical to the numpy formula on the whole page",
@@ -492,6 +498,14 @@ def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
     """Whether every op of a chain (its JSON) keeps values (:attr:`Op.keeps_values`): an
     input's no-data value still marks the pixels without data in its output."""
     return all(OPS[op["op"]].keeps_values for op in ops)
+
+
+def chain_keeps_nodata(ops: list[dict[str, Any]]) -> bool:
+    """Whether every op of a chain (its JSON) keeps values or writes its input's no-data
+    pixels back unchanged (:attr:`Op.keeps_values`, :attr:`Op.keeps_nodata`): an input's
+    no-data value still marks the pixels without data in its output (GDAL_NODATA is
+    kept)."""
+    return all((o := OPS[op["op"]]).keeps_values or o.keeps_nodata for op in ops)
 
 
 def chain_grays(calls: list[OpCall]) -> int | None:
@@ -647,13 +661,13 @@ def chain_linear(ops: list[dict[str, Any]], dtype: np.dtype | str
 
 def chain_own_nodata(ops: list[dict[str, Any]]) -> float | None:
     """The no-data value an op of the chain (its JSON) gives its output (``Op.own_nodata``:
-    normalized_difference's NaN, convert's ``nodata``) when every op after it keeps values;
-    else None."""
+    normalized_difference's NaN, convert's ``nodata``) when every op after it keeps values
+    or keeps the no-data pixels (:func:`chain_keeps_nodata`); else None."""
     own = None
     for op in ops:
         o = OPS[op["op"]]
         mine = o.own_nodata(op)
-        own = mine if mine is not None else own if o.keeps_values else None
+        own = mine if mine is not None else own if o.keeps_values or o.keeps_nodata else None
     return own
 
 

@@ -80,15 +80,51 @@ def data_histogram(hist: np.ndarray, p: dict[str, Any], dtype: np.dtype) -> np.n
     value at the op's input, given by the tiled path: :func:`pipeline.core.ops.with_nodata`),
     so that the statistics are of the pixels with data, as GDAL's are; the whole histogram
     when the page has no such value, or holds nothing else."""
-    nodata = p.get("input_nodata")
-    if nodata is None or not float(nodata).is_integer():  # (NaN: no bin of an integer page)
+    nodata = nodata_in_type(p, dtype)
+    if nodata is None:  # (NaN: no bin of an integer page)
         return hist
-    index = int(nodata) - int(np.iinfo(dtype).min)
-    if not 0 <= index < len(hist) or hist[index] == np.asarray(hist).sum():
+    index = nodata - int(np.iinfo(dtype).min)
+    if hist[index] == np.asarray(hist).sum():
         return hist
     hist = np.array(hist, copy=True)
     hist[index] = 0
     return hist
+
+
+def nodata_step(nodata: float, dtype: np.dtype) -> Any:
+    """The value next to the no-data value ``nodata`` that a data pixel the op would send onto
+    it takes instead (so that it stays data): one above, or one below at the type's
+    maximum."""
+    dtype = np.dtype(dtype)
+    return dtype.type(nodata - 1 if nodata == np.iinfo(dtype).max else nodata + 1)
+
+
+def nodata_in_type(p: dict[str, Any], dtype: np.dtype) -> float | None:
+    """The op's input no-data value (``p["input_nodata"]``) when it is a value of the integer
+    type ``dtype``, else None."""
+    nodata = p.get("input_nodata")
+    if nodata is None or np.isnan(nodata):
+        return None
+    limits = np.iinfo(dtype)
+    return int(nodata) if float(nodata).is_integer() and limits.min <= nodata <= limits.max \
+        else None
+
+
+def keep_nodata_lut(lut: np.ndarray, p: dict[str, Any], dtype: np.dtype,
+                    avoid: bool = True) -> np.ndarray:
+    """An op's table (in table index order) with the no-data value (``p["input_nodata"]``)
+    written back unchanged, so that GDAL_NODATA still marks the pixels without data after the
+    op (:attr:`pipeline.core.ops.Op.keeps_nodata`); ``avoid``: the values the table sends
+    onto it go to the next value (:func:`nodata_step`), so that no data pixel reads as
+    no-data."""
+    nodata = nodata_in_type(p, dtype)
+    if nodata is None:
+        return lut
+    lut = np.array(lut, copy=True)
+    if avoid:
+        lut[lut == nodata] = nodata_step(nodata, dtype)
+    lut[nodata - int(np.iinfo(dtype).min)] = nodata
+    return lut
 
 
 def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -128,7 +164,8 @@ def equalize_lut(hist: np.ndarray) -> np.ndarray:
 
 
 def _equalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    return {"lut": equalize_lut(data_histogram(st["hist"], p, dtype))}
+    return {"lut": keep_nodata_lut(equalize_lut(data_histogram(st["hist"], p, dtype)), p,
+                                   dtype)}
 
 
 # --- otsu_threshold ---------------------------------------------------------------------
@@ -168,7 +205,8 @@ def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
     t = otsu_threshold(data_histogram(st["hist"], p, dtype))
     top = _top(dtype)
     lut = np.where(np.arange(top + 1) > t, top, 0).astype(dtype)
-    return {"lut": lut, "threshold": np.array([t])}
+    # (its classes stay 0 and the maximum: a no-data value of either marks that class too)
+    return {"lut": keep_nodata_lut(lut, p, dtype, avoid=False), "threshold": np.array([t])}
 
 
 # --- normalize ----------------------------------------------------------------------------
@@ -283,7 +321,8 @@ def stretch_lut(lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
 def _stretch_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
     base, hist = int(np.iinfo(dtype).min), data_histogram(st["hist"], p, dtype)
     lo, hi = (base + rank_value(hist, p[k]) for k in ("p_low", "p_high"))
-    return {"lut": stretch_lut(lo, hi, np.dtype(dtype)), "range": np.array([lo, hi])}
+    return {"lut": keep_nodata_lut(stretch_lut(lo, hi, np.dtype(dtype)), p, dtype),
+            "range": np.array([lo, hi])}
 
 
 EQUALIZE = StatsSpec(_hist_partial, _equalize_finish, _lut_apply)

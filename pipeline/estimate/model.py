@@ -17,6 +17,7 @@ from pipeline.core.models import JobPlan
 from pipeline.core.ops import (
     chain_bands,
     chain_from_json,
+    chain_keeps_nodata,
     chain_keeps_statistics,
     chain_keeps_values,
     chain_linear,
@@ -382,7 +383,8 @@ def header_bytes(plan: JobPlan) -> float:
         tags = output_tags(page.info, h, w, ch, nodata, page.factor,
                            chain_bands(ops, page.info.channels), own,
                            page_placement(ops, page.info), chain_keeps_statistics(ops),
-                           opts.bilevel, chain_linear(ops, page.info.dtype))
+                           opts.bilevel, chain_linear(ops, page.info.dtype),
+                           chain_keeps_nodata(ops))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}

@@ -30,6 +30,7 @@ from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
     chain_bands,
     chain_from_json,
+    chain_keeps_nodata,
     chain_keeps_values,
     chain_linear,
     chain_own_nodata,
@@ -86,7 +87,7 @@ class TileEvaluator:
         info = self.page.info
         self.chain = with_nodata(
             chain_from_json(ops),
-            lambda i: output_nodata(info, chain_keeps_values(ops[:i]), chain_own_nodata(ops[:i])),
+            lambda i: output_nodata(info, chain_keeps_nodata(ops[:i]), chain_own_nodata(ops[:i])),
             lambda i: band_scaling(info, chain_bands(ops[:i], info.channels),
                                    chain_keeps_values(ops[:i]), chain_linear(ops[:i], info.dtype)))
         self.layout = ChainLayout.of(self.chain, self.page.info.dtype)

@@ -64,6 +64,7 @@ from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
     chain_bands,
+    chain_keeps_nodata,
     chain_keeps_statistics,
     chain_keeps_values,
     chain_linear,
@@ -384,7 +385,7 @@ def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
     tags = output_tags(page.info, height, width, page.out_channels, chain_keeps_values(ops),
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
                        chain_keeps_statistics(ops), options.bilevel,
-                       chain_linear(ops, page.info.dtype))
+                       chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops))
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 

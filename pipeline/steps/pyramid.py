@@ -57,7 +57,7 @@ from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_keeps_values, chain_own_nodata
+from pipeline.core.ops import chain_keeps_nodata, chain_own_nodata
 from pipeline.core.reduce import WIDE, masked_mean, mean4
 from pipeline.core.tiff_layout import Span
 
@@ -68,7 +68,7 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
     """The no-data value the levels of output page ``page`` leave out of their means: the
     one its GDAL_NODATA tag carries (None: none)."""
     ops = plan.spec.ops
-    return output_nodata(plan.pages[page].info, chain_keeps_values(ops), chain_own_nodata(ops))
+    return output_nodata(plan.pages[page].info, chain_keeps_nodata(ops), chain_own_nodata(ops))
 
 
 def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = None,

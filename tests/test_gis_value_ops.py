@@ -1,0 +1,145 @@
+"""The ops that remap values (contrast stretches, a threshold, an index, a convert) as a GIS
+analyst sees their outputs in QGIS: real GeoTIFFs written by rasterio (GDAL), run through the
+real tiled path (split, statistics rounds, process, merge) and read back by rasterio, for
+their no-data value (GDAL_NODATA), band descriptions, scales and offsets.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
+from rasterio.transform import Affine
+from test_exactness import assert_identical, run_tiled
+
+#: a UTM scene, 10 m pixels (EPSG:32633)
+CRS, TRANSFORM = "EPSG:32633", Affine(10.0, 0.0, 399960.0, 0.0, -10.0, 5100000.0)
+
+
+def write_scene(path: Path, bands: np.ndarray, nodata: float | None, *,
+                descriptions: tuple[str, ...] = (), scales: tuple[float, ...] = (),
+                offsets: tuple[float, ...] = ()) -> Path:
+    """A tiled GeoTIFF written by GDAL: ``bands`` (count, height, width)."""
+    count, height, width = bands.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count,
+                       dtype=bands.dtype, crs=CRS, transform=TRANSFORM, nodata=nodata,
+                       tiled=True, blockxsize=32, blockysize=32) as ds:
+        ds.write(bands)
+        for i, text in enumerate(descriptions, 1):
+            ds.set_band_description(i, text)
+        if scales:
+            ds.scales = scales
+        if offsets:
+            ds.offsets = offsets
+    return path
+
+
+def read(path: Path | str) -> tuple[dict[str, Any], np.ndarray]:
+    """What GDAL reads of an output: its no-data value, band descriptions, scales and offsets,
+    and its pixels (count, height, width)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            return ({"nodata": ds.nodata, "descriptions": ds.descriptions,
+                     "scales": ds.scales, "offsets": ds.offsets, "crs": ds.crs,
+                     "dtype": ds.dtypes[0]}, ds.read())
+
+
+def run(tmp_path: Path, src: Path, ops: list[dict[str, Any]]) -> tuple[dict[str, Any],
+                                                                        np.ndarray]:
+    """The job through the tiled path (tiles of 64, a statistics round over several units),
+    its output as GDAL reads it."""
+    _pages, plan = run_tiled(tmp_path, src, ops, 64, 32, fuse=False, units="small")
+    assert plan.tiles > 4
+    return read(plan.spec.output)
+
+
+def collar_scene(dtype: str, nodata: int, height: int = 150, width: int = 211) -> np.ndarray:
+    """A scene (one band) whose left third is outside the swath, at ``nodata``; its data a
+    ramp with noise over most of the type's range, holding no ``nodata``."""
+    rng = np.random.default_rng(3)
+    top = np.iinfo(dtype).max
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = (yy / height + xx / width) / 2 * (top * 0.7) + top * 0.1
+    page = np.clip(ramp + rng.normal(0, top * 0.03, ramp.shape), 1, top - 1).astype(dtype)
+    page[page == nodata] += 1
+    page[:, :70] = nodata
+    return page[None]
+
+
+def stretch(data: np.ndarray, p_low: float, p_high: float, top: int) -> np.ndarray:
+    """percentile_stretch's formula on the pixels with data (float64)."""
+    lo, hi = (float(np.percentile(data, p, method="lower")) for p in (p_low, p_high))
+    return np.clip(np.rint((data.astype(np.float64) - lo) / (hi - lo) * top), 0, top)
+
+
+# --- no-data through the histogram ops ---------------------------------------------------
+
+
+def test_a_stretch_then_a_convert_keeps_the_collar_no_data(tmp_path):
+    """A Sentinel-2 tile's collar (GDAL_NODATA 0) stays no-data through percentile_stretch:
+    its pixels are written back as 0 and GDAL_NODATA 0 is kept, so the convert after it
+    maps them to its own no-data value (0) and QGIS shows the collar as transparent. Before,
+    the collar came out as 1 (data) with GDAL_NODATA 0. The data pixels that the stretch
+    sends to 0 (those at or below the low percentile) are sent to 1 instead: they stay
+    data."""
+    scene = collar_scene("uint16", 0)
+    src = write_scene(tmp_path / "s2.tif", scene, 0)
+    none = scene[0] == 0
+    meta, got = run(tmp_path, src, [{"op": "percentile_stretch", "p_low": 2, "p_high": 98}])
+    assert meta["nodata"] == 0 and meta["crs"].to_epsg() == 32633
+    want = stretch(scene[0][~none], 2, 98, 65535)
+    assert (want == 0).sum() > 50  # (data the stretch sends onto the no-data value)
+    want[want == 0] = 1
+    assert (got[0][none] == 0).all()
+    assert_identical(got[0][~none], want.astype(np.uint16), "stretched data")
+    meta, got = run(tmp_path, src, [{"op": "percentile_stretch", "p_low": 2, "p_high": 98},
+                                    {"op": "convert", "dtype": "uint8", "nodata": 0}])
+    assert meta["nodata"] == 0 and meta["dtype"] == "uint8"
+    assert (got[0][none] == 0).all() and (got[0][~none] >= 1).all()
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint8", 255), ("int16", -32768), ("uint16", 500)])
+def test_percentile_stretch_writes_the_no_data_pixels_back(tmp_path, dtype, nodata):
+    """Whatever the no-data value (the type's top, its bottom, one among the data's), its
+    pixels keep it, GDAL_NODATA is kept, and the data are stretched as without them; a data
+    pixel the stretch would send onto the no-data value goes to the next value (one below
+    the type's maximum, else one above)."""
+    scene = collar_scene(dtype, nodata)
+    src = write_scene(tmp_path / "collar.tif", scene, nodata)
+    none = scene[0] == nodata
+    meta, got = run(tmp_path, src, [{"op": "percentile_stretch", "p_low": 1, "p_high": 99}])
+    assert meta["nodata"] == nodata
+    top = np.iinfo(dtype).max
+    want = stretch(scene[0][~none], 1, 99, top)
+    want[want == nodata] = nodata - 1 if nodata == top else nodata + 1
+    assert (got[0][none] == nodata).all()
+    assert_identical(got[0][~none], want.astype(dtype), "stretched data")
+
+
+def test_equalize_hist_and_otsu_keep_the_no_data_pixels(tmp_path):
+    """equalize_hist writes the collar back as 0 and moves the data it would send to 0 to 1;
+    otsu_threshold's classes stay 0 and 255 (a 1-bit output stays possible), so with a
+    no-data value of 0 the class below its threshold reads as no-data too, as GDAL's own
+    gdal_translate -scale lets data fall on the no-data value."""
+    import cv2
+
+    scene = collar_scene("uint8", 0)
+    src = write_scene(tmp_path / "collar8.tif", scene, 0)
+    none = scene[0] == 0
+    data = scene[0][~none].reshape(1, -1)
+    meta, got = run(tmp_path, src, [{"op": "equalize_hist"}])
+    assert meta["nodata"] == 0
+    want = cv2.equalizeHist(data).ravel()
+    assert (want == 0).any()
+    want[want == 0] = 1
+    assert (got[0][none] == 0).all()
+    assert_identical(got[0][~none], want, "equalized data")
+    meta, got = run(tmp_path, src, [{"op": "otsu_threshold"}])
+    assert meta["nodata"] == 0
+    t, _ = cv2.threshold(data, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    assert_identical(got[0], np.where(scene[0] > t, 255, 0).astype(np.uint8), "otsu")
