@@ -143,3 +143,76 @@ def test_equalize_hist_and_otsu_keep_the_no_data_pixels(tmp_path):
     assert meta["nodata"] == 0
     t, _ = cv2.threshold(data, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     assert_identical(got[0], np.where(scene[0] > t, 255, 0).astype(np.uint8), "otsu")
+
+
+# --- normalize: the no-data value out of its minimum and maximum ---------------------------
+
+
+def dem(dtype: str, nodata: float) -> np.ndarray:
+    """A DEM (metres, 120..1850) whose corner and a lake are outside the survey
+    (``nodata``)."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:150, 0:211]
+    page = 120 + yy * 7.5 + xx * 3 + rng.normal(0, 4, yy.shape)
+    page = page.astype(dtype)
+    page[:40, :90] = nodata
+    page[100:120, 150:190] = nodata
+    return page[None]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16", "int32"])
+def test_normalize_leaves_the_no_data_value_out(tmp_path, dtype):
+    """A DEM with GDAL_NODATA -9999 is scaled from its data's minimum and maximum (before:
+    from -9999, the data squeezed into 0.93..1), the -9999 pixels stay -9999 and GDAL_NODATA
+    -9999 is kept; the data are OpenCV's normalize of the data alone."""
+    import cv2
+
+    scene = dem(dtype, -9999)
+    src = write_scene(tmp_path / "dem.tif", scene, -9999)
+    none = scene[0] == -9999
+    meta, got = run(tmp_path, src, [{"op": "normalize"}])
+    assert meta["nodata"] == -9999
+    top = 1 if scene.dtype.kind == "f" else np.iinfo(dtype).max
+    want = cv2.normalize(scene[0][~none].reshape(1, -1), None, 0, top, cv2.NORM_MINMAX)
+    assert abs(want.min()) < 1e-6 and abs(want.max() - top) < 1e-6  # (the data's span)
+    assert (got[0][none] == -9999).all()
+    assert_identical(got[0][~none], want.ravel(), "normalized data")
+
+
+def test_normalize_moves_data_off_a_no_data_value_of_0(tmp_path):
+    """uint16 with no-data 0 (the table path): the data's minimum would become 0, the no-data
+    value; it becomes 1, and the collar stays 0 under GDAL_NODATA 0."""
+    import cv2
+
+    scene = collar_scene("uint16", 0)
+    src = write_scene(tmp_path / "u16.tif", scene, 0)
+    none = scene[0] == 0
+    meta, got = run(tmp_path, src, [{"op": "normalize"}])
+    assert meta["nodata"] == 0
+    want = cv2.normalize(scene[0][~none].reshape(1, -1), None, 0, 65535,
+                         cv2.NORM_MINMAX).ravel()
+    assert (want == 0).any()
+    want[want == 0] = 1
+    assert (got[0][none] == 0).all()
+    assert_identical(got[0][~none], want, "normalized data")
+
+
+def test_normalize_keeps_nan_as_nan_under_gdal_nodata_nan(tmp_path):
+    """A float page whose no-data value is NaN: NaN stays NaN, GDAL_NODATA nan is kept."""
+    scene = dem("float32", np.nan)
+    src = write_scene(tmp_path / "nan.tif", scene, np.nan)
+    meta, got = run(tmp_path, src, [{"op": "normalize"}])
+    assert np.isnan(meta["nodata"])
+    np.testing.assert_array_equal(np.isnan(got[0]), np.isnan(scene[0]))
+    assert abs(np.nanmin(got)) < 1e-6 and abs(np.nanmax(got) - 1) < 1e-6
+
+
+def test_normalize_moves_float_data_off_a_no_data_value_in_its_range():
+    """A float page whose no-data value is one normalize makes (1.0, the data's maximum's
+    image): that data pixel becomes the float below it, the no-data pixels stay 1.0."""
+    from pipeline.core.ops import OPS
+
+    page = np.array([[5.0, 1.0, 7.0, 9.0, 1.0]], np.float32)
+    got = OPS["normalize"].apply(page, {"input_nodata": 1.0})
+    below = np.nextafter(np.float32(1), np.float32(0))
+    np.testing.assert_array_equal(got, np.array([[0.0, 1.0, 0.5, below, 1.0]], np.float32))

@@ -61,8 +61,8 @@ class Op:
     picks: Callable[[dict[str, Any]], list[int]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
     #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, and
-    #: the histogram ops (equalize_hist, otsu_threshold, percentile_stretch: statistics of the
-    #: data)
+    #: the whole-page ops (equalize_hist, otsu_threshold, percentile_stretch, normalize:
+    #: statistics of the data)
     reads_nodata: bool = False
     #: the op is given its input's valid-data mask (the page's carried internal mask, moved
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
@@ -95,7 +95,7 @@ class Op:
     #: ``input_nodata``, :attr:`reads_nodata`) and sends no data pixel onto that value (but
     #: otsu_threshold's classes): the no-data value keeps marking the pixels without data
     #: (GDAL_NODATA is kept, :func:`chain_keeps_nodata`), though band scales, offsets and
-    #: statistics go (the histogram ops)
+    #: statistics go (the histogram ops, normalize)
     keeps_nodata: bool = False
     halo_help: str = "0 (a point operation)"
     exact: str = ("bit-identical to the OpenCV call on the whole page (types OpenCV lacks: "
@@ -388,7 +388,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
     Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
        (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
-       binary=_keeps,
+       binary=_keeps, reads_nodata=True, keeps_nodata=True,
        accepts=_only(dtypes.ALL, None, "normalize"),
        halo_help="0 (the page's minimum and maximum over all channels: a statistics round)"),
     Op("percentile_stretch",

@@ -44,16 +44,17 @@ class StatsSpec:
 
 
 def combine(parts: list[State]) -> State:
-    """Reduce partial statistics: histograms and counts add up, ``min``/``max`` are taken."""
+    """Reduce partial statistics: histograms and counts add up, ``min``/``max`` (and
+    ``data_min``/``data_max``) are taken."""
     out: State = {}
     for part in parts:
         for key, value in part.items():
             value = np.asarray(value)
             if key not in out:
                 out[key] = value.copy()
-            elif key == "min":  # (NaN: a tile with no other value)
+            elif key in ("min", "data_min"):  # (NaN: a tile with no other value)
                 out[key] = np.fmin(out[key], value)
-            elif key == "max":
+            elif key in ("max", "data_max"):
                 out[key] = np.fmax(out[key], value)
             else:
                 out[key] = out[key] + value
@@ -94,17 +95,23 @@ def data_histogram(hist: np.ndarray, p: dict[str, Any], dtype: np.dtype) -> np.n
 def nodata_step(nodata: float, dtype: np.dtype) -> Any:
     """The value next to the no-data value ``nodata`` that a data pixel the op would send onto
     it takes instead (so that it stays data): one above, or one below at the type's
-    maximum."""
+    maximum (floats: the next float up, or down from 1.0, the top of normalize's output)."""
     dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        toward = -np.inf if nodata >= dtypes.white(dtype) else np.inf
+        return np.nextafter(dtype.type(nodata), dtype.type(toward))
     return dtype.type(nodata - 1 if nodata == np.iinfo(dtype).max else nodata + 1)
 
 
 def nodata_in_type(p: dict[str, Any], dtype: np.dtype) -> float | None:
-    """The op's input no-data value (``p["input_nodata"]``) when it is a value of the integer
-    type ``dtype``, else None."""
+    """The op's input no-data value (``p["input_nodata"]``) when it is a value of ``dtype``'s,
+    else None (NaN too: it stays NaN through the ops' formulas, and an integer page has
+    none)."""
     nodata = p.get("input_nodata")
     if nodata is None or np.isnan(nodata):
         return None
+    if np.dtype(dtype).kind == "f":
+        return float(nodata)
     limits = np.iinfo(dtype)
     return int(nodata) if float(nodata).is_integer() and limits.min <= nodata <= limits.max \
         else None
@@ -214,9 +221,16 @@ def _otsu_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
 
 def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
     """The minimum and maximum, in the image's own type (exact for 64-bit integers too), of
-    the values that are not NaN (NaN if there are none)."""
-    return {"min": np.array([np.fmin.reduce(img, axis=None)]),
-            "max": np.array([np.fmax.reduce(img, axis=None)])}
+    the values that are not NaN (NaN if there are none); and, on a page with a no-data value
+    (``p["input_nodata"]``), ``data_min`` and ``data_max``: those of the values that are not
+    it either (none when the tile holds no other value)."""
+    state = {"min": np.array([np.fmin.reduce(img, axis=None)]),
+             "max": np.array([np.fmax.reduce(img, axis=None)])}
+    nodata = nodata_in_type(p, img.dtype)
+    if nodata is not None and (data := img[img != nodata]).size:
+        state["data_min"] = np.array([np.fmin.reduce(data)])
+        state["data_max"] = np.array([np.fmax.reduce(data)])
+    return state
 
 
 def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
@@ -257,18 +271,34 @@ def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
 
 
 def _normalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
-    return normalize_state(st["min"][0], st["max"][0], dtype)
+    """The state of the page's minimum and maximum: of its data (the values that are not its
+    no-data value, ``data_min``/``data_max``) when it has any, as the histogram ops'
+    statistics are (:func:`data_histogram`)."""
+    data = "data_min" in st and not np.isnan(st["data_min"][0])
+    lo, hi = (st["data_min"], st["data_max"]) if data else (st["min"], st["max"])
+    state = normalize_state(lo[0], hi[0], dtype)
+    if "lut" in state:
+        state["lut"] = keep_nodata_lut(state["lut"], p, dtype)
+    return state
 
 
 def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
     if "lut" in state:
         return apply_lut(img, state["lut"])
     if "min" in state:
-        return _opencv_normalize(img, state["min"], state["max"])
-    scale, shift = float(state["scale"][0]), float(state["shift"][0])
-    if img.dtype == np.float32:
-        return (img.astype(np.float64) * scale + shift).astype(np.float32)
-    return dtypes.saturate(img.astype(np.float64) * scale + shift, img.dtype)
+        out = _opencv_normalize(img, state["min"], state["max"])
+    else:
+        scale, shift = float(state["scale"][0]), float(state["shift"][0])
+        if img.dtype == np.float32:
+            out = (img.astype(np.float64) * scale + shift).astype(np.float32)
+        else:
+            out = dtypes.saturate(img.astype(np.float64) * scale + shift, img.dtype)
+    nodata = nodata_in_type(p, img.dtype)
+    if nodata is not None:  # (as keep_nodata_lut does to a table)
+        none = img == nodata
+        out[(out == nodata) & ~none] = nodata_step(nodata, img.dtype)
+        out[none] = nodata
+    return out
 
 
 def _opencv_normalize(img: np.ndarray, smin: np.ndarray, smax: np.ndarray) -> np.ndarray:
