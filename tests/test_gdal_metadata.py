@@ -105,7 +105,8 @@ def test_the_input_is_what_gdal_writes_and_reads(tmp_path):
     ([{"op": "convert", "dtype": "uint8", "in_range": [0, 1000]}],
      {"names_only": True, "rpc": True}),
     ([{"op": "gamma", "gamma": 2.0}], {"names_only": True, "rpc": True}),
-    # new bands: no band item holds; the scene's items do
+    # new bands: no band item holds but the index's own name, of its bands'; the scene's
+    # items do
     ([{"op": "normalized_difference", "a": 2, "b": 0}], {"no_bands": True, "rpc": True}),
 ], ids=lambda v: repr(v)[:60])
 def test_gdal_metadata_is_kept_where_it_still_holds(tmp_path, ops, want):
@@ -125,7 +126,9 @@ def test_gdal_metadata_is_kept_where_it_still_holds(tmp_path, ops, want):
     assert view["imagery"] == {"CLOUD_COVER": "3"}
     n = len(view["descriptions"])
     if want.get("no_bands"):
-        assert n == 1 and view["descriptions"] == (None,) and view["bands"] == [{}]
+        a, b = NAMES[ops[0]["a"]], NAMES[ops[0]["b"]]
+        assert n == 1 and view["descriptions"] == (f"({a} - {b}) / ({a} + {b})",)
+        assert view["bands"] == [{}]
         assert view["scales"] == (1.0,) and view["offsets"] == (0.0,)
         return
     if want.get("names_only"):

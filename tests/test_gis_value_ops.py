@@ -216,3 +216,43 @@ def test_normalize_moves_float_data_off_a_no_data_value_in_its_range():
     got = OPS["normalize"].apply(page, {"input_nodata": 1.0})
     below = np.nextafter(np.float32(1), np.float32(0))
     np.testing.assert_array_equal(got, np.array([[0.0, 1.0, 0.5, below, 1.0]], np.float32))
+
+
+# --- the band description of an index -------------------------------------------------
+
+
+def s2_stack(with_names: bool) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Sentinel-2's B02, B03, B04, B08 as one 4-band uint16 stack (no-data 0)."""
+    rng = np.random.default_rng(9)
+    bands = rng.integers(200, 6000, (4, 90, 130)).astype(np.uint16)
+    bands[:, :20, :30] = 0
+    return bands, ("B02", "B03", "B04", "B08") if with_names else ()
+
+
+@pytest.mark.parametrize("ops,want", [
+    ([{"op": "normalized_difference", "a": 3, "b": 2}], "(B08 - B04) / (B08 + B04)"),
+    ([{"op": "select_bands", "bands": [2, 3]}, {"op": "normalized_difference", "a": 1, "b": 0},
+      {"op": "convert", "dtype": "uint8", "in_range": [-1, 1], "nodata": 0}],
+     "(B08 - B04) / (B08 + B04)"),
+    ([{"op": "normalized_difference", "a": 1, "b": 3}], "(B03 - B08) / (B03 + B08)"),
+])
+def test_an_index_band_is_described_by_its_input_bands(tmp_path, ops, want):
+    """GDAL (and QGIS's layer properties) shows the index band's description, made of the
+    input bands' descriptions, through a select_bands before it and a convert after it;
+    before, the band had none."""
+    bands, names = s2_stack(True)
+    src = write_scene(tmp_path / "s2.tif", bands, 0, descriptions=names)
+    meta, got = run(tmp_path, src, ops)
+    assert meta["descriptions"] == (want,) and got.shape[0] == 1
+
+
+def test_an_index_band_of_unnamed_bands_is_described_by_their_numbers(tmp_path):
+    """Input bands without descriptions are named by the numbers GDAL and QGIS show (1-based:
+    the op's ``a`` 3 is "band 4"), through a select_bands before the index too."""
+    bands, _ = s2_stack(False)
+    src = write_scene(tmp_path / "stack.tif", bands, 0)
+    meta, _ = run(tmp_path, src, [{"op": "normalized_difference", "a": 3, "b": 2}])
+    assert meta["descriptions"] == ("(band 4 - band 3) / (band 4 + band 3)",)
+    meta, _ = run(tmp_path, src, [{"op": "select_bands", "bands": [3, 2]},
+                                  {"op": "normalized_difference", "a": 0, "b": 1}])
+    assert meta["descriptions"] == ("(band 4 - band 3) / (band 4 + band 3)",)

@@ -703,7 +703,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 own_nodata: float | None = None, placed: Placement | None = None,
                 stats: bool = False, bilevel: bool = False,
                 linear: tuple[float, float] | None = None,
-                keep_nodata: bool | None = None) -> dict[str, Any]:
+                keep_nodata: bool | None = None,
+                names: Sequence[str | None] = ()) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -718,6 +719,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     hold (:func:`gdal_metadata`, which ``nodata`` and ``bands`` rule too). ``linear``:
     ``(a, b)`` when the chain maps each value v to a v + b
     (:func:`pipeline.core.ops.chain_linear`): GDAL_METADATA's scale and offset are rescaled.
+    ``names``: each output band's name (:func:`pipeline.core.ops.chain_band_names`), written
+    as its GDAL description for the bands the chain made (``bands`` None) that have one
+    (normalized_difference's formula of its input bands' names).
     ``placed``: what the chain's geometric ops did to the page
     (:func:`pipeline.core.geometry.placement`; None: none): a quarter turn swaps the x and
     y resolution; a rotation or flip drops Orientation (the pixels are stored as they are
@@ -775,9 +779,14 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         extratags.append((code, kind, count, _unb64(value) if kind in _BYTE_TYPES
                           else tuple(value), True))
     same_bands = tuple(range(channels)) if channels == info.channels else None
-    if "gdal_metadata" in md and (xml := gdal_metadata(
-            md["gdal_metadata"], same_bands if bands is None else bands, nodata, stats,
-            placed is not None or not same_size, linear)):
+    xml = gdal_metadata(md["gdal_metadata"], same_bands if bands is None else bands, nodata,
+                        stats, placed is not None or not same_size, linear) \
+        if "gdal_metadata" in md else None
+    made = {out: name for out, name in enumerate(names) if name is not None} \
+        if bands is None and same_bands is None else {}
+    if made:
+        xml = _with_descriptions(xml, made)
+    if xml:
         extratags.append((GDAL_METADATA, 2, 0, xml, True))
     if own_nodata is not None:  # (the input's was dropped: an op after it made its own)
         extratags.append((GDAL_NODATA, 2, 0, f"{own_nodata}".lower().encode("ascii"), True))
@@ -838,12 +847,40 @@ def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats
         kept += rescaled
     if kept == items:
         return text
-    if not kept:
-        return None
+    return _xml(kept) if kept else None
+
+
+def _xml(items: list[Any]) -> bytes:
+    """A GDAL_METADATA XML of these ``Item`` elements."""
+    from xml.etree import ElementTree
+
     lines = ["<GDALMetadata>"]
-    for e in kept:
+    for e in items:
         lines.append("  " + ElementTree.tostring(e, encoding="unicode").strip())
     return ("\n".join(lines) + "\n</GDALMetadata>\n").encode("utf-8")
+
+
+def _with_descriptions(xml: bytes | None, names: dict[int, str]) -> bytes:
+    """A GDAL_METADATA XML (``xml``, None: none) with a DESCRIPTION item (GDAL's band
+    description, role ``description``) for each band of ``names`` (``{band: name}``)."""
+    from xml.etree import ElementTree
+
+    items = [e for e in ElementTree.fromstring(xml) if e.tag == "Item"] if xml else []
+    for band, name in names.items():
+        item = ElementTree.Element("Item", {"name": "DESCRIPTION", "sample": str(band),
+                                            "role": "description"})
+        item.text = name
+        items.append(item)
+    return _xml(items)
+
+
+def band_names(info: Any) -> list[str]:
+    """The name of each band of the page of ``info`` (a PageInfo): its GDAL description
+    (GDAL_METADATA), else ``band n``, numbered from 1 as GDAL and QGIS number bands."""
+    xml = _unb64((info.metadata or {}).get("gdal_metadata", "")).split(b"\x00", 1)[0]
+    roles = band_roles(xml)
+    return [roles.get(b, {}).get("description") or f"band {b + 1}"
+            for b in range(info.channels)]
 
 
 def band_scaling(info: Any, bands: tuple[int, ...] | None, values: bool,

@@ -59,6 +59,10 @@ class Op:
     #: the input band each output band is (select_bands), else None: every band stays
     #: itself (per-band ops), or the op makes its own (to_gray, canny, normalized_difference)
     picks: Callable[[dict[str, Any]], list[int]] | None = None
+    #: the names (GDAL band descriptions) of the bands the op makes, given the parameters and
+    #: its input bands' names (:func:`chain_band_names`): normalized_difference's formula of
+    #: them; None: the op makes no named bands
+    names: Callable[[dict[str, Any], list[str]], list[str]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
     #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, and
     #: the whole-page ops (equalize_hist, otsu_threshold, percentile_stretch, normalize:
@@ -363,6 +367,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        fn.normalized_difference, accepts=_bands_accepts, check=_differ,
        out_channels=lambda ch: 1, out_dtype=lambda p, dt: np.dtype(np.float32),
        reads_nodata=True, reads_scaling=True, own_nodata=lambda p: float("nan"), colour=True,
+       names=lambda p, n: [f"({n[p['a']]} - {n[p['b']]}) / ({n[p['a']]} + {n[p['b']]})"],
        exact="bit-identical to the numpy formula on the whole page"),
     Op("convert", "olo + (v - lo) / (hi - lo) * (ohi - olo) in float64, clipped to out_range "
        "[olo, ohi], rounded half to even (saturate_cast) or cast to dtype; [lo, hi] = in_range",
@@ -639,6 +644,24 @@ def chain_bands(ops: list[dict[str, Any]], channels: int) -> tuple[int, ...] | N
         elif bands is not None and call.out_channels(len(bands)) != len(bands):
             bands = None
     return bands
+
+
+def chain_band_names(ops: list[dict[str, Any]], names: list[str]) -> list[str | None]:
+    """The name of each output band of a chain (its JSON) on a page whose bands are named
+    ``names`` (their GDAL descriptions, else ``band n``, 1-based as GDAL numbers them):
+    a ``select_bands`` picks them, an op with :attr:`Op.names` names the bands it makes
+    (normalized_difference: ``(B08 - B04) / (B08 + B04)``), per-band ops keep them; None for
+    a band an op made without a name (to_gray, canny, a custom op that changes the count)."""
+    out: list[str | None] = list(names)
+    for call in chain_from_json(ops):
+        known = [f"band {i + 1}" if n is None else n for i, n in enumerate(out)]
+        if call.op.picks is not None:
+            out = [out[i] for i in call.op.picks(call.params)]
+        elif call.op.names is not None:
+            out = list(call.op.names(call.params, known))
+        elif call.out_channels(len(out)) != len(out):
+            out = [None] * call.out_channels(len(out))
+    return out
 
 
 def chain_linear(ops: list[dict[str, Any]], dtype: np.dtype | str

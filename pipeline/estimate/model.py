@@ -15,6 +15,7 @@ from pipeline.core.geometry import transposes
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import (
+    chain_band_names,
     chain_bands,
     chain_from_json,
     chain_keeps_nodata,
@@ -370,7 +371,7 @@ def header_bytes(plan: JobPlan) -> float:
     page and length of its tag values (not once per page: a batch of scans of as many
     sizes took as long as reading their headers), the tile arrays then grown to the page's
     tiles in between (pyramid levels and OME-XML aside)."""
-    from pipeline.adapters.metadata import output_tags
+    from pipeline.adapters.metadata import band_names, output_tags
     from pipeline.adapters.tile_codec import OutputEncoder
 
     opts = plan.spec.output_options
@@ -384,7 +385,7 @@ def header_bytes(plan: JobPlan) -> float:
                            chain_bands(ops, page.info.channels), own,
                            page_placement(ops, page.info), chain_keeps_statistics(ops),
                            opts.bilevel, chain_linear(ops, page.info.dtype),
-                           chain_keeps_nodata(ops))
+                           chain_keeps_nodata(ops), chain_band_names(ops, band_names(page.info)))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}

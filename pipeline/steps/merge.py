@@ -40,6 +40,7 @@ import tifffile
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import (
     ORIENTATION,
+    band_names,
     ome_channel,
     output_tags,
     scaled_resolution,
@@ -63,6 +64,7 @@ from pipeline.core.events import MergeEvent
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
+    chain_band_names,
     chain_bands,
     chain_keeps_nodata,
     chain_keeps_statistics,
@@ -385,7 +387,8 @@ def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
     tags = output_tags(page.info, height, width, page.out_channels, chain_keeps_values(ops),
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
                        chain_keeps_statistics(ops), options.bilevel,
-                       chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops))
+                       chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
+                       chain_band_names(ops, band_names(page.info)))
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 
