@@ -256,3 +256,37 @@ def test_an_index_band_of_unnamed_bands_is_described_by_their_numbers(tmp_path):
     meta, _ = run(tmp_path, src, [{"op": "select_bands", "bands": [3, 2]},
                                   {"op": "normalized_difference", "a": 0, "b": 1}])
     assert meta["descriptions"] == ("(band 4 - band 3) / (band 4 + band 3)",)
+
+
+# --- band scales and offsets through a convert ------------------------------------------
+
+#: Sentinel-2 L2A since 2022: reflectance = 0.0001 * count - 0.1
+L2A = {"scales": (0.0001,), "offsets": (-0.1,)}
+#: the docs' recipe: uint16 counts to float32 reflectance, nothing clipped
+TO_REFLECTANCE = {"op": "convert", "dtype": "float32", "in_range": [0, 65535],
+                  "out_range": [-0.1, 6.4535]}
+
+
+@pytest.mark.parametrize("ops,scale,offset", [
+    # the samples are the reflectances: scale 1 and offset 0, not 1.0000000000000002 and
+    # 1.4e-17
+    ([TO_REFLECTANCE], 1.0, 0.0),
+    # inverted first (65535 - v): reflectance = -v' + 6.3535
+    ([{"op": "invert"}, TO_REFLECTANCE], -1.0, 6.3535),
+    # to bytes (v / 257): 0.0257 * v' - 0.1
+    ([{"op": "convert", "dtype": "uint8"}], 0.0257, -0.1),
+])
+def test_a_convert_rescales_the_band_scale_and_offset_without_float_noise(tmp_path, ops,
+                                                                          scale, offset):
+    """The output's scale and offset, as GDAL reads them, are the exact values of the maps
+    composed (the decimals the manifest and GDAL_METADATA give, composed as fractions and
+    rounded once), so that the recipe's reflectances read as scale 1, offset 0."""
+    bands = np.random.default_rng(4).integers(1, 12000, (1, 90, 150)).astype(np.uint16)
+    src = write_scene(tmp_path / "l2a.tif", bands, None, **L2A)
+    with rasterio.open(src) as ds:
+        assert (ds.scales, ds.offsets) == ((0.0001,), (-0.1,))
+    meta, got = run(tmp_path, src, ops)
+    assert (meta["scales"], meta["offsets"]) == ((scale,), (offset,))
+    physical = bands.astype(np.float64) * 0.0001 - 0.1
+    step = abs(scale) / 2 if got.dtype.kind == "u" else 1e-6  # (to the output's rounding)
+    np.testing.assert_allclose(got * scale + offset, physical, rtol=0, atol=step)

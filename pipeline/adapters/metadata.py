@@ -61,6 +61,7 @@ import tifffile
 
 from pipeline import __version__
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
+from pipeline.core.convert import exact
 from pipeline.core.geometry import (
     MODEL_PIXEL_SCALE,
     MODEL_TAGS,
@@ -922,7 +923,7 @@ def band_roles(xml: bytes) -> dict[int, dict[str, str]]:
     return roles
 
 
-def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
+def _rescaled(items: list[Any], band: int, out: int, linear: tuple[Any, Any]
               ) -> list[Any]:
     """The OFFSET and SCALE items of output band ``out`` that give the physical values
     ``scale * v + offset`` the items of input band ``band`` gave, after each value v became
@@ -930,7 +931,9 @@ def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
     for what the band lacks: a band with a unit but neither has the value itself as its
     physical value, so it gets 1 / a and -b / a). Empty when the band has no scale, offset
     or unit (its values have no physical meaning to keep), or its scale or offset is no
-    number."""
+    number. Computed as exact fractions of the decimals given
+    (:func:`pipeline.core.convert.exact`) and rounded once: the recipe's counts to
+    reflectance give scale 1 and offset 0, not 1.0000000000000002 and 1.4e-17."""
     from xml.etree import ElementTree
 
     mine = {e.get("role"): e.text for e in items if e.get("sample") == str(band)}
@@ -938,15 +941,16 @@ def _rescaled(items: list[Any], band: int, out: int, linear: tuple[float, float]
     if not given and "unittype" not in mine:
         return []
     try:
-        scale, offset = float(given.get("scale", 1.0)), float(given.get("offset", 0.0))
-    except (TypeError, ValueError):
+        scale = exact(float(given.get("scale", 1.0)))
+        offset = exact(float(given.get("offset", 0.0)))
+    except (TypeError, ValueError, OverflowError):  # (no number; infinite or NaN)
         return []
-    a, b = linear
+    a, b = map(exact, linear)
     made = []
     for name, number in (("OFFSET", offset - scale * b / a), ("SCALE", scale / a)):
         item = ElementTree.Element("Item", {"name": name, "sample": str(out),
                                             "role": name.lower()})
-        item.text = repr(number)
+        item.text = repr(float(number))
         made.append(item)
     return made
 

@@ -14,6 +14,7 @@ a value, and a float output keeps NaN as its no-data value.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -166,16 +167,30 @@ def own_nodata(p: dict[str, Any]) -> float | None:
     return float("nan") if np.dtype(p["dtype"]).kind == "f" else None
 
 
-def linear(p: dict[str, Any], dtype: np.dtype) -> tuple[float, float] | None:
+def exact(x: float | Fraction) -> Fraction:
+    """The number a float stands for, as a fraction: the shortest decimal that reads back as
+    it (``0.1``, not the binary 0.1000000000000000055...), which is what a manifest or GDAL's
+    GDAL_METADATA (``-0.10000000000000001``) wrote. Maps composed of such numbers as fractions
+    and rounded once come out as the round values they are (a scale of 1, not
+    1.0000000000000002)."""
+    if isinstance(x, Fraction | int):
+        return Fraction(x)
+    return Fraction(repr(float(x)))
+
+
+def linear(p: dict[str, Any], dtype: np.dtype) -> tuple[Fraction, Fraction] | None:
     """``(a, b)`` when the convert maps every sample ``v`` a page of ``dtype`` can hold to
     ``a * v + b`` (rounding aside): ``in_range`` spans every value of ``dtype``, so none is
     clipped. None when some value may be clipped (a float page, or an ``in_range`` narrower
     than the type): the samples clipped lose their value. The output's GDAL_METADATA keeps a
-    band's scale and offset through it (pipeline.adapters.metadata.gdal_metadata)."""
+    band's scale and offset through it (pipeline.adapters.metadata.gdal_metadata). Exact
+    fractions of the ranges given (:func:`exact`), so that maps compose without float
+    error."""
     (lo, hi), (olo, ohi) = in_range(p, dtype), out_range(p)
     low, high = _limits(np.dtype(dtype))
     if not lo <= low < high <= hi:
         return None
+    lo, hi, olo, ohi = map(exact, (lo, hi, olo, ohi))
     a = (ohi - olo) / (hi - lo)
     return a, olo - lo * a
 

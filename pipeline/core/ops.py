@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -665,17 +666,19 @@ def chain_band_names(ops: list[dict[str, Any]], names: list[str]) -> list[str | 
 
 
 def chain_linear(ops: list[dict[str, Any]], dtype: np.dtype | str
-                 ) -> tuple[float, float] | None:
+                 ) -> tuple[Fraction, Fraction] | None:
     """``(a, b)`` when the chain (its JSON) maps each value v of a page of ``dtype`` to
     a v + b as far as a band's scale and offset go: its ops keep values (:attr:`Op.
     keeps_values`: a mean, a maximum or a moved pixel of a v + b values is one too) or map
     them linearly (:attr:`Op.linear`: a convert that clips none, invert of integers); else
-    None."""
+    None. Composed as exact fractions (:func:`pipeline.core.convert.exact`): no float error
+    builds up over several maps."""
     dtype = np.dtype(dtype)
-    a, b = 1.0, 0.0
+    a, b = Fraction(1), Fraction(0)
     for call in chain_from_json(ops):
         if (mine := call.op.linear(call.params, dtype)) is not None:
-            a, b = mine[0] * a, mine[0] * b + mine[1]
+            ma, mb = map(convert_mod.exact, mine)
+            a, b = ma * a, ma * b + mb
         elif not call.op.keeps_values:
             return None
         dtype = call.out_dtype(dtype)
