@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 LOCK_PIP_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv $(VENV) node demo test test-fast test-pythons lint lock clean
+.PHONY: help venv $(VENV) python-check node demo test test-fast test-pythons lint lock clean
 
 help:
 	@echo "make demo    set up (venv, npm deps) and run the pipeline on a generated sample"
@@ -34,18 +34,38 @@ help:
 
 venv $(VENV): $(VENV_STAMP)
 
-$(VENV_STAMP): pyproject.toml $(LOCK)
-	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+# that $(PYTHON) is there, runs and is new enough (said before anything is made)
+define check_python
+@command -v $(PYTHON) >/dev/null 2>&1 || { \
 	  echo "error: $(PYTHON) not found: install Python >= 3.11 or run make PYTHON=/path/to/python3.11" >&2; \
 	  exit 1; }
-	@$(PYTHON) -c pass >/dev/null 2>&1 || { \
+@$(PYTHON) -c pass >/dev/null 2>&1 || { \
 	  echo "error: $(PYTHON) is on the PATH but does not run (a pyenv shim of a version pyenv" \
 	       "has not selected?): give its path, e.g. make PYTHON=\$$(pyenv prefix 3.13)/bin/python3.13" >&2; \
 	  exit 1; }
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
 	  echo "error: tiffpipe needs Python >= 3.11, but $(PYTHON) is $$($(PYTHON) --version 2>&1);" \
 	       "install a newer one and run make PYTHON=python3.11 (or newer)" >&2; \
 	  exit 1; }
+endef
+
+# a PYTHON given on the command line (the README: make PYTHON=python3.12 demo) is checked
+# even when the venv is up to date: a venv of another Python is refused, not used unsaid
+python-check:
+ifeq ($(origin PYTHON),command line)
+	$(check_python)
+	@if [ -x $(VENV)/bin/python ]; then \
+	  want=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  have=$$($(VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  if [ "$$want" != "$$have" ]; then \
+	    echo "error: $(VENV) is Python $$have, not $(PYTHON) ($$want): run make clean, then" \
+	         "make PYTHON=$(PYTHON) again (or make test-pythons PYTHONS=$(PYTHON): a venv of its" \
+	         "own, beside this one)" >&2; \
+	    exit 1; fi; fi
+endif
+
+$(VENV_STAMP): pyproject.toml $(LOCK) | python-check
+	$(check_python)
 	@if [ -x $(VENV)/bin/python ] && ! $(VENV)/bin/python -c \
 	    'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
 	  echo "error: $(VENV) was made with an older Python: run make clean first" >&2; exit 1; fi

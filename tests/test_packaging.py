@@ -219,6 +219,32 @@ def test_a_python_that_does_not_run_is_named_so(tmp_path: Path):
     assert not (tmp_path / "venv").exists()
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_a_python_asked_for_that_is_not_the_venvs_is_refused(tmp_path: Path):
+    """`make PYTHON=python3.12 demo` (the README's way to pick a Python) after a `make demo`
+    on another Python: the venv is up to date, so make ran the demo on the venv's Python
+    without a word. Now it says which Python the venv has and what to do, and runs nothing."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    ran = tmp_path / "demo-ran"
+    # a venv of "Python 3.99" (its version is all make asks it) with a tiffpipe that leaves
+    # a mark if the demo runs
+    (bin_dir / "python").write_text('#!/bin/sh\necho 3.99\n')
+    (bin_dir / "tiffpipe").write_text(f'#!/bin/sh\ntouch "{ran}"\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    (tmp_path / "venv" / ".installed").touch()  # newer than pyproject.toml and the lock
+    done = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT),
+                           f"PYTHON={sys.executable}", f"VENV={tmp_path / 'venv'}", "demo"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    own = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert done.returncode != 0, done.stdout
+    assert (f"error: {tmp_path / 'venv'} is Python 3.99, not {sys.executable} ({own})"
+            in done.stderr), done.stderr
+    assert "make clean" in done.stderr and "test-pythons" in done.stderr
+    assert not ran.exists()
+
+
 def test_the_wheels_source_copy_leaves_out_every_venv():
     """Venvs made with make VENV=.venv-3.13 sit in the checkout beside .venv: the copy the
     wheel is built from leaves them out as it does .venv (a venv is ~800 MB)."""
