@@ -277,6 +277,8 @@ def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
             print(line)
     for line in input_check.failures(parsed, checks):
         print(line, file=sys.stderr)
+    for line in input_check.misplaced_inputs(args.manifest, parsed):
+        print(line, file=sys.stderr)
     return EXIT_USAGE if any(c.error for c in checks) else EXIT_OK
 
 
@@ -335,8 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     code = _run_exit_code(result, stop)
     try:
-        _tell_the_end(args, result, stop, [j.if_exists for j in jobs]
-                      if isinstance(jobs, list) else [])
+        _tell_the_end(args, result, stop, jobs)
     except OSError:  # stdout or stderr gone (a pipe's reader: `| head`; a terminal that hung
         off_gone_streams()  # up): the run's report says what it did; its exit code still
     return code  # does (it was 0 then, whatever the jobs did)
@@ -353,13 +354,14 @@ def _run_exit_code(result: RunResult, stop: StopRequest) -> int:
 
 
 def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest,
-                  if_exists: list[str]) -> None:
+                  jobs: Any) -> None:
     """What ``run`` prints at its end: the summary, the report's path, and on stderr what
     was removed, the first jobs that left pages out (masks, overviews), why the run failed
     or stopped, (--quiet) the jobs that failed (not those a stop left without an output),
-    and what
-    a rerun would do to the jobs that succeeded (``if_exists``: each job's; none for a
-    scan, whose reruns take only what has no output)."""
+    where the inputs not found are, if in the current folder rather than the manifest's,
+    and what a rerun would do to the jobs that succeeded (each job's ``if_exists``; nothing
+    for a scan, whose reruns take only what has no output)."""
+    from pipeline.input_check import misplaced_inputs
     from pipeline.ui import failed_lines, left_out_lines, print_summary, rerun_hint, shown
 
     _say_removed(result.removed)
@@ -382,6 +384,12 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     if args.quiet and result.report is not None:  # failed jobs are errors: said even so
         for line in failed_lines(result.report, result.report_url, FAILED_LINES):
             print(line, file=sys.stderr)
+    if result.report is not None and any(
+            (job.get("error") or {}).get("type") == "InputNotFoundError"
+            for job in result.report["jobs"]):
+        for line in misplaced_inputs(args.manifest, jobs):
+            print(line, file=sys.stderr)
+    if_exists = [j.if_exists for j in jobs] if isinstance(jobs, list) else []
     hint = rerun_hint(result.report, if_exists) if result.report is not None else None
     if hint:
         print(hint, file=sys.stderr)

@@ -8,11 +8,13 @@ progress bar on a terminal for long lists."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TextIO, TypeVar
 
-from pipeline.core.manifest import ScanSpec
+from pipeline.core.manifest import ScanSpec, is_s3
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import grouped_by_page
 from pipeline.errors import TiffpipeError
@@ -23,6 +25,8 @@ INPUT_THREADS = 16
 PROGRESS_FROM = 20
 #: the jobs that leave pages out (masks, overviews) named, a line each, then how many more
 NOTES_SHOWN = 3
+#: the jobs whose input is in the current folder, not the manifest's, named (then how many more)
+MISPLACED_SHOWN = 3
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -195,3 +199,35 @@ def _label(parsed: list[JobSpec] | ScanSpec, i: int, check: JobCheck,
     if isinstance(parsed, ScanSpec):
         return files
     return f"jobs[{i}] ({files})" if short else f"jobs[{i}] {files}"
+
+
+def misplaced_inputs(manifest: str, parsed: list[JobSpec] | ScanSpec,
+                     cwd: str | None = None) -> Iterator[str]:
+    """A line for each job (the first MISPLACED_SHOWN, then how many more) whose local input
+    is not where its relative path leads from the manifest's folder but is where it leads
+    from the current one: the manifest was written as if its paths started where the user
+    stands. What ``run`` and ``validate --inputs`` say after the job's InputNotFoundError."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+    base = os.path.dirname(os.path.abspath(manifest))
+    if is_s3(manifest) or isinstance(parsed, ScanSpec) or base == cwd:
+        return
+    found = []
+    for i, spec in enumerate(parsed):
+        if is_s3(spec.input) or os.path.lexists(spec.input):
+            continue
+        written = os.path.relpath(spec.input, base)
+        if os.path.isfile(os.path.join(cwd, written)):
+            found.append((i, written))
+    for i, written in found[:MISPLACED_SHOWN]:
+        there = os.path.relpath(os.path.join(cwd, written), base)
+        yield (f"tiffpipe: jobs[{i}].input {_quoted(written)} is in the current folder ({cwd}) "
+               f"but not in the manifest's ({base}), where its relative paths start: write it "
+               f"{_quoted(there)}, or as an absolute path")
+    if len(found) > MISPLACED_SHOWN:
+        yield (f"tiffpipe: ... and {len(found) - MISPLACED_SHOWN} more jobs whose input is in "
+               "the current folder, not the manifest's")
+
+
+def _quoted(path: str) -> str:
+    """``path`` in double quotes, its letters as they are (not JSON's escapes)."""
+    return json.dumps(path, ensure_ascii=False)

@@ -516,6 +516,43 @@ def test_run_on_moto_gives_the_same_outputs(tmp_path: Path, capsys: pytest.Captu
     assert json.loads((tmp_path / "m.report.json").read_text())["succeeded"] == 2
 
 
+def _kept_apart(tmp_path: Path) -> tuple[Path, Path]:
+    """A new user's layout: scans in one folder (a name with spaces and accents), the manifest
+    in another, its input written from the scans' folder, where they run it from."""
+    scans = tmp_path / "my scans"
+    (scans / "Müller été").mkdir(parents=True)
+    write_sample(str(scans / "Müller été" / "scan 1.tif"), [SamplePage(64, 48, 3)])
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "Müller été/scan 1.tif", "output": "out/scan 1.tif", "ops": [{"op": "invert"}]},
+        {"input": str(scans / "Müller été" / "scan 1.tif"), "output": "out/b.tif"}]}))
+    return scans, tmp_path / "manifests"
+
+
+def hint_of(scans: Path, manifests: Path) -> str:
+    """What run and validate --inputs say of _kept_apart's first job."""
+    return (f'tiffpipe: jobs[0].input "Müller été/scan 1.tif" is in the current folder ({scans}) '
+            f"but not in the manifest's ({manifests}), where its relative paths start: write it "
+            '"../my scans/Müller été/scan 1.tif", or as an absolute path\n')
+
+
+def test_a_relative_input_found_in_the_current_folder_is_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """The job fails (InputNotFoundError names the path in the manifest's folder), and the
+    run says where the file is and how to write its path; the job that found its input runs."""
+    scans, manifests = _kept_apart(tmp_path)
+    monkeypatch.chdir(scans)
+    code = cli.main(["run", "../manifests/m.json", "--workers", "1", "--no-contact-sheet"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "InputNotFoundError" in out and (manifests / "out" / "b.tif").is_file()
+    assert err.count("tiffpipe: jobs[") == 1 and hint_of(scans, manifests) in err, err
+    # --quiet says it too (on stderr, with the failed job)
+    assert cli.main(["run", "../manifests/m.json", "--workers", "1", "--quiet",
+                     "--no-contact-sheet"]) == 1
+    assert hint_of(scans, manifests) in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def report_fails(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A run whose report cannot be written (its folder is a regular file)."""

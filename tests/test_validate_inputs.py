@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import LIBTIFF_CORPUS, moto_s3
+from test_cli import _kept_apart, hint_of
 from test_hostile_inputs import _classic_tiff
 
 from pipeline import cli, handlers, input_check
@@ -94,6 +95,20 @@ def test_validate_without_inputs_reads_no_input(tmp_path: Path, capsys: pytest.C
     manifest = _manifest(tmp_path, _jobs(tmp_path))
     assert cli.main(["validate", str(manifest)]) == 0
     assert capsys.readouterr().out == f"{manifest}: valid, 12 job(s)\n"
+
+
+def test_a_relative_input_found_in_the_current_folder_is_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """As run tells it (tests/test_cli.py), after the job's InputNotFoundError."""
+    scans, manifests = _kept_apart(tmp_path)
+    monkeypatch.chdir(scans)
+    assert cli.main(["validate", "--inputs", "../manifests/m.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.index("InputNotFoundError") < err.index(hint_of(scans, manifests)), err
+    # run from the manifest's folder, nothing points elsewhere: no hint
+    monkeypatch.chdir(manifests)
+    assert cli.main(["validate", "--inputs", "m.json"]) == 2
+    assert "current folder" not in capsys.readouterr().err
 
 
 def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
