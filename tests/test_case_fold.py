@@ -43,6 +43,16 @@ def at(*parts: str) -> str:
     return json.dumps(os.path.join(BASE, *parts))
 
 
+def named(path: str) -> str:
+    """A location as a problem names it first: quoted, its letters as written (the spellings
+    of one file then follow in JSON's escapes, which show how they differ)."""
+    return json.dumps(path, ensure_ascii=False)
+
+
+def shown(*parts: str) -> str:
+    return named(os.path.join(BASE, *parts))
+
+
 def one_file(a: str, b: str) -> str:
     """What a problem says of two spellings of one file where the file system ignores case."""
     return (f"{a} and {b} differ only in case, which the file system there ignores, so they "
@@ -320,10 +330,10 @@ def test_outputs_differing_only_in_normalization_are_one_output_where_it_is_igno
                      {"input": "in/2.tif", "output": f"out/{NFD}"},
                      {"input": f"in/{NFD}", "output": f"in/{NFC}"}]}
     assert problems(data, fold=nfc) == [
-        (f"jobs[1].output: same output as jobs[0] ({at('out', NFC)}): "
+        (f"jobs[1].output: same output as jobs[0] ({shown('out', NFC)}): "
          f"{one_form(at('out', NFD), at('out', NFC))}; one would replace the other: "
          "give one of them another name"),
-        (f"jobs[2].output: same location as its own input ({at('in', NFD)}): "
+        (f"jobs[2].output: same location as its own input ({shown('in', NFD)}): "
          f"{one_form(at('in', NFC), at('in', NFD), 'NFC NFD')}; the output would overwrite "
          "it; give the output another name")]
     # where the file system keeps them apart (no fold: ext4's answer), three outputs
@@ -338,7 +348,7 @@ def test_outputs_differing_in_case_and_normalization_where_both_are_ignored():
                      {"input": "in/2.tif", "output": f"out/{NFC}"}]}
     both = storage._canonical  # (APFS's fold of a name: NFD, case-folded, then NFC)
     assert problems(data, fold=lambda path: both(path, True)) == [
-        (f"jobs[1].output: same output as jobs[0] ({at('out', upper)}): {at('out', NFC)} "
+        (f"jobs[1].output: same output as jobs[0] ({shown('out', upper)}): {at('out', NFC)} "
          f"(NFC) and {at('out', upper)} (NFD) differ only in case and Unicode normalization "
          "(one accented letter written as one character or as two), which the file system "
          "there ignores, so they are one file; one would replace the other: give one of them "
@@ -356,7 +366,7 @@ def test_a_scan_of_s3_keys_differing_only_in_normalization_into_a_folder_ignorin
         "s3://b/in/b.tif"]
     out = local.output_for
     assert left_out == [
-        (f"{json.dumps(inputs[0])} and {json.dumps(inputs[1])}, whose outputs are one file: "
+        (f"{named(inputs[0])} and {named(inputs[1])}, whose outputs are one file: "
          f"{one_form(json.dumps(out(NFC)), json.dumps(out(NFD)), 'NFC NFD')}; one would "
          "replace the "
          "other: rename one of the inputs, or give scan.output a folder on a file system that "
@@ -412,7 +422,8 @@ def test_read_manifest_refuses_outputs_one_file_only_where_normalization_is_igno
     assert cli.main(["validate", manifest]) == 2
     out, err = capsys.readouterr()
     a, b = (json.dumps(str(tmp_path / "ignores" / "out" / n)) for n in (NFD, NFC))
-    assert (f"jobs[1].output: same output as jobs[0] ({b}): {one_form(a, b)}; one would "
+    assert (f"jobs[1].output: same output as jobs[0] ({named(json.loads(b))}): "
+            f"{one_form(a, b)}; one would "
             "replace the other: give one of them another name") in err, err
     assert out == ""
 

@@ -362,6 +362,36 @@ def test_an_output_may_not_be_an_input():
     ]
 
 
+def test_paths_in_problems_keep_their_letters(tmp_path, capsys: pytest.CaptureFixture):
+    """A path of accented letters is named as written (Müller), not in JSON's escapes
+    (M\\u00fcller), in every problem that quotes a location: the user must find the file."""
+    from pipeline import cli
+
+    name = "Müller été/scan 1.tif"
+    data = {"jobs": [job(input=name, output=name),
+                     job(input="b.tif", output=f"ré/{name}"),
+                     job(input="c.tif", output=f"ré/{name}"),
+                     job(input="d.tif", output="ré.tif"),
+                     job(input="e.tif", output="ré.tif/x.tif")]}
+    assert problems_of(data) == [
+        (f'jobs[2].output: same output as jobs[1] ("{at("ré", name)}"); one would replace the '
+        "other: give one of them another name"),
+        (f'jobs[4].output: "{at("ré.tif", "x.tif")}" is inside the output of jobs[3] '
+        f'("{at("ré.tif")}"), a file, not a folder: give one of them another path'),
+        (f'jobs[0].output: same location as its own input ("{at(name)}"); the output would '
+        "overwrite it")]
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"scan": {"input": "scans été", "output": "scans été/out"}}, "m.json",
+                       BASE)
+    assert (f'expected a location outside scan.input ("{at("scans été")}") and not containing '
+            f'it: outputs would be scanned as inputs, got "{at("scans été", "out")}"'
+            in str(info.value))
+    # as tiffpipe validate says it
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [job(input=name, output=name)]}))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
+    assert f'its own input ("{tmp_path / name}")' in capsys.readouterr().err
+
+
 def test_the_first_job_reading_an_output_is_named_and_big_manifests_check_in_linear_time(
         monkeypatch: pytest.MonkeyPatch):
     """An output that is some job's input names the first job reading it. Each location is

@@ -178,6 +178,12 @@ def _form(location: str) -> str:
     return "neither NFC nor NFD"
 
 
+def quoted(location: str) -> str:
+    """``location`` in double quotes for a message, its letters as written (Müller, not JSON's
+    M\\u00fcller: the user looks for the file by them); control characters escaped."""
+    return json.dumps(location, ensure_ascii=False)
+
+
 def _kept(first: str, second: str) -> str:
     """What a file system that would keep two spellings apart keeps."""
     what = _difference(first, second)
@@ -334,7 +340,7 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
             found.left_out["name_collision"] += 1 + len(others)
         for location, _, output in others if left_out is not None else []:
             left_out.append(
-                f"{json.dumps(first)} and {json.dumps(location)}, whose outputs are one "
+                f"{quoted(first)} and {quoted(location)}, whose outputs are one "
                 f"file{spelled_apart(output, first_output)}; one would replace the other: "
                 "rename one of the inputs, or give scan.output a folder on a file system "
                 f"that keeps {_kept(output, first_output)}")
@@ -395,9 +401,9 @@ def _parse_scan(scan: Any, defaults: Layer, base_dir: str, local: Local,
     src, dst = where["input"], where["output"]
     keys = None if src is None or dst is None else (_key(src, fold), _key(dst, fold))
     if keys is not None and (_inside(*keys) or _inside(*keys[::-1])):
-        problems.append(f"scan.output: expected a location outside scan.input ({json.dumps(src)}) "
+        problems.append(f"scan.output: expected a location outside scan.input ({quoted(src)}) "
                         f"and not containing it: outputs would be scanned as inputs, got "
-                        f"{json.dumps(dst)}")
+                        f"{quoted(dst)}")
     layer = parse_layer(scan, "scan", problems)
     eff = effective([defaults, layer])
     problems.extend(cross_problems(eff, layer))
@@ -533,7 +539,7 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
             first, written = outputs[key]
             case = spelled_apart(where["output"], written)
             problems.append(f"{path}.output: same output as jobs[{first}] "
-                            f"({json.dumps(written)}){case}; one would replace the other: "
+                            f"({quoted(written)}){case}; one would replace the other: "
                             "give one of them another name")
         else:
             outputs[key] = (i, where["output"])
@@ -559,8 +565,8 @@ def _nested_outputs(outputs: dict[str, Writer]) -> list[str]:
         if parent is not None:
             k, folder = outputs[parent]
             inside = leading(location, folder)
-            problem = (f"jobs[{i}].output: {json.dumps(location)} is inside the output of "
-                       f"jobs[{k}] ({json.dumps(folder)}){spelled_apart(inside, folder)}, a "
+            problem = (f"jobs[{i}].output: {quoted(location)} is inside the output of "
+                       f"jobs[{k}] ({quoted(folder)}){spelled_apart(inside, folder)}, a "
                        "file, not a folder: give one of them another path")
             nested.append((i, problem))
     return [problem for _, problem in sorted(nested)]
@@ -598,7 +604,7 @@ def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, Writer
             whose = "its own input" if i == j else f"the input of jobs[{j}]"
             case = spelled_apart(output, location)
             problems.append(f"jobs[{i}].output: same location as {whose} "
-                            f"({json.dumps(location)}){case}; the output would overwrite it" +
+                            f"({quoted(location)}){case}; the output would overwrite it" +
                             ("; give the output another name" if case else ""))
     return problems
 
