@@ -176,7 +176,7 @@ def test_jpeg_with_quality_and_small_output_tile_is_fine():
 
 
 @pytest.mark.parametrize("data, came", [
-    ([job()], '[{"input": "in/a.tif", "output": "out/a.tif"}]'),
+    ([7], "[7]"), ([], "[]"),  # (a list of jobs: told how to wrap it, below)
     ("jobs", '"jobs"'),
     (None, "null"),
 ])
@@ -186,11 +186,37 @@ def test_top_level_must_be_an_object(data, came):
 
 
 @pytest.mark.parametrize("data, came", [
-    ({}, "nothing"), ({"jobs": []}, "[]"), ({"jobs": {"input": "a"}}, '{"input": "a"}'),
+    ({}, "nothing"), ({"jobs": []}, "[]"), ({"jobs": {"a": 1}}, '{"a": 1}'),
     ({"jobs": None}, "null"),
 ])
 def test_jobs_must_be_a_non_empty_list(data, came):
     assert one_problem(data) == f"jobs: expected a non-empty list of jobs, got {came}"
+
+
+def test_a_job_where_a_manifest_or_a_list_belongs_is_told_how_to_wrap_it(
+        tmp_path, capsys: pytest.CaptureFixture):
+    """A new user's first manifest is often one job, or a list of jobs: told in one problem
+    how to write it ({"jobs": [...]}), not as three unknown fields and a missing "jobs"."""
+    from pipeline import cli
+
+    one = {"input": "a.tif", "output": "out/a.tif", "ops": [{"op": "invert"}]}
+    wrap = 'put it in a list under "jobs": {"jobs": [{"input": ...}]}'
+    assert problems_of(one) == [
+        f'manifest: this is one job (input, output, ops), not a manifest: {wrap}']
+    assert problems_of({"defaults": {"tile": 512}, **one}) == [
+        f'manifest: this is one job (input, output, ops), not a manifest: {wrap}']
+    assert problems_of([one, one]) == [
+        ('manifest: this is a list of 2 jobs, not a manifest: put it under "jobs": '
+        '{"jobs": [{"input": ...}, ...]}')]
+    assert problems_of([one])[0].startswith("manifest: this is a list of 1 job, not")
+    assert problems_of({"jobs": one}) == [
+        ('jobs: expected a non-empty list of jobs, got one job: put it in a list: '
+        '"jobs": [{"input": ...}]')]
+    (tmp_path / "m.json").write_text(json.dumps(one))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"tiffpipe: invalid manifest {tmp_path / 'm.json'}: 1 problem(s) in the manifest:\n"
+        f'  manifest: this is one job (input, output, ops), not a manifest: {wrap}\n')
 
 
 def test_unknown_top_level_fields_name_the_allowed_ones():

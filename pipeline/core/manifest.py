@@ -429,6 +429,17 @@ def parse_manifest(data: Any, source: str, base_dir: str) -> list[JobSpec]:
     return [] if isinstance(parsed, ScanSpec) else parsed
 
 
+def _is_job(data: Any) -> bool:
+    """Whether ``data`` looks like one job of a manifest (where a manifest, or the list of
+    its jobs, belongs): an object with an input or an output."""
+    return isinstance(data, dict) and bool(data.keys() & {"input", "output"})
+
+
+def _is_jobs(data: Any) -> bool:
+    """Whether ``data`` looks like a list of jobs (where a manifest belongs)."""
+    return isinstance(data, list) and bool(data) and all(map(_is_job, data))
+
+
 def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
                            local: Local = os.path.normpath,
                            fold: Fold | None = None) -> list[JobSpec] | ScanSpec:
@@ -440,10 +451,19 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
     :class:`ScanSpec` of a ``scan`` manifest.
     """
     problems: list[str] = []
+    if _is_jobs(data):
+        raise ManifestError(source, [
+            (f"manifest: this is a list of {len(data)} job{'' if len(data) == 1 else 's'}, "
+             'not a manifest: put it under "jobs": {"jobs": [{"input": ...}, ...]}')])
     if not isinstance(data, dict):
         message = (f"manifest: expected an object with \"jobs\" (and optionally "
                    f"\"defaults\"), got {show(data)}")
         raise ManifestError(source, [message])
+    if _is_job(data) and not data.keys() & {"jobs", "scan"}:
+        fields = ", ".join(k for k in data if k in JOB_FIELDS)
+        raise ManifestError(source, [
+            (f"manifest: this is one job ({fields}), not a manifest: put it in a list under "
+            '"jobs": {"jobs": [{"input": ...}]}')])
     if {"run_id", "manifest"} <= data.keys() and not data.keys() & {"defaults", "scan"}:
         # (every field of it unknown to a manifest, and its jobs results, not jobs)
         what = (f"run_id: this is the report of run {show(data['run_id'])} (tiffpipe run "
@@ -465,6 +485,8 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
     jobs = data.get("jobs")
     if not isinstance(jobs, list) or not jobs:
         came = "nothing" if "jobs" not in data else show(jobs)
+        if _is_job(jobs):
+            came = 'one job: put it in a list: "jobs": [{"input": ...}]'
         problems.append(f"jobs: expected a non-empty list of jobs, got {came}")
         jobs = []
 
