@@ -654,3 +654,54 @@ def test_pyramid_levels_carry_the_page_resolution_scaled(tmp_path: Path, fuse: b
             tags = _ifd_tags(path, level.offset)
             assert (Fraction(tags[282]), Fraction(tags[283]), tags[296]) == \
                 (x / reduction, y / reduction, RESUNIT_INCH)
+
+
+#: an IPTC-NAA (IIM) record as archives and Photoshop store it in tag 33723: record 2's
+#: version, caption, by-line and copyright notice (datasets 2:00, 2:120, 2:80, 2:116), padded
+#: to a multiple of 4 bytes as Photoshop pads it to store it as LONGs
+IPTC = (b"\x1c\x02\x00\x00\x02\x00\x04"
+        b"\x1c\x02\x78\x00\x18Map of the parish, 1850."
+        b"\x1c\x02\x50\x00\x0aJ. Surveyr"
+        b"\x1c\x02\x74\x00\x11(c) City Archives")
+IPTC += b"\0" * (-len(IPTC) % 4)
+
+
+def test_an_iptc_record_is_carried_byte_for_byte_through_any_chain(tmp_path: Path):
+    """Archives keep a scan's caption, creator and rights in its IPTC-NAA record (tag 33723):
+    it describes what was scanned, not the pixels, so it is carried as Copyright and Artist
+    are, byte for byte, whatever the chain (a copy, an access copy downsampled to JPEG, a
+    turn, a 1-bit OCR page). Photoshop stores it as LONGs (a big-endian file's bytes in file
+    order), other writers as UNDEFINED or BYTE: the output has the stored bytes, as
+    UNDEFINED, which Pillow's reader (``IptcImagePlugin.getiptcinfo``) parses back. Before,
+    it was left out without a word, on a plain copy too."""
+    from PIL import Image, IptcImagePlugin
+
+    longs = np.frombuffer(IPTC, ">u4")
+    tifffile.imwrite(tmp_path / "be_long.tif", pattern(60, 80, 3, "uint8", 1), byteorder=">",
+                     photometric="rgb", metadata=None,
+                     extratags=[(33723, "I", len(longs), tuple(int(v) for v in longs), True)])
+    tifffile.imwrite(tmp_path / "le_undefined.tif", pattern(60, 80, 1, "uint8", 2),
+                     photometric="minisblack", metadata=None,
+                     extratags=[(33723, 7, len(IPTC), IPTC, True)])
+    chains = {"copy": {}, "access": {"ops": [{"op": "downsample", "factor": 2}],
+                                     "output_options": {"compression": "jpeg"}},
+              "turned": {"ops": [{"op": "rotate", "angle": 90}]},
+              "ocr": {"ops": [{"op": "to_gray"}, {"op": "otsu_threshold"}],
+                      "output_options": {"bilevel": True, "compression": "group4"}}}
+    jobs = [{"input": str(tmp_path / f"{name}.tif"), "output": str(tmp_path / f"{name}-{c}.tif"),
+             **job} for name in ("be_long", "le_undefined") for c, job in chains.items()]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": jobs}))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--quiet", "--no-contact-sheet"]) == 0
+    for job in jobs:
+        with tifffile.TiffFile(job["output"]) as tf:
+            (page,) = tf.pages
+            assert int(page.tags[33723].dtype) == 7, job["output"]
+            assert _raw(page, 33723) == IPTC, job["output"]
+        with Image.open(job["output"]) as im:
+            info = IptcImagePlugin.getiptcinfo(im)
+        assert info[(2, 120)] == b"Map of the parish, 1850."
+        assert info[(2, 116)] == b"(c) City Archives"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli.main(["inspect", str(tmp_path / "be_long.tif")])
+    assert out.getvalue().rstrip().endswith("; kept: resolution, IPTC")

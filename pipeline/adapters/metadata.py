@@ -3,13 +3,14 @@
 Read from the IFD when a job is planned (:func:`read_metadata`, stored JSON-safe in
 ``PageInfo.metadata``, so the plan stays small), written by merge (:func:`output_tags`, the
 keyword arguments of ``tifffile.TiffWriter.write``). What is kept and what is not, and why, is
-listed in the README ("Metadata").
+listed in docs/inputs.md ("Metadata").
 
 Rules:
 - resolution and its unit are kept; when the op chain changes the page size they are scaled
   so that a pixel keeps its physical size (``downsample`` by k: resolution / k);
 - ImageDescription, DateTime, PageName, DocumentName, Make, Model, Artist, HostComputer,
-  Copyright, Orientation and GDAL_NODATA are copied byte for byte, except descriptions that
+  Copyright, IPTC (as UNDEFINED, whatever type it was stored as), Orientation and
+  GDAL_NODATA are copied byte for byte, except descriptions that
   describe the input file's own layout (OME-XML, ImageJ, tifffile's shaped JSON, libvips's
   properties): they would be wrong for the output, so they are dropped; an Aperio
   description (it states the page's size and pixel size) is kept as the GeoTIFF tags are,
@@ -40,7 +41,7 @@ Rules:
   band's set of values and all but the band's name through one that remaps values, but
   a band's scale, offset and unit are rescaled through a linear map (``linear``: a convert
   that clips nothing, invert of integers, the reader's miniswhite ``max - v``);
-- nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, IPTC, Photoshop,
+- nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, Photoshop,
   PageNumber, private tags).
 - Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
   :data:`VALUE_MAX` bytes is dropped (the plan of a many-page job must stay small).
@@ -80,8 +81,11 @@ VALUE_MAX = 64 * 1024
 KEPT_TAGS = {
     269: "DocumentName", 270: "ImageDescription", 271: "Make", 272: "Model", 274: "Orientation",
     285: "PageName", 306: "DateTime", 315: "Artist", 316: "HostComputer", 33432: "Copyright",
-    42113: "GDAL_NODATA",
+    33723: "IPTC", 42113: "GDAL_NODATA",
 }
+#: IPTC-NAA: a scan's caption, creator, rights (IIM datasets, bytes), which Photoshop stores
+#: as LONGs: carried as the bytes stored, written UNDEFINED (:func:`_carry`)
+IPTC = 33723
 #: copied byte for byte only when the output page has the input page's size
 SPATIAL_TAGS = {
     700: "XMP", 33550: "ModelPixelScaleTag", 33922: "ModelTiepointTag",
@@ -155,6 +159,8 @@ def _carry(tag: tifffile.TiffTag, byteorder: str) -> list[Any] | None:
     data = _raw(tag)
     if len(data) != tag.valuebytecount:
         return None  # truncated file: the tag is not carried rather than carried damaged
+    if tag.code == IPTC:  # a byte stream whatever its type: LONGs swapped would garble it
+        return [tag.code, 7, len(data), _b64(data)]
     if kind in _BYTE_TYPES:
         if tag.code == 270 and is_structural_description(data):
             return None
