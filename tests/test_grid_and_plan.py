@@ -747,3 +747,29 @@ def test_columns_still_read_bound_each_band_by_the_reads_left_in_it():
 def test_columns_still_read_bound_nothing_unless_the_reads_go_down(reads):
     """Reads that do not go down (a later one starts higher), none, or one: no bound."""
     assert columns_still_read(reads) == [None] * len(reads)
+
+
+def test_the_pages_a_chain_fits_are_named_with_the_pages_that_run_them():
+    """``pages_that_fit``: a job refused on some of its pages names the others as a
+    ``pages`` list in the job's order (one page: "page 4 has ... [4] to run it"); a long
+    book's list is not spelled out (a Lambda error's message would carry thousands of
+    numbers); nothing when every page is refused, a problem is the job's own, or the problem
+    says it already (a crop's box)."""
+    fit = plan_mod.pages_that_fit
+    plate = ["page 2: ops[0] (otsu_threshold): needs 1 channel(s)"]
+    assert fit(plate, [4, 2], []) == (
+        'page 4 has none of these problems: give this job "pages": [4] to run it, and page 2 '
+        "a job of its own with ops and output options that fit it")
+    assert fit(plate + ["page 5: the same"], [5, 2, 0, 1], [7]) == (
+        'pages 0-1 have none of these problems: give this job "pages": [0, 1] to run them, '
+        "and pages 2, 5, 7 a job of their own with ops and output options that fit them")
+    book = list(range(500))
+    assert fit(plate, book, []) == (
+        'pages 0-1, 3-499 have none of these problems: give this job "pages" with them (499 '
+        "pages, in the job's order) to run them, and page 2 a job of its own with ops and "
+        "output options that fit it")
+    assert fit(plate, [2], []) == fit([], [0, 1], [2]) == ""
+    assert fit(plate + ["the output would have 2 pages"], [0, 2], []) == ""
+    crop = ('page 1: the box ...; or give this job "pages" with the pages that hold the box '
+            "(0) and page 1 a job of its own")
+    assert fit([crop], [0, 1], []) == ""

@@ -433,3 +433,35 @@ def test_a_file_cut_short_is_named_before_any_pixel_is_read(tmp_path: Path,
         planned = handlers.process_handler({"action": "plan_job", "run": run["run"],
                                             "job": job})
         assert planned["tiles"] > 0
+
+
+def test_a_chain_that_fits_some_pages_names_them_and_how_to_run_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A scanned book of gray text pages and a colour plate, binarised for OCR: the chain
+    fits the text pages only. The problem names the plate, and then the pages the chain
+    fits and the job's "pages" that runs them (in the job's order), in validate --inputs and
+    in PlanJob's error alike; a job whose every page is refused gets no such line."""
+    book = tmp_path / "book.tif"
+    with tifffile.TiffWriter(book) as w:
+        for shape in ((60, 40), (60, 40), (70, 50, 3), (80, 40)):  # page 2: the plate
+            w.write(np.full(shape, 200, np.uint8), photometric="rgb" if len(shape) == 3
+                    else "minisblack")
+    ocr = {"ops": [{"op": "otsu_threshold"}], "output_options": {"bilevel": True}}
+    manifest = _manifest(tmp_path, [
+        {"input": str(book), "output": str(tmp_path / "ocr.tif"), **ocr},
+        {"input": str(book), "output": str(tmp_path / "some.tif"), "pages": [3, 2, 0], **ocr},
+        {"input": str(book), "output": str(tmp_path / "plate.tif"), "pages": [2], **ocr}])
+    hint = ('pages {ok} have none of these problems: give this job "pages": [{listed}] to '
+            'run them, and page 2 a job of its own with ops and output options that fit it')
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    blocks = re.split(r"^  jobs\[", err, flags=re.MULTILINE)[1:]
+    assert "    page 2: ops[0] (otsu_threshold): otsu_threshold needs 1 channel(s)" in blocks[0]
+    assert blocks[0].endswith("\n    " + hint.format(ok="0-1, 3", listed="0, 1, 3") + "\n")
+    assert blocks[1].endswith("\n    " + hint.format(ok="0, 3", listed="3, 0") + "\n")
+    assert "have none of these problems" not in blocks[2]
+    run = handlers.split_handler({"action": "plan_run", "manifest": str(manifest),
+                                  "work": str(tmp_path / "work") + "/", "run_id": "r1"})
+    with pytest.raises(TiffpipeError) as caught:
+        handlers.process_handler({"action": "plan_job", "run": run["run"], "job": 0})
+    assert str(caught.value).endswith("; " + hint.format(ok="0-1, 3", listed="0, 1, 3"))

@@ -202,6 +202,40 @@ def grouped_by_page(problems: list[str]) -> list[str]:
             for (paged, what), pages in groups.items()]
 
 
+#: the most pages :func:`pages_that_fit` spells out as a job's ``pages`` (a book of 3,000
+#: pages would make the error, which a Step Functions execution carries, ~15 KB)
+FIT_PAGES_LISTED = 50
+
+
+def pages_that_fit(problems: list[str], pages: list[int], refused: list[int]) -> str:
+    """What a job whose chain or output options fit some of its pages only can do (""
+    when it cannot, or is told already): ``problems``, the plan's ("page N: ...");
+    ``pages``, the pages planned, in the job's order; ``refused``, pages the reader refused.
+    A scanned book binarised for OCR whose colour plate ``otsu_threshold`` refuses is
+    named with the pages that would run, as the job's ``pages`` that runs them. Not said
+    when a problem is not of a page (the job's own), or says it already (a crop's box)."""
+    bad = set(refused)
+    for problem in problems:
+        head, sep, _ = problem.partition(": ")
+        number = head.removeprefix("page ")
+        if not (sep and head.startswith("page ") and number.isdigit()) \
+                or 'give this job "pages"' in problem:
+            return ""
+        bad.add(int(number))
+    fits = [page for page in pages if page not in bad]
+    if not problems or not fits:
+        return ""
+    one_fits, one_bad = len(set(fits)) == 1, len(bad) == 1
+    listed = (f"\"pages\": [{', '.join(map(str, fits))}]" if len(fits) <= FIT_PAGES_LISTED
+              else f"\"pages\" with them ({len(fits)} pages, in the job's order)")
+    return (f"{'page' if one_fits else 'pages'} {_ranges(fits)} "
+            f"{'has' if one_fits else 'have'} none of these problems: give this job "
+            f"{listed} to run {'it' if one_fits else 'them'}, and "
+            f"{'page' if one_bad else 'pages'} {_ranges(sorted(bad))} a job of "
+            f"{'its' if one_bad else 'their'} own with ops and output options that fit "
+            f"{'it' if one_bad else 'them'}")
+
+
 def masks_left_out(spec: JobSpec) -> str:
     """Why the job's output carries no internal mask of its input's pages (""): it does
     (pipeline.steps.masks). A mask moves with its page through rotate, flip and crop, no

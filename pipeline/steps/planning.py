@@ -26,6 +26,7 @@ from pipeline.core.plan import (
     left_out_note,
     make_plan,
     masks_left_out,
+    pages_that_fit,
     single_task,
 )
 from pipeline.core.thumbs import contact_sheet_url
@@ -352,7 +353,10 @@ def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: boo
                                             refused=refused, reads=job_reads(spec.ops))
     plan, problems = plan_pages(job, spec, infos, work, started, version, left_out)
     refusals = [page_problem(spec.input, page, exc) for page, exc in refused or []]
-    return plan, refusals + problems
+    # (a book's colour plate refused by a chain for its text pages: which pages would run)
+    fit = pages_that_fit(problems, [info.index for info in infos],
+                         [page for page, _ in refused or []])
+    return plan, refusals + problems + ([fit] if fit else [])
 
 
 def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, started: float,
