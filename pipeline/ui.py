@@ -266,8 +266,9 @@ def left_out_lines(report: dict[str, Any], limit: int) -> list[str]:
     noted = [j for j in report["jobs"] if j.get("message") and j.get("status") == "SUCCEEDED"]
     lines = [f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}" for j in noted[:limit]]
     if len(noted) > limit:
-        lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) left pages out: "
-                     "each job's message in the report says which and why")
+        lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) with a note (pages "
+                     "left out, or 1-bit pages written 8-bit): each job's message in the "
+                     "report says which and why")
     return lines
 
 

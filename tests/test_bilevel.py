@@ -577,3 +577,46 @@ def test_a_run_fails_those_jobs_when_planned_and_runs_the_others(graying):
     blurred = cv2.GaussianBlur(scan, (0, 0), 2)
     assert_pages(bits_read(tmp / "out" / "scan_blur_threshold.tif"),
                  [np.where(blurred > 150, 255, 0).astype(np.uint8)], "scan_blur_threshold")
+
+
+def test_1bit_pages_written_8bit_are_told_with_what_keeps_them_1bit(tmp_path, capsys):
+    """A scanned book of 1-bit text pages and a colour plate, copied or cropped without
+    ``bilevel``: its text pages come out 8-bit (0 and 255, up to 8 times the bytes), which
+    the job's message says, naming them and the option (and that the plate then needs a job
+    of its own); `tiffpipe run` says it on stderr, as it says pages left out. Not said of a
+    job that writes them 1-bit, grays them (a blur), writes JPEG, or of 8-bit pages."""
+    text = np.where(scan_page(1, 60, 50) < 128, False, True)
+    with tifffile.TiffWriter(tmp_path / "book.tif") as tw:
+        tw.write(text, photometric="miniswhite")
+        tw.write(np.zeros((40, 30, 3), np.uint8), photometric="rgb")
+        tw.write(text[::-1], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "gray.tif", scan_page(2, 30, 30))
+    crop = [{"op": "crop", "x": 2, "y": 2, "width": 20, "height": 20}]
+    jobs = {"copy": {}, "crop": {"ops": crop}, "text": {"pages": [2, 0]},
+            "turned": {"pages": [0], "ops": [{"op": "rotate", "angle": 90}]},
+            "bilevel": {"pages": [0, 2], "output_options": {"bilevel": True}},
+            "blur": {"ops": [{"op": "gaussian_blur", "sigma": 1}]},
+            "jpeg": {"output_options": {"compression": "jpeg"}}, "gray": {}}
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": "gray.tif" if name == "gray" else "book.tif", "output": f"out/{name}.tif", **job}
+        for name, job in jobs.items()]}))
+    assert cli.main(["run", str(manifest), "--quiet", "--no-contact-sheet"]) == 0
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    messages = {name: job.get("message") for name, job in zip(jobs, report["jobs"],
+                                                                strict=True)}
+    told = ('pages 0, 2 are 1-bit in the input, written as 8-bit gray (0 and 255): '
+            '"output_options": {"bilevel": true} writes them 1-bit again ("compression": '
+            '"group4" for CCITT G4)')
+    assert messages == {
+        "copy": told + "; it writes every page of its job so: give page 1 a job of its own",
+        "crop": told + "; it writes every page of its job so: give page 1 a job of its own",
+        "text": told, "turned": 'page 0 is 1-bit in the input, written as 8-bit gray (0 and '
+        '255): "output_options": {"bilevel": true} writes it 1-bit again ("compression": '
+        '"group4" for CCITT G4)', "bilevel": None, "blur": None, "jpeg": None, "gray": None}
+    with tifffile.TiffFile(tmp_path / "out" / "text.tif") as tf:
+        assert [page.bitspersample for page in tf.pages] == [8, 8]  # (as before: told)
+    err = capsys.readouterr().err
+    assert f"tiffpipe: job 0 ({tmp_path / 'book.tif'}): {told}; it writes" in err
+    assert "tiffpipe: ... and 1 more job(s) with a note (pages left out, or 1-bit pages " \
+        "written 8-bit): each job's message in the report says which and why" in err

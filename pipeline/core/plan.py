@@ -292,6 +292,30 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
     return "; ".join(parts)
 
 
+def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
+    """What a job's result says of its 1-bit input pages written 8-bit ("" none is): a
+    copy (or crop, turn: a chain whose every op keeps black and white, ``Op.binary``) of a
+    scanned book's CCITT text pages without ``output_options.bilevel`` writes them as 8-bit
+    gray of 0 and 255, up to 8 times the bytes, which nothing said. Not of a chain that
+    changes their values (a blur: the 8 bits hold its grays), nor of a JPEG or pyramid
+    output, which holds no 1-bit page."""
+    options = spec.output_options
+    if options.bilevel or options.compression == "jpeg" or options.pyramid or any(
+            call.op.binary(call.params) != "keeps" for call in chain_from_json(spec.ops)):
+        return ""
+    ones = [page.info.index for page in pages if page.info.conversion.startswith("bilevel")
+            and page.out_channels == 1 and page.out_dtype in ("", "uint8")]
+    if not ones:
+        return ""
+    others = sorted({page.info.index for page in pages} - set(ones))
+    return (f"{_pages(ones)} {'are' if len(ones) > 1 else 'is'} 1-bit in the input, written "
+            'as 8-bit gray (0 and 255): "output_options": {"bilevel": true} writes '
+            f"{'them' if len(ones) > 1 else 'it'} 1-bit again (\"compression\": \"group4\" "
+            "for CCITT G4)" + (f"; it writes every page of its job so: give {_pages(others)} "
+                               f"a job of {'their' if len(others) > 1 else 'its'} own"
+                               if others else ""))
+
+
 def _pages(numbers: list[int]) -> str:
     """"page 3" or "pages 1, 4-5"."""
     return f"page{'s' if len(numbers) > 1 else ''} {_ranges(numbers)}"

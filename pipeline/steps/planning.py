@@ -26,6 +26,7 @@ from pipeline.core.plan import (
     left_out_note,
     make_plan,
     masks_left_out,
+    one_bit_note,
     pages_that_fit,
     single_task,
 )
@@ -371,6 +372,8 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     note = left_out_note(left_out, spec.output_options.pyramid, masks_why,
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
+    if one_bit := one_bit_note(spec, plan.pages):  # (a book's fax pages copied 8-bit)
+        plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit) if n))
     return plan, problems + output_problems(plan)
 
 
