@@ -417,7 +417,8 @@ def _page_text(p: dict[str, Any]) -> str:
         line += f"; overview of page {p['of']}: left out by a job without pages"
     if p.get("levels"):
         line += ("; pyramid levels (SubIFDs): " + ", ".join(f"{w} x {h}" for w, h in p["levels"])
-                 + " (a job makes its own: output_options.pyramid)")
+                 + " (left out by a job: set output_options.pyramid for levels made from "
+                 "the processed pixels)")
     if p.get("kept"):
         line += "; kept: " + ", ".join(p["kept"])
     if p.get("band_items"):

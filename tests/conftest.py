@@ -164,6 +164,17 @@ def pyramid_levels(path: str) -> list[list[tuple[np.ndarray, dict[int, Any]]]]:
     return out
 
 
+def write_ome_pyramid(path: Path, planes: np.ndarray, tile: int = 64) -> None:
+    """An OME-TIFF pyramid as QuPath, bfconvert and tiffpipe's ``pyramid`` write one: the
+    planes (CYX, gray) as pages, each with its levels by 2 and 4 as its SubIFDs."""
+    with tifffile.TiffWriter(path, ome=True) as w:
+        w.write(planes, subifds=2, tile=(tile, tile), photometric="minisblack",
+                metadata={"axes": "CYX"})
+        for f in (2, 4):
+            w.write(planes[:, ::f, ::f], subfiletype=1, tile=(tile, tile),
+                    photometric="minisblack")
+
+
 def one_bit_pages_state_their_bits(path: Any) -> int:
     """Check that every page of the TIFF ``path`` (or an ``io.BytesIO``; SubIFDs too) has its
     IFD entries in ascending order of code, and that every 1-bit page states BitsPerSample 1

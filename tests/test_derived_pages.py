@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import write_ome_pyramid
 
 from pipeline import cli
 from pipeline.adapters.tiff_read import read_infos
@@ -381,3 +382,30 @@ def test_estimate_counts_the_pages_a_run_processes(runs, tmp_path):
     text = out.getvalue()
     assert "jobs[0] 1 page(s)" in text and "jobs[1] 2 page(s)" in text
     assert "    pages 4-5 left out: the transparency masks" in text
+
+
+def test_a_pages_subifd_levels_left_out_are_said_as_overview_pages_are(tmp_path):
+    """An OME-TIFF pyramid (each plane's levels its SubIFDs, as QuPath, bfconvert and
+    tiffpipe's ``pyramid`` write it): a job drops the levels either way (they would not
+    match the processed pixels); its report entry says so, and to set
+    ``output_options.pyramid``, as it does of overviews stored as pages. It said nothing:
+    the levels went without a word (docs/outputs.md said the entry tells to set it)."""
+    src = tmp_path / "pyramid.ome.tif"
+    planes = np.stack([image(seed=s)[..., 0] for s in (5, 6)])
+    write_ome_pyramid(src, planes, tile=128)
+    jobs, stderr = run(tmp_path, {
+        "flat": {"input": str(src), "ops": BLUR},
+        "one": {"input": str(src), "ops": BLUR, "pages": [1]},
+        "levels": {"input": str(src), "ops": BLUR,
+                   "output_options": {"pyramid": True, "tile": 64}}})
+    assert [j["status"] for j in jobs.values()] == ["SUCCEEDED"] * 3
+    said = ("left out, which would not match the processed pixels: set output_options.pyramid "
+            "for levels made from them")
+    assert jobs["flat"]["message"] == f"the reduced-resolution levels (SubIFDs) of pages 0-1 {said}"
+    assert jobs["one"]["message"] == f"the reduced-resolution levels (SubIFDs) of page 1 {said}"
+    assert jobs["levels"]["message"] == (
+        "the reduced-resolution levels (SubIFDs) of pages 0-1 left out, which would not match "
+        "the processed pixels: the output's levels (output_options.pyramid) are made from them")
+    assert [levels for *_, levels in pages_of(jobs["flat"]["output"])] == [0, 0]
+    assert [levels for *_, levels in pages_of(jobs["levels"]["output"])] == [3, 3]
+    assert f"tiffpipe: job 0 ({src}): {jobs['flat']['message']}" in stderr

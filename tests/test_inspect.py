@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from conftest import LIBTIFF_CORPUS, gdal_masked, moto_s3
+from conftest import LIBTIFF_CORPUS, gdal_masked, moto_s3, write_ome_pyramid
 
 from pipeline import cli
 from pipeline.adapters import tiff_read
@@ -274,18 +274,13 @@ def test_a_pages_subifd_levels_are_shown(tmp_path: Path, capsys: pytest.CaptureF
     with "pyramid": true) can be seen; they said nothing of them."""
     path = tmp_path / "pyramid.ome.tif"
     planes = np.zeros((2, 200, 300), np.uint16)
-    with tifffile.TiffWriter(path, ome=True) as w:
-        w.write(planes, subifds=2, tile=(64, 64), photometric="minisblack",
-                metadata={"axes": "CYX"})
-        for f in (2, 4):
-            w.write(planes[:, ::f, ::f], subfiletype=1, tile=(64, 64),
-                    photometric="minisblack")
+    write_ome_pyramid(path, planes)
     code, out, err = _inspect(capsys, str(path))
     assert code == 0 and err == ""
     assert out.splitlines()[1] == (
         "  pages 0-1 (2 pages): 300 x 200, 1 x uint16 gray; none, tiles 64 x 64; pyramid "
-        "levels (SubIFDs): 150 x 100, 75 x 50 (a job makes its own: output_options.pyramid); "
-        "kept: resolution, OME name")
+        "levels (SubIFDs): 150 x 100, 75 x 50 (left out by a job: set output_options.pyramid "
+        "for levels made from the processed pixels); kept: resolution, OME name")
     code, out, _ = _inspect(capsys, str(path), "--json")
     pages = json.loads(out)["files"][0]["pages"]
     assert [p["levels"] for p in pages] == [[[150, 100], [75, 50]]] * 2

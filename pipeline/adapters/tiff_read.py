@@ -1144,7 +1144,9 @@ def read_window(tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index:
 #: the page is a transparency mask of another page
 REDUCED_IMAGE, TRANSPARENCY_MASK = 0b1, 0b100
 #: what a job leaves out by default: (page index, "mask" or "reduced", the image page before
-#: it, which it is derived from, or None; whether a mask is a reduced page's: NewSubfileType 5)
+#: it, which it is derived from, or None; whether a mask is a reduced page's: NewSubfileType 5);
+#: and what every job leaves out: (page index, "levels", that page, False) of a page that
+#: holds reduced-resolution levels as its SubIFDs (an OME-TIFF pyramid), never read
 LeftOut = tuple[int, str, int | None, bool]
 
 
@@ -1278,7 +1280,8 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
     """:func:`read_infos`, and the version of the input read (:func:`storage.version_of`:
     what the job's units must find), from the one open of it. ``left_out``: a list that
     gets the pages left out (when ``pages`` is None: masks and overviews,
-    :func:`classified`), for the job's note. The chain of pages must end
+    :func:`classified`) and the pages read whose SubIFD levels are (:data:`LeftOut`), for the
+    job's note. The chain of pages must end
     cleanly (:func:`check_chain_end`) when every page is asked for, or one beyond those
     read: pages asked for of a file cut short after them are read. A listed mask page is an
     UnsupportedTiffError naming the image pages to list instead; a listed reduced-resolution
@@ -1322,6 +1325,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
                     image_pages += 1
                     if (info := info_of(page, i)) is not None:
                         infos.append(info)
+                        left.extend(_subifd_levels(page, i))
             if not image_pages:
                 raise UnsupportedTiffError(
                     f"{url}: has no image page to process: its {count} page(s) are "
@@ -1358,6 +1362,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
                 if why:  # an overview, processed as a page of its own
                     _unmark_reduced(info)
                 infos.append(_with_mask(tf, url, count, page, info))
+                left.extend(_subifd_levels(page, i))
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None
     except BaseException:
         stack.close()
@@ -1367,6 +1372,12 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
     else:
         kept_files.hand_over(_kept_key(url, st), tf, stack.close)
     return infos, version
+
+
+def _subifd_levels(page: tifffile.TiffPage, i: int) -> list[LeftOut]:
+    """The job's note of page ``i``'s SubIFD levels, which no job reads (it makes its own
+    with ``output_options.pyramid``): one entry when the page has any, none when not."""
+    return [(i, "levels", i, False)] if page.subifds else []
 
 
 def _with_mask(tf: tifffile.TiffFile, url: str, count: int, page: tifffile.TiffPage,

@@ -254,9 +254,10 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
                   pyramid: bool = False, masks_why: str = "",
                   carried: list[int] | None = None) -> str:
     """What a job's result says of the pages it left out (a job without ``pages``:
-    ``pipeline.adapters.tiff_read.classified``): which, and why; "" when none was. Each
-    entry is (page, "mask" or "reduced", the image page it derives from, whether a mask is
-    an overview's); the masks the output carries are not among them. ``masks_why``: why the
+    ``pipeline.adapters.tiff_read.classified``) and of the SubIFD levels any job leaves out:
+    which, and why; "" when none was. Each entry is (page, "mask", "reduced" or "levels",
+    the image page it derives from, whether a mask is an overview's); the masks the output
+    carries are not among them. ``masks_why``: why the
     output carries no mask (:func:`masks_left_out`), said of the masks it would carry;
     ``carried``: the pages whose masks it carries (the others left out are not theirs: an
     overview's mask, an 8-bit one, one not right after its page)."""
@@ -289,6 +290,12 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
                         if pyramid else "set output_options.pyramid for levels made from them")
                      + " (or list the pages in the job's pages to process each as a page of "
                      "its own)")
+    levels = [i for i, kind, _, _ in left_out if kind == "levels"]
+    if levels:
+        parts.append(f"the reduced-resolution levels (SubIFDs) of {_pages(levels)} left out, "
+                     "which would not match the processed pixels: "
+                     + ("the output's levels (output_options.pyramid) are made from them"
+                        if pyramid else "set output_options.pyramid for levels made from them"))
     return "; ".join(parts)
 
 
