@@ -61,12 +61,25 @@ def write_multi(path: Path) -> None:
                  metadata={"Name": "Slide RGB", "Channel": {"Name": "Brightfield"}})
 
 
+#: a time-lapse z-stack's Plane elements, by plane (Z fastest, then C, then T): when, how
+#: long and where each was taken (the stage's X, Y and the focus Z)
+TCZYX_PLANES = {"DeltaT": [60.0 * (p // 6) + p for p in range(12)], "DeltaTUnit": ["s"] * 12,
+                "ExposureTime": [[20.0, 35.0, 5.0][p // 2 % 3] for p in range(12)],
+                "PositionX": [1200.5] * 12, "PositionY": [-340.25] * 12,
+                "PositionZ": [10.0 + 1.5 * (p % 2) for p in range(12)],
+                "PositionZUnit": ["\u00b5m"] * 12}
+
+
 def write_tczyx(path: Path) -> None:
     """A time-lapse z-stack as tifffile writes it (axes TCZYX: DimensionOrder XYZCT, Z
-    fastest), 2 x 3 x 2 planes, named channels, a pixel size of 0.25 µm."""
+    fastest), 2 x 3 x 2 planes, named channels, a pixel size of 0.25 µm, a Z step of 1500 nm,
+    a time step of 1 min, and each plane's time, exposure and stage position."""
     tifffile.imwrite(path, planes(12).reshape(2, 3, 2, H, W), ome=True, tile=(32, 32),
                      metadata={"axes": "TCZYX", "Name": "Live", "PhysicalSizeX": 0.25,
-                               "PhysicalSizeY": 0.25, "Channel": {"Name": ["H2B", "GFP", "BF"]}})
+                               "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1500,
+                               "PhysicalSizeZUnit": "nm", "TimeIncrement": 1,
+                               "TimeIncrementUnit": "min", "Plane": TCZYX_PLANES,
+                               "Channel": {"Name": ["H2B", "GFP", "BF"]}})
 
 
 def write_planes(path: Path) -> None:
@@ -125,6 +138,10 @@ JOBS: dict[str, dict[str, Any]] = {
     "tczyx_part": {"input": "tczyx.ome.tif", "pages": [0, 1], "output_options": {"ome": True}},
     "tczyx_reversed": {"input": "tczyx.ome.tif", "pages": list(range(11, -1, -1)),
                        "output_options": {"ome": True}},
+    "tczyx_down": {"input": "tczyx.ome.tif", "output_options": {"ome": True},
+                   "ops": [{"op": "downsample", "factor": 2}]},
+    "tczyx_cropped": {"input": "tczyx.ome.tif", "output_options": {"ome": True},
+                      "ops": [{"op": "crop", "x": 8, "y": 4, "width": 40, "height": 30}]},
     "damaged_plain": {"input": "damaged.ome.tif"},
 }
 
@@ -264,6 +281,44 @@ def test_every_plane_of_an_image_comes_out_as_that_image(run, tmp_path):
     assert [i["Name"] for i in ome_images(run["tczyx_part"])] == ["Live - H2B - Z=0 - T=0",
                                                                  "Live - H2B - Z=1 - T=0"]
     assert len(ome_images(run["tczyx_reversed"])) == 12
+
+
+def _planes_by_czt(pixels: dict[str, Any]) -> dict[tuple[int, int, int], dict[str, Any]]:
+    return {(p.pop("TheC"), p.pop("TheZ"), p.pop("TheT")): p
+            for p in map(dict, pixels["Plane"])}
+
+
+@pytest.mark.parametrize("name", ["tczyx_ome", "tczyx_down", "tczyx_cropped"])
+def test_a_kept_stack_keeps_its_z_and_time_steps_and_its_planes(run, tmp_path, name):
+    """The Image of a stack written whole keeps its Z step and time step (and their units)
+    whatever the per-plane ops, its pixel size scaled by a downsample, and each plane's
+    Plane (DeltaT, ExposureTime, PositionZ; PositionX/Y, where its pixels are on the stage,
+    while no op moves them: not after a crop). They were dropped: a z-stack came out with
+    no Z spacing, a time-lapse with no time."""
+    src = tmp_path / "tczyx.ome.tif"
+    write_tczyx(src)
+    with tifffile.TiffFile(src) as tf:
+        want = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert len(want["Plane"]) == 12 and want["PhysicalSizeZUnit"] == "nm"
+    (image,) = ome_images(run[name])
+    pixels = image["Pixels"]
+    kept = ("PhysicalSizeZ", "PhysicalSizeZUnit", "TimeIncrement", "TimeIncrementUnit")
+    assert {k: pixels.get(k) for k in kept} == {k: want[k] for k in kept} == {
+        "PhysicalSizeZ": 1500, "PhysicalSizeZUnit": "nm", "TimeIncrement": 1,
+        "TimeIncrementUnit": "min"}
+    assert pixels["PhysicalSizeX"] == pytest.approx(0.5 if name == "tczyx_down" else 0.25)
+    got, planes_in = _planes_by_czt(pixels), _planes_by_czt(want)
+    if name == "tczyx_cropped":
+        for plane in planes_in.values():
+            for key in ("PositionX", "PositionY"):
+                del plane[key]
+    assert got == planes_in and len(got) == 12
+    assert got[(1, 1, 1)] == {"DeltaT": 69.0, "DeltaTUnit": "s", "ExposureTime": 35.0,
+                              "PositionZ": 11.5, "PositionZUnit": "\u00b5m",
+                              **({} if name == "tczyx_cropped" else
+                                 {"PositionX": 1200.5, "PositionY": -340.25})}
+    # an Image a plane (some of the stack's planes) has no Z or time step of its own
+    assert all("PhysicalSizeZ" not in i["Pixels"] for i in ome_images(run["tczyx_part"]))
 
 
 def test_a_damaged_ome_xml_still_runs_without_names(run):

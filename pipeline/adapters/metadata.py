@@ -282,6 +282,15 @@ OME_CHANNEL_TEXT = ("Name", "AcquisitionMode", "ContrastMethod", "EmissionWavele
 OME_CHANNEL_NUMBERS = {"Color": int, "EmissionWavelength": float,
                        "ExcitationWavelength": float, "NDFilter": float, "PinholeSize": float,
                        "PockelCellSetting": int}
+#: the attributes of an OME Pixels that an Image of several planes kept whole carries (its
+#: Z step and time step, which no op changes: ops work plane by plane), numbers then units
+OME_STACK_NUMBERS = ("PhysicalSizeZ", "TimeIncrement")
+OME_STACK_UNITS = ("PhysicalSizeZUnit", "TimeIncrementUnit")
+#: the attributes of an OME Plane that tifffile's OME writer writes back (numbers, units);
+#: PositionX/Y (where the plane's pixels are on the stage) only while no op moves them
+OME_PLANE_NUMBERS = ("DeltaT", "ExposureTime", "PositionX", "PositionY", "PositionZ")
+OME_PLANE_UNITS = ("DeltaTUnit", "ExposureTimeUnit", "PositionXUnit", "PositionYUnit",
+                   "PositionZUnit")
 
 
 class OmeIfds:
@@ -343,8 +352,10 @@ def _ome_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
     ``channel``, the Channel's attributes that tifffile writes (:data:`OME_CHANNEL_TEXT`,
     :data:`OME_CHANNEL_NUMBERS`); ``samples``, its SamplesPerPixel; ``stack`` (an Image of
     several planes): the Image's index, the plane's, the plane count, the axes of the planes
-    (slowest first, ``"TZC"`` for DimensionOrder XYCZT), their sizes and the Image's name.
-    None: nothing to say."""
+    (slowest first, ``"TZC"`` for DimensionOrder XYCZT), their sizes and the Image's name,
+    and, when the OME-XML gives them, ``pixels`` (its Z and time steps,
+    :data:`OME_STACK_NUMBERS`) and ``plane_attrs`` (its Plane element's,
+    :data:`OME_PLANE_NUMBERS`). None: nothing to say."""
     found = _ome_of(page)
     if found is None:
         return None
@@ -372,6 +383,10 @@ def _ome_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
         out["stack"] = {"image": image["index"], "plane": plane, "planes": planes,
                         "axes": axes, "sizes": [sizes[axis] for axis in axes],
                         "title": image["name"]}
+        if image["steps"]:
+            out["stack"]["pixels"] = image["steps"]
+        if attrs := image["plane_attrs"].get(plane):
+            out["stack"]["plane_attrs"] = attrs
     return out if len(out) > 1 else None
 
 
@@ -412,7 +427,9 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
             image = {"index": index, "name": _ome_text(element.get("Name")),
                      "size": _ome_size(pixels),
                      "channels": [_ome_channel(c) for c in channels], "samples": samples,
-                     "sizes": sizes, "order": order}
+                     "sizes": sizes, "order": order,
+                     "steps": _ome_attributes(pixels, OME_STACK_NUMBERS, OME_STACK_UNITS),
+                     "plane_attrs": _ome_planes(children(pixels, "Plane"), sizes, order)}
             planes = sizes["C"] * sizes["Z"] * sizes["T"]
             listed = children(pixels, "TiffData")
             if not listed and (children(pixels, "BinData") or children(pixels, "MetadataOnly")):
@@ -447,12 +464,56 @@ def _ome_channel(element: Any) -> dict[str, str]:
         if text := _ome_text(element.get(key)):
             out[key] = text
     for key, kind in OME_CHANNEL_NUMBERS.items():
-        text = _ome_text(element.get(key))
-        try:
-            kind(text)
-        except ValueError:
+        if text := _ome_number(element, key, kind):
+            out[key] = text
+    return out
+
+
+def _ome_number(element: Any, key: str, kind: type = float) -> str:
+    """The text of an OME element's attribute ``key`` when it parses as a ``kind``, as
+    written; "" when missing or not such a number."""
+    text = _ome_text(element.get(key))
+    try:
+        kind(text)
+    except ValueError:
+        return ""
+    return text
+
+
+def _ome_attributes(element: Any, numbers: tuple[str, ...], units: tuple[str, ...]
+                    ) -> dict[str, str]:
+    """The ``numbers`` attributes of an OME element that parse as numbers, and the
+    ``units`` of those (each named after its number, + "Unit"), as written."""
+    out = {}
+    for key in numbers:
+        if not (text := _ome_number(element, key)):
             continue
         out[key] = text
+        if (unit := f"{key}Unit") in units and (text := _ome_text(element.get(unit))):
+            out[unit] = text
+    return out
+
+
+def _ome_planes(planes: list[Any], sizes: dict[str, int], order: list[str]
+                ) -> dict[int, dict[str, str]]:
+    """Each OME Plane's carried attributes (:data:`OME_PLANE_NUMBERS`) by the index of its
+    plane in the Image (its TheC, TheZ, TheT placed in DimensionOrder, as TiffData's
+    planes are); a Plane outside the Image's sizes, or with nothing to carry, is left out."""
+    out: dict[int, dict[str, str]] = {}
+    for element in planes:
+        try:
+            where = {axis: int(element.get(f"The{axis}", "0")) for axis in "CZT"}
+        except ValueError:
+            continue
+        index, stride = 0, 1
+        for axis in order:
+            if not 0 <= where[axis] < sizes[axis]:
+                break
+            index += where[axis] * stride
+            stride *= sizes[axis]
+        else:
+            if attrs := _ome_attributes(element, OME_PLANE_NUMBERS, OME_PLANE_UNITS):
+                out[index] = attrs
     return out
 
 

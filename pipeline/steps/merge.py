@@ -427,7 +427,8 @@ def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
     of multi-plane Images: tifffile's OME writer's, each other page an Image of its own as
     tifffile writes it, each run one Image of its input's axes, named after the input
     Image, with a Channel for each of its channels (the Channel of its plane at Z = T = 0,
-    while the chain keeps it: ``_ome_tags``)."""
+    while the chain keeps it: ``_ome_tags``), its Z and time steps and its Planes'
+    attributes (:func:`_stack_pixels`)."""
     omexml = tifffile.OmeXml()
     bilevel = plan.spec.output_options.bilevel  # (1-bit pages: tifffile's bool, Type "bit")
     i = 0
@@ -449,11 +450,32 @@ def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
                 stride *= size
             channels = [_page_tags(plan, plan.pages[i + c * stride])["metadata"].get("Channel")
                         or {} for c in range(sizes[axes.index("C")])]
-            meta.update(Name=stack["title"] or meta["Name"], Channel=channels)
+            meta.update(Name=stack["title"] or meta["Name"], Channel=channels,
+                        **_stack_pixels(plan, plan.pages[i:i + n]))
             omexml.addimage(dtype, tuple(sizes) + (h, w) + samples[0],
                             (n, 1, 1, h, w, s), axes=axes + "YX" + samples[1], **meta)
         i += n
     return omexml.tostring(declaration=True)
+
+
+#: Plane attributes that say where a plane's pixels are on the stage: wrong once an op
+#: moves them (crop, rotate, flip)
+_PLANE_PLACE = ("PositionX", "PositionXUnit", "PositionY", "PositionYUnit")
+
+
+def _stack_pixels(plan: JobPlan, run: list[PagePlan]) -> dict[str, Any]:
+    """``OmeXml.addimage`` keywords of the input Image whose planes, every one in its order,
+    ``run`` writes: its PhysicalSizeZ, TimeIncrement and their units (ops work plane by
+    plane: a Z step stays one), and its Planes' DeltaT, ExposureTime and PositionX/Y/Z,
+    output plane k the input's plane k (``Plane``: one dict a plane; without PositionX/Y
+    when the chain moves the pixels). {}: the input said none of them."""
+    meta = dict(_stack_of(run[0]).get("pixels") or {})
+    moved = page_placement(plan.spec.ops, run[0].info) is not None
+    planes = [{key: value for key, value in (_stack_of(p).get("plane_attrs") or {}).items()
+               if not (moved and key in _PLANE_PLACE)} for p in run]
+    if any(planes):
+        meta["Plane"] = planes
+    return meta
 
 
 def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
