@@ -164,6 +164,17 @@ def pyramid_levels(path: str) -> list[list[tuple[np.ndarray, dict[int, Any]]]]:
     return out
 
 
+#: the convert a JPEG output of a uint16 page whose header says no bit depth is told to end
+#: its ops with (pipeline.adapters.tile_codec._to_uint8)
+UINT16_TO_UINT8 = (
+    '{"op": "convert", "dtype": "uint8", "in_range": [low, high]} (low and high: the range the '
+    "page's values use, a 12-bit camera's [0, 4095]; without \"in_range\" a convert maps "
+    "uint16's whole range, 0..65535, onto 0..255, and 12-bit data ends at 16 or less), or put "
+    '{"op": "percentile_stretch"} before a plain {"op": "convert", "dtype": "uint8"} (it '
+    "spreads each page's own 1st to 99th percentile over 0..65535; docs/manifest-and-ops.md, "
+    '"Convert another sample type")')
+
+
 def write_ome_pyramid(path: Path, planes: np.ndarray, tile: int = 64) -> None:
     """An OME-TIFF pyramid as QuPath, bfconvert and tiffpipe's ``pyramid`` write one: the
     planes (CYX, gray) as pages, each with its levels by 2 and 4 as its SubIFDs."""

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from conftest import UINT16_TO_UINT8
 from sample_types_ref import ALL, ref_op, typed_image
 from test_exactness import run_tiled
 from test_sample_types import plan_problems, write_bands
@@ -232,8 +233,7 @@ def test_jpeg_of_the_wrong_type_and_band_count_says_both(tmp_path):
         ("page 0: jpeg output needs uint8 pixels and 1 or 3 bands (channels), the output is "
          "uint16 with 13 bands: JPEG holds gray or RGB of 8 bits only; add "
          '{"op": "select_bands", "bands": [0, 1, 2]} to the ops (or the bands you want, 1 or '
-         '3) and end them with {"op": "convert", "dtype": "uint8"}, or choose zstd, deflate, '
-         "lzw or none")]
+         '3) and end them with ' + UINT16_TO_UINT8 + ", or choose zstd, deflate, lzw or none")]
     fixed = [{"op": "select_bands", "bands": [0, 1, 2]}, {"op": "convert", "dtype": "uint8"}]
     assert _jpeg_problems(tmp_path, src, fixed) == []
     cmyk = tmp_path / "cmyk16.tif"

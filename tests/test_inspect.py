@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from conftest import LIBTIFF_CORPUS, gdal_masked, moto_s3, write_ome_pyramid
+from conftest import (
+    LIBTIFF_CORPUS,
+    UINT16_TO_UINT8,
+    gdal_masked,
+    moto_s3,
+    write_ome_pyramid,
+)
 
 from pipeline import cli
 from pipeline.adapters import tiff_read
@@ -246,9 +252,8 @@ def test_ops_are_checked_against_the_output_options_given(tmp_path: Path,
                             '{"compression": "jpeg"}')
     assert code == 1
     assert out.splitlines()[2] == ("    ops: cannot run: jpeg output needs uint8 pixels, the "
-                                   "output is uint16; end the ops with "
-                                   '{"op": "convert", "dtype": "uint8"}, or choose zstd, '
-                                   "deflate, lzw or none")
+                                   f"output is uint16; end the ops with {UINT16_TO_UINT8}, or "
+                                   "choose zstd, deflate, lzw or none")
     code, out, _ = _inspect(capsys, str(path), "--output-options",
                             '{"compression": "deflate", "tile": 16}', "--json")
     assert code == 0 and json.loads(out)["files"][0]["pages"][0]["ops"]["runs"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from conftest import LIBTIFF_CORPUS, moto_s3
+from conftest import LIBTIFF_CORPUS, UINT16_TO_UINT8, moto_s3
 from test_cli import _kept_apart, hint_of
 from test_hostile_inputs import _classic_tiff
 
@@ -152,8 +152,8 @@ def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
         "\"uint8\"} before it, with an \"in_range\" on float pages (or use normalize, or "
         "percentile_stretch on 8 and 16-bit pages, instead)\n")
     assert by_job[9].endswith(": OperationError\n    page 0: jpeg output needs uint8 pixels, "
-                              'the output is uint16; end the ops with {"op": "convert", '
-                              '"dtype": "uint8"}, or choose zstd, deflate, lzw or none\n')
+                              f"the output is uint16; end the ops with {UINT16_TO_UINT8}, or "
+                              "choose zstd, deflate, lzw or none\n")
     assert f"{inp / 'notes.tif'}: not a TIFF file (it begins b'not " in by_job[10]
     assert "NotATiffError" in by_job[10]
     assert "ops[0] (select_bands): bands[1] is 5, the page has 3 band(s) (indices 0 to 2)" \

@@ -344,6 +344,27 @@ def _ome_pixel_size(out: dict[str, Any], page: tifffile.TiffPage) -> None:
         _per_cm(out, 1 / size[0], 1 / size[1])
 
 
+def sample_top(page: tifffile.TiffPage, dtype: np.dtype) -> list[Any] | None:
+    """[the largest value, the header that says it] of a page of unsigned samples wider than
+    8 bits read as ``dtype``, when its header says one below the type's maximum: its
+    MaxSampleValue (the largest of its samples'), or 2**SignificantBits - 1 of an OME-TIFF
+    plane's Image (Bio-Formats writes 12 for a 12-bit camera's uint16); None: not said.
+    What the JPEG refusal's convert hint gives as ``in_range`` (``tile_codec``)."""
+    if dtype.kind != "u" or dtype.itemsize == 1:
+        return None
+    full, tops = int(np.iinfo(dtype).max), []
+    value = page.tags.valueof(281)
+    try:
+        most = max(int(v) for v in (value if isinstance(value, tuple) else (value,)))
+        tops.append([most, "MaxSampleValue"])
+    except (TypeError, ValueError):
+        pass  # (none, or not a number)
+    found = _ome_of(page)
+    if found and (bits := found[0].get("bits", 0)):
+        tops.append([2 ** bits - 1, f"OME SignificantBits {bits}"])
+    return min((t for t in tops if 0 < t[0] < full), default=None)
+
+
 def _ome_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
     """What an OME-TIFF page carries of its plane's identity, JSON-safe (``PageInfo.metadata
     ["ome"]``): ``name``, its Image's name, its Channel's (or ``C=c`` when the Image has
@@ -428,6 +449,7 @@ def _ome_ifds(xml: str, filename: str) -> OmeIfds:
                      "size": _ome_size(pixels),
                      "channels": [_ome_channel(c) for c in channels], "samples": samples,
                      "sizes": sizes, "order": order,
+                     "bits": count(pixels.get("SignificantBits"), 0),
                      "steps": _ome_attributes(pixels, OME_STACK_NUMBERS, OME_STACK_UNITS),
                      "plane_attrs": _ome_planes(children(pixels, "Plane"), sizes, order)}
             planes = sizes["C"] * sizes["Z"] * sizes["T"]

@@ -27,7 +27,7 @@ import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT, TIFF
 
 from pipeline.adapters import kept_files, ojpeg, storage
-from pipeline.adapters.metadata import convert_nodata, read_metadata
+from pipeline.adapters.metadata import convert_nodata, read_metadata, sample_top
 from pipeline.core import segment_header
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
@@ -605,6 +605,8 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     metadata = read_metadata(page, kind.colormap)
     if kind.conversion:  # its no-data value, mapped as its pixels are
         convert_nodata(metadata, kind, np.dtype(page.dtype))
+    elif top := sample_top(page, kind.dtype):  # (12-bit data in uint16: 4095)
+        metadata["max_sample"] = top
     return PageInfo(index=index, height=int(page.imagelength), width=int(page.imagewidth),
                     channels=kind.channels, dtype=kind.dtype.name, photometric=kind.photometric,
                     extrasamples=[int(e) for e in page.extrasamples], tiled=tiled,

@@ -23,6 +23,7 @@ from tifffile import TIFF
 
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions
+from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import explain_conversion
 from pipeline.errors import (
     CorruptTiffError,
@@ -88,9 +89,12 @@ class OutputEncoder:
         """JPEG: a reader sees the decoded tiles, not the pixels encoded."""
         return self.tag == _TAGS["jpeg"]
 
-    def check(self, photometric: str | None = None) -> str | None:
+    def check(self, photometric: str | None = None,
+              top: tuple[int, str] | None = None) -> str | None:
         """Why this output cannot be written (None if it can); ``photometric``: the page's
-        (a CMYK page, "separated", has four inks, not an alpha channel)."""
+        (a CMYK page, "separated", has four inks, not an alpha channel); ``top``: the
+        largest value the output's samples hold by the input page's header, and which
+        header says it (``metadata["max_sample"]``), while the op chain keeps its values."""
         if self.bilevel:
             return self._bilevel_check(photometric)
         if self.options.compression != "jpeg":
@@ -98,8 +102,7 @@ class OutputEncoder:
         typed, counted = self.dtype == "uint8", self.channels in (1, 3)
         if typed and counted:
             return None
-        given = ', "in_range": [low, high]' if np.dtype(self.dtype).kind == "f" else ""
-        convert = f'{{"op": "convert", "dtype": "uint8"{given}}}'
+        convert = _to_uint8(self.dtype, top)
         if not counted and not typed:  # (both at once, not one a round)
             has = (f"jpeg output needs uint8 pixels and 1 or 3 bands (channels), the output is "
                    f"{self.dtype} with {self.channels} bands: JPEG holds gray or RGB of 8 "
@@ -119,14 +122,33 @@ class OutputEncoder:
 
     def _bilevel_check(self, photometric: str | None) -> str | None:
         """Why the page cannot be written as 1-bit: not one band of uint8 (a palette page's
-        values are colour indices). Its values are checked as its tiles are encoded."""
+        values are colour indices), and the ops that make it of this page: one band (gray
+        of RGB, one of other bands), a threshold, then a convert of its 0 and maximum to 0
+        and 255. Its values are checked as its tiles are encoded."""
         if self.dtype == "uint8" and self.channels == 1 and photometric != "palette":
             return None
-        has = ("a palette page (its values are colour indices)" if photometric == "palette"
-               else f"{self.dtype} with {self.channels} band{'s' * (self.channels != 1)}")
+        if photometric == "palette":
+            return ("output_options.bilevel: a 1-bit output holds one band of uint8, 0 and 255 "
+                    "only, the output is a palette page (its values are colour indices); end "
+                    'the ops with {"op": "to_gray"} (an op reads the page as RGB through its '
+                    'colormap), then {"op": "otsu_threshold"} (and a convert to uint8 after it '
+                    'when its colormap is 16-bit), or drop "bilevel"')
+        steps = []
+        if self.channels > 1:
+            steps.append('{"op": "to_gray"}' if photometric == "rgb" or self.channels == 2 else
+                         '{"op": "select_bands", "bands": [0]} (or the band you want)')
+        dtype = np.dtype(self.dtype)
+        top = 1 if dtype.kind == "f" else int(np.iinfo(dtype).max)
+        otsu = '; or {"op": "otsu_threshold"}' if dtype.name in ("uint8", "uint16") else ""
+        steps.append(f'{{"op": "threshold", "value": V}} (V a value of the page\'s own: the '
+                     f"pixels above it become {top}, the others 0{otsu})")
+        if dtype.name != "uint8":
+            steps.append(f'{{"op": "convert", "dtype": "uint8", "in_range": [0, {top}]}} '
+                         f"(its 0 and {top} to 0 and 255)")
+        has = f"{self.dtype} with {self.channels} band{'s' * (self.channels != 1)}"
         return (f"output_options.bilevel: a 1-bit output holds one band of uint8, 0 and 255 "
-                f"only, the output is {has}; end the ops with ones that make it (to_gray, a "
-                'convert to uint8, then a threshold or otsu_threshold), or drop "bilevel"')
+                f"only, the output is {has}; end the ops with {', then '.join(steps)}, or "
+                'drop "bilevel"')
 
     def _codec_args(self) -> dict[str, Any]:
         comp = self.options.compression
@@ -280,15 +302,54 @@ def _predictor(compression: str, dtype: str) -> int:
     return 2  # every integer type, 8 to 64 bits (libtiff has both since 4.0)
 
 
+#: a ``top`` past every type's maximum: the page's values span its type
+_MOST = 2 ** 64
+
+
+def _to_uint8(dtype: str, top: tuple[int, str] | None) -> str:
+    """The convert that makes an output of ``dtype`` uint8 for JPEG, and what to give it:
+    a float page's ``in_range``; an integer page's, from ``top`` (the largest value its
+    header says it holds: a 12-bit camera's 4095 in uint16; none when at least the type's
+    maximum: a page the reader converted), or else its values' range (or, of uint16, a
+    ``percentile_stretch`` before the convert): without ``in_range`` it maps the type's
+    whole range onto 0..255 (12-bit data in uint16 ends at 16)."""
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        return '{"op": "convert", "dtype": "uint8", "in_range": [low, high]}'
+    info = np.iinfo(kind)
+    if top is not None and top[0] >= info.max:  # (values over the whole type: the default)
+        return '{"op": "convert", "dtype": "uint8"}'
+    whole = (f'without "in_range" a convert maps {dtype}\'s whole range, '
+             f"{info.min}..{info.max}, onto 0..255")
+    if top is not None:
+        value, said = top
+        return (f'{{"op": "convert", "dtype": "uint8", "in_range": [0, {value}]}} (its {said} '
+                f"says its values go up to {value}; {whole}, and {value} ends at "
+                f"{round((value - info.min) / (info.max - info.min) * 255)})")
+    docs = 'docs/manifest-and-ops.md, "Convert another sample type"'
+    if dtype != "uint16":
+        return ('{"op": "convert", "dtype": "uint8", "in_range": [low, high]} (low and high: '
+                f"the range the page's values use; {whole}; {docs})")
+    return ('{"op": "convert", "dtype": "uint8", "in_range": [low, high]} (low and high: the '
+            f"range the page's values use, a 12-bit camera's [0, 4095]; {whole}, and 12-bit "
+            'data ends at 16 or less), or put {"op": "percentile_stretch"} before a plain '
+            '{"op": "convert", "dtype": "uint8"} (it spreads each page\'s own 1st to 99th '
+            f"percentile over 0..65535; {docs})")
+
+
 def output_problems(plan: JobPlan) -> list[str]:
     """Why the job's output pages cannot be written with its output options ("page N: ...":
     JPEG of 16-bit or 4-band pages...): PlanJob refuses the job, and ``tiffpipe estimate``
     does not cost it."""
     options = plan.spec.output_options
+    keeps = chain_keeps_values(plan.spec.ops)  # (else the page's header's top is not theirs)
     problems = []
     for page in plan.pages:
+        top = (page.info.metadata or {}).get("max_sample") if keeps else None
+        if page.info.conversion and page.out_dtype == page.info.dtype:
+            top = [_MOST, "conversion"]  # (the reader's: a 16-bit colormap's whole range)
         why = OutputEncoder(options, page.out_dtype, page.out_channels).check(
-            page.info.photometric)
+            page.info.photometric, tuple(top) if top else None)
         if why and page.out_dtype == page.info.dtype:  # the reader's type, not the chain's:
             why = explain_conversion(why, page.info)  # (an 8-bit palette made uint16 RGB)
         if why:
