@@ -169,9 +169,27 @@ COLUMNS = (("job", True), ("status", False), ("pages", True), ("megapixels", Tru
            ("seconds", True), ("output or error", False))
 
 
+def megapixels_text(mpx: float) -> str:
+    """Megapixels with the digits that show them: 1,234, 12.3, 0.26, 0.0041 (a page of 64 x
+    64 pixels was "0.0" in the summary, a job of 0.26 "0 Mpx" in the estimate)."""
+    if mpx >= 100:
+        return f"{mpx:,.0f}"
+    return f"{mpx:.1f}" if mpx >= 1 else f"{mpx:.2g}"
+
+
+def _megapixels_cell(job: dict[str, Any]) -> str:
+    """A job's megapixels in the summary: its input pages', then its output pages' after an
+    arrow when the ops made them another size (a crop, a downsample: ``64.0 -> 16.0``)."""
+    if "megapixels" not in job:
+        return ""
+    read = megapixels_text(job["megapixels"])
+    made = megapixels_text(job.get("output_megapixels", job["megapixels"]))
+    return read if made == read else f"{read} -> {made}"
+
+
 def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
-    """The summary's title and one row a job: status, pages, megapixels, seconds, output or
-    error (the cells of :data:`COLUMNS`)."""
+    """The summary's title and one row a job: status, pages, megapixels (input -> output),
+    seconds, output or error (the cells of :data:`COLUMNS`)."""
     skipped = f"{report['skipped']} skipped, " if report.get("skipped") else ""
     title = (f"run {report['run_id']}: {report['succeeded']} succeeded, "
              f"{report['failed']} failed, {skipped}{report['seconds']:.1f} s")
@@ -189,7 +207,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
         else:
             status = "FAILED"
         rows.append([str(job["job"]), status, str(job.get("pages", "")),
-                     f"{job['megapixels']:.1f}" if "megapixels" in job else "",
+                     _megapixels_cell(job),
                      f"{job['seconds']:.1f}" if job.get("seconds") is not None else "",
                      detail])
     return title, rows

@@ -359,6 +359,42 @@ def test_the_summary_is_plain_aligned_lines_when_not_a_terminal():
     assert not ANSI.search(out.getvalue()) and "┃" not in out.getvalue()
 
 
+def test_the_summary_counts_the_output_pages_megapixels_too():
+    """A crop or a downsample leaves fewer pixels than the job read: the summary said the
+    input's alone ("64.0" of a downsample's 16); it says both, with the digits that show a
+    small page's (a 64 x 64 page was "0.0")."""
+    report = {**REPORT, "jobs": [
+        {**REPORT["jobs"][0], "megapixels": 64.0, "output_megapixels": 16.0},
+        {**REPORT["jobs"][0], "job": 1, "megapixels": 0.004, "output_megapixels": 0.004},
+        {**REPORT["jobs"][0], "job": 2, "megapixels": 1234.5, "output_megapixels": 0.25},
+        {**REPORT["jobs"][0], "job": 3}]}  # (a report of before: no output_megapixels)
+    out = io.StringIO()
+    ui.print_summary(report, out)
+    cells = [line.split("SUCCEEDED")[1].split("2.0")[0].split()[1:]
+             for line in out.getvalue().splitlines()[2:]]
+    assert cells == [["64.0", "->", "16.0"], ["0.004"], ["1,234", "->", "0.25"], ["12.3"]]
+
+
+def test_a_runs_report_and_summary_count_what_a_crop_and_downsample_left(tmp_path: Path):
+    """The report entry's ``output_megapixels`` is the output pages' (a 400 x 300 crop of a
+    512 x 512 page, downsampled by 2: 200 x 150); the printed summary says both."""
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(512, 512, 1)], tile=128)
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "a.tif", "output": "out/a.tif", "tile": 128, "output_options": {"tile": 64},
+        "ops": [{"op": "crop", "x": 16, "y": 32, "width": 400, "height": 300},
+                {"op": "downsample", "factor": 2}]}]}))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1",
+                         "--no-contact-sheet"]) == 0, err.getvalue()
+    (job,) = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
+    assert (job["megapixels"], job["output_megapixels"]) == (0.262, 0.03)
+    with tifffile.TiffFile(tmp_path / "out" / "a.tif") as tf:
+        assert tf.pages[0].shape == (150, 200)
+    row = next(line for line in out.getvalue().splitlines() if "SUCCEEDED" in line)
+    assert row.split()[3:6] == ["0.26", "->", "0.03"]
+
+
 @pytest.mark.parametrize("stream", [io.StringIO, lambda: _Terminal()])
 def test_a_run_without_jobs_is_summed_up_in_its_title(stream):
     """A run with no job (a scan with nothing new, or deferred to an earlier run of it): the
@@ -437,6 +473,7 @@ def test_run_writes_the_report(happy: Run):
     assert report["jobs"][0]["tiles"] == 16
     assert report["jobs"][0]["megapixels"] == pytest.approx((300 * 420 + 200 * 150) / 1e6,
                                                             abs=1e-3)
+    assert report["jobs"][0]["output_megapixels"] == report["jobs"][0]["megapixels"]
 
 
 def test_run_logs_plain_progress_lines_when_not_a_terminal(happy: Run):

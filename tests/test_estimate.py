@@ -1160,6 +1160,34 @@ def test_the_first_line_counts_a_small_batch_in_megapixels(tmp_path: Path) -> No
                                                          "gigapixels, on AWS")
 
 
+def test_a_small_jobs_pixels_and_bytes_are_printed_with_digits_that_show_them(tmp_path):
+    """A job of a 512 x 512 page was "0 Mpx" and "merge composes 0.00 GB" (a whole job of
+    kilobytes rounded to nothing); its megapixels keep two significant digits, its sizes
+    the largest unit that keeps them at least 1."""
+    import re
+
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((512, 512, 3), np.uint8), tile=(256, 256),
+                     metadata=None)
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out/a.tif",
+                                       "ops": [{"op": "gaussian_blur", "sigma": 1.0}],
+                                       "fuse": False}]}))
+    code, out, err = _cli("estimate", str(m))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "estimate for 1 job(s), 0.26 megapixels, on AWS (concurrency 1000)"
+    assert lines[1].startswith("  jobs[0] 1 page(s) uint8x3 0.26 Mpx -> zstd: ")
+    composes = re.fullmatch(r"    merge composes ([\d.]+) (kB|MB) in S3 from \d+ segment\(s\): "
+                            r".*, ([\d.]+) (bytes|kB|MB) read through", lines[2])
+    assert composes and float(composes[1]) >= 1, lines[2]
+    work = next(line for line in lines if line.startswith("work files: "))
+    assert re.match(r"work files: [\d,]+ objects, [\d.]+ (kB|MB), kept ", work), work
+    assert " 0 Mpx" not in out and "0.00 GB" not in out
+
+
 def test_a_scan_manifest_is_refused_saying_why(tmp_path: Path):
     """A scan's jobs are known only when a run lists its folders: estimate says so (exit 2)
     instead of costing nothing."""

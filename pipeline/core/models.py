@@ -248,4 +248,10 @@ class JobPlan:
 
     @property
     def megapixels(self) -> float:
+        """The input pages' megapixels (what the job reads, its pages whole)."""
         return sum(p.info.megapixels for p in self.pages)
+
+    @property
+    def output_megapixels(self) -> float:
+        """The output pages' megapixels (after a crop, a downsample: fewer), levels left out."""
+        return sum(p.out_grid.height * p.out_grid.width for p in self.pages) / 1e6

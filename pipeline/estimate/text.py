@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.model import FUNCTION_OF
+from pipeline.ui import megapixels_text
 
 
 def _money(x: float) -> str:
@@ -26,7 +27,8 @@ def format_text(result: dict[str, Any]) -> str:
     p = lines.append
     mpx = result["megapixels"]
     # (a batch under a gigapixel in megapixels: it was "0.0 gigapixels")
-    pixels = f"{mpx / 1000:,.1f} gigapixels" if mpx >= 1000 else f"{mpx:,.1f} megapixels"
+    pixels = (f"{mpx / 1000:,.1f} gigapixels" if mpx >= 1000 else
+              f"{megapixels_text(mpx)} megapixels")
     p(f"estimate for {len(result['jobs'])} job(s), {pixels}, on AWS "
       f"(concurrency {result['concurrency']})")
     for j in result["jobs"][:10]:
@@ -36,8 +38,9 @@ def format_text(result: dict[str, Any]) -> str:
                 f"fused: {j['units']} units (split and process in one invocation)"
                 if j["fused"] else f"{j['units']} split units, {j['batches']} batches"
                 + (f", {j['stats_rounds']} stats round(s)" if j["stats_rounds"] else ""))
-        p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} {j['megapixels']:,.0f} Mpx -> "
-          f"{j['compression']}: {j['tiles']} tiles, {work}")
+        p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} "
+          f"{megapixels_text(j['megapixels'])} Mpx -> {j['compression']}: {j['tiles']} tiles, "
+          f"{work}")
         if j.get("message"):  # pages left out
             p(f"    {j['message']}")
         m = j["merge"]
@@ -47,10 +50,10 @@ def format_text(result: dict[str, Any]) -> str:
               f"held: no segment in S3, nothing composed there): "
               + ("one PutObject" if uploads == 1 else f"{uploads:,} uploaded parts"))
         else:
-            p(f"    merge composes {j['output_bytes'] / 1e9:,.2f} GB in S3 from "
+            p(f"    merge composes {_size(j['output_bytes'])} in S3 from "
               f"{m['segments']:,} segment(s): {m['parts']:,} parts ({m['copies']:,} "
               f"UploadPartCopy, {m['uploads']:,} uploaded), "
-              f"{m['read_through_bytes'] / 1e6:,.0f} MB read through")
+              f"{_size(m['read_through_bytes'])} read through")
         if j.get("memory"):  # the largest invocation on each function, predicted
             p("    peak memory: " + "; ".join(
                 f"{f} {x['peak_mb']:,.0f} of {x['memory_mb']:,.0f} MB ({x['step']}, page "
@@ -75,9 +78,9 @@ def format_text(result: dict[str, Any]) -> str:
     st = result["state_transitions"]
     p(f"state transitions: {st['total']:,} (Step Functions Standard)")
     s3 = result["s3"]
-    p(f"work files: {s3['work_objects']:,} objects, {s3['work_bytes'] / 1e9:,.1f} GB, kept "
+    p(f"work files: {s3['work_objects']:,} objects, {_size(s3['work_bytes'])}, kept "
       f"{result['assumptions']['work_retention_days']['value']:g} days "
-      f"({s3['storage_gb_month']:,.2f} GB-months)")
+      f"({_amount(s3['storage_gb_month'])} GB-months)")
     p("")
     p("cost (USD):")
     for k, v in result["cost_usd"].items():
@@ -109,6 +112,12 @@ def format_text(result: dict[str, Any]) -> str:
 _BOUND = {"s3_object": "S3's largest object (5 TiB)",
           "parts": "the 10,000 parts of one multipart upload",
           "units": "10,000 units per job (a Map's items)"}
+
+
+def _amount(x: float) -> str:
+    """A quantity with two decimals, or two significant digits below 1 ("0.00" of a small
+    job's storage said nothing)."""
+    return f"{x:,.2f}" if x >= 1 else f"{x:.2g}"
 
 
 def _size(n: float) -> str:

@@ -137,7 +137,8 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     finished = time.time()
     result = {
         "job": plan.job, "status": "SUCCEEDED", "input": spec.input, "output": spec.output,
-        "pages": len(plan.pages), "megapixels": round(plan.megapixels, 3), "tiles": plan.tiles,
+        "pages": len(plan.pages), "megapixels": round(plan.megapixels, 3),
+        "output_megapixels": round(plan.output_megapixels, 3), "tiles": plan.tiles,
         "output_bytes": size, "started_at": plan.started_at, "finished_at": finished,
         "seconds": round(finished - plan.started_at, 3),
     }
