@@ -47,12 +47,10 @@ class JobCheck(NamedTuple):
 
 def jobs_of(parsed: list[JobSpec] | ScanSpec) -> list[JobSpec]:
     """The jobs of a checked manifest: a scan's are its input's TIFFs without an output, as
-    its run lists them (:func:`pipeline.steps.planning.expand_scan`)."""
-    if isinstance(parsed, ScanSpec):
-        from pipeline.steps.planning import expand_scan
+    its run lists them (:func:`pipeline.steps.planning.jobs_now`)."""
+    from pipeline.steps.planning import jobs_now
 
-        return expand_scan(parsed)
-    return parsed
+    return jobs_now(parsed)[0]
 
 
 def check_job(job: int, spec: JobSpec) -> JobCheck:

@@ -71,10 +71,7 @@ def plan_run(event: RunEvent) -> dict[str, Any]:
     if event.report:
         check_report_path(event.report, event.manifest, parsed)
     earlier = _earlier(event, parsed)
-    found = None
-    if isinstance(parsed, ScanSpec) and not earlier:
-        found = ScanFindings(parsed.input, parsed.output)
-    specs = [] if earlier else expand_scan(parsed, found) if found else parsed
+    specs, found = ([], None) if earlier else jobs_now(parsed)
     run_url = write_run(event.work, specs, event.run_id, event.manifest,
                         event.report or layout.report_file(event.work), earlier, found)
     jobs_url = layout.jobs_file(event.work)
@@ -202,6 +199,19 @@ def write_run(work: str, specs: list[JobSpec], run_id: str, manifest: str, repor
         doc["scan"] = found.to_json()
     storage.write_json(run_url, doc, indent=None)
     return run_url
+
+
+def jobs_now(parsed: list[JobSpec] | ScanSpec) -> tuple[list[JobSpec], ScanFindings | None]:
+    """The jobs a run of a checked manifest would have now, and what its scan found (None
+    for a list of jobs, whose jobs are as listed): a scan's folders listed as PlanRun lists
+    them (:func:`expand_scan`). PlanRun, ``validate --inputs`` and ``tiffpipe estimate``
+    each take a scan's jobs from here. Leaves nothing written (a local output folder may be
+    asked whether it ignores Unicode normalization by a probe file, removed at once:
+    :func:`storage.name_fold`)."""
+    if not isinstance(parsed, ScanSpec):
+        return parsed, None
+    found = ScanFindings(parsed.input, parsed.output)
+    return expand_scan(parsed, found), found
 
 
 def expand_scan(scan: ScanSpec, found: ScanFindings | None = None) -> list[JobSpec]:
