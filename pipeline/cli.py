@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_argument("--json", action="store_true", help="machine-readable output")
 
     est = sub.add_parser("estimate", help="cost and time of a manifest's run on AWS, on paper")
-    est.add_argument("manifest", help="manifest JSON; only the inputs' page headers are read")
+    est.add_argument("manifest", help="manifest JSON (a scan's: the jobs a run would make now, "
+                                      "its folders listed); only the inputs' page headers "
+                                      "are read")
     est.add_argument("--calibration", help="per-megapixel costs measured by bench/compare.py "
                                            "in a checkout (default: the calibration shipped "
                                            "with tiffpipe, a copy of bench/calibration.json)")
@@ -662,13 +664,17 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     try:
         overrides = est.parse_overrides(args.price)
         calibration = est.load_calibration(args.calibration)
-        plans, sizes, problems = est.plans_for_manifest(args.manifest, args.assume_pages)
+        # a scan's jobs: those a run of it would make now (its folders listed, nothing written)
+        specs, found = est.manifest_jobs(args.manifest)
+        plans, sizes, problems = est.plans_for_jobs(specs, args.assume_pages)
         if problems:
             print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(problems),
                   file=sys.stderr)
             return EXIT_USAGE
         result = est.estimate(plans, calibration, overrides, args.concurrency,
                               input_bytes=sizes)
+        if found is not None:  # what the scan found, as its run's report records it
+            result = {"scan": found.to_json(), **result}
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
         return EXIT_USAGE

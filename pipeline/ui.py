@@ -343,7 +343,8 @@ LEFT_OUT_WORDS = {"name_collision": "whose outputs would be one file",
 def scan_line(report: dict[str, Any]) -> str | None:
     """What a scan's run found, a line (the report's ``scan``): the TIFFs under its input,
     those done before, those left out and why, and the new ones (its jobs); None for a run
-    of a list of jobs, or a scan's run that deferred to an earlier one (it listed nothing)."""
+    of a list of jobs, or a scan's run that deferred to an earlier one (it listed nothing).
+    ``tiffpipe estimate`` of a scan prints it of its result's ``scan``, the same record."""
     scan = report.get("scan")
     if not isinstance(scan, dict):
         return None

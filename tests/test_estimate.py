@@ -1188,14 +1188,152 @@ def test_a_small_jobs_pixels_and_bytes_are_printed_with_digits_that_show_them(tm
     assert " 0 Mpx" not in out and "0.00 GB" not in out
 
 
-def test_a_scan_manifest_is_refused_saying_why(tmp_path: Path):
-    """A scan's jobs are known only when a run lists its folders: estimate says so (exit 2)
-    instead of costing nothing."""
-    (tmp_path / "scans").mkdir()
-    write_sample(str(tmp_path / "scans" / "a.tif"), [SamplePage(40, 50, 1)])
-    manifest = tmp_path / "scan.json"
-    manifest.write_text(json.dumps({"scan": {"input": "scans", "output": "out"}}))
+# --- a scan manifest: the jobs its run would make now -------------------------------------
+
+#: a scan's record that left nothing out
+NONE_LEFT_OUT = {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0}
+
+
+def _scan_folder(tmp_path: Path) -> Path:
+    """incoming/ with two new TIFFs (one in a subfolder), one done before (its output there,
+    as a scan's tests make one), a link to a TIFF outside the folder, a text file and a
+    hidden TIFF (neither is a scan's input); the scan manifest beside it."""
+    incoming, private = tmp_path / "incoming", tmp_path / "private"
+    (incoming / "day2").mkdir(parents=True)
+    private.mkdir()
+    for i, name in enumerate(("a.tif", "b.tif", "day2/c.TIFF", ".partial.tif")):
+        write_sample(str(incoming / name), [SamplePage(150, 200, 3)], tile=64, seed=i)
+    write_sample(str(private / "secret.tif"), [SamplePage(40, 50, 1)], seed=9)
+    (incoming / "secret.tif").symlink_to(private / "secret.tif")
+    (incoming / "readme.txt").write_text("not a TIFF")
+    done = tmp_path / "processed" / "b.tif"
+    done.parent.mkdir()
+    done.write_bytes(b"an earlier run's output")  # exists: b.tif is done before
+    manifest = tmp_path / "nightly.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed",
+                                             "ops": [{"op": "invert"}]}}))
+    return manifest
+
+
+def _tree(folder: Path) -> list[tuple[str, int]]:
+    """Every file and folder under ``folder``, with its size (a link's own)."""
+    return sorted((str(p.relative_to(folder)), p.lstat().st_size) for p in folder.rglob("*"))
+
+
+def test_a_scan_is_estimated_as_the_jobs_its_run_would_make_now(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A scan's estimate lists its folder by the run's own code: the TIFFs done before, the
+    link out of the folder, the text file and the hidden file are no jobs; its first line
+    is the line the run's summary prints of what the scan found, and ``--json`` has the
+    report's ``scan`` record beside the jobs. It writes nothing (no run record, no report),
+    and the run after it finds what it said (it refused a scan before)."""
+    manifest = _scan_folder(tmp_path)
+    before = _tree(tmp_path)
+    incoming, processed = tmp_path / "incoming", tmp_path / "processed"
+    found = {"input": str(incoming), "output": str(processed), "tiffs": 4, "done_before": 1,
+             "left_out": {**NONE_LEFT_OUT, "link_outside": 1}, "jobs": 2}
+    line = (f"scan of {incoming} into {processed}: 4 TIFF(s), 1 done before, 1 left out "
+            "(1 link(s) to outside the folder), 2 new")
+
+    with caplog.at_level("WARNING"):
+        code, out, err = _cli("estimate", str(manifest))
+    assert code == 0, err
+    first = "estimate for 2 job(s), 0.1 megapixels, on AWS (concurrency 1000)"
+    assert out.splitlines()[:2] == [line, first], out
+    assert any("left out 1 link(s) to files outside the scanned folder" in r.getMessage()
+               for r in caplog.records)  # (the run's warning, naming the link)
+    code, out, err = _cli("estimate", str(manifest), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert list(doc)[:2] == ["scan", "jobs"] and doc["scan"] == found
+    assert [j["input"] for j in doc["jobs"]] == [str(incoming / "a.tif"),
+                                                 str(incoming / "day2" / "c.TIFF")]
+    assert _tree(tmp_path) == before  # nothing written: no run record, report, work files
+
+    # costed as the list of those jobs would be
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps({"jobs": [
+        {"input": f"incoming/{name}", "output": f"processed/{name}", "ops": [{"op": "invert"}],
+         "if_exists": "skip"} for name in ("a.tif", "day2/c.TIFF")]}))
+    code, out, err = _cli("estimate", str(listed), "--json")
+    assert code == 0, err
+    assert json.loads(out) == {k: v for k, v in doc.items() if k != "scan"}
+
+    # the run finds what the estimate said, and its summary says it in the same line
+    code, out, err = _cli("run", str(manifest), "--workers", "2")
+    assert code == 0, err
+    report = json.loads(manifest.with_suffix(".report.json").read_text())
+    assert report["scan"] == found
+    assert [j["input"] for j in report["jobs"]] == [j["input"] for j in doc["jobs"]]
+    assert line in out.splitlines(), out
+
+
+def test_a_scan_with_nothing_new_estimates_no_job_with_its_line(tmp_path: Path):
+    """Every TIFF done before: no job, its line says so, and the run's own PlanRun and
+    Report are all it costs (no cost per gigapixel of no pixels: it printed $221,797.75)."""
+    manifest = _scan_folder(tmp_path)
+    for name in ("a.tif", "day2/c.TIFF"):
+        (tmp_path / "processed" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "processed" / name).write_bytes(b"an earlier run's output")
+    (tmp_path / "incoming" / "secret.tif").unlink()
     code, out, err = _cli("estimate", str(manifest))
-    assert (code, out) == (2, "")
-    assert err == (f"tiffpipe: {manifest} is a scan: its jobs are known only when a run lists "
-                   "its folders; estimate a manifest that lists its jobs\n")
+    assert code == 0, err
+    lines = out.splitlines()
+    line = (f"scan of {tmp_path / 'incoming'} into {tmp_path / 'processed'}: 3 TIFF(s), 3 "
+            "done before, 0 new")
+    first = "estimate for 0 job(s), 0.0 megapixels, on AWS (concurrency 1000)"
+    assert lines[:2] == [line, first], out
+    [total] = [x for x in lines if x.lstrip().startswith("total ") and "$" in x]
+    assert total.endswith("(no pixels)"), total
+    code, out, err = _cli("estimate", str(manifest), "--json")
+    doc = json.loads(out)
+    assert (doc["scan"]["tiffs"], doc["scan"]["done_before"], doc["scan"]["jobs"]) == (3, 3, 0)
+    assert (doc["jobs"], doc["megapixels"], doc["usd_per_gigapixel"]) == ([], 0, None)
+    assert doc["steps"]["plan_run"]["invocations"] == 1  # (a run of nothing still runs)
+
+
+def test_a_scan_on_s3_is_listed_by_the_runs_own_calls_and_nothing_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """On S3 the estimate lists the scan's prefixes with the very requests the run's PlanRun
+    makes, finds what PlanRun records, and only reads: no PUT, no report, no run record."""
+    from conftest import moto_s3
+
+    from pipeline import handlers
+    from pipeline.adapters import storage
+
+    source = tmp_path / "x.tif"
+    write_sample(str(source), [SamplePage(120, 140, 1, "uint16")], tile=64)
+    with moto_s3(monkeypatch, "scan-est") as s3:
+        for key in ("in/x.tif", "in/sub/y.tif", "in/z.tif"):
+            s3.upload_file(str(source), "scan-est", key)
+        s3.put_object(Bucket="scan-est", Key="in/notes.txt", Body=b"not a TIFF")
+        s3.put_object(Bucket="scan-est", Key="out/z.tif", Body=b"done before")
+        s3.put_object(Bucket="scan-est", Key="scan.json", Body=json.dumps({"scan": {
+            "input": "in/", "output": "s3://scan-est/out/"}}).encode())
+        calls: list[tuple[str, str | None]] = []
+
+        def record(model: Any, context: dict[str, Any], **_: Any) -> None:
+            calls.append((model.name, context.get("input_params", {}).get("Prefix")))
+
+        storage.s3_client().meta.events.register("before-call.s3.*", record)
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scan-est")["Contents"])
+        code, out, err = _cli("estimate", "s3://scan-est/scan.json", "--json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["scan"] == {"input": "s3://scan-est/in/", "output": "s3://scan-est/out/",
+                               "tiffs": 3, "done_before": 1, "left_out": NONE_LEFT_OUT,
+                               "jobs": 2}
+        assert [j["input"] for j in doc["jobs"]] == ["s3://scan-est/in/sub/y.tif",
+                                                     "s3://scan-est/in/x.tif"]
+        assert {name for name, _ in calls} <= {"GetObject", "HeadObject", "ListObjectsV2"}
+        assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scan-est")[
+            "Contents"]) == keys
+        estimated = [call for call in calls if call[0] == "ListObjectsV2"]
+        assert estimated == [("ListObjectsV2", "in/"), ("ListObjectsV2", "out/")]
+
+        calls.clear()  # the run's PlanRun of the same scan: the same listing, the same record
+        run = handlers.dispatch("split", {
+            "action": "plan_run", "manifest": "s3://scan-est/scan.json",
+            "work": str(tmp_path / "work"), "run_id": "r1", "report": str(tmp_path / "r.json")})
+        assert [call for call in calls if call[0] == "ListObjectsV2"] == estimated
+        assert json.loads(Path(run["run"]).read_text())["scan"] == doc["scan"]

@@ -9,7 +9,8 @@ from typing import Any
 
 from pipeline.core import dtypes
 from pipeline.core.chain import stats_rounds  # noqa: F401 - the estimate's API
-from pipeline.core.models import JobPlan, PageInfo
+from pipeline.core.manifest import ScanFindings
+from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.plan import MAX_ITEMS, grouped_by_page
 from pipeline.estimate.assumptions import EstimateError
 
@@ -112,11 +113,30 @@ def parse_assume_pages(spec: str) -> list[PageInfo]:
     return pages
 
 
+def manifest_jobs(manifest: str) -> tuple[list[JobSpec], ScanFindings | None]:
+    """The manifest's jobs, checked as a run checks them, and what its scan found (None for
+    a list of jobs): a scan's are the jobs a run of it would make now, its folders listed by
+    PlanRun's own code (:func:`pipeline.steps.planning.jobs_now`: the TIFFs done before,
+    links out of the folder and names that would be one output left out), without a run
+    record, a report or anything else left written."""
+    from pipeline.steps.common import read_manifest
+    from pipeline.steps.planning import jobs_now
+
+    return jobs_now(read_manifest(manifest))
+
+
 def plans_for_manifest(manifest: str, assume_pages: str | None = None
                        ) -> tuple[list[JobPlan], list[float | None], list[str]]:
+    """The plans of the manifest's jobs (:func:`manifest_jobs`, a scan's as listed now): see
+    :func:`plans_for_jobs`."""
+    return plans_for_jobs(manifest_jobs(manifest)[0], assume_pages)
+
+
+def plans_for_jobs(specs: list[JobSpec], assume_pages: str | None = None
+                   ) -> tuple[list[JobPlan], list[float | None], list[str]]:
     """Each job's plan, its input's size in bytes (None if unknown) and the problems found.
 
-    Reads the manifest and each input's page headers only, and plans each job by PlanJob's
+    Reads each input's page headers only, and plans each job by PlanJob's
     own code (:func:`pipeline.steps.planning.read_plan`: what PlanJob refuses of a job's
     input, estimate refuses); with ``assume_pages`` no input is opened: every input has
     those pages (``pages`` of a job still picks among them: one beyond them is a problem,
@@ -126,13 +146,8 @@ def plans_for_manifest(manifest: str, assume_pages: str | None = None
     """
     from pipeline.adapters import storage
     from pipeline.errors import TiffpipeError
-    from pipeline.steps.common import read_manifest as validate
     from pipeline.steps.planning import plan_pages, read_plan
 
-    specs = validate(manifest)
-    if not isinstance(specs, list):
-        raise EstimateError(f"{manifest} is a scan: its jobs are known only when a run lists "
-                            "its folders; estimate a manifest that lists its jobs")
     assumed = parse_assume_pages(assume_pages) if assume_pages else None
     plans: list[JobPlan] = []
     sizes: list[float | None] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.model import FUNCTION_OF
-from pipeline.ui import megapixels_text
+from pipeline.ui import megapixels_text, scan_line
 
 
 def _money(x: float) -> str:
@@ -25,6 +25,8 @@ def _duration(seconds: float) -> str:
 def format_text(result: dict[str, Any]) -> str:
     lines: list[str] = []
     p = lines.append
+    if "scan" in result:  # a scan's: what it found now, the line under its run's summary
+        p(scan_line(result) or "")
     mpx = result["megapixels"]
     # (a batch under a gigapixel in megapixels: it was "0.0 gigapixels")
     pixels = (f"{mpx / 1000:,.1f} gigapixels" if mpx >= 1000 else
@@ -86,8 +88,9 @@ def format_text(result: dict[str, Any]) -> str:
     for k, v in result["cost_usd"].items():
         if k != "total":
             p(f"  {k:18s} {_money(v):>12s}")
+    per = result["usd_per_gigapixel"]
     p(f"  {'total':18s} {_money(result['cost_usd']['total']):>12s}   "
-      f"({_money(result['usd_per_gigapixel'])} per gigapixel)")
+      + (f"({_money(per)} per gigapixel)" if per is not None else "(no pixels)"))
     p(f"expected wall time at concurrency {result['concurrency']}: "
       f"{_duration(result['wall_s'])}")
     for w in result["warnings"]:
