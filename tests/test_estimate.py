@@ -1238,7 +1238,7 @@ def test_a_scan_is_estimated_as_the_jobs_its_run_would_make_now(
     with caplog.at_level("WARNING"):
         code, out, err = _cli("estimate", str(manifest))
     assert code == 0, err
-    first = "estimate for 2 job(s), 0.1 megapixels, on AWS (concurrency 1000)"
+    first = "estimate for 2 job(s), 0.06 megapixels, on AWS (concurrency 1000)"
     assert out.splitlines()[:2] == [line, first], out
     assert any("left out 1 link(s) to files outside the scanned folder" in r.getMessage()
                for r in caplog.records)  # (the run's warning, naming the link)
@@ -1281,7 +1281,7 @@ def test_a_scan_with_nothing_new_estimates_no_job_with_its_line(tmp_path: Path):
     lines = out.splitlines()
     line = (f"scan of {tmp_path / 'incoming'} into {tmp_path / 'processed'}: 3 TIFF(s), 3 "
             "done before, 0 new")
-    first = "estimate for 0 job(s), 0.0 megapixels, on AWS (concurrency 1000)"
+    first = "estimate for 0 job(s), 0 megapixels, on AWS (concurrency 1000)"
     assert lines[:2] == [line, first], out
     [total] = [x for x in lines if x.lstrip().startswith("total ") and "$" in x]
     assert total.endswith("(no pixels)"), total
