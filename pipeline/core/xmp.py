@@ -1,0 +1,343 @@
+"""An XMP packet (TIFF tag 700) through ops that move or resize its page.
+
+XMP holds what archives publish with a scan (``dc:rights``, ``dc:creator``, ``dc:title``,
+``xmpRights:*``, Photoshop's credit fields, IPTC Core), and also properties that state the
+page's geometry, which a ``crop``, ``downsample``, ``rotate`` or ``flip`` makes untrue. So
+the packet is rewritten (:func:`rewritten`): each top-level property (an attribute of an
+``rdf:Description`` under ``rdf:RDF``, or a child element of it) that tiffpipe knows the new
+value of is updated, each that it cannot keep true is removed, everything else is kept:
+
+- ``tiff:ImageWidth``, ``tiff:ImageLength``, ``exif:PixelXDimension``,
+  ``exif:PixelYDimension``: the output page's size;
+- ``tiff:XResolution``, ``tiff:YResolution``, ``tiff:ResolutionUnit``: the output's
+  resolution tags (a quarter turn swaps x and y, a downsample by k divides them by k); a
+  page without resolution tags has the packet's own scaled so;
+- ``exif:FocalPlaneXResolution``, ``exif:FocalPlaneYResolution`` (pixels per unit of the
+  camera's sensor): scaled and swapped as the resolution (an output pixel covers k x k
+  sensor pixels after a downsample by k); a value that is no number is removed;
+- ``tiff:Orientation``: removed after a rotation or flip, as the Orientation tag is (the
+  pixels are stored as they are shown);
+- removed: every ``crs:`` property (Camera Raw's develop settings: its crop, and masks and
+  retouches placed on the original's pixels, which Adobe's tools apply again on opening),
+  ``exif:SubjectArea``, ``exif:SubjectLocation``, ``mwg-rs:Regions``,
+  ``Iptc4xmpExt:ImageRegion`` (positions on the original's pixels);
+- a property to update that is not a plain value (a struct, an array) is removed.
+
+Nothing else is touched (``xmpMM:History`` is the document's past, still true; the
+properties of documents nested in ``xmpMM:Pantry`` or ``xmpMM:DerivedFrom`` describe those
+documents). A packet that needs no change is kept byte for byte. One that does is written
+again from its parsed tree with the prefixes and namespace declarations where the packet
+had them; the ``<?xpacket?>`` wrapper and what lies outside ``x:xmpmeta`` are kept as they
+are, and the whitespace padding is shortened or lengthened so that the packet keeps its
+length when the padding allows (the convention that lets a tool edit it in place). A packet
+that does not parse is dropped, and said so.
+
+Pure module: bytes in, bytes out. ``xml.etree`` is imported when a packet is parsed.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from fractions import Fraction
+from typing import Any
+
+from pipeline.core.record import record
+
+RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+TIFF = "http://ns.adobe.com/tiff/1.0/"
+EXIF = "http://ns.adobe.com/exif/1.0/"
+CRS = "http://ns.adobe.com/camera-raw-settings/1.0/"
+MWG_RS = "http://www.metadataworkinggroup.com/schemas/regions/"
+IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+XML = "http://www.w3.org/XML/1998/namespace"
+#: the prefixes what was done is said with (a packet may bind its own)
+PREFIXES = {TIFF: "tiff", EXIF: "exif", CRS: "crs", MWG_RS: "mwg-rs", IPTC_EXT: "Iptc4xmpExt"}
+#: properties that state positions on the original's pixels: removed
+POSITIONS = {(EXIF, "SubjectArea"), (EXIF, "SubjectLocation"), (MWG_RS, "Regions"),
+             (IPTC_EXT, "ImageRegion")}
+#: resolution-like pairs, (x, y): scaled and swapped as the page's pixels are
+RESOLUTIONS = (("XResolution", "YResolution", TIFF),
+               ("FocalPlaneXResolution", "FocalPlaneYResolution", EXIF))
+#: the start of the packet's root element (not a processing instruction, comment, doctype)
+_ROOT = re.compile(rb"<[^?!]")
+_DROP = object()
+
+
+@record(frozen=True)
+class Reshape:
+    """What a chain did to a page, for its XMP: the output's ``width`` and ``height``;
+    ``turned``: rotated or flipped (the Orientation tag is dropped); ``transposed``: x and
+    y swapped; ``scale``: output pixels per input pixel along the output's x and y (after
+    the swap; (1, 1): no resize); ``resolution``: the output's XResolution and YResolution
+    as written (rationals ``(n, d)`` or floats; None: it has none) and ``unit`` its
+    ResolutionUnit."""
+
+    width: int
+    height: int
+    turned: bool
+    transposed: bool
+    scale: tuple[Fraction, Fraction] = (Fraction(1), Fraction(1))
+    resolution: tuple[Any, Any] | None = None
+    unit: int = 2
+
+
+@record(frozen=True)
+class XmpOutcome:
+    """The output's packet (None: dropped) and what was done with it, in words: ``kept as
+    is``, ``rewritten: updated ...; removed ...`` or ``dropped: why``."""
+
+    packet: bytes | None
+    said: str
+
+
+def rewritten(packet: bytes, reshape: Reshape) -> XmpOutcome:
+    """``packet`` (tag 700's bytes) for a page the chain reshaped (module docstring)."""
+    from xml.etree import ElementTree as ET
+
+    try:
+        text = packet.decode("utf-8")
+    except UnicodeDecodeError:
+        return XmpOutcome(None, "dropped: it is not UTF-8 text (tiffpipe reads UTF-8 XMP "
+                                "only), and it may state the input page's size")
+    begin = text.find("?>") + 2 if text.startswith("<?xpacket") else 0
+    found = _ROOT.search(packet, len(text[:begin].encode("utf-8")))
+    trailer = packet.rfind(b"<?xpacket end")
+    start = found.start() if found else len(packet)
+    stop = trailer if trailer > start else len(packet)
+    end = start + len(packet[start:stop].rstrip(b" \t\r\n\x00"))
+    builder = _builder_class()()
+    try:
+        parser = ET.XMLParser(target=builder)
+        parser.feed(packet[start:end])
+        root = parser.close()
+    except (ET.ParseError, ValueError) as exc:
+        return XmpOutcome(None, f"dropped: it does not parse as XML ({exc}), and it may state "
+                                "the input page's size")
+    rdf = root if root.tag == f"{{{RDF}}}RDF" else root.find(f".//{{{RDF}}}RDF")
+    if rdf is None:
+        return XmpOutcome(None, "dropped: it has no rdf:RDF (not XMP), and it may state the "
+                                "input page's size")
+    updated: list[str] = []
+    removed: list[str] = []
+    descriptions = rdf.findall(f"{{{RDF}}}Description")
+    old = {key: value for desc in descriptions for key, value in _properties(desc)}
+    new = _targets(old, reshape)
+    for desc in descriptions:
+        for key in list(desc.attrib):
+            fate = _fate(key, desc.attrib[key], new)
+            if fate is _DROP:
+                del desc.attrib[key]
+                removed.append(_name(key))
+            elif fate is not None:
+                desc.attrib[key] = fate
+                updated.append(_name(key))
+        for child in list(desc):
+            if not isinstance(child.tag, str):
+                continue  # (a comment)
+            fate = _fate(child.tag, _plain(child), new)
+            if fate is _DROP:
+                _remove(desc, child)
+                removed.append(_name(child.tag))
+            elif fate is not None:
+                child.text = fate
+                updated.append(_name(child.tag))
+    if not updated and not removed:
+        return XmpOutcome(packet, "kept as is (it states nothing the ops changed)")
+    body = _serialized(root, builder.declared).encode("utf-8")
+    pad = packet[end:stop]
+    room = len(pad) + (end - start) - len(body)
+    if pad and room >= 1:  # (the packet keeps its length)
+        pad = (pad + b" " * room)[:room - 1] + pad[-1:]
+    return XmpOutcome(packet[:start] + body + pad + packet[stop:],
+                      "rewritten: " + "; ".join(f"{what} {_listed(names)}" for what, names in
+                                                (("updated", updated), ("removed", removed))
+                                                if names))
+
+
+def _properties(desc: Any) -> list[tuple[str, str | None]]:
+    """The top-level properties of an ``rdf:Description``: (``{uri}name``, its value, None
+    when it is not a plain value)."""
+    return [*desc.attrib.items(),
+            *((child.tag, _plain(child)) for child in desc if isinstance(child.tag, str))]
+
+
+def _plain(element: Any) -> str | None:
+    """A property element's text, or None when it is a struct, an array or a resource."""
+    if len(element) or any(key.startswith(f"{{{RDF}}}") for key in element.attrib):
+        return None
+    return (element.text or "").strip()
+
+
+def _targets(old: dict[str, str | None], reshape: Reshape) -> dict[str, Any]:
+    """What each geometric property becomes (its text, or :data:`_DROP`)."""
+    new: dict[str, Any] = {
+        f"{{{TIFF}}}ImageWidth": str(reshape.width), f"{{{TIFF}}}ImageLength": str(
+            reshape.height),
+        f"{{{EXIF}}}PixelXDimension": str(reshape.width),
+        f"{{{EXIF}}}PixelYDimension": str(reshape.height)}
+    for x, y, uri in RESOLUTIONS:
+        kx, ky = f"{{{uri}}}{x}", f"{{{uri}}}{y}"
+        if uri == TIFF and reshape.resolution is not None:
+            new[kx], new[ky] = (_rational(v) for v in reshape.resolution)
+            new[f"{{{TIFF}}}ResolutionUnit"] = str(reshape.unit)
+            continue
+        if reshape.transposed:  # (the output's x is the input's y)
+            old = {**old, kx: old.get(ky), ky: old.get(kx)}
+        for key, scale in ((kx, reshape.scale[0]), (ky, reshape.scale[1])):
+            new[key] = _scaled(old.get(key), scale)
+    if reshape.turned:
+        new[f"{{{TIFF}}}Orientation"] = _DROP
+    for uri, name in POSITIONS:
+        new[f"{{{uri}}}{name}"] = _DROP
+    return new
+
+
+def _fate(key: str, value: str | None, new: dict[str, Any]) -> Any:
+    """A property's new text, :data:`_DROP`, or None (kept as it is)."""
+    if key.startswith(f"{{{CRS}}}"):
+        return _DROP
+    if key not in new:
+        return None
+    target = new[key]
+    if target is _DROP or value is None:  # (a struct where a value was to be updated)
+        return _DROP
+    number = _number(value)  # (300 is 300/1: kept as it is)
+    return None if target == value or number is not None and _number(target) == number \
+        else target
+
+
+def _scaled(value: str | None, scale: Fraction) -> Any:
+    """A rational value (``300/1``, ``300``, ``72.5``) times ``scale``, as ``n/d``;
+    :data:`_DROP` when there is none or it is no number."""
+    if value is None or scale == 1:
+        return _DROP if value is None else value
+    number = _number(value)
+    return _DROP if number is None else _fraction(number * scale)
+
+
+def _number(value: str) -> Fraction | None:
+    """An XMP rational or number (``300/1``, ``300``, ``72.5``); None if it is none."""
+    try:
+        return Fraction(value.strip())
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _fraction(number: Fraction) -> str:
+    return f"{number.numerator}/{number.denominator}"
+
+
+def _rational(value: Any) -> str:
+    """A resolution tag's value (``(n, d)``, or a float that does not fit) as XMP writes a
+    rational (``n/d``)."""
+    if isinstance(value, float):
+        return _fraction(Fraction(value).limit_denominator(2**32 - 1))
+    return f"{value[0]}/{value[1]}"
+
+
+def _name(key: str) -> str:
+    uri, _, local = key[1:].partition("}")
+    return f"{PREFIXES.get(uri, uri)}:{local}"
+
+
+def _listed(names: list[str]) -> str:
+    """Names in order, once each; Camera Raw's as ``crs:* (N properties)``."""
+    crs = [n for n in names if n.startswith("crs:")]
+    listed = list(dict.fromkeys(n for n in names if not n.startswith("crs:")))
+    if crs:
+        listed.append(f"crs:* ({len(crs)} propert{'ies' if len(crs) > 1 else 'y'}: Camera "
+                      "Raw's settings of the original)")
+    return ", ".join(listed)
+
+
+def _remove(parent: Any, child: Any) -> None:
+    """Take ``child`` out, the whitespace around its siblings as it was."""
+    children = list(parent)
+    at = children.index(child)
+    if at == len(children) - 1:  # (its tail is the parent's closing indent)
+        if at:
+            children[at - 1].tail = child.tail
+        else:
+            parent.text = child.tail
+    parent.remove(child)
+
+
+@functools.cache
+def _builder_class() -> type:
+    from xml.etree import ElementTree as ET
+
+    class Builder(ET.TreeBuilder):
+        """A tree, its comments, and where each namespace was declared."""
+
+        def __init__(self) -> None:
+            super().__init__(insert_comments=True, insert_pis=True)
+            self.pending: list[tuple[str, str]] = []
+            self.declared: dict[Any, list[tuple[str, str]]] = {}
+
+        def start_ns(self, prefix: str, uri: str) -> None:
+            self.pending.append((prefix, uri))
+
+        def start(self, tag: Any, attrs: Any) -> Any:
+            element = super().start(tag, attrs)
+            if self.pending:
+                self.declared[element] = self.pending
+                self.pending = []
+            return element
+
+    return Builder
+
+
+def _serialized(root: Any, declared: dict[Any, list[tuple[str, str]]]) -> str:
+    """``root`` as XML, each element with the prefixes and declarations it had."""
+    from xml.etree import ElementTree as ET
+
+    out: list[str] = []
+
+    def write(element: Any, outer: dict[str, str]) -> None:
+        if element.tag is ET.Comment:
+            out.append(f"<!--{element.text or ''}-->{_escaped(element.tail)}")
+            return
+        if element.tag is ET.ProcessingInstruction:
+            out.append(f"<?{element.text or ''}?>{_escaped(element.tail)}")
+            return
+        mine = list(declared.get(element, []))
+        scope = {**outer, **dict(mine)}
+
+        def qname(key: str, attribute: bool) -> str:
+            if not key.startswith("{"):
+                return key
+            uri, _, local = key[1:].partition("}")
+            if uri == XML:
+                return f"xml:{local}"
+            prefix = next((p for p, u in reversed(scope.items())
+                           if u == uri and (p or not attribute)), None)
+            if prefix is None:  # (not declared where it is used: declared here)
+                prefix = next(f"ns{n}" for n in range(len(scope) + 1) if f"ns{n}" not in scope)
+                scope[prefix] = uri
+                mine.append((prefix, uri))
+            return f"{prefix}:{local}" if prefix else local
+
+        tag = qname(element.tag, False)
+        attributes = [f'{qname(k, True)}="{_escaped(v, True)}"' for k, v in element.items()]
+        namespaces = [f'xmlns{":" + p if p else ""}="{_escaped(u, True)}"' for p, u in mine]
+        out.append("<" + " ".join([tag, *namespaces, *attributes]))
+        if element.text or len(element):
+            out.append(">" + _escaped(element.text))
+            for child in element:
+                write(child, scope)
+            out.append(f"</{tag}>")
+        else:
+            out.append("/>")
+        out.append(_escaped(element.tail))
+
+    write(root, {})
+    return "".join(out)
+
+
+def _escaped(text: str | None, attribute: bool = False) -> str:
+    text = (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if attribute:
+        text = (text.replace('"', "&quot;").replace("\n", "&#xA;").replace("\r", "&#xD;")
+                .replace("\t", "&#x9;"))
+    return text
