@@ -278,6 +278,8 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
+    from pipeline.adapters.metadata import output_xmp
+    from pipeline.core.chain import page_placement
     from pipeline.steps.planning import plan_pages
 
     plan, problems = plan_pages(0, spec, infos, "inspect", 0.0)
@@ -299,6 +301,10 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
         entry["ops"] = {"runs": not why and not others, "problems": why,
                         "out": {"width": pp.out_grid.width, "height": pp.out_grid.height,
                                 "bands": pp.out_channels, "dtype": pp.out_dtype}}
+        _, xmp = output_xmp(pp.info, pp.out_grid.height, pp.out_grid.width, pp.factor,
+                            page_placement(spec.ops, pp.info))
+        if xmp:  # (kept, rewritten for the new size and place, or dropped, and why)
+            entry["ops"]["xmp"] = xmp
     if others:
         doc["ops_problems"] = others
 
@@ -433,4 +439,6 @@ def _page_text(p: dict[str, Any]) -> str:
         else:
             line += (f"\nops: run -> {out['width']} x {out['height']}, {out['bands']} x "
                      f"{out['dtype']}")
+            if ops.get("xmp"):
+                line += f"; XMP {ops['xmp']}"
     return line

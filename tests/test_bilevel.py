@@ -618,5 +618,6 @@ def test_1bit_pages_written_8bit_are_told_with_what_keeps_them_1bit(tmp_path, ca
         assert [page.bitspersample for page in tf.pages] == [8, 8]  # (as before: told)
     err = capsys.readouterr().err
     assert f"tiffpipe: job 0 ({tmp_path / 'book.tif'}): {told}; it writes" in err
-    assert "tiffpipe: ... and 1 more job(s) with a note (pages left out, or 1-bit pages " \
-        "written 8-bit): each job's message in the report says which and why" in err
+    assert "tiffpipe: ... and 1 more job(s) with a note (pages left out, 1-bit pages " \
+        "written 8-bit, XMP rewritten or dropped): each job's message in the report says " \
+        "which and why" in err

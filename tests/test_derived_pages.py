@@ -297,8 +297,8 @@ def test_the_command_names_the_first_jobs_that_left_pages_out_once_a_run(runs):
     said = [line for line in runs["stderr"] if "left out" in line or "left pages out" in line]
     assert said == [*(f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}"
                       for j in noted[:3]),
-                    ("tiffpipe: ... and 1 more job(s) with a note (pages left out, or 1-bit pages "
-                     "written 8-bit): each job's message in "
+                    ("tiffpipe: ... and 1 more job(s) with a note (pages left out, 1-bit pages "
+                     "written 8-bit, XMP rewritten or dropped): each job's message in "
                      "the report says which and why")]
 
 

@@ -21,14 +21,19 @@ Rules:
 - the ICC profile is kept when its colour space matches the output's (RGB for RGB and
   palette pages, GRAY for gray pages): ``to_gray`` drops an RGB profile;
 - GeoTIFF (ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory,
-  GeoDoubleParams, GeoAsciiParams) and XMP are copied byte for byte when the output page has
+  GeoDoubleParams, GeoAsciiParams) are copied byte for byte when the output page has
   the input's size; after a ``downsample`` the GeoTIFF tags are scaled so that each output
-  pixel keeps its place in the world (:func:`geo_downsampled`), XMP is dropped, and so is
-  every spatial tag after any other size change (they map pixel positions); a ``rotate``,
+  pixel keeps its place in the world (:func:`geo_downsampled`), and dropped after any
+  other size change (they map pixel positions); a ``rotate``,
   ``flip`` or ``crop`` moves the georeferencing with the pixels (:func:`geo_placed`); the
   model tags moved are written as DOUBLE, whatever numeric type the input stored, and model
   tags stored as RATIONAL or SRATIONAL are written as DOUBLE even when not moved (read as
   GDAL reads them: :func:`_rational`);
+- XMP is copied byte for byte through a chain that keeps the page's size and place, else
+  rewritten (:func:`output_xmp`, :mod:`pipeline.core.xmp`): its size, resolution and
+  Orientation properties made the output's, what cannot stay true removed, the rights and
+  credits kept; a packet that does not parse is dropped, and the job's note says which
+  (:func:`xmp_note`);
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
   OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
   name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
@@ -86,12 +91,15 @@ KEPT_TAGS = {
 #: IPTC-NAA: a scan's caption, creator, rights (IIM datasets, bytes), which Photoshop stores
 #: as LONGs: carried as the bytes stored, written UNDEFINED (:func:`_carry`)
 IPTC = 33723
-#: copied byte for byte only when the output page has the input page's size
+#: copied byte for byte only when the output page has the input page's size and place (XMP:
+#: else rewritten, :func:`output_xmp`)
 SPATIAL_TAGS = {
     700: "XMP", 33550: "ModelPixelScaleTag", 33922: "ModelTiepointTag",
     34264: "ModelTransformationTag", 34735: "GeoKeyDirectoryTag", 34736: "GeoDoubleParamsTag",
     34737: "GeoAsciiParamsTag",
 }
+#: XMP: rewritten, not dropped, when the chain moves or resizes the page (:func:`output_xmp`)
+XMP = 700
 #: Orientation: which corner row 0, column 0 is (repeated on pyramid levels)
 ORIENTATION = 274
 #: PageName, which an OME-TIFF's page without one gets from its OME plane (:func:`ome_name`)
@@ -222,6 +230,8 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
         tag = tags.get(code)
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:
             spatial.append(carried)
+        elif code == XMP and tag is not None and tag.valuebytecount > VALUE_MAX:
+            out["xmp_over"] = int(tag.valuebytecount)  # (dropped: the job's note says so)
     gdal = tags.get(GDAL_METADATA)
     if gdal is not None and (carried := _carry(gdal, byteorder)) is not None \
             and carried[1] == 2:
@@ -580,7 +590,8 @@ def _scale(ref: tuple[int, int], height: int, width: int, factor: int = 1
 #: GTRasterTypeGeoKey's PixelIsPoint
 GEO_KEYS = 34735
 RASTER_TYPE_KEY, PIXEL_IS_POINT = 1025, 2
-#: what a downsample keeps of the spatial tags (XMP and an Aperio description are dropped)
+#: what a downsample keeps of the spatial tags (XMP is rewritten, :func:`output_xmp`; an
+#: Aperio description is dropped)
 GEO_TAGS = (*MODEL_TAGS, GEO_KEYS, 34736, 34737)
 
 
@@ -591,8 +602,9 @@ def geo_downsampled(spatial: list[list[Any]], factor: int) -> list[list[Any]]:
     ``factor``, the tiepoints' raster positions and the transformation's raster axes
     divided by it. With PixelIsArea (the default) raster position (0, 0) is the page's
     corner, which stays; with PixelIsPoint it is the first pixel's centre, which moves
-    ``(factor - 1) / 2`` input pixels. The other GeoTIFF tags are kept as they are; XMP and
-    an Aperio description (which give the input's pixel size) are not."""
+    ``(factor - 1) / 2`` input pixels. The other GeoTIFF tags are kept as they are; an
+    Aperio description (which gives the input's pixel size) is not, nor XMP (rewritten by
+    :func:`output_xmp`)."""
     shift = (factor - 1) / 2 if _pixel_is_point(spatial) else 0.0  # output position 0
 
     def scaled(code: int, value: list[Any]) -> list[Any]:
@@ -613,8 +625,8 @@ def geo_cropped(spatial: list[list[Any]], y: int, x: int) -> list[list[Any]]:
     ``x`` of it (``crop``), so that every pixel keeps its place in the world: the tiepoints'
     raster positions move by (-x, -y), the transformation's translation by its raster axes
     times (x, y) (whether raster positions are of pixel corners or centres, the shift is
-    the same). The other GeoTIFF tags are kept as they are; XMP and an Aperio description
-    (which give the input's size) are not."""
+    the same). The other GeoTIFF tags are kept as they are; an Aperio description (which
+    gives the input's size) is not, nor XMP (rewritten by :func:`output_xmp`)."""
 
     def moved(code: int, value: list[Any]) -> list[Any]:
         if code == MODEL_TIEPOINT:  # (I, J, K, X, Y, Z) each
@@ -817,8 +829,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     y resolution; a rotation or flip drops Orientation (the pixels are stored as they are
     to be shown); every geometric op moves the georeferencing with the pixels
     (:func:`geo_placed`; what cannot be moved is refused before:
-    :func:`pipeline.core.geometry.georeferenced`) and drops XMP and an Aperio
-    description. ``bilevel``: a 1-bit output page (0 and 255 stored as bits): miniswhite,
+    :func:`pipeline.core.geometry.georeferenced`) and drops an Aperio description; XMP
+    is rewritten for the new size and place (:func:`output_xmp`). ``bilevel``: a 1-bit
+    output page (0 and 255 stored as bits): miniswhite,
     as 1-bit scans and fax are, its GDAL_NODATA the bit of that value (255: 0, 0: 1;
     another value marks no pixel: dropped), and the entry merge makes its BitsPerSample
     (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`)."""
@@ -829,18 +842,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         "photometric": "palette" if palette else photometric,
         "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
     }
-    ref = (placed.height, placed.width) if placed else (info.height, info.width)
-    same_size = (height, width) == ref
-    sy, sx = (Fraction(1), Fraction(1)) if same_size else _scale(ref, height, width, factor)
-    if "resolution" in md:
-        (xn, xd), (yn, yd) = md["resolution"]
-        if placed and placed.transposed:  # the page's x is the input's y
-            (xn, xd), (yn, yd) = (yn, yd), (xn, xd)
-        if same_size:
-            kwargs["resolution"] = ((xn, xd), (yn, yd))
-        else:
-            kwargs["resolution"] = (scaled_resolution([xn, xd], sx),
-                                    scaled_resolution([yn, yd], sy))
+    same_size, sy, sx = _resized(info, height, width, factor, placed)
+    if (resolution := _resolution(md, placed, sy, sx)) is not None:
+        kwargs["resolution"] = resolution
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
         kwargs["subfiletype"] = md["subfiletype"]
@@ -856,7 +860,10 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     extratags = []
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
-    spatial = md.get("spatial", [])
+    spatial = [tag for tag in md.get("spatial", []) if tag[0] != XMP]
+    xmp, _said = output_xmp(info, height, width, factor, placed)
+    if xmp is not None:
+        extratags.append(xmp)
     if placed:
         spatial = geo_placed(spatial, placed)
     if not same_size:  # kept, scaled, through the chain's downsample only
@@ -890,6 +897,80 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs
+
+
+def _resized(info: Any, height: int, width: int, factor: int, placed: Placement | None
+             ) -> tuple[bool, Fraction, Fraction]:
+    """Whether the output page of ``height`` x ``width`` has the size of the page the
+    chain's geometric ops placed, and its pixels per placed pixel along y and x."""
+    ref = (placed.height, placed.width) if placed else (info.height, info.width)
+    if (height, width) == ref:
+        return True, Fraction(1), Fraction(1)
+    return (False, *_scale(ref, height, width, factor))
+
+
+def _resolution(md: dict[str, Any], placed: Placement | None, sy: Fraction, sx: Fraction
+                ) -> tuple[Any, Any] | None:
+    """The output's XResolution and YResolution (None: the input page has none): a quarter
+    turn swaps them, a size change scales them by the pixels per placed pixel."""
+    if "resolution" not in md:
+        return None
+    (xn, xd), (yn, yd) = md["resolution"]
+    if placed and placed.transposed:  # the page's x is the input's y
+        (xn, xd), (yn, yd) = (yn, yd), (xn, xd)
+    if sx == sy == 1:
+        return (xn, xd), (yn, yd)
+    return scaled_resolution([xn, xd], sx), scaled_resolution([yn, yd], sy)
+
+
+def output_xmp(info: Any, height: int, width: int, factor: int = 1,
+               placed: Placement | None = None) -> tuple[tuple[Any, ...] | None, str]:
+    """The XMP of the output page of ``info`` that is ``height`` x ``width`` (``factor``,
+    ``placed``: as :func:`output_tags`), as an ``extratags`` entry (None: none), and what
+    was done with it ("" when the input page has none): kept byte for byte when the chain
+    keeps the page's size and place, else rewritten for them
+    (:func:`pipeline.core.xmp.rewritten`: its size, resolution and Orientation updated or
+    removed, Camera Raw's settings and pixel positions removed), or dropped."""
+    md = info.metadata or {}
+    if "xmp_over" in md:
+        return None, (f"dropped: {md['xmp_over']:,} bytes, over the {VALUE_MAX // 1024} KiB "
+                      "a carried tag may hold")
+    entry = next((tag for tag in md.get("spatial", []) if tag[0] == XMP), None)
+    if entry is None:
+        return None, ""
+    packet = _unb64(entry[3])
+    same_size, sy, sx = _resized(info, height, width, factor, placed)
+    if same_size and not placed:
+        return (XMP, entry[1], len(packet), packet, True), "kept as is"
+    from pipeline.core.xmp import Reshape, rewritten
+
+    done = rewritten(packet, Reshape(width, height, bool(placed and placed.turned),
+                                     bool(placed and placed.transposed), (sx, sy),
+                                     _resolution(md, placed, sy, sx),
+                                     md.get("resolutionunit", 2)))
+    if done.packet is None:
+        return None, done.said
+    return (XMP, entry[1], len(done.packet), done.packet, True), done.said
+
+
+def xmp_note(ops: list[dict[str, Any]], pages: Sequence[Any]) -> str:
+    """What a job's result says of its pages' XMP ("" when each is kept as is, or none has
+    one): the pages whose XMP the chain rewrote (which properties it updated and removed)
+    or dropped, and why (:func:`output_xmp`), so that an archive sees which access copies
+    lost or changed their rights and credit metadata."""
+    from pipeline.core.chain import page_placement
+    from pipeline.core.plan import _pages
+
+    said: dict[str, list[int]] = {}
+    for page in pages:
+        md = page.info.metadata or {}
+        if "xmp_over" not in md and not any(tag[0] == XMP for tag in md.get("spatial", [])):
+            continue
+        _, what = output_xmp(page.info, page.out_grid.height, page.out_grid.width,
+                             page.factor, page_placement(ops, page.info))
+        if what and not what.startswith("kept"):
+            said.setdefault(what, []).append(page.info.index)
+    return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())
 
 
 def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats: bool,

@@ -303,8 +303,8 @@ def order_problems(calls: list[Any]) -> list[str]:
 class Placement:
     """What the chain's geometric ops do to a page, for its output's tags: the placed page's
     size (input pixels, before any downsample), whether the pixels were turned (a rotation
-    or flip: Orientation and XMP no longer describe them) and transposed (x and y swap:
-    resolution too), and where each point of the placed page was on the input page, in
+    or flip: Orientation no longer describes them; XMP is rewritten) and transposed (x and
+    y swap: resolution too), and where each point of the placed page was on the input page, in
     pixel-corner coordinates (x right, y down; pixel (r, c) covers [c, c + 1) x [r, r + 1)):
     ``x_in = axes[0] x + axes[1] y + x``, ``y_in = axes[2] x + axes[3] y + y``, so ``y``,
     ``x`` is where the placed page's corner was (when only crops moved it: the corner of

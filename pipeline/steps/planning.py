@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
+from pipeline.adapters.metadata import xmp_note
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
@@ -382,8 +383,10 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     note = left_out_note(left_out, spec.output_options.pyramid, masks_why,
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
-    if one_bit := one_bit_note(spec, plan.pages):  # (a book's fax pages copied 8-bit)
-        plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit) if n))
+    one_bit = one_bit_note(spec, plan.pages)  # (a book's fax pages copied 8-bit)
+    xmp = xmp_note(spec.ops, plan.pages)  # (rights metadata rewritten or dropped)
+    if one_bit or xmp:
+        plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp) if n))
     return plan, problems + output_problems(plan)
 
 

@@ -1,0 +1,307 @@
+"""XMP (tag 700) through ops that move or resize a page: rewritten, not dropped, so an
+archive's access copies keep their rights and credit metadata (``dc:rights``,
+``dc:creator``, ``photoshop:Credit``, ...) with their size, resolution and Orientation
+properties made true again (``pipeline/core/xmp.py``, ``metadata.output_xmp``). Real TIFFs
+written by tifffile go through one ``tiffpipe run``; the packets are read back with tifffile
+and Pillow and checked with ``xml.etree``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline import cli
+from pipeline.core.xmp import Reshape, rewritten
+
+pytestmark = pytest.mark.timeout(240)
+
+RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+TIFF = "{http://ns.adobe.com/tiff/1.0/}"
+EXIF = "{http://ns.adobe.com/exif/1.0/}"
+CRS = "{http://ns.adobe.com/camera-raw-settings/1.0/}"
+DC = "{http://purl.org/dc/elements/1.1/}"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+PHOTOSHOP = "{http://ns.adobe.com/photoshop/1.0/}"
+#: the page: 120 x 80, 300 x 200 pixels per inch, Orientation 6 (as the packets say)
+WIDTH, HEIGHT = 120, 80
+PADDING = (" " * 99 + "\n") * 20
+#: as Photoshop and Lightroom write it: properties as attributes of rdf:Description, the
+#: rights and credits as arrays, Camera Raw's settings (a crop of the original among them)
+ADOBE = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+         '<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="Adobe XMP Core 9.1-c002">\n'
+         ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+         '  <rdf:Description rdf:about=""\n'
+         '    xmlns:tiff="http://ns.adobe.com/tiff/1.0/"\n'
+         '    xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
+         '    xmlns:dc="http://purl.org/dc/elements/1.1/"\n'
+         '    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"\n'
+         '    xmlns:xmpRights="http://ns.adobe.com/xap/1.0/rights/"\n'
+         '    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"\n'
+         '   tiff:ImageWidth="120" tiff:ImageLength="80" tiff:Orientation="6"\n'
+         '   tiff:XResolution="300/1" tiff:YResolution="200/1" tiff:ResolutionUnit="2"\n'
+         '   exif:PixelXDimension="120" exif:PixelYDimension="80"\n'
+         '   exif:FocalPlaneXResolution="4000/1" exif:FocalPlaneYResolution="3000/1"\n'
+         '   exif:FocalPlaneResolutionUnit="3" exif:ExposureTime="1/125"\n'
+         '   photoshop:Credit="Courtesy of the City Archive" xmpRights:Marked="True"\n'
+         '   crs:HasCrop="True" crs:CropTop="0.1" crs:CropLeft="0.05">\n'
+         '   <dc:rights>\n    <rdf:Alt>\n'
+         '     <rdf:li xml:lang="x-default">\u00a9 1931 City Archive &amp; Library</rdf:li>\n'
+         '     <rdf:li xml:lang="de">\u00a9 1931 Stadtarchiv</rdf:li>\n'
+         '    </rdf:Alt>\n   </dc:rights>\n'
+         '   <dc:creator>\n    <rdf:Seq>\n     <rdf:li>Anna Lindqvist</rdf:li>\n'
+         '    </rdf:Seq>\n   </dc:creator>\n'
+         '   <dc:title>\n    <rdf:Alt>\n     <rdf:li xml:lang="x-default">Harbour, 1931</rdf:li>\n'
+         '    </rdf:Alt>\n   </dc:title>\n'
+         '   <crs:ToneCurvePV2012>\n    <rdf:Seq>\n     <rdf:li>0, 0</rdf:li>\n'
+         '     <rdf:li>255, 255</rdf:li>\n    </rdf:Seq>\n   </crs:ToneCurvePV2012>\n'
+         '  </rdf:Description>\n </rdf:RDF>\n</x:xmpmeta>\n'
+         + PADDING + '<?xpacket end="w"?>').encode()
+#: properties as child elements, other prefixes, no xpacket wrapper (some writers omit it)
+CHILDREN = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+            'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description rdf:about="" xmlns:t="http://ns.adobe.com/tiff/1.0/" '
+            'xmlns:exif="http://ns.adobe.com/exif/1.0/" '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/" '
+            'xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" '
+            'xmlns:Iptc4xmpCore="http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/">\n'
+            ' <t:ImageWidth>120</t:ImageWidth>\n <t:ImageLength>80</t:ImageLength>\n'
+            ' <t:Orientation>6</t:Orientation>\n'
+            ' <t:XResolution>300/1</t:XResolution>\n <t:YResolution>200/1</t:YResolution>\n'
+            ' <t:ResolutionUnit>2</t:ResolutionUnit>\n'
+            ' <exif:PixelXDimension>120</exif:PixelXDimension>\n'
+            ' <exif:PixelYDimension>80</exif:PixelYDimension>\n'
+            ' <exif:SubjectArea><rdf:Seq><rdf:li>60</rdf:li><rdf:li>40</rdf:li></rdf:Seq>'
+            '</exif:SubjectArea>\n'
+            ' <dc:rights><rdf:Alt><rdf:li xml:lang="x-default">\u00a9 1931 City Archive'
+            '</rdf:li></rdf:Alt></dc:rights>\n'
+            ' <dc:creator><rdf:Seq><rdf:li>Anna Lindqvist</rdf:li></rdf:Seq></dc:creator>\n'
+            ' <photoshop:Credit>Courtesy of the City Archive</photoshop:Credit>\n'
+            ' <Iptc4xmpCore:CreatorContactInfo rdf:parseType="Resource">'
+            '<Iptc4xmpCore:CiEmailWork>archive@example.org</Iptc4xmpCore:CiEmailWork>'
+            '</Iptc4xmpCore:CreatorContactInfo>\n'
+            '</rdf:Description></rdf:RDF></x:xmpmeta>').encode()
+#: a Description never closed
+INVALID = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+           '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+           'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+           '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode()
+PACKETS = {"adobe": ADOBE, "children": CHILDREN, "invalid": INVALID}
+OPS: dict[str, list[dict[str, Any]]] = {
+    "crop": [{"op": "crop", "x": 10, "y": 20, "width": 50, "height": 40}],
+    "down": [{"op": "downsample", "factor": 2}],
+    "rot90": [{"op": "rotate", "angle": 90}],
+    "blur": [{"op": "gaussian_blur", "sigma": 1.5}],
+}
+#: (width, height, XResolution, YResolution, FocalPlaneX, FocalPlaneY) of each output
+SIZES = {"crop": (50, 40, "300/1", "200/1", "4000/1", "3000/1"),
+         "down": (60, 40, "150/1", "100/1", "2000/1", "1500/1"),
+         "rot90": (80, 120, "200/1", "300/1", "3000/1", "4000/1")}
+#: the properties the ops may change: left out when comparing the rest
+GEOMETRY = (TIFF, EXIF, CRS)
+
+
+def _write(path: Path, packet: bytes) -> None:
+    rng = np.random.default_rng(3)
+    tifffile.imwrite(path, rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8),
+                     photometric="rgb", tile=(32, 32), metadata=None,
+                     resolution=((300, 1), (200, 1)), resolutionunit=2,
+                     extratags=[(274, "H", 1, 6, True),
+                                (700, "B", len(packet), packet, True)])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("xmp")
+    jobs, names = [], []
+    for kind, packet in PACKETS.items():
+        _write(root / f"{kind}.tif", packet)
+        for op, ops in OPS.items():
+            names.append((kind, op))
+            jobs.append({"input": str(root / f"{kind}.tif"), "ops": ops, "tile": 64,
+                         "output": str(root / "out" / f"{kind}_{op}.tif"),
+                         "output_options": {"tile": 32}})
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(manifest), "--workers", "2", "--quiet"])
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
+    return dict(zip(names, report["jobs"], strict=True))
+
+
+def _xmp(path: str) -> bytes | None:
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages.first.tags.get(700)
+        return None if tag is None else bytes(tag.value)
+
+
+def _description(packet: bytes) -> ET.Element:
+    root = ET.fromstring(packet[packet.index(b"<x:xmpmeta"):packet.index(b"</x:xmpmeta>") + 12])
+    return root.find(f"{RDF}RDF/{RDF}Description")
+
+
+def _value(desc: ET.Element, key: str) -> str | None:
+    """A property, an attribute or a child element."""
+    if key in desc.attrib:
+        return desc.attrib[key]
+    child = desc.find(key)
+    return None if child is None else child.text
+
+
+def _rest(element: ET.Element) -> list[Any]:
+    """Every element and attribute but the geometric ones (and what they hold), in
+    document order."""
+    out = [(element.tag, sorted((k, v) for k, v in element.attrib.items()
+                                if not k.startswith(GEOMETRY)), (element.text or "").strip())]
+    for child in element:
+        if not child.tag.startswith(GEOMETRY):
+            out += _rest(child)
+    return out
+
+
+@pytest.mark.parametrize("op", ["crop", "down", "rot90"])
+@pytest.mark.parametrize("kind", ["adobe", "children"])
+def test_xmp_is_rewritten_for_the_new_geometry_and_keeps_the_rights(run, kind, op):
+    job = run[(kind, op)]
+    packet = _xmp(job["output"])
+    assert packet is not None, job  # before: dropped
+    desc, source = _description(packet), _description(PACKETS[kind])
+    width, height, xres, yres, fx, fy = SIZES[op]
+    with tifffile.TiffFile(job["output"]) as tf:
+        page = tf.pages.first
+        assert (page.imagewidth, page.imagelength) == (width, height)
+        # the XMP says what the TIFF tags say
+        assert f"{page.tags[282].value[0]}/{page.tags[282].value[1]}" == xres
+        assert f"{page.tags[283].value[0]}/{page.tags[283].value[1]}" == yres
+        orientation = page.tags.valueof(274)
+    for key, want in ((f"{TIFF}ImageWidth", width), (f"{TIFF}ImageLength", height),
+                      (f"{EXIF}PixelXDimension", width), (f"{EXIF}PixelYDimension", height),
+                      (f"{TIFF}XResolution", xres), (f"{TIFF}YResolution", yres),
+                      (f"{TIFF}ResolutionUnit", "2")):
+        assert _value(desc, key) == str(want), key
+    if kind == "adobe":
+        assert _value(desc, f"{EXIF}FocalPlaneXResolution") == fx
+        assert _value(desc, f"{EXIF}FocalPlaneYResolution") == fy
+        assert _value(desc, f"{EXIF}FocalPlaneResolutionUnit") == "3"
+        assert _value(desc, f"{EXIF}ExposureTime") == "1/125"  # a camera fact: kept
+        # Camera Raw's crop of the original, which Adobe's tools would apply again: gone
+        assert not [k for k in desc.attrib if k.startswith(CRS)]
+        assert not [e for e in desc if e.tag.startswith(CRS)]
+        assert len(packet) == len(ADOBE)  # the padding takes up the difference
+        assert packet.startswith(ADOBE[:ADOBE.index(b"<x:xmpmeta")])
+        assert packet.endswith(b'\n<?xpacket end="w"?>')
+    else:
+        assert desc.find(f"{EXIF}SubjectArea") is None  # a position on the original
+        assert packet.startswith(b"<x:xmpmeta") and b"<t:ImageWidth>" in packet  # its prefix
+    # Orientation goes with the tag: a rotation stores the pixels as they are shown
+    assert orientation == (None if op == "rot90" else 6)
+    assert _value(desc, f"{TIFF}Orientation") == (None if op == "rot90" else "6")
+    # the rights, credits, titles: as they were
+    assert _rest(desc) == _rest(source)
+    rights = desc.find(f"{DC}rights/{RDF}Alt/{RDF}li")
+    assert rights.get(XML_LANG) == "x-default" and rights.text.startswith("\u00a9 1931 City")
+    assert [li.text for li in desc.iterfind(f"{DC}creator/{RDF}Seq/{RDF}li")] == [
+        "Anna Lindqvist"]
+    assert _value(desc, f"{PHOTOSHOP}Credit") == "Courtesy of the City Archive"
+    # Pillow reads the same packet
+    with Image.open(job["output"]) as im:
+        assert im.info["xmp"] == packet
+    # the report says what was done
+    said = job["message"]
+    assert said.startswith("XMP of page 0: rewritten: updated tiff:ImageWidth, "
+                           "tiff:ImageLength"), said
+    if op != "crop":
+        assert "tiff:XResolution, tiff:YResolution" in said
+    assert ("tiff:Orientation" in said) == (op == "rot90")
+    assert ("crs:* (4 properties" in said) == (kind == "adobe")
+    assert ("exif:SubjectArea" in said) == (kind == "children")
+
+
+def test_pillow_getxmp_reads_the_rewritten_packet(run):
+    pytest.importorskip("defusedxml")  # (Pillow's getxmp needs it)
+    with Image.open(run[("adobe", "rot90")]["output"]) as im:
+        desc = im.getxmp()["xmpmeta"]["RDF"]["Description"]
+    assert desc["ImageWidth"] == "80" and desc["ImageLength"] == "120"
+    assert desc["creator"]["Seq"]["li"] == "Anna Lindqvist"
+
+
+@pytest.mark.parametrize("kind", list(PACKETS))
+def test_a_value_op_keeps_the_packet_byte_for_byte(run, kind):
+    job = run[(kind, "blur")]
+    assert _xmp(job["output"]) == PACKETS[kind]
+    assert not job.get("message")
+
+
+@pytest.mark.parametrize("op", ["crop", "down", "rot90"])
+def test_a_packet_that_does_not_parse_is_dropped_and_said_so(run, op):
+    job = run[("invalid", op)]
+    assert _xmp(job["output"]) is None
+    assert job["message"].startswith("XMP of page 0: dropped: it does not parse as XML ("), \
+        job["message"]
+
+
+def test_inspect_says_what_a_chain_does_with_the_xmp(run, capsys: pytest.CaptureFixture):
+    path = str(Path(run[("adobe", "crop")]["input"]))
+    turned = ("; XMP rewritten: updated tiff:ImageWidth, tiff:ImageLength, tiff:XResolution, "
+              "tiff:YResolution, exif:PixelXDimension, exif:PixelYDimension, "
+              "exif:FocalPlaneXResolution, exif:FocalPlaneYResolution; removed "
+              "tiff:Orientation, crs:* (4 properties: Camera Raw's settings of the original)")
+    for ops, said in (('[{"op": "rotate", "angle": 90}]', turned),
+                      ('[{"op": "gaussian_blur", "sigma": 1}]', "; XMP kept as is")):
+        assert cli.main(["inspect", path, "--ops", ops]) == 0
+        out = capsys.readouterr().out
+        assert "ops: run -> " in out and said in out, out
+    bad = str(Path(run[("invalid", "crop")]["input"]))
+    assert cli.main(["inspect", bad, "--ops", OPS_JSON_DOWN, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    page = doc["files"][0]["pages"][0]
+    assert page["ops"]["xmp"].startswith("dropped: it does not parse as XML")
+
+
+OPS_JSON_DOWN = json.dumps(OPS["down"])
+
+
+def test_a_packet_over_the_cap_is_said_dropped(tmp_path: Path):
+    packet = ADOBE.replace(PADDING.encode(), b" " * 70_000)
+    _write(tmp_path / "big.tif", packet)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "big.tif"),
+                                              "output": str(tmp_path / "out.tif")}]}))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main(["run", str(manifest), "--quiet"]) == 0
+    (job,) = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
+    assert _xmp(job["output"]) is None
+    assert job["message"] == (f"XMP of page 0: dropped: {len(packet):,} bytes, over the 64 KiB "
+                              "a carried tag may hold")
+
+
+def test_a_packet_with_nothing_to_update_is_kept_byte_for_byte():
+    packet = CHILDREN.replace(b"<t:", b"<other:").replace(b"</t:", b"</other:").replace(
+        b"xmlns:t=", b"xmlns:other=").replace(b"http://ns.adobe.com/tiff/1.0/", b"urn:x")
+    packet = packet.replace(b"exif:SubjectArea", b"other:SubjectArea").replace(
+        b"exif:PixelX", b"other:PixelX").replace(b"exif:PixelY", b"other:PixelY")
+    done = rewritten(packet, Reshape(80, 120, True, True))
+    assert done.packet == packet and done.said.startswith("kept as is")
+
+
+def test_a_property_where_a_value_was_expected_is_removed_and_padding_grows_if_need_be():
+    packet = CHILDREN.replace(b"<t:ImageWidth>120</t:ImageWidth>",
+                              b'<t:ImageWidth rdf:parseType="Resource"><rdf:value>120'
+                              b"</rdf:value></t:ImageWidth>")
+    done = rewritten(packet, Reshape(60, 40, False, False, (Fraction(1, 2), Fraction(1, 2)),
+                                     ((150, 1), (100, 1)), 2))
+    desc = _description(done.packet)
+    assert desc.find(f"{TIFF}ImageWidth") is None and _value(desc, f"{TIFF}ImageLength") == "40"
+    assert "removed tiff:ImageWidth" in done.said
