@@ -189,6 +189,20 @@ def test_validate_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # inputs are not opened
 
 
+def test_validate_names_the_op_or_field_a_misspelling_meant(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture):
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "a.tif", "output": "out/a.tif", "ops": [{"op": "gaussian-blur", "sigma": 2}]},
+        {"input": "b.tif", "output": "out/b.tif", "ops": [{"op": "gaussian_blur", "sigm": 2}]},
+    ]}))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"tiffpipe: invalid manifest {tmp_path / 'm.json'}: 2 problem(s) in the manifest:\n"
+        "  jobs[0].ops[0].op: unknown op 'gaussian-blur'; did you mean gaussian_blur? "
+        f"(known: {', '.join(OPS)})\n"
+        "  jobs[1].ops[0].sigm: unknown field; did you mean sigma?\n")
+
+
 def test_workers_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture):
     _inputs(tmp_path)
     for workers in ("0", "-3"):

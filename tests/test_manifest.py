@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.core.manifest import load_manifest_text, parse_manifest, resolve_location
 from pipeline.core.models import DEFAULT_OUTPUT_TILE, DEFAULT_TILE, JobSpec, OutputOptions
+from pipeline.core.ops import OPS
 from pipeline.errors import ManifestError
 
 BASE = os.path.abspath(os.sep + "m")
@@ -220,21 +221,45 @@ def test_a_job_where_a_manifest_or_a_list_belongs_is_told_how_to_wrap_it(
 
 
 def test_unknown_top_level_fields_name_the_allowed_ones():
+    """A name close to a field not given is the likely one; "job" beside "jobs" is not
+    taken for it (that is given)."""
     assert problems_of({"jobs": [job()], "scans": {"prefix": "in/"}, "job": []}) == [
-        "scans: unknown field (allowed: defaults, jobs, scan)",
+        "scans: unknown field; did you mean scan? (allowed: defaults, jobs, scan)",
         "job: unknown field (allowed: defaults, jobs, scan)",
     ]
 
 
+def test_a_misspelt_jobs_is_one_problem_not_also_jobs_missing():
+    assert problems_of({"job": [job()]}) == ["job: unknown field; did you mean jobs?"]
+    assert problems_of({"defaults": {}, "scna": {}}) == [
+        "scna: unknown field; did you mean scan?"]
+
+
 def test_unknown_job_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(), job(output="b.tif", page=[1])]}) == (
-        "jobs[1].page: unknown field (allowed: fuse, if_exists, input, ops, output, "
+        "jobs[1].page: unknown field; did you mean pages? (allowed: fuse, if_exists, input, "
+        "ops, output, output_options, pages, tile)")
+    assert one_problem({"jobs": [job(colour="red")]}) == (
+        "jobs[0].colour: unknown field (allowed: fuse, if_exists, input, ops, output, "
         "output_options, pages, tile)")
+
+
+def test_a_misspelt_input_or_output_is_one_problem_not_also_a_missing_one():
+    """``"ouput"`` is the output misspelt: said once, with the name meant, not as an
+    unknown field and a missing output."""
+    assert problems_of({"jobs": [{"input": "a.tif", "ouput": "b.tif"},
+                                 {"inptu": "c.tif", "output": "d.tif"}]}) == [
+        "jobs[0].ouput: unknown field; did you mean output?",
+        "jobs[1].inptu: unknown field; did you mean input?"]
 
 
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
-        "jobs[0].output_options.compresion: unknown field "
+        "jobs[0].output_options.compresion: unknown field; did you mean compression? "
+        "(allowed: bigtiff, bilevel, cog, compression, level, masks, ome, pyramid, "
+        "pyramid_layout, quality, tile)")
+    assert one_problem({"jobs": [job(output_options={"colour": "red"})]}) == (
+        "jobs[0].output_options.colour: unknown field "
         "(allowed: bigtiff, bilevel, cog, compression, level, masks, ome, pyramid, "
         "pyramid_layout, quality, tile)")
 
@@ -500,6 +525,25 @@ def test_every_problem_of_one_op_is_listed_at_its_own_path():
     ]
 
 
+def test_a_misspelt_op_or_parameter_names_the_one_meant():
+    """``gaussian-blur`` lists every op and the one meant; ``sigm`` is one problem, the
+    parameter misspelt (not also sigma missing); ``sigmaa`` beside a sigma given is not
+    taken for it."""
+    assert one_problem({"jobs": [job(ops=[{"op": "gaussian-blur", "sigma": 2}])]}) == (
+        "jobs[0].ops[0].op: unknown op 'gaussian-blur'; did you mean gaussian_blur? (known: "
+        f"{', '.join(OPS)})")
+    assert one_problem({"jobs": [job(ops=[{"op": "gaussian_blur", "sigm": 2}])]}) == (
+        "jobs[0].ops[0].sigm: unknown field; did you mean sigma?")
+    assert one_problem({"jobs": [job(ops=[{"op": "gaussian_blur", "sigma": 2,
+                                           "sigmaa": 3}])]}) == (
+        "jobs[0].ops[0].sigmaa: unknown field (allowed: sigma)")
+    assert one_problem({"jobs": [job(ops=[{"op": "dilate", "iteration": 2}])]}) == (
+        "jobs[0].ops[0].iteration: unknown field; did you mean iterations? (allowed: "
+        "iterations, ksize)")
+    assert one_problem({"jobs": [job(ops=[{"op": "blurr"}])]}).startswith(
+        "jobs[0].ops[0].op: unknown op 'blurr' (known: ")  # nothing close enough
+
+
 def test_ops_must_be_a_list():
     assert one_problem({"jobs": [job(ops={"op": "invert"})]}) == (
         'jobs[0].ops: expected a list of ops, got {"op": "invert"}')
@@ -707,7 +751,7 @@ def test_all_problems_are_reported_in_one_error():
     }
     problems = problems_of(data)
     expected = [
-        "scans: unknown field (allowed: defaults, jobs, scan)",
+        "scans: unknown field; did you mean scan? (allowed: defaults, jobs, scan)",
         "defaults.ops[0].ksize: expected an odd integer >= 3 and <= 255, got 4",
         "defaults.tile: expected an integer multiple of 16 from 64 to 8192, got 100",
         ('defaults.output_options.quality: expected no quality with compression "lzw": '

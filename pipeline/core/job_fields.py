@@ -21,7 +21,7 @@ from pipeline.core.models import (
     OutputOptions,
 )
 from pipeline.core.ops import made_problems, made_types, parse_chain
-from pipeline.core.params import Param, show
+from pipeline.core.params import Param, show, unknown_field_problems
 from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
@@ -206,13 +206,13 @@ def _parse_pages(value: Any, path: str, problems: list[str]) -> tuple[bool, list
 
 
 def unknown_fields(obj: dict[str, Any], allowed: tuple[str, ...], path: str, problems: list[str],
-             hint: dict[str, str] | None = None) -> None:
-    names = ", ".join(sorted(allowed))
-    for key in obj:
-        if key not in allowed:
-            where = f"{path}.{key}" if path else str(key)
-            extra = (hint or {}).get(key, "")
-            problems.append(f"{where}: unknown field (allowed: {names}){extra}")
+                   hint: dict[str, str] | None = None, required: tuple[str, ...] = ()
+                   ) -> set[str]:
+    """:func:`~pipeline.core.params.unknown_field_problems`, its problems added to
+    ``problems``; returns the ``required`` fields a misspelling stood for."""
+    found, stood_for = unknown_field_problems(obj, allowed, path, required, hint)
+    problems.extend(found)
+    return stood_for
 
 
 def parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> Layer:

@@ -72,6 +72,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 DEFAULT_FIELDS = ("pages", "ops", "tile", "output_options", "fuse", "if_exists")
 
 _LOCATION = "a local path or s3://bucket/key"
+#: the required fields of a job and of a scan
+_PLACES = ("input", "output")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: the URL schemes a location may be mistyped from ("s3:/b/k", "s3:b/k": taken for a local
 #: path, it wrote into a folder named "s3:"); other names with a colon are local paths
@@ -387,12 +389,13 @@ def _parse_scan(scan: Any, defaults: Layer, base_dir: str, local: Local,
         problems.append(f'scan: expected an object with "input" and "output" (and any of '
                         f'{", ".join(DEFAULT_FIELDS)}), got {show(scan)}')
         return None
-    unknown_fields(scan, SCAN_FIELDS, "scan", problems)
+    stood_for = unknown_fields(scan, SCAN_FIELDS, "scan", problems, required=_PLACES)
     where: dict[str, str | None] = {}
-    for name in ("input", "output"):
+    for name in _PLACES:
         if name not in scan:
-            problems.append(f"scan.{name}: expected a folder or an s3://bucket/prefix/ "
-                            f"(required), got nothing")
+            if name not in stood_for:  # (else its misspelling's problem says it)
+                problems.append(f"scan.{name}: expected a folder or an s3://bucket/prefix/ "
+                                f"(required), got nothing")
             where[name] = None
             continue
         where[name], message = _scan_location(scan[name], base_dir, local)
@@ -470,7 +473,9 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
                 "writes one beside its manifest), not a manifest: give the manifest it reports "
                 f"on ({show(data['manifest'])})")
         raise ManifestError(source, [what])
-    unknown_fields(data, TOP_FIELDS, "", problems)
+    # one of jobs and scan is required: a misspelling of either stands for it
+    stood_for = unknown_fields(data, TOP_FIELDS, "", problems,
+                               required=() if data.keys() & {"jobs", "scan"} else ("jobs", "scan"))
     defaults = _parse_defaults(data, problems)
 
     if "scan" in data:
@@ -483,7 +488,9 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
                         'remove one of them')
 
     jobs = data.get("jobs")
-    if not isinstance(jobs, list) or not jobs:
+    if stood_for:  # (its misspelling's problem says it)
+        jobs = []
+    elif not isinstance(jobs, list) or not jobs:
         came = "nothing" if "jobs" not in data else show(jobs)
         if _is_job(jobs):
             came = 'one job: put it in a list: "jobs": [{"input": ...}]'
@@ -534,11 +541,12 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
         problems.append(f"{path}: expected an object with \"input\" and \"output\", "
                         f"got {show(job)}")
         return None
-    unknown_fields(job, JOB_FIELDS, path, problems)
+    stood_for = unknown_fields(job, JOB_FIELDS, path, problems, required=_PLACES)
     where: dict[str, str | None] = {}
-    for name in ("input", "output"):
+    for name in _PLACES:
         if name not in job:
-            problems.append(f"{path}.{name}: expected {_LOCATION} (required), got nothing")
+            if name not in stood_for:  # (else its misspelling's problem says it)
+                problems.append(f"{path}.{name}: expected {_LOCATION} (required), got nothing")
             where[name] = None
             continue
         message = _location_problem(job[name])

@@ -28,7 +28,7 @@ from pipeline.core import geometry as geo
 from pipeline.core import op_functions as fn
 from pipeline.core import stats as stats_mod
 from pipeline.core.opencv import gaussian_radius
-from pipeline.core.params import Param, check_object, show
+from pipeline.core.params import Param, check_object, close_name, show
 from pipeline.core.record import record
 from pipeline.errors import OperationError
 
@@ -552,7 +552,10 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
             continue
         op = OPS.get(item["op"])
         if op is None:
-            problems.append(f"{here}.op: unknown op {item['op']!r} (known: {', '.join(OPS)})")
+            near = close_name(item["op"], OPS)
+            guess = f"; did you mean {near}?" if near else ""
+            problems.append(f"{here}.op: unknown op {item['op']!r}{guess} (known: "
+                            f"{', '.join(OPS)})")
             continue
         values, probs = check_object(item, op.params, here, reserved=("op",))
         if all(p.name in values for p in op.params):  # each valid: how they relate, too

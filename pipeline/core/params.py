@@ -3,8 +3,10 @@ field."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from pipeline.core.record import record
@@ -107,14 +109,14 @@ def check_object(obj: Any, params: tuple[Param, ...], path: str,
     values: dict[str, Any] = {}
     if not isinstance(obj, dict):
         return values, [f"{path}: expected an object, got {json.dumps(obj)}"]
-    known = {p.name for p in params}
-    for key in obj:
-        if key not in known and key not in reserved:
-            allowed = ", ".join(sorted(known)) or "none"
-            problems.append(f"{path}.{key}: unknown field (allowed: {allowed})")
+    fields = {key: value for key, value in obj.items() if key not in reserved}
+    required = [p.name for p in params if p.required]
+    unknown, stood_for = unknown_field_problems(fields, [p.name for p in params], path,
+                                                required)
+    problems.extend(unknown)
     for p in params:
         if p.name not in obj:
-            if p.required:
+            if p.required and p.name not in stood_for:  # (else its misspelling's problem)
                 problems.append(f"{path}.{p.name}: required, {p.expectation()}")
             else:
                 values[p.name] = p.default
@@ -125,3 +127,43 @@ def check_object(obj: Any, params: tuple[Param, ...], path: str,
         else:
             values[p.name] = p.value(obj[p.name])
     return values, problems
+
+
+def close_name(key: Any, names: Iterable[str]) -> str | None:
+    """The one of ``names`` that ``key`` most likely misspells (difflib's closest match, at
+    its usual 0.6 similarity or more: ``gaussian-blur`` for ``gaussian_blur``), or None."""
+    if not isinstance(key, str):
+        return None
+    found = difflib.get_close_matches(key, list(names), n=1)
+    return found[0] if found else None
+
+
+def unknown_field_problems(obj: dict[str, Any], allowed: Iterable[str], path: str,
+                           required: Iterable[str] = (), hint: dict[str, str] | None = None
+                           ) -> tuple[list[str], set[str]]:
+    """A problem for each key of ``obj`` not in ``allowed`` (at ``path``: "" for the top
+    level) naming the allowed fields, and the one it most likely misspells (a field not
+    given: :func:`close_name`); ``hint``: what to add for some keys (no guess then). A
+    misspelling of a ``required`` field that ``obj`` lacks is that field's one problem
+    (``ops[0].sigm: unknown field; did you mean sigma?``, not also ``sigma: required``):
+    returns (the problems, the required fields so stood for, for the caller not to report
+    them missing)."""
+    names = sorted(allowed)
+    listed = ", ".join(names) or "none"
+    required = set(required)
+    problems: list[str] = []
+    stood_for: set[str] = set()
+    for key in obj:
+        if key in names:
+            continue
+        where = f"{path}.{key}" if path else str(key)
+        extra = (hint or {}).get(key, "")
+        near = None if extra else close_name(key, [n for n in names if n not in obj])
+        if near in required and near not in stood_for:
+            stood_for.add(near)
+            problems.append(f"{where}: unknown field; did you mean {near}?")
+        elif near:
+            problems.append(f"{where}: unknown field; did you mean {near}? (allowed: {listed})")
+        else:
+            problems.append(f"{where}: unknown field (allowed: {listed}){extra}")
+    return problems, stood_for
