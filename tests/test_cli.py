@@ -203,6 +203,22 @@ def test_validate_names_the_op_or_field_a_misspelling_meant(tmp_path: Path,
         "  jobs[1].ops[0].sigm: unknown field; did you mean sigma?\n")
 
 
+def test_validate_shows_invalid_json_where_it_is_with_a_hint(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture):
+    """The example of docs/manifest-and-ops.md: a one-line manifest with a trailing comma."""
+    (tmp_path / "m.json").write_text(
+        '{"jobs": [{"input": "scans/a.tif", "output": "out/a.tif"}, '
+        '{"input": "scans/b.tif", "output": "out/b.tif"},]}')
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err.split("\n")
+    assert err[0] == (f"tiffpipe: invalid manifest {tmp_path / 'm.json'}: 1 problem(s) in the "
+                      "manifest:")
+    assert err[1].endswith("; a trailing comma (line 1, column 107) before ]: remove it, "
+                           "JSON takes no comma after the last item")
+    assert err[2:] == ['    ...: "scans/b.tif", "output": "out/b.tif"},]}',
+                       f"    {' ' * (43 if sys.version_info < (3, 13) else 42)}^", ""]
+
+
 def test_workers_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture):
     _inputs(tmp_path)
     for workers in ("0", "-3"):

@@ -791,23 +791,77 @@ def test_the_error_message_lists_every_problem_with_the_source():
 
 
 def test_invalid_json_names_line_and_column():
+    """With the line, a caret under the column, and what is likely wrong."""
     text = '{\n  "jobs": [\n    {"input": "a.tif"\n     "output": "b.tif"}\n  ]\n}\n'
     with pytest.raises(ManifestError) as info:
         load_manifest_text(text, "m.json", BASE)
-    assert info.value.problems == ["line 4, column 6: invalid JSON: Expecting ',' delimiter"]
+    assert info.value.problems == [(
+        "line 4, column 6: invalid JSON: Expecting ',' delimiter; a comma missing before this? "
+        "items of a list or an object are separated by commas\n"
+        '         "output": "b.tif"}\n'
+        "         ^")]
     assert str(info.value).startswith("m.json: 1 problem(s)")
 
 
 def test_trailing_comma_is_invalid_json():
     """Python's own words and position: 3.13's json names the trailing comma itself, 3.11
-    and 3.12 the character after it, where a value was expected."""
+    and 3.12 the character after it, where a value was expected; the hint names the comma."""
     with pytest.raises(ManifestError) as info:
         load_manifest_text('{"jobs": [1,]}', "m.json", BASE)
     if sys.version_info >= (3, 13):
-        expected = "line 1, column 12: invalid JSON: Illegal trailing comma before end of array"
+        said, column = "Illegal trailing comma before end of array", 12
     else:
-        expected = "line 1, column 13: invalid JSON: Expecting value"
-    assert info.value.problems == [expected]
+        said, column = "Expecting value", 13
+    assert info.value.problems == [(
+        f"line 1, column {column}: invalid JSON: {said}; a trailing comma (line 1, column 12) "
+        "before ]: remove it, JSON takes no comma after the last item\n"
+        '    {"jobs": [1,]}\n'
+        f"    {' ' * (column - 1)}^")]
+
+
+@pytest.mark.parametrize(("text", "hint", "excerpt"), [
+    ('{"jobs": [\n  {"input": "a.tif", "output": "b.tif"},\n  ]\n}',
+     ("a trailing comma (line 2, column 40) before ]: remove it, JSON takes no comma after "
+      "the last item"), None),
+    ("{'jobs': []}", "JSON strings take double quotes (\"jobs\"), not single ones",
+     "    {'jobs': []}\n     ^"),
+    ('// my manifest\n{"jobs": []}', "JSON has no comments: remove it",
+     "    // my manifest\n    ^"),
+    ('{"jobs": [] # none yet\n}', "JSON has no comments: remove it",
+     '    {"jobs": [] # none yet\n                ^'),
+    ('[{"input": "a.tif"} {"input": "b.tif"}]',
+     "a comma missing before this? items of a list or an object are separated by commas",
+     '    [{"input": "a.tif"} {"input": "b.tif"}]\n                        ^'),
+    ('{"jobs": [{"input": "C:\\scans\\a.tif"',
+     ("a backslash in a JSON string begins an escape: write \\\\ for one (C:\\\\data\\\\a.tif), "
+      "or / in paths"), '    {"jobs": [{"input": "C:\\scans\\a.tif"\n                           ^'),
+    ('{"jobs": [{"input": "a.tif"}',
+     "the text ends before every [ and { is closed: add the missing ] or }",
+     '    {"jobs": [{"input": "a.tif"}\n                                ^'),
+])
+def test_invalid_json_says_what_is_likely_wrong(text: str, hint: str, excerpt: str | None):
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text(text, "m.json", BASE)
+    [problem] = info.value.problems
+    first, *shown = problem.split("\n")
+    assert first.endswith(f"; {hint}"), first
+    if excerpt is not None:
+        assert "\n".join(shown) == excerpt
+
+
+def test_a_long_line_of_invalid_json_is_shown_around_its_column():
+    """A manifest on one long line (as a script writes it): the excerpt is the 40
+    characters either side of the column, cut with "...", the caret under the column."""
+    jobs = ", ".join(f'{{"input": "in/{i}.tif", "output": "out/{i}.tif"}}' for i in range(9))
+    text = '{"jobs": [' + jobs + ",]}"
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text(text, "m.json", BASE)
+    column = int(info.value.problems[0].split("column ", 1)[1].split(":", 1)[0])
+    _, line, caret = info.value.problems[0].split("\n")
+    assert line == "    ..." + text[column - 41:column - 1] + text[column - 1:]
+    assert len(text) - column < 40  # (the end of the text, so not cut there)
+    assert caret == " " * (4 + 3 + 40) + "^"
+    assert line[caret.index("^")] == text[column - 1]
 
 
 @pytest.mark.parametrize("text", ["", "  \n"])

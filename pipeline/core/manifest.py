@@ -683,6 +683,49 @@ def _decode(text: str, source: str) -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        message = f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+        message = (f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+                   f"{_json_hint(text, exc)}\n{_excerpt(text, exc)}")
         raise ManifestError(source, [message]) from None
     return data
+
+
+#: characters of a long line shown either side of where its JSON is invalid
+EXCERPT_SIDE = 40
+
+
+def _excerpt(text: str, exc: json.JSONDecodeError) -> str:
+    """The line where the JSON is invalid, and a caret under the column (two lines indented
+    to sit under the problem's): a long line only around the column, cut with "..."."""
+    line = text.split("\n")[exc.lineno - 1].rstrip("\r").replace("\t", " ")
+    col = exc.colno - 1
+    start, end = max(0, col - EXCERPT_SIDE), min(len(line), col + EXCERPT_SIDE)
+    shown = ("..." if start else "") + line[start:end] + ("..." if end < len(line) else "")
+    caret = col - start + (3 if start else 0)
+    return f"    {shown}\n    {' ' * caret}^"
+
+
+def _json_hint(text: str, exc: json.JSONDecodeError) -> str:
+    """What is likely wrong at an invalid JSON's position, for the common slips (a trailing
+    comma, single quotes, a missing comma, a comment, a Windows path's backslashes, the
+    text ending early); "" for others."""
+    pos, here = exc.pos, text[exc.pos:exc.pos + 1]
+    before = text[:pos].rstrip()
+    comma = pos if here == "," else len(before) - 1 if before.endswith(",") else -1
+    closer = text[comma + 1:].lstrip()[:1] if comma >= 0 else ""
+    if closer in ("]", "}"):
+        line = text.count("\n", 0, comma) + 1
+        column = comma - text.rfind("\n", 0, comma)
+        return (f"; a trailing comma (line {line}, column {column}) before {closer}: remove it, "
+                "JSON takes no comma after the last item")
+    if here == "'":
+        return "; JSON strings take double quotes (\"jobs\"), not single ones"
+    if text[pos:pos + 2] in ("//", "/*") or here == "#":
+        return "; JSON has no comments: remove it"
+    if exc.msg.startswith("Invalid \\escape"):
+        return ("; a backslash in a JSON string begins an escape: write \\\\ for one "
+                "(C:\\\\data\\\\a.tif), or / in paths")
+    if not text[pos:].strip():
+        return "; the text ends before every [ and { is closed: add the missing ] or }"
+    if exc.msg == "Expecting ',' delimiter":
+        return "; a comma missing before this? items of a list or an object are separated by commas"
+    return ""
