@@ -196,6 +196,63 @@ def test_bad_ops_and_files(tmp_path: Path, capsys: pytest.CaptureFixture):
         "MM\\0*): give a TIFF file, or export this one as TIFF again")]
 
 
+def _other_formats(folder: Path) -> dict[str, tuple[str, str]]:
+    """Files of other formats named .tif, as their own writers make them: name -> (what
+    the message says it is, the first 4 bytes as quoted)."""
+    import zipfile
+
+    import imagecodecs
+    from PIL import Image
+
+    rgb = np.full((16, 24, 3), 90, np.uint8)
+    made = {"png": imagecodecs.png_encode(rgb), "jpeg": imagecodecs.jpeg8_encode(rgb),
+            "gif": imagecodecs.gif_encode(rgb[..., 0]), "bmp": imagecodecs.bmp_encode(rgb),
+            "webp": imagecodecs.webp_encode(rgb)}
+    for name, data in made.items():
+        (folder / f"{name}.tif").write_bytes(data)
+    Image.fromarray(rgb).save(folder / "pdf.tif", format="PDF")
+    with zipfile.ZipFile(folder / "zip.tif", "w") as archive:
+        archive.writestr("scan.tif", b"II*\x00")
+    what = {"png": "a PNG image", "jpeg": "a JPEG image", "gif": "a GIF image",
+            "bmp": "a BMP image", "webp": "a WebP image", "pdf": "a PDF document",
+            "zip": "a ZIP archive"}
+    return {name: (text, repr((folder / f"{name}.tif").read_bytes()[:4]))
+            for name, text in what.items()}
+
+
+def test_a_file_of_another_format_named_tif_is_named_with_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """A PNG (JPEG, GIF, BMP, WebP, PDF, ZIP) renamed .tif is said to be one, from its first
+    bytes, with how to convert it: not only the bytes it begins with."""
+    formats = _other_formats(tmp_path)
+    convert = "convert it first, e.g. magick {}:in.tif out.tif (ImageMagick), and give that file"
+    todo = {"png": convert.format("PNG"), "jpeg": convert.format("JPEG"),
+            "gif": convert.format("GIF"), "bmp": convert.format("BMP"),
+            "webp": convert.format("WEBP"),
+            "pdf": ("render its pages as TIFF first, e.g. pdftoppm -tiff -r 300 in.tif page "
+                    "(poppler), and give those files"),
+            "zip": "unpack it and give the TIFF inside"}
+    files = [str(tmp_path / f"{name}.tif") for name in formats]
+    code, out, _ = _inspect(capsys, *files)
+    assert code == 1
+    assert out.splitlines() == [
+        (f"{file}: NotATiffError: {file}: not a TIFF file: this is {what} (it begins {head}), "
+         f"not a TIFF: {todo[name]}")
+        for file, (name, (what, head)) in zip(files, formats.items(), strict=True)]
+    # the same read from S3 (the first bytes of an object)
+    (tmp_path / "text.tif").write_text("BM is not a BMP without its reserved zeros")
+    with moto_s3(monkeypatch, "bkt") as s3:
+        s3.upload_file(files[0], "bkt", "in/png.tif")
+        s3.upload_file(str(tmp_path / "text.tif"), "bkt", "in/text.tif")
+        code, out, _ = _inspect(capsys, "s3://bkt/in/png.tif", "s3://bkt/in/text.tif")
+    assert out.splitlines() == [
+        (f"s3://bkt/in/png.tif: NotATiffError: s3://bkt/in/png.tif: not a TIFF file: this is "
+         f"a PNG image (it begins b'\\x89PNG'), not a TIFF: {todo['png']}"),
+        ("s3://bkt/in/text.tif: NotATiffError: s3://bkt/in/text.tif: not a TIFF file (it "
+         "begins b'BM i', not II*\\0 or MM\\0*): give a TIFF file, or export this one as TIFF "
+         "again")]
+
+
 def test_an_s3_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                     capsys: pytest.CaptureFixture):
     cog = _cog(tmp_path / "cog.tif")

@@ -105,6 +105,42 @@ def open_tiff(url: str, version: str | None = None) -> Iterator[tifffile.TiffFil
         yield tf
 
 
+def _convert(fmt: str) -> str:
+    return f"convert it first, e.g. magick {fmt}:in.tif out.tif (ImageMagick), and give that file"
+
+
+#: what a file that is no TIFF often is, by its first bytes: a test of them, what it is, and
+#: what to do
+OTHER_FORMATS: tuple[tuple[Callable[[bytes], bool], str, str], ...] = (
+    (lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), "a PNG image", _convert("PNG")),
+    (lambda b: b.startswith(b"\xff\xd8\xff"), "a JPEG image", _convert("JPEG")),
+    (lambda b: b.startswith((b"GIF87a", b"GIF89a")), "a GIF image", _convert("GIF")),
+    (lambda b: b.startswith(b"RIFF") and b[8:12] == b"WEBP", "a WebP image", _convert("WEBP")),
+    # (BM, the file's size, then 4 reserved bytes of 0)
+    (lambda b: b.startswith(b"BM") and b[6:10] == bytes(4), "a BMP image", _convert("BMP")),
+    (lambda b: b.startswith(b"%PDF-"), "a PDF document",
+     ("render its pages as TIFF first, e.g. pdftoppm -tiff -r 300 in.tif page (poppler), and "
+      "give those files")),
+    (lambda b: b.startswith(b"PK\x03\x04"), "a ZIP archive",
+     "unpack it and give the TIFF inside"),
+)
+
+
+def other_format(first: bytes) -> tuple[str, str] | None:
+    """(what the file is, what to do) for a file that is no TIFF whose ``first`` bytes (16)
+    are another common format's (:data:`OTHER_FORMATS`), or None."""
+    return next(((what, todo) for test, what, todo in OTHER_FORMATS if test(first)), None)
+
+
+def _first_bytes(fh: Any) -> bytes:
+    """The first 16 bytes of the open file ``fh`` (b"" if they cannot be read)."""
+    try:
+        fh.seek(0)
+        return bytes(fh.read(16))
+    except Exception:  # noqa: BLE001 - only the name of the format is lost (the error stands)
+        return b""
+
+
 @contextmanager
 def _parsed(fh: Any, url: str) -> Iterator[tifffile.TiffFile]:
     """tifffile's view of the open file ``fh``: its header and first IFD read, named errors."""
@@ -114,6 +150,11 @@ def _parsed(fh: Any, url: str) -> Iterator[tifffile.TiffFile]:
         text = str(exc)
         if "not a TIFF" in text or "invalid TIFF" in text:
             head = text.split("header=", 1)[1] if "header=" in text else None
+            known = other_format(_first_bytes(fh))
+            if known is not None and head:
+                what, todo = known
+                raise NotATiffError(f"{url}: not a TIFF file: this is {what} (it begins {head}), "
+                                    f"not a TIFF: {todo}") from exc
             why = ("it is empty: 0 bytes" if head == "b''" else
                    f"it begins {head}, not II*\\0 or MM\\0*" if head else text)
             raise NotATiffError(f"{url}: not a TIFF file ({why}): give a TIFF file, or "
