@@ -83,10 +83,10 @@ def test_an_output_differing_from_an_input_only_in_case_would_overwrite_it():
     assert problems(data) == [
         (f"jobs[0].output: same location as its own input ({at('scans', 'A.tif')}): "
          f"{one_file(at('scans', 'a.tif'), at('scans', 'A.tif'))}; the output would "
-         "overwrite it; give the output another name"),
+         "overwrite it: give the output another name (or another folder)"),
         (f"jobs[2].output: same location as the input of jobs[1] ({at('in', 'b.tif')}): "
-         f"{one_file(at('IN', 'B.tif'), at('in', 'b.tif'))}; the output would overwrite it; "
-         "give the output another name")]
+         f"{one_file(at('IN', 'B.tif'), at('in', 'b.tif'))}; the output would overwrite it: "
+         "give the output another name (or another folder)")]
     assert len(parse_manifest_or_scan(data, "m.json", BASE)) == 3
 
 
@@ -335,7 +335,7 @@ def test_outputs_differing_only_in_normalization_are_one_output_where_it_is_igno
          "give one of them another name"),
         (f"jobs[2].output: same location as its own input ({shown('in', NFD)}): "
          f"{one_form(at('in', NFC), at('in', NFD), 'NFC NFD')}; the output would overwrite "
-         "it; give the output another name")]
+         "it: give the output another name (or another folder)")]
     # where the file system keeps them apart (no fold: ext4's answer), three outputs
     assert [s.output for s in parse_manifest_or_scan(data, "m.json", BASE)] == [
         os.path.join(BASE, "out", NFC), os.path.join(BASE, "out", NFD),

@@ -407,9 +407,9 @@ def test_an_output_may_not_be_an_input():
                      job(input="c.tif", output="d.tif")]}
     assert problems_of(data) == [
         (f"jobs[0].output: same location as its own input ({json.dumps(at('a.tif'))}); "
-        "the output would overwrite it"),
+        "the output would overwrite it: give the output another name (or another folder)"),
         (f"jobs[1].output: same location as the input of jobs[2] ({json.dumps(at('c.tif'))}); "
-        "the output would overwrite it"),
+        "the output would overwrite it: give the output another name (or another folder)"),
     ]
 
 
@@ -430,7 +430,7 @@ def test_paths_in_problems_keep_their_letters(tmp_path, capsys: pytest.CaptureFi
         (f'jobs[4].output: "{at("ré.tif", "x.tif")}" is inside the output of jobs[3] '
         f'("{at("ré.tif")}"), a file, not a folder: give one of them another path'),
         (f'jobs[0].output: same location as its own input ("{at(name)}"); the output would '
-        "overwrite it")]
+        "overwrite it: give the output another name (or another folder)")]
     with pytest.raises(ManifestError) as info:
         parse_manifest({"scan": {"input": "scans été", "output": "scans été/out"}}, "m.json",
                        BASE)
@@ -454,11 +454,11 @@ def test_the_first_job_reading_an_output_is_named_and_big_manifests_check_in_lin
                      job(input="a.tif", output="c.tif")]}
     assert problems_of(data) == [
         (f"jobs[1].output: same location as its own input ({json.dumps(at('a.tif'))}); "
-         "the output would overwrite it")]
+         "the output would overwrite it: give the output another name (or another folder)")]
     data = {"jobs": [job(input="a.tif", output="x.tif"), job(input="a.tif", output="a.tif")]}
     assert problems_of(data) == [
         (f"jobs[1].output: same location as the input of jobs[0] ({json.dumps(at('a.tif'))}); "
-         "the output would overwrite it")]
+         "the output would overwrite it: give the output another name (or another folder)")]
     calls = []
     key = manifest._same_key
     monkeypatch.setattr(manifest, "_same_key", lambda loc: calls.append(loc) or key(loc))
@@ -772,7 +772,7 @@ def test_all_problems_are_reported_in_one_error():
         "tile)"),
         "jobs[4].input: expected a local path or s3://bucket/key (required), got nothing",
         (f"jobs[4].output: same location as the input of jobs[0] ({json.dumps(at('a.tif'))}); "
-        "the output would overwrite it"),
+        "the output would overwrite it: give the output another name (or another folder)"),
     ]
     assert sorted(problems) == sorted(expected)
     assert len(problems) == 14
