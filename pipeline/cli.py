@@ -706,8 +706,12 @@ def cmd_aws(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from pipeline.aws import AwsError, Clients, NoCredentialsFoundError, StackNotFoundError
-    from pipeline.aws.executions import show, start
+    from pipeline.aws.executions import execution_arn_problem, show, start
 
+    problem = execution_arn_problem(args.execution) if args.command == "status" else None
+    if problem:
+        print(f"tiffpipe: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     region = args.region
     arn = args.execution if args.command == "status" else args.state_machine
     if arn and arn.count(":") >= 6:  # arn:aws:states:REGION:...: where it is

@@ -562,6 +562,36 @@ def test_progress_shows_the_jobs_first_then_the_running_jobs_maps():
                                      "Process 4/10 items (2 map run(s))")
 
 
+@pytest.mark.parametrize(("given", "what"), [
+    ("nonsense", "not an execution ARN"),
+    ("20261127-152810-e8cdad", "a run's id, not its execution ARN (on AWS the id ends the ARN)"),
+    ("run-20261127-152810-e8cdad",
+     "a run's id, not its execution ARN (on AWS the id ends the ARN)"),
+    (f"arn:aws:states:{REGION}:123456789012:stateMachine:tiffpipe-main",
+     "a state machine's ARN, not an execution's"),
+    (f"arn:aws:states:{REGION}:123456789012:execution:tiffpipe-main",
+     "not an execution ARN"),  # (no name)
+])
+def test_status_of_what_is_no_execution_arn_says_what_it_takes(
+        given: str, what: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``tiffpipe status nonsense`` said the AWS region was missing (or the credentials):
+    the argument is checked first, exit 2, naming what status takes, before any AWS call
+    (here none could be made: no region, no credentials)."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        code = cli.main(["status", given])
+    assert (code, out.getvalue()) == (2, "")
+    assert err.getvalue() == (
+        f"tiffpipe: status: {given!r} is {what}: status takes the one tiffpipe start printed "
+        "(arn:aws:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME), of a run on AWS; a "
+        "local run (tiffpipe run) has no status to follow: its report "
+        "(<manifest>.report.json beside its manifest) says how it went\n")
+
+
 def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path):
     """No credentials anywhere: status stops as start does (exit 2, what to configure), not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -572,6 +573,29 @@ def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
         return f"no --rerun-manifest written: {path}: {exc.strerror or exc}"
     return (f"wrote {path}: {len(chosen)} failed job(s) to run again (tiffpipe start "
             f"{path}){skipped}")
+
+
+#: an execution's ARN, as ``start`` prints it (any partition: aws, aws-cn, aws-us-gov)
+_EXECUTION_ARN = re.compile(r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:execution:[^:\s]+:[^:\s]+")
+#: a run's id (runner.new_run_id), or an execution's name (run- and the id)
+_RUN_ID = re.compile(r"(run-)?\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def execution_arn_problem(given: str) -> str | None:
+    """Why ``given`` (``tiffpipe status``'s argument) is no execution ARN, saying what
+    status takes, or None when it is one: checked before any AWS call (a word there was
+    met by AWS's advice on a missing region, or on credentials)."""
+    if _EXECUTION_ARN.fullmatch(given):
+        return None
+    what = "not an execution ARN"
+    if ":stateMachine:" in given:
+        what = "a state machine's ARN, not an execution's"
+    elif _RUN_ID.fullmatch(given):
+        what = "a run's id, not its execution ARN (on AWS the id ends the ARN)"
+    return (f"status: {given!r} is {what}: status takes the one tiffpipe start printed "
+            "(arn:aws:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME), of a run on AWS; a "
+            "local run (tiffpipe run) has no status to follow: its report "
+            "(<manifest>.report.json beside its manifest) says how it went")
 
 
 def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
