@@ -89,6 +89,7 @@ class Thumbnail:
     notes: list[str] = field(default_factory=list)
     jpeg_scale: int = 1  # the segments were decoded at 1/jpeg_scale (libjpeg's DCT scaling)
     orientation: int = 1  # the page's TIFF Orientation, by which the image was turned
+    raw_read: int = 0  # uncompressed strips read (by rows, nothing decoded: decoded is 0)
 
     @property
     def description(self) -> str:
@@ -99,7 +100,15 @@ class Thumbnail:
             how += f", turned as Orientation {self.orientation} says"
         return (f"{self.image.width}x{self.image.height} thumbnail of page {self.page} "
                 f"({self.width}x{self.height} {self.dtype}) from {self.source}, {how}, "
-                f"{self.decoded} segment(s) decoded")
+                f"{self._segments}")
+
+    @property
+    def _segments(self) -> str:
+        """How much of the source was read: its segments decoded, or (an uncompressed strip
+        is read as rows, not decoded) its strips read."""
+        if self.raw_read:
+            return f"{self.raw_read} uncompressed strip(s) read"
+        return f"{self.decoded} segment(s) decoded"
 
 
 #: how a viewer turns a page of each TIFF Orientation to show it (as PIL's exif_transpose
@@ -225,7 +234,7 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
     orientation = orientation_of(main.tags.valueof(ORIENTATION))
     return Thumbnail(turned(image, orientation), page, height, width, label, strided,
                      reader.decoded, reader.largest_read, type_label(info), jpeg_scale=scale,
-                     orientation=orientation)
+                     orientation=orientation, raw_read=len(reader.raw_read))
 
 
 #: the caption's type of a 1-bit page (an input's, or a ``bilevel`` output's)

@@ -582,6 +582,25 @@ def test_a_jpeg_page_libjpeg_alone_reads_in_another_color_space_is_decoded_in_fu
     np.testing.assert_array_equal(as_array(fast.image), as_array(exact.image))
 
 
+@pytest.mark.parametrize(("rows", "compression", "said"), [
+    (300, None, "1 uncompressed strip(s) read"),  # one strip: it said 0 segment(s) decoded
+    (300, "zlib", "1 segment(s) decoded"),
+    (16, None, "19 uncompressed strip(s) read"),  # every strip, each read by rows
+    (16, "zlib", "19 segment(s) decoded"),
+])
+def test_preview_says_how_many_strips_it_read_or_decoded(tmp_path, rows, compression, said):
+    """An uncompressed strip is read as rows, not decoded: the line counts it as read (a
+    one-strip page was "0 segment(s) decoded", as if nothing had been read)."""
+    path = tmp_path / "strips.tif"
+    tifffile.imwrite(path, smooth(300, 400, 1, "uint8"), rowsperstrip=rows,
+                     compression=compression, metadata=None)
+    png = tmp_path / "strips.png"
+    code, out, err = _cli(["preview", str(path), "-o", str(png), "--size", "64"])
+    assert code == 0, err
+    assert out == (f"{png}: 64x48 thumbnail of page 0 (400x300 uint8) from page 0, area "
+                   f"average, {said}\n")
+
+
 def test_preview_command(tmp_path):
     path = tmp_path / "two.tif"
     with tifffile.TiffWriter(path) as tw:

@@ -784,6 +784,7 @@ class PageReader:
         self.raw_strips = self.compression == 1 and not page.is_tiled
         self.cache: dict[int, tuple[np.ndarray, int, int, int]] = {}  # seg -> (px, plane, y, x)
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
+        self.raw_read: set[int] = set()  # uncompressed strips read (rows of them, not decoded)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
         needed = self.planes * self.seg_rows * self.seg_cols
         #: each segment's byte count (an uncompressed page's, its tag missing: computed)
@@ -849,6 +850,7 @@ class PageReader:
         for seg, plane, r in self._segments(rect):
             if self.raw_strips:
                 self._paste(out, *self._raw_rows(seg, plane, r, rect), rect)
+                self.raw_read.add(seg)
                 continue
             if seg not in self.cache:
                 pending = self.pending.pop(seg, None)
