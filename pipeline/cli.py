@@ -253,11 +253,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if getattr(args, "inputs", False):
         return _validate_inputs(args, jobs)
+    # (what was checked, and what was not: a job whose input is missing, or is no TIFF, is
+    # valid here)
     if isinstance(jobs, list):
-        print(f"{args.manifest}: valid, {len(jobs)} job(s)")
+        print(f"{args.manifest}: valid, {len(jobs)} job(s); their fields and ops checked, "
+              "their inputs not read: tiffpipe validate --inputs reads them")
     else:
         print(f"{args.manifest}: valid, a scan of {jobs.input} into {jobs.output} (the jobs are "
-              "the TIFFs there without an output when the run starts)")
+              "the TIFFs there without an output when the run starts); its fields and ops "
+              "checked, the folder not listed: tiffpipe validate --inputs lists it and reads "
+              "the inputs")
     return EXIT_OK
 
 

@@ -184,9 +184,19 @@ def test_validate_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture):
         {"input": "s3://bucket/b.tif", "output": "out/b.tif", "ops": [{"op": "invert"}]}]}))
     assert cli.main(["validate", str(tmp_path / "m.json")]) == 0
     out, err = capsys.readouterr()
-    assert out == f"{tmp_path / 'm.json'}: valid, 2 job(s)\n"
+    # one line saying what was checked, and that the inputs (not there) were not read
+    assert out == (f"{tmp_path / 'm.json'}: valid, 2 job(s); their fields and ops checked, "
+                   "their inputs not read: tiffpipe validate --inputs reads them\n")
     assert err == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # inputs are not opened
+    # a scan: its folders are not listed (here there are none)
+    (tmp_path / "scan.json").write_text(json.dumps({"scan": {"input": "in/", "output": "out/"}}))
+    assert cli.main(["validate", str(tmp_path / "scan.json")]) == 0
+    assert capsys.readouterr().out == (
+        f"{tmp_path / 'scan.json'}: valid, a scan of {tmp_path / 'in'} into {tmp_path / 'out'} "
+        "(the jobs are the TIFFs there without an output when the run starts); its fields and "
+        "ops checked, the folder not listed: tiffpipe validate --inputs lists it and reads the "
+        "inputs\n")
 
 
 def test_validate_names_the_op_or_field_a_misspelling_meant(tmp_path: Path,
