@@ -327,7 +327,8 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
     stop = StopRequest()
     stop.request(signal.SIGTERM)
     args = argparse.Namespace(quiet=True)
-    cli._tell_the_end(args, result, stop, ["skip"] * 5)
+    cli._tell_the_end(args, result, stop,  # (the jobs: their if_exists is what it reads)
+                      [argparse.Namespace(if_exists="skip")] * 5)
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
