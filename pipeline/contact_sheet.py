@@ -30,6 +30,7 @@ from pipeline.adapters.metadata import ORIENTATION
 from pipeline.adapters.tiff_read import classified, open_tiff, page_count
 from pipeline.core.models import JobPlan, JobSpec
 from pipeline.core.ops import chain_turns
+from pipeline.core.plan import page_options
 from pipeline.core.record import record
 from pipeline.core.thumbs import MAX_PAGES, SHEET_BOX, SHEET_WIDTH
 from pipeline.errors import TiffpipeError
@@ -210,7 +211,8 @@ def _summed_thumb(summed: Summed) -> Thumbnail | None:
     return Thumbnail(turned(image, orientation), page, made.height, made.width,
                      f"page {page}, as processed", False, 0, 0,
                      type_label(info) if side == "in" else
-                     BILEVEL_LABEL if plan.spec.output_options.bilevel else made.dtype,
+                     BILEVEL_LABEL if page_options(plan.spec, plan.pages[position]).bilevel
+                     else made.dtype,
                      orientation=orientation)
 
 

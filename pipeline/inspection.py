@@ -280,6 +280,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
     from pipeline.adapters.metadata import output_xmp
     from pipeline.core.chain import page_placement
+    from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
 
     plan, problems = plan_pages(0, spec, infos, "inspect", 0.0)
@@ -298,9 +299,13 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
         if pp is None:
             continue
         why = by_page.get(entry["index"], [])
+        # (bilevel "auto": each page 1-bit, in bilevel_compression, or not, in compression)
+        options = page_options(spec, pp)
         entry["ops"] = {"runs": not why and not others, "problems": why,
                         "out": {"width": pp.out_grid.width, "height": pp.out_grid.height,
-                                "bands": pp.out_channels, "dtype": pp.out_dtype}}
+                                "bands": pp.out_channels, "dtype": pp.out_dtype,
+                                "one_bit": bool(options.bilevel),
+                                "compression": options.compression}}
         _, xmp = output_xmp(pp.info, pp.out_grid.height, pp.out_grid.width, pp.factor,
                             page_placement(spec.ops, pp.info))
         if xmp:  # (kept, rewritten for the new size and place, or dropped, and why)
@@ -438,7 +443,8 @@ def _page_text(p: dict[str, Any]) -> str:
             line += "\nops: cannot run (below)"
         else:
             line += (f"\nops: run -> {out['width']} x {out['height']}, {out['bands']} x "
-                     f"{out['dtype']}")
+                     f"{out['dtype']}" + (f", written 1-bit in {out['compression']}"
+                                          if out["one_bit"] else ""))
             if ops.get("xmp"):
                 line += f"; XMP {ops['xmp']}"
     return line

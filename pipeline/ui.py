@@ -285,8 +285,8 @@ def left_out_lines(report: dict[str, Any], limit: int) -> list[str]:
     lines = [f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}" for j in noted[:limit]]
     if len(noted) > limit:
         lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) with a note (pages "
-                     "left out, 1-bit pages written 8-bit, XMP rewritten or dropped): each "
-                     "job's message in the "
+                     "left out, 1-bit pages written 8-bit, XMP rewritten or dropped, or "
+                     "which pages bilevel \"auto\" wrote 1-bit): each job's message in the "
                      "report says which and why")
     return lines
 

@@ -33,7 +33,7 @@ ENGINE = {
     "test_bad_input", "test_bands", "test_bench_quick", "test_canny_tree", "test_cli",
     "test_console", "test_corpus", "test_custom_ops", "test_engine", "test_engine_direct",
     "test_engine_startup", "test_estimate", "test_fused", "test_global_ops", "test_held_work",
-    "test_bilevel", "test_estimate_bilevel", "test_bigtiff",
+    "test_bilevel", "test_bilevel_auto", "test_estimate_bilevel", "test_bigtiff",
     "test_interrupt", "test_level_units", "test_many_jobs", "test_metadata",
     "test_odd_inputs", "test_preview", "test_pyramid", "test_s3_merge", "test_s3_pipeline",
     "test_scan",
@@ -489,3 +489,34 @@ def cog_layout_problems(path: str | Path) -> list[str]:
             if offsets != sorted(offsets):
                 problems.append(f"IFD {n}'s tiles are not in row-major order")
     return problems
+
+
+def mixed_book(path: Path, text: Path) -> list[np.ndarray]:
+    """A scanned book as archives hold one: a 1-bit text page, the first page of ``text``
+    (a real fax page: its strips copied as they are, CCITT G4 or other, its photometric
+    kept), then an 8-bit gray LZW page and an RGB plate (zstd); returns the pages' pixels
+    as tifffile reads them (the text page's: bool, True where its bit is 1)."""
+    rng = np.random.default_rng(5)
+    gray = (np.add.outer(np.arange(300), np.arange(260)) % 251).astype(np.uint8)
+    plate = rng.integers(0, 256, (200, 180, 3), np.uint8)
+    with tifffile.TiffFile(text) as tf:
+        page = tf.pages[0]
+        strips = []
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
+            tf.filehandle.seek(offset)
+            strips.append(tf.filehandle.read(count))
+        bits, codec = page.asarray(), int(page.compression)
+        kind, rows = page.photometric, page.rowsperstrip
+    with tifffile.TiffWriter(path) as tw:
+        # (tifffile encodes no CCITT: the strips go in as deflate's, the tag is set after)
+        tw.write(iter(strips), shape=bits.shape, dtype=bool, photometric=kind,
+                 rowsperstrip=rows, compression=None if codec == 1 else "zlib")
+        tw.write(gray, compression="lzw", photometric="minisblack")
+        tw.write(plate, compression="zstd", photometric="rgb")
+    if codec not in (1, 8):
+        with tifffile.TiffFile(path, mode="r+b") as tf:
+            tf.pages[0].tags["Compression"].overwrite(codec)
+    with tifffile.TiffFile(path) as tf:
+        assert int(tf.pages[0].compression) == codec and tf.pages[0].bitspersample == 1
+        assert np.array_equal(tf.pages[0].asarray(), bits)
+    return [bits, gray, plate]

@@ -142,10 +142,12 @@ def test_validate_names_what_cannot_go_with_bilevel():
     assert problems(one(output_options={"compression": "group4"})) == [(
         'jobs[0].output_options.compression: "group4" with bilevel false (the default '
         "output_options.bilevel): group4 (CCITT T.6) writes 1-bit pages only; set "
-        '"bilevel": true (one band of 0 and 255 only)')]
+        '"bilevel": true (one band of 0 and 255 only), or "auto" (the pages whose output is '
+        'black and white 1-bit, in bilevel_compression: group4)')]
     assert problems(one(output_options={"compression": "jpeg", "bilevel": True})) == [(
         'jobs[0].output_options.bilevel: true with compression "jpeg": a 1-bit output cannot '
-        "be jpeg-compressed; choose zstd, deflate, lzw, group4 or none")]
+        'be jpeg-compressed; choose zstd, deflate, lzw, group4 or none, or set "bilevel": '
+        '"auto" (the 1-bit pages in bilevel_compression, the others in jpeg)')]
     assert problems(one(output_options={"pyramid": True, "bilevel": True})) == [(
         "jobs[0].output_options.bilevel: true with pyramid true: pyramid levels are means of "
         'the page (grays), which 1 bit cannot hold; drop "pyramid" or "bilevel"')]
@@ -155,7 +157,8 @@ def test_validate_names_what_cannot_go_with_bilevel():
                                "output_options": {"compression": "jpeg"}}]}) == [(
         'jobs[0].output_options.compression: "jpeg" with bilevel true (from '
         "defaults.output_options.bilevel): a 1-bit output cannot be jpeg-compressed; choose "
-        "zstd, deflate, lzw, group4 or none")]
+        'zstd, deflate, lzw, group4 or none, or set "bilevel": "auto" (the 1-bit pages in '
+        'bilevel_compression, the others in jpeg)')]
 
 
 def test_validate_names_the_op_that_makes_no_one_band_of_uint8():
@@ -582,9 +585,10 @@ def test_a_run_fails_those_jobs_when_planned_and_runs_the_others(graying):
 def test_1bit_pages_written_8bit_are_told_with_what_keeps_them_1bit(tmp_path, capsys):
     """A scanned book of 1-bit text pages and a colour plate, copied or cropped without
     ``bilevel``: its text pages come out 8-bit (0 and 255, up to 8 times the bytes), which
-    the job's message says, naming them and the option (and that the plate then needs a job
-    of its own); `tiffpipe run` says it on stderr, as it says pages left out. Not said of a
-    job that writes them 1-bit, grays them (a blur), writes JPEG, or of 8-bit pages."""
+    the job's message says, naming them and the option: ``bilevel`` "auto" where the job
+    has other pages (the plate) or writes JPEG, which it then does (the text pages 1-bit,
+    the plate as it is); `tiffpipe run` says it on stderr, as it says pages left out. Not
+    said of a job that writes them 1-bit, grays them (a blur), or of 8-bit pages."""
     text = np.where(scan_page(1, 60, 50) < 128, False, True)
     with tifffile.TiffWriter(tmp_path / "book.tif") as tw:
         tw.write(text, photometric="miniswhite")
@@ -595,6 +599,7 @@ def test_1bit_pages_written_8bit_are_told_with_what_keeps_them_1bit(tmp_path, ca
     jobs = {"copy": {}, "crop": {"ops": crop}, "text": {"pages": [2, 0]},
             "turned": {"pages": [0], "ops": [{"op": "rotate", "angle": 90}]},
             "bilevel": {"pages": [0, 2], "output_options": {"bilevel": True}},
+            "auto": {"output_options": {"bilevel": "auto"}},
             "blur": {"ops": [{"op": "gaussian_blur", "sigma": 1}]},
             "jpeg": {"output_options": {"compression": "jpeg"}}, "gray": {}}
     manifest = tmp_path / "m.json"
@@ -605,19 +610,24 @@ def test_1bit_pages_written_8bit_are_told_with_what_keeps_them_1bit(tmp_path, ca
     report = json.loads((tmp_path / "m.report.json").read_text())
     messages = {name: job.get("message") for name, job in zip(jobs, report["jobs"],
                                                                 strict=True)}
-    told = ('pages 0, 2 are 1-bit in the input, written as 8-bit gray (0 and 255): '
-            '"output_options": {"bilevel": true} writes them 1-bit again ("compression": '
-            '"group4" for CCITT G4)')
+    told = 'pages 0, 2 are 1-bit in the input, written as 8-bit gray (0 and 255): '
+    auto = (told + '"output_options": {"bilevel": "auto"} writes them 1-bit again (in '
+            'group4, CCITT G4: "bilevel_compression") and page 1 as it is in ')
     assert messages == {
-        "copy": told + "; it writes every page of its job so: give page 1 a job of its own",
-        "crop": told + "; it writes every page of its job so: give page 1 a job of its own",
-        "text": told, "turned": 'page 0 is 1-bit in the input, written as 8-bit gray (0 and '
-        '255): "output_options": {"bilevel": true} writes it 1-bit again ("compression": '
-        '"group4" for CCITT G4)', "bilevel": None, "blur": None, "jpeg": None, "gray": None}
+        "copy": auto + "zstd", "crop": auto + "zstd", "jpeg": auto + "jpeg",
+        "text": told + '"output_options": {"bilevel": true} writes them 1-bit again '
+        '("compression": "group4" for CCITT G4)',
+        "turned": 'page 0 is 1-bit in the input, written as 8-bit gray (0 and 255): '
+        '"output_options": {"bilevel": true} writes it 1-bit again ("compression": '
+        '"group4" for CCITT G4)', "bilevel": None, "blur": None, "gray": None,
+        "auto": 'bilevel "auto": pages 0, 2 written 1-bit in group4; page 1 as it is in zstd'}
     with tifffile.TiffFile(tmp_path / "out" / "text.tif") as tf:
         assert [page.bitspersample for page in tf.pages] == [8, 8]  # (as before: told)
+    with tifffile.TiffFile(tmp_path / "out" / "auto.tif") as tf:  # (what it says it does)
+        assert [(p.bitspersample, int(p.compression)) for p in tf.pages] == [
+            (1, 4), (8, 50000), (1, 4)]
     err = capsys.readouterr().err
-    assert f"tiffpipe: job 0 ({tmp_path / 'book.tif'}): {told}; it writes" in err
-    assert "tiffpipe: ... and 1 more job(s) with a note (pages left out, 1-bit pages " \
-        "written 8-bit, XMP rewritten or dropped): each job's message in the report says " \
-        "which and why" in err
+    assert f"tiffpipe: job 0 ({tmp_path / 'book.tif'}): {auto}zstd" in err
+    assert "tiffpipe: ... and 3 more job(s) with a note (pages left out, 1-bit pages written " \
+        '8-bit, XMP rewritten or dropped, or which pages bilevel "auto" wrote 1-bit): each ' \
+        "job's message in the report says which and why" in err

@@ -298,8 +298,8 @@ def test_the_command_names_the_first_jobs_that_left_pages_out_once_a_run(runs):
     assert said == [*(f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}"
                       for j in noted[:3]),
                     ("tiffpipe: ... and 1 more job(s) with a note (pages left out, 1-bit pages "
-                     "written 8-bit, XMP rewritten or dropped): each job's message in "
-                     "the report says which and why")]
+                     'written 8-bit, XMP rewritten or dropped, or which pages bilevel "auto" '
+                     "wrote 1-bit): each job's message in the report says which and why")]
 
 
 def test_a_cogs_overviews_and_their_masks_are_left_out(runs):

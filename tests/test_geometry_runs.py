@@ -141,7 +141,8 @@ def test_inspect_and_estimate_see_the_turned_page(tmp_path: Path,
     assert cli.main(["inspect", str(src), "--ops", chain, "--json"]) == 0
     page = json.loads(capsys.readouterr().out)["files"][0]["pages"][0]
     assert page["ops"] == {"runs": True, "problems": [], "out": {
-        "width": 100, "height": 150, "bands": 3, "dtype": "uint8"}}
+        "width": 100, "height": 150, "bands": 3, "dtype": "uint8", "one_bit": False,
+        "compression": "zstd"}}
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [
         {"input": "missing.tif", "output": "o.tif", "ops": [{"op": "rotate", "angle": 90}]}]}))
     assert cli.main(["estimate", str(tmp_path / "m.json"), "--assume-pages",

@@ -169,7 +169,8 @@ def test_ops_say_whether_they_run_on_each_page_and_what_comes_out(
     [doc] = json.loads(out)["files"]
     assert code == 1 and not doc["ok"]
     assert doc["pages"][0]["ops"] == {"runs": True, "problems": [], "out": {
-        "width": 40, "height": 32, "bands": 1, "dtype": "float32"}}
+        "width": 40, "height": 32, "bands": 1, "dtype": "float32", "one_bit": False,
+        "compression": "zstd"}}
     assert doc["pages"][1]["ops"]["problems"] == [
         ("ops[0] (normalized_difference): b is 1, the page has 1 band (index 0); it needs 2 "
          "bands or more: leave the page out of the job's pages")]

@@ -256,12 +256,12 @@ def test_a_misspelt_input_or_output_is_one_problem_not_also_a_missing_one():
 def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field; did you mean compression? "
-        "(allowed: bigtiff, bilevel, cog, compression, level, masks, ome, pyramid, "
-        "pyramid_layout, quality, tile)")
+        "(allowed: bigtiff, bilevel, bilevel_compression, cog, compression, level, masks, "
+        "ome, pyramid, pyramid_layout, quality, tile)")
     assert one_problem({"jobs": [job(output_options={"colour": "red"})]}) == (
         "jobs[0].output_options.colour: unknown field "
-        "(allowed: bigtiff, bilevel, cog, compression, level, masks, ome, pyramid, "
-        "pyramid_layout, quality, tile)")
+        "(allowed: bigtiff, bilevel, bilevel_compression, cog, compression, level, masks, "
+        "ome, pyramid, pyramid_layout, quality, tile)")
 
 
 def test_masks_is_a_boolean_defaulting_to_carried():
@@ -670,7 +670,8 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        'tile, pyramid, pyramid_layout, ome, bilevel, masks, bigtiff, cog, got "zstd"')
+        "tile, pyramid, pyramid_layout, ome, bilevel, bilevel_compression, masks, bigtiff, "
+        'cog, got "zstd"')
 
 
 def test_pyramid_layout_is_subifds_or_pages():

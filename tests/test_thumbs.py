@@ -277,8 +277,12 @@ def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
     big = {"input": "big.tif", "ops": [G], "output_options": {"compression": "deflate"}}
     bilevel = {"input": "big.tif", "pages": [0], "output_options": {"bilevel": True},
                "ops": [{"op": "select_bands", "bands": [1]}, {"op": "threshold", "value": 99}]}
+    # bilevel "auto" of an 8-bit band: written 8-bit, captioned so
+    auto = {"input": "big.tif", "pages": [1], "output_options": {"bilevel": "auto"},
+            "ops": [{"op": "select_bands", "bands": [1]}]}
     jobs = {"big": (big, None), "big_jpeg": ({**JOBS["jpeg"][0], "input": "big.tif"}, None),
-            "rgba": JOBS["rgba"], "small": JOBS["small"], "bilevel": (bilevel, None)}
+            "rgba": JOBS["rgba"], "small": JOBS["small"], "bilevel": (bilevel, None),
+            "auto": (auto, None)}
     result, _ = _run(tmp_path, jobs, contact_sheet=True, keep_work=True)
     run = json.loads(Path(layout.run_file(result.work)).read_text())
     specs = [JobSpec.from_json(j) for j in run["jobs"]]
@@ -289,7 +293,8 @@ def test_the_sheet_drawn_from_summed_thumbnails_is_the_one_drawn_from_the_files(
     assert set(summed) == {(str(tmp_path / "big.tif"), 0), (str(tmp_path / "big.tif"), 1),
                            (str(tmp_path / "out" / "big.tif"), 0),
                            (str(tmp_path / "out" / "big.tif"), 1),
-                           (str(tmp_path / "out" / "bilevel.tif"), 0)}
+                           (str(tmp_path / "out" / "bilevel.tif"), 0),
+                           (str(tmp_path / "out" / "auto.tif"), 0)}
     from_parts = contact_sheet.render(result.report, specs, result.work)
     from_files = contact_sheet.render(result.report, specs)
     np.testing.assert_array_equal(np.asarray(from_parts), np.asarray(from_files))

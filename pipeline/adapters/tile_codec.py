@@ -24,7 +24,7 @@ from tifffile import TIFF
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions
 from pipeline.core.ops import chain_keeps_values
-from pipeline.core.plan import explain_conversion
+from pipeline.core.plan import explain_conversion, page_options
 from pipeline.errors import (
     CorruptTiffError,
     OperationError,
@@ -341,10 +341,10 @@ def output_problems(plan: JobPlan) -> list[str]:
     """Why the job's output pages cannot be written with its output options ("page N: ...":
     JPEG of 16-bit or 4-band pages...): PlanJob refuses the job, and ``tiffpipe estimate``
     does not cost it."""
-    options = plan.spec.output_options
     keeps = chain_keeps_values(plan.spec.ops)  # (else the page's header's top is not theirs)
     problems = []
     for page in plan.pages:
+        options = page_options(plan.spec, page)  # (bilevel "auto": the page's own kind)
         top = (page.info.metadata or {}).get("max_sample") if keeps else None
         if page.info.conversion and page.out_dtype == page.info.dtype:
             top = [_MOST, "conversion"]  # (the reader's: a 16-bit colormap's whole range)

@@ -25,7 +25,7 @@ from pipeline.core.params import Param, show, unknown_field_problems
 from pipeline.core.record import record
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
-                 "bilevel", "masks", "bigtiff", "cog")
+                 "bilevel", "bilevel_compression", "masks", "bigtiff", "cog")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -45,8 +45,9 @@ _PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels", default=Fals
 _PYRAMID_LAYOUT = Param("pyramid_layout", "string", "where the levels go: SubIFDs of their "
                         "page, or pages after it", default="subifds", choices=PYRAMID_LAYOUTS)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
-_BILEVEL = Param("bilevel", "boolean", "write 1-bit pages (one uint8 band of 0 and 255)",
-                 default=False)
+_BILEVEL_COMPRESSION = Param("bilevel_compression", "string", 'codec of the 1-bit pages of a '
+                             '"bilevel": "auto" job', default="group4",
+                             choices=BILEVEL_COMPRESSIONS)
 _MASKS = Param("masks", "boolean", "carry the input pages' internal masks (valid data)",
                default=True)
 _COG = Param("cog", "boolean", "lay the output out as a Cloud Optimized GeoTIFF",
@@ -71,6 +72,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.pyramid_layout": OutputOptions.pyramid_layout,
     "output_options.ome": OutputOptions.ome,
     "output_options.bilevel": OutputOptions.bilevel,
+    "output_options.bilevel_compression": OutputOptions.bilevel_compression,
     "output_options.masks": OutputOptions.masks,
     "output_options.bigtiff": OutputOptions.bigtiff,
     "output_options.cog": OutputOptions.cog,
@@ -268,7 +270,8 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "pyramid": _PYRAMID.check,
         "pyramid_layout": _PYRAMID_LAYOUT.check,
         "ome": _OME.check,
-        "bilevel": _BILEVEL.check,
+        "bilevel": _bilevel_problem,
+        "bilevel_compression": _BILEVEL_COMPRESSION.check,
         "masks": _MASKS.check,
         "bigtiff": _bigtiff_problem,
         "cog": _COG.check,
@@ -284,6 +287,16 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         else:
             value = opts[name]  # (the numbers as ints: a JSON 512.0 is a tile of 512)
             layer.values[key] = int(value) if name in ("level", "quality", "tile") else value
+
+
+def _bilevel_problem(value: Any) -> str | None:
+    """None if ``value`` is what ``output_options.bilevel`` takes: true (every page 1-bit),
+    false (none) or "auto" (each page whose output is black and white), true and false as
+    JSON booleans; else the message."""
+    if isinstance(value, bool) or value == "auto":
+        return None
+    return (f'expected true (every page 1-bit), false or "auto" (the pages whose output is '
+            f"black and white 1-bit, the others as they are), got {show(value)}")
 
 
 def _bigtiff_problem(value: Any) -> str | None:
@@ -401,28 +414,53 @@ def _layout_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
 def _bilevel_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
     """A 1-bit output (``bilevel``) with what cannot go with it: a compression TIFF has no
     1-bit form of (JPEG), pyramid levels (means of the page: grays), a chain that makes
-    another type than uint8 or another band count than one; and group4 without it."""
+    another type than uint8 or another band count than one; and group4 without it. With
+    "auto" (:func:`_auto_problems`) the chain is no problem: a page it makes no black and
+    white of is written as it is."""
     bilevel, comp = eff["output_options.bilevel"], eff["output_options.compression"]
     pyramid, ops = eff["output_options.pyramid"], eff["ops"]
+    codec = eff["output_options.bilevel_compression"]
     if not (bilevel.ok and comp.ok):
         return []
+    problems = []
+    if codec.layer is layer and codec.ok and bilevel.value != "auto":
+        every = ("every page of a \"bilevel\": true job takes compression"
+                 if bilevel.value else "a \"bilevel\": false job writes no 1-bit page")
+        problems.append(_pair_problem(
+            layer, ("bilevel_compression", codec), ("bilevel", bilevel),
+            f'it is the codec of the 1-bit pages of a "bilevel": "auto" job, and {every}',
+            'set "bilevel": "auto", or drop "bilevel_compression"'))
+    levels = ([_pair_problem(layer, ("bilevel", bilevel), ("pyramid", pyramid),
+                             "pyramid levels are means of the page (grays), which 1 bit "
+                             "cannot hold", 'drop "pyramid" or "bilevel"')]
+              if pyramid.ok and pyramid.value and layer in (pyramid.layer, bilevel.layer)
+              else [])
+    if bilevel.value == "auto":
+        if comp.value == "group4" and layer in (comp.layer, bilevel.layer):
+            problems.append(_pair_problem(
+                layer, ("compression", comp), ("bilevel", bilevel),
+                'with "auto", compression is the codec of the pages that are not 1-bit '
+                "(the 1-bit ones take bilevel_compression, group4 unless set), and group4 "
+                "(CCITT T.6) writes 1-bit pages only",
+                "choose zstd, deflate, lzw, jpeg or none for the other pages, or set "
+                '"bilevel": true for every page 1-bit'))
+        return problems + levels
     if not bilevel.value:
         if comp.value == "group4" and layer in (comp.layer, bilevel.layer):
-            return [_pair_problem(layer, ("compression", comp), ("bilevel", bilevel),
-                                  "group4 (CCITT T.6) writes 1-bit pages only",
-                                  'set "bilevel": true (one band of 0 and 255 only)')]
-        return []
-    problems = []
+            problems.append(_pair_problem(
+                layer, ("compression", comp), ("bilevel", bilevel),
+                "group4 (CCITT T.6) writes 1-bit pages only",
+                'set "bilevel": true (one band of 0 and 255 only), or "auto" (the pages '
+                "whose output is black and white 1-bit, in bilevel_compression: group4)"))
+        return problems
     if comp.value not in BILEVEL_COMPRESSIONS and layer in (comp.layer, bilevel.layer):
         problems.append(_pair_problem(
             layer, ("bilevel", bilevel), ("compression", comp),
             f"a 1-bit output cannot be {comp.value}-compressed",
-            f"choose {', '.join(BILEVEL_COMPRESSIONS[:-1])} or none"))
-    if pyramid.ok and pyramid.value and layer in (pyramid.layer, bilevel.layer):
-        problems.append(_pair_problem(
-            layer, ("bilevel", bilevel), ("pyramid", pyramid),
-            "pyramid levels are means of the page (grays), which 1 bit cannot hold",
-            'drop "pyramid" or "bilevel"'))
+            f"choose {', '.join(BILEVEL_COMPRESSIONS[:-1])} or none, or set \"bilevel\": "
+            '"auto" (the 1-bit pages in bilevel_compression, the others in '
+            f"{comp.value})"))
+    problems += levels
     if layer in (bilevel.layer, ops.layer) and ops.ok:
         problems += _holds_problems(ops, bilevel, layer, "output_options.bilevel",
                                     ("a 1-bit output", "1-bit output"), 'or drop "bilevel"',

@@ -41,8 +41,13 @@ class OutputOptions:
     #: main chain right after it, marked reduced-resolution (OpenSlide's and GDAL's overviews)
     pyramid_layout: str = "subifds"
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
-    #: write one-band uint8 pages of 0 and 255 as 1-bit (BitsPerSample 1, miniswhite)
-    bilevel: bool = False
+    #: write one-band uint8 pages of 0 and 255 as 1-bit (BitsPerSample 1, miniswhite): true
+    #: every page, or "auto" each page whose output is black and white (a mixed book's text
+    #: pages 1-bit, its plates as they are: :func:`pipeline.core.plan.page_options`)
+    bilevel: bool | str = False
+    #: the codec of the 1-bit pages of a ``bilevel`` "auto" job (``compression`` is the
+    #: other pages'); a ``bilevel`` true job's pages all take ``compression``
+    bilevel_compression: str = "group4"
     #: carry each page's internal mask (GDAL's valid-data mask) into the output, after it
     masks: bool = True
     #: write a BigTIFF (True), a classic TIFF (False), or "auto": a BigTIFF when the output
@@ -156,6 +161,10 @@ class PagePlan:
     strip: bool = False
     #: the output's sample type (the input's unless an op changes it: normalized_difference)
     out_dtype: str = ""
+    #: written 1-bit by ``output_options.bilevel`` "auto": its output is black and white
+    #: (:func:`pipeline.core.plan.auto_one_bit`); a ``bilevel`` true job writes every page
+    #: 1-bit whatever this says (:func:`pipeline.core.plan.page_options`)
+    one_bit: bool = False
 
     @property
     def out_grid(self) -> PageGrid:
@@ -165,13 +174,14 @@ class PagePlan:
     def to_json(self) -> dict[str, Any]:
         return {"info": self.info.to_json(), "out_channels": self.out_channels,
                 "grid": field_values(self.grid),
-                "factor": self.factor, "strip": self.strip, "out_dtype": self.out_dtype}
+                "factor": self.factor, "strip": self.strip, "out_dtype": self.out_dtype,
+                "one_bit": self.one_bit}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PagePlan:
         return cls(PageInfo.from_json(d["info"]), d["out_channels"], PageGrid(**d["grid"]),
                    d.get("factor", 1), bool(d.get("strip", False)),
-                   d.get("out_dtype") or d["info"]["dtype"])
+                   d.get("out_dtype") or d["info"]["dtype"], bool(d.get("one_bit", False)))
 
     def out_tiles(self, tile: int) -> tuple[int, int]:
         """The rows and columns of the output page's tiles of side ``tile`` (1 x 1: its

@@ -11,7 +11,7 @@ from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
 from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
 from pipeline.core.levels import level_shapes
-from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
+from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
 from pipeline.core.ops import (
     OpCall,
     chain_from_json,
@@ -111,9 +111,12 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         if strip:  # one processing tile: the strip is encoded whole
             tile = max(tile, strip)
         grid = PageGrid(sized.height, sized.width, tile, halo)
-        pages.append(PagePlan(info, chain_out_channels(chain, info.channels), grid,
-                              layout.factor, strip=bool(strip),
-                              out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name))
+        page = PagePlan(info, chain_out_channels(chain, info.channels), grid, layout.factor,
+                        strip=bool(strip),
+                        out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name)
+        if spec.output_options.bilevel == "auto":
+            page = replace(page, one_bit=auto_one_bit(chain, page))
+        pages.append(page)
     problems += mask_pairing_problems(spec, pages)
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
@@ -157,7 +160,7 @@ def grays_problems(spec: JobSpec, chain: list[OpCall]) -> list[str]:
     ``validate --inputs``, ``tiffpipe estimate``), before any pixel is read. Whatever else
     the pixels hold (a gray page's own values, a custom op's) is found as the tiles are
     encoded (pipeline.steps.process)."""
-    grays = chain_grays(chain) if spec.output_options.bilevel else None
+    grays = chain_grays(chain) if spec.output_options.bilevel is True else None
     if grays is None:
         return []
     name = chain[grays].op.name
@@ -165,6 +168,46 @@ def grays_problems(spec: JobSpec, chain: list[OpCall]) -> list[str]:
              "black and white meet, and a 1-bit output holds 0 and 255 only; add "
              '{"op": "threshold", "value": 127} (or otsu_threshold) after it, or drop '
              '"bilevel" for an 8-bit output')]
+
+
+def auto_one_bit(chain: list[OpCall], page: PagePlan) -> bool:
+    """Whether ``output_options.bilevel`` "auto" writes the page 1-bit: its output is one
+    band of uint8 (not a palette's indices) and black and white whatever its pixels, by
+    :attr:`~pipeline.core.ops.Op.binary`: the chain's last op that does not keep black and
+    white makes them (threshold, otsu_threshold, canny), or every op keeps them and the
+    input page is 1-bit (a scanned book's CCITT text page, copied, cropped or turned). A
+    chain whose output is not known before the pixels are (a convert, a custom op) or that
+    grays them (a blur) leaves the page as it would be without ``bilevel``."""
+    if page.out_channels != 1 or page.out_dtype != "uint8" or (
+            page.info.photometric == "palette"):
+        return False
+    for call in reversed(chain):
+        kind = call.op.binary(call.params)
+        if kind != "keeps":
+            return kind == "makes"
+    return page.info.conversion.startswith("bilevel ")
+
+
+def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
+    """The output options a page is written with: the job's, but with ``bilevel`` "auto" a
+    1-bit page's (:attr:`PagePlan.one_bit`) are ``bilevel`` true in
+    ``bilevel_compression`` (``level`` kept when that is ``compression``'s codec, else the
+    codec's own), any other page's ``bilevel`` false in ``compression``. So every page's
+    encoder, tags and size are those of a job of its own kind."""
+    options = spec.output_options
+    if options.bilevel != "auto":
+        return options
+    if not page.one_bit:
+        return replace(options, bilevel=False)
+    codec = options.bilevel_compression
+    return replace(options, bilevel=True, compression=codec,
+                   level=options.level if codec == options.compression else None)
+
+
+def one_bit_pages(plan: JobPlan) -> list[bool]:
+    """Whether each page of the job is written 1-bit (:func:`page_options`)."""
+    every = plan.spec.output_options.bilevel
+    return [page.one_bit if every == "auto" else bool(every) for page in plan.pages]
 
 
 def cache_budget(info: PageInfo) -> int:
@@ -300,14 +343,17 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
 
 
 def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
-    """What a job's result says of its 1-bit input pages written 8-bit ("" none is): a
-    copy (or crop, turn: a chain whose every op keeps black and white, ``Op.binary``) of a
-    scanned book's CCITT text pages without ``output_options.bilevel`` writes them as 8-bit
-    gray of 0 and 255, up to 8 times the bytes, which nothing said. Not of a chain that
-    changes their values (a blur: the 8 bits hold its grays), nor of a JPEG or pyramid
-    output, which holds no 1-bit page."""
+    """What a job's result says of its 1-bit pages ("" nothing): with ``bilevel`` "auto",
+    which pages it writes 1-bit and in what, and which as they are (:func:`auto_note`);
+    without ``bilevel``, its 1-bit input pages written 8-bit: a copy (or crop, turn: a
+    chain whose every op keeps black and white, ``Op.binary``) of a scanned book's CCITT
+    text pages writes them as 8-bit gray of 0 and 255, up to 8 times the bytes, which
+    nothing said. Not of a chain that changes their values (a blur: the 8 bits hold its
+    grays), nor of a pyramid output, which holds no 1-bit page."""
     options = spec.output_options
-    if options.bilevel or options.compression == "jpeg" or options.pyramid or any(
+    if options.bilevel == "auto":
+        return auto_note(options, pages)
+    if options.bilevel or options.pyramid or any(
             call.op.binary(call.params) != "keeps" for call in chain_from_json(spec.ops)):
         return ""
     ones = [page.info.index for page in pages if page.info.conversion.startswith("bilevel")
@@ -315,12 +361,30 @@ def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     if not ones:
         return ""
     others = sorted({page.info.index for page in pages} - set(ones))
-    return (f"{_pages(ones)} {'are' if len(ones) > 1 else 'is'} 1-bit in the input, written "
-            'as 8-bit gray (0 and 255): "output_options": {"bilevel": true} writes '
-            f"{'them' if len(ones) > 1 else 'it'} 1-bit again (\"compression\": \"group4\" "
-            "for CCITT G4)" + (f"; it writes every page of its job so: give {_pages(others)} "
-                               f"a job of {'their' if len(others) > 1 else 'its'} own"
-                               if others else ""))
+    them = "them" if len(ones) > 1 else "it"
+    told = (f"{_pages(ones)} {'are' if len(ones) > 1 else 'is'} 1-bit in the input, written "
+            "as 8-bit gray (0 and 255): ")
+    if others or options.compression == "jpeg":  # (a book's plates: "auto" keeps them)
+        rest = (f" and {_pages(others)} as {'they are' if len(others) > 1 else 'it is'} in "
+                f"{options.compression}" if others else "")
+        return told + (f'"output_options": {{"bilevel": "auto"}} writes {them} 1-bit again '
+                       f'(in group4, CCITT G4: "bilevel_compression"){rest}')
+    return told + (f'"output_options": {{"bilevel": true}} writes {them} 1-bit again '
+                   '("compression": "group4" for CCITT G4)')
+
+
+def auto_note(options: OutputOptions, pages: list[PagePlan]) -> str:
+    """Which pages a ``bilevel`` "auto" job writes 1-bit, in which codec, and which as they
+    are, in which: its result's message, as ``validate --inputs`` and ``estimate`` show it."""
+    ones = [page.info.index for page in pages if page.one_bit]
+    others = [page.info.index for page in pages if not page.one_bit]
+    parts = []
+    if ones:
+        parts.append(f"{_pages(ones)} written 1-bit in {options.bilevel_compression}")
+    if others:
+        parts.append(f"{_pages(others)} as {'they are' if len(others) > 1 else 'it is'} in "
+                     f"{options.compression}")
+    return 'bilevel "auto": ' + "; ".join(parts)
 
 
 def _pages(numbers: list[int]) -> str:
@@ -362,24 +426,26 @@ def held_output(plan: JobPlan) -> bool:
 def held_bytes(plan: JobPlan) -> int:
     """About the most bytes a single task holds of the output's encoded tiles: its pixels
     as written uncompressed (:func:`raw_output_bytes`; the lossless codecs' tiles are about
-    as large at most), a 1-bit output's in CCITT group4 at :data:`GROUP4_BITS_PER_PIXEL`
+    as large at most), a 1-bit page's in CCITT group4 at :data:`GROUP4_BITS_PER_PIXEL`
     bits a pixel (noisy bits take more than 1 in group4; a mask page stays deflated)."""
-    options = plan.spec.output_options
-    if not (options.bilevel and options.compression == "group4"):
-        return raw_output_bytes(plan)
     return sum(_bit_page_bytes(p) * (GROUP4_BITS_PER_PIXEL + bool(p.info.mask_ifd))
-               for p in plan.pages)
+               if one and page_options(plan.spec, p).compression == "group4"
+               else _raw_page_bytes(p, one) for p, one in zip(plan.pages, one_bit_pages(plan)))
 
 
 def raw_output_bytes(plan: JobPlan) -> int:
-    """The bytes of the output's base pages as written uncompressed: a 1-bit output's
+    """The bytes of the output's base pages as written uncompressed: a 1-bit page's
     (``bilevel``) at a bit a pixel, each row packed to whole bytes as TIFF packs them, and
     each carried internal mask page (``masks``: 1 bit) as well."""
-    bilevel = plan.spec.output_options.bilevel
-    pages = sum(_bit_page_bytes(p) if bilevel else
-                p.out_grid.height * p.out_grid.width * p.out_channels
-                * np.dtype(p.out_dtype).itemsize for p in plan.pages)
-    return pages + sum(_bit_page_bytes(p) for p in plan.pages if p.info.mask_ifd)
+    return sum(_raw_page_bytes(p, one) for p, one in zip(plan.pages, one_bit_pages(plan)))
+
+
+def _raw_page_bytes(page: PagePlan, one_bit: bool) -> int:
+    """The bytes of an output page (1-bit or not) and of its carried mask, uncompressed."""
+    pixels = _bit_page_bytes(page) if one_bit else (
+        page.out_grid.height * page.out_grid.width * page.out_channels
+        * np.dtype(page.out_dtype).itemsize)
+    return pixels + (_bit_page_bytes(page) if page.info.mask_ifd else 0)
 
 
 def _bit_page_bytes(page: PagePlan) -> int:

@@ -13,7 +13,7 @@ from pipeline.core.chain import page_placement
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.geometry import transposes
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
-from pipeline.core.models import JobPlan
+from pipeline.core.models import JobPlan, OutputOptions
 from pipeline.core.ops import (
     chain_band_names,
     chain_bands,
@@ -24,7 +24,13 @@ from pipeline.core.ops import (
     chain_linear,
     chain_own_nodata,
 )
-from pipeline.core.plan import bigtiff_output, held_output, single_task
+from pipeline.core.plan import (
+    bigtiff_output,
+    held_output,
+    one_bit_pages,
+    page_options,
+    single_task,
+)
 from pipeline.core.tiff_layout import MAX_OBJECT, MAX_PARTS, UPLOAD_PART
 from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumptions_with
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs, mask_costs
@@ -293,25 +299,26 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
     return [(step, durations)]
 
 
-def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
+def output_bytes(plan: JobPlan, out_bpm: dict[bool, float]) -> tuple[float, float]:
     """The output's bytes: its base pages', and its pyramid levels' (0 without a pyramid;
     each level halved, rounding up, down to the first that fits one output tile:
     :func:`~pipeline.core.levels.level_shapes`). Compressed, ``out_bpm`` bytes per
-    megapixel of each; uncompressed (``none``), every output tile whole: a tile at an edge
-    is stored padded to the tile's size (a page written as one strip, ``PagePlan.strip``,
-    is its pixels, with no levels)."""
+    megapixel of each (by whether the page is 1-bit: ``bilevel`` "auto" writes some pages
+    1-bit and others not, each in its codec); uncompressed (``none``), every output tile
+    whole: a tile at an edge is stored padded to the tile's size (a page written as one
+    strip, ``PagePlan.strip``, is its pixels, with no levels)."""
     opts = plan.spec.output_options
     t = opts.tile
     base = levels = 0.0
-    for page in plan.pages:
+    for page, one in zip(plan.pages, one_bit_pages(plan), strict=True):
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
         pixel = _pixel_bytes(plan, page)
+        raw = page_options(plan.spec, page).compression == "none"
         for k, (lh, lw) in enumerate(shapes):
             padded = (lh * lw if page.strip
                       else math.ceil(lh / t) * math.ceil(lw / t) * t * t)
-            size = (padded * pixel if opts.compression == "none"
-                    else lh * lw / 1e6 * out_bpm)
+            size = padded * pixel if raw else lh * lw / 1e6 * out_bpm[one]
             if k:
                 levels += size
             else:
@@ -321,7 +328,7 @@ def output_bytes(plan: JobPlan, out_bpm: float) -> tuple[float, float]:
 
 def _pixel_bytes(plan: JobPlan, page: Any) -> float:
     """The bytes of one of ``page``'s output pixels stored uncompressed (1-bit: an eighth)."""
-    if plan.spec.output_options.bilevel:
+    if page_options(plan.spec, page).bilevel:
         return 1 / 8
     return page.out_channels * np.dtype(page.out_dtype).itemsize
 
@@ -380,15 +387,16 @@ def header_bytes(plan: JobPlan) -> float:
     nodata, own = chain_keeps_values(ops), chain_own_nodata(ops)
     total = 16.0 if big else 8.0
     for page in plan.pages:
+        mine = page_options(plan.spec, page)  # (bilevel "auto": 1-bit or not, page by page)
         h, w, ch = page.out_grid.height, page.out_grid.width, page.out_channels
         tags = output_tags(page.info, h, w, ch, nodata, page.factor,
                            chain_bands(ops, page.info.channels), own,
                            page_placement(ops, page.info), chain_keeps_statistics(ops),
-                           opts.bilevel, chain_linear(ops, page.info.dtype),
+                           mine.bilevel, chain_linear(ops, page.info.dtype),
                            chain_keeps_nodata(ops), chain_band_names(ops, band_names(page.info)))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
-        kwargs = {**OutputEncoder(opts, page.out_dtype, ch).writer_kwargs(), **tags}
+        kwargs = {**OutputEncoder(mine, page.out_dtype, ch).writer_kwargs(), **tags}
         dtype = kwargs.pop("dtype", page.out_dtype)  # (a 1-bit page's: bool)
         bands = (ch,) if ch > 1 else ()
         # (one tile: a column short of it, else tifffile takes the page for one raw tile and
@@ -415,7 +423,7 @@ def _size_notes(notes: set[str], i: int, plan: JobPlan) -> None:
     deciding the output's content. Not for a 1-bit output: its bytes are measured on a
     binarised page (or, uncalibrated, noted as its codec is: :func:`encode_entry`)."""
     comp = plan.spec.output_options.compression
-    if comp == "none" or plan.spec.output_options.bilevel:
+    if comp == "none" or any(one_bit_pages(plan)):
         return
     names = [op["op"] for op in plan.spec.ops]
     last = next((n for n in reversed(names) if n in SMALLER_OUTPUT + LARGER_OUTPUT), None)
@@ -669,12 +677,23 @@ def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
     """A job's per-megapixel costs (:func:`job_costs`; ``where`` names it) and its output's
     base and pyramid level bytes. Uncompressed, its output bytes per megapixel are those the
     segments hold (``output_mpx``: the output's megapixels; edge tiles padded: whole tiles)."""
-    info, comp = plan.pages[0].info, plan.spec.output_options.compression
-    c = job_costs(cal, info.dtype, info.channels, plan.pages[0].out_channels, comp,
-                  plan.spec.ops, bool(getattr(plan, "fused", False)), notes, where,
-                  plan.pages[0].out_dtype, plan.spec.output_options.bilevel)
-    base_bytes, level_bytes = output_bytes(plan, c.out_bpm)
-    if comp == "none" and output_mpx:
+    first = page_options(plan.spec, plan.pages[0])
+
+    def costs(page: Any, options: OutputOptions) -> JobCosts:
+        return job_costs(cal, page.info.dtype, page.info.channels, page.out_channels,
+                         options.compression, plan.spec.ops,
+                         bool(getattr(plan, "fused", False)), notes, where, page.out_dtype,
+                         bool(options.bilevel))
+
+    c = costs(plan.pages[0], first)
+    out_bpm = {bool(first.bilevel): c.out_bpm}
+    # bilevel "auto": the pages of the other kind (1-bit or not) by their own codec's bytes
+    other = next((p for p, one in zip(plan.pages, one_bit_pages(plan), strict=True)
+                  if one != bool(first.bilevel)), None)
+    if other is not None:
+        out_bpm[not first.bilevel] = costs(other, page_options(plan.spec, other)).out_bpm
+    base_bytes, level_bytes = output_bytes(plan, out_bpm)
+    if first.compression == "none" and output_mpx:
         c = replace(c, out_bpm=base_bytes / output_mpx)
     return c, base_bytes, level_bytes
 

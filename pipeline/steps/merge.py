@@ -76,6 +76,8 @@ from pipeline.core.plan import (
     BIGTIFF_ABOVE,
     GROUP4_BITS_PER_PIXEL,
     bigtiff_output,
+    one_bit_pages,
+    page_options,
     raw_output_bytes,
 )
 from pipeline.core.tiff_layout import Piece, Span
@@ -225,16 +227,16 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
             raise
         raise OutputTooLargeError(_classic_overflow(plan)) from exc
     unresolved = [not _has_resolution(page) for page in plan.pages]
-    bilevel = plan.spec.output_options.bilevel
-    group4 = plan.spec.output_options.compression == "group4"
-    if reorder or any(unresolved) or bilevel or any(map(any, masks)):
+    # (bilevel "auto": each page 1-bit or not, group4 or not, by itself)
+    ones, group4 = one_bit_pages(plan), _group4_pages(plan)
+    if reorder or any(unresolved) or any(ones) or any(map(any, masks)):
         ifds = image_ifds(recorder, [len(page_masks) for page_masks in masks])
         each = [(i, ifd, mask) for i, (page_ifds, page_masks) in enumerate(zip(ifds, masks))
                 for ifd, mask in zip(page_ifds, page_masks, strict=True)]
         # every 1-bit page (a bilevel output's, a mask) states its BitsPerSample, in the
         # entry tifffile wrote for it (entries move: first)
-        for _, ifd, mask in each:
-            if bilevel or mask:
+        for i, ifd, mask in each:
+            if ones[i] or mask:
                 state_bits_per_sample(recorder, ifd)
         for (i, j), table in reorder.items():
             _by_segment(recorder, ifds[i][j], table)
@@ -243,7 +245,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
         for i, ifd, mask in each:
             if unresolved[i] or mask:
                 drop_entries(recorder, ifd, RESOLUTION_TAGS)
-            if group4 and not mask:  # (laid out as deflate: see writer_kwargs; a mask page
+            if group4[i] and not mask:  # (laid out as deflate: see writer_kwargs; a mask page
                 set_compression(recorder, ifd, GROUP4)  # stays deflate)
     if cog:  # (one page: more are refused levels as pages, ``level_page_problems``)
         every = [ifd for page_ifds in image_ifds(recorder, [len(m) for m in masks])
@@ -267,15 +269,22 @@ def cog_data_order(ifds: list[int], masks: list[bool]) -> list[int]:
     return [ifd for group in reversed(groups) for ifd in group]
 
 
+def _group4_pages(plan: JobPlan) -> list[bool]:
+    """Whether each page of the job is written in group4 (:func:`page_options`)."""
+    return [page_options(plan.spec, page).compression == "group4" for page in plan.pages]
+
+
 def _classic_overflow(plan: JobPlan) -> str:
     """Why a classic TIFF cannot hold the job's output, and what to set."""
     options = plan.spec.output_options
+    codecs = sorted({page_options(plan.spec, page).compression for page in plan.pages}
+                    or {options.compression})
     noisy = (f" (noisy 1-bit pages take up to {GROUP4_BITS_PER_PIXEL} bits a pixel in it)"
-             if options.compression == "group4" else "")
+             if "group4" in codecs else "")
     why = ("output_options.bigtiff is false" if options.bigtiff is False else
            f"its pixels as written uncompressed ({raw_output_bytes(plan)} bytes) were under "
            f"the {BIGTIFF_ABOVE} that make an output a BigTIFF (\"bigtiff\": \"auto\"), and "
-           f"{options.compression} made its tiles larger{noisy}")
+           f"{' and '.join(codecs)} made its tiles larger{noisy}")
     return (f"output {plan.spec.output}: its tiles pass the {tiff_layout.CLASSIC_TIFF_BYTES} "
             f"bytes a classic TIFF holds (its offsets are 32-bit), and it was to be a classic "
             f"TIFF: {why}; nothing was written: set \"output_options\": {{\"bigtiff\": true}} "
@@ -317,7 +326,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     a SubIFD overview too (it matches each to the overview of its size).
     Returns the tile tables of the page, of its levels and masks in file order, each with
     whether it is a mask."""
-    options = plan.spec.output_options
+    options = page_options(plan.spec, page)  # (bilevel "auto": the page's own kind)
     channels = page.out_channels
     encoder = OutputEncoder(options, page.out_dtype, channels)
     height, width = page.out_grid.height, page.out_grid.width
@@ -387,7 +396,7 @@ def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
     bands = chain_bands(ops, page.info.channels)
     tags = output_tags(page.info, height, width, page.out_channels, chain_keeps_values(ops),
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
-                       chain_keeps_statistics(ops), options.bilevel,
+                       chain_keeps_statistics(ops), page_options(plan.spec, page).bilevel,
                        chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
                        chain_band_names(ops, band_names(page.info)))
     return _ome_tags(tags, page, bands) if options.ome else tags
@@ -413,8 +422,9 @@ def ome_stacks(plan: JobPlan) -> dict[int, int]:
         if n > 1 and len(run) == n and all(
                 _stack_of(p).get("image") == stack["image"] and _stack_of(p)["plane"] == k
                 and (p.out_grid.height, p.out_grid.width, p.out_channels, p.out_dtype,
-                     p.strip) == (first.out_grid.height, first.out_grid.width,
-                                  first.out_channels, first.out_dtype, first.strip)
+                     p.strip, p.one_bit) == (first.out_grid.height, first.out_grid.width,
+                                             first.out_channels, first.out_dtype, first.strip,
+                                             first.one_bit)
                 for k, p in enumerate(run)):
             runs[i] = n
             i += n
@@ -431,12 +441,12 @@ def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
     while the chain keeps it: ``_ome_tags``), its Z and time steps and its Planes'
     attributes (:func:`_stack_pixels`)."""
     omexml = tifffile.OmeXml()
-    bilevel = plan.spec.output_options.bilevel  # (1-bit pages: tifffile's bool, Type "bit")
+    ones = one_bit_pages(plan)  # (1-bit pages: tifffile's bool, Type "bit")
     i = 0
     while i < len(plan.pages):
         page, n = plan.pages[i], runs.get(i, 1)
         h, w, s = page.out_grid.height, page.out_grid.width, page.out_channels
-        dtype = bool if bilevel else page.out_dtype
+        dtype = bool if ones[i] else page.out_dtype
         meta = dict(_page_tags(plan, page)["metadata"])
         samples = ((s,), "S") if s > 1 else ((), "")
         if n == 1:

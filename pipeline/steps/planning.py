@@ -383,7 +383,7 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     note = left_out_note(left_out, spec.output_options.pyramid, masks_why,
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
-    one_bit = one_bit_note(spec, plan.pages)  # (a book's fax pages copied 8-bit)
+    one_bit = one_bit_note(spec, plan.pages)  # (fax pages copied 8-bit; "auto"'s pages)
     xmp = xmp_note(spec.ops, plan.pages)  # (rights metadata rewritten or dropped)
     if one_bit or xmp:
         plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp) if n))

@@ -21,6 +21,7 @@ from pipeline.core.events import BatchEvent, UnitEvent
 from pipeline.core.grid import Rect
 from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
+from pipeline.core.plan import page_options
 from pipeline.errors import OperationError
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
@@ -112,7 +113,7 @@ class TileOutput:
         self.out_tile = plan.spec.output_options.tile
         info = plan.pages[page]
         self.strip = info.strip
-        self.encoder = OutputEncoder(plan.spec.output_options, info.out_dtype,
+        self.encoder = OutputEncoder(page_options(plan.spec, info), info.out_dtype,
                                      info.out_channels)
         # a batch's chain reads its work tiles unless it starts from a canny's edges
         self.reads_input = fused or self.evaluator.layout.source(len(self.evaluator.chain)) is None

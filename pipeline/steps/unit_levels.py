@@ -43,6 +43,7 @@ from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
 from pipeline.core.levels import level_shapes, unit_level_count
 from pipeline.core.models import JobPlan
+from pipeline.core.plan import page_options
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.pyramid import Pyramid, level_nodata, reduce2
@@ -172,7 +173,7 @@ def build_levels(event: UnitEvent) -> dict[str, Any]:
         return {"job": plan.job, "tiles": 0}
     with recorded(plan, "build_levels", event.unit):
         p = plan.pages[unit.page]
-        encoder = OutputEncoder(plan.spec.output_options, p.out_dtype, p.out_channels)
+        encoder = OutputEncoder(page_options(plan.spec, p), p.out_dtype, p.out_channels)
         levels = RegionLevels(plan, unit.page, event.unit, unit, encoder,
                               p.info.photometric == "palette")
         try:
