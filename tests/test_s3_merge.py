@@ -34,6 +34,7 @@ import tifffile
 from conftest import (
     cog_layout_problems,
     gdal_masked,
+    mixed_book,
     one_bit_pages_state_their_bits,
     pyramid_levels,
 )
@@ -288,6 +289,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             client.upload_file(str(tmp / "two.tif"), BUCKET, "in/two.tif")
             gdal_masked(tmp / "masked.tif", *_masked_scene())
             client.upload_file(str(tmp / "masked.tif"), BUCKET, "in/masked.tif")
+            mixed_book(tmp / "book.tif", ROOT / "tests" / "data" / "libtiff" / "testfax4.tiff")
+            client.upload_file(str(tmp / "book.tif"), BUCKET, "in/book.tif")
             yield _run_s3(client, tmp)
     finally:
         proc.communicate("")  # its stdin ends: the server ends
@@ -335,6 +338,9 @@ S3_JOBS: dict[str, dict[str, Any]] = {
     "bilevel": {"input": "two.tif", "pages": [0], "ops": [
         {"op": "to_gray"}, {"op": "threshold", "value": 128}],
         "output_options": {"tile": 128, "bilevel": True, "compression": "group4"}},
+    # a book of a group4 text page and plates, each page in its kind (bilevel "auto")
+    "bilevel_auto": {"input": "book.tif", "output_options": {
+        "tile": 128, "bilevel": "auto", "compression": "deflate"}},
 }
 
 
@@ -530,6 +536,21 @@ def test_s3_merge_of_a_1bit_output(s3):
         bits = tf.pages[0].asarray()
     gray = _smooth(700, 900, 3, 1).astype(np.float64) @ [0.299, 0.587, 0.114]
     assert abs(int(bits.sum()) - int((gray.round() <= 128).sum())) < 0.01 * bits.size
+    assert _uploads(s3) == []
+
+
+def test_s3_merge_of_a_book_of_1bit_and_8bit_pages(s3):
+    """The S3 merge of a ``bilevel`` "auto" copy of a book: the text page 1-bit group4 (its
+    BitsPerSample stated, its Compression tag set), the gray and RGB plates 8-bit deflate,
+    the same bytes as the local concatenation of the same layout, each page's pixels the
+    input's."""
+    got = _merged_alike(s3, "bilevel_auto")
+    assert one_bit_pages_state_their_bits(got) == 1
+    with tifffile.TiffFile(got) as tf, tifffile.TiffFile(s3["tmp"] / "book.tif") as book:
+        assert [(p.bitspersample, int(p.photometric), int(p.compression))
+                for p in tf.pages] == [(1, 0, 4), (8, 1, 8), (8, 2, 8)]
+        for page, source in zip(tf.pages, book.pages, strict=True):
+            np.testing.assert_array_equal(page.asarray(), source.asarray())
     assert _uploads(s3) == []
 
 
