@@ -278,7 +278,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
-    from pipeline.adapters.metadata import output_xmp
+    from pipeline.adapters.metadata import output_xmp, page_form
     from pipeline.core.chain import page_placement
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
@@ -307,7 +307,8 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "one_bit": bool(options.bilevel),
                                 "compression": options.compression}}
         _, xmp = output_xmp(pp.info, pp.out_grid.height, pp.out_grid.width, pp.factor,
-                            page_placement(spec.ops, pp.info))
+                            page_placement(spec.ops, pp.info),
+                            page_form(spec, pp))
         if xmp:  # (kept, rewritten for the new size and place, or dropped, and why)
             entry["ops"]["xmp"] = xmp
     if others:

@@ -21,7 +21,7 @@ import tifffile
 from PIL import Image
 
 from pipeline import cli
-from pipeline.core.xmp import Reshape, rewritten
+from pipeline.core.xmp import Form, Reshape, rewritten
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -305,3 +305,93 @@ def test_a_property_where_a_value_was_expected_is_removed_and_padding_grows_if_n
     desc = _description(done.packet)
     assert desc.find(f"{TIFF}ImageWidth") is None and _value(desc, f"{TIFF}ImageLength") == "40"
     assert "removed tiff:ImageWidth" in done.said
+
+
+#: how Photoshop states an RGB page's samples (the page ``formed`` writes: RGB, 8 bits,
+#: uncompressed)
+FORM = (ADOBE[:ADOBE.index(b"   tiff:ImageWidth")].decode() + (  # (its namespaces)
+        '   tiff:SamplesPerPixel="3" tiff:PhotometricInterpretation="2"\n'
+        '   tiff:Compression="1" tiff:PlanarConfiguration="1"\n'
+        '   photoshop:ColorMode="3" photoshop:Credit="Courtesy of the City Archive"\n'
+        '   exif:ColorSpace="1">\n'
+        '   <tiff:BitsPerSample>\n    <rdf:Seq>\n     <rdf:li>8</rdf:li>\n'
+        '     <rdf:li>8</rdf:li>\n     <rdf:li>8</rdf:li>\n    </rdf:Seq>\n'
+        '   </tiff:BitsPerSample>\n'
+        '   <dc:creator>\n    <rdf:Seq>\n     <rdf:li>Anna Lindqvist</rdf:li>\n'
+        '    </rdf:Seq>\n   </dc:creator>\n'
+        '  </rdf:Description>\n </rdf:RDF>\n</x:xmpmeta>\n'
+        + PADDING + '<?xpacket end="w"?>')).encode()
+#: the chains and output options that change how the samples are stored, and what the
+#: packet then says: (BitsPerSample, SamplesPerPixel, Photometric, Compression, ColorMode)
+FORMS: dict[str, tuple[list[dict[str, Any]], dict[str, Any], tuple[Any, ...]]] = {
+    "gray": ([{"op": "to_gray"}], {"compression": "zstd"}, (["8"], "1", "1", "50000", "1")),
+    "uint16": ([{"op": "convert", "dtype": "uint16"}], {"compression": "deflate"},
+               (["16"] * 3, "3", "2", "8", "3")),
+    "bands": ([{"op": "select_bands", "bands": [0, 1]}], {"compression": "none"},
+              (["8"] * 2, "2", "1", "1", "1")),  # (gray and an extra sample)
+    "bilevel": ([{"op": "to_gray"}, {"op": "threshold", "value": 128}],
+                {"compression": "group4", "bilevel": True}, (["1"], "1", "0", "4", "0")),
+    "jpeg": ([], {"compression": "jpeg"}, (["8"] * 3, "3", "6", "7", "3")),
+}
+
+
+@pytest.fixture(scope="module")
+def formed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("form")
+    rng = np.random.default_rng(5)
+    tifffile.imwrite(root / "in.tif", rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8),
+                     photometric="rgb", tile=(32, 32), metadata=None,
+                     extratags=[(700, "B", len(FORM), FORM, True)])
+    chains = {**{name: (ops, options) for name, (ops, options, _) in FORMS.items()},
+              "same": ([{"op": "gaussian_blur", "sigma": 1}], {"compression": "none"})}
+    jobs = [{"input": str(root / "in.tif"), "ops": ops, "output": str(root / f"{name}.tif"),
+             "output_options": {"tile": 32, **options}} for name, (ops, options) in chains.items()]
+    (root / "m.json").write_text(json.dumps({"jobs": jobs}))
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli.main(["run", str(root / "m.json"), "--quiet"])
+    report = json.loads((root / "m.report.json").read_text())
+    assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
+    return dict(zip(chains, report["jobs"], strict=True))
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_xmp_states_how_the_output_stores_its_samples(formed, name):
+    job = formed[name]
+    packet = _xmp(job["output"])
+    assert packet is not None and len(packet) == len(FORM), job
+    desc = _description(packet)
+    bits, samples, photometric, compression, mode = FORMS[name][2]
+    with tifffile.TiffFile(job["output"]) as tf:  # the XMP says what the TIFF tags say
+        page = tf.pages.first
+        assert [str(b) for b in np.broadcast_to(page.tags.valueof(258), len(bits))] == bits
+        assert (str(page.samplesperpixel), str(int(page.photometric)),
+                str(page.tags.valueof(259))) == (samples, photometric, compression)
+    assert [li.text for li in desc.iterfind(f"{TIFF}BitsPerSample/{RDF}Seq/{RDF}li")] == bits
+    assert [_value(desc, f"{TIFF}{key}") for key in (
+        "SamplesPerPixel", "PhotometricInterpretation", "Compression", "PlanarConfiguration")
+    ] == [samples, photometric, compression, "1"]
+    assert _value(desc, f"{PHOTOSHOP}ColorMode") == mode
+    # sRGB: kept while the page stays RGB; not known of gray pixels or bands
+    assert _value(desc, f"{EXIF}ColorSpace") == ("1" if mode == "3" else None)
+    assert _value(desc, f"{PHOTOSHOP}Credit") == "Courtesy of the City Archive"
+    assert [li.text for li in desc.iterfind(f"{DC}creator/{RDF}Seq/{RDF}li")] == [
+        "Anna Lindqvist"]
+    assert job["message"].startswith("XMP of page 0: rewritten: updated "), job["message"]
+    assert ("tiff:Compression" in job["message"]) == (compression != "1")
+    assert ("exif:ColorSpace" in job["message"]) == (mode != "3")
+
+
+def test_xmp_of_samples_stored_as_before_is_kept_byte_for_byte(formed):
+    job = formed["same"]
+    assert _xmp(job["output"]) == FORM
+    assert not job.get("message")
+
+
+def test_a_bits_per_sample_seq_keeps_its_layout():
+    done = rewritten(FORM, Reshape(WIDTH, HEIGHT, False, False, moved=False,
+                                   form=Form((16, 16), 1, 8)))
+    assert (b"<tiff:BitsPerSample>\n    <rdf:Seq>\n     <rdf:li>16</rdf:li>\n"
+            b"     <rdf:li>16</rdf:li>\n    </rdf:Seq>\n   </tiff:BitsPerSample>") in done.packet
+    assert done.said == ("rewritten: updated tiff:SamplesPerPixel, "
+                         "tiff:PhotometricInterpretation, tiff:Compression, tiff:BitsPerSample")

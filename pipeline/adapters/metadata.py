@@ -33,7 +33,9 @@ Rules:
   rewritten (:func:`output_xmp`, :mod:`pipeline.core.xmp`): its size, resolution and
   Orientation properties made the output's, what cannot stay true removed, the rights and
   credits kept; a packet that does not parse is dropped, and the job's note says which
-  (:func:`xmp_note`);
+  (:func:`xmp_note`); through any chain, its properties that state how the samples are
+  stored (BitsPerSample, SamplesPerPixel, PhotometricInterpretation, Compression, ColorMode)
+  are made the output's as merge writes it (:func:`output_form`);
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
   OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
   name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
@@ -60,7 +62,7 @@ import struct
 import weakref
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
@@ -76,6 +78,9 @@ from pipeline.core.geometry import (
     NUMBER_TYPES,
     Placement,
 )
+
+if TYPE_CHECKING:
+    from pipeline.core.xmp import Form
 
 #: the largest ICC profile carried (bytes); real profiles are 0.5-4 KB, a few up to ~0.5 MB
 ICC_MAX = 1024 * 1024
@@ -806,7 +811,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 stats: bool = False, bilevel: bool = False,
                 linear: tuple[float, float] | None = None,
                 keep_nodata: bool | None = None,
-                names: Sequence[str | None] = ()) -> dict[str, Any]:
+                names: Sequence[str | None] = (), form: Form | None = None) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -830,13 +835,14 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     to be shown); every geometric op moves the georeferencing with the pixels
     (:func:`geo_placed`; what cannot be moved is refused before:
     :func:`pipeline.core.geometry.georeferenced`) and drops an Aperio description; XMP
-    is rewritten for the new size and place (:func:`output_xmp`). ``bilevel``: a 1-bit
+    is rewritten for the new size and place (:func:`output_xmp`), and for ``form``, how
+    the output's samples are stored (:func:`output_form`; None: not known). ``bilevel``: a 1-bit
     output page (0 and 255 stored as bits): miniswhite,
     as 1-bit scans and fax are, its GDAL_NODATA the bit of that value (255: 0, 0: 1;
     another value marks no pixel: dropped), and the entry merge makes its BitsPerSample
     (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`)."""
     md = info.metadata or {}
-    palette = info.photometric == "palette" and channels == 1 and "colormap" in md
+    palette = _palette(info, channels)
     photometric, extrasamples = photometric_of(info, channels, bands)
     kwargs: dict[str, Any] = {
         "photometric": "palette" if palette else photometric,
@@ -861,7 +867,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = [tag for tag in md.get("spatial", []) if tag[0] != XMP]
-    xmp, _said = output_xmp(info, height, width, factor, placed)
+    xmp, _said = output_xmp(info, height, width, factor, placed, form)
     if xmp is not None:
         extratags.append(xmp)
     if placed:
@@ -923,14 +929,62 @@ def _resolution(md: dict[str, Any], placed: Placement | None, sy: Fraction, sx: 
     return scaled_resolution([xn, xd], sx), scaled_resolution([yn, yd], sy)
 
 
+def _palette(info: Any, channels: int) -> bool:
+    """Whether the output page of ``info`` with ``channels`` samples is a palette page."""
+    return info.photometric == "palette" and channels == 1 and "colormap" in (
+        info.metadata or {})
+
+
+#: TIFF's PhotometricInterpretation codes of the photometrics an output page is written as
+_PHOTOMETRIC = {"miniswhite": 0, "minisblack": 1, "rgb": 2, "palette": 3, "separated": 5,
+                "ycbcr": 6}
+
+
+def _colour_mode(photometric: str, bits: int, channels: int) -> int | None:
+    """Photoshop's ColorMode of a page (0 Bitmap, 1 Gray, 2 Indexed, 3 RGB, 4 CMYK; None:
+    a page of bands, which no mode fits): its colour model."""
+    if photometric in ("minisblack", "miniswhite"):
+        return None if channels > 2 else 0 if bits == 1 else 1
+    return {"palette": 2, "rgb": 3, "ycbcr": 3, "separated": 4}.get(photometric)
+
+
+def output_form(info: Any, channels: int, dtype: str, options: Any,
+                bands: tuple[int, ...] | None = None) -> Form:
+    """How merge stores the samples of the output page of ``info`` with ``channels``
+    samples of ``dtype`` under ``options`` (an OutputOptions), for its XMP
+    (:class:`pipeline.core.xmp.Form`): BitsPerSample (1: a bilevel output), the
+    photometric written (:func:`output_tags`'s; YCbCr: a JPEG of RGB, which
+    ``OutputEncoder`` subsamples), the compression code, and whether its colour model is
+    the input page's (a 1-bit input is read as 8-bit gray)."""
+    from pipeline.adapters.tile_codec import GROUP4, OutputEncoder
+    from pipeline.core.xmp import Form
+
+    encoder = OutputEncoder(options, dtype, channels)
+    bits = 1 if options.bilevel else np.dtype(dtype).itemsize * 8
+    photometric = ("miniswhite" if options.bilevel else "palette" if _palette(info, channels)
+                   else photometric_of(info, channels, bands)[0])
+    if encoder.subsampling:
+        photometric = "ycbcr"
+    mode = _colour_mode(photometric, bits, channels)
+    was = _colour_mode(info.photometric, 1 if info.conversion.startswith("bilevel") else 8,
+                       info.channels)
+    return Form((bits,) * channels, _PHOTOMETRIC[photometric],
+                GROUP4 if encoder.tag == GROUP4 else encoder.tag, mode != was, mode)
+
+
 def output_xmp(info: Any, height: int, width: int, factor: int = 1,
-               placed: Placement | None = None) -> tuple[tuple[Any, ...] | None, str]:
+               placed: Placement | None = None, form: Form | None = None
+               ) -> tuple[tuple[Any, ...] | None, str]:
     """The XMP of the output page of ``info`` that is ``height`` x ``width`` (``factor``,
     ``placed``: as :func:`output_tags`), as an ``extratags`` entry (None: none), and what
     was done with it ("" when the input page has none): kept byte for byte when the chain
-    keeps the page's size and place, else rewritten for them
-    (:func:`pipeline.core.xmp.rewritten`: its size, resolution and Orientation updated or
-    removed, Camera Raw's settings and pixel positions removed), or dropped."""
+    keeps the page's size and place and the packet states nothing of ``form`` (how the
+    output's samples are stored, :func:`output_form`; None: not known) that changed, else
+    rewritten (:func:`pipeline.core.xmp.rewritten`: its size, resolution and Orientation
+    updated or removed, Camera Raw's settings and pixel positions removed, its
+    BitsPerSample, SamplesPerPixel, PhotometricInterpretation, Compression, ColorMode made
+    the output's), or dropped (a packet that does not parse through a chain that keeps the
+    page's size and place is kept as it is)."""
     md = info.metadata or {}
     if "xmp_over" in md:
         return None, (f"dropped: {md['xmp_over']:,} bytes, over the {VALUE_MAX // 1024} KiB "
@@ -940,24 +994,37 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
         return None, ""
     packet = _unb64(entry[3])
     same_size, sy, sx = _resized(info, height, width, factor, placed)
-    if same_size and not placed:
-        return (XMP, entry[1], len(packet), packet, True), "kept as is"
+    kept = (XMP, entry[1], len(packet), packet, True), "kept as is"
+    moved = not same_size or placed is not None
+    if not moved and (form is None or not _names_form(packet)):
+        return kept
     from pipeline.core.xmp import Reshape, rewritten
 
     done = rewritten(packet, Reshape(width, height, bool(placed and placed.turned),
                                      bool(placed and placed.transposed), (sx, sy),
                                      _resolution(md, placed, sy, sx),
-                                     md.get("resolutionunit", 2)))
+                                     md.get("resolutionunit", 2), moved, form))
+    if done.packet is None and not moved:  # (unread through a copy, as before)
+        return kept
     if done.packet is None:
         return None, done.said
     return (XMP, entry[1], len(done.packet), done.packet, True), done.said
 
 
-def xmp_note(ops: list[dict[str, Any]], pages: Sequence[Any]) -> str:
+def _names_form(packet: bytes) -> bool:
+    """Whether an XMP packet may state how its page's samples are stored (it names one of
+    the properties :class:`pipeline.core.xmp.Form` rules)."""
+    from pipeline.core.xmp import FORM_NAMES
+
+    return any(name in packet for name in FORM_NAMES)
+
+
+def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
     """What a job's result says of its pages' XMP ("" when each is kept as is, or none has
-    one): the pages whose XMP the chain rewrote (which properties it updated and removed)
-    or dropped, and why (:func:`output_xmp`), so that an archive sees which access copies
-    lost or changed their rights and credit metadata."""
+    one): the pages whose XMP the chain of the job ``spec`` (a JobSpec) rewrote (which
+    properties it updated and removed) or dropped, and why (:func:`output_xmp`, with how
+    each page's samples are stored: :func:`page_form`), so that an archive sees which
+    access copies lost or changed their rights and credit metadata."""
     from pipeline.core.chain import page_placement
     from pipeline.core.plan import _pages
 
@@ -967,10 +1034,22 @@ def xmp_note(ops: list[dict[str, Any]], pages: Sequence[Any]) -> str:
         if "xmp_over" not in md and not any(tag[0] == XMP for tag in md.get("spatial", [])):
             continue
         _, what = output_xmp(page.info, page.out_grid.height, page.out_grid.width,
-                             page.factor, page_placement(ops, page.info))
+                             page.factor, page_placement(spec.ops, page.info),
+                             page_form(spec, page))
         if what and not what.startswith("kept"):
             said.setdefault(what, []).append(page.info.index)
     return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())
+
+
+def page_form(spec: Any, page: Any) -> Form:
+    """:func:`output_form` of a PagePlan of the job ``spec`` (a JobSpec), under the options
+    its page is written with (``bilevel`` "auto": 1-bit or not, page by page:
+    :func:`pipeline.core.plan.page_options`)."""
+    from pipeline.core.ops import chain_bands
+    from pipeline.core.plan import page_options
+
+    return output_form(page.info, page.out_channels, page.out_dtype, page_options(spec, page),
+                       chain_bands(spec.ops, page.info.channels))
 
 
 def gdal_metadata(value: str, bands: tuple[int, ...] | None, values: bool, stats: bool,

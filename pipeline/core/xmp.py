@@ -23,6 +23,18 @@ value of is updated, each that it cannot keep true is removed, everything else i
   ``Iptc4xmpExt:ImageRegion`` (positions on the original's pixels);
 - a property to update that is not a plain value (a struct, an array) is removed.
 
+Through any chain, the properties that state how the page's samples are stored are made the
+output's as merge writes it (:class:`Form`), so a ``to_gray``, ``convert``, ``select_bands``,
+a 1-bit output or another compression leaves none stale:
+
+- ``tiff:BitsPerSample`` (an ``rdf:Seq``, an item a sample: its items rewritten),
+  ``tiff:SamplesPerPixel``, ``tiff:PhotometricInterpretation``, ``tiff:Compression``,
+  ``tiff:PlanarConfiguration`` (always 1: merge writes samples interleaved);
+- ``photoshop:ColorMode`` made the output's (Bitmap, Gray, Indexed, RGB, CMYK) and
+  ``exif:ColorSpace`` removed (sRGB or uncalibrated: tiffpipe does not know it of the new
+  pixels) when the output's colour model is not the input page's; ``photoshop:ColorMode``
+  is removed when no mode fits (a page of bands).
+
 Nothing else is touched (``xmpMM:History`` is the document's past, still true; the
 properties of documents nested in ``xmpMM:Pantry`` or ``xmpMM:DerivedFrom`` describe those
 documents). A packet that needs no change is kept byte for byte. One that does is written
@@ -50,18 +62,38 @@ EXIF = "http://ns.adobe.com/exif/1.0/"
 CRS = "http://ns.adobe.com/camera-raw-settings/1.0/"
 MWG_RS = "http://www.metadataworkinggroup.com/schemas/regions/"
 IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+PHOTOSHOP = "http://ns.adobe.com/photoshop/1.0/"
 XML = "http://www.w3.org/XML/1998/namespace"
 #: the prefixes what was done is said with (a packet may bind its own)
-PREFIXES = {TIFF: "tiff", EXIF: "exif", CRS: "crs", MWG_RS: "mwg-rs", IPTC_EXT: "Iptc4xmpExt"}
+PREFIXES = {TIFF: "tiff", EXIF: "exif", CRS: "crs", MWG_RS: "mwg-rs", IPTC_EXT: "Iptc4xmpExt",
+            PHOTOSHOP: "photoshop"}
 #: properties that state positions on the original's pixels: removed
 POSITIONS = {(EXIF, "SubjectArea"), (EXIF, "SubjectLocation"), (MWG_RS, "Regions"),
              (IPTC_EXT, "ImageRegion")}
 #: resolution-like pairs, (x, y): scaled and swapped as the page's pixels are
 RESOLUTIONS = (("XResolution", "YResolution", TIFF),
                ("FocalPlaneXResolution", "FocalPlaneYResolution", EXIF))
+#: the names of the properties a :class:`Form` rules (a packet naming none is kept unread)
+FORM_NAMES = (b"BitsPerSample", b"SamplesPerPixel", b"PhotometricInterpretation",
+              b"Compression", b"PlanarConfiguration", b"ColorMode", b"ColorSpace")
 #: the start of the packet's root element (not a processing instruction, comment, doctype)
 _ROOT = re.compile(rb"<[^?!]")
 _DROP = object()
+
+
+@record(frozen=True)
+class Form:
+    """How the output page's samples are stored, as merge writes them, for its XMP:
+    ``bits`` (each sample's BitsPerSample: SamplesPerPixel is their count),
+    ``photometric`` and ``compression`` (the TIFF codes written); ``recoloured``: its colour
+    model is not the input page's (``photoshop:ColorMode`` becomes ``mode``, None: removed,
+    and ``exif:ColorSpace`` is removed)."""
+
+    bits: tuple[int, ...]
+    photometric: int
+    compression: int
+    recoloured: bool = False
+    mode: int | None = None
 
 
 @record(frozen=True)
@@ -71,7 +103,9 @@ class Reshape:
     y swapped; ``scale``: output pixels per input pixel along the output's x and y (after
     the swap; (1, 1): no resize); ``resolution``: the output's XResolution and YResolution
     as written (rationals ``(n, d)`` or floats; None: it has none) and ``unit`` its
-    ResolutionUnit."""
+    ResolutionUnit. ``moved``: False when the page keeps its size and place (the geometric
+    properties are left as they are); ``form``: the output's samples (None: not known, the
+    properties stating them are left as they are)."""
 
     width: int
     height: int
@@ -80,6 +114,8 @@ class Reshape:
     scale: tuple[Fraction, Fraction] = (Fraction(1), Fraction(1))
     resolution: tuple[Any, Any] | None = None
     unit: int = 2
+    moved: bool = True
+    form: Form | None = None
 
 
 @record(frozen=True)
@@ -125,7 +161,7 @@ def rewritten(packet: bytes, reshape: Reshape) -> XmpOutcome:
     new = _targets(old, reshape)
     for desc in descriptions:
         for key in list(desc.attrib):
-            fate = _fate(key, desc.attrib[key], new)
+            fate = _fate(key, desc.attrib[key], new, reshape.moved)
             if fate is _DROP:
                 del desc.attrib[key]
                 removed.append(_name(key))
@@ -135,7 +171,13 @@ def rewritten(packet: bytes, reshape: Reshape) -> XmpOutcome:
         for child in list(desc):
             if not isinstance(child.tag, str):
                 continue  # (a comment)
-            fate = _fate(child.tag, _plain(child), new)
+            target = new.get(child.tag)
+            if isinstance(target, tuple) and (items := _items(child)) is not None:
+                if [_number(item.text or "") for item in items] != list(map(Fraction, target)):
+                    _refill(child[0], items, target)
+                    updated.append(_name(child.tag))
+                continue
+            fate = _fate(child.tag, _plain(child), new, reshape.moved)
             if fate is _DROP:
                 _remove(desc, child)
                 removed.append(_name(child.tag))
@@ -170,8 +212,12 @@ def _plain(element: Any) -> str | None:
 
 
 def _targets(old: dict[str, str | None], reshape: Reshape) -> dict[str, Any]:
-    """What each geometric property becomes (its text, or :data:`_DROP`)."""
-    new: dict[str, Any] = {
+    """What each property to make true becomes (its text, a tuple of the items of an
+    ``rdf:Seq``, or :data:`_DROP`)."""
+    new = _formed(reshape.form) if reshape.form else {}
+    if not reshape.moved:
+        return new
+    new |= {
         f"{{{TIFF}}}ImageWidth": str(reshape.width), f"{{{TIFF}}}ImageLength": str(
             reshape.height),
         f"{{{EXIF}}}PixelXDimension": str(reshape.width),
@@ -193,13 +239,29 @@ def _targets(old: dict[str, str | None], reshape: Reshape) -> dict[str, Any]:
     return new
 
 
-def _fate(key: str, value: str | None, new: dict[str, Any]) -> Any:
+def _formed(form: Form) -> dict[str, Any]:
+    """What each property stating how the samples are stored becomes (:class:`Form`)."""
+    new: dict[str, Any] = {
+        f"{{{TIFF}}}BitsPerSample": tuple(map(str, form.bits)),
+        f"{{{TIFF}}}SamplesPerPixel": str(len(form.bits)),
+        f"{{{TIFF}}}PhotometricInterpretation": str(form.photometric),
+        f"{{{TIFF}}}Compression": str(form.compression),
+        f"{{{TIFF}}}PlanarConfiguration": "1"}
+    if form.recoloured:
+        new[f"{{{PHOTOSHOP}}}ColorMode"] = _DROP if form.mode is None else str(form.mode)
+        new[f"{{{EXIF}}}ColorSpace"] = _DROP
+    return new
+
+
+def _fate(key: str, value: str | None, new: dict[str, Any], moved: bool = True) -> Any:
     """A property's new text, :data:`_DROP`, or None (kept as it is)."""
-    if key.startswith(f"{{{CRS}}}"):
+    if moved and key.startswith(f"{{{CRS}}}"):
         return _DROP
     if key not in new:
         return None
     target = new[key]
+    if isinstance(target, tuple):  # (an array written as one value: right for one sample)
+        target = target[0] if len(target) == 1 else _DROP
     if target is _DROP or value is None:  # (a struct where a value was to be updated)
         return _DROP
     number = _number(value)  # (300 is 300/1: kept as it is)
@@ -249,6 +311,30 @@ def _listed(names: list[str]) -> str:
         listed.append(f"crs:* ({len(crs)} propert{'ies' if len(crs) > 1 else 'y'}: Camera "
                       "Raw's settings of the original)")
     return ", ".join(listed)
+
+
+def _items(element: Any) -> list[Any] | None:
+    """The items of a property that is an ``rdf:Seq`` of plain items (None: it is not)."""
+    if len(element) != 1 or element[0].tag != f"{{{RDF}}}Seq" or element.attrib:
+        return None
+    items = [item for item in element[0] if isinstance(item.tag, str)]
+    if not items or len(items) != len(element[0]) or any(
+            item.tag != f"{{{RDF}}}li" or len(item) or item.attrib for item in items):
+        return None
+    return items
+
+
+def _refill(seq: Any, items: list[Any], values: tuple[str, ...]) -> None:
+    """``seq``'s items made ``values``, spaced as its items were."""
+    from xml.etree import ElementTree as ET
+
+    between = items[0].tail if len(items) > 1 else seq.text
+    last = items[-1].tail
+    for item in items:
+        seq.remove(item)
+    for k, value in enumerate(values):
+        item = ET.SubElement(seq, f"{{{RDF}}}li")
+        item.text, item.tail = value, last if k == len(values) - 1 else between
 
 
 def _remove(parent: Any, child: Any) -> None:

@@ -43,6 +43,7 @@ from pipeline.adapters.metadata import (
     band_names,
     ome_channel,
     output_tags,
+    page_form,
     scaled_resolution,
 )
 from pipeline.adapters.segments import compose
@@ -398,7 +399,7 @@ def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
                        chain_keeps_statistics(ops), page_options(plan.spec, page).bilevel,
                        chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
-                       chain_band_names(ops, band_names(page.info)))
+                       chain_band_names(ops, band_names(page.info)), page_form(plan.spec, page))
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 

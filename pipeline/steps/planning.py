@@ -384,7 +384,7 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
     one_bit = one_bit_note(spec, plan.pages)  # (fax pages copied 8-bit; "auto"'s pages)
-    xmp = xmp_note(spec.ops, plan.pages)  # (rights metadata rewritten or dropped)
+    xmp = xmp_note(spec, plan.pages)  # (rights metadata rewritten or dropped)
     if one_bit or xmp:
         plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp) if n))
     return plan, problems + output_problems(plan)
