@@ -46,6 +46,7 @@ from pipeline.preview import (
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, usable_cores
 from pipeline.steps.thumbs import load_summed, summed_parts
+from pipeline.ui import megapixels_cell
 
 #: the box a thumbnail fits in (pixels)
 CELL = SHEET_BOX
@@ -86,7 +87,7 @@ class Row:
     in_page: int
     out_page: int | None  # None: no output (a failed job)
     error: dict[str, str] | None
-    detail: str  # e.g. "12.6 MP, 3.1 s"
+    detail: str  # e.g. "12.6 MP, 3.1 s", "64.0 -> 16.0 MP, 3.1 s" (a downsample)
     ops: str = ""  # the op chain, e.g. "gaussian_blur(sigma=2)"
     message: str = ""  # a skipped job's: why (its output existed, or appeared meanwhile)
     #: the output page's index in its file where it is not ``out_page`` (its position among
@@ -123,7 +124,8 @@ def sheet_rows(report: dict[str, Any], specs: list[JobSpec]) -> list[Row]:
             # the input pages read: as asked, or all but those left out (masks, overviews)
             pages = (asked if asked is not None else job.get("input_pages")
                      or list(range(int(job.get("pages") or 0))))
-            detail = f"{job.get('megapixels', 0):.3g} MP, {job.get('seconds', 0):.1f} s"
+            # (the output's after an arrow: a crop or downsample made it smaller)
+            detail = f"{megapixels_cell(job) or 0} MP, {job.get('seconds', 0):.1f} s"
             at = (_image_pages(job["output"]) if job.get("masks") or (
                 spec is not None and spec.output_options.pyramid
                 and spec.output_options.pyramid_layout == "pages") else [])

@@ -177,9 +177,10 @@ def megapixels_text(mpx: float) -> str:
     return f"{mpx:.1f}" if mpx >= 1 else f"{mpx:.2g}"
 
 
-def _megapixels_cell(job: dict[str, Any]) -> str:
-    """A job's megapixels in the summary: its input pages', then its output pages' after an
-    arrow when the ops made them another size (a crop, a downsample: ``64.0 -> 16.0``)."""
+def megapixels_cell(job: dict[str, Any]) -> str:
+    """A job's megapixels in the summary (and a contact sheet's row): its input pages',
+    then its output pages' after an arrow when the ops made them another size (a crop, a
+    downsample: ``64.0 -> 16.0``)."""
     if "megapixels" not in job:
         return ""
     read = megapixels_text(job["megapixels"])
@@ -207,7 +208,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
         else:
             status = "FAILED"
         rows.append([str(job["job"]), status, str(job.get("pages", "")),
-                     _megapixels_cell(job),
+                     megapixels_cell(job),
                      f"{job['seconds']:.1f}" if job.get("seconds") is not None else "",
                      detail])
     return title, rows

@@ -347,3 +347,20 @@ def test_no_thumbnails_without_a_contact_sheet_nor_past_the_sheets_pages(
     result, _ = _run(tmp_path, jobs, keep_work=True, contact_sheet=True)
     parts = steps_thumbs.summed_parts(layout.job_dir(result.work, 0))
     assert set(parts) == {(0, "in"), (0, "out")}
+
+
+def test_a_sheet_row_gives_the_output_pages_megapixels_after_a_downsample_or_crop(
+        tmp_path: Path):
+    """A row's label gave the input's megapixels only, beside an output cell a quarter its
+    size: it gives the output's after an arrow, as the run's summary does."""
+    _inputs(tmp_path)
+    crop = {"input": "small.tif", "ops": [{"op": "crop", "x": 0, "y": 0, "width": 100,
+                                           "height": 50}]}
+    jobs = {"downsample": JOBS["downsample"], "crop": (crop, None), "small": JOBS["small"]}
+    result, _ = _run(tmp_path, jobs)
+    specs = [JobSpec.from_json({**j, "ops": j.get("ops", [])}) for j in
+             json.loads((tmp_path / "m.json").read_text())["jobs"]]
+    details = [row.detail.rsplit(", ", 1)[0]
+               for row in contact_sheet.sheet_rows(result.report, specs)]
+    # 700 x 650 -> 350 x 325; 200 x 180 -> 100 x 50; 200 x 180 blurred
+    assert details == ["0.46 -> 0.11 MP", "0.036 -> 0.005 MP", "0.036 MP"]
