@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -1186,6 +1187,39 @@ def test_a_small_jobs_pixels_and_bytes_are_printed_with_digits_that_show_them(tm
     work = next(line for line in lines if line.startswith("work files: "))
     assert re.match(r"work files: [\d,]+ objects, [\d.]+ (kB|MB), kept ", work), work
     assert " 0 Mpx" not in out and "0.00 GB" not in out
+
+
+def test_the_step_table_shows_a_small_jobs_seconds_gb_s_and_megabytes(tmp_path):
+    """The step table printed a 256 x 256 job's MB read and written, and most of its GB-s,
+    as 0 (and Lambda s as 0.0): each column now keeps two significant digits below its own
+    precision, aligned under the header as before."""
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((256, 256, 3), np.uint8), tile=(256, 256),
+                     metadata=None)
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out/a.tif"}]}))
+    code, out, err = _cli("estimate", str(m), "--json")
+    assert code == 0, err
+    steps = json.loads(out)["steps"]
+    code, out, err = _cli("estimate", str(m))
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(k for k, line in enumerate(lines) if line.startswith("step "))
+    ends = [lines[header].index(label) + len(label) for label in (
+        "invocations", "Lambda s", "GB-s", "S3 GET", "S3 PUT", "MB read", "MB written")]
+    rows = {line.split()[0]: line for line in lines[header + 1:header + 2 + len(steps)]}
+    assert set(rows) == {*steps, "total"}
+    for row in rows.values():  # each figure ends where its header does
+        assert [match.end() for match in re.finditer(r"\S+(?= |$)", row)][-7:] == ends, row
+    cells = rows["process_job"].split()[-6:]
+    seconds, gb_s, read, written = (float(cells[k]) for k in (0, 1, 4, 5))
+    job = steps["process_job"]
+    # what --json says, to two significant digits (each was "0" or "0.0")
+    for shown, exact in ((seconds, job["seconds"]), (gb_s, job["gb_s"]),
+                         (read, job["bytes_in"] / 1e6), (written, job["bytes_out"] / 1e6)):
+        assert 0 < exact < 1 and shown == float(f"{exact:.2g}"), (shown, exact)
 
 
 # --- a scan manifest: the jobs its run would make now -------------------------------------

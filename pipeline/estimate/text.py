@@ -68,13 +68,13 @@ def format_text(result: dict[str, Any]) -> str:
     for name, s in result["steps"].items():
         count = f"({s['environments']:,.0f})" if name.startswith("cold_") else \
             f"{s['invocations']:,.0f}"
-        p(f"{name:13s} {FUNCTION_OF[name]:8s} {count:>11s} {s['seconds']:11,.1f} "
-          f"{s['gb_s']:12,.0f} {s['get']:10,.0f} {s['put'] + s['list']:10,.0f} "
-          f"{s['bytes_in'] / 1e6:11,.0f} {s['bytes_out'] / 1e6:11,.0f}")
+        p(f"{name:13s} {FUNCTION_OF[name]:8s} {count:>11s} "
+          + _figures(s["seconds"], s["gb_s"], s["bytes_in"], s["bytes_out"])
+          .format(s["get"], s["put"] + s["list"]))
     p(f"{'total':13s} {'':8s} {result['invocations']:11,.0f} "
-      f"{sum(s['seconds'] for s in result['steps'].values()):11,.1f} {result['gb_s']:12,.0f} "
-      f"{result['s3']['get']:10,.0f} {result['s3']['put'] + result['s3']['list']:10,.0f} "
-      f"{result['s3']['bytes_read'] / 1e6:11,.0f} {result['s3']['bytes_written'] / 1e6:11,.0f}")
+      + _figures(sum(s["seconds"] for s in result["steps"].values()), result["gb_s"],
+                 result["s3"]["bytes_read"], result["s3"]["bytes_written"])
+      .format(result["s3"]["get"], result["s3"]["put"] + result["s3"]["list"]))
     p("(cold_*: one cold start per concurrent environment, in parentheses; billed, not "
       "invocations)")
     st = result["state_transitions"]
@@ -115,6 +115,23 @@ def format_text(result: dict[str, Any]) -> str:
 _BOUND = {"s3_object": "S3's largest object (5 TiB)",
           "parts": "the 10,000 parts of one multipart upload",
           "units": "10,000 units per job (a Map's items)"}
+
+
+def _figures(seconds: float, gb_s: float, read: float, written: float) -> str:
+    """The step table's columns from Lambda s on (S3 GET and PUT left as ``{}`` fields for
+    ``str.format``): seconds with a decimal, GB-s and MB whole, each with the two significant
+    digits that show it when those would not (a small job's 0.43 MB read was "0", its 0.04
+    Lambda s "0.0"), aligned under the header."""
+    return (f"{_figure(seconds, 1):>11s} {_figure(gb_s, 0):>12s} {{:10,.0f}} {{:10,.0f}} "
+            f"{_figure(read / 1e6, 0):>11s} {_figure(written / 1e6, 0):>11s}")
+
+
+def _figure(x: float, decimals: int) -> str:
+    """``x`` with ``decimals`` decimals, or with two significant digits when those would show
+    fewer (0.43 and 0.0012 with none; at most 9 decimals)."""
+    if 0 < abs(x) < 10 ** (1 - decimals):
+        decimals = min(9, 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
 
 
 def _amount(x: float) -> str:
