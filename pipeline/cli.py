@@ -671,8 +671,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         calibration = est.load_calibration(args.calibration)
         # a scan's jobs: those a run of it would make now (its folders listed, nothing written)
         specs, found = est.manifest_jobs(args.manifest)
-        plans, sizes, problems = est.plans_for_jobs(specs, args.assume_pages)
-        if problems:
+        # the jobs PlanJob would refuse are not costed: a run fails them and runs the others
+        plans, sizes, refused = est.planned_jobs(specs, args.assume_pages)
+        problems = [problem for job in refused for problem in job["problems"]]
+        if refused and not plans:  # nothing left to cost
             print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(problems),
                   file=sys.stderr)
             return EXIT_USAGE
@@ -680,6 +682,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                               input_bytes=sizes)
         if found is not None:  # what the scan found, as its run's report records it
             result = {"scan": found.to_json(), **result}
+        if refused:
+            result["refused"] = refused
+            print(f"tiffpipe: {len(refused)} of {len(specs)} job(s) would fail when planned "
+                  "(PlanJob) and are not costed; a run would fail them and run the others:"
+                  "\n  " + "\n  ".join(problems), file=sys.stderr)
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -687,7 +694,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(f"tiffpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(result, indent=2) if args.json else est.format_text(result))
-    return EXIT_OK
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

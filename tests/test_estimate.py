@@ -982,8 +982,8 @@ def test_cli_text_and_json(manifest: Path, fused: Path, tmp_path: Path) -> None:
 def test_every_input_that_cannot_be_read_is_listed_at_once(manifest: Path,
                                                            tmp_path: Path) -> None:
     """Inputs missing, not TIFFs or lacking a page are each a problem of their job, listed
-    together (exit 2), as ``validate`` lists a manifest's problems; the readable inputs'
-    jobs are still planned."""
+    together, as ``validate --inputs`` lists the jobs that would fail; the readable inputs'
+    jobs are still planned, and costed (exit 1: some jobs are not)."""
     (tmp_path / "notes.tif").write_text("not a TIFF")
     jobs = [{"input": "gone.tif", "output": "o0.tif"},
             {"input": "rgb.tif", "output": "o1.tif"},  # readable (the manifest fixture's)
@@ -1001,8 +1001,8 @@ def test_every_input_that_cannot_be_read_is_listed_at_once(manifest: Path,
         assert str(tmp_path / name) in problem, problem
     assert "does not exist" in problems[0] and "page 3" in problems[3]
     assert [plan.spec.input for plan in plans] == [str(tmp_path / "rgb.tif")]
-    code, out, err = _cli("estimate", str(batch))
-    assert code == 2 and out == "", err
+    code, out, err = _cli("estimate", str(batch))  # (the good job costed, the others named)
+    assert code == 1 and out.startswith("estimate for 1 job(s), "), err
     for problem in problems:
         assert problem in err, err
     assert "Traceback" not in err
@@ -1047,7 +1047,7 @@ def test_a_job_plan_job_refuses_for_its_output_is_not_costed(tmp_path: Path) -> 
 def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path: Path
                                                                         ) -> None:
     """A job whose ``pages`` lists a page beyond ``--assume-pages``: PlanJob refuses such a
-    job (its input lacks the page), and so does estimate (exit 2, naming the page), as it
+    job (its input lacks the page), and so does estimate (naming the page; exit 1), as it
     does for a real input of those pages. Its pages beyond were dropped: the job costed
     with the pages it had, a job of none left out of the estimate ("1 job(s)" of 2)."""
     from pipeline.input_check import check_job
@@ -1066,7 +1066,8 @@ def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path
                         for i, page in ((0, 5), (1, 7))]
     assert [plan.spec.output for plan in plans] == [str(tmp_path / "o2.tif")]
     code, out, err = _cli("estimate", str(m), "--assume-pages", "64x64x3")
-    assert code == 2 and out == "" and "page 5 asked for" in err, err
+    assert code == 1 and "page 5 asked for" in err, err  # (jobs[2] costed)
+    assert "not costed: 2 job(s) PlanJob would refuse (jobs[0], jobs[1])" in out, out
     # the input itself, those pages: the same jobs refused, for the same pages
     specs = read_manifest(str(m))
     assert [check_job(i, s).problems for i, s in enumerate(specs)] == [
@@ -1324,6 +1325,68 @@ def test_a_scan_with_nothing_new_estimates_no_job_with_its_line(tmp_path: Path):
     assert (doc["scan"]["tiffs"], doc["scan"]["done_before"], doc["scan"]["jobs"]) == (3, 3, 0)
     assert (doc["jobs"], doc["megapixels"], doc["usd_per_gigapixel"]) == ([], 0, None)
     assert doc["steps"]["plan_run"]["invocations"] == 1  # (a run of nothing still runs)
+
+
+def test_a_scan_costs_its_other_files_and_names_each_it_cannot_read(tmp_path: Path):
+    """A scan of a good TIFF, a PNG named .tif and a TIFF cut short: a run fails the two
+    and runs the other, and estimate refused the whole scan (exit 2). It costs the good
+    one, names each of the others with its error on stderr and in ``--json``'s
+    ``refused``, and exits 1; validate --inputs names the same files as failing."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    tifffile.imwrite(incoming / "a.tif", np.zeros((64, 64, 3), np.uint8), tile=(32, 32),
+                     metadata=None)
+    Image.new("RGB", (8, 8)).save(incoming / "b.tif", format="PNG")
+    whole = tmp_path / "whole.tif"
+    tifffile.imwrite(whole, np.random.default_rng(0).integers(0, 256, (256, 256, 3),
+                                                              dtype=np.uint8),
+                     tile=(64, 64), metadata=None)
+    (incoming / "c.tif").write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    manifest = tmp_path / "scan.json"
+    manifest.write_text(json.dumps({"scan": {"input": "in", "output": "out"}}))
+
+    code, out, err = _cli("estimate", str(manifest))
+    assert code == 1, err
+    lines = out.splitlines()
+    assert lines[1:3] == ["estimate for 1 job(s), 0.0041 megapixels, on AWS (concurrency 1000)",
+                          ("  not costed: 2 job(s) PlanJob would refuse (jobs[1], jobs[2]), "
+                           "which a run would fail")], out
+    said = err.splitlines()
+    assert said[0] == ("tiffpipe: 2 of 3 job(s) would fail when planned (PlanJob) and are not "
+                       "costed; a run would fail them and run the others:"), err
+    assert said[1].startswith(f"  jobs[1]: NotATiffError: {incoming / 'b.tif'}: not a TIFF")
+    assert said[2].startswith(f"  jobs[2]: CorruptTiffError: {incoming / 'c.tif'}: page 0: ")
+    assert "truncated" in said[2]
+
+    code, out, err = _cli("estimate", str(manifest), "--json")
+    assert code == 1, err
+    doc = json.loads(out)
+    assert [j["input"] for j in doc["jobs"]] == [str(incoming / "a.tif")]
+    assert [(r["job"], r["input"], r["output"], r["problems"][0].split(": ")[1])
+            for r in doc["refused"]] == [
+        (1, str(incoming / "b.tif"), str(tmp_path / "out" / "b.tif"), "NotATiffError"),
+        (2, str(incoming / "c.tif"), str(tmp_path / "out" / "c.tif"), "CorruptTiffError")]
+    assert doc["scan"]["jobs"] == 3
+    # the good file costed as a job of it alone is
+    alone = tmp_path / "alone.json"
+    alone.write_text(json.dumps({"jobs": [{"input": "in/a.tif", "output": "out/a.tif"}]}))
+    code, out, err = _cli("estimate", str(alone), "--json")
+    assert code == 0, err
+    assert json.loads(out) == {k: v for k, v in doc.items() if k not in ("scan", "refused")}
+
+    # validate --inputs: the same two files would fail, the other can run
+    code, out, err = _cli("validate", "--inputs", str(manifest))
+    assert code == 2 and "1 can run, 2 would fail when planned" in out, (out, err)
+    assert f"{incoming / 'b.tif'} -> " in err and f"{incoming / 'c.tif'} -> " in err
+
+    # every file unreadable: nothing to cost, refused as before
+    (incoming / "a.tif").unlink()
+    code, out, err = _cli("estimate", str(manifest))
+    assert code == 2 and out == "" and err.startswith("tiffpipe: the manifest cannot run:"), err
 
 
 def test_a_scan_on_s3_is_listed_by_the_runs_own_calls_and_nothing_written(

@@ -51,7 +51,8 @@ and the per-megapixel costs of a job), :mod:`.plans` (what a job asks for),
 :mod:`.statemachine` (transitions and Map limits), :mod:`.schedule` (the wall time),
 :mod:`.model` (the estimate) and :mod:`.text` (as printed). Pure, except
 :func:`load_calibration`, :func:`manifest_jobs` (which reads the manifest and lists a scan's
-folders as its run would), :func:`plans_for_jobs` and :func:`plans_for_manifest` (which read
+folders as its run would), :func:`plans_for_jobs`, :func:`planned_jobs` and
+:func:`plans_for_manifest` (which read
 the inputs' page headers, or none with ``assume_pages``) and :func:`load_definition`.
 """
 
@@ -87,6 +88,7 @@ from pipeline.estimate.plans import (
     manifest_jobs,
     parse_assume_pages,
     plan_geometry,
+    planned_jobs,
     plans_for_jobs,
     plans_for_manifest,
     stats_rounds,
@@ -107,6 +109,6 @@ __all__ = [
     "canny_tree_levels", "count_transitions", "estimate", "format_text", "item_work", "job_costs",
     "largest_job", "load_calibration", "load_definition", "manifest_jobs", "map_limits",
     "mask_work", "op_cost", "parse_assume_pages", "parse_overrides", "plan_geometry",
-    "plans_for_jobs", "plans_for_manifest",
+    "planned_jobs", "plans_for_jobs", "plans_for_manifest",
     "predicted_process_cpu", "predicted_unit_cpu", "simulate", "stats_rounds",
 ]

@@ -142,24 +142,48 @@ def plans_for_jobs(specs: list[JobSpec], assume_pages: str | None = None
     those pages (``pages`` of a job still picks among them: one beyond them is a problem,
     as PlanJob's of an input that lacks it). An input that cannot be read (missing, not a
     TIFF, damaged, a page it lacks) is a problem of its job, and the other jobs are still
-    planned, so that every problem is listed at once; such a job has no plan.
+    planned, so that every problem is listed at once; such a job has no plan (a job whose
+    pages the chain or the output refuses has one: :func:`planned_jobs` leaves it out).
     """
+    planned, refused = _planned(specs, assume_pages)
+    problems = [problem for job in refused for problem in job["problems"]]
+    return [plan for plan, _ in planned], [size for _, size in planned], problems
+
+
+def planned_jobs(specs: list[JobSpec], assume_pages: str | None = None
+                 ) -> tuple[list[JobPlan], list[float | None], list[dict[str, Any]]]:
+    """The plans and input sizes of the jobs PlanJob would plan (:func:`plans_for_jobs`),
+    and those it would refuse, in order: each ``{"job", "input", "output", "problems"}``
+    (``problems`` as :func:`plans_for_jobs` words them: ``jobs[i]: NotATiffError: ...``),
+    which a run would fail while it ran the others."""
+    planned, refused = _planned(specs, assume_pages)
+    ok = [(plan, size) for plan, size in planned if plan.job not in {r["job"] for r in refused}]
+    return [plan for plan, _ in ok], [size for _, size in ok], refused
+
+
+def _planned(specs: list[JobSpec], assume_pages: str | None
+             ) -> tuple[list[tuple[JobPlan, float | None]], list[dict[str, Any]]]:
+    """Each job's plan and input size (a job with no plan left out), and the jobs refused."""
     from pipeline.adapters import storage
     from pipeline.errors import TiffpipeError
     from pipeline.steps.planning import plan_pages, read_plan
 
     assumed = parse_assume_pages(assume_pages) if assume_pages else None
-    plans: list[JobPlan] = []
-    sizes: list[float | None] = []
-    problems: list[str] = []
+    planned: list[tuple[JobPlan, float | None]] = []
+    refused: list[dict[str, Any]] = []
+
+    def refuse(i: int, problems: list[str]) -> None:
+        refused.append({"job": i, "input": specs[i].input, "output": specs[i].output,
+                        "problems": problems})
+
     for i, spec in enumerate(specs):
         size = None
         if assumed is not None:
             lacking = [p for p in spec.pages or [] if p >= len(assumed)]
             if lacking:
-                problems += [f"jobs[{i}] ({spec.input}): page {p} asked for, --assume-pages "
-                             f"gives {len(assumed)} page(s) (0..{len(assumed) - 1}); fix the "
-                             "job's pages, or give --assume-pages more" for p in lacking]
+                refuse(i, [f"jobs[{i}] ({spec.input}): page {p} asked for, --assume-pages "
+                           f"gives {len(assumed)} page(s) (0..{len(assumed) - 1}); fix the "
+                           "job's pages, or give --assume-pages more" for p in lacking])
                 continue
             plan, why = plan_pages(i, spec, [assumed[p] for p in spec.pages] if spec.pages
                                    else list(assumed), WORK, 0.0)
@@ -167,16 +191,16 @@ def plans_for_jobs(specs: list[JobSpec], assume_pages: str | None = None
             try:
                 plan, why = read_plan(i, spec, WORK, 0.0)
             except TiffpipeError as exc:  # the message names the file: the next job's too
-                problems.append(f"jobs[{i}]: {type(exc).__name__}: {exc}")
+                refuse(i, [f"jobs[{i}]: {type(exc).__name__}: {exc}"])
                 continue
             try:
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
-        problems += [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)]
-        plans.append(plan)
-        sizes.append(size)
-    return plans, sizes, problems
+        if why:
+            refuse(i, [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)])
+        planned.append((plan, size))
+    return planned, refused
 
 
 #: the work location the plans are made for (a name only: nothing is written)

@@ -33,6 +33,10 @@ def format_text(result: dict[str, Any]) -> str:
               f"{megapixels_text(mpx)} megapixels")
     p(f"estimate for {len(result['jobs'])} job(s), {pixels}, on AWS "
       f"(concurrency {result['concurrency']})")
+    if result.get("refused"):  # (each named on stderr, with its error)
+        p(f"  not costed: {len(result['refused'])} job(s) PlanJob would refuse ("
+          + ", ".join(f"jobs[{r['job']}]" for r in result["refused"][:10])
+          + (", ..." if len(result["refused"]) > 10 else "") + "), which a run would fail")
     for j in result["jobs"][:10]:
         units = "one unit" if j["units"] == 1 else f"{j['units']} units"
         work = (f"fused, {units}: split, process and merge in one invocation (ProcessJob)"
