@@ -332,6 +332,11 @@ FORMS: dict[str, tuple[list[dict[str, Any]], dict[str, Any], tuple[Any, ...]]] =
     "bilevel": ([{"op": "to_gray"}, {"op": "threshold", "value": 128}],
                 {"compression": "group4", "bilevel": True}, (["1"], "1", "0", "4", "0")),
     "jpeg": ([], {"compression": "jpeg"}, (["8"] * 3, "3", "6", "7", "3")),
+    # bilevel "auto": each page's own (its text 1-bit in group4, a plate as it is)
+    "auto_text": ([{"op": "to_gray"}, {"op": "threshold", "value": 128}],
+                  {"compression": "deflate", "bilevel": "auto"}, (["1"], "1", "0", "4", "0")),
+    "auto_plate": ([], {"compression": "deflate", "bilevel": "auto"},
+                   (["8"] * 3, "3", "2", "8", "3")),
 }
 
 
@@ -377,7 +382,7 @@ def test_xmp_states_how_the_output_stores_its_samples(formed, name):
     assert _value(desc, f"{PHOTOSHOP}Credit") == "Courtesy of the City Archive"
     assert [li.text for li in desc.iterfind(f"{DC}creator/{RDF}Seq/{RDF}li")] == [
         "Anna Lindqvist"]
-    assert job["message"].startswith("XMP of page 0: rewritten: updated "), job["message"]
+    assert "XMP of page 0: rewritten: updated " in job["message"], job["message"]
     assert ("tiff:Compression" in job["message"]) == (compression != "1")
     assert ("exif:ColorSpace" in job["message"]) == (mode != "3")
 
