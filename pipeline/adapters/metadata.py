@@ -1030,8 +1030,7 @@ def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
 
     said: dict[str, list[int]] = {}
     for page in pages:
-        md = page.info.metadata or {}
-        if "xmp_over" not in md and not any(tag[0] == XMP for tag in md.get("spatial", [])):
+        if not carries_xmp(page.info):
             continue
         _, what = output_xmp(page.info, page.out_grid.height, page.out_grid.width,
                              page.factor, page_placement(spec.ops, page.info),
@@ -1039,6 +1038,13 @@ def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
         if what and not what.startswith("kept"):
             said.setdefault(what, []).append(page.info.index)
     return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())
+
+
+def carries_xmp(info: Any) -> bool:
+    """Whether the page of ``info`` (a PageInfo) has an XMP packet to carry (or one too large
+    to: :func:`output_xmp` says it dropped it)."""
+    md = info.metadata or {}
+    return "xmp_over" in md or any(tag[0] == XMP for tag in md.get("spatial", []))
 
 
 def page_form(spec: Any, page: Any) -> Form:
@@ -1158,10 +1164,12 @@ def band_roles(xml: bytes) -> dict[int, dict[str, str]]:
     """The band items of a GDAL_METADATA XML that have a role (``description``, ``scale``,
     ``offset``, ``unittype``, ...): ``{band: {role: text}}`` (empty when none, or the XML
     does not parse)."""
+    if not xml.strip():  # (most pages: no GDAL_METADATA, and no XML parser to load for it)
+        return {}
     from xml.etree import ElementTree
 
     try:
-        items = ElementTree.fromstring(xml).findall("Item") if xml.strip() else []
+        items = ElementTree.fromstring(xml).findall("Item")
     except ElementTree.ParseError:
         return {}
     roles: dict[int, dict[str, str]] = {}

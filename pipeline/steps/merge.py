@@ -41,6 +41,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.metadata import (
     ORIENTATION,
     band_names,
+    carries_xmp,
     ome_channel,
     output_tags,
     page_form,
@@ -399,7 +400,9 @@ def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
                        chain_keeps_statistics(ops), page_options(plan.spec, page).bilevel,
                        chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
-                       chain_band_names(ops, band_names(page.info)), page_form(plan.spec, page))
+                       chain_band_names(ops, band_names(page.info)),
+                       # (how it stores its samples: for its XMP alone)
+                       page_form(plan.spec, page) if carries_xmp(page.info) else None)
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 
