@@ -11,6 +11,11 @@ line a run: the first is what a command's run costs, the later ones the work and
 engine alone. ``--preload``: tiffpipe's step modules and imagecodecs' codecs loaded before
 the first run, as ``bench/sweep.py --preload`` does. OpenCV, imagecodecs and tifffile are
 imported before the first run, as the sweep's children import them before their clock.
+
+``--tool naive`` or ``--tool libvips``: the sweep's peers instead (bench/children.py's
+``naive`` and ``libvips``), run ``--runs`` times in one fresh process on the manifest's
+first job (its input, output, ``gaussian_blur`` sigma, compression and JPEG quality),
+each run's wall printed: what their first run pays beside the work, for comparison.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--preload", action="store_true")
+    ap.add_argument("--tool", choices=("tiffpipe", "naive", "libvips"), default="tiffpipe")
     args = ap.parse_args(argv)
+    if args.tool != "tiffpipe":
+        return peer_runs(args.tool, args.manifest, args.runs, args.workers)
 
     import cv2  # noqa: F401  (before the clock, as the sweep's children import them)
     import imagecodecs  # noqa: F401
@@ -71,6 +79,35 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"run {run} failed: {result.error or result.jobs}")
         shown = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in actions.items())
         print(f"run {run}: {wall * 1e3:.1f} ms; actions, ms: {shown}", flush=True)
+    return 0
+
+
+def peer_runs(tool: str, manifest: str, runs: int, workers: int) -> int:
+    """``--tool naive|libvips``: the peer ``runs`` times on the manifest's first job, in this
+    one process, each run's wall printed."""
+    import children
+
+    with open(manifest, encoding="utf-8") as f:
+        job = json.load(f)["jobs"][0]
+    base = os.path.dirname(os.path.abspath(manifest))
+    src, dst = (p if os.path.isabs(p) else os.path.join(base, p)
+                for p in (job["input"], job["output"]))
+    blurs = [op for op in job.get("ops", []) if op.get("op") == "gaussian_blur"]
+    if len(blurs) != 1 or len(job["ops"]) != 1:
+        raise SystemExit(f"{manifest}: --tool {tool} runs one gaussian_blur, as the sweep's")
+    sigma, options = blurs[0]["sigma"], job.get("output_options", {})
+    compression, quality = options.get("compression", "zstd"), options.get("quality", 90)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    for run in range(1, runs + 1):
+        if tool == "naive":
+            r = children.naive(src, dst, sigma, compression, quality, workers)
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(src) as tf:
+                pages = len(tf.pages)
+            r = children.libvips(src, dst, pages, sigma, compression, quality, 0.05, "integer")
+        print(f"{tool} run {run}: {r['wall_s'] * 1e3:.1f} ms", flush=True)
     return 0
 
 

@@ -261,3 +261,31 @@ def test_preload_loads_the_steps_and_codecs_before_the_clock(tmp_path) -> None:
     doc = json.loads(out.read_text())
     assert doc["settings"]["preload"] is True
     assert set(doc["cases"][0]["tools"]) == {"tiffpipe", "naive"}
+
+
+@pytest.mark.parametrize("tool", ["tiffpipe", "naive", "libvips"])
+def test_first_run_times_each_tools_runs_in_one_process(tmp_path, tool: str) -> None:
+    """``bench/first_run.py``: tiffpipe's runs, or (``--tool``) a peer's, one after the other
+    in one process, a line each; the peer's output is the sweep's whole-page run's."""
+    if tool == "libvips" and not HAVE_PYVIPS:
+        pytest.skip("pyvips is not installed")
+    import sys
+
+    import numpy as np
+    import tifffile
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sweep import make_input, write_manifest
+
+    src = make_input(str(tmp_path), 1, 256)
+    manifest = write_manifest(str(tmp_path), "m", [src], [str(tmp_path / "out" / "o.tif")],
+                              "jpeg", 2.0, 90)
+    stdout = run_bench_script("first_run.py", "--manifest", manifest, "--runs", "2",
+                              "--tool", tool)
+    lines = stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"run {k}" if tool == "tiffpipe" else
+                                                      f"{tool} run {k}" for k in (1, 2)], stdout
+    assert all(line.split(": ")[1].split(" ms")[0].replace(".", "").isdigit()
+               for line in lines), stdout
+    with tifffile.TiffFile(tmp_path / "out" / "o.tif") as tf:
+        assert tf.pages[0].shape == (256, 256, 3) and np.ptp(tf.pages[0].asarray()) > 0
