@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = f"{module}::{getattr(item, 'originalname', item.name)}"
         if (module in SLOW_FILES or name in SLOW_TESTS) and not item.get_closest_marker("slow"):
             item.add_marker("slow")
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------
+
+# A test run started with SIGINT ignored (a background job of a shell without job control,
+# as some CI runners start their scripts) passes that on to every child it starts: an
+# ignored signal stays ignored across exec, so the Ctrl-C tests' SIGINT would reach no one
+# (tests/test_interrupt.py, tests/test_python_api.py). Handled here, the tests and their
+# children get Python's own handling (a handled signal is reset to the default on exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # --- paths ----------------------------------------------------------------------------------
