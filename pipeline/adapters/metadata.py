@@ -935,11 +935,6 @@ def _palette(info: Any, channels: int) -> bool:
         info.metadata or {})
 
 
-#: TIFF's PhotometricInterpretation codes of the photometrics an output page is written as
-_PHOTOMETRIC = {"miniswhite": 0, "minisblack": 1, "rgb": 2, "palette": 3, "separated": 5,
-                "ycbcr": 6}
-
-
 def _colour_mode(photometric: str, bits: int, channels: int) -> int | None:
     """Photoshop's ColorMode of a page (0 Bitmap, 1 Gray, 2 Indexed, 3 RGB, 4 CMYK; None:
     a page of bands, which no mode fits): its colour model."""
@@ -956,7 +951,7 @@ def output_form(info: Any, channels: int, dtype: str, options: Any,
     photometric written (:func:`output_tags`'s; YCbCr: a JPEG of RGB, which
     ``OutputEncoder`` subsamples), the compression code, and whether its colour model is
     the input page's (a 1-bit input is read as 8-bit gray)."""
-    from pipeline.adapters.tile_codec import GROUP4, OutputEncoder
+    from pipeline.adapters.tile_codec import OutputEncoder
     from pipeline.core.xmp import Form
 
     encoder = OutputEncoder(options, dtype, channels)
@@ -968,8 +963,8 @@ def output_form(info: Any, channels: int, dtype: str, options: Any,
     mode = _colour_mode(photometric, bits, channels)
     was = _colour_mode(info.photometric, 1 if info.conversion.startswith("bilevel") else 8,
                        info.channels)
-    return Form((bits,) * channels, _PHOTOMETRIC[photometric],
-                GROUP4 if encoder.tag == GROUP4 else encoder.tag, mode != was, mode)
+    return Form((bits,) * channels, int(tifffile.PHOTOMETRIC[photometric.upper()]),
+                encoder.tag, mode != was, mode)
 
 
 def output_xmp(info: Any, height: int, width: int, factor: int = 1,

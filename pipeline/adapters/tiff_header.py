@@ -17,6 +17,8 @@ import os
 import struct
 from typing import Any, Self
 
+from tifffile import TIFF
+
 from pipeline.core.tiff_layout import Literal, Piece, Span
 
 
@@ -403,7 +405,7 @@ def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Pi
             raw = read(at, entry)
             code, kind = struct.unpack("<HH", raw[:4])
             count = struct.unpack(fmt, raw[4:4 + word])[0]
-            size = _TYPE_SIZES.get(kind, 1) * count
+            size = _value_size(kind) * count
             value_at = at + 4 + word
             if size > word:  # the values are out of line: their offset moves with them
                 old = struct.unpack(fmt, raw[4 + word:])[0]
@@ -421,9 +423,10 @@ def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Pi
     return [piece for key in order for piece in _cut_pieces(pieces, *regions[key])]
 
 
-#: bytes of a value of each TIFF type (BYTE ... IFD8)
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
-               13: 4, 16: 8, 17: 8, 18: 8}
+def _value_size(kind: int) -> int:
+    """The bytes of one value of TIFF type ``kind`` (BYTE ... IFD8), as tifffile lays them
+    out (``TIFF.DATA_FORMATS``); 1 for a type it does not know."""
+    return struct.calcsize("<" + TIFF.DATA_FORMATS[kind]) if kind in TIFF.DATA_FORMATS else 1
 
 
 def _cut_pieces(pieces: list[Piece], start: int, end: int) -> list[Piece]:
