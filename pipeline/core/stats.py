@@ -227,7 +227,12 @@ def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
     state = {"min": np.array([np.fmin.reduce(img, axis=None)]),
              "max": np.array([np.fmax.reduce(img, axis=None)])}
     nodata = nodata_in_type(p, img.dtype)
-    if nodata is not None and (data := img[img != nodata]).size:
+    if nodata is None:
+        return state
+    if nodata not in (state["min"][0], state["max"][0]):  # (NaN: never; fmin skips it)
+        # inside the range, or absent: leaving it out moves neither end (no copy of the tile)
+        state["data_min"], state["data_max"] = state["min"], state["max"]
+    elif (data := img[img != nodata]).size:
         state["data_min"] = np.array([np.fmin.reduce(data)])
         state["data_max"] = np.array([np.fmax.reduce(data)])
     return state
