@@ -8,13 +8,12 @@ progress bar on a terminal for long lists."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TextIO, TypeVar
 
-from pipeline.core.manifest import ScanSpec, is_s3
+from pipeline.core.manifest import ScanSpec, is_s3, quoted
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import grouped_by_page
 from pipeline.errors import TiffpipeError
@@ -218,14 +217,11 @@ def misplaced_inputs(manifest: str, parsed: list[JobSpec] | ScanSpec,
             found.append((i, written))
     for i, written in found[:MISPLACED_SHOWN]:
         there = os.path.relpath(os.path.join(cwd, written), base)
-        yield (f"tiffpipe: jobs[{i}].input {_quoted(written)} is in the current folder ({cwd}) "
+        yield (f"tiffpipe: jobs[{i}].input {quoted(written)} is in the current folder ({cwd}) "
                f"but not in the manifest's ({base}), where its relative paths start: write it "
-               f"{_quoted(there)}, or as an absolute path")
+               f"{quoted(there)}, or as an absolute path")
     if len(found) > MISPLACED_SHOWN:
         yield (f"tiffpipe: ... and {len(found) - MISPLACED_SHOWN} more jobs whose input is in "
                "the current folder, not the manifest's")
 
 
-def _quoted(path: str) -> str:
-    """``path`` in double quotes, its letters as they are (not JSON's escapes)."""
-    return json.dumps(path, ensure_ascii=False)

@@ -445,7 +445,7 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
                 summary = _summary_of_failed(work, error)
         # (none beside another run's report: it is that run's place; nor over the sheet of
         # the last run's jobs that a report of no job keeps: pipeline.steps.report.last_run)
-        keeps = bool(doc and written and not doc["jobs"] and doc.get("last_run"))
+        keeps = bool(doc and written and doc.get("last_run"))  # (only a report of no job has one)
         sheet = (_write_contact_sheet(doc, work, report_url)
                  if contact_sheet and doc and written and interrupted is None and not keeps
                  else None)

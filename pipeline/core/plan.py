@@ -517,8 +517,9 @@ def mask_pairing_problems(spec: JobSpec, pages: list[PagePlan]) -> list[str]:
         return size, level_shapes(*size, spec.output_options.tile) if levels else []
 
     size, levels = sizes(first)
-    clash = [page.info.index for page in pages[1:] if page.info.mask_ifd and (
-        sizes(page)[0] == size or set(sizes(page)[1]) & set(levels))]
+    clash = [page.info.index for page, (own, own_levels) in
+             ((page, sizes(page)) for page in pages[1:] if page.info.mask_ifd)
+             if own == size or set(own_levels) & set(levels)]
     if not clash:
         return []
     many, first_page = len(clash) > 1, f"page {first.info.index}"
