@@ -379,7 +379,8 @@ def test_a_masked_levels_whole_blocks_reduce_as_the_counting_way_does(dtype):
     all invalid (its collar) to zeros, without counting the pixels left out: the same
     values, bit for bit, as the count of valid pixels gives (odd edges, -0.0 and NaN too);
     a block partly valid still counts."""
-    from pipeline.steps.pyramid import _masked_reduce2, reduce2
+    from pipeline.core.reduce import masked_mean
+    from pipeline.steps.pyramid import reduce2
 
     rng = np.random.default_rng(3)
     block = (rng.random((7, 9, 3)) * 200).astype(dtype)
@@ -387,7 +388,7 @@ def test_a_masked_levels_whole_blocks_reduce_as_the_counting_way_does(dtype):
         block[6, 8] = [-0.0, np.nan, 1.5]
     for valid in (np.ones((7, 9), bool), np.zeros((7, 9), bool), rng.random((7, 9)) > 0.5):
         got = reduce2(block, valid=valid)
-        want = _masked_reduce2(block, None, valid)
+        want = masked_mean(block, 2, None, valid)
         assert got.dtype == want.dtype and got.shape == want.shape == (4, 5, 3)
         np.testing.assert_array_equal(got, want)
         assert (np.signbit(got) == np.signbit(want)).all()

@@ -53,43 +53,43 @@ def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
     faster than the sums here)."""
     h, w = block.shape[:2]
     dtype, f = block.dtype, factor
-    if nodata is None:
-        valid = np.ones(block.shape, bool)
-    elif dtype.kind == "f" and np.isnan(nodata):
-        valid = ~np.isnan(block)
-    else:
-        valid = block != dtype.type(nodata)
+    valid: np.ndarray | None = None  # (None: every sample present is valid)
+    if nodata is not None:
+        valid = (~np.isnan(block) if dtype.kind == "f" and np.isnan(nodata)
+                 else block != dtype.type(nodata))
     if mask is not None:
-        valid &= mask.reshape(mask.shape + (1,) * (block.ndim - 2))
+        pixels = mask.reshape(mask.shape + (1,) * (block.ndim - 2))
+        valid = np.broadcast_to(pixels, block.shape) if valid is None else valid & pixels
     shape = (-(-h // f) * f, -(-w // f) * f) + block.shape[2:]
     order = [(dy, dx) for dx in range(f) for dy in range(f)]
-    if shape == block.shape and valid.all():  # whole blocks, none left out (most of a page):
+    if shape == block.shape and (valid is None or valid.all()):  # whole blocks, none left out:
         if (area2 is not None and f == 2 and dtype.str[1:] in OPENCV_MEAN4
                 and block.size // (h * w) in (1, 3, 4)):
             return area2(block).reshape((h // 2, w // 2) + block.shape[2:])  # (h, w, 1) too
         ok, n, none = None, np.int64(f * f), None  # no count, nothing to blank
     else:
         ok = np.zeros(shape, bool)
-        ok[:h, :w] = valid
+        ok[:h, :w] = True if valid is None else valid
         n = np.zeros((shape[0] // f, shape[1] // f) + shape[2:], np.int64)
         for dy, dx in order:
             n += ok[dy::f, dx::f]
         none = n == 0
         n[none] = 1
     if dtype.kind in "iu" and dtype.str[1:] not in WIDE:
-        out = _mean_of_64bit(block if ok is None else np.where(valid, block, 0), shape, n, f)
+        out = _mean_of_64bit(block if ok is None or valid is None else np.where(valid, block, 0),
+                             shape, n, f)
     else:
         floats = dtype.kind == "f"
         # (larger blocks: 4096 samples of 16 bits at most sum below 2**31)
         wide = (np.float64 if floats else WIDE[dtype.str[1:]] if f == 2
                 else np.int32 if dtype.itemsize <= 2 else np.int64)
         if ok is None:
-            b = block.astype(wide)
+            b = block  # (the sums in ``wide``: the first term cast, the others added to it)
         else:
             b = np.full(shape, -0.0) if floats else np.zeros(shape, wide)
             b[:h, :w] = block
             b[~ok] = -0.0 if floats else 0
-        s = b[0::f, 0::f].copy()
+        s = b[0::f, 0::f].astype(wide)
         for dy, dx in order[1:]:
             s += b[dy::f, dx::f]
         out = s / n if floats else (s + n // 2) // n

@@ -92,10 +92,10 @@ def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = Non
         if valid.all():
             valid = None
     if nodata is not None or valid is not None:
-        return _masked_reduce2(block, nodata, valid)
+        return masked_mean(block, 2, nodata, valid)
     h, w = block.shape[:2]
     if block.dtype.kind == "f":
-        return _float_reduce2(block)
+        return masked_mean(block, 2)  # (floats: the pixels present, -0.0 for the others)
     if h % 2 or w % 2:
         block = np.concatenate([block, block[-1:]], 0) if h % 2 else block
         block = np.concatenate([block, block[:, -1:]], 1) if w % 2 else block
@@ -107,37 +107,6 @@ def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = Non
     s += block[1::2, 1::2]
     s += 2
     return (s // 4).astype(block.dtype)
-
-
-def _float_reduce2(block: np.ndarray) -> np.ndarray:
-    """``(((p00 + p10) + p01) + p11) / n`` in float64 over the ``n`` pixels present, cast
-    back to the block's type."""
-    h, w = block.shape[:2]
-    b = block
-    if h % 2 or w % 2:
-        b = np.full((h + h % 2, w + w % 2) + block.shape[2:], -0.0)
-        b[:h, :w] = block
-    s = b[0::2, 0::2].astype(np.float64)
-    s += b[1::2, 0::2]
-    s += b[0::2, 1::2]
-    s += b[1::2, 1::2]
-    out = s / 4
-    if h % 2:
-        out[-1] = s[-1] / 2
-    if w % 2:
-        out[:, -1] = s[:, -1] / 2
-    if h % 2 and w % 2:
-        out[-1, -1] = s[-1, -1]
-    return out.astype(block.dtype)
-
-
-def _masked_reduce2(block: np.ndarray, nodata: float | None,
-                    mask: np.ndarray | None = None) -> np.ndarray:
-    """:func:`reduce2` leaving the samples equal to ``nodata`` out, and the pixels ``mask``
-    says are not valid: :func:`pipeline.core.reduce.masked_mean` of 2 x 2 blocks (``nodata``,
-    0 without one, where none is valid). Without a sample left out it equals
-    :func:`reduce2`'s result bit for bit."""
-    return masked_mean(block, 2, nodata, mask)
 
 
 def reduce_mask(valid: np.ndarray, nearest: bool = False) -> np.ndarray:
