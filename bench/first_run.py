@@ -87,16 +87,14 @@ def peer_runs(tool: str, manifest: str, runs: int, workers: int) -> int:
     one process, each run's wall printed."""
     import children
 
-    with open(manifest, encoding="utf-8") as f:
-        job = json.load(f)["jobs"][0]
-    base = os.path.dirname(os.path.abspath(manifest))
-    src, dst = (p if os.path.isabs(p) else os.path.join(base, p)
-                for p in (job["input"], job["output"]))
-    blurs = [op for op in job.get("ops", []) if op.get("op") == "gaussian_blur"]
-    if len(blurs) != 1 or len(job["ops"]) != 1:
+    from pipeline.steps.common import read_manifest
+
+    spec = read_manifest(manifest)[0]  # (a job list: its paths resolved against its folder)
+    src, dst = spec.input, spec.output
+    if [op.get("op") for op in spec.ops] != ["gaussian_blur"]:
         raise SystemExit(f"{manifest}: --tool {tool} runs one gaussian_blur, as the sweep's")
-    sigma, options = blurs[0]["sigma"], job.get("output_options", {})
-    compression, quality = options.get("compression", "zstd"), options.get("quality", 90)
+    sigma, options = spec.ops[0]["sigma"], spec.output_options
+    compression, quality = options.compression, options.quality
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     for run in range(1, runs + 1):
         if tool == "naive":
