@@ -413,6 +413,21 @@ def test_an_output_may_not_be_an_input():
     ]
 
 
+def test_problems_come_in_the_manifests_order():
+    """The checks across jobs (outputs written twice, nested, or over an input) run after
+    every job's own: their problems are listed with their job's, in job order, after the
+    top level's, so a long list reads from the manifest's top down."""
+    data = {"defaults": {"tile": 7},
+            "jobs": [job(input="a.tif", output="a.tif"),
+                     job(input="b.tif", output="out/x.tif", ops=[{"op": "nope"}]),
+                     job(input="c.tif", output="out/x.tif")]}
+    found = problems_of(data)
+    assert [p.split(":", 1)[0].split(".", 1)[0] for p in found] == [
+        "defaults", "jobs[0]", "jobs[1]", "jobs[2]"]
+    assert found[1].startswith("jobs[0].output: same location as its own input")
+    assert found[3].startswith("jobs[2].output: same output as jobs[1]")
+
+
 def test_paths_in_problems_keep_their_letters(tmp_path, capsys: pytest.CaptureFixture):
     """A path of accented letters is named as written (Müller), not in JSON's escapes
     (M\\u00fcller), in every problem that quotes a location: the user must find the file."""
@@ -425,12 +440,12 @@ def test_paths_in_problems_keep_their_letters(tmp_path, capsys: pytest.CaptureFi
                      job(input="d.tif", output="ré.tif"),
                      job(input="e.tif", output="ré.tif/x.tif")]}
     assert problems_of(data) == [
+        (f'jobs[0].output: same location as its own input ("{at(name)}"); the output would '
+        "overwrite it: give the output another name (or another folder)"),
         (f'jobs[2].output: same output as jobs[1] ("{at("ré", name)}"); one would replace the '
         "other: give one of them another name"),
         (f'jobs[4].output: "{at("ré.tif", "x.tif")}" is inside the output of jobs[3] '
-        f'("{at("ré.tif")}"), a file, not a folder: give one of them another path'),
-        (f'jobs[0].output: same location as its own input ("{at(name)}"); the output would '
-        "overwrite it: give the output another name (or another folder)")]
+        f'("{at("ré.tif")}"), a file, not a folder: give one of them another path')]
     with pytest.raises(ManifestError) as info:
         parse_manifest({"scan": {"input": "scans été", "output": "scans été/out"}}, "m.json",
                        BASE)

@@ -507,8 +507,19 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
     problems.extend(_nested_outputs(outputs))
     problems.extend(_overwritten_inputs(inputs, outputs, fold))
     if problems:
-        raise ManifestError(source, problems)
+        # in the manifest's order: a job's problems from the checks across jobs beside its own
+        raise ManifestError(source, sorted(problems, key=_job_order))
     return specs
+
+
+_JOB_PATH = re.compile(r"jobs\[(\d+)\]")
+
+
+def _job_order(problem: str) -> int:
+    """The job a problem is about (its path's ``jobs[N]``), or -1: problems of the manifest's
+    top level (``defaults``, ``scan``, ``jobs``) first."""
+    match = _JOB_PATH.match(problem)
+    return int(match.group(1)) if match else -1
 
 
 def _parse_defaults(data: dict[str, Any], problems: list[str]) -> Layer:
