@@ -970,3 +970,55 @@ def test_a_last_strip_stored_whole_height_reads_as_libtiff_reads_it(tmp_path: Pa
                                r"\((ADOBE_DEFLATE|ZSTD)\) cannot be decoded \(.*the file is "
                                r"damaged"):
                 reader.read(Rect(16, 0, 20, 37))
+
+
+def test_a_reader_of_recent_reads_drops_what_they_no_longer_use(tmp_path):
+    """``recent``: a segment none of the last ``recent`` reads used is dropped, so reads
+    along a row of tiles hold about that row's segments; one a read used again is decoded
+    once."""
+    path = tmp_path / "tiles.tif"
+    tifffile.imwrite(path, np.arange(256 * 256, dtype=np.uint32).reshape(256, 256)
+                     .astype(np.uint16), tile=(64, 64), compression="zlib")
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, tf.pages[0], str(path), 0, recent=2)
+        want = tf.pages[0].asarray()
+        for x in (0, 40, 100, 160):  # 32 px wide reads along the top row of segments
+            got = reader.read(Rect(0, x, 32, x + 32))
+            np.testing.assert_array_equal(got, want[0:32, x:x + 32])
+        # segments 0 (x 0-63), 1 (64-127), 2 (128-191): 0 was last read at x 40, 2 reads ago
+        assert sorted(reader.cache) == [1, 2] and reader.decoded == 3
+        reader.read(Rect(0, 100, 32, 132))  # segments 1, 2 again: cached, not decoded
+        assert reader.decoded == 3
+
+
+def test_a_reader_without_recent_keeps_its_segments(tmp_path):
+    """Without ``recent`` (a sweep that forgets rows itself), nothing is dropped by reads."""
+    path = tmp_path / "tiles.tif"
+    tifffile.imwrite(path, np.zeros((128, 256), np.uint8), tile=(64, 64), compression="zlib")
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, tf.pages[0], str(path), 0)
+        for x in (0, 64, 128, 192):
+            reader.read(Rect(0, x, 16, x + 16))
+        assert sorted(reader.cache) == [0, 1, 2, 3]
+
+def test_a_claimed_segment_is_decoded_once_by_the_thread_that_claimed_it(tmp_path):
+    """Threads sharing a reader: the first to claim a window's segments decodes them; a
+    second claim of them gets none, and its read waits for the first's decode instead of
+    decoding them again; a decode that fails is raised by the read that gets it."""
+    path = tmp_path / "tiles.tif"
+    want = np.arange(128 * 128, dtype=np.uint32).reshape(128, 128).astype(np.uint16)
+    tifffile.imwrite(path, want, tile=(64, 64), compression="zlib")
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, tf.pages[0], str(path), 0, recent=4)
+        first = reader.claim(Rect(0, 0, 64, 128))
+        assert [seg for seg, _, _ in first] == [0, 1]
+        assert reader.claim(Rect(0, 32, 64, 96)) == []  # both being decoded: none to claim
+        waiter = ThreadPoolExecutor(1).submit(reader.read, Rect(0, 32, 64, 96))
+        reader.decode_claimed(first)
+        np.testing.assert_array_equal(waiter.result(timeout=30), want[0:64, 32:96])
+        assert reader.decoded == 2
+        broken = [(seg, future, b"not zlib") for seg, future, _ in reader.claim(
+            Rect(64, 0, 128, 64))]
+        reader.decode_claimed(broken)
+        with pytest.raises(CorruptTiffError, match="segment 2 .* cannot be decoded"):
+            reader.read(Rect(64, 0, 128, 64))

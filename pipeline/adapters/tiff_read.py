@@ -720,6 +720,10 @@ def _check_ojpeg(where: str, kind: PixelKind) -> None:
                                    "new-style JPEG or a lossless codec")
 
 
+#: a decoded segment: (pixels, plane, y, x)
+Decoded = tuple[np.ndarray, int, int, int]
+
+
 class PageReader:
     """Reads windows of one page, decoding each segment (strip or tile) at most once while it
     stays cached. :meth:`forget_above` drops segments a downward sweep no longer needs, so a
@@ -731,14 +735,21 @@ class PageReader:
     With a ``decoder`` (an executor), :meth:`prefetch` decodes the segments of a window in
     its threads (the codecs release the GIL) while the caller works on what it read before;
     the bytes are still read in the caller's thread, in file order.
+
+    Reads that come in no sweep order (a unit's tiles, done in threads) bound the cache with
+    ``recent`` instead: a segment none of the last ``recent`` reads used is dropped.
     """
 
     def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
                  keep_palette: bool = False, decoder: Executor | None = None,
-                 columns: tuple[int, int] | None = None, mask: bool = False):
+                 columns: tuple[int, int] | None = None, mask: bool = False,
+                 recent: int | None = None):
         """``mask``: the page is an internal mask (:func:`internal_mask`), read as 0 (not
         valid) and 255 (valid)."""
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
+        self.recent = recent
+        self.reads = 0  # read() calls so far
+        self.last_used: dict[int, int] = {}  # seg -> the read that used it last (``recent``)
         #: the page's columns [x0, x1) every read lies in (a unit's, with its halo): a
         #: decoded segment is cached cut to them (a strip spans the page: a unit of a few
         #: columns of a 300,000 px wide page held whole strips: docs/pipeline.md, ProcessUnits)
@@ -755,7 +766,7 @@ class PageReader:
         self.lerc = self.compression == LERC  # decoded with its mask, see _decode_lerc
         self._decode = None if self.ojpeg or self.lerc else page.decode
         self.jpegtables = page.jpegtables
-        self.pending: dict[int, Future[tuple[np.ndarray, int, int, int]]] = {}
+        self.pending: dict[int, Future[Decoded]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.kind = _MASK_KIND if mask else pixel_kind(page, self.where, keep_palette)
         self.file_samples = int(page.samplesperpixel)
@@ -843,6 +854,37 @@ class PageReader:
                 data = self.segment_bytes(seg)  # this thread: the file handle is not shared
                 self.pending[seg] = self.decoder.submit(self.decode_segment, seg, data)
 
+    def claim(self, rect: Rect) -> list[tuple[int, Future[Decoded], bytes | None]]:
+        """For a reader that threads share under a lock of theirs: the segments of ``rect``
+        neither cached nor being decoded, each with its stored bytes (read now, under the
+        lock) and a pending decode that the caller does with :meth:`decode_claimed` after
+        letting go of the lock. Threads then decode side by side, and a :meth:`read` of a
+        segment another thread is decoding waits for it instead of decoding it again."""
+        claimed: list[tuple[int, Future[Decoded], bytes | None]] = []
+        if self.raw_strips:  # read row by row, never cached
+            return claimed
+        try:
+            for seg, _, _ in self._segments(rect):
+                if seg not in self.cache and seg not in self.pending:
+                    data = self.segment_bytes(seg)
+                    self.pending[seg] = Future()
+                    claimed.append((seg, self.pending[seg], data))
+        except BaseException:  # none of them will be decoded: no read may wait for them
+            for seg, _, _ in claimed:
+                self.pending.pop(seg, None)
+            raise
+        return claimed
+
+    def decode_claimed(self, claimed: list[tuple[int, Future[Decoded], bytes | None]]) -> None:
+        """Decode the segments :meth:`claim` gave (thread-safe: no file access); a failure
+        is raised by the :meth:`read` that gets the segment."""
+        for seg, future, data in claimed:
+            if future.set_running_or_notify_cancel():  # (not dropped by forget_above)
+                try:
+                    future.set_result(self.decode_segment(seg, data))
+                except BaseException as exc:  # noqa: BLE001 - raised where it is read
+                    future.set_exception(exc)
+
     def read(self, rect: Rect) -> np.ndarray:
         """The pixels of ``rect``: (h, w) for one sample, else (h, w, samples)."""
         out = np.zeros((rect.height, rect.width, self.samples), self.dtype)
@@ -858,7 +900,18 @@ class PageReader:
                                              else self.decode_segment(seg,
                                                                       self.segment_bytes(seg)))
             self._paste(out, *self.cache[seg], rect)
+            if self.recent:
+                self.last_used[seg] = self.reads
+        self.reads += 1
+        if self.recent:
+            self._forget_unused()
         return out[:, :, 0] if self.samples == 1 else out
+
+    def _forget_unused(self) -> None:
+        """Drop the cached segments none of the last :attr:`recent` reads used."""
+        for seg in [s for s, n in self.last_used.items() if n < self.reads - self.recent]:
+            del self.last_used[seg]
+            self.cache.pop(seg, None)
 
     def _kept(self, decoded: tuple[np.ndarray, int, int, int]
               ) -> tuple[np.ndarray, int, int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
 from collections import OrderedDict
 from math import ceil
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from pipeline.adapters.metadata import band_scaling, output_nodata
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core.chain import ChainLayout, page_geometry
+from pipeline.core.geometry import transposes
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
@@ -38,12 +40,16 @@ from pipeline.core.ops import (
 )
 from pipeline.errors import CustomOperationError, OperationError, OutOfMemoryError
 from pipeline.steps import layout
-from pipeline.steps.masks import read_valid, reduced
+from pipeline.steps.common import tile_threads
+from pipeline.steps.masks import MaskReader, reduced
 
 if TYPE_CHECKING:
     from pipeline.core.canny_tree import Node
 
 State = dict[str, np.ndarray]
+
+#: makes each evaluator's mask reader once, when its tiles' threads first ask for it
+_mask_lock = threading.Lock()
 
 
 def save_npz(url: str, arrays: dict[str, np.ndarray]) -> None:
@@ -94,6 +100,7 @@ class TileEvaluator:
         self.geometry = page_geometry(self.plan, page, self.layout)
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
+        self._mask: MaskReader | None = None  # made by the first tile that reads the mask
 
     # --- geometry ---------------------------------------------------------------------
 
@@ -218,8 +225,30 @@ class TileEvaluator:
         output's (valid where any pixel of the block is)."""
         s = self.layout.scales[i]
         placed = Rect(rect.y0 * s, rect.x0 * s, rect.y1 * s, rect.x1 * s)
-        valid = read_valid(self.plan, self.page_pos, self.geometry, placed)
+        valid = self.mask_reader().valid(self.geometry.back(placed, 0))
         return valid if s == 1 else reduced(valid, rect, s)
+
+    def mask_reader(self) -> MaskReader:
+        """The page's mask reader for this evaluator's tiles (a unit's or batch's), made on
+        first use and closed by :meth:`close`: the input opened once, each mask segment
+        decoded once while the tiles near it read it. Its cache keeps the segments of the
+        reads of about one row of tiles in the order the tiles are swept (a page the chain
+        transposes is swept along its columns) and of the tiles in flight, so memory stays
+        about a row of tiles whatever the unit's size."""
+        if self._mask is None:
+            with _mask_lock:
+                if self._mask is None:
+                    g, calls = self.page.grid, self.layout.calls[:self.geometry.last + 1]
+                    row = g.rows if transposes(calls) else g.cols
+                    reads = sum(1 for c in self.chain if c.op.reads_mask)  # per tile
+                    self._mask = MaskReader(self.plan, self.page_pos, self.geometry,
+                                            recent=reads * (row + 2 * tile_threads() + 1))
+        return self._mask
+
+    def close(self) -> None:
+        """Close what the tiles kept open (the mask reader's input), at the unit's end."""
+        if self._mask is not None:
+            self._mask.close()
 
     def crop(self, arr: np.ndarray, rect: Rect, target: Rect) -> np.ndarray:
         r = target.relative_to(rect)

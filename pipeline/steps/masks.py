@@ -7,7 +7,7 @@ A mask goes through the chain's geometric ops (rotate, flip, crop) as the image 
 through no other: a blur, a threshold or a convert does not change which pixels are valid.
 A downsample by f (the geometric ops come before it) reduces it as GDAL reduces a mask for
 its average overviews: an output pixel is valid where any pixel of its f x f block is
-(:func:`reduced`); and its tiles read it (:func:`read_valid`) to leave the masked-out
+(:func:`reduced`); and its tiles read it (:class:`MaskReader`) to leave the masked-out
 pixels out of their means, as GDAL's average does. Its tiles are those of the output page
 (or its one strip), 1 bit a pixel, 1 valid, 0 not (padding too), deflated. The masks of the
 pyramid levels are made by merge (:class:`pipeline.steps.pyramid.Pyramid`). Jobs that carry
@@ -17,13 +17,18 @@ none:
 
 from __future__ import annotations
 
+import threading
+from contextlib import ExitStack
+
 import numpy as np
+import tifffile
 
 from pipeline.adapters.segments import SegmentWriter, write_index
 from pipeline.adapters.tiff_read import (
     PageReader,
     check_unchanged,
     kept_tiff,
+    open_tiff,
     planned_page,
 )
 from pipeline.adapters.tile_codec import encode_mask
@@ -46,6 +51,65 @@ def mask_info(info: PageInfo) -> PageInfo:
                     segment_rows=1, compression="", ifd_offset=info.mask_ifd)
 
 
+class MaskReader:
+    """Reads windows of a page's internal mask (the input's mask page) for one unit of work,
+    moved by the geometric ops: the one reader of both the unit's mask tiles
+    (:func:`write_unit_mask`) and its tiles' downsamples
+    (:class:`pipeline.steps.evaluate.TileEvaluator`). It reads ``tf`` if given (the caller's
+    open input); else it opens the input on its first read, once for all the unit's tiles
+    (on S3 one open and header read a unit, not a tile), and :meth:`close` closes it at the
+    unit's end. Each mask segment is decoded once while it stays cached, so tiles that share
+    one (a strip, or a tile under their halos) decode it once; the cache is bounded as the
+    caller's read order allows (:meth:`forget_above` for a sweep, ``recent`` for tiles in
+    threads: :class:`~pipeline.adapters.tiff_read.PageReader`). Thread-safe: the segments'
+    bytes are read one thread at a time, and decoded in the threads that need them
+    (:meth:`PageReader.claim`), side by side."""
+
+    def __init__(self, plan: JobPlan, page: int, geo: PageGeometry,
+                 tf: tifffile.TiffFile | None = None, recent: int | None = None):
+        self.url, self.version = plan.spec.input, plan.input_version
+        self.info, self.geo, self.recent = mask_info(plan.pages[page].info), geo, recent
+        self.tf, self.reader = tf, None
+        self._open: ExitStack | None = None
+        self._lock = threading.Lock()
+
+    def valid(self, where: Rect) -> np.ndarray:
+        """The mask of ``where`` (a rect of the input page: :meth:`PageGeometry.back` of one
+        of the placed page) moved by the geometric ops, True where valid."""
+        with self._lock:
+            if self.tf is None:
+                self._open = ExitStack()
+                self.tf = self._open.enter_context(open_tiff(self.url, self.version))
+            tf = self.tf
+        try:
+            with self._lock:
+                if self.reader is None:
+                    self.reader = PageReader(tf, planned_page(tf, self.url, self.info),
+                                             self.url, self.info.index, mask=True,
+                                             recent=self.recent)
+                reader = self.reader
+                claimed = reader.claim(where)  # bytes read here, one thread at a time ...
+            reader.decode_claimed(claimed)  # ... decoded side by side
+            with self._lock:
+                bits = reader.read(where)
+        except CorruptTiffError:  # damaged, or written to while read
+            check_unchanged(tf, self.url, self.version)
+            raise
+        return self.geo.moved(bits, where) != 0
+
+    def forget_above(self, y: int) -> None:
+        """Drop the cached mask rows above input row ``y`` (a downward sweep is past them)."""
+        if self.reader is not None:
+            self.reader.forget_above(y)
+
+    def close(self) -> None:
+        """Close the input if this reader opened it (a later read opens it again)."""
+        with self._lock:
+            if self._open is not None:
+                self._open.close()
+                self._open, self.tf, self.reader = None, None, None
+
+
 def write_unit_mask(plan: JobPlan, unit_index: int) -> None:
     """Write the mask tiles of the unit's output tiles (nothing when its page carries no
     mask): read from the input's mask page core by core, in the order a downward sweep of the
@@ -63,42 +127,20 @@ def write_unit_mask(plan: JobPlan, unit_index: int) -> None:
     index: list[list[int]] = []
     with kept_tiff(url, plan.input_version) as tf, \
             SegmentWriter(layout.segment_file(plan.work, unit.page, name)) as writer:
-        try:
-            info = mask_info(page.info)
-            reader = PageReader(tf, planned_page(tf, url, info), url, info.index, mask=True)
-            for i, (row, col) in enumerate(positions):
-                stopping.check()
-                valid = geo.moved(reader.read(reads[i]), reads[i]) != 0
-                core = page.out_grid.core(row, col)
-                if page.factor > 1:
-                    valid = reduced(valid, core, page.factor)
-                for orow, ocol, bits in _tiles(valid, core, tile, page.strip):
-                    data = encode_mask(bits)
-                    index.append([orow, ocol, writer.write(data), len(data)])
-                if i + 1 < len(reads) and reads[i + 1].y0 > reads[i].y0:
-                    reader.forget_above(reads[i + 1].y0)
-        except CorruptTiffError:  # damaged, or written to while read
-            check_unchanged(tf, url, plan.input_version)
-            raise
+        mask = MaskReader(plan, unit.page, geo, tf)
+        for i, (row, col) in enumerate(positions):
+            stopping.check()
+            valid = mask.valid(reads[i])
+            core = page.out_grid.core(row, col)
+            if page.factor > 1:
+                valid = reduced(valid, core, page.factor)
+            for orow, ocol, bits in _tiles(valid, core, tile, page.strip):
+                data = encode_mask(bits)
+                index.append([orow, ocol, writer.write(data), len(data)])
+            if i + 1 < len(reads) and reads[i + 1].y0 > reads[i].y0:
+                mask.forget_above(reads[i + 1].y0)
         check_unchanged(tf, url, plan.input_version)
     write_index(layout.segment_index_file(plan.work, unit.page, name), {"tiles": index})
-
-
-def read_valid(plan: JobPlan, page: int, geo: PageGeometry, rect: Rect) -> np.ndarray:
-    """The carried mask of ``rect`` of the placed page (``page`` must carry one), True where
-    valid: its window of the input's mask page, moved by the geometric ops. What a
-    ``downsample`` leaves the masked-out pixels out of its means with
-    (:class:`pipeline.steps.evaluate.TileEvaluator`): one read per tile, its own open of the
-    input (:func:`kept_tiff`: a local file stays open in the thread)."""
-    url, where = plan.spec.input, geo.back(rect, 0)
-    with kept_tiff(url, plan.input_version) as tf:
-        try:
-            info = mask_info(plan.pages[page].info)
-            reader = PageReader(tf, planned_page(tf, url, info), url, info.index, mask=True)
-            return geo.moved(reader.read(where), where) != 0
-        except CorruptTiffError:  # damaged, or written to while read
-            check_unchanged(tf, url, plan.input_version)
-            raise
 
 
 def reduced(valid: np.ndarray, core: Rect, factor: int) -> np.ndarray:

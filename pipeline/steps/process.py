@@ -49,8 +49,11 @@ def process(event: BatchEvent) -> dict[str, Any]:
 
             # OpenCV and the codecs release the GIL: a Lambda with 2+ vCPUs runs tiles side
             # by side; the local engine sets how many for its workers
-            with ThreadPoolExecutor(tile_threads()) as pool:
-                list(pool.map(one, positions))
+            try:
+                with ThreadPoolExecutor(tile_threads()) as pool:
+                    list(pool.map(one, positions))
+            finally:
+                out.evaluator.close()
         out.save_thumbs(layout.batch_segment(event.batch))
     return {"job": plan.job, "tiles": batch.last - batch.first}
 
@@ -84,7 +87,10 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None,
                     else:
                         segment.add(r, out.encode_tile(r, c, px))
 
-                sweep_unit(plan, unit, handle, tile_threads(), shared)
+                try:
+                    sweep_unit(plan, unit, handle, tile_threads(), shared)
+                finally:  # the tiles' readers end with the sweep's
+                    out.evaluator.close()
             if levels:
                 levels.close()
             write_unit_mask(plan, event.unit)  # (the page's internal mask: its own segment)

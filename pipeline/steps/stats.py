@@ -73,20 +73,23 @@ def stats(event: StatsEvent) -> dict[str, Any]:
         call = ev.chain[position]
         parts: list[dict[str, np.ndarray]] = []
         sides: dict[str, np.ndarray] = {}
-        for index in range(batch.first, batch.last):
-            stopping.check()
-            row, col = ev.page.grid.position(index)
-            if call.op.kind == "canny":
-                labels = ev.canny_labels(row, col, position)
-                storage.write_bytes(layout.labels_file(plan.work, event.round, batch.page, row,
-                                                       col), encode_work_tile(labels))
-                for side, values in canny_mod.borders(labels).items():
-                    sides[layout.border_key(row, col, side)] = values
-            else:
-                arr, rect = ev.value(row, col, position)
-                core = ev.crop(arr, rect, ev.core(row, col, position))
-                if core.size:
-                    parts.append(call.op.stats.partial(core, call.params))
+        try:
+            for index in range(batch.first, batch.last):
+                stopping.check()
+                row, col = ev.page.grid.position(index)
+                if call.op.kind == "canny":
+                    labels = ev.canny_labels(row, col, position)
+                    storage.write_bytes(layout.labels_file(plan.work, event.round, batch.page, row,
+                                                           col), encode_work_tile(labels))
+                    for side, values in canny_mod.borders(labels).items():
+                        sides[layout.border_key(row, col, side)] = values
+                else:
+                    arr, rect = ev.value(row, col, position)
+                    core = ev.crop(arr, rect, ev.core(row, col, position))
+                    if core.size:
+                        parts.append(call.op.stats.partial(core, call.params))
+        finally:
+            ev.close()  # (the mask reader a downsample before the round opened)
         save_npz(layout.stats_part_file(plan.work, event.round, event.batch),
                  sides if call.op.kind == "canny" else combine(parts))
     return {"job": plan.job, "tiles": batch.last - batch.first}
