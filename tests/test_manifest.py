@@ -535,7 +535,7 @@ def test_every_problem_of_one_op_is_listed_at_its_own_path():
         "jobs[0].ops[0].halo: expected an integer >= 0 and <= 4096, got -1",
         "jobs[0].ops[0].params: expected an object, got [1]",
         f"jobs[0].ops[1].function: {malformed}",
-        "jobs[0].ops[2].x: unknown field (allowed: p_high, p_low)",
+        "jobs[0].ops[2].x: unknown field (allowed: p_high, p_low, per_band)",
         "jobs[0].ops[2]: p_low (90) must be below p_high (10)",
     ]
 

@@ -317,6 +317,11 @@ _KSIZE_MORPH = Param("ksize", "integer", "side of the square kernel, in pixels",
 _MORPH_HALO = "(ksize // 2) * iterations"
 _ITER = Param("iterations", "integer", "how many times to apply it", default=1, ge=1, le=100)
 
+#: normalize's and percentile_stretch's statistics of each band for that band (a DAPI
+#: channel 10x brighter than the others, QGIS's per-band 2-98% of a true-colour composite)
+_PER_BAND = Param("per_band", "boolean", "statistics of each band for that band alone "
+                  "(false: over all channels)", default=False)
+
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
        halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
@@ -392,17 +397,21 @@ OPS: dict[str, Op] = {op.name: op for op in (
                      "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
                      + _RANGE_TOO + ", or use threshold with a value"),
        halo_help="0 (a threshold from the page's histogram: a statistics round)"),
-    Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float)",
-       (), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats", stats=stats_mod.NORMALIZE,
+    Op("normalize", "cv2.normalize(page, None, 0, max, NORM_MINMAX); max = dtype max (1.0 float); "
+       "per_band: each band by its own minimum and maximum",
+       (_PER_BAND,), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats",
+       stats=stats_mod.NORMALIZE,
        binary=_keeps, reads_nodata=True, keeps_nodata=True,
        accepts=_only(dtypes.ALL, None, "normalize"),
-       halo_help="0 (the page's minimum and maximum over all channels: a statistics round)"),
+       halo_help="0 (the page's minimum and maximum over all channels, or per band: a "
+                 "statistics round)"),
     Op("percentile_stretch",
        "clip(rint((v - lo) / (hi - lo) * max), 0, max); lo, hi = np.percentile(page, "
-       "(p_low, p_high), method='lower') over all channels",
+       "(p_low, p_high), method='lower') over all channels (per_band: of each band, "
+       "np.percentile(page[..., b], ...), for that band)",
        (Param("p_low", "number", "percentile mapped to 0", default=1.0, ge=0, le=100),
         Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
-              le=100)),
+              le=100), _PER_BAND),
        fn.whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
        reads_nodata=True, keeps_nodata=True,
        accepts=_only(dtypes.HISTOGRAM, None, "percentile_stretch",

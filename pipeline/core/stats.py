@@ -360,7 +360,75 @@ def _stretch_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
             "range": np.array([lo, hi])}
 
 
+# --- per_band: each band its own statistics -------------------------------------------
+
+
+def _planes(img: np.ndarray) -> list[np.ndarray]:
+    """The bands of an image, each a contiguous (h, w) array (a 2-D image: itself)."""
+    if img.ndim == 2:
+        return [img]
+    return [np.ascontiguousarray(img[:, :, b]) for b in range(img.shape[2])]
+
+
+def _no_data_yet(key: str, dtype: np.dtype) -> np.ndarray | None:
+    """What a band stands for a key its op's partial leaves out when the band's part of the
+    tile holds no data (``data_min``/``data_max`` of a band of no-data only): the identity of
+    :func:`combine`'s reduction (the type's maximum for a minimum, its minimum for a
+    maximum; NaN for floats, which ``fmin``/``fmax`` skip), so that it stays one array."""
+    if key not in ("data_min", "data_max"):
+        return None
+    if np.dtype(dtype).kind == "f":
+        return np.array([np.nan], dtype)
+    limits = np.iinfo(dtype)
+    return np.array([limits.max if key == "data_min" else limits.min], dtype)
+
+
+def _band_partial(spec: StatsSpec) -> Callable[[np.ndarray, dict[str, Any]], State]:
+    def partial(img: np.ndarray, p: dict[str, Any]) -> State:
+        parts = [spec.partial(plane, p) for plane in _planes(img)]
+        keys = list(dict.fromkeys(k for part in parts for k in part))
+        return {k: np.stack([part[k] if k in part else _no_data_yet(k, img.dtype)
+                             for part in parts]) for k in keys}
+    return partial
+
+
+def _band_finish(spec: StatsSpec) -> Callable[[State, dict[str, Any], np.dtype], State]:
+    def finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
+        states = []
+        for b in range(len(next(iter(st.values())))):
+            mine = {k: v[b] for k, v in st.items()}
+            if "data_min" in mine and not mine["data_min"][0] <= mine["data_max"][0]:
+                del mine["data_min"], mine["data_max"]  # (no data in the band: its stand-in)
+            states.append(spec.finish(mine, p, dtype))
+        return {k: np.stack([s[k] for s in states]) for k in states[0]}
+    return finish
+
+
+def _band_apply(spec: StatsSpec) -> Callable[[np.ndarray, dict[str, Any], State], np.ndarray]:
+    def apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
+        out = [spec.apply(plane, p, {k: v[b] for k, v in state.items()})
+               for b, plane in enumerate(_planes(img))]
+        return out[0] if img.ndim == 2 else np.stack(out, axis=2)
+    return apply
+
+
+def per_band_option(spec: StatsSpec) -> StatsSpec:
+    """``spec`` with the parameter ``per_band``: when true, each band is an op of its own on
+    the page's band (its own statistics, no-data and NaN left out per band, its own table or
+    scale); the statistics are ``spec``'s of each band, stacked on a first axis of the band
+    count (a 16-bit page's histograms: bands x 65536 counts), which :func:`combine` reduces
+    as it does one band's. False (the default): ``spec`` itself, over all channels. A page
+    of one band gets the same result either way."""
+    banded = StatsSpec(_band_partial(spec), _band_finish(spec), _band_apply(spec))
+
+    def pick(p: dict[str, Any]) -> StatsSpec:
+        return banded if p.get("per_band") else spec
+    return StatsSpec(lambda img, p: pick(p).partial(img, p),
+                     lambda st, p, dtype: pick(p).finish(st, p, dtype),
+                     lambda img, p, state: pick(p).apply(img, p, state))
+
+
 EQUALIZE = StatsSpec(_hist_partial, _equalize_finish, _lut_apply)
 OTSU = StatsSpec(_hist_partial, _otsu_finish, _lut_apply)
-NORMALIZE = StatsSpec(_minmax_partial, _normalize_finish, _normalize_apply)
-STRETCH = StatsSpec(_hist_partial, _stretch_finish, _lut_apply)
+NORMALIZE = per_band_option(StatsSpec(_minmax_partial, _normalize_finish, _normalize_apply))
+STRETCH = per_band_option(StatsSpec(_hist_partial, _stretch_finish, _lut_apply))
