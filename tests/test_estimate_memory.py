@@ -165,7 +165,32 @@ def test_the_mirrored_constants_are_the_steps() -> None:
     by the estimate): they must agree."""
     from pipeline.adapters import segments
     from pipeline.steps import split
+    from pipeline.steps import stats as steps_stats
 
     assert memory.DECODE_AHEAD == split.DECODE_AHEAD
     assert memory.WRITE_THREADS == split.WRITE_THREADS
     assert memory.UPLOADS_IN_FLIGHT == segments.UPLOADS_IN_FLIGHT
+    assert memory.HELD_PARTS == steps_stats.HELD_PARTS
+
+
+def test_a_reduce_of_per_band_histograms_counts_them() -> None:
+    """A reduce_stats holds HELD_PARTS partial statistics: a per-band percentile_stretch of
+    16 bands of 16 bits holds 16 x 65536 counts of 8 bytes (8 MiB) a part, one over all
+    channels 512 KiB; a normalize's minimum and maximum are not counted."""
+    from pipeline.core.models import JobSpec
+    from pipeline.core.plan import make_plan
+
+    def peaks(ops: list[dict[str, Any]]) -> dict[str, memory.Peak]:
+        spec = JobSpec(input="in.tif", output="out.tif", ops=ops, tile=128)  # (small batches)
+        plan, problems = make_plan(0, spec, est.parse_assume_pages("3000x2000x16:uint16"),
+                                   "/tmp/w", 0.0)
+        assert problems == []
+        return memory.job_peaks(plan, {"split": 2, "process": 2, "merge": 2}, 1e6, 3e6)
+
+    stretch = {"op": "percentile_stretch", "p_low": 2, "p_high": 98}
+    banded = peaks([{**stretch, "per_band": True}])["process"]
+    assert banded.step == "reduce_stats"
+    assert banded.parts == {"statistics": memory.HELD_PARTS * 8.0}
+    whole = peaks([stretch])
+    assert whole["process"].step != "reduce_stats"
+    assert all("statistics" not in p.parts for p in peaks([{"op": "normalize"}]).values())

@@ -8,6 +8,7 @@ here with numpy/OpenCV on each band of the whole page, never with pipeline's own
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import tifffile
 from test_exactness import assert_identical, make_image, run_tiled
 
 from pipeline import cli
+from pipeline.core import stats as stats_mod
 from pipeline.core.manifest import parse_manifest
 from pipeline.core.ops import OPS
 from pipeline.errors import ManifestError
+from pipeline.steps import stats as steps_stats
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -194,6 +197,44 @@ def test_ops_lists_per_band(capsys):
         assert OPS[name].params[-1].default is False
     assert cli.main(["ops"]) == 0
     assert "per_band: true or false (default false)" in capsys.readouterr().out
+
+
+class _Live:
+    """How many of the arrays a function returns are alive at once, at most."""
+
+    def __init__(self, func: Any) -> None:
+        self.func, self.live, self.most = func, 0, 0
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.func(*args)
+        for array in out.values() if isinstance(out, dict) else [out]:
+            self.live += 1
+            self.most = max(self.most, self.live)
+            weakref.finalize(array, self._gone)
+        return out
+
+    def _gone(self) -> None:
+        self.live -= 1
+
+
+def test_statistics_are_added_up_as_they_come(tmp_path, monkeypatch):
+    """A stats batch holds one tile's histogram and their sum, not every tile's; a reduce
+    holds READ_THREADS batches' parts and their sum, not every batch's (per-band histograms
+    of 16 bands of 16 bits are 8 MiB a part: 10,000 batches would be 80 GiB)."""
+    page = _dim_bright(11, 4, "uint16")
+    src = tmp_path / "fold.tif"
+    _write(src, page)
+    monkeypatch.setattr(steps_stats, "READ_THREADS", 2)
+    tiles = _Live(stats_mod.histogram)
+    monkeypatch.setattr(stats_mod, "histogram", tiles)
+    parts = _Live(steps_stats.load_npz)
+    monkeypatch.setattr(steps_stats, "load_npz", parts)
+    ops = [{"op": "percentile_stretch", "p_low": 2, "p_high": 98}]
+    (got,), plan = run_tiled(tmp_path, src, ops, 32, 32, fuse=False, tiles_per_batch=8)
+    assert plan.tiles >= 24 and len(plan.batches) >= 5
+    assert tiles.most <= 2, tiles.most  # (a part, and the one before until it is replaced)
+    assert parts.most <= steps_stats.READ_THREADS + 1, parts.most
+    assert_identical(got, _stretch_band(page, page, 2, 98), "the whole page's stretch")
 
 
 @pytest.mark.parametrize("op", [{"op": "percentile_stretch"}, {"op": "normalize"}])

@@ -18,6 +18,9 @@ what its step holds at once, counted from the plan as the steps allocate:
   through the chain, encoded) and the batch's encoded tiles;
 - a **held ProcessJob** keeps its whole encoded output in memory (its segments) until its
   merge has written it;
+- a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
+  statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
+  ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
 - **merge**: the tile table of the largest page (20 bytes a tile), and on S3 its uploaded
   parts in flight (up to 4 of 16 MiB);
 - on S3 each segment is uploaded in parts of 8 MiB, buffered (and copied once as sent).
@@ -35,11 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.core.chain import ChainLayout
 from pipeline.core.geometry import transposes
 from pipeline.core.grid import SplitUnit, rows_held
 from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_from_json
+from pipeline.core.ops import chain_from_json, chain_out_channels
 from pipeline.core.plan import single_task
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.limits import SEGMENT_PART
@@ -72,6 +76,8 @@ TILE_TABLE_BYTES = 20
 SHARED = ("chain", "encode")
 #: Lambda's vCPUs at most (10,240 MB)
 MAX_VCPUS = 6
+#: the partial statistics a reduce_stats holds at once, with their sum (steps.stats.HELD_PARTS)
+HELD_PARTS = 18
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,24 @@ def _batch_bytes(plan: JobPlan, page_index: int, tiles: int, threads: int, out_b
     return parts
 
 
+def _stats_part_bytes(plan: JobPlan, page_index: int) -> float:
+    """The largest partial statistics of a page's rounds (bytes): a histogram op's 256 or
+    65536 int64 counts, times the op's input bands with ``per_band``; 0 without a histogram
+    op (a normalize's minimum and maximum, a canny's border labels: small)."""
+    info = plan.pages[page_index].info
+    chain = chain_from_json(plan.spec.ops)
+    chain_layout = ChainLayout.of(chain, np.dtype(info.dtype))
+    largest = 0.0
+    for position in chain_layout.rounds:
+        call, dtype = chain[position], chain_layout.dtypes[position]
+        if call.op.kind != "stats" or call.op.name == "normalize":
+            continue
+        bands = chain_out_channels(chain[:position], info.channels) \
+            if call.params.get("per_band") else 1
+        largest = max(largest, 8.0 * (1 << (8 * dtype.itemsize)) * bands)
+    return largest
+
+
 def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bpm: float,
               held_bytes: float | None = None, uploads: int = 0,
               s3: bool = True) -> dict[str, Peak]:
@@ -213,6 +237,9 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
                 * p.out_tiles(plan.spec.output_options.tile)[1] for p in plan.pages)
     largest = max(range(len(plan.pages)), key=lambda i: plan.pages[i].out_grid.height
                   * plan.pages[i].out_grid.width)
+    for page in range(len(plan.pages)):
+        if part := _stats_part_bytes(plan, page):
+            keep("process", "reduce_stats", page, {"statistics": HELD_PARTS * part})
     merge = {"tile table": float(TILE_TABLE_BYTES * tiles)}
     if s3 and uploads:
         merge["uploads"] = float(min(uploads, UPLOADS_IN_FLIGHT) * UPLOAD_PART)
