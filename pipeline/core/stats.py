@@ -10,6 +10,9 @@ whole page whatever the tiling:
    and turned into the op's *state*: a lookup table, or a scale and shift for float32;
 3. ``apply``: per haloed tile, the state is applied pixel by pixel.
 
+With ``per_band`` (percentile_stretch, normalize: :func:`per_band_option`) each band goes
+through the three steps as a page of its own, its statistics stacked on a first axis.
+
 The formulas below replicate OpenCV's own arithmetic (float32 where OpenCV computes in float,
 double where it computes in double), checked against the OpenCV calls in
 ``tests/test_global_ops.py``.
