@@ -40,7 +40,7 @@ def ops_spec(ops_json: str | None, options_json: str | None = None) -> JobSpec:
     (``--output-options``, a manifest's ``output_options``; none: the defaults) would be,
     with every default a manifest gives it; ManifestError (its source the options at
     fault) listing its problems (at their paths under ``ops`` and ``output_options``)."""
-    from pipeline.core.manifest import parse_manifest
+    from pipeline.core.manifest import json_problem, parse_manifest
     from pipeline.errors import ManifestError
 
     job: dict[str, Any] = {"input": "in.tif", "output": "out.tif", "ops": []}
@@ -54,7 +54,8 @@ def ops_spec(ops_json: str | None, options_json: str | None = None) -> JobSpec:
         try:
             job[field] = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ManifestError(option, [f"not JSON: {exc}; give {example}"]) from None
+            raise ManifestError(option, [json_problem(text, exc, f"; give {example}")]
+                                ) from None
     try:
         [spec] = parse_manifest({"jobs": [job]}, "--ops", ".")
     except ManifestError as exc:

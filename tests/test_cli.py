@@ -322,8 +322,13 @@ def test_a_definition_that_cannot_run_is_a_usage_error_naming_the_file(
     err = capsys.readouterr().err
     # Python 3.13's json names the trailing comma itself (column 47); 3.11 and 3.12 the
     # character after it, where a property name was expected (column 48)
-    where = "at line 2, column 47" if sys.version_info >= (3, 13) else "at line 2, column 48"
-    assert f"tiffpipe: {edited}: not valid JSON: " in err and where in err, err
+    where = "line 2, column 47" if sys.version_info >= (3, 13) else "line 2, column 48"
+    assert f"tiffpipe: {edited}: {where}: invalid JSON: " in err, err
+    # what is likely wrong and where, with the line and a caret, as a manifest's
+    assert "; a trailing comma (line 2, column 47) before }: remove it" in err, err
+    excerpt, caret = err.splitlines()[1:]
+    assert excerpt.endswith('"End": true},}}') and caret.strip() == "^", err
+    assert excerpt[len(caret) - 1] in ",}", err  # (under the comma, or the } after it)
     edited.write_text(json.dumps({"StartAt": "A", "States": {
         "A": {"Type": "Pass", "Next": "Notify"}}}))
     assert cli.main(run) == 2

@@ -180,12 +180,33 @@ def test_ops_say_whether_they_run_on_each_page_and_what_comes_out(
                                       "    ops: run -> 80 x 64, 1 x uint16"]
 
 
+def test_ops_that_are_not_json_are_shown_as_a_manifest_is(capsys: pytest.CaptureFixture):
+    """--ops (and --output-options) that is not JSON: its line and column, what is likely
+    wrong (the single quotes a shell invites, a trailing comma) and the text with a caret
+    under the column, as a manifest's invalid JSON is said, then an example to give."""
+    code, out, err = _inspect(capsys, "x.tif", "--ops", "[{'op': 'to_gray'}]")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        ("tiffpipe: invalid --ops: line 1, column 3: invalid JSON: Expecting property name "
+         "enclosed in double quotes; JSON strings take double quotes (\"jobs\"), not single "
+         "ones; give a list of ops, e.g. '[{\"op\": \"gaussian_blur\", \"sigma\": 2}]'"),
+        "    [{'op': 'to_gray'}]",
+        "      ^"]
+    code, out, err = _inspect(capsys, "x.tif", "--output-options",
+                              '{"compression": "jpeg" "level": 3}')
+    assert (code, out) == (2, "")
+    assert err.startswith("tiffpipe: invalid --output-options: line 1, column 24: invalid "
+                          "JSON: Expecting ',' delimiter; a comma missing before this?"), err
+    assert err.splitlines()[-2:] == ['    {"compression": "jpeg" "level": 3}', " " * 27 + "^"]
+
+
 def test_bad_ops_and_files(tmp_path: Path, capsys: pytest.CaptureFixture):
     code, out, err = _inspect(capsys, "x.tif", "--ops", '[{"op": "gaussian_blur"}]')
     assert (code, out) == (2, "")
     assert err == "tiffpipe: invalid --ops: ops[0].sigma: required, a number > 0 and <= 500\n"
     code, _, err = _inspect(capsys, "x.tif", "--ops", "[{")
-    assert code == 2 and err.startswith("tiffpipe: invalid --ops: not JSON: ")
+    assert code == 2 and err.startswith("tiffpipe: invalid --ops: line 1, column 3: invalid "
+                                        "JSON: "), err
     notes = tmp_path / "notes.tif"
     notes.write_text("hello, world")
     code, out, _ = _inspect(capsys, str(tmp_path / "none.tif"), str(notes))
@@ -327,7 +348,8 @@ def test_ops_are_checked_against_the_output_options_given(tmp_path: Path,
     assert err.startswith("tiffpipe: invalid --output-options: output_options.compression: "
                           "expected one of"), err
     code, _, err = _inspect(capsys, str(path), "--output-options", "[")
-    assert code == 2 and err.startswith("tiffpipe: invalid --output-options: not JSON: "), err
+    assert code == 2 and err.startswith("tiffpipe: invalid --output-options: line 1, column 2: "
+                                        "invalid JSON: "), err
 
 
 def test_a_pages_subifd_levels_are_shown(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -93,7 +93,7 @@ def test_an_invalid_manifest_raises_before_anything_runs(tmp_path: Path):
         pipeline.run({"jobs": [{"input": "in/in0.tif", "output": {1, 2}}]}, base=tmp_path)
     with pytest.raises(ValueError, match="workers"):
         pipeline.run(tmp_path / "m.json", workers=0)
-    with pytest.raises(EngineError, match="definition_text: not valid JSON"):
+    with pytest.raises(EngineError, match="definition_text: line 1, column 2: invalid JSON"):
         pipeline.run({"jobs": []}, definition_text="{")
     assert not (tmp_path / "out").exists()
 

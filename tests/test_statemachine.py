@@ -439,10 +439,10 @@ def test_a_definition_that_is_not_json_is_named_with_its_line_and_column():
     with pytest.raises(EngineError) as caught:
         definition.render(ARNS, broken, "edited.asl.json")
     message = str(caught.value)
-    assert message.startswith("edited.asl.json: not valid JSON: ")
-    assert f"at line {line}, column " in message, message
-    with pytest.raises(EngineError, match=r"the state machine definition: not valid JSON: .* "
-                                          r"at line 1, column 2"):
+    assert message.startswith(f"edited.asl.json: line {line}, column "), message
+    assert ": invalid JSON: " in message, message
+    with pytest.raises(EngineError, match=r"the state machine definition: line 1, column 2: "
+                                          r"invalid JSON: "):
         definition.parse("{,}")
     with pytest.raises(EngineError, match="not a state machine"):
         definition.parse("[]", "list.json")

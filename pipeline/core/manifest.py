@@ -697,10 +697,18 @@ def _decode(text: str, source: str) -> Any:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        message = (f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
-                   f"{_json_hint(text, exc)}\n{_excerpt(text, exc)}")
-        raise ManifestError(source, [message]) from None
+        raise ManifestError(source, [json_problem(text, exc)]) from None
     return data
+
+
+def json_problem(text: str, exc: json.JSONDecodeError, advice: str = "") -> str:
+    """What is wrong with ``text``, which is not JSON (``exc``: json's error), as a
+    manifest's problem says it: the line and column, json's words, what is likely wrong
+    (:func:`_json_hint`), ``advice`` (``"; give ..."``), then the line and a caret under
+    the column (:func:`_excerpt`). Also for ``inspect --ops`` and a state machine
+    definition (``run --definition``)."""
+    return (f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
+            f"{_json_hint(text, exc)}{advice}\n{_excerpt(text, exc)}")
 
 
 #: characters of a long line shown either side of where its JSON is invalid

@@ -49,13 +49,15 @@ def definition_text() -> str:
 def parse(text: str, source: str | None = None) -> dict[str, Any]:
     """The definition ``text`` parsed. Text that is not a JSON object is an
     :class:`EngineError` naming ``source`` (the file; default: "the state machine
-    definition"), and for a syntax error its line and column."""
+    definition"), and for a syntax error its line and column, what is likely wrong and the
+    line with a caret, as a manifest's (:func:`pipeline.core.manifest.json_problem`)."""
     source = source or "the state machine definition"
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise EngineError(f"{source}: not valid JSON: {exc.msg} at line {exc.lineno}, column "
-                          f"{exc.colno}") from None
+        from pipeline.core.manifest import json_problem  # (its import: the ops, numpy)
+
+        raise EngineError(f"{source}: {json_problem(text, exc)}") from None
     if not isinstance(doc, dict):
         raise EngineError(f"{source}: not a state machine: a JSON object with StartAt and "
                           f"States was expected, not {type(doc).__name__}")
