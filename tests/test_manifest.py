@@ -559,6 +559,20 @@ def test_a_misspelt_op_or_parameter_names_the_one_meant():
         "jobs[0].ops[0].op: unknown op 'blurr' (known: ")  # nothing close enough
 
 
+def test_a_misspelt_op_key_names_op():
+    """An op whose ``"op"`` key is misspelt (``opp``), in another case (``Op``, ``OP``), or
+    another word for it whose value is an op's name (``operation``), is told that key and
+    ``op``, not only that an op needs "op"; an op with no such key still lists the ops."""
+    for key in ("opp", "Op", "OP", "ops", "operation"):
+        assert problems_of({"jobs": [job(ops=[{"op": "to_gray"}, {
+            key: "gaussian_blur", "sigma": 2}])]}) == [
+            f"jobs[0].ops[1].{key}: unknown field; did you mean op?"], key
+    assert problems_of({"defaults": {"ops": [{"Op": "to_gray"}]}, "jobs": [job()]}) == [
+        "defaults.ops[0].Op: unknown field; did you mean op?"]
+    assert one_problem({"jobs": [job(ops=[{"kind": "blur", "sigma": 2}])]}) == (
+        'jobs[0].ops[0]: expected an object with "op": one of ' + ", ".join(OPS))
+
+
 def test_ops_must_be_a_list():
     assert one_problem({"jobs": [job(ops={"op": "invert"})]}) == (
         'jobs[0].ops: expected a list of ops, got {"op": "invert"}')

@@ -548,6 +548,18 @@ def chain_keeps_statistics(ops: list[dict[str, Any]]) -> bool:
 GLOBAL_KINDS = ("stats", "canny")
 
 
+def _op_key_slip(item: Any) -> str | None:
+    """The key of an op (a dict without ``"op"``) that most likely stands for ``"op"``: a
+    misspelling of it (``opp``, ``Op``, ``OP``: :func:`close_name`, case ignored), or one
+    whose value names an op (``"operation": "gaussian_blur"``); None if none does."""
+    if not isinstance(item, dict) or "op" in item:
+        return None
+    keys = [k for k in item if isinstance(k, str)]
+    near = [k for k in keys if close_name(k.lower(), ["op"])]
+    named = [k for k in keys if isinstance(item[k], str) and item[k] in OPS]
+    return (near or named or [None])[0]
+
+
 def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
     """Parse a JSON op chain; return (calls, problems), every problem with its JSON path."""
     if not isinstance(ops, list):
@@ -557,7 +569,9 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
     for i, item in enumerate(ops):
         here = f"{path}[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("op"), str):
-            problems.append(f'{here}: expected an object with "op": one of {", ".join(OPS)}')
+            slip = _op_key_slip(item)
+            problems.append(f"{here}.{slip}: unknown field; did you mean op?" if slip else
+                            f'{here}: expected an object with "op": one of {", ".join(OPS)}')
             continue
         op = OPS.get(item["op"])
         if op is None:
