@@ -718,9 +718,15 @@ def cmd_aws(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from pipeline.aws import AwsError, Clients, NoCredentialsFoundError, StackNotFoundError
-    from pipeline.aws.executions import execution_arn_problem, show, start
+    from pipeline.aws.executions import (
+        execution_arn_problem,
+        show,
+        start,
+        state_machine_arn_problem,
+    )
 
-    problem = execution_arn_problem(args.execution) if args.command == "status" else None
+    problem = (execution_arn_problem(args.execution) if args.command == "status" else
+               state_machine_arn_problem(args.state_machine) if args.state_machine else None)
     if problem:
         print(f"tiffpipe: {problem}", file=sys.stderr)
         return EXIT_USAGE

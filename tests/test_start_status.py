@@ -592,6 +592,44 @@ def test_status_of_what_is_no_execution_arn_says_what_it_takes(
         "(<manifest>.report.json beside its manifest) says how it went\n")
 
 
+@pytest.mark.parametrize(("given", "what"), [
+    ("tiffpipe-main", "a name, not an ARN"),
+    ("arn:aws:states:eu-west-2:1234:stateMachine:tiffpipe-main", "not a state machine ARN"),
+    ("arn:aws:lambda:eu-west-2:123456789012:function:tiffpipe-main-split",
+     "not a state machine ARN"),
+    ("arn:aws:states:eu-west-2:123456789012:execution:tiffpipe-main:run-x",
+     "an execution's ARN, not its state machine's"),
+    ("arn:aws:states:eu-west-2:123456789012:stateMachine:tiffpipe-main:3",
+     "a state machine version's or alias's ARN, not the state machine's"),
+])
+def test_start_with_what_is_no_state_machine_arn_says_what_it_takes(
+        given: str, what: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``tiffpipe start m.json --state-machine tiffpipe-main`` went to AWS with it (and was
+    told of a missing region, or credentials, or a state machine not deployed): the value
+    is checked first, exit 2, naming the option and what it takes, before any AWS call
+    (here none could be made: no region, no credentials)."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        code = cli.main(["start", str(tmp_path / "m.json"), "--state-machine", given])
+    assert (code, out.getvalue()) == (2, "")
+    assert err.getvalue() == (
+        f"tiffpipe: start: --state-machine {given!r} is {what}: --state-machine takes the "
+        "state machine's ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME, as deploy.py "
+        "prints it); for a stack deploy.py made, give --stack NAME instead\n")
+    # a state machine's ARN (any partition) passes, on to AWS: here, no credentials
+    for arn in ("arn:aws:states:eu-west-2:123456789012:stateMachine:tiffpipe-main",
+                "arn:aws-cn:states:cn-north-1:123456789012:stateMachine:tiffpipe-main"):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["start", str(tmp_path / "m.json"), "--state-machine", arn])
+        assert code == 2 and "no AWS credentials found" in err.getvalue(), err.getvalue()
+
+
 def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path):
     """No credentials anywhere: status stops as start does (exit 2, what to configure), not

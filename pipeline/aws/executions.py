@@ -575,8 +575,13 @@ def write_rerun(clients: Clients, desc: dict[str, Any], report: dict[str, Any],
             f"{path}){skipped}")
 
 
-#: an execution's ARN, as ``start`` prints it (any partition: aws, aws-cn, aws-us-gov)
-_EXECUTION_ARN = re.compile(r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:execution:[^:\s]+:[^:\s]+")
+#: the start of a Step Functions ARN (any partition: aws, aws-cn, aws-us-gov): its region
+#: and account
+_STATES_ARN = r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:"
+#: an execution's ARN, as ``start`` prints it
+_EXECUTION_ARN = re.compile(_STATES_ARN + r"execution:[^:\s]+:[^:\s]+")
+#: a state machine's ARN (not a version's or an alias's: ``start`` reads the machine's tags)
+_STATE_MACHINE_ARN = re.compile(_STATES_ARN + r"stateMachine:[^:\s]+")
 #: a run's id (runner.new_run_id), or an execution's name (run- and the id)
 _RUN_ID = re.compile(r"(run-)?\d{8}-\d{6}-[0-9a-f]{6}")
 
@@ -596,6 +601,25 @@ def execution_arn_problem(given: str) -> str | None:
             "(arn:aws:states:REGION:ACCOUNT:execution:STATE_MACHINE:NAME), of a run on AWS; a "
             "local run (tiffpipe run) has no status to follow: its report "
             "(<manifest>.report.json beside its manifest) says how it went")
+
+
+def state_machine_arn_problem(given: str) -> str | None:
+    """Why ``given`` (``tiffpipe start --state-machine``'s value) is no state machine ARN,
+    saying what the option takes, or None when it is one: checked before any AWS call
+    (Step Functions' InvalidArn was said as a state machine not deployed, a word as AWS's
+    advice on a missing region)."""
+    if _STATE_MACHINE_ARN.fullmatch(given):
+        return None
+    what = "not a state machine ARN"
+    if _EXECUTION_ARN.fullmatch(given):
+        what = "an execution's ARN, not its state machine's"
+    elif _STATE_MACHINE_ARN.match(given):
+        what = "a state machine version's or alias's ARN, not the state machine's"
+    elif not given.startswith("arn:"):
+        what = "a name, not an ARN"
+    return (f"start: --state-machine {given!r} is {what}: --state-machine takes the state "
+            "machine's ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME, as deploy.py "
+            "prints it); for a stack deploy.py made, give --stack NAME instead")
 
 
 def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float = 5.0,
