@@ -422,22 +422,26 @@ def test_the_summary_counts_the_output_pages_megapixels_too():
 
 def test_a_runs_report_and_summary_count_what_a_crop_and_downsample_left(tmp_path: Path):
     """The report entry's ``output_megapixels`` is the output pages' (a 400 x 300 crop of a
-    512 x 512 page, downsampled by 2: 200 x 150); the printed summary says both."""
+    512 x 512 page, downsampled by 2: 200 x 150), to the pixel; the printed summary says
+    both. A crop of 20 x 20 pixels is 0.0004, not 0 (three decimals made it "0.26 -> 0")."""
     write_sample(str(tmp_path / "a.tif"), [SamplePage(512, 512, 1)], tile=128)
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
         "input": "a.tif", "output": "out/a.tif", "tile": 128, "output_options": {"tile": 64},
         "ops": [{"op": "crop", "x": 16, "y": 32, "width": 400, "height": 300},
-                {"op": "downsample", "factor": 2}]}]}))
+                {"op": "downsample", "factor": 2}]}, {
+        "input": "a.tif", "output": "out/small.tif", "tile": 128, "output_options": {"tile": 64},
+        "ops": [{"op": "crop", "x": 16, "y": 32, "width": 20, "height": 20}]}]}))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1",
                          "--no-contact-sheet"]) == 0, err.getvalue()
-    (job,) = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
-    assert (job["megapixels"], job["output_megapixels"]) == (0.262, 0.03)
+    job, small = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
+    assert (job["megapixels"], job["output_megapixels"]) == (0.262144, 0.03)
+    assert (small["megapixels"], small["output_megapixels"]) == (0.262144, 0.0004)
     with tifffile.TiffFile(tmp_path / "out" / "a.tif") as tf:
         assert tf.pages[0].shape == (150, 200)
-    row = next(line for line in out.getvalue().splitlines() if "SUCCEEDED" in line)
-    assert row.split()[3:6] == ["0.26", "->", "0.03"]
+    rows = [line.split() for line in out.getvalue().splitlines() if "SUCCEEDED" in line]
+    assert [row[3:6] for row in rows] == [["0.26", "->", "0.03"], ["0.26", "->", "0.0004"]]
 
 
 @pytest.mark.parametrize("stream", [io.StringIO, lambda: _Terminal()])

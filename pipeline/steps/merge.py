@@ -101,6 +101,10 @@ log = logging.getLogger(__name__)
 
 #: pyramid jobs: the units or level units built the levels (False: merge builds them, as before)
 UNIT_LEVELS = True
+#: the decimals of a job's megapixels in its result (the run report): to the pixel. Three
+#: made a crop under ~500 pixels 0 (the summary's "0.26 -> 0"), which no formatting of the
+#: summary (pipeline.ui.megapixels_text) could show again
+PIXEL_DIGITS = 6
 
 
 def merge(event: MergeEvent) -> dict[str, Any]:
@@ -141,8 +145,8 @@ def publish(plan: JobPlan) -> dict[str, Any]:
     finished = time.time()
     result = {
         "job": plan.job, "status": "SUCCEEDED", "input": spec.input, "output": spec.output,
-        "pages": len(plan.pages), "megapixels": round(plan.megapixels, 3),
-        "output_megapixels": round(plan.output_megapixels, 3), "tiles": plan.tiles,
+        "pages": len(plan.pages), "megapixels": round(plan.megapixels, PIXEL_DIGITS),
+        "output_megapixels": round(plan.output_megapixels, PIXEL_DIGITS), "tiles": plan.tiles,
         "output_bytes": size, "started_at": plan.started_at, "finished_at": finished,
         "seconds": round(finished - plan.started_at, 3),
     }
