@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -380,7 +381,8 @@ def test_estimate_counts_the_pages_a_run_processes(runs, tmp_path):
     with contextlib.redirect_stdout(out):
         assert cli.main(["estimate", str(manifest)]) == 0
     text = out.getvalue()
-    assert "jobs[0] 1 page(s)" in text and "jobs[1] 2 page(s)" in text
+    assert re.search(r'jobs\[0\] ".*": 1 page\(s\)', text), text
+    assert re.search(r'jobs\[1\] ".*": 2 page\(s\)', text), text
     assert "    pages 4-5 left out: the transparency masks" in text
 
 

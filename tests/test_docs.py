@@ -153,8 +153,8 @@ def _words(text: str) -> str:
 
 @pytest.mark.parametrize("page, manifest, args", [
     ("estimate.md", None, ["bench/batch-100gpx.json", "--assume-pages", "100000x100000x3"]),
-    ("s3-merge.md", {"jobs": [{"input": "missing.tif", "output": "o.tif"},
-                              {"input": "missing.tif", "output": "j.tif",
+    ("s3-merge.md", {"jobs": [{"input": "s3://my-slides/big.tif", "output": "o.tif"},
+                              {"input": "s3://my-slides/big.tif", "output": "j.tif",
                                "output_options": {"compression": "jpeg"}}]},
      ["est.json", "--assume-pages", "316228x316228x3"]),
 ])

@@ -1181,7 +1181,8 @@ def test_a_small_jobs_pixels_and_bytes_are_printed_with_digits_that_show_them(tm
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "estimate for 1 job(s), 0.26 megapixels, on AWS (concurrency 1000)"
-    assert lines[1].startswith("  jobs[0] 1 page(s) uint8x3 0.26 Mpx -> zstd: ")
+    assert lines[1].startswith(f'  jobs[0] "{tmp_path / "a.tif"}": 1 page(s) uint8x3 0.26 Mpx '
+                               "-> zstd: ")
     composes = re.fullmatch(r"    merge composes ([\d.]+) (kB|MB) in S3 from \d+ segment\(s\): "
                             r".*, ([\d.]+) (bytes|kB|MB) read through", lines[2])
     assert composes and float(composes[1]) >= 1, lines[2]
@@ -1434,3 +1435,20 @@ def test_a_scan_on_s3_is_listed_by_the_runs_own_calls_and_nothing_written(
             "work": str(tmp_path / "work"), "run_id": "r1", "report": str(tmp_path / "r.json")})
         assert [call for call in calls if call[0] == "ListObjectsV2"] == estimated
         assert json.loads(Path(run["run"]).read_text())["scan"] == doc["scan"]
+
+
+def test_each_jobs_line_names_its_input(tmp_path):
+    """A many-job estimate's lines said ``jobs[3] 1 page(s) ...`` alone: which input each is
+    took the manifest beside it. Each names its input, quoted as other messages quote paths
+    (its letters as written); an s3:// one as given."""
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [
+        {"input": "scans/Müller 1.tif", "output": "out/1.tif"},
+        {"input": "s3://b/scans/2.tif", "output": "out/2.tif"}]}, ensure_ascii=False),
+        encoding="utf-8")
+    code, out, err = _cli("estimate", str(m), "--assume-pages", "2000x1000x1")
+    assert code == 0, err
+    jobs = [line for line in out.splitlines() if line.startswith("  jobs[")]
+    assert jobs[0].startswith(f'  jobs[0] "{tmp_path / "scans" / "Müller 1.tif"}": 1 page(s) '
+                              "uint8x1 2.0 Mpx -> zstd: "), jobs
+    assert jobs[1].startswith('  jobs[1] "s3://b/scans/2.tif": 1 page(s) uint8x1 2.0 Mpx'), jobs

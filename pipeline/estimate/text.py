@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.core.manifest import quoted
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.model import FUNCTION_OF
 from pipeline.ui import megapixels_text, scan_line
@@ -44,7 +45,7 @@ def format_text(result: dict[str, Any]) -> str:
                 f"fused: {j['units']} units (split and process in one invocation)"
                 if j["fused"] else f"{j['units']} split units, {j['batches']} batches"
                 + (f", {j['stats_rounds']} stats round(s)" if j["stats_rounds"] else ""))
-        p(f"  jobs[{j['job']}] {j['pages']} page(s) {j['kind']} "
+        p(f"  jobs[{j['job']}] {quoted(j['input'])}: {j['pages']} page(s) {j['kind']} "
           f"{megapixels_text(j['megapixels'])} Mpx -> {j['compression']}: {j['tiles']} tiles, "
           f"{work}")
         if j.get("message"):  # pages left out
