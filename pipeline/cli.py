@@ -30,6 +30,7 @@ from pipeline.errors import (
     RunningAlreadyError,
     StorageError,
     WorkLocationError,
+    one_line,
 )
 
 if TYPE_CHECKING:
@@ -512,9 +513,9 @@ def _failed_line(result: RunResult) -> str:
     from its jobs' results (:attr:`RunResult.summary`), which outputs it published. A run
     whose jobs all finished failed writing its report: that alone is lost (exit 1
     still: what a script reads afterwards, the report, is not there)."""
-    summary = result.summary
+    summary, error = result.summary, one_line(str(result.error))
     if summary is None:
-        return f"tiffpipe: the run failed: {result.error}"
+        return f"tiffpipe: the run failed: {error}"
     jobs = summary["jobs"]
     published = [j["output"] for j in jobs if j["status"] == "SUCCEEDED"]
     named = ", ".join(published[:NAMED_OUTPUTS]) + (
@@ -525,13 +526,13 @@ def _failed_line(result: RunResult) -> str:
         return (f"tiffpipe: every job ran ({summary['succeeded']} succeeded, "
                 f"{summary['failed']} failed, {summary['skipped']} skipped), but the run "
                 f"report could not be written to {result.report_url} (--report): "
-                f"{result.error}; {outputs}. Give --report a path that can be written (or "
+                f"{error}; {outputs}. Give --report a path that can be written (or "
                 "free space there) and run again for a report")
     unfinished = result.unfinished_jobs
     if not unfinished:
         return (f"tiffpipe: the run failed after its {len(jobs)} job(s) had ended: "
-                f"{result.error}; {outputs}; no report was written")
-    return (f"tiffpipe: the run failed: {result.error}; {len(jobs) - unfinished} of "
+                f"{error}; {outputs}; no report was written")
+    return (f"tiffpipe: the run failed: {error}; {len(jobs) - unfinished} of "
             f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} have no output "
             "(no report was written): run them again")
 

@@ -211,6 +211,23 @@ def shortened(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return f"{message[:limit * 3 // 4]} ... [{cut} characters cut] ... {message[-limit // 4:]}"
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line, for a line of the summary or of stderr (the report keeps it
+    whole): its lines stripped and joined, by a space after one ending in ":" (a
+    ManifestError's head, its problems), else by " | "; the caret under the column of a JSON
+    error's excerpt (pipeline.core.manifest.json_problem) dropped, as it points at nothing
+    once the lines are one (what follows it on its line, which a wrapper added, follows
+    the excerpt)."""
+    joined: list[str] = []
+    for line in message.splitlines():
+        caret = line.lstrip().startswith("^")
+        line = line.strip().lstrip("^").strip()
+        if line:
+            sep = " " if not joined or caret or joined[-1].endswith(":") else " | "
+            joined.append(sep + line if joined else line)
+    return "".join(joined)
+
+
 def error_record(exc: BaseException, where: str = "") -> dict[str, str]:
     """The ``{"type", "message"}`` record of an exception, as reports show it (running out
     of memory, threads or open files under its own name, saying ``where``:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
-from pipeline.errors import INTERRUPTED_ERROR
+from pipeline.errors import INTERRUPTED_ERROR, one_line
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -216,10 +216,11 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
 
 def error_text(error: dict[str, Any]) -> str:
     """A failed job's error as the summary and the failed jobs' lines say it: its name, its
-    message, then the step the job failed in (the report's ``step``: the state, ``PlanJob``,
-    ``Merge``, or the item of a Map, ``Process (batch 12)``), when it says one."""
+    message on one line (:func:`pipeline.errors.one_line`: a row or a line each, the report
+    keeping it whole), then the step the job failed in (the report's ``step``: the state,
+    ``PlanJob``, ``Merge``, or the item of a Map, ``Process (batch 12)``), when it says one."""
     step = f" (in {error['step']})" if error.get("step") else ""
-    return f"{error['type']}: {error['message']}{step}"
+    return f"{error['type']}: {one_line(error['message'])}{step}"
 
 
 def _error_cell(job: dict[str, Any]) -> str:
@@ -283,7 +284,8 @@ def left_out_lines(report: dict[str, Any], limit: int) -> list[str]:
     pages left out: a SKIPPED job's says why it was skipped (its output existed), which a
     rerun with ``if_exists: skip`` is for, and is no warning."""
     noted = [j for j in report["jobs"] if j.get("message") and j.get("status") == "SUCCEEDED"]
-    lines = [f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}" for j in noted[:limit]]
+    lines = [f"tiffpipe: job {j['job']} ({j['input']}): {one_line(j['message'])}"
+             for j in noted[:limit]]
     if len(noted) > limit:
         lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) with a note (pages "
                      "left out, 1-bit pages written 8-bit, XMP rewritten or dropped, or "

@@ -1071,3 +1071,22 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture):
     report = json.loads((folder / "manifest.report.json").read_text())
     assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED"] * 3
     assert not (folder / ".tiffpipe-work").exists()
+
+
+def test_the_line_of_a_run_that_failed_with_no_report_is_one_line():
+    """A run's error of several lines (a ManifestError, each problem a line; a JSON error's
+    excerpt and caret) was written as it was into the one line a run that failed with no
+    report says (even with --quiet): it is one line, its problems after its head."""
+    from pipeline.core.manifest import load_manifest
+    from pipeline.errors import ManifestError
+    from pipeline.runner import RunResult
+
+    with pytest.raises(ManifestError) as invalid:
+        load_manifest('{"jobs": [1,]}', "/data/m.json", "/data")
+    result = RunResult("r1", "FAILED", None, "/data/m.report.json", "/w", 1.0,
+                       str(invalid.value))
+    assert "\n" in result.error
+    assert cli._failed_line(result) == (
+        "tiffpipe: the run failed: /data/m.json: 1 problem(s) in the manifest: line 1, column "
+        "13: invalid JSON: Expecting value; a trailing comma (line 1, column 12) before ]: "
+        'remove it, JSON takes no comma after the last item | {"jobs": [1,]}')

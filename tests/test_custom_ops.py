@@ -293,3 +293,46 @@ def test_a_custom_op_out_of_memory_is_told_so_not_as_broken_code(tmp_path):
     assert fails["status"] == "FAILED" and fails["error"]["type"] == "CustomOperationError"
     assert "raised ValueError: no reason" in fails["error"]["message"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["box.tif"]
+
+
+def test_a_multi_line_error_is_one_line_in_the_summary_and_whole_in_the_report(tmp_path):
+    """A job's error of several lines (here a user function's: the JSON error of a config
+    it read, with the excerpt and the caret under its column, as json_problem says it) was
+    printed as it is into the summary's row and the failed job's line, breaking both over
+    lines (the caret under nothing). The report keeps it whole; the summary's row and
+    --quiet's line say it on one line, the caret dropped."""
+    import contextlib
+    import io
+
+    from pipeline.core.manifest import json_problem
+
+    page = make_image(77, 120, 100, 1, "uint8")
+    write_tiff(tmp_path / "in.tif", [page], tiled=True, tile=(64, 64))
+    config = '{"gain": 2,}'
+    try:
+        json.loads(config)
+    except json.JSONDecodeError as exc:
+        why = f"config.json: {json_problem(config, exc)}"
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "out/a.tif", "tile": 512,
+         "ops": [_op("fails", why=why)]}]}))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1",
+                         "--no-contact-sheet"]) == 1
+    (job,) = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
+    assert "config.json: line 1, column 12: invalid JSON: " in job["error"]["message"]
+    assert '\n    {"gain": 2,}\n               ^' in job["error"]["message"]  # whole
+    one = ("config.json: line 1, column 12: invalid JSON: Expecting property name enclosed "
+           "in double quotes; a trailing comma (line 1, column 11) before }: remove it, JSON "
+           'takes no comma after the last item | {"gain": 2,}')
+    rows = [line for line in out.getvalue().splitlines() if " FAILED " in line]
+    assert len(rows) == 1 and one in rows[0], out.getvalue()
+    assert "^" not in out.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                         "--no-contact-sheet"]) == 1
+    failed = [line for line in err.getvalue().splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and one in failed[0], err.getvalue()
+    assert "^" not in err.getvalue()

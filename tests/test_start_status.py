@@ -429,6 +429,26 @@ def test_status_renders_a_report_and_a_failed_execution(stack: Stack):
     assert code == 1
     assert "ended FAILED: StorageError: the bucket went away" in err
 
+    # PlanRun's ManifestError of a manifest that is not JSON (its lines, the caret under
+    # the column): the line that says how the run ended says it on one line
+    from pipeline.core.manifest import load_manifest
+    from pipeline.errors import ManifestError
+
+    with pytest.raises(ManifestError) as invalid:
+        load_manifest('{"jobs": [1,]}', "s3://b/m.json", "s3://b")
+    cause = {"errorType": "ManifestError", "errorMessage": str(invalid.value),
+             "stackTrace": []}
+    planned = _stand_in(stack, "tiffpipe-badjson", {"Type": "Fail", "Error": "ManifestError",
+                                                    "Cause": json.dumps(cause)})
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", planned,
+                                    "--wait", "--region", REGION, "--poll", "0.05")
+    assert code == 1
+    ended = [line for line in err.splitlines() if "ended FAILED" in line]
+    assert len(ended) == 1 and ended[0].endswith(
+        "ended FAILED: ManifestError: s3://b/m.json: 1 problem(s) in the manifest: line 1, "
+        "column 13: invalid JSON: Expecting value; a trailing comma (line 1, column 12) "
+        'before ]: remove it, JSON takes no comma after the last item | {"jobs": [1,]}'), err
+
 
 class _Gone(io.StringIO):
     """A stream whose reader has gone (``| head`` has ended): every write fails."""

@@ -43,6 +43,7 @@ from pipeline.errors import (
     WorkMissingError,
     failure_record,
     job_fault,
+    one_line,
     shortened,
 )
 
@@ -671,7 +672,7 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         json.loads(desc.get("input") or "{}").get("report")
     report, problem, uploads = None, None, None
     if desc["status"] != "SUCCEEDED":  # no Report step ran: nor RecordFailure, for some jobs
-        problem = f"the run {name} ended {desc['status']}: {ended_why(desc)}"
+        problem = f"the run {name} ended {desc['status']}: {one_line(ended_why(desc))}"
         report = rebuilt_report(clients, desc)
         uploads = end_open_uploads(clients, desc)
     elif not report_url:
