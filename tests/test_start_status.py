@@ -496,8 +496,8 @@ def test_a_run_that_fails_before_its_jobs_says_why_in_words(stack: Stack):
     code, out, err = stack.tiffpipe("status", arn, "--wait", "--poll", "0.05")
     assert code == 1 and out == "", err
     assert (f"the run sched-1 ended FAILED: ManifestError: s3://{NAMES.bucket}/manifests/"
-            "schedule.json: 1 problem(s) in the manifest:\n"
-            "  jobs[0].ops[0].sigma: expected a number > 0") in err, err
+            "schedule.json: 1 problem(s) in the manifest: "
+            "jobs[0].ops[0].sigma: expected a number > 0") in err, err
     assert "stackTrace" not in err and "errorType" not in err and "\\n" not in err
 
 
