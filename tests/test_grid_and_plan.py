@@ -23,7 +23,7 @@ from pipeline.core.grid import (
 )
 from pipeline.core.job_fields import tile_at_least, tile_step
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
-from pipeline.core.ops import HALO_ALIGN, chain_from_json, chain_halo
+from pipeline.core.ops import HALO_ALIGN, chain_binary, chain_from_json, chain_grays, chain_halo
 from pipeline.core.plan import make_plan
 
 # --- PageGrid ---------------------------------------------------------------------------
@@ -773,3 +773,21 @@ def test_the_pages_a_chain_fits_are_named_with_the_pages_that_run_them():
     crop = ('page 1: the box ...; or give this job "pages" with the pages that hold the box '
             "(0) and page 1 a job of its own")
     assert fit([crop], [0, 1], []) == ""
+
+
+@pytest.mark.parametrize(("ops", "walked"), [
+    ([], (None, "keeps")),
+    ([{"op": "invert"}, {"op": "rotate", "angle": 90}], (None, "keeps")),
+    ([{"op": "threshold", "value": 127}, {"op": "rotate", "angle": 180}], (0, "makes")),
+    ([{"op": "gaussian_blur", "sigma": 2}, {"op": "invert"}], (0, "grays")),
+    ([{"op": "gaussian_blur", "sigma": 2}, {"op": "otsu_threshold"}], (1, "makes")),
+    ([{"op": "threshold", "value": 127}, {"op": "downsample", "factor": 2}], (1, "grays")),
+    ([{"op": "threshold", "value": 127}, {"op": "convert", "dtype": "uint8"}], (1, "")),
+])
+def test_a_chain_makes_of_black_and_white_what_its_last_op_that_keeps_none_makes(ops, walked):
+    """``chain_binary``, the one backward walk over ``Op.binary`` (``chain_grays``,
+    ``auto_one_bit`` and ``one_bit_note`` read it): the index and kind of the last op that
+    does not keep black and white, (None, "keeps") when every op keeps them."""
+    chain = chain_from_json(ops)
+    assert chain_binary(chain) == walked
+    assert chain_grays(chain) == (walked[0] if walked[1] == "grays" else None)

@@ -132,7 +132,7 @@ class Op:
     #: maximum swapped or kept: invert, gamma, normalize), "grays" them wherever black and
     #: white meet (a blur's weighted means, a downsample's block means); "": not known
     #: before the pixels are (a convert maps them to two values of its own, to_gray mixes
-    #: bands, a custom op's output is its function's) (:func:`chain_grays`)
+    #: bands, a custom op's output is its function's) (:func:`chain_binary`)
     binary: Callable[[dict[str, Any]], str] = lambda p: ""
 
     def reach_for(self, params: dict[str, Any], dtype: np.dtype, needed: int) -> int:
@@ -523,17 +523,27 @@ def chain_keeps_nodata(ops: list[dict[str, Any]]) -> bool:
     return all((o := OPS[op["op"]]).keeps_values or o.keeps_nodata for op in ops)
 
 
-def chain_grays(calls: list[OpCall]) -> int | None:
-    """The index of the op whose gray values (between 0 and the maximum, wherever black and
-    white meet) a chain's output holds: its last op that does not keep two values
-    (:attr:`Op.binary`), when that one grays them; None when it makes them (a threshold),
-    when its output is not known before the pixels are (a convert, a custom op), or when
-    every op keeps them (the output then holds what the page holds)."""
+def chain_binary(calls: list[OpCall]) -> tuple[int | None, str]:
+    """What a chain's output makes of black and white (:attr:`Op.binary`): its last op that
+    does not keep them decides, so (that op's index, "makes", "grays" or ""), or
+    (None, "keeps") when every op keeps them (the output then holds what the page holds).
+    The one walk :func:`chain_grays`, :func:`pipeline.core.plan.auto_one_bit` and
+    :func:`pipeline.core.plan.one_bit_note` read."""
     for i in range(len(calls) - 1, -1, -1):
         kind = calls[i].op.binary(calls[i].params)
         if kind != "keeps":
-            return i if kind == "grays" else None
-    return None
+            return i, kind
+    return None, "keeps"
+
+
+def chain_grays(calls: list[OpCall]) -> int | None:
+    """The index of the op whose gray values (between 0 and the maximum, wherever black and
+    white meet) a chain's output holds: its last op that does not keep two values
+    (:func:`chain_binary`), when that one grays them; None when it makes them (a threshold),
+    when its output is not known before the pixels are (a convert, a custom op), or when
+    every op keeps them (the output then holds what the page holds)."""
+    last, kind = chain_binary(calls)
+    return last if kind == "grays" else None
 
 
 def chain_keeps_statistics(ops: list[dict[str, Any]]) -> bool:

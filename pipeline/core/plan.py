@@ -14,6 +14,7 @@ from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
 from pipeline.core.ops import (
     OpCall,
+    chain_binary,
     chain_from_json,
     chain_grays,
     chain_halo,
@@ -173,19 +174,17 @@ def grays_problems(spec: JobSpec, chain: list[OpCall]) -> list[str]:
 def auto_one_bit(chain: list[OpCall], page: PagePlan) -> bool:
     """Whether ``output_options.bilevel`` "auto" writes the page 1-bit: its output is one
     band of uint8 (not a palette's indices) and black and white whatever its pixels, by
-    :attr:`~pipeline.core.ops.Op.binary`: the chain's last op that does not keep black and
-    white makes them (threshold, otsu_threshold, canny), or every op keeps them and the
-    input page is 1-bit (a scanned book's CCITT text page, copied, cropped or turned). A
+    :attr:`~pipeline.core.ops.Op.binary` (:func:`~pipeline.core.ops.chain_binary`): the
+    chain's last op that does not keep black and white makes them (threshold,
+    otsu_threshold, canny), or every op keeps them and the input page is 1-bit (a scanned
+    book's CCITT text page, copied, cropped or turned). A
     chain whose output is not known before the pixels are (a convert, a custom op) or that
     grays them (a blur) leaves the page as it would be without ``bilevel``."""
     if page.out_channels != 1 or page.out_dtype != "uint8" or (
             page.info.photometric == "palette"):
         return False
-    for call in reversed(chain):
-        kind = call.op.binary(call.params)
-        if kind != "keeps":
-            return kind == "makes"
-    return page.info.conversion.startswith("bilevel ")
+    _, kind = chain_binary(chain)
+    return kind == "makes" or kind == "keeps" and page.info.conversion.startswith("bilevel ")
 
 
 def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
@@ -353,8 +352,8 @@ def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     options = spec.output_options
     if options.bilevel == "auto":
         return auto_note(options, pages)
-    if options.bilevel or options.pyramid or any(
-            call.op.binary(call.params) != "keeps" for call in chain_from_json(spec.ops)):
+    if options.bilevel or options.pyramid or (
+            chain_binary(chain_from_json(spec.ops))[1] != "keeps"):
         return ""
     ones = [page.info.index for page in pages if page.info.conversion.startswith("bilevel")
             and page.out_channels == 1 and page.out_dtype in ("", "uint8")]
