@@ -9,6 +9,7 @@ from math import ceil
 
 import numpy as np
 import pytest
+import tifffile
 
 from pipeline.core import plan as plan_mod
 from pipeline.core.grid import (
@@ -791,3 +792,32 @@ def test_a_chain_makes_of_black_and_white_what_its_last_op_that_keeps_none_makes
     chain = chain_from_json(ops)
     assert chain_binary(chain) == walked
     assert chain_grays(chain) == (walked[0] if walked[1] == "grays" else None)
+
+
+@pytest.mark.parametrize(("bilevel", "ops", "ones"), [
+    (True, [], [True, True]),
+    (False, [], [False, False]),
+    ("auto", [], [True, False]),  # (the 1-bit page as it is, the gray one)
+    ("auto", [{"op": "threshold", "value": 127}], [True, True]),
+    ("auto", [{"op": "gaussian_blur", "sigma": 2}], [False, False]),
+])
+def test_every_page_plan_says_whether_it_is_written_one_bit(tmp_path, bilevel, ops, ones):
+    """``PagePlan.one_bit`` holds for every job, not only for ``bilevel`` "auto": each page
+    of a true job, none of a false one's, "auto"'s by its page and chain; it is what
+    ``one_bit_pages`` and ``page_options`` read, and plan.json keeps it."""
+    from pipeline.core.models import OutputOptions
+    from pipeline.steps.planning import read_plan
+
+    src = tmp_path / "book.tif"
+    text = np.zeros((40, 56), bool)
+    text[10:30, 8:48] = True
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(text, photometric="minisblack")
+        tw.write(np.arange(40 * 56, dtype=np.uint8).reshape(40, 56), photometric="minisblack")
+    spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=ops,
+                   output_options=OutputOptions(bilevel=bilevel))
+    plan, problems = read_plan(0, spec, str(tmp_path / "w"), 0.0)
+    assert problems == []
+    assert [page.one_bit for page in plan.pages] == plan_mod.one_bit_pages(plan) == ones
+    assert [plan_mod.page_options(spec, page).bilevel for page in plan.pages] == ones
+    assert [page.one_bit for page in JobPlan.from_json(plan.to_json()).pages] == ones

@@ -161,9 +161,10 @@ class PagePlan:
     strip: bool = False
     #: the output's sample type (the input's unless an op changes it: normalized_difference)
     out_dtype: str = ""
-    #: written 1-bit by ``output_options.bilevel`` "auto": its output is black and white
-    #: (:func:`pipeline.core.plan.auto_one_bit`); a ``bilevel`` true job writes every page
-    #: 1-bit whatever this says (:func:`pipeline.core.plan.page_options`)
+    #: written 1-bit (``output_options.bilevel``): every page of a ``bilevel`` true job, none
+    #: of a false one's, and with "auto" a page whose output is black and white
+    #: (:func:`pipeline.core.plan.auto_one_bit`); what every step reads
+    #: (:func:`pipeline.core.plan.one_bit_pages`, :func:`pipeline.core.plan.page_options`)
     one_bit: bool = False
 
     @property

@@ -106,6 +106,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     problems += geometry_problems(layout, spec, placed) + level_page_problems(spec, layout, infos)
     problems += grays_problems(spec, chain)
     transposed = geometry.transposes(chain)
+    bilevel = spec.output_options.bilevel
     for info, sized in zip(infos, placed, strict=True):
         tile = page_tile(spec.tile, spec.output_options.tile, layout, halo, sized)
         strip = strip_page(sized, spec.output_options.tile, layout)
@@ -115,9 +116,9 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         page = PagePlan(info, chain_out_channels(chain, info.channels), grid, layout.factor,
                         strip=bool(strip),
                         out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name)
-        if spec.output_options.bilevel == "auto":
-            page = replace(page, one_bit=auto_one_bit(chain, page))
-        pages.append(page)
+        # (written 1-bit: every page of a "bilevel": true job, none of a false one's)
+        pages.append(replace(page, one_bit=auto_one_bit(chain, page) if bilevel == "auto"
+                             else bool(bilevel)))
     problems += mask_pairing_problems(spec, pages)
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
@@ -194,7 +195,7 @@ def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
     codec's own), any other page's ``bilevel`` false in ``compression``. So every page's
     encoder, tags and size are those of a job of its own kind."""
     options = spec.output_options
-    if options.bilevel != "auto":
+    if options.bilevel == page.one_bit:  # (a true job's pages, a false one's: "auto" is neither)
         return options
     if not page.one_bit:
         return replace(options, bilevel=False)
@@ -204,9 +205,9 @@ def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
 
 
 def one_bit_pages(plan: JobPlan) -> list[bool]:
-    """Whether each page of the job is written 1-bit (:func:`page_options`)."""
-    every = plan.spec.output_options.bilevel
-    return [page.one_bit if every == "auto" else bool(every) for page in plan.pages]
+    """Whether each page of the job is written 1-bit (:attr:`PagePlan.one_bit`,
+    :func:`page_options`)."""
+    return [page.one_bit for page in plan.pages]
 
 
 def cache_budget(info: PageInfo) -> int:
