@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.chain import job_reads
 from pipeline.core.models import JobSpec, OutputOptions
-from pipeline.core.plan import grouped_by_page
+from pipeline.core.plan import Problem, grouped_by_page
 
 if TYPE_CHECKING:
     from pipeline.adapters.tiff_read import Reads
@@ -288,12 +288,11 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     by_page: dict[int, list[str]] = {}
     others = []
     for problem in problems:
-        head, _, what = problem.partition(": ")
-        number = head.removeprefix("page ")
-        if head.startswith("page ") and number.isdigit():
-            by_page.setdefault(int(number), []).append(what)
+        what = problem.what
+        if problem.page is None or what is None:
+            others.append(problem.text)
         else:
-            others.append(problem)
+            by_page.setdefault(problem.page, []).append(what)
     out = {pp.info.index: pp for pp in plan.pages}
     for entry in doc["pages"]:
         pp = out.get(entry["index"])
@@ -343,7 +342,7 @@ def text(doc: dict[str, Any]) -> Iterator[str]:
     if doc["formats"]:
         head += ", " + ", ".join(doc["formats"])
     yield head
-    lines = grouped_by_page([f"page {p['index']}: {_page_text(p)}" for p in doc["pages"]])
+    lines = grouped_by_page([Problem.of_page(p["index"], _page_text(p)) for p in doc["pages"]])
     for line in lines[:GROUPS_SHOWN]:
         yield "  " + line.replace("\n", "\n    ")
     if len(lines) > GROUPS_SHOWN:

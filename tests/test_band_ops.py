@@ -195,7 +195,7 @@ def _jpeg_problems(tmp_path, src, ops: list[dict[str, Any]]) -> list[str]:
     """What PlanJob refuses of a JPEG output of ``src`` through ``ops`` (the output too)."""
     spec = JobSpec(input=str(src), output=str(tmp_path / "never.tif"), ops=ops, tile=64,
                    output_options=OutputOptions(tile=64, compression="jpeg"))
-    return plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1]
+    return list(map(str, plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1]))
 
 
 def test_jpeg_of_other_band_counts_names_the_select_bands_that_fits(tmp_path):

@@ -625,7 +625,7 @@ def _plan_problems(tmp_path: Path, ops: list[dict[str, Any]], tile: int = 64,
     spec = JobSpec(input=str(src), output=str(tmp_path / "o.tif"), ops=ops, tile=tile,
                    output_options=OutputOptions(tile=out_tile))
     _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
-    return problems
+    return list(map(str, problems))
 
 
 @pytest.mark.parametrize("ops,kw,expect", [

@@ -256,7 +256,13 @@ def info(index=0, height=257, width=389, channels=1, dtype="uint8", tiled=True,
 
 def plan_of(ops, infos, tile=64, fuse=True) -> tuple[JobPlan, list[str]]:
     spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile, fuse=fuse)
-    return make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
+    return told(make_plan(7, spec, infos, "/work/jobs/00007", 123.0))
+
+
+def told(planned: tuple[JobPlan, list[plan_mod.Problem]]) -> tuple[JobPlan, list[str]]:
+    """A plan and its problems as they are told (their messages)."""
+    plan, problems = planned
+    return plan, [str(problem) for problem in problems]
 
 
 def _aligned(n: int) -> int:
@@ -347,11 +353,12 @@ def test_page_info_json_is_its_fields_and_round_trips():
     assert PageInfo.from_json(old).ifd_offset == 0
 
 
-def _spec_plan(ops, infos, tile, out_tile=512, **options):
+def _spec_plan(ops, infos, tile, out_tile=512, as_told=True, **options):
     from pipeline.core.models import OutputOptions
     spec = JobSpec(input="/in.tif", output="/out.tif", ops=ops, tile=tile,
                    output_options=OutputOptions(tile=out_tile, **options))
-    return make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
+    planned = make_plan(7, spec, infos, "/work/jobs/00007", 123.0)
+    return told(planned) if as_told else planned
 
 
 @pytest.mark.parametrize("height,width,tile,out_tile,expected", [
@@ -503,14 +510,14 @@ def test_levels_as_pages_of_an_output_of_several_pages_are_refused():
     two = [info(0, 800, 600, 3), info(3, 500, 400, 3)]
     pages = {"pyramid": True, "pyramid_layout": "pages"}
 
-    def problems(infos, **options):
-        return _spec_plan([{"op": "invert"}], infos, 1024, 128, **options)[1]
+    def problems(infos, as_told=True, **options):
+        return _spec_plan([{"op": "invert"}], infos, 1024, 128, as_told, **options)[1]
 
     refused = problems(two, **pages)
     assert len(refused) == 1 and refused[0].startswith("the output would have 2 pages (0, 3)")
     assert "GDAL" in refused[0] and "OpenSlide" in refused[0]
     assert '"pages": [n]' in refused[0] and '"pyramid_layout": "subifds"' in refused[0]
-    assert plan_mod.grouped_by_page(refused) == refused
+    assert plan_mod.grouped_by_page(problems(two, False, **pages)) == refused
     assert problems(two[1:], **pages) == []
     assert problems(two, pyramid=True) == problems(two) == []
     slides = [dataclasses.replace(i, metadata={"aperio": True}) for i in two]
@@ -526,8 +533,8 @@ def test_a_first_page_without_mask_before_a_masked_page_gdal_would_pair_is_refus
     def page(index, height, width, masked):
         return dataclasses.replace(info(index, height, width), mask_ifd=1000 * masked)
 
-    def problems(infos, **options):
-        return _spec_plan([{"op": "invert"}], infos, 256, 64, **options)[1]
+    def problems(infos, as_told=True, **options):
+        return _spec_plan([{"op": "invert"}], infos, 256, 64, as_told, **options)[1]
 
     bare, same = page(0, 256, 320, False), page(1, 256, 320, True)
     half = page(3, 128, 160, True)  # its levels 64 x 80, 32 x 40: page 0's second and third
@@ -536,7 +543,7 @@ def test_a_first_page_without_mask_before_a_masked_page_gdal_would_pair_is_refus
         "page 0, the output's first page, carries no internal mask, but page 1 carries one")
     assert "GDAL" in refused[0] and '"pages": [n]' in refused[0]
     assert '"masks": false' in refused[0]
-    assert plan_mod.grouped_by_page(refused) == refused
+    assert plan_mod.grouped_by_page(problems([bare, same, half], False)) == refused
     assert "pages 1, 3 carry masks" in problems([bare, same, half], pyramid=True)[0]
     assert "page 3 carries one" in problems([bare, half], pyramid=True)[0]
     assert problems([bare, half]) == []  # (no levels: another size)
@@ -685,15 +692,16 @@ def test_too_many_pages_for_one_job_is_a_problem(monkeypatch):
 def test_a_problem_of_many_pages_is_told_once():
     """One problem of 90 pages alike is one line naming them, not 90 (a job's message was
     20 KB of the same refusal); other problems stay, in order of first mention."""
-    problems = ([f"page {i}: jpeg output needs 1 or 3 bands" for i in range(90)]
-                + ["tile 100 must be a multiple of 16"]
-                + [f"page {i}: to_gray needs gray or RGB" for i in (3, 5, 6, 7)]
-                + ["page 93: jpeg output needs 1 or 3 bands"])
+    of = plan_mod.Problem.of_page
+    problems = ([of(i, "jpeg output needs 1 or 3 bands") for i in range(90)]
+                + [plan_mod.Problem(None, "tile 100 must be a multiple of 16")]
+                + [of(i, "to_gray needs gray or RGB") for i in (3, 5, 6, 7)]
+                + [of(93, "jpeg output needs 1 or 3 bands")])
     assert plan_mod.grouped_by_page(problems) == [
         "pages 0-89, 93 (91 pages): jpeg output needs 1 or 3 bands",
         "tile 100 must be a multiple of 16",
         "pages 3, 5-7 (4 pages): to_gray needs gray or RGB"]
-    assert plan_mod.grouped_by_page(["page 2: x"]) == ["page 2: x"]
+    assert plan_mod.grouped_by_page([of(2, "x")]) == ["page 2: x"]
 
 
 @pytest.mark.parametrize(("ops", "tile", "out_tile", "advice"), [
@@ -757,11 +765,12 @@ def test_the_pages_a_chain_fits_are_named_with_the_pages_that_run_them():
     numbers); nothing when every page is refused, a problem is the job's own, or the problem
     says it already (a crop's box)."""
     fit = plan_mod.pages_that_fit
-    plate = ["page 2: ops[0] (otsu_threshold): needs 1 channel(s)"]
+    of = plan_mod.Problem.of_page
+    plate = [of(2, "ops[0] (otsu_threshold): needs 1 channel(s)")]
     assert fit(plate, [4, 2], []) == (
         'page 4 has none of these problems: give this job "pages": [4] to run it, and page 2 '
         "a job of its own with ops and output options that fit it")
-    assert fit(plate + ["page 5: the same"], [5, 2, 0, 1], [7]) == (
+    assert fit(plate + [of(5, "the same")], [5, 2, 0, 1], [7]) == (
         'pages 0-1 have none of these problems: give this job "pages": [0, 1] to run them, '
         "and pages 2, 5, 7 a job of their own with ops and output options that fit them")
     book = list(range(500))
@@ -770,10 +779,63 @@ def test_the_pages_a_chain_fits_are_named_with_the_pages_that_run_them():
         "pages, in the job's order) to run them, and page 2 a job of its own with ops and "
         "output options that fit it")
     assert fit(plate, [2], []) == fit([], [0, 1], [2]) == ""
-    assert fit(plate + ["the output would have 2 pages"], [0, 2], []) == ""
-    crop = ('page 1: the box ...; or give this job "pages" with the pages that hold the box '
-            "(0) and page 1 a job of its own")
+    assert fit(plate + [plan_mod.Problem(None, "the output would have 2 pages")], [0, 2],
+               []) == ""
+    crop = of(1, 'the box ...; or give this job "pages" with the pages that hold the box (0) '
+              "and page 1 a job of its own", tells_pages=True)
     assert fit([crop], [0, 1], []) == ""
+
+
+def test_a_problem_is_of_the_page_it_carries_not_of_one_its_words_name():
+    """A plan's problems carry their page (``Problem.page``): ``pages_that_fit`` and
+    ``grouped_by_page`` read it, never a page number back out of the message. A problem of
+    page 1 whose message begins by naming page 3 makes page 1 the one to leave out; one of
+    the job's own whose message begins "page 3: " is no page's (no advice, told alone);
+    and only the field, not the words, says a message names the pages to keep already."""
+    fit, Problem = plan_mod.pages_that_fit, plan_mod.Problem
+    mask = Problem(1, "page 3: its transparency mask, page 1, is refused")
+    assert fit([mask], [1, 2, 3], []) == (
+        'pages 2-3 have none of these problems: give this job "pages": [2, 3] to run them, '
+        "and page 1 a job of its own with ops and output options that fit it")
+    own = Problem(None, "page 3: x")
+    assert fit([own], [1, 2, 3], []) == ""
+    assert plan_mod.grouped_by_page(
+        [Problem.of_page(0, "x"), own, Problem.of_page(2, "x"), mask]) == [
+        "pages 0, 2 (2 pages): x", "page 3: x", "page 3: its transparency mask, page 1, is refused"]
+    worded = Problem.of_page(2, 'ops[0] (custom): give this job "pages" a look')
+    assert fit([worded], [0, 2], []).startswith("page 0 has none of these problems")
+    assert fit([dataclasses.replace(worded, tells_pages=True)], [0, 2], []) == ""
+
+
+def test_a_problem_record_is_its_message_with_its_page():
+    """``Problem.of_page`` tells "page N: what"; ``what`` is the message without that head
+    (None for the job's own, and for a page's error in its own words); ``str`` is the
+    message as told; a problem cannot be changed once made."""
+    Problem = plan_mod.Problem
+    page = Problem.of_page(4, "needs 1 channel(s)")
+    assert (page.page, page.text, page.what, str(page)) == (
+        4, "page 4: needs 1 channel(s)", "needs 1 channel(s)", "page 4: needs 1 channel(s)")
+    assert Problem(7, "page 7 asked for, the file has 2 page(s)").what is None
+    assert Problem(None, "tile 100 must be a multiple of 16").what is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        page.page = 5  # type: ignore[misc]
+
+
+def test_the_page_that_misses_a_crop_box_is_told_with_the_pages_that_hold_it():
+    """A crop box some pages hold: the page that misses it gets the advice (the last of its
+    crop problems, marked ``tells_pages``) and ``pages_that_fit`` adds none; with no page
+    holding the box, nothing is marked and no page fits either."""
+    crop = [{"op": "crop", "x": 0, "y": 0, "width": 300, "height": 200}]
+    _, problems = make_plan(7, JobSpec(input="/in.tif", output="/out.tif", ops=crop, tile=64),
+                            [info(0, 257, 389), info(1, 100, 100)], "/work/jobs/00007", 123.0)
+    [problem] = problems
+    assert problem.page == 1 and problem.tells_pages
+    assert problem.text.startswith("page 1: ops[0] (crop): the box does not fit the page")
+    assert problem.text.endswith('or give this job "pages" with the pages that hold the box '
+                                 "(0) and page 1 a job of its own")
+    assert plan_mod.pages_that_fit(problems, [0, 1], []) == ""
+    _, problems = plan_of(crop, [info(0, 100, 100), info(1, 90, 90)])
+    assert len(problems) == 2 and not any("give this job" in p for p in problems)
 
 
 @pytest.mark.parametrize(("ops", "walked"), [

@@ -33,7 +33,7 @@ def problems(tmp_path: Path, src: Path, ops: list[dict[str, Any]], **options: An
     """What PlanJob refuses of ``src`` through ``ops`` with these output options."""
     spec = JobSpec(input=str(src), output=str(tmp_path / "never.tif"), ops=ops, tile=64,
                    output_options=OutputOptions(tile=64, **options))
-    return plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1]
+    return list(map(str, plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)[1]))
 
 
 def hinted_ops(problem: str, value: int = 2000) -> list[dict[str, Any]]:

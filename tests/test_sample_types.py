@@ -204,7 +204,7 @@ def plan_problems(tmp_path: Path, src: Path, ops: list[dict[str, Any]],
     spec = JobSpec(input=str(src), output=str(tmp_path / "never.tif"), ops=ops, tile=64,
                    output_options=OutputOptions(tile=out_tile))
     _, problems = plan_mod.make_plan(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
-    return problems
+    return list(map(str, problems))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -24,7 +24,7 @@ from tifffile import TIFF
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions
 from pipeline.core.ops import chain_keeps_values
-from pipeline.core.plan import explain_conversion, page_options
+from pipeline.core.plan import Problem, explain_conversion, page_options
 from pipeline.errors import (
     CorruptTiffError,
     OperationError,
@@ -337,8 +337,8 @@ def _to_uint8(dtype: str, top: tuple[int, str] | None) -> str:
             f"percentile over 0..65535; {docs})")
 
 
-def output_problems(plan: JobPlan) -> list[str]:
-    """Why the job's output pages cannot be written with its output options ("page N: ...":
+def output_problems(plan: JobPlan) -> list[Problem]:
+    """Why the job's output pages cannot be written with its output options (each of its page:
     JPEG of 16-bit or 4-band pages...): PlanJob refuses the job, and ``tiffpipe estimate``
     does not cost it."""
     keeps = chain_keeps_values(plan.spec.ops)  # (else the page's header's top is not theirs)
@@ -353,5 +353,5 @@ def output_problems(plan: JobPlan) -> list[str]:
         if why and page.out_dtype == page.info.dtype:  # the reader's type, not the chain's:
             why = explain_conversion(why, page.info)  # (an 8-bit palette made uint16 RGB)
         if why:
-            problems.append(f"page {page.info.index}: {why}")
+            problems.append(Problem.of_page(page.info.index, why))
     return problems

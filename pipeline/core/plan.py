@@ -21,6 +21,7 @@ from pipeline.core.ops import (
     chain_out_channels,
     chain_problems,
 )
+from pipeline.core.record import record
 
 #: decoded input rows one split invocation holds at most (bytes); bounds its memory
 SPLIT_CACHE_BUDGET = 32 * 1024 * 1024
@@ -77,19 +78,55 @@ STRIP_PAGE_PIXELS = 16 * 1024 * 1024
 MAX_TILE_BYTES = 64 * 1024 * 1024
 
 
+@record(frozen=True)
+class Problem:
+    """A problem that stops a job from running, as PlanJob, ``validate --inputs`` and
+    ``tiffpipe estimate`` tell it: ``text``, its message ("page 2: ops[0] ...": ``str()``
+    of it); ``page``, the page it is of (None: the job's own, of no one page: a tile that
+    does not fit the chain, too many work items). ``tells_pages``: its message says
+    already which pages the job could keep (a crop's box: :func:`pages_that_fit` adds
+    nothing). :func:`grouped_by_page` and :func:`pages_that_fit` read these fields, never
+    the page's number back out of the text."""
+
+    page: int | None
+    text: str
+    tells_pages: bool = False
+
+    @classmethod
+    def of_page(cls, page: int, what: str, tells_pages: bool = False) -> Problem:
+        """The problem ``what`` of page ``page``, told "page N: what"."""
+        return cls(page, f"page {page}: {what}", tells_pages)
+
+    @property
+    def what(self) -> str | None:
+        """The message without its "page N: " (None: it has none: the job's own problem, or
+        a page's told in its own words, "page 7 asked for, the file has 2 page(s) ...")."""
+        head = f"page {self.page}: "
+        return self.text[len(head):] if self.page is not None and \
+            self.text.startswith(head) else None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def job_problems(texts: list[str]) -> list[Problem]:
+    """Problems of the job's own (of no one page), from their messages."""
+    return [Problem(None, text) for text in texts]
+
+
 def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
               started_at: float, input_version: str = "", note: str = ""
-              ) -> tuple[JobPlan, list[str]]:
-    """The plan of one job, and the problems (naming the page) that stop it from running.
-    ``note``: what the job's result tells besides (:func:`left_out_note`)."""
+              ) -> tuple[JobPlan, list[Problem]]:
+    """The plan of one job, and the problems (each of its page, if of one) that stop it from
+    running. ``note``: what the job's result tells besides (:func:`left_out_note`)."""
     chain = chain_from_json(spec.ops)
-    problems: list[str] = []
+    problems: list[Problem] = []
     pages: list[PagePlan] = []
     halo = 0
     for info in infos:
         dtype = np.dtype(info.dtype)
         for p in chain_problems(chain, dtype, info.channels, info.photometric):
-            problems.append(f"page {info.index}: {explain_conversion(p, info)}")
+            problems.append(Problem.of_page(info.index, explain_conversion(p, info)))
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     placed = []  # each page as the chain's geometric ops make it (its size: the grid's)
@@ -97,14 +134,17 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     # pages that hold every crop box: a job of pages of several sizes can keep to them
     fits = [info.index for info, (_, why) in zip(infos, sizes, strict=True) if not why]
     for info, ((height, width), why) in zip(infos, sizes, strict=True):
-        if why and fits:
-            why[-1] += (f'; or give this job "pages" with the pages that hold the box '
-                        f"({_ranges(fits)}) and page {info.index} a job of its own")
-        problems += [f"page {info.index}: {p}" for p in
-                     why + geometry.georeferenced(chain, info.metadata)]
+        crops = [Problem.of_page(info.index, p) for p in why]
+        if crops and fits:  # (the last one says which pages hold the box)
+            crops[-1] = Problem.of_page(
+                info.index, f'{why[-1]}; or give this job "pages" with the pages that hold '
+                f"the box ({_ranges(fits)}) and page {info.index} a job of its own",
+                tells_pages=True)
+        problems += crops + [Problem.of_page(info.index, p)
+                             for p in geometry.georeferenced(chain, info.metadata)]
         placed.append(replace(info, height=height, width=width))
     problems += geometry_problems(layout, spec, placed) + level_page_problems(spec, layout, infos)
-    problems += grays_problems(spec, chain)
+    problems += job_problems(grays_problems(spec, chain))
     transposed = geometry.transposes(chain)
     bilevel = spec.output_options.bilevel
     for info, sized in zip(infos, placed, strict=True):
@@ -119,7 +159,7 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         # (written 1-bit: every page of a "bilevel": true job, none of a false one's)
         pages.append(replace(page, one_bit=auto_one_bit(chain, page) if bilevel == "auto"
                              else bool(bilevel)))
-    problems += mask_pairing_problems(spec, pages)
+    problems += job_problems(mask_pairing_problems(spec, pages))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
     fused = spec.fuse and not layout.rounds
@@ -141,14 +181,14 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         work_batches = [] if fused else process_batches(pages)
     items = max(count, len(work_batches))
     if items > MAX_ITEMS and len(pages) > MAX_ITEMS:  # a page is one item at least
-        problems.append(f"the job has {len(pages)} pages, each at least one work item: more "
-                        f"than the {MAX_ITEMS} a run can fan out (a larger tile cannot help); "
-                        f"split it into jobs of at most {MAX_ITEMS} pages (each job's "
-                        "\"pages\" picks its share)")
+        problems.append(Problem(None, f"the job has {len(pages)} pages, each at least one "
+                                f"work item: more than the {MAX_ITEMS} a run can fan out (a "
+                                "larger tile cannot help); split it into jobs of at most "
+                                f"{MAX_ITEMS} pages (each job's \"pages\" picks its share)"))
     elif items > MAX_ITEMS:
-        problems.append(f"the job needs {items} work items, more than the {MAX_ITEMS} a run "
-                        "can fan out; split it into jobs of fewer pages, or raise the tile "
-                        "size")
+        problems.append(Problem(None, f"the job needs {items} work items, more than the "
+                                f"{MAX_ITEMS} a run can fan out; split it into jobs of "
+                                "fewer pages, or raise the tile size"))
     plan = JobPlan(job=job, spec=spec, work=work, halo=halo, pages=pages, units=units,
                    batches=work_batches, started_at=started_at, fused=fused,
                    input_version=input_version, note=note)
@@ -228,18 +268,18 @@ def cache_budget(info: PageInfo) -> int:
     return max(SPLIT_CACHE_BUDGET if info.tiled else STRIPED_CACHE_BUDGET, 2 * segment)
 
 
-def grouped_by_page(problems: list[str]) -> list[str]:
-    """The problems of a job, each told once: "page N: what" problems that say the same of
-    several pages become one, "pages 0-89 (90 pages): what" (a file of 90 CMYK pages is one
-    problem, not 90). The others stay as they are; the order is that of first mention."""
+def grouped_by_page(problems: list[Problem]) -> list[str]:
+    """The problems of a job as told, each once: "page N: what" problems that say the same
+    of several pages become one, "pages 0-89 (90 pages): what" (a file of 90 CMYK pages is
+    one problem, not 90). The others (the job's own, a page's told in its own words:
+    :attr:`Problem.what`) stay as they are; the order is that of first mention."""
     groups: dict[tuple[bool, str], list[int]] = {}  # (of pages?, what) -> the pages
-    for problem in problems:  # (no regex: compiling one cost a run's start ~1 ms)
-        head, sep, what = problem.partition(": ")
-        number = head.removeprefix("page ")
-        if sep and head.startswith("page ") and number.isdigit():
-            groups.setdefault((True, what), []).append(int(number))
+    for problem in problems:
+        what = problem.what
+        if problem.page is None or what is None:
+            groups.setdefault((False, problem.text), [])
         else:
-            groups.setdefault((False, problem), [])
+            groups.setdefault((True, what), []).append(problem.page)
     return [what if not paged else f"page {pages[0]}: {what}" if len(pages) == 1 else
             f"pages {_ranges(pages)} ({len(pages)} pages): {what}"
             for (paged, what), pages in groups.items()]
@@ -250,21 +290,19 @@ def grouped_by_page(problems: list[str]) -> list[str]:
 FIT_PAGES_LISTED = 50
 
 
-def pages_that_fit(problems: list[str], pages: list[int], refused: list[int]) -> str:
+def pages_that_fit(problems: list[Problem], pages: list[int], refused: list[int]) -> str:
     """What a job whose chain or output options fit some of its pages only can do (""
-    when it cannot, or is told already): ``problems``, the plan's ("page N: ...");
-    ``pages``, the pages planned, in the job's order; ``refused``, pages the reader refused.
-    A scanned book binarised for OCR whose colour plate ``otsu_threshold`` refuses is
-    named with the pages that would run, as the job's ``pages`` that runs them. Not said
-    when a problem is not of a page (the job's own), or says it already (a crop's box)."""
+    when it cannot, or is told already): ``problems``, the plan's; ``pages``, the pages
+    planned, in the job's order; ``refused``, pages the reader refused. A scanned book
+    binarised for OCR whose colour plate ``otsu_threshold`` refuses is named with the pages
+    that would run, as the job's ``pages`` that runs them. Not said when a problem is not
+    of a page (the job's own), or says it already (:attr:`Problem.tells_pages`: a crop's
+    box)."""
     bad = set(refused)
     for problem in problems:
-        head, sep, _ = problem.partition(": ")
-        number = head.removeprefix("page ")
-        if not (sep and head.startswith("page ") and number.isdigit()) \
-                or 'give this job "pages"' in problem:
+        if problem.page is None or problem.tells_pages:
             return ""
-        bad.add(int(number))
+        bad.add(problem.page)
     fits = [page for page in pages if page not in bad]
     if not problems or not fits:
         return ""
@@ -462,7 +500,7 @@ def stays_aperio(info: PageInfo, layout: ChainLayout) -> bool:
 
 
 def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo]
-                        ) -> list[str]:
+                        ) -> list[Problem]:
     """Level pages (``pyramid_layout`` "pages") where the readers they are for misread them:
 
     - an output that stays an Aperio slide: its levels are pages of the file already, and
@@ -479,22 +517,23 @@ def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo
     options = spec.output_options
     if not options.pyramid or options.pyramid_layout != "pages":
         return []
-    aperio = [f"page {info.index}: an Aperio SVS slide's levels are pages of its file "
-              "already, and its output stays that slide: OpenSlide would take the level "
-              'pages of "pyramid_layout": "pages" for more levels of it; drop "pyramid" (the '
-              "slide's own levels are processed as its pages), or write them as SubIFDs "
-              '("pyramid_layout": "subifds", which OpenSlide does not read)'
-              for info in infos if stays_aperio(info, layout)][:1]
+    aperio = [Problem.of_page(
+        info.index, "an Aperio SVS slide's levels are pages of its file already, and its "
+        "output stays that slide: OpenSlide would take the level pages of "
+        '"pyramid_layout": "pages" for more levels of it; drop "pyramid" (the slide\'s own '
+        'levels are processed as its pages), or write them as SubIFDs ("pyramid_layout": '
+        '"subifds", which OpenSlide does not read)')
+        for info in infos if stays_aperio(info, layout)][:1]
     if aperio or len(infos) < 2:  # (a job per page of a slide would be refused the same)
         return aperio
     pages = _ranges([info.index for info in infos])
-    return [(f"the output would have {len(infos)} pages ({pages}), "
-            'each followed by its levels as pages ("pyramid_layout": "pages"): GDAL would '
-            "list the later pages' levels among the first page's overviews (a viewer zoomed "
-            "out on the first page shows another page's pixels), and OpenSlide would take "
-            'them for levels of one slide; give each page a job of its own ("pages": [n], '
-            'each with its own output), or write the levels as SubIFDs ("pyramid_layout": '
-            '"subifds")')]
+    return [Problem(None, f"the output would have {len(infos)} pages ({pages}), each "
+                    'followed by its levels as pages ("pyramid_layout": "pages"): GDAL would '
+                    "list the later pages' levels among the first page's overviews (a viewer "
+                    "zoomed out on the first page shows another page's pixels), and "
+                    "OpenSlide would take them for levels of one slide; give each page a job "
+                    'of its own ("pages": [n], each with its own output), or write the levels '
+                    'as SubIFDs ("pyramid_layout": "subifds")')]
 
 
 def mask_pairing_problems(spec: JobSpec, pages: list[PagePlan]) -> list[str]:
@@ -641,9 +680,10 @@ def explain_conversion(problem: str, info: PageInfo) -> str:
     return f"{problem} ({why})"
 
 
-def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]) -> list[str]:
+def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]
+                      ) -> list[Problem]:
     """Why the tile sizes do not fit the chain (downsample, clahe), or a page is too small."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     tile, out_tile, f = spec.tile, spec.output_options.tile, layout.factor
     if tile % layout.align:
         why = []
@@ -654,19 +694,21 @@ def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo])
                         if c.op.name == "clahe"})
         if cells:
             why.append("the clahe cell " + ", ".join(map(str, cells)) + " (in input pixels)")
-        problems.append(f"tile {tile} must be a multiple of {layout.align} for this op chain "
-                        f"({' and '.join(why) or 'alignment'}); "
-                        + _fitting_tiles(tile, layout.align, out_tile * f))
+        problems.append(Problem(None, f"tile {tile} must be a multiple of {layout.align} for "
+                                f"this op chain ({' and '.join(why) or 'alignment'}); "
+                                + _fitting_tiles(tile, layout.align, out_tile * f)))
     elif f > 1 and (tile // f) % out_tile:  # (without downsampling the manifest checks it)
-        problems.append(f"with downsampling by {f} a processing tile of {tile} writes "
-                        f"{tile // f} output pixels, which output_options.tile {out_tile} must "
-                        f"divide; " + _fitting_tiles(tile, layout.align, out_tile * f)
-                        + " (or a smaller output tile)")
+        problems.append(Problem(None, f"with downsampling by {f} a processing tile of {tile} "
+                                f"writes {tile // f} output pixels, which output_options.tile "
+                                f"{out_tile} must divide; "
+                                + _fitting_tiles(tile, layout.align, out_tile * f)
+                                + " (or a smaller output tile)"))
     for info in infos:
         if info.height // f == 0 or info.width // f == 0:
             most = min(info.width, info.height)
             fix = (f"downsample by at most {most} in all, or leave the page out of the job's "
                    "pages" if most >= 2 else "leave the page out of the job's pages")
-            problems.append(f"page {info.index}: {info.width} x {info.height} pixels is smaller "
-                            f"than the downsampling factor {f}; {fix}")
+            problems.append(Problem.of_page(
+                info.index, f"{info.width} x {info.height} pixels is smaller than the "
+                f"downsampling factor {f}; {fix}"))
     return problems

@@ -23,6 +23,7 @@ from pipeline.core.manifest import TIFF_SUFFIXES, ScanFindings, ScanSpec, scan_j
 from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import (
+    Problem,
     grouped_by_page,
     left_out_note,
     make_plan,
@@ -319,21 +320,22 @@ def output_exists(spec: JobSpec) -> bool:
 
 def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
                  refused: list[tuple[int, TiffpipeError]] | None = None,
-                 record_probe: bool = False) -> tuple[JobPlan, list[str]]:
+                 record_probe: bool = False) -> tuple[JobPlan, list[Problem]]:
     """What PlanJob checks of a job whose output is to be written (:func:`output_exists`
     comes first), and its plan: the custom functions import, the output may be written and
     is not the input, the input's page headers are read (IFDs only), and the op chain and
     output options fit every page. Returns the plan and the problems that stop the job
-    ("page N: ...": :func:`grouped_by_page` tells each once); raises the first error of
-    the custom functions, the output or the input. ``refused`` (a list): a page the reader
-    refuses (or a listed page the file lacks) goes there, (page, error), and is one more
-    problem, and the other pages are checked, instead of its error raised (``tiffpipe
-    validate --inputs``: every problem at once; the plan is then of the pages read; PlanJob
-    raises the first one's error). ``hand_over``: the open input is kept for the job's unit
-    (:func:`read_infos_and_version`). ``record_probe`` (PlanJob): the test upload of an S3
-    output is recorded in the job's ``work`` until it is aborted, as merge records its own,
-    so that one the abort leaves open (it failed, or the invocation was stopped) is ended
-    with the job's (:func:`~pipeline.steps.common.abort_output_uploads`)."""
+    (:class:`Problem`, of a page or the job: :func:`grouped_by_page` tells each once);
+    raises the first error of the custom functions, the output or the input. ``refused`` (a
+    list): a page the reader refuses (or a listed page the file lacks) goes there, (page,
+    error), and is one more problem, and the other pages are checked, instead of its error
+    raised (``tiffpipe validate --inputs``: every problem at once; the plan is then of the
+    pages read; PlanJob raises the first one's error). ``hand_over``: the open input is kept
+    for the job's unit (:func:`read_infos_and_version`). ``record_probe`` (PlanJob): the
+    test upload of an S3 output is recorded in the job's ``work`` until it is aborted, as
+    merge records its own, so that one the abort leaves open (it failed, or the invocation
+    was stopped) is ended with the job's
+    (:func:`~pipeline.steps.common.abort_output_uploads`)."""
     for call in chain_from_json(spec.ops):
         if call.op.name == "custom":
             custom_mod.load(call.params["function"])
@@ -350,7 +352,7 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
 
 def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
               refused: list[tuple[int, TiffpipeError]] | None = None
-              ) -> tuple[JobPlan, list[str]]:
+              ) -> tuple[JobPlan, list[Problem]]:
     """What :func:`checked_plan` checks of the job's input: its page headers read (the
     pages a job without ``pages`` leaves out noted), and the plan of them
     (:func:`plan_pages`); ``hand_over`` and ``refused`` as there. ``tiffpipe estimate``
@@ -368,15 +370,16 @@ def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: boo
     # (a book's colour plate refused by a chain for its text pages: which pages would run)
     fit = pages_that_fit(problems, [info.index for info in infos],
                          [page for page, _ in refused or []])
-    return plan, refusals + problems + ([fit] if fit else [])
+    return plan, refusals + problems + ([Problem(None, fit)] if fit else [])
 
 
 def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, started: float,
                version: str = "", left_out: list[Any] | None = None
-               ) -> tuple[JobPlan, list[str]]:
+               ) -> tuple[JobPlan, list[Problem]]:
     """The job's plan of ``infos`` (its pages' headers, as read, or ``tiffpipe estimate
-    --assume-pages``'), and the problems that stop it ("page N: ..."): the op chain and
-    the output options against every page (:func:`make_plan`, :func:`output_problems`).
+    --assume-pages``'), and the problems that stop it (each of its page, if of one): the
+    op chain and the output options against every page (:func:`make_plan`,
+    :func:`output_problems`).
     ``left_out``: the pages a job without ``pages`` left out, for the plan's note: the
     internal masks the output carries (:func:`carried_masks`) are not."""
     infos, left_out, masks_why = carried_masks(spec, infos, left_out or [])
@@ -406,13 +409,13 @@ def carried_masks(spec: JobSpec, infos: list[PageInfo], left_out: list[Any]
                    if not (entry[1] == "mask" and entry[0] - 1 in masked)], ""
 
 
-def page_problem(url: str, page: int, exc: Exception) -> str:
+def page_problem(url: str, page: int, exc: Exception) -> Problem:
     """A page's error as a problem of its job, "page N: what" (without the file's name,
     which the job names, nor the page's number twice: "page 1 is a transparency mask ...",
     "page 7 asked for, the file has 2 page(s) ...")."""
     text = str(exc).removeprefix(f"{url}: ")
-    return text if text.startswith((f"page {page}: ", f"page {page} ")) \
-        else f"page {page}: {text}"
+    return Problem(page, text) if text.startswith((f"page {page}: ", f"page {page} ")) \
+        else Problem.of_page(page, text)
 
 
 def write_job_plan(event: JobEvent,
