@@ -35,6 +35,22 @@ WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4": 
          "i4": np.int64}
 
 
+def valid_samples(block: np.ndarray, nodata: float | None = None,
+                  mask: np.ndarray | None = None) -> np.ndarray | None:
+    """Which samples of ``block`` (h, w) or (h, w, c) are data: not equal to ``nodata`` (not
+    NaN for NaN) and at a pixel ``mask`` (h, w, bool) marks valid; None when neither is
+    given (every sample is). A bool array of the block's shape (a read-only broadcast of
+    ``mask`` when it alone is given)."""
+    valid: np.ndarray | None = None
+    if nodata is not None:
+        valid = (~np.isnan(block) if block.dtype.kind == "f" and np.isnan(nodata)
+                 else block != block.dtype.type(nodata))
+    if mask is not None:
+        pixels = mask.reshape(mask.shape + (1,) * (block.ndim - 2))
+        valid = np.broadcast_to(pixels, block.shape) if valid is None else valid & pixels
+    return valid
+
+
 def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
                 mask: np.ndarray | None = None,
                 area2: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
@@ -53,13 +69,7 @@ def masked_mean(block: np.ndarray, factor: int, nodata: float | None = None,
     faster than the sums here)."""
     h, w = block.shape[:2]
     dtype, f = block.dtype, factor
-    valid: np.ndarray | None = None  # (None: every sample present is valid)
-    if nodata is not None:
-        valid = (~np.isnan(block) if dtype.kind == "f" and np.isnan(nodata)
-                 else block != dtype.type(nodata))
-    if mask is not None:
-        pixels = mask.reshape(mask.shape + (1,) * (block.ndim - 2))
-        valid = np.broadcast_to(pixels, block.shape) if valid is None else valid & pixels
+    valid = valid_samples(block, nodata, mask)  # (None: every sample present is valid)
     shape = (-(-h // f) * f, -(-w // f) * f) + block.shape[2:]
     order = [(dy, dx) for dx in range(f) for dy in range(f)]
     if shape == block.shape and (valid is None or valid.all()):  # whole blocks, none left out:

@@ -137,6 +137,20 @@ def keep_nodata_lut(lut: np.ndarray, p: dict[str, Any], dtype: np.dtype,
     return lut
 
 
+def keep_nodata(out: np.ndarray, img: np.ndarray, none: np.ndarray,
+                p: dict[str, Any]) -> np.ndarray:
+    """``out``, an op's result on ``img``, with the samples ``none`` marks (no data: the
+    no-data value, NaN or a masked-out fill) written back as ``img`` holds them, and the data
+    samples it sent onto the no-data value (``p["input_nodata"]``, :func:`nodata_in_type`)
+    moved to the next value (:func:`nodata_step`), as :func:`keep_nodata_lut` does to a
+    table: GDAL_NODATA still marks the pixels without data, and only them. In place."""
+    nodata = nodata_in_type(p, img.dtype)
+    if nodata is not None:
+        out[(out == nodata) & ~none] = nodata_step(nodata, img.dtype)
+    out[none] = img[none]
+    return out
+
+
 def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """``lut`` (in table index order, see pipeline.core.dtypes.offset_index) on an 8 or
     16-bit integer image."""
@@ -303,9 +317,7 @@ def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.nda
             out = dtypes.saturate(img.astype(np.float64) * scale + shift, img.dtype)
     nodata = nodata_in_type(p, img.dtype)
     if nodata is not None:  # (as keep_nodata_lut does to a table)
-        none = img == nodata
-        out[(out == nodata) & ~none] = nodata_step(nodata, img.dtype)
-        out[none] = nodata
+        keep_nodata(out, img, img == nodata, p)
     return out
 
 
