@@ -417,19 +417,22 @@ class PageGeometry:
         partition of each space's page (a crop's: of the box)."""
         return self.back(self.grid.core(row, col), position)
 
-    def back(self, rect: Rect, position: int = 0) -> Rect:
-        """``rect`` of the placed page mapped back through the geometric ops to space
-        ``position`` (<= last + 1): where its pixels were before them, without any halo."""
-        for i in range(self.last, position - 1, -1):
+    def back(self, rect: Rect, position: int = 0, space: int | None = None) -> Rect:
+        """``rect`` of the placed page (of space ``space`` <= last + 1, when given) mapped
+        back through the geometric ops to space ``position`` (<= ``space``): where its pixels
+        were before them, without any halo."""
+        start = self.last if space is None else space - 1
+        for i in range(start, position - 1, -1):
             t = self.transforms[i]
             if t is not None:
                 rect = t.before(rect, *self.dims[i])
         return rect
 
-    def moved(self, arr: np.ndarray, rect: Rect) -> np.ndarray:
+    def moved(self, arr: np.ndarray, rect: Rect, space: int | None = None) -> np.ndarray:
         """``arr``, the pixels of ``rect`` of the input page (:meth:`back` of a rect of the
-        placed page), moved by the geometric ops alone: the pixels of that rect."""
-        for t, dims in zip(self.transforms, self.dims, strict=False):
+        placed page, or of space ``space``), moved by the geometric ops alone (those before
+        op ``space``): the pixels of that rect."""
+        for t, dims in zip(self.transforms[:space], self.dims, strict=False):
             if t is not None:
                 arr, rect = t.move(arr, rect, *dims)
         return arr

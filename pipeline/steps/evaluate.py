@@ -220,9 +220,12 @@ class TileEvaluator:
         return out, rect
 
     def valid(self, i: int, rect: Rect) -> np.ndarray:
-        """The page's carried mask over ``rect`` (in op ``i``'s pixels, after the geometric
-        ops): the placed page's, reduced by the downsamples before op i as merge writes the
-        output's (valid where any pixel of the block is)."""
+        """The page's carried mask over ``rect`` (in op ``i``'s pixels): after the geometric
+        ops, the placed page's, reduced by the downsamples before op i as merge writes the
+        output's (valid where any pixel of the block is); before the last geometric op (a
+        blur before a rotate), the page op i gets, moved by the geometric ops before it."""
+        if i <= self.geometry.last:  # (no downsample comes before a geometric op)
+            return self.mask_reader().valid(self.geometry.back(rect, 0, i), i)
         s = self.layout.scales[i]
         placed = Rect(rect.y0 * s, rect.x0 * s, rect.y1 * s, rect.x1 * s)
         valid = self.mask_reader().valid(self.geometry.back(placed, 0))

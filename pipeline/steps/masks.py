@@ -4,7 +4,8 @@ its own output tiles to a segment of its own, ``u{unit}_mask``, which merge lays
 page right after the output page (:func:`pipeline.steps.merge.output_pieces`).
 
 A mask goes through the chain's geometric ops (rotate, flip, crop) as the image does, and
-through no other: a blur, a threshold or a convert does not change which pixels are valid.
+through no other: a blur, a threshold or a convert does not change which pixels are valid
+(a blur reads it, :class:`MaskReader`, to leave the masked-out pixels out of its sums).
 A downsample by f (the geometric ops come before it) reduces it as GDAL reduces a mask for
 its average overviews: an output pixel is valid where any pixel of its f x f block is
 (:func:`reduced`); and its tiles read it (:class:`MaskReader`) to leave the masked-out
@@ -73,9 +74,10 @@ class MaskReader:
         self._open: ExitStack | None = None
         self._lock = threading.Lock()
 
-    def valid(self, where: Rect) -> np.ndarray:
+    def valid(self, where: Rect, space: int | None = None) -> np.ndarray:
         """The mask of ``where`` (a rect of the input page: :meth:`PageGeometry.back` of one
-        of the placed page) moved by the geometric ops, True where valid."""
+        of the placed page, or of the page op ``space`` gets, an op before the last geometric
+        one) moved by the geometric ops (before op ``space``), True where valid."""
         with self._lock:
             if self.tf is None:
                 self._open = ExitStack()
@@ -95,7 +97,7 @@ class MaskReader:
         except CorruptTiffError:  # damaged, or written to while read
             check_unchanged(tf, self.url, self.version)
             raise
-        return self.geo.moved(bits, where) != 0
+        return self.geo.moved(bits, where, space) != 0
 
     def forget_above(self, y: int) -> None:
         """Drop the cached mask rows above input row ``y`` (a downward sweep is past them)."""
