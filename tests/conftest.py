@@ -45,7 +45,7 @@ ENGINE = {
     "test_python_api",
     "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
     "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks", "test_cog",
-    "test_xmp",
+    "test_xmp", "test_nodata_filters",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
@@ -278,6 +278,29 @@ def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray | None,
         ds.write(np.moveaxis(bands, -1, 0))
         if mask is not None:
             ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
+
+
+def run_in_units(manifest: Path, unit_pixels: int, *args: str) -> tuple[dict[str, Any], str]:
+    """``tiffpipe run`` of ``manifest`` in-process (``args``: more options), each job run as
+    a Map of units of ``unit_pixels`` pixels (fused units and split units alike), not as a
+    single task: a page's tiles meet in several units and batches. Asserts it succeeded;
+    returns the run report and what it wrote to stderr."""
+    import contextlib
+    import json
+
+    from pipeline import cli
+    from pipeline.core import plan as plan_mod
+
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(err):
+        mp.setattr(plan_mod, "SINGLE_TASK_JOBS", False)
+        mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", unit_pixels)
+        mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", unit_pixels)
+        code = cli.main(["run", str(manifest), *args])
+    report = json.loads(manifest.with_suffix(".report.json").read_text())
+    assert code == 0, (err.getvalue(), report)
+    return report, err.getvalue()
 
 
 def gdal_average(path: str | Path, f: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import tifffile
 from conftest import UINT16_TO_UINT8
 from sample_types_ref import ALL, ref_op, typed_image
 from test_exactness import run_tiled
+from test_nodata_filters import reference_blur
 from test_sample_types import plan_problems, write_bands
 
 from pipeline.adapters.metadata import ome_channel, ome_name, output_tags, photometric_of
@@ -63,7 +64,10 @@ def reference(page: np.ndarray, ops: list[dict[str, Any]],
             img = img[:, :, 0] if img.shape[2] == 1 else img
         elif p["op"] == "normalized_difference":
             img = nd_reference(img, p["a"], p["b"], nodata)
-            nodata = None
+            nodata = np.nan  # (its own no-data value, whatever the input's)
+        elif p["op"] == "gaussian_blur" and nodata is not None:  # (of the data alone)
+            valid = ~np.isnan(img) if np.isnan(nodata) else img != nodata
+            img = np.where(valid, reference_blur(img, p["sigma"], valid), img)
         elif p["op"] == "canny":
             img = cv2.Canny(img, p["low"], p["high"])
         else:
@@ -377,7 +381,8 @@ def test_output_tags_write_the_chains_own_nodata():
 def test_written_pages_and_nodata(tmp_path):
     """Through the real steps: an RGBA page's alpha kept as alpha behind its swapped colours;
     a uint16 scene with GDAL_NODATA 0: its index is NaN where a band is 0, and the output
-    says GDAL_NODATA nan; a selection keeps the input's no-data value."""
+    says GDAL_NODATA nan (a blur after it of the index's valid samples alone: NaN stays
+    where it is); a selection keeps the input's no-data value."""
     rgba = typed_image(5, *SHAPE, 4, "uint8")
     src = tmp_path / "rgba.tif"
     tifffile.imwrite(src, rgba, photometric="rgb", extrasamples=["unassalpha"], tile=(32, 32),

@@ -2,11 +2,12 @@
 into the output: the inputs are written by GDAL itself (rasterio's ``write_mask`` with
 ``GDAL_TIFF_INTERNAL_MASK``), go through one ``tiffpipe run`` blurred and rotated, flipped or
 cropped, and the outputs are read back by GDAL (rasterio): its mask is the input's moved as
-the pixels were, the pixels are those of the same job without the mask, and the mask page is
-laid out as GDAL lays out its own. A ``downsample`` and the pyramid levels reduce the mask as
-GDAL reduces one for its average overviews (a pixel is valid where its block holds a valid
-one), each level's mask after it as in a COG, and the levels' pixels leave the masked-out
-pixels out of their means as GDAL's do.
+the pixels were, the pixels are those of the same job without the mask but near the mask's
+edge (the blur leaves the masked-out pixels out, tests/test_nodata_filters.py), and the mask
+page is laid out as GDAL lays out its own. A ``downsample`` and the pyramid levels reduce
+the mask as GDAL reduces one for its average overviews (a pixel is valid where its block
+holds a valid one), each level's mask after it as in a COG, and the levels' pixels leave the
+masked-out pixels out of their means as GDAL's do.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from conftest import (
     gdal_average,
     gdal_masked,
     one_bit_pages_state_their_bits,
+    run_in_units,
     tiff_pages,
 )
 from rasterio.enums import MaskFlags
 
 from pipeline import cli
-from pipeline.core import plan as plan_mod
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -99,19 +100,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "defaults": {"tile": 128, "output_options": {"tile": 64}},
         "jobs": [{**job, "output": str(root / "out" / f"{name}.tif")}
                  for name, job in jobs.items()]}))
-    err = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(err):
-        # units of two processing tiles, run as a Map: a page's mask is several segments
-        mp.setattr(plan_mod, "SINGLE_TASK_JOBS", False)
-        mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 2 * 128 * 128)
-        mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", 2 * 128 * 128)
-        code = cli.main(["run", str(manifest), "--workers", "2", "--keep-work", "--work",
-                         str(root / "work")])
-    report = json.loads((root / "m.report.json").read_text())
-    assert code == 0, report
-    return {"root": root, "jobs": dict(zip(jobs, report["jobs"], strict=True)),
-            "stderr": err.getvalue()}
+    # units of two processing tiles, run as a Map: a page's mask is several segments
+    report, err = run_in_units(manifest, 2 * 128 * 128, "--workers", "2", "--keep-work",
+                               "--work", str(root / "work"))
+    return {"root": root, "jobs": dict(zip(jobs, report["jobs"], strict=True)), "stderr": err}
 
 
 def gdal_mask(path: str) -> tuple[np.ndarray, list[list[MaskFlags]]]:
@@ -143,16 +135,28 @@ def test_each_unit_writes_the_mask_of_its_tiles(runs, name):
 
 @pytest.mark.parametrize(("name", "off"), [("rgb", "rgb_off"), ("rgb_batches", "rgb_off"),
                                            ("u16", "u16_off")])
-def test_the_pixels_are_those_of_the_job_without_the_mask(runs, name, off):
-    """The mask goes through the geometric ops only: the image page is the same, and the
-    job told to leave masks out (``output_options.masks`` false) writes it alone, which GDAL
-    reads as all valid, as before."""
+def test_the_blur_leaves_the_masked_out_pixels_out_and_the_job_without_the_mask_not(runs, name,
+                                                                                    off):
+    """The mask goes through the geometric ops only, and the blur before them reads it
+    (``gaussian_blur`` of the valid pixels alone): the masked-out pixels keep the input's
+    fill, moved; a pixel whose blur window holds none of them is the same as in the job told
+    to leave masks out (``output_options.masks`` false), which writes the image alone, which
+    GDAL reads as all valid, as before, and whose blur mixes the fill into the data near the
+    mask's edge, where the two differ."""
     with tifffile.TiffFile(runs["jobs"][name]["output"]) as tf:
         assert len(tf.pages) == 2
         pixels = tf.pages[0].asarray()
     with tifffile.TiffFile(runs["jobs"][off]["output"]) as tf:
         assert len(tf.pages) == 1
-        np.testing.assert_array_equal(pixels, tf.pages[0].asarray())
+        plain = tf.pages[0].asarray()
+    mask, _ = gdal_mask(runs["jobs"][name]["input"])
+    move = MOVES[name]
+    page, valid = move(tifffile.imread(runs["jobs"][name]["input"])), move(mask) > 0
+    k = 2 * (6 if pixels.dtype == np.uint8 else 8) + 1  # (the window of sigma 2)
+    whole = move(cv2.erode(mask, np.ones((k, k), np.uint8))) > 0
+    np.testing.assert_array_equal(pixels[~valid], page[~valid])
+    np.testing.assert_array_equal(pixels[whole], plain[whole])
+    assert (pixels != plain)[valid & ~whole].any()
     assert gdal_mask(runs["jobs"][off]["output"])[1][0] == [MaskFlags.all_valid]
     assert "masks" not in runs["jobs"][off]
     assert "output_options.masks is false" in runs["jobs"][off]["message"]
@@ -265,14 +269,7 @@ def down_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "defaults": {"output_options": {"tile": 32}},
         "jobs": [{**job, "output": str(root / "out" / f"{name}.tif")}
                  for name, job in jobs.items()]}))
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        mp.setattr(plan_mod, "SINGLE_TASK_JOBS", False)
-        mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 2 * 192 * 192)
-        mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", 2 * 192 * 192)
-        code = cli.main(["run", str(manifest), "--workers", "2"])
-    report = json.loads((root / "m.report.json").read_text())
-    assert code == 0, report
+    report, _ = run_in_units(manifest, 2 * 192 * 192, "--workers", "2")
     return dict(zip(jobs, report["jobs"], strict=True))
 
 

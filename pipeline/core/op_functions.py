@@ -20,8 +20,8 @@ from pipeline.core import custom as custom_mod
 from pipeline.core import dtypes
 from pipeline.core import stats as stats_mod
 from pipeline.core.dtypes import CV_COLOR, CV_FILTER, CV_MEDIAN, natively
-from pipeline.core.opencv import cv2
-from pipeline.core.reduce import masked_mean
+from pipeline.core.opencv import cv2, gaussian_radius
+from pipeline.core.reduce import masked_mean, valid_samples
 
 #: the most channels OpenCV's Python binding passes in one array (OpenCV 5.1: "must be in
 #: [1, 128]"); pages with more bands run band by band
@@ -42,9 +42,54 @@ def _per_channel(func: Callable[[np.ndarray], np.ndarray], img: np.ndarray,
 # --- the op functions ---------------------------------------------------------------
 
 
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    return _per_channel(lambda a: cv2.GaussianBlur(a, (0, 0), sigma), x)
+
+
 def gaussian_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return _per_channel(lambda a: natively(lambda x: cv2.GaussianBlur(x, (0, 0), p["sigma"]),
-                                           a, CV_FILTER), img)
+    """cv2.GaussianBlur; on a page with a no-data value or a mask (``p["input_nodata"]``,
+    ``p["input_valid"]``, given by the tiled path), of the valid samples alone
+    (:func:`_valid_blur`), the others kept."""
+    valid = _validity(img, p)
+    if valid is None:
+        return _per_channel(lambda a: natively(lambda x: _blur(x, p["sigma"]), a, CV_FILTER),
+                            img)
+    out = natively(lambda x: _valid_blur(x, p["sigma"], valid), img, CV_FILTER)
+    return stats_mod.keep_nodata(out, img, ~valid, p)
+
+
+def _validity(img: np.ndarray, p: dict[str, Any]) -> np.ndarray | None:
+    """Which samples the blurs read as data on a page with a no-data value or a mask
+    (:func:`pipeline.core.reduce.valid_samples`; NaN left out too, as astropy's convolve
+    leaves it out), or None: every one (no no-data value, no mask, or none of the array's
+    samples is left out: the blur is OpenCV's, as on any page)."""
+    nodata, mask = p.get("input_nodata"), p.get("input_valid")
+    if nodata is None and mask is None:
+        return None
+    valid = valid_samples(img, nodata, mask)
+    if img.dtype.kind == "f":
+        valid = ~np.isnan(img) if valid is None else valid & ~np.isnan(img)
+    return None if valid is None or valid.all() else valid
+
+
+def _valid_blur(x: np.ndarray, sigma: float, valid: np.ndarray) -> np.ndarray:
+    """The Gaussian blur of the ``valid`` samples of ``x`` alone (normalized convolution):
+    ``sum(w * v * x) / sum(w * v)`` over OpenCV's kernel ``w`` (its size for the page's type,
+    the border reflected as OpenCV's), both sums blurred in float64 and the quotient
+    rounded to ``x``'s type (:func:`pipeline.core.dtypes.saturate`: half to even); where a
+    sample's whole window is valid, the OpenCV blur as on a page without no-data, bit for
+    bit. The samples left out get a value too (the caller writes them back)."""
+    k = 2 * gaussian_radius(sigma, x.dtype) + 1
+    out = _blur(x, sigma)
+    whole = _per_channel(lambda a: cv2.erode(a, kernel(k)), valid.astype(np.uint8))
+    near = valid & (whole == 0)  # (the border: outside the array is valid to erode)
+    weights = valid.astype(np.float64)
+    sums = _per_channel(lambda a: cv2.GaussianBlur(a, (k, k), sigma),
+                        np.where(valid, x.astype(np.float64), 0.0))
+    norms = _per_channel(lambda a: cv2.GaussianBlur(a, (k, k), sigma), weights)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[near] = dtypes.saturate(sums[near] / norms[near], x.dtype)
+    return out
 
 
 def median_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -87,13 +132,27 @@ def erode(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return _morph(img, p, False)
 
 
-def _unsharp(x: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    blur = cv2.GaussianBlur(x, (0, 0), p["sigma"])
-    return cv2.addWeighted(x, 1 + p["amount"], blur, -p["amount"], 0)
+def _sharpen(x: np.ndarray, blur: np.ndarray, amount: float) -> np.ndarray:
+    """``cv2.addWeighted(x, 1 + amount, blur, -amount, 0)``, band by band beyond
+    :data:`CV_MAX_CHANNELS`."""
+    if x.ndim == 3 and x.shape[2] > CV_MAX_CHANNELS:
+        return np.dstack([_sharpen(np.ascontiguousarray(x[:, :, c]),
+                                   np.ascontiguousarray(blur[:, :, c]), amount)
+                          for c in range(x.shape[2])])
+    return cv2.addWeighted(x, 1 + amount, blur, -amount, 0)
 
 
 def unsharp_mask(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    return _per_channel(lambda a: natively(lambda x: _unsharp(x, p), a, CV_FILTER), img)
+    """``x (1 + amount) - amount * blur``, OpenCV's; on a page with a no-data value or a
+    mask, the blur is of the valid samples alone (:func:`_valid_blur`), the others kept."""
+    valid = _validity(img, p)
+    if valid is None:
+        return _per_channel(lambda a: natively(
+            lambda x: _sharpen(x, cv2.GaussianBlur(x, (0, 0), p["sigma"]), p["amount"]),
+            a, CV_FILTER), img)
+    out = natively(lambda x: _sharpen(x, _valid_blur(x, p["sigma"], valid), p["amount"]),
+                   img, CV_FILTER)
+    return stats_mod.keep_nodata(out, img, ~valid, p)
 
 
 def invert(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:

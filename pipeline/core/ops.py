@@ -65,14 +65,19 @@ class Op:
     #: them; None: the op makes no named bands
     names: Callable[[dict[str, Any], list[str]], list[str]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
-    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, and
-    #: the whole-page ops (equalize_hist, otsu_threshold, percentile_stretch, normalize:
-    #: statistics of the data)
+    #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, the
+    #: blurs (gaussian_blur, unsharp_mask: of the valid samples alone), and the whole-page
+    #: ops (equalize_hist, otsu_threshold, percentile_stretch, normalize: statistics of the
+    #: data)
     reads_nodata: bool = False
     #: the op is given its input's valid-data mask (the page's carried internal mask, moved
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
-    #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample
+    #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample, the blurs
     reads_mask: bool = False
+    #: bytes a sample of its tile the op holds beyond its input and output on a page with a
+    #: no-data value or a carried mask (the blurs of the valid samples: four float64 arrays,
+    #: the sums and weights and their blurs); the memory model counts them (pipeline.estimate)
+    valid_bytes: int = 0
     #: the op is given its input's bands' GDAL scale and offset (``[(scale, offset), ...]``,
     #: None: no band has one) as the parameter ``input_scaling`` (:func:`with_nodata`):
     #: normalized_difference, whose index is of the physical values
@@ -310,6 +315,12 @@ def _differ(p: dict[str, Any]) -> str | None:
     return f"a and b must be different bands (both are {p['a']})" if p["a"] == p["b"] else None
 
 
+#: the blurs' :attr:`Op.exact`: OpenCV's, but on a page with no-data or a mask
+_VALID_BLUR_EXACT = (
+    "bit-identical to the OpenCV call on the whole page (types OpenCV lacks: to its definition "
+    "in docs/sample-types.md); on a page with a no-data value or a carried mask, to the blur "
+    "of the valid samples alone (normalized convolution) of the whole page")
+
 _SIGMA = Param("sigma", "number", "standard deviation of the Gaussian, in pixels",
                required=True, gt=0, le=500)
 _KSIZE_MORPH = Param("ksize", "integer", "side of the square kernel, in pixels",
@@ -325,6 +336,7 @@ _PER_BAND = Param("per_band", "boolean", "statistics of each band for that band 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
        halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
+       reads_nodata=True, reads_mask=True, valid_bytes=32, exact=_VALID_BLUR_EXACT,
        binary=lambda p: "grays" if p["sigma"] >= GRAYING_SIGMA else "",
        halo_help="the radius OpenCV gives the kernel: (round(sigma * k * 2 + 1) | 1) // 2, "
                  "k = 3 for uint8, 4 otherwise"),
@@ -346,6 +358,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (_SIGMA, Param("amount", "number", "strength of the sharpening", default=1.0,
                       ge=0, le=100)),
        fn.unsharp_mask, halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
+       reads_nodata=True, reads_mask=True, valid_bytes=32, exact=_VALID_BLUR_EXACT,
        halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
        "1 - img for floats", (), fn.invert, linear=fn.invert_linear, binary=_keeps),

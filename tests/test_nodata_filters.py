@@ -1,0 +1,231 @@
+"""The blurs of a GeoTIFF with no-data or a mask: ``gaussian_blur`` and ``unsharp_mask`` read
+the valid samples alone (normalized convolution, as astropy's ``convolve`` of NaN: each valid
+output sample is ``sum(w v x) / sum(w v)``), keep the no-data (masked-out) pixels as they are
+and GDAL_NODATA on the output. Real GeoTIFFs (uint8, uint16 bands, float32 NaN written by
+tifffile; a masked one by GDAL) go through one ``tiffpipe run`` in small tiles, fused and in
+batches; the outputs are compared with a whole-page numpy reference written out below, not
+with tiffpipe's functions, and with the same op on the whole page, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
+import tifffile
+from conftest import gdal_masked, run_in_units
+
+from pipeline.core import op_functions as fn
+
+pytestmark = pytest.mark.timeout(240)
+
+GDAL_NODATA = 42113
+BLUR = {"op": "gaussian_blur", "sigma": 2.0}
+SHARPEN = {"op": "unsharp_mask", "sigma": 1.5, "amount": 1.5}
+
+
+def scene(h: int, w: int, bands: int, dtype: str, seed: int) -> np.ndarray:
+    """A smooth ramp with noise and bright and dark patches: data values well inside the
+    type (1 and up for integers), so that only the no-data value written after is one."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 40 + yy / 4 + xx / 5 + rng.normal(0, 6, (bands, h, w))
+    img[:, 150:190, 200:260] = 230  # bright, next to no-data: the fill would darken it
+    img[:, 190:200, 200:260] = 3  # dark next to bright: unsharp_mask sends it below 0
+    img = np.moveaxis(img, 0, -1) if bands > 1 else img[0]
+    if dtype == "uint16":
+        img = img * 200
+    return np.clip(img, 1, None).astype(dtype)
+
+
+def no_data_area(h: int, w: int) -> np.ndarray:
+    """Where a scene has no data: a slanted swath edge, a hole, a corner block (their edges
+    at odd rows and columns, across the tiles' borders)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = xx < yy // 3 + 9
+    out[101:133, 61:97] = True
+    out[200:, 261:] = True
+    return out
+
+
+def gauss(sigma: float, dtype: str) -> np.ndarray:
+    """OpenCV's Gaussian kernel for GaussianBlur(img, (0, 0), sigma), written out: size
+    round(sigma * (3 for uint8, else 4) * 2 + 1) | 1, weights exp(-i^2 / 2 sigma^2) summing
+    to 1."""
+    k = round(sigma * (3 if dtype == "uint8" else 4) * 2 + 1) | 1
+    i = np.arange(k) - (k - 1) / 2
+    w = np.exp(-i * i / (2 * sigma * sigma))
+    return w / w.sum()
+
+
+def smooth(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The separable convolution of a 2-D float64 array by ``w`` along both axes, the border
+    reflected without repeating its edge (OpenCV's default, numpy's ``reflect``)."""
+    r = len(w) // 2
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        p = np.pad(a, pad, mode="reflect")
+        n = a.shape[axis]
+        a = sum(w[t] * np.take(p, range(t, t + n), axis=axis) for t in range(len(w)))
+    return a
+
+
+def whole_window_valid(valid: np.ndarray, k: int) -> np.ndarray:
+    """Samples whose k x k window (clipped at the border) holds valid samples only."""
+    r = k // 2
+    padded = np.pad(valid, r, constant_values=True)
+    return np.lib.stride_tricks.sliding_window_view(padded, (k, k)).all(axis=(-2, -1))
+
+
+def reference_blur(page: np.ndarray, sigma: float, valid: np.ndarray) -> np.ndarray:
+    """The blur of the valid samples alone on the whole page, band by band, in float64:
+    ``sum(w v x) / sum(w v)``; OpenCV's own blur of the page where a sample's whole window is
+    valid (bit for bit as before); integers rounded half to even and clipped."""
+    w = gauss(sigma, page.dtype.name)
+    planes = page.reshape(*page.shape[:2], -1)
+    oks = valid.reshape(planes.shape)
+    out = np.empty(planes.shape)
+    for c in range(planes.shape[2]):
+        x, ok = planes[:, :, c].astype(np.float64), oks[:, :, c]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, :, c] = smooth(np.where(ok, x, 0.0), w) / smooth(ok.astype(np.float64), w)
+    out = out.reshape(page.shape)
+    if page.dtype.kind in "ui":
+        info = np.iinfo(page.dtype)
+        out = np.clip(np.rint(np.nan_to_num(out)), info.min, info.max)  # (NaN: left out)
+    out = out.astype(page.dtype)
+    opencv = cv2.GaussianBlur(page, (0, 0), sigma)
+    full = np.stack([whole_window_valid(oks[:, :, c], len(w)) for c in range(oks.shape[2])],
+                    -1).reshape(page.shape)
+    return np.where(full, opencv, out)
+
+
+def nodata_tag(text: str) -> tuple[int, str, int, str, bool]:
+    return (GDAL_NODATA, "s", 0, text, True)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("nodata_filters")
+    h, w = 300, 410
+    none = no_data_area(h, w)
+    u8 = scene(h, w, 1, "uint8", 1)
+    u8[none] = 0
+    u16 = scene(h, w, 3, "uint16", 2)
+    u16[none] = 0
+    u16[40:70, 300:340, 1] = 0  # no data in one band only: validity is per sample
+    f32 = scene(h, w, 1, "float32", 3) / 7
+    f32[none] = np.nan
+    inputs = {"u8": (u8, "0", (64, 64)), "u16": (u16, "0", None),
+              "f32": (f32, "nan", (64, 64)), "plain": (u8, None, (64, 64))}
+    pages = {}
+    for name, (img, text, tile) in inputs.items():
+        tags = [] if text is None else [nodata_tag(text)]
+        layout = {"tile": tile} if tile else {"rowsperstrip": 16}
+        tifffile.imwrite(root / f"{name}.tif", img, photometric="minisblack",
+                         planarconfig="contig", compression="zlib", metadata=None,
+                         extratags=tags, **layout)
+        pages[name] = img
+    # a mask written by GDAL: the masked-out pixels hold a fill that is no no-data value
+    masked = scene(h, w, 1, "uint8", 4)
+    masked[none] = 255
+    gdal_masked(root / "masked.tif", masked, ~none, block=128)
+    pages["masked"] = masked
+    jobs = {
+        "u8": ("u8", [BLUR], True), "u8_batches": ("u8", [BLUR], False),
+        "u16_sharpen": ("u16", [SHARPEN], False), "f32": ("f32", [{**BLUR, "sigma": 1.5}], True),
+        "masked": ("masked", [BLUR], True), "plain": ("plain", [BLUR], True),
+        "plain_sharpen": ("plain", [SHARPEN], False),
+    }
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({
+        "defaults": {"tile": 64, "output_options": {"tile": 32, "compression": "deflate"}},
+        "jobs": [{"input": str(root / f"{src}.tif"), "output": str(root / "out" / f"{n}.tif"),
+                  "ops": ops, "fuse": fuse} for n, (src, ops, fuse) in jobs.items()]}))
+    # units of four tiles, run as a Map: tiles meet no-data edges in units and batches
+    run_in_units(manifest, 4 * 64 * 64, "--workers", "1", "--quiet", "--no-contact-sheet")
+    return {"pages": pages, "none": none, "jobs": {n: (src, ops) for n, (src, ops, _) in
+                                                   jobs.items()},
+            "out": {n: root / "out" / f"{n}.tif" for n in jobs}}
+
+
+def read(path: Path) -> tuple[np.ndarray, str | None]:
+    """An output's first page and its GDAL_NODATA text (None: no tag)."""
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags.get(GDAL_NODATA)
+        return tf.pages[0].asarray(), None if tag is None else tag.value
+
+
+def sample_validity(page: np.ndarray, none: np.ndarray, nodata: float | None) -> np.ndarray:
+    if nodata is None:  # (a mask: per pixel)
+        return np.broadcast_to((~none).reshape(none.shape + (1,) * (page.ndim - 2)), page.shape)
+    return ~np.isnan(page) if np.isnan(nodata) else page != nodata
+
+
+@pytest.mark.parametrize("name,nodata", [("u8", 0), ("u8_batches", 0), ("f32", np.nan),
+                                         ("masked", None)])
+def test_a_blur_of_a_page_with_nodata_is_the_blur_of_its_valid_samples(run, name, nodata):
+    """Each valid output sample is the whole-page reference (the blur of the valid samples
+    alone); each no-data or masked-out pixel is the input's, exactly; GDAL_NODATA is kept
+    (the mask too); a valid pixel next to no-data equals the reference, where a plain blur
+    mixes the fill in; and the tiled run is the op on the whole page, bit for bit."""
+    src, ops = run["jobs"][name]
+    page, none = run["pages"][src], run["none"]
+    sigma = ops[0]["sigma"]
+    got, tag = read(run["out"][name])
+    valid = sample_validity(page, none, nodata)
+    want = reference_blur(page, sigma, valid)
+    assert got.dtype == page.dtype and got.shape == page.shape
+    np.testing.assert_array_equal(got[valid], want[valid])
+    np.testing.assert_array_equal(got[~valid], page[~valid])  # (NaN where NaN)
+    if nodata is None:
+        assert tag is None
+        with rasterio.open(run["out"][name]) as ds:
+            np.testing.assert_array_equal(ds.read_masks(1) > 0, ~none)
+    else:
+        assert tag == "0" if nodata == 0 else tag.lower() == "nan"
+        assert not np.isnan(got[valid]).any()
+    # an edge pixel: valid, its left neighbour no data
+    y, x = 150, 59  # (the swath edge at x = 150 // 3 + 9 = 59)
+    assert none[y, x - 1] and not none[y, x]
+    plain = cv2.GaussianBlur(page, (0, 0), sigma)
+    assert got[y, x] == want[y, x] and got[y, x] != plain[y, x]
+    whole = fn.gaussian_blur(page, {"sigma": sigma, "input_nodata": nodata,
+                                    "input_valid": ~none if nodata is None else None})
+    np.testing.assert_array_equal(got, whole)
+
+
+def test_a_sharpened_page_keeps_its_nodata_and_no_data_pixel_takes_its_value(run):
+    """unsharp_mask of uint16 bands with no-data 0 (one band has a hole of its own): the
+    sharpening of the valid samples' blur (OpenCV's addWeighted of the reference blur); the
+    samples it sends to 0, the no-data value, go to 1; the no-data samples stay 0."""
+    page = run["pages"]["u16"]
+    got, tag = read(run["out"]["u16_sharpen"])
+    valid = page != 0
+    a = SHARPEN["amount"]
+    want = cv2.addWeighted(page, 1 + a, reference_blur(page, SHARPEN["sigma"], valid), -a, 0)
+    assert ((want == 0) & valid).sum() > 20  # (the dark strip by the bright patch)
+    want[(want == 0) & valid] = 1
+    assert tag == "0"
+    np.testing.assert_array_equal(got[valid], want[valid])
+    np.testing.assert_array_equal(got[~valid], 0)
+    assert not valid[40:70, 300:340, 1].any() and valid[40:70, 300:340, 0].all()
+
+
+@pytest.mark.parametrize("name,op", [("plain", BLUR), ("plain_sharpen", SHARPEN)])
+def test_a_page_without_nodata_is_opencvs_blur_as_before(run, name, op):
+    """The same scene without GDAL_NODATA: every pixel is OpenCV's call on the whole page,
+    the zeros read as data, bit for bit; no GDAL_NODATA is written."""
+    page = run["pages"]["plain"]
+    got, tag = read(run["out"][name])
+    blur = cv2.GaussianBlur(page, (0, 0), op["sigma"])
+    want = blur if op is BLUR else cv2.addWeighted(page, 1 + op["amount"], blur,
+                                                   -op["amount"], 0)
+    assert tag is None
+    np.testing.assert_array_equal(got, want)
