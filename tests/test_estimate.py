@@ -597,6 +597,26 @@ def test_a_carried_mask_is_costed_as_its_1bit_deflate_work(
     assert work.units == [(0.001 * (h + o), 2e4 * h, 2e4 * o) for h, o, _ in units]
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_each_op_that_reads_the_mask_reads_it_again(tmp_path: Path, fuse: bool) -> None:
+    """A blur reads the carried mask (to leave the masked-out pixels out of its sums) as a
+    downsample does (``reads_mask``): each reads it again over each tile's haloed pixels, in
+    the fused unit (after the unit's own read, for its output's mask) or in each batch."""
+    cal = json.loads(json.dumps(CAL))
+    cal["encode"]["deflate"]["bilevel"] = {"cpu_s_per_mpx": 0.001, "bytes_per_mpx": 2e4}
+    blur, down = {"op": "gaussian_blur", "sigma": 2}, {"op": "downsample", "factor": 2}
+    for ops, reads in (([], 0), ([blur], 1), ([blur, down], 2)):
+        plans, _ = _plans(_masked_jobs(tmp_path, ops=ops, fuse=fuse)[True])
+        assert bool(plans[0].fused) is fuse
+        units, batches = est.item_work(plans[0])
+        work = est.mask_work(plans[0], cal, set(), "jobs[0]", units, batches, 0.0)
+        again = reads if fuse else 0
+        assert work.units == [(0.001 * ((1 + again) * h + o), 2e4 * (1 + again) * h, 2e4 * o)
+                              for h, o, _ in units]
+        assert work.batches == [(0.001 * (reads - again) * h, 2e4 * (reads - again) * h)
+                                for h, _o, _ in batches]
+
+
 @pytest.mark.parametrize("job", [
     {}, {"ops": [{"op": "downsample", "factor": 2}], "fuse": False}])
 def test_the_masks_cost_with_the_shipped_calibration_is_bounded(tmp_path: Path,

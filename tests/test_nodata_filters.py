@@ -20,7 +20,9 @@ import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
 from conftest import gdal_masked, run_in_units
 
+from pipeline import estimate as est
 from pipeline.core import op_functions as fn
+from pipeline.estimate.model import local_peaks
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -229,3 +231,22 @@ def test_a_page_without_nodata_is_opencvs_blur_as_before(run, name, op):
                                                    -op["amount"], 0)
     assert tag is None
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_memory_model_counts_the_float_buffers_on_pages_with_nodata(tmp_path):
+    """A blur of a page with GDAL_NODATA holds float64 sums and weights per tile (the
+    estimate's "valid samples" part), fused or in batches; without the tag it does not."""
+    img = scene(600, 700, 3, "uint16", 5)
+    for name, tags in (("nodata", [nodata_tag("0")]), ("plain", [])):
+        tifffile.imwrite(tmp_path / f"{name}.tif", img, photometric="rgb", tile=(256, 256),
+                         metadata=None, extratags=tags)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": f"{name}.tif", "output": f"out/{name}_{fuse}.tif", "ops": [BLUR],
+         "fuse": fuse}
+        for name in ("nodata", "plain") for fuse in (True, False)]}))
+    plans, _sizes, problems = est.plans_for_manifest(str(manifest))
+    assert problems == []
+    parts = [local_peaks(plan, est.load_calibration(), 2)["process"].parts for plan in plans]
+    assert parts[0]["valid samples"] > 0 and parts[1]["valid samples"] > 0
+    assert not parts[2].get("valid samples") and not parts[3].get("valid samples")

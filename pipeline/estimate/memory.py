@@ -11,7 +11,8 @@ what its step holds at once, counted from the plan as the steps allocate:
   compressed strip or a tile is decoded whole first (up to ``threads`` at once, each at
   most ``MAX_SEGMENT_BYTES``: the reader refuses more); ``2 * threads + 2`` haloed tiles
   are in flight (read ahead of the tile threads), ``threads`` of them in the op chain
-  (:data:`CHAIN_COPIES` tiles' worth each) and encoding; a processing row or two of
+  (:data:`CHAIN_COPIES` tiles' worth each, and a blur's float64 sums and weights on a
+  page with no-data or a mask: :func:`_valid_bytes`) and encoding; a processing row or two of
   encoded output tiles wait for their row; with pyramid levels built by the unit, its
   processing rows' output pixels;
 - a **batch** (``process``, ``stats``): ``threads`` work tiles at once (compressed, decoded,
@@ -42,8 +43,13 @@ from pipeline.core.chain import ChainLayout
 from pipeline.core.geometry import transposes
 from pipeline.core.grid import SplitUnit, rows_held
 from pipeline.core.levels import unit_level_count
-from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_from_json, chain_out_channels
+from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.ops import (
+    chain_from_json,
+    chain_keeps_nodata,
+    chain_out_channels,
+    chain_own_nodata,
+)
 from pipeline.core.plan import single_task
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.limits import SEGMENT_PART
@@ -102,6 +108,24 @@ def _pixel(dtype: str, channels: int) -> int:
     return np.dtype(dtype).itemsize * channels
 
 
+def _valid_bytes(plan: JobPlan, page: PagePlan) -> int:
+    """Bytes a haloed tile's pixel takes beyond :data:`CHAIN_COPIES` in the op chain of a
+    page: the largest of its ops' :attr:`~pipeline.core.ops.Op.valid_bytes` (the blurs of the
+    valid samples' float64 sums and weights) times the bands at the op, where the op's input
+    has a no-data value (GDAL_NODATA kept by the ops before it, or one they make) or the
+    page carries a mask; 0 elsewhere (the plain OpenCV blur)."""
+    from pipeline.adapters.metadata import output_nodata  # (as the model's tags: lazily)
+
+    ops, info = plan.spec.ops, page.info
+    most, channels = 0, info.channels
+    for i, call in enumerate(chain_from_json(ops)):
+        if call.op.valid_bytes and (info.mask_ifd or output_nodata(
+                info, chain_keeps_nodata(ops[:i]), chain_own_nodata(ops[:i])) is not None):
+            most = max(most, call.op.valid_bytes * channels)
+        channels = call.out_channels(channels)
+    return most
+
+
 def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fused: bool,
                 s3: bool, transposed: bool = False) -> dict[str, float]:
     """What a unit's sweep holds at once (bytes, by part): see the module's docstring."""
@@ -134,6 +158,8 @@ def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fu
         f = page.factor or 1
         out_tile = plan.spec.output_options.tile
         parts["chain"] = busy * CHAIN_COPIES * tile
+        if valid := _valid_bytes(plan, page):
+            parts["valid samples"] = busy * side_h * side_w * valid
         # (a 1-bit output's tile too: its encoder holds the 8-bit 0/255 tile and a mask of
         # its black, a byte a pixel, before it packs the bits: docs/estimate.md)
         parts["encode"] = busy * out_tile * out_tile * obpp
@@ -162,6 +188,7 @@ def _batch_bytes(plan: JobPlan, page_index: int, tiles: int, threads: int, out_b
     f = page.factor or 1
     parts = {"tiles": busy * (haloed / 1e6 * work_bpm + tile),
              "chain": busy * CHAIN_COPIES * tile,
+             "valid samples": busy * haloed * _valid_bytes(plan, page),
              "output": tiles * g.tile * g.tile / (f * f) / 1e6 * out_bpm}
     if s3:
         parts["upload"] = 2 * SEGMENT_PART

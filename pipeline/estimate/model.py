@@ -146,15 +146,15 @@ class MaskWork:
     page after each output page whose input page has one), costed per megapixel of mask as
     :func:`~pipeline.estimate.calibration.mask_costs` says: each unit reads its page's mask
     over its tiles (its haloed megapixels: the cores, a bound) and decodes it, and encodes
-    its output tiles' mask to a segment of its own (a PUT and its index); a chain with a
-    ``downsample`` reads it again over each tile's region (the ops' ``reads_mask``), in the
-    fused unit or in each statistics and process batch; merge copies the mask pages and,
-    with a pyramid, decodes them and encodes each level's mask (1 + L times the base's
-    pixels, L the levels' share)."""
+    its output tiles' mask to a segment of its own (a PUT and its index); each op of the
+    chain that reads it (``reads_mask``: a ``downsample``, a blur) reads it again over each
+    tile's region, in the fused unit or in each statistics and process batch; merge copies
+    the mask pages and, with a pyramid, decodes them and encodes each level's mask (1 + L
+    times the base's pixels, L the levels' share)."""
 
     #: per unit: (CPU seconds, bytes read, bytes written)
     units: list[tuple[float, float, float]]
-    #: per batch: (CPU seconds, bytes read) of a downsample's reads
+    #: per batch: (CPU seconds, bytes read) of the reads of the ops that read the mask
     batches: list[tuple[float, float]]
     #: the output's mask pages and its levels' masks, in bytes
     base_bytes: float
@@ -173,16 +173,16 @@ def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
     if not any(masked):
         return None
     cpu, bpm = mask_costs(cal, notes, where)
-    reread = any(call.op.reads_mask for call in chain_from_json(plan.spec.ops))
+    reread = sum(call.op.reads_mask for call in chain_from_json(plan.spec.ops))
     fused = bool(getattr(plan, "fused", False))
     unit_work = []
     for u, (haloed, out, _tiles) in zip(plan.units, units, strict=True):
-        reads = (1 + (reread and fused)) * haloed * masked[u.page]
+        reads = (1 + reread * fused) * haloed * masked[u.page]
         unit_work.append((cpu * (reads + out * masked[u.page]), reads * bpm,
                           out * bpm * masked[u.page]))
     batch_work = []
     for b, (haloed, _out, _tiles) in zip(plan.batches, batches, strict=True):
-        reads = haloed * (reread and not fused and masked[b.page])
+        reads = haloed * reread * (not fused and masked[b.page])
         batch_work.append((cpu * reads, reads * bpm))
     out_mpx = sum(p.out_grid.height * p.out_grid.width / 1e6
                   for p, m in zip(plan.pages, masked, strict=True) if m)
