@@ -1,6 +1,7 @@
-"""The blurs of a GeoTIFF with no-data or a mask: ``gaussian_blur`` and ``unsharp_mask`` read
-the valid samples alone (normalized convolution, as astropy's ``convolve`` of NaN: each valid
-output sample is ``sum(w v x) / sum(w v)``), keep the no-data (masked-out) pixels as they are
+"""The filters of a GeoTIFF with no-data or a mask: ``gaussian_blur`` and ``unsharp_mask``
+read the valid samples alone (normalized convolution, as astropy's ``convolve`` of NaN: each
+valid output sample is ``sum(w v x) / sum(w v)``), ``dilate`` and ``erode`` take the maximum
+and minimum of the valid samples alone; all keep the no-data (masked-out) pixels as they are
 and GDAL_NODATA on the output. Real GeoTIFFs (uint8, uint16 bands, float32 NaN written by
 tifffile; a masked one by GDAL) go through one ``tiffpipe run`` in small tiles, fused and in
 batches; the outputs are compared with a whole-page numpy reference written out below, not
@@ -29,6 +30,8 @@ pytestmark = pytest.mark.timeout(240)
 GDAL_NODATA = 42113
 BLUR = {"op": "gaussian_blur", "sigma": 2.0}
 SHARPEN = {"op": "unsharp_mask", "sigma": 1.5, "amount": 1.5}
+DILATE = {"op": "dilate", "ksize": 5, "iterations": 2}
+ERODE = {"op": "erode", "ksize": 3, "iterations": 1}
 
 
 def scene(h: int, w: int, bands: int, dtype: str, seed: int) -> np.ndarray:
@@ -108,6 +111,21 @@ def reference_blur(page: np.ndarray, sigma: float, valid: np.ndarray) -> np.ndar
     return np.where(full, opencv, out)
 
 
+def reference_extreme(page: np.ndarray, reach: int, valid: np.ndarray,
+                      largest: bool) -> np.ndarray:
+    """The maximum (``largest``) or minimum of the valid samples of each (2 reach + 1)-wide
+    window, clipped at the border (``iterations`` windows of ``ksize``: reach
+    ``(ksize // 2) * iterations``), band by band; the invalid samples as they are."""
+    lose = np.iinfo(page.dtype).min if largest else np.iinfo(page.dtype).max
+    planes = np.where(valid, page, lose).reshape(*page.shape[:2], -1)
+    out = np.empty_like(planes)
+    for c in range(planes.shape[2]):
+        windows = np.lib.stride_tricks.sliding_window_view(
+            np.pad(planes[:, :, c], reach, constant_values=lose), (2 * reach + 1,) * 2)
+        out[:, :, c] = windows.max(axis=(-2, -1)) if largest else windows.min(axis=(-2, -1))
+    return np.where(valid, out.reshape(page.shape), page)
+
+
 def nodata_tag(text: str) -> tuple[int, str, int, str, bool]:
     return (GDAL_NODATA, "s", 0, text, True)
 
@@ -144,6 +162,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "u16_sharpen": ("u16", [SHARPEN], False), "f32": ("f32", [{**BLUR, "sigma": 1.5}], True),
         "masked": ("masked", [BLUR], True), "plain": ("plain", [BLUR], True),
         "plain_sharpen": ("plain", [SHARPEN], False),
+        "u8_dilate": ("u8", [DILATE], False), "u16_erode": ("u16", [ERODE], True),
+        "masked_erode": ("masked", [ERODE], True), "plain_dilate": ("plain", [DILATE], True),
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({
@@ -231,6 +251,35 @@ def test_a_page_without_nodata_is_opencvs_blur_as_before(run, name, op):
                                                    -op["amount"], 0)
     assert tag is None
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name,nodata", [("u8_dilate", 0), ("u16_erode", 0),
+                                         ("masked_erode", None)])
+def test_dilate_and_erode_of_a_page_with_nodata_take_its_valid_samples_alone(run, name,
+                                                                             nodata):
+    """The maximum (minimum) of each window's valid samples alone: the no-data area neither
+    grows (a dilate of a page with no-data 0 took every data value into it) nor eats the
+    data (an erode took 0 into every data pixel by it); no-data and masked-out pixels keep
+    their value, GDAL_NODATA is kept; tiles and iterations change nothing."""
+    src, (op,) = run["jobs"][name]
+    page, none = run["pages"][src], run["none"]
+    got, tag = read(run["out"][name])
+    valid = sample_validity(page, none, nodata)
+    largest = op["op"] == "dilate"
+    want = reference_extreme(page, (op["ksize"] // 2) * op["iterations"], valid, largest)
+    np.testing.assert_array_equal(got, want)
+    assert tag == (None if nodata is None else "0")
+    plain = (cv2.dilate if largest else cv2.erode)(
+        page, np.ones((op["ksize"],) * 2, np.uint8), iterations=op["iterations"])
+    assert (plain != got).any()  # (by the no-data edges, where the fill took part)
+
+
+def test_a_dilate_without_nodata_is_opencvs_as_before(run):
+    page = run["pages"]["plain"]
+    got, tag = read(run["out"]["plain_dilate"])
+    assert tag is None
+    np.testing.assert_array_equal(got, cv2.dilate(page, np.ones((5, 5), np.uint8),
+                                                  iterations=2))
 
 
 def test_the_memory_model_counts_the_float_buffers_on_pages_with_nodata(tmp_path):

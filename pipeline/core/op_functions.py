@@ -112,7 +112,18 @@ def kernel(ksize: int) -> np.ndarray:
 def _morph(img: np.ndarray, p: dict[str, Any], largest: bool) -> np.ndarray:
     """cv2.dilate/erode where it takes the type or an exactly wider one (int8 in int16,
     float16 in float32), through float64 for 32-bit integers (a maximum of exactly converted
-    values is exact), numpy for 64-bit integers."""
+    values is exact), numpy for 64-bit integers. On a page with a no-data value or a mask
+    (:func:`_validity`), the maximum (minimum) of the valid samples alone: the others take
+    the value that never wins (the type's lowest, highest; -inf, inf) and are written back
+    after; a valid sample's window holds itself, so its result is a valid value."""
+    valid = _validity(img, p)
+    if valid is not None:
+        lose = (-np.inf if largest else np.inf) if img.dtype.kind == "f" else \
+            (np.iinfo(img.dtype).min if largest else np.iinfo(img.dtype).max)
+        out = _morph(np.where(valid, img, img.dtype.type(lose)), {**p, "input_nodata": None,
+                                                                   "input_valid": None},
+                     largest)
+        return stats_mod.keep_nodata(out, img, ~valid, p)
     k, n = p["ksize"], p["iterations"]
     if img.dtype.kind in "ui" and img.dtype.itemsize == 8:
         for _ in range(n):

@@ -66,17 +66,19 @@ class Op:
     names: Callable[[dict[str, Any], list[str]], list[str]] | None = None
     #: the op is given its input's no-data value (None: none) as the parameter
     #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, the
-    #: blurs (gaussian_blur, unsharp_mask: of the valid samples alone), and the whole-page
-    #: ops (equalize_hist, otsu_threshold, percentile_stretch, normalize: statistics of the
-    #: data)
+    #: blurs (gaussian_blur, unsharp_mask), dilate and erode (of the valid samples alone), the
+    #: whole-page ops (equalize_hist, otsu_threshold, percentile_stretch, normalize:
+    #: statistics of the data)
     reads_nodata: bool = False
     #: the op is given its input's valid-data mask (the page's carried internal mask, moved
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
-    #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample, the blurs
+    #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample, the blurs,
+    #: dilate and erode
     reads_mask: bool = False
     #: bytes a sample of its tile the op holds beyond its input and output on a page with a
     #: no-data value or a carried mask (the blurs of the valid samples: four float64 arrays,
-    #: the sums and weights and their blurs); the memory model counts them (pipeline.estimate)
+    #: the sums and weights and their blurs; dilate, erode: the validity and a copy of the
+    #: tile, 9 at most); the memory model counts them (pipeline.estimate)
     valid_bytes: int = 0
     #: the op is given its input's bands' GDAL scale and offset (``[(scale, offset), ...]``,
     #: None: no band has one) as the parameter ``input_scaling`` (:func:`with_nodata`):
@@ -347,11 +349,11 @@ OPS: dict[str, Op] = {op.name: op for op in (
        halo_help="ksize // 2"),
     Op("dilate", "cv2.dilate(img, ones((ksize, ksize)), iterations=iterations)",
        (_KSIZE_MORPH, _ITER), fn.dilate, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
-       keeps_values=True, binary=_keeps,
+       keeps_values=True, binary=_keeps, reads_nodata=True, reads_mask=True, valid_bytes=9,
        halo_help=_MORPH_HALO),
     Op("erode", "cv2.erode(img, ones((ksize, ksize)), iterations=iterations)",
        (_KSIZE_MORPH, _ITER), fn.erode, halo=lambda p, dt: (p["ksize"] // 2) * p["iterations"],
-       keeps_values=True, binary=_keeps,
+       keeps_values=True, binary=_keeps, reads_nodata=True, reads_mask=True, valid_bytes=9,
        halo_help=_MORPH_HALO),
     Op("unsharp_mask",
        "cv2.addWeighted(img, 1 + amount, cv2.GaussianBlur(img, (0, 0), sigma), -amount, 0)",
