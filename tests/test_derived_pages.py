@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from conftest import write_ome_pyramid
+from conftest import masked_blur, write_ome_pyramid
 
 from pipeline import cli
 from pipeline.adapters.tiff_read import read_infos
@@ -106,8 +106,12 @@ def pages_of(path: str) -> list[tuple[np.ndarray, int, int]]:
         return [(p.asarray(), int(p.subfiletype), len(p.pages or [])) for p in tf.pages]
 
 
-def blurred(img: np.ndarray) -> np.ndarray:
-    return cv2.GaussianBlur(img, (0, 0), SIGMA)
+def blurred(img: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """The job's blur of ``img``; of a page carrying a mask (its pixels ``valid``), of the
+    valid pixels alone, the others kept (docs/manifest-and-ops.md, "No-data and the
+    blurs")."""
+    return cv2.GaussianBlur(img, (0, 0), SIGMA) if valid is None else \
+        masked_blur(img, SIGMA, valid)
 
 
 # --- which pages a job reads ----------------------------------------------------------------
@@ -252,7 +256,7 @@ def test_a_masked_file_carries_its_mask(runs, name):
     job = runs["jobs"][name]
     assert job["status"] == "SUCCEEDED" and job["pages"] == 1 and job["masks"] == 1
     (out, subfiletype, levels), (mask, mask_type, _) = pages_of(job["output"])
-    np.testing.assert_array_equal(out, blurred(runs["srcs"]["masked"]))
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["masked"], valid_area()))
     np.testing.assert_array_equal(mask, valid_area())
     assert (subfiletype, levels, mask_type) == (0, 0, 4)
     assert "message" not in job
@@ -282,9 +286,10 @@ def test_each_page_carries_its_own_mask_and_the_sheet_draws_the_images(runs):
     pages = pages_of(job["output"])
     assert [subfiletype for _, subfiletype, _ in pages] == [0, 4, 0, 4]
     for k, seed in enumerate((3, 4)):
-        np.testing.assert_array_equal(pages[2 * k][0], blurred(runs["srcs"][f"two_masked{seed}"]))
-        np.testing.assert_array_equal(pages[2 * k + 1][0],
-                                      valid_area() if seed == 3 else ~valid_area())
+        valid = valid_area() if seed == 3 else ~valid_area()
+        np.testing.assert_array_equal(pages[2 * k][0],
+                                      blurred(runs["srcs"][f"two_masked{seed}"], valid))
+        np.testing.assert_array_equal(pages[2 * k + 1][0], valid)
     spec = JobSpec(input=job["input"], output=job["output"], ops=BLUR)
     rows = sheet_rows({"jobs": [{**job, "job": 0}]}, [spec])
     assert [(r.in_page, r.out_file_page) for r in rows] == [(0, 0), (2, 2)]
@@ -308,7 +313,7 @@ def test_a_cogs_overviews_and_their_masks_are_left_out(runs):
     job = runs["jobs"]["cog"]
     assert job["status"] == "SUCCEEDED" and job["pages"] == 1 and job["masks"] == 1
     (out, subfiletype, levels), (mask, mask_type, _) = pages_of(job["output"])
-    np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"], valid_area()))
     np.testing.assert_array_equal(mask, valid_area())
     assert (subfiletype, levels, mask_type) == (0, 0, 4)
     assert job["message"].startswith(
@@ -325,7 +330,7 @@ def test_a_cog_with_pyramid_has_one_set_of_levels(runs):
     an overview (GDAL saw [2, 4, 4, 8] when the input's overviews were processed too)."""
     job = runs["jobs"]["cog_pyramid"]
     (out, subfiletype, levels), *masks = pages_of(job["output"])
-    np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"]))
+    np.testing.assert_array_equal(out, blurred(runs["srcs"]["cog"], valid_area()))
     assert subfiletype == 0 and levels == 3  # 300 x 420 -> 150 x 210, 75 x 105, 38 x 53
     # its mask and its levels' (NewSubfileType 5: masks, not overviews; tests/test_masks.py)
     assert [(m.shape, kind) for m, kind, _ in masks] == [
@@ -345,7 +350,7 @@ def test_a_listed_overview_is_processed_as_a_page_of_its_own(runs):
     assert [kind for _, kind, _ in pages] == [0, 4, 5, 5, 5, 0]
     (base, st0, levels0), (page, st1, levels1) = pages[0], pages[-1]
     src = runs["srcs"]["cog"]
-    np.testing.assert_array_equal(base, blurred(src))
+    np.testing.assert_array_equal(base, blurred(src, valid_area()))
     np.testing.assert_array_equal(page, blurred(reduced(src, 2)))  # sigma in its own pixels
     # not marked reduced: readers would take it for an overview of page 0, beside its levels
     assert (st0, st1) == (0, 0) and (levels0, levels1) == (3, 2)

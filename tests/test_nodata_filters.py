@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
-from conftest import gdal_masked, run_in_units
+from conftest import gdal_masked, reference_blur, run_in_units
 
 from pipeline import estimate as est
 from pipeline.core import op_functions as fn
@@ -56,59 +56,6 @@ def no_data_area(h: int, w: int) -> np.ndarray:
     out[101:133, 61:97] = True
     out[200:, 261:] = True
     return out
-
-
-def gauss(sigma: float, dtype: str) -> np.ndarray:
-    """OpenCV's Gaussian kernel for GaussianBlur(img, (0, 0), sigma), written out: size
-    round(sigma * (3 for uint8, else 4) * 2 + 1) | 1, weights exp(-i^2 / 2 sigma^2) summing
-    to 1."""
-    k = round(sigma * (3 if dtype == "uint8" else 4) * 2 + 1) | 1
-    i = np.arange(k) - (k - 1) / 2
-    w = np.exp(-i * i / (2 * sigma * sigma))
-    return w / w.sum()
-
-
-def smooth(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The separable convolution of a 2-D float64 array by ``w`` along both axes, the border
-    reflected without repeating its edge (OpenCV's default, numpy's ``reflect``)."""
-    r = len(w) // 2
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (r, r)
-        p = np.pad(a, pad, mode="reflect")
-        n = a.shape[axis]
-        a = sum(w[t] * np.take(p, range(t, t + n), axis=axis) for t in range(len(w)))
-    return a
-
-
-def whole_window_valid(valid: np.ndarray, k: int) -> np.ndarray:
-    """Samples whose k x k window (clipped at the border) holds valid samples only."""
-    r = k // 2
-    padded = np.pad(valid, r, constant_values=True)
-    return np.lib.stride_tricks.sliding_window_view(padded, (k, k)).all(axis=(-2, -1))
-
-
-def reference_blur(page: np.ndarray, sigma: float, valid: np.ndarray) -> np.ndarray:
-    """The blur of the valid samples alone on the whole page, band by band, in float64:
-    ``sum(w v x) / sum(w v)``; OpenCV's own blur of the page where a sample's whole window is
-    valid (bit for bit as before); integers rounded half to even and clipped."""
-    w = gauss(sigma, page.dtype.name)
-    planes = page.reshape(*page.shape[:2], -1)
-    oks = valid.reshape(planes.shape)
-    out = np.empty(planes.shape)
-    for c in range(planes.shape[2]):
-        x, ok = planes[:, :, c].astype(np.float64), oks[:, :, c]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, :, c] = smooth(np.where(ok, x, 0.0), w) / smooth(ok.astype(np.float64), w)
-    out = out.reshape(page.shape)
-    if page.dtype.kind in "ui":
-        info = np.iinfo(page.dtype)
-        out = np.clip(np.rint(np.nan_to_num(out)), info.min, info.max)  # (NaN: left out)
-    out = out.astype(page.dtype)
-    opencv = cv2.GaussianBlur(page, (0, 0), sigma)
-    full = np.stack([whole_window_valid(oks[:, :, c], len(w)) for c in range(oks.shape[2])],
-                    -1).reshape(page.shape)
-    return np.where(full, opencv, out)
 
 
 def reference_extreme(page: np.ndarray, reach: int, valid: np.ndarray,
