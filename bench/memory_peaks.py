@@ -145,10 +145,10 @@ def predicted(manifest: str) -> dict[str, Any]:
     from pipeline import estimate as est
     from pipeline.estimate.model import local_peaks
 
-    plans, _sizes, problems = est.plans_for_manifest(manifest)
-    if problems:
-        raise SystemExit(f"{manifest}: {problems}")
-    return local_peaks(plans[0], est.load_calibration(), THREADS)
+    planned = est.plan_manifest(manifest)
+    if planned.problems:
+        raise SystemExit(f"{manifest}: {planned.problems}")
+    return local_peaks(planned.plans[0], est.load_calibration(), THREADS)
 
 
 def baseline(folder: str) -> dict[str, float]:

@@ -670,24 +670,24 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     try:
         overrides = est.parse_overrides(args.price)
         calibration = est.load_calibration(args.calibration)
-        # a scan's jobs: those a run of it would make now (its folders listed, nothing written)
-        specs, found = est.manifest_jobs(args.manifest)
-        # the jobs PlanJob would refuse are not costed: a run fails them and runs the others
-        plans, sizes, refused = est.planned_jobs(specs, args.assume_pages)
-        problems = [problem for job in refused for problem in job["problems"]]
-        if refused and not plans:  # nothing left to cost
-            print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(problems),
+        # a scan's jobs: those a run of it would make now (its folders listed, nothing
+        # written); the jobs PlanJob would refuse are not costed: a run fails them and runs
+        # the others
+        planned = est.plan_manifest(args.manifest, args.assume_pages)
+        refused = planned.refused
+        if refused and not planned.plans:  # nothing left to cost
+            print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(planned.problems),
                   file=sys.stderr)
             return EXIT_USAGE
-        result = est.estimate(plans, calibration, overrides, args.concurrency,
-                              input_bytes=sizes)
-        if found is not None:  # what the scan found, as its run's report records it
-            result = {"scan": found.to_json(), **result}
+        result = est.estimate(planned.plans, calibration, overrides, args.concurrency,
+                              input_bytes=planned.sizes)
+        if planned.found is not None:  # what the scan found, as its run's report records it
+            result = {"scan": planned.found.to_json(), **result}
         if refused:
             result["refused"] = refused
-            print(f"tiffpipe: {len(refused)} of {len(specs)} job(s) would fail when planned "
-                  "(PlanJob) and are not costed; a run would fail them and run the others:"
-                  "\n  " + "\n  ".join(problems), file=sys.stderr)
+            print(f"tiffpipe: {len(refused)} of {len(planned.specs)} job(s) would fail when "
+                  "planned (PlanJob) and are not costed; a run would fail them and run the "
+                  "others:\n  " + "\n  ".join(planned.problems), file=sys.stderr)
     except ManifestError as exc:
         print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
         return EXIT_USAGE

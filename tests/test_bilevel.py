@@ -530,7 +530,7 @@ def test_plan_job_and_estimate_refuse_them_in_the_same_words(graying):
     tmp, cases = graying
     run = handlers.split_handler({"action": "plan_run", "manifest": str(tmp / "m.json"),
                                   "work": str(tmp / "work") + "/", "run_id": "r1"})
-    _, _, problems = est.plans_for_manifest(str(tmp / "m.json"))
+    problems = est.plan_manifest(str(tmp / "m.json")).problems
     refused = []
     for i, (_, src, _, grays) in enumerate(cases):
         if grays is None:

@@ -206,9 +206,9 @@ def test_estimate_sizes_each_page_as_its_kind(book):
         {"input": "book.tif", "output": "e_text.tif", "pages": [0],
          "output_options": {"bilevel": True, "compression": "group4"}},
         {"input": "book.tif", "output": "e_plates.tif", "pages": [1, 2]}]}))
-    plans, sizes, problems = est.plans_for_manifest(str(m))
-    assert problems == []
-    rows = est.estimate(plans, _cal(), FAST_IO, input_bytes=sizes)["jobs"]
+    planned = est.plan_manifest(str(m))
+    assert planned.problems == []
+    rows = est.estimate(planned.plans, _cal(), FAST_IO, input_bytes=planned.sizes)["jobs"]
     tiles = [row["output_bytes"] - row["header_bytes"] for row in rows]
     assert tiles[0] == pytest.approx(tiles[1] + tiles[2])
     assert rows[0]["message"] == ('bilevel "auto": page 0 written 1-bit in group4; pages 1-2 '

@@ -373,9 +373,9 @@ def test_estimate_encodes_the_converted_type(tmp_path: Path):
         m.write_text(json.dumps({"jobs": [{"input": "x.tif", "output": f"{name}.tif",
                                            "ops": ops,
                                            "output_options": {"compression": "jpeg"}}]}))
-        plans, _, problems = est.plans_for_manifest(str(m), f"2048x2048x1:{dtype}")
-        assert problems == [] and plans[0].pages[0].out_dtype == "uint8"
-        r = est.estimate(plans, cal)
+        planned = est.plan_manifest(str(m), f"2048x2048x1:{dtype}")
+        assert planned.problems == [] and planned.plans[0].pages[0].out_dtype == "uint8"
+        r = est.estimate(planned.plans, cal)
         sizes[name] = r["jobs"][0]["output_bytes"]
         assert not any("jpeg encoding" in note for note in r["notes"]), r["notes"]
     assert sizes["f"] == pytest.approx(sizes["u"])

@@ -378,8 +378,9 @@ def test_estimate_counts_the_pages_a_run_processes(runs, tmp_path):
     manifest.write_text(json.dumps({"jobs": [
         {"input": str(runs["cog"]), "output": str(tmp_path / "a.tif")},
         {"input": str(runs["cog"]), "output": str(tmp_path / "b.tif"), "pages": [0, 2]}]}))
-    plans, _, problems = est.plans_for_manifest(str(manifest))
-    assert not problems
+    planned = est.plan_manifest(str(manifest))
+    plans = planned.plans
+    assert not planned.problems
     assert [[p.info.index for p in plan.pages] for plan in plans] == [[0], [0, 2]]
     assert plans[0].note == runs["jobs"]["cog"]["message"] and plans[1].note == ""
     out = io.StringIO()

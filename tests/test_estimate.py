@@ -92,9 +92,9 @@ def _several_units_map(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _plans(manifest: Path) -> tuple[list[Any], list[float | None]]:
-    plans, sizes, problems = est.plans_for_manifest(str(manifest))
-    assert problems == []
-    return plans, sizes
+    planned = est.plan_manifest(str(manifest))
+    assert planned.problems == []
+    return planned.plans, planned.sizes
 
 
 def test_invocations_follow_the_plan(manifest: Path) -> None:
@@ -889,16 +889,17 @@ def test_assume_pages_needs_no_input(tmp_path: Path) -> None:
     bands = tmp_path / "bands.json"
     bands.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
                                            "ops": [{"op": "gaussian_blur", "sigma": 2}]}]}))
-    plans, _, problems = est.plans_for_manifest(str(bands), "20000x20000x12:uint16")
-    assert problems == [] and plans[0].pages[0].out_channels == 12
-    costed = est.estimate(plans, CAL, concurrency=100, input_bytes=[None])
+    planned = est.plan_manifest(str(bands), "20000x20000x12:uint16")
+    assert planned.problems == [] and planned.plans[0].pages[0].out_channels == 12
+    costed = est.estimate(planned.plans, CAL, concurrency=100, input_bytes=[None])
     assert costed["megapixels"] == pytest.approx(400) and costed["jobs"][0]["output_bytes"] > 0
     m = tmp_path / "m.json"
     m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
                                        "output_options": {"compression": "deflate"}}]}))
-    plans, sizes, problems = est.plans_for_manifest(str(m), "316228x316228x3")
-    assert problems == [] and sizes == [None]
-    r = est.estimate(plans, CAL, concurrency=1000, input_bytes=sizes)
+    planned = est.plan_manifest(str(m), "316228x316228x3")
+    plans = planned.plans
+    assert planned.problems == [] and planned.sizes == [None]
+    r = est.estimate(plans, CAL, concurrency=1000, input_bytes=planned.sizes)
     assert r["megapixels"] == pytest.approx(316228 ** 2 / 1e6)
     # a 100-gigapixel output is composed in S3: no /tmp, well within 10,000 parts
     assert r["warnings"] == []
@@ -928,8 +929,8 @@ def test_the_largest_job_does_not_depend_on_jobs_0_size(tmp_path: Path) -> None:
                                        "output_options": {"compression": "deflate"}}]}))
     found = []
     for pages in ("2000x2000x3", "10000x10000x3", "40000x40000x3"):
-        plans, sizes, _ = est.plans_for_manifest(str(m), pages)
-        r = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)
+        planned = est.plan_manifest(str(m), pages)
+        r = est.estimate(planned.plans, CAL, FAST_IO, input_bytes=planned.sizes)
         found.append(r["jobs"][0]["largest_job"])
         text = est.format_text(r)
         assert "0.0 TB" not in text and "parts of 256 MiB" in text, text
@@ -1012,7 +1013,8 @@ def test_every_input_that_cannot_be_read_is_listed_at_once(manifest: Path,
             {"input": "gray.tif", "output": "o4.tif", "pages": [3]}]
     batch = tmp_path / "batch.json"
     batch.write_text(json.dumps({"jobs": jobs}))
-    plans, _, problems = est.plans_for_manifest(str(batch))
+    planned = est.plan_manifest(str(batch))
+    plans, problems = planned.plans, planned.problems
     assert [p.split(": ")[:2] for p in problems] == [
         ["jobs[0]", "InputNotFoundError"], ["jobs[2]", "InputNotFoundError"],
         ["jobs[3]", "NotATiffError"], ["jobs[4]", "PageNotFoundError"]]
@@ -1058,8 +1060,7 @@ def test_a_job_plan_job_refuses_for_its_output_is_not_costed(tmp_path: Path) -> 
     m = tmp_path / "m.json"
     m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
                                        "output_options": {"compression": "jpeg"}}]}))
-    _, _, problems = est.plans_for_manifest(str(m), "512x512:uint16*3")
-    [problem] = problems
+    [problem] = est.plan_manifest(str(m), "512x512:uint16*3").problems
     assert problem.startswith("jobs[0] (") and "pages 0-2 (3 pages): jpeg output needs uint8" \
         in problem
 
@@ -1079,7 +1080,8 @@ def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path
         {"input": "one.tif", "output": "o0.tif", "pages": [5]},
         {"input": "one.tif", "output": "o1.tif", "pages": [0, 7]},
         {"input": "one.tif", "output": "o2.tif", "pages": [0]}]}))
-    plans, _, problems = est.plans_for_manifest(str(m), "64x64x3")
+    planned = est.plan_manifest(str(m), "64x64x3")
+    plans, problems = planned.plans, planned.problems
     one = tmp_path / "one.tif"
     assert problems == [f"jobs[{i}] ({one}): page {page} asked for, --assume-pages gives 1 "
                         "page(s) (0..0); fix the job's pages, or give --assume-pages more"
@@ -1093,7 +1095,7 @@ def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path
     assert [check_job(i, s).problems for i, s in enumerate(specs)] == [
         ("page 5 asked for, the file has 1 page(s) (0..0); fix the job's pages",),
         ("page 7 asked for, the file has 1 page(s) (0..0); fix the job's pages",), ()]
-    plans, _, problems = est.plans_for_manifest(str(m))
+    problems = est.plan_manifest(str(m)).problems
     assert [p.split(": ")[1] for p in problems] == ["PageNotFoundError"] * 2
 
 
@@ -1114,7 +1116,7 @@ def test_estimate_refuses_the_jobs_planjob_refuses(tmp_path: Path) -> None:
             for c in ("zstd", "jpeg")]
     m = tmp_path / "m.json"
     m.write_text(json.dumps({"jobs": jobs}))
-    _, _, problems = est.plans_for_manifest(str(m))
+    problems = est.plan_manifest(str(m)).problems
     refused = {int(p.split("]")[0].removeprefix("jobs[")) for p in problems}
     failing = {i for i, spec in enumerate(read_manifest(str(m)))
                if check_job(i, spec).error is not None}

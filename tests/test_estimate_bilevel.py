@@ -51,9 +51,9 @@ def _manifest(folder: Path, *jobs: dict[str, Any], fuse: bool = False) -> Path:
 
 
 def _estimate(m: Path, cal: dict[str, Any]) -> dict[str, Any]:
-    plans, sizes, problems = est.plans_for_manifest(str(m))
-    assert problems == []
-    return est.estimate(plans, cal, FAST_IO, input_bytes=sizes)
+    planned = est.plan_manifest(str(m))
+    assert planned.problems == []
+    return est.estimate(planned.plans, cal, FAST_IO, input_bytes=planned.sizes)
 
 
 @pytest.mark.parametrize("comp", BILEVEL_COMPRESSIONS)

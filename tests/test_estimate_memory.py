@@ -75,9 +75,9 @@ def test_the_prediction_bounds_a_real_runs_peak(tmp_path: Path, name: str) -> No
     from pipeline.runner import run_local
 
     manifest = _job(tmp_path, name)
-    plans, _sizes, problems = est.plans_for_manifest(str(manifest))
-    assert problems == []
-    predicted = max(p.mb for p in local_peaks(plans[0], est.load_calibration(),
+    planned = est.plan_manifest(str(manifest))
+    assert planned.problems == []
+    predicted = max(p.mb for p in local_peaks(planned.plans[0], est.load_calibration(),
                                               worker_tile_threads(1)).values())
     result = run_local(str(manifest), 1, interpreter="moto")
     assert result.ok, result.error

@@ -241,8 +241,9 @@ def test_the_memory_model_counts_the_float_buffers_on_pages_with_nodata(tmp_path
         {"input": f"{name}.tif", "output": f"out/{name}_{fuse}.tif", "ops": [BLUR],
          "fuse": fuse}
         for name in ("nodata", "plain") for fuse in (True, False)]}))
-    plans, _sizes, problems = est.plans_for_manifest(str(manifest))
-    assert problems == []
-    parts = [local_peaks(plan, est.load_calibration(), 2)["process"].parts for plan in plans]
+    planned = est.plan_manifest(str(manifest))
+    assert planned.problems == []
+    parts = [local_peaks(plan, est.load_calibration(), 2)["process"].parts
+             for plan in planned.plans]
     assert parts[0]["valid samples"] > 0 and parts[1]["valid samples"] > 0
     assert not parts[2].get("valid samples") and not parts[3].get("valid samples")

@@ -50,10 +50,9 @@ The modules: :mod:`.assumptions` (the numbers not measured), :mod:`.calibration`
 and the per-megapixel costs of a job), :mod:`.plans` (what a job asks for),
 :mod:`.statemachine` (transitions and Map limits), :mod:`.schedule` (the wall time),
 :mod:`.model` (the estimate) and :mod:`.text` (as printed). Pure, except
-:func:`load_calibration`, :func:`manifest_jobs` (which reads the manifest and lists a scan's
-folders as its run would), :func:`plans_for_jobs`, :func:`planned_jobs` and
-:func:`plans_for_manifest` (which read
-the inputs' page headers, or none with ``assume_pages``) and :func:`load_definition`.
+:func:`load_calibration`, :func:`plan_manifest` (which reads the manifest, lists a scan's
+folders as its run would and reads the inputs' page headers, or none with ``assume_pages``)
+and :func:`load_definition`.
 """
 
 from pipeline.estimate.assumptions import (
@@ -84,13 +83,11 @@ from pipeline.estimate.model import (
     mask_work,
 )
 from pipeline.estimate.plans import (
+    Planned,
     item_work,
-    manifest_jobs,
     parse_assume_pages,
     plan_geometry,
-    planned_jobs,
-    plans_for_jobs,
-    plans_for_manifest,
+    plan_manifest,
     stats_rounds,
 )
 from pipeline.estimate.schedule import simulate
@@ -104,11 +101,11 @@ from pipeline.estimate.text import format_text
 
 __all__ = [
     "ASSUMPTIONS", "CALIBRATION_FORMAT", "DEFAULT_CALIBRATION", "FUNCTION_OF", "MULTIPART_CHUNK",
-    "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "MaskWork",
+    "READ_BUFFER", "STEPS", "Assumption", "EstimateError", "JobCosts", "MaskWork", "Planned",
     "assumptions_with",
     "canny_tree_levels", "count_transitions", "estimate", "format_text", "item_work", "job_costs",
-    "largest_job", "load_calibration", "load_definition", "manifest_jobs", "map_limits",
+    "largest_job", "load_calibration", "load_definition", "map_limits",
     "mask_work", "op_cost", "parse_assume_pages", "parse_overrides", "plan_geometry",
-    "planned_jobs", "plans_for_jobs", "plans_for_manifest",
+    "plan_manifest",
     "predicted_process_cpu", "predicted_unit_cpu", "simulate", "stats_rounds",
 ]

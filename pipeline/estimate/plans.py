@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.core import dtypes
@@ -113,57 +114,57 @@ def parse_assume_pages(spec: str) -> list[PageInfo]:
     return pages
 
 
-def manifest_jobs(manifest: str) -> tuple[list[JobSpec], ScanFindings | None]:
-    """The manifest's jobs, checked as a run checks them, and what its scan found (None for
-    a list of jobs): a scan's are the jobs a run of it would make now, its folders listed by
-    PlanRun's own code (:func:`pipeline.steps.planning.jobs_now`: the TIFFs done before,
-    links out of the folder and names that would be one output left out), without a run
-    record, a report or anything else left written."""
+@dataclass(frozen=True)
+class Planned:
+    """A manifest's jobs as ``tiffpipe estimate`` plans them (:func:`plan_manifest`)."""
+
+    #: the manifest's jobs, checked as a run checks them; a scan's, those a run of it would
+    #: make now
+    specs: list[JobSpec]
+    #: what the scan found (None: a list of jobs)
+    found: ScanFindings | None
+    #: the plans of the jobs PlanJob would plan, in order, and their inputs' sizes in bytes
+    #: (None: unknown, or ``assume_pages``)
+    plans: list[JobPlan]
+    sizes: list[float | None]
+    #: the jobs PlanJob would refuse, in order, which a run would fail while it ran the
+    #: others: each ``{"job", "input", "output", "problems"}``
+    refused: list[dict[str, Any]]
+
+    @property
+    def problems(self) -> list[str]:
+        """Every refused job's problems, in order (``jobs[i]: NotATiffError: ...``)."""
+        return [problem for job in self.refused for problem in job["problems"]]
+
+
+def plan_manifest(manifest: str, assume_pages: str | None = None) -> Planned:
+    """The manifest's jobs planned: the one entry point of the estimate's planning.
+
+    Its jobs are checked as a run checks them; a scan's are the jobs a run of it would make
+    now, its folders listed by PlanRun's own code (:func:`pipeline.steps.planning.jobs_now`:
+    the TIFFs done before, links out of the folder and names that would be one output left
+    out), without a run record, a report or anything else left written. Each job is planned
+    by PlanJob's own code on its input's page headers only
+    (:func:`pipeline.steps.planning.read_plan`: what PlanJob refuses of a job, estimate
+    refuses); with ``assume_pages`` no input is opened: every input has those pages
+    (``pages`` of a job still picks among them: one beyond them is a problem, as PlanJob's
+    of an input that lacks it). A job whose input cannot be read (missing, not a TIFF,
+    damaged, a page it lacks), or whose pages the chain or the output refuses, is refused,
+    and the other jobs are still planned, so that every problem is listed at once.
+    """
     from pipeline.steps.common import read_manifest
     from pipeline.steps.planning import jobs_now
 
-    return jobs_now(read_manifest(manifest))
-
-
-def plans_for_manifest(manifest: str, assume_pages: str | None = None
-                       ) -> tuple[list[JobPlan], list[float | None], list[str]]:
-    """The plans of the manifest's jobs (:func:`manifest_jobs`, a scan's as listed now): see
-    :func:`plans_for_jobs`."""
-    return plans_for_jobs(manifest_jobs(manifest)[0], assume_pages)
-
-
-def plans_for_jobs(specs: list[JobSpec], assume_pages: str | None = None
-                   ) -> tuple[list[JobPlan], list[float | None], list[str]]:
-    """Each job's plan, its input's size in bytes (None if unknown) and the problems found.
-
-    Reads each input's page headers only, and plans each job by PlanJob's
-    own code (:func:`pipeline.steps.planning.read_plan`: what PlanJob refuses of a job's
-    input, estimate refuses); with ``assume_pages`` no input is opened: every input has
-    those pages (``pages`` of a job still picks among them: one beyond them is a problem,
-    as PlanJob's of an input that lacks it). An input that cannot be read (missing, not a
-    TIFF, damaged, a page it lacks) is a problem of its job, and the other jobs are still
-    planned, so that every problem is listed at once; such a job has no plan (a job whose
-    pages the chain or the output refuses has one: :func:`planned_jobs` leaves it out).
-    """
+    specs, found = jobs_now(read_manifest(manifest))
     planned, refused = _planned(specs, assume_pages)
-    problems = [problem for job in refused for problem in job["problems"]]
-    return [plan for plan, _ in planned], [size for _, size in planned], problems
-
-
-def planned_jobs(specs: list[JobSpec], assume_pages: str | None = None
-                 ) -> tuple[list[JobPlan], list[float | None], list[dict[str, Any]]]:
-    """The plans and input sizes of the jobs PlanJob would plan (:func:`plans_for_jobs`),
-    and those it would refuse, in order: each ``{"job", "input", "output", "problems"}``
-    (``problems`` as :func:`plans_for_jobs` words them: ``jobs[i]: NotATiffError: ...``),
-    which a run would fail while it ran the others."""
-    planned, refused = _planned(specs, assume_pages)
-    ok = [(plan, size) for plan, size in planned if plan.job not in {r["job"] for r in refused}]
-    return [plan for plan, _ in ok], [size for _, size in ok], refused
+    return Planned(specs, found, [plan for plan, _ in planned], [size for _, size in planned],
+                   refused)
 
 
 def _planned(specs: list[JobSpec], assume_pages: str | None
              ) -> tuple[list[tuple[JobPlan, float | None]], list[dict[str, Any]]]:
-    """Each job's plan and input size (a job with no plan left out), and the jobs refused."""
+    """The plan and input size of each job PlanJob would plan, and the jobs it would
+    refuse."""
     from pipeline.adapters import storage
     from pipeline.errors import TiffpipeError
     from pipeline.steps.planning import plan_pages, read_plan
@@ -197,9 +198,10 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
-        if why:
+        if why:  # (planned, but its pages the chain or the output refuses)
             refuse(i, [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)])
-        planned.append((plan, size))
+        else:
+            planned.append((plan, size))
     return planned, refused
 
 
