@@ -166,7 +166,8 @@ class MaskWork:
 def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
               units: list[tuple[float, float, int]], batches: list[tuple[float, float, int]],
               levels: float) -> MaskWork | None:
-    """The job's :class:`MaskWork` (``levels``: its pyramid's pixels over its base pages'),
+    """The job's :class:`MaskWork` (``levels``: its pyramid's pixels over its base pages',
+    as the plan's output bytes say: 0 without a pyramid; fused or not: the plan's ``fused``),
     or None when no page carries a mask (``PageInfo.mask_ifd``: ``"masks": false``, an OME
     output or inputs without one)."""
     masked = [bool(p.info.mask_ifd) for p in plan.pages]
@@ -174,7 +175,7 @@ def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
         return None
     cpu, bpm = mask_costs(cal, notes, where)
     reread = sum(call.op.reads_mask for call in chain_from_json(plan.spec.ops))
-    fused = bool(getattr(plan, "fused", False))
+    fused = plan.fused
     unit_work = []
     for u, (haloed, out, _tiles) in zip(plan.units, units, strict=True):
         reads = (1 + reread * fused) * haloed * masked[u.page]
@@ -186,9 +187,8 @@ def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
         batch_work.append((cpu * reads, reads * bpm))
     out_mpx = sum(p.out_grid.height * p.out_grid.width / 1e6
                   for p, m in zip(plan.pages, masked, strict=True) if m)
-    pyramid = levels if plan.spec.output_options.pyramid else 0.0
-    return MaskWork(unit_work, batch_work, out_mpx * bpm, out_mpx * bpm * pyramid,
-                    cpu * out_mpx * (1 + pyramid) if pyramid else 0.0)
+    return MaskWork(unit_work, batch_work, out_mpx * bpm, out_mpx * bpm * levels,
+                    cpu * out_mpx * (1 + levels) if levels else 0.0)
 
 
 def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
@@ -553,7 +553,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     geo = plan_geometry(plan)
     units, batches = item_work(plan)
     rounds = stats_rounds(plan)
-    fused = bool(getattr(plan, "fused", False))
+    fused = plan.fused
     single = single_task(plan)
     held = held_output(plan)  # a single task's segment in memory: the output uploaded
     info = plan.pages[0].info
@@ -682,7 +682,7 @@ def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
     def costs(page: Any, options: OutputOptions) -> JobCosts:
         return job_costs(cal, page.info.dtype, page.info.channels, page.out_channels,
                          options.compression, plan.spec.ops,
-                         bool(getattr(plan, "fused", False)), notes, where, page.out_dtype,
+                         plan.fused, notes, where, page.out_dtype,
                          bool(options.bilevel))
 
     c = costs(plan.pages[0], first)
