@@ -3,6 +3,7 @@ summary table at the end."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -169,12 +170,27 @@ COLUMNS = (("job", True), ("status", False), ("pages", True), ("megapixels", Tru
            ("seconds", True), ("output or error", False))
 
 
+def number_text(x: float, decimals: int, below: float | None = None, *,
+                trim: bool = False) -> str:
+    """``x`` with ``decimals`` decimals (thousands grouped), or, below ``below`` (default:
+    where those decimals would show fewer than two significant digits, ``10 ** (1 -
+    decimals)``), with two significant digits: as ``g`` writes them with ``trim`` (0.04,
+    1.2e-05, 0), else fixed (0.040, 0.0000012; at most 9 decimals; 0 with ``decimals``).
+    The one formatter of the summary's and the estimate's numbers: a small figure once
+    said "0" or "0.0" ("0.00" of a small job's storage, "0 Mpx" of a job of 0.26)."""
+    if abs(x) >= (10 ** (1 - decimals) if below is None else below):
+        return f"{x:,.{decimals}f}"
+    if trim:
+        return f"{x:.2g}"
+    if 0 < abs(x):  # (0 and NaN: with their decimals)
+        decimals = min(9, 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
 def megapixels_text(mpx: float) -> str:
     """Megapixels with the digits that show them: 1,234, 12.3, 0.26, 0.0041 (a page of 64 x
     64 pixels was "0.0" in the summary, a job of 0.26 "0 Mpx" in the estimate)."""
-    if mpx >= 100:
-        return f"{mpx:,.0f}"
-    return f"{mpx:.1f}" if mpx >= 1 else f"{mpx:.2g}"
+    return number_text(mpx, 0 if mpx >= 100 else 1, below=1, trim=True)
 
 
 def megapixels_cell(job: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.core.manifest import quoted
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.model import FUNCTION_OF
-from pipeline.ui import megapixels_text, scan_line
+from pipeline.ui import megapixels_text, number_text, scan_line
 
 
 def _money(x: float) -> str:
@@ -87,7 +87,7 @@ def format_text(result: dict[str, Any]) -> str:
     s3 = result["s3"]
     p(f"work files: {s3['work_objects']:,} objects, {_size(s3['work_bytes'])}, kept "
       f"{result['assumptions']['work_retention_days']['value']:g} days "
-      f"({_amount(s3['storage_gb_month'])} GB-months)")
+      f"({number_text(s3['storage_gb_month'], 2, below=1, trim=True)} GB-months)")
     p("")
     p("cost (USD):")
     for k, v in result["cost_usd"].items():
@@ -127,22 +127,9 @@ def _figures(seconds: float, gb_s: float, read: float, written: float) -> str:
     ``str.format``): seconds with a decimal, GB-s and MB whole, each with the two significant
     digits that show it when those would not (a small job's 0.43 MB read was "0", its 0.04
     Lambda s "0.0"), aligned under the header."""
-    return (f"{_figure(seconds, 1):>11s} {_figure(gb_s, 0):>12s} {{:10,.0f}} {{:10,.0f}} "
-            f"{_figure(read / 1e6, 0):>11s} {_figure(written / 1e6, 0):>11s}")
-
-
-def _figure(x: float, decimals: int) -> str:
-    """``x`` with ``decimals`` decimals, or with two significant digits when those would show
-    fewer (0.43 and 0.0012 with none; at most 9 decimals)."""
-    if 0 < abs(x) < 10 ** (1 - decimals):
-        decimals = min(9, 1 - math.floor(math.log10(abs(x))))
-    return f"{x:,.{decimals}f}"
-
-
-def _amount(x: float) -> str:
-    """A quantity with two decimals, or two significant digits below 1 ("0.00" of a small
-    job's storage said nothing)."""
-    return f"{x:,.2f}" if x >= 1 else f"{x:.2g}"
+    return (f"{number_text(seconds, 1):>11s} {number_text(gb_s, 0):>12s} {{:10,.0f}} "
+            f"{{:10,.0f}} {number_text(read / 1e6, 0):>11s} "
+            f"{number_text(written / 1e6, 0):>11s}")
 
 
 def _size(n: float) -> str:
