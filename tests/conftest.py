@@ -526,14 +526,15 @@ def cog_layout_problems(path: str | Path) -> list[str]:
     return problems
 
 
-def mixed_book(path: Path, text: Path) -> list[np.ndarray]:
+def mixed_book(path: Path, text: Path, plate: bool = True) -> list[np.ndarray]:
     """A scanned book as archives hold one: a 1-bit text page, the first page of ``text``
     (a real fax page: its strips copied as they are, CCITT G4 or other, its photometric
-    kept), then an 8-bit gray LZW page and an RGB plate (zstd); returns the pages' pixels
-    as tifffile reads them (the text page's: bool, True where its bit is 1)."""
+    kept), then an 8-bit gray LZW page and an RGB plate (zstd; not with ``plate`` false);
+    returns the pages' pixels as tifffile reads them (the text page's: bool, True where its
+    bit is 1)."""
     rng = np.random.default_rng(5)
     gray = (np.add.outer(np.arange(300), np.arange(260)) % 251).astype(np.uint8)
-    plate = rng.integers(0, 256, (200, 180, 3), np.uint8)
+    colour = rng.integers(0, 256, (200, 180, 3), np.uint8)
     with tifffile.TiffFile(text) as tf:
         page = tf.pages[0]
         strips = []
@@ -547,14 +548,15 @@ def mixed_book(path: Path, text: Path) -> list[np.ndarray]:
         tw.write(iter(strips), shape=bits.shape, dtype=bool, photometric=kind,
                  rowsperstrip=rows, compression=None if codec == 1 else "zlib")
         tw.write(gray, compression="lzw", photometric="minisblack")
-        tw.write(plate, compression="zstd", photometric="rgb")
+        if plate:
+            tw.write(colour, compression="zstd", photometric="rgb")
     if codec not in (1, 8):
         with tifffile.TiffFile(path, mode="r+b") as tf:
             tf.pages[0].tags["Compression"].overwrite(codec)
     with tifffile.TiffFile(path) as tf:
         assert int(tf.pages[0].compression) == codec and tf.pages[0].bitspersample == 1
         assert np.array_equal(tf.pages[0].asarray(), bits)
-    return [bits, gray, plate]
+    return [bits, gray, colour] if plate else [bits, gray]
 
 
 # --- the blurs of the valid samples alone (pages with no-data or a mask) -------------------

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from conftest import mixed_book
 from test_estimate import CAL, FAST_IO, _cli
 
 import pipeline
@@ -20,6 +21,8 @@ from pipeline.core.models import BILEVEL_COMPRESSIONS
 
 pytestmark = pytest.mark.timeout(180)
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+#: a real fax page (CCITT group4, 1-bit)
+FAX = Path(__file__).parent / "data" / "libtiff" / "testfax4.tiff"
 
 #: CAL with 1-bit measurements: round numbers, each codec its own
 BILEVEL = {"zstd": (0.001, 2e4), "deflate": (0.002, 3e4), "lzw": (0.004, 4e4),
@@ -171,3 +174,42 @@ def test_the_1bit_measurements_are_what_a_run_writes(tmp_path: Path,
             assert np.array_equal(np.where(tif.pages[0].asarray(), 0, 255), page)
         assert written == pytest.approx(entry["bytes_per_mpx"] * mpx, rel=1e-6), comp
     assert math.isclose(cal["encode"]["none"]["bilevel"]["bytes_per_mpx"], 1e6 / 8)
+
+
+def test_a_bilevel_auto_job_costs_each_page_by_its_own_kind(tmp_path: Path) -> None:
+    """``bilevel`` "auto" on a 1-bit CCITT group4 text page and an 8-bit gray photo page:
+    each page's process batches encode and write by its own kind (the text page by the
+    1-bit group4 measurements, the photo by zstd's 8-bit ones), as a job of that page
+    alone costs them; every batch was costed by the first page's kind (the photo's
+    segments at group4's 1-bit bytes), although the output's bytes were per page."""
+    mixed_book(tmp_path / "book.tif", FAX, plate=False)
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({
+        "defaults": {"fuse": False, "output_options": {"bilevel": "auto", "tile": 256}},
+        "jobs": [{"input": "book.tif", "output": f"{name}.tif", **pages}
+                 for name, pages in (("both", {}), ("text", {"pages": [0]}),
+                                     ("photo", {"pages": [1]}))]}))
+    planned = est.plan_manifest(str(m))
+    assert planned.problems == []
+    assert [page.one_bit for page in planned.plans[0].pages] == [True, False]
+    cal = _cal()
+    alone = [est.estimate([plan], cal, FAST_IO, input_bytes=[size])
+             for plan, size in zip(planned.plans, planned.sizes, strict=True)]
+    both, text, photo = ((r["steps"]["process"]["cpu_s"], r["steps"]["process"]["bytes_out"])
+                         for r in alone)
+    # each page by its kind: the text page's encode and bytes group4's 1-bit, the photo's
+    # zstd's of uint8 x 1 (work decode alike: no op)
+    mpx = [r["jobs"][0]["output_megapixels"] for r in alone[1:]]
+    zstd = CAL["encode"]["zstd"]["uint8x1"]
+    decode = CAL["work"]["uint8x1"]["decode_cpu_s_per_mpx"]
+    assert text[1] == pytest.approx(mpx[0] * BILEVEL["group4"][1])
+    assert photo[1] == pytest.approx(mpx[1] * zstd["bytes_per_mpx"])
+    assert photo[1] / mpx[1] != pytest.approx(text[1] / mpx[0])
+    haloed = [r["jobs"][0]["haloed_megapixels"] for r in alone[1:]]
+    factor = CAL["process"]["factor"]["uint8x1"]
+    assert text[0] == pytest.approx(
+        factor * (haloed[0] * decode + mpx[0] * BILEVEL["group4"][0]))
+    assert photo[0] == pytest.approx(
+        factor * (haloed[1] * decode + mpx[1] * zstd["cpu_s_per_mpx"]))
+    # ... and the job of both pages is the two together
+    assert both == pytest.approx((text[0] + photo[0], text[1] + photo[1]))

@@ -13,7 +13,7 @@ from pipeline.core.chain import page_placement
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.geometry import transposes
 from pipeline.core.levels import level_shapes, level_units, unit_level_count
-from pipeline.core.models import JobPlan, OutputOptions
+from pipeline.core.models import JobPlan
 from pipeline.core.ops import (
     chain_band_names,
     chain_bands,
@@ -36,7 +36,7 @@ from pipeline.estimate.assumptions import ASSUMPTIONS, EstimateError, assumption
 from pipeline.estimate.calibration import JobCosts, _by_kind, _kind, job_costs, mask_costs
 from pipeline.estimate.limits import READ_CHUNK, SEGMENT_PART, largest_job, merge_parts
 from pipeline.estimate.memory import MARGIN, Peak, job_peaks, lambda_threads
-from pipeline.estimate.plans import item_work, plan_geometry, stats_rounds
+from pipeline.estimate.plans import _output_shape, item_work, plan_geometry, stats_rounds
 from pipeline.estimate.schedule import simulate
 from pipeline.estimate.statemachine import (
     canny_tree_levels,
@@ -191,21 +191,23 @@ def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
                     cpu * out_mpx * (1 + levels) if levels else 0.0)
 
 
-def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
+def _unfused_phases(ledger: _Ledger, unit_costs: list[JobCosts], batch_costs: list[JobCosts],
+                    units: list[tuple[float, float, int]],
                     batches: list[tuple[float, float, int]], rounds: int, in_bpm: float,
                     report_s: float, masks: MaskWork | None = None
                     ) -> list[tuple[str, list[float]]]:
     """Split (every haloed tile to a work tile; a unit's mask tiles too), the statistics
-    rounds, process batches (``masks``: their pages' masks' work, :class:`MaskWork`)."""
+    rounds, process batches (``masks``: their pages' masks' work, :class:`MaskWork`); each
+    unit and batch by its page's costs (``unit_costs``, ``batch_costs``)."""
     a, add = ledger.a, ledger.add
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
-    split_threads = min(ledger.vcpus["split"], c.split_threads)
     unit_masks = masks.units if masks else [(0.0, 0.0, 0.0)] * len(units)
     batch_masks = masks.batches if masks else [(0.0, 0.0)] * len(batches)
     phases: list[tuple[str, list[float]]] = []
     durations = []
-    for (haloed, _out, tiles), (m_cpu, m_read, m_written) in zip(units, unit_masks,
-                                                                  strict=True):
+    for (haloed, _out, tiles), (m_cpu, m_read, m_written), c in zip(
+            units, unit_masks, unit_costs, strict=True):
+        split_threads = min(ledger.vcpus["split"], c.split_threads)
         cpu = haloed * c.split_cpu + m_cpu
         read = haloed * in_bpm + m_read
         written = haloed * c.work_bpm + m_written
@@ -216,7 +218,8 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
     phases.append(("split", durations))
     for _ in range(rounds):
         durations = []
-        for (haloed, _out, tiles), (m_cpu, m_read) in zip(batches, batch_masks, strict=True):
+        for (haloed, _out, tiles), (m_cpu, m_read), c in zip(batches, batch_masks,
+                                                             batch_costs, strict=True):
             cpu = c.factor * haloed * c.per_haloed + m_cpu
             read = haloed * c.work_bpm + m_read
             durations.append(add("stats", cpu / speed + read / mbps, cpu, get=1 + tiles,
@@ -225,7 +228,8 @@ def _unfused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float
         phases.append(("reduce_stats", [add("reduce_stats", report_s / speed,
                                             get=1 + len(batches), put=1, lst=1)]))
     durations = []
-    for (haloed, out, tiles), (m_cpu, m_read) in zip(batches, batch_masks, strict=True):
+    for (haloed, out, tiles), (m_cpu, m_read), c in zip(batches, batch_masks, batch_costs,
+                                                        strict=True):
         cpu = c.factor * (haloed * c.per_haloed + out * c.per_out) + m_cpu
         read, written = haloed * c.work_bpm + m_read, out * c.out_bpm
         durations.append(add("process", cpu / speed + (read + written) / mbps, cpu,
@@ -245,15 +249,16 @@ def _turned_unit_px(plan: JobPlan) -> float | None:
                      * plan.pages[u.page].grid.tile for u in plan.units))
 
 
-def _level_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
-                  levels: float) -> list[tuple[str, list[float]]]:
+def _level_phases(ledger: _Ledger, unit_costs: list[JobCosts],
+                  units: list[tuple[float, float, int]], levels: float
+                  ) -> list[tuple[str, list[float]]]:
     """A job that is not fused with a pyramid: one ``build_levels`` per split unit on the
     process function, reading its region's encoded base tiles back, decoding them (costed
     as encoding them: ``per_out``) and encoding its levels (``levels`` of its output Mpx:
-    the job's level pixels over its base pixels, about a third)."""
+    the job's level pixels over its base pixels, about a third), by its page's costs."""
     speed, mbps = ledger.a["lambda_core_speed"], ledger.a["s3_mb_per_s"] * 1e6
     durations = []
-    for _haloed, out, tiles in units:
+    for (_haloed, out, tiles), c in zip(units, unit_costs, strict=True):
         cpu = out * c.per_out * (1 + levels)
         read, written = out * c.out_bpm, out * c.out_bpm * levels
         durations.append(ledger.add("build_levels", cpu / speed + (read + written) / mbps,
@@ -263,7 +268,8 @@ def _level_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
     return [("build_levels", durations)]
 
 
-def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, int]],
+def _fused_phases(ledger: _Ledger, unit_costs: list[JobCosts],
+                  units: list[tuple[float, float, int]],
                   in_bpm: float, step: str = "process_unit", held: bool = False,
                   masks: MaskWork | None = None) -> list[tuple[str, list[float]]]:
     """One ``process_unit`` per unit on the process function: the input read as split reads
@@ -271,14 +277,15 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
     ``step``: ``process_job`` for a job run whole by one task (one invocation, its units'
     times added; its merge is added to it);
     ``held``: its segment stays in memory (nothing written here: the output upload is the
-    merge's); ``masks``: their pages' masks' work (:class:`MaskWork`), after the sweep."""
+    merge's); ``masks``: their pages' masks' work (:class:`MaskWork`), after the sweep;
+    each unit by its page's costs (``unit_costs``)."""
     a = ledger.a
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     threads = max(1.0, ledger.vcpus["process"])
     unit_masks = masks.units if masks else [(0.0, 0.0, 0.0)] * len(units)
     durations = []
-    for k, ((haloed, out, tiles), (m_cpu, m_read, m_written)) in enumerate(
-            zip(units, unit_masks, strict=True)):
+    for k, ((haloed, out, tiles), (m_cpu, m_read, m_written), c) in enumerate(
+            zip(units, unit_masks, unit_costs, strict=True)):
         read_cpu = c.unit_factor * haloed * c.unit_read
         cpu = read_cpu + c.unit_factor * (haloed * c.ops + out * c.per_out)
         read, written = haloed * in_bpm, out * c.out_bpm
@@ -299,18 +306,22 @@ def _fused_phases(ledger: _Ledger, c: JobCosts, units: list[tuple[float, float, 
     return [(step, durations)]
 
 
-def output_bytes(plan: JobPlan, out_bpm: dict[bool, float]) -> tuple[float, float]:
+def output_bytes(plan: JobPlan, out_bpm: dict[bool, float], one_bit: bool | None = None
+                 ) -> tuple[float, float]:
     """The output's bytes: its base pages', and its pyramid levels' (0 without a pyramid;
     each level halved, rounding up, down to the first that fits one output tile:
     :func:`~pipeline.core.levels.level_shapes`). Compressed, ``out_bpm`` bytes per
     megapixel of each (by whether the page is 1-bit: ``bilevel`` "auto" writes some pages
     1-bit and others not, each in its codec); uncompressed (``none``), every output tile
     whole: a tile at an edge is stored padded to the tile's size (a page written as one
-    strip, ``PagePlan.strip``, is its pixels, with no levels)."""
+    strip, ``PagePlan.strip``, is its pixels, with no levels). ``one_bit``: of the pages
+    written 1-bit (True) or not (False) only."""
     opts = plan.spec.output_options
     t = opts.tile
     base = levels = 0.0
     for page, one in zip(plan.pages, one_bit_pages(plan), strict=True):
+        if one_bit is not None and one != one_bit:
+            continue
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
         pixel = _pixel_bytes(plan, page)
@@ -559,8 +570,11 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     info = plan.pages[0].info
     dtype, ch = info.dtype, info.channels
     comp = plan.spec.output_options.compression
-    c, base_bytes, level_bytes = _plan_costs(plan, cal, notes, f"jobs[{i}] ({plan.spec.input})",
-                                             geo["output_mpx"])
+    page_costs, base_bytes, level_bytes = _plan_costs(plan, cal, notes,
+                                                      f"jobs[{i}] ({plan.spec.input})")
+    c = page_costs[0]  # (what is not the output's: alike on every page)
+    unit_costs = [page_costs[u.page] for u in plan.units]
+    batch_costs = [page_costs[b.page] for b in plan.batches]
     if input_size:
         in_bpm = float(input_size) / max(geo["core_mpx"], 1e-9)
     elif cal.get("input_bytes_per_mpx"):  # no file: as compressed as the bench's input
@@ -582,14 +596,16 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         ("plan_job", [ledger.add("plan_job", _call_s(cal, "plan_job") / speed,
                                  get=3 + len(plan.pages) // 8 + 1, put=2)])]
     if single:  # one ProcessJob: the unit, then the merge below, in one invocation
-        phases += _fused_phases(ledger, c, units, in_bpm, "process_job", held, masks)
+        phases += _fused_phases(ledger, unit_costs, units, in_bpm, "process_job", held,
+                                masks)
     elif fused:
-        phases += _fused_phases(ledger, c, units, in_bpm, masks=masks)
+        phases += _fused_phases(ledger, unit_costs, units, in_bpm, masks=masks)
     else:
-        phases += _unfused_phases(ledger, c, units, batches, rounds, in_bpm,
-                                  _call_s(cal, "report"), masks)
+        phases += _unfused_phases(ledger, unit_costs, batch_costs, units, batches, rounds,
+                                  in_bpm, _call_s(cal, "report"), masks)
         if level_units(plan):
-            phases += _level_phases(ledger, c, units, level_bytes / max(base_bytes, 1e-9))
+            phases += _level_phases(ledger, unit_costs, units,
+                                    level_bytes / max(base_bytes, 1e-9))
     merge_cal = cal["merge"]
     parts, segments = merge_parts(plan, base_bytes)
     largest = largest_job(
@@ -666,36 +682,44 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
 def local_peaks(plan: JobPlan, cal: dict[str, Any], threads: int) -> dict[str, Peak]:
     """The memory model's peaks of a job run on this machine (local work files and output,
     ``threads`` tile threads), for the benchmark and tests that measure a local run."""
-    c, base_bytes, _ = _plan_costs(plan, cal, set(), f"jobs[{plan.job}]",
-                                   plan_geometry(plan)["output_mpx"])
+    page_costs, base_bytes, _ = _plan_costs(plan, cal, set(), f"jobs[{plan.job}]")
+    c = page_costs[0]
     return job_peaks(plan, dict.fromkeys(FUNCTIONS, threads), c.out_bpm, c.work_bpm,
                      base_bytes if held_output(plan) else None, 0, s3=False)
 
 
-def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
-                output_mpx: float) -> tuple[JobCosts, float, float]:
-    """A job's per-megapixel costs (:func:`job_costs`; ``where`` names it) and its output's
-    base and pyramid level bytes. Uncompressed, its output bytes per megapixel are those the
-    segments hold (``output_mpx``: the output's megapixels; edge tiles padded: whole tiles)."""
-    first = page_options(plan.spec, plan.pages[0])
+def _plan_costs(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str
+                ) -> tuple[list[JobCosts], float, float]:
+    """Each page's per-megapixel costs (:func:`job_costs` of the job's first page; ``where``
+    names the job) and the output's base and pyramid level bytes. With ``bilevel`` "auto"
+    a page of the other kind than the first (1-bit or not) encodes and writes by its own
+    codec: its output bytes and encode CPU are those of the first page of its kind.
+    Uncompressed, a kind's output bytes per megapixel are those its pages' segments hold
+    (edge tiles padded: whole tiles)."""
 
-    def costs(page: Any, options: OutputOptions) -> JobCosts:
+    def costs(page: Any) -> JobCosts:
+        options = page_options(plan.spec, page)
         return job_costs(cal, page.info.dtype, page.info.channels, page.out_channels,
-                         options.compression, plan.spec.ops,
-                         plan.fused, notes, where, page.out_dtype,
-                         bool(options.bilevel))
+                         options.compression, plan.spec.ops, plan.fused, notes, where,
+                         page.out_dtype, bool(options.bilevel))
 
-    c = costs(plan.pages[0], first)
-    out_bpm = {bool(first.bilevel): c.out_bpm}
-    # bilevel "auto": the pages of the other kind (1-bit or not) by their own codec's bytes
-    other = next((p for p, one in zip(plan.pages, one_bit_pages(plan), strict=True)
-                  if one != bool(first.bilevel)), None)
+    first = plan.pages[0]
+    c = costs(first)
+    kinds = {first.one_bit: c}
+    # bilevel "auto": the pages of the other kind by their own codec's bytes and encode
+    other = next((p for p in plan.pages if p.one_bit != first.one_bit), None)
     if other is not None:
-        out_bpm[not first.bilevel] = costs(other, page_options(plan.spec, other)).out_bpm
+        theirs = costs(other)
+        kinds[other.one_bit] = replace(c, out_bpm=theirs.out_bpm, per_out=theirs.per_out)
+    out_bpm = {one: k.out_bpm for one, k in kinds.items()}
     base_bytes, level_bytes = output_bytes(plan, out_bpm)
-    if first.compression == "none" and output_mpx:
-        c = replace(c, out_bpm=base_bytes / output_mpx)
-    return c, base_bytes, level_bytes
+    for one, kind in list(kinds.items()):
+        pages = [p for p in plan.pages if p.one_bit == one]
+        mpx = sum(h * w / 1e6 for h, w in map(_output_shape, pages))
+        if page_options(plan.spec, pages[0]).compression == "none" and mpx:
+            base = base_bytes if other is None else output_bytes(plan, out_bpm, one)[0]
+            kinds[one] = replace(kind, out_bpm=base / mpx)
+    return [kinds[p.one_bit] for p in plan.pages], base_bytes, level_bytes
 
 
 def _cold_starts(ledger: _Ledger, imports: dict[str, float], concurrency: int) -> None:
