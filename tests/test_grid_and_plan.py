@@ -499,14 +499,48 @@ def test_levels_as_pages_of_an_aperio_slide_are_refused_while_it_stays_one():
     assert problems([], dataclasses.replace(slide, metadata={}), **pages) == []
 
 
+def test_the_pages_advised_beside_an_aperio_slide_are_none_of_its_pages(tmp_path):
+    """A job of level pages ("pyramid_layout": "pages") on a file whose pages 0 and 1 are
+    an Aperio slide (its base and a level of it, tiled, each with its Aperio description)
+    and page 2 a plain page: both slide pages are refused, and the pages the refusal
+    advises to keep are those that would run, page 2 alone. (Told of page 0 only, it
+    advised "pages": [1, 2], and page 1, the slide's level, is refused the same.)"""
+    from pipeline.core.models import OutputOptions
+    from pipeline.steps.planning import read_plan
+
+    head = "Aperio Image Library v12.0.0\r\n"
+    base = np.indices((256, 384)).sum(0).astype(np.uint8)[..., None].repeat(3, axis=2)
+    path = tmp_path / "slide.svs"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, photometric="rgb", tile=(128, 128), metadata=None,
+                 description=head + "384x256 [0,0 384x256] (128x128) RAW|MPP = 0.5")
+        tw.write(base[::2, ::2].copy(), photometric="rgb", tile=(64, 64), metadata=None,
+                 description=head + "384x256 -> 192x128 - ")
+        tw.write(base[:64, :96, 0].copy(), tile=(32, 32), metadata=None)
+
+    def problems(pages=None):
+        spec = JobSpec(input=str(path), output=str(tmp_path / "out.tif"), pages=pages,
+                       ops=[{"op": "gaussian_blur", "sigma": 1}],
+                       output_options=OutputOptions(pyramid=True, pyramid_layout="pages"))
+        return plan_mod.grouped_by_page(read_plan(0, spec, str(tmp_path / "work"), 0.0)[1])
+
+    refused = problems()
+    assert len(refused) == 2, refused
+    assert refused[0].startswith("pages 0-1 (2 pages): an Aperio SVS slide's levels")
+    assert refused[1] == ('page 2 has none of these problems: give this job "pages": [2] to '
+                          "run it, and pages 0-1 a job of their own with ops and output "
+                          "options that fit them")
+    assert problems([2]) == []  # (the advice runs)
+
+
 def test_levels_as_pages_of_an_output_of_several_pages_are_refused():
     """GDAL lists the later pages' level pages (``pyramid_layout`` "pages") among the first
     page's overviews (800 x 600 and 500 x 400 pages, 3 levels each: [2, 4, 8, 3, 6]), and
     OpenSlide takes them for levels of one slide: make_plan refuses a job of several pages
     that asks for them, once, telling how many pages and what to write instead (a job per
     page, or SubIFDs); a job of one page of the file, SubIFD levels, and no pyramid stay
-    allowed, and an Aperio slide's refusal is told alone (a job per page of it is refused
-    too)."""
+    allowed, and an Aperio slide's refusal is told alone, once for its pages (a job per
+    page of it is refused too)."""
     two = [info(0, 800, 600, 3), info(3, 500, 400, 3)]
     pages = {"pyramid": True, "pyramid_layout": "pages"}
 
@@ -521,7 +555,9 @@ def test_levels_as_pages_of_an_output_of_several_pages_are_refused():
     assert problems(two[1:], **pages) == []
     assert problems(two, pyramid=True) == problems(two) == []
     slides = [dataclasses.replace(i, metadata={"aperio": True}) for i in two]
-    assert [p[:29] for p in problems(slides, **pages)] == ["page 0: an Aperio SVS slide's"]
+    # (of each page of the slide: told once for them all)
+    assert [p[:43] for p in plan_mod.grouped_by_page(problems(slides, False, **pages))] == [
+        "pages 0, 3 (2 pages): an Aperio SVS slide's"]
 
 
 def test_a_first_page_without_mask_before_a_masked_page_gdal_would_pair_is_refused():

@@ -250,8 +250,8 @@ def test_an_svs_outputs_pages_are_the_inputs_blurred_in_its_layout(svs):
 def test_level_pages_of_an_svs_output_are_refused_naming_the_slide(svs, tmp_path):
     """Level pages (``"pyramid_layout": "pages"``) added to a slide whose output stays the
     Aperio slide were taken by OpenSlide for more levels of it (5 levels, two 500 x 375,
-    the thumbnail lost): PlanJob fails that job, naming the file and page and what to write
-    instead, before anything is written; a job beside it runs."""
+    the thumbnail lost): PlanJob fails that job, naming the file and the slide's pages and
+    what to write instead, before anything is written; a job beside it runs."""
     options = {"pyramid": True, "pyramid_layout": "pages", "compression": "zstd"}
     result = pipeline.run({"jobs": [
         {"input": str(svs["input"]), "output": "refused.tif", "output_options": options},
@@ -261,7 +261,9 @@ def test_level_pages_of_an_svs_output_are_refused_naming_the_slide(svs, tmp_path
     refused, levels = result.jobs
     assert (refused["status"], levels["status"]) == ("FAILED", "SUCCEEDED"), result.jobs
     message = refused["error"]["message"]
-    assert str(svs["input"]) in message and "page 0: an Aperio SVS slide" in message
+    # (every page of the slide: its thumbnail, levels, label and macro image too)
+    assert str(svs["input"]) in message and "pages 0-5 (6 pages): an Aperio SVS slide" \
+        in message
     assert '"pyramid_layout": "subifds"' in message
     assert not (tmp_path / "refused.tif").exists() and (tmp_path / "levels.tif").exists()
     assert _slide(tmp_path / "levels.tif") == _slide(svs["input"])

@@ -513,7 +513,9 @@ def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo
       would read page 1's pixels), and OpenSlide's generic reader takes them for levels of
       one slide.
 
-    A job of one page (``pages`` picks it) and SubIFD levels stay allowed."""
+    A job of one page (``pages`` picks it) and SubIFD levels stay allowed. The Aperio
+    problem is of every page of the slide (told once, "pages 0-1 (2 pages): ...":
+    :func:`grouped_by_page`), so that :func:`pages_that_fit` names none of them."""
     options = spec.output_options
     if not options.pyramid or options.pyramid_layout != "pages":
         return []
@@ -523,7 +525,7 @@ def level_page_problems(spec: JobSpec, layout: ChainLayout, infos: list[PageInfo
         '"pyramid_layout": "pages" for more levels of it; drop "pyramid" (the slide\'s own '
         'levels are processed as its pages), or write them as SubIFDs ("pyramid_layout": '
         '"subifds", which OpenSlide does not read)')
-        for info in infos if stays_aperio(info, layout)][:1]
+        for info in infos if stays_aperio(info, layout)]
     if aperio or len(infos) < 2:  # (a job per page of a slide would be refused the same)
         return aperio
     pages = _ranges([info.index for info in infos])
