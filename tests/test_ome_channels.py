@@ -11,8 +11,10 @@ tifffile.xml2dict, their PageName tags with tifffile."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,11 @@ import pytest
 import tifffile
 
 from pipeline import cli
+from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_read import page_info, read_infos
+from pipeline.steps import layout
+from pipeline.steps import merge as merge_mod
+from pipeline.steps.common import forget_plans, load_plan
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -163,11 +169,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["run", str(manifest), "--workers", "2", "--quiet",
-                         "--no-contact-sheet"])
+                         "--no-contact-sheet", "--work", str(root / "work"), "--keep-work"])
     assert (root / "m.report.json").exists(), err.getvalue()
     report = json.loads((root / "m.report.json").read_text())
     assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
-    return {name: job["output"] for name, job in zip(JOBS, report["jobs"], strict=True)}
+    return {"work": str(root / "work"),
+            **{name: job["output"] for name, job in zip(JOBS, report["jobs"], strict=True)}}
 
 
 def ome_images(path: str) -> list[dict[str, Any]]:
@@ -325,6 +332,51 @@ def test_a_damaged_ome_xml_still_runs_without_names(run):
     (image,) = ome_images(run["damaged_ome"])
     assert image["Name"] == "page 0" and "Name" not in image["Pixels"]["Channel"]
     assert page_names(run["damaged_plain"]) == [None]
+
+
+#: the sha256 of each stack output's OME-XML (its UUIDs blanked), as merge wrote it before it
+#: made each page's tags once (read by tifffile): merge's OME-XML stays byte for byte
+OME_XML_SHA256 = {
+    "multi_ome":
+        "946d92112f05ad44896c068fd8f2ad5c76ebeb37ba6739647949922d656684de",
+    "tczyx_ome":
+        "6aef5c06db30138be7a2e4e4b6d3be6f8bf230458e8af260335bf8b1135c8fce",
+    "tczyx_reversed":
+        "54b95243d8fdf1964cf5622070c8dbe06b3f78f6b7ed847ffd99b98a32fe0f04",
+    "tczyx_cropped":
+        "f4abdbf11205ea16b4c11123969a98acffaec7dece40cb7b8f5bd8e1d02a1305",
+}
+_UUID = re.compile(r"urn:uuid:[0-9a-f-]{36}")
+
+
+def _ome_xml_sha256(path: str) -> str:
+    with tifffile.TiffFile(path) as tf:
+        return hashlib.sha256(_UUID.sub("uuid", tf.pages.first.description).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("name", list(OME_XML_SHA256))
+def test_the_ome_xml_of_a_stack_output_is_as_merge_wrote_it_before(run, name):
+    assert _ome_xml_sha256(run[name]) == OME_XML_SHA256[name]
+
+
+@pytest.mark.parametrize("name", ["multi_ome", "tczyx_ome"])
+def test_merge_makes_each_pages_tags_once(run, name, monkeypatch, tmp_path):
+    """Merge makes each output page's tags once (for its IFD), and the OME-XML of its
+    stacks (``ome_xml``) takes their OME metadata from them: it made them again, every
+    page's and a Channel's a plane. The file is the one the run published."""
+    forget_plans()
+    plan = load_plan(layout.plan_file(layout.job_dir(run["work"], list(JOBS).index(name))))
+    assert merge_mod.ome_stacks(plan)
+    made = []
+    page_tags = merge_mod._page_tags
+    monkeypatch.setattr(merge_mod, "_page_tags",
+                        lambda plan, page: made.append(page.info.index) or page_tags(plan, page))
+    out = tmp_path / "again.tif"
+    compose(merge_mod.output_pieces(plan), str(out))
+    assert sorted(made) == sorted(page.info.index for page in plan.pages)
+    assert _ome_xml_sha256(str(out)) == OME_XML_SHA256[name]
+    blank = re.compile(rb"urn:uuid:[0-9a-f-]{36}")
+    assert blank.sub(b"", out.read_bytes()) == blank.sub(b"", Path(run[name]).read_bytes())
 
 
 # --- reading, without the engine ------------------------------------------------------

@@ -203,13 +203,17 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     reorder: dict[tuple[int, int], TileTable] = {}
     budget = tiff_layout.ROW_MAJOR_READ_THROUGH
     cog = plan.spec.output_options.cog  # (its tiles stay row-major: never reordered)
+    ome = plan.spec.output_options.ome
     # each page's IFDs (its own, its levels', masks'), in file order: whether a mask
     masks: list[list[bool]] = []
+    metas: list[dict[str, Any]] = []  # (OME) each page's Image metadata, for ome_xml
     try:
-        with tifffile.TiffWriter(recorder, bigtiff=big,
-                                 ome=plan.spec.output_options.ome) as writer:
+        with tifffile.TiffWriter(recorder, bigtiff=big, ome=ome) as writer:
             for i, page in enumerate(plan.pages):
-                written = _write_page(writer, plan, i, page)
+                tags = _page_tags(plan, page)
+                if ome:
+                    metas.append(tags["metadata"])
+                written = _write_page(writer, plan, i, page, tags)
                 masks.append([is_mask for _, is_mask in written])
                 for j, (table, _) in enumerate(written):
                     runs = table.run_sizes()
@@ -222,10 +226,10 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
                         reorder[i, j] = table
                     else:
                         budget -= short
-            if plan.spec.output_options.ome and (stacks := ome_stacks(plan)):
+            if ome and (stacks := ome_stacks(plan)):
                 # (before close, which would write tifffile's Image a page; UTF-8, as close
                 # does: "µm")
-                xml = ome_xml(plan, stacks).encode()
+                xml = ome_xml(plan, stacks, metas).encode()
                 writer.overwrite_description(xml)  # type: ignore[arg-type]
     except (LayoutOverflow, ValueError) as exc:
         # (tifffile's own check of a classic file's IFDs: "data too large for non-BigTIFF")
@@ -320,8 +324,8 @@ def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
                                                                   strict=True)])
 
 
-def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
-                page: PagePlan) -> list[tuple[TileTable, bool]]:
+def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: PagePlan,
+                tags: dict[str, Any] | None = None) -> list[tuple[TileTable, bool]]:
     """Write one output page (placeholder tiles); with a pyramid, its levels: SubIFDs of
     the page, or (``pyramid_layout`` "pages") pages of the main chain right after it, each
     marked reduced-resolution (NewSubfileType 1) either way, tiled and compressed as the
@@ -330,6 +334,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     reduced mask (NewSubfileType 5), as GDAL lays a COG's out: right after the level page,
     or (SubIFD levels) after the page's mask, in the main chain, where GDAL reads a mask of
     a SubIFD overview too (it matches each to the overview of its size).
+    ``tags``: the page's :func:`_page_tags`, if the caller made them already.
     Returns the tile tables of the page, of its levels and masks in file order, each with
     whether it is a mask."""
     options = page_options(plan.spec, page)  # (bilevel "auto": the page's own kind)
@@ -337,7 +342,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int,
     encoder = OutputEncoder(options, page.out_dtype, channels)
     height, width = page.out_grid.height, page.out_grid.width
     shape = (height, width) + ((channels,) if channels > 1 else ())
-    tags = _page_tags(plan, page)
+    tags = _page_tags(plan, page) if tags is None else tags
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
     common = {"dtype": page.out_dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
@@ -441,13 +446,14 @@ def ome_stacks(plan: JobPlan) -> dict[int, int]:
     return runs
 
 
-def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
+def ome_xml(plan: JobPlan, runs: dict[int, int], metas: list[dict[str, Any]]) -> str:
     """The OME-XML of an OME output whose pages ``runs`` (:func:`ome_stacks`) are the planes
     of multi-plane Images: tifffile's OME writer's, each other page an Image of its own as
     tifffile writes it, each run one Image of its input's axes, named after the input
     Image, with a Channel for each of its channels (the Channel of its plane at Z = T = 0,
     while the chain keeps it: ``_ome_tags``), its Z and time steps and its Planes'
-    attributes (:func:`_stack_pixels`)."""
+    attributes (:func:`_stack_pixels`). ``metas``: each page's OME metadata, as
+    :func:`_page_tags` made it for the page's IFD (``"metadata"``)."""
     omexml = tifffile.OmeXml()
     ones = one_bit_pages(plan)  # (1-bit pages: tifffile's bool, Type "bit")
     i = 0
@@ -455,7 +461,7 @@ def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
         page, n = plan.pages[i], runs.get(i, 1)
         h, w, s = page.out_grid.height, page.out_grid.width, page.out_channels
         dtype = bool if ones[i] else page.out_dtype
-        meta = dict(_page_tags(plan, page)["metadata"])
+        meta = dict(metas[i])
         samples = ((s,), "S") if s > 1 else ((), "")
         if n == 1:
             omexml.addimage(dtype, (h, w) + samples[0], (1, 1, 1, h, w, s), **meta)
@@ -467,8 +473,8 @@ def ome_xml(plan: JobPlan, runs: dict[int, int]) -> str:
                 if axis == "C":
                     break
                 stride *= size
-            channels = [_page_tags(plan, plan.pages[i + c * stride])["metadata"].get("Channel")
-                        or {} for c in range(sizes[axes.index("C")])]
+            channels = [metas[i + c * stride].get("Channel") or {}
+                        for c in range(sizes[axes.index("C")])]
             meta.update(Name=stack["title"] or meta["Name"], Channel=channels,
                         **_stack_pixels(plan, plan.pages[i:i + n]))
             omexml.addimage(dtype, tuple(sizes) + (h, w) + samples[0],
