@@ -125,6 +125,22 @@ def test_a_cogs_tiles_stay_row_major_where_a_page_would_go_by_segment(run, monke
             assert out.read_bytes() == _out(run, name).read_bytes()
 
 
+@pytest.mark.parametrize("name", ["nodata_cog", "masked_cog"])
+def test_merge_walks_a_cogs_ifds_once(run, name, monkeypatch, tmp_path):
+    """Merge walks the IFD chain once, for its patches (a mask's BitsPerSample, the
+    resolution dropped) and the COG's order alike (it walked it again for the order): the
+    file is the one the run published."""
+    walks = []
+    image_ifds = merge_mod.image_ifds
+    monkeypatch.setattr(merge_mod, "image_ifds",
+                        lambda *args: walks.append(args) or image_ifds(*args))
+    out = tmp_path / f"{name}.tif"
+    compose(merge_mod.output_pieces(_plan(run["work"], list(JOBS).index(name))), str(out))
+    assert len(walks) == 1
+    assert out.read_bytes() == _out(run, name).read_bytes()
+    assert cog_layout_problems(out) == []
+
+
 def test_gdal_reads_the_cog_georeferenced_with_its_overviews_and_mask(run):
     """rasterio (GDAL) reads the COGs' georeferencing, no-data, pixels, overviews and mask as
     the inputs', and finds their IFDs and first tiles where the validator wants them (the

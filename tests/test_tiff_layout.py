@@ -309,3 +309,30 @@ def test_ifds_before_data_refuses_an_ifd_that_points_at_others():
                  compression="zlib")
     with pytest.raises(ValueError, match="the IFD at 8 points at other IFDs"):
         ifds_before_data(recorder, [8])
+
+
+def test_image_ifds_groups_the_chain_into_each_pages_ifds():
+    """``sizes`` groups the main chain's IFDs (each with its SubIFDs) into the output pages
+    that wrote them, in file order: a page with two SubIFD levels and its mask after them,
+    a plain page, a page with a level as a page of the chain after it, over many pages."""
+    img = np.zeros((64, 64), np.uint8)
+    recorder = LayoutRecorder()
+    sizes = []
+    with tifffile.TiffWriter(recorder) as tw:
+        for _ in range(40):  # (enough pages that the grouping's walk is across many)
+            tw.write(img, tile=(16, 16), subifds=2, metadata=None)
+            tw.write(img[::2, ::2], tile=(16, 16), subfiletype=1, metadata=None)
+            tw.write(img[::4, ::4], tile=(16, 16), subfiletype=1, metadata=None)
+            tw.write(img, tile=(16, 16), metadata=None)  # its mask (marks tell nothing)
+            tw.write(img, tile=(16, 16), metadata=None)
+            tw.write(img, tile=(16, 16), metadata=None)
+            tw.write(img[::2, ::2], tile=(16, 16), subfiletype=1, metadata=None)
+            sizes += [4, 1, 2]
+    with tifffile.TiffFile(io.BytesIO(b"".join(p.data for p in recorder.pieces()))) as tf:
+        chain = [[page.offset, *page.subifds] if page.subifds else [page.offset]
+                 for page in tf.pages]
+    expected = []
+    for k in range(0, len(chain), 5):  # (a page and its mask; a page; a page and its level)
+        expected += [chain[k] + chain[k + 1], chain[k + 2], chain[k + 3] + chain[k + 4]]
+    assert len(chain) == 200 and len(chain[0]) == 3
+    assert image_ifds(recorder, sizes) == expected

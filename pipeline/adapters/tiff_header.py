@@ -206,10 +206,12 @@ def image_ifds(recorder: LayoutRecorder, sizes: list[int] | None = None) -> list
     if sizes is None:
         return chain
     pages: list[list[int]] = []
+    at = 0  # the next main-chain IFD (an index: popping the list's head made this O(n^2))
     for size in sizes:
         page: list[int] = []
-        while len(page) < size and chain:
-            page += chain.pop(0)
+        while len(page) < size and at < len(chain):
+            page += chain[at]
+            at += 1
         pages.append(page)
     return pages
 

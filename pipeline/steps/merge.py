@@ -239,8 +239,12 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     unresolved = [not _has_resolution(page) for page in plan.pages]
     # (bilevel "auto": each page 1-bit or not, group4 or not, by itself)
     ones, group4 = one_bit_pages(plan), _group4_pages(plan)
-    if reorder or any(unresolved) or any(ones) or any(map(any, masks)):
-        ifds = image_ifds(recorder, [len(page_masks) for page_masks in masks])
+    patched = bool(reorder) or any(unresolved) or any(ones) or any(map(any, masks))
+    # each page's IFDs, walked once for the patches and a COG's order alike (a patch moves
+    # no IFD: each stays where the walk found it)
+    ifds = image_ifds(recorder, [len(page_masks) for page_masks in masks]) \
+        if patched or cog else []
+    if patched:
         each = [(i, ifd, mask) for i, (page_ifds, page_masks) in enumerate(zip(ifds, masks))
                 for ifd, mask in zip(page_ifds, page_masks, strict=True)]
         # every 1-bit page (a bilevel output's, a mask) states its BitsPerSample, in the
@@ -258,8 +262,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
             if group4[i] and not mask:  # (laid out as deflate: see writer_kwargs; a mask page
                 set_compression(recorder, ifd, GROUP4)  # stays deflate)
     if cog:  # (one page: more are refused levels as pages, ``level_page_problems``)
-        every = [ifd for page_ifds in image_ifds(recorder, [len(m) for m in masks])
-                 for ifd in page_ifds]
+        every = [ifd for page_ifds in ifds for ifd in page_ifds]
         return ifds_before_data(recorder, cog_data_order(every, [m for page_masks in masks
                                                                  for m in page_masks]))
     return recorder.pieces()
