@@ -285,7 +285,8 @@ def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
             print(line)
     for line in input_check.failures(parsed, checks):
         print(line, file=sys.stderr)
-    for line in input_check.misplaced_inputs(args.manifest, parsed):
+    missing = [i for i, check in enumerate(checks) if check.error == "InputNotFoundError"]
+    for line in input_check.misplaced_inputs(args.manifest, parsed, missing):
         print(line, file=sys.stderr)
     return EXIT_USAGE if any(c.error for c in checks) else EXIT_OK
 
@@ -392,11 +393,10 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     if args.quiet and result.report is not None:  # failed jobs are errors: said even so
         for line in failed_lines(result.report, result.report_url, FAILED_LINES):
             print(line, file=sys.stderr)
-    if result.report is not None and any(
-            (job.get("error") or {}).get("type") == "InputNotFoundError"
-            for job in result.report["jobs"]):
-        for line in misplaced_inputs(args.manifest, jobs):
-            print(line, file=sys.stderr)
+    missing = [job["job"] for job in (result.report or {}).get("jobs", [])
+               if (job.get("error") or {}).get("type") == "InputNotFoundError"]
+    for line in misplaced_inputs(args.manifest, jobs, missing) if missing else []:
+        print(line, file=sys.stderr)
     if_exists = [j.if_exists for j in jobs] if isinstance(jobs, list) else []
     hint = rerun_hint(result.report, if_exists) if result.report is not None else None
     if hint:

@@ -9,7 +9,7 @@ progress bar on a terminal for long lists."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TextIO, TypeVar
 
@@ -198,19 +198,23 @@ def _label(parsed: list[JobSpec] | ScanSpec, i: int, check: JobCheck,
     return f"jobs[{i}] ({files})" if short else f"jobs[{i}] {files}"
 
 
-def misplaced_inputs(manifest: str, parsed: list[JobSpec] | ScanSpec,
+def misplaced_inputs(manifest: str, parsed: list[JobSpec] | ScanSpec, missing: Iterable[int],
                      cwd: str | None = None) -> Iterator[str]:
     """A line for each job (the first MISPLACED_SHOWN, then how many more) whose local input
     is not where its relative path leads from the manifest's folder but is where it leads
     from the current one: the manifest was written as if its paths started where the user
-    stands. What ``run`` and ``validate --inputs`` say after the job's InputNotFoundError."""
+    stands. What ``run`` and ``validate --inputs`` say after the job's InputNotFoundError.
+    ``missing``: the jobs (their indexes) whose input was not found (InputNotFoundError):
+    only theirs are looked for, and only in the current folder (the run, or the check, has
+    found them missing from the manifest's)."""
     cwd = os.path.abspath(cwd or os.getcwd())
     base = os.path.dirname(os.path.abspath(manifest))
     if is_s3(manifest) or isinstance(parsed, ScanSpec) or base == cwd:
         return
     found = []
-    for i, spec in enumerate(parsed):
-        if is_s3(spec.input) or os.path.lexists(spec.input):
+    for i in sorted(set(missing)):
+        spec = parsed[i]
+        if is_s3(spec.input):
             continue
         written = os.path.relpath(spec.input, base)
         if os.path.isfile(os.path.join(cwd, written)):

@@ -113,6 +113,25 @@ def test_a_relative_input_found_in_the_current_folder_is_told(
     assert "current folder" not in capsys.readouterr().err
 
 
+def test_only_the_jobs_whose_input_was_not_found_are_looked_for(tmp_path: Path):
+    """The hint looks for the inputs of the jobs the run or the check found missing (their
+    indexes), in the current folder alone: not every job's input again. Both jobs' inputs
+    are in the current folder, not the manifest's; only job 1 is said missing."""
+    scans, manifests = tmp_path / "scans", tmp_path / "manifests"
+    scans.mkdir()
+    manifests.mkdir()
+    for name in ("a.tif", "b.tif"):
+        write_sample(str(scans / name), [SamplePage(32, 24, 1)])
+    manifest = manifests / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out/a.tif"},
+                                             {"input": "b.tif", "output": "out/b.tif"}]}))
+    parsed = read_manifest(str(manifest))
+    said = list(input_check.misplaced_inputs(str(manifest), parsed, [1], cwd=str(scans)))
+    assert len(said) == 1 and said[0].startswith('tiffpipe: jobs[1].input "b.tif" is in the '
+                                                 f"current folder ({scans})"), said
+    assert list(input_check.misplaced_inputs(str(manifest), parsed, [], cwd=str(scans))) == []
+
+
 def test_every_problem_of_every_job_is_printed_and_the_exit_is_2(
         tmp_path: Path, capsys: pytest.CaptureFixture):
     manifest = _manifest(tmp_path, _jobs(tmp_path))
