@@ -407,6 +407,38 @@ def test_a_page_cut_short_is_refused_only_for_a_window_on_its_lost_segments(tmp_
                 check_segments_in_file(p, "planes.tif: page 0", window)
 
 
+@pytest.mark.parametrize("layout", [
+    {"tile": (32, 48), "planarconfig": "separate"}, {"tile": (32, 48)},
+    {"rowsperstrip": 7, "planarconfig": "separate"}, {"rowsperstrip": 7}])
+def test_the_segments_a_window_is_checked_for_are_those_the_reader_reads(tmp_path, layout):
+    """check_segments_in_file counts the segments of the window a job reads
+    (``_read_segments``) as PageReader reads them (one :class:`SegmentGrid`): tiles or strips,
+    every plane of a planar page; a window past the page's edges is cut to it."""
+    from pipeline.adapters.tiff_read import _read_segments
+
+    path = tmp_path / "page.tif"
+    pixels = make_page(4, H, W, 3, "uint8")
+    if layout.get("planarconfig"):  # (tifffile takes a planar page's samples first)
+        pixels = np.moveaxis(pixels, -1, 0)
+    tifffile.imwrite(path, pixels, photometric="rgb", compression="zlib", metadata=None,
+                     **layout)
+    url = str(path)
+    with open_tiff(url) as tf:
+        p = get_page(tf, url, 0)
+        count = len(p.dataoffsets)
+        reader = PageReader(tf, p, url, 0)
+        assert (p.imagelength, p.imagewidth) == (H, W)
+        for window in (Rect(0, 0, 1, 1), Rect(31, 47, 33, 49), Rect(-5, -5, H + 9, W + 9),
+                       Rect(100, 60, 150, 173), Rect(H, 0, H + 4, W)):
+            inside = Rect(max(window.y0, 0), max(window.x0, 0), min(window.y1, H),
+                          min(window.x1, W))
+            read = sorted(seg for seg, _, _ in reader._segments(inside)) \
+                if inside.y0 < inside.y1 else []
+            assert np.flatnonzero(_read_segments(p, window, count)).tolist() == read, window
+        whole = {seg for seg, _, _ in reader._segments(Rect(0, 0, H, W))}
+        assert whole == set(range(count))
+
+
 @pytest.mark.parametrize("tiled", [True, False])
 def test_sparse_segments_read_as_zeros(tmp_path, tiled):
     """A segment with byte count 0 (a sparse file) of a page without GDAL_NODATA reads as

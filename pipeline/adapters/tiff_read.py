@@ -687,27 +687,52 @@ def check_segments_in_file(page: tifffile.TiffPage, where: str,
 
 def _read_segments(page: tifffile.TiffPage, window: Rect, count: int) -> np.ndarray:
     """Which of the page's ``count`` segments (a mask: True for each) ``window`` overlaps, in
-    every plane: the segments :meth:`PageReader._segments` reads for it (tiles, or strips of
-    ``RowsPerStrip`` rows; planes one after another when the samples are stored apart)."""
-    height, width = int(page.imagelength), int(page.imagewidth)
-    if page.is_tiled:
-        seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
-    else:
-        seg_h, seg_w = int(min(page.rowsperstrip or height, height)), width
-    seg_rows, seg_cols = ceil(height / seg_h), ceil(width / seg_w)
-    samples = int(page.samplesperpixel)
-    planes = samples if page.planarconfig == PLANARCONFIG.SEPARATE and samples > 1 else 1
-    y0, x0 = max(window.y0, 0), max(window.x0, 0)
-    y1, x1 = min(window.y1, height), min(window.x1, width)
+    every plane: the segments :meth:`PageReader._segments` reads for it (the page's
+    :class:`SegmentGrid`)."""
+    clipped = Rect(max(window.y0, 0), max(window.x0, 0), min(window.y1, int(page.imagelength)),
+                   min(window.x1, int(page.imagewidth)))
     read = np.zeros(count, bool)
-    if y0 >= y1 or x0 >= x1:
+    if clipped.y0 >= clipped.y1 or clipped.x0 >= clipped.x1:
         return read
-    rows = np.arange(y0 // seg_h, (y1 - 1) // seg_h + 1)
-    cols = np.arange(x0 // seg_w, (x1 - 1) // seg_w + 1)
-    segs = ((np.arange(planes)[:, None, None] * seg_rows + rows[None, :, None]) * seg_cols
-            + cols[None, None, :]).ravel()
+    segs = np.fromiter((seg for seg, _, _ in SegmentGrid.of(page).overlapping(clipped)),
+                       np.int64)
     read[segs[segs < count]] = True
     return read
+
+
+class SegmentGrid(NamedTuple):
+    """How a page's segments cover it: ``seg_rows`` x ``seg_cols`` segments (tiles, or strips
+    of ``RowsPerStrip`` rows the page's width) of ``seg_h`` x ``seg_w`` pixels, ``planes``
+    times over when the samples are stored apart (planar), plane after plane."""
+
+    seg_h: int
+    seg_w: int
+    seg_rows: int
+    seg_cols: int
+    planes: int
+
+    @classmethod
+    def of(cls, page: tifffile.TiffPage, whole: bool = False) -> SegmentGrid:
+        """The grid of ``page``; ``whole``: decoded whole, as one segment (old-style JPEG,
+        whose samples libtiff returns contiguous)."""
+        height, width = int(page.imagelength), int(page.imagewidth)
+        samples = int(page.samplesperpixel)
+        planes = samples if page.planarconfig == PLANARCONFIG.SEPARATE and samples > 1 else 1
+        if whole:
+            seg_h, seg_w, planes = height, width, 1
+        elif page.is_tiled:
+            seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
+        else:
+            seg_h, seg_w = int(min(page.rowsperstrip or height, height)), width
+        return cls(seg_h, seg_w, ceil(height / seg_h), ceil(width / seg_w), planes)
+
+    def overlapping(self, rect: Rect) -> Iterator[tuple[int, int, int]]:
+        """(segment, plane, segment row) of every segment ``rect`` (within the page)
+        overlaps, in file order."""
+        for plane in range(self.planes):
+            for r in range(rect.y0 // self.seg_h, (rect.y1 - 1) // self.seg_h + 1):
+                for c in range(rect.x0 // self.seg_w, (rect.x1 - 1) // self.seg_w + 1):
+                    yield (plane * self.seg_rows + r) * self.seg_cols + c, plane, r
 
 
 def _check_ojpeg(where: str, kind: PixelKind) -> None:
@@ -781,17 +806,9 @@ class PageReader:
         #: whether the page has a no-data value (GDAL_NODATA): the value of the invalid pixels
         #: of an integer LERC segment's mask (a float one's are NaN, as libtiff makes them)
         self.has_nodata = 42113 in page.tags
-        self.separate = page.planarconfig == PLANARCONFIG.SEPARATE and self.file_samples > 1
-        if self.ojpeg:  # one segment: the page
-            self.seg_h, self.seg_w = self.height, self.width
-            self.separate = False  # libtiff returns contiguous samples
-        elif page.is_tiled:
-            self.seg_h, self.seg_w = int(page.tilelength), int(page.tilewidth)
-        else:
-            self.seg_h = int(min(page.rowsperstrip or self.height, self.height))
-            self.seg_w = self.width
-        self.seg_rows, self.seg_cols = ceil(self.height / self.seg_h), ceil(self.width / self.seg_w)
-        self.planes = self.file_samples if self.separate else 1
+        self.grid = SegmentGrid.of(page, whole=self.ojpeg)  # (OJPEG: one segment, the page)
+        self.seg_h, self.seg_w, self.seg_rows, self.seg_cols, self.planes = self.grid
+        self.separate = self.planes > 1
         self.raw_strips = self.compression == 1 and not page.is_tiled
         self.cache: dict[int, tuple[np.ndarray, int, int, int]] = {}  # seg -> (px, plane, y, x)
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
@@ -838,10 +855,7 @@ class PageReader:
 
     def _segments(self, rect: Rect) -> Iterator[tuple[int, int, int]]:
         """(segment, plane, segment row) of every segment ``rect`` overlaps, in file order."""
-        for plane in range(self.planes):
-            for r in range(rect.y0 // self.seg_h, (rect.y1 - 1) // self.seg_h + 1):
-                for c in range(rect.x0 // self.seg_w, (rect.x1 - 1) // self.seg_w + 1):
-                    yield (plane * self.seg_rows + r) * self.seg_cols + c, plane, r
+        return self.grid.overlapping(rect)
 
     def prefetch(self, rect: Rect) -> None:
         """Start decoding the segments of ``rect`` that are not cached, in the decoder's
