@@ -179,11 +179,9 @@ def _page(page: Any, url: str, index: int, why: Any, keep_palette: bool,
 def _band_items(metadata: dict[str, Any], channels: int) -> list[dict[str, Any]]:
     """Each band's name (GDAL's description), scale, offset and unit from the page's
     GDAL_METADATA, by the 0-based index the ops take; empty when no band has one."""
-    from pipeline.adapters.metadata import band_roles
+    from pipeline.adapters.metadata import page_band_roles
 
-    if "gdal_metadata" not in metadata:
-        return []
-    roles = band_roles(base64.b64decode(metadata["gdal_metadata"]).split(b"\x00", 1)[0])
+    roles = page_band_roles(metadata)
     out: list[dict[str, Any]] = []
     for band in range(channels):
         mine = roles.get(band, {})
@@ -279,8 +277,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
-    from pipeline.adapters.metadata import output_xmp, page_form
-    from pipeline.core.chain import page_placement
+    from pipeline.adapters.metadata import page_xmp
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
 
@@ -306,9 +303,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "bands": pp.out_channels, "dtype": pp.out_dtype,
                                 "one_bit": bool(options.bilevel),
                                 "compression": options.compression}}
-        _, xmp = output_xmp(pp.info, pp.out_grid.height, pp.out_grid.width, pp.factor,
-                            page_placement(spec.ops, pp.info),
-                            page_form(spec, pp))
+        _, xmp = page_xmp(spec, pp)
         if xmp:  # (kept, rewritten for the new size and place, or dropped, and why)
             entry["ops"]["xmp"] = xmp
     if others:

@@ -416,19 +416,42 @@ def _band_xml(names: list[str], scales: list[str], offsets: list[str]) -> str:
     return f'<GDALMetadata>\n  <Item name="SPACECRAFT">S2A</Item>\n{items}</GDALMetadata>\n'
 
 
+def _s2(path: Path) -> Path:
+    """A Sentinel-2 stack of 4 bands, each named, with a scale and an offset."""
+    geo = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (34735, "H", 4, (1, 1, 0, 0), True)]
+    names = ["B02", "B03", "B04", "B08"]
+    tifffile.imwrite(path, np.zeros((64, 64, 4), np.uint16), photometric="minisblack",
+                     planarconfig="contig", metadata=None, extratags=[
+                         *geo, (42112, "s", 0, _band_xml(names, ["0.0001"] * 4, ["-0.1"] * 4),
+                                True), (42113, "s", 0, "0", True)])
+    return path
+
+
+def test_inspect_and_a_job_read_the_band_roles_alike(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture):
+    """inspect's bands and a job's band names (the names normalized_difference gives its
+    band) are read by one function from the page's GDAL_METADATA (``page_band_roles``)."""
+    from pipeline.adapters.metadata import band_names, page_band_roles
+
+    s2 = _s2(tmp_path / "s2.tif")
+    (info,) = tiff_read.read_infos(str(s2), None)
+    roles = page_band_roles(info.metadata)
+    assert roles[3] == {"description": "B08", "scale": "0.0001", "offset": "-0.1"}
+    assert page_band_roles({}) == {} and page_band_roles(None) == {}
+    code, out, _ = _inspect(capsys, str(s2), "--json")
+    assert code == 0
+    items = json.loads(out)["files"][0]["pages"][0]["band_items"]
+    assert [item["description"] for item in items] == band_names(info) == [
+        roles[b]["description"] for b in range(4)]
+
+
 def test_band_names_scales_and_offsets_are_shown_by_the_ops_index(
         tmp_path: Path, capsys: pytest.CaptureFixture):
     """A multispectral scene's band names (GDAL's descriptions), scales and offsets, by the
     0-based index select_bands and normalized_difference take: GDAL and QGIS number bands
     from 1, so B08 (NIR) of a Sentinel-2 stack is band 8 there and 7 here. Before, inspect
     said only that GDAL_METADATA was kept, and the indices had to be found elsewhere."""
-    geo = [(33550, "d", 3, (10.0, 10.0, 0.0), True), (34735, "H", 4, (1, 1, 0, 0), True)]
-    names = ["B02", "B03", "B04", "B08"]
-    s2 = tmp_path / "s2.tif"
-    tifffile.imwrite(s2, np.zeros((64, 64, 4), np.uint16), photometric="minisblack",
-                     planarconfig="contig", metadata=None, extratags=[
-                         *geo, (42112, "s", 0, _band_xml(names, ["0.0001"] * 4, ["-0.1"] * 4),
-                                True), (42113, "s", 0, "0", True)])
+    s2 = _s2(tmp_path / "s2.tif")
     mixed = tmp_path / "mixed.tif"
     tifffile.imwrite(mixed, np.zeros((64, 64, 3), np.uint16), photometric="minisblack",
                      planarconfig="contig", metadata=None, extratags=[

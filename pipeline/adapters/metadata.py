@@ -1020,19 +1020,27 @@ def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
     properties it updated and removed) or dropped, and why (:func:`output_xmp`, with how
     each page's samples are stored: :func:`page_form`), so that an archive sees which
     access copies lost or changed their rights and credit metadata."""
-    from pipeline.core.chain import page_placement
     from pipeline.core.plan import _pages
 
     said: dict[str, list[int]] = {}
     for page in pages:
         if not carries_xmp(page.info):
             continue
-        _, what = output_xmp(page.info, page.out_grid.height, page.out_grid.width,
-                             page.factor, page_placement(spec.ops, page.info),
-                             page_form(spec, page))
+        _, what = page_xmp(spec, page)
         if what and not what.startswith("kept"):
             said.setdefault(what, []).append(page.info.index)
     return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())
+
+
+def page_xmp(spec: Any, page: Any) -> tuple[tuple[Any, ...] | None, str]:
+    """:func:`output_xmp` of a PagePlan of the job ``spec`` (a JobSpec): its output size,
+    its reduction, where the chain places it, and how its samples are stored
+    (:func:`page_form`): what a job's result (:func:`xmp_note`) and ``tiffpipe inspect --ops``
+    say of the page's XMP."""
+    from pipeline.core.chain import page_placement
+
+    return output_xmp(page.info, page.out_grid.height, page.out_grid.width, page.factor,
+                      page_placement(spec.ops, page.info), page_form(spec, page))
 
 
 def carries_xmp(info: Any) -> bool:
@@ -1128,8 +1136,7 @@ def _with_descriptions(xml: bytes | None, names: dict[int, str]) -> bytes:
 def band_names(info: Any) -> list[str]:
     """The name of each band of the page of ``info`` (a PageInfo): its GDAL description
     (GDAL_METADATA), else ``band n``, numbered from 1 as GDAL and QGIS number bands."""
-    xml = _unb64((info.metadata or {}).get("gdal_metadata", "")).split(b"\x00", 1)[0]
-    roles = band_roles(xml)
+    roles = page_band_roles(info.metadata)
     return [roles.get(b, {}).get("description") or f"band {b + 1}"
             for b in range(info.channels)]
 
@@ -1153,6 +1160,12 @@ def band_scaling(info: Any, bands: tuple[int, ...] | None, values: bool,
     except ValueError:
         return None  # (a scale that is no number: nothing to tell the values by)
     return scaling if any(s != (1.0, 0.0) for s in scaling) else None
+
+
+def page_band_roles(metadata: dict[str, Any] | None) -> dict[int, dict[str, str]]:
+    """:func:`band_roles` of a page's GDAL_METADATA, from its PageInfo's ``metadata`` (the
+    XML base64, up to its first NUL; empty without one)."""
+    return band_roles(_unb64((metadata or {}).get("gdal_metadata", "")).split(b"\x00", 1)[0])
 
 
 def band_roles(xml: bytes) -> dict[int, dict[str, str]]:
