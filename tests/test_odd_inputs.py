@@ -298,7 +298,9 @@ JOBS: dict[str, tuple[str, dict[str, Any], Any]] = {
                        ("OperationError", ("jpeg output needs uint8 pixels, the output is uint16",
                                            ("the page is 8-bit palette, converted to uint16 "
                                             "RGB through its colormap"),
-                                           '{"op": "convert", "dtype": "uint8"}'))),
+                                           # (the plain convert: a colormap spans uint16)
+                                           ('end the ops with {"op": "convert", "dtype": '
+                                            '"uint8"}, or choose')))),
     "palette_bilevel16": ("palette8_16bit_colormap",
                           {"ops": [{"op": "threshold", "value": 30000}],
                            "output_options": {"bilevel": True}},
@@ -384,3 +386,19 @@ def test_refused_jobs_fail_with_a_named_error(run, files, name):
     for word in words:
         assert word in message, (word, message)
     assert not Path(job["output"]).exists()
+
+
+def test_a_jpeg_output_of_a_converted_page_is_told_the_plain_convert():
+    """``whole_range``: the reader converted the page to its type (a 16-bit colormap's RGB),
+    so its values span the type whatever its header says (``top``, a 12-bit camera's 4095):
+    the convert JPEG is told is the plain one. Without it, the header's top decides."""
+    from pipeline.adapters.tile_codec import OutputEncoder
+    from pipeline.core.models import OutputOptions
+
+    encoder = OutputEncoder(OutputOptions(compression="jpeg"), "uint16", 1)
+    plain = ('jpeg output needs uint8 pixels, the output is uint16; end the ops with '
+             '{"op": "convert", "dtype": "uint8"}, or choose zstd, deflate, lzw or none')
+    twelve = (4095, "BitsPerSample")
+    assert encoder.check("rgb", twelve, whole_range=True) == plain
+    assert encoder.check("rgb", None, whole_range=True) == plain
+    assert '"in_range": [0, 4095]' in encoder.check("rgb", twelve)

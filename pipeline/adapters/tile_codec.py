@@ -89,12 +89,14 @@ class OutputEncoder:
         """JPEG: a reader sees the decoded tiles, not the pixels encoded."""
         return self.tag == _TAGS["jpeg"]
 
-    def check(self, photometric: str | None = None,
-              top: tuple[int, str] | None = None) -> str | None:
+    def check(self, photometric: str | None = None, top: tuple[int, str] | None = None,
+              whole_range: bool = False) -> str | None:
         """Why this output cannot be written (None if it can); ``photometric``: the page's
         (a CMYK page, "separated", has four inks, not an alpha channel); ``top``: the
         largest value the output's samples hold by the input page's header, and which
-        header says it (``metadata["max_sample"]``), while the op chain keeps its values."""
+        header says it (``metadata["max_sample"]``), while the op chain keeps its values;
+        ``whole_range``: the output's samples span their type's whole range, whatever a
+        header says (the reader converted the page to it: a 16-bit colormap's RGB)."""
         if self.bilevel:
             return self._bilevel_check(photometric)
         if self.options.compression != "jpeg":
@@ -102,7 +104,7 @@ class OutputEncoder:
         typed, counted = self.dtype == "uint8", self.channels in (1, 3)
         if typed and counted:
             return None
-        convert = _to_uint8(self.dtype, top)
+        convert = _to_uint8(self.dtype, top, whole_range)
         if not counted and not typed:  # (both at once, not one a round)
             has = (f"jpeg output needs uint8 pixels and 1 or 3 bands (channels), the output is "
                    f"{self.dtype} with {self.channels} bands: JPEG holds gray or RGB of 8 "
@@ -302,22 +304,19 @@ def _predictor(compression: str, dtype: str) -> int:
     return 2  # every integer type, 8 to 64 bits (libtiff has both since 4.0)
 
 
-#: a ``top`` past every type's maximum: the page's values span its type
-_MOST = 2 ** 64
-
-
-def _to_uint8(dtype: str, top: tuple[int, str] | None) -> str:
+def _to_uint8(dtype: str, top: tuple[int, str] | None, whole_range: bool = False) -> str:
     """The convert that makes an output of ``dtype`` uint8 for JPEG, and what to give it:
     a float page's ``in_range``; an integer page's, from ``top`` (the largest value its
     header says it holds: a 12-bit camera's 4095 in uint16; none when at least the type's
-    maximum: a page the reader converted), or else its values' range (or, of uint16, a
+    maximum, or with ``whole_range``: a page the reader converted, whose values span the
+    type), or else its values' range (or, of uint16, a
     ``percentile_stretch`` before the convert): without ``in_range`` it maps the type's
     whole range onto 0..255 (12-bit data in uint16 ends at 16)."""
     kind = np.dtype(dtype)
     if kind.kind == "f":
         return '{"op": "convert", "dtype": "uint8", "in_range": [low, high]}'
     info = np.iinfo(kind)
-    if top is not None and top[0] >= info.max:  # (values over the whole type: the default)
+    if whole_range or top is not None and top[0] >= info.max:  # (the default: the whole type)
         return '{"op": "convert", "dtype": "uint8"}'
     whole = (f'without "in_range" a convert maps {dtype}\'s whole range, '
              f"{info.min}..{info.max}, onto 0..255")
@@ -346,10 +345,10 @@ def output_problems(plan: JobPlan) -> list[Problem]:
     for page in plan.pages:
         options = page_options(plan.spec, page)  # (bilevel "auto": the page's own kind)
         top = (page.info.metadata or {}).get("max_sample") if keeps else None
-        if page.info.conversion and page.out_dtype == page.info.dtype:
-            top = [_MOST, "conversion"]  # (the reader's: a 16-bit colormap's whole range)
+        # (the reader's conversion, kept as its type: a 16-bit colormap's whole range)
+        converted = bool(page.info.conversion) and page.out_dtype == page.info.dtype
         why = OutputEncoder(options, page.out_dtype, page.out_channels).check(
-            page.info.photometric, tuple(top) if top else None)
+            page.info.photometric, tuple(top) if top else None, whole_range=converted)
         if why and page.out_dtype == page.info.dtype:  # the reader's type, not the chain's:
             why = explain_conversion(why, page.info)  # (an 8-bit palette made uint16 RGB)
         if why:
