@@ -484,3 +484,29 @@ def test_to_gray_refuses_gray_channels_it_would_mix_as_rgb(tmp_path):
         tifffile.imwrite(ok, typed_image(2, 64, 64, channels, "uint8"), photometric=photometric,
                          extrasamples=extrasamples, metadata=None)
         assert plan_problems(tmp_path, ok, [{"op": "to_gray"}, {"op": "clahe"}]) == [], name
+
+
+def test_to_gray_refuses_two_gray_bands_it_would_keep_the_first_of(tmp_path):
+    """A page of 2 bands as GDAL writes it (MINISBLACK, ExtraSamples 0: a red and a NIR band,
+    not gray + alpha) is refused by to_gray, which would keep band 0 and drop band 1
+    silently; the message names the page, its bands and the select_bands that keeps one, and
+    a one-channel op's hint says the same (gray + alpha keeps to_gray: the test above)."""
+    from conftest import gdal_masked
+
+    src = tmp_path / "two.tif"
+    gdal_masked(src, typed_image(4, 64, 64, 2, "uint8"), None, block=None)
+    with tifffile.TiffFile(src) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        assert tuple(tf.pages[0].extrasamples) == (0,)
+    pick = '{"op": "select_bands", "bands": [0]}'
+    assert plan_problems(tmp_path, src, [{"op": "to_gray"}]) == [
+        ("page 0: ops[0] (to_gray): to_gray of 2 bands keeps band 0 as gray + alpha's gray "
+         "and drops band 1, and the page's 2 bands are gray channels (MINISBLACK with an extra "
+         "sample that is no alpha: ExtraSamples 0, as GDAL writes 2 bands), not gray + alpha; "
+         f"keep the band you want with {pick} (or [1]) instead of to_gray (a job per band for "
+         "the other)")]
+    assert plan_problems(tmp_path, src, [{"op": "clahe"}]) == [
+        ("page 0: ops[0] (clahe): clahe needs 1 channel(s), the page has 2; its 2 bands are "
+         f"gray channels, not RGB: put {pick} before it (a job per channel for the others)")]
+    assert plan_problems(tmp_path, src, [{"op": "select_bands", "bands": [1]},
+                                         {"op": "to_gray"}, {"op": "clahe"}]) == []

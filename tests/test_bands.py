@@ -223,7 +223,8 @@ def test_other_band_counts(tmp_path, dtype, bands, ops):
     page = typed_image(bands, 40, 70, bands, dtype)
     src = tmp_path / "in.tif"
     write_bands(src, page, tiled=False, separate=bands == 600,
-                photometric="rgb" if bands == 4 else None)
+                photometric="rgb" if bands == 4 else None,
+                extrasamples=[2] if bands == 2 else None)  # (gray + alpha: an alpha band)
     (got,), _ = run_tiled(tmp_path, src, ops, 32, 32, compression="zstd")
     want = reference(page, ops)
     assert got.shape == want.shape and np.array_equal(got, want)

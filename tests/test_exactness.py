@@ -152,7 +152,7 @@ def write_tiff(path: Path, pages: list[np.ndarray], *, tiled: bool, separate: bo
                 kwargs["planarconfig"] = "separate" if separate else "contig"
                 if separate:
                     data = np.ascontiguousarray(np.moveaxis(page, -1, 0))
-            if ch == 4:
+            if ch in (2, 4):  # gray + alpha, RGBA (2 bands of ExtraSamples 0: to_gray refuses)
                 kwargs["extrasamples"] = ["unassalpha"]
             if tiled:
                 kwargs["tile"] = tile

@@ -250,7 +250,8 @@ def test_batches_cover_every_tile_once(grid, size):
 def info(index=0, height=257, width=389, channels=1, dtype="uint8", tiled=True,
          segment_rows=64) -> PageInfo:
     return PageInfo(index=index, height=height, width=width, channels=channels, dtype=dtype,
-                    photometric="rgb" if channels >= 3 else "minisblack", extrasamples=[],
+                    photometric="rgb" if channels >= 3 else "minisblack",
+                    extrasamples=[2] if channels == 2 else [],  # (2: gray + alpha)
                     tiled=tiled, segment_rows=segment_rows, compression="zstd")
 
 

@@ -29,15 +29,17 @@ PREDICTOR = {"f": 3, "u": 2, "i": 2}
 
 
 def write_bands(path: Path, page: np.ndarray, *, tiled: bool, separate: bool,
-                compression: str = "zstd", photometric: str | None = None) -> None:
+                compression: str = "zstd", photometric: str | None = None,
+                extrasamples: list[int] | None = None) -> None:
     """A one-page TIFF: gray for 1 band, RGB for 3, multispectral (MINISBLACK + unspecified
-    extra samples) for more, unless ``photometric`` says otherwise."""
+    extra samples) for more, unless ``photometric`` (and ``extrasamples``) says otherwise."""
     ch = 1 if page.ndim == 2 else page.shape[2]
     photometric = photometric or ("rgb" if ch == 3 else "minisblack")
     base = 3 if photometric == "rgb" else 1
     kwargs: dict[str, Any] = {"photometric": photometric, "metadata": None,
                               "compression": None if compression == "none" else compression,
-                              "extrasamples": [0] * (ch - base) if ch > base else None}
+                              "extrasamples": extrasamples or ([0] * (ch - base) if ch > base
+                                                               else None)}
     data = page
     if ch > 1:
         kwargs["planarconfig"] = "separate" if separate else "contig"

@@ -13,7 +13,7 @@ Pure module: arrays in, arrays out. No I/O (a custom op imports its user functio
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import field
 from fractions import Fraction
 from typing import Any
@@ -766,12 +766,20 @@ def with_nodata(chain: list[OpCall], nodata: Callable[[int], float | None],
     return out
 
 
-def _gray_bands(photometric: str, channels: int) -> bool:
+#: TIFF ExtraSamples values of an alpha band (associated, unassociated)
+_ALPHA = (1, 2)
+
+
+def _gray_bands(photometric: str, channels: int, extrasamples: Sequence[int] = ()) -> bool:
     """Whether a page's bands are gray channels of their own, not red, green and blue:
     MINISBLACK with two extra samples or more (a fluorescence image's channels stored as
-    samples of one page, a multispectral stack). Two bands are gray + alpha to to_gray (it
-    keeps the first)."""
-    return photometric == "minisblack" and channels >= 3
+    samples of one page, a multispectral stack), or with one that is no alpha (two bands, as
+    GDAL writes them: a gray + alpha page's, to_gray keeps the first, which would drop the
+    second band's data)."""
+    if photometric != "minisblack":
+        return False
+    return channels >= 3 or (channels == 2 and not (extrasamples and
+                                                    extrasamples[0] in _ALPHA))
 
 
 def _gray_bands_problem(call: OpCall, why: str | None, channels: int) -> str | None:
@@ -781,6 +789,12 @@ def _gray_bands_problem(call: OpCall, why: str | None, channels: int) -> str | N
     pick = '{"op": "select_bands", "bands": [0]}'
     if not why and call.op.reads_rgb:
         extra = channels - 1
+        if channels == 2:  # (to_gray keeps band 0: the gray of gray + alpha)
+            return (f"{call.op.name} of 2 bands keeps band 0 as gray + alpha's gray and drops "
+                    "band 1, and the page's 2 bands are gray channels (MINISBLACK with an extra "
+                    "sample that is no alpha: ExtraSamples 0, as GDAL writes 2 bands), not "
+                    f"gray + alpha; keep the band you want with {pick} (or [1]) instead of "
+                    f"{call.op.name} (a job per band for the other)")
         return (f"{call.op.name} makes a gray value of RGB colours, and the page's {channels} "
                 f"bands are gray channels (MINISBLACK with {extra} extra "
                 f"sample{'s' if extra > 1 else ''}: fluorescence channels or a multispectral "
@@ -793,10 +807,11 @@ def _gray_bands_problem(call: OpCall, why: str | None, channels: int) -> str | N
 
 
 def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
-                   photometric: str = "") -> list[str]:
-    """Why this chain cannot run on pages of this dtype, channel count and photometric
-    (empty if it can): "separated" (CMYK) pages refuse the ops that read colours, and
-    pages of gray channels (:func:`_gray_bands`) the ops that read red, green and blue."""
+                   photometric: str = "", extrasamples: Sequence[int] = ()) -> list[str]:
+    """Why this chain cannot run on pages of this dtype, channel count, photometric and
+    ExtraSamples (empty if it can): "separated" (CMYK) pages refuse the ops that read
+    colours, and pages of gray channels (:func:`_gray_bands`) the ops that read red, green
+    and blue."""
     problems: list[str] = []
     if chain and np.dtype(dtype).name not in SUPPORTED_DTYPES:  # (TIFF has no other type)
         problems.append(f"pixels of type {np.dtype(dtype).name} are not supported by the ops "
@@ -808,7 +823,7 @@ def chain_problems(chain: list[OpCall], dtype: np.dtype, channels: int,
         if not why and call.op.colour and photometric == "separated":
             why = (f"{call.op.name} needs gray or RGB, the page is CMYK (its inks become RGB "
                    "only through its colour management); convert the file to RGB first")
-        if _gray_bands(photometric, channels):
+        if _gray_bands(photometric, channels, extrasamples):
             why = _gray_bands_problem(call, why, channels)
         has = f"the page has {np.dtype(dtype).name}"
         if why and made and has in why:  # (the page's own type is another)

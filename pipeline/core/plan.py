@@ -125,7 +125,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     halo = 0
     for info in infos:
         dtype = np.dtype(info.dtype)
-        for p in chain_problems(chain, dtype, info.channels, info.photometric):
+        for p in chain_problems(chain, dtype, info.channels, info.photometric,
+                                info.extrasamples):
             problems.append(Problem.of_page(info.index, explain_conversion(p, info)))
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
