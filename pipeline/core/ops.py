@@ -73,7 +73,8 @@ class Op:
     #: the op is given its input's valid-data mask (the page's carried internal mask, moved
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
     #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample, the blurs,
-    #: dilate and erode
+    #: dilate and erode, the whole-page ops (their statistics and their output leave the
+    #: masked-out pixels out)
     reads_mask: bool = False
     #: bytes a sample of its tile the op holds beyond its input and output on a page with a
     #: no-data value or a carried mask (the blurs of the valid samples: four float64 arrays,
@@ -397,7 +398,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        own_nodata=convert_mod.own_nodata, linear=convert_mod.linear,
        exact="bit-identical to the numpy formula on the whole page"),
     Op("equalize_hist", "cv2.equalizeHist(page)", (), fn.whole_page_stats(stats_mod.EQUALIZE),
-       kind="stats", stats=stats_mod.EQUALIZE, reads_nodata=True, keeps_nodata=True,
+       kind="stats", stats=stats_mod.EQUALIZE, reads_nodata=True, reads_mask=True,
+       keeps_nodata=True,
        accepts=_only(("uint8",), (1,), "equalize_hist",
                      " (OpenCV's equalizeHist is 8-bit only); put {\"op\": \"convert\", "
                      "\"dtype\": \"uint8\"} before it" + _RANGE_TOO + " (or use normalize, or "
@@ -406,7 +408,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("otsu_threshold", "cv2.threshold(page, 0, max, THRESH_BINARY | THRESH_OTSU); max = "
        "the dtype's maximum", (),
        fn.whole_page_stats(stats_mod.OTSU), kind="stats", stats=stats_mod.OTSU, binary=_makes,
-       reads_nodata=True, keeps_nodata=True,
+       reads_nodata=True, reads_mask=True, keeps_nodata=True,
        accepts=_only(("uint8", "uint16"), (1,), "otsu_threshold",
                      " (OpenCV's Otsu takes 8 and 16-bit unsigned pages only); put "
                      "{\"op\": \"convert\", \"dtype\": \"uint16\"} (or uint8) before it"
@@ -416,7 +418,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "per_band: each band by its own minimum and maximum",
        (_PER_BAND,), fn.whole_page_stats(stats_mod.NORMALIZE), kind="stats",
        stats=stats_mod.NORMALIZE,
-       binary=_keeps, reads_nodata=True, keeps_nodata=True,
+       binary=_keeps, reads_nodata=True, reads_mask=True, keeps_nodata=True,
        accepts=_only(dtypes.ALL, None, "normalize"),
        halo_help="0 (the page's minimum and maximum over all channels, or per band: a "
                  "statistics round)"),
@@ -428,7 +430,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("p_high", "number", "percentile mapped to the maximum", default=99.0, ge=0,
               le=100), _PER_BAND),
        fn.whole_page_stats(stats_mod.STRETCH), kind="stats", stats=stats_mod.STRETCH,
-       reads_nodata=True, keeps_nodata=True,
+       reads_nodata=True, reads_mask=True, keeps_nodata=True,
        accepts=_only(dtypes.HISTOGRAM, None, "percentile_stretch",
                      " (exact percentiles come from a histogram); use normalize"),
        check=_percentile_check, exact="bit-identical to the numpy formula on the whole page",

@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.core import dtypes
 from pipeline.core.opencv import cv2
 from pipeline.core.record import record
+from pipeline.core.reduce import valid_samples
 
 State = dict[str, np.ndarray]
 
@@ -75,15 +76,41 @@ def histogram(img: np.ndarray) -> np.ndarray:
     return np.bincount(dtypes.offset_index(img).ravel(), minlength=bins).astype(np.int64)
 
 
+def unmasked(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """The samples of ``img`` at the pixels its carried mask (``p["input_valid"]``, (h, w)
+    bool, given by the tiled path: pipeline.steps.evaluate) marks valid, as a flat array;
+    ``img`` itself when the page has no mask. The statistics leave the others out, as they
+    leave out the no-data value."""
+    mask = p.get("input_valid")
+    return img if mask is None else img[valid_samples(img, None, mask)]
+
+
+def keep_masked(out: np.ndarray, img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """``out`` (a table's result on ``img``: no-data already kept, :func:`keep_nodata_lut`)
+    with the masked-out samples (``p["input_valid"]``) written back as ``img`` holds them
+    (:func:`keep_nodata`, nothing moved: the table avoided the no-data value where it
+    should); ``out`` as it is on a page without a mask."""
+    mask = p.get("input_valid")
+    if mask is None:
+        return out
+    return keep_nodata(out, img, ~valid_samples(img, None, mask), p, avoid=False)
+
+
 def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
-    return {"hist": histogram(img)}
+    return {"hist": histogram(unmasked(img, p))}
 
 
 def data_histogram(hist: np.ndarray, p: dict[str, Any], dtype: np.dtype) -> np.ndarray:
     """The page's histogram without its no-data value's bin (``p["input_nodata"]``, the
     value at the op's input, given by the tiled path: :func:`pipeline.core.ops.with_nodata`),
     so that the statistics are of the pixels with data, as GDAL's are; the whole histogram
-    when the page has no such value, or holds nothing else."""
+    when the page has no such value, or holds nothing else. A page whose every pixel its
+    mask leaves out (an empty histogram) counts as one pixel of bin 0: its table is never
+    used (every pixel is written back, :func:`keep_masked`), but it is one."""
+    if not np.any(hist):
+        hist = np.zeros(len(hist), np.int64)
+        hist[0] = 1
+        return hist
     nodata = nodata_in_type(p, dtype)
     if nodata is None:  # (NaN: no bin of an integer page)
         return hist
@@ -138,14 +165,15 @@ def keep_nodata_lut(lut: np.ndarray, p: dict[str, Any], dtype: np.dtype,
 
 
 def keep_nodata(out: np.ndarray, img: np.ndarray, none: np.ndarray,
-                p: dict[str, Any]) -> np.ndarray:
+                p: dict[str, Any], avoid: bool = True) -> np.ndarray:
     """``out``, an op's result on ``img``, with the samples ``none`` marks (no data: the
     no-data value, NaN or a masked-out fill) written back as ``img`` holds them, and the data
     samples it sent onto the no-data value (``p["input_nodata"]``, :func:`nodata_in_type`)
     moved to the next value (:func:`nodata_step`), as :func:`keep_nodata_lut` does to a
-    table: GDAL_NODATA still marks the pixels without data, and only them. In place."""
+    table: GDAL_NODATA still marks the pixels without data, and only them (``avoid`` False:
+    none moved, as ``keep_nodata_lut``'s). In place."""
     nodata = nodata_in_type(p, img.dtype)
-    if nodata is not None:
+    if nodata is not None and avoid:
         out[(out == nodata) & ~none] = nodata_step(nodata, img.dtype)
     out[none] = img[none]
     return out
@@ -160,7 +188,7 @@ def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 def _lut_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
-    return apply_lut(img, state["lut"])
+    return keep_masked(apply_lut(img, state["lut"]), img, p)
 
 
 # --- equalize_hist --------------------------------------------------------------------
@@ -240,7 +268,12 @@ def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
     """The minimum and maximum, in the image's own type (exact for 64-bit integers too), of
     the values that are not NaN (NaN if there are none); and, on a page with a no-data value
     (``p["input_nodata"]``), ``data_min`` and ``data_max``: those of the values that are not
-    it either (none when the tile holds no other value)."""
+    it either (none when the tile holds no other value). On a masked page, of the valid
+    pixels' samples alone (:func:`unmasked`); where the tile has none, the identities of
+    :func:`combine`'s reduction (:func:`_no_data_yet`)."""
+    img = unmasked(img, p)
+    if not img.size:
+        return {k: _no_data_yet(k, img.dtype) for k in ("min", "max")}
     state = {"min": np.array([np.fmin.reduce(img, axis=None)]),
              "max": np.array([np.fmax.reduce(img, axis=None)])}
     nodata = nodata_in_type(p, img.dtype)
@@ -295,9 +328,13 @@ def normalize_state(smin: float, smax: float, dtype: np.dtype) -> State:
 def _normalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
     """The state of the page's minimum and maximum: of its data (the values that are not its
     no-data value, ``data_min``/``data_max``) when it has any, as the histogram ops'
-    statistics are (:func:`data_histogram`)."""
+    statistics are (:func:`data_histogram`). An integer page whose every pixel its mask
+    leaves out (its minimum above its maximum: :func:`_no_data_yet`) takes the type's lowest
+    value for both: its state is never used (every pixel is written back), but it is one."""
     data = "data_min" in st and not np.isnan(st["data_min"][0])
     lo, hi = (st["data_min"], st["data_max"]) if data else (st["min"], st["max"])
+    if np.dtype(dtype).kind != "f" and lo[0] > hi[0]:
+        lo = hi = np.array([np.iinfo(dtype).min], dtype)
     state = normalize_state(lo[0], hi[0], dtype)
     if "lut" in state:
         state["lut"] = keep_nodata_lut(state["lut"], p, dtype)
@@ -306,7 +343,7 @@ def _normalize_finish(st: State, p: dict[str, Any], dtype: np.dtype) -> State:
 
 def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.ndarray:
     if "lut" in state:
-        return apply_lut(img, state["lut"])
+        return keep_masked(apply_lut(img, state["lut"]), img, p)
     if "min" in state:
         out = _opencv_normalize(img, state["min"], state["max"])
     else:
@@ -318,7 +355,7 @@ def _normalize_apply(img: np.ndarray, p: dict[str, Any], state: State) -> np.nda
     nodata = nodata_in_type(p, img.dtype)
     if nodata is not None:  # (as keep_nodata_lut does to a table)
         keep_nodata(out, img, img == nodata, p)
-    return out
+    return keep_masked(out, img, p)
 
 
 def _opencv_normalize(img: np.ndarray, smin: np.ndarray, smax: np.ndarray) -> np.ndarray:
@@ -387,15 +424,16 @@ def _planes(img: np.ndarray) -> list[np.ndarray]:
 
 def _no_data_yet(key: str, dtype: np.dtype) -> np.ndarray | None:
     """What a band stands for a key its op's partial leaves out when the band's part of the
-    tile holds no data (``data_min``/``data_max`` of a band of no-data only): the identity of
+    tile holds no data (``data_min``/``data_max`` of a band of no-data only; ``min``/``max``
+    of a tile its mask leaves out whole): the identity of
     :func:`combine`'s reduction (the type's maximum for a minimum, its minimum for a
     maximum; NaN for floats, which ``fmin``/``fmax`` skip), so that it stays one array."""
-    if key not in ("data_min", "data_max"):
+    if key not in ("min", "max", "data_min", "data_max"):
         return None
     if np.dtype(dtype).kind == "f":
         return np.array([np.nan], dtype)
     limits = np.iinfo(dtype)
-    return np.array([limits.max if key == "data_min" else limits.min], dtype)
+    return np.array([limits.max if key.endswith("min") else limits.min], dtype)
 
 
 def _band_partial(spec: StatsSpec) -> Callable[[np.ndarray, dict[str, Any]], State]:

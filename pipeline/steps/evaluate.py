@@ -17,7 +17,7 @@ import io
 import threading
 from collections import OrderedDict
 from math import ceil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -195,10 +195,7 @@ class TileEvaluator:
 
     def _apply(self, i: int, arr: np.ndarray, rect: Rect, row: int,
                col: int) -> tuple[np.ndarray, Rect]:
-        call = self.chain[i]
-        op, p = call.op, call.params
-        if op.reads_mask and self.page.info.mask_ifd:
-            p = {**p, "input_valid": self.valid(i, rect)}
+        op, p = self.chain[i].op, self.params(i, rect)
         try:
             if op.kind == "stats":
                 out = op.stats.apply(arr, p, self.state(i))
@@ -218,6 +215,14 @@ class TileEvaluator:
                                  f"{arr.shape} input (tile {row},{col} of page "
                                  f"{self.page.info.index}); ops must keep the tile size")
         return out, rect
+
+    def params(self, i: int, rect: Rect) -> dict[str, Any]:
+        """Op ``i``'s parameters for its pixels over ``rect``: with the page's carried mask
+        there (``input_valid``, :meth:`valid`) when the op reads it and the page has one."""
+        call = self.chain[i]
+        if call.op.reads_mask and self.page.info.mask_ifd:
+            return {**call.params, "input_valid": self.valid(i, rect)}
+        return call.params
 
     def valid(self, i: int, rect: Rect) -> np.ndarray:
         """The page's carried mask over ``rect`` (in op ``i``'s pixels): after the geometric

@@ -90,9 +90,11 @@ def stats(event: StatsEvent) -> dict[str, Any]:
                         sides[layout.border_key(row, col, side)] = values
                 else:
                     arr, rect = ev.value(row, col, position)
-                    core = ev.crop(arr, rect, ev.core(row, col, position))
-                    if core.size:
-                        folded = combine([folded, call.op.stats.partial(core, call.params)])
+                    where = ev.core(row, col, position)
+                    core = ev.crop(arr, rect, where)
+                    if core.size:  # (on a masked page, of its valid pixels: ev.params)
+                        folded = combine([folded, call.op.stats.partial(
+                            core, ev.params(position, where))])
         finally:
             ev.close()  # (the mask reader a downsample before the round opened)
         save_npz(layout.stats_part_file(plan.work, event.round, event.batch),

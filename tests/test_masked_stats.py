@@ -1,0 +1,186 @@
+"""The whole-page ops on a page with an internal mask (GDAL's valid-data mask, the 1-bit page
+after the image): ``percentile_stretch``, ``normalize`` (``per_band`` too),
+``equalize_hist`` and ``otsu_threshold`` take their statistics of the valid pixels alone and
+write the masked-out pixels back as they are. Real GeoTIFFs whose mask GDAL writes (a satellite
+swath with a hole, the fill outside it: 0, or 255 for the gray page) go through one
+``tiffpipe run`` in small tiles, fused and in batches; the outputs are compared with numpy
+and OpenCV references of the valid samples written out below (not with tiffpipe's
+functions), with the op on the whole page, bit for bit, and with the same job told to leave
+the mask out (``output_options.masks`` false), which reads the fill as data, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
+import tifffile
+from conftest import gdal_masked, run_in_units
+
+from pipeline.core.ops import OPS
+
+pytestmark = pytest.mark.timeout(240)
+
+STRETCH = {"op": "percentile_stretch", "p_low": 2, "p_high": 98}
+BAND_STRETCH = {**STRETCH, "per_band": True}
+NORMALIZE = {"op": "normalize"}
+BAND_NORMALIZE = {"op": "normalize", "per_band": True}
+EQUALIZE = {"op": "equalize_hist"}
+OTSU = {"op": "otsu_threshold"}
+OFF = {"masks": False}
+
+
+def swath(h: int, w: int) -> np.ndarray:
+    """A satellite scene's valid area: a slanted swath edge, a hole (edges at odd rows and
+    columns, across the tiles' borders)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    valid = (xx > yy // 3 + 9) & (xx < w - 13 - yy // 5)
+    valid[101:133, 161:197] = False
+    return valid
+
+
+def scene(h: int, w: int, bands: int, seed: int) -> np.ndarray:
+    """A ramp with noise and a bright patch, in 40..200 (float64), each band its own range."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 40 + yy / 5 + xx / 6 + rng.normal(0, 8, (bands, h, w))
+    img[:, 150:190, 200:260] += 50
+    img *= np.linspace(1.0, 0.4, bands).reshape(-1, 1, 1)  # (band 0 the brightest)
+    return np.moveaxis(np.clip(img, 40, 200), 0, -1) if bands > 1 else np.clip(img[0], 40, 200)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("masked_stats")
+    h, w = 260, 330
+    valid = swath(h, w)
+    rgb = scene(h, w, 3, 1).astype(np.uint8)
+    rgb[~valid] = 0  # the swath's fill: black, data but for the mask
+    u16 = (scene(h, w, 3, 2) * 300).astype(np.uint16)
+    u16[~valid] = 0
+    gray = scene(h, w, 1, 3).astype(np.uint8)
+    gray[~valid] = 255  # a white fill: every statistic of the page would count it
+    f32 = (scene(h, w, 1, 4) / 7).astype(np.float32)
+    f32[~valid] = -1.0
+    pages = {"rgb": rgb, "u16": u16, "gray": gray, "f32": f32}
+    for name, img in pages.items():
+        gdal_masked(root / f"{name}.tif", img, valid, block=128 if name != "u16" else None)
+    jobs = {
+        "stretch": ("rgb", STRETCH, {}, True), "stretch_batches": ("rgb", STRETCH, {}, False),
+        "stretch_off": ("rgb", STRETCH, OFF, True),
+        "band_stretch": ("rgb", BAND_STRETCH, {}, False),
+        "normalize": ("u16", NORMALIZE, {}, True), "band_normalize": ("u16", BAND_NORMALIZE,
+                                                                      {}, False),
+        "normalize_off": ("u16", NORMALIZE, OFF, True),
+        "f32_normalize": ("f32", NORMALIZE, {}, False),
+        "equalize": ("gray", EQUALIZE, {}, True), "equalize_off": ("gray", EQUALIZE, OFF, True),
+        "otsu": ("gray", OTSU, {}, False), "otsu_off": ("gray", OTSU, OFF, False),
+    }
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({
+        "defaults": {"tile": 64, "output_options": {"tile": 32, "compression": "deflate"}},
+        "jobs": [{"input": str(root / f"{src}.tif"), "output": str(root / "out" / f"{n}.tif"),
+                  "ops": [op], "fuse": fuse, "output_options": options}
+                 for n, (src, op, options, fuse) in jobs.items()]}))
+    # units of four tiles, run as a Map: the statistics come from many batches
+    run_in_units(manifest, 4 * 64 * 64, "--workers", "1", "--quiet", "--no-contact-sheet")
+    return {"pages": pages, "valid": valid,
+            "jobs": {n: (src, op) for n, (src, op, _, _) in jobs.items()},
+            "out": {n: root / "out" / f"{n}.tif" for n in jobs}}
+
+
+def read(path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tf:
+        return tf.pages[0].asarray()
+
+
+def reference_stretch(page: np.ndarray, samples: np.ndarray, op: dict[str, Any]) -> np.ndarray:
+    """``clip(rint((v - lo) / (hi - lo) * max), 0, max)`` of every sample of ``page`` with
+    lo, hi numpy's percentiles (method "lower") of ``samples``."""
+    lo, hi = np.percentile(samples, (op["p_low"], op["p_high"]), method="lower")
+    top = np.iinfo(page.dtype).max
+    return np.clip(np.rint((page.astype(np.float64) - lo) / (hi - lo) * top), 0,
+                   top).astype(page.dtype)
+
+
+def reference(page: np.ndarray, valid: np.ndarray, op: dict[str, Any]) -> np.ndarray:
+    """The op of the page's valid pixels alone (statistics and result), band by band with
+    ``per_band``, the masked-out pixels as they are: numpy's percentiles, OpenCV's
+    normalize, equalizeHist and Otsu threshold on the valid samples only."""
+    if op.get("per_band"):
+        one = {k: v for k, v in op.items() if k != "per_band"}
+        return np.stack([reference(page[:, :, b], valid, one) for b in range(page.shape[2])],
+                        axis=2)
+    out = page.copy()
+    data = page[valid]  # (n,) or (n, bands): the valid pixels' samples
+    row = data.reshape(1, -1)
+    if op["op"] == "percentile_stretch":
+        out[valid] = reference_stretch(data, data, op)
+    elif op["op"] == "normalize":
+        top = 1.0 if page.dtype.kind == "f" else np.iinfo(page.dtype).max
+        out[valid] = cv2.normalize(row, None, 0, top, cv2.NORM_MINMAX).reshape(data.shape)
+    elif op["op"] == "equalize_hist":
+        out[valid] = cv2.equalizeHist(row).reshape(data.shape)
+    else:
+        _, binary = cv2.threshold(row, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        out[valid] = binary.reshape(data.shape)
+    return out
+
+
+@pytest.mark.parametrize("name", ["stretch", "stretch_batches", "band_stretch", "normalize",
+                                  "band_normalize", "f32_normalize", "equalize", "otsu"])
+def test_the_whole_page_ops_leave_the_masked_out_pixels_out(run, name):
+    """Each valid output pixel is the reference of the valid pixels alone; each masked-out
+    pixel is the input's, exactly; the mask is carried; and the tiled run is the op on the
+    whole page, bit for bit."""
+    src, op = run["jobs"][name]
+    page, valid = run["pages"][src], run["valid"]
+    got = read(run["out"][name])
+    assert got.dtype == page.dtype and got.shape == page.shape
+    np.testing.assert_array_equal(got, reference(page, valid, op))
+    np.testing.assert_array_equal(got[~valid], page[~valid])
+    with rasterio.open(run["out"][name]) as ds:
+        np.testing.assert_array_equal(ds.read_masks(1) > 0, valid)
+    params = {k: v for k, v in op.items() if k != "op"}
+    whole = OPS[op["op"]].apply(page, {**params, "input_nodata": None, "input_valid": valid})
+    np.testing.assert_array_equal(got, whole)
+
+
+@pytest.mark.parametrize("name", ["stretch", "normalize", "equalize", "otsu"])
+def test_a_job_that_leaves_the_mask_out_counts_the_fill_as_before(run, name):
+    """The same job told to leave the mask out (the page has none to the ops) is the op of
+    the whole page, the fill read as data, bit for bit as before; where the fill weighs on
+    the statistics (a black or white collar) the valid pixels come out otherwise: the
+    stretch with the mask is not washed out by its fill."""
+    src, op = run["jobs"][name]
+    page, valid = run["pages"][src], run["valid"]
+    off = read(run["out"][f"{name}_off"])
+    everywhere = np.ones(valid.shape, bool)
+    np.testing.assert_array_equal(off, reference(page, everywhere, op))
+    got = read(run["out"][name])
+    assert (got != off)[valid].any()
+    if name == "stretch":  # the fill (0) is the low percentile without the mask: washed out
+        assert np.percentile(page, STRETCH["p_low"], method="lower") == 0
+        assert got[valid].std() > 1.2 * off[valid].std()
+
+
+@pytest.mark.parametrize(("op", "dtype"), [
+    (STRETCH, "uint8"), (STRETCH, "int16"), (BAND_STRETCH, "uint16"), (NORMALIZE, "uint16"),
+    (NORMALIZE, "int32"), (NORMALIZE, "float32"), (NORMALIZE, "float64"),
+    (NORMALIZE, "uint32"), (BAND_NORMALIZE, "int32"), (BAND_NORMALIZE, "float32"),
+    (EQUALIZE, "uint8"), (OTSU, "uint8"), (OTSU, "uint16")])
+def test_a_page_masked_out_whole_comes_out_as_it_went_in(run, op, dtype):
+    """A page whose mask leaves every pixel out has no statistics: the op still makes its
+    table (of nothing) and writes every pixel back, the fill as it was (the pages of the run
+    above in other types, 3 bands where the op takes them)."""
+    page = run["pages"]["u16" if op["op"] in ("normalize", "percentile_stretch") else "gray"]
+    page = page.astype(dtype)
+    assert OPS[op["op"]].accepts(op, page.dtype, 1 if page.ndim == 2 else 3) is None
+    params = {k: v for k, v in op.items() if k != "op"}
+    none = np.zeros(run["valid"].shape, bool)
+    np.testing.assert_array_equal(OPS[op["op"]].apply(page, {**params, "input_valid": none}),
+                                  page)
