@@ -1,7 +1,8 @@
-"""The whole-page ops on a page with an internal mask (GDAL's valid-data mask, the 1-bit page
-after the image): ``percentile_stretch``, ``normalize`` (``per_band`` too),
+"""The whole-page ops and canny on a page with an internal mask (GDAL's valid-data mask, the
+1-bit page after the image): ``percentile_stretch``, ``normalize`` (``per_band`` too),
 ``equalize_hist`` and ``otsu_threshold`` take their statistics of the valid pixels alone and
-write the masked-out pixels back as they are. Real GeoTIFFs whose mask GDAL writes (a satellite
+write the masked-out pixels back as they are; ``canny``'s ``sigma`` blur is of the valid
+pixels alone (as ``gaussian_blur``'s). Real GeoTIFFs whose mask GDAL writes (a satellite
 swath with a hole, the fill outside it: 0, or 255 for the gray page) go through one
 ``tiffpipe run`` in small tiles, fused and in batches; the outputs are compared with numpy
 and OpenCV references of the valid samples written out below (not with tiffpipe's
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
-from conftest import gdal_masked, run_in_units
+from conftest import gdal_masked, masked_blur, run_in_units
 
 from pipeline.core.ops import OPS
 
@@ -31,6 +32,7 @@ NORMALIZE = {"op": "normalize"}
 BAND_NORMALIZE = {"op": "normalize", "per_band": True}
 EQUALIZE = {"op": "equalize_hist"}
 OTSU = {"op": "otsu_threshold"}
+CANNY = {"op": "canny", "low": 20, "high": 60, "sigma": 2.0}
 OFF = {"masks": False}
 
 
@@ -79,6 +81,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "f32_normalize": ("f32", NORMALIZE, {}, False),
         "equalize": ("gray", EQUALIZE, {}, True), "equalize_off": ("gray", EQUALIZE, OFF, True),
         "otsu": ("gray", OTSU, {}, False), "otsu_off": ("gray", OTSU, OFF, False),
+        "canny": ("gray", CANNY, {}, True), "canny_batches": ("gray", CANNY, {}, False),
+        "canny_off": ("gray", CANNY, OFF, True),
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({
@@ -166,6 +170,26 @@ def test_a_job_that_leaves_the_mask_out_counts_the_fill_as_before(run, name):
     if name == "stretch":  # the fill (0) is the low percentile without the mask: washed out
         assert np.percentile(page, STRETCH["p_low"], method="lower") == 0
         assert got[valid].std() > 1.2 * off[valid].std()
+
+
+@pytest.mark.parametrize("name", ["canny", "canny_batches"])
+def test_cannys_blur_leaves_the_masked_out_pixels_out(run, name):
+    """canny's ``sigma`` blur is of the valid pixels alone, the masked-out ones kept (the
+    reference: OpenCV's Canny of ``masked_blur``, the numpy blur of the valid samples), tiled
+    as on the whole page; the job without the mask blurs the white fill into the data, and
+    its edges differ from it near the swath's edge."""
+    page, valid = run["pages"]["gray"], run["valid"]
+    got = read(run["out"][name])
+    want = cv2.Canny(masked_blur(page, CANNY["sigma"], valid), CANNY["low"], CANNY["high"])
+    np.testing.assert_array_equal(got, want)
+    params = {k: v for k, v in CANNY.items() if k != "op"}
+    whole = OPS["canny"].apply(page, {**params, "input_nodata": None, "input_valid": valid})
+    np.testing.assert_array_equal(got, whole)
+    off = read(run["out"]["canny_off"])
+    plain = cv2.Canny(cv2.GaussianBlur(page, (0, 0), CANNY["sigma"]), CANNY["low"],
+                      CANNY["high"])
+    np.testing.assert_array_equal(off, plain)
+    assert (got != off)[valid].any()
 
 
 @pytest.mark.parametrize(("op", "dtype"), [

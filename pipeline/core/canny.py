@@ -25,7 +25,7 @@ arrays out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -51,9 +51,17 @@ def thresholds(p: dict[str, Any]) -> tuple[float, float]:
     return (low, high) if low <= high else (high, low)
 
 
-def local_maps(img: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(weak, strong): the NMS maxima above ``low`` and above ``high`` of the whole array."""
-    x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] > 0 else img
+def local_maps(img: np.ndarray, p: dict[str, Any],
+               blur: Callable[[np.ndarray, dict[str, Any]], np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(weak, strong): the NMS maxima above ``low`` and above ``high`` of the whole array,
+    blurred by ``blur(img, p)`` (the tiled path's: pipeline.core.op_functions.canny_blur,
+    which leaves no-data and masked-out samples out of the blur); None: ``cv2.GaussianBlur``
+    of ``sigma`` (no blur at 0), the same on a page without no-data or a mask."""
+    if blur is not None:
+        x = blur(img, p)
+    else:
+        x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] > 0 else img
     low, high = thresholds(p)
     return cv2.Canny(x, low, low), cv2.Canny(x, high, high)
 

@@ -301,10 +301,16 @@ def clahe(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     return out if not (ph or pw) else np.ascontiguousarray(out[:h, :w])
 
 
+def canny_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """canny's pre-blur: :func:`gaussian_blur` of ``sigma`` (``cv2.GaussianBlur``; on a page
+    with a no-data value or a mask, of the valid samples alone, the others kept, as the
+    ``gaussian_blur`` op's); ``img`` itself when ``sigma`` is 0."""
+    return gaussian_blur(img, p) if p["sigma"] > 0 else img
+
+
 def canny(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] > 0 else img
     low, high = canny_mod.thresholds(p)
-    return cv2.Canny(x, low, high)
+    return cv2.Canny(canny_blur(img, p), low, high)
 
 
 def _area2(block: np.ndarray) -> np.ndarray:

@@ -68,13 +68,13 @@ class Op:
     #: ``input_nodata`` (:func:`with_nodata`): normalized_difference, convert, downsample, the
     #: blurs (gaussian_blur, unsharp_mask), dilate and erode (of the valid samples alone), the
     #: whole-page ops (equalize_hist, otsu_threshold, percentile_stretch, normalize:
-    #: statistics of the data)
+    #: statistics of the data), canny (its blur)
     reads_nodata: bool = False
     #: the op is given its input's valid-data mask (the page's carried internal mask, moved
     #: and reduced to the op's pixels: an (h, w) bool array; None: none) as the parameter
     #: ``input_valid``, by the tiled path (pipeline.steps.evaluate): downsample, the blurs,
     #: dilate and erode, the whole-page ops (their statistics and their output leave the
-    #: masked-out pixels out)
+    #: masked-out pixels out), canny (its blur)
     reads_mask: bool = False
     #: bytes a sample of its tile the op holds beyond its input and output on a page with a
     #: no-data value or a carried mask (the blurs of the valid samples: four float64 arrays,
@@ -462,6 +462,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
                      " (OpenCV's Canny is 8-bit only); put {\"op\": \"convert\", "
                      "\"dtype\": \"uint8\"} before it" + _RANGE_TOO),
        out_channels=lambda ch: 1, binary=_makes,
+       reads_nodata=True, reads_mask=True, valid_bytes=32,
        colour=True, halo_help="blur radius + 2 (Sobel and non-maximum suppression); the hysteresis "
                  "follows edges across the page in a statistics round of its own"),
     Op("downsample",

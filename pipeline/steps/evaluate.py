@@ -29,6 +29,7 @@ from pipeline.core.chain import ChainLayout, page_geometry
 from pipeline.core.geometry import transposes
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.op_functions import canny_blur
 from pipeline.core.ops import (
     chain_bands,
     chain_from_json,
@@ -276,7 +277,7 @@ class TileEvaluator:
         call = self.chain[position]
         needed = call.op.reach_for(call.params, self.layout.dtypes[position], 0)
         arr, rect = self.value(row, col, position, needed)
-        weak, strong = canny_mod.local_maps(arr, call.params)
+        weak, strong = canny_mod.local_maps(arr, self.params(position, rect), canny_blur)
         core = self.core(row, col, position)
         return canny_mod.label_core(self.crop(weak, rect, core), self.crop(strong, rect, core))
 
