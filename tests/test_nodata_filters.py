@@ -32,6 +32,7 @@ BLUR = {"op": "gaussian_blur", "sigma": 2.0}
 SHARPEN = {"op": "unsharp_mask", "sigma": 1.5, "amount": 1.5}
 DILATE = {"op": "dilate", "ksize": 5, "iterations": 2}
 ERODE = {"op": "erode", "ksize": 3, "iterations": 1}
+CANNY = {"op": "canny", "low": 15, "high": 45, "sigma": 1.5}
 
 
 def scene(h: int, w: int, bands: int, dtype: str, seed: int) -> np.ndarray:
@@ -111,6 +112,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "plain_sharpen": ("plain", [SHARPEN], False),
         "u8_dilate": ("u8", [DILATE], False), "u16_erode": ("u16", [ERODE], True),
         "masked_erode": ("masked", [ERODE], True), "plain_dilate": ("plain", [DILATE], True),
+        "u8_canny": ("u8", [CANNY], False), "plain_canny": ("plain", [CANNY], True),
     }
     manifest = root / "m.json"
     manifest.write_text(json.dumps({
@@ -247,3 +249,21 @@ def test_the_memory_model_counts_the_float_buffers_on_pages_with_nodata(tmp_path
              for plan in planned.plans]
     assert parts[0]["valid samples"] > 0 and parts[1]["valid samples"] > 0
     assert not parts[2].get("valid samples") and not parts[3].get("valid samples")
+
+
+def test_cannys_blur_of_a_page_with_nodata_is_the_blur_of_its_valid_samples(run):
+    """canny's ``sigma`` blur on a page with no-data 0 is gaussian_blur's: the reference blur
+    of the valid samples alone, the no-data pixels kept (0), then OpenCV's Canny; tiled in
+    batches as on the whole page. The same scene without GDAL_NODATA is OpenCV's Canny of
+    OpenCV's blur, as before, and differs along the no-data edges."""
+    page, none = run["pages"]["u8"], run["none"]
+    sigma = CANNY["sigma"]
+    got, tag = read(run["out"]["u8_canny"])
+    blurred = np.where(none, page, reference_blur(page, sigma, ~none))
+    blurred[(blurred == 0) & ~none] = 1  # (data kept off the no-data value, as the blur's)
+    np.testing.assert_array_equal(got, cv2.Canny(blurred, CANNY["low"], CANNY["high"]))
+    assert tag is None  # (edges: 0 and 255, no no-data value)
+    plain, _ = read(run["out"]["plain_canny"])
+    np.testing.assert_array_equal(plain, cv2.Canny(cv2.GaussianBlur(page, (0, 0), sigma),
+                                                   CANNY["low"], CANNY["high"]))
+    assert (got != plain)[~none].any()
