@@ -277,7 +277,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
-    from pipeline.adapters.metadata import page_xmp
+    from pipeline.adapters.metadata import derivation, page_xmp
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
 
@@ -303,8 +303,9 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "bands": pp.out_channels, "dtype": pp.out_dtype,
                                 "one_bit": bool(options.bilevel),
                                 "compression": options.compression}}
-        _, xmp = page_xmp(spec, pp)
-        if xmp:  # (kept, rewritten for the new size and place, or dropped, and why)
+        _, xmp = page_xmp(spec, pp, derivation(spec))
+        if xmp:  # (kept and stamped a derivative, rewritten for the new size and place too,
+            # or dropped, and why)
             entry["ops"]["xmp"] = xmp
     if others:
         doc["ops_problems"] = others

@@ -32,6 +32,9 @@ CRS = "{http://ns.adobe.com/camera-raw-settings/1.0/}"
 DC = "{http://purl.org/dc/elements/1.1/}"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 PHOTOSHOP = "{http://ns.adobe.com/photoshop/1.0/}"
+XMP_MM = "{http://ns.adobe.com/xap/1.0/mm/}"
+ST_EVT = "{http://ns.adobe.com/xap/1.0/sType/ResourceEvent#}"
+ST_REF = "{http://ns.adobe.com/xap/1.0/sType/ResourceRef#}"
 #: the page: 120 x 80, 300 x 200 pixels per inch, Orientation 6 (as the packets say)
 WIDTH, HEIGHT = 120, 80
 PADDING = (" " * 99 + "\n") * 20
@@ -109,6 +112,8 @@ SIZES = {"crop": (50, 40, "300/1", "200/1", "4000/1", "3000/1"),
          "rot90": (80, 120, "200/1", "300/1", "3000/1", "4000/1")}
 #: the properties the ops may change: left out when comparing the rest
 GEOMETRY = (TIFF, EXIF, CRS)
+#: and those that say an output is a derivative (a new InstanceID, a History event)
+CHANGED = (*GEOMETRY, XMP_MM)
 
 
 def _write(path: Path, packet: bytes) -> None:
@@ -160,14 +165,14 @@ def _value(desc: ET.Element, key: str) -> str | None:
     return None if child is None else child.text
 
 
-def _rest(element: ET.Element) -> list[Any]:
-    """Every element and attribute but the geometric ones (and what they hold), in
-    document order."""
+def _rest(element: ET.Element, left_out: tuple[str, ...] = GEOMETRY) -> list[Any]:
+    """Every element and attribute but those of the namespaces ``left_out`` (and what they
+    hold; default: the geometric ones), in document order."""
     out = [(element.tag, sorted((k, v) for k, v in element.attrib.items()
-                                if not k.startswith(GEOMETRY)), (element.text or "").strip())]
+                                if not k.startswith(left_out)), (element.text or "").strip())]
     for child in element:
-        if not child.tag.startswith(GEOMETRY):
-            out += _rest(child)
+        if not child.tag.startswith(left_out):
+            out += _rest(child, left_out)
     return out
 
 
@@ -209,7 +214,7 @@ def test_xmp_is_rewritten_for_the_new_geometry_and_keeps_the_rights(run, kind, o
     assert orientation == (None if op == "rot90" else 6)
     assert _value(desc, f"{TIFF}Orientation") == (None if op == "rot90" else "6")
     # the rights, credits, titles: as they were
-    assert _rest(desc) == _rest(source)
+    assert _rest(desc, CHANGED) == _rest(source, CHANGED)
     rights = desc.find(f"{DC}rights/{RDF}Alt/{RDF}li")
     assert rights.get(XML_LANG) == "x-default" and rights.text.startswith("\u00a9 1931 City")
     assert [li.text for li in desc.iterfind(f"{DC}creator/{RDF}Seq/{RDF}li")] == [
@@ -238,10 +243,18 @@ def test_pillow_getxmp_reads_the_rewritten_packet(run):
 
 
 @pytest.mark.parametrize("kind", list(PACKETS))
-def test_a_value_op_keeps_the_packet_byte_for_byte(run, kind):
+def test_a_value_op_keeps_the_packet_but_stamps_it_a_derivative(run, kind):
     job = run[(kind, "blur")]
-    assert _xmp(job["output"]) == PACKETS[kind]
-    assert not job.get("message")
+    packet = _xmp(job["output"])
+    if kind == "invalid":  # (unread: kept as it is)
+        assert packet == PACKETS[kind]
+    else:  # every property as it was, and a new InstanceID and History event
+        desc = _description(packet)
+        assert _rest(desc, (XMP_MM,)) == _rest(_description(PACKETS[kind]), (XMP_MM,))
+        assert desc.get(f"{XMP_MM}InstanceID").startswith("xmp.iid:")
+        assert desc.find(f"{XMP_MM}History/{RDF}Seq/{RDF}li").get(
+            f"{ST_EVT}parameters") == "gaussian_blur sigma=1.5"
+    assert not job.get("message")  # (nothing said of a packet kept: every one is stamped)
 
 
 @pytest.mark.parametrize("op", ["crop", "down", "rot90"])
@@ -259,7 +272,9 @@ def test_inspect_says_what_a_chain_does_with_the_xmp(run, capsys: pytest.Capture
               "exif:FocalPlaneXResolution, exif:FocalPlaneYResolution; removed "
               "tiff:Orientation, crs:* (4 properties: Camera Raw's settings of the original)")
     for ops, said in (('[{"op": "rotate", "angle": 90}]', turned),
-                      ('[{"op": "gaussian_blur", "sigma": 1}]', "; XMP kept as is")):
+                      ('[{"op": "gaussian_blur", "sigma": 1}]',
+                       ("; XMP kept, stamped a derivative: a new xmpMM:InstanceID, an "
+                        "xmpMM:History event (converted)"))):
         assert cli.main(["inspect", path, "--ops", ops]) == 0
         out = capsys.readouterr().out
         assert "ops: run -> " in out and said in out, out
@@ -387,9 +402,10 @@ def test_xmp_states_how_the_output_stores_its_samples(formed, name):
     assert ("exif:ColorSpace" in job["message"]) == (mode != "3")
 
 
-def test_xmp_of_samples_stored_as_before_is_kept_byte_for_byte(formed):
+def test_xmp_of_samples_stored_as_before_is_kept_but_for_the_derivative(formed):
     job = formed["same"]
-    assert _xmp(job["output"]) == FORM
+    packet = _xmp(job["output"])
+    assert _rest(_description(packet), (XMP_MM,)) == _rest(_description(FORM), (XMP_MM,))
     assert not job.get("message")
 
 
@@ -400,3 +416,179 @@ def test_a_bits_per_sample_seq_keeps_its_layout():
             b"     <rdf:li>16</rdf:li>\n    </rdf:Seq>\n   </tiff:BitsPerSample>") in done.packet
     assert done.said == ("rewritten: updated tiff:SamplesPerPixel, "
                          "tiff:PhotometricInterpretation, tiff:Compression, tiff:BitsPerSample")
+
+
+#: as Photoshop writes media management: the input's IDs, its History (one event), the
+#: document it was itself derived from
+MANAGED = ADOBE.replace(
+    b'    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"\n',
+    b'    xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"\n'
+    b'    xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"\n'
+    b'    xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"\n'
+    b'    xmlns:stRef="http://ns.adobe.com/xap/1.0/sType/ResourceRef#"\n'
+    b'   xmpMM:InstanceID="xmp.iid:0b2c7e0e-6a51-4d8e-9c55-0a6f1c1d2e3f"\n'
+    b'   xmpMM:DocumentID="xmp.did:5f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"\n'
+    b'   xmpMM:OriginalDocumentID="xmp.did:11111111-2222-4333-8444-555555555555"\n').replace(
+    b"  </rdf:Description>",
+    b'   <xmpMM:DerivedFrom stRef:instanceID="xmp.iid:aaaaaaaa-0000-4000-8000-000000000000"'
+    b' stRef:documentID="xmp.did:11111111-2222-4333-8444-555555555555"/>\n'
+    b"   <xmpMM:History>\n    <rdf:Seq>\n"
+    b'     <rdf:li stEvt:action="saved" stEvt:instanceID="xmp.iid:0b2c7e0e-6a51-4d8e-9c55-'
+    b'0a6f1c1d2e3f" stEvt:when="2019-05-02T10:11:12+02:00" stEvt:softwareAgent="Adobe '
+    b'Photoshop 20.0 (Windows)" stEvt:changed="/"/>\n'
+    b"    </rdf:Seq>\n   </xmpMM:History>\n  </rdf:Description>")
+WHEN = "2026-01-02T03:04:05Z"
+
+
+def _managed(desc: ET.Element, key: str) -> str | None:
+    """A media management property, of the Description or (a ResourceRef) of an element."""
+    return desc.get(key) if key in desc.attrib else _value(desc, key)
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run of a two-page input whose XMP says its IDs and History (a blur and a crop),
+    one without media management (a blur), one without XMP, with the InstanceIDs and the
+    time made by the test's own functions (``pipeline.core.xmp``'s replaced: ``workers=1``
+    runs merge in this process)."""
+    import pipeline
+    from pipeline.core import xmp
+
+    root = tmp_path_factory.mktemp("derived")
+    rng = np.random.default_rng(7)
+    with tifffile.TiffWriter(root / "managed.tif") as tw:
+        for _ in range(2):
+            tw.write(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8),
+                     photometric="rgb", tile=(32, 32), metadata=None,
+                     resolution=((300, 1), (200, 1)), resolutionunit=2,
+                     extratags=[(700, "B", len(MANAGED), MANAGED, True)])
+    _write(root / "children.tif", CHILDREN)
+    tifffile.imwrite(root / "none.tif", rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8),
+                     tile=(32, 32), metadata=None)
+    chains = {"managed": [{"op": "gaussian_blur", "sigma": 2},
+                          {"op": "crop", "x": 10, "y": 20, "width": 50, "height": 40}],
+              "children": [{"op": "gaussian_blur", "sigma": 1.5}],
+              "none": [{"op": "gaussian_blur", "sigma": 1.5}]}
+    issued: list[str] = []
+
+    def new_instance_id() -> str:
+        issued.append(f"xmp.iid:00000000-0000-4000-8000-{len(issued):012d}")
+        return issued[-1]
+
+    manifest = {"jobs": [{"input": str(root / f"{name}.tif"), "ops": ops,
+                          "output": str(root / "out" / f"{name}.tif"),
+                          "output_options": {"tile": 32}} for name, ops in chains.items()]}
+    with pytest.MonkeyPatch.context() as mp:
+        # (raising=False: before, no such functions, and the test fails on the packets)
+        mp.setattr(xmp, "new_instance_id", new_instance_id, raising=False)
+        mp.setattr(xmp, "utc_now", lambda: WHEN, raising=False)
+        result = pipeline.run(manifest, workers=1)
+    assert result.ok, result.report
+    packets = {name: _pages_xmp(str(root / "out" / f"{name}.tif")) for name in chains}
+    return {"packets": packets, "issued": issued,
+            "jobs": dict(zip(chains, result.report["jobs"], strict=True))}
+
+
+def _pages_xmp(path: str) -> list[bytes | None]:
+    with tifffile.TiffFile(path) as tf:
+        return [None if (tag := page.tags.get(700)) is None else bytes(tag.value)
+                for page in tf.pages]
+
+
+def _event(item: ET.Element) -> dict[str, str | None]:
+    return {name: _managed(item, f"{ST_EVT}{name}") for name in (
+        "action", "instanceID", "when", "softwareAgent", "parameters")}
+
+
+def test_a_derivative_gets_a_new_instance_id_and_a_history_event(derived):
+    from pipeline import __version__
+
+    pages = derived["packets"]["managed"]
+    assert len(pages) == 2 and None not in pages
+    source = _description(MANAGED)
+    # one the test's function made (at merge: the plan's note made some too), the pages'
+    new = _managed(_description(pages[0]), f"{XMP_MM}InstanceID")
+    assert new in derived["issued"]
+    for packet in pages:
+        desc = _description(packet)  # (well-formed: every prefix declared)
+        # a new instance of the same document
+        assert _managed(desc, f"{XMP_MM}InstanceID") == new
+        assert _managed(desc, f"{XMP_MM}DocumentID") == source.get(f"{XMP_MM}DocumentID")
+        assert _managed(desc, f"{XMP_MM}OriginalDocumentID") == source.get(
+            f"{XMP_MM}OriginalDocumentID")
+        # derived from the input (no longer from the input's own source)
+        (ref,) = desc.findall(f"{XMP_MM}DerivedFrom")
+        assert (ref.get(f"{ST_REF}instanceID"), ref.get(f"{ST_REF}documentID")) == (
+            "xmp.iid:0b2c7e0e-6a51-4d8e-9c55-0a6f1c1d2e3f",
+            "xmp.did:5f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+        # the input's History kept, the derivative's event after it
+        (history,) = desc.findall(f"{XMP_MM}History")
+        saved, ours = history.findall(f"{RDF}Seq/{RDF}li")
+        assert _event(saved)["action"] == "saved"
+        assert saved.get(f"{ST_EVT}changed") == "/"
+        assert _event(ours) == {
+            "action": "converted", "instanceID": new, "when": WHEN,
+            "softwareAgent": f"tiffpipe {__version__}",
+            "parameters": "gaussian_blur sigma=2; crop x=10 y=20 width=50 height=40"}
+        # the rest as the crop leaves it
+        assert _value(desc, f"{TIFF}ImageWidth") == "50"
+        assert _value(desc, f"{PHOTOSHOP}Credit") == "Courtesy of the City Archive"
+        assert len(packet) == len(MANAGED)  # (in its padding)
+    message = derived["jobs"]["managed"]["message"]
+    assert message.startswith("XMP of pages 0-1: rewritten: updated tiff:ImageWidth"), message
+    assert message.endswith("stamped a derivative: a new xmpMM:InstanceID, xmpMM:DerivedFrom "
+                            "the input's, an xmpMM:History event (converted)"), message
+
+
+def test_a_packet_without_media_management_gets_a_new_history(derived):
+    (packet,) = derived["packets"]["children"]
+    desc = _description(packet)
+    instance = _managed(desc, f"{XMP_MM}InstanceID")
+    # each output its own instance
+    assert instance in derived["issued"] and instance not in _managed(
+        _description(derived["packets"]["managed"][0]), f"{XMP_MM}InstanceID")
+    assert _managed(desc, f"{XMP_MM}DocumentID") is None  # (none invented)
+    assert desc.find(f"{XMP_MM}DerivedFrom") is None  # (the input named no instance)
+    (item,) = desc.findall(f"{XMP_MM}History/{RDF}Seq/{RDF}li")
+    assert _event(item) | {"softwareAgent": None} == {
+        "action": "converted", "instanceID": instance, "when": WHEN, "softwareAgent": None,
+        "parameters": "gaussian_blur sigma=1.5"}
+    assert b'xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/"' in packet
+    assert b'xmlns:stEvt="http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"' in packet
+    assert _rest(desc, (XMP_MM,)) == _rest(_description(CHILDREN), (XMP_MM,))  # (as it was)
+    assert not derived["jobs"]["children"].get("message")  # (kept: no note)
+    # no XMP is made for an input without one
+    assert derived["packets"]["none"] == [None]
+
+
+def test_media_management_written_as_elements_or_malformed_is_made_the_derivatives():
+    """IDs as child elements (not attributes), a History that is no rdf:Seq (replaced by
+    one), ``xmpMM`` bound by the packet to another namespace (the derivative's declared
+    under another prefix): the packet stays well-formed and says the derivative's IDs."""
+    from pipeline.core.xmp import Derivation
+
+    packet = CHILDREN.replace(
+        b"xmlns:dc=", b'xmlns:mm="http://ns.adobe.com/xap/1.0/mm/" xmlns:xmpMM="urn:other" '
+        b"xmlns:dc=").replace(
+        b" <t:ImageWidth>",
+        b" <mm:InstanceID>xmp.iid:in</mm:InstanceID>\n <mm:DocumentID>xmp.did:doc"
+        b"</mm:DocumentID>\n <mm:History><rdf:Bag><rdf:li>edited</rdf:li></rdf:Bag>"
+        b"</mm:History>\n <xmpMM:Other>kept</xmpMM:Other>\n <t:ImageWidth>")
+    done = rewritten(packet, Reshape(WIDTH, HEIGHT, False, False, moved=False),
+                     Derivation("xmp.iid:new", WHEN, "tiffpipe 1", "rotate angle=90"))
+    desc = _description(done.packet)
+    assert _managed(desc, f"{XMP_MM}InstanceID") == "xmp.iid:new"
+    assert len(desc.findall(f"{XMP_MM}InstanceID")) == 0  # (one InstanceID: the new one)
+    assert _value(desc, f"{XMP_MM}DocumentID") == "xmp.did:doc"
+    (ref,) = desc.findall(f"{XMP_MM}DerivedFrom")
+    assert (ref.get(f"{ST_REF}instanceID"), ref.get(f"{ST_REF}documentID")) == (
+        "xmp.iid:in", "xmp.did:doc")
+    (history,) = desc.findall(f"{XMP_MM}History")
+    (item,) = history.findall(f"{RDF}Seq/{RDF}li")
+    assert _event(item) == {"action": "converted", "instanceID": "xmp.iid:new", "when": WHEN,
+                            "softwareAgent": "tiffpipe 1", "parameters": "rotate angle=90"}
+    assert _value(desc, "{urn:other}Other") == "kept"
+    assert done.said == ("kept, stamped a derivative: a new xmpMM:InstanceID, "
+                         "xmpMM:DerivedFrom the input's, an xmpMM:History event (converted)")
+    # without a Derivation (what is said of a page alone), nothing is stamped
+    assert rewritten(packet, Reshape(WIDTH, HEIGHT, False, False, moved=False)).packet == packet

@@ -29,13 +29,15 @@ Rules:
   model tags moved are written as DOUBLE, whatever numeric type the input stored, and model
   tags stored as RATIONAL or SRATIONAL are written as DOUBLE even when not moved (read as
   GDAL reads them: :func:`_rational`);
-- XMP is copied byte for byte through a chain that keeps the page's size and place, else
-  rewritten (:func:`output_xmp`, :mod:`pipeline.core.xmp`): its size, resolution and
-  Orientation properties made the output's, what cannot stay true removed, the rights and
-  credits kept; a packet that does not parse is dropped, and the job's note says which
+- XMP is kept, its properties as they were, through a chain that keeps the page's size
+  and place, else rewritten (:func:`output_xmp`, :mod:`pipeline.core.xmp`): its size,
+  resolution and Orientation properties made the output's, what cannot stay true removed,
+  the rights and credits kept; a packet that does not parse is dropped, and the job's note says which
   (:func:`xmp_note`); through any chain, its properties that state how the samples are
   stored (BitsPerSample, SamplesPerPixel, PhotometricInterpretation, Compression, ColorMode)
-  are made the output's as merge writes it (:func:`output_form`);
+  are made the output's as merge writes it (:func:`output_form`); and each output's packet
+  says it is a derivative (a new ``xmpMM:InstanceID``, ``xmpMM:DerivedFrom`` the input, an
+  ``xmpMM:History`` event: :func:`derivation`), so it is never copied byte for byte;
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
   OME-XML, dropped, said of it (:func:`_ome_plane`, the OME-XML parsed once a file): its
   name (Image, Channel, Z, T) becomes the output page's PageName when it has none, and an
@@ -80,7 +82,7 @@ from pipeline.core.geometry import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.core.xmp import Form
+    from pipeline.core.xmp import Derivation, Form
 
 #: the largest ICC profile carried (bytes); real profiles are 0.5-4 KB, a few up to ~0.5 MB
 ICC_MAX = 1024 * 1024
@@ -811,7 +813,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 stats: bool = False, bilevel: bool = False,
                 linear: tuple[float, float] | None = None,
                 keep_nodata: bool | None = None,
-                names: Sequence[str | None] = (), form: Form | None = None) -> dict[str, Any]:
+                names: Sequence[str | None] = (), form: Form | None = None,
+                derived: Derivation | None = None) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -836,7 +839,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     (:func:`geo_placed`; what cannot be moved is refused before:
     :func:`pipeline.core.geometry.georeferenced`) and drops an Aperio description; XMP
     is rewritten for the new size and place (:func:`output_xmp`), and for ``form``, how
-    the output's samples are stored (:func:`output_form`; None: not known). ``bilevel``: a 1-bit
+    the output's samples are stored (:func:`output_form`; None: not known), and stamped as
+    the derivative ``derived`` (:func:`derivation`; None: not stamped). ``bilevel``: a 1-bit
     output page (0 and 255 stored as bits): miniswhite,
     as 1-bit scans and fax are, its GDAL_NODATA the bit of that value (255: 0, 0: 1;
     another value marks no pixel: dropped), and the entry merge makes its BitsPerSample
@@ -867,7 +871,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = [tag for tag in md.get("spatial", []) if tag[0] != XMP]
-    xmp, _said = output_xmp(info, height, width, factor, placed, form)
+    xmp, _said = output_xmp(info, height, width, factor, placed, form, derived)
     if xmp is not None:
         extratags.append(xmp)
     if placed:
@@ -967,9 +971,18 @@ def output_form(info: Any, channels: int, dtype: str, options: Any,
                 encoder.tag, mode != was, mode)
 
 
+def derivation(spec: Any) -> Derivation:
+    """The output of the job ``spec`` (a JobSpec) as a derivative, for its pages' XMP
+    (:class:`pipeline.core.xmp.Derivation`: a new InstanceID, now, tiffpipe's version and
+    the ops): one per output, made when merge writes it."""
+    from pipeline.core.xmp import derivation as made
+
+    return made(spec.ops, f"tiffpipe {__version__}")
+
+
 def output_xmp(info: Any, height: int, width: int, factor: int = 1,
-               placed: Placement | None = None, form: Form | None = None
-               ) -> tuple[tuple[Any, ...] | None, str]:
+               placed: Placement | None = None, form: Form | None = None,
+               derived: Derivation | None = None) -> tuple[tuple[Any, ...] | None, str]:
     """The XMP of the output page of ``info`` that is ``height`` x ``width`` (``factor``,
     ``placed``: as :func:`output_tags`), as an ``extratags`` entry (None: none), and what
     was done with it ("" when the input page has none): kept byte for byte when the chain
@@ -979,7 +992,8 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     updated or removed, Camera Raw's settings and pixel positions removed, its
     BitsPerSample, SamplesPerPixel, PhotometricInterpretation, Compression, ColorMode made
     the output's), or dropped (a packet that does not parse through a chain that keeps the
-    page's size and place is kept as it is)."""
+    page's size and place is kept as it is); and stamped as the derivative ``derived``
+    (:func:`derivation`: never kept byte for byte then; None: not stamped)."""
     md = info.metadata or {}
     if "xmp_over" in md:
         return None, (f"dropped: {md['xmp_over']:,} bytes, over the {VALUE_MAX // 1024} KiB "
@@ -991,14 +1005,14 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     same_size, sy, sx = _resized(info, height, width, factor, placed)
     kept = (XMP, entry[1], len(packet), packet, True), "kept as is"
     moved = not same_size or placed is not None
-    if not moved and (form is None or not _names_form(packet)):
+    if not moved and derived is None and (form is None or not _names_form(packet)):
         return kept
     from pipeline.core.xmp import Reshape, rewritten
 
     done = rewritten(packet, Reshape(width, height, bool(placed and placed.turned),
                                      bool(placed and placed.transposed), (sx, sy),
                                      _resolution(md, placed, sy, sx),
-                                     md.get("resolutionunit", 2), moved, form))
+                                     md.get("resolutionunit", 2), moved, form), derived)
     if done.packet is None and not moved:  # (unread through a copy, as before)
         return kept
     if done.packet is None:
@@ -1023,24 +1037,27 @@ def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
     from pipeline.core.plan import _pages
 
     said: dict[str, list[int]] = {}
+    derived = None  # (for what is said: merge makes the output's own)
     for page in pages:
         if not carries_xmp(page.info):
             continue
-        _, what = page_xmp(spec, page)
+        derived = derived or derivation(spec)  # (not made for pages without XMP: its imports)
+        _, what = page_xmp(spec, page, derived)
         if what and not what.startswith("kept"):
             said.setdefault(what, []).append(page.info.index)
     return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())
 
 
-def page_xmp(spec: Any, page: Any) -> tuple[tuple[Any, ...] | None, str]:
+def page_xmp(spec: Any, page: Any, derived: Derivation | None = None
+             ) -> tuple[tuple[Any, ...] | None, str]:
     """:func:`output_xmp` of a PagePlan of the job ``spec`` (a JobSpec): its output size,
     its reduction, where the chain places it, and how its samples are stored
-    (:func:`page_form`): what a job's result (:func:`xmp_note`) and ``tiffpipe inspect --ops``
-    say of the page's XMP."""
+    (:func:`page_form`), stamped as the derivative ``derived``: what a job's result
+    (:func:`xmp_note`) and ``tiffpipe inspect --ops`` say of the page's XMP."""
     from pipeline.core.chain import page_placement
 
     return output_xmp(page.info, page.out_grid.height, page.out_grid.width, page.factor,
-                      page_placement(spec.ops, page.info), page_form(spec, page))
+                      page_placement(spec.ops, page.info), page_form(spec, page), derived)
 
 
 def carries_xmp(info: Any) -> bool:

@@ -35,9 +35,25 @@ a 1-bit output or another compression leaves none stale:
   pixels) when the output's colour model is not the input page's; ``photoshop:ColorMode``
   is removed when no mode fits (a page of bands).
 
-Nothing else is touched (``xmpMM:History`` is the document's past, still true; the
-properties of documents nested in ``xmpMM:Pantry`` or ``xmpMM:DerivedFrom`` describe those
-documents). A packet that needs no change is kept byte for byte. One that does is written
+Each output is a derivative, a new instance of the input's document, and its packet says so
+(:class:`Derivation`, as XMP's media management schema and Adobe's tools do; DAMs and
+FADGI-minded archives trace an access copy to its master by it):
+
+- ``xmpMM:InstanceID``: a new ``xmp.iid:`` + UUID4 (copied, two files would claim to be the
+  same instance); ``xmpMM:DocumentID`` kept (the same document), ``xmpMM:OriginalDocumentID``
+  too;
+- ``xmpMM:DerivedFrom``: the input's InstanceID and DocumentID (``stRef:instanceID``,
+  ``stRef:documentID``), those it had (none: the input's own DerivedFrom, of its source, is
+  removed);
+- ``xmpMM:History``: an event appended to the input's ``rdf:Seq`` (kept: the document's
+  past), or a new one: ``stEvt:action`` ``converted`` (one of the actions the XMP
+  specification defines; ``derived`` is not), ``stEvt:instanceID`` (the new one),
+  ``stEvt:when`` (UTC), ``stEvt:softwareAgent`` (``tiffpipe <version>``),
+  ``stEvt:parameters`` (the ops, :func:`ops_parameters`).
+
+Nothing else is touched (the properties of documents nested in ``xmpMM:Pantry`` describe
+those documents). A packet that needs no change (and is not stamped: no
+:class:`Derivation` given) is kept byte for byte. One that does is written
 again from its parsed tree with the prefixes and namespace declarations where the packet
 had them; the ``<?xpacket?>`` wrapper and what lies outside ``x:xmpmeta`` are kept as they
 are, and the whitespace padding is shortened or lengthened so that the packet keeps its
@@ -51,6 +67,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from fractions import Fraction
 from typing import Any
 
@@ -64,9 +81,17 @@ MWG_RS = "http://www.metadataworkinggroup.com/schemas/regions/"
 IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 PHOTOSHOP = "http://ns.adobe.com/photoshop/1.0/"
 XML = "http://www.w3.org/XML/1998/namespace"
-#: the prefixes what was done is said with (a packet may bind its own)
+XMP_MM = "http://ns.adobe.com/xap/1.0/mm/"
+ST_EVT = "http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"
+ST_REF = "http://ns.adobe.com/xap/1.0/sType/ResourceRef#"
+#: the prefixes what was done is said with (a packet may bind its own), and that a
+#: namespace the packet does not declare is declared with
 PREFIXES = {TIFF: "tiff", EXIF: "exif", CRS: "crs", MWG_RS: "mwg-rs", IPTC_EXT: "Iptc4xmpExt",
-            PHOTOSHOP: "photoshop"}
+            PHOTOSHOP: "photoshop", XMP_MM: "xmpMM", ST_EVT: "stEvt", ST_REF: "stRef"}
+#: the History event of a derivative: XMP's ResourceEvent defines "converted" (and copied,
+#: created, cropped, edited, filtered, formatted, ...: not "derived", which Photoshop writes
+#: besides its "converted")
+ACTION = "converted"
 #: properties that state positions on the original's pixels: removed
 POSITIONS = {(EXIF, "SubjectArea"), (EXIF, "SubjectLocation"), (MWG_RS, "Regions"),
              (IPTC_EXT, "ImageRegion")}
@@ -127,8 +152,52 @@ class XmpOutcome:
     said: str
 
 
-def rewritten(packet: bytes, reshape: Reshape) -> XmpOutcome:
-    """``packet`` (tag 700's bytes) for a page the chain reshaped (module docstring)."""
+@record(frozen=True)
+class Derivation:
+    """An output as a derivative, for its packet (module docstring): its new
+    ``xmpMM:InstanceID`` (``instance``), and its History event's ``stEvt:when`` (ISO 8601,
+    UTC), ``stEvt:softwareAgent`` (``agent``) and ``stEvt:parameters`` (the ops). One per
+    output file: its pages' packets share it."""
+
+    instance: str
+    when: str
+    agent: str
+    parameters: str
+
+
+def new_instance_id() -> str:
+    """A new ``xmpMM:InstanceID``, as Adobe's tools write one (a test replaces it)."""
+    import uuid
+
+    return f"xmp.iid:{uuid.uuid4()}"
+
+
+def utc_now() -> str:
+    """Now, as an XMP date in UTC (``2026-12-07T13:22:06Z``; a test replaces it)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def derivation(ops: list[dict[str, Any]], agent: str) -> Derivation:
+    """The :class:`Derivation` of an output the op chain ``ops`` makes, now."""
+    return Derivation(new_instance_id(), utc_now(), agent, ops_parameters(ops))
+
+
+def ops_parameters(ops: list[dict[str, Any]]) -> str:
+    """The op chain in short, for ``stEvt:parameters``: ``gaussian_blur sigma=2; crop x=10
+    y=20 width=50 height=40`` (a value that is no string or number as compact JSON)."""
+    import json
+
+    def value(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+
+    return "; ".join(" ".join([str(op.get("op")), *(f"{k}={value(v)}" for k, v in op.items()
+                                                    if k != "op")]) for op in ops) or "no ops"
+
+
+def rewritten(packet: bytes, reshape: Reshape, derived: Derivation | None = None
+              ) -> XmpOutcome:
+    """``packet`` (tag 700's bytes) for a page the chain reshaped, stamped as the derivative
+    ``derived`` (None: not stamped; module docstring)."""
     from xml.etree import ElementTree as ET
 
     try:
@@ -184,17 +253,71 @@ def rewritten(packet: bytes, reshape: Reshape) -> XmpOutcome:
             elif fate is not None:
                 child.text = fate
                 updated.append(_name(child.tag))
-    if not updated and not removed:
+    stamped = _stamped(root, rdf, descriptions, derived, builder.declared) if derived else ""
+    if not updated and not removed and not stamped:
         return XmpOutcome(packet, "kept as is (it states nothing the ops changed)")
     body = _serialized(root, builder.declared).encode("utf-8")
     pad = packet[end:stop]
     room = len(pad) + (end - start) - len(body)
     if pad and room >= 1:  # (the packet keeps its length)
         pad = (pad + b" " * room)[:room - 1] + pad[-1:]
+    said = "; ".join([*(f"{what} {_listed(names)}" for what, names in
+                        (("updated", updated), ("removed", removed)) if names),
+                      *([stamped] if stamped else [])])
     return XmpOutcome(packet[:start] + body + pad + packet[stop:],
-                      "rewritten: " + "; ".join(f"{what} {_listed(names)}" for what, names in
-                                                (("updated", updated), ("removed", removed))
-                                                if names))
+                      f"rewritten: {said}" if updated or removed else f"kept, {said}")
+
+
+def _stamped(root: Any, rdf: Any, descriptions: list[Any], derived: Derivation,
+             declared: dict[Any, list[tuple[str, str]]]) -> str:
+    """The packet's ``rdf:RDF`` made the derivative's (module docstring), and what was
+    done, in words. Its properties go where it has media management's (else in its first
+    ``rdf:Description``, one added if it has none), declared there."""
+    from xml.etree import ElementTree as ET
+
+    if not descriptions:  # (an empty rdf:RDF)
+        descriptions.append(ET.SubElement(rdf, f"{{{RDF}}}Description", {f"{{{RDF}}}about": ""}))
+    instance, document, derived_from, history = (
+        f"{{{XMP_MM}}}{name}" for name in ("InstanceID", "DocumentID", "DerivedFrom", "History"))
+    home = next((desc for desc in descriptions if any(
+        key.startswith(f"{{{XMP_MM}}}") for key, _ in _properties(desc))), descriptions[0])
+    old = {key: value for desc in descriptions for key, value in _properties(desc)}
+    events = None
+    for desc in descriptions:  # (the input's InstanceID and DerivedFrom go; History stays)
+        for key in (instance, derived_from):
+            desc.attrib.pop(key, None)
+        for child in list(desc):
+            if child.tag in (instance, derived_from):
+                _remove(desc, child)
+            elif child.tag == history and events is None and len(child) == 1 \
+                    and child[0].tag == f"{{{RDF}}}Seq":
+                events = child[0]
+    source = {f"{{{ST_REF}}}{name}": old[key] for name, key in
+              (("instanceID", instance), ("documentID", document)) if old.get(key)}
+    # (declared on ``home``, where a prefix is free, as Adobe's tools declare them)
+    outer = dict(p for element in dict.fromkeys((root, rdf, home))
+                 for p in declared.get(element, []))
+    for uri in (XMP_MM, ST_EVT, *([ST_REF] if source else [])):
+        if uri not in outer.values() and PREFIXES[uri] not in outer:
+            declared.setdefault(home, []).append((PREFIXES[uri], uri))
+    home.set(instance, derived.instance)
+    if source:
+        _append(home, ET.Element(derived_from, source))
+    if events is None:  # (none, or not a Seq: a new one)
+        for desc in descriptions:
+            desc.attrib.pop(history, None)
+            for child in desc.findall(history):
+                _remove(desc, child)
+        element = ET.Element(history)
+        events = ET.SubElement(element, f"{{{RDF}}}Seq")
+        _append(home, element)
+    _append(events, ET.Element(f"{{{RDF}}}li", {
+        f"{{{ST_EVT}}}{name}": value for name, value in (
+            ("action", ACTION), ("instanceID", derived.instance), ("when", derived.when),
+            ("softwareAgent", derived.agent), ("parameters", derived.parameters))}))
+    return ("stamped a derivative: a new xmpMM:InstanceID, "
+            + ("xmpMM:DerivedFrom the input's, " if source else "")
+            + f"an xmpMM:History event ({ACTION})")
 
 
 def _properties(desc: Any) -> list[tuple[str, str | None]]:
@@ -337,6 +460,15 @@ def _refill(seq: Any, items: list[Any], values: tuple[str, ...]) -> None:
         item.text, item.tail = value, last if k == len(values) - 1 else between
 
 
+def _append(parent: Any, child: Any) -> None:
+    """Put ``child`` last in ``parent``, spaced as its children are."""
+    children = list(parent)
+    if children:  # (the last one's tail is the parent's closing indent)
+        child.tail = children[-1].tail
+        children[-1].tail = children[-2].tail if len(children) > 1 else parent.text
+    parent.append(child)
+
+
 def _remove(parent: Any, child: Any) -> None:
     """Take ``child`` out, the whitespace around its siblings as it was."""
     children = list(parent)
@@ -399,7 +531,8 @@ def _serialized(root: Any, declared: dict[Any, list[tuple[str, str]]]) -> str:
             prefix = next((p for p, u in reversed(scope.items())
                            if u == uri and (p or not attribute)), None)
             if prefix is None:  # (not declared where it is used: declared here)
-                prefix = next(f"ns{n}" for n in range(len(scope) + 1) if f"ns{n}" not in scope)
+                prefix = PREFIXES.get(uri) if PREFIXES.get(uri) not in scope else next(
+                    f"ns{n}" for n in range(len(scope) + 1) if f"ns{n}" not in scope)
                 scope[prefix] = uri
                 mine.append((prefix, uri))
             return f"{prefix}:{local}" if prefix else local

@@ -32,7 +32,7 @@ import struct
 import time
 from fractions import Fraction
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tifffile
@@ -42,6 +42,7 @@ from pipeline.adapters.metadata import (
     ORIENTATION,
     band_names,
     carries_xmp,
+    derivation,
     ome_channel,
     output_tags,
     page_form,
@@ -96,6 +97,9 @@ from pipeline.steps.common import (
 )
 from pipeline.steps.masks import MASK_SEGMENT
 from pipeline.steps.tile_table import TileTable
+
+if TYPE_CHECKING:
+    from pipeline.core.xmp import Derivation
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +213,11 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     metas: list[dict[str, Any]] = []  # (OME) each page's Image metadata, for ome_xml
     try:
         with tifffile.TiffWriter(recorder, bigtiff=big, ome=ome) as writer:
+            # one InstanceID, one time for its pages' XMP (none to stamp: nothing made)
+            derived = derivation(plan.spec) if any(carries_xmp(p.info) for p in plan.pages) \
+                else None
             for i, page in enumerate(plan.pages):
-                tags = _page_tags(plan, page)
+                tags = _page_tags(plan, page, derived)
                 if ome:
                     metas.append(tags["metadata"])
                 written = _write_page(writer, plan, i, page, tags)
@@ -402,9 +409,12 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     return written
 
 
-def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
+def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None
+               ) -> dict[str, Any]:
     """``TiffWriter.write`` keywords of an output page: photometric, extra samples, software
-    and the input's carried tags (resolution, ICC, ...), and an OME page's ``metadata``."""
+    and the input's carried tags (resolution, ICC, ...; its XMP stamped as the derivative
+    ``derived``, :func:`pipeline.adapters.metadata.derivation`), and an OME page's
+    ``metadata``."""
     ops, options = plan.spec.ops, plan.spec.output_options
     height, width = page.out_grid.height, page.out_grid.width
     bands = chain_bands(ops, page.info.channels)
@@ -414,7 +424,7 @@ def _page_tags(plan: JobPlan, page: PagePlan) -> dict[str, Any]:
                        chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
                        chain_band_names(ops, band_names(page.info)),
                        # (how it stores its samples: for its XMP alone)
-                       page_form(plan.spec, page) if carries_xmp(page.info) else None)
+                       page_form(plan.spec, page) if carries_xmp(page.info) else None, derived)
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 
