@@ -32,10 +32,11 @@ Rules:
 - XMP is kept, its properties as they were, through a chain that keeps the page's size
   and place, else rewritten (:func:`output_xmp`, :mod:`pipeline.core.xmp`): its size,
   resolution and Orientation properties made the output's, what cannot stay true removed,
-  the rights and credits kept; a packet that does not parse is dropped, and the job's note says which
-  (:func:`xmp_note`); through any chain, its properties that state how the samples are
-  stored (BitsPerSample, SamplesPerPixel, PhotometricInterpretation, Compression, ColorMode)
-  are made the output's as merge writes it (:func:`output_form`); and each output's packet
+  the rights and credits kept; a packet that does not parse is dropped, and the job's note
+  says which (:func:`xmp_note`); through any chain, its properties that state how the
+  samples are stored (BitsPerSample, SamplesPerPixel, PhotometricInterpretation,
+  Compression, ColorMode) are made the output's as merge writes it (:func:`output_form`);
+  and each output's packet
   says it is a derivative (a new ``xmpMM:InstanceID``, ``xmpMM:DerivedFrom`` the input, an
   ``xmpMM:History`` event: :func:`derivation`), so it is never copied byte for byte;
 - an OME-TIFF's page that is a plane of an OME Image (its TiffData) keeps what the
