@@ -592,3 +592,17 @@ def test_media_management_written_as_elements_or_malformed_is_made_the_derivativ
                          "xmpMM:DerivedFrom the input's, an xmpMM:History event (converted)")
     # without a Derivation (what is said of a page alone), nothing is stamped
     assert rewritten(packet, Reshape(WIDTH, HEIGHT, False, False, moved=False)).packet == packet
+
+
+def test_the_history_events_parameters_are_the_ops_in_short_and_cut_when_long():
+    """``stEvt:parameters`` names each op with its parameters; a user op's long JSON value
+    (written again into every output page's packet) is cut to PARAMETERS_MAX characters."""
+    from pipeline.core.xmp import PARAMETERS_MAX, ops_parameters
+
+    assert ops_parameters([{"op": "gaussian_blur", "sigma": 2},
+                           {"op": "crop", "x": 1, "y": 2, "width": 3, "height": 4}]) == \
+        "gaussian_blur sigma=2; crop x=1 y=2 width=3 height=4"
+    assert ops_parameters([]) == "no ops"
+    long = ops_parameters([{"op": "custom", "function": "m:f", "params": {"w": [0.5] * 900}}])
+    assert len(long) == PARAMETERS_MAX and long.endswith("...")
+    assert long.startswith('custom function=m:f params={"w":[0.5,0.5,')

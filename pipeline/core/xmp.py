@@ -182,16 +182,23 @@ def derivation(ops: list[dict[str, Any]], agent: str) -> Derivation:
     return Derivation(new_instance_id(), utc_now(), agent, ops_parameters(ops))
 
 
+#: the longest ``stEvt:parameters`` written (characters): a user op's parameters may be a
+#: long JSON value, which every output page's packet would carry again
+PARAMETERS_MAX = 1000
+
+
 def ops_parameters(ops: list[dict[str, Any]]) -> str:
     """The op chain in short, for ``stEvt:parameters``: ``gaussian_blur sigma=2; crop x=10
-    y=20 width=50 height=40`` (a value that is no string or number as compact JSON)."""
+    y=20 width=50 height=40`` (a value that is no string or number as compact JSON), cut
+    to :data:`PARAMETERS_MAX` characters (its end ``...``)."""
     import json
 
     def value(v: Any) -> str:
         return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
-    return "; ".join(" ".join([str(op.get("op")), *(f"{k}={value(v)}" for k, v in op.items()
+    said = "; ".join(" ".join([str(op.get("op")), *(f"{k}={value(v)}" for k, v in op.items()
                                                     if k != "op")]) for op in ops) or "no ops"
+    return said if len(said) <= PARAMETERS_MAX else said[:PARAMETERS_MAX - 3] + "..."
 
 
 def rewritten(packet: bytes, reshape: Reshape, derived: Derivation | None = None
