@@ -370,7 +370,8 @@ def test_merge_makes_each_pages_tags_once(run, name, monkeypatch, tmp_path):
     made = []
     page_tags = merge_mod._page_tags
     monkeypatch.setattr(merge_mod, "_page_tags",
-                        lambda plan, page: made.append(page.info.index) or page_tags(plan, page))
+                        lambda plan, page, *derived: made.append(page.info.index)
+                        or page_tags(plan, page, *derived))
     out = tmp_path / "again.tif"
     compose(merge_mod.output_pieces(plan), str(out))
     assert sorted(made) == sorted(page.info.index for page in plan.pages)
