@@ -18,7 +18,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+from PIL import Image, ImageCms
 
 from pipeline import cli
 from pipeline.core.xmp import Form, Reshape, rewritten
@@ -328,7 +328,7 @@ FORM = (ADOBE[:ADOBE.index(b"   tiff:ImageWidth")].decode() + (  # (its namespac
         '   tiff:SamplesPerPixel="3" tiff:PhotometricInterpretation="2"\n'
         '   tiff:Compression="1" tiff:PlanarConfiguration="1"\n'
         '   photoshop:ColorMode="3" photoshop:Credit="Courtesy of the City Archive"\n'
-        '   exif:ColorSpace="1">\n'
+        '   photoshop:ICCProfile="sRGB IEC61966-2.1" exif:ColorSpace="1">\n'
         '   <tiff:BitsPerSample>\n    <rdf:Seq>\n     <rdf:li>8</rdf:li>\n'
         '     <rdf:li>8</rdf:li>\n     <rdf:li>8</rdf:li>\n    </rdf:Seq>\n'
         '   </tiff:BitsPerSample>\n'
@@ -355,12 +355,16 @@ FORMS: dict[str, tuple[list[dict[str, Any]], dict[str, Any], tuple[Any, ...]]] =
 }
 
 
+#: the profile the page ``formed`` writes embeds, which its packet names
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
 @pytest.fixture(scope="module")
 def formed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("form")
     rng = np.random.default_rng(5)
     tifffile.imwrite(root / "in.tif", rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8),
-                     photometric="rgb", tile=(32, 32), metadata=None,
+                     photometric="rgb", tile=(32, 32), metadata=None, iccprofile=SRGB,
                      extratags=[(700, "B", len(FORM), FORM, True)])
     chains = {**{name: (ops, options) for name, (ops, options, _) in FORMS.items()},
               "same": ([{"op": "gaussian_blur", "sigma": 1}], {"compression": "none"})}
@@ -387,6 +391,13 @@ def test_xmp_states_how_the_output_stores_its_samples(formed, name):
         assert [str(b) for b in np.broadcast_to(page.tags.valueof(258), len(bits))] == bits
         assert (str(page.samplesperpixel), str(int(page.photometric)),
                 str(page.tags.valueof(259))) == (samples, photometric, compression)
+        profile = page.tags.valueof(34675)
+    # the name of the profile embedded: kept with it (RGB outputs), removed where the output
+    # carries none (gray and 1-bit pages, bands: an RGB profile would be invalid there)
+    assert profile == (SRGB if mode == "3" else None)
+    assert _value(desc, f"{PHOTOSHOP}ICCProfile") == (
+        "sRGB IEC61966-2.1" if profile else None)
+    assert ("photoshop:ICCProfile" in job["message"]) == (profile is None)
     assert [li.text for li in desc.iterfind(f"{TIFF}BitsPerSample/{RDF}Seq/{RDF}li")] == bits
     assert [_value(desc, f"{TIFF}{key}") for key in (
         "SamplesPerPixel", "PhotometricInterpretation", "Compression", "PlanarConfiguration")

@@ -859,13 +859,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
         kwargs["subfiletype"] = md["subfiletype"]
-    colours = 3 if channels >= 3 else 1
-    if "icc" in md and (bands is None or bands[:colours] == tuple(range(colours))):
-        profile = _unb64(md["icc"])
-        space = ("CMYK" if photometric == "separated" else
-                 "RGB" if palette or channels >= 3 else "GRAY")
-        if icc_space(profile) == space:
-            kwargs["iccprofile"] = profile
+    if (profile := _carried_icc(info, channels, bands)) is not None:
+        kwargs["iccprofile"] = profile
     if palette:
         kwargs["colormap"] = np.frombuffer(_unb64(md["colormap"]), "<u2").reshape(3, 256)
     extratags = []
@@ -908,6 +903,21 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs
+
+
+def _carried_icc(info: Any, channels: int, bands: tuple[int, ...] | None) -> bytes | None:
+    """The ICC profile the output page of ``info`` with ``channels`` samples carries (None:
+    none): the input page's, when its colour space is the output's and ``bands`` (as
+    :func:`output_tags`) keep the colour bands where they were."""
+    md = info.metadata or {}
+    colours = 3 if channels >= 3 else 1
+    if "icc" not in md or bands is not None and bands[:colours] != tuple(range(colours)):
+        return None
+    profile = _unb64(md["icc"])
+    photometric = photometric_of(info, channels, bands)[0]
+    space = ("CMYK" if photometric == "separated" else
+             "RGB" if _palette(info, channels) or channels >= 3 else "GRAY")
+    return profile if icc_space(profile) == space else None
 
 
 def _resized(info: Any, height: int, width: int, factor: int, placed: Placement | None
@@ -954,8 +964,9 @@ def output_form(info: Any, channels: int, dtype: str, options: Any,
     samples of ``dtype`` under ``options`` (an OutputOptions), for its XMP
     (:class:`pipeline.core.xmp.Form`): BitsPerSample (1: a bilevel output), the
     photometric written (:func:`output_tags`'s; YCbCr: a JPEG of RGB, which
-    ``OutputEncoder`` subsamples), the compression code, and whether its colour model is
-    the input page's (a 1-bit input is read as 8-bit gray)."""
+    ``OutputEncoder`` subsamples), the compression code, whether its colour model is
+    the input page's (a 1-bit input is read as 8-bit gray), and whether it carries an ICC
+    profile (:func:`_carried_icc`)."""
     from pipeline.adapters.tile_codec import OutputEncoder
     from pipeline.core.xmp import Form
 
@@ -969,7 +980,7 @@ def output_form(info: Any, channels: int, dtype: str, options: Any,
     was = _colour_mode(info.photometric, 1 if info.conversion.startswith("bilevel") else 8,
                        info.channels)
     return Form((bits,) * channels, int(tifffile.PHOTOMETRIC[photometric.upper()]),
-                encoder.tag, mode != was, mode)
+                encoder.tag, mode != was, mode, _carried_icc(info, channels, bands) is not None)
 
 
 def derivation(spec: Any) -> Derivation:

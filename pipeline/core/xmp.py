@@ -33,7 +33,9 @@ a 1-bit output or another compression leaves none stale:
 - ``photoshop:ColorMode`` made the output's (Bitmap, Gray, Indexed, RGB, CMYK) and
   ``exif:ColorSpace`` removed (sRGB or uncalibrated: tiffpipe does not know it of the new
   pixels) when the output's colour model is not the input page's; ``photoshop:ColorMode``
-  is removed when no mode fits (a page of bands).
+  is removed when no mode fits (a page of bands);
+- ``photoshop:ICCProfile`` (the name of the ICC profile embedded) removed when the output
+  carries no ICC profile (a ``to_gray`` drops an RGB one, as a 1-bit output does).
 
 Each output is a derivative, a new instance of the input's document, and its packet says so
 (:class:`Derivation`, as XMP's media management schema and Adobe's tools do; DAMs and
@@ -100,7 +102,8 @@ RESOLUTIONS = (("XResolution", "YResolution", TIFF),
                ("FocalPlaneXResolution", "FocalPlaneYResolution", EXIF))
 #: the names of the properties a :class:`Form` rules (a packet naming none is kept unread)
 FORM_NAMES = (b"BitsPerSample", b"SamplesPerPixel", b"PhotometricInterpretation",
-              b"Compression", b"PlanarConfiguration", b"ColorMode", b"ColorSpace")
+              b"Compression", b"PlanarConfiguration", b"ColorMode", b"ColorSpace",
+              b"ICCProfile")
 #: the start of the packet's root element (not a processing instruction, comment, doctype)
 _ROOT = re.compile(rb"<[^?!]")
 _DROP = object()
@@ -112,13 +115,15 @@ class Form:
     ``bits`` (each sample's BitsPerSample: SamplesPerPixel is their count),
     ``photometric`` and ``compression`` (the TIFF codes written); ``recoloured``: its colour
     model is not the input page's (``photoshop:ColorMode`` becomes ``mode``, None: removed,
-    and ``exif:ColorSpace`` is removed)."""
+    and ``exif:ColorSpace`` is removed); ``icc`` False: the output carries no ICC profile
+    (``photoshop:ICCProfile``, the embedded profile's name, is removed)."""
 
     bits: tuple[int, ...]
     photometric: int
     compression: int
     recoloured: bool = False
     mode: int | None = None
+    icc: bool = True
 
 
 @record(frozen=True)
@@ -377,6 +382,8 @@ def _formed(form: Form) -> dict[str, Any]:
         f"{{{TIFF}}}PhotometricInterpretation": str(form.photometric),
         f"{{{TIFF}}}Compression": str(form.compression),
         f"{{{TIFF}}}PlanarConfiguration": "1"}
+    if not form.icc:  # (it names the profile embedded: none is)
+        new[f"{{{PHOTOSHOP}}}ICCProfile"] = _DROP
     if form.recoloured:
         new[f"{{{PHOTOSHOP}}}ColorMode"] = _DROP if form.mode is None else str(form.mode)
         new[f"{{{EXIF}}}ColorSpace"] = _DROP
