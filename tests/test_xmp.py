@@ -413,6 +413,16 @@ def test_xmp_states_how_the_output_stores_its_samples(formed, name):
     assert ("exif:ColorSpace" in job["message"]) == (mode != "3")
 
 
+def test_the_history_event_names_the_parameters_the_manifest_gave(formed):
+    """A ``convert`` given its ``dtype`` alone: its History event says so, not the
+    parameters the manifest left out as null (``in_range=null out_range=null ...``)."""
+    for name, said in (("uint16", "convert dtype=uint16"), ("jpeg", "no ops"),
+                       ("gray", "to_gray")):
+        desc = _description(_xmp(formed[name]["output"]))
+        (ours,) = desc.findall(f"{XMP_MM}History/{RDF}Seq/{RDF}li")
+        assert _event(ours)["parameters"] == said
+
+
 def test_xmp_of_samples_stored_as_before_is_kept_but_for_the_derivative(formed):
     job = formed["same"]
     packet = _xmp(job["output"])

@@ -194,15 +194,17 @@ PARAMETERS_MAX = 1000
 
 def ops_parameters(ops: list[dict[str, Any]]) -> str:
     """The op chain in short, for ``stEvt:parameters``: ``gaussian_blur sigma=2; crop x=10
-    y=20 width=50 height=40`` (a value that is no string or number as compact JSON), cut
+    y=20 width=50 height=40`` (a value that is no string or number as compact JSON; one not
+    given, None, left out: ``convert dtype=uint8``, not ``in_range=null ...``), cut
     to :data:`PARAMETERS_MAX` characters (its end ``...``)."""
     import json
 
     def value(v: Any) -> str:
         return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
-    said = "; ".join(" ".join([str(op.get("op")), *(f"{k}={value(v)}" for k, v in op.items()
-                                                    if k != "op")]) for op in ops) or "no ops"
+    said = "; ".join(" ".join([str(op.get("op")), *(
+        f"{k}={value(v)}" for k, v in op.items() if k != "op" and v is not None)])
+        for op in ops) or "no ops"
     return said if len(said) <= PARAMETERS_MAX else said[:PARAMETERS_MAX - 3] + "..."
 
 
