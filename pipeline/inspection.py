@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.chain import job_reads
@@ -113,7 +114,7 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
         doc["error"] = {"type": type(exc).__name__, "message": str(exc)}
     doc["pages"] = pages
     if spec is not None and infos:
-        _check_ops(doc, spec, infos)
+        _check_ops(doc, replace(spec, input=url), infos)  # (its XMP read from this file)
     doc["ok"] = _ok(doc, spec is not None)
     return doc
 
@@ -277,7 +278,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
-    from pipeline.adapters.metadata import derivation, page_xmp
+    from pipeline.adapters.metadata import XmpPackets, derivation, page_xmp
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
 
@@ -291,6 +292,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
         else:
             by_page.setdefault(problem.page, []).append(what)
     out = {pp.info.index: pp for pp in plan.pages}
+    packets = XmpPackets(spec.input)  # (a packet too large for a plan: read from the file)
     for entry in doc["pages"]:
         pp = out.get(entry["index"])
         if pp is None:
@@ -303,7 +305,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "bands": pp.out_channels, "dtype": pp.out_dtype,
                                 "one_bit": bool(options.bilevel),
                                 "compression": options.compression}}
-        _, xmp = page_xmp(spec, pp, derivation(spec))
+        _, xmp = page_xmp(spec, pp, derivation(spec), packets)
         if xmp:  # (kept and stamped a derivative, rewritten for the new size and place too,
             # or dropped, and why)
             entry["ops"]["xmp"] = xmp

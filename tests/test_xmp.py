@@ -289,7 +289,11 @@ OPS_JSON_DOWN = json.dumps(OPS["down"])
 
 
 def test_a_packet_over_the_cap_is_said_dropped(tmp_path: Path):
-    packet = ADOBE.replace(PADDING.encode(), b" " * 70_000)
+    """Over 16 MiB (XMP_MAX; one over 64 KiB is read from the input: below) a packet is
+    dropped, and the job's note says why and what to do."""
+    from pipeline.adapters.metadata import XMP_MAX
+
+    packet = ADOBE.replace(PADDING.encode(), b" " * XMP_MAX)
     _write(tmp_path / "big.tif", packet)
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"jobs": [{"input": str(tmp_path / "big.tif"),
@@ -298,8 +302,10 @@ def test_a_packet_over_the_cap_is_said_dropped(tmp_path: Path):
         assert cli.main(["run", str(manifest), "--quiet"]) == 0
     (job,) = json.loads((tmp_path / "m.report.json").read_text())["jobs"]
     assert _xmp(job["output"]) is None
-    assert job["message"] == (f"XMP of page 0: dropped: {len(packet):,} bytes, over the 64 KiB "
-                              "a carried tag may hold")
+    assert job["message"] == (f"XMP of page 0: dropped: {len(packet):,} bytes, over the 16 MiB "
+                              "an XMP packet may hold (or past the file's end): strip its "
+                              "edit history (exiftool -XMP-xmpMM:History= FILE) and run the "
+                              "job again")
 
 
 def test_a_packet_with_nothing_to_update_is_kept_byte_for_byte():
@@ -627,3 +633,158 @@ def test_the_history_events_parameters_are_the_ops_in_short_and_cut_when_long():
     long = ops_parameters([{"op": "custom", "function": "m:f", "params": {"w": [0.5] * 900}}])
     assert len(long) == PARAMETERS_MAX and long.endswith("...")
     assert long.startswith('custom function=m:f params={"w":[0.5,0.5,')
+
+
+#: Photoshop's History of a master edited many times: a packet over 64 KiB (~300 KB), the
+#: rights and credits in it as in any other (:data:`MANAGED`)
+EVENT = (b'     <rdf:li stEvt:action="saved" stEvt:instanceID="xmp.iid:0b2c7e0e-6a51-4d8e-9c55-'
+         b'0a6f1c1d2e3f" stEvt:when="2019-05-02T10:11:12+02:00" stEvt:softwareAgent="Adobe '
+         b'Photoshop 20.0 (Windows)" stEvt:changed="/"/>\n')
+LARGE = MANAGED.replace(EVENT, EVENT * 1500)
+PAGES = 3
+
+
+def write_large(path: Path, packet: bytes = LARGE) -> None:
+    """A 3-page TIFF (tifffile), each page with its own copy of ``packet``."""
+    rng = np.random.default_rng(11)
+    with tifffile.TiffWriter(path) as tw:
+        for _ in range(PAGES):
+            tw.write(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8),
+                     photometric="rgb", tile=(32, 32), metadata=None,
+                     resolution=((300, 1), (200, 1)), resolutionunit=2,
+                     extratags=[(700, "B", len(packet), packet, True)])
+
+
+def check_large(pages: list[bytes | None]) -> None:
+    """Each output page carries the large packet, rewritten for a quarter turn (80 x 120)
+    and stamped a derivative: its rights, its whole History and tiffpipe's event."""
+    assert len(pages) == PAGES
+    for packet in pages:
+        assert packet is not None and len(packet) > 64 * 1024
+        desc = _description(packet)
+        assert _value(desc, f"{TIFF}ImageWidth") == "80"
+        assert _value(desc, f"{TIFF}ImageLength") == "120"
+        rights = desc.findall(f"{DC}rights/{RDF}Alt/{RDF}li")
+        assert rights[0].text == "\u00a9 1931 City Archive & Library"
+        events = desc.findall(f"{XMP_MM}History/{RDF}Seq/{RDF}li")
+        assert len(events) == 1501
+        assert events[-1].get(f"{ST_EVT}action") == "converted"
+        assert events[-1].get(f"{ST_EVT}softwareAgent").startswith("tiffpipe ")
+
+
+def test_a_packet_over_64_kib_is_read_from_the_input_not_held_in_the_plan(tmp_path: Path):
+    """A 300 KB packet (Photoshop's History) on 3 pages: carried, rewritten and stamped as
+    a small one is, read from the input when merge writes the pages; the plan holds where
+    it lies, not its bytes (before: dropped, and the job's note said so)."""
+    import pipeline
+
+    assert len(LARGE) > 250_000
+    write_large(tmp_path / "big.tif")
+    work = tmp_path / "work"
+    result = pipeline.run({"jobs": [{"input": str(tmp_path / "big.tif"),
+                                     "output": str(tmp_path / "out.tif"),
+                                     "ops": [{"op": "rotate", "angle": 90}]}]},
+                          workers=1, work=str(work), keep_work=True)
+    assert result.ok, result.report
+    check_large(_pages_xmp(str(tmp_path / "out.tif")))
+    (plan,) = work.glob("jobs/*/plan.json")
+    assert plan.stat().st_size < 64 * 1024
+    (job,) = result.report["jobs"]
+    assert "XMP of pages 0-2: rewritten: updated tiff:ImageWidth" in job["message"], job
+
+
+def _share_first_packet(path: Path) -> int:
+    """Point every page's XMP entry at the first page's packet (as writers that share one
+    value do); the packet's offset."""
+    with tifffile.TiffFile(path) as tf:
+        tags = [page.tags[700] for page in tf.pages]
+        first = tags[0].valueoffset
+        entries = [tag.offset for tag in tags[1:]]
+    with open(path, "r+b") as fh:
+        for entry in entries:  # (classic TIFF: code, type, count, then the value's offset)
+            fh.seek(entry + 8)
+            fh.write(first.to_bytes(4, "little"))
+    return first
+
+
+def test_a_shared_large_packet_is_read_once_per_output(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    from pipeline.adapters import metadata, storage
+    from pipeline.steps.planning import read_plan
+
+    path = tmp_path / "big.tif"
+    write_large(path)
+    offset = _share_first_packet(path)
+    opened: list[str] = []
+    open_input = storage.open_input
+
+    def counted(url: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(url)
+        return open_input(url, *args, **kwargs)
+
+    spec = pipeline_spec(path, tmp_path / "out.tif")
+    plan, problems = read_plan(0, spec, str(tmp_path / "w"), 0.0)
+    assert not problems
+    ats = [p.info.metadata["xmp_at"] for p in plan.pages]
+    assert ats == [[1, offset, len(LARGE)]] * PAGES
+    monkeypatch.setattr(storage, "open_input", counted)
+    packets = metadata.XmpPackets(str(path), plan.input_version)
+    assert [packets(at) for at in ats] == [LARGE] * PAGES
+    assert opened == [str(path)]
+
+
+def test_a_large_packet_of_an_input_changed_since_its_plan_is_refused(tmp_path: Path):
+    from pipeline.adapters.metadata import XmpPackets
+    from pipeline.errors import InputChangedError
+    from pipeline.steps.planning import read_plan
+
+    path = tmp_path / "big.tif"
+    write_large(path)
+    plan, _ = read_plan(0, pipeline_spec(path, tmp_path / "out.tif"), str(tmp_path / "w"), 0.0)
+    write_large(path, LARGE.replace(b"City Archive", b"Town Archive"))
+    with pytest.raises(InputChangedError, match="changed after its job was planned"):
+        XmpPackets(str(path), plan.input_version)(plan.pages[0].info.metadata["xmp_at"])
+
+
+def pipeline_spec(path: Path, output: Path) -> Any:
+    from pipeline.core.manifest import parse_manifest
+
+    (spec,) = parse_manifest({"jobs": [{"input": str(path), "output": str(output),
+                                        "ops": [{"op": "rotate", "angle": 90}]}]}, "m", ".")
+    return spec
+
+
+def test_packets_read_long_ago_are_let_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Pages that each have their own large packet: an output holds the packets read last
+    (PACKETS_HELD bytes), not every page's."""
+    from pipeline.adapters import metadata, storage
+    from pipeline.steps.planning import read_plan
+
+    path = tmp_path / "big.tif"
+    write_large(path)
+    plan, _ = read_plan(0, pipeline_spec(path, tmp_path / "out.tif"), str(tmp_path / "w"), 0.0)
+    ats = [p.info.metadata["xmp_at"] for p in plan.pages]
+    assert len({at[1] for at in ats}) == PAGES  # (tifffile: a copy a page)
+    opened: list[int] = []
+    open_input = storage.open_input
+    monkeypatch.setattr(storage, "open_input",
+                        lambda *a, **k: opened.append(1) or open_input(*a, **k))
+    monkeypatch.setattr(metadata, "PACKETS_HELD", 2 * len(LARGE))
+    packets = metadata.XmpPackets(str(path), plan.input_version)
+    for at in ats + ats[-2:]:  # the last two are held
+        assert packets(at) == LARGE
+    assert len(opened) == PAGES
+    assert packets(ats[0]) == LARGE  # the first was let go: read again
+    assert len(opened) == PAGES + 1
+
+
+def test_inspect_ops_reads_a_large_packet_from_the_file(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture):
+    """``tiffpipe inspect FILE --ops``: the packet over 64 KiB is read from FILE (its job's
+    input is FILE, not the placeholder of ``--ops``) and said rewritten."""
+    write_large(tmp_path / "big.tif")
+    assert cli.main(["inspect", str(tmp_path / "big.tif"), "--ops",
+                     '[{"op": "rotate", "angle": 90}]', "--json"]) == 0
+    pages = json.loads(capsys.readouterr().out)["files"][0]["pages"]
+    assert [p["ops"]["xmp"].startswith("rewritten: updated tiff:ImageWidth") for p in pages] \
+        == [True] * PAGES

@@ -54,7 +54,10 @@ Rules:
 - nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, Photoshop,
   PageNumber, private tags).
 - Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
-  :data:`VALUE_MAX` bytes is dropped (the plan of a many-page job must stay small).
+  :data:`VALUE_MAX` bytes is dropped (the plan of a many-page job must stay small), but
+  for XMP: a packet above :data:`VALUE_MAX` (Photoshop's History makes 300 KB ones) is
+  carried by reference, its place in the input (``xmp_at``), and read from the input when
+  merge writes the page (:class:`XmpPackets`); one above :data:`XMP_MAX` is dropped.
 """
 
 from __future__ import annotations
@@ -87,8 +90,13 @@ if TYPE_CHECKING:
 
 #: the largest ICC profile carried (bytes); real profiles are 0.5-4 KB, a few up to ~0.5 MB
 ICC_MAX = 1024 * 1024
-#: the largest value of any other carried tag (bytes)
+#: the largest value of any other carried tag (bytes) held in the plan
 VALUE_MAX = 64 * 1024
+#: the largest XMP packet carried (bytes): one above :data:`VALUE_MAX` is not held in the
+#: plan but read from the input when its page is written (:class:`XmpPackets`)
+XMP_MAX = 16 * 1024 * 1024
+#: the bytes of XMP packets an :class:`XmpPackets` holds at most (those read last)
+PACKETS_HELD = 64 * 1024 * 1024
 
 #: copied byte for byte whatever the op chain does
 KEPT_TAGS = {
@@ -239,7 +247,7 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:
             spatial.append(carried)
         elif code == XMP and tag is not None and tag.valuebytecount > VALUE_MAX:
-            out["xmp_over"] = int(tag.valuebytecount)  # (dropped: the job's note says so)
+            _xmp_at(out, tag)
     gdal = tags.get(GDAL_METADATA)
     if gdal is not None and (carried := _carry(gdal, byteorder)) is not None \
             and carried[1] == 2:
@@ -253,6 +261,56 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
     if (ome := _ome_plane(page)) is not None:
         out["ome"] = ome
     return out
+
+
+def _xmp_at(out: dict[str, Any], tag: tifffile.TiffTag) -> None:
+    """Note an XMP packet too large for the plan in ``out``: where it lies in the input
+    (``xmp_at``: its TIFF type, value offset and byte count), read when its page is written
+    (:class:`XmpPackets`); one over :data:`XMP_MAX`, or past the file's end (truncated),
+    as ``xmp_over`` (its byte count: dropped, the job's note says so)."""
+    size = int(tag.valuebytecount)
+    if int(tag.dtype) not in _BYTE_TYPES:
+        return
+    if size > XMP_MAX or tag.valueoffset + size > tag.parent.filehandle.size:
+        out["xmp_over"] = size
+        return
+    out["xmp_at"] = [int(tag.dtype), int(tag.valueoffset), size]
+
+
+class XmpPackets:
+    """The XMP packets of a job's pages that the plan holds by reference (``xmp_at``), read
+    from its input ``url`` at ``version`` (the plan's ``input_version``: another one there
+    is an :class:`~pipeline.errors.InputChangedError`, as a unit's ``check_unchanged``)
+    when an output page is written: a seek and a read of a local file, one ranged GET of
+    an S3 object (pinned to its ETag). Each (offset, size) is read once: the pages of a
+    master often share one packet (the packets read last are held, up to
+    :data:`PACKETS_HELD` bytes, so pages that each have their own do not pile up)."""
+
+    def __init__(self, url: str, version: str = "") -> None:
+        self.url, self.version = url, version
+        self._read: dict[tuple[int, int], bytes] = {}
+
+    def __call__(self, at: Sequence[int]) -> bytes:
+        """The packet at ``at`` (``[type, offset, size]``)."""
+        from pipeline.adapters import storage
+        from pipeline.errors import InputChangedError
+
+        _, offset, size = at
+        key = (int(offset), int(size))
+        if key not in self._read:
+            # (a read of the packet's size at once: one GET past the reader's buffer)
+            with storage.open_input(self.url, version=self.version or None) as fh:
+                fh.seek(key[0])
+                data = fh.read(key[1])
+            if len(data) != key[1]:
+                raise InputChangedError(
+                    f"{self.url}: the XMP packet at byte {key[0]} ({key[1]:,} bytes) ends past "
+                    "the file's end: it changed after its job was planned; do not change "
+                    "inputs while a run reads them, and re-run the job")
+            while self._read and sum(map(len, self._read.values())) + len(data) > PACKETS_HELD:
+                del self._read[next(iter(self._read))]  # (the one read first)
+            self._read[key] = data
+        return self._read[key]
 
 
 #: centimetres per length unit (an ImageJ description's ``unit=``, an OME PhysicalSizeXUnit)
@@ -815,7 +873,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 linear: tuple[float, float] | None = None,
                 keep_nodata: bool | None = None,
                 names: Sequence[str | None] = (), form: Form | None = None,
-                derived: Derivation | None = None) -> dict[str, Any]:
+                derived: Derivation | None = None, packets: XmpPackets | None = None
+                ) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -841,8 +900,9 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     :func:`pipeline.core.geometry.georeferenced`) and drops an Aperio description; XMP
     is rewritten for the new size and place (:func:`output_xmp`), and for ``form``, how
     the output's samples are stored (:func:`output_form`; None: not known), and stamped as
-    the derivative ``derived`` (:func:`derivation`; None: not stamped). ``bilevel``: a 1-bit
-    output page (0 and 255 stored as bits): miniswhite,
+    the derivative ``derived`` (:func:`derivation`; None: not stamped); a packet too large
+    for the plan is read by ``packets`` (:class:`XmpPackets`; None: not written).
+    ``bilevel``: a 1-bit output page (0 and 255 stored as bits): miniswhite,
     as 1-bit scans and fax are, its GDAL_NODATA the bit of that value (255: 0, 0: 1;
     another value marks no pixel: dropped), and the entry merge makes its BitsPerSample
     (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`)."""
@@ -867,7 +927,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = [tag for tag in md.get("spatial", []) if tag[0] != XMP]
-    xmp, _said = output_xmp(info, height, width, factor, placed, form, derived)
+    xmp, _said = output_xmp(info, height, width, factor, placed, form, derived, packets)
     if xmp is not None:
         extratags.append(xmp)
     if placed:
@@ -994,7 +1054,8 @@ def derivation(spec: Any) -> Derivation:
 
 def output_xmp(info: Any, height: int, width: int, factor: int = 1,
                placed: Placement | None = None, form: Form | None = None,
-               derived: Derivation | None = None) -> tuple[tuple[Any, ...] | None, str]:
+               derived: Derivation | None = None, packets: XmpPackets | None = None
+               ) -> tuple[tuple[Any, ...] | None, str]:
     """The XMP of the output page of ``info`` that is ``height`` x ``width`` (``factor``,
     ``placed``: as :func:`output_tags`), as an ``extratags`` entry (None: none), and what
     was done with it ("" when the input page has none): kept byte for byte when the chain
@@ -1005,15 +1066,24 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     BitsPerSample, SamplesPerPixel, PhotometricInterpretation, Compression, ColorMode made
     the output's), or dropped (a packet that does not parse through a chain that keeps the
     page's size and place is kept as it is); and stamped as the derivative ``derived``
-    (:func:`derivation`: never kept byte for byte then; None: not stamped)."""
+    (:func:`derivation`: never kept byte for byte then; None: not stamped). ``packets``:
+    what reads a packet too large for the plan from the input (``xmp_at``); None: such a
+    packet is not read (``tiffpipe estimate``'s tags), and none is written."""
     md = info.metadata or {}
     if "xmp_over" in md:
-        return None, (f"dropped: {md['xmp_over']:,} bytes, over the {VALUE_MAX // 1024} KiB "
-                      "a carried tag may hold")
-    entry = next((tag for tag in md.get("spatial", []) if tag[0] == XMP), None)
-    if entry is None:
+        return None, (f"dropped: {md['xmp_over']:,} bytes, over the {XMP_MAX // 2**20} MiB "
+                      "an XMP packet may hold (or past the file's end): strip its edit "
+                      "history (exiftool -XMP-xmpMM:History= FILE) and run the job again")
+    if "xmp_at" in md:  # (too large for the plan: read from the input)
+        if packets is None:
+            return None, "not read: it is held in the input, read when the page is written"
+        packet = packets(md["xmp_at"])
+        entry = [XMP, md["xmp_at"][0]]
+    elif (entry := next((tag for tag in md.get("spatial", []) if tag[0] == XMP),
+                        None)) is not None:
+        packet = _unb64(entry[3])
+    else:
         return None, ""
-    packet = _unb64(entry[3])
     same_size, sy, sx = _resized(info, height, width, factor, placed)
     kept = (XMP, entry[1], len(packet), packet, True), "kept as is"
     moved = not same_size or placed is not None
@@ -1040,7 +1110,7 @@ def _names_form(packet: bytes) -> bool:
     return any(name in packet for name in FORM_NAMES)
 
 
-def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
+def xmp_note(spec: Any, pages: Sequence[Any], packets: XmpPackets | None = None) -> str:
     """What a job's result says of its pages' XMP ("" when each is kept as is, or none has
     one): the pages whose XMP the chain of the job ``spec`` (a JobSpec) rewrote (which
     properties it updated and removed) or dropped, and why (:func:`output_xmp`, with how
@@ -1054,14 +1124,14 @@ def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
         if not carries_xmp(page.info):
             continue
         derived = derived or derivation(spec)  # (not made for pages without XMP: its imports)
-        _, what = page_xmp(spec, page, derived)
+        _, what = page_xmp(spec, page, derived, packets)
         if what and not what.startswith("kept"):
             said.setdefault(what, []).append(page.info.index)
     return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())
 
 
-def page_xmp(spec: Any, page: Any, derived: Derivation | None = None
-             ) -> tuple[tuple[Any, ...] | None, str]:
+def page_xmp(spec: Any, page: Any, derived: Derivation | None = None,
+             packets: XmpPackets | None = None) -> tuple[tuple[Any, ...] | None, str]:
     """:func:`output_xmp` of a PagePlan of the job ``spec`` (a JobSpec): its output size,
     its reduction, where the chain places it, and how its samples are stored
     (:func:`page_form`), stamped as the derivative ``derived``: what a job's result
@@ -1069,14 +1139,16 @@ def page_xmp(spec: Any, page: Any, derived: Derivation | None = None
     from pipeline.core.chain import page_placement
 
     return output_xmp(page.info, page.out_grid.height, page.out_grid.width, page.factor,
-                      page_placement(spec.ops, page.info), page_form(spec, page), derived)
+                      page_placement(spec.ops, page.info), page_form(spec, page), derived,
+                      packets)
 
 
 def carries_xmp(info: Any) -> bool:
     """Whether the page of ``info`` (a PageInfo) has an XMP packet to carry (or one too large
     to: :func:`output_xmp` says it dropped it)."""
     md = info.metadata or {}
-    return "xmp_over" in md or any(tag[0] == XMP for tag in md.get("spatial", []))
+    return "xmp_over" in md or "xmp_at" in md or any(tag[0] == XMP
+                                                      for tag in md.get("spatial", []))
 
 
 def page_form(spec: Any, page: Any) -> Form:

@@ -40,6 +40,7 @@ import tifffile
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import (
     ORIENTATION,
+    XmpPackets,
     band_names,
     carries_xmp,
     derivation,
@@ -216,8 +217,10 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
             # one InstanceID, one time for its pages' XMP (none to stamp: nothing made)
             derived = derivation(plan.spec) if any(carries_xmp(p.info) for p in plan.pages) \
                 else None
+            # (packets too large for the plan, read from the input once each)
+            packets = XmpPackets(plan.spec.input, plan.input_version)
             for i, page in enumerate(plan.pages):
-                tags = _page_tags(plan, page, derived)
+                tags = _page_tags(plan, page, derived, packets)
                 if ome:
                     metas.append(tags["metadata"])
                 written = _write_page(writer, plan, i, page, tags)
@@ -409,12 +412,12 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     return written
 
 
-def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None
-               ) -> dict[str, Any]:
+def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None,
+               packets: XmpPackets | None = None) -> dict[str, Any]:
     """``TiffWriter.write`` keywords of an output page: photometric, extra samples, software
     and the input's carried tags (resolution, ICC, ...; its XMP stamped as the derivative
-    ``derived``, :func:`pipeline.adapters.metadata.derivation`), and an OME page's
-    ``metadata``."""
+    ``derived``, :func:`pipeline.adapters.metadata.derivation`, and read from the input by
+    ``packets`` when too large for the plan), and an OME page's ``metadata``."""
     ops, options = plan.spec.ops, plan.spec.output_options
     height, width = page.out_grid.height, page.out_grid.width
     bands = chain_bands(ops, page.info.channels)
@@ -424,7 +427,8 @@ def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None
                        chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
                        chain_band_names(ops, band_names(page.info)),
                        # (how it stores its samples: for its XMP alone)
-                       page_form(plan.spec, page) if carries_xmp(page.info) else None, derived)
+                       page_form(plan.spec, page) if carries_xmp(page.info) else None, derived,
+                       packets)
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
-from pipeline.adapters.metadata import xmp_note
+from pipeline.adapters.metadata import XmpPackets, xmp_note
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
@@ -387,7 +387,9 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
     one_bit = one_bit_note(spec, plan.pages)  # (fax pages copied 8-bit; "auto"'s pages)
-    xmp = xmp_note(spec, plan.pages)  # (rights metadata rewritten or dropped)
+    # (rights metadata rewritten or dropped; a packet too large for the plan read from the
+    # input, as merge will read it)
+    xmp = xmp_note(spec, plan.pages, XmpPackets(spec.input, version))
     if one_bit or xmp:
         plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp) if n))
     return plan, problems + output_problems(plan)
