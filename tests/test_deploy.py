@@ -655,6 +655,11 @@ def test_policy_documents_are_pure_and_least_privilege():
     assert "WriteReports" not in json.dumps(process)
     assert "ReadManifests" not in json.dumps(process)
     merge = function_policy("merge", NAMES, data)
+    # merge reads an XMP packet too large for the plan from the input, and lists nothing
+    reads = next(s for s in merge["Statement"] if s["Sid"] == "ReadInputs")
+    assert reads["Action"] == ["s3:GetObject"]
+    assert reads["Resource"] == ["arn:aws:s3:::in-bucket/raw/*", "arn:aws:s3:::out-bucket/*"]
+    assert "ListDataBuckets" not in json.dumps(merge)
     writes = next(s for s in merge["Statement"] if s["Sid"] == "WriteOutputs")
     assert writes["Action"] == ["s3:AbortMultipartUpload", "s3:PutObject"]
     looks = next(s for s in merge["Statement"] if s["Sid"] == "LookAtOutputs")

@@ -122,6 +122,28 @@ def test_s3_run_end_to_end(s3: S3):
     assert not list(Path(tempfile.gettempdir()).glob("tiffpipe-*-a.tif"))
 
 
+def test_s3_a_large_xmp_packet_is_read_from_the_input_by_merge(s3: S3):
+    """A 300 KB XMP packet on 3 pages of an S3 input: merge reads it from the input (ranged
+    GETs pinned to its ETag) and each output page carries it rewritten and stamped; the
+    plan holds where it lies, not its bytes."""
+    from test_xmp import _pages_xmp, check_large, write_large
+
+    write_large(s3.tmp / "big_xmp.tif")
+    s3.client.upload_file(str(s3.tmp / "big_xmp.tif"), BUCKET, "data/in/big_xmp.tif")
+    manifest = _put_manifest(s3, "jobs/xmp.json", [
+        {"input": f"s3://{BUCKET}/data/in/big_xmp.tif",
+         "output": f"s3://{BUCKET}/data/out/big_xmp.tif",
+         "ops": [{"op": "rotate", "angle": 90}]}])
+    done = _tiffpipe("run", manifest, "--work", f"s3://{BUCKET}/work-xmp/", "--keep-work",
+                     "--workers", "2", "--quiet", "--no-contact-sheet")
+    assert done.returncode == 0, done.stderr
+    out = s3.tmp / "big_xmp_out.tif"
+    out.write_bytes(s3.get("data/out/big_xmp.tif"))
+    check_large(_pages_xmp(str(out)))
+    (plan,) = [key for key in s3.keys("work-xmp/") if key.endswith("/plan.json")]
+    assert len(s3.get(plan)) < 64 * 1024
+
+
 def test_s3_outputs_that_exist_are_skipped_or_fail_as_asked(s3: S3):
     """if_exists on S3: PlanJob looks the output up (HeadObject); skip leaves it and the job
     is SKIPPED, fail leaves it and the job fails; exit 1 for the failed one only."""

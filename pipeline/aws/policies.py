@@ -197,6 +197,10 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
             # which outputs exist
             _allow("ReadInputs", ["s3:GetObject"], read_objects),
         ]
+    if step == "merge":
+        # an input page's XMP packet too large for the plan, read when its page is written
+        # (pipeline.adapters.metadata.XmpPackets): GetObject only, no listing
+        statements.append(_allow("ReadInputs", ["s3:GetObject"], read_objects))
     if step == "split":
         statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
                                      [f"{stack}{MANIFESTS}*"]))
