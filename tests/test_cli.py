@@ -199,6 +199,28 @@ def test_validate_good_manifest(tmp_path: Path, capsys: pytest.CaptureFixture):
         "inputs\n")
 
 
+def test_validate_refuses_a_tile_the_downsample_does_not_divide(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture):
+    """A GIS manifest whose defaults set "tile": 512 and whose job downsamples by 3 (its
+    tiles must be multiples of 48): ``validate`` said it was valid, and the run failed the
+    job in PlanJob naming no field; now ``validate`` (without --inputs, the manifest alone
+    says it) refuses it at the job's ops, saying where the tile came from and what fits."""
+    tifffile.imwrite(tmp_path / "scene.tif", np.ones((200, 300, 4), np.uint16), tile=(64, 64))
+    (tmp_path / "m.json").write_text(json.dumps({"defaults": {"tile": 512}, "jobs": [
+        {"input": "scene.tif", "output": "out/a.tif",
+         "ops": [{"op": "downsample", "factor": 3}]},
+        {"input": "scene.tif", "output": "out/b.tif", "tile": 1536,
+         "ops": [{"op": "downsample", "factor": 3}]}]}))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"tiffpipe: invalid manifest {tmp_path / 'm.json'}: 1 problem(s) in the manifest:\n"
+        "  jobs[0].ops: tile 512 (from defaults.tile) must be a multiple of 48 for this op "
+        "chain (16 x the downsampling factor 3); use tile 1536\n")
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 2
+    assert "jobs[0].ops: tile 512 (from defaults.tile)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_validate_names_the_op_or_field_a_misspelling_meant(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture):
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [

@@ -628,6 +628,37 @@ def test_tile_rule_within_defaults_is_reported_once_under_defaults():
         "set tile to 768 or 1152, or output_options.tile to 256 (or another divisor of 1024)")
 
 
+def test_a_set_tile_that_does_not_fit_the_op_chain_is_told_at_its_field():
+    """A processing tile the manifest sets that a downsample or a clahe cell does not
+    divide is a manifest problem at the field that set it (validate said "valid" and the
+    run failed the job in PlanJob, naming no field); a job that sets no tile gets one that
+    fits, and a tile that fits is no problem."""
+    down3 = [{"op": "downsample", "factor": 3}]
+    assert one_problem({"jobs": [job(tile=512, ops=down3)]}) == (
+        "jobs[0].tile: tile 512 must be a multiple of 48 for this op chain (16 x the "
+        "downsampling factor 3); use tile 1536")
+    assert one_problem({"defaults": {"tile": 512}, "jobs": [job(ops=down3)]}) == (
+        "jobs[0].ops: tile 512 (from defaults.tile) must be a multiple of 48 for this op "
+        "chain (16 x the downsampling factor 3); use tile 1536")
+    assert one_problem({"jobs": [job(tile=1024, ops=[{"op": "downsample", "factor": 4}])]}) == (
+        "jobs[0].tile: with downsampling by 4 a processing tile of 1024 writes 256 output "
+        "pixels, which output_options.tile 512 must divide; use tile 2048 (or a smaller "
+        "output tile)")
+    clahe = job(tile=64, ops=[{"op": "clahe", "cell": 128}], output_options={"tile": 64})
+    assert one_problem({"jobs": [clahe]}) == (
+        "jobs[0].tile: tile 64 must be a multiple of 128 for this op chain (the clahe cell "
+        "128 (in input pixels)); use tile 128")
+    # once, at defaults, when defaults set both; not at the jobs that set neither
+    assert problems_of({"defaults": {"tile": 512, "ops": down3},
+                        "jobs": [job(), job(output="b.tif")]}) == [
+        ("defaults.tile: tile 512 must be a multiple of 48 for this op chain (16 x the "
+         "downsampling factor 3); use tile 1536")]
+    specs = parse_manifest({"jobs": [
+        job(ops=down3), job(output="b.tif", tile=3072, ops=down3),
+        job(output="c.tif", tile=512, ops=[{"op": "invert"}])]}, "m.json", BASE)
+    assert [spec.tile for spec in specs] == [1536, 3072, 512]
+
+
 # --- output options -----------------------------------------------------------------
 
 
@@ -1027,11 +1058,12 @@ def test_a_job_without_a_tile_gets_one_its_chain_and_output_tile_fit(ops, out_ti
 
 def test_a_tile_the_manifest_sets_is_kept_as_set():
     """A tile set by the job or the defaults is the user's: kept, and refused (the output
-    tile, here; the chain, at planning) when it does not fit, never replaced."""
-    [job] = parse_manifest({"defaults": {"tile": 1024}, "jobs": [
+    tile, here; the chain: test_a_set_tile_that_does_not_fit_the_op_chain_is_told_at_its_field)
+    when it does not fit, never replaced."""
+    [job] = parse_manifest({"defaults": {"tile": 3072}, "jobs": [
         {"input": "a.tif", "output": "b.tif", "ops": [{"op": "downsample", "factor": 3}]}]},
         "m.json", "/data")
-    assert job.tile == 1024
+    assert job.tile == 3072  # (not the 1536 a job without a tile gets)
     with pytest.raises(ManifestError) as info:
         parse_manifest({"defaults": {"output_options": {"tile": 768}}, "jobs": [
             {"input": "a.tif", "output": "b.tif", "tile": 1024}]}, "m.json", "/data")

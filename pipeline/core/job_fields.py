@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core.models import (
     BILEVEL_COMPRESSIONS,
@@ -23,6 +23,9 @@ from pipeline.core.models import (
 from pipeline.core.ops import made_problems, made_types, parse_chain
 from pipeline.core.params import Param, show, unknown_field_problems
 from pipeline.core.record import record
+
+if TYPE_CHECKING:
+    from pipeline.core.chain import ChainLayout
 
 OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
                  "bilevel", "bilevel_compression", "masks", "bigtiff", "cog")
@@ -170,6 +173,47 @@ def tile_at_least(size: int, step: int) -> int | None:
     """The smallest multiple of ``step`` from ``size`` up; None above TILE_RANGE."""
     tile = -(-size // step) * step
     return tile if tile <= TILE_RANGE[1] else None
+
+
+def chain_tile_problem(layout: ChainLayout, tile: int, out_tile: int, tile_from: str = ""
+                       ) -> str | None:
+    """Why the processing tile ``tile`` does not fit the op chain of ``layout``: it is no
+    multiple of the chain's alignment (16 x a downsampling factor, a clahe cell), or after a
+    downsample it writes a number of output pixels the output tile ``out_tile`` does not
+    divide; None: it fits. The manifest alone says it (``validate``, :func:`cross_problems`;
+    PlanJob too, :func:`pipeline.core.plan.geometry_problems`). ``tile_from``: where the
+    tile was set, told after its value (`` (from defaults.tile)``)."""
+    f = layout.factor
+    if tile % layout.align:
+        why = []
+        if f > 1:
+            why.append(f"16 x the downsampling factor {f}")
+        cells = sorted({c.params["cell"] * s for c, s in zip(layout.calls, layout.scales,
+                                                              strict=False)
+                        if c.op.name == "clahe"})
+        if cells:
+            why.append("the clahe cell " + ", ".join(map(str, cells)) + " (in input pixels)")
+        return (f"tile {tile}{tile_from} must be a multiple of {layout.align} for this op "
+                f"chain ({' and '.join(why) or 'alignment'}); "
+                + _fitting_tiles(tile, layout.align, out_tile * f))
+    if f > 1 and (tile // f) % out_tile:
+        return (f"with downsampling by {f} a processing tile of {tile}{tile_from} writes "
+                f"{tile // f} output pixels, which output_options.tile {out_tile} must divide; "
+                + _fitting_tiles(tile, layout.align, out_tile * f) + " (or a smaller output tile)")
+    return None
+
+
+def _fitting_tiles(tile: int, align: int, out_step: int) -> str:
+    """The advice of a tile that does not fit the chain: the nearest tiles either side of
+    ``tile`` that do (multiples of the alignment, of the output tile in input pixels and of
+    16, within the manifest's range)."""
+    step = tile_step(align, out_step)
+    lo, hi = TILE_RANGE
+    fits = [m for m in (tile // step * step, (tile // step + 1) * step) if lo <= m <= hi]
+    if not fits:
+        return (f"no tile from {lo} to {hi} is a multiple of {step}: choose a smaller "
+                "output_options.tile")
+    return "use tile " + " or ".join(map(str, fits))
 
 
 def _size_problem(value: Any, lo: int, hi: int) -> str | None:
@@ -354,12 +398,36 @@ def cross_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
         problems.append(_tile_problem(tile, out_tile, layer))
 
     ops = eff["ops"]
+    if (layer in (tile.layer, out_tile.layer, ops.layer) and tile.layer is not None
+            and tile.ok and out_tile.ok and ops.ok and tile.value % out_tile.value == 0):
+        problems += _chain_tile_problems(tile, out_tile, ops, layer)
     if layer in (comp.layer, ops.layer) and comp.ok and ops.ok and comp.value == "jpeg":
         problems += _jpeg_problems(ops, comp, layer)
     problems += _bilevel_problems(eff, layer)
     problems += _layout_problems(eff, layer)
     problems += _cog_problems(eff, layer)
     return problems
+
+
+def _chain_tile_problems(tile: Setting, out_tile: Setting, ops: Setting, layer: Layer
+                         ) -> list[str]:
+    """A processing tile set in the manifest that does not fit the op chain (a downsample
+    by 3 takes multiples of 48: :func:`chain_tile_problem`), at the field ``layer`` set
+    (``tile``, else ``ops``, else ``output_options.tile``). A job that sets no tile gets
+    one that fits (:func:`fitted_default_tile`). Before, ``validate`` said such a manifest
+    was valid, and its run failed the job in PlanJob with a message that named no field."""
+    calls, probs = parse_chain(ops.value)
+    if probs or not calls:
+        return []
+    from pipeline.core.chain import ChainLayout  # (alignment and factor: any dtype)
+
+    text = chain_tile_problem(ChainLayout.of(calls, "uint8"), tile.value, out_tile.value,
+                              _from(tile, layer, "tile"))
+    if text is None:
+        return []
+    key = ("tile" if tile.layer is layer else "ops" if ops.layer is layer
+           else "output_options.tile")
+    return [f"{layer.where(key)}: {text}"]
 
 
 def _cog_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:

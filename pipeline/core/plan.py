@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.core import geometry
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
-from pipeline.core.job_fields import TILE_RANGE, tile_at_least, tile_step
+from pipeline.core.job_fields import TILE_RANGE, chain_tile_problem, tile_at_least, tile_step
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
 from pipeline.core.ops import (
@@ -655,19 +655,6 @@ def process_batches(pages: list[PagePlan]) -> list[Batch]:
     return [b for i, page in enumerate(pages) for b in batches(i, page.grid, per_batch)]
 
 
-def _fitting_tiles(tile: int, align: int, out_step: int) -> str:
-    """The advice of a tile that does not fit the chain: the nearest tiles either side of
-    ``tile`` that do (multiples of the alignment, of the output tile in input pixels and of
-    16, within the manifest's range)."""
-    step = tile_step(align, out_step)
-    lo, hi = TILE_RANGE
-    fits = [m for m in (tile // step * step, (tile // step + 1) * step) if lo <= m <= hi]
-    if not fits:
-        return (f"no tile from {lo} to {hi} is a multiple of {step}: choose a smaller "
-                "output_options.tile")
-    return "use tile " + " or ".join(map(str, fits))
-
-
 def explain_conversion(problem: str, info: PageInfo) -> str:
     """An op's (or an output option's) problem with the page's pixel type, saying where that
     type comes from when the reader made it: a palette page becomes RGB through its
@@ -687,25 +674,10 @@ def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]
                       ) -> list[Problem]:
     """Why the tile sizes do not fit the chain (downsample, clahe), or a page is too small."""
     problems: list[Problem] = []
-    tile, out_tile, f = spec.tile, spec.output_options.tile, layout.factor
-    if tile % layout.align:
-        why = []
-        if f > 1:
-            why.append(f"16 x the downsampling factor {f}")
-        cells = sorted({c.params["cell"] * s for c, s in zip(layout.calls, layout.scales,
-                                                              strict=False)
-                        if c.op.name == "clahe"})
-        if cells:
-            why.append("the clahe cell " + ", ".join(map(str, cells)) + " (in input pixels)")
-        problems.append(Problem(None, f"tile {tile} must be a multiple of {layout.align} for "
-                                f"this op chain ({' and '.join(why) or 'alignment'}); "
-                                + _fitting_tiles(tile, layout.align, out_tile * f)))
-    elif f > 1 and (tile // f) % out_tile:  # (without downsampling the manifest checks it)
-        problems.append(Problem(None, f"with downsampling by {f} a processing tile of {tile} "
-                                f"writes {tile // f} output pixels, which output_options.tile "
-                                f"{out_tile} must divide; "
-                                + _fitting_tiles(tile, layout.align, out_tile * f)
-                                + " (or a smaller output tile)"))
+    f = layout.factor
+    text = chain_tile_problem(layout, spec.tile, spec.output_options.tile)
+    if text:  # (validate tells it of a tile the manifest sets, at its field)
+        problems.append(Problem(None, text))
     for info in infos:
         if info.height // f == 0 or info.width // f == 0:
             most = min(info.width, info.height)
