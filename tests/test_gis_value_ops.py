@@ -6,6 +6,7 @@ their no-data value (GDAL_NODATA), band descriptions, scales and offsets.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,44 @@ def test_equalize_hist_and_otsu_keep_the_no_data_pixels(tmp_path):
     assert meta["nodata"] == 0
     t, _ = cv2.threshold(data, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     assert_identical(got[0], np.where(scene[0] > t, 255, 0).astype(np.uint8), "otsu")
+
+
+def test_a_convert_that_drops_the_no_data_value_says_so(tmp_path, capsys):
+    """A convert to an integer type without "nodata" of a page with a no-data value (a
+    GeoTIFF's GDAL_NODATA 0 kept through a stretch; an index's NaN) writes the collar as
+    data under no GDAL_NODATA: the job's result now says so and what to give, where nothing
+    did (``validate --inputs`` and the run tell the plan's note). Not of a convert with a
+    "nodata", to a float type, or of a page without a no-data value."""
+    from pipeline import cli
+
+    scene = collar_scene("uint16", 0)
+    src = write_scene(tmp_path / "s2.tif", scene, 0)
+    two = write_scene(tmp_path / "nir_red.tif", np.concatenate([scene, scene // 2]), 0)
+    write_scene(tmp_path / "plain.tif", scene, None)  # (no GDAL_NODATA: nothing to say)
+    stretch8 = [{"op": "percentile_stretch"}, {"op": "convert", "dtype": "uint8"}]
+    jobs = [{"input": "s2.tif", "output": "a.tif", "ops": stretch8},
+            {"input": "nir_red.tif", "output": "b.tif",
+             "ops": [{"op": "normalized_difference", "a": 0, "b": 1},
+                     {"op": "convert", "dtype": "int16", "in_range": [-1, 1]}]},
+            {"input": "s2.tif", "output": "c.tif",
+             "ops": [{"op": "convert", "dtype": "uint8", "nodata": 0}]},
+            {"input": "s2.tif", "output": "d.tif",
+             "ops": [{"op": "convert", "dtype": "float32", "in_range": [0, 65535]}]},
+            {"input": "plain.tif", "output": "e.tif", "ops": stretch8}]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": jobs}))
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        (f'  jobs[0] ({src}): ops[1] (convert) to uint8 has no "nodata": the no-data value 0 '
+         "(page 0) is converted as data and the output has no GDAL_NODATA, so GDAL and QGIS "
+         'show the no-data area as data; give it "nodata": 0 to keep it (the no-data area 0, '
+         "the data 1..255)"),
+        (f'  jobs[1] ({two}): ops[1] (convert) to int16 has no "nodata": the no-data value NaN '
+         "(page 0) is converted as data and the output has no GDAL_NODATA, so GDAL and QGIS "
+         'show the no-data area as data; give it "nodata": -32768 to keep it (the no-data area '
+         "-32768, the data -32767..32767)")]
+    # what it says: the collar written as data (0, the stretch's low end's too), no GDAL_NODATA
+    meta, got = run(tmp_path, src, stretch8)
+    assert meta["nodata"] is None and (got[0][scene[0] == 0] == 0).all()
 
 
 # --- normalize: the no-data value out of its minimum and maximum ---------------------------

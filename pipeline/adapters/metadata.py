@@ -1352,6 +1352,40 @@ def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> fl
     return None
 
 
+def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
+    """What a job's result says of a ``convert`` to an integer type without ``nodata`` that
+    meets a no-data value (the input's GDAL_NODATA kept through the ops before it, a
+    ``normalized_difference``'s NaN): the no-data pixels are converted as data and the
+    output has no GDAL_NODATA, so GDAL and QGIS show the collar as data ("" none: a masked
+    page's mask is carried, and a float convert's output keeps NaN). Before, nothing said it
+    and the collar of a scene converted to uint8 turned black data."""
+    from pipeline.core.ops import chain_keeps_nodata, chain_own_nodata
+    from pipeline.core.plan import _pages
+
+    notes = []
+    for i, op in enumerate(spec.ops):
+        if op["op"] != "convert" or op.get("nodata") is not None \
+                or np.dtype(op["dtype"]).kind == "f":
+            continue
+        keeps, own = chain_keeps_nodata(spec.ops[:i]), chain_own_nodata(spec.ops[:i])
+        values: dict[str, list[int]] = {}
+        for page in pages:
+            value = output_nodata(page.info, keeps, own)
+            if value is not None:
+                values.setdefault(str(value), []).append(page.info.index)
+        if not values:
+            continue
+        low, high = np.iinfo(op["dtype"]).min, np.iinfo(op["dtype"]).max
+        said = ", ".join(f"{'NaN' if number == 'nan' else number} ({_pages(numbers)})"
+                         for number, numbers in values.items())
+        rest = "" if op.get("out_range") else f", the data {low + 1}..{high}"
+        notes.append(f"ops[{i}] (convert) to {op['dtype']} has no \"nodata\": the no-data value "
+                     f"{said} is converted as data and the output has no GDAL_NODATA, so GDAL "
+                     f"and QGIS show the no-data area as data; give it \"nodata\": {low} to "
+                     f"keep it (the no-data area {low}{rest})")
+    return "; ".join(notes)
+
+
 def _nodata_number(value: str, dtype: np.dtype) -> float | None:
     """The number a GDAL_NODATA tag's text (``value``, base64) says for samples of ``dtype``
     (NaN for floats too), or None: no number, or none such a sample can hold."""

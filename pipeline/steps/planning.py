@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
-from pipeline.adapters.metadata import XmpPackets, xmp_note
+from pipeline.adapters.metadata import XmpPackets, dropped_nodata_note, xmp_note
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
@@ -390,8 +390,10 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     # (rights metadata rewritten or dropped; a packet too large for the plan read from the
     # input, as merge will read it)
     xmp = xmp_note(spec, plan.pages, XmpPackets(spec.input, version))
-    if one_bit or xmp:
-        plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp) if n))
+    nodata = dropped_nodata_note(spec, plan.pages)  # (a convert that drops GDAL_NODATA)
+    if one_bit or xmp or nodata:
+        plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp, nodata)
+                                            if n))
     return plan, problems + output_problems(plan)
 
 
