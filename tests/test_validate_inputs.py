@@ -486,3 +486,35 @@ def test_a_chain_that_fits_some_pages_names_them_and_how_to_run_them(
     with pytest.raises(TiffpipeError) as caught:
         handlers.process_handler({"action": "plan_job", "run": run["run"], "job": 0})
     assert str(caught.value).endswith("; " + hint.format(ok="0-1, 3", listed="0, 1, 3"))
+
+
+def test_a_listed_overview_of_a_geotiff_says_its_output_is_not_georeferenced(tmp_path, capsys):
+    """A COG written by GDAL (its overviews are pages without GeoTIFF tags: GDAL places them
+    by the image page's) with a job that lists an overview (a quick 20 m product of a 10 m
+    scene, ``"pages": [1]``): the output had no CRS or geotransform and nothing said so;
+    the job's note now says it and what to do instead. Not of the image page itself."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    scene = np.arange(600 * 800, dtype=np.uint16).reshape(1, 600, 800) % 4000 + 1
+    with rasterio.open(tmp_path / "cog.tif", "w", driver="COG", width=800, height=600,
+                       count=1, dtype="uint16", crs="EPSG:32633", nodata=0, blocksize=256,
+                       transform=Affine(10.0, 0, 399960.0, 0, -10.0, 5100000.0)) as ds:
+        ds.write(scene)
+    with tifffile.TiffFile(tmp_path / "cog.tif") as tf:  # (what GDAL wrote: a bare overview)
+        assert tf.pages[0].is_geotiff and not tf.pages[1].is_geotiff
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "cog.tif", "output": "o1.tif", "pages": [1]},
+        {"input": "cog.tif", "output": "o12.tif", "pages": [1, 2]},
+        {"input": "cog.tif", "output": "o0.tif", "pages": [0]}]}))
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 0
+    cog = tmp_path / "cog.tif"
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        (f"  jobs[0] ({cog}): page 1 is a reduced-resolution page (overview) of page 0 without "
+         "GeoTIFF tags of its own (GDAL places an overview by its page's): the output is not "
+         'georeferenced; for a georeferenced reduced copy, process page 0 with a {"op": '
+         '"downsample"} instead'),
+        (f"  jobs[1] ({cog}): pages 1-2 are reduced-resolution pages (overviews) of page 0 "
+         "without GeoTIFF tags of their own (GDAL places an overview by its page's): the "
+         "output is not georeferenced; for a georeferenced reduced copy, process page 0 with "
+         'a {"op": "downsample"} instead')]

@@ -1473,6 +1473,7 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
                     continue
                 if why:  # an overview, processed as a page of its own
                     _unmark_reduced(info)
+                    left.extend(_unplaced(tf, url, page, why))
                 infos.append(_with_mask(tf, url, count, page, info))
                 left.extend(_subifd_levels(page, i))
         st = os.stat(url) if hand_over and not storage.is_s3(url) else None
@@ -1504,6 +1505,19 @@ def _with_mask(tf: tifffile.TiffFile, url: str, count: int, page: tifffile.TiffP
     except (CorruptTiffError, PageNotFoundError):
         return info
     return replace(info, mask_ifd=int(after.offset)) if internal_mask(page, after) else info
+
+
+def _unplaced(tf: tifffile.TiffFile, url: str, page: tifffile.TiffPage, why: LeftOut
+              ) -> list[LeftOut]:
+    """(page, "unplaced", its image page, False) of a listed overview (``why``: how it
+    derives from its image page) that has no GeoTIFF tags of its own while its image page
+    has: GDAL places an overview by its image page's, so the page processed alone is not
+    georeferenced, which the job's note says (a COG's overview, ``"pages": [1]``, came out
+    without CRS or geotransform, and nothing said so); [] otherwise."""
+    _, _, of, _ = why
+    if of is None or page.is_geotiff or not get_page(tf, url, of).is_geotiff:
+        return []
+    return [(page.index, "unplaced", of, False)]
 
 
 def _unmark_reduced(info: PageInfo) -> None:

@@ -372,6 +372,17 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
                         if pyramid else "set output_options.pyramid for levels made from them")
                      + " (or list the pages in the job's pages to process each as a page of "
                      "its own)")
+    unplaced: dict[int, list[int]] = {}  # (image page: its listed overviews without GeoTIFF)
+    for i, kind, of, _ in left_out:
+        if kind == "unplaced" and of is not None:
+            unplaced.setdefault(of, []).append(i)
+    for of, listed in unplaced.items():
+        many = len(listed) > 1
+        parts.append(f"{_pages(listed)} {'are' if many else 'is a'} reduced-resolution "
+                     f"page{'s' * many} (overview{'s' * many}) of page {of} without GeoTIFF "
+                     f"tags of {'their' if many else 'its'} own (GDAL places an overview by "
+                     "its page's): the output is not georeferenced; for a georeferenced "
+                     f'reduced copy, process page {of} with a {{"op": "downsample"}} instead')
     levels = [i for i, kind, _, _ in left_out if kind == "levels"]
     if levels:
         parts.append(f"the reduced-resolution levels (SubIFDs) of {_pages(levels)} left out, "
