@@ -690,7 +690,37 @@ def test_a_packet_over_64_kib_is_read_from_the_input_not_held_in_the_plan(tmp_pa
     (plan,) = work.glob("jobs/*/plan.json")
     assert plan.stat().st_size < 64 * 1024
     (job,) = result.report["jobs"]
-    assert "XMP of pages 0-2: rewritten: updated tiff:ImageWidth" in job["message"], job
+    # (said without reading the packets: planning reads none, below)
+    assert (f"XMP of pages 0-2: carried from the input at merge ({len(LARGE):,} bytes), "
+            "rewritten for the new size and place and stamped a derivative as a small packet "
+            "is") in job["message"], job
+
+
+def test_planning_reads_no_large_packet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The job's note says what merge will do with each packet too large for the plan
+    without reading it (1,000 pages of their own 300 KB packet would be 1,000 GETs and
+    300 MB at plan time, again at merge): a copy, then a quarter turn."""
+    from pipeline.adapters import metadata
+    from pipeline.core.manifest import parse_manifest
+    from pipeline.steps.planning import read_plan
+
+    path = tmp_path / "big.tif"
+    write_large(path)
+    read: list[Any] = []
+    packet = metadata.XmpPackets.__call__
+    monkeypatch.setattr(metadata.XmpPackets, "__call__",
+                        lambda self, at: read.append(at) or packet(self, at))
+    size = f"{len(LARGE):,} bytes"
+    kept = "stamped a derivative as a small packet is, how the output stores its samples"
+    turned = "rewritten for the new size and place and stamped a derivative as a small packet"
+    for ops, done in (([], kept), ([{"op": "rotate", "angle": 90}], turned)):
+        (spec,) = parse_manifest({"jobs": [{"input": str(path), "output": "o.tif",
+                                            "ops": ops}]}, "m", str(tmp_path))
+        plan, problems = read_plan(0, spec, str(tmp_path / "w"), 0.0)
+        assert not problems
+        assert read == []  # (before: each page's packet, 3 reads of 319 KB)
+        assert f"XMP of pages 0-2: carried from the input at merge ({size}), {done}" \
+            in plan.note, plan.note
 
 
 def _share_first_packet(path: Path) -> int:

@@ -1068,15 +1068,17 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     page's size and place is kept as it is); and stamped as the derivative ``derived``
     (:func:`derivation`: never kept byte for byte then; None: not stamped). ``packets``:
     what reads a packet too large for the plan from the input (``xmp_at``); None: such a
-    packet is not read (``tiffpipe estimate``'s tags), and none is written."""
+    packet is not read (the job's note at plan time, ``tiffpipe estimate``'s tags), none is
+    written, and what is said is what is known without it (:func:`_by_reference`)."""
     md = info.metadata or {}
     if "xmp_over" in md:
         return None, (f"dropped: {md['xmp_over']:,} bytes, over the {XMP_MAX // 2**20} MiB "
                       "an XMP packet may hold (or past the file's end): strip its edit "
                       "history (exiftool -XMP-xmpMM:History= FILE) and run the job again")
     if "xmp_at" in md:  # (too large for the plan: read from the input)
-        if packets is None:
-            return None, "not read: it is held in the input, read when the page is written"
+        if packets is None:  # (what is known of it without reading it)
+            return None, _by_reference(md["xmp_at"][2], placed is not None or not _resized(
+                info, height, width, factor, placed)[0])
         packet = packets(md["xmp_at"])
         entry = [XMP, md["xmp_at"][0]]
     elif (entry := next((tag for tag in md.get("spatial", []) if tag[0] == XMP),
@@ -1102,6 +1104,17 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     return (XMP, entry[1], len(done.packet), done.packet, True), done.said
 
 
+def _by_reference(size: int, moved: bool) -> str:
+    """What :func:`output_xmp` does with a packet too large for the plan (``xmp_at``) of
+    ``size`` bytes, said without reading it (a job's note: planning reads no packet): what
+    it does with a small one, the chain moving or resizing the page or not."""
+    done = ("rewritten for the new size and place and stamped a derivative as a small "
+            "packet is (one that does not parse as XML: dropped)" if moved else
+            "stamped a derivative as a small packet is, how the output stores its samples "
+            "made true in it (one that does not parse as XML: kept as it is)")
+    return f"carried from the input at merge ({size:,} bytes), {done}"
+
+
 def _names_form(packet: bytes) -> bool:
     """Whether an XMP packet may state how its page's samples are stored (it names one of
     the properties :class:`pipeline.core.xmp.Form` rules)."""
@@ -1110,12 +1123,14 @@ def _names_form(packet: bytes) -> bool:
     return any(name in packet for name in FORM_NAMES)
 
 
-def xmp_note(spec: Any, pages: Sequence[Any], packets: XmpPackets | None = None) -> str:
+def xmp_note(spec: Any, pages: Sequence[Any]) -> str:
     """What a job's result says of its pages' XMP ("" when each is kept as is, or none has
     one): the pages whose XMP the chain of the job ``spec`` (a JobSpec) rewrote (which
     properties it updated and removed) or dropped, and why (:func:`output_xmp`, with how
     each page's samples are stored: :func:`page_form`), so that an archive sees which
-    access copies lost or changed their rights and credit metadata."""
+    access copies lost or changed their rights and credit metadata. A packet too large for
+    the plan is not read (it is merge's to read): said carried by reference, its size, and
+    what is done with it (:func:`_by_reference`)."""
     from pipeline.core.plan import _pages
 
     said: dict[str, list[int]] = {}
@@ -1124,7 +1139,7 @@ def xmp_note(spec: Any, pages: Sequence[Any], packets: XmpPackets | None = None)
         if not carries_xmp(page.info):
             continue
         derived = derived or derivation(spec)  # (not made for pages without XMP: its imports)
-        _, what = page_xmp(spec, page, derived, packets)
+        _, what = page_xmp(spec, page, derived)
         if what and not what.startswith("kept"):
             said.setdefault(what, []).append(page.info.index)
     return "; ".join(f"XMP of {_pages(numbers)}: {what}" for what, numbers in said.items())

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
-from pipeline.adapters.metadata import XmpPackets, dropped_nodata_note, xmp_note
+from pipeline.adapters.metadata import dropped_nodata_note, xmp_note
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
@@ -387,9 +387,9 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
     one_bit = one_bit_note(spec, plan.pages)  # (fax pages copied 8-bit; "auto"'s pages)
-    # (rights metadata rewritten or dropped; a packet too large for the plan read from the
-    # input, as merge will read it)
-    xmp = xmp_note(spec, plan.pages, XmpPackets(spec.input, version))
+    # (rights metadata rewritten or dropped; a packet too large for the plan is not read:
+    # 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB, merge's again)
+    xmp = xmp_note(spec, plan.pages)
     nodata = dropped_nodata_note(spec, plan.pages)  # (a convert that drops GDAL_NODATA)
     if one_bit or xmp or nodata:
         plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp, nodata)
