@@ -1474,3 +1474,116 @@ def test_each_jobs_line_names_its_input(tmp_path):
     assert jobs[0].startswith(f'  jobs[0] "{tmp_path / "scans" / "Müller 1.tif"}": 1 page(s) '
                               "uint8x1 2.0 Mpx -> zstd: "), jobs
     assert jobs[1].startswith('  jobs[1] "s3://b/scans/2.tif": 1 page(s) uint8x1 2.0 Mpx'), jobs
+
+
+def _large_xmp_job(folder: Path, packets: bool = True) -> Path:
+    """A manifest of a quarter turn of a real 3-page RGB TIFF, each page with its own 319 KB
+    XMP packet (Photoshop's History: test_xmp.LARGE), held by reference in the plan; or
+    the same pages without XMP (``packets`` False)."""
+    import tifffile
+    from test_xmp import write_large
+
+    src = folder / ("xmp.tif" if packets else "plain.tif")
+    write_large(src)
+    if not packets:
+        with tifffile.TiffFile(src) as tif:
+            pixels = [page.asarray() for page in tif.pages]
+        with tifffile.TiffWriter(src) as tw:
+            for data in pixels:
+                tw.write(data, photometric="rgb", tile=(32, 32), metadata=None,
+                         resolution=((300, 1), (200, 1)), resolutionunit=2)
+    m = folder / f"m-{src.stem}.json"
+    m.write_text(json.dumps({"jobs": [{"input": src.name, "output": f"out/{src.stem}.tif",
+                                       "ops": [{"op": "rotate", "angle": 90}]}]}))
+    return m
+
+
+def test_large_xmp_packets_are_in_the_output_size(tmp_path: Path) -> None:
+    """An XMP packet too large for the plan is not read by the estimate (nor by planning),
+    but its bytes (its size and the derivative's stamp) are in the output's: against the
+    real output of the job, its bytes that are not tiles (before: about 1 KB estimated
+    against 958 KB written)."""
+    import tifffile
+    from test_xmp import LARGE, PAGES
+
+    import pipeline
+
+    m = _large_xmp_job(tmp_path)
+    plans, sizes = _plans(m)
+    [job] = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)["jobs"]
+    assert job["header_bytes"] > PAGES * len(LARGE)
+    result = pipeline.run(str(m), workers=1, work=str(tmp_path / "work"))
+    assert result.ok, result.report
+    real = tmp_path / "out" / "xmp.tif"
+    with tifffile.TiffFile(real) as tif:
+        tiles = sum(sum(p.databytecounts) for p in tif.pages)
+        assert all(len(p.tags[700].value) >= len(LARGE) for p in tif.pages)
+    around = real.stat().st_size - tiles
+    assert job["header_bytes"] == pytest.approx(around, rel=0.05), (job["header_bytes"], around)
+
+
+def test_merge_memory_counts_the_large_xmp_packets_it_holds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merge holds the distinct packets too large for the plan it reads (pages that share
+    one read it once), at most PACKETS_HELD: its peak counts them, and a held ProcessJob's
+    too (its merge)."""
+    from test_xmp import LARGE, PAGES, _share_first_packet
+
+    from pipeline.adapters import metadata
+
+    def packets_mb(m: Path) -> dict[str, float]:
+        plans, sizes = _plans(m)
+        [job] = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)["jobs"]
+        return {f: p["parts_mb"].get("xmp packets", 0.0) for f, p in job["memory"].items()}
+
+    mib = 2**20
+    m = _large_xmp_job(tmp_path)
+    assert packets_mb(m)["merge"] == round(PAGES * len(LARGE) / mib, 1)
+    assert packets_mb(_large_xmp_job(tmp_path, packets=False))["merge"] == 0.0
+    monkeypatch.setattr(metadata, "PACKETS_HELD", 2 * len(LARGE))  # (those read last)
+    assert packets_mb(m)["merge"] == round(2 * len(LARGE) / mib, 1)
+    monkeypatch.undo()
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_PIXELS", 16 * 1000 * 1000)
+    assert packets_mb(m) == {"process": round(PAGES * len(LARGE) / mib, 1)}  # (one ProcessJob)
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_PIXELS", 0)
+    _share_first_packet(tmp_path / "xmp.tif")
+    assert packets_mb(m)["merge"] == round(len(LARGE) / mib, 1)
+
+
+def test_a_merge_whose_xmp_packets_do_not_fit_is_warned_about(tmp_path: Path) -> None:
+    """At a merge memory its packets do not fit in (the same pages without them do), the
+    estimate says so, as it does of any other peak."""
+    from pipeline.estimate.memory import MARGIN
+
+    def merge(m: Path, mb: float | None = None) -> tuple[dict[str, Any], list[str]]:
+        plans, sizes = _plans(m)
+        r = est.estimate(plans, CAL, {**FAST_IO, **({"memory_merge_mb": mb} if mb else {})},
+                         input_bytes=sizes)
+        return r["jobs"][0]["memory"]["merge"], [w for w in r["warnings"] if "merge" in w]
+
+    with_packets, without = _large_xmp_job(tmp_path), _large_xmp_job(tmp_path, packets=False)
+    peak, warned = merge(with_packets)
+    assert warned == []  # (the deploy's merge memory: room enough)
+    limit = (peak["peak_mb"] - peak["parts_mb"]["xmp packets"] / 2) * (1 + MARGIN)
+    assert merge(without, limit)[1] == []
+    [warning] = merge(with_packets, limit)[1]
+    assert "on the merge function, merge of page 0" in warning
+    assert f"more than the {limit:,.0f} MB the function has (memory_merge_mb)" in warning
+
+
+def test_the_deployed_merge_memory_leaves_room_for_the_xmp_packets() -> None:
+    """Guard: merge at the deploy's memory (FUNCTION_SIZES) holds PACKETS_HELD of XMP
+    packets beside its uploads in flight and its baseline, the model's margin added; and a
+    held ProcessJob its held output besides (the process function)."""
+    from pipeline.adapters.metadata import PACKETS_HELD
+    from pipeline.core.constants import FUNCTION_SIZES
+    from pipeline.core.tiff_layout import UPLOAD_PART
+    from pipeline.estimate import memory
+
+    mib = 2**20
+    merge = memory.BASELINE_MB["merge"] + memory.SCALE["merge"] * (
+        PACKETS_HELD + memory.UPLOADS_IN_FLIGHT * UPLOAD_PART) / mib
+    assert merge * (1 + memory.MARGIN) <= FUNCTION_SIZES["merge"].memory
+    held = memory.BASELINE_MB["process"] + memory.SCALE["process"] * (
+        PACKETS_HELD + 2 * plan_module.HELD_OUTPUT_BYTES) / mib
+    assert held * (1 + memory.MARGIN) <= FUNCTION_SIZES["process"].memory

@@ -66,7 +66,7 @@ import binascii
 import os
 import struct
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,9 @@ VALUE_MAX = 64 * 1024
 XMP_MAX = 16 * 1024 * 1024
 #: the bytes of XMP packets an :class:`XmpPackets` holds at most (those read last)
 PACKETS_HELD = 64 * 1024 * 1024
+#: the bytes the derivative's stamp adds to a packet at most, but its ops in words (a new
+#: ``xmpMM:InstanceID``, ``xmpMM:DerivedFrom``, a History event: about 200; its namespaces)
+STAMP_BYTES = 400
 
 #: copied byte for byte whatever the op chain does
 KEPT_TAGS = {
@@ -1068,8 +1071,9 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     page's size and place is kept as it is); and stamped as the derivative ``derived``
     (:func:`derivation`: never kept byte for byte then; None: not stamped). ``packets``:
     what reads a packet too large for the plan from the input (``xmp_at``); None: such a
-    packet is not read (the job's note at plan time, ``tiffpipe estimate``'s tags), none is
-    written, and what is said is what is known without it (:func:`_by_reference`)."""
+    packet is not read (the job's note at plan time, ``tiffpipe estimate``'s tags, which
+    count its bytes apart: :func:`xmp_bytes`), none is written, and what is said is what is
+    known without it (:func:`_by_reference`)."""
     md = info.metadata or {}
     if "xmp_over" in md:
         return None, (f"dropped: {md['xmp_over']:,} bytes, over the {XMP_MAX // 2**20} MiB "
@@ -1113,6 +1117,26 @@ def _by_reference(size: int, moved: bool) -> str:
             "stamped a derivative as a small packet is, how the output stores its samples "
             "made true in it (one that does not parse as XML: kept as it is)")
     return f"carried from the input at merge ({size:,} bytes), {done}"
+
+
+def xmp_bytes(info: Any, ops: Sequence[dict[str, Any]]) -> int:
+    """The bytes the output page of ``info`` takes for an XMP packet too large for the plan
+    (``xmp_at``; 0: none), which ``tiffpipe estimate``'s tags leave out (:func:`output_tags`
+    reads none): its size and the stamp's (:data:`STAMP_BYTES` and the ``ops`` in words,
+    :func:`pipeline.core.xmp.ops_parameters`; a packet's padding often takes it)."""
+    from pipeline.core.xmp import ops_parameters
+
+    at = (info.metadata or {}).get("xmp_at")
+    return 0 if at is None else int(at[2]) + STAMP_BYTES + len(ops_parameters(list(ops)))
+
+
+def packets_held(infos: Iterable[Any]) -> int:
+    """The bytes of packets too large for the plan that merge holds at once writing the
+    pages of ``infos`` (:class:`XmpPackets`): those of the distinct packets (pages that
+    share one read it once), at most :data:`PACKETS_HELD`."""
+    distinct = {tuple(at[1:]) for info in infos
+                if (at := (info.metadata or {}).get("xmp_at")) is not None}
+    return min(sum(size for _, size in distinct), PACKETS_HELD)
 
 
 def _names_form(packet: bytes) -> bool:

@@ -22,8 +22,10 @@ what its step holds at once, counted from the plan as the steps allocate:
 - a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
   statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
   ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
-- **merge**: the tile table of the largest page (20 bytes a tile), and on S3 its uploaded
-  parts in flight (up to 4 of 16 MiB);
+- **merge**: the tile table of the largest page (20 bytes a tile), on S3 its uploaded
+  parts in flight (up to 4 of 16 MiB), and the XMP packets too large for the plan it reads
+  from the input (its pages' distinct ones, at most ``PACKETS_HELD``: 64 MiB); a held
+  ProcessJob's merge holds them too;
 - on S3 each segment is uploaded in parts of 8 MiB, buffered (and copied once as sent).
 
 The bytes counted are scaled by :data:`SCALE` (what malloc keeps, numpy's temporaries and
@@ -213,6 +215,14 @@ def _stats_part_bytes(plan: JobPlan, page_index: int) -> float:
     return largest
 
 
+def _packets(plan: JobPlan) -> float:
+    """The bytes of XMP packets too large for the plan that the job's merge holds
+    (:func:`~pipeline.adapters.metadata.packets_held`: at most ``PACKETS_HELD``)."""
+    from pipeline.adapters.metadata import packets_held  # (as the model's tags: lazily)
+
+    return float(packets_held(page.info for page in plan.pages))
+
+
 def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bpm: float,
               held_bytes: float | None = None, uploads: int = 0,
               s3: bool = True) -> dict[str, Peak]:
@@ -247,6 +257,8 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
                 # the tile threads are one pool: the chain and the encoding of ``t`` tiles
                 # at once, whichever unit's
                 parts[k] = max(parts.get(k, 0.0), v) if k in SHARED else parts.get(k, 0.0) + v
+        if packets := _packets(plan):  # (its merge's, beside its held output)
+            parts["xmp packets"] = packets
         if held_bytes is not None:
             parts["held output"] = held_bytes
             if s3:  # one PutObject of it all (joined), else parts in flight
@@ -270,5 +282,7 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
     merge = {"tile table": float(TILE_TABLE_BYTES * tiles)}
     if s3 and uploads:
         merge["uploads"] = float(min(uploads, UPLOADS_IN_FLIGHT) * UPLOAD_PART)
+    if packets := _packets(plan):
+        merge["xmp packets"] = packets
     keep("merge", "merge", largest, merge)
     return peaks

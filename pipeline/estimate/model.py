@@ -388,8 +388,9 @@ def header_bytes(plan: JobPlan) -> float:
     TileOffsets and TileByteCounts then outside the IFD) and of 1,026, once per kind of
     page and length of its tag values (not once per page: a batch of scans of as many
     sizes took as long as reading their headers), the tile arrays then grown to the page's
-    tiles in between (pyramid levels and OME-XML aside)."""
-    from pipeline.adapters.metadata import band_names, output_tags
+    tiles in between (pyramid levels and OME-XML aside); and an XMP packet too large for
+    the plan, by its size (:func:`~pipeline.adapters.metadata.xmp_bytes`: not read)."""
+    from pipeline.adapters.metadata import band_names, output_tags, xmp_bytes
     from pipeline.adapters.tile_codec import OutputEncoder
 
     opts = plan.spec.output_options
@@ -414,8 +415,10 @@ def header_bytes(plan: JobPlan) -> float:
         # wants its bytes)
         sizes = [_page_ifd_bytes(big, (t, n * t - (n == 1), *bands), dtype, t, kwargs)
                  for n in ((tiles,) if tiles <= 2 else (2, 1026))]
-        # past two tiles, the TileOffsets and TileByteCounts arrays grow by a value each
-        total += sizes[0] + (sizes[-1] - sizes[0]) * (tiles - 2) / 1024
+        # past two tiles, the TileOffsets and TileByteCounts arrays grow by a value each;
+        # an XMP packet too large for the plan, which the tags leave out (it is not read)
+        total += (sizes[0] + (sizes[-1] - sizes[0]) * (tiles - 2) / 1024
+                  + xmp_bytes(page.info, ops))
     return total
 
 
