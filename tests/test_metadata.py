@@ -98,6 +98,11 @@ def _write_inputs(inp: Path) -> None:
                  resolutionunit=RESUNIT_CM)
         tw.write(pattern(40, 100, 3, "uint8", 8), photometric="rgb", rowsperstrip=8,
                  metadata=None, subfiletype=9, description="Aperio Image Library v12 macro")
+    with tifffile.TiffWriter(inp / "svs_scanner.tif") as tw:  # no pixel size but its MPP
+        tw.write(pattern(96, 128, 3, "uint8", 11), photometric="rgb", tile=(32, 32),
+                 metadata=None, description=APERIO_SCANNER)
+        tw.write(pattern(48, 64, 3, "uint8", 12), photometric="rgb", tile=(16, 16),
+                 metadata=None, description=APERIO_SCANNER_LEVEL)
     tifffile.imwrite(inp / "tiny.tif", pattern(12, 20, 3, "uint8", 10), photometric="rgb",
                      metadata=None)
     tifffile.imwrite(inp / "turned.tif", pattern(100, 90, 3, "uint8", 9), photometric="rgb",
@@ -108,6 +113,10 @@ def _write_inputs(inp: Path) -> None:
 
 
 APERIO = "Aperio Image Library v12.0.15 \r\n128x96 (32x32) RGB|AppMag = 20|MPP = 0.4990"
+#: as Aperio's scanners write a slide: no resolution tags (tifffile's 1/1 NONE), the pixel
+#: size in the description alone, the base image's on a level too
+APERIO_SCANNER = "Aperio Image Library v12.0.15 \r\n128x96 [0,0 128x96] (32x32) RGB|MPP = 0.5"
+APERIO_SCANNER_LEVEL = "Aperio Image Library v12.0.15 \r\n128x96 -> 64x48 - |MPP = 0.5"
 BLUR = [{"op": "gaussian_blur", "sigma": SIGMA}]
 JOBS: dict[str, dict[str, Any]] = {
     "rgb_copy": {"input": "rgb.tif"},
@@ -127,6 +136,11 @@ JOBS: dict[str, dict[str, Any]] = {
     "svs_downsample": {"input": "svs.tif", "ops": [{"op": "downsample", "factor": 2}]},
     "turned_pyramid": {"input": "turned.tif", "output_options": {"pyramid": True}},
     "svs_blur_pyramid": {"input": "svs.tif", "ops": BLUR, "output_options": {"pyramid": True}},
+    "svs_scanner_copy": {"input": "svs_scanner.tif"},
+    "svs_scanner_downsample": {"input": "svs_scanner.tif",
+                               "ops": [{"op": "downsample", "factor": 2}]},
+    "svs_scanner_rotate": {"input": "svs_scanner.tif", "pages": [0],
+                           "ops": [{"op": "rotate", "angle": 90}]},
     # (the default output tile: 512, more than libvips reads on a page of 20 px)
     "tiny_blur": {"input": "tiny.tif", "ops": BLUR, "tile": 512,
                   "output_options": {"compression": "deflate", "tile": 512}},
@@ -319,6 +333,26 @@ def test_an_aperio_description_is_dropped_when_the_size_changes(run):
     # (the macro's NewSubfileType 9) for a level of the slide
     assert page.is_tiled and not macro.is_tiled and int(macro.subfiletype) == 9
     assert _value(page, 282) == (10020, 1)  # the resolution is scaled instead
+
+
+def test_an_aperio_mpp_becomes_the_resolution_when_the_description_is_dropped(run):
+    """A slide whose only pixel size is its description's MPP (no resolution tags, as
+    Aperio's scanners write it) kept none once a downsample or a turn dropped the
+    description: the output had no pixel size at all. The MPP becomes the resolution in
+    pixels per centimetre, scaled as any resolution (a level's MPP is the base image's:
+    its pixel is 2 base pixels here); a copy keeps the description and its tags as they were."""
+    (page, level) = _pages(run["svs_scanner_copy"]["output"])
+    assert page.description == APERIO_SCANNER and level.description == APERIO_SCANNER_LEVEL
+    assert _value(page, 296) == _value(level, 296) == 1  # (NONE, as the input's)
+    (page, level) = _pages(run["svs_scanner_downsample"]["output"])
+    assert 270 not in page.tags and 270 not in level.tags
+    # 0.5 um a pixel, downsampled by 2: 1 um, 10,000 a cm; the level's 1 um: 2 um, 5,000
+    assert (_value(page, 296), _value(page, 282), _value(page, 283)) == \
+        (RESUNIT_CM, (10000, 1), (10000, 1))
+    assert (_value(level, 296), _value(level, 282)) == (RESUNIT_CM, (5000, 1))
+    (turned,) = _pages(run["svs_scanner_rotate"]["output"])
+    assert 270 not in turned.tags and turned.shape[:2] == (128, 96)
+    assert (_value(turned, 296), _value(turned, 282)) == (RESUNIT_CM, (20000, 1))
 
 
 @pytest.mark.parametrize("name", ["svs_copy", "svs_blur_pyramid"])

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import re
 import struct
 import weakref
 from collections.abc import Iterable, Sequence
@@ -245,6 +246,7 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             (spatial if aperio else kept).append(carried)
             if aperio:  # (its strips stay a strip: pipeline.core.plan.strip_page)
                 out["aperio"] = True
+                _aperio_pixel_size(out, str(tag.value))
     for code in SPATIAL_TAGS:
         tag = tags.get(code)
         if tag is not None and (carried := _carry(tag, byteorder)) is not None:
@@ -342,6 +344,39 @@ def _imagej_unit(out: dict[str, Any], description: str) -> None:
         return
     (xn, xd), (yn, yd) = out["resolution"]
     _per_cm(out, Fraction(xn, xd) / per, Fraction(yn, yd) / per)
+
+
+def _aperio_pixel_size(out: dict[str, Any], description: str) -> None:
+    """The resolution an Aperio page's ``MPP`` (microns per pixel, in its description) gives,
+    in pixels per centimetre, as ``out["aperio_resolution"]``, when the page's resolution
+    tags give no pixel size (none, or ResolutionUnit NONE: Aperio's scanners write none):
+    :func:`output_tags` writes it where it drops the description (a size change, a turn),
+    which would take the only pixel size the page had with it. ``MPP`` is the base image's:
+    a level's description says it is reduced (``46000x32914 -> 11500x8228``), and its pixel
+    is that many base pixels, as OpenSlide takes a level's pixel size."""
+    if out.get("resolutionunit", 1) != 1:
+        return
+    mpp = next((field.partition("=")[2].strip() for field in description.split("|")
+                if field.partition("=")[0].strip() == "MPP"), "")
+    try:
+        size = Fraction(mpp) / 10**4  # centimetres per (base) pixel
+    except (ValueError, ZeroDivisionError):
+        return
+    sx = sy = Fraction(1)
+    if reduced := _APERIO_REDUCED.search(description):
+        base_w, base_h, w, h = (int(v) for v in reduced.groups())
+        if not (base_w and base_h and w and h):
+            return
+        sx, sy = Fraction(base_w, w), Fraction(base_h, h)
+    if size > 0:
+        found: dict[str, Any] = {}
+        _per_cm(found, 1 / (size * sx), 1 / (size * sy))
+        if found:
+            out["aperio_resolution"] = found["resolution"]
+
+
+#: an Aperio level's (or thumbnail's) size after its base image's: ``3072x2048 -> 768x512``
+_APERIO_REDUCED = re.compile(r"(\d+)\s*x\s*(\d+)\s*->\s*(\d+)\s*x\s*(\d+)")
 
 
 def _per_cm(out: dict[str, Any], x: Fraction, y: Fraction) -> None:
@@ -917,6 +952,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         "extrasamples": extrasamples, "software": f"tiffpipe {__version__}", "metadata": None,
     }
     same_size, sy, sx = _resized(info, height, width, factor, placed)
+    if "aperio_resolution" in md and (placed or not same_size):  # its description dropped
+        md = {**md, "resolution": md["aperio_resolution"], "resolutionunit": 3}
     if (resolution := _resolution(md, placed, sy, sx)) is not None:
         kwargs["resolution"] = resolution
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
