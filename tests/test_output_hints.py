@@ -71,6 +71,44 @@ def test_jpeg_of_12_bit_data_names_the_in_range_its_header_gives(tmp_path):
             assert (out.dtype, out.max()) == (np.uint8, 255)
 
 
+def note(tmp_path: Path, src: Path, ops: list[dict[str, Any]]) -> str:
+    """What PlanJob's plan of ``src`` through ``ops`` says (the job's report message)."""
+    spec = JobSpec(input=str(src), output=str(tmp_path / "never.tif"), ops=ops, tile=64,
+                   output_options=OutputOptions(tile=64))
+    plan, refused = plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
+    assert refused == []
+    return plan.note
+
+
+def test_a_plain_convert_of_12_bit_data_is_told_the_in_range_its_header_gives(tmp_path):
+    """A plain convert to uint8 of a 12-bit camera's uint16 (MaxSampleValue 4095, or an OME
+    Image's SignificantBits 12) maps 0..65535 onto 0..255: the brightest value becomes 16, a
+    near-black output, which ran without a word (only a JPEG output was refused, naming
+    the in_range). The job's note says so and gives the in_range, which makes 4095 255;
+    not of a convert with an in_range, after a stretch, or of a page that says no depth."""
+    tagged = tmp_path / "max4095.tif"
+    tifffile.imwrite(tagged, CAMERA, tile=(64, 64), extratags=[(281, "H", 1, 4095, True)])
+    ome = tmp_path / "sig12.ome.tif"
+    tifffile.imwrite(ome, CAMERA, tile=(64, 64), ome=True, metadata={"SignificantBits": 12})
+    plain = [{"op": "gaussian_blur", "sigma": 1.0}, {"op": "convert", "dtype": "uint8"}]
+    for src, said in ((tagged, "MaxSampleValue"), (ome, "OME SignificantBits 12")):
+        told = note(tmp_path, src, plain)
+        assert told == (
+            "page 0: ops[1] (convert) maps uint16's whole range, 0..65535, onto uint8's "
+            f"0..255, and its {said} says the values go up to 4095: they end at 16 of 255, "
+            'nearly black; give the convert "in_range": [0, 4095] to spread them over 0..255')
+        assert apply_chain(CAMERA[..., None], chain_from_json(plain[1:])).max() == 16
+        in_range = json.JSONDecoder().raw_decode(told.split('"in_range": ')[1])[0]
+        fixed = {**plain[1], "in_range": in_range}
+        assert note(tmp_path, src, [plain[0], fixed]) == ""
+        assert apply_chain(CAMERA[..., None], chain_from_json([fixed])).max() == 255
+        stretched = [{"op": "percentile_stretch"}, {"op": "convert", "dtype": "uint8"}]
+        assert note(tmp_path, src, stretched) == ""
+    untagged = tmp_path / "plain.tif"
+    tifffile.imwrite(untagged, CAMERA, tile=(64, 64))
+    assert note(tmp_path, untagged, plain) == ""
+
+
 def test_jpeg_of_16_bit_data_of_no_known_depth_names_a_range_or_a_stretch(tmp_path):
     """Nothing says the bits: the range to give (a 12-bit camera's as the example), or a
     percentile_stretch before a plain convert; an op that remaps values (invert) leaves the

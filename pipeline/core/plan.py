@@ -13,6 +13,7 @@ from pipeline.core.job_fields import TILE_RANGE, chain_tile_problem, tile_at_lea
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
 from pipeline.core.ops import (
+    OPS,
     OpCall,
     chain_binary,
     chain_from_json,
@@ -435,6 +436,40 @@ def auto_note(options: OutputOptions, pages: list[PagePlan]) -> str:
         parts.append(f"{_pages(others)} as {'they are' if len(others) > 1 else 'it is'} in "
                      f"{options.compression}")
     return 'bilevel "auto": ' + "; ".join(parts)
+
+
+def convert_note(spec: JobSpec, pages: list[PagePlan]) -> str:
+    """What a job's result says of a plain ``convert`` to a narrower integer type (no
+    ``in_range``: the type's whole range mapped) of pages whose header says their values
+    stop well below their type's maximum (a 12-bit camera's MaxSampleValue 4095 in uint16,
+    ``PageInfo.metadata["max_sample"]``), through ops that keep values before it: their
+    brightest value ends at 16 of 255, a near-black output, which nothing said ("":
+    nothing to say). The JPEG refusal gives the same ``in_range`` (``tile_codec``)."""
+    told: dict[tuple[int, int, str, str, str], list[int]] = {}
+    for page in pages:
+        top = (page.info.metadata or {}).get("max_sample")
+        if not top:
+            continue
+        for n, op in enumerate(spec.ops):
+            if op["op"] == "convert":
+                if op.get("in_range") is None and np.dtype(op["dtype"]).kind in "ui" and (
+                        np.iinfo(op["dtype"]).max < np.iinfo(page.info.dtype).max):
+                    told.setdefault((n, *top, page.info.dtype, op["dtype"]), []).append(
+                        page.info.index)
+                break
+            if not OPS[op["op"]].keeps_values:  # (the header's top is not its values')
+                break
+    parts = []
+    for (n, value, said, source, target), numbers in told.items():
+        src, out = np.iinfo(source), np.iinfo(target)
+        ends = round(value / (src.max - src.min) * (out.max - out.min) + out.min)
+        parts.append(f"{_pages(numbers)}: ops[{n}] (convert) maps {source}'s whole range, "
+                     f"{src.min}..{src.max}, onto {target}'s {out.min}..{out.max}, and "
+                     f"{'their' if len(numbers) > 1 else 'its'} {said} says the values go up "
+                     f"to {value}: they end at {ends} of {out.max}, nearly black; give the "
+                     f'convert "in_range": [0, {value}] to spread them over '
+                     f"{out.min}..{out.max}")
+    return "; ".join(parts)
 
 
 def _pages(numbers: list[int]) -> str:

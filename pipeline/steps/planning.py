@@ -24,6 +24,7 @@ from pipeline.core.models import JobPlan, JobSpec, PageInfo
 from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import (
     Problem,
+    convert_note,
     grouped_by_page,
     left_out_note,
     make_plan,
@@ -386,14 +387,14 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     note = left_out_note(left_out, spec.output_options.pyramid, masks_why,
                          [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, note)
-    one_bit = one_bit_note(spec, plan.pages)  # (fax pages copied 8-bit; "auto"'s pages)
-    # (rights metadata rewritten or dropped; a packet too large for the plan is not read:
-    # 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB, merge's again)
-    xmp = xmp_note(spec, plan.pages)
-    nodata = dropped_nodata_note(spec, plan.pages)  # (a convert that drops GDAL_NODATA)
-    if one_bit or xmp or nodata:
-        plan = replace(plan, note="; ".join(n for n in (plan.note, one_bit, xmp, nodata)
-                                            if n))
+    notes = [one_bit_note(spec, plan.pages),  # (fax pages copied 8-bit; "auto"'s pages)
+             # (rights metadata rewritten or dropped; a packet too large for the plan is not
+             # read: 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB)
+             xmp_note(spec, plan.pages),
+             dropped_nodata_note(spec, plan.pages),  # (a convert that drops GDAL_NODATA)
+             convert_note(spec, plan.pages)]  # (12-bit data made near-black 8-bit)
+    if any(notes):
+        plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n))
     return plan, problems + output_problems(plan)
 
 
