@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-build", action="store_true",
                    help="no docker: deploy the images built for --arch that were pushed last "
                         "to the stack's ECR repositories")
-    p.add_argument("--destroy", action="store_true", help="remove everything deploy made")
+    p.add_argument("--destroy", action="store_true",
+                   help="remove everything deploy made (refused while a run goes on)")
     p.add_argument("--rollback", action="store_true",
                    help="point the state machine back at the definition the last deploy "
                         "replaced (the previous release's function versions), without a "

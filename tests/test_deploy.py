@@ -1044,6 +1044,31 @@ def test_destroy_leaves_nothing(aws: Aws, tmp_path: Path):
     assert "not found, nothing to delete" in err
 
 
+def test_destroy_under_running_executions_is_refused_and_changes_nothing(aws: Aws):
+    # a run going on would have its functions deleted under it: its tasks fail and the
+    # uploads of its outputs stay open in the data buckets
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    sfn = aws.client("stepfunctions")
+    running = sfn.start_execution(stateMachineArn=NAMES.state_machine_arn, name="run-1",
+                                  input="{}")["executionArn"]
+    before = _everything(aws)
+    aws.calls.clear()
+
+    code, result, err = aws.deploy("--destroy", "--delete-bucket")
+    assert code == 1 and result is None, err
+    assert f"1 execution(s) of {NAMES.state_machine} are running ({running})" in err
+    assert "tiffpipe status ARN --wait" in err and "aws stepfunctions stop-execution" in err
+    assert "Nothing was changed" in err
+    assert aws.writes() == [] and _everything(aws) == before
+
+    sfn.stop_execution(executionArn=running)  # it ended: the stack may go
+    code, _, err = aws.deploy("--destroy", "--delete-bucket")
+    assert code == 0, err
+    assert all(v == [] for v in _everything(aws).values())
+
+
 # --- stops with a clear message, and a rerun finishes ---------------------------------------
 
 
@@ -1651,8 +1676,8 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
                               build=fake_build([]), run=fake_docker())
     assert code == 0, err
     recording[0] = False  # (a run, started by another identity: not deploy.py's call)
-    aws.client("stepfunctions").start_execution(stateMachineArn=NAMES.state_machine_arn,
-                                                name="run-1", input="{}")
+    run = aws.client("stepfunctions").start_execution(
+        stateMachineArn=NAMES.state_machine_arn, name="run-1", input="{}")["executionArn"]
     recording[0] = True
     manifest.write_text(manifest.read_text().replace('"sigma": 2', '"sigma": 3'))
     code, _, err = aws.deploy("--schedule", "rate(2 days)", "--schedule-manifest",
@@ -1666,6 +1691,10 @@ def test_the_deployer_policy_allows_every_call_deploy_and_destroy_make(aws: Aws,
         if args[0] == "--no-schedule":
             recording[0] = False
             push_fake_images(aws, "v3")
+            recording[0] = True
+        if args[0] == "--destroy":  # (a destroy waits for the runs: the run's owner stops it)
+            recording[0] = False
+            aws.client("stepfunctions").stop_execution(executionArn=run)
             recording[0] = True
         code, _, err = aws.deploy(*args)
         assert code == 0, err

@@ -509,6 +509,29 @@ def rollback(config: DeployConfig, clients: Clients,
 # --- destroy --------------------------------------------------------------------------------
 
 
+def _refuse_under_runs(clients: Clients, names: StackNames, log: Callable[[str], None]
+                       ) -> None:
+    """Stop a destroy, before any change, while executions of the stack run: their tasks
+    would fail (their functions and versions gone) and leave their outputs' multipart
+    uploads open in the data buckets, billed (``tiffpipe status`` ends those of a run that
+    ended, by its execution: with the state machine gone it may find it no more)."""
+    running = running_executions(clients, names)
+    if running.problem:
+        log(f"{running.problem}: if runs are going on, their tasks fail and the uploads "
+            "they began stay open in the data buckets")
+    if not running.arns:
+        return
+    shown = ", ".join(running.arns[:3]) + (
+        f" and {len(running.arns) - 3} more" if len(running.arns) > 3 else "")
+    raise AwsError(
+        f"--destroy: {len(running.arns)} execution(s) of {names.state_machine} are running "
+        f"({shown}): destroying the stack under them fails their tasks and leaves the "
+        "uploads of their outputs open in your data buckets (billed until aborted). Wait "
+        "for each to end (tiffpipe status ARN --wait), or stop it (aws stepfunctions "
+        "stop-execution --execution-arn ARN) and run tiffpipe status ARN, which ends the "
+        "uploads it left open; then run --destroy again. Nothing was changed")
+
+
 def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Remove what deploy made, in reverse order (nothing left refers to a removed resource).
@@ -516,6 +539,7 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
     The bucket (manifests, reports, maybe outputs) is kept unless ``delete_bucket``.
     """
     log, acts, names = _begin(config, clients, log, "destroy stack")
+    _refuse_under_runs(clients, names, log)
     delete_schedule(clients, names, acts)
     sfn = clients("stepfunctions")
     found = get_or_none(

@@ -128,10 +128,11 @@ class Named:
 
 @dataclass
 class Running:
-    """The stack's running executions: how many, the versions their definitions name, and
-    why they could not be listed (None: they were)."""
+    """The stack's running executions: how many (their ARNs), the versions their
+    definitions name, and why they could not be listed (None: they were)."""
 
     count: int = 0
+    arns: list[str] = field(default_factory=list)
     named: Named = field(default_factory=Named)
     problem: str | None = None
 
@@ -152,6 +153,7 @@ def running_executions(clients: Clients, names: StackNames) -> Running:
                     executionArn=a), "ExecutionDoesNotExist")
                 if described is not None:  # (one that ended meanwhile has nothing to keep)
                     found.count += 1
+                    found.arns.append(arn)
                     found.named.add(names, described.get("definition"))
     except ClientError as exc:
         if error_code(exc) == "StateMachineDoesNotExist":
