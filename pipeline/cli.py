@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
                                            "in a checkout (default: the calibration shipped "
                                            "with tiffpipe, a copy of bench/calibration.json)")
     est.add_argument("--concurrency", type=int, default=1000,
-                     help="Lambda invocations at once (default: 1000, the account default)")
+                     help="Lambda invocations at once: give your stack's (its --concurrency, "
+                          "or what deploy.py says: 'at most N'; a new account's may be 10); "
+                          "default: 1000, AWS's default quota")
     est.add_argument("--price", action="append", default=[], metavar="KEY=VALUE",
                      help="override a price or any other assumption (repeatable; the "
                           "estimate lists them all)")
