@@ -19,8 +19,8 @@ What each function touches (see ``pipeline/steps``), hence what it may do:
   ``process_job`` (a fused job of one unit, whole) also publishes its output, as merge does.
 - the state machine: invokes the three, runs its Distributed Map children, and reads the
   job lists the Jobs map's ItemReader reads.
-- merge (merge, record_failure, report): reads work files, writes outputs (a multipart
-  upload) and the run report.
+- merge (merge, record_failure, report): reads work files (and an input page's XMP packet
+  too large for the plan), writes outputs (a multipart upload) and the run report.
 - process and merge delete the records of the output uploads they ended (``UPLOAD_RECORDS``),
   split and process the error records of a retried item's failed attempt: nothing else.
 
@@ -187,20 +187,16 @@ def function_policy(step: str, names: StackNames, data: list[DataLocation],
         _allow("WorkFiles", ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
                [f"{stack}{WORK}*"]),
     ]
-    if step in ("split", "process"):
-        statements += [
-            # split: scans list input prefixes; both: a missing input is told from a
-            # denied one
-            _allow("ListDataBuckets", ["s3:ListBucket"],
-                   sorted({d.bucket_arn(p) for d in readable})),
-            # inputs (split units, fused units), manifests kept next to them, and (a scan)
-            # which outputs exist
-            _allow("ReadInputs", ["s3:GetObject"], read_objects),
-        ]
-    if step == "merge":
-        # an input page's XMP packet too large for the plan, read when its page is written
-        # (pipeline.adapters.metadata.XmpPackets): GetObject only, no listing
-        statements.append(_allow("ReadInputs", ["s3:GetObject"], read_objects))
+    statements += [
+        # split: scans list input prefixes; every step: a missing input is told from a
+        # denied one (an input deleted during the run: InputNotFoundError, not a 403)
+        _allow("ListDataBuckets", ["s3:ListBucket"],
+               sorted({d.bucket_arn(p) for d in readable})),
+        # inputs (split units, fused units; merge: an input page's XMP packet too large for
+        # the plan, pipeline.adapters.metadata.XmpPackets), manifests kept next to them, and
+        # (a scan) which outputs exist
+        _allow("ReadInputs", ["s3:GetObject"], read_objects),
+    ]
     if step == "split":
         statements.insert(-1, _allow("ReadManifests", ["s3:GetObject"],
                                      [f"{stack}{MANIFESTS}*"]))
