@@ -267,3 +267,25 @@ def test_cannys_blur_of_a_page_with_nodata_is_the_blur_of_its_valid_samples(run)
     np.testing.assert_array_equal(plain, cv2.Canny(cv2.GaussianBlur(page, (0, 0), sigma),
                                                    CANNY["low"], CANNY["high"]))
     assert (got != plain)[~none].any()
+
+
+@pytest.mark.parametrize("op,nodata", [("unsharp_mask", 0), ("gaussian_blur", 140)])
+def test_a_tile_without_no_data_keeps_data_off_the_no_data_value_too(op, nodata):
+    """A data sample a blur sends onto the no-data value goes to the next value in a tile
+    that holds no no-data sample as in one that does: whether it reads as no-data must not
+    hang on the tiling (an unsharp mask's overshoot sends dark data by bright to 0; a blur
+    of 100 next to 200 passes through a no-data value of 140)."""
+    page = np.full((64, 160), 40 if op == "unsharp_mask" else 100, np.uint8)
+    page[:, 24:40] = 250 if op == "unsharp_mask" else 200
+    page[60:, 150:] = nodata  # no-data, far from the edge
+    p = {"sigma": 2.0, "input_nodata": nodata, **({"amount": 1.5} if op == "unsharp_mask"
+                                                   else {})}
+    whole = getattr(fn, op)(page, p)
+    left = np.ascontiguousarray(page[:, :100])
+    assert not (left == nodata).any()  # (the tile holds no no-data sample)
+    tile = getattr(fn, op)(left, p)
+    np.testing.assert_array_equal(tile[:, :80], whole[:, :80])
+    assert not (whole[:, :80] == nodata).any()  # (all data there: none reads as no-data)
+    plain = cv2.GaussianBlur(left, (0, 0), 2.0) if op == "gaussian_blur" else \
+        cv2.addWeighted(left, 2.5, cv2.GaussianBlur(left, (0, 0), 2.0), -1.5, 0)
+    assert (plain == nodata).any()  # (OpenCV's own result lands on it: the case tested)

@@ -50,12 +50,26 @@ def gaussian_blur(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """cv2.GaussianBlur; on a page with a no-data value or a mask (``p["input_nodata"]``,
     ``p["input_valid"]``, given by the tiled path), of the valid samples alone
     (:func:`_valid_blur`), the others kept."""
+    return _of_valid(img, p, lambda x: _blur(x, p["sigma"]),
+                     lambda x, valid: _valid_blur(x, p["sigma"], valid))
+
+
+def _of_valid(img: np.ndarray, p: dict[str, Any], plain: Callable[[np.ndarray], np.ndarray],
+              of_valid: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """A blur's result on ``img`` (``plain``, OpenCV's, in a type it takes natively): on an
+    array with samples left out (:func:`_validity`), ``of_valid`` (of the valid samples
+    alone), the others written back (:func:`pipeline.core.stats.keep_nodata`); in either
+    case a data sample sent onto the page's no-data value goes to the next value, so that
+    whether it reads as no-data does not hang on its tile's holding a no-data sample."""
     valid = _validity(img, p)
-    if valid is None:
-        return _per_channel(lambda a: natively(lambda x: _blur(x, p["sigma"]), a, CV_FILTER),
-                            img)
-    out = natively(lambda x: _valid_blur(x, p["sigma"], valid), img, CV_FILTER)
-    return stats_mod.keep_nodata(out, img, ~valid, p)
+    if valid is not None:
+        out = natively(lambda x: of_valid(x, valid), img, CV_FILTER)
+        return stats_mod.keep_nodata(out, img, ~valid, p)
+    out = _per_channel(lambda a: natively(plain, a, CV_FILTER), img)
+    nodata = stats_mod.nodata_in_type(p, img.dtype)
+    if nodata is not None:  # (every sample here is data)
+        np.putmask(out, out == nodata, stats_mod.nodata_step(nodata, img.dtype))
+    return out
 
 
 def _validity(img: np.ndarray, p: dict[str, Any]) -> np.ndarray | None:
@@ -224,14 +238,9 @@ def _sharpen(x: np.ndarray, blur: np.ndarray, amount: float) -> np.ndarray:
 def unsharp_mask(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """``x (1 + amount) - amount * blur``, OpenCV's; on a page with a no-data value or a
     mask, the blur is of the valid samples alone (:func:`_valid_blur`), the others kept."""
-    valid = _validity(img, p)
-    if valid is None:
-        return _per_channel(lambda a: natively(
-            lambda x: _sharpen(x, cv2.GaussianBlur(x, (0, 0), p["sigma"]), p["amount"]),
-            a, CV_FILTER), img)
-    out = natively(lambda x: _sharpen(x, _valid_blur(x, p["sigma"], valid), p["amount"]),
-                   img, CV_FILTER)
-    return stats_mod.keep_nodata(out, img, ~valid, p)
+    return _of_valid(
+        img, p, lambda x: _sharpen(x, cv2.GaussianBlur(x, (0, 0), p["sigma"]), p["amount"]),
+        lambda x, valid: _sharpen(x, _valid_blur(x, p["sigma"], valid), p["amount"]))
 
 
 def invert(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
