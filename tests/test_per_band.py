@@ -237,6 +237,42 @@ def test_statistics_are_added_up_as_they_come(tmp_path, monkeypatch):
     assert_identical(got, _stretch_band(page, page, 2, 98), "the whole page's stretch")
 
 
+def test_a_reduce_reads_the_parts_of_several_pages_at_once(tmp_path, monkeypatch):
+    """A reduce reads READ_THREADS batches' parts at a time across the job's pages, not a
+    page's parts at a time: a job of many one-batch pages (an OME's channel pages) read its
+    parts one GET after another. Each page still gets its own statistics, in order."""
+    import threading
+    import time
+
+    pages = [_dim_bright(20 + k, 1, "uint16") for k in range(5)]
+    src = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for page in pages:
+            tw.write(page, photometric="minisblack", tile=(32, 32), metadata=None)
+    monkeypatch.setattr(steps_stats, "READ_THREADS", 3)
+    lock, live, most = threading.Lock(), [0], [0]
+    read = steps_stats._read_part
+
+    def reading(url: str) -> Any:
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        try:
+            time.sleep(0.05)  # (long enough for the reads submitted beside it to start)
+            return read(url)
+        finally:
+            with lock:
+                live[0] -= 1
+
+    monkeypatch.setattr(steps_stats, "_read_part", reading)
+    ops = [{"op": "percentile_stretch", "p_low": 2, "p_high": 98}]
+    got, plan = run_tiled(tmp_path, src, ops, 64, 32, fuse=False, tiles_per_batch=16)
+    assert len(plan.pages) == 5 and len(plan.batches) == 5  # (a batch a page)
+    assert most[0] > 1, most[0]
+    for k, page in enumerate(pages):
+        assert_identical(got[k], _stretch_band(page, page, 2, 98), f"page {k}'s own stretch")
+
+
 @pytest.mark.parametrize("op", [{"op": "percentile_stretch"}, {"op": "normalize"}])
 def test_a_band_of_no_data_only_stays_no_data(tmp_path, op):
     """A band that holds only the no-data value (a channel not acquired) has no data

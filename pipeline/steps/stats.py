@@ -22,7 +22,9 @@ missing one fails the job before any work) and tells the state machine whether t
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -120,33 +122,41 @@ def _reduce(plan: JobPlan, event: ReduceEvent) -> dict[str, Any]:
         from pipeline.steps import canny_reduce  # canny rounds only: not in every run's start
 
         return canny_reduce.reduce_round(plan, event, rounds)
+    parts = [(page, layout.stats_part_file(plan.work, event.round, b))
+             for page in range(len(plan.pages)) for b in plan.batches_of(page)]
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        for page in range(len(plan.pages)):
+        for page, folded in _folded(pool, parts, len(plan.pages)):
             ev = TileEvaluator(plan, page)
             position = _position(ev, event.round)
             call = ev.chain[position]
-            mine = [layout.stats_part_file(plan.work, event.round, b)
-                    for b in plan.batches_of(page)]
             save_npz(layout.stats_file(plan.work, event.round, page),
-                     call.op.stats.finish(_fold(pool, mine), call.params,
-                                          ev.layout.dtypes[position]))
+                     call.op.stats.finish(folded, call.params, ev.layout.dtypes[position]))
     return StatsRound.next_round(event.round + 1, rounds).reply(plan.job)
 
 
-def _fold(pool: ThreadPoolExecutor, urls: list[str]) -> dict[str, np.ndarray]:
-    """The batches' partial statistics at ``urls`` reduced in their order (as one
-    :func:`combine` of them all), read ``READ_THREADS`` at a time and added up as they come:
-    a reduce holds that many parts and the sum, not every batch's (10,000 batches of
-    per-band histograms of 16 bands of 16 bits are 80 GiB; :data:`HELD_PARTS`)."""
-    folded: dict[str, np.ndarray] = {}
-    pending: deque[Future[dict[str, np.ndarray]]] = deque()
-    for url in urls:
-        pending.append(pool.submit(_read_part, url))
-        if len(pending) >= READ_THREADS:
-            folded = combine([folded, pending.popleft().result()])
+def _folded(pool: ThreadPoolExecutor, parts: list[tuple[int, str]], pages: int
+            ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Each page's batches' partial statistics (``parts``: (page, url) in page order, each
+    page's batches in theirs) reduced in their order (as one :func:`combine` of them), page
+    by page: read ``READ_THREADS`` at a time across the pages (a job of 1,000 one-batch
+    pages is not 1,000 GETs one after the other) and added up as they come, so a reduce
+    holds that many parts and a sum, not every batch's (10,000 batches of per-band
+    histograms of 16 bands of 16 bits are 80 GiB; :data:`HELD_PARTS`)."""
+    ahead = iter(parts)
+    pending: deque[tuple[int, Future[dict[str, np.ndarray]]]] = deque(
+        (page, pool.submit(_read_part, url)) for page, url in islice(ahead, READ_THREADS))
+    current, folded = 0, {}
     while pending:
-        folded = combine([folded, pending.popleft().result()])
-    return folded
+        page, part = pending.popleft()
+        for nxt, url in islice(ahead, 1):
+            pending.append((nxt, pool.submit(_read_part, url)))
+        while current < page:  # (the pages before are whole)
+            yield current, folded
+            current, folded = current + 1, {}
+        folded = combine([folded, part.result()])
+    for page in range(current, pages):
+        yield page, folded
+        folded = {}
 
 
 def _position(ev: TileEvaluator, round_: int) -> int:
