@@ -278,7 +278,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
-    from pipeline.adapters.metadata import XmpPackets, derivation, page_xmp
+    from pipeline.adapters.metadata import XmpPackets, carries_xmp, derivation, page_xmp
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
 
@@ -293,6 +293,8 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
             by_page.setdefault(problem.page, []).append(what)
     out = {pp.info.index: pp for pp in plan.pages}
     packets = XmpPackets(spec.input)  # (a packet too large for a plan: read from the file)
+    # one derivation for the output's pages, as merge makes it (none without XMP: its imports)
+    derived = derivation(spec) if any(carries_xmp(pp.info) for pp in out.values()) else None
     for entry in doc["pages"]:
         pp = out.get(entry["index"])
         if pp is None:
@@ -305,7 +307,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "bands": pp.out_channels, "dtype": pp.out_dtype,
                                 "one_bit": bool(options.bilevel),
                                 "compression": options.compression}}
-        _, xmp = page_xmp(spec, pp, derivation(spec), packets)
+        _, xmp = page_xmp(spec, pp, derived, packets)
         if xmp:  # (kept and stamped a derivative, rewritten for the new size and place too,
             # or dropped, and why)
             entry["ops"]["xmp"] = xmp

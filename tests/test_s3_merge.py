@@ -71,7 +71,7 @@ def merged_by_tifffile(plan: JobPlan, path: Path) -> bytes:
         with tifffile.TiffWriter(path, bigtiff=plan_module.bigtiff_output(plan),
                                  ome=plan.spec.output_options.ome) as writer:
             for i, page in enumerate(plan.pages):
-                merge_mod._write_page(writer, plan, i, page)
+                merge_mod._write_page(writer, plan, i, page, merge_mod._page_tags(plan, page))
     return path.read_bytes()
 
 

@@ -338,7 +338,7 @@ def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
 
 
 def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: PagePlan,
-                tags: dict[str, Any] | None = None) -> list[tuple[TileTable, bool]]:
+                tags: dict[str, Any]) -> list[tuple[TileTable, bool]]:
     """Write one output page (placeholder tiles); with a pyramid, its levels: SubIFDs of
     the page, or (``pyramid_layout`` "pages") pages of the main chain right after it, each
     marked reduced-resolution (NewSubfileType 1) either way, tiled and compressed as the
@@ -347,7 +347,8 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     reduced mask (NewSubfileType 5), as GDAL lays a COG's out: right after the level page,
     or (SubIFD levels) after the page's mask, in the main chain, where GDAL reads a mask of
     a SubIFD overview too (it matches each to the overview of its size).
-    ``tags``: the page's :func:`_page_tags`, if the caller made them already.
+    ``tags``: the page's :func:`_page_tags` (made by the caller: its XMP stamped with the
+    output's one derivation, a packet too large for the plan read by the output's reader).
     Returns the tile tables of the page, of its levels and masks in file order, each with
     whether it is a mask."""
     options = page_options(plan.spec, page)  # (bilevel "auto": the page's own kind)
@@ -355,7 +356,6 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     encoder = OutputEncoder(options, page.out_dtype, channels)
     height, width = page.out_grid.height, page.out_grid.width
     shape = (height, width) + ((channels,) if channels > 1 else ())
-    tags = _page_tags(plan, page) if tags is None else tags
     layout = {"rowsperstrip": height} if page.strip else {"tile": (options.tile, options.tile)}
     common = {"dtype": page.out_dtype, **layout,
               "planarconfig": "contig" if channels > 1 else None, **encoder.writer_kwargs()}
