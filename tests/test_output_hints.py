@@ -107,6 +107,15 @@ def test_a_plain_convert_of_12_bit_data_is_told_the_in_range_its_header_gives(tm
     untagged = tmp_path / "plain.tif"
     tifffile.imwrite(untagged, CAMERA, tile=(64, 64))
     assert note(tmp_path, untagged, plain) == ""
+    # onto the convert's own out_range, or the type's less the end its nodata takes
+    for options, onto, ends in (({"out_range": [0, 100]}, "0..100", "6 of 100"),
+                                ({"nodata": 0}, "1..255", "17 of 255")):
+        convert = {**plain[1], **options}
+        told = note(tmp_path, tagged, [plain[0], convert])
+        assert f"onto uint8's {onto}, and" in told and f"they end at {ends}," in told, told
+        assert f"to spread them over {onto}" in told
+        assert apply_chain(CAMERA[..., None], chain_from_json([convert])).max() == \
+            int(ends.split()[0])
 
 
 def test_jpeg_of_16_bit_data_of_no_known_depth_names_a_range_or_a_stretch(tmp_path):

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from pipeline.core import convert as convert_mod
 from pipeline.core import geometry
 from pipeline.core.chain import ChainLayout
 from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_count, split_units
@@ -445,7 +446,7 @@ def convert_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     ``PageInfo.metadata["max_sample"]``), through ops that keep values before it: their
     brightest value ends at 16 of 255, a near-black output, which nothing said ("":
     nothing to say). The JPEG refusal gives the same ``in_range`` (``tile_codec``)."""
-    told: dict[tuple[int, int, str, str, str], list[int]] = {}
+    told: dict[tuple[int, int, str, str, str, float, float], list[int]] = {}
     for page in pages:
         top = (page.info.metadata or {}).get("max_sample")
         if not top:
@@ -454,21 +455,21 @@ def convert_note(spec: JobSpec, pages: list[PagePlan]) -> str:
             if op["op"] == "convert":
                 if op.get("in_range") is None and np.dtype(op["dtype"]).kind in "ui" and (
                         np.iinfo(op["dtype"]).max < np.iinfo(page.info.dtype).max):
-                    told.setdefault((n, *top, page.info.dtype, op["dtype"]), []).append(
-                        page.info.index)
+                    told.setdefault((n, *top, page.info.dtype, op["dtype"],
+                                     *convert_mod.out_range(op)), []).append(page.info.index)
                 break
             if not OPS[op["op"]].keeps_values:  # (the header's top is not its values')
                 break
     parts = []
-    for (n, value, said, source, target), numbers in told.items():
-        src, out = np.iinfo(source), np.iinfo(target)
-        ends = round(value / (src.max - src.min) * (out.max - out.min) + out.min)
+    for (n, value, said, source, target, olo, ohi), numbers in told.items():
+        src = np.iinfo(source)  # (unsigned: a header's top is of such pages, sample_top)
+        lo, hi = f"{olo:g}", f"{ohi:g}"  # (its out_range, or the type's less nodata's end)
+        ends = round(olo + (value - src.min) / (src.max - src.min) * (ohi - olo))
         parts.append(f"{_pages(numbers)}: ops[{n}] (convert) maps {source}'s whole range, "
-                     f"{src.min}..{src.max}, onto {target}'s {out.min}..{out.max}, and "
+                     f"{src.min}..{src.max}, onto {target}'s {lo}..{hi}, and "
                      f"{'their' if len(numbers) > 1 else 'its'} {said} says the values go up "
-                     f"to {value}: they end at {ends} of {out.max}, nearly black; give the "
-                     f'convert "in_range": [0, {value}] to spread them over '
-                     f"{out.min}..{out.max}")
+                     f"to {value}: they end at {ends} of {hi}, nearly black; give the "
+                     f'convert "in_range": [0, {value}] to spread them over {lo}..{hi}')
     return "; ".join(parts)
 
 
