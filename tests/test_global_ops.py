@@ -33,6 +33,7 @@ from test_exactness import reference as exact_reference
 from pipeline import cli
 from pipeline.adapters.tiff_read import read_infos
 from pipeline.core import canny as canny_mod
+from pipeline.core import op_functions as fn
 from pipeline.core import plan as plan_mod
 from pipeline.core import stats as stats_mod
 from pipeline.core.grid import PageGrid
@@ -211,7 +212,7 @@ def test_canny_is_its_two_equal_threshold_cannies_plus_hysteresis(channels):
             low, high = high, low  # OpenCV swaps them
         p = {"low": low, "high": high, "sigma": (0, 1.0, 2.5)[t % 3]}
         x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] else img
-        weak, strong = canny_mod.local_maps(img, p)
+        weak, strong = canny_mod.local_maps(img, p, fn.canny_blur)
         assert np.array_equal(_hysteresis_reference(weak, strong), cv2.Canny(x, low, high))
 
 
@@ -571,7 +572,7 @@ def test_canny_local_maps_need_the_blur_radius_plus_2(sigma):
     assert halo == (round(sigma * 6 + 1) | 1) // 2 * (sigma > 0) + 2
     x = cv2.GaussianBlur(page, (0, 0), sigma) if sigma else page
     want = cv2.Canny(x, 20, 20)
-    weak = lambda a: canny_mod.local_maps(a, p)[0]
+    weak = lambda a: canny_mod.local_maps(a, p, fn.canny_blur)[0]
     assert np.array_equal(_manual_tiled(page, PageGrid(200, 190, 48, halo), weak), want)
     if sigma == 0:
         assert not np.array_equal(_manual_tiled(page, PageGrid(200, 190, 48, 1), weak), want)

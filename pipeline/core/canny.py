@@ -52,16 +52,13 @@ def thresholds(p: dict[str, Any]) -> tuple[float, float]:
 
 
 def local_maps(img: np.ndarray, p: dict[str, Any],
-               blur: Callable[[np.ndarray, dict[str, Any]], np.ndarray] | None = None
+               blur: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
                ) -> tuple[np.ndarray, np.ndarray]:
     """(weak, strong): the NMS maxima above ``low`` and above ``high`` of the whole array,
-    blurred by ``blur(img, p)`` (the tiled path's: pipeline.core.op_functions.canny_blur,
-    which leaves no-data and masked-out samples out of the blur); None: ``cv2.GaussianBlur``
-    of ``sigma`` (no blur at 0), the same on a page without no-data or a mask."""
-    if blur is not None:
-        x = blur(img, p)
-    else:
-        x = cv2.GaussianBlur(img, (0, 0), p["sigma"]) if p["sigma"] > 0 else img
+    blurred by ``blur(img, p)`` (pipeline.core.op_functions.canny_blur: ``cv2.GaussianBlur``
+    of ``sigma``, none at 0, of the valid samples alone on a page with no-data or a mask;
+    passed in, as that module imports this one)."""
+    x = blur(img, p)
     low, high = thresholds(p)
     return cv2.Canny(x, low, low), cv2.Canny(x, high, high)
 

@@ -26,7 +26,6 @@ from pipeline.adapters.metadata import band_scaling, output_nodata
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core.chain import ChainLayout, page_geometry
-from pipeline.core.geometry import transposes
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.op_functions import canny_blur
@@ -48,9 +47,6 @@ if TYPE_CHECKING:
     from pipeline.core.canny_tree import Node
 
 State = dict[str, np.ndarray]
-
-#: makes each evaluator's mask reader once, when its tiles' threads first ask for it
-_mask_lock = threading.Lock()
 
 
 def save_npz(url: str, arrays: dict[str, np.ndarray]) -> None:
@@ -102,6 +98,7 @@ class TileEvaluator:
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
         self._mask: MaskReader | None = None  # made by the first tile that reads the mask
+        self._mask_lock = threading.Lock()  # (its tiles' threads ask for it at once)
 
     # --- geometry ---------------------------------------------------------------------
 
@@ -241,14 +238,17 @@ class TileEvaluator:
         """The page's mask reader for this evaluator's tiles (a unit's or batch's), made on
         first use and closed by :meth:`close`: the input opened once, each mask segment
         decoded once while the tiles near it read it. Its cache keeps the segments of the
-        reads of about one row of tiles in the order the tiles are swept (a page the chain
-        transposes is swept along its columns) and of the tiles in flight, so memory stays
-        about a row of tiles whatever the unit's size."""
+        reads of about one row of tiles (the longer side of the grid: the order the tiles
+        come in differs by step) and of the tiles in flight, so memory stays about a row of
+        tiles whatever the unit's size."""
         if self._mask is None:
-            with _mask_lock:
+            with self._mask_lock:
                 if self._mask is None:
-                    g, calls = self.page.grid, self.layout.calls[:self.geometry.last + 1]
-                    row = g.rows if transposes(calls) else g.cols
+                    # (a fused unit sweeps the input's rows, a page the chain transposes
+                    # along its columns; batches and stats go by the placed grid's rows:
+                    # the longer of the two keeps either's reuse)
+                    g = self.page.grid
+                    row = max(g.rows, g.cols)
                     reads = sum(1 for c in self.chain if c.op.reads_mask)  # per tile
                     self._mask = MaskReader(self.plan, self.page_pos, self.geometry,
                                             recent=reads * (row + 2 * tile_threads() + 1))
