@@ -620,13 +620,10 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
                                    "are not supported")
     whole = compression == ojpeg.OJPEG  # decoded whole (PageReader): one segment
     tiled = bool(page.is_tiled) and not whole
-    seg_rows = int(page.tilelength) if tiled else int(min(page.rowsperstrip or page.imagelength,
-                                                           page.imagelength))
-    if whole:
-        seg_rows = int(page.imagelength)
+    grid = SegmentGrid.of(page, whole=whole)
+    seg_rows = grid.seg_h
     # (planar pages: a window holds the segment of every plane at once)
-    seg_bytes = seg_rows * (int(page.tilewidth) if tiled else int(page.imagewidth)) * \
-        kind.channels * kind.dtype.itemsize
+    seg_bytes = seg_rows * grid.seg_w * kind.channels * kind.dtype.itemsize
     if (compression != 1 or tiled) and seg_bytes > MAX_SEGMENT_BYTES:
         what = ("an old-style JPEG page, decoded whole," if whole else
                 "one tile" if tiled else "one strip")
