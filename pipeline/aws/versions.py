@@ -131,10 +131,13 @@ class Running:
     """The stack's running executions: how many (their ARNs), the versions their
     definitions name, and why they could not be listed (None: they were)."""
 
-    count: int = 0
     arns: list[str] = field(default_factory=list)
     named: Named = field(default_factory=Named)
     problem: str | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.arns)
 
 
 def running_executions(clients: Clients, names: StackNames) -> Running:
@@ -152,7 +155,6 @@ def running_executions(clients: Clients, names: StackNames) -> Running:
                 described = get_or_none(lambda a=arn: sfn.describe_state_machine_for_execution(
                     executionArn=a), "ExecutionDoesNotExist")
                 if described is not None:  # (one that ended meanwhile has nothing to keep)
-                    found.count += 1
                     found.arns.append(arn)
                     found.named.add(names, described.get("definition"))
     except ClientError as exc:
