@@ -153,13 +153,21 @@ def fitted_default_tile(ops: list[dict[str, Any]], out_tile: int) -> int:
     pixels (a downsample by 3 with 512 px output tiles: 1536). DEFAULT_TILE if none does
     within TILE_RANGE: the plan then says which tiles fit."""
     align, out_step = TILE_STEP, out_tile
-    calls, problems = parse_chain(ops)
-    if calls and not problems:
-        from pipeline.core.chain import ChainLayout  # (alignment and factor: any dtype)
-
-        layout = ChainLayout.of(calls, "uint8")
+    layout = _chain_layout(ops)
+    if layout is not None:
         align, out_step = layout.align, out_tile * layout.factor
     return tile_at_least(DEFAULT_TILE, tile_step(align, out_step)) or DEFAULT_TILE
+
+
+def _chain_layout(ops: Any) -> ChainLayout | None:
+    """The alignment and factor of the op chain ``ops`` (its JSON; any dtype), or None when
+    it has no op or does not parse (its problems are said where it is parsed)."""
+    calls, problems = parse_chain(ops)
+    if problems or not calls:
+        return None
+    from pipeline.core.chain import ChainLayout
+
+    return ChainLayout.of(calls, "uint8")
 
 
 def tile_step(align: int, out_step: int) -> int:
@@ -416,13 +424,9 @@ def _chain_tile_problems(tile: Setting, out_tile: Setting, ops: Setting, layer: 
     (``tile``, else ``ops``, else ``output_options.tile``). A job that sets no tile gets
     one that fits (:func:`fitted_default_tile`). Before, ``validate`` said such a manifest
     was valid, and its run failed the job in PlanJob with a message that named no field."""
-    calls, probs = parse_chain(ops.value)
-    if probs or not calls:
-        return []
-    from pipeline.core.chain import ChainLayout  # (alignment and factor: any dtype)
-
-    text = chain_tile_problem(ChainLayout.of(calls, "uint8"), tile.value, out_tile.value,
-                              _from(tile, layer, "tile"))
+    layout = _chain_layout(ops.value)
+    text = None if layout is None else chain_tile_problem(layout, tile.value, out_tile.value,
+                                                           _from(tile, layer, "tile"))
     if text is None:
         return []
     key = ("tile" if tile.layer is layer else "ops" if ops.layer is layer
