@@ -630,10 +630,6 @@ def enclosing(path: str, paths: Mapping[str, Any]) -> str | None:
     return None
 
 
-#: the end of the problem of an output that is an input (spelled alike or not)
-OVERWRITES = "the output would overwrite it: give the output another name (or another folder)"
-
-
 def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, Writer],
                         fold: Fold | None = None) -> list[str]:
     """A problem for each output that is a job's input (its own or another's)."""
@@ -649,7 +645,8 @@ def _overwritten_inputs(inputs: list[tuple[int, str]], outputs: dict[str, Writer
             whose = "its own input" if i == j else f"the input of jobs[{j}]"
             case = spelled_apart(output, location)
             problems.append(f"jobs[{i}].output: same location as {whose} "
-                            f"({quoted(location)}){case}; {OVERWRITES}")
+                            f"({quoted(location)}){case}; the output would overwrite it: "
+                            "give the output another name (or another folder)")
     return problems
 
 
