@@ -81,8 +81,8 @@ def _validity(img: np.ndarray, p: dict[str, Any]) -> np.ndarray | None:
     if nodata is None and mask is None:
         return None
     valid = valid_samples(img, nodata, mask)
-    if img.dtype.kind == "f":
-        valid = ~np.isnan(img) if valid is None else valid & ~np.isnan(img)
+    if img.dtype.kind == "f" and not (nodata is not None and np.isnan(nodata)):  # (NaN's:
+        valid = ~np.isnan(img) if valid is None else valid & ~np.isnan(img)  # done there)
     return None if valid is None or valid.all() else valid
 
 
