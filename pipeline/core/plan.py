@@ -14,12 +14,12 @@ from pipeline.core.job_fields import TILE_RANGE, chain_tile_problem, tile_at_lea
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
 from pipeline.core.ops import (
-    OPS,
     OpCall,
     chain_binary,
     chain_from_json,
     chain_grays,
     chain_halo,
+    chain_keeps_values,
     chain_out_channels,
     chain_problems,
 )
@@ -446,20 +446,21 @@ def convert_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     ``PageInfo.metadata["max_sample"]``), through ops that keep values before it: their
     brightest value ends at 16 of 255, a near-black output, which nothing said ("":
     nothing to say). The JPEG refusal gives the same ``in_range`` (``tile_codec``)."""
+    n = next((i for i, op in enumerate(spec.ops) if op["op"] == "convert"), None)
+    if n is None:
+        return ""
+    op = spec.ops[n]
+    # (an op before it that remaps values: the header's top is not its values')
+    if op.get("in_range") is not None or np.dtype(op["dtype"]).kind not in "ui" or \
+            not chain_keeps_values(spec.ops[:n]):
+        return ""
+    onto = convert_mod.out_range(op)
     told: dict[tuple[int, int, str, str, str, float, float], list[int]] = {}
     for page in pages:
         top = (page.info.metadata or {}).get("max_sample")
-        if not top:
-            continue
-        for n, op in enumerate(spec.ops):
-            if op["op"] == "convert":
-                if op.get("in_range") is None and np.dtype(op["dtype"]).kind in "ui" and (
-                        np.iinfo(op["dtype"]).max < np.iinfo(page.info.dtype).max):
-                    told.setdefault((n, *top, page.info.dtype, op["dtype"],
-                                     *convert_mod.out_range(op)), []).append(page.info.index)
-                break
-            if not OPS[op["op"]].keeps_values:  # (the header's top is not its values')
-                break
+        if top and np.iinfo(op["dtype"]).max < np.iinfo(page.info.dtype).max:
+            told.setdefault((n, *top, page.info.dtype, op["dtype"], *onto), []).append(
+                page.info.index)
     parts = []
     for (n, value, said, source, target, olo, ohi), numbers in told.items():
         src = np.iinfo(source)  # (unsigned: a header's top is of such pages, sample_top)
