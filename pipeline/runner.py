@@ -147,7 +147,7 @@ class RunResult:
 
 #: a manifest given to :func:`run`: its path or URL, or the manifest itself (a dict, as its
 #: JSON would be)
-Manifest = str | os.PathLike[str] | dict[str, Any]
+Manifest = str | os.PathLike[str] | dict[str, Any] | list[dict[str, Any]]
 
 
 def run(manifest: Manifest, *, workers: int | None = None, work: str | None = None,
@@ -272,10 +272,10 @@ def _given_as_dict(path: str) -> bool:
 @contextmanager
 def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
                    ) -> Iterator[tuple[str, str | None]]:
-    """The manifest's path, and None; for a dict, the path of its JSON in a temporary folder
-    (removed after the block), its jobs' and scan's relative locations taken from ``base``,
-    and the path of a report there."""
-    if not isinstance(manifest, dict):
+    """The manifest's path, and None; for a dict (or a list of jobs), the path of its JSON in
+    a temporary folder (removed after the block), its jobs' and scan's relative locations
+    taken from ``base``, and the path of a report there."""
+    if not isinstance(manifest, (dict, list)):
         yield os.fspath(manifest), None
         return
     import tempfile

@@ -150,6 +150,21 @@ def test_a_manifest_with_a_byte_order_mark_is_read(tmp_path: Path,
     assert "valid, 1 job(s)" in capsys.readouterr().out
 
 
+def test_a_manifest_written_as_a_bare_list_of_jobs_is_validated_and_run(tmp_path: Path):
+    """A manifest is a JSON list of jobs: the list alone, without {"jobs": ...}, is checked
+    and run as the jobs it lists (the report's manifest still names the file)."""
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, np.arange(64 * 64, dtype=np.uint8).reshape(64, 64))
+    jobs = [{"input": "a.tif", "output": f"out/{n}.tif", "ops": [{"op": "invert"}]}
+            for n in ("b", "c")]
+    (tmp_path / "m.json").write_text(json.dumps(jobs))
+    assert cli.main(["validate", str(tmp_path / "m.json")]) == 0
+    assert cli.main(["run", str(tmp_path / "m.json"), "--no-contact-sheet"]) == 0
+    for n in ("b", "c"):
+        assert np.array_equal(tifffile.imread(tmp_path / f"out/{n}.tif"),
+                              255 - tifffile.imread(src))
+
+
 def test_demo_into_a_file_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "taken").write_text("a file of the user's")
     assert cli.main(["demo", "--dir", str(tmp_path / "taken")]) == 2

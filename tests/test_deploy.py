@@ -1435,7 +1435,7 @@ def test_a_jobs_manifest_on_a_schedule_must_say_what_a_rerun_does(aws: Aws, tmp_
             for n in "abcdefg"]
     manifest = tmp_path / "nightly.json"
 
-    def deploy(data: dict[str, Any], url: str | None = None) -> tuple[int, str]:
+    def deploy(data: Any, url: str | None = None) -> tuple[int, str]:
         manifest.write_text(json.dumps(data))
         code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
                                   "--schedule-manifest", url or str(manifest), *SCAN_LOCATIONS)
@@ -1449,6 +1449,9 @@ def test_a_jobs_manifest_on_a_schedule_must_say_what_a_rerun_does(aws: Aws, tmp_
             '(overwrite)') in err, err
     assert '"if_exists": "skip" in "defaults"' in err and '"scan"' in err
     assert aws.writes() == []
+    code, err = deploy(jobs)  # a bare list of jobs: the same manifest
+    assert code == 2 and 'and 2 more leave "if_exists" unset' in err, err
+    assert '"defaults" (the manifest as {"defaults": {"if_exists": "skip"}, "jobs"' in err
     # one job unset among explicit ones: that one is named
     code, err = deploy({"jobs": [{**j, "if_exists": "overwrite"} for j in jobs[:2]] + jobs[2:3]})
     assert code == 2 and "jobs[2] leaves" in err and "jobs[0]" not in err, err

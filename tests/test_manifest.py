@@ -177,13 +177,12 @@ def test_jpeg_with_quality_and_small_output_tile_is_fine():
 
 
 @pytest.mark.parametrize("data, came", [
-    ([7], "[7]"), ([], "[]"),  # (a list of jobs: told how to wrap it, below)
-    ("jobs", '"jobs"'),
-    (None, "null"),
+    ("jobs", '"jobs"'), (None, "null"), (7, "7"),  # (a list: its jobs, below)
 ])
-def test_top_level_must_be_an_object(data, came):
+def test_top_level_must_be_a_list_of_jobs_or_an_object(data, came):
     assert one_problem(data) == (
-        f'manifest: expected an object with "jobs" (and optionally "defaults"), got {came}')
+        'manifest: expected a list of jobs, or an object with "jobs" (and optionally '
+        f'"defaults"), got {came}')
 
 
 @pytest.mark.parametrize("data, came", [
@@ -194,10 +193,10 @@ def test_jobs_must_be_a_non_empty_list(data, came):
     assert one_problem(data) == f"jobs: expected a non-empty list of jobs, got {came}"
 
 
-def test_a_job_where_a_manifest_or_a_list_belongs_is_told_how_to_wrap_it(
+def test_a_job_where_a_manifest_belongs_is_told_how_to_wrap_it(
         tmp_path, capsys: pytest.CaptureFixture):
-    """A new user's first manifest is often one job, or a list of jobs: told in one problem
-    how to write it ({"jobs": [...]}), not as three unknown fields and a missing "jobs"."""
+    """A new user's first manifest is often one job: told in one problem how to write it
+    ({"jobs": [...]}), not as three unknown fields and a missing "jobs"."""
     from pipeline import cli
 
     one = {"input": "a.tif", "output": "out/a.tif", "ops": [{"op": "invert"}]}
@@ -206,10 +205,6 @@ def test_a_job_where_a_manifest_or_a_list_belongs_is_told_how_to_wrap_it(
         f'manifest: this is one job (input, output, ops), not a manifest: {wrap}']
     assert problems_of({"defaults": {"tile": 512}, **one}) == [
         f'manifest: this is one job (input, output, ops), not a manifest: {wrap}']
-    assert problems_of([one, one]) == [
-        ('manifest: this is a list of 2 jobs, not a manifest: put it under "jobs": '
-        '{"jobs": [{"input": ...}, ...]}')]
-    assert problems_of([one])[0].startswith("manifest: this is a list of 1 job, not")
     assert problems_of({"jobs": one}) == [
         ('jobs: expected a non-empty list of jobs, got one job: put it in a list: '
         '"jobs": [{"input": ...}]')]
@@ -218,6 +213,19 @@ def test_a_job_where_a_manifest_or_a_list_belongs_is_told_how_to_wrap_it(
     assert capsys.readouterr().err == (
         f"tiffpipe: invalid manifest {tmp_path / 'm.json'}: 1 problem(s) in the manifest:\n"
         f'  manifest: this is one job (input, output, ops), not a manifest: {wrap}\n')
+
+
+def test_a_bare_list_of_jobs_is_a_manifest_of_those_jobs():
+    """A manifest is "a JSON list of jobs": a list at the top is read as {"jobs": [...]},
+    each entry checked as a job (its problems named jobs[i].field), run and reported."""
+    one = {"input": "a.tif", "output": "out/a.tif", "ops": [{"op": "invert"}]}
+    listed = parse_manifest([one, dict(one, output="out/b.tif")], "m.json", BASE)
+    wrapped = parse_manifest({"jobs": [one, dict(one, output="out/b.tif")]}, "m.json", BASE)
+    assert listed == wrapped and len(listed) == 2
+    assert problems_of([one, {"input": "b.tif"}, 3]) == problems_of(
+        {"jobs": [one, {"input": "b.tif"}, 3]})
+    assert problems_of([one, {"input": "b.tif"}])[0].startswith("jobs[1].output")
+    assert problems_of([])[0].startswith("jobs: ")
 
 
 def test_unknown_top_level_fields_name_the_allowed_ones():
@@ -930,7 +938,7 @@ def test_empty_text_says_so(text):
     with pytest.raises(ManifestError) as info:
         load_manifest_text(text, "m.json", BASE)
     assert info.value.problems == [
-        'manifest: expected a JSON object with "jobs", got an empty file']
+        'manifest: expected a JSON list of jobs or an object with "jobs", got an empty file']
 
 
 def test_valid_text_is_parsed_and_checked():

@@ -65,6 +65,16 @@ def test_a_dict_manifest_runs_and_its_jobs_come_back(tmp_path: Path,
                                   cv2.GaussianBlur(pixels, (0, 0), 2))
 
 
+def test_a_list_of_jobs_runs_as_its_manifest(tmp_path: Path):
+    """A manifest is a JSON list of jobs: a list given to ``run`` is one, relative paths
+    from ``base``."""
+    pixels = _inputs(tmp_path)
+    result = pipeline.run([{"input": "in/in0.tif", "output": "out/a.tif",
+                            "ops": [{"op": "invert"}]}], workers=1, base=tmp_path)
+    assert result.ok and [j["status"] for j in result.jobs] == ["SUCCEEDED"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), 255 - pixels)
+
+
 def test_a_path_manifest_keeps_its_report_beside_it(tmp_path: Path):
     _inputs(tmp_path)
     manifest = tmp_path / "m.json"

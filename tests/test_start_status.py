@@ -67,7 +67,7 @@ class Stack:
         found = self.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
         return [o["Key"] for o in found.get("Contents", [])]
 
-    def manifest(self, name: str, doc: dict[str, Any]) -> Path:
+    def manifest(self, name: str, doc: Any) -> Path:
         path = self.tmp / name
         path.write_text(json.dumps(doc))
         return path
@@ -329,6 +329,14 @@ def test_start_rejects_local_paths_and_names_the_job_and_field(stack: Stack):
     assert stack.keys(NAMES.bucket, "manifests/") == []
     assert stack.client("stepfunctions").list_executions(
         stateMachineArn=NAMES.state_machine_arn)["executions"] == []
+
+    # the same as a bare list of jobs, saved by an editor that writes a byte-order mark
+    listed = stack.manifest("listed.json", [
+        {"input": "slides/b.tif", "output": f"s3://{DATA}/out/b.tif"}])
+    listed.write_bytes(b"\xef\xbb\xbf" + listed.read_bytes())
+    code, _, err = stack.tiffpipe("start", str(listed), "--stack", STACK, "--region", REGION)
+    assert code == 2
+    assert 'jobs[0].input: expected an s3:// URL for a run on AWS, got "slides/b.tif"' in err
 
     invalid = stack.manifest("invalid.json", {"jobs": [{"input": f"s3://{DATA}/in/a.tif"}]})
     code, _, err = stack.tiffpipe("start", str(invalid), "--stack", STACK, "--region", REGION)

@@ -59,6 +59,7 @@ from pipeline.aws.versions import (
     version_arns,
 )
 from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
+from pipeline.core.manifest import as_manifest
 from pipeline.engine import definition
 from pipeline.errors import ManifestError
 
@@ -174,9 +175,10 @@ def rerun_problems(text: str) -> list[str]:
     inputs without an output), nor a job that says what a rerun does: skip (each run does
     only the jobs whose output is missing), overwrite or fail on purpose."""
     try:
-        data = json.loads(text.lstrip("\ufeff"))
+        listed = json.loads(text.lstrip("\ufeff"))
     except ValueError:
         return []
+    data = as_manifest(listed)
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
         return []
     defaults = data.get("defaults")
@@ -188,9 +190,12 @@ def rerun_problems(text: str) -> list[str]:
         return []
     shown = ", ".join(unset[:_SHOWN_JOBS]) + (
         f" and {len(unset) - _SHOWN_JOBS} more" if len(unset) > _SHOWN_JOBS else "")
+    # (a bare list of jobs has no room for defaults: the object form, said)
+    where = ('"defaults" (the manifest as {"defaults": {"if_exists": "skip"}, "jobs": [...]})'
+             if isinstance(listed, list) else '"defaults"')
     return [(f"jobs: every scheduled run would do these jobs again, replacing their outputs: "
              f"{shown} {'leaves' if len(unset) == 1 else 'leave'} \"if_exists\" unset "
-             "(overwrite). Put \"if_exists\": \"skip\" in \"defaults\" (each run then does "
+             f"(overwrite). Put \"if_exists\": \"skip\" in {where} (each run then does "
              "only the jobs whose output is missing), set \"overwrite\" to redo them at every "
              "run on purpose, or schedule a \"scan\" instead (each run picks up the new inputs)")]
 

@@ -30,7 +30,7 @@ from pipeline.aws.actions import error_code
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK, DataLocation, locations_of
 from pipeline.aws.resources import role_policy
 from pipeline.core.events import ReportEvent, RunInput, to_payload
-from pipeline.core.manifest import ScanSpec, load_manifest
+from pipeline.core.manifest import ScanSpec, as_manifest, load_manifest
 from pipeline.core.models import JobSpec
 from pipeline.errors import (
     INPUT_FAULT,
@@ -209,6 +209,7 @@ def read_manifest(s3: Any, manifest: str, reach: Reach | None = None
         except FileNotFoundError as exc:
             raise InputNotFoundError(f"{manifest} does not exist: check the path") from exc
         base = os.path.dirname(os.path.abspath(manifest))
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
     problems: list[str] = []
     parsed: list[Any] | ScanSpec = []
     try:
@@ -216,7 +217,7 @@ def read_manifest(s3: Any, manifest: str, reach: Reach | None = None
     except ManifestError as exc:
         problems = list(exc.problems)
     try:
-        data = json.loads(text)
+        data = as_manifest(json.loads(text))
     except ValueError:
         data = None
     problems += local_location_problems(data, on_s3)

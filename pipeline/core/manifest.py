@@ -438,9 +438,11 @@ def _is_job(data: Any) -> bool:
     return isinstance(data, dict) and bool(data.keys() & {"input", "output"})
 
 
-def _is_jobs(data: Any) -> bool:
-    """Whether ``data`` looks like a list of jobs (where a manifest belongs)."""
-    return isinstance(data, list) and bool(data) and all(map(_is_job, data))
+def as_manifest(data: Any) -> Any:
+    """A manifest's parsed JSON as an object: a list at the top is the list of its jobs (a
+    manifest is a JSON list of jobs; ``{"jobs": [...]}`` the same with room for
+    ``defaults``), anything else is returned as it is, to be checked."""
+    return {"jobs": data} if isinstance(data, list) else data
 
 
 def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
@@ -454,13 +456,10 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
     :class:`ScanSpec` of a ``scan`` manifest.
     """
     problems: list[str] = []
-    if _is_jobs(data):
-        raise ManifestError(source, [
-            (f"manifest: this is a list of {len(data)} job{'' if len(data) == 1 else 's'}, "
-             'not a manifest: put it under "jobs": {"jobs": [{"input": ...}, ...]}')])
+    data = as_manifest(data)
     if not isinstance(data, dict):
-        message = (f"manifest: expected an object with \"jobs\" (and optionally "
-                   f"\"defaults\"), got {show(data)}")
+        message = (f"manifest: expected a list of jobs, or an object with \"jobs\" (and "
+                   f"optionally \"defaults\"), got {show(data)}")
         raise ManifestError(source, [message])
     if _is_job(data) and not data.keys() & {"jobs", "scan"}:
         fields = ", ".join(k for k in data if k in JOB_FIELDS)
@@ -666,6 +665,7 @@ def anchored(data: Any, base_dir: str) -> Any:
             return entry
         return {k: joined(v) if k in ("input", "output") else v for k, v in entry.items()}
 
+    data = as_manifest(data)
     if not isinstance(data, dict):
         return data
     out = dict(data)
@@ -689,7 +689,7 @@ def load_manifest(text: str, source: str, base_dir: str, local: Local = os.path.
 
 def _decode(text: str, source: str) -> Any:
     if not text.strip():
-        empty = 'manifest: expected a JSON object with "jobs", got an empty file'
+        empty = 'manifest: expected a JSON list of jobs or an object with "jobs", got an empty file'
         raise ManifestError(source, [empty])
     try:
         data = json.loads(text)
