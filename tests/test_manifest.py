@@ -567,6 +567,29 @@ def test_a_misspelt_op_or_parameter_names_the_one_meant():
         "jobs[0].ops[0].op: unknown op 'blurr' (known: ")  # nothing close enough
 
 
+@pytest.mark.parametrize("name, meant", [
+    ("resize", '{"op": "downsample", "factor": 2}'), ("shrink", '{"op": "downsample"'),
+    ("scale", '{"op": "downsample"'), ("sharpen", "unsharp_mask"),
+    ("grayscale", "to_gray"), ("greyscale", "to_gray"), ("binarize", "otsu_threshold"),
+    ("otsu", "otsu_threshold"), ("histeq", "equalize_hist"), ("CLAHE", "clahe"),
+    ("stretch", "percentile_stretch"), ("autocontrast", "percentile_stretch"),
+    ("mirror", "flip"), ("rot90", "rotate"), ("cast", "convert"), ("astype", "convert"),
+    ("ndvi", "normalized_difference"), ("edges", "canny"), ("negate", "invert"),
+    ("erosion", "erode"), ("DILATE", "dilate"), ("blur", "gaussian_blur"),
+])
+def test_an_op_named_as_other_tools_name_it_is_told_ours(name: str, meant: str):
+    """Users arrive with the names of libvips, PIL, OpenCV, scikit-image or ImageMagick
+    (``resize``, ``sharpen``, ``grayscale``): told the op that does it here (and how, for
+    resize), not a spelling guess (``scale`` is not ``clahe``, ``edges`` not ``erode``)."""
+    problem = one_problem({"jobs": [job(ops=[{"op": name}])]})
+    assert problem.startswith(f"jobs[0].ops[0].op: unknown op {name!r}; ")
+    assert meant in problem.split(" (known: ")[0], problem
+    from pipeline.core.ops import OTHER_NAMES
+
+    assert not OTHER_NAMES.keys() & OPS.keys()  # (no op of ours is taken for another's)
+    assert {told.split(" ")[0].rstrip(",") for told in OTHER_NAMES.values()} <= OPS.keys()
+
+
 def test_a_misspelt_op_key_names_op():
     """An op whose ``"op"`` key is misspelt (``opp``), in another case (``Op``, ``OP``), or
     another word for it whose value is an op's name (``operation``), is told that key and

@@ -588,6 +588,52 @@ def _op_key_slip(item: Any) -> str | None:
     return (near or named or [None])[0]
 
 
+_DOWNSAMPLE = ('downsample, by an integer factor ({"op": "downsample", "factor": 2}: half '
+               'the width and height, each pixel the mean of its block)')
+#: names other tools give to what an op does (libvips, PIL, OpenCV, scikit-image,
+#: ImageMagick, GDAL), lower case, and the op here: told instead of a spelling guess
+OTHER_NAMES: dict[str, str] = {
+    **dict.fromkeys(("resize", "scale", "shrink", "reduce", "thumbnail", "pyrdown",
+                     "rescale", "zoom"), _DOWNSAMPLE),
+    **dict.fromkeys(("blur", "gaussblur", "gaussian", "smooth"), "gaussian_blur"),
+    **dict.fromkeys(("median", "medianfilter", "median_filter"), "median_blur"),
+    **dict.fromkeys(("sharpen", "unsharp", "unsharpmask"), "unsharp_mask"),
+    **dict.fromkeys(("grayscale", "greyscale", "grey", "gray", "rgb2gray", "desaturate",
+                     "colourspace", "colorspace", "cvtcolor"), "to_gray"),
+    **dict.fromkeys(("binarize", "binarise", "otsu", "threshold_otsu", "auto_threshold"),
+                    "otsu_threshold (or threshold, at a value you give)"),
+    **dict.fromkeys(("histeq", "equalize", "equalise", "equalize_histogram",
+                     "equalizehist", "hist_equalize"), "equalize_hist"),
+    **dict.fromkeys(("stretch", "autocontrast", "auto_contrast", "contrast_stretch",
+                     "rescale_intensity", "autolevel", "normalise"),
+                    "percentile_stretch (or normalize, to the full range)"),
+    **dict.fromkeys(("mirror", "flop", "flipx", "flipy", "fliplr", "flipud"), "flip"),
+    **dict.fromkeys(("rot90", "rotate90", "transpose", "rot"), "rotate"),
+    **dict.fromkeys(("cast", "astype", "cast_format", "to_uint8", "depth"), "convert"),
+    **dict.fromkeys(("ndvi", "ndwi", "band_ratio"), "normalized_difference"),
+    **dict.fromkeys(("edges", "edge", "edge_detect", "edge_detection", "find_edges"),
+                    "canny"),
+    **dict.fromkeys(("negate", "negative", "invert_colors", "bitwise_not"), "invert"),
+    **dict.fromkeys(("erosion", "min_filter", "minfilter"), "erode"),
+    **dict.fromkeys(("dilation", "max_filter", "maxfilter"), "dilate"),
+    **dict.fromkeys(("extract_band", "extract_bands", "bands", "channels", "band_select"),
+                    "select_bands"),
+    **dict.fromkeys(("clip", "extract_area", "cut"), "crop"),
+}
+
+
+def _unknown_op_hint(name: str) -> str:
+    """What an unknown op name most likely means: the op of another tool's name for it
+    (any case: ``DILATE`` too), else the op it misspells, else nothing."""
+    lower = name.lower()
+    if lower in OPS:
+        return f"; ops are lower case: {lower}"
+    if lower in OTHER_NAMES:
+        return f"; tiffpipe's op for it is {OTHER_NAMES[lower]}"
+    near = close_name(name, OPS)
+    return f"; did you mean {near}?" if near else ""
+
+
 def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
     """Parse a JSON op chain; return (calls, problems), every problem with its JSON path."""
     if not isinstance(ops, list):
@@ -603,8 +649,7 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
             continue
         op = OPS.get(item["op"])
         if op is None:
-            near = close_name(item["op"], OPS)
-            guess = f"; did you mean {near}?" if near else ""
+            guess = _unknown_op_hint(item["op"])
             problems.append(f"{here}.op: unknown op {item['op']!r}{guess} (known: "
                             f"{', '.join(OPS)})")
             continue
