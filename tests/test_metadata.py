@@ -103,6 +103,10 @@ def _write_inputs(inp: Path) -> None:
                  metadata=None, description=APERIO_SCANNER)
         tw.write(pattern(48, 64, 3, "uint8", 12), photometric="rgb", tile=(16, 16),
                  metadata=None, description=APERIO_SCANNER_LEVEL)
+    # as some Aperio scanners write a slide: no resolution tags at all, MPP alone
+    tifffile.imwrite(inp / "svs_bare.tif", pattern(96, 128, 3, "uint8", 13), photometric="rgb",
+                     tile=(32, 32), metadata=None, description=APERIO_SCANNER)
+    _without_resolution(inp / "svs_bare.tif")
     tifffile.imwrite(inp / "tiny.tif", pattern(12, 20, 3, "uint8", 10), photometric="rgb",
                      metadata=None)
     tifffile.imwrite(inp / "turned.tif", pattern(100, 90, 3, "uint8", 9), photometric="rgb",
@@ -110,6 +114,31 @@ def _write_inputs(inp: Path) -> None:
     tifffile.imwrite(inp / "gray_icc.tif", pattern(80, 96, 1, "uint16", 6),
                      photometric="minisblack", metadata=None, iccprofile=ICC_GRAY,
                      extratags=[ascii_tag(306, DATETIME)])
+
+
+class _FileBytes:
+    """A TIFF file's bytes as merge's header patches read and patch them."""
+
+    def __init__(self, path: Path) -> None:
+        self.data = bytearray(path.read_bytes())
+
+    def read(self, at: int, size: int) -> bytes:
+        return bytes(self.data[at:at + size])
+
+    def patch(self, at: int, data: bytes) -> None:
+        self.data[at:at + len(data)] = data
+
+
+def _without_resolution(path: Path) -> None:
+    """Drop XResolution, YResolution and ResolutionUnit from every IFD of a file tifffile
+    wrote (it writes them on every page), with merge's own patch."""
+    from pipeline.adapters.tiff_header import RESOLUTION_TAGS, drop_entries, image_ifds
+
+    file = _FileBytes(path)
+    for ifds in image_ifds(file):  # type: ignore[arg-type]
+        for ifd in ifds:
+            drop_entries(file, ifd, RESOLUTION_TAGS)  # type: ignore[arg-type]
+    path.write_bytes(bytes(file.data))
 
 
 APERIO = "Aperio Image Library v12.0.15 \r\n128x96 (32x32) RGB|AppMag = 20|MPP = 0.4990"
@@ -141,6 +170,9 @@ JOBS: dict[str, dict[str, Any]] = {
                                "ops": [{"op": "downsample", "factor": 2}]},
     "svs_scanner_rotate": {"input": "svs_scanner.tif", "pages": [0],
                            "ops": [{"op": "rotate", "angle": 90}]},
+    "svs_bare_flip_pyramid": {"input": "svs_bare.tif", "ops": [{"op": "flip", "axis": "vertical"}],
+                              "output_options": {"pyramid": True}},
+    "svs_bare_downsample": {"input": "svs_bare.tif", "ops": [{"op": "downsample", "factor": 2}]},
     # (the default output tile: 512, more than libvips reads on a page of 20 px)
     "tiny_blur": {"input": "tiny.tif", "ops": BLUR, "tile": 512,
                   "output_options": {"compression": "deflate", "tile": 512}},
@@ -353,6 +385,38 @@ def test_an_aperio_mpp_becomes_the_resolution_when_the_description_is_dropped(ru
     (turned,) = _pages(run["svs_scanner_rotate"]["output"])
     assert 270 not in turned.tags and turned.shape[:2] == (128, 96)
     assert (_value(turned, 296), _value(turned, 282)) == (RESUNIT_CM, (20000, 1))
+
+
+def _levels_resolution(page: tifffile.TiffPage) -> list[tuple[Any, Any, Any]]:
+    """XResolution, YResolution and ResolutionUnit of ``page``'s SubIFD levels."""
+    return [(_value(level, 282), _value(level, 283), _value(level, 296))
+            for level in page.pages]
+
+
+def test_an_aperio_slides_subifd_levels_have_the_pages_resolution_over_their_factor(run):
+    """Each SubIFD level of a slide's page has the page's resolution divided by its
+    factor (2 ** k), in the page's unit: a page that keeps its Aperio description keeps its
+    input's resolution tags, and a page whose description is dropped (a flip, a downsample)
+    of a slide without resolution tags (MPP 0.5 alone) gets its MPP as the resolution, on
+    the page and each level. That page, and its levels, were written without any: merge
+    asked whether the input page had resolution tags, not whether the page was written
+    with one, and dropped the MPP's from every IFD of the page."""
+    (kept, _macro) = _pages(run["svs_blur_pyramid"]["output"])
+    assert kept.description == APERIO and _value(kept, 296) == RESUNIT_CM
+    assert _value(kept, 282) == _value(kept, 283) == (20040, 1)
+    assert _levels_resolution(kept) == [((10020, 1), (10020, 1), RESUNIT_CM),
+                                        ((5010, 1), (5010, 1), RESUNIT_CM)]
+    (bare,) = _pages(run["svs_bare_flip_pyramid"]["input"])
+    assert [bare.tags.get(code) for code in RESOLUTION_TAGS] == [None] * 3
+    (flipped,) = _pages(run["svs_bare_flip_pyramid"]["output"])
+    assert 270 not in flipped.tags and len(flipped.pages) == 2
+    # 0.5 um a pixel: 20,000 a cm; the levels 10,000 and 5,000
+    assert (_value(flipped, 282), _value(flipped, 283), _value(flipped, 296)) == \
+        ((20000, 1), (20000, 1), RESUNIT_CM)
+    assert _levels_resolution(flipped) == [((10000, 1), (10000, 1), RESUNIT_CM),
+                                           ((5000, 1), (5000, 1), RESUNIT_CM)]
+    (down,) = _pages(run["svs_bare_downsample"]["output"])
+    assert (_value(down, 282), _value(down, 296)) == ((10000, 1), RESUNIT_CM)
 
 
 @pytest.mark.parametrize("name", ["svs_copy", "svs_blur_pyramid"])

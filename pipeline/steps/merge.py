@@ -212,6 +212,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
     # each page's IFDs (its own, its levels', masks'), in file order: whether a mask
     masks: list[list[bool]] = []
     metas: list[dict[str, Any]] = []  # (OME) each page's Image metadata, for ome_xml
+    unresolved: list[bool] = []  # each page written without a resolution (_has_resolution)
     try:
         with tifffile.TiffWriter(recorder, bigtiff=big, ome=ome) as writer:
             # one InstanceID, one time for its pages' XMP (none to stamp: nothing made)
@@ -221,6 +222,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
             packets = XmpPackets(plan.spec.input, plan.input_version)
             for i, page in enumerate(plan.pages):
                 tags = _page_tags(plan, page, derived, packets)
+                unresolved.append(not _has_resolution(tags))
                 if ome:
                     metas.append(tags["metadata"])
                 written = _write_page(writer, plan, i, page, tags)
@@ -246,7 +248,6 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
         if big or not (isinstance(exc, LayoutOverflow) or "non-BigTIFF" in str(exc)):
             raise
         raise OutputTooLargeError(_classic_overflow(plan)) from exc
-    unresolved = [not _has_resolution(page) for page in plan.pages]
     # (bilevel "auto": each page 1-bit or not, group4 or not, by itself)
     ones, group4 = one_bit_pages(plan), _group4_pages(plan)
     patched = bool(reorder) or any(unresolved) or any(ones) or any(map(any, masks))
@@ -314,12 +315,15 @@ def _classic_overflow(plan: JobPlan) -> str:
             "and re-run the job")
 
 
-def _has_resolution(page: PagePlan) -> bool:
-    """Whether the output page carries a resolution: its input page's, which
-    :func:`output_tags` keeps (scaled with the page). A page whose input had none gets
-    none: tifffile writes XResolution 1/1 with ResolutionUnit NONE on every page given
-    none, which readers may take for 1 pixel per inch (a page 1 pixel an inch wide)."""
-    return "resolution" in (page.info.metadata or {})
+def _has_resolution(tags: dict[str, Any]) -> bool:
+    """Whether the output page written with ``tags`` (:func:`_page_tags`) carries a
+    resolution: its input page's, which :func:`output_tags` keeps (scaled with the page), or
+    the one an Aperio page's MPP gives where its description is dropped and its input page
+    had no resolution tags (``aperio_resolution``: asked of the input page's metadata, it
+    was dropped from the page and its levels). A page given none gets none: tifffile writes
+    XResolution 1/1 with ResolutionUnit NONE on every page given none, which readers may
+    take for 1 pixel per inch (a page 1 pixel an inch wide)."""
+    return tags.get("resolution") is not None
 
 
 def _by_segment(recorder: LayoutRecorder, ifd: int, table: TileTable) -> None:
@@ -526,7 +530,7 @@ def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
     fewer, as GDAL and OpenSlide take a level's scale from its reduction), in the page's
     unit. None for a page without one: merge drops tifffile's default on the page and its
     levels alike (:func:`_has_resolution`)."""
-    if tags.get("resolution") is None:
+    if not _has_resolution(tags):
         return {}
     scale = Fraction(1, 2 ** k)
     return {"resolution": tuple(scaled_resolution(value, scale) for value in tags["resolution"]),
