@@ -114,6 +114,15 @@ def write_planes(path: Path) -> None:
             tw.write(plane, tile=(32, 32), metadata=None, description=xml if n == 0 else None)
 
 
+def write_planar(path: Path) -> None:
+    """A CYX Image of 4 channels stored as one planar-separate page (PlanarConfiguration 2,
+    4 samples), as tifffile writes it: one Channel of SamplesPerPixel 4, named and coloured."""
+    tifffile.imwrite(path, planes(4), ome=True, planarconfig="separate",
+                     photometric="minisblack", tile=(32, 32), metadata={
+                         "axes": "CYX", "Name": "Planar",
+                         "Channel": {"Name": "Multiplex", "Color": -16776961}})
+
+
 def write_damaged(path: Path) -> None:
     """An OME-XML that does not parse (an unclosed element), still ending as OME-XML does."""
     xml = (f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="{OME_NS}">'
@@ -149,6 +158,8 @@ JOBS: dict[str, dict[str, Any]] = {
     "tczyx_cropped": {"input": "tczyx.ome.tif", "output_options": {"ome": True},
                       "ops": [{"op": "crop", "x": 8, "y": 4, "width": 40, "height": 30}]},
     "damaged_plain": {"input": "damaged.ome.tif"},
+    "planar_ome": {"input": "planar.ome.tif", "output_options": {"ome": True},
+                   "ops": [{"op": "select_bands", "bands": [0, 1, 2, 3]}]},
 }
 
 
@@ -161,6 +172,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_planes(inp / "planes.ome.tif")
     write_damaged(inp / "damaged.ome.tif")
     write_tczyx(inp / "tczyx.ome.tif")
+    write_planar(inp / "planar.ome.tif")
     jobs = [{**job, "input": str(inp / job["input"]), "output": str(root / "out" / f"{name}.tif"),
              "tile": 64, "output_options": {"tile": 32, **job.get("output_options", {})}}
             for name, job in JOBS.items()]
@@ -173,7 +185,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert (root / "m.report.json").exists(), err.getvalue()
     report = json.loads((root / "m.report.json").read_text())
     assert code == 0, (err.getvalue(), json.dumps(report, indent=1))
-    return {"work": str(root / "work"),
+    return {"work": str(root / "work"), "planar_in": str(inp / "planar.ome.tif"),
             **{name: job["output"] for name, job in zip(JOBS, report["jobs"], strict=True)}}
 
 
@@ -216,6 +228,30 @@ def test_interleaved_samples_keep_their_one_channel(run):
     pixels = ome_images(run["multi_ome"])[2]["Pixels"]
     assert pixels["SizeC"] == 3 and pixels["Channel"]["SamplesPerPixel"] == 3
     assert pixels["Channel"]["Name"] == "Brightfield"
+
+
+def test_a_planar_separate_page_keeps_its_one_channel_of_4_samples(run):
+    """A planar-separate page of 4 samples whose OME-XML has one Channel of SamplesPerPixel
+    4 (the only Channel it can have: an IFD's samples are one Channel's, and Bio-Formats
+    reads SizeC 4 as one plane of 4 samples by it) comes out as that Channel, its name and
+    colour kept: interleaved now (PlanarConfiguration 1, Interleaved "true"), the same
+    pixels. Its name is the input's only Channel name, not the first of several."""
+    with tifffile.TiffFile(run["planar_in"]) as tf:
+        page = tf.pages[0]
+        assert (page.planarconfig, page.samplesperpixel) == (2, 4)
+        given = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]["Pixels"]["Channel"]
+        assert (given["SamplesPerPixel"], given["Name"]) == (4, "Multiplex")
+        pixels = page.asarray()
+    (image,) = ome_images(run["planar_ome"])
+    assert image["Name"] == "Planar - Multiplex"
+    out = image["Pixels"]
+    assert (out["SizeC"], out["Interleaved"]) == (4, True)
+    assert out["Channel"]["SamplesPerPixel"] == 4
+    assert (out["Channel"]["Name"], out["Channel"]["Color"]) == ("Multiplex", -16776961)
+    with tifffile.TiffFile(run["planar_ome"]) as tf:
+        page = tf.pages[0]
+        assert (page.planarconfig, page.samplesperpixel) == (1, 4)
+        np.testing.assert_array_equal(page.asarray(), pixels.transpose(1, 2, 0))
 
 
 def test_the_pyramid_levels_stay_subifds_of_their_named_image(run):
