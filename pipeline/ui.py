@@ -325,9 +325,10 @@ def rerun_hint(report: dict[str, Any], if_exists: list[str]) -> str | None:
             }.get(tuple(modes), "would run again or fail {}")
     succeeded = f"the {_jobs(len(done))} that succeeded"
     return (f"tiffpipe: a rerun of this manifest as it is {redo.format(succeeded)} (if_exists: "
-            f"{', '.join(modes)}); \"if_exists\": \"skip\" for them (in its \"defaults\", "
-            "and in each job that sets its own) keeps their outputs and runs only the jobs "
-            "without one")
+            f"{', '.join(modes)}); \"if_exists\": \"skip\" for them (in the manifest's "
+            "\"defaults\", {\"defaults\": {\"if_exists\": \"skip\"}, \"jobs\": [...]}, and in "
+            "each job that sets its own) keeps their outputs and runs only the jobs without "
+            "one")
 
 
 def _jobs(n: int) -> str:

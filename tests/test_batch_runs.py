@@ -244,8 +244,9 @@ def test_a_partly_failed_run_says_how_to_rerun_only_what_failed(
                 "would fail the 2 jobs that succeeded (OutputExistsError)")
         assert hint == [(
             f"tiffpipe: a rerun of this manifest as it is {redo} (if_exists: {if_exists}); "
-            "\"if_exists\": \"skip\" for them (in its \"defaults\", and in each job that "
-            "sets its own) keeps their outputs and runs only the jobs without one")]
+            "\"if_exists\": \"skip\" for them (in the manifest's \"defaults\", {\"defaults\": "
+            "{\"if_exists\": \"skip\"}, \"jobs\": [...]}, and in each job that sets its own) "
+            "keeps their outputs and runs only the jobs without one")]
     # and so it does
     data["defaults"] = {"if_exists": "skip"}
     manifest.write_text(json.dumps(data))
