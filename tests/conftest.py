@@ -280,11 +280,13 @@ def gdal_masked(path: str | Path, pixels: np.ndarray, mask: np.ndarray | None,
             ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
 
 
-def run_in_units(manifest: Path, unit_pixels: int, *args: str) -> tuple[dict[str, Any], str]:
+def run_in_units(manifest: Path, unit_pixels: int, *args: str,
+                 check: bool = True) -> tuple[dict[str, Any], str]:
     """``tiffpipe run`` of ``manifest`` in-process (``args``: more options), each job run as
     a Map of units of ``unit_pixels`` pixels (fused units and split units alike), not as a
-    single task: a page's tiles meet in several units and batches. Asserts it succeeded;
-    returns the run report and what it wrote to stderr."""
+    single task: a page's tiles meet in several units and batches. Asserts it succeeded
+    (``check`` False: the tests read each job's status in the report); returns the run
+    report and what it wrote to stderr."""
     import contextlib
     import json
 
@@ -299,7 +301,7 @@ def run_in_units(manifest: Path, unit_pixels: int, *args: str) -> tuple[dict[str
         mp.setattr(plan_mod, "SPLIT_UNIT_PIXELS", unit_pixels)
         code = cli.main(["run", str(manifest), *args])
     report = json.loads(manifest.with_suffix(".report.json").read_text())
-    assert code == 0, (err.getvalue(), report)
+    assert code == 0 or not check, (err.getvalue(), report)
     return report, err.getvalue()
 
 

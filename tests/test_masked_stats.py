@@ -208,3 +208,100 @@ def test_a_page_masked_out_whole_comes_out_as_it_went_in(run, op, dtype):
     none = np.zeros(run["valid"].shape, bool)
     np.testing.assert_array_equal(OPS[op["op"]].apply(page, {**params, "input_valid": none}),
                                   page)
+
+
+# --- a masked page binarised to a 1-bit output ---------------------------------------------
+
+#: a masked-out fill that is neither black nor white (a scanner's gray frame)
+FILL = 17
+THRESHOLD = {"op": "threshold", "value": 120}
+BILEVEL = {"bilevel": True}
+TURN = {"op": "rotate", "angle": 90}
+
+
+@pytest.fixture(scope="module")
+def bilevel_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A gray page masked outside its swath, its fill 17, binarised by ``otsu_threshold``,
+    ``threshold`` and ``canny`` to a 1-bit output, in processing tiles of 64 and 128 pixels
+    (fused and in batches), in units of four tiles; and Otsu's page turned after it (the
+    output's mask is the input's turned)."""
+    root = tmp_path_factory.mktemp("masked_bilevel")
+    h, w = 260, 330
+    valid = swath(h, w)
+    gray = scene(h, w, 1, 5).astype(np.uint8)
+    gray[~valid] = FILL
+    gdal_masked(root / "gray.tif", gray, valid, block=128)
+    jobs = {"otsu_64": (OTSU, 64, True), "otsu_128": (OTSU, 128, False),
+            "threshold_64": (THRESHOLD, 64, False), "threshold_128": (THRESHOLD, 128, True),
+            "canny_64": (CANNY, 64, True), "otsu_turned": ([OTSU, TURN], 64, False),
+            "otsu_off": (OTSU, 64, True)}
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({
+        "defaults": {"output_options": {"tile": 32, "compression": "group4", **BILEVEL}},
+        "jobs": [{"input": str(root / "gray.tif"), "output": str(root / "out" / f"{n}.tif"),
+                  "ops": op if isinstance(op, list) else [op], "tile": tile, "fuse": fuse,
+                  **({"output_options": OFF} if n.endswith("_off") else {})}
+                 for n, (op, tile, fuse) in jobs.items()]}))
+    report, _ = run_in_units(manifest, 4 * 64 * 64, "--workers", "1", "--quiet",
+                             "--no-contact-sheet", check=False)
+    return {"page": gray, "valid": valid, "report": report,
+            "ops": {n: op for n, (op, _, _) in jobs.items()},
+            "out": {n: root / "out" / f"{n}.tif" for n in jobs}}
+
+
+def binarised(page: np.ndarray, valid: np.ndarray, op: dict[str, Any]) -> np.ndarray:
+    """OpenCV's op of the page's valid pixels (Otsu's threshold of the valid samples alone,
+    Canny of the blur of the valid pixels alone), 0 or 255 each."""
+    if op["op"] == "otsu_threshold":
+        return reference(page, valid, op)
+    if op["op"] == "threshold":
+        return cv2.threshold(page, op["value"], 255, cv2.THRESH_BINARY)[1]
+    return cv2.Canny(masked_blur(page, op["sigma"], valid), op["low"], op["high"])
+
+
+@pytest.mark.parametrize("name", ["otsu_64", "otsu_128", "threshold_64", "threshold_128",
+                                  "canny_64", "otsu_turned"])
+def test_a_masked_page_binarised_to_1bit_stores_its_masked_out_pixels_as_bit_0(bilevel_run,
+                                                                              name):
+    """The job succeeds (before, otsu_threshold wrote the fill 17 back and the job failed
+    when its tiles were encoded); each valid pixel is OpenCV's result of the valid pixels
+    alone; each masked-out pixel is stored as bit 0, which tifffile and GDAL read as 0
+    (white in the miniswhite page, 255 of the 8-bit pixels): whatever the op made of the
+    fill, whatever the tiling; and the mask is carried."""
+    page, valid = bilevel_run["page"], bilevel_run["valid"]
+    job = bilevel_run["report"]["jobs"][list(bilevel_run["ops"]).index(name)]
+    assert job["status"] == "SUCCEEDED", job
+    op = bilevel_run["ops"][name]
+    # (the turned job: its op, then the page, its mask and the references turned as it is)
+    turn = (lambda a: np.rot90(a, -1)) if isinstance(op, list) else (lambda a: a)
+    op = op[0] if isinstance(op, list) else op
+    want = turn(binarised(page, valid, op))
+    params = {k: v for k, v in op.items() if k != "op"}
+    whole = turn(OPS[op["op"]].apply(page, {**params, "input_nodata": None,
+                                            "input_valid": valid}))
+    valid = turn(valid)
+    with tifffile.TiffFile(bilevel_run["out"][name]) as tf:
+        bits = tf.pages[0].asarray()
+    assert bits.dtype == bool and bits.shape == valid.shape
+    assert not bits[~valid].any()
+    np.testing.assert_array_equal(np.where(bits, 0, 255)[valid], want[valid])
+    with rasterio.open(bilevel_run["out"][name]) as ds:
+        assert not ds.read(1)[~valid].any()
+        np.testing.assert_array_equal(ds.read_masks(1) > 0, valid)
+    # the op on the whole page, its masked-out pixels white: bit for bit the tiled run's
+    np.testing.assert_array_equal(np.where(bits, 0, 255), np.where(valid, whole, 255))
+
+
+def test_a_1bit_job_that_leaves_the_mask_out_reads_the_fill_as_data_as_before(bilevel_run):
+    """Told to leave the mask out (``"masks": false``), the 1-bit job is as before: Otsu's
+    threshold of the whole page, the fill read as data (and thresholded with the rest: 17
+    is black), no pixel written white for a mask, and no mask page."""
+    page = bilevel_run["page"]
+    job = bilevel_run["report"]["jobs"][list(bilevel_run["ops"]).index("otsu_off")]
+    assert job["status"] == "SUCCEEDED", job
+    with tifffile.TiffFile(bilevel_run["out"]["otsu_off"]) as tf:
+        assert len(tf.pages) == 1
+        bits = tf.pages[0].asarray()
+    _, want = cv2.threshold(page, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    np.testing.assert_array_equal(np.where(bits, 0, 255), want)
+    assert bits[~bilevel_run["valid"]].all()  # (the fill: black, stored as bit 1)

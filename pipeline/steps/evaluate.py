@@ -38,6 +38,7 @@ from pipeline.core.ops import (
     chain_own_nodata,
     with_nodata,
 )
+from pipeline.core.plan import page_options
 from pipeline.errors import CustomOperationError, OperationError, OutOfMemoryError
 from pipeline.steps import layout
 from pipeline.steps.common import tile_threads
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
     from pipeline.core.canny_tree import Node
 
 State = dict[str, np.ndarray]
+
+#: the value a 1-bit output page's masked-out pixels take (:meth:`TileEvaluator.output`):
+#: white, stored as bit 0 in the miniswhite page, the value GDAL reads there (as it fills
+#: what no data covers with 0) and no ink on paper
+MASKED_OUT_BILEVEL = 255
 
 
 def save_npz(url: str, arrays: dict[str, np.ndarray]) -> None:
@@ -98,6 +104,9 @@ class TileEvaluator:
         self._labels: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
         self._mask: MaskReader | None = None  # made by the first tile that reads the mask
+        #: a 1-bit output page that carries its mask: its masked-out pixels are written white
+        self.masked_out_white = bool(self.page.info.mask_ifd) and bool(
+            page_options(plan.spec, self.page).bilevel)
         self._mask_lock = threading.Lock()  # (its tiles' threads ask for it at once)
 
     # --- geometry ---------------------------------------------------------------------
@@ -250,6 +259,7 @@ class TileEvaluator:
                     g = self.page.grid
                     row = max(g.rows, g.cols)
                     reads = sum(1 for c in self.chain if c.op.reads_mask)  # per tile
+                    reads += self.masked_out_white  # (the output's, :meth:`output`)
                     self._mask = MaskReader(self.plan, self.page_pos, self.geometry,
                                             recent=reads * (row + 2 * tile_threads() + 1))
         return self._mask
@@ -266,11 +276,19 @@ class TileEvaluator:
     def output(self, row: int, col: int,
                haloed: np.ndarray | None = None) -> tuple[np.ndarray, Rect]:
         """The chain's output pixels of a tile and where they go on the output page
-        (``haloed``: see :meth:`value`)."""
+        (``haloed``: see :meth:`value`). On a 1-bit output page that carries its mask, the
+        pixels the output's mask leaves out (:meth:`valid`, as merge writes it) are
+        :data:`MASKED_OUT_BILEVEL`, whatever the ops made of their fill: a 1-bit page holds
+        black and white only, and the mask marks those pixels as no data anyway (the ops
+        that write them back as they are would leave a gray fill there)."""
         n = len(self.chain)
         arr, rect = self.value(row, col, n, haloed=haloed)
         core = self.core(row, col, n)
-        return self.crop(arr, rect, core), core
+        out = self.crop(arr, rect, core)
+        if self.masked_out_white and out.size:
+            valid = self.valid(n, core).reshape(out.shape[:2] + (1,) * (out.ndim - 2))
+            out = np.where(valid, out, out.dtype.type(MASKED_OUT_BILEVEL))
+        return out, core
 
     def canny_labels(self, row: int, col: int, position: int) -> np.ndarray:
         """The labelled weak edges of a tile's core for the canny at ``position``."""
