@@ -631,3 +631,49 @@ def test_1bit_pages_written_8bit_are_told_with_what_keeps_them_1bit(tmp_path, ca
     assert "tiffpipe: ... and 3 more job(s) with a note (pages left out, 1-bit pages written " \
         '8-bit, XMP rewritten or dropped, or which pages bilevel "auto" wrote 1-bit): each ' \
         "job's message in the report says which and why" in err
+
+
+def kept_nodata_refusal(value: int) -> str:
+    return (f"page 0: output_options.bilevel: the page's no-data value {value} (GDAL_NODATA) "
+            f"is kept through the ops, so its no-data pixels hold {value}, and a 1-bit output "
+            'holds only 0 and 255; end the ops with {"op": "threshold", "value": 127} (the '
+            "no-data pixels are then thresholded as data and GDAL_NODATA is dropped), or drop "
+            '"bilevel" for an 8-bit output')
+
+
+def test_a_kept_no_data_value_other_than_0_and_255_is_refused_when_planned(tmp_path, capsys):
+    """A page whose no-data value (GDAL_NODATA 17: a scanner's gray frame) otsu_threshold
+    keeps (it writes the no-data pixels back) would hold 17 in a 1-bit output: refused by
+    ``validate --inputs`` and PlanJob, naming the page, the value and the fix, before any
+    pixel is read (before, the job failed when its tiles were encoded). The fix it names
+    runs; a page whose no-data value is 255 is written with it as its bit, as before."""
+    page = scan_page(4, 150, 170)
+    page[:, :20] = 17
+    tifffile.imwrite(tmp_path / "frame.tif", page, extratags=[(42113, "s", 0, "17", True)])
+    white = np.where(page == 17, 255, page).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "white.tif", white, extratags=[(42113, "s", 0, "255", True)])
+    otsu, fixed = [{"op": "otsu_threshold"}], [{"op": "otsu_threshold"},
+                                               {"op": "threshold", "value": 127}]
+    cases = [("frame.tif", otsu), ("frame.tif", fixed), ("white.tif", otsu)]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": src, "output": f"out/{i}.tif", "ops": ops,
+         "output_options": {"bilevel": True}} for i, (src, ops) in enumerate(cases)]}))
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    _, err = capsys.readouterr()
+    assert err.startswith("tiffpipe: 1 of 3 job(s) would fail when planned"), err
+    assert f"    {kept_nodata_refusal(17)}\n" in err, err
+    result = run_local(str(manifest), 1)
+    refused, ran, kept = result.jobs
+    assert refused["status"] == "FAILED" and refused["error"]["step"] == "PlanJob", refused
+    assert refused["error"]["message"] == (f"{tmp_path / 'frame.tif'}: the job cannot run: "
+                                           f"{kept_nodata_refusal(17)}")
+    assert not (tmp_path / "out" / "0.tif").exists()
+    assert ran["status"] == kept["status"] == "SUCCEEDED", (ran, kept)
+    # (Otsu's threshold of the pixels with data; the no-data pixels 17, then black)
+    t, _ = cv2.threshold(page[page != 17].reshape(1, -1), 0, 255,
+                         cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    want = np.where((page > t) & (page != 17), 255, 0).astype(np.uint8)
+    assert_pages(bits_read(tmp_path / "out" / "1.tif"), [want], "fixed")
+    with tifffile.TiffFile(tmp_path / "out" / "2.tif") as tf:
+        assert tf.pages[0].tags[42113].value == "0"  # (255 is stored as bit 0)

@@ -21,9 +21,10 @@ import imagecodecs
 import numpy as np
 from tifffile import TIFF
 
+from pipeline.adapters.metadata import output_nodata
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
-from pipeline.core.models import JobPlan, OutputOptions
-from pipeline.core.ops import chain_keeps_values
+from pipeline.core.models import JobPlan, OutputOptions, PagePlan
+from pipeline.core.ops import chain_keeps_nodata, chain_keeps_values, chain_own_nodata
 from pipeline.core.plan import Problem, explain_conversion, page_options
 from pipeline.errors import (
     CorruptTiffError,
@@ -351,6 +352,25 @@ def output_problems(plan: JobPlan) -> list[Problem]:
             page.info.photometric, tuple(top) if top else None, whole_range=converted)
         if why and page.out_dtype == page.info.dtype:  # the reader's type, not the chain's:
             why = explain_conversion(why, page.info)  # (an 8-bit palette made uint16 RGB)
+        if not why and options.bilevel:
+            why = _kept_nodata_problem(plan, page)
         if why:
             problems.append(Problem.of_page(page.info.index, why))
     return problems
+
+
+def _kept_nodata_problem(plan: JobPlan, page: PagePlan) -> str | None:
+    """Why a 1-bit output page cannot be written (None if it can): the chain keeps a no-data
+    value that is neither 0 nor 255 (the input's GDAL_NODATA through ops that write the
+    no-data pixels back, as ``otsu_threshold`` does, or a ``convert``'s ``nodata``), so
+    its no-data pixels would hold it and fail the job when its tiles are encoded."""
+    ops = plan.spec.ops
+    nodata = output_nodata(page.info, chain_keeps_nodata(ops), chain_own_nodata(ops))
+    if nodata is None or nodata in (0, 255):
+        return None
+    value = f"{nodata:g}"
+    return (f"output_options.bilevel: the page's no-data value {value} (GDAL_NODATA) is kept "
+            f"through the ops, so its no-data pixels hold {value}, and a 1-bit output holds "
+            'only 0 and 255; end the ops with {"op": "threshold", "value": 127} (the no-data '
+            "pixels are then thresholded as data and GDAL_NODATA is dropped), or drop "
+            '"bilevel" for an 8-bit output')
