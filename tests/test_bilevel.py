@@ -5,7 +5,8 @@ and one-strip pages, several pages, threshold and otsu_threshold in the chain, f
 not) and on the libtiff corpus's fax pages. Each 1-bit output is read back by tifffile
 (the bits), by Pillow (libtiff) and by tiffpipe itself, and is exactly the 8-bit output
 the same chain writes without the option. The refusals: validate (options and chains that
-cannot make one uint8 band), PlanJob (pages that are not one uint8 band), and at run time a
+cannot make one uint8 band), PlanJob (pages that are not one uint8 band, or whose kept
+no-data value is not 0 or 255), and at run time a
 value other than 0 and 255, with no output published.
 """
 

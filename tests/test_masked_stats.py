@@ -8,6 +8,9 @@ swath with a hole, the fill outside it: 0, or 255 for the gray page) go through 
 and OpenCV references of the valid samples written out below (not with tiffpipe's
 functions), with the op on the whole page, bit for bit, and with the same job told to leave
 the mask out (``output_options.masks`` false), which reads the fill as data, as before.
+A 1-bit output (``output_options.bilevel``) of a masked page binarised by
+``otsu_threshold``, ``threshold`` or ``canny`` stores its masked-out pixels as bit 0, its
+fill (17, neither black nor white) whatever the op made of it.
 """
 
 from __future__ import annotations
