@@ -308,3 +308,78 @@ def test_a_1bit_job_that_leaves_the_mask_out_reads_the_fill_as_data_as_before(bi
     _, want = cv2.threshold(page, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     np.testing.assert_array_equal(np.where(bits, 0, 255), want)
     assert bits[~bilevel_run["valid"]].all()  # (the fill: black, stored as bit 1)
+
+
+def _counted_calchist(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count OpenCV's calcHist calls (the statistics' ``cv2`` proxy looks it up per call)."""
+    calls: list[int] = []
+    calc = cv2.calcHist
+    monkeypatch.setattr(cv2, "calcHist", lambda *a, **k: calls.append(1) or calc(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("bands", [1, 3, 4])
+def test_opencv_counts_a_masked_tiles_histogram_as_numpy_does(monkeypatch, dtype, bands):
+    """A masked tile's statistics partial (percentile_stretch's, equalize_hist's and
+    otsu_threshold's histogram; normalize's minimum and maximum, with its no-data value at
+    either end, inside, absent, or the only value) is OpenCV's calcHist under the mask where
+    that is faster (uint8; uint16 of 2 bands or more: no copy of the valid samples), and
+    equals np.bincount, np.min and np.max of the valid samples' copy, exactly; a uint16
+    band alone keeps the copy (calcHist is slower there). The tile is a crop of a larger
+    array, as the tiled path's core is."""
+    from pipeline.core import stats as stats_mod
+
+    calls = _counted_calchist(monkeypatch)
+    rng = np.random.default_rng(bands)
+    top = np.iinfo(dtype).max
+    h, w = 150, 170
+    big = rng.integers(3, top - 2, (h + 6, w + 8, bands), dtype=dtype)
+    img = big[3:3 + h, 5:5 + w, :] if bands > 1 else big[3:3 + h, 5:5 + w, 0]
+    valid = swath(h, w)[::-1]  # (a hole and slanted edges: 65% valid)
+    img[~valid] = 0  # the fill: below every valid sample, left out
+    img[0, -1] = 1  # masked-out too (swath: False at the top right)
+    assert not valid[0, -1]
+    data = img[valid]  # (n,) or (n, bands): the reference's copy
+    p = {"input_valid": valid}
+    hist = stats_mod.STRETCH.partial(img, p)["hist"]
+    np.testing.assert_array_equal(hist, np.bincount(data.ravel(), minlength=top + 1))
+    assert hist.dtype == np.int64
+    np.testing.assert_array_equal(stats_mod.EQUALIZE.partial(img, p)["hist"], hist)
+    banded = stats_mod.STRETCH.partial(img, {**p, "per_band": True})["hist"]
+    np.testing.assert_array_equal(banded, [np.bincount(data.reshape(len(data), -1)[:, b],
+                                                       minlength=top + 1)
+                                           for b in range(bands)])
+    lo, hi = int(data.min()), int(data.max())
+    inside = int(data.ravel()[0])
+    for nodata in (None, lo, hi, inside, top):
+        state = stats_mod.NORMALIZE.partial(img, {**p, "input_nodata": nodata})
+        rest = data[data != nodata] if nodata is not None else data
+        want = {"min": lo, "max": hi} | ({} if nodata is None else {
+            "data_min": int(rest.min()), "data_max": int(rest.max())})
+        assert {k: (v.dtype, v.shape, int(v[0])) for k, v in state.items()} == \
+            {k: (np.dtype(dtype), (1,), v) for k, v in want.items()}, nodata
+    fast = dtype == "uint8" or bands > 1
+    # (a histogram a band, twice through the whole-page partials: stretch, equalize; the
+    # uint8 bands of per_band too; normalize's five)
+    assert len(calls) == (bands * (2 + 5) + (bands if dtype == "uint8" else 0) if fast else 0)
+    one = np.full_like(img, 9)
+    state = stats_mod.NORMALIZE.partial(one, {**p, "input_nodata": 9})
+    assert {k: int(v[0]) for k, v in state.items()} == {"min": 9, "max": 9}  # no data_*
+    none = np.zeros_like(valid)
+    assert not stats_mod.STRETCH.partial(img, {"input_valid": none})["hist"].any()
+    state = stats_mod.NORMALIZE.partial(img, {"input_valid": none})
+    assert {k: int(v[0]) for k, v in state.items()} == {"min": top, "max": 0}
+
+
+def test_a_tile_over_2_24_pixels_is_counted_by_numpy():
+    """calcHist counts in float32 (exact to 2**24 a bin): a tile of more pixels keeps the
+    copy of its valid samples and np.bincount, exact (2**24 + 1 pixels of one value would
+    count 2**24 through calcHist)."""
+    from pipeline.core import stats as stats_mod
+
+    n = stats_mod.CALCHIST_PIXELS + 1
+    img = np.full((1, n, 2), 7, np.uint8)
+    valid = np.ones((1, n), bool)
+    hist = stats_mod.STRETCH.partial(img, {"input_valid": valid})["hist"]
+    assert hist[7] == 2 * n and hist.sum() == 2 * n

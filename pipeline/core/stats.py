@@ -96,8 +96,41 @@ def keep_masked(out: np.ndarray, img: np.ndarray, p: dict[str, Any]) -> np.ndarr
     return keep_nodata(out, img, ~valid_samples(img, None, mask), p, avoid=False)
 
 
+#: the most pixels of a tile whose histogram OpenCV counts (:func:`_calchist`): calcHist
+#: counts in int32 and returns float32 counts, exact up to 2**24 in a bin
+CALCHIST_PIXELS = 1 << 24
+#: the band counts for which OpenCV's histogram under the mask is faster than the copy of the
+#: valid samples and its np.bincount (measured on 1024 x 1024 tiles, a swath mask: uint8 2-12x
+#: faster at 1 to 16 bands; uint16 1.8-3.6x at 2 to 8, but slower at 1: calcHist's generic
+#: path computes each 16-bit sample's bin in double)
+CALCHIST_BANDS = {"uint8": range(1, 17), "uint16": range(2, 9)}
+
+
+def _calchist(img: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+    """:func:`histogram` of the samples of ``img`` at the pixels ``mask`` ((h, w) bool, the
+    page's carried mask) marks valid, counted by ``cv2.calcHist`` under the mask (its bytes
+    as calcHist's uint8 mask: no copy of the valid samples), band by band, where that is
+    exact and faster (:data:`CALCHIST_BANDS`, :data:`CALCHIST_PIXELS`: each bin's float32
+    count is exact; uniform ranges [0, 2**bits) with a bin a value: bin = value); None where
+    it is not (no mask, other types, signed, floats: :func:`unmasked` and np.bincount)."""
+    bands = img.shape[2] if img.ndim == 3 else 1
+    if (mask is None or mask.dtype != bool or mask.shape != img.shape[:2]
+            or not img.dtype.isnative or bands not in CALCHIST_BANDS.get(img.dtype.name, ())
+            or mask.size > CALCHIST_PIXELS):
+        return None
+    bins = 1 << (8 * img.dtype.itemsize)
+    weights = mask.view(np.uint8)
+    hist = np.zeros(bins, np.int64)
+    for band in range(bands):
+        hist += cv2.calcHist([img], [band], weights, [bins], [0, bins]).ravel().astype(np.int64)
+    return hist
+
+
 def _hist_partial(img: np.ndarray, p: dict[str, Any]) -> State:
-    return {"hist": histogram(unmasked(img, p))}
+    """:func:`histogram` of the valid samples (:func:`unmasked`): OpenCV's count under the
+    mask where it is exact and faster (:func:`_calchist`), the same counts."""
+    hist = _calchist(img, p.get("input_valid"))
+    return {"hist": histogram(unmasked(img, p)) if hist is None else hist}
 
 
 def data_histogram(hist: np.ndarray, p: dict[str, Any], dtype: np.dtype) -> np.ndarray:
@@ -273,7 +306,12 @@ def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
     (``p["input_nodata"]``), ``data_min`` and ``data_max``: those of the values that are not
     it either (none when the tile holds no other value). On a masked page, of the valid
     pixels' samples alone (:func:`unmasked`); where the tile has none, the identities of
-    :func:`combine`'s reduction (:func:`_no_data_yet`)."""
+    :func:`combine`'s reduction (:func:`_no_data_yet`). Where OpenCV counts the valid
+    samples' histogram (:func:`_calchist`: uint8, uint16), its first and last bins that are
+    not empty (:func:`_histogram_extremes`), with no copy of the samples."""
+    hist = _calchist(img, p.get("input_valid"))
+    if hist is not None:
+        return _histogram_extremes(hist, p, img.dtype)
     img = unmasked(img, p)
     if not img.size:
         return {k: _no_data_yet(k, img.dtype) for k in ("min", "max")}
@@ -288,6 +326,21 @@ def _minmax_partial(img: np.ndarray, p: dict[str, Any]) -> State:
     elif (data := img[img != nodata]).size:
         state["data_min"] = np.array([np.fmin.reduce(data)])
         state["data_max"] = np.array([np.fmax.reduce(data)])
+    return state
+
+
+def _histogram_extremes(hist: np.ndarray, p: dict[str, Any], dtype: np.dtype) -> State:
+    """:func:`_minmax_partial` of the samples of an unsigned 8 or 16-bit tile counted by
+    ``hist`` (bin = value): its first and last bins that are not empty (and those but the
+    no-data value's: ``data_min``, ``data_max``, none when it holds no other value)."""
+    full = np.flatnonzero(hist)
+    if not full.size:
+        return {k: _no_data_yet(k, dtype) for k in ("min", "max")}
+    state = {"min": np.array([full[0]], dtype), "max": np.array([full[-1]], dtype)}
+    nodata = nodata_in_type(p, dtype)
+    if nodata is not None and (data := full[full != nodata]).size:
+        state["data_min"] = np.array([data[0]], dtype)
+        state["data_max"] = np.array([data[-1]], dtype)
     return state
 
 
