@@ -87,7 +87,7 @@ from pipeline.core.geometry import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.core.xmp import Derivation, Form
+    from pipeline.core.xmp import Derivation, Form, Reshape, XmpOutcome
 
 #: the largest ICC profile carried (bytes); real profiles are 0.5-4 KB, a few up to ~0.5 MB
 ICC_MAX = 1024 * 1024
@@ -289,11 +289,13 @@ class XmpPackets:
     when an output page is written: a seek and a read of a local file, one ranged GET of
     an S3 object (pinned to its ETag). Each (offset, size) is read once: the pages of a
     master often share one packet (the packets read last are held, up to
-    :data:`PACKETS_HELD` bytes, so pages that each have their own do not pile up)."""
+    :data:`PACKETS_HELD` bytes, so pages that each have their own do not pile up). Each
+    packet is parsed once for the pages in a row that carry it (:meth:`rewritten`)."""
 
     def __init__(self, url: str, version: str = "") -> None:
         self.url, self.version = url, version
         self._read: dict[tuple[int, int], bytes] = {}
+        self._last: tuple[tuple[Any, ...], XmpOutcome] | None = None
 
     def __call__(self, at: Sequence[int]) -> bytes:
         """The packet at ``at`` (``[type, offset, size]``)."""
@@ -316,6 +318,20 @@ class XmpPackets:
                 del self._read[next(iter(self._read))]  # (the one read first)
             self._read[key] = data
         return self._read[key]
+
+    def rewritten(self, packet: bytes, reshape: Reshape, derived: Derivation | None
+                  ) -> XmpOutcome:
+        """:func:`pipeline.core.xmp.rewritten` of ``packet`` (one this read) for ``reshape``,
+        stamped as ``derived``: the outcome of the page before when it had the same packet
+        (the same bytes: one value the pages share, or a copy each, as tifffile writes them),
+        reshape and stamp, so a master's pages that carry one 300 KB packet parse it once,
+        not once a page. The last outcome alone is held (one packet's bytes more)."""
+        from pipeline.core import xmp
+
+        key = (packet, reshape, derived)
+        if self._last is None or self._last[0] != key:
+            self._last = key, xmp.rewritten(packet, reshape, derived)
+        return self._last[1]
 
 
 #: centimetres per length unit (an ImageJ description's ``unit=``, an OME PhysicalSizeXUnit)
@@ -1134,10 +1150,12 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
         return kept
     from pipeline.core.xmp import Reshape, rewritten
 
-    done = rewritten(packet, Reshape(width, height, bool(placed and placed.turned),
-                                     bool(placed and placed.transposed), (sx, sy),
-                                     _resolution(md, placed, sy, sx),
-                                     md.get("resolutionunit", 2), moved, form), derived)
+    reshape = Reshape(width, height, bool(placed and placed.turned),
+                      bool(placed and placed.transposed), (sx, sy),
+                      _resolution(md, placed, sy, sx), md.get("resolutionunit", 2), moved, form)
+    # (one read from the input: parsed once for the pages in a row that carry it)
+    done = packets.rewritten(packet, reshape, derived) if packets is not None and "xmp_at" in md \
+        else rewritten(packet, reshape, derived)
     if done.packet is None and not moved:  # (unread through a copy, as before)
         return kept
     if done.packet is None:
