@@ -854,16 +854,23 @@ class PageReader:
         """(segment, plane, segment row) of every segment ``rect`` overlaps, in file order."""
         return self.grid.overlapping(rect)
 
+    def _unstarted(self, rect: Rect) -> Iterator[tuple[int, bytes | None]]:
+        """(segment, its stored bytes) of each segment of ``rect`` neither cached nor being
+        decoded, in file order: what :meth:`prefetch` and :meth:`claim` start decoding. The
+        bytes are read in the caller's thread (the file handle is not shared), each as its
+        segment comes up, so the caller marks it pending before the next is read."""
+        for seg, _, _ in self._segments(rect):
+            if seg not in self.cache and seg not in self.pending:
+                yield seg, self.segment_bytes(seg)
+
     def prefetch(self, rect: Rect) -> None:
         """Start decoding the segments of ``rect`` that are not cached, in the decoder's
         threads (without a decoder, or for uncompressed strips, nothing to do): a later
         :meth:`read` of them waits for their decode instead of decoding them itself."""
         if self.decoder is None or self.raw_strips:
             return
-        for seg, _, _ in self._segments(rect):
-            if seg not in self.cache and seg not in self.pending:
-                data = self.segment_bytes(seg)  # this thread: the file handle is not shared
-                self.pending[seg] = self.decoder.submit(self.decode_segment, seg, data)
+        for seg, data in self._unstarted(rect):
+            self.pending[seg] = self.decoder.submit(self.decode_segment, seg, data)
 
     def claim(self, rect: Rect) -> list[tuple[int, Future[Decoded], bytes | None]]:
         """For a reader that threads share under a lock of theirs: the segments of ``rect``
@@ -875,11 +882,9 @@ class PageReader:
         if self.raw_strips:  # read row by row, never cached
             return claimed
         try:
-            for seg, _, _ in self._segments(rect):
-                if seg not in self.cache and seg not in self.pending:
-                    data = self.segment_bytes(seg)
-                    self.pending[seg] = Future()
-                    claimed.append((seg, self.pending[seg], data))
+            for seg, data in self._unstarted(rect):
+                self.pending[seg] = Future()
+                claimed.append((seg, self.pending[seg], data))
         except BaseException:  # none of them will be decoded: no read may wait for them
             for seg, _, _ in claimed:
                 self.pending.pop(seg, None)
