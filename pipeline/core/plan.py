@@ -516,20 +516,21 @@ def held_bytes(plan: JobPlan) -> int:
     as large at most), a 1-bit page's in CCITT group4 at :data:`GROUP4_BITS_PER_PIXEL`
     bits a pixel (noisy bits take more than 1 in group4; a mask page stays deflated)."""
     return sum(_bit_page_bytes(p) * (GROUP4_BITS_PER_PIXEL + bool(p.info.mask_ifd))
-               if one and page_options(plan.spec, p).compression == "group4"
-               else _raw_page_bytes(p, one) for p, one in zip(plan.pages, one_bit_pages(plan)))
+               if p.one_bit and page_options(plan.spec, p).compression == "group4"
+               else _raw_page_bytes(p) for p in plan.pages)
 
 
 def raw_output_bytes(plan: JobPlan) -> int:
     """The bytes of the output's base pages as written uncompressed: a 1-bit page's
     (``bilevel``) at a bit a pixel, each row packed to whole bytes as TIFF packs them, and
     each carried internal mask page (``masks``: 1 bit) as well."""
-    return sum(_raw_page_bytes(p, one) for p, one in zip(plan.pages, one_bit_pages(plan)))
+    return sum(map(_raw_page_bytes, plan.pages))
 
 
-def _raw_page_bytes(page: PagePlan, one_bit: bool) -> int:
-    """The bytes of an output page (1-bit or not) and of its carried mask, uncompressed."""
-    pixels = _bit_page_bytes(page) if one_bit else (
+def _raw_page_bytes(page: PagePlan) -> int:
+    """The bytes of an output page (1-bit or not: :attr:`PagePlan.one_bit`) and of its
+    carried mask, uncompressed."""
+    pixels = _bit_page_bytes(page) if page.one_bit else (
         page.out_grid.height * page.out_grid.width * page.out_channels
         * np.dtype(page.out_dtype).itemsize)
     return pixels + (_bit_page_bytes(page) if page.info.mask_ifd else 0)

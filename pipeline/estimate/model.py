@@ -319,8 +319,8 @@ def output_bytes(plan: JobPlan, out_bpm: dict[bool, float], one_bit: bool | None
     opts = plan.spec.output_options
     t = opts.tile
     base = levels = 0.0
-    for page, one in zip(plan.pages, one_bit_pages(plan), strict=True):
-        if one_bit is not None and one != one_bit:
+    for page in plan.pages:
+        if one_bit is not None and page.one_bit != one_bit:
             continue
         h, w = page.out_grid.height, page.out_grid.width
         shapes = [(h, w)] + (level_shapes(h, w, t) if opts.pyramid and not page.strip else [])
@@ -329,7 +329,7 @@ def output_bytes(plan: JobPlan, out_bpm: dict[bool, float], one_bit: bool | None
         for k, (lh, lw) in enumerate(shapes):
             padded = (lh * lw if page.strip
                       else math.ceil(lh / t) * math.ceil(lw / t) * t * t)
-            size = padded * pixel if raw else lh * lw / 1e6 * out_bpm[one]
+            size = padded * pixel if raw else lh * lw / 1e6 * out_bpm[page.one_bit]
             if k:
                 levels += size
             else:
