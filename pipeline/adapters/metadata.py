@@ -1448,6 +1448,16 @@ def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> fl
     return None
 
 
+def nodata_at(info: Any, ops: list[dict[str, Any]], i: int | None = None) -> float | None:
+    """The no-data value of the pixels op ``i`` of a chain (its JSON) gets on the page of
+    ``info`` (a PageInfo), or None: :func:`output_nodata` of the ops before it (``i`` None:
+    of the whole chain, the output's, which its GDAL_NODATA tag carries)."""
+    from pipeline.core.ops import chain_keeps_nodata, chain_own_nodata
+
+    before = ops[:i]
+    return output_nodata(info, chain_keeps_nodata(before), chain_own_nodata(before))
+
+
 def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
     """What a job's result says of a ``convert`` to an integer type without ``nodata`` that
     meets a no-data value (the input's GDAL_NODATA kept through the ops before it, a
@@ -1455,7 +1465,6 @@ def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
     output has no GDAL_NODATA, so GDAL and QGIS show the collar as data ("" none: a masked
     page's mask is carried, and a float convert's output keeps NaN). Before, nothing said it
     and the collar of a scene converted to uint8 turned black data."""
-    from pipeline.core.ops import chain_keeps_nodata, chain_own_nodata
     from pipeline.core.plan import _pages
 
     notes = []
@@ -1463,10 +1472,9 @@ def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
         if op["op"] != "convert" or op.get("nodata") is not None \
                 or np.dtype(op["dtype"]).kind == "f":
             continue
-        keeps, own = chain_keeps_nodata(spec.ops[:i]), chain_own_nodata(spec.ops[:i])
         values: dict[str, list[int]] = {}
         for page in pages:
-            value = output_nodata(page.info, keeps, own)
+            value = nodata_at(page.info, spec.ops, i)
             if value is not None:
                 values.setdefault(str(value), []).append(page.info.index)
         if not values:

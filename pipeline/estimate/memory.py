@@ -46,12 +46,7 @@ from pipeline.core.geometry import transposes
 from pipeline.core.grid import SplitUnit, rows_held
 from pipeline.core.levels import unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
-from pipeline.core.ops import (
-    chain_from_json,
-    chain_keeps_nodata,
-    chain_out_channels,
-    chain_own_nodata,
-)
+from pipeline.core.ops import chain_from_json, chain_out_channels
 from pipeline.core.plan import single_task
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.limits import SEGMENT_PART
@@ -116,13 +111,12 @@ def _valid_bytes(plan: JobPlan, page: PagePlan) -> int:
     valid samples' float64 sums and weights) times the bands at the op, where the op's input
     has a no-data value (GDAL_NODATA kept by the ops before it, or one they make) or the
     page carries a mask; 0 elsewhere (the plain OpenCV blur)."""
-    from pipeline.adapters.metadata import output_nodata  # (as the model's tags: lazily)
+    from pipeline.adapters.metadata import nodata_at  # (as the model's tags: lazily)
 
     ops, info = plan.spec.ops, page.info
     most, channels = 0, info.channels
     for i, call in enumerate(chain_from_json(ops)):
-        if call.op.valid_bytes and (info.mask_ifd or output_nodata(
-                info, chain_keeps_nodata(ops[:i]), chain_own_nodata(ops[:i])) is not None):
+        if call.op.valid_bytes and (info.mask_ifd or nodata_at(info, ops, i) is not None):
             most = max(most, call.op.valid_bytes * channels)
         channels = call.out_channels(channels)
     return most

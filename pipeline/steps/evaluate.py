@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import band_scaling, output_nodata
+from pipeline.adapters.metadata import band_scaling, nodata_at
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core.chain import ChainLayout, page_geometry
@@ -32,10 +32,8 @@ from pipeline.core.op_functions import canny_blur
 from pipeline.core.ops import (
     chain_bands,
     chain_from_json,
-    chain_keeps_nodata,
     chain_keeps_values,
     chain_linear,
-    chain_own_nodata,
     with_nodata,
 )
 from pipeline.core.plan import page_options
@@ -96,7 +94,7 @@ class TileEvaluator:
         info = self.page.info
         self.chain = with_nodata(
             chain_from_json(ops),
-            lambda i: output_nodata(info, chain_keeps_nodata(ops[:i]), chain_own_nodata(ops[:i])),
+            lambda i: nodata_at(info, ops, i),
             lambda i: band_scaling(info, chain_bands(ops[:i], info.channels),
                                    chain_keeps_values(ops[:i]), chain_linear(ops[:i], info.dtype)))
         self.layout = ChainLayout.of(self.chain, self.page.info.dtype)

@@ -52,12 +52,11 @@ from math import ceil
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import output_nodata
+from pipeline.adapters.metadata import nodata_at
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
-from pipeline.core.ops import chain_keeps_nodata, chain_own_nodata
 from pipeline.core.reduce import WIDE, masked_mean, mean4
 from pipeline.core.tiff_layout import Span
 
@@ -67,8 +66,7 @@ __all__ = ["Pyramid", "level_nodata", "reduce2", "reduce_mask"]
 def level_nodata(plan: JobPlan, page: int) -> float | None:
     """The no-data value the levels of output page ``page`` leave out of their means: the
     one its GDAL_NODATA tag carries (None: none)."""
-    ops = plan.spec.ops
-    return output_nodata(plan.pages[page].info, chain_keeps_nodata(ops), chain_own_nodata(ops))
+    return nodata_at(plan.pages[page].info, plan.spec.ops)
 
 
 def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = None,
