@@ -74,17 +74,16 @@ def format_text(result: dict[str, Any]) -> str:
         count = f"({s['environments']:,.0f})" if name.startswith("cold_") else \
             f"{s['invocations']:,.0f}"
         p(f"{name:13s} {FUNCTION_OF[name]:8s} {count:>11s} "
-          + _figures(s["seconds"], s["gb_s"], s["bytes_in"], s["bytes_out"])
-          .format(s["get"], s["put"] + s["list"]))
+          + _figures(s["seconds"], s["gb_s"], s["get"], s["put"] + s["list"], s["bytes_in"],
+                     s["bytes_out"]))
+    s3 = result["s3"]
     p(f"{'total':13s} {'':8s} {result['invocations']:11,.0f} "
       + _figures(sum(s["seconds"] for s in result["steps"].values()), result["gb_s"],
-                 result["s3"]["bytes_read"], result["s3"]["bytes_written"])
-      .format(result["s3"]["get"], result["s3"]["put"] + result["s3"]["list"]))
+                 s3["get"], s3["put"] + s3["list"], s3["bytes_read"], s3["bytes_written"]))
     p("(cold_*: one cold start per concurrent environment, in parentheses; billed, not "
       "invocations)")
     st = result["state_transitions"]
     p(f"state transitions: {st['total']:,} (Step Functions Standard)")
-    s3 = result["s3"]
     p(f"work files: {s3['work_objects']:,} objects, {_size(s3['work_bytes'])}, kept "
       f"{result['assumptions']['work_retention_days']['value']:g} days "
       f"({number_text(s3['storage_gb_month'], 2, below=1, trim=True)} GB-months)")
@@ -122,13 +121,14 @@ _BOUND = {"s3_object": "S3's largest object (5 TiB)",
           "units": "10,000 units per job (a Map's items)"}
 
 
-def _figures(seconds: float, gb_s: float, read: float, written: float) -> str:
-    """The step table's columns from Lambda s on (S3 GET and PUT left as ``{}`` fields for
-    ``str.format``): seconds with a decimal, GB-s and MB whole, each with the two significant
-    digits that show it when those would not (a small job's 0.43 MB read was "0", its 0.04
-    Lambda s "0.0"), aligned under the header."""
-    return (f"{number_text(seconds, 1):>11s} {number_text(gb_s, 0):>12s} {{:10,.0f}} "
-            f"{{:10,.0f}} {number_text(read / 1e6, 0):>11s} "
+def _figures(seconds: float, gb_s: float, get: float, put: float, read: float,
+             written: float) -> str:
+    """The step table's columns from Lambda s on: seconds with a decimal, GB-s and MB whole,
+    each with the two significant digits that show it when those would not (a small job's
+    0.43 MB read was "0", its 0.04 Lambda s "0.0"), and the S3 GET and PUT requests whole,
+    aligned under the header."""
+    return (f"{number_text(seconds, 1):>11s} {number_text(gb_s, 0):>12s} {get:10,.0f} "
+            f"{put:10,.0f} {number_text(read / 1e6, 0):>11s} "
             f"{number_text(written / 1e6, 0):>11s}")
 
 
