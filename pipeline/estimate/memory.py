@@ -151,7 +151,7 @@ def _unit_bytes(plan: JobPlan, unit: SplitUnit, threads: int, out_bpm: float, fu
         busy = min(threads if fused else WRITE_THREADS, flight)
     parts["tiles"] = flight * side_h * side_w * bpp
     if fused:
-        f = page.factor or 1
+        f = page.factor
         out_tile = plan.spec.output_options.tile
         parts["chain"] = busy * CHAIN_COPIES * tile
         if valid := _valid_bytes(plan, page):

@@ -616,7 +616,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
         out_bpm=(1e6 * _pixel_bytes(plan, plan.pages[0]) if comp == "none" else c.out_bpm),
         fused=fused, levels=level_bytes / max(base_bytes, 1e-9),
         tile_px=float(plan.pages[0].grid.tile) ** 2,
-        factor=int(getattr(plan.pages[0], "factor", 1) or 1), unit_px=_turned_unit_px(plan))
+        factor=plan.pages[0].factor, unit_px=_turned_unit_px(plan))
     # merge moves only what it reads through (header top-ups, short runs; for a pyramid
     # the units' deepest level, or unfused the base tiles); the rest is copied in S3
     # (with a pyramid, the mask pages too: merge makes their levels' masks)

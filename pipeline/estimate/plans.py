@@ -11,7 +11,7 @@ from typing import Any
 from pipeline.core import dtypes
 from pipeline.core.chain import stats_rounds  # noqa: F401 - the estimate's API
 from pipeline.core.manifest import ScanFindings
-from pipeline.core.models import JobPlan, JobSpec, PageInfo
+from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.plan import MAX_ITEMS, grouped_by_page
 from pipeline.estimate.assumptions import EstimateError
 
@@ -22,9 +22,8 @@ def _haloed_sides(grid: Any) -> tuple[list[int], list[int]]:
     return rows, cols
 
 
-def _output_shape(page: Any) -> tuple[int, int]:
-    factor = getattr(page, "factor", 1) or 1
-    return page.grid.height // factor, page.grid.width // factor
+def _output_shape(page: PagePlan) -> tuple[int, int]:
+    return page.grid.height // page.factor, page.grid.width // page.factor
 
 
 def plan_geometry(plan: JobPlan) -> dict[str, float]:
@@ -46,14 +45,13 @@ def plan_geometry(plan: JobPlan) -> dict[str, float]:
     return g
 
 
-def _output_mpx(page: Any, tiles: list[tuple[int, int]]) -> float:
+def _output_mpx(page: PagePlan, tiles: list[tuple[int, int]]) -> float:
     """Output megapixels of a page's tiles (their cores, downsampled by the page's factor)."""
-    factor = getattr(page, "factor", 1) or 1
     out = 0
     for r, c in tiles:
         core = page.grid.core(r, c)
         out += core.height * core.width
-    return out / (factor * factor) / 1e6
+    return out / (page.factor * page.factor) / 1e6
 
 
 def item_work(plan: JobPlan) -> tuple[list[tuple[float, float, int]],
