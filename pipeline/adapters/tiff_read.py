@@ -807,7 +807,7 @@ class PageReader:
         self.seg_h, self.seg_w, self.seg_rows, self.seg_cols, self.planes = self.grid
         self.separate = self.planes > 1
         self.raw_strips = self.compression == 1 and not page.is_tiled
-        self.cache: dict[int, tuple[np.ndarray, int, int, int]] = {}  # seg -> (px, plane, y, x)
+        self.cache: dict[int, Decoded] = {}  # seg -> (px, plane, y, x)
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.raw_read: set[int] = set()  # uncompressed strips read (rows of them, not decoded)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
@@ -929,8 +929,7 @@ class PageReader:
             del self.last_used[seg]
             self.cache.pop(seg, None)
 
-    def _kept(self, decoded: tuple[np.ndarray, int, int, int]
-              ) -> tuple[np.ndarray, int, int, int]:
+    def _kept(self, decoded: Decoded) -> Decoded:
         """A decoded segment as the cache keeps it: cut to :attr:`columns`."""
         px, plane, y, x = decoded
         if self.columns is None:
@@ -1023,7 +1022,7 @@ class PageReader:
             f"decoding (it would allocate what it declares): the file is damaged or crafted: "
             f"{REPAIR}")
 
-    def decode_segment(self, seg: int, data: bytes | None) -> tuple[np.ndarray, int, int, int]:
+    def decode_segment(self, seg: int, data: bytes | None) -> Decoded:
         """A segment's pixels from its bytes; thread-safe (no file access)."""
         if data is None:  # sparse segment: the page's no-data value, or zeros
             plane, r, c = self._place(seg)
@@ -1202,8 +1201,7 @@ class PageReader:
             px[..., 0] = np.iinfo(px.dtype).max - px[..., 0]
         return px
 
-    def _raw_rows(self, seg: int, plane: int, r: int,
-                  rect: Rect) -> tuple[np.ndarray, int, int, int]:
+    def _raw_rows(self, seg: int, plane: int, r: int, rect: Rect) -> Decoded:
         """The rows of an uncompressed strip that ``rect`` needs, read as one byte range."""
         strip_y = r * self.seg_h
         y0, y1 = max(rect.y0, strip_y), min(rect.y1, strip_y + self.seg_h, self.height)
