@@ -1,8 +1,8 @@
 """What ``gaussian_blur`` costs a tile with no-data: the blur of the valid samples alone
 computed over the blocks by the invalid samples (``pipeline/core/op_functions.py``
 ``_valid_blur``) against the full-tile computation it replaced (kept as the reference of
-``tests/test_valid_blur_blocks.py``), called in turns on one tile; and ``dilate``'s valid
-path against its plain one.
+``tests/test_valid_blur_blocks.py`` in ``bench/valid_blur_reference.py``), called in turns
+on one tile; and ``dilate``'s valid path against its plain one.
 
     .venv/bin/python bench/valid_blur.py [--rounds 5]
 
@@ -24,10 +24,10 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [p for p in (ROOT, os.path.join(ROOT, "tests")) if p not in sys.path]
+sys.path[:0] = [p for p in (HERE, ROOT) if p not in sys.path]
 
 import numpy as np
-from test_valid_blur_blocks import full_tile_valid_blur
+from valid_blur_reference import full_tile_valid_blur
 
 from pipeline.core import op_functions as fn
 

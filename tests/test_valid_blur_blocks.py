@@ -2,42 +2,42 @@
 pre-blur on a page with no-data or a mask) computes its float64 sums and weights only over
 the blocks that hold a sample next to a left-out one, each with a halo of the kernel's
 radius clipped at the tile's edges (``pipeline/core/op_functions.py`` ``_valid_blur``). It
-must equal the full-tile computation it replaced bit for bit: that computation is kept below
-as the reference, and both run on random validity patterns (a slanted collar, holes, a
-corner, scattered samples; the same in every band or band by band), odd tile sizes, sigma
-0.5 to 8, uint8, uint16, float32 with NaN, 1 and 4 bands, and blocks small enough that the
-tiles hold many of them, cut at every kind of place.
+must equal the full-tile computation it replaced bit for bit: that computation is kept as
+the reference in ``bench/valid_blur_reference.py`` (``bench/valid_blur.py`` times both),
+and both run on random validity patterns (a slanted collar, holes, a corner, scattered
+samples; the same in every band or band by band), odd tile sizes, sigma 0.5 to 8, uint8,
+uint16, float32 with NaN, 1 and 4 bands, and blocks small enough that the tiles hold many
+of them, cut at every kind of place.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import tracemalloc
+from pathlib import Path
+from types import ModuleType
 
-import cv2
 import numpy as np
 import pytest
 
-from pipeline.core import dtypes
 from pipeline.core import op_functions as fn
-from pipeline.core.opencv import gaussian_radius
 
 SIGMAS = (0.5, 0.8, 1.5, 2.0, 3.3, 5.0, 8.0)
 PATTERNS = ("collar", "holes", "corner", "scatter", "band_scatter", "band_collar")
 
 
-def full_tile_valid_blur(x: np.ndarray, sigma: float, valid: np.ndarray) -> np.ndarray:
-    """``_valid_blur`` as it was: both sums blurred over the whole tile in float64."""
-    k = 2 * gaussian_radius(sigma, x.dtype) + 1
-    out = fn._blur(x, sigma)
-    whole = fn._per_channel(lambda a: cv2.erode(a, fn.kernel(k)), valid.astype(np.uint8))
-    near = valid & (whole == 0)
-    sums = fn._per_channel(lambda a: cv2.GaussianBlur(a, (k, k), sigma),
-                           np.where(valid, x.astype(np.float64), 0.0))
-    norms = fn._per_channel(lambda a: cv2.GaussianBlur(a, (k, k), sigma),
-                            valid.astype(np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[near] = dtypes.saturate(sums[near] / norms[near], x.dtype)
-    return out
+def _reference() -> ModuleType:
+    """bench/valid_blur_reference.py, loaded by its path (bench/ is no package, and put on
+    sys.path its scripts' names could shadow other modules)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "valid_blur_reference.py"
+    spec = importlib.util.spec_from_file_location("valid_blur_reference", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+full_tile_valid_blur = _reference().full_tile_valid_blur
 
 
 def tile(rng: np.random.Generator, h: int, w: int, bands: int, dtype: str) -> np.ndarray:
