@@ -27,10 +27,9 @@ from pipeline.core.constants import CANNY_REDUCE_SIDES_ENV
 from pipeline.core.events import NodeEvent, ReduceEvent, StatsRound
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import MAX_ITEMS
-from pipeline.errors import WorkMissingError
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded
-from pipeline.steps.evaluate import load_npz, save_npz
+from pipeline.steps.evaluate import load_part, save_npz
 
 BOUND_VAR = CANNY_REDUCE_SIDES_ENV
 DEFAULT_BOUND = 4096
@@ -136,8 +135,4 @@ def _leaf_sides(plan: JobPlan, round_: int, page: int, node: canny_tree.Node
 
 
 def _read(url: str, what: str) -> dict[str, np.ndarray]:
-    try:
-        return load_npz(url)
-    except WorkMissingError as exc:
-        raise WorkMissingError(f"{exc}: {what} canny statistics are missing (did its task "
-                               "fail?)") from exc
+    return load_part(url, f"{what} canny statistics are missing (did its task fail?)")

@@ -37,7 +37,12 @@ from pipeline.core.ops import (
     with_nodata,
 )
 from pipeline.core.plan import page_options
-from pipeline.errors import CustomOperationError, OperationError, OutOfMemoryError
+from pipeline.errors import (
+    CustomOperationError,
+    OperationError,
+    OutOfMemoryError,
+    WorkMissingError,
+)
 from pipeline.steps import layout
 from pipeline.steps.common import tile_threads
 from pipeline.steps.masks import MaskReader, reduced
@@ -62,6 +67,15 @@ def save_npz(url: str, arrays: dict[str, np.ndarray]) -> None:
 def load_npz(url: str) -> State:
     with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def load_part(url: str, missing: str) -> State:
+    """:func:`load_npz` of statistics another task wrote: where they are missing, the
+    :class:`WorkMissingError` says ``missing`` too (whose they are, which task to look at)."""
+    try:
+        return load_npz(url)
+    except WorkMissingError as exc:
+        raise WorkMissingError(f"{exc}: {missing}") from exc
 
 
 @functools.lru_cache(maxsize=32)

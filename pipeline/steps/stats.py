@@ -43,10 +43,9 @@ from pipeline.core.events import (
 )
 from pipeline.core.models import JobPlan
 from pipeline.core.stats import combine
-from pipeline.errors import WorkMissingError
 from pipeline.steps import layout, planning, stopping
 from pipeline.steps.common import explained_by_records, load_job, load_plan, recorded
-from pipeline.steps.evaluate import TileEvaluator, load_npz, save_npz
+from pipeline.steps.evaluate import TileEvaluator, load_part, save_npz
 
 #: parallel reads of the batches' partial statistics (S3 GETs)
 READ_THREADS = 16
@@ -167,8 +166,4 @@ def _position(ev: TileEvaluator, round_: int) -> int:
 
 
 def _read_part(url: str) -> dict[str, np.ndarray]:
-    try:
-        return load_npz(url)
-    except WorkMissingError as exc:
-        raise WorkMissingError(f"{exc}: the statistics of a batch are missing (did its stats "
-                               "task fail?)") from exc
+    return load_part(url, "the statistics of a batch are missing (did its stats task fail?)")
