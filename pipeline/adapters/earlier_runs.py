@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import takewhile
 from typing import Any
 
 from pipeline.errors import lambda_function
@@ -108,11 +109,7 @@ def running_run(client: Any, machine: str, same: Callable[[str], bool]) -> str |
     ``same(manifest URL)`` is true, or None: ``tiffpipe start`` of a list of jobs asks it
     before it starts one (:func:`pipeline.aws.executions.start`). Step Functions' errors
     are the caller's."""
-    for _start, arn in sorted(_running(client, machine)):
-        manifest = _manifest_of(client, arn)
-        if manifest is not None and same(manifest):
-            return arn
-    return None
+    return _first_of(client, sorted(_running(client, machine)), same)
 
 
 def _earlier(client: Any, machine: str, execution: str, same: Callable[[str], bool]
@@ -121,9 +118,16 @@ def _earlier(client: Any, machine: str, execution: str, same: Callable[[str], bo
     own = next((start for start, arn in running if arn == execution), None)
     if own is None:  # not listed yet (the list is eventually consistent)
         own = client.describe_execution(executionArn=execution)["startDate"]
-    for start, arn in sorted(running):
-        if (start, arn) >= (own, execution):
-            break
+    before = takewhile(lambda run: run < (own, execution), sorted(running))  # (in start order)
+    return _first_of(client, before, same)
+
+
+def _first_of(client: Any, runs: Iterable[tuple[Any, str]], same: Callable[[str], bool]
+              ) -> str | None:
+    """The ARN of the first of ``runs`` ((start date, ARN)) on a manifest for which
+    ``same(manifest URL)`` is true, or None; each run's input is asked for (a
+    DescribeExecution) only until one is."""
+    for _start, arn in runs:
         manifest = _manifest_of(client, arn)
         if manifest is not None and same(manifest):
             return arn
