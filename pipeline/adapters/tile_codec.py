@@ -21,10 +21,10 @@ import imagecodecs
 import numpy as np
 from tifffile import TIFF
 
-from pipeline.adapters.metadata import output_nodata
+from pipeline.adapters.metadata import nodata_at
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions, PagePlan
-from pipeline.core.ops import chain_keeps_nodata, chain_keeps_values, chain_own_nodata
+from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import Problem, explain_conversion, page_options
 from pipeline.errors import (
     CorruptTiffError,
@@ -364,8 +364,7 @@ def _kept_nodata_problem(plan: JobPlan, page: PagePlan) -> str | None:
     value that is neither 0 nor 255 (the input's GDAL_NODATA through ops that write the
     no-data pixels back, as ``otsu_threshold`` does, or a ``convert``'s ``nodata``), so
     its no-data pixels would hold it and fail the job when its tiles are encoded."""
-    ops = plan.spec.ops
-    nodata = output_nodata(page.info, chain_keeps_nodata(ops), chain_own_nodata(ops))
+    nodata = nodata_at(page.info, plan.spec.ops)
     if nodata is None or nodata in (0, 255):
         return None
     value = f"{nodata:g}"
