@@ -52,6 +52,7 @@ from pipeline.aws.policies import (
     parse_kms_key,
 )
 from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
+from pipeline.ui import exit_code_of
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -322,5 +323,5 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
     return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # (quiet when stdout's reader has gone: `... | head -3`)
+    sys.exit(exit_code_of(main))

@@ -194,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> NoReturn:
-    """The ``tiffpipe`` command: :func:`main`, then :func:`exit_now` with its exit code; the
-    process's OpenBLAS on one thread (:func:`~pipeline.engine.workers.one_blas_thread`:
-    nothing has loaded numpy or OpenCV yet)."""
+    """The ``tiffpipe`` command: :func:`main` (quiet when stdout's reader has gone, argparse's
+    exits included: :func:`~pipeline.ui.exit_code_of`), then :func:`exit_now` with its exit
+    code; the process's OpenBLAS on one thread
+    (:func:`~pipeline.engine.workers.one_blas_thread`: nothing has loaded numpy or OpenCV
+    yet)."""
     from pipeline.engine.workers import one_blas_thread
+    from pipeline.ui import exit_code_of
 
     one_blas_thread(os.environ)
-    exit_now(main())
+    exit_now(exit_code_of(main))
 
 
 def exit_now(code: int) -> NoReturn:

@@ -7,7 +7,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
@@ -42,6 +42,30 @@ def off_gone_streams(*streams: Any) -> None:
         with suppress(OSError, ValueError, AttributeError):
             os.dup2(null, stream.fileno())
     os.close(null)
+
+
+def exit_code_of(main: Callable[[], int]) -> int:
+    """The exit code of a command's ``main`` (``tiffpipe``'s, ``deploy.py``'s), its stdout
+    flushed; argparse's exits (``--help``, ``--version``, a usage error) included. When
+    stdout's reader has gone (``deploy.py --print-operator-policy | head -3``, ``tiffpipe
+    run --help | head``), quietly, as Python's signal docs advise ("Note on SIGPIPE"): what
+    is left goes nowhere (:func:`off_gone_streams`), with no traceback nor "Exception
+    ignored" at the exit, and the code is what ``main`` returned (0 if the pipe broke while
+    it printed: it printed until no one read it, as ``tiffpipe ops | head`` does)."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's: its message printed (or lost with stdout)
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise
+        code = exc.code or 0
+    except BrokenPipeError:
+        code = 0
+    try:
+        if sys.stdout is not None:  # None without a console (pythonw)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        off_gone_streams(sys.stdout)
+    return code
 
 
 class RunProgress:

@@ -122,6 +122,38 @@ def run_bench_script(script: str, *args: str, timeout: int = 540) -> str:
     return proc.stdout
 
 
+# --- commands whose reader goes -------------------------------------------------------------
+
+#: a Python's stdout on a pipe as the interpreter sets it (block-buffered: a write fails only
+#: at a flush, the exit's for a short output) and unbuffered (PYTHONUNBUFFERED: each write
+#: fails); tests give both, whatever this environment sets
+BUFFERING = {"buffered": {}, "unbuffered": {"PYTHONUNBUFFERED": "1"}}
+
+
+def command_env(buffering: str, **extra: str) -> dict[str, str]:
+    """This environment without its AWS_* variables and PYTHONUNBUFFERED, then
+    ``BUFFERING[buffering]`` and ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and k != "PYTHONUNBUFFERED"}
+    return env | BUFFERING[buffering] | extra
+
+
+def run_without_reader(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """``command | head -0``: its stdout a pipe whose reader has gone before it starts, so
+    that every write to it fails (EPIPE), whenever it comes. (exit code, stderr)."""
+    import subprocess
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(command, stdout=write, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=env, text=True, timeout=90,
+                              check=False)
+    finally:
+        os.close(write)
+    return proc.returncode, proc.stderr
+
+
 # --- TIFF pages -----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import BUFFERING, command_env, run_without_reader
 
 from pipeline.core.ops import OPS
 
@@ -155,6 +156,31 @@ def test_a_reader_gone_before_the_output_is_written_is_quiet():
     assert proc.wait(timeout=60) == 0, err
     assert "BrokenPipeError" not in err and "Exception ignored" not in err
     assert "exit handler ran" in err and "teardown ran" not in err
+
+
+@pytest.mark.parametrize("buffering", sorted(BUFFERING))
+@pytest.mark.parametrize(("args", "flags"), [
+    (["--help"], ()), (["run", "--help"], ()), (["--version"], ()),
+    (["validate", "MANIFEST"], ("-X", "dev")), (["ops"], ()),
+    (["inspect", "IN"], ()), (["estimate", "MANIFEST"], ())])
+def test_a_reader_gone_is_quiet_however_the_command_ends(args: list[str], flags: tuple[str, ...],
+                                                        buffering: str, tmp_path: Path):
+    """``tiffpipe run --help | head``: argparse's exits (``--help``, ``--version``) skipped
+    :func:`exit_now`, leaving the output to the interpreter's exit, whose flush said
+    "Exception ignored ... BrokenPipeError" (exit 120); so did the usual exit of development
+    mode. Now every way the command ends is quiet (exit 0), ``inspect`` and ``estimate`` of a
+    real TIFF too."""
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((64, 64), np.uint8))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(tmp_path / "in.tif"), "output": str(tmp_path / "out.tif")}]}))
+    given = [{"IN": str(tmp_path / "in.tif"), "MANIFEST": str(tmp_path / "m.json")}.get(a, a)
+             for a in args]
+    script = PRELUDE + "\nsys.argv[1:] = " + repr(given) + "\n" + COMMAND
+    code, err = run_without_reader([sys.executable, *flags, "-c", script],
+                                   command_env(buffering))
+    assert code == 0, err
+    assert "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert "exit handler ran" in err
 
 
 def test_no_stdout_at_all():

@@ -24,7 +24,13 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import bucket_conditions_unchecked, moto_keeps_versions_as_aws
+from conftest import (
+    BUFFERING,
+    bucket_conditions_unchecked,
+    command_env,
+    moto_keeps_versions_as_aws,
+    run_without_reader,
+)
 from moto import mock_aws
 
 from pipeline.aws import STEPS, StackNames, policies
@@ -1552,6 +1558,30 @@ def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch,
     gone = script("--destroy", "--delete-bucket")
     assert gone.returncode == 0, gone.stderr
     assert aws.client("lambda").list_functions()["Functions"] == []
+
+
+@pytest.mark.parametrize("buffering", sorted(BUFFERING))
+def test_a_reader_that_goes_early_ends_the_script_quietly(moto_server: str, buffering: str):
+    """``deploy.py --print-operator-policy | head -3`` ended in a BrokenPipeError traceback
+    (exit 1; or "Exception ignored", exit 120, where the output waited for the exit's flush):
+    now exit 0 and nothing on stderr, whether the reader is gone before the first write
+    (``| head -0``; ``--help`` too, which argparse ends), or after the first line of more
+    than the pipe holds (a policy of 2000 data locations, ~140 kB: the write after the
+    reader's close must fail, however the two processes are scheduled)."""
+    env = command_env(buffering, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    script = [sys.executable, str(ROOT / "deploy.py"), "--region", REGION, "--endpoint-url",
+              moto_server]
+    for args in (["--print-operator-policy"], ["--help"]):
+        assert run_without_reader([*script, *args], env) == (0, ""), args
+    many = [a for k in range(2000) for a in ("--data-bucket", f"data-{k}")]
+    proc = subprocess.Popen([*script, "--print-deployer-policy", *many], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"{\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert (proc.wait(timeout=90), err) == (0, "")
 
 
 def test_an_invalid_stack_name_is_a_usage_error(aws: Aws):
