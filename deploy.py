@@ -42,6 +42,7 @@ from pipeline.aws import (
     check_schedule,
     check_stack_name,
 )
+from pipeline.aws.actions import call_failed
 from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy, rollback
 from pipeline.aws.images import check_user_packages
 from pipeline.aws.policies import (
@@ -316,7 +317,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         print(f"deploy.py: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (ClientError, BotoCoreError) as exc:
-        print(f"deploy.py: an AWS call failed: {exc}\nFix the cause and run deploy.py again: "
+        failed = call_failed(exc) if isinstance(exc, ClientError) else f"an AWS call failed: {exc}"
+        print(f"deploy.py: {failed}\nFix the cause and run deploy.py again: "
               "every step is re-runnable and resumes where this one stopped", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result, indent=2, default=str))

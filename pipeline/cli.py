@@ -724,6 +724,7 @@ def cmd_aws(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from pipeline.aws import AwsError, Clients, NoCredentialsFoundError, StackNotFoundError
+    from pipeline.aws.actions import call_failed
     from pipeline.aws.executions import (
         execution_arn_problem,
         show,
@@ -760,7 +761,7 @@ def cmd_aws(args: argparse.Namespace) -> int:
             RunningAlreadyError) as exc:
         print(f"tiffpipe: {exc}", file=sys.stderr)
     except (AwsError, ClientError, BotoCoreError) as exc:
-        print(f"tiffpipe: {exc}", file=sys.stderr)
+        print(f"tiffpipe: {call_failed(exc)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_USAGE
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from conftest import (
     BUFFERING,
     bucket_conditions_unchecked,
@@ -35,6 +36,7 @@ from moto import mock_aws
 
 from pipeline.aws import STEPS, StackNames, policies
 from pipeline.aws import images as docker_images
+from pipeline.aws.actions import call_failed
 from pipeline.aws.policies import (
     LOG_DELIVERY_ACTIONS,
     DataLocation,
@@ -1551,6 +1553,15 @@ def test_the_script_runs_against_an_endpoint(monkeypatch: pytest.MonkeyPatch,
     assert json.loads(done.stdout)["state_machine"] == NAMES.state_machine_arn
     # an endpoint of plain HTTP: an HTTPS-only bucket would refuse every request of the stack
     assert f"HTTPS only left out, S3 is reached over plain HTTP here ({endpoint}" in done.stderr
+    # moto's server has no GetAccountSettings: it answers its web server's HTML 404 page,
+    # which was shown whole; now a line naming the call, the status and the code
+    [concurrency] = [line for line in done.stderr.splitlines()
+                     if "concurrency could not be read" in line]
+    assert concurrency.endswith(
+        ": the GetAccountSettings call failed (HTTP 404, error code 404): an HTML page titled "
+        '"404 Not Found" instead of an AWS error: the endpoint does not serve this API (an '
+        "emulator without it, or a proxy)"), concurrency
+    assert "<" not in done.stderr and "give --concurrency to set it" in concurrency
     with pytest.raises(aws.client("s3").exceptions.ClientError, match="NoSuchBucketPolicy"):
         aws.client("s3").get_bucket_policy(Bucket=NAMES.bucket)
     again = script("--skip-build")
@@ -1582,6 +1593,35 @@ def test_a_reader_that_goes_early_ends_the_script_quietly(moto_server: str, buff
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert (proc.wait(timeout=90), err) == (0, "")
+
+
+def test_a_failed_call_is_said_on_one_line(moto_server: str):
+    """What an endpoint answers a call with, said on one line (call_failed): an HTML page by
+    its title, AWS's error (JSON for Lambda, a body-less 404 for S3's HeadObject, XML for
+    IAM) with its code and message."""
+    session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+    said = {}
+    for service, call in (
+            ("lambda", lambda c: c.get_account_settings()),
+            ("lambda", lambda c: c.get_function(FunctionName="nope")),
+            ("s3", lambda c: c.head_object(Bucket="nope", Key="k")),
+            ("iam", lambda c: c.get_role(RoleName="nope"))):
+        client = session.client(service, endpoint_url=moto_server)
+        with pytest.raises(ClientError) as caught:
+            call(client)
+        said[caught.value.operation_name] = call_failed(caught.value)
+    assert said == {
+        "GetAccountSettings": "the GetAccountSettings call failed (HTTP 404, error code 404): "
+                              'an HTML page titled "404 Not Found" instead of an AWS error: '
+                              "the endpoint does not serve this API (an emulator without it, "
+                              "or a proxy)",
+        "GetFunction": "the GetFunction call failed (HTTP 404, error code "
+                       "ResourceNotFoundException): Function not found: arn:aws:lambda:"
+                       f"{REGION}:{ACCOUNT}:function:nope",
+        "HeadObject": "the HeadObject call failed (HTTP 404, error code 404): Not Found",
+        "GetRole": "the GetRole call failed (HTTP 404, error code NoSuchEntity): Role nope not "
+                   "found"}
 
 
 def test_an_invalid_stack_name_is_a_usage_error(aws: Aws):

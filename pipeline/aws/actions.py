@@ -3,12 +3,14 @@ only log it) and small helpers over boto3 errors and AWS's descriptions of resou
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
 from pipeline.aws import STACK_TAG, StackNames
+from pipeline.errors import one_line, shortened
 
 T = TypeVar("T")
 
@@ -33,6 +35,34 @@ class Actions:
 
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+#: what begins an HTML page (an endpoint that is no AWS API's: a web server's 404 page)
+_HTML = re.compile(r"<\s*(?:!doctype\s+html|html|head|body|title)\b", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def call_failed(exc: BaseException) -> str:
+    """A failed AWS call (a ClientError) on one line: the call, the HTTP status, the error
+    code and AWS's message; an HTML page instead of AWS's error (an endpoint that does not
+    serve the API, as a moto server for Lambda's GetAccountSettings: its whole 404 page was
+    shown) is said in words, with its title. Another exception (a BotoCoreError: no
+    connection, no credentials): its own message."""
+    if not isinstance(exc, ClientError):
+        return str(exc)
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = error_code(exc) or "no error code"
+    message = str(exc.response.get("Error", {}).get("Message") or "")
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    if _HTML.search(message) or "html" in str(headers.get("content-type", "")).lower():
+        title = _TITLE.search(message)
+        named = f' titled "{shortened(one_line(title.group(1)), 200)}"' if title else ""
+        message = (f"an HTML page{named} instead of an AWS error: the endpoint does not "
+                   "serve this API (an emulator without it, or a proxy)")
+    else:
+        message = shortened(one_line(message))
+    return (f"the {exc.operation_name or 'AWS'} call failed (HTTP {status or '?'}, error code "
+            f"{code})" + (f": {message}" if message else ""))
 
 
 def get_or_none(call: Callable[[], T], *missing: str) -> T | None:

@@ -28,7 +28,7 @@ from pipeline.aws import (
     policies,
 )
 from pipeline.aws import images as docker_images
-from pipeline.aws.actions import Actions, error_code, get_or_none
+from pipeline.aws.actions import Actions, call_failed, error_code, get_or_none
 from pipeline.aws.executions import Reach, read_manifest, upload_manifest
 from pipeline.aws.resources import (
     delete_role,
@@ -312,9 +312,9 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
         limit = clients("lambda").get_account_settings()["AccountLimit"]
         unreserved = int(limit["UnreservedConcurrentExecutions"])
     except (ClientError, KeyError, TypeError, ValueError) as exc:
-        log(f"the account's Lambda concurrency could not be read ({exc}): the state machine "
-            f"keeps its own limits ({definition.concurrency_of(definition.definition_text())} "
-            "invocations at once); give --concurrency to set it")
+        log(f"the account's Lambda concurrency could not be read, so the state machine keeps "
+            f"its own limits ({definition.concurrency_of(definition.definition_text())} "
+            f"invocations at once; give --concurrency to set it): {call_failed(exc)}")
         return None
     log(f"concurrency: at most {unreserved} Lambda invocations at once, the account's "
         "unreserved concurrency (--concurrency sets another)")

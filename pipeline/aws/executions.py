@@ -26,7 +26,7 @@ from pipeline.aws import (
     StackNotFoundError,
     parse_arn,
 )
-from pipeline.aws.actions import error_code
+from pipeline.aws.actions import call_failed, error_code
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK, DataLocation, locations_of
 from pipeline.aws.resources import role_policy
 from pipeline.core.events import ReportEvent, RunInput, to_payload
@@ -312,9 +312,9 @@ def _not_running_already(clients: Clients, target: Target, manifest: str,
         other = earlier_runs.running_run(clients("stepfunctions"), target.state_machine_arn,
                                          same)
     except (ClientError, BotoCoreError) as exc:
-        print(f"cannot tell whether a run of this manifest is running now ({exc}): starting "
-              "anyway (the operator policy grants states:ListExecutions on the state machine: "
-              "deploy.py --print-operator-policy)", file=err)
+        print(f"cannot tell whether a run of this manifest is running now ({call_failed(exc)}): "
+              "starting anyway (the operator policy grants states:ListExecutions on the state "
+              "machine: deploy.py --print-operator-policy)", file=err)
         return
     if other is not None:
         raise RunningAlreadyError(
@@ -683,7 +683,8 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         try:
             report = json.loads(clients("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
         except ClientError as exc:
-            problem = f"the run {name} succeeded but its report {report_url} cannot be read: {exc}"
+            problem = (f"the run {name} succeeded but its report {report_url} cannot be read: "
+                       f"{call_failed(exc)}")
     code = EXIT_FAILED if problem or not report or report.get("failed", 1) else EXIT_OK
     said = uploads.lines if uploads else []
     if rerun is not None and desc["status"] != "RUNNING":
