@@ -39,6 +39,7 @@ from pipeline.aws import (
     Clients,
     DeployUsageError,
     StackNames,
+    check_endpoint_url,
     check_schedule,
     check_stack_name,
 )
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
             raise ValueError(f"--concurrency {args.concurrency}: expected at least 1")
         build_args = _build_options(args)
         check_stack_name(args.stack)
+        check_endpoint_url(args.endpoint_url)
         if not args.destroy:
             check_schedule(args.schedule, args.schedule_manifest)
     except (ValueError, AwsError) as exc:  # usage: nothing was asked of AWS

@@ -172,6 +172,10 @@ def _parser() -> argparse.ArgumentParser:
         aws.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION "
                                           "or the profile's; with an ARN: the ARN's)")
         aws.add_argument("--profile", help="AWS profile")
+        aws.add_argument("--endpoint-url", metavar="URL",
+                         help="send every AWS call there, as deploy.py's --endpoint-url "
+                              "(emulators, tests; default: AWS_ENDPOINT_URL, as boto3 reads "
+                              "it, else AWS)")
         aws.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
                          help="seconds between progress checks (default: 5)")
     return p
@@ -723,7 +727,13 @@ def cmd_aws(args: argparse.Namespace) -> int:
     """``start`` and ``status``: runs on the AWS stack (see pipeline/aws/executions.py)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from pipeline.aws import AwsError, Clients, NoCredentialsFoundError, StackNotFoundError
+    from pipeline.aws import (
+        AwsError,
+        Clients,
+        NoCredentialsFoundError,
+        StackNotFoundError,
+        check_endpoint_url,
+    )
     from pipeline.aws.actions import call_failed
     from pipeline.aws.executions import (
         execution_arn_problem,
@@ -734,6 +744,10 @@ def cmd_aws(args: argparse.Namespace) -> int:
 
     problem = (execution_arn_problem(args.execution) if args.command == "status" else
                state_machine_arn_problem(args.state_machine) if args.state_machine else None)
+    try:
+        check_endpoint_url(args.endpoint_url)
+    except AwsError as exc:
+        problem = problem or str(exc)
     if problem:
         print(f"tiffpipe: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -746,7 +760,7 @@ def cmd_aws(args: argparse.Namespace) -> int:
                   "--region out", file=sys.stderr)
             return EXIT_USAGE
         region = where
-    clients = Clients(region, args.profile)
+    clients = Clients(region, args.profile, args.endpoint_url)
     try:
         if arn:  # `start --stack` checks them as it finds the stack (Clients.names)
             clients.account()  # no credentials: NoCredentialsFoundError and its advice

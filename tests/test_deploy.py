@@ -1632,6 +1632,16 @@ def test_an_invalid_stack_name_is_a_usage_error(aws: Aws):
     assert aws.calls == []
 
 
+def test_an_endpoint_url_that_is_no_url_is_a_usage_error(aws: Aws):
+    """``--endpoint-url localhost:4566`` (no scheme) ended in botocore's ValueError traceback
+    at the first client: exit 2 naming the option and what it takes, before any AWS call."""
+    code, result, err = aws.deploy("--skip-build", "--endpoint-url", "localhost:4566")
+    assert (code, result) == (2, None)
+    assert err == ("deploy.py: --endpoint-url 'localhost:4566': expected an http:// or "
+                   "https:// URL, e.g. http://localhost:4566\n")
+    assert aws.calls == []
+
+
 def test_a_function_in_a_failed_state_is_deployed_again(aws: Aws):
     """A function Lambda could not set up (State Failed, e.g. its image's repository no
     longer readable) is repaired by a redeploy, which would otherwise find its image and

@@ -658,6 +658,50 @@ def test_start_with_what_is_no_state_machine_arn_says_what_it_takes(
         assert code == 2 and "no AWS credentials found" in err.getvalue(), err.getvalue()
 
 
+def test_start_and_status_send_every_call_to_the_endpoint_url(
+        moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``--endpoint-url``, as deploy.py has it: start and status took their endpoint from
+    AWS_ENDPOINT_URL only. Given it, every call of theirs goes to a moto server (the state
+    machine's tag, the manifest's upload, the check for a running run, the start, the
+    status), though AWS_ENDPOINT_URL names a port where nothing answers; a value that is no
+    URL is a usage error naming the option, before any call."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setattr(storage, "_client", None)
+    session = boto3.Session(region_name=REGION)
+    s3 = session.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket=NAMES.bucket)
+    sfn = session.client("stepfunctions", endpoint_url=moto_server)
+    machine = sfn.create_state_machine(
+        name=NAMES.state_machine, roleArn=NAMES.role_arn(NAMES.state_machine_role),
+        definition=json.dumps({"StartAt": "Only", "States": {"Only": {"Type": "Pass",
+                                                                      "End": True}}}),
+        tags=[{"key": BUCKET_TAG, "value": NAMES.bucket}])["stateMachineArn"]
+    stack = Stack(session, tmp_path)
+    manifest = stack.manifest("m.json", JOBS)
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", machine,
+                                    "--endpoint-url", moto_server)
+    assert code == 0, err
+    arn = out.strip()
+    run_id = arn.rsplit(":", 1)[-1].removeprefix("run-")
+    assert f"uploaded {manifest} to s3://{NAMES.bucket}/manifests/{run_id}.json" in err
+    assert json.loads(s3.get_object(Bucket=NAMES.bucket, Key=f"manifests/{run_id}.json")
+                      ["Body"].read()) == JOBS
+    assert json.loads(sfn.describe_execution(executionArn=arn)["input"])["run_id"] == run_id
+    code, out, err = stack.tiffpipe("status", arn, "--json", "--endpoint-url", moto_server)
+    assert code == 0, err
+    assert json.loads(out)["execution"] == arn
+    for command in (["status", arn], ["start", str(manifest), "--state-machine", machine]):
+        code, out, err = stack.tiffpipe(*command, "--endpoint-url", "localhost:4566")
+        assert (code, out) == (2, ""), err
+        assert err == ("tiffpipe: --endpoint-url 'localhost:4566': expected an http:// or "
+                       "https:// URL, e.g. http://localhost:4566\n")
+
+
 def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path):
     """No credentials anywhere: status stops as start does (exit 2, what to configure), not

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.core.constants import FUNCTIONS
 from pipeline.errors import TiffpipeError
@@ -54,6 +55,18 @@ def check_stack_name(stack: str) -> str:
                        "hyphens, starting and ending with a letter or digit (it becomes part "
                        "of an S3 bucket name)")
     return stack
+
+
+def check_endpoint_url(url: str | None) -> str | None:
+    """``--endpoint-url``, if it is a URL boto3 can send calls to (else an AwsError saying
+    what is expected, before any call: boto3's own is a ValueError at its first client)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AwsError(f"--endpoint-url {url!r}: expected an http:// or https:// URL, e.g. "
+                       "http://localhost:4566")
+    return url
 
 
 def check_schedule(schedule: str | None, manifest: str | None) -> None:
