@@ -64,7 +64,10 @@ def reference_extreme(page: np.ndarray, reach: int, valid: np.ndarray,
     """The maximum (``largest``) or minimum of the valid samples of each (2 reach + 1)-wide
     window, clipped at the border (``iterations`` windows of ``ksize``: reach
     ``(ksize // 2) * iterations``), band by band; the invalid samples as they are."""
-    lose = np.iinfo(page.dtype).min if largest else np.iinfo(page.dtype).max
+    if page.dtype.kind == "f":
+        lose = -np.inf if largest else np.inf
+    else:
+        lose = np.iinfo(page.dtype).min if largest else np.iinfo(page.dtype).max
     planes = np.where(valid, page, lose).reshape(*page.shape[:2], -1)
     out = np.empty_like(planes)
     for c in range(planes.shape[2]):
@@ -221,6 +224,86 @@ def test_dilate_and_erode_of_a_page_with_nodata_take_its_valid_samples_alone(run
     plain = (cv2.dilate if largest else cv2.erode)(
         page, np.ones((op["ksize"],) * 2, np.uint8), iterations=op["iterations"])
     assert (plain != got).any()  # (by the no-data edges, where the fill took part)
+
+
+#: tiles of each path of dilate and erode: (dtype, bands); int8 through int16, int32 through
+#: float64, int64 in numpy (dtypes.window_extreme), float32 with NaN besides its no-data value
+TILE_KINDS = [("uint8", 3), ("uint16", 4), ("int8", 1), ("int32", 2), ("int64", 3),
+              ("float32", 3)]
+
+
+def morph_tile(dtype: str, bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile cut out of a larger page (not contiguous: a tiled evaluator's crop) with
+    no-data 7 in a swath edge, in one band alone in a block, and a mask that leaves out a
+    hole and a corner; a float tile has NaN samples too. The tile, and its mask."""
+    page = scene(120, 150, bands, dtype, 6)
+    page = page if page.ndim == 3 else page[:, :, None]
+    none = no_data_area(120, 150)
+    page[none] = 7
+    page[70:90, 20:50, -1] = 7  # (no data in one band only)
+    if dtype == "float32":
+        page[5:15, 100:140, 0] = np.nan
+    mask = np.ones((120, 150), bool)
+    mask[30:52, 90:121] = False
+    mask[100:, :40] = False
+    tile = page[3:115, 5:141] if bands > 1 else page[3:115, 5:141, 0]
+    assert not tile.flags.c_contiguous
+    return tile, mask[3:115, 5:141]
+
+
+@pytest.mark.parametrize("dtype,bands", TILE_KINDS)
+@pytest.mark.parametrize("given", ["nodata", "mask", "both"])
+@pytest.mark.parametrize("op", [DILATE, ERODE])
+def test_dilate_and_erode_of_a_tile_leave_out_samples_by_value_and_pixels_by_mask(
+        dtype, bands, given, op):
+    """On a tile (a crop, not contiguous) of every path's types: the maximum (minimum) of
+    the valid samples alone, those no data by their value (the no-data value, NaN) and by
+    the mask's pixels, each kept apart or both; the others as they were, bit for bit."""
+    tile, mask = morph_tile(dtype, bands)
+    p = {"ksize": op["ksize"], "iterations": op["iterations"],
+         "input_nodata": 7.0 if given != "mask" else None,
+         "input_valid": mask if given != "nodata" else None}
+    got = getattr(fn, op["op"])(tile, p)
+    valid = np.ones(tile.shape, bool)
+    if given != "mask":
+        valid &= tile != 7
+    if given != "nodata":
+        valid &= mask.reshape(mask.shape + (1,) * (tile.ndim - 2))
+    if dtype == "float32":
+        valid &= ~np.isnan(tile)
+    want = reference_extreme(tile, (op["ksize"] // 2) * op["iterations"], valid,
+                             op["op"] == "dilate")
+    assert got.dtype == tile.dtype and got.shape == tile.shape
+    np.testing.assert_array_equal(got, want)  # (NaN where NaN, as it was)
+
+
+@pytest.mark.parametrize("op", [DILATE, ERODE])
+def test_dilate_and_erode_of_a_tile_without_a_left_out_sample_are_opencvs(op):
+    """A tile of a page with a no-data value and a mask that holds no no-data sample and no
+    masked-out pixel takes the plain path: OpenCV's result, bit for bit."""
+    tile = scene(64, 80, 3, "uint8", 7)
+    assert tile.min() >= 1
+    func = cv2.dilate if op["op"] == "dilate" else cv2.erode
+    want = func(tile, np.ones((op["ksize"],) * 2, np.uint8), iterations=op["iterations"])
+    for extra in ({"input_nodata": 0.0}, {"input_valid": np.ones((64, 80), bool)},
+                  {"input_nodata": 0.0, "input_valid": np.ones((64, 80), bool)}):
+        got = getattr(fn, op["op"])(tile, {"ksize": op["ksize"],
+                                           "iterations": op["iterations"], **extra})
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", [DILATE, ERODE])
+def test_dilate_and_erode_of_a_tile_with_no_valid_sample_keep_it_as_it_is(op):
+    """A tile all no data (a masked-out fill of 200 and no-data samples of 0), or all masked
+    out, comes out as it went in."""
+    tile = np.full((40, 50, 3), 200, np.uint8)
+    tile[:, :25] = 0
+    left = np.zeros((40, 50), bool)
+    left[:, :25] = True  # (the mask keeps the no-data half alone)
+    p = {"ksize": op["ksize"], "iterations": op["iterations"]}
+    for extra in ({"input_nodata": 0.0, "input_valid": left},
+                  {"input_valid": np.zeros((40, 50), bool)}):
+        np.testing.assert_array_equal(getattr(fn, op["op"])(tile, {**p, **extra}), tile)
 
 
 def test_a_dilate_without_nodata_is_opencvs_as_before(run):
