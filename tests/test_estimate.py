@@ -617,6 +617,68 @@ def test_each_op_that_reads_the_mask_reads_it_again(tmp_path: Path, fuse: bool) 
                                 for h, _o, _ in batches]
 
 
+THRESHOLD = {"op": "threshold", "value": 120}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("ops,reread", [
+    ([THRESHOLD], 0), ([{"op": "downsample", "factor": 2}, THRESHOLD], 1),
+    ([{"op": "otsu_threshold"}], 1)])
+def test_a_masked_page_written_1bit_reads_its_mask_again_for_its_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fuse: bool,
+        ops: list[dict[str, Any]], reread: int) -> None:
+    """A masked gray page binarised to a 1-bit output writes its masked-out pixels white by
+    the output's mask (TileEvaluator.output): its tiles read the mask once more over their
+    cores (output Mpx x factor^2: the page's 1.2 Mpx), in the fused unit or in the process
+    batch (not a statistics round), besides the reads of the ops that read it (a
+    downsample, otsu_threshold: over the haloed pixels). The same job written 8-bit reads it
+    as before. A batch that reads the mask opens the input: one GET more, as a fused unit
+    counts one. Before: the output's read was not counted, nor a batch's GET."""
+    import numpy as np
+    from conftest import gdal_masked
+
+    monkeypatch.setattr(plan_module, "FUSED_UNIT_PIXELS", 4 * 256 * 256)  # (units, not a
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_PIXELS", 0)  # ProcessJob)
+    cal = json.loads(json.dumps(CAL))
+    cal["encode"]["deflate"]["bilevel"] = {"cpu_s_per_mpx": 0.001, "bytes_per_mpx": 2e4}
+    yy, xx = np.mgrid[0:1200, 0:1000]
+    gdal_masked(tmp_path / "gray.tif", ((xx * 7 + yy * 3) % 251).astype(np.uint8),
+                (xx > yy // 3 + 17) & (yy < 1100), block=256)
+    steps = {}
+    for bilevel in (True, False):
+        m = tmp_path / f"m-{bilevel}.json"
+        m.write_text(json.dumps({"jobs": [{
+            "input": "gray.tif", "output": "out/o.tif", "tile": 256, "ops": ops, "fuse": fuse,
+            "output_options": {"tile": 128, "compression": "deflate", "bilevel": bilevel}}]}))
+        [plan], sizes = _plans(m)
+        assert plan.pages[0].info.mask_ifd and plan.pages[0].one_bit is bilevel
+        fused, f = plan.fused, plan.pages[0].factor
+        units, batches = est.item_work(plan)
+        work = est.mask_work(plan, cal, set(), "jobs[0]", units, batches, 0.0)
+        again = reread * fused
+        cores = [bilevel * fused * o * f * f for _h, o, _ in units]
+        assert sum(u[1] for u in units) * f * f == pytest.approx(1.2)
+        assert work.units == [(pytest.approx(0.001 * ((1 + again) * h + c + o)),
+                               pytest.approx(2e4 * ((1 + again) * h + c)), 2e4 * o)
+                              for (h, o, _), c in zip(units, cores, strict=True)]
+        assert work.batches == [(0.001 * (reread - again) * h, 2e4 * (reread - again) * h)
+                                for h, _o, _ in batches]
+        assert work.outputs == [(pytest.approx(0.001 * c), pytest.approx(2e4 * c)) for c in (
+            bilevel * (not fused) * o * f * f for _h, o, _ in batches)]
+        r = est.estimate([plan], cal, FAST_IO, input_bytes=sizes)
+        steps[bilevel] = r["steps"]
+        if not fused:
+            rounds = r["jobs"][0]["stats_rounds"]
+            assert (rounds > 0) is (ops[0]["op"] == "otsu_threshold")
+            assert steps[bilevel].get("stats", {"get": 0})["get"] == rounds * sum(
+                1 + tiles + bool(reread) for _h, _o, tiles in batches)
+            assert steps[bilevel]["process"]["get"] == sum(
+                1 + tiles + bool(reread or bilevel) for _h, _o, tiles in batches)
+    step = "process_unit" if fused else "process"
+    assert steps[True][step]["bytes_in"] - steps[False][step]["bytes_in"] == pytest.approx(
+        2e4 * 1.2)
+
+
 @pytest.mark.parametrize("job", [
     {}, {"ops": [{"op": "downsample", "factor": 2}], "fuse": False}])
 def test_the_masks_cost_with_the_shipped_calibration_is_bounded(tmp_path: Path,

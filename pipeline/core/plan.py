@@ -247,6 +247,13 @@ def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
                    level=options.level if codec == options.compression else None)
 
 
+def masked_out_white(spec: JobSpec, page: PagePlan) -> bool:
+    """Whether a page's masked-out pixels are written white: a 1-bit output page that
+    carries its mask (:meth:`pipeline.steps.evaluate.TileEvaluator.output`), whose tiles
+    read the mask once more each for it (as ``tiffpipe estimate`` counts)."""
+    return bool(page.info.mask_ifd) and bool(page_options(spec, page).bilevel)
+
+
 def one_bit_pages(plan: JobPlan) -> list[bool]:
     """Whether each page of the job is written 1-bit (:attr:`PagePlan.one_bit`,
     :func:`page_options`)."""

@@ -27,6 +27,7 @@ from pipeline.core.ops import (
 from pipeline.core.plan import (
     bigtiff_output,
     held_output,
+    masked_out_white,
     one_bit_pages,
     page_options,
     single_task,
@@ -150,12 +151,17 @@ class MaskWork:
     chain that reads it (``reads_mask``: a ``downsample``, a blur) reads it again over each
     tile's region, in the fused unit or in each statistics and process batch; merge copies
     the mask pages and, with a pyramid, decodes them and encodes each level's mask (1 + L
-    times the base's pixels, L the levels' share)."""
+    times the base's pixels, L the levels' share). A 1-bit output page's chain output reads
+    it once more over each tile's core (its masked-out pixels written white:
+    :func:`~pipeline.core.plan.masked_out_white`), in the fused unit or the process batch."""
 
     #: per unit: (CPU seconds, bytes read, bytes written)
     units: list[tuple[float, float, float]]
     #: per batch: (CPU seconds, bytes read) of the reads of the ops that read the mask
     batches: list[tuple[float, float]]
+    #: per batch: (CPU seconds, bytes read) of the output's read (a 1-bit page's): in its
+    #: process invocation alone, not its statistics rounds
+    outputs: list[tuple[float, float]]
     #: the output's mask pages and its levels' masks, in bytes
     base_bytes: float
     level_bytes: float
@@ -175,19 +181,23 @@ def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
         return None
     cpu, bpm = mask_costs(cal, notes, where)
     reread = sum(call.op.reads_mask for call in chain_from_json(plan.spec.ops))
+    # the output's read of a 1-bit page: its tiles' cores (output Mpx x factor^2)
+    cores = [masked_out_white(plan.spec, p) * p.factor**2 for p in plan.pages]
     fused = plan.fused
     unit_work = []
     for u, (haloed, out, _tiles) in zip(plan.units, units, strict=True):
-        reads = (1 + reread * fused) * haloed * masked[u.page]
+        reads = ((1 + reread * fused) * haloed + fused * out * cores[u.page]) * masked[u.page]
         unit_work.append((cpu * (reads + out * masked[u.page]), reads * bpm,
                           out * bpm * masked[u.page]))
-    batch_work = []
-    for b, (haloed, _out, _tiles) in zip(plan.batches, batches, strict=True):
+    batch_work, output_work = [], []
+    for b, (haloed, out, _tiles) in zip(plan.batches, batches, strict=True):
         reads = haloed * reread * (not fused and masked[b.page])
         batch_work.append((cpu * reads, reads * bpm))
+        reads = (not fused) * out * cores[b.page]
+        output_work.append((cpu * reads, reads * bpm))
     out_mpx = sum(p.out_grid.height * p.out_grid.width / 1e6
                   for p, m in zip(plan.pages, masked, strict=True) if m)
-    return MaskWork(unit_work, batch_work, out_mpx * bpm, out_mpx * bpm * levels,
+    return MaskWork(unit_work, batch_work, output_work, out_mpx * bpm, out_mpx * bpm * levels,
                     cpu * out_mpx * (1 + levels) if levels else 0.0)
 
 
@@ -197,12 +207,14 @@ def _unfused_phases(ledger: _Ledger, unit_costs: list[JobCosts], batch_costs: li
                     report_s: float, masks: MaskWork | None = None
                     ) -> list[tuple[str, list[float]]]:
     """Split (every haloed tile to a work tile; a unit's mask tiles too), the statistics
-    rounds, process batches (``masks``: their pages' masks' work, :class:`MaskWork`); each
+    rounds, process batches (``masks``: their pages' masks' work, :class:`MaskWork`: a
+    batch that reads the mask opens the input, one GET more, as a fused unit); each
     unit and batch by its page's costs (``unit_costs``, ``batch_costs``)."""
     a, add = ledger.a, ledger.add
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     unit_masks = masks.units if masks else [(0.0, 0.0, 0.0)] * len(units)
     batch_masks = masks.batches if masks else [(0.0, 0.0)] * len(batches)
+    output_masks = masks.outputs if masks else [(0.0, 0.0)] * len(batches)
     phases: list[tuple[str, list[float]]] = []
     durations = []
     for (haloed, _out, tiles), (m_cpu, m_read, m_written), c in zip(
@@ -222,19 +234,19 @@ def _unfused_phases(ledger: _Ledger, unit_costs: list[JobCosts], batch_costs: li
                                                              batch_costs, strict=True):
             cpu = c.factor * haloed * c.per_haloed + m_cpu
             read = haloed * c.work_bpm + m_read
-            durations.append(add("stats", cpu / speed + read / mbps, cpu, get=1 + tiles,
-                                 put=1, bytes_in=read))
+            durations.append(add("stats", cpu / speed + read / mbps, cpu,
+                                 get=1 + tiles + bool(m_read), put=1, bytes_in=read))
         phases.append(("stats", durations))
         phases.append(("reduce_stats", [add("reduce_stats", report_s / speed,
                                             get=1 + len(batches), put=1, lst=1)]))
     durations = []
-    for (haloed, out, tiles), (m_cpu, m_read), c in zip(batches, batch_masks, batch_costs,
-                                                        strict=True):
-        cpu = c.factor * (haloed * c.per_haloed + out * c.per_out) + m_cpu
-        read, written = haloed * c.work_bpm + m_read, out * c.out_bpm
+    for (haloed, out, tiles), (m_cpu, m_read), (o_cpu, o_read), c in zip(
+            batches, batch_masks, output_masks, batch_costs, strict=True):
+        cpu = c.factor * (haloed * c.per_haloed + out * c.per_out) + m_cpu + o_cpu
+        read, written = haloed * c.work_bpm + m_read + o_read, out * c.out_bpm
         durations.append(add("process", cpu / speed + (read + written) / mbps, cpu,
-                             get=1 + tiles, put=_segment_puts(written), bytes_in=read,
-                             bytes_out=written))
+                             get=1 + tiles + bool(m_read or o_read),
+                             put=_segment_puts(written), bytes_in=read, bytes_out=written))
     phases.append(("process", durations))
     return phases
 

@@ -36,7 +36,7 @@ from pipeline.core.ops import (
     chain_linear,
     with_nodata,
 )
-from pipeline.core.plan import page_options
+from pipeline.core.plan import masked_out_white
 from pipeline.errors import (
     CustomOperationError,
     OperationError,
@@ -117,8 +117,7 @@ class TileEvaluator:
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
         self._mask: MaskReader | None = None  # made by the first tile that reads the mask
         #: a 1-bit output page that carries its mask: its masked-out pixels are written white
-        self.masked_out_white = bool(self.page.info.mask_ifd) and bool(
-            page_options(plan.spec, self.page).bilevel)
+        self.masked_out_white = masked_out_white(plan.spec, self.page)
         self._mask_lock = threading.Lock()  # (its tiles' threads ask for it at once)
 
     # --- geometry ---------------------------------------------------------------------
