@@ -1633,6 +1633,69 @@ def test_a_merge_whose_xmp_packets_do_not_fit_is_warned_about(tmp_path: Path) ->
     assert f"more than the {limit:,.0f} MB the function has (memory_merge_mb)" in warning
 
 
+def _without_xmp_at(plan: Any) -> Any:
+    """``plan`` with its pages' XMP packets too large for the plan (``xmp_at``) left out."""
+    return replace(plan, pages=[replace(page, info=replace(page.info, metadata={
+        k: v for k, v in page.info.metadata.items() if k != "xmp_at"})) for page in plan.pages])
+
+
+@pytest.mark.parametrize("shared,held,events", [
+    (False, False, 480), (True, False, 480), (False, True, 480), (False, False, 3000),
+    (True, True, 3000)])
+def test_merges_reads_of_large_xmp_packets_are_counted_as_moto_sees_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared: bool, held: bool,
+        events: int) -> None:
+    """An S3 input whose 3 pages carry a 100 KiB XMP packet each (too large for the plan:
+    read by merge from the input, once per output, metadata.XmpPackets), or share the first
+    page's: its merge (or a held ProcessJob's) counts, above the same plan without them,
+    exactly the requests and bytes moto sees when merge's own code writes the pages' tags
+    (each distinct packet: its HeadObject and one ranged GET, which fetches the 512 KiB read
+    buffer, to the object's end at most; a 616 KiB packet two GETs, the buffer's whole
+    512 KiB in one and the buffer filled after it). Before: none counted."""
+    from conftest import moto_s3
+    from test_xmp import EVENT, MANAGED, PAGES, _share_first_packet, write_large
+
+    from pipeline.adapters import metadata, storage
+    from pipeline.steps import merge
+
+    packet = MANAGED.replace(EVENT, EVENT * events)  # (Photoshop's History of as many saves)
+    assert metadata.VALUE_MAX < len(packet) < 2 * storage.READ_BUFFER
+    gets = 1 if len(packet) < storage.READ_BUFFER else 2
+    src = tmp_path / "xmp.tif"
+    write_large(src, packet)
+    if shared:
+        _share_first_packet(src)
+    monkeypatch.setattr(plan_module, "SINGLE_TASK_PIXELS", 16 * 1000 * 1000 if held else 0)
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "s3://xmp-est/in/xmp.tif",
+                                       "output": "s3://xmp-est/out/xmp.tif",
+                                       "ops": [{"op": "rotate", "angle": 90}]}]}))
+    with moto_s3(monkeypatch, "xmp-est") as s3:
+        s3.upload_file(str(src), "xmp-est", "in/xmp.tif")
+        [plan], sizes = _plans(m)
+        assert held_output(plan) is held
+        assert all("xmp_at" in page.info.metadata for page in plan.pages)
+        r = est.estimate([plan], CAL, FAST_IO, input_bytes=sizes)
+        without = est.estimate([_without_xmp_at(plan)], CAL, FAST_IO, input_bytes=sizes)
+        seen: list[tuple[str, int]] = []
+        storage.s3_client().meta.events.register("after-call.s3.*", lambda **kw: seen.append(
+            (kw["model"].name, kw["parsed"].get("ContentLength", 0))))
+        packets = metadata.XmpPackets(plan.spec.input, plan.input_version)
+        derived = metadata.derivation(plan.spec)
+        for page in plan.pages:  # (as merge.output_pieces does)
+            tags = merge._page_tags(plan, page, derived, packets)
+            [xmp] = [tag for tag in tags["extratags"] if tag[0] == 700]
+            assert xmp[2] > metadata.VALUE_MAX  # (read, rewritten and stamped)
+    distinct = 1 if shared else PAGES
+    assert [name for name, _ in seen] == (["HeadObject"] + ["GetObject"] * gets) * distinct
+    fetched = sum(size for name, size in seen if name == "GetObject")
+    assert fetched > distinct * len(packet)  # (the buffer's, to the object's end)
+    step = "process_job" if held else "merge"
+    with_, without_ = r["steps"][step], without["steps"][step]
+    assert with_["get"] - without_["get"] == len(seen)
+    assert with_["bytes_in"] - without_["bytes_in"] == fetched
+
+
 def test_the_deployed_merge_memory_leaves_room_for_the_xmp_packets() -> None:
     """Guard: merge at the deploy's memory (FUNCTION_SIZES) holds PACKETS_HELD of XMP
     packets beside its uploads in flight and its baseline, the model's margin added; and a

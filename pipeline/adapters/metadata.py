@@ -314,8 +314,7 @@ class XmpPackets:
                     f"{self.url}: the XMP packet at byte {key[0]} ({key[1]:,} bytes) ends past "
                     "the file's end: it changed after its job was planned; do not change "
                     "inputs while a run reads them, and re-run the job")
-            while self._read and sum(map(len, self._read.values())) + len(data) > PACKETS_HELD:
-                del self._read[next(iter(self._read))]  # (the one read first)
+            _make_room(self._read, key[1])
             self._read[key] = data
         return self._read[key]
 
@@ -332,6 +331,13 @@ class XmpPackets:
         if self._last is None or self._last[0] != key:
             self._last = key, xmp.rewritten(packet, reshape, derived)
         return self._last[1]
+
+
+def _make_room(held: dict[tuple[int, int], Any], size: int) -> None:
+    """Drop the packets read first from ``held`` (keyed by offset and size, as
+    :class:`XmpPackets` holds them) until ``size`` more bytes fit in :data:`PACKETS_HELD`."""
+    while held and sum(held_size for _, held_size in held) + size > PACKETS_HELD:
+        del held[next(iter(held))]
 
 
 #: centimetres per length unit (an ImageJ description's ``unit=``, an OME PhysicalSizeXUnit)
@@ -1192,6 +1198,31 @@ def packets_held(infos: Iterable[Any]) -> int:
     distinct = {tuple(at[1:]) for info in infos
                 if (at := (info.metadata or {}).get("xmp_at")) is not None}
     return min(sum(size for _, size in distinct), PACKETS_HELD)
+
+
+def packet_reads(infos: Iterable[Any], input_size: float | None = None) -> tuple[int, int]:
+    """The S3 requests and bytes of merge's reads of the packets too large for the plan
+    (``xmp_at``) writing the pages of ``infos`` in order, once per output
+    (:class:`XmpPackets`): each distinct packet once (pages that share one read it once),
+    again only when :data:`PACKETS_HELD` dropped it in between; each read opens the input
+    (its HeadObject) and fetches the packet through its buffer
+    (:func:`pipeline.adapters.storage.read_requests`; ``input_size``: the input's bytes,
+    None: not known)."""
+    from pipeline.adapters.storage import read_requests
+
+    held: dict[tuple[int, int], None] = {}
+    requests = fetched = 0
+    for info in infos:
+        if (at := (info.metadata or {}).get("xmp_at")) is None:
+            continue
+        key = (int(at[1]), int(at[2]))
+        if key in held:
+            continue
+        _make_room(held, key[1])
+        held[key] = None
+        gets, size = read_requests(*key, input_size)
+        requests, fetched = requests + gets, fetched + size
+    return requests, fetched
 
 
 def _names_form(packet: bytes) -> bool:

@@ -406,6 +406,20 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
         return fh
 
 
+def read_requests(offset: int, size: int, object_size: float | None = None,
+                  buffer_size: int = READ_BUFFER) -> tuple[int, int]:
+    """The S3 requests and bytes of one ``read(size)`` at ``offset`` of an object just opened
+    by :func:`open_input` (``object_size``: the object's bytes, None: not known): its
+    HeadObject, then what ``io.BufferedReader`` asks of :class:`S3RangeReader`: the whole
+    buffers ``size`` holds in one ranged GET, and the rest by one GET filling the buffer
+    (up to the object's end). So a packet of 100 KiB fetches 512 KiB (to the object's end
+    at most) in one GET, one of 600 KiB 1 MiB in two."""
+    whole = size - size % buffer_size
+    end = float("inf") if object_size is None else object_size
+    rest = int(min(buffer_size, max(end - offset - whole, 0))) if size % buffer_size else 0
+    return 1 + (whole > 0) + (rest > 0), whole + rest
+
+
 def _folder(url: str) -> NotATiffError:
     return NotATiffError(f"{url}: is a folder, not a TIFF file: give the path of a TIFF file "
                          "(a scan manifest, {\"scan\": ...}, takes a folder)")

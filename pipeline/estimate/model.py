@@ -574,6 +574,8 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
          input_size: float | None) -> tuple[Phases, dict[str, Any], int]:
     """Job ``i``'s invocations, added to ``ledger``: its phases (for the schedule), its row
     of the estimate, and the work objects it writes."""
+    from pipeline.adapters.metadata import packet_reads  # (as the model's tags: lazily)
+
     a = ledger.a
     speed, mbps = a["lambda_core_speed"], a["s3_mb_per_s"] * 1e6
     geo = plan_geometry(plan)
@@ -639,19 +641,23 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
                  + (masks.merge_cpu if masks else 0.0))
     copied = max(0.0, data_bytes - parts.read_through)
     copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
-    merge_s = merge_cpu / speed + 2 * through / mbps + copy_s
+    # the XMP packets too large for the plan, read from the input (each distinct one once)
+    xmp_gets, xmp_read = packet_reads((page.info for page in plan.pages), input_size)
+    merge_s = merge_cpu / speed + (2 * through + xmp_read) / mbps + copy_s
     if held:  # every byte uploaded from memory: no index or segment read, no copy
         uploads = math.ceil(out_bytes / UPLOAD_PART)
         # one PutObject up to a part's size, else a multipart upload; and the result
         puts = (1 if uploads <= 1 else uploads + 2) + 1
-        merged = ledger.add("process_job", merge_cpu / speed + out_bytes / mbps, merge_cpu,
-                            put=puts, bytes_out=out_bytes, invocation=False)
+        merged = ledger.add("process_job", merge_cpu / speed + (out_bytes + xmp_read) / mbps,
+                            merge_cpu, get=xmp_gets, put=puts, bytes_in=xmp_read,
+                            bytes_out=out_bytes, invocation=False)
     else:
         # a ProcessJob publishes as merge does, without listing recorded errors
         merged = ledger.add("process_job" if single else "merge", merge_s, merge_cpu,
-                            get=1 + segments + math.ceil(through / READ_CHUNK),
-                            put=parts.parts + 3, lst=0 if single else 1, bytes_in=through,
-                            bytes_out=through, invocation=not single)
+                            get=1 + segments + math.ceil(through / READ_CHUNK) + xmp_gets,
+                            put=parts.parts + 3, lst=0 if single else 1,
+                            bytes_in=through + xmp_read, bytes_out=through,
+                            invocation=not single)
     if single:
         phases[-1][1][-1] += merged
         ledger.check_timeout("process_job", phases[-1][1][-1])
