@@ -746,18 +746,18 @@ def test_a_shared_large_packet_is_read_once_per_output(tmp_path: Path,
     write_large(path)
     offset = _share_first_packet(path)
     opened: list[str] = []
-    open_input = storage.open_input
+    read_range = storage.read_range
 
     def counted(url: str, *args: Any, **kwargs: Any) -> Any:
         opened.append(url)
-        return open_input(url, *args, **kwargs)
+        return read_range(url, *args, **kwargs)
 
     spec = pipeline_spec(path, tmp_path / "out.tif")
     plan, problems = read_plan(0, spec, str(tmp_path / "w"), 0.0)
     assert not problems
     ats = [p.info.metadata["xmp_at"] for p in plan.pages]
     assert ats == [[1, offset, len(LARGE)]] * PAGES
-    monkeypatch.setattr(storage, "open_input", counted)
+    monkeypatch.setattr(storage, "read_range", counted)
     packets = metadata.XmpPackets(str(path), plan.input_version)
     assert [packets(at) for at in ats] == [LARGE] * PAGES
     assert opened == [str(path)]
@@ -776,7 +776,41 @@ def test_a_large_packet_of_an_input_changed_since_its_plan_is_refused(tmp_path: 
         XmpPackets(str(path), plan.input_version)(plan.pages[0].info.metadata["xmp_at"])
 
 
-def pipeline_spec(path: Path, output: Path) -> Any:
+def test_a_large_packet_on_s3_is_one_ranged_get_of_its_bytes_pinned_to_the_plans_etag(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """On S3 merge fetches a packet's bytes alone, in one GET pinned to the ETag its job was
+    planned on (before: a HeadObject and the 512 KiB read buffer, to the object's end); an
+    object replaced since is refused (S3's 412), not read as another version."""
+    from conftest import moto_s3
+
+    from pipeline.adapters import storage
+    from pipeline.adapters.metadata import XmpPackets
+    from pipeline.errors import StorageError
+    from pipeline.steps.planning import read_plan
+
+    path = tmp_path / "big.tif"
+    write_large(path)
+    with moto_s3(monkeypatch, "xmp-get") as s3:
+        s3.upload_file(str(path), "xmp-get", "big.tif")
+        url = "s3://xmp-get/big.tif"
+        plan, _ = read_plan(0, pipeline_spec(url, "s3://xmp-get/out.tif"), "s3://xmp-get/w",
+                            0.0)
+        at = plan.pages[0].info.metadata["xmp_at"]
+        seen: list[tuple[str, Any]] = []
+        pinned: list[Any] = []
+        events = storage.s3_client().meta.events
+        events.register("after-call.s3.*", lambda **kw: seen.append(
+            (kw["model"].name, kw["parsed"].get("ContentLength"))))
+        events.register("provide-client-params.s3.GetObject",
+                        lambda params, **kw: pinned.append(params.get("IfMatch")))
+        assert XmpPackets(url, plan.input_version)(at) == LARGE
+        assert seen == [("GetObject", len(LARGE))] and pinned == [plan.input_version]
+        s3.put_object(Bucket="xmp-get", Key="big.tif", Body=path.read_bytes() + b"\0")
+        with pytest.raises(StorageError, match="changed while it was being read"):
+            XmpPackets(url, plan.input_version)(at)
+
+
+def pipeline_spec(path: Path | str, output: Path | str) -> Any:
     from pipeline.core.manifest import parse_manifest
 
     (spec,) = parse_manifest({"jobs": [{"input": str(path), "output": str(output),
@@ -796,9 +830,9 @@ def test_packets_read_long_ago_are_let_go(tmp_path: Path, monkeypatch: pytest.Mo
     ats = [p.info.metadata["xmp_at"] for p in plan.pages]
     assert len({at[1] for at in ats}) == PAGES  # (tifffile: a copy a page)
     opened: list[int] = []
-    open_input = storage.open_input
-    monkeypatch.setattr(storage, "open_input",
-                        lambda *a, **k: opened.append(1) or open_input(*a, **k))
+    read_range = storage.read_range
+    monkeypatch.setattr(storage, "read_range",
+                        lambda *a, **k: opened.append(1) or read_range(*a, **k))
     monkeypatch.setattr(metadata, "PACKETS_HELD", 2 * len(LARGE))
     packets = metadata.XmpPackets(str(path), plan.input_version)
     for at in ats + ats[-2:]:  # the last two are held

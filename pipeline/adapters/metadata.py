@@ -287,7 +287,8 @@ class XmpPackets:
     from its input ``url`` at ``version`` (the plan's ``input_version``: another one there
     is an :class:`~pipeline.errors.InputChangedError`, as a unit's ``check_unchanged``)
     when an output page is written: a seek and a read of a local file, one ranged GET of
-    an S3 object (pinned to its ETag). Each (offset, size) is read once: the pages of a
+    an S3 object of the packet's bytes alone (pinned to its ETag). Each (offset, size) is
+    read once: the pages of a
     master often share one packet (the packets read last are held, up to
     :data:`PACKETS_HELD` bytes, so pages that each have their own do not pile up). Each
     packet is parsed once for the pages in a row that carry it (:meth:`rewritten`)."""
@@ -300,15 +301,14 @@ class XmpPackets:
     def __call__(self, at: Sequence[int]) -> bytes:
         """The packet at ``at`` (``[type, offset, size]``)."""
         from pipeline.adapters import storage
-        from pipeline.errors import InputChangedError
+        from pipeline.errors import InputChangedError, InputNotFoundError
 
         _, offset, size = at
         key = (int(offset), int(size))
         if key not in self._read:
-            # (a read of the packet's size at once: one GET past the reader's buffer)
-            with storage.open_input(self.url, version=self.version or None) as fh:
-                fh.seek(key[0])
-                data = fh.read(key[1])
+            # (its bytes alone: through open_input's reader, a HeadObject and the 512 KiB
+            # read buffer, to the object's end, for a packet of 100 KiB)
+            data = storage.read_range(self.url, *key, InputNotFoundError, self.version or None)
             if len(data) != key[1]:
                 raise InputChangedError(
                     f"{self.url}: the XMP packet at byte {key[0]} ({key[1]:,} bytes) ends past "
@@ -1200,16 +1200,12 @@ def packets_held(infos: Iterable[Any]) -> int:
     return min(sum(size for _, size in distinct), PACKETS_HELD)
 
 
-def packet_reads(infos: Iterable[Any], input_size: float | None = None) -> tuple[int, int]:
+def packet_reads(infos: Iterable[Any]) -> tuple[int, int]:
     """The S3 requests and bytes of merge's reads of the packets too large for the plan
     (``xmp_at``) writing the pages of ``infos`` in order, once per output
     (:class:`XmpPackets`): each distinct packet once (pages that share one read it once),
-    again only when :data:`PACKETS_HELD` dropped it in between; each read opens the input
-    (its HeadObject) and fetches the packet through its buffer
-    (:func:`pipeline.adapters.storage.read_requests`; ``input_size``: the input's bytes,
-    None: not known)."""
-    from pipeline.adapters.storage import read_requests
-
+    again only when :data:`PACKETS_HELD` dropped it in between; each read one ranged GET of
+    the packet's bytes (:func:`pipeline.adapters.storage.read_range`)."""
     held: dict[tuple[int, int], None] = {}
     requests = fetched = 0
     for info in infos:
@@ -1220,8 +1216,7 @@ def packet_reads(infos: Iterable[Any], input_size: float | None = None) -> tuple
             continue
         _make_room(held, key[1])
         held[key] = None
-        gets, size = read_requests(*key, input_size)
-        requests, fetched = requests + gets, fetched + size
+        requests, fetched = requests + 1, fetched + key[1]
     return requests, fetched
 
 

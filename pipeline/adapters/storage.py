@@ -406,20 +406,6 @@ def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = N
         return fh
 
 
-def read_requests(offset: int, size: int, object_size: float | None = None,
-                  buffer_size: int = READ_BUFFER) -> tuple[int, int]:
-    """The S3 requests and bytes of one ``read(size)`` at ``offset`` of an object just opened
-    by :func:`open_input` (``object_size``: the object's bytes, None: not known): its
-    HeadObject, then what ``io.BufferedReader`` asks of :class:`S3RangeReader`: the whole
-    buffers ``size`` holds in one ranged GET, and the rest by one GET filling the buffer
-    (up to the object's end). So a packet of 100 KiB fetches 512 KiB (to the object's end
-    at most) in one GET, one of 600 KiB 1 MiB in two."""
-    whole = size - size % buffer_size
-    end = float("inf") if object_size is None else object_size
-    rest = int(min(buffer_size, max(end - offset - whole, 0))) if size % buffer_size else 0
-    return 1 + (whole > 0) + (rest > 0), whole + rest
-
-
 def _folder(url: str) -> NotATiffError:
     return NotATiffError(f"{url}: is a folder, not a TIFF file: give the path of a TIFF file "
                          "(a scan manifest, {\"scan\": ...}, takes a folder)")
@@ -480,19 +466,25 @@ def read_bytes(url: str, missing: type[TiffpipeError] = WorkMissingError) -> byt
 
 
 def read_range(url: str, offset: int, size: int,
-               missing: type[TiffpipeError] = WorkMissingError) -> bytes:
+               missing: type[TiffpipeError] = WorkMissingError,
+               version: str | None = None) -> bytes:
     """``size`` bytes of a file or object from ``offset`` (fewer at its end, none past it;
-    one ranged ``GetObject``)."""
+    one ranged ``GetObject``, and no more than those bytes). ``version``: the one its job
+    was planned on (:func:`version_of`): a local file's checked as it is opened
+    (:class:`InputChangedError`), an object's by the GET's ``If-Match`` (S3's 412 a
+    :class:`StorageError`, as :class:`S3RangeReader`'s reads)."""
     with _errors(url, "read", missing):
         if not is_s3(url):
             with open(url, "rb") as fh:
+                check_version(url, version, file_version(os.fstat(fh.fileno())))
                 fh.seek(offset)
                 return fh.read(size)
         bucket, key = _key_of(url)
+        pinned = {"IfMatch": version} if version else {}
         try:
             return cast(bytes, s3_client().get_object(
-                Bucket=bucket, Key=key,
-                Range=f"bytes={offset}-{offset + size - 1}")["Body"].read())
+                Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}",
+                **pinned)["Body"].read())
         except _aws_errors() as exc:
             if _code(exc) == "InvalidRange":  # S3's answer to a range past the end
                 return b""

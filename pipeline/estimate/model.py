@@ -642,7 +642,7 @@ def _job(ledger: _Ledger, cal: dict[str, Any], notes: set[str], i: int, plan: Jo
     copied = max(0.0, data_bytes - parts.read_through)
     copy_s = copied / (a["s3_copy_mb_per_s"] * 1e6 * max(1, min(COPY_THREADS, parts.copies)))
     # the XMP packets too large for the plan, read from the input (each distinct one once)
-    xmp_gets, xmp_read = packet_reads((page.info for page in plan.pages), input_size)
+    xmp_gets, xmp_read = packet_reads(page.info for page in plan.pages)
     merge_s = merge_cpu / speed + (2 * through + xmp_read) / mbps + copy_s
     if held:  # every byte uploaded from memory: no index or segment read, no copy
         uploads = math.ceil(out_bytes / UPLOAD_PART)
