@@ -45,7 +45,7 @@ ENGINE = {
     "test_python_api",
     "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
     "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks", "test_cog",
-    "test_xmp", "test_nodata_filters", "test_masked_stats",
+    "test_xmp", "test_nodata_filters", "test_masked_stats", "test_resample",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the
@@ -335,6 +335,22 @@ def run_in_units(manifest: Path, unit_pixels: int, *args: str,
     report = json.loads(manifest.with_suffix(".report.json").read_text())
     assert code == 0 or not check, (err.getvalue(), report)
     return report, err.getvalue()
+
+
+def run_named_jobs(root: Path, jobs: dict[str, dict[str, Any]], defaults: dict[str, Any],
+                   unit_pixels: int, *args: str) -> dict[str, dict[str, Any]]:
+    """:func:`run_in_units` of a manifest ``root / "m.json"`` of ``jobs`` (by name, each
+    writing ``root / "out" / f"{name}.tif"``) and ``defaults``: each job's report entry by
+    its name."""
+    import json
+
+    manifest = root / "m.json"
+    manifest.write_text(json.dumps({
+        "defaults": defaults,
+        "jobs": [{**job, "output": str(root / "out" / f"{name}.tif")}
+                 for name, job in jobs.items()]}))
+    report, _ = run_in_units(manifest, unit_pixels, *args)
+    return dict(zip(jobs, report["jobs"], strict=True))
 
 
 def gdal_average(path: str | Path, f: int) -> tuple[np.ndarray, np.ndarray]:

@@ -406,7 +406,9 @@ BINARY_KINDS = {
               {"op": "crop", "x": 3, "y": 5, "width": 40, "height": 30}, {"op": "invert"},
               {"op": "dilate", "ksize": 3}, {"op": "erode", "ksize": 5, "iterations": 2},
               {"op": "median_blur", "ksize": 5}, {"op": "gamma", "gamma": 0.4},
-              {"op": "normalize"}, {"op": "select_bands", "bands": [0]}],
+              {"op": "normalize"}, {"op": "select_bands", "bands": [0]},
+              *({"op": "downsample", "factor": 3, "method": m}
+                for m in ("nearest", "mode", "min", "max"))],
     "grays": [{"op": "gaussian_blur", "sigma": GRAYING_SIGMA},
               {"op": "gaussian_blur", "sigma": 3}, {"op": "downsample", "factor": 2}],
     "": [{"op": "gaussian_blur", "sigma": 0.2}, {"op": "unsharp_mask", "sigma": 1},

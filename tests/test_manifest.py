@@ -783,6 +783,22 @@ def test_pyramid_layout_needs_a_pyramid():
         '"pages"; set "pyramid": true, or drop "pyramid_layout"')
 
 
+def test_downsample_method_names_the_methods():
+    assert one_problem({"jobs": [job(ops=[{"op": "downsample", "factor": 2,
+                                           "method": "median"}])]}) == (
+        'jobs[0].ops[0].method: expected one of "mean", "nearest", "mode", "min", "max", '
+        'got "median"')
+    assert one_problem({"jobs": [job(ops=[{"op": "downsample", "factor": 2,
+                                           "method": "average"}])]}) == (
+        'jobs[0].ops[0].method: expected one of "mean", "nearest", "mode", "min", "max", '
+        'got "average"; GDAL\'s "average" is "mean" here')
+    specs = parse_manifest({"jobs": [job(ops=[{"op": "downsample", "factor": 2}]),
+                                     job(output="out/b.tif", ops=[
+                                         {"op": "downsample", "factor": 2, "method": "mode"}])]},
+                           "m.json", BASE)
+    assert [s.ops[0].get("method", "mean") for s in specs] == ["mean", "mode"]
+
+
 def test_levels_as_pages_are_refused_in_an_ome_tiff():
     why = ("an OME-TIFF's pyramid levels are SubIFDs of their page (Bio-Formats reads no "
            'other layout); set "pyramid_layout" to "subifds" for an OME-TIFF, or drop "ome" '

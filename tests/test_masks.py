@@ -28,6 +28,7 @@ from conftest import (
     gdal_masked,
     one_bit_pages_state_their_bits,
     run_in_units,
+    run_named_jobs,
     tiff_pages,
 )
 from rasterio.enums import MaskFlags
@@ -264,13 +265,8 @@ def down_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                    "ops": [{"op": "downsample", "factor": f}]}
             for name, (src, f, fuse) in DOWN.items()}
     jobs["u8_f2_off"] = {**jobs["u8_f2"], "output_options": {"tile": 32, "masks": False}}
-    manifest = root / "m.json"
-    manifest.write_text(json.dumps({
-        "defaults": {"output_options": {"tile": 32}},
-        "jobs": [{**job, "output": str(root / "out" / f"{name}.tif")}
-                 for name, job in jobs.items()]}))
-    report, _ = run_in_units(manifest, 2 * 192 * 192, "--workers", "2")
-    return dict(zip(jobs, report["jobs"], strict=True))
+    return run_named_jobs(root, jobs, {"output_options": {"tile": 32}}, 2 * 192 * 192,
+                          "--workers", "2")
 
 
 @pytest.mark.parametrize("name", list(DOWN))

@@ -21,7 +21,7 @@ from pipeline.core import dtypes
 from pipeline.core import stats as stats_mod
 from pipeline.core.dtypes import CV_COLOR, CV_FILTER, CV_MEDIAN, natively
 from pipeline.core.opencv import cv2, gaussian_radius
-from pipeline.core.reduce import masked_mean, valid_samples
+from pipeline.core.reduce import block_reduce, valid_samples
 
 #: the most channels OpenCV's Python binding passes in one array (OpenCV 5.1: "must be in
 #: [1, 128]"); pages with more bands run band by band
@@ -452,15 +452,16 @@ def downsample(img: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     no-data value (``p["input_nodata"]``) or a mask (``p["input_valid"]``, the array's
     pixels' validity), both given by the tiled path: the mean of each block's valid samples
     alone, as GDAL's average resampling makes it (:func:`pipeline.core.reduce.masked_mean`,
-    the pyramid levels' formula)."""
-    f = p["factor"]
+    the pyramid levels' formula). ``method`` other than "mean" ("nearest", "mode", "min",
+    "max"): one valid sample of each block (:func:`pipeline.core.reduce.block_pick`)."""
+    f, method = p["factor"], p.get("method", "mean")
     h, w = img.shape[0] // f, img.shape[1] // f
     if h == 0 or w == 0:
         return np.zeros((h, w, *img.shape[2:]), img.dtype)
     nodata, valid = p.get("input_nodata"), p.get("input_valid")
-    if nodata is not None or valid is not None:
-        return masked_mean(img[:h * f, :w * f], f, nodata,
-                           None if valid is None else valid[:h * f, :w * f], area2=_area2)
+    if nodata is not None or valid is not None or method != "mean":
+        return block_reduce(img[:h * f, :w * f], f, method, nodata,
+                            None if valid is None else valid[:h * f, :w * f], area2=_area2)
     crop = img if img.shape[:2] == (h * f, w * f) else np.ascontiguousarray(img[:h * f, :w * f])
     return _per_channel(lambda a: natively(
         lambda x: cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA), a, CV_FILTER), crop)

@@ -30,6 +30,7 @@ from pipeline.core import stats as stats_mod
 from pipeline.core.opencv import gaussian_radius
 from pipeline.core.params import Param, check_object, close_name, show
 from pipeline.core.record import record
+from pipeline.core.reduce import METHODS
 from pipeline.errors import OperationError
 
 #: Crop origins of haloed tiles are multiples of this, so SIMD paths of OpenCV see
@@ -468,16 +469,24 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("downsample",
        "cv2.resize(page, (width // factor, height // factor), interpolation=INTER_AREA) of "
        "the page cropped to multiples of factor; on a page with a no-data value or a carried "
-       "mask, each block's mean over its valid samples alone (GDAL's average resampling)",
+       "mask, each block's mean over its valid samples alone (GDAL's average resampling); "
+       "method nearest, mode, min or max: one valid sample of each block (GDAL's -r of "
+       "that name), for class labels, bit masks and palette indices",
        (Param("factor", "integer", "the output is this many times smaller", required=True,
-              ge=2, le=64),),
+              ge=2, le=64),
+        Param("method", "string", "how a block becomes a pixel: its mean, or the sample "
+              "nearest its centre, its most frequent, smallest or largest value",
+              default="mean", choices=METHODS,
+              hints=tuple((name, f'GDAL\'s "{name}" is "{ours}" here') for name, ours in
+                          (("average", "mean"), ("near", "nearest"))))),
        fn.downsample, reach=lambda p, dt, needed: needed * p["factor"],
        align=lambda p: p["factor"], factor=lambda p: p["factor"], keeps_values=True,
-       binary=lambda p: "grays",
+       binary=lambda p: "grays" if p["method"] == "mean" else "keeps",
        reads_nodata=True, reads_mask=True,
        exact="bit-identical to the OpenCV call on the whole page (types OpenCV lacks: to its "
              "definition in docs/sample-types.md); on a page with a no-data value or a "
-             "carried mask, to GDAL's average resampling of the whole page",
+             "carried mask, to GDAL's average resampling of the whole page; the other "
+             "methods to their definition in docs/manifest-and-ops.md, \"Categorical data\"",
        halo_help="0; ops after it count their halos in output pixels (x factor); tiles are "
                  "multiples of 16 x factor"),
     _geometric("rotate", "cv2.rotate(img, ROTATE_90_CLOCKWISE / ROTATE_180 / "

@@ -1,7 +1,9 @@
-"""Block means: the rounded mean of 2 x 2 blocks for the integer types whose sum of four
-overflows every wider numpy type (64-bit: pyramid levels of int64 and uint64 pages), and
-the mean of f x f blocks over their valid samples alone (:func:`masked_mean`: pyramid levels
-and ``downsample`` of a page with no-data or a mask). Pure module: arrays in, arrays out.
+"""Block reductions: the rounded mean of 2 x 2 blocks for the integer types whose sum of four
+overflows every wider numpy type (64-bit: pyramid levels of int64 and uint64 pages), the
+mean of f x f blocks over their valid samples alone (:func:`masked_mean`: pyramid levels
+and ``downsample`` of a page with no-data or a mask), and the other :data:`METHODS` of
+categorical data (:func:`block_pick`: a sample of each block, never a mix of them).
+Pure module: arrays in, arrays out.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ OPENCV_MEAN4 = ("u1", "u2", "i2")
 #: the pyramid levels'); larger blocks sum in int32 (8 and 16-bit types) or int64
 WIDE = {"u1": np.uint16, "i1": np.int16, "u2": np.uint32, "i2": np.int32, "u4": np.int64,
          "i4": np.int64}
+
+
+#: how a block of samples becomes one (``downsample``'s ``method``,
+#: ``output_options.pyramid_resampling``): "mean" (GDAL's average), or one of the block's
+#: valid samples: the one nearest its centre, the most frequent, the smallest, the largest
+#: (GDAL's nearest, mode, min, max: for class labels, bit masks, palette indices)
+METHODS = ("mean", "nearest", "mode", "min", "max")
+
+#: samples :func:`_mode` sorts at once (its temporaries: about 50 bytes a sample)
+_MODE_CHUNK = 1 << 18
 
 
 def valid_samples(block: np.ndarray, nodata: float | None = None,
@@ -130,3 +142,147 @@ def _mean_of_64bit(block: np.ndarray, shape: tuple[int, ...], n: np.ndarray,
     q, r = np.divmod(s_hi, n)
     low = (r * 2**32 + s_lo + n // 2) // n
     return (q.astype(block.dtype) << block.dtype.type(32)) + low.astype(block.dtype)
+
+
+def block_reduce(block: np.ndarray, factor: int, method: str, nodata: float | None = None,
+                 mask: np.ndarray | None = None,
+                 area2: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Each ``factor`` x ``factor`` block of ``block`` reduced by ``method`` (one of
+    :data:`METHODS`) over its valid samples: :func:`masked_mean` for "mean", else
+    :func:`block_pick`."""
+    if method == "mean":
+        return masked_mean(block, factor, nodata, mask, area2)
+    return block_pick(block, factor, method, nodata, mask)
+
+
+def block_pick(block: np.ndarray, factor: int, method: str, nodata: float | None = None,
+               mask: np.ndarray | None = None) -> np.ndarray:
+    """One sample of each ``factor`` x ``factor`` block of ``block`` (h, w) or (h, w, c),
+    band by band, among its valid samples: those present (a block past an edge the page
+    does not fill has fewer), not equal to ``nodata`` (not NaN for NaN), at the pixels
+    ``mask`` (h, w, bool) says are valid. Where a block has none: ``nodata`` (0 without
+    one), as :func:`masked_mean`. ``method``:
+
+    - "nearest": the valid sample nearest the block's centre; of samples as near, the lower
+      one, then the right one (:func:`nearest_order`). With every sample valid that is the
+      sample at (f // 2, f // 2) of the block, GDAL's nearest for a reduction by f;
+    - "mode": the most frequent value; of values as frequent, the one whose last sample,
+      in row-major order in the block, comes first: GDAL's mode, which keeps the first
+      value to reach the highest count (NaN, without a no-data value, is one value);
+    - "min", "max": the smallest, the largest (a NaN sample, without a no-data value, makes
+      the block NaN, as its mean).
+    """
+    h, w = block.shape[:2]
+    f = factor
+    valid = valid_samples(block, nodata, mask)
+    shape = (-(-h // f) * f, -(-w // f) * f) + block.shape[2:]
+    if shape == block.shape:
+        b, ok = block, valid  # (None: every sample valid)
+    else:
+        b = np.zeros(shape, block.dtype)
+        b[:h, :w] = block
+        ok = np.zeros(shape, bool)
+        ok[:h, :w] = True if valid is None else valid
+    if method == "mode":
+        out, none = _mode(b, ok, f)
+    else:
+        order = nearest_order(f) if method == "nearest" else \
+            [(dy, dx) for dy in range(f) for dx in range(f)]
+        out, none = _pick(b, ok, f, order, method)
+    if none is not None and none.any():
+        out[none] = 0 if nodata is None else nodata
+    return out
+
+
+def nearest_order(f: int) -> list[tuple[int, int]]:
+    """The (dy, dx) of an f x f block, nearest its centre first (a sample's centre is at
+    (dy + 0.5, dx + 0.5), the block's at (f / 2, f / 2)); of those as near, the lower one,
+    then the right one: (f // 2, f // 2) first, GDAL's pick."""
+    return sorted(((dy, dx) for dy in range(f) for dx in range(f)),
+                  key=lambda d: ((2 * d[0] + 1 - f) ** 2 + (2 * d[1] + 1 - f) ** 2,
+                                 -d[0], -d[1]))
+
+
+def _pick(b: np.ndarray, ok: np.ndarray | None, f: int, order: list[tuple[int, int]],
+          method: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """"nearest" (the first valid sample of ``order``), "min" or "max" of the f x f blocks
+    of ``b`` (whole blocks; ``ok``: which samples are valid, None: all), and where no
+    sample is valid (None: every block has one)."""
+    first = b[0::f, 0::f]
+    if ok is None:
+        if method == "nearest":
+            dy, dx = order[0]
+            return b[dy::f, dx::f].copy(), None
+        combine = np.minimum if method == "min" else np.maximum
+        out = first.copy()
+        for dy, dx in order[1:]:
+            combine(out, b[dy::f, dx::f], out=out)
+        return out, None
+    out = np.zeros_like(first)
+    have = np.zeros(first.shape, bool)
+    for dy, dx in order:
+        v, o = b[dy::f, dx::f], ok[dy::f, dx::f]
+        if method == "nearest":
+            take = o & ~have
+        else:  # (min, max: a NaN sample wins, as np.minimum keeps NaN)
+            better = v < out if method == "min" else v > out
+            if b.dtype.kind == "f":
+                better |= np.isnan(v)
+                better &= ~np.isnan(out)
+            take = o & (~have | better)
+        out[take] = v[take]
+        have |= o
+    return out, ~have
+
+
+def _mode(b: np.ndarray, ok: np.ndarray | None, f: int
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The mode of each f x f block of ``b`` (whole blocks; ``ok``: which samples are valid,
+    None: all), GDAL's tie rule (:func:`block_pick`), and where no sample is valid. Each
+    block's samples are sorted by value (stably: equal values keep their order), the
+    invalid ones after; a run of equal values ends at its last sample, which scores its
+    count, then how early that sample comes. Done :data:`_MODE_CHUNK` samples at a time."""
+    hb, wb = b.shape[0] // f, b.shape[1] // f
+    extra = b.shape[2:]
+    k = f * f
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # (hb, wb, ...extra, k): row-major in the block
+        a = a.reshape((hb, f, wb, f) + extra)
+        a = np.moveaxis(a, (1, 3), (-2, -1))
+        return a.reshape(a.shape[:-2] + (k,))
+
+    vals = blocks(b).reshape(-1, k)
+    oks = None if ok is None else blocks(ok).reshape(-1, k)
+    out = np.empty(len(vals), b.dtype)
+    none = None if ok is None else np.zeros(len(vals), bool)
+    rows = max(1, _MODE_CHUNK // k)
+    j = np.arange(k)
+    for r0 in range(0, len(vals), rows):
+        v = vals[r0:r0 + rows]
+        n = len(v)
+        idx = np.argsort(v, axis=1, kind="stable")
+        if oks is not None:
+            bad = np.take_along_axis(~oks[r0:r0 + rows], idx, 1)
+            again = np.argsort(bad, axis=1, kind="stable")  # (the invalid ones last)
+            idx = np.take_along_axis(idx, again, 1)
+        s = np.take_along_axis(v, idx, 1)
+        same = s[:, 1:] == s[:, :-1]
+        if b.dtype.kind == "f":
+            same |= np.isnan(s[:, 1:]) & np.isnan(s[:, :-1])
+        if oks is not None:
+            sv = np.take_along_axis(oks[r0:r0 + rows], idx, 1)
+            same &= sv[:, 1:] == sv[:, :-1]
+        start = np.ones((n, k), bool)
+        start[:, 1:] = ~same
+        end = np.ones((n, k), bool)
+        end[:, :-1] = start[:, 1:]
+        begun = np.maximum.accumulate(np.where(start, j, 0), axis=1)
+        score = np.where(end, (j - begun + 1) * (k + 1) + (k - idx), 0)
+        if oks is not None:
+            score[~sv] = 0
+        best = np.argmax(score, axis=1)
+        out[r0:r0 + n] = s[np.arange(n), best]
+        if none is not None:
+            none[r0:r0 + n] = score[np.arange(n), best] == 0
+    shape = (hb, wb) + extra
+    return out.reshape(shape), None if none is None else none.reshape(shape)

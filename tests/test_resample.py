@@ -1,0 +1,194 @@
+"""Categorical data: ``downsample``'s ``method`` (nearest, mode, min, max), run by
+``tiffpipe run`` in units of a few tiles, with two processing tile sizes: each output is
+the method's reference of the whole page (:func:`reference`, a brute-force numpy
+definition written apart from :func:`pipeline.core.reduce.block_pick`), bit for bit, and
+where GDAL has the method (rasterio's ``read(out_shape=...)``, as ``gdal_translate -r``)
+GDAL's result too. Inputs: land-cover classes (uint8), labels (uint16), a float32 page
+with NaN no-data, and a page with an internal mask written by GDAL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
+import tifffile
+from conftest import gdal_masked, run_named_jobs
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+#: land-cover classes (NLCD's codes): the mean of 11 and 41 is 26, no class
+CLASSES = np.array([11, 21, 22, 41, 42, 82], np.uint8)
+METHODS = ("nearest", "mode", "min", "max")
+#: input -> (factor, the two processing tiles)
+INPUTS = {"u8": (3, (96, 192)), "u16": (3, (96, 192)), "f32_nan": (2, (64, 128)),
+          "masked": (2, (64, 128))}
+
+
+def patches(h: int, w: int, values: np.ndarray, seed: int) -> np.ndarray:
+    """A class map: patches of 1 to 4 pixels' side, so blocks mix classes and tie."""
+    rng = np.random.default_rng(seed)
+    out = values[rng.integers(0, len(values), (h // 2 + 1, w // 2 + 1))]
+    out = np.repeat(np.repeat(out, 2, 0), 2, 1)[:h, :w]
+    noise = rng.random((h, w)) < 0.3
+    out[noise] = values[rng.integers(0, len(values), noise.sum())]
+    return out
+
+
+def reference(page: np.ndarray, f: int, method: str, nodata: float | None = None,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """``method`` of each f x f block of ``page`` (h, w) or (h, w, c), blocks at an odd edge
+    of the pixels present, over its valid samples (not ``nodata``, not NaN for NaN; where
+    ``mask``): nearest, the valid sample nearest the centre (the lower, then the right one
+    of those as near); mode, the most frequent value, of those as frequent the one whose
+    last sample (row-major in the block) comes first; min; max (NaN wins). ``nodata`` (0)
+    where no sample is valid. Every pair of samples compared: slow, plain."""
+    a = page if page.ndim == 3 else page[..., None]
+    h, w, c = a.shape
+    hb, wb, k = -(-h // f), -(-w // f), f * f
+    vals = np.zeros((hb * f, wb * f, c), a.dtype)
+    vals[:h, :w] = a
+    ok = np.zeros((hb * f, wb * f, c), bool)
+    ok[:h, :w] = True if mask is None else mask[..., None]
+    if nodata is not None:
+        ok[:h, :w] &= ~np.isnan(a) if np.isnan(nodata) else a != nodata
+
+    def blocks(x: np.ndarray) -> np.ndarray:  # (hb, wb, c, k), row-major in the block
+        return x.reshape(hb, f, wb, f, c).transpose(0, 2, 4, 1, 3).reshape(hb, wb, c, k)
+
+    v, o = blocks(vals), blocks(ok)
+    pos = np.arange(k)
+    dy, dx = pos // f, pos % f
+    if method == "nearest":
+        far = (2 * dy + 1 - f) ** 2 + (2 * dx + 1 - f) ** 2
+        rank = np.lexsort((-dx, -dy, far)).argsort()  # 0: the first pick
+        score = np.where(o, k - rank, 0)
+    elif method == "mode":
+        same = (v[..., :, None] == v[..., None, :]) | (np.isnan(v[..., :, None])
+                                                     & np.isnan(v[..., None, :]))
+        same &= o[..., :, None] & o[..., None, :]
+        count = same.sum(-1)
+        last = np.where(same, pos, -1).max(-1)
+        score = np.where(o, count * (k + 1) + (k - last), 0)
+    else:
+        x = v.astype(np.float64)
+        key = -x if method == "min" else x
+        key = np.where(np.isnan(x), np.inf, key)  # (a NaN sample wins)
+        score = np.where(o, key, -np.inf)
+    best = np.argmax(score, -1)
+    out = np.take_along_axis(v, best[..., None], -1)[..., 0]
+    out[~o.any(-1)] = 0 if nodata is None else nodata
+    return out if page.ndim == 3 else out[..., 0]
+
+
+def gdal(path: str | Path, f: int, method: str) -> np.ndarray:
+    """GDAL's ``method`` resampling of a file's bands by ``f`` over its whole blocks, bands
+    last (its mask left out, as ``gdal_translate -r`` does)."""
+    with rasterio.open(path) as ds:
+        h, w = ds.height // f, ds.width // f
+        bands = ds.read(window=Window(0, 0, w * f, h * f), out_shape=(ds.count, h, w),
+                        resampling=getattr(Resampling, method))
+    return np.moveaxis(bands, 0, -1)
+
+
+def collar(h: int, w: int) -> np.ndarray:
+    """A scene's valid area: a slanted swath with a hole."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    valid = (xx > yy // 3 + 17) & (xx < w - 23 - (h - yy) // 4) & (yy > 5) & (yy < h - 9)
+    valid[h // 3:h // 3 + 21, w // 2:w // 2 + 33] = False
+    return valid
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The inputs (odd sizes: a downsample drops the rows and columns past the last whole
+    block), each downsampled by every method with two processing tiles; one run."""
+    root = tmp_path_factory.mktemp("resample")
+    u8 = patches(301, 407, CLASSES, 1)
+    tifffile.imwrite(root / "u8.tif", u8, tile=(64, 64), compression="zlib")
+    u16 = patches(250, 333, np.array([0, 7, 300, 65535, 1000], np.uint16), 2)
+    tifffile.imwrite(root / "u16.tif", u16, rowsperstrip=16)
+    f32 = patches(211, 262, np.array([0.5, -3.25, 1e6], np.float32), 3)
+    f32[patches(211, 262, np.array([0, 0, 1], np.uint8), 4) == 1] = np.nan
+    tifffile.imwrite(root / "f32_nan.tif", f32, tile=(32, 32),
+                     extratags=[(42113, "s", 0, "nan", True)])
+    valid = collar(233, 301)
+    rgb = np.stack([patches(233, 301, CLASSES, s) for s in (5, 6, 7)], -1)
+    rgb[~valid] = 0
+    gdal_masked(root / "masked.tif", rgb, valid, block=64)
+    jobs: dict[str, dict[str, Any]] = {}
+    for src, (f, tiles) in INPUTS.items():
+        for method in METHODS:
+            for tile in tiles:
+                jobs[f"{src}_{method}_{tile}"] = {
+                    "input": str(root / f"{src}.tif"), "tile": tile,
+                    "ops": [{"op": "downsample", "factor": f, "method": method}]}
+    return {"root": root, "jobs": run_named_jobs(root, jobs, {"output_options": {"tile": 16}},
+                                                 2 * 192 * 192, "--workers", "2")}
+
+
+def page_of(src: str, root: Path) -> tuple[np.ndarray, float | None, np.ndarray | None]:
+    """The input's pixels, its no-data value and its mask (None: none)."""
+    with tifffile.TiffFile(root / f"{src}.tif") as tf:
+        page = tf.pages[0].asarray()
+        mask = tf.pages[1].asarray() > 0 if len(tf.pages) > 1 else None
+    return page, (np.nan if src == "f32_nan" else None), mask
+
+
+@pytest.mark.parametrize("src", list(INPUTS))
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_is_its_reference_on_the_whole_page_whatever_the_tiles(runs, src, method):
+    """Both tile sizes give the reference of the whole page, bit for bit: each output pixel
+    is one of its block's valid samples (no mix of classes), the no-data value where the
+    block has none; the output mask (a masked page) is valid where any of the block is."""
+    f, tiles = INPUTS[src]
+    page, nodata, mask = page_of(src, runs["root"])
+    h, w = page.shape[0] // f, page.shape[1] // f
+    want = reference(page[:h * f, :w * f], f, method, nodata,
+                     None if mask is None else mask[:h * f, :w * f])
+    for tile in tiles:
+        job = runs["jobs"][f"{src}_{method}_{tile}"]
+        assert job["status"] == "SUCCEEDED", job
+        got = tifffile.imread(job["output"], key=0)
+        assert got.dtype == page.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        if mask is not None:
+            with rasterio.open(job["output"]) as ds:
+                np.testing.assert_array_equal(
+                    ds.read_masks(1) > 0,
+                    mask[:h * f, :w * f].reshape(h, f, w, f).any(axis=(1, 3)))
+    if src == "u8":  # no mean of classes: every pixel is a class
+        assert set(np.unique(got)) <= set(CLASSES.tolist())
+    if nodata is not None:  # some blocks all no-data, some mixed
+        assert np.isnan(got).any() and not np.isnan(got).all()
+
+
+@pytest.mark.parametrize("src", ["u8", "u16", "masked"])
+@pytest.mark.parametrize("method", ["nearest", "mode"])
+def test_nearest_and_mode_are_gdals(runs, src, method):
+    """GDAL's nearest (for a reduction by f: each block's sample at (f // 2, f // 2)) and
+    mode (its ties: the value first to reach the highest count, row-major) are the outputs
+    on pages without a mask. GDAL 3.10's nearest and mode (``gdal_translate -r``) take a
+    masked-out pixel's fill as a value; tiffpipe leaves it out: on the masked page they
+    agree where GDAL's pick is valid (nearest: the block's centre pixel; mode: every pixel
+    of the block, or none) and differ elsewhere (a class here, the fill 0 there)."""
+    f = INPUTS[src][0]
+    job = runs["jobs"][f"{src}_{method}_{INPUTS[src][1][0]}"]
+    got = tifffile.imread(job["output"], key=0)
+    got = got.reshape(got.shape[:2] + (-1,))
+    want = gdal(job["input"], f, method)
+    if src == "masked":
+        _, _, mask = page_of(src, runs["root"])
+        h, w = got.shape[:2]
+        count = mask[:h * f, :w * f].reshape(h, f, w, f).sum(axis=(1, 3))
+        same = (mask[f // 2::f, f // 2::f][:h, :w] if method == "nearest"
+                else (count == 0) | (count == f * f))
+        np.testing.assert_array_equal(got[same], want[same])
+        assert (got[~same] != want[~same]).any()
+        return
+    np.testing.assert_array_equal(got, want)
