@@ -265,11 +265,11 @@ def test_unknown_output_options_fields_name_the_allowed_ones():
     assert one_problem({"jobs": [job(output_options={"compresion": "lzw"})]}) == (
         "jobs[0].output_options.compresion: unknown field; did you mean compression? "
         "(allowed: bigtiff, bilevel, bilevel_compression, cog, compression, level, masks, "
-        "ome, pyramid, pyramid_layout, quality, tile)")
+        "ome, pyramid, pyramid_layout, pyramid_resampling, quality, tile)")
     assert one_problem({"jobs": [job(output_options={"colour": "red"})]}) == (
         "jobs[0].output_options.colour: unknown field "
         "(allowed: bigtiff, bilevel, bilevel_compression, cog, compression, level, masks, "
-        "ome, pyramid, pyramid_layout, quality, tile)")
+        "ome, pyramid, pyramid_layout, pyramid_resampling, quality, tile)")
 
 
 def test_masks_is_a_boolean_defaulting_to_carried():
@@ -761,8 +761,8 @@ def test_quality_applies_to_jpeg_only():
 def test_output_options_must_be_an_object():
     assert one_problem({"jobs": [job(output_options="zstd")]}) == (
         "jobs[0].output_options: expected an object with any of compression, level, quality, "
-        "tile, pyramid, pyramid_layout, ome, bilevel, bilevel_compression, masks, bigtiff, "
-        'cog, got "zstd"')
+        "tile, pyramid, pyramid_layout, pyramid_resampling, ome, bilevel, bilevel_compression, "
+        'masks, bigtiff, cog, got "zstd"')
 
 
 def test_pyramid_layout_is_subifds_or_pages():
@@ -781,6 +781,24 @@ def test_pyramid_layout_needs_a_pyramid():
         "jobs[0].output_options.pyramid_layout: expected no pyramid_layout with pyramid "
         "false (the default output_options.pyramid): it says where pyramid levels go, got "
         '"pages"; set "pyramid": true, or drop "pyramid_layout"')
+
+
+def test_pyramid_resampling_names_the_methods():
+    specs = parse_manifest({"defaults": {"output_options": {"pyramid": True}}, "jobs": [
+        job(), job(output="out/b.tif", output_options={"pyramid_resampling": "mode"})]},
+        "m.json", BASE)
+    assert [s.output_options.pyramid_resampling for s in specs] == ["mean", "mode"]
+    assert one_problem({"jobs": [job(output_options={"pyramid": True,
+                                                     "pyramid_resampling": "average"})]}) == (
+        'jobs[0].output_options.pyramid_resampling: expected one of "mean", "nearest", '
+        '"mode", "min", "max", got "average"')
+
+
+def test_pyramid_resampling_needs_a_pyramid():
+    assert one_problem({"jobs": [job(output_options={"pyramid_resampling": "mode"})]}) == (
+        "jobs[0].output_options.pyramid_resampling: expected no pyramid_resampling with "
+        "pyramid false (the default output_options.pyramid): it says how pyramid levels are "
+        'reduced, got "mode"; set "pyramid": true, or drop "pyramid_resampling"')
 
 
 def test_downsample_method_names_the_methods():

@@ -1,5 +1,6 @@
-"""Categorical data: ``downsample``'s ``method`` (nearest, mode, min, max), run by
-``tiffpipe run`` in units of a few tiles, with two processing tile sizes: each output is
+"""Categorical data: ``downsample``'s ``method`` (nearest, mode, min, max) and
+``output_options.pyramid_resampling``, run by ``tiffpipe run`` in units of a few tiles,
+with two processing tile sizes: each output is
 the method's reference of the whole page (:func:`reference`, a brute-force numpy
 definition written apart from :func:`pipeline.core.reduce.block_pick`), bit for bit, and
 where GDAL has the method (rasterio's ``read(out_shape=...)``, as ``gdal_translate -r``)
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
-from conftest import gdal_masked, run_named_jobs
+from conftest import gdal_masked, pyramid_levels, run_named_jobs
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -107,7 +108,8 @@ def collar(h: int, w: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The inputs (odd sizes: a downsample drops the rows and columns past the last whole
-    block), each downsampled by every method with two processing tiles; one run."""
+    block, the levels reduce an odd edge's pixels present), each downsampled by every
+    method with two processing tiles, and pyramids by "mode" and "max"; one run."""
     root = tmp_path_factory.mktemp("resample")
     u8 = patches(301, 407, CLASSES, 1)
     tifffile.imwrite(root / "u8.tif", u8, tile=(64, 64), compression="zlib")
@@ -128,6 +130,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 jobs[f"{src}_{method}_{tile}"] = {
                     "input": str(root / f"{src}.tif"), "tile": tile,
                     "ops": [{"op": "downsample", "factor": f, "method": method}]}
+    for src, method in (("u8", "mode"), ("masked", "mode"), ("f32_nan", "max")):
+        jobs[f"{src}_pyramid_{method}"] = {
+            "input": str(root / f"{src}.tif"), "tile": 128,
+            "output_options": {"pyramid": True, "pyramid_resampling": method}}
     return {"root": root, "jobs": run_named_jobs(root, jobs, {"output_options": {"tile": 16}},
                                                  2 * 192 * 192, "--workers", "2")}
 
@@ -192,3 +198,28 @@ def test_nearest_and_mode_are_gdals(runs, src, method):
         assert (got[~same] != want[~same]).any()
         return
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("src", "method"), [("u8", "mode"), ("masked", "mode"),
+                                             ("f32_nan", "max")])
+def test_pyramid_resampling_reduces_each_level_by_its_method(runs, src, method):
+    """Each pyramid level is the method's reference of the level above by 2 (the pixels
+    present at an odd edge), no-data and the mask left out; so a level of classes holds
+    classes only."""
+    job = runs["jobs"][f"{src}_pyramid_{method}"]
+    assert job["status"] == "SUCCEEDED", job
+    page, nodata, mask = page_of(src, runs["root"])
+    levels = pyramid_levels(job["output"])[0]
+    assert len(levels) >= 4
+    above, valid = page, mask
+    for pixels, _ in levels[1:]:
+        want = reference(above, 2, method, nodata, valid)
+        np.testing.assert_array_equal(pixels, want)
+        if valid is not None:
+            h, w = valid.shape
+            padded = np.zeros((h + h % 2, w + w % 2), bool)
+            padded[:h, :w] = valid
+            valid = padded.reshape(padded.shape[0] // 2, 2, -1, 2).any(axis=(1, 3))
+        above = pixels
+    if src == "u8":
+        assert set(np.unique(levels[-1][0])) <= set(CLASSES.tolist())

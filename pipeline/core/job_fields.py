@@ -23,12 +23,14 @@ from pipeline.core.models import (
 from pipeline.core.ops import made_problems, made_types, parse_chain
 from pipeline.core.params import Param, show, unknown_field_problems
 from pipeline.core.record import record
+from pipeline.core.reduce import METHODS
 
 if TYPE_CHECKING:
     from pipeline.core.chain import ChainLayout
 
-OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout", "ome",
-                 "bilevel", "bilevel_compression", "masks", "bigtiff", "cog")
+OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_layout",
+                 "pyramid_resampling", "ome", "bilevel", "bilevel_compression", "masks",
+                 "bigtiff", "cog")
 
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
@@ -47,6 +49,10 @@ _PAGE = Param("page", "integer", "page index", ge=0)
 _PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels", default=False)
 _PYRAMID_LAYOUT = Param("pyramid_layout", "string", "where the levels go: SubIFDs of their "
                         "page, or pages after it", default="subifds", choices=PYRAMID_LAYOUTS)
+_PYRAMID_RESAMPLING = Param("pyramid_resampling", "string", "how a level's 2 x 2 blocks "
+                            "become its pixels: their mean, or the sample nearest their "
+                            "centre, their most frequent, smallest or largest value",
+                            default="mean", choices=METHODS)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 _BILEVEL_COMPRESSION = Param("bilevel_compression", "string", 'codec of the 1-bit pages of a '
                              '"bilevel": "auto" job', default="group4",
@@ -73,6 +79,7 @@ _BUILTIN: dict[str, Any] = {
     "output_options.tile": DEFAULT_OUTPUT_TILE,
     "output_options.pyramid": OutputOptions.pyramid,
     "output_options.pyramid_layout": OutputOptions.pyramid_layout,
+    "output_options.pyramid_resampling": OutputOptions.pyramid_resampling,
     "output_options.ome": OutputOptions.ome,
     "output_options.bilevel": OutputOptions.bilevel,
     "output_options.bilevel_compression": OutputOptions.bilevel_compression,
@@ -321,6 +328,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
         "tile": lambda v: _size_problem(v, *OUTPUT_TILE_RANGE),
         "pyramid": _PYRAMID.check,
         "pyramid_layout": _PYRAMID_LAYOUT.check,
+        "pyramid_resampling": _PYRAMID_RESAMPLING.check,
         "ome": _OME.check,
         "bilevel": _bilevel_problem,
         "bilevel_compression": _BILEVEL_COMPRESSION.check,
@@ -460,19 +468,21 @@ def _cog_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
 
 
 def _layout_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
-    """A pyramid layout without a pyramid (it would be ignored), and levels as pages in an
-    OME-TIFF (whose pyramids are SubIFDs: Bio-Formats reads no other)."""
+    """A pyramid layout or resampling without a pyramid (it would be ignored), and levels as
+    pages in an OME-TIFF (whose pyramids are SubIFDs: Bio-Formats reads no other)."""
     layout, pyramid = eff["output_options.pyramid_layout"], eff["output_options.pyramid"]
     ome = eff["output_options.ome"]
     if not (layout.ok and pyramid.ok and ome.ok):
         return []
     problems = []
-    if layout.layer is layer and not pyramid.value:
-        problems.append(
-            f"{layer.where('output_options.pyramid_layout')}: expected no pyramid_layout "
-            f"with pyramid false{_from(pyramid, layer, 'output_options.pyramid')}: it says "
-            f"where pyramid levels go, got {json.dumps(layout.value)}; set \"pyramid\": true, "
-            "or drop \"pyramid_layout\"")
+    for name, says in (("pyramid_layout", "where pyramid levels go"),
+                       ("pyramid_resampling", "how pyramid levels are reduced")):
+        setting = eff[f"output_options.{name}"]
+        if setting.layer is layer and setting.ok and not pyramid.value:
+            problems.append(
+                f"{layer.where(f'output_options.{name}')}: expected no {name} with pyramid "
+                f"false{_from(pyramid, layer, 'output_options.pyramid')}: it says {says}, got "
+                f"{json.dumps(setting.value)}; set \"pyramid\": true, or drop \"{name}\"")
     if layout.value == "pages" and ome.value and layer in (layout.layer, ome.layer):
         problems.append(_pair_problem(
             layer, ("pyramid_layout", layout), ("ome", ome),

@@ -40,6 +40,10 @@ class OutputOptions:
     #: where the levels go: "subifds" of their page (OME-TIFF's layout), or "pages" of the
     #: main chain right after it, marked reduced-resolution (OpenSlide's and GDAL's overviews)
     pyramid_layout: str = "subifds"
+    #: how a level's 2 x 2 blocks become its pixels (:data:`pipeline.core.reduce.METHODS`):
+    #: "mean" (GDAL's average), or one sample of each: "nearest", "mode", "min", "max"
+    #: (class labels, bit masks: pipeline.steps.pyramid)
+    pyramid_resampling: str = "mean"
     ome: bool = False  # write OME-TIFF (OME-XML in the first page's ImageDescription)
     #: write one-band uint8 pages of 0 and 255 as 1-bit (BitsPerSample 1, miniswhite): true
     #: every page, or "auto" each page whose output is black and white (a mixed book's text

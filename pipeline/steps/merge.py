@@ -376,15 +376,17 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
             return [(table, False)]
         write_mask(mask, height, width, 4)  # its internal mask, right after it
         return [(table, False), (mask, True)]
-    nearest = tags["photometric"] == "palette"
     # imported here, by pyramid jobs only: a run imports its steps within its time
+    from pipeline.steps.pyramid import level_method
     from pipeline.steps.unit_levels import merge_unit_levels
+
+    method = level_method(plan, tags["photometric"] == "palette")
 
     masks: list[TileTable] = []  # the levels' masks (a page that carries its mask)
     if UNIT_LEVELS and unit_level_count(plan, index):
-        levels = merge_unit_levels(plan, index, encoder, nearest)
+        levels = merge_unit_levels(plan, index, encoder, method)
     else:
-        levels, masks = _merged_levels(plan, index, table, encoder, nearest, mask)
+        levels, masks = _merged_levels(plan, index, table, encoder, method, mask)
     as_pages = options.pyramid_layout == "pages"
     subifds = {"subifds": len(levels)} if levels and not as_pages else {}
     writer.write(table.placeholders(), shape=shape, **common, **tags, **subifds)
@@ -538,7 +540,7 @@ def _level_resolution(tags: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputEncoder,
-                   nearest: bool, mask: TileTable | None = None
+                   method: str, mask: TileTable | None = None
                    ) -> tuple[list[TileTable], list[TileTable]]:
     """The levels of a page built here, from its base tiles read through (the units did not
     build them), and with ``mask`` (the page's mask tiles, read through with them) the
@@ -548,7 +550,7 @@ def _merged_levels(plan: JobPlan, index: int, table: TileTable, encoder: OutputE
     page = plan.pages[index]
     pyramid = Pyramid(page.out_grid.height, page.out_grid.width, page.out_channels,
                       page.out_dtype, encoder, plan.spec.output_options.tile,
-                      layout.levels_dir(plan.work, index), nearest=nearest,
+                      layout.levels_dir(plan.work, index), method=method,
                       nodata=level_nodata(plan, index), threads=tile_threads(),
                       masked=mask is not None)
     try:

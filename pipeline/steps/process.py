@@ -73,10 +73,11 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None,
         levels = None
         if unit_level_count(plan, unit.page):  # this unit's part of the pyramid levels
             # imported here, by pyramid jobs only: a run imports its steps within its time
+            from pipeline.steps.pyramid import level_method
             from pipeline.steps.unit_levels import RegionLevels
 
-            levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder,
-                                  plan.pages[unit.page].info.photometric == "palette")
+            levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder, level_method(
+                plan, plan.pages[unit.page].info.photometric == "palette"))
         try:
             with SegmentOutput(plan, unit.page, layout.unit_segment(event.unit), positions,
                                levels.add if levels else None) as segment:

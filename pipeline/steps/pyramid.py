@@ -19,17 +19,22 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 - floats: ``s / n`` in float64 (``s`` summed in the order ``((p00 + p10) + p01) + p11``
   of the pixels present), cast to the page's dtype;
 - palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
-  pixel of the block, ``level[y, x] = prev[2y, 2x]``;
+  pixel of the block, ``level[y, x] = prev[2y, 2x]`` (with ``pyramid_resampling`` "mean",
+  the default; another method is taken as it is);
+- ``output_options.pyramid_resampling`` "nearest", "mode", "min" or "max" (class labels,
+  bit masks): one sample of the block's pixels present and valid, as
+  :func:`pipeline.core.reduce.block_pick` picks it (the no-data value where none is
+  valid), so a level's pixel is one of the page's values, never a mix;
 - a page whose output keeps a no-data value (GDAL_NODATA, :func:`level_nodata`): each sample
   the same formula over the pixels present whose sample is not that value (not NaN for
   NaN), the value itself where there is none, as GDAL's average overviews leave no-data
   out: a mean of no-data and data would be neither, and GDAL, QGIS would show it as data;
 - a page that carries its internal mask (``masked``, :mod:`pipeline.steps.masks`): each
   level has a mask too, valid where any of the block's pixels present is valid (palette
-  pages: where its top-left pixel is), and the pixels' means leave the masked-out pixels
-  out as they leave no-data out, 0 (or the no-data value) where none is valid: what GDAL's
-  ``gdaladdo -r average`` (``-r nearest``) makes of a page with an internal mask
-  (docs/outputs.md, "Masks of the levels").
+  pages reduced by their top-left pixel: where that pixel is), and the pixels' means (or
+  picks) leave the masked-out pixels out as they leave no-data out, 0 (or the no-data
+  value) where none is valid: what GDAL's ``gdaladdo -r average`` (``-r nearest``) makes
+  of a page with an internal mask (docs/outputs.md, "Masks of the levels").
 
 Memory: the decoded base tiles in flight (one; ``2 * threads`` with threads), plus one tile
 row buffer per level (``tile x ceil(w_k / tile) * tile`` pixels each: together about one tile
@@ -57,10 +62,14 @@ from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
-from pipeline.core.reduce import WIDE, masked_mean, mean4
+from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4
 from pipeline.core.tiff_layout import Span
 
-__all__ = ["Pyramid", "level_nodata", "reduce2", "reduce_mask"]
+__all__ = ["TOP_LEFT", "Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask"]
+
+#: the method of a palette page's levels with ``pyramid_resampling`` "mean": the top-left
+#: pixel of each block (a mean of colour-map indices means nothing)
+TOP_LEFT = "top_left"
 
 
 def level_nodata(plan: JobPlan, page: int) -> float | None:
@@ -69,9 +78,17 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
     return nodata_at(plan.pages[page].info, plan.spec.ops)
 
 
-def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = None,
+def level_method(plan: JobPlan, palette: bool) -> str:
+    """How the levels of a page reduce their 2 x 2 blocks (:func:`reduce2`'s ``method``):
+    ``output_options.pyramid_resampling``, but :data:`TOP_LEFT` for a palette page's "mean"."""
+    method = plan.spec.output_options.pyramid_resampling
+    return TOP_LEFT if palette and method == "mean" else method
+
+
+def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,
             valid: np.ndarray | None = None) -> np.ndarray:
-    """The 2x2 reduction of ``block`` (h, w, c): see the module docstring for the formula.
+    """The 2x2 reduction of ``block`` (h, w, c) by ``method`` ("mean", :data:`TOP_LEFT`, or
+    another of :data:`pipeline.core.reduce.METHODS`): see the module docstring for the formula.
     ``nodata``: the samples of that value (NaN too) are left out of the means; ``valid``
     (h, w, bool): the block's mask, whose invalid pixels are left out too.
 
@@ -81,8 +98,10 @@ def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = Non
     zeros' signs and NaN included), so ``s`` is the sum of the pixels present in the block's
     order, divided by their count.
     """
-    if nearest:
+    if method == TOP_LEFT:
         return block[0::2, 0::2].copy()
+    if method != "mean":
+        return block_pick(block, 2, method, nodata, valid)
     if valid is not None and nodata is None:  # a masked page without no-data: most of its
         if not valid.any():  # blocks are all valid or none (its inside, its collar), which
             h, w = block.shape[:2]  # need no count of the pixels left out
@@ -107,10 +126,10 @@ def reduce2(block: np.ndarray, nearest: bool = False, nodata: float | None = Non
     return (s // 4).astype(block.dtype)
 
 
-def reduce_mask(valid: np.ndarray, nearest: bool = False) -> np.ndarray:
+def reduce_mask(valid: np.ndarray, method: str = "mean") -> np.ndarray:
     """The 2x2 reduction of a mask (h, w, bool): valid where any pixel of the block present
-    is (``nearest``: where its top-left pixel is), as GDAL reduces a mask's overviews."""
-    if nearest:
+    is (:data:`TOP_LEFT`: where its top-left pixel is), as GDAL reduces a mask's overviews."""
+    if method == TOP_LEFT:
         return valid[0::2, 0::2].copy()
     h, w = valid.shape
     v = np.zeros((h + h % 2, w + w % 2), bool)
@@ -138,16 +157,16 @@ class _Level:
             self.mask = np.zeros((tile, self.cols * tile), bool)
             self.mask_segment = SegmentWriter(self.mask_url)
 
-    def add(self, block: np.ndarray, y: int, x: int, nearest: bool,
+    def add(self, block: np.ndarray, y: int, x: int, method: str,
             nodata: float | None, valid: np.ndarray | None = None) -> None:
         """Reduce ``block``, the pixels of the level above at (y, x) (both even), and
         ``valid``, their mask (None: the page has none)."""
-        small = reduce2(block, nearest, nodata, valid)
+        small = reduce2(block, method, nodata, valid)
         top = y // 2 - self.row * self.tile
         self.buffer[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = small
         if self.mask is not None and valid is not None:
             self.mask[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = \
-                reduce_mask(valid, nearest)
+                reduce_mask(valid, method)
 
     def complete(self, above_rows: int) -> bool:
         """True when the level above, complete down to row ``above_rows``, fills this level's
@@ -162,10 +181,10 @@ class Pyramid:
     tiles go to ``level{k}_mask.seg`` (:meth:`mask_spans`)."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str,
-                 encoder: OutputEncoder, tile: int, folder: str, *, nearest: bool = False,
+                 encoder: OutputEncoder, tile: int, folder: str, *, method: str = "mean",
                  nodata: float | None = None, threads: int = 1, masked: bool = False):
         self.height, self.width, self.channels, self.dtype = height, width, channels, dtype
-        self.encoder, self.tile, self.nearest = encoder, tile, nearest
+        self.encoder, self.tile, self.method = encoder, tile, method
         self.nodata = nodata  # (see level_nodata)
         self.cols = ceil(width / tile)
         self.shapes = level_shapes(height, width, tile)
@@ -230,7 +249,7 @@ class Pyramid:
         t = self.tile
         self.decoded += 1
         vh, vw = min(t, self.height - row * t), min(t, self.width - col * t)
-        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.nearest, self.nodata,
+        self.levels[0].add(pixels[:vh, :vw], row * t, col * t, self.method, self.nodata,
                            None if valid is None else valid[:vh, :vw])
         if col == self.cols - 1:
             self._rows_done(0, min((row + 1) * t, self.height))
@@ -264,7 +283,7 @@ class Pyramid:
         if below is not None:
             for c, (tile, valid) in enumerate(zip(tiles, masks, strict=True)):
                 vw = min(t, level.width - c * t)
-                below.add(tile[:vh, :vw], level.row * t, c * t, self.nearest, self.nodata,
+                below.add(tile[:vh, :vw], level.row * t, c * t, self.method, self.nodata,
                           None if valid is None else valid[:vh, :vw])
         level.row += 1
         self._rows_done(k + 1, (level.row - 1) * t + vh)

@@ -46,7 +46,7 @@ from pipeline.core.models import JobPlan
 from pipeline.core.plan import page_options
 from pipeline.steps import layout
 from pipeline.steps.common import load_plan, recorded, tile_threads
-from pipeline.steps.pyramid import Pyramid, level_nodata, reduce2
+from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2
 from pipeline.steps.tile_table import TileTable, read_indexes
 
 
@@ -72,10 +72,10 @@ class RegionLevels:
     """The levels a unit builds, fed its processing rows of output pixels in order."""
 
     def __init__(self, plan: JobPlan, page: int, unit_index: int, unit: SplitUnit,
-                 encoder: OutputEncoder, nearest: bool):
+                 encoder: OutputEncoder, method: str):
         p = plan.pages[page]
         self.plan, self.page, self.unit = plan, page, unit_index
-        self.t, self.encoder, self.nearest = plan.spec.output_options.tile, encoder, nearest
+        self.t, self.encoder, self.method = plan.spec.output_options.tile, encoder, method
         self.nodata = level_nodata(plan, page)
         height, width, big = p.out_grid.height, p.out_grid.width, p.out_grid.tile
         self.count = unit_level_count(plan, page)
@@ -99,7 +99,7 @@ class RegionLevels:
         """The next processing row of the region's output pixels (rows x width x channels)."""
         cur = strip
         for level in self.levels:
-            cur = reduce2(cur, self.nearest, self.nodata)
+            cur = reduce2(cur, self.method, self.nodata)
             self._rows(level, cur)
 
     def _rows(self, level: _Level, rows: np.ndarray) -> None:
@@ -175,7 +175,7 @@ def build_levels(event: UnitEvent) -> dict[str, Any]:
         p = plan.pages[unit.page]
         encoder = OutputEncoder(page_options(plan.spec, p), p.out_dtype, p.out_channels)
         levels = RegionLevels(plan, unit.page, event.unit, unit, encoder,
-                              p.info.photometric == "palette")
+                              level_method(plan, p.info.photometric == "palette"))
         try:
             band = _band_table(plan, unit)
             per_row = p.out_grid.tile // plan.spec.output_options.tile  # tile rows a row
@@ -233,7 +233,7 @@ def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
 
 
 def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
-                      nearest: bool) -> list[TileTable]:
+                      method: str) -> list[TileTable]:
     """Merge's part of a page's unit-built levels: the tile tables of every level. Shared
     tiles are assembled from their fragments into a ``border{k}`` segment; the levels below
     the units' deepest are built from its blocks with :class:`Pyramid` (``deep/``)."""
@@ -270,13 +270,13 @@ def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
         table.check(f"page {p.info.index}, level {k}")
         tables.append(table)
     if count < len(shapes):
-        tables += _deep_levels(plan, page, count, docs, frag_urls, encoder, nearest)
+        tables += _deep_levels(plan, page, count, docs, frag_urls, encoder, method)
     return tables
 
 
 def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]],
                  frag_urls: list[str], encoder: OutputEncoder,
-                 nearest: bool) -> list[TileTable]:
+                 method: str) -> list[TileTable]:
     """The levels below level ``count``, reduced from its pixels (the units' blocks), one
     tile row at a time."""
     p, t = plan.pages[page], plan.spec.output_options.tile
@@ -286,7 +286,7 @@ def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]
         for block in doc["blocks"]:
             rows[block[0] // t].append((u, block))
     folder = storage.join(layout.levels_dir(plan.work, page), "deep")
-    pyramid = Pyramid(h, w, p.out_channels, p.out_dtype, encoder, t, folder, nearest=nearest,
+    pyramid = Pyramid(h, w, p.out_channels, p.out_dtype, encoder, t, folder, method=method,
                       nodata=level_nodata(plan, page))
     try:
         cols = ceil(w / t)
