@@ -156,7 +156,8 @@ def test_inspect_and_estimate_see_the_turned_page(tmp_path: Path,
 
 def test_a_palette_page_turned_keeps_its_indices_and_colormap(tmp_path: Path):
     """A chain that only moves pixels keeps a palette page's indices and colormap (as an
-    empty chain does), turned; any other op makes it RGB first."""
+    empty chain does), turned; an op that mixes values makes it RGB first
+    (tests/test_resample.py: a downsample that picks a sample of each block does not)."""
     rng = np.random.default_rng(3)
     indices = rng.integers(0, 256, (150, 97), dtype=np.uint8)
     colormap = rng.integers(0, 65536, (3, 256), dtype=np.uint16)

@@ -134,6 +134,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         jobs[f"{src}_pyramid_{method}"] = {
             "input": str(root / f"{src}.tif"), "tile": 128,
             "output_options": {"pyramid": True, "pyramid_resampling": method}}
+    indices = patches(150, 203, np.arange(0, 256, 9, dtype=np.uint8), 8)
+    colormap = np.random.default_rng(9).integers(0, 65536, (3, 256), dtype=np.uint16)
+    tifffile.imwrite(root / "palette.tif", indices, photometric="palette", colormap=colormap,
+                     tile=(32, 32))
+    for method in ("mode", "mean"):
+        jobs[f"palette_{method}"] = {
+            "input": str(root / "palette.tif"), "tile": 64,
+            "ops": [{"op": "rotate", "angle": 90},
+                    {"op": "downsample", "factor": 2, "method": method}]}
+    jobs["palette_pyramid_mode"] = {
+        "input": str(root / "palette.tif"), "tile": 64,
+        "output_options": {"pyramid": True, "pyramid_resampling": "mode"}}
     return {"root": root, "jobs": run_named_jobs(root, jobs, {"output_options": {"tile": 16}},
                                                  2 * 192 * 192, "--workers", "2")}
 
@@ -223,3 +235,29 @@ def test_pyramid_resampling_reduces_each_level_by_its_method(runs, src, method):
         above = pixels
     if src == "u8":
         assert set(np.unique(levels[-1][0])) <= set(CLASSES.tolist())
+
+
+def test_a_palette_page_keeps_its_indices_and_colormap_through_a_downsample_by_mode(runs):
+    """A downsample that picks a sample of each block (after a rotate) keeps a palette
+    page's indices and colormap, as the geometric ops do: the indices are the mode of the
+    rotated indices, and its pyramid levels by "mode" the mode of the level above. The
+    mean (a mix of unrelated colours' indices) still makes it RGB first."""
+    with tifffile.TiffFile(runs["root"] / "palette.tif") as tf:
+        indices, colormap = tf.pages[0].asarray(), tf.pages[0].colormap
+    turned = np.rot90(indices, -1)
+    h, w = turned.shape[0] // 2, turned.shape[1] // 2
+    with tifffile.TiffFile(runs["jobs"]["palette_mode"]["output"]) as tf:
+        page = tf.pages[0]
+        assert page.photometric == tifffile.PHOTOMETRIC.PALETTE
+        np.testing.assert_array_equal(page.colormap, colormap)
+        np.testing.assert_array_equal(page.asarray(),
+                                      reference(turned[:2 * h, :2 * w], 2, "mode"))
+    with tifffile.TiffFile(runs["jobs"]["palette_mean"]["output"]) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+    levels = pyramid_levels(runs["jobs"]["palette_pyramid_mode"]["output"])[0]
+    assert len(levels) >= 2
+    above = indices
+    for pixels, tags in levels[1:]:
+        assert tags[262] == tifffile.PHOTOMETRIC.PALETTE
+        np.testing.assert_array_equal(pixels, reference(above, 2, "mode"))
+        above = pixels

@@ -550,14 +550,15 @@ def _palette_kind(page: tifffile.TiffPage, where: str, bps: int, samples: int,
 
 
 def keeps_palette(ops: list[Any], compression: str) -> bool:
-    """Whether a job keeps palette pages as indices + colormap: only when nothing changes the
-    pixels (an op chain that is empty or only moves them: rotate, flip, crop) and the output
-    is lossless (JPEG would blur indices)."""
+    """Whether a job keeps palette pages as indices + colormap: only when no op mixes the
+    pixels' values (an op chain that is empty, only moves them: rotate, flip, crop, or picks
+    one of each block: a downsample by nearest, mode, min or max) and the output is
+    lossless (JPEG would blur indices)."""
     if not ops:  # (most jobs of a reader without the op registry: preview, inspect)
         return compression != "jpeg"
-    from pipeline.core.ops import chain_moves_only
+    from pipeline.core.ops import chain_keeps_indices
 
-    return chain_moves_only(ops) and compression != "jpeg"
+    return chain_keeps_indices(ops) and compression != "jpeg"
 
 
 #: the tags of a page's size and segment size, none of which may be 0

@@ -530,10 +530,13 @@ def chain_turns(ops: list[dict[str, Any]]) -> bool:
     return any((make := OPS[op["op"]].geometry) is not None and make(op).turns for op in ops)
 
 
-def chain_moves_only(ops: list[dict[str, Any]]) -> bool:
-    """Whether every op of a chain (its JSON) only moves pixels (rotate, flip, crop; true of
-    an empty chain): a palette page's indices then stay indices."""
-    return all(op.get("op") in OPS and OPS[op["op"]].geometry is not None for op in ops)
+def chain_keeps_indices(ops: list[dict[str, Any]]) -> bool:
+    """Whether every op of a chain (its JSON) makes each output pixel one of its input's,
+    never a mix of values: it only moves pixels (rotate, flip, crop), or picks one of each
+    block (a downsample by a method other than "mean"); true of an empty chain. A palette
+    page's indices then stay indices."""
+    return all(op.get("op") in OPS and (OPS[op["op"]].geometry is not None or (
+        op["op"] == "downsample" and op.get("method", "mean") != "mean")) for op in ops)
 
 
 def chain_keeps_values(ops: list[dict[str, Any]]) -> bool:
