@@ -261,3 +261,21 @@ def test_a_palette_page_keeps_its_indices_and_colormap_through_a_downsample_by_m
         assert tags[262] == tifffile.PHOTOMETRIC.PALETTE
         np.testing.assert_array_equal(pixels, reference(above, 2, "mode"))
         above = pixels
+
+
+def test_nan_without_a_no_data_value_is_a_value(tmp_path: Path):
+    """On a float page whose NaN marks no no-data (no GDAL_NODATA), NaN is a value: mode
+    counts the NaNs as one value (GDAL's mode too: NaN, NaN before 3, 3 in row-major order
+    reaches two first), min and max give NaN (as the mean does), nearest takes the sample
+    at (1, 1)."""
+    from pipeline.core.op_functions import downsample
+
+    page = np.array([[np.nan, 3, 5, 5], [np.nan, 3, np.nan, 2]], np.float32)
+    tifffile.imwrite(tmp_path / "nan.tif", page)
+    got = {m: downsample(page, {"factor": 2, "method": m}) for m in METHODS}
+    np.testing.assert_array_equal(got["mode"], [[np.nan, 5]])
+    np.testing.assert_array_equal(got["mode"], gdal(tmp_path / "nan.tif", 2, "mode")[..., 0])
+    np.testing.assert_array_equal(got["min"], [[np.nan, np.nan]])
+    np.testing.assert_array_equal(got["max"], [[np.nan, np.nan]])
+    np.testing.assert_array_equal(got["nearest"], [[3, 2]])
+    assert all(a.dtype == np.float32 for a in got.values())
