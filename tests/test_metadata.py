@@ -813,3 +813,42 @@ def test_an_iptc_record_is_carried_byte_for_byte_through_any_chain(tmp_path: Pat
     with contextlib.redirect_stdout(out):
         cli.main(["inspect", str(tmp_path / "be_long.tif")])
     assert out.getvalue().rstrip().endswith("; kept: resolution, IPTC")
+
+
+def test_page_number_is_renumbered_for_the_output_pages(tmp_path: Path):
+    """An input whose pages carry PageNumber (page index, page count), each page followed
+    by its GDAL mask: an output of a reordered subset (``"pages": [2, 0]``), of one page
+    with its levels stored as pages, and of every page with the masks left out carries on
+    each output page (its index among the output's pages, their count), as viewers number
+    the pages; its mask pages and levels carry none. Before, no output page carried one."""
+    with tifffile.TiffWriter(tmp_path / "in.tif") as tw:
+        for i in range(3):  # (file pages 0, 2, 4; their masks 1, 3, 5)
+            tw.write(pattern(200, 300, 1, "uint8", i), tile=(64, 64), metadata=None,
+                     extratags=[(297, "H", 2, (i, 3), True)])
+            valid = np.ones((200, 300), bool)
+            valid[:, :40 * (i + 1)] = False
+            tw.write(valid, compression="zlib", subfiletype=4, metadata=None)
+    jobs = {"reordered": {"pages": [2, 0]},
+            "levels": {"pages": [4], "output_options": {"pyramid": True, "tile": 64,
+                                                         "pyramid_layout": "pages"}},
+            "masks_out": {"output_options": {"masks": False}}}
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(tmp_path / "in.tif"), "output": str(tmp_path / f"{name}.tif"), **job}
+        for name, job in jobs.items()]}))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--quiet", "--no-contact-sheet"]) == 0
+
+    def numbers(name: str) -> list[tuple[int, tuple[int, ...] | None]]:
+        """Each page of the output's main chain: (NewSubfileType, PageNumber or None)."""
+        with tifffile.TiffFile(tmp_path / f"{name}.tif") as tf:
+            return [(int(p.subfiletype), tuple(p.tags[297].value) if 297 in p.tags else None)
+                    for p in tf.pages]
+
+    # (NewSubfileType 4: a page's mask, 1: a level, 5: a level's mask)
+    assert numbers("reordered") == [(0, (0, 2)), (4, None), (0, (1, 2)), (4, None)]
+    assert numbers("levels") == [(0, (0, 1)), (4, None)] + [(1, None), (5, None)] * 3
+    assert numbers("masks_out") == [(0, (0, 3)), (0, (1, 3)), (0, (2, 3))]
+    with tifffile.TiffFile(tmp_path / "reordered.tif") as tf:  # (SHORT, as TIFF defines it)
+        assert int(tf.pages[0].tags[297].dtype) == 3
+        # (the first output page is input page 2, the second image: its mask leaves out 80
+        # columns)
+        assert not tf.pages[1].asarray()[:, :80].any() and tf.pages[1].asarray()[:, 80:].all()

@@ -51,8 +51,12 @@ Rules:
   band's set of values and all but the band's name through one that remaps values, but
   a band's scale, offset and unit are rescaled through a linear map (``linear``: a convert
   that clips nothing, invert of integers, the reader's miniswhite ``max - v``);
-- nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, Photoshop,
-  PageNumber, private tags).
+- PageNumber is renumbered, not copied: an output page whose input page carries one gets
+  (its index among the output's pages, the output's page count), whatever pages the job
+  picks or leaves out and in whatever order (``page_number`` of :func:`output_tags`);
+  pyramid levels and mask pages get none;
+- nothing else is kept (EXIF/GPS/Interoperability sub-IFDs, SubIFDs, Photoshop, private
+  tags).
 - Size caps: an ICC profile above :data:`ICC_MAX` bytes and any other value above
   :data:`VALUE_MAX` bytes is dropped (the plan of a many-page job must stay small), but
   for XMP: a packet above :data:`VALUE_MAX` (Photoshop's History makes 300 KB ones) is
@@ -124,6 +128,8 @@ XMP = 700
 ORIENTATION = 274
 #: PageName, which an OME-TIFF's page without one gets from its OME plane (:func:`ome_name`)
 PAGE_NAME = 285
+#: PageNumber (page index, page count): renumbered for the output (:func:`output_tags`)
+PAGE_NUMBER = 297
 #: GDAL's no-data value (ASCII): kept only through ops that do not remap values
 GDAL_NODATA = 42113
 #: GDAL's metadata (ASCII XML: band names, scale and offset, statistics, the scene's items):
@@ -229,6 +235,8 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
                 _imagej_unit(out, page.description)  # description, which is dropped
                 if out["resolutionunit"] == 1:
                     _ome_pixel_size(out, page)
+    if PAGE_NUMBER in tags:  # (its values are the input's: the output's are written instead)
+        out["page_number"] = True
     subfiletype = tags.valueof(254)
     if subfiletype:  # every bit but the mask's (an output page is never a 1-bit mask)
         out["subfiletype"] = int(subfiletype) & ~0b100 & 0xFFFFFFFF
@@ -933,8 +941,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 linear: tuple[float, float] | None = None,
                 keep_nodata: bool | None = None,
                 names: Sequence[str | None] = (), form: Form | None = None,
-                derived: Derivation | None = None, packets: XmpPackets | None = None
-                ) -> dict[str, Any]:
+                derived: Derivation | None = None, packets: XmpPackets | None = None,
+                page_number: tuple[int, int] | None = None) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -965,7 +973,10 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     ``bilevel``: a 1-bit output page (0 and 255 stored as bits): miniswhite,
     as 1-bit scans and fax are, its GDAL_NODATA the bit of that value (255: 0, 0: 1;
     another value marks no pixel: dropped), and the entry merge makes its BitsPerSample
-    (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`)."""
+    (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`).
+    ``page_number``: the output page's index among the output's pages and their count,
+    written as its PageNumber when the input page carries one (None: none written; the
+    input's values would be wrong wherever the job picks, reorders or leaves out pages)."""
     md = info.metadata or {}
     palette = _palette(info, channels)
     photometric, extrasamples = photometric_of(info, channels, bands)
@@ -981,11 +992,13 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         kwargs["resolutionunit"] = md.get("resolutionunit", 2)
     if md.get("subfiletype"):
         kwargs["subfiletype"] = md["subfiletype"]
+    extratags = []
+    if md.get("page_number") and page_number is not None:
+        extratags.append((PAGE_NUMBER, 3, 2, page_number, True))  # (SHORT: at most MAX_ITEMS)
     if (profile := _carried_icc(info, channels, bands)) is not None:
         kwargs["iccprofile"] = profile
     if palette:
         kwargs["colormap"] = np.frombuffer(_unb64(md["colormap"]), "<u2").reshape(3, 256)
-    extratags = []
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = [tag for tag in md.get("spatial", []) if tag[0] != XMP]

@@ -417,7 +417,9 @@ def header_bytes(plan: JobPlan) -> float:
                            chain_bands(ops, page.info.channels), own,
                            page_placement(ops, page.info), chain_keeps_statistics(ops),
                            mine.bilevel, chain_linear(ops, page.info.dtype),
-                           chain_keeps_nodata(ops), chain_band_names(ops, band_names(page.info)))
+                           chain_keeps_nodata(ops), chain_band_names(ops, band_names(page.info)),
+                           # (a PageNumber's bytes, whatever its values: one cache key a kind)
+                           page_number=(0, 0))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(mine, page.out_dtype, ch).writer_kwargs(), **tags}

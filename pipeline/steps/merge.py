@@ -221,7 +221,7 @@ def output_pieces(plan: JobPlan) -> list[Piece]:
             # (packets too large for the plan, read from the input once each)
             packets = XmpPackets(plan.spec.input, plan.input_version)
             for i, page in enumerate(plan.pages):
-                tags = _page_tags(plan, page, derived, packets)
+                tags = _page_tags(plan, page, derived, packets, (i, len(plan.pages)))
                 unresolved.append(not _has_resolution(tags))
                 if ome:
                     metas.append(tags["metadata"])
@@ -419,11 +419,14 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
 
 
 def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None,
-               packets: XmpPackets | None = None) -> dict[str, Any]:
+               packets: XmpPackets | None = None, number: tuple[int, int] | None = None
+               ) -> dict[str, Any]:
     """``TiffWriter.write`` keywords of an output page: photometric, extra samples, software
     and the input's carried tags (resolution, ICC, ...; its XMP stamped as the derivative
     ``derived``, :func:`pipeline.adapters.metadata.derivation`, and read from the input by
-    ``packets`` when too large for the plan), and an OME page's ``metadata``."""
+    ``packets`` when too large for the plan; its PageNumber renumbered ``number``: its
+    index among the output's pages and their count, None: none written), and an OME
+    page's ``metadata``."""
     ops, options = plan.spec.ops, plan.spec.output_options
     height, width = page.out_grid.height, page.out_grid.width
     bands = chain_bands(ops, page.info.channels)
@@ -434,7 +437,7 @@ def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None,
                        chain_band_names(ops, band_names(page.info)),
                        # (how it stores its samples: for its XMP alone)
                        page_form(plan.spec, page) if carries_xmp(page.info) else None, derived,
-                       packets)
+                       packets, number)
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 
