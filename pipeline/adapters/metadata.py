@@ -89,6 +89,7 @@ from pipeline.core.geometry import (
     NUMBER_TYPES,
     Placement,
 )
+from pipeline.core.nodata import GDAL_NODATA, nodata_at, nodata_number
 
 if TYPE_CHECKING:
     from pipeline.core.xmp import Derivation, Form, Reshape, XmpOutcome
@@ -130,8 +131,6 @@ ORIENTATION = 274
 PAGE_NAME = 285
 #: PageNumber (page index, page count): renumbered for the output (:func:`output_tags`)
 PAGE_NUMBER = 297
-#: GDAL's no-data value (ASCII): kept only through ops that do not remap values
-GDAL_NODATA = 42113
 #: GDAL's metadata (ASCII XML: band names, scale and offset, statistics, the scene's items):
 #: its items kept where they still hold (:func:`gdal_metadata`)
 GDAL_METADATA = 42112
@@ -1469,34 +1468,6 @@ def _bilevel_nodata(tag: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return None if bit is None else (GDAL_NODATA, 2, 0, bit, True)
 
 
-def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> float | None:
-    """The no-data value of the output page of ``info`` (a PageInfo) whose op chain keeps
-    values or the no-data pixels (``keeps_values``: :func:`pipeline.core.ops.
-    chain_keeps_nodata`), as GDAL reads its GDAL_NODATA tag: a number of the page's
-    type (NaN for floats too), or None (no tag, the chain drops it, or a text that is no
-    number of that type, which marks no pixel); ``own``, the chain's own no-data value, when
-    it has one. Pyramid levels leave these pixels out of their means
-    (``pipeline.steps.pyramid.reduce2``), as GDAL's overviews do."""
-    if own is not None:
-        return own
-    if not keeps_values or info.photometric == "palette":
-        return None
-    for code, kind, _count, value in (info.metadata or {}).get("tags", []):
-        if code == GDAL_NODATA and kind == 2:
-            return _nodata_number(value, np.dtype(info.dtype))
-    return None
-
-
-def nodata_at(info: Any, ops: list[dict[str, Any]], i: int | None = None) -> float | None:
-    """The no-data value of the pixels op ``i`` of a chain (its JSON) gets on the page of
-    ``info`` (a PageInfo), or None: :func:`output_nodata` of the ops before it (``i`` None:
-    of the whole chain, the output's, which its GDAL_NODATA tag carries)."""
-    from pipeline.core.ops import chain_keeps_nodata, chain_own_nodata
-
-    before = ops[:i]
-    return output_nodata(info, chain_keeps_nodata(before), chain_own_nodata(before))
-
-
 def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
     """What a job's result says of a ``convert`` to an integer type without ``nodata`` that
     meets a no-data value (the input's GDAL_NODATA kept through the ops before it, a
@@ -1529,22 +1500,6 @@ def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
     return "; ".join(notes)
 
 
-def _nodata_number(value: str, dtype: np.dtype) -> float | None:
-    """The number a GDAL_NODATA tag's text (``value``, base64) says for samples of ``dtype``
-    (NaN for floats too), or None: no number, or none such a sample can hold."""
-    text = _unb64(value).split(b"\x00", 1)[0].decode("ascii", "replace").strip()
-    try:
-        number = float(text.replace(",", "."))  # (a decimal comma, as tifffile reads it)
-    except ValueError:
-        return None
-    if dtype.kind == "f":
-        return number
-    if not number.is_integer():
-        return None
-    limits = np.iinfo(dtype)
-    return int(number) if limits.min <= number <= limits.max else None
-
-
 def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None:
     """Map the GDAL_NODATA tag in ``metadata`` as the reader maps the pixels of its page
     (``kind``: a :class:`~pipeline.adapters.tiff_read.PixelKind` with a conversion;
@@ -1572,7 +1527,7 @@ def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None
     for i, (code, tag_kind, _count, value) in enumerate(tags):
         if code != GDAL_NODATA or tag_kind != 2:
             continue
-        number = _nodata_number(value, dtype)
+        number = nodata_number(value, dtype)
         if number is not None and kind.invert and kind.channels == 1:
             mapped: int | None = int(np.iinfo(kind.dtype).max) - int(number)
         elif number is not None and kind.lut is not None and kind.lut.ndim == 1 \

@@ -21,9 +21,9 @@ import imagecodecs
 import numpy as np
 from tifffile import TIFF
 
-from pipeline.adapters.metadata import nodata_at
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions, PagePlan
+from pipeline.core.nodata import nodata_at
 from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import Problem, explain_conversion, page_options
 from pipeline.errors import (

@@ -111,7 +111,7 @@ def _valid_bytes(plan: JobPlan, page: PagePlan) -> int:
     valid samples' float64 sums and weights) times the bands at the op, where the op's input
     has a no-data value (GDAL_NODATA kept by the ops before it, or one they make) or the
     page carries a mask; 0 elsewhere (the plain OpenCV blur)."""
-    from pipeline.adapters.metadata import nodata_at  # (as the model's tags: lazily)
+    from pipeline.core.nodata import nodata_at
 
     ops, info = plan.spec.ops, page.info
     most, channels = 0, info.channels

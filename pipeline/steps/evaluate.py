@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import band_scaling, nodata_at
+from pipeline.adapters.metadata import band_scaling
 from pipeline.adapters.tile_codec import decode_work_tile
 from pipeline.core import canny as canny_mod
 from pipeline.core.chain import ChainLayout, page_geometry
 from pipeline.core.grid import PageGrid, Rect
 from pipeline.core.models import JobPlan, PagePlan
+from pipeline.core.nodata import nodata_at
 from pipeline.core.op_functions import canny_blur
 from pipeline.core.ops import (
     chain_bands,

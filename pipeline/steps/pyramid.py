@@ -57,11 +57,11 @@ from math import ceil
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import nodata_at
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
+from pipeline.core.nodata import nodata_at
 from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4
 from pipeline.core.tiff_layout import Span
 
