@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
@@ -213,3 +214,53 @@ def test_estimate_sizes_each_page_as_its_kind(book):
     assert tiles[0] == pytest.approx(tiles[1] + tiles[2])
     assert rows[0]["message"] == ('bilevel "auto": page 0 written 1-bit in group4; pages 1-2 '
                                   "as they are in zstd")
+
+
+def test_a_kept_no_data_value_other_than_0_and_255_makes_auto_write_the_page_8bit(
+        tmp_path, capsys):
+    """A page whose no-data value (GDAL_NODATA 17: a scanner's gray frame) otsu_threshold
+    keeps (it writes the no-data pixels back) cannot be 1-bit: "auto" writes it 8-bit, its
+    GDAL_NODATA kept, and the page beside it without one 1-bit, and says why of the first
+    in the report's message and ``validate --inputs``; ``inspect`` shows it not 1-bit.
+    Before, the job was refused when planned, as ``"bilevel": true`` still refuses it
+    (tests/test_bilevel.py)."""
+    from test_bilevel import scan_page
+
+    framed, plain = scan_page(4, 150, 170), scan_page(5, 150, 170)
+    framed[:, :20] = 17
+    with tifffile.TiffWriter(tmp_path / "scans.tif") as tw:
+        tw.write(framed, metadata=None, extratags=[(42113, "s", 0, "17", True)])
+        tw.write(plain, metadata=None)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": "scans.tif", "output": "out.tif", "ops": [{"op": "otsu_threshold"}],
+        "output_options": {"bilevel": "auto"}}]}))
+    said = ('bilevel "auto": page 1 written 1-bit in group4; page 0 written 8-bit in zstd: '
+            "its no-data value 17 (GDAL_NODATA) is kept through the ops, and a 1-bit page "
+            'holds only 0 and 255; end the ops with {"op": "threshold", "value": 127} to '
+            "write it 1-bit (the no-data pixels are then thresholded as data and GDAL_NODATA "
+            "is dropped)")
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 0
+    assert said in capsys.readouterr().out
+    (job,) = run_local(str(manifest), 1).jobs
+    assert job["status"] == "SUCCEEDED", job
+    assert job["message"] == said
+    assert kinds(tmp_path / "out.tif") == [(8, 1, CODES["zstd"]), (1, 0, CODES["group4"])]
+    with tifffile.TiffFile(tmp_path / "out.tif") as tf:
+        assert tf.pages[0].tags[42113].value == "17"
+        assert 42113 not in tf.pages[1].tags
+    # (each page's Otsu threshold of its pixels with data; the no-data pixels stay 17)
+    wants = []
+    for page, data in ((framed, framed != 17), (plain, np.ones(plain.shape, bool))):
+        t, _ = cv2.threshold(page[data].reshape(1, -1), 0, 255,
+                             cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+        wants.append(np.where(data, np.where(page > t, 255, 0), 17).astype(np.uint8))
+    got = pages_of(tmp_path / "out.tif")
+    assert got[0].dtype == np.uint8 and np.array_equal(got[0], wants[0])
+    assert np.array_equal(np.where(got[1], 0, 255), wants[1])  # (miniswhite: 1 is black)
+    assert cli.main(["inspect", str(tmp_path / "scans.tif"), "--ops",
+                     '[{"op": "otsu_threshold"}]', "--output-options",
+                     '{"bilevel": "auto"}', "--json"]) == 0
+    outs = [p["ops"]["out"] for p in json.loads(capsys.readouterr().out)["files"][0]["pages"]]
+    assert [(out["one_bit"], out["compression"]) for out in outs] == [
+        (False, "zstd"), (True, "group4")]

@@ -363,7 +363,8 @@ def _kept_nodata_problem(plan: JobPlan, page: PagePlan) -> str | None:
     """Why a 1-bit output page cannot be written (None if it can): the chain keeps a no-data
     value that is neither 0 nor 255 (the input's GDAL_NODATA through ops that write the
     no-data pixels back, as ``otsu_threshold`` does, or a ``convert``'s ``nodata``), so
-    its no-data pixels would hold it and fail the job when its tiles are encoded."""
+    its no-data pixels would hold it and fail the job when its tiles are encoded. (With
+    ``bilevel`` "auto" such a page is not 1-bit: :func:`pipeline.core.plan.auto_one_bit`.)"""
     nodata = nodata_at(page.info, plan.spec.ops)
     if nodata is None or nodata in (0, 255):
         return None

@@ -13,6 +13,7 @@ from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_c
 from pipeline.core.job_fields import TILE_RANGE, chain_tile_problem, tile_at_least, tile_step
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
+from pipeline.core.nodata import nodata_at
 from pipeline.core.ops import (
     OpCall,
     chain_binary,
@@ -160,8 +161,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                         strip=bool(strip),
                         out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name)
         # (written 1-bit: every page of a "bilevel": true job, none of a false one's)
-        pages.append(replace(page, one_bit=auto_one_bit(chain, page) if bilevel == "auto"
-                             else bool(bilevel)))
+        pages.append(replace(page, one_bit=auto_one_bit(chain, page, nodata_at(page.info, spec.ops))
+                             if bilevel == "auto" else bool(bilevel)))
     problems += job_problems(mask_pairing_problems(spec, pages))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
     # with whole-page statistics (or canny's hysteresis) need every tile before any output
@@ -215,7 +216,7 @@ def grays_problems(spec: JobSpec, chain: list[OpCall]) -> list[str]:
              '"bilevel" for an 8-bit output')]
 
 
-def auto_one_bit(chain: list[OpCall], page: PagePlan) -> bool:
+def auto_one_bit(chain: list[OpCall], page: PagePlan, nodata: float | None) -> bool:
     """Whether ``output_options.bilevel`` "auto" writes the page 1-bit: its output is one
     band of uint8 (not a palette's indices) and black and white whatever its pixels, by
     :attr:`~pipeline.core.ops.Op.binary` (:func:`~pipeline.core.ops.chain_binary`): the
@@ -223,9 +224,13 @@ def auto_one_bit(chain: list[OpCall], page: PagePlan) -> bool:
     otsu_threshold, canny), or every op keeps them and the input page is 1-bit (a scanned
     book's CCITT text page, copied, cropped or turned). A
     chain whose output is not known before the pixels are (a convert, a custom op) or that
-    grays them (a blur) leaves the page as it would be without ``bilevel``."""
+    grays them (a blur) leaves the page as it would be without ``bilevel``, and so does a
+    no-data value the output keeps (``nodata``: :func:`~pipeline.core.nodata.nodata_at`),
+    neither 0 nor 255: its no-data pixels hold it (otsu_threshold writes them back), which
+    no bit holds
+    (``bilevel`` true refuses such a page: ``pipeline.adapters.tile_codec``)."""
     if page.out_channels != 1 or page.out_dtype != "uint8" or (
-            page.info.photometric == "palette"):
+            page.info.photometric == "palette") or nodata is not None and nodata not in (0, 255):
         return False
     _, kind = chain_binary(chain)
     return kind == "makes" or kind == "keeps" and page.info.conversion.startswith("bilevel ")
@@ -411,7 +416,7 @@ def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     grays), nor of a pyramid output, which holds no 1-bit page."""
     options = spec.output_options
     if options.bilevel == "auto":
-        return auto_note(options, pages)
+        return auto_note(spec, pages)
     if options.bilevel or options.pyramid or (
             chain_binary(chain_from_json(spec.ops))[1] != "keeps"):
         return ""
@@ -432,17 +437,37 @@ def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
                    '("compression": "group4" for CCITT G4)')
 
 
-def auto_note(options: OutputOptions, pages: list[PagePlan]) -> str:
+def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     """Which pages a ``bilevel`` "auto" job writes 1-bit, in which codec, and which as they
-    are, in which: its result's message, as ``validate --inputs`` and ``estimate`` show it."""
+    are, in which, and of those that would be 1-bit but for the no-data value they keep
+    (:func:`auto_one_bit`), why: its result's message, as ``validate --inputs`` and
+    ``estimate`` show it."""
+    options, chain = spec.output_options, chain_from_json(spec.ops)
     ones = [page.info.index for page in pages if page.one_bit]
-    others = [page.info.index for page in pages if not page.one_bit]
+    # (not 1-bit for their kept no-data value alone: its value -> the pages)
+    held: dict[str, list[int]] = {}
+    others = []
+    for page in pages:
+        if page.one_bit:
+            continue
+        nodata = nodata_at(page.info, spec.ops)
+        if nodata is not None and auto_one_bit(chain, page, None):
+            held.setdefault(f"{nodata:g}", []).append(page.info.index)
+        else:
+            others.append(page.info.index)
     parts = []
     if ones:
         parts.append(f"{_pages(ones)} written 1-bit in {options.bilevel_compression}")
     if others:
         parts.append(f"{_pages(others)} as {'they are' if len(others) > 1 else 'it is'} in "
                      f"{options.compression}")
+    for value, numbers in held.items():
+        its = "their" if len(numbers) > 1 else "its"
+        parts.append(f"{_pages(numbers)} written 8-bit in {options.compression}: {its} no-data "
+                     f"value {value} (GDAL_NODATA) is kept through the ops, and a 1-bit page "
+                     'holds only 0 and 255; end the ops with {"op": "threshold", "value": 127} '
+                     f"to write {'them' if len(numbers) > 1 else 'it'} 1-bit (the no-data "
+                     "pixels are then thresholded as data and GDAL_NODATA is dropped)")
     return 'bilevel "auto": ' + "; ".join(parts)
 
 
