@@ -473,8 +473,8 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
                      ) -> Iterator[None]:
     """SIGINT (Ctrl-C), SIGTERM and SIGHUP (its terminal hung up: an SSH session dropped,
     a terminal window closed), unless ignored when the command started
-    (:func:`_stop_signals`: ``nohup``), request ``stop`` while the block runs, instead of
-    KeyboardInterrupt (which would leave the run's tasks going) or the end of the process
+    (:func:`pipeline.ui.stop_signals`: ``nohup``), request ``stop`` while the block runs,
+    instead of KeyboardInterrupt (which would leave the run's tasks going) or the end of the process
     (which would leave its work folder and temporary files, and no report): the engine
     stops the run and the runner cleans up (see :func:`pipeline.runner.run_local`); what
     cannot be shown on a terminal that hung up is not (:class:`pipeline.ui.RunProgress`,
@@ -482,31 +482,15 @@ def _stop_on_signals(stop: StopRequest, checking: Callable[[], bool] = lambda: F
     waiting for the tasks. While ``checking()`` (before the run starts), a signal raises
     :class:`_StoppedChecking` as well, which ends what is going on at once. Only in the main
     thread (where Python runs signal handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    from pipeline.ui import on_stop_signals
 
     def handler(signum: int, _: Any) -> None:
         stop.request(signum)
         if checking():
             raise _StoppedChecking(signum)
 
-    before = {s: signal.signal(s, handler) for s in _stop_signals()}
-    try:
+    with on_stop_signals(handler):
         yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
-def _stop_signals() -> list[signal.Signals]:
-    """The signals that stop a run: SIGINT, SIGTERM and SIGHUP where there is one (not on
-    Windows), but none that was ignored when the command started: ``nohup`` ignores SIGHUP
-    so that the run outlives its terminal, and a shell ignores SIGINT for a job it starts
-    in the background (``tiffpipe run m.json &`` in a script)."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP")
-    found = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    return [s for s in found if signal.getsignal(s) is not signal.SIG_IGN]
 
 
 #: the most outputs named in the line of a run that failed (then how many more)

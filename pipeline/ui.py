@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -42,6 +43,32 @@ def off_gone_streams(*streams: Any) -> None:
         with suppress(OSError, ValueError, AttributeError):
             os.dup2(null, stream.fileno())
     os.close(null)
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop a command (a run, a deploy): SIGINT, SIGTERM and SIGHUP where
+    there is one (not on Windows), but none that was ignored when the command started:
+    ``nohup`` ignores SIGHUP so that the command outlives its terminal, and a shell ignores
+    SIGINT for a job it starts in the background (``tiffpipe run m.json &`` in a script)."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    found = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    return [s for s in found if signal.getsignal(s) is not signal.SIG_IGN]
+
+
+@contextmanager
+def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` handles each of :func:`stop_signals` while the block runs (their handlers
+    before it are put back after); outside the main thread, where Python runs no signal
+    handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, handler) for s in stop_signals()}
+    try:
+        yield
+    finally:
+        for s, old in before.items():
+            signal.signal(s, old)
 
 
 def exit_code_of(main: Callable[[], int]) -> int:
