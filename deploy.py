@@ -12,24 +12,30 @@ on; --rollback points it back at the previous release's.
                      [--sse AES256|aws:kms|none [--sse-kms-key-id KEY-ARN]]
                      [--concurrency N] [--dry-run] [--skip-build] [--print-deployer-policy]
                      [--print-operator-policy] [--print-bucket-policy BUCKET]
-                     [--destroy [--delete-bucket] | --rollback] [--endpoint-url URL]
+                     [--destroy [--delete-bucket] | --rollback | --break-lock]
+                     [--endpoint-url URL]
                      [--registry HOST/PREFIX]
                      [--base-image IMAGE] [--build-arg KEY[=VALUE] ...]
                      [--requirements FILE] [--package PATH ... | --no-packages]
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
-1 a step failed (rerun to resume), a data location's bucket does not exist (create it) or
---rollback has nothing to go back to, 2
+1 a step failed (rerun to resume), a data location's bucket does not exist (create it),
+--rollback has nothing to go back to or another deploy.py holds the stack's deploy lock, 2
 usage, a schedule manifest that is missing, invalid, outside the data locations or of jobs
 that leave if_exists unset, or a build that would drop the packages of yours the deployed
-process function has.
+process function has; 130 stopped by Ctrl-C (143 by SIGTERM, 129 by its terminal's hang-up),
+the deploy lock released.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -44,7 +50,7 @@ from pipeline.aws import (
     check_stack_name,
 )
 from pipeline.aws.actions import call_failed
-from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy, rollback
+from pipeline.aws.deploy_steps import DeployConfig, deploy, destroy, rollback, unlock
 from pipeline.aws.images import check_user_packages
 from pipeline.aws.policies import (
     DataLocation,
@@ -54,9 +60,11 @@ from pipeline.aws.policies import (
     parse_kms_key,
 )
 from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
-from pipeline.ui import exit_code_of
+from pipeline.ui import exit_code_of, on_stop_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: + the signal that stopped deploy.py (130 Ctrl-C, 143 SIGTERM), as tiffpipe's
+EXIT_SIGNALLED = 128
 
 
 #: what --requirements and --package each say of when to give them
@@ -132,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="point the state machine back at the definition the last deploy "
                         "replaced (the previous release's function versions), without a "
                         "build; running executions keep theirs; again: forward again")
+    p.add_argument("--break-lock", action="store_true",
+                   help="remove the stack's deploy lock, left by a deploy known to be dead "
+                        "(its machine lost): only the lock read now; then deploy again")
     p.add_argument("--delete-bucket", action="store_true",
                    help="with --destroy: also empty and delete the bucket")
     p.add_argument("--endpoint-url", help="send every AWS call there (emulators, tests)")
@@ -203,9 +214,11 @@ def _print_bucket_policy(names: StackNames, bucket: str, data: list[DataLocation
           file=sys.stderr)
 
 
-def _given_with_rollback(args: argparse.Namespace) -> list[str]:
-    """The options given that --rollback, which changes only the state machine, refuses."""
+def _given_beyond_the_stack(args: argparse.Namespace) -> list[str]:
+    """The options given beyond those naming the stack and how to reach it, and --dry-run:
+    what --rollback (which changes only the state machine) and --break-lock refuse."""
     return [option for option, value in (
+        ("--rollback", args.rollback), ("--break-lock", args.break_lock),
         ("--destroy", args.destroy), ("--data-bucket", args.data_bucket),
         ("--input-bucket", args.input_bucket is not None),
         ("--no-input-buckets", args.no_input_buckets), ("--kms-key", args.kms_key is not None),
@@ -221,18 +234,91 @@ def _given_with_rollback(args: argparse.Namespace) -> list[str]:
         ("--print-bucket-policy", args.print_bucket_policy)) if value]
 
 
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The options given, as the deploy lock records them (who holds it doing what): each
+    that differs from its default, a --build-arg by its key only (a value may be a token)."""
+    words = []
+    for dest, value in vars(args).items():
+        if value in (None, False, []) or value == parser.get_default(dest):
+            continue
+        option = "--" + dest.replace("_", "-")
+        if dest == "build_arg":
+            value = [arg.partition("=")[0] for arg in value]
+        for one in value if isinstance(value, list) else [value]:
+            words += [option] if one is True else [option, str(one)]
+    return shlex.join(words)
+
+
+class _Stopped(BaseException):
+    """A signal stopped deploy.py (raised by its handler, so that every ``finally`` runs:
+    the deploy lock is released)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP, unless ignored when deploy.py started
+    (:func:`pipeline.ui.stop_signals`), raise :class:`_Stopped` while the block runs: a
+    SIGTERM would otherwise end the process at once, its deploy lock left held. Only in the
+    main thread (where Python runs signal handlers)."""
+    def handler(signum: int, _: Any) -> None:
+        raise _Stopped(signum)
+
+    with on_stop_signals(handler):
+        yield
+
+
+def _run(args: argparse.Namespace, config: DeployConfig, clients: Clients,
+         data: list[DataLocation], inputs: list[DataLocation] | None,
+         kms_keys: list[str] | None, sse_key: str | None, policy_bucket: DataLocation | None,
+         hooks: dict[str, Any]) -> dict[str, Any] | None:
+    """What deploy.py was asked to do: the result to print as JSON (None: a policy printed)."""
+    if args.print_deployer_policy:  # (the account: GetCallerIdentity needs no permission)
+        names = clients.names(args.stack)
+        located = [*(data or [DataLocation(names.bucket)]), *(inputs or [])]
+        # an s3:// schedule manifest is read at deploy time: S3 decrypts it for the caller
+        read_keys = ([*(kms_keys or []), *([sse_key] if sse_key else [])]
+                     if (args.schedule_manifest or "").startswith("s3://") else [])
+        print(json.dumps(deployer_policy(names, located, read_keys), indent=2))
+        return None
+    if args.print_operator_policy:
+        names = clients.names(args.stack)
+        keys = [*(kms_keys or []), *([sse_key] if sse_key else [])]
+        print(json.dumps(operator_policy(names, data, inputs, keys), indent=2))
+        return None
+    if policy_bucket:
+        _print_bucket_policy(clients.names(args.stack), policy_bucket.bucket, data,
+                             args.sse, sse_key or None)
+        return None
+    if args.destroy:
+        return destroy(config, clients, delete_bucket=args.delete_bucket)
+    if args.rollback:
+        return rollback(config, clients)
+    if args.break_lock:
+        return unlock(config, clients)
+    return deploy(config, clients, **hooks)
+
+
 def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> int:
     """``hooks`` (``build``, ``run``, ``sleep``) replace docker and waiting in tests."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.delete_bucket and not args.destroy:
         print("deploy.py: --delete-bucket goes with --destroy", file=sys.stderr)
         return EXIT_USAGE
-    others = _given_with_rollback(args) if args.rollback else []
-    if others:
-        print(f"deploy.py: --rollback changes only the state machine (back to the previous "
-              f"release's definition and function versions): leave out {others[0]}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    for alone, given, what in (
+            ("--rollback", args.rollback, ("changes only the state machine (back to the "
+                                           "previous release's definition and function "
+                                           "versions)")),
+            ("--break-lock", args.break_lock, "only removes the stack's deploy lock")):
+        if given:
+            others = [o for o in _given_beyond_the_stack(args) if o != alone]
+            if others:
+                print(f"deploy.py: {alone} {what}: leave out {others[0]}", file=sys.stderr)
+                return EXIT_USAGE
     if args.no_schedule and args.schedule:
         print("deploy.py: --schedule and --no-schedule contradict each other", file=sys.stderr)
         return EXIT_USAGE
@@ -280,32 +366,21 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         skip_build=args.skip_build, registry=args.registry, base_image=args.base_image,
         dry_run=args.dry_run, concurrency=args.concurrency, kms_keys=kms_keys,
         build_args=build_args, requirements=args.requirements, packages=args.package,
-        no_packages=args.no_packages, sse=args.sse, sse_kms_key=sse_key or None)
+        no_packages=args.no_packages, sse=args.sse, sse_kms_key=sse_key or None,
+        command=_command(parser, args))
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
     try:
-        if args.print_deployer_policy:  # (the account: GetCallerIdentity needs no permission)
-            names = clients.names(args.stack)
-            located = [*(data or [DataLocation(names.bucket)]), *(inputs or [])]
-            # an s3:// schedule manifest is read at deploy time: S3 decrypts it for the caller
-            read_keys = ([*(kms_keys or []), *([sse_key] if sse_key else [])]
-                         if (args.schedule_manifest or "").startswith("s3://") else [])
-            print(json.dumps(deployer_policy(names, located, read_keys), indent=2))
-            return EXIT_OK
-        if args.print_operator_policy:
-            names = clients.names(args.stack)
-            keys = [*(kms_keys or []), *([sse_key] if sse_key else [])]
-            print(json.dumps(operator_policy(names, data, inputs, keys), indent=2))
-            return EXIT_OK
-        if policy_bucket:
-            _print_bucket_policy(clients.names(args.stack), policy_bucket.bucket, data,
-                                 args.sse, sse_key or None)
-            return EXIT_OK
-        if args.destroy:
-            result = destroy(config, clients, delete_bucket=args.delete_bucket)
-        elif args.rollback:
-            result = rollback(config, clients)
-        else:
-            result = deploy(config, clients, **hooks)
+        with _stopped_by_signals():
+            result = _run(args, config, clients, data, inputs, kms_keys, sse_key, policy_bucket,
+                          hooks)
+    except _Stopped as stop:
+        print(f"deploy.py: stopped by {signal.Signals(stop.signum).name}: run it again to "
+              "finish (every step is re-runnable and resumes where this one stopped)",
+              file=sys.stderr)
+        return EXIT_SIGNALLED + stop.signum
+    except KeyboardInterrupt:  # (SIGINT where the handler is not this module's)
+        print("deploy.py: interrupted: run it again to finish", file=sys.stderr)
+        return EXIT_SIGNALLED + signal.SIGINT
     except DeployUsageError as exc:
         print(f"deploy.py: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -323,7 +398,8 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         print(f"deploy.py: {failed}\nFix the cause and run deploy.py again: "
               "every step is re-runnable and resumes where this one stopped", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(result, indent=2, default=str))
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
     return EXIT_OK
 
 

@@ -15,10 +15,12 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from moto import mock_aws
 from pipeline.aws import STEPS, StackNames, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import call_failed
+from pipeline.aws.lock import LOCK_KEY
 from pipeline.aws.policies import (
     LOG_DELIVERY_ACTIONS,
     DataLocation,
@@ -74,7 +77,10 @@ class Aws:
         return self.session.client(service, region_name=REGION)
 
     def writes(self) -> list[str]:
-        return [c for c in self.calls if WRITE.match(c.split(".", 1)[1])]
+        """The write calls made to the stack, the deploy lock's left out (every command that
+        changes a stack takes and releases it: see the tests of the lock)."""
+        return [c for c in self.calls if WRITE.match(c.split(".", 1)[1])
+                and not c.endswith(LOCKED)]
 
     def deploy(self, *args: str, **hooks: Any) -> tuple[int, dict[str, Any] | None, str]:
         """Run deploy.py's main; (exit code, stdout JSON, stderr)."""
@@ -87,11 +93,17 @@ class Aws:
             err.getvalue()
 
 
+#: what ends the record of a call on the deploy lock's object
+LOCKED = " " + LOCK_KEY
+
+
 def _recording_session(calls: list[str]) -> Any:
     session = boto3.Session(region_name=REGION)
 
-    def record(model: Any, **_: Any) -> None:
-        calls.append(f"{model.service_model.service_name}.{model.name}")
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        on_lock = str(params.get("url_path", "")).split("?")[0].endswith(LOCK_KEY)
+        calls.append(f"{model.service_model.service_name}.{model.name}"
+                     + (LOCKED if on_lock else ""))
     session.events.register("before-call.*.*", record)
     return session
 
@@ -2101,3 +2113,217 @@ def test_a_stack_deployed_before_versions_is_told_which_runs_stay_unversioned(aw
     assert _definition_versions(aws) == dict.fromkeys(STEPS, "2")
     code, _, err = aws.deploy("--rollback")
     assert code == 1 and "does not name a version of each of the stack's functions" in err
+
+
+# --- the deploy lock: one deploy.py at a time changes a stack ---------------------------------
+
+
+def _stack_state(aws: Aws) -> dict[str, Any]:
+    """What two deploys at once would interleave: the state machine's definition (function
+    versions, concurrency), each function's versions and code, the rollback record, and
+    every resource."""
+    lam, s3 = aws.client("lambda"), aws.client("s3")
+    previous = get_or_none_key(s3, PREVIOUS_KEY)
+    return {"definition": aws.client("stepfunctions").describe_state_machine(
+                stateMachineArn=NAMES.state_machine_arn)["definition"],
+            "versions": {s: [(v["Version"], v["CodeSha256"]) for v in
+                             lam.list_versions_by_function(
+                                 FunctionName=NAMES.function(s))["Versions"]] for s in STEPS},
+            "previous": previous, "everything": _everything(aws)}
+
+
+def get_or_none_key(s3: Any, key: str) -> bytes | None:
+    try:
+        return bytes(s3.get_object(Bucket=NAMES.bucket, Key=key)["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def _lock(aws: Aws) -> dict[str, Any] | None:
+    body = get_or_none_key(aws.client("s3"), LOCK_KEY)
+    return None if body is None else json.loads(body)
+
+
+def test_a_deploy_while_another_holds_the_lock_is_refused_and_changes_nothing(aws: Aws):
+    """Two deploys of one stack at once interleaved their steps (one's function versions
+    with the other's concurrency, a rollback record of neither), without a word. Now the
+    second, started while the first builds, is refused (exit 1) naming the holder, since
+    when and doing what, and changes nothing: not even the first one's lock."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build", "--concurrency", "9")[0] == 0
+    push_fake_images(aws, "v2")
+    seen: dict[str, Any] = {}
+
+    def build(step: str, *_: Any, **__: Any) -> str:
+        if not seen:  # (the first build: the first deploy holds the lock now)
+            seen["lock"] = _lock(aws)
+            seen["etag"] = aws.client("s3").head_object(Bucket=NAMES.bucket,
+                                                        Key=LOCK_KEY)["ETag"]
+            seen["before"] = _stack_state(aws)
+            aws.calls.clear()
+            seen["second"] = aws.deploy("--skip-build", "--concurrency", "5")
+            seen["writes"] = [c for c in aws.calls if WRITE.match(c.split(".", 1)[1])]
+            seen["after"] = _stack_state(aws)
+            seen["etag after"] = aws.client("s3").head_object(Bucket=NAMES.bucket,
+                                                              Key=LOCK_KEY)["ETag"]
+        return "sha256:" + hashlib.sha256(f"{step}-v3".encode()).hexdigest()
+
+    code, _, err = aws.deploy("--build-arg", "PIP_INDEX_URL=https://me:s3cret@mirror/simple",
+                              build=build, run=fake_docker())
+    assert code == 0, err
+    code, result, second_err = seen["second"]
+    assert code == 1 and result is None, second_err
+    me = aws.client("sts").get_caller_identity()["Arn"]
+    held = seen["lock"]
+    assert held["holder"] == me and held["pid"] == os.getpid()
+    what = f"--stack {STACK} --region {REGION} --build-arg PIP_INDEX_URL"  # (no token)
+    assert held["command"] == what
+    assert "s3cret" not in json.dumps(held)
+    assert (f"stack {STACK} is being changed by another deploy.py: its deploy lock "
+            f"(s3://{NAMES.bucket}/{LOCK_KEY}) is held by {me} on host "
+            f"{held['host']} (pid {os.getpid()}) since {held['since']} (") in second_err
+    assert f"ago), running deploy.py {what}. Nothing was changed" in second_err
+    assert f"deploy.py --stack {STACK} --region {REGION} --break-lock" in second_err
+    # nothing changed: its only write was the refused one, the first deploy's lock stays
+    assert seen["writes"] == ["s3.PutObject" + LOCKED]
+    assert seen["after"] == seen["before"] and seen["etag after"] == seen["etag"]
+    assert "concurrency kept (no --concurrency): at most 9" in err  # the first goes on
+    assert _deployed_concurrency(aws) == 9
+    assert _lock(aws) is None, "released after success"
+
+
+def test_the_lock_is_released_when_a_deploy_fails_or_is_stopped(aws: Aws):
+    code, _, err = aws.deploy(build=fake_build([], fail_on="process"), run=fake_docker())
+    assert code == 1 and "connection reset" in err
+    assert "s3.PutObject" + LOCKED in aws.calls and "s3.DeleteObject" + LOCKED in aws.calls
+    assert _lock(aws) is None
+    assert "deploy lock released" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_deploy_stopped_by_a_signal_releases_the_lock(aws: Aws, signum: int):
+    """SIGTERM ended deploy.py at once (no ``finally`` ran): its lock would stay held.
+    It now stops as Ctrl-C does, releasing it, with 128 + the signal."""
+    class Killed(Exception):
+        pass
+
+    def unhandled(*_: Any) -> None:
+        raise Killed  # (what the test sees of a signal deploy.py does not handle)
+
+    def build(step: str, *_: Any, **__: Any) -> str:
+        assert _lock(aws) is not None
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal did not stop the deploy")
+
+    before = signal.signal(signum, unhandled)
+    try:
+        code, result, err = aws.deploy(build=build, run=fake_docker())
+    finally:
+        signal.signal(signum, before)
+    assert code == 128 + signum and result is None, err
+    assert f"stopped by {signal.Signals(signum).name}: run it again" in err
+    assert _lock(aws) is None
+    assert aws.client("lambda").list_functions()["Functions"] == []
+
+
+def _dead_deploys_lock(aws: Aws, hours: int = 5) -> dict[str, Any]:
+    """The lock a deploy that died (its machine lost) left ``hours`` ago."""
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    record = {"holder": f"arn:aws:iam::{ACCOUNT}:user/alice", "host": "ci-runner-7",
+              "pid": 4242, "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "command": "--skip-build --concurrency 7"}
+    aws.client("s3").put_object(Bucket=NAMES.bucket, Key=LOCK_KEY,
+                                Body=json.dumps(record).encode())
+    aws.calls.clear()
+    return record
+
+
+def test_a_dead_deploys_lock_is_said_with_its_age_and_broken_with_break_lock(aws: Aws):
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    record = _dead_deploys_lock(aws)
+    before = _stack_state(aws)
+    code, _, err = aws.deploy("--skip-build", "--concurrency", "3")
+    assert code == 1, err
+    assert (f"held by arn:aws:iam::{ACCOUNT}:user/alice on host ci-runner-7 (pid 4242) since "
+            f"{record['since']} (5 h 0 min ago), running deploy.py --skip-build --concurrency "
+            "7; that is longer than a deploy takes (over 3 h): it may have died. Nothing "
+            "was changed") in err
+    assert _stack_state(aws) == before and _lock(aws) == record  # never broken by its age
+
+    code, result, err = aws.deploy("--break-lock", "--dry-run")
+    assert code == 0 and _lock(aws) == record, err
+    assert "would remove the deploy lock held by arn:aws:iam::" in err
+    code, result, err = aws.deploy("--break-lock")
+    assert code == 0, err
+    assert result is not None and result["broken"] == record
+    assert _lock(aws) is None
+    code, result, err = aws.deploy("--break-lock")
+    assert code == 0 and result is not None and result["broken"] is None
+    assert "no deploy lock is held on stack t1: nothing to break" in err
+    code, _, err = aws.deploy("--skip-build", "--concurrency", "3")
+    assert code == 0, err
+    assert _deployed_concurrency(aws) == 3
+
+
+def test_break_lock_removes_only_the_lock_it_read(aws: Aws):
+    """Between --break-lock's read of the lock and its delete, the dead deploy's lock is
+    replaced by another's (a live deploy, which took the stack once it was free): the
+    delete names the ETag read (DeleteObject If-Match), so that lock stays."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    _dead_deploys_lock(aws)
+    live = {"holder": "arn:aws:iam::123456789012:user/bob", "host": "laptop", "pid": 7,
+            "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": ""}
+
+    def another_takes_it(**_: Any) -> None:
+        aws.session.events.unregister("before-call.s3.DeleteObject", another_takes_it)
+        boto3.client("s3", region_name=REGION).put_object(
+            Bucket=NAMES.bucket, Key=LOCK_KEY, Body=json.dumps(live).encode())
+    aws.session.events.register("before-call.s3.DeleteObject", another_takes_it)
+    code, _, err = aws.deploy("--break-lock")
+    assert code == 1, err
+    assert "changed while it was being broken: it is held now by " \
+           "arn:aws:iam::123456789012:user/bob on host laptop (pid 7)" in err
+    assert "Nothing was removed" in err and _lock(aws) == live
+
+
+@pytest.mark.parametrize("option", [["--skip-build"], ["--destroy"], ["--concurrency", "3"],
+                                    ["--data-bucket", "slides"]])
+def test_break_lock_goes_alone(aws: Aws, option: list[str]):
+    code, _, err = aws.deploy("--break-lock", *option)
+    assert code == 2 and not aws.calls
+    assert f"--break-lock only removes the stack's deploy lock: leave out {option[0]}" in err
+    code, _, err = aws.deploy("--rollback", "--break-lock")
+    assert code == 2 and "--rollback changes only the state machine" in err
+    assert "leave out --break-lock" in err and not aws.calls
+
+
+def test_a_dry_run_says_the_lock_is_held_and_destroy_and_rollback_are_refused(aws: Aws):
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    push_fake_images(aws, "v2")
+    assert aws.deploy("--skip-build")[0] == 0  # (something to roll back to)
+    record = _dead_deploys_lock(aws, hours=0)
+    before = _stack_state(aws)
+    for args in (["--skip-build", "--dry-run"], ["--destroy", "--dry-run"],
+                 ["--rollback", "--dry-run"]):
+        code, _, err = aws.deploy(*args)
+        assert code == 0, err
+        assert (f"the deploy lock is held by arn:aws:iam::{ACCOUNT}:user/alice on host "
+                "ci-runner-7 (pid 4242) since") in err
+        assert "This command would be refused now" in err
+    for args in (["--destroy", "--delete-bucket"], ["--destroy"], ["--rollback"]):
+        code, result, err = aws.deploy(*args)
+        assert code == 1 and result is None, err
+        assert "is held by arn:aws:iam::" in err and "Nothing was changed" in err
+    assert aws.writes() == [] and _stack_state(aws) == before and _lock(aws) == record
+    assert [c for c in aws.calls if c.endswith(LOCKED) and "Put" in c] == [
+        "s3.PutObject" + LOCKED] * 3  # (the refused ones; the dry runs only read it)
+
+    aws.deploy("--break-lock")
+    code, _, err = aws.deploy("--rollback")
+    assert code == 0 and _lock(aws) is None, err
+    code, _, err = aws.deploy("--destroy", "--delete-bucket")  # (it empties the bucket: its
+    assert code == 0, err                                       # own lock goes with it)
+    assert all(v == [] for v in _everything(aws).values())

@@ -30,6 +30,7 @@ from pipeline.aws import (
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, call_failed, error_code, get_or_none
 from pipeline.aws.executions import Reach, read_manifest, upload_manifest
+from pipeline.aws.lock import DeployLock, break_lock, deploy_lock
 from pipeline.aws.resources import (
     delete_role,
     delete_schedule,
@@ -63,7 +64,7 @@ from pipeline.core.manifest import as_manifest
 from pipeline.engine import definition
 from pipeline.errors import ManifestError
 
-__all__ = ["DeployConfig", "deploy", "destroy", "rollback"]
+__all__ = ["DeployConfig", "deploy", "destroy", "rollback", "unlock"]
 
 @dataclass
 class DeployConfig:
@@ -98,6 +99,8 @@ class DeployConfig:
     sse: str | None = None
     #: with sse aws:kms, the KMS key (ARN) outputs are encrypted with
     sse_kms_key: str | None = None
+    #: the command's options, as the deploy lock records them (a build argument's key only)
+    command: str = ""
 
 # --- the whole stack -------------------------------------------------------------------------
 
@@ -380,8 +383,19 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
            run: Any = subprocess.run, sleep: Callable[[float], None] = time.sleep,
            ) -> dict[str, Any]:
     """Create or update every resource of the stack; what it is made of (names, ARNs) and
-    which changes were made (``changes``: empty when the stack was up to date)."""
+    which changes were made (``changes``: empty when the stack was up to date). Under the
+    stack's deploy lock (:mod:`pipeline.aws.lock`): taken before the deployed stack is read
+    when its bucket is there, else right after the bucket is made."""
     log, acts, names = _begin(config, clients, log, "stack")
+    with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
+        lock.take(required=False)
+        return _deploy(config, clients, log, acts, names, lock, build, run, sleep)
+
+
+def _deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None], acts: Actions,
+            names: StackNames, lock: DeployLock, build: Callable[..., str], run: Any,
+            sleep: Callable[[float], None]) -> dict[str, Any]:
+    """:func:`deploy`'s steps, the lock taken by the bucket step at the latest."""
     # preflight: whatever can stop the deploy is checked before anything is changed
     data, inputs, kms_keys = _locations(config, clients, names, log)
     encryption = _output_encryption(config, clients, names, log)
@@ -401,6 +415,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     _say_if_rolled_back(clients, names, log)
 
     ensure_bucket(clients("s3"), names, acts)
+    lock.take()  # (a new stack's: its bucket is there now) before anything else changes
     if config.registry:
         repos = {s: f"{config.registry.rstrip('/')}/{names.repository(s)}" for s in STEPS}
     else:
@@ -503,11 +518,13 @@ def rollback(config: DeployConfig, clients: Clients,
     release's function versions), without a build or any other change
     (:func:`~pipeline.aws.versions.rollback_definition`)."""
     log, acts, names = _begin(config, clients, log, "roll back stack")
-    result = rollback_definition(clients, names, acts, log)
-    log(f"dry run: {len(acts.changes)} change(s) would be made; nothing was changed"
-        if config.dry_run else
-        "done: new executions (tiffpipe start, the schedule) run the previous release; "
-        "running ones go on with theirs. The next deploy deploys what it is given")
+    with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
+        lock.take(required=False)  # (no bucket: nothing to go back to, said next)
+        result = rollback_definition(clients, names, acts, log)
+        log(f"dry run: {len(acts.changes)} change(s) would be made; nothing was changed"
+            if config.dry_run else
+            "done: new executions (tiffpipe start, the schedule) run the previous release; "
+            "running ones go on with theirs. The next deploy deploys what it is given")
     return result
 
 
@@ -541,9 +558,18 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Remove what deploy made, in reverse order (nothing left refers to a removed resource).
 
-    The bucket (manifests, reports, maybe outputs) is kept unless ``delete_bucket``.
+    The bucket (manifests, reports, maybe outputs) is kept unless ``delete_bucket``
+    (emptying it removes the deploy lock this destroy holds, which then has none to release).
     """
     log, acts, names = _begin(config, clients, log, "destroy stack")
+    with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
+        lock.take(required=False)  # (no bucket, a stack half made or removed: none to take)
+        return _destroy(config, clients, delete_bucket, log, acts, names)
+
+
+def _destroy(config: DeployConfig, clients: Clients, delete_bucket: bool,
+             log: Callable[[str], None], acts: Actions, names: StackNames) -> dict[str, Any]:
+    """:func:`destroy`'s steps, under the deploy lock."""
     _refuse_under_runs(clients, names, log)
     delete_schedule(clients, names, acts)
     sfn = clients("stepfunctions")
@@ -593,3 +619,20 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
     return {"stack": names.stack, "account": names.account, "region": names.region,
             "deleted": acts.changes, "bucket_kept": exists and not delete_bucket,
             "dry_run": config.dry_run}
+
+
+# --- the deploy lock --------------------------------------------------------------------------
+
+
+def unlock(config: DeployConfig, clients: Clients,
+           log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``--break-lock``: remove the stack's deploy lock, the one read now only
+    (:func:`~pipeline.aws.lock.break_lock`), for a deploy known to be dead."""
+    log, acts, names = _begin(config, clients, log, "break the deploy lock of stack")
+    broken = break_lock(clients("s3"), names, acts)
+    if broken is not None:
+        log("dry run: nothing was changed" if config.dry_run else
+            "done: run the deploy again (it starts over where the dead one stopped: every "
+            "step is re-runnable)")
+    return {"stack": names.stack, "account": names.account, "region": names.region,
+            "broken": broken, "dry_run": config.dry_run}
