@@ -46,6 +46,7 @@ ENGINE = {
     "test_oncall", "test_open_uploads", "test_bucket_policy", "test_geometry_runs",
     "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks", "test_cog",
     "test_xmp", "test_nodata_filters", "test_masked_stats", "test_resample",
+    "test_bilevel_hints",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the

@@ -391,9 +391,12 @@ GRAYING_MODULE = "tiffpipe_test_bilevel_userops"
 
 
 def grays_refusal(index: int, name: str) -> str:
-    """The one refusal of a chain that grays a 1-bit output, as planning words it."""
+    """The one refusal of a chain that grays a 1-bit output, as planning words it: a
+    downsample is told the methods that keep black and white first."""
+    pick = ('give it "method": "mode" (or "nearest", "min") to keep them, or '
+            if name == "downsample" else "")
     return (f"output_options.bilevel: ops[{index}] ({name}) makes gray values wherever black "
-            "and white meet, and a 1-bit output holds 0 and 255 only; add {\"op\": "
+            f"and white meet, and a 1-bit output holds 0 and 255 only; {pick}add {{\"op\": "
             '"threshold", "value": 127} (or otsu_threshold) after it, or drop "bilevel" for '
             "an 8-bit output")
 

@@ -210,10 +210,23 @@ def grays_problems(spec: JobSpec, chain: list[OpCall]) -> list[str]:
     if grays is None:
         return []
     name = chain[grays].op.name
+    pick = picking_fix(chain[grays])
     return [(f"output_options.bilevel: ops[{grays}] ({name}) makes gray values wherever "
-             "black and white meet, and a 1-bit output holds 0 and 255 only; add "
+             "black and white meet, and a 1-bit output holds 0 and 255 only; "
+             + (f"give it {pick} to keep them, or " if pick else "") + "add "
              '{"op": "threshold", "value": 127} (or otsu_threshold) after it, or drop '
              '"bilevel" for an 8-bit output')]
+
+
+def picking_fix(call: OpCall) -> str:
+    """The parameter that makes a graying op keep black and white ("": none): a
+    ``downsample``'s block means gray them, and a method that picks one of each block's
+    samples (``nearest``, ``mode``, ``min``: 0 or 255, as ``Op.binary`` says) keeps a 1-bit
+    page black and white, so 1-bit, without a threshold. ``max`` keeps them too, but
+    whitens black text thinner than a block (``min`` keeps it)."""
+    if call.op.name != "downsample":
+        return ""
+    return '"method": "mode" (or "nearest", "min")'
 
 
 def auto_one_bit(chain: list[OpCall], page: PagePlan, nodata: float | None) -> bool:
@@ -440,12 +453,15 @@ def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
 def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     """Which pages a ``bilevel`` "auto" job writes 1-bit, in which codec, and which as they
     are, in which, and of those that would be 1-bit but for the no-data value they keep
-    (:func:`auto_one_bit`), why: its result's message, as ``validate --inputs`` and
-    ``estimate`` show it."""
+    (:func:`auto_one_bit`), why, and of 1-bit input pages the chain grays (a mean
+    downsample), which op and how to keep them 1-bit (:func:`grayed_note`): its result's
+    message, as ``validate --inputs`` and ``estimate`` show it."""
     options, chain = spec.output_options, chain_from_json(spec.ops)
     ones = [page.info.index for page in pages if page.one_bit]
     # (not 1-bit for their kept no-data value alone: its value -> the pages)
     held: dict[str, list[int]] = {}
+    # (1-bit input pages the chain grays: a mean downsample's, a blur's)
+    grayed, gray_op = [], chain_grays(chain)
     others = []
     for page in pages:
         if page.one_bit:
@@ -453,6 +469,9 @@ def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
         nodata = nodata_at(page.info, spec.ops)
         if nodata is not None and auto_one_bit(chain, page, None):
             held.setdefault(f"{nodata:g}", []).append(page.info.index)
+        elif gray_op is not None and page.info.conversion.startswith("bilevel ") and \
+                page.out_channels == 1 and page.out_dtype == "uint8":
+            grayed.append(page.info.index)
         else:
             others.append(page.info.index)
     parts = []
@@ -461,6 +480,8 @@ def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     if others:
         parts.append(f"{_pages(others)} as {'they are' if len(others) > 1 else 'it is'} in "
                      f"{options.compression}")
+    if grayed:
+        parts.append(grayed_note(chain, gray_op or 0, grayed, options.compression))
     for value, numbers in held.items():
         its = "their" if len(numbers) > 1 else "its"
         parts.append(f"{_pages(numbers)} written 8-bit in {options.compression}: {its} no-data "
@@ -469,6 +490,23 @@ def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
                      f"to write {'them' if len(numbers) > 1 else 'it'} 1-bit (the no-data "
                      "pixels are then thresholded as data and GDAL_NODATA is dropped)")
     return 'bilevel "auto": ' + "; ".join(parts)
+
+
+def grayed_note(chain: list[OpCall], n: int, numbers: list[int], compression: str) -> str:
+    """What a ``bilevel`` "auto" job says of its 1-bit input pages (a scanned book's CCITT
+    text pages) that ``chain[n]`` grays (:func:`~pipeline.core.ops.chain_grays`), so writes
+    8-bit: which op, and how to keep them 1-bit (:func:`picking_fix`, else a threshold).
+    Before, they were told "as they are", which they were not: a mean downsample made
+    108 KB of 8-bit JPEG of 6 KB of group4."""
+    call = chain[n]
+    how = f"{call.op.name}, {call.params['method']}" if "method" in call.params else \
+        call.op.name
+    them = "them" if len(numbers) > 1 else "it"
+    pick = picking_fix(call)
+    fix = (f"{pick} keeps {them} black and white and 1-bit" if pick else
+           f'add {{"op": "threshold", "value": 127}} after it to write {them} 1-bit')
+    return (f"1-bit {_pages(numbers)} grayed by ops[{n}] ({how}): written 8-bit in "
+            f"{compression}; {fix}")
 
 
 def convert_note(spec: JobSpec, pages: list[PagePlan]) -> str:

@@ -1,0 +1,115 @@
+"""What tiffpipe tells an archive that writes a scanned book (1-bit text pages and an RGB
+plate) with ``output_options.bilevel``: a "auto" job whose mean downsample grays the text
+pages says so apart from the plates, and which method keeps them 1-bit (a run of the local
+engine, its pages read back); a true job is told the downsample's picking method first, and
+and a blur, a threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline import cli
+from pipeline.core.manifest import parse_manifest
+from pipeline.core.plan import grouped_by_page
+from pipeline.runner import run_local
+from pipeline.steps.planning import read_plan
+
+CROP = {"op": "crop", "x": 8, "y": 8, "width": 160, "height": 200}
+MEAN = {"op": "downsample", "factor": 2}
+MODE = {"op": "downsample", "factor": 2, "method": "mode"}
+
+
+def text_page(seed: int, height: int = 220, width: int = 180) -> np.ndarray:
+    """A scanned text page as tifffile's bool (True: black ink): lines of words."""
+    rng = np.random.default_rng(seed)
+    ink = np.zeros((height, width), bool)
+    for y in range(12, height - 12, 14):
+        x = 10
+        while x < width - 20:
+            n = int(rng.integers(6, 30))
+            ink[y:y + 7, x:x + n] = True
+            x += n + int(rng.integers(4, 9))
+    return ink
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory) -> Path:
+    """book.tif: 1-bit text pages 0 and 2 (miniswhite, as CCITT scans are) and an RGB
+    plate, page 1."""
+    tmp = tmp_path_factory.mktemp("hints")
+    plate = np.random.default_rng(3).integers(0, 256, (230, 240, 3), np.uint8)
+    with tifffile.TiffWriter(tmp / "book.tif") as tw:
+        tw.write(text_page(1), photometric="miniswhite", compression="zlib")
+        tw.write(plate, photometric="rgb", compression="zstd")
+        tw.write(text_page(2), photometric="miniswhite", compression="zlib")
+    return tmp
+
+
+def kinds(path: Path) -> list[tuple[int, int]]:
+    """Each page's (BitsPerSample, Compression)."""
+    with tifffile.TiffFile(path) as tf:
+        return [(p.bitspersample, int(p.compression)) for p in tf.pages]
+
+
+def plan_problems(book: Path, ops: list, options: dict, pages: list | None = None
+                  ) -> list[str]:
+    job = {"input": "book.tif", "output": "o.tif", "ops": ops, "output_options": options}
+    spec = parse_manifest({"jobs": [{**job, **({"pages": pages} if pages else {})}]},
+                          "m.json", str(book))[0]
+    return grouped_by_page(read_plan(0, spec, "w", 0.0)[1])
+
+
+GRAYED = ('bilevel "auto": page 1 as it is in jpeg; 1-bit pages 0, 2 grayed by ops[1] '
+          '(downsample, mean): written 8-bit in jpeg; "method": "mode" (or "nearest", "min") '
+          "keeps them black and white and 1-bit")
+
+
+def test_auto_tells_the_text_pages_a_mean_downsample_grays_apart_and_the_fix(book, capsys):
+    """The text pages of a crop and mean downsample come out 8-bit JPEG: the note (run
+    report, validate --inputs) says they were grayed by the downsample, not "as they are",
+    and the method it names writes them 1-bit in group4, the plate still JPEG."""
+    (book / "m.json").write_text(json.dumps({
+        "defaults": {"output_options": {"bilevel": "auto", "compression": "jpeg"}},
+        "jobs": [{"input": "book.tif", "output": "mean.tif", "ops": [CROP, MEAN]},
+                 {"input": "book.tif", "output": "mode.tif", "ops": [CROP, MODE]}]}))
+    assert cli.main(["validate", "--inputs", str(book / "m.json")]) == 0
+    assert f"  jobs[0] ({book / 'book.tif'}): {GRAYED}\n" in capsys.readouterr().out
+    result = run_local(str(book / "m.json"), 2)
+    mean, mode = result.jobs
+    assert mean["status"] == mode["status"] == "SUCCEEDED", result.jobs
+    assert mean["message"] == GRAYED
+    assert kinds(book / "mean.tif") == [(8, 7)] * 3  # (JPEG, the text pages' grays in it)
+    with tifffile.TiffFile(book / "mean.tif") as tf:
+        values = np.unique(tf.pages[0].asarray())
+    assert len(values) > 2  # (grays: what the note says)
+    assert mode["message"] == ('bilevel "auto": pages 0, 2 written 1-bit in group4; page 1 as '
+                               "it is in jpeg")
+    assert kinds(book / "mode.tif") == [(1, 4), (8, 7), (1, 4)]
+
+
+def test_a_blur_that_grays_the_text_pages_is_told_a_threshold(book):
+    spec = parse_manifest({"jobs": [{
+        "input": "book.tif", "output": "o.tif", "pages": [0],
+        "ops": [{"op": "gaussian_blur", "sigma": 2}],
+        "output_options": {"bilevel": "auto"}}]}, "m.json", str(book))[0]
+    plan, problems = read_plan(0, spec, "w", 0.0)
+    assert problems == [] and plan.note == (
+        'bilevel "auto": 1-bit page 0 grayed by ops[0] (gaussian_blur): written 8-bit in zstd; '
+        'add {"op": "threshold", "value": 127} after it to write it 1-bit')
+
+
+def test_true_with_a_mean_downsample_is_told_the_picking_method_first(book):
+    refusal = plan_problems(book, [MEAN], {"bilevel": True, "compression": "group4"}, [0, 2])
+    assert refusal == [(
+        'output_options.bilevel: ops[0] (downsample) makes gray values wherever black and '
+        'white meet, and a 1-bit output holds 0 and 255 only; give it "method": "mode" (or '
+        '"nearest", "min") to keep them, or add {"op": "threshold", "value": 127} (or '
+        'otsu_threshold) after it, or drop "bilevel" for an 8-bit output')]
+    # the fix it names plans, every page 1-bit
+    assert plan_problems(book, [MODE], {"bilevel": True, "compression": "group4"}, [0, 2]) == []
