@@ -2,7 +2,7 @@
 plate) with ``output_options.bilevel``: a "auto" job whose mean downsample grays the text
 pages says so apart from the plates, and which method keeps them 1-bit (a run of the local
 engine, its pages read back); a true job is told the downsample's picking method first, and
-and a blur, a threshold.
+``"bilevel": "auto"`` first for the plates it cannot hold.
 """
 
 from __future__ import annotations
@@ -113,3 +113,30 @@ def test_true_with_a_mean_downsample_is_told_the_picking_method_first(book):
         'otsu_threshold) after it, or drop "bilevel" for an 8-bit output')]
     # the fix it names plans, every page 1-bit
     assert plan_problems(book, [MODE], {"bilevel": True, "compression": "group4"}, [0, 2]) == []
+
+
+PLATE = ("page 1: output_options.bilevel: a 1-bit output holds one band of uint8, 0 and 255 "
+         "only, the output is uint8 with 3 bands; ")
+BINARISE = ('end the ops with {"op": "to_gray"}, then {"op": "threshold", "value": V} (V a '
+            "value of the page's own: the pixels above it become 255, the others 0; or "
+            '{"op": "otsu_threshold"}), or drop "bilevel"')
+
+
+def test_true_on_a_book_with_plates_is_told_auto_first(book):
+    """A whole book with "bilevel": true: the plate's refusal names "auto" (with a codec
+    for the plate: group4 holds 1-bit pages only) before the ops that would binarise the
+    plate; the job of its other pages is still offered. Following it plans."""
+    assert plan_problems(book, [], {"bilevel": True, "compression": "group4"}) == [
+        PLATE + ('set "bilevel": "auto" with a "compression" for the others (zstd, deflate, '
+                 "lzw, jpeg or none; group4 holds 1-bit pages only) to write pages 0, 2 1-bit "
+                 "and the others as they are; or ") + BINARISE,
+        ('pages 0, 2 have none of these problems: give this job "pages": [0, 2] to run them, '
+         "and page 1 a job of its own with ops and output options that fit it")]
+    # in zstd: "auto" keeps the 1-bit pages in it by bilevel_compression (group4 unless set)
+    assert plan_problems(book, [], {"bilevel": True, "compression": "zstd"})[0] == (
+        PLATE + 'set "bilevel": "auto" with "bilevel_compression": "zstd" (the 1-bit pages\' '
+        "codec, group4 unless set) to write pages 0, 2 1-bit and the others as they are; or "
+        + BINARISE)
+    assert plan_problems(book, [], {"bilevel": "auto", "compression": "zstd"}) == []
+    # a job of the plate alone: "auto" would write nothing 1-bit, so it is not offered
+    assert plan_problems(book, [], {"bilevel": True}, [1]) == [PLATE + BINARISE]

@@ -25,7 +25,7 @@ from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions, PagePlan
 from pipeline.core.nodata import nodata_at
 from pipeline.core.ops import chain_keeps_values
-from pipeline.core.plan import Problem, explain_conversion, page_options
+from pipeline.core.plan import Problem, auto_fix, explain_conversion, page_options
 from pipeline.errors import (
     CorruptTiffError,
     OperationError,
@@ -91,15 +91,18 @@ class OutputEncoder:
         return self.tag == _TAGS["jpeg"]
 
     def check(self, photometric: str | None = None, top: tuple[int, str] | None = None,
-              whole_range: bool = False) -> str | None:
+              whole_range: bool = False, first_fix: str = "") -> str | None:
         """Why this output cannot be written (None if it can); ``photometric``: the page's
         (a CMYK page, "separated", has four inks, not an alpha channel); ``top``: the
         largest value the output's samples hold by the input page's header, and which
         header says it (``metadata["max_sample"]``), while the op chain keeps its values;
         ``whole_range``: the output's samples span their type's whole range, whatever a
-        header says (the reader converted the page to it: a 16-bit colormap's RGB)."""
+        header says (the reader converted the page to it: a 16-bit colormap's RGB);
+        ``first_fix``: what a 1-bit page that cannot be one does first (a book's plate:
+        ``"bilevel": "auto"``, :func:`~pipeline.core.plan.auto_fix`), before the ops that
+        would make it one."""
         if self.bilevel:
-            return self._bilevel_check(photometric)
+            return self._bilevel_check(photometric, first_fix)
         if self.options.compression != "jpeg":
             return None
         typed, counted = self.dtype == "uint8", self.channels in (1, 3)
@@ -123,7 +126,7 @@ class OutputEncoder:
         return (f'{has}; add {{"op": "select_bands", "bands": {keep}}} to the ops (or the '
                 f"bands you want, 1 or 3){then}, or choose zstd, deflate, lzw or none")
 
-    def _bilevel_check(self, photometric: str | None) -> str | None:
+    def _bilevel_check(self, photometric: str | None, first_fix: str = "") -> str | None:
         """Why the page cannot be written as 1-bit: not one band of uint8 (a palette page's
         values are colour indices), and the ops that make it of this page: one band (gray
         of RGB, one of other bands), a threshold, then a convert of its 0 and maximum to 0
@@ -149,9 +152,10 @@ class OutputEncoder:
             steps.append(f'{{"op": "convert", "dtype": "uint8", "in_range": [0, {top}]}} '
                          f"(its 0 and {top} to 0 and 255)")
         has = f"{self.dtype} with {self.channels} band{'s' * (self.channels != 1)}"
+        first = f"{first_fix}; or " if first_fix else ""
         return (f"output_options.bilevel: a 1-bit output holds one band of uint8, 0 and 255 "
-                f"only, the output is {has}; end the ops with {', then '.join(steps)}, or "
-                'drop "bilevel"')
+                f"only, the output is {has}; {first}end the ops with {', then '.join(steps)}, "
+                'or drop "bilevel"')
 
     def _codec_args(self) -> dict[str, Any]:
         comp = self.options.compression
@@ -342,6 +346,7 @@ def output_problems(plan: JobPlan) -> list[Problem]:
     JPEG of 16-bit or 4-band pages...): PlanJob refuses the job, and ``tiffpipe estimate``
     does not cost it."""
     keeps = chain_keeps_values(plan.spec.ops)  # (else the page's header's top is not theirs)
+    first_fix = auto_fix(plan)
     problems = []
     for page in plan.pages:
         options = page_options(plan.spec, page)  # (bilevel "auto": the page's own kind)
@@ -349,7 +354,8 @@ def output_problems(plan: JobPlan) -> list[Problem]:
         # (the reader's conversion, kept as its type: a 16-bit colormap's whole range)
         converted = bool(page.info.conversion) and page.out_dtype == page.info.dtype
         why = OutputEncoder(options, page.out_dtype, page.out_channels).check(
-            page.info.photometric, tuple(top) if top else None, whole_range=converted)
+            page.info.photometric, tuple(top) if top else None, whole_range=converted,
+            first_fix=first_fix)
         if why and page.out_dtype == page.info.dtype:  # the reader's type, not the chain's:
             why = explain_conversion(why, page.info)  # (an 8-bit palette made uint16 RGB)
         if not why and options.bilevel:

@@ -249,6 +249,30 @@ def auto_one_bit(chain: list[OpCall], page: PagePlan, nodata: float | None) -> b
     return kind == "makes" or kind == "keeps" and page.info.conversion.startswith("bilevel ")
 
 
+def auto_fix(plan: JobPlan) -> str:
+    """What a ``"bilevel": true`` job of a scanned book (1-bit text pages and colour
+    plates) does first about the pages 1-bit cannot hold ("": not such a job): set
+    ``"bilevel": "auto"``, which writes the pages whose output is black and white 1-bit
+    (:func:`auto_one_bit`) and the others as they are. Before, a plate
+    was told only to_gray and a threshold (which binarise the plate) or a job of its own
+    (``pipeline.adapters.tile_codec.output_problems`` puts it first)."""
+    spec = plan.spec
+    if spec.output_options.bilevel is not True:
+        return ""
+    chain = chain_from_json(spec.ops)
+    ones = [page.info.index for page in plan.pages
+            if auto_one_bit(chain, page, nodata_at(page.info, spec.ops))]
+    if not ones:
+        return ""
+    comp = spec.output_options.compression
+    codec = ('with a "compression" for the others (zstd, deflate, lzw, jpeg or none; group4 '
+             'holds 1-bit pages only)' if comp == "group4" else
+             f'with "bilevel_compression": "{comp}" (the 1-bit pages\' codec, group4 unless '
+             "set)")
+    return (f'set "bilevel": "auto" {codec} to write {_pages(ones)} 1-bit and the others as '
+            "they are")
+
+
 def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
     """The output options a page is written with: the job's, but with ``bilevel`` "auto" a
     1-bit page's (:attr:`PagePlan.one_bit`) are ``bilevel`` true in
