@@ -151,7 +151,9 @@ def test_validate_names_what_cannot_go_with_bilevel():
         '"auto" (the 1-bit pages in bilevel_compression, the others in jpeg)')]
     assert problems(one(output_options={"pyramid": True, "bilevel": True})) == [(
         "jobs[0].output_options.bilevel: true with pyramid true: pyramid levels are means of "
-        'the page (grays), which 1 bit cannot hold; drop "pyramid" or "bilevel"')]
+        "the page (grays), which 1 bit cannot hold; write the levels in a job of their own "
+        '(the same input, "bilevel": false, "pyramid": true: an 8-bit pyramid file beside the '
+        '1-bit one), or drop "pyramid" or "bilevel"')]
     # from defaults: the problem is the job's, naming where the other came from
     assert problems({"defaults": {"output_options": {"bilevel": True}},
                      "jobs": [{"input": "a.tif", "output": "b.tif",

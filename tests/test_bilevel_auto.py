@@ -168,7 +168,9 @@ def test_validate_takes_auto_and_refuses_what_cannot_work():
          '"bilevel": true for every page 1-bit')]
     assert problems({"bilevel": "auto", "pyramid": True}) == [
         ('jobs[0].output_options.bilevel: "auto" with pyramid true: pyramid levels are means '
-         'of the page (grays), which 1 bit cannot hold; drop "pyramid" or "bilevel"')]
+         "of the page (grays), which 1 bit cannot hold; write the levels in a job of their own "
+         '(the same input, "bilevel": false, "pyramid": true: an 8-bit pyramid file beside '
+         'the 1-bit one), or drop "pyramid" or "bilevel"')]
     assert problems({"bilevel": True, "bilevel_compression": "zstd"}) == [
         ('jobs[0].output_options.bilevel_compression: "zstd" with bilevel true: it is the '
          'codec of the 1-bit pages of a "bilevel": "auto" job, and every page of a "bilevel": '

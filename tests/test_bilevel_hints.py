@@ -2,7 +2,8 @@
 plate) with ``output_options.bilevel``: a "auto" job whose mean downsample grays the text
 pages says so apart from the plates, and which method keeps them 1-bit (a run of the local
 engine, its pages read back); a true job is told the downsample's picking method first, and
-``"bilevel": "auto"`` first for the plates it cannot hold.
+``"bilevel": "auto"`` first for the plates it cannot hold; and the refusal of a 1-bit
+pyramid says why for the resampling asked, and what works (an 8-bit pyramid job).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tifffile
 from pipeline import cli
 from pipeline.core.manifest import parse_manifest
 from pipeline.core.plan import grouped_by_page
+from pipeline.errors import ManifestError
 from pipeline.runner import run_local
 from pipeline.steps.planning import read_plan
 
@@ -140,3 +142,31 @@ def test_true_on_a_book_with_plates_is_told_auto_first(book):
     assert plan_problems(book, [], {"bilevel": "auto", "compression": "zstd"}) == []
     # a job of the plate alone: "auto" would write nothing 1-bit, so it is not offered
     assert plan_problems(book, [], {"bilevel": True}, [1]) == [PLATE + BINARISE]
+
+
+def manifest_problems(options: dict) -> list[str]:
+    try:
+        parse_manifest({"jobs": [{"input": "a.tif", "output": "b.tif",
+                                  "output_options": options}]}, "m.json", ".")
+    except ManifestError as exc:
+        return exc.problems
+    return []
+
+
+APART = ('write the levels in a job of their own (the same input, "bilevel": false, '
+         '"pyramid": true: an 8-bit pyramid file beside the 1-bit one), or drop "pyramid" or '
+         '"bilevel"')
+
+
+@pytest.mark.parametrize("method", ["mode", "nearest", "min", "max"])
+def test_a_1bit_pyramid_of_a_picking_resampling_is_refused_for_what_is_true(method):
+    """Levels of mode (nearest, min, max) are black and white: the refusal no longer says
+    they are means, but that levels are written 8-bit only, and what works."""
+    assert manifest_problems({"bilevel": "auto", "pyramid": True,
+                              "pyramid_resampling": method}) == [
+        f'jobs[0].output_options.bilevel: "auto" with pyramid true: pyramid levels of '
+        f'"pyramid_resampling" "{method}" keep black and white, but pyramid levels are '
+        "written 8-bit only, and a 1-bit page's levels would have to be 1-bit too; " + APART]
+    # the job of its own it names is valid
+    assert manifest_problems({"bilevel": False, "pyramid": True,
+                              "pyramid_resampling": method}) == []

@@ -513,8 +513,7 @@ def _bilevel_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
             f'it is the codec of the 1-bit pages of a "bilevel": "auto" job, and {every}',
             'set "bilevel": "auto", or drop "bilevel_compression"'))
     levels = ([_pair_problem(layer, ("bilevel", bilevel), ("pyramid", pyramid),
-                             "pyramid levels are means of the page (grays), which 1 bit "
-                             "cannot hold", 'drop "pyramid" or "bilevel"')]
+                             *_one_bit_levels_refusal(eff["output_options.pyramid_resampling"]))]
               if pyramid.ok and pyramid.value and layer in (pyramid.layer, bilevel.layer)
               else [])
     if bilevel.value == "auto":
@@ -548,6 +547,23 @@ def _bilevel_problems(eff: dict[str, Setting], layer: Layer) -> list[str]:
                                     ("a 1-bit output", "1-bit output"), 'or drop "bilevel"',
                                     (1,))
     return problems
+
+
+def _one_bit_levels_refusal(resampling: Setting) -> tuple[str, str]:
+    """Why a 1-bit output (``bilevel``) has no pyramid, and what works, for the pyramid's
+    resampling: mean levels gray black and white; the methods that pick a block's sample
+    (nearest, mode, min, max) keep them, but tiffpipe writes its levels 8-bit only (no 1-bit
+    level: merge and the level units encode levels of the page's bytes). Either way, a
+    job of its own writes the levels as an 8-bit pyramid file beside the 1-bit one."""
+    method = resampling.value if resampling.ok else "mean"
+    apart = ('write the levels in a job of their own (the same input, "bilevel": false, '
+             '"pyramid": true: an 8-bit pyramid file beside the 1-bit one), or drop '
+             '"pyramid" or "bilevel"')
+    if method == "mean":
+        return "pyramid levels are means of the page (grays), which 1 bit cannot hold", apart
+    return ((f'pyramid levels of "pyramid_resampling" {json.dumps(method)} keep black and '
+            "white, but pyramid levels are written 8-bit only, and a 1-bit page's levels "
+            "would have to be 1-bit too"), apart)
 
 
 def _pair_problem(layer: Layer, first: tuple[str, Setting], second: tuple[str, Setting],
