@@ -263,6 +263,8 @@ def _kept(metadata: dict[str, Any]) -> list[str]:
         kept.append("GeoTIFF")
     if 700 in codes:
         kept.append(SPATIAL_TAGS[700])
+    if "gray_colormap" in metadata:  # (a class map's colours: a copy keeps them, a blur not)
+        kept.append("ColorMap")
     if "gdal_metadata" in metadata:
         kept.append("GDAL_METADATA")
     if metadata.get("aperio"):

@@ -47,6 +47,7 @@ ENGINE = {
     "test_pyramid_layout", "test_slide_readers", "test_case_fold", "test_masks", "test_cog",
     "test_xmp", "test_nodata_filters", "test_masked_stats", "test_resample",
     "test_bilevel_hints",
+    "test_gis_colormap",
 }
 DOCKER = {"test_images"}
 #: ``slow``: whole files whose tests share whole runs (or images, or a benchmark), and the

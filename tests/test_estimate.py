@@ -795,6 +795,28 @@ def test_each_page_adds_its_ifd_to_the_output(tmp_path: Path) -> None:
     assert job["header_bytes"] == pytest.approx(around, rel=0.05), (job["header_bytes"], around)
 
 
+def test_a_class_maps_kept_colormap_counts_in_its_header_bytes(tmp_path: Path) -> None:
+    """A uint16 class map's ColorMap (65,536 entries: 384 KiB, written by merge when the
+    chain keeps the values as indices) is counted in the output's bytes, as merge writes
+    it; a blur drops it, and the bytes it took."""
+    import numpy as np
+    import tifffile
+
+    colours = np.zeros((3, 65536), np.uint16)
+    colours[:, [5, 900]] = [[65535, 0], [0, 65535], [0, 0]]
+    tifffile.imwrite(tmp_path / "lc16.tif", np.full((64, 64), 900, np.uint16), metadata=None,
+                     photometric="minisblack",
+                     extratags=[(320, "H", colours.size, colours.ravel(), True)])
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [
+        {"input": "lc16.tif", "output": "out/copy.tif"},
+        {"input": "lc16.tif", "output": "out/blur.tif",
+         "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
+    plans, sizes = _plans(m)
+    copy, blur = est.estimate(plans, CAL, FAST_IO, input_bytes=sizes)["jobs"]
+    assert copy["header_bytes"] - blur["header_bytes"] == pytest.approx(colours.nbytes, abs=64)
+
+
 def test_a_calibration_without_process_unit(manifest: Path, fused: Path,
                                             tmp_path: Path) -> None:
     """A calibration written before fused jobs estimates unfused jobs without a note; a

@@ -46,6 +46,11 @@ Rules:
   chain changes the channel count (:func:`ome_name`, :func:`ome_channel`);
 - Software becomes ``tiffpipe <version>``; structural tags (size, samples, compression,
   tiles, predictor, extra samples, colormap of a kept palette) describe the output itself;
+- the ColorMap of a one-band uint8 or uint16 MINISBLACK page (a class map coloured by
+  rasterio's ``write_colormap``: GDAL_METADATA says COLORINTERP Palette, and GDAL and QGIS
+  read it as a palette) is kept, as a palette page's colormap is, when the chain keeps its
+  values as indices (:func:`keeps_colormap`); else it is dropped with that COLORINTERP
+  item, and the job's note says so (:func:`colormap_note`);
 - GDAL_METADATA keeps the items that still hold (:func:`gdal_metadata`): band items follow
   their band through ``select_bands``, lose their statistics through any op that changes a
   band's set of values and all but the band's name through one that remaps values, but
@@ -71,6 +76,7 @@ import os
 import re
 import struct
 import weakref
+import zlib
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -141,6 +147,8 @@ _NAMING_ROLES = ("description", "colorinterp")
 _SPATIAL_DOMAINS = ("RPC", "GEOLOCATION")
 #: TIFF types whose value is carried as bytes (base64 in the plan)
 _BYTE_TYPES = {1, 2, 6, 7}
+#: ColorMap: a gray page's is carried (:func:`_gray_colormap`); a palette page's is its own
+COLORMAP = 320
 #: InkSet, which a CMYK (SEPARATED) output page carries as 1 (CMYK)
 INKSET = 332
 #: struct formats of the numeric TIFF types carried (geometry.NUMBER_TYPES)
@@ -270,9 +278,32 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
         out["spatial"] = spatial
     if colormap is not None:
         out["colormap"] = _b64(np.ascontiguousarray(colormap, "<u2").tobytes())
+    elif COLORMAP in tags:
+        out.update(_gray_colormap(page))
     if (ome := _ome_plane(page)) is not None:
         out["ome"] = ome
     return out
+
+
+def _gray_colormap(page: tifffile.TiffPage) -> dict[str, Any]:
+    """The ColorMap of a one-band uint8 or uint16 MINISBLACK page (rasterio's
+    ``write_colormap`` after ``write``: GDAL and QGIS read the page as a palette), to carry:
+    ``gray_colormap``, its 3 x 2**bits values ("<u2") zlib-compressed, base64 (a uint16
+    page's 65,536 entries are 384 KiB, nearly all zeros in a class map's), or
+    ``gray_colormap_over``, its compressed bytes, over :data:`VALUE_MAX`: dropped, the job's
+    note says so. {} for any other page, and for a ColorMap of another size (which GDAL
+    does not read either)."""
+    if int(page.photometric) != 1 or int(page.samplesperpixel) != 1 or page.dtype is None \
+            or np.dtype(page.dtype) not in (np.uint8, np.uint16):
+        return {}
+    entries = 2 ** (8 * np.dtype(page.dtype).itemsize)
+    values = np.asarray(page.tags[COLORMAP].value)
+    if values.size != 3 * entries:
+        return {}
+    packed = zlib.compress(np.ascontiguousarray(values, "<u2").tobytes())
+    if len(packed) > VALUE_MAX:
+        return {"gray_colormap_over": len(packed)}
+    return {"gray_colormap": _b64(packed)}
 
 
 def _xmp_at(out: dict[str, Any], tag: tifffile.TiffTag) -> None:
@@ -941,7 +972,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
                 keep_nodata: bool | None = None,
                 names: Sequence[str | None] = (), form: Form | None = None,
                 derived: Derivation | None = None, packets: XmpPackets | None = None,
-                page_number: tuple[int, int] | None = None) -> dict[str, Any]:
+                page_number: tuple[int, int] | None = None,
+                indices: bool = False) -> dict[str, Any]:
     """Keyword arguments of ``TiffWriter.write`` for the output page of ``info`` (a PageInfo)
     that is ``height`` x ``width`` with ``channels`` samples: photometric, extra samples,
     software, and the carried metadata. ``nodata`` False: the op chain remaps values, so the
@@ -975,7 +1007,11 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     (:func:`pipeline.adapters.tiff_header.state_bits_per_sample`).
     ``page_number``: the output page's index among the output's pages and their count,
     written as its PageNumber when the input page carries one (None: none written; the
-    input's values would be wrong wherever the job picks, reorders or leaves out pages)."""
+    input's values would be wrong wherever the job picks, reorders or leaves out pages).
+    ``indices``: the chain keeps the page's values as indices in a lossless, not 1-bit
+    output (:func:`keeps_colormap`): a gray page's ColorMap is kept; else it is dropped,
+    and GDAL_METADATA's COLORINTERP Palette with it (GDAL would read a palette band
+    without its colours)."""
     md = info.metadata or {}
     palette = _palette(info, channels)
     photometric, extrasamples = photometric_of(info, channels, bands)
@@ -998,6 +1034,10 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         kwargs["iccprofile"] = profile
     if palette:
         kwargs["colormap"] = np.frombuffer(_unb64(md["colormap"]), "<u2").reshape(3, 256)
+    gray_colormap = carries_gray_colormap(info) and indices and "gray_colormap" in md
+    if gray_colormap:  # (tifffile writes a colormap of a palette page only: as the tag)
+        values = np.frombuffer(zlib.decompress(_unb64(md["gray_colormap"])), "<u2")
+        extratags.append((COLORMAP, 3, len(values), values, True))
     if photometric == "separated":
         extratags.append((INKSET, 3, 1, (1,), True))  # CMYK (tifffile writes none)
     spatial = [tag for tag in md.get("spatial", []) if tag[0] != XMP]
@@ -1023,6 +1063,8 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         if bands is None and same_bands is None else {}
     if made:
         xml = _with_descriptions(xml, made)
+    if carries_gray_colormap(info) and not gray_colormap:
+        xml = _without_palette(xml)
     if xml:
         extratags.append((GDAL_METADATA, 2, 0, xml, True))
     if own_nodata is not None:  # (the input's was dropped: an op after it made its own)
@@ -1037,6 +1079,80 @@ def output_tags(info: Any, height: int, width: int, channels: int,
     if extratags:
         kwargs["extratags"] = extratags
     return kwargs
+
+
+def carries_gray_colormap(info: Any) -> bool:
+    """Whether the page of ``info`` (a PageInfo) is a gray page with a ColorMap to carry (or
+    one too large to: dropped, :func:`colormap_note`): :func:`_gray_colormap`."""
+    md = info.metadata or {}
+    return "gray_colormap" in md or "gray_colormap_over" in md
+
+
+def keeps_colormap(ops: list[dict[str, Any]], options: Any) -> bool:
+    """Whether the output page of a chain ``ops`` (its JSON) under ``options`` (a page's
+    OutputOptions: :func:`pipeline.core.plan.page_options`) keeps a gray page's ColorMap:
+    the chain keeps its values as indices, as a palette page's (no op, geometric ops,
+    downsamples that pick: :func:`pipeline.adapters.tiff_read.keeps_palette`), in an output
+    that is neither JPEG (which blurs them) nor 1-bit."""
+    from pipeline.adapters.tiff_read import keeps_palette
+
+    return keeps_palette(ops, options.compression) and not options.bilevel
+
+
+def _without_palette(xml: bytes | None) -> bytes | None:
+    """A GDAL_METADATA XML (None: none) without its COLORINTERP Palette items (role
+    ``colorinterp``): the page's ColorMap is dropped, and GDAL would read a palette band
+    without a colour table (rasterio's ``colormap()``: "NULL color table"), not a gray one.
+    The bytes as they were when it has none; None when no item is left."""
+    from xml.etree import ElementTree
+
+    if not xml:
+        return xml
+    try:
+        items = [e for e in ElementTree.fromstring(xml.split(b"\x00", 1)[0]) if e.tag == "Item"]
+    except ElementTree.ParseError:
+        return xml
+    kept = [e for e in items if not (e.get("role") == "colorinterp"
+                                     and (e.text or "").strip().lower() == "palette")]
+    if len(kept) == len(items):
+        return xml
+    return _xml(kept) if kept else None
+
+
+def colormap_note(spec: Any, pages: Sequence[Any]) -> str:
+    """What a job's result says of its gray pages' ColorMaps it drops ("" none): which pages,
+    and why (an op that changes the values the colours are of, a JPEG or 1-bit output, a
+    ColorMap too large for the plan), so that the loss of a class map's colours is said,
+    not found in QGIS (before, the ColorMap was dropped silently and GDAL_METADATA kept
+    its COLORINTERP Palette: GDAL read a palette band without colours)."""
+    from pipeline.core.ops import chain_keeps_indices
+    from pipeline.core.plan import _pages, page_options
+
+    said: dict[str, list[int]] = {}
+    for page in pages:
+        md = page.info.metadata or {}
+        if not carries_gray_colormap(page.info):
+            continue
+        options = page_options(spec, page)
+        if "gray_colormap_over" in md:
+            why = (f"its ColorMap is {md['gray_colormap_over']:,} bytes compressed, over the "
+                   f"{VALUE_MAX // 1024} KiB a carried tag may be")
+        elif not chain_keeps_indices(spec.ops):
+            i = next(i for i, op in enumerate(spec.ops) if not chain_keeps_indices([op]))
+            name = spec.ops[i]["op"]
+            why = f"ops[{i}] ({name}) changes the values its colours are of"
+            if name == "downsample":
+                why += ' (a downsample by "mode" or "nearest" picks them: the ColorMap is kept)'
+        elif options.bilevel:
+            why = "a 1-bit output has no colour table"
+        elif not keeps_colormap(spec.ops, options):
+            why = f"a {options.compression} output changes the values its colours are of"
+        else:
+            continue
+        said.setdefault(why, []).append(page.info.index)
+    return "; ".join(f"ColorMap of {_pages(numbers)} dropped: {why}; GDAL_METADATA's "
+                     "COLORINTERP Palette removed with it (GDAL and QGIS read the band as gray)"
+                     for why, numbers in said.items())
 
 
 def _carried_icc(info: Any, channels: int, bands: tuple[int, ...] | None) -> bytes | None:

@@ -402,7 +402,7 @@ def header_bytes(plan: JobPlan) -> float:
     sizes took as long as reading their headers), the tile arrays then grown to the page's
     tiles in between (pyramid levels and OME-XML aside); and an XMP packet too large for
     the plan, by its size (:func:`~pipeline.adapters.metadata.xmp_bytes`: not read)."""
-    from pipeline.adapters.metadata import band_names, output_tags, xmp_bytes
+    from pipeline.adapters.metadata import band_names, keeps_colormap, output_tags, xmp_bytes
     from pipeline.adapters.tile_codec import OutputEncoder
 
     opts = plan.spec.output_options
@@ -419,7 +419,7 @@ def header_bytes(plan: JobPlan) -> float:
                            mine.bilevel, chain_linear(ops, page.info.dtype),
                            chain_keeps_nodata(ops), chain_band_names(ops, band_names(page.info)),
                            # (a PageNumber's bytes, whatever its values: one cache key a kind)
-                           page_number=(0, 0))
+                           page_number=(0, 0), indices=keeps_colormap(ops, mine))
         rows, cols = page.out_tiles(t)
         tiles = rows * cols
         kwargs = {**OutputEncoder(mine, page.out_dtype, ch).writer_kwargs(), **tags}

@@ -44,6 +44,7 @@ from pipeline.adapters.metadata import (
     band_names,
     carries_xmp,
     derivation,
+    keeps_colormap,
     ome_channel,
     output_tags,
     page_form,
@@ -430,14 +431,15 @@ def _page_tags(plan: JobPlan, page: PagePlan, derived: Derivation | None = None,
     ops, options = plan.spec.ops, plan.spec.output_options
     height, width = page.out_grid.height, page.out_grid.width
     bands = chain_bands(ops, page.info.channels)
+    mine = page_options(plan.spec, page)  # (bilevel "auto": 1-bit or not, page by page)
     tags = output_tags(page.info, height, width, page.out_channels, chain_keeps_values(ops),
                        page.factor, bands, chain_own_nodata(ops), page_placement(ops, page.info),
-                       chain_keeps_statistics(ops), page_options(plan.spec, page).bilevel,
+                       chain_keeps_statistics(ops), mine.bilevel,
                        chain_linear(ops, page.info.dtype), chain_keeps_nodata(ops),
                        chain_band_names(ops, band_names(page.info)),
                        # (how it stores its samples: for its XMP alone)
                        page_form(plan.spec, page) if carries_xmp(page.info) else None, derived,
-                       packets, number)
+                       packets, number, keeps_colormap(ops, mine))
     return _ome_tags(tags, page, bands) if options.ome else tags
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
-from pipeline.adapters.metadata import dropped_nodata_note, xmp_note
+from pipeline.adapters.metadata import colormap_note, dropped_nodata_note, xmp_note
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
@@ -392,6 +392,7 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
              # read: 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB)
              xmp_note(spec, plan.pages),
              dropped_nodata_note(spec, plan.pages),  # (a convert that drops GDAL_NODATA)
+             colormap_note(spec, plan.pages),  # (a class map's colours dropped: a blur)
              convert_note(spec, plan.pages)]  # (12-bit data made near-black 8-bit)
     if any(notes):
         plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n))
