@@ -70,6 +70,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "turn8": {"input": "lc8.tif", "ops": [{"op": "rotate", "angle": 90},
                                               {"op": "crop", "x": 10, "y": 20,
                                                "width": 100, "height": 90}]},
+        "pyramid8": {"input": "lc8.tif", "output_options": {"pyramid": True, "tile": 32}},
         "copy16": {"input": "lc16.tif"},
         "blur8": {"input": "lc8.tif", "ops": [{"op": "gaussian_blur", "sigma": 1.5}]},
         "mean8": {"input": "lc8.tif", "ops": [down]},
@@ -122,6 +123,18 @@ def test_a_chain_that_keeps_indices_keeps_the_colour_table_gdal_reads(run, name,
     if name.startswith("copy"):
         np.testing.assert_array_equal(pixels, given_pixels)
     assert "ColorMap" not in run["messages"][name]
+
+
+def test_pyramid_levels_of_a_class_map_are_indices_with_its_colour_table(run):
+    _, given, pixels = _table(run["root"] / "lc8.tif")
+    with _open(run["outputs"]["pyramid8"]) as ds:
+        assert ds.overviews(1)
+    interp, table, level = _table(run["outputs"]["pyramid8"], overview_level=0)
+    assert interp == ColorInterp.palette and table
+    # (the colours: GDAL makes the no-data entry transparent on the page's band alone)
+    assert {k: v[:3] for k, v in table.items()} == {k: v[:3] for k, v in given.items()}
+    # each 2 x 2 block's top-left pixel, as a palette page's levels: never a mean of classes
+    np.testing.assert_array_equal(level, pixels[0::2, 0::2][:level.shape[0], :level.shape[1]])
 
 
 @pytest.mark.parametrize("name,why", [

@@ -1099,6 +1099,16 @@ def keeps_colormap(ops: list[dict[str, Any]], options: Any) -> bool:
     return keeps_palette(ops, options.compression) and not options.bilevel
 
 
+def keeps_gray_colormap(spec: Any, page: Any) -> bool:
+    """Whether the output page of ``page`` (a PagePlan) of the job ``spec`` (a JobSpec)
+    keeps its gray page's ColorMap (:func:`_gray_colormap`, :func:`keeps_colormap`): its
+    values are indices, as a palette page's (its pyramid levels pick, never average)."""
+    from pipeline.core.plan import page_options
+
+    return "gray_colormap" in (page.info.metadata or {}) and keeps_colormap(
+        spec.ops, page_options(spec, page))
+
+
 def _without_palette(xml: bytes | None) -> bytes | None:
     """A GDAL_METADATA XML (None: none) without its COLORINTERP Palette items (role
     ``colorinterp``): the page's ColorMap is dropped, and GDAL would read a palette band

@@ -39,6 +39,7 @@ import tifffile
 
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import (
+    COLORMAP,
     ORIENTATION,
     XmpPackets,
     band_names,
@@ -381,7 +382,7 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     from pipeline.steps.pyramid import level_method
     from pipeline.steps.unit_levels import merge_unit_levels
 
-    method = level_method(plan, tags["photometric"] == "palette")
+    method = level_method(plan, index)
 
     masks: list[TileTable] = []  # the levels' masks (a page that carries its mask)
     if UNIT_LEVELS and unit_level_count(plan, index):
@@ -398,9 +399,11 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
     # what every level repeats of the base page: how its samples are to be read
     level_tags = {k: tags[k] for k in ("photometric", "extrasamples", "colormap")
                   if tags.get(k) is not None}
-    orientation = [t for t in tags.get("extratags", []) if t[0] == ORIENTATION]
-    if orientation:  # (absent, a level would read as Orientation 1: turned from its page)
-        level_tags["extratags"] = orientation
+    # (absent, a level would read as Orientation 1: turned from its page; a class map's
+    # level as gray values: its ColorMap)
+    carried = [t for t in tags.get("extratags", []) if t[0] in (ORIENTATION, COLORMAP)]
+    if carried:
+        level_tags["extratags"] = carried
     shapes = level_shapes(height, width, options.tile)
     for k, ((h, w), level) in enumerate(zip(shapes, levels, strict=True), 1):
         writer.write(level.placeholders(), shape=(h, w) + shape[2:],

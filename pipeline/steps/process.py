@@ -77,7 +77,7 @@ def process_unit(event: UnitEvent, shared: SharedPools | None = None,
             from pipeline.steps.unit_levels import RegionLevels
 
             levels = RegionLevels(plan, unit.page, event.unit, unit, out.encoder, level_method(
-                plan, plan.pages[unit.page].info.photometric == "palette"))
+                plan, unit.page))
         try:
             with SegmentOutput(plan, unit.page, layout.unit_segment(event.unit), positions,
                                levels.add if levels else None) as segment:

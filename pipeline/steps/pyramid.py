@@ -57,6 +57,7 @@ from math import ceil
 import numpy as np
 
 from pipeline.adapters import storage
+from pipeline.adapters.metadata import keeps_gray_colormap
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
@@ -67,8 +68,9 @@ from pipeline.core.tiff_layout import Span
 
 __all__ = ["TOP_LEFT", "Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask"]
 
-#: the method of a palette page's levels with ``pyramid_resampling`` "mean": the top-left
-#: pixel of each block (a mean of colour-map indices means nothing)
+#: the method of a palette page's levels (and a gray class map's with its ColorMap) with
+#: ``pyramid_resampling`` "mean": the top-left pixel of each block (a mean of colour-map
+#: indices means nothing)
 TOP_LEFT = "top_left"
 
 
@@ -78,11 +80,15 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
     return nodata_at(plan.pages[page].info, plan.spec.ops)
 
 
-def level_method(plan: JobPlan, palette: bool) -> str:
-    """How the levels of a page reduce their 2 x 2 blocks (:func:`reduce2`'s ``method``):
-    ``output_options.pyramid_resampling``, but :data:`TOP_LEFT` for a palette page's "mean"."""
+def level_method(plan: JobPlan, page: int) -> str:
+    """How the levels of output page ``page`` reduce their 2 x 2 blocks (:func:`reduce2`'s
+    ``method``): ``output_options.pyramid_resampling``, but :data:`TOP_LEFT` for the "mean"
+    of a page of indices: a palette page's, a gray class map's whose ColorMap the output
+    keeps (:func:`pipeline.adapters.metadata.keeps_gray_colormap`)."""
     method = plan.spec.output_options.pyramid_resampling
-    return TOP_LEFT if palette and method == "mean" else method
+    info = plan.pages[page].info
+    indexed = info.photometric == "palette" or keeps_gray_colormap(plan.spec, plan.pages[page])
+    return TOP_LEFT if indexed and method == "mean" else method
 
 
 def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,

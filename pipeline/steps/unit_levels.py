@@ -175,7 +175,7 @@ def build_levels(event: UnitEvent) -> dict[str, Any]:
         p = plan.pages[unit.page]
         encoder = OutputEncoder(page_options(plan.spec, p), p.out_dtype, p.out_channels)
         levels = RegionLevels(plan, unit.page, event.unit, unit, encoder,
-                              level_method(plan, p.info.photometric == "palette"))
+                              level_method(plan, unit.page))
         try:
             band = _band_table(plan, unit)
             per_row = p.out_grid.tile // plan.spec.output_options.tile  # tile rows a row
