@@ -21,7 +21,7 @@ import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
 from rasterio.enums import ColorInterp
-from rasterio.transform import from_origin
+from affine import Affine
 
 from pipeline import cli
 
@@ -46,7 +46,7 @@ def write_class_map(path: Path, dtype: str, classes: list[int]) -> None:
     cmap = {c: (*(int(v) for v in rng.integers(0, 256, 3)), 255) for c in classes}
     with rasterio.open(path, "w", driver="GTiff", width=img.shape[1], height=img.shape[0],
                        count=1, dtype=dtype, crs="EPSG:32633", nodata=0,
-                       transform=from_origin(500000, 5400000, 30, 30), tiled=True,
+                       transform=Affine(30, 0, 500000, 0, -30, 5400000), tiled=True,
                        blockxsize=64, blockysize=64, compress="deflate") as ds:
         ds.write(img, 1)
         ds.write_colormap(1, cmap)
