@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import rasterio  # in the dev extra: GDAL, as the GIS tools read the outputs
 import tifffile
-from rasterio.enums import ColorInterp
 from affine import Affine
+from rasterio.enums import ColorInterp
 
 from pipeline import cli
 
