@@ -5,11 +5,14 @@ the method's reference of the whole page (:func:`reference`, a brute-force numpy
 definition written apart from :func:`pipeline.core.reduce.block_pick`), bit for bit, and
 where GDAL has the method (rasterio's ``read(out_shape=...)``, as ``gdal_translate -r``)
 GDAL's result too. Inputs: land-cover classes (uint8), labels (uint16), a float32 page
-with NaN no-data, and a page with an internal mask written by GDAL.
+with NaN no-data, a page with an internal mask written by GDAL, and palette pages of land
+cover with a no-data index (GDAL_NODATA 0, 255), whose levels are compared with
+``gdaladdo``'s too.
 """
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +108,26 @@ def collar(h: int, w: int) -> np.ndarray:
     return valid
 
 
+#: the no-data indices of the palette pages with one: 0 (a land-cover map's), 255 (the other
+#: end: min and max each leave one of them out)
+PALETTE_NODATA = (0, 255)
+
+
+def palette_classes(nodata: int) -> np.ndarray:
+    """A land-cover map as indices (152 x 208: each level of its pyramid down to 19 x 26 is
+    half the one above), about a third of it the no-data index ``nodata``."""
+    return patches(152, 208, np.array([nodata] * 3 + [11, 41, 82, 95], np.uint8), 10)
+
+
+def write_palette(path: Path, indices: np.ndarray, nodata: int | None) -> None:
+    """A palette page of ``indices``, its colormap, and GDAL_NODATA ``nodata`` (None: none),
+    tiled 32 x 32, as a GIS writes a class map."""
+    colormap = np.random.default_rng(9).integers(0, 65536, (3, 256), dtype=np.uint16)
+    tags = [] if nodata is None else [(42113, "s", 0, f"{nodata}", True)]
+    tifffile.imwrite(path, indices, photometric="palette", colormap=colormap, tile=(32, 32),
+                     extratags=tags)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The inputs (odd sizes: a downsample drops the rows and columns past the last whole
@@ -146,6 +169,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     jobs["palette_pyramid_mode"] = {
         "input": str(root / "palette.tif"), "tile": 64,
         "output_options": {"pyramid": True, "pyramid_resampling": "mode"}}
+    for nodata in PALETTE_NODATA:  # (a class map's no-data index, GDAL_NODATA)
+        name = f"pal{nodata}"
+        write_palette(root / f"{name}.tif", palette_classes(nodata), nodata)
+        for method in (*METHODS, "mean"):
+            jobs[f"{name}_{method}"] = {"input": str(root / f"{name}.tif"), "tile": 64,
+                                        "ops": [{"op": "downsample", "factor": 2,
+                                                 "method": method}]}
+        for method in ("mode", "min", "mean"):
+            jobs[f"{name}_pyramid_{method}"] = {
+                "input": str(root / f"{name}.tif"), "tile": 64,
+                "output_options": {"pyramid": True, "pyramid_resampling": method}}
     return {"root": root, "jobs": run_named_jobs(root, jobs, {"output_options": {"tile": 16}},
                                                  2 * 192 * 192, "--workers", "2")}
 
@@ -261,6 +295,161 @@ def test_a_palette_page_keeps_its_indices_and_colormap_through_a_downsample_by_m
         assert tags[262] == tifffile.PHOTOMETRIC.PALETTE
         np.testing.assert_array_equal(pixels, reference(above, 2, "mode"))
         above = pixels
+
+
+def gdal_warp(path: Path, f: int, method: str) -> np.ndarray:
+    """GDAL's ``method`` of a file's first band by ``f`` over its whole blocks through its
+    warper (``gdalwarp -r min``, ``max``: GDAL reads no ``out_shape`` by them), its no-data
+    value left out."""
+    from rasterio.transform import Affine
+    from rasterio.warp import reproject
+
+    with rasterio.open(path) as ds:
+        page, nodata = ds.read(1), ds.nodata
+    h, w = page.shape[0] // f, page.shape[1] // f
+    out = np.zeros((h, w), page.dtype)
+    # (a UTM zone's metres, 1 a pixel: the warper maps f x f blocks onto output pixels)
+    reproject(page[:h * f, :w * f], out, src_transform=Affine(1, 0, 5e5, 0, -1, 5.4e6),
+              dst_transform=Affine(f, 0, 5e5, 0, -f, 5.4e6), src_crs="EPSG:32633",
+              dst_crs="EPSG:32633", src_nodata=nodata, dst_nodata=nodata,
+              resampling=getattr(Resampling, method))
+    return out
+
+
+def gdaladdo(path: str, method: str, count: int, tmp: Path) -> list[np.ndarray]:
+    """The ``count`` overviews ``gdaladdo -r method`` makes (rasterio's ``build_overviews``,
+    factors 2, 4, ...) of a copy of the base page of ``path`` as GDAL writes it (a palette
+    page with its colormap and GDAL_NODATA)."""
+    with rasterio.open(path) as ds:
+        profile, page, colormap = ds.profile, ds.read(1), ds.colormap(1)
+    copy = tmp / f"gdaladdo_{method}.tif"
+    with rasterio.open(copy, "w", **{**profile, "photometric": "palette"}) as out:
+        out.write_colormap(1, colormap)
+        out.write(page, 1)
+    with rasterio.open(copy, "r+") as out:
+        out.build_overviews([2 ** k for k in range(1, count + 1)], getattr(Resampling, method))
+    levels = []
+    for k in range(count):
+        with rasterio.open(copy, overview_level=k) as ds:
+            levels.append(ds.read(1))
+    return levels
+
+
+def gdal_mode_windows(above: np.ndarray, h: int, w: int, nodata: int) -> np.ndarray:
+    """GDAL's mode overview (3.10) of ``above`` as an ``h x w`` level: pixel (y, x) is the
+    mode (its tie rule, ``nodata`` left out) of rows ``floor(y r)`` to ``ceil((y + 1) r)``
+    (exclusive) of ``above``, ``r`` its rows / h, and the columns likewise: the 2 x 2 block
+    where ``r`` is 2, 3 rows or columns (one shared with the block before) where the level
+    above has an odd number of them and ``r`` is a little under 2."""
+    def span(i: int, r: float, n: int) -> slice:
+        return slice(int(i * r + 1e-8), min(n, max(int(i * r + 1e-8) + 1,
+                                                   int(np.ceil((i + 1) * r - 1e-8)))))
+
+    out = np.full((h, w), nodata, above.dtype)
+    ry, rx = above.shape[0] / h, above.shape[1] / w
+    for y in range(h):
+        for x in range(w):
+            counts: dict[int, int] = {}
+            best = 0
+            for v in above[span(y, ry, above.shape[0]), span(x, rx, above.shape[1])].ravel():
+                if v != nodata:
+                    counts[v] = counts.get(v, 0) + 1
+                    if counts[v] > best:
+                        out[y, x], best = v, counts[v]
+    return out
+
+
+@pytest.mark.parametrize("nodata", PALETTE_NODATA)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_palette_page_leaves_its_no_data_index_out_of_each_block(runs, nodata, method):
+    """A downsample that picks (its indices kept) leaves a palette page's no-data index
+    (GDAL_NODATA) out of each block as it leaves a gray page's no-data value out: the output
+    is the method's reference with that value, a palette page with its colormap and
+    GDAL_NODATA; and GDAL's: ``mode`` (``gdal_translate -r mode``), ``min`` and ``max``
+    (``gdalwarp -r``) bit for bit, ``nearest`` wherever GDAL's pick, the block's centre
+    sample, is valid or no sample is (elsewhere GDAL takes the centre's no-data index, and
+    tiffpipe the valid sample nearest it, as on a gray page). Before, the index counted as a
+    class: a block 95, 82, 0, 0 by mode gave 0 (GDAL: 95), by min 0 wherever a block held it."""
+    src = runs["root"] / f"pal{nodata}.tif"
+    page = tifffile.imread(src)
+    job = runs["jobs"][f"pal{nodata}_{method}"]
+    assert job["status"] == "SUCCEEDED", job
+    with tifffile.TiffFile(job["output"]) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.PALETTE
+        got = tf.pages[0].asarray()
+    np.testing.assert_array_equal(got, reference(page, 2, method, nodata))
+    with rasterio.open(job["output"]) as ds:
+        assert ds.nodata == nodata and ds.colorinterp[0].name == "palette"
+    if method in ("min", "max"):
+        np.testing.assert_array_equal(got, gdal_warp(src, 2, method))
+        return
+    theirs = gdal(src, 2, method)[..., 0]
+    if method == "mode":
+        np.testing.assert_array_equal(got, theirs)
+        return
+    h, w = got.shape
+    same = (page[1::2, 1::2] != nodata) | (page.reshape(h, 2, w, 2) == nodata).all(axis=(1, 3))
+    np.testing.assert_array_equal(got[same], theirs[same])
+    assert (theirs[~same] == nodata).all() and (got[~same] != nodata).all() and (~same).any()
+
+
+@pytest.mark.parametrize("nodata", PALETTE_NODATA)
+@pytest.mark.parametrize("method", ["mode", "min"])
+def test_a_palette_pages_levels_leave_its_no_data_index_out(runs, nodata, method):
+    """``pyramid_resampling`` mode and min leave a palette page's no-data index out of each
+    2 x 2 block of the level above, as on a gray page: each level is the method's reference
+    with that value, a palette level; the base keeps GDAL_NODATA. Before, the index counted
+    as a class (min: the no-data index wherever a block held it, at every level)."""
+    job = runs["jobs"][f"pal{nodata}_pyramid_{method}"]
+    assert job["status"] == "SUCCEEDED", job
+    levels = pyramid_levels(job["output"])[0]
+    assert len(levels) >= 4
+    above = tifffile.imread(runs["root"] / f"pal{nodata}.tif")
+    np.testing.assert_array_equal(levels[0][0], above)
+    for pixels, tags in levels[1:]:
+        assert tags[262] == tifffile.PHOTOMETRIC.PALETTE
+        np.testing.assert_array_equal(pixels, reference(above, 2, method, nodata))
+        above = pixels
+    with rasterio.open(job["output"]) as ds:
+        assert ds.nodata == nodata
+
+
+def test_palette_mode_levels_are_gdaladdos_where_a_level_halves_the_one_above(runs, tmp_path):
+    """``gdaladdo -r mode`` on a copy of the output's base page (GDAL 3.10.3, through
+    rasterio's ``build_overviews``) makes each level from the one above too, by the same
+    mode, no-data index left out: its levels 1 to 3 (76 x 104, 38 x 52, 19 x 26, each half
+    the one above) are tiffpipe's. Level 4 (10 x 13) is made of 19 rows: GDAL's blocks there
+    are 1.9 rows high (rows floor(1.9 y) to ceil(1.9 (y + 1)), 3 rows from the second on),
+    tiffpipe's 2 rows (the last one 1), so they differ."""
+    job = runs["jobs"]["pal0_pyramid_mode"]
+    ours = [pixels for pixels, _ in pyramid_levels(job["output"])[0]]
+    assert [p.shape for p in ours] == [(152, 208), (76, 104), (38, 52), (19, 26), (10, 13)]
+    theirs = gdaladdo(job["output"], "mode", 4, tmp_path)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(theirs[k - 1], ours[k])
+    np.testing.assert_array_equal(theirs[3], gdal_mode_windows(theirs[2], 10, 13, 0))
+    assert (theirs[3] != ours[4]).any()
+
+
+@pytest.mark.parametrize("nodata", PALETTE_NODATA)
+def test_a_palette_pages_mean_levels_are_gdals_nearest_no_data_index_or_not(runs, tmp_path,
+                                                                           nodata):
+    """With ``pyramid_resampling`` mean (the default) a palette page's levels take each
+    block's top-left index, the no-data index too when it is that one: GDAL's nearest
+    overviews (``gdaladdo -r nearest``, what GDAL's COG driver makes of a palette page)
+    take the same, no-data or not, at each level that halves the one above; the base keeps
+    GDAL_NODATA."""
+    job = runs["jobs"][f"pal{nodata}_pyramid_mean"]
+    assert job["status"] == "SUCCEEDED", job
+    ours = [pixels for pixels, _ in pyramid_levels(job["output"])[0]]
+    for above, pixels in pairwise(ours):
+        np.testing.assert_array_equal(pixels, above[0::2, 0::2])
+    assert (ours[1] == nodata).any()
+    theirs = gdaladdo(job["output"], "nearest", 3, tmp_path)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(theirs[k - 1], ours[k])
+    with rasterio.open(job["output"]) as ds:
+        assert ds.nodata == nodata
 
 
 def test_nan_without_a_no_data_value_is_a_value(tmp_path: Path):

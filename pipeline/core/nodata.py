@@ -21,10 +21,14 @@ def output_nodata(info: Any, keeps_values: bool, own: float | None = None) -> fl
     type (NaN for floats too), or None (no tag, the chain drops it, or a text that is no
     number of that type, which marks no pixel); ``own``, the chain's own no-data value, when
     it has one. Pyramid levels leave these pixels out of their means
-    (``pipeline.steps.pyramid.reduce2``), as GDAL's overviews do."""
+    (``pipeline.steps.pyramid.reduce2``), as GDAL's overviews do. A palette page read as
+    indices (its chain keeps them: :func:`pipeline.core.ops.chain_keeps_indices`) has its
+    GDAL_NODATA, an index, as any gray page: a downsample by mode or min and the levels
+    leave that index out; one made RGB through its colormap has none (the reader dropped
+    its tag: :func:`pipeline.adapters.metadata.convert_nodata`)."""
     if own is not None:
         return own
-    if not keeps_values or info.photometric == "palette":
+    if not keeps_values:
         return None
     for code, kind, _count, value in (info.metadata or {}).get("tags", []):
         if code == GDAL_NODATA and kind == 2:

@@ -19,8 +19,10 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
 - floats: ``s / n`` in float64 (``s`` summed in the order ``((p00 + p10) + p01) + p11``
   of the pixels present), cast to the page's dtype;
 - palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
-  pixel of the block, ``level[y, x] = prev[2y, 2x]`` (with ``pyramid_resampling`` "mean",
-  the default; another method is taken as it is);
+  pixel of the block, ``level[y, x] = prev[2y, 2x]``, its no-data index too, as GDAL's
+  nearest overviews (``gdaladdo -r nearest``, a palette COG's) pick it (with
+  ``pyramid_resampling`` "mean", the default; another method is taken as it is, the
+  no-data index left out as a gray page's no-data value);
 - ``output_options.pyramid_resampling`` "nearest", "mode", "min" or "max" (class labels,
   bit masks): one sample of the block's pixels present and valid, as
   :func:`pipeline.core.reduce.block_pick` picks it (the no-data value where none is
@@ -75,8 +77,8 @@ TOP_LEFT = "top_left"
 
 
 def level_nodata(plan: JobPlan, page: int) -> float | None:
-    """The no-data value the levels of output page ``page`` leave out of their means: the
-    one its GDAL_NODATA tag carries (None: none)."""
+    """The no-data value the levels of output page ``page`` leave out of their means and
+    picks: the one its GDAL_NODATA tag carries (None: none), a kept palette's index too."""
     return nodata_at(plan.pages[page].info, plan.spec.ops)
 
 
