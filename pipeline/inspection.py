@@ -281,6 +281,7 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
     from pipeline.adapters.metadata import XmpPackets, carries_xmp, derivation, page_xmp
+    from pipeline.core.nodata import nodata_at
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import plan_pages
 
@@ -309,6 +310,8 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "bands": pp.out_channels, "dtype": pp.out_dtype,
                                 "one_bit": bool(options.bilevel),
                                 "compression": options.compression}}
+        if pp.info.photometric == "palette" and pp.out_channels == 1:  # (its indices kept)
+            entry["ops"]["out"]["palette"] = {"nodata": nodata_at(pp.info, spec.ops)}
         _, xmp = page_xmp(spec, pp, derived, packets)
         if xmp:  # (kept and stamped a derivative, rewritten for the new size and place too,
             # or dropped, and why)
@@ -420,9 +423,9 @@ def _page_text(p: dict[str, Any]) -> str:
         read_as = "YCbCr decoded to RGB"
     if f["planar"] == "separate":
         read_as = ", ".join(x for x in (read_as, "planes made contiguous") if x)
-    if p.get("with_ops"):  # (a palette page: kept by a copy, made RGB by any op)
-        read_as = ", ".join(x for x in (read_as or "indices kept",
-                                        f"with ops or a JPEG output: {p['with_ops']}") if x)
+    if p.get("with_ops"):  # (a palette page: kept by a copy, made RGB by an op that mixes)
+        mixed = f"with an op that mixes values or a JPEG output: {p['with_ops']}"
+        read_as = ", ".join(x for x in (read_as or "indices kept", mixed) if x)
     if read_as:
         pixels += f" (read as: {read_as})"
     parts = [size, pixels]
@@ -447,7 +450,17 @@ def _page_text(p: dict[str, Any]) -> str:
         else:
             line += (f"\nops: run -> {out['width']} x {out['height']}, {out['bands']} x "
                      f"{out['dtype']}" + (f", written 1-bit in {out['compression']}"
-                                          if out["one_bit"] else ""))
+                                          if out["one_bit"] else "") + _palette_text(out))
             if ops.get("xmp"):
                 line += f"; XMP {ops['xmp']}"
     return line
+
+
+def _palette_text(out: dict[str, Any]) -> str:
+    """What ``--ops`` says of an output page that stays a palette page (its chain keeps the
+    indices: only moves or picks them), "" of another."""
+    if "palette" not in out:
+        return ""
+    nodata = out["palette"]["nodata"]
+    return (" palette (indices and colormap kept)" if nodata is None else
+            f" palette (indices, colormap and GDAL_NODATA {nodata:g} kept)")

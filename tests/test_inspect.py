@@ -129,9 +129,9 @@ def test_the_corpus_conversions_and_refusals(capsys: pytest.CaptureFixture):
         "  page 0: 157 x 151, 1 x uint8 gray (read as: bilevel miniswhite -> 8-bit minisblack "
         "(0 is white, x255)); none, one strip; kept: DocumentName")
     assert lines[3] == (
-        "  page 0: 157 x 151, 1 x uint8 palette (read as: indices kept, with ops or a JPEG "
-        "output: 8-bit palette -> RGB uint16 (16-bit colormap, kept 16-bit)); none, strips "
-        "of 52 rows; kept: DocumentName")
+        "  page 0: 157 x 151, 1 x uint8 palette (read as: indices kept, with an op that mixes "
+        "values or a JPEG output: 8-bit palette -> RGB uint16 (16-bit colormap, kept 16-bit)); "
+        "none, strips of 52 rows; kept: DocumentName")
     assert lines[5] == (
         "  page 0: 1 x 1, 3 x 16-bit int LOGLUV; sgilog, one strip; refused: "
         "UnsupportedTiffError: compression SGILOG is not supported: SGILOG (LogLuv): "

@@ -12,6 +12,7 @@ cover with a no-data index (GDAL_NODATA 0, 255), whose levels are compared with
 
 from __future__ import annotations
 
+import json
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -450,6 +451,55 @@ def test_a_palette_pages_mean_levels_are_gdals_nearest_no_data_index_or_not(runs
         np.testing.assert_array_equal(theirs[k - 1], ours[k])
     with rasterio.open(job["output"]) as ds:
         assert ds.nodata == nodata
+
+
+#: what a job of a palette page with GDAL_NODATA 0 whose downsample is a mean says
+PALETTE_MEAN_NOTE = (
+    "the palette no-data index (GDAL_NODATA) 0 of page 0 is lost: ops[0] (downsample by its "
+    "default mean) makes the page RGB through its colormap, so the no-data pixels become that "
+    "index's colour, data to GDAL and QGIS, and the output has no GDAL_NODATA to mark them; "
+    'give ops[0] (downsample) "method": "mode" (or "nearest"), which keeps the indices, their '
+    "colormap and GDAL_NODATA")
+
+
+def test_a_mean_downsample_of_a_palette_page_says_its_no_data_index_is_lost(runs, tmp_path,
+                                                                             capsys):
+    """A palette page with GDAL_NODATA downsampled by the default mean is made RGB through
+    its colormap: its no-data pixels become that index's colour, under no GDAL_NODATA. The
+    job's report message (and ``validate --inputs``) now says so and that "method": "mode"
+    keeps them, where nothing did; not of a palette page without GDAL_NODATA, nor of one
+    whose downsample picks."""
+    from pipeline import cli
+
+    job = runs["jobs"]["pal0_mean"]
+    assert job["status"] == "SUCCEEDED" and job["message"] == PALETTE_MEAN_NOTE, job
+    with rasterio.open(job["output"]) as ds:
+        assert ds.count == 3 and ds.nodata is None and ds.mask_flag_enums[0] == [
+            rasterio.enums.MaskFlags.all_valid]
+    write_palette(tmp_path / "plain.tif", palette_classes(0), None)
+    mean = [{"op": "downsample", "factor": 2}]
+    jobs = [{"input": str(runs["root"] / "pal0.tif"), "output": "a.tif", "ops": mean},
+            {"input": "plain.tif", "output": "b.tif", "ops": mean},
+            {"input": str(runs["root"] / "pal0.tif"), "output": "c.tif",
+             "ops": [{"op": "downsample", "factor": 2, "method": "mode"}]}]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": jobs}))
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"  jobs[0] ({runs['root'] / 'pal0.tif'}): {PALETTE_MEAN_NOTE}"]
+
+
+def test_inspect_ops_says_a_palette_page_stays_one(runs, capsys):
+    """``inspect --ops`` of a palette page says the output page of a chain that keeps its
+    indices is a palette page, its colormap and GDAL_NODATA kept (before: "1 x uint8", as
+    a gray page's); of one that makes it RGB, its RGB, as before."""
+    from pipeline import cli
+
+    kept = "1 x uint8 palette (indices, colormap and GDAL_NODATA 0 kept)"
+    for method, said in (("mode", kept), ("mean", "3 x uint16")):  # (16-bit colormap)
+        ops = [{"op": "downsample", "factor": 2, "method": method}]
+        assert cli.main(["inspect", str(runs["root"] / "pal0.tif"), "--ops",
+                         json.dumps(ops)]) == 0
+        assert capsys.readouterr().out.splitlines()[2] == f"    ops: run -> 104 x 76, {said}"
 
 
 def test_nan_without_a_no_data_value_is_a_value(tmp_path: Path):

@@ -1600,10 +1600,11 @@ def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
     ``normalized_difference``'s NaN): the no-data pixels are converted as data and the
     output has no GDAL_NODATA, so GDAL and QGIS show the collar as data ("" none: a masked
     page's mask is carried, and a float convert's output keeps NaN). Before, nothing said it
-    and the collar of a scene converted to uint8 turned black data."""
+    and the collar of a scene converted to uint8 turned black data. And a palette page with
+    a no-data index the job makes RGB (:func:`_palette_nodata_note`)."""
     from pipeline.core.plan import _pages
 
-    notes = []
+    notes = [note] if (note := _palette_nodata_note(spec, pages)) else []
     for i, op in enumerate(spec.ops):
         if op["op"] != "convert" or op.get("nodata") is not None \
                 or np.dtype(op["dtype"]).kind == "f":
@@ -1626,16 +1627,60 @@ def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
     return "; ".join(notes)
 
 
+def _palette_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
+    """What a job's result says of palette pages with a no-data index (GDAL_NODATA,
+    ``metadata["palette_nodata"]``: :func:`convert_nodata`) that it converts to RGB through
+    their colormap (an op that mixes values, a JPEG output: ``keeps_palette``): the no-data
+    pixels become their index's colour, opaque data under no GDAL_NODATA; and
+    what keeps the indices, their colormap and GDAL_NODATA ("" none such page). Before,
+    nothing said it: a class map downsampled by the default mean lost its no-data area."""
+    from pipeline.core.ops import chain_keeps_indices
+    from pipeline.core.plan import _pages
+
+    values: dict[int, list[int]] = {}
+    for page in pages:
+        if (value := (page.info.metadata or {}).get("palette_nodata")) is not None:
+            values.setdefault(value, []).append(page.info.index)
+    if not values:
+        return ""
+    mixing = [i for i, op in enumerate(spec.ops) if not chain_keeps_indices([op])]
+    means = [i for i in mixing if spec.ops[i]["op"] == "downsample"]
+    jpeg = spec.output_options.compression == "jpeg"
+    why = ([f"ops[{i}] ({spec.ops[i]['op']}{' by its default mean' if i in means else ''})"
+            for i in mixing[:1]] + ["a JPEG output"] * jpeg)
+    keeps = "keeps the indices, their colormap and GDAL_NODATA"
+    lossless = "a lossless compression (deflate, zstd, lzw or none)"
+    if not why:  # (the reader's own: more than 8 bits of index, a colormap cut short)
+        why, fix = ["the reader (it keeps only palettes of 1 to 8 bits with whole colormaps)"], ""
+    elif not mixing:
+        fix = f"{lossless} {keeps}"
+    elif means == mixing:
+        fix = (f"give {' and '.join(f'ops[{i}]' for i in means)} (downsample) \"method\": "
+               f"\"mode\" (or \"nearest\"){f' and choose {lossless}' if jpeg else ''}, which "
+               f"{keeps}")
+    else:
+        fix = ("only rotate, flip, crop and a downsample by nearest, mode, min or max keep a "
+               f"palette page's indices, their colormap and GDAL_NODATA"
+               f"{f', with {lossless}' if jpeg else ''}")
+    said = ", ".join(f"{value} of {_pages(numbers)}" for value, numbers in values.items())
+    return (f"the palette no-data index (GDAL_NODATA) {said} is lost: {' and '.join(why)} "
+            f"make{'s' if len(why) == 1 else ''} the page RGB through its colormap, so the "
+            "no-data pixels become that index's colour, data to GDAL and QGIS, and the output "
+            f"has no GDAL_NODATA to mark them{'; ' if fix else ''}{fix}")
+
+
 def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None:
     """Map the GDAL_NODATA tag in ``metadata`` as the reader maps the pixels of its page
     (``kind``: a :class:`~pipeline.adapters.tiff_read.PixelKind` with a conversion;
     ``dtype``: of the samples as stored): miniswhite's ``max - v``, a 1, 2 or 4-bit gray
     page's 8-bit value; the tag is dropped where no one value marks the converted pixels (a
     palette index become RGB, an inverted page with extra samples, a value the page's
-    samples cannot hold). Otherwise GDAL would take the no-data pixels for data, and data
-    of the old value for no-data. GDAL_METADATA keeps the band items that still hold
-    (:func:`gdal_metadata`): a miniswhite page's first band its name, and its scale, offset
-    and unit rescaled for ``max - v``; a sub-byte gray page's band its name only."""
+    samples cannot hold; a palette's index is kept as ``metadata["palette_nodata"]``, which
+    :func:`dropped_nodata_note` tells). Otherwise GDAL would take the no-data pixels for
+    data, and data of the old value for no-data. GDAL_METADATA keeps the band items that
+    still hold (:func:`gdal_metadata`): a miniswhite page's first band its name, and its
+    scale, offset and unit rescaled for ``max - v``; a sub-byte gray page's band its name
+    only."""
     if "gdal_metadata" in metadata and (kind.invert or kind.lut is not None):
         # (values remapped; a palette made RGB has new bands: none of its band items hold).
         # GDAL reads a miniswhite page's samples as stored, and its scale and offset are of
@@ -1663,6 +1708,8 @@ def convert_nodata(metadata: dict[str, Any], kind: Any, dtype: np.dtype) -> None
             mapped = None
         if mapped is None:
             del tags[i]
+            if number is not None and kind.lut is not None and kind.lut.ndim > 1:
+                metadata["palette_nodata"] = number  # (dropped_nodata_note says it)
         else:
             text = f"{mapped}\x00".encode("ascii")
             tags[i] = [code, tag_kind, len(text), _b64(text)]
