@@ -1181,3 +1181,19 @@ def test_a_run_report_given_as_a_manifest_is_named_a_report():
         'run_id: this is the report of run "20261207-074527-e61d45" (tiffpipe run writes one '
         'beside its manifest), not a manifest: give the manifest it reports on '
         '("/data/scans.json")')]
+
+
+@pytest.mark.parametrize("where, given, told", [
+    ({"output_options": {"compression": "DEFLATE"}}, "DEFLATE", "choices are lower case: deflate"),
+    ({"output_options": {"compression": "Zstd"}}, "Zstd", "choices are lower case: zstd"),
+    ({"ops": [{"op": "downsample", "factor": 2, "method": "MODE"}]}, "MODE",
+     "choices are lower case: mode"),
+    ({"if_exists": "SKIP"}, "SKIP", "choices are lower case: skip"),
+])
+def test_a_choice_in_another_case_is_told_the_lower_case_one(where, given, told):
+    """GDAL spells its codecs in upper case (COMPRESS=DEFLATE): a string choice that matches
+    one in any case is told it, not only the list to read through."""
+    problem = one_problem({"jobs": [job(**where)]})
+    assert problem.endswith(f"got {json.dumps(given)}; {told}"), problem
+    assert ": expected one of " in problem
+

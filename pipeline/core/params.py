@@ -66,9 +66,23 @@ class Param:
             )
         if ok:
             return None
-        hint = next((f"; {advice}" for bad, advice in self.hints
-                     if _type_ok(self.kind, value) and value == bad), "")
-        return f"expected {self.expectation()}, got {json.dumps(value)}{hint}"
+        return f"expected {self.expectation()}, got {json.dumps(value)}{self._hint(value)}"
+
+    def _hint(self, value: Any) -> str:
+        """What to give instead of a refused ``value``: its advice in :attr:`hints`, else
+        for a string not among the choices the choice it is in another case (GDAL's
+        ``DEFLATE``), else nothing."""
+        if not _type_ok(self.kind, value):
+            return ""
+        advice = next((advice for bad, advice in self.hints if value == bad), None)
+        if advice is not None:
+            return f"; {advice}"
+        if self.kind != "string" or self.choices is None or value in self.choices:
+            return ""
+        same = [c for c in self.choices if c.casefold() == value.casefold()]
+        if same:
+            return f"; choices are lower case: {same[0]}"
+        return ""
 
     def value(self, value: Any) -> Any:
         """The checked ``value`` as the op uses it: an integer's ``2.0`` (JSON has one
