@@ -805,7 +805,8 @@ def test_downsample_method_names_the_methods():
     assert one_problem({"jobs": [job(ops=[{"op": "downsample", "factor": 2,
                                            "method": "median"}])]}) == (
         'jobs[0].ops[0].method: expected one of "mean", "nearest", "mode", "min", "max", '
-        'got "median"')
+        'got "median"; a block\'s median is not offered: "mean" (its mean), or "mode" for '
+        'class labels')  # (not "did you mean mean?", its nearest spelling)
     assert one_problem({"jobs": [job(ops=[{"op": "downsample", "factor": 2,
                                            "method": "average"}])]}) == (
         'jobs[0].ops[0].method: expected one of "mean", "nearest", "mode", "min", "max", '
@@ -1197,3 +1198,20 @@ def test_a_choice_in_another_case_is_told_the_lower_case_one(where, given, told)
     assert problem.endswith(f"got {json.dumps(given)}; {told}"), problem
     assert ": expected one of " in problem
 
+
+
+@pytest.mark.parametrize("where, given, meant", [
+    ({"output_options": {"compression": "jpg"}}, "jpg", "jpeg"),
+    ({"output_options": {"compression": "zstandard"}}, "zstandard", "zstd"),
+    ({"output_options": {"pyramid_layout": "subifd"}}, "subifd", "subifds"),
+    ({"ops": [{"op": "flip", "axis": "horizontally"}]}, "horizontally", "horizontal"),
+])
+def test_a_misspelt_choice_names_the_one_meant(where, given, meant):
+    problem = one_problem({"jobs": [job(**where)]})
+    assert problem.endswith(f"got {json.dumps(given)}; did you mean {meant}?"), problem
+
+
+def test_a_choice_far_from_every_one_is_told_the_list_alone():
+    assert one_problem({"jobs": [job(output_options={"compression": "webp"})]}) == (
+        'jobs[0].output_options.compression: expected one of "zstd", "deflate", "lzw", '
+        '"jpeg", "group4", "none", got "webp"')

@@ -337,6 +337,16 @@ _ITER = Param("iterations", "integer", "how many times to apply it", default=1, 
 _PER_BAND = Param("per_band", "boolean", "statistics of each band for that band alone "
                   "(false: over all channels)", default=False)
 
+_NO_MEDIAN = 'a block\'s median is not offered: "mean" (its mean), or "mode" for class labels'
+#: what downsample's ``method`` tells the names other tools give theirs (GDAL's ``-r``) and
+#: methods it does not offer: (name, advice) pairs, as :attr:`Param.hints`
+METHOD_HINTS: tuple[tuple[str, str], ...] = (
+    *((name, f'GDAL\'s "{name}" is "{ours}" here') for name, ours in
+      (("average", "mean"), ("near", "nearest"))),
+    *((name, _NO_MEDIAN) for name in ("median", "med")),
+)
+
+
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("gaussian_blur", "cv2.GaussianBlur(img, (0, 0), sigma)", (_SIGMA,), fn.gaussian_blur,
        halo=lambda p, dt: gaussian_radius(p["sigma"], dt), keeps_values=True,
@@ -477,8 +487,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
         Param("method", "string", "how a block becomes a pixel: its mean, or the sample "
               "nearest its centre, its most frequent, smallest or largest value",
               default="mean", choices=METHODS,
-              hints=tuple((name, f'GDAL\'s "{name}" is "{ours}" here') for name, ours in
-                          (("average", "mean"), ("near", "nearest"))))),
+              hints=METHOD_HINTS)),
        fn.downsample, reach=lambda p, dt, needed: needed * p["factor"],
        align=lambda p: p["factor"], factor=lambda p: p["factor"], keeps_values=True,
        binary=lambda p: "grays" if p["method"] == "mean" else "keeps",

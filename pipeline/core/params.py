@@ -71,7 +71,7 @@ class Param:
     def _hint(self, value: Any) -> str:
         """What to give instead of a refused ``value``: its advice in :attr:`hints`, else
         for a string not among the choices the choice it is in another case (GDAL's
-        ``DEFLATE``), else nothing."""
+        ``DEFLATE``) or misspells (``jpg``: :func:`close_name`), else nothing."""
         if not _type_ok(self.kind, value):
             return ""
         advice = next((advice for bad, advice in self.hints if value == bad), None)
@@ -82,7 +82,8 @@ class Param:
         same = [c for c in self.choices if c.casefold() == value.casefold()]
         if same:
             return f"; choices are lower case: {same[0]}"
-        return ""
+        near = close_name(value, self.choices)
+        return f"; did you mean {near}?" if near else ""
 
     def value(self, value: Any) -> Any:
         """The checked ``value`` as the op uses it: an integer's ``2.0`` (JSON has one
