@@ -1215,3 +1215,22 @@ def test_a_choice_far_from_every_one_is_told_the_list_alone():
     assert one_problem({"jobs": [job(output_options={"compression": "webp"})]}) == (
         'jobs[0].output_options.compression: expected one of "zstd", "deflate", "lzw", '
         '"jpeg", "group4", "none", got "webp"')
+
+
+_INTERPOLATING = ("interpolating methods are not offered: downsample takes a block's mean (as "
+                  "INTER_AREA) or one of its samples")
+
+
+@pytest.mark.parametrize("method, told", [
+    ("majority", 'ArcGIS\'s and QGIS\'s "majority" is "mode" here'),
+    *((m, _INTERPOLATING) for m in ("cubic", "bilinear", "lanczos", "cubicspline")),
+    ("average", 'GDAL\'s "average" is "mean" here'), ("near", 'GDAL\'s "near" is "nearest" here'),
+])
+def test_a_downsample_method_of_another_tool_is_told_ours_or_why_not(method, told):
+    """GIS users give the resampling names of gdalwarp, ArcGIS and QGIS: told the method that
+    is the same here, or that an interpolation is none of downsample's, not a spelling guess
+    ("bilinear" is not "nearest")."""
+    assert one_problem({"jobs": [job(ops=[{"op": "downsample", "factor": 2,
+                                           "method": method}])]}) == (
+        'jobs[0].ops[0].method: expected one of "mean", "nearest", "mode", "min", "max", '
+        f'got "{method}"; {told}')

@@ -338,12 +338,16 @@ _PER_BAND = Param("per_band", "boolean", "statistics of each band for that band 
                   "(false: over all channels)", default=False)
 
 _NO_MEDIAN = 'a block\'s median is not offered: "mean" (its mean), or "mode" for class labels'
-#: what downsample's ``method`` tells the names other tools give theirs (GDAL's ``-r``) and
-#: methods it does not offer: (name, advice) pairs, as :attr:`Param.hints`
+_INTERPOLATING = ("interpolating methods are not offered: downsample takes a block's mean (as "
+                  "INTER_AREA) or one of its samples")
+#: what downsample's ``method`` tells the names other tools give theirs (GDAL's ``-r``, ArcGIS,
+#: QGIS) and the methods it does not offer: (name, advice) pairs, as :attr:`Param.hints`
 METHOD_HINTS: tuple[tuple[str, str], ...] = (
     *((name, f'GDAL\'s "{name}" is "{ours}" here') for name, ours in
       (("average", "mean"), ("near", "nearest"))),
+    ("majority", 'ArcGIS\'s and QGIS\'s "majority" is "mode" here'),
     *((name, _NO_MEDIAN) for name in ("median", "med")),
+    *((name, _INTERPOLATING) for name in ("bilinear", "cubic", "cubicspline", "lanczos")),
 )
 
 
