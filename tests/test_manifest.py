@@ -1234,3 +1234,33 @@ def test_a_downsample_method_of_another_tool_is_told_ours_or_why_not(method, tol
                                            "method": method}])]}) == (
         'jobs[0].ops[0].method: expected one of "mean", "nearest", "mode", "min", "max", '
         f'got "{method}"; {told}')
+
+
+@pytest.mark.parametrize("op", [{"op": "warp"}, {"op": "reproject", "crs": "EPSG:3857"},
+                                {"op": "resample"}, {"op": "gdalwarp"}, {"op": "Reproject"}])
+def test_a_reprojection_is_told_tiffpipe_does_none(op):
+    """An op tiffpipe lacks on purpose is told so, and where to do it, not a spelling guess
+    ("warp" is not "sharp"-anything) or the list of ops alone."""
+    assert one_problem({"jobs": [job(ops=[op])]}) == (
+        f"jobs[0].ops[0].op: unknown op {op['op']!r}; tiffpipe does not reproject: reproject "
+        f"with gdalwarp first (or after) (known: {', '.join(OPS)})")
+
+
+def test_a_resample_by_a_factor_is_told_downsample():
+    assert one_problem({"jobs": [job(ops=[{"op": "resample", "factor": 2}])]}).startswith(
+        "jobs[0].ops[0].op: unknown op 'resample'; tiffpipe's op for it is downsample, by an "
+        'integer factor ({"op": "downsample", "factor": 2}')
+
+
+def test_a_deskew_is_pointed_to_the_section_saying_why_not():
+    from test_docs import ROOT, anchors
+
+    problem = one_problem({"jobs": [job(ops=[{"op": "deskew"}])]})
+    assert problem == (
+        "jobs[0].ops[0].op: unknown op 'deskew'; no op deskews (rotate takes quarter turns): "
+        "deskew before tiffpipe, see docs/manifest-and-ops.md#geometric-ops-rotate-flip-crop "
+        f'("No deskew") (known: {", ".join(OPS)})')
+    page = ROOT / "docs" / "manifest-and-ops.md"
+    assert "geometric-ops-rotate-flip-crop" in anchors(page)
+    section = page.read_text().split("### Geometric ops: rotate, flip, crop")[1].split("\n#")[0]
+    assert "**No deskew.**" in section

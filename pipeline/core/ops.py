@@ -644,15 +644,32 @@ OTHER_NAMES: dict[str, str] = {
     **dict.fromkeys(("extract_band", "extract_bands", "bands", "channels", "band_select"),
                     "select_bands"),
     **dict.fromkeys(("clip", "extract_area", "cut"), "crop"),
+    "resample": _DOWNSAMPLE,  # (given a factor: see NOT_OFFERED)
 }
 
+_REPROJECT = "tiffpipe does not reproject: reproject with gdalwarp first (or after)"
+#: what tiffpipe does not do on purpose, by the names other tools give it (lower case): said
+#: instead of a spelling guess
+NOT_OFFERED: dict[str, str] = {
+    **dict.fromkeys(("warp", "gdalwarp", "reproject", "reprojection", "resample"), _REPROJECT),
+    **dict.fromkeys(("deskew", "straighten"),
+                    "no op deskews (rotate takes quarter turns): deskew before tiffpipe, see "
+                    'docs/manifest-and-ops.md#geometric-ops-rotate-flip-crop ("No deskew")'),
+}
+#: a name of NOT_OFFERED that is one of OTHER_NAMES when the op gives this parameter (a
+#: "resample" by a "factor" is a downsample)
+OURS_WITH: dict[str, str] = {"resample": "factor"}
 
-def _unknown_op_hint(name: str) -> str:
-    """What an unknown op name most likely means: the op of another tool's name for it
-    (any case: ``DILATE`` too), else the op it misspells, else nothing."""
+
+def _unknown_op_hint(name: str, item: dict[str, Any]) -> str:
+    """What an unknown op name (of the op ``item``) most likely means: what tiffpipe does not
+    do (:data:`NOT_OFFERED`), or the op of another tool's name for it (any case: ``DILATE``
+    too), else the op it misspells, else nothing."""
     lower = name.lower()
     if lower in OPS:
         return f"; ops are lower case: {lower}"
+    if lower in NOT_OFFERED and OURS_WITH.get(lower) not in item:
+        return f"; {NOT_OFFERED[lower]}"
     if lower in OTHER_NAMES:
         return f"; tiffpipe's op for it is {OTHER_NAMES[lower]}"
     near = close_name(name, OPS)
@@ -674,7 +691,7 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
             continue
         op = OPS.get(item["op"])
         if op is None:
-            guess = _unknown_op_hint(item["op"])
+            guess = _unknown_op_hint(item["op"], item)
             problems.append(f"{here}.op: unknown op {item['op']!r}{guess} (known: "
                             f"{', '.join(OPS)})")
             continue
