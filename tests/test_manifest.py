@@ -1264,3 +1264,31 @@ def test_a_deskew_is_pointed_to_the_section_saying_why_not():
     assert "geometric-ops-rotate-flip-crop" in anchors(page)
     section = page.read_text().split("### Geometric ops: rotate, flip, crop")[1].split("\n#")[0]
     assert "**No deskew.**" in section
+
+
+_OPTIONS = ("bigtiff, bilevel, bilevel_compression, cog, compression, level, masks, ome, "
+            "pyramid, pyramid_layout, pyramid_resampling, quality, tile")
+_JOB = "fuse, if_exists, input, ops, output, output_options, pages, tile"
+_DEFAULTS = "fuse, if_exists, ops, output_options, pages, tile"
+
+
+@pytest.mark.parametrize("data, where, allowed, told", [
+    ({"jobs": [job(output_options={"if_exists": "skip"})]}, "jobs[0].output_options.if_exists",
+     _OPTIONS, "if_exists is a job field (or in defaults), not an output option"),
+    ({"jobs": [job(output_options={"pages": [0]})]}, "jobs[0].output_options.pages",
+     _OPTIONS, "pages is a job field (or in defaults), not an output option"),
+    ({"jobs": [job(defaults={"tile": 512})]}, "jobs[0].defaults", _JOB,
+     "defaults goes at the top of the manifest, beside jobs"),
+    ({"jobs": [job(compression="lzw")]}, "jobs[0].compression", _JOB,
+     "compression is an output option: put it in output_options"),
+    ({"jobs": [job(ops=[{"op": "gaussian_blur", "sigma": 2, "tile": 512}])]},
+     "jobs[0].ops[0].tile", "sigma", "tile is a job field (or in defaults), not an op parameter"),
+    ({"ops": [{"op": "invert"}], "jobs": [job()]}, "ops", "defaults, jobs, scan",
+     "ops is a job field (or in defaults)"),
+    ({"defaults": {"quality": 80}, "jobs": [job()]}, "defaults.quality", _DEFAULTS,
+     "quality is an output option: put it in output_options"),
+])
+def test_a_field_in_the_wrong_place_is_told_where_it_goes(data, where, allowed, told):
+    """A field known elsewhere in the manifest is told where it belongs, not a spelling guess
+    ("pages" is not "masks") or only the fields allowed where it was given."""
+    assert one_problem(data) == f"{where}: unknown field (allowed: {allowed}); {told}"

@@ -32,6 +32,33 @@ OPTION_FIELDS = ("compression", "level", "quality", "tile", "pyramid", "pyramid_
                  "pyramid_resampling", "ome", "bilevel", "bilevel_compression", "masks",
                  "bigtiff", "cog")
 
+#: where each field of a manifest goes (the first row naming it), for one given in another
+#: place: (fields, where they go), told instead of a spelling guess (:func:`misplaced`)
+BELONGS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("defaults",), "goes at the top of the manifest, beside jobs"),
+    (("jobs", "scan"), "goes at the top of the manifest"),
+    (("input", "output"), "is set in each job"),
+    (("pages", "ops", "tile", "fuse", "if_exists"), "is a job field (or in defaults)"),
+    (OPTION_FIELDS, "is an output option: put it in output_options"),
+)
+#: each place a field is checked in, as the advice of a field misplaced there names it
+#: ("": said well enough by where it goes)
+PLACES = {"top": "", "job": "", "defaults": "", "output_options": "an output option",
+          "op": "an op parameter"}
+
+
+def misplaced(place: str) -> dict[str, str]:
+    """The advice for each field of :data:`BELONGS` given in ``place`` (a key of
+    :data:`PLACES`), for :func:`~pipeline.core.params.unknown_field_problems` (the fields
+    ``place`` allows are not unknown there, so not told)."""
+    advice: dict[str, str] = {}
+    for fields, goes in BELONGS:
+        for name in fields:
+            advice.setdefault(name, f"; {name} {goes}" + (f", not {PLACES[place]}"
+                                                           if PLACES[place] else ""))
+    return advice
+
+
 #: processing tile: (smallest, largest), a multiple of TILE_STEP
 TILE_RANGE = (64, 8192)
 #: output tile: (smallest, largest), a multiple of TILE_STEP
@@ -290,7 +317,7 @@ def parse_layer(obj: dict[str, Any], path: str, problems: list[str]) -> Layer:
         ok, pages = _parse_pages(obj["pages"], f"{path}.pages", problems)
         put("pages", ok, pages)
     if "ops" in obj:
-        calls, probs = parse_chain(obj["ops"], f"{path}.ops")
+        calls, probs = parse_chain(obj["ops"], f"{path}.ops", misplaced("op"))
         probs = probs or made_problems(calls, f"{path}.ops")
         problems.extend(probs)
         put("ops", not probs, [c.to_json() for c in calls])
@@ -320,7 +347,7 @@ def _parse_options(opts: Any, path: str, layer: Layer, problems: list[str]) -> N
                         f"{', '.join(OPTION_FIELDS)}, got {show(opts)}")
         layer.bad.update(f"output_options.{k}" for k in OPTION_FIELDS)
         return
-    unknown_fields(opts, OPTION_FIELDS, path, problems)
+    unknown_fields(opts, OPTION_FIELDS, path, problems, misplaced("output_options"))
     checks = {
         "compression": _COMPRESSION.check,
         "level": _LEVEL.check,

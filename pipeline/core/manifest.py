@@ -56,6 +56,7 @@ from pipeline.core.job_fields import (
     cross_problems,
     effective,
     job_fields,
+    misplaced,
     parse_layer,
     show,
     unknown_fields,
@@ -389,7 +390,8 @@ def _parse_scan(scan: Any, defaults: Layer, base_dir: str, local: Local,
         problems.append(f'scan: expected an object with "input" and "output" (and any of '
                         f'{", ".join(DEFAULT_FIELDS)}), got {show(scan)}')
         return None
-    stood_for = unknown_fields(scan, SCAN_FIELDS, "scan", problems, required=_PLACES)
+    stood_for = unknown_fields(scan, SCAN_FIELDS, "scan", problems, misplaced("job"),
+                               required=_PLACES)
     where: dict[str, str | None] = {}
     for name in _PLACES:
         if name not in scan:
@@ -473,7 +475,7 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
                 f"on ({show(data['manifest'])})")
         raise ManifestError(source, [what])
     # one of jobs and scan is required: a misspelling of either stands for it
-    stood_for = unknown_fields(data, TOP_FIELDS, "", problems,
+    stood_for = unknown_fields(data, TOP_FIELDS, "", problems, misplaced("top"),
                                required=() if data.keys() & {"jobs", "scan"} else ("jobs", "scan"))
     defaults = _parse_defaults(data, problems)
 
@@ -529,7 +531,8 @@ def _parse_defaults(data: dict[str, Any], problems: list[str]) -> Layer:
         problems.append(f"defaults: expected an object with any of "
                         f"{', '.join(DEFAULT_FIELDS)}, got {show(data['defaults'])}")
         return Layer("defaults")
-    hint = {k: "; input and output are set in each job" for k in ("input", "output")}
+    hint = {**misplaced("defaults"),
+            **{k: "; input and output are set in each job" for k in ("input", "output")}}
     unknown_fields(data["defaults"], DEFAULT_FIELDS, "defaults", problems, hint)
     defaults = parse_layer(data["defaults"], "defaults", problems)
     problems.extend(cross_problems(effective([defaults]), defaults))
@@ -551,7 +554,8 @@ def _parse_job(job: Any, i: int, defaults: Layer, base_dir: str, local: Local,
         problems.append(f"{path}: expected an object with \"input\" and \"output\", "
                         f"got {show(job)}")
         return None
-    stood_for = unknown_fields(job, JOB_FIELDS, path, problems, required=_PLACES)
+    stood_for = unknown_fields(job, JOB_FIELDS, path, problems, misplaced("job"),
+                               required=_PLACES)
     where: dict[str, str | None] = {}
     for name in _PLACES:
         if name not in job:

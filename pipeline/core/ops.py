@@ -676,8 +676,11 @@ def _unknown_op_hint(name: str, item: dict[str, Any]) -> str:
     return f"; did you mean {near}?" if near else ""
 
 
-def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
-    """Parse a JSON op chain; return (calls, problems), every problem with its JSON path."""
+def parse_chain(ops: Any, path: str = "ops", hint: dict[str, str] | None = None
+                ) -> tuple[list[OpCall], list[str]]:
+    """Parse a JSON op chain; return (calls, problems), every problem with its JSON path.
+    ``hint``: what to add for an unknown parameter of some names (a job's field given in
+    an op: :func:`pipeline.core.job_fields.misplaced`)."""
     if not isinstance(ops, list):
         return [], [f"{path}: expected a list of ops, got {show(ops)}"]
     calls: list[OpCall] = []
@@ -695,7 +698,7 @@ def parse_chain(ops: Any, path: str = "ops") -> tuple[list[OpCall], list[str]]:
             problems.append(f"{here}.op: unknown op {item['op']!r}{guess} (known: "
                             f"{', '.join(OPS)})")
             continue
-        values, probs = check_object(item, op.params, here, reserved=("op",))
+        values, probs = check_object(item, op.params, here, reserved=("op",), hint=hint)
         if all(p.name in values for p in op.params):  # each valid: how they relate, too
             why = op.check(values)
             if why:

@@ -114,11 +114,13 @@ def _fmt(v: float) -> str:
 
 
 def check_object(obj: Any, params: tuple[Param, ...], path: str,
-                 reserved: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
+                 reserved: tuple[str, ...] = (), hint: dict[str, str] | None = None
+                 ) -> tuple[dict[str, Any], list[str]]:
     """Check a JSON object against ``params``; return (values with defaults, problems).
 
-    Every problem names its JSON path. Unknown keys are problems; keys in ``reserved``
-    (such as ``op``) are skipped.
+    Every problem names its JSON path. Unknown keys are problems (with their ``hint``, as
+    :func:`unknown_field_problems` adds it); keys in ``reserved`` (such as ``op``) are
+    skipped.
     """
     problems: list[str] = []
     values: dict[str, Any] = {}
@@ -127,7 +129,7 @@ def check_object(obj: Any, params: tuple[Param, ...], path: str,
     fields = {key: value for key, value in obj.items() if key not in reserved}
     required = [p.name for p in params if p.required]
     unknown, stood_for = unknown_field_problems(fields, [p.name for p in params], path,
-                                                required)
+                                                required, hint)
     problems.extend(unknown)
     for p in params:
         if p.name not in obj:
