@@ -1292,3 +1292,26 @@ def test_a_field_in_the_wrong_place_is_told_where_it_goes(data, where, allowed, 
     """A field known elsewhere in the manifest is told where it belongs, not a spelling guess
     ("pages" is not "masks") or only the fields allowed where it was given."""
     assert one_problem(data) == f"{where}: unknown field (allowed: {allowed}); {told}"
+
+
+_CROP = ("jobs[0].ops[0]: crop takes x, y, width and height (the box's first column and row, "
+         "and its size), not ")
+_EDGES = "left, top, right, bottom"
+
+
+@pytest.mark.parametrize("op, names, box", [
+    ({"left": 10, "top": 20, "right": 110, "bottom": 220}, _EDGES,
+     '"x": 10, "y": 20, "width": 100, "height": 200'),
+    ({"x0": 0, "y0": 5, "x1": 300, "y1": 105}, "x0, y0, x1, y1",
+     '"x": 0, "y": 5, "width": 300, "height": 100'),
+    ({"left": 10, "right": 110}, _EDGES,  # (no top or bottom: their places named)
+     '"x": 10, "y": top, "width": 100, "height": bottom - top'),
+    ({"x": 10, "y": 20, "right": 110, "bottom": 220}, _EDGES,  # (x and y: left and top)
+     '"x": 10, "y": 20, "width": 100, "height": 200'),
+])
+def test_a_crop_by_corners_is_told_its_box_as_x_y_width_height(op, names, box):
+    """PIL, rasterio and shapely give a box by its edges: told crop's own
+    parameters with the box converted (width = right - left when both are given), in one
+    problem, not "right: did you mean height?" hiding that height is required."""
+    assert problems_of({"jobs": [job(ops=[{"op": "crop", **op}])]}) == [
+        f'{_CROP}{names}: give {{"op": "crop", {box}}}']

@@ -143,6 +143,10 @@ class Op:
     #: before the pixels are (a convert maps them to two values of its own, to_gray mixes
     #: bands, a custom op's output is its function's) (:func:`chain_binary`)
     binary: Callable[[dict[str, Any]], str] = lambda p: ""
+    #: what the op (its JSON) is told when given another tool's parameters for its own, in
+    #: place of its other problems (crop's box by its corners: :func:`_corners_advice`),
+    #: else None
+    respelt: Callable[[dict[str, Any]], str | None] = lambda item: None
 
     def reach_for(self, params: dict[str, Any], dtype: np.dtype, needed: int) -> int:
         if self.reach is not None:
@@ -304,15 +308,49 @@ _CLOCKWISE = "angles are clockwise: "
 
 
 def _geometric(name: str, help_: str, params: tuple[Param, ...],
-               transform: Callable[[dict[str, Any]], Any], exact: str) -> Op:
+               transform: Callable[[dict[str, Any]], Any], exact: str, **more: Any) -> Op:
     """A geometric op: any sample type and band count, values moved as they are."""
     return Op(name, help_, params, lambda img, p: transform(p).page(img), kind="geometry",
               geometry=transform, keeps_values=True, binary=_keeps, exact=exact,
-              halo_help="0 (moves pixels; tiles are laid on the page it makes)")
+              halo_help="0 (moves pixels; tiles are laid on the page it makes)", **more)
 
 
 def _box(name: str, help_: str, low: int) -> Param:
     return Param(name, "integer", help_, required=True, ge=low, le=2**31 - 1)
+
+
+#: the names other tools give a box's edges (left, top, right, bottom: PIL's crop, rasterio's
+#: and shapely's bounds), for a crop given them: crop's box is x, y, width, height
+BOX_CORNERS: tuple[tuple[str, str, str, str], ...] = (
+    ("left", "top", "right", "bottom"), ("left", "upper", "right", "lower"),
+    ("x0", "y0", "x1", "y1"), ("xmin", "ymin", "xmax", "ymax"),
+    ("minx", "miny", "maxx", "maxy"))
+
+
+def _corners_advice(item: dict[str, Any]) -> str | None:
+    """What a crop given its box by edges (:data:`BOX_CORNERS`) is told: its own parameters
+    with the box converted (width = right - left; x and y given stand for left and top),
+    where an edge is not a number given, the formula of it; else None."""
+    names = next((n for n in BOX_CORNERS if item.keys() & set(n)), None)
+    if names is None:
+        return None
+    left, top, right, bottom = names
+
+    def number(key: str) -> float | None:
+        value = item.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return value if ok else None
+
+    starts, sizes = {}, {}
+    for start, size, low, high in (("x", "width", left, right), ("y", "height", top, bottom)):
+        first = number(low) if low in item else number(start)
+        last = number(high)
+        starts[start] = low if first is None else json.dumps(first)
+        sizes[size] = (f"{high} - {low}" if first is None or last is None
+                       else json.dumps(last - first))
+    box = ", ".join(f'"{key}": {value}' for key, value in {**starts, **sizes}.items())
+    return (f"crop takes x, y, width and height (the box's first column and row, and its "
+            f'size), not {", ".join(names)}: give {{"op": "crop", {box}}}')
 
 
 def _differ(p: dict[str, Any]) -> str | None:
@@ -524,7 +562,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
                (_box("x", "first column of the box", 0), _box("y", "first row of the box", 0),
                 _box("width", "columns of the box", 1), _box("height", "rows of the box", 1)),
                lambda p: geo.Crop(p["x"], p["y"], p["width"], p["height"]),
-               "bit-identical to the numpy slice of the whole page"),
+               "bit-identical to the numpy slice of the whole page", respelt=_corners_advice),
     Op("custom", "function(tile, **params), a user function (package.module:function) "
        "returning a tile of the same shape and dtype",
        (FunctionParam("function", "string", "the function, as package.module:function",
@@ -697,6 +735,10 @@ def parse_chain(ops: Any, path: str = "ops", hint: dict[str, str] | None = None
             guess = _unknown_op_hint(item["op"], item)
             problems.append(f"{here}.op: unknown op {item['op']!r}{guess} (known: "
                             f"{', '.join(OPS)})")
+            continue
+        told = op.respelt(item)
+        if told:
+            problems.append(f"{here}: {told}")
             continue
         values, probs = check_object(item, op.params, here, reserved=("op",), hint=hint)
         if all(p.name in values for p in op.params):  # each valid: how they relate, too
