@@ -200,7 +200,8 @@ def test_a_job_where_a_manifest_belongs_is_told_how_to_wrap_it(
     from pipeline import cli
 
     one = {"input": "a.tif", "output": "out/a.tif", "ops": [{"op": "invert"}]}
-    wrap = 'put it in a list under "jobs": {"jobs": [{"input": ...}]}'
+    wrap = ('put it in a list under "jobs": {"jobs": [{"input": ...}]}, or in a bare list, '
+            'also a manifest: [{"input": ...}]')
     assert problems_of(one) == [
         f'manifest: this is one job (input, output, ops), not a manifest: {wrap}']
     assert problems_of({"defaults": {"tile": 512}, **one}) == [

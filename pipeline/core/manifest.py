@@ -467,7 +467,8 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
         fields = ", ".join(k for k in data if k in JOB_FIELDS)
         raise ManifestError(source, [
             (f"manifest: this is one job ({fields}), not a manifest: put it in a list under "
-            '"jobs": {"jobs": [{"input": ...}]}')])
+             '"jobs": {"jobs": [{"input": ...}]}, or in a bare list, also a manifest: '
+             '[{"input": ...}]')])
     if {"run_id", "manifest"} <= data.keys() and not data.keys() & {"defaults", "scan"}:
         # (every field of it unknown to a manifest, and its jobs results, not jobs)
         what = (f"run_id: this is the report of run {show(data['run_id'])} (tiffpipe run "
