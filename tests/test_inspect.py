@@ -118,6 +118,21 @@ def test_headers_only_no_segment_is_read(tmp_path: Path, monkeypatch: pytest.Mon
     assert code == 0
 
 
+@pytest.mark.parametrize("photometric, told", [
+    ("minisblack", "black, bit 0, stays 0, white 255"),
+    ("miniswhite", "white, bit 0, becomes 255, black 0"),
+])
+def test_a_bilevel_page_says_what_its_bit_0_becomes(tmp_path: Path, photometric: str,
+                                                     told: str, capsys: pytest.CaptureFixture):
+    """A 1-bit page is read as 8-bit: its conversion says what bit 0 becomes and where black
+    goes (not "0 is white, x255", which read as a contradiction)."""
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, np.eye(64, dtype=bool), photometric=photometric)
+    code, out, _ = _inspect(capsys, str(path))
+    assert code == 0
+    assert f"(read as: bilevel {photometric} -> 8-bit minisblack ({told}));" in out, out
+
+
 def test_the_corpus_conversions_and_refusals(capsys: pytest.CaptureFixture):
     files = [LIBTIFF_CORPUS / name for name in (
         "miniswhite-1c-1b.tiff", "palette-1c-8b.tiff", "logluv-3c-16b.tiff",
@@ -127,7 +142,7 @@ def test_the_corpus_conversions_and_refusals(capsys: pytest.CaptureFixture):
     lines = out.splitlines()
     assert lines[1] == (
         "  page 0: 157 x 151, 1 x uint8 gray (read as: bilevel miniswhite -> 8-bit minisblack "
-        "(0 is white, x255)); none, one strip; kept: DocumentName")
+        "(white, bit 0, becomes 255, black 0)); none, one strip; kept: DocumentName")
     assert lines[3] == (
         "  page 0: 157 x 151, 1 x uint8 palette (read as: indices kept, with an op that mixes "
         "values or a JPEG output: 8-bit palette -> RGB uint16 (16-bit colormap, kept 16-bit)); "

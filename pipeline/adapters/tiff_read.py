@@ -473,10 +473,14 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
         top = 2**bps - 1
         values = np.arange(top + 1)
         lut = ((top - values) if white else values) * (255 // top)
-        kind = "bilevel" if bps == 1 else f"{bps}-bit gray"
+        kind, zero = ("bilevel", "bit 0") if bps == 1 else (f"{bps}-bit gray", "0")
+        # (what the page's 0 becomes, and the other end: "0 is white" beside "x255" read as
+        # a contradiction)
+        ends = (f"white, {zero}, becomes 255, black 0" if white
+                else f"black, {zero}, stays 0, white 255")
+        scale = "" if bps == 1 else f": {f'({top} - v)' if white else 'v'} x {255 // top}"
         return PixelKind(np.dtype(np.uint8), 1, "minisblack",
-                         f"{kind} {pname.lower()} -> 8-bit minisblack "
-                         f"({'0 is white' if white else '0 is black'}, x{255 // top})",
+                         f"{kind} {pname.lower()} -> 8-bit minisblack ({ends}{scale})",
                          lut=lut.astype(np.uint8))
     if photometric == PHOTOMETRIC.PALETTE:
         return _palette_kind(page, where, bps, samples, keep_palette)
