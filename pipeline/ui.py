@@ -346,13 +346,18 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
 def left_out_lines(report: dict[str, Any], limit: int) -> list[str]:
     """What ``run`` says on stderr (even with ``--quiet``, as a warning) of the jobs that left
     pages out (masks, overviews: a job's ``message`` in the report): the first ``limit`` jobs,
-    their input and why, then how many more; once a run, not once a job (a scan of
-    thousands of COGs would print thousands of lines). Only a SUCCEEDED job's message is of
-    pages left out: a SKIPPED job's says why it was skipped (its output existed), which a
-    rerun with ``if_exists: skip`` is for, and is no warning."""
-    noted = [j for j in report["jobs"] if j.get("message") and j.get("status") == "SUCCEEDED"]
-    lines = [f"tiffpipe: job {j['job']} ({j['input']}): {one_line(j['message'])}"
-             for j in noted[:limit]]
+    their input and what they lost, short (the report's ``notice``; the ``message`` of a
+    report without one), then how many more; once a run, not once a job (a scan of
+    thousands of COGs would print thousands of lines). A job whose output lost nothing (a
+    COG's overviews made again with ``pyramid``) has an empty notice, and is not said.
+    Only a SUCCEEDED job's message is of pages left out: a SKIPPED job's says why it was
+    skipped (its output existed), which a rerun with ``if_exists: skip`` is for, and is no
+    warning."""
+    noted = [(j, said) for j in report["jobs"] if j.get("status") == "SUCCEEDED"
+             and (said := j.get("notice", j.get("message")))]
+    lines = [f"tiffpipe: job {j['job']} ({j['input']}): {one_line(said)}"
+             + (" (the report's message says why)" if said != j["message"] else "")
+             for j, said in noted[:limit]]
     if len(noted) > limit:
         lines.append(f"tiffpipe: ... and {len(noted) - limit} more job(s) with a note (pages "
                      "left out, 1-bit pages written 8-bit, XMP rewritten or dropped, or "

@@ -296,16 +296,24 @@ def test_each_page_carries_its_own_mask_and_the_sheet_draws_the_images(runs):
 
 
 def test_the_command_names_the_first_jobs_that_left_pages_out_once_a_run(runs):
-    """A run says which jobs left pages out on stderr once, the first three of them, then how
-    many more (a scan of 10,000 COGs printed 10,000 warnings, a job each, even --quiet)."""
-    noted = [j for j in runs["jobs"].values() if j.get("message")]
+    """A run says which jobs lost pages on stderr once, a short line each (the report's
+    message says why: a COG's note is 500 characters), the first three of them, then how
+    many more (a scan of 10,000 COGs printed 10,000 warnings, a job each, even --quiet).
+    A job whose output rebuilds what it left out (a COG's overviews with pyramid, its mask
+    carried) lost nothing and is not said, though its report entry keeps its message."""
+    jobs = runs["jobs"]
+    noted = [j for j in jobs.values() if j.get("message")]
     assert [j["job"] for j in noted] == [1, 2, 5, 8]
-    said = [line for line in runs["stderr"] if "left out" in line or "left pages out" in line]
-    assert said == [*(f"tiffpipe: job {j['job']} ({j['input']}): {j['message']}"
-                      for j in noted[:3]),
-                    ("tiffpipe: ... and 1 more job(s) with a note (pages left out, 1-bit pages "
-                     'written 8-bit, XMP rewritten or dropped, or which pages bilevel "auto" '
-                     "wrote 1-bit): each job's message in the report says which and why")]
+    assert jobs["cog_pyramid"]["notice"] == "" and jobs["cog_pyramid"]["message"]
+    levels = "set output_options.pyramid for levels made from the output"
+    said = {"cog": f"pages 2-3 left out: overviews; {levels}",
+            "two": f"pages 1, 3 left out: overviews; {levels}",
+            "masked_off": "page 1 left out: a mask the output does not carry "
+                          "(output_options.masks is false)"}
+    assert [line for line in runs["stderr"] if "left out" in line] == [
+        f"tiffpipe: job {jobs[name]['job']} ({jobs[name]['input']}): {text} (the report's "
+        "message says why)" for name, text in said.items()]
+    assert all(len(line) < 200 for line in runs["stderr"] if "left out" in line)
 
 
 def test_a_cogs_overviews_and_their_masks_are_left_out(runs):
@@ -416,4 +424,7 @@ def test_a_pages_subifd_levels_left_out_are_said_as_overview_pages_are(tmp_path)
         "the processed pixels: the output's levels (output_options.pyramid) are made from them")
     assert [levels for *_, levels in pages_of(jobs["flat"]["output"])] == [0, 0]
     assert [levels for *_, levels in pages_of(jobs["levels"]["output"])] == [3, 3]
-    assert f"tiffpipe: job 0 ({src}): {jobs['flat']['message']}" in stderr
+    assert (f"tiffpipe: job 0 ({src}): the SubIFD levels of pages 0-1 left out; set "
+            "output_options.pyramid for levels made from the output (the report's message "
+            "says why)") in stderr
+    assert not [line for line in stderr if line.startswith("tiffpipe: job 2 ")]  # (remade)

@@ -217,6 +217,9 @@ class JobPlan:
     #: what the job's result says besides (the report's ``message``: the pages a job without
     #: ``pages`` left out, pipeline.core.plan.left_out_note; "": nothing)
     note: str = ""
+    #: what of it ``tiffpipe run`` says on stderr, short (the report's ``notice``): what the
+    #: output lost (pipeline.core.plan.left_out_notice) and the other notes; "": nothing
+    notice: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = {"job": self.job, "spec": self.spec.to_json(), "work": self.work,
@@ -226,6 +229,8 @@ class JobPlan:
              "fused": self.fused, "input_version": self.input_version}
         if self.note:
             d["note"] = self.note
+        if self.notice:
+            d["notice"] = self.notice
         return d
 
     @classmethod
@@ -235,7 +240,7 @@ class JobPlan:
                    [SplitUnit.from_json(u) for u in d["units"]],
                    [Batch.from_json(b) for b in d["batches"]], d["started_at"],
                    bool(d.get("fused", False)), str(d.get("input_version", "")),
-                   str(d.get("note", "")))
+                   str(d.get("note", "")), str(d.get("notice", "")))
 
     @property
     def tiles(self) -> int:

@@ -443,6 +443,39 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
     return "; ".join(parts)
 
 
+_LEVELS_FROM_OUTPUT = "set output_options.pyramid for levels made from the output"
+
+
+def left_out_notice(left_out: list[tuple[int, str, int | None, bool]],
+                    pyramid: bool = False, masks_why: str = "",
+                    carried: list[int] | None = None) -> str:
+    """What of :func:`left_out_note` (the same arguments) ``tiffpipe run`` says on stderr: a
+    short line of what the output lost, "" when nothing was (a COG's overviews with
+    ``pyramid``, whose levels are made again; the masks of pages whose mask it carries:
+    their overviews' masks, reduced from it with ``pyramid``, else left out with them). The
+    report's message keeps the whole note, and why."""
+    carried = carried or []
+    kinds = {kind: [e for e in left_out if e[1] == kind] for kind in
+             ("mask", "reduced", "levels", "unplaced")}
+    masks = [i for i, _, of, _ in kinds["mask"] if of not in carried]
+    parts = []
+    if masks:
+        parts.append(f"{_pages(masks)} left out: {'masks' if len(masks) > 1 else 'a mask'} "
+                     f"the output does not carry" + (f" ({masks_why})" if masks_why else ""))
+    overviews = [i for i, *_ in kinds["reduced"]]
+    if overviews and not pyramid:
+        parts.append(f"{_pages(overviews)} left out: overview{'s' * (len(overviews) > 1)}; "
+                     f"{_LEVELS_FROM_OUTPUT}")
+    levels = [i for i, *_ in kinds["levels"]]
+    if levels and not pyramid:
+        parts.append(f"the SubIFD levels of {_pages(levels)} left out; {_LEVELS_FROM_OUTPUT}")
+    unplaced = sorted({of for _, _, of, _ in kinds["unplaced"] if of is not None})
+    if unplaced:
+        parts.append(f"overviews of {_pages(unplaced)} without GeoTIFF tags of their own: "
+                     "the output is not georeferenced")
+    return "; ".join(parts)
+
+
 def one_bit_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     """What a job's result says of its 1-bit pages ("" nothing): with ``bilevel`` "auto",
     which pages it writes 1-bit and in what, and which as they are (:func:`auto_note`);

@@ -162,8 +162,9 @@ def publish(plan: JobPlan) -> dict[str, Any]:
         result["masks"] = masks
     if plan.note or masks:  # the pages a job without pages left out, and why, and the pages
         # it read (the masks carried are not among them)
-        if plan.note:
+        if plan.note:  # (and what of it `tiffpipe run` says: "" when nothing was lost)
             result["message"] = plan.note
+            result["notice"] = plan.notice
         result["input_pages"] = [page.info.index for page in plan.pages]
     held_work.save_result(layout.result_file(plan.work), result)
     held_work.release(layout.plan_file(plan.work))  # the job's last step

@@ -27,6 +27,7 @@ from pipeline.core.plan import (
     convert_note,
     grouped_by_page,
     left_out_note,
+    left_out_notice,
     make_plan,
     masks_left_out,
     one_bit_note,
@@ -384,9 +385,9 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     ``left_out``: the pages a job without ``pages`` left out, for the plan's note: the
     internal masks the output carries (:func:`carried_masks`) are not."""
     infos, left_out, masks_why = carried_masks(spec, infos, left_out or [])
-    note = left_out_note(left_out, spec.output_options.pyramid, masks_why,
-                         [info.index for info in infos if info.mask_ifd])
-    plan, problems = make_plan(job, spec, infos, work, started, version, note)
+    why = (left_out, spec.output_options.pyramid, masks_why,
+           [info.index for info in infos if info.mask_ifd])
+    plan, problems = make_plan(job, spec, infos, work, started, version, left_out_note(*why))
     notes = [one_bit_note(spec, plan.pages),  # (fax pages copied 8-bit; "auto"'s pages)
              # (rights metadata rewritten or dropped; a packet too large for the plan is not
              # read: 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB)
@@ -394,8 +395,10 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
              dropped_nodata_note(spec, plan.pages),  # (a convert that drops GDAL_NODATA)
              colormap_note(spec, plan.pages),  # (a class map's colours dropped: a blur)
              convert_note(spec, plan.pages)]  # (12-bit data made near-black 8-bit)
-    if any(notes):
-        plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n))
+    notice = left_out_notice(*why)
+    if any(notes) or notice:
+        plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n),
+                       notice="; ".join(n for n in (notice, *notes) if n))
     return plan, problems + output_problems(plan)
 
 
