@@ -283,9 +283,12 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     from pipeline.adapters.metadata import XmpPackets, carries_xmp, derivation, page_xmp
     from pipeline.core.nodata import nodata_at
     from pipeline.core.plan import page_options
-    from pipeline.steps.planning import plan_pages
+    from pipeline.steps.planning import VALUE_NOTES, plan_pages
 
     plan, problems = plan_pages(0, spec, infos, "inspect", 0.0)
+    notes = [said for note in VALUE_NOTES if (said := note(spec, plan.pages))]
+    if notes:  # (a convert dropping GDAL_NODATA: as validate --inputs and the run say it)
+        doc["ops_notes"] = notes
     by_page: dict[int, list[str]] = {}
     others = []
     for problem in problems:
@@ -381,6 +384,8 @@ def text(doc: dict[str, Any]) -> Iterator[str]:
             yield f"    page {p['index']}: {p['ome_name']}"
         if len(named) > GROUPS_SHOWN:
             yield f"    ... {len(named) - GROUPS_SHOWN} more (--json: every page)"
+    for note in doc.get("ops_notes", []):
+        yield f"  ops: note: {note}"
     for problem in doc.get("ops_problems", []):
         yield f"  ops: cannot run: {problem}"
     if "chain_error" in doc:

@@ -494,3 +494,32 @@ def test_band_names_scales_and_offsets_are_shown_by_the_ops_index(
     code, out, _ = _inspect(capsys, str(s2), "--json")
     page = json.loads(out)["files"][0]["pages"][0]
     assert page["band_items"][3] == {"description": "B08", "scale": 0.0001, "offset": -0.1}
+
+
+def test_ops_say_a_convert_drops_the_no_data_value_as_validate_inputs_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A uint16 scene with GDAL_NODATA 0 and a chain ending in a convert to uint8 without
+    "nodata": ``inspect --ops`` says the collar is written as data under no GDAL_NODATA, in
+    the words ``validate --inputs`` and the run's report use (it said nothing); a convert
+    with "nodata" gets no such note."""
+    src = tmp_path / "scene.tif"
+    scene = np.full((64, 96), 30000, np.uint16)
+    scene[:, :20] = 0  # (the collar outside the swath)
+    tifffile.imwrite(src, scene, tile=(32, 32), extratags=[(42113, "s", 0, "0", True)])
+    ops = [{"op": "gaussian_blur", "sigma": 1}, {"op": "convert", "dtype": "uint8"}]
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(src), "output": str(tmp_path / "out.tif"), "ops": ops}]}))
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 0
+    note = ('ops[1] (convert) to uint8 has no "nodata": the no-data value 0 (page 0) is '
+            "converted as data and the output has no GDAL_NODATA, so GDAL and QGIS show the "
+            'no-data area as data; give it "nodata": 0 to keep it (the no-data area 0, the '
+            "data 1..255)")
+    assert capsys.readouterr().out.splitlines()[1:] == [f"  jobs[0] ({src}): {note}"]
+    code, out, _ = _inspect(capsys, str(src), "--ops", json.dumps(ops))
+    assert code == 0 and f"\n  ops: note: {note}\n" in out, out
+    code, out, _ = _inspect(capsys, str(src), "--ops", json.dumps(
+        [{"op": "convert", "dtype": "uint8", "nodata": 0}]))
+    assert code == 0 and "ops: note" not in out, out
+    code, out, _ = _inspect(capsys, str(src), "--json", "--ops", json.dumps(ops))
+    assert json.loads(out)["files"][0]["ops_notes"] == [note]
+

@@ -375,6 +375,13 @@ def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: boo
     return plan, refusals + problems + ([Problem(None, fit)] if fit else [])
 
 
+#: what a job's result says of the values its chain makes: a convert that drops GDAL_NODATA,
+#: a class map's colour table dropped (a blur),
+#: 12-bit data made near-black 8-bit; said by the run's report, ``validate --inputs`` and
+#: ``inspect --ops`` (pipeline.inspection)
+VALUE_NOTES = (dropped_nodata_note, colormap_note, convert_note)
+
+
 def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, started: float,
                version: str = "", left_out: list[Any] | None = None
                ) -> tuple[JobPlan, list[Problem]]:
@@ -392,9 +399,7 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
              # (rights metadata rewritten or dropped; a packet too large for the plan is not
              # read: 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB)
              xmp_note(spec, plan.pages),
-             dropped_nodata_note(spec, plan.pages),  # (a convert that drops GDAL_NODATA)
-             colormap_note(spec, plan.pages),  # (a class map's colours dropped: a blur)
-             convert_note(spec, plan.pages)]  # (12-bit data made near-black 8-bit)
+             *(note(spec, plan.pages) for note in VALUE_NOTES)]
     notice = left_out_notice(*why)
     if any(notes) or notice:
         plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n),
