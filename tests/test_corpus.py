@@ -200,9 +200,13 @@ def _moved(data: np.ndarray, ops: list[dict[str, Any]]) -> np.ndarray:
 
 def _level(page: np.ndarray, palette: bool) -> np.ndarray:
     """The next pyramid level by docs/outputs.md's rule: each 2 x 2 block's rounded mean of
-    the pixels that exist (floats: the mean), a palette's top-left index."""
+    the pixels that exist (floats: the mean), a palette's index GDAL's nearest overviews
+    take (:func:`pipeline.core.reduce.overview_picks`: the top-left one of each block, but
+    past half way down or across a level of odd size the one before the block)."""
     if palette:
-        return page[::2, ::2]
+        from pipeline.core.reduce import overview_picks
+
+        return page[overview_picks(page.shape[0])][:, overview_picks(page.shape[1])]
     h, w = -(-page.shape[0] // 2), -(-page.shape[1] // 2)
     kind = np.float64 if page.dtype.kind == "f" else np.int64
     total = np.zeros((h, w, *page.shape[2:]), kind)

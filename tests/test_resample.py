@@ -167,6 +167,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "input": str(root / "palette.tif"), "tile": 64,
             "ops": [{"op": "rotate", "angle": 90},
                     {"op": "downsample", "factor": 2, "method": method}]}
+    gray0 = palette_classes(0)  # (a gray class map, GDAL_NODATA 0; 152 x 208: even levels
+    tifffile.imwrite(root / "gray0.tif", gray0, tile=(32, 32),  # down to 19 x 26)
+                     extratags=[(42113, "s", 0, "0", True)])
+    for src, tile in (("u8", 128), ("gray0", 64), ("masked", 64)):  # (odd from the base;
+        # gray0: from level 3)
+        jobs[f"{src}_pyramid_nearest"] = {
+            "input": str(root / f"{src}.tif"), "tile": tile,
+            "output_options": {"pyramid": True, "pyramid_resampling": "nearest"}}
     jobs["palette_pyramid_mode"] = {
         "input": str(root / "palette.tif"), "tile": 64,
         "output_options": {"pyramid": True, "pyramid_resampling": "mode"}}
@@ -320,12 +328,20 @@ def gdal_warp(path: Path, f: int, method: str) -> np.ndarray:
 def gdaladdo(path: str, method: str, count: int, tmp: Path) -> list[np.ndarray]:
     """The ``count`` overviews ``gdaladdo -r method`` makes (rasterio's ``build_overviews``,
     factors 2, 4, ...) of a copy of the base page of ``path`` as GDAL writes it (a palette
-    page with its colormap and GDAL_NODATA)."""
+    page with its colormap, a gray one; GDAL_NODATA), its one band's samples contiguous
+    (PlanarConfiguration 1), as tiffpipe writes it: GDAL 3.10 makes the nearest overviews
+    of such a file (and the COG driver's) each from the one above, of a file written
+    "interleave": "band" (PlanarConfiguration 2, what ``ds.profile`` says of a single band)
+    each from the base page."""
     with rasterio.open(path) as ds:
-        profile, page, colormap = ds.profile, ds.read(1), ds.colormap(1)
+        profile, page = ds.profile, ds.read(1)
+        colormap = ds.colormap(1) if ds.colorinterp[0].name == "palette" else None
+    profile.pop("interleave", None)
     copy = tmp / f"gdaladdo_{method}.tif"
-    with rasterio.open(copy, "w", **{**profile, "photometric": "palette"}) as out:
-        out.write_colormap(1, colormap)
+    with rasterio.open(copy, "w", **{**profile, "photometric": "palette" if colormap
+                                     else "minisblack"}) as out:
+        if colormap:
+            out.write_colormap(1, colormap)
         out.write(page, 1)
     with rasterio.open(copy, "r+") as out:
         out.build_overviews([2 ** k for k in range(1, count + 1)], getattr(Resampling, method))
@@ -438,19 +454,94 @@ def test_a_palette_pages_mean_levels_are_gdals_nearest_no_data_index_or_not(runs
     """With ``pyramid_resampling`` mean (the default) a palette page's levels take each
     block's top-left index, the no-data index too when it is that one: GDAL's nearest
     overviews (``gdaladdo -r nearest``, what GDAL's COG driver makes of a palette page)
-    take the same, no-data or not, at each level that halves the one above; the base keeps
-    GDAL_NODATA."""
+    take the same, no-data or not, at every level: the 10 x 13 level of the 19 x 26 one too,
+    where GDAL takes, past half way, the row and column before each block (before, tiffpipe
+    took the top-left one there too); the base keeps GDAL_NODATA."""
     job = runs["jobs"][f"pal{nodata}_pyramid_mean"]
     assert job["status"] == "SUCCEEDED", job
     ours = [pixels for pixels, _ in pyramid_levels(job["output"])[0]]
-    for above, pixels in pairwise(ours):
+    assert [p.shape for p in ours] == [(152, 208), (76, 104), (38, 52), (19, 26), (10, 13)]
+    for above, pixels in list(pairwise(ours))[:3]:
         np.testing.assert_array_equal(pixels, above[0::2, 0::2])
     assert (ours[1] == nodata).any()
-    theirs = gdaladdo(job["output"], "nearest", 3, tmp_path)
-    for k in (1, 2, 3):
+    theirs = gdaladdo(job["output"], "nearest", 4, tmp_path)
+    for k in (1, 2, 3, 4):
         np.testing.assert_array_equal(theirs[k - 1], ours[k])
     with rasterio.open(job["output"]) as ds:
         assert ds.nodata == nodata
+
+
+def test_overview_picks_are_the_pixels_gdaladdo_nearest_takes(tmp_path):
+    """GDAL's nearest overviews (``gdaladdo -r nearest``: rasterio's ``build_overviews``, GDAL
+    3.10) of a page whose pixels are their own row and column, odd and even sizes: each
+    overview takes, of the one above (not of the base), the rows and columns
+    :func:`overview_picks` says: each block's top-left pixel where the level above is even,
+    past half way the pixel before the block where it is odd (the ratio is a little under 2).
+    Not :func:`pipeline.core.reduce.nearest_order`'s pick (the block's lower-right, GDAL's
+    RasterIO nearest, ``downsample``'s)."""
+    from pipeline.core.reduce import nearest_order, overview_picks
+
+    for h, w in ((8, 12), (7, 9), (21, 19), (37, 75), (5, 22)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        with rasterio.open(tmp_path / "at.tif", "w", driver="GTiff", height=h, width=w,
+                           count=1, dtype="uint16") as ds:
+            ds.write((yy * 100 + xx).astype(np.uint16), 1)
+        with rasterio.open(tmp_path / "at.tif", "r+") as ds:
+            ds.build_overviews([2, 4, 8], Resampling.nearest)
+        above_rows, above_cols = np.arange(h), np.arange(w)
+        for k in range(3):
+            with rasterio.open(tmp_path / "at.tif", overview_level=k) as ds:
+                level = ds.read(1)
+            above_rows = above_rows[overview_picks(len(above_rows))]
+            above_cols = above_cols[overview_picks(len(above_cols))]
+            np.testing.assert_array_equal(level, above_rows[:, None] * 100 + above_cols)
+    assert overview_picks(7).tolist() == [0, 2, 4, 5] and overview_picks(8).tolist() == [
+        0, 2, 4, 6]
+    assert nearest_order(2)[0] == (1, 1)
+
+
+@pytest.mark.parametrize("src", ["u8", "gray0"])
+def test_pyramid_nearest_levels_are_gdaladdos(runs, src, tmp_path):
+    """``pyramid_resampling`` "nearest" makes each level what ``gdaladdo -r nearest`` makes
+    of a copy of the output's base page (GDAL 3.10.3, through rasterio's
+    ``build_overviews``), every level, odd ones too: a gray class map of odd size (301 x
+    407) and one of even size with GDAL_NODATA 0 (152 x 208, odd from its 19 x 26 level),
+    whose no-data pixels GDAL takes as any other. Before, each block's lower-right valid
+    pixel (``downsample``'s nearest, GDAL's RasterIO's): not GDAL's overviews."""
+    job = runs["jobs"][f"{src}_pyramid_nearest"]
+    assert job["status"] == "SUCCEEDED", job
+    ours = [pixels for pixels, _ in pyramid_levels(job["output"])[0]]
+    assert len(ours) >= 5 and any(p.shape[0] % 2 for p in ours[:-1])
+    np.testing.assert_array_equal(ours[0], tifffile.imread(runs["root"] / f"{src}.tif"))
+    theirs = gdaladdo(job["output"], "nearest", len(ours) - 1, tmp_path)
+    for k in range(1, len(ours)):
+        np.testing.assert_array_equal(theirs[k - 1], ours[k])
+    if src == "gray0":
+        with rasterio.open(job["output"]) as ds:
+            assert ds.nodata == 0
+        assert (ours[1] == 0).any()
+
+
+def test_pyramid_nearest_levels_of_a_masked_page_take_the_pixel_and_its_mask_bit(runs):
+    """On a page that carries its mask (233 x 301), each ``nearest`` level takes the pixel
+    :func:`overview_picks` says of the level above, masked out or not (GDAL's overview
+    nearest leaves none out), and that pixel's mask bit, tiles crossed where the pick is the
+    row or column before a block. Before, the valid pixel nearest each block's centre,
+    valid where any of the block was."""
+    from pipeline.core.reduce import overview_picks
+
+    job = runs["jobs"]["masked_pyramid_nearest"]
+    assert job["status"] == "SUCCEEDED", job
+    page, _, mask = page_of("masked", runs["root"])
+    image, mask_page = pyramid_levels(job["output"])  # (the mask: a page after the image)
+    pixels, masks = [p for p, _ in image], [p > 0 for p, _ in mask_page]
+    assert len(pixels) == len(masks) >= 4
+    above, valid = page, mask
+    for got, got_mask in zip(pixels[1:], masks[1:], strict=True):
+        rows, cols = overview_picks(above.shape[0]), overview_picks(above.shape[1])
+        above, valid = above[rows][:, cols], valid[rows][:, cols]
+        np.testing.assert_array_equal(got, above)
+        np.testing.assert_array_equal(got_mask, valid)
 
 
 #: what a job of a palette page with GDAL_NODATA 0 whose downsample is a mean says

@@ -77,8 +77,9 @@ _PYRAMID = Param("pyramid", "boolean", "reduced-resolution levels", default=Fals
 _PYRAMID_LAYOUT = Param("pyramid_layout", "string", "where the levels go: SubIFDs of their "
                         "page, or pages after it", default="subifds", choices=PYRAMID_LAYOUTS)
 _PYRAMID_RESAMPLING = Param("pyramid_resampling", "string", "how a level's 2 x 2 blocks "
-                            "become its pixels: their mean, or the sample nearest their "
-                            "centre, their most frequent, smallest or largest value",
+                            "become its pixels: their mean, the pixel GDAL's nearest "
+                            "overviews take (gdaladdo -r nearest), their most frequent, "
+                            "smallest or largest value",
                             default="mean", choices=METHODS)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 _BILEVEL_COMPRESSION = Param("bilevel_compression", "string", 'codec of the 1-bit pages of a '

@@ -29,10 +29,18 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     if p.info.mask_ifd:  # its levels' masks, and pixels means without the masked-out
         return 0  # pixels, come from its base and mask tiles, which merge reads together
     t, big = plan.spec.output_options.tile, p.out_grid.tile
-    levels = len(level_shapes(p.out_grid.height, p.out_grid.width, t))
+    shapes = level_shapes(p.out_grid.height, p.out_grid.width, t)
     k = 0
-    while k < levels and big % (2 ** (k + 1)) == 0:
+    while k < len(shapes) and big % (2 ** (k + 1)) == 0:
         k += 1
+    o = plan.spec.output_options
+    if o.pyramid_resampling == "nearest" or (o.pyramid_resampling == "mean" and (
+            p.info.photometric == "palette" or "gray_colormap" in (p.info.metadata or {}))):
+        # "nearest" (a page of indices': pipeline.steps.pyramid.level_method) takes, past
+        # half way down (across) a level above of odd size, the row (column) before each
+        # block, which may be another unit's: the units stop at the first odd level
+        sizes = [(p.out_grid.height, p.out_grid.width), *shapes]
+        k = min(k, next((j for j, (h, w) in enumerate(sizes) if h % 2 or w % 2), k))
     return k
 
 

@@ -203,6 +203,19 @@ def nearest_order(f: int) -> list[tuple[int, int]]:
                                  -d[0], -d[1]))
 
 
+def overview_picks(n: int) -> np.ndarray:
+    """The rows (or columns) of a level of ``n`` rows that GDAL's nearest overviews
+    (``gdaladdo -r nearest``, GDAL 3.10, each overview made from the one above) take for the
+    ``ceil(n / 2)`` rows of the level below: row ``i`` takes row ``int(0.5 + i * (n /
+    ceil(n / 2)))``, GDAL's formula in doubles. For an even ``n`` that is ``2 i``, each 2 x 2
+    block's top-left pixel; for an odd ``n`` (ratio a little under 2), ``2 i`` for the rows
+    up to half way (``i <= ceil(n / 2) / 2``), then ``2 i - 1``: the last row of the block
+    above. The pyramid levels' "nearest" (``downsample``'s is :func:`block_pick`'s: GDAL's
+    RasterIO nearest, the block's centre)."""
+    m = -(-n // 2)
+    return (0.5 + np.arange(m) * (n / m)).astype(np.int64)
+
+
 def _pick(b: np.ndarray, ok: np.ndarray | None, f: int, order: list[tuple[int, int]],
           method: str) -> tuple[np.ndarray, np.ndarray | None]:
     """"nearest" (the first valid sample of ``order``), "min" or "max" of the f x f blocks

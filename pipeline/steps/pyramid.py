@@ -18,13 +18,17 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
   ``(a + b + c + d + 2) // 4``), computed without overflow;
 - floats: ``s / n`` in float64 (``s`` summed in the order ``((p00 + p10) + p01) + p11``
   of the pixels present), cast to the page's dtype;
-- palette pages (the samples are colour-map indices, whose mean means nothing): the top-left
-  pixel of the block, ``level[y, x] = prev[2y, 2x]``, its no-data index too, as GDAL's
-  nearest overviews (``gdaladdo -r nearest``, a palette COG's) pick it (with
-  ``pyramid_resampling`` "mean", the default; another method is taken as it is, the
-  no-data index left out as a gray page's no-data value);
-- ``output_options.pyramid_resampling`` "nearest", "mode", "min" or "max" (class labels,
-  bit masks): one sample of the block's pixels present and valid, as
+- ``output_options.pyramid_resampling`` "nearest": the pixel GDAL's nearest overviews
+  (``gdaladdo -r nearest``, a palette COG's) take, ``level[y, x] = prev[py(y), px(x)]``
+  with :func:`pipeline.core.reduce.overview_picks`: the block's top-left pixel where the
+  level above has an even number of rows (columns), else, past half way, the pixel above
+  (left of) the block. No-data and masked-out pixels too, as GDAL: no pixel is left out;
+- palette pages (the samples are colour-map indices, whose mean means nothing), and gray
+  class maps whose ColorMap the output keeps: "nearest" (with ``pyramid_resampling``
+  "mean", the default; another method is taken as it is, the no-data index left out as a
+  gray page's no-data value);
+- ``output_options.pyramid_resampling`` "mode", "min" or "max" (class labels, bit masks):
+  one sample of the block's pixels present and valid, as
   :func:`pipeline.core.reduce.block_pick` picks it (the no-data value where none is
   valid), so a level's pixel is one of the page's values, never a mix;
 - a page whose output keeps a no-data value (GDAL_NODATA, :func:`level_nodata`): each sample
@@ -32,8 +36,8 @@ an odd last row or column, 1 at an odd corner); with n such pixels summing to s:
   NaN), the value itself where there is none, as GDAL's average overviews leave no-data
   out: a mean of no-data and data would be neither, and GDAL, QGIS would show it as data;
 - a page that carries its internal mask (``masked``, :mod:`pipeline.steps.masks`): each
-  level has a mask too, valid where any of the block's pixels present is valid (palette
-  pages reduced by their top-left pixel: where that pixel is), and the pixels' means (or
+  level has a mask too, valid where any of the block's pixels present is valid ("nearest":
+  where the pixel it takes is), and the pixels' means (or
   picks) leave the masked-out pixels out as they leave no-data out, 0 (or the no-data
   value) where none is valid: what GDAL's ``gdaladdo -r average`` (``-r nearest``) makes
   of a page with an internal mask (docs/outputs.md, "Masks of the levels").
@@ -65,15 +69,10 @@ from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan
 from pipeline.core.nodata import nodata_at
-from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4
+from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4, overview_picks
 from pipeline.core.tiff_layout import Span
 
-__all__ = ["TOP_LEFT", "Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask"]
-
-#: the method of a palette page's levels (and a gray class map's with its ColorMap) with
-#: ``pyramid_resampling`` "mean": the top-left pixel of each block (a mean of colour-map
-#: indices means nothing)
-TOP_LEFT = "top_left"
+__all__ = ["Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask"]
 
 
 def level_nodata(plan: JobPlan, page: int) -> float | None:
@@ -84,19 +83,21 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
 
 def level_method(plan: JobPlan, page: int) -> str:
     """How the levels of output page ``page`` reduce their 2 x 2 blocks (:func:`reduce2`'s
-    ``method``): ``output_options.pyramid_resampling``, but :data:`TOP_LEFT` for the "mean"
-    of a page of indices: a palette page's, a gray class map's whose ColorMap the output
+    ``method``): ``output_options.pyramid_resampling``, but "nearest" (GDAL's nearest
+    overviews) for the "mean" of a page of indices (a mean of colour-map indices means
+    nothing): a palette page's, a gray class map's whose ColorMap the output
     keeps (:func:`pipeline.adapters.metadata.keeps_gray_colormap`)."""
     method = plan.spec.output_options.pyramid_resampling
     info = plan.pages[page].info
     indexed = info.photometric == "palette" or keeps_gray_colormap(plan.spec, plan.pages[page])
-    return TOP_LEFT if indexed and method == "mean" else method
+    return "nearest" if indexed and method == "mean" else method
 
 
 def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,
             valid: np.ndarray | None = None) -> np.ndarray:
-    """The 2x2 reduction of ``block`` (h, w, c) by ``method`` ("mean", :data:`TOP_LEFT`, or
-    another of :data:`pipeline.core.reduce.METHODS`): see the module docstring for the formula.
+    """The 2x2 reduction of ``block`` (h, w, c), a whole level (or rows of one whose picks
+    are its own: an even level's), by ``method`` (one of
+    :data:`pipeline.core.reduce.METHODS`): see the module docstring for the formula.
     ``nodata``: the samples of that value (NaN too) are left out of the means; ``valid``
     (h, w, bool): the block's mask, whose invalid pixels are left out too.
 
@@ -106,8 +107,8 @@ def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None
     zeros' signs and NaN included), so ``s`` is the sum of the pixels present in the block's
     order, divided by their count.
     """
-    if method == TOP_LEFT:
-        return block[0::2, 0::2].copy()
+    if method == "nearest":
+        return block[overview_picks(block.shape[0])][:, overview_picks(block.shape[1])]
     if method != "mean":
         return block_pick(block, 2, method, nodata, valid)
     if valid is not None and nodata is None:  # a masked page without no-data: most of its
@@ -136,22 +137,63 @@ def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None
 
 def reduce_mask(valid: np.ndarray, method: str = "mean") -> np.ndarray:
     """The 2x2 reduction of a mask (h, w, bool): valid where any pixel of the block present
-    is (:data:`TOP_LEFT`: where its top-left pixel is), as GDAL reduces a mask's overviews."""
-    if method == TOP_LEFT:
-        return valid[0::2, 0::2].copy()
+    is ("nearest": where the pixel it takes is), as GDAL reduces a mask's overviews."""
+    if method == "nearest":
+        return reduce2(valid, "nearest")
     h, w = valid.shape
     v = np.zeros((h + h % 2, w + w % 2), bool)
     v[:h, :w] = valid
     return v[0::2, 0::2] | v[1::2, 0::2] | v[0::2, 1::2] | v[1::2, 1::2]
 
 
+class _Edge:
+    """What "nearest" (:func:`pipeline.core.reduce.overview_picks`) of a level above with an
+    odd number of rows or columns takes from outside a block: the last row of the previous
+    tile row (its whole width), the last column of the previous block of the tile row."""
+
+    def __init__(self) -> None:
+        self.row_y = -1  # the tile row ``row`` is being filled from
+        self.row: np.ndarray | None = None
+        self.above: np.ndarray | None = None  # the previous tile row's last row
+        self.column: np.ndarray | None = None
+
+    def pick(self, block: np.ndarray, y: int, x: int, rows: np.ndarray, cols: np.ndarray,
+             width: int) -> np.ndarray:
+        """``block`` (at (y, x) of a level ``width`` wide) at ``rows`` x ``cols`` (from the
+        block's top-left corner: -1, the row or column before it); then keep its edges."""
+        if y != self.row_y:
+            self.above, self.row, self.row_y = self.row, self.above, y
+        h, w = block.shape[:2]
+        if rows[0] < 0 or cols[0] < 0:
+            ext = np.empty((h + 1, w + 1) + block.shape[2:], block.dtype)
+            ext[1:, 1:] = block
+            if rows[0] < 0:
+                assert self.above is not None
+                ext[0, 1:] = self.above[x:x + w]
+                if cols[0] < 0:
+                    ext[0, 0] = self.above[x - 1]
+            if cols[0] < 0:
+                ext[1:, 0] = self.column
+            out = ext[rows + 1][:, cols + 1]
+        else:
+            out = block[rows][:, cols]
+        if self.row is None:
+            self.row = np.empty((width,) + block.shape[2:], block.dtype)
+        self.row[x:x + w] = block[-1]
+        self.column = block[:, -1].copy()
+        return out
+
+
 class _Level:
     """One reduced level: a tile row buffer, and the segment of its encoded tiles; with a
-    mask, the mask's too (``level{k}_mask.seg``)."""
+    mask, the mask's too (``level{k}_mask.seg``). ``above``: the size of the level above."""
 
     def __init__(self, height: int, width: int, channels: int, dtype: str, tile: int,
-                 url: str, masked: bool = False) -> None:
+                 url: str, masked: bool = False, above: tuple[int, int] = (0, 0)) -> None:
         self.height, self.width, self.tile = height, width, tile
+        self.above = above
+        self.picks = (overview_picks(above[0]), overview_picks(above[1]))
+        self.edges = (_Edge(), _Edge())  # (the pixels', the mask's)
         self.cols = ceil(width / tile)
         self.buffer = np.zeros((tile, self.cols * tile, channels), dtype)
         self.row = 0  # the tile row being filled
@@ -169,12 +211,20 @@ class _Level:
             nodata: float | None, valid: np.ndarray | None = None) -> None:
         """Reduce ``block``, the pixels of the level above at (y, x) (both even), and
         ``valid``, their mask (None: the page has none)."""
-        small = reduce2(block, method, nodata, valid)
+        if method == "nearest":  # (its picks: by the block's place in the level above)
+            h, w = block.shape[:2]
+            rows = self.picks[0][y // 2:y // 2 + -(-h // 2)] - y
+            cols = self.picks[1][x // 2:x // 2 + -(-w // 2)] - x
+            small = self.edges[0].pick(block, y, x, rows, cols, self.above[1])
+            valid = None if valid is None else \
+                self.edges[1].pick(valid, y, x, rows, cols, self.above[1])
+        else:
+            small = reduce2(block, method, nodata, valid)
+            valid = None if valid is None else reduce_mask(valid, method)
         top = y // 2 - self.row * self.tile
         self.buffer[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = small
         if self.mask is not None and valid is not None:
-            self.mask[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = \
-                reduce_mask(valid, method)
+            self.mask[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = valid
 
     def complete(self, above_rows: int) -> bool:
         """True when the level above, complete down to row ``above_rows``, fills this level's
@@ -209,7 +259,8 @@ class Pyramid:
         try:
             for k, (h, w) in enumerate(self.shapes):
                 self.levels.append(_Level(h, w, channels, dtype, tile,
-                                          storage.join(folder, f"level{k + 1}.seg"), masked))
+                                          storage.join(folder, f"level{k + 1}.seg"), masked,
+                                          ([(height, width)] + self.shapes)[k]))
         except BaseException:
             self.close()
             raise
