@@ -3,7 +3,9 @@
 The source is the smallest version of the page that is still at least the thumbnail's size:
 a SubIFD pyramid level, a reduced-resolution page that follows it in the file, or the page
 itself. That source is read segment by segment through :class:`PageReader` (so bilevel,
-miniswhite and palette pages look as they are processed) and averaged down as it goes;
+miniswhite and palette pages look as they are processed, and a gray class map with a colour
+table, a ColorMap, as a palette page: in its colours, as GDAL and QGIS draw it) and averaged
+down as it goes;
 the next few segments are decoded in threads meanwhile. Memory holds a few strips or tiles
 (at most :data:`AHEAD_BYTES` decoded ahead) plus the thumbnail, never the page.
 
@@ -43,6 +45,7 @@ from pipeline.adapters.tiff_read import (
     REPAIR,
     PageReader,
     get_page,
+    gray_colour_table,
     open_tiff,
     page_count,
     page_info,
@@ -227,7 +230,8 @@ def page_thumbnail(tf: tifffile.TiffFile, url: str, page: int, size: int,
     # the segments ahead are decoded in threads (the codecs release the GIL) while this one
     # sums the one it read; a pool starts its threads at the first one decoded ahead
     with ThreadPoolExecutor(min(MAX_DECODE_THREADS, usable_cores())) as decoder:
-        reader = PageReader(tf, source, url, page, decoder=decoder)
+        reader = PageReader(tf, source, url, page, decoder=decoder,
+                            colours=gray_colour_table(main))  # (a level holds its values)
         pixels, strided, scale = downsample(reader, th, tw, exact)
     extrasamples = [int(e) for e in source.extrasamples]
     image = to_display(pixels, reader.dtype, extrasamples, reader.kind.photometric)

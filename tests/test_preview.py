@@ -398,6 +398,45 @@ def test_miniswhite_and_palette_look_as_they_are_processed(tmp_path):
     assert (kept.photometric, type_label(kept)) == ("palette", "8-bit palette")
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_a_gray_class_map_is_drawn_through_its_colour_table(tmp_path, dtype):
+    """A gray class map with a colour table (MINISBLACK and a ColorMap, as rasterio's
+    ``write_colormap`` stores it: GDAL and QGIS draw it as a palette) is previewed in the
+    table's colours, as a palette page is, from the page and from a pyramid level; a
+    thumbnail pixel over one class is that class's colour. Before, it was drawn gray (its
+    values, uint16 stretched to their range). A gray page without a ColorMap stays gray."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    classes = np.array([0, 11, 41, 82, 95] if dtype == "uint8" else [0, 110, 4100, 65535],
+                       dtype)
+    labels = np.random.default_rng(5).integers(0, len(classes), (12, 16))
+    page = classes[np.kron(labels, np.ones((8, 8), int))]  # (96 x 128: 8 x 8 blocks)
+    colours = {int(c): (40 * k + 10, 255 - 50 * k, 90 + 30 * k, 255)
+               for k, c in enumerate(classes)}
+    path = tmp_path / "classes.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=128, height=96, count=1, dtype=dtype,
+                       tiled=True, blockxsize=32, blockysize=32) as ds:
+        ds.write(page, 1)
+        ds.write_colormap(1, colours)
+    with tifffile.TiffFile(path) as tf:  # (as rasterio stores it)
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+        assert 320 in tf.pages[0].tags
+    want = np.array([colours[int(c)][:3] for c in classes], np.uint8)[labels]
+    thumb = thumbnail(str(path), 0, 16)  # (each thumbnail pixel: one 8 x 8 block)
+    np.testing.assert_array_equal(as_array(thumb.image), want)
+    assert thumb.dtype == dtype
+    with rasterio.open(path, "r+") as ds:  # a level (GDAL's nearest keeps the classes)
+        ds.build_overviews([2, 4], Resampling.nearest)
+    thumb = thumbnail(str(path), 0, 16)
+    assert thumb.source != "page 0"
+    np.testing.assert_array_equal(as_array(thumb.image), want)
+    tifffile.imwrite(tmp_path / "plain.tif", page, photometric="minisblack", metadata=None)
+    shown = as_array(thumbnail(str(tmp_path / "plain.tif"), 0, 16).image)
+    assert (shown[..., 0] == shown[..., 1]).all() and (shown[..., 1] == shown[..., 2]).all()
+
+
 @pytest.mark.parametrize(("bits", "label"), [(1, "1-bit"), (4, "4-bit gray")])
 def test_a_page_of_bits_is_captioned_by_its_bits_not_as_read(tmp_path, bits, label):
     """A 1-bit (fax, scan) or 4-bit gray page is read as uint8; its caption says what the

@@ -165,6 +165,10 @@ def _inputs(folder: Path) -> None:
     colormap = np.random.default_rng(11).integers(0, 65536, (3, 256), dtype=np.uint16)
     tifffile.imwrite(folder / "palette.tif", make_image(12, 300, 320, 1, "uint8"),
                      photometric="palette", colormap=colormap, tile=(64, 64))
+    # a gray class map with a colour table, as rasterio's write_colormap stores it
+    tifffile.imwrite(folder / "classes.tif", (make_image(14, 300, 320, 1, "uint8") // 64) * 40,
+                     photometric="minisblack", metadata=None, tile=(64, 64),
+                     extratags=[(320, "H", 3 * 256, colormap.ravel(), True)])
 
 
 #: job name -> (job, sides summed per page position)
@@ -192,6 +196,10 @@ JOBS: dict[str, tuple[dict[str, Any], dict[int, set[str]]]] = {
     "palette": ({"input": "palette.tif", "output_options": {"compression": "lzw"}}, {}),
     # with an op it is read as RGB, as the preview shows it
     "palette_blur": ({"input": "palette.tif", "ops": [G]}, {0: {"in", "out"}}),
+    # a gray class map kept with its colour table: drawn in its colours by the preview, as
+    # a reader shows it, not summed as gray; blurred, the output drops the table: summed
+    "classes": ({"input": "classes.tif", "output_options": {"compression": "lzw"}}, {}),
+    "classes_blur": ({"input": "classes.tif", "ops": [G]}, {0: {"out"}}),
     # a 1-bit output: captioned as such, from the sums as from the file
     "bilevel": ({"input": "gray8.tif", "ops": [{"op": "threshold", "value": 127}],
                  "output_options": {"bilevel": True, "compression": "group4"}},

@@ -542,15 +542,38 @@ def _palette_kind(page: tifffile.TiffPage, where: str, bps: int, samples: int,
                          f"{bps}-bit palette indices kept with their colormap"
                          if bps < 8 else "", lut=np.arange(256, dtype=np.uint8)
                          if bps < 8 else None, colormap=full)
-    # like libtiff: a colormap whose values all fit in 8 bits is an 8-bit colormap
-    if int(cmap.max()) < 256:
+    rgb, how = _colormap_rgb(cmap)
+    return PixelKind(rgb.dtype, 3, "rgb", f"{bps}-bit palette -> RGB {rgb.dtype.name} ({how})",
+                     lut=rgb)
+
+
+def _colormap_rgb(cmap: np.ndarray) -> tuple[np.ndarray, str]:
+    """The RGB of each entry of a ColorMap (3, n) uint16 (n x 3, to look the indices up
+    in), as libtiff reads it: 8-bit when every value fits in 8 bits (an 8-bit colormap), or
+    when each is a multiple of 257 (exact), else kept 16-bit; and how it was made so."""
+    if int(cmap.max(initial=0)) < 256:
         rgb, how = cmap.astype(np.uint8), "8-bit colormap"
     elif not (cmap % 257).any():
         rgb, how = (cmap // 257).astype(np.uint8), "16-bit colormap / 257, exact"
     else:
         rgb, how = cmap, "16-bit colormap, kept 16-bit"
-    return PixelKind(rgb.dtype, 3, "rgb", f"{bps}-bit palette -> RGB {rgb.dtype.name} ({how})",
-                     lut=np.ascontiguousarray(rgb.T))
+    return np.ascontiguousarray(rgb.T), how
+
+
+def gray_colour_table(page: tifffile.TiffPage) -> np.ndarray | None:
+    """The colours a gray class map with a colour table is drawn in: a one-band uint8 or
+    uint16 MINISBLACK page with a ColorMap of 3 x 2**bits values (rasterio's
+    ``write_colormap``: GDAL and QGIS draw it as a palette), its colour of each value (2**bits
+    x 3, as a palette page's colormap is read); None for any other page, and for a ColorMap
+    of another size (which GDAL does not read either)."""
+    if int(page.photometric) != PHOTOMETRIC.MINISBLACK or int(page.samplesperpixel) != 1 \
+            or page.dtype is None or np.dtype(page.dtype) not in (np.uint8, np.uint16) \
+            or 320 not in page.tags:
+        return None
+    values = np.asarray(page.tags[320].value)
+    if values.size != 3 * 2 ** (8 * np.dtype(page.dtype).itemsize):
+        return None
+    return _colormap_rgb(values.astype(np.uint16).reshape(3, -1))[0]
 
 
 def keeps_palette(ops: list[Any], compression: str) -> bool:
@@ -770,9 +793,11 @@ class PageReader:
     def __init__(self, tf: tifffile.TiffFile, page: tifffile.TiffPage, url: str, index: int,
                  keep_palette: bool = False, decoder: Executor | None = None,
                  columns: tuple[int, int] | None = None, mask: bool = False,
-                 recent: int | None = None):
+                 recent: int | None = None, colours: np.ndarray | None = None):
         """``mask``: the page is an internal mask (:func:`internal_mask`), read as 0 (not
-        valid) and 255 (valid)."""
+        valid) and 255 (valid). ``colours``: a gray page's colour of each value
+        (:func:`gray_colour_table`), its pixels read as RGB through it, as a palette page's
+        through its colormap (what a picture of a class map shows)."""
         self.tf, self.page, self.where = tf, page, f"{url}: page {index}"
         self.recent = recent
         self.reads = 0  # read() calls so far
@@ -796,6 +821,10 @@ class PageReader:
         self.pending: dict[int, Future[Decoded]] = {}
         self.height, self.width = int(page.imagelength), int(page.imagewidth)
         self.kind = _MASK_KIND if mask else pixel_kind(page, self.where, keep_palette)
+        if colours is not None and self.kind.photometric == "minisblack" \
+                and self.kind.channels == 1 and self.kind.lut is None:
+            self.kind = PixelKind(colours.dtype, 3, "rgb", "gray through its ColorMap -> RGB",
+                                  lut=colours)
         self.file_samples = int(page.samplesperpixel)
         self.samples = self.kind.channels  # of the pixels returned
         self.file_dtype = np.dtype(page.dtype)

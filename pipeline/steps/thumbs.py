@@ -10,9 +10,10 @@ side, and each batch or unit stores its part next to the job's other work
 average the preview computes, with no page decoded again.
 
 A side is summed only when the pixels the step holds are the ones a reader of the file sees:
-not for a palette page kept as indices, not for a JPEG output (a reader sees the decoded
-tiles) or one with pyramid levels (the preview reads a level), and not for the input of a
-canny job's process batches (they read edges, not the input). Pages with fewer than
+not for a palette page kept as indices, nor a gray class map's values under its colour
+table (a ColorMap: the preview draws them in its colours), not for a JPEG output (a reader
+sees the decoded tiles) or one with pyramid levels (the preview reads a level), and not for
+the input of a canny job's process batches (they read edges, not the input). Pages with fewer than
 :data:`pipeline.core.thumbs.MIN_REDUCTION` times the thumbnail's pixels are left to the
 preview (decoding them again is cheap), and so are pages the sheet cannot show (job index
 plus page position past :data:`MAX_PAGES`: every job before shows a row at least).
@@ -25,7 +26,7 @@ import os
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import photometric_of
+from pipeline.adapters.metadata import keeps_gray_colormap, photometric_of
 from pipeline.core.chain import page_geometry
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.grid import Rect
@@ -78,9 +79,11 @@ class PageThumbs:
             return None
         info = plan.pages[page].info
         kept_palette = info.photometric == "palette"
+        # (a gray class map's values, drawn in its ColorMap's colours by the preview)
+        coloured = {"gray_colormap", "gray_colormap_over"} & set(info.metadata or {})
         sums_in = None
         cropped = any(op["op"] == "crop" for op in plan.spec.ops)  # (its tiles hold the box)
-        if (input_held and not kept_palette and not cropped
+        if (input_held and not kept_palette and not coloured and not cropped
                 and worth_summing(info.height, info.width, box)):
             sums_in = ThumbSums(info.height, info.width, *fit(info.height, info.width, box),
                                 info.channels)
@@ -88,6 +91,7 @@ class PageThumbs:
         oh, ow = out_grid.height, out_grid.width
         sums_out = None
         if (not lossy and not plan.spec.output_options.pyramid and not kept_palette
+                and not keeps_gray_colormap(plan.spec, plan.pages[page])
                 and worth_summing(oh, ow, box)):
             sums_out = ThumbSums(oh, ow, *fit(oh, ow, box), plan.pages[page].out_channels)
         if sums_in is None and sums_out is None:
