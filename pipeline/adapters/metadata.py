@@ -239,7 +239,7 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             unit = tags.valueof(296)
             out["resolutionunit"] = int(unit) if unit is not None else 2  # TIFF default: inch
             if out["resolutionunit"] == 1:  # none: an ImageJ or OME file's unit is in its
-                _imagej_unit(out, page.description)  # description, which is dropped
+                _imagej_unit(out, _imagej_description(page))  # description, which is dropped
                 if out["resolutionunit"] == 1:
                     _ome_pixel_size(out, page)
     if PAGE_NUMBER in tags:  # (its values are the input's: the output's are written instead)
@@ -385,6 +385,19 @@ _LENGTH_UNITS = {"micron": Fraction(1, 10**4), "microns": Fraction(1, 10**4),
                  "\\u00b5m": Fraction(1, 10**4), "nm": Fraction(1, 10**7),
                  "mm": Fraction(1, 10), "cm": Fraction(1), "m": Fraction(100),
                  "meter": Fraction(100)}
+
+
+def _imagej_description(page: tifffile.TiffPage) -> str:
+    """The ImageJ description that holds ``page``'s unit: its own, or, for the pages after
+    the first of an ImageJ file (ImageJ writes its description on the first page only), the
+    first page's: every page of a stack has the file's unit."""
+    if page.description.startswith("ImageJ="):
+        return page.description
+    try:
+        first = page.parent.pages.first
+    except (AttributeError, IndexError):
+        return ""
+    return first.description if first is not page and first.is_imagej else ""
 
 
 def _imagej_unit(out: dict[str, Any], description: str) -> None:
