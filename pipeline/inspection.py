@@ -283,10 +283,11 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     from pipeline.adapters.metadata import XmpPackets, carries_xmp, derivation, page_xmp
     from pipeline.core.nodata import nodata_at
     from pipeline.core.plan import page_options
-    from pipeline.steps.planning import VALUE_NOTES, plan_pages
+    from pipeline.steps.planning import VALUE_NOTES, plan_pages, runnable_pages
 
     plan, problems = plan_pages(0, spec, infos, "inspect", 0.0)
-    notes = [said for note in VALUE_NOTES if (said := note(spec, plan.pages))]
+    runs = runnable_pages(plan.pages, problems)
+    notes = [said for note in VALUE_NOTES if (said := note(spec, runs))]
     if notes:  # (a convert dropping GDAL_NODATA: as validate --inputs and the run say it)
         doc["ops_notes"] = notes
     by_page: dict[int, list[str]] = {}
@@ -300,7 +301,8 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     out = {pp.info.index: pp for pp in plan.pages}
     packets = XmpPackets(spec.input)  # (a packet too large for a plan: read from the file)
     # one derivation for the output's pages, as merge makes it (none without XMP: its imports)
-    derived = derivation(spec) if any(carries_xmp(pp.info) for pp in out.values()) else None
+    derived = derivation(spec) if any(carries_xmp(pp.info) for pp in runs) else None
+    running = {pp.info.index for pp in runs}
     for entry in doc["pages"]:
         pp = out.get(entry["index"])
         if pp is None:
@@ -315,6 +317,8 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
                                 "compression": options.compression}}
         if pp.info.photometric == "palette" and pp.out_channels == 1:  # (its indices kept)
             entry["ops"]["out"]["palette"] = {"nodata": nodata_at(pp.info, spec.ops)}
+        if entry["index"] not in running:  # (no output to say the XMP of: the problems
+            continue  # say why)
         _, xmp = page_xmp(spec, pp, derived, packets)
         if xmp:  # (kept and stamped a derivative, rewritten for the new size and place too,
             # or dropped, and why)

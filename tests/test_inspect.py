@@ -523,3 +523,35 @@ def test_ops_say_a_convert_drops_the_no_data_value_as_validate_inputs_does(
     code, out, _ = _inspect(capsys, str(src), "--json", "--ops", json.dumps(ops))
     assert json.loads(out)["files"][0]["ops_notes"] == [note]
 
+
+
+def test_a_band_the_page_does_not_have_is_a_problem_not_a_crash(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """``select_bands`` [2] on 1-band pages: the plan's notes (XMP, no-data, colormap) and
+    ``inspect --ops``'s output XMP worked out the output's bands of every page, before
+    anyone looked at the chain's problems, and ended in ``IndexError: tuple index out of
+    range`` (inspect of an OME channel per page; validate --inputs and estimate of a page
+    with XMP). Each says the problem instead, in validate's words."""
+    problem = "ops[0] (select_bands): bands[0] is 2, the page has 1 band (index 0)"
+    ops = json.dumps([{"op": "select_bands", "bands": [2]}])
+    fluo = tmp_path / "fluo.ome.tif"
+    tifffile.imwrite(fluo, np.zeros((4, 32, 48), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["a", "b", "c", "d"]}})
+    code, out, _ = _inspect(capsys, str(fluo), "--ops", ops)
+    assert code == 1 and f"ops: cannot run: {problem}" in out, out
+    xmp = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:'
+           b'meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"/>'
+           b'</x:xmpmeta><?xpacket end="w"?>')
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, np.zeros((32, 48), np.uint8), extratags=[(700, "B", len(xmp), xmp,
+                                                                     True)])
+    code, out, _ = _inspect(capsys, str(gray), "--ops", ops)
+    assert code == 1 and f"ops: cannot run: {problem}; pick band 0" in out, out
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(gray), "output": str(tmp_path / "out.tif"), "ops": json.loads(ops)}]}))
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 2
+    out, err = capsys.readouterr()
+    assert f"page 0: {problem}; pick band 0" in out + err and "IndexError" not in out + err
+    assert cli.main(["estimate", str(tmp_path / "m.json")]) == 2
+    out, err = capsys.readouterr()
+    assert f"page 0: {problem}; pick band 0" in err, err

@@ -20,7 +20,7 @@ from pipeline.core.chain import job_reads
 from pipeline.core.events import JobEvent, JobList, RunEvent, StatsRound, to_payload
 from pipeline.core.levels import level_units
 from pipeline.core.manifest import TIFF_SUFFIXES, ScanFindings, ScanSpec, scan_jobs
-from pipeline.core.models import JobPlan, JobSpec, PageInfo
+from pipeline.core.models import JobPlan, JobSpec, PageInfo, PagePlan
 from pipeline.core.ops import chain_from_json
 from pipeline.core.plan import (
     Problem,
@@ -395,16 +395,29 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     why = (left_out, spec.output_options.pyramid, masks_why,
            [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, left_out_note(*why))
-    notes = [one_bit_note(spec, plan.pages),  # (fax pages copied 8-bit; "auto"'s pages)
+    pages = runnable_pages(plan.pages, problems)
+    notes = [one_bit_note(spec, pages),  # (fax pages copied 8-bit; "auto"'s pages)
              # (rights metadata rewritten or dropped; a packet too large for the plan is not
              # read: 1,000 pages of their own 300 KB packet would be 1,000 GETs of 300 MB)
-             xmp_note(spec, plan.pages),
-             *(note(spec, plan.pages) for note in VALUE_NOTES)]
+             xmp_note(spec, pages),
+             *(note(spec, pages) for note in VALUE_NOTES)]
     notice = left_out_notice(*why)
     if any(notes) or notice:
         plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n),
                        notice="; ".join(n for n in (notice, *notes) if n))
     return plan, problems + output_problems(plan)
+
+
+def runnable_pages(pages: list[PagePlan], problems: list[Problem]) -> list[PagePlan]:
+    """The pages of a plan that no problem of ``problems`` stops (none when one stops the
+    job): the only ones whose output the notes (and ``inspect --ops``) may describe. The
+    output of a page the chain cannot run on is not known: its ``select_bands`` may pick a
+    band it does not have, which the output's form (:func:`pipeline.core.ops.chain_bands`)
+    cannot be worked out from, and the problem already says what to do."""
+    if any(problem.page is None for problem in problems):
+        return []
+    stopped = {problem.page for problem in problems}
+    return [page for page in pages if page.info.index not in stopped]
 
 
 def carried_masks(spec: JobSpec, infos: list[PageInfo], left_out: list[Any]
