@@ -555,3 +555,37 @@ def test_a_band_the_page_does_not_have_is_a_problem_not_a_crash(
     assert cli.main(["estimate", str(tmp_path / "m.json")]) == 2
     out, err = capsys.readouterr()
     assert f"page 0: {problem}; pick band 0" in err, err
+
+
+def test_select_bands_on_a_file_of_a_channel_a_page_names_the_pages(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """An OME CYX stack stores a channel a page: ``select_bands`` [3] on its 1-band pages
+    was told "pick band 0", the wrong way; it is told which page is channel 3, by its
+    Channel's name, at each page's Z (ZCYX: the channel of the same Z slice), the pages of
+    a job of some pages too. A 1-band page of no stack keeps "pick band 0"."""
+    fluo = tmp_path / "fluo.ome.tif"
+    tifffile.imwrite(fluo, np.zeros((4, 32, 48), np.uint16), ome=True, metadata={
+        "axes": "CYX", "Channel": {"Name": ["DAPI", "FITC", "Cy3", "Cy5"]}})
+    stack = tmp_path / "zcyx.ome.tif"
+    tifffile.imwrite(stack, np.zeros((2, 3, 32, 48), np.uint16), ome=True,
+                     metadata={"axes": "ZCYX"})
+    wrong = "ops[0] (select_bands): bands[0] is 2, the page has 1 band (index 0); "
+    hint = 'this file stores its channels as pages: "pages": '
+    code, out, _ = _inspect(capsys, str(fluo), "--ops", '[{"op": "select_bands", "bands": [3]}]')
+    assert code == 1 and (f"cannot run: {wrong.replace('is 2', 'is 3')}{hint}[3] picks "
+                          "channel 3 (Cy5)\n") in out, out
+    code, out, _ = _inspect(capsys, str(fluo), "--ops",
+                            '[{"op": "select_bands", "bands": [0, 2]}]')
+    assert code == 1 and '"pages": [0, 2] picks channels 0 (DAPI), 2 (Cy3)\n' in out, out
+    code, out, _ = _inspect(capsys, str(stack), "--ops", '[{"op": "select_bands", "bands": [2]}]')
+    assert code == 1 and f"{wrong}{hint}[2] picks channel 2\n  pages 3-5" in out, out
+    assert f"{wrong}{hint}[5] picks channel 2\n" in out, out
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": str(stack), "output": str(tmp_path / "out.tif"), "pages": [3],
+         "ops": [{"op": "select_bands", "bands": [2]}]}]}))
+    assert cli.main(["validate", "--inputs", str(tmp_path / "m.json")]) == 2
+    assert f"page 3: {wrong}{hint}[5] picks channel 2\n" in capsys.readouterr().err
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((32, 48), np.uint16))
+    code, out, _ = _inspect(capsys, str(plain), "--ops", '[{"op": "select_bands", "bands": [2]}]')
+    assert code == 1 and f"{wrong}pick band 0\n" in out, out

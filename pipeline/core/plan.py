@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -130,7 +131,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
         dtype = np.dtype(info.dtype)
         for p in chain_problems(chain, dtype, info.channels, info.photometric,
                                 info.extrasamples):
-            problems.append(Problem.of_page(info.index, explain_conversion(p, info)))
+            problems.append(Problem.of_page(
+                info.index, channel_pages_hint(explain_conversion(p, info), info, infos, chain)))
         halo = max(halo, chain_halo(chain, dtype))
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     placed = []  # each page as the chain's geometric ops make it (its size: the grid's)
@@ -844,6 +846,41 @@ def explain_conversion(problem: str, info: PageInfo) -> str:
         why += ("; its colormap's values are 16-bit: re-save the file with an 8-bit colormap "
                 "or as 8-bit RGB")
     return f"{problem} ({why})"
+
+
+_PICKS = re.compile(r"^ops\[(\d+)\] \(select_bands\): .*; pick band 0$")
+
+
+def channel_pages_hint(problem: str, info: PageInfo, infos: list[PageInfo],
+                       chain: list[OpCall]) -> str:
+    """A ``select_bands`` problem of a 1-band page that is one channel of a stack whose
+    channels are pages (an OME Image of SizeC > 1 and one sample a plane, an ImageJ
+    hyperstack's channels: ``metadata["ome"]["stack"]``), with the pages that are the
+    channels asked for in place of "pick band 0", which points the wrong way: ``"pages":
+    [3] picks channel 3 (Cy5)`` (the Channel's name when known), the channels at this page's
+    Z and T. Any other problem as it is."""
+    found = _PICKS.match(problem)
+    ome = (info.metadata or {}).get("ome") or {}
+    stack = ome.get("stack") or {}
+    sizes = dict(zip(stack.get("axes", ""), stack.get("sizes", []), strict=True))
+    if found is None or sizes.get("C", 1) < 2 or ome.get("samples", 1) != 1:
+        return problem
+    wanted = chain[int(found.group(1))].params.get("bands", [])
+    if not wanted or max(wanted) >= sizes["C"]:
+        return problem
+    stride = int(np.prod([sizes[a] for a in stack["axes"][stack["axes"].index("C") + 1:]]))
+    first = stack["plane"] - (stack["plane"] // stride) % sizes["C"] * stride  # (channel 0)
+    planes = {(o.get("stack", {}).get("image"), o.get("stack", {}).get("plane")): other
+              for other in infos if (o := (other.metadata or {}).get("ome") or {})}
+    picks = []
+    for band in wanted:
+        other = planes.get((stack["image"], first + band * stride))
+        page = other.index if other else info.index + first + band * stride - stack["plane"]
+        name = ((other.metadata["ome"].get("channel") or {}).get("Name") if other else None)
+        picks.append((page, f"{band} ({name})" if name else str(band)))
+    return (f"{problem.removesuffix('; pick band 0')}; this file stores its channels as "
+            f'pages: "pages": {[page for page, _ in picks]} picks '
+            f"channel{'s' if len(picks) > 1 else ''} {', '.join(said for _, said in picks)}")
 
 
 def geometry_problems(layout: ChainLayout, spec: JobSpec, infos: list[PageInfo]
