@@ -269,7 +269,7 @@ def _kept(metadata: dict[str, Any]) -> list[str]:
         kept.append("GDAL_METADATA")
     if metadata.get("aperio"):
         kept.append("Aperio description")
-    if "ome" in metadata:
+    if "name" in metadata.get("ome", {}):  # (an ImageJ hyperstack's page has a stack only)
         kept.append("OME name" + (" and Channel" if "channel" in metadata["ome"] else ""))
     if metadata.get("subfiletype"):
         kept.append(f"NewSubfileType {metadata['subfiletype']}")

@@ -326,6 +326,60 @@ def test_every_plane_of_an_image_comes_out_as_that_image(run, tmp_path):
     assert len(ome_images(run["tczyx_reversed"])) == 12
 
 
+def test_an_imagej_hyperstack_comes_out_as_one_image_of_its_axes(tmp_path, capsys):
+    """An ImageJ hyperstack (TZCYX: 2 frames, 3 slices, 2 channels, a page a plane, its Z
+    step ``spacing`` and frame interval ``finterval`` in its description) with an OME
+    output is one Image of SizeT 2, SizeZ 3, SizeC 2, named after the file, its pixel size,
+    Z step and time step kept, the pixels in the input's order. Before, it became 12 Images
+    "page 0" .. "page 11" and lost the T/Z/C layout and the Z step without a word. Its 1-band
+    pages tell ``select_bands`` which page is the channel (at the page's Z and T)."""
+    src = tmp_path / "ij.tif"
+    stack = np.random.default_rng(4).integers(0, 255, (2, 3, 2, H, W), np.uint8)
+    tifffile.imwrite(src, stack, imagej=True, resolution=(5, 5), metadata={
+        "axes": "TZCYX", "unit": "um", "spacing": 0.8, "finterval": 5})
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": str(src), "output": str(tmp_path / "out.ome.tif"),
+         "ops": [{"op": "gaussian_blur", "sigma": 1}], "output_options": {"ome": True}},
+        {"input": str(src), "output": str(tmp_path / "copy.ome.tif"),
+         "output_options": {"ome": True}}]}))
+    assert cli.main(["run", str(manifest), "--quiet", "--no-contact-sheet"]) == 0
+    with tifffile.TiffFile(tmp_path / "copy.ome.tif") as tf:
+        (series,) = tf.series
+        assert (series.axes, series.shape) == ("TZCYX", (2, 3, 2, H, W))
+        assert np.array_equal(series.asarray(), stack)
+    (image,) = ome_images(str(tmp_path / "out.ome.tif"))
+    pixels = image["Pixels"]
+    assert image["Name"] == "ij.tif"
+    assert (pixels["SizeT"], pixels["SizeZ"], pixels["SizeC"]) == (2, 3, 2)
+    assert pixels["PhysicalSizeX"] == pytest.approx(0.2)
+    assert {k: pixels.get(k) for k in ("PhysicalSizeZ", "PhysicalSizeZUnit", "TimeIncrement",
+                                       "TimeIncrementUnit")} == {
+        "PhysicalSizeZ": 0.8, "PhysicalSizeZUnit": "\u00b5m", "TimeIncrement": 5,
+        "TimeIncrementUnit": "s"}
+    assert cli.main(["inspect", str(src), "--ops",
+                     '[{"op": "select_bands", "bands": [1]}]']) == 1
+    assert ('this file stores its channels as pages: "pages": [3] picks channel 1\n'
+            in capsys.readouterr().out)
+
+
+def test_an_imagej_stacks_steps_take_its_units_and_rgb_or_one_plane_is_no_stack(tmp_path):
+    """A Z step in nm and a frame interval in minutes keep their units; an RGB ImageJ stack
+    (3 samples a page: the channels are no pages) and a single plane are no stack."""
+    src = tmp_path / "ij.tif"
+    tifffile.imwrite(src, np.zeros((2, 2, H, W), np.uint8), imagej=True, metadata={
+        "axes": "TZYX", "unit": "nm", "spacing": 300, "finterval": 2, "tunit": "min"})
+    stack = read_infos(str(src), [3])[0].metadata["ome"]["stack"]
+    assert stack == {"image": 0, "plane": 3, "planes": 4, "axes": "TZC", "sizes": [2, 2, 1],
+                     "title": "ij.tif", "pixels": {
+                         "PhysicalSizeZ": "300", "PhysicalSizeZUnit": "nm",
+                         "TimeIncrement": "2", "TimeIncrementUnit": "min"}}
+    tifffile.imwrite(src, np.zeros((3, H, W, 3), np.uint8), imagej=True)
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((H, W), np.uint8), imagej=True)
+    assert "ome" not in read_infos(str(src), [1])[0].metadata
+    assert "ome" not in read_infos(str(tmp_path / "one.tif"), [0])[0].metadata
+
+
 def _planes_by_czt(pixels: dict[str, Any]) -> dict[tuple[int, int, int], dict[str, Any]]:
     return {(p.pop("TheC"), p.pop("TheZ"), p.pop("TheT")): p
             for p in map(dict, pixels["Plane"])}

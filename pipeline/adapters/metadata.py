@@ -280,7 +280,7 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
         out["colormap"] = _b64(np.ascontiguousarray(colormap, "<u2").tobytes())
     elif COLORMAP in tags:
         out.update(_gray_colormap(page))
-    if (ome := _ome_plane(page)) is not None:
+    if (ome := _ome_plane(page) or _imagej_plane(page)) is not None:
         out["ome"] = ome
     return out
 
@@ -519,6 +519,61 @@ def _ome_of(page: tifffile.TiffPage) -> tuple[dict[str, Any], int] | None:
             ifds = OmeIfds()
         _ome_files[tf] = ifds
     return ifds.plane(int(page.index))
+
+
+#: OME's symbol of each length unit an ImageJ description names (``unit=``), and of each
+#: time unit (``tunit=``; ImageJ's frame interval is in seconds when none is named)
+_IMAGEJ_LENGTHS = {"micron": "\u00b5m", "microns": "\u00b5m", "um": "\u00b5m",
+                   "\u00b5m": "\u00b5m", "\u03bcm": "\u00b5m", "\\u00b5m": "\u00b5m",
+                   "nm": "nm", "mm": "mm", "cm": "cm", "m": "m", "meter": "m", "inch": "in",
+                   "in": "in"}
+_IMAGEJ_TIMES = {"sec": "s", "s": "s", "second": "s", "seconds": "s", "ms": "ms",
+                 "msec": "ms", "min": "min", "minute": "min", "minutes": "min", "h": "h",
+                 "hour": "h", "hours": "h"}
+
+
+def _imagej_plane(page: tifffile.TiffPage) -> dict[str, Any] | None:
+    """What :func:`_ome_plane` says of an OME plane, of a page of an ImageJ hyperstack of
+    gray pages (``frames``, ``slices``, ``channels``: its pages T, Z, C, C varying fastest):
+    ``samples`` and ``stack``, the hyperstack as one Image named after the file, with its Z
+    step (``spacing``, in the file's ``unit``) and frame interval (``finterval``) as
+    ``pixels``, so that an OME output of all its pages, in order, is that one Image of
+    SizeT, SizeZ, SizeC (``pipeline.steps.merge.ome_stacks``), not an Image a page. No
+    name: an ImageJ page had no PageName and gets none. None: no ImageJ hyperstack (one
+    plane, RGB pages, a description whose sizes are not its page count)."""
+    tf = page.parent
+    if getattr(page, "is_subifd", False) or getattr(tf, "is_ome", False) \
+            or not getattr(tf, "is_imagej", False) or int(page.samplesperpixel) != 1:
+        return None
+    meta = tf.imagej_metadata or {}
+    try:
+        sizes = [int(meta.get(key, 1) or 1) for key in ("frames", "slices", "channels")]
+        planes = int(np.prod(sizes))
+        images = int(meta.get("images", planes))
+    except (TypeError, ValueError):
+        return None
+    if planes < 2 or images != planes or not 0 <= page.index < planes:
+        return None
+    steps: dict[str, str] = {}
+    unit = _IMAGEJ_LENGTHS.get(str(meta.get("unit", "")).strip().lower())
+    if sizes[1] > 1 and unit and _positive(meta.get("spacing")):
+        steps.update(PhysicalSizeZ=str(meta["spacing"]), PhysicalSizeZUnit=unit)
+    tunit = _IMAGEJ_TIMES.get(str(meta.get("tunit", "sec")).strip().lower())
+    if sizes[0] > 1 and tunit and _positive(meta.get("finterval")):
+        steps.update(TimeIncrement=str(meta["finterval"]), TimeIncrementUnit=tunit)
+    stack = {"image": 0, "plane": int(page.index), "planes": planes, "axes": "TZC",
+             "sizes": sizes, "title": os.path.basename(str(getattr(tf, "filename", "")))}
+    if steps:
+        stack["pixels"] = steps
+    return {"samples": 1, "stack": stack}
+
+
+def _positive(value: Any) -> bool:
+    """``value`` is a finite number above 0 (an ImageJ description's, as tifffile parsed it)."""
+    try:
+        return bool(0 < float(value) < float("inf"))
+    except (TypeError, ValueError):
+        return False
 
 
 def _ome_pixel_size(out: dict[str, Any], page: tifffile.TiffPage) -> None:
