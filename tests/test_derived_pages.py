@@ -384,8 +384,9 @@ def test_estimate_counts_the_pages_a_run_processes(runs, tmp_path):
 
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"jobs": [
-        {"input": str(runs["cog"]), "output": str(tmp_path / "a.tif")},
-        {"input": str(runs["cog"]), "output": str(tmp_path / "b.tif"), "pages": [0, 2]}]}))
+        {"input": str(runs["cog"]), "output": str(tmp_path / "a.tif"), "ops": BLUR},
+        {"input": str(runs["cog"]), "output": str(tmp_path / "b.tif"), "pages": [0, 2],
+         "ops": BLUR}]}))  # (the "cog" run's ops: its note is the run's message)
     planned = est.plan_manifest(str(manifest))
     plans = planned.plans
     assert not planned.problems
@@ -413,8 +414,9 @@ def test_a_pages_subifd_levels_left_out_are_said_as_overview_pages_are(tmp_path)
         "flat": {"input": str(src), "ops": BLUR},
         "one": {"input": str(src), "ops": BLUR, "pages": [1]},
         "levels": {"input": str(src), "ops": BLUR,
-                   "output_options": {"pyramid": True, "tile": 64}}})
-    assert [j["status"] for j in jobs.values()] == ["SUCCEEDED"] * 3
+                   "output_options": {"pyramid": True, "tile": 64}},
+        "copy": {"input": str(src), "output_options": {"pyramid": True, "tile": 64}}})
+    assert [j["status"] for j in jobs.values()] == ["SUCCEEDED"] * 4
     said = ("left out, which would not match the processed pixels: set output_options.pyramid "
             "for levels made from them")
     assert jobs["flat"]["message"] == f"the reduced-resolution levels (SubIFDs) of pages 0-1 {said}"
@@ -428,3 +430,10 @@ def test_a_pages_subifd_levels_left_out_are_said_as_overview_pages_are(tmp_path)
             "output_options.pyramid for levels made from the output (the report's message "
             "says why)") in stderr
     assert not [line for line in stderr if line.startswith("tiffpipe: job 2 ")]  # (remade)
+    # a copy's levels are its input's pixels: left out because a job copies no level, and
+    # made from the page with pyramid, which says nothing on stderr either
+    assert jobs["copy"]["message"] == (
+        "the reduced-resolution levels (SubIFDs) of pages 0-1 left out, which a job does not "
+        "copy (its output pages are the images only): the output's levels "
+        "(output_options.pyramid) are made from the page")
+    assert not [line for line in stderr if line.startswith("tiffpipe: job 3 ")]

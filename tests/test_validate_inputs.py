@@ -220,9 +220,9 @@ def test_all_good_exits_0_and_says_what_is_left_out(tmp_path: Path,
     assert stdout == (
         f"{manifest}: valid, 2 job(s); their inputs' page headers read: 2 jobs can run\n"
         f"  jobs[0] ({cog}): page 1 left out: reduced-resolution page (overviews, "
-        "NewSubfileType bit 0) of page 0, which would not match the processed pixels: set "
-        "output_options.pyramid for levels made from them (or list the pages in the job's "
-        "pages to process each as a page of its own)\n")
+        "NewSubfileType bit 0) of page 0, which a job does not copy (its output pages are "
+        "the images only): set output_options.pyramid for levels made from the output (or "
+        "list the pages in the job's pages to process each as a page of its own)\n")
     assert err == ""
 
 

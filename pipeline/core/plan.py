@@ -387,7 +387,7 @@ def masks_left_out(spec: JobSpec) -> str:
 
 def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
                   pyramid: bool = False, masks_why: str = "",
-                  carried: list[int] | None = None) -> str:
+                  carried: list[int] | None = None, processed: bool = True) -> str:
     """What a job's result says of the pages it left out (a job without ``pages``:
     ``pipeline.adapters.tiff_read.classified``) and of the SubIFD levels any job leaves out:
     which, and why; "" when none was. Each entry is (page, "mask", "reduced" or "levels",
@@ -395,7 +395,13 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
     carries are not among them. ``masks_why``: why the
     output carries no mask (:func:`masks_left_out`), said of the masks it would carry;
     ``carried``: the pages whose masks it carries (the others left out are not theirs: an
-    overview's mask, an 8-bit one, one not right after its page)."""
+    overview's mask, an 8-bit one, one not right after its page). ``processed`` False: the
+    job has no ops (a copy), whose levels are left out not because they would not match its
+    pixels, which are the input's, but because a job copies no level: said so."""
+    why = (", which would not match the processed pixels: " if processed else
+           ", which a job does not copy (its output pages are the images only): ")
+    remade = ("the output's levels (output_options.pyramid) are made from them" if processed
+              else "the output's levels (output_options.pyramid) are made from the page")
     parts = []
     masks = [(i, of, small) for i, kind, of, small in left_out if kind == "mask"]
     if masks:
@@ -419,10 +425,8 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
         bases = sorted({of for _, of in reduced if of is not None})
         parts.append(f"{_pages([i for i, _ in reduced])} left out: reduced-resolution "
                      f"page{'s' if len(reduced) > 1 else ''} (overviews, NewSubfileType bit 0) "
-                     f"of page{'s' if len(bases) > 1 else ''} {_ranges(bases)}, which would "
-                     "not match the processed pixels: "
-                     + ("the output's levels (output_options.pyramid) are made from them"
-                        if pyramid else "set output_options.pyramid for levels made from them")
+                     f"of page{'s' if len(bases) > 1 else ''} {_ranges(bases)}{why}"
+                     + (remade if pyramid else _levels_from(processed))
                      + " (or list the pages in the job's pages to process each as a page of "
                      "its own)")
     unplaced: dict[int, list[int]] = {}  # (image page: its listed overviews without GeoTIFF)
@@ -438,14 +442,18 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
                      f'reduced copy, process page {of} with a {{"op": "downsample"}} instead')
     levels = [i for i, kind, _, _ in left_out if kind == "levels"]
     if levels:
-        parts.append(f"the reduced-resolution levels (SubIFDs) of {_pages(levels)} left out, "
-                     "which would not match the processed pixels: "
-                     + ("the output's levels (output_options.pyramid) are made from them"
-                        if pyramid else "set output_options.pyramid for levels made from them"))
+        parts.append(f"the reduced-resolution levels (SubIFDs) of {_pages(levels)} left "
+                     f"out{why}" + (remade if pyramid else _levels_from(processed)))
     return "; ".join(parts)
 
 
 _LEVELS_FROM_OUTPUT = "set output_options.pyramid for levels made from the output"
+
+
+def _levels_from(processed: bool) -> str:
+    """What to do for levels, said after why the input's were left out."""
+    return "set output_options.pyramid for levels made from them" if processed \
+        else _LEVELS_FROM_OUTPUT
 
 
 def left_out_notice(left_out: list[tuple[int, str, int | None, bool]],

@@ -394,7 +394,8 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     infos, left_out, masks_why = carried_masks(spec, infos, left_out or [])
     why = (left_out, spec.output_options.pyramid, masks_why,
            [info.index for info in infos if info.mask_ifd])
-    plan, problems = make_plan(job, spec, infos, work, started, version, left_out_note(*why))
+    plan, problems = make_plan(job, spec, infos, work, started, version, left_out_note(
+        *why, processed=bool(spec.ops)))
     pages = runnable_pages(plan.pages, problems)
     notes = [one_bit_note(spec, pages),  # (fax pages copied 8-bit; "auto"'s pages)
              # (rights metadata rewritten or dropped; a packet too large for the plan is not
