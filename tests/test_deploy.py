@@ -1094,6 +1094,96 @@ def test_destroy_under_running_executions_is_refused_and_changes_nothing(aws: Aw
     assert all(v == [] for v in _everything(aws).values())
 
 
+# --- one stack name, two regions: the roles are global ---------------------------------------
+
+OTHER_REGION = "us-east-1"
+
+
+def _roles(aws: Aws) -> dict[str, dict[str, Any]]:
+    """Every role of the stack there is: its tags and its inline policy."""
+    iam, found = aws.client("iam"), {}
+    for role in [*(NAMES.function_role(s) for s in STEPS), NAMES.state_machine_role,
+                 NAMES.scheduler_role]:
+        with contextlib.suppress(iam.exceptions.NoSuchEntityException):
+            tags = iam.get_role(RoleName=role)["Role"].get("Tags", [])
+            found[role] = {"tags": {t["Key"]: t["Value"] for t in tags},
+                           "policy": iam.get_role_policy(RoleName=role, PolicyName="tiffpipe")[
+                               "PolicyDocument"]}
+    return found
+
+
+def _scheduled_stack(aws: Aws, tmp_path: Path) -> None:
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
+                              "--schedule-manifest", str(scan_manifest(tmp_path)),
+                              "--input-bucket", "slides", "--kms-key", KEY, *SCAN_LOCATIONS)
+    assert code == 0, err
+
+
+def test_a_deploy_in_another_region_is_refused_and_the_stacks_roles_kept(aws: Aws,
+                                                                        tmp_path: Path):
+    """The roles of stack t1 in eu-west-1 are those a deploy of t1 in us-east-1 would
+    rewrite for us-east-1's resources (IAM is global): refused before any change, and
+    --rollback there too."""
+    _scheduled_stack(aws, tmp_path)
+    before = _roles(aws)
+    assert len(before) == 5
+    aws.calls.clear()
+    code, _, err = aws.deploy("--region", OTHER_REGION, build=fake_build([]),
+                              run=fake_docker())
+    assert code == 2, err
+    assert f"stack 't1' is deployed in {REGION}: its IAM roles (tiffpipe-t1-split-fn" in err
+    assert "give it another --stack name" in err
+    assert f"deploy.py --stack t1 --region {REGION} --destroy" in err
+    assert "data locations kept" not in err and "nothing was changed" in err
+    assert aws.writes() == [] and _roles(aws) == before
+    code, _, err = aws.deploy("--region", OTHER_REGION, "--rollback")
+    assert code == 2 and f"give --region {REGION}" in err
+    assert aws.writes() == []
+    assert all(r["tags"].get("tiffpipe:region") == REGION for r in before.values())
+
+
+def test_a_destroy_in_another_region_is_refused_and_the_roles_stay(aws: Aws):
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    before = _roles(aws)
+    aws.calls.clear()
+    code, result, err = aws.deploy("--region", OTHER_REGION, "--destroy")
+    assert code == 2 and result is None, err
+    assert f"Destroy the stack in its region: deploy.py --stack t1 --region {REGION} " \
+           "--destroy" in err
+    assert aws.writes() == [] and _roles(aws) == before
+
+
+def test_roles_made_before_the_region_tag_have_their_policies_region(aws: Aws):
+    """A role made before tiffpipe:region: its region is read from the ARNs of its policy
+    (the log groups', the functions', the state machine's); the next deploy in that region
+    tags it."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    iam = aws.client("iam")
+    for role in _roles(aws):
+        iam.untag_role(RoleName=role, TagKeys=["tiffpipe:region"])
+    before = _roles(aws)
+    code, _, err = aws.deploy("--region", OTHER_REGION, "--destroy")
+    assert code == 2 and f"stack 't1' is deployed in {REGION}" in err
+    assert _roles(aws) == before
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert sorted(aws.writes()) == ["iam.TagRole"] * 4
+    assert all(r["tags"]["tiffpipe:region"] == REGION for r in _roles(aws).values())
+    aws.calls.clear()
+    assert aws.deploy("--skip-build")[0] == 0 and aws.writes() == []
+
+
+def test_destroying_a_stack_that_is_not_in_the_region_says_so(aws: Aws):
+    code, result, err = aws.deploy("--destroy")
+    assert code == 1 and result is None, err
+    assert f"no stack 't1' in {REGION}: check --stack and --region" in err
+    assert "not found, nothing to delete" not in err and aws.writes() == []
+
+
 # --- stops with a clear message, and a rerun finishes ---------------------------------------
 
 

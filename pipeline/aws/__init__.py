@@ -4,8 +4,9 @@
 ``resources``, with IAM documents from ``policies`` and images from ``images``);
 ``tiffpipe start``/``status`` run it (``executions``). Every name is derived from the stack
 name, the account and the region, so any of them can find the others without a state
-file. Clients are created on first use and passed in, never made
-at import time.
+file; but IAM is global, so the roles' names derive from the stack name alone, and the
+roles record the region they belong to (:data:`REGION_TAG`, ``roles``). Clients are
+created on first use and passed in, never made at import time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pipeline.errors import TiffpipeError
 STEPS = FUNCTIONS
 #: tag on every resource a stack creates
 STACK_TAG = "tiffpipe:stack"
+#: tag on a stack's IAM roles: the region of the stack they belong to (IAM is global, their
+#: names carry no region: see :mod:`pipeline.aws.roles`)
+REGION_TAG = "tiffpipe:region"
 #: tag on a stack's state machine: the stack's bucket (manifests, work, reports)
 BUCKET_TAG = "tiffpipe:bucket"
 _STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
@@ -91,7 +95,8 @@ def check_schedule(schedule: str | None, manifest: str | None) -> None:
 
 @dataclass(frozen=True)
 class StackNames:
-    """Every name and ARN of a stack, derived from (stack, account, region)."""
+    """Every name and ARN of a stack, derived from (stack, account, region); the roles'
+    names from the stack alone (IAM is global)."""
 
     stack: str
     account: str

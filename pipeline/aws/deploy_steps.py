@@ -46,6 +46,7 @@ from pipeline.aws.resources import (
     remove_if,
     role_policy,
 )
+from pipeline.aws.roles import refuse_no_stack, refuse_other_region
 from pipeline.aws.versions import (
     PREVIOUS_KEY,
     Named,
@@ -387,6 +388,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     stack's deploy lock (:mod:`pipeline.aws.lock`): taken before the deployed stack is read
     when its bucket is there, else right after the bucket is made."""
     log, acts, names = _begin(config, clients, log, "stack")
+    refuse_other_region(clients, names, "deploy")
     with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
         lock.take(required=False)
         return _deploy(config, clients, log, acts, names, lock, build, run, sleep)
@@ -518,6 +520,7 @@ def rollback(config: DeployConfig, clients: Clients,
     release's function versions), without a build or any other change
     (:func:`~pipeline.aws.versions.rollback_definition`)."""
     log, acts, names = _begin(config, clients, log, "roll back stack")
+    refuse_other_region(clients, names, "rollback")
     with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
         lock.take(required=False)  # (no bucket: nothing to go back to, said next)
         result = rollback_definition(clients, names, acts, log)
@@ -562,6 +565,7 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
     (emptying it removes the deploy lock this destroy holds, which then has none to release).
     """
     log, acts, names = _begin(config, clients, log, "destroy stack")
+    refuse_no_stack(clients, names, refuse_other_region(clients, names, "destroy"))
     with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
         lock.take(required=False)  # (no bucket, a stack half made or removed: none to take)
         return _destroy(config, clients, delete_bucket, log, acts, names)

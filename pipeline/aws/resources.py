@@ -12,7 +12,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws import BUCKET_TAG, STACK_TAG, AwsError, Clients, StackNames, policies
+from pipeline.aws import (
+    BUCKET_TAG,
+    REGION_TAG,
+    STACK_TAG,
+    AwsError,
+    Clients,
+    StackNames,
+    policies,
+)
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.core.constants import FUNCTION_SIZES
@@ -187,18 +195,24 @@ def role_policy(iam: Any, role: str) -> dict[str, Any] | None:
 
 def ensure_role(iam: Any, names: StackNames, role: str, trust: dict[str, Any],
                 policy: dict[str, Any], acts: Actions, description: str) -> str:
-    """A role with exactly this trust policy and one inline policy; its ARN."""
+    """A role with exactly this trust policy and one inline policy, tagged with the region
+    of the stack it belongs to (IAM is global: :mod:`pipeline.aws.roles`); its ARN."""
     acts.log(f"IAM role {role}")
     current = get_or_none(lambda: iam.get_role(RoleName=role)["Role"], "NoSuchEntity")
+    region = {"Key": REGION_TAG, "Value": names.region}
     if current is None:
         acts.change(f"create role {role}", lambda: iam.create_role(
             RoleName=role, AssumeRolePolicyDocument=json.dumps(trust), Description=description,
-            Tags=[{"Key": k, "Value": v} for k, v in stack_tags(names).items()]))
-    elif current["AssumeRolePolicyDocument"] != trust:
-        acts.change("update the trust policy", lambda: iam.update_assume_role_policy(
-            RoleName=role, PolicyDocument=json.dumps(trust)))
+            Tags=[*({"Key": k, "Value": v} for k, v in stack_tags(names).items()), region]))
     else:
-        acts.same("trust policy")
+        if region not in current.get("Tags", []):  # (a role made before the tag)
+            acts.change(f"tag it with its stack's region ({REGION_TAG}={names.region})",
+                        lambda: iam.tag_role(RoleName=role, Tags=[region]))
+        if current["AssumeRolePolicyDocument"] != trust:
+            acts.change("update the trust policy", lambda: iam.update_assume_role_policy(
+                RoleName=role, PolicyDocument=json.dumps(trust)))
+        else:
+            acts.same("trust policy")
     inline = current and role_policy(iam, role)
     if inline == policy:
         acts.same("permissions")
