@@ -257,9 +257,10 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
     assert writes.count("lambda.UpdateFunctionCode") == 3
     # every role names the new bucket (split and process read inputs, merge writes outputs);
     # each new image is a new version, which the state machine names (the one it replaces
-    # is kept for --rollback)
+    # is kept for --rollback; the new data locations are recorded in the bucket too)
     assert sorted(writes) == ["iam.PutRolePolicy"] * 3 + ["lambda.PublishVersion"] * 3 + [
-        "lambda.UpdateFunctionCode"] * 3 + ["s3.PutObject", "stepfunctions.UpdateStateMachine"]
+        "lambda.UpdateFunctionCode"] * 3 + ["s3.PutObject"] * 2 + [
+        "stepfunctions.UpdateStateMachine"]
     lam = aws.client("lambda")
     for step in STEPS:
         uri = lam.get_function(FunctionName=NAMES.function(step))["Code"]["ImageUri"]
@@ -1112,6 +1113,14 @@ def _roles(aws: Aws) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _delete_roles(aws: Aws) -> None:
+    """Delete the stack's roles under it, as a --destroy of its name in another region did."""
+    iam = aws.client("iam")
+    for role in _roles(aws):
+        iam.delete_role_policy(RoleName=role, PolicyName="tiffpipe")
+        iam.delete_role(RoleName=role)
+
+
 def _scheduled_stack(aws: Aws, tmp_path: Path) -> None:
     push_fake_images(aws)
     code, _, err = aws.deploy("--skip-build", "--schedule", "rate(1 day)",
@@ -1182,6 +1191,37 @@ def test_destroying_a_stack_that_is_not_in_the_region_says_so(aws: Aws):
     assert code == 1 and result is None, err
     assert f"no stack 't1' in {REGION}: check --stack and --region" in err
     assert "not found, nothing to delete" not in err and aws.writes() == []
+
+
+def test_roles_lost_are_made_again_with_the_recorded_locations(aws: Aws, tmp_path: Path):
+    """The stack's roles deleted under it (a destroy of its name in another region, before
+    the refusal): a redeploy makes them again with the data locations recorded in the
+    bucket, and the role of the schedule it keeps too."""
+    _scheduled_stack(aws, tmp_path)
+    before = _roles(aws)
+    _delete_roles(aws)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert (f"data locations kept (no --data-bucket; from s3://{NAMES.bucket}/deploys/"
+            "locations.json, the function roles being gone): s3://data-in/incoming/, "
+            "s3://data-out/") in err
+    assert "WARNING" not in err
+    assert _roles(aws) == before  # the scheduler's too
+
+
+def test_roles_lost_without_a_record_are_warned_of(aws: Aws, tmp_path: Path):
+    """A stack deployed before the record: its data locations went with its roles; the
+    redeploy says so and which options to give again (and makes the schedule's role)."""
+    _scheduled_stack(aws, tmp_path)
+    aws.client("s3").delete_object(Bucket=NAMES.bucket, Key="deploys/locations.json")
+    _delete_roles(aws)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert "WARNING: the function roles of stack t1 are gone" in err
+    assert "they could not be read" in err
+    assert "Give --data-bucket, --input-bucket, --kms-key again" in err
+    assert set(_roles(aws)) == {*(NAMES.function_role(s) for s in STEPS),
+                                NAMES.state_machine_role, NAMES.scheduler_role}
 
 
 # --- stops with a clear message, and a rerun finishes ---------------------------------------

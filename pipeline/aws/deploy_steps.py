@@ -46,7 +46,15 @@ from pipeline.aws.resources import (
     remove_if,
     role_policy,
 )
-from pipeline.aws.roles import refuse_no_stack, refuse_other_region
+from pipeline.aws.roles import (
+    LOCATIONS_KEY,
+    Locations,
+    forget_locations,
+    record_locations,
+    recorded_locations,
+    refuse_no_stack,
+    refuse_other_region,
+)
 from pipeline.aws.versions import (
     PREVIOUS_KEY,
     Named,
@@ -326,32 +334,61 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
 
 
 def _locations(config: DeployConfig, clients: Clients, names: StackNames,
-               log: Callable[[str], None]
-               ) -> tuple[list[policies.DataLocation], list[policies.DataLocation], list[str]]:
+               log: Callable[[str], None]) -> Locations:
     """The read-write and the read-only data locations of this deploy, and the KMS keys of
     their objects: those named, else those the deployed stack's functions have (a redeploy
-    that does not name them keeps them, as it keeps the schedule); for a new stack, its own
-    bucket, and no read-only location or key."""
+    that does not name them keeps them, as it keeps the schedule), or, their roles gone,
+    those the last deploy recorded in the stack bucket; for a new stack, its own bucket, and
+    no read-only location or key."""
     if config.data and config.inputs is not None and config.kms_keys is not None:
         return config.data, config.inputs, config.kms_keys
     iam = clients("iam")
-    split_policy = role_policy(iam, names.function_role("split")) or {}
-    readable = policies.locations_of(split_policy, "ReadInputs")
-    writable = policies.locations_of(
-        role_policy(iam, names.function_role("merge")) or {}, "WriteOutputs")
-    keys = (config.kms_keys if config.kms_keys is not None
-            else policies.kms_keys_of(split_policy))
-    data = config.data or writable or [policies.DataLocation(names.bucket)]
-    inputs = (config.inputs if config.inputs is not None
-              else [d for d in readable if d not in writable])
+    split_policy = role_policy(iam, names.function_role("split"))
+    merge_policy = role_policy(iam, names.function_role("merge"))
+    where = ""
+    if split_policy is not None and merge_policy is not None:
+        readable = policies.locations_of(split_policy, "ReadInputs")
+        writable = policies.locations_of(merge_policy, "WriteOutputs")
+        deployed = (writable, [d for d in readable if d not in writable],
+                    policies.kms_keys_of(split_policy))
+    else:  # a new stack, or one whose roles are gone (deleted under it)
+        deployed = recorded_locations(clients("s3"), names) or ([], [], [])
+        where = f"; from s3://{names.bucket}/{LOCATIONS_KEY}, the function roles being gone"
+        if deployed == ([], [], []):
+            _say_locations_lost(config, clients, names, log)
+    data = config.data or deployed[0] or [policies.DataLocation(names.bucket)]
+    inputs = config.inputs if config.inputs is not None else deployed[1]
+    keys = config.kms_keys if config.kms_keys is not None else deployed[2]
     shown = (lambda ds: ", ".join(map(str, ds)) or "none")
-    if not config.data and writable:
-        log(f"data locations kept (no --data-bucket): {shown(data)}")
+    if not config.data and deployed[0]:
+        log(f"data locations kept (no --data-bucket{where}): {shown(data)}")
     if config.inputs is None and inputs:
-        log(f"read-only input locations kept (no --input-bucket): {shown(inputs)}")
+        log(f"read-only input locations kept (no --input-bucket{where}): {shown(inputs)}")
     if config.kms_keys is None and keys:
-        log(f"KMS keys kept (no --kms-key): {', '.join(keys)}")
+        log(f"KMS keys kept (no --kms-key{where}): {', '.join(keys)}")
     return data, inputs, keys
+
+
+def _say_locations_lost(config: DeployConfig, clients: Clients, names: StackNames,
+                        log: Callable[[str], None]) -> None:
+    """Warn when a deployed stack (its state machine there) has lost its function roles, and
+    with them the data locations their policies held, with no record of them in its bucket
+    (deployed before deploys recorded them): the roles this deploy makes grant only what it
+    is given."""
+    if get_or_none(lambda: clients("stepfunctions").describe_state_machine(
+            stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist") is None:
+        return  # a new stack
+    missing = [option for option, given in (
+        ("--data-bucket", config.data), ("--input-bucket", config.inputs is not None),
+        ("--kms-key", config.kms_keys is not None)) if not given]
+    log(f"WARNING: the function roles of stack {names.stack} are gone (deleted under it: by "
+        "hand, or by a --destroy of the stack name in another region), and with them its "
+        "data locations: they could not be read (no record in "
+        f"s3://{names.bucket}/{LOCATIONS_KEY} either). This deploy recreates the roles "
+        f"granting only what it is given ({' and '.join(missing)} not given: "
+        + ("only the stack bucket" if "--data-bucket" in missing else "none of those")
+        + f"). Give {', '.join(missing)} again, as the stack had them: until then its runs "
+        "(a kept schedule's too) are denied the other buckets")
 
 
 #: the functions that write outputs (merge; process: a small job's ProcessJob, PlanJob's check)
@@ -433,6 +470,7 @@ def _deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None], 
     roles["states"] = ensure_role(
         iam, names, names.state_machine_role, policies.trust_policy("states", names.account),
         policies.state_machine_policy(names), acts, f"tiffpipe {names.stack}: the state machine")
+    record_locations(clients("s3"), names, (data, inputs, kms_keys), acts)
     lam, functions, versions = clients("lambda"), {}, {}
     for s in STEPS:
         functions[s], updated = ensure_function(lam, names, s, images[s], roles[s], config.arch,
@@ -492,10 +530,7 @@ def _schedule(config: DeployConfig, clients: Clients, names: StackNames,
             else:
                 acts.change(f"upload {local} to {manifest}", lambda: upload_manifest(
                     s3, local, text, names.bucket, "schedule"))
-        roles["scheduler"] = ensure_role(
-            clients("iam"), names, names.scheduler_role,
-            policies.trust_policy("scheduler", names.account), policies.scheduler_policy(names),
-            acts, f"tiffpipe {names.stack}: the schedule")
+        roles["scheduler"] = _scheduler_role(clients, names, acts)
         return ensure_schedule(scheduler, names, config.schedule, manifest, roles["scheduler"],
                                acts)
     if config.remove_schedule:
@@ -506,9 +541,18 @@ def _schedule(config: DeployConfig, clients: Clients, names: StackNames,
     if existing:
         acts.log(f"schedule {names.schedule}: kept as it is ({existing['ScheduleExpression']}; "
                  "--no-schedule removes it)")
-        roles["scheduler"] = names.role_arn(names.scheduler_role)
+        roles["scheduler"] = _scheduler_role(clients, names, acts)  # (made again if lost)
         return str(existing["Arn"])
     return None
+
+
+def _scheduler_role(clients: Clients, names: StackNames, acts: Actions) -> str:
+    """The schedule's role, made or updated: a new schedule's, and a kept one's (its role
+    deleted under it, every scheduled start would fail)."""
+    return ensure_role(
+        clients("iam"), names, names.scheduler_role,
+        policies.trust_policy("scheduler", names.account), policies.scheduler_policy(names),
+        acts, f"tiffpipe {names.stack}: the schedule")
 
 
 # --- rollback -------------------------------------------------------------------------------
@@ -617,6 +661,7 @@ def _destroy(config: DeployConfig, clients: Clients, delete_bucket: bool,
             acts.change(f"delete s3://{names.bucket}/{PREVIOUS_KEY} (the definition "
                         "--rollback would go back to)",
                         lambda: s3.delete_object(Bucket=names.bucket, Key=PREVIOUS_KEY))
+        forget_locations(s3, names, acts)  # (a stack deployed again starts from its bucket)
         log(f"  bucket {names.bucket}: kept (manifests, reports); --delete-bucket removes it")
     log(f"dry run: {len(acts.changes)} deletion(s) would be made; nothing was changed"
         if config.dry_run else f"done: {len(acts.changes)} deletion(s)")

@@ -10,10 +10,15 @@ the stack's own regional resources (functions, log groups, state machine) its po
 names. :func:`refuse_other_region` stops a deploy, ``--rollback`` or ``--destroy`` in
 another region before any change; :func:`refuse_no_stack` a ``--destroy`` of a stack with
 nothing in the region.
+
+The data locations, which the function roles' policies hold, are recorded in the stack
+bucket too (:data:`LOCATIONS_KEY`, by every deploy): roles deleted under a stack take them
+with them otherwise, and a redeploy would recreate the roles granting the stack bucket only.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pipeline.aws import (
@@ -24,10 +29,13 @@ from pipeline.aws import (
     StackNames,
     StackNotFoundError,
     parse_arn,
+    policies,
 )
-from pipeline.aws.actions import get_or_none
+from pipeline.aws.actions import Actions, get_or_none
 from pipeline.aws.resources import role_policy
 
+#: the data locations (and KMS keys) of the last deploy, in the stack bucket
+LOCATIONS_KEY = "deploys/locations.json"
 #: the services whose ARNs in a role's policy name the stack's region
 _REGIONAL = ("lambda", "logs", "states")
 #: what a --destroy or --rollback in the wrong region would do to the stack the roles serve
@@ -123,3 +131,59 @@ def refuse_no_stack(clients: Clients, names: StackNames, regions: dict[str, str 
         f"{names.bucket}, no state machine {names.state_machine}, no function and no role of "
         "it there); nothing was changed")
 
+
+# --- the record of the data locations ----------------------------------------------------------
+
+
+Locations = tuple[list[policies.DataLocation], list[policies.DataLocation], list[str]]
+
+
+def _record(data: list[policies.DataLocation], inputs: list[policies.DataLocation],
+            kms_keys: list[str]) -> dict[str, list[str]]:
+    return {"data": [str(d) for d in data], "inputs": [str(d) for d in inputs],
+            "kms_keys": list(kms_keys)}
+
+
+def _read_record(s3: Any, names: StackNames) -> Any:
+    body = get_or_none(lambda: s3.get_object(Bucket=names.bucket, Key=LOCATIONS_KEY)["Body"],
+                       "NoSuchKey", "NoSuchBucket", "404")
+    if body is None:
+        return None
+    try:
+        return json.loads(body.read().decode("utf-8"))
+    except ValueError:
+        return None
+
+
+def recorded_locations(s3: Any, names: StackNames) -> Locations | None:
+    """The read-write and read-only data locations and KMS keys the last deploy recorded
+    (None: no record, or one this tiffpipe cannot read)."""
+    record = _read_record(s3, names)
+    try:
+        return ([policies.DataLocation.parse(d) for d in record["data"]],
+                [policies.DataLocation.parse(d, "--input-bucket") for d in record["inputs"]],
+                [policies.parse_kms_key(k) for k in record["kms_keys"]])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def record_locations(s3: Any, names: StackNames, locations: Locations, acts: Actions) -> None:
+    """Record the deploy's data locations in the stack bucket, when they differ from those
+    recorded."""
+    record = _record(*locations)
+    if _read_record(s3, names) == record:
+        return
+    acts.change(f"record the data locations in s3://{names.bucket}/{LOCATIONS_KEY} (read "
+                "back if the stack's roles are lost)",
+                lambda: s3.put_object(Bucket=names.bucket, Key=LOCATIONS_KEY,
+                                      Body=json.dumps(record, indent=2).encode("utf-8"),
+                                      ContentType="application/json"))
+
+
+def forget_locations(s3: Any, names: StackNames, acts: Actions) -> None:
+    """Delete the record (a destroy that keeps the bucket: the data locations of a stack
+    gone are no redeploy's)."""
+    if _read_record(s3, names) is not None:
+        acts.change(f"delete s3://{names.bucket}/{LOCATIONS_KEY} (the record of the data "
+                    "locations)", lambda: s3.delete_object(Bucket=names.bucket,
+                                                           Key=LOCATIONS_KEY))
