@@ -20,11 +20,12 @@ on; --rollback points it back at the previous release's.
 
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume), a data location's bucket does not exist (create it),
---rollback has nothing to go back to or another deploy.py holds the stack's deploy lock, 2
-usage, a schedule manifest that is missing, invalid, outside the data locations or of jobs
-that leave if_exists unset, or a build that would drop the packages of yours the deployed
-process function has; 130 stopped by Ctrl-C (143 by SIGTERM, 129 by its terminal's hang-up),
-the deploy lock released.
+--rollback has nothing to go back to, --destroy finds no stack in the region, or another
+deploy.py holds the stack's deploy lock, 2 usage, the stack's IAM roles belonging to its
+deployment in another region (IAM is global), a schedule manifest that is missing,
+invalid, outside the data locations or of jobs that leave if_exists unset, or a build that
+would drop the packages of yours the deployed process function has; 130 stopped by Ctrl-C
+(143 by SIGTERM, 129 by its terminal's hang-up), the deploy lock released.
 """
 
 from __future__ import annotations
