@@ -19,6 +19,7 @@ import pytest
 from pipeline import cli
 from pipeline import estimate as est
 from pipeline.core import plan as plan_module
+from pipeline.core.manifest import quoted
 from pipeline.core.plan import held_output, single_task
 from pipeline.sample import SamplePage, write_sample
 
@@ -1733,3 +1734,32 @@ def test_the_deployed_merge_memory_leaves_room_for_the_xmp_packets() -> None:
     held = memory.BASELINE_MB["process"] + memory.SCALE["process"] * (
         PACKETS_HELD + 2 * plan_module.HELD_OUTPUT_BYTES) / mib
     assert held * (1 + memory.MARGIN) <= FUNCTION_SIZES["process"].memory
+
+
+def test_jobs_after_a_refused_first_job_keep_their_manifest_index(tmp_path: Path):
+    """jobs[0]'s input missing: the two costed jobs are jobs[1] and jobs[2] everywhere (the
+    text's job lines, the "largest job ... like" line, --json's "jobs"), never relabelled
+    jobs[0] and jobs[1], and no index is both costed and refused."""
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(300, 200, 3)], tile=64)
+    write_sample(str(tmp_path / "b.tif"), [SamplePage(100, 120, 1)], tile=64)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [
+        {"input": "missing.tif", "output": "out/missing.tif"},
+        {"input": "a.tif", "output": "out/a.tif"},
+        {"input": "b.tif", "output": "out/b.tif"}]}))
+
+    code, out, err = _cli("estimate", str(manifest), "--json")
+    assert code == 1, err
+    doc = json.loads(out)
+    assert [(j["job"], j["input"]) for j in doc["jobs"]] == [
+        (1, str(tmp_path / "a.tif")), (2, str(tmp_path / "b.tif"))]
+    assert [r["job"] for r in doc["refused"]] == [0]
+    assert err.splitlines()[1].startswith("  jobs[0]: "), err
+
+    code, out, err = _cli("estimate", str(manifest))
+    assert code == 1, err
+    assert "  not costed: 1 job(s) PlanJob would refuse (jobs[0])" in out
+    assert [line.split(": ")[0] for line in out.splitlines() if line.startswith("  jobs[")] == [
+        f"  jobs[1] {quoted(str(tmp_path / 'a.tif'))}",
+        f"  jobs[2] {quoted(str(tmp_path / 'b.tif'))}"], out
+    assert "largest job on AWS like jobs[1] (" in out, out

@@ -507,11 +507,14 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     objects_total = 0
     # run.json, jobs.json and job-specs.bin (every job's record)
     ledger.add("plan_run", _call_s(cal, "plan_run") / speed, get=1, put=3)
-    for i, plan in enumerate(plans):
+    # each job by its manifest index (plan.job), not its place among the plans: the jobs a
+    # refused one leaves are not renumbered
+    for plan, size in zip(plans, input_bytes, strict=True):
         if not plan.pages:
             continue
+        i = plan.job
         ledger.job = f"jobs[{i}] ({plan.spec.input})"
-        phases, row, objects = _job(ledger, cal, notes, i, plan, input_bytes[i])
+        phases, row, objects = _job(ledger, cal, notes, i, plan, size)
         ledger.job = None
         sim_jobs.append(phases)
         job_rows.append(row)
@@ -520,10 +523,11 @@ def estimate(plans: list[JobPlan], calibration: dict[str, Any],
     _cold_starts(ledger, imports, concurrency)
 
     # state transitions: each job's Choices follow its plan (fused, statistics rounds)
+    by_job = {plan.job: plan for plan in plans}
     job_ctx = [{"units": r["units"], "batches": r["batches"], "rounds": r["stats_rounds"],
                 "fused": r["fused"], "single": r["single"],
-                "levels": level_units(plans[r["job"]]),
-                "tree_levels": canny_tree_levels(plans[r["job"]])}
+                "levels": level_units(by_job[r["job"]]),
+                "tree_levels": canny_tree_levels(by_job[r["job"]])}
                for r in job_rows]
     transitions = count_transitions(definition, job_ctx)
     limits = map_limits(definition, len(plans), concurrency)
