@@ -36,7 +36,7 @@ from conftest import (
 )
 from moto import mock_aws
 
-from pipeline.aws import STEPS, StackNames, policies
+from pipeline.aws import STEPS, StackNames, check_schedule, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import call_failed
 from pipeline.aws.lock import LOCK_KEY
@@ -1639,6 +1639,41 @@ def test_a_schedule_scheduler_would_refuse_is_a_usage_error(aws: Aws, tmp_path: 
     assert (code, result) == (2, None), err
     assert f"--schedule {expression!r}: expected" in err and "cron(0 2 * * ? *)" in err
     assert aws.calls == []
+
+
+@pytest.mark.parametrize(("expression", "said"), [
+    ("cron(0 25 * * ? *)", "hours '25': expected 0-23"),
+    ("cron(60 2 * * ? *)", "minutes '60': expected 0-59"),
+    ("cron(0 2 0 * ? *)", "day-of-month '0': expected 1-31"),
+    ("cron(0 2 * 13 ? *)", "month '13': expected 1-12 or JAN-DEC"),
+    ("cron(0 2 ? * 8 *)", "day-of-week '8': expected 1-7 or SUN-SAT"),
+    ("cron(0 2 * * ? 1969)", "year '1969': expected 1970-2199"),
+    ("cron(0 2 * * * *)", "day-of-month '*' and day-of-week '*': expected exactly one of them "
+                          "to be \"?\""),
+    ("cron(0 2 ? * ? *)", "day-of-month '?' and day-of-week '?': expected exactly one"),
+])
+def test_a_cron_field_scheduler_would_refuse_is_named_before_any_call(
+        aws: Aws, tmp_path: Path, expression: str, said: str):
+    """Six fields are not enough: each is checked as EventBridge Scheduler documents it
+    (hours 0-23, minutes 0-59, ..., one of day-of-month and day-of-week "?"), before any AWS
+    call; before, these were taken and the schedule call failed after the functions and the
+    state machine had been updated."""
+    manifest = tmp_path / "night.json"
+    manifest.write_text(json.dumps({"scan": {"input": "s3://slides/in/", "output":
+                                             "s3://results/"}}))
+    code, result, err = aws.deploy("--skip-build", "--schedule", expression,
+                                   "--schedule-manifest", str(manifest))
+    assert (code, result) == (2, None), err
+    assert f"deploy.py: --schedule {expression!r}: {said}" in err, err
+    assert "cron(0 2 * * ? *)" in err and "cron(0 2 ? * MON *)" in err
+    assert aws.calls == []
+
+
+@pytest.mark.parametrize("expression", [
+    "cron(0/15 8-17 ? * MON-FRI *)", "cron(0 2 L * ? *)", "cron(30 23 ? * 6L 2027-2030)",
+    "cron(0 2 ? * 3#2 *)", "cron(0 2 15W JAN,JUL ? *)", "cron(0 */6 1 * ? *)"])
+def test_the_cron_wildcards_scheduler_documents_are_taken(expression: str):
+    check_schedule(expression, "s3://slides/night.json")
 
 
 # --- build_and_push, the CLI as a program --------------------------------------------------

@@ -33,6 +33,16 @@ _STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 #: EventBridge Scheduler's recurring expressions: rate(N unit) (singular for 1), cron(6 fields)
 _RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")
 _CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
+_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+_DAYS = "SUN MON TUE WED THU FRI SAT".split()
+#: a cron expression's fields as EventBridge Scheduler documents them (schedule-types.html):
+#: name, lowest, highest, the names that stand for values (1 for the first), and what the
+#: field takes besides "," "-" "*" "/" (day-of-month: ? L W; day-of-week: ? L #)
+_CRON_FIELDS = (("minutes", 0, 59, (), ""), ("hours", 0, 23, (), ""),
+                ("day-of-month", 1, 31, (), "?LW"), ("month", 1, 12, _MONTHS, ""),
+                ("day-of-week", 1, 7, _DAYS, "?L#"), ("year", 1970, 2199, (), ""))
+_EXAMPLES = ("e.g. \"cron(0 2 * * ? *)\" for 02:00 UTC every day, \"cron(0 2 ? * MON *)\" "
+             "on Mondays")
 
 
 class AwsError(TiffpipeError):
@@ -87,10 +97,64 @@ def check_schedule(schedule: str | None, manifest: str | None) -> None:
     if rate and int(rate.group(1)) > 0 and (rate.group(3) == "s") == (rate.group(1) != "1"):
         return
     if _CRON.match(schedule):
+        problem = _cron_problem(schedule[5:-1].split(" "))
+        if problem:
+            raise AwsError(f"--schedule {schedule!r}: {problem}; {_EXAMPLES}")
         return
     raise AwsError(f"--schedule {schedule!r}: expected \"rate(N minutes|hours|days)\" (\"rate(1 "
                    "day)\" for one) or \"cron(minutes hours day-of-month month day-of-week "
-                   "year)\", e.g. \"cron(0 2 * * ? *)\" for 02:00 UTC every day")
+                   f"year)\", {_EXAMPLES}")
+
+
+def _cron_problem(fields: list[str]) -> str | None:
+    """What EventBridge Scheduler would refuse of a cron expression's six fields (None:
+    nothing): a value out of its field's range, a wildcard the field does not take, or
+    day-of-month and day-of-week not one of them ``?`` (AWS would refuse it only at the
+    deploy's last step, the functions and state machine already updated)."""
+    for text, (name, lo, hi, names, extra) in zip(fields, _CRON_FIELDS, strict=True):
+        if text == "?" and "?" in extra:
+            continue
+        for element in text.split(","):
+            if not _cron_element(element, lo, hi, names, extra):
+                takes = f"{lo}-{hi}" + (f" or {names[0]}-{names[-1]}" if names else "")
+                wild = ", - * /" + "".join(f" {c}" for c in extra)
+                return f"{name} {element!r}: expected {takes} (wildcards {wild})"
+    dom, dow = fields[2], fields[4]
+    if (dom == "?") == (dow == "?"):
+        return (f"day-of-month {dom!r} and day-of-week {dow!r}: expected exactly one of them "
+                "to be \"?\" (EventBridge Scheduler takes a day of the month or of the week, "
+                "not both): \"?\" in day-of-week for days of the month, in day-of-month for "
+                "days of the week")
+    return None
+
+
+def _cron_element(element: str, lo: int, hi: int, names: tuple[str, ...], extra: str) -> bool:
+    """Whether one comma-separated element of a cron field is one EventBridge takes: ``*``,
+    a value or a range, either with ``/step``; day-of-month's ``L``, ``LW`` and ``15W``;
+    day-of-week's ``L``, ``5L`` and ``3#2`` (its 2nd Tuesday)."""
+
+    def value(v: str) -> bool:
+        if v.upper() in names:
+            return True
+        return v.isdigit() and lo <= int(v) <= hi
+
+    if "L" in extra and element in (("L", "LW") if "W" in extra else ("L",)):
+        return True
+    if "W" in extra and element.endswith("W"):
+        return value(element[:-1])
+    if "#" in extra:
+        if element.endswith("L"):
+            return value(element[:-1])
+        if "#" in element:
+            day, _, nth = element.partition("#")
+            return value(day) and nth in ("1", "2", "3", "4", "5")
+    base, slash, step = element.partition("/")
+    if slash and not (step.isdigit() and int(step) >= 1):
+        return False
+    if base == "*":
+        return True
+    first, dash, last = base.partition("-")
+    return value(first) and (not dash or value(last))
 
 
 @dataclass(frozen=True)
