@@ -744,7 +744,8 @@ def cmd_aws(args: argparse.Namespace) -> int:
                   "--region out", file=sys.stderr)
             return EXIT_USAGE
         region = where
-    clients = Clients(region, args.profile, args.endpoint_url)
+    clients = Clients(region, args.profile, args.endpoint_url,
+                      region_given=region == args.region)
     try:
         if arn:  # `start --stack` checks them as it finds the stack (Clients.names)
             clients.account()  # no credentials: NoCredentialsFoundError and its advice

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -2297,9 +2298,9 @@ def _stack_state(aws: Aws) -> dict[str, Any]:
             "previous": previous, "everything": _everything(aws)}
 
 
-def get_or_none_key(s3: Any, key: str) -> bytes | None:
+def get_or_none_key(s3: Any, key: str, bucket: str = NAMES.bucket) -> bytes | None:
     try:
-        return bytes(s3.get_object(Bucket=NAMES.bucket, Key=key)["Body"].read())
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except s3.exceptions.NoSuchKey:
         return None
 
@@ -2389,6 +2390,42 @@ def test_a_deploy_stopped_by_a_signal_releases_the_lock(aws: Aws, signum: int):
     assert f"stopped by {signal.Signals(signum).name}: run it again" in err
     assert _lock(aws) is None
     assert aws.client("lambda").list_functions()["Functions"] == []
+
+
+def test_the_break_lock_advice_repeats_the_options_that_locate_the_stack(
+        monkeypatch: pytest.MonkeyPatch, moto_server: str, tmp_path: Path):
+    """A deploy refused by a dead deploy's lock advised ``deploy.py --stack S --region R
+    --break-lock``, without the ``--profile`` and ``--endpoint-url`` it was given: run as
+    said, it went to another account or to AWS itself. Now the advice has them, and run as
+    printed it breaks the lock, and the deploy goes on."""
+    _clean_env(monkeypatch)
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[ops]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    names = StackNames("lockx", ACCOUNT, REGION)
+    s3 = boto3.Session(region_name=REGION, aws_access_key_id="testing",
+                       aws_secret_access_key="testing").client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket=names.bucket,
+                     CreateBucketConfiguration={"LocationConstraint": REGION})
+    record = {"holder": f"arn:aws:iam::{ACCOUNT}:user/alice", "host": "ci-runner-7",
+              "pid": 4242, "since": "2026-01-01T00:00:00Z", "command": "--skip-build"}
+    s3.put_object(Bucket=names.bucket, Key=LOCK_KEY, Body=json.dumps(record).encode())
+
+    def deploy(*argv: str) -> tuple[int, str]:
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            return deploy_script.main(list(argv)), err.getvalue()
+
+    code, err = deploy("--stack", "lockx", "--profile", "ops", "--endpoint-url", moto_server,
+                       "--region", REGION, "--skip-build", "--concurrency", "3")
+    assert code == 1, err
+    advice = (f"deploy.py --stack lockx --region {REGION} --profile ops --endpoint-url "
+              f"{moto_server} --break-lock")
+    assert f"remove its lock with {advice} and run this one again" in err, err
+    code, err = deploy(*shlex.split(advice)[1:])
+    assert code == 0, err
+    assert get_or_none_key(s3, LOCK_KEY, names.bucket) is None
 
 
 def _dead_deploys_lock(aws: Aws, hours: int = 5) -> dict[str, Any]:

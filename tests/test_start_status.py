@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import shlex
 import threading
 import traceback
 from collections.abc import Iterator
@@ -700,6 +701,44 @@ def test_start_and_status_send_every_call_to_the_endpoint_url(
         assert (code, out) == (2, ""), err
         assert err == ("tiffpipe: --endpoint-url 'localhost:4566': expected an http:// or "
                        "https:// URL, e.g. http://localhost:4566\n")
+
+
+def test_starts_follow_hint_repeats_the_profile_endpoint_and_region(
+        moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``follow it with: tiffpipe status ARN`` left out the ``--profile`` and
+    ``--endpoint-url`` start was given: run as printed, status went to AWS (or to
+    AWS_ENDPOINT_URL) without those credentials. Now it repeats them, and ``--region`` when
+    given; run as printed, it shows the run."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[ops]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setattr(storage, "_client", None)
+    names = StackNames("hint", "123456789012", REGION)
+    session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+    session.client("s3", endpoint_url=moto_server).create_bucket(Bucket=names.bucket)
+    machine = session.client("stepfunctions", endpoint_url=moto_server).create_state_machine(
+        name=names.state_machine, roleArn=names.role_arn(names.state_machine_role),
+        definition=json.dumps({"StartAt": "Only", "States": {"Only": {"Type": "Pass",
+                                                                      "End": True}}}),
+        tags=[{"key": BUCKET_TAG, "value": names.bucket}])["stateMachineArn"]
+    stack = Stack(session, tmp_path)
+    manifest = stack.manifest("m.json", JOBS)
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", machine,
+                                    "--profile", "ops", "--region", REGION,
+                                    "--endpoint-url", moto_server)
+    assert code == 0, err
+    arn = out.strip()
+    hint = (f"tiffpipe status {arn} --region {REGION} --profile ops --endpoint-url "
+            f"{moto_server}")
+    assert f"follow it with: {hint}\n" in err, err
+    code, out, err = stack.tiffpipe(*shlex.split(hint)[1:], "--json")
+    assert code == 0, err
+    assert json.loads(out)["execution"] == arn
 
 
 def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.MonkeyPatch,

@@ -274,13 +274,16 @@ class Clients:
     """boto3 clients of one session, each created on first use.
 
     ``endpoint_url`` sends every call there (emulators, tests); ``session`` lets a caller
-    (a test) pass a session with event hooks registered.
+    (a test) pass a session with event hooks registered; ``region_given``: whether
+    ``region`` is the user's --region (not an ARN's: :meth:`options` repeats only theirs).
     """
 
     def __init__(self, region: str | None = None, profile: str | None = None,
-                 endpoint_url: str | None = None, session: Any = None):
+                 endpoint_url: str | None = None, session: Any = None,
+                 region_given: bool = True):
         self._session = session
         self._region = region
+        self._region_given = region_given
         self._profile = profile
         self.endpoint_url = endpoint_url
         self._clients: dict[str, Any] = {}
@@ -306,6 +309,15 @@ class Clients:
             raise AwsError("no AWS region: pass --region, or set AWS_REGION (or "
                            "AWS_DEFAULT_REGION, or a region in your profile)")
         return str(region)
+
+    def options(self, region: str | None = None) -> list[str]:
+        """The options this session was given that locate a stack, to repeat in a command
+        it advises (``--region``: ``region``, else the one given; ``--profile``;
+        ``--endpoint-url``): the advice works in the same shell, against the same AWS."""
+        region = region or (self._region if self._region_given else None)
+        return [word for option, value in (("--region", region), ("--profile", self._profile),
+                                           ("--endpoint-url", self.endpoint_url))
+                if value for word in (option, value)]
 
     def __call__(self, service: str) -> Any:
         if service not in self._clients:

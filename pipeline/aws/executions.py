@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -279,9 +280,15 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     print(f"started {name} on {target.state_machine_arn}", file=err)
     print(arn, file=out, flush=True)
     if not wait:
-        print(f"follow it with: tiffpipe status {arn}", file=err)
+        print(f"follow it with: {status_command(clients, arn)}", file=err)
         return EXIT_OK
     return show(clients, arn, wait=True, poll=poll, out=out, err=err, sleep=sleep)
+
+
+def status_command(clients: Clients, arn: str, *more: str) -> str:
+    """``tiffpipe status ARN`` as this command was run: with the ``--region``, ``--profile``
+    and ``--endpoint-url`` it was given (run as printed, it reaches the same AWS)."""
+    return shlex.join(["tiffpipe", "status", arn, *more, *clients.options()])
 
 
 def _not_running_already(clients: Clients, target: Target, manifest: str,
@@ -320,8 +327,8 @@ def _not_running_already(clients: Clients, target: Target, manifest: str,
         raise RunningAlreadyError(
             f"{manifest}: execution {other} is running this manifest (the same jobs) now: a "
             "second run would do every job again and write the same outputs at once. Wait "
-            f"for it to end (tiffpipe status {other} --wait), or stop it (aws stepfunctions "
-            f"stop-execution --execution-arn {other}), then start again")
+            f"for it to end ({status_command(clients, other, '--wait')}), or stop it (aws "
+            f"stepfunctions stop-execution --execution-arn {other}), then start again")
 
 
 #: the label of the Distributed Map whose items are the run's jobs (statemachine.asl.json)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -143,14 +144,19 @@ class DeployLock:
                 "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "command": self.command}
 
+    def _break_command(self) -> str:
+        """``deploy.py ... --break-lock`` with the options that locate this stack (stack,
+        region, and the profile and endpoint URL this command was given)."""
+        return shlex.join(["deploy.py", "--stack", self.names.stack,
+                           *self.clients.options(self.names.region), "--break-lock"])
+
     def _refusal(self, holder: Holder) -> str:
         n = self.names
         return (f"stack {n.stack} is being changed by another deploy.py: its deploy lock "
                 f"(s3://{n.bucket}/{LOCK_KEY}) is held by {holder.describe()}. Nothing was "
                 "changed. Wait for that deploy to end, then run this one again; if it is "
                 "known to be dead (its machine lost, the process killed), remove its lock "
-                f"with deploy.py --stack {n.stack} --region {n.region} --break-lock and run "
-                "this one again")
+                f"with {self._break_command()} and run this one again")
 
     def take(self, required: bool = True) -> None:
         """Take the lock (once): DeployLockedError when another deploy holds it. Without
@@ -168,7 +174,7 @@ class DeployLock:
                 raise
             if holder is not None:
                 self.log(f"  the deploy lock is held by {holder.describe()}. This command "
-                         "would be refused now (see deploy.py --break-lock)")
+                         f"would be refused now (see {self._break_command()})")
             self.checked = True
             return
         body = json.dumps(self._record(), indent=2).encode("utf-8")
@@ -212,7 +218,7 @@ class DeployLock:
         except (ClientError, BotoCoreError) as exc:
             self.log(f"the deploy lock s3://{self.names.bucket}/{LOCK_KEY} could not be "
                      f"removed ({call_failed(exc)}): once sure no deploy of "
-                     f"{self.names.stack} runs, remove it with deploy.py --break-lock")
+                     f"{self.names.stack} runs, remove it with {self._break_command()}")
             return
         if outcome == "changed":
             self.log("the deploy lock was broken while this command ran (deploy.py "
