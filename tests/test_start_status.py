@@ -510,6 +510,30 @@ def test_a_run_that_fails_before_its_jobs_says_why_in_words(stack: Stack):
     assert "stackTrace" not in err and "errorType" not in err and "\\n" not in err
 
 
+def test_a_rerun_manifest_of_a_running_run_is_said_not_written(stack: Stack, tmp_path: Path):
+    """``status ARN --rerun-manifest rr.json`` of a run still going exited 0 writing no file
+    and saying nothing: a script went on to start a manifest that was not there. It says no
+    rerun manifest was written because the run is still running, and how to have it when it
+    ends; exit 0, as status of a running run (the rerun's absence is said, not an error)."""
+    slow = _stand_in(stack, "tiffpipe-slow2", {"Type": "Wait", "Seconds": 30, "End": True})
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=slow, name="run-slow2",
+                              input="{}")["executionArn"]
+    rerun = tmp_path / "rr.json"
+    try:
+        for json_flag in ([], ["--json"]):
+            code, out, err = stack.tiffpipe("status", arn, "--rerun-manifest", str(rerun),
+                                            *json_flag)
+            assert code == 0, err
+            assert ("RUNNING" in out) and not rerun.exists()
+            assert err == (f"tiffpipe: no --rerun-manifest written: the run run-slow2 is still "
+                           "running (the jobs a rerun may mend are known when it has ended): "
+                           f"run tiffpipe status {arn} --wait --rerun-manifest {rerun} to write "
+                           "it when the run ends, or this command again then\n"), err
+    finally:
+        sfn.stop_execution(executionArn=arn)
+
+
 def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):
     slow = _stand_in(stack, "tiffpipe-slow", {"Type": "Wait", "Seconds": 30, "End": True})
     sfn = stack.client("stepfunctions")

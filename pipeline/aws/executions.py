@@ -670,6 +670,13 @@ def show(clients: Clients, execution_arn: str, wait: bool = False, poll: float =
         if not wait:
             say(json.dumps(_document(execution_arn, desc, progress=totals)) if as_json
                 else line, out)
+            if rerun is not None:  # (its failed jobs are known only when it has ended)
+                follow = status_command(clients, execution_arn, "--wait", "--rerun-manifest",
+                                        rerun)
+                say(f"tiffpipe: no --rerun-manifest written: the run {name} is still running "
+                    "(the jobs a rerun may mend are known when it has ended): run "
+                    f"{follow} to write it when the run ends, or this command again then",
+                    err)
             return EXIT_OK
         if line != last:
             say(line, err, flush=True)
