@@ -2251,6 +2251,38 @@ def test_rollback_points_the_state_machine_at_the_previous_release(aws: Aws):
         "Contents")  # (it would name versions of functions that are gone)
 
 
+def test_rollback_and_a_deploy_say_the_concurrency_they_change(aws: Aws):
+    """--rollback put the concurrency back (80 -> 50) but said only the versions; a deploy
+    whose one change was the concurrency said "update the definition, role and logging".
+    Each says the concurrency change now (the rollback in its JSON too), and a deploy says
+    only what differs."""
+    push_fake_images(aws, "v1")
+    assert aws.deploy("--skip-build", "--concurrency", "50")[0] == 0
+    push_fake_images(aws, "v2")
+    assert aws.deploy("--skip-build", "--concurrency", "80")[0] == 0
+
+    code, result, err = aws.deploy("--rollback")
+    assert code == 0, err
+    assert _deployed_concurrency(aws) == 50
+    assert ("rollback: from versions split 2, process 2, merge 2 to split 1, process 1, "
+            "merge 1; concurrency 80 -> 50") in err, err
+    assert "update the definition to the previous one (split 1, process 1, merge 1; " \
+        "concurrency 80 -> 50)" in err
+    assert result is not None
+    assert (result["concurrency"], result["replaced_concurrency"]) == (50, 80)
+
+    code, result, err = aws.deploy("--skip-build")  # (forward to v2, the concurrency kept)
+    assert code == 0, err
+    assert "  update the definition\n" in err, err
+    code, result, err = aws.deploy("--skip-build", "--concurrency", "70")
+    assert code == 0, err
+    assert _deployed_concurrency(aws) == 70
+    said = [line.strip() for line in err.splitlines() if line.strip().startswith("update ")]
+    assert said == ["update the concurrency 50 -> 70"], err
+    code, result, err = aws.deploy("--skip-build", "--concurrency", "60", "--dry-run")
+    assert code == 0 and "would update the concurrency 70 -> 60" in err, err
+
+
 @pytest.mark.parametrize("option", [["--skip-build"], ["--data-bucket", "slides"],
                                     ["--destroy"], ["--concurrency", "3"],
                                     ["--schedule", "rate(1 day)"]])

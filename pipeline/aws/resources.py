@@ -25,6 +25,7 @@ from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
 from pipeline.core.constants import FUNCTION_SIZES
 from pipeline.core.events import RunInput, to_payload
+from pipeline.engine import definition
 
 POLICY_NAME = "tiffpipe"
 #: days kept: work files (the lifecycle rule), logs
@@ -362,11 +363,20 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
     if current.get("status") == "DELETING":
         raise AwsError(f"state machine {arn} is still being deleted: wait a minute and run "
                        "deploy.py again")
-    if (json.loads(current["definition"]) == json.loads(text) and current["roleArn"] == role_arn
-            and covers(current.get("loggingConfiguration"), logging)):
+    # what differs, said as such (a deploy of a new --concurrency alone said "update the
+    # definition, role and logging")
+    moved = definition.concurrency_change(current["definition"], text)
+    changed = [part for part, differs in (
+        ("the definition",
+         definition.differs_besides_concurrency(current["definition"], text)),
+        (moved and f"the {moved}", True),
+        ("the role", current["roleArn"] != role_arn),
+        ("the logging", not covers(current.get("loggingConfiguration"), logging)))
+        if part and differs]
+    if not changed:
         acts.same("definition, role and logging")
     else:
-        acts.change("update the definition, role and logging", lambda: retry(
+        acts.change(f"update {' and '.join(changed)}", lambda: retry(
             lambda: sfn.update_state_machine(stateMachineArn=arn, definition=text,
                                              roleArn=role_arn, loggingConfiguration=logging),
             _role_not_ready, sleep))

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 
 from pipeline.aws import STEPS, AwsError, Clients, StackNames
 from pipeline.aws.actions import Actions, error_code, get_or_none
+from pipeline.engine import definition
 
 #: where the definition a deploy replaced is kept, in the stack bucket
 PREVIOUS_KEY = "deploys/previous.asl.json"
@@ -268,9 +269,13 @@ def rollback_definition(clients: Clients, names: StackNames, acts: Actions,
     def shown(named: Named) -> str:
         return ", ".join(f"{s} {v}" for s, v in named.shown().items())
 
-    log(f"rollback: from versions {shown(ahead)} to {shown(back)}")
+    # its concurrency goes back too: said, as the versions are
+    moved = definition.concurrency_change(current["definition"], previous)
+    log(f"rollback: from versions {shown(ahead)} to {shown(back)}"
+        + (f"; {moved}" if moved else ""))
     acts.log(f"state machine {names.state_machine}")
-    acts.change(f"update the definition to the previous one ({shown(back)})",
+    acts.change(f"update the definition to the previous one ({shown(back)}"
+                + (f"; {moved}" if moved else "") + ")",
                 lambda: sfn.update_state_machine(stateMachineArn=names.state_machine_arn,
                                                  definition=previous))
     # after the update: a rollback stopped between the two still went back
@@ -282,4 +287,6 @@ def rollback_definition(clients: Clients, names: StackNames, acts: Actions,
     return {"stack": names.stack, "account": names.account, "region": names.region,
             "state_machine": names.state_machine_arn,
             "versions": back.shown(), "replaced": ahead.shown(),
+            "concurrency": definition.concurrency_of(previous),
+            "replaced_concurrency": definition.concurrency_of(current["definition"]),
             "dry_run": acts.dry_run, "changes": acts.changes}

@@ -208,6 +208,28 @@ def concurrency_of(text: str) -> int:
     return concurrency.largest(concurrency_setting(text))
 
 
+def concurrency_change(before: str, after: str) -> str | None:
+    """What going from the definition ``before`` to ``after`` does to a run's Lambda
+    concurrency, as deploy.py says it (``concurrency 80 -> 50``; None: the same, or a
+    definition without PlanRun)."""
+    try:
+        old, new = concurrency_of(before), concurrency_of(after)
+    except KeyError:  # (not tiffpipe's state machine)
+        return None
+    return None if old == new else f"concurrency {old} -> {new}"
+
+
+def differs_besides_concurrency(before: str, after: str) -> bool:
+    """Whether the two definitions differ in more than PlanRun's ``concurrency``."""
+    docs = [json.loads(before), json.loads(after)]
+    for doc in docs:
+        try:
+            plan_run_payload(doc).pop("concurrency", None)
+        except KeyError:
+            pass
+    return docs[0] != docs[1]
+
+
 def limit_concurrency(text: str, total: int) -> str:
     """``text`` with PlanRun's ``concurrency`` set to ``total``. Idempotent: a definition
     limited to ``concurrency_of(it)`` is the same definition."""
