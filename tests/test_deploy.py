@@ -490,6 +490,28 @@ def test_a_new_stack_takes_the_accounts_unreserved_concurrency(aws: Aws):
     assert _deployed_concurrency(aws) == 10
 
 
+def test_a_concurrency_above_what_a_run_uses_is_said_capped(aws: Aws):
+    """--concurrency 100000 was cut to 8,000 (8 jobs x 1,000 items: the most a run makes)
+    without a word, and so was an account's unreserved concurrency above it. Both are said
+    on stderr, with why and what to give; a total within it is not."""
+    push_fake_images(aws)
+    _account_concurrency(aws, 10000)
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert ("the account's unreserved concurrency 10,000 is more than a run can use: capped "
+            "at 8,000 Lambda invocations at once, the most a run makes (8 jobs at once x "
+            "1,000 items of each job's map, the state machine's limits); give --concurrency "
+            "8000 or less to set it exactly") in err, err
+    assert result is not None and result["concurrency"] == 8000
+    code, result, err = aws.deploy("--skip-build", "--concurrency", "100000")
+    assert code == 0, err
+    assert "--concurrency 100,000 is more than a run can use: capped at 8,000 " in err, err
+    assert result is not None and result["concurrency"] == 8000
+    assert _deployed_concurrency(aws) == 8000
+    code, result, err = aws.deploy("--skip-build", "--concurrency", "8000")
+    assert code == 0 and "capped" not in err, err
+
+
 def _account_concurrency(aws: Aws, unreserved: int) -> None:
     """GetAccountSettings answers as Lambda documents it (moto has none)."""
     answer = {"AccountLimit": {"TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000,

@@ -68,6 +68,7 @@ from pipeline.aws.versions import (
     same_definition,
     version_arns,
 )
+from pipeline.core.concurrency import ITEMS_AT_ONCE, JOBS_AT_ONCE, largest
 from pipeline.core.constants import SSE_ENV, SSE_KMS_KEY_ENV
 from pipeline.core.manifest import as_manifest
 from pipeline.engine import definition
@@ -313,7 +314,7 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
     (throttled invocations are retried for minutes, then fail their job). None: that could
     not be read; the definition's own limits stay."""
     if config.concurrency is not None:
-        return config.concurrency
+        return _capped(config.concurrency, "--concurrency", log)
     current = get_or_none(lambda: clients("stepfunctions").describe_state_machine(
         stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
     kept = current and definition.concurrency_setting(current["definition"])
@@ -330,7 +331,20 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
         return None
     log(f"concurrency: at most {unreserved} Lambda invocations at once, the account's "
         "unreserved concurrency (--concurrency sets another)")
-    return unreserved
+    return _capped(unreserved, "the account's unreserved concurrency", log)
+
+
+def _capped(total: int, what: str, log: Callable[[str], None]) -> int:
+    """``total``, said when it is above what a run can use (the state machine sets the
+    most a run makes at once: :func:`pipeline.engine.definition.limit_concurrency` caps
+    it there); before, it was cut without a word."""
+    cap = largest(0)
+    if total > cap:
+        log(f"{what} {total:,} is more than a run can use: capped at {cap:,} Lambda "
+            f"invocations at once, the most a run makes ({JOBS_AT_ONCE} jobs at once x "
+            f"{ITEMS_AT_ONCE:,} items of each job's map, the state machine's limits); give "
+            f"--concurrency {cap} or less to set it exactly")
+    return total
 
 
 def _locations(config: DeployConfig, clients: Clients, names: StackNames,
