@@ -325,8 +325,15 @@ def test_start_rejects_local_paths_and_names_the_job_and_field(stack: Stack):
     assert code == 2
     assert out == ""
     assert 'jobs[1].input: expected an s3:// URL for a run on AWS, got "slides/b.tif"' in err
-    assert 'jobs[2].output: expected an s3:// URL for a run on AWS, got "/tmp/out/c.tif"' in err
-    assert "cannot read this machine's files" in err
+    assert ('jobs[1].input: expected an s3:// URL for a run on AWS, got "slides/b.tif": a '
+            "Lambda function cannot read this machine's files: upload it and give its "
+            "s3://bucket/key") in err
+    # an output is written, not read: no "upload it" (before, the input's advice)
+    assert ('jobs[2].output: expected an s3:// URL for a run on AWS, got "/tmp/out/c.tif": a '
+            "Lambda function cannot write to this machine's files: give the s3://bucket/key "
+            "to write the output to, in one of the stack's data locations (deploy.py "
+            "--data-bucket), and download it after the run") in err, err
+    assert err.count("upload it") == 1
     assert stack.keys(NAMES.bucket, "manifests/") == []
     assert stack.client("stepfunctions").list_executions(
         stateMachineArn=NAMES.state_machine_arn)["executions"] == []
@@ -342,6 +349,17 @@ def test_start_rejects_local_paths_and_names_the_job_and_field(stack: Stack):
     invalid = stack.manifest("invalid.json", {"jobs": [{"input": f"s3://{DATA}/in/a.tif"}]})
     code, _, err = stack.tiffpipe("start", str(invalid), "--stack", STACK, "--region", REGION)
     assert code == 2 and "jobs[0].output: expected" in err
+
+    # a scan's: a folder each, so a prefix to give
+    scan = stack.manifest("scan.json", {"scan": {"input": "slides/", "output": "done/"}})
+    code, _, err = stack.tiffpipe("start", str(scan), "--stack", STACK, "--region", REGION)
+    assert code == 2
+    assert ('scan.input: expected an s3:// URL for a run on AWS, got "slides/": a Lambda '
+            "function cannot read this machine's files: upload the folder and give its "
+            "s3://bucket/prefix/") in err, err
+    assert ('scan.output: expected an s3:// URL for a run on AWS, got "done/": a Lambda '
+            "function cannot write to this machine's files: give the s3://bucket/prefix/ to "
+            "write the outputs under") in err, err
 
 
 def test_start_refuses_locations_the_stacks_functions_cannot_reach(stack: Stack):

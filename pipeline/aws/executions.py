@@ -49,8 +49,19 @@ from pipeline.errors import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_LOCAL_HINT = ("a Lambda function cannot read this machine's files: upload it and give its "
-               "s3://bucket/key")
+#: why a local location cannot be, and what to give, by field (a job's, a scan's)
+_LOCAL_HINT = {
+    ("input", False): "a Lambda function cannot read this machine's files: upload it and give "
+                      "its s3://bucket/key",
+    ("input", True): "a Lambda function cannot read this machine's files: upload the folder "
+                     "and give its s3://bucket/prefix/",
+    ("output", False): "a Lambda function cannot write to this machine's files: give the "
+                       "s3://bucket/key to write the output to, in one of the stack's data "
+                       "locations (deploy.py --data-bucket), and download it after the run",
+    ("output", True): "a Lambda function cannot write to this machine's files: give the "
+                      "s3://bucket/prefix/ to write the outputs under, in one of the stack's "
+                      "data locations (deploy.py --data-bucket), and download them after the "
+                      "run"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ def local_location_problems(data: Any, manifest_on_s3: bool) -> list[str]:
                 continue
             if not manifest_on_s3 or os.path.isabs(value):
                 problems.append(f"{path}.{name}: expected an s3:// URL for a run on AWS, got "
-                                f"{json.dumps(value)}: {_LOCAL_HINT}")
+                                f"{json.dumps(value)}: {_LOCAL_HINT[name, path == 'scan']}")
     return problems
 
 
