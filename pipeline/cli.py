@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pipeline import __version__
@@ -133,6 +133,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="do not open the inputs: each has these pages (comma-separated), "
                           "e.g. 100000x100000x3 or 65536x65536x1:uint16*3")
     est.add_argument("--json", action="store_true", help="machine-readable output")
+    est.add_argument("--endpoint-url", metavar="URL",
+                     help="read s3:// inputs and manifests there, as start's --endpoint-url "
+                          "(emulators, tests; default: AWS_ENDPOINT_URL, as boto3 reads it, "
+                          "else AWS)")
 
     preview = sub.add_parser("preview", help="render a thumbnail of a TIFF page as a PNG")
     preview.add_argument("file", help="the TIFF (local path or s3:// URL)")
@@ -658,15 +662,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from pipeline import estimate as est
+    from pipeline.adapters import storage
+    from pipeline.aws import check_endpoint_url
     from pipeline.errors import TiffpipeError
 
     try:
         overrides = est.parse_overrides(args.price)
         calibration = est.load_calibration(args.calibration)
+        check_endpoint_url(args.endpoint_url)
         # a scan's jobs: those a run of it would make now (its folders listed, nothing
         # written); the jobs PlanJob would refuse are not costed: a run fails them and runs
         # the others
-        planned = est.plan_manifest(args.manifest, args.assume_pages)
+        with (storage.client_of(storage.new_s3_client(args.endpoint_url))
+              if args.endpoint_url else nullcontext()):
+            planned = est.plan_manifest(args.manifest, args.assume_pages)
         refused = planned.refused
         if refused and not planned.plans:  # nothing left to cost
             print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(planned.problems),

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -1763,3 +1764,46 @@ def test_jobs_after_a_refused_first_job_keep_their_manifest_index(tmp_path: Path
         f"  jobs[1] {quoted(str(tmp_path / 'a.tif'))}",
         f"  jobs[2] {quoted(str(tmp_path / 'b.tif'))}"], out
     assert "largest job on AWS like jobs[1] (" in out, out
+
+
+def test_estimate_reads_s3_inputs_at_the_endpoint_url(
+        tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch):
+    """estimate had no --endpoint-url (start, status and deploy.py have): against an
+    emulator it failed "Could not connect to ..." with no word of the endpoint. Given it,
+    the inputs are read there, though AWS_ENDPOINT_URL names a port where nothing answers;
+    without it, the error says to set AWS_ENDPOINT_URL or give --endpoint-url; a value that
+    is no URL is a usage error naming the option."""
+    import boto3
+
+    from pipeline.adapters import storage
+
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setattr(storage, "_client", None)
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(300, 200, 3)], tile=64)
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    s3.create_bucket(Bucket="est-endpoint")
+    s3.upload_file(str(tmp_path / "a.tif"), "est-endpoint", "in/a.tif")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "s3://est-endpoint/in/a.tif",
+                                              "output": "s3://est-endpoint/out/a.tif"}]}))
+
+    code, out, err = _cli("estimate", str(manifest), "--json", "--endpoint-url", moto_server)
+    assert code == 0, err
+    assert [(j["job"], j["input"], j["pages"]) for j in json.loads(out)["jobs"]] == [
+        (0, "s3://est-endpoint/in/a.tif", 1)]
+
+    code, out, err = _cli("estimate", str(manifest))
+    assert (code, out) == (2, ""), err
+    assert "Could not connect to the endpoint URL" in err
+    assert ("(an S3 emulator or another S3 service: set AWS_ENDPOINT_URL to its URL, or give "
+            "tiffpipe estimate, start and status --endpoint-url)") in err, err
+
+    code, out, err = _cli("estimate", str(manifest), "--endpoint-url", "localhost:4566")
+    assert (code, out) == (2, "")
+    assert err == ("tiffpipe: --endpoint-url 'localhost:4566': expected an http:// or "
+                   "https:// URL, e.g. http://localhost:4566\n")

@@ -83,16 +83,21 @@ def s3_client() -> Any:
     key = _client_key()
     with _lock:
         if _client is None or _client[0] != key:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(retries={"mode": "standard", "max_attempts": 5},
-                            max_pool_connections=32)
-            # AWS_REGION first, as the AWS CLI and the SDKs (boto3 reads AWS_DEFAULT_REGION)
-            region = os.environ.get("AWS_REGION") or None
-            _client = (key, boto3.session.Session(region_name=region).client("s3",
-                                                                              config=config))
+            _client = (key, new_s3_client())
         return _client[1]
+
+
+def new_s3_client(endpoint_url: str | None = None) -> Any:
+    """An S3 client as :func:`s3_client` makes it; ``endpoint_url``: every call sent there
+    (a command's ``--endpoint-url``; None: boto3's, AWS_ENDPOINT_URL or AWS)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+    # AWS_REGION first, as the AWS CLI and the SDKs (boto3 reads AWS_DEFAULT_REGION)
+    region = os.environ.get("AWS_REGION") or None
+    return boto3.session.Session(region_name=region).client("s3", config=config,
+                                                            endpoint_url=endpoint_url)
 
 
 @contextmanager
@@ -240,8 +245,13 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         if isinstance(exc, FileNotFoundError):  # a local path (its folder cannot be made)
             raise StorageError(f"{url}: cannot {verb}: {exc}; check the path, permissions "
                                "and free space") from exc
+        connection = sys.modules["botocore.exceptions"].ConnectionError
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
-                           "and endpoint") from exc
+                           "and endpoint" + (
+                               " (an S3 emulator or another S3 service: set AWS_ENDPOINT_URL "
+                               "to its URL, or give tiffpipe estimate, start and status "
+                               "--endpoint-url)" if isinstance(exc, connection) else "")
+                           ) from exc
     except OSError as exc:
         if verb == "write" and exc.errno in UNWRITABLE:
             raise unwritable(url, exc) from exc
