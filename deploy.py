@@ -59,6 +59,7 @@ from pipeline.aws.policies import (
     deployer_policy,
     operator_policy,
     parse_kms_key,
+    size_advice,
 )
 from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
 from pipeline.ui import exit_code_of, on_stop_signals
@@ -283,7 +284,10 @@ def _run(args: argparse.Namespace, config: DeployConfig, clients: Clients,
         # an s3:// schedule manifest is read at deploy time: S3 decrypts it for the caller
         read_keys = ([*(kms_keys or []), *([sse_key] if sse_key else [])]
                      if (args.schedule_manifest or "").startswith("s3://") else [])
-        print(json.dumps(deployer_policy(names, located, read_keys), indent=2))
+        policy = deployer_policy(names, located, read_keys)
+        print(json.dumps(policy, indent=2), flush=True)
+        for line in size_advice(policy, "the deployer policy"):  # (after it: its reader's)
+            print(f"deploy.py: {line}" if not line.startswith(" ") else line, file=sys.stderr)
         return None
     if args.print_operator_policy:
         names = clients.names(args.stack)

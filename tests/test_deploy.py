@@ -2020,6 +2020,59 @@ def decrypted_by_s3(s3: Any, requests: list[tuple[str, str, dict[str, Any]]]
     return found
 
 
+def test_a_deployer_policy_over_iams_size_quotas_is_said_with_how_to_split_it(aws: Aws):
+    """With several data buckets and KMS keys the deployer policy passed IAM's 6,144
+    characters of a managed policy (whitespace not counted) without a word: creating it
+    failed. It is said on stderr, after the policy, with the jq commands that split it by
+    statement into managed policies that each fit and together hold every statement; one
+    within it is said to be over a user's inline policies' 2,048; one statement over it
+    alone is named."""
+    def printed(*args: str) -> tuple[dict[str, Any], str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert deploy_script.main(["--stack", STACK, "--region", REGION,
+                                       "--print-deployer-policy", *args],
+                                      session=aws.session) == 0
+        return json.loads(out.getvalue()), err.getvalue()
+
+    def size(doc: dict[str, Any]) -> int:
+        return len(re.sub(r"\s", "", json.dumps(doc)))
+
+    locations = [a for k in range(8) for a in ("--data-bucket", f"data-bucket-{k}/a/prefix")]
+    keys = [a for k in range(6) for a in (
+        "--kms-key", f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{k:08d}-1111-2222-3333-444455556666")]
+    policy, err = printed(*locations, "--schedule", "rate(1 day)", "--schedule-manifest",
+                          "s3://data-bucket-0/a/prefix/nightly.json", *keys)
+    assert size(policy) > 6144
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"deploy.py: the deployer policy is {size(policy):,} characters (whitespace not "
+        "counted), over IAM's 6,144 for a managed policy (and 2,048 for a user's inline "
+        "policies): save it (> policy.json), create these 2 managed policies from it, split "
+        "by statement, and attach them all:"), err
+    parts = []
+    for k, line in enumerate(lines[1:], 1):
+        cut = re.fullmatch(r"  jq '\{Version, Statement: \.Statement\[(\d+):(\d*)\]\}' "
+                           rf"policy\.json > policy-{k}\.json", line)
+        assert cut, line
+        first, last = int(cut[1]), int(cut[2]) if cut[2] else None
+        parts.append({"Version": policy["Version"],
+                      "Statement": policy["Statement"][first:last]})
+    assert len(parts) == 2 and all(size(part) <= 6144 for part in parts)
+    assert [s for part in parts for s in part["Statement"]] == policy["Statement"]
+
+    policy, err = printed()  # the stack's own bucket: a managed policy holds it
+    assert 2048 < size(policy) <= 6144
+    assert err == (f"deploy.py: the deployer policy is {size(policy):,} characters "
+                   "(whitespace not counted): over IAM's 2,048 for a user's inline policies, "
+                   "within 6,144 for a managed policy: create it as a managed policy and "
+                   "attach it (or a role's inline policy, up to 10,240)\n")
+
+    many = [a for k in range(300) for a in ("--data-bucket", f"data-{k}")]
+    policy, err = printed(*many)
+    assert "; its statement DataBuckets alone is " in err and "give fewer locations" in err
+
+
 def test_the_deployer_decrypts_an_s3_schedule_manifest_through_s3(aws: Aws, tmp_path: Path):
     """An s3:// --schedule-manifest in a data bucket encrypted with a --kms-key key: deploy
     reads it (its checks), so S3 decrypts it for the deployer, which --print-deployer-policy

@@ -31,6 +31,7 @@ otherwise), and the steps tell a missing input or work file from a denied one by
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -378,6 +379,56 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None,
         statements.append(_allow("ReadEncryptedScheduleManifest", ["kms:Decrypt"],
                                  sorted(set(kms_keys)), _through_s3(names)))
     return _doc(*statements)
+
+
+#: IAM's most characters of a policy, whitespace not counted: a managed policy's, and the
+#: inline policies of one user's (IAM and AWS STS quotas)
+MANAGED_POLICY_CHARS = 6144
+USER_INLINE_CHARS = 2048
+
+
+def policy_size(policy: dict[str, Any]) -> int:
+    """The characters IAM counts of ``policy`` against its size quotas (no whitespace)."""
+    return len(re.sub(r"\s", "", json.dumps(policy)))
+
+
+def size_advice(policy: dict[str, Any], what: str) -> list[str]:
+    """What to say of the size of ``policy`` (``what``: its name) against IAM's quotas: over
+    a user's inline policies' 2,048 characters, to attach it as a managed policy; over a
+    managed policy's 6,144, how to split it by statement into managed policies that fit (a
+    ``jq`` command each), or, a statement being over it alone, which. Nothing at 2,048 or
+    less."""
+    size = policy_size(policy)
+    if size <= USER_INLINE_CHARS:
+        return []
+    head = f"{what} is {size:,} characters (whitespace not counted)"
+    if size <= MANAGED_POLICY_CHARS:
+        return [f"{head}: over IAM's {USER_INLINE_CHARS:,} for a user's inline policies, "
+                f"within {MANAGED_POLICY_CHARS:,} for a managed policy: create it as a managed "
+                "policy and attach it (or a role's inline policy, up to 10,240)"]
+    statements = policy["Statement"]
+    parts: list[list[int]] = []  # each part's statements, in order
+    for i, statement in enumerate(statements):
+        alone = policy_size(_doc(statement))
+        if alone > MANAGED_POLICY_CHARS:
+            return [f"{head}, over IAM's {MANAGED_POLICY_CHARS:,} for a managed policy (and "
+                    f"{USER_INLINE_CHARS:,} for a user's inline policies); its statement "
+                    f"{statement.get('Sid', i)} alone is {alone:,}: give fewer locations or "
+                    "keys (a bucket alone covers every prefix in it), or split them between "
+                    "stacks"]
+        if parts and policy_size(_doc(*(statements[j] for j in [*parts[-1], i]))) \
+                <= MANAGED_POLICY_CHARS:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    slices = [f"{part[0]}:{part[-1] + 1}" if part[-1] + 1 < len(statements) else
+              f"{part[0]}:" for part in parts]
+    return [f"{head}, over IAM's {MANAGED_POLICY_CHARS:,} for a managed policy (and "
+            f"{USER_INLINE_CHARS:,} for a user's inline policies): save it (> policy.json), "
+            f"create these {len(parts)} managed policies from it, split by statement, and "
+            "attach them all:",
+            *(f"  jq '{{Version, Statement: .Statement[{cut}]}}' policy.json > "
+              f"policy-{k}.json" for k, cut in enumerate(slices, 1))]
 
 
 def operator_policy(names: StackNames, data: list[DataLocation] | None = None,
