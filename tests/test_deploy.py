@@ -1654,14 +1654,20 @@ def test_a_schedule_scheduler_would_refuse_is_a_usage_error(aws: Aws, tmp_path: 
                                                              expression: str):
     """Checked before any AWS call (AWS would refuse it only at the deploy's last step, with
     every other resource made): exit 2, saying what is expected."""
+    err = _refused_schedule(aws, tmp_path, expression)
+    assert f"--schedule {expression!r}: expected" in err and "cron(0 2 * * ? *)" in err
+
+
+def _refused_schedule(aws: Aws, tmp_path: Path, expression: str) -> str:
+    """deploy.py's stderr for a schedule of ``expression``, refused before any AWS call."""
     manifest = tmp_path / "night.json"
     manifest.write_text(json.dumps({"scan": {"input": "s3://slides/in/", "output":
                                              "s3://results/"}}))
     code, result, err = aws.deploy("--skip-build", "--schedule", expression,
                                    "--schedule-manifest", str(manifest))
     assert (code, result) == (2, None), err
-    assert f"--schedule {expression!r}: expected" in err and "cron(0 2 * * ? *)" in err
     assert aws.calls == []
+    return err
 
 
 @pytest.mark.parametrize(("expression", "said"), [
@@ -1671,8 +1677,8 @@ def test_a_schedule_scheduler_would_refuse_is_a_usage_error(aws: Aws, tmp_path: 
     ("cron(0 2 * 13 ? *)", "month '13': expected 1-12 or JAN-DEC"),
     ("cron(0 2 ? * 8 *)", "day-of-week '8': expected 1-7 or SUN-SAT"),
     ("cron(0 2 * * ? 1969)", "year '1969': expected 1970-2199"),
-    ("cron(0 2 * * * *)", "day-of-month '*' and day-of-week '*': expected exactly one of them "
-                          "to be \"?\""),
+    ("cron(0 2 * * * *)", ("day-of-month '*' and day-of-week '*': expected exactly one of "
+                           "them to be \"?\"")),
     ("cron(0 2 ? * ? *)", "day-of-month '?' and day-of-week '?': expected exactly one"),
 ])
 def test_a_cron_field_scheduler_would_refuse_is_named_before_any_call(
@@ -1681,15 +1687,9 @@ def test_a_cron_field_scheduler_would_refuse_is_named_before_any_call(
     (hours 0-23, minutes 0-59, ..., one of day-of-month and day-of-week "?"), before any AWS
     call; before, these were taken and the schedule call failed after the functions and the
     state machine had been updated."""
-    manifest = tmp_path / "night.json"
-    manifest.write_text(json.dumps({"scan": {"input": "s3://slides/in/", "output":
-                                             "s3://results/"}}))
-    code, result, err = aws.deploy("--skip-build", "--schedule", expression,
-                                   "--schedule-manifest", str(manifest))
-    assert (code, result) == (2, None), err
+    err = _refused_schedule(aws, tmp_path, expression)
     assert f"deploy.py: --schedule {expression!r}: {said}" in err, err
     assert "cron(0 2 * * ? *)" in err and "cron(0 2 ? * MON *)" in err
-    assert aws.calls == []
 
 
 @pytest.mark.parametrize("expression", [

@@ -701,6 +701,17 @@ def test_start_with_what_is_no_state_machine_arn_says_what_it_takes(
         assert code == 2 and "no AWS credentials found" in err.getvalue(), err.getvalue()
 
 
+def _served_stand_in(session: Any, endpoint: str, names: StackNames) -> str:
+    """A stack of ``names`` on the server at ``endpoint``: its bucket, and a state machine
+    of one Pass state tagged with it; the state machine's ARN."""
+    session.client("s3", endpoint_url=endpoint).create_bucket(Bucket=names.bucket)
+    return str(session.client("stepfunctions", endpoint_url=endpoint).create_state_machine(
+        name=names.state_machine, roleArn=names.role_arn(names.state_machine_role),
+        definition=json.dumps({"StartAt": "Only", "States": {"Only": {"Type": "Pass",
+                                                                      "End": True}}}),
+        tags=[{"key": BUCKET_TAG, "value": names.bucket}])["stateMachineArn"])
+
+
 def test_start_and_status_send_every_call_to_the_endpoint_url(
         moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """``--endpoint-url``, as deploy.py has it: start and status took their endpoint from
@@ -717,13 +728,8 @@ def test_start_and_status_send_every_call_to_the_endpoint_url(
     monkeypatch.setattr(storage, "_client", None)
     session = boto3.Session(region_name=REGION)
     s3 = session.client("s3", endpoint_url=moto_server)
-    s3.create_bucket(Bucket=NAMES.bucket)
     sfn = session.client("stepfunctions", endpoint_url=moto_server)
-    machine = sfn.create_state_machine(
-        name=NAMES.state_machine, roleArn=NAMES.role_arn(NAMES.state_machine_role),
-        definition=json.dumps({"StartAt": "Only", "States": {"Only": {"Type": "Pass",
-                                                                      "End": True}}}),
-        tags=[{"key": BUCKET_TAG, "value": NAMES.bucket}])["stateMachineArn"]
+    machine = _served_stand_in(session, moto_server, NAMES)
     stack = Stack(session, tmp_path)
     manifest = stack.manifest("m.json", JOBS)
     code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", machine,
@@ -759,15 +765,9 @@ def test_starts_follow_hint_repeats_the_profile_endpoint_and_region(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setattr(storage, "_client", None)
-    names = StackNames("hint", "123456789012", REGION)
     session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
                             aws_secret_access_key="testing")
-    session.client("s3", endpoint_url=moto_server).create_bucket(Bucket=names.bucket)
-    machine = session.client("stepfunctions", endpoint_url=moto_server).create_state_machine(
-        name=names.state_machine, roleArn=names.role_arn(names.state_machine_role),
-        definition=json.dumps({"StartAt": "Only", "States": {"Only": {"Type": "Pass",
-                                                                      "End": True}}}),
-        tags=[{"key": BUCKET_TAG, "value": names.bucket}])["stateMachineArn"]
+    machine = _served_stand_in(session, moto_server, StackNames("hint", "123456789012", REGION))
     stack = Stack(session, tmp_path)
     manifest = stack.manifest("m.json", JOBS)
     code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", machine,

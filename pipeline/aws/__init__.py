@@ -33,8 +33,8 @@ _STACK = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,18}[a-z0-9])?$")
 #: EventBridge Scheduler's recurring expressions: rate(N unit) (singular for 1), cron(6 fields)
 _RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")
 _CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
-_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
-_DAYS = "SUN MON TUE WED THU FRI SAT".split()
+_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_DAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 #: a cron expression's fields as EventBridge Scheduler documents them (schedule-types.html):
 #: name, lowest, highest, the names that stand for values (1 for the first), and what the
 #: field takes besides "," "-" "*" "/" (day-of-month: ? L W; day-of-week: ? L #)

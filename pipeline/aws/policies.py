@@ -403,19 +403,19 @@ def size_advice(policy: dict[str, Any], what: str) -> list[str]:
         return []
     head = f"{what} is {size:,} characters (whitespace not counted)"
     if size <= MANAGED_POLICY_CHARS:
-        return [f"{head}: over IAM's {USER_INLINE_CHARS:,} for a user's inline policies, "
-                f"within {MANAGED_POLICY_CHARS:,} for a managed policy: create it as a managed "
-                "policy and attach it (or a role's inline policy, up to 10,240)"]
+        return [(f"{head}: over IAM's {USER_INLINE_CHARS:,} for a user's inline policies, "
+                 f"within {MANAGED_POLICY_CHARS:,} for a managed policy: create it as a "
+                 "managed policy and attach it (or a role's inline policy, up to 10,240)")]
     statements = policy["Statement"]
     parts: list[list[int]] = []  # each part's statements, in order
     for i, statement in enumerate(statements):
         alone = policy_size(_doc(statement))
         if alone > MANAGED_POLICY_CHARS:
-            return [f"{head}, over IAM's {MANAGED_POLICY_CHARS:,} for a managed policy (and "
-                    f"{USER_INLINE_CHARS:,} for a user's inline policies); its statement "
-                    f"{statement.get('Sid', i)} alone is {alone:,}: give fewer locations or "
-                    "keys (a bucket alone covers every prefix in it), or split them between "
-                    "stacks"]
+            return [(f"{head}, over IAM's {MANAGED_POLICY_CHARS:,} for a managed policy (and "
+                     f"{USER_INLINE_CHARS:,} for a user's inline policies); its statement "
+                     f"{statement.get('Sid', i)} alone is {alone:,}: give fewer locations or "
+                     "keys (a bucket alone covers every prefix in it), or split them between "
+                     "stacks")]
         if parts and policy_size(_doc(*(statements[j] for j in [*parts[-1], i]))) \
                 <= MANAGED_POLICY_CHARS:
             parts[-1].append(i)
@@ -423,10 +423,10 @@ def size_advice(policy: dict[str, Any], what: str) -> list[str]:
             parts.append([i])
     slices = [f"{part[0]}:{part[-1] + 1}" if part[-1] + 1 < len(statements) else
               f"{part[0]}:" for part in parts]
-    return [f"{head}, over IAM's {MANAGED_POLICY_CHARS:,} for a managed policy (and "
-            f"{USER_INLINE_CHARS:,} for a user's inline policies): save it (> policy.json), "
-            f"create these {len(parts)} managed policies from it, split by statement, and "
-            "attach them all:",
+    return [(f"{head}, over IAM's {MANAGED_POLICY_CHARS:,} for a managed policy (and "
+             f"{USER_INLINE_CHARS:,} for a user's inline policies): save it (> policy.json), "
+             f"create these {len(parts)} managed policies from it, split by statement, and "
+             "attach them all:"),
             *(f"  jq '{{Version, Statement: .Statement[{cut}]}}' policy.json > "
               f"policy-{k}.json" for k, cut in enumerate(slices, 1))]
 
