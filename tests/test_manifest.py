@@ -768,15 +768,27 @@ def test_output_options_must_be_an_object():
         'masks, bigtiff, cog, got "zstd"')
 
 
-def test_pyramid_layout_is_subifds_or_pages():
+@pytest.mark.parametrize("field, default, given, bad, expected", [
+    ("pyramid_layout", "subifds", "pages", "levels",
+     'expected one of "subifds", "pages", got "levels"'),
+    ("pyramid_resampling", "mean", "mode", "cubic",
+     ('expected one of "mean", "nearest", "mode", "min", "max", got "cubic"; interpolating '
+      "methods are not offered: a block becomes its mean (as INTER_AREA) or one of its "
+      "samples")),
+    ("pyramid_resampling", "mean", "nearest", "average",
+     ('expected one of "mean", "nearest", "mode", "min", "max", got "average"; GDAL\'s '
+      '"average" is "mean" here')),
+])
+def test_a_pyramid_option_takes_its_choices_and_names_them(field: str, default: str,
+                                                           given: str, bad: str,
+                                                           expected: str):
+    """Where the levels go and how they are reduced: the default, a choice given, and a
+    value that is none (GDAL's names for the methods told ours, as downsample's are)."""
     specs = parse_manifest({"defaults": {"output_options": {"pyramid": True}}, "jobs": [
-        job(), job(output="out/b.tif", output_options={"pyramid_layout": "pages"})]},
-        "m.json", BASE)
-    assert [s.output_options.pyramid_layout for s in specs] == ["subifds", "pages"]
-    assert one_problem({"jobs": [job(output_options={"pyramid": True,
-                                                     "pyramid_layout": "levels"})]}) == (
-        'jobs[0].output_options.pyramid_layout: expected one of "subifds", "pages", got '
-        '"levels"')
+        job(), job(output="out/b.tif", output_options={field: given})]}, "m.json", BASE)
+    assert [getattr(s.output_options, field) for s in specs] == [default, given]
+    assert one_problem({"jobs": [job(output_options={"pyramid": True, field: bad})]}) == (
+        f"jobs[0].output_options.{field}: {expected}")
 
 
 def test_pyramid_layout_needs_a_pyramid():
@@ -784,17 +796,6 @@ def test_pyramid_layout_needs_a_pyramid():
         "jobs[0].output_options.pyramid_layout: expected no pyramid_layout with pyramid "
         "false (the default output_options.pyramid): it says where pyramid levels go, got "
         '"pages"; set "pyramid": true, or drop "pyramid_layout"')
-
-
-def test_pyramid_resampling_names_the_methods():
-    specs = parse_manifest({"defaults": {"output_options": {"pyramid": True}}, "jobs": [
-        job(), job(output="out/b.tif", output_options={"pyramid_resampling": "mode"})]},
-        "m.json", BASE)
-    assert [s.output_options.pyramid_resampling for s in specs] == ["mean", "mode"]
-    assert one_problem({"jobs": [job(output_options={"pyramid": True,
-                                                     "pyramid_resampling": "average"})]}) == (
-        'jobs[0].output_options.pyramid_resampling: expected one of "mean", "nearest", '
-        '"mode", "min", "max", got "average"')
 
 
 def test_pyramid_resampling_needs_a_pyramid():
@@ -1220,7 +1221,7 @@ def test_a_choice_far_from_every_one_is_told_the_list_alone():
         '"jpeg", "group4", "none", got "webp"')
 
 
-_INTERPOLATING = ("interpolating methods are not offered: downsample takes a block's mean (as "
+_INTERPOLATING = ("interpolating methods are not offered: a block becomes its mean (as "
                   "INTER_AREA) or one of its samples")
 
 

@@ -20,7 +20,7 @@ from pipeline.core.models import (
     JobSpec,
     OutputOptions,
 )
-from pipeline.core.ops import made_problems, made_types, parse_chain
+from pipeline.core.ops import METHOD_HINTS, made_problems, made_types, parse_chain
 from pipeline.core.params import Param, show, unknown_field_problems
 from pipeline.core.record import record
 from pipeline.core.reduce import METHODS
@@ -80,7 +80,7 @@ _PYRAMID_RESAMPLING = Param("pyramid_resampling", "string", "how a level's 2 x 2
                             "become its pixels: their mean, the pixel GDAL's nearest "
                             "overviews take (gdaladdo -r nearest), their most frequent, "
                             "smallest or largest value",
-                            default="mean", choices=METHODS)
+                            default="mean", choices=METHODS, hints=METHOD_HINTS)
 _OME = Param("ome", "boolean", "write OME-TIFF", default=False)
 _BILEVEL_COMPRESSION = Param("bilevel_compression", "string", 'codec of the 1-bit pages of a '
                              '"bilevel": "auto" job', default="group4",

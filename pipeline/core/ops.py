@@ -376,10 +376,11 @@ _PER_BAND = Param("per_band", "boolean", "statistics of each band for that band 
                   "(false: over all channels)", default=False)
 
 _NO_MEDIAN = 'a block\'s median is not offered: "mean" (its mean), or "mode" for class labels'
-_INTERPOLATING = ("interpolating methods are not offered: downsample takes a block's mean (as "
+_INTERPOLATING = ("interpolating methods are not offered: a block becomes its mean (as "
                   "INTER_AREA) or one of its samples")
-#: what downsample's ``method`` tells the names other tools give theirs (GDAL's ``-r``, ArcGIS,
-#: QGIS) and the methods it does not offer: (name, advice) pairs, as :attr:`Param.hints`
+#: what downsample's ``method`` and ``output_options.pyramid_resampling`` tell the names
+#: other tools give theirs (GDAL's ``-r``, ArcGIS, QGIS) and the methods they do not offer:
+#: (name, advice) pairs, as :attr:`Param.hints`
 METHOD_HINTS: tuple[tuple[str, str], ...] = (
     *((name, f'GDAL\'s "{name}" is "{ours}" here') for name, ours in
       (("average", "mean"), ("near", "nearest"))),
