@@ -780,12 +780,13 @@ def test_a_large_packet_on_s3_is_one_ranged_get_of_its_bytes_pinned_to_the_plans
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """On S3 merge fetches a packet's bytes alone, in one GET pinned to the ETag its job was
     planned on (before: a HeadObject and the 512 KiB read buffer, to the object's end); an
-    object replaced since is refused (S3's 412), not read as another version."""
+    object replaced since is refused (S3's 412) as an input changed since its plan, which is
+    not retried (a StorageError is), not read as another version."""
     from conftest import moto_s3
 
     from pipeline.adapters import storage
     from pipeline.adapters.metadata import XmpPackets
-    from pipeline.errors import StorageError
+    from pipeline.errors import InputChangedError
     from pipeline.steps.planning import read_plan
 
     path = tmp_path / "big.tif"
@@ -806,7 +807,7 @@ def test_a_large_packet_on_s3_is_one_ranged_get_of_its_bytes_pinned_to_the_plans
         assert XmpPackets(url, plan.input_version)(at) == LARGE
         assert seen == [("GetObject", len(LARGE))] and pinned == [plan.input_version]
         s3.put_object(Bucket="xmp-get", Key="big.tif", Body=path.read_bytes() + b"\0")
-        with pytest.raises(StorageError, match="changed while it was being read"):
+        with pytest.raises(InputChangedError, match="changed after its job was planned"):
             XmpPackets(url, plan.input_version)(at)
 
 

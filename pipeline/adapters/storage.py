@@ -480,9 +480,9 @@ def read_range(url: str, offset: int, size: int,
                version: str | None = None) -> bytes:
     """``size`` bytes of a file or object from ``offset`` (fewer at its end, none past it;
     one ranged ``GetObject``, and no more than those bytes). ``version``: the one its job
-    was planned on (:func:`version_of`): a local file's checked as it is opened
-    (:class:`InputChangedError`), an object's by the GET's ``If-Match`` (S3's 412 a
-    :class:`StorageError`, as :class:`S3RangeReader`'s reads)."""
+    was planned on (:func:`version_of`): a local file's checked as it is opened, an
+    object's by the GET's ``If-Match`` (S3's 412): either changed, an
+    :class:`InputChangedError` (not retried: it would read another version again)."""
     with _errors(url, "read", missing):
         if not is_s3(url):
             with open(url, "rb") as fh:
@@ -498,6 +498,8 @@ def read_range(url: str, offset: int, size: int,
         except _aws_errors() as exc:
             if _code(exc) == "InvalidRange":  # S3's answer to a range past the end
                 return b""
+            if version and _code(exc) in ("412", "PreconditionFailed"):
+                check_version(url, version, "another")  # (its message: changed since planned)
             raise
 
 

@@ -672,7 +672,9 @@ OTHER_NAMES: dict[str, str] = {
                      "rescale_intensity", "autolevel", "normalise"),
                     "percentile_stretch (or normalize, to the full range)"),
     **dict.fromkeys(("mirror", "flop", "flipx", "flipy", "fliplr", "flipud"), "flip"),
-    **dict.fromkeys(("rot90", "rotate90", "transpose", "rot"), "rotate"),
+    **dict.fromkeys(("rot90", "rotate90", "rot"), "rotate"),
+    "transpose": ('rotate then flip (a transpose, rows and columns swapped, is {"op": '
+                  '"rotate", "angle": 90} then {"op": "flip", "axis": "horizontal"})'),
     **dict.fromkeys(("cast", "astype", "cast_format", "to_uint8", "depth"), "convert"),
     **dict.fromkeys(("ndvi", "ndwi", "band_ratio"), "normalized_difference"),
     **dict.fromkeys(("edges", "edge", "edge_detect", "edge_detection", "find_edges"),
