@@ -35,6 +35,7 @@ import json
 import shlex
 import signal
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -238,7 +239,8 @@ def _given_beyond_the_stack(args: argparse.Namespace) -> list[str]:
 
 def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The options given, as the deploy lock records them (who holds it doing what): each
-    that differs from its default, a --build-arg by its key only (a value may be a token)."""
+    that differs from its default, a --build-arg by its key only (a value may be a token),
+    an --endpoint-url without a user and password in it."""
     words = []
     for dest, value in vars(args).items():
         if value in (None, False, []) or value == parser.get_default(dest):
@@ -246,6 +248,10 @@ def _command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         option = "--" + dest.replace("_", "-")
         if dest == "build_arg":
             value = [arg.partition("=")[0] for arg in value]
+        elif dest == "endpoint_url":  # (a user:password@ in it is a secret too)
+            parts = urllib.parse.urlsplit(value)
+            value = parts._replace(netloc=parts.hostname + (
+                f":{parts.port}" if parts.port else "")).geturl() if parts.hostname else value
         for one in value if isinstance(value, list) else [value]:
             words += [option] if one is True else [option, str(one)]
     return shlex.join(words)
@@ -264,10 +270,16 @@ class _Stopped(BaseException):
 def _stopped_by_signals() -> Iterator[None]:
     """SIGINT (Ctrl-C), SIGTERM and SIGHUP, unless ignored when deploy.py started
     (:func:`pipeline.ui.stop_signals`), raise :class:`_Stopped` while the block runs: a
-    SIGTERM would otherwise end the process at once, its deploy lock left held. Only in the
-    main thread (where Python runs signal handlers)."""
+    SIGTERM would otherwise end the process at once, its deploy lock left held. Once: a
+    second signal while the first unwinds (Ctrl-C pressed twice, a CI's SIGTERM sent again)
+    is let go, so that the lock's release runs to its end. Only in the main thread (where
+    Python runs signal handlers)."""
+    stopped: list[int] = []
+
     def handler(signum: int, _: Any) -> None:
-        raise _Stopped(signum)
+        if not stopped:
+            stopped.append(signum)
+            raise _Stopped(signum)
 
     with on_stop_signals(handler):
         yield

@@ -71,6 +71,27 @@ def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(s, old)
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """:func:`stop_signals` held off while the block runs (a step that must not be cut in
+    two: a deploy lock's write and the note of it, its release): each that comes is kept,
+    and the first raised again when the block ends, to the handlers before it. Outside the
+    main thread, where Python runs no signal handler, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    before = {s: signal.signal(s, lambda signum, _: came.append(signum))
+              for s in stop_signals()}
+    try:
+        yield
+    finally:
+        for s, old in before.items():
+            signal.signal(s, old)
+        if came:
+            signal.raise_signal(came[0])
+
+
 def exit_code_of(main: Callable[[], int]) -> int:
     """The exit code of a command's ``main`` (``tiffpipe``'s, ``deploy.py``'s), its stdout
     flushed; argparse's exits (``--help``, ``--version``, a usage error) included. When

@@ -2499,6 +2499,77 @@ def test_a_deploy_stopped_by_a_signal_releases_the_lock(aws: Aws, signum: int):
     assert aws.client("lambda").list_functions()["Functions"] == []
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_while_the_lock_is_released_leaves_no_lock(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch, signum: int):
+    """Ctrl-C pressed twice, or a CI's SIGTERM sent again: the second came while the first
+    one's unwinding removed the lock, and cut the release short, the lock left held (the
+    next deploy refused by this very process). It is now held off until the release ends."""
+    from pipeline.aws import lock as lock_module
+
+    delete = lock_module._conditional_delete
+
+    def signalled_delete(*args: Any) -> str:
+        os.kill(os.getpid(), signum)  # (the second signal, in the middle of the release)
+        return delete(*args)
+
+    def build(step: str, *_: Any, **__: Any) -> str:
+        os.kill(os.getpid(), signum)  # (the first)
+        raise AssertionError("the signal did not stop the deploy")
+
+    monkeypatch.setattr(lock_module, "_conditional_delete", signalled_delete)
+    code, result, err = aws.deploy(build=build, run=fake_docker())
+    assert code == 128 + signum and result is None, err
+    assert _lock(aws) is None and "deploy lock released" in err
+
+
+def test_a_lock_write_resent_after_a_timeout_is_taken_as_the_deploys_own(aws: Aws):
+    """botocore resends a PutObject that timed out; S3 may have taken the first: the resend
+    then meets the lock's If-None-Match (412) and the deploy was refused by its own lock,
+    which it then never released. A lock whose record is the one it wrote is its own."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0  # (the stack, its bucket)
+    sent: list[bytes] = []
+
+    def first_write_lost(model: Any, params: dict[str, Any], **_: Any) -> None:
+        on_lock = str(params.get("url_path", "")).split("?")[0].endswith(LOCK_KEY)
+        if model.name == "PutObject" and on_lock and not sent:
+            sent.append(params["body"])  # (S3 took it; its answer was lost: sent again)
+            aws.client("s3").put_object(Bucket=NAMES.bucket, Key=LOCK_KEY, Body=sent[0])
+
+    aws.session.events.register("before-call.s3.PutObject", first_write_lost)
+    code, _, err = aws.deploy("--skip-build", "--concurrency", "3")
+    assert code == 0 and sent, err
+    assert "deploy lock taken" in err and "deploy lock released" in err
+    assert _lock(aws) is None and _deployed_concurrency(aws) == 3
+
+
+def test_a_hand_written_lock_without_a_time_zone_is_said_and_broken(aws: Aws):
+    """A lock record written by hand with a ``since`` without a zone crashed the refusal
+    and --break-lock itself (naive minus aware datetimes): taken as UTC."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    record = {"holder": "me", "host": "h", "pid": 1, "since": "2026-01-01T00:00:00"}
+    aws.client("s3").put_object(Bucket=NAMES.bucket, Key=LOCK_KEY,
+                                Body=json.dumps(record).encode())
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 1 and "since 2026-01-01T00:00:00Z (" in err, err
+    code, result, err = aws.deploy("--break-lock")
+    assert code == 0 and result is not None and result["broken"] == record, err
+    assert _lock(aws) is None
+
+
+def test_the_lock_records_an_endpoint_url_without_its_user_and_password():
+    """The lock's record (an object in the bucket) names the options given: an
+    --endpoint-url's user:password@ is left out, as a --build-arg's value is."""
+    parser = deploy_script._parser()
+    args = parser.parse_args(["--stack", "s", "--endpoint-url",
+                              "https://ops:s3cret@minio.example:9000/", "--build-arg", "T=x"])
+    command = deploy_script._command(parser, args)
+    assert "--endpoint-url https://minio.example:9000/" in command
+    assert "s3cret" not in command and "ops:" not in command and "T=x" not in command
+
+
 def test_the_break_lock_advice_repeats_the_options_that_locate_the_stack(
         monkeypatch: pytest.MonkeyPatch, moto_server: str, tmp_path: Path):
     """A deploy refused by a dead deploy's lock advised ``deploy.py --stack S --region R
@@ -2563,6 +2634,8 @@ def test_a_dead_deploys_lock_is_said_with_its_age_and_broken_with_break_lock(aws
     code, result, err = aws.deploy("--break-lock", "--dry-run")
     assert code == 0 and _lock(aws) == record, err
     assert "would remove the deploy lock held by arn:aws:iam::" in err
+    assert result is not None and result["broken"] is None  # (nothing broken: would be)
+    assert result["would_break"] == record
     code, result, err = aws.deploy("--break-lock")
     assert code == 0, err
     assert result is not None and result["broken"] == record

@@ -576,7 +576,8 @@ def test_a_misspelt_op_or_parameter_names_the_one_meant():
     ("grayscale", "to_gray"), ("greyscale", "to_gray"), ("binarize", "otsu_threshold"),
     ("otsu", "otsu_threshold"), ("histeq", "equalize_hist"), ("CLAHE", "clahe"),
     ("stretch", "percentile_stretch"), ("autocontrast", "percentile_stretch"),
-    ("mirror", "flip"), ("rot90", "rotate"), ("transpose", "rotate then flip"), ("cast", "convert"), ("astype", "convert"),
+    ("mirror", "flip"), ("rot90", "rotate"), ("transpose", "rotate then flip"),
+    ("cast", "convert"), ("astype", "convert"),
     ("ndvi", "normalized_difference"), ("edges", "canny"), ("negate", "invert"),
     ("erosion", "erode"), ("DILATE", "dilate"), ("blur", "gaussian_blur"),
 ])

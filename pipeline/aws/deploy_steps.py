@@ -697,5 +697,7 @@ def unlock(config: DeployConfig, clients: Clients,
         log("dry run: nothing was changed" if config.dry_run else
             "done: run the deploy again (it starts over where the dead one stopped: every "
             "step is re-runnable)")
+    # (a dry run breaks none: what it would break is "would_break")
     return {"stack": names.stack, "account": names.account, "region": names.region,
-            "broken": broken, "dry_run": config.dry_run}
+            "broken": None if config.dry_run else broken,
+            **({"would_break": broken} if config.dry_run else {}), "dry_run": config.dry_run}

@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import AwsError, Clients, StackNames
 from pipeline.aws.actions import Actions, call_failed, error_code
+from pipeline.ui import uninterrupted
 
 #: the lock object, in the stack bucket
 LOCK_KEY = "deploys/lock.json"
@@ -55,10 +56,13 @@ class Holder:
 
     @property
     def since(self) -> datetime | None:
+        """When the lock was taken: its record's ``since`` (one without a zone, written by
+        hand, taken as UTC), else S3's LastModified."""
         try:
-            return datetime.fromisoformat(str(self.record["since"]))
+            since = datetime.fromisoformat(str(self.record["since"]))
         except (KeyError, ValueError):
             return self.last_modified
+        return since if since.tzinfo else since.replace(tzinfo=UTC)
 
     def describe(self, now: datetime | None = None) -> str:
         """``arn:... on host h (pid 42) since 2026-12-07T16:20:01Z (3 min ago), running
@@ -106,7 +110,8 @@ def read_lock(s3: Any, names: StackNames) -> Holder | None:
 def _conditional_delete(s3: Any, names: StackNames, etag: str) -> str:
     """Delete the lock object only if its ETag is ``etag``: ``deleted``, ``changed`` (it
     is another one now) or ``gone``. DeleteObject ``If-Match`` (S3 since September 2025,
-    moto); a store that answers it 501 gets the object read again and compared first."""
+    moto); a store that answers it 501 gets the object read again and compared first, then
+    deleted: best effort, as a lock taken between that read and the delete goes too."""
     try:
         s3.delete_object(Bucket=names.bucket, Key=LOCK_KEY, IfMatch=etag)
         return "deleted"
@@ -177,11 +182,14 @@ class DeployLock:
                          f"would be refused now (see {self._break_command()})")
             self.checked = True
             return
-        body = json.dumps(self._record(), indent=2).encode("utf-8")
+        record = self._record()
+        body = json.dumps(record, indent=2).encode("utf-8")
         for _ in range(2):  # (a lock released between the write and its read: once more)
             try:
-                put = s3.put_object(Bucket=self.names.bucket, Key=LOCK_KEY, Body=body,
-                                    ContentType="application/json", IfNoneMatch="*")
+                with uninterrupted():  # (a signal between the write and its note: held)
+                    put = s3.put_object(Bucket=self.names.bucket, Key=LOCK_KEY, Body=body,
+                                        ContentType="application/json", IfNoneMatch="*")
+                    self.etag, self.checked = str(put["ETag"]), True
             except ClientError as exc:
                 code = error_code(exc)
                 if not required and code in (*_MISSING, "403", "AccessDenied"):
@@ -196,10 +204,14 @@ class DeployLock:
                                 "ConditionalRequestConflict"):
                     raise
                 holder = read_lock(s3, self.names)
-                if holder is not None:
+                if holder is not None and holder.record == record:
+                    # its own: botocore resent the write after a timeout, which S3 had
+                    # taken (the resend's 412): held, not refused by itself
+                    self.etag, self.checked = holder.etag, True
+                elif holder is not None:
                     raise DeployLockedError(self._refusal(holder)) from exc
-                continue
-            self.etag, self.checked = str(put["ETag"]), True
+                else:
+                    continue
             self.log(f"  deploy lock taken: s3://{self.names.bucket}/{LOCK_KEY}")
             return
         raise DeployLockedError(
@@ -212,10 +224,13 @@ class DeployLock:
         to do, and the command's own outcome stands."""
         if self.etag is None:
             return
-        etag, self.etag = self.etag, None
+        etag = self.etag
         try:
-            outcome = _conditional_delete(self.clients("s3"), self.names, etag)
+            with uninterrupted():  # (a second Ctrl-C, a CI's second SIGTERM: after it)
+                outcome = _conditional_delete(self.clients("s3"), self.names, etag)
+                self.etag = None
         except (ClientError, BotoCoreError) as exc:
+            self.etag = None
             self.log(f"the deploy lock s3://{self.names.bucket}/{LOCK_KEY} could not be "
                      f"removed ({call_failed(exc)}): once sure no deploy of "
                      f"{self.names.stack} runs, remove it with {self._break_command()}")
