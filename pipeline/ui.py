@@ -71,6 +71,22 @@ def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(s, old)
 
 
+def _reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` writes to a pipe whose reader has gone (its end polls as an
+    error); False for a stream that is no such pipe (a file, a terminal, None)."""
+    import select
+
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not hasattr(select, "poll"):  # (Windows: no poll; a broken pipe there is stdout's)
+        return stream is sys.stdout
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
 @contextmanager
 def uninterrupted() -> Iterator[None]:
     """:func:`stop_signals` held off while the block runs (a step that must not be cut in
@@ -98,8 +114,11 @@ def exit_code_of(main: Callable[[], int]) -> int:
     stdout's reader has gone (``deploy.py --print-operator-policy | head -3``, ``tiffpipe
     run --help | head``), quietly, as Python's signal docs advise ("Note on SIGPIPE"): what
     is left goes nowhere (:func:`off_gone_streams`), with no traceback nor "Exception
-    ignored" at the exit, and the code is what ``main`` returned (0 if the pipe broke while
-    it printed: it printed until no one read it, as ``tiffpipe ops | head`` does)."""
+    ignored" at the exit, and the code is what ``main`` returned (0 if stdout's pipe broke
+    while it printed: it printed until no one read it, as ``tiffpipe ops | head`` does).
+    Another pipe broken under ``main`` (stderr's: ``deploy.py 2>&1 | head``, its progress
+    lines) stopped the command half-way: exit 141 (128 + SIGPIPE, a shell's code for a
+    writer its pipe stopped), quietly, never 0."""
     try:
         code = main()
     except SystemExit as exc:  # argparse's: its message printed (or lost with stdout)
@@ -107,7 +126,10 @@ def exit_code_of(main: Callable[[], int]) -> int:
             raise
         code = exc.code or 0
     except BrokenPipeError:
-        code = 0
+        code = 0 if _reader_gone(sys.stdout) else 128 + 13  # (SIGPIPE: 13 on every POSIX)
+        gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(s)]
+        if gone:  # (none named: off_gone_streams takes both)
+            off_gone_streams(*gone)
     try:
         if sys.stdout is not None:  # None without a console (pythonw)
             sys.stdout.flush()

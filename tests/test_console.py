@@ -183,6 +183,27 @@ def test_a_reader_gone_is_quiet_however_the_command_ends(args: list[str], flags:
     assert "exit handler ran" in err
 
 
+def test_a_command_whose_stderr_reader_goes_is_not_said_to_have_succeeded():
+    """``deploy.py 2>&1 | head``: its progress on stderr, the pipe broken half-way, the
+    command stopped there, and exit_code_of said 0 (a success, to a CI) as for stdout's
+    reader gone after the output was read. Now 141 (128 + SIGPIPE), quietly."""
+    script = ("import sys\nfrom pipeline.ui import exit_code_of\n"
+              "def main():\n"
+              "    for i in range(20000):\n"
+              "        print('step', i, 'of the deploy', file=sys.stderr)\n"
+              "    print('done')\n"
+              "    return 0\n"
+              "sys.exit(exit_code_of(main))\n")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              stderr=write, stdin=subprocess.DEVNULL, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stdout) == (141, b"")
+
+
 def test_no_stdout_at_all():
     """A process without a console (pythonw) has sys.stdout None."""
     proc = _command(["validate", "/nonexistent/m.json"], before="sys.stdout = None\n")
