@@ -2358,6 +2358,54 @@ def test_rollback_and_a_deploy_say_the_concurrency_they_change(aws: Aws):
     assert code == 0 and "would update the concurrency 70 -> 60" in err, err
 
 
+def _setting(text: str | bytes) -> int:
+    """PlanRun's ``concurrency`` in a definition (0: none, deployed while the account's
+    settings could not be read)."""
+    return definition.concurrency_setting(text.decode() if isinstance(text, bytes) else text)
+
+
+@pytest.mark.parametrize("given", ["--concurrency", "unreserved"])
+def test_a_concurrency_of_8000_set_where_none_was_updates_the_definition(aws: Aws, given: str):
+    """A stack deployed without a concurrency (the account's settings unreadable) runs at
+    most 8,000 at once, as one deployed with 8,000: the redeploy giving 8,000 (--concurrency,
+    or an unreserved concurrency of 10,000 capped) changed the definition's JSON, so deploy
+    kept the deployed one for --rollback, but the state machine was not updated (no part
+    differed: "same"): every such redeploy overwrote the rollback target with the running
+    definition, and --rollback had nothing to go back to. It is updated now ("the
+    definition": its number is the same) and the next redeploy changes nothing."""
+    sfn, s3 = aws.client("stepfunctions"), aws.client("s3")
+
+    def deployed() -> str:
+        return str(sfn.describe_state_machine(
+            stateMachineArn=NAMES.state_machine_arn)["definition"])
+
+    push_fake_images(aws, "v1")  # moto answers GetAccountSettings with an error
+    assert aws.deploy("--skip-build")[0] == 0
+    push_fake_images(aws, "v2")
+    assert aws.deploy("--skip-build")[0] == 0
+    assert _setting(deployed()) == 0 and _previous_versions(aws) == dict.fromkeys(STEPS, "1")
+    unset = deployed()
+    option = ["--concurrency", "8000"] if given == "--concurrency" else []
+    if given == "unreserved":
+        _account_concurrency(aws, 10000)
+
+    code, result, err = aws.deploy("--skip-build", *option)
+    assert code == 0, err
+    said = [line.strip() for line in err.splitlines() if line.strip().startswith("update ")]
+    assert said == ["update the definition"], err
+    assert _setting(deployed()) == 8000 and result is not None and result["concurrency"] == 8000
+    previous = s3.get_object(Bucket=NAMES.bucket, Key=PREVIOUS_KEY)["Body"].read()
+    assert json.loads(previous) == json.loads(unset)  # the one it replaced
+
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build", *option)  # again: nothing to change
+    assert code == 0 and aws.writes() == [] and "nothing changed" in err, err
+
+    code, _, err = aws.deploy("--rollback")
+    assert code == 0, err
+    assert json.loads(deployed()) == json.loads(unset)
+
+
 @pytest.mark.parametrize("option", [["--skip-build"], ["--data-bucket", "slides"],
                                     ["--destroy"], ["--concurrency", "3"],
                                     ["--schedule", "rate(1 day)"]])

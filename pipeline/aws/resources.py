@@ -23,6 +23,7 @@ from pipeline.aws import (
 )
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
+from pipeline.aws.versions import same_definition
 from pipeline.core.constants import FUNCTION_SIZES
 from pipeline.core.events import RunInput, to_payload
 from pipeline.engine import definition
@@ -363,12 +364,14 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
     if current.get("status") == "DELETING":
         raise AwsError(f"state machine {arn} is still being deleted: wait a minute and run "
                        "deploy.py again")
-    # what differs, said as such (a deploy of a new --concurrency alone said "update the
-    # definition, role and logging")
+    # updated whenever the parsed definitions differ, as deploy keeps the one replaced for
+    # --rollback then (a concurrency set where none was, of the same number, 8,000, was not
+    # updated: --rollback lost its target); the concurrency split only words the change
     moved = definition.concurrency_change(current["definition"], text)
+    other = not same_definition(current["definition"], text) and (
+        not moved or definition.differs_besides_concurrency(current["definition"], text))
     changed = [part for part, differs in (
-        ("the definition",
-         definition.differs_besides_concurrency(current["definition"], text)),
+        ("the definition", other),
         (moved and f"the {moved}", True),
         ("the role", current["roleArn"] != role_arn),
         ("the logging", not covers(current.get("loggingConfiguration"), logging)))
