@@ -37,7 +37,7 @@ from conftest import (
 )
 from moto import mock_aws
 
-from pipeline.aws import STEPS, StackNames, check_schedule, policies
+from pipeline.aws import STEPS, StackNames, check_schedule, deploy_steps, policies
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import call_failed
 from pipeline.aws.lock import LOCK_KEY
@@ -510,6 +510,24 @@ def test_a_concurrency_above_what_a_run_uses_is_said_capped(aws: Aws):
     assert _deployed_concurrency(aws) == 8000
     code, result, err = aws.deploy("--skip-build", "--concurrency", "8000")
     assert code == 0 and "capped" not in err, err
+
+
+def test_a_capped_concurrency_is_said_once_with_the_value_deployed(aws: Aws):
+    """An unreserved concurrency above 8,000 was said twice, the lines contradicting each
+    other ("at most 10000 Lambda invocations at once", then "capped at 8,000"), and the
+    capping returned the uncapped total (only the definition's limit cut it): one line now,
+    the capped value, which is what the deploy goes on with."""
+    push_fake_images(aws)
+    _account_concurrency(aws, 10000)
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "Lambda invocations at once" in line]
+    assert len(said) == 1 and "capped at 8,000 Lambda invocations at once" in said[0], err
+    assert "at most 10000" not in err and result is not None and result["concurrency"] == 8000
+    lines: list[str] = []
+    assert deploy_steps._capped(100000, "--concurrency", lines.append) == 8000
+    assert len(lines) == 1
+    assert deploy_steps._capped(8000, "--concurrency", lines.append) == 8000 and len(lines) == 1
 
 
 def _account_concurrency(aws: Aws, unreserved: int) -> None:

@@ -329,22 +329,24 @@ def _concurrency(config: DeployConfig, clients: Clients, names: StackNames,
             f"its own limits ({definition.concurrency_of(definition.definition_text())} "
             f"invocations at once; give --concurrency to set it): {call_failed(exc)}")
         return None
-    log(f"concurrency: at most {unreserved} Lambda invocations at once, the account's "
-        "unreserved concurrency (--concurrency sets another)")
-    return _capped(unreserved, "the account's unreserved concurrency", log)
+    capped = _capped(unreserved, "the account's unreserved concurrency", log)
+    if capped == unreserved:  # (else said capped, once: not "at most" the uncapped total)
+        log(f"concurrency: at most {unreserved} Lambda invocations at once, the account's "
+            "unreserved concurrency (--concurrency sets another)")
+    return capped
 
 
 def _capped(total: int, what: str, log: Callable[[str], None]) -> int:
-    """``total``, said when it is above what a run can use (the state machine sets the
-    most a run makes at once: :func:`pipeline.engine.definition.limit_concurrency` caps
-    it there); before, it was cut without a word."""
+    """``total``, at most what a run can use (the most a run makes at once, as
+    :func:`pipeline.engine.definition.limit_concurrency` caps it), said when it is cut;
+    before, it was cut without a word."""
     cap = largest(0)
     if total > cap:
         log(f"{what} {total:,} is more than a run can use: capped at {cap:,} Lambda "
             f"invocations at once, the most a run makes ({JOBS_AT_ONCE} jobs at once x "
             f"{ITEMS_AT_ONCE:,} items of each job's map, the state machine's limits); give "
             f"--concurrency {cap} or less to set it exactly")
-    return total
+    return min(total, cap)
 
 
 def _locations(config: DeployConfig, clients: Clients, names: StackNames,
