@@ -614,6 +614,38 @@ def test_access_denied_is_a_storage_error_of_its_own(s3):
     assert "deploy.py --data-bucket, --input-bucket" in str(got.value)
 
 
+def test_the_emulator_advice_is_given_only_outside_a_lambda_function(monkeypatch):
+    """S3 that cannot be reached was met with the advice to set AWS_ENDPOINT_URL (an
+    emulator's) everywhere: in a Lambda function too, where a connection error is the
+    network's, and the run report then told the user to set an emulator's endpoint. Outside
+    one (a command at a shell, a local run) the advice stays: an endpoint that does not
+    answer."""
+    import boto3
+    from botocore.config import Config
+
+    from pipeline.core.constants import RUN_TAG_ENV
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv(RUN_TAG_ENV, raising=False)
+    unreachable = boto3.session.Session(region_name="us-east-1").client(
+        "s3", endpoint_url="http://127.0.0.1:9",  # nothing answers there
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))  # no backoff
+    advice = "(an S3 emulator or another S3 service: set AWS_ENDPOINT_URL to its URL"
+    url = "s3://tp-bucket/runs/r.json"
+    with storage.client_of(unreachable):
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+        with pytest.raises(StorageError) as local:
+            storage.read_json(url)
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "tiffpipe-prod-merge")
+        with pytest.raises(StorageError) as on_lambda:
+            storage.read_json(url)
+    for got in (local, on_lambda):
+        assert str(got.value).startswith(f"{url}: cannot read: Could not connect"), got.value
+        assert "check the URL, bucket, network and endpoint" in str(got.value)
+    assert advice in str(local.value) and advice not in str(on_lambda.value)
+
+
 def test_check_not_input_refuses_the_input_under_another_name(tmp_path):
     """A link either way, or a second hard link: publishing over that name would replace the
     input (a symlink) or is a mistake (a hard link). Another file, a missing output, and S3

@@ -47,6 +47,7 @@ from pipeline.errors import (
     WorkLocationError,
     WorkMissingError,
     in_callers_words,
+    lambda_function,
 )
 
 MiB = 1024 * 1024
@@ -245,12 +246,15 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         if isinstance(exc, FileNotFoundError):  # a local path (its folder cannot be made)
             raise StorageError(f"{url}: cannot {verb}: {exc}; check the path, permissions "
                                "and free space") from exc
+        # the emulator advice is for a command at a shell: not in a Lambda function, where
+        # a connection error is the network's (and its run report reaches the user)
         connection = sys.modules["botocore.exceptions"].ConnectionError
+        emulator = isinstance(exc, connection) and lambda_function() is None
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
                            "and endpoint" + (
                                " (an S3 emulator or another S3 service: set AWS_ENDPOINT_URL "
                                "to its URL, or give tiffpipe estimate, start and status "
-                               "--endpoint-url)" if isinstance(exc, connection) else "")
+                               "--endpoint-url)" if emulator else "")
                            ) from exc
     except OSError as exc:
         if verb == "write" and exc.errno in UNWRITABLE:
