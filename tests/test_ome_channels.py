@@ -11,6 +11,7 @@ tifffile.xml2dict, their PageName tags with tifffile."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,6 +26,8 @@ import tifffile
 from pipeline import cli
 from pipeline.adapters.segments import compose
 from pipeline.adapters.tiff_read import page_info, read_infos
+from pipeline.core.models import JobSpec
+from pipeline.core.plan import make_plan
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import forget_plans, load_plan
@@ -548,3 +551,35 @@ def test_a_channel_without_samplesperpixel_has_the_samples_sizec_leaves_it(tmp_p
     assert [o["name"] for o in ome] == ["Slide - Brightfield - Z=0", "Slide - Brightfield - Z=1"]
     assert [o["samples"] for o in ome] == [3, 3]
     assert [o["channel"] for o in ome] == [{"Name": "Brightfield"}] * 2
+
+
+class _CountedMetadata(dict):
+    """A page's metadata that counts the reads of its "ome" (the stack's plane)."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "ome":
+            type(self).reads += 1
+        return super().get(key, default)
+
+
+def test_a_select_bands_refusal_of_every_plane_reads_the_stack_once(tmp_path):
+    """A stack of channels as pages (an ImageJ ZCYX of 100 Z x 2 C: 200 pages) whose every
+    page a ``select_bands`` refuses: each refusal names its channel's page, and the plan
+    looks the stack's planes up once, not once a refusal (which read all 200 pages' stack
+    entries 200 times, 10^8 for 5 x 2,000 planes: PlanJob and ``validate --inputs``
+    seemed to hang)."""
+    src = tmp_path / "ij.tif"
+    tifffile.imwrite(src, np.zeros((100, 2, 8, 8), np.uint8), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    infos = [dataclasses.replace(info, metadata=_CountedMetadata(info.metadata))
+             for info in read_infos(str(src), list(range(200)))]
+    spec = JobSpec(input=str(src), output=str(tmp_path / "out.tif"),
+                   ops=[{"op": "select_bands", "bands": [1]}])
+    _CountedMetadata.reads = 0
+    _, problems = make_plan(0, spec, infos, str(tmp_path / "work"), 0.0)
+    assert len(problems) == 200
+    assert problems[4].text.endswith(
+        'this file stores its channels as pages: "pages": [5] picks channel 1')
+    assert _CountedMetadata.reads <= 3 * len(infos), _CountedMetadata.reads

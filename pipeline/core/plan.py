@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -124,16 +125,17 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
     """The plan of one job, and the problems (each of its page, if of one) that stop it from
     running. ``note``: what the job's result tells besides (:func:`left_out_note`)."""
     chain = chain_from_json(spec.ops)
-    problems: list[Problem] = []
     pages: list[PagePlan] = []
     halo = 0
+    found: list[tuple[PageInfo, str]] = []  # (each page's problems with the chain)
     for info in infos:
         dtype = np.dtype(info.dtype)
-        for p in chain_problems(chain, dtype, info.channels, info.photometric,
-                                info.extrasamples):
-            problems.append(Problem.of_page(
-                info.index, channel_pages_hint(explain_conversion(p, info), info, infos, chain)))
+        found += [(info, p) for p in chain_problems(chain, dtype, info.channels,
+                                                    info.photometric, info.extrasamples)]
         halo = max(halo, chain_halo(chain, dtype))
+    planes = stack_planes(infos) if found else {}  # (once a plan: not once a problem)
+    problems = [Problem.of_page(info.index, channel_pages_hint(
+        explain_conversion(p, info), info, planes, chain)) for info, p in found]
     layout = ChainLayout.of(chain, infos[0].dtype if infos else "uint8")
     placed = []  # each page as the chain's geometric ops make it (its size: the grid's)
     sizes = [geometry.placed_size(chain, info.height, info.width) for info in infos]
@@ -859,14 +861,23 @@ def explain_conversion(problem: str, info: PageInfo) -> str:
 _PICKS = re.compile(r"^ops\[(\d+)\] \(select_bands\): .*; pick band 0$")
 
 
-def channel_pages_hint(problem: str, info: PageInfo, infos: list[PageInfo],
-                       chain: list[OpCall]) -> str:
+def stack_planes(infos: list[PageInfo]) -> dict[tuple[Any, Any], PageInfo]:
+    """The pages of ``infos`` that are planes of a stack (an OME Image's, an ImageJ
+    hyperstack's: ``metadata["ome"]``), by (image, plane): where :func:`channel_pages_hint`
+    finds a channel's page. Made once a plan: a stack of 5 channels x 2,000 Z whose every
+    page has a ``select_bands`` problem would make it 10,000 times."""
+    return {(o.get("stack", {}).get("image"), o.get("stack", {}).get("plane")): info
+            for info in infos if (o := (info.metadata or {}).get("ome") or {})}
+
+
+def channel_pages_hint(problem: str, info: PageInfo,
+                       planes: dict[tuple[Any, Any], PageInfo], chain: list[OpCall]) -> str:
     """A ``select_bands`` problem of a 1-band page that is one channel of a stack whose
     channels are pages (an OME Image of SizeC > 1 and one sample a plane, an ImageJ
     hyperstack's channels: ``metadata["ome"]["stack"]``), with the pages that are the
     channels asked for in place of "pick band 0", which points the wrong way: ``"pages":
     [3] picks channel 3 (Cy5)`` (the Channel's name when known), the channels at this page's
-    Z and T. Any other problem as it is."""
+    Z and T. Any other problem as it is. ``planes``: the plan's :func:`stack_planes`."""
     found = _PICKS.match(problem)
     ome = (info.metadata or {}).get("ome") or {}
     stack = ome.get("stack") or {}
@@ -878,8 +889,6 @@ def channel_pages_hint(problem: str, info: PageInfo, infos: list[PageInfo],
         return problem
     stride = int(np.prod([sizes[a] for a in stack["axes"][stack["axes"].index("C") + 1:]]))
     first = stack["plane"] - (stack["plane"] // stride) % sizes["C"] * stride  # (channel 0)
-    planes = {(o.get("stack", {}).get("image"), o.get("stack", {}).get("plane")): other
-              for other in infos if (o := (other.metadata or {}).get("ome") or {})}
     picks = []
     for band in wanted:
         other = planes.get((stack["image"], first + band * stride))
