@@ -24,6 +24,9 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 
 from pipeline import cli
+from pipeline.adapters.tiff_read import read_infos
+from pipeline.core.models import JobSpec, OutputOptions
+from pipeline.steps.planning import plan_pages
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -166,3 +169,25 @@ def test_inspect_lists_the_colormap_among_what_is_kept(run):
     with contextlib.redirect_stdout(out):
         assert cli.main(["inspect", str(run["root"] / "lc8.tif")]) == 0
     assert "; kept: GDAL_NODATA 0, GeoTIFF, ColorMap, GDAL_METADATA\n" in out.getvalue()
+
+
+def test_the_note_of_a_refused_jobs_pages_names_only_the_pages_it_could_write(tmp_path):
+    """A JPEG output of two class maps with colour tables, 8-bit and 16-bit: the 16-bit page
+    is refused (JPEG holds 8 bits), and the job's note (said by ``validate --inputs`` with
+    the refusal) tells of the ColorMap the JPEG drops on page 0 only. Before, the note was
+    made before the output's refusals and told of page 1's too, a page that is not
+    written."""
+    src = tmp_path / "maps.tif"
+    with tifffile.TiffWriter(src) as tw:
+        for dtype in ("uint8", "uint16"):
+            colours = (np.arange(3 * 2 ** (8 * np.dtype(dtype).itemsize)) % 256 * 257)
+            tw.write(class_map(dtype, CLASSES), photometric="minisblack", metadata=None,
+                     extratags=[(320, "H", colours.size, colours.astype(np.uint16), True)])
+    spec = JobSpec(input=str(src), output=str(tmp_path / "out.tif"),
+                   output_options=OutputOptions(compression="jpeg"))
+    plan, problems = plan_pages(0, spec, read_infos(str(src), None), str(tmp_path), 0.0)
+    assert [p.page for p in problems] == [1]
+    assert problems[0].text.startswith("page 1: jpeg output needs uint8 pixels")
+    assert plan.note == ("ColorMap of page 0 dropped: a jpeg output changes the values its "
+                         "colours are of; GDAL_METADATA's COLORINTERP Palette removed with it "
+                         "(GDAL and QGIS read the band as gray)")

@@ -396,6 +396,7 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
            [info.index for info in infos if info.mask_ifd])
     plan, problems = make_plan(job, spec, infos, work, started, version, left_out_note(
         *why, processed=bool(spec.ops)))
+    problems += output_problems(plan)  # (before the notes: a page refused is not described)
     pages = runnable_pages(plan.pages, problems)
     notes = [one_bit_note(spec, pages),  # (fax pages copied 8-bit; "auto"'s pages)
              # (rights metadata rewritten or dropped; a packet too large for the plan is not
@@ -406,7 +407,7 @@ def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, starte
     if any(notes) or notice:
         plan = replace(plan, note="; ".join(n for n in (plan.note, *notes) if n),
                        notice="; ".join(n for n in (notice, *notes) if n))
-    return plan, problems + output_problems(plan)
+    return plan, problems
 
 
 def runnable_pages(pages: list[PagePlan], problems: list[Problem]) -> list[PagePlan]:
