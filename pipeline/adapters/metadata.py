@@ -285,20 +285,31 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
     return out
 
 
+def gray_colormap_values(page: tifffile.TiffPage) -> np.ndarray | None:
+    """The ColorMap of a gray class map with a colour table: a one-band uint8 or uint16
+    MINISBLACK page with a ColorMap of 3 x 2**bits values (rasterio's ``write_colormap``
+    after ``write``: GDAL and QGIS read the page as a palette), (3, 2**bits) uint16; None
+    for any other page, and for a ColorMap of another size (which GDAL does not read
+    either). What is carried (:func:`_gray_colormap`) and what a preview draws it in
+    (:func:`pipeline.adapters.tiff_read.gray_colour_table`) are of the same pages."""
+    if int(page.photometric) != tifffile.PHOTOMETRIC.MINISBLACK \
+            or int(page.samplesperpixel) != 1 or page.dtype is None \
+            or np.dtype(page.dtype) not in (np.uint8, np.uint16) or COLORMAP not in page.tags:
+        return None
+    values = np.asarray(page.tags[COLORMAP].value)
+    if values.size != 3 * 2 ** (8 * np.dtype(page.dtype).itemsize):
+        return None
+    return values.astype(np.uint16).reshape(3, -1)
+
+
 def _gray_colormap(page: tifffile.TiffPage) -> dict[str, Any]:
-    """The ColorMap of a one-band uint8 or uint16 MINISBLACK page (rasterio's
-    ``write_colormap`` after ``write``: GDAL and QGIS read the page as a palette), to carry:
+    """The ColorMap of a gray class map (:func:`gray_colormap_values`), to carry:
     ``gray_colormap``, its 3 x 2**bits values ("<u2") zlib-compressed, base64 (a uint16
     page's 65,536 entries are 384 KiB, nearly all zeros in a class map's), or
     ``gray_colormap_over``, its compressed bytes, over :data:`VALUE_MAX`: dropped, the job's
-    note says so. {} for any other page, and for a ColorMap of another size (which GDAL
-    does not read either)."""
-    if int(page.photometric) != 1 or int(page.samplesperpixel) != 1 or page.dtype is None \
-            or np.dtype(page.dtype) not in (np.uint8, np.uint16):
-        return {}
-    entries = 2 ** (8 * np.dtype(page.dtype).itemsize)
-    values = np.asarray(page.tags[COLORMAP].value)
-    if values.size != 3 * entries:
+    note says so. {} for any other page."""
+    values = gray_colormap_values(page)
+    if values is None:
         return {}
     packed = zlib.compress(np.ascontiguousarray(values, "<u2").tobytes())
     if len(packed) > VALUE_MAX:

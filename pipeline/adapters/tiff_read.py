@@ -27,7 +27,12 @@ import tifffile
 from tifffile import COMPRESSION, PHOTOMETRIC, PLANARCONFIG, SAMPLEFORMAT, TIFF
 
 from pipeline.adapters import kept_files, ojpeg, storage
-from pipeline.adapters.metadata import convert_nodata, read_metadata, sample_top
+from pipeline.adapters.metadata import (
+    convert_nodata,
+    gray_colormap_values,
+    read_metadata,
+    sample_top,
+)
 from pipeline.core import segment_header
 from pipeline.core.grid import Rect
 from pipeline.core.models import PageInfo
@@ -565,15 +570,10 @@ def gray_colour_table(page: tifffile.TiffPage) -> np.ndarray | None:
     uint16 MINISBLACK page with a ColorMap of 3 x 2**bits values (rasterio's
     ``write_colormap``: GDAL and QGIS draw it as a palette), its colour of each value (2**bits
     x 3, as a palette page's colormap is read); None for any other page, and for a ColorMap
-    of another size (which GDAL does not read either)."""
-    if int(page.photometric) != PHOTOMETRIC.MINISBLACK or int(page.samplesperpixel) != 1 \
-            or page.dtype is None or np.dtype(page.dtype) not in (np.uint8, np.uint16) \
-            or 320 not in page.tags:
-        return None
-    values = np.asarray(page.tags[320].value)
-    if values.size != 3 * 2 ** (8 * np.dtype(page.dtype).itemsize):
-        return None
-    return _colormap_rgb(values.astype(np.uint16).reshape(3, -1))[0]
+    of another size (which GDAL does not read either): the pages whose ColorMap a job
+    carries (:func:`pipeline.adapters.metadata.gray_colormap_values`)."""
+    values = gray_colormap_values(page)
+    return None if values is None else _colormap_rgb(values)[0]
 
 
 def keeps_palette(ops: list[Any], compression: str) -> bool:
