@@ -23,6 +23,7 @@ from pipeline.core import plan as plan_mod
 from pipeline.core import tiff_layout
 from pipeline.core.events import JobEvent, MergeEvent, RunEvent, UnitEvent
 from pipeline.core.levels import level_shapes, unit_level_count
+from pipeline.core.models import JobPlan
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps.common import forget_plans, load_plan
@@ -64,7 +65,12 @@ def write_jobs(root: Path, jobs: dict[str, dict[str, object]]) -> tuple[Path, st
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("unit_levels")
-    manifest, work = write_jobs(root, JOBS)
+    return {"root": root, "plans": run_steps(*write_jobs(root, JOBS))}
+
+
+def run_steps(manifest: Path, work: str) -> list[JobPlan]:
+    """The plans of the manifest's jobs, each run step by step in this process (many small
+    fused units), and merged."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plan_mod, "FUSED_UNIT_PIXELS", 80 * 80 * 12)  # bands of a few rows
         mp.setattr(plan_mod, "SPLIT_CACHE_BUDGET", 200_000)  # column chunks of a few tiles
@@ -80,7 +86,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             forget_plans()
             merge_mod.merge(MergeEvent(planned["plan"]))
             plans.append(load_plan(planned["plan"]))
-    return {"root": root, "plans": plans}
+    return plans
 
 
 @pytest.mark.parametrize("job", range(len(JOBS)), ids=list(JOBS))
@@ -119,3 +125,30 @@ def assert_levels_are_the_formula(path: str, tile: int) -> None:
 
 def test_unit_levels_equal_the_formula(jobs):
     assert_levels_are_the_formula(jobs["plans"][0].spec.output, 16)
+
+
+def test_a_blurred_class_maps_units_build_its_mean_levels_past_odd_sizes(tmp_path):
+    """A gray class map with a colour table (a ColorMap, as rasterio's ``write_colormap``
+    writes it), 333 columns wide, blurred: the output drops the ColorMap (the blur's values
+    are no indices) and its levels are means as any gray page's, which the units build past
+    an odd level too, 4 of them (80 = 5 x 2**4), the same bytes as merge builds them. Before,
+    the units stopped at its first odd level (none), as for a page whose levels pick
+    indices, because the input carries a ColorMap; the levels were the same, merge built
+    them all. Kept as it is, the ColorMap's levels pick (``nearest``): the units stop there.
+    """
+    colours = (np.arange(3 * 256) % 256 * 257).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "in.tif", smooth(500, 333, 1, 2), photometric="minisblack",
+                     tile=(64, 64), compression="zlib", metadata=None,
+                     extratags=[(320, "H", colours.size, colours, True)])
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"defaults": {"tile": 80, "output_options": {
+        "tile": 16, "pyramid": True}}, "jobs": [
+            {"input": str(tmp_path / "in.tif"), "output": str(tmp_path / f"{n}.tif"),
+             "ops": ops} for n, ops in (("blur", [{"op": "gaussian_blur", "sigma": 1.2}]),
+                                        ("copy", []))]}))
+    blurred, copied = run_steps(manifest, str(tmp_path / "work"))
+    assert "gray_colormap" in blurred.pages[0].info.metadata
+    assert (unit_level_count(blurred, 0), unit_level_count(copied, 0)) == (4, 0)
+    for n, plan in enumerate((blurred, copied)):
+        want = merged_by_tifffile(plan, tmp_path / f"old{n}.tif")  # merge builds the levels
+        assert _same(Path(plan.spec.output).read_bytes(), want)

@@ -33,15 +33,29 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     k = 0
     while k < len(shapes) and big % (2 ** (k + 1)) == 0:
         k += 1
-    o = plan.spec.output_options
-    if o.pyramid_resampling == "nearest" or (o.pyramid_resampling == "mean" and (
-            p.info.photometric == "palette" or "gray_colormap" in (p.info.metadata or {}))):
+    method = plan.spec.output_options.pyramid_resampling
+    if method == "nearest" or (method == "mean" and indexed_levels(plan, page)):
         # "nearest" (a page of indices': pipeline.steps.pyramid.level_method) takes, past
         # half way down (across) a level above of odd size, the row (column) before each
         # block, which may be another unit's: the units stop at the first odd level
         sizes = [(p.out_grid.height, p.out_grid.width), *shapes]
         k = min(k, next((j for j, (h, w) in enumerate(sizes) if h % 2 or w % 2), k))
     return k
+
+
+def indexed_levels(plan: JobPlan, page: int) -> bool:
+    """Whether the pixels of output page ``page`` are colour-map indices, which its levels
+    pick, never average (their "mean" is "nearest":
+    :func:`pipeline.steps.pyramid.level_method`): a palette page's (kept as one), a gray
+    class map's whose ColorMap the output keeps
+    (:func:`pipeline.adapters.metadata.keeps_gray_colormap`). Not of a class map whose
+    ColorMap the output drops (a blur, a JPEG output): its values are no indices, its
+    levels means as any gray page's. The one test :func:`unit_level_count` and
+    ``level_method`` both make."""
+    from pipeline.adapters.metadata import keeps_gray_colormap  # (an adapter: imported late)
+
+    p = plan.pages[page]
+    return p.info.photometric == "palette" or keeps_gray_colormap(plan.spec, p)
 
 
 def level_units(plan: JobPlan) -> bool:

@@ -63,10 +63,9 @@ from math import ceil
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import keeps_gray_colormap
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
-from pipeline.core.levels import level_shapes
+from pipeline.core.levels import indexed_levels, level_shapes
 from pipeline.core.models import JobPlan
 from pipeline.core.nodata import nodata_at
 from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4, overview_picks
@@ -76,8 +75,12 @@ __all__ = ["Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask"]
 
 
 def level_nodata(plan: JobPlan, page: int) -> float | None:
-    """The no-data value the levels of output page ``page`` leave out of their means and
-    picks: the one its GDAL_NODATA tag carries (None: none), a kept palette's index too."""
+    """The no-data value of output page ``page``, the one its GDAL_NODATA tag carries (None:
+    none; a kept palette's is an index), which its levels leave out of their means and of
+    the picks of ``mode``, ``min`` and ``max`` (:func:`reduce2`). A "nearest" level
+    (``pyramid_resampling`` "nearest", and the default "mean" of a page of indices, a
+    palette's: :func:`level_method`) takes the sample its block's pick falls on, no-data or
+    not, as GDAL's nearest overviews do."""
     return nodata_at(plan.pages[page].info, plan.spec.ops)
 
 
@@ -86,11 +89,9 @@ def level_method(plan: JobPlan, page: int) -> str:
     ``method``): ``output_options.pyramid_resampling``, but "nearest" (GDAL's nearest
     overviews) for the "mean" of a page of indices (a mean of colour-map indices means
     nothing): a palette page's, a gray class map's whose ColorMap the output
-    keeps (:func:`pipeline.adapters.metadata.keeps_gray_colormap`)."""
+    keeps (:func:`pipeline.core.levels.indexed_levels`)."""
     method = plan.spec.output_options.pyramid_resampling
-    info = plan.pages[page].info
-    indexed = info.photometric == "palette" or keeps_gray_colormap(plan.spec, plan.pages[page])
-    return "nearest" if indexed and method == "mean" else method
+    return "nearest" if method == "mean" and indexed_levels(plan, page) else method
 
 
 def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,
