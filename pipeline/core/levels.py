@@ -33,11 +33,10 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     k = 0
     while k < len(shapes) and big % (2 ** (k + 1)) == 0:
         k += 1
-    method = plan.spec.output_options.pyramid_resampling
-    if method == "nearest" or (method == "mean" and indexed_levels(plan, page)):
-        # "nearest" (a page of indices': pipeline.steps.pyramid.level_method) takes, past
-        # half way down (across) a level above of odd size, the row (column) before each
-        # block, which may be another unit's: the units stop at the first odd level
+    if level_method(plan, page) == "nearest":
+        # "nearest" (a page of indices' "mean" too) takes, past half way down (across) a
+        # level above of odd size, the row (column) before each block, which may be
+        # another unit's: the units stop at the first odd level
         sizes = [(p.out_grid.height, p.out_grid.width), *shapes]
         k = min(k, next((j for j, (h, w) in enumerate(sizes) if h % 2 or w % 2), k))
     return k
@@ -45,13 +44,11 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
 
 def indexed_levels(plan: JobPlan, page: int) -> bool:
     """Whether the pixels of output page ``page`` are colour-map indices, which its levels
-    pick, never average (their "mean" is "nearest":
-    :func:`pipeline.steps.pyramid.level_method`): a palette page's (kept as one), a gray
-    class map's whose ColorMap the output keeps
+    pick, never average (their "mean" is "nearest": :func:`level_method`): a palette page's
+    (kept as one), a gray class map's whose ColorMap the output keeps
     (:func:`pipeline.adapters.metadata.keeps_gray_colormap`). Not of a class map whose
     ColorMap the output drops (a blur, a JPEG output): its values are no indices, its
-    levels means as any gray page's. The one test :func:`unit_level_count` and
-    ``level_method`` both make."""
+    levels means as any gray page's."""
     from pipeline.adapters.metadata import keeps_gray_colormap  # (an adapter: imported late)
 
     p = plan.pages[page]
@@ -62,3 +59,13 @@ def level_units(plan: JobPlan) -> bool:
     """True when a job that is not fused runs its level units (the BuildLevels Map, one
     invocation per split unit, after Process): it has a pyramid the units can build."""
     return not plan.fused and any(unit_level_count(plan, i) for i in range(len(plan.pages)))
+
+
+def level_method(plan: JobPlan, page: int) -> str:
+    """How the levels of output page ``page`` reduce their 2 x 2 blocks
+    (:func:`pipeline.steps.pyramid.reduce2`'s ``method``): ``output_options.
+    pyramid_resampling``, but "nearest" (GDAL's nearest overviews) for the "mean" of a page
+    of indices (a mean of colour-map indices means nothing): a palette page's, a gray class
+    map's whose ColorMap the output keeps (:func:`indexed_levels`)."""
+    method = plan.spec.output_options.pyramid_resampling
+    return "nearest" if method == "mean" and indexed_levels(plan, page) else method

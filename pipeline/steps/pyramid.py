@@ -65,7 +65,7 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_mask, encode_mask
-from pipeline.core.levels import indexed_levels, level_shapes
+from pipeline.core.levels import level_method, level_shapes
 from pipeline.core.models import JobPlan
 from pipeline.core.nodata import nodata_at
 from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4, overview_picks
@@ -83,15 +83,6 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
     not, as GDAL's nearest overviews do."""
     return nodata_at(plan.pages[page].info, plan.spec.ops)
 
-
-def level_method(plan: JobPlan, page: int) -> str:
-    """How the levels of output page ``page`` reduce their 2 x 2 blocks (:func:`reduce2`'s
-    ``method``): ``output_options.pyramid_resampling``, but "nearest" (GDAL's nearest
-    overviews) for the "mean" of a page of indices (a mean of colour-map indices means
-    nothing): a palette page's, a gray class map's whose ColorMap the output
-    keeps (:func:`pipeline.core.levels.indexed_levels`)."""
-    method = plan.spec.output_options.pyramid_resampling
-    return "nearest" if method == "mean" and indexed_levels(plan, page) else method
 
 
 def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,
@@ -136,11 +127,10 @@ def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None
     return (s // 4).astype(block.dtype)
 
 
-def reduce_mask(valid: np.ndarray, method: str = "mean") -> np.ndarray:
+def reduce_mask(valid: np.ndarray) -> np.ndarray:
     """The 2x2 reduction of a mask (h, w, bool): valid where any pixel of the block present
-    is ("nearest": where the pixel it takes is), as GDAL reduces a mask's overviews."""
-    if method == "nearest":
-        return reduce2(valid, "nearest")
+    is, as GDAL reduces a mask's overviews (a "nearest" level's mask takes the bit of the
+    pixel it takes: :class:`_Level`)."""
     h, w = valid.shape
     v = np.zeros((h + h % 2, w + w % 2), bool)
     v[:h, :w] = valid
@@ -221,7 +211,7 @@ class _Level:
                 self.edges[1].pick(valid, y, x, rows, cols, self.above[1])
         else:
             small = reduce2(block, method, nodata, valid)
-            valid = None if valid is None else reduce_mask(valid, method)
+            valid = None if valid is None else reduce_mask(valid)
         top = y // 2 - self.row * self.tile
         self.buffer[top:top + small.shape[0], x // 2:x // 2 + small.shape[1]] = small
         if self.mask is not None and valid is not None:

@@ -26,10 +26,11 @@ import os
 import numpy as np
 
 from pipeline.adapters import storage
-from pipeline.adapters.metadata import keeps_gray_colormap, photometric_of
+from pipeline.adapters.metadata import carries_gray_colormap, photometric_of
 from pipeline.core.chain import page_geometry
 from pipeline.core.constants import THUMBNAILS_ENV
 from pipeline.core.grid import Rect
+from pipeline.core.levels import indexed_levels
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_bands
 from pipeline.core.thumbs import MAX_PAGES, ThumbSums, fit, worth_summing
@@ -80,7 +81,7 @@ class PageThumbs:
         info = plan.pages[page].info
         kept_palette = info.photometric == "palette"
         # (a gray class map's values, drawn in its ColorMap's colours by the preview)
-        coloured = {"gray_colormap", "gray_colormap_over"} & set(info.metadata or {})
+        coloured = carries_gray_colormap(info)
         sums_in = None
         cropped = any(op["op"] == "crop" for op in plan.spec.ops)  # (its tiles hold the box)
         if (input_held and not kept_palette and not coloured and not cropped
@@ -90,9 +91,8 @@ class PageThumbs:
         out_grid = plan.pages[page].out_grid
         oh, ow = out_grid.height, out_grid.width
         sums_out = None
-        if (not lossy and not plan.spec.output_options.pyramid and not kept_palette
-                and not keeps_gray_colormap(plan.spec, plan.pages[page])
-                and worth_summing(oh, ow, box)):
+        if (not lossy and not plan.spec.output_options.pyramid
+                and not indexed_levels(plan, page) and worth_summing(oh, ow, box)):
             sums_out = ThumbSums(oh, ow, *fit(oh, ow, box), plan.pages[page].out_channels)
         if sums_in is None and sums_out is None:
             return None
