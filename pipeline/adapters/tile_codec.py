@@ -23,7 +23,7 @@ from tifffile import TIFF
 
 from pipeline.adapters.tiff_header import ONE_BIT_EXTRATAG
 from pipeline.core.models import JobPlan, OutputOptions, PagePlan
-from pipeline.core.nodata import nodata_at
+from pipeline.core.nodata import BITS_FIX, unheld_nodata
 from pipeline.core.ops import chain_keeps_values
 from pipeline.core.plan import Problem, auto_fix, explain_conversion, page_options
 from pipeline.errors import (
@@ -371,12 +371,11 @@ def _kept_nodata_problem(plan: JobPlan, page: PagePlan) -> str | None:
     no-data pixels back, as ``otsu_threshold`` does, or a ``convert``'s ``nodata``), so
     its no-data pixels would hold it and fail the job when its tiles are encoded. (With
     ``bilevel`` "auto" such a page is not 1-bit: :func:`pipeline.core.plan.auto_one_bit`.)"""
-    nodata = nodata_at(page.info, plan.spec.ops)
-    if nodata is None or nodata in (0, 255):
+    nodata = unheld_nodata(page.info, plan.spec.ops)
+    if nodata is None:
         return None
     value = f"{nodata:g}"
     return (f"output_options.bilevel: the page's no-data value {value} (GDAL_NODATA) is kept "
             f"through the ops, so its no-data pixels hold {value}, and a 1-bit output holds "
-            'only 0 and 255; end the ops with {"op": "threshold", "value": 127} (the no-data '
-            "pixels are then thresholded as data and GDAL_NODATA is dropped), or drop "
-            '"bilevel" for an 8-bit output')
+            f'only 0 and 255; {BITS_FIX[0]} ({BITS_FIX[1]}), or drop "bilevel" for an 8-bit '
+            "output")

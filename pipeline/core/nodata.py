@@ -46,6 +46,20 @@ def nodata_at(info: Any, ops: list[dict[str, Any]], i: int | None = None) -> flo
     return output_nodata(info, chain_keeps_nodata(before), chain_own_nodata(before))
 
 
+#: the op that lets a 1-bit page hold a chain's no-data pixels (:func:`unheld_nodata`), and
+#: what it does to them: said by ``bilevel`` true's refusal and "auto"'s note alike
+BITS_FIX = ('end the ops with {"op": "threshold", "value": 127}',
+            "the no-data pixels are then thresholded as data and GDAL_NODATA is dropped")
+
+
+def unheld_nodata(info: Any, ops: list[dict[str, Any]]) -> float | None:
+    """The no-data value the output page of ``info`` keeps (:func:`nodata_at`) when a 1-bit
+    page cannot hold it (neither 0 nor 255: ``bilevel`` true refuses the page, "auto"
+    writes it 8-bit), else None."""
+    nodata = nodata_at(info, ops)
+    return None if nodata is None or nodata in (0, 255) else nodata
+
+
 def nodata_number(value: str, dtype: np.dtype) -> float | None:
     """The number a GDAL_NODATA tag's text (``value``, base64) says for samples of ``dtype``
     (NaN for floats too), or None: no number, or none such a sample can hold."""

@@ -15,7 +15,7 @@ from pipeline.core.grid import Batch, PageGrid, SplitUnit, batches, split_unit_c
 from pipeline.core.job_fields import TILE_RANGE, chain_tile_problem, tile_at_least, tile_step
 from pipeline.core.levels import level_shapes
 from pipeline.core.models import JobPlan, JobSpec, OutputOptions, PageInfo, PagePlan
-from pipeline.core.nodata import nodata_at
+from pipeline.core.nodata import BITS_FIX, unheld_nodata
 from pipeline.core.ops import (
     OpCall,
     chain_binary,
@@ -165,7 +165,8 @@ def make_plan(job: int, spec: JobSpec, infos: list[PageInfo], work: str,
                         strip=bool(strip),
                         out_dtype=ChainLayout.of(chain, info.dtype).dtypes[-1].name)
         # (written 1-bit: every page of a "bilevel": true job, none of a false one's)
-        pages.append(replace(page, one_bit=auto_one_bit(chain, page, nodata_at(page.info, spec.ops))
+        unheld = unheld_nodata(page.info, spec.ops)
+        pages.append(replace(page, one_bit=auto_one_bit(chain, page, unheld)
                              if bilevel == "auto" else bool(bilevel)))
     problems += job_problems(mask_pairing_problems(spec, pages))
     # fused: each unit's tiles are processed where they are read, without work tiles; chains
@@ -242,12 +243,12 @@ def auto_one_bit(chain: list[OpCall], page: PagePlan, nodata: float | None) -> b
     book's CCITT text page, copied, cropped or turned). A
     chain whose output is not known before the pixels are (a convert, a custom op) or that
     grays them (a blur) leaves the page as it would be without ``bilevel``, and so does a
-    no-data value the output keeps (``nodata``: :func:`~pipeline.core.nodata.nodata_at`),
-    neither 0 nor 255: its no-data pixels hold it (otsu_threshold writes them back), which
-    no bit holds
-    (``bilevel`` true refuses such a page: ``pipeline.adapters.tile_codec``)."""
+    no-data value the output keeps that is neither 0 nor 255 (``nodata``:
+    :func:`~pipeline.core.nodata.unheld_nodata`, None: none): its no-data pixels hold it
+    (otsu_threshold writes them back), which no bit holds (``bilevel`` true refuses such a
+    page: ``pipeline.adapters.tile_codec``)."""
     if page.out_channels != 1 or page.out_dtype != "uint8" or (
-            page.info.photometric == "palette") or nodata is not None and nodata not in (0, 255):
+            page.info.photometric == "palette") or nodata is not None:
         return False
     _, kind = chain_binary(chain)
     return kind == "makes" or kind == "keeps" and page.info.conversion.startswith("bilevel ")
@@ -265,7 +266,7 @@ def auto_fix(plan: JobPlan) -> str:
         return ""
     chain = chain_from_json(spec.ops)
     ones = [page.info.index for page in plan.pages
-            if auto_one_bit(chain, page, nodata_at(page.info, spec.ops))]
+            if auto_one_bit(chain, page, unheld_nodata(page.info, spec.ops))]
     if not ones:
         return ""
     comp = spec.output_options.compression
@@ -293,11 +294,12 @@ def page_options(spec: JobSpec, page: PagePlan) -> OutputOptions:
                    level=options.level if codec == options.compression else None)
 
 
-def masked_out_white(spec: JobSpec, page: PagePlan) -> bool:
-    """Whether a page's masked-out pixels are written white: a 1-bit output page that
-    carries its mask (:meth:`pipeline.steps.evaluate.TileEvaluator.output`), whose tiles
-    read the mask once more each for it (as ``tiffpipe estimate`` counts)."""
-    return bool(page.info.mask_ifd) and bool(page_options(spec, page).bilevel)
+def masked_out_white(page: PagePlan) -> bool:
+    """Whether a page's masked-out pixels are written white: a 1-bit output page
+    (:attr:`PagePlan.one_bit`) that carries its mask
+    (:meth:`pipeline.steps.evaluate.TileEvaluator.output`), whose tiles read the mask once
+    more each for it (as ``tiffpipe estimate`` counts)."""
+    return bool(page.info.mask_ifd) and page.one_bit
 
 
 def one_bit_pages(plan: JobPlan) -> list[bool]:
@@ -535,7 +537,7 @@ def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
     for page in pages:
         if page.one_bit:
             continue
-        nodata = nodata_at(page.info, spec.ops)
+        nodata = unheld_nodata(page.info, spec.ops)
         if nodata is not None and auto_one_bit(chain, page, None):
             held.setdefault(f"{nodata:g}", []).append(page.info.index)
         elif gray_op is not None and page.info.conversion.startswith("bilevel ") and \
@@ -555,9 +557,8 @@ def auto_note(spec: JobSpec, pages: list[PagePlan]) -> str:
         its = "their" if len(numbers) > 1 else "its"
         parts.append(f"{_pages(numbers)} written 8-bit in {options.compression}: {its} no-data "
                      f"value {value} (GDAL_NODATA) is kept through the ops, and a 1-bit page "
-                     'holds only 0 and 255; end the ops with {"op": "threshold", "value": 127} '
-                     f"to write {'them' if len(numbers) > 1 else 'it'} 1-bit (the no-data "
-                     "pixels are then thresholded as data and GDAL_NODATA is dropped)")
+                     f"holds only 0 and 255; {BITS_FIX[0]} to write "
+                     f"{'them' if len(numbers) > 1 else 'it'} 1-bit ({BITS_FIX[1]})")
     return 'bilevel "auto": ' + "; ".join(parts)
 
 

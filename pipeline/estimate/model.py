@@ -182,7 +182,7 @@ def mask_work(plan: JobPlan, cal: dict[str, Any], notes: set[str], where: str,
     cpu, bpm = mask_costs(cal, notes, where)
     reread = sum(call.op.reads_mask for call in chain_from_json(plan.spec.ops))
     # the output's read of a 1-bit page: its tiles' cores (output Mpx x factor^2)
-    cores = [masked_out_white(plan.spec, p) * p.factor**2 for p in plan.pages]
+    cores = [masked_out_white(p) * p.factor**2 for p in plan.pages]
     fused = plan.fused
     unit_work = []
     for u, (haloed, out, _tiles) in zip(plan.units, units, strict=True):

@@ -118,7 +118,7 @@ class TileEvaluator:
         self._kept: dict[tuple[int, int, int], np.ndarray] = {}
         self._mask: MaskReader | None = None  # made by the first tile that reads the mask
         #: a 1-bit output page that carries its mask: its masked-out pixels are written white
-        self.masked_out_white = masked_out_white(plan.spec, self.page)
+        self.masked_out_white = masked_out_white(self.page)
         self._mask_lock = threading.Lock()  # (its tiles' threads ask for it at once)
 
     # --- geometry ---------------------------------------------------------------------
