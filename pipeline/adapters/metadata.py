@@ -369,7 +369,8 @@ class XmpPackets:
 
     def rewritten(self, packet: bytes, reshape: Reshape, derived: Derivation | None
                   ) -> XmpOutcome:
-        """:func:`pipeline.core.xmp.rewritten` of ``packet`` (one this read) for ``reshape``,
+        """:func:`pipeline.core.xmp.rewritten` of ``packet`` (one this read, or a page's in the
+        plan) for ``reshape``,
         stamped as ``derived``: the outcome of the page before when it had the same packet
         (the same bytes: one value the pages share, or a copy each, as tifffile writes them),
         reshape and stamp, so a master's pages that carry one 300 KB packet parse it once,
@@ -1376,8 +1377,9 @@ def output_xmp(info: Any, height: int, width: int, factor: int = 1,
     reshape = Reshape(width, height, bool(placed and placed.turned),
                       bool(placed and placed.transposed), (sx, sy),
                       _resolution(md, placed, sy, sx), md.get("resolutionunit", 2), moved, form)
-    # (one read from the input: parsed once for the pages in a row that carry it)
-    done = packets.rewritten(packet, reshape, derived) if packets is not None and "xmp_at" in md \
+    # (parsed once for the pages in a row that carry the same packet, held in the plan or
+    # read from the input)
+    done = packets.rewritten(packet, reshape, derived) if packets is not None \
         else rewritten(packet, reshape, derived)
     if done.packet is None and not moved:  # (unread through a copy, as before)
         return kept
