@@ -126,8 +126,8 @@ def exit_code_of(main: Callable[[], int]) -> int:
             raise
         code = exc.code or 0
     except BrokenPipeError:
-        code = 0 if _reader_gone(sys.stdout) else 128 + 13  # (SIGPIPE: 13 on every POSIX)
         gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(s)]
+        code = 0 if sys.stdout in gone else 128 + 13  # (SIGPIPE: 13 on every POSIX)
         if gone:  # (none named: off_gone_streams takes both)
             off_gone_streams(*gone)
     try:

@@ -535,10 +535,9 @@ def _ome_of(page: tifffile.TiffPage) -> tuple[dict[str, Any], int] | None:
 
 #: OME's symbol of each length unit an ImageJ description names (``unit=``), and of each
 #: time unit (``tunit=``; ImageJ's frame interval is in seconds when none is named)
-_IMAGEJ_LENGTHS = {"micron": "\u00b5m", "microns": "\u00b5m", "um": "\u00b5m",
-                   "\u00b5m": "\u00b5m", "\u03bcm": "\u00b5m", "\\u00b5m": "\u00b5m",
-                   "nm": "nm", "mm": "mm", "cm": "cm", "m": "m", "meter": "m", "inch": "in",
-                   "in": "in"}
+_IMAGEJ_LENGTHS = {name: {Fraction(1, 10**4): "\u00b5m", Fraction(1, 10**7): "nm",
+                          Fraction(1, 10): "mm", Fraction(1): "cm", Fraction(100): "m"}[cm]
+                   for name, cm in _LENGTH_UNITS.items()} | {"inch": "in", "in": "in"}
 _IMAGEJ_TIMES = {"sec": "s", "s": "s", "second": "s", "seconds": "s", "ms": "ms",
                  "msec": "ms", "min": "min", "minute": "min", "minutes": "min", "h": "h",
                  "hour": "h", "hours": "h"}
@@ -1114,7 +1113,7 @@ def output_tags(info: Any, height: int, width: int, channels: int,
         kwargs["iccprofile"] = profile
     if palette:
         kwargs["colormap"] = np.frombuffer(_unb64(md["colormap"]), "<u2").reshape(3, 256)
-    gray_colormap = carries_gray_colormap(info) and indices and "gray_colormap" in md
+    gray_colormap = indices and "gray_colormap" in md
     if gray_colormap:  # (tifffile writes a colormap of a palette page only: as the tag)
         values = np.frombuffer(zlib.decompress(_unb64(md["gray_colormap"])), "<u2")
         extratags.append((COLORMAP, 3, len(values), values, True))
