@@ -363,6 +363,7 @@ def test_group4_compression_tag_is_set_in_classic_and_bigtiff_ifds(bigtiff):
         LayoutRecorder,
         Placeholder,
         _entries,
+        _format,
         image_ifds,
         set_compression,
     )
@@ -376,11 +377,11 @@ def test_group4_compression_tag_is_set_in_classic_and_bigtiff_ifds(bigtiff):
             tw.write((Placeholder(Span("s", 0, 5)) for _ in range(6)), shape=(20, 40),
                      tile=(16, 16), photometric="miniswhite", **encoder.writer_kwargs())
     ifds = image_ifds(recorder)
-    assert [_entries(recorder, page[0], bigtiff)[259] for page in ifds] == [(8,), (8,)]
+    assert [_entries(recorder, page[0], _format(recorder))[259] for page in ifds] == [(8,), (8,)]
     for page in ifds:
         set_compression(recorder, page[0], 4)
     for page in ifds:
-        entries = _entries(recorder, page[0], bigtiff)
+        entries = _entries(recorder, page[0], _format(recorder))
         # (tifffile writes no BitsPerSample on a 1-bit page: merge states it from the entry
         # output_tags adds, test_every_page_states_bits_per_sample)
         assert entries[259] == (4,) and 258 not in entries and entries[262] == (0,)

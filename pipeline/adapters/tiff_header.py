@@ -15,7 +15,7 @@ import bisect
 import io
 import os
 import struct
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from tifffile import TIFF
 
@@ -185,6 +185,72 @@ class LayoutRecorder(io.RawIOBase):
         return sum(len(b) for _, b in self._extents)
 
 
+class _Format(NamedTuple):
+    """How a classic TIFF or a BigTIFF lays out its IFDs."""
+
+    count_size: int  #: bytes of an IFD's entry count
+    count_fmt: str   #: its struct format
+    entry: int       #: bytes of one entry
+    word: int        #: bytes of an offset, of an entry's value count and of its value field
+    fmt: str         #: the struct format of an offset (and of a value count)
+    head: int        #: bytes of the file header (the first IFD's offset ends it)
+
+
+_CLASSIC = _Format(2, "<H", 12, 4, "<I", 8)
+_BIG = _Format(8, "<Q", 20, 8, "<Q", 16)
+
+
+def _format(recorder: LayoutRecorder) -> _Format:
+    return _BIG if recorder.read(2, 2) == b"+\x00" else _CLASSIC
+
+
+class _Entry(NamedTuple):
+    """One IFD entry: where it is, its tag code, type and value count, and its bytes."""
+
+    at: int
+    code: int
+    kind: int
+    count: int
+    raw: bytes
+
+
+def _ifd_entries(recorder: LayoutRecorder, ifd: int, f: _Format) -> list[_Entry]:
+    """The entries of the IFD at ``ifd``, in file order."""
+    n = struct.unpack(f.count_fmt, recorder.read(ifd, f.count_size))[0]
+    raw = recorder.read(ifd + f.count_size, n * f.entry)
+    out = []
+    for i in range(n):
+        e = raw[i * f.entry:(i + 1) * f.entry]
+        code, kind = struct.unpack("<HH", e[:4])
+        out.append(_Entry(ifd + f.count_size + i * f.entry, code, kind,
+                          struct.unpack(f.fmt, e[4:4 + f.word])[0], e))
+    return out
+
+
+def _next_ifd_at(recorder: LayoutRecorder, ifd: int, f: _Format) -> int:
+    """Where the next-IFD offset of the IFD at ``ifd`` is (after its entries)."""
+    n = struct.unpack(f.count_fmt, recorder.read(ifd, f.count_size))[0]
+    return ifd + f.count_size + n * f.entry
+
+
+def _main_chain(recorder: LayoutRecorder, f: _Format) -> list[int]:
+    """The positions of the main chain's IFDs, from the header's first IFD offset."""
+    chain = []
+    pos = struct.unpack(f.fmt, recorder.read(f.head - f.word, f.word))[0]
+    while pos:
+        chain.append(pos)
+        pos = struct.unpack(f.fmt, recorder.read(_next_ifd_at(recorder, pos, f), f.word))[0]
+    return chain
+
+
+def _value_at(recorder: LayoutRecorder, e: _Entry, size: int, f: _Format) -> int:
+    """Where the ``size`` bytes of the entry's values are: in the entry if they fit, else
+    at the offset it holds."""
+    if size <= f.word:
+        return e.at + 4 + f.word
+    return struct.unpack(f.fmt, e.raw[4 + f.word:])[0]
+
+
 def image_ifds(recorder: LayoutRecorder, sizes: list[int] | None = None) -> list[list[int]]:
     """The IFD positions of the recorded file: one list per output page, the page's own IFD
     first, then its SubIFDs (its pyramid levels), then the IFDs after it in the main chain
@@ -192,17 +258,10 @@ def image_ifds(recorder: LayoutRecorder, sizes: list[int] | None = None) -> list
     order. ``sizes``: how many IFDs each output page wrote, all told (None: one IFD each,
     and its SubIFDs). The marks do not tell: a page processed as an image of its own may be
     marked reduced-resolution (a thumbnail of other samples, an Aperio label)."""
-    read = recorder.read
-    bigtiff = read(2, 2) == b"+\x00"
-    word, fmt = (8, "<Q") if bigtiff else (4, "<I")
-    pos = struct.unpack(fmt, read(8 if bigtiff else 4, word))[0]
-    chain = []  # each main-chain IFD, with its SubIFDs
-    while pos:
-        entries = _entries(recorder, pos, bigtiff)
-        chain.append([pos, *entries.get(330, ())])
-        count_size = 8 if bigtiff else 2
-        n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
-        pos = struct.unpack(fmt, read(pos + count_size + n * (20 if bigtiff else 12), word))[0]
+    f = _format(recorder)
+    # each main-chain IFD, with its SubIFDs
+    chain = [[pos, *_entries(recorder, pos, f).get(330, ())]
+             for pos in _main_chain(recorder, f)]
     if sizes is None:
         return chain
     pages: list[list[int]] = []
@@ -220,23 +279,15 @@ def image_ifds(recorder: LayoutRecorder, sizes: list[int] | None = None) -> list
 _INT_TYPES = {3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q"}
 
 
-def _entries(recorder: LayoutRecorder, pos: int, bigtiff: bool) -> dict[int, tuple[int, ...]]:
+def _entries(recorder: LayoutRecorder, pos: int, f: _Format) -> dict[int, tuple[int, ...]]:
     """The integer values of the tags of the IFD at ``pos`` (other tags are skipped)."""
-    read = recorder.read
-    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
-    n = struct.unpack("<Q" if bigtiff else "<H", read(pos, count_size))[0]
     out = {}
-    for i in range(n):
-        raw = read(pos + count_size + i * entry, entry)
-        code, kind = struct.unpack("<HH", raw[:4])
-        if kind not in _INT_TYPES:
+    for e in _ifd_entries(recorder, pos, f):
+        if e.kind not in _INT_TYPES:
             continue
-        count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
-        fmt = "<" + _INT_TYPES[kind] * count
+        fmt = "<" + _INT_TYPES[e.kind] * e.count
         size = struct.calcsize(fmt)
-        value = raw[4 + word:] if size <= word else read(
-            struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], size)
-        out[code] = struct.unpack(fmt, value[:size])
+        out[e.code] = struct.unpack(fmt, recorder.read(_value_at(recorder, e, size, f), size))
     return out
 
 
@@ -253,20 +304,11 @@ def set_compression(recorder: LayoutRecorder, ifd: int, value: int) -> None:
 
 def _values_at(recorder: LayoutRecorder, ifd: int, tag: int, name: str) -> tuple[int, str]:
     """Where the values of tag ``tag`` of the IFD at ``ifd`` are, and their struct format."""
-    read = recorder.read
-    bigtiff = read(2, 2) == b"+\x00"
-    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
-    n = struct.unpack("<Q" if bigtiff else "<H", read(ifd, count_size))[0]
-    for i in range(n):
-        at = ifd + count_size + i * entry
-        raw = read(at, entry)
-        code, kind = struct.unpack("<HH", raw[:4])
-        if code == tag:
-            count = struct.unpack("<Q" if bigtiff else "<I", raw[4:4 + word])[0]
-            fmt = "<" + _INT_TYPES[kind] * count
-            if struct.calcsize(fmt) <= word:
-                return at + 4 + word, fmt
-            return struct.unpack("<Q" if bigtiff else "<I", raw[4 + word:])[0], fmt
+    f = _format(recorder)
+    for e in _ifd_entries(recorder, ifd, f):
+        if e.code == tag:
+            fmt = "<" + _INT_TYPES[e.kind] * e.count
+            return _value_at(recorder, e, struct.calcsize(fmt), f), fmt
     raise ValueError(f"the IFD at {ifd} has no {name}")
 
 
@@ -289,25 +331,15 @@ def state_bits_per_sample(recorder: LayoutRecorder, ifd: int) -> None:
     tag (OpenSlide, libtiff's ``TIFFGetField``: "Cannot get required TIFF tag: 258"), and
     GDAL's and libtiff's writers always write it. A value held in an entry moves with it:
     find such a value (:func:`tile_offsets_at`) after this."""
-    count_size, n, raw = _raw_entries(recorder, ifd)
-    size = len(raw) // n
-    entries = [raw[i * size:(i + 1) * size] for i in range(n)]
-    codes = [struct.unpack("<H", e[:2])[0] for e in entries]
+    f = _format(recorder)
+    entries = _ifd_entries(recorder, ifd, f)
+    codes = [e.code for e in entries]
     if ONE_BIT_PLACEHOLDER not in codes or _BITS_PER_SAMPLE in codes:
         raise ValueError(f"the IFD at {ifd} is no 1-bit page written with ONE_BIT_EXTRATAG")
-    k = codes.index(ONE_BIT_PLACEHOLDER)
-    entries[k] = struct.pack("<H", _BITS_PER_SAMPLE) + entries[k][2:]
-    entries.sort(key=lambda e: struct.unpack("<H", e[:2])[0])
-    recorder.patch(ifd + count_size, b"".join(entries))
-
-
-def _raw_entries(recorder: LayoutRecorder, ifd: int) -> tuple[int, int, bytes]:
-    """The size of the entry count of the IFD at ``ifd``, the count, and its entries' bytes."""
-    read = recorder.read
-    bigtiff = read(2, 2) == b"+\x00"
-    count_size, entry = (8, 20) if bigtiff else (2, 12)
-    n = struct.unpack("<Q" if bigtiff else "<H", read(ifd, count_size))[0]
-    return count_size, n, read(ifd + count_size, n * entry)
+    raws = [struct.pack("<H", _BITS_PER_SAMPLE) + e.raw[2:] if e.code == ONE_BIT_PLACEHOLDER
+            else e.raw for e in entries]
+    raws.sort(key=lambda raw: struct.unpack("<H", raw[:2])[0])
+    recorder.patch(ifd + f.count_size, b"".join(raws))
 
 
 #: XResolution, YResolution, ResolutionUnit: tifffile writes them on every page (1/1, NONE
@@ -321,18 +353,14 @@ def drop_entries(recorder: LayoutRecorder, ifd: int, codes: frozenset[int]) -> N
     starts): the entries after them move up, the next-IFD offset follows them, the freed
     bytes are zeros, and their values stored out of line stay, unreferenced. A value held in
     an entry moves with it: find such a value (:func:`tile_offsets_at`) after this."""
-    read = recorder.read
-    bigtiff = read(2, 2) == b"+\x00"
-    count_size, entry, word = (8, 20, 8) if bigtiff else (2, 12, 4)
-    count_fmt = "<Q" if bigtiff else "<H"
-    n = struct.unpack(count_fmt, read(ifd, count_size))[0]
-    raw = read(ifd + count_size, n * entry + word)
-    kept = [raw[i * entry:(i + 1) * entry] for i in range(n)
-            if struct.unpack("<H", raw[i * entry:i * entry + 2])[0] not in codes]
-    if len(kept) == n:
+    f = _format(recorder)
+    entries = _ifd_entries(recorder, ifd, f)
+    kept = [e.raw for e in entries if e.code not in codes]
+    if len(kept) == len(entries):
         return
-    recorder.patch(ifd, struct.pack(count_fmt, len(kept)) + b"".join(kept) + raw[n * entry:]
-                   + bytes((n - len(kept)) * entry))
+    following = recorder.read(_next_ifd_at(recorder, ifd, f), f.word)
+    recorder.patch(ifd, struct.pack(f.count_fmt, len(kept)) + b"".join(kept) + following
+                   + bytes((len(entries) - len(kept)) * f.entry))
 
 
 #: StripOffsets, TileOffsets: where a page's strips or tiles are
@@ -355,25 +383,15 @@ def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Pi
     regions (an IFD with its values; a page's tiles) and rewrites every offset into them:
     the next-IFD offsets, the entries' value offsets and the Tile/StripOffsets. Every other
     byte, tile and tag stays. Patch the recorder first (it works on its bytes as they are)."""
-    read = recorder.read
-    bigtiff = read(2, 2) == b"+\x00"
-    head = 16 if bigtiff else 8
-    word, fmt = (8, "<Q") if bigtiff else (4, "<I")
-    count_size, entry = (8, 20) if bigtiff else (2, 12)
-    count_fmt = "<Q" if bigtiff else "<H"
-    chain: list[int] = []
-    pos = struct.unpack(fmt, read(head - word, word))[0]
-    while pos:
-        chain.append(pos)
-        n = struct.unpack(count_fmt, read(pos, count_size))[0]
-        pos = struct.unpack(fmt, read(pos + count_size + n * entry, word))[0]
-    if chain[:1] != [head] or sorted(data_order) != sorted(chain) or chain != sorted(chain):
-        raise ValueError(f"not a chain of IFDs from byte {head} in file order: {chain}, "
+    f = _format(recorder)
+    chain = _main_chain(recorder, f)
+    if chain[:1] != [f.head] or sorted(data_order) != sorted(chain) or chain != sorted(chain):
+        raise ValueError(f"not a chain of IFDs from byte {f.head} in file order: {chain}, "
                          f"data order {data_order}")
     # each IFD's tile data: from its first tile (tifffile writes them in one run)
     starts = {}
     for ifd in chain:
-        values = _entries(recorder, ifd, bigtiff)
+        values = _entries(recorder, ifd, f)
         if _IFD_POINTERS & values.keys():
             raise ValueError(f"the IFD at {ifd} points at other IFDs: no COG layout for it")
         offsets = next(values[c] for c in _DATA_OFFSETS if c in values)
@@ -401,26 +419,18 @@ def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Pi
         return new_at[key] + offset - regions[key][0]
 
     for k, ifd in enumerate(chain):
-        n = struct.unpack(count_fmt, read(ifd, count_size))[0]
-        for i in range(n):
-            at = ifd + count_size + i * entry
-            raw = read(at, entry)
-            code, kind = struct.unpack("<HH", raw[:4])
-            count = struct.unpack(fmt, raw[4:4 + word])[0]
-            size = _value_size(kind) * count
-            value_at = at + 4 + word
-            if size > word:  # the values are out of line: their offset moves with them
-                old = struct.unpack(fmt, raw[4 + word:])[0]
-                recorder.patch(value_at, struct.pack(fmt, moved(old)))
-                value_at = old  # (the values themselves: patched where they are now)
-            if code in _DATA_OFFSETS:
-                vfmt = "<" + _INT_TYPES[kind] * count
-                offsets = struct.unpack(vfmt, read(value_at, struct.calcsize(vfmt)))
+        for e in _ifd_entries(recorder, ifd, f):
+            value_at = _value_at(recorder, e, _value_size(e.kind) * e.count, f)
+            if value_at != e.at + 4 + f.word:  # out of line: their offset moves with them
+                recorder.patch(e.at + 4 + f.word, struct.pack(f.fmt, moved(value_at)))
+            if e.code in _DATA_OFFSETS:  # (the values themselves: patched where they are now)
+                vfmt = "<" + _INT_TYPES[e.kind] * e.count
+                offsets = struct.unpack(vfmt, recorder.read(value_at, struct.calcsize(vfmt)))
                 recorder.patch(value_at, struct.pack(vfmt, *[
                     moved(o) if o else 0 for o in offsets]))
         following = chain[k + 1] if k + 1 < len(chain) else 0
-        recorder.patch(ifd + count_size + n * entry,
-                       struct.pack(fmt, moved(following) if following else 0))
+        recorder.patch(_next_ifd_at(recorder, ifd, f),
+                       struct.pack(f.fmt, moved(following) if following else 0))
     pieces = recorder.pieces()
     return [piece for key in order for piece in _cut_pieces(pieces, *regions[key])]
 
