@@ -418,8 +418,9 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
 
 def _definition(path: str | None) -> str | None:
     """The text of ``run --definition PATH`` (None without it: the shipped definition),
-    checked as the engine will check it (JSON, then the states' structure): EngineError
-    naming the file, for a usage error before anything runs."""
+    checked as the engine will check it (JSON, then the states' structure), and a given one
+    against the code too (its contract: :func:`pipeline.engine.definition.check`):
+    EngineError naming the file, for a usage error before anything runs."""
     from pipeline.engine import definition
 
     if path is None:
@@ -431,7 +432,7 @@ def _definition(path: str | None) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise EngineError(f"--definition {path}: cannot be read: {why}") from None
-    definition.check(text, path)
+    definition.check(text, path, contract=True)
     return text
 
 

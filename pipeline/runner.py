@@ -188,7 +188,7 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     if definition_text is not None:  # EngineError naming the line (as --definition's)
         from pipeline.engine import definition
 
-        definition.check(definition_text, "definition_text")
+        definition.check(definition_text, "definition_text", contract=True)
     # the checks are the command's (check_run, run_local's): their messages say what to do in
     # this function's words (its arguments, not the command's options) as they are made
     with _run_env(CALLER_ENV, PYTHON_CALLER, replace=True), \

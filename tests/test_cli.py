@@ -289,12 +289,19 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture):
 
 def test_run_runs_the_definition_given(tmp_path: Path, capsys: pytest.CaptureFixture):
     """``run --definition PATH`` runs that copy of the state machine (an edited one, tried
-    before deploying it), not the shipped one; a file it cannot read is a usage error that
-    names the option and the path."""
+    before deploying it: here a Choice after PlanRun that fails the run), not the shipped
+    one; a file it cannot read is a usage error that names the option and the path."""
+    from pipeline.engine import definition
+
     _inputs(tmp_path)
     edited = tmp_path / "edited.asl.json"
-    edited.write_text(json.dumps({"StartAt": "Stop", "States": {"Stop": {
-        "Type": "Fail", "Error": "EditedCopy", "Cause": "the edited copy ran"}}}))
+    machine = json.loads(definition.definition_text())
+    machine["States"]["PlanRun"]["Next"] = "Gate"
+    machine["States"]["Gate"] = {"Type": "Choice", "Default": "Jobs", "Choices": [
+        {"Variable": "$.planned.jobs_at_once", "NumericGreaterThan": 0, "Next": "Stop"}]}
+    machine["States"]["Stop"] = {"Type": "Fail", "Error": "EditedCopy",
+                                 "Cause": "the edited copy ran"}
+    edited.write_text(json.dumps(machine))
     run = ["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet", "--definition"]
     assert cli.main([*run, str(edited)]) == 1
     err = capsys.readouterr().err
@@ -326,13 +333,12 @@ def test_run_runs_a_deployed_stacks_definition(tmp_path: Path, interpreter: str)
     _check_outputs(tmp_path)
 
 
-def test_a_task_naming_no_function_of_the_engine_fails_the_run_not_its_job(
+def test_a_task_naming_no_function_of_the_engine_is_refused_before_the_run(
         tmp_path: Path, capsys: pytest.CaptureFixture):
-    """A definition whose task names a function the engine does not have (a typo in an
-    edited copy; here the Report's: both jobs run as single tasks on the process
-    function): the engine's error, which stops the run (exit 1, no report), said as it is,
-    not a task's failure a Catch records and the run goes on past, nor a lost report
-    (--report)."""
+    """A definition whose tasks name a function the engine does not have (a typo in an
+    edited copy: the merge function's): refused before anything runs (exit 2, no report),
+    each task named, with what FunctionName may be. (It ran both jobs, then stopped with
+    the engine's error, exit 1.)"""
     from pipeline.engine import definition
 
     _inputs(tmp_path)
@@ -342,10 +348,45 @@ def test_a_task_naming_no_function_of_the_engine_fails_the_run_not_its_job(
     code = cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
                      "--no-contact-sheet", "--definition", str(edited)])
     err = capsys.readouterr().err
-    assert code == 1
-    assert ("the run failed after its 2 job(s) had ended: no local function "
-            "'tiffpipe-local-mrge'") in err, err
-    assert "--report" not in err and not (tmp_path / "m.report.json").exists()
+    assert code == 2, err
+    for state in ("Jobs/Merge", "Jobs/RecordFailure", "Report"):
+        assert (f"{state}: FunctionName 'tiffpipe-local-mrge' is none of ${{SplitFunctionArn}}, "
+                "${ProcessFunctionArn}, ${MergeFunctionArn}") in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.report.json").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("drop,missing", [
+    ("Report", ("no Task state runs the report action (Report's, after the Jobs map: it "
+                "writes the run report, which the run reads at its end)")),
+    ("PlanRun", ("no Task state runs the plan_run action (PlanRun's: it checks the manifest "
+                 "and writes the job list the jobs run from)")),
+])
+def test_a_definition_without_report_or_plan_run_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture, drop: str, missing: str):
+    """A copy without the Report state (the Jobs map ends the execution) ran every job,
+    published the outputs, then traced back (WorkMissingError: the report); one without
+    PlanRun likewise. Both are refused before anything runs (exit 2), naming what is
+    missing."""
+    from pipeline.engine import definition
+
+    _inputs(tmp_path)
+    machine = json.loads(definition.definition_text())
+    if drop == "Report":
+        machine["States"]["Jobs"].pop("Next")
+        machine["States"]["Jobs"]["End"] = True
+    else:
+        machine["StartAt"] = "Jobs"
+    machine["States"].pop(drop)
+    edited = tmp_path / "edited.asl.json"
+    edited.write_text(json.dumps(machine))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "1", "--quiet",
+                     "--no-contact-sheet", "--definition", str(edited)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tiffpipe: {edited} does not fit tiffpipe's code"), err
+    assert err.rstrip().endswith(missing), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.asl.json", "in", "m.json"]
 
 
 def test_a_definition_that_cannot_run_is_a_usage_error_naming_the_file(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,16 @@ def test_an_invalid_manifest_raises_before_anything_runs(tmp_path: Path):
         pipeline.run(tmp_path / "m.json", workers=0)
     with pytest.raises(EngineError, match="definition_text: line 1, column 2: invalid JSON"):
         pipeline.run({"jobs": []}, definition_text="{")
+    # a placeholder the engine does not fill: the state and field named (was a KeyError)
+    from pipeline.engine.definition import definition_text
+
+    edited = definition_text().replace('"FunctionName": "${MergeFunctionArn}"',
+                                       '"FunctionName": "${ResizeFunctionArn}"', 1)
+    with pytest.raises(EngineError, match=re.escape(
+            "state Jobs > Merge: Parameters.FunctionName: ${ResizeFunctionArn} is not a "
+            "placeholder the engine fills (it fills ${SplitFunctionArn}")):
+        pipeline.run({"jobs": [{"input": "in/in0.tif", "output": "out/a.tif"}]},
+                     base=tmp_path, definition_text=edited)
     assert not (tmp_path / "out").exists()
 
 

@@ -507,6 +507,98 @@ def test_the_structural_check_finds_a_missing_state_in_the_shipped_definition(ra
         definition.validate(broken)
 
 
+def _edited(raw: dict[str, Any], edit: Any) -> dict[str, Any]:
+    """A copy of the shipped definition, ``edit`` (of the copy's Jobs states) applied."""
+    broken = copy.deepcopy(raw)
+    edit(job_states(broken))
+    return broken
+
+
+def _refused(machine: dict[str, Any]) -> str:
+    with pytest.raises(EngineError) as caught:
+        definition.validate(machine, "edited.asl.json")
+    message = str(caught.value)
+    assert message.startswith("edited.asl.json is not a valid state machine, or not one the "
+                              "local engine runs (checked before any run: some of what Step "
+                              "Functions checks, not all of it"), message
+    return message
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda s: s["ProcessJob"]["Parameters"]["Payload"].update({"plan.$": "$.planned..[plan"}),
+     ("state Jobs > ProcessJob: Parameters.Payload.plan.$ '$.planned..[plan' is not a valid "
+      "JSONPath")),
+    (lambda s: s["Fused"]["Choices"][1].update(Variable="planned.single"),
+     "state Jobs > Fused: Choices[1].Variable 'planned.single' is not a valid JSONPath"),
+    (lambda s: s["PlanJob"].update(ResultPath="$.planned[*]"),
+     "state Jobs > PlanJob: ResultPath '$.planned[*]' is not a valid reference path"),
+    (lambda s: s["ProcessJob"]["Retry"][1].update(MaxAttempts=-1),
+     "state Jobs > ProcessJob: Retry[1]: MaxAttempts -1 must be an integer of at least 0"),
+    (lambda s: s["ProcessJob"]["Retry"][1].update(BackoffRate=0.5),
+     "state Jobs > ProcessJob: Retry[1]: BackoffRate 0.5 must be a number of at least 1"),
+    (lambda s: s["ProcessUnits"].update(ToleratedFailurePercentage=101),
+     ("state Jobs > ProcessUnits: ToleratedFailurePercentage 101 must be a number of at least "
+      "0 and at most 100")),
+    (lambda s: s["ProcessJob"]["Retry"].insert(0, {"ErrorEquals": ["States.ALL"]}),
+     ("state Jobs > ProcessJob: Retry[0].ErrorEquals: States.ALL must be alone in its "
+      "ErrorEquals and in the last entry of Retry")),
+    (lambda s: s["ProcessJob"]["Catch"].append({"ErrorEquals": ["CorruptTiffError"],
+                                                "Next": "RecordFailure"}),
+     "state Jobs > ProcessJob: Catch[0].ErrorEquals: States.ALL must be alone"),
+    (lambda s: s["ProcessJob"]["Catch"][0]["ErrorEquals"].append("CorruptTiffError"),
+     "state Jobs > ProcessJob: Catch[0].ErrorEquals: States.ALL must be alone"),
+    (lambda s: s["ProcessJob"].update(Resource="arn:aws:states:::lambda:invokeX"),
+     ("state Jobs > ProcessJob: Resource 'arn:aws:states:::lambda:invokeX' is not a task the "
+      "local engine runs: it runs arn:aws:states:::lambda:invoke of its functions only")),
+    (lambda s: s["ProcessJob"].update(Resource="arn:aws:states:::sns:publish"),
+     "state Jobs > ProcessJob: Resource 'arn:aws:states:::sns:publish' is not a task"),
+    (lambda s: s["ProcessJob"]["Parameters"].update(FunctionName="${ResizeFunctionArn}"),
+     ("state Jobs > ProcessJob: Parameters.FunctionName: ${ResizeFunctionArn} is not a "
+      "placeholder the engine fills (it fills ${SplitFunctionArn}, ${ProcessFunctionArn}, "
+      "${MergeFunctionArn})")),
+])
+def test_a_path_a_number_a_resource_or_a_placeholder_is_refused_naming_state_and_field(
+        raw: dict[str, Any], edit: Any, problem: str):
+    """What failed only when reached (a JSONPath, a placeholder: with a message naming
+    neither state nor field, or a bare KeyError), or ran though Step Functions refuses it
+    (MaxAttempts -1, States.ALL not alone or not last), or ran on moto and failed there (a
+    Resource the engine does not serve): each refused up front, the one problem named."""
+    message = _refused(_edited(raw, edit))
+    assert message.endswith(problem) or f"{problem} " in message or f"{problem};" in message, \
+        (problem, message)
+    assert message.count("; ") == 0, message
+
+
+def test_a_mistyped_type_is_the_one_problem_not_the_states_after_it(raw: dict[str, Any]):
+    """A Type typo in a Choice: its Choices still lead on, so the states after it are not
+    reported unreachable (12 more problems); a dropped Next, whose states after it are, says
+    them together, as what may follow from it."""
+    message = _refused(_edited(raw, lambda s: s["Fused"].update(Type="Switch")))
+    assert message.endswith("state Jobs > Fused: Type 'Switch' is not one of Task, Pass, "
+                            "Choice, Wait, Succeed, Fail, Parallel, Map"), message
+    message = _refused(_edited(raw, lambda s: s["PlanJob"].pop("Next")))
+    assert message.endswith(
+        'state Jobs > PlanJob: has neither Next nor "End": true; states Jobs > Fused, '
+        "Jobs > Skipped, Jobs > ProcessJob, Jobs > ProcessUnits, Jobs > Split, "
+        "Jobs > NeedsStats, Jobs > Stats, Jobs > ReduceStats, Jobs > ReduceLevel, "
+        "Jobs > Process, Jobs > Levels, Jobs > BuildLevels, Jobs > Merge: not reachable from "
+        "StartAt (PlanJob) by any Next, Default or Catch (which may follow from the problem "
+        "before)"), message
+
+
+def test_the_paths_the_engines_run_pass(raw: dict[str, Any]):
+    """JSONPaths beyond reference paths (moto runs them), intrinsic functions, the context
+    object and a deployed stack's ARNs pass."""
+    machine = {"StartAt": "P", "TimeoutSeconds": 60, "States": {"P": {
+        "Type": "Pass", "InputPath": "$.a[0]['b c'].d", "OutputPath": "$..x",
+        "ResultPath": "$.out['r'][2]", "Parameters": {
+            "f.$": "States.Format('{}', $.a)", "m.$": "$$.Map.Item.Value",
+            "l.$": "$.items[?(@.n > 1)]", "s.$": "$.items[1:3]", "w.$": "$.items[*].n",
+            "u.$": "$.items[0,2]"}, "End": True}}}
+    definition.validate(machine)
+    definition.validate(json.loads(definition.render(ARNS)))
+
+
 # --- (d) payload size ----------------------------------------------------------------------
 
 

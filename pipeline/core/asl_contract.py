@@ -145,6 +145,7 @@ class Checker:
         self.functions = functions
         self.results = results
         self.problems: list[str] = []
+        self.actions: set[str] = set()  # the actions of the tasks reached
 
     def machine(self, machine: dict[str, Any], data: Any, context: dict[str, Any],
                 scope: str) -> None:
@@ -220,6 +221,9 @@ class Checker:
         if not state["Resource"].startswith("arn:aws:states:::lambda:invoke"):
             return ANY
         function = _function(params)
+        payload_action = params.get("Payload", {}).get("action") \
+            if isinstance(params.get("Payload"), dict) else None
+        self.actions.add(payload_action)  # (named, even if the task's function is wrong)
         if function is None:
             raise Problem(f"FunctionName {params.get('FunctionName')!r} is none of "
                           + ", ".join(f"${{{p}}}" for p in PLACEHOLDERS))
@@ -310,9 +314,14 @@ def _successors(state: dict[str, Any]) -> list[str]:
 
 def check_definition(definition: dict[str, Any], execution_input: type,
                      functions: dict[str, dict[str, type]],
-                     results: dict[str, type]) -> list[str]:
+                     results: dict[str, type],
+                     needed: dict[str, str] | None = None) -> list[str]:
     """Every disagreement between ``definition`` (with its ${...FunctionArn} placeholders) and
-    the models; an execution's input is an ``execution_input``."""
+    the models; an execution's input is an ``execution_input``. ``needed``: actions (and why)
+    that some task reached from StartAt must run."""
     checker = Checker(functions, results)
     checker.machine(definition, shape_of(execution_input), {}, "")
+    for action, why in (needed or {}).items():
+        if action not in checker.actions:
+            checker.problems.append(f"no Task state runs the {action} action ({why})")
     return list(dict.fromkeys(checker.problems))  # a state reached twice says it once

@@ -68,31 +68,293 @@ def parse(text: str, source: str | None = None) -> dict[str, Any]:
 STATE_TYPES = ("Task", "Pass", "Choice", "Wait", "Succeed", "Fail", "Parallel", "Map")
 #: the state types that end an execution (or a branch) themselves: no Next, no End
 _TERMINAL = ("Choice", "Succeed", "Fail")
+#: the only Task resource the local engine serves: a Lambda invoke of one of its functions
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+#: the States Language's JSONPaths (``$.a..b[0]['c'][*]``, ``$$.Map.Item.Value``) and its
+#: reference paths (``$.a.b``, ``$.a[0]``, ``$['a']``: no wildcard, filter or deep scan)
+_QUOTED = r"""'[^']*'|"[^"]*\""""
+_PATH = re.compile(
+    r"\$\$?(?:\.\.?(?:\*|[^.\[\]\s'\"()*]+)|\.\.(?=\[)|\[\s*(?:\*|-?\d+|" + _QUOTED
+    + r"|-?\d*:-?\d*(?::-?\d*)?|(?:-?\d+|" + _QUOTED + r")(?:\s*,\s*(?:-?\d+|" + _QUOTED
+    + r"))+|\?\(.*?\))\s*\])*")
+_REFERENCE_PATH = re.compile(r"\$(?:\.[^.\[\]\s'\"()*?@]+|\[(?:\d+|" + _QUOTED + r")\])*")
+#: a Retry's or Catch's wildcard: alone in its ErrorEquals, in the list's last entry
+ALL_ERRORS = "States.ALL"
 
 
 def validate(machine: dict[str, Any], source: str | None = None) -> None:
-    """What Step Functions' CreateStateMachine checks of the states' structure, checked before
-    a local run: every Next, Default, Choices' and Catch's Next names a state of the same
-    States; a state other than Choice, Succeed and Fail has Next or ``End: true``; every
-    state is reachable from StartAt; the same in every Map's ItemProcessor (or Iterator) and
-    Parallel's Branches. An :class:`EngineError` naming ``source``, each state and its field
-    (every problem found)."""
-    problems = _problems(machine, "", "")
+    """The definition checked before a local run, on either interpreter: part of what Step
+    Functions' CreateStateMachine checks (not all of it: asl-validator and a deploy check
+    more), and what the local engine cannot run. Every Next, Default, Choices' and Catch's
+    Next names a state of the same States; a state other than Choice, Succeed and Fail has
+    Next or ``End: true``; every state is reachable from StartAt; every path is a JSONPath
+    (ResultPath and MaxConcurrencyPath reference paths); the numbers of Retry, Map, Wait and
+    TimeoutSeconds in range; ``States.ALL`` alone and last in a Retry or Catch list; a Task's
+    Resource is a Lambda invoke and every ``${...}`` placeholder one the engine fills
+    (:data:`PLACEHOLDERS`); the same in every Map's ItemProcessor (or Iterator) and Parallel's
+    Branches. An :class:`EngineError` naming ``source``, each state and its field (every
+    problem found)."""
+    problems = _field_problems(machine, "the definition", _TOP_NUMBERS) \
+        if isinstance(machine, dict) else []
+    problems += _problems(machine, "", "")
     if problems:
         raise EngineError(f"{source or 'the state machine definition'} is not a valid state "
-                          f"machine (Step Functions would refuse it): {'; '.join(problems)}")
+                          "machine, or not one the local engine runs (checked before any run: "
+                          "some of what Step Functions checks, not all of it, docs/local-"
+                          "engine.md, \"Checking an edited definition\"): "
+                          f"{'; '.join(problems)}")
 
 
-def check(text: str, source: str | None = None) -> dict[str, Any]:
-    """``text`` parsed (:func:`parse`) and validated (:func:`validate`)."""
+def check(text: str, source: str | None = None, contract: bool = False) -> dict[str, Any]:
+    """``text`` parsed (:func:`parse`) and validated (:func:`validate`); with ``contract``,
+    also checked against the code (:func:`contract_problems`): an edited copy given to a run
+    (``--definition``, ``definition_text=``), refused with every problem before any work."""
     machine = parse(text, source)
     validate(machine, source)
+    if contract:
+        problems = contract_problems(machine)
+        if problems:
+            raise EngineError(f"{source or 'the state machine definition'} does not fit "
+                              "tiffpipe's code (the events and results of "
+                              "pipeline/core/events.py, docs/local-engine.md, \"Checking an "
+                              f"edited definition\"): {'; '.join(problems)}")
     return machine
+
+
+#: the actions a run needs its definition to run, and why (the runner reads what they write)
+NEEDED_ACTIONS = {
+    "plan_run": "PlanRun's: it checks the manifest and writes the job list the jobs run from",
+    "report": "Report's, after the Jobs map: it writes the run report, which the run reads "
+              "at its end",
+}
+
+
+def contract_problems(machine: dict[str, Any]) -> list[str]:
+    """Every disagreement between a (validated) definition and the code:
+    :func:`pipeline.core.asl_contract.check_definition` (each Payload builds its action's
+    event, each path reads a field that is there, ...), and the actions of
+    :data:`NEEDED_ACTIONS` run. A task's FunctionName may be a placeholder or a function's
+    name or ARN (a deployed stack's: ``...:function:tiffpipe-prod-split:7``)."""
+    import copy
+
+    from pipeline import handlers
+    from pipeline.core import events
+    from pipeline.core.asl_contract import check_definition
+    from pipeline.engine.execution import function_of
+
+    machine = copy.deepcopy(machine)
+    for state in _all_states(machine):
+        params = state.get("Parameters")
+        name = params.get("FunctionName") if isinstance(params, dict) else None
+        if isinstance(name, str) and not _PLACEHOLDER_ONLY.fullmatch(name):
+            try:
+                params["FunctionName"] = "${" + placeholder(function_of(name)) + "}"
+            except EngineError:
+                pass  # (the check names it)
+    models = {f: {action: model for action, (model, _) in actions.items()}
+              for f, actions in handlers.FUNCTIONS.items()}
+    return check_definition(machine, events.RunInput, models, events.RESULTS, NEEDED_ACTIONS)
+
+
+_PLACEHOLDER_ONLY = re.compile(r"\$\{\w+\}")
+
+
+def _all_states(machine: Any) -> list[dict[str, Any]]:
+    """Every state of ``machine``, those of its Maps and Parallels' branches included."""
+    found = []
+    for state in (machine.get("States") or {}).values() if isinstance(machine, dict) else []:
+        if isinstance(state, dict):
+            found.append(state)
+            for child in [state.get("ItemProcessor") or state.get("Iterator"),
+                          *(state.get("Branches") or [])]:
+                found += _all_states(child)
+    return found
+
+
+#: field -> (the least it may be, whether it must be whole), as the States Language says
+_TOP_NUMBERS = {"TimeoutSeconds": (1, True)}
+_NUMBERS = {
+    "Task": {"TimeoutSeconds": (1, True), "HeartbeatSeconds": (1, True)},
+    "Map": {"MaxConcurrency": (0, True), "ToleratedFailureCount": (0, True),
+            "ToleratedFailurePercentage": (0, False)},
+    "Wait": {"Seconds": (0, True)},
+}
+_RETRY_NUMBERS = {"MaxAttempts": (0, True), "IntervalSeconds": (1, True),
+                  "MaxDelaySeconds": (1, True), "BackoffRate": (1, False)}
+#: the paths of a state: field -> whether it must be a reference path
+_PATHS = {"InputPath": False, "OutputPath": False, "ItemsPath": False, "ResultPath": True,
+          "MaxConcurrencyPath": True, "SecondsPath": True, "TimestampPath": True}
+
+
+def _field_problems(state: dict[str, Any], label: str, numbers: dict[str, tuple[int, bool]]
+                    ) -> list[str]:
+    """The fields of ``numbers`` out of range in ``state`` (or the definition)."""
+    problems = []
+    for field, (least, whole) in numbers.items():
+        value = state.get(field, least)
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                or value < least or (field == "ToleratedFailurePercentage" and value > 100):
+            kind = "an integer" if whole else "a number"
+            most = " and at most 100" if field == "ToleratedFailurePercentage" else ""
+            problems.append(f"{label}: {field} {value!r} must be {kind} of at least "
+                            f"{least}{most}")
+    return problems
+
+
+def _path_problem(path: Any, field: str, reference: bool) -> str | None:
+    """Why ``path`` (the value of ``field``) is not a JSONPath (``reference``: a reference
+    path), or None. Intrinsic functions (``States.Format(...)``) and variables (``$name``)
+    are left to the interpreters (moto runs the first, and refuses the second up front)."""
+    if path is None and field in ("InputPath", "OutputPath", "ResultPath"):
+        return None  # (null: {} in, {} out, the input passed on)
+    if not isinstance(path, str):
+        return f"{field} {path!r} is not a path (a string starting with $)"
+    if path.startswith("States.") and not reference or re.match(r"\$[A-Za-z_]", path):
+        return None
+    if not (_REFERENCE_PATH if reference else _PATH).fullmatch(path):
+        kind = "reference path ($, then .field, ['field'] or [index] only)" if reference \
+            else "JSONPath"
+        return f"{field} {path!r} is not a valid {kind}"
+    return None
+
+
+def _template_paths(template: Any, field: str) -> list[str]:
+    """The problems of the paths of a Parameters, ResultSelector or ItemSelector template
+    (its ``key.$`` values), each named by its place (``Parameters.Payload.plan.$``)."""
+    problems: list[str] = []
+    if isinstance(template, dict):
+        for key, value in template.items():
+            if isinstance(key, str) and key.endswith(".$"):
+                problem = _path_problem(value, f"{field}.{key}", False)
+                problems += [problem] if problem else []
+            else:
+                problems += _template_paths(value, f"{field}.{key}")
+    elif isinstance(template, list):
+        for i, value in enumerate(template):
+            problems += _template_paths(value, f"{field}[{i}]")
+    return problems
+
+
+def _rule_paths(rule: Any, field: str) -> list[str]:
+    """The problems of a choice rule's paths (its Variable, a ``...Path`` comparison's
+    value), And, Or and Not included."""
+    if not isinstance(rule, dict):
+        return []
+    problems = []
+    for key, value in rule.items():
+        if key == "Variable" or key.endswith("Path"):
+            problem = _path_problem(value, f"{field}.{key}", False)
+            problems += [problem] if problem else []
+        elif key in ("And", "Or") and isinstance(value, list):
+            for i, inner in enumerate(value):
+                problems += _rule_paths(inner, f"{field}.{key}[{i}]")
+        elif key == "Not":
+            problems += _rule_paths(value, f"{field}.Not")
+    return problems
+
+
+def _handler_problems(state: dict[str, Any], label: str) -> list[str]:
+    """A Retry's and Catch's lists: ErrorEquals a non-empty list of names, ``States.ALL``
+    alone in it and only in the list's last entry; a retrier's numbers in range."""
+    problems = []
+    for field in ("Retry", "Catch"):
+        handlers = state.get(field) or []
+        for i, handler in enumerate(handlers if isinstance(handlers, list) else []):
+            where = f"{label}: {field}[{i}]"
+            names = handler.get("ErrorEquals") if isinstance(handler, dict) else None
+            if not isinstance(names, list) or not names or not all(
+                    isinstance(n, str) for n in names):
+                problems.append(f"{where}.ErrorEquals must be a non-empty list of error names")
+                continue
+            if ALL_ERRORS in names and (len(names) > 1 or i < len(handlers) - 1):
+                problems.append(f"{where}.ErrorEquals: {ALL_ERRORS} must be alone in its "
+                                f"ErrorEquals and in the last entry of {field} (it matches every "
+                                "error: an entry after it would never be used)")
+            if field == "Retry":
+                problems += _field_problems(handler, where, _RETRY_NUMBERS)
+                jitter = handler.get("JitterStrategy", "NONE")
+                if jitter not in ("FULL", "NONE"):
+                    problems.append(f"{where}: JitterStrategy {jitter!r} must be FULL or NONE")
+    return problems
+
+
+def _placeholder_problems(value: Any, field: str) -> list[str]:
+    """Each ``${...}`` in a state's values that is not a placeholder the engine fills."""
+    if isinstance(value, str):
+        return [f"{field}: ${{{name}}} is not a placeholder the engine fills (it fills "
+                f"{', '.join('${' + p + '}' for p in PLACEHOLDERS)})"
+                for name in _PATTERN.findall(value) if name not in PLACEHOLDERS]
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else []
+    problems = []
+    for key, inner in items:
+        if key not in ("ItemProcessor", "Iterator", "Branches"):  # (their states say it)
+            problems += _placeholder_problems(inner, f"{field}.{key}" if field else str(key))
+    return problems
+
+
+def _state_problems(state: dict[str, Any], kind: str, label: str) -> list[str]:
+    """What of one state, besides its transitions, is refused: its paths, numbers, Retry and
+    Catch, Resource and placeholders."""
+    problems = _field_problems(state, label, _NUMBERS.get(kind, {}))
+    for field, reference in _PATHS.items():
+        if field in state:
+            problem = _path_problem(state[field], field, reference)
+            problems += [f"{label}: {problem}"] if problem else []
+    for field in ("Parameters", "ResultSelector", "ItemSelector"):
+        problems += [f"{label}: {p}" for p in _template_paths(state.get(field), field)]
+    reader = state.get("ItemReader")
+    if isinstance(reader, dict):
+        problems += [f"{label}: {p}" for p in _template_paths(reader.get("Parameters"),
+                                                              "ItemReader.Parameters")]
+    for i, rule in enumerate(state.get("Choices") or [] if kind == "Choice" else []):
+        problems += [f"{label}: {p}" for p in _rule_paths(rule, f"Choices[{i}]")]
+    problems += _handler_problems(state, label)
+    if kind == "Task" and state.get("Resource") != LAMBDA_INVOKE:
+        problems.append(f"{label}: Resource {state.get('Resource')!r} is not a task the local "
+                        f"engine runs: it runs {LAMBDA_INVOKE} of its functions only (a "
+                        "FunctionName of " + ", ".join("${" + p + "}" for p in PLACEHOLDERS)
+                        + ", or a function's name or ARN ending -split, -process or -merge)")
+    problems += [f"{label}: {p}" for p in _placeholder_problems(state, "")]
+    return problems
+
+
+def _transitions(state: dict[str, Any], kind: Any, label: str
+                 ) -> tuple[list[tuple[str, Any]], list[str]]:
+    """A state's transitions (field, target) and the problems of its Next and End. A state
+    whose Type is wrong still has the transitions it names (so the states after it are
+    reachable: its Type is the one problem)."""
+    problems: list[str] = []
+    targets: list[tuple[str, Any]] = []
+    if kind == "Choice" or kind not in STATE_TYPES and "Choices" in state:
+        choices = state.get("Choices")
+        if not isinstance(choices, list) or not choices:
+            problems.append(f"{label}: Choices must be a non-empty list of rules")
+            choices = []
+        for i, rule in enumerate(choices):
+            targets.append((f"Choices[{i}].Next", rule.get("Next")
+                            if isinstance(rule, dict) else None))
+        if "Default" in state:
+            targets.append(("Default", state["Default"]))
+    elif kind not in _TERMINAL:
+        has_next, ends = "Next" in state, state.get("End") is True
+        if kind in STATE_TYPES and has_next and ends:
+            problems.append(f"{label}: has both Next and End")
+        elif kind in STATE_TYPES and not has_next and not ends:
+            problems.append(f"{label}: has neither Next nor \"End\": true")
+        if has_next:
+            targets.append(("Next", state["Next"]))
+    for i, catcher in enumerate(state.get("Catch") or []):
+        targets.append((f"Catch[{i}].Next", catcher.get("Next")
+                        if isinstance(catcher, dict) else None))
+    return targets, problems
 
 
 def _problems(machine: Any, scope: str, within: str) -> list[str]:
     """The structural problems of one States: ``scope`` prefixes its states' names (``Jobs >
-    Merge``), ``within`` says where it is (``the ItemProcessor of Jobs``); both "" at the top."""
+    Merge``), ``within`` says where it is (``the ItemProcessor of Jobs``); both "" at the top.
+    States not reachable are named each when nothing else is wrong with this States, else
+    together, as what may follow from the problems before (a Type or a Next mistyped)."""
     where = f" in {within}" if within else ""
     states = machine.get("States") if isinstance(machine, dict) else None
     if not isinstance(states, dict) or not states:
@@ -102,36 +364,20 @@ def _problems(machine: Any, scope: str, within: str) -> list[str]:
         return [(f"{within or 'the definition'}: StartAt names {start!r}, which is not a "
                  f"state{where}")]
     problems: list[str] = []
+    inner_problems: list[str] = []
     edges: dict[str, list[str]] = {}
     for name, state in states.items():
         label = f"state {scope} > {name}" if scope else f"state {name}"
-        if not isinstance(state, dict) or state.get("Type") not in STATE_TYPES:
-            kind = state.get("Type") if isinstance(state, dict) else state
-            problems.append(f"{label}: Type {kind!r} is not one of {', '.join(STATE_TYPES)}")
+        if not isinstance(state, dict):
+            problems.append(f"{label}: {state!r} is not a state (a JSON object with a Type)")
             continue
-        kind = state["Type"]
-        targets: list[tuple[str, Any]] = []
-        if kind == "Choice":
-            choices = state.get("Choices")
-            if not isinstance(choices, list) or not choices:
-                problems.append(f"{label}: Choices must be a non-empty list of rules")
-                choices = []
-            for i, rule in enumerate(choices):
-                targets.append((f"Choices[{i}].Next", rule.get("Next")
-                                if isinstance(rule, dict) else None))
-            if "Default" in state:
-                targets.append(("Default", state["Default"]))
-        elif kind not in _TERMINAL:
-            has_next, ends = "Next" in state, state.get("End") is True
-            if has_next and ends:
-                problems.append(f"{label}: has both Next and End")
-            elif not has_next and not ends:
-                problems.append(f"{label}: has neither Next nor \"End\": true")
-            if has_next:
-                targets.append(("Next", state["Next"]))
-        for i, catcher in enumerate(state.get("Catch") or []):
-            targets.append((f"Catch[{i}].Next", catcher.get("Next")
-                            if isinstance(catcher, dict) else None))
+        kind = state.get("Type")
+        if kind not in STATE_TYPES:
+            problems.append(f"{label}: Type {kind!r} is not one of {', '.join(STATE_TYPES)}")
+        targets, wrong = _transitions(state, kind, label)
+        problems += wrong
+        if kind in STATE_TYPES:
+            problems += _state_problems(state, kind, label)
         for field, target in targets:
             if target not in states:
                 problems.append(f"{label}: {field} names {target!r}, which is not a "
@@ -140,21 +386,24 @@ def _problems(machine: Any, scope: str, within: str) -> list[str]:
         inner = f"{scope} > {name}" if scope else name
         if kind == "Map":
             key = "ItemProcessor" if "ItemProcessor" in state else "Iterator"
-            problems += _problems(state.get(key), inner, f"the {key} of {inner}")
+            inner_problems += _problems(state.get(key), inner, f"the {key} of {inner}")
         for i, branch in enumerate(state.get("Branches") or [] if kind == "Parallel" else []):
-            problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}")
+            inner_problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}")
     reached, todo = {start}, [start]
     while todo:
         for target in edges.get(todo.pop(), []):
             if target not in reached:
                 reached.add(target)
                 todo.append(target)
-    for name in states:
-        if name not in reached:
-            label = f"state {scope} > {name}" if scope else f"state {name}"
-            problems.append(f"{label}: not reachable from StartAt ({start}) by any Next, "
-                            "Default or Catch")
-    return problems
+    lost = [f"{scope} > {name}" if scope else name for name in states if name not in reached]
+    how = f"not reachable from StartAt ({start}) by any Next, Default or Catch"
+    if lost and problems:  # (a mistyped Next leaves the states after it unreached)
+        problems.append(f"state{'s' if len(lost) > 1 else ''} {', '.join(lost)}: {how} "
+                        f"(which may follow from the problem{'s' if len(problems) > 1 else ''}"
+                        " before)")
+    else:
+        problems += [f"state {name}: {how}" for name in lost]
+    return problems + inner_problems
 
 
 def render(arns: dict[str, str], text: str | None = None, source: str | None = None) -> str:

@@ -166,10 +166,12 @@ class LocalEngine:
         self.definition_text = definition_text
         self.map_threads = max(1, map_threads or 2 * workers + 2)
         self.machine: dict[str, Any] | None = None
-        # checked before any run, on either interpreter: what Step Functions would refuse
+        # checked before any run, on either interpreter (its placeholders before they are
+        # filled): what Step Functions would refuse of it, and what this engine cannot run
+        source = None if definition_text else definition.definition_path()
+        definition.check(definition_text or definition.definition_text(), source)
         machine = json.loads(definition.render(
             {f: function_name(f) for f in FUNCTIONS}, definition_text))
-        definition.validate(machine, None if definition_text else definition.definition_path())
         why = direct.unsupported(machine) if interpreter != "moto" else None
         gap = moto_gap(machine) if why and interpreter == "auto" or interpreter == "moto" \
             else None
