@@ -89,8 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-contact-sheet", action="store_true",
                      help="do not write <report>.contact.png (input and output thumbnails)")
 
-    val = sub.add_parser("validate", help="check a manifest without running it")
-    val.add_argument("manifest")
+    val = sub.add_parser("validate", help="check a manifest (or a state machine definition) "
+                                          "without running it")
+    val.add_argument("manifest", nargs="?")
+    val.add_argument("--definition", metavar="PATH",
+                     help="check this state machine definition as `run --definition` does "
+                          "before its run (JSON, the states' structure, paths and fields, "
+                          "what the local engine runs, the contract with the code), with or "
+                          "without a manifest")
     val.add_argument("--inputs", action="store_true",
                      help="also read every job's input page headers (IFDs, no pixels; a "
                           "scan's files too) and check each job as the run's PlanJob will: "
@@ -258,6 +264,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("tiffpipe: --threads must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    path = getattr(args, "definition", None)
+    if args.manifest is None and path is None:
+        print("tiffpipe: validate needs a manifest, or --definition PATH (or both)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if path is not None:
+        try:
+            _definition(path)
+        except EngineError as exc:
+            print(f"tiffpipe: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"{path}: valid for a local run: its JSON, states, paths and fields, Task "
+              "resources and the contract with the code checked (not all that Step "
+              "Functions checks: docs/local-engine.md, \"Checking an edited definition\")")
+        if args.manifest is None:
+            return EXIT_OK
     from pipeline.runner import validate
 
     try:

@@ -367,7 +367,7 @@ def test_a_definition_without_report_or_plan_run_is_refused_before_any_work(
     """A copy without the Report state (the Jobs map ends the execution) ran every job,
     published the outputs, then traced back (WorkMissingError: the report); one without
     PlanRun likewise. Both are refused before anything runs (exit 2), naming what is
-    missing."""
+    missing, and ``validate --definition`` says the same without a manifest."""
     from pipeline.engine import definition
 
     _inputs(tmp_path)
@@ -386,6 +386,46 @@ def test_a_definition_without_report_or_plan_run_is_refused_before_any_work(
     assert err.startswith(f"tiffpipe: {edited} does not fit tiffpipe's code"), err
     assert err.rstrip().endswith(missing), err
     assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.asl.json", "in", "m.json"]
+    assert cli.main(["validate", "--definition", str(edited)]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(missing)
+
+
+def test_validate_checks_a_definition_as_a_run_would(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture):
+    """``validate --definition PATH``: the checks ``run --definition`` makes, without a run:
+    the structure's (a Type typo, the one problem), the contract's (a field a Choice
+    reads, dropped), each named by its state; a good copy (a deployed stack's, its ARNs
+    filled) is valid, with or without a manifest; neither a manifest nor a definition is a
+    usage error."""
+    from pipeline.engine import definition
+
+    _inputs(tmp_path)
+    machine = json.loads(definition.definition_text())
+    jobs = machine["States"]["Jobs"]["ItemProcessor"]["States"]
+    edited = tmp_path / "edited.asl.json"
+    jobs["Fused"]["Type"] = "Switch"
+    edited.write_text(json.dumps(machine))
+    assert cli.main(["validate", "--definition", str(edited)]) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("): state Jobs > Fused: Type 'Switch' is not one of Task, "
+                                 "Pass, Choice, Wait, Succeed, Fail, Parallel, Map"), err
+    jobs["Fused"]["Type"] = "Choice"
+    jobs["PlanJob"]["ResultSelector"].pop("single.$")
+    edited.write_text(json.dumps(machine))
+    assert cli.main(["validate", str(tmp_path / "m.json"), "--definition", str(edited)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Jobs/Fused: $.planned.single: no field 'single' at $.planned" in err
+    edited.write_text(definition.render({
+        f: f"arn:aws:lambda:eu-west-1:123456789012:function:tiffpipe-prod-{f}:7"
+        for f in ("split", "process", "merge")}))
+    assert cli.main(["validate", "--definition", str(edited)]) == 0
+    assert capsys.readouterr().out.startswith(f"{edited}: valid for a local run: ")
+    assert cli.main(["validate", str(tmp_path / "m.json"), "--definition", str(edited)]) == 0
+    out = capsys.readouterr().out
+    assert f"{edited}: valid for a local run" in out and "m.json: valid, 2 job(s)" in out, out
+    assert cli.main(["validate"]) == 2
+    assert "validate needs a manifest, or --definition PATH" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.asl.json", "in", "m.json"]
 
 
