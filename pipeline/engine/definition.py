@@ -108,8 +108,12 @@ def validate(machine: dict[str, Any], source: str | None = None) -> None:
 def check(text: str, source: str | None = None, contract: bool = False) -> dict[str, Any]:
     """``text`` parsed (:func:`parse`) and validated (:func:`validate`); with ``contract``,
     also checked against the code (:func:`contract_problems`): an edited copy given to a run
-    (``--definition``, ``definition_text=``), refused with every problem before any work."""
+    (``--definition``, ``definition_text=``), refused with every problem before any work.
+    A text that passed is not checked again in this process (a run checks its definition
+    as the command reads it and again as its engine starts)."""
     machine = parse(text, source)
+    if (text, contract) in _PASSED or (text, True) in _PASSED:  # (a contract pass: both)
+        return machine
     validate(machine, source)
     if contract:
         problems = contract_problems(machine)
@@ -118,7 +122,12 @@ def check(text: str, source: str | None = None, contract: bool = False) -> dict[
                               "tiffpipe's code (the events and results of "
                               "pipeline/core/events.py, docs/local-engine.md, \"Checking an "
                               f"edited definition\"): {'; '.join(problems)}")
+    _PASSED.add((text, contract))
     return machine
+
+
+#: (text, contract) of the definitions :func:`check` passed in this process
+_PASSED: set[tuple[str, bool]] = set()
 
 
 #: the actions a run needs its definition to run, and why (the runner reads what they write)
