@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.core.chain import job_reads
 from pipeline.core.models import JobSpec, OutputOptions
-from pipeline.core.plan import Problem, grouped_by_page
+from pipeline.core.plan import Problem, grouped_by_page, loop_note
 
 if TYPE_CHECKING:
     from pipeline.adapters.tiff_read import Reads
@@ -73,6 +73,7 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     each page. An error of the file (not there, not a TIFF, a damaged chain of pages) is its
     ``error``, with the pages read before it."""
     from pipeline.adapters.tiff_read import (
+        chain_loop,
         check_chain_end,
         classified_masks,
         keeps_palette,
@@ -103,6 +104,8 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
                 check_chain_end(tf, url, count)
             except CorruptTiffError as exc:  # a job without pages fails on it
                 doc["chain_error"] = str(exc)
+            if (loop := chain_loop(tf, url)) is not None:  # (a job's note says it too)
+                doc["chain_note"] = loop_note(*loop)
             for i, page, why, mask in classified_masks(tf, url, count):
                 entry, info = _page(page, url, i, why, keep, reads)
                 if mask:
@@ -392,6 +395,8 @@ def text(doc: dict[str, Any]) -> Iterator[str]:
         yield f"  ops: note: {note}"
     for problem in doc.get("ops_problems", []):
         yield f"  ops: cannot run: {problem}"
+    if "chain_note" in doc:
+        yield f"  note: {doc['chain_note']}"
     if "chain_error" in doc:
         yield f"  CorruptTiffError: {doc['chain_error']}"
     if "error" in doc:

@@ -445,3 +445,29 @@ def test_worker_crash_is_reported_and_the_pool_is_rebuilt(tmp_path: Path):
         with contextlib.suppress(OSError):  # if the kill did not happen, unblock the worker
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pool.close()
+
+
+def test_a_run_of_a_looping_chain_says_the_pages_after_it_are_not_read(tmp_path: Path):
+    """A 3-page file whose first page points back to itself is 1 page, as libtiff reads
+    it; the run said nothing of it, even without --quiet. The job's message and the notice
+    ``tiffpipe run`` prints say that the chain loops and the pages after it are not read."""
+    import pipeline
+
+    path = tmp_path / "loop.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(3):
+            tw.write(np.full((64, 64), k * 50, np.uint8), compression="zstd", metadata=None)
+    with tifffile.TiffFile(path) as tf:
+        first = int(tf.pages[0].offset)
+    raw = bytearray(path.read_bytes())
+    at = first + 2 + int.from_bytes(raw[first:first + 2], "little") * 12
+    raw[at:at + 4] = first.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    result = pipeline.run({"jobs": [{"input": "loop.tif", "output": "out/loop.tif"}]},
+                          workers=1, base=tmp_path)
+    assert result.ok, result.jobs
+    (job,) = result.jobs
+    said = ("the chain of pages (IFDs) loops: page 0's pointer to the next page leads back "
+            "to page 0, so page 0 is read and any pages the file has after it are not")
+    assert job["pages"] == 1
+    assert said in job["message"] and said in job["notice"]

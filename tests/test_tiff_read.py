@@ -25,6 +25,7 @@ from pipeline.adapters.tiff_read import (
     open_tiff,
     planned_page,
     read_infos,
+    read_infos_and_version,
     read_window,
 )
 from pipeline.core.grid import Rect, columns_still_read
@@ -711,9 +712,17 @@ def test_a_loop_back_to_any_page_keeps_every_page_before_it(tmp_path: Path, bigt
     raw = bytearray(path.read_bytes())
     raw[at:at + size] = offsets[target].to_bytes(size, "little")
     path.write_bytes(bytes(raw))
-    infos = read_infos(str(path), None)
+    left: list[Any] = []
+    infos = read_infos_and_version(str(path), None, left_out=left)[0]
     assert [i.index for i in infos] == [0, 1, 2]
     assert [i.ifd_offset for i in infos] == offsets
+    # the job's note and inspect say that the chain loops (it was said nowhere)
+    assert left == [(2, "loop", target, False)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["inspect", str(path)]) == 0
+    assert (f"note: the chain of pages (IFDs) loops: page 2's pointer to the next page leads "
+            f"back to page {target}, so pages 0..2 are read") in out.getvalue()
     with tifffile.TiffFile(path) as tf:
         assert get_page(tf, str(path), 2).offset == offsets[2]
         assert [int(read_window(tf, get_page(tf, str(path), k), str(path), k,

@@ -245,11 +245,13 @@ _chains: weakref.WeakKeyDictionary[tifffile.TiffFile, _Chain] = weakref.WeakKeyD
 class _Chain(NamedTuple):
     """The main chain of pages of an open file: ``count`` pages; ``offsets``, their IFD
     offsets when tiffpipe walked the chain itself (None: tifffile's pages are all of them);
-    ``broken``, why the chain breaks after the last page ("": it does not)."""
+    ``broken``, why the chain breaks after the last page ("": it does not); ``loop``, (the
+    last page, the page its next-IFD pointer leads back to) when the chain loops."""
 
     count: int
     offsets: list[int] | None
     broken: str
+    loop: tuple[int, int] | None = None
 
 
 def _chain(tf: tifffile.TiffFile, url: str) -> _Chain:
@@ -320,7 +322,8 @@ def _walk(tf: tifffile.TiffFile) -> _Chain:
             return _Chain(len(offsets), offsets,
                           f"cannot be read ({type(exc).__name__}: {exc})")
         if following == 0 or following in seen:
-            return _Chain(len(offsets), offsets, "")
+            loop = (len(offsets) - 1, offsets.index(following)) if following else None
+            return _Chain(len(offsets), offsets, "", loop)
         if following + tf.tiff.tagnosize > fh.size:
             return _Chain(len(offsets), offsets,
                           f"points to byte {following}, past the end of the file "
@@ -333,6 +336,14 @@ def page_count(tf: tifffile.TiffFile, url: str) -> int:
     """Pages in the main IFD chain, up to its end or a loop back to a page read (see
     :func:`_chain`); the same for every call on one open file."""
     return _chain(tf, url).count
+
+
+def chain_loop(tf: tifffile.TiffFile, url: str) -> tuple[int, int] | None:
+    """(the last page, the page it points back to) when the main IFD chain loops (its
+    pages are those before the loop: :func:`_chain`), else None: what a job and ``tiffpipe
+    inspect`` say (:func:`pipeline.core.plan.loop_note`), as the pages after it, if the
+    file has any, are not read."""
+    return _chain(tf, url).loop
 
 
 #: the most tags tifffile takes an IFD to have (more: it stops the chain there, as damaged)
@@ -1461,6 +1472,8 @@ def read_infos_and_version(url: str, pages: list[int] | None, keep_palette: bool
         left = [] if left_out is None else left_out
         infos: list[PageInfo] = []
         if pages is None:
+            if (loop := chain_loop(tf, url)) is not None:  # (said by the job's note)
+                left.append((loop[0], "loop", loop[1], False))
             image_pages = 0
             for i, page, why, mask in classified_masks(tf, url, count):
                 if why:

@@ -448,7 +448,21 @@ def left_out_note(left_out: list[tuple[int, str, int | None, bool]],
     if levels:
         parts.append(f"the reduced-resolution levels (SubIFDs) of {_pages(levels)} left "
                      f"out{why}" + (remade if pyramid else _levels_from(processed)))
+    parts += [loop_note(i, of) for i, kind, of, _ in left_out if kind == "loop" and of is not None]
     return "; ".join(parts)
+
+
+def loop_note(last: int, back_to: int) -> str:
+    """What a job without ``pages`` (and ``tiffpipe inspect``) says of a file whose chain of
+    pages loops: page ``last`` points back to page ``back_to``; the pages before the loop
+    are read, any after it are not (tifffile, libtiff and Pillow end the chain there too).
+    Before, a 3-page file whose first page pointed to itself was processed as 1 page,
+    exit 0, without a word."""
+    read, them = ("page 0 is", "it") if last == 0 else (f"pages 0..{last} are", "them")
+    return (f"the chain of pages (IFDs) loops: page {last}'s pointer to the next page leads "
+            f"back to page {back_to}, so {read} read and any pages the file has after {them} "
+            "are not; if it should have more, the file is damaged: copy it again from its "
+            "source or export it again")
 
 
 _LEVELS_FROM_OUTPUT = "set output_options.pyramid for levels made from the output"
@@ -487,6 +501,7 @@ def left_out_notice(left_out: list[tuple[int, str, int | None, bool]],
     if unplaced:
         parts.append(f"overviews of {_pages(unplaced)} without GeoTIFF tags of their own: "
                      "the output is not georeferenced")
+    parts += [loop_note(i, of) for i, kind, of, _ in left_out if kind == "loop" and of is not None]
     return "; ".join(parts)
 
 
