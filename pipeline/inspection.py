@@ -252,7 +252,9 @@ def _kept(metadata: dict[str, Any]) -> list[str]:
 
     kept = []
     if "resolution" in metadata:
-        kept.append("resolution")
+        dropped = metadata.get("resolutionunit_dropped")
+        kept.append("resolution" if dropped is None else
+                    f"resolution (its ResolutionUnit {dropped}, no TIFF unit, dropped: none)")
     if "icc" in metadata:
         kept.append("ICC profile")
     for code, _, _, value in metadata.get("tags", []):

@@ -883,3 +883,31 @@ def test_page_number_is_renumbered_for_the_output_pages(tmp_path: Path):
         # (the first output page is input page 2, the second image: its mask leaves out 80
         # columns)
         assert not tf.pages[1].asarray()[:, :80].any() and tf.pages[1].asarray()[:, 80:].all()
+
+
+def test_a_damaged_resolution_unit_is_dropped_with_a_note(tmp_path: Path):
+    """A ResolutionUnit that is no TIFF unit (514, a damaged tag) passed the plan and failed
+    the job once its pixels were processed ("RESUNIT: invalid argument 514"): damaged
+    metadata must not cost the output. It is dropped: the output's resolution unit is none
+    (its resolution kept as numbers), and the job's note names the tag and its value."""
+    import pipeline
+
+    page = pattern(64, 64, 1, "uint8", 3)
+    path = tmp_path / "unit.tif"
+    tifffile.imwrite(path, page, resolution=(300, 300), resolutionunit="INCH", metadata=None)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        at = tf.pages[0].tags[296].valueoffset
+    data[at:at + 2] = (514).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    result = pipeline.run({"jobs": [{"input": "unit.tif", "output": "out/unit.tif",
+                                     "ops": [{"op": "invert"}]}]}, workers=1, base=tmp_path)
+    assert result.ok, result.jobs
+    (job,) = result.jobs
+    said = ("ResolutionUnit 514 of page 0 is no TIFF unit (1 none, 2 inch, 3 centimetre): "
+            "dropped, the output's resolution unit is none")
+    assert said in job["message"] and said in job["notice"]
+    with tifffile.TiffFile(tmp_path / "out" / "unit.tif") as f:
+        out = f.pages[0]
+        assert _value(out, 296) == tifffile.RESUNIT.NONE and _value(out, 282) == (300, 1)
+        np.testing.assert_array_equal(out.asarray(), 255 - page)

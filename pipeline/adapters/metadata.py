@@ -238,7 +238,10 @@ def read_metadata(page: tifffile.TiffPage, colormap: np.ndarray | None = None) -
             out["resolution"] = [[xn, xd], [yn, yd]]
             unit = tags.valueof(296)
             out["resolutionunit"] = int(unit) if unit is not None else 2  # TIFF default: inch
-            if out["resolutionunit"] == 1:  # none: an ImageJ or OME file's unit is in its
+            if out["resolutionunit"] not in RESOLUTION_UNITS:  # damaged: the output's none,
+                out["resolutionunit_dropped"] = out["resolutionunit"]  # said by unit_note
+                out["resolutionunit"] = 1  # (tifffile refuses to write it: the job failed)
+            elif out["resolutionunit"] == 1:  # none: an ImageJ or OME file's unit is in its
                 _imagej_unit(out, _imagej_description(page))  # description, which is dropped
                 if out["resolutionunit"] == 1:
                     _ome_pixel_size(out, page)
@@ -1672,6 +1675,27 @@ def _bilevel_nodata(tag: tuple[Any, ...]) -> tuple[Any, ...] | None:
     except ValueError:
         bit = None
     return None if bit is None else (GDAL_NODATA, 2, 0, bit, True)
+
+
+#: the values of ResolutionUnit: none, inch, centimetre (another is damaged: dropped)
+RESOLUTION_UNITS = (1, 2, 3)
+
+
+def unit_note(spec: Any, pages: Sequence[Any]) -> str:
+    """What a job's result says of pages whose ResolutionUnit is no TIFF unit (a damaged
+    tag, ``metadata["resolutionunit_dropped"]``: :func:`read_metadata`): it is dropped and
+    their output's resolution unit is none (1), their resolution kept as numbers ("": none
+    such page). Before, the job failed once every pixel was processed, when the output was
+    written ("RESUNIT: invalid argument 514")."""
+    from pipeline.core.plan import _pages
+
+    units: dict[int, list[int]] = {}
+    for page in pages:
+        if (unit := (page.info.metadata or {}).get("resolutionunit_dropped")) is not None:
+            units.setdefault(unit, []).append(page.info.index)
+    return "; ".join(f"ResolutionUnit {unit} of {_pages(numbers)} is no TIFF unit (1 none, "
+                     "2 inch, 3 centimetre): dropped, the output's resolution unit is none"
+                     for unit, numbers in units.items())
 
 
 def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:

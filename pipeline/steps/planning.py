@@ -11,7 +11,12 @@ from dataclasses import replace
 from typing import Any
 
 from pipeline.adapters import earlier_runs, local_runs, storage
-from pipeline.adapters.metadata import colormap_note, dropped_nodata_note, xmp_note
+from pipeline.adapters.metadata import (
+    colormap_note,
+    dropped_nodata_note,
+    unit_note,
+    xmp_note,
+)
 from pipeline.adapters.tiff_read import keeps_palette, read_infos_and_version
 from pipeline.adapters.tile_codec import output_problems
 from pipeline.core import concurrency
@@ -377,9 +382,9 @@ def read_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: boo
 
 #: what a job's result says of the values its chain makes: a convert that drops GDAL_NODATA,
 #: a class map's colour table dropped (a blur),
-#: 12-bit data made near-black 8-bit; said by the run's report, ``validate --inputs`` and
-#: ``inspect --ops`` (pipeline.inspection)
-VALUE_NOTES = (dropped_nodata_note, colormap_note, convert_note)
+#: 12-bit data made near-black 8-bit, a damaged ResolutionUnit dropped; said by the run's
+#: report, ``validate --inputs`` and ``inspect --ops`` (pipeline.inspection)
+VALUE_NOTES = (dropped_nodata_note, colormap_note, convert_note, unit_note)
 
 
 def plan_pages(job: int, spec: JobSpec, infos: list[PageInfo], work: str, started: float,
