@@ -92,8 +92,8 @@ def inspect_file(url: str, spec: JobSpec | None = None) -> dict[str, Any]:
     reads = job_reads(spec.ops) if spec else None
     try:
         with open_tiff(url) as tf:
+            count = page_count(tf, url)  # (first: a file without a readable page says so)
             first = tf.pages.first
-            count = page_count(tf, url)
             doc.update(page_count=count, bigtiff=bool(tf.is_bigtiff),
                        byteorder="little" if tf.byteorder == "<" else "big",
                        formats=[name for name, flag in (

@@ -757,12 +757,14 @@ def _small(path: Path, tiled: bool, compression: str | None = "zlib") -> np.ndar
 @pytest.mark.parametrize(("code", "name", "tiled"), [
     (256, "ImageWidth", True), (257, "ImageLength", True), (256, "ImageWidth", False),
     (257, "ImageLength", False), (322, "TileWidth", True), (323, "TileLength", True),
-    (278, "RowsPerStrip", False)])
+    (278, "RowsPerStrip", False), (277, "SamplesPerPixel", False),
+    (258, "BitsPerSample", True)])
 def test_a_zero_size_tag_is_corrupt_naming_the_tag(tmp_path: Path, code: int, name: str,
                                                    tiled: bool):
-    """A width, length, tile size or RowsPerStrip of 0 (libtiff refuses each): a
-    CorruptTiffError naming the tag and the page, from the plan's read of the page and from
-    the reader (it was a ZeroDivisionError naming nothing, or an empty page)."""
+    """A width, length, tile size, RowsPerStrip, SamplesPerPixel or BitsPerSample of 0
+    (libtiff refuses each): a CorruptTiffError naming the tag and the page, from the plan's
+    read of the page and from the reader (it was a ZeroDivisionError naming nothing, or an
+    empty page; a SamplesPerPixel of 0 was inspected as "0 x uint8 gray")."""
     path = tmp_path / "zero.tif"
     _small(path, tiled)
     _set_tag(path, code, 0)
@@ -1063,3 +1065,102 @@ def test_a_claimed_segment_is_decoded_once_by_the_thread_that_claimed_it(tmp_pat
         reader.decode_claimed(broken)
         with pytest.raises(CorruptTiffError, match="segment 2 .* cannot be decoded"):
             reader.read(Rect(64, 0, 128, 64))
+
+
+def _set_type(path: Path, code: int, kind: int) -> None:
+    """Page 0's entry of tag ``code`` given the TIFF type ``kind`` (its count and value
+    bytes as they were), as a fuzzer's flipped bits make it."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        entry = tf.pages[0].tags[code].offset
+    data[entry + 2:entry + 4] = kind.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("code", "name", "kind", "kind_name"), [
+    (258, "BitsPerSample", 8195, "8195"), (277, "SamplesPerPixel", 7, "UNDEFINED")])
+def test_a_layout_tag_tifffile_cannot_read_is_corrupt_naming_it(
+        tmp_path: Path, code: int, name: str, kind: int, kind_name: str):
+    """A layout tag whose entry has a type that is no TIFF type (tifffile drops it: an 8-bit
+    page was read as 1-bit, with its default, a wrong output, exit 0) or that holds no
+    integers (an UNDEFINED SamplesPerPixel: a TypeError inside tifffile, a traceback from
+    inspect and preview): a CorruptTiffError naming the file, the page, the tag and its type,
+    from the plan's read, from inspect and from preview."""
+    path = tmp_path / "flipped.tif"
+    _small(path, tiled=False, compression=None)
+    _set_type(path, code, kind)
+    url = str(path)
+    want = rf"flipped.tif: page 0: its {name} tag \({code}\) is stored as type {kind_name}"
+    with pytest.raises(CorruptTiffError, match=want):
+        read_infos(url, None)
+    for command in (["inspect", url], ["preview", url, "-o", str(tmp_path / "p.png")]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert cli.main(command) == 1, command
+        said = out.getvalue() + err.getvalue()
+        assert f"its {name} tag ({code}) is stored as type {kind_name}" in said, said
+        assert "Traceback" not in said
+
+
+def _fax(path: Path) -> np.ndarray:
+    """A one-strip CCITT Group 4 page (libtiff's encoder), its strip before its IFD; its
+    pixels (True: black)."""
+    black = np.zeros((64, 48), bool)
+    black[10:30, 5:40] = True
+    path.write_bytes(imagecodecs.tiff_encode(black, compression="ccittfax4", bitspersample=1,
+                                             photometric="miniswhite", rowsperstrip=64))
+    return black
+
+
+def test_a_fax_page_of_more_than_1_bit_is_corrupt(tmp_path: Path):
+    """CCITT codes 1-bit pixels: a Group 4 page whose BitsPerSample says 8 was read as an
+    8-bit page (a fuzzed 64 as uint64), a wrong output; a CorruptTiffError naming it."""
+    path = tmp_path / "fax.tif"
+    _fax(path)
+    _set_tag(path, 258, 8)
+    with pytest.raises(CorruptTiffError, match=r"fax.tif: page 0: compression CCITTFAX4 codes "
+                                               r"1-bit pixels of one sample, its BitsPerSample "
+                                               r"is 8"):
+        read_infos(str(path), None)
+
+
+
+def test_tiles_of_no_multiple_of_16_are_corrupt(tmp_path: Path):
+    """TIFF requires a tile's width and length to be multiples of 16: a JPEG page of 128 x
+    128 tiles whose TileLength said 65535 was read with its streams pasted where no tile
+    is, a wrong output; a CorruptTiffError naming the tag."""
+    path = tmp_path / "tiles.tif"
+    _small(path, tiled=True)
+    _set_tag(path, 323, 40)
+    with pytest.raises(CorruptTiffError, match=r"tiles.tif: page 0: its TileLength tag "
+                                               r"\(323\) is 40, not a multiple of 16"):
+        read_infos(str(path), None)
+
+
+def test_a_jpeg_tile_stream_of_another_size_than_its_tile_is_corrupt(tmp_path: Path):
+    """A JPEG tile's stream is its tile's size: one of 32 x 32 in a page whose TileLength
+    says 64 (a multiple of 16, the tiles' count still enough) was pasted as half a tile, a
+    wrong output; the reader refuses it from the stream's header, before decoding."""
+    path = tmp_path / "jpeg.tif"
+    tifffile.imwrite(path, make_page(3, 64, 64, 1, "uint8"), tile=(32, 32), compression="jpeg",
+                     metadata=None)
+    _set_tag(path, 323, 64)
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, get_page(tf, str(path), 0), str(path), 0)
+        with pytest.raises(CorruptTiffError, match=r"jpeg.tif: page 0: segment 0 \(JPEG\) "
+                                                   r"is a stream of 32 x 32 pixels, its tile "
+                                                   r"32 x 64"):
+            reader.read(Rect(0, 0, 64, 64))
+
+
+def test_inspect_of_a_file_without_a_first_ifd_is_the_named_error(tmp_path: Path):
+    """A file cut after its header (8 bytes: no first IFD): ``tiffpipe inspect`` says what
+    run and validate say (it was an IndexError traceback)."""
+    path = tmp_path / "cut.tif"
+    path.write_bytes(b"II*\0" + (8).to_bytes(4, "little"))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["inspect", str(path)]) == 1
+    said = out.getvalue() + err.getvalue()
+    assert "cut.tif: the TIFF has no readable page (its first IFD is missing" in said, said
+    assert "Traceback" not in said

@@ -84,6 +84,8 @@ LERC = 34887
 #: as libtiff reads it (PageReader._whole_height_strip); LZW's decoder already stops there
 _DEFLATE = (COMPRESSION.ADOBE_DEFLATE, COMPRESSION.DEFLATE)
 _ZSTD = (COMPRESSION.ZSTD, COMPRESSION.ZSTD_DEPRECATED)
+#: CCITT RLE, Group 3 and Group 4 fax: 1-bit pixels of one sample only
+_CCITT = (COMPRESSION.CCITTRLE, COMPRESSION.CCITT_T4, COMPRESSION.CCITT_T6)
 #: ExtraSamples UNASSALPHA: an 8-bit alpha sample libtiff stores as a LERC segment's mask
 _UNASSALPHA = 2
 #: sample formats of complex numbers (integer and float pairs): refused, see pixel_kind
@@ -91,8 +93,20 @@ _COMPLEX_FORMATS = (SAMPLEFORMAT.COMPLEXINT, SAMPLEFORMAT.COMPLEXIEEEFP)
 
 # tifffile logs (and recovers from) damaged IFDs; we raise our own errors instead.
 logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-#: what tifffile raises on a damaged chain of pages or IFD
-IFD_ERRORS = (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError, struct.error)
+#: what tifffile raises on a damaged chain of pages or IFD (TypeError: a tag it compares as
+#: a number stored as bytes, e.g. SamplesPerPixel of type UNDEFINED)
+IFD_ERRORS = (tifffile.TiffFileError, EOFError, ValueError, OSError, IndexError, struct.error,
+              TypeError)
+#: the tags of a page's layout the reader takes its pixels from: each holds integers
+_LAYOUT_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample",
+                259: "Compression", 262: "PhotometricInterpretation", 266: "FillOrder",
+                273: "StripOffsets", 277: "SamplesPerPixel", 278: "RowsPerStrip",
+                279: "StripByteCounts", 284: "PlanarConfiguration", 317: "Predictor",
+                322: "TileWidth", 323: "TileLength", 324: "TileOffsets", 325: "TileByteCounts",
+                338: "ExtraSamples", 339: "SampleFormat"}
+#: the TIFF types of integers (BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, IFD, LONG8, SLONG8,
+#: IFD8): what libtiff reads a layout tag from (any other type fails its read)
+_INTEGER_TYPES = frozenset({1, 3, 4, 6, 8, 9, 13, 16, 17, 18})
 
 
 def _name(value: Any, enum: Any) -> str:
@@ -166,13 +180,72 @@ def _parsed(fh: Any, url: str) -> Iterator[tifffile.TiffFile]:
                                 "export this one as TIFF again") from exc
         raise CorruptTiffError(f"{url}: the TIFF header or first IFD is damaged "
                                f"({text}); {REPAIR}") from exc
-    except (EOFError, ValueError, OSError, IndexError, struct.error) as exc:
+    except (EOFError, ValueError, OSError, IndexError, struct.error, TypeError) as exc:
+        if (bad := _first_ifd_layout_tag(fh)) is not None:
+            raise _layout_tag_error(f"{url}: page 0", *bad) from exc
         raise CorruptTiffError(f"{url}: cannot read the TIFF structure, the file is truncated "
                                f"or damaged ({type(exc).__name__}: {exc}); {REPAIR}") from exc
     try:
         yield tf
     finally:
         tf.close()
+
+
+def _layout_entries(fh: Any, offset: int, tiff: Any) -> list[tuple[int, int]]:
+    """(code, TIFF type) of each layout tag (:data:`_LAYOUT_TAGS`) in the IFD at ``offset``
+    of the open file ``fh`` laid out as ``tiff`` (tifffile's TiffFormat), read from its
+    entries as stored: tifffile drops an entry of a type it does not know (logging it), and
+    the page is then read with the tag's default."""
+    fh.seek(offset)
+    (count,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
+    data = fh.read(min(count, _MOST_TAGS) * tiff.tagsize)
+    heads = (struct.unpack_from(f"{tiff.byteorder}HH", data, at)
+             for at in range(0, len(data) - tiff.tagsize + 1, tiff.tagsize))
+    return [(code, kind) for code, kind in heads if code in _LAYOUT_TAGS]
+
+
+def _layout_tag_error(where: str, code: int, kind: int) -> CorruptTiffError:
+    """The refusal of a page whose layout tag ``code``, stored as type ``kind``, cannot be
+    read (no integers, or tifffile could not read its value)."""
+    why = ("not integers, so its value cannot be read" if kind not in _INTEGER_TYPES else
+           "and its value cannot be read")
+    return CorruptTiffError(
+        f"{where}: its {_LAYOUT_TAGS[code]} tag ({code}) is stored as type "
+        f"{_name(kind, tifffile.DATATYPE)}, {why} (a reader that skips it takes the tag's "
+        f"default: a wrong image); the file is damaged or was written wrongly: {REPAIR}")
+
+
+def _first_ifd_layout_tag(fh: Any) -> tuple[int, int] | None:
+    """(code, type) of the first layout tag of the file's first IFD stored as no integers
+    (:func:`_layout_entries`), or None (none, or the header cannot be read): why tifffile
+    failed to parse the first page."""
+    try:
+        fh.seek(0)
+        head = bytes(fh.read(16))
+        tiff = {b"II*\0": TIFF.CLASSIC_LE, b"MM\0*": TIFF.CLASSIC_BE,
+                b"II+\0": TIFF.BIG_LE, b"MM\0+": TIFF.BIG_BE}[head[:4]]
+        at = 8 if tiff.offsetsize == 8 else 4
+        (offset,) = struct.unpack_from(tiff.offsetformat, head, at)
+        entries = _layout_entries(fh, offset, tiff)
+    except (KeyError, struct.error, OSError, ValueError):
+        return None
+    return next(((c, k) for c, k in entries if k not in _INTEGER_TYPES), None)
+
+
+def check_layout_tags(page: tifffile.TiffPage, where: str) -> None:
+    """CorruptTiffError naming the tag if a layout tag of the page (:data:`_LAYOUT_TAGS`:
+    its size, samples, bits, coding, segments) is in its IFD but tifffile could not read it
+    (a type that is no TIFF type: tifffile drops the entry, and a BitsPerSample dropped read
+    an 8-bit palette page as 1-bit, a wrong output, exit 0) or it is stored as no integers
+    (an UNDEFINED SamplesPerPixel failed in tifffile with a TypeError). Found from the IFD's
+    entries as stored: one read of them, at the plan."""
+    try:
+        entries = _layout_entries(page.parent.filehandle, int(page.offset), page.parent.tiff)
+    except (struct.error, OSError, ValueError):
+        return  # (tifffile read this IFD: it was there)
+    for code, kind in entries:
+        if kind not in _INTEGER_TYPES or code not in page.tags:
+            raise _layout_tag_error(where, code, kind)
 
 
 #: whether this thread's kept TIFF (kept_tiff) is in use
@@ -461,6 +534,11 @@ def pixel_kind(page: tifffile.TiffPage, where: str, keep_palette: bool = False) 
     pname = _name(photometric, PHOTOMETRIC)
     bps = page.bitspersample
     samples = int(page.samplesperpixel)
+    if compression in _CCITT and (bps != 1 or samples != 1):
+        raise CorruptTiffError(
+            f"{where}: compression {_name(compression, COMPRESSION)} codes 1-bit pixels of one "
+            f"sample, its BitsPerSample is {bps} and SamplesPerPixel {samples}; the file is "
+            f"damaged or was written wrongly: {REPAIR}")
     if photometric == PHOTOMETRIC.SEPARATED:
         return _cmyk_kind(page, where, samples)
     if photometric in _REFUSED_PHOTOMETRICS:
@@ -599,15 +677,19 @@ def keeps_palette(ops: list[Any], compression: str) -> bool:
     return chain_keeps_indices(ops) and compression != "jpeg"
 
 
-#: the tags of a page's size and segment size, none of which may be 0
-_DIMENSION_TAGS = ((256, "ImageWidth"), (257, "ImageLength"), (322, "TileWidth"),
-                   (323, "TileLength"), (278, "RowsPerStrip"))
+#: the tags of a page's size, samples and segment size, none of which may be 0
+_DIMENSION_TAGS = ((256, "ImageWidth"), (257, "ImageLength"), (277, "SamplesPerPixel"),
+                   (258, "BitsPerSample"), (322, "TileWidth"), (323, "TileLength"),
+                   (278, "RowsPerStrip"))
 
 
 def check_dimensions(page: tifffile.TiffPage, where: str) -> None:
-    """CorruptTiffError naming the tag if the page's width or length, or its tiles' or
-    strips' size, is 0 (or the width or length missing): such a page has no pixels to read
-    or no segment layout (libtiff refuses it too), and reading it divided by zero."""
+    """CorruptTiffError naming the tag if the page's width or length, its samples a pixel or
+    bits a sample, or its tiles' or strips' size, is 0 (or the width or length missing):
+    such a page has no pixels to read or no segment layout (libtiff refuses it too), and
+    reading it divided by zero. And if its tiles' width or length is no multiple of 16, as
+    TIFF requires (a JPEG page of 128 x 128 tiles whose TileLength said 65535 was read as
+    the tiles' streams pasted at the wrong rows, a wrong output)."""
     for code, name in _DIMENSION_TAGS:
         if code == 278 and 322 in page.tags:  # a tiled page's RowsPerStrip is not read
             continue
@@ -621,6 +703,10 @@ def check_dimensions(page: tifffile.TiffPage, where: str) -> None:
             raise CorruptTiffError(f"{where}: its {name} tag ({code}) is {what}, a page needs "
                                    f"it above 0; the file is damaged or was written wrongly: "
                                    f"{REPAIR}")
+        if code in (322, 323) and value is not None and int(value) % 16:
+            raise CorruptTiffError(f"{where}: its {name} tag ({code}) is {int(value)}, not a "
+                                   "multiple of 16 as TIFF requires of a tile's size; the file "
+                                   f"is damaged or was written wrongly: {REPAIR}")
 
 
 #: the region of a page of (height, width, dtype) a job reads (None: the whole page):
@@ -638,6 +724,7 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
     the file refuses the page (:func:`check_segments_in_file`; default: anywhere on it).
     """
     where = f"{url}: page {index}"
+    check_layout_tags(page, where)
     check_dimensions(page, where)
     compression = int(page.compression)
     cname = _name(compression, COMPRESSION)
@@ -1048,12 +1135,20 @@ class PageReader:
         (:mod:`pipeline.core.segment_header`): its codec would allocate all it declares
         before tifffile finds that it does not fit, and a tiny stream can declare gigabytes.
         Up to 4 samples a pixel are let through whatever the page's (a WebP stream says 4,
-        a JPEG's colour conversion makes 3)."""
+        a JPEG's colour conversion makes 3). A JPEG tile's stream must be its tile's size
+        (libtiff writes every tile whole): one of another size (a TileLength that does not
+        match the streams) would be pasted at the wrong place, a wrong image."""
         pixels = self.seg_h * self.seg_w
         depth = 1 if self.separate else self.file_samples
         if said is not None and (said[0] * said[1] > pixels
                                  or said.values > pixels * max(depth, 4)):
             raise self._declares_more(seg, str(said), depth)
+        if (said is not None and self.compression == COMPRESSION.JPEG and self.page.is_tiled
+                and (said[0], said[1]) != (self.seg_h, self.seg_w)):
+            raise CorruptTiffError(
+                f"{self.where}: segment {seg} (JPEG) is a stream of {said[1]} x {said[0]} "
+                f"pixels, its tile {self.seg_w} x {self.seg_h} (TileWidth x TileLength); the "
+                f"file is damaged or was written wrongly: {REPAIR}")
 
     def _declares_more(self, seg: int, said: str, depth: int) -> CorruptTiffError:
         """The refusal of a segment whose stream declares ``said``, more than its tile or
