@@ -1124,6 +1124,20 @@ def test_a_fax_page_of_more_than_1_bit_is_corrupt(tmp_path: Path):
         read_infos(str(path), None)
 
 
+def test_a_one_strip_fax_page_without_its_byte_count_is_read_whole(tmp_path: Path):
+    """The documented exception to "a byte count of 0 at an offset is corrupt": a one-strip
+    CCITT page's strip is read to the end of the file (or its next IFD), as libtiff and
+    tifffile read it (fax software wrote 0 for a count it did not know); the decoder stops at
+    the page's rows, so the bytes after the strip are not taken for pixels."""
+    path = tmp_path / "fax.tif"
+    black = _fax(path)
+    _set_tag(path, 279, 0)
+    (info,) = read_infos(str(path), None)
+    with open_tiff(str(path)) as tf:
+        px = PageReader(tf, get_page(tf, str(path), 0), str(path), 0).read(Rect(0, 0, 64, 48))
+    np.testing.assert_array_equal(px.reshape(64, 48), np.where(black, 0, 255))
+    assert (info.height, info.width) == (64, 48)
+
 
 def test_tiles_of_no_multiple_of_16_are_corrupt(tmp_path: Path):
     """TIFF requires a tile's width and length to be multiples of 16: a JPEG page of 128 x
@@ -1164,3 +1178,41 @@ def test_inspect_of_a_file_without_a_first_ifd_is_the_named_error(tmp_path: Path
     said = out.getvalue() + err.getvalue()
     assert "cut.tif: the TIFF has no readable page (its first IFD is missing" in said, said
     assert "Traceback" not in said
+
+
+def test_segment_tags_that_do_not_fit_the_page_are_refused_at_the_plan(tmp_path: Path):
+    """Headers that only a unit's read refused before: ``read_infos`` (PlanJob's and
+    ``validate --inputs``' read) refuses an uncompressed strip shorter than its rows (an
+    ImageWidth made 10 times larger) and strip lists shorter than the page's strips (an
+    ImageLength made 65535, whose plan said the job needed too many work items instead)."""
+    wide = tmp_path / "wide.tif"
+    _small(wide, tiled=False, compression=None)
+    _set_tag(wide, 256, 480)
+    with pytest.raises(CorruptTiffError, match=r"wide.tif: page 0: segment 0 \(an "
+                                               r"uncompressed strip\) has a byte count of "
+                                               r"768, its 16 rows need 7680"):
+        read_infos(str(wide), None)
+    long = tmp_path / "long.tif"
+    tifffile.imwrite(long, make_page(8, 64, 48, 1, "uint8"), compression="lzw",
+                     rowsperstrip=64, metadata=None)
+    _set_tag(long, 257, 65535)
+    with pytest.raises(CorruptTiffError, match=r"long.tif: page 0: has 1 StripOffsets and 1 "
+                                               r"StripByteCounts, 1024 of each expected"):
+        read_infos(str(long), None)
+
+
+def test_a_bigtiff_byte_count_past_the_end_is_refused_as_a_classic_tiffs(tmp_path: Path):
+    """One rule for both: a strip that runs past the end of the file is refused. A
+    BigTIFF's 64-bit count near 2**64 wrapped offset + count round to a small end, and the
+    strip was read (a classic TIFF's 32-bit one could not wrap)."""
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, make_page(8, 64, 48, 1, "uint8"), bigtiff=True, metadata=None)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        entry = tf.pages[0].tags[279].offset
+    data[entry + 2:entry + 4] = (16).to_bytes(2, "little")  # LONG8, one value
+    data[entry + 12:entry + 20] = (2**64 - 16).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptTiffError, match=r"big.tif: page 0: segment 0 ends at byte "
+                                               r"\d+ but the file has \d+ bytes"):
+        read_infos(str(path), None)

@@ -735,18 +735,19 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
         raise UnsupportedTiffError(f"{where}: compression {cname} ({compression}) cannot be "
                                    "decoded here; re-save the file with zstd, deflate or LZW")
     kind = pixel_kind(page, where, keep_palette)
-    if compression == ojpeg.OJPEG:
+    whole = compression == ojpeg.OJPEG  # decoded whole (PageReader): one segment
+    grid = SegmentGrid.of(page, whole=whole)
+    if whole:
         _check_ojpeg(where, kind)
     else:
+        segment_counts(page, where, grid)  # (the reader's: the page's segments all listed)
         window = reads(int(page.imagelength), int(page.imagewidth),
                        kind.dtype.name) if reads is not None else None
         check_segments_in_file(page, where, window)
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
-    whole = compression == ojpeg.OJPEG  # decoded whole (PageReader): one segment
     tiled = bool(page.is_tiled) and not whole
-    grid = SegmentGrid.of(page, whole=whole)
     seg_rows = grid.seg_h
     # (planar pages: a window holds the segment of every plane at once)
     seg_bytes = seg_rows * grid.seg_w * kind.channels * kind.dtype.itemsize
@@ -789,23 +790,97 @@ def check_segments_in_file(page: tifffile.TiffPage, where: str,
     page the job reads (a crop's box, with the halo of the ops before it): only a segment
     it overlaps counts (every plane's), so the part of a damaged scan that is whole can be
     cropped out; None: the whole page. A page without its byte counts tag (tifffile makes
-    up one count) is left to the reader, which computes them."""
+    up one count) is left to the reader, which computes them. And, the same way, if an
+    uncompressed strip's byte count is less than its rows need (the message of
+    :meth:`PageReader._raw_rows`: a damaged ImageWidth made a page's strips 400 times
+    larger than their bytes, which only the unit reading them found)."""
     if (325 if page.is_tiled else 279) not in page.tags:
         return
     offsets = np.asarray(page.dataoffsets, np.uint64)
     counts = np.asarray(page.databytecounts, np.uint64)
     if not len(offsets) or len(offsets) != len(counts):
         return  # (too few: PageReader names the tags)
-    ends = offsets + counts
     size = page.parent.filehandle.size
-    past = (ends > size) & (counts > 0)
-    if window is not None and past.any():
-        past &= _read_segments(page, window, len(offsets))
+    # (not offsets + counts > size: a BigTIFF's 64-bit count near 2**64 wrapped the sum
+    # round to a small end, and such a strip was read, where a classic TIFF's was refused)
+    room = np.uint64(size) - np.minimum(offsets, np.uint64(size))
+    past = (counts > room) & (counts > 0)
+    short, need = _short_raw_strips(page, offsets, counts)
+    if window is not None and (past.any() or short.any()):
+        read = _read_segments(page, window, len(offsets))
+        past &= read
+        short &= read
+    if len(found := np.flatnonzero(short)):
+        seg, row_bytes = int(found[0]), _raw_row_bytes(page)
+        raise CorruptTiffError(f"{where}: segment {seg} (an uncompressed strip) has a byte "
+                               f"count of {int(counts[seg])}, its {int(need[seg]) // row_bytes} "
+                               f"rows need {int(need[seg])}; the file is damaged: {REPAIR}")
     past = np.flatnonzero(past)
     if len(past):
         seg = int(past[0])
-        raise CorruptTiffError(f"{where}: segment {seg} ends at byte {int(ends[seg])} but the "
+        end = int(offsets[seg]) + int(counts[seg])
+        raise CorruptTiffError(f"{where}: segment {seg} ends at byte {end} but the "
                                f"file has {size} bytes; the file is truncated: {REPAIR}")
+
+
+def _raw_row_bytes(page: tifffile.TiffPage) -> int:
+    """The bytes of a row of an uncompressed strip of the page (of one plane when planar),
+    as :meth:`PageReader._raw_rows` reads them: whole bytes a row."""
+    grid = SegmentGrid.of(page)
+    depth = 1 if grid.planes > 1 else int(page.samplesperpixel)
+    return (int(page.imagewidth) * depth * int(page.bitspersample) + 7) // 8
+
+
+def _short_raw_strips(page: tifffile.TiffPage, offsets: np.ndarray, counts: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Which segments of an uncompressed stripped page hold fewer bytes than their rows
+    need (a mask; all False for any other page, and for sparse strips: offset and count
+    0), and the bytes each needs."""
+    if int(page.compression) != 1 or page.is_tiled:
+        return np.zeros(len(counts), bool), counts
+    grid = SegmentGrid.of(page)
+    rows = np.minimum(grid.seg_h, int(page.imagelength)
+                      - (np.arange(len(counts)) % grid.seg_rows) * grid.seg_h)
+    need = rows.astype(np.uint64) * np.uint64(_raw_row_bytes(page))
+    return (counts < need) & ((offsets > 0) | (counts > 0)), need
+
+
+def segment_counts(page: tifffile.TiffPage, where: str, grid: SegmentGrid) -> list[int]:
+    """Each segment's byte count of the page of segments ``grid``, or CorruptTiffError
+    naming the tag if its segment offsets or byte counts are missing or fewer than its
+    segments (tifffile makes up byte counts that are missing: one, of the page's size).
+    Headers only: the plan (and ``validate --inputs``) refuses such a page, as the reader
+    does. An uncompressed page without its byte counts tag gets them computed from its
+    segments' size, as libtiff takes them."""
+    needed = grid.planes * grid.seg_rows * grid.seg_cols
+    tiled = bool(page.is_tiled)
+    kind = "Tile" if tiled else "Strip"
+    offsets_tag, counts_tag = (324, 325) if tiled else (273, 279)
+    offsets, counts = len(page.dataoffsets), len(page.databytecounts)
+    tags = page.tags
+    if (int(page.compression) == 1 and counts_tag not in tags and offsets_tag in tags
+            and offsets >= needed):
+        depth = 1 if grid.planes > 1 else int(page.samplesperpixel)
+        row = (grid.seg_w * depth * int(page.bitspersample) + 7) // 8
+        height = int(page.imagelength)
+        return [row * (grid.seg_h if tiled else
+                       min(grid.seg_h, height - (n % grid.seg_rows) * grid.seg_h))
+                for n in range(needed)]
+    for code, name, other, found, has in (
+            (offsets_tag, "Offsets", counts_tag, "ByteCounts", counts),
+            (counts_tag, "ByteCounts", offsets_tag, "Offsets", offsets)):
+        if code not in tags:
+            also = (f"nor a {kind}{found} tag ({other})" if other not in tags else
+                    f"while its {kind}{found} has {has} value(s)")
+            raise CorruptTiffError(
+                f"{where}: has no {kind}{name} tag ({code}), {also}; its {needed} "
+                f"{kind.lower()}(s) need {needed} of each; the file is damaged: {REPAIR}")
+    if offsets < needed or counts < needed:
+        raise CorruptTiffError(
+            f"{where}: has {offsets} {kind}Offsets and {counts} {kind}ByteCounts, "
+            f"{needed} of each expected ({needed} {kind.lower()}s); the file is damaged: "
+            f"{REPAIR}")
+    return [int(c) for c in page.databytecounts]
 
 
 def _read_segments(page: tifffile.TiffPage, window: Rect, count: int) -> np.ndarray:
@@ -943,44 +1018,9 @@ class PageReader:
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.raw_read: set[int] = set()  # uncompressed strips read (rows of them, not decoded)
         self.largest_read = 0  # most pixels one read() returned (previews check they stay small)
-        needed = self.planes * self.seg_rows * self.seg_cols
         #: each segment's byte count (an uncompressed page's, its tag missing: computed)
-        self.counts = [int(c) for c in page.databytecounts]
-        if not self.ojpeg:
-            self._check_segment_tags(needed)
-
-    def _check_segment_tags(self, needed: int) -> None:
-        """CorruptTiffError naming the tag if the page's segment offsets or byte counts are
-        missing or fewer than its ``needed`` segments (tifffile makes up byte counts that
-        are missing: one, of the page's size)."""
-        kind = "Tile" if self.page.is_tiled else "Strip"
-        offsets_tag, counts_tag = (324, 325) if kind == "Tile" else (273, 279)
-        offsets, counts = len(self.page.dataoffsets), len(self.page.databytecounts)
-        tags = self.page.tags
-        if (self.compression == 1 and counts_tag not in tags and offsets_tag in tags
-                and offsets >= needed):
-            # uncompressed: the bytes of each segment follow from its size, as libtiff takes
-            # them when the tag is missing (tifffile makes one up, of the page's size)
-            depth = 1 if self.separate else self.file_samples
-            row = (self.seg_w * depth * self.bits + 7) // 8
-            self.counts = [row * (self.seg_h if self.page.is_tiled else
-                                  min(self.seg_h, self.height - (n % self.seg_rows) * self.seg_h))
-                           for n in range(needed)]
-            return
-        for code, name, other, found, has in (
-                (offsets_tag, "Offsets", counts_tag, "ByteCounts", counts),
-                (counts_tag, "ByteCounts", offsets_tag, "Offsets", offsets)):
-            if code not in tags:
-                also = (f"nor a {kind}{found} tag ({other})" if other not in tags else
-                        f"while its {kind}{found} has {has} value(s)")
-                raise CorruptTiffError(
-                    f"{self.where}: has no {kind}{name} tag ({code}), {also}; its {needed} "
-                    f"{kind.lower()}(s) need {needed} of each; the file is damaged: {REPAIR}")
-        if offsets < needed or counts < needed:
-            raise CorruptTiffError(
-                f"{self.where}: has {offsets} {kind}Offsets and {counts} {kind}ByteCounts, "
-                f"{needed} of each expected ({needed} {kind.lower()}s); the file is damaged: "
-                f"{REPAIR}")
+        self.counts = ([int(c) for c in page.databytecounts] if self.ojpeg else
+                       segment_counts(page, self.where, self.grid))
 
     def _segments(self, rect: Rect) -> Iterator[tuple[int, int, int]]:
         """(segment, plane, segment row) of every segment ``rect`` overlaps, in file order."""
