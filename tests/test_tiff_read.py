@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -1139,16 +1140,38 @@ def test_a_one_strip_fax_page_without_its_byte_count_is_read_whole(tmp_path: Pat
     assert (info.height, info.width) == (64, 48)
 
 
-def test_tiles_of_no_multiple_of_16_are_corrupt(tmp_path: Path):
-    """TIFF requires a tile's width and length to be multiples of 16: a JPEG page of 128 x
-    128 tiles whose TileLength said 65535 was read with its streams pasted where no tile
-    is, a wrong output; a CorruptTiffError naming the tag."""
-    path = tmp_path / "tiles.tif"
-    _small(path, tiled=True)
-    _set_tag(path, 323, 40)
-    with pytest.raises(CorruptTiffError, match=r"tiles.tif: page 0: its TileLength tag "
-                                               r"\(323\) is 40, not a multiple of 16"):
-        read_infos(str(path), None)
+def _tiled_20(path: Path) -> np.ndarray:
+    """A 40 x 40 uint8 page in uncompressed tiles of 20 x 20, written byte by byte (tifffile
+    writes no tile that is no multiple of 16); its pixels."""
+    page = (np.arange(40 * 40) % 251).astype(np.uint8).reshape(40, 40)
+    tiles = [page[r:r + 20, c:c + 20].tobytes() for r in (0, 20) for c in (0, 20)]
+    tags = [(256, 40), (257, 40), (258, 8), (259, 1), (262, 1), (277, 1), (322, 20), (323, 20)]
+    ifd_size = 2 + (len(tags) + 2) * 12 + 4
+    offsets_at = 8 + ifd_size
+    data_at = offsets_at + 32
+    entries = b"".join(struct.pack("<HHIHH", code, 3, 1, value, 0) for code, value in tags)
+    entries += struct.pack("<HHII", 324, 4, 4, offsets_at)
+    entries += struct.pack("<HHII", 325, 4, 4, offsets_at + 16)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(tags) + 2)
+                     + entries + struct.pack("<I", 0)
+                     + struct.pack("<4I", *[data_at + 400 * i for i in range(4)])
+                     + struct.pack("<4I", *[400] * 4) + b"".join(tiles))
+    return page
+
+
+def test_tiles_of_no_multiple_of_16_are_read(tmp_path: Path):
+    """TIFF requires a tile's width and length to be multiples of 16, but libtiff (with a
+    warning) and tifffile read tiles of any size: so does tiffpipe. A damaged tile size is
+    caught by the segment counts or a JPEG stream's size (the tests below)."""
+    path = tmp_path / "tiles20.tif"
+    page = _tiled_20(path)
+    np.testing.assert_array_equal(tifffile.imread(path), page)
+    (info,) = read_infos(str(path), None)
+    assert (info.height, info.width) == (40, 40)
+    with open_tiff(str(path)) as tf:
+        reader = PageReader(tf, get_page(tf, str(path), 0), str(path), 0)
+        np.testing.assert_array_equal(reader.read(Rect(5, 7, 35, 32)).reshape(30, 25),
+                                      page[5:35, 7:32])
 
 
 def test_a_jpeg_tile_stream_of_another_size_than_its_tile_is_corrupt(tmp_path: Path):

@@ -687,9 +687,9 @@ def check_dimensions(page: tifffile.TiffPage, where: str) -> None:
     """CorruptTiffError naming the tag if the page's width or length, its samples a pixel or
     bits a sample, or its tiles' or strips' size, is 0 (or the width or length missing):
     such a page has no pixels to read or no segment layout (libtiff refuses it too), and
-    reading it divided by zero. And if its tiles' width or length is no multiple of 16, as
-    TIFF requires (a JPEG page of 128 x 128 tiles whose TileLength said 65535 was read as
-    the tiles' streams pasted at the wrong rows, a wrong output)."""
+    reading it divided by zero. (Tiles whose width or length is no multiple of 16, which
+    TIFF requires, are read: libtiff warns and reads them, tifffile reads them; a damaged
+    tile size is found by the segment counts, or by a JPEG tile's stream size.)"""
     for code, name in _DIMENSION_TAGS:
         if code == 278 and 322 in page.tags:  # a tiled page's RowsPerStrip is not read
             continue
@@ -703,10 +703,6 @@ def check_dimensions(page: tifffile.TiffPage, where: str) -> None:
             raise CorruptTiffError(f"{where}: its {name} tag ({code}) is {what}, a page needs "
                                    f"it above 0; the file is damaged or was written wrongly: "
                                    f"{REPAIR}")
-        if code in (322, 323) and value is not None and int(value) % 16:
-            raise CorruptTiffError(f"{where}: its {name} tag ({code}) is {int(value)}, not a "
-                                   "multiple of 16 as TIFF requires of a tile's size; the file "
-                                   f"is damaged or was written wrongly: {REPAIR}")
 
 
 #: the region of a page of (height, width, dtype) a job reads (None: the whole page):
