@@ -953,3 +953,41 @@ def test_a_stop_watcher_that_dies_as_it_starts_fails_the_run_at_once(
     assert "the embedded engine cannot start" in str(error)
     assert ("can't start new thread: tiffpipe-stop died as it started (MemoryError: (for "
             "this test))") in str(error)
+
+
+def _edited(edit: Any) -> str:
+    """The shipped definition, its Jobs item processor's states changed by ``edit``."""
+    machine = json.loads(Path(definition.definition_path()).read_text())
+    edit(machine["States"]["Jobs"]["ItemProcessor"]["States"])
+    return json.dumps(machine)
+
+
+def _small_run(tmp_path: Path, definition_text: str, keep_work: bool = False) -> Any:
+    """One fused job of one small page (a ProcessJob) and one with "fuse": false (Split,
+    Process, Merge), run with ``definition_text``."""
+    tifffile.imwrite(tmp_path / "in.tif", np.random.default_rng(1).integers(
+        0, 255, (300, 280), np.uint8), tile=(128, 128))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "fused.tif", "ops": [{"op": "gaussian_blur", "sigma": 1}]},
+        {"input": "in.tif", "output": "split.tif", "fuse": False,
+         "ops": [{"op": "gaussian_blur", "sigma": 1}]}]}))
+    return run_local(str(tmp_path / "m.json"), 2, definition_text=definition_text,
+                     keep_work=keep_work, contact_sheet=False)
+
+
+def test_a_fused_job_routed_down_the_split_path_says_so(tmp_path: Path):
+    """A definition that sends a job planned fused down Split fails it with an error that
+    says so (not a missing work file to be fixed by a rerun)."""
+    def force_split(states: dict[str, Any]) -> None:
+        states["PlanJob"]["Next"] = "NoFuse"
+        states["NoFuse"] = {"Type": "Pass", "Result": False, "ResultPath": "$.planned.single",
+                            "Next": "NoFuse2"}
+        states["NoFuse2"] = {"Type": "Pass", "Result": False, "ResultPath": "$.planned.fused",
+                             "Next": "Fused"}
+
+    result = _small_run(tmp_path, _edited(force_split))
+    fused, split = result.jobs
+    assert split["status"] == "SUCCEEDED"
+    assert fused["status"] == "FAILED" and fused["error"]["type"] == "EventError"
+    assert "routed it down the Split path" in fused["error"]["message"]
+    assert not (tmp_path / "fused.tif").exists()

@@ -14,7 +14,7 @@ from pipeline.adapters import storage
 from pipeline.adapters.tiff_read import PageReader, check_unchanged, kept_tiff, planned_page
 from pipeline.adapters.tile_codec import encode_work_tile
 from pipeline.core.chain import page_geometry
-from pipeline.core.events import UnitEvent
+from pipeline.core.events import EventError, UnitEvent
 from pipeline.core.grid import SplitUnit, columns_still_read
 from pipeline.core.models import JobPlan
 from pipeline.errors import CorruptTiffError
@@ -31,7 +31,16 @@ DECODE_AHEAD = 2
 def split(event: UnitEvent) -> dict[str, Any]:
     """Store every haloed tile of the unit's band as a work tile, for the process batches."""
     plan = load_plan(event.plan)
-    with recorded(plan, "split", event.unit):
+    with recorded(plan, "split", event.unit):  # (the job's error: RecordFailure reads it)
+        if plan.fused:  # its units are processed where they are read: Merge finds no batch
+            raise EventError(
+                f"job {plan.job} ({plan.spec.input}) was planned fused (PlanJob's "
+                "$.planned.fused or $.planned.single is true: it runs in ProcessJob or "
+                "ProcessUnits, which write the segments Merge reads), but the state "
+                "machine's definition routed it down the Split path: check the Choice state "
+                "that routes a planned job (Fused in the shipped definition) and what "
+                "changes $.planned before it; a rerun with the same definition fails the "
+                "same way")
         unit = plan.units[event.unit]
 
         def store(row: int, col: int, tile: np.ndarray) -> None:
