@@ -422,6 +422,11 @@ def job_fault(job: dict[str, Any]) -> str:
     return str(error.get("fault") or fault_of(str(error.get("type"))))
 
 
+#: errors that no wildcard of a Retry or Catch matches (AWS's error-handling docs: States.ALL
+#: does not catch States.Runtime or States.DataLimitExceeded)
+UNCAUGHT_BY_ALL = frozenset({"States.Runtime", "States.DataLimitExceeded"})
+
+
 def failure_record(error: dict[str, Any]) -> dict[str, str]:
     """``{"type", "message"}`` from the ``{"Error", "Cause"}`` of a Step Functions Catch.
 

@@ -27,7 +27,7 @@ from conftest import ROOT
 from pipeline.core import plan as plan_mod
 from pipeline.core.constants import FUNCTIONS
 from pipeline.engine import definition, direct, local, moto_run, placement
-from pipeline.engine.execution import function_name
+from pipeline.engine.execution import History, function_name
 from pipeline.engine.local import LocalEngine
 from pipeline.errors import EngineError
 from pipeline.runner import run_local
@@ -953,6 +953,36 @@ def test_a_stop_watcher_that_dies_as_it_starts_fails_the_run_at_once(
     assert "the embedded engine cannot start" in str(error)
     assert ("can't start new thread: tiffpipe-stop died as it started (MemoryError: (for "
             "this test))") in str(error)
+
+
+def test_a_tolerated_failed_item_names_its_state_error_and_cause_and_the_history_has_it():
+    """A Distributed Map that tolerates its items' failures (the Jobs map) succeeds, but the
+    interpreter keeps each failed item's state, error and cause (Execution.failures: what
+    the run report says of a job that failed outside RecordFailure); with a History, the
+    events of each child execution, its task's failure among them."""
+    machine = copy.deepcopy(MACHINE)
+    machine["States"]["Distributed"]["ToleratedFailurePercentage"] = 100.0
+    history = History()
+    fn = Lambda()
+    interpreter = direct.Interpreter(machine, lambda name, e: fn.invoke(name, e), 4,
+                                     history=history)
+    interpreter.run(INPUT, "x")
+    assert interpreter.failures == [{
+        "map": "Distributed", "index": 2, "value": 30, "state": "Breaks", "error": "Broken",
+        "cause": '{"errorType":"Broken","errorMessage":"no"}'}]
+    item = [(e["type"], e["state"], e.get("error")) for e in history.events
+            if e["execution"] == "Distributed/2"]
+    assert item == [("StateEntered", "Breaks", None), ("TaskScheduled", "Breaks", None),
+                    ("TaskFailed", "Breaks", "Broken"), ("ExecutionFailed", "Breaks", "Broken")]
+    top = [(e["type"], e["state"]) for e in history.events if e["execution"] == ""]
+    assert top[:4] == [("StateEntered", "First"), ("TaskScheduled", "First"),
+                       ("TaskFailed", "First"), ("TaskScheduled", "First")]  # its retry
+    assert [e["id"] for e in history.events] == list(range(1, len(history.events) + 1))
+    # not asked for: no history, the failures still kept
+    again = Lambda()
+    quiet = direct.Interpreter(machine, lambda name, e: again.invoke(name, e), 4)
+    quiet.run(INPUT, "x")
+    assert quiet.history is None and [f["state"] for f in quiet.failures] == ["Breaks"]
 
 
 def _edited(edit: Any) -> str:

@@ -22,7 +22,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import exhausted, failure_record, shortened
+from pipeline.engine.execution import History
+from pipeline.errors import UNCAUGHT_BY_ALL, exhausted, failure_record, shortened
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class StateError(Exception):
     def __init__(self, error: str, cause: str):
         super().__init__(f"{error}: {cause}")
         self.error, self.cause = error, cause
+        self.state: str | None = None  # the state that failed (set as it leaves it)
 
 
 class TimedOut(StateError):
@@ -307,18 +309,14 @@ def _matches(rule: dict[str, Any], data: Any, context: dict[str, Any], name: str
     return bool(_COMPARISONS[op](value, expected))
 
 
-#: errors that no wildcard of a Retry or Catch matches (AWS's error-handling docs: States.ALL
-#: does not catch States.Runtime or States.DataLimitExceeded)
-_NOT_BY_WILDCARD = frozenset({"States.Runtime", "States.DataLimitExceeded"})
-
-
 def _error_matches(names: list[str], error: str) -> bool:
     """Whether a Retry's or Catch's ErrorEquals ``names`` match ``error``: by name, or by a
     wildcard: States.ALL any error, States.TaskFailed any but States.Timeout (as AWS
-    documents it), neither one of :data:`_NOT_BY_WILDCARD`."""
+    documents it), neither one of
+    :data:`~pipeline.errors.UNCAUGHT_BY_ALL`."""
     if error in names:
         return True
-    if error in _NOT_BY_WILDCARD:
+    if error in UNCAUGHT_BY_ALL:
         return False
     return "States.ALL" in names or ("States.TaskFailed" in names and error != "States.Timeout")
 
@@ -452,8 +450,13 @@ class Interpreter:
     def __init__(self, machine: dict[str, Any], invoke: Invoke, map_threads: int,
                  sleep: Callable[[float], object] | None = None,
                  read_items: ReadItems | None = None,
-                 on_timeout: Callable[[], object] | None = None):
+                 on_timeout: Callable[[], object] | None = None,
+                 history: History | None = None):
         self.machine, self.invoke, self.map_threads = machine, invoke, max(1, map_threads)
+        #: the events of the execution (None: not kept, the default)
+        self.history = history
+        #: the top-level Maps' items that failed (:attr:`Execution.failures`)
+        self.failures: list[dict[str, Any]] = []
         self.read_items = read_items
         self.on_timeout = on_timeout
         self._aborted = threading.Event()
@@ -507,19 +510,37 @@ class Interpreter:
         if self._aborted.is_set():
             raise Aborted("the execution was stopped")
 
-    def _machine(self, machine: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+    def _event(self, kind: str, execution: str, state: str | None, **details: Any) -> None:
+        if self.history is not None:
+            self.history.add(kind, execution, state, **details)
+
+    def _machine(self, machine: dict[str, Any], data: Any, context: dict[str, Any],
+                 where: str = "") -> Any:
+        """Runs ``machine`` (the definition, or a Map's item processor: the execution
+        ``where``, "" for the run's) to its end. A state's failure names the state
+        (:attr:`StateError.state`)."""
         name = machine["StartAt"]
         while True:
             self._check()
             state = machine["States"][name]
             entered = {**context, "State": {"EnteredTime": iso_time(), "Name": name,
                                             "RetryCount": 0}}
-            data, name = self._state(name, state, data, entered)
+            self._event("StateEntered", where, name)
+            try:
+                data, after = self._state(name, state, data, entered, where)
+            except StateError as exc:
+                if exc.state is None:
+                    exc.state = name
+                self._event("ExecutionFailed", where, exc.state, error=exc.error,
+                            cause=exc.cause)
+                raise
+            self._event("StateExited", where, name)
+            name = after
             if name is None:
                 return data
 
-    def _state(self, name: str, state: dict[str, Any], raw: Any, context: dict[str, Any]
-               ) -> tuple[Any, str | None]:
+    def _state(self, name: str, state: dict[str, Any], raw: Any, context: dict[str, Any],
+               where: str = "") -> tuple[Any, str | None]:
         kind = state["Type"]
         path = state.get("InputPath", "$")
         data = {} if path is None else get_path(path, raw, context)
@@ -538,7 +559,7 @@ class Interpreter:
             elif kind == "Succeed":
                 return self._output(state, data, context), None
             else:
-                result = self._with_retries(name, state, data, context)
+                result = self._with_retries(name, state, data, context, where)
                 if "ResultSelector" in state:
                     result = fill(state["ResultSelector"], result, context)
             out = put_result(raw, state.get("ResultPath", "$"), result)
@@ -557,15 +578,15 @@ class Interpreter:
         return {} if path is None else get_path(path, data, context)
 
     def _with_retries(self, name: str, state: dict[str, Any], data: Any,
-                      context: dict[str, Any]) -> Any:
+                      context: dict[str, Any], where: str = "") -> Any:
         attempts: dict[int, int] = {}
         while True:
             retries = sum(attempts.values())
             if retries:  # $$.State.RetryCount
                 context = {**context, "State": {**context["State"], "RetryCount": retries}}
             try:
-                return self._task(state, data, context) if state["Type"] == "Task" \
-                    else self._map(name, state, data, context)
+                return self._task(state, data, context, where) if state["Type"] == "Task" \
+                    else self._map(name, state, data, context, where)
             except StateError as exc:
                 index = next((i for i, r in enumerate(state.get("Retry", []))
                               if _error_matches(r["ErrorEquals"], exc.error)), None)
@@ -585,9 +606,14 @@ class Interpreter:
                 self.sleep(delay)
                 self._check()
 
-    def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any]) -> Any:
+    def _task(self, state: dict[str, Any], data: Any, context: dict[str, Any],
+              where: str = "") -> Any:
         params = fill(state.get("Parameters", {}), data, context)
         function = params.get("FunctionName", "")
+        name = context["State"]["Name"]
+        self._event("TaskScheduled", where, name, resource=function,
+                    action=(params.get("Payload") or {}).get("action")
+                    if isinstance(params.get("Payload"), dict) else None)
         try:
             ok, payload = self.invoke(function, params.get("Payload"))
         except StateError:
@@ -602,11 +628,14 @@ class Interpreter:
             ok, payload = False, _invoke_error(function, params.get("Payload"), exc)
         if not ok:
             error = payload.get("errorType") if isinstance(payload, dict) else None
-            raise StateError(error or "Exception", json.dumps(payload, separators=(",", ":")))
+            cause = json.dumps(payload, separators=(",", ":"))
+            self._event("TaskFailed", where, name, error=error or "Exception", cause=cause)
+            raise StateError(error or "Exception", cause)
+        self._event("TaskSucceeded", where, name)
         return {"ExecutedVersion": "$LATEST", "Payload": payload, "StatusCode": 200}
 
-    def _map(self, name: str, state: dict[str, Any], data: Any, context: dict[str, Any]
-             ) -> list[Any]:
+    def _map(self, name: str, state: dict[str, Any], data: Any, context: dict[str, Any],
+             where: str = "") -> list[Any]:
         items = (self._read(name, state["ItemReader"], data, context) if "ItemReader" in state
                  else get_path(state.get("ItemsPath", "$"), data, context))
         if not isinstance(items, list):
@@ -638,15 +667,21 @@ class Interpreter:
                 item_context = {**context, "Map": {"Item": {"Value": items[i], "Index": i}}}
                 item = (fill(state["ItemSelector"], data, item_context)
                         if "ItemSelector" in state else items[i])
-                results[i] = self._machine(processor, item, item_context)
+                results[i] = self._machine(processor, item, item_context,
+                                           f"{where}/{name}/{i}" if where else f"{name}/{i}")
             except StateError as exc:
-                failed(exc)
+                failed(exc, i)
             except Exception as exc:  # out of memory, no thread: the item's failure
                 if exhausted(exc) is None:
                     raise
-                failed(_item_error(name, i, exc))
+                failed(_item_error(name, i, exc), i)
 
-        def failed(exc: StateError) -> None:
+        def failed(exc: StateError, i: int) -> None:
+            if not where:  # a child execution of the run's (a job's): Execution.failures
+                value = items[i] if isinstance(items[i], (int, str)) else None
+                self.failures.append({"map": name, "index": i, "value": value,
+                                      "state": exc.state or name, "error": exc.error,
+                                      "cause": exc.cause})
             with lock:
                 failures.append(exc)
                 if too_many():

@@ -4,6 +4,8 @@ tasks (:class:`Invoker`), who hears of them (:data:`Listener`) and how an execut
 
 from __future__ import annotations
 
+import datetime
+import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,6 +36,30 @@ class Execution:
     seconds: float
     #: events in the execution's history (Step Functions keeps at most 25,000 per execution)
     history_events: int = 0
+    #: the items of its top-level Map (the ``Jobs`` map: one per job) whose child execution
+    #: failed, though the Map tolerated it: dicts of ``map``, ``index``, ``value`` (the
+    #: item: a job's index), ``state`` (the state that failed), ``error`` and ``cause``
+    failures: tuple[dict[str, Any], ...] = ()
+    #: the events of the execution, when asked for (:class:`History`), else None
+    history: list[dict[str, Any]] | None = None
+
+
+class History:
+    """A local execution's history (asked for by ``tiffpipe run --keep-work``): its events
+    as Step Functions' GetExecutionHistory names them (``StateEntered``, ``StateExited``,
+    ``TaskScheduled``, ``TaskSucceeded``, ``TaskFailed``, ``ExecutionFailed``), each with the
+    ``execution`` it is of (``""``: the run's; ``Jobs/3``: the child execution of job 3;
+    ``Jobs/3/Split/0``: of that job's first unit), its ``state``, and a failure's ``error``
+    and ``cause``. Appended to from the Map items' threads (``list.append`` is atomic)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._ids = itertools.count(1)
+
+    def add(self, kind: str, execution: str, state: str | None, **details: Any) -> None:
+        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+        self.events.append({"id": next(self._ids), "timestamp": now,
+                            "type": kind, "execution": execution, "state": state, **details})
 
 
 def function_name(function: str) -> str:

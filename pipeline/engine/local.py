@@ -37,7 +37,13 @@ from pipeline.adapters import kept_files
 from pipeline.core.constants import FUNCTIONS
 from pipeline.core.events import JobList
 from pipeline.engine import definition, direct
-from pipeline.engine.execution import Execution, Listener, function_name, function_of
+from pipeline.engine.execution import (
+    Execution,
+    History,
+    Listener,
+    function_name,
+    function_of,
+)
 from pipeline.engine.placement import Placement
 from pipeline.engine.workers import InProcess, WorkerPool, one_opencv_thread, tune_malloc
 from pipeline.errors import (
@@ -151,16 +157,20 @@ class LocalEngine:
     runs in a pool of ``workers``. The direct interpreter's runs keep their jobs' plans and
     results in this process's memory where no worker needs them
     (:mod:`pipeline.steps.held_work`). ``stop``: a :class:`StopRequest` that stops a run
-    (:meth:`abort`; docs/local-engine.md, "Stopping a run").
+    (:meth:`abort`; docs/local-engine.md, "Stopping a run"). ``history``: keep the events of
+    each execution (:attr:`Execution.history`; docs/local-engine.md, "Debugging a local
+    execution"); not kept by default (a run of 10,000 jobs has ~100,000).
     """
 
     def __init__(self, workers: int, listener: Listener | None = None,
                  definition_text: str | None = None, map_threads: int | None = None,
-                 interpreter: str = "auto", stop: StopRequest | None = None):
+                 interpreter: str = "auto", stop: StopRequest | None = None,
+                 history: bool = False):
         if interpreter not in INTERPRETERS:
             raise ValueError(f"interpreter must be one of {INTERPRETERS}, not {interpreter!r}")
         self.listener = listener
         self.stop = stop
+        self.history = history
         self._given_up: Future[None] = Future()  # done: tasks still running are left behind
         self._interpreter: direct.Interpreter | None = None
         self.definition_text = definition_text
@@ -466,9 +476,10 @@ class LocalEngine:
                     name: str) -> Execution:
         started = time.time()
         # past the definition's TimeoutSeconds, its tasks are stopped as on abort()
+        history = History() if self.history else None
         interpreter = direct.Interpreter(machine, self._invoke, self.map_threads,
                                          read_items=self._read_items_here,
-                                         on_timeout=self.abort)
+                                         on_timeout=self.abort, history=history)
         self._interpreter = interpreter
         if self._aborted:  # abort() came before the interpreter was there
             interpreter.abort()
@@ -478,11 +489,14 @@ class LocalEngine:
             with one_opencv_thread(), held_work.holding():
                 output = interpreter.run(execution_input, name)
         except direct.TimedOut as exc:
-            return Execution("TIMED_OUT", None, exc.error, exc.cause, time.time() - started)
+            return Execution("TIMED_OUT", None, exc.error, exc.cause, time.time() - started,
+                             **self._seen(interpreter))
         except direct.StateError as exc:
-            return Execution("FAILED", None, exc.error, exc.cause, time.time() - started)
+            return Execution("FAILED", None, exc.error, exc.cause, time.time() - started,
+                             **self._seen(interpreter))
         except direct.Aborted as exc:
-            return Execution("ABORTED", None, "Aborted", str(exc), time.time() - started)
+            return Execution("ABORTED", None, "Aborted", str(exc), time.time() - started,
+                             **self._seen(interpreter))
         except EngineError:
             raise
         except Exception as exc:  # a bug of the interpreter, not a failed state
@@ -492,7 +506,17 @@ class LocalEngine:
                                   f"{type(named).__name__}: {named}") from exc
             raise EngineError(f"the embedded engine's interpreter stopped: "
                               f"{type(exc).__name__}: {exc}") from exc
-        return Execution("SUCCEEDED", output, None, None, time.time() - started)
+        return Execution("SUCCEEDED", output, None, None, time.time() - started,
+                         **self._seen(interpreter))
+
+    @staticmethod
+    def _seen(interpreter: direct.Interpreter) -> dict[str, Any]:
+        """What an execution's :class:`Execution` says of its course: its children that
+        failed, its history (if kept)."""
+        history = interpreter.history
+        return {"failures": tuple(interpreter.failures),
+                "history": history.events if history is not None else None,
+                "history_events": len(history.events) if history is not None else 0}
 
     @staticmethod
     def _read_items_here(parameters: dict[str, Any]) -> str:
@@ -508,4 +532,5 @@ class LocalEngine:
 
         assert self.pool is not None  # moto runs are never inline
         return run_on_moto(self.pool, self.listener, self.map_threads, self.definition_text,
-                           execution_input, name, poll, lambda: self._aborted)
+                           execution_input, name, poll, lambda: self._aborted,
+                           history=self.history)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,40 +58,64 @@ def mocked_aws() -> Iterator[None]:
 
 
 @contextmanager
-def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[None]:
+def served_by(pool: Invoker, listener: Listener | None = None
+              ) -> Iterator[Callable[[], None]]:
     """Serve moto's Lambda invokes with the real handlers (moto's non-Docker Lambda backend
     only echoes payloads). A function named ``...-split`` (``-process``, ``-merge``) is that
     step, whatever its prefix and version: the engine's own names and a deployed stack's
-    (``...:function:tiffpipe-prod-split:3``) both work."""
+    (``...:function:tiffpipe-prod-split:3``) both work. It gives a function that waits until
+    no invoke runs: one that a state's TimeoutSeconds gave up on goes on (as a Lambda
+    function does on AWS), and ``listener`` then hears of its end (a job's output it
+    published) before the run's report is read."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    running = threading.Condition()
+    in_flight = [0]
 
     def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: dict[str, str]) -> bytes:
         function = function_of(name)
         event = json.loads(body or "{}")
-        ok, payload = pool.invoke(function, event)
-        if not ok:
-            response_headers["x-amz-function-error"] = "Unhandled"
-        if listener is not None:
-            listener(function, event, ok, payload)
+        with running:
+            in_flight[0] += 1
+        try:
+            ok, payload = pool.invoke(function, event)
+            if not ok:
+                response_headers["x-amz-function-error"] = "Unhandled"
+            if listener is not None:
+                listener(function, event, ok, payload)
+        finally:
+            with running:
+                in_flight[0] -= 1
+                running.notify_all()
         return json.dumps(payload).encode()
 
     original = LambdaSimpleBackend.invoke
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    def idle() -> None:
+        with running:
+            running.wait_for(lambda: in_flight[0] == 0)
+
     try:
-        yield
+        yield idle
     finally:
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
 
 def history_events(sfn: Any, execution: str) -> int:
     """The number of events in an execution's history (all pages)."""
-    count, kwargs = 0, {"executionArn": execution, "maxResults": 1000}
+    return len(execution_history(sfn, execution))
+
+
+def execution_history(sfn: Any, execution: str) -> list[dict[str, Any]]:
+    """The events of an execution's history (all pages), as JSON (times as ISO 8601 text)."""
+    events: list[dict[str, Any]] = []
+    kwargs = {"executionArn": execution, "maxResults": 1000}
     while True:
         page = sfn.get_execution_history(**kwargs)
-        count += len(page["events"])
+        events.extend(json.loads(json.dumps(page["events"], default=str)))
         if not page.get("nextToken"):
-            return count
+            return events
         kwargs["nextToken"] = page["nextToken"]
 
 
@@ -114,11 +139,13 @@ def _created_machine(sfn: Any, role: str, text: str) -> str:
 
 def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
                 definition_text: str | None, execution_input: dict[str, Any], name: str,
-                poll: float, aborted: Callable[[], bool]) -> Execution:
+                poll: float, aborted: Callable[[], bool], history: bool = False) -> Execution:
     """One execution of the definition (``definition_text``, else statemachine.asl.json) on
     ``execution_input``, its tasks served by ``pool``, at most ``map_threads`` items of a
     Distributed Map in flight; ``poll``: seconds between status checks if moto's end of an
-    execution cannot be signalled. Once ``aborted()``, the execution is stopped."""
+    execution cannot be signalled. Once ``aborted()``, the execution is stopped.
+    ``history``: its events are kept in its :attr:`Execution.history` (moto's
+    GetExecutionHistory: the run's own, not its Map items' child executions)."""
     import boto3
 
     from pipeline.engine.moto_patches import (
@@ -136,7 +163,7 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
         return pool.read_text(JobList(parameters["Bucket"], parameters["Key"]).url)
 
     started = time.time()
-    with (mocked_aws(), served_by(pool, listener), lean_interpreter(map_threads),
+    with (mocked_aws(), served_by(pool, listener) as idle, lean_interpreter(map_threads),
           end_signal() as ended, crash_watch() as crashes, item_reader(read_items),
           start_time_as_text()):
         # signalled, the end needs no frequent polls (each costs the interpreter ~1 ms)
@@ -168,10 +195,12 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
                 time.sleep(wait)
             elif ended.wait(wait):  # woken when an execution ends
                 ended.clear()
-        events = history_events(sfn, execution)
+        events = execution_history(sfn, execution)
+        idle()  # the tasks it gave up on (a Task's TimeoutSeconds): their outputs are heard of
     output = _output(desc.get("output"))
     return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
-                     time.time() - started, events)
+                     time.time() - started, len(events),
+                     history=events if history else None)
 
 
 def _output(text: str | None) -> Any:
