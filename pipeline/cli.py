@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--work", help="work location for intermediate tiles (folder or s3:// "
                                     "prefix; default: .tiffpipe-work/ next to a local manifest, "
                                     "the temp folder for an s3:// one)")
-    run.add_argument("--keep-work", action="store_true", help="keep the work files")
+    run.add_argument("--keep-work", action="store_true",
+                     help="keep the work files, and the execution's events in "
+                          "execution-history.json there")
     run.add_argument("--report", help="run report JSON (default: <manifest stem>.report.json next "
                                       "to the manifest)")
     run.add_argument("--overwrite-report", action="store_true",

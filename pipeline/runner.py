@@ -25,6 +25,7 @@ from typing import Any
 from pipeline.adapters import local_runs, storage, work_lease, work_location
 from pipeline.core.constants import (
     CALLER_ENV,
+    HISTORY_FILE,
     KEEP_SEGMENTS_ENV,
     RUN_TAG_ENV,
     THUMBNAILS_ENV,
@@ -416,7 +417,8 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
                 ours = True
                 try:
                     with LocalEngine(workers, listener, definition_text=definition_text,
-                                     interpreter=interpreter, stop=stop) as engine:
+                                     interpreter=interpreter, stop=stop,
+                                     history=keep_work) as engine:
                         execution = engine.run(event, name=f"run-{run_id}")
                         peaks = {pid: kb / 1024 for pid, kb in engine.worker_peaks_kb.items()}
                 except EngineError as exc:  # what its jobs did (held here till the block ends)
@@ -431,8 +433,15 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
             summary = None
             if held and held[0].lost is not None:  # its work is another run's now
                 return _lost_work(held[0], run_id, report_url, work, started, published)
+            history = _write_history(work, execution.history)
             if execution.status == "SUCCEEDED":
                 doc, written = _own_report(report_url, work, run_id)
+                if execution.failures or published:  # what the jobs' results may not say
+                    from pipeline.steps.report import with_failed_executions
+
+                    if with_failed_executions(doc, execution.failures, history,
+                                              set(published)) and written:
+                        storage.write_json(report_url, doc)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
                 doc = _report_interrupted(
                     work, f"the run was stopped ({signal_name(interrupted)})")
@@ -637,6 +646,21 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name if signum else "a stop request"
     except ValueError:
         return f"signal {signum}"
+
+
+def _write_history(work: str, events: list[dict[str, Any]] | None) -> str | None:
+    """Where the run's execution history (``events``, kept by a run with --keep-work) was
+    written in its work folder (:data:`HISTORY_FILE`), or None if none was kept or it could
+    not be written (a warning: the run's outcome is the same)."""
+    if events is None:
+        return None
+    url = storage.join(work, HISTORY_FILE)
+    try:
+        storage.write_json(url, {"events": events})
+    except TiffpipeError as exc:
+        log.warning("could not write the execution's history to %s: %s", url, exc)
+        return None
+    return url
 
 
 def _own_report(report_url: str, work: str, run_id: str) -> tuple[dict[str, Any], bool]:

@@ -59,6 +59,8 @@ SLOW_TESTS = {
     "test_cli::test_demo",
     "test_deploy::test_the_script_runs_against_an_endpoint",
     "test_engine::test_what_a_large_map_holds_is_bounded",
+    # (a custom op sleeps 3 s past its Task's TimeoutSeconds)
+    "test_engine_direct::test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so",
     "test_engine_startup::test_an_interpreter_that_needs_more_of_batch_is_left_to_moto",
     "test_engine_startup::test_nothing_is_done_when_batch_or_the_interpreter_is_imported_already",
     ("test_engine_startup::"

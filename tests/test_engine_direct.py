@@ -1005,6 +1005,66 @@ def _small_run(tmp_path: Path, definition_text: str, keep_work: bool = False) ->
                      keep_work=keep_work, contact_sheet=False)
 
 
+def test_a_job_that_ends_without_record_failure_is_reported_with_its_state_error_and_cause(
+        tmp_path: Path):
+    """A Fail state on a job's path (its Error and Cause), reached without RecordFailure:
+    the report gives the Fail's error and cause and names the state (not NoResultError's
+    "see the execution history"); with keep_work the run's events are in the work folder,
+    the job's failure among them, and the message says where."""
+    def fail_split_jobs(states: dict[str, Any]) -> None:
+        states["Fused"]["Default"] = "Gate"
+        states["Gate"] = {"Type": "Choice", "Default": "Split", "Choices": [
+            {"Variable": "$.planned.fused", "BooleanEquals": False, "Next": "NoSplit"}]}
+        states["NoSplit"] = {"Type": "Fail", "Error": "SplitRefused",
+                             "Cause": "jobs that are not fused are refused here"}
+
+    result = _small_run(tmp_path, _edited(fail_split_jobs), keep_work=True)
+    assert not result.ok and result.report is not None, result.error
+    fused, split = result.jobs
+    assert fused["status"] == "SUCCEEDED" and split["status"] == "FAILED"
+    history = Path(result.work) / "execution-history.json"
+    assert split["error"]["type"] == "SplitRefused"
+    assert split["error"]["step"] == "NoSplit"
+    assert split["error"]["message"].startswith("jobs that are not fused are refused here (")
+    assert "failed in state NoSplit without reaching RecordFailure" in split["error"]["message"]
+    assert str(history) in split["error"]["message"]
+    events = json.loads(history.read_text())["events"]
+    assert {"type": "ExecutionFailed", "execution": "Jobs/1", "state": "NoSplit",
+            "error": "SplitRefused", "cause": "jobs that are not fused are refused here"
+            }.items() <= next(e for e in events if e["type"] == "ExecutionFailed").items()
+    report = json.loads(Path(result.report_url).read_text())
+    assert (report["succeeded"], report["failed"]) == (1, 1)
+    assert report["jobs"][1]["error"] == split["error"]
+
+
+def test_a_job_whose_execution_fails_after_it_published_its_output_is_failed(tmp_path: Path):
+    """A Task added after Merge (whose OutputPath is null) that reads $.job fails the job's
+    execution with States.Runtime, which no Catch of States.ALL takes: the job is FAILED,
+    not SUCCEEDED, its message saying that its output exists; without keep_work, it says
+    how to keep the run's events."""
+    def notify_after_merge(states: dict[str, Any]) -> None:
+        merge = states["Merge"]
+        del merge["End"]
+        merge["Next"] = "Notify"
+        states["Notify"] = {**merge, "Parameters": {
+            "FunctionName": merge["Parameters"]["FunctionName"],
+            "Payload": {"action": "notify", "job.$": "$.job"}}, "Next": None,
+            "End": True}
+        del states["Notify"]["Next"], states["Notify"]["OutputPath"]
+
+    result = _small_run(tmp_path, _edited(notify_after_merge))
+    assert not result.ok
+    fused, split = result.jobs
+    assert fused["status"] == "SUCCEEDED"
+    assert split["status"] == "FAILED" and split["error"]["type"] == "States.Runtime"
+    assert split["error"]["step"] == "Notify"
+    message = split["error"]["message"]
+    assert f"output {tmp_path / 'split.tif'} was published (it exists)" in message
+    assert "failed in state Notify" in message and "--keep-work" in message
+    assert (tmp_path / "split.tif").exists()
+    assert json.loads(Path(result.report_url).read_text())["failed"] == 1
+
+
 def test_a_fused_job_routed_down_the_split_path_says_so(tmp_path: Path):
     """A definition that sends a job planned fused down Split fails it with an error that
     says so (not a missing work file to be fixed by a rerun)."""
@@ -1021,3 +1081,30 @@ def test_a_fused_job_routed_down_the_split_path_says_so(tmp_path: Path):
     assert fused["status"] == "FAILED" and fused["error"]["type"] == "EventError"
     assert "routed it down the Split path" in fused["error"]["message"]
     assert not (tmp_path / "fused.tif").exists()
+
+
+def test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Task's TimeoutSeconds (run on moto) fails the job with States.Timeout while its
+    task goes on, as a Lambda function does on AWS, and publishes the output: the report,
+    written once the task has ended, keeps the job FAILED and says that its output exists."""
+    (tmp_path / "napping.py").write_text(
+        "import time\n\ndef nap(tile, seconds=3.0):\n    time.sleep(seconds)\n    return tile\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # (the workers get this sys.path)
+
+    def timeout(states: dict[str, Any]) -> None:
+        states["ProcessJob"]["TimeoutSeconds"] = 1
+
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((64, 64), np.uint8))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "out.tif", "ops": [
+            {"op": "custom", "function": "napping:nap", "halo": 0,
+             "params": {"seconds": 3}}]}]}))
+    result = run_local(str(tmp_path / "m.json"), 1, definition_text=_edited(timeout),
+                       contact_sheet=False)
+    job, = result.jobs
+    assert job["status"] == "FAILED" and job["error"]["type"] == "States.Timeout"
+    assert (tmp_path / "out.tif").exists()
+    assert (f"its output {tmp_path / 'out.tif'} was published all the same (it exists)"
+            in job["error"]["message"])
+    assert json.loads(Path(result.report_url).read_text())["jobs"][0]["error"] == job["error"]

@@ -2,18 +2,18 @@
 before the run (:func:`prepare`), and what a run wrote there removed after it
 (:func:`remove`), never more.
 
-``tiffpipe run --work`` takes any folder, and a run removes its work when it ends: it removes
-the names it writes at the top of the location (``WORK_ENTRIES``: run.json, jobs.json,
-job-specs.bin, jobs/, report.json), then the folder if that left it empty; never the folder
-with what else it holds (a user's ``--work ~/scans`` keeps the scans). Before the run, the
-location must be new, empty, or hold an earlier tiffpipe run's work (its run.json): that
-work, kept with ``--keep-work`` or left by a killed run, is removed first (and the S3
-uploads it records as open ended), since its recorded errors, results and segments would
-pass for this run's (a job rerun after its input was mended failed again with the earlier
-run's error). A location holding anything else is refused
-(:class:`~pipeline.errors.WorkLocationError`): the run would mix its files with them.
-Whether another run going on uses the location is the run list's to say for a run of this
-machine (:func:`pipeline.adapters.local_runs.using`), its lease's for one of another
+``tiffpipe run --work`` takes any folder, and a run removes its work when it ends: it
+removes the names it writes at the top of the location (``WORK_ENTRIES``: run.json,
+jobs.json, job-specs.bin, jobs/, report.json, lease.json, execution-history.json), then the
+folder if that left it empty; never the folder with what else it holds (a user's ``--work
+~/scans`` keeps the scans). Before the run, the location must be new, empty, or hold an
+earlier tiffpipe run's work (its run.json): that work, kept with ``--keep-work`` or left by
+a killed run, is removed first (and the S3 uploads it records as open ended), since its
+recorded errors, results and segments would pass for this run's (a job rerun after its input
+was mended failed again with the earlier run's error). A location holding anything else is
+refused (:class:`~pipeline.errors.WorkLocationError`): the run would mix its files with
+them. Whether another run going on uses the location is the run list's to say for a run of
+this machine (:func:`pipeline.adapters.local_runs.using`), its lease's for one of another
 (:mod:`pipeline.adapters.work_lease`).
 """
 

@@ -91,7 +91,10 @@ JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT = "jobs.json", "job-specs.bi
 #: a local run's lease on its work location (pipeline/adapters/work_lease.py): a run on
 #: another machine given the same --work tells from it whether this run goes on
 LEASE_FILE = "lease.json"
-WORK_ENTRIES = (RUN_FILE, JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT, LEASE_FILE)
+#: the execution's events, written by a local run with --keep-work (pipeline/runner.py)
+HISTORY_FILE = "execution-history.json"
+WORK_ENTRIES = (RUN_FILE, JOBS_FILE, JOB_SPECS_FILE, JOBS_FOLDER, WORK_REPORT, LEASE_FILE,
+                HISTORY_FILE)
 #: each job's folder (in ``JOBS_FOLDER``) of the output uploads its merge began on S3
 #: (pipeline.steps.layout.uploads_dir): what a failed or killed run's job leaves open
 UPLOADS_FOLDER = "uploads"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,6 +12,7 @@ from pipeline.adapters import earlier_runs, storage
 from pipeline.adapters.segments import abort_uploads
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import (
+    UNCAUGHT_BY_ALL,
     StorageError,
     TiffpipeError,
     failure_record,
@@ -134,6 +136,65 @@ def _planned_at(work: str) -> float | None:
 NO_RESULT = {"type": "NoResultError",
              "message": "the job recorded no result; see the execution history of the state "
                         "machine"}
+
+
+def with_failed_executions(doc: dict[str, Any], failures: Any, history: str | None = None,
+                           published: Collection[str] = ()) -> bool:
+    """The run report ``doc`` told of its jobs whose child execution failed though the run
+    went on (``failures``: :attr:`pipeline.engine.execution.Execution.failures`, each with the
+    ``state`` that failed, its ``error`` and ``cause``): a job without a result
+    (:data:`NO_RESULT`: its execution ended without RecordFailure) gets that error instead,
+    and a job whose result says it succeeded or was skipped, but whose execution failed
+    after (a state added after Merge), is FAILED with it, its published output named: it
+    exists. A job that recorded its own failure keeps it. The error's ``step`` is the
+    state. ``history``: where the execution's events are (else: how to keep them).
+    ``published``: the outputs the run's tasks published; a FAILED job's among them is said
+    to exist (a task the state machine gave up on, past a Task's TimeoutSeconds, went on and
+    published it, as a Lambda function does on AWS). Whether ``doc`` changed (its counts
+    made again)."""
+    jobs = {job.get("job"): job for job in doc.get("jobs", [])}
+    changed = False
+    for failure in failures:
+        job = jobs.get(failure.get("value"))
+        if job is None:
+            continue
+        error = job.get("error") if isinstance(job.get("error"), dict) else {}
+        if job.get("status") == "FAILED" and error.get("type") != NO_RESULT["type"]:
+            continue  # its own failure (RecordFailure's, or a stopped run's)
+        record = failure_record({"Error": failure.get("error"), "Cause": failure.get("cause")})
+        state = failure.get("state")
+        if job.get("status") == "FAILED":
+            said = (f"the job's execution failed in state {state} without reaching "
+                    "RecordFailure" + (", which a Catch of States.ALL does not catch"
+                                       if failure.get("error") in UNCAUGHT_BY_ALL else ""))
+        else:
+            said = (f"the job's output {job.get('output')} was published (it exists), then "
+                    f"the job's execution failed in state {state}, after the step that "
+                    "published it")
+        where = (f"the run's events are in {history}" if history else
+                 in_callers_words("run with --keep-work to keep the run's events "
+                                  "(execution-history.json in its work folder)"))
+        message = f"{record['message']} ({said}: look at that state in the definition; {where})"
+        job["status"] = "FAILED"
+        job["error"] = {"type": record["type"], "message": message, "step": state,
+                        "fault": fault_of(record["type"])}
+        changed = True
+    for job in doc.get("jobs", []):
+        error = job.get("error")
+        if (job.get("status") == "FAILED" and job.get("output") in published
+                and isinstance(error, dict) and "(it exists)" not in error.get("message", "")):
+            error["message"] = (
+                f"{error.get('message', '')} (its output {job['output']} was published all the "
+                "same (it exists), by a task of the job that went on after the state machine "
+                "had failed it, e.g. past the Task's TimeoutSeconds, as a Lambda function "
+                "goes on on AWS: remove it, or run the job again)")
+            changed = True
+    if changed:
+        statuses = [job.get("status") for job in doc.get("jobs", [])]
+        doc["succeeded"] = statuses.count("SUCCEEDED")
+        doc["skipped"] = statuses.count("SKIPPED")
+        doc["failed"] = len(statuses) - doc["succeeded"] - doc["skipped"]
+    return changed
 
 
 def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[str, Any]:
