@@ -1037,6 +1037,31 @@ def test_a_job_that_ends_without_record_failure_is_reported_with_its_state_error
     assert report["jobs"][1]["error"] == split["error"]
 
 
+def test_a_job_whose_error_a_catch_took_elsewhere_than_record_failure_is_reported_with_it(
+        tmp_path: Path):
+    """A Catch redirected from RecordFailure to a Succeed state: the job's execution succeeds
+    without a result; the report gives the error the Catch took, names the state and where
+    its Catch led, instead of NoResultError."""
+    def swallow_errors(states: dict[str, Any]) -> None:
+        states["Fused"]["Default"] = "Gate"
+        states["Gate"] = {"Type": "Choice", "Default": "Split", "Choices": [
+            {"Variable": "$.planned.fused", "BooleanEquals": False, "Next": "Bad"}]}
+        states["Bad"] = {**states["Merge"], "Parameters": {
+            "FunctionName": states["Merge"]["Parameters"]["FunctionName"],
+            "Payload": {"action": "no_such_action"}},
+            "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Swallow"}]}
+        states["Swallow"] = {"Type": "Succeed"}
+
+    result = _small_run(tmp_path, _edited(swallow_errors))
+    assert not result.ok and result.report is not None, result.error
+    fused, split = result.jobs
+    assert fused["status"] == "SUCCEEDED"
+    assert split["status"] == "FAILED" and split["error"]["type"] == "EventError"
+    assert split["error"]["step"] == "Bad"
+    assert ("a Catch of state Bad took this error and led to Swallow, not to RecordFailure"
+            in split["error"]["message"])
+
+
 def test_a_job_whose_execution_fails_after_it_published_its_output_is_failed(tmp_path: Path):
     """A Task added after Merge (whose OutputPath is null) that reads $.job fails the job's
     execution with States.Runtime, which no Catch of States.ALL takes: the job is FAILED,

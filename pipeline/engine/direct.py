@@ -455,8 +455,11 @@ class Interpreter:
         self.machine, self.invoke, self.map_threads = machine, invoke, max(1, map_threads)
         #: the events of the execution (None: not kept, the default)
         self.history = history
-        #: the top-level Maps' items that failed (:attr:`Execution.failures`)
+        #: the top-level Maps' items that failed, or whose error a Catch took
+        #: (:attr:`Execution.failures`)
         self.failures: list[dict[str, Any]] = []
+        #: the top-level Maps' items running: their execution's name -> map, index, value
+        self._items: dict[str, dict[str, Any]] = {}
         self.read_items = read_items
         self.on_timeout = on_timeout
         self._aborted = threading.Event()
@@ -568,6 +571,12 @@ class Interpreter:
                             if _error_matches(c["ErrorEquals"], exc.error)), None)
             if catcher is None:
                 raise
+            item = self._items.get(where) if where else None
+            if item is not None:  # a job's error a Catch took: said if it leaves no result
+                self.failures.append({**item, "state": name, "error": exc.error,
+                                      "cause": exc.cause, "caught_by": catcher["Next"]})
+            self._event("StateCaught", where, name, error=exc.error, cause=exc.cause,
+                        next=catcher["Next"])
             error = {"Error": exc.error, "Cause": exc.cause}
             return put_result(raw, catcher.get("ResultPath", "$"), error), catcher["Next"]
         return self._output(state, out, context), None if state.get("End") else state["Next"]
@@ -663,24 +672,28 @@ class Interpreter:
         def one(i: int) -> None:
             if stop.is_set() or self._aborted.is_set():  # a failed map starts no more items
                 return
+            label = f"{where}/{name}/{i}" if where else f"{name}/{i}"
+            if not where:  # a child execution of the run's (a job's): Execution.failures
+                self._items[label] = {"map": name, "index": i, "value": items[i] if isinstance(
+                    items[i], (int, str)) else None}
             try:
                 item_context = {**context, "Map": {"Item": {"Value": items[i], "Index": i}}}
                 item = (fill(state["ItemSelector"], data, item_context)
                         if "ItemSelector" in state else items[i])
-                results[i] = self._machine(processor, item, item_context,
-                                           f"{where}/{name}/{i}" if where else f"{name}/{i}")
+                results[i] = self._machine(processor, item, item_context, label)
             except StateError as exc:
-                failed(exc, i)
+                failed(exc, label)
             except Exception as exc:  # out of memory, no thread: the item's failure
                 if exhausted(exc) is None:
                     raise
-                failed(_item_error(name, i, exc), i)
+                failed(_item_error(name, i, exc), label)
+            finally:
+                self._items.pop(label, None)
 
-        def failed(exc: StateError, i: int) -> None:
-            if not where:  # a child execution of the run's (a job's): Execution.failures
-                value = items[i] if isinstance(items[i], (int, str)) else None
-                self.failures.append({"map": name, "index": i, "value": value,
-                                      "state": exc.state or name, "error": exc.error,
+        def failed(exc: StateError, label: str) -> None:
+            item = self._items.get(label)
+            if item is not None:
+                self.failures.append({**item, "state": exc.state or name, "error": exc.error,
                                       "cause": exc.cause})
             with lock:
                 failures.append(exc)

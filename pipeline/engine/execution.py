@@ -37,8 +37,9 @@ class Execution:
     #: events in the execution's history (Step Functions keeps at most 25,000 per execution)
     history_events: int = 0
     #: the items of its top-level Map (the ``Jobs`` map: one per job) whose child execution
-    #: failed, though the Map tolerated it: dicts of ``map``, ``index``, ``value`` (the
-    #: item: a job's index), ``state`` (the state that failed), ``error`` and ``cause``
+    #: failed, though the Map tolerated it, or met an error a Catch took (``caught_by``: the
+    #: Catch's Next): dicts of ``map``, ``index``, ``value`` (the item: a job's index),
+    #: ``state`` (the state that failed), ``error`` and ``cause``; the direct interpreter's
     failures: tuple[dict[str, Any], ...] = ()
     #: the events of the execution, when asked for (:class:`History`), else None
     history: list[dict[str, Any]] | None = None
@@ -47,7 +48,8 @@ class Execution:
 class History:
     """A local execution's history (asked for by ``tiffpipe run --keep-work``): its events
     as Step Functions' GetExecutionHistory names them (``StateEntered``, ``StateExited``,
-    ``TaskScheduled``, ``TaskSucceeded``, ``TaskFailed``, ``ExecutionFailed``), each with the
+    ``TaskScheduled``, ``TaskSucceeded``, ``TaskFailed``, ``ExecutionFailed``; and
+    ``StateCaught``: a Catch took a state's error, with its ``next`` state), each with the
     ``execution`` it is of (``""``: the run's; ``Jobs/3``: the child execution of job 3;
     ``Jobs/3/Split/0``: of that job's first unit), its ``state``, and a failure's ``error``
     and ``cause``. Appended to from the Map items' threads (``list.append`` is atomic)."""

@@ -146,24 +146,31 @@ def with_failed_executions(doc: dict[str, Any], failures: Any, history: str | No
     (:data:`NO_RESULT`: its execution ended without RecordFailure) gets that error instead,
     and a job whose result says it succeeded or was skipped, but whose execution failed
     after (a state added after Merge), is FAILED with it, its published output named: it
-    exists. A job that recorded its own failure keeps it. The error's ``step`` is the
-    state. ``history``: where the execution's events are (else: how to keep them).
-    ``published``: the outputs the run's tasks published; a FAILED job's among them is said
-    to exist (a task the state machine gave up on, past a Task's TimeoutSeconds, went on and
-    published it, as a Lambda function does on AWS). Whether ``doc`` changed (its counts
-    made again)."""
+    exists. A job without a result whose execution did not fail, but met an error that a
+    Catch leading elsewhere than RecordFailure took (``caught_by``), gets that error. A job
+    that recorded its own failure keeps it. The error's ``step`` is the state. ``history``:
+    where the execution's events are (else: how to keep them). ``published``: the outputs
+    the run's tasks published; a FAILED job's among them is said to exist (a task the state
+    machine gave up on, past a Task's TimeoutSeconds, went on and published it, as a Lambda
+    function does on AWS). Whether ``doc`` changed (its counts made again)."""
     jobs = {job.get("job"): job for job in doc.get("jobs", [])}
     changed = False
-    for failure in failures:
+    for failure in sorted(failures, key=lambda f: "caught_by" in f):  # a failure first
         job = jobs.get(failure.get("value"))
         if job is None:
             continue
         error = job.get("error") if isinstance(job.get("error"), dict) else {}
         if job.get("status") == "FAILED" and error.get("type") != NO_RESULT["type"]:
             continue  # its own failure (RecordFailure's, or a stopped run's)
+        caught_by = failure.get("caught_by")
+        if caught_by is not None and job.get("status") != "FAILED":
+            continue  # an error its definition handled, and the job has its result
         record = failure_record({"Error": failure.get("error"), "Cause": failure.get("cause")})
         state = failure.get("state")
-        if job.get("status") == "FAILED":
+        if caught_by is not None:
+            said = (f"a Catch of state {state} took this error and led to {caught_by}, not "
+                    "to RecordFailure: the job's execution ended without a result")
+        elif job.get("status") == "FAILED":
             said = (f"the job's execution failed in state {state} without reaching "
                     "RecordFailure" + (", which a Catch of States.ALL does not catch"
                                        if failure.get("error") in UNCAUGHT_BY_ALL else ""))
