@@ -299,3 +299,56 @@ def test_a_run_past_its_timeout_ends_as_a_stopped_run(tmp_path: Path):
         assert job["error"]["type"] == INTERRUPTED_ERROR
         assert job["error"]["message"].startswith("the run timed out (the state machine's "
                                                   "TimeoutSeconds) before this job finished")
+
+
+def _semaphores(pid: int) -> set[int]:
+    """The inodes of the POSIX named semaphores (``/dev/shm/sem.*``) process ``pid`` has
+    open, from the files it maps (sem_open maps each, under the temporary name it made it
+    with: the name ``sem.mp-*`` is another link to the same inode)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {int(line.split()[4]) for line in maps if " /dev/shm/sem." in line}
+
+
+def _left_in_shm(inodes: set[int]) -> list[str]:
+    """The files of /dev/shm that are one of ``inodes``."""
+    return [e.name for e in os.scandir("/dev/shm") if e.inode() in inodes]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc")
+def test_a_hang_up_to_the_process_group_leaves_the_resource_tracker_alone(tmp_path: Path):
+    """SIGHUP to the whole process group (a terminal hung up, an SSH session dropped) while
+    worker processes run: multiprocessing's resource tracker, which unlinks the pool's
+    named semaphores, ignores only SIGINT and SIGTERM, so the hang-up killed it; the engine
+    started another, which printed "process died unexpectedly" and a KeyError traceback
+    for each semaphore, and some stayed in /dev/shm. Now the tracker is started with SIGHUP
+    blocked: the run stops as on Ctrl-C (exit 129), quietly, and its semaphores go."""
+    marks = tmp_path / "marks"  # a file each process that ran the op, named by its pid
+    marks.mkdir()
+    (tmp_path / "pidop.py").write_text(
+        "import os, pathlib, time\n\ndef slow(tile, seconds=0.1, marks=''):\n"
+        "    pathlib.Path(marks, str(os.getpid())).touch()\n    time.sleep(seconds)\n"
+        "    return tile\n")
+    jobs = 4
+    manifest = _manifest(tmp_path, jobs, 1024, [
+        {"op": "custom", "function": "pidop:slow",
+         "params": {"seconds": 0.1, "marks": str(marks)}}], tile=256)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    with _started(manifest, workers=2, env={"PYTHONPATH": path}) as proc:
+        deadline = time.monotonic() + 60
+        # a worker is at its task (the op is also tried in the command's process, when the
+        # manifest is checked): the pool and the tracker exist
+        while not {m.name for m in marks.iterdir()} - {str(proc.pid)}:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        semaphores = _semaphores(proc.pid)
+        assert semaphores  # (the pool's queues' locks)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert any("resource_tracker" in " ".join(p.cmdline()) for p in children)
+        os.killpg(proc.pid, signal.SIGHUP)
+        _, err = proc.communicate(timeout=90)
+        _, alive = psutil.wait_procs(children, timeout=10)  # the tracker too, at its end
+    assert proc.returncode == 129, err
+    assert alive == [], [p.cmdline() for p in alive]
+    assert "resource_tracker" not in err and "Traceback" not in err, err
+    assert "tiffpipe: interrupted (SIGHUP)" in err
+    assert _left_in_shm(semaphores) == []

@@ -5,7 +5,8 @@ A handler's exception becomes an error record named after its class (Lambda's
 A stopped run stops its workers (:meth:`WorkerPool.stop`): they ignore SIGINT and SIGHUP (a
 terminal's Ctrl-C or hang-up reaches the whole process group; the engine decides) and stop
 their task on SIGTERM,
-its step's own clean-up run (:class:`WorkerStopped`).
+its step's own clean-up run (:class:`WorkerStopped`); multiprocessing's resource tracker is
+started with SIGHUP blocked (:func:`_start_resource_tracker`).
 """
 
 from __future__ import annotations
@@ -169,6 +170,29 @@ def _import_steps() -> None:
 
     for function in FUNCTIONS:
         preload(function)
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (unless it runs already) with SIGHUP blocked,
+    which it then keeps: the process that unlinks the pool's named semaphores
+    (``/dev/shm/sem.mp-*``) once every process of the run has ended. The pool would start it
+    itself, and CPython's tracker (``multiprocessing.resource_tracker.main``, 3.11-3.13)
+    ignores only SIGINT and SIGTERM: a terminal's hang-up, which reaches the whole process
+    group, killed it while the workers (which ignore SIGHUP) and the engine went on; the
+    engine then started another, which knew none of the semaphores, printed "process died
+    unexpectedly" and a ``KeyError`` traceback for each, and sometimes left them in
+    /dev/shm. A blocked signal stays blocked across exec (the tracker unblocks SIGINT and
+    SIGTERM only), and is blocked here in this thread alone: the engine still gets its
+    SIGHUP (another thread takes it, or this one once it is unblocked)."""
+    if not hasattr(signal, "SIGHUP") or not hasattr(signal, "pthread_sigmask"):
+        return  # (Windows: no such signal, and no tracker process)
+    from multiprocessing import resource_tracker
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _warm_up() -> None:
@@ -421,6 +445,7 @@ class WorkerPool:
         started = 0
         pool = None
         try:
+            _start_resource_tracker()
             pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
                                        initargs=(env, os.getpid()))
             self.warm = 0
