@@ -569,16 +569,24 @@ def _interrupted_line(result: RunResult, signum: int) -> str:
     name = signal_name(signum)
     total, unfinished = len(result.report["jobs"]), len(result.unfinished)
     head = f"tiffpipe: interrupted ({name}): "
-    again = f"without an output ({INTERRUPTED_ERROR} in the report): run them again"
+    one = unfinished == 1
+    again = (f"{'was' if one else 'were'} stopped before writing "
+             f"{'its output' if one else 'their outputs'} ({INTERRUPTED_ERROR} in the report): "
+             f"run {'it' if one else 'them'} again")
     if not unfinished:
         return head + f"all {total} jobs had finished; their outputs and the report are complete"
     if unfinished == total:
-        return head + f"none of the {total} jobs had finished; all were stopped {again}"
-    failed = result.report["failed"] - unfinished
-    kept = (f"{total - unfinished - failed} with their outputs, kept; {failed} failed"
-            if failed else "their outputs are kept")  # (failed of themselves, before the stop)
-    return head + (f"{total - unfinished} of {total} jobs finished, {kept}; the other "
-                   f"{unfinished} were stopped {again}")
+        none = ("the job had not finished; it" if one
+                else f"none of the {total} jobs had finished; all")
+        return head + f"{none} {again}"
+    finished = total - unfinished
+    failed = result.report["failed"] - unfinished  # (failed of themselves, before the stop)
+    kept = finished - failed
+    done = (f"({kept} with {'its output' if kept == 1 else 'their outputs'} kept, {failed} "
+            "failed)"
+            if failed else f"{'its output is' if finished == 1 else 'their outputs are'} kept")
+    return head + (f"{finished} of {total} jobs finished{'' if failed else ','} {done}; "
+                   f"the other {unfinished} {again}")
 
 
 def cmd_ops(args: argparse.Namespace) -> int:

@@ -368,20 +368,23 @@ def failed_lines(report: dict[str, Any], report_url: str, limit: int) -> list[st
     printed): each failed job, its input and its error, the first ``limit`` of them (then how
     many more), and a last line counting them and naming the report. No line when no job
     failed. A job a stop left without an output (:data:`INTERRUPTED_ERROR`) did not fail of
-    itself: it is counted as stopped, not named (the run's interrupted line says them)."""
+    itself: it is counted as stopped, not named (the run's interrupted line says them); a
+    run stopped with no job failed of itself has the last line alone, counting the stopped
+    jobs (its report is named all the same)."""
     failed = [j for j in report["jobs"] if j["status"] == "FAILED"
               and (j.get("error") or {}).get("type") != INTERRUPTED_ERROR]
-    if not failed:
+    stopped = report["failed"] - len(failed)
+    if not failed and not stopped:
         return []
     lines = [f"tiffpipe: job {j['job']} FAILED ({j['input']}): {error_text(j['error'])}"
              for j in failed[:limit]]
     if len(failed) > limit:
         lines.append(f"tiffpipe: ... and {len(failed) - limit} more failed job(s): see the "
                      "report")
-    stopped = report["failed"] - len(failed)
-    more = "".join(f", {n} {what}" for n, what in ((report.get("skipped"), "skipped"),
-                                                   (stopped, "stopped")) if n)
-    lines.append(f"tiffpipe: {len(failed)} of {len(report['jobs'])} jobs failed "
+    count, what = (len(failed), "failed") if failed else (stopped, "stopped")
+    more = "".join(f", {n} {word}" for n, word in ((report.get("skipped"), "skipped"),
+                                                   (stopped, "stopped")) if n and word != what)
+    lines.append(f"tiffpipe: {count} of {len(report['jobs'])} jobs {what} "
                  f"({report['succeeded']} succeeded{more}); report: {report_url}")
     return lines
 

@@ -299,6 +299,39 @@ def test_the_stop_signals_leave_an_ignored_one_alone_and_need_no_sighup(monkeypa
     assert signal.getsignal(signal.SIGTERM) is term
 
 
+def _stopped_run_says(statuses: list[str], quiet: bool, capsys: pytest.CaptureFixture
+                      ) -> tuple[str, list[str]]:
+    """What ``run`` prints at the end of a run stopped by SIGTERM whose jobs ended with
+    ``statuses`` (SUCCEEDED, FAILED: NotATiffError, STOPPED: RunInterruptedError in the
+    report): stdout, and stderr's lines."""
+    import argparse
+
+    from pipeline.engine.local import StopRequest
+    from pipeline.runner import RunResult
+
+    jobs = []
+    for n, status in enumerate(statuses):
+        entry = {"job": n, "status": "FAILED" if status == "STOPPED" else status,
+                 "input": f"in/{n}.tif", "output": f"out/{n}.tif", "pages": 1,
+                 "seconds": 0.5}
+        if status != "SUCCEEDED":
+            error = "RunInterruptedError" if status == "STOPPED" else "NotATiffError"
+            entry["error"] = {"type": error, "message": f"{error} of job {n}"}
+        jobs.append(entry)
+    report = {"run_id": "r", "jobs": jobs, "seconds": 1.0, "skipped": 0,
+              "succeeded": statuses.count("SUCCEEDED"),
+              "failed": len(statuses) - statuses.count("SUCCEEDED")}
+    result = RunResult(run_id="r", status="ABORTED", report=report,
+                       report_url="/data/m.report.json", work="/w", seconds=1.0,
+                       interrupted=signal.SIGTERM)
+    stop = StopRequest()
+    stop.request(signal.SIGTERM)
+    cli._tell_the_end(argparse.Namespace(quiet=quiet), result, stop,  # (their if_exists)
+                      [argparse.Namespace(if_exists="skip")] * len(statuses))
+    out, err = capsys.readouterr()
+    return out, err.splitlines()
+
+
 def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.CaptureFixture):
     """--quiet names each failed job on stderr, but a run that was also stopped (SIGTERM
     from a scheduler's timeout, a hang-up) said only "interrupted (SIGTERM): 3 of 5 jobs
@@ -306,38 +339,43 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
     no TIFF) was named nowhere but in the report. It is named; the jobs the stop left
     without an output are not (the interrupted line counts them), and the count says so.
     The interrupted line no longer counts the failed job among those whose outputs are
-    kept."""
-    import argparse
-
-    from pipeline.engine.local import StopRequest
-    from pipeline.runner import RunResult
-
-    def job(n: int, status: str, error: str | None = None) -> dict:
-        entry = {"job": n, "status": status, "input": f"in/{n}.tif", "output": f"out/{n}.tif"}
-        if error:
-            entry["error"] = {"type": error, "message": f"{error} of job {n}"}
-        return entry
-
-    report = {"jobs": [job(0, "FAILED", "NotATiffError"), job(1, "SUCCEEDED"),
-                       job(2, "SUCCEEDED"), job(3, "FAILED", "RunInterruptedError"),
-                       job(4, "FAILED", "RunInterruptedError")],
-              "succeeded": 2, "failed": 3, "skipped": 0}
-    result = RunResult(run_id="r", status="ABORTED", report=report,
-                       report_url="/data/m.report.json", work="/w", seconds=1.0,
-                       interrupted=signal.SIGTERM)
-    stop = StopRequest()
-    stop.request(signal.SIGTERM)
-    args = argparse.Namespace(quiet=True)
-    cli._tell_the_end(args, result, stop,  # (the jobs: their if_exists is what it reads)
-                      [argparse.Namespace(if_exists="skip")] * 5)
-    out, err = capsys.readouterr()
+    kept, and says the finished jobs' parts plainly (it said "2 with their outputs, kept;
+    1 failed")."""
+    out, err = _stopped_run_says(["FAILED", "SUCCEEDED", "SUCCEEDED", "STOPPED", "STOPPED"],
+                                 True, capsys)
     assert out == ""
-    assert err.splitlines() == [
-        ("tiffpipe: interrupted (SIGTERM): 3 of 5 jobs finished, 2 with their outputs, kept; "
-         "1 failed; the other 2 were stopped without an output (RunInterruptedError in the "
-         "report): run them again"),
+    assert err == [
+        ("tiffpipe: interrupted (SIGTERM): 3 of 5 jobs finished (2 with their outputs kept, "
+         "1 failed); the other 2 were stopped before writing their outputs "
+         "(RunInterruptedError in the report): run them again"),
         "tiffpipe: job 0 FAILED (in/0.tif): NotATiffError: NotATiffError of job 0",
         "tiffpipe: 1 of 5 jobs failed (2 succeeded, 2 stopped); report: /data/m.report.json"]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_a_stopped_run_with_no_failed_job_names_its_report_and_counts_in_words(
+        quiet: bool, capsys: pytest.CaptureFixture):
+    """A run stopped with no job failed of itself: --quiet printed no line naming the report
+    (the docs promise one: the failed jobs' count line was left out with no failed job),
+    and the interrupted line said "the other 1 were stopped". Now --quiet ends with a line
+    counting the stopped jobs and naming the report, and the interrupted line agrees in
+    number; without --quiet the summary names the report on stdout, as before."""
+    out, err = _stopped_run_says(["SUCCEEDED", "STOPPED"], quiet, capsys)
+    assert err[0] == ("tiffpipe: interrupted (SIGTERM): 1 of 2 jobs finished, its output is "
+                      "kept; the other 1 was stopped before writing its output "
+                      "(RunInterruptedError in the report): run it again")
+    if quiet:
+        assert out == ""
+        assert err[1:] == [("tiffpipe: 1 of 2 jobs stopped (1 succeeded); report: "
+                            "/data/m.report.json")]
+    else:
+        assert "report: /data/m.report.json" in out and len(err) == 1, (out, err)
+    _, err = _stopped_run_says(["STOPPED"] * 3, quiet, capsys)
+    assert err[0] == ("tiffpipe: interrupted (SIGTERM): none of the 3 jobs had finished; all "
+                      "were stopped before writing their outputs (RunInterruptedError in the "
+                      "report): run them again")
+    named = ("tiffpipe: 3 of 3 jobs stopped (0 succeeded); report: /data/m.report.json")
+    assert err[1:] == ([named] if quiet else [])
 
 
 def test_a_summary_whose_reader_is_gone_leaves_the_lines_on_stderr(tmp_path: Path):

@@ -107,8 +107,9 @@ def _stopped_cleanly(proc: subprocess.Popen[str], folder: Path, jobs: int, code:
             ([str(j["job"])] for j in report["jobs"])]
     assert sorted(r[1] for r in rows) == sorted(["SUCCEEDED"] * len(kept)
                                                 + ["STOPPED"] * len(stopped)), out
-    assert (f"tiffpipe: interrupted ({name}): {len(kept)} of {jobs} jobs finished, their "
-            f"outputs are kept; the other {len(stopped)}") in err
+    outputs = "its output is" if len(kept) == 1 else "their outputs are"
+    assert (f"tiffpipe: interrupted ({name}): {len(kept)} of {jobs} jobs finished, {outputs} "
+            f"kept; the other {len(stopped)}") in err
     return kept
 
 
