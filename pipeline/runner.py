@@ -385,8 +385,7 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
     shared = work is not None  # a --work that another run (another machine's) may be given
     work = _resolved(work or default_work(manifest, run_id))
     report_url = _resolved(report or default_report(manifest))
-    # before any work: a run whose report is lost is wasted
-    storage.check_writable(report_url, "report", in_callers_words("give --report another path"))
+    _check_writable(report_url, work)
     if not overwrite_report:
         check_report_free(report_url, sheet=contact_sheet)
     started = time.time()
@@ -822,6 +821,27 @@ def _same_text(a: str, b: str) -> bool:
             return fa.read() == fb.read()
     except OSError:
         return False
+
+
+def _check_writable(report_url: str, work: str) -> None:
+    """Before any work (a run whose report is lost is wasted): the report's path and the
+    work folder can be written, else an OutputNotWritableError (the report's; the work
+    folder's problem said after it when it has one too) or a WorkLocationError, every place
+    said at once rather than one a run (a manifest in a read-only folder: its report, then,
+    given ``--report``, its work folder)."""
+    problems: list[TiffpipeError] = []
+    for check in (lambda: storage.check_writable(
+                      report_url, "report", in_callers_words("give --report another path")),
+                  lambda: work_location.check_writable(work)):
+        try:
+            check()
+        except (OutputNotWritableError, WorkLocationError) as exc:
+            problems.append(exc)
+    if len(problems) > 1:
+        raise OutputNotWritableError(f"{problems[0]}; nor can the work folder be: "
+                                     f"{problems[1]}") from problems[0]
+    if problems:
+        raise problems[0]
 
 
 def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) -> None:

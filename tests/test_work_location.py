@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import moto_s3
+from conftest import moto_s3, small_file_system
 from test_local_runs import run_elsewhere
 
 from pipeline import cli
@@ -111,6 +111,36 @@ def test_a_folder_that_cannot_be_made_or_written_is_refused_before_the_run(
     code, err = _run(manifest)
     assert code == 2 and ".tiffpipe-work" in err and "permission denied" in err, err
     assert not (tmp_path / "out.tif").exists() and not (tmp_path / "m.report.json").exists()
+
+
+def test_every_place_a_run_cannot_write_is_said_at_once(tmp_path: Path):
+    """A manifest in a read-only folder (its report and work folder by default beside it):
+    the run named the report alone; given --report elsewhere, the next run then named the
+    work folder. Both are checked before anything runs (exit 2) and said in one message;
+    with one of them moved, the other alone."""
+    import subprocess
+
+    source = tmp_path / "scan.tif"
+    _scan(source)
+    with small_file_system(tmp_path / "ro") as folder:
+        manifest = folder / "m.json"
+        manifest.write_text(json.dumps({"jobs": [{
+            "input": str(source), "output": str(tmp_path / "out.tif"), "ops": OPS}]}))
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        code, err = _run(manifest)
+        assert code == 2
+        assert err.startswith(f"tiffpipe: the run report cannot be written: report "
+                              f"{folder / 'm.report.json'}: cannot write in {folder} "
+                              "(Read-only file system)"), err
+        assert (f"nor can the work folder be: {folder / '.tiffpipe-work'}" in err
+                and "give --work a folder this run can write" in err), err
+        code, err = _run(manifest, "--report", str(tmp_path / "r.json"))
+        assert code == 2 and "report" not in err, err
+        assert f"{folder / '.tiffpipe-work'}/" in err and "Read-only file system" in err, err
+        code, err = _run(manifest, "--work", str(tmp_path / "work"))
+        assert code == 2 and "work" not in err.replace("--report", ""), err
+        assert f"report {folder / 'm.report.json'}: cannot write in {folder}" in err, err
+    assert not (tmp_path / "out.tif").exists() and not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("keep_work", [False, True])

@@ -32,7 +32,13 @@ from pipeline.core.constants import (
     RUN_FILE,
     WORK_ENTRIES,
 )
-from pipeline.errors import StorageError, TiffpipeError, WorkLocationError, in_callers_words
+from pipeline.errors import (
+    OutputNotWritableError,
+    StorageError,
+    TiffpipeError,
+    WorkLocationError,
+    in_callers_words,
+)
 
 #: the folders a local run's default work folder is made in (``runner.default_work``):
 #: removed too once empty (other runs may share them)
@@ -105,6 +111,31 @@ def _end_uploads(work: str, earlier: str) -> None:
             "work, or " + in_callers_words("give this run another --work")) from exc
 
 
+#: what a work folder that cannot be written asks for (in the words of the run's caller)
+_WRITABLE_WORK = ("give --work a folder this run can write (by default it is made beside the "
+                  "manifest)")
+
+
+def check_writable(work: str) -> None:
+    """A WorkLocationError when the local work folder ``work`` could not be made or written,
+    found without making anything (its first existing folder probed, as an output's:
+    :func:`storage.check_writable`): the run checks it before anything runs, with its report's
+    path, and says every place it cannot write at once (it said the report's alone, then,
+    once ``--report`` was given, the work folder's). An S3 location, and a path that is
+    there but no folder, are :func:`prepare`'s to check."""
+    if storage.is_s3(work) or (os.path.lexists(work) and not os.path.isdir(work)):
+        return
+    try:
+        storage.check_writable(storage.join(work, RUN_FILE), "work file")
+    except OutputNotWritableError as exc:
+        cause = exc.__cause__
+        why = (f"in {os.path.dirname(cause.filename)}: {cause.strerror}"
+               if isinstance(cause, OSError) and cause.filename and cause.strerror
+               else str(exc))
+        raise WorkLocationError(f"{work}: the work folder cannot be written ({why}): "
+                                + in_callers_words(_WRITABLE_WORK)) from exc
+
+
 def _writable_folder(work: str) -> None:
     """Make the local work folder, or a WorkLocationError before anything runs (else the
     run failed at its first step, on a file of its work)."""
@@ -117,9 +148,7 @@ def _writable_folder(work: str) -> None:
         reason = "permission denied"
     if not writable:
         raise WorkLocationError(f"{work}: the work folder cannot be written ({reason}): "
-                                + in_callers_words("give --work a folder this run can write "
-                                                   "(by default it is made beside the "
-                                                   "manifest)"))
+                                + in_callers_words(_WRITABLE_WORK))
 
 
 def _run_id(work: str, lease: work_lease.Lease | None = None) -> str:
