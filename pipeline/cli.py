@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: 128 + SIGINT: a command stopped by Ctrl-C (the shell's convention); 128 + SIGTERM: 143
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+#: what a command stopped by Ctrl-C outside a run says (a run says what it stopped)
+INTERRUPTED_LINE = "tiffpipe: interrupted"
 
 #: what ``tiffpipe --help`` says first (every command is listed below it)
 DESCRIPTION = """\
@@ -194,15 +196,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops, "demo": cmd_demo,
                "preview": cmd_preview, "inspect": cmd_inspect,
                "estimate": cmd_estimate,
                "start": cmd_aws, "status": cmd_aws}
     try:
+        args = _parser().parse_args(argv)  # (Ctrl-C as the parser is made: no traceback)
         return handler[args.command](args)
     except KeyboardInterrupt:  # `run` handles it itself (see _stop_on_signals)
-        print("tiffpipe: interrupted", file=sys.stderr)
+        print(INTERRUPTED_LINE, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `tiffpipe ops | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -214,10 +216,15 @@ def console() -> NoReturn:
     exits included: :func:`~pipeline.ui.exit_code_of`), then :func:`exit_now` with its exit
     code; the process's OpenBLAS on one thread
     (:func:`~pipeline.engine.workers.one_blas_thread`: nothing has loaded numpy or OpenCV
-    yet)."""
-    from pipeline.engine.workers import one_blas_thread
-    from pipeline.ui import exit_code_of
-
+    yet). Ctrl-C while it loads what it needs before :func:`main` is said as main says it,
+    without a traceback (the console script loads this module so too:
+    :func:`pipeline.__main__.console`)."""
+    try:
+        from pipeline.engine.workers import one_blas_thread
+        from pipeline.ui import exit_code_of
+    except KeyboardInterrupt:
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        exit_now(EXIT_INTERRUPTED)
     one_blas_thread(os.environ)
     exit_now(exit_code_of(main))
 

@@ -1,4 +1,5 @@
-"""The ``tiffpipe`` console script (``pipeline.cli.console``), run as a user runs it: in a
+"""The ``tiffpipe`` console script (``pipeline.__main__.console``, which loads and runs
+``pipeline.cli.console``), run as a user runs it: in a
 process of its own, which ends without the interpreter's teardown once the exit handlers
 have run and stdout and stderr are flushed, or with the usual exit where that is not safe."""
 
@@ -31,7 +32,7 @@ class Marker:
 marker = Marker()
 atexit.register(lambda: os.write(2, b"exit handler ran\n"))
 """
-COMMAND = "from pipeline.cli import console\nsys.argv[0] = 'tiffpipe'\nconsole()\n"
+COMMAND = "from pipeline.__main__ import console\nsys.argv[0] = 'tiffpipe'\nconsole()\n"
 
 
 def _command(args: list[str], before: str = "", flags: tuple[str, ...] = (),
@@ -45,7 +46,47 @@ def _command(args: list[str], before: str = "", flags: tuple[str, ...] = (),
 
 def test_the_console_script_is_console():
     [script] = entry_points(group="console_scripts", name="tiffpipe")
-    assert script.value == "pipeline.cli:console"
+    assert script.value == "pipeline.__main__:console"
+
+
+#: Ctrl-C (a real SIGINT, to the process) as the module given is about to be imported
+CTRL_C_AT = r"""
+import os, signal
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("module", ["pipeline.cli", "pipeline.ui"])
+def test_ctrl_c_while_the_command_loads_is_one_line(module: str):
+    """Ctrl-C in the first tens of milliseconds, as the console script imports the command
+    (``pipeline.cli``, ``from pipeline.cli import console`` in the script itself) or as
+    ``console`` imports what it needs before ``main`` (``pipeline.ui``): a KeyboardInterrupt
+    traceback of the script. Now the line a later Ctrl-C gives, exit 130."""
+    proc = _command(["ops"], before=CTRL_C_AT.format(module=module))
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines()[0] == "tiffpipe: interrupted", proc.stderr  # (then the
+    # prelude's markers)
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_ctrl_c_while_the_arguments_are_parsed_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Ctrl-C while main makes its parser (some milliseconds: argparse's imports) was
+    outside main's handling of it."""
+    from pipeline import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parser", interrupted)
+    assert cli.main(["ops"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "tiffpipe: interrupted\n"
 
 
 def test_the_command_ends_without_the_teardown_after_its_exit_handlers_and_output():
