@@ -686,7 +686,7 @@ def _report_interrupted(work: str, stopped: str) -> dict[str, Any] | None:
     that failed; the report's schema is unchanged), and its partial files beside its output
     are removed (:func:`_remove_partial_output`). None when the run was stopped before
     PlanRun wrote run.json (no job had started): no report is written then."""
-    message = f"{stopped} before this job finished: no output written; run it again"
+    message = f"{stopped} before this job finished: {NO_OUTPUT}"
     found = _unfinished_as(work, INTERRUPTED_ERROR, message)
     if found is None:
         return None
@@ -712,7 +712,35 @@ def _unfinished_as(work: str, error_type: str, message: str
         if job.get("error", {}).get("type") == error_type:
             _remove_partial_output(job["output"], doc["run_id"],
                                    layout.job_dir(work, job["job"]))
+            there = _file_left_at(job["output"], doc.get("started_at"))
+            if there and message.endswith(NO_OUTPUT):
+                job["error"]["message"] = message[:-len(NO_OUTPUT)] + (
+                    f"this run wrote no output, and the file at its output path is {there}, "
+                    "which a rerun with \"if_exists\": \"skip\" would take for this job's: "
+                    "run it again")
     return doc, url
+
+
+#: how a job the run did not finish is said to have no output of the run's (its message's end)
+NO_OUTPUT = "no output written; run it again"
+
+
+def _file_left_at(output: str, since: float | None) -> str | None:
+    """What the file at the output path of a job the run did not finish is: ``an earlier
+    one, not this run's`` (a local file last written before the run began, ``since``), ``not
+    known to be this run's`` (an S3 object, or a file written since: this job's, published
+    as the run stopped, or another writer's); None when there is none (or it cannot be
+    looked at: the message's usual words then)."""
+    try:
+        if storage.is_s3(output):
+            there = storage.exists(output)
+            return "not known to be this run's (an earlier one, most likely)" if there else None
+        modified = os.stat(output).st_mtime
+    except (OSError, TiffpipeError):
+        return None
+    if since is not None and modified < since:
+        return "an earlier one, not this run's"
+    return "not known to be this run's (written since the run began)"
 
 
 def _summary_of_failed(work: str, error: str) -> dict[str, Any] | None:
@@ -722,8 +750,7 @@ def _summary_of_failed(work: str, error: str) -> dict[str, Any] | None:
     beside their outputs removed, as a stopped run's); not written anywhere (the report's
     path keeps no report of a failed run). None when no job was listed, or the work
     cannot be read (the error says why)."""
-    message = (f"the run failed as a whole before this job finished ({error}): no "
-               "output written; run it again")
+    message = f"the run failed as a whole before this job finished ({error}): {NO_OUTPUT}"
     try:
         found = _unfinished_as(work, RUN_FAILED_ERROR, shortened(message))
     except Exception as exc:  # noqa: BLE001 - (out of memory, say) the error alone, then

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -146,17 +147,14 @@ def test_sigterm_to_the_command_alone_stops_its_workers(tmp_path: Path):
     assert not work.exists()
 
 
-def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, monkeypatch):
-    """The stop reaches a job while its tiles are worked on in the engine's own process:
-    the stop is requested (as the command's signal handler does) at the job's third tile,
-    and the tile loop ends the task within the tiles in hand (pipeline.steps.stopping),
-    far from the job's end: no output, no temporary file, the job marked in the report."""
+def _stopped_at_its_third_tile(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, int]:
+    """A run of one job of 256 tiles, in this process, stopped (as the command's signal
+    handler stops it) at the job's third tile: its result, and the tile checks made."""
     from pipeline.engine.local import StopRequest
     from pipeline.runner import run_local
     from pipeline.steps import stopping
 
-    manifest = _manifest(tmp_path, 1, 4096, [{"op": "gaussian_blur", "sigma": 8}], tile=256)
-    tiles = (4096 // 256) ** 2
+    manifest = _manifest(folder, 1, 4096, [{"op": "gaussian_blur", "sigma": 8}], tile=256)
     stop, checks = StopRequest(), [0]
     check = stopping.check
 
@@ -171,11 +169,46 @@ def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, mo
         result = run_local(str(manifest), 1, stop=stop, contact_sheet=True)
     finally:
         stopping.clear()  # this process goes on: the steps of later tests must run
+    return result, checks[0]
+
+
+def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, monkeypatch):
+    """The stop reaches a job while its tiles are worked on in the engine's own process:
+    the stop is requested (as the command's signal handler does) at the job's third tile,
+    and the tile loop ends the task within the tiles in hand (pipeline.steps.stopping),
+    far from the job's end: no output, no temporary file, the job marked in the report."""
+    result, checks = _stopped_at_its_third_tile(tmp_path, monkeypatch)
+    tiles = (4096 // 256) ** 2
     assert result.interrupted == signal.SIGINT and not result.ok
     assert result.unfinished == [0] and result.contact_sheet is None
-    assert 3 <= checks[0] < tiles // 2, checks  # the job's tiles: most never started
+    assert 3 <= checks < tiles // 2, checks  # the job's tiles: most never started
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
     assert not (tmp_path / ".tiffpipe-work").exists()
+    message = result.report["jobs"][0]["error"]["message"]
+    assert message.endswith("before this job finished: no output written; run it again")
+
+
+def test_a_stopped_job_over_an_earlier_output_says_the_file_is_not_this_runs(
+        tmp_path: Path, monkeypatch):
+    """A stopped job whose output path holds an earlier file (kept: published outputs are
+    whole, and a stopped job publishes none): its report entry said "no output written",
+    and the summary's row the same, though a file is there, which a rerun with
+    ``if_exists: skip`` takes for the job's. It says the file is an earlier one, not this
+    run's, and what skip would do."""
+    (tmp_path / "out").mkdir()
+    earlier = tmp_path / "out" / "out0.tif"
+    tifffile.imwrite(earlier, np.zeros((8, 8), np.uint8))
+    os.utime(earlier, (time.time() - 3600, time.time() - 3600))  # an hour before the run
+    before = earlier.read_bytes()
+    result, _ = _stopped_at_its_third_tile(tmp_path, monkeypatch)
+    assert result.unfinished == [0]
+    assert earlier.read_bytes() == before
+    error = result.report["jobs"][0]["error"]
+    assert error["type"] == INTERRUPTED_ERROR
+    assert error["message"] == (
+        "the run was stopped (SIGINT) before this job finished: this run wrote no output, "
+        "and the file at its output path is an earlier one, not this run's, which a rerun "
+        'with "if_exists": "skip" would take for this job\'s: run it again')
 
 
 def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(
