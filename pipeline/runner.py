@@ -283,10 +283,10 @@ def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
 
     from pipeline.core.manifest import anchored
 
-    try:
-        doc = json.loads(json.dumps(manifest, default=_as_json))
-    except (TypeError, ValueError) as exc:
-        raise ManifestError("the manifest given", [f"manifest: {exc}"]) from None
+    problems: list[str] = []
+    doc = _plain(manifest, "jobs" if isinstance(manifest, list) else "", problems)
+    if problems:
+        raise ManifestError("the manifest given", problems)
     text = json.dumps(anchored(doc, os.path.abspath(base or os.getcwd())))
     with tempfile.TemporaryDirectory(prefix=_GIVEN_PREFIX) as folder:
         path = os.path.join(folder, _GIVEN_NAME)
@@ -295,10 +295,45 @@ def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
         yield path, os.path.join(folder, "manifest.report.json")
 
 
+def _plain(value: Any, where: str, problems: list[str]) -> Any:
+    """A dict manifest's ``value`` at ``where`` (``jobs[0].ops[1].function``) as JSON: its
+    dicts, lists and tuples walked, any other value :func:`_as_json`; what cannot be is
+    added to ``problems``, at its place (every one, as a manifest's problems are listed)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            at = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str):
+                problems.append(f"{at}: a key must be a string, not {type(key).__name__}")
+            out[str(key)] = _plain(item, at, problems)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{i}]", problems) for i, item in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    try:
+        return _as_json(value)
+    except TypeError as exc:
+        problems.append(f"{where or 'manifest'}: {exc}")
+        return None
+
+
 def _as_json(value: Any) -> Any:
     """What a dict manifest may hold besides JSON: a path (``os.PathLike``), a numpy number,
     a custom op's function (``module:function``; not one of ``__main__``, which the worker
-    processes cannot import)."""
+    processes cannot import; not a ``functools.partial``: its arguments go in ``params``)."""
+    import functools
+
+    if isinstance(value, functools.partial):
+        func = ".".join(filter(None, (getattr(value.func, "__module__", None),
+                                      getattr(value.func, "__qualname__", None))))
+        params = json.dumps(value.keywords, default=repr) if value.keywords else "{...}"
+        raise TypeError(
+            f"functools.partial of {func or repr(value.func)} is not a function the worker "
+            "processes can import: give the function itself, and its keyword arguments in "
+            f'the op\'s "params" ({{"op": "custom", "function": {func or "f"}, "params": '
+            f"{params}}})" + (f"; its positional arguments {value.args!r} have no place "
+                              "there: make them keyword arguments" if value.args else ""))
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if callable(value) and hasattr(value, "__qualname__"):

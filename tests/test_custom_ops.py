@@ -44,6 +44,10 @@ def in_place(tile):
     tile[...] = 255 - tile  # may write the tile it gets
     return tile
 
+def swapped(tile):
+    """The right values in the other byte order (``>u2`` for a ``<u2`` tile)."""
+    return (65535 - tile).astype(tile.dtype.newbyteorder("S"))
+
 def crop(tile):
     return tile[1:-1, 1:-1]
 
@@ -99,6 +103,8 @@ def _op(name: str, halo: int = 0, **params) -> dict:
                                 .astype(np.uint8))),
     ([{"op": "gaussian_blur", "sigma": 2}, _op("in_place")], "uint8", 1,
      lambda p: 255 - cv2.GaussianBlur(p, (0, 0), 2)),
+    # the values right, the byte order not the tile's: accepted, made native
+    ([_op("swapped")], "uint16", 1, lambda p: 65535 - p),
 ])
 def test_custom_op_is_exact_with_its_halo(tmp_path, ops, dtype, channels, ref):
     page = make_image(70, 257, 389, channels, dtype)

@@ -100,8 +100,9 @@ def test_an_invalid_manifest_raises_before_anything_runs(tmp_path: Path):
     (tmp_path / "m.json").write_text(json.dumps(bad))
     with pytest.raises(ManifestError):
         pipeline.run(tmp_path / "m.json")
-    with pytest.raises(ManifestError, match="is not JSON"):
+    with pytest.raises(ManifestError) as caught:  # named at its place, as any problem
         pipeline.run({"jobs": [{"input": "in/in0.tif", "output": {1, 2}}]}, base=tmp_path)
+    assert caught.value.problems == ["jobs[0].output: set {1, 2} is not JSON"]
     with pytest.raises(ValueError, match="workers"):
         pipeline.run(tmp_path / "m.json", workers=0)
     with pytest.raises(EngineError, match="definition_text: line 1, column 2: invalid JSON"):
@@ -139,6 +140,19 @@ def test_a_custom_op_given_as_a_function(tmp_path: Path, monkeypatch: pytest.Mon
     def in_a_cell(tile: np.ndarray) -> np.ndarray:
         return tile
 
+    # a partial (its arguments bound) is no function the workers import: its keyword
+    # arguments go in "params", as the hint says, at the op's place
+    import functools
+
+    with pytest.raises(ManifestError) as caught:
+        pipeline.run([{"input": "in/in0.tif", "output": "out/d.tif", "ops": [
+            {"op": "custom", "function": functools.partial(mylab_ops.brighten, by=5)}]}],
+            base=tmp_path)
+    assert caught.value.problems == [
+        'jobs[0].ops[0].function: functools.partial of mylab_ops.brighten is not a function '
+        'the worker processes can import: give the function itself, and its keyword '
+        'arguments in the op\'s "params" ({"op": "custom", "function": mylab_ops.brighten, '
+        '"params": {"by": 5}})']
     in_a_cell.__module__, in_a_cell.__qualname__ = "__main__", "in_a_cell"
     with pytest.raises(ManifestError, match="defined in __main__.*a module of its own"):
         pipeline.run({"jobs": [{"input": "in/in0.tif", "output": "out/d.tif",

@@ -91,6 +91,8 @@ def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise CustomOperationError(f"custom op {spec} returned {type(out).__name__}, expected "
                                    f"a numpy array of shape {shape} and dtype {dtype}")
+    if out.dtype != dtype and out.dtype.newbyteorder("=") == dtype.newbyteorder("="):
+        out = out.astype(dtype)  # the right values in another byte order (``>u2``): native
     if out.shape != shape or out.dtype != dtype:
         raise CustomOperationError(
             f"custom op {spec} returned an array of shape {out.shape} and dtype {out.dtype} "
