@@ -95,8 +95,11 @@ class RunResult:
     run_id: str
     status: str  # the execution's status
     report: dict[str, Any] | None
-    report_url: str
-    work: str
+    #: where the report went (:func:`run` of a dict manifest without ``report``: None, the
+    #: temporary folder it was in removed)
+    report_url: str | None
+    #: the run's work location (:func:`run`: None unless kept, ``keep_work``)
+    work: str | None
     seconds: float
     error: str | None = None
     worker_peaks_mb: dict[int, float] = field(default_factory=dict)
@@ -118,7 +121,8 @@ class RunResult:
         error is the report's (it names the report's path; any other error, e.g. the
         engine's, is not to be fixed by another --report)."""
         return (self.summary is not None and bool(self.summary["jobs"])
-                and self.report_url in (self.error or "") and not self.unfinished_jobs)
+                and self.report_url is not None and self.report_url in (self.error or "")
+                and not self.unfinished_jobs)
 
     @property
     def unfinished_jobs(self) -> int:
@@ -193,7 +197,7 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     # the checks are the command's (check_run, run_local's): their messages say what to do in
     # this function's words (its arguments, not the command's options) as they are made
     with _run_env(CALLER_ENV, PYTHON_CALLER, replace=True), \
-            _manifest_file(manifest, base) as (path, temp_report):
+            _manifest_file(manifest, base) as (path, temp_report, kept):
         report = os.fspath(report) if report is not None else temp_report
         try:
             jobs = check_run(path, report, work)
@@ -213,9 +217,27 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                interpreter=interpreter, stop=stop,
                                definition_text=definition_text,
                                overwrite_report=overwrite_report, caller=PYTHON_CALLER)
+        if temp_report is not None:  # what was asked for, kept in the temporary folder
+            kept += [url for url, asked in ((result.work, keep_work and work is None),
+                                            (result.contact_sheet, report == temp_report))
+                     if asked and url is not None]
+    result = _named_if_there(result, keep_work, temp_report, kept)
     if ours and result.interrupted == signal.SIGINT:
         raise RunInterrupted(result)
     return result
+
+
+def _named_if_there(result: RunResult, keep_work: bool, temp_report: str | None,
+                    kept: list[str]) -> RunResult:
+    """``result`` naming no path that is gone: its ``work`` None unless kept (the run
+    removed it), and, for a dict manifest whose temporary folder was removed (nothing
+    there asked to be kept), its ``report_url`` None when the report was there."""
+    import dataclasses
+
+    gone = temp_report is not None and not kept
+    return dataclasses.replace(
+        result, work=result.work if keep_work else None,
+        report_url=None if gone and result.report_url == temp_report else result.report_url)
 
 
 def checked_workers(workers: Any) -> int:
@@ -272,13 +294,16 @@ def _given_as_dict(path: str) -> bool:
 
 @contextmanager
 def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
-                   ) -> Iterator[tuple[str, str | None]]:
-    """The manifest's path, and None; for a dict (or a list of jobs), the path of its JSON in
-    a temporary folder (removed after the block), its jobs' and scan's relative locations
-    taken from ``base``, and the path of a report there."""
+                   ) -> Iterator[tuple[str, str | None, list[str]]]:
+    """The manifest's path, None and a list; for a dict (or a list of jobs), the path of its
+    JSON in a temporary folder, its jobs' and scan's relative locations taken from ``base``,
+    the path of a report there, and a list: the folder is removed after the block unless
+    the block added to it what it keeps there (:func:`run`: the work or the contact sheet
+    asked for)."""
     if not isinstance(manifest, (dict, list)):
-        yield os.fspath(manifest), None
+        yield os.fspath(manifest), None, []
         return
+    import shutil
     import tempfile
 
     from pipeline.core.manifest import anchored
@@ -288,11 +313,16 @@ def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
     if problems:
         raise ManifestError("the manifest given", problems)
     text = json.dumps(anchored(doc, os.path.abspath(base or os.getcwd())))
-    with tempfile.TemporaryDirectory(prefix=_GIVEN_PREFIX) as folder:
+    folder = tempfile.mkdtemp(prefix=_GIVEN_PREFIX)
+    kept: list[str] = []
+    try:
         path = os.path.join(folder, _GIVEN_NAME)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
-        yield path, os.path.join(folder, "manifest.report.json")
+        yield path, os.path.join(folder, "manifest.report.json"), kept
+    finally:
+        if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _plain(value: Any, where: str, problems: list[str]) -> Any:

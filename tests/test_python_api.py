@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -58,7 +59,10 @@ def test_a_dict_manifest_runs_and_its_jobs_come_back(tmp_path: Path,
         assert [(j["status"], j.get("error", {}).get("type")) for j in result.jobs] == [
             ("SUCCEEDED", None), ("FAILED", "NotATiffError")]
         assert result.report["failed"] == 1
-        assert not os.path.exists(os.path.dirname(result.report_url))  # the temporary folder
+        # the temporary folder removed: the result names no path in it (nor the work gone)
+        assert result.report_url is None and result.work is None
+        assert result.report["manifest"].startswith(tempfile.gettempdir())
+        assert not os.path.exists(os.path.dirname(result.report["manifest"]))
         assert dict(os.environ) == env
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert _tiffpipe_threads() == []
@@ -74,6 +78,38 @@ def test_a_list_of_jobs_runs_as_its_manifest(tmp_path: Path):
                             "ops": [{"op": "invert"}]}], workers=1, base=tmp_path)
     assert result.ok and [j["status"] for j in result.jobs] == ["SUCCEEDED"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), 255 - pixels)
+
+
+def test_what_a_dict_manifests_run_is_asked_to_keep_is_kept(tmp_path: Path):
+    """``keep_work=True`` and ``contact_sheet=True`` with a dict manifest and no ``work=`` nor
+    ``report=``: the work and the sheet are in the manifest's temporary folder, which is
+    then kept, and every path the result names is there. Before, the folder was removed
+    after the run: the result named the work, the sheet and the report, all gone."""
+    _inputs(tmp_path)
+    jobs = [{"input": "in/in0.tif", "output": "out/a.tif"}]
+    for kwargs in ({"keep_work": True}, {"contact_sheet": True},
+                   {"keep_work": True, "contact_sheet": True}):
+        result = pipeline.run(jobs, workers=1, base=tmp_path, **kwargs)
+        assert result.ok
+        named = [result.report_url, result.work, result.contact_sheet]
+        assert [url is not None for url in named] == [
+            True, "keep_work" in kwargs, "contact_sheet" in kwargs]
+        assert all(os.path.exists(url) for url in named if url is not None), named
+        folder = os.path.dirname(result.report_url)
+        assert os.path.basename(folder).startswith("tiffpipe-manifest-")
+        assert result.report["manifest"] == os.path.join(folder, "manifest.json")
+        if result.work is not None:
+            assert (Path(result.work) / "run.json").exists()
+        import shutil
+
+        shutil.rmtree(folder)
+    # kept where given: the temporary folder has nothing asked for, and goes
+    result = pipeline.run(jobs, workers=1, base=tmp_path, keep_work=True,
+                          work=str(tmp_path / "w"), contact_sheet=True,
+                          report=str(tmp_path / "r.json"))
+    assert (result.work, result.report_url) == (str(tmp_path / "w"), str(tmp_path / "r.json"))
+    assert os.path.exists(result.contact_sheet) and (tmp_path / "w" / "run.json").exists()
+    assert not os.path.exists(os.path.dirname(result.report["manifest"]))
 
 
 def test_a_path_manifest_keeps_its_report_beside_it(tmp_path: Path):
