@@ -557,18 +557,42 @@ class _Published:
     """The run's listener (``then``), which also notes in ``outputs`` the output of every
     job that published one (a merge, or a ProcessJob, that did not skip it): what a run
     that lost its work location says it published (:func:`_lost_work`), from this process
-    (the work location, where the results are, is another run's by then)."""
+    (the work location, where the results are, is another run's by then). A listener that
+    raises (a bug in a progress bar) costs the run nothing: its error is logged once, with
+    its traceback and the listener's name, and it is not called again. Before, its
+    exception stopped the engine: every job FAILED, said to be transient."""
 
     def __init__(self, outputs: list[str], then: Listener | None) -> None:
         self.outputs, self.then = outputs, then
+        self._lock = threading.Lock()
 
     def __call__(self, function: str, event: dict[str, Any], ok: bool,
                  payload: dict[str, Any]) -> None:
         if (ok and event.get("action") in ("merge", "process_job") and isinstance(payload, dict)
                 and not payload.get("skipped") and isinstance(payload.get("output"), str)):
             self.outputs.append(payload["output"])
-        if self.then is not None:
-            self.then(function, event, ok, payload)
+        then = self.then
+        if then is None:
+            return
+        try:
+            then(function, event, ok, payload)
+        except Exception as exc:  # noqa: BLE001 - the listener's bug, not the run's
+            with self._lock:
+                first, self.then = self.then is then, None
+            if first:
+                log.error("the run's listener %s raised %s: %s (at the end of task %s.%s): "
+                          "the run goes on without calling it again; its traceback follows",
+                          _name_of(then), type(exc).__name__, exc, function,
+                          event.get("action") if isinstance(event, dict) else None,
+                          exc_info=exc)
+
+
+def _name_of(listener: Any) -> str:
+    """A listener as a person finds it: ``module.qualname`` of a function (of the class of
+    a callable object), else its repr."""
+    named = listener if hasattr(listener, "__qualname__") else type(listener)
+    module = getattr(named, "__module__", None)
+    return f"{module}.{named.__qualname__}" if module else repr(listener)
 
 
 def _lost_work(lease: work_lease.Holder, run_id: str, report_url: str, work: str,

@@ -196,6 +196,31 @@ def test_a_custom_op_given_as_a_function(tmp_path: Path, monkeypatch: pytest.Mon
                      base=tmp_path)
 
 
+def test_a_listener_that_raises_costs_the_run_nothing(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture):
+    """A listener with a bug (a progress bar's) raises at the first job planned: the run
+    goes on and every job succeeds; the error is logged once, naming the listener, with its
+    traceback, and the listener is not called again. Before, its exception stopped the
+    engine: every job FAILED with RunFailedError, ``fault: transient``, "run it again"."""
+    _inputs(tmp_path, count=2)
+    calls = []
+
+    def buggy_bar(function: str, event: dict, ok: bool, payload: dict) -> None:
+        calls.append(event.get("action"))
+        if event.get("action") == "plan_job":
+            raise ValueError("bug in my callback")
+
+    result = pipeline.run([{"input": f"in/in{i}.tif", "output": f"out/{i}.tif"}
+                           for i in range(2)], workers=2, base=tmp_path, listener=buggy_bar)
+    assert result.ok, result.jobs
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.tif", "1.tif"]
+    assert calls.count("plan_job") == 1 and calls[-1] == "plan_job"  # not called again
+    [logged] = [r for r in caplog.records if "listener" in r.getMessage()]
+    assert logged.levelname == "ERROR" and logged.exc_info[0] is ValueError
+    assert (f"the run's listener {__name__}.test_a_listener_that_raises_costs_the_run_nothing"
+            ".<locals>.buggy_bar raised ValueError: bug in my callback") in logged.getMessage()
+
+
 def test_ctrl_c_stops_the_run_cleanly_then_raises_keyboard_interrupt(tmp_path: Path):
     """Ctrl-C (SIGINT to the process, as a notebook's interrupt) once the first job is done:
     the run stops as ``tiffpipe run`` does (no task goes on publishing afterwards, the
