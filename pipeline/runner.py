@@ -400,16 +400,21 @@ def _ctrl_c_stops(stop: StopRequest) -> Iterator[bool]:
 
 
 def _check_not_a_starting_worker() -> None:
-    """RuntimeError in a worker process as it starts: a script that calls :func:`run`
+    """In a worker process as it starts, the message on stderr, then an exit with
+    :data:`~pipeline.engine.workers.UNGUARDED_MAIN_EXIT`: a script that calls :func:`run`
     without ``if __name__ == "__main__":`` is run again by each worker process (they are
-    spawned, as multiprocessing's), which would run the manifest again in each."""
+    spawned, as multiprocessing's), which would run the manifest again in each. The run
+    that started the worker knows it by that code, and fails each job that needs a worker
+    saying to guard the script (not blaming the job's custom op, not as transient)."""
     mp = sys.modules.get("multiprocessing")
     if mp is not None and getattr(mp.current_process(), "_inheriting", False):
-        raise RuntimeError(
-            "pipeline.run was called as a worker process of a run started: the script that "
-            "calls it must do so under `if __name__ == \"__main__\":` (tiffpipe's worker "
-            "processes are spawned, and import the script's main module again as they "
-            "start, as multiprocessing's do)")
+        from pipeline.engine.workers import UNGUARDED_MAIN_EXIT
+
+        print("pipeline.run was called as a worker process of a run started: the script "
+              "that calls it must do so under `if __name__ == \"__main__\":` (tiffpipe's "
+              "worker processes are spawned, and import the script's main module again as "
+              "they start, as multiprocessing's do)", file=sys.stderr, flush=True)
+        raise SystemExit(UNGUARDED_MAIN_EXIT)
 
 
 def run_local(manifest: str, workers: int, work: str | None = None, report: str | None = None,

@@ -259,16 +259,66 @@ def test_ctrl_c_stops_the_run_cleanly_then_raises_keyboard_interrupt(tmp_path: P
     assert pipeline.run(manifest, workers=1).ok
 
 
-def test_a_script_without_a_main_guard_is_told_in_its_workers(
-        monkeypatch: pytest.MonkeyPatch):
-    """A worker process starting imports the script's main module again (spawn): a script
-    that calls run without ``if __name__ == "__main__":`` ran the whole manifest again in
-    each worker; it is now a RuntimeError there that says what to do."""
-    import multiprocessing
+#: a script that runs a custom op (one needs a worker process) and prints its jobs
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {lib!r})
+import pipeline, mylab_ops
+{guard}r = pipeline.run([{{"input": "in/in0.tif", "output": "out/a.tif", "ops": [
+{guard}    {{"op": "custom", "function": mylab_ops.brighten}}]}}], workers=1, base={base!r})
+{guard}print(json.dumps([[j["status"], j.get("error")] for j in r.jobs]))
+"""
 
-    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
-    with pytest.raises(RuntimeError, match='if __name__ == "__main__"'):
-        pipeline.run({"jobs": []})
+
+def _script_jobs(tmp_path: Path, guard: str, stdin: bool) -> tuple[list, str]:
+    """The jobs of a run of :data:`SCRIPT` (its code under ``guard``) in a new interpreter,
+    fed on stdin (``python -``) or run as a file; and its stderr."""
+    _inputs(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "mylab_ops.py").write_text(
+        "def brighten(tile, by=1):\n    return tile + by\n")
+    code = SCRIPT.format(lib=str(tmp_path / "lib"), base=str(tmp_path),
+                         guard="    " if guard else "").replace(
+        "import pipeline, mylab_ops\n", f"import pipeline, mylab_ops\n{guard}")
+    (tmp_path / "script.py").write_text(code)
+    done = subprocess.run([sys.executable, "-" if stdin else str(tmp_path / "script.py")],
+                          input=code if stdin else None, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+
+def test_code_fed_on_stdin_runs_a_custom_op(tmp_path: Path):
+    """``python -`` (code on stdin, as a kernel or a pipe gives it): its main module's
+    ``__file__`` is ``<stdin>``, no file; the workers start as an interactive session's do.
+    Before, each worker failed to start (FileNotFoundError: '<cwd>/<stdin>'), and the job
+    failed after its retries, blamed on its custom op and said to be transient."""
+    jobs, stderr = _script_jobs(tmp_path, "", stdin=True)
+    assert jobs == [["SUCCEEDED", None]], stderr
+    assert "FileNotFoundError" not in stderr
+
+
+def test_a_script_without_a_main_guard_is_told_so(tmp_path: Path):
+    """A worker process starting imports the script's main module again (spawn): a script
+    that calls run without ``if __name__ == "__main__":`` calls it there again; the worker
+    stops, and the job that needs it fails saying to guard the script (EngineError, not
+    transient), at once. Before, it was a WorkerCrashedError after ~8 s of retries,
+    blaming the job's custom op ("mylab_ops:brighten ended it") and advising a rerun."""
+    jobs, stderr = _script_jobs(tmp_path, "", stdin=False)
+    [[status, error]] = jobs
+    assert (status, error["type"], error["fault"]) == ("FAILED", "EngineError", "platform")
+    assert f"imports the script that started the run ({tmp_path / 'script.py'}) again" in (
+        error["message"])
+    assert "guard the script's code with if __name__ == '__main__':" in error["message"]
+    assert "custom op" not in error["message"]
+    assert "must do so under `if __name__ == \"__main__\":`" in stderr  # the worker's own
+    # guarded, it runs
+    import shutil
+
+    for name in ("in", "lib", "out"):
+        shutil.rmtree(tmp_path / name, ignore_errors=True)  # (no out/: no job ran)
+    jobs, _ = _script_jobs(tmp_path, 'if __name__ == "__main__":\n', stdin=False)
+    assert jobs == [["SUCCEEDED", None]]
 
 
 def test_import_pipeline_loads_no_runner():

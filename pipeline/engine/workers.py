@@ -450,10 +450,11 @@ class WorkerPool:
                                        initargs=(env, os.getpid()))
             self.warm = 0
             # start every worker and import the steps now, not on its first task
-            for _ in range(workers):
-                pool.submit(_warm_up).add_done_callback(
-                    lambda _, p=pool: self._warmed(p))
-                started += 1
+            with _main_without_a_file():
+                for _ in range(workers):
+                    pool.submit(_warm_up).add_done_callback(
+                        lambda _, p=pool: self._warmed(p))
+                    started += 1
         except (OSError, MemoryError, RuntimeError) as exc:
             named = exhausted(exc)
             if named is None:
@@ -512,11 +513,25 @@ class WorkerPool:
             return False, {"errorType": "OutOfMemoryError",
                            "errorMessage": f"{task_where(function, event)}: {exc}"}
         except BrokenProcessPool as exc:
+            unguarded = _unguarded_main(pool)
             with self._lock:
                 if self._stopping:  # its workers were stopped: no new ones
                     return self._stopped_task(function, event)
-                if self._pool is pool:  # the first thread to notice rebuilds it
+                if unguarded is not None:  # each new worker would die the same way
+                    first, self.failed = self.failed is None, unguarded
+                    if self._pool is pool:
+                        self._pool = None
+                elif self._pool is pool:  # the first thread to notice rebuilds it
                     self._pool = self._new_pool()
+            if unguarded is not None:
+                if first:
+                    import logging
+
+                    logging.getLogger(__name__).warning(
+                        "the worker processes cannot start: %s", unguarded)
+                return False, {"errorType": type(unguarded).__name__,
+                               "errorMessage": f"{task_where(function, event)} needs a worker "
+                                              f"process, and none could start: {unguarded}"}
             _remove_crashed_output(event)
             return False, {"errorType": "WorkerCrashedError",
                            "errorMessage": f"a worker process died while running "
@@ -654,6 +669,52 @@ def _workers_the_files_allow() -> int:
     except (OSError, ValueError):
         return 1 << 30
     return max(0, (soft - in_use - FDS_KEPT_FOR_THE_ENGINE) // FDS_PER_WORKER)
+
+
+#: the exit code of a worker process that stopped as it started, because the script that
+#: started the run calls ``pipeline.run`` again when a worker imports it (no ``if __name__
+#: == "__main__":`` guard: :func:`pipeline.runner._check_not_a_starting_worker`)
+UNGUARDED_MAIN_EXIT = 117
+
+
+def _unguarded_main(pool: Any) -> TiffpipeError | None:
+    """Why the workers of a broken ``pool`` died, if one stopped as it started with
+    :data:`UNGUARDED_MAIN_EXIT`: an EngineError saying to guard the script (no worker can
+    start; before, each job that needed one failed after its retries, blamed on its custom
+    op and said to be transient)."""
+    from pipeline.errors import EngineError
+
+    if not any(p.exitcode == UNGUARDED_MAIN_EXIT for p in _processes(pool)):
+        return None
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+    return EngineError(
+        f"each worker process imports the script that started the run ({main}) again as "
+        f"it starts, and that script calls pipeline.run there: guard the script's code "
+        f"with if __name__ == '__main__': (move the call under it), then run it again")
+
+
+@contextmanager
+def _main_without_a_file() -> Iterator[None]:
+    """While the block starts worker processes: a main module whose ``__file__`` names no
+    file (code run from stdin, ``python -``: ``<stdin>``) without it, as an interactive
+    session's main module is. A spawned worker runs the file its parent's main module
+    names again (``multiprocessing.spawn.get_preparation_data``): one that is not there
+    stopped every worker as it started (FileNotFoundError), and every job that needs a
+    worker (a custom op) failed after its retries, blamed on its op. The workers need
+    nothing of the main module (a custom op's function is imported by its module's name)."""
+    from multiprocessing import process
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if (main is None or not isinstance(path, str) or getattr(main, "__spec__", None)
+            is not None or os.path.isfile(os.path.join(process.ORIGINAL_DIR or "", path))):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _processes(pool: Any) -> list[Any]:
