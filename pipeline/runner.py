@@ -581,7 +581,7 @@ class _Published:
             return
         try:
             then(function, event, ok, payload)
-        except Exception as exc:  # noqa: BLE001 - the listener's bug, not the run's
+        except Exception as exc:  # the listener's bug, not the run's
             with self._lock:
                 first, self.then = self.then is then, None
             if first:
