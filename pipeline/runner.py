@@ -374,10 +374,33 @@ def _as_json(value: Any) -> Any:
                 f"{module or 'no module'}{'' if '.' not in name else ' (nested)'}: the "
                 "worker processes import it by its module, so define it at the top of a "
                 "module of its own (a .py file on sys.path) and import it from there")
+        origin = getattr(value, "__globals__", {}).get("__file__")
+        if _not_importable_by_name(module):
+            folder = repr(os.path.dirname(origin)) if origin else "its folder"
+            raise TypeError(
+                f"the custom op's function {module}.{name} is of a module the worker "
+                f"processes cannot import by its name {module!r} (loaded from "
+                f"{origin or 'no file'}, not found on sys.path: they import it afresh, from "
+                f"sys.path): put its folder on sys.path before the run "
+                f"(sys.path.insert(0, {folder})), or install it")
         return f"{module}:{name}"
     if hasattr(value, "item") and not hasattr(value, "__len__"):  # a numpy scalar
         return value.item()
     raise TypeError(f"{type(value).__name__} {value!r} is not JSON")
+
+
+def _not_importable_by_name(module: str) -> bool:
+    """Whether a worker process, which imports a custom op's ``module`` by its name with
+    this process's ``sys.path`` and import hooks but none of its modules, would not find it:
+    its top package is found by no finder of ``sys.meta_path`` (a module loaded from a file
+    with ``importlib.util.spec_from_file_location``, or made in memory: only this process
+    has it). False when found, or when a finder fails (the job's PlanJob tells then)."""
+    top = module.partition(".")[0]
+    try:
+        return not any(getattr(finder, "find_spec", None) is not None
+                       and finder.find_spec(top, None) is not None for finder in sys.meta_path)
+    except Exception:  # noqa: BLE001 - a finder of the user's that fails: not known
+        return False
 
 
 @contextmanager

@@ -176,6 +176,27 @@ def test_a_custom_op_given_as_a_function(tmp_path: Path, monkeypatch: pytest.Mon
     def in_a_cell(tile: np.ndarray) -> np.ndarray:
         return tile
 
+    # a module loaded from its file, not on sys.path: this process has it (in sys.modules
+    # too), a worker would not find it by its name; refused before anything runs
+    import importlib.util
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "loose_ops.py").write_text("def inv(tile):\n    return ~tile\n")
+    spec = importlib.util.spec_from_file_location(
+        "loose_ops", tmp_path / "elsewhere" / "loose_ops.py")
+    loose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loose)
+    monkeypatch.setitem(sys.modules, "loose_ops", loose)
+    with pytest.raises(ManifestError) as caught:
+        pipeline.run([{"input": "in/in0.tif", "output": "out/e.tif", "ops": [
+            {"op": "custom", "function": loose.inv}]}], base=tmp_path)
+    [problem] = caught.value.problems
+    assert problem.startswith(
+        "jobs[0].ops[0].function: the custom op's function loose_ops.inv is of a module the "
+        f"worker processes cannot import by its name 'loose_ops' (loaded from {tmp_path}/"
+        "elsewhere/loose_ops.py, not found on sys.path"), problem
+    assert problem.endswith(f"(sys.path.insert(0, '{tmp_path}/elsewhere')), or install it")
+    assert not (tmp_path / "out" / "e.tif").exists()
     # a partial (its arguments bound) is no function the workers import: its keyword
     # arguments go in "params", as the hint says, at the op's place
     import functools
