@@ -168,7 +168,9 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     relative paths are taken from ``base`` (default: the current folder), its values may be
     ``os.PathLike`` and a custom op's ``function`` a function of an importable module; it
     is written to a temporary folder, with its report (kept only if ``report`` names a
-    path) and its default work location. Checked before anything runs, as the command
+    path) and its default work location, removed after the run unless it holds what was
+    asked to be kept (``keep_work`` without ``work``, ``contact_sheet`` without ``report``:
+    :func:`_named_if_there`). Checked before anything runs, as the command
     does (:func:`check_run`): ``ManifestError`` (every problem), ``InputNotFoundError``,
     ``StorageError``, ``OutputNotWritableError`` (the report's path; a file there that is
     no run report, unless ``overwrite_report``), ``WorkLocationError``,
