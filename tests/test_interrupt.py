@@ -147,6 +147,112 @@ def test_sigterm_to_the_command_alone_stops_its_workers(tmp_path: Path):
     assert not work.exists()
 
 
+#: a process that calls one of tiffpipe's signal handlers (``sys.argv[1]``: the command's,
+#: ``pipeline.run``'s, or a worker's SIGTERM handler) as a signal would, and, as though a
+#: second signal came at each line the first one's handling runs (Python runs a handler in
+#: the main thread between two of its bytecodes, so anywhere in the one it interrupts),
+#: calls it again there; exit 3 if the first call never returns (a lock the first one held)
+REENTERED = """
+import os, signal, sys, threading
+from contextlib import nullcontext
+from pipeline.engine import workers
+from pipeline.engine.local import LocalEngine, StopRequest
+from pipeline.steps import stopping
+
+which, stop = sys.argv[1], StopRequest()
+if which == "command":
+    from pipeline.cli import _stop_on_signals as installed
+elif which == "python":
+    from pipeline.runner import _ctrl_c_stops as installed
+else:  # a worker running a task
+    workers._task, installed = "split.process", lambda stop: nullcontext()
+engine = LocalEngine(2, stop=stop)
+with installed(stop), engine._watching():
+    handler = workers._on_sigterm if which == "worker" else signal.getsignal(signal.SIGINT)
+    raised = []
+
+    def again(frame, event, arg):  # (a trace function's own calls are not traced)
+        if event == "line":
+            try:
+                handler(signal.SIGTERM, None)
+            except BaseException as exc:
+                raised.append(type(exc).__name__)
+        return again
+
+    def first():
+        sys.settrace(lambda frame, event, arg: again)
+        try:
+            handler(signal.SIGINT, None)
+        except BaseException as exc:
+            raised.append(type(exc).__name__)
+        finally:
+            sys.settrace(None)
+
+    handling = threading.Thread(target=first, daemon=True)
+    handling.start()
+    handling.join(30)  # (a bound against the deadlock only)
+    if handling.is_alive():
+        print("the first signal's handler never returned", flush=True)
+        os._exit(3)
+    if which == "worker":
+        print(raised, stopping._requested.is_set())
+    else:  # the engine's stop watcher heard both: the run aborted, its tasks given up on
+        assert stop.signal in (signal.SIGINT, signal.SIGTERM) and stop.forced
+        engine._given_up.result(30)  # (a bound against a watcher never woken only)
+        assert engine.placement.aborted
+        print("stopped")
+engine.close()
+"""
+
+
+@pytest.mark.parametrize("which", ["command", "python", "worker"])
+def test_a_signal_handled_inside_another_signals_handling_returns(which: str):
+    """A second signal while the first was handled (``timeout`` forwards a Ctrl-C to the
+    command and to its process group: two at once) hung the command for ever, deaf to
+    SIGTERM: the nested handler waited for the lock of threading.Event.set, which the
+    handler it interrupted held (StopRequest woke the engine's watcher so; a worker's
+    SIGTERM handler set the steps' stop so, and the engine sends SIGTERM again and again).
+    Deterministic: the second call is made at every line of the first one's handling."""
+    done = subprocess.run([sys.executable, "-c", REENTERED, which], capture_output=True,
+                          text=True, timeout=90, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    expected = "['WorkerStopped'] True" if which == "worker" else "stopped"
+    assert done.stdout.strip() == expected, done.stderr
+
+
+#: a user operation that says it has started a tile (a file beside it), then sleeps
+SLEEPING_OP = ("import pathlib, time\n\ndef sleep(tile, seconds=600.0):\n"
+               "    pathlib.Path(__file__).with_name('started').touch()\n"
+               "    time.sleep(seconds)\n    return tile\n")
+
+
+def test_sigint_then_sigterm_at_once_ends_the_command(tmp_path: Path):
+    """SIGINT then SIGTERM back to back to the command while a custom op sleeps in a
+    worker (the hunt's case: it hung for 11 minutes): it ends as stopped by SIGINT (130),
+    the second signal ending its wait for the task, with the job marked and no worker
+    left."""
+    (tmp_path / "sleepop.py").write_text(SLEEPING_OP)
+    manifest = _manifest(tmp_path, 1, 512, [{"op": "custom", "function": "sleepop:sleep"}],
+                         tile=256)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    with _started(manifest, workers=2, env={"PYTHONPATH": path}) as proc:
+        deadline = time.monotonic() + 90  # against a hang only
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)  # (a bound against a hang, no timing)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "tiffpipe: interrupted (SIGINT): the job had not finished" in err, err
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["jobs"][0]["error"]["type"] == INTERRUPTED_ERROR
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], [p.cmdline() for p in alive]
+
+
 def _stopped_at_its_third_tile(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, int]:
     """A run of one job of 256 tiles, in this process, stopped (as the command's signal
     handler stops it) at the job's third tile: its result, and the tile checks made."""

@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Self
 
 from pipeline.adapters import kept_files
@@ -128,13 +129,20 @@ class StopRequest:
     """A request to stop a run (:class:`LocalEngine`'s ``stop``), made by a signal handler
     or any thread: :meth:`request` records the first signal and wakes the engine, which
     stops the run (:meth:`LocalEngine.abort`); a second request stops its waiting for the
-    tasks to stop. Safe in a signal handler: it only sets Events that the thread it
-    interrupts never holds (only the engine's watcher thread waits on them)."""
+    tasks to stop.
+
+    Safe in a signal handler, even one that interrupts another (a second signal as the
+    first is handled: a Ctrl-C that ``timeout`` forwards to the command and to its process
+    group comes twice at once): it takes no lock. A handler runs in the main thread between
+    two of its bytecodes, so a lock it took (``threading.Event.set``'s) could be held by the
+    very handler it interrupted, and it would wait for ever (the command hung, deaf to
+    SIGTERM). It only sets attributes and puts on the engine's ``queue.SimpleQueue``
+    (``put`` is reentrant C, never blocks), which the engine's watcher thread waits on."""
 
     def __init__(self) -> None:
         self.signal: int | None = None  # the first request's (0 without a signal)
         self.forced = False  # a second request
-        self._wakers: list[threading.Event] = []
+        self._wakers: list[queue.SimpleQueue[None]] = []
 
     def request(self, signum: int = 0) -> None:
         if self.signal is None:
@@ -142,7 +150,7 @@ class StopRequest:
         else:
             self.forced = True
         for waker in list(self._wakers):
-            waker.set()
+            waker.put(None)
 
 
 class LocalEngine:
@@ -280,9 +288,9 @@ class LocalEngine:
         if stop is None:
             yield
             return
-        # the signal handler sets ``waker`` while it is in the list; this thread (the one
-        # the handler interrupts) sets it only once out of it: never holding its lock then
-        waker, ended = threading.Event(), threading.Event()
+        # the signal handler puts on ``waker`` while it is in the list (StopRequest: no lock)
+        waker: queue.SimpleQueue[None] = queue.SimpleQueue()
+        ended = threading.Event()
         stop._wakers.append(waker)
         watcher = direct.CheckedThread(target=self._watch, args=(stop, waker, ended),
                                        name="tiffpipe-stop", daemon=True)
@@ -297,13 +305,13 @@ class LocalEngine:
         finally:
             stop._wakers.remove(waker)
             ended.set()
-            waker.set()
+            waker.put(None)
             watcher.join()
 
-    def _watch(self, stop: StopRequest, waker: threading.Event, ended: threading.Event) -> None:
+    def _watch(self, stop: StopRequest, waker: queue.SimpleQueue[None],
+               ended: threading.Event) -> None:
         while stop.signal is None:  # (a request made before the run: at once)
-            waker.wait()
-            waker.clear()
+            waker.get()
             if ended.is_set():
                 return
         self.abort()
@@ -312,8 +320,8 @@ class LocalEngine:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            waker.wait(left)
-            waker.clear()
+            with suppress(queue.Empty):
+                waker.get(timeout=left)
         if not ended.is_set():
             self.give_up()
 

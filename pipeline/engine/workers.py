@@ -230,15 +230,19 @@ def _warm_up() -> None:
 def _on_sigterm(signum: int, _: Any) -> None:
     """SIGTERM in a worker: an idle worker exits (nothing to clean up); a task stops once,
     with :class:`WorkerStopped` in the worker's main thread, which runs it, and its tile
-    threads stop at their next tile (:mod:`pipeline.steps.stopping`), as on any error."""
+    threads stop at their next tile (:mod:`pipeline.steps.stopping`), as on any error.
+    Only the first SIGTERM of a task does anything (the engine sends it again and again
+    while it waits for the worker to end): marked first, so that one coming while the
+    first is handled (a handler interrupts its own thread) never waits for the lock of
+    ``stopping.request``'s Event, which the handler it interrupted may hold (for ever)."""
     global _stopped
     if _task is None:
         os._exit(128 + signum)
-    from pipeline.steps import stopping
+    first, _stopped = not _stopped, True
+    if first:
+        from pipeline.steps import stopping
 
-    stopping.request()
-    if not _stopped:
-        _stopped = True
+        stopping.request()
         raise WorkerStopped(f"worker process {os.getpid()} was stopped "
                             f"({signal.Signals(signum).name}) while it ran {_task}")
 
