@@ -253,6 +253,63 @@ def test_sigint_then_sigterm_at_once_ends_the_command(tmp_path: Path):
     assert alive == [], [p.cmdline() for p in alive]
 
 
+#: ``pipeline.run`` of the manifest ``sys.argv[1]`` (its op sleeping in a worker) whose
+#: engine would wait an hour for its tasks to stop after a Ctrl-C (STOP_GRACE_S); a file
+#: ``requested`` beside the manifest once a Ctrl-C has been handled
+PYTHON_RUN = """
+import pathlib, signal, sys
+import pipeline
+from pipeline.engine import local
+
+local.STOP_GRACE_S = 3600.0
+manifest = pathlib.Path(sys.argv[1])
+
+
+class Told(pipeline.StopRequest):
+    def request(self, signum=0):
+        super().request(signum)
+        (manifest.parent / "requested").touch()
+
+
+if __name__ == "__main__":
+    try:
+        pipeline.run(str(manifest), workers=2, stop=Told())
+    except pipeline.RunInterrupted as exc:
+        print(signal.Signals(exc.result.interrupted).name, exc.result.unfinished)
+"""
+
+
+def test_a_second_ctrl_c_ends_pipeline_runs_wait_for_its_tasks(tmp_path: Path):
+    """``pipeline.run`` (docs/python.md): a second Ctrl-C stops the waiting for the tasks,
+    here a custom op that sleeps on in a worker. The run would wait an hour after the first
+    (its grace made so): it returns, RunInterrupted, on the second. (A hunt saw no
+    difference with ``timeout`` in between: it forwards a signal once, then ignores it.)"""
+    (tmp_path / "sleepop.py").write_text(SLEEPING_OP)
+    manifest = _manifest(tmp_path, 1, 512, [{"op": "custom", "function": "sleepop:sleep"}],
+                         tile=256)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    (tmp_path / "script.py").write_text(PYTHON_RUN)
+    proc = subprocess.Popen([sys.executable, "script.py", str(manifest)], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": path})
+    try:
+        for marker in ("started", "requested"):  # the op runs; the first Ctrl-C is handled
+            deadline = time.monotonic() + 90  # against a hang only
+            while not (tmp_path / marker).exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.02)
+            os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=90)  # (a bound against a hang, no timing)
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == "SIGINT [0]", err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def _stopped_at_its_third_tile(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, int]:
     """A run of one job of 256 tiles, in this process, stopped (as the command's signal
     handler stops it) at the job's third tile: its result, and the tile checks made."""
