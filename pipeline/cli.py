@@ -561,9 +561,18 @@ def _failed_line(result: RunResult) -> str:
     if not unfinished:
         return (f"tiffpipe: the run failed after its {len(jobs)} job(s) had ended: "
                 f"{error}; {outputs}; no report was written")
+    # (a file at the path of a job not finished: an earlier run's, as the jobs' rows say)
+    one, over = unfinished == 1, result.unfinished_over_a_file
+    where = ("the file at its output path is" if one
+             else "the files at their output paths are" if over == unfinished
+             else "the file at the output path of 1 of them is" if over == 1
+             else f"the files at the output paths of {over} of them are")
+    whose = "the job's output" if over == 1 else "the jobs' outputs"
+    files = (f", and {where} not known to be this run's, which a rerun with \"if_exists\": "
+             f"\"skip\" would take for {whose}") if over else ""
     return (f"tiffpipe: the run failed: {error}; {len(jobs) - unfinished} of "
-            f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} have no output "
-            "(no report was written): run them again")
+            f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} wrote no "
+            f"output{files} (no report was written): run {'it' if one else 'them'} again")
 
 
 def _interrupted_line(result: RunResult, signum: int) -> str:

@@ -131,6 +131,14 @@ class RunResult:
                    for j in (self.summary or {}).get("jobs", []))
 
     @property
+    def unfinished_over_a_file(self) -> int:
+        """Of :attr:`unfinished_jobs`, those whose output path holds a file (an earlier one,
+        or one not known to be this run's: their messages say which)."""
+        return sum(j.get("error", {}).get("type") == RUN_FAILED_ERROR
+                   and FILE_LEFT in j["error"].get("message", "")
+                   for j in (self.summary or {}).get("jobs", []))
+
+    @property
     def ok(self) -> bool:
         return (self.status == "SUCCEEDED" and self.report is not None
                 and self.report.get("failed", 1) == 0 and self.interrupted is None)
@@ -834,14 +842,15 @@ def _unfinished_as(work: str, error_type: str, message: str
             there = _file_left_at(job["output"], doc.get("started_at"))
             if there and message.endswith(NO_OUTPUT):
                 job["error"]["message"] = message[:-len(NO_OUTPUT)] + (
-                    f"this run wrote no output, and the file at its output path is {there}, "
-                    "which a rerun with \"if_exists\": \"skip\" would take for this job's: "
-                    "run it again")
+                    f"{FILE_LEFT}{there}, which a rerun with \"if_exists\": \"skip\" would "
+                    "take for this job's: run it again")
     return doc, url
 
 
 #: how a job the run did not finish is said to have no output of the run's (its message's end)
 NO_OUTPUT = "no output written; run it again"
+#: what it says instead when a file is at its output path (then what the file is)
+FILE_LEFT = "this run wrote no output, and the file at its output path is "
 
 
 def _file_left_at(output: str, since: float | None) -> str | None:

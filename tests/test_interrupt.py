@@ -374,6 +374,38 @@ def test_a_stopped_job_over_an_earlier_output_says_the_file_is_not_this_runs(
         'with "if_exists": "skip" would take for this job\'s: run it again')
 
 
+def test_a_run_that_failed_as_a_whole_says_which_unfinished_jobs_paths_hold_a_file(
+        tmp_path: Path):
+    """A run that fails as a whole (its engine stopped: here its listener raised) has no
+    report; its line (even with --quiet) said "the other 2 have no output" though one's path
+    held an earlier file (its summary row said so), which a rerun with ``if_exists: skip``
+    takes for the job's. It says so, as the rows do."""
+    from pipeline import cli
+    from pipeline.runner import run_local
+
+    manifest = _manifest(tmp_path, 2, 512, [{"op": "invert"}])
+    (tmp_path / "out").mkdir()
+    earlier = tmp_path / "out" / "out1.tif"
+    tifffile.imwrite(earlier, np.zeros((8, 8), np.uint8))
+    os.utime(earlier, (time.time() - 3600, time.time() - 3600))  # an hour before the run
+
+    def listener(function: str, event: dict[str, Any], ok: bool, payload: Any) -> None:
+        if event.get("action") == "plan_job":
+            raise RuntimeError("the listener broke")
+
+    result = run_local(str(manifest), 1, listener=listener)
+    assert result.report is None and result.unfinished_jobs == 2, result
+    assert cli._failed_line(result).endswith(
+        "; 0 of 2 jobs had finished, no output was published; the other 2 wrote no output, "
+        "and the file at the output path of 1 of them is not known to be this run's, which a "
+        'rerun with "if_exists": "skip" would take for the job\'s output (no report was '
+        "written): run them again")
+    earlier.unlink()  # none there: as before, but in number
+    result = run_local(str(manifest), 1, listener=listener)
+    assert cli._failed_line(result).endswith(
+        "; the other 2 wrote no output (no report was written): run them again")
+
+
 def test_a_stopped_job_removes_its_own_temporaries_not_another_runs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The temporary files beside a stopped job's output that this run made (its run id in
