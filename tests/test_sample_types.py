@@ -219,3 +219,23 @@ def test_otsu_of_uint16_is_opencvs(seed):
     img = np.clip(img, 0, 65535).astype(np.uint16).reshape(1, -1)
     t, _ = cv2.threshold(img, 0, 65535, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     assert stats_mod.otsu_threshold(stats_mod.histogram(img)) == t
+
+
+@pytest.mark.parametrize(("dtype", "why"), [
+    ("uint16", "for uint16 OpenCV's medianBlur takes ksize 3 or 5 only"),
+    ("float16", "for float16 OpenCV's medianBlur takes ksize 3 or 5 only"),
+    ("uint32", "for uint32 its median is tiffpipe's own (OpenCV has none for it), up to "
+               "ksize 5 as OpenCV's for other types"),
+    ("float64", "for float64 its median is tiffpipe's own"),
+])
+def test_a_median_above_ksize_5_says_why_for_its_type(dtype: str, why: str):
+    """median_blur's ksize above 5 is for uint8 only: the refusal said "OpenCV allows only
+    ksize 3 or 5" for uint32, which OpenCV has no median for at all (tiffpipe's numpy
+    median, capped as OpenCV's)."""
+    from pipeline.core.ops import OPS
+
+    problem = OPS["median_blur"].accepts({"ksize": 7}, np.dtype(dtype), 1)
+    assert problem is not None and problem.startswith(
+        f"median_blur with ksize 7 needs uint8 pixels ({why}")
+    assert problem.endswith("use ksize <= 5, or convert to uint8 first")
+    assert OPS["median_blur"].accepts({"ksize": 5}, np.dtype(dtype), 1) is None

@@ -257,10 +257,18 @@ def _percentile_check(p: dict[str, Any]) -> str | None:
 # --- the registry -------------------------------------------------------------------
 
 
+#: the types other than uint8 whose median is cv2.medianBlur's (int8 and float16 through
+#: int16 and float32; docs/sample-types.md): 32 and 64-bit integers and float64 have numpy's
+_OPENCV_MEDIAN_TYPES = ("uint16", "int16", "float32", "int8", "float16")
+
+
 def _median_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | None:
     if np.dtype(dtype) != np.uint8 and p["ksize"] > 5:
-        return f"median_blur with ksize {p['ksize']} needs uint8 pixels (OpenCV allows only " \
-               f"ksize 3 or 5 for {np.dtype(dtype).name}); use ksize <= 5"
+        how = ("OpenCV's medianBlur takes ksize 3 or 5 only" if np.dtype(dtype).name in
+               _OPENCV_MEDIAN_TYPES else "its median is tiffpipe's own (OpenCV has none for "
+               "it), up to ksize 5 as OpenCV's for other types")
+        return f"median_blur with ksize {p['ksize']} needs uint8 pixels (for " \
+               f"{np.dtype(dtype).name} {how}); use ksize <= 5, or convert to uint8 first"
     return None
 
 
@@ -419,7 +427,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        halo_help="as gaussian_blur"),
     Op("invert", "cv2.bitwise_not(img) for integers (max - v unsigned, -1 - v signed); "
        "1 - img for floats", (), fn.invert, linear=fn.invert_linear, binary=_keeps),
-    Op("gamma", "max * (img / max) ** (1 / gamma), rounded (a LUT for integers)",
+    Op("gamma", "max * (max(img, 0) / max) ** (1 / gamma), rounded (a LUT for integers); "
+       "floats: max(img, 0) ** (1 / gamma)",
        (Param("gamma", "number", "gamma; > 1 brightens", required=True, gt=0, le=100),), fn.gamma,
        binary=_keeps),
     Op("threshold", "cv2.threshold(img, value, max, THRESH_BINARY); max = dtype max (1.0 float)",
