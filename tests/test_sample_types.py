@@ -224,8 +224,8 @@ def test_otsu_of_uint16_is_opencvs(seed):
 @pytest.mark.parametrize(("dtype", "why"), [
     ("uint16", "for uint16 OpenCV's medianBlur takes ksize 3 or 5 only"),
     ("float16", "for float16 OpenCV's medianBlur takes ksize 3 or 5 only"),
-    ("uint32", "for uint32 its median is tiffpipe's own (OpenCV has none for it), up to "
-               "ksize 5 as OpenCV's for other types"),
+    ("uint32", ("for uint32 its median is tiffpipe's own (OpenCV has none for it), up to "
+                "ksize 5 as OpenCV's for other types")),
     ("float64", "for float64 its median is tiffpipe's own"),
 ])
 def test_a_median_above_ksize_5_says_why_for_its_type(dtype: str, why: str):
