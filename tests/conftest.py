@@ -400,6 +400,24 @@ def moto_s3(mp: pytest.MonkeyPatch, bucket: str) -> Iterator[Any]:
         yield client
 
 
+def without_credentials(mp: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AWS credentials anywhere boto3 looks (the variables unset, the shared files a
+    path with nothing there, no instance metadata), as on a machine never given any;
+    tiffpipe's S3 client made again, and no output probe that passed with the credentials
+    before remembered (:data:`~pipeline.adapters.storage.WRITABLE_FOR_S`)."""
+    from pipeline.adapters import storage
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        mp.delenv(var, raising=False)
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    mp.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    mp.setattr(storage, "_client", None)
+    mp.setattr(storage, "_writable", {})
+
+
 # --- a moto server --------------------------------------------------------------------------
 #
 # For tests whose worker processes (or Docker containers) must reach S3: moto's in-process

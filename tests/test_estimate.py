@@ -1771,8 +1771,8 @@ def test_estimate_reads_s3_inputs_at_the_endpoint_url(
     """estimate had no --endpoint-url (start, status and deploy.py have): against an
     emulator it failed "Could not connect to ..." with no word of the endpoint. Given it,
     the inputs are read there, though AWS_ENDPOINT_URL names a port where nothing answers;
-    without it, the error says to set AWS_ENDPOINT_URL or give --endpoint-url; a value that
-    is no URL is a usage error naming the option."""
+    without it, the error names AWS_ENDPOINT_URL's value, to check, and --endpoint-url; a
+    value that is no URL is a usage error naming the option."""
     import boto3
 
     from pipeline.adapters import storage
@@ -1800,8 +1800,10 @@ def test_estimate_reads_s3_inputs_at_the_endpoint_url(
     code, out, err = _cli("estimate", str(manifest))
     assert (code, out) == (2, ""), err
     assert "Could not connect to the endpoint URL" in err
-    assert ("(an S3 emulator or another S3 service: set AWS_ENDPOINT_URL to its URL, or give "
-            "tiffpipe estimate, start and status --endpoint-url)") in err, err
+    assert ("(AWS_ENDPOINT_URL is http://127.0.0.1:9: check that the S3 emulator or service "
+            "meant runs and answers there, or set AWS_ENDPOINT_URL to its URL, or give "
+            "tiffpipe estimate, start and status --endpoint-url; unset it for AWS itself)"
+            ) in err, err
 
     code, out, err = _cli("estimate", str(manifest), "--endpoint-url", "localhost:4566")
     assert (code, out) == (2, "")

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 from botocore.exceptions import ClientError, ReadTimeoutError
-from conftest import moto_s3
+from conftest import moto_s3, without_credentials
 
 from pipeline.adapters import storage
 from pipeline.errors import (
+    PLATFORM_FAULT,
     AccessDeniedError,
     InputNotFoundError,
     NotATiffError,
@@ -21,6 +22,7 @@ from pipeline.errors import (
     OutputNotWritableError,
     StorageError,
     WorkMissingError,
+    fault_of,
 )
 
 BUCKET = "tp-bucket"
@@ -614,6 +616,74 @@ def test_access_denied_is_a_storage_error_of_its_own(s3):
     assert "deploy.py --data-bucket, --input-bucket" in str(got.value)
 
 
+def test_missing_or_refused_credentials_are_access_denied_not_transient(s3, tmp_path,
+                                                                        monkeypatch):
+    """No credentials: each job failed with a StorageError ("Unable to locate credentials;
+    check the URL, bucket, network and endpoint"), which the state machine retries and the
+    report calls transient (rerun as it is), though a rerun meets it again. Now an
+    AccessDeniedError (not retried, a platform fault) saying how to give credentials; so
+    are credentials S3 does not take (a key it does not know, a token expired)."""
+    s3.put_object(Bucket=BUCKET, Key="in/a.tif", Body=b"II*\x00")
+    without_credentials(monkeypatch, tmp_path)
+    for call in (lambda: storage.open_input("s3://tp-bucket/in/a.tif"),
+                 lambda: storage.read_bytes("s3://tp-bucket/in/a.tif")):
+        with pytest.raises(AccessDeniedError) as got:
+            call()
+        message = str(got.value)
+        assert message.startswith("s3://tp-bucket/in/a.tif: cannot "), message
+        assert "no AWS credentials that S3 takes (Unable to locate credentials): set " \
+               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" in message
+        assert "or AWS_PROFILE" in message and "network and endpoint" not in message
+        assert not storage.transient(got.value.__cause__)
+    assert fault_of(type(got.value).__name__) == PLATFORM_FAULT
+    with pytest.raises(OutputNotWritableError, match="output s3://tp-bucket/out/a.tif: no AWS "
+                                                     "credentials that S3 takes"):
+        storage.check_writable("s3://tp-bucket/out/a.tif")
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXPIRED")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+    def expired(**_):  # S3's answer to a session token past its expiry
+        raise ClientError({"Error": {"Code": "ExpiredToken",
+                                     "Message": "The provided token has expired."}}, "GetObject")
+
+    storage.s3_client().meta.events.register("provide-client-params.s3.GetObject", expired)
+    with pytest.raises(AccessDeniedError, match="no AWS credentials that S3 takes .An error "
+                                                ".*ExpiredToken"):
+        storage.read_bytes("s3://tp-bucket/in/a.tif")
+
+
+def test_an_input_in_a_bucket_that_does_not_exist_is_told_over_http(moto_server, monkeypatch):
+    """A HeadObject's 404 carries no body, so no error code: an input opened in a bucket
+    that does not exist was told as a missing key ("check the path or URL and that the file
+    is there") by run, validate, inspect, preview and estimate. One HeadBucket, on that
+    failure only, tells the bucket; a missing key in a bucket that exists stays a missing
+    key. (moto's in-process mock gives its HEAD a body: a server, as S3 is reached.)"""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(storage, "_client", None)
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="tp-there")
+    calls: list[str] = []
+    storage.s3_client().meta.events.register(
+        "before-call.s3.*", lambda model, **_: calls.append(model.name))
+    with pytest.raises(InputNotFoundError) as got:
+        storage.open_input("s3://tp-nowhere/in/a.tif")
+    assert str(got.value) == ("s3://tp-nowhere/in/a.tif does not exist: its bucket, "
+                              "tp-nowhere, does not exist: check the URL")
+    assert calls == ["HeadObject", "HeadBucket"]
+    with pytest.raises(InputNotFoundError) as got:
+        storage.open_input("s3://tp-there/in/a.tif")
+    assert str(got.value) == ("s3://tp-there/in/a.tif does not exist: check the path or URL "
+                              "and that the file is there")
+    calls.clear()
+    assert not storage.exists("s3://tp-nowhere/work/a.json")  # a work file: no HeadBucket
+    assert calls == ["HeadObject"]
+
+
 def test_the_emulator_advice_is_given_only_outside_a_lambda_function(monkeypatch):
     """S3 that cannot be reached was met with the advice to set AWS_ENDPOINT_URL (an
     emulator's) everywhere: in a Lambda function too, where a connection error is the
@@ -627,7 +697,8 @@ def test_the_emulator_advice_is_given_only_outside_a_lambda_function(monkeypatch
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv(RUN_TAG_ENV, raising=False)
+    for var in (RUN_TAG_ENV, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
     unreachable = boto3.session.Session(region_name="us-east-1").client(
         "s3", endpoint_url="http://127.0.0.1:9",  # nothing answers there
         config=Config(retries={"mode": "standard", "total_max_attempts": 1}))  # no backoff
@@ -644,6 +715,31 @@ def test_the_emulator_advice_is_given_only_outside_a_lambda_function(monkeypatch
         assert str(got.value).startswith(f"{url}: cannot read: Could not connect"), got.value
         assert "check the URL, bucket, network and endpoint" in str(got.value)
     assert advice in str(local.value) and advice not in str(on_lambda.value)
+
+
+def test_the_emulator_advice_names_the_endpoint_variable_when_it_is_set(monkeypatch):
+    """With AWS_ENDPOINT_URL set to where nothing answers, the advice was to set
+    AWS_ENDPOINT_URL to the emulator's URL: it is set. Now it names the variable and its
+    value, to check what answers there (AWS_ENDPOINT_URL_S3 first: boto3 takes it first)."""
+    from pipeline.core.constants import RUN_TAG_ENV
+
+    for var in (RUN_TAG_ENV, "AWS_LAMBDA_FUNCTION_NAME", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # (no backoff: nothing answers anyway)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+    monkeypatch.setattr(storage, "_client", None)
+    with pytest.raises(StorageError) as got:
+        storage.read_json("s3://tp-bucket/runs/r.json")
+    assert ("(AWS_ENDPOINT_URL is http://127.0.0.1:9: check that the S3 emulator or service "
+            "meant runs and answers there, or set AWS_ENDPOINT_URL to its URL, or give "
+            "tiffpipe estimate, start and status --endpoint-url; unset it for AWS itself)"
+            ) in str(got.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    with pytest.raises(StorageError, match="AWS_ENDPOINT_URL_S3 is http://127.0.0.1:9: "):
+        storage.read_json("s3://tp-bucket/runs/r.json")
 
 
 def test_check_not_input_refuses_the_input_under_another_name(tmp_path):

@@ -211,6 +211,75 @@ def transient(exc: BaseException | None) -> bool:
                             botocore_exceptions.HTTPClientError))
 
 
+#: botocore's errors of credentials it cannot find or use (none set, half set, a profile
+#: that is not there, an SSO session or a credential process that fails), by name
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound",
+                      "CredentialRetrievalError", "NoAuthTokenError", "TokenRetrievalError",
+                      "SSOError")
+#: S3's answers to a request signed with credentials it does not take: a key it does not
+#: know, a wrong secret, a session token expired or malformed
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                     "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired"}
+
+
+def credentials_problem(exc: BaseException) -> str | None:
+    """What is wrong, and what to do, when an S3 call failed for want of credentials that
+    S3 takes (:data:`_CREDENTIAL_ERRORS`, :data:`_CREDENTIAL_CODES`); None for any other
+    error. Not a transient failure: a retry, or a rerun as it is, meets it again."""
+    botocore_exceptions = sys.modules.get("botocore.exceptions")
+    if botocore_exceptions is None:
+        return None
+    kinds = tuple(getattr(botocore_exceptions, name) for name in _CREDENTIAL_ERRORS
+                  if hasattr(botocore_exceptions, name))
+    if not isinstance(exc, kinds) and _code(exc) not in _CREDENTIAL_CODES:
+        return None
+    return (f"no AWS credentials that S3 takes ({exc}): set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN with temporary ones), or AWS_PROFILE "
+            "to a profile of ~/.aws/config (`aws configure`; `aws sso login` renews an SSO "
+            "one), then run again")
+
+
+#: the variables that send boto3's S3 calls elsewhere than AWS, the first set winning
+_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def endpoint_advice() -> str:
+    """What to do about an S3 endpoint that cannot be reached from a shell: with one of
+    :data:`_ENDPOINT_VARS` set, check what answers at its value (it was used), named; else
+    set AWS_ENDPOINT_URL to an emulator's URL. Either: or give a command --endpoint-url."""
+    name = next((var for var in _ENDPOINT_VARS if os.environ.get(var)), None)
+    option = "give tiffpipe estimate, start and status --endpoint-url"
+    if name is None:
+        return f"an S3 emulator or another S3 service: set AWS_ENDPOINT_URL to its URL, or {option}"
+    return (f"{name} is {os.environ[name]}: check that the S3 emulator or service meant runs "
+            f"and answers there, or set {name} to its URL, or {option}; unset it for AWS "
+            "itself")
+
+
+def _no_bucket(url: str, missing: type[TiffpipeError]) -> bool:
+    """Whether the bucket of an S3 input that S3 answered 404 for (a HeadObject, whose
+    answer has no body: no error code to tell a missing key from a missing bucket) does not
+    exist (:func:`bucket_missing`), asked only then, and only of an input (``missing`` an
+    :class:`InputNotFoundError`: a missing work file is looked for often, and its bucket is
+    the run's)."""
+    return is_s3(url) and issubclass(missing, InputNotFoundError) and bucket_missing(url)
+
+
+def bucket_missing(url: str) -> bool:
+    """Whether the bucket of the S3 URL ``url`` is known not to exist: one HeadBucket
+    answered 404. Any other answer (the bucket there; 403, another's or not to be looked at
+    with these credentials; no answer) is False: not known to be missing."""
+    try:
+        s3_client().head_bucket(Bucket=split_s3(url)[0])
+    except _aws_errors() as exc:
+        return _code(exc) in ("404", "NoSuchBucket")
+    return False
+
+
+#: what an S3 output whose bucket does not exist is told (after "output URL: ")
+NO_OUTPUT_BUCKET = "the bucket does not exist: create it or fix the output URL"
+
+
 def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:
     if issubclass(cls, WorkMissingError):
         return cls(f"{url} does not exist: an earlier step should have written it; "
@@ -229,11 +298,14 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         yield
     except (FileNotFoundError, *_aws_errors()) as exc:
         code = _code(exc)
-        if missing and code == "NoSuchBucket":
+        if missing and (code == "NoSuchBucket" or (code == "404" and _no_bucket(url, missing))):
             raise missing(f"{url} does not exist: its bucket, {split_s3(url)[0]}, does not "
                           "exist: check the URL") from exc
         if missing and (isinstance(exc, FileNotFoundError) or code in _MISSING_CODES):
             raise _missing(missing, url) from exc
+        credentials = credentials_problem(exc)
+        if credentials:
+            raise AccessDeniedError(f"{url}: cannot {verb}: {credentials}") from exc
         if code in ("403", "AccessDenied"):
             raise AccessDeniedError(
                 f"{url}: access denied ({verb}): check the credentials and permissions (S3 "
@@ -251,10 +323,7 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         connection = sys.modules["botocore.exceptions"].ConnectionError
         emulator = isinstance(exc, connection) and lambda_function() is None
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
-                           "and endpoint" + (
-                               " (an S3 emulator or another S3 service: set AWS_ENDPOINT_URL "
-                               "to its URL, or give tiffpipe estimate, start and status "
-                               "--endpoint-url)" if emulator else "")
+                           "and endpoint" + (f" ({endpoint_advice()})" if emulator else "")
                            ) from exc
     except OSError as exc:
         if verb == "write" and exc.errno in UNWRITABLE:
@@ -961,7 +1030,7 @@ def _check_s3_writable(url: str, started: Callable[[str], None] | None,
     except _aws_errors() as exc:
         code = _code(exc)
         if code in _MISSING_CODES:
-            what = "the bucket does not exist: create it or fix the output URL"
+            what = NO_OUTPUT_BUCKET
         elif code in ("403", "AccessDenied", "AllAccessDisabled"):
             what = ("writing there is not allowed (a test upload, started and aborted, was "
                     f"denied: {exc}). On AWS the stack writes only under its --data-bucket "
@@ -970,7 +1039,8 @@ def _check_s3_writable(url: str, started: Callable[[str], None] | None,
                     "again naming its location with --data-bucket; locally, your "
                     "credentials need s3:PutObject there")
         else:
-            what = f"cannot start an upload there ({exc}): check the credentials and permissions"
+            what = credentials_problem(exc) or (f"cannot start an upload there ({exc}): check "
+                                                "the credentials and permissions")
         raise OutputNotWritableError(f"output {url}: {what}") from exc
     if started is not None:
         try:  # (the record's error, the work location's: raised as it is)
