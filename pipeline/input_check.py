@@ -55,16 +55,30 @@ def jobs_of(parsed: list[JobSpec] | ScanSpec) -> list[JobSpec]:
 def check_job(job: int, spec: JobSpec) -> JobCheck:
     """Job ``job`` checked as PlanJob checks it (:func:`pipeline.steps.planning.
     output_exists`, then :func:`~pipeline.steps.planning.checked_plan`), every refused page
-    a problem of its own."""
+    a problem of its own, and the input read whatever the output's checks found (an output
+    that cannot be written, or looked at, and an input that cannot be read: both told; the
+    error is the first, the one PlanJob fails the job with)."""
     from pipeline.steps import planning
 
     refused: list[tuple[int, TiffpipeError]] = []
+    failed: list[Exception] = []
     try:
         if planning.output_exists(spec):
             return JobCheck(spec, skipped=True)
-        plan, problems = planning.checked_plan(job, spec, "validate", 0.0, refused=refused)
     except Exception as exc:  # noqa: BLE001 - PlanJob fails the job with it: so does this
-        return JobCheck(spec, type(exc).__name__, (str(exc),))
+        failed.append(exc)
+    try:
+        if failed:  # (the output's checks would fail the same: its input's are read)
+            plan, problems = planning.read_plan(job, spec, "validate", 0.0, refused=refused)
+        else:
+            plan, problems = planning.checked_plan(job, spec, "validate", 0.0,
+                                                   refused=refused, failed=failed)
+    except Exception as exc:  # noqa: BLE001 - as above
+        failed.append(exc)
+        return JobCheck(spec, type(failed[0]).__name__, tuple(map(str, failed)))
+    if failed:
+        return JobCheck(spec, type(failed[0]).__name__,
+                        (*map(str, failed), *grouped_by_page(problems)), note=plan.note)
     if problems:  # PlanJob raises the first refused page's error, else OperationError
         error = type(refused[0][1]).__name__ if refused else "OperationError"
         return JobCheck(spec, error, tuple(grouped_by_page(problems)), note=plan.note)

@@ -518,3 +518,38 @@ def test_a_listed_overview_of_a_geotiff_says_its_output_is_not_georeferenced(tmp
          "without GeoTIFF tags of their own (GDAL places an overview by its page's): the "
          "output is not georeferenced; for a georeferenced reduced copy, process page 0 with "
          'a {"op": "downsample"} instead')]
+
+
+def test_an_output_and_an_input_both_unreachable_are_both_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Without credentials, a job of an S3 input and an S3 output was told its output's
+    problem only, though validate --inputs lists every problem: now its input is read still
+    and told too; the error is the output's, the one PlanJob fails the job with."""
+    from conftest import without_credentials
+
+    f = _files(tmp_path / "in")
+    with moto_s3(monkeypatch, "bkt") as s3:
+        s3.upload_file(str(f["rgb"]), "bkt", "in/rgb.tif")
+        manifest = _manifest(tmp_path, [{"input": "s3://bkt/in/rgb.tif",
+                                         "output": "s3://bkt/out/rgb.tif", "ops": BLUR}])
+        without_credentials(monkeypatch, tmp_path)
+        assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "jobs[0] s3://bkt/in/rgb.tif -> s3://bkt/out/rgb.tif: OutputNotWritableError\n" \
+           "    output s3://bkt/out/rgb.tif: no AWS credentials that S3 takes" in err, err
+    assert "\n    s3://bkt/in/rgb.tif: cannot open: no AWS credentials that S3 takes" in err, err
+
+
+def test_an_output_refused_does_not_hide_the_inputs_pages_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A local output whose folder is a link to nothing, and an input whose page the job's
+    output options refuse: both told, the output's error first."""
+    f = _files(tmp_path / "in")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    manifest = _manifest(tmp_path, [{"input": str(f["lab"]),
+                                     "output": str(tmp_path / "gone" / "lab.tif")}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert f"lab.tif: OutputNotWritableError\n    output {tmp_path / 'gone' / 'lab.tif'}: " \
+           f"{tmp_path / 'gone'} is a link to" in err, err
+    assert "\n    page 0: photometric CIELAB is not supported" in err, err

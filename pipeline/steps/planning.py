@@ -327,7 +327,8 @@ def output_exists(spec: JobSpec) -> bool:
 
 def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
                  refused: list[tuple[int, TiffpipeError]] | None = None,
-                 record_probe: bool = False) -> tuple[JobPlan, list[Problem]]:
+                 record_probe: bool = False, failed: list[Exception] | None = None
+                 ) -> tuple[JobPlan, list[Problem]]:
     """What PlanJob checks of a job whose output is to be written (:func:`output_exists`
     comes first), and its plan: the custom functions import, the output may be written and
     is not the input, the input's page headers are read (IFDs only), and the op chain and
@@ -342,18 +343,26 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
     test upload of an S3 output is recorded in the job's ``work`` until it is aborted, as
     merge records its own, so that one the abort leaves open (it failed, or the invocation
     was stopped) is ended with the job's
-    (:func:`~pipeline.steps.common.abort_output_uploads`)."""
-    for call in chain_from_json(spec.ops):
-        if call.op.name == "custom":
-            custom_mod.load(call.params["function"])
-    if record_probe:
-        storage.check_writable(
-            spec.output,
-            started=lambda upload: record_output_upload(work, spec.output, upload),
-            ended=lambda upload: forget_output_uploads(work, [upload]))
-    else:
-        storage.check_writable(spec.output)
-    storage.check_not_input(spec.input, spec.output)
+    (:func:`~pipeline.steps.common.abort_output_uploads`). ``failed`` (a list): the error of
+    the checks before the input is read (the custom functions, the output) goes there, and
+    the input is read still (``tiffpipe validate --inputs``: an output that cannot be
+    written and an input that cannot be read are both told)."""
+    try:
+        for call in chain_from_json(spec.ops):
+            if call.op.name == "custom":
+                custom_mod.load(call.params["function"])
+        if record_probe:
+            storage.check_writable(
+                spec.output,
+                started=lambda upload: record_output_upload(work, spec.output, upload),
+                ended=lambda upload: forget_output_uploads(work, [upload]))
+        else:
+            storage.check_writable(spec.output)
+        storage.check_not_input(spec.input, spec.output)
+    except Exception as exc:
+        if failed is None:
+            raise
+        failed.append(exc)
     return read_plan(job, spec, work, started, hand_over, refused)
 
 
