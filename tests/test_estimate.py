@@ -1531,7 +1531,8 @@ def test_a_scan_on_s3_is_listed_by_the_runs_own_calls_and_nothing_written(
                                "jobs": 2}
         assert [j["input"] for j in doc["jobs"]] == ["s3://scan-est/in/sub/y.tif",
                                                      "s3://scan-est/in/x.tif"]
-        assert {name for name, _ in calls} <= {"GetObject", "HeadObject", "ListObjectsV2"}
+        assert {name for name, _ in calls} <= {"GetObject", "HeadObject", "ListObjectsV2",
+                                               "HeadBucket"}  # (the output's bucket)
         assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket="scan-est")[
             "Contents"]) == keys
         estimated = [call for call in calls if call[0] == "ListObjectsV2"]
@@ -1809,3 +1810,40 @@ def test_estimate_reads_s3_inputs_at_the_endpoint_url(
     assert (code, out) == (2, "")
     assert err == ("tiffpipe: --endpoint-url 'localhost:4566': expected an http:// or "
                    "https:// URL, e.g. http://localhost:4566\n")
+
+
+def test_an_output_bucket_that_does_not_exist_is_refused_as_a_run_refuses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """estimate costed a job whose S3 output's bucket does not exist, which run and
+    validate --inputs fail at PlanJob: its inputs' headers are read anyway, so the outputs'
+    buckets are looked at too (one HeadBucket each): that job is refused, its input's
+    problem told after it, and the others costed. What the output may take is the stack's
+    role's to say: not checked (a bucket there is enough)."""
+    from conftest import moto_s3
+
+    from pipeline.adapters import storage
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(300, 200, 3)], tile=64)
+    with moto_s3(monkeypatch, "est-out") as s3:
+        calls: list[str] = []
+        storage.s3_client().meta.events.register(
+            "before-call.s3.HeadBucket", lambda **_: calls.append("HeadBucket"))
+        manifest = tmp_path / "m.json"
+        manifest.write_text(json.dumps({"jobs": [
+            {"input": "a.tif", "output": "s3://est-out/a.tif"},
+            {"input": "a.tif", "output": "s3://est-gone/a.tif"},
+            {"input": "a.tif", "output": "s3://est-gone/b.tif"},
+            {"input": "none.tif", "output": "s3://est-gone/c.tif"}]}))
+        code, out, err = _cli("estimate", str(manifest), "--json")
+        assert s3.list_objects_v2(Bucket="est-out").get("KeyCount") == 0  # nothing written
+    assert code == 1, err
+    doc = json.loads(out)
+    assert [j["job"] for j in doc["jobs"]] == [0]
+    gone = "OutputNotWritableError: output s3://est-gone/{}: the bucket does not exist: " \
+           "create it or fix the output URL"
+    assert [r["problems"] for r in doc["refused"]] == [
+        [f"jobs[1]: {gone.format('a.tif')}"], [f"jobs[2]: {gone.format('b.tif')}"],
+        [f"jobs[3]: {gone.format('c.tif')}",
+         (f"jobs[3]: InputNotFoundError: {tmp_path / 'none.tif'} does not exist: check the "
+          "path or URL and that the file is there")]]
+    assert calls == ["HeadBucket", "HeadBucket"]  # once a bucket

@@ -175,6 +175,19 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
         refused.append({"job": i, "input": specs[i].input, "output": specs[i].output,
                         "problems": problems})
 
+    gone: dict[str, bool] = {}  # an output bucket -> whether it is missing (asked once)
+
+    def output_problems(i: int, output: str) -> list[str]:
+        """PlanJob's refusal of an S3 output whose bucket does not exist (what may be
+        written there is the stack's role's to say, not checked here)."""
+        if not storage.is_s3(output):
+            return []
+        bucket = storage.split_s3(output)[0]
+        if bucket not in gone:
+            gone[bucket] = storage.bucket_missing(output)
+        problem = f"jobs[{i}]: OutputNotWritableError: output {output}: {storage.NO_OUTPUT_BUCKET}"
+        return [problem] if gone[bucket] else []
+
     for i, spec in enumerate(specs):
         size = None
         if assumed is not None:
@@ -186,11 +199,16 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
                 continue
             plan, why = plan_pages(i, spec, [assumed[p] for p in spec.pages] if spec.pages
                                    else list(assumed), WORK, 0.0)
-        else:
+        else:  # (the inputs are read: their outputs' buckets are looked at too)
+            output = output_problems(i, spec.output)
             try:
                 plan, why = read_plan(i, spec, WORK, 0.0)
             except TiffpipeError as exc:  # the message names the file: the next job's too
-                refuse(i, [f"jobs[{i}]: {type(exc).__name__}: {exc}"])
+                refuse(i, [*output, f"jobs[{i}]: {type(exc).__name__}: {exc}"])
+                continue
+            if output:
+                refuse(i, [*output, *(f"jobs[{i}] ({spec.input}): {p}"
+                                      for p in grouped_by_page(why))])
                 continue
             try:
                 size = float(storage.size(spec.input))
