@@ -1016,6 +1016,11 @@ def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) ->
                                     "give this run another --work, or none (each run then "
                                     "gets its own)"))
     earlier = work_location.prepare(work, take)
+    if storage.is_s3(work) and storage.versioned(work):
+        log.warning("the work location %s is in a versioned bucket: every work file this run "
+                    "writes and removes stays there as a noncurrent version, behind a delete "
+                    "marker, until a lifecycle rule expires them (docs/pipeline.md, \"Work on "
+                    "a versioned bucket\")", work)
     if earlier is not None:
         log.warning(in_callers_words("removed the work files of an earlier run (%s) at %s "
                                      "(kept with --keep-work, or left by a killed run): this "

@@ -633,16 +633,30 @@ def size(url: str, missing: type[TiffpipeError] = WorkMissingError) -> int:
         return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
 
 
-def list_prefix(url: str, no_bucket: type[TiffpipeError] | None = None) -> list[str]:
+def list_prefix(url: str, no_bucket: type[TiffpipeError] | None = None,
+                most: int | None = None) -> list[str]:
     """Every file or object under a folder or prefix (recursively), as sorted full paths/URLs;
-    ``no_bucket``: the error of a bucket that does not exist (else a StorageError)."""
+    ``no_bucket``: the error of a bucket that does not exist (else a StorageError);
+    ``most``: only the first that many (on S3, no more are listed)."""
     if not is_s3(url):
-        return sorted(os.path.join(d, f) for d, _, files in os.walk(url) for f in files)
+        return sorted(os.path.join(d, f) for d, _, files in os.walk(url) for f in files)[:most]
     bucket, prefix = split_s3(url)
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
     with _errors(url, "list", no_bucket):  # (a missing prefix lists nothing: no 404)
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        pages = s3_client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"MaxItems": most})
         return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
+
+
+def versioned(url: str) -> bool:
+    """Whether the bucket of the S3 URL ``url`` keeps versions (GetBucketVersioning says
+    Enabled): an object deleted there stays, a noncurrent version, behind a delete marker.
+    False when it cannot be told (no s3:GetBucketVersioning, an emulator without it)."""
+    try:
+        reply = s3_client().get_bucket_versioning(Bucket=split_s3(url)[0])
+    except _aws_errors():
+        return False
+    return reply.get("Status") == "Enabled"
 
 
 def top_names(url: str, most: int = 1000) -> list[str]:

@@ -60,7 +60,10 @@ def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
     if not storage.is_s3(work):
         _writable_folder(work)
     try:
-        names = {n.rstrip("/") for n in storage.top_names(work)}
+        listed = storage.top_names(work)
+        names = {n.rstrip("/") for n in listed}
+        if storage.is_s3(work) and names and _refused(names):
+            names -= _empty_prefixes(work, listed)
     except StorageError as exc:
         raise WorkLocationError(f"{work}: the work location cannot be looked into ({exc}): "
                                 + in_callers_words("give --work a folder (or prefix) this "
@@ -71,7 +74,7 @@ def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
             take()
         return None
     foreign = sorted(n for n in names - set(WORK_ENTRIES) if not _temporary(n))
-    if foreign or not (names & {RUN_FILE, LEASE_FILE} or all(map(_temporary, names))):
+    if _refused(names):
         shown = ", ".join(foreign[:3] or sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
         raise WorkLocationError(
             f"{work}: the work location holds files that are not a tiffpipe run's work "
@@ -85,6 +88,28 @@ def prepare(work: str, take: Callable[[], object] | None = None) -> str | None:
     _end_uploads(work, earlier)
     remove(work, lease=take is None)
     return earlier
+
+
+def _refused(names: set[str]) -> bool:
+    """Whether a work location holding ``names`` (at its top) is no run's work: it holds
+    other names, or only a run's folder without its run.json or lease.json."""
+    foreign = any(n not in WORK_ENTRIES and not _temporary(n) for n in names)
+    return foreign or not (names & {RUN_FILE, LEASE_FILE} or all(map(_temporary, names)))
+
+
+#: the most prefixes of a refused S3 work location :func:`_empty_prefixes` looks into
+PREFIXES_LOOKED_AT = 10
+
+
+def _empty_prefixes(work: str, listed: list[str]) -> set[str]:
+    """The prefixes among the names ``listed`` at the top of the S3 work location ``work``
+    (the first :data:`PREFIXES_LOOKED_AT`) that hold no object: moto lists a prefix whose
+    keys a versioned bucket keeps only as delete markers (a run's ``jobs/``, removed), which
+    S3's ListObjectsV2 does not. One listing of one key each, asked only of a location
+    about to be refused."""
+    prefixes = [n for n in listed if n.endswith("/")][:PREFIXES_LOOKED_AT]
+    return {n.rstrip("/") for n in prefixes
+            if not storage.list_prefix(storage.join(work, n), most=1)}
 
 
 def _end_uploads(work: str, earlier: str) -> None:
