@@ -62,7 +62,7 @@ from pipeline.aws.policies import (
     parse_kms_key,
     size_advice,
 )
-from pipeline.errors import InputNotFoundError, ManifestError, TiffpipeError
+from pipeline.errors import EngineError, InputNotFoundError, ManifestError, TiffpipeError
 from pipeline.ui import exit_code_of, on_stop_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -285,6 +285,18 @@ def _stopped_by_signals() -> Iterator[None]:
         yield
 
 
+def _check_definition() -> None:
+    """The state machine definition a deploy renders (statemachine.asl.json, edited in a
+    fork) checked as ``tiffpipe validate --definition`` checks it: its structure, paths and
+    fields, and its contract with the code the images run. Step Functions' CreateStateMachine
+    checks the structure only: a definition that drops a field a step reads deployed, and
+    failed every job of every run (EngineError: a usage error, before any AWS call)."""
+    from pipeline.engine import definition
+
+    definition.check(definition.definition_text(), definition.definition_path(),
+                     contract=True)
+
+
 def _run(args: argparse.Namespace, config: DeployConfig, clients: Clients,
          data: list[DataLocation], inputs: list[DataLocation] | None,
          kms_keys: list[str] | None, sse_key: str | None, policy_bucket: DataLocation | None,
@@ -374,7 +386,10 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         check_endpoint_url(args.endpoint_url)
         if not args.destroy:
             check_schedule(args.schedule, args.schedule_manifest)
-    except (ValueError, AwsError) as exc:  # usage: nothing was asked of AWS
+        if not (args.destroy or args.rollback or args.break_lock or args.print_deployer_policy
+                or args.print_operator_policy or args.print_bucket_policy):
+            _check_definition()
+    except (ValueError, AwsError, EngineError) as exc:  # usage: nothing was asked of AWS
         print(f"deploy.py: {exc}", file=sys.stderr)
         return EXIT_USAGE
     config = DeployConfig(

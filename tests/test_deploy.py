@@ -2775,3 +2775,21 @@ def test_a_dry_run_says_the_lock_is_held_and_destroy_and_rollback_are_refused(aw
     code, _, err = aws.deploy("--destroy", "--delete-bucket")  # (it empties the bucket: its
     assert code == 0, err                                       # own lock goes with it)
     assert all(v == [] for v in _everything(aws).values())
+
+
+def test_a_definition_that_does_not_fit_the_code_is_not_deployed(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch):
+    """statemachine.asl.json edited (in a fork) so that PlanJob's ResultSelector drops
+    ``single``, which the Fused choice reads: Step Functions accepts it (its structure is
+    fine) and every job of every run failed. The deploy checks it as ``tiffpipe validate
+    --definition`` does: exit 2 naming the state and the field, before any AWS call."""
+    from pipeline.engine import definition
+
+    machine = json.loads(definition.definition_text())
+    del machine["States"]["Jobs"]["ItemProcessor"]["States"]["PlanJob"]["ResultSelector"][
+        "single.$"]
+    monkeypatch.setattr(definition, "definition_text", lambda: json.dumps(machine))
+    code, result, err = aws.deploy("--skip-build")
+    assert (code, result) == (2, None)
+    assert "does not fit tiffpipe's code" in err and "$.planned.single" in err, err
+    assert aws.calls == []
