@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -1068,12 +1069,12 @@ def test_a_claimed_segment_is_decoded_once_by_the_thread_that_claimed_it(tmp_pat
             reader.read(Rect(64, 0, 128, 64))
 
 
-def _set_type(path: Path, code: int, kind: int) -> None:
-    """Page 0's entry of tag ``code`` given the TIFF type ``kind`` (its count and value
+def _set_type(path: Path, code: int, kind: int, page: int = 0) -> None:
+    """Page ``page``'s entry of tag ``code`` given the TIFF type ``kind`` (its count and value
     bytes as they were), as a fuzzer's flipped bits make it."""
     data = bytearray(path.read_bytes())
     with tifffile.TiffFile(path) as tf:
-        entry = tf.pages[0].tags[code].offset
+        entry = tf.pages[page].tags[code].offset
     data[entry + 2:entry + 4] = kind.to_bytes(2, "little")
     path.write_bytes(bytes(data))
 
@@ -1101,6 +1102,31 @@ def test_a_layout_tag_tifffile_cannot_read_is_corrupt_naming_it(
         said = out.getvalue() + err.getvalue()
         assert f"its {name} tag ({code}) is stored as type {kind_name}" in said, said
         assert "Traceback" not in said
+
+
+@pytest.mark.parametrize("page", [1, 2])
+def test_an_undefined_samples_per_pixel_past_page_0_is_corrupt_naming_it(tmp_path: Path,
+                                                                          page: int):
+    """An UNDEFINED SamplesPerPixel on the last page (a bare TypeError from tifffile: the job
+    failed as a platform fault, inspect printed a traceback) or a middle one ("its IFD is
+    damaged ('>' not supported ...)", the tag unnamed): a CorruptTiffError naming the file,
+    the page and the tag, from the plan's read (all pages or that page) and from inspect."""
+    path = tmp_path / "flipped.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for k in range(3):
+            tw.write(np.full((32, 32), k, np.uint8), metadata=None)
+    _set_type(path, 277, 7, page)
+    url = str(path)
+    said = f"page {page}: its SamplesPerPixel tag (277) is stored as type UNDEFINED"
+    for pages in (None, [page]):
+        with pytest.raises(CorruptTiffError, match=re.escape(f"flipped.tif: {said}")):
+            read_infos(url, pages)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert cli.main(["inspect", url]) == 1
+    told = out.getvalue() + err.getvalue()
+    assert said in told, told
+    assert "Traceback" not in told
 
 
 def _fax(path: Path) -> np.ndarray:

@@ -216,9 +216,8 @@ def _layout_tag_error(where: str, code: int, kind: int) -> CorruptTiffError:
 
 
 def _first_ifd_layout_tag(fh: Any) -> tuple[int, int] | None:
-    """(code, type) of the first layout tag of the file's first IFD stored as no integers
-    (:func:`_layout_entries`), or None (none, or the header cannot be read): why tifffile
-    failed to parse the first page."""
+    """:func:`_bad_layout_tag` of the file's first IFD (None also when the header cannot be
+    read): why tifffile failed to parse the first page."""
     try:
         fh.seek(0)
         head = bytes(fh.read(16))
@@ -226,10 +225,36 @@ def _first_ifd_layout_tag(fh: Any) -> tuple[int, int] | None:
                 b"II+\0": TIFF.BIG_LE, b"MM\0+": TIFF.BIG_BE}[head[:4]]
         at = 8 if tiff.offsetsize == 8 else 4
         (offset,) = struct.unpack_from(tiff.offsetformat, head, at)
-        entries = _layout_entries(fh, offset, tiff)
     except (KeyError, struct.error, OSError, ValueError):
         return None
+    return _bad_layout_tag(fh, offset, tiff)
+
+
+def _bad_layout_tag(fh: Any, offset: int, tiff: Any) -> tuple[int, int] | None:
+    """(code, type) of the first layout tag of the IFD at ``offset`` (laid out as ``tiff``)
+    stored as no integers (:func:`_layout_entries`), or None (none, or the IFD cannot be
+    read): why tifffile failed to parse that page (an UNDEFINED SamplesPerPixel: a
+    TypeError)."""
+    try:
+        entries = _layout_entries(fh, offset, tiff)
+    except (struct.error, OSError, ValueError):
+        return None
     return next(((c, k) for c, k in entries if k not in _INTEGER_TYPES), None)
+
+
+def _page_error(tf: tifffile.TiffFile, url: str, index: int, exc: Exception,
+                offset: int | None = None) -> CorruptTiffError:
+    """The refusal of page ``index`` whose IFD (at ``offset``; None: found along the chain)
+    tifffile failed to parse with ``exc`` (one of :data:`IFD_ERRORS`): the layout tag stored
+    as no integers when that is why (:func:`_layout_tag_error`), else its IFD is damaged."""
+    try:
+        at = _walk(tf).offsets[index] if offset is None else offset
+    except (IndexError, TypeError):
+        at = None
+    bad = None if at is None else _bad_layout_tag(tf.filehandle, at, tf.tiff)
+    if bad is not None:
+        return _layout_tag_error(f"{url}: page {index}", *bad)
+    return CorruptTiffError(f"{url}: page {index}: its IFD is damaged ({exc}); {REPAIR}")
 
 
 def check_layout_tags(page: tifffile.TiffPage, where: str) -> None:
@@ -346,7 +371,11 @@ def _chain(tf: tifffile.TiffFile, url: str) -> _Chain:
         raise CorruptTiffError(f"{url}: the TIFF has no readable page (its first IFD is missing "
                                f"or truncated); {REPAIR}")
     try:
-        following = _next_ifd(tf, int(tf.pages[count - 1].offset))
+        last = tf.pages[count - 1]
+    except IFD_ERRORS as exc:
+        raise _page_error(tf, url, count - 1, exc) from exc
+    try:
+        following = _next_ifd(tf, int(last.offset))
     except (_NoPage, struct.error, OSError, ValueError) as exc:
         chain = _Chain(count, None, f"cannot be read ({type(exc).__name__}: {exc})")
     else:
@@ -451,15 +480,16 @@ def get_page(tf: tifffile.TiffFile, url: str, index: int,
                f"give {option} a page from 0 to {count - 1}")
         raise PageNotFoundError(f"{url}: page {index} asked for, the file has {count} "
                                 f"page(s) (0..{count - 1}); {fix}")
+    beyond = chain.offsets is not None and index >= len(tf.pages)  # tifffile's loop cut
     try:
-        if chain.offsets is not None and index >= len(tf.pages):  # beyond tifffile's loop cut
+        if beyond:
             tf.filehandle.seek(chain.offsets[index])
             page = tifffile.TiffPage(tf, index=index)
         else:
             page = tf.pages[index]
     except IFD_ERRORS as exc:
-        raise CorruptTiffError(f"{url}: page {index}: its IFD is damaged ({exc}); "
-                               f"{REPAIR}") from exc
+        raise _page_error(tf, url, index, exc,
+                          chain.offsets[index] if beyond else None) from exc
     if not isinstance(page, tifffile.TiffPage):
         page = page.aspage()
     return page
