@@ -640,17 +640,76 @@ def test_missing_or_refused_credentials_are_access_denied_not_transient(s3, tmp_
                                                      "credentials that S3 takes"):
         storage.check_writable("s3://tp-bucket/out/a.tif")
 
+    # credentials S3 does not take: the request is signed with them (a client without any
+    # fails before it is sent) and S3's answer is parsed as botocore parses it
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXPIRED")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-
-    def expired(**_):  # S3's answer to a session token past its expiry
-        raise ClientError({"Error": {"Code": "ExpiredToken",
-                                     "Message": "The provided token has expired."}}, "GetObject")
-
-    storage.s3_client().meta.events.register("provide-client-params.s3.GetObject", expired)
+    _answer(storage.s3_client(), {"GetObject": (400, _EXPIRED)})
     with pytest.raises(AccessDeniedError, match="no AWS credentials that S3 takes .An error "
                                                 ".*ExpiredToken"):
         storage.read_bytes("s3://tp-bucket/in/a.tif")
+
+
+#: S3's answer to a request signed with a session token past its expiry
+_EXPIRED = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ExpiredToken</Code>"
+            b"<Message>The provided token has expired.</Message></Error>")
+
+
+class _Raw:
+    """An HTTP answer's body, as botocore reads it (``stream``)."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+def _answer(client, answers: dict[str, tuple[int, bytes]]) -> list[str]:
+    """S3 answers the signed requests of ``client`` named in ``answers`` (operation ->
+    (HTTP status, body; b"": none, as for any HEAD)) instead of moto, botocore parsing them;
+    returns the operations sent, in order."""
+    from botocore.awsrequest import AWSResponse
+
+    sent: list[str] = []
+
+    def send(request, event_name, **_):
+        name = event_name.rsplit(".", 1)[-1]  # (before-send.s3.HeadObject)
+        sent.append(name)
+        if name in answers:
+            status, body = answers[name]
+            return AWSResponse(request.url, status, {}, _Raw(body))
+        return None
+
+    client.meta.events.register_first("before-send.s3", send)
+    return sent
+
+
+@pytest.mark.parametrize(("status", "body", "told"), [
+    (400, _EXPIRED, "no AWS credentials that S3 takes (An error occurred (ExpiredToken)"),
+    (403, _EXPIRED.replace(b"ExpiredToken", b"InvalidAccessKeyId"),
+     "no AWS credentials that S3 takes (An error occurred (InvalidAccessKeyId)"),
+    (403, _EXPIRED.replace(b"ExpiredToken", b"AccessDenied"), "access denied (open)")])
+def test_a_head_refused_without_a_code_is_asked_again_for_it(s3, status, body, told):
+    """The HeadObject that opens every S3 input has no body in its answer, so botocore's
+    code is the status: an expired session token (400) was a StorageError, retried as
+    transient, and a key S3 does not know (403) was told as a missing permission. On that
+    failure only, one ranged GET of the first byte learns S3's own code."""
+    s3.put_object(Bucket=BUCKET, Key="in/a.tif", Body=b"II*\x00")
+    answers: dict[str, tuple[int, bytes]] = {}
+    sent = _answer(storage.s3_client(), answers)
+    with storage.open_input("s3://tp-bucket/in/a.tif"):
+        assert sent == ["HeadObject"]  # (opened: nothing more asked)
+    sent.clear()
+    answers.update({"HeadObject": (status, b""), "GetObject": (status, body)})
+    with pytest.raises(AccessDeniedError) as got:
+        storage.open_input("s3://tp-bucket/in/a.tif")
+    assert str(got.value).startswith("s3://tp-bucket/in/a.tif: "), got.value
+    assert told in str(got.value), got.value
+    assert not storage.transient(got.value.__cause__)
+    # (botocore asks a HeadObject's 400 the bucket's region, and tries again, first)
+    assert sent[0] == "HeadObject" and sent[-1] == "GetObject"
+    assert sent.count("GetObject") == 1, sent
 
 
 def test_an_input_in_a_bucket_that_does_not_exist_is_told_over_http(moto_server, monkeypatch):

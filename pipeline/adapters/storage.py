@@ -412,7 +412,12 @@ class S3RangeReader(io.RawIOBase):
         self.bucket, self.key = _key_of(url)
         self.requests = self.bytes_fetched = self._pos = 0
         with _errors(url, "open", InputNotFoundError):
-            head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+            try:
+                head = s3_client().head_object(Bucket=self.bucket, Key=self.key)
+            except _aws_errors() as exc:
+                if _code(exc) in ("400", "403"):
+                    _ask_for_code(self.bucket, self.key, exc)
+                raise
         self.size: int = head["ContentLength"]
         self.etag: str = head.get("ETag", "")
         check_version(url, version, self.etag)
@@ -455,6 +460,19 @@ class S3RangeReader(io.RawIOBase):
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def _ask_for_code(bucket: str, key: str, exc: BaseException) -> None:
+    """For a HeadObject answered 400 or 403 (``exc``): a HEAD's answer has no body, so its
+    code is the status, and an expired session token (400) read as a transient failure, a
+    key S3 does not know (403) as a missing permission. One ranged GET of the first byte,
+    on that failure only, raises S3's own code (from ``exc``) for :func:`_errors`; returns
+    when it tells no more (the GET passed, or answered without a code of its own)."""
+    try:
+        s3_client().get_object(Bucket=bucket, Key=key, Range="bytes=0-0")["Body"].close()
+    except _aws_errors() as told:
+        if _code(told) not in ("", "400", "403"):
+            raise told from exc
 
 
 def open_input(url: str, buffer_size: int = READ_BUFFER, version: str | None = None
