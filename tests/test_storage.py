@@ -761,7 +761,7 @@ def test_the_emulator_advice_is_given_only_outside_a_lambda_function(monkeypatch
     unreachable = boto3.session.Session(region_name="us-east-1").client(
         "s3", endpoint_url="http://127.0.0.1:9",  # nothing answers there
         config=Config(retries={"mode": "standard", "total_max_attempts": 1}))  # no backoff
-    advice = "(an S3 emulator or another S3 service: set AWS_ENDPOINT_URL to its URL"
+    advice = "(the S3 endpoint used is http://127.0.0.1:9: check that the S3 emulator"
     url = "s3://tp-bucket/runs/r.json"
     with storage.client_of(unreachable):
         monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
@@ -799,6 +799,38 @@ def test_the_emulator_advice_names_the_endpoint_variable_when_it_is_set(monkeypa
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     with pytest.raises(StorageError, match="AWS_ENDPOINT_URL_S3 is http://127.0.0.1:9: "):
         storage.read_json("s3://tp-bucket/runs/r.json")
+
+
+def test_the_emulator_advice_is_about_the_endpoint_the_client_used(monkeypatch):
+    """The advice was built from the environment, not the client: a command given
+    --endpoint-url (its own client) was told to check AWS_ENDPOINT_URL's value, or to give
+    --endpoint-url, which it had. Now it names the client's endpoint, and a variable only
+    when its value is that endpoint."""
+    import boto3
+    from botocore.config import Config
+
+    from pipeline.core.constants import RUN_TAG_ENV
+
+    for var in (RUN_TAG_ENV, "AWS_LAMBDA_FUNCTION_NAME", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8")  # not the one used
+    given = boto3.session.Session(region_name="us-east-1").client(
+        "s3", endpoint_url="http://127.0.0.1:9",  # nothing answers there
+        config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    with storage.client_of(given), pytest.raises(StorageError) as got:
+        storage.read_json("s3://tp-bucket/runs/r.json")
+    assert ("(the S3 endpoint used is http://127.0.0.1:9: check that the S3 emulator or "
+            "service meant runs and answers there, or give tiffpipe estimate, start and "
+            "status --endpoint-url its URL)") in str(got.value), got.value
+    assert "AWS_ENDPOINT_URL" not in str(got.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9/")
+    assert storage.endpoint_advice(given).startswith("AWS_ENDPOINT_URL is http://127.0.0.1:9/: ")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    aws = boto3.session.Session(region_name="us-east-1").client("s3")
+    assert storage.endpoint_advice(aws).startswith("an S3 emulator or another S3 service: set "
+                                                   "AWS_ENDPOINT_URL to its URL")
 
 
 def test_check_not_input_refuses_the_input_under_another_name(tmp_path):

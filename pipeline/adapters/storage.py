@@ -27,6 +27,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, BinaryIO, cast
+from urllib.parse import urlsplit
 
 from pipeline.core.constants import (
     RUN_TAG_ENV,
@@ -243,17 +244,23 @@ def credentials_problem(exc: BaseException) -> str | None:
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
-def endpoint_advice() -> str:
-    """What to do about an S3 endpoint that cannot be reached from a shell: with one of
-    :data:`_ENDPOINT_VARS` set, check what answers at its value (it was used), named; else
-    set AWS_ENDPOINT_URL to an emulator's URL. Either: or give a command --endpoint-url."""
-    name = next((var for var in _ENDPOINT_VARS if os.environ.get(var)), None)
+def endpoint_advice(client: Any) -> str:
+    """What to do about an S3 endpoint that cannot be reached from a shell, from the one
+    ``client`` used (``meta.endpoint_url``): AWS's, set AWS_ENDPOINT_URL to an emulator's URL;
+    another, check what answers there, naming the variable of :data:`_ENDPOINT_VARS` that
+    holds that URL (else it was given otherwise: a command's --endpoint-url, a profile's
+    endpoint_url). Either: or give a command --endpoint-url."""
+    endpoint = str(client.meta.endpoint_url or "")
     option = "give tiffpipe estimate, start and status --endpoint-url"
-    if name is None:
+    if not endpoint or (urlsplit(endpoint).hostname or "").endswith(".amazonaws.com"):
         return f"an S3 emulator or another S3 service: set AWS_ENDPOINT_URL to its URL, or {option}"
-    return (f"{name} is {os.environ[name]}: check that the S3 emulator or service meant runs "
-            f"and answers there, or set {name} to its URL, or {option}; unset it for AWS "
-            "itself")
+    check = "check that the S3 emulator or service meant runs and answers there"
+    name = next((var for var in _ENDPOINT_VARS
+                 if os.environ.get(var, "").rstrip("/") == endpoint.rstrip("/")), None)
+    if name is None:
+        return f"the S3 endpoint used is {endpoint}: {check}, or {option} its URL"
+    return (f"{name} is {os.environ[name]}: {check}, or set {name} to its URL, or {option}; "
+            "unset it for AWS itself")
 
 
 def _no_bucket(url: str, missing: type[TiffpipeError]) -> bool:
@@ -321,10 +328,10 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         # the emulator advice is for a command at a shell: not in a Lambda function, where
         # a connection error is the network's (and its run report reaches the user)
         connection = sys.modules["botocore.exceptions"].ConnectionError
-        emulator = isinstance(exc, connection) and lambda_function() is None
+        advice = (f" ({endpoint_advice(s3_client())})"
+                  if isinstance(exc, connection) and lambda_function() is None else "")
         raise StorageError(f"{url}: cannot {verb}: {exc}; check the URL, bucket, network "
-                           "and endpoint" + (f" ({endpoint_advice()})" if emulator else "")
-                           ) from exc
+                           f"and endpoint{advice}") from exc
     except OSError as exc:
         if verb == "write" and exc.errno in UNWRITABLE:
             raise unwritable(url, exc) from exc
