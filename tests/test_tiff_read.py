@@ -1216,6 +1216,40 @@ def test_a_jpeg_tile_stream_of_another_size_than_its_tile_is_corrupt(tmp_path: P
             reader.read(Rect(0, 0, 64, 64))
 
 
+def _jpeg_tile_replaced(path: Path, seg: int, stream: bytes) -> None:
+    """Tile ``seg`` of page 0 made ``stream`` (appended to the file, its offset and byte
+    count pointed at it)."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        offsets, counts = tf.pages[0].tags[324], tf.pages[0].tags[325]
+        for tag, value in ((offsets, len(data)), (counts, len(stream))):
+            fmt = {3: "<H", 4: "<I"}[int(tag.dtype)]
+            struct.pack_into(fmt, data, tag.valueoffset + seg * struct.calcsize(fmt), value)
+    path.write_bytes(bytes(data) + stream)
+
+
+def test_a_jpeg_edge_tile_cropped_to_the_image_is_read(tmp_path: Path):
+    """Some writers (not libtiff) crop a JPEG edge tile to the image's part of it; libtiff
+    warns and reads it, tifffile reads it, but tiffpipe refused every stream smaller than
+    its tile. One in the last tile row and column that covers the image's part is read;
+    one smaller than that, or a smaller one anywhere else, is still refused."""
+    path = tmp_path / "cropped.tif"
+    page = (np.arange(40 * 40) % 251).astype(np.uint8).reshape(40, 40)
+    tifffile.imwrite(path, page, tile=(32, 32), compression="jpeg", metadata=None)
+    _jpeg_tile_replaced(path, 3, imagecodecs.jpeg8_encode(page[32:, 32:].copy(), level=95))
+    url = str(path)
+    with open_tiff(url) as tf:
+        got = PageReader(tf, get_page(tf, url, 0), url, 0).read(Rect(0, 0, 40, 40))
+    np.testing.assert_array_equal(got.reshape(40, 40), tifffile.imread(path))
+    for seg, part in ((3, page[32:36, 32:]), (0, page[:8, :8])):
+        _jpeg_tile_replaced(path, seg, imagecodecs.jpeg8_encode(part.copy(), level=95))
+        with open_tiff(url) as tf:
+            reader = PageReader(tf, get_page(tf, url, 0), url, 0)
+            with pytest.raises(CorruptTiffError, match=rf"cropped.tif: page 0: segment {seg} "
+                                                       r"\(JPEG\) is a stream of 8 x \d pixels"):
+                reader.read(Rect(0, 0, 40, 40))
+
+
 def test_inspect_of_a_file_without_a_first_ifd_is_the_named_error(tmp_path: Path):
     """A file cut after its header (8 bytes: no first IFD): ``tiffpipe inspect`` says what
     run and validate say (it was an IndexError traceback)."""

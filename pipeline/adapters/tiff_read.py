@@ -1203,18 +1203,34 @@ class PageReader:
         Up to 4 samples a pixel are let through whatever the page's (a WebP stream says 4,
         a JPEG's colour conversion makes 3). A JPEG tile's stream must be its tile's size
         (libtiff writes every tile whole): one of another size (a TileLength that does not
-        match the streams) would be pasted at the wrong place, a wrong image."""
+        match the streams) would be pasted at the wrong place, a wrong image; but a tile of
+        the last tile row or column may be cropped to the image's part of it (some writers
+        crop edge tiles; libtiff warns and reads it), no less."""
         pixels = self.seg_h * self.seg_w
         depth = 1 if self.separate else self.file_samples
         if said is not None and (said[0] * said[1] > pixels
                                  or said.values > pixels * max(depth, 4)):
             raise self._declares_more(seg, str(said), depth)
         if (said is not None and self.compression == COMPRESSION.JPEG and self.page.is_tiled
-                and (said[0], said[1]) != (self.seg_h, self.seg_w)):
+                and not self._whole_or_edge(seg, said[0], said[1])):
             raise CorruptTiffError(
                 f"{self.where}: segment {seg} (JPEG) is a stream of {said[1]} x {said[0]} "
                 f"pixels, its tile {self.seg_w} x {self.seg_h} (TileWidth x TileLength); the "
                 f"file is damaged or was written wrongly: {REPAIR}")
+
+    def _whole_or_edge(self, seg: int, rows: int, cols: int) -> bool:
+        """Whether a tile stream of ``rows`` x ``cols`` fills tile ``seg``: its whole size, or
+        in a tile of the last tile row (column) as few rows (columns) as the image has
+        there, or more (:meth:`_check_declared`)."""
+        _, r, c = self._place(seg)
+        return (self._covers(rows, self.seg_h, self.height - r * self.seg_h)
+                and self._covers(cols, self.seg_w, self.width - c * self.seg_w))
+
+    @staticmethod
+    def _covers(said: int, whole: int, left: int) -> bool:
+        """A stream's ``said`` rows (columns) in a tile of ``whole``, ``left`` of them in the
+        image: the whole tile's, or at least the image's part of an edge tile."""
+        return said == whole or min(whole, left) <= said < whole
 
     def _declares_more(self, seg: int, said: str, depth: int) -> CorruptTiffError:
         """The refusal of a segment whose stream declares ``said``, more than its tile or
