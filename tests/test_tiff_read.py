@@ -31,7 +31,7 @@ from pipeline.adapters.tiff_read import (
     read_window,
 )
 from pipeline.core.grid import Rect, columns_still_read
-from pipeline.errors import CorruptTiffError, PageNotFoundError
+from pipeline.errors import CorruptTiffError, PageNotFoundError, UnsupportedTiffError
 
 H, W = 150, 173  # sizes no segment divides
 
@@ -417,7 +417,7 @@ def test_the_segments_a_window_is_checked_for_are_those_the_reader_reads(tmp_pat
     """check_segments_in_file counts the segments of the window a job reads
     (``_read_segments``) as PageReader reads them (one :class:`SegmentGrid`): tiles or strips,
     every plane of a planar page; a window past the page's edges is cut to it."""
-    from pipeline.adapters.tiff_read import _read_segments
+    from pipeline.adapters.tiff_read import SegmentGrid, _read_segments
 
     path = tmp_path / "page.tif"
     pixels = make_page(4, H, W, 3, "uint8")
@@ -437,7 +437,8 @@ def test_the_segments_a_window_is_checked_for_are_those_the_reader_reads(tmp_pat
                           min(window.x1, W))
             read = sorted(seg for seg, _, _ in reader._segments(inside)) \
                 if inside.y0 < inside.y1 else []
-            assert np.flatnonzero(_read_segments(p, window, count)).tolist() == read, window
+            said = _read_segments(p, SegmentGrid.of(p), window, count)
+            assert np.flatnonzero(said).tolist() == read, window
         whole = {seg for seg, _, _ in reader._segments(Rect(0, 0, H, W))}
         assert whole == set(range(count))
 
@@ -837,6 +838,44 @@ def test_an_uncompressed_strip_shorter_than_its_rows_is_corrupt(tmp_path: Path):
         with pytest.raises(CorruptTiffError, match=r"page 0: segment 2 \(an uncompressed "
                            r"strip\) has a byte count of 767, its 16 rows need 768"):
             read_window(tf, p, url, 0, Rect(40, 0, 41, 48))
+
+
+def _set_counts(path: Path, seg: int, count: int) -> None:
+    """Page 0's byte count of segment ``seg`` (StripByteCounts) set to ``count``."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        tag = tf.pages[0].tags[279]
+    fmt = {3: "<H", 4: "<I"}[int(tag.dtype)]
+    struct.pack_into(fmt, data, tag.valueoffset + seg * struct.calcsize(fmt), count)
+    path.write_bytes(bytes(data))
+
+
+def test_strip_entries_past_the_pages_strips_are_not_checked(tmp_path: Path):
+    """The plan's check of uncompressed strip byte counts tested every listed entry, also
+    those past the page's strips, which no reader reads. tifffile cuts the lists to the
+    strips it counts, but counts ImageDepth's too: a page of ImageDepth 2 (ImageLength 32,
+    16 rows a strip: 2 strips, 4 entries) whose 4th entry is short was refused for that
+    entry, not as what it is, a volumetric page; a short strip of the page's is still
+    named."""
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, make_page(8, 64, 48, 1, "uint8"), rowsperstrip=16, metadata=None,
+                     extratags=[(65000, "I", 1, 2, False)])
+    data = bytearray(path.read_bytes())  # (tifffile writes no ImageDepth: its entry renamed)
+    with tifffile.TiffFile(path) as tf:
+        entry = tf.pages[0].tags[65000].offset
+    data[entry:entry + 2] = (32997).to_bytes(2, "little")  # ImageDepth 2
+    path.write_bytes(bytes(data))
+    _set_tag(path, 257, 32)
+    _set_counts(path, 3, 5)
+    url = str(path)
+    with pytest.raises(UnsupportedTiffError, match=r"deep.tif: page 0: volumetric pages "
+                                                   r"\(ImageDepth 2\) are not supported"):
+        read_infos(url, None)
+    _set_counts(path, 1, 5)
+    with pytest.raises(CorruptTiffError, match=r"deep.tif: page 0: segment 1 \(an "
+                                               r"uncompressed strip\) has a byte count of 5, "
+                                               r"its 16 rows need 768"):
+        read_infos(url, None)
 
 
 @pytest.mark.parametrize("tiled", [True, False])

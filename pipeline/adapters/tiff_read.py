@@ -769,7 +769,7 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
         segment_counts(page, where, grid)  # (the reader's: the page's segments all listed)
         window = reads(int(page.imagelength), int(page.imagewidth),
                        kind.dtype.name) if reads is not None else None
-        check_segments_in_file(page, where, window)
+        check_segments_in_file(page, where, window, grid)
     if page.imagedepth > 1:
         raise UnsupportedTiffError(f"{where}: volumetric pages (ImageDepth {page.imagedepth}) "
                                    "are not supported")
@@ -806,8 +806,8 @@ def page_info(page: tifffile.TiffPage, url: str, index: int,
                     ifd_offset=int(page.offset))
 
 
-def check_segments_in_file(page: tifffile.TiffPage, where: str,
-                           window: Rect | None = None) -> None:
+def check_segments_in_file(page: tifffile.TiffPage, where: str, window: Rect | None = None,
+                           grid: SegmentGrid | None = None) -> None:
     """CorruptTiffError if a segment of the page ends past the end of the file: a file whose
     copy or upload stopped part way, its headers (written first by tifffile and GDAL) whole.
     Found from the page's offsets and byte counts, so that PlanJob and ``validate --inputs``
@@ -819,9 +819,11 @@ def check_segments_in_file(page: tifffile.TiffPage, where: str,
     up one count) is left to the reader, which computes them. And, the same way, if an
     uncompressed strip's byte count is less than its rows need (the message of
     :meth:`PageReader._raw_rows`: a damaged ImageWidth made a page's strips 400 times
-    larger than their bytes, which only the unit reading them found)."""
+    larger than their bytes, which only the unit reading them found). ``grid``: the page's
+    :class:`SegmentGrid` (None: found here)."""
     if (325 if page.is_tiled else 279) not in page.tags:
         return
+    grid = SegmentGrid.of(page) if grid is None else grid
     offsets = np.asarray(page.dataoffsets, np.uint64)
     counts = np.asarray(page.databytecounts, np.uint64)
     if not len(offsets) or len(offsets) != len(counts):
@@ -831,13 +833,13 @@ def check_segments_in_file(page: tifffile.TiffPage, where: str,
     # round to a small end, and such a strip was read, where a classic TIFF's was refused)
     room = np.uint64(size) - np.minimum(offsets, np.uint64(size))
     past = (counts > room) & (counts > 0)
-    short, need = _short_raw_strips(page, offsets, counts)
+    short, need, row_bytes = _short_raw_strips(page, grid, offsets, counts)
     if window is not None and (past.any() or short.any()):
-        read = _read_segments(page, window, len(offsets))
+        read = _read_segments(page, grid, window, len(offsets))
         past &= read
         short &= read
     if len(found := np.flatnonzero(short)):
-        seg, row_bytes = int(found[0]), _raw_row_bytes(page)
+        seg = int(found[0])
         raise CorruptTiffError(f"{where}: segment {seg} (an uncompressed strip) has a byte "
                                f"count of {int(counts[seg])}, its {int(need[seg]) // row_bytes} "
                                f"rows need {int(need[seg])}; the file is damaged: {REPAIR}")
@@ -849,26 +851,33 @@ def check_segments_in_file(page: tifffile.TiffPage, where: str,
                                f"file has {size} bytes; the file is truncated: {REPAIR}")
 
 
-def _raw_row_bytes(page: tifffile.TiffPage) -> int:
-    """The bytes of a row of an uncompressed strip of the page (of one plane when planar),
-    as :meth:`PageReader._raw_rows` reads them: whole bytes a row."""
-    grid = SegmentGrid.of(page)
+def raw_sizes(page: tifffile.TiffPage, grid: SegmentGrid) -> tuple[int, np.ndarray]:
+    """(the bytes of a row of a segment of the page of segments ``grid``, uncompressed: whole
+    bytes a row, of one plane when planar; the bytes each of its segments holds
+    uncompressed, in file order): a tile its whole (an edge tile is stored padded), a strip
+    its rows (the last strip of each plane the page's rest), as libtiff takes an uncompressed
+    page's missing byte counts and :meth:`PageReader._raw_rows` reads its strips."""
     depth = 1 if grid.planes > 1 else int(page.samplesperpixel)
-    return (int(page.imagewidth) * depth * int(page.bitspersample) + 7) // 8
+    row = (grid.seg_w * depth * int(page.bitspersample) + 7) // 8
+    segs = np.arange(grid.planes * grid.seg_rows * grid.seg_cols, dtype=np.int64)
+    rows = (np.full(len(segs), grid.seg_h, np.int64) if page.is_tiled else
+            np.minimum(grid.seg_h, int(page.imagelength) - (segs % grid.seg_rows) * grid.seg_h))
+    return row, rows.astype(np.uint64) * np.uint64(row)
 
 
-def _short_raw_strips(page: tifffile.TiffPage, offsets: np.ndarray, counts: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Which segments of an uncompressed stripped page hold fewer bytes than their rows
-    need (a mask; all False for any other page, and for sparse strips: offset and count
-    0), and the bytes each needs."""
+def _short_raw_strips(page: tifffile.TiffPage, grid: SegmentGrid, offsets: np.ndarray,
+                      counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Which segments of an uncompressed stripped page (of segments ``grid``) hold fewer
+    bytes than their rows need (a mask over ``counts``: all False for any other page, for
+    sparse strips, offset and count 0, and for the entries past the page's segments, which
+    are not read), the bytes each needs, and the bytes of a row (:func:`raw_sizes`)."""
+    short = np.zeros(len(counts), bool)
     if int(page.compression) != 1 or page.is_tiled:
-        return np.zeros(len(counts), bool), counts
-    grid = SegmentGrid.of(page)
-    rows = np.minimum(grid.seg_h, int(page.imagelength)
-                      - (np.arange(len(counts)) % grid.seg_rows) * grid.seg_h)
-    need = rows.astype(np.uint64) * np.uint64(_raw_row_bytes(page))
-    return (counts < need) & ((offsets > 0) | (counts > 0)), need
+        return short, counts, 0
+    row, need = raw_sizes(page, grid)
+    n = min(len(counts), len(need))
+    short[:n] = (counts[:n] < need[:n]) & ((offsets[:n] > 0) | (counts[:n] > 0))
+    return short, need, row
 
 
 def segment_counts(page: tifffile.TiffPage, where: str, grid: SegmentGrid) -> list[int]:
@@ -886,12 +895,7 @@ def segment_counts(page: tifffile.TiffPage, where: str, grid: SegmentGrid) -> li
     tags = page.tags
     if (int(page.compression) == 1 and counts_tag not in tags and offsets_tag in tags
             and offsets >= needed):
-        depth = 1 if grid.planes > 1 else int(page.samplesperpixel)
-        row = (grid.seg_w * depth * int(page.bitspersample) + 7) // 8
-        height = int(page.imagelength)
-        return [row * (grid.seg_h if tiled else
-                       min(grid.seg_h, height - (n % grid.seg_rows) * grid.seg_h))
-                for n in range(needed)]
+        return [int(n) for n in raw_sizes(page, grid)[1]]
     for code, name, other, found, has in (
             (offsets_tag, "Offsets", counts_tag, "ByteCounts", counts),
             (counts_tag, "ByteCounts", offsets_tag, "Offsets", offsets)):
@@ -909,16 +913,17 @@ def segment_counts(page: tifffile.TiffPage, where: str, grid: SegmentGrid) -> li
     return [int(c) for c in page.databytecounts]
 
 
-def _read_segments(page: tifffile.TiffPage, window: Rect, count: int) -> np.ndarray:
+def _read_segments(page: tifffile.TiffPage, grid: SegmentGrid, window: Rect, count: int
+                   ) -> np.ndarray:
     """Which of the page's ``count`` segments (a mask: True for each) ``window`` overlaps, in
-    every plane: the segments :meth:`PageReader._segments` reads for it (the page's
-    :class:`SegmentGrid`)."""
+    every plane: the segments :meth:`PageReader._segments` reads for it (of ``grid``, the
+    page's :class:`SegmentGrid`)."""
     clipped = Rect(max(window.y0, 0), max(window.x0, 0), min(window.y1, int(page.imagelength)),
                    min(window.x1, int(page.imagewidth)))
     read = np.zeros(count, bool)
     if clipped.y0 >= clipped.y1 or clipped.x0 >= clipped.x1:
         return read
-    segs = np.fromiter((seg for seg, _, _ in SegmentGrid.of(page).overlapping(clipped)),
+    segs = np.fromiter((seg for seg, _, _ in grid.overlapping(clipped)),
                        np.int64)
     read[segs[segs < count]] = True
     return read
@@ -1040,6 +1045,9 @@ class PageReader:
         self.seg_h, self.seg_w, self.seg_rows, self.seg_cols, self.planes = self.grid
         self.separate = self.planes > 1
         self.raw_strips = self.compression == 1 and not page.is_tiled
+        #: an uncompressed strip's row and each strip's bytes (:func:`raw_sizes`)
+        self.row_bytes, self.raw_bytes = (raw_sizes(page, self.grid) if self.raw_strips
+                                          else (0, np.zeros(0, np.uint64)))
         self.cache: dict[int, Decoded] = {}  # seg -> (px, plane, y, x)
         self.decoded = 0  # segments decoded so far (tests check each is decoded once)
         self.raw_read: set[int] = set()  # uncompressed strips read (rows of them, not decoded)
@@ -1428,12 +1436,8 @@ class PageReader:
         strip_y = r * self.seg_h
         y0, y1 = max(rect.y0, strip_y), min(rect.y1, strip_y + self.seg_h, self.height)
         depth = 1 if self.separate else self.file_samples
-        if self.bits < 8:  # packed bits: each row starts on a byte
-            row_bytes = (self.width * depth * self.bits + 7) // 8
-        else:
-            row_bytes = self.width * depth * self.file_dtype.itemsize
-        offset, count = int(self.page.dataoffsets[seg]), self.counts[seg]
-        strip_bytes = (min(strip_y + self.seg_h, self.height) - strip_y) * row_bytes
+        row_bytes, strip_bytes = self.row_bytes, int(self.raw_bytes[seg])  # (packed bits:
+        offset, count = int(self.page.dataoffsets[seg]), self.counts[seg]  # whole bytes a row)
         if offset == 0 and count == 0:  # sparse: the page's no-data value, or zeros
             return self._convert(self._empty(y1 - y0, self.width), plane), plane, y0, 0
         if count < strip_bytes:
