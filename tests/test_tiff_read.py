@@ -1143,6 +1143,26 @@ def test_a_layout_tag_tifffile_cannot_read_is_corrupt_naming_it(
         assert "Traceback" not in said
 
 
+def test_a_layout_tag_stored_twice_is_read_from_its_first_entry(tmp_path: Path):
+    """A layout tag whose IFD holds a second entry of it: tifffile keeps the first (libtiff
+    ignores the later ones), but the check refused the page if any copy had no integer
+    type. Only the first is checked now: a later copy of a type that is no TIFF type is
+    ignored, as the readers ignore it."""
+    path = tmp_path / "twice.tif"
+    page = make_page(5, 32, 32, 1, "uint8")
+    tifffile.imwrite(path, page, metadata=None, extratags=[(65000, "H", 1, 8, False)])
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        entry = tf.pages[0].tags[65000].offset
+    data[entry:entry + 4] = struct.pack("<HH", 258, 8195)  # a second BitsPerSample
+    path.write_bytes(bytes(data))
+    (info,) = read_infos(str(path), None)
+    assert (info.dtype, info.channels) == ("uint8", 1)
+    with open_tiff(str(path)) as tf:
+        got = read_window(tf, get_page(tf, str(path), 0), str(path), 0, Rect(0, 0, 32, 32))
+    np.testing.assert_array_equal(got.reshape(32, 32), page)
+
+
 @pytest.mark.parametrize("page", [1, 2])
 def test_an_undefined_samples_per_pixel_past_page_0_is_corrupt_naming_it(tmp_path: Path,
                                                                           page: int):

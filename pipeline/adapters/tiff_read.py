@@ -195,13 +195,18 @@ def _layout_entries(fh: Any, offset: int, tiff: Any) -> list[tuple[int, int]]:
     """(code, TIFF type) of each layout tag (:data:`_LAYOUT_TAGS`) in the IFD at ``offset``
     of the open file ``fh`` laid out as ``tiff`` (tifffile's TiffFormat), read from its
     entries as stored: tifffile drops an entry of a type it does not know (logging it), and
-    the page is then read with the tag's default."""
+    the page is then read with the tag's default. A tag stored twice: its first entry only,
+    the one tifffile keeps (libtiff ignores the later ones)."""
     fh.seek(offset)
     (count,) = struct.unpack(tiff.tagnoformat, fh.read(tiff.tagnosize))
     data = fh.read(min(count, _MOST_TAGS) * tiff.tagsize)
     heads = (struct.unpack_from(f"{tiff.byteorder}HH", data, at)
              for at in range(0, len(data) - tiff.tagsize + 1, tiff.tagsize))
-    return [(code, kind) for code, kind in heads if code in _LAYOUT_TAGS]
+    first: dict[int, int] = {}
+    for code, kind in heads:
+        if code in _LAYOUT_TAGS:
+            first.setdefault(code, kind)
+    return list(first.items())
 
 
 def _layout_tag_error(where: str, code: int, kind: int) -> CorruptTiffError:
@@ -263,7 +268,9 @@ def check_layout_tags(page: tifffile.TiffPage, where: str) -> None:
     (a type that is no TIFF type: tifffile drops the entry, and a BitsPerSample dropped read
     an 8-bit palette page as 1-bit, a wrong output, exit 0) or it is stored as no integers
     (an UNDEFINED SamplesPerPixel failed in tifffile with a TypeError). Found from the IFD's
-    entries as stored: one read of them, at the plan."""
+    entries as stored: one read of them, at the plan. A tag stored twice is checked in its
+    first entry, the one tifffile keeps (libtiff ignores the later ones): see
+    :func:`_layout_entries`."""
     try:
         entries = _layout_entries(page.parent.filehandle, int(page.offset), page.parent.tiff)
     except (struct.error, OSError, ValueError):
