@@ -259,7 +259,9 @@ def _percentile_check(p: dict[str, Any]) -> str | None:
 
 #: the types other than uint8 whose median is cv2.medianBlur's (int8 and float16 through
 #: int16 and float32; docs/sample-types.md): 32 and 64-bit integers and float64 have numpy's
-_OPENCV_MEDIAN_TYPES = ("uint16", "int16", "float32", "int8", "float16")
+_OPENCV_MEDIAN_TYPES = frozenset(
+    {t for t in dtypes.CV_MEDIAN if t != "uint8"}
+    | {t for t, wider in dtypes.EXACT_WIDER.items() if np.dtype(wider).name in dtypes.CV_MEDIAN})
 
 
 def _median_accepts(p: dict[str, Any], dtype: np.dtype, channels: int) -> str | None:
