@@ -127,6 +127,33 @@ def test_a_broken_contract_is_reported(definition, edit, expected):
     assert any(expected in p for p in found), found
 
 
+def test_a_task_whose_check_fails_early_still_counts_its_action(definition):
+    """A Task state's action is recorded when its check starts: an InputPath that fails
+    (before the task's Payload was looked at) added a false "no Task state runs the report
+    action" to its own problem."""
+    doc = copy.deepcopy(definition)
+    states(doc)["Report"]["InputPath"] = "$.nothere"
+    found = check_definition(doc, events.RunInput, MODELS, events.RESULTS,
+                             {"report": "Report's"})
+    assert any(p.startswith("Report: ") and "no field 'nothere'" in p for p in found), found
+    assert not any("no Task state runs" in p for p in found), found
+
+
+def test_an_action_chosen_at_run_time_is_named(definition):
+    """A Payload with "action.$" (valid ASL: the action read from the data) was read as no
+    action ("the merge function has no action None", and None recorded as an action run):
+    now a problem saying the event cannot be checked and to name the action."""
+    doc = copy.deepcopy(definition)
+    payload = states(doc)["Report"]["Parameters"]["Payload"]
+    payload["action.$"] = payload.pop("action") and "$.planned.action"
+    found = check_definition(doc, events.RunInput, MODELS, events.RESULTS,
+                             {"report": "Report's"})
+    assert ("Report: Payload's action.$ ($.planned.action) picks the action at run time, so "
+            'its event cannot be checked: name it, "action": "<action>"') in found, found
+    assert "no Task state runs the report action (Report's)" in found
+    assert not any("None" in p for p in found), found
+
+
 def test_an_unreachable_state_is_reported(definition):
     doc = copy.deepcopy(definition)
     doc["States"]["Orphan"] = {"Type": "Pass", "End": True}

@@ -171,6 +171,8 @@ class Checker:
               where: str) -> list[tuple[str, Any]]:
         """Check one state; the states it leads to, with the data each gets."""
         kind = state["Type"]
+        if kind == "Task" and isinstance(action := _action(state), str):
+            self.actions.add(action)  # (first: named even if the rest of the state is wrong)
         if "InputPath" in state and state["InputPath"] is not None:
             data = resolve(state["InputPath"], data, context)
         nxt: list[tuple[str, Any]] = []
@@ -221,14 +223,16 @@ class Checker:
         if not state["Resource"].startswith("arn:aws:states:::lambda:invoke"):
             return ANY
         function = _function(params)
-        payload_action = params.get("Payload", {}).get("action") \
-            if isinstance(params.get("Payload"), dict) else None
-        self.actions.add(payload_action)  # (named, even if the task's function is wrong)
         if function is None:
             raise Problem(f"FunctionName {params.get('FunctionName')!r} is none of "
                           + ", ".join(f"${{{p}}}" for p in PLACEHOLDERS))
         payload = dict(params.get("Payload", {}))
-        action = payload.pop("action", None)
+        if "action.$" in payload:
+            raise Problem(f"Payload's action.$ ({payload['action.$']}) picks the action at run "
+                          "time, so its event cannot be checked: name it, \"action\": "
+                          "\"<action>\"")
+        action = _action(state)
+        payload.pop("action", None)
         actions = self.functions.get(function, {})
         if action not in actions:
             raise Problem(f"the {function} function has no action {action!r}")
@@ -281,7 +285,7 @@ class Checker:
                    limits: AbstractSet[str] = frozenset()) -> None:
         """A Map's items hold fields of its first task's event only, and ``limits``: those
         its inner maps read their MaxConcurrencyPath from."""
-        action = first.get("Parameters", {}).get("Payload", {}).get("action")
+        action = _action(first)
         model = self.functions.get(_function(first.get("Parameters", {})) or "", {}).get(action)
         if model is not None:
             unknown = sorted(set(child) - {f.name for f in dataclasses.fields(model)} - limits)
@@ -299,6 +303,12 @@ def _concurrency_fields(processor: dict[str, Any]) -> set[str]:
         if re.fullmatch(r"\$\.\w+", path):
             found.add(path[2:])
     return found
+
+
+def _action(state: dict[str, Any]) -> Any:
+    """The action a Task state's Payload names (``"action"``; None: it names none)."""
+    payload = state.get("Parameters", {}).get("Payload")
+    return payload.get("action") if isinstance(payload, dict) else None
 
 
 def _function(params: dict[str, Any]) -> str | None:
