@@ -218,9 +218,15 @@ class _Entry:
         self.at, self.code, self.kind, self.count, self.raw = at, code, kind, count, raw
 
 
+def _entry_count(recorder: LayoutRecorder, ifd: int, f: _Format) -> int:
+    """How many entries the IFD at ``ifd`` has."""
+    return int(struct.unpack(f.count_fmt, recorder.read(ifd, f.count_size))[0])
+
+
 def _ifd_entries(recorder: LayoutRecorder, ifd: int, f: _Format) -> list[_Entry]:
-    """The entries of the IFD at ``ifd``, in file order."""
-    n = struct.unpack(f.count_fmt, recorder.read(ifd, f.count_size))[0]
+    """The entries of the IFD at ``ifd``, in file order (its next-IFD offset is at
+    ``_next_ifd_at(ifd, len(entries), f)``)."""
+    n = _entry_count(recorder, ifd, f)
     raw = recorder.read(ifd + f.count_size, n * f.entry)
     out = []
     for i in range(n):
@@ -231,10 +237,10 @@ def _ifd_entries(recorder: LayoutRecorder, ifd: int, f: _Format) -> list[_Entry]
     return out
 
 
-def _next_ifd_at(recorder: LayoutRecorder, ifd: int, f: _Format) -> int:
-    """Where the next-IFD offset of the IFD at ``ifd`` is (after its entries)."""
-    n = struct.unpack(f.count_fmt, recorder.read(ifd, f.count_size))[0]
-    return ifd + f.count_size + n * f.entry
+def _next_ifd_at(ifd: int, count: int, f: _Format) -> int:
+    """Where the next-IFD offset of the IFD at ``ifd`` of ``count`` entries is (after
+    them)."""
+    return ifd + f.count_size + count * f.entry
 
 
 def _main_chain(recorder: LayoutRecorder, f: _Format) -> list[int]:
@@ -243,16 +249,17 @@ def _main_chain(recorder: LayoutRecorder, f: _Format) -> list[int]:
     pos = struct.unpack(f.fmt, recorder.read(f.head - f.word, f.word))[0]
     while pos:
         chain.append(pos)
-        pos = struct.unpack(f.fmt, recorder.read(_next_ifd_at(recorder, pos, f), f.word))[0]
+        following = _next_ifd_at(pos, _entry_count(recorder, pos, f), f)
+        pos = struct.unpack(f.fmt, recorder.read(following, f.word))[0]
     return chain
 
 
-def _value_at(recorder: LayoutRecorder, e: _Entry, size: int, f: _Format) -> int:
-    """Where the ``size`` bytes of the entry's values are: in the entry if they fit, else
-    at the offset it holds."""
+def _value_at(e: _Entry, size: int, f: _Format) -> tuple[int, bool]:
+    """Where the ``size`` bytes of the entry's values are, and whether that is in the entry
+    (they fit there), else at the offset it holds."""
     if size <= f.word:
-        return e.at + 4 + f.word
-    return struct.unpack(f.fmt, e.raw[4 + f.word:])[0]
+        return e.at + 4 + f.word, True
+    return struct.unpack(f.fmt, e.raw[4 + f.word:])[0], False
 
 
 def image_ifds(recorder: LayoutRecorder, sizes: list[int] | None = None) -> list[list[int]]:
@@ -291,7 +298,7 @@ def _entries(recorder: LayoutRecorder, pos: int, f: _Format) -> dict[int, tuple[
             continue
         fmt = "<" + _INT_TYPES[e.kind] * e.count
         size = struct.calcsize(fmt)
-        out[e.code] = struct.unpack(fmt, recorder.read(_value_at(recorder, e, size, f), size))
+        out[e.code] = struct.unpack(fmt, recorder.read(_value_at(e, size, f)[0], size))
     return out
 
 
@@ -312,7 +319,7 @@ def _values_at(recorder: LayoutRecorder, ifd: int, tag: int, name: str) -> tuple
     for e in _ifd_entries(recorder, ifd, f):
         if e.code == tag:
             fmt = "<" + _INT_TYPES[e.kind] * e.count
-            return _value_at(recorder, e, struct.calcsize(fmt), f), fmt
+            return _value_at(e, struct.calcsize(fmt), f)[0], fmt
     raise ValueError(f"the IFD at {ifd} has no {name}")
 
 
@@ -362,7 +369,7 @@ def drop_entries(recorder: LayoutRecorder, ifd: int, codes: frozenset[int]) -> N
     kept = [e.raw for e in entries if e.code not in codes]
     if len(kept) == len(entries):
         return
-    following = recorder.read(_next_ifd_at(recorder, ifd, f), f.word)
+    following = recorder.read(_next_ifd_at(ifd, len(entries), f), f.word)
     recorder.patch(ifd, struct.pack(f.count_fmt, len(kept)) + b"".join(kept) + following
                    + bytes((len(entries) - len(kept)) * f.entry))
 
@@ -423,9 +430,10 @@ def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Pi
         return new_at[key] + offset - regions[key][0]
 
     for k, ifd in enumerate(chain):
-        for e in _ifd_entries(recorder, ifd, f):
-            value_at = _value_at(recorder, e, _value_size(e.kind) * e.count, f)
-            if value_at != e.at + 4 + f.word:  # out of line: their offset moves with them
+        entries = _ifd_entries(recorder, ifd, f)
+        for e in entries:
+            value_at, inline = _value_at(e, _value_size(e.kind) * e.count, f)
+            if not inline:  # out of line: their offset moves with them
                 recorder.patch(e.at + 4 + f.word, struct.pack(f.fmt, moved(value_at)))
             if e.code in _DATA_OFFSETS:  # (the values themselves: patched where they are now)
                 vfmt = "<" + _INT_TYPES[e.kind] * e.count
@@ -433,7 +441,7 @@ def ifds_before_data(recorder: LayoutRecorder, data_order: list[int]) -> list[Pi
                 recorder.patch(value_at, struct.pack(vfmt, *[
                     moved(o) if o else 0 for o in offsets]))
         following = chain[k + 1] if k + 1 < len(chain) else 0
-        recorder.patch(_next_ifd_at(recorder, ifd, f),
+        recorder.patch(_next_ifd_at(ifd, len(entries), f),
                        struct.pack(f.fmt, moved(following) if following else 0))
     pieces = recorder.pieces()
     return [piece for key in order for piece in _cut_pieces(pieces, *regions[key])]
