@@ -248,13 +248,19 @@ def _levels(page: Any) -> list[list[int]]:
 
 def _kept(metadata: dict[str, Any]) -> list[str]:
     """The tags an output page keeps of this page (pipeline/adapters/metadata.py), named."""
-    from pipeline.adapters.metadata import GDAL_NODATA, KEPT_TAGS, SPATIAL_TAGS
+    from pipeline.adapters.metadata import (
+        GDAL_NODATA,
+        KEPT_TAGS,
+        SPATIAL_TAGS,
+        dropped_unit_outcome,
+    )
 
     kept = []
     if "resolution" in metadata:
         dropped = metadata.get("resolutionunit_dropped")
         kept.append("resolution" if dropped is None else
-                    f"resolution (its ResolutionUnit {dropped}, no TIFF unit, dropped: none)")
+                    f"resolution (its ResolutionUnit {dropped}, no TIFF unit, dropped: "
+                    f"{dropped_unit_outcome(metadata)})")
     if "icc" in metadata:
         kept.append("ICC profile")
     for code, _, _, value in metadata.get("tags", []):
@@ -285,14 +291,15 @@ def _check_ops(doc: dict[str, Any], spec: JobSpec, infos: list[Any]) -> None:
     """Whether the op chain runs on each page read (the images and overviews: what a job
     may list), and what each output page is, by the plan PlanJob would make
     (:func:`pipeline.steps.planning.plan_pages`: ``make_plan``, the output's checks)."""
-    from pipeline.adapters.metadata import XmpPackets, carries_xmp, derivation, page_xmp
+    from pipeline.adapters.metadata import XmpPackets, carries_xmp, derivation, page_xmp, unit_note
     from pipeline.core.nodata import nodata_at
     from pipeline.core.plan import page_options
     from pipeline.steps.planning import VALUE_NOTES, plan_pages, runnable_pages
 
     plan, problems = plan_pages(0, spec, infos, "inspect", 0.0)
     runs = runnable_pages(plan.pages, problems)
-    notes = [said for note in VALUE_NOTES if (said := note(spec, runs))]
+    # (a dropped ResolutionUnit is the page's, not the ops': said on its "kept:" only)
+    notes = [said for note in VALUE_NOTES if note is not unit_note and (said := note(spec, runs))]
     if notes:  # (a convert dropping GDAL_NODATA: as validate --inputs and the run say it)
         doc["ops_notes"] = notes
     by_page: dict[int, list[str]] = {}

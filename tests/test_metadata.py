@@ -911,3 +911,38 @@ def test_a_damaged_resolution_unit_is_dropped_with_a_note(tmp_path: Path):
         out = f.pages[0]
         assert _value(out, 296) == tifffile.RESUNIT.NONE and _value(out, 282) == (300, 1)
         np.testing.assert_array_equal(out.asarray(), 255 - page)
+
+
+def test_a_damaged_resolution_unit_of_an_aperio_page_is_told_as_written(tmp_path: Path):
+    """On an Aperio page whose ResolutionUnit is dropped, a job that drops its description
+    (a downsample) writes its MPP as the resolution, in centimetres: the note said the
+    output's unit is none. And ``inspect --ops`` said the dropped unit twice, on the page's
+    ``kept:`` and as a note of the ops, which it has nothing to do with: once now."""
+    import pipeline
+
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, pattern(64, 64, 3, "uint8", 5), photometric="rgb", tile=(32, 32),
+                     resolution=(300, 300), resolutionunit="INCH", metadata=None,
+                     description=APERIO)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        at = tf.pages[0].tags[296].valueoffset
+    data[at:at + 2] = (514).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    result = pipeline.run({"jobs": [{"input": "slide.tif", "output": "out/slide.tif",
+                                     "ops": [{"op": "downsample", "factor": 2}]}]},
+                          workers=1, base=tmp_path)
+    assert result.ok, result.jobs
+    said = ("ResolutionUnit 514 of page 0 is no TIFF unit (1 none, 2 inch, 3 centimetre): "
+            "dropped, the output's resolution unit is none, or centimetre (its Aperio MPP) "
+            "where the job drops its description (a size change, a turn)")
+    assert said in result.jobs[0]["message"], result.jobs[0]["message"]
+    with tifffile.TiffFile(tmp_path / "out" / "slide.tif") as f:
+        assert _value(f.pages[0], 296) == tifffile.RESUNIT.CENTIMETER
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["inspect", str(path), "--ops", '[{"op": "invert"}]']) == 0
+    text = out.getvalue()
+    assert text.count("514") == 1, text
+    assert ("kept: resolution (its ResolutionUnit 514, no TIFF unit, dropped: none, or "
+            "centimetre (its Aperio MPP) where the job drops its description") in text, text

@@ -1684,18 +1684,29 @@ RESOLUTION_UNITS = (1, 2, 3)
 def unit_note(spec: Any, pages: Sequence[Any]) -> str:
     """What a job's result says of pages whose ResolutionUnit is no TIFF unit (a damaged
     tag, ``metadata["resolutionunit_dropped"]``: :func:`read_metadata`): it is dropped and
-    their output's resolution unit is none (1), their resolution kept as numbers ("": none
-    such page). Before, the job failed once every pixel was processed, when the output was
-    written ("RESUNIT: invalid argument 514")."""
+    their output's resolution unit is :func:`dropped_unit_outcome`'s, their resolution kept
+    as numbers ("": none such page). Before, the job failed once every pixel was processed,
+    when the output was written ("RESUNIT: invalid argument 514")."""
     from pipeline.core.plan import _pages
 
-    units: dict[int, list[int]] = {}
+    units: dict[tuple[int, str], list[int]] = {}
     for page in pages:
-        if (unit := (page.info.metadata or {}).get("resolutionunit_dropped")) is not None:
-            units.setdefault(unit, []).append(page.info.index)
+        md = page.info.metadata or {}
+        if (unit := md.get("resolutionunit_dropped")) is not None:
+            units.setdefault((unit, dropped_unit_outcome(md)), []).append(page.info.index)
     return "; ".join(f"ResolutionUnit {unit} of {_pages(numbers)} is no TIFF unit (1 none, "
-                     "2 inch, 3 centimetre): dropped, the output's resolution unit is none"
-                     for unit, numbers in units.items())
+                     f"2 inch, 3 centimetre): dropped, the output's resolution unit is {outcome}"
+                     for (unit, outcome), numbers in units.items())
+
+
+def dropped_unit_outcome(md: dict[str, Any]) -> str:
+    """The output's resolution unit of a page whose ResolutionUnit is dropped (metadata
+    ``md``, :func:`read_metadata`): none, but centimetre on an Aperio page where a job drops
+    its description (:func:`output_tags` then writes its MPP as the resolution)."""
+    if "aperio_resolution" in md:
+        return ("none, or centimetre (its Aperio MPP) where the job drops its description "
+                "(a size change, a turn)")
+    return "none"
 
 
 def dropped_nodata_note(spec: Any, pages: Sequence[Any]) -> str:
