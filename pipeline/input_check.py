@@ -68,7 +68,11 @@ def check_job(job: int, spec: JobSpec) -> JobCheck:
     except Exception as exc:  # noqa: BLE001 - PlanJob fails the job with it: so does this
         failed.append(exc)
     try:
-        if failed:  # (the output's checks would fail the same: its input's are read)
+        if failed:  # (the output's checks would fail the same: its custom functions'
+            try:  # and its input's are made)
+                planning.load_custom(spec)
+            except Exception as exc:  # noqa: BLE001 - as above
+                failed.append(exc)
             plan, problems = planning.read_plan(job, spec, "validate", 0.0, refused=refused)
         else:
             plan, problems = planning.checked_plan(job, spec, "validate", 0.0,

@@ -553,3 +553,22 @@ def test_an_output_refused_does_not_hide_the_inputs_pages_refused(
     assert f"lab.tif: OutputNotWritableError\n    output {tmp_path / 'gone' / 'lab.tif'}: " \
            f"{tmp_path / 'gone'} is a link to" in err, err
     assert "\n    page 0: photometric CIELAB is not supported" in err, err
+
+
+def test_a_custom_function_that_cannot_be_imported_is_told_whatever_the_output_says(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """When the output's first check failed (there already, with if_exists fail),
+    validate --inputs read the input but skipped the import of the job's custom functions,
+    which PlanJob checks next: a module that cannot be imported was found by the next run.
+    Told now, after the output's error (the one PlanJob fails the job with)."""
+    f = _files(tmp_path / "in")
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"there")
+    manifest = _manifest(tmp_path, [{
+        "input": str(f["rgb"]), "output": str(out), "if_exists": "fail",
+        "ops": [{"op": "custom", "function": "tp_no_such_module_rf2:tile"}]}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert f"rgb.tif -> {out}: OutputExistsError\n    output {out} exists already" in err, err
+    assert ("\n    custom op tp_no_such_module_rf2:tile: cannot import module "
+            "'tp_no_such_module_rf2'") in err, err

@@ -325,6 +325,14 @@ def output_exists(spec: JobSpec) -> bool:
     return True
 
 
+def load_custom(spec: JobSpec) -> None:
+    """Import the functions of the job's custom ops, as PlanJob does first (the error of
+    one that cannot be imported: :func:`pipeline.core.custom.load`)."""
+    for call in chain_from_json(spec.ops):
+        if call.op.name == "custom":
+            custom_mod.load(call.params["function"])
+
+
 def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: bool = False,
                  refused: list[tuple[int, TiffpipeError]] | None = None,
                  record_probe: bool = False, failed: list[Exception] | None = None
@@ -348,9 +356,7 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
     the input is read still (``tiffpipe validate --inputs``: an output that cannot be
     written and an input that cannot be read are both told)."""
     try:
-        for call in chain_from_json(spec.ops):
-            if call.op.name == "custom":
-                custom_mod.load(call.params["function"])
+        load_custom(spec)
         if record_probe:
             storage.check_writable(
                 spec.output,
