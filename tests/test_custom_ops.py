@@ -7,6 +7,7 @@ CustomOperationError naming the function."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 
@@ -50,6 +51,9 @@ def swapped(tile):
 
 def crop(tile):
     return tile[1:-1, 1:-1]
+
+def swapped_crop(tile):
+    return swapped(tile)[1:-1, 1:-1]
 
 def to_float(tile):
     return tile.astype(np.float32)
@@ -145,6 +149,19 @@ def test_wrong_tiles_are_named_errors(tmp_path, name, message):
     text = str(info.value)
     assert text.startswith(f"{src}: tile 0,0 of page 0: custom op {MODULE}:{name} "), text
     assert message in text and len(text) < 1200 + len(str(src))
+
+
+def test_a_byte_swapped_tile_of_the_wrong_shape_is_refused_as_returned(tmp_path):
+    """A byte-swapped array (``>u2`` for a uint16 tile) is made native, but it was made so
+    before its shape was checked: an array then refused was copied, and the message named
+    the copy's dtype, not the one returned. The shape is checked first now."""
+    page = make_image(73, 100, 90, 1, "uint16")
+    src = tmp_path / "in.tif"
+    write_tiff(src, [page], tiled=True)
+    with pytest.raises(CustomOperationError, match=re.escape(
+            f"custom op {MODULE}:swapped_crop returned an array of shape (78, 78) and dtype "
+            ">u2 for a tile of shape (80, 80) and dtype uint16")):
+        run_tiled(tmp_path, src, [_op("swapped_crop", 4)], 64, 64)
 
 
 def test_malformed_specs_are_refused_with_the_manifest():

@@ -91,11 +91,11 @@ def call(spec: str, tile: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise CustomOperationError(f"custom op {spec} returned {type(out).__name__}, expected "
                                    f"a numpy array of shape {shape} and dtype {dtype}")
-    if out.dtype != dtype and out.dtype.newbyteorder("=") == dtype.newbyteorder("="):
-        out = out.astype(dtype)  # the right values in another byte order (``>u2``): native
-    if out.shape != shape or out.dtype != dtype:
+    if out.shape != shape or out.dtype.newbyteorder("=") != dtype.newbyteorder("="):
         raise CustomOperationError(
             f"custom op {spec} returned an array of shape {out.shape} and dtype {out.dtype} "
             f"for a tile of shape {shape} and dtype {dtype}; it must return the same shape "
             "and dtype")
+    if out.dtype != dtype:  # the right values in another byte order (``>u2``): native
+        out = out.astype(dtype)  # (checked first: an array refused is not copied)
     return out
