@@ -369,6 +369,23 @@ def test_list_and_delete_local(tmp_path):
     assert storage.list_prefix(str(tmp_path)) == [str(tmp_path / "other" / "d")]
 
 
+def test_list_prefix_asks_s3_for_no_more_than_it_keeps(s3):
+    """``most``: only that many keys are kept, but each ListObjectsV2 asked for S3's 1,000
+    (MaxItems cuts what the paginator yields, not what S3 sends): ``most=1`` fetched up to
+    1,000 keys to keep one. MaxKeys is ``most`` now, and S3's own without it."""
+    for i in range(5):
+        s3.put_object(Bucket=BUCKET, Key=f"in/t{i}", Body=b"")
+    asked: list[object] = []
+    storage.s3_client().meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda params, **_: asked.append(
+            params.get("query_string", {}).get("max-keys")))
+    assert storage.list_prefix("s3://tp-bucket/in", most=1) == ["s3://tp-bucket/in/t0"]
+    assert asked == [1]
+    asked.clear()
+    assert len(storage.list_prefix("s3://tp-bucket/in")) == 5
+    assert asked == [None]
+
+
 def test_list_and_delete_s3_paginates(s3):
     n = 1050
     for i in range(n):

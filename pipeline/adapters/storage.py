@@ -669,7 +669,7 @@ def list_prefix(url: str, no_bucket: type[TiffpipeError] | None = None,
     prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
     with _errors(url, "list", no_bucket):  # (a missing prefix lists nothing: no 404)
         pages = s3_client().get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, PaginationConfig={"MaxItems": most})
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"MaxItems": most, "PageSize": most})
         return sorted(f"s3://{bucket}/{o['Key']}" for p in pages for o in p.get("Contents", []))
 
 
