@@ -885,6 +885,15 @@ def test_page_number_is_renumbered_for_the_output_pages(tmp_path: Path):
         assert not tf.pages[1].asarray()[:, :80].any() and tf.pages[1].asarray()[:, 80:].all()
 
 
+def _damage_unit(path: Path) -> None:
+    """Page 0's ResolutionUnit made 514, no TIFF unit (a damaged tag)."""
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        at = tf.pages[0].tags[296].valueoffset
+    data[at:at + 2] = (514).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
 def test_a_damaged_resolution_unit_is_dropped_with_a_note(tmp_path: Path):
     """A ResolutionUnit that is no TIFF unit (514, a damaged tag) passed the plan and failed
     the job once its pixels were processed ("RESUNIT: invalid argument 514"): damaged
@@ -895,11 +904,7 @@ def test_a_damaged_resolution_unit_is_dropped_with_a_note(tmp_path: Path):
     page = pattern(64, 64, 1, "uint8", 3)
     path = tmp_path / "unit.tif"
     tifffile.imwrite(path, page, resolution=(300, 300), resolutionunit="INCH", metadata=None)
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tf:
-        at = tf.pages[0].tags[296].valueoffset
-    data[at:at + 2] = (514).to_bytes(2, "little")
-    path.write_bytes(bytes(data))
+    _damage_unit(path)
     result = pipeline.run({"jobs": [{"input": "unit.tif", "output": "out/unit.tif",
                                      "ops": [{"op": "invert"}]}]}, workers=1, base=tmp_path)
     assert result.ok, result.jobs
@@ -924,11 +929,7 @@ def test_a_damaged_resolution_unit_of_an_aperio_page_is_told_as_written(tmp_path
     tifffile.imwrite(path, pattern(64, 64, 3, "uint8", 5), photometric="rgb", tile=(32, 32),
                      resolution=(300, 300), resolutionunit="INCH", metadata=None,
                      description=APERIO)
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tf:
-        at = tf.pages[0].tags[296].valueoffset
-    data[at:at + 2] = (514).to_bytes(2, "little")
-    path.write_bytes(bytes(data))
+    _damage_unit(path)
     result = pipeline.run({"jobs": [{"input": "slide.tif", "output": "out/slide.tif",
                                      "ops": [{"op": "downsample", "factor": 2}]}]},
                           workers=1, base=tmp_path)
