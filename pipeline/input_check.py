@@ -17,6 +17,7 @@ from pipeline.core.manifest import ScanSpec, is_s3, quoted
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import grouped_by_page
 from pipeline.errors import TiffpipeError
+from pipeline.ui import is_terminal
 
 #: inputs read at once (each read is a few small requests: on S3 mostly waiting)
 INPUT_THREADS = 16
@@ -125,7 +126,7 @@ class _Bar:
 
     def __init__(self, stream: TextIO | None, total: int, what: str) -> None:
         self.progress: Any = None
-        if stream is None or total < PROGRESS_FROM or not _is_terminal(stream):
+        if stream is None or total < PROGRESS_FROM or not is_terminal(stream):
             return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -146,13 +147,6 @@ class _Bar:
                 self.progress.stop()
             except OSError:  # its terminal gone: nothing more to show
                 pass
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (OSError, ValueError):
-        return False
 
 
 def _plural(n: int, word: str) -> str:

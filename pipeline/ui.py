@@ -45,6 +45,46 @@ def off_gone_streams(*streams: Any) -> None:
     os.close(null)
 
 
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal: False for None (Python's stream when the command
+    started with its fd closed, ``>&-``, or without a console, pythonw) and for a stream
+    closed or failing."""
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def standard_streams() -> Iterator[None]:
+    """stdout and stderr writable for the block, however the command was started: a closed
+    fd 1 or 2 (``tiffpipe run m.json >&-`` or ``2>&-`` from a daemon or a cron line) is given
+    /dev/null for good (a file the command opens would otherwise take its number, and what
+    a library writes to that fd would go into the file), and a stream that is None (Python's
+    when its fd was closed as it started; pythonw's) is a text stream on /dev/null for the
+    block, None again after it. Each line for such a stream goes nowhere; the command does
+    what it does, with its exit code (it crashed on the first line, exit 1)."""
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    stand_ins = {name: open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+                 for name in ("stdout", "stderr") if getattr(sys, name) is None}
+    for name, stream in stand_ins.items():
+        setattr(sys, name, stream)
+    try:
+        yield
+    finally:
+        for name, stream in stand_ins.items():
+            if getattr(sys, name) is stream:
+                setattr(sys, name, None)
+            stream.close()
+
+
 def stop_signals() -> list[signal.Signals]:
     """The signals that stop a command (a run, a deploy): SIGINT, SIGTERM and SIGHUP where
     there is one (not on Windows), but none that was ignored when the command started:
@@ -118,23 +158,24 @@ def exit_code_of(main: Callable[[], int]) -> int:
     while it printed: it printed until no one read it, as ``tiffpipe ops | head`` does).
     Another pipe broken under ``main`` (stderr's: ``deploy.py 2>&1 | head``, its progress
     lines) stopped the command half-way: exit 141 (128 + SIGPIPE, a shell's code for a
-    writer its pipe stopped), quietly, never 0."""
-    try:
-        code = main()
-    except SystemExit as exc:  # argparse's: its message printed (or lost with stdout)
-        if exc.code is not None and not isinstance(exc.code, int):
-            raise
-        code = exc.code or 0
-    except BrokenPipeError:
-        gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(s)]
-        code = 0 if sys.stdout in gone else 128 + 13  # (SIGPIPE: 13 on every POSIX)
-        if gone:  # (none named: off_gone_streams takes both)
-            off_gone_streams(*gone)
-    try:
-        if sys.stdout is not None:  # None without a console (pythonw)
+    writer its pipe stopped), quietly, never 0. A closed or missing stdout or stderr
+    (``>&-``, ``2>&-``, pythonw) is /dev/null for ``main`` (:func:`standard_streams`)."""
+    with standard_streams():
+        try:
+            code = main()
+        except SystemExit as exc:  # argparse's: its message printed (or lost with stdout)
+            if exc.code is not None and not isinstance(exc.code, int):
+                raise
+            code = exc.code or 0
+        except BrokenPipeError:
+            gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(s)]
+            code = 0 if sys.stdout in gone else 128 + 13  # (SIGPIPE: 13 on every POSIX)
+            if gone:  # (none named: off_gone_streams takes both)
+                off_gone_streams(*gone)
+        try:
             sys.stdout.flush()
-    except BrokenPipeError:
-        off_gone_streams(sys.stdout)
+        except BrokenPipeError:
+            off_gone_streams(sys.stdout)
     return code
 
 
@@ -144,14 +185,14 @@ class RunProgress:
 
     def __init__(self, jobs: list[Any], quiet: bool = False, stream: Any = None):
         self.stream = stream or sys.stderr
-        self.quiet = quiet
+        self.quiet = quiet or self.stream is None  # (None: stderr closed, pythonw's)
         # a scan's jobs are known only once the run has planned them
         self.names = [os.path.basename(j.input) for j in jobs] if isinstance(jobs, list) else []
         self.totals: dict[int, int] = {}
         self.done: dict[int, int] = {}
         self.logged_decile: dict[int, int] = {}
         self.lock = threading.Lock()
-        self.live = not quiet and self.stream.isatty()
+        self.live = not self.quiet and is_terminal(self.stream)
         self.progress: Progress | None = None
         self.tasks: dict[int, Any] = {}
         if self.live:
@@ -517,9 +558,12 @@ def summary_text(report: dict[str, Any]) -> str:
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     """The summary table: drawn by rich on a terminal, plain lines otherwise (rich's import
     and drawing took ~30 ms of a short command's time); a scan's line under it (and what a run
-    with no job kept: :func:`last_run_line`)."""
+    with no job kept: :func:`last_run_line`). Nothing on a stream that is None (stdout
+    closed, pythonw's)."""
     stream = stream or sys.stdout
-    if not stream.isatty() or not report["jobs"]:  # no jobs: the title alone, a line
+    if stream is None:
+        return
+    if not is_terminal(stream) or not report["jobs"]:  # no jobs: the title alone, a line
         print(summary_text(report), file=stream)
         return
     from rich.console import Console

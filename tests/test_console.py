@@ -252,6 +252,85 @@ def test_no_stdout_at_all():
     assert "m.json does not exist" in proc.stderr and "teardown ran" not in proc.stderr
 
 
+def _with_closed(redirect: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``tiffpipe ARGS`` started by a shell with ``redirect`` (``>&-``: stdout closed, as a
+    daemon or a cron line may start it; ``2>&-``: stderr), the other stream captured."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", sys.executable, "-m",
+                           "pipeline", *args], capture_output=True, text=True, cwd=cwd,
+                          stdin=subprocess.DEVNULL, timeout=90, check=False)
+
+
+def _good_and_bad(tmp_path: Path) -> Path:
+    """A manifest of a job that succeeds and one that fails (its input is no TIFF)."""
+    tifffile.imwrite(tmp_path / "in.tif", np.arange(96 * 80, dtype=np.uint16).reshape(96, 80))
+    (tmp_path / "bad.tif").write_bytes(b"not a TIFF at all")
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"jobs": [{"input": "in.tif", "output": "out/0.tif"},
+                                             {"input": "bad.tif", "output": "out/1.tif"}]}))
+    return manifest
+
+
+@pytest.mark.parametrize("redirect", [">&-", "2>&-"])
+def test_a_run_with_stdout_or_stderr_closed_runs_and_exits_with_its_jobs_code(
+        redirect: str, tmp_path: Path):
+    """``tiffpipe run m.json >&-``: the run went, then its summary crashed (AttributeError:
+    Python's sys.stdout is None when fd 1 is closed at the start), exit 1 whatever the jobs
+    did; ``2>&-``: it crashed before any job ran (its progress on a None stderr), exit 1
+    and nothing said. Now the run goes on, writes its report and exits with its jobs'
+    code (1: a job failed), the lines for the other stream still written."""
+    manifest = _good_and_bad(tmp_path)
+    proc = _with_closed(redirect, ["run", str(manifest), "--no-contact-sheet"], tmp_path)
+    shown = proc.stderr if redirect == ">&-" else proc.stdout
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED", "FAILED"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out/0.tif"),
+                                  tifffile.imread(tmp_path / "in.tif"))
+    said = "job 1: FAILED (NotATiffError)" if redirect == ">&-" else "1 succeeded, 1 failed"
+    assert said in shown
+    if redirect == "2>&-":  # stderr's lines (the rerun's hint) not sent to stdout instead
+        assert "tiffpipe:" not in proc.stdout
+
+
+def test_a_closed_fd_is_not_taken_by_a_file_the_command_opens(tmp_path: Path):
+    """With fd 1 and 2 closed at the start, the first files a command opened took their
+    numbers, and what a library writes to stderr (fd 2) would have gone into them."""
+    script = ("import os, sys\nfrom pipeline.ui import standard_streams\n"
+              "with standard_streams():\n"
+              "    files = [open(f'f{i}', 'w') for i in range(2)]\n"
+              "    print('stdout stands in', file=sys.stdout)\n"
+              "open('fds', 'w').write(repr([f.fileno() for f in files]))\n")
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&- 2>&-', "sh", sys.executable, "-c",
+                           script], cwd=tmp_path, timeout=60, check=False)
+    assert proc.returncode == 0
+    assert not {1, 2} & set(json.loads((tmp_path / "fds").read_text()))
+
+
+def test_the_demo_with_stderr_closed_runs(tmp_path: Path):
+    """``tiffpipe demo 2>&-`` failed at its run's start (exit 1, no output); now it runs
+    its sample's jobs, its summary on stdout."""
+    proc = _with_closed("2>&-", ["demo", "--dir", str(tmp_path / "demo")], tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert "3 succeeded, 0 failed" in proc.stdout
+    assert (tmp_path / "demo" / "manifest.report.json").exists()
+
+
+def test_pipeline_run_with_progress_and_no_stderr(tmp_path: Path):
+    """``pipeline.run(..., progress=True)`` where sys.stderr is None (a process started with
+    fd 2 closed; pythonw, service hosts) raised AttributeError before any job; now it runs,
+    its progress shown nowhere."""
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((64, 48), np.uint8))
+    script = ("import sys\nimport pipeline\nassert sys.stderr is None\n"
+              "r = pipeline.run({'jobs': [{'input': 'in.tif', 'output': 'out.tif'}]}, "
+              "progress=True)\nprint('ok', r.ok)\n")
+    proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, timeout=90, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "ok True\n"), proc.stdout
+    assert tifffile.imread(tmp_path / "out.tif").shape == (64, 48)
+
+
 def test_help_describes_every_command():
     """`tiffpipe --help` says what the tool and each command are for, in its description (not
     the module's docstring for developers), and lists every subcommand."""
