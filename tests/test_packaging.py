@@ -377,7 +377,9 @@ def test_installed_wheel_reaches_aws_for_start_and_status(installed: tuple[Path,
     run (no missing file, no traceback) and say what is missing (StackNotFoundError)."""
     _, env_dir = installed
     manifest = tmp_path / "m.json"
-    manifest.write_text(json.dumps(DEMO_MANIFEST))
+    # (its locations on S3: start checks the manifest before it looks the stack up)
+    manifest.write_text(json.dumps({"jobs": [{"input": "s3://data/in.tif",
+                                              "output": "s3://data/out.tif"}]}))
     env = {**_clean_env(), "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     tiffpipe = str(env_dir / "bin" / "tiffpipe")

@@ -792,6 +792,9 @@ def test_status_without_credentials_gives_starts_advice(monkeypatch: pytest.Monk
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # (a valid manifest: start checks it before any AWS call)
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif"}]}))
     outcomes = {}
     for args in (["status", f"arn:aws:states:{REGION}:123456789012:execution:tiffpipe-main:run-x"],
                  ["start", str(tmp_path / "m.json"), "--region", REGION]):
@@ -849,3 +852,27 @@ def test_start_lists_local_paths_and_unreachable_locations_at_once(stack: Stack)
     assert (f"jobs[1].output: s3://{other}/out/c.tif is outside what the stack's functions may "
             f"write (s3://{DATA}/)") in err
     assert stack.keys(NAMES.bucket, "manifests/") == []
+
+
+def test_start_lists_the_manifests_problems_whatever_the_stack(stack: Stack):
+    """``tiffpipe start bad.json --stack prod`` (a stack mistyped): start looked the stack
+    up before it read the manifest, and said only that no such stack was deployed; its
+    problems came one fix later. The manifest is checked first, as docs/aws.md says: its
+    problems, exit 2, nothing started; a valid one then meets the stack's error."""
+    bad = stack.manifest("bad.json", {"jobs": [
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif",
+         "ops": [{"op": "gaussian_blur", "sigma": "two"}]},
+        {"input": "slides/b.tif", "output": f"s3://{DATA}/out/b.tif"}]})
+    code, out, err = stack.tiffpipe("start", str(bad), "--stack", "prod", "--region", REGION)
+    assert (code, out) == (2, ""), err
+    assert "2 problem(s)" in err and "jobs[0].ops[0].sigma" in err, err
+    assert 'jobs[1].input: expected an s3:// URL for a run on AWS' in err
+    assert "no state machine" not in err
+    good = stack.manifest("good.json", {"jobs": [
+        {"input": f"s3://{DATA}/in/a.tif", "output": f"s3://{DATA}/out/a.tif"}]})
+    code, out, err = stack.tiffpipe("start", str(good), "--stack", "prod", "--region", REGION)
+    assert out == "" and code != 0
+    assert "stack 'prod': no state machine" in err, err
+    assert stack.keys(NAMES.bucket, "manifests/") == []
+    assert stack.client("stepfunctions").list_executions(
+        stateMachineArn=NAMES.state_machine_arn)["executions"] == []

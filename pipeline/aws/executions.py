@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import (
     BUCKET_TAG,
@@ -199,11 +199,15 @@ def stack_reach(clients: Clients, target: Target) -> Reach | None:
                  locations_of(write, "WriteOutputs"))
 
 
-def read_manifest(s3: Any, manifest: str, reach: Reach | None = None
+def read_manifest(s3: Any, manifest: str,
+                  reach: Reach | Callable[[], Reach | None] | None = None
                   ) -> tuple[str, list[Any] | ScanSpec]:
     """The text of a local or S3 manifest and what it holds; ManifestError listing every
     problem, including locations a run on AWS cannot reach: local paths, and (given the
-    stack's ``reach``) S3 locations its functions may not read or write."""
+    stack's ``reach``) S3 locations its functions may not read or write. ``reach`` may be
+    a function that finds it, called once the manifest is read and checked on its own (a
+    local one with no AWS call): what it raises (a mistyped ``--stack``) is raised only for
+    a manifest without problems; a manifest's own problems are listed whatever it raises."""
     on_s3 = manifest.startswith("s3://")
     if on_s3:
         bucket, _, key = manifest[len("s3://"):].partition("/")
@@ -233,6 +237,13 @@ def read_manifest(s3: Any, manifest: str, reach: Reach | None = None
     except ValueError:
         data = None
     problems += local_location_problems(data, on_s3)
+    if callable(reach):
+        try:
+            reach = reach()
+        except (TiffpipeError, ClientError, BotoCoreError):
+            if problems:
+                raise ManifestError(manifest, problems) from None
+            raise
     if reach is not None:
         problems += reach_problems(parsed, manifest, reach)
     if problems:
@@ -269,11 +280,17 @@ def start(clients: Clients, manifest: str, stack: str | None = None,
     from pipeline.runner import new_run_id
 
     out, err = out or sys.stdout, err or sys.stderr
-    target = find_target(clients, stack, state_machine)
+    found: list[tuple[Target, Reach | None]] = []
+
+    def stack_found() -> Reach | None:  # after the manifest's own check (read_manifest)
+        target = find_target(clients, stack, state_machine)
+        found.append((target, stack_reach(clients, target)))
+        return found[0][1]
+
     run_id = new_run_id()
     s3 = clients("s3")
-    reach = stack_reach(clients, target)
-    text, parsed = read_manifest(s3, manifest, reach)
+    text, parsed = read_manifest(s3, manifest, stack_found)
+    [(target, reach)] = found
     if not isinstance(parsed, ScanSpec):  # (a scan's run defers to an earlier one itself)
         _not_running_already(clients, target, manifest, parsed, err)
     if not reach:
