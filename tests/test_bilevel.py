@@ -549,7 +549,7 @@ def test_plan_job_and_estimate_refuse_them_in_the_same_words(graying):
             handlers.process_handler({"action": "plan_job", "run": run["run"], "job": i})
         assert str(info.value) == (f"{tmp / src}: the job cannot run: "
                                    f"{grays_refusal(*grays)}")
-        refused.append(f"jobs[{i}] ({tmp / src}): {grays_refusal(*grays)}")
+        refused.append(f"jobs[{i}]: OperationError: {tmp / src}: {grays_refusal(*grays)}")
     assert problems == refused
 
 

@@ -1147,8 +1147,8 @@ def test_a_job_plan_job_refuses_for_its_output_is_not_costed(tmp_path: Path) -> 
     m.write_text(json.dumps({"jobs": [{"input": "missing.tif", "output": "o.tif",
                                        "output_options": {"compression": "jpeg"}}]}))
     [problem] = est.plan_manifest(str(m), "512x512:uint16*3").problems
-    assert problem.startswith("jobs[0] (") and "pages 0-2 (3 pages): jpeg output needs uint8" \
-        in problem
+    assert problem.startswith(f"jobs[0]: OperationError: {tmp_path / 'missing.tif'}: pages "
+                              "0-2 (3 pages): jpeg output needs uint8"), problem
 
 
 def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path: Path
@@ -1169,7 +1169,8 @@ def test_a_page_the_assumed_pages_lack_is_a_problem_as_planjob_makes_it(tmp_path
     planned = est.plan_manifest(str(m), "64x64x3")
     plans, problems = planned.plans, planned.problems
     one = tmp_path / "one.tif"
-    assert problems == [f"jobs[{i}] ({one}): page {page} asked for, --assume-pages gives 1 "
+    assert problems == [f"jobs[{i}]: PageNotFoundError: {one}: page {page} asked for, "
+                        "--assume-pages gives 1 "
                         "page(s) (0..0); fix the job's pages, or give --assume-pages more"
                         for i, page in ((0, 5), (1, 7))]
     assert [plan.spec.output for plan in plans] == [str(tmp_path / "o2.tif")]
@@ -1202,11 +1203,16 @@ def test_estimate_refuses_the_jobs_planjob_refuses(tmp_path: Path) -> None:
             for c in ("zstd", "jpeg")]
     m = tmp_path / "m.json"
     m.write_text(json.dumps({"jobs": jobs}))
-    problems = est.plan_manifest(str(m)).problems
-    refused = {int(p.split("]")[0].removeprefix("jobs[")) for p in problems}
-    failing = {i for i, spec in enumerate(read_manifest(str(m)))
-               if check_job(i, spec).error is not None}
+    planned = est.plan_manifest(str(m))
+    # each refused job's problems in one form, with the error validate --inputs names (an
+    # op's or the output's refusal said none: "jobs[2] (in.tif): page 0: ...")
+    refused = {r["job"]: {p.split(": ")[1] for p in r["problems"]} for r in planned.refused}
+    assert all(p.startswith(f"jobs[{r['job']}]: ") and r["input"] in p
+               for r in planned.refused for p in r["problems"])
+    failing = {i: {check.error} for i, spec in enumerate(read_manifest(str(m)))
+               if (check := check_job(i, spec)).error is not None}
     assert refused == failing
+    assert "OperationError" in set().union(*failing.values())  # (both kinds of refusal)
     assert 0 < len(failing) < len(jobs)  # (both kinds of jobs are there)
 
 

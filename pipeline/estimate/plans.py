@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,7 +165,12 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
     """The plan and input size of each job PlanJob would plan, and the jobs it would
     refuse."""
     from pipeline.adapters import storage
-    from pipeline.errors import TiffpipeError
+    from pipeline.errors import (
+        OperationError,
+        OutputNotWritableError,
+        PageNotFoundError,
+        TiffpipeError,
+    )
     from pipeline.steps.planning import plan_pages, read_plan
 
     assumed = parse_assume_pages(assume_pages) if assume_pages else None
@@ -174,6 +180,11 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
     def refuse(i: int, problems: list[str]) -> None:
         refused.append({"job": i, "input": specs[i].input, "output": specs[i].output,
                         "problems": problems})
+
+    def said(i: int, error: type[Exception], texts: Iterable[str]) -> list[str]:
+        """Job ``i``'s problems, each with the error PlanJob fails it with, as ``validate
+        --inputs`` names it (``jobs[2]: OperationError: in.tif: page 0: ...``)."""
+        return [f"jobs[{i}]: {error.__name__}: {text}" for text in texts]
 
     gone: dict[str, bool] = {}  # an output bucket -> whether it is missing (asked once)
 
@@ -185,17 +196,18 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
         bucket = storage.split_s3(output)[0]
         if bucket not in gone:
             gone[bucket] = storage.bucket_missing(output)
-        problem = f"jobs[{i}]: OutputNotWritableError: output {output}: {storage.NO_OUTPUT_BUCKET}"
-        return [problem] if gone[bucket] else []
+        problem = f"output {output}: {storage.NO_OUTPUT_BUCKET}"
+        return said(i, OutputNotWritableError, [problem]) if gone[bucket] else []
 
     for i, spec in enumerate(specs):
         size = None
         if assumed is not None:
             lacking = [p for p in spec.pages or [] if p >= len(assumed)]
             if lacking:
-                refuse(i, [f"jobs[{i}] ({spec.input}): page {p} asked for, --assume-pages "
-                           f"gives {len(assumed)} page(s) (0..{len(assumed) - 1}); fix the "
-                           "job's pages, or give --assume-pages more" for p in lacking])
+                refuse(i, said(i, PageNotFoundError, (
+                    f"{spec.input}: page {p} asked for, --assume-pages gives {len(assumed)} "
+                    f"page(s) (0..{len(assumed) - 1}); fix the job's pages, or give "
+                    "--assume-pages more" for p in lacking)))
                 continue
             plan, why = plan_pages(i, spec, [assumed[p] for p in spec.pages] if spec.pages
                                    else list(assumed), WORK, 0.0)
@@ -204,18 +216,19 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
             try:
                 plan, why = read_plan(i, spec, WORK, 0.0)
             except TiffpipeError as exc:  # the message names the file: the next job's too
-                refuse(i, [*output, f"jobs[{i}]: {type(exc).__name__}: {exc}"])
+                refuse(i, [*output, *said(i, type(exc), [str(exc)])])
                 continue
             if output:
-                refuse(i, [*output, *(f"jobs[{i}] ({spec.input}): {p}"
-                                      for p in grouped_by_page(why))])
+                refuse(i, [*output, *said(i, OperationError, (
+                    f"{spec.input}: {p}" for p in grouped_by_page(why)))])
                 continue
             try:
                 size = float(storage.size(spec.input))
             except Exception:  # noqa: BLE001 - the size only refines the S3 bytes
                 size = None
-        if why:  # (planned, but its pages the chain or the output refuses)
-            refuse(i, [f"jobs[{i}] ({spec.input}): {p}" for p in grouped_by_page(why)])
+        if why:  # (planned, but its pages the chain or the output refuses: OperationError)
+            refuse(i, said(i, OperationError, (f"{spec.input}: {p}"
+                                               for p in grouped_by_page(why))))
         else:
             planned.append((plan, size))
     return planned, refused
