@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import re
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,14 @@ def test_estimate_excerpts_are_what_the_command_prints(page: str, manifest: Any,
     assert len(shown) >= 3
     for line in shown:
         assert _words(line) in printed, f"docs/{page} shows a line the command no longer prints"
+    # a job shown is shown whole: each of its lines under it (a job's "peak memory:" line,
+    # added to the output, was missing from both pages)
+    lines = out.getvalue().splitlines()
+    for i, line in enumerate(shown):
+        if line.startswith("  jobs["):
+            under = list(takewhile(lambda x: x.startswith("    "), lines[lines.index(line) + 1:]))
+            assert shown[i + 1:i + 1 + len(under)] == under, \
+                f"docs/{page} leaves out lines of {line.split(':')[0].strip()}"
 
 
 #: a path of the repository as the pages cite it (``tests/test_cli.py``, ``pipeline/core/plan.py``)
