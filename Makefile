@@ -20,7 +20,7 @@ LOCK_PIP_ARGS ?=
 .PHONY: help venv $(VENV) python-check node demo test test-fast test-pythons lint lock clean
 
 help:
-	@echo "make demo    set up (venv, npm deps) and run the pipeline on a generated sample"
+	@echo "make demo    set up (the venv) and run the pipeline on a generated sample"
 	@echo "make test    run all the tests (PYTEST_ARGS='-k foo' to pick)"
 	@echo "make test-fast  the tests to run while working: no Docker, nothing slow"
 	@echo "make test-pythons PYTHONS='python3.12 python3.13'  the lock, the demo and the unit"

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from itertools import takewhile
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,38 @@ def test_cited_paths_exist(page: Path):
     missing = sorted(path for path in set(_CITED.findall(text))
                      if not any(ROOT.glob(path)) and not (ROOT / path).exists())
     assert not missing, f"{page.name} cites paths that do not exist: {missing}"
+
+
+#: a section of a page as the code's messages cite it: docs/manifest-and-ops.md, "Categorical data"
+_CITED_SECTION = re.compile(r'docs/([\w-]+\.md), "([^"]+)"')
+
+
+def test_the_sections_the_code_cites_are_on_their_pages():
+    """Each ``docs/PAGE.md, "Section"`` a string of pipeline/ cites (an error's advice, a
+    warning) names a heading of that page, or a term in bold there: the errors of a 16-bit
+    page for a JPEG output cited "Convert another sample type" while the heading read
+    "Convert: another sample type"."""
+    def texts(node: ast.AST) -> Iterator[str]:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                yield sub.value
+            elif isinstance(sub, ast.JoinedStr):  # an f-string: its literal parts, joined
+                yield "".join(v.value for v in sub.values if isinstance(v, ast.Constant))
+
+    cited = {(page, " ".join(section.split()), path.relative_to(ROOT).as_posix())
+             for path in sorted((ROOT / "pipeline").rglob("*.py"))
+             for text in texts(ast.parse(path.read_text(encoding="utf-8")))
+             for page, section in _CITED_SECTION.findall(text)}
+    assert len(cited) >= 5
+    missing = []
+    for page, section, source in sorted(cited):
+        doc = (ROOT / "docs" / page).read_text(encoding="utf-8")
+        headings = {" ".join(h.split()) for h in re.findall(r"^#+ (.+)$", doc, re.MULTILINE)}
+        bold = {" ".join(b.split()).lower()
+                for b in re.findall(r"\*\*`?([^*`]+?)`?\.?\*\*", doc)}
+        if section not in headings and section.lower() not in bold:
+            missing.append(f"{source}: docs/{page}, {section!r}")
+    assert not missing, missing
 
 
 def _command_lines(text: str) -> list[str]:
