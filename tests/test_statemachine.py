@@ -569,6 +569,61 @@ def test_a_path_a_number_a_resource_or_a_placeholder_is_refused_naming_state_and
     assert message.count("; ") == 0, message
 
 
+@pytest.mark.parametrize("edit,problem", [
+    (lambda d: job_states(d)["Fused"].update(Choices=5),
+     "state Jobs > Fused: Choices must be a list, not 5"),
+    (lambda d: job_states(d)["ProcessJob"].update(Catch=5),
+     "state Jobs > ProcessJob: Catch must be a list, not 5"),
+    (lambda d: job_states(d)["ProcessJob"].update(Retry={"ErrorEquals": ["States.ALL"]}),
+     "state Jobs > ProcessJob: Retry must be a list, not {'ErrorEquals': ['States.ALL']}"),
+    (lambda d: d["States"].update(P={"Type": "Parallel", "Branches": 5, "End": True}),
+     "state P: Branches must be a list, not 5"),
+    (lambda d: job_states(d)["PlanJob"].update(Next=["Fused"]),
+     "state Jobs > PlanJob: Next must be a state's name (a string), not ['Fused']"),
+    (lambda d: job_states(d)["Fused"].update(Default=["Split"]),
+     "state Jobs > Fused: Default must be a state's name (a string), not ['Split']"),
+    (lambda d: d.update(StartAt=["PlanRun"]),
+     "the definition: StartAt must be a state's name (a string), not ['PlanRun']"),
+    (lambda d: job_states(d)["ProcessJob"].update(Parameters=[1]),
+     "state Jobs > ProcessJob: Parameters must be a JSON object, not [1]"),
+    (lambda d: job_states(d)["ProcessJob"].update(ResultSelector=3),
+     "state Jobs > ProcessJob: ResultSelector must be a JSON object, not 3"),
+    (lambda d: job_states(d)["ProcessJob"]["Parameters"].update(Payload="x"),
+     "state Jobs > ProcessJob: Parameters.Payload must be a JSON object (the event of the "
+     "function's action, with its \"action\"), not 'x'"),
+    (lambda d: job_states(d)["ProcessJob"]["Parameters"].update(Payload=None),
+     "state Jobs > ProcessJob: Parameters.Payload must be a JSON object (the event of the "
+     "function's action, with its \"action\"), not None"),
+])
+def test_a_field_of_the_wrong_type_is_a_problem_not_a_traceback(
+        raw: dict[str, Any], edit: Any, problem: str):
+    """Valid JSON with a field of the wrong type (a Choices or Catch that is no list, a Next
+    that is no name, a Payload that is no object) crashed the check, and so validate
+    --definition, run --definition and deploy.py, with a TypeError: each is a problem named
+    by state and field, the contract with the code not checked after it."""
+    broken = copy.deepcopy(raw)
+    edit(broken)
+    with pytest.raises(EngineError) as caught:
+        definition.check(json.dumps(broken), "edited.asl.json", contract=True)
+    message = str(caught.value)
+    assert message.startswith("edited.asl.json is not a valid state machine"), message
+    assert f": {problem}" in message, (problem, message)
+    assert "does not fit tiffpipe's code" not in message, message
+
+
+def test_a_bug_of_the_check_is_an_engine_error_naming_the_definition(raw, monkeypatch):
+    """An exception the checks did not foresee is said as their bug, naming the definition,
+    not a traceback (deploy.py and the CLI catch EngineError only)."""
+    def broken(machine: dict[str, Any]) -> list[str]:
+        raise KeyError("Next")
+
+    monkeypatch.setattr(definition, "contract_problems", broken)
+    text = json.dumps(raw) + " "  # (not the text another test passed in this process)
+    with pytest.raises(EngineError, match=r"^edited.asl.json: checking it failed \(KeyError: "
+                                          r"'Next'\): a bug of tiffpipe's definition check"):
+        definition.check(text, "edited.asl.json", contract=True)
+
+
 def test_a_mistyped_type_is_the_one_problem_not_the_states_after_it(raw: dict[str, Any]):
     """A Type typo in a Choice: its Choices still lead on, so the states after it are not
     reported unreachable (12 more problems); a dropped Next, whose states after it are, says

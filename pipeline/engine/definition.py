@@ -114,14 +114,22 @@ def check(text: str, source: str | None = None, contract: bool = False) -> dict[
     machine = parse(text, source)
     if (text, contract) in _PASSED or (text, True) in _PASSED:  # (a contract pass: both)
         return machine
-    validate(machine, source)
-    if contract:
-        problems = contract_problems(machine)
-        if problems:
-            raise EngineError(f"{source or 'the state machine definition'} does not fit "
-                              "tiffpipe's code (the events and results of "
-                              "pipeline/core/events.py, docs/local-engine.md, \"Checking an "
-                              f"edited definition\"): {'; '.join(problems)}")
+    name = source or "the state machine definition"
+    try:
+        validate(machine, source)  # (raises first: the contract is checked on a valid one)
+        problems = contract_problems(machine) if contract else []
+    except EngineError:
+        raise
+    except Exception as exc:  # a bug of these checks, said as such: not a traceback
+        raise EngineError(
+            f"{name}: checking it failed ({type(exc).__name__}: {exc}): a bug of tiffpipe's "
+            "definition check, not necessarily of the definition: please report it with the "
+            "definition; meanwhile compare the definition with the shipped "
+            "statemachine.asl.json") from exc
+    if problems:
+        raise EngineError(f"{name} does not fit tiffpipe's code (the events and results of "
+                          "pipeline/core/events.py, docs/local-engine.md, \"Checking an "
+                          f"edited definition\"): {'; '.join(problems)}")
     _PASSED.add((text, contract))
     return machine
 
@@ -175,9 +183,42 @@ def _all_states(machine: Any) -> list[dict[str, Any]]:
         if isinstance(state, dict):
             found.append(state)
             for child in [state.get("ItemProcessor") or state.get("Iterator"),
-                          *(state.get("Branches") or [])]:
+                          *_listed(state, "Branches")]:
                 found += _all_states(child)
     return found
+
+
+def _listed(state: dict[str, Any], field: str) -> list[Any]:
+    """``state[field]`` if it is a list, else [] (its type is a problem of its own:
+    :func:`_type_problems`)."""
+    value = state.get(field)
+    return value if isinstance(value, list) else []
+
+
+#: a state's fields that must be of one JSON type, as the States Language says
+_TYPES: dict[str, tuple[type, str]] = {
+    **{f: (list, "a list") for f in ("Choices", "Catch", "Retry", "Branches")},
+    **{f: (str, "a state's name (a string)") for f in ("Next", "Default")},
+    **{f: (dict, "a JSON object") for f in ("Parameters", "ResultSelector", "ItemSelector",
+                                          "ItemReader", "ItemProcessor", "Iterator")},
+}
+
+
+def _type_problems(state: dict[str, Any], kind: str, label: str) -> list[str]:
+    """The fields of ``state`` of the wrong JSON type (:data:`_TYPES`; a Lambda task's
+    Parameters.Payload: an object, the event of its function's action): each said once, the
+    checks after it skip that field."""
+    problems = []
+    for field, (wanted, what) in _TYPES.items():
+        if field in state and not isinstance(state[field], wanted):
+            problems.append(f"{label}: {field} must be {what}, not {state[field]!r:.80}")
+    params = state.get("Parameters")
+    if kind == "Task" and isinstance(params, dict) and "Payload" in params \
+            and not isinstance(params["Payload"], dict):
+        problems.append(f"{label}: Parameters.Payload must be a JSON object (the event of the "
+                        f"function's action, with its \"action\"), not "
+                        f"{params['Payload']!r:.80}")
+    return problems
 
 
 #: field -> (the least it may be, whether it must be whole), as the States Language says
@@ -305,7 +346,8 @@ def _placeholder_problems(value: Any, field: str) -> list[str]:
 def _state_problems(state: dict[str, Any], kind: str, label: str) -> list[str]:
     """What of one state, besides its transitions, is refused: its paths, numbers, Retry and
     Catch, Resource and placeholders."""
-    problems = _field_problems(state, label, _NUMBERS.get(kind, {}))
+    problems = _type_problems(state, kind, label)
+    problems += _field_problems(state, label, _NUMBERS.get(kind, {}))
     for field, reference in _PATHS.items():
         if field in state:
             problem = _path_problem(state[field], field, reference)
@@ -316,7 +358,7 @@ def _state_problems(state: dict[str, Any], kind: str, label: str) -> list[str]:
     if isinstance(reader, dict):
         problems += [f"{label}: {p}" for p in _template_paths(reader.get("Parameters"),
                                                               "ItemReader.Parameters")]
-    for i, rule in enumerate(state.get("Choices") or [] if kind == "Choice" else []):
+    for i, rule in enumerate(_listed(state, "Choices") if kind == "Choice" else []):
         problems += [f"{label}: {p}" for p in _rule_paths(rule, f"Choices[{i}]")]
     problems += _handler_problems(state, label)
     if kind == "Task" and state.get("Resource") != LAMBDA_INVOKE:
@@ -338,7 +380,8 @@ def _transitions(state: dict[str, Any], kind: Any, label: str
     if kind == "Choice" or kind not in STATE_TYPES and "Choices" in state:
         choices = state.get("Choices")
         if not isinstance(choices, list) or not choices:
-            problems.append(f"{label}: Choices must be a non-empty list of rules")
+            if isinstance(choices, list) or kind not in STATE_TYPES:  # (else: a type problem)
+                problems.append(f"{label}: Choices must be a non-empty list of rules")
             choices = []
         for i, rule in enumerate(choices):
             targets.append((f"Choices[{i}].Next", rule.get("Next")
@@ -353,10 +396,16 @@ def _transitions(state: dict[str, Any], kind: Any, label: str
             problems.append(f"{label}: has neither Next nor \"End\": true")
         if has_next:
             targets.append(("Next", state["Next"]))
-    for i, catcher in enumerate(state.get("Catch") or []):
+    for i, catcher in enumerate(_listed(state, "Catch")):
         targets.append((f"Catch[{i}].Next", catcher.get("Next")
                         if isinstance(catcher, dict) else None))
-    return targets, problems
+    # a Next or Default of the wrong type is said by _type_problems (a state of a known Type)
+    known = [(f, t) for f, t in targets if isinstance(t, str) or f.startswith(("Catch",
+                                                                              "Choices"))]
+    if kind not in STATE_TYPES:
+        problems += [f"{label}: {f} must be a state's name (a string), not {t!r:.80}"
+                     for f, t in targets if (f, t) not in known]
+    return known, problems
 
 
 def _problems(machine: Any, scope: str, within: str) -> list[str]:
@@ -369,6 +418,9 @@ def _problems(machine: Any, scope: str, within: str) -> list[str]:
     if not isinstance(states, dict) or not states:
         return [f"{within or 'the definition'}: no States"]
     start = machine.get("StartAt")
+    if not isinstance(start, str):
+        return [f"{within or 'the definition'}: StartAt must be a state's name (a string), "
+                f"not {start!r:.80}"]
     if start not in states:
         return [(f"{within or 'the definition'}: StartAt names {start!r}, which is not a "
                  f"state{where}")]
@@ -388,15 +440,15 @@ def _problems(machine: Any, scope: str, within: str) -> list[str]:
         if kind in STATE_TYPES:
             problems += _state_problems(state, kind, label)
         for field, target in targets:
-            if target not in states:
+            if not isinstance(target, str) or target not in states:
                 problems.append(f"{label}: {field} names {target!r}, which is not a "
                                 f"state{where}")
-        edges[name] = [t for _, t in targets if t in states]
+        edges[name] = [t for _, t in targets if isinstance(t, str) and t in states]
         inner = f"{scope} > {name}" if scope else name
         if kind == "Map":
             key = "ItemProcessor" if "ItemProcessor" in state else "Iterator"
             inner_problems += _problems(state.get(key), inner, f"the {key} of {inner}")
-        for i, branch in enumerate(state.get("Branches") or [] if kind == "Parallel" else []):
+        for i, branch in enumerate(_listed(state, "Branches") if kind == "Parallel" else []):
             inner_problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}")
     reached, todo = {start}, [start]
     while todo:
