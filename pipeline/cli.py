@@ -280,7 +280,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if path is not None:
         try:
-            _definition(path)
+            _definition(path, runnable=True)
         except EngineError as exc:
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -447,11 +447,13 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
         print(hint, file=sys.stderr)
 
 
-def _definition(path: str | None) -> str | None:
+def _definition(path: str | None, runnable: bool = False) -> str | None:
     """The text of ``run --definition PATH`` (None without it: the shipped definition),
     checked as the engine will check it (JSON, then the states' structure), and a given one
     against the code too (its contract: :func:`pipeline.engine.definition.check`):
-    EngineError naming the file, for a usage error before anything runs."""
+    EngineError naming the file, for a usage error before anything runs. ``runnable``
+    (``validate --definition``): also what the engine refuses to run on its default
+    interpreter (:func:`pipeline.engine.local.runnable`), as a run would when it starts."""
     from pipeline.engine import definition
 
     if path is None:
@@ -464,6 +466,10 @@ def _definition(path: str | None) -> str | None:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise EngineError(f"--definition {path}: cannot be read: {why}") from None
     definition.check(text, path, contract=True)
+    if runnable:
+        from pipeline.engine.local import runnable as engine_runs
+
+        engine_runs(text, source=path)
     return text
 
 

@@ -429,6 +429,28 @@ def test_validate_checks_a_definition_as_a_run_would(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.asl.json", "in", "m.json"]
 
 
+def test_validate_refuses_a_definition_the_engine_refuses_to_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A Map with a ResultWriter passes the checks, but a run refuses it as its engine
+    starts (moto would run it, and writes its results where nothing sees them): validate
+    --definition said it was "valid for a local run". It says the run's refusal, naming the
+    file."""
+    from pipeline.engine import definition
+
+    machine = json.loads(definition.definition_text())
+    machine["States"]["Jobs"]["ResultWriter"] = {
+        "Resource": "arn:aws:states:::s3:putObject",
+        "Parameters": {"Bucket": "results", "Prefix": "jobs"}}
+    edited = tmp_path / "edited.asl.json"
+    edited.write_text(json.dumps(machine))
+    assert cli.main(["validate", "--definition", str(edited)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "", out
+    assert err.startswith(f"tiffpipe: {edited}: moto's interpreter cannot run this "
+                          "definition (which the direct interpreter cannot either"), err
+    assert "it does not support a Map's ResultWriter (state Jobs: " in err, err
+
+
 def test_a_definition_that_cannot_run_is_a_usage_error_naming_the_file(
         tmp_path: Path, capsys: pytest.CaptureFixture):
     """Not JSON (the file, line and column) or refused by Step Functions (the state and the

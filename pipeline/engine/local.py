@@ -79,6 +79,32 @@ _PATH_FIELDS = ("InputPath", "OutputPath", "ItemsPath", "ResultPath", "MaxConcur
                 "Variable", "SecondsPath", "TimestampPath", "ErrorPath", "CausePath")
 
 
+def runnable(definition_text: str | None, interpreter: str = "auto",
+             source: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The definition (``definition_text``, else the shipped one; checked:
+    :func:`pipeline.engine.definition.check`) with the engine's functions' names filled in,
+    and what of it the direct interpreter does not support (None: it runs it; None too for
+    ``interpreter="moto"``). An :class:`EngineError` (naming ``source``) if the local engine
+    refuses to run it on ``interpreter``: what moto cannot run though it parses it
+    (:func:`moto_gap`) when moto would run it, or, with ``direct``, what that interpreter
+    does not support. What a :class:`LocalEngine` refuses as it starts, and
+    ``tiffpipe validate --definition`` before saying a definition is valid for a run."""
+    machine = json.loads(definition.render(
+        {f: function_name(f) for f in FUNCTIONS}, definition_text))
+    why = direct.unsupported(machine) if interpreter != "moto" else None
+    gap = moto_gap(machine) if why and interpreter == "auto" or interpreter == "moto" \
+        else None
+    named = f"{source}: " if source else ""
+    if gap:  # moto would run it: refuse what it cannot run, up front
+        raise EngineError(
+            f"{named}moto's interpreter cannot run this definition" + (
+                f" (which the direct interpreter cannot either: it does not support "
+                f"{why})" if why else "") + f": it does not support {gap}")
+    if why and interpreter == "direct":
+        raise EngineError(f"{named}the direct interpreter cannot run this definition: {why}")
+    return machine, why
+
+
 def moto_gap(machine: dict[str, Any], scope: str = "") -> str | None:
     """What of ``machine`` moto 5.2.5's interpreter cannot run though it parses it (it
     fails at run time with an error naming neither, e.g. ``TypeError('NoneType' object is
@@ -188,19 +214,8 @@ class LocalEngine:
         # filled): what Step Functions would refuse of it, and what this engine cannot run
         source = None if definition_text else definition.definition_path()
         definition.check(definition_text or definition.definition_text(), source)
-        machine = json.loads(definition.render(
-            {f: function_name(f) for f in FUNCTIONS}, definition_text))
-        why = direct.unsupported(machine) if interpreter != "moto" else None
-        gap = moto_gap(machine) if why and interpreter == "auto" or interpreter == "moto" \
-            else None
-        if gap:  # moto would run it: refuse what it cannot run, up front
-            raise EngineError(
-                "moto's interpreter cannot run this definition" + (
-                    f" (which the direct interpreter cannot either: it does not support "
-                    f"{why})" if why else "") + f": it does not support {gap}")
+        machine, why = runnable(definition_text, interpreter)
         if interpreter != "moto":
-            if why and interpreter == "direct":
-                raise EngineError(f"the direct interpreter cannot run this definition: {why}")
             if why:
                 log.warning("running on moto (slower): the direct interpreter does not "
                             "support %s", why)
