@@ -1133,3 +1133,35 @@ def test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so(
     assert (f"its output {tmp_path / 'out.tif'} was published all the same (it exists)"
             in job["error"]["message"])
     assert json.loads(Path(result.report_url).read_text())["jobs"][0]["error"] == job["error"]
+
+
+def test_a_task_that_hangs_past_its_timeout_is_stopped_after_the_grace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """A task the state machine gave up on (past its Task's TimeoutSeconds, on moto) that
+    never ends (a hung custom op) held the run for ever: the run waited for it without
+    limit. It is waited for STOP_GRACE_S, then stopped, named in a warning; the job is
+    FAILED with States.Timeout and its output was never published."""
+    (tmp_path / "hanging.py").write_text(
+        "import time\n\ndef hang(tile, seconds=30.0):\n    time.sleep(seconds)\n"
+        "    return tile\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # (the workers get this sys.path)
+    monkeypatch.setattr(local, "STOP_GRACE_S", 1.0)
+
+    def timeout(states: dict[str, Any]) -> None:
+        states["ProcessJob"]["TimeoutSeconds"] = 1
+
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((64, 64), np.uint8))
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
+        "input": "in.tif", "output": "out.tif", "ops": [
+            {"op": "custom", "function": "hanging:hang", "halo": 0,
+             "params": {"seconds": 30}}]}]}))
+    with caplog.at_level("WARNING", logger="pipeline.engine.moto_run"):
+        # (two workers: the run's next tasks, RecordFailure and Report, take the other one)
+        result = run_local(str(tmp_path / "m.json"), 2, definition_text=_edited(timeout),
+                           contact_sheet=False)
+    job, = result.jobs
+    assert job["status"] == "FAILED" and job["error"]["type"] == "States.Timeout", job
+    assert not (tmp_path / "out.tif").exists()  # (the task ran 30 s when waited for)
+    assert ("1 task(s) that the state machine gave up on (past a Task's TimeoutSeconds) still "
+            "ran 1 s after the execution ended: stopped (process process_job plan "
+            in caplog.text), caplog.text

@@ -556,4 +556,4 @@ class LocalEngine:
         assert self.pool is not None  # moto runs are never inline
         return run_on_moto(self.pool, self.listener, self.map_threads, self.definition_text,
                            execution_input, name, poll, lambda: self._aborted,
-                           history=self.history)
+                           history=self.history, grace=STOP_GRACE_S)

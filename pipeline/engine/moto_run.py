@@ -32,6 +32,8 @@ from pipeline.engine.execution import (
 from pipeline.engine.workers import WorkerPool
 from pipeline.errors import EngineError
 
+log = logging.getLogger(__name__)
+
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_LAMBDA",
@@ -57,27 +59,36 @@ def mocked_aws() -> Iterator[None]:
         os.environ.update(saved)
 
 
+#: waits until the invokes running end, at most ``seconds`` and no longer once
+#: ``aborted()``; gives those still running then (:func:`served_by`)
+Idle = Callable[[float, Callable[[], bool]], list[str]]
+
+
 @contextmanager
-def served_by(pool: Invoker, listener: Listener | None = None
-              ) -> Iterator[Callable[[], None]]:
+def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[Idle]:
     """Serve moto's Lambda invokes with the real handlers (moto's non-Docker Lambda backend
     only echoes payloads). A function named ``...-split`` (``-process``, ``-merge``) is that
     step, whatever its prefix and version: the engine's own names and a deployed stack's
     (``...:function:tiffpipe-prod-split:3``) both work. It gives a function that waits until
-    no invoke runs: one that a state's TimeoutSeconds gave up on goes on (as a Lambda
-    function does on AWS), and ``listener`` then hears of its end (a job's output it
-    published) before the run's report is read."""
+    no invoke runs (:data:`Idle`): one that a state's TimeoutSeconds gave up on goes on (as
+    a Lambda function does on AWS), and ``listener`` then hears of its end (a job's output
+    it published) before the run's report is read; it gives the invokes still running when
+    it stopped waiting, each as ``function action`` and its job, plan or unit."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
     running = threading.Condition()
-    in_flight = [0]
+    in_flight: dict[int, str] = {}
+    ids = iter(range(1, 1 << 62))
 
     def invoke(self: Any, name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: dict[str, str]) -> bytes:
         function = function_of(name)
         event = json.loads(body or "{}")
+        what = function if not isinstance(event, dict) else f"{function} {event.get('action')}" \
+            + "".join(f" {k} {event[k]}" for k in ("job", "plan", "unit") if k in event)
         with running:
-            in_flight[0] += 1
+            key = next(ids)
+            in_flight[key] = what
         try:
             ok, payload = pool.invoke(function, event)
             if not ok:
@@ -86,25 +97,26 @@ def served_by(pool: Invoker, listener: Listener | None = None
                 listener(function, event, ok, payload)
         finally:
             with running:
-                in_flight[0] -= 1
+                del in_flight[key]
                 running.notify_all()
         return json.dumps(payload).encode()
 
+    def idle(seconds: float, aborted: Callable[[], bool]) -> list[str]:
+        deadline = time.monotonic() + seconds
+        with running:
+            while in_flight and not aborted():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                running.wait(min(left, 0.25))  # (woken at each end; aborted() polled)
+            return list(in_flight.values())
+
     original = LambdaSimpleBackend.invoke
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
-    def idle() -> None:
-        with running:
-            running.wait_for(lambda: in_flight[0] == 0)
-
     try:
         yield idle
     finally:
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
-
-
-def history_events(sfn: Any, execution: str) -> int:
-    """The number of events in an execution's history (all pages)."""
-    return len(execution_history(sfn, execution))
 
 
 def execution_history(sfn: Any, execution: str) -> list[dict[str, Any]]:
@@ -139,13 +151,18 @@ def _created_machine(sfn: Any, role: str, text: str) -> str:
 
 def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
                 definition_text: str | None, execution_input: dict[str, Any], name: str,
-                poll: float, aborted: Callable[[], bool], history: bool = False) -> Execution:
+                poll: float, aborted: Callable[[], bool], history: bool = False,
+                grace: float = 10.0) -> Execution:
     """One execution of the definition (``definition_text``, else statemachine.asl.json) on
     ``execution_input``, its tasks served by ``pool``, at most ``map_threads`` items of a
     Distributed Map in flight; ``poll``: seconds between status checks if moto's end of an
     execution cannot be signalled. Once ``aborted()``, the execution is stopped.
     ``history``: its events are kept in its :attr:`Execution.history` (moto's
-    GetExecutionHistory: the run's own, not its Map items' child executions)."""
+    GetExecutionHistory: the run's own, not its Map items' child executions). The tasks
+    the state machine gave up on (past a Task's TimeoutSeconds) are waited for ``grace``
+    seconds after the execution ends (not once ``aborted()``), then the pool is stopped
+    (:meth:`WorkerPool.stop`), the tasks cut off named in a warning: a hung task does not
+    hold the run for ever."""
     import boto3
 
     from pipeline.engine.moto_patches import (
@@ -196,7 +213,13 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
             elif ended.wait(wait):  # woken when an execution ends
                 ended.clear()
         events = execution_history(sfn, execution)
-        idle()  # the tasks it gave up on (a Task's TimeoutSeconds): their outputs are heard of
+        # the tasks it gave up on (a Task's TimeoutSeconds): their outputs are heard of
+        cut_off = idle(grace, aborted)
+        if cut_off:
+            log.warning("%d task(s) that the state machine gave up on (past a Task's "
+                        "TimeoutSeconds) still ran %.0f s after the execution ended: "
+                        "stopped (%s)", len(cut_off), grace, ", ".join(cut_off))
+            pool.stop()
     output = _output(desc.get("output"))
     return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
                      time.time() - started, len(events),
