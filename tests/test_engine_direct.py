@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -983,6 +984,52 @@ def test_a_tolerated_failed_item_names_its_state_error_and_cause_and_the_history
     quiet = direct.Interpreter(machine, lambda name, e: again.invoke(name, e), 4)
     quiet.run(INPUT, "x")
     assert quiet.history is None and [f["state"] for f in quiet.failures] == ["Breaks"]
+
+
+def test_history_numbers_its_events_in_their_order_from_many_threads():
+    """Map items' threads add events at once: an id drawn, then the event appended, not
+    atomically together, left ids out of order in the list (22 of 80,000 with 4 threads).
+    Each event's id is its place in the history."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (threads switch often: as many interleavings as can be)
+    try:
+        history = History()
+        threads = [threading.Thread(target=lambda t=t: [
+            history.add("StateEntered", f"Jobs/{t}", "PlanJob") for _ in range(5000)])
+            for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert [e["id"] for e in history.events] == list(range(1, 20001))
+
+
+@pytest.mark.parametrize("interpreter", ["direct", "moto"])
+def test_history_times_are_iso_8601_and_its_count_is_the_runs_own_events(interpreter: str):
+    """Both interpreters give an event's time as ISO 8601 UTC with its T and Z (moto's were
+    ``str(datetime)``: a space, +00:00); history_events counts the events of the run's own
+    execution, as Step Functions' 25,000 a execution limit does (the direct interpreter
+    counted its Map items' child executions' too), and moto's history is counted, not
+    converted, when not asked for."""
+    machine = {"StartAt": "M", "States": {"M": {
+        "Type": "Map", "ItemsPath": "$.items", "End": True,
+        "ItemProcessor": {"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}}}}
+    with LocalEngine(1, definition_text=json.dumps(machine), interpreter=interpreter,
+                     history=True) as engine:
+        run = engine.run({"items": [1, 2, 3]}, name="timed")
+    assert run.status == "SUCCEEDED", run
+    times = [e["timestamp"] for e in run.history]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t) for t in times), times
+    own = [e for e in run.history if e.get("execution", "") == ""]
+    assert run.history_events == len(own) > 0, (run.history_events, len(own))
+    if interpreter == "direct":
+        assert len(own) < len(run.history)  # (the items' events: not the run's own)
+        return
+    with LocalEngine(1, definition_text=json.dumps(machine), interpreter="moto") as engine:
+        quiet = engine.run({"items": [1, 2, 3]}, name="quiet")
+    assert quiet.history is None and quiet.history_events == run.history_events
 
 
 def _edited(edit: Any) -> str:

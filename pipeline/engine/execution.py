@@ -5,7 +5,7 @@ tasks (:class:`Invoker`), who hears of them (:data:`Listener`) and how an execut
 from __future__ import annotations
 
 import datetime
-import itertools
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,7 +34,9 @@ class Execution:
     error: str | None
     cause: str | None
     seconds: float
-    #: events in the execution's history (Step Functions keeps at most 25,000 per execution)
+    #: events in the execution's own history, its Map items' child executions' not
+    #: included (Step Functions keeps at most 25,000 per execution); on the direct
+    #: interpreter, counted only when its history is kept (else 0)
     history_events: int = 0
     #: the items of its top-level Map (the ``Jobs`` map: one per job) whose child execution
     #: failed, though the Map tolerated it, or met an error a Catch took (``caught_by``: the
@@ -52,16 +54,28 @@ class History:
     ``StateCaught``: a Catch took a state's error, with its ``next`` state), each with the
     ``execution`` it is of (``""``: the run's; ``Jobs/3``: the child execution of job 3;
     ``Jobs/3/Split/0``: of that job's first unit), its ``state``, and a failure's ``error``
-    and ``cause``. Appended to from the Map items' threads (``list.append`` is atomic)."""
+    and ``cause``; its ``id`` is its place in :attr:`events` (1, 2, ...) and its
+    ``timestamp`` ISO 8601 UTC (:func:`iso_timestamp`). Added to from the Map items'
+    threads: each event numbered as it is appended, under a lock."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
-        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
 
     def add(self, kind: str, execution: str, state: str | None, **details: Any) -> None:
-        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
-        self.events.append({"id": next(self._ids), "timestamp": now,
-                            "type": kind, "execution": execution, "state": state, **details})
+        event = {"id": 0, "timestamp": iso_timestamp(datetime.datetime.now(datetime.UTC)),
+                 "type": kind, "execution": execution, "state": state, **details}
+        with self._lock:
+            event["id"] = len(self.events) + 1
+            self.events.append(event)
+
+
+def iso_timestamp(moment: datetime.datetime) -> str:
+    """``moment`` as an execution history's events give it: ISO 8601 in UTC to the
+    millisecond, with a ``Z`` (``2026-12-07T19:45:00.123Z``), as AWS writes it; a naive
+    ``moment`` is taken as local time."""
+    utc = moment.astimezone(datetime.UTC)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def function_name(function: str) -> str:

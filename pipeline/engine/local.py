@@ -539,7 +539,9 @@ class LocalEngine:
         history = interpreter.history
         return {"failures": tuple(interpreter.failures),
                 "history": history.events if history is not None else None,
-                "history_events": len(history.events) if history is not None else 0}
+                # (the run's own: its Map items' child executions have their own on AWS)
+                "history_events": sum(e["execution"] == "" for e in history.events)
+                if history is not None else 0}
 
     @staticmethod
     def _read_items_here(parameters: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ while a run lasts. With it, the only module that knows moto's internals.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from pipeline.engine.execution import (
     Listener,
     function_name,
     function_of,
+    iso_timestamp,
 )
 from pipeline.engine.workers import WorkerPool
 from pipeline.errors import EngineError
@@ -119,16 +121,27 @@ def served_by(pool: Invoker, listener: Listener | None = None) -> Iterator[Idle]
         LambdaSimpleBackend.invoke = original  # type: ignore[method-assign]
 
 
-def execution_history(sfn: Any, execution: str) -> list[dict[str, Any]]:
-    """The events of an execution's history (all pages), as JSON (times as ISO 8601 text)."""
+def execution_history(sfn: Any, execution: str, keep: bool = True
+                      ) -> tuple[int, list[dict[str, Any]] | None]:
+    """How many events an execution's history has (all pages), and, with ``keep``, the
+    events as JSON (times as the direct interpreter's: :func:`iso_timestamp`; else None:
+    only counted)."""
     events: list[dict[str, Any]] = []
+    count = 0
     kwargs = {"executionArn": execution, "maxResults": 1000}
     while True:
         page = sfn.get_execution_history(**kwargs)
-        events.extend(json.loads(json.dumps(page["events"], default=str)))
+        count += len(page["events"])
+        if keep:
+            events.extend(json.loads(json.dumps(page["events"], default=_json_value)))
         if not page.get("nextToken"):
-            return events
+            return count, events if keep else None
         kwargs["nextToken"] = page["nextToken"]
+
+
+def _json_value(value: Any) -> Any:
+    """A history event's value that is not JSON: a time as ISO 8601 text, else its str."""
+    return iso_timestamp(value) if isinstance(value, datetime.datetime) else str(value)
 
 
 def _created_machine(sfn: Any, role: str, text: str) -> str:
@@ -212,7 +225,7 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
                 time.sleep(wait)
             elif ended.wait(wait):  # woken when an execution ends
                 ended.clear()
-        events = execution_history(sfn, execution)
+        count, events = execution_history(sfn, execution, keep=history)
         # the tasks it gave up on (a Task's TimeoutSeconds): their outputs are heard of
         cut_off = idle(grace, aborted)
         if cut_off:
@@ -222,8 +235,7 @@ def run_on_moto(pool: WorkerPool, listener: Listener | None, map_threads: int,
             pool.stop()
     output = _output(desc.get("output"))
     return Execution(desc["status"], output, desc.get("error"), desc.get("cause"),
-                     time.time() - started, len(events),
-                     history=events if history else None)
+                     time.time() - started, count, history=events)
 
 
 def _output(text: str | None) -> Any:
