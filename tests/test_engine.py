@@ -32,6 +32,7 @@ import tifffile
 from pipeline.engine import moto_patches, moto_run
 from pipeline.engine.local import LocalEngine
 from pipeline.engine.workers import WorkerPool, worker_tile_threads
+from pipeline.engine.workers import _processes as workers_of
 from pipeline.runner import run_local
 from pipeline.sample import SamplePage, write_sample
 
@@ -278,6 +279,28 @@ def _workers() -> Iterator[Any]:
     pool = WorkerPool(2)
     try:
         yield pool._pool
+    finally:
+        pool.close()
+
+
+def test_every_worker_process_starts_as_the_pool_starts(monkeypatch: pytest.MonkeyPatch):
+    """A spawning ProcessPoolExecutor starts a process at a submit only when no worker is
+    idle: a worker whose warm-up ended before the last was submitted left a process to start
+    at a later task, after ``__file__`` was restored (code fed on stdin: that process died).
+    Every process starts with the pool, even when the pool finds workers idle (as if the
+    first ones had ended their warm-up already)."""
+    from concurrent.futures import process
+
+    made = process.ProcessPoolExecutor.__init__
+
+    def idle_at_once(self: Any, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        self._idle_worker_semaphore = threading.Semaphore(2)  # two workers seen idle
+
+    monkeypatch.setattr(process.ProcessPoolExecutor, "__init__", idle_at_once)
+    pool = WorkerPool(3)
+    try:
+        assert len(workers_of(pool._pool)) == 3
     finally:
         pool.close()
 

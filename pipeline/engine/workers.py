@@ -459,6 +459,7 @@ class WorkerPool:
                     pool.submit(_warm_up).add_done_callback(
                         lambda _, p=pool: self._warmed(p))
                     started += 1
+                _start_every_process(pool, workers)  # (here, without __file__: see there)
         except (OSError, MemoryError, RuntimeError) as exc:
             named = exhausted(exc)
             if named is None:
@@ -719,6 +720,23 @@ def _main_without_a_file() -> Iterator[None]:
         yield
     finally:
         main.__file__ = path
+
+
+def _start_every_process(pool: Any, workers: int) -> None:
+    """Start the processes of ``pool`` (a ProcessPoolExecutor of ``workers``) not started
+    yet. A spawning pool starts one at a submit only when no worker is idle (CPython's
+    ``_adjust_process_count``): a worker that ended its warm-up before the last was
+    submitted left a process to start later, at a task's submit, outside
+    :func:`_main_without_a_file` (it then died, as every worker did before it). Through the
+    pool's own ``_spawn_process``, under its lock, as ``submit`` does (no public way before
+    Python 3.14; without it, the pool starts them as before)."""
+    spawn, lock = getattr(pool, "_spawn_process", None), getattr(pool, "_shutdown_lock", None)
+    if spawn is None or lock is None or not isinstance(getattr(pool, "_processes", None),
+                                                       dict):
+        return
+    with lock:
+        while len(pool._processes) < workers:
+            spawn()
 
 
 def _processes(pool: Any) -> list[Any]:
