@@ -543,7 +543,7 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
 
                     if with_failed_executions(doc, execution.failures, history,
                                               set(published)) and written:
-                        storage.write_json(report_url, doc)
+                        _rewrite_report(report_url, doc)
             elif interrupted is not None:  # stopped (ABORTED), or failed as it stopped
                 doc = _report_interrupted(
                     work, f"the run was stopped ({signal_name(interrupted)})")
@@ -631,6 +631,19 @@ def _name_of(listener: Any) -> str:
     named = listener if hasattr(listener, "__qualname__") else type(listener)
     module = getattr(named, "__module__", None)
     return f"{module}.{named.__qualname__}" if module else repr(listener)
+
+
+def _rewrite_report(report_url: str, doc: dict[str, Any]) -> None:
+    """Write the run report ``doc`` over the one the run's Report task wrote, now that it
+    says what the execution told of its jobs. A report that cannot be written (a storage
+    error) is warned of, not the run's failure: the run's result holds ``doc``."""
+    try:
+        storage.write_json(report_url, doc)
+    except TiffpipeError as exc:
+        log.warning("the run report %s could not be rewritten with what the execution said "
+                    "of its jobs (%s): it still says what their results say; the run's "
+                    "result (RunResult.report, and the lines printed) says it all", report_url,
+                    exc)
 
 
 def _lost_work(lease: work_lease.Holder, run_id: str, report_url: str, work: str,

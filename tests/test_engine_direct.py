@@ -1084,6 +1084,40 @@ def test_a_job_that_ends_without_record_failure_is_reported_with_its_state_error
     assert report["jobs"][1]["error"] == split["error"]
 
 
+def test_a_report_that_cannot_be_rewritten_is_warned_of_and_the_result_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """The run rewrites its report once the execution has said what its results do not (a
+    job failed outside RecordFailure): a storage error there escaped run_local, and the
+    caller got no RunResult. It is warned of; the result holds the report."""
+    from pipeline.steps import report as report_step
+
+    told = report_step.with_failed_executions
+
+    def then_unwritable(doc: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+        changed = told(doc, *args, **kwargs)
+        (tmp_path / "m.report.json").unlink()
+        (tmp_path / "m.report.json").mkdir()  # (its rewrite fails: a folder there)
+        return changed
+
+    monkeypatch.setattr(report_step, "with_failed_executions", then_unwritable)
+
+    def fail_split_jobs(states: dict[str, Any]) -> None:
+        states["Fused"]["Default"] = "Gate"
+        states["Gate"] = {"Type": "Choice", "Default": "Split", "Choices": [
+            {"Variable": "$.planned.fused", "BooleanEquals": False, "Next": "NoSplit"}]}
+        states["NoSplit"] = {"Type": "Fail", "Error": "SplitRefused", "Cause": "refused"}
+
+    with caplog.at_level("WARNING", logger="tiffpipe"):
+        result = _small_run(tmp_path, _edited(fail_split_jobs))
+    assert result.report_url == str(tmp_path / "m.report.json"), result
+    assert result.report is not None, result
+    fused, split = result.report["jobs"]
+    assert fused["status"] == "SUCCEEDED" and split["status"] == "FAILED"
+    assert split["error"]["type"] == "SplitRefused" and split["error"]["step"] == "NoSplit"
+    assert (f"the run report {tmp_path / 'm.report.json'} could not be rewritten with what "
+            "the execution said of its jobs (") in caplog.text, caplog.text
+
+
 def test_a_job_whose_error_a_catch_took_elsewhere_than_record_failure_is_reported_with_it(
         tmp_path: Path):
     """A Catch redirected from RecordFailure to a Succeed state: the job's execution succeeds
