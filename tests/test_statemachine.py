@@ -611,6 +611,21 @@ def test_a_field_of_the_wrong_type_is_a_problem_not_a_traceback(
     assert "does not fit tiffpipe's code" not in message, message
 
 
+def test_check_finds_an_unknown_placeholder_in_the_text_and_names_its_state(raw):
+    """check looks for ``${...}`` in the definition's text first and walks its states only
+    when one is unknown (that walk was most of a run's check): the problem still names the
+    state and field, and a JSONPath beyond a plain one is still checked."""
+    edited = _edited(raw, lambda s: s["ProcessJob"]["Parameters"].update(
+        FunctionName="${ResizeFunctionArn}"))
+    with pytest.raises(EngineError, match=r"state Jobs > ProcessJob: Parameters.FunctionName: "
+                                          r"\$\{ResizeFunctionArn\} is not a placeholder"):
+        definition.check(json.dumps(edited), "edited.asl.json")
+    edited = _edited(raw, lambda s: s["PlanJob"].update(ResultPath="$$.planned"))
+    with pytest.raises(EngineError, match=r"state Jobs > PlanJob: ResultPath '\$\$.planned' "
+                                          r"is not a valid reference path"):
+        definition.check(json.dumps(edited), "edited.asl.json")
+
+
 def test_a_bug_of_the_check_is_an_engine_error_naming_the_definition(raw, monkeypatch):
     """An exception the checks did not foresee is said as their bug, naming the definition,
     not a traceback (deploy.py and the CLI catch EngineError only)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -73,16 +74,34 @@ LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 #: the States Language's JSONPaths (``$.a..b[0]['c'][*]``, ``$$.Map.Item.Value``) and its
 #: reference paths (``$.a.b``, ``$.a[0]``, ``$['a']``: no wildcard, filter or deep scan)
 _QUOTED = r"""'[^']*'|"[^"]*\""""
-_PATH = re.compile(
+_PATH = (
     r"\$\$?(?:\.\.?(?:\*|[^.\[\]\s'\"()*]+)|\.\.(?=\[)|\[\s*(?:\*|-?\d+|" + _QUOTED
     + r"|-?\d*:-?\d*(?::-?\d*)?|(?:-?\d+|" + _QUOTED + r")(?:\s*,\s*(?:-?\d+|" + _QUOTED
     + r"))+|\?\(.*?\))\s*\])*")
-_REFERENCE_PATH = re.compile(r"\$(?:\.[^.\[\]\s'\"()*?@]+|\[(?:\d+|" + _QUOTED + r")\])*")
+_REFERENCE_PATH = r"\$(?:\.[^.\[\]\s'\"()*?@]+|\[(?:\d+|" + _QUOTED + r")\])*"
+
+
+#: the paths most definitions have only (``$``, ``$.planned.plan``, ``$$.Map.Item.Value``):
+#: fields by name, which both kinds of path allow (a reference path: but ``$$``)
+_PLAIN_PATH = re.compile(r"\$\$?(?:\.\w+)*")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_path(path: str, reference: bool) -> bool:
+    """Whether ``path`` is a JSONPath (``reference``: a reference path). A plain path is
+    told by a small pattern; the full ones are compiled on first use (~0.4 ms, which every
+    run paid at this module's import: the shipped definition has plain paths only), and a
+    path is checked once (a definition repeats its paths: ``$``, ``$.planned.plan``)."""
+    plain = _PLAIN_PATH.fullmatch(path)
+    if plain is not None and not (reference and path.startswith("$$")):
+        return True
+    return re.fullmatch(_REFERENCE_PATH if reference else _PATH, path) is not None
 #: a Retry's or Catch's wildcard: alone in its ErrorEquals, in the list's last entry
 ALL_ERRORS = "States.ALL"
 
 
-def validate(machine: dict[str, Any], source: str | None = None) -> None:
+def validate(machine: dict[str, Any], source: str | None = None, text: str | None = None
+             ) -> None:
     """The definition checked before a local run, on either interpreter: part of what Step
     Functions' CreateStateMachine checks (not all of it: asl-validator and a deploy check
     more), and what the local engine cannot run. Every Next, Default, Choices' and Catch's
@@ -93,10 +112,12 @@ def validate(machine: dict[str, Any], source: str | None = None) -> None:
     Resource is a Lambda invoke and every ``${...}`` placeholder one the engine fills
     (:data:`PLACEHOLDERS`); the same in every Map's ItemProcessor (or Iterator) and Parallel's
     Branches. An :class:`EngineError` naming ``source``, each state and its field (every
-    problem found)."""
+    problem found). ``text``: the JSON ``machine`` was parsed from, whose placeholders are
+    looked at first (the states' values are walked for them only if one is unknown)."""
     problems = _field_problems(machine, "the definition", _TOP_NUMBERS) \
         if isinstance(machine, dict) else []
-    problems += _problems(machine, "", "")
+    walk = text is None or any(name not in PLACEHOLDERS for name in _PATTERN.findall(text))
+    problems += _problems(machine, "", "", walk)
     if problems:
         raise EngineError(f"{source or 'the state machine definition'} is not a valid state "
                           "machine, or not one the local engine runs (checked before any run: "
@@ -116,7 +137,7 @@ def check(text: str, source: str | None = None, contract: bool = False) -> dict[
         return machine
     name = source or "the state machine definition"
     try:
-        validate(machine, source)  # (raises first: the contract is checked on a valid one)
+        validate(machine, source, text)  # (raises first: the contract needs a valid one)
         problems = contract_problems(machine) if contract else []
     except EngineError:
         raise
@@ -261,7 +282,7 @@ def _path_problem(path: Any, field: str, reference: bool) -> str | None:
         return f"{field} {path!r} is not a path (a string starting with $)"
     if path.startswith("States.") and not reference or re.match(r"\$[A-Za-z_]", path):
         return None
-    if not (_REFERENCE_PATH if reference else _PATH).fullmatch(path):
+    if not _is_path(path, reference):
         kind = "reference path ($, then .field, ['field'] or [index] only)" if reference \
             else "JSONPath"
         return f"{field} {path!r} is not a valid {kind}"
@@ -343,9 +364,10 @@ def _placeholder_problems(value: Any, field: str) -> list[str]:
     return problems
 
 
-def _state_problems(state: dict[str, Any], kind: str, label: str) -> list[str]:
+def _state_problems(state: dict[str, Any], kind: str, label: str, placeholders: bool = True
+                    ) -> list[str]:
     """What of one state, besides its transitions, is refused: its paths, numbers, Retry and
-    Catch, Resource and placeholders."""
+    Catch, Resource and (``placeholders``) placeholders."""
     problems = _type_problems(state, kind, label)
     problems += _field_problems(state, label, _NUMBERS.get(kind, {}))
     for field, reference in _PATHS.items():
@@ -366,7 +388,8 @@ def _state_problems(state: dict[str, Any], kind: str, label: str) -> list[str]:
                         f"engine runs: it runs {LAMBDA_INVOKE} of its functions only (a "
                         "FunctionName of " + ", ".join("${" + p + "}" for p in PLACEHOLDERS)
                         + ", or a function's name or ARN ending -split, -process or -merge)")
-    problems += [f"{label}: {p}" for p in _placeholder_problems(state, "")]
+    if placeholders:
+        problems += [f"{label}: {p}" for p in _placeholder_problems(state, "")]
     return problems
 
 
@@ -408,7 +431,7 @@ def _transitions(state: dict[str, Any], kind: Any, label: str
     return known, problems
 
 
-def _problems(machine: Any, scope: str, within: str) -> list[str]:
+def _problems(machine: Any, scope: str, within: str, placeholders: bool = True) -> list[str]:
     """The structural problems of one States: ``scope`` prefixes its states' names (``Jobs >
     Merge``), ``within`` says where it is (``the ItemProcessor of Jobs``); both "" at the top.
     States not reachable are named each when nothing else is wrong with this States, else
@@ -438,7 +461,7 @@ def _problems(machine: Any, scope: str, within: str) -> list[str]:
         targets, wrong = _transitions(state, kind, label)
         problems += wrong
         if kind in STATE_TYPES:
-            problems += _state_problems(state, kind, label)
+            problems += _state_problems(state, kind, label, placeholders)
         for field, target in targets:
             if not isinstance(target, str) or target not in states:
                 problems.append(f"{label}: {field} names {target!r}, which is not a "
@@ -447,9 +470,11 @@ def _problems(machine: Any, scope: str, within: str) -> list[str]:
         inner = f"{scope} > {name}" if scope else name
         if kind == "Map":
             key = "ItemProcessor" if "ItemProcessor" in state else "Iterator"
-            inner_problems += _problems(state.get(key), inner, f"the {key} of {inner}")
+            inner_problems += _problems(state.get(key), inner, f"the {key} of {inner}",
+                                        placeholders)
         for i, branch in enumerate(_listed(state, "Branches") if kind == "Parallel" else []):
-            inner_problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}")
+            inner_problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}",
+                                        placeholders)
     reached, todo = {start}, [start]
     while todo:
         for target in edges.get(todo.pop(), []):
