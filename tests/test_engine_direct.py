@@ -986,6 +986,49 @@ def test_a_tolerated_failed_item_names_its_state_error_and_cause_and_the_history
     assert quiet.history is None and [f["state"] for f in quiet.failures] == ["Breaks"]
 
 
+def _jobs_map(inner: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """A top-level Distributed Map "Jobs" over $.jobs whose item runs ``inner`` (States)."""
+    return {"StartAt": "Jobs", "States": {"Jobs": {
+        "Type": "Map", "ItemsPath": "$.jobs", "End": True, **more, "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            **inner}}}}
+
+
+def test_a_failure_in_an_inner_map_without_a_catch_names_the_jobs_state():
+    """An item of an inline Map inside a job fails, and that Map has no Catch: the job's
+    execution failed in that Map state (Split), not in the state of the inner item (the
+    job's report named SplitUnit, which is no state of the job's own)."""
+    machine = _jobs_map({"StartAt": "Split", "States": {"Split": {
+        "Type": "Map", "ItemsPath": "$.units", "End": True, "ItemProcessor": {
+            "StartAt": "SplitUnit", "States": {"SplitUnit": {
+                "Type": "Task", "Resource": direct.LAMBDA_INVOKE, "End": True,
+                "Parameters": {"FunctionName": "f", "Payload.$": "$"}}}}}}},
+        ToleratedFailurePercentage=100)
+    broken = (False, {"errorType": "Broken", "errorMessage": "no"})
+    interpreter = direct.Interpreter(machine, lambda name, event: broken, 2)
+    interpreter.run({"jobs": [{"units": [1, 2]}]}, "inner")
+    assert [(f["map"], f["index"], f["state"], f["error"]) for f in interpreter.failures] == [
+        ("Jobs", 0, "Split", "Broken")]
+
+
+def test_a_retried_jobs_map_keeps_only_the_failures_of_its_last_run():
+    """A Retry on the Jobs map (an edited definition) runs its items again: the failures of
+    the first run were kept, and a job that then succeeded was reported FAILED."""
+    machine = _jobs_map({"StartAt": "Work", "States": {"Work": {
+        "Type": "Task", "Resource": direct.LAMBDA_INVOKE, "End": True,
+        "Parameters": {"FunctionName": "f", "Payload.$": "$"}}}},
+        Retry=[{"ErrorEquals": ["States.ALL"], "MaxAttempts": 1, "IntervalSeconds": 1}])
+    calls = []
+
+    def first_fails(name: str, event: Any) -> tuple[bool, Any]:
+        calls.append(event)
+        return (len(calls) > 1, {} if len(calls) > 1 else {"errorType": "Broken"})
+
+    interpreter = direct.Interpreter(machine, first_fails, 1, sleep=lambda seconds: None)
+    assert [r["Payload"] for r in interpreter.run({"jobs": [7]}, "retried")] == [{}]
+    assert len(calls) == 2 and interpreter.failures == []
+
+
 def test_history_numbers_its_events_in_their_order_from_many_threads():
     """Map items' threads add events at once: an id drawn, then the event appended, not
     atomically together, left ids out of order in the list (22 of 80,000 with 4 threads).

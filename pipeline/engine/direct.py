@@ -606,6 +606,9 @@ class Interpreter:
                 if n >= retrier.get("MaxAttempts", 3):
                     raise
                 attempts[index] = n + 1
+                if not where and state["Type"] == "Map":  # its items run again: their
+                    self.failures = [f for f in self.failures  # failures are the new run's
+                                     if f.get("map") != name]
                 delay = retrier.get("IntervalSeconds", 1) * retrier.get("BackoffRate", 2.0) ** n
                 delay = min(delay, retrier.get("MaxDelaySeconds", delay))
                 if retrier.get("JitterStrategy") == "FULL":
@@ -709,7 +712,9 @@ class Interpreter:
                                  f"The specified tolerated failure threshold was exceeded "
                                  f"({len(failures)} of {len(items)} items of {name} failed; "
                                  f"first: {failures[0].error}: {_cause_text(failures[0])})")
-            raise failures[0]
+            # the item's error, as this state's (an inner Map's item's state is not the
+            # state of this execution that failed)
+            raise StateError(failures[0].error, failures[0].cause) from failures[0]
         return results
 
     def _read(self, name: str, reader: dict[str, Any], data: Any, context: dict[str, Any]
