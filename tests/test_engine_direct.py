@@ -1259,6 +1259,31 @@ def test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so(
     assert json.loads(Path(result.report_url).read_text())["jobs"][0]["error"] == job["error"]
 
 
+def test_a_published_output_of_a_failed_job_is_said_by_its_cause():
+    """A FAILED job whose output was published: past a Task's TimeoutSeconds, a task went on
+    and published it; otherwise a state after the one that published it failed (its Catch
+    led to RecordFailure), which the message said was a timeout too."""
+    from pipeline.steps.report import with_failed_executions
+
+    def job(error_type: str, step: str) -> dict[str, Any]:
+        return {"job": 0, "status": "FAILED", "output": "out/a.tif",
+                "error": {"type": error_type, "message": "it failed", "step": step}}
+
+    doc = {"succeeded": 1, "failed": 1, "skipped": 0,
+           "jobs": [job("States.Timeout", "ProcessJob"), job("KeyError", "Notify")]}
+    doc["jobs"][1]["job"] = 1
+    assert with_failed_executions(doc, (), None, {"out/a.tif"})
+    timed_out, after = (j["error"]["message"] for j in doc["jobs"])
+    assert timed_out == (
+        "it failed (its output out/a.tif was published all the same (it exists), by a task of "
+        "the job that went on after the state machine had failed it past the Task's "
+        "TimeoutSeconds, as a Lambda function goes on on AWS: remove it, or run the job "
+        "again)")
+    assert after == ("it failed (its output out/a.tif was published (it exists) before the "
+                     "job failed in state Notify: remove it, or run the job again)")
+    assert (doc["succeeded"], doc["failed"], doc["skipped"]) == (0, 2, 0)
+
+
 def test_a_task_that_hangs_past_its_timeout_is_stopped_after_the_grace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
     """A task the state machine gave up on (past its Task's TimeoutSeconds, on moto) that

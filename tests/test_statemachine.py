@@ -589,11 +589,11 @@ def test_a_path_a_number_a_resource_or_a_placeholder_is_refused_naming_state_and
     (lambda d: job_states(d)["ProcessJob"].update(ResultSelector=3),
      "state Jobs > ProcessJob: ResultSelector must be a JSON object, not 3"),
     (lambda d: job_states(d)["ProcessJob"]["Parameters"].update(Payload="x"),
-     "state Jobs > ProcessJob: Parameters.Payload must be a JSON object (the event of the "
-     "function's action, with its \"action\"), not 'x'"),
+     ("state Jobs > ProcessJob: Parameters.Payload must be a JSON object (the event of the "
+      "function's action, with its \"action\"), not 'x'")),
     (lambda d: job_states(d)["ProcessJob"]["Parameters"].update(Payload=None),
-     "state Jobs > ProcessJob: Parameters.Payload must be a JSON object (the event of the "
-     "function's action, with its \"action\"), not None"),
+     ("state Jobs > ProcessJob: Parameters.Payload must be a JSON object (the event of the "
+      "function's action, with its \"action\"), not None")),
 ])
 def test_a_field_of_the_wrong_type_is_a_problem_not_a_traceback(
         raw: dict[str, Any], edit: Any, problem: str):
@@ -626,6 +626,19 @@ def test_check_finds_an_unknown_placeholder_in_the_text_and_names_its_state(raw)
         definition.check(json.dumps(edited), "edited.asl.json")
 
 
+def test_a_passed_definition_is_remembered_by_its_hash_not_its_text(raw):
+    """check remembers the texts it passed (a run checks its definition twice): by a hash,
+    so a process that checks many edited definitions does not keep each one's text; a text
+    passed is not checked again, and a changed one is."""
+    text = json.dumps(raw) + "\n\n"
+    definition.check(text, "edited.asl.json")
+    assert not any(text in key for key in definition._PASSED)
+    assert definition.check(text, "edited.asl.json") == raw
+    broken = text.replace('"StartAt": "PlanRun"', '"StartAt": "Nope"')
+    with pytest.raises(EngineError, match="StartAt names 'Nope'"):
+        definition.check(broken, "edited.asl.json")
+
+
 def test_a_bug_of_the_check_is_an_engine_error_naming_the_definition(raw, monkeypatch):
     """An exception the checks did not foresee is said as their bug, naming the definition,
     not a traceback (deploy.py and the CLI catch EngineError only)."""
@@ -653,7 +666,23 @@ def test_a_mistyped_type_is_the_one_problem_not_the_states_after_it(raw: dict[st
         "Jobs > NeedsStats, Jobs > Stats, Jobs > ReduceStats, Jobs > ReduceLevel, "
         "Jobs > Process, Jobs > Levels, Jobs > BuildLevels, Jobs > Merge: not reachable from "
         "StartAt (PlanJob) by any Next, Default or Catch (which may follow from the problem "
-        "before)"), message
+        "of a Type or a transition before)"), message
+
+
+def test_unreached_states_are_blamed_on_a_transition_problem_only():
+    """States not reachable are said together, as what may follow from a problem before,
+    only when a Type or a transition has one: an unrelated problem (a MaxAttempts out of
+    range) did not unlink them, so each is named on its own."""
+    machine = {"StartAt": "A", "States": {
+        "A": {"Type": "Task", "Resource": LAMBDA_INVOKE, "End": True, "Parameters": {
+            "FunctionName": "${SplitFunctionArn}", "Payload": {}},
+            "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": -1}]},
+        "B": _pass(End=True), "C": _pass(End=True)}}
+    message = _refused(machine)
+    assert message.endswith(
+        "state A: Retry[0]: MaxAttempts -1 must be an integer of at least 0; state B: not "
+        "reachable from StartAt (A) by any Next, Default or Catch; state C: not reachable "
+        "from StartAt (A) by any Next, Default or Catch"), message
 
 
 def test_the_paths_the_engines_run_pass(raw: dict[str, Any]):

@@ -133,7 +133,8 @@ def check(text: str, source: str | None = None, contract: bool = False) -> dict[
     A text that passed is not checked again in this process (a run checks its definition
     as the command reads it and again as its engine starts)."""
     machine = parse(text, source)
-    if (text, contract) in _PASSED or (text, True) in _PASSED:  # (a contract pass: both)
+    key = (hash(text), len(text))
+    if (*key, contract) in _PASSED or (*key, True) in _PASSED:  # (a contract pass: both)
         return machine
     name = source or "the state machine definition"
     try:
@@ -151,12 +152,13 @@ def check(text: str, source: str | None = None, contract: bool = False) -> dict[
         raise EngineError(f"{name} does not fit tiffpipe's code (the events and results of "
                           "pipeline/core/events.py, docs/local-engine.md, \"Checking an "
                           f"edited definition\"): {'; '.join(problems)}")
-    _PASSED.add((text, contract))
+    _PASSED.add((*key, contract))
     return machine
 
 
-#: (text, contract) of the definitions :func:`check` passed in this process
-_PASSED: set[tuple[str, bool]] = set()
+#: (hash, length, contract) of the definitions' texts :func:`check` passed in this process
+#: (not the texts: a long-lived process that checks many would keep them all)
+_PASSED: set[tuple[int, int, bool]] = set()
 
 
 #: the actions a run needs its definition to run, and why (the runner reads what they write)
@@ -434,38 +436,45 @@ def _transitions(state: dict[str, Any], kind: Any, label: str
 def _problems(machine: Any, scope: str, within: str, placeholders: bool = True) -> list[str]:
     """The structural problems of one States: ``scope`` prefixes its states' names (``Jobs >
     Merge``), ``within`` says where it is (``the ItemProcessor of Jobs``); both "" at the top.
-    States not reachable are named each when nothing else is wrong with this States, else
-    together, as what may follow from the problems before (a Type or a Next mistyped)."""
+    States not reachable are named each, or together, as what may follow from the problems
+    before, when a Type or a transition of this States has one (a Next mistyped, a Choices
+    that is no list)."""
     where = f" in {within}" if within else ""
     states = machine.get("States") if isinstance(machine, dict) else None
     if not isinstance(states, dict) or not states:
         return [f"{within or 'the definition'}: no States"]
     start = machine.get("StartAt")
     if not isinstance(start, str):
-        return [f"{within or 'the definition'}: StartAt must be a state's name (a string), "
-                f"not {start!r:.80}"]
+        return [(f"{within or 'the definition'}: StartAt must be a state's name (a string), "
+                 f"not {start!r:.80}")]
     if start not in states:
         return [(f"{within or 'the definition'}: StartAt names {start!r}, which is not a "
                  f"state{where}")]
     problems: list[str] = []
     inner_problems: list[str] = []
     edges: dict[str, list[str]] = {}
+    misled = 0  # the problems of a Type or a transition: those that may leave states unreached
     for name, state in states.items():
         label = f"state {scope} > {name}" if scope else f"state {name}"
         if not isinstance(state, dict):
             problems.append(f"{label}: {state!r} is not a state (a JSON object with a Type)")
             continue
         kind = state.get("Type")
+        before = len(problems)
         if kind not in STATE_TYPES:
             problems.append(f"{label}: Type {kind!r} is not one of {', '.join(STATE_TYPES)}")
         targets, wrong = _transitions(state, kind, label)
         problems += wrong
-        if kind in STATE_TYPES:
-            problems += _state_problems(state, kind, label, placeholders)
         for field, target in targets:
             if not isinstance(target, str) or target not in states:
                 problems.append(f"{label}: {field} names {target!r}, which is not a "
                                 f"state{where}")
+        misled += len(problems) - before
+        if kind in STATE_TYPES:
+            wrong = _state_problems(state, kind, label, placeholders)
+            misled += sum(f"{label}: {f} must be" in p for p in wrong
+                          for f in ("Next", "Default", "Choices", "Catch"))
+            problems += wrong
         edges[name] = [t for _, t in targets if isinstance(t, str) and t in states]
         inner = f"{scope} > {name}" if scope else name
         if kind == "Map":
@@ -483,10 +492,10 @@ def _problems(machine: Any, scope: str, within: str, placeholders: bool = True) 
                 todo.append(target)
     lost = [f"{scope} > {name}" if scope else name for name in states if name not in reached]
     how = f"not reachable from StartAt ({start}) by any Next, Default or Catch"
-    if lost and problems:  # (a mistyped Next leaves the states after it unreached)
+    if lost and misled:  # (a mistyped Next leaves the states after it unreached)
         problems.append(f"state{'s' if len(lost) > 1 else ''} {', '.join(lost)}: {how} "
-                        f"(which may follow from the problem{'s' if len(problems) > 1 else ''}"
-                        " before)")
+                        f"(which may follow from the problem{'s' if misled > 1 else ''} of a "
+                        "Type or a transition before)")
     else:
         problems += [f"state {name}: {how}" for name in lost]
     return problems + inner_problems

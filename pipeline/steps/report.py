@@ -150,9 +150,10 @@ def with_failed_executions(doc: dict[str, Any], failures: Any, history: str | No
     Catch leading elsewhere than RecordFailure took (``caught_by``), gets that error. A job
     that recorded its own failure keeps it. The error's ``step`` is the state. ``history``:
     where the execution's events are (else: how to keep them). ``published``: the outputs
-    the run's tasks published; a FAILED job's among them is said to exist (a task the state
-    machine gave up on, past a Task's TimeoutSeconds, went on and published it, as a Lambda
-    function does on AWS). Whether ``doc`` changed (its counts made again)."""
+    the run's tasks published; a FAILED job's among them is said to exist, and how: a task
+    the state machine gave up on past a Task's TimeoutSeconds went on and published it (as a
+    Lambda function does on AWS), or a state after the one that published it failed.
+    Whether ``doc`` changed (its counts made again)."""
     jobs = {job.get("job"): job for job in doc.get("jobs", [])}
     changed = False
     for failure in sorted(failures, key=lambda f: "caught_by" in f):  # a failure first
@@ -190,18 +191,29 @@ def with_failed_executions(doc: dict[str, Any], failures: Any, history: str | No
         error = job.get("error")
         if (job.get("status") == "FAILED" and job.get("output") in published
                 and isinstance(error, dict) and "(it exists)" not in error.get("message", "")):
-            error["message"] = (
-                f"{error.get('message', '')} (its output {job['output']} was published all the "
-                "same (it exists), by a task of the job that went on after the state machine "
-                "had failed it, e.g. past the Task's TimeoutSeconds, as a Lambda function "
-                "goes on on AWS: remove it, or run the job again)")
+            if error.get("type") == "States.Timeout":  # its task went on past the timeout
+                how = ("all the same (it exists), by a task of the job that went on after the "
+                       "state machine had failed it past the Task's TimeoutSeconds, as a Lambda "
+                       "function goes on on AWS")
+            else:  # a state after the one that published it failed (one added after Merge)
+                step = error.get("step")
+                how = ("(it exists) before the job failed" + (f" in state {step}" if step
+                                                              else ""))
+            error["message"] = (f"{error.get('message', '')} (its output {job['output']} was "
+                                f"published {how}: remove it, or run the job again)")
             changed = True
     if changed:
-        statuses = [job.get("status") for job in doc.get("jobs", [])]
-        doc["succeeded"] = statuses.count("SUCCEEDED")
-        doc["skipped"] = statuses.count("SKIPPED")
-        doc["failed"] = len(statuses) - doc["succeeded"] - doc["skipped"]
+        doc.update(_counts(doc.get("jobs", [])))
     return changed
+
+
+def _counts(jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """A run report's ``succeeded``, ``failed`` and ``skipped``: its jobs by status (FAILED:
+    any other)."""
+    statuses = [job.get("status") for job in jobs]
+    succeeded, skipped = statuses.count("SUCCEEDED"), statuses.count("SKIPPED")
+    return {"succeeded": succeeded, "failed": len(statuses) - succeeded - skipped,
+            "skipped": skipped}
 
 
 def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[str, Any]:
@@ -278,13 +290,9 @@ def run_report(event: ReportEvent, missing: dict[str, str] | None = None
         if job["status"] == "FAILED" and isinstance(job.get("error"), dict):
             job["error"]["fault"] = fault_of(str(job["error"].get("type")))
     now = time.time()
-    succeeded = sum(j["status"] == "SUCCEEDED" for j in jobs)
-    skipped = sum(j["status"] == "SKIPPED" for j in jobs)
-    failed = len(jobs) - succeeded - skipped
     doc = {"run_id": run["run_id"], "manifest": run["manifest"],
            "started_at": run["started_at"], "finished_at": now,
-           "seconds": round(now - run["started_at"], 3),
-           "succeeded": succeeded, "failed": failed, "skipped": skipped}
+           "seconds": round(now - run["started_at"], 3), **_counts(jobs)}
     if run.get("scan"):  # what a scan found when PlanRun listed it (before its jobs: a
         doc["scan"] = run["scan"]  # reader of a long report sees it first)
     doc["jobs"] = jobs
