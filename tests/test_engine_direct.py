@@ -1232,11 +1232,10 @@ def test_a_fused_job_routed_down_the_split_path_says_so(tmp_path: Path):
     assert not (tmp_path / "fused.tif").exists()
 
 
-def test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A Task's TimeoutSeconds (run on moto) fails the job with States.Timeout while its
-    task goes on, as a Lambda function does on AWS, and publishes the output: the report,
-    written once the task has ended, keeps the job FAILED and says that its output exists."""
+def _run_past_a_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: float,
+                        workers: int) -> Any:
+    """A run of one job whose custom op sleeps ``seconds`` under a ProcessJob whose
+    TimeoutSeconds is 1 (so on moto), with ``workers``."""
     (tmp_path / "napping.py").write_text(
         "import time\n\ndef nap(tile, seconds=3.0):\n    time.sleep(seconds)\n    return tile\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # (the workers get this sys.path)
@@ -1248,9 +1247,17 @@ def test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so(
     (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
         "input": "in.tif", "output": "out.tif", "ops": [
             {"op": "custom", "function": "napping:nap", "halo": 0,
-             "params": {"seconds": 3}}]}]}))
-    result = run_local(str(tmp_path / "m.json"), 1, definition_text=_edited(timeout),
-                       contact_sheet=False)
+             "params": {"seconds": seconds}}]}]}))
+    return run_local(str(tmp_path / "m.json"), workers, definition_text=_edited(timeout),
+                     contact_sheet=False)
+
+
+def test_a_task_past_its_timeout_that_publishes_its_output_is_reported_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A Task's TimeoutSeconds (run on moto) fails the job with States.Timeout while its
+    task goes on, as a Lambda function does on AWS, and publishes the output: the report,
+    written once the task has ended, keeps the job FAILED and says that its output exists."""
+    result = _run_past_a_timeout(tmp_path, monkeypatch, 3, 1)
     job, = result.jobs
     assert job["status"] == "FAILED" and job["error"]["type"] == "States.Timeout"
     assert (tmp_path / "out.tif").exists()
@@ -1290,24 +1297,10 @@ def test_a_task_that_hangs_past_its_timeout_is_stopped_after_the_grace(
     never ends (a hung custom op) held the run for ever: the run waited for it without
     limit. It is waited for STOP_GRACE_S, then stopped, named in a warning; the job is
     FAILED with States.Timeout and its output was never published."""
-    (tmp_path / "hanging.py").write_text(
-        "import time\n\ndef hang(tile, seconds=30.0):\n    time.sleep(seconds)\n"
-        "    return tile\n")
-    monkeypatch.syspath_prepend(str(tmp_path))  # (the workers get this sys.path)
     monkeypatch.setattr(local, "STOP_GRACE_S", 1.0)
-
-    def timeout(states: dict[str, Any]) -> None:
-        states["ProcessJob"]["TimeoutSeconds"] = 1
-
-    tifffile.imwrite(tmp_path / "in.tif", np.zeros((64, 64), np.uint8))
-    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{
-        "input": "in.tif", "output": "out.tif", "ops": [
-            {"op": "custom", "function": "hanging:hang", "halo": 0,
-             "params": {"seconds": 30}}]}]}))
     with caplog.at_level("WARNING", logger="pipeline.engine.moto_run"):
         # (two workers: the run's next tasks, RecordFailure and Report, take the other one)
-        result = run_local(str(tmp_path / "m.json"), 2, definition_text=_edited(timeout),
-                           contact_sheet=False)
+        result = _run_past_a_timeout(tmp_path, monkeypatch, 30, 2)
     job, = result.jobs
     assert job["status"] == "FAILED" and job["error"]["type"] == "States.Timeout", job
     assert not (tmp_path / "out.tif").exists()  # (the task ran 30 s when waited for)
