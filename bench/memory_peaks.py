@@ -60,6 +60,16 @@ LAYOUTS: dict[str, tuple[list[tuple[int, int, int, str]], dict[str, Any], dict[s
                                                       "compression": "deflate"},
                          {"ops": [{"op": "equalize_hist"}],
                           "output_options": {"compression": "deflate"}}),
+    # merge builds a turned page's levels: a tile row per level across the output's width
+    "turned-pyramid": ([(80000, 512, 1, "uint8")], {"tile": (256, 256),
+                                                    "compression": "deflate"},
+                       {"ops": [{"op": "rotate", "angle": 90}],
+                        "output_options": {"compression": "deflate", "pyramid": True}}),
+    # level units (build_levels) of a job that is not fused: processing rows of 16384 px
+    "unfused-pyramid": ([(4096, 16384, 1, "uint8")], {"tile": (256, 256),
+                                                      "compression": "deflate"},
+                        {"ops": [{"op": "equalize_hist"}],
+                         "output_options": {"compression": "deflate", "pyramid": True}}),
 }
 #: the baseline's layouts (``--baseline``), not run by default
 TINY = {

@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import tifffile
 
 from pipeline import cli
 from pipeline import estimate as est
+from pipeline.engine import workers
 from pipeline.estimate import memory
 from pipeline.estimate.model import local_peaks
 
@@ -194,3 +198,121 @@ def test_a_reduce_of_per_band_histograms_counts_them() -> None:
     whole = peaks([stretch])
     assert whole["process"].step != "reduce_stats"
     assert all("statistics" not in p.parts for p in peaks([{"op": "normalize"}]).values())
+
+
+#: run in a fresh interpreter, as a cold Lambda runs it: one invocation, its result and the
+#: process's peak RSS (bench/memory_peaks.py's ``cold_invoke``)
+_COLD = ("import json, os, sys; os.environ.setdefault('OPENBLAS_NUM_THREADS', '1');"
+         "from pipeline.engine.workers import _invoke, peak_rss_kb;"
+         "function, event = json.loads(sys.stdin.read());"
+         "ok, payload, _, _ = _invoke(function, event, peak=False);"
+         "print(json.dumps([ok, payload, peak_rss_kb()]))")
+#: the steps whose peaks the cold runs measure (the others run in the worker as usual)
+COLD_ACTIONS = ("merge", "build_levels")
+#: the worker's own ``_invoke`` (in a worker process the module is imported afresh, unpatched)
+_INVOKE = workers._invoke
+
+
+def _cold_invoke(function: str, event: dict[str, Any], peak: bool = True
+                 ) -> tuple[bool, dict[str, Any], int, int]:
+    """``workers._invoke``, for :data:`COLD_ACTIONS` in a fresh interpreter whose peak RSS
+    (VmHWM) is appended to ``$TIFFPIPE_TEST_PEAKS`` (function, action, MiB)."""
+    if event.get("action") not in COLD_ACTIONS:
+        return _INVOKE(function, event, peak)
+    done = subprocess.run([sys.executable, "-c", _COLD], input=json.dumps([function, event]),
+                          capture_output=True, text=True, check=True)
+    ok, payload, peak_kb = json.loads(done.stdout.strip().splitlines()[-1])
+    with open(os.environ["TIFFPIPE_TEST_PEAKS"], "a") as f:
+        f.write(json.dumps([function, event["action"], peak_kb / 1024]) + "\n")
+    return ok, payload, os.getpid(), peak_kb
+
+
+def _cold(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Path:
+    """Have the engine's worker run merge and build_levels each in a fresh interpreter;
+    the log their peaks go to (:func:`_cold_peaks`)."""
+    log = folder / "peaks.jsonl"
+    monkeypatch.setenv("TIFFPIPE_TEST_PEAKS", str(log))
+    monkeypatch.setattr(workers, "_invoke", _cold_invoke)
+    return log
+
+
+def _cold_peaks(log: Path) -> dict[str, float]:
+    """The largest peak RSS (MiB) of each cold action logged, emptying the log."""
+    peaks: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        _function, action, mb = json.loads(line)
+        peaks[action] = max(peaks.get(action, 0.0), mb)
+    log.unlink()
+    return peaks
+
+
+def _pattern(height: int, width: int) -> np.ndarray:
+    """Gray content that compresses as a level's pixels do (not to nothing: a hash in it)."""
+    yy, xx = np.arange(height)[:, None], np.arange(width)[None, :]
+    return ((yy * 7 + xx * 13 + ((yy * 31) ^ (xx * 17)) % 97) % 256).astype(np.uint8)
+
+
+def _pyramid_job(folder: Path, name: str, shape: tuple[int, int],
+                 ops: list[dict[str, Any]]) -> Path:
+    src = folder / f"{name}.tif"
+    tifffile.imwrite(src, _pattern(*shape), tile=(256, 256), compression="deflate")
+    manifest = folder / f"{name}.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": src.name, "output": f"out/{name}.tif", "ops": ops,
+        "output_options": {"compression": "deflate", "pyramid": True}}]}))
+    return manifest
+
+
+def _predicted(manifest: Path) -> dict[str, memory.Peak]:
+    planned = est.plan_manifest(str(manifest))
+    assert planned.problems == []
+    return local_peaks(planned.plans[0], est.load_calibration(), 2)
+
+
+@pytest.mark.engine
+def test_merge_building_a_turned_pages_levels_is_counted(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A tall page turned a quarter with a pyramid: merge builds its levels (the units do not:
+    core.levels.unit_level_count), a tile row per level across the output's width, so its
+    peak grows with the width. A cold merge's measured peak, at two widths, lies between
+    UNDER of the prediction and the prediction plus the margin; the prediction names the
+    levels and grows with the width as the measured peak does."""
+    from pipeline.runner import run_local
+
+    rotate = [{"op": "rotate", "angle": 90}]
+    log = _cold(monkeypatch, tmp_path)
+    measured, predicted = {}, {}
+    for width in (40000, 80000):
+        manifest = _pyramid_job(tmp_path, f"tall{width}", (width, 512), rotate)
+        merge = _predicted(manifest)["merge"]
+        predicted[width] = merge.mb
+        result = run_local(str(manifest), 1, interpreter="moto")
+        assert result.ok, result.error
+        measured[width] = _cold_peaks(log)["merge"]
+        print(f"turned {width}: merge measured {measured[width]:.1f} MiB, predicted "
+              f"{predicted[width]:.1f} MiB")
+        assert UNDER * predicted[width] <= measured[width] \
+            <= predicted[width] * (1 + memory.MARGIN), (width, measured, predicted)
+        assert merge.parts["levels"] > 0.45 * width * 512 / memory.MiB  # (a tile row, about)
+    grown = measured[80000] - measured[40000]
+    assert 0.8 * grown <= predicted[80000] - predicted[40000] <= 1.25 * grown
+
+
+@pytest.mark.engine
+def test_level_units_of_a_job_not_fused_are_counted(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A pyramid job that is not fused (equalize_hist's whole-page statistics) builds its
+    levels in level units (build_levels, on the process function), each holding processing
+    rows of its region: the process function's predicted peak is build_levels', and a cold
+    build_levels' measured peak lies between UNDER of it and it plus the margin."""
+    from pipeline.runner import run_local
+
+    manifest = _pyramid_job(tmp_path, "unfused", (4096, 12288), [{"op": "equalize_hist"}])
+    process = _predicted(manifest)["process"]
+    log = _cold(monkeypatch, tmp_path)
+    result = run_local(str(manifest), 1, interpreter="moto")
+    assert result.ok, result.error
+    peak = _cold_peaks(log)["build_levels"]
+    print(f"build_levels measured {peak:.1f} MiB, predicted {process.mb:.1f} MiB")
+    assert UNDER * process.mb <= peak <= process.mb * (1 + memory.MARGIN), (peak, process.mb)
+    assert process.step == "build_levels" and process.parts["level rows"] > 0

@@ -19,10 +19,19 @@ what its step holds at once, counted from the plan as the steps allocate:
   through the chain, encoded) and the batch's encoded tiles;
 - a **held ProcessJob** keeps its whole encoded output in memory (its segments) until its
   merge has written it;
+- a **level unit** (``build_levels``, on the process function: a pyramid job that is not
+  fused) works a processing row of its region at once: its decoded output tiles, the row
+  they make, and the row's reductions with the level rows held until a level tile row is
+  complete (:data:`LEVEL_ROWS` rows' worth in all);
 - a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
   statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
   ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
-- **merge**: the tile table of the largest page (20 bytes a tile), on S3 its uploaded
+- **merge**: building the levels the units did not (a turned page's, a page carrying its
+  mask, the few below the units' deepest: :class:`~pipeline.steps.pyramid.Pyramid`), a tile
+  row buffer per level across the level's width (a byte a pixel more for a mask), the
+  largest level row's encoded tiles and the base tiles decoded ahead: this grows with the
+  output's width (a ProcessJob's merge too);
+  the tile table of the largest page (20 bytes a tile), on S3 its uploaded
   parts in flight (up to 4 of 16 MiB), and the XMP packets too large for the plan it reads
   from the input (its pages' distinct ones, at most ``PACKETS_HELD``: 64 MiB); a held
   ProcessJob's merge holds them too;
@@ -44,7 +53,7 @@ import numpy as np
 from pipeline.core.chain import ChainLayout
 from pipeline.core.geometry import transposes
 from pipeline.core.grid import SplitUnit, rows_held
-from pipeline.core.levels import unit_level_count
+from pipeline.core.levels import level_shapes, level_units, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import chain_from_json, chain_out_channels
 from pipeline.core.plan import single_task
@@ -81,6 +90,15 @@ SHARED = ("chain", "encode")
 MAX_VCPUS = 6
 #: the partial statistics a reduce_stats holds at once, with their sum (steps.stats.HELD_PARTS)
 HELD_PARTS = 18
+#: processing rows' worth of output pixels a level unit (build_levels) holds at once: the
+#: row's decoded tiles, the row they make, its reductions (with their wider sums) and the
+#: level rows held; fitted as SCALE is (docs/estimate.md, "Memory": 113 and 144 MiB measured
+#: for rows of 8 and 16 MiB)
+LEVEL_ROWS = 3
+#: resident MiB merge's pyramid takes whatever the page's width (its modules, its thread pool,
+#: the codecs' contexts): the intercept of merge's measured peaks against the level bytes
+#: counted (docs/estimate.md, "Memory"), rounded up
+PYRAMID_MB = 13.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +227,43 @@ def _stats_part_bytes(plan: JobPlan, page_index: int) -> float:
     return largest
 
 
+def _level_unit_bytes(plan: JobPlan, unit: SplitUnit) -> dict[str, float]:
+    """What a level unit (``build_levels``) of ``unit`` holds at once (bytes): a processing
+    row of its region's output pixels, :data:`LEVEL_ROWS` times (module docstring)."""
+    p = plan.pages[unit.page]
+    g = p.out_grid
+    width = min(unit.col1 * g.tile, g.width) - unit.col0 * g.tile
+    row = min(g.tile, g.height) * width * _pixel(p.out_dtype, p.out_channels)
+    return {"level rows": LEVEL_ROWS * row}
+
+
+def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: float,
+                       s3: bool) -> dict[str, float]:
+    """What merge holds building the levels of a page the units did not build (bytes; {}
+    when it builds none): a tile row buffer per level across the level's width, with a mask
+    a byte a pixel more, the largest level row's encoded tiles, the base tiles decoded
+    ahead (``2 * threads``; one with one thread) and on S3 each level segment's part."""
+    p = plan.pages[page_index]
+    options = plan.spec.output_options
+    if not options.pyramid or p.strip:
+        return {}
+    t = options.tile
+    shapes = level_shapes(p.out_grid.height, p.out_grid.width, t)
+    count = unit_level_count(plan, page_index)
+    # (below the units' deepest level: its rows, a tile row at a time, and the levels under it)
+    built = shapes[max(count - 1, 0):] if count < len(shapes) else []
+    if not built:
+        return {}
+    rows = [t * math.ceil(w / t) * t for _h, w in built]
+    pixel = _pixel(p.out_dtype, p.out_channels) + (1 if p.info.mask_ifd else 0)
+    parts = {"pyramid": PYRAMID_MB * MiB, "levels": float(sum(rows) * pixel),
+             "level encode": rows[0] / 1e6 * out_bpm,
+             "level decode": float((2 * threads if threads > 1 else 1) * t * t * pixel)}
+    if s3:
+        parts["level uploads"] = float(len(built) * SEGMENT_PART)
+    return parts
+
+
 def _packets(plan: JobPlan) -> float:
     """The bytes of XMP packets too large for the plan that the job's merge holds
     (:func:`~pipeline.adapters.metadata.packets_held`: at most ``PACKETS_HELD``)."""
@@ -253,6 +308,10 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
                 parts[k] = max(parts.get(k, 0.0), v) if k in SHARED else parts.get(k, 0.0) + v
         if packets := _packets(plan):  # (its merge's, beside its held output)
             parts["xmp packets"] = packets
+        for page in range(len(plan.pages)):  # (its merge's levels, a page at a time)
+            levels = _merge_level_bytes(plan, page, t, out_bpm, s3)
+            for k, v in levels.items():
+                parts[k] = max(parts.get(k, 0.0), v)
         if held_bytes is not None:
             parts["held output"] = held_bytes
             if s3:  # one PutObject of it all (joined), else parts in flight
@@ -262,6 +321,10 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
         return peaks
     for u, p in units:
         keep("process" if fused else "split", "process_unit" if fused else "split", u.page, p)
+    if level_units(plan):
+        for u in plan.units:
+            if unit_level_count(plan, u.page):
+                keep("process", "build_levels", u.page, _level_unit_bytes(plan, u))
     for b in plan.batches:
         keep("process", "process", b.page,
              _batch_bytes(plan, b.page, b.last - b.first, threads["process"], out_bpm,
@@ -274,6 +337,13 @@ def job_peaks(plan: JobPlan, threads: Mapping[str, int], out_bpm: float, work_bp
         if part := _stats_part_bytes(plan, page):
             keep("process", "reduce_stats", page, {"statistics": HELD_PARTS * part})
     merge = {"tile table": float(TILE_TABLE_BYTES * tiles)}
+    # the page whose levels merge builds holding the most (not always the largest page)
+    built = [_merge_level_bytes(plan, i, threads["merge"], out_bpm, s3)
+             for i in range(len(plan.pages))]
+    most = max(range(len(built)), key=lambda i: sum(built[i].values()))
+    if built[most]:
+        largest = most
+        merge.update(built[most])
     if s3 and uploads:
         merge["uploads"] = float(min(uploads, UPLOADS_IN_FLIGHT) * UPLOAD_PART)
     if packets := _packets(plan):
