@@ -316,3 +316,20 @@ def test_level_units_of_a_job_not_fused_are_counted(
     print(f"build_levels measured {peak:.1f} MiB, predicted {process.mb:.1f} MiB")
     assert UNDER * process.mb <= peak <= process.mb * (1 + memory.MARGIN), (peak, process.mb)
     assert process.step == "build_levels" and process.parts["level rows"] > 0
+
+
+def test_a_merge_held_up_by_its_levels_is_told_how_to_lighten_them(tmp_path: Path) -> None:
+    """A turned page's pyramid whose merge passes the merge function's memory: the warning
+    names the levels merge builds and what makes them lighter (a smaller output tile, or
+    the pyramid made in a second job), not the larger output tile that lightens a tile
+    table."""
+    manifest = _pyramid_job(tmp_path, "turned", (40000, 512), [{"op": "rotate", "angle": 90}])
+    code, out, err = _cli("estimate", str(manifest), "--json", "--price",
+                          "memory_merge_mb=100")
+    assert code == 0, err
+    doc = json.loads(out)
+    merge = doc["jobs"][0]["memory"]["merge"]
+    assert merge["parts_mb"]["levels"] > merge["parts_mb"]["tile table"]
+    (w,) = [w for w in doc["warnings"] if "merge function" in w]
+    assert "a smaller output_options.tile (merge builds this page's pyramid levels" in w
+    assert 'turn the page in a job without "pyramid"' in w and "larger" not in w

@@ -69,6 +69,13 @@ STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "p
          "cold_merge")
 
 
+
+def _levels_lead(peak: Peak) -> bool:
+    """Whether a merge's peak holds more for the pyramid levels it builds than for its tile
+    table (which a larger output tile lightens: the levels' rows it makes heavier)."""
+    return peak.parts.get("levels", 0.0) > peak.parts.get("tile table", 0.0)
+
+
 class _Ledger:
     """Per-step totals of the invocations costed so far."""
 
@@ -127,7 +134,12 @@ class _Ledger:
                 f"(predicted, {MARGIN:.0%} margin), more than the {limit:,.0f} MB the function "
                 f"has (memory_{f}_mb): give the {f} function more memory in the deploy "
                 f"(FUNCTION_SIZES; --price memory_{f}_mb=... to estimate it), or make the "
-                + ("merge lighter: fewer output tiles a page (a larger output_options.tile)"
+                + ("merge lighter: a smaller output_options.tile (merge builds this page's "
+                   "pyramid levels, a tile row each across the page's width), or turn the "
+                   "page in a job without \"pyramid\" and make the pyramid in a second job "
+                   "on its output (its units build the levels)"
+                   if f == "merge" and _levels_lead(peak) else
+                   "merge lighter: fewer output tiles a page (a larger output_options.tile)"
                    if f == "merge" else
                    "work smaller: a smaller \"tile\" (the processing tile) or "
                    "output_options.tile, or an input re-saved with smaller strips or tiles"))
