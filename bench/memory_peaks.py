@@ -60,7 +60,7 @@ LAYOUTS: dict[str, tuple[list[tuple[int, int, int, str]], dict[str, Any], dict[s
                                                       "compression": "deflate"},
                          {"ops": [{"op": "equalize_hist"}],
                           "output_options": {"compression": "deflate"}}),
-    # merge builds a turned page's levels: a tile row per level across the output's width
+    # merge builds a turned page's levels, band by band: its peak must not grow with the width
     "turned-pyramid": ([(80000, 512, 1, "uint8")], {"tile": (256, 256),
                                                     "compression": "deflate"},
                        {"ops": [{"op": "rotate", "angle": 90}],

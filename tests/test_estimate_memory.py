@@ -270,13 +270,15 @@ def _predicted(manifest: Path) -> dict[str, memory.Peak]:
 
 
 @pytest.mark.engine
-def test_merge_building_a_turned_pages_levels_is_counted(
+def test_merge_of_a_turned_pages_pyramid_does_not_grow_with_its_width(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A tall page turned a quarter with a pyramid: merge builds its levels (the units do not:
-    core.levels.unit_level_count), a tile row per level across the output's width, so its
-    peak grows with the width. A cold merge's measured peak, at two widths, lies between
-    UNDER of the prediction and the prediction plus the margin; the prediction names the
-    levels and grows with the width as the measured peak does."""
+    """A tall page turned a quarter with a pyramid: merge builds its levels (its units do
+    not: core.levels.unit_level_count), band by band (core.levels.band_level_count), each
+    band holding a tile row per level across the band, not across the page. A cold merge's
+    measured peak at twice the output's width is within 10% of the narrower one's (it was
+    74 and 94 MiB at 40,000 and 80,000 columns when merge held a tile row per level across
+    the page's width), and each lies between UNDER of the prediction and the prediction
+    plus the margin; the prediction counts the bands, no level across the page."""
     from pipeline.runner import run_local
 
     rotate = [{"op": "rotate", "angle": 90}]
@@ -291,11 +293,11 @@ def test_merge_building_a_turned_pages_levels_is_counted(
         measured[width] = _cold_peaks(log)["merge"]
         print(f"turned {width}: merge measured {measured[width]:.1f} MiB, predicted "
               f"{predicted[width]:.1f} MiB")
-        assert UNDER * predicted[width] <= measured[width] \
-            <= predicted[width] * (1 + memory.MARGIN), (width, measured, predicted)
-        assert merge.parts["levels"] > 0.45 * width * 512 / memory.MiB  # (a tile row, about)
-    grown = measured[80000] - measured[40000]
-    assert 0.8 * grown <= predicted[80000] - predicted[40000] <= 1.25 * grown
+    assert measured[80000] <= 1.1 * measured[40000], measured
+    for width, peak in measured.items():
+        assert UNDER * predicted[width] <= peak <= predicted[width] * (1 + memory.MARGIN), \
+            (width, measured, predicted)
+    assert merge.parts["level bands"] > 0 and "levels" not in merge.parts
 
 
 @pytest.mark.engine
@@ -319,11 +321,21 @@ def test_level_units_of_a_job_not_fused_are_counted(
 
 
 def test_a_merge_held_up_by_its_levels_is_told_how_to_lighten_them(tmp_path: Path) -> None:
-    """A turned page's pyramid whose merge passes the merge function's memory: the warning
-    names the levels merge builds and what makes them lighter (a smaller output tile, or
-    the pyramid made in a second job), not the larger output tile that lightens a tile
-    table."""
-    manifest = _pyramid_job(tmp_path, "turned", (40000, 512), [{"op": "rotate", "angle": 90}])
+    """A wide page carrying its mask, with a pyramid: merge builds its levels (and their
+    masks) from the whole page, a tile row per level across its width. Where that passes
+    the merge function's memory, the warning names the levels and what makes them lighter
+    (a smaller output tile, or the mask not carried), not the larger output tile that
+    lightens a tile table."""
+    src = tmp_path / "masked.tif"
+    pixels = _pattern(512, 40000)
+    with tifffile.TiffWriter(src) as tw:
+        tw.write(pixels, tile=(256, 256), compression="deflate", metadata=None)
+        tw.write(pixels > 20, tile=(256, 256), compression="deflate", subfiletype=4,
+                 metadata=None)
+    manifest = tmp_path / "masked.json"
+    manifest.write_text(json.dumps({"jobs": [{
+        "input": src.name, "output": "out/masked.tif",
+        "output_options": {"compression": "deflate", "pyramid": True}}]}))
     code, out, err = _cli("estimate", str(manifest), "--json", "--price",
                           "memory_merge_mb=100")
     assert code == 0, err
@@ -332,4 +344,4 @@ def test_a_merge_held_up_by_its_levels_is_told_how_to_lighten_them(tmp_path: Pat
     assert merge["parts_mb"]["levels"] > merge["parts_mb"]["tile table"]
     (w,) = [w for w in doc["warnings"] if "merge function" in w]
     assert "a smaller output_options.tile (merge builds this page's pyramid levels" in w
-    assert 'turn the page in a job without "pyramid"' in w and "larger" not in w
+    assert '"masks": false (its units build the levels' in w and "larger" not in w

@@ -306,6 +306,19 @@ def test_manifest_pyramid_and_ome_are_booleans_default_false(tmp_path):
     ]
 
 
+def _spy_pyramids(monkeypatch: pytest.MonkeyPatch) -> list[Pyramid]:
+    """Every :class:`Pyramid` merge makes in this process from now on, in order."""
+    made: list[Pyramid] = []
+
+    class Spy(Pyramid):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(pyramid_mod, "Pyramid", Spy)  # merge imports it when used
+    return made
+
+
 @pytest.mark.parametrize(("compression", "masked"), [("jpeg", False), ("deflate", False),
                                                      ("deflate", True)])
 def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression, masked):
@@ -324,14 +337,7 @@ def test_threads_build_the_same_levels(tmp_path, monkeypatch, compression, maske
     out = _run(tmp_path, {"rgb": {"input": str(src), "fuse": False, "output_options": {
         "tile": OUT_TILE, "pyramid": True, "compression": compression}}},
         "--keep-work", "--work", str(work))["rgb"]
-    made: list[Pyramid] = []
-
-    class Spy(Pyramid):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
-
-    monkeypatch.setattr(pyramid_mod, "Pyramid", Spy)  # merge imports it when used
+    made = _spy_pyramids(monkeypatch)
     monkeypatch.setattr(merge_mod, "UNIT_LEVELS", False)
     files = {}
     for threads in (1, 4):
@@ -393,3 +399,48 @@ def test_a_masked_levels_whole_blocks_reduce_as_the_counting_way_does(dtype):
         np.testing.assert_array_equal(got, want)
         assert (np.signbit(got) == np.signbit(want)).all()
     np.testing.assert_array_equal(reduce2(block, valid=np.ones((7, 9), bool)), reduce2(block))
+
+
+@pytest.mark.parametrize(("ops", "shape", "options"), [
+    ([{"op": "rotate", "angle": 90}], (1299, 203), {"compression": "deflate"}),
+    ([{"op": "rotate", "angle": 270}], (1299, 203, 3), {"compression": "jpeg"}),
+    ([{"op": "rotate", "angle": 90}, {"op": "flip", "axis": "horizontal"}], (1299, 203, 3),
+     {"compression": "zstd"}),  # (a transpose)
+    ([{"op": "flip", "axis": "vertical"}], (204, 1300), {"compression": "deflate"}),
+    ([{"op": "rotate", "angle": 90}], (1300, 204), {"compression": "deflate",
+                                                   "pyramid_resampling": "nearest"}),
+])
+def test_a_turned_pages_levels_built_band_by_band_are_merges_whole_page_ones(
+        tmp_path, monkeypatch, ops, shape, options):
+    """A turned page's levels (its units meet its rows in the input's order, so they build
+    none) are built by merge band by band (pipeline.steps.unit_levels.merge_band_levels:
+    BAND_TILES processing tiles of columns, the page's height; a tile row per level across a
+    band, not across the page), and are byte for byte the levels merge's Pyramid builds
+    from the whole page (UNIT_LEVELS off, as before): the same file, for rotate 90 and 270
+    and transpose, gray and RGB, lossless and JPEG (levels of the lossy pixels), "mean" a
+    page flipped, and "nearest" (the bands stop at the first odd level, 325 x 51, the levels
+    below from their blocks). The output, 1,299 or 1,300 columns, spans three bands of 8 x
+    64 px."""
+    src, work = tmp_path / "in.tif", tmp_path / "work"
+    channels = shape[2] if len(shape) == 3 else 1
+    tifffile.imwrite(src, smooth(shape[0], shape[1], channels, 4), tile=(64, 64),
+                     photometric="rgb" if channels == 3 else "minisblack", metadata=None)
+    width = max(shape[:2])  # (the output's: the page turned, or flipped wide)
+    out = _run(tmp_path, {"t": {"input": str(src), "ops": ops, "fuse": False, "output_options": {
+        "tile": OUT_TILE, "pyramid": True, **options}}}, "--keep-work", "--work", str(work))["t"]
+    banded = Path(out).read_bytes()
+    assert ceil(width / TILE) > 2 * 8  # (three bands of core.levels.BAND_TILES, 8)
+    made = _spy_pyramids(monkeypatch)
+    files = {}
+    for unit_levels in (True, False):
+        Path(out).unlink()
+        monkeypatch.setattr(merge_mod, "UNIT_LEVELS", unit_levels)
+        forget_plans()
+        merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
+        forget_plans()
+        files[unit_levels] = Path(out).read_bytes()
+    # band by band, no Pyramid holds a row of the page's width (the deepest levels' own,
+    # from the bands' blocks, are a fraction of it); the whole page's Pyramid, one
+    assert [p.width for p in made][-1] == width and all(p.width < width / 2 for p in made[:-1])
+    assert files[True] == banded
+    assert files[False] == banded

@@ -7,6 +7,10 @@ from math import ceil
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_turns
 
+#: processing tiles a band of a turned page's levels spans (:func:`band_level_count`): a
+#: band holds a tile row per level across its width (8 tiles of 1,024 px: 4 MiB of gray)
+BAND_TILES = 8
+
 
 def level_shapes(height: int, width: int, tile: int) -> list[tuple[int, int]]:
     """(height, width) of each reduced level, largest first: halved (rounding up) until the
@@ -22,12 +26,35 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     """How many pyramid levels the units of a page build themselves (fused units as they
     process, a job that is not fused in its level units): the levels k with ``2**k``
     dividing the processing tile (in output pixels), so that no level pixel needs two units
-    (0: no pyramid, or merge builds them all: a turned page, a page that carries its mask)."""
+    (0: no pyramid, or merge builds them: a turned page's band by band, a page that carries
+    its mask from the whole page)."""
+    if chain_turns(plan.spec.ops):  # (its units meet its rows in the input's order: merge
+        return 0  # builds them, band by band: :func:`band_level_count`)
+    if plan.pages[page].info.mask_ifd:  # its levels' masks, and pixels means without the
+        return 0  # masked-out pixels, come from its base and mask tiles, which merge reads
+    return aligned_level_count(plan, page)
+
+
+def band_level_count(plan: JobPlan, page: int) -> int:
+    """How many pyramid levels merge builds band by band (:data:`BAND_TILES` processing
+    tiles wide, the page's height: :func:`pipeline.steps.unit_levels.merge_band_levels`),
+    a tile row per level across a band, not the page: those of a turned page (its units do
+    not build them), as :func:`aligned_level_count` aligns them. 0: merge's
+    :class:`~pipeline.steps.pyramid.Pyramid` builds them all (a page that carries its mask,
+    whose levels' masks come with them), or the units build them."""
+    if not chain_turns(plan.spec.ops) or plan.pages[page].info.mask_ifd:
+        return 0
+    return aligned_level_count(plan, page)
+
+
+def aligned_level_count(plan: JobPlan, page: int) -> int:
+    """How many pyramid levels of a page a region starting and ending on multiples of the
+    processing tile (in output pixels) can build from its own pixels: the levels k with
+    ``2**k`` dividing the tile, so that no level pixel needs two regions (0: no pyramid, a
+    page in strips)."""
     p = plan.pages[page]
-    if not plan.spec.output_options.pyramid or p.strip or chain_turns(plan.spec.ops):
-        return 0  # (a turned page's units meet its rows in the input's order: merge builds)
-    if p.info.mask_ifd:  # its levels' masks, and pixels means without the masked-out
-        return 0  # pixels, come from its base and mask tiles, which merge reads together
+    if not plan.spec.output_options.pyramid or p.strip:
+        return 0
     t, big = plan.spec.output_options.tile, p.out_grid.tile
     shapes = level_shapes(p.out_grid.height, p.out_grid.width, t)
     k = 0

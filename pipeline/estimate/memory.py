@@ -26,11 +26,12 @@ what its step holds at once, counted from the plan as the steps allocate:
 - a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
   statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
   ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
-- **merge**: building the levels the units did not (a turned page's, a page carrying its
-  mask, the few below the units' deepest: :class:`~pipeline.steps.pyramid.Pyramid`), a tile
-  row buffer per level across the level's width (a byte a pixel more for a mask), the
-  largest level row's encoded tiles and the base tiles decoded ahead: this grows with the
-  output's width (a ProcessJob's merge too);
+- **merge**: building the levels the units did not: a turned page's band by band (a
+  level unit's rows for a band of :data:`~pipeline.core.levels.BAND_TILES` processing
+  tiles); a page carrying its mask's, and the few below the units' deepest, with
+  :class:`~pipeline.steps.pyramid.Pyramid`: a tile row buffer per level across the level's
+  width (a byte a pixel more for a mask), the largest level row's encoded tiles and the
+  base tiles decoded ahead, which grows with the output's width (a ProcessJob's merge too);
   the tile table of the largest page (20 bytes a tile), on S3 its uploaded
   parts in flight (up to 4 of 16 MiB), and the XMP packets too large for the plan it reads
   from the input (its pages' distinct ones, at most ``PACKETS_HELD``: 64 MiB); a held
@@ -53,7 +54,13 @@ import numpy as np
 from pipeline.core.chain import ChainLayout
 from pipeline.core.geometry import transposes
 from pipeline.core.grid import SplitUnit, rows_held
-from pipeline.core.levels import level_shapes, level_units, unit_level_count
+from pipeline.core.levels import (
+    BAND_TILES,
+    band_level_count,
+    level_shapes,
+    level_units,
+    unit_level_count,
+)
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import chain_from_json, chain_out_channels
 from pipeline.core.plan import single_task
@@ -95,9 +102,9 @@ HELD_PARTS = 18
 #: level rows held; fitted as SCALE is (docs/estimate.md, "Memory": 113 and 144 MiB measured
 #: for rows of 8 and 16 MiB)
 LEVEL_ROWS = 3
-#: resident MiB merge's pyramid takes whatever the page's width (its modules, its thread pool,
-#: the codecs' contexts): the intercept of merge's measured peaks against the level bytes
-#: counted (docs/estimate.md, "Memory"), rounded up
+#: resident MiB merge's level building takes whatever the page's width (its modules, its
+#: thread pool, the codecs' contexts): the intercept of merge's measured peaks against the
+#: level bytes counted (docs/estimate.md, "Memory"), rounded up
 PYRAMID_MB = 13.0
 
 
@@ -240,27 +247,39 @@ def _level_unit_bytes(plan: JobPlan, unit: SplitUnit) -> dict[str, float]:
 def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: float,
                        s3: bool) -> dict[str, float]:
     """What merge holds building the levels of a page the units did not build (bytes; {}
-    when it builds none): a tile row buffer per level across the level's width, with a mask
-    a byte a pixel more, the largest level row's encoded tiles, the base tiles decoded
-    ahead (``2 * threads``; one with one thread) and on S3 each level segment's part."""
+    when it builds none): a turned page's bands (:func:`~pipeline.core.levels.
+    band_level_count`: a processing row of a band, :data:`LEVEL_ROWS` times); and with
+    :class:`~pipeline.steps.pyramid.Pyramid` (a page carrying its mask, and the few levels
+    below the units' or bands' deepest) a tile row buffer per level across the level's
+    width (with a mask a byte a pixel more), the largest level row's encoded tiles, the base
+    tiles decoded ahead (``2 * threads``; one with one thread) and on S3 each level
+    segment's part; :data:`PYRAMID_MB` beside either."""
     p = plan.pages[page_index]
     options = plan.spec.output_options
     if not options.pyramid or p.strip:
         return {}
-    t = options.tile
-    shapes = level_shapes(p.out_grid.height, p.out_grid.width, t)
+    t, g = options.tile, p.out_grid
+    shapes = level_shapes(g.height, g.width, t)
+    parts: dict[str, float] = {}
     count = unit_level_count(plan, page_index)
-    # (below the units' deepest level: its rows, a tile row at a time, and the levels under it)
+    if bands := band_level_count(plan, page_index):
+        row = min(g.tile, g.height) * min(BAND_TILES * g.tile, g.width)
+        parts["level bands"] = float(LEVEL_ROWS * row * _pixel(p.out_dtype, p.out_channels))
+        count = bands
+    # (below the deepest level built in regions: its rows, a tile row at a time, and the
+    # levels under it)
     built = shapes[max(count - 1, 0):] if count < len(shapes) else []
-    if not built:
-        return {}
-    rows = [t * math.ceil(w / t) * t for _h, w in built]
-    pixel = _pixel(p.out_dtype, p.out_channels) + (1 if p.info.mask_ifd else 0)
-    parts = {"pyramid": PYRAMID_MB * MiB, "levels": float(sum(rows) * pixel),
-             "level encode": rows[0] / 1e6 * out_bpm,
-             "level decode": float((2 * threads if threads > 1 else 1) * t * t * pixel)}
-    if s3:
-        parts["level uploads"] = float(len(built) * SEGMENT_PART)
+    if built:
+        rows = [t * math.ceil(w / t) * t for _h, w in built]
+        pixel = _pixel(p.out_dtype, p.out_channels) + (1 if p.info.mask_ifd else 0)
+        parts.update({"levels": float(sum(rows) * pixel),
+                      "level encode": rows[0] / 1e6 * out_bpm,
+                      "level decode": float((2 * threads if threads > 1 else 1) * t * t
+                                            * pixel)})
+        if s3:
+            parts["level uploads"] = float(len(built) * SEGMENT_PART)
+    if parts:
+        parts["pyramid"] = PYRAMID_MB * MiB
     return parts
 
 

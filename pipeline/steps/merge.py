@@ -20,9 +20,11 @@ pixel is the same.
 
 A pyramid's levels are built by the units (fused jobs) or the level units (BuildLevels,
 jobs that are not fused: :func:`pipeline.steps.unit_levels.build_levels`); merge assembles
-their shared tiles and the few deepest levels and places them like the base tiles. Only
-when no unit can build a level (or with :data:`UNIT_LEVELS` off) does merge build the
-levels here from the base tiles (read through, a bounded number at a time).
+their shared tiles and the few deepest levels and places them like the base tiles. A
+turned page's levels (its units meet its rows in the input's order) merge builds the same
+way, band by band (:func:`pipeline.steps.unit_levels.merge_band_levels`). Only a page that
+carries its mask (or any, with :data:`UNIT_LEVELS` off) has its levels built here from the
+base tiles read through (a tile row per level across the page's width).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from pipeline.adapters.tile_codec import GROUP4, MASK_WRITER_KWARGS, OutputEncod
 from pipeline.core import tiff_layout
 from pipeline.core.chain import page_placement
 from pipeline.core.events import MergeEvent
-from pipeline.core.levels import level_shapes, unit_level_count
+from pipeline.core.levels import band_level_count, level_shapes, unit_level_count
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import (
     chain_band_names,
@@ -381,13 +383,15 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
         return [(table, False), (mask, True)]
     # imported here, by pyramid jobs only: a run imports its steps within its time
     from pipeline.steps.pyramid import level_method
-    from pipeline.steps.unit_levels import merge_unit_levels
+    from pipeline.steps.unit_levels import merge_band_levels, merge_unit_levels
 
     method = level_method(plan, index)
 
     masks: list[TileTable] = []  # the levels' masks (a page that carries its mask)
     if UNIT_LEVELS and unit_level_count(plan, index):
         levels = merge_unit_levels(plan, index, encoder, method)
+    elif UNIT_LEVELS and band_level_count(plan, index):  # (a turned page's: band by band)
+        levels = merge_band_levels(plan, index, table, encoder, method)
     else:
         levels, masks = _merged_levels(plan, index, table, encoder, method, mask)
     as_pages = options.pyramid_layout == "pages"

@@ -25,6 +25,11 @@ the same way by its *level units* (:func:`build_levels`, the BuildLevels Map aft
 one per split unit, which reads its region's encoded base tiles back from the process
 batches' segments, decodes them and feeds them to the same :class:`RegionLevels`, one
 processing row at a time.
+
+A turned page (its units meet its rows in the input's order: they build none) has its
+levels built by merge the same way, band by band (:func:`merge_band_levels`): regions of
+:data:`~pipeline.core.levels.BAND_TILES` processing tiles of columns, the page's height,
+read back from its base tiles; so merge holds a band's rows, never a row of the page.
 """
 
 from __future__ import annotations
@@ -41,10 +46,10 @@ from pipeline.adapters.segments import SegmentWriter, read_range
 from pipeline.adapters.tile_codec import OutputEncoder, decode_work_tile, encode_work_tile
 from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
-from pipeline.core.levels import level_shapes, unit_level_count
+from pipeline.core.levels import BAND_TILES, band_level_count, level_shapes, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import page_options
-from pipeline.steps import layout
+from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2
 from pipeline.steps.tile_table import TileTable, read_indexes
@@ -72,13 +77,13 @@ class RegionLevels:
     """The levels a unit builds, fed its processing rows of output pixels in order."""
 
     def __init__(self, plan: JobPlan, page: int, unit_index: int, unit: SplitUnit,
-                 encoder: OutputEncoder, method: str):
+                 encoder: OutputEncoder, method: str, count: int | None = None):
         p = plan.pages[page]
         self.plan, self.page, self.unit = plan, page, unit_index
         self.t, self.encoder, self.method = plan.spec.output_options.tile, encoder, method
         self.nodata = level_nodata(plan, page)
         height, width, big = p.out_grid.height, p.out_grid.width, p.out_grid.tile
-        self.count = unit_level_count(plan, page)
+        self.count = unit_level_count(plan, page) if count is None else count
         self.deepest_needed = self.count < len(level_shapes(height, width, self.t))
         y0, x0 = unit.row0 * big, unit.col0 * big
         y1, x1 = min(unit.row1 * big, height), min(unit.col1 * big, width)
@@ -232,14 +237,55 @@ def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
     return strip
 
 
-def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder,
+def merge_band_levels(plan: JobPlan, page: int, table: TileTable, encoder: OutputEncoder,
                       method: str) -> list[TileTable]:
+    """The levels of a turned page (:func:`~pipeline.core.levels.band_level_count`), built
+    by merge as the units build theirs, band by band: each band of :data:`BAND_TILES`
+    processing tiles of columns, the page's height, read from the base page's tiles
+    (``table``) one processing row at a time, decoded and fed to a :class:`RegionLevels`
+    (its segments named as unit ``n``'s: a turned page's units write none), then assembled
+    by :func:`merge_unit_levels`. Memory: a processing row of a band and a tile row per
+    level of a band, whatever the page's width; every base tile is read and decoded once,
+    as :class:`Pyramid` reads them, so the levels are the same."""
+    p, t = plan.pages[page], plan.spec.output_options.tile
+    g = p.out_grid
+    per_row = g.tile // t  # output tile rows a processing row
+    rows, cols = ceil(g.height / g.tile), ceil(g.width / g.tile)
+    bands = [SplitUnit(page, 0, rows, c, min(c + BAND_TILES, cols))
+             for c in range(0, cols, BAND_TILES)]
+    count = band_level_count(plan, page)
+    with ThreadPoolExecutor(tile_threads()) as pool:
+        for n, band in enumerate(bands):
+            levels = RegionLevels(plan, page, n, band, encoder, method, count)
+            try:
+                c0 = band.col0 * per_row
+                c1 = min(band.col1 * per_row, table.cols)
+                for r0 in range(0, table.segment.shape[0], per_row):
+                    stopping.check()
+                    spans = [(table.sources[table.segment[r, c]], int(table.offset[r, c]),
+                              int(table.size[r, c]))
+                             for r in range(r0, min(r0 + per_row, table.segment.shape[0]))
+                             for c in range(c0, c1)]
+                    decoded = list(pool.map(lambda s: encoder.decode(read_range(*s)), spans))
+                    levels.add(_strip(plan, band, r0, len(spans) // (c1 - c0), c1 - c0,
+                                      decoded))
+                levels.close()
+            except BaseException:
+                levels.abort()
+                raise
+    return merge_unit_levels(plan, page, encoder, method, len(bands))
+
+
+def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder, method: str,
+                      bands: int = 0) -> list[TileTable]:
     """Merge's part of a page's unit-built levels: the tile tables of every level. Shared
     tiles are assembled from their fragments into a ``border{k}`` segment; the levels below
-    the units' deepest are built from its blocks with :class:`Pyramid` (``deep/``)."""
+    the units' deepest are built from its blocks with :class:`Pyramid` (``deep/``).
+    ``bands``: the levels were built by merge's bands (:func:`merge_band_levels`), that
+    many, not by the page's units."""
     p, t = plan.pages[page], plan.spec.output_options.tile
-    count = unit_level_count(plan, page)
-    units = plan.units_of(page)
+    count = band_level_count(plan, page) if bands else unit_level_count(plan, page)
+    units = list(range(bands)) if bands else plan.units_of(page)
     frag_urls = [layout.segment_file(plan.work, page, fragment_name(n)) for n in units]
     docs = [storage.read_json(layout.segment_index_file(plan.work, page, fragment_name(n)))
             for n in units]
