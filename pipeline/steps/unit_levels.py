@@ -179,22 +179,11 @@ def build_levels(event: UnitEvent) -> dict[str, Any]:
     with recorded(plan, "build_levels", event.unit):
         p = plan.pages[unit.page]
         encoder = OutputEncoder(page_options(plan.spec, p), p.out_dtype, p.out_channels)
+        tiles = _band_table(plan, unit)  # (before the levels' writers open: nothing to abort)
         levels = RegionLevels(plan, unit.page, event.unit, unit, encoder,
                               level_method(plan, unit.page))
-        try:
-            band = _band_table(plan, unit)
-            per_row = p.out_grid.tile // plan.spec.output_options.tile  # tile rows a row
-            tiles = band.tile_bytes()
-            with ThreadPoolExecutor(tile_threads()) as pool:
-                for r0 in range(0, band.segment.shape[0], per_row):
-                    rows = min(per_row, band.segment.shape[0] - r0)
-                    decoded = list(pool.map(encoder.decode,
-                                            (next(tiles) for _ in range(rows * band.cols))))
-                    levels.add(_strip(plan, unit, r0, rows, band.cols, decoded))
-            levels.close()
-        except BaseException:
-            levels.abort()
-            raise
+        with ThreadPoolExecutor(tile_threads()) as pool:
+            _feed(levels, plan, unit, tiles, encoder, pool)
     return {"job": plan.job, "tiles": unit.tiles}
 
 
@@ -256,24 +245,33 @@ def merge_band_levels(plan: JobPlan, page: int, table: TileTable, encoder: Outpu
     count = band_level_count(plan, page)
     with ThreadPoolExecutor(tile_threads()) as pool:
         for n, band in enumerate(bands):
-            levels = RegionLevels(plan, page, n, band, encoder, method, count)
-            try:
-                c0 = band.col0 * per_row
-                c1 = min(band.col1 * per_row, table.cols)
-                for r0 in range(0, table.segment.shape[0], per_row):
-                    stopping.check()
-                    spans = [(table.sources[table.segment[r, c]], int(table.offset[r, c]),
-                              int(table.size[r, c]))
-                             for r in range(r0, min(r0 + per_row, table.segment.shape[0]))
-                             for c in range(c0, c1)]
-                    decoded = list(pool.map(lambda s: encoder.decode(read_range(*s)), spans))
-                    levels.add(_strip(plan, band, r0, len(spans) // (c1 - c0), c1 - c0,
-                                      decoded))
-                levels.close()
-            except BaseException:
-                levels.abort()
-                raise
+            c0, c1 = band.col0 * per_row, min(band.col1 * per_row, table.cols)
+            columns = TileTable(c1 - c0, table.sources, table.segment[:, c0:c1],
+                                table.offset[:, c0:c1], table.size[:, c0:c1])
+            _feed(RegionLevels(plan, page, n, band, encoder, method, count), plan, band,
+                  columns, encoder, pool)
     return merge_unit_levels(plan, page, encoder, method, len(bands))
+
+
+def _feed(levels: RegionLevels, plan: JobPlan, region: SplitUnit, tiles: TileTable,
+          encoder: OutputEncoder, pool: ThreadPoolExecutor) -> None:
+    """Feed ``levels`` the output tiles of ``region`` (``tiles``: where they are, row-major
+    over the region), a processing row at a time, read in groups of neighbours
+    (:meth:`TileTable.tile_bytes`) and decoded on ``pool``; close it (abort it on any
+    error). A level unit's region, or a band of a turned page's in merge."""
+    try:
+        per_row = plan.pages[region.page].out_grid.tile // plan.spec.output_options.tile
+        rows_of, cols = tiles.segment.shape[0], tiles.cols
+        stream = tiles.tile_bytes()
+        for r0 in range(0, rows_of, per_row):
+            stopping.check()
+            rows = min(per_row, rows_of - r0)
+            decoded = list(pool.map(encoder.decode, (next(stream) for _ in range(rows * cols))))
+            levels.add(_strip(plan, region, r0, rows, cols, decoded))
+        levels.close()
+    except BaseException:
+        levels.abort()
+        raise
 
 
 def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder, method: str,
