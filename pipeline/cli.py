@@ -196,19 +196,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command of ``argv`` (default: ``sys.argv[1:]``), its exit code. A stream that is
+    None (the caller's process started with that fd closed; pythonw) is /dev/null for the
+    command (:func:`~pipeline.ui.standard_streams`): ``print(file=None)`` writes to stdout,
+    and the command's stderr lines went into the calling script's output."""
+    from pipeline.ui import standard_streams
+
     handler = {"run": cmd_run, "validate": cmd_validate, "ops": cmd_ops, "demo": cmd_demo,
                "preview": cmd_preview, "inspect": cmd_inspect,
                "estimate": cmd_estimate,
                "start": cmd_aws, "status": cmd_aws}
-    try:
-        args = _parser().parse_args(argv)  # (Ctrl-C as the parser is made: no traceback)
-        return handler[args.command](args)
-    except KeyboardInterrupt:  # `run` handles it itself (see _stop_on_signals)
-        print(INTERRUPTED_LINE, file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `tiffpipe ops | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+    with standard_streams():
+        try:
+            args = _parser().parse_args(argv)  # (Ctrl-C as the parser is made: no traceback)
+            return handler[args.command](args)
+        except KeyboardInterrupt:  # `run` handles it itself (see _stop_on_signals)
+            print(INTERRUPTED_LINE, file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # `tiffpipe ops | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
 
 
 def console() -> NoReturn:

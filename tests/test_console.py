@@ -331,6 +331,21 @@ def test_pipeline_run_with_progress_and_no_stderr(tmp_path: Path):
     assert tifffile.imread(tmp_path / "out.tif").shape == (64, 48)
 
 
+def test_main_called_with_no_stderr_writes_nothing_of_its_to_stdout(tmp_path: Path):
+    """A script that calls ``pipeline.cli.main`` in a process whose sys.stderr is None
+    (started with fd 2 closed; pythonw, service hosts): ``print(..., file=sys.stderr)``
+    prints to stdout when sys.stderr is None, so the command's error lines ("tiffpipe:
+    invalid manifest ...") were mixed into the script's own output. They go nowhere now;
+    the exit code is the command's, and the script's stdout is its own."""
+    script = ("import sys\nfrom pipeline import cli\nassert sys.stderr is None\n"
+              "code = cli.main(['validate', 'nowhere.json'])\n"
+              "print('script says', code, sys.stderr)\n")
+    proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, timeout=90, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "script says 2 None\n"), proc.stdout
+
+
 def test_help_describes_every_command():
     """`tiffpipe --help` says what the tool and each command are for, in its description (not
     the module's docstring for developers), and lists every subcommand."""
