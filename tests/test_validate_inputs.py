@@ -572,3 +572,24 @@ def test_a_custom_function_that_cannot_be_imported_is_told_whatever_the_output_s
     assert f"rgb.tif -> {out}: OutputExistsError\n    output {out} exists already" in err, err
     assert ("\n    custom op tp_no_such_module_rf2:tile: cannot import module "
             "'tp_no_such_module_rf2'") in err, err
+
+
+def test_a_custom_function_that_cannot_be_imported_does_not_hide_the_outputs_problem(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A job whose custom module cannot be imported and whose output cannot be written
+    (its folder a link to nothing): validate --inputs told the import only (one ``try``
+    covered the import and the output's checks), and the next run, the module mended, was
+    refused for the output. Both told now, the import's first (the error PlanJob fails the
+    job with), the input read still."""
+    f = _files(tmp_path / "in")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    out = tmp_path / "gone" / "lab.tif"
+    manifest = _manifest(tmp_path, [{
+        "input": str(f["lab"]), "output": str(out),
+        "ops": [{"op": "custom", "function": "tp_no_such_module_sf4:tile"}]}])
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert (f"lab.tif -> {out}: CustomOperationError\n    custom op tp_no_such_module_sf4:tile: "
+            "cannot import module 'tp_no_such_module_sf4'") in err, err
+    assert f"\n    output {out}: {tmp_path / 'gone'} is a link to" in err, err
+    assert "\n    page 0: photometric CIELAB is not supported" in err, err
