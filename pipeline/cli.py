@@ -574,18 +574,27 @@ def _failed_line(result: RunResult) -> str:
     if not unfinished:
         return (f"tiffpipe: the run failed after its {len(jobs)} job(s) had ended: "
                 f"{error}; {outputs}; no report was written")
-    # (a file at the path of a job not finished: an earlier run's, as the jobs' rows say)
-    one, over = unfinished == 1, result.unfinished_over_a_file
-    where = ("the file at its output path is" if one
+    files = _files_left(unfinished, result.unfinished_over_a_file)
+    return (f"tiffpipe: the run failed: {error}; {len(jobs) - unfinished} of "
+            f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} wrote no "
+            f"output{files} (no report was written): run {'it' if unfinished == 1 else 'them'} "
+            "again")
+
+
+def _files_left(unfinished: int, over: int) -> str:
+    """What the line of a run that left ``unfinished`` jobs without an output (failed as a
+    whole, or stopped) says of the ``over`` of them whose output path holds a file (an
+    earlier run's, as their report entries or summary rows say; ``if_exists: skip`` would
+    take it for the job's output): "" when none."""
+    if not over:
+        return ""
+    where = ("the file at its output path is" if unfinished == 1
              else "the files at their output paths are" if over == unfinished
              else "the file at the output path of 1 of them is" if over == 1
              else f"the files at the output paths of {over} of them are")
     whose = "the job's output" if over == 1 else "the jobs' outputs"
-    files = (f", and {where} not known to be this run's, which a rerun with \"if_exists\": "
-             f"\"skip\" would take for {whose}") if over else ""
-    return (f"tiffpipe: the run failed: {error}; {len(jobs) - unfinished} of "
-            f"{len(jobs)} jobs had finished, {outputs}; the other {unfinished} wrote no "
-            f"output{files} (no report was written): run {'it' if one else 'them'} again")
+    return (f", and {where} not known to be this run's, which a rerun with \"if_exists\": "
+            f"\"skip\" would take for {whose}")
 
 
 def _interrupted_line(result: RunResult, signum: int) -> str:
@@ -598,10 +607,12 @@ def _interrupted_line(result: RunResult, signum: int) -> str:
     name = signal_name(signum)
     total, unfinished = len(result.report["jobs"]), len(result.unfinished)
     head = f"tiffpipe: interrupted ({name}): "
-    one = unfinished == 1
+    one, over = unfinished == 1, result.unfinished_over_a_file
+    said = ("" if not over else ", whose message says what the file is" if one
+            else ", whose messages say which paths hold a file")
     again = (f"{'was' if one else 'were'} stopped before writing "
-             f"{'its output' if one else 'their outputs'} ({INTERRUPTED_ERROR} in the report): "
-             f"run {'it' if one else 'them'} again")
+             f"{'its output' if one else 'their outputs'}{_files_left(unfinished, over)} "
+             f"({INTERRUPTED_ERROR} in the report{said}): run {'it' if one else 'them'} again")
     if not unfinished:
         return head + f"all {total} jobs had finished; their outputs and the report are complete"
     if unfinished == total:

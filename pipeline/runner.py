@@ -132,11 +132,12 @@ class RunResult:
 
     @property
     def unfinished_over_a_file(self) -> int:
-        """Of :attr:`unfinished_jobs`, those whose output path holds a file (an earlier one,
-        or one not known to be this run's: their messages say which)."""
-        return sum(j.get("error", {}).get("type") == RUN_FAILED_ERROR
+        """Of the jobs the run did not finish (:attr:`unfinished_jobs` of a run that failed
+        as a whole, :attr:`unfinished` of one stopped), those whose output path holds a file
+        (an earlier one, or one not known to be this run's: their messages say which)."""
+        return sum(j.get("error", {}).get("type") in (RUN_FAILED_ERROR, INTERRUPTED_ERROR)
                    and FILE_LEFT in j["error"].get("message", "")
-                   for j in (self.summary or {}).get("jobs", []))
+                   for j in self.jobs)
 
     @property
     def ok(self) -> bool:

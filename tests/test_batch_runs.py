@@ -299,15 +299,16 @@ def test_the_stop_signals_leave_an_ignored_one_alone_and_need_no_sighup(monkeypa
     assert signal.getsignal(signal.SIGTERM) is term
 
 
-def _stopped_run_says(statuses: list[str], quiet: bool, capsys: pytest.CaptureFixture
-                      ) -> tuple[str, list[str]]:
+def _stopped_run_says(statuses: list[str], quiet: bool, capsys: pytest.CaptureFixture,
+                      over_a_file: tuple[int, ...] = ()) -> tuple[str, list[str]]:
     """What ``run`` prints at the end of a run stopped by SIGTERM whose jobs ended with
     ``statuses`` (SUCCEEDED, FAILED: NotATiffError, STOPPED: RunInterruptedError in the
-    report): stdout, and stderr's lines."""
+    report; ``over_a_file``: the stopped jobs whose output path holds an earlier file, as
+    the runner's message says it): stdout, and stderr's lines."""
     import argparse
 
     from pipeline.engine.local import StopRequest
-    from pipeline.runner import RunResult
+    from pipeline.runner import FILE_LEFT, RunResult
 
     jobs = []
     for n, status in enumerate(statuses):
@@ -316,7 +317,8 @@ def _stopped_run_says(statuses: list[str], quiet: bool, capsys: pytest.CaptureFi
                  "seconds": 0.5}
         if status != "SUCCEEDED":
             error = "RunInterruptedError" if status == "STOPPED" else "NotATiffError"
-            entry["error"] = {"type": error, "message": f"{error} of job {n}"}
+            left = f"{FILE_LEFT}an earlier one" if n in over_a_file else ""
+            entry["error"] = {"type": error, "message": f"{error} of job {n}{left}"}
         jobs.append(entry)
     report = {"run_id": "r", "jobs": jobs, "seconds": 1.0, "skipped": 0,
               "succeeded": statuses.count("SUCCEEDED"),
@@ -350,6 +352,27 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
          "(RunInterruptedError in the report): run them again"),
         "tiffpipe: job 0 FAILED (in/0.tif): NotATiffError: NotATiffError of job 0",
         "tiffpipe: 1 of 5 jobs failed (2 succeeded, 2 stopped); report: /data/m.report.json"]
+
+
+@pytest.mark.parametrize(("over_a_file", "said"), [
+    ((2, 3), "the files at their output paths are not known to be this run's, which a rerun "
+             'with "if_exists": "skip" would take for the jobs\' outputs (RunInterruptedError '
+             "in the report, whose messages say which paths hold a file)"),
+    ((3,), "the file at the output path of 1 of them is not known to be this run's, which a "
+           'rerun with "if_exists": "skip" would take for the job\'s output '
+           "(RunInterruptedError in the report, whose messages say which paths hold a file)")])
+def test_a_quiet_stopped_run_counts_the_unfinished_jobs_whose_path_holds_a_file(
+        over_a_file: tuple[int, ...], said: str, capsys: pytest.CaptureFixture):
+    """``run --quiet`` shows no summary rows, and its stop line said the stopped jobs wrote
+    no output, though files (an earlier run's) were at their paths, which a rerun with
+    ``if_exists: skip`` takes for their outputs: the line counts them now, as the line of a
+    run that failed as a whole does, and says where the report tells which."""
+    out, err = _stopped_run_says(["SUCCEEDED", "FAILED", "STOPPED", "STOPPED"], True, capsys,
+                                 over_a_file)
+    assert out == ""
+    assert err[0] == ("tiffpipe: interrupted (SIGTERM): 2 of 4 jobs finished (1 with its "
+                      "output kept, 1 failed); the other 2 were stopped before writing their "
+                      f"outputs, and {said}: run them again")
 
 
 @pytest.mark.parametrize("quiet", [True, False])

@@ -374,6 +374,38 @@ def test_a_stopped_job_over_an_earlier_output_says_the_file_is_not_this_runs(
         'with "if_exists": "skip" would take for this job\'s: run it again')
 
 
+def test_a_quiet_stopped_run_says_an_unfinished_jobs_path_holds_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``run --quiet`` prints no summary rows: its stop line said only "stopped before
+    writing its output", though the job's path held an earlier file, which a rerun with
+    ``if_exists: skip`` takes for the job's output. The line says so, and where the report
+    tells it."""
+    import argparse
+
+    from pipeline import cli
+    from pipeline.engine.local import StopRequest
+
+    (tmp_path / "out").mkdir()
+    earlier = tmp_path / "out" / "out0.tif"
+    tifffile.imwrite(earlier, np.zeros((8, 8), np.uint8))
+    os.utime(earlier, (time.time() - 3600, time.time() - 3600))  # an hour before the run
+    result, _ = _stopped_at_its_third_tile(tmp_path, monkeypatch)
+    stop = StopRequest()
+    stop.request(signal.SIGINT)
+    capsys.readouterr()
+    cli._tell_the_end(argparse.Namespace(quiet=True, manifest=str(tmp_path / "m.json")),
+                      result, stop, [argparse.Namespace(if_exists="overwrite")])
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "tiffpipe: interrupted (SIGINT): the job had not finished; it was stopped before "
+        "writing its output, and the file at its output path is not known to be this run's, "
+        'which a rerun with "if_exists": "skip" would take for the job\'s output '
+        "(RunInterruptedError in the report, whose message says what the file is): run it "
+        "again",
+        f"tiffpipe: 1 of 1 jobs stopped (0 succeeded); report: {tmp_path / 'm.report.json'}"]
+
+
 def test_a_run_that_failed_as_a_whole_says_which_unfinished_jobs_paths_hold_a_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A run that fails as a whole (its engine stopped: here its interpreter raised, as a
