@@ -355,12 +355,13 @@ def test_quiet_run_stopped_still_names_the_jobs_that_failed(capsys: pytest.Captu
 
 
 @pytest.mark.parametrize(("over_a_file", "said"), [
-    ((2, 3), "the files at their output paths are not known to be this run's, which a rerun "
-             'with "if_exists": "skip" would take for the jobs\' outputs (RunInterruptedError '
-             "in the report, whose messages say which paths hold a file)"),
-    ((3,), "the file at the output path of 1 of them is not known to be this run's, which a "
-           'rerun with "if_exists": "skip" would take for the job\'s output '
-           "(RunInterruptedError in the report, whose messages say which paths hold a file)")])
+    ((2, 3), ("the files at their output paths are not known to be this run's, which a "
+              'rerun with "if_exists": "skip" would take for the jobs\' outputs '
+              "(RunInterruptedError in the report, whose messages say which paths hold a "
+              "file)")),
+    ((3,), ("the file at the output path of 1 of them is not known to be this run's, which a "
+            'rerun with "if_exists": "skip" would take for the job\'s output '
+            "(RunInterruptedError in the report, whose messages say which paths hold a file)"))])
 def test_a_quiet_stopped_run_counts_the_unfinished_jobs_whose_path_holds_a_file(
         over_a_file: tuple[int, ...], said: str, capsys: pytest.CaptureFixture):
     """``run --quiet`` shows no summary rows, and its stop line said the stopped jobs wrote

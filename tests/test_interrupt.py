@@ -398,11 +398,11 @@ def test_a_quiet_stopped_run_says_an_unfinished_jobs_path_holds_a_file(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.splitlines() == [
-        "tiffpipe: interrupted (SIGINT): the job had not finished; it was stopped before "
-        "writing its output, and the file at its output path is not known to be this run's, "
-        'which a rerun with "if_exists": "skip" would take for the job\'s output '
-        "(RunInterruptedError in the report, whose message says what the file is): run it "
-        "again",
+        ("tiffpipe: interrupted (SIGINT): the job had not finished; it was stopped before "
+         "writing its output, and the file at its output path is not known to be this run's, "
+         'which a rerun with "if_exists": "skip" would take for the job\'s output '
+         "(RunInterruptedError in the report, whose message says what the file is): run it "
+         "again"),
         f"tiffpipe: 1 of 1 jobs stopped (0 succeeded); report: {tmp_path / 'm.report.json'}"]
 
 
