@@ -593,3 +593,61 @@ def test_a_custom_function_that_cannot_be_imported_does_not_hide_the_outputs_pro
             "cannot import module 'tp_no_such_module_sf4'") in err, err
     assert f"\n    output {out}: {tmp_path / 'gone'} is a link to" in err, err
     assert "\n    page 0: photometric CIELAB is not supported" in err, err
+
+
+def test_an_s3_input_the_credentials_may_not_read_says_access_is_denied_and_what_it_needs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        moto_server: str):
+    """Credentials without s3:ListBucket on the bucket, and with s3:GetObject under open/
+    only, moto's server enforcing them (a HEAD's answer has no body there, as on S3). An
+    input outside open/ is answered 403 (its HEAD, then the ranged GET that learns the
+    code), and the message said "check the credentials and permissions", naming neither
+    the bucket nor what reading needs. A key not there under open/ is answered 404 by moto
+    (S3 answers 403 without s3:ListBucket, as for the first: moto cannot make that one,
+    and the first job's path is the one S3 takes) and its HeadBucket 403, and the message
+    said the key does not exist, nothing of the denied bucket. Now: access denied, the key
+    and bucket, s3:GetObject to read it and s3:ListBucket to be told a missing key; and
+    the 404 says the bucket's HeadBucket was denied; each under its job."""
+    import boto3
+    from conftest import use_moto_server
+    from moto.core import set_initial_no_auth_action_count
+
+    from pipeline.adapters import storage
+
+    f = _files(tmp_path / "in")
+    use_moto_server(monkeypatch, moto_server)
+    monkeypatch.setattr(storage, "_writable", {})
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path, [
+        {"input": "s3://tp-denied/in/rgb.tif", "output": str(out / "a.tif")},
+        {"input": "s3://tp-denied/open/typo.tif", "output": str(out / "b.tif")}])
+
+    @set_initial_no_auth_action_count(5)  # the set-up's calls
+    def check() -> None:
+        iam = boto3.client("iam")
+        iam.create_user(UserName="reader")
+        iam.put_user_policy(UserName="reader", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": ["s3:GetObject"],
+                "Resource": ["arn:aws:s3:::tp-denied/open/*"]}]}))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="tp-denied")
+        s3.upload_file(str(f["rgb"]), "tp-denied", "in/rgb.tif")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setattr(storage, "_client", None)
+        assert cli.main(["validate", "--inputs", str(manifest)]) == 2
+
+    check()
+    err = capsys.readouterr().err
+    assert (f"  jobs[0] s3://tp-denied/in/rgb.tif -> {out / 'a.tif'}: AccessDeniedError\n"
+            "    s3://tp-denied/in/rgb.tif: access denied (open): these credentials may not "
+            "read key in/rgb.tif of bucket tp-denied: reading it needs s3:GetObject on it; "
+            "without s3:ListBucket on the bucket, S3 answers 403 for a key that is not there "
+            "too (with it, 404: told as missing), so check the key as well") in err, err
+    assert (f"  jobs[1] s3://tp-denied/open/typo.tif -> {out / 'b.tif'}: InputNotFoundError\n"
+            "    s3://tp-denied/open/typo.tif does not exist: check the path or URL and that "
+            "the file is there (S3 answered 404 for the key; its bucket, tp-denied, is there, "
+            "but these credentials were denied s3:ListBucket on it: HeadBucket answered "
+            "403)\n") in err, err

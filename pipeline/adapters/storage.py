@@ -263,31 +263,44 @@ def endpoint_advice(client: Any) -> str:
             "unset it for AWS itself")
 
 
-def _no_bucket(url: str, missing: type[TiffpipeError]) -> bool:
-    """Whether the bucket of an S3 input that S3 answered 404 for (a HeadObject, whose
-    answer has no body: no error code to tell a missing key from a missing bucket) does not
-    exist (:func:`bucket_missing`), asked only then, and only of an input (``missing`` an
+def _bucket_answer(url: str, missing: type[TiffpipeError]) -> str:
+    """What S3 answers of the bucket of an S3 input that it answered 404 for (a HeadObject,
+    whose answer has no body: no error code to tell a missing key from a missing bucket):
+    :func:`_head_bucket_code`, asked only then, and only of an input (``missing`` an
     :class:`InputNotFoundError`: a missing work file is looked for often, and its bucket is
-    the run's)."""
-    return is_s3(url) and issubclass(missing, InputNotFoundError) and bucket_missing(url)
+    the run's); "" when not asked."""
+    if not (is_s3(url) and issubclass(missing, InputNotFoundError)):
+        return ""
+    return _head_bucket_code(url)
+
+
+def _head_bucket_code(url: str) -> str:
+    """The error code of one HeadBucket of the bucket of the S3 URL ``url``: ``404`` (or
+    ``NoSuchBucket``) it does not exist; ``403`` it is there, but another's or not to be
+    looked at with these credentials (HeadBucket needs s3:ListBucket); "" it answered (or
+    no code: no answer)."""
+    try:
+        s3_client().head_bucket(Bucket=split_s3(url)[0])
+    except _aws_errors() as exc:
+        return _code(exc)
+    return ""
 
 
 def bucket_missing(url: str) -> bool:
     """Whether the bucket of the S3 URL ``url`` is known not to exist: one HeadBucket
     answered 404. Any other answer (the bucket there; 403, another's or not to be looked at
     with these credentials; no answer) is False: not known to be missing."""
-    try:
-        s3_client().head_bucket(Bucket=split_s3(url)[0])
-    except _aws_errors() as exc:
-        return _code(exc) in ("404", "NoSuchBucket")
-    return False
+    return _head_bucket_code(url) in ("404", "NoSuchBucket")
 
 
 #: what an S3 output whose bucket does not exist is told (after "output URL: ")
 NO_OUTPUT_BUCKET = "the bucket does not exist: create it or fix the output URL"
 
 
-def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:
+def _missing(cls: type[TiffpipeError], url: str, bucket: str = "") -> TiffpipeError:
+    """The error of ``url`` not there; ``bucket``: what its bucket's HeadBucket answered
+    (:func:`_bucket_answer`), 403 said (the bucket is there; these credentials may not
+    list it)."""
     if issubclass(cls, WorkMissingError):
         return cls(f"{url} does not exist: an earlier step should have written it; "
                    "re-run the job (the step may have failed or its work was cleaned up)")
@@ -295,7 +308,37 @@ def _missing(cls: type[TiffpipeError], url: str) -> TiffpipeError:
     if link:
         return cls(f"{url} does not exist: {link}: fix the link, or give the path of the "
                    "file itself")
-    return cls(f"{url} does not exist: check the path or URL and that the file is there")
+    denied = (f" (S3 answered 404 for the key; its bucket, {split_s3(url)[0]}, is there, but "
+              "these credentials were denied s3:ListBucket on it: HeadBucket answered 403)"
+              if bucket in ("403", "AccessDenied") else "")
+    return cls(f"{url} does not exist: check the path or URL and that the file is there"
+               f"{denied}")
+
+
+#: what an S3 request refused (403) needs, by the verb of :func:`_errors`
+_NEEDS = {"open": "s3:GetObject", "read": "s3:GetObject", "write": "s3:PutObject",
+          "list": "s3:ListBucket", "delete": "s3:DeleteObject"}
+
+
+def _denied(url: str, verb: str) -> str:
+    """What a request S3 refused (403) on ``url`` to ``verb`` it needs, naming the bucket
+    and key: a read, s3:GetObject on the key, and (a key not there is answered 403 too
+    without it) s3:ListBucket on the bucket; then where the stack's functions reach."""
+    stack = ("on AWS the stack's functions reach only its own bucket and its data locations "
+             "(deploy.py --data-bucket, --input-bucket)")
+    if not is_s3(url) or verb not in _NEEDS:
+        return f"check the credentials and permissions; {stack}"
+    bucket, key = split_s3(url)
+    if verb == "list":
+        return (f"these credentials may not list bucket {bucket}: listing needs s3:ListBucket "
+                f"on it; {stack}")
+    if verb not in ("open", "read"):
+        return (f"these credentials may not {verb} key {key} of bucket {bucket}: that needs "
+                f"{_NEEDS[verb]} on it; {stack}")
+    return (f"these credentials may not read key {key} of bucket {bucket}: reading it needs "
+            "s3:GetObject on it; without s3:ListBucket on the bucket, S3 answers 403 for a "
+            "key that is not there too (with it, 404: told as missing), so check the key as "
+            f"well; {stack}")
 
 
 @contextmanager
@@ -305,20 +348,18 @@ def _errors(url: str, verb: str, missing: type[TiffpipeError] | None) -> Iterato
         yield
     except (FileNotFoundError, *_aws_errors()) as exc:
         code = _code(exc)
-        if missing and (code == "NoSuchBucket" or (code == "404" and _no_bucket(url, missing))):
+        bucket = _bucket_answer(url, missing) if missing and code == "404" else ""
+        if missing and (code == "NoSuchBucket" or bucket in ("404", "NoSuchBucket")):
             raise missing(f"{url} does not exist: its bucket, {split_s3(url)[0]}, does not "
                           "exist: check the URL") from exc
         if missing and (isinstance(exc, FileNotFoundError) or code in _MISSING_CODES):
-            raise _missing(missing, url) from exc
+            raise _missing(missing, url, bucket) from exc
         credentials = credentials_problem(exc)
         if credentials:
             raise AccessDeniedError(f"{url}: cannot {verb}: {credentials}") from exc
         if code in ("403", "AccessDenied"):
-            raise AccessDeniedError(
-                f"{url}: access denied ({verb}): check the credentials and permissions (S3 "
-                "answers 403 for a missing object without s3:ListBucket); on AWS the stack's "
-                "functions reach only its own bucket and its data locations (deploy.py "
-                "--data-bucket, --input-bucket)") from exc
+            raise AccessDeniedError(f"{url}: access denied ({verb}): {_denied(url, verb)}"
+                                    ) from exc
         if code in ("412", "PreconditionFailed"):
             raise StorageError(f"{url} changed while it was being read: do not replace "
                                "inputs during a run; re-run the job") from exc
