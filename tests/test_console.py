@@ -316,6 +316,14 @@ def test_the_demo_with_stderr_closed_runs(tmp_path: Path):
     assert (tmp_path / "demo" / "manifest.report.json").exists()
 
 
+def _script_without_stderr(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A Python ``script`` in a process started with fd 2 closed (its sys.stderr None, as
+    pythonw's and service hosts'), stdout captured."""
+    return subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script],
+                          capture_output=True, text=True, cwd=cwd, stdin=subprocess.DEVNULL,
+                          timeout=90, check=False)
+
+
 def test_pipeline_run_with_progress_and_no_stderr(tmp_path: Path):
     """``pipeline.run(..., progress=True)`` where sys.stderr is None (a process started with
     fd 2 closed; pythonw, service hosts) raised AttributeError before any job; now it runs,
@@ -324,9 +332,7 @@ def test_pipeline_run_with_progress_and_no_stderr(tmp_path: Path):
     script = ("import sys\nimport pipeline\nassert sys.stderr is None\n"
               "r = pipeline.run({'jobs': [{'input': 'in.tif', 'output': 'out.tif'}]}, "
               "progress=True)\nprint('ok', r.ok)\n")
-    proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script],
-                          capture_output=True, text=True, cwd=tmp_path,
-                          stdin=subprocess.DEVNULL, timeout=90, check=False)
+    proc = _script_without_stderr(script, tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "ok True\n"), proc.stdout
     assert tifffile.imread(tmp_path / "out.tif").shape == (64, 48)
 
@@ -335,14 +341,12 @@ def test_main_called_with_no_stderr_writes_nothing_of_its_to_stdout(tmp_path: Pa
     """A script that calls ``pipeline.cli.main`` in a process whose sys.stderr is None
     (started with fd 2 closed; pythonw, service hosts): ``print(..., file=sys.stderr)``
     prints to stdout when sys.stderr is None, so the command's error lines ("tiffpipe:
-    invalid manifest ...") were mixed into the script's own output. They go nowhere now;
+    nowhere.json does not exist: ...") were mixed into the script's own output. They go nowhere now;
     the exit code is the command's, and the script's stdout is its own."""
     script = ("import sys\nfrom pipeline import cli\nassert sys.stderr is None\n"
               "code = cli.main(['validate', 'nowhere.json'])\n"
               "print('script says', code, sys.stderr)\n")
-    proc = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", sys.executable, "-c", script],
-                          capture_output=True, text=True, cwd=tmp_path,
-                          stdin=subprocess.DEVNULL, timeout=90, check=False)
+    proc = _script_without_stderr(script, tmp_path)
     assert (proc.returncode, proc.stdout) == (0, "script says 2 None\n"), proc.stdout
 
 
