@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, TextIO, TypeVar
 from pipeline.core.manifest import ScanSpec, is_s3, quoted
 from pipeline.core.models import JobSpec
 from pipeline.core.plan import grouped_by_page
-from pipeline.errors import CustomOperationError, TiffpipeError
+from pipeline.errors import TiffpipeError
 from pipeline.ui import is_terminal
 
 #: inputs read at once (each read is a few small requests: on S3 mostly waiting)
@@ -58,8 +58,8 @@ def check_job(job: int, spec: JobSpec) -> JobCheck:
     output_exists`, then :func:`~pipeline.steps.planning.checked_plan`), every refused page
     a problem of its own, and the input read whatever the output's checks found (an output
     that cannot be written, or looked at, and an input that cannot be read: both told; the
-    output's checks made also when the custom functions' import fails, where
-    ``checked_plan`` stops; the error is the first, the one PlanJob fails the job with)."""
+    output's checks made also when the custom functions' import fails; the error is the
+    first, the one PlanJob fails the job with)."""
     from pipeline.steps import planning
 
     refused: list[tuple[int, TiffpipeError]] = []
@@ -76,9 +76,6 @@ def check_job(job: int, spec: JobSpec) -> JobCheck:
         else:
             plan, problems = planning.checked_plan(job, spec, "validate", 0.0,
                                                    refused=refused, failed=failed)
-            if failed and isinstance(failed[0], CustomOperationError):
-                # checked_plan's checks stop at the import: the output's are made still
-                _told(failed, _output_checked, spec)
     except Exception as exc:  # noqa: BLE001 - as above
         failed.append(exc)
         return JobCheck(spec, type(failed[0]).__name__, tuple(map(str, failed)))
@@ -98,16 +95,6 @@ def _told(failed: list[Exception], check: Callable[[JobSpec], object], spec: Job
         check(spec)
     except Exception as exc:  # noqa: BLE001 - as PlanJob's
         failed.append(exc)
-
-
-def _output_checked(spec: JobSpec) -> None:
-    """The checks of the output that :func:`pipeline.steps.planning.checked_plan` makes
-    after the custom functions' import (and skips when the import fails): it can be
-    written, and it is not the input."""
-    from pipeline.adapters import storage
-
-    storage.check_writable(spec.output)
-    storage.check_not_input(spec.input, spec.output)
 
 
 def check_jobs(specs: list[JobSpec], threads: int = INPUT_THREADS,

@@ -351,12 +351,13 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
     test upload of an S3 output is recorded in the job's ``work`` until it is aborted, as
     merge records its own, so that one the abort leaves open (it failed, or the invocation
     was stopped) is ended with the job's
-    (:func:`~pipeline.steps.common.abort_output_uploads`). ``failed`` (a list): the error of
-    the checks before the input is read (the custom functions, the output) goes there, and
-    the input is read still (``tiffpipe validate --inputs``: an output that cannot be
-    written and an input that cannot be read are both told)."""
-    try:
-        load_custom(spec)
+    (:func:`~pipeline.steps.common.abort_output_uploads`). ``failed`` (a list): the errors of
+    the checks before the input is read (the custom functions' import, the output's: each
+    made whatever the other found) go there, and the input is read still (``tiffpipe
+    validate --inputs``: an output that cannot be written and an input that cannot be read
+    are both told)."""
+
+    def output_checks() -> None:
         if record_probe:
             storage.check_writable(
                 spec.output,
@@ -365,10 +366,14 @@ def checked_plan(job: int, spec: JobSpec, work: str, started: float, hand_over: 
         else:
             storage.check_writable(spec.output)
         storage.check_not_input(spec.input, spec.output)
-    except Exception as exc:
-        if failed is None:
-            raise
-        failed.append(exc)
+
+    for check in (lambda: load_custom(spec), output_checks):  # (each told, with ``failed``)
+        try:
+            check()
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed.append(exc)
     return read_plan(job, spec, work, started, hand_over, refused)
 
 
