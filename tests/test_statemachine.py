@@ -611,6 +611,82 @@ def test_a_field_of_the_wrong_type_is_a_problem_not_a_traceback(
     assert "does not fit tiffpipe's code" not in message, message
 
 
+def _renamed(state: dict[str, Any], field: str, to: str) -> None:
+    state[to] = state.pop(field)
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda s: _renamed(s["Merge"], "Retry", "Retries"),
+     "state Jobs > Merge: unknown field 'Retries' of a Task state: did you mean 'Retry'?"),
+    (lambda s: _renamed(s["Split"], "ToleratedFailurePercentage", "ToleratedFailurePercent"),
+     ("state Jobs > Split: unknown field 'ToleratedFailurePercent' of a Map state: did you "
+      "mean 'ToleratedFailurePercentage'?")),
+    (lambda s: _renamed(s["ProcessJob"]["Retry"][1], "MaxAttempts", "MaxAttempt"),
+     ("state Jobs > ProcessJob: Retry[1]: unknown field 'MaxAttempt' of a Retry entry: did "
+      "you mean 'MaxAttempts'?")),
+    (lambda s: _renamed(s["Merge"]["Catch"][0], "ResultPath", "ResultPth"),
+     ("state Jobs > Merge: Catch[0]: unknown field 'ResultPth' of a Catch entry: did you "
+      "mean 'ResultPath'?")),
+    (lambda s: s["Skipped"].update(ResultPath=None),
+     ("state Jobs > Skipped: unknown field 'ResultPath' of a Succeed state: remove it, or "
+      "use one of a Succeed state's: Comment, InputPath, Output, OutputPath, QueryLanguage, "
+      "Type")),
+])
+def test_a_field_its_type_does_not_have_is_refused_with_the_one_meant(
+        raw: dict[str, Any], edit: Any, problem: str):
+    """A field a state's Type does not have (a typo: Retries for Retry) ran locally, the
+    engine ignoring it (so running the state without its retries), while Step Functions'
+    CreateStateMachine refuses it (SCHEMA_VALIDATION_FAILED): refused before any run,
+    naming state and field and the field likely meant, as the one problem."""
+    message = _refused(_edited(raw, edit))
+    assert message.endswith(f"{problem} (Step Functions refuses it, SCHEMA_VALIDATION_FAILED, "
+                            "where the local engine would ignore it)"), (problem, message)
+    assert message.count("; ") == 0, message
+
+
+def test_every_field_of_each_type_passes():
+    """The fields the States Language and Step Functions give each Type (JSONata's, a
+    Distributed Map's) are not taken for typos."""
+    task = {"Type": "Task", "Resource": LAMBDA_INVOKE, "Comment": "c", "InputPath": "$",
+            "OutputPath": "$", "Parameters": {"FunctionName": "${SplitFunctionArn}",
+                                              "Payload": {}},
+            "ResultSelector": {}, "ResultPath": "$.r", "TimeoutSecondsPath": "$.t",
+            "HeartbeatSecondsPath": "$.h", "Credentials": {"RoleArn": "r"}, "Assign": {},
+            "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 1, "MaxAttempts": 1,
+                       "BackoffRate": 1.0, "MaxDelaySeconds": 5, "JitterStrategy": "FULL",
+                       "Comment": "c"}],
+            "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Fail", "ResultPath": "$.e",
+                       "Comment": "c", "Assign": {}}], "Next": "Map"}
+    jsonata = {"Type": "Task", "QueryLanguage": "JSONata", "Resource": LAMBDA_INVOKE,
+               "Arguments": {}, "Output": {}, "TimeoutSeconds": 5, "HeartbeatSeconds": 2,
+               "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Fail", "Output": {}}],
+               "Next": "Map"}
+    inner = {"StartAt": "I", "States": {"I": {"Type": "Succeed"}}}
+    machine = {"StartAt": "Task", "States": {
+        "Task": task, "Jsonata": {**jsonata, "Next": "Map"},
+        "Map": {"Type": "Map", "ItemsPath": "$.items", "ItemSelector": {}, "ItemProcessor":
+                {**inner, "ProcessorConfig": {"Mode": "DISTRIBUTED"}},
+                "ItemReader": {"Resource": "arn:aws:states:::s3:getObject"},
+                "ItemBatcher": {"MaxItemsPerBatch": 2}, "ResultWriter": {"Resource": "x"},
+                "MaxConcurrencyPath": "$.m", "ToleratedFailureCountPath": "$.c",
+                "ToleratedFailurePercentagePath": "$.p", "Label": "M", "Next": "Inline"},
+        "Inline": {"Type": "Map", "Items": [1], "Iterator": inner, "MaxConcurrency": 2,
+                   "ToleratedFailureCount": 1, "ToleratedFailurePercentage": 5,
+                   "Parameters": {}, "Next": "Parallel"},
+        "Parallel": {"Type": "Parallel", "Branches": [inner], "Arguments": {},
+                     "Next": "Wait"},
+        "Wait": {"Type": "Wait", "Seconds": 1, "Assign": {}, "Output": {}, "Next": "Wait2"},
+        "Wait2": {"Type": "Wait", "TimestampPath": "$.t", "Next": "Pass"},
+        "Pass": {"Type": "Pass", "Result": {}, "ResultPath": "$.p", "Next": "Choice"},
+        "Choice": {"Type": "Choice", "Choices": [{"Variable": "$.a", "IsPresent": True,
+                                                  "Next": "Done"}],
+                   "Default": "Fail", "Assign": {}, "Output": {}},
+        "Done": {"Type": "Succeed", "Output": {}},
+        "Fail": {"Type": "Fail", "ErrorPath": "$.e", "CausePath": "$.c"}}}
+    machine["States"]["Task"]["Next"] = "Jsonata"
+    definition.validate(machine)
+
+
 def test_check_finds_an_unknown_placeholder_in_the_text_and_names_its_state(raw):
     """check looks for ``${...}`` in the definition's text first and walks its states only
     when one is unknown (that walk was most of a run's check): the problem still names the

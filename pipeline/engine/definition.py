@@ -104,16 +104,18 @@ def validate(machine: dict[str, Any], source: str | None = None, text: str | Non
              ) -> None:
     """The definition checked before a local run, on either interpreter: part of what Step
     Functions' CreateStateMachine checks (not all of it: asl-validator and a deploy check
-    more), and what the local engine cannot run. Every Next, Default, Choices' and Catch's
-    Next names a state of the same States; a state other than Choice, Succeed and Fail has
-    Next or ``End: true``; every state is reachable from StartAt; every path is a JSONPath
-    (ResultPath and MaxConcurrencyPath reference paths); the numbers of Retry, Map, Wait and
-    TimeoutSeconds in range; ``States.ALL`` alone and last in a Retry or Catch list; a Task's
-    Resource is a Lambda invoke and every ``${...}`` placeholder one the engine fills
-    (:data:`PLACEHOLDERS`); the same in every Map's ItemProcessor (or Iterator) and Parallel's
-    Branches. An :class:`EngineError` naming ``source``, each state and its field (every
-    problem found). ``text``: the JSON ``machine`` was parsed from, whose placeholders are
-    looked at first (the states' values are walked for them only if one is unknown)."""
+    more), and what the local engine cannot run. Every field of a state is one its Type has
+    (:data:`FIELDS`), and of a Retry's or Catch's entry one they have; every Next, Default,
+    Choices' and Catch's Next names a state of the same States; a state other than Choice,
+    Succeed and Fail has Next or ``End: true``; every state is reachable from StartAt; every
+    path is a JSONPath (ResultPath and MaxConcurrencyPath reference paths); the numbers of
+    Retry, Map, Wait and TimeoutSeconds in range; ``States.ALL`` alone and last in a Retry
+    or Catch list; a Task's Resource is a Lambda invoke and every ``${...}`` placeholder one
+    the engine fills (:data:`PLACEHOLDERS`); the same in every Map's ItemProcessor (or
+    Iterator) and Parallel's Branches. An :class:`EngineError` naming ``source``, each state
+    and its field (every problem found). ``text``: the JSON ``machine`` was parsed from,
+    whose placeholders are looked at first (the states' values are walked for them only if
+    one is unknown)."""
     problems = _field_problems(machine, "the definition", _TOP_NUMBERS) \
         if isinstance(machine, dict) else []
     walk = text is None or any(name not in PLACEHOLDERS for name in _PATTERN.findall(text))
@@ -257,6 +259,56 @@ _RETRY_NUMBERS = {"MaxAttempts": (0, True), "IntervalSeconds": (1, True),
 #: the paths of a state: field -> whether it must be a reference path
 _PATHS = {"InputPath": False, "OutputPath": False, "ItemsPath": False, "ResultPath": True,
           "MaxConcurrencyPath": True, "SecondsPath": True, "TimestampPath": True}
+#: the fields of each state Type, JSONata's (Arguments, Output, Assign, QueryLanguage)
+#: included, as the States Language and Step Functions' docs list them: CreateStateMachine
+#: refuses any other (SCHEMA_VALIDATION_FAILED), where the local engine ignores it
+_EVERY = ("Type", "Comment", "QueryLanguage")
+_GOES_ON = ("Next", "End", "InputPath", "OutputPath", "Output", "Assign")
+_HANDLES = ("Retry", "Catch", "ResultPath", "ResultSelector")
+FIELDS: dict[str, frozenset[str]] = {kind: frozenset(_EVERY + more) for kind, more in {
+    "Task": _GOES_ON + _HANDLES + (
+        "Resource", "Parameters", "Arguments", "Credentials", "TimeoutSeconds",
+        "TimeoutSecondsPath", "HeartbeatSeconds", "HeartbeatSecondsPath"),
+    "Pass": _GOES_ON + ("Parameters", "Result", "ResultPath"),
+    "Choice": ("Choices", "Default", "InputPath", "OutputPath", "Output", "Assign"),
+    "Wait": _GOES_ON + ("Seconds", "SecondsPath", "Timestamp", "TimestampPath"),
+    "Succeed": ("InputPath", "OutputPath", "Output"),
+    "Fail": ("Error", "Cause", "ErrorPath", "CausePath"),
+    "Parallel": _GOES_ON + _HANDLES + ("Branches", "Parameters", "Arguments"),
+    "Map": _GOES_ON + _HANDLES + (
+        "ItemProcessor", "Iterator", "ItemsPath", "Items", "ItemSelector", "Parameters",
+        "ItemReader", "ItemBatcher", "ResultWriter", "MaxConcurrency", "MaxConcurrencyPath",
+        "ToleratedFailureCount", "ToleratedFailureCountPath", "ToleratedFailurePercentage",
+        "ToleratedFailurePercentagePath", "Label"),
+}.items()}
+#: the fields of a Retry's and a Catch's entries
+_HANDLER_FIELDS = {
+    "Retry": frozenset({"ErrorEquals", "IntervalSeconds", "MaxAttempts", "BackoffRate",
+                        "MaxDelaySeconds", "JitterStrategy", "Comment"}),
+    "Catch": frozenset({"ErrorEquals", "Next", "ResultPath", "Comment", "Output", "Assign"}),
+}
+#: every field of a state, of whichever Type
+_STATE_FIELDS = frozenset().union(*FIELDS.values())
+
+
+def _unknown_fields(fields: Any, known: frozenset[str], label: str, what: str) -> list[str]:
+    """The fields of ``fields`` (a state's or a Retry's or Catch's entry) that are not in
+    ``known``, those of ``what`` (``a Task state``), each with the likely one meant
+    (difflib's closest), or else, as for a field of another Type, the fields there are."""
+    problems = []
+    for field in fields:
+        if field in known:
+            continue
+        import difflib  # (here only: a definition with no unknown field does not pay it)
+
+        close = [] if field in _STATE_FIELDS else \
+            difflib.get_close_matches(str(field), known, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else \
+            f"remove it, or use one of {what}'s: {', '.join(sorted(known))}"
+        problems.append(f"{label}: unknown field {field!r} of {what}: {fix} (Step Functions "
+                        "refuses it, SCHEMA_VALIDATION_FAILED, where the local engine would "
+                        "ignore it)")
+    return problems
 
 
 def _field_problems(state: dict[str, Any], label: str, numbers: dict[str, tuple[int, bool]]
@@ -334,6 +386,9 @@ def _handler_problems(state: dict[str, Any], label: str) -> list[str]:
         handlers = state.get(field) or []
         for i, handler in enumerate(handlers if isinstance(handlers, list) else []):
             where = f"{label}: {field}[{i}]"
+            if isinstance(handler, dict):
+                problems += _unknown_fields(handler, _HANDLER_FIELDS[field], where,
+                                            f"a {field} entry")
             names = handler.get("ErrorEquals") if isinstance(handler, dict) else None
             if not isinstance(names, list) or not names or not all(
                     isinstance(n, str) for n in names):
@@ -368,9 +423,11 @@ def _placeholder_problems(value: Any, field: str) -> list[str]:
 
 def _state_problems(state: dict[str, Any], kind: str, label: str, placeholders: bool = True
                     ) -> list[str]:
-    """What of one state, besides its transitions, is refused: its paths, numbers, Retry and
-    Catch, Resource and (``placeholders``) placeholders."""
-    problems = _type_problems(state, kind, label)
+    """What of one state, besides its transitions, is refused: a field its Type does not have
+    (:data:`FIELDS`), its paths, numbers, Retry and Catch, Resource and (``placeholders``)
+    placeholders."""
+    problems = _unknown_fields(state, FIELDS[kind], label, f"a {kind} state")
+    problems += _type_problems(state, kind, label)
     problems += _field_problems(state, label, _NUMBERS.get(kind, {}))
     for field, reference in _PATHS.items():
         if field in state:
