@@ -687,6 +687,77 @@ def test_every_field_of_each_type_passes():
     definition.validate(machine)
 
 
+def _contract_refused(machine: dict[str, Any]) -> str:
+    """The message of check's refusal of ``machine`` against the code (its structure fine)."""
+    with pytest.raises(EngineError) as caught:
+        definition.check(json.dumps(machine), "edited.asl.json", contract=True)
+    message = str(caught.value)
+    assert message.startswith("edited.asl.json does not fit tiffpipe's code"), message
+    return message
+
+
+def _uncaught(name: str) -> str:
+    return (f"Jobs/{name}: no Catch of States.ALL leading to RecordFailure: an error here (a "
+            "bad input, say) ends its job without RecordFailure recording it: on AWS the run "
+            "report then says NoResultError for the job, its error lost, and a map of jobs "
+            "that tolerates no failure fails the whole execution: add {\"ErrorEquals\": "
+            f'["States.ALL"], "ResultPath": "$.error.{name}", "Next": "RecordFailure"}} to its '
+            "Catch")
+
+
+@pytest.mark.parametrize("edit,problems", [
+    (lambda s: s["Merge"].pop("Catch"), [_uncaught("Merge")]),
+    (lambda s: s["Split"]["Catch"][0].update(ErrorEquals=["CorruptTiffError"]),
+     [_uncaught("Split")]),
+    (lambda s: [s["ProcessJob"].pop("Catch"), s["Process"]["Catch"][0].update(Next="Skipped")],
+     [_uncaught("ProcessJob"), _uncaught("Process")]),
+])
+def test_a_job_state_that_can_fail_unrecorded_is_refused(
+        raw: dict[str, Any], edit: Any, problems: list[str]):
+    """A job's Task, Map or Parallel state without a Catch of States.ALL into RecordFailure
+    (removed, narrowed to one error, or led elsewhere) passed: its job's error then went
+    unrecorded (the report's NoResultError on AWS). Each is refused, saying the Catch to
+    add."""
+    message = _contract_refused(_edited(raw, edit))
+    assert message.endswith("): " + "; ".join(problems)), (problems, message)
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda s: s["ProcessJob"]["Retry"][1]["ErrorEquals"].__setitem__(4, "StorageEror"),
+     ("Jobs/ProcessJob: Retry[1].ErrorEquals names 'StorageEror', which no step raises and "
+      "is no error of Step Functions (States.*) or AWS Lambda (Lambda.*), so this entry never "
+      "matches: did you mean 'StorageError'?")),
+    (lambda s: s["Merge"]["Retry"].insert(0, {"ErrorEquals": ["States.TaskFaild"]}),
+     ("Jobs/Merge: Retry[0].ErrorEquals names 'States.TaskFaild', which no step raises and "
+      "is no error of Step Functions (States.*) or AWS Lambda (Lambda.*), so this entry never "
+      "matches: did you mean 'States.TaskFailed'?")),
+    (lambda s: s["Merge"]["Catch"].insert(0, {"ErrorEquals": ["TransientEror"],
+                                              "ResultPath": "$.error.Merge",
+                                              "Next": "RecordFailure"}),
+     ("Jobs/Merge: Catch[0].ErrorEquals names 'TransientEror', which no step raises and is "
+      "no error of Step Functions (States.*) or AWS Lambda (Lambda.*), so this entry never "
+      "matches: name an error class of pipeline/errors.py, which the steps raise, or one of "
+      "Step Functions or Lambda")),
+])
+def test_an_error_name_no_step_raises_is_refused_with_the_one_meant(
+        raw: dict[str, Any], edit: Any, problem: str):
+    """A Retry or Catch naming an error that nothing raises (a typo) never matches: the
+    retries it meant never happen. Refused, naming state, entry and the likely name."""
+    message = _contract_refused(_edited(raw, edit))
+    assert message.endswith(f"): {problem}"), (problem, message)
+
+
+def test_the_errors_of_the_steps_lambda_and_step_functions_pass(raw: dict[str, Any]):
+    """The names a Retry or Catch may match pass: each error class the steps raise, AWS
+    Lambda's own (Lambda.*, Sandbox.Timedout, Runtime.OutOfMemory), and the States
+    Language's."""
+    names = ["CorruptTiffError", "OutOfMemoryError", "EventError", "Lambda.Unknown",
+             "Sandbox.Timedout", "Runtime.OutOfMemory", "States.Timeout",
+             "States.ExceedToleratedFailureThreshold", "States.HeartbeatTimeout"]
+    edited = _edited(raw, lambda s: s["Merge"]["Retry"].insert(0, {"ErrorEquals": names}))
+    assert definition.contract_problems(edited) == []
+
+
 def test_check_finds_an_unknown_placeholder_in_the_text_and_names_its_state(raw):
     """check looks for ``${...}`` in the definition's text first and walks its states only
     when one is unknown (that walk was most of a run's check): the problem still names the

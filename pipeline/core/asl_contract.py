@@ -322,16 +322,106 @@ def _successors(state: dict[str, Any]) -> list[str]:
     return found + [state[k] for k in ("Next", "Default") if k in state]
 
 
+#: the error names of the States Language and Step Functions (all of them "States."), which
+#: a Retry or Catch may name besides the errors the functions raise
+STATES_ERRORS = frozenset({
+    "States.ALL", "States.DataLimitExceeded", "States.ExceedToleratedFailureThreshold",
+    "States.HeartbeatTimeout", "States.Http.Socket", "States.IntrinsicFailure",
+    "States.ItemReaderFailed", "States.NoChoiceMatched", "States.ParameterPathFailure",
+    "States.Permissions", "States.QueryEvaluationError", "States.ResultPathMatchFailure",
+    "States.ResultWriterFailed", "States.Runtime", "States.TaskFailed", "States.Timeout",
+    "States.BranchFailed"})
+#: the prefixes of the errors AWS Lambda raises for an invocation itself
+#: (``Lambda.ServiceException``, ``Sandbox.Timedout``, ``Runtime.OutOfMemory``): taken as
+#: they are, Lambda's own list being long and growing
+AWS_ERROR_PREFIXES = ("Lambda.", "Sandbox.", "Runtime.")
+_CATCH_ALL = "States.ALL"
+
+
+def _each_states(machine: dict[str, Any], scope: str = ""
+                 ) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """(scope, States) of ``machine`` and of each Map's and Parallel's inside it; a scope
+    prefixes its states' names as the checker's (``Jobs/``, ``P[0]/``)."""
+    found = [(scope, machine["States"])]
+    for name, state in machine["States"].items():
+        processor = state.get("ItemProcessor") or state.get("Iterator")
+        if processor:
+            found += _each_states(processor, f"{scope}{name}/")
+        for i, branch in enumerate(state.get("Branches", [])):
+            found += _each_states(branch, f"{scope}{name}[{i}]/")
+    return found
+
+
+def error_name_problems(definition: dict[str, Any], raised: AbstractSet[str]) -> list[str]:
+    """Each name of a Retry's or Catch's ErrorEquals that is none of ``raised`` (the errors
+    the functions raise), of :data:`STATES_ERRORS` or of AWS Lambda's
+    (:data:`AWS_ERROR_PREFIXES`): a typo, whose Retry or Catch never matches."""
+    known = raised | STATES_ERRORS
+    problems = []
+    for scope, states in _each_states(definition):
+        for name, state in states.items():
+            for field in ("Retry", "Catch"):
+                for i, handler in enumerate(state.get(field, [])):
+                    for error in handler["ErrorEquals"]:
+                        if error in known or error.startswith(AWS_ERROR_PREFIXES):
+                            continue
+                        import difflib  # (here only: most definitions have no typo)
+
+                        close = difflib.get_close_matches(error, known, n=1, cutoff=0.8)
+                        problems.append(
+                            f"{scope}{name}: {field}[{i}].ErrorEquals names {error!r}, which "
+                            "no step raises and is no error of Step Functions (States.*) or "
+                            "AWS Lambda (Lambda.*), so this entry never matches" + (
+                                f": did you mean {close[0]!r}?" if close else
+                                ": name an error class of pipeline/errors.py, which the "
+                                "steps raise, or one of Step Functions or Lambda"))
+    return problems
+
+
+def uncaught_problems(definition: dict[str, Any], failure: str) -> list[str]:
+    """The states of a job that may fail without its failure recorded: in the States holding
+    the Task of the ``failure`` action (RecordFailure, the failure path of each job), each
+    other Task, Map and Parallel needs a Catch of ``States.ALL`` whose Next is that Task."""
+    problems = []
+    for scope, states in _each_states(definition):
+        recorder = next((name for name, state in states.items()
+                         if state["Type"] == "Task" and _action(state) == failure), None)
+        if recorder is None:
+            continue
+        for name, state in states.items():
+            if name == recorder or state["Type"] not in ("Task", "Map", "Parallel"):
+                continue
+            if not any(_CATCH_ALL in c["ErrorEquals"] and c["Next"] == recorder
+                       for c in state.get("Catch", [])):
+                problems.append(
+                    f"{scope}{name}: no Catch of {_CATCH_ALL} leading to {recorder}: an error "
+                    f"here (a bad input, say) ends its job without {recorder} recording it: "
+                    "on AWS the run report then says NoResultError for the job, its error "
+                    "lost, and a map of jobs that tolerates no failure fails the whole "
+                    "execution: add "
+                    f'{{"ErrorEquals": ["{_CATCH_ALL}"], "ResultPath": "$.error.{name}", '
+                    f'"Next": "{recorder}"}} to its Catch')
+    return problems
+
+
 def check_definition(definition: dict[str, Any], execution_input: type,
                      functions: dict[str, dict[str, type]],
                      results: dict[str, type],
-                     needed: dict[str, str] | None = None) -> list[str]:
+                     needed: dict[str, str] | None = None,
+                     raised: AbstractSet[str] | None = None,
+                     failure: str | None = None) -> list[str]:
     """Every disagreement between ``definition`` (with its ${...FunctionArn} placeholders) and
     the models; an execution's input is an ``execution_input``. ``needed``: actions (and why)
-    that some task reached from StartAt must run."""
+    that some task reached from StartAt must run; ``raised``: the error names the functions
+    raise (:func:`error_name_problems`); ``failure``: the action that records a job's failure
+    (:func:`uncaught_problems`)."""
     checker = Checker(functions, results)
     checker.machine(definition, shape_of(execution_input), {}, "")
     for action, why in (needed or {}).items():
         if action not in checker.actions:
             checker.problems.append(f"no Task state runs the {action} action ({why})")
+    if failure is not None:
+        checker.problems += uncaught_problems(definition, failure)
+    if raised is not None:
+        checker.problems += error_name_problems(definition, raised)
     return list(dict.fromkeys(checker.problems))  # a state reached twice says it once

@@ -169,14 +169,18 @@ NEEDED_ACTIONS = {
     "report": "Report's, after the Jobs map: it writes the run report, which the run reads "
               "at its end",
 }
+#: the action whose Task every other failing state of a job must catch into
+FAILURE_ACTION = "record_failure"
 
 
 def contract_problems(machine: dict[str, Any]) -> list[str]:
     """Every disagreement between a (validated) definition and the code:
     :func:`pipeline.core.asl_contract.check_definition` (each Payload builds its action's
-    event, each path reads a field that is there, ...), and the actions of
-    :data:`NEEDED_ACTIONS` run. A task's FunctionName may be a placeholder or a function's
-    name or ARN (a deployed stack's: ``...:function:tiffpipe-prod-split:7``)."""
+    event, each path reads a field that is there, ...), the actions of
+    :data:`NEEDED_ACTIONS` run, each failing state of a job catches into the Task of
+    :data:`FAILURE_ACTION`, and each error a Retry or Catch names is one a step raises
+    (:func:`step_errors`) or AWS's. A task's FunctionName may be a placeholder or a
+    function's name or ARN (a deployed stack's: ``...:function:tiffpipe-prod-split:7``)."""
     import copy
 
     from pipeline import handlers
@@ -195,7 +199,20 @@ def contract_problems(machine: dict[str, Any]) -> list[str]:
                 pass  # (the check names it)
     models = {f: {action: model for action, (model, _) in actions.items()}
               for f, actions in handlers.FUNCTIONS.items()}
-    return check_definition(machine, events.RunInput, models, events.RESULTS, NEEDED_ACTIONS)
+    return check_definition(machine, events.RunInput, models, events.RESULTS, NEEDED_ACTIONS,
+                            step_errors(), FAILURE_ACTION)
+
+
+def step_errors() -> frozenset[str]:
+    """The error names the steps raise, which a Retry or Catch may match: the classes of
+    :mod:`pipeline.errors` (every error a job fails with is one, Lambda reporting its class
+    name) and the events' :class:`~pipeline.core.events.EventError`."""
+    from pipeline import errors
+    from pipeline.core.events import EventError
+
+    return frozenset({EventError.__name__} | {
+        name for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.TiffpipeError)})
 
 
 _PLACEHOLDER_ONLY = re.compile(r"\$\{\w+\}")
