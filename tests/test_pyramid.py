@@ -444,3 +444,67 @@ def test_a_turned_pages_levels_built_band_by_band_are_merges_whole_page_ones(
     assert [p.width for p in made][-1] == width and all(p.width < width / 2 for p in made[:-1])
     assert files[True] == banded
     assert files[False] == banded
+
+
+def _masked_input(path: Path, height: int, width: int, channels: int) -> None:
+    """A page and its internal mask (a 1-bit page of NewSubfileType 4 after it, as GDAL
+    writes one): a slanted valid swath with a hole, and noise under the masked-out pixels
+    (which the levels' means must leave out), so that blocks are all valid, none, and
+    partly."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    valid = (xx > yy // 3 + 17) & (xx < width - 23 - (height - yy) // 4) & (yy > 5)
+    valid[height // 3:height // 3 + 21, width // 2:width // 2 + 33] = False
+    pixels = smooth(height, width, channels, 6)
+    noise = np.random.default_rng(7).integers(0, 256, pixels.shape, np.uint8)
+    pixels[~valid] = noise[~valid]
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(pixels, tile=(64, 64), photometric="rgb" if channels == 3 else "minisblack",
+                 metadata=None)
+        tw.write(valid, tile=(64, 64), compression="zlib", subfiletype=4, metadata=None)
+
+
+@pytest.mark.parametrize(("shape", "job", "options"), [
+    ((203, 1299, 3), {}, {"compression": "deflate"}),
+    ((203, 1299), {"fuse": False}, {"compression": "zstd"}),
+    ((204, 1300), {}, {"compression": "deflate", "pyramid_resampling": "nearest"}),
+    ((203, 1299, 3), {"fuse": False}, {"compression": "jpeg"}),
+    ((203, 1299), {}, {"compression": "lzw", "pyramid_resampling": "max",
+                       "pyramid_layout": "pages"}),
+    ((1299, 203, 3), {"ops": [{"op": "rotate", "angle": 90}]}, {"compression": "zstd"}),
+])
+def test_a_masked_pages_levels_built_band_by_band_are_merges_whole_page_ones(
+        tmp_path, monkeypatch, shape, job, options):
+    """A page that carries its internal mask has its levels, and their masks, built by merge
+    band by band (pipeline.steps.unit_levels.merge_band_levels, reading its mask tiles with
+    its tiles: a tile row per level across a band, not across the page), byte for byte the
+    levels and masks merge's Pyramid builds from the whole page (UNIT_LEVELS off, as
+    before): the same file, RGB and gray, odd sizes, fused and not, lossless and JPEG,
+    "mean", "max" (levels as pages), "nearest" (the bands stop at the first odd level,
+    325 x 51: the levels below, and their masks, from the bands' blocks), and a page both
+    masked and turned. The output, 1,299 or 1,300 columns, spans three bands of 8 x 64 px;
+    every level has its mask (NewSubfileType 5)."""
+    src, work = tmp_path / "in.tif", tmp_path / "work"
+    _masked_input(src, *shape[:2], shape[2] if len(shape) == 3 else 1)
+    width = max(shape[:2])  # (the output's: the page as it is, or turned wide)
+    out = _run(tmp_path, {"m": {"input": str(src), **job, "output_options": {
+        "tile": OUT_TILE, "pyramid": True, **options}}}, "--keep-work", "--work", str(work))["m"]
+    banded = Path(out).read_bytes()
+    assert ceil(width / TILE) > 2 * 8  # (three bands of core.levels.BAND_TILES, 8)
+    made = _spy_pyramids(monkeypatch)
+    files = {}
+    for unit_levels in (True, False):
+        Path(out).unlink()
+        monkeypatch.setattr(merge_mod, "UNIT_LEVELS", unit_levels)
+        forget_plans()
+        merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
+        forget_plans()
+        files[unit_levels] = Path(out).read_bytes()
+    # band by band, no Pyramid holds a row of the page's width (the deepest levels' own,
+    # from the bands' blocks, are a fraction of it); the whole page's Pyramid, one
+    assert [p.width for p in made][-1] == width and all(p.width < width / 2 for p in made[:-1])
+    levels = len(level_shapes(shape[0], shape[1], OUT_TILE))
+    with tifffile.TiffFile(out) as tf:
+        kinds = [int(p.subfiletype) for p in tf.pages]
+    assert kinds.count(4) == 1 and kinds.count(5) == levels >= 5
+    assert files[True] == banded
+    assert files[False] == banded

@@ -7,7 +7,7 @@ from math import ceil
 from pipeline.core.models import JobPlan
 from pipeline.core.ops import chain_turns
 
-#: processing tiles a band of a turned page's levels spans (:func:`band_level_count`): a
+#: processing tiles a band of a turned (or masked) page's levels spans (:func:`band_level_count`): a
 #: band holds a tile row per level across its width (8 tiles of 1,024 px: 4 MiB of gray)
 BAND_TILES = 8
 
@@ -26,8 +26,8 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     """How many pyramid levels the units of a page build themselves (fused units as they
     process, a job that is not fused in its level units): the levels k with ``2**k``
     dividing the processing tile (in output pixels), so that no level pixel needs two units
-    (0: no pyramid, or merge builds them: a turned page's band by band, a page that carries
-    its mask from the whole page)."""
+    (0: no pyramid, or merge builds them band by band: a turned page's, a page's that
+    carries its mask: :func:`band_level_count`)."""
     if chain_turns(plan.spec.ops):  # (its units meet its rows in the input's order: merge
         return 0  # builds them, band by band: :func:`band_level_count`)
     if plan.pages[page].info.mask_ifd:  # its levels' masks, and pixels means without the
@@ -39,10 +39,11 @@ def band_level_count(plan: JobPlan, page: int) -> int:
     """How many pyramid levels merge builds band by band (:data:`BAND_TILES` processing
     tiles wide, the page's height: :func:`pipeline.steps.unit_levels.merge_band_levels`),
     a tile row per level across a band, not the page: those of a turned page (its units do
-    not build them), as :func:`aligned_level_count` aligns them. 0: merge's
-    :class:`~pipeline.steps.pyramid.Pyramid` builds them all (a page that carries its mask,
-    whose levels' masks come with them), or the units build them."""
-    if not chain_turns(plan.spec.ops) or plan.pages[page].info.mask_ifd:
+    not build them) and of a page that carries its mask (the bands read its mask tiles with
+    its tiles and build the levels' masks with them), as :func:`aligned_level_count` aligns
+    them. 0: the units build them, or merge's :class:`~pipeline.steps.pyramid.Pyramid`
+    builds them all from the whole page (a "nearest" page of odd size)."""
+    if not chain_turns(plan.spec.ops) and not plan.pages[page].info.mask_ifd:
         return 0
     return aligned_level_count(plan, page)
 

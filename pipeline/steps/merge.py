@@ -21,10 +21,11 @@ pixel is the same.
 A pyramid's levels are built by the units (fused jobs) or the level units (BuildLevels,
 jobs that are not fused: :func:`pipeline.steps.unit_levels.build_levels`); merge assembles
 their shared tiles and the few deepest levels and places them like the base tiles. A
-turned page's levels (its units meet its rows in the input's order) merge builds the same
-way, band by band (:func:`pipeline.steps.unit_levels.merge_band_levels`). Only a page that
-carries its mask (or any, with :data:`UNIT_LEVELS` off) has its levels built here from the
-base tiles read through (a tile row per level across the page's width).
+turned page's levels (its units meet its rows in the input's order), and a page's that
+carries its mask (with their masks), merge builds the same way, band by band
+(:func:`pipeline.steps.unit_levels.merge_band_levels`). Only a page none of those ways
+can build (a "nearest" page of odd size; any, with :data:`UNIT_LEVELS` off) has its levels
+built here from the base tiles read through (a tile row per level across the page's width).
 """
 
 from __future__ import annotations
@@ -387,11 +388,10 @@ def _write_page(writer: tifffile.TiffWriter, plan: JobPlan, index: int, page: Pa
 
     method = level_method(plan, index)
 
-    masks: list[TileTable] = []  # the levels' masks (a page that carries its mask)
     if UNIT_LEVELS and unit_level_count(plan, index):
-        levels = merge_unit_levels(plan, index, encoder, method)
-    elif UNIT_LEVELS and band_level_count(plan, index):  # (a turned page's: band by band)
-        levels = merge_band_levels(plan, index, table, encoder, method)
+        levels, masks = merge_unit_levels(plan, index, encoder, method)
+    elif UNIT_LEVELS and band_level_count(plan, index):  # (a turned or masked page's: bands)
+        levels, masks = merge_band_levels(plan, index, table, encoder, method, mask)
     else:
         levels, masks = _merged_levels(plan, index, table, encoder, method, mask)
     as_pages = options.pyramid_layout == "pages"

@@ -26,16 +26,24 @@ one per split unit, which reads its region's encoded base tiles back from the pr
 batches' segments, decodes them and feeds them to the same :class:`RegionLevels`, one
 processing row at a time.
 
-A turned page (its units meet its rows in the input's order: they build none) has its
-levels built by merge the same way, band by band (:func:`merge_band_levels`): regions of
+A turned page (its units meet its rows in the input's order: they build none), and a page
+that carries its internal mask (its levels' masks, and means without the masked-out pixels,
+come from its base tiles and mask tiles), have their levels built by merge the same way,
+band by band (:func:`merge_band_levels`): regions of
 :data:`~pipeline.core.levels.BAND_TILES` processing tiles of columns, the page's height,
-read back from its base tiles; so merge holds a band's rows, never a row of the page.
+read back from its base tiles (and mask tiles); so merge holds a band's rows, never a row
+of the page. A masked region's levels carry their masks as a second plane, cut, encoded
+(:func:`~pipeline.adapters.tile_codec.encode_mask`), kept as fragments and blocks
+(``mask_fragments``, ``mask_blocks``) and assembled as the pixels are, into
+``u{n}_L{k}_mask`` segments.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from math import ceil
 from typing import Any
 
@@ -43,7 +51,13 @@ import numpy as np
 
 from pipeline.adapters import storage
 from pipeline.adapters.segments import SegmentWriter, read_range
-from pipeline.adapters.tile_codec import OutputEncoder, decode_work_tile, encode_work_tile
+from pipeline.adapters.tile_codec import (
+    OutputEncoder,
+    decode_mask,
+    decode_work_tile,
+    encode_mask,
+    encode_work_tile,
+)
 from pipeline.core.events import UnitEvent
 from pipeline.core.grid import SplitUnit
 from pipeline.core.levels import BAND_TILES, band_level_count, level_shapes, unit_level_count
@@ -51,7 +65,8 @@ from pipeline.core.models import JobPlan
 from pipeline.core.plan import page_options
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
-from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2
+from pipeline.steps.masks import MASK_SEGMENT
+from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2, reduce_valid
 from pipeline.steps.tile_table import TileTable, read_indexes
 
 
@@ -64,20 +79,39 @@ def fragment_name(unit: int) -> str:
 
 
 class _Level:
-    """Level k of a unit's region: its pixel rect on the level, and the rows not yet cut."""
+    """Level k of a unit's region: its pixel rect on the level, and the rows not yet cut
+    (each a tuple of its planes: the pixels, and a masked region's mask)."""
 
     def __init__(self, k: int, y0: int, y1: int, x0: int, x1: int, h: int, w: int):
         self.k, self.y0, self.y1, self.x0, self.x1, self.h, self.w = k, y0, y1, x0, x1, h, w
         self.start = y0  # first level row held in ``rows``
-        self.rows: list[np.ndarray] = []
+        self.rows: list[tuple[np.ndarray, ...]] = []
         self.held = 0
 
 
+class _Plane:
+    """What a region writes of one plane of its levels (the pixels, or a masked region's
+    mask: ``suffix`` "_mask"): each level's segment and index, its fragments and blocks."""
+
+    def __init__(self, plan: JobPlan, page: int, unit: int, count: int, suffix: str,
+                 encode: Callable[[np.ndarray], bytes]):
+        self.suffix, self.encode = suffix, encode
+        self.key = "mask_" if suffix else ""  # (of its fragments and blocks in the index)
+        self.names = [level_names(unit, k) + suffix for k in range(1, count + 1)]
+        self.writers = [SegmentWriter(layout.segment_file(plan.work, page, n))
+                        for n in self.names]
+        self.index: list[list[list[int]]] = [[] for _ in range(count)]
+        self.fragments: list[list[int]] = []  # [k, R, C, dy, dx, offset, size]
+        self.blocks: list[list[int]] = []  # [level row, level col, offset, size]
+
+
 class RegionLevels:
-    """The levels a unit builds, fed its processing rows of output pixels in order."""
+    """The levels a unit builds, fed its processing rows of output pixels in order (and,
+    ``masked``, their mask)."""
 
     def __init__(self, plan: JobPlan, page: int, unit_index: int, unit: SplitUnit,
-                 encoder: OutputEncoder, method: str, count: int | None = None):
+                 encoder: OutputEncoder, method: str, count: int | None = None,
+                 masked: bool = False):
         p = plan.pages[page]
         self.plan, self.page, self.unit = plan, page, unit_index
         self.t, self.encoder, self.method = plan.spec.output_options.tile, encoder, method
@@ -92,44 +126,48 @@ class RegionLevels:
             f = 2 ** k
             self.levels.append(_Level(k, y0 // f, ceil(y1 / f), x0 // f, ceil(x1 / f),
                                       ceil(height / f), ceil(width / f)))
-        work = plan.work
-        self.writers = [SegmentWriter(layout.segment_file(work, page, level_names(unit_index, k)))
-                        for k in range(1, self.count + 1)]
-        self.index: list[list[list[int]]] = [[] for _ in range(self.count)]
-        self.frag = SegmentWriter(layout.segment_file(work, page, fragment_name(unit_index)))
-        self.fragments: list[list[int]] = []  # [k, R, C, dy, dx, offset, size]
-        self.blocks: list[list[int]] = []  # [level row, level col, offset, size]
+        self.planes = [_Plane(plan, page, unit_index, self.count, "", encoder.encode)]
+        self.frag = SegmentWriter(layout.segment_file(plan.work, page, fragment_name(unit_index)))
+        if masked:
+            self.planes.append(_Plane(plan, page, unit_index, self.count, MASK_SEGMENT,
+                                      encode_mask))
 
-    def add(self, strip: np.ndarray) -> None:
-        """The next processing row of the region's output pixels (rows x width x channels)."""
+    def add(self, strip: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """The next processing row of the region's output pixels (rows x width x channels),
+        and (a masked region) their mask (rows x width, True where valid)."""
         cur = strip
         for level in self.levels:
-            cur = reduce2(cur, self.method, self.nodata)
-            self._rows(level, cur)
+            cur = reduce2(cur, self.method, self.nodata, valid)
+            if valid is not None:
+                valid = reduce_valid(valid, self.method)
+            self._rows(level, (cur,) if valid is None else (cur, valid))
 
-    def _rows(self, level: _Level, rows: np.ndarray) -> None:
+    def _rows(self, level: _Level, rows: tuple[np.ndarray, ...]) -> None:
         level.rows.append(rows)
-        level.held += rows.shape[0]
+        level.held += rows[0].shape[0]
         t = self.t
         while level.held:
             end = min((level.start // t + 1) * t, level.y1)  # the tile row's end in the region
             if level.start + level.held < end:
                 return
-            block = np.concatenate(level.rows, 0) if len(level.rows) > 1 else level.rows[0]
+            blocks = [np.concatenate(plane, 0) if len(plane) > 1 else plane[0]
+                      for plane in zip(*level.rows, strict=True)]
             n = end - level.start
-            self._cut(level, block[:n])
-            rest = block[n:]
-            level.rows, level.held, level.start = ([rest] if len(rest) else []), len(rest), end
+            for plane, block in zip(self.planes, blocks, strict=True):
+                self._cut(level, plane, block[:n])
+            rest = tuple(block[n:] for block in blocks)
+            level.rows = [rest] if len(rest[0]) else []
+            level.held, level.start = len(rest[0]), end
 
-    def _cut(self, level: _Level, block: np.ndarray) -> None:
-        """Level rows [start, start + len(block)) of the region, one level tile row: encode
-        the tiles inside the region, keep fragments of the others."""
+    def _cut(self, level: _Level, plane: _Plane, block: np.ndarray) -> None:
+        """Level rows [start, start + len(block)) of the region, one level tile row, of one
+        plane: encode the tiles inside the region, keep fragments of the others."""
         t, k = self.t, level.k
         r = level.start // t
         ty0, ty1 = r * t, min((r + 1) * t, level.h)
         if k == self.count and self.deepest_needed:
             data = encode_work_tile(block)
-            self.blocks.append([level.start, level.x0, self.frag.write(data), len(data)])
+            plane.blocks.append([level.start, level.x0, self.frag.write(data), len(data)])
         for c in range(level.x0 // t, ceil(level.x1 / t)):
             tx0, tx1 = c * t, min((c + 1) * t, level.w)
             ix0, ix1 = max(tx0, level.x0), min(tx1, level.x1)
@@ -137,12 +175,12 @@ class RegionLevels:
             if (level.start, level.start + len(block), ix0, ix1) == (ty0, ty1, tx0, tx1):
                 full = np.zeros((t, t, *part.shape[2:]), part.dtype)
                 full[:part.shape[0], :part.shape[1]] = part
-                data = self.encoder.encode(full)
-                self.index[k - 1].append([r, c, self.writers[k - 1].write(data), len(data)])
+                data = plane.encode(full)
+                plane.index[k - 1].append([r, c, plane.writers[k - 1].write(data), len(data)])
             else:
                 data = encode_work_tile(part)
-                self.fragments.append([k, r, c, level.start - ty0, ix0 - tx0,
-                                       self.frag.write(data), len(data)])
+                plane.fragments.append([k, r, c, level.start - ty0, ix0 - tx0,
+                                        self.frag.write(data), len(data)])
 
     def close(self) -> None:
         """Publish the level segments, the fragments and their index (``u{unit}_frag``)."""
@@ -150,19 +188,20 @@ class RegionLevels:
             if level.held:
                 raise RuntimeError(f"unit {self.unit}: level {level.k} rows {level.start}+"
                                    f"{level.held} were never cut into tiles")
-        for k, writer in enumerate(self.writers, 1):
-            writer.close()
-            storage.write_json(layout.segment_index_file(
-                self.plan.work, self.page, level_names(self.unit, k)),
-                {"tiles": self.index[k - 1]}, indent=None)
+        doc: dict[str, Any] = {"levels": self.count}
+        for plane in self.planes:
+            for k, writer in enumerate(plane.writers):
+                writer.close()
+                storage.write_json(layout.segment_index_file(
+                    self.plan.work, self.page, plane.names[k]),
+                    {"tiles": plane.index[k]}, indent=None)
+            doc[plane.key + "fragments"], doc[plane.key + "blocks"] = plane.fragments, plane.blocks
         self.frag.close()
-        doc: dict[str, Any] = {"levels": self.count, "fragments": self.fragments,
-                               "blocks": self.blocks}
         storage.write_json(layout.segment_index_file(self.plan.work, self.page,
                                                      fragment_name(self.unit)), doc, indent=None)
 
     def abort(self) -> None:
-        for writer in (*self.writers, self.frag):
+        for writer in (*(w for plane in self.planes for w in plane.writers), self.frag):
             writer.abort()
 
 
@@ -210,32 +249,37 @@ def _band_table(plan: JobPlan, unit: SplitUnit) -> TileTable:
 
 
 def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
-           decoded: list[np.ndarray]) -> np.ndarray:
+           decoded: list[np.ndarray], tail: tuple[int, ...], dtype: Any) -> np.ndarray:
     """Output tile rows [r0, r0 + rows) of the region (its decoded tiles, row-major) as the
-    region's pixels: rows x width x channels, cut at the page's edge."""
+    region's pixels: rows x width (x ``tail``: the channels; none for a mask), cut at the
+    page's edge."""
     p, t = plan.pages[unit.page], plan.spec.output_options.tile
     y0, x0 = unit.row0 * p.out_grid.tile, unit.col0 * p.out_grid.tile
     top = y0 + r0 * t
     height = min(top + rows * t, p.out_grid.height) - top
     width = min(unit.col1 * p.out_grid.tile, p.out_grid.width) - x0
-    strip = np.empty((height, width, p.out_channels), p.out_dtype)
+    strip = np.empty((height, width, *tail), dtype)
     for n, tile in enumerate(decoded):
         r, c = divmod(n, cols)
-        part = tile.reshape(t, t, -1)[:height - r * t, :width - c * t]
+        part = tile.reshape(t, t, *tail)[:height - r * t, :width - c * t]
         strip[r * t:r * t + part.shape[0], c * t:c * t + part.shape[1]] = part
     return strip
 
 
 def merge_band_levels(plan: JobPlan, page: int, table: TileTable, encoder: OutputEncoder,
-                      method: str) -> list[TileTable]:
-    """The levels of a turned page (:func:`~pipeline.core.levels.band_level_count`), built
-    by merge as the units build theirs, band by band: each band of :data:`BAND_TILES`
-    processing tiles of columns, the page's height, read from the base page's tiles
-    (``table``) one processing row at a time, decoded and fed to a :class:`RegionLevels`
-    (its segments named as unit ``n``'s: a turned page's units write none), then assembled
-    by :func:`merge_unit_levels`. Memory: a processing row of a band and a tile row per
-    level of a band, whatever the page's width; every base tile is read and decoded once,
-    as :class:`Pyramid` reads them, so the levels are the same."""
+                      method: str, mask: TileTable | None = None
+                      ) -> tuple[list[TileTable], list[TileTable]]:
+    """The levels of a turned page, or of one that carries its mask
+    (:func:`~pipeline.core.levels.band_level_count`), built by merge as the units build
+    theirs, band by band: each band of :data:`BAND_TILES` processing tiles of columns, the
+    page's height, read from the base page's tiles (``table``; and ``mask``, its mask
+    tiles' table) one processing row at a time, decoded and fed to a :class:`RegionLevels`
+    (its segments named as unit ``n``'s: such a page's units write no level), then
+    assembled by :func:`merge_unit_levels`: the levels' tables, and their masks' ([]
+    without ``mask``). Memory: a processing row of a band and a tile row per level of a
+    band, whatever the page's width; every base tile (and mask tile) is read and decoded
+    once, as :class:`Pyramid` reads them, and reduced by the same functions, so the levels
+    are the same."""
     p, t = plan.pages[page], plan.spec.output_options.tile
     g = p.out_grid
     per_row = g.tile // t  # output tile rows a processing row
@@ -246,28 +290,40 @@ def merge_band_levels(plan: JobPlan, page: int, table: TileTable, encoder: Outpu
     with ThreadPoolExecutor(tile_threads()) as pool:
         for n, band in enumerate(bands):
             c0, c1 = band.col0 * per_row, min(band.col1 * per_row, table.cols)
-            columns = TileTable(c1 - c0, table.sources, table.segment[:, c0:c1],
-                                table.offset[:, c0:c1], table.size[:, c0:c1])
-            _feed(RegionLevels(plan, page, n, band, encoder, method, count), plan, band,
-                  columns, encoder, pool)
-    return merge_unit_levels(plan, page, encoder, method, len(bands))
+            columns = [None if tiles is None else
+                       TileTable(c1 - c0, tiles.sources, tiles.segment[:, c0:c1],
+                                 tiles.offset[:, c0:c1], tiles.size[:, c0:c1])
+                       for tiles in (table, mask)]
+            _feed(RegionLevels(plan, page, n, band, encoder, method, count, mask is not None),
+                  plan, band, columns[0], encoder, pool, columns[1])
+    return merge_unit_levels(plan, page, encoder, method, len(bands), mask is not None)
 
 
 def _feed(levels: RegionLevels, plan: JobPlan, region: SplitUnit, tiles: TileTable,
-          encoder: OutputEncoder, pool: ThreadPoolExecutor) -> None:
+          encoder: OutputEncoder, pool: ThreadPoolExecutor,
+          masks: TileTable | None = None) -> None:
     """Feed ``levels`` the output tiles of ``region`` (``tiles``: where they are, row-major
-    over the region), a processing row at a time, read in groups of neighbours
-    (:meth:`TileTable.tile_bytes`) and decoded on ``pool``; close it (abort it on any
-    error). A level unit's region, or a band of a turned page's in merge."""
+    over the region; ``masks``: where their mask tiles are, a masked region), a processing
+    row at a time, read in groups of neighbours (:meth:`TileTable.tile_bytes`) and decoded
+    on ``pool``; close it (abort it on any error). A level unit's region, or a band of a
+    turned or masked page's in merge."""
     try:
-        per_row = plan.pages[region.page].out_grid.tile // plan.spec.output_options.tile
+        p, t = plan.pages[region.page], plan.spec.output_options.tile
+        per_row = p.out_grid.tile // t
         rows_of, cols = tiles.segment.shape[0], tiles.cols
         stream = tiles.tile_bytes()
+        valid_stream = None if masks is None else masks.tile_bytes()
         for r0 in range(0, rows_of, per_row):
             stopping.check()
             rows = min(per_row, rows_of - r0)
             decoded = list(pool.map(encoder.decode, (next(stream) for _ in range(rows * cols))))
-            levels.add(_strip(plan, region, r0, rows, cols, decoded))
+            valid = None
+            if valid_stream is not None:
+                bits = list(pool.map(decode_mask, (next(valid_stream) for _ in range(rows * cols)),
+                                     repeat(t), repeat(t)))
+                valid = _strip(plan, region, r0, rows, cols, bits, (), bool)
+            levels.add(_strip(plan, region, r0, rows, cols, decoded, (p.out_channels,),
+                              p.out_dtype), valid)
         levels.close()
     except BaseException:
         levels.abort()
@@ -275,73 +331,95 @@ def _feed(levels: RegionLevels, plan: JobPlan, region: SplitUnit, tiles: TileTab
 
 
 def merge_unit_levels(plan: JobPlan, page: int, encoder: OutputEncoder, method: str,
-                      bands: int = 0) -> list[TileTable]:
-    """Merge's part of a page's unit-built levels: the tile tables of every level. Shared
-    tiles are assembled from their fragments into a ``border{k}`` segment; the levels below
-    the units' deepest are built from its blocks with :class:`Pyramid` (``deep/``).
+                      bands: int = 0, masked: bool = False
+                      ) -> tuple[list[TileTable], list[TileTable]]:
+    """Merge's part of a page's unit-built levels: the tile tables of every level, and of
+    their masks (a page that carries its mask; [] without). Shared tiles are assembled from
+    their fragments into a ``border{k}`` (``border{k}_mask``) segment; the levels below the
+    units' deepest are built from its blocks with :class:`Pyramid` (``deep/``).
     ``bands``: the levels were built by merge's bands (:func:`merge_band_levels`), that
-    many, not by the page's units."""
+    many, not by the page's units; ``masked``: with their masks (a masked page's bands)."""
     p, t = plan.pages[page], plan.spec.output_options.tile
     count = band_level_count(plan, page) if bands else unit_level_count(plan, page)
     units = list(range(bands)) if bands else plan.units_of(page)
     frag_urls = [layout.segment_file(plan.work, page, fragment_name(n)) for n in units]
     docs = [storage.read_json(layout.segment_index_file(plan.work, page, fragment_name(n)))
             for n in units]
+    planes = [("", (p.out_channels,), np.dtype(p.out_dtype), encoder.encode)]
+    if masked:
+        planes.append((MASK_SEGMENT, (), np.dtype(bool), encode_mask))
     shapes = level_shapes(p.out_grid.height, p.out_grid.width, t)
-    tables = []
+    tables: list[list[TileTable]] = [[] for _ in planes]
     for k in range(1, count + 1):
         h, w = shapes[k - 1]
-        names = [level_names(n, k) for n in units]
-        border = layout.segment_file(plan.work, page, f"border{k}")
-        table = TileTable.empty(ceil(h / t), ceil(w / t),
-                                [layout.segment_file(plan.work, page, n) for n in names]
-                                + [border])
-        for number, tiles in enumerate(read_indexes(plan.work, page, names)):
-            table.fill(number, tiles)
-        shared: dict[tuple[int, int], list[tuple[int, list[int]]]] = defaultdict(list)
-        for u, doc in enumerate(docs):
-            for frag in doc["fragments"]:
-                if frag[0] == k:
-                    shared[frag[1], frag[2]].append((u, frag))
-        with SegmentWriter(border) as writer:
-            for (r, c) in sorted(shared):
-                full = np.zeros((t, t, p.out_channels), p.out_dtype)
-                for u, (_, _, _, dy, dx, offset, size) in shared[r, c]:
-                    part = decode_work_tile(read_range(frag_urls[u], offset, size))
-                    full[dy:dy + part.shape[0], dx:dx + part.shape[1]] = part
-                data = encoder.encode(full)
-                table.set(r, c, len(names), writer.write(data), len(data))
-        table.check(f"page {p.info.index}, level {k}")
-        tables.append(table)
+        for (suffix, tail, dtype, encode), out in zip(planes, tables, strict=True):
+            names = [level_names(n, k) + suffix for n in units]
+            border = layout.segment_file(plan.work, page, f"border{k}{suffix}")
+            table = TileTable.empty(ceil(h / t), ceil(w / t),
+                                    [layout.segment_file(plan.work, page, n) for n in names]
+                                    + [border])
+            for number, tiles in enumerate(read_indexes(plan.work, page, names)):
+                table.fill(number, tiles)
+            shared: dict[tuple[int, int], list[tuple[int, list[int]]]] = defaultdict(list)
+            for u, doc in enumerate(docs):
+                for frag in doc["mask_fragments" if suffix else "fragments"]:
+                    if frag[0] == k:
+                        shared[frag[1], frag[2]].append((u, frag))
+            with SegmentWriter(border) as writer:
+                for (r, c) in sorted(shared):
+                    full = np.zeros((t, t, *tail), dtype)
+                    for u, (_, _, _, dy, dx, offset, size) in shared[r, c]:
+                        part = decode_work_tile(read_range(frag_urls[u], offset, size))
+                        full[dy:dy + part.shape[0], dx:dx + part.shape[1]] = part
+                    data = encode(full)
+                    table.set(r, c, len(names), writer.write(data), len(data))
+            table.check(f"page {p.info.index}, level {k}" + (" (its mask)" if suffix else ""))
+            out.append(table)
     if count < len(shapes):
-        tables += _deep_levels(plan, page, count, docs, frag_urls, encoder, method)
-    return tables
+        deep, deep_masks = _deep_levels(plan, page, count, docs, frag_urls, encoder, method,
+                                        masked)
+        tables[0] += deep
+        if masked:
+            tables[1] += deep_masks
+    return tables[0], tables[1] if masked else []
 
 
 def _deep_levels(plan: JobPlan, page: int, count: int, docs: list[dict[str, Any]],
-                 frag_urls: list[str], encoder: OutputEncoder,
-                 method: str) -> list[TileTable]:
+                 frag_urls: list[str], encoder: OutputEncoder, method: str,
+                 masked: bool = False) -> tuple[list[TileTable], list[TileTable]]:
     """The levels below level ``count``, reduced from its pixels (the units' blocks), one
-    tile row at a time."""
+    tile row at a time; and (``masked``) their masks, from its mask's (``mask_blocks``)."""
     p, t = plan.pages[page], plan.spec.output_options.tile
     h, w = level_shapes(p.out_grid.height, p.out_grid.width, t)[count - 1]
     rows: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
+    mask_rows: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
     for u, doc in enumerate(docs):
         for block in doc["blocks"]:
             rows[block[0] // t].append((u, block))
+        for block in doc.get("mask_blocks", []):
+            mask_rows[block[0] // t].append((u, block))
     folder = storage.join(layout.levels_dir(plan.work, page), "deep")
     pyramid = Pyramid(h, w, p.out_channels, p.out_dtype, encoder, t, folder, method=method,
-                      nodata=level_nodata(plan, page))
+                      nodata=level_nodata(plan, page), masked=masked)
+
+    def row_of(blocks: dict[int, list[tuple[int, list[int]]]], r: int,
+               buffer: np.ndarray) -> np.ndarray:
+        for u, (y, x, offset, size) in blocks.get(r, []):
+            part = decode_work_tile(read_range(frag_urls[u], offset, size))
+            buffer[y - r * t:y - r * t + part.shape[0], x:x + part.shape[1]] = part
+        return buffer
+
     try:
         cols = ceil(w / t)
         for r in range(ceil(h / t)):
-            buffer = np.zeros((t, cols * t, p.out_channels), p.out_dtype)
-            for u, (y, x, offset, size) in rows.get(r, []):
-                part = decode_work_tile(read_range(frag_urls[u], offset, size))
-                buffer[y - r * t:y - r * t + part.shape[0], x:x + part.shape[1]] = part
+            buffer = row_of(rows, r, np.zeros((t, cols * t, p.out_channels), p.out_dtype))
+            valid = row_of(mask_rows, r, np.zeros((t, cols * t), bool)) if masked else None
             for c in range(cols):
-                pyramid.feed_pixels(buffer[:, c * t:(c + 1) * t], r, c)
-        return [TileTable.from_spans(level.cols, pyramid.spans(k))
-                for k, level in enumerate(pyramid.levels)]
+                pyramid.feed_pixels(buffer[:, c * t:(c + 1) * t], r, c,
+                                    None if valid is None else valid[:, c * t:(c + 1) * t])
+        levels = [TileTable.from_spans(level.cols, pyramid.spans(k))
+                  for k, level in enumerate(pyramid.levels)]
+        return levels, [TileTable.from_spans(level.cols, pyramid.mask_spans(k))
+                        for k, level in enumerate(pyramid.levels)] if masked else []
     finally:
         pyramid.close()
