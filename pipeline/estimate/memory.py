@@ -26,9 +26,10 @@ what its step holds at once, counted from the plan as the steps allocate:
 - a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
   statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
   ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
-- **merge**: building the levels the units did not: a turned page's band by band (a
-  level unit's rows for a band of :data:`~pipeline.core.levels.BAND_TILES` processing
-  tiles); a page carrying its mask's, and the few below the units' deepest, with
+- **merge**: building the levels the units did not: a turned page's, and a page's carrying
+  its mask, band by band (a level unit's rows for a band of
+  :data:`~pipeline.core.levels.BAND_TILES` processing tiles, a byte a pixel more for a
+  mask); a "nearest" page's of odd size, and the few below the units' deepest, with
   :class:`~pipeline.steps.pyramid.Pyramid`: a tile row buffer per level across the level's
   width (a byte a pixel more for a mask), the largest level row's encoded tiles and the
   base tiles decoded ahead, which grows with the output's width (a ProcessJob's merge too);
@@ -64,6 +65,7 @@ from pipeline.core.levels import (
 from pipeline.core.models import JobPlan, PagePlan
 from pipeline.core.ops import chain_from_json, chain_out_channels
 from pipeline.core.plan import single_task
+from pipeline.core.reduce import WIDE
 from pipeline.core.tiff_layout import UPLOAD_PART
 from pipeline.estimate.limits import SEGMENT_PART
 
@@ -106,6 +108,10 @@ LEVEL_ROWS = 3
 #: thread pool, the codecs' contexts): the intercept of merge's measured peaks against the
 #: level bytes counted (docs/estimate.md, "Memory"), rounded up
 PYRAMID_MB = 13.0
+#: bytes a sample of a masked band's processing row takes in its level 1 means
+#: (:func:`~pipeline.core.reduce.masked_mean`) besides the wide sums: whether each sample
+#: is valid, twice (a bool each), and the counts (int64, a quarter of the samples: 2)
+MASKED_MEAN_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -247,10 +253,12 @@ def _level_unit_bytes(plan: JobPlan, unit: SplitUnit) -> dict[str, float]:
 def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: float,
                        s3: bool) -> dict[str, float]:
     """What merge holds building the levels of a page the units did not build (bytes; {}
-    when it builds none): a turned page's bands (:func:`~pipeline.core.levels.
-    band_level_count`: a processing row of a band, :data:`LEVEL_ROWS` times); and with
-    :class:`~pipeline.steps.pyramid.Pyramid` (a page carrying its mask, and the few levels
-    below the units' or bands' deepest) a tile row buffer per level across the level's
+    when it builds none): a turned or masked page's bands (:func:`~pipeline.core.levels.
+    band_level_count`: a processing row of a band, :data:`LEVEL_ROWS` times, with a mask a
+    byte a pixel more and its means' arrays, :data:`MASKED_MEAN_BYTES` and the wide sums a
+    sample); and with :class:`~pipeline.steps.pyramid.Pyramid` (a "nearest"
+    page of odd size, and the few levels below the units' or bands' deepest) a tile row
+    buffer per level across the level's
     width (with a mask a byte a pixel more), the largest level row's encoded tiles, the base
     tiles decoded ahead (``2 * threads``; one with one thread) and on S3 each level
     segment's part; :data:`PYRAMID_MB` beside either."""
@@ -262,16 +270,21 @@ def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: fl
     shapes = level_shapes(g.height, g.width, t)
     parts: dict[str, float] = {}
     count = unit_level_count(plan, page_index)
+    pixel = _pixel(p.out_dtype, p.out_channels) + (1 if p.info.mask_ifd else 0)
     if bands := band_level_count(plan, page_index):
         row = min(g.tile, g.height) * min(BAND_TILES * g.tile, g.width)
-        parts["level bands"] = float(LEVEL_ROWS * row * _pixel(p.out_dtype, p.out_channels))
+        parts["level bands"] = float(LEVEL_ROWS * row * pixel)
+        if p.info.mask_ifd:  # the masked means' arrays, and reduce_mask's padded copy
+            dtype = np.dtype(p.out_dtype)
+            wide = 8 if dtype.kind == "f" else np.dtype(WIDE.get(dtype.str[1:], dtype)).itemsize
+            parts["level masks"] = float(row * (p.out_channels * (MASKED_MEAN_BYTES + wide)
+                                                + 1))
         count = bands
     # (below the deepest level built in regions: its rows, a tile row at a time, and the
     # levels under it)
     built = shapes[max(count - 1, 0):] if count < len(shapes) else []
     if built:
         rows = [t * math.ceil(w / t) * t for _h, w in built]
-        pixel = _pixel(p.out_dtype, p.out_channels) + (1 if p.info.mask_ifd else 0)
         parts.update({"levels": float(sum(rows) * pixel),
                       "level encode": rows[0] / 1e6 * out_bpm,
                       "level decode": float((2 * threads if threads > 1 else 1) * t * t

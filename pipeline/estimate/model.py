@@ -135,9 +135,7 @@ class _Ledger:
                 f"has (memory_{f}_mb): give the {f} function more memory in the deploy "
                 f"(FUNCTION_SIZES; --price memory_{f}_mb=... to estimate it), or make the "
                 + ("merge lighter: a smaller output_options.tile (merge builds this page's "
-                   "pyramid levels, a tile row each across the page's width), or for a page "
-                   "carrying its mask \"masks\": false (its units build the levels; the "
-                   "mask is not carried)"
+                   "lower pyramid levels, a tile row each across the level's width)"
                    if f == "merge" and _levels_lead(peak) else
                    "merge lighter: fewer output tiles a page (a larger output_options.tile)"
                    if f == "merge" else
