@@ -279,7 +279,8 @@ def _predicted(manifest: Path) -> dict[str, memory.Peak]:
 
 def _merge_peaks(monkeypatch: pytest.MonkeyPatch, folder: Path, name: str,
                  shapes: dict[int, tuple[int, int]], ops: list[dict[str, Any]],
-                 masked: bool = False) -> tuple[dict[int, float], dict[int, memory.Peak]]:
+                 masked: bool = False, options: dict[str, Any] | None = None
+                 ) -> tuple[dict[int, float], dict[int, memory.Peak]]:
     """A cold merge's measured peak (MiB) and merge's predicted peak, for each job of
     ``shapes`` (output width -> input shape), run on moto's interpreter."""
     from pipeline.runner import run_local
@@ -287,7 +288,7 @@ def _merge_peaks(monkeypatch: pytest.MonkeyPatch, folder: Path, name: str,
     log = _cold(monkeypatch, folder)
     measured, predicted = {}, {}
     for width, shape in shapes.items():
-        manifest = _pyramid_job(folder, f"{name}{width}", shape, ops, masked)
+        manifest = _pyramid_job(folder, f"{name}{width}", shape, ops, masked, options)
         predicted[width] = _predicted(manifest)["merge"]
         result = run_local(str(manifest), 1, interpreter="moto")
         assert result.ok, result.error
@@ -332,6 +333,23 @@ def test_merge_of_a_masked_pages_pyramid_does_not_grow_with_its_width(
                                        {w: (512, w) for w in (40000, 80000)}, [], masked=True)
     assert measured[80000] <= 1.1 * measured[40000], measured
     merge = predicted[80000]
+    assert merge.parts["level bands"] > 0 and "levels" not in merge.parts
+
+
+@pytest.mark.engine
+def test_merge_of_a_nearest_odd_pages_pyramid_does_not_grow_with_its_width(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A wide page of odd width whose levels take "nearest": its units build none (their
+    picks past half way across a level of odd size fall in the unit before), merge builds
+    them band by band, each band taking those picks from the band before. A cold merge's
+    measured peak at twice the output's width is within 10% of the narrower one's, and
+    each lies between UNDER of the prediction and the prediction plus the margin; the
+    prediction counts the bands, no level across the page."""
+    measured, predicted = _merge_peaks(monkeypatch, tmp_path, "nearest",
+                                       {w: (512, w) for w in (40001, 80001)}, [],
+                                       options={"pyramid_resampling": "nearest"})
+    assert measured[80001] <= 1.1 * measured[40001], measured
+    merge = predicted[80001]
     assert merge.parts["level bands"] > 0 and "levels" not in merge.parts
 
 

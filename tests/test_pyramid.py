@@ -401,33 +401,17 @@ def test_a_masked_levels_whole_blocks_reduce_as_the_counting_way_does(dtype):
     np.testing.assert_array_equal(reduce2(block, valid=np.ones((7, 9), bool)), reduce2(block))
 
 
-@pytest.mark.parametrize(("ops", "shape", "options"), [
-    ([{"op": "rotate", "angle": 90}], (1299, 203), {"compression": "deflate"}),
-    ([{"op": "rotate", "angle": 270}], (1299, 203, 3), {"compression": "jpeg"}),
-    ([{"op": "rotate", "angle": 90}, {"op": "flip", "axis": "horizontal"}], (1299, 203, 3),
-     {"compression": "zstd"}),  # (a transpose)
-    ([{"op": "flip", "axis": "vertical"}], (204, 1300), {"compression": "deflate"}),
-    ([{"op": "rotate", "angle": 90}], (1300, 204), {"compression": "deflate",
-                                                   "pyramid_resampling": "nearest"}),
-])
-def test_a_turned_pages_levels_built_band_by_band_are_merges_whole_page_ones(
-        tmp_path, monkeypatch, ops, shape, options):
-    """A turned page's levels (its units meet its rows in the input's order, so they build
-    none) are built by merge band by band (pipeline.steps.unit_levels.merge_band_levels:
-    BAND_TILES processing tiles of columns, the page's height; a tile row per level across a
-    band, not across the page), and are byte for byte the levels merge's Pyramid builds
-    from the whole page (UNIT_LEVELS off, as before): the same file, for rotate 90 and 270
-    and transpose, gray and RGB, lossless and JPEG (levels of the lossy pixels), "mean" a
-    page flipped, and "nearest" (the bands stop at the first odd level, 325 x 51, the levels
-    below from their blocks). The output, 1,299 or 1,300 columns, spans three bands of 8 x
-    64 px."""
-    src, work = tmp_path / "in.tif", tmp_path / "work"
-    channels = shape[2] if len(shape) == 3 else 1
-    tifffile.imwrite(src, smooth(shape[0], shape[1], channels, 4), tile=(64, 64),
-                     photometric="rgb" if channels == 3 else "minisblack", metadata=None)
-    width = max(shape[:2])  # (the output's: the page turned, or flipped wide)
-    out = _run(tmp_path, {"t": {"input": str(src), "ops": ops, "fuse": False, "output_options": {
-        "tile": OUT_TILE, "pyramid": True, **options}}}, "--keep-work", "--work", str(work))["t"]
+def _banded_is_whole_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, src: Path,
+                          job: dict[str, Any], options: dict[str, Any], width: int) -> str:
+    """Run ``job`` on ``src`` (a pyramid, output tile OUT_TILE, ``options``; its output ``width``
+    columns: three bands of core.levels.BAND_TILES x TILE px), then merge it again with
+    UNIT_LEVELS on and off: with it, merge builds the levels band by band, no Pyramid
+    holding a row of the page's width (the deepest levels' own, from the bands' blocks, are
+    a fraction of it); without it, merge's whole-page Pyramid (as before): the same file,
+    byte for byte, each time. The output's path."""
+    work = tmp_path / "work"
+    out = _run(tmp_path, {"b": {"input": str(src), **job, "output_options": {
+        "tile": OUT_TILE, "pyramid": True, **options}}}, "--keep-work", "--work", str(work))["b"]
     banded = Path(out).read_bytes()
     assert ceil(width / TILE) > 2 * 8  # (three bands of core.levels.BAND_TILES, 8)
     made = _spy_pyramids(monkeypatch)
@@ -439,11 +423,40 @@ def test_a_turned_pages_levels_built_band_by_band_are_merges_whole_page_ones(
         merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
         forget_plans()
         files[unit_levels] = Path(out).read_bytes()
-    # band by band, no Pyramid holds a row of the page's width (the deepest levels' own,
-    # from the bands' blocks, are a fraction of it); the whole page's Pyramid, one
     assert [p.width for p in made][-1] == width and all(p.width < width / 2 for p in made[:-1])
     assert files[True] == banded
     assert files[False] == banded
+    return out
+
+
+@pytest.mark.parametrize(("ops", "shape", "options"), [
+    ([{"op": "rotate", "angle": 90}], (1299, 203), {"compression": "deflate"}),
+    ([{"op": "rotate", "angle": 270}], (1299, 203, 3), {"compression": "jpeg"}),
+    ([{"op": "rotate", "angle": 90}, {"op": "flip", "axis": "horizontal"}], (1299, 203, 3),
+     {"compression": "zstd"}),  # (a transpose)
+    ([{"op": "flip", "axis": "vertical"}], (204, 1300), {"compression": "deflate"}),
+    ([{"op": "rotate", "angle": 90}], (1300, 204), {"compression": "deflate",
+                                                   "pyramid_resampling": "nearest"}),
+    ([{"op": "rotate", "angle": 90}], (1299, 203), {"compression": "deflate",
+                                                   "pyramid_resampling": "nearest"}),
+])
+def test_a_turned_pages_levels_built_band_by_band_are_merges_whole_page_ones(
+        tmp_path, monkeypatch, ops, shape, options):
+    """A turned page's levels (its units meet its rows in the input's order, so they build
+    none) are built by merge band by band (pipeline.steps.unit_levels.merge_band_levels:
+    BAND_TILES processing tiles of columns, the page's height; a tile row per level across a
+    band, not across the page), and are byte for byte the levels merge's Pyramid builds
+    from the whole page (UNIT_LEVELS off, as before): the same file, for rotate 90 and 270
+    and transpose, gray and RGB, lossless and JPEG (levels of the lossy pixels), "mean" a
+    page flipped, and "nearest" of levels of odd size (325 x 51; a page of odd size). The
+    output, 1,299 or 1,300 columns, spans three bands of 8 x 64 px."""
+    src = tmp_path / "in.tif"
+    channels = shape[2] if len(shape) == 3 else 1
+    tifffile.imwrite(src, smooth(shape[0], shape[1], channels, 4), tile=(64, 64),
+                     photometric="rgb" if channels == 3 else "minisblack", metadata=None)
+    # (the output's width: the page turned, or flipped wide)
+    _banded_is_whole_page(tmp_path, monkeypatch, src, {"ops": ops, "fuse": False}, options,
+                          max(shape[:2]))
 
 
 def _masked_input(path: Path, height: int, width: int, channels: int) -> None:
@@ -468,9 +481,10 @@ def _masked_input(path: Path, height: int, width: int, channels: int) -> None:
     ((203, 1299), {"fuse": False}, {"compression": "zstd"}),
     ((204, 1300), {}, {"compression": "deflate", "pyramid_resampling": "nearest"}),
     ((203, 1299, 3), {"fuse": False}, {"compression": "jpeg"}),
-    ((203, 1299), {}, {"compression": "lzw", "pyramid_resampling": "max",
+    ((203, 2600), {}, {"compression": "lzw", "pyramid_resampling": "max",
                        "pyramid_layout": "pages"}),
     ((1299, 203, 3), {"ops": [{"op": "rotate", "angle": 90}]}, {"compression": "zstd"}),
+    ((203, 2601), {}, {"compression": "deflate", "pyramid_resampling": "nearest"}),
 ])
 def test_a_masked_pages_levels_built_band_by_band_are_merges_whole_page_ones(
         tmp_path, monkeypatch, shape, job, options):
@@ -479,32 +493,42 @@ def test_a_masked_pages_levels_built_band_by_band_are_merges_whole_page_ones(
     its tiles: a tile row per level across a band, not across the page), byte for byte the
     levels and masks merge's Pyramid builds from the whole page (UNIT_LEVELS off, as
     before): the same file, RGB and gray, odd sizes, fused and not, lossless and JPEG,
-    "mean", "max" (levels as pages), "nearest" (the bands stop at the first odd level,
-    325 x 51: the levels below, and their masks, from the bands' blocks), and a page both
-    masked and turned. The output, 1,299 or 1,300 columns, spans three bands of 8 x 64 px;
-    every level has its mask (NewSubfileType 5)."""
-    src, work = tmp_path / "in.tif", tmp_path / "work"
+    "mean", "max" (levels as pages), "nearest" (levels of odd size, a page of odd size),
+    and a page both masked and turned. The output, 1,299 to 2,601 columns, spans three
+    bands of 8 x 64 px or more (2,600 columns have 7 levels: 6 in bands, the seventh, and
+    its mask, from the bands' blocks); every level has its mask (NewSubfileType 5)."""
+    src = tmp_path / "in.tif"
     _masked_input(src, *shape[:2], shape[2] if len(shape) == 3 else 1)
-    width = max(shape[:2])  # (the output's: the page as it is, or turned wide)
-    out = _run(tmp_path, {"m": {"input": str(src), **job, "output_options": {
-        "tile": OUT_TILE, "pyramid": True, **options}}}, "--keep-work", "--work", str(work))["m"]
-    banded = Path(out).read_bytes()
-    assert ceil(width / TILE) > 2 * 8  # (three bands of core.levels.BAND_TILES, 8)
-    made = _spy_pyramids(monkeypatch)
-    files = {}
-    for unit_levels in (True, False):
-        Path(out).unlink()
-        monkeypatch.setattr(merge_mod, "UNIT_LEVELS", unit_levels)
-        forget_plans()
-        merge_mod.merge(MergeEvent(layout.plan_file(str(work / "jobs" / "00000"))))
-        forget_plans()
-        files[unit_levels] = Path(out).read_bytes()
-    # band by band, no Pyramid holds a row of the page's width (the deepest levels' own,
-    # from the bands' blocks, are a fraction of it); the whole page's Pyramid, one
-    assert [p.width for p in made][-1] == width and all(p.width < width / 2 for p in made[:-1])
+    # (the output's width: the page as it is, or turned wide)
+    out = _banded_is_whole_page(tmp_path, monkeypatch, src, job, options, max(shape[:2]))
     levels = len(level_shapes(shape[0], shape[1], OUT_TILE))
     with tifffile.TiffFile(out) as tf:
         kinds = [int(p.subfiletype) for p in tf.pages]
     assert kinds.count(4) == 1 and kinds.count(5) == levels >= 5
-    assert files[True] == banded
-    assert files[False] == banded
+
+
+@pytest.mark.parametrize(("shape", "job", "options"), [
+    ((203, 1299), {}, {"compression": "deflate", "pyramid_resampling": "nearest"}),
+    ((204, 1299, 3), {"fuse": False}, {"compression": "zstd", "pyramid_resampling": "nearest"}),
+    ((203, 2601), {}, {"compression": "lzw"}),  # (a palette page: "nearest")
+])
+def test_a_nearest_odd_pages_levels_built_band_by_band_are_merges_whole_page_ones(
+        tmp_path, monkeypatch, shape, job, options):
+    """A page of odd size whose levels take "nearest" (GDAL's picks: past half way down
+    and across a level of odd size, the row above and the column left of each block) has
+    no level its units can build (core.levels.unit_level_count 0); merge builds them band
+    by band, each band taking those picks from the processing row before and the band
+    before (unit_levels._Picks): byte for byte the levels merge's Pyramid builds from the
+    whole page. Gray and RGB, fused and not, and a palette page (its "mean" is "nearest")
+    of 2,601 columns (7 levels: 6 in bands, the seventh from their blocks)."""
+    src = tmp_path / "in.tif"
+    channels = shape[2] if len(shape) == 3 else 1
+    pixels = smooth(shape[0], shape[1], channels, 8)
+    if shape[1] == 2601:  # (the palette page)
+        colormap = np.random.default_rng(9).integers(0, 65536, (3, 256), dtype=np.uint16)
+        tifffile.imwrite(src, pixels, photometric="palette", colormap=colormap, tile=(64, 64),
+                         metadata=None)
+    else:
+        tifffile.imwrite(src, pixels, tile=(64, 64), metadata=None,
+                         photometric="rgb" if channels == 3 else "minisblack")
+    _banded_is_whole_page(tmp_path, monkeypatch, src, job, options, shape[1])

@@ -27,7 +27,7 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
     process, a job that is not fused in its level units): the levels k with ``2**k``
     dividing the processing tile (in output pixels), so that no level pixel needs two units
     (0: no pyramid, or merge builds them band by band: a turned page's, a page's that
-    carries its mask: :func:`band_level_count`)."""
+    carries its mask, a "nearest" page's of odd size: :func:`band_level_count`)."""
     if chain_turns(plan.spec.ops):  # (its units meet its rows in the input's order: merge
         return 0  # builds them, band by band: :func:`band_level_count`)
     if plan.pages[page].info.mask_ifd:  # its levels' masks, and pixels means without the
@@ -38,21 +38,24 @@ def unit_level_count(plan: JobPlan, page: int) -> int:
 def band_level_count(plan: JobPlan, page: int) -> int:
     """How many pyramid levels merge builds band by band (:data:`BAND_TILES` processing
     tiles wide, the page's height: :func:`pipeline.steps.unit_levels.merge_band_levels`),
-    a tile row per level across a band, not the page: those of a turned page (its units do
-    not build them) and of a page that carries its mask (the bands read its mask tiles with
-    its tiles and build the levels' masks with them), as :func:`aligned_level_count` aligns
-    them. 0: the units build them, or merge's :class:`~pipeline.steps.pyramid.Pyramid`
-    builds them all from the whole page (a "nearest" page of odd size)."""
-    if not chain_turns(plan.spec.ops) and not plan.pages[page].info.mask_ifd:
+    a tile row per level across a band, not the page: those of every page whose units build
+    none (:func:`unit_level_count` 0): a turned page's, a page's that carries its mask (the
+    bands read its mask tiles with its tiles and build the levels' masks with them), a
+    "nearest" page's of odd size (the bands carry the row above and the column left of
+    their blocks), as :func:`aligned_level_count` aligns them with ``edges``. 0: the units
+    build them (merge the few below their deepest), or there are none."""
+    if unit_level_count(plan, page):
         return 0
-    return aligned_level_count(plan, page)
+    return aligned_level_count(plan, page, edges=True)
 
 
-def aligned_level_count(plan: JobPlan, page: int) -> int:
+def aligned_level_count(plan: JobPlan, page: int, edges: bool = False) -> int:
     """How many pyramid levels of a page a region starting and ending on multiples of the
     processing tile (in output pixels) can build from its own pixels: the levels k with
     ``2**k`` dividing the tile, so that no level pixel needs two regions (0: no pyramid, a
-    page in strips)."""
+    page in strips). ``edges``: the regions are merge's bands, which take a "nearest"
+    level's picks outside their blocks from the band and processing row before
+    (:class:`pipeline.steps.unit_levels._Picks`), so do not stop at a level of odd size."""
     p = plan.pages[page]
     if not plan.spec.output_options.pyramid or p.strip:
         return 0
@@ -61,7 +64,7 @@ def aligned_level_count(plan: JobPlan, page: int) -> int:
     k = 0
     while k < len(shapes) and big % (2 ** (k + 1)) == 0:
         k += 1
-    if level_method(plan, page) == "nearest":
+    if level_method(plan, page) == "nearest" and not edges:
         # "nearest" (a page of indices' "mean" too) takes, past half way down (across) a
         # level above of odd size, the row (column) before each block, which may be
         # another unit's: the units stop at the first odd level

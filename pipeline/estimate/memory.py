@@ -26,10 +26,10 @@ what its step holds at once, counted from the plan as the steps allocate:
 - a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
   statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
   ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
-- **merge**: building the levels the units did not: a turned page's, and a page's carrying
-  its mask, band by band (a level unit's rows for a band of
+- **merge**: building the levels the units did not: a turned page's, a page's carrying
+  its mask, a "nearest" page's of odd size, band by band (a level unit's rows for a band of
   :data:`~pipeline.core.levels.BAND_TILES` processing tiles, a byte a pixel more for a
-  mask); a "nearest" page's of odd size, and the few below the units' deepest, with
+  mask); the few below the units' deepest with
   :class:`~pipeline.steps.pyramid.Pyramid`: a tile row buffer per level across the level's
   width (a byte a pixel more for a mask), the largest level row's encoded tiles and the
   base tiles decoded ahead, which grows with the output's width (a ProcessJob's merge too);
@@ -253,13 +253,13 @@ def _level_unit_bytes(plan: JobPlan, unit: SplitUnit) -> dict[str, float]:
 def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: float,
                        s3: bool) -> dict[str, float]:
     """What merge holds building the levels of a page the units did not build (bytes; {}
-    when it builds none): a turned or masked page's bands (:func:`~pipeline.core.levels.
-    band_level_count`: a processing row of a band, :data:`LEVEL_ROWS` times, with a mask a
-    byte a pixel more and its means' arrays, :data:`MASKED_MEAN_BYTES` and the wide sums a
-    sample); and with :class:`~pipeline.steps.pyramid.Pyramid` (a "nearest"
-    page of odd size, and the few levels below the units' or bands' deepest) a tile row
-    buffer per level across the level's
-    width (with a mask a byte a pixel more), the largest level row's encoded tiles, the base
+    when it builds none): the bands of a page whose units build none
+    (:func:`~pipeline.core.levels.band_level_count`: a processing row of a band,
+    :data:`LEVEL_ROWS` times, with a mask a byte a pixel more and its means' arrays,
+    :data:`MASKED_MEAN_BYTES` and the wide sums a sample); and with
+    :class:`~pipeline.steps.pyramid.Pyramid` (the few levels below the units' or bands'
+    deepest) a tile row buffer per level across the level's width (with a mask a byte a
+    pixel more), the largest level row's encoded tiles, the base
     tiles decoded ahead (``2 * threads``; one with one thread) and on S3 each level
     segment's part; :data:`PYRAMID_MB` beside either."""
     p = plan.pages[page_index]

@@ -71,7 +71,7 @@ from pipeline.core.nodata import nodata_at
 from pipeline.core.reduce import WIDE, block_pick, masked_mean, mean4, overview_picks
 from pipeline.core.tiff_layout import Span
 
-__all__ = ["Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask", "reduce_valid"]
+__all__ = ["Pyramid", "level_method", "level_nodata", "reduce2", "reduce_mask"]
 
 
 def level_nodata(plan: JobPlan, page: int) -> float | None:
@@ -135,14 +135,6 @@ def reduce_mask(valid: np.ndarray) -> np.ndarray:
     v = np.zeros((h + h % 2, w + w % 2), bool)
     v[:h, :w] = valid
     return v[0::2, 0::2] | v[1::2, 0::2] | v[0::2, 1::2] | v[1::2, 1::2]
-
-
-def reduce_valid(valid: np.ndarray, method: str) -> np.ndarray:
-    """The mask of a level reduced by ``method`` from a whole level (or rows of one whose
-    picks are its own: an even level's) of mask ``valid``, as :func:`reduce2` reduces its
-    pixels: "nearest" takes the bit of the pixel it takes, the others
-    :func:`reduce_mask`."""
-    return reduce2(valid, "nearest") if method == "nearest" else reduce_mask(valid)
 
 
 class _Edge:

@@ -63,10 +63,11 @@ from pipeline.core.grid import SplitUnit
 from pipeline.core.levels import BAND_TILES, band_level_count, level_shapes, unit_level_count
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import page_options
+from pipeline.core.reduce import overview_picks
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.masks import MASK_SEGMENT
-from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2, reduce_valid
+from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2, reduce_mask
 from pipeline.steps.tile_table import TileTable, read_indexes
 
 
@@ -105,13 +106,66 @@ class _Plane:
         self.blocks: list[list[int]] = []  # [level row, level col, offset, size]
 
 
+class _Picks:
+    """GDAL's nearest picks (``pyramid_resampling`` "nearest") of a region's levels, as
+    :class:`Pyramid` takes them: by each pixel's place in the whole level above
+    (:func:`~pipeline.core.reduce.overview_picks`), which past half way down (across) a
+    level of odd size is the row above (the column left of) its 2 x 2 block: the last row
+    of the processing row before, kept here (``above``), or the last column of the band
+    before (``left``: a column of each level above, over its height, one array a plane).
+    ``right`` collects this region's own, for the band after (:meth:`columns`). On levels
+    of even size the picks are each block's top-left pixel, inside the region."""
+
+    def __init__(self, sizes: list[tuple[int, int]], tops: list[int], lefts: list[int],
+                 left: list[tuple[np.ndarray, ...]] | None):
+        self.sizes, self.tops, self.lefts, self.left = sizes, tops, lefts, left
+        self.above: list[tuple[np.ndarray, ...]] = [() for _ in sizes]
+        self.right: list[list[tuple[np.ndarray, ...]]] = [[] for _ in sizes]
+
+    def reduce(self, i: int, planes: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """Level i + 1 of the next rows of level i (the page for 0) fed, each plane (the
+        pixels, a mask) taking the same pixels."""
+        h, w = planes[0].shape[:2]
+        (height, width), y, x = self.sizes[i], self.tops[i], self.lefts[i]
+        rows = overview_picks(height)[y // 2:(y + h + 1) // 2] - y
+        cols = overview_picks(width)[x // 2:(x + w + 1) // 2] - x
+        out = []
+        for j, plane in enumerate(planes):
+            if rows[0] >= 0 and cols[0] >= 0:
+                out.append(plane[rows][:, cols])
+                continue
+            ext = np.empty((h + 1, w + 1) + plane.shape[2:], plane.dtype)
+            ext[1:, 1:] = plane
+            if rows[0] < 0:
+                ext[0, 1:] = self.above[i][j]
+            if cols[0] < 0:
+                if self.left is None:
+                    raise RuntimeError(f"level {i + 1}: a pick left of column {x} with no "
+                                       "band before it")
+                ext[1:, 0] = self.left[i][j][y:y + h]
+                if y:
+                    ext[0, 0] = self.left[i][j][y - 1]
+            out.append(ext[rows + 1][:, cols + 1])
+        self.above[i] = tuple(plane[-1].copy() for plane in planes)
+        self.right[i].append(tuple(plane[:, -1].copy() for plane in planes))
+        self.tops[i] += h
+        return tuple(out)
+
+    def columns(self) -> list[tuple[np.ndarray, ...]]:
+        """The region's last column of each level above, over the height fed: the ``left``
+        of the band after it."""
+        return [tuple(np.concatenate(column) for column in zip(*strips, strict=True))
+                for strips in self.right]
+
+
 class RegionLevels:
     """The levels a unit builds, fed its processing rows of output pixels in order (and,
-    ``masked``, their mask)."""
+    ``masked``, their mask). ``left``: "nearest" levels, the last column of each level
+    above of the band before (:class:`_Picks`; None: the first band, or a unit)."""
 
     def __init__(self, plan: JobPlan, page: int, unit_index: int, unit: SplitUnit,
                  encoder: OutputEncoder, method: str, count: int | None = None,
-                 masked: bool = False):
+                 masked: bool = False, left: list[tuple[np.ndarray, ...]] | None = None):
         p = plan.pages[page]
         self.plan, self.page, self.unit = plan, page, unit_index
         self.t, self.encoder, self.method = plan.spec.output_options.tile, encoder, method
@@ -126,6 +180,10 @@ class RegionLevels:
             f = 2 ** k
             self.levels.append(_Level(k, y0 // f, ceil(y1 / f), x0 // f, ceil(x1 / f),
                                       ceil(height / f), ceil(width / f)))
+        sizes = [(height, width), *level_shapes(height, width, self.t)][:self.count]
+        self.picks = None if method != "nearest" else _Picks(
+            sizes, [y0] + [level.y0 for level in self.levels[:-1]],
+            [x0] + [level.x0 for level in self.levels[:-1]], left)
         self.planes = [_Plane(plan, page, unit_index, self.count, "", encoder.encode)]
         self.frag = SegmentWriter(layout.segment_file(plan.work, page, fragment_name(unit_index)))
         if masked:
@@ -135,12 +193,15 @@ class RegionLevels:
     def add(self, strip: np.ndarray, valid: np.ndarray | None = None) -> None:
         """The next processing row of the region's output pixels (rows x width x channels),
         and (a masked region) their mask (rows x width, True where valid)."""
-        cur = strip
-        for level in self.levels:
-            cur = reduce2(cur, self.method, self.nodata, valid)
-            if valid is not None:
-                valid = reduce_valid(valid, self.method)
-            self._rows(level, (cur,) if valid is None else (cur, valid))
+        planes = (strip,) if valid is None else (strip, valid)
+        for i, level in enumerate(self.levels):
+            if self.picks is not None:
+                planes = self.picks.reduce(i, planes)
+            else:
+                cur = reduce2(planes[0], self.method, self.nodata, valid)
+                valid = None if valid is None else reduce_mask(valid)
+                planes = (cur,) if valid is None else (cur, valid)
+            self._rows(level, planes)
 
     def _rows(self, level: _Level, rows: tuple[np.ndarray, ...]) -> None:
         level.rows.append(rows)
@@ -287,6 +348,7 @@ def merge_band_levels(plan: JobPlan, page: int, table: TileTable, encoder: Outpu
     bands = [SplitUnit(page, 0, rows, c, min(c + BAND_TILES, cols))
              for c in range(0, cols, BAND_TILES)]
     count = band_level_count(plan, page)
+    left = None  # ("nearest": the band before's last column of each level above)
     with ThreadPoolExecutor(tile_threads()) as pool:
         for n, band in enumerate(bands):
             c0, c1 = band.col0 * per_row, min(band.col1 * per_row, table.cols)
@@ -294,8 +356,10 @@ def merge_band_levels(plan: JobPlan, page: int, table: TileTable, encoder: Outpu
                        TileTable(c1 - c0, tiles.sources, tiles.segment[:, c0:c1],
                                  tiles.offset[:, c0:c1], tiles.size[:, c0:c1])
                        for tiles in (table, mask)]
-            _feed(RegionLevels(plan, page, n, band, encoder, method, count, mask is not None),
-                  plan, band, columns[0], encoder, pool, columns[1])
+            levels = RegionLevels(plan, page, n, band, encoder, method, count,
+                                  mask is not None, left)
+            _feed(levels, plan, band, columns[0], encoder, pool, columns[1])
+            left = None if levels.picks is None else levels.picks.columns()
     return merge_unit_levels(plan, page, encoder, method, len(bands), mask is not None)
 
 
