@@ -277,80 +277,53 @@ def _predicted(manifest: Path) -> dict[str, memory.Peak]:
     return local_peaks(planned.plans[0], est.load_calibration(), 2)
 
 
-def _merge_peaks(monkeypatch: pytest.MonkeyPatch, folder: Path, name: str,
-                 shapes: dict[int, tuple[int, int]], ops: list[dict[str, Any]],
-                 masked: bool = False, options: dict[str, Any] | None = None
-                 ) -> tuple[dict[int, float], dict[int, memory.Peak]]:
-    """A cold merge's measured peak (MiB) and merge's predicted peak, for each job of
-    ``shapes`` (output width -> input shape), run on moto's interpreter."""
+#: pages whose levels merge builds band by band (core.levels.band_level_count), each run at
+#: two output widths: name -> (the input's shape for an output of that width, ops, whether it
+#: carries its mask, output options, the widths)
+BANDED: dict[str, tuple[Any, list[dict[str, Any]], bool, dict[str, Any], tuple[int, int]]] = {
+    "turned": (lambda w: (w, 512), [{"op": "rotate", "angle": 90}], False, {}, (40000, 80000)),
+    "masked": (lambda w: (512, w), [], True, {}, (40000, 80000)),
+    "nearest-odd": (lambda w: (512, w), [], False, {"pyramid_resampling": "nearest"},
+                    (40001, 80001)),
+}
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", sorted(BANDED))
+def test_merge_of_a_pyramid_built_in_bands_does_not_grow_with_its_width(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
+    """Pages whose units build no level, with a pyramid: a tall page turned a quarter (its
+    units meet its rows in the input's order), a wide page carrying its internal mask (the
+    levels' masks come from its mask tiles, which merge reads), a wide page of odd width
+    whose levels take "nearest" (past half way across a level of odd size a pick is the
+    column left of its block). Merge builds their levels band by band
+    (core.levels.band_level_count), each band holding a tile row per level (and a mask's)
+    across the band, not across the page. A cold merge's measured peak at twice the
+    output's width is within 10% of the narrower one's (the turned page's was 74 and 94
+    MiB at 40,000 and 80,000 columns, the masked page's 97 and 149, when merge held a tile
+    row per level across the page's width), and each lies between UNDER of the prediction
+    and the prediction plus the margin; the prediction counts the bands (with a mask, its
+    masked means' arrays too), no level across the page."""
     from pipeline.runner import run_local
 
-    log = _cold(monkeypatch, folder)
+    shape, ops, masked, options, widths = BANDED[name]
+    log = _cold(monkeypatch, tmp_path)
     measured, predicted = {}, {}
-    for width, shape in shapes.items():
-        manifest = _pyramid_job(folder, f"{name}{width}", shape, ops, masked, options)
+    for width in widths:
+        manifest = _pyramid_job(tmp_path, f"{name}{width}", shape(width), ops, masked, options)
         predicted[width] = _predicted(manifest)["merge"]
         result = run_local(str(manifest), 1, interpreter="moto")
         assert result.ok, result.error
         measured[width] = _cold_peaks(log)["merge"]
         print(f"{name} {width}: merge measured {measured[width]:.1f} MiB, predicted "
               f"{predicted[width].mb:.1f} MiB")
+    narrow, wide = widths
+    assert measured[wide] <= 1.1 * measured[narrow], measured
     for width, peak in measured.items():
         assert UNDER * predicted[width].mb <= peak <= predicted[width].mb * (1 + memory.MARGIN), \
             (width, measured, predicted)
-    return measured, predicted
-
-
-@pytest.mark.engine
-def test_merge_of_a_turned_pages_pyramid_does_not_grow_with_its_width(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A tall page turned a quarter with a pyramid: merge builds its levels (its units do
-    not: core.levels.unit_level_count), band by band (core.levels.band_level_count), each
-    band holding a tile row per level across the band, not across the page. A cold merge's
-    measured peak at twice the output's width is within 10% of the narrower one's (it was
-    74 and 94 MiB at 40,000 and 80,000 columns when merge held a tile row per level across
-    the page's width), and each lies between UNDER of the prediction and the prediction
-    plus the margin; the prediction counts the bands, no level across the page."""
-    measured, predicted = _merge_peaks(monkeypatch, tmp_path, "tall",
-                                       {w: (w, 512) for w in (40000, 80000)},
-                                       [{"op": "rotate", "angle": 90}])
-    assert measured[80000] <= 1.1 * measured[40000], measured
-    merge = predicted[80000]
-    assert merge.parts["level bands"] > 0 and "levels" not in merge.parts
-
-
-@pytest.mark.engine
-def test_merge_of_a_masked_pages_pyramid_does_not_grow_with_its_width(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A wide page carrying its internal mask, with a pyramid: merge builds its levels and
-    their masks (its units do not: core.levels.unit_level_count) band by band, reading its
-    mask tiles with its tiles, each band holding a tile row per level (and its mask's)
-    across the band, not across the page. A cold merge's measured peak at twice the
-    output's width is within 10% of the narrower one's, and each lies between UNDER of the
-    prediction and the prediction plus the margin; the prediction counts the bands (a byte
-    a pixel more for the mask), no level across the page."""
-    measured, predicted = _merge_peaks(monkeypatch, tmp_path, "masked",
-                                       {w: (512, w) for w in (40000, 80000)}, [], masked=True)
-    assert measured[80000] <= 1.1 * measured[40000], measured
-    merge = predicted[80000]
-    assert merge.parts["level bands"] > 0 and "levels" not in merge.parts
-
-
-@pytest.mark.engine
-def test_merge_of_a_nearest_odd_pages_pyramid_does_not_grow_with_its_width(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A wide page of odd width whose levels take "nearest": its units build none (their
-    picks past half way across a level of odd size fall in the unit before), merge builds
-    them band by band, each band taking those picks from the band before. A cold merge's
-    measured peak at twice the output's width is within 10% of the narrower one's, and
-    each lies between UNDER of the prediction and the prediction plus the margin; the
-    prediction counts the bands, no level across the page."""
-    measured, predicted = _merge_peaks(monkeypatch, tmp_path, "nearest",
-                                       {w: (512, w) for w in (40001, 80001)}, [],
-                                       options={"pyramid_resampling": "nearest"})
-    assert measured[80001] <= 1.1 * measured[40001], measured
-    merge = predicted[80001]
-    assert merge.parts["level bands"] > 0 and "levels" not in merge.parts
+    assert predicted[wide].parts["level bands"] > 0 and "levels" not in predicted[wide].parts
+    assert ("level masks" in predicted[wide].parts) == masked
 
 
 @pytest.mark.engine

@@ -11,8 +11,8 @@ its average overviews: an output pixel is valid where any pixel of its f x f blo
 (:func:`reduced`); and its tiles read it (:class:`MaskReader`) to leave the masked-out
 pixels out of their means, as GDAL's average does. Its tiles are those of the output page
 (or its one strip), 1 bit a pixel, 1 valid, 0 not (padding too), deflated. The masks of the
-pyramid levels are made by merge (:class:`pipeline.steps.pyramid.Pyramid`). Jobs that carry
-none:
+pyramid levels are made by merge with the levels, band by band
+(:func:`pipeline.steps.unit_levels.merge_band_levels`). Jobs that carry none:
 :func:`pipeline.core.plan.masks_left_out`.
 """
 

@@ -21,11 +21,12 @@ pixel is the same.
 A pyramid's levels are built by the units (fused jobs) or the level units (BuildLevels,
 jobs that are not fused: :func:`pipeline.steps.unit_levels.build_levels`); merge assembles
 their shared tiles and the few deepest levels and places them like the base tiles. A
-turned page's levels (its units meet its rows in the input's order), and a page's that
-carries its mask (with their masks), merge builds the same way, band by band
-(:func:`pipeline.steps.unit_levels.merge_band_levels`). Only a page none of those ways
-can build (a "nearest" page of odd size; any, with :data:`UNIT_LEVELS` off) has its levels
-built here from the base tiles read through (a tile row per level across the page's width).
+page's levels its units build none of (a turned page's: its units meet its rows in the
+input's order; a page's that carries its mask, with their masks; a "nearest" page's of
+odd size) merge builds the same way, band by band
+(:func:`pipeline.steps.unit_levels.merge_band_levels`). Only with :data:`UNIT_LEVELS` off
+are a page's levels built here from the base tiles read through (a tile row per level
+across the page's width).
 """
 
 from __future__ import annotations

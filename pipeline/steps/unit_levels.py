@@ -26,16 +26,18 @@ one per split unit, which reads its region's encoded base tiles back from the pr
 batches' segments, decodes them and feeds them to the same :class:`RegionLevels`, one
 processing row at a time.
 
-A turned page (its units meet its rows in the input's order: they build none), and a page
-that carries its internal mask (its levels' masks, and means without the masked-out pixels,
-come from its base tiles and mask tiles), have their levels built by merge the same way,
-band by band (:func:`merge_band_levels`): regions of
-:data:`~pipeline.core.levels.BAND_TILES` processing tiles of columns, the page's height,
-read back from its base tiles (and mask tiles); so merge holds a band's rows, never a row
-of the page. A masked region's levels carry their masks as a second plane, cut, encoded
+A page whose units build none of its levels has them built by merge the same way, band by
+band (:func:`merge_band_levels`): regions of :data:`~pipeline.core.levels.BAND_TILES`
+processing tiles of columns, the page's height, read back from its base tiles; so merge
+holds a band's rows, never a row of the page. Such a page is a turned one (its units meet
+its rows in the input's order), one that carries its internal mask (its levels' masks,
+and means without the masked-out pixels, come from its base and mask tiles: a band reads
+both, and its levels carry their masks as a second plane, cut, encoded
 (:func:`~pipeline.adapters.tile_codec.encode_mask`), kept as fragments and blocks
 (``mask_fragments``, ``mask_blocks``) and assembled as the pixels are, into
-``u{n}_L{k}_mask`` segments.
+``u{n}_L{k}_mask`` segments), or a "nearest" one of odd size (past half way across a
+level of odd size a pick is the row above or the column left of its block: the bands,
+fed in order, carry those, :class:`_Picks`).
 """
 
 from __future__ import annotations
