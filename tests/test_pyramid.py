@@ -23,6 +23,7 @@ from pipeline.adapters.tile_codec import OutputEncoder
 from pipeline.core.events import MergeEvent
 from pipeline.core.manifest import parse_manifest
 from pipeline.core.models import OutputOptions
+from pipeline.core.reduce import overview_picks
 from pipeline.errors import ManifestError
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
@@ -377,6 +378,18 @@ def test_float_levels_average_the_pixels_present_at_odd_edges():
     f32 = block.astype(np.float32)
     np.testing.assert_array_equal(reduce2(f32)[:2, 3], ((f32[0:4:2, 6].astype(np.float64)
                                                          + f32[1:4:2, 6]) / 2).astype(np.float32))
+
+
+def test_the_nearest_picks_of_a_range_are_those_of_the_whole_level():
+    """A band's "nearest" picks (unit_levels._Picks) are computed for its own rows and
+    columns only (``overview_picks(n, start, stop)``: no array of the level's whole width
+    for each processing row), the same values as the whole level's, odd and even, at the
+    level's start, middle (where the picks step back a row) and end."""
+    for n in (1, 2, 7, 203, 1299, 1300, 80001, 4999999):
+        whole = overview_picks(n)
+        m = len(whole)
+        for start, stop in ((0, m), (m // 3, min(m // 2 + 2, m)), (m // 2, m), (m - 1, m)):
+            np.testing.assert_array_equal(overview_picks(n, start, stop), whole[start:stop])
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64"])

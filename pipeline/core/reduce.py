@@ -203,7 +203,7 @@ def nearest_order(f: int) -> list[tuple[int, int]]:
                                  -d[0], -d[1]))
 
 
-def overview_picks(n: int) -> np.ndarray:
+def overview_picks(n: int, start: int = 0, stop: int | None = None) -> np.ndarray:
     """The rows (or columns) of a level of ``n`` rows that GDAL's nearest overviews
     (``gdaladdo -r nearest``, GDAL 3.10, each overview made from the one above) take for the
     ``ceil(n / 2)`` rows of the level below: row ``i`` takes row ``int(0.5 + i * (n /
@@ -211,9 +211,11 @@ def overview_picks(n: int) -> np.ndarray:
     block's top-left pixel; for an odd ``n`` (ratio a little under 2), ``2 i`` for the rows
     up to half way (``i <= ceil(n / 2) / 2``), then ``2 i - 1``: the last row of the block
     above. The pyramid levels' "nearest" (``downsample``'s is :func:`block_pick`'s: GDAL's
-    RasterIO nearest, the block's centre)."""
+    RasterIO nearest, the block's centre). ``start``, ``stop``: those rows only (of a band
+    or processing row of the level below), the same values without the level's whole
+    width."""
     m = -(-n // 2)
-    return (0.5 + np.arange(m) * (n / m)).astype(np.int64)
+    return (0.5 + np.arange(start, m if stop is None else stop) * (n / m)).astype(np.int64)
 
 
 def _pick(b: np.ndarray, ok: np.ndarray | None, f: int, order: list[tuple[int, int]],

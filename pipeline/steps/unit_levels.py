@@ -129,8 +129,8 @@ class _Picks:
         pixels, a mask) taking the same pixels."""
         h, w = planes[0].shape[:2]
         (height, width), y, x = self.sizes[i], self.tops[i], self.lefts[i]
-        rows = overview_picks(height)[y // 2:(y + h + 1) // 2] - y
-        cols = overview_picks(width)[x // 2:(x + w + 1) // 2] - x
+        rows = overview_picks(height, y // 2, (y + h + 1) // 2) - y
+        cols = overview_picks(width, x // 2, (x + w + 1) // 2) - x
         out = []
         for j, plane in enumerate(planes):
             if rows[0] >= 0 and cols[0] >= 0:
