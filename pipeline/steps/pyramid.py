@@ -85,6 +85,29 @@ def level_nodata(plan: JobPlan, page: int) -> float | None:
 
 
 
+def reduce2_pieces(block: np.ndarray, method: str, nodata: float | None,
+                   valid: np.ndarray | None, size: int) -> np.ndarray:
+    """:func:`reduce2` of ``block`` (and its mask ``valid``), ``size`` x ``size`` pieces at a
+    time (``size`` even, so each 2 x 2 block lies in one piece and an odd last row or
+    column is the block's own): the same values, with temporaries of a piece (a masked or
+    float mean works in float64: over a band's processing row of RGB, 1,024 x 8,192, that
+    was 200 MB a copy), and a masked page's pieces all valid or none reduced without
+    counting (:func:`reduce2`), as merge's :class:`Pyramid` reduces them tile by tile."""
+    h, w = block.shape[:2]
+    if h <= size and w <= size:
+        return reduce2(block, method, nodata, valid)
+    out: np.ndarray | None = None
+    for y in range(0, h, size):
+        for x in range(0, w, size):
+            piece = reduce2(block[y:y + size, x:x + size], method, nodata,
+                            None if valid is None else valid[y:y + size, x:x + size])
+            if out is None:
+                out = np.empty(((h + 1) // 2, (w + 1) // 2) + piece.shape[2:], piece.dtype)
+            out[y // 2:y // 2 + piece.shape[0], x // 2:x // 2 + piece.shape[1]] = piece
+    assert out is not None
+    return out
+
+
 def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,
             valid: np.ndarray | None = None) -> np.ndarray:
     """The 2x2 reduction of ``block`` (h, w, c), a whole level (or rows of one whose picks

@@ -69,7 +69,13 @@ from pipeline.core.reduce import overview_picks
 from pipeline.steps import layout, stopping
 from pipeline.steps.common import load_plan, recorded, tile_threads
 from pipeline.steps.masks import MASK_SEGMENT
-from pipeline.steps.pyramid import Pyramid, level_method, level_nodata, reduce2, reduce_mask
+from pipeline.steps.pyramid import (
+    Pyramid,
+    level_method,
+    level_nodata,
+    reduce2_pieces,
+    reduce_mask,
+)
 from pipeline.steps.tile_table import TileTable, read_indexes
 
 
@@ -200,7 +206,7 @@ class RegionLevels:
             if self.picks is not None:
                 planes = self.picks.reduce(i, planes)
             else:
-                cur = reduce2(planes[0], self.method, self.nodata, valid)
+                cur = reduce2_pieces(planes[0], self.method, self.nodata, valid, self.t)
                 valid = None if valid is None else reduce_mask(valid)
                 planes = (cur,) if valid is None else (cur, valid)
             self._rows(level, planes)
