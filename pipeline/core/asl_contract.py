@@ -338,17 +338,18 @@ AWS_ERROR_PREFIXES = ("Lambda.", "Sandbox.", "Runtime.")
 _CATCH_ALL = "States.ALL"
 
 
-def _each_states(machine: dict[str, Any], scope: str = ""
+def each_states(machine: dict[str, Any], scope: str = ""
                  ) -> list[tuple[str, dict[str, dict[str, Any]]]]:
-    """(scope, States) of ``machine`` and of each Map's and Parallel's inside it; a scope
-    prefixes its states' names as the checker's (``Jobs/``, ``P[0]/``)."""
+    """(scope, States) of ``machine`` (a valid definition: :func:`pipeline.engine.definition.
+    validate`) and of each Map's and Parallel's inside it; a scope prefixes its states'
+    names as the checker's (``Jobs/``, ``P[0]/``)."""
     found = [(scope, machine["States"])]
     for name, state in machine["States"].items():
         processor = state.get("ItemProcessor") or state.get("Iterator")
         if processor:
-            found += _each_states(processor, f"{scope}{name}/")
+            found += each_states(processor, f"{scope}{name}/")
         for i, branch in enumerate(state.get("Branches", [])):
-            found += _each_states(branch, f"{scope}{name}[{i}]/")
+            found += each_states(branch, f"{scope}{name}[{i}]/")
     return found
 
 
@@ -358,7 +359,7 @@ def error_name_problems(definition: dict[str, Any], raised: AbstractSet[str]) ->
     (:data:`AWS_ERROR_PREFIXES`): a typo, whose Retry or Catch never matches."""
     known = raised | STATES_ERRORS
     problems = []
-    for scope, states in _each_states(definition):
+    for scope, states in each_states(definition):
         for name, state in states.items():
             for field in ("Retry", "Catch"):
                 for i, handler in enumerate(state.get(field, [])):
@@ -383,7 +384,7 @@ def uncaught_problems(definition: dict[str, Any], failure: str) -> list[str]:
     the Task of the ``failure`` action (RecordFailure, the failure path of each job), each
     other Task, Map and Parallel needs a Catch of ``States.ALL`` whose Next is that Task."""
     problems = []
-    for scope, states in _each_states(definition):
+    for scope, states in each_states(definition):
         recorder = next((name for name, state in states.items()
                          if state["Type"] == "Task" and _action(state) == failure), None)
         if recorder is None:

@@ -185,11 +185,11 @@ def contract_problems(machine: dict[str, Any]) -> list[str]:
 
     from pipeline import handlers
     from pipeline.core import events
-    from pipeline.core.asl_contract import check_definition
+    from pipeline.core.asl_contract import check_definition, each_states
     from pipeline.engine.execution import function_of
 
     machine = copy.deepcopy(machine)
-    for state in _all_states(machine):
+    for state in (state for _, states in each_states(machine) for state in states.values()):
         params = state.get("Parameters")
         name = params.get("FunctionName") if isinstance(params, dict) else None
         if isinstance(name, str) and not _PLACEHOLDER_ONLY.fullmatch(name):
@@ -216,18 +216,6 @@ def step_errors() -> frozenset[str]:
 
 
 _PLACEHOLDER_ONLY = re.compile(r"\$\{\w+\}")
-
-
-def _all_states(machine: Any) -> list[dict[str, Any]]:
-    """Every state of ``machine``, those of its Maps and Parallels' branches included."""
-    found = []
-    for state in (machine.get("States") or {}).values() if isinstance(machine, dict) else []:
-        if isinstance(state, dict):
-            found.append(state)
-            for child in [state.get("ItemProcessor") or state.get("Iterator"),
-                          *_listed(state, "Branches")]:
-                found += _all_states(child)
-    return found
 
 
 def _listed(state: dict[str, Any], field: str) -> list[Any]:
