@@ -555,11 +555,12 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
                 record = failure_record({"Error": execution.error, "Cause": execution.cause})
                 error = f"{record['type']}: {record['message']}"
                 summary = _summary_of_failed(work, error)
-        # (none beside another run's report: it is that run's place; nor over the sheet of
-        # the last run's jobs that a report of no job keeps: pipeline.steps.report.last_run)
+        # (none beside another run's report: it is that run's place; nor for a report of no
+        # job, a picture of nothing, which keeps the sheet of the last run's jobs when its
+        # report keeps them: pipeline.steps.report.last_run)
         keeps = bool(doc and written and doc.get("last_run"))  # (only a report of no job has one)
         sheet = (_write_contact_sheet(doc, work, report_url)
-                 if contact_sheet and doc and written and interrupted is None and not keeps
+                 if contact_sheet and doc and doc.get("jobs") and written and interrupted is None
                  else None)
         return RunResult(run_id, execution.status, doc, report_url, work,
                          time.time() - started, error, peaks, sheet, interrupted,

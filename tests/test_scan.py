@@ -111,7 +111,7 @@ def test_jobs_and_scan_are_mutually_exclusive_and_one_is_needed():
                         "scan": {"input": "in", "output": "out"}})
     assert both == [('scan: expected either "jobs" or "scan" at the top level, not both: '
                      "remove one of them")]
-    assert problems_of({}) == ["jobs: expected a non-empty list of jobs, got nothing"]
+    assert problems_of({}) == ["jobs: expected a list of jobs, got nothing"]
     assert problems_of({"scan": "in/"}) == [
         ('scan: expected an object with "input" and "output" (and any of pages, ops, tile, '
          'output_options, fuse, if_exists), got "in/"')]
@@ -495,3 +495,31 @@ def test_a_report_of_another_manifest_is_not_kept_by_a_run_with_nothing_new(
     capsys.readouterr()
     doc = json.loads(report.read_text())
     assert doc["jobs"] == [] and doc["scan"]["done_before"] == 1 and "last_run" not in doc
+
+
+def test_a_first_run_of_an_empty_folder_draws_no_contact_sheet(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A scan's run with no job draws no contact sheet (a picture of nothing): the first run
+    of an empty folder, with no last run's sheet to keep, drew one of no row; and a run of
+    another manifest's report path removes the sheet of that report's run, which it
+    replaces."""
+    (tmp_path / "incoming").mkdir()
+    manifest = tmp_path / "nightly.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed"}}))
+    code, report, out, err = _run_said(manifest, capsys, quiet=False)
+    assert code == 0, err
+    assert report["jobs"] == [] and "last_run" not in report
+    assert not (tmp_path / "nightly.report.contact.png").exists()
+    assert "contact sheet: " not in out
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(40, 50, 1)], seed=1)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "o.tif"}]}))
+    shared = tmp_path / "shared.json"
+    assert cli.main(["run", str(other), "--workers", "1", "--quiet", "--report",
+                     str(shared)]) == 0
+    assert (tmp_path / "shared.contact.png").is_file()
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--report",
+                     str(shared)]) == 0
+    assert json.loads(shared.read_text())["jobs"] == []
+    assert not (tmp_path / "shared.contact.png").exists()
