@@ -378,6 +378,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 _say_invalid(exc)
                 return EXIT_USAGE
             checking[0] = False
+            if jobs == [] and not args.quiet:  # (a generated manifest with nothing to do)
+                print(f"tiffpipe: {args.manifest} lists no job: nothing to do; its report "
+                      "says so (no job, exit 0)", file=sys.stderr)
             with RunProgress(jobs, quiet=args.quiet) as progress:
                 result = run_local(args.manifest, args.workers, work=args.work,
                                    report=args.report, keep_work=args.keep_work,

@@ -1230,3 +1230,25 @@ def test_the_line_of_a_run_that_failed_with_no_report_is_one_line():
         "tiffpipe: the run failed: /data/m.json: 1 problem(s) in the manifest: line 1, column "
         "13: invalid JSON: Expecting value; a trailing comma (line 1, column 12) before ]: "
         'remove it, JSON takes no comma after the last item | {"jobs": [1,]}')
+
+
+# --- what a script driving tiffpipe relies on ----------------------------------------------
+
+def test_a_manifest_of_no_job_runs_nothing_and_exits_0(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture):
+    """A generated manifest with no job (a script's list of today's new files: none) was
+    refused as invalid (exit 2), while a scan that finds nothing new exits 0: now the same,
+    a report of no job and exit 0, a warning line unless --quiet, no contact sheet."""
+    manifest = tmp_path / "today.json"
+    manifest.write_text('{"jobs": []}')
+    assert cli.main(["validate", str(manifest)]) == 0
+    assert f"{manifest}: valid, 0 job(s)" in capsys.readouterr().out
+    assert cli.main(["run", str(manifest), "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert f"tiffpipe: {manifest} lists no job: nothing to do" in err, err
+    assert out.splitlines()[-1] == f"report: {tmp_path / 'today.report.json'}", out
+    report = json.loads((tmp_path / "today.report.json").read_text())
+    assert (report["jobs"], report["succeeded"], report["failed"]) == ([], 0, 0)
+    assert not (tmp_path / "today.report.contact.png").exists()
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")

@@ -186,11 +186,17 @@ def test_top_level_must_be_a_list_of_jobs_or_an_object(data, came):
 
 
 @pytest.mark.parametrize("data, came", [
-    ({}, "nothing"), ({"jobs": []}, "[]"), ({"jobs": {"a": 1}}, '{"a": 1}'),
-    ({"jobs": None}, "null"),
+    ({}, "nothing"), ({"jobs": {"a": 1}}, '{"a": 1}'), ({"jobs": None}, "null"),
 ])
-def test_jobs_must_be_a_non_empty_list(data, came):
-    assert one_problem(data) == f"jobs: expected a non-empty list of jobs, got {came}"
+def test_jobs_must_be_a_list(data, came):
+    assert one_problem(data) == f"jobs: expected a list of jobs, got {came}"
+
+
+@pytest.mark.parametrize("data", [{"jobs": []}, [], {"defaults": {"tile": 512}, "jobs": []}])
+def test_a_manifest_of_no_job_is_valid(data):
+    """A generated manifest with nothing to do (a script's list of new files, none today) is
+    a normal case, as a scan that finds nothing new is: no job, not an invalid manifest."""
+    assert parse_manifest(data, "m.json", "/data") == []
 
 
 def test_a_job_where_a_manifest_belongs_is_told_how_to_wrap_it(
@@ -207,7 +213,7 @@ def test_a_job_where_a_manifest_belongs_is_told_how_to_wrap_it(
     assert problems_of({"defaults": {"tile": 512}, **one}) == [
         f'manifest: this is one job (input, output, ops), not a manifest: {wrap}']
     assert problems_of({"jobs": one}) == [
-        ('jobs: expected a non-empty list of jobs, got one job: put it in a list: '
+        ('jobs: expected a list of jobs, got one job: put it in a list: '
         '"jobs": [{"input": ...}]')]
     (tmp_path / "m.json").write_text(json.dumps(one))
     assert cli.main(["validate", str(tmp_path / "m.json")]) == 2
@@ -226,7 +232,7 @@ def test_a_bare_list_of_jobs_is_a_manifest_of_those_jobs():
     assert problems_of([one, {"input": "b.tif"}, 3]) == problems_of(
         {"jobs": [one, {"input": "b.tif"}, 3]})
     assert problems_of([one, {"input": "b.tif"}])[0].startswith("jobs[1].output")
-    assert problems_of([])[0].startswith("jobs: ")
+    assert parse_manifest([], "m.json", BASE) == []  # (no job: nothing to do)
 
 
 def test_unknown_top_level_fields_name_the_allowed_ones():

@@ -492,11 +492,11 @@ def parse_manifest_or_scan(data: Any, source: str, base_dir: str,
     jobs = data.get("jobs")
     if stood_for:  # (its misspelling's problem says it)
         jobs = []
-    elif not isinstance(jobs, list) or not jobs:
+    elif not isinstance(jobs, list):  # (an empty list: a run with nothing to do, exit 0)
         came = "nothing" if "jobs" not in data else show(jobs)
         if _is_job(jobs):
             came = 'one job: put it in a list: "jobs": [{"input": ...}]'
-        problems.append(f"jobs: expected a non-empty list of jobs, got {came}")
+        problems.append(f"jobs: expected a list of jobs, got {came}")
         jobs = []
 
     specs: list[JobSpec] = []
