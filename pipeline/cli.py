@@ -423,7 +423,8 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
     or stopped, (--quiet) the jobs that failed (not those a stop left without an output),
     where the inputs not found are, if in the current folder rather than the manifest's,
     and what a rerun would do to the jobs that succeeded (each job's ``if_exists``; nothing
-    for a scan, whose reruns take only what has no output)."""
+    for a scan, whose reruns take only what has no output); with --quiet, the line naming
+    the report last (a script's ``tail -1``)."""
     from pipeline.input_check import misplaced_inputs
     from pipeline.ui import failed_lines, left_out_lines, print_summary, rerun_hint, shown
 
@@ -444,17 +445,20 @@ def _tell_the_end(args: argparse.Namespace, result: RunResult, stop: StopRequest
         print(line, file=sys.stderr)
     if stop.signal is not None:
         print(_interrupted_line(result, stop.signal), file=sys.stderr)
-    if args.quiet and result.report is not None:  # failed jobs are errors: said even so
-        for line in failed_lines(result.report, result.report_url, FAILED_LINES):
-            print(line, file=sys.stderr)
+    # failed jobs are errors: said even with --quiet, whose last line names the report
+    failed = (failed_lines(result.report, result.report_url, FAILED_LINES)
+              if args.quiet and result.report is not None else [])
+    for line in failed[:-1]:
+        print(line, file=sys.stderr)
     missing = [job["job"] for job in (result.report or {}).get("jobs", [])
                if (job.get("error") or {}).get("type") == "InputNotFoundError"]
     for line in misplaced_inputs(args.manifest, jobs, missing) if missing else []:
         print(line, file=sys.stderr)
     if_exists = [j.if_exists for j in jobs] if isinstance(jobs, list) else []
     hint = rerun_hint(result.report, if_exists) if result.report is not None else None
-    if hint:
-        print(hint, file=sys.stderr)
+    for line in [hint, *failed[-1:]]:
+        if line:
+            print(line, file=sys.stderr)
 
 
 def _definition(path: str | None, runnable: bool = False) -> str | None:

@@ -47,7 +47,9 @@ def test_quiet_run_names_each_failed_job_on_stderr(tmp_path: Path,
                                                    capfd: pytest.CaptureFixture):
     """--quiet (as from cron, which mails what a command prints): no progress and no
     summary, but a job that failed is an error: each is named on stderr with its input and
-    error, then where the report is; it printed nothing at all, exit 1 alone."""
+    error, then where the report is; it printed nothing at all, exit 1 alone. The line
+    naming the report is the last (a script's ``tail -1``), after the rerun advice, which
+    came after it."""
     manifest = _batch(tmp_path, [_job("a"), _job("notes"), _job("b"), _job("missing")])
     code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])
     out, err = capfd.readouterr()
@@ -59,9 +61,9 @@ def test_quiet_run_names_each_failed_job_on_stderr(tmp_path: Path,
                                "NotATiffError: ")
     assert lines[1].startswith(f"tiffpipe: job 3 FAILED ({tmp_path / 'in' / 'missing.tif'}): "
                                "InputNotFoundError: ")
-    assert lines[2] == (f"tiffpipe: 2 of 4 jobs failed (2 succeeded); report: "
+    assert lines[2].startswith("tiffpipe: a rerun of this manifest as it is would run the")
+    assert lines[3] == (f"tiffpipe: 2 of 4 jobs failed (2 succeeded); report: "
                         f"{tmp_path / 'm.report.json'}")
-    assert lines[3].startswith("tiffpipe: a rerun of this manifest as it is would run the")
     assert (tmp_path / "out" / "a.tif").is_file() and (tmp_path / "out" / "b.tif").is_file()
 
 
@@ -112,7 +114,7 @@ def test_quiet_run_of_many_failed_jobs_names_the_first_ones(tmp_path: Path,
     assert len(lines) == cli.FAILED_LINES + 3  # and what a rerun would do (the next test)
     assert all(" FAILED (" in line for line in lines[:cli.FAILED_LINES])
     assert lines[-3] == "tiffpipe: ... and 3 more failed job(s): see the report"
-    assert lines[-2].startswith(f"tiffpipe: {cli.FAILED_LINES + 3} of {len(jobs)} jobs failed "
+    assert lines[-1].startswith(f"tiffpipe: {cli.FAILED_LINES + 3} of {len(jobs)} jobs failed "
                                 "(1 succeeded); report: ")
 
 
