@@ -2,8 +2,9 @@
 modules), sets the exit code.
 
 Exit codes: 0 all jobs succeeded (or were skipped); 1 a job (or the run) failed; 2 invalid
-manifest or usage; 128 + the signal when stopped by one (130 Ctrl-C, 143 SIGTERM, 129 the
-terminal hung up).
+manifest or usage; 75 temporary, try again later (a run of the manifest, or to its report,
+going on; an AWS endpoint not reached); 128 + the signal when stopped by one (130 Ctrl-C,
+143 SIGTERM, 129 the terminal hung up).
 The ``tiffpipe`` console script is :func:`console` (:func:`main`, then a quick exit);
 :func:`main` is what a caller in the same process uses.
 """
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from pipeline.runner import RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: "temporary, try again later" (sysexits.h's EX_TEMPFAIL, what cron and mail tools take
+#: so): a run of the same manifest (or report) going on, an AWS endpoint not reached
+EXIT_TEMPFAIL = 75
 #: 128 + SIGINT: a command stopped by Ctrl-C (the shell's convention); 128 + SIGTERM: 143
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 #: what a command stopped by Ctrl-C outside a run says (a run says what it stopped)
@@ -55,7 +59,8 @@ this machine or on AWS. A manifest (JSON) lists the jobs: input, output, ops.
   start, status        run a manifest on a deployed AWS stack; follow a run there
 
 Exit codes: 0 every job succeeded (or was skipped); 1 a job (or the run) failed; 2 invalid
-manifest or usage; 130 stopped by Ctrl-C (143 by SIGTERM, 129 by its terminal's hang-up).
+manifest or usage; 75 try again later (the manifest running already; an AWS endpoint not
+reached); 130 stopped by Ctrl-C (143 by SIGTERM, 129 by its terminal's hang-up).
 `tiffpipe COMMAND --help`: a command's options."""
 
 
@@ -395,9 +400,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OutputNotWritableError as exc:
             print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except (WorkLocationError, RunningAlreadyError) as exc:
+        except WorkLocationError as exc:
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        except RunningAlreadyError as exc:  # (another run of it going on: try again later)
+            print(f"tiffpipe: {exc}", file=sys.stderr)
+            return EXIT_TEMPFAIL
     code = _run_exit_code(result, stop)
     try:
         _tell_the_end(args, result, stop, jobs)
@@ -798,7 +806,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_aws(args: argparse.Namespace) -> int:
     """``start`` and ``status``: runs on the AWS stack (see pipeline/aws/executions.py)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
 
     from pipeline.aws import (
         AwsError,
@@ -815,6 +830,8 @@ def cmd_aws(args: argparse.Namespace) -> int:
         state_machine_arn_problem,
     )
 
+    said = _Said(getattr(args, "json", False), args.execution if args.command == "status"
+                 else None)
     problem = (execution_arn_problem(args.execution) if args.command == "status" else
                state_machine_arn_problem(args.state_machine) if args.state_machine else None)
     try:
@@ -822,16 +839,14 @@ def cmd_aws(args: argparse.Namespace) -> int:
     except AwsError as exc:
         problem = problem or str(exc)
     if problem:
-        print(f"tiffpipe: {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return said.error("UsageError", problem, EXIT_USAGE)
     region = args.region
     arn = args.execution if args.command == "status" else args.state_machine
     if arn and arn.count(":") >= 6:  # arn:aws:states:REGION:...: where it is
         where = arn.split(":")[3]
         if region and region != where:
-            print(f"tiffpipe: --region {region} is not the region of {arn} ({where}): leave "
-                  "--region out", file=sys.stderr)
-            return EXIT_USAGE
+            return said.error("UsageError", f"--region {region} is not the region of {arn} "
+                              f"({where}): leave --region out", EXIT_USAGE)
         region = where
     clients = Clients(region, args.profile, args.endpoint_url,
                       region_given=region == args.region)
@@ -844,14 +859,37 @@ def cmd_aws(args: argparse.Namespace) -> int:
         return show(clients, args.execution, wait=args.wait, poll=args.poll,
                     as_json=args.json, rerun=args.rerun_manifest)
     except ManifestError as exc:
-        print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
-    except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError,
-            RunningAlreadyError) as exc:
-        print(f"tiffpipe: {exc}", file=sys.stderr)
+        return said.error(exc, f"invalid manifest {exc}", EXIT_USAGE)
+    except RunningAlreadyError as exc:  # (start: an execution runs its jobs now)
+        return said.error(exc, str(exc), EXIT_TEMPFAIL)
+    except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError) as exc:
+        return said.error(exc, str(exc), EXIT_USAGE)
     except (AwsError, ClientError, BotoCoreError) as exc:
-        print(f"tiffpipe: {call_failed(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_USAGE
+        # an endpoint that cannot be reached (now): try again later
+        code = EXIT_TEMPFAIL if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError,
+                                                 ReadTimeoutError, ConnectionClosedError)
+                                      ) else EXIT_FAILED
+        return said.error(exc, call_failed(exc), code)
+
+
+class _Said:
+    """How a command's error ends it: on stderr, and, for a command given ``--json``
+    (``status``), as the one JSON document on stdout its scripts read, in every outcome:
+    ``{"execution": ARN, "error": {"type": ..., "message": ...}}``."""
+
+    def __init__(self, as_json: bool, execution: str | None = None) -> None:
+        self.as_json, self.execution = as_json, execution
+
+    def error(self, error: BaseException | str, message: str, code: int) -> int:
+        """Say ``message`` (of the exception ``error``, or of the kind it names), then
+        return ``code``."""
+        print(f"tiffpipe: {message}", file=sys.stderr)
+        if self.as_json:
+            kind = error if isinstance(error, str) else type(error).__name__
+            with suppress(OSError):
+                print(json.dumps({"execution": self.execution,
+                                  "error": {"type": kind, "message": message}}))
+        return code
 
 
 if __name__ == "__main__":

@@ -580,7 +580,8 @@ def test_start_refuses_a_list_of_jobs_a_running_execution_is_running(stack: Stac
     """``start`` of a list of jobs while an execution of the same jobs is running (the same
     S3 manifest, or the same local file, which each start uploads anew) is refused before
     anything is uploaded or started, exit 2, naming that execution and what to do, as a
-    local run of the same manifest is; another manifest's jobs and a scan start. Before,
+    local run of the same manifest is (exit 75: try again later); another manifest's jobs
+    and a scan start. Before,
     both ran every job at once, writing the same outputs. (A stand-in state machine whose
     execution waits: one of the stack's would end within the test.)"""
     slow = _stand_in(stack, "tiffpipe-slow", {"Type": "Wait", "Seconds": 60, "End": True})
@@ -594,7 +595,7 @@ def test_start_refuses_a_list_of_jobs_a_running_execution_is_running(stack: Stac
         again = stack.manifest("again.json", JOBS)  # the same jobs, under another name
         for given in (manifest, again):
             code, out, err = stack.tiffpipe("start", str(given), "--state-machine", slow)
-            assert (code, out) == (2, ""), err
+            assert (code, out) == (75, ""), err  # (try again later: EX_TEMPFAIL)
             assert (f"tiffpipe: {given}: execution {first} is running this manifest (the same "
                     "jobs) now: a second run would do every job again and write the same "
                     f"outputs at once. Wait for it to end (tiffpipe status {first} --wait), or "
@@ -605,7 +606,7 @@ def test_start_refuses_a_list_of_jobs_a_running_execution_is_running(stack: Stac
         stack.client("s3").put_object(Bucket=DATA, Key="manifests/m.json",
                                       Body=manifest.read_bytes())
         code, _, err = stack.tiffpipe("start", url, "--state-machine", slow)
-        assert code == 2 and f"{url}: execution {first} is running" in err, err
+        assert code == 75 and f"{url}: execution {first} is running" in err, err
         other = stack.manifest("other.json", {"jobs": JOBS["jobs"][:1]})
         code, out, err = stack.tiffpipe("start", str(other), "--state-machine", slow)
         assert code == 0, err
@@ -749,6 +750,41 @@ def test_start_and_status_send_every_call_to_the_endpoint_url(
         assert (code, out) == (2, ""), err
         assert err == ("tiffpipe: --endpoint-url 'localhost:4566': expected an http:// or "
                        "https:// URL, e.g. http://localhost:4566\n")
+
+
+def test_status_json_says_its_error_as_json_and_an_unreachable_endpoint_exits_75(
+        moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """``status --json`` promises one JSON document on stdout; an execution that does not
+    exist, an endpoint that does not answer and an argument that is no ARN printed nothing
+    there (exit 2, 1, 2). Each now prints ``{"execution", "error": {"type", "message"}}``,
+    the message said on stderr as before; an endpoint that cannot be reached, a condition
+    to try again later, exits 75 (EX_TEMPFAIL), for start too (it was 1, as a failed call)."""
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_CONFIG_FILE", str(tmp_path / "none")), ("AWS_MAX_ATTEMPTS", "1")):
+        monkeypatch.setenv(var, value)
+    stack = Stack(boto3.Session(region_name=REGION), tmp_path)
+    arn = f"arn:aws:states:{REGION}:123456789012:execution:tiffpipe-x:run-none"
+    nowhere = "http://127.0.0.1:9"  # (the discard port: nothing answers there)
+    outcomes = {}
+    for label, args in (("missing", [arn, "--endpoint-url", moto_server]),
+                        ("unreachable", [arn, "--endpoint-url", nowhere]),
+                        ("usage", ["run-none"])):
+        code, out, err = stack.tiffpipe("status", "--json", *args)
+        doc = json.loads(out)
+        assert doc["execution"] == args[0]
+        assert err == f"tiffpipe: {doc['error']['message']}\n", err
+        outcomes[label] = (code, doc["error"]["type"])
+    assert outcomes == {"missing": (2, "StackNotFoundError"),
+                        "unreachable": (75, "EndpointConnectionError"),
+                        "usage": (2, "UsageError")}
+    manifest = stack.manifest("m.json", JOBS)
+    machine = f"arn:aws:states:{REGION}:123456789012:stateMachine:tiffpipe-x"
+    code, out, err = stack.tiffpipe("start", str(manifest), "--state-machine", machine,
+                                    "--endpoint-url", nowhere)
+    assert (code, out) == (75, ""), err
+    assert "Could not connect to the endpoint URL" in err, err
 
 
 def test_starts_follow_hint_repeats_the_profile_endpoint_and_region(
