@@ -512,8 +512,9 @@ def _run_local(manifest: str, workers: int, work: str | None, report: str | None
                 _run_env(WORK_ENV, work, replace=True), \
                 held_work.holding():
             # listed while it runs: a later run of the same scan defers to it
-            with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work):
-                _not_running_already(manifest, f"run-{run_id}")
+            with local_runs.listed(f"run-{run_id}", run_id, manifest, work, keep_work,
+                                   report_url):
+                _not_running_already(manifest, f"run-{run_id}", report_url)
                 # a lease only where another machine's run may look: a run's default work
                 # folder is named by its run id, which no other run is given
                 _claim_work(work, f"run-{run_id}", take if shared else None)
@@ -963,7 +964,7 @@ def _write_contact_sheet(report: dict[str, Any], work: str, report_url: str) -> 
     return url
 
 
-def _not_running_already(manifest: str, name: str) -> None:
+def _not_running_already(manifest: str, name: str, report_url: str) -> None:
     """RunningAlreadyError if a local run of the same list of jobs (the same manifest file,
     under any name) listed before the run ``name`` is still going on on this machine: both
     would do every job and write the same outputs (of two started at once, the later one is
@@ -971,10 +972,23 @@ def _not_running_already(manifest: str, name: str) -> None:
     run is not refused: its PlanRun defers to the earlier run. The manifest is read only
     when there is such a run. A dict manifest given to :func:`run` (written to a temporary
     file of its run's) is the same as another run's of the same dict: the same text, its
-    locations anchored to absolute paths."""
+    locations anchored to absolute paths. Also if a run of another manifest going on was
+    given the same report path (``report_url``): the report of whichever ended last would
+    replace the other's, without a word."""
     given = _given_as_dict(manifest)
-    other = local_runs.earlier_run(name, lambda url: storage.same_file(url, manifest) or (
-        given and _given_as_dict(url) and _same_text(url, manifest)))
+
+    def same(url: str) -> bool:
+        return storage.same_file(url, manifest) or (
+            given and _given_as_dict(url) and _same_text(url, manifest))
+
+    writing = local_runs.reporting_to(report_url, name, same)
+    if writing is not None:
+        raise RunningAlreadyError(
+            f"{report_url}: {writing.describe()} (of {writing.manifest}) is writing its "
+            "report there now: this run's would replace it. "
+            + in_callers_words("Give this run another --report, or wait for that run to "
+                               "end, then run again"))
+    other = local_runs.earlier_run(name, same)
     if other is None or isinstance(read_manifest(manifest), ScanSpec):
         return
     which = ("the manifest given", "the same manifest (given to pipeline.run as a dict too)"

@@ -26,12 +26,13 @@ from pipeline.sample import SamplePage, write_sample
 ROOT = Path(__file__).resolve().parent.parent
 
 #: a process that lists a run (argv: folder or "", name, run id, manifest, work folder or "",
-#: "keep" if it keeps its work) until its stdin ends
+#: "keep" if it keeps its work, report or "") until its stdin ends
 LISTING = """
 import sys
 from pipeline.adapters import local_runs
 local_runs.FOLDER = sys.argv[1] or None
-with local_runs.listed(*sys.argv[2:5], sys.argv[5] or None, sys.argv[6] == "keep"):
+with local_runs.listed(*sys.argv[2:5], sys.argv[5] or None, sys.argv[6] == "keep",
+                       sys.argv[7] or None):
     print("listed", flush=True)
     sys.stdin.read()
 """
@@ -90,11 +91,11 @@ def killed_while_starting(folder: Path, work: Path) -> Iterator[int]:
 
 @contextmanager
 def run_elsewhere(folder: str, name: str, manifest: str, work: str = "",
-                  keep_work: bool = False) -> Iterator[subprocess.Popen[str]]:
+                  keep_work: bool = False, report: str = "") -> Iterator[subprocess.Popen[str]]:
     """Another process running (listed as) run ``name`` on ``manifest`` while the block
     runs."""
     proc = subprocess.Popen([sys.executable, "-c", LISTING, folder, name, name[4:], manifest,
-                             work, "keep" if keep_work else ""], stdin=subprocess.PIPE,
+                             work, "keep" if keep_work else "", report], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "listed\n"
@@ -290,7 +291,8 @@ def test_a_second_run_of_a_list_of_jobs_is_refused_while_the_first_goes_on(
         folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     """Two runs of one manifest of jobs at once (a run from cron that outlasts its interval,
     a command typed twice), each with its own default work folder, both did every job and
-    wrote the same outputs. The later one is refused before anything runs (exit 2), naming
+    wrote the same outputs. The later one is refused before anything runs (exit 75, "try
+    again later", EX_TEMPFAIL: it was 2, as an invalid manifest's), naming
     the run going on, also under another name of the manifest (a link); another manifest
     runs; once the first run's process has ended (here: killed), the next run goes on."""
     from pipeline import cli
@@ -308,7 +310,7 @@ def test_a_second_run_of_a_list_of_jobs_is_refused_while_the_first_goes_on(
                 run_local(str(tmp_path / name), 1)
             assert f"local run first, process {proc.pid} is running this manifest now" in \
                 str(info.value)
-        assert cli.main(["run", str(manifest), "--quiet"]) == 2
+        assert cli.main(["run", str(manifest), "--quiet"]) == 75  # (try again later)
         err = capsys.readouterr().err
         assert err.startswith(f"tiffpipe: {manifest}: local run first, process {proc.pid} is "
                               "running this manifest now: a second run would do every job "
@@ -321,6 +323,34 @@ def test_a_second_run_of_a_list_of_jobs_is_refused_while_the_first_goes_on(
         proc.wait(30)
         assert run_local(str(manifest), 1).ok
     assert (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.engine
+def test_a_run_given_the_report_path_of_a_run_going_on_is_refused(
+        folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Two runs of different manifests given one --report both ran, exit 0, and the report
+    of the one that ended last replaced the other's without a word. The later one is
+    refused before anything runs, as a second run of one manifest is (exit 75, try again
+    later), naming the other run and its manifest; another --report runs, and so does the
+    same one once that run has ended."""
+    from pipeline import cli
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    first, manifest = tmp_path / "first.json", tmp_path / "m.json"
+    first.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "first.tif"}]}))
+    manifest.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out.tif"}]}))
+    shared = tmp_path / "reports" / "shared.json"
+    with run_elsewhere(str(folder), "run-first", str(first), report=str(shared)) as proc:
+        assert cli.main(["run", str(manifest), "--quiet", "--report", str(shared)]) == 75
+        assert capsys.readouterr().err == (
+            f"tiffpipe: {shared}: local run first, process {proc.pid} (of {first}) is writing "
+            "its report there now: this run's would replace it. Give this run another "
+            "--report, or wait for that run to end, then run again\n")
+        assert not (tmp_path / "out.tif").exists() and not shared.exists()
+        assert cli.main(["run", str(manifest), "--quiet", "--report",
+                         str(tmp_path / "own.json")]) == 0
+    assert cli.main(["run", str(manifest), "--quiet", "--report", str(shared)]) == 0
+    assert json.loads(shared.read_text())["manifest"] == str(manifest)
 
 
 @pytest.mark.engine

@@ -86,8 +86,8 @@ def _own_folder(folder: str) -> bool:
 
 class LocalRun(NamedTuple):
     """A local run going on: its execution's name, run id, manifest URL, start (epoch
-    seconds), process, its work location (a folder or an S3 prefix), and whether it keeps
-    it."""
+    seconds), process, its work location (a folder or an S3 prefix), whether it keeps it,
+    and where its report goes."""
 
     name: str
     run_id: str
@@ -96,6 +96,7 @@ class LocalRun(NamedTuple):
     pid: int
     work: str | None = None
     keep_work: bool = False
+    report: str | None = None
 
     def describe(self) -> str:
         """How a report names it (``deferred_to``)."""
@@ -135,11 +136,13 @@ def _zombie(pid: int) -> bool:
 
 @contextmanager
 def listed(name: str, run_id: str, manifest: str, work: str | None = None,
-           keep_work: bool = False) -> Iterator[None]:
+           keep_work: bool = False, report: str | None = None) -> Iterator[None]:
     """List a run (execution ``name``) while the block runs; first, remove what runs killed
     before their end left (:func:`running`). ``work``: the run's work location, which it
     removes at its end unless ``keep_work``; should it be killed first, a later run removes
-    what it left (:func:`_reap`); no other run uses it meanwhile (:func:`using`). The file
+    what it left (:func:`_reap`); no other run uses it meanwhile (:func:`using`). ``report``:
+    where its report goes, which no later run of another manifest is given meanwhile
+    (:func:`reporting_to`). The file
     is written under a temporary name, locked, then renamed into place: a look never finds
     it unlocked. Never a reason to fail the run: a folder that cannot be written is a
     warning (the run goes on, unlisted)."""
@@ -159,7 +162,8 @@ def listed(name: str, run_id: str, manifest: str, work: str | None = None,
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, json.dumps({"name": name, "run_id": run_id, "manifest": manifest,
                                  "started": time.time(), "pid": os.getpid(),
-                                 "work": work, "keep_work": keep_work}).encode())
+                                 "work": work, "keep_work": keep_work,
+                                 "report": report}).encode())
         os.replace(tmp, path)
     except OSError as exc:
         log.warning(in_callers_words(
@@ -260,11 +264,12 @@ def _still_listed(fd: int, path: str) -> bool:
 def _entry(fd: int) -> LocalRun | None:
     try:
         doc: Any = json.loads(os.pread(fd, 1 << 16, 0) or b"null")
-        work = doc.get("work")
+        work, report = doc.get("work"), doc.get("report")
         return LocalRun(str(doc["name"]), str(doc["run_id"]), str(doc["manifest"]),
                         float(doc["started"]), int(doc["pid"]),
                         work if isinstance(work, str) and work else None,
-                        doc.get("keep_work") is True)
+                        doc.get("keep_work") is True,
+                        report if isinstance(report, str) and report else None)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None  # not a run's file
 
@@ -420,10 +425,21 @@ def using(work: str, name: str) -> LocalRun | None:
     """The local run going on, listed before the run ``name``, whose work location is
     ``work`` (None if none): two runs given one ``--work`` would mix their files, and the
     first to end would remove the other's."""
-    return _earlier(name, lambda run: run.work is not None and _same_work(run.work, work))
+    return _earlier(name, lambda run: run.work is not None and _same_location(run.work, work))
 
 
-def _same_work(a: str, b: str) -> bool:
+def reporting_to(report: str, name: str, same_manifest: Callable[[str], bool]
+                 ) -> LocalRun | None:
+    """The local run going on, listed before the run ``name``, whose report goes to
+    ``report`` too and whose manifest is not this run's (``same_manifest(manifest URL)``:
+    a run of the same manifest is refused, or deferred to, for that: :func:`earlier_run`);
+    None if none. The later run's report would replace the other's, or the other's this
+    one's, whichever ended last."""
+    return _earlier(name, lambda run: run.report is not None and run.alive
+                    and _same_location(run.report, report) and not same_manifest(run.manifest))
+
+
+def _same_location(a: str, b: str) -> bool:
     if storage.is_s3(a) or storage.is_s3(b):
         return a.rstrip("/") == b.rstrip("/")
     return os.path.realpath(a) == os.path.realpath(b)
