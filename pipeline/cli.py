@@ -754,6 +754,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from pipeline.aws import check_endpoint_url
     from pipeline.errors import TiffpipeError
 
+    said = _Said(args.json, {"manifest": args.manifest}, indent=2)
     try:
         overrides = est.parse_overrides(args.price)
         calibration = est.load_calibration(args.calibration)
@@ -766,9 +767,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             planned = est.plan_manifest(args.manifest, args.assume_pages)
         refused = planned.refused
         if refused and not planned.plans:  # nothing left to cost
-            print("tiffpipe: the manifest cannot run:\n  " + "\n  ".join(planned.problems),
-                  file=sys.stderr)
-            return EXIT_USAGE
+            found = {"scan": planned.found.to_json()} if planned.found is not None else {}
+            return said.error("AllJobsRefused", "the manifest cannot run:\n  "
+                              + "\n  ".join(planned.problems), EXIT_USAGE,
+                              {**found, "refused": refused})
         result = est.estimate(planned.plans, calibration, overrides, args.concurrency,
                               input_bytes=planned.sizes)
         if planned.found is not None:  # what the scan found, as its run's report records it
@@ -779,11 +781,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                   "planned (PlanJob) and are not costed; a run would fail them and run the "
                   "others:\n  " + "\n  ".join(planned.problems), file=sys.stderr)
     except ManifestError as exc:
-        print(f"tiffpipe: invalid manifest {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return said.error(exc, f"invalid manifest {exc}", EXIT_USAGE)
     except (est.EstimateError, TiffpipeError) as exc:
-        print(f"tiffpipe: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return said.error(exc, str(exc), EXIT_USAGE)
     print(json.dumps(result, indent=2) if args.json else est.format_text(result))
     return EXIT_FAILED if refused else EXIT_OK
 
@@ -830,8 +830,8 @@ def cmd_aws(args: argparse.Namespace) -> int:
         state_machine_arn_problem,
     )
 
-    said = _Said(getattr(args, "json", False), args.execution if args.command == "status"
-                 else None)
+    said = _Said(getattr(args, "json", False), {"execution": args.execution}
+                 if args.command == "status" else {})
     problem = (execution_arn_problem(args.execution) if args.command == "status" else
                state_machine_arn_problem(args.state_machine) if args.state_machine else None)
     try:
@@ -874,21 +874,26 @@ def cmd_aws(args: argparse.Namespace) -> int:
 
 class _Said:
     """How a command's error ends it: on stderr, and, for a command given ``--json``
-    (``status``), as the one JSON document on stdout its scripts read, in every outcome:
-    ``{"execution": ARN, "error": {"type": ..., "message": ...}}``."""
+    (``status``, ``estimate``), as the one JSON document on stdout its scripts read, in
+    every outcome: ``about`` (``{"execution": ARN}``, ``{"manifest": PATH}``) and
+    ``"error": {"type": ..., "message": ...}``, indented as the command's other documents
+    (``indent``)."""
 
-    def __init__(self, as_json: bool, execution: str | None = None) -> None:
-        self.as_json, self.execution = as_json, execution
+    def __init__(self, as_json: bool, about: dict[str, Any], indent: int | None = None
+                 ) -> None:
+        self.as_json, self.about, self.indent = as_json, about, indent
 
-    def error(self, error: BaseException | str, message: str, code: int) -> int:
-        """Say ``message`` (of the exception ``error``, or of the kind it names), then
-        return ``code``."""
+    def error(self, error: BaseException | str, message: str, code: int,
+              more: dict[str, Any] | None = None) -> int:
+        """Say ``message`` (of the exception ``error``, or of the kind it names; the
+        document has ``more`` too), then return ``code``."""
         print(f"tiffpipe: {message}", file=sys.stderr)
         if self.as_json:
             kind = error if isinstance(error, str) else type(error).__name__
             with suppress(OSError):
-                print(json.dumps({"execution": self.execution,
-                                  "error": {"type": kind, "message": message}}))
+                print(json.dumps({**self.about, **(more or {}),
+                                  "error": {"type": kind, "message": message}},
+                                 indent=self.indent))
         return code
 
 

@@ -1502,6 +1502,19 @@ def test_a_scan_costs_its_other_files_and_names_each_it_cannot_read(tmp_path: Pa
     (incoming / "a.tif").unlink()
     code, out, err = _cli("estimate", str(manifest))
     assert code == 2 and out == "" and err.startswith("tiffpipe: the manifest cannot run:"), err
+    # with --json, a document of the refused jobs (it printed nothing), each problem
+    # structured too; the exit code the same
+    code, out, json_err = _cli("estimate", str(manifest), "--json")
+    assert (code, json_err) == (2, err)
+    doc = json.loads(out)
+    assert doc["error"] == {"type": "AllJobsRefused", "message": err[len("tiffpipe: "):-1]}
+    assert (doc["manifest"], doc["scan"]["jobs"]) == (str(manifest), 2)
+    assert [(r["job"], [(e["job"], e["type"]) for e in r["errors"]]) for r in doc["refused"]
+            ] == [(0, [(0, "NotATiffError")]), (1, [(1, "CorruptTiffError")])]
+    assert all(r["problems"] == [f"jobs[{e['job']}]: {e['type']}: {e['message']}"
+                                 for e in r["errors"]] for r in doc["refused"])
+    code, out, err = _cli("estimate", str(tmp_path / "nowhere.json"), "--json")
+    assert code == 2 and json.loads(out)["error"]["type"] == "InputNotFoundError", out
 
 
 def test_a_scan_on_s3_is_listed_by_the_runs_own_calls_and_nothing_written(

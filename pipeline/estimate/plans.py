@@ -127,7 +127,8 @@ class Planned:
     plans: list[JobPlan]
     sizes: list[float | None]
     #: the jobs PlanJob would refuse, in order, which a run would fail while it ran the
-    #: others: each ``{"job", "input", "output", "problems"}``
+    #: others: each ``{"job", "input", "output", "problems", "errors"}``: its problems as
+    #: text (``jobs[i]: NotATiffError: ...``) and as ``{"job", "type", "message"}``
     refused: list[dict[str, Any]]
 
     @property
@@ -177,18 +178,21 @@ def _planned(specs: list[JobSpec], assume_pages: str | None
     planned: list[tuple[JobPlan, float | None]] = []
     refused: list[dict[str, Any]] = []
 
-    def refuse(i: int, problems: list[str]) -> None:
-        refused.append({"job": i, "input": specs[i].input, "output": specs[i].output,
-                        "problems": problems})
-
-    def said(i: int, error: type[Exception], texts: Iterable[str]) -> list[str]:
-        """Job ``i``'s problems, each with the error PlanJob fails it with, as ``validate
+    def refuse(i: int, errors: list[dict[str, Any]]) -> None:
+        """Job ``i`` refused for ``errors`` (:func:`said`), each also as ``validate
         --inputs`` names it (``jobs[2]: OperationError: in.tif: page 0: ...``)."""
-        return [f"jobs[{i}]: {error.__name__}: {text}" for text in texts]
+        refused.append({"job": i, "input": specs[i].input, "output": specs[i].output,
+                        "problems": [f"jobs[{e['job']}]: {e['type']}: {e['message']}"
+                                     for e in errors],
+                        "errors": errors})
+
+    def said(i: int, error: type[Exception], texts: Iterable[str]) -> list[dict[str, Any]]:
+        """Job ``i``'s problems, each with the error PlanJob fails it with."""
+        return [{"job": i, "type": error.__name__, "message": text} for text in texts]
 
     gone: dict[str, bool] = {}  # an output bucket -> whether it is missing (asked once)
 
-    def output_problems(i: int, output: str) -> list[str]:
+    def output_problems(i: int, output: str) -> list[dict[str, Any]]:
         """PlanJob's refusal of an S3 output whose bucket does not exist (what may be
         written there is the stack's role's to say, not checked here)."""
         if not storage.is_s3(output):
