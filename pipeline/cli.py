@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run every job of a manifest on this machine")
-    run.add_argument("manifest", help="manifest JSON (local path or s3:// URL)")
+    run.add_argument("manifest", help="manifest JSON (local path or s3:// URL; -: read from "
+                                      "stdin, its relative paths from the current folder)")
     run.add_argument("--workers", type=int, default=None,
                      help="tasks run at once: this process and workers - 1 worker processes, "
                           "started when needed (default: the cores this process may use)")
@@ -100,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser("validate", help="check a manifest (or a state machine definition) "
                                           "without running it")
-    val.add_argument("manifest", nargs="?")
+    val.add_argument("manifest", nargs="?", help="manifest JSON (as run's; -: stdin)")
     val.add_argument("--definition", metavar="PATH",
                      help="check this state machine definition as `run --definition` does "
                           "before its run (JSON, the states' structure, paths and fields, "
@@ -131,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_argument("--json", action="store_true", help="machine-readable output")
 
     est = sub.add_parser("estimate", help="cost and time of a manifest's run on AWS, on paper")
-    est.add_argument("manifest", help="manifest JSON (a scan's: the jobs a run would make now, "
-                                      "its folders listed); only the inputs' page headers "
-                                      "are read")
+    est.add_argument("manifest", help="manifest JSON (-: stdin; a scan's: the jobs a run "
+                                      "would make now, its folders listed); only the inputs' "
+                                      "page headers are read")
     est.add_argument("--calibration", help="per-megapixel costs measured by bench/compare.py "
                                            "in a checkout (default: the calibration shipped "
                                            "with tiffpipe, a copy of bench/calibration.json)")
@@ -301,10 +302,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
               "Functions checks: docs/local-engine.md, \"Checking an edited definition\")")
         if args.manifest is None:
             return EXIT_OK
-    from pipeline.runner import validate
+    from pipeline.runner import manifest_file, shown_name, validate
 
     try:
-        jobs = validate(args.manifest)
+        with manifest_file(args.manifest) as (path, _, _):  # (stdin, a pipe: read once)
+            jobs = validate(path)
     except (ManifestError, InputNotFoundError, StorageError) as exc:
         _say_invalid(exc)
         return EXIT_USAGE
@@ -312,11 +314,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return _validate_inputs(args, jobs)
     # (what was checked, and what was not: a job whose input is missing, or is no TIFF, is
     # valid here)
+    name = shown_name(args.manifest)
     if isinstance(jobs, list):
-        print(f"{args.manifest}: valid, {len(jobs)} job(s); their fields and ops checked, "
+        print(f"{name}: valid, {len(jobs)} job(s); their fields and ops checked, "
               "their inputs not read: tiffpipe validate --inputs reads them")
     else:
-        print(f"{args.manifest}: valid, a scan of {jobs.input} into {jobs.output} (the jobs are "
+        print(f"{name}: valid, a scan of {jobs.input} into {jobs.output} (the jobs are "
               "the TIFFs there without an output when the run starts); its fields and ops "
               "checked, the folder not listed: tiffpipe validate --inputs lists it and reads "
               "the inputs")
@@ -328,6 +331,7 @@ def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
     exit 2 if one would fail."""
     from pipeline import input_check
     from pipeline.errors import TiffpipeError
+    from pipeline.runner import shown_name
     from pipeline.ui import shown
 
     try:
@@ -337,7 +341,7 @@ def _validate_inputs(args: argparse.Namespace, parsed: Any) -> int:
         return EXIT_USAGE
     checks = input_check.check_jobs(specs, args.threads or 16, progress=sys.stderr)
     with shown():
-        for line in input_check.summary(args.manifest, parsed, checks):
+        for line in input_check.summary(shown_name(args.manifest), parsed, checks):
             print(line)
     for line in input_check.failures(parsed, checks):
         print(line, file=sys.stderr)
@@ -356,7 +360,7 @@ def _bad_workers(workers: int | None) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import check_run, default_report, run_local
+    from pipeline.runner import check_run, default_report, manifest_file, run_local, shown_name
     from pipeline.ui import RunProgress, off_gone_streams
 
     if args.workers is None:  # the CPUs of this process's affinity (a container's limit)
@@ -377,24 +381,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     checking = [True]  # a stop signal ends the manifest's check at once (it may hang: S3)
     with _stop_on_signals(stop, lambda: checking[0]):
         try:
-            try:  # (as pipeline.run checks it)
-                jobs = check_run(args.manifest, report, args.work)
-            except (ManifestError, InputNotFoundError, StorageError) as exc:
-                _say_invalid(exc)
-                return EXIT_USAGE
-            checking[0] = False
-            if jobs == [] and not args.quiet:  # (a generated manifest with nothing to do)
-                print(f"tiffpipe: {args.manifest} lists no job: nothing to do; its report "
-                      "says so (no job, exit 0)", file=sys.stderr)
-            with RunProgress(jobs, quiet=args.quiet) as progress:
-                result = run_local(args.manifest, args.workers, work=args.work,
-                                   report=args.report, keep_work=args.keep_work,
-                                   listener=progress,
-                                   contact_sheet=not getattr(args, "no_contact_sheet", False),
-                                   interpreter=getattr(args, "interpreter", "auto"), stop=stop,
-                                   definition_text=definition_text,
-                                   overwrite_report=getattr(args, "overwrite_report",
-                                                            False))
+            # (a manifest on stdin, or in a pipe: read once, run from a copy)
+            with manifest_file(args.manifest) as (path, default, kept):
+                jobs = check_run(path, report, args.work)  # (as pipeline.run checks it)
+                checking[0] = False
+                if jobs == [] and not args.quiet:  # (a generated manifest with nothing to do)
+                    print(f"tiffpipe: {shown_name(args.manifest)} lists no job: nothing to do; "
+                          "its report says so (no job, exit 0)", file=sys.stderr)
+                with RunProgress(jobs, quiet=args.quiet) as progress:
+                    result = run_local(path, args.workers, work=args.work,
+                                       report=args.report or default, keep_work=args.keep_work,
+                                       listener=progress,
+                                       contact_sheet=not getattr(args, "no_contact_sheet",
+                                                                 False),
+                                       interpreter=getattr(args, "interpreter", "auto"),
+                                       stop=stop, definition_text=definition_text,
+                                       overwrite_report=getattr(args, "overwrite_report",
+                                                                False))
+                if default is not None and args.keep_work and args.work is None:
+                    kept.append(result.work)  # (the default work is beside the copy)
+        except (ManifestError, InputNotFoundError, StorageError) as exc:
+            if not checking[0]:
+                raise
+            _say_invalid(exc)
+            return EXIT_USAGE
         except _StoppedChecking as exc:
             return _stopped_before_running(report, exc.signum)
         except OutputNotWritableError as exc:
@@ -753,6 +763,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from pipeline.adapters import storage
     from pipeline.aws import check_endpoint_url
     from pipeline.errors import TiffpipeError
+    from pipeline.runner import manifest_file
 
     said = _Said(args.json, {"manifest": args.manifest}, indent=2)
     try:
@@ -763,8 +774,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         # written); the jobs PlanJob would refuse are not costed: a run fails them and runs
         # the others
         with (storage.client_of(storage.new_s3_client(args.endpoint_url))
-              if args.endpoint_url else nullcontext()):
-            planned = est.plan_manifest(args.manifest, args.assume_pages)
+              if args.endpoint_url else nullcontext()), \
+                manifest_file(args.manifest) as (path, _, _):  # (stdin, a pipe: read once)
+            planned = est.plan_manifest(path, args.assume_pages)
         refused = planned.refused
         if refused and not planned.plans:  # nothing left to cost
             found = {"scan": planned.found.to_json()} if planned.found is not None else {}

@@ -71,8 +71,20 @@ def new_run_id() -> str:
 validate = read_manifest
 
 
+#: the manifest read from standard input (``tiffpipe run -``; :func:`manifest_file`)
+STDIN = "-"
+
+
+def shown_name(manifest: str) -> str:
+    """How messages name a manifest given as ``manifest``: ``<stdin>`` for :data:`STDIN`."""
+    return "<stdin>" if manifest == STDIN else manifest
+
+
 def default_report(manifest: str) -> str:
-    """``<manifest folder>/<manifest stem>.report.json`` (local manifests), else in the work."""
+    """``<manifest folder>/<manifest stem>.report.json`` (local manifests), else in the work;
+    ``stdin.report.json`` in the current folder for the manifest on stdin (:data:`STDIN`)."""
+    if manifest == STDIN:
+        return os.path.abspath("stdin.report.json")
     stem = os.path.splitext(os.path.basename(manifest))[0]
     if storage.is_s3(manifest):
         return storage.join(storage.parent(manifest), f"{stem}.report.json")
@@ -208,14 +220,10 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     # the checks are the command's (check_run, run_local's): their messages say what to do in
     # this function's words (its arguments, not the command's options) as they are made
     with _run_env(CALLER_ENV, PYTHON_CALLER, replace=True), \
-            _manifest_file(manifest, base) as (path, temp_report, kept):
-        report = os.fspath(report) if report is not None else temp_report
-        try:
-            jobs = check_run(path, report, work)
-        except ManifestError as exc:
-            if temp_report is None:
-                raise
-            raise ManifestError("the manifest given", exc.problems) from None
+            manifest_file(manifest, base) as (path, default, kept):
+        temp_report = default if _given_as_dict(path) else None  # (in the temporary folder)
+        report = os.fspath(report) if report is not None else default
+        jobs = check_run(path, report, work)
         shown = None
         if progress and listener is None:
             from pipeline.ui import RunProgress
@@ -228,9 +236,10 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                interpreter=interpreter, stop=stop,
                                definition_text=definition_text,
                                overwrite_report=overwrite_report, caller=PYTHON_CALLER)
-        if temp_report is not None:  # what was asked for, kept in the temporary folder
+        if default is not None:  # what was asked for, kept in the temporary folder
             kept += [url for url, asked in ((result.work, keep_work and work is None),
-                                            (result.contact_sheet, report == temp_report))
+                                            (result.contact_sheet, temp_report is not None
+                                             and report == temp_report))
                      if asked and url is not None]
     result = _named_if_there(result, keep_work, temp_report, kept)
     if ours and result.interrupted == signal.SIGINT:
@@ -295,6 +304,8 @@ def check_run(manifest: str, report: str | None = None, work: str | None = None
 
 #: the temporary folder and file of a dict manifest given to :func:`run`
 _GIVEN_PREFIX, _GIVEN_NAME = "tiffpipe-manifest-", "manifest.json"
+#: the temporary folder of the copy of a manifest that is no regular file (:func:`_read_once`)
+_PIPED_PREFIX = "tiffpipe-stdin-"
 
 
 def _given_as_dict(path: str) -> bool:
@@ -304,36 +315,82 @@ def _given_as_dict(path: str) -> bool:
 
 
 @contextmanager
-def _manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None
-                   ) -> Iterator[tuple[str, str | None, list[str]]]:
-    """The manifest's path, None and a list; for a dict (or a list of jobs), the path of its
-    JSON in a temporary folder, its jobs' and scan's relative locations taken from ``base``,
-    the path of a report there, and a list: the folder is removed after the block unless
-    the block added to it what it keeps there (:func:`run`: the work or the contact sheet
-    asked for)."""
-    if not isinstance(manifest, (dict, list)):
-        yield os.fspath(manifest), None, []
-        return
+def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
+                  ) -> Iterator[tuple[str, str | None, list[str]]]:
+    """The manifest's path, None and a list, for a manifest read where it is (a regular
+    file, an ``s3://`` URL; one not there: the reader says so). Else the path of a copy in a
+    temporary folder, its jobs' and scan's relative locations taken from ``base`` (default:
+    the current folder), the default path of its report, and a list: the folder is removed
+    after the block unless the block added to it what it keeps there (the work or the
+    contact sheet asked for). A copy of: a dict (or a list of jobs: :func:`run`), its report
+    in the folder too; the manifest on stdin (:data:`STDIN`) or in a file that is not a
+    regular one (a pipe, ``/dev/stdin``, a FIFO: :func:`_read_once`), read once (a run
+    reads its manifest more than once: the second read of a pipe found it empty), its
+    report :func:`default_report`'s. A ManifestError of the copy raised in the block names
+    the manifest as its caller gave it (``the manifest given``, ``<stdin>``, the path)."""
     import shutil
     import tempfile
 
     from pipeline.core.manifest import anchored
 
-    problems: list[str] = []
-    doc = _plain(manifest, "jobs" if isinstance(manifest, list) else "", problems)
-    if problems:
-        raise ManifestError("the manifest given", problems)
-    text = json.dumps(anchored(doc, os.path.abspath(base or os.getcwd())))
-    folder = tempfile.mkdtemp(prefix=_GIVEN_PREFIX)
+    base = os.path.abspath(base or os.getcwd())
+    if isinstance(manifest, (dict, list)):
+        problems: list[str] = []
+        doc = _plain(manifest, "jobs" if isinstance(manifest, list) else "", problems)
+        if problems:
+            raise ManifestError("the manifest given", problems)
+        data, name = json.dumps(anchored(doc, base)).encode(), "the manifest given"
+        folder = tempfile.mkdtemp(prefix=_GIVEN_PREFIX)
+        report: str | None = os.path.join(folder, "manifest.report.json")
+    else:
+        given = os.fspath(manifest)
+        raw = _read_once(given)
+        if raw is None:
+            yield given, None, []
+            return
+        try:  # (JSON that is none, or not UTF-8: copied as it is, for the parse to name)
+            data = json.dumps(anchored(json.loads(raw.decode("utf-8-sig")), base)).encode()
+        except ValueError:
+            data = raw
+        name = shown_name(given)
+        folder, report = tempfile.mkdtemp(prefix=_PIPED_PREFIX), default_report(given)
     kept: list[str] = []
+    path = os.path.join(folder, _GIVEN_NAME)
     try:
-        path = os.path.join(folder, _GIVEN_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        yield path, os.path.join(folder, "manifest.report.json"), kept
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            yield path, report, kept
+        except ManifestError as exc:
+            if exc.source != path:
+                raise
+            raise ManifestError(name, exc.problems) from None
     finally:
         if not kept:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_once(manifest: str) -> bytes | None:
+    """The bytes of the manifest on stdin (:data:`STDIN`), or of a local manifest that is
+    neither a regular file nor a folder (a pipe, ``/dev/stdin``, a FIFO, which the first
+    read empties: it is copied); None for any other (read where it is, as ever)."""
+    import stat
+
+    if manifest == STDIN:
+        return sys.stdin.buffer.read() if sys.stdin is not None else b""
+    if storage.is_s3(manifest):
+        return None
+    try:
+        mode = os.stat(manifest).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    try:
+        with open(manifest, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _plain(value: Any, where: str, problems: list[str]) -> Any:

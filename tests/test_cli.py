@@ -1252,3 +1252,52 @@ def test_a_manifest_of_no_job_runs_nothing_and_exits_0(tmp_path: Path,
     assert not (tmp_path / "today.report.contact.png").exists()
     assert cli.main(["run", str(manifest), "--workers", "1", "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
+
+
+def _piped(text: str) -> int:
+    """The read end of a pipe holding ``text`` (its writer closed), as a shell's ``|``."""
+    read, write = os.pipe()
+    os.write(write, text.encode())
+    os.close(write)
+    return read
+
+
+def test_a_manifest_on_stdin_or_in_a_pipe_is_read_once_and_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``generate | tiffpipe run /dev/stdin`` failed "got an empty file" (exit 1, no report):
+    the run read its manifest twice, and the pipe was empty the second time; ``-`` was a
+    file not found. A manifest that is no regular file is now read once and run from a copy,
+    its relative paths from the current folder, its report ``stdin.report.json`` there for
+    ``-``; its problems name it as given (``<stdin>``); the copy is removed after."""
+    import tempfile
+
+    manifest = _inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with open(_piped(json.dumps(manifest)), encoding="utf-8") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert cli.main(["run", "-", "--workers", "2", "--quiet"]) == 0, capsys.readouterr().err
+    _check_outputs(tmp_path)
+    report = json.loads((tmp_path / "stdin.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED", "SUCCEEDED"]
+
+    fds = [_piped(json.dumps(manifest)) for _ in range(2)]
+    pipes = [f"/proc/self/fd/{fd}" for fd in fds]  # (pipes: /dev/stdin's kind)
+    try:
+        assert cli.main(["validate", pipes[0]]) == 0
+        assert capsys.readouterr().out.startswith(f"{pipes[0]}: valid, 2 job(s)")
+        assert cli.main(["run", pipes[1], "--workers", "2", "--quiet", "--report",
+                         str(tmp_path / "piped.json")]) == 0, capsys.readouterr().err
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert json.loads((tmp_path / "piped.json").read_text())["succeeded"] == 2
+
+    with open(_piped('{"jobs": ['), encoding="utf-8") as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert cli.main(["run", "-", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "tiffpipe: invalid manifest <stdin>: 1 problem(s) in the manifest:\n  line 1, column 11")
+    assert list(temp.iterdir()) == []  # every copy removed

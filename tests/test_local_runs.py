@@ -362,11 +362,11 @@ def test_a_second_run_of_the_same_manifest_given_as_a_dict_is_refused_too(
     one is refused, saying "the manifest given" (not the temporary file's path, which the
     caller never saw) and what to do; another dict (another output) runs."""
     import pipeline
-    from pipeline.runner import _manifest_file
+    from pipeline.runner import manifest_file
 
     write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
     given = {"jobs": [{"input": "a.tif", "output": "out.tif"}]}
-    with _manifest_file(given, tmp_path) as (path, _, _), \
+    with manifest_file(given, tmp_path) as (path, _, _), \
             run_elsewhere(str(folder), "run-first", path) as proc:
         with pytest.raises(RunningAlreadyError) as info:
             pipeline.run(given, workers=1, base=tmp_path)
