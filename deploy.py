@@ -22,7 +22,8 @@ Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit co
 1 a step failed (rerun to resume), a data location's bucket does not exist (create it),
 --rollback has nothing to go back to, --destroy finds no stack in the region, or another
 deploy.py holds the stack's deploy lock, 2 usage, the stack's IAM roles belonging to its
-deployment in another region (IAM is global), a schedule manifest that is missing,
+deployment in another region (IAM is global), a resource of the stack's names it did not
+make (no tiffpipe:stack tag: another's), a schedule manifest that is missing,
 invalid, outside the data locations or of jobs that leave if_exists unset, or a build that
 would drop the packages of yours the deployed process function has; 130 stopped by Ctrl-C
 (143 by SIGTERM, 129 by its terminal's hang-up), the deploy lock released.
@@ -138,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="no docker: deploy the images built for --arch that were pushed last "
                         "to the stack's ECR repositories")
     p.add_argument("--destroy", action="store_true",
-                   help="remove everything deploy made (refused while a run goes on)")
+                   help="remove everything deploy made, only that (a resource of the stack's "
+                        "names without its tiffpipe:stack tag is left); refused while a run "
+                        "goes on")
     p.add_argument("--rollback", action="store_true",
                    help="point the state machine back at the definition the last deploy "
                         "replaced (the previous release's function versions), without a "

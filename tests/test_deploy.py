@@ -94,6 +94,8 @@ class Aws:
             err.getvalue()
 
 
+#: the tag deploy puts on every resource it makes (the stack's: not another's)
+STACK_TAG = {"Key": "tiffpipe:stack", "Value": STACK}
 #: what ends the record of a call on the deploy lock's object
 LOCKED = " " + LOCK_KEY
 
@@ -137,15 +139,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 def push_fake_images(aws: Aws, version: str = "v1", arch: str = "arm64",
                      keep_old: bool = False) -> dict[str, str]:
-    """What a build would leave: the stack's repositories, each with one image tagged as
-    built for ``arch`` (older ones are removed unless ``keep_old``: moto's push times have
-    whole seconds, so "the latest" would be a tie)."""
+    """What a build would leave: the stack's repositories (tagged as deploy makes them),
+    each with one image tagged as built for ``arch`` (older ones are removed unless
+    ``keep_old``: moto's push times have whole seconds, so "the latest" would be a tie)."""
     ecr = aws.client("ecr")
     digests = {}
     for step in STEPS:
         name = NAMES.repository(step)
         with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
-            ecr.create_repository(repositoryName=name)
+            ecr.create_repository(repositoryName=name, tags=[STACK_TAG])
         old = ecr.list_images(repositoryName=name)["imageIds"]
         if old and not keep_old:
             ecr.batch_delete_image(repositoryName=name, imageIds=old)
@@ -1136,6 +1138,179 @@ def test_destroy_under_running_executions_is_refused_and_changes_nothing(aws: Aw
     assert all(v == [] for v in _everything(aws).values())
 
 
+# --- resources of the stack's names that it did not make -------------------------------------
+
+#: what the stack tag is, as a tag key
+STACK_KEY = STACK_TAG["Key"]
+#: someone else's state machine (a schedule of the stack's name may start it)
+THEIR_MACHINE = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:their-machine"
+
+
+def _make_theirs(aws: Aws, kind: str) -> tuple[str, str]:
+    """Turn the deployed stack's resource of ``kind`` (an _everything key) into one it did
+    not make, as someone else's of its name is: its stack tag removed (the schedule, which
+    has no tags: starting another state machine). (what deploy.py calls it, its name)"""
+    if kind == "buckets":
+        aws.client("s3").delete_bucket_tagging(Bucket=NAMES.bucket)
+        return f"bucket {NAMES.bucket}", NAMES.bucket
+    if kind == "repositories":
+        name = NAMES.repository("split")
+        ecr = aws.client("ecr")
+        arn = ecr.describe_repositories(repositoryNames=[name])["repositories"][0][
+            "repositoryArn"]
+        ecr.untag_resource(resourceArn=arn, tagKeys=[STACK_KEY])
+        return f"ECR repository {name}", name
+    if kind == "roles":
+        aws.client("iam").untag_role(RoleName=NAMES.state_machine_role, TagKeys=[STACK_KEY])
+        return f"IAM role {NAMES.state_machine_role}", NAMES.state_machine_role
+    if kind == "functions":
+        aws.client("lambda").untag_resource(Resource=NAMES.function_arn("merge"),
+                                            TagKeys=[STACK_KEY])
+        return f"function {NAMES.function('merge')}", NAMES.function("merge")
+    if kind == "state machines":
+        aws.client("stepfunctions").untag_resource(resourceArn=NAMES.state_machine_arn,
+                                                   tagKeys=[STACK_KEY])
+        return f"state machine {NAMES.state_machine}", NAMES.state_machine
+    if kind == "log groups":
+        group = NAMES.function_log_group("process")
+        aws.client("logs").untag_log_group(logGroupName=group, tags=[STACK_KEY])
+        return f"log group {group}", group
+    assert kind == "schedules"
+    scheduler = aws.client("scheduler")
+    schedule = scheduler.get_schedule(Name=NAMES.schedule)
+    scheduler.update_schedule(Name=NAMES.schedule, ScheduleExpression="rate(1 hour)",
+                              FlexibleTimeWindow={"Mode": "OFF"},
+                              Target={"Arn": THEIR_MACHINE,
+                                      "RoleArn": schedule["Target"]["RoleArn"]})
+    return f"schedule {NAMES.schedule}", NAMES.schedule
+
+
+@pytest.mark.parametrize("kind", ["buckets", "repositories", "roles", "functions",
+                                  "state machines", "log groups", "schedules"])
+def test_a_resource_of_the_stacks_name_it_did_not_make_is_refused_and_left(
+        aws: Aws, tmp_path: Path, kind: str):
+    """A resource of one of the stack's names without its tiffpipe:stack tag is another's
+    (docs: every resource deploy makes is tagged): a deploy took it over (rewrote its
+    settings and permissions) and --destroy deleted it. Now the deploy is refused before any
+    change, naming it, its tags and what to do, and --destroy leaves it (saying why) and
+    deletes the rest."""
+    _scheduled_stack(aws, tmp_path)
+    what, name = _make_theirs(aws, kind)
+    aws.calls.clear()
+    for dry_run in ([], ["--dry-run"]):
+        code, result, err = aws.deploy("--skip-build", *dry_run)
+        assert code == 2 and result is None, err
+        assert "1 resource(s) of its names exist that it did not make" in err
+        why = (f"it starts {THEIR_MACHINE}, not stack t1's" if kind == "schedules" else
+               "it is not tagged tiffpipe:stack=t1 (its tags: ")
+        assert f"\n  {what}: {why}" in err, err
+        assert "Give this stack another --stack name" in err and "Nothing was changed" in err
+        assert aws.writes() == []
+    if kind != "repositories":  # (a rollback changes the state machine only: no image)
+        code, _, err = aws.deploy("--rollback")
+        assert code == 2 and "a --rollback would take them over" in err, err
+        assert aws.writes() == []
+
+    code, result, err = aws.deploy("--destroy", "--delete-bucket")
+    assert code == 0, err
+    assert result is not None and result["left"] == [what]
+    assert f"  {what}: left as it is, not made by this stack: {why}" in err
+    assert not any(f"{change} ".startswith(f"delete {what} ") for change in result["deleted"])
+    assert {k: v for k, v in _everything(aws).items() if v} == {kind: [name]}
+
+
+def _their_repository(aws: Aws) -> dict[str, Any]:
+    """Another team's ECR repository named as the stack's split one (in place of the one
+    push_fake_images made): their image, their lifecycle rule, their tag (not the stack's)."""
+    ecr = aws.client("ecr")
+    name = NAMES.repository("split")
+    ecr.delete_repository(repositoryName=name, force=True)
+    ecr.create_repository(repositoryName=name, tags=[{"Key": "team", "Value": "imaging"}])
+    manifest = {"schemaVersion": 2, "config": {"size": 1}, "layers": [{"digest": "sha256:"
+                                                                          + "ab" * 32}],
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+    ecr.put_image(repositoryName=name, imageManifest=json.dumps(manifest),
+                  imageTag="their-prod-1.4")
+    ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=json.dumps({"rules": [{
+        "rulePriority": 1, "description": "theirs", "selection": {
+            "tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+            "countNumber": 90}, "action": {"type": "expire"}}]}))
+    return _repository_state(aws)
+
+
+def _repository_state(aws: Aws) -> dict[str, Any]:
+    ecr, name = aws.client("ecr"), NAMES.repository("split")
+    return {"images": ecr.list_images(repositoryName=name)["imageIds"],
+            "lifecycle": ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"]}
+
+
+def test_someone_elses_repository_keeps_its_images_and_lifecycle(aws: Aws):
+    """An ECR repository named as the stack's made by another team: a deploy replaced its
+    lifecycle rule (expiring their images) and --destroy force-deleted it with their
+    images. Now both leave it as it is; the tag advice names its ARN and the options that
+    reach it."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    before = _their_repository(aws)  # (the stack's deleted, another's made in its place)
+    arn = f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{NAMES.repository('split')}"
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 2, err
+    assert (f"  ECR repository {NAMES.repository('split')}: it is not tagged "
+            "tiffpipe:stack=t1 (its tags: team=imaging)") in err
+    assert (f"  aws ecr tag-resource --resource-arn {arn} --tags "
+            f"Key=tiffpipe:stack,Value=t1 --region {REGION}") in err
+    assert aws.writes() == [] and _repository_state(aws) == before
+
+    code, result, err = aws.deploy("--destroy")
+    assert code == 0, err
+    assert result is not None
+    assert result["left"] == [f"ECR repository {NAMES.repository('split')}"]
+    assert [c for c in result["deleted"] if "ECR" in c] == [
+        f"delete ECR repository {NAMES.repository(s)} and its images"
+        for s in ("process", "merge")]
+    assert _repository_state(aws) == before
+
+
+def test_someone_elses_role_keeps_its_trust_and_policies_until_tagged_as_the_stacks(
+        aws: Aws):
+    """An IAM role named as the stack's merge function's, made by someone else (trusting
+    EC2, their inline policy): a deploy rewrote its trust to Lambda's (breaking their use)
+    and kept their policy (the function could do what it grants); --destroy deleted it.
+    Now the deploy is refused and --destroy leaves it; tagged as the stack's (a role that is
+    really its), the deploy goes on and makes it the function's."""
+    iam = aws.client("iam")
+    role = NAMES.function_role("merge")
+    ec2 = policies.trust_policy("ec2")
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(ec2),
+                    Tags=[{"Key": "team", "Value": "gis"}])
+    iam.put_role_policy(RoleName=role, PolicyName="theirs", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                                                  "Resource": "arn:aws:s3:::gis-data/*"}]}))
+
+    def state() -> tuple[Any, list[str]]:
+        return (iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"],
+                iam.list_role_policies(RoleName=role)["PolicyNames"])
+    before = state()
+    push_fake_images(aws)
+    aws.calls.clear()
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 2, err
+    assert f"  IAM role {role}: it is not tagged tiffpipe:stack=t1 (its tags: team=gis)" in err
+    assert f"  aws iam tag-role --role-name {role} --tags Key=tiffpipe:stack,Value=t1" in err
+    assert aws.writes() == [] and state() == before
+
+    code, result, err = aws.deploy("--destroy")  # (the stack's repositories: deleted)
+    assert code == 0 and result is not None, err
+    assert result["left"] == [f"IAM role {role}"] and state() == before
+
+    push_fake_images(aws)
+    iam.tag_role(RoleName=role, Tags=[STACK_TAG])  # as the advice says, for a role of its
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert state()[0] == policies.trust_policy("lambda")
+
+
 # --- one stack name, two regions: the roles are global ---------------------------------------
 
 OTHER_REGION = "us-east-1"
@@ -1926,7 +2101,8 @@ def _iam_request(service: str, operation: str, params: dict[str, Any]
                                                if "Qualifier" in params else "")
     elif service == "ecr":
         name = params.get("repositoryName") or (params.get("repositoryNames") or [None])[0]
-        arn = "*" if name is None else f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}"
+        arn = params.get("resourceArn") or (
+            "*" if name is None else f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{name}")
     elif service == "logs":
         arn = (NAMES.log_group_arn(params["logGroupName"]) if "logGroupName" in params
                else f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:*")
@@ -2652,6 +2828,8 @@ def test_the_break_lock_advice_repeats_the_options_that_locate_the_stack(
                        aws_secret_access_key="testing").client("s3", endpoint_url=moto_server)
     s3.create_bucket(Bucket=names.bucket,
                      CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_bucket_tagging(Bucket=names.bucket, Tagging={"TagSet": [  # (as deploy made it)
+        {"Key": "tiffpipe:stack", "Value": "lockx"}]})
     record = {"holder": f"arn:aws:iam::{ACCOUNT}:user/alice", "host": "ci-runner-7",
               "pid": 4242, "since": "2026-01-01T00:00:00Z", "command": "--skip-build"}
     s3.put_object(Bucket=names.bucket, Key=LOCK_KEY, Body=json.dumps(record).encode())

@@ -109,7 +109,8 @@ def stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Stack]:
         session = boto3.Session(region_name=REGION)
         ecr = session.client("ecr")
         for step in STEPS:
-            ecr.create_repository(repositoryName=NAMES.repository(step))
+            ecr.create_repository(repositoryName=NAMES.repository(step),  # (as deploy does)
+                                  tags=[{"Key": "tiffpipe:stack", "Value": STACK}])
             layer = "sha256:" + hashlib.sha256(step.encode()).hexdigest()
             ecr.put_image(repositoryName=NAMES.repository(step),
                           imageTag=tag_prefix(DeployConfig(STACK).arch) + "v1",

@@ -200,6 +200,13 @@ class StackNames:
     def scheduler_role(self) -> str:
         return f"{self.prefix}-scheduler"
 
+    @property
+    def roles(self) -> list[str]:
+        """Every role a stack may have: its functions', its state machine's, its
+        schedule's."""
+        return [*(self.function_role(s) for s in STEPS), self.state_machine_role,
+                self.scheduler_role]
+
     def role_arn(self, role: str) -> str:
         return f"arn:{self.partition}:iam::{self.account}:role/{role}"
 

@@ -32,6 +32,7 @@ from pipeline.aws.actions import Actions, call_failed, error_code, get_or_none
 from pipeline.aws.executions import Reach, read_manifest, upload_manifest
 from pipeline.aws.lock import DeployLock, break_lock, deploy_lock
 from pipeline.aws.resources import (
+    Found,
     delete_role,
     delete_schedule,
     empty_bucket,
@@ -43,6 +44,8 @@ from pipeline.aws.resources import (
     ensure_schedule,
     ensure_state_machine,
     latest_digest,
+    not_the_stacks,
+    refuse_not_the_stacks,
     remove_if,
     role_policy,
 )
@@ -442,6 +445,7 @@ def deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None] | 
     when its bucket is there, else right after the bucket is made."""
     log, acts, names = _begin(config, clients, log, "stack")
     refuse_other_region(clients, names, "deploy")
+    refuse_not_the_stacks(clients, names, bool(config.registry))
     with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
         lock.take(required=False)
         return _deploy(config, clients, log, acts, names, lock, build, run, sleep)
@@ -581,6 +585,7 @@ def rollback(config: DeployConfig, clients: Clients,
     (:func:`~pipeline.aws.versions.rollback_definition`)."""
     log, acts, names = _begin(config, clients, log, "roll back stack")
     refuse_other_region(clients, names, "rollback")
+    refuse_not_the_stacks(clients, names, True, "a --rollback")  # (it changes no repository)
     with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
         lock.take(required=False)  # (no bucket: nothing to go back to, said next)
         result = rollback_definition(clients, names, acts, log)
@@ -626,52 +631,60 @@ def destroy(config: DeployConfig, clients: Clients, delete_bucket: bool = False,
     """
     log, acts, names = _begin(config, clients, log, "destroy stack")
     refuse_no_stack(clients, names, refuse_other_region(clients, names, "destroy"))
+    theirs = not_the_stacks(clients, names, bool(config.registry))
     with deploy_lock(clients, names, config.command, config.dry_run, log) as lock:
-        lock.take(required=False)  # (no bucket, a stack half made or removed: none to take)
-        return _destroy(config, clients, delete_bucket, log, acts, names)
+        if f"bucket {names.bucket}" not in theirs:  # (no lock written in another's bucket)
+            lock.take(required=False)  # (no bucket, a stack half made or removed: none)
+        return _destroy(config, clients, delete_bucket, log, acts, names, theirs)
 
 
 def _destroy(config: DeployConfig, clients: Clients, delete_bucket: bool,
-             log: Callable[[str], None], acts: Actions, names: StackNames) -> dict[str, Any]:
-    """:func:`destroy`'s steps, under the deploy lock."""
+             log: Callable[[str], None], acts: Actions, names: StackNames,
+             theirs: dict[str, Found]) -> dict[str, Any]:
+    """:func:`destroy`'s steps, under the deploy lock; ``theirs``, the resources of the
+    stack's names it did not make, are left as they are."""
     _refuse_under_runs(clients, names, log)
-    delete_schedule(clients, names, acts)
+    delete_schedule(clients, names, acts, theirs)
     sfn = clients("stepfunctions")
     found = get_or_none(
         lambda: sfn.describe_state_machine(stateMachineArn=names.state_machine_arn),
         "StateMachineDoesNotExist")
     remove_if(acts, f"state machine {names.state_machine}", found is not None,
-              lambda: sfn.delete_state_machine(stateMachineArn=names.state_machine_arn))
+              lambda: sfn.delete_state_machine(stateMachineArn=names.state_machine_arn),
+              theirs, names)
     lam = clients("lambda")
     for step in STEPS:
         name = names.function(step)
         found = get_or_none(lambda n=name: lam.get_function(FunctionName=n),
                             "ResourceNotFoundException")
         remove_if(acts, f"function {name}", found is not None,
-                  lambda n=name: lam.delete_function(FunctionName=n))
+                  lambda n=name: lam.delete_function(FunctionName=n), theirs, names)
     logs = clients("logs")
     for group in names.log_groups:
         found = [g for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
                  if g["logGroupName"] == group]
         remove_if(acts, f"log group {group}", bool(found),
-                  lambda g=group: logs.delete_log_group(logGroupName=g))
+                  lambda g=group: logs.delete_log_group(logGroupName=g), theirs, names)
     iam = clients("iam")
     for role in [names.state_machine_role, *(names.function_role(s) for s in STEPS)]:
-        delete_role(iam, role, acts)
+        delete_role(iam, role, acts, theirs, names)
     if not config.registry:
         ecr = clients("ecr")
         for step in STEPS:
             repo = names.repository(step)
             found = get_or_none(lambda r=repo: ecr.describe_repositories(repositoryNames=[r]),
                                 "RepositoryNotFoundException")
-            remove_if(acts, f"ECR repository {repo} and its images", found is not None,
-                      lambda r=repo: ecr.delete_repository(repositoryName=r, force=True))
+            remove_if(acts, f"ECR repository {repo}", found is not None,
+                      lambda r=repo: ecr.delete_repository(repositoryName=r, force=True),
+                      theirs, names, " and its images")
     s3 = clients("s3")
     exists = get_or_none(lambda: s3.head_bucket(Bucket=names.bucket), "404", "NoSuchBucket",
                          "NotFound") is not None
-    if delete_bucket:
-        remove_if(acts, f"bucket {names.bucket} and everything in it", exists,
-                  lambda: (empty_bucket(s3, names.bucket), s3.delete_bucket(Bucket=names.bucket)))
+    ours = f"bucket {names.bucket}" not in theirs
+    if delete_bucket or not ours:
+        remove_if(acts, f"bucket {names.bucket}", exists,
+                  lambda: (empty_bucket(s3, names.bucket), s3.delete_bucket(Bucket=names.bucket)),
+                  theirs, names, " and everything in it")
     elif exists:
         if read_previous(s3, names) is not None:  # (it names versions of no function now)
             acts.change(f"delete s3://{names.bucket}/{PREVIOUS_KEY} (the definition "
@@ -682,8 +695,8 @@ def _destroy(config: DeployConfig, clients: Clients, delete_bucket: bool,
     log(f"dry run: {len(acts.changes)} deletion(s) would be made; nothing was changed"
         if config.dry_run else f"done: {len(acts.changes)} deletion(s)")
     return {"stack": names.stack, "account": names.account, "region": names.region,
-            "deleted": acts.changes, "bucket_kept": exists and not delete_bucket,
-            "dry_run": config.dry_run}
+            "deleted": acts.changes, "bucket_kept": exists and not (delete_bucket and ours),
+            "left": sorted(theirs), "dry_run": config.dry_run}
 
 
 # --- the deploy lock --------------------------------------------------------------------------

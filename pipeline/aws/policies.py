@@ -313,7 +313,7 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None,
     statements = [
         _allow("StackBucket", [
             "s3:CreateBucket", "s3:DeleteBucket", "s3:ListBucket", "s3:ListBucketVersions",
-            "s3:PutBucketTagging", "s3:GetEncryptionConfiguration",
+            "s3:PutBucketTagging", "s3:GetBucketTagging", "s3:GetEncryptionConfiguration",
             "s3:PutEncryptionConfiguration", "s3:GetBucketPublicAccessBlock",
             "s3:PutBucketPublicAccessBlock", "s3:GetLifecycleConfiguration",
             "s3:PutLifecycleConfiguration", "s3:GetBucketPolicy", "s3:PutBucketPolicy"],
@@ -323,7 +323,8 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None,
                                 "s3:DeleteObjectVersion"], [f"{stack}/*"]),
         _allow("ImageRepositories", [
             "ecr:DescribeRepositories", "ecr:CreateRepository", "ecr:DeleteRepository",
-            "ecr:TagResource", "ecr:PutImageScanningConfiguration", "ecr:GetLifecyclePolicy",
+            "ecr:TagResource", "ecr:ListTagsForResource", "ecr:PutImageScanningConfiguration",
+            "ecr:GetLifecyclePolicy",
             "ecr:PutLifecyclePolicy", "ecr:DescribeImages",
             # docker push
             "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload",
@@ -335,7 +336,7 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None,
         _allow("AnyResource", list(_DEPLOYER_ANY_RESOURCE), "*"),
         _allow("LogGroups", ["logs:CreateLogGroup", "logs:DeleteLogGroup",
                              "logs:PutRetentionPolicy", "logs:TagResource",
-                             "logs:TagLogGroup"], log_groups),
+                             "logs:TagLogGroup", "logs:ListTagsLogGroup"], log_groups),
         _allow("ListLogGroups", ["logs:DescribeLogGroups"],
                [f"arn:{p}:logs:{region}:{account}:log-group:*"]),
         # a state machine's logging is set up by its creator: AWS grants these on "*" only
@@ -360,7 +361,7 @@ def deployer_policy(names: StackNames, data: list[DataLocation] | None = None,
         _allow("StateMachine", [
             "states:DescribeStateMachine", "states:CreateStateMachine",
             "states:UpdateStateMachine", "states:DeleteStateMachine", "states:TagResource",
-            "states:ListExecutions"], [names.state_machine_arn]),
+            "states:ListTagsForResource", "states:ListExecutions"], [names.state_machine_arn]),
         # the definitions the running executions started with: their versions are kept
         _allow("RunningExecutions", ["states:DescribeStateMachineForExecution"],
                [names.executions_arn]),

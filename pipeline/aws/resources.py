@@ -6,8 +6,10 @@ passed in. Every change goes through :class:`pipeline.aws.actions.Actions`.
 from __future__ import annotations
 
 import json
+import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -16,8 +18,10 @@ from pipeline.aws import (
     BUCKET_TAG,
     REGION_TAG,
     STACK_TAG,
+    STEPS,
     AwsError,
     Clients,
+    DeployUsageError,
     StackNames,
     policies,
 )
@@ -27,6 +31,7 @@ from pipeline.aws.versions import same_definition
 from pipeline.core.constants import FUNCTION_SIZES
 from pipeline.core.events import RunInput, to_payload
 from pipeline.engine import definition
+from pipeline.ui import uninterrupted
 
 POLICY_NAME = "tiffpipe"
 #: days kept: work files (the lifecycle rule), logs
@@ -37,6 +42,142 @@ KEEP_IMAGES = 10
 SCHEDULE_RETRY = {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}
 #: EventBridge Scheduler fills these in at each invocation
 EXECUTION_ID = "<aws.scheduler.execution-id>"
+
+
+# --- whose a resource is ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Found:
+    """A resource of one of a stack's names that exists: what it is (``ECR repository
+    tiffpipe-x1-split``), its tags (None: the schedule, which takes none; ``target``, the
+    state machine it starts, says whose it is), and the AWS CLI command that tags it."""
+
+    what: str
+    tags: dict[str, str] | None
+    tag_command: str = ""
+    target: str | None = None
+
+    def is_stacks(self, names: StackNames) -> bool:
+        """Whether the stack ``names`` made it: tagged :data:`~pipeline.aws.STACK_TAG` with
+        its name, as deploy has tagged every resource it makes from the first tiffpipe on
+        (roles made before ``tiffpipe:region`` too); a schedule when it starts the stack's
+        state machine."""
+        if self.tags is None:
+            return self.target == names.state_machine_arn
+        return self.tags.get(STACK_TAG) == names.stack
+
+    def why_not(self, names: StackNames) -> str:
+        if self.tags is None:
+            return f"it starts {self.target or 'no state machine'}, not stack {names.stack}'s"
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.tags.items())) or "none"
+        return f"it is not tagged {STACK_TAG}={names.stack} (its tags: {shown})"
+
+
+def _tags(pairs: list[dict[str, str]], key: str = "Key", value: str = "Value"
+          ) -> dict[str, str]:
+    return {p[key]: p[value] for p in pairs}
+
+
+def existing_resources(clients: Clients, names: StackNames, registry: bool = False
+                       ) -> list[Found]:
+    """Every resource of the stack's names that exists, with its tags (read only): the
+    bucket (this account's), the ECR repositories (not with ``registry``), the IAM roles, the
+    functions, the state machine, the log groups and the schedule."""
+    where = clients.options(names.region)
+    label = f"{STACK_TAG}={names.stack}"
+
+    def command(*words: str) -> str:
+        return shlex.join(["aws", *words, *where])
+
+    found: list[Found] = []
+    s3 = clients("s3")
+    if get_or_none(lambda: s3.head_bucket(Bucket=names.bucket), "404", "NoSuchBucket",
+                   "NotFound", "403", "AccessDenied") is not None:  # (403: ensure_bucket's)
+        tags = get_or_none(lambda: s3.get_bucket_tagging(Bucket=names.bucket)["TagSet"],
+                           "NoSuchTagSet")
+        found.append(Found(f"bucket {names.bucket}", _tags(tags or []), command(
+            "s3api", "put-bucket-tagging", "--bucket", names.bucket, "--tagging",
+            f"TagSet=[{{Key={STACK_TAG},Value={names.stack}}}]") + " (it replaces the "
+            "bucket's tags: add those it has to the set)"))
+    if not registry:
+        ecr = clients("ecr")
+        for name in map(names.repository, STEPS):
+            repo = get_or_none(lambda n=name: ecr.describe_repositories(
+                repositoryNames=[n])["repositories"][0], "RepositoryNotFoundException")
+            if repo:
+                arn = repo["repositoryArn"]
+                found.append(Found(f"ECR repository {repo['repositoryName']}", _tags(
+                    ecr.list_tags_for_resource(resourceArn=arn)["tags"]), command(
+                    "ecr", "tag-resource", "--resource-arn", arn, "--tags",
+                    f"Key={STACK_TAG},Value={names.stack}")))
+    iam = clients("iam")
+    for role in names.roles:
+        current = get_or_none(lambda r=role: iam.get_role(RoleName=r)["Role"], "NoSuchEntity")
+        if current:
+            found.append(Found(f"IAM role {role}", _tags(current.get("Tags", [])), command(
+                "iam", "tag-role", "--role-name", role, "--tags",
+                f"Key={STACK_TAG},Value={names.stack}")))
+    lam = clients("lambda")
+    for step in STEPS:
+        function = get_or_none(lambda s=step: lam.get_function(FunctionName=names.function(s)),
+                               "ResourceNotFoundException")
+        if function:
+            found.append(Found(f"function {names.function(step)}", function.get("Tags") or {},
+                               command("lambda", "tag-resource", "--resource",
+                                       names.function_arn(step), "--tags", label)))
+    sfn = clients("stepfunctions")
+    if get_or_none(lambda: sfn.describe_state_machine(stateMachineArn=names.state_machine_arn),
+                   "StateMachineDoesNotExist"):
+        found.append(Found(f"state machine {names.state_machine}", _tags(
+            sfn.list_tags_for_resource(resourceArn=names.state_machine_arn)["tags"], "key",
+            "value"), command("stepfunctions", "tag-resource", "--resource-arn",
+                              names.state_machine_arn, "--tags",
+                              f"key={STACK_TAG},value={names.stack}")))
+    logs = clients("logs")
+    for group in names.log_groups:
+        if any(g["logGroupName"] == group for g in logs.describe_log_groups(
+                logGroupNamePrefix=group)["logGroups"]):
+            found.append(Found(f"log group {group}", logs.list_tags_log_group(
+                logGroupName=group)["tags"], command("logs", "tag-log-group",
+                                                     "--log-group-name", group, "--tags",
+                                                     label)))
+    schedule = get_or_none(lambda: clients("scheduler").get_schedule(Name=names.schedule),
+                           "ResourceNotFoundException")
+    if schedule:
+        found.append(Found(f"schedule {names.schedule}", None,
+                           target=schedule.get("Target", {}).get("Arn")))
+    return found
+
+
+def not_the_stacks(clients: Clients, names: StackNames, registry: bool = False
+                   ) -> dict[str, Found]:
+    """The resources of the stack's names that exist and that it did not make
+    (:meth:`Found.is_stacks`), by what each is: someone else's, which a deploy must not take
+    over nor a --destroy delete."""
+    return {f.what: f for f in existing_resources(clients, names, registry)
+            if not f.is_stacks(names)}
+
+
+def refuse_not_the_stacks(clients: Clients, names: StackNames, registry: bool,
+                          what: str = "this deploy") -> None:
+    """A DeployUsageError, before any change, when a resource of the stack's names exists
+    that the stack did not make (:func:`not_the_stacks`): ``what`` (a deploy, a --rollback)
+    would take it over, rewriting its settings and permissions."""
+    theirs = not_the_stacks(clients, names, registry)
+    if not theirs:
+        return
+    tagging = [f"  {f.tag_command}" for f in theirs.values() if f.tag_command]
+    raise DeployUsageError(
+        f"stack {names.stack!r}: {len(theirs)} resource(s) of its names exist that it did "
+        f"not make, and {what} would take them over (rewrite their settings and "
+        "permissions; a --destroy leaves them):\n"
+        + "".join(f"  {w}: {f.why_not(names)}\n" for w, f in theirs.items())
+        + "Give this stack another --stack name; or delete or rename those, if they are no "
+        "longer used"
+        + (f"; or, if they are really stack {names.stack}'s (made by hand, or restored "
+           "without their tags), tag them as its:\n" + "\n".join(tagging) if tagging else "")
+        + "\nNothing was changed")
 
 
 # --- bucket ------------------------------------------------------------------------------
@@ -67,10 +208,12 @@ def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
         args: dict[str, Any] = {"Bucket": bucket}
         if names.region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": names.region}
-        acts.change(f"create bucket {bucket}", lambda: (
-            s3.create_bucket(**args),
-            s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
-                {"Key": k, "Value": v} for k, v in stack_tags(names).items()]})))
+        def create() -> None:
+            with uninterrupted():  # (a bucket left untagged would be taken as another's)
+                s3.create_bucket(**args)
+                s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
+                    {"Key": k, "Value": v} for k, v in stack_tags(names).items()]})
+        acts.change(f"create bucket {bucket}", create)
 
     encryption = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
                              "BucketKeyEnabled": True}]}
@@ -423,24 +566,36 @@ def ensure_schedule(scheduler: Any, names: StackNames, expression: str, manifest
 # --- destroy --------------------------------------------------------------------------------
 
 
-def remove_if(acts: Actions, what: str, exists: bool, call: Callable[[], Any]) -> None:
-    if exists:
-        acts.change(f"delete {what}", call)
+def remove_if(acts: Actions, what: str, exists: bool, call: Callable[[], Any],
+              theirs: Mapping[str, Found] | None = None, names: StackNames | None = None,
+              also: str = "") -> None:
+    """Delete ``what`` (``bucket NAME``, ``function NAME``...; ``also``: what goes with it,
+    said) if it exists, and unless it is one of ``theirs`` (:func:`not_the_stacks`): left
+    as it is then, and said why."""
+    found = (theirs or {}).get(what)
+    if found is not None and names is not None:
+        acts.log(f"  {what}: left as it is, not made by this stack: {found.why_not(names)} "
+                 "(--destroy deletes only what deploy made)")
+    elif exists:
+        acts.change(f"delete {what}{also}", call)
     else:
         acts.log(f"  {what}: not found, nothing to delete")
 
 
-def delete_schedule(clients: Clients, names: StackNames, acts: Actions) -> None:
+def delete_schedule(clients: Clients, names: StackNames, acts: Actions,
+                    theirs: Mapping[str, Found] | None = None) -> None:
     scheduler, iam = clients("scheduler"), clients("iam")
     found = get_or_none(lambda: scheduler.get_schedule(Name=names.schedule),
                         "ResourceNotFoundException")
     remove_if(acts, f"schedule {names.schedule}", found is not None,
-              lambda: scheduler.delete_schedule(Name=names.schedule))
-    delete_role(iam, names.scheduler_role, acts)
+              lambda: scheduler.delete_schedule(Name=names.schedule), theirs, names)
+    delete_role(iam, names.scheduler_role, acts, theirs, names)
 
 
-def delete_role(iam: Any, role: str, acts: Actions) -> None:
-    """A role with its inline and attached policies (they must go first)."""
+def delete_role(iam: Any, role: str, acts: Actions, theirs: Mapping[str, Found] | None = None,
+                names: StackNames | None = None) -> None:
+    """A role with its inline and attached policies (they must go first); not one of
+    ``theirs``."""
     found = get_or_none(lambda: iam.get_role(RoleName=role), "NoSuchEntity")
 
     def remove() -> None:
@@ -449,7 +604,7 @@ def delete_role(iam: Any, role: str, acts: Actions) -> None:
         for policy in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]:
             iam.detach_role_policy(RoleName=role, PolicyArn=policy["PolicyArn"])
         iam.delete_role(RoleName=role)
-    remove_if(acts, f"role {role}", found is not None, remove)
+    remove_if(acts, f"IAM role {role}", found is not None, remove, theirs, names)
 
 
 def empty_bucket(s3: Any, bucket: str) -> None:

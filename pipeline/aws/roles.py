@@ -53,12 +53,6 @@ _WOULD = {
 }
 
 
-def stack_roles(names: StackNames) -> list[str]:
-    """Every role a stack may have: its functions', its state machine's, its schedule's."""
-    return [*(names.function_role(s) for s in STEPS), names.state_machine_role,
-            names.scheduler_role]
-
-
 def policy_region(policy: dict[str, Any], names: StackNames) -> str | None:
     """The region of the stack's own regional resources (functions, log groups, state
     machine) a role's policy names: where a role made before :data:`REGION_TAG` belongs
@@ -80,7 +74,7 @@ def role_regions(iam: Any, names: StackNames) -> dict[str, str | None]:
     """Each role of the stack that exists, and the region it belongs to: its tag's, else
     its policy's (None: neither says)."""
     found: dict[str, str | None] = {}
-    for role in stack_roles(names):
+    for role in names.roles:
         current = get_or_none(lambda r=role: iam.get_role(RoleName=r)["Role"], "NoSuchEntity")
         if current is None:
             continue
