@@ -268,6 +268,23 @@ def test_a_new_image_or_setting_updates_only_what_changed(aws: Aws):
     for step in STEPS:
         uri = lam.get_function(FunctionName=NAMES.function(step))["Code"]["ImageUri"]
         assert uri.endswith(f"@{new[step]}")
+    # each change under the heading of the resource it is of (the definition kept for
+    # --rollback was said under the merge function's), and named so in stdout's "changes"
+    # ("update the permissions" three times: of which role?)
+    assert _heading_of(err, "keep the definition it replaces") == \
+        f"state machine {NAMES.state_machine}"
+    assert _heading_of(err, "record the data locations") == f"bucket {NAMES.bucket}"
+    assert [c for c in result["changes"] if "permissions" in c] == [
+        f"IAM role {NAMES.function_role(s)}: update the permissions" for s in STEPS]
+    assert all(NAMES.prefix in change for change in result["changes"]), result["changes"]
+
+
+def _heading_of(log: str, text: str) -> str:
+    """The heading (a line not indented) the first line of ``log`` holding ``text`` is
+    under."""
+    lines = log.splitlines()
+    at = next(i for i, line in enumerate(lines) if text in line)
+    return next(line for line in reversed(lines[:at]) if not line.startswith(" "))
 
 
 def _definition_versions(aws: Aws) -> dict[str, str]:

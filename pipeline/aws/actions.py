@@ -21,9 +21,21 @@ class Actions:
         self.dry_run = dry_run
         self.log = log
         self.changes: list[str] = []
+        #: the resource the changes logged now are of (its heading: ``IAM role NAME``)
+        self.resource: str | None = None
+
+    def heading(self, resource: str, detail: str = "") -> None:
+        """Log the heading of the resource the next changes are of (``bucket NAME``, and
+        ``detail`` after it), unless they are of it already; each change recorded names it."""
+        if resource != self.resource:
+            self.resource = resource
+            self.log(resource + detail)
 
     def change(self, what: str, call: Callable[[], T] | None) -> T | None:
-        self.changes.append(what)
+        """Log ``what`` (under its resource's heading), recorded naming the resource (JSON's
+        ``changes``: ``IAM role NAME: set the permissions``); do it, unless a dry run."""
+        named = self.resource is None or self.resource.rsplit(" ", 1)[-1] in what
+        self.changes.append(what if named else f"{self.resource}: {what}")
         self.log(f"  {'would ' if self.dry_run else ''}{what}")
         if self.dry_run or call is None:
             return None

@@ -142,7 +142,7 @@ def _build_images(config: DeployConfig, clients: Clients, repos: dict[str, str],
     """``repo@sha256:...`` of each step, built and pushed; None for those a dry run would
     build."""
     keys = [arg.partition("=")[0] for arg in config.build_args]  # (a value may hold a token)
-    acts.log(f"images ({config.arch}{'; build args: ' + ', '.join(keys) if keys else ''})")
+    acts.heading("images", f" ({config.arch}{'; build args: ' + ', '.join(keys) if keys else ''})")
     extra = [word for arg in config.build_args for word in ("--build-arg", arg)]
     yours = [*([f"--requirements {config.requirements}"] if config.requirements else []),
              *config.packages]
@@ -506,6 +506,7 @@ def _deploy(config: DeployConfig, clients: Clients, log: Callable[[str], None], 
         stateMachineArn=names.state_machine_arn), "StateMachineDoesNotExist")
     replaced = deployed and not same_definition(deployed["definition"], text) and \
         deployed["definition"]
+    acts.heading(f"state machine {names.state_machine}")  # (its step begins: said first)
     if replaced:  # kept before it is replaced: what --rollback goes back to
         keep_previous(s3, names, replaced, acts)
     machine = ensure_state_machine(sfn, names, text, roles["states"],
@@ -540,7 +541,7 @@ def _schedule(config: DeployConfig, clients: Clients, names: StackNames,
         if not manifest.startswith("s3://"):
             s3, local = clients("s3"), manifest
             manifest = f"s3://{names.bucket}/{policies.MANIFESTS}schedule.json"
-            acts.log("schedule manifest")
+            acts.heading("schedule manifest")
             current = get_or_none(lambda: s3.get_object(Bucket=names.bucket, Key=manifest.split(
                 "/", 3)[3])["Body"].read().decode("utf-8"), "NoSuchKey", "NoSuchBucket", "404")
             with open(local, encoding="utf-8") as fh:

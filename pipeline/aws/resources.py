@@ -195,7 +195,7 @@ def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
     requests over plain HTTP refused (its policy; not where S3 itself is reached over plain
     HTTP, an emulator's endpoint)."""
     bucket = names.bucket
-    acts.log(f"bucket {bucket}")
+    acts.heading(f"bucket {bucket}")
     try:
         s3.head_bucket(Bucket=bucket)
         exists = True
@@ -278,7 +278,7 @@ def ecr_lifecycle() -> dict[str, Any]:
 def ensure_repository(ecr: Any, names: StackNames, step: str, acts: Actions) -> str:
     """An ECR repository (scan on push, the 10 most recent images kept); its URI."""
     name = names.repository(step)
-    acts.log(f"ECR repository {name}")
+    acts.heading(f"ECR repository {name}")
     repo = get_or_none(lambda: ecr.describe_repositories(repositoryNames=[name])[
         "repositories"][0], "RepositoryNotFoundException")
     uri = repo["repositoryUri"] if repo else f"{names.registry()}/{name}"
@@ -342,7 +342,7 @@ def ensure_role(iam: Any, names: StackNames, role: str, trust: dict[str, Any],
                 policy: dict[str, Any], acts: Actions, description: str) -> str:
     """A role with exactly this trust policy and one inline policy, tagged with the region
     of the stack it belongs to (IAM is global: :mod:`pipeline.aws.roles`); its ARN."""
-    acts.log(f"IAM role {role}")
+    acts.heading(f"IAM role {role}")
     current = get_or_none(lambda: iam.get_role(RoleName=role)["Role"], "NoSuchEntity")
     region = {"Key": REGION_TAG, "Value": names.region}
     if current is None:
@@ -370,7 +370,7 @@ def ensure_role(iam: Any, names: StackNames, role: str, trust: dict[str, Any],
 
 def ensure_log_group(logs: Any, names: StackNames, group: str, acts: Actions) -> str:
     """A log group kept LOG_DAYS days (made here, so destroy can remove it)."""
-    acts.log(f"log group {group}")
+    acts.heading(f"log group {group}")
     found = [g for g in logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
              if g["logGroupName"] == group]
     if not found:
@@ -408,7 +408,7 @@ def ensure_function(lam: Any, names: StackNames, step: str, image: str | None, r
     deploy set and no step reads are removed)."""
     name = names.function(step)
     size = FUNCTION_SIZES[step]
-    acts.log(f"Lambda function {name}")
+    acts.heading(f"Lambda function {name}")
     settings: dict[str, Any] = {
         "Role": role_arn, "MemorySize": size.memory, "Timeout": size.timeout,
         "EphemeralStorage": {"Size": size.ephemeral},
@@ -491,7 +491,7 @@ def ensure_state_machine(sfn: Any, names: StackNames, text: str, role_arn: str,
                          sleep: Callable[[float], None] = time.sleep) -> str:
     """The state machine from ``text`` (the rendered definition), logging errors."""
     arn = names.state_machine_arn
-    acts.log(f"state machine {names.state_machine}")
+    acts.heading(f"state machine {names.state_machine}")
     logging = {"level": "ERROR", "includeExecutionData": False,
                "destinations": [{"cloudWatchLogsLogGroup": {"logGroupArn": log_group_arn}}]}
     current = get_or_none(lambda: sfn.describe_state_machine(stateMachineArn=arn),
@@ -541,7 +541,7 @@ def schedule_input(names: StackNames, manifest_url: str) -> dict[str, Any]:
 def ensure_schedule(scheduler: Any, names: StackNames, expression: str, manifest_url: str,
                     role_arn: str, acts: Actions) -> str:
     """An EventBridge Scheduler schedule starting the state machine on ``manifest_url``."""
-    acts.log(f"schedule {names.schedule} ({expression})")
+    acts.heading(f"schedule {names.schedule}", f" ({expression})")
     desired = {
         "ScheduleExpression": expression, "FlexibleTimeWindow": {"Mode": "OFF"},
         "State": "ENABLED", "Description": f"tiffpipe {names.stack}: runs {manifest_url}",

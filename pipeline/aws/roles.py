@@ -167,6 +167,7 @@ def record_locations(s3: Any, names: StackNames, locations: Locations, acts: Act
     record = _record(*locations)
     if _read_record(s3, names) == record:
         return
+    acts.heading(f"bucket {names.bucket}")
     acts.change(f"record the data locations in s3://{names.bucket}/{LOCATIONS_KEY} (read "
                 "back if the stack's roles are lost)",
                 lambda: s3.put_object(Bucket=names.bucket, Key=LOCATIONS_KEY,

@@ -214,6 +214,7 @@ def prune_versions(lam: Any, names: StackNames, keep: Named, running: Running,
             number = version["Version"]
             if number in kept or int(number) > newest_kept:
                 continue
+            acts.heading(f"Lambda function {name}")
             acts.change(f"delete version {number} of {name} (no definition and no running "
                         "execution names it)",
                         lambda f=name, n=number: lam.delete_function(FunctionName=f,
@@ -273,7 +274,7 @@ def rollback_definition(clients: Clients, names: StackNames, acts: Actions,
     moved = definition.concurrency_change(current["definition"], previous)
     log(f"rollback: from versions {shown(ahead)} to {shown(back)}"
         + (f"; {moved}" if moved else ""))
-    acts.log(f"state machine {names.state_machine}")
+    acts.heading(f"state machine {names.state_machine}")
     acts.change(f"update the definition to the previous one ({shown(back)}"
                 + (f"; {moved}" if moved else "") + ")",
                 lambda: sfn.update_state_machine(stateMachineArn=names.state_machine_arn,
