@@ -471,6 +471,17 @@ def test_skip_build_without_an_image_of_the_architecture_changes_nothing(aws: Aw
     assert "built for arm64 (img-arm64-...)" in err and "without --skip-build" in err
     assert aws.writes() == []
 
+
+def test_skip_build_without_the_repositories_says_they_do_not_exist(aws: Aws):
+    """A stack never built (or one in another region): --skip-build said "no image in the
+    ECR repository", as if it were there, empty."""
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 1, err
+    assert (f"--skip-build: there is no ECR repository {NAMES.repository('split')} (in this "
+            "account and region) to deploy an image from: deploy once without --skip-build, "
+            "which makes the repositories") in err
+    assert aws.writes() == []
+
 def _deployed_concurrency(aws: Aws) -> int:
     """What the deployed state machine's PlanRun shares out between a run's jobs."""
     doc = json.loads(aws.client("stepfunctions").describe_state_machine(

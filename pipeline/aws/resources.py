@@ -314,6 +314,11 @@ def latest_digest(ecr: Any, repository: str, arch: str) -> str:
     tag_prefix = docker_images.tag_prefix(arch)
     found = get_or_none(lambda: [d for page in ecr.get_paginator("describe_images").paginate(
         repositoryName=repository) for d in page["imageDetails"]], "RepositoryNotFoundException")
+    if found is None:
+        raise AwsError(f"--skip-build: there is no ECR repository {repository} (in this "
+                       "account and region) to deploy an image from: deploy once without "
+                       "--skip-build, which makes the repositories and pushes the images; "
+                       "nothing was changed")
     if not found:
         raise AwsError(f"--skip-build: no image in the ECR repository {repository}: deploy "
                        "once without --skip-build to build and push the images")
