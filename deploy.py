@@ -21,11 +21,12 @@ on; --rollback points it back at the previous release's.
 Progress goes to stderr, the resulting names and ARNs to stdout as JSON. Exit codes: 0 done,
 1 a step failed (rerun to resume), a data location's bucket does not exist (create it),
 --rollback has nothing to go back to, --destroy finds no stack in the region, or another
-deploy.py holds the stack's deploy lock, 2 usage, the stack's IAM roles belonging to its
-deployment in another region (IAM is global), a resource of the stack's names it did not
-make (no tiffpipe:stack tag: another's), a schedule manifest that is missing,
-invalid, outside the data locations or of jobs that leave if_exists unset, or a build that
-would drop the packages of yours the deployed process function has; 130 stopped by Ctrl-C
+deploy.py holds the stack's deploy lock, 2 usage (no region, or one AWS has not), the
+stack's IAM roles belonging to its deployment in another region (IAM is global), a
+resource of the stack's names it did not make (no tiffpipe:stack tag: another's), a
+schedule manifest that is missing, invalid, outside the data locations or of jobs that
+leave if_exists unset, or a build that would drop the packages of yours the deployed
+process function has; 130 stopped by Ctrl-C
 (143 by SIGTERM, 129 by its terminal's hang-up), the deploy lock released.
 """
 
@@ -47,8 +48,10 @@ from pipeline.aws import (
     AwsError,
     Clients,
     DeployUsageError,
+    NoCredentialsFoundError,
     StackNames,
     check_endpoint_url,
+    check_region,
     check_schedule,
     check_stack_name,
 )
@@ -404,6 +407,16 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         no_packages=args.no_packages, sse=args.sse, sse_kms_key=sse_key or None,
         command=_command(parser, args))
     clients = Clients(args.region, args.profile, args.endpoint_url, session)
+    try:  # (no AWS call: the option, the environment or the profile's)
+        warning = check_region(clients.region, args.endpoint_url)
+    except NoCredentialsFoundError as exc:  # (--profile not found)
+        print(f"deploy.py: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except AwsError as exc:  # no region, or none AWS has: usage
+        print(f"deploy.py: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if warning:
+        print(f"deploy.py: WARNING: {warning}", file=sys.stderr)
     try:
         with _stopped_by_signals():
             result = _run(args, config, clients, data, inputs, kms_keys, sse_key, policy_bucket,
@@ -430,8 +443,10 @@ def main(argv: list[str] | None = None, session: Any = None, **hooks: Any) -> in
         return EXIT_FAILED
     except (ClientError, BotoCoreError) as exc:
         failed = call_failed(exc) if isinstance(exc, ClientError) else f"an AWS call failed: {exc}"
-        print(f"deploy.py: {failed}\nFix the cause and run deploy.py again: "
-              "every step is re-runnable and resumes where this one stopped", file=sys.stderr)
+        print(f"deploy.py: {failed}\n" + (
+            "Fix the cause and run it again (a dry run: nothing was changed)" if args.dry_run
+            else "Fix the cause and run deploy.py again: every step is re-runnable and "
+                 "resumes where this one stopped"), file=sys.stderr)
         return EXIT_FAILED
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.awsrequest
+import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 from conftest import (
@@ -37,7 +39,14 @@ from conftest import (
 )
 from moto import mock_aws
 
-from pipeline.aws import STEPS, StackNames, check_schedule, deploy_steps, policies
+from pipeline.aws import (
+    STEPS,
+    StackNames,
+    check_region,
+    check_schedule,
+    deploy_steps,
+    policies,
+)
 from pipeline.aws import images as docker_images
 from pipeline.aws.actions import call_failed
 from pipeline.aws.lock import LOCK_KEY
@@ -1485,6 +1494,50 @@ def test_missing_credentials_stop_before_anything(monkeypatch: pytest.MonkeyPatc
     assert "no AWS credentials found" in err and "nothing was changed" in err
     assert "Traceback" not in err
     assert aws.calls == ["sts.GetCallerIdentity"]
+
+
+def test_a_dry_run_stopped_by_a_failed_call_says_nothing_was_changed(aws: Aws):
+    """A failed call ended every command with "every step is re-runnable and resumes where
+    this one stopped", a dry run's too (which changes nothing to resume)."""
+    def deny(**_: Any) -> tuple[Any, dict[str, Any]]:  # (as AWS answers a missing permission)
+        return (botocore.awsrequest.AWSResponse("", 403, {}, None),
+                {"Error": {"Code": "AccessDeniedException", "Message": "not authorized"},
+                 "ResponseMetadata": {"HTTPStatusCode": 403}})
+    aws.session.events.register("before-call.lambda.GetFunction", deny)
+    code, _, err = aws.deploy("--skip-build", "--dry-run")
+    assert code == 1, err
+    assert ("the GetFunction call failed (HTTP 403, error code AccessDeniedException): not "
+            "authorized\nFix the cause and run it again (a dry run: nothing was changed)") in err
+    assert "resumes" not in err
+
+
+def test_a_region_aws_has_not_is_a_usage_error_before_any_call(aws: Aws):
+    """A mistyped --region (an availability zone) failed at the first call, "Could not
+    connect to the endpoint URL https://sts.eu-west-1a...", exit 1, and said a rerun
+    "resumes where this one stopped", a dry run's too."""
+    code, result, err = aws.deploy("--region", "eu-west-1a", "--dry-run")
+    assert code == 2 and result is None, err
+    assert ("deploy.py: region 'eu-west-1a' is not an AWS region (did you mean eu-west-1"
+            in err), err
+    assert "nothing was changed" in err and aws.calls == []
+
+
+def test_a_region_of_a_regions_form_botocore_lists_not_is_warned_of():
+    warning = check_region("eu-wset-1")
+    assert warning is not None and warning.startswith(
+        "region 'eu-wset-1' is not one this botocore knows (did you mean eu-west-1")
+    assert check_region("eu-west-1") is None
+    assert check_region("local", "http://localhost:4566") is None  # (an emulator's: any)
+
+
+def test_no_region_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = deploy_script.main(["--stack", STACK, "--dry-run"], session=boto3.Session())
+    assert code == 2, err.getvalue()
+    assert "deploy.py: no AWS region: pass --region" in err.getvalue()
 
 
 def test_missing_docker_stops_before_anything(aws: Aws):

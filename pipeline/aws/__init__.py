@@ -11,6 +11,7 @@ created on first use and passed in, never made at import time.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -81,6 +82,31 @@ def check_endpoint_url(url: str | None) -> str | None:
         raise AwsError(f"--endpoint-url {url!r}: expected an http:// or https:// URL, e.g. "
                        "http://localhost:4566")
     return url
+
+
+def check_region(region: str, endpoint_url: str | None = None) -> str | None:
+    """Whether ``region`` names an AWS region, before any call (a mistyped one, ``eu-west-1a``,
+    failed at the first call: "Could not connect to the endpoint URL"): AwsError when it is
+    none of botocore's partitions' region names nor patterns, with the closest known ones;
+    a warning (returned) when botocore does not list it but it has a region's form (a region
+    newer than botocore, or a typo: the closest are said); None when known. With an
+    ``endpoint_url`` (an emulator), any name."""
+    if endpoint_url:
+        return None
+    from botocore.session import get_session
+
+    partitions = get_session().get_data("endpoints")["partitions"]
+    known = sorted({r for p in partitions for r in p["regions"]})
+    if region in known:
+        return None
+    close = difflib.get_close_matches(region, known, n=3, cutoff=0.6)
+    meant = f" (did you mean {' or '.join(close)}?)" if close else ""
+    if any(re.fullmatch(p["regionRegex"], region) for p in partitions):
+        return (f"region {region!r} is not one this botocore knows{meant}: going on, as it "
+                "may be newer than botocore (if it is, upgrade boto3 to have it known)")
+    raise AwsError(f"region {region!r} is not an AWS region{meant}: give --region a region "
+                   "name, e.g. eu-west-1 (aws ec2 describe-regions lists yours; an "
+                   "availability zone, eu-west-1a, is not one); nothing was changed")
 
 
 def check_schedule(schedule: str | None, manifest: str | None) -> None:
@@ -312,7 +338,7 @@ class Clients:
     @property
     def region(self) -> str:
         region = self._region or env_region() or self.session.region_name
-        if not region:
+        if not region:  # (deploy.py: a usage error)
             raise AwsError("no AWS region: pass --region, or set AWS_REGION (or "
                            "AWS_DEFAULT_REGION, or a region in your profile)")
         return str(region)
