@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.server
 import importlib.util
 import io
 import json
@@ -19,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -2096,6 +2098,52 @@ def test_a_failed_call_is_said_on_one_line(moto_server: str):
         "HeadObject": "the HeadObject call failed (HTTP 404, error code 404): Not Found",
         "GetRole": "the GetRole call failed (HTTP 404, error code NoSuchEntity): Role nope not "
                    "found"}
+
+
+def test_an_aws_error_sent_as_html_is_said_with_its_code_and_message():
+    """AWS's XML error sent as text/html (a 403 AccessDenied from moto's IAM-enforcing
+    server; a proxy) was said to be "an HTML page instead of an AWS error: the endpoint
+    does not serve this API": whatever the service's protocol (JSON for Logs, which botocore
+    cannot parse it as; XML for S3 and IAM), its code and message are said."""
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><ErrorResponse><Error><Code>AccessDenied'
+            b"</Code><Message>User: arn:aws:iam::123456789012:user/deployer is not authorized "
+            b"to perform: logs:PutRetentionPolicy</Message></Error><RequestId>r</RequestId>"
+            b"</ErrorResponse>")
+
+    class Denying(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(403)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_PUT = do_POST
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Denying)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    session = boto3.Session(region_name=REGION, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+    try:
+        for service, call in (
+                ("logs", lambda c: c.put_retention_policy(logGroupName="/g", retentionInDays=1)),
+                ("s3", lambda c: c.put_bucket_tagging(Bucket="bkt", Tagging={"TagSet": []})),
+                ("iam", lambda c: c.get_role(RoleName="r"))):
+            client = session.client(service, endpoint_url=f"http://127.0.0.1:{server.server_port}",
+                                    config=botocore.config.Config(retries={"max_attempts": 1}))
+            with pytest.raises(ClientError) as caught:
+                call(client)
+            assert call_failed(caught.value) == (
+                f"the {caught.value.operation_name} call failed (HTTP 403, error code "
+                "AccessDenied): User: arn:aws:iam::123456789012:user/deployer is not "
+                "authorized to perform: logs:PutRetentionPolicy")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_an_invalid_stack_name_is_a_usage_error(aws: Aws):

@@ -52,6 +52,10 @@ def error_code(exc: ClientError) -> str:
 #: what begins an HTML page (an endpoint that is no AWS API's: a web server's 404 page)
 _HTML = re.compile(r"<\s*(?:!doctype\s+html|html|head|body|title)\b", re.IGNORECASE)
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+#: AWS's XML error (``<Error><Code>AccessDenied</Code><Message>...``) in a body botocore left
+#: unparsed: one that the service's protocol is not (JSON's Logs, Lambda), through a proxy
+_XML_CODE = re.compile(r"<Code>\s*([^<]+?)\s*</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>", re.DOTALL)
 
 
 def call_failed(exc: BaseException) -> str:
@@ -66,7 +70,15 @@ def call_failed(exc: BaseException) -> str:
     code = error_code(exc) or "no error code"
     message = str(exc.response.get("Error", {}).get("Message") or "")
     headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    if _HTML.search(message) or "html" in str(headers.get("content-type", "")).lower():
+    xml_code = None if _HTML.search(message) else _XML_CODE.search(message)
+    if xml_code:  # (a 403 AccessDenied sent as text/html: moto enforcing IAM, a proxy)
+        xml_message = _XML_MESSAGE.search(message)
+        code, message = xml_code.group(1), xml_message.group(1) if xml_message else ""
+    # an HTML page: said so by its tags, or by its type when botocore found no AWS error in
+    # it (the code then is the HTTP status); an AWS error sent as text/html is AWS's
+    unparsed = code == str(status) or code == "no error code"
+    if _HTML.search(message) or (
+            unparsed and "html" in str(headers.get("content-type", "")).lower()):
         title = _TITLE.search(message)
         named = f' titled "{shortened(one_line(title.group(1)), 200)}"' if title else ""
         message = (f"an HTML page{named} instead of an AWS error: the endpoint does not "
