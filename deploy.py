@@ -150,8 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                         "replaced (the previous release's function versions), without a "
                         "build; running executions keep theirs; again: forward again")
     p.add_argument("--break-lock", action="store_true",
-                   help="remove the stack's deploy lock, left by a deploy known to be dead "
-                        "(its machine lost): only the lock read now; then deploy again")
+                   help="only remove the stack's deploy lock (it deploys nothing), left by a "
+                        "deploy known to be dead (its machine lost, its process killed): the "
+                        "lock read now only; then run the deploy again")
     p.add_argument("--delete-bucket", action="store_true",
                    help="with --destroy: also empty and delete the bucket")
     p.add_argument("--endpoint-url", help="send every AWS call there (emulators, tests)")

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -2825,7 +2826,8 @@ def test_a_deploy_while_another_holds_the_lock_is_refused_and_changes_nothing(aw
     assert "s3cret" not in json.dumps(held)
     assert (f"stack {STACK} is being changed by another deploy.py: its deploy lock "
             f"(s3://{NAMES.bucket}/{LOCK_KEY}) is held by {me} on host "
-            f"{held['host']} (pid {os.getpid()}) since {held['since']} (") in second_err
+            f"{held['host']} (pid {os.getpid()}, a process of that pid runs on this host) "
+            f"since {held['since']} (") in second_err
     assert f"ago), running deploy.py {what}. Nothing was changed" in second_err
     assert f"deploy.py --stack {STACK} --region {REGION} --break-lock" in second_err
     # nothing changed: its only write was the refused one, the first deploy's lock stays
@@ -3021,6 +3023,26 @@ def test_a_dead_deploys_lock_is_said_with_its_age_and_broken_with_break_lock(aws
     assert _deployed_concurrency(aws) == 3
 
 
+def test_a_lock_of_this_host_says_whether_its_process_runs(aws: Aws):
+    """A deploy killed (kill -9) on this host left its lock: the refusal named host and
+    pid only, and whether that deploy was dead was left to find out. Now, for a lock of
+    this host, it says whether a process of that pid still runs (another host's: nothing
+    said)."""
+    push_fake_images(aws)
+    assert aws.deploy("--skip-build")[0] == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # (its pid: gone once it ended)
+    dead.wait()
+    record = _dead_deploys_lock(aws, hours=0)
+    for pid, said in ((dead.pid, "no longer running on this host: that deploy is dead"),
+                      (os.getpid(), "a process of that pid runs on this host")):
+        record.update(host=socket.gethostname(), pid=pid)
+        aws.client("s3").put_object(Bucket=NAMES.bucket, Key=LOCK_KEY,
+                                    Body=json.dumps(record).encode())
+        code, _, err = aws.deploy("--skip-build")
+        assert code == 1, err
+        assert f"on host {socket.gethostname()} (pid {pid}, {said}) since" in err, err
+
+
 def test_break_lock_removes_only_the_lock_it_read(aws: Aws):
     """Between --break-lock's read of the lock and its delete, the dead deploy's lock is
     replaced by another's (a live deploy, which took the stack once it was free): the
@@ -3052,6 +3074,18 @@ def test_break_lock_goes_alone(aws: Aws, option: list[str]):
     code, _, err = aws.deploy("--rollback", "--break-lock")
     assert code == 2 and "--rollback changes only the state machine" in err
     assert "leave out --break-lock" in err and not aws.calls
+
+
+def test_break_lock_is_said_to_deploy_nothing():
+    """Its help read "remove the stack's deploy lock ...; then deploy again", as if it
+    deployed after removing the lock."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        deploy_script.main(["--help"])
+    text = " ".join(out.getvalue().split())
+    assert ("--break-lock only remove the stack's deploy lock (it deploys nothing), left by "
+            "a deploy known to be dead") in text
+    assert "then run the deploy again" in text
 
 
 def test_a_dry_run_says_the_lock_is_held_and_destroy_and_rollback_are_refused(aws: Aws):

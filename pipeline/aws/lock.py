@@ -70,7 +70,7 @@ class Holder:
         :data:`LIKELY_DEAD_AFTER`, that it may have died."""
         r = self.record
         who = (f"{r.get('holder', 'an unknown identity')} on host {r.get('host', '?')} "
-               f"(pid {r.get('pid', '?')})")
+               f"(pid {r.get('pid', '?')}{_process_state(r)})")
         since, old = self.since, ""
         if since is None:
             when = "since an unknown time"
@@ -86,6 +86,26 @@ class Holder:
         command = r.get("command")
         return (f"{who} {when}" + (f", running deploy.py {command}" if command else "")
                 + old)
+
+
+def _process_state(record: dict[str, Any]) -> str:
+    """Whether the process a lock names still runs, when it is on this host (another
+    host's cannot be seen): its pid gone, the deploy that holds the lock is dead (killed);
+    a pid that runs may be another process's since (pids are reused)."""
+    if record.get("host") != socket.gethostname():
+        return ""
+    try:
+        pid = int(record["pid"])
+        if pid <= 0:  # (0, -1: a group, every process: no deploy's)
+            return ""
+        os.kill(pid, 0)  # (signal 0: only whether it exists)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return ""
+    except ProcessLookupError:
+        return ", no longer running on this host: that deploy is dead"
+    except PermissionError:  # (another user's process)
+        pass
+    return ", a process of that pid runs on this host"
 
 
 def read_lock(s3: Any, names: StackNames) -> Holder | None:
