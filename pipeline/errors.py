@@ -29,6 +29,15 @@ INTERRUPTED_ERROR = "RunInterruptedError"
 RUN_FAILED_ERROR = "RunFailedError"
 
 
+def was_stopped(job: dict[str, Any]) -> bool:
+    """Whether a run report's job is one a stop left unfinished (FAILED with
+    :data:`INTERRUPTED_ERROR`): counted in the report's ``stopped`` (as well as in its
+    ``failed``), its summary row STOPPED."""
+    error = job.get("error")
+    return (job.get("status") == "FAILED" and isinstance(error, dict)
+            and error.get("type") == INTERRUPTED_ERROR)
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a run of :func:`pipeline.run` (no TiffpipeError: a KeyboardInterrupt,
     so a script's loop or a notebook's cell stops as on any Ctrl-C), raised once the run

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
-from pipeline.errors import INTERRUPTED_ERROR, one_line
+from pipeline.errors import INTERRUPTED_ERROR, one_line, was_stopped
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -343,8 +343,12 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
     """The summary's title and one row a job: status, pages, megapixels (input -> output),
     seconds, output or error (the cells of :data:`COLUMNS`)."""
     skipped = f"{report['skipped']} skipped, " if report.get("skipped") else ""
+    # a stopped job is counted stopped, not failed, as on stderr (the report's ``failed``
+    # counts it too: docs/manifest-and-ops.md, "Fields of the run report")
+    stopped = sum(map(was_stopped, report["jobs"]))
     title = (f"run {report['run_id']}: {report['succeeded']} succeeded, "
-             f"{report['failed']} failed, {skipped}{report['seconds']:.1f} s")
+             f"{report['failed'] - stopped} failed, "
+             f"{f'{stopped} stopped, ' if stopped else ''}{skipped}{report['seconds']:.1f} s")
     if report.get("deferred_to"):
         title += (f"; no job: an earlier run of this manifest is still running "
                   f"({report['deferred_to']}), the next run after it does what is left")
@@ -354,7 +358,7 @@ def summary_rows(report: dict[str, Any]) -> tuple[str, list[list[str]]]:
         detail = job["output"] if ok else _error_cell(job)
         if ok:
             status = job["status"]
-        elif job["error"]["type"] == INTERRUPTED_ERROR:
+        elif was_stopped(job):
             status = "STOPPED"  # FAILED in the report (a stopped run's job)
         else:
             status = "FAILED"

@@ -94,6 +94,26 @@ def test_a_failed_job_says_the_step_it_failed_in(tmp_path: Path, capfd: pytest.C
     assert lines[2].endswith(" (in Split (unit 0))"), lines[2]
 
 
+def test_the_docs_table_of_the_reports_fields_is_the_reports(tmp_path: Path,
+                                                             capfd: pytest.CaptureFixture):
+    """A script reads the run report by the docs' table of its fields: every field of a real
+    report (a job of each status) is in the table, of the type it says, and every field the
+    table says a job of a status has is there; the report says its ``schema``."""
+    from doc_fields import check, table
+
+    manifest = _batch(tmp_path, [_job("a"), _job("notes"), {**_job("b"), "if_exists": "skip"}])
+    (tmp_path / "out").mkdir()
+    tifffile.imwrite(tmp_path / "out" / "b.tif", np.zeros((8, 8), np.uint8))
+    assert cli.main(["run", str(manifest), "--workers", "1", "--quiet",
+                     "--no-contact-sheet"]) == 1
+    capfd.readouterr()
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert [j["status"] for j in report["jobs"]] == ["SUCCEEDED", "FAILED", "SKIPPED"]
+    assert report["schema"] == 1 and report["stopped"] == 0
+    check([report], table("manifest-and-ops.md", "Fields of the run report"),
+          "docs/manifest-and-ops.md, Fields of the run report", opaque=("last_run",))
+
+
 def test_quiet_run_that_succeeds_says_nothing(tmp_path: Path, capfd: pytest.CaptureFixture):
     manifest = _batch(tmp_path, [_job("a"), _job("c")])
     code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])

@@ -97,12 +97,13 @@ def _stopped_cleanly(proc: subprocess.Popen[str], folder: Path, jobs: int, code:
     assert done == set(kept)
     stopped = [j for j in report["jobs"] if j["status"] != "SUCCEEDED"]
     assert report["succeeded"] == len(kept) and report["failed"] == len(stopped)
+    assert report["stopped"] == len(stopped)  # (among the failed: a script sees which)
     for job in stopped:
         assert job["status"] == "FAILED"
-        assert job["error"]["type"] == INTERRUPTED_ERROR
+        assert job["error"]["type"] == INTERRUPTED_ERROR and job["error"]["step"] is None
         assert f"stopped ({name})" in job["error"]["message"]
     # the summary on stdout, and one line that says what was stopped and what was kept
-    assert f"{len(kept)} succeeded, {len(stopped)} failed" in out
+    assert f"{len(kept)} succeeded, 0 failed, {len(stopped)} stopped" in out
     # each stopped job's row says STOPPED (FAILED is for jobs that failed of themselves)
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in
             ([str(j["job"])] for j in report["jobs"])]
@@ -349,6 +350,33 @@ def test_a_task_in_the_engines_process_stops_at_its_next_tile(tmp_path: Path, mo
     assert not (tmp_path / ".tiffpipe-work").exists()
     message = result.report["jobs"][0]["error"]["message"]
     assert message.endswith("before this job finished: no output written; run it again")
+
+
+def test_a_stopped_runs_report_counts_its_stopped_jobs_as_its_summary_does(
+        tmp_path: Path, monkeypatch):
+    """A script reading a stopped run's report: the summary's row said STOPPED and stderr
+    "1 stopped", but the report had no count of them (``failed`` counted them, as the
+    headline's "1 failed" did), and the stopped job's error had no ``step``, which every
+    other failed job's has. The report has ``stopped`` (among ``failed``: the three counts
+    still add up to the jobs), every error a ``step`` (null: not known of a stopped job),
+    a ``schema``, and the headline says the stopped job stopped, not failed."""
+    from doc_fields import check, table
+
+    from pipeline.ui import summary_rows
+
+    result, _ = _stopped_at_its_third_tile(tmp_path, monkeypatch)
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report == result.report
+    assert report["schema"] == 1 and list(report)[:2] == ["run_id", "schema"]
+    assert (report["succeeded"], report["failed"], report["skipped"], report["stopped"]) == (
+        0, 1, 0, 1)
+    error = report["jobs"][0]["error"]
+    assert error["type"] == INTERRUPTED_ERROR and "step" in error and error["step"] is None
+    check([report], table("manifest-and-ops.md", "Fields of the run report"),
+          "docs/manifest-and-ops.md, Fields of the run report")
+    title, rows = summary_rows(report)
+    assert title.startswith(f"run {report['run_id']}: 0 succeeded, 0 failed, 1 stopped, ")
+    assert rows[0][1] == "STOPPED"
 
 
 def test_a_stopped_job_over_an_earlier_output_says_the_file_is_not_this_runs(

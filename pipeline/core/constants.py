@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from pipeline.core.record import record
 
+#: the version of the layout of the run report and of every ``--json`` document (their
+#: ``schema``: docs/manifest-and-ops.md, "Fields of the run report"); raised when a field
+#: changes its meaning or type or is removed, not when one is added
+SCHEMA = 1
+
 #: the Lambda functions of the state machine, in pipeline order; each is also the name of its
 #: image folder, of its ``${<Name>FunctionArn}`` placeholder, and of its handler's table
 FUNCTIONS = ("split", "process", "merge")

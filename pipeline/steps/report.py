@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.adapters import earlier_runs, storage
 from pipeline.adapters.segments import abort_uploads
+from pipeline.core.constants import SCHEMA
 from pipeline.core.events import FailureEvent, ReportEvent
 from pipeline.errors import (
     UNCAUGHT_BY_ALL,
@@ -18,6 +19,7 @@ from pipeline.errors import (
     failure_record,
     fault_of,
     in_callers_words,
+    was_stopped,
 )
 from pipeline.steps import held_work, layout
 from pipeline.steps.common import (
@@ -209,11 +211,14 @@ def with_failed_executions(doc: dict[str, Any], failures: Any, history: str | No
 
 def _counts(jobs: list[dict[str, Any]]) -> dict[str, int]:
     """A run report's ``succeeded``, ``failed`` and ``skipped``: its jobs by status (FAILED:
-    any other)."""
+    any other); and ``stopped``, those of the FAILED jobs a stop left unfinished
+    (:func:`~pipeline.errors.was_stopped`): ``failed`` counts them too, so the three add up
+    to the jobs, and ``failed - stopped`` jobs failed of themselves (the summary's and
+    stderr's "failed")."""
     statuses = [job.get("status") for job in jobs]
     succeeded, skipped = statuses.count("SUCCEEDED"), statuses.count("SKIPPED")
     return {"succeeded": succeeded, "failed": len(statuses) - succeeded - skipped,
-            "skipped": skipped}
+            "skipped": skipped, "stopped": sum(map(was_stopped, jobs))}
 
 
 def report(event: ReportEvent, missing: dict[str, str] | None = None) -> dict[str, Any]:
@@ -289,8 +294,12 @@ def run_report(event: ReportEvent, missing: dict[str, str] | None = None
     for job in jobs:  # what to do with each failed job: skip it, fix then rerun, or rerun
         if job["status"] == "FAILED" and isinstance(job.get("error"), dict):
             job["error"]["fault"] = fault_of(str(job["error"].get("type")))
+            # every error has a step: null where none is known (a stopped job, one with no
+            # result, a job of an execution begun before the deploy that named them)
+            job["error"].setdefault("step", None)
     now = time.time()
-    doc = {"run_id": run["run_id"], "manifest": run["manifest"],
+    # "run_id" first: how a report is known (pipeline.runner.REPORT_START)
+    doc = {"run_id": run["run_id"], "schema": SCHEMA, "manifest": run["manifest"],
            "started_at": run["started_at"], "finished_at": now,
            "seconds": round(now - run["started_at"], 3), **_counts(jobs)}
     if run.get("scan"):  # what a scan found when PlanRun listed it (before its jobs: a
