@@ -655,14 +655,16 @@ def _interrupted_line(result: RunResult, signum: int) -> str:
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
+    from pipeline.core.constants import SCHEMA
     from pipeline.core.ops import OPS
 
-    if args.json:
-        doc = {name: {"call": op.help, "exact": op.exact, "halo": op.halo_help,
-                      "params": [{"name": p.name, "type": p.kind, "accepts": p.expectation(),
-                                  "required": p.required, "default": p.default, "help": p.help}
-                                 for p in op.params]}
-               for name, op in OPS.items()}
+    if args.json:  # (the ops under "ops": beside them, "schema" would read as an op's name)
+        doc = {"schema": SCHEMA, "ops": {
+            name: {"call": op.help, "exact": op.exact, "halo": op.halo_help,
+                   "params": [{"name": p.name, "type": p.kind, "accepts": p.expectation(),
+                               "required": p.required, "default": p.default, "help": p.help}
+                              for p in op.params]}
+            for name, op in OPS.items()}}
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     for name, op in OPS.items():
@@ -737,6 +739,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """``inspect``: each file's pages as tiffpipe reads them (pipeline/inspection.py); exit 1
     if a job of a file without pages (of the --ops chain) would fail when planned."""
     from pipeline import inspection
+    from pipeline.core.constants import SCHEMA
     from pipeline.input_check import INPUT_THREADS, concurrently
     from pipeline.ui import shown
 
@@ -750,7 +753,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                         INPUT_THREADS, progress=sys.stderr, what="reading the files")
     with shown():
         if args.json:
-            print(json.dumps({"files": docs}, indent=1))
+            print(json.dumps({"schema": SCHEMA, "files": docs}, indent=1))
         else:
             for doc in docs:
                 for line in inspection.text(doc):
@@ -762,6 +765,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from pipeline import estimate as est
     from pipeline.adapters import storage
     from pipeline.aws import check_endpoint_url
+    from pipeline.core.constants import SCHEMA
     from pipeline.errors import TiffpipeError
     from pipeline.runner import manifest_file
 
@@ -796,7 +800,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         return said.error(exc, f"invalid manifest {exc}", EXIT_USAGE)
     except (est.EstimateError, TiffpipeError) as exc:
         return said.error(exc, str(exc), EXIT_USAGE)
-    print(json.dumps(result, indent=2) if args.json else est.format_text(result))
+    print(json.dumps({"schema": SCHEMA, **result}, indent=2) if args.json
+          else est.format_text(result))
     return EXIT_FAILED if refused else EXIT_OK
 
 
@@ -899,11 +904,13 @@ class _Said:
               more: dict[str, Any] | None = None) -> int:
         """Say ``message`` (of the exception ``error``, or of the kind it names; the
         document has ``more`` too), then return ``code``."""
+        from pipeline.core.constants import SCHEMA
+
         print(f"tiffpipe: {message}", file=sys.stderr)
         if self.as_json:
             kind = error if isinstance(error, str) else type(error).__name__
             with suppress(OSError):
-                print(json.dumps({**self.about, **(more or {}),
+                print(json.dumps({"schema": SCHEMA, **self.about, **(more or {}),
                                   "error": {"type": kind, "message": message}},
                                  indent=self.indent))
         return code

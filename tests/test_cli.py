@@ -87,8 +87,16 @@ def test_ops_lists_every_op_with_params_and_halo(capsys: pytest.CaptureFixture):
 
 
 def test_ops_json(capsys: pytest.CaptureFixture):
+    """Every op and its parameters, under ``ops`` beside the document's ``schema``; every
+    field as the docs' table of them says."""
+    from doc_fields import check, table
+
     assert cli.main(["ops", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
+    assert list(doc) == ["schema", "ops"] and doc["schema"] == 1
+    check([doc], table("manifest-and-ops.md", "Fields of ops --json"),
+          "docs/manifest-and-ops.md, Fields of ops --json")
+    doc = doc["ops"]
     assert list(doc) == list(OPS)
     for name, op in OPS.items():
         assert doc[name]["call"] == op.help

@@ -92,7 +92,7 @@ def test_ctrl_c_while_the_arguments_are_parsed_is_one_line(
 def test_the_command_ends_without_the_teardown_after_its_exit_handlers_and_output():
     proc = _command(["ops", "--json"])
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)) == len(OPS)  # all of stdout, flushed
+    assert len(json.loads(proc.stdout)["ops"]) == len(OPS)  # all of stdout, flushed
     assert "exit handler ran" in proc.stderr
     assert "teardown ran" not in proc.stderr
 

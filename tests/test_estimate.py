@@ -1305,6 +1305,28 @@ def test_a_small_jobs_pixels_and_bytes_are_printed_with_digits_that_show_them(tm
     assert " 0 Mpx" not in out and "0.00 GB" not in out
 
 
+def test_the_docs_table_of_the_json_fields_is_the_estimates(tmp_path: Path) -> None:
+    """A script reads ``estimate --json`` by the docs' table of its fields (fields such as
+    ``haloed_megapixels``, ``gb_s`` and ``state_transitions`` were described nowhere): each
+    field of a real estimate (a tiled job, a job whose file is no TIFF: refused) is in the
+    table, of its type, and each the table says is always there is; it says its ``schema``."""
+    import numpy as np
+    import tifffile
+    from doc_fields import check, table
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((300, 300, 3), np.uint8), tile=(64, 64))
+    (tmp_path / "n.tif").write_text("not a TIFF")
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"jobs": [{"input": "a.tif", "output": "out/a.tif"},
+                                      {"input": "n.tif", "output": "out/n.tif"}]}))
+    code, out, err = _cli("estimate", str(m), "--json")
+    assert code == 1, err  # (a job refused)
+    doc = json.loads(out)
+    assert doc["schema"] == 1 and [r["job"] for r in doc["refused"]] == [1]
+    check([doc], table("estimate.md", "Fields of estimate --json"),
+          "docs/estimate.md, Fields of estimate --json")
+
+
 def test_the_step_table_shows_a_small_jobs_seconds_gb_s_and_megabytes(tmp_path):
     """The step table printed a 256 x 256 job's MB read and written, and most of its GB-s,
     as 0 (and Lambda s as 0.0): each column now keeps two significant digits below its own

@@ -704,7 +704,7 @@ def test_halos_and_alignment():
 
 def test_ops_lists_the_new_ops(capsys):
     assert cli.main(["ops", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)["ops"]
     for name in ("equalize_hist", "otsu_threshold", "normalize", "percentile_stretch", "clahe",
                  "canny", "downsample", "custom"):
         assert name in doc and doc[name]["halo"] == OPS[name].halo_help

@@ -65,6 +65,29 @@ def test_a_cog_its_overview_and_masks(tmp_path: Path, capsys: pytest.CaptureFixt
         "overviews)\n")
 
 
+def test_the_docs_table_of_the_json_fields_is_inspects(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture):
+    """A script reads ``inspect --json`` by the docs' table of its fields (``page_count``,
+    ``default_job`` were described nowhere): each field of real documents (a COG with its
+    overview and masks, a file that is no TIFF, pages a chain runs on and one it cannot) is
+    in the table, of its type, and each the table says is always there is."""
+    from doc_fields import check, table
+
+    cog = _cog(tmp_path / "cog.tif")
+    (tmp_path / "notes.tif").write_text("not a TIFF")
+    mixed = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(mixed) as w:
+        w.write(np.zeros((64, 80, 3), np.uint8), photometric="rgb", tile=(32, 32))
+        w.write(np.zeros((64, 80), np.uint16), photometric="minisblack")
+    docs = []
+    for args in ([str(cog), str(tmp_path / "notes.tif")],
+                 [str(mixed), "--ops", '[{"op": "equalize_hist"}]']):
+        docs.append(json.loads(_inspect(capsys, *args, "--json")[1]))
+    assert [d["schema"] for d in docs] == [1, 1]
+    check(docs, table("inputs.md", "Fields of inspect --json"),
+          "docs/inputs.md, Fields of inspect --json")
+
+
 def test_an_internal_mask_is_said_carried(tmp_path: Path, capsys: pytest.CaptureFixture):
     """GDAL's internal mask right after its image: written after the output page by a job
     (docs/inputs.md), never processed as a page of its own."""

@@ -190,7 +190,7 @@ def test_manifest_refuses_a_per_band_that_is_not_a_boolean():
 
 def test_ops_lists_per_band(capsys):
     assert cli.main(["ops", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)["ops"]
     for name in ("percentile_stretch", "normalize"):
         (param,) = [p for p in doc[name]["params"] if p["name"] == "per_band"]
         assert param["accepts"] == "true or false"

@@ -746,6 +746,7 @@ def test_start_and_status_send_every_call_to_the_endpoint_url(
     code, out, err = stack.tiffpipe("status", arn, "--json", "--endpoint-url", moto_server)
     assert code == 0, err
     assert json.loads(out)["execution"] == arn
+    assert json.loads(out)["schema"] == 1  # (the layout's version, as every --json's)
     for command in (["status", arn], ["start", str(manifest), "--state-machine", machine]):
         code, out, err = stack.tiffpipe(*command, "--endpoint-url", "localhost:4566")
         assert (code, out) == (2, ""), err

@@ -30,6 +30,7 @@ from pipeline.aws import (
 from pipeline.aws.actions import call_failed, error_code
 from pipeline.aws.policies import MANIFESTS, REPORTS, WORK, DataLocation, locations_of
 from pipeline.aws.resources import role_policy
+from pipeline.core.constants import SCHEMA
 from pipeline.core.events import ReportEvent, RunInput, to_payload
 from pipeline.core.manifest import ScanSpec, as_manifest, load_manifest
 from pipeline.core.models import JobSpec
@@ -771,7 +772,7 @@ def _document(arn: str, desc: dict[str, Any], progress: dict[str, Any] | None = 
     did not succeed ended so (``problem``), and what was done about the uploads such a run
     left open (``uploads``: :meth:`EndedUploads.document`; ``null`` for a run that
     succeeded: its own steps ended them)."""
-    doc: dict[str, Any] = {"execution": arn, "name": desc.get("name"),
+    doc: dict[str, Any] = {"schema": SCHEMA, "execution": arn, "name": desc.get("name"),
                            "status": desc["status"]}
     if desc["status"] == "RUNNING":
         doc["progress"] = progress
