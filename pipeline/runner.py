@@ -530,10 +530,27 @@ def run_local(manifest: str, workers: int, work: str | None = None, report: str 
     jobs' errors advise and the warnings are said in them where each is made, never the
     paths they name (:func:`in_callers_words`)."""
     workers = checked_workers(workers)
+    _warn_of_environment()
     with _run_env(CALLER_ENV, caller, replace=True):
         return _run_local(manifest, workers, work, report, keep_work, listener,
                           contact_sheet, interpreter, stop, definition_text,
                           overwrite_report)
+
+
+#: the warnings of TIFFPIPE_* variables this process gave (each once: a script's loop of
+#: pipeline.run calls is told once)
+_ENV_WARNED: set[str] = set()
+
+
+def _warn_of_environment() -> None:
+    """Warn, once a process, of each TIFFPIPE_* variable that is no variable of tiffpipe's
+    or gives no value it takes (:func:`~pipeline.core.constants.env_problems`)."""
+    from pipeline.core.constants import env_problems
+
+    for problem in env_problems(os.environ):
+        if problem not in _ENV_WARNED:
+            _ENV_WARNED.add(problem)
+            log.warning(problem)
 
 
 def _run_local(manifest: str, workers: int, work: str | None, report: str | None,

@@ -114,6 +114,30 @@ def test_the_docs_table_of_the_reports_fields_is_the_reports(tmp_path: Path,
           "docs/manifest-and-ops.md, Fields of the run report", opaque=("last_run",))
 
 
+def test_a_run_warns_once_of_the_tiffpipe_variables_it_does_not_take(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """A cron job's environment with TIFFPIPE_TILE_THREADS=abc and TIFFPIPE_WORKERS=2 (no
+    variable of tiffpipe's: the workers are --workers): the run ignored both without a word.
+    It warns of each on stderr, naming it and what it takes, and goes on with the default
+    (exit 0); a second run in the same process (a script's loop) is not told again."""
+    from pipeline import runner
+
+    monkeypatch.setattr(runner, "_ENV_WARNED", set(), raising=False)
+    monkeypatch.setenv("TIFFPIPE_TILE_THREADS", "abc")
+    monkeypatch.setenv("TIFFPIPE_WORKERS", "2")
+    manifest = _batch(tmp_path, [_job("a")])
+    argv = ["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"]
+    assert cli.main(argv) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TIFFPIPE_")]
+    assert [line.split(" ")[0] for line in lines] == ["TIFFPIPE_TILE_THREADS='abc':",
+                                                      "TIFFPIPE_WORKERS"], lines
+    assert "it takes a whole number of tile threads, 1 or more; ignored" in lines[0]
+    assert lines[1].startswith("TIFFPIPE_WORKERS is not one of tiffpipe's variables: ignored")
+    caplog.clear()
+    assert cli.main(argv) == 0
+    assert not [r for r in caplog.records if r.getMessage().startswith("TIFFPIPE_")]
+
+
 def test_quiet_run_that_succeeds_says_nothing(tmp_path: Path, capfd: pytest.CaptureFixture):
     manifest = _batch(tmp_path, [_job("a"), _job("c")])
     code = cli.main(["run", str(manifest), "--workers", "1", "--quiet", "--no-contact-sheet"])

@@ -144,3 +144,38 @@ def test_no_function_writes_a_local_file_on_s3(tmp_path, monkeypatch):
     assert (counts["succeeded"], outputs) == (2, 2)
     assert written == [] and list(temp.iterdir()) == [], written
     assert constants.FUNCTION_SIZES["split"].ephemeral == 512
+
+
+def test_a_tiffpipe_variable_that_is_not_one_or_gives_no_value_it_takes_is_named():
+    """TIFFPIPE_TILE_THREADS=abc (or 0, or -3), TIFFPIPE_THUMBNAILS=abc and a name tiffpipe
+    does not read (TIFFPIPE_WORKERS) were ignored without a word: each is a line naming the
+    variable and what it takes (or the closest of the user's variables); a run's own and
+    the tests' are not the user's to set, and are not named; a value it takes is not."""
+    from pipeline.core.constants import env_int, env_problems
+
+    assert env_problems({
+        "TIFFPIPE_TILE_THREADS": "abc", "TIFFPIPE_THUMBNAILS": "abc", "TIFFPIPE_WORKERS": "2",
+        "TIFFPIPE_TILE_THRADS": "4", "TIFFPIPE_KEEP_SEGMENTS": "yes",
+        "TIFFPIPE_RUN_TAG": "../../evil", "TIFFPIPE_WORK": "/x", "TIFFPIPE_CALLER": "python",
+        "TIFFPIPE_REQUIRE_DOCKER": "1", "TIFFPIPE_CANNY_REDUCE_SIDES": "16", "HOME": "/"}) == [
+        ("TIFFPIPE_KEEP_SEGMENTS='yes': it takes 1 (on) or 0 (off); taken as off (anything "
+         "but 1 is)"),
+        ("TIFFPIPE_THUMBNAILS='abc': it takes a thumbnail box in pixels, a whole number (0: "
+         "none); ignored, the default used (unset it, or give such a number)"),
+        ("TIFFPIPE_TILE_THRADS is not one of tiffpipe's variables: ignored; did you mean "
+         "TIFFPIPE_TILE_THREADS?"),
+        ("TIFFPIPE_TILE_THREADS='abc': it takes a whole number of tile threads, 1 or more; "
+         "ignored, the default used (unset it, or give such a number)"),
+        ("TIFFPIPE_WORKERS is not one of tiffpipe's variables: ignored; tiffpipe's are "
+         "TIFFPIPE_KEEP_SEGMENTS, TIFFPIPE_SSE, TIFFPIPE_SSE_KMS_KEY_ID, "
+         "TIFFPIPE_TILE_THREADS, TIFFPIPE_THUMBNAILS, TIFFPIPE_CANNY_REDUCE_SIDES "
+         "(docs/code-layout.md); a run's other settings are its options (tiffpipe run "
+         "--help)")]
+    for value in ("0", "-3", "1.5", " "):
+        assert env_int("TIFFPIPE_TILE_THREADS", {"TIFFPIPE_TILE_THREADS": value}) is None
+        said = (f"TIFFPIPE_TILE_THREADS={value!r}: it takes a whole number of tile threads, "
+                "1 or more; ignored, the default used (unset it, or give such a number)")
+        assert env_problems({"TIFFPIPE_TILE_THREADS": value}) == ([] if value == " " else [said])
+    assert env_int("TIFFPIPE_TILE_THREADS", {"TIFFPIPE_TILE_THREADS": "3"}) == 3
+    assert env_int("TIFFPIPE_THUMBNAILS", {"TIFFPIPE_THUMBNAILS": "0"}) == 0
+    assert env_int("TIFFPIPE_CANNY_REDUCE_SIDES", {"TIFFPIPE_CANNY_REDUCE_SIDES": "3"}) is None

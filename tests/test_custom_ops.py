@@ -10,6 +10,7 @@ import json
 import re
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -76,6 +77,13 @@ def interrupts(tile):
 
 def hungry(tile):
     raise MemoryError("Unable to allocate 64.0 GiB for an array with shape (131072, 524288)")
+
+def tile_threads_seen(tile, path=""):
+    """Writes the tile threads its worker works with to ``path``."""
+    from pipeline.steps.common import tile_threads
+    with open(path, "w") as f:
+        f.write(str(tile_threads()))
+    return tile
 '''
 #: a module that runs a script when imported (argparse's exit on missing arguments)
 SCRIPT = "import sys\nsys.exit(2)\n\ndef fn(tile):\n    return tile\n"
@@ -359,3 +367,24 @@ def test_a_multi_line_error_is_one_line_in_the_summary_and_whole_in_the_report(t
     failed = [line for line in err.getvalue().splitlines() if "FAILED" in line]
     assert len(failed) == 1 and one in failed[0], err.getvalue()
     assert "^" not in err.getvalue()
+
+
+def test_a_tile_threads_value_that_is_no_number_gives_the_workers_their_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """TIFFPIPE_TILE_THREADS=abc (a typo in a cron job's environment): the engine gave its
+    workers the value as it was, and each read it as unset, so worked with every core of
+    the machine, not twice its share. A value that is no number is as unset: the engine
+    gives each worker its share (the run warns of it: tests/test_batch_runs.py)."""
+    from pipeline.engine.workers import worker_tile_threads
+    from pipeline.steps.common import usable_cores
+
+    monkeypatch.setenv("TIFFPIPE_TILE_THREADS", "abc")
+    write_tiff(tmp_path / "in.tif", [make_image(3, 64, 64, 1, "uint8")], tiled=False)
+    seen = tmp_path / "threads.txt"
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [
+        {"input": "in.tif", "output": "out/a.tif",
+         "ops": [_op("tile_threads_seen", path=str(seen))]}]}))
+    assert cli.main(["run", str(tmp_path / "m.json"), "--workers", "4", "--quiet",
+                     "--no-contact-sheet"]) == 0
+    assert worker_tile_threads(4) < usable_cores()  # (a share: less than every core)
+    assert int(seen.read_text()) == worker_tile_threads(4)

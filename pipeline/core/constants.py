@@ -11,6 +11,8 @@ core/, hold it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pipeline.core.record import record
 
 #: the version of the layout of the run report and of every ``--json`` document (their
@@ -113,3 +115,57 @@ def placeholder(function: str) -> str:
     """The name of ``function``'s ARN placeholder in statemachine.asl.json
     (``SplitFunctionArn``)."""
     return f"{function.capitalize()}FunctionArn"
+
+#: what each of the user's variables that take a whole number takes, and its least value:
+#: a value that is not such a number (``abc``, ``0``, ``-3``) is as unset, the default used
+#: (:func:`env_int`), and a run warns of it (:func:`env_problems`)
+WHOLE_NUMBER_ENV = {
+    TILE_THREADS_ENV: ("a whole number of tile threads, 1 or more", 1),
+    THUMBNAILS_ENV: ("a thumbnail box in pixels, a whole number (0: none)", 0),
+    CANNY_REDUCE_SIDES_ENV: ("a whole number of tile sides, 4 or more", 4),
+}
+#: the user's other variables (their values checked where they are read: :data:`SSE_ENV`
+#: refused by the first S3 write, :data:`KEEP_SEGMENTS_ENV` below)
+USER_ENV = (KEEP_SEGMENTS_ENV, SSE_ENV, SSE_KMS_KEY_ENV, *WHOLE_NUMBER_ENV)
+#: a local run's own, set by ``run_local`` for its life over any value they had (not the
+#: user's to set), and the test suite's and benchmark's (docs/code-layout.md): no warning
+INTERNAL_ENV = (RUN_TAG_ENV, WORK_ENV, CALLER_ENV, "TIFFPIPE_BENCH_TIMINGS",
+                "TIFFPIPE_BENCH_PATCH", "TIFFPIPE_REQUIRE_DOCKER", "TIFFPIPE_DOCKER_DIR",
+                "TIFFPIPE_DEBIAN_MIRROR", "TIFFPIPE_WHEELHOUSE_PORT", "TIFFPIPE_DATA")
+#: the prefix of tiffpipe's variables: another name with it is a typo, warned of
+ENV_PREFIX = "TIFFPIPE_"
+
+
+def env_int(name: str, environ: Mapping[str, str]) -> int | None:
+    """The whole number the variable ``name`` of :data:`WHOLE_NUMBER_ENV` gives in
+    ``environ``, or None when it is unset or gives none (not digits, or below its least
+    value): its reader's default then."""
+    value = environ.get(name, "").strip()
+    least = WHOLE_NUMBER_ENV[name][1]
+    return int(value) if value.isdigit() and int(value) >= least else None
+
+
+def env_problems(environ: Mapping[str, str]) -> list[str]:
+    """What is wrong with the ``TIFFPIPE_*`` variables of ``environ``, a line each: a value
+    of :data:`WHOLE_NUMBER_ENV` that gives no number (ignored: the default used), a
+    :data:`KEEP_SEGMENTS_ENV` other than 1 or 0, a name tiffpipe does not read (ignored,
+    with the user's variable it is closest to)."""
+    import difflib
+
+    problems = []
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
+        value = environ[name]
+        if name in WHOLE_NUMBER_ENV and value.strip() and env_int(name, environ) is None:
+            problems.append(f"{name}={value!r}: it takes {WHOLE_NUMBER_ENV[name][0]}; "
+                            "ignored, the default used (unset it, or give such a number)")
+        elif name == KEEP_SEGMENTS_ENV and value.strip() not in ("", "0", "1"):
+            problems.append(f"{name}={value!r}: it takes 1 (on) or 0 (off); taken as off "
+                            "(anything but 1 is)")
+        elif name not in USER_ENV and name not in INTERNAL_ENV:
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX),
+                                              [n.removeprefix(ENV_PREFIX) for n in USER_ENV])
+            hint = (f"did you mean {ENV_PREFIX}{close[0]}?" if close else
+                    f"tiffpipe's are {', '.join(USER_ENV)} (docs/code-layout.md); a run's "
+                    "other settings are its options (tiffpipe run --help)")
+            problems.append(f"{name} is not one of tiffpipe's variables: ignored; {hint}")
+    return problems

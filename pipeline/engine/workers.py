@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core.constants import BLAS_THREADS_ENV, TILE_THREADS_ENV
+from pipeline.core.constants import BLAS_THREADS_ENV, TILE_THREADS_ENV, env_int
 from pipeline.core.record import record
 from pipeline.errors import OutOfMemoryError, TiffpipeError, TooManyOpenFilesError, exhausted
 
@@ -444,7 +444,8 @@ class WorkerPool:
 
         context = multiprocessing.get_context("spawn")
         env = dict(self.env)
-        env.setdefault(TILE_THREADS_ENV, str(worker_tile_threads(workers)))
+        if env_int(TILE_THREADS_ENV, env) is None:  # (unset, or no number: warned of)
+            env[TILE_THREADS_ENV] = str(worker_tile_threads(workers))
         one_blas_thread(env)  # set before _init imports OpenCV
         started = 0
         pool = None

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import canny_tree
-from pipeline.core.constants import CANNY_REDUCE_SIDES_ENV
+from pipeline.core.constants import CANNY_REDUCE_SIDES_ENV, env_int
 from pipeline.core.events import NodeEvent, ReduceEvent, StatsRound
 from pipeline.core.models import JobPlan
 from pipeline.core.plan import MAX_ITEMS
@@ -40,8 +40,7 @@ def choose_bound(plan: JobPlan) -> int:
     """The tile sides a node may hold: ``TIFFPIPE_CANNY_REDUCE_SIDES`` (at least 4: one
     tile), raised if the job's pages would otherwise have more leaves than a Map may have
     items (the ReduceLevel map of the leaves runs every page's)."""
-    text = os.environ.get(BOUND_VAR, "")
-    bound = int(text) if text.isdigit() and int(text) >= 4 else DEFAULT_BOUND
+    bound = env_int(BOUND_VAR, os.environ) or DEFAULT_BOUND
     tiles = sum(p.grid.count for p in plan.pages)  # a level's nodes: every page's
     # halving leaves a leaf at least about half full: twice the leaves of full ones at most
     return max(bound, 2 * 4 * -(-tiles // MAX_ITEMS))

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.adapters import storage
-from pipeline.core.constants import TILE_THREADS_ENV
+from pipeline.core.constants import TILE_THREADS_ENV, env_int
 from pipeline.core.manifest import (
     Fold,
     ScanSpec,
@@ -380,10 +380,7 @@ def tile_threads() -> int:
     ``TIFFPIPE_TILE_THREADS``, else the CPUs this process may use. OpenCV and the codecs
     release the GIL; the local engine sets it for its workers
     (:func:`pipeline.engine.workers.worker_tile_threads`)."""
-    value = os.environ.get(TILE_THREADS_ENV)
-    if value and value.isdigit() and int(value) > 0:
-        return int(value)
-    return usable_cores()
+    return env_int(TILE_THREADS_ENV, os.environ) or usable_cores()
 
 
 def usable_cores() -> int:

@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.adapters import storage
 from pipeline.adapters.metadata import carries_gray_colormap, photometric_of
 from pipeline.core.chain import page_geometry
-from pipeline.core.constants import THUMBNAILS_ENV
+from pipeline.core.constants import THUMBNAILS_ENV, env_int
 from pipeline.core.grid import Rect
 from pipeline.core.levels import indexed_levels
 from pipeline.core.models import JobPlan
@@ -41,8 +41,7 @@ SIDES = ("in", "out")
 
 def thumb_box() -> int:
     """The box the run's thumbnails fit in (:data:`THUMBNAILS_ENV`); 0: none asked for."""
-    value = os.environ.get(THUMBNAILS_ENV, "")
-    return int(value) if value.isdigit() else 0
+    return env_int(THUMBNAILS_ENV, os.environ) or 0
 
 
 def sums_thumbnails(plan: JobPlan) -> bool:
