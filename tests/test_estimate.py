@@ -1417,7 +1417,7 @@ def test_a_scan_is_estimated_as_the_jobs_its_run_would_make_now(
     code, out, err = _cli("estimate", str(manifest), "--json")
     assert code == 0, err
     doc = json.loads(out)
-    assert list(doc)[:2] == ["scan", "jobs"] and doc["scan"] == found
+    assert list(doc)[:3] == ["schema", "scan", "jobs"] and doc["scan"] == found
     assert [j["input"] for j in doc["jobs"]] == [str(incoming / "a.tif"),
                                                  str(incoming / "day2" / "c.TIFF")]
     assert _tree(tmp_path) == before  # nothing written: no run record, report, work files
