@@ -130,7 +130,8 @@ USER_ENV = (KEEP_SEGMENTS_ENV, SSE_ENV, SSE_KMS_KEY_ENV, *WHOLE_NUMBER_ENV)
 #: a local run's own, set by ``run_local`` for its life over any value they had (not the
 #: user's to set), and the test suite's and benchmark's (docs/code-layout.md): no warning
 INTERNAL_ENV = (RUN_TAG_ENV, WORK_ENV, CALLER_ENV, "TIFFPIPE_BENCH_TIMINGS",
-                "TIFFPIPE_BENCH_PATCH", "TIFFPIPE_REQUIRE_DOCKER", "TIFFPIPE_DOCKER_DIR",
+                "TIFFPIPE_BENCH_PATCH", "TIFFPIPE_BENCH_MEMORY", "TIFFPIPE_TEST_PEAKS",
+                "TIFFPIPE_CASELESS_DIR", "TIFFPIPE_REQUIRE_DOCKER", "TIFFPIPE_DOCKER_DIR",
                 "TIFFPIPE_DEBIAN_MIRROR", "TIFFPIPE_WHEELHOUSE_PORT", "TIFFPIPE_DATA")
 #: the prefix of tiffpipe's variables: another name with it is a typo, warned of
 ENV_PREFIX = "TIFFPIPE_"
