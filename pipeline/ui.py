@@ -505,7 +505,8 @@ def summary_table(report: dict[str, Any]) -> Table:
 #: scan's line says them after their count
 LEFT_OUT_WORDS = {"name_collision": "whose outputs would be one file",
                   "link_outside": "link(s) to outside the folder",
-                  "link_to_nothing": "link(s) to nothing"}
+                  "link_to_nothing": "link(s) to nothing",
+                  "name_not_utf8": "whose names are not UTF-8"}
 
 
 def scan_line(report: dict[str, Any]) -> str | None:

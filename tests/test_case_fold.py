@@ -298,7 +298,8 @@ def test_a_scan_run_reports_the_inputs_it_left_out_for_one_output_name(
     report = json.loads((tmp_path / "m.report.json").read_text())
     assert report["scan"] == {
         "input": str(tmp_path / "in"), "output": str(out), "tiffs": 3, "done_before": 1,
-        "left_out": {"name_collision": 2, "link_outside": 0, "link_to_nothing": 0},
+        "left_out": {"name_collision": 2, "link_outside": 0, "link_to_nothing": 0,
+                     "name_not_utf8": 0},
         "jobs": 0}
     assert (f"scan of {tmp_path / 'in'} into {out}: 3 TIFF(s), 1 done before, 2 left out "
             "(2 whose outputs would be one file), 0 new") in said.out.splitlines()

@@ -1363,7 +1363,8 @@ def test_the_step_table_shows_a_small_jobs_seconds_gb_s_and_megabytes(tmp_path):
 # --- a scan manifest: the jobs its run would make now -------------------------------------
 
 #: a scan's record that left nothing out
-NONE_LEFT_OUT = {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0}
+NONE_LEFT_OUT = {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0,
+                 "name_not_utf8": 0}
 
 
 def _scan_folder(tmp_path: Path) -> Path:

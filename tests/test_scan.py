@@ -222,7 +222,8 @@ def test_run_on_a_local_folder_processes_only_new_files_then_nothing(
 
 
 #: a scan's report record of a scan that left nothing out
-NONE_LEFT_OUT = {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0}
+NONE_LEFT_OUT = {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0,
+                 "name_not_utf8": 0}
 
 
 def test_a_link_to_a_file_outside_the_scanned_folder_is_left_out(
@@ -283,6 +284,37 @@ def test_a_link_to_nothing_in_the_scanned_folder_is_left_out_with_a_warning(
     assert code == 0, err
     assert sorted(os.path.basename(j["output"]) for j in report["jobs"]) == [
         "gone.tif", "moved-away.tif"]
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="names of any bytes: Linux")
+def test_a_file_whose_name_is_not_utf8_is_left_out_with_a_warning_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture):
+    """A file named in latin-1 on an old share (``caf\\xe9.tif``) was a job whose report
+    named it as a lone surrogate (``"caf\\udce9.tif"``), which jq and node read as U+FFFD:
+    a name that names no file. It is left out, counted (``name_not_utf8``), and named in a
+    warning with its bytes shown (``caf\\xe9.tif``) and what to do: rename it; the report
+    is UTF-8 throughout, and the other files are processed."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_sample(str(incoming / "good.tif"), [SamplePage(40, 50, 1)], seed=2)
+    write_sample(os.fsdecode(bytes(incoming) + b"/caf\xe9.tif"), [SamplePage(40, 50, 1)],
+                 seed=3)
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"scan": {"input": "incoming", "output": "processed"}}))
+
+    with caplog.at_level("WARNING"):
+        code, report, err = _run(manifest, capsys)
+    assert code == 0, err
+    assert [os.path.basename(j["input"]) for j in report["jobs"]] == ["good.tif"]
+    assert os.listdir(tmp_path / "processed") == ["good.tif"]
+    assert (report["scan"]["tiffs"], report["scan"]["left_out"], report["scan"]["jobs"]) == (
+        2, {**NONE_LEFT_OUT, "name_not_utf8": 1}, 1)
+    text = manifest.with_suffix(".report.json").read_bytes().decode("utf-8")  # (strict)
+    assert "\\udc" not in text and "caf" not in text
+    [warning] = [r.getMessage() for r in caplog.records if "UTF-8" in r.getMessage()]
+    assert (f"left out 1 file(s) whose names are not UTF-8 (each byte that is not shown "
+            f"\\xNN): {incoming}/caf\\xe9.tif; ") in warning
+    assert "rename the file to a UTF-8 name" in warning
 
 
 def test_a_missing_input_folder_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -285,8 +285,9 @@ class ScanSpec:
 
 #: why a scan left a TIFF out (the run report's ``scan.left_out``, :class:`ScanFindings`):
 #: its output would be one file with another input's (a folder ignoring case or Unicode
-#: normalization), it is a link to a file outside the scanned folder, or to nothing
-LEFT_OUT_WHY = ("name_collision", "link_outside", "link_to_nothing")
+#: normalization), it is a link to a file outside the scanned folder, or to nothing, or its
+#: name (or a folder's on its path) is not UTF-8 (a local file's bytes that no UTF-8 decodes)
+LEFT_OUT_WHY = ("name_collision", "link_outside", "link_to_nothing", "name_not_utf8")
 
 
 @record
@@ -309,7 +310,8 @@ class ScanFindings:
 
 def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
               fold: Fold | None = None, left_out: list[str] | None = None,
-              found: ScanFindings | None = None) -> list[JobSpec]:
+              found: ScanFindings | None = None,
+              not_utf8: list[str] | None = None) -> list[JobSpec]:
     """The jobs of a scan, given what is under its input and its output (full paths/URLs).
 
     An input whose output exists is done: outputs are published in one step (a rename, a
@@ -321,17 +323,26 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
     be taken as done by the other's output), each such group told in ``left_out``; the
     scan's other inputs go on, as a scan's links to outside its folder do
     (pipeline.steps.planning). ``found``: counts the TIFFs, those done before and those
-    left out (its ``jobs`` is the caller's to set: links are left out after this).
+    left out (its ``jobs`` is the caller's to set: links are left out after this). A local
+    input whose path under the input is not UTF-8 (the bytes of a name from an old share,
+    held as Python holds them, lone surrogates) is left out too, and named in ``not_utf8``
+    (:func:`readable_name`): the report, its JSON and every reader of it (jq, node) name
+    files in UTF-8, where such a name has no spelling that names the file.
     """
     done = {_key(o, fold) for o in outputs}
     groups: dict[str, list[tuple[str, str, str]]] = {}  # output key -> (input, rel, output)
-    for location in sorted(inputs):
-        rel = scan.relative(location)
-        if rel is not None:
-            output = scan.output_for(rel)
-            groups.setdefault(_key(output, fold), []).append((location, rel, output))
     if found is None:
         found = ScanFindings(scan.input, scan.output)
+    for location in sorted(inputs):
+        rel = scan.relative(location)
+        if rel is not None and readable_name(rel) != rel:
+            found.tiffs += 1
+            found.left_out["name_not_utf8"] += 1
+            if not_utf8 is not None:
+                not_utf8.append(readable_name(location))
+        elif rel is not None:
+            output = scan.output_for(rel)
+            groups.setdefault(_key(output, fold), []).append((location, rel, output))
     found.tiffs += sum(map(len, groups.values()))
     jobs = []  # (in input order: the groups are, by their first input)
     for key, ((first, rel, first_output), *others) in groups.items():
@@ -348,6 +359,13 @@ def scan_jobs(scan: ScanSpec, inputs: list[str], outputs: list[str],
                 "rename one of the inputs, or give scan.output a folder on a file system "
                 f"that keeps {_kept(output, first_output)}")
     return jobs
+
+
+def readable_name(path: str) -> str:
+    """``path`` with each byte of it that is not UTF-8 (a file name's, held as a lone
+    surrogate by Python's file system encoding) written ``\\xNN``: ``caf\\xe9.tif``; a UTF-8
+    path as it is."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _scan_location(value: Any, base_dir: str, local: Local) -> tuple[str | None, str | None]:

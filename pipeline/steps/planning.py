@@ -244,10 +244,17 @@ def expand_scan(scan: ScanSpec, found: ScanFindings | None = None) -> list[JobSp
         raise InputNotFoundError(f"scan input {scan.input} is not a folder: check scan.input "
                                  "in the manifest and that the folder is there")
     collisions: list[str] = []
+    not_utf8: list[str] = []
     jobs = scan_jobs(scan, storage.list_prefix(scan.input, InputNotFoundError),
                      storage.list_prefix(scan.output, OutputNotWritableError),
                      None if storage.is_s3(scan.output) else storage.name_fold(), collisions,
-                     found)
+                     found, not_utf8)
+    if not_utf8:
+        log.warning("scan of %s: left out %d file(s) whose names are not UTF-8 (each byte "
+                    "that is not shown \\xNN): %s; the report names files in UTF-8, where "
+                    "such a name has no spelling: rename the file to a UTF-8 name (convmv -f "
+                    "latin1 -t utf-8 --notest FILE, or mv), and a run takes it", scan.input,
+                    len(not_utf8), _named(not_utf8))
     if collisions:
         log.warning("scan of %s into %s: left out %d group(s) of inputs: %s", scan.input,
                     scan.output, len(collisions), "; ".join(collisions))
