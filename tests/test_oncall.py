@@ -267,7 +267,8 @@ def test_a_stopped_run_still_says_what_it_did_and_status_json_serves_scripts(
     try:
         code, doc, _ = stack.tiffpipe("status", running, "--json")
         assert code == 0 and json.loads(doc) == {
-            "execution": running, "name": "r", "status": "RUNNING", "progress": {}}
+            "schema": 1, "execution": running, "name": "r", "status": "RUNNING",
+            "progress": {}}
     finally:
         sfn.stop_execution(executionArn=running)
 

@@ -311,7 +311,8 @@ def test_a_scan_started_twice_does_no_work_twice(stack: Stack):
     assert report["scan"] == {
         "input": f"s3://{DATA}/incoming/", "output": f"s3://{DATA}/processed/", "tiffs": 2,
         "done_before": 2, "jobs": 0,
-        "left_out": {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0}}
+        "left_out": {"name_collision": 0, "link_outside": 0, "link_to_nothing": 0,
+                     "name_not_utf8": 0}}
     assert {k: stack.client("s3").head_object(Bucket=DATA, Key=k)["ETag"]
             for k in stack.keys(DATA, "processed/")} == before
 
