@@ -293,10 +293,10 @@ def run_report(event: ReportEvent, missing: dict[str, str] | None = None
         jobs = list(pool.map(result, range(len(run["jobs"]))))
     for job in jobs:  # what to do with each failed job: skip it, fix then rerun, or rerun
         if job["status"] == "FAILED" and isinstance(job.get("error"), dict):
-            job["error"]["fault"] = fault_of(str(job["error"].get("type")))
             # every error has a step: null where none is known (a stopped job, one with no
             # result, a job of an execution begun before the deploy that named them)
             job["error"].setdefault("step", None)
+            job["error"]["fault"] = fault_of(str(job["error"].get("type")))
     now = time.time()
     # "run_id" first: how a report is known (pipeline.runner.REPORT_START)
     doc = {"run_id": run["run_id"], "schema": SCHEMA, "manifest": run["manifest"],
