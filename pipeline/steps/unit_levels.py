@@ -43,7 +43,7 @@ fed in order, carry those, :class:`_Picks`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from math import ceil
@@ -318,10 +318,11 @@ def _band_table(plan: JobPlan, unit: SplitUnit) -> TileTable:
 
 
 def _strip(plan: JobPlan, unit: SplitUnit, r0: int, rows: int, cols: int,
-           decoded: list[np.ndarray], tail: tuple[int, ...], dtype: Any) -> np.ndarray:
+           decoded: Iterable[np.ndarray], tail: tuple[int, ...], dtype: Any) -> np.ndarray:
     """Output tile rows [r0, r0 + rows) of the region (its decoded tiles, row-major) as the
     region's pixels: rows x width (x ``tail``: the channels; none for a mask), cut at the
-    page's edge."""
+    page's edge. Each tile is copied in as ``decoded`` yields it (a pool's ``map``), so
+    the row is held once, never also as a list of its tiles."""
     p, t = plan.pages[unit.page], plan.spec.output_options.tile
     y0, x0 = unit.row0 * p.out_grid.tile, unit.col0 * p.out_grid.tile
     top = y0 + r0 * t
@@ -388,12 +389,12 @@ def _feed(levels: RegionLevels, plan: JobPlan, region: SplitUnit, tiles: TileTab
         for r0 in range(0, rows_of, per_row):
             stopping.check()
             rows = min(per_row, rows_of - r0)
-            decoded = list(pool.map(encoder.decode, (next(stream) for _ in range(rows * cols))))
             valid = None
             if valid_stream is not None:
-                bits = list(pool.map(decode_mask, (next(valid_stream) for _ in range(rows * cols)),
-                                     repeat(t), repeat(t)))
+                bits = pool.map(decode_mask, (next(valid_stream) for _ in range(rows * cols)),
+                                repeat(t), repeat(t))
                 valid = _strip(plan, region, r0, rows, cols, bits, (), bool)
+            decoded = pool.map(encoder.decode, (next(stream) for _ in range(rows * cols)))
             levels.add(_strip(plan, region, r0, rows, cols, decoded, (p.out_channels,),
                               p.out_dtype), valid)
         levels.close()
