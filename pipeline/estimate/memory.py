@@ -20,16 +20,18 @@ what its step holds at once, counted from the plan as the steps allocate:
 - a **held ProcessJob** keeps its whole encoded output in memory (its segments) until its
   merge has written it;
 - a **level unit** (``build_levels``, on the process function: a pyramid job that is not
-  fused) works a processing row of its region at once: its decoded output tiles, the row
-  they make, and the row's reductions with the level rows held until a level tile row is
-  complete (:data:`LEVEL_ROWS` rows' worth in all);
+  fused) works a processing row of its region at once: the row its decoded output tiles
+  are copied into as they come, the row's reductions with the level rows held until a
+  level tile row is complete, and the decode threads' tiles in flight (:data:`LEVEL_ROWS`
+  rows' worth in all);
 - a **reduce_stats** (jobs with statistics rounds) holds ``HELD_PARTS`` batches' partial
   statistics at once and their sum: a histogram op's are 256 or 65536 counts of 8 bytes, a
   ``per_band`` one's that times the bands (16 bands of 16 bits: 8 MiB a part);
 - **merge**: building the levels the units did not: a turned page's, a page's carrying
   its mask, a "nearest" page's of odd size, band by band (a level unit's rows for a band of
   :data:`~pipeline.core.levels.BAND_TILES` processing tiles, a byte a pixel more for a
-  mask); the few below the units' deepest with
+  mask, and then its level 1 mask's padded copy and one output tile's masked means,
+  :func:`~pipeline.steps.pyramid.reduce2_pieces`); the few below the units' deepest with
   :class:`~pipeline.steps.pyramid.Pyramid`: a tile row buffer per level across the level's
   width (a byte a pixel more for a mask), the largest level row's encoded tiles and the
   base tiles decoded ahead, which grows with the output's width (a ProcessJob's merge too);
@@ -100,17 +102,19 @@ MAX_VCPUS = 6
 #: the partial statistics a reduce_stats holds at once, with their sum (steps.stats.HELD_PARTS)
 HELD_PARTS = 18
 #: processing rows' worth of output pixels a level unit (build_levels) holds at once: the
-#: row's decoded tiles, the row they make, its reductions (with their wider sums) and the
-#: level rows held; fitted as SCALE is (docs/estimate.md, "Memory": 113 and 144 MiB measured
-#: for rows of 8 and 16 MiB)
+#: row its decoded tiles are copied into, its reductions (with their wider sums), the level
+#: rows held and the tiles in flight; fitted as SCALE is (docs/estimate.md, "Memory": 113
+#: and 144 MiB measured for rows of 8 and 16 MiB) when the row's decoded tiles were held
+#: beside it too, a row more; kept, an overestimate since (docs/estimate.md)
 LEVEL_ROWS = 3
 #: resident MiB merge's level building takes whatever the page's width (its modules, its
 #: thread pool, the codecs' contexts): the intercept of merge's measured peaks against the
 #: level bytes counted (docs/estimate.md, "Memory"), rounded up
 PYRAMID_MB = 13.0
-#: bytes a sample of a masked band's processing row takes in its level 1 means
-#: (:func:`~pipeline.core.reduce.masked_mean`) besides the wide sums: whether each sample
-#: is valid, twice (a bool each), and the counts (int64, a quarter of the samples: 2)
+#: bytes a sample of a masked band's level 1 means take (:func:`~pipeline.core.reduce.masked_mean`)
+#: besides the wide sums: whether each sample is valid, twice (a bool each), and the counts
+#: (int64, a quarter of the samples: 2); of one output tile's piece of the processing row
+#: at a time (:func:`~pipeline.steps.pyramid.reduce2_pieces`)
 MASKED_MEAN_BYTES = 4
 
 
@@ -255,7 +259,8 @@ def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: fl
     """What merge holds building the levels of a page the units did not build (bytes; {}
     when it builds none): the bands of a page whose units build none
     (:func:`~pipeline.core.levels.band_level_count`: a processing row of a band,
-    :data:`LEVEL_ROWS` times, with a mask a byte a pixel more and its means' arrays,
+    :data:`LEVEL_ROWS` times, with a mask a byte a pixel more, and its level 1 mask's
+    padded copy, a byte a pixel, and one output tile's masked means' arrays,
     :data:`MASKED_MEAN_BYTES` and the wide sums a sample); and with
     :class:`~pipeline.steps.pyramid.Pyramid` (the few levels below the units' or bands'
     deepest) a tile row buffer per level across the level's width (with a mask a byte a
@@ -274,11 +279,11 @@ def _merge_level_bytes(plan: JobPlan, page_index: int, threads: int, out_bpm: fl
     if bands := band_level_count(plan, page_index):
         row = min(g.tile, g.height) * min(BAND_TILES * g.tile, g.width)
         parts["level bands"] = float(LEVEL_ROWS * row * pixel)
-        if p.info.mask_ifd:  # the masked means' arrays, and reduce_mask's padded copy
-            dtype = np.dtype(p.out_dtype)
+        if p.info.mask_ifd:  # reduce_mask's padded copy of the row's mask, and the masked
+            dtype = np.dtype(p.out_dtype)  # means' arrays of a piece (reduce2_pieces: a tile)
             wide = 8 if dtype.kind == "f" else np.dtype(WIDE.get(dtype.str[1:], dtype)).itemsize
-            parts["level masks"] = float(row * (p.out_channels * (MASKED_MEAN_BYTES + wide)
-                                                + 1))
+            parts["level masks"] = float(row + t * t * p.out_channels
+                                         * (MASKED_MEAN_BYTES + wide))
         count = bands
     # (below the deepest level built in regions: its rows, a tile row at a time, and the
     # levels under it)
