@@ -738,22 +738,29 @@ def test_a_job_state_that_can_fail_unrecorded_is_refused(
     assert message.endswith("): " + "; ".join(problems)), (problems, message)
 
 
+#: what an unknown error name's problem says of the names a Retry or Catch may match
+_RULE = ("error class of tiffpipe's, no Python exception) and is no error of Step Functions "
+         "(States.*, States.Http.StatusCode.NNN) or AWS Lambda (Lambda.*, Sandbox.*, "
+         "Runtime.*), so this entry never matches")
+
+
 @pytest.mark.parametrize("edit,problem", [
     (lambda s: s["ProcessJob"]["Retry"][1]["ErrorEquals"].__setitem__(4, "StorageEror"),
-     ("Jobs/ProcessJob: Retry[1].ErrorEquals names 'StorageEror', which no step raises and "
-      "is no error of Step Functions (States.*) or AWS Lambda (Lambda.*), so this entry never "
-      "matches: did you mean 'StorageError'?")),
+     ("Jobs/ProcessJob: Retry[1].ErrorEquals names 'StorageEror', which no step raises (no "
+      f"{_RULE}: did you mean 'StorageError'?")),
     (lambda s: s["Merge"]["Retry"].insert(0, {"ErrorEquals": ["States.TaskFaild"]}),
-     ("Jobs/Merge: Retry[0].ErrorEquals names 'States.TaskFaild', which no step raises and "
-      "is no error of Step Functions (States.*) or AWS Lambda (Lambda.*), so this entry never "
-      "matches: did you mean 'States.TaskFailed'?")),
+     ("Jobs/Merge: Retry[0].ErrorEquals names 'States.TaskFaild', which no step raises (no "
+      f"{_RULE}: did you mean 'States.TaskFailed'?")),
     (lambda s: s["Merge"]["Catch"].insert(0, {"ErrorEquals": ["TransientEror"],
                                               "ResultPath": "$.error.Merge",
                                               "Next": "RecordFailure"}),
-     ("Jobs/Merge: Catch[0].ErrorEquals names 'TransientEror', which no step raises and is "
-      "no error of Step Functions (States.*) or AWS Lambda (Lambda.*), so this entry never "
-      "matches: name an error class of pipeline/errors.py, which the steps raise, or one of "
-      "Step Functions or Lambda")),
+     ("Jobs/Merge: Catch[0].ErrorEquals names 'TransientEror', which no step raises (no "
+      f"{_RULE}: name an error class the steps raise (pipeline/errors.py), a Python "
+      "exception, or an error of Step Functions or Lambda")),
+    (lambda s: s["Merge"]["Retry"].insert(0, {"ErrorEquals": ["States.Http.StatusCode.5XX"]}),
+     ("Jobs/Merge: Retry[0].ErrorEquals names 'States.Http.StatusCode.5XX', which no step "
+      f"raises (no {_RULE}: name an error class the steps raise (pipeline/errors.py), a "
+      "Python exception, or an error of Step Functions or Lambda")),
 ])
 def test_an_error_name_no_step_raises_is_refused_with_the_one_meant(
         raw: dict[str, Any], edit: Any, problem: str):
@@ -764,12 +771,17 @@ def test_an_error_name_no_step_raises_is_refused_with_the_one_meant(
 
 
 def test_the_errors_of_the_steps_lambda_and_step_functions_pass(raw: dict[str, Any]):
-    """The names a Retry or Catch may match pass: each error class the steps raise, AWS
-    Lambda's own (Lambda.*, Sandbox.Timedout, Runtime.OutOfMemory), and the States
-    Language's."""
-    names = ["CorruptTiffError", "OutOfMemoryError", "EventError", "Lambda.Unknown",
+    """The names a Retry or Catch may match pass: each error class the steps raise, those
+    of pipeline/errors.py and tiffpipe's others wherever defined (EventError in
+    core/events.py, UploadsUnchecked in adapters/segments.py, AwsError in aws/), Python's
+    builtin exceptions (handlers.dispatch re-raises a step's own: ValueError, KeyError),
+    AWS Lambda's own (Lambda.*, Sandbox.Timedout, Runtime.OutOfMemory), and the States
+    Language's, an HTTP Task's status codes included (States.Http.StatusCode.503)."""
+    names = ["CorruptTiffError", "OutOfMemoryError", "EventError", "UploadsUnchecked",
+             "AwsError", "ValueError", "KeyError", "MemoryError", "Lambda.Unknown",
              "Sandbox.Timedout", "Runtime.OutOfMemory", "States.Timeout",
-             "States.ExceedToleratedFailureThreshold", "States.HeartbeatTimeout"]
+             "States.ExceedToleratedFailureThreshold", "States.HeartbeatTimeout",
+             "States.Http.StatusCode.503", "States.Http.StatusCode.404"]
     edited = _edited(raw, lambda s: s["Merge"]["Retry"].insert(0, {"ErrorEquals": names}))
     assert definition.contract_problems(edited) == []
 

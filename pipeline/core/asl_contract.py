@@ -331,6 +331,9 @@ STATES_ERRORS = frozenset({
     "States.Permissions", "States.QueryEvaluationError", "States.ResultPathMatchFailure",
     "States.ResultWriterFailed", "States.Runtime", "States.TaskFailed", "States.Timeout",
     "States.BranchFailed"})
+#: ... and those named by a pattern: an HTTP Task's response status
+#: (``States.Http.StatusCode.503``)
+STATES_ERROR_PATTERN = re.compile(r"States\.Http\.StatusCode\.[1-5][0-9][0-9]")
 #: the prefixes of the errors AWS Lambda raises for an invocation itself
 #: (``Lambda.ServiceException``, ``Sandbox.Timedout``, ``Runtime.OutOfMemory``): taken as
 #: they are, Lambda's own list being long and growing
@@ -355,7 +358,8 @@ def each_states(machine: dict[str, Any], scope: str = ""
 
 def error_name_problems(definition: dict[str, Any], raised: AbstractSet[str]) -> list[str]:
     """Each name of a Retry's or Catch's ErrorEquals that is none of ``raised`` (the errors
-    the functions raise), of :data:`STATES_ERRORS` or of AWS Lambda's
+    the functions raise: tiffpipe's error classes and Python's builtin exceptions), of
+    :data:`STATES_ERRORS` or :data:`STATES_ERROR_PATTERN`, or of AWS Lambda's
     (:data:`AWS_ERROR_PREFIXES`): a typo, whose Retry or Catch never matches."""
     known = raised | STATES_ERRORS
     problems = []
@@ -364,18 +368,22 @@ def error_name_problems(definition: dict[str, Any], raised: AbstractSet[str]) ->
             for field in ("Retry", "Catch"):
                 for i, handler in enumerate(state.get(field, [])):
                     for error in handler["ErrorEquals"]:
-                        if error in known or error.startswith(AWS_ERROR_PREFIXES):
+                        if (error in known or error.startswith(AWS_ERROR_PREFIXES)
+                                or STATES_ERROR_PATTERN.fullmatch(error)):
                             continue
                         import difflib  # (here only: most definitions have no typo)
 
                         close = difflib.get_close_matches(error, known, n=1, cutoff=0.8)
                         problems.append(
                             f"{scope}{name}: {field}[{i}].ErrorEquals names {error!r}, which "
-                            "no step raises and is no error of Step Functions (States.*) or "
-                            "AWS Lambda (Lambda.*), so this entry never matches" + (
+                            "no step raises (no error class of tiffpipe's, no Python "
+                            "exception) and is no error of Step Functions (States.*, "
+                            "States.Http.StatusCode.NNN) or AWS Lambda (Lambda.*, Sandbox.*, "
+                            "Runtime.*), so this entry never matches" + (
                                 f": did you mean {close[0]!r}?" if close else
-                                ": name an error class of pipeline/errors.py, which the "
-                                "steps raise, or one of Step Functions or Lambda"))
+                                ": name an error class the steps raise (pipeline/errors.py), "
+                                "a Python exception, or an error of Step Functions or "
+                                "Lambda"))
     return problems
 
 

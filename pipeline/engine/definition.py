@@ -204,15 +204,28 @@ def contract_problems(machine: dict[str, Any]) -> list[str]:
 
 
 def step_errors() -> frozenset[str]:
-    """The error names the steps raise, which a Retry or Catch may match: the classes of
-    :mod:`pipeline.errors` (every error a job fails with is one, Lambda reporting its class
-    name) and the events' :class:`~pipeline.core.events.EventError`."""
-    from pipeline import errors
-    from pipeline.core.events import EventError
+    """The error names the steps raise, which a Retry or Catch may match (Lambda reports an
+    exception by its class's name, and ``handlers.dispatch`` re-raises a step's own): every
+    subclass of :class:`~pipeline.errors.TiffpipeError`, wherever it is defined
+    (``EventError``, ``AwsError``, ``UploadsUnchecked``, ...: the modules of the functions'
+    steps, as a Lambda image preloads them, and :mod:`pipeline.aws` imported, the classes
+    walked), and Python's builtin exceptions (``ValueError``, ``MemoryError``, ...)."""
+    import builtins
 
-    return frozenset({EventError.__name__} | {
-        name for name, value in vars(errors).items()
-        if isinstance(value, type) and issubclass(value, errors.TiffpipeError)})
+    import pipeline.aws  # noqa: F401  (AwsError and its subclasses)
+    from pipeline import handlers
+    from pipeline.errors import TiffpipeError
+
+    for function in handlers.FUNCTIONS:
+        handlers.preload(function)
+    names = {name for name, value in vars(builtins).items()
+             if isinstance(value, type) and issubclass(value, BaseException)}
+    classes = [TiffpipeError]
+    while classes:
+        cls = classes.pop()
+        names.add(cls.__name__)
+        classes += cls.__subclasses__()
+    return frozenset(names)
 
 
 _PLACEHOLDER_ONLY = re.compile(r"\$\{\w+\}")
