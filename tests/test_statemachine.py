@@ -738,6 +738,56 @@ def test_a_job_state_that_can_fail_unrecorded_is_refused(
     assert message.endswith("): " + "; ".join(problems)), (problems, message)
 
 
+def _catch_first(states: dict[str, Any], errors: list[str], to: str,
+                 **added: dict[str, Any]) -> None:
+    """Merge's Catch given a first entry of ``errors`` leading to ``to``; ``added``: states
+    added beside it."""
+    states.update(added)
+    states["Merge"]["Catch"].insert(0, {"ErrorEquals": errors, "ResultPath": "$.error.Merge",
+                                        "Next": to})
+
+
+def test_a_catch_ending_the_job_before_the_catch_of_all_is_refused(raw: dict[str, Any]):
+    """A Catch entry ahead of the one of States.ALL whose error ends the job (a Fail, a
+    Succeed, directly or past Pass states) passed, the States.ALL entry into RecordFailure
+    being there: a StorageError then ended the job unrecorded. Refused, naming the entry,
+    where it leads and what to do."""
+    fail = {"Type": "Fail", "Error": "Storage"}
+    message = _contract_refused(_edited(raw, lambda s: _catch_first(
+        s, ["StorageError"], "Failed", Failed=fail)))
+    assert message.endswith(
+        "): Jobs/Merge: Catch[0] (StorageError) leads to Failed, a Fail state that ends the "
+        "job, without RecordFailure: such an error ends its job unrecorded (on AWS the run "
+        "report says NoResultError for it, its error lost): lead it to RecordFailure, or "
+        "remove the entry so that the Catch of States.ALL takes the error"), message
+    message = _contract_refused(_edited(raw, lambda s: _catch_first(
+        s, ["StorageError", "AccessDeniedError"], "Note",
+        Note={"Type": "Pass", "Next": "Done"}, Done={"Type": "Pass", "End": True})))
+    assert message.endswith("): Jobs/Merge: Catch[0] (StorageError, AccessDeniedError) leads to "
+                            "Done, a Pass state that ends the job, without RecordFailure: such "
+                            "an error ends its job unrecorded (on AWS the run report says "
+                            "NoResultError for it, its error lost): lead it to RecordFailure, "
+                            "or remove the entry so that the Catch of States.ALL takes the "
+                            "error"), message
+
+
+def test_a_catch_reaching_a_recorder_past_pass_states_or_a_second_recorder_passes(
+        raw: dict[str, Any]):
+    """The States.ALL entry may lead to RecordFailure past Pass states (one that shapes
+    the error, say), and a job's States may hold two Tasks of the record_failure action
+    (a second, led to by some states): both were refused, the Pass as no Catch into
+    RecordFailure, the second recorder as a state that must catch into the first. A Catch
+    entry ahead of States.ALL leading to either passes too."""
+    def edit(s: dict[str, Any]) -> None:
+        s["Merge"]["Catch"][0]["Next"] = "Shape"
+        s["Shape"] = {"Type": "Pass", "Next": "RecordFailure"}
+        s["RecordMergeFailure"] = copy.deepcopy(s["RecordFailure"])
+        _catch_first(s, ["StorageError"], "RecordMergeFailure")
+        s["Split"]["Catch"][0]["Next"] = "RecordMergeFailure"
+
+    assert definition.contract_problems(_edited(raw, edit)) == []
+
+
 #: what an unknown error name's problem says of the names a Retry or Catch may match
 _RULE = ("error class of tiffpipe's, no Python exception) and is no error of Step Functions "
          "(States.*, States.Http.StatusCode.NNN) or AWS Lambda (Lambda.*, Sandbox.*, "

@@ -387,21 +387,37 @@ def error_name_problems(definition: dict[str, Any], raised: AbstractSet[str]) ->
     return problems
 
 
+def _through_passes(states: dict[str, dict[str, Any]], name: str) -> str:
+    """The state a transition to ``name`` leads to past Pass states (their Next): the first
+    that is not a Pass, or a Pass that ends its States (``"End": true``)."""
+    seen = set()
+    while states[name]["Type"] == "Pass" and "Next" in states[name] and name not in seen:
+        seen.add(name)
+        name = states[name]["Next"]
+    return name
+
+
 def uncaught_problems(definition: dict[str, Any], failure: str) -> list[str]:
     """The states of a job that may fail without its failure recorded: in the States holding
-    the Task of the ``failure`` action (RecordFailure, the failure path of each job), each
-    other Task, Map and Parallel needs a Catch of ``States.ALL`` whose Next is that Task."""
+    a Task of the ``failure`` action (RecordFailure, the failure path of each job; any of
+    them, if more than one), each other Task, Map and Parallel needs a Catch of
+    ``States.ALL`` that leads to one (its Next, or past Pass states), and no Catch entry
+    of it may lead (past Pass states) to a Fail, a Succeed or an end instead: an error it
+    matches would end the job unrecorded before the Catch of ``States.ALL`` sees it."""
     problems = []
     for scope, states in each_states(definition):
-        recorder = next((name for name, state in states.items()
-                         if state["Type"] == "Task" and _action(state) == failure), None)
-        if recorder is None:
+        recorders = [name for name, state in states.items()
+                     if state["Type"] == "Task" and _action(state) == failure]
+        if not recorders:
             continue
+        recorder = recorders[0]
         for name, state in states.items():
-            if name == recorder or state["Type"] not in ("Task", "Map", "Parallel"):
+            if name in recorders or state["Type"] not in ("Task", "Map", "Parallel"):
                 continue
-            if not any(_CATCH_ALL in c["ErrorEquals"] and c["Next"] == recorder
-                       for c in state.get("Catch", [])):
+            ends = [(i, c, _through_passes(states, c["Next"]))
+                    for i, c in enumerate(state.get("Catch", []))]
+            if not any(_CATCH_ALL in c["ErrorEquals"] and end in recorders
+                       for _, c, end in ends):
                 problems.append(
                     f"{scope}{name}: no Catch of {_CATCH_ALL} leading to {recorder}: an error "
                     f"here (a bad input, say) ends its job without {recorder} recording it: "
@@ -410,6 +426,18 @@ def uncaught_problems(definition: dict[str, Any], failure: str) -> list[str]:
                     "execution: add "
                     f'{{"ErrorEquals": ["{_CATCH_ALL}"], "ResultPath": "$.error.{name}", '
                     f'"Next": "{recorder}"}} to its Catch')
+            for i, catch, end in ends:
+                last = states[end]
+                if (_CATCH_ALL in catch["ErrorEquals"] or end in recorders
+                        or not (last["Type"] in ("Fail", "Succeed") or last.get("End"))):
+                    continue
+                errors = ", ".join(catch["ErrorEquals"])
+                problems.append(
+                    f"{scope}{name}: Catch[{i}] ({errors}) leads to {end}, a {last['Type']} "
+                    f"state that ends the job, without {recorder}: such an error ends its job "
+                    "unrecorded (on AWS the run report says NoResultError for it, its error "
+                    f"lost): lead it to {recorder}, or remove the entry so that the Catch of "
+                    f"{_CATCH_ALL} takes the error")
     return problems
 
 
