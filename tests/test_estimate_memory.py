@@ -406,3 +406,23 @@ def test_a_merge_held_up_by_its_levels_is_told_how_to_lighten_them(tmp_path: Pat
     (w,) = [w for w in doc["warnings"] if "merge function" in w]
     assert "a smaller output_options.tile (merge builds this page's lower pyramid levels" in w
     assert "masks" not in w and "larger" not in w
+
+
+def test_a_merge_held_up_by_its_level_bands_is_told_a_smaller_processing_tile(
+        tmp_path: Path) -> None:
+    """A wide page carrying its mask: merge builds its levels band by band, each holding a
+    processing row of the band, whose rows are the processing tile's (the manifest's
+    "tile"), not the output tile's. Where that passes the merge function's memory, the
+    warning advises a smaller "tile", not the larger output_options.tile it gave (which
+    lightens a tile table and leaves the bands as heavy)."""
+    manifest = _pyramid_job(tmp_path, "masked", (512, 40000), [], masked=True)
+    code, out, err = _cli("estimate", str(manifest), "--json", "--price",
+                          "memory_merge_mb=60")
+    assert code == 0, err
+    doc = json.loads(out)
+    merge = doc["jobs"][0]["memory"]["merge"]
+    assert merge["parts_mb"]["level bands"] > merge["parts_mb"]["tile table"]
+    (w,) = [w for w in doc["warnings"] if "merge function" in w]
+    assert ('make the merge lighter: a smaller "tile" (the processing tile: merge builds '
+            "this page's pyramid levels band by band") in w, w
+    assert "output_options.tile" not in w, w

@@ -70,10 +70,21 @@ STEPS = ("plan_run", "plan_job", "split", "stats", "reduce_stats", "process", "p
 
 
 
-def _levels_lead(peak: Peak) -> bool:
-    """Whether a merge's peak holds more for the pyramid levels it builds than for its tile
-    table (which a larger output tile lightens: the levels' rows it makes heavier)."""
-    return peak.parts.get("levels", 0.0) > peak.parts.get("tile table", 0.0)
+def _merge_lighter(peak: Peak) -> str:
+    """What makes a merge lighter, by what its peak holds most of: the bands of a page whose
+    levels merge builds band by band (``level bands``, ``level masks``: a processing row of
+    a band, whose rows are the processing ``tile``'s), the levels it builds across a level's
+    width (a tile row each: ``output_options.tile`` rows), or its tile table (a larger
+    output tile makes fewer tiles; it makes the levels' rows heavier)."""
+    bands = peak.parts.get("level bands", 0.0) + peak.parts.get("level masks", 0.0)
+    levels, table = peak.parts.get("levels", 0.0), peak.parts.get("tile table", 0.0)
+    if bands > max(levels, table):
+        return ("a smaller \"tile\" (the processing tile: merge builds this page's pyramid "
+                "levels band by band, a processing row of a band at a time)")
+    if levels > table:
+        return ("a smaller output_options.tile (merge builds this page's lower pyramid "
+                "levels, a tile row each across the level's width)")
+    return "fewer output tiles a page (a larger output_options.tile)"
 
 
 class _Ledger:
@@ -134,11 +145,7 @@ class _Ledger:
                 f"(predicted, {MARGIN:.0%} margin), more than the {limit:,.0f} MB the function "
                 f"has (memory_{f}_mb): give the {f} function more memory in the deploy "
                 f"(FUNCTION_SIZES; --price memory_{f}_mb=... to estimate it), or make the "
-                + ("merge lighter: a smaller output_options.tile (merge builds this page's "
-                   "lower pyramid levels, a tile row each across the level's width)"
-                   if f == "merge" and _levels_lead(peak) else
-                   "merge lighter: fewer output tiles a page (a larger output_options.tile)"
-                   if f == "merge" else
+                + ("merge lighter: " + _merge_lighter(peak) if f == "merge" else
                    "work smaller: a smaller \"tile\" (the processing tile) or "
                    "output_options.tile, or an input re-saved with smaller strips or tiles"))
 
