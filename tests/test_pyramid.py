@@ -547,6 +547,40 @@ def test_a_nearest_odd_pages_levels_built_band_by_band_are_merges_whole_page_one
     _banded_is_whole_page(tmp_path, monkeypatch, src, job, options, shape[1])
 
 
+def test_a_bands_nearest_picks_past_half_way_copy_nothing_of_its_rows() -> None:
+    """Past half way down and across a level of odd size, a band's "nearest" picks take the
+    row above (the processing row before's last) and the column left (the band before's
+    last) for their first row and column (unit_levels._Picks): those come from what was
+    kept, the rest is picked from the rows fed, with no copy of them a row and a column
+    larger (which an RGB band's processing row of 1,024 x 8,192 made 24 MiB more of merge's
+    peak): numpy's allocations past the picks' own, as tracemalloc sees them, are under
+    0.75 of the rows fed (a ratio, not a figure); the picks are those of the rows fed with
+    the row above and the column left put before them."""
+    import tracemalloc
+
+    from pipeline.steps.unit_levels import _Picks
+
+    height, width, y, x = 1025, 8193, 514, 6144  # (odd: past half way, picks -1 first)
+    rng = np.random.default_rng(5)
+    rows = (rng.random((256, 1024, 3)) * 255).astype("uint8")
+    above = (rng.random((1024, 3)) * 255).astype("uint8")
+    left = (rng.random((height, 3)) * 255).astype("uint8")
+    picks = _Picks([(height, width)], [y], [x], [(left,)])
+    picks.above[0] = (above,)
+    tracemalloc.start()
+    try:
+        (out,) = picks.reduce(0, (rows,))
+        extra = tracemalloc.get_traced_memory()[1] - out.nbytes
+    finally:
+        tracemalloc.stop()
+    assert extra < 0.75 * rows.nbytes, (extra, rows.nbytes)
+    ext = np.concatenate([left[y - 1:y + 256, None], np.concatenate([above[None], rows])], 1)
+    want = ext[overview_picks(height, y // 2, (y + 257) // 2) - y + 1][
+        :, overview_picks(width, x // 2, (x + 1025) // 2) - x + 1]
+    assert (overview_picks(height, y // 2)[0] - y, overview_picks(width, x // 2)[0] - x) == (-1, -1)
+    np.testing.assert_array_equal(out, want)
+
+
 @pytest.mark.parametrize("method", ["mean", "mode", "min", "max"])
 @pytest.mark.parametrize("dtype,nodata", [("uint8", None), ("uint16", 7), ("float32", None),
                                           ("float32", -9999.0)])

@@ -137,23 +137,21 @@ class _Picks:
         (height, width), y, x = self.sizes[i], self.tops[i], self.lefts[i]
         rows = overview_picks(height, y // 2, (y + h + 1) // 2) - y
         cols = overview_picks(width, x // 2, (x + w + 1) // 2) - x
+        if cols[0] < 0 and self.left is None:
+            raise RuntimeError(f"level {i + 1}: a pick left of column {x} with no band "
+                               "before it")
+        # (only the first pick of each can be outside: -1, the row above, the column left;
+        # picked inside, then those patched: no copy of the rows fed)
+        inside_rows, inside_cols = np.maximum(rows, 0), np.maximum(cols, 0)
         out = []
         for j, plane in enumerate(planes):
-            if rows[0] >= 0 and cols[0] >= 0:
-                out.append(plane[rows][:, cols])
-                continue
-            ext = np.empty((h + 1, w + 1) + plane.shape[2:], plane.dtype)
-            ext[1:, 1:] = plane
+            picked = plane[inside_rows][:, inside_cols]
             if rows[0] < 0:
-                ext[0, 1:] = self.above[i][j]
+                picked[0] = self.above[i][j][inside_cols]
             if cols[0] < 0:
-                if self.left is None:
-                    raise RuntimeError(f"level {i + 1}: a pick left of column {x} with no "
-                                       "band before it")
-                ext[1:, 0] = self.left[i][j][y:y + h]
-                if y:
-                    ext[0, 0] = self.left[i][j][y - 1]
-            out.append(ext[rows + 1][:, cols + 1])
+                assert self.left is not None
+                picked[:, 0] = self.left[i][j][y + rows]  # (the corner: the row above's)
+            out.append(picked)
         self.above[i] = tuple(plane[-1].copy() for plane in planes)
         self.right[i].append(tuple(plane[:, -1].copy() for plane in planes))
         self.tops[i] += h
