@@ -655,12 +655,45 @@ def _ends(name: str) -> dict[str, Any]:
     return {"StartAt": name, "States": {name: {"Type": "Succeed"}}}
 
 
+def _holder_fields_edited(raw: dict[str, Any], where: str, field: str) -> dict[str, Any]:
+    """The shipped definition given ``field`` at its top level (``where`` "top"), in the
+    Jobs map's ItemProcessor ("processor"), or a one-branch Parallel machine given it in
+    its branch ("branch")."""
+    if where == "branch":
+        return {"StartAt": "P", "States": {"P": {"Type": "Parallel", "End": True,
+                                                 "Branches": [{**_ends("A"), field: {}}]}}}
+    edited = copy.deepcopy(raw)
+    (edited if where == "top" else edited["States"]["Jobs"]["ItemProcessor"])[field] = 1
+    return edited
+
+
+@pytest.mark.parametrize("where,field,problem", [
+    ("top", "TimeoutSecond", ("the definition: unknown field 'TimeoutSecond' of the "
+     "definition's top level: did you mean 'TimeoutSeconds'?")),
+    ("processor", "ProcesorConfig", ("the ItemProcessor of Jobs: unknown field "
+     "'ProcesorConfig' of an ItemProcessor: did you mean 'ProcessorConfig'?")),
+    ("branch", "Coment", ("Branches[0] of P: unknown field 'Coment' of a Parallel's branch: "
+     "did you mean 'Comment'?")),
+])
+def test_a_field_the_definition_or_an_item_processor_does_not_have_is_refused(
+        raw: dict[str, Any], where: str, field: str, problem: str):
+    """A typo at the definition's top level, in a Map's ItemProcessor or in a Parallel's
+    branch (TimeoutSecond, ProcesorConfig) passed the check, the engine ignoring it, while
+    CreateStateMachine refuses it: refused before any run, naming where and the field
+    meant, as the one problem."""
+    message = _refused(_holder_fields_edited(raw, where, field))
+    assert message.endswith(f": {problem} (Step Functions refuses it, SCHEMA_VALIDATION_FAILED, "
+                            "where the local engine would ignore it)"), (problem, message)
+    assert message.count("; ") == 0, message
+
+
 def test_every_field_of_each_type_passes(tmp_path: Path):
     """The fields the States Language and Step Functions give each Type (JSONata's, a
     Distributed Map's, a Retry's and Catch's) are not taken for typos: a machine with each
     passes, as it passes asl-validator."""
     function = ARNS["split"]
-    machine = {"StartAt": "Task", "States": {
+    machine = {"Comment": "c", "Version": "1.0", "TimeoutSeconds": 600, "StartAt": "Task",
+               "States": {
         "Task": {"Type": "Task", "Resource": LAMBDA_INVOKE, "Comment": "c", "InputPath": "$",
                  "OutputPath": "$", "Parameters": {"FunctionName": function, "Payload": {}},
                  "ResultSelector": {}, "ResultPath": "$.r", "TimeoutSecondsPath": "$.t",
@@ -677,7 +710,7 @@ def test_every_field_of_each_type_passes(tmp_path: Path):
                     "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Fail", "Output": {}}],
                     "Next": "Map"},
         "Map": {"Type": "Map", "ItemsPath": "$.items", "ItemSelector": {}, "ItemProcessor": {
-            **_ends("I1"), "ProcessorConfig": {"Mode": "DISTRIBUTED",
+            **_ends("I1"), "Comment": "c", "ProcessorConfig": {"Mode": "DISTRIBUTED",
                                                "ExecutionType": "STANDARD"}},
                 "ItemReader": {"Resource": "arn:aws:states:::s3:getObject"},
                 "ItemBatcher": {"MaxItemsPerBatch": 2}, "ResultWriter": {"Resource": "x"},
@@ -688,7 +721,8 @@ def test_every_field_of_each_type_passes(tmp_path: Path):
                    "Parameters": {}, "Next": "Items"},
         "Items": {"Type": "Map", "QueryLanguage": "JSONata", "Items": [1],
                   "ItemProcessor": _ends("I3"), "Next": "Parallel"},
-        "Parallel": {"Type": "Parallel", "QueryLanguage": "JSONata", "Branches": [_ends("I4")],
+        "Parallel": {"Type": "Parallel", "QueryLanguage": "JSONata",
+                     "Branches": [{**_ends("I4"), "Comment": "c"}],
                      "Arguments": {}, "Next": "Wait"},
         "Wait": {"Type": "Wait", "Seconds": 1, "Assign": {}, "Next": "Until"},
         "Until": {"Type": "Wait", "TimestampPath": "$.t", "Next": "Pass"},

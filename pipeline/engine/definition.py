@@ -307,6 +307,16 @@ _HANDLER_FIELDS = {
 }
 #: every field of a state, of whichever Type
 _STATE_FIELDS = frozenset().union(*FIELDS.values())
+#: the fields of a States' holder: the definition, a Map's ItemProcessor (or its older
+#: Iterator), a Parallel's branch; CreateStateMachine refuses any other
+_HOLDER_FIELDS = {
+    "": ("the definition's top level", frozenset({"StartAt", "States", "Comment", "Version",
+                                      "TimeoutSeconds", "QueryLanguage"})),
+    "ItemProcessor": ("an ItemProcessor", frozenset({"StartAt", "States", "ProcessorConfig",
+                                                     "Comment"})),
+    "Iterator": ("an Iterator", frozenset({"StartAt", "States", "Comment"})),
+    "Branches": ("a Parallel's branch", frozenset({"StartAt", "States", "Comment"})),
+}
 
 
 def _unknown_fields(fields: Any, known: frozenset[str], label: str, what: str) -> list[str]:
@@ -508,16 +518,20 @@ def _transitions(state: dict[str, Any], kind: Any, label: str
     return known, problems
 
 
-def _problems(machine: Any, scope: str, within: str, placeholders: bool = True) -> list[str]:
+def _problems(machine: Any, scope: str, within: str, placeholders: bool = True,
+              holder: str = "") -> list[str]:
     """The structural problems of one States: ``scope`` prefixes its states' names (``Jobs >
     Merge``), ``within`` says where it is (``the ItemProcessor of Jobs``); both "" at the top.
-    States not reachable are named each, or together, as what may follow from the problems
-    before, when a Type or a transition of this States has one (a Next mistyped, a Choices
-    that is no list)."""
+    ``holder``: the field that holds it (:data:`_HOLDER_FIELDS`: "" the definition), whose
+    fields it may have. States not reachable are named each, or together, as what may
+    follow from the problems before, when a Type or a transition of this States has one (a
+    Next mistyped, a Choices that is no list)."""
     where = f" in {within}" if within else ""
     states = machine.get("States") if isinstance(machine, dict) else None
     if not isinstance(states, dict) or not states:
         return [f"{within or 'the definition'}: no States"]
+    what, known = _HOLDER_FIELDS[holder]
+    unknown = _unknown_fields(machine, known, within or "the definition", what)
     start = machine.get("StartAt")
     if not isinstance(start, str):
         return [(f"{within or 'the definition'}: StartAt must be a state's name (a string), "
@@ -525,7 +539,7 @@ def _problems(machine: Any, scope: str, within: str, placeholders: bool = True) 
     if start not in states:
         return [(f"{within or 'the definition'}: StartAt names {start!r}, which is not a "
                  f"state{where}")]
-    problems: list[str] = []
+    problems: list[str] = unknown
     inner_problems: list[str] = []
     edges: dict[str, list[str]] = {}
     misled = 0  # the problems of a Type or a transition: those that may leave states unreached
@@ -555,10 +569,10 @@ def _problems(machine: Any, scope: str, within: str, placeholders: bool = True) 
         if kind == "Map":
             key = "ItemProcessor" if "ItemProcessor" in state else "Iterator"
             inner_problems += _problems(state.get(key), inner, f"the {key} of {inner}",
-                                        placeholders)
+                                        placeholders, key)
         for i, branch in enumerate(_listed(state, "Branches") if kind == "Parallel" else []):
             inner_problems += _problems(branch, f"{inner}[{i}]", f"Branches[{i}] of {inner}",
-                                        placeholders)
+                                        placeholders, "Branches")
     reached, todo = {start}, [start]
     while todo:
         for target in edges.get(todo.pop(), []):
