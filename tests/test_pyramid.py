@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from math import ceil
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from pipeline.core.events import MergeEvent
 from pipeline.core.manifest import parse_manifest
 from pipeline.core.models import OutputOptions
 from pipeline.core.reduce import overview_picks
-from pipeline.errors import ManifestError
+from pipeline.errors import ManifestError, StorageError
 from pipeline.steps import layout
 from pipeline.steps import merge as merge_mod
 from pipeline.steps import pyramid as pyramid_mod
@@ -579,6 +580,78 @@ def test_a_bands_nearest_picks_past_half_way_copy_nothing_of_its_rows() -> None:
         :, overview_picks(width, x // 2, (x + 1025) // 2) - x + 1]
     assert (overview_picks(height, y // 2)[0] - y, overview_picks(width, x // 2)[0] - x) == (-1, -1)
     np.testing.assert_array_equal(out, want)
+
+
+def _open_fds() -> list[int]:
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+
+def test_region_levels_that_cannot_open_a_writer_discard_those_opened(tmp_path: Path) -> None:
+    """A band's (or unit's) RegionLevels opens a segment writer per level and plane and one
+    for its fragments; one that cannot open (a process out of open files: here the mask
+    plane's first, RLIMIT_NOFILE lowered to let the others open) left those opened before it
+    open, their temporary files on disk, as nothing held them to abort. They are closed and
+    removed, and the error is the open's."""
+    import resource
+
+    from pipeline.adapters.tile_codec import OutputEncoder
+    from pipeline.core.grid import SplitUnit
+    from pipeline.core.plan import page_options
+    from pipeline.steps.common import load_plan
+    from pipeline.steps.unit_levels import RegionLevels
+
+    src = tmp_path / "in.tif"
+    _masked_input(src, 203, 1299, 1)
+    work = tmp_path / "work"
+    _run(tmp_path, {"b": {"input": str(src), "output_options": {
+        "tile": OUT_TILE, "pyramid": True, "compression": "deflate"}}},
+        "--keep-work", "--work", str(work))
+    forget_plans()
+    plan = load_plan(layout.plan_file(str(work / "jobs" / "00000")))
+    p = plan.pages[0]
+    encoder = OutputEncoder(page_options(plan.spec, p), p.out_dtype, p.out_channels)
+    band, count = SplitUnit(0, 0, 1, 0, 1), 3
+    before = set(work.rglob("*.tmp"))
+    # (the fragments' writer and the pixels' plane open; the mask plane's first cannot)
+    # (the listing's own descriptor is among them, free again once it is done: + 1)
+    room, fds = count + 1, _open_fds()
+    limit = next(n for n in range(1, 1 << 16) if n - sum(fd < n for fd in fds) + 1 == room)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        with pytest.raises(StorageError, match=r"u000050_L1_mask\.seg: cannot write: .*Too "
+                                               "many open files"):
+            RegionLevels(plan, 0, 50, band, encoder, "mean", count, masked=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _open_fds() == fds
+    assert set(work.rglob("*.tmp")) == before, sorted(set(work.rglob("*.tmp")) - before)
+    forget_plans()
+
+
+def test_a_reduction_by_pieces_refuses_nearest_and_takes_integer_means_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """reduce2_pieces is not given "nearest" (past half way across a level of odd size its
+    picks lie outside their piece: unit_levels._Picks takes them): refused, not wrong. An
+    unmasked integer mean without no-data, of even sizes, has no float temporaries to keep
+    a piece's: reduced whole, in one reduce2 (the same values); masked, by pieces."""
+    block = (np.random.default_rng(2).random((64, 96, 3)) * 255).astype("uint8")
+    with pytest.raises(AssertionError, match="nearest"):
+        pyramid_mod.reduce2_pieces(block, "nearest", None, None, 16)
+    calls = []
+    whole = pyramid_mod.reduce2
+
+    def counted(*args: Any) -> np.ndarray:
+        calls.append(args[0].shape)
+        return whole(*args)
+
+    monkeypatch.setattr(pyramid_mod, "reduce2", counted)
+    np.testing.assert_array_equal(pyramid_mod.reduce2_pieces(block, "mean", None, None, 16),
+                                  whole(block, "mean"))
+    assert calls == [block.shape]
+    calls.clear()
+    pyramid_mod.reduce2_pieces(block, "mean", None, np.ones(block.shape[:2], bool), 16)
+    assert len(calls) == 4 * 6
 
 
 @pytest.mark.parametrize("method", ["mean", "mode", "min", "max"])

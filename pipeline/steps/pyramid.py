@@ -92,9 +92,16 @@ def reduce2_pieces(block: np.ndarray, method: str, nodata: float | None,
     column is the block's own): the same values, with temporaries of a piece (a masked or
     float mean works in float64: over a band's processing row of RGB, 1,024 x 8,192, that
     was 200 MB a copy), and a masked page's pieces all valid or none reduced without
-    counting (:func:`reduce2`), as merge's :class:`Pyramid` reduces them tile by tile."""
+    counting (:func:`reduce2`), as merge's :class:`Pyramid` reduces them tile by tile. An
+    unmasked integer mean without no-data, of even sizes, is reduced whole: its temporaries
+    are its sums in the wide type, a quarter of the samples. Not "nearest": past half way
+    across a level of odd size its picks lie outside their block (those
+    :class:`pipeline.steps.unit_levels._Picks` takes)."""
+    assert method != "nearest", "reduce2_pieces: 'nearest' of an odd size picks outside a piece"
     h, w = block.shape[:2]
-    if h <= size and w <= size:
+    if (h <= size and w <= size) or (
+            method == "mean" and valid is None and nodata is None and block.dtype.kind in "iu"
+            and not h % 2 and not w % 2):  # (no float temporaries, nor an edge's copy)
         return reduce2(block, method, nodata, valid)
     out: np.ndarray | None = None
     for y in range(0, h, size):

@@ -107,8 +107,14 @@ class _Plane:
         self.suffix, self.encode = suffix, encode
         self.key = "mask_" if suffix else ""  # (of its fragments and blocks in the index)
         self.names = [level_names(unit, k) + suffix for k in range(1, count + 1)]
-        self.writers = [SegmentWriter(layout.segment_file(plan.work, page, n))
-                        for n in self.names]
+        self.writers: list[SegmentWriter] = []
+        try:  # (a writer that cannot open, out of files say: those opened are discarded)
+            for name in self.names:
+                self.writers.append(SegmentWriter(layout.segment_file(plan.work, page, name)))
+        except BaseException:
+            for writer in self.writers:
+                writer.abort()
+            raise
         self.index: list[list[list[int]]] = [[] for _ in range(count)]
         self.fragments: list[list[int]] = []  # [k, R, C, dy, dx, offset, size]
         self.blocks: list[list[int]] = []  # [level row, level col, offset, size]
@@ -190,11 +196,16 @@ class RegionLevels:
         self.picks = None if method != "nearest" else _Picks(
             sizes, [y0] + [level.y0 for level in self.levels[:-1]],
             [x0] + [level.x0 for level in self.levels[:-1]], left)
-        self.planes = [_Plane(plan, page, unit_index, self.count, "", encoder.encode)]
         self.frag = SegmentWriter(layout.segment_file(plan.work, page, fragment_name(unit_index)))
-        if masked:
-            self.planes.append(_Plane(plan, page, unit_index, self.count, MASK_SEGMENT,
-                                      encode_mask))
+        self.planes: list[_Plane] = []
+        try:  # (a plane that cannot open its writers: those opened before are discarded)
+            self.planes.append(_Plane(plan, page, unit_index, self.count, "", encoder.encode))
+            if masked:
+                self.planes.append(_Plane(plan, page, unit_index, self.count, MASK_SEGMENT,
+                                          encode_mask))
+        except BaseException:
+            self.abort()
+            raise
 
     def add(self, strip: np.ndarray, valid: np.ndarray | None = None) -> None:
         """The next processing row of the region's output pixels (rows x width x channels),
