@@ -388,6 +388,17 @@ def test_level_units_of_a_job_not_fused_are_counted(
     assert process.step == "build_levels" and process.parts["level rows"] > 0
 
 
+def _merge_warning(manifest: Path) -> tuple[dict[str, float], str]:
+    """``estimate --json`` of ``manifest`` at 60 MB of merge memory: what merge's predicted
+    peak is made of (MiB) and the one warning of the merge function."""
+    code, out, err = _cli("estimate", str(manifest), "--json", "--price",
+                          "memory_merge_mb=60")
+    assert code == 0, err
+    doc = json.loads(out)
+    (w,) = [w for w in doc["warnings"] if "merge function" in w]
+    return doc["jobs"][0]["memory"]["merge"]["parts_mb"], w
+
+
 def test_a_merge_held_up_by_its_levels_is_told_how_to_lighten_them(tmp_path: Path) -> None:
     """A wide page whose "nearest" levels its units stop building at the first level of odd
     size (level 1: 20,001 columns; core.levels.aligned_level_count): merge builds the
@@ -397,13 +408,8 @@ def test_a_merge_held_up_by_its_levels_is_told_how_to_lighten_them(tmp_path: Pat
     table, nor "masks": false (a masked page's levels are built band by band)."""
     manifest = _pyramid_job(tmp_path, "nearest", (512, 40002), [],
                             options={"pyramid_resampling": "nearest"})
-    code, out, err = _cli("estimate", str(manifest), "--json", "--price",
-                          "memory_merge_mb=60")
-    assert code == 0, err
-    doc = json.loads(out)
-    merge = doc["jobs"][0]["memory"]["merge"]
-    assert merge["parts_mb"]["levels"] > merge["parts_mb"]["tile table"]
-    (w,) = [w for w in doc["warnings"] if "merge function" in w]
+    parts, w = _merge_warning(manifest)
+    assert parts["levels"] > parts["tile table"]
     assert "a smaller output_options.tile (merge builds this page's lower pyramid levels" in w
     assert "masks" not in w and "larger" not in w
 
@@ -416,13 +422,8 @@ def test_a_merge_held_up_by_its_level_bands_is_told_a_smaller_processing_tile(
     warning advises a smaller "tile", not the larger output_options.tile it gave (which
     lightens a tile table and leaves the bands as heavy)."""
     manifest = _pyramid_job(tmp_path, "masked", (512, 40000), [], masked=True)
-    code, out, err = _cli("estimate", str(manifest), "--json", "--price",
-                          "memory_merge_mb=60")
-    assert code == 0, err
-    doc = json.loads(out)
-    merge = doc["jobs"][0]["memory"]["merge"]
-    assert merge["parts_mb"]["level bands"] > merge["parts_mb"]["tile table"]
-    (w,) = [w for w in doc["warnings"] if "merge function" in w]
+    parts, w = _merge_warning(manifest)
+    assert parts["level bands"] > parts["tile table"]
     assert ('make the merge lighter: a smaller "tile" (the processing tile: merge builds '
             "this page's pyramid levels band by band") in w, w
     assert "output_options.tile" not in w, w
