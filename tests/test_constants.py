@@ -179,3 +179,17 @@ def test_a_tiffpipe_variable_that_is_not_one_or_gives_no_value_it_takes_is_named
     assert env_int("TIFFPIPE_TILE_THREADS", {"TIFFPIPE_TILE_THREADS": "3"}) == 3
     assert env_int("TIFFPIPE_THUMBNAILS", {"TIFFPIPE_THUMBNAILS": "0"}) == 0
     assert env_int("TIFFPIPE_CANNY_REDUCE_SIDES", {"TIFFPIPE_CANNY_REDUCE_SIDES": "3"}) is None
+
+
+def test_a_variable_of_digits_int_does_not_take_is_named_not_raised():
+    """TIFFPIPE_TILE_THREADS=² (a superscript two: a digit to str.isdigit, which int()
+    refuses) raised ValueError at the start of every run, from the check that warns of it;
+    another script's digits (٣) are not a number the docs say it takes either: both are named
+    as any value it does not take is, and the default used."""
+    from pipeline.core.constants import env_int, env_problems
+
+    for value in ("²", "٣", "1²"):
+        assert env_int("TIFFPIPE_TILE_THREADS", {"TIFFPIPE_TILE_THREADS": value}) is None
+        assert env_problems({"TIFFPIPE_TILE_THREADS": value}) == [(
+            f"TIFFPIPE_TILE_THREADS={value!r}: it takes a whole number of tile threads, 1 or "
+            "more; ignored, the default used (unset it, or give such a number)")]

@@ -139,11 +139,12 @@ ENV_PREFIX = "TIFFPIPE_"
 
 def env_int(name: str, environ: Mapping[str, str]) -> int | None:
     """The whole number the variable ``name`` of :data:`WHOLE_NUMBER_ENV` gives in
-    ``environ``, or None when it is unset or gives none (not digits, or below its least
-    value): its reader's default then."""
+    ``environ``, or None when it is unset or gives none (not ASCII digits, or below its least
+    value): its reader's default then. (``"²"`` is a digit to ``str.isdigit`` that ``int``
+    refuses: it raised ValueError at the start of every run.)"""
     value = environ.get(name, "").strip()
     least = WHOLE_NUMBER_ENV[name][1]
-    return int(value) if value.isdigit() and int(value) >= least else None
+    return int(value) if value.isascii() and value.isdigit() and int(value) >= least else None
 
 
 def env_problems(environ: Mapping[str, str]) -> list[str]:
