@@ -84,12 +84,14 @@ def _parser() -> argparse.ArgumentParser:
                           "statemachine.asl.json): test an edited copy before deploying it")
     run.add_argument("--work", help="work location for intermediate tiles (folder or s3:// "
                                     "prefix; default: .tiffpipe-work/ next to a local manifest, "
-                                    "the temp folder for an s3:// one)")
+                                    "in the current folder for one on stdin or in a pipe, the "
+                                    "temp folder for an s3:// one)")
     run.add_argument("--keep-work", action="store_true",
                      help="keep the work files, and the execution's events in "
                           "execution-history.json there")
     run.add_argument("--report", help="run report JSON (default: <manifest stem>.report.json next "
-                                      "to the manifest)")
+                                      "to the manifest; in the current folder for one on stdin "
+                                      "or in a pipe)")
     run.add_argument("--overwrite-report", action="store_true",
                      help="replace a file at the report's path even if it is not a run report "
                           "(never a job's input or output)")
@@ -377,12 +379,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.engine.local import StopRequest
 
     stop = StopRequest()
-    report = args.report or default_report(args.manifest)
+    report = args.report  # (the default known once the manifest is: a copy's is its own)
     checking = [True]  # a stop signal ends the manifest's check at once (it may hang: S3)
     with _stop_on_signals(stop, lambda: checking[0]):
         try:
             # (a manifest on stdin, or in a pipe: read once, run from a copy)
-            with manifest_file(args.manifest) as (path, default, kept):
+            with manifest_file(args.manifest) as (path, default, _):
+                report = report or default or default_report(path)
                 jobs = check_run(path, report, args.work)  # (as pipeline.run checks it)
                 checking[0] = False
                 if jobs == [] and not args.quiet:  # (a generated manifest with nothing to do)
@@ -390,7 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           "its report says so (no job, exit 0)", file=sys.stderr)
                 with RunProgress(jobs, quiet=args.quiet) as progress:
                     result = run_local(path, args.workers, work=args.work,
-                                       report=args.report or default, keep_work=args.keep_work,
+                                       report=report, keep_work=args.keep_work,
                                        listener=progress,
                                        contact_sheet=not getattr(args, "no_contact_sheet",
                                                                  False),
@@ -398,8 +401,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        stop=stop, definition_text=definition_text,
                                        overwrite_report=getattr(args, "overwrite_report",
                                                                 False))
-                if default is not None and args.keep_work and args.work is None:
-                    kept.append(result.work)  # (the default work is beside the copy)
         except (ManifestError, InputNotFoundError, StorageError) as exc:
             if not checking[0]:
                 raise
@@ -514,12 +515,13 @@ class _StoppedChecking(BaseException):
         self.signum = signum
 
 
-def _stopped_before_running(report: str, signum: int) -> int:
+def _stopped_before_running(report: str | None, signum: int) -> int:
     """``run`` stopped before its run started: what any stopped run does at its end (an
-    earlier run's report and sheet at its paths removed), and the exit code of ``signum``."""
+    earlier run's report and sheet at its paths removed: none while a manifest on stdin or
+    in a pipe was still read, its report's path unknown), and the exit code of ``signum``."""
     from pipeline.runner import remove_earlier_report
 
-    removed = remove_earlier_report(report)
+    removed = remove_earlier_report(report) if report else []
     with suppress(OSError):  # (its terminal hung up: SIGHUP)
         _say_removed(removed)
         print(_not_started_line(signum), file=sys.stderr)

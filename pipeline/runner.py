@@ -80,23 +80,31 @@ def shown_name(manifest: str) -> str:
     return "<stdin>" if manifest == STDIN else manifest
 
 
-def default_report(manifest: str) -> str:
+def default_report(manifest: str, copied: bool = False) -> str:
     """``<manifest folder>/<manifest stem>.report.json`` (local manifests), else in the work;
-    ``stdin.report.json`` in the current folder for the manifest on stdin (:data:`STDIN`)."""
+    in the current folder for a manifest ``copied`` (:func:`manifest_file`: not a regular
+    file, whose folder is no place for it: ``<(gen)``'s ``/dev/fd``, ``/dev/stdin``'s
+    ``/dev``), ``stdin.report.json`` for the manifest on stdin (:data:`STDIN`)."""
     if manifest == STDIN:
         return os.path.abspath("stdin.report.json")
     stem = os.path.splitext(os.path.basename(manifest))[0]
+    if copied:
+        return os.path.abspath(f"{stem}.report.json")
     if storage.is_s3(manifest):
         return storage.join(storage.parent(manifest), f"{stem}.report.json")
     return os.path.join(storage.parent(manifest), f"{stem}.report.json")
 
 
 def default_work(manifest: str, run_id: str) -> str:
-    """Work files next to a local manifest (same disk as the data), else in the temp folder."""
+    """Work files next to a local manifest (same disk as the data), else in the temp folder.
+    A copy of a manifest on stdin or in a pipe (:func:`manifest_file`): in the current
+    folder, as for a manifest there (its copy's folder is the temp folder's)."""
     if storage.is_s3(manifest):
         import tempfile
 
         return os.path.join(tempfile.gettempdir(), "tiffpipe-work", run_id)
+    if _copy_of(manifest) == _PIPED_PREFIX:
+        return os.path.abspath(os.path.join(".tiffpipe-work", run_id))
     return os.path.join(storage.parent(manifest), ".tiffpipe-work", run_id)
 
 
@@ -237,7 +245,8 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                definition_text=definition_text,
                                overwrite_report=overwrite_report, caller=PYTHON_CALLER)
         if default is not None:  # what was asked for, kept in the temporary folder
-            kept += [url for url, asked in ((result.work, keep_work and work is None),
+            kept += [url for url, asked in ((result.work, keep_work and work is None
+                                             and temp_report is not None),
                                             (result.contact_sheet, temp_report is not None
                                              and report == temp_report))
                      if asked and url is not None]
@@ -308,10 +317,19 @@ _GIVEN_PREFIX, _GIVEN_NAME = "tiffpipe-manifest-", "manifest.json"
 _PIPED_PREFIX = "tiffpipe-stdin-"
 
 
-def _given_as_dict(path: str) -> bool:
-    """Whether ``path`` is the temporary file of a dict manifest (:func:`_manifest_file`)."""
+def _copy_of(path: str) -> str | None:
+    """Which copy of :func:`manifest_file`'s ``path`` is: :data:`_GIVEN_PREFIX` (of a dict),
+    :data:`_PIPED_PREFIX` (of stdin, a pipe), None (a manifest read where it is)."""
     folder, name = os.path.split(path)
-    return name == _GIVEN_NAME and os.path.basename(folder).startswith(_GIVEN_PREFIX)
+    if name != _GIVEN_NAME:
+        return None
+    return next((prefix for prefix in (_GIVEN_PREFIX, _PIPED_PREFIX)
+                 if os.path.basename(folder).startswith(prefix)), None)
+
+
+def _given_as_dict(path: str) -> bool:
+    """Whether ``path`` is the temporary file of a dict manifest (:func:`manifest_file`)."""
+    return _copy_of(path) == _GIVEN_PREFIX
 
 
 @contextmanager
@@ -326,8 +344,10 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
     in the folder too; the manifest on stdin (:data:`STDIN`) or in a file that is not a
     regular one (a pipe, ``/dev/stdin``, a FIFO: :func:`_read_once`), read once (a run
     reads its manifest more than once: the second read of a pipe found it empty), its
-    report :func:`default_report`'s. A ManifestError of the copy raised in the block names
-    the manifest as its caller gave it (``the manifest given``, ``<stdin>``, the path)."""
+    report and work in the current folder (:func:`default_report`, :func:`default_work`:
+    a ``kill -9`` leaves only the copy in the temp folder). A ManifestError of the copy
+    raised in the block names the manifest as its caller gave it (``the manifest given``,
+    ``<stdin>``, the path)."""
     import shutil
     import tempfile
 
@@ -353,7 +373,8 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
         except ValueError:
             data = raw
         name = shown_name(given)
-        folder, report = tempfile.mkdtemp(prefix=_PIPED_PREFIX), default_report(given)
+        folder = tempfile.mkdtemp(prefix=_PIPED_PREFIX)
+        report = default_report(given, copied=True)
     kept: list[str] = []
     path = os.path.join(folder, _GIVEN_NAME)
     try:
@@ -1044,16 +1065,17 @@ def _not_running_already(manifest: str, name: str, report_url: str) -> None:
     would do every job and write the same outputs (of two started at once, the later one is
     refused; a killed run no longer counts: :mod:`pipeline.adapters.local_runs`). A scan's
     run is not refused: its PlanRun defers to the earlier run. The manifest is read only
-    when there is such a run. A dict manifest given to :func:`run` (written to a temporary
-    file of its run's) is the same as another run's of the same dict: the same text, its
-    locations anchored to absolute paths. Also if a run of another manifest going on was
-    given the same report path (``report_url``): the report of whichever ended last would
+    when there is such a run. A copy of a manifest (:func:`manifest_file`: a dict given to
+    :func:`run`, a manifest on stdin or in a pipe, each written to a temporary file of its
+    run's) is the same as another run's copy of the same text (either kind): its locations
+    are anchored to absolute paths, so the same jobs. Also if a run of another manifest going
+    on was given the same report path (``report_url``): the report of whichever ended last would
     replace the other's, without a word."""
-    given = _given_as_dict(manifest)
+    copy = _copy_of(manifest)
 
     def same(url: str) -> bool:
         return storage.same_file(url, manifest) or (
-            given and _given_as_dict(url) and _same_text(url, manifest))
+            copy is not None and _copy_of(url) is not None and _same_text(url, manifest))
 
     writing = local_runs.reporting_to(report_url, name, same)
     if writing is not None:
@@ -1065,8 +1087,11 @@ def _not_running_already(manifest: str, name: str, report_url: str) -> None:
     other = local_runs.earlier_run(name, same)
     if other is None or isinstance(read_manifest(manifest), ScanSpec):
         return
-    which = ("the manifest given", "the same manifest (given to pipeline.run as a dict too)"
-             ) if given else (manifest, "this manifest")
+    which = {_GIVEN_PREFIX: ("the manifest given",
+                             "the same manifest (given to pipeline.run as a dict too)"),
+             _PIPED_PREFIX: ("the manifest read from stdin (or a pipe)",
+                             "the same jobs (their manifest read from stdin or a pipe too)"),
+             }.get(copy or "", (manifest, "this manifest"))
     raise RunningAlreadyError(
         f"{which[0]}: {other} is running {which[1]} now: a second run would do every job "
         "again and write the same outputs. Wait for it to end, or stop it, then run again")

@@ -1309,3 +1309,43 @@ def test_a_manifest_on_stdin_or_in_a_pipe_is_read_once_and_run(
     assert capsys.readouterr().err.startswith(
         "tiffpipe: invalid manifest <stdin>: 1 problem(s) in the manifest:\n  line 1, column 11")
     assert list(temp.iterdir()) == []  # every copy removed
+
+
+def test_a_piped_manifests_report_and_work_are_in_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``tiffpipe run <(gen)`` without --report exited 2, "cannot write in /dev/fd": the
+    default report of a manifest in a pipe was beside the pipe's path (``/dev/stdin``'s, as
+    root, in /dev); its default work folder was in the temp folder, beside the copy (another
+    disk than the data's; a ``kill -9`` left it there). Both are now in the current folder,
+    the report named by the pipe's stem, as for a manifest there; only the copy is in the
+    temp folder, and it is removed after, by the command and by pipeline.run."""
+    import tempfile
+
+    import pipeline
+
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    manifest = json.dumps({"jobs": [{"input": "a.tif", "output": "out.tif"}]})
+    monkeypatch.chdir(tmp_path)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    fd = _piped(manifest)
+    try:
+        assert cli.main(["run", f"/proc/self/fd/{fd}", "--workers", "1",
+                         "--keep-work"]) == 0, capsys.readouterr().err
+    finally:
+        os.close(fd)
+    report = tmp_path / f"{fd}.report.json"
+    assert f"report: {report}\n" in capsys.readouterr().out
+    assert json.loads(report.read_text())["succeeded"] == 1
+    [work] = (tmp_path / ".tiffpipe-work").iterdir()  # (kept: --keep-work)
+    assert list(temp.iterdir()) == []
+
+    fd = _piped(manifest.replace("out.tif", "again.tif"))
+    try:
+        result = pipeline.run(f"/proc/self/fd/{fd}", workers=1, keep_work=True)
+    finally:
+        os.close(fd)
+    assert result.ok and result.report_url == str(tmp_path / f"{fd}.report.json")
+    assert result.work is not None and os.path.dirname(result.work) == str(work.parent)
+    assert list(temp.iterdir()) == []

@@ -380,6 +380,58 @@ def test_a_second_run_of_the_same_manifest_given_as_a_dict_is_refused_too(
         assert pipeline.run(other, workers=1, base=tmp_path).ok
 
 
+
+def _piped(text: str) -> str:
+    """A pipe holding ``text`` (its writer closed), by a path as ``<(gen)`` gives one."""
+    read, write = os.pipe()
+    os.write(write, text.encode())
+    os.close(write)
+    return f"/proc/self/fd/{read}"
+
+
+@pytest.mark.engine
+def test_a_second_piped_run_of_the_same_jobs_is_refused_and_a_piped_scan_defers(
+        folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture):
+    """Two overlapping ``gen | tiffpipe run -`` of the same jobs both ran: each ran from its
+    own copy of the manifest, and two copies were never the same manifest file; the later
+    was refused only for the report path they share, "(of another manifest)", a piped scan's
+    run too, which was to defer. Copies of the same text are the same jobs (their locations
+    anchored to absolute paths): the later run of a list of jobs is refused as a second run
+    of a manifest is, and a scan's run defers to the earlier one."""
+    from pipeline import cli
+    from pipeline.runner import manifest_file
+
+    monkeypatch.chdir(tmp_path)
+    write_sample(str(tmp_path / "a.tif"), [SamplePage(64, 64, 1, "uint8")], tile=64)
+    jobs = json.dumps({"jobs": [{"input": "a.tif", "output": "out.tif"}]})
+    with manifest_file(_piped(jobs)) as (path, _, _), \
+            run_elsewhere(str(folder), "run-first", path,
+                          report=str(tmp_path / "stdin.report.json")) as proc:
+        with open(_piped(jobs), encoding="utf-8") as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            assert cli.main(["run", "-", "--quiet"]) == 75
+        assert capsys.readouterr().err == (
+            f"tiffpipe: the manifest read from stdin (or a pipe): local run first, process "
+            f"{proc.pid} is running the same jobs (their manifest read from stdin or a pipe "
+            "too) now: a second run would do every job again and write the same outputs. "
+            "Wait for it to end, or stop it, then run again\n")
+        assert not (tmp_path / "out.tif").exists()
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a.tif").rename(tmp_path / "in" / "a.tif")
+    scan = json.dumps({"scan": {"input": "in", "output": "out"}})
+    with manifest_file(_piped(scan)) as (path, _, _), \
+            run_elsewhere(str(folder), "run-earlier", path,
+                          report=str(tmp_path / "stdin.report.json")) as proc:
+        with open(_piped(scan), encoding="utf-8") as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            assert cli.main(["run", "-", "--quiet"]) == 0, capsys.readouterr().err
+        report = json.loads((tmp_path / "stdin.report.json").read_text())
+        assert report["jobs"] == []
+        assert report["deferred_to"] == f"local run earlier, process {proc.pid}"
+    assert not (tmp_path / "out").exists()
+
 SLEEPY = """
 import time
 
