@@ -1514,6 +1514,91 @@ def test_a_dry_run_stopped_by_a_failed_call_says_nothing_was_changed(aws: Aws):
     assert "resumes" not in err
 
 
+def _denied(code: str = "AccessDenied") -> Any:
+    """A ``before-call`` hook answering a call as AWS answers a missing permission."""
+    def deny(**_: Any) -> tuple[Any, dict[str, Any]]:
+        return (botocore.awsrequest.AWSResponse("", 403, {}, None),
+                {"Error": {"Code": code, "Message": "not authorized"},
+                 "ResponseMetadata": {"HTTPStatusCode": 403}})
+    return deny
+
+
+def _stack_bucket_tags(aws: Aws) -> list[dict[str, str]] | None:
+    """The stack bucket's tags (None: there is no such bucket)."""
+    try:
+        return aws.client("s3").get_bucket_tagging(Bucket=NAMES.bucket)["TagSet"]
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "NoSuchBucket", exc
+        return None
+
+
+def test_a_bucket_left_untagged_by_a_failed_or_killed_deploy_is_made_the_stacks_on_rerun(
+        aws: Aws):
+    """The bucket step made the bucket, then tagged it: a tagging that failed (throttled,
+    refused) or a deploy killed between the two left a bucket of the stack's name without
+    its tag, and every later deploy was refused, as for another's bucket, though the
+    failure said "rerun deploy.py: resumes". A failed tagging now removes the empty bucket
+    it made, and a rerun makes it again; an untagged bucket that holds nothing (what a kill
+    leaves) is taken as the stack's and tagged, saying so; one that holds data is not."""
+    push_fake_images(aws)
+    deny = _denied()
+    aws.session.events.register("before-call.s3.PutBucketTagging", deny)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 1 and "PutBucketTagging" in err, err
+    assert _stack_bucket_tags(aws) is None  # (removed: the rerun makes it)
+    aws.session.events.unregister("before-call.s3.PutBucketTagging", deny)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert STACK_TAG in (_stack_bucket_tags(aws) or [])
+    code, _, err = aws.deploy("--destroy", "--delete-bucket")
+    assert code == 0, err
+
+    push_fake_images(aws)
+    s3 = aws.client("s3")  # (a deploy killed between the bucket's making and its tagging)
+    s3.create_bucket(Bucket=NAMES.bucket, CreateBucketConfiguration={
+        "LocationConstraint": REGION})
+    s3.delete_bucket_tagging(Bucket=NAMES.bucket)  # (moto keeps a deleted bucket's tags)
+    code, result, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    assert (f"  tag bucket {NAMES.bucket} as stack {STACK}'s: an earlier deploy made it and "
+            "stopped before tagging it (it is empty)") in err
+    assert result is not None and STACK_TAG in (_stack_bucket_tags(aws) or [])
+
+    s3.delete_bucket_tagging(Bucket=NAMES.bucket)
+    s3.put_object(Bucket=NAMES.bucket, Key="slides/a.tif", Body=b"data")
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 2 and f"  bucket {NAMES.bucket}: it is not tagged" in err, err
+
+
+@pytest.mark.parametrize(("call", "action"), [
+    ("s3.GetBucketTagging", "s3:GetBucketTagging"),
+    ("ecr.ListTagsForResource", "ecr:ListTagsForResource"),
+    ("logs.ListTagsLogGroup", "logs:ListTagsLogGroup"),
+    ("stepfunctions.ListTagsForResource", "states:ListTagsForResource"),
+])
+def test_a_tag_read_the_deployer_may_not_do_is_a_usage_error_naming_it(
+        aws: Aws, call: str, action: str):
+    """Every deploy, --rollback and --destroy reads the tags of the stack's resources first
+    (whose they are); a deployer policy printed before it did lacks those actions, and the
+    AccessDenied ended the command, exit 1, "every step is re-runnable", which no rerun
+    mends. Exit 2 now, naming the action and the option that prints the policy."""
+    push_fake_images(aws)
+    code, _, err = aws.deploy("--skip-build")
+    assert code == 0, err
+    service = call.split(".")[0]
+    aws.session.events.register(f"before-call.{call}", _denied(
+        "AccessDenied" if service == "s3" else "AccessDeniedException"))
+    aws.calls.clear()
+    rollback = [] if service == "ecr" else [["--rollback"]]  # (it reads no repository)
+    for command in (["--skip-build"], *rollback, ["--destroy"]):
+        code, result, err = aws.deploy(*command)
+        assert (code, result) == (2, None), err
+        assert f"{action} was refused (the " in err, err
+        assert "deploy.py --print-deployer-policy prints now" in err
+        assert "Nothing was changed" in err and "re-runnable" not in err
+    assert aws.writes() == []
+
+
 def test_a_region_aws_has_not_is_a_usage_error_before_any_call(aws: Aws):
     """A mistyped --region (an availability zone) failed at the first call, "Could not
     connect to the endpoint URL https://sts.eu-west-1a...", exit 1, and said a rerun

@@ -5,6 +5,7 @@ passed in. Every change goes through :class:`pipeline.aws.actions.Actions`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.aws import (
     BUCKET_TAG,
@@ -26,7 +27,16 @@ from pipeline.aws import (
     policies,
 )
 from pipeline.aws import images as docker_images
-from pipeline.aws.actions import Actions, covers, error_code, get_or_none, retry, stack_tags
+from pipeline.aws.actions import (
+    Actions,
+    call_failed,
+    covers,
+    error_code,
+    get_or_none,
+    retry,
+    stack_tags,
+)
+from pipeline.aws.lock import LOCK_KEY
 from pipeline.aws.versions import same_definition
 from pipeline.core.constants import FUNCTION_SIZES
 from pipeline.core.events import RunInput, to_payload
@@ -57,12 +67,17 @@ class Found:
     tags: dict[str, str] | None
     tag_command: str = ""
     target: str | None = None
+    #: the stack's bucket that a deploy made and could not tag (it stopped: killed, or its
+    #: tagging refused): no tags at all, and empty (or holding only the deploy lock)
+    half_made: bool = False
 
     def is_stacks(self, names: StackNames) -> bool:
         """Whether the stack ``names`` made it: tagged :data:`~pipeline.aws.STACK_TAG` with
         its name, as deploy has tagged every resource it makes from the first tiffpipe on
         (roles made before ``tiffpipe:region`` too); a schedule when it starts the stack's
-        state machine."""
+        state machine; a :attr:`half_made` bucket (the deploy's bucket step tags it)."""
+        if self.half_made:
+            return True
         if self.tags is None:
             return self.target == names.state_machine_arn
         return self.tags.get(STACK_TAG) == names.stack
@@ -79,11 +94,35 @@ def _tags(pairs: list[dict[str, str]], key: str = "Key", value: str = "Value"
     return {p[key]: p[value] for p in pairs}
 
 
+def _read(action: str, call: Callable[[], Any]) -> Any:
+    """``call()``, a read of whose a resource is; a DeployUsageError when AWS refuses it
+    (AccessDenied: a deployer policy printed before deploy.py read tags lacks ``action``)."""
+    try:
+        return call()
+    except ClientError as exc:
+        if error_code(exc) not in ("AccessDenied", "AccessDeniedException", "403"):
+            raise
+        raise DeployUsageError(
+            f"deploy.py reads whose the stack's resources are (their tags) before any change, "
+            f"and these credentials may not: {action} was refused ({call_failed(exc)}). Give "
+            "them the policy deploy.py --print-deployer-policy prints now (one printed by an "
+            f"older deploy.py lacks {action}), then run this again. Nothing was changed"
+        ) from exc
+
+
+def _half_made(s3: Any, bucket: str) -> bool:
+    """Whether the untagged ``bucket`` is the stack's that a deploy made and stopped before
+    tagging: it holds nothing, or only the deploy lock (taken by a later deploy)."""
+    listed = _read("s3:ListBucket", lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=2))
+    return all(item["Key"] == LOCK_KEY for item in listed.get("Contents", []))
+
+
 def existing_resources(clients: Clients, names: StackNames, registry: bool = False
                        ) -> list[Found]:
     """Every resource of the stack's names that exists, with its tags (read only): the
     bucket (this account's), the ECR repositories (not with ``registry``), the IAM roles, the
-    functions, the state machine, the log groups and the schedule."""
+    functions, the state machine, the log groups and the schedule. A DeployUsageError when a
+    tag cannot be read (:func:`_read`)."""
     where = clients.options(names.region)
     label = f"{STACK_TAG}={names.stack}"
 
@@ -94,12 +133,13 @@ def existing_resources(clients: Clients, names: StackNames, registry: bool = Fal
     s3 = clients("s3")
     if get_or_none(lambda: s3.head_bucket(Bucket=names.bucket), "404", "NoSuchBucket",
                    "NotFound", "403", "AccessDenied") is not None:  # (403: ensure_bucket's)
-        tags = get_or_none(lambda: s3.get_bucket_tagging(Bucket=names.bucket)["TagSet"],
-                           "NoSuchTagSet")
+        tags = _read("s3:GetBucketTagging", lambda: get_or_none(
+            lambda: s3.get_bucket_tagging(Bucket=names.bucket)["TagSet"], "NoSuchTagSet"))
         found.append(Found(f"bucket {names.bucket}", _tags(tags or []), command(
             "s3api", "put-bucket-tagging", "--bucket", names.bucket, "--tagging",
             f"TagSet=[{{Key={STACK_TAG},Value={names.stack}}}]") + " (it replaces the "
-            "bucket's tags: add those it has to the set)"))
+            "bucket's tags: add those it has to the set)",
+            half_made=not tags and _half_made(s3, names.bucket)))
     if not registry:
         ecr = clients("ecr")
         for name in map(names.repository, STEPS):
@@ -108,7 +148,8 @@ def existing_resources(clients: Clients, names: StackNames, registry: bool = Fal
             if repo:
                 arn = repo["repositoryArn"]
                 found.append(Found(f"ECR repository {repo['repositoryName']}", _tags(
-                    ecr.list_tags_for_resource(resourceArn=arn)["tags"]), command(
+                    _read("ecr:ListTagsForResource", lambda a=arn: ecr.list_tags_for_resource(
+                        resourceArn=a)["tags"])), command(
                     "ecr", "tag-resource", "--resource-arn", arn, "--tags",
                     f"Key={STACK_TAG},Value={names.stack}")))
     iam = clients("iam")
@@ -130,16 +171,17 @@ def existing_resources(clients: Clients, names: StackNames, registry: bool = Fal
     if get_or_none(lambda: sfn.describe_state_machine(stateMachineArn=names.state_machine_arn),
                    "StateMachineDoesNotExist"):
         found.append(Found(f"state machine {names.state_machine}", _tags(
-            sfn.list_tags_for_resource(resourceArn=names.state_machine_arn)["tags"], "key",
-            "value"), command("stepfunctions", "tag-resource", "--resource-arn",
-                              names.state_machine_arn, "--tags",
-                              f"key={STACK_TAG},value={names.stack}")))
+            _read("states:ListTagsForResource", lambda: sfn.list_tags_for_resource(
+                resourceArn=names.state_machine_arn)["tags"]), "key", "value"), command(
+                "stepfunctions", "tag-resource", "--resource-arn", names.state_machine_arn,
+                "--tags", f"key={STACK_TAG},value={names.stack}")))
     logs = clients("logs")
     for group in names.log_groups:
         if any(g["logGroupName"] == group for g in logs.describe_log_groups(
                 logGroupNamePrefix=group)["logGroups"]):
-            found.append(Found(f"log group {group}", logs.list_tags_log_group(
-                logGroupName=group)["tags"], command("logs", "tag-log-group",
+            found.append(Found(f"log group {group}", _read(
+                "logs:ListTagsLogGroup", lambda g=group: logs.list_tags_log_group(
+                    logGroupName=g)["tags"]), command("logs", "tag-log-group",
                                                      "--log-group-name", group, "--tags",
                                                      label)))
     schedule = get_or_none(lambda: clients("scheduler").get_schedule(Name=names.schedule),
@@ -193,9 +235,17 @@ def bucket_lifecycle() -> dict[str, Any]:
 def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
     """The stack bucket: encrypted (SSE-S3), public access blocked, work files expiring,
     requests over plain HTTP refused (its policy; not where S3 itself is reached over plain
-    HTTP, an emulator's endpoint)."""
+    HTTP, an emulator's endpoint). Tagged as the stack's as it is made (removed again if
+    that fails, for a rerun to make it); one a deploy made and stopped before tagging (no
+    tags: :attr:`Found.half_made`, the only untagged one a deploy gets this far with) is
+    tagged now."""
     bucket = names.bucket
     acts.heading(f"bucket {bucket}")
+
+    def tag() -> None:
+        s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
+            {"Key": k, "Value": v} for k, v in stack_tags(names).items()]})
+
     try:
         s3.head_bucket(Bucket=bucket)
         exists = True
@@ -211,9 +261,17 @@ def ensure_bucket(s3: Any, names: StackNames, acts: Actions) -> str:
         def create() -> None:
             with uninterrupted():  # (a bucket left untagged would be taken as another's)
                 s3.create_bucket(**args)
-                s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
-                    {"Key": k, "Value": v} for k, v in stack_tags(names).items()]})
+                try:
+                    tag()
+                except Exception:  # (throttled, refused): the empty bucket goes, for the
+                    with contextlib.suppress(ClientError, BotoCoreError):  # rerun to make
+                        s3.delete_bucket(Bucket=bucket)
+                    raise
         acts.change(f"create bucket {bucket}", create)
+    elif not get_or_none(lambda: s3.get_bucket_tagging(Bucket=bucket)["TagSet"],
+                         "NoSuchTagSet"):  # (half made: refuse_not_the_stacks let only it by)
+        acts.change(f"tag bucket {bucket} as stack {names.stack}'s: an earlier deploy made it "
+                    "and stopped before tagging it (it is empty)", tag)
 
     encryption = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
                              "BucketKeyEnabled": True}]}
