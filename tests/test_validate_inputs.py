@@ -648,6 +648,7 @@ def test_an_s3_input_the_credentials_may_not_read_says_access_is_denied_and_what
             "too (with it, 404: told as missing), so check the key as well") in err, err
     assert (f"  jobs[1] s3://tp-denied/open/typo.tif -> {out / 'b.tif'}: InputNotFoundError\n"
             "    s3://tp-denied/open/typo.tif does not exist: check the path or URL and that "
-            "the file is there (S3 answered 404 for the key; its bucket, tp-denied, is there, "
-            "but these credentials were denied s3:ListBucket on it: HeadBucket answered "
-            "403)\n") in err, err
+            "the file is there (S3 answered 404 for the key: it is not there; its bucket, "
+            "tp-denied, is there, but HeadBucket on it answered 403: these credentials may "
+            "not look at the bucket as a whole, as when s3:ListBucket is granted only under "
+            "a prefix or denied outright; check the key's spelling and prefix)\n") in err, err

@@ -299,8 +299,10 @@ NO_OUTPUT_BUCKET = "the bucket does not exist: create it or fix the output URL"
 
 def _missing(cls: type[TiffpipeError], url: str, bucket: str = "") -> TiffpipeError:
     """The error of ``url`` not there; ``bucket``: what its bucket's HeadBucket answered
-    (:func:`_bucket_answer`), 403 said (the bucket is there; these credentials may not
-    list it)."""
+    (:func:`_bucket_answer`), 403 said as what S3 answered (the bucket is there; these
+    credentials may not look at it as a whole), not why: the key's 404 means s3:ListBucket
+    reached the key, so the HeadBucket's 403 is likely a ListBucket granted under a prefix
+    only, or an explicit Deny; the key is what to check."""
     if issubclass(cls, WorkMissingError):
         return cls(f"{url} does not exist: an earlier step should have written it; "
                    "re-run the job (the step may have failed or its work was cleaned up)")
@@ -308,9 +310,11 @@ def _missing(cls: type[TiffpipeError], url: str, bucket: str = "") -> TiffpipeEr
     if link:
         return cls(f"{url} does not exist: {link}: fix the link, or give the path of the "
                    "file itself")
-    denied = (f" (S3 answered 404 for the key; its bucket, {split_s3(url)[0]}, is there, but "
-              "these credentials were denied s3:ListBucket on it: HeadBucket answered 403)"
-              if bucket in ("403", "AccessDenied") else "")
+    denied = (f" (S3 answered 404 for the key: it is not there; its bucket, "
+              f"{split_s3(url)[0]}, is there, but HeadBucket on it answered 403: these "
+              "credentials may not look at the bucket as a whole, as when s3:ListBucket is "
+              "granted only under a prefix or denied outright; check the key's spelling and "
+              "prefix)" if bucket in ("403", "AccessDenied") else "")
     return cls(f"{url} does not exist: check the path or URL and that the file is there"
                f"{denied}")
 
