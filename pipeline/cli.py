@@ -311,7 +311,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             jobs = validate(path)
     except (ManifestError, InputNotFoundError, StorageError) as exc:
         _say_invalid(exc)
-        return EXIT_USAGE
+        return _usage_or_later(exc)
     if getattr(args, "inputs", False):
         return _validate_inputs(args, jobs)
     # (what was checked, and what was not: a job whose input is missing, or is no TIFF, is
@@ -405,15 +405,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not checking[0]:
                 raise
             _say_invalid(exc)
-            return EXIT_USAGE
+            return _usage_or_later(exc)
         except _StoppedChecking as exc:
             return _stopped_before_running(report, exc.signum)
         except OutputNotWritableError as exc:
             print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except WorkLocationError as exc:
+        except WorkLocationError as exc:  # (another run's, going on: try again later)
             print(f"tiffpipe: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return EXIT_TEMPFAIL if exc.going_on else EXIT_USAGE
         except RunningAlreadyError as exc:  # (another run of it going on: try again later)
             print(f"tiffpipe: {exc}", file=sys.stderr)
             return EXIT_TEMPFAIL
@@ -801,7 +801,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         return said.error(exc, f"invalid manifest {exc}", EXIT_USAGE)
     except (est.EstimateError, TiffpipeError) as exc:
-        return said.error(exc, str(exc), EXIT_USAGE)
+        return said.error(exc, str(exc), _usage_or_later(exc))
     print(json.dumps({"schema": SCHEMA, **result}, indent=2) if args.json
           else est.format_text(result))
     return EXIT_FAILED if refused else EXIT_OK
@@ -825,14 +825,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_aws(args: argparse.Namespace) -> int:
     """``start`` and ``status``: runs on the AWS stack (see pipeline/aws/executions.py)."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-    )
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from pipeline.aws import (
         AwsError,
@@ -884,11 +877,28 @@ def cmd_aws(args: argparse.Namespace) -> int:
     except (InputNotFoundError, NoCredentialsFoundError, StackNotFoundError) as exc:
         return said.error(exc, str(exc), EXIT_USAGE)
     except (AwsError, ClientError, BotoCoreError) as exc:
-        # an endpoint that cannot be reached (now): try again later
-        code = EXIT_TEMPFAIL if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError,
-                                                 ReadTimeoutError, ConnectionClosedError)
-                                      ) else EXIT_FAILED
-        return said.error(exc, call_failed(exc), code)
+        return said.error(exc, call_failed(exc),
+                          EXIT_TEMPFAIL if _unreachable(exc) else EXIT_FAILED)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc``, or the error it was raised from (a StorageError's), is an AWS or S3
+    endpoint that cannot be reached now (no connection, or one that timed out or closed):
+    exit 75, try again later (``start``, ``status``; ``run``, ``validate``, ``estimate`` of
+    what is on S3). botocore is not imported for it: a command that made no AWS call has no
+    such error."""
+    errors = sys.modules.get("botocore.exceptions")
+    if errors is None:
+        return False
+    kinds = (errors.EndpointConnectionError, errors.ConnectTimeoutError,
+             errors.ReadTimeoutError, errors.ConnectionClosedError)
+    return isinstance(exc, kinds) or isinstance(exc.__cause__, kinds)
+
+
+def _usage_or_later(exc: BaseException) -> int:
+    """The exit code of a manifest or input that cannot be used: 75 (try again later) when S3
+    cannot be reached now (:func:`_unreachable`), else 2."""
+    return EXIT_TEMPFAIL if _unreachable(exc) else EXIT_USAGE
 
 
 class _Said:

@@ -65,7 +65,13 @@ class ManifestError(TiffpipeError):
 
 class WorkLocationError(TiffpipeError):
     """A local run's work location (``--work``) is another run's, going on, or holds files that
-    are not a tiffpipe run's work (which the run would remove with its own when it ends)."""
+    are not a tiffpipe run's work (which the run would remove with its own when it ends).
+    ``going_on``: the first (another run uses it now, or removes what a killed one left):
+    a later try may find it free (``tiffpipe run`` exits 75, try again later, not 2)."""
+
+    def __init__(self, message: str, going_on: bool = False) -> None:
+        super().__init__(message)
+        self.going_on = going_on
 
 
 class RunningAlreadyError(TiffpipeError):

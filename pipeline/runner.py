@@ -1137,12 +1137,13 @@ def _claim_work(work: str, name: str, take: Callable[[], None] | None = None) ->
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, which was "
                                 "killed: another run is removing what it left there now; run "
                                 "again in a moment, or "
-                                + in_callers_words("give this run another --work"))
+                                + in_callers_words("give this run another --work"),
+                                going_on=True)
     if other is not None:
         raise WorkLocationError(f"{work}: the work location of {other.describe()}, still "
                                 "going on: " + in_callers_words(
                                     "give this run another --work, or none (each run then "
-                                    "gets its own)"))
+                                    "gets its own)"), going_on=True)
     earlier = work_location.prepare(work, take)
     if storage.is_s3(work) and storage.versioned(work):
         log.warning("the work location %s is in a versioned bucket: every work file this run "

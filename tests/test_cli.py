@@ -1311,6 +1311,26 @@ def test_a_manifest_on_stdin_or_in_a_pipe_is_read_once_and_run(
     assert list(temp.iterdir()) == []  # every copy removed
 
 
+def test_an_s3_manifest_where_s3_cannot_be_reached_exits_75(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """run, validate and estimate of an s3:// manifest whose endpoint cannot be reached
+    exited 2, as an invalid manifest does, while start and status exit 75 (try again
+    later) for it: 75 now, by one test of the error; a manifest not there is still 2."""
+    from pipeline.adapters import storage
+
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing answers there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # (no backoff: nothing answers anyway)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setattr(storage, "_client", None)
+    for command in (["run", "--workers", "1"], ["validate"], ["estimate"]):
+        assert cli.main([command[0], "s3://tp-nowhere/m.json", *command[1:]]) == 75
+        assert "Could not connect to the endpoint URL" in capsys.readouterr().err
+    assert cli.main(["validate", str(tmp_path / "none.json")]) == 2
+
 def test_a_piped_manifests_report_and_work_are_in_the_current_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """``tiffpipe run <(gen)`` without --report exited 2, "cannot write in /dev/fd": the

@@ -191,7 +191,9 @@ def test_a_rerun_in_a_kept_work_folder_does_not_fail_with_its_old_error(
 
 def test_the_work_folder_of_a_run_going_on_is_refused(tmp_path: Path, runs_folder: Path):
     """Two runs given one --work would mix their files, and the first to end would remove
-    the other's: the later one is refused, naming the run going on; nothing of it touched."""
+    the other's: the later one is refused, naming the run going on; nothing of it touched.
+    Exit 75, try again later (as a second run of a manifest is): it was 2, a usage error's,
+    though the same command succeeds once that run has ended."""
     source = tmp_path / "scan.tif"
     _scan(source)
     work = tmp_path / "shared"
@@ -200,7 +202,7 @@ def test_the_work_folder_of_a_run_going_on_is_refused(tmp_path: Path, runs_folde
     (work / "jobs" / "00000" / "plan.json").write_text("{}")
     with run_elsewhere(str(runs_folder), "run-busy", "/m/other.json", str(work)) as proc:
         code, err = _run(_manifest(tmp_path, source), "--work", str(work))
-        assert code == 2
+        assert code == 75, err
         for word in (str(work), f"local run busy, process {proc.pid}", "another --work"):
             assert word in err, err
         assert (work / "jobs" / "00000" / "plan.json").read_text() == "{}"
@@ -439,7 +441,7 @@ def test_a_fresh_lease_of_another_host_refuses_a_second_run(tmp_path: Path, cloc
     manifest = _manifest(tmp_path, tmp_path / "a.tif")
     _scan(tmp_path / "a.tif")
     code, err = _run(manifest, "--work", str(work))
-    assert code == 2, err
+    assert code == 75, err  # (try again later: it was 2)
     assert (f"{work}: the work location of run theirs on host other-host (process 4242), "
             f"which last renewed its lease {work_lease.EXPIRY_S - 1:.0f} s ago") in err
     assert "Wait for it to end, give this run another --work" in err
@@ -654,7 +656,7 @@ def test_a_run_that_loses_the_race_removes_nothing(tmp_path: Path,
     _lease(str(work), renewed=clock[0] - work_lease.EXPIRY_S)  # a dead run's
     monkeypatch.setattr(work_lease, "check", meanwhile)
     code, err = _run(manifest, "--work", str(work))
-    assert code == 2, err
+    assert code == 75, err  # (try again later: it was 2)
     assert f"{work}: another run took it first" in err
     assert "the work location of run theirs on host other-host (process 4242)" in err
     assert work_lease.read(str(work)).run_id == "theirs"

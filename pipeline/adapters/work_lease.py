@@ -244,7 +244,7 @@ def _taken(work: str, lease: Lease | None, first: bool = False) -> WorkLocationE
         + in_callers_words("give this run another --work (or none: each run then gets its "
                            "own)")
         + f", or, if that run is known to be dead, remove {url(work)} (this run then removes "
-        "its work)")
+        "its work)", going_on=True)
 
 
 def check(work: str) -> Lease | None:
