@@ -3112,20 +3112,31 @@ def test_a_lock_of_this_host_says_whether_its_process_runs(aws: Aws):
     """A deploy killed (kill -9) on this host left its lock: the refusal named host and
     pid only, and whether that deploy was dead was left to find out. Now, for a lock of
     this host, it says whether a process of that pid still runs (another host's: nothing
-    said)."""
+    said). Containers that share a host name each see their own pids: a live deploy in
+    another was said dead; the lock records its PID namespace and boot, and only a lock
+    of this namespace and boot is said dead; of an older deploy.py, only that no process
+    of that pid is seen here; of another namespace, nothing."""
     push_fake_images(aws)
     assert aws.deploy("--skip-build")[0] == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])  # (its pid: gone once it ended)
     dead.wait()
-    record = _dead_deploys_lock(aws, hours=0)
-    for pid, said in ((dead.pid, "no longer running on this host: that deploy is dead"),
-                      (os.getpid(), "a process of that pid runs on this host")):
+    here = {"pid_ns": os.readlink("/proc/self/ns/pid"),
+            "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
+    for pid, where, said in (
+            (dead.pid, here, ", no longer running on this host: that deploy is dead"),
+            (os.getpid(), here, ", a process of that pid runs on this host"),
+            # a lock of an older deploy.py: a pid not seen may run in another container
+            (dead.pid, {}, (", no process of that pid is visible here (it may run in "
+                            "another container)")),
+            # another container of the same host name (its own PID namespace): not seen
+            (dead.pid, {**here, "pid_ns": "pid:[1]"}, "")):
+        record = {**_dead_deploys_lock(aws, hours=0), **where}
         record.update(host=socket.gethostname(), pid=pid)
         aws.client("s3").put_object(Bucket=NAMES.bucket, Key=LOCK_KEY,
                                     Body=json.dumps(record).encode())
         code, _, err = aws.deploy("--skip-build")
         assert code == 1, err
-        assert f"on host {socket.gethostname()} (pid {pid}, {said}) since" in err, err
+        assert f"on host {socket.gethostname()} (pid {pid}{said}) since" in err, err
 
 
 def test_break_lock_removes_only_the_lock_it_read(aws: Aws):

@@ -15,6 +15,7 @@ deploy may be slow; the refusal says how old it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -88,11 +89,31 @@ class Holder:
                 + old)
 
 
+def _where() -> dict[str, str]:
+    """Where this process's pids are seen: its PID namespace (containers that share a host
+    name may each have their own) and the machine's boot (a reboot, another machine of the
+    same host name); Linux's ``/proc``, none elsewhere."""
+    seen = {}
+    with contextlib.suppress(OSError):
+        seen["pid_ns"] = os.readlink("/proc/self/ns/pid")
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id",
+                                            encoding="ascii") as f:
+        seen["boot_id"] = f.read().strip()
+    return seen
+
+
 def _process_state(record: dict[str, Any]) -> str:
     """Whether the process a lock names still runs, when it is on this host (another
-    host's cannot be seen): its pid gone, the deploy that holds the lock is dead (killed);
-    a pid that runs may be another process's since (pids are reused)."""
+    host's cannot be seen): its pid gone, the deploy that holds the lock is dead (killed),
+    when the lock was taken in this PID namespace and boot (:func:`_where`, recorded by
+    :meth:`DeployLock._record`); of a lock that does not say (an older deploy.py's, not
+    Linux), only that no process of the pid is seen here; of another namespace or boot,
+    nothing (its pids are not this one's). A pid that runs may be another process's since
+    (pids are reused)."""
     if record.get("host") != socket.gethostname():
+        return ""
+    here = _where()
+    if any(record.get(key) not in (None, seen) for key, seen in here.items()):
         return ""
     try:
         pid = int(record["pid"])
@@ -102,7 +123,9 @@ def _process_state(record: dict[str, Any]) -> str:
     except (KeyError, TypeError, ValueError, OverflowError):
         return ""
     except ProcessLookupError:
-        return ", no longer running on this host: that deploy is dead"
+        if here and all(record.get(key) == seen for key, seen in here.items()):
+            return ", no longer running on this host: that deploy is dead"
+        return ", no process of that pid is visible here (it may run in another container)"
     except PermissionError:  # (another user's process)
         pass
     return ", a process of that pid runs on this host"
@@ -165,7 +188,7 @@ class DeployLock:
 
     def _record(self) -> dict[str, Any]:
         return {"holder": str(self.clients("sts").get_caller_identity()["Arn"]),
-                "host": socket.gethostname(), "pid": os.getpid(),
+                "host": socket.gethostname(), "pid": os.getpid(), **_where(),
                 "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "command": self.command}
 
