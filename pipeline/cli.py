@@ -879,6 +879,11 @@ def cmd_aws(args: argparse.Namespace) -> int:
     except (AwsError, ClientError, BotoCoreError) as exc:
         return said.error(exc, call_failed(exc),
                           EXIT_TEMPFAIL if _unreachable(exc) else EXIT_FAILED)
+    except KeyboardInterrupt:  # (Ctrl-C, `status --wait` following a run): main says it
+        if said.as_json:  # (--json: the document its scripts read, as in any other outcome)
+            return said.error("KeyboardInterrupt", INTERRUPTED_LINE.removeprefix(
+                "tiffpipe: ") + " (Ctrl-C): the run goes on, on AWS", EXIT_INTERRUPTED)
+        raise
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -904,9 +909,10 @@ def _usage_or_later(exc: BaseException) -> int:
 class _Said:
     """How a command's error ends it: on stderr, and, for a command given ``--json``
     (``status``, ``estimate``), as the one JSON document on stdout its scripts read, in
-    every outcome: ``about`` (``{"execution": ARN}``, ``{"manifest": PATH}``) and
-    ``"error": {"type": ..., "message": ...}``, indented as the command's other documents
-    (``indent``)."""
+    every outcome but one: stdout gone (a BrokenPipe: its reader has ended), where nothing
+    can be read. Ctrl-C is an outcome too (``KeyboardInterrupt``). ``about``
+    (``{"execution": ARN}``, ``{"manifest": PATH}``) and ``"error": {"type": ...,
+    "message": ...}``, indented as the command's other documents (``indent``)."""
 
     def __init__(self, as_json: bool, about: dict[str, Any], indent: int | None = None
                  ) -> None:

@@ -554,6 +554,41 @@ def test_a_rerun_manifest_of_a_running_run_is_said_not_written(stack: Stack, tmp
         sfn.stop_execution(executionArn=arn)
 
 
+def test_status_wait_json_stopped_by_ctrl_c_prints_its_error_document(stack: Stack):
+    """``status --wait --json`` promises one JSON document on stdout in every outcome, but
+    Ctrl-C while it followed a run printed none (only "tiffpipe: interrupted" on stderr,
+    exit 130): a script's json.load of its output failed. It prints the error document
+    now, type KeyboardInterrupt; without --json, nothing on stdout, as before."""
+    import signal
+    import threading
+
+    slow = _stand_in(stack, "tiffpipe-slow3", {"Type": "Wait", "Seconds": 30, "End": True})
+    sfn = stack.client("stepfunctions")
+    arn = sfn.start_execution(stateMachineArn=slow, name="run-slow3",
+                              input="{}")["executionArn"]
+    try:
+        for json_flag in (["--json"], []):
+            ctrl_c = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+            ctrl_c.start()  # (as a terminal's Ctrl-C: SIGINT, while status --wait follows)
+            try:
+                code, out, err = stack.tiffpipe("status", arn, "--wait", "--poll", "0.05",
+                                                *json_flag)
+            finally:
+                ctrl_c.join()
+            assert code == 130 and err.endswith("tiffpipe: interrupted (Ctrl-C): the run goes "
+                                                "on, on AWS\n" if json_flag else
+                                                "tiffpipe: interrupted\n"), err
+            if json_flag:
+                doc = json.loads(out)
+                assert doc["execution"] == arn and doc["error"] == {
+                    "type": "KeyboardInterrupt",
+                    "message": "interrupted (Ctrl-C): the run goes on, on AWS"}
+            else:
+                assert "{" not in out, out
+    finally:
+        sfn.stop_execution(executionArn=arn)
+
+
 def test_status_of_a_running_execution_and_of_unknown_ones(stack: Stack):
     slow = _stand_in(stack, "tiffpipe-slow", {"Type": "Wait", "Seconds": 30, "End": True})
     sfn = stack.client("stepfunctions")
