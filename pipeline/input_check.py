@@ -162,8 +162,8 @@ def _plural(n: int, word: str) -> str:
 
 def summary(manifest: str, parsed: list[JobSpec] | ScanSpec, checks: list[JobCheck]
             ) -> Iterator[str]:
-    """What ``validate --inputs`` says on stdout: the counts, then the first jobs that leave
-    pages out and why."""
+    """What ``validate --inputs`` says on stdout: the counts (a manifest of no job: that it
+    has none), then the first jobs that leave pages out and why."""
     ok = sum(1 for c in checks if c.error is None and not c.skipped)
     skipped = sum(1 for c in checks if c.skipped)
     failed = sum(1 for c in checks if c.error is not None)
@@ -173,6 +173,8 @@ def summary(manifest: str, parsed: list[JobSpec] | ScanSpec, checks: list[JobChe
                 + (f"{_plural(len(checks), 'job')} (the TIFFs there without an output)"
                    if checks else "no job (no TIFF there without an output)"))
         counts = [f"{ok} can run" if ok else ""]
+    elif not checks:  # (a generated manifest with nothing to do: no input to read)
+        head, counts = f"{manifest}: valid, 0 job(s): no job, no input to read", []
     else:
         head = f"{manifest}: valid, {len(checks)} job(s); {read}"
         counts = [f"{_plural(ok, 'job')} can run" if ok else ""]

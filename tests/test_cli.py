@@ -1251,6 +1251,9 @@ def test_a_manifest_of_no_job_runs_nothing_and_exits_0(tmp_path: Path,
     manifest.write_text('{"jobs": []}')
     assert cli.main(["validate", str(manifest)]) == 0
     assert f"{manifest}: valid, 0 job(s)" in capsys.readouterr().out
+    # (--inputs said "their inputs' page headers read: " and nothing after the colon)
+    assert cli.main(["validate", "--inputs", str(manifest)]) == 0
+    assert capsys.readouterr().out == f"{manifest}: valid, 0 job(s): no job, no input to read\n"
     assert cli.main(["run", str(manifest), "--workers", "1"]) == 0
     out, err = capsys.readouterr()
     assert f"tiffpipe: {manifest} lists no job: nothing to do" in err, err
