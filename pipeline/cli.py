@@ -406,8 +406,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise
             _say_invalid(exc)
             return _usage_or_later(exc)
-        except _StoppedChecking as exc:
-            return _stopped_before_running(report, exc.signum)
+        except _StoppedChecking as exc:  # (the manifest maybe not read yet: its default)
+            return _stopped_before_running(report or default_report(args.manifest),
+                                           exc.signum)
         except OutputNotWritableError as exc:
             print(f"tiffpipe: the run report cannot be written: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -515,13 +516,12 @@ class _StoppedChecking(BaseException):
         self.signum = signum
 
 
-def _stopped_before_running(report: str | None, signum: int) -> int:
+def _stopped_before_running(report: str, signum: int) -> int:
     """``run`` stopped before its run started: what any stopped run does at its end (an
-    earlier run's report and sheet at its paths removed: none while a manifest on stdin or
-    in a pipe was still read, its report's path unknown), and the exit code of ``signum``."""
+    earlier run's report and sheet at its paths removed), and the exit code of ``signum``."""
     from pipeline.runner import remove_earlier_report
 
-    removed = remove_earlier_report(report) if report else []
+    removed = remove_earlier_report(report)
     with suppress(OSError):  # (its terminal hung up: SIGHUP)
         _say_removed(removed)
         print(_not_started_line(signum), file=sys.stderr)

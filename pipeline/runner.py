@@ -80,15 +80,15 @@ def shown_name(manifest: str) -> str:
     return "<stdin>" if manifest == STDIN else manifest
 
 
-def default_report(manifest: str, copied: bool = False) -> str:
+def default_report(manifest: str) -> str:
     """``<manifest folder>/<manifest stem>.report.json`` (local manifests), else in the work;
-    in the current folder for a manifest ``copied`` (:func:`manifest_file`: not a regular
-    file, whose folder is no place for it: ``<(gen)``'s ``/dev/fd``, ``/dev/stdin``'s
-    ``/dev``), ``stdin.report.json`` for the manifest on stdin (:data:`STDIN`)."""
+    in the current folder for a manifest read once and run from a copy (:func:`_streamed`:
+    its folder is no place for it: ``<(gen)``'s ``/dev/fd``, ``/dev/stdin``'s ``/dev``),
+    ``stdin.report.json`` for the manifest on stdin (:data:`STDIN`)."""
     if manifest == STDIN:
         return os.path.abspath("stdin.report.json")
     stem = os.path.splitext(os.path.basename(manifest))[0]
-    if copied:
+    if _streamed(manifest):
         return os.path.abspath(f"{stem}.report.json")
     if storage.is_s3(manifest):
         return storage.join(storage.parent(manifest), f"{stem}.report.json")
@@ -374,7 +374,7 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
             data = raw
         name = shown_name(given)
         folder = tempfile.mkdtemp(prefix=_PIPED_PREFIX)
-        report = default_report(given, copied=True)
+        report = default_report(given)
     kept: list[str] = []
     path = os.path.join(folder, _GIVEN_NAME)
     try:
@@ -391,22 +391,30 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_once(manifest: str) -> bytes | None:
-    """The bytes of the manifest on stdin (:data:`STDIN`), or of a local manifest that is
-    neither a regular file nor a folder (a pipe, ``/dev/stdin``, a FIFO, which the first
-    read empties: it is copied); None for any other (read where it is, as ever)."""
+def _streamed(manifest: str) -> bool:
+    """Whether ``manifest`` is read once and run from a copy (:func:`manifest_file`): the
+    manifest on stdin (:data:`STDIN`), or a local one that is neither a regular file nor a
+    folder (a pipe, ``/dev/stdin``, a FIFO, which the first read empties)."""
     import stat
 
     if manifest == STDIN:
-        return sys.stdin.buffer.read() if sys.stdin is not None else b""
+        return True
     if storage.is_s3(manifest):
-        return None
+        return False
     try:
         mode = os.stat(manifest).st_mode
     except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _read_once(manifest: str) -> bytes | None:
+    """The bytes of a manifest :func:`_streamed` (it is copied); None for any other (read
+    where it is, as ever)."""
+    if not _streamed(manifest):
         return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
+    if manifest == STDIN:
+        return sys.stdin.buffer.read() if sys.stdin is not None else b""
     try:
         with open(manifest, "rb") as f:
             return f.read()
