@@ -348,9 +348,6 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
     a ``kill -9`` leaves only the copy in the temp folder). A ManifestError of the copy
     raised in the block names the manifest as its caller gave it (``the manifest given``,
     ``<stdin>``, the path)."""
-    import shutil
-    import tempfile
-
     from pipeline.core.manifest import anchored
 
     base = os.path.abspath(base or os.getcwd())
@@ -360,8 +357,7 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
         if problems:
             raise ManifestError("the manifest given", problems)
         data, name = json.dumps(anchored(doc, base)).encode(), "the manifest given"
-        folder = tempfile.mkdtemp(prefix=_GIVEN_PREFIX)
-        report: str | None = os.path.join(folder, "manifest.report.json")
+        prefix, report = _GIVEN_PREFIX, None  # (its report in its folder, below)
     else:
         given = os.fspath(manifest)
         raw = _read_once(given)
@@ -373,8 +369,12 @@ def manifest_file(manifest: Manifest, base: str | os.PathLike[str] | None = None
         except ValueError:
             data = raw
         name = shown_name(given)
-        folder = tempfile.mkdtemp(prefix=_PIPED_PREFIX)
-        report = default_report(given)
+        prefix, report = _PIPED_PREFIX, default_report(given)
+    import shutil  # (here: a manifest read where it is imports neither, a short command's
+    import tempfile  # time: tests/test_engine_startup.py)
+
+    folder = tempfile.mkdtemp(prefix=prefix)
+    report = report or os.path.join(folder, "manifest.report.json")
     kept: list[str] = []
     path = os.path.join(folder, _GIVEN_NAME)
     try:
