@@ -20,7 +20,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Union
 
-from pipeline.core.constants import FUNCTIONS, placeholder
+from pipeline.core.constants import CATCH_ALL, FUNCTIONS, placeholder
 
 #: a field whose content is not described (a dict[str, Any], a Map's list of results)
 ANY = "any"
@@ -338,7 +338,6 @@ STATES_ERROR_PATTERN = re.compile(r"States\.Http\.StatusCode\.[1-5][0-9][0-9]")
 #: (``Lambda.ServiceException``, ``Sandbox.Timedout``, ``Runtime.OutOfMemory``): taken as
 #: they are, Lambda's own list being long and growing
 AWS_ERROR_PREFIXES = ("Lambda.", "Sandbox.", "Runtime.")
-_CATCH_ALL = "States.ALL"
 
 
 def each_states(machine: dict[str, Any], scope: str = ""
@@ -416,19 +415,19 @@ def uncaught_problems(definition: dict[str, Any], failure: str) -> list[str]:
                 continue
             ends = [(i, c, _through_passes(states, c["Next"]))
                     for i, c in enumerate(state.get("Catch", []))]
-            if not any(_CATCH_ALL in c["ErrorEquals"] and end in recorders
+            if not any(CATCH_ALL in c["ErrorEquals"] and end in recorders
                        for _, c, end in ends):
                 problems.append(
-                    f"{scope}{name}: no Catch of {_CATCH_ALL} leading to {recorder}: an error "
+                    f"{scope}{name}: no Catch of {CATCH_ALL} leading to {recorder}: an error "
                     f"here (a bad input, say) ends its job without {recorder} recording it: "
                     "on AWS the run report then says NoResultError for the job, its error "
                     "lost, and a map of jobs that tolerates no failure fails the whole "
                     "execution: add "
-                    f'{{"ErrorEquals": ["{_CATCH_ALL}"], "ResultPath": "$.error.{name}", '
+                    f'{{"ErrorEquals": ["{CATCH_ALL}"], "ResultPath": "$.error.{name}", '
                     f'"Next": "{recorder}"}} to its Catch')
             for i, catch, end in ends:
                 last = states[end]
-                if (_CATCH_ALL in catch["ErrorEquals"] or end in recorders
+                if (CATCH_ALL in catch["ErrorEquals"] or end in recorders
                         or not (last["Type"] in ("Fail", "Succeed") or last.get("End"))):
                     continue
                 errors = ", ".join(catch["ErrorEquals"])
@@ -437,7 +436,7 @@ def uncaught_problems(definition: dict[str, Any], failure: str) -> list[str]:
                     f"state that ends the job, without {recorder}: such an error ends its job "
                     "unrecorded (on AWS the run report says NoResultError for it, its error "
                     f"lost): lead it to {recorder}, or remove the entry so that the Catch of "
-                    f"{_CATCH_ALL} takes the error")
+                    f"{CATCH_ALL} takes the error")
     return problems
 
 

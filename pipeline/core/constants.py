@@ -19,6 +19,9 @@ from pipeline.core.record import record
 #: ``schema``: docs/manifest-and-ops.md, "Fields of the run report"); raised when a field
 #: changes its meaning or type or is removed, not when one is added
 SCHEMA = 1
+#: the States Language's error name that matches every error: a Retry's or Catch's
+#: wildcard (alone in its ErrorEquals, in the list's last entry)
+CATCH_ALL = "States.ALL"
 
 #: the Lambda functions of the state machine, in pipeline order; each is also the name of its
 #: image folder, of its ``${<Name>FunctionArn}`` placeholder, and of its handler's table

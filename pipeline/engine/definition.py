@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from pipeline.core import concurrency
-from pipeline.core.constants import FUNCTIONS, placeholder
+from pipeline.core.constants import CATCH_ALL, FUNCTIONS, placeholder
 from pipeline.errors import EngineError
 
 #: placeholder name -> the function (image) it stands for
@@ -96,8 +96,6 @@ def _is_path(path: str, reference: bool) -> bool:
     if plain is not None and not (reference and path.startswith("$$")):
         return True
     return re.fullmatch(_REFERENCE_PATH if reference else _PATH, path) is not None
-#: a Retry's or Catch's wildcard: alone in its ErrorEquals, in the list's last entry
-ALL_ERRORS = "States.ALL"
 
 
 def validate(machine: dict[str, Any], source: str | None = None, text: str | None = None
@@ -214,18 +212,14 @@ def step_errors() -> frozenset[str]:
 
     import pipeline.aws  # noqa: F401  (AwsError and its subclasses)
     from pipeline import handlers
-    from pipeline.errors import TiffpipeError
+    from pipeline.errors import TiffpipeError, _all_subclasses
 
     for function in handlers.FUNCTIONS:
         handlers.preload(function)
     names = {name for name, value in vars(builtins).items()
              if isinstance(value, type) and issubclass(value, BaseException)}
-    classes = [TiffpipeError]
-    while classes:
-        cls = classes.pop()
-        names.add(cls.__name__)
-        classes += cls.__subclasses__()
-    return frozenset(names)
+    return frozenset(names | {c.__name__ for c in (TiffpipeError,
+                                                   *_all_subclasses(TiffpipeError))})
 
 
 _PLACEHOLDER_ONLY = re.compile(r"\$\{\w+\}")
@@ -422,8 +416,8 @@ def _handler_problems(state: dict[str, Any], label: str) -> list[str]:
                     isinstance(n, str) for n in names):
                 problems.append(f"{where}.ErrorEquals must be a non-empty list of error names")
                 continue
-            if ALL_ERRORS in names and (len(names) > 1 or i < len(handlers) - 1):
-                problems.append(f"{where}.ErrorEquals: {ALL_ERRORS} must be alone in its "
+            if CATCH_ALL in names and (len(names) > 1 or i < len(handlers) - 1):
+                problems.append(f"{where}.ErrorEquals: {CATCH_ALL} must be alone in its "
                                 f"ErrorEquals and in the last entry of {field} (it matches every "
                                 "error: an entry after it would never be used)")
             if field == "Retry":

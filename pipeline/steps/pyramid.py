@@ -96,8 +96,7 @@ def reduce2_pieces(block: np.ndarray, method: str, nodata: float | None,
     unmasked integer mean without no-data, of even sizes, is reduced whole: its temporaries
     are its sums in the wide type, a quarter of the samples. Not "nearest": past half way
     across a level of odd size its picks lie outside their block (those
-    :class:`pipeline.steps.unit_levels._Picks` takes)."""
-    assert method != "nearest", "reduce2_pieces: 'nearest' of an odd size picks outside a piece"
+    :class:`pipeline.steps.unit_levels._Picks` takes; :func:`reduce2` refuses it)."""
     h, w = block.shape[:2]
     if (h <= size and w <= size) or (
             method == "mean" and valid is None and nodata is None and block.dtype.kind in "iu"
@@ -117,9 +116,11 @@ def reduce2_pieces(block: np.ndarray, method: str, nodata: float | None,
 
 def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None,
             valid: np.ndarray | None = None) -> np.ndarray:
-    """The 2x2 reduction of ``block`` (h, w, c), a whole level (or rows of one whose picks
-    are its own: an even level's), by ``method`` (one of
-    :data:`pipeline.core.reduce.METHODS`): see the module docstring for the formula.
+    """The 2x2 reduction of ``block`` (h, w, c), rows of a level, by ``method`` (one of
+    :data:`pipeline.core.reduce.METHODS` but "nearest", whose picks past half way across a
+    level of odd size lie outside their block: :class:`_Edge`, and the bands'
+    :class:`pipeline.steps.unit_levels._Picks`, take those): see the module docstring for
+    the formula.
     ``nodata``: the samples of that value (NaN too) are left out of the means; ``valid``
     (h, w, bool): the block's mask, whose invalid pixels are left out too.
 
@@ -129,8 +130,7 @@ def reduce2(block: np.ndarray, method: str = "mean", nodata: float | None = None
     zeros' signs and NaN included), so ``s`` is the sum of the pixels present in the block's
     order, divided by their count.
     """
-    if method == "nearest":
-        return block[overview_picks(block.shape[0])][:, overview_picks(block.shape[1])]
+    assert method != "nearest", "reduce2: 'nearest' of an odd size picks outside a piece"
     if method != "mean":
         return block_pick(block, 2, method, nodata, valid)
     if valid is not None and nodata is None:  # a masked page without no-data: most of its
