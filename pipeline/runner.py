@@ -229,7 +229,8 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
     # this function's words (its arguments, not the command's options) as they are made
     with _run_env(CALLER_ENV, PYTHON_CALLER, replace=True), \
             manifest_file(manifest, base) as (path, default, kept):
-        temp_report = default if _given_as_dict(path) else None  # (in the temporary folder)
+        # (a dict's report is in the temporary folder; a piped one's in the current folder)
+        temp_report = default if isinstance(manifest, (dict, list)) else None
         report = os.fspath(report) if report is not None else default
         jobs = check_run(path, report, work)
         shown = None
@@ -244,11 +245,9 @@ def run(manifest: Manifest, *, workers: int | None = None, work: str | None = No
                                interpreter=interpreter, stop=stop,
                                definition_text=definition_text,
                                overwrite_report=overwrite_report, caller=PYTHON_CALLER)
-        if default is not None:  # what was asked for, kept in the temporary folder
-            kept += [url for url, asked in ((result.work, keep_work and work is None
-                                             and temp_report is not None),
-                                            (result.contact_sheet, temp_report is not None
-                                             and report == temp_report))
+        if temp_report is not None:  # what was asked for, kept in the temporary folder
+            kept += [url for url, asked in ((result.work, keep_work and work is None),
+                                            (result.contact_sheet, report == temp_report))
                      if asked and url is not None]
     result = _named_if_there(result, keep_work, temp_report, kept)
     if ours and result.interrupted == signal.SIGINT:
@@ -325,11 +324,6 @@ def _copy_of(path: str) -> str | None:
         return None
     return next((prefix for prefix in (_GIVEN_PREFIX, _PIPED_PREFIX)
                  if os.path.basename(folder).startswith(prefix)), None)
-
-
-def _given_as_dict(path: str) -> bool:
-    """Whether ``path`` is the temporary file of a dict manifest (:func:`manifest_file`)."""
-    return _copy_of(path) == _GIVEN_PREFIX
 
 
 @contextmanager
