@@ -115,20 +115,23 @@ def _process_state(record: dict[str, Any]) -> str:
     here = _where()
     if any(record.get(key) not in (None, seen) for key, seen in here.items()):
         return ""
+    from pipeline.adapters.local_runs import process_alive
+
     try:
         pid = int(record["pid"])
-        if pid <= 0:  # (0, -1: a group, every process: no deploy's)
-            return ""
-        os.kill(pid, 0)  # (signal 0: only whether it exists)
-    except (KeyError, TypeError, ValueError, OverflowError):
+    except (KeyError, TypeError, ValueError):
         return ""
-    except ProcessLookupError:
-        if here and all(record.get(key) == seen for key, seen in here.items()):
-            return ", no longer running on this host: that deploy is dead"
-        return ", no process of that pid is visible here (it may run in another container)"
-    except PermissionError:  # (another user's process)
-        pass
-    return ", a process of that pid runs on this host"
+    if pid <= 0:  # (0, -1: a group, every process: no deploy's)
+        return ""
+    try:
+        alive = process_alive(pid)  # (another user's counts; a zombie has ended)
+    except OverflowError:
+        return ""
+    if alive:
+        return ", a process of that pid runs on this host"
+    if here and all(record.get(key) == seen for key, seen in here.items()):
+        return ", no longer running on this host: that deploy is dead"
+    return ", no process of that pid is visible here (it may run in another container)"
 
 
 def read_lock(s3: Any, names: StackNames) -> Holder | None:
